@@ -1,0 +1,5 @@
+"""``python -m ingester``."""
+
+from .cli import run
+
+run()

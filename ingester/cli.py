@@ -1,0 +1,266 @@
+"""The ``ingester`` command line: a thin layer over the store, the spool and the watcher.
+
+Exit codes: 0 success; 1 the command ran and something was refused or is wrong
+(a rejected payload, a problem found, a storage failure, the history locked by
+another writer); 2 a usage error (a bad option or setting), before anything is touched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .durable import StorageError
+from .lock import HistoryLock, LockHeld
+from .logs import LOG_FORMATS, setup_logging
+from .model import PayloadRejected, judge_payload
+from .settings import SettingError, Settings, resolve_settings
+from .store import HistoryStore
+
+__all__ = ["main"]
+
+
+@dataclass(frozen=True)
+class App:
+    """What every command gets: the resolved settings and the logging choice."""
+
+    settings: Settings
+    log_format: str
+
+
+def fail(message: str, code: int = 1) -> click.exceptions.Exit:
+    """Print ``error: message`` to stderr and return the exit to raise."""
+    click.echo(f"error: {message}", err=True)
+    return click.exceptions.Exit(code)
+
+
+@contextmanager
+def writing_store(settings: Settings, purpose: str) -> Iterator[HistoryStore]:
+    """An initialized store with the history lock held; clear errors instead of tracebacks."""
+    store = settings.store()
+    try:
+        store.history_dir.mkdir(parents=True, exist_ok=True)
+        with HistoryLock(store.lock_path, purpose):
+            store.initialize()
+            yield store
+    except LockHeld as exc:
+        raise fail(f"{exc}; stop it or use 'ingester submit' to hand it drops") from None
+    except StorageError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(str(StorageError("create folder", store.history_dir, exc))) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--root",
+    metavar="DIR",
+    help="Folder all default paths derive from. [env INGESTER_ROOT; default: current folder]",
+)
+@click.option(
+    "--spool-dir", metavar="DIR", help="Drop folder. [env INGESTER_SPOOL_DIR; default: ROOT/spool]"
+)
+@click.option(
+    "--rejected-dir",
+    metavar="DIR",
+    help="Quarantine for invalid drops. [env INGESTER_REJECTED_DIR; default: SPOOL/rejected]",
+)
+@click.option(
+    "--history-dir",
+    metavar="DIR",
+    help="Version files and _metadata.json. "
+    "[env INGESTER_HISTORY_DIR; default: ROOT/console-usage-history]",
+)
+@click.option(
+    "--latest-path",
+    metavar="FILE",
+    help="Link to the newest version. "
+    "[env INGESTER_LATEST_PATH; default: ROOT/console-usage-synced.json]",
+)
+@click.option(
+    "--max-versions",
+    metavar="N",
+    help="Retention keeps the newest N versions (>= 1). [env INGESTER_MAX_VERSIONS; default: 100]",
+)
+@click.option(
+    "--retention-days",
+    metavar="D",
+    help="...and anything newer than D days (> 0). [env INGESTER_RETENTION_DAYS; default: 7]",
+)
+@click.option(
+    "--max-bytes",
+    metavar="N",
+    help="Largest accepted drop in bytes. [env INGESTER_MAX_BYTES; default: 1048576]",
+)
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML file with an [ingester] table; keys as the long options with '_'. "
+    "Precedence: option > environment > config > default. [env INGESTER_CONFIG]",
+)
+@click.option("-v", "--verbose", count=True, help="Log debug detail.")
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="json: one object per line, for log shippers.",
+)
+@click.version_option(package_name="console-usage-ingester")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    /,
+    config_path: Path | None,
+    verbose: int,
+    log_format: str,
+    **options: Any,
+) -> None:
+    """Keep a durable, versioned history of console usage snapshots dropped into a spool folder.
+
+    A scraper drops JSON files into the spool (see 'ingester submit'); 'ingester watch'
+    validates each one, stores it as an immutable version in the history, points the
+    latest link at it, refreshes _metadata.json and applies retention.
+    """
+    try:
+        settings = resolve_settings(options, config_path=config_path)
+    except SettingError as exc:
+        raise click.UsageError(str(exc), ctx) from None
+    setup_logging(verbose, log_format)
+    ctx.obj = App(settings, log_format)
+
+
+@main.command()
+@click.pass_obj
+def init(app: App) -> None:
+    """Create the spool, history and metadata (idempotent)."""
+    s = app.settings
+    for folder in (s.spool_dir, s.writers_tmp_dir, s.rejected_dir):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise fail(str(StorageError("create folder", folder, exc))) from None
+    with writing_store(s, "init") as store:
+        meta = store.get_storage_metadata()
+    click.echo(f"spool:   {s.spool_dir}")
+    click.echo(f"history: {store.history_dir} ({meta.version_count} versions)")
+    click.echo(f"latest:  {store.latest_path}")
+
+
+def read_limited(path: Path, max_bytes: int) -> bytes:
+    """Read at most ``max_bytes + 1`` bytes of ``path``: enough to know it is too large."""
+    with path.open("rb") as handle:
+        return handle.read(max_bytes + 1)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.pass_obj
+def ingest(app: App, files: tuple[Path, ...]) -> None:
+    """Validate FILES and store each as a new version (the files are copied, not moved).
+
+    Prints one line per file. Exits 1 if any file was rejected or unreadable; the
+    valid ones are stored all the same. Refuses while a watcher holds the history.
+    """
+    s = app.settings
+    rejected = 0
+    with writing_store(s, "ingest") as store:
+        for path in files:
+            try:
+                data = read_limited(path, s.max_bytes)
+                judge_payload(data, max_bytes=s.max_bytes)
+            except OSError as exc:
+                rejected += 1
+                click.echo(f"rejected {path}: cannot read: {exc.strerror}")
+                continue
+            except PayloadRejected as exc:
+                rejected += 1
+                click.echo(f"rejected {path}: {exc.reason}")
+                continue
+            try:
+                version = store.save_version(data)
+            except StorageError as exc:
+                raise fail(f"{path} not stored: {exc}") from None
+            click.echo(f"stored {path} -> {version.name} ({len(data)} bytes)")
+        try:
+            store.cleanup_old_versions()
+        except StorageError as exc:
+            raise fail(f"cleanup failed: {exc}") from None
+    if rejected:
+        raise click.exceptions.Exit(1)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Show keep or delete, and why, for every version.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
+    """Apply retention now: keep the newest N versions or anything within D days.
+
+    With --dry-run nothing changes (and no lock is taken): every version is listed
+    with keep/delete and the reason: newest-N, within-D-days, future, expired.
+    """
+    s = app.settings
+    if dry_run:
+        store = s.store()
+        try:
+            plan = store.plan_cleanup()
+        except StorageError as exc:
+            raise fail(str(exc)) from None
+        if as_json:
+            click.echo(
+                json.dumps(
+                    [
+                        {
+                            "name": d.name,
+                            "timestamp": d.timestamp.isoformat().replace("+00:00", "Z"),
+                            "action": d.action,
+                            "reason": d.reason,
+                        }
+                        for d in reversed(plan.decisions)
+                    ],
+                    indent=2,
+                )
+            )
+            return
+        width = max((len(d.name) for d in plan.decisions), default=4)
+        click.echo(f"{'VERSION':<{width}}  ACTION  REASON")
+        for d in reversed(plan.decisions):
+            click.echo(f"{d.name:<{width}}  {d.action:<6}  {d.reason}")
+        click.echo(f"would delete {len(plan.delete)}, retain {len(plan.keep)}")
+        return
+    with writing_store(s, "cleanup") as store:
+        try:
+            result = store.cleanup_old_versions()
+        except StorageError as exc:
+            raise fail(str(exc)) from None
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"deleted": result.deleted, "retained": result.retained, "future": result.future},
+                indent=2,
+            )
+        )
+    else:
+        click.echo(f"cleanup deleted {len(result.deleted)}, retained {result.retained}")
+
+
+# -- commands defined in their own modules ------------------------------------------------
+# (kept at the end so each module registers itself without touching the ones above)
+
+
+def run() -> None:
+    """Entry point for ``python -m ingester``."""
+    main(prog_name="ingester")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

@@ -1,0 +1,229 @@
+"""Durable file operations: the one place that writes, links, renames and fsyncs.
+
+The recipe (python-atomicwrites' algorithm, and the field notes):
+
+1. write into a temp file ``.tmp-*`` in the *target* folder (same filesystem, so the
+   final step is atomic, and backups can exclude it by name);
+2. flush and ``fsync`` it, so the data is on disk before any name points at it;
+3. ``link`` (new names: never clobbers) or ``rename`` (replacements) it into place;
+4. ``fsync`` the folder, so the name itself survives a power cut.
+
+A failed fsync is a failed write: Linux may drop the dirty pages after reporting the
+error, so a later fsync could "succeed" with the data gone. Every failure is raised as
+:class:`StorageError` naming the path and the cause, and leaves no partial file under a
+final name (the temp file is removed when possible; a leftover is swept on start).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = [
+    "TEMP_PREFIX",
+    "StorageError",
+    "fsync_dir",
+    "move_file",
+    "remove_file",
+    "remove_stale_temps",
+    "replace_symlink",
+    "write_file",
+]
+
+TEMP_PREFIX = ".tmp-"
+"""Every temp name we create starts with this, so backups and sweeps can recognise it."""
+
+
+class StorageError(OSError):
+    """A storage step failed; ``str()`` names the action, the path and the cause."""
+
+    def __init__(self, action: str, path: os.PathLike[str] | str, cause: OSError) -> None:
+        code = cause.errno if cause.errno is not None else 0
+        super().__init__(code, cause.strerror or str(cause), os.fspath(path))
+        self.action = action
+        self.path = Path(path)
+        self.cause = cause
+
+    @property
+    def cause_name(self) -> str:
+        """The symbolic errno, e.g. ``ENOSPC``."""
+        return errno.errorcode.get(self.errno or 0, "error")
+
+    def __str__(self) -> str:
+        return f"cannot {self.action} {self.path}: {self.strerror} [{self.cause_name}]"
+
+
+def _temp_path(directory: Path, tag: str) -> Path:
+    return directory / f"{TEMP_PREFIX}{tag}-{secrets.token_hex(6)}"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the names in ``directory`` durable."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageError("open folder", directory, exc) from exc
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise StorageError("fsync folder", directory, exc) from exc
+    finally:
+        os.close(fd)
+
+
+def remove_file(path: Path) -> None:
+    """Unlink ``path`` if it exists; other failures raise :class:`StorageError`."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StorageError("remove", path, exc) from exc
+
+
+def _write_temp(directory: Path, data: bytes, mode: int, tag: str) -> Path:
+    """Steps 1 and 2: a complete, fsynced temp file in ``directory``."""
+    tmp = _temp_path(directory, tag)
+    try:
+        # The mode is given at creation so the umask applies, as SPEC section 5 asks.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        raise StorageError("create", tmp, exc) from exc
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StorageError("write", tmp, exc) from exc
+    os.close(fd)
+    return tmp
+
+
+def write_file(
+    directory: Path, name: str, data: bytes, *, mode: int = 0o444, replace: bool = False
+) -> Path:
+    """Durably write ``data`` as ``directory/name``; return the final path.
+
+    With ``replace=False`` the name must be new (``FileExistsError`` wrapped in
+    :class:`StorageError` otherwise): the temp file is hard-linked into place, which
+    never clobbers. With ``replace=True`` it is renamed over any existing file.
+    """
+    final = directory / name
+    tmp = _write_temp(directory, data, mode, "w")
+    try:
+        if replace:
+            os.replace(tmp, final)
+        else:
+            try:
+                os.link(tmp, final)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                # No hard links here (e.g. some FUSE or SMB mounts): check, then rename.
+                if os.path.lexists(final):
+                    raise FileExistsError(errno.EEXIST, "File exists", os.fspath(final)) from exc
+                os.replace(tmp, final)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StorageError("link" if not replace else "replace", final, exc) from exc
+    # The final name is in place; the temp name goes before the folder fsync so that
+    # one fsync makes both changes durable.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fsync_dir(directory)
+    return final
+
+
+def replace_symlink(
+    link: Path, target: str, *, fallback: Callable[[], bytes] | None = None
+) -> bool:
+    """Atomically point ``link`` at ``target`` (a relative path); return True if a symlink.
+
+    A temp symlink is renamed over ``link`` (``ln -sfn`` is not atomic: it unlinks first).
+    Where symlinks cannot be made (EPERM/ENOTSUP on some filesystems), the bytes that
+    ``fallback()`` returns are written as an atomically replaced copy and False is returned.
+    """
+    directory = link.parent
+    tmp = _temp_path(directory, "link")
+    try:
+        os.symlink(target, tmp)
+    except OSError as exc:
+        if fallback is None or exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise StorageError("create symlink", tmp, exc) from exc
+        write_file(directory, link.name, fallback(), mode=0o444, replace=True)
+        return False
+    try:
+        os.replace(tmp, link)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StorageError("replace", link, exc) from exc
+    fsync_dir(directory)
+    return True
+
+
+def move_file(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst`` (which must not exist) durably, across filesystems too.
+
+    The entry itself is moved, never what a symlink points at. Within a filesystem this
+    is one rename; across filesystems a regular file is copied durably, then removed.
+    """
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise StorageError("move", src, exc) from exc
+        _copy_across(src, dst)
+    fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        fsync_dir(src.parent)
+
+
+def _copy_across(src: Path, dst: Path) -> None:
+    try:
+        if src.is_symlink():
+            os.symlink(os.readlink(src), dst)
+            fsync_dir(dst.parent)
+        else:
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                with os.fdopen(fd, "rb", closefd=False) as handle:
+                    data = handle.read()
+            finally:
+                os.close(fd)
+            write_file(dst.parent, dst.name, data, mode=0o444)
+        os.unlink(src)
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise StorageError("move", src, exc) from exc
+
+
+def remove_stale_temps(directory: Path, prefix: str = TEMP_PREFIX) -> list[str]:
+    """Remove leftover temp files (never folders) named ``prefix*`` from ``directory``.
+
+    Returns the names removed. Only call it where no writer is active (the caller
+    holds the history lock), or a temp file being written would be swept away.
+    """
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return removed
+    except OSError as exc:
+        raise StorageError("list", directory, exc) from exc
+    for entry in entries:
+        if entry.name.startswith(prefix) and not entry.is_dir(follow_symlinks=False):
+            remove_file(Path(entry.path))
+            removed.append(entry.name)
+    return removed

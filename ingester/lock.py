@@ -1,0 +1,111 @@
+"""One writer per history: an ``flock`` on ``<history>/.lock``.
+
+The kernel drops an flock when its holder dies, even by ``kill -9``, so a crashed
+watcher never leaves a stale lock. The file is never unlinked (unlinking would let a
+second process lock a fresh inode while the first still holds the old one); it holds the
+holder's pid and purpose, for the message a second writer prints.
+
+Read commands never take the lock. :func:`lock_holder` finds the holder through
+``/proc/locks`` without taking anything.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+
+from .durable import StorageError
+
+__all__ = ["HistoryLock", "LockHeld", "lock_holder"]
+
+
+class LockHeld(RuntimeError):
+    """Another process holds the history lock."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"the history is locked by {holder} ({path})")
+        self.path = path
+        self.holder = holder
+
+
+def _describe_holder(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        text = ""
+    pid = lock_holder(path)
+    if pid is not None and text.split(" ", 1)[0] != str(pid):
+        return f"pid {pid}"
+    return (text and f"pid {text}") or "another process"
+
+
+class HistoryLock:
+    """An exclusive, non-blocking flock; use as a context manager."""
+
+    def __init__(self, path: Path, purpose: str) -> None:
+        self.path = path
+        self.purpose = purpose
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`LockHeld` at once."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise StorageError("open lock file", self.path, exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockHeld(self.path, _describe_holder(self.path)) from None
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError("lock", self.path, exc) from exc
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {self.purpose}\n".encode(), 0)
+        except OSError:
+            pass  # the note is a courtesy; the flock is what counts
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (closing the descriptor releases the flock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> HistoryLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid holding an flock on ``path``, or ``None``; never takes the lock."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; blocked waiters have "->".
+        if "->" in parts or len(parts) < 6 or parts[1] != "FLOCK":
+            continue
+        if parts[5] == wanted:
+            try:
+                return int(parts[4])
+            except ValueError:
+                return None
+    return None

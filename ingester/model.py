@@ -1,0 +1,120 @@
+"""The payload a scraper drops: ``ConsoleUsageDataSync`` (SPEC section 4), and how bytes are judged.
+
+``judge_payload`` is the one gate every drop passes: it turns raw bytes into a validated
+model or a :class:`PayloadRejected` whose ``errors`` name each failing field. It never
+raises anything else, whatever the bytes hold (binary, BOMs, NaN, 200,000 brackets).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+
+__all__ = [
+    "ConsoleUsageDataSync",
+    "PayloadRejected",
+    "UsageWindow",
+    "WeeklyLimits",
+    "judge_payload",
+]
+
+# A JSON number from 0 to 100. Strict: "40" and true are refused, as the original endpoint did.
+Percentage = Annotated[float, Field(strict=True, ge=0, le=100)]
+NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
+
+
+class _Open(BaseModel):
+    """Unknown fields are allowed at every level and kept (SPEC section 4)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class UsageWindow(_Open):
+    """One usage window: when it resets and how much of it is used."""
+
+    resetsIn: NonEmptyStr
+    percentageUsed: Percentage
+
+
+class WeeklyLimits(_Open):
+    """The two weekly windows; both are required when the section is present."""
+
+    allModels: UsageWindow
+    sonnetOnly: UsageWindow
+
+
+class ConsoleUsageDataSync(_Open):
+    """The payload of the original sync endpoint."""
+
+    currentSession: UsageWindow | None = None
+    weeklyLimits: WeeklyLimits | None = None
+    lastUpdated: AwareDatetime
+    isPartial: StrictBool | None = None
+    extractionErrors: dict[str, StrictStr] | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one_section(self) -> ConsoleUsageDataSync:
+        if self.currentSession is None and self.weeklyLimits is None:
+            raise ValueError("at least one of currentSession and weeklyLimits is required")
+        return self
+
+
+class PayloadRejected(ValueError):
+    """A drop that is not an acceptable payload; ``errors`` lists every problem found."""
+
+    def __init__(self, reason: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.errors: list[dict[str, Any]] = errors if errors is not None else [{"msg": reason}]
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(payload)"
+
+
+def judge_payload(data: bytes, *, max_bytes: int | None = None) -> ConsoleUsageDataSync:
+    """Validate ``data`` as a drop; raise :class:`PayloadRejected` naming what is wrong."""
+    if max_bytes is not None and len(data) > max_bytes:
+        raise PayloadRejected(f"drop is {len(data)} bytes, over the limit of {max_bytes}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadRejected(f"not valid UTF-8 (byte {exc.start})") from None
+    if text.startswith("\ufeff"):
+        raise PayloadRejected("starts with a byte order mark; UTF-8 without BOM is required")
+    try:
+        # parse_constant refuses NaN/Infinity, which Python's json accepts by default.
+        obj = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise PayloadRejected("JSON nested too deeply") from None
+    except ValueError as exc:
+        raise PayloadRejected(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise PayloadRejected(f"top level is a JSON {type(obj).__name__}, not an object")
+    try:
+        # JSON mode so that strict typing still reads ISO strings as datetimes.
+        return ConsoleUsageDataSync.model_validate_json(text)
+    except ValidationError as exc:
+        errors: list[dict[str, Any]] = [
+            {"field": _field_path(err["loc"]), "type": err["type"], "msg": err["msg"]}
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        summary = "; ".join(f"{e['field']}: {e['msg']}" for e in errors)
+        raise PayloadRejected(f"does not match ConsoleUsageDataSync: {summary}", errors) from None
+    except RecursionError:
+        raise PayloadRejected("JSON nested too deeply") from None

@@ -1,0 +1,419 @@
+"""The versioned history: version files, the latest link, ``_metadata.json``, retention.
+
+This is the storage layer of the seed plan as a class (SPEC sections 5, 6, 7, 10).
+
+What is true, and what is derived:
+
+* The **version files** are the truth. Each is written once through
+  :mod:`ingester.durable` (temp, fsync, link, fsync folder), is read-only, and is never
+  modified. Their names sort in ingestion order.
+* The **latest link** and **metadata** are caches of that truth: cheap to rebuild from a
+  scan, and rebuilt by :meth:`HistoryStore.initialize` whenever they disagree with it.
+  Only the two totals (created/deleted) cannot be derived; after a crash they are best
+  effort and never decrease.
+* The store keeps the sorted list of version names in memory, loaded by one scan, so a
+  save and its cleanup cost the same with 20,000 versions as with 100.
+
+A ``HistoryStore`` assumes it is the only writer of its history; the caller makes that
+so with :class:`ingester.lock.HistoryLock`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import durable
+from .durable import StorageError
+from .model import ConsoleUsageDataSync
+from .names import (
+    format_timestamp,
+    generate_version_filename,
+    is_version_name,
+    parse_timestamp_from_filename,
+)
+from .retention import (
+    RetentionPlan,
+    RetentionPolicy,
+    expired_prefix,
+    future_suffix,
+    plan_retention,
+)
+
+__all__ = ["CleanupResult", "HistoryStore", "StorageMetadata"]
+
+log = logging.getLogger("ingester.store")
+
+METADATA_NAME = "_metadata.json"
+LOCK_NAME = ".lock"
+VERSION_MODE = 0o444
+METADATA_MODE = 0o644
+
+
+def utc_now() -> datetime:
+    """The clock the store uses unless given another."""
+    return datetime.now(UTC)
+
+
+class StorageMetadata(BaseModel):
+    """``_metadata.json``: the six keys of SPEC section 6, then a few more."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    version_count: int = Field(0, alias="versionCount", ge=0)
+    oldest_timestamp: str | None = Field(None, alias="oldestTimestamp")
+    newest_timestamp: str | None = Field(None, alias="newestTimestamp")
+    last_cleanup: str | None = Field(None, alias="lastCleanup")
+    total_versions_created: int = Field(0, alias="totalVersionsCreated", ge=0)
+    total_versions_deleted: int = Field(0, alias="totalVersionsDeleted", ge=0)
+    latest_version: str | None = Field(None, alias="latestVersion")
+    future_versions: int = Field(0, alias="futureVersions", ge=0)
+
+    def to_json_bytes(self) -> bytes:
+        """The file's bytes: camelCase keys, the six required ones first."""
+        return (json.dumps(self.model_dump(by_alias=True), indent=2) + "\n").encode()
+
+    def scan_facts(self) -> tuple[int, str | None, str | None, str | None, int]:
+        """The keys that must agree with the version files on disk."""
+        return (
+            self.version_count,
+            self.oldest_timestamp,
+            self.newest_timestamp,
+            self.latest_version,
+            self.future_versions,
+        )
+
+
+@dataclass(frozen=True)
+class CleanupResult:
+    """What one cleanup did."""
+
+    deleted: list[str]
+    retained: int
+    future: int
+    at: datetime
+
+
+@dataclass
+class InitReport:
+    """What :meth:`HistoryStore.initialize` found and repaired."""
+
+    removed_temps: list[str] = field(default_factory=list)
+    metadata_rebuilt: str | None = None
+    latest_repaired: str | None = None
+
+
+class HistoryStore:
+    """The history folder and its latest link, with the seed plan's operations."""
+
+    def __init__(
+        self,
+        history_dir: Path,
+        latest_path: Path,
+        policy: RetentionPolicy | None = None,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.history_dir = Path(os.path.abspath(history_dir))
+        self.latest_path = Path(os.path.abspath(latest_path))
+        self.policy = policy or RetentionPolicy()
+        self.clock = clock
+        self._names: list[str] = []
+        self._meta = StorageMetadata()
+        self._loaded = False
+
+    # -- paths -------------------------------------------------------------------
+
+    @property
+    def metadata_path(self) -> Path:
+        """``<history>/_metadata.json``."""
+        return self.history_dir / METADATA_NAME
+
+    @property
+    def lock_path(self) -> Path:
+        """``<history>/.lock``, the one-writer lock."""
+        return self.history_dir / LOCK_NAME
+
+    def version_path(self, name: str) -> Path:
+        """Where the version ``name`` lives."""
+        return self.history_dir / name
+
+    def link_target(self, name: str) -> str:
+        """The relative target of the latest link for version ``name``."""
+        return os.path.relpath(self.version_path(name), self.latest_path.parent)
+
+    # -- loading -----------------------------------------------------------------
+
+    def scan(self) -> list[str]:
+        """Re-read the version names from disk (sorted, oldest first); no writes."""
+        try:
+            with os.scandir(self.history_dir) as entries:
+                names = [
+                    e.name
+                    for e in entries
+                    if is_version_name(e.name) and e.is_file(follow_symlinks=False)
+                ]
+        except OSError as exc:
+            raise StorageError("list", self.history_dir, exc) from exc
+        names.sort()
+        self._names = names
+        self._loaded = True
+        return list(names)
+
+    def read_metadata_file(self) -> tuple[StorageMetadata, str | None]:
+        """The metadata as stored, and why it is unusable (``None`` when it is fine)."""
+        try:
+            raw = self.metadata_path.read_bytes()
+        except FileNotFoundError:
+            return StorageMetadata(), "missing"
+        except OSError as exc:
+            return StorageMetadata(), f"unreadable ({exc.strerror})"
+        try:
+            return StorageMetadata.model_validate_json(raw), None
+        except ValidationError:
+            return StorageMetadata(), "corrupt"
+
+    def load(self) -> None:
+        """Scan the history and read the metadata, without writing anything."""
+        self.scan()
+        stored, _problem = self.read_metadata_file()
+        self._meta = self._derive(stored)
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self.load()
+
+    def initialize(self) -> InitReport:
+        """Create the folders, sweep stale temp files, and repair metadata and latest link.
+
+        Idempotent. Call it with the history lock held.
+        """
+        report = InitReport()
+        for folder in (self.history_dir, self.latest_path.parent):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError("create folder", folder, exc) from exc
+        report.removed_temps += durable.remove_stale_temps(self.history_dir)
+        for prefix in (".tmp-link-", ".tmp-w-"):
+            report.removed_temps += durable.remove_stale_temps(self.latest_path.parent, prefix)
+        self.scan()
+        stored, problem = self.read_metadata_file()
+        self._meta = self._derive(stored)
+        if problem is None and stored.scan_facts() != self._meta.scan_facts():
+            problem = "out of date"
+        if problem is not None:
+            report.metadata_rebuilt = problem
+            self._write_metadata()
+        latest_problem = self.latest_problem()
+        if latest_problem is not None:
+            report.latest_repaired = latest_problem
+            self._update_latest()
+        return report
+
+    # -- derived facts -------------------------------------------------------------
+
+    def _derive(self, base: StorageMetadata) -> StorageMetadata:
+        """``base`` with every scan-derived key recomputed from the names in memory."""
+        names = self._names
+        now = self.clock()
+        future = future_suffix(names, now)
+        latest = self.latest_version_name(now)
+        return StorageMetadata(
+            version_count=len(names),
+            oldest_timestamp=format_timestamp(parse_timestamp_from_filename(names[0]))
+            if names
+            else None,
+            newest_timestamp=format_timestamp(parse_timestamp_from_filename(names[-1]))
+            if names
+            else None,
+            last_cleanup=base.last_cleanup,
+            # Totals never decrease; when the file was lost, what is on disk is a floor.
+            total_versions_created=max(base.total_versions_created, len(names)),
+            total_versions_deleted=base.total_versions_deleted,
+            latest_version=latest,
+            future_versions=future,
+        )
+
+    def latest_version_name(self, now: datetime | None = None) -> str | None:
+        """The newest version that is not future-dated: what the latest link names."""
+        names = self._names
+        present = len(names) - future_suffix(names, now or self.clock())
+        return names[present - 1] if present > 0 else None
+
+    def latest_problem(self) -> str | None:
+        """Why the latest link does not name the newest version, or ``None`` if it does."""
+        self._ensure_loaded()
+        newest = self.latest_version_name()
+        link = self.latest_path
+        if newest is None:
+            return "points at a version that is gone" if os.path.lexists(link) else None
+        if link.is_symlink():
+            target = os.readlink(link)
+            if target == self.link_target(newest):
+                return None
+            return f"points at {target}, not {newest}"
+        if not link.exists():
+            return "missing"
+        try:
+            same = link.read_bytes() == self.version_path(newest).read_bytes()
+        except OSError as exc:
+            return f"unreadable ({exc.strerror})"
+        return None if same else f"a copy that is not {newest}"
+
+    # -- the seed plan's operations -------------------------------------------------
+
+    def get_storage_metadata(self) -> StorageMetadata:
+        """The current metadata (rebuilt from a scan when the file is missing or corrupt)."""
+        self._ensure_loaded()
+        return self._meta.model_copy()
+
+    def list_versions(self, limit: int | None = None) -> list[Path]:
+        """Version paths, newest first, at most ``limit`` of them."""
+        self._ensure_loaded()
+        names = self._names[::-1] if limit is None else self._names[: -limit - 1 : -1]
+        return [self.version_path(n) for n in names]
+
+    def version_names(self) -> list[str]:
+        """All version names, oldest first (a copy)."""
+        self._ensure_loaded()
+        return list(self._names)
+
+    def next_version_name(self) -> str:
+        """A fresh name that sorts above every non-future version."""
+        self._ensure_loaded()
+        return generate_version_filename(self.clock(), after=self.latest_version_name())
+
+    def write_version(self, name: str, data: bytes) -> Path:
+        """Durably store ``data`` as version ``name``; the latest link and metadata wait.
+
+        Once this returns the version is on disk for good. Call :meth:`publish` to
+        re-point the latest link and rewrite the metadata (once per batch is enough).
+        """
+        self._ensure_loaded()
+        path = durable.write_file(self.history_dir, name, data, mode=VERSION_MODE)
+        bisect.insort(self._names, name)
+        self._meta = self._meta.model_copy(
+            update={"total_versions_created": self._meta.total_versions_created + 1}
+        )
+        return path
+
+    def adopt_version(self, name: str) -> None:
+        """Count a version that is already on disk (found after a crash) without writing it."""
+        self._ensure_loaded()
+        index = bisect.bisect_left(self._names, name)
+        if index == len(self._names) or self._names[index] != name:
+            self._names.insert(index, name)
+
+    def publish(self) -> None:
+        """Re-point the latest link at the newest version and rewrite the metadata."""
+        self._ensure_loaded()
+        self._update_latest()
+        self._write_metadata()
+
+    def save_version(self, data: bytes | ConsoleUsageDataSync) -> Path:
+        """Store one payload as a new version, re-point the latest link, refresh the metadata.
+
+        ``data`` is a drop's raw bytes (stored unchanged; validate them first with
+        :func:`ingester.model.judge_payload`) or a model (stored as its JSON).
+        Returns the path of the new version. Retention is not applied: call
+        :meth:`cleanup_old_versions` after it.
+        """
+        if isinstance(data, ConsoleUsageDataSync):
+            data = data.model_dump_json(exclude_unset=True).encode()
+        path = self.write_version(self.next_version_name(), data)
+        self.publish()
+        return path
+
+    def plan_cleanup(self, now: datetime | None = None) -> RetentionPlan:
+        """The retention decision for every version; changes nothing."""
+        self._ensure_loaded()
+        return plan_retention(self._names, now or self.clock(), self.policy)
+
+    def cleanup_old_versions(self, now: datetime | None = None) -> CleanupResult:
+        """Delete expired versions and refresh the metadata.
+
+        Looks only at the expired versions (a prefix of the sorted names), so its cost
+        does not grow with the history. Never deletes the newest or a future version.
+        """
+        self._ensure_loaded()
+        now = now or self.clock()
+        count = expired_prefix(self._names, now, self.policy)
+        doomed = self._names[:count]
+        deleted: list[str] = []
+        failure: StorageError | None = None
+        for name in doomed:
+            try:
+                durable.remove_file(self.version_path(name))
+            except StorageError as exc:
+                failure = exc
+                break
+            deleted.append(name)
+        del self._names[: len(deleted)]
+        updates: dict[str, Any] = {
+            "total_versions_deleted": self._meta.total_versions_deleted + len(deleted)
+        }
+        if failure is None:
+            updates["last_cleanup"] = format_timestamp(now)
+        self._meta = self._meta.model_copy(update=updates)
+        if deleted:
+            durable.fsync_dir(self.history_dir)
+        self._write_metadata()
+        if failure is not None:
+            raise failure
+        result = CleanupResult(
+            deleted=deleted,
+            retained=len(self._names),
+            future=future_suffix(self._names, now),
+            at=now,
+        )
+        log.info(
+            "cleanup deleted %d, retained %d%s",
+            len(deleted),
+            result.retained,
+            f" ({result.future} future-dated)" if result.future else "",
+            extra={"event": "cleanup", "deleted": len(deleted), "retained": result.retained},
+        )
+        return result
+
+    # -- caches --------------------------------------------------------------------
+
+    def _update_latest(self) -> None:
+        newest = self.latest_version_name()
+        if newest is None:
+            durable.remove_file(self.latest_path)
+            return
+        source = self.version_path(newest)
+
+        def copy_of_newest() -> bytes:
+            try:
+                return source.read_bytes()
+            except OSError as exc:
+                raise StorageError("read", source, exc) from exc
+
+        durable.replace_symlink(self.latest_path, self.link_target(newest), fallback=copy_of_newest)
+
+    def _write_metadata(self) -> None:
+        self._meta = self._derive(self._meta)
+        durable.write_file(
+            self.history_dir,
+            METADATA_NAME,
+            self._meta.to_json_bytes(),
+            mode=METADATA_MODE,
+            replace=True,
+        )
+
+
+def metadata_as_dict(meta: StorageMetadata) -> dict[str, Any]:
+    """The metadata as the JSON object stored on disk."""
+    result: dict[str, Any] = meta.model_dump(by_alias=True)
+    return result
