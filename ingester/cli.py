@@ -8,6 +8,7 @@ another writer); 2 a usage error (a bad option or setting), before anything is t
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -251,6 +252,105 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
         )
     else:
         click.echo(f"cleanup deleted {len(result.deleted)}, retained {result.retained}")
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Drain the backlog already in the spool, then exit 0.")
+@click.option(
+    "--polling",
+    is_flag=True,
+    help="Poll the spool instead of inotify (NFS, CIFS); drops written in place are taken "
+    "once their size and mtime are --settle seconds old.",
+)
+@click.option(
+    "--rescan-interval",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="Full rescan of the spool every S seconds, the backstop for lost events.",
+)
+@click.option(
+    "--retry-max",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="Longest wait between retries while the history cannot be written.",
+)
+@click.option(
+    "--settle",
+    type=click.FloatRange(min=0.0),
+    default=1.0,
+    show_default=True,
+    metavar="S",
+    help="A drop found by a scan (not by an event) is taken once its mtime is S seconds old.",
+)
+@click.pass_obj
+def watch(
+    app: App, once: bool, polling: bool, rescan_interval: float, retry_max: float, settle: float
+) -> None:
+    """Run the service: take the backlog (oldest first), then every new drop.
+
+    Each valid drop becomes one version in the history, the latest link moves to it,
+    and retention runs after each batch; invalid drops go to the rejected folder with a
+    reason file. Holds the history lock: a second watcher exits 1 at once. Stops on
+    SIGTERM/SIGINT after finishing the drop in hand (exit 0).
+    """
+    from .watcher import Watcher, WatchOptions
+
+    options = WatchOptions(
+        once=once,
+        polling=polling,
+        rescan_interval=rescan_interval,
+        retry_max=retry_max,
+        settle=settle,
+    )
+    raise click.exceptions.Exit(Watcher(app.settings, options).run())
+
+
+@main.command()
+@click.argument("source", metavar="FILE|-")
+@click.option(
+    "--name",
+    metavar="NAME",
+    help="Name of the drop (ends in .json, no leading dot, no '/'). "
+    "Default: the UTC time and a random part.",
+)
+@click.pass_obj
+def submit(app: App, source: str, name: str | None) -> None:
+    """Drop FILE (or standard input, '-') into the spool atomically; print its path.
+
+    The payload is validated first: an invalid one is refused with the reasons (exit 1)
+    and nothing is dropped. The file is written into SPOOL/tmp/, fsynced, then renamed
+    into the spool, so the watcher never sees a partial drop.
+    """
+    from .spool import Spool, drop_name_for_now, is_drop_name
+
+    s = app.settings
+    if name is not None and not is_drop_name(name):
+        raise click.BadParameter(
+            "must end in .json, not start with '.', and contain no '/'", param_hint="--name"
+        )
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read(s.max_bytes + 1)
+        else:
+            data = read_limited(Path(source), s.max_bytes)
+    except OSError as exc:
+        raise fail(f"cannot read {source}: {exc.strerror}") from None
+    try:
+        judge_payload(data, max_bytes=s.max_bytes)
+    except PayloadRejected as exc:
+        click.echo(f"refused {source}: {exc.reason}", err=True)
+        raise click.exceptions.Exit(1) from None
+    try:
+        path = Spool(s.spool_dir, s.rejected_dir).submit(data, name or drop_name_for_now())
+    except FileExistsError as exc:
+        raise fail(f"{exc.filename}: a drop of that name is still waiting") from None
+    except StorageError as exc:
+        raise fail(str(exc)) from None
+    click.echo(str(path))
 
 
 # -- commands defined in their own modules ------------------------------------------------

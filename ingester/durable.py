@@ -25,6 +25,7 @@ from pathlib import Path
 
 __all__ = [
     "TEMP_PREFIX",
+    "StagedFile",
     "StorageError",
     "fsync_dir",
     "move_file",
@@ -108,40 +109,71 @@ def _write_temp(directory: Path, data: bytes, mode: int, tag: str) -> Path:
     return tmp
 
 
+class StagedFile:
+    """Steps 1-2 done: a complete, fsynced temp file waiting for its final name.
+
+    Splitting the recipe lets a caller do something between "the bytes are safe" and
+    "the name appears" (the watcher claims its drop there). Commit or discard it.
+    """
+
+    def __init__(self, directory: Path, data: bytes, mode: int) -> None:
+        self.directory = directory
+        self.temp: Path | None = _write_temp(directory, data, mode, "w")
+
+    def commit(self, name: str, *, replace: bool = False) -> Path:
+        """Steps 3-4: give the temp file its final ``name``; return the final path.
+
+        With ``replace=False`` the name must be new (``FileExistsError`` wrapped in
+        :class:`StorageError` otherwise): the temp file is hard-linked into place, which
+        never clobbers. With ``replace=True`` it is renamed over any existing file.
+        """
+        tmp = self.temp
+        if tmp is None:
+            raise RuntimeError("staged file already committed or discarded")
+        final = self.directory / name
+        try:
+            if replace:
+                os.replace(tmp, final)
+            else:
+                _link_no_clobber(tmp, final)
+        except OSError as exc:
+            self.discard()
+            raise StorageError("replace" if replace else "link", final, exc) from exc
+        self.temp = None
+        # The temp name goes before the folder fsync, so one fsync makes both changes durable.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fsync_dir(self.directory)
+        return final
+
+    def discard(self) -> None:
+        """Remove the temp file (best effort: a leftover is swept on start)."""
+        if self.temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.temp)
+            self.temp = None
+
+
+def _link_no_clobber(tmp: Path, final: Path) -> None:
+    try:
+        os.link(tmp, final)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # No hard links here (e.g. some FUSE or SMB mounts): check, then rename.
+        if os.path.lexists(final):
+            raise FileExistsError(errno.EEXIST, "File exists", os.fspath(final)) from exc
+        os.replace(tmp, final)
+
+
 def write_file(
     directory: Path, name: str, data: bytes, *, mode: int = 0o444, replace: bool = False
 ) -> Path:
     """Durably write ``data`` as ``directory/name``; return the final path.
 
-    With ``replace=False`` the name must be new (``FileExistsError`` wrapped in
-    :class:`StorageError` otherwise): the temp file is hard-linked into place, which
-    never clobbers. With ``replace=True`` it is renamed over any existing file.
+    The whole recipe in one call; see :meth:`StagedFile.commit` for ``replace``.
     """
-    final = directory / name
-    tmp = _write_temp(directory, data, mode, "w")
-    try:
-        if replace:
-            os.replace(tmp, final)
-        else:
-            try:
-                os.link(tmp, final)
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-                    raise
-                # No hard links here (e.g. some FUSE or SMB mounts): check, then rename.
-                if os.path.lexists(final):
-                    raise FileExistsError(errno.EEXIST, "File exists", os.fspath(final)) from exc
-                os.replace(tmp, final)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise StorageError("link" if not replace else "replace", final, exc) from exc
-    # The final name is in place; the temp name goes before the folder fsync so that
-    # one fsync makes both changes durable.
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fsync_dir(directory)
-    return final
+    return StagedFile(directory, data, mode).commit(name, replace=replace)
 
 
 def replace_symlink(

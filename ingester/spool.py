@@ -1,12 +1,249 @@
-"""The spool folder: what counts as a drop (SPEC section 3)."""
+"""The spool folder (SPEC section 3): finding drops, opening them safely, quarantine, submit.
+
+Layout under ``<spool>/``:
+
+* ``*.json`` (not dot-files): drops. Only the watcher removes them.
+* ``tmp/``: writers' scratch space. Never read here.
+* ``rejected/``: quarantined drops, each with ``<name>.reason.json`` (movable apart).
+* ``.claimed/``: the watcher's in-flight folder, see :mod:`ingester.watcher`.
+
+Everything else (dot-files, ``*.tmp``, ``*.part``, other sub-folders) is never touched.
+
+A spool entry is never opened unless it is a regular file, and never followed:
+``O_NOFOLLOW | O_NONBLOCK`` then ``fstat`` on the descriptor, so a symlink to a secret,
+a FIFO with no writer or a socket cannot make us read it or hang.
+"""
 
 from __future__ import annotations
 
-__all__ = ["is_drop_name"]
+import errno
+import json
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-IGNORED_SUFFIXES = (".tmp", ".part")
+from . import durable
+from .durable import StorageError
+
+__all__ = [
+    "Candidate",
+    "Opened",
+    "Spool",
+    "Unreadable",
+    "drop_name_for_now",
+    "is_drop_name",
+]
+
+REASON_SUFFIX = ".reason.json"
 
 
 def is_drop_name(name: str) -> bool:
     """True for a name a drop may have: ``*.json`` and not a dot-file."""
-    return name.endswith(".json") and not name.startswith(".")
+    return name.endswith(".json") and not name.startswith(".") and "/" not in name
+
+
+def drop_name_for_now() -> str:
+    """A fresh drop name: the current UTC time and a random part."""
+    now = datetime.now(UTC)
+    return f"{now.strftime('%Y-%m-%dT%H-%M-%S')}-{now.microsecond:06d}-{secrets.token_hex(4)}.json"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A spool entry seen by a scan: its name, and its type and times from ``lstat``."""
+
+    name: str
+    mode: int
+    mtime_ns: int
+    size: int
+    nlink: int
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A regular file read through a safe descriptor."""
+
+    data: bytes
+    dev: int
+    ino: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An entry that must not be read: ``kind`` says what it is (symlink, FIFO, ...)."""
+
+    kind: str
+    is_dir: bool = False
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISDIR, "directory"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def open_entry(path: Path, max_bytes: int) -> Opened | Unreadable | None:
+    """Read ``path`` if it is a regular file, at most ``max_bytes + 1`` bytes.
+
+    Returns ``None`` when it is gone. Raises :class:`StorageError` when it cannot be
+    read for another reason (e.g. permission denied): the caller retries later.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return Unreadable("symlink")
+        if exc.errno == errno.ENXIO:  # a socket, or a FIFO opened for writing
+            return Unreadable("socket")
+        raise StorageError("open drop", path, exc) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return Unreadable(_kind(st.st_mode), is_dir=stat.S_ISDIR(st.st_mode))
+        if st.st_size > max_bytes:
+            return Opened(b"", st.st_dev, st.st_ino, st.st_size)
+        chunks = []
+        remaining = max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        return Opened(data, st.st_dev, st.st_ino, max(st.st_size, len(data)))
+    except OSError as exc:
+        raise StorageError("read drop", path, exc) from exc
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """The drop folder and its sub-folders."""
+
+    def __init__(self, spool_dir: Path, rejected_dir: Path | None = None) -> None:
+        self.dir = Path(os.path.abspath(spool_dir))
+        self.rejected_dir = Path(os.path.abspath(rejected_dir or self.dir / "rejected"))
+        self.tmp_dir = self.dir / "tmp"
+        self.claimed_dir = self.dir / ".claimed"
+
+    def ensure_folders(self) -> None:
+        """Create the spool, ``tmp/``, ``rejected/`` and ``.claimed/`` if missing."""
+        for folder in (self.dir, self.tmp_dir, self.rejected_dir, self.claimed_dir):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError("create folder", folder, exc) from exc
+
+    def scan(self) -> list[Candidate]:
+        """Drop candidates in arrival order: oldest mtime first, then name."""
+        found = []
+        try:
+            with os.scandir(self.dir) as entries:
+                for entry in entries:
+                    if not is_drop_name(entry.name):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    found.append(
+                        Candidate(entry.name, st.st_mode, st.st_mtime_ns, st.st_size, st.st_nlink)
+                    )
+        except OSError as exc:
+            raise StorageError("list", self.dir, exc) from exc
+        found.sort(key=lambda c: (c.mtime_ns, c.name))
+        return found
+
+    def claimed(self) -> list[str]:
+        """Names in ``.claimed/`` (drops taken but maybe not stored), oldest first."""
+        try:
+            return sorted(os.listdir(self.claimed_dir))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageError("list", self.claimed_dir, exc) from exc
+
+    def _free_rejected_name(self, name: str) -> str:
+        stem, dot, ext = name.rpartition(".")
+        if not dot:
+            stem, ext = name, ""
+        candidate, n = name, 0
+        while os.path.lexists(self.rejected_dir / candidate) or os.path.lexists(
+            self.rejected_dir / (candidate + REASON_SUFFIX)
+        ):
+            n += 1
+            candidate = f"{stem}-{n}.{ext}" if ext else f"{stem}-{n}"
+        return candidate
+
+    def quarantine(self, source: Path, name: str, reason: str, errors: list[dict[str, Any]]) -> str:
+        """Move ``source`` (the entry itself, never a link's target) to ``rejected/``.
+
+        The reason file is written first: if we die between the two steps the drop is
+        still in the spool, and rejecting it again rewrites the same reason file.
+        Returns the name it was given in ``rejected/``.
+        """
+        target = self._free_rejected_name(name)
+        record = {
+            "file": name,
+            "rejectedAt": datetime.now(UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "reason": reason,
+            "errors": errors,
+        }
+        durable.write_file(
+            self.rejected_dir,
+            target + REASON_SUFFIX,
+            (json.dumps(record, indent=2, default=str) + "\n").encode(),
+            mode=0o644,
+            replace=True,
+        )
+        durable.move_file(source, self.rejected_dir / target)
+        return target
+
+    def rejected_count(self) -> int:
+        """How many quarantined drops there are."""
+        try:
+            return sum(1 for n in os.listdir(self.rejected_dir) if not n.endswith(REASON_SUFFIX))
+        except OSError:
+            return 0
+
+    def submit(self, data: bytes, name: str) -> Path:
+        """The writer's side: durably write into ``tmp/``, then rename into the spool.
+
+        Refuses (``FileExistsError``) to replace a drop of the same name still waiting.
+        """
+        for folder in (self.dir, self.tmp_dir):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError("create folder", folder, exc) from exc
+        final = self.dir / name
+        if os.path.lexists(final):
+            raise FileExistsError(errno.EEXIST, "a drop of that name is waiting", str(final))
+        staged = durable.write_file(
+            self.tmp_dir, f".{name}.{secrets.token_hex(4)}", data, mode=0o644
+        )
+        try:
+            os.rename(staged, final)
+        except OSError as exc:
+            durable.remove_file(staged)
+            raise StorageError("move into spool", final, exc) from exc
+        durable.fsync_dir(self.dir)
+        return final

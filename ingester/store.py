@@ -299,13 +299,25 @@ class HistoryStore:
         Once this returns the version is on disk for good. Call :meth:`publish` to
         re-point the latest link and rewrite the metadata (once per batch is enough).
         """
+        return self.commit_version(self.stage_version(data), name)
+
+    def stage_version(self, data: bytes) -> durable.StagedFile:
+        """First half of :meth:`write_version`: the bytes safe on disk under a temp name."""
+        return durable.StagedFile(self.history_dir, data, VERSION_MODE)
+
+    def commit_version(self, staged: durable.StagedFile, name: str) -> Path:
+        """Second half of :meth:`write_version`: the version appears under ``name``."""
         self._ensure_loaded()
-        path = durable.write_file(self.history_dir, name, data, mode=VERSION_MODE)
+        path = staged.commit(name)
         bisect.insort(self._names, name)
         self._meta = self._meta.model_copy(
             update={"total_versions_created": self._meta.total_versions_created + 1}
         )
         return path
+
+    def has_version(self, name: str) -> bool:
+        """Whether version ``name`` is on disk."""
+        return os.path.lexists(self.version_path(name))
 
     def adopt_version(self, name: str) -> None:
         """Count a version that is already on disk (found after a crash) without writing it."""
@@ -316,9 +328,13 @@ class HistoryStore:
 
     def publish(self) -> None:
         """Re-point the latest link at the newest version and rewrite the metadata."""
+        self.update_latest()
+        self._write_metadata()
+
+    def update_latest(self) -> None:
+        """Re-point the latest link at the newest non-future version (atomically)."""
         self._ensure_loaded()
         self._update_latest()
-        self._write_metadata()
 
     def save_version(self, data: bytes | ConsoleUsageDataSync) -> Path:
         """Store one payload as a new version, re-point the latest link, refresh the metadata.

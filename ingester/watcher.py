@@ -1,0 +1,641 @@
+"""``ingester watch``: take every drop from the spool exactly once, fast, through crashes.
+
+What happens to one drop (``<spool>/foo.json``)::
+
+    1. read     open O_NOFOLLOW|O_NONBLOCK, fstat: a regular file?, read <= max-bytes
+    2. judge    judge_payload(bytes); invalid -> rejected/ with a reason file, done
+    3. stage    the bytes into <history>/.tmp-w-*, fsynced              (StagedFile)
+    4. claim    rename foo.json -> <spool>/.claimed/<version>.json, fsync .claimed/
+    5. commit   link the staged file as <history>/<version>.json, fsync <history>
+    6. release  unlink the claim
+    then, once per batch: the latest link; when idle or once a second: cleanup + metadata.
+
+**The commit point is step 5** and the claim of step 4 is the record that makes a crash
+anywhere recoverable. The claim's name *is* the version name, so recovery (run on start,
+with the history lock held, before anything else) is a pure function of names:
+
+* crash before 4: the drop is still in the spool, the staged temp is swept on start;
+  the drop is taken again as if new. Nothing was stored.
+* crash between 4 and 5: ``.claimed/<v>`` exists, ``<history>/<v>`` does not: the claimed
+  bytes are validated and committed as ``<v>``. Stored once.
+* crash between 5 and 6: both exist: the claim is removed. Stored once.
+
+The latest link and the metadata are caches of the version files; ``initialize`` repairs
+them on start. So after ``kill -9`` at any instant: no drop lost, none stored twice, every
+version complete (it only gets its name in step 5, after its bytes were fsynced).
+
+Store failures (permission, disk full, read-only) happen in step 3 before the drop is
+touched: it stays in the spool, the error is logged, and the whole pipeline backs off
+(0.5 s doubling up to ``--retry-max``) and retries by itself until the fault clears.
+
+Events: watchdog's inotify backend with our own event mask (IN_MOVED_TO, IN_CLOSE_WRITE,
+IN_CREATE, IN_DELETE_SELF). Leaving out IN_MOVED_FROM matters: watchdog holds each one
+0.5 s waiting for its pair, and every drop we claim makes one, which would delay every
+later event (FIELD-NOTES). A full rescan runs at start, every ``--rescan-interval`` and
+right after an inotify queue overflow; the observer thread's liveness is checked every
+loop and it is restarted, or we exit non-zero so systemd restarts us.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyFullEmitter, InotifyObserver, InotifyWatchGroup
+from watchdog.observers.inotify_c import InotifyConstants, InotifyFD
+from watchdog.observers.polling import PollingObserver
+
+from . import durable
+from .durable import StorageError
+from .lock import HistoryLock, LockHeld
+from .model import PayloadRejected, judge_payload
+from .names import is_version_name
+from .notify import SystemdNotifier
+from .settings import Settings
+from .spool import Opened, Spool, open_entry
+from .store import HistoryStore
+
+__all__ = ["WatchOptions", "Watcher"]
+
+log = logging.getLogger("ingester.watcher")
+
+_MAINTENANCE_EVERY = 1.0  # seconds between cleanup/metadata rounds while drops keep coming
+_TICK = 0.25  # longest wait: bounds the reaction to signals and liveness checks
+_BACKOFF_START = 0.5
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """The knobs of ``ingester watch``."""
+
+    once: bool = False
+    polling: bool = False
+    rescan_interval: float = 30.0
+    retry_max: float = 30.0
+    settle: float = 1.0
+
+
+class How(Enum):
+    """How sure we are that a spool entry is complete."""
+
+    COMPLETE = "complete"  # renamed in, or closed after writing: take it now
+    CREATED = "created"  # just created: take it only if it cannot be written in place
+    SETTLE = "settle"  # found by a scan or polling: take once its mtime is settle-old
+
+
+# -- the observer ---------------------------------------------------------------------
+
+
+class SpoolOverflowEvent(FileSystemEvent):
+    """Queued when the kernel's inotify queue overflowed: events were lost, rescan."""
+
+    event_type = "overflow"
+
+
+@dataclass
+class _OverflowAwareGroup(InotifyWatchGroup):
+    on_overflow: Callable[[], None] = field(default=lambda: None)
+
+    def on_queue_overflow(self) -> None:
+        super().on_queue_overflow()
+        self.on_overflow()
+
+
+class _SpoolEmitter(InotifyFullEmitter):
+    """watchdog's inotify emitter with the event mask a spool needs (no IN_MOVED_FROM)."""
+
+    def get_event_mask_from_filter(self) -> InotifyConstants.Mask:  # type: ignore[name-defined]
+        return (
+            InotifyConstants.IN_MOVED_TO
+            | InotifyConstants.IN_CLOSE_WRITE
+            | InotifyConstants.IN_CREATE
+            | InotifyConstants.IN_DELETE_SELF
+        )
+
+    def on_thread_start(self) -> None:
+        self._inotify = _OverflowAwareGroup(
+            self._inotify_fd,
+            os.fsencode(self.watch.path),
+            is_recursive=False,
+            event_mask=self.get_event_mask_from_filter(),
+            follow_symlink=False,
+            on_overflow=lambda: self.queue_event(SpoolOverflowEvent(self.watch.path)),
+        )
+
+
+class _SpoolInotifyObserver(InotifyObserver):
+    def __init__(self) -> None:
+        self._inotify_fd = InotifyFD()
+        self._inotify_fd.start()
+        BaseObserver.__init__(self, _SpoolEmitter, inotify_fd=self._inotify_fd)
+
+
+class _Handler(FileSystemEventHandler):
+    """Runs on the observer thread: turns events into work items for the main loop."""
+
+    def __init__(self, spool_dir: Path, sink: Callable[[tuple[Any, ...]], None], polling: bool):
+        self.spool_dir = os.fspath(spool_dir)
+        self.sink = sink
+        self.polling = polling
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        if isinstance(event, SpoolOverflowEvent):
+            self.sink(("rescan", "inotify queue overflow"))
+            return
+        src = os.fsdecode(event.src_path)
+        dest = os.fsdecode(event.dest_path)
+        if event.event_type == "deleted" and src == self.spool_dir:
+            self.sink(("spool-gone",))
+            return
+        path = dest if event.event_type == "moved" else src
+        parent, name = os.path.split(path)
+        if parent != self.spool_dir or not name.endswith(".json") or name.startswith("."):
+            return
+        if event.is_directory:
+            self.sink(("dir", name))
+        elif self.polling:
+            if event.event_type in ("created", "modified", "moved"):
+                self.sink(("drop", name, How.SETTLE))
+        elif event.event_type in ("closed", "moved"):
+            self.sink(("drop", name, How.COMPLETE))
+        elif event.event_type == "created":
+            self.sink(("drop", name, How.CREATED))
+
+
+# -- the worker -----------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class _Counts:
+    ingested: int = 0
+    rejected: int = 0
+
+
+class Watcher:
+    """The service loop. ``run()`` returns the process exit code."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: WatchOptions,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.options = options
+        self.notifier = notifier or SystemdNotifier.from_environ()
+        self.store: HistoryStore = settings.store()
+        self.spool = Spool(settings.spool_dir, settings.rejected_dir)
+        self.counts = _Counts()
+        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._pending: dict[str, How] = {}  # insertion order is arrival order
+        self._deferred: dict[str, float] = {}  # name -> monotonic time to look again
+        self._dirs_logged: set[str] = set()
+        self._stop = threading.Event()
+        self._observer: BaseObserver | None = None
+        self._blocked_until = 0.0
+        self._backoff = 0.0
+        self._latest_dirty = False
+        self._meta_dirty = True
+        self._last_maintenance = 0.0
+        self._next_rescan = 0.0
+        self._next_ping = 0.0
+        self._last_status = ""
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def request_stop(self, *_: object) -> None:
+        """Finish the drop in hand, then stop (signal handler)."""
+        self._stop.set()
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+
+            def handler(signum: int, frame: FrameType | None) -> None:
+                self.request_stop()
+
+            signal.signal(signal.SIGTERM, handler)
+            signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> int:
+        """Take the lock, recover, drain the backlog, then watch until stopped."""
+        self._install_signals()
+        try:
+            self.store.history_dir.mkdir(parents=True, exist_ok=True)
+            lock = HistoryLock(self.store.lock_path, "watch")
+            lock.acquire()
+        except LockHeld as exc:
+            log.error("another writer holds the history: %s", exc)
+            return 1
+        except (StorageError, OSError) as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+        try:
+            return self._run_locked()
+        finally:
+            lock.release()
+
+    def _run_locked(self) -> int:
+        try:
+            report = self.store.initialize()
+            self.spool.ensure_folders()
+        except StorageError as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+        if report.removed_temps:
+            log.info("removed %d stale temp file(s)", len(report.removed_temps))
+        if report.metadata_rebuilt:
+            log.info("metadata rebuilt from a scan (it was %s)", report.metadata_rebuilt)
+        if report.latest_repaired:
+            log.info("latest link repaired (it %s)", report.latest_repaired)
+        self._recover_claims_safely()
+        if not self.options.once:
+            try:
+                self._start_observer()
+            except OSError as exc:
+                log.error("cannot watch %s: %s", self.spool.dir, exc)
+                return 1
+        log.info(
+            "watching %s -> %s (%s)",
+            self.spool.dir,
+            self.store.history_dir,
+            "once" if self.options.once else "polling" if self.options.polling else "inotify",
+        )
+        self._rescan("start")
+        try:
+            while self._pending or self._deferred:
+                self._step()
+                if self._stop.is_set():
+                    break
+            self._maintain(force=True)
+            if self.options.once or self._stop.is_set():
+                return self._shutdown()
+            self.notifier.ready(self._status_text())
+            self._next_rescan = time.monotonic() + self.options.rescan_interval
+            while not self._stop.is_set():
+                self._step()
+                self._check_observer()
+                if self._next_rescan <= time.monotonic():
+                    self._rescan("interval")
+                    self._next_rescan = time.monotonic() + self.options.rescan_interval
+            return self._shutdown()
+        except _Stop as exc:
+            log.error("%s", exc)
+            self._stop_observer()
+            return 1
+
+    def _shutdown(self) -> int:
+        self.notifier.stopping(self._status_text())
+        self._stop_observer()
+        self._maintain(force=True)
+        log.info(
+            "stopped: %d ingested, %d rejected, %d waiting",
+            self.counts.ingested,
+            self.counts.rejected,
+            len(self._pending) + len(self._deferred),
+        )
+        return 0
+
+    # -- observer -----------------------------------------------------------------
+
+    def _sink(self, item: tuple[Any, ...]) -> None:
+        self._events.put(item)
+
+    def _start_observer(self) -> None:
+        observer: BaseObserver
+        if self.options.polling:
+            observer = PollingObserver(timeout=min(1.0, self.options.settle))
+        else:
+            observer = _SpoolInotifyObserver()
+        observer.schedule(
+            _Handler(self.spool.dir, self._sink, self.options.polling),
+            os.fspath(self.spool.dir),
+            recursive=False,
+        )
+        observer.start()
+        self._observer = observer
+
+    def _stop_observer(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=2)
+            self._observer = None
+
+    def _observer_alive(self) -> bool:
+        observer = self._observer
+        if self.options.once:
+            return True
+        if observer is None or not observer.is_alive():
+            return False
+        return all(e.is_alive() for e in observer.emitters)
+
+    def _check_observer(self) -> None:
+        """Never keep running deaf: restart a dead observer, or give up (exit 1)."""
+        if self._observer_alive():
+            return
+        log.error("the spool observer stopped; restarting it")
+        self._stop_observer()
+        try:
+            self.spool.ensure_folders()
+            self._start_observer()
+        except (OSError, StorageError) as exc:
+            raise _Stop(f"cannot watch {self.spool.dir} any more: {exc}") from exc
+        self._rescan("observer restart")
+
+    # -- the loop -------------------------------------------------------------------
+
+    def _wait_time(self) -> float:
+        now = time.monotonic()
+        deadlines = [now + _TICK]
+        if self._pending and now >= self._blocked_until:
+            return 0.0
+        if self._deferred:
+            deadlines.append(min(self._deferred.values()))
+        if self._pending:
+            deadlines.append(self._blocked_until)
+        return max(0.0, min(deadlines) - now)
+
+    def _step(self) -> None:
+        """Collect events, process what is due, keep the caches and systemd informed."""
+        try:
+            item = self._events.get(timeout=self._wait_time())
+        except queue.Empty:
+            pass
+        else:
+            self._absorb(item)
+            while True:
+                try:
+                    self._absorb(self._events.get_nowait())
+                except queue.Empty:
+                    break
+        now = time.monotonic()
+        for name, due in list(self._deferred.items()):
+            if due <= now:
+                del self._deferred[name]
+                self._pending.setdefault(name, How.SETTLE)
+        if self._pending and now >= self._blocked_until:
+            self._process_batch()
+        self._maintain(force=False)
+        self._ping()
+
+    def _absorb(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == "drop":
+            name, how = item[1], item[2]
+            current = self._pending.get(name)
+            if current is None or how is How.COMPLETE:
+                self._pending[name] = how
+            self._deferred.pop(name, None)
+        elif kind == "rescan":
+            log.warning("rescanning the spool: %s", item[1])
+            self._rescan(item[1])
+        elif kind == "dir":
+            self._log_dir(item[1])
+        elif kind == "spool-gone":
+            log.error("the spool folder %s was removed", self.spool.dir)
+
+    def _log_dir(self, name: str) -> None:
+        if name not in self._dirs_logged:
+            self._dirs_logged.add(name)
+            log.warning("ignoring %s: a folder, not a drop", self.spool.dir / name)
+
+    def _rescan(self, why: str) -> None:
+        try:
+            candidates = self.spool.scan()
+        except StorageError as exc:
+            log.error("cannot scan the spool (%s): %s", why, exc)
+            return
+        for c in candidates:
+            if stat.S_ISDIR(c.mode):
+                self._log_dir(c.name)
+            elif c.name not in self._pending and c.name not in self._deferred:
+                self._pending[c.name] = How.SETTLE
+        # The history can change by hand too (a restored file): keep the index honest.
+        try:
+            if why != "start":
+                self.store.scan()
+        except StorageError as exc:
+            log.error("cannot scan the history: %s", exc)
+
+    def _process_batch(self) -> None:
+        for name, how in list(self._pending.items()):
+            if self._stop.is_set():
+                return
+            try:
+                self._take(name, how)
+            except StorageError as exc:
+                self._fail(name, exc)
+                return
+            self._pending.pop(name, None)
+            self._backoff = 0.0
+        if self._latest_dirty:
+            try:
+                self.store.update_latest()
+                self._latest_dirty = False
+            except StorageError as exc:
+                self._fail(None, exc)
+
+    def _fail(self, name: str | None, exc: StorageError) -> None:
+        self._backoff = min(
+            self.options.retry_max, max(_BACKOFF_START, self._backoff * 2 or _BACKOFF_START)
+        )
+        self._blocked_until = time.monotonic() + self._backoff
+        what = f"cannot store drop {name}" if name else "cannot update the history"
+        log.error("%s: %s; retrying in %.1f s", what, exc, self._backoff)
+        if name is None:
+            self._latest_dirty = True
+        # Maintenance after the backoff also finishes any claim a failed commit left.
+        self._meta_dirty = True
+
+    def _maintain(self, *, force: bool) -> None:
+        """Latest link, cleanup and metadata: once per batch, not once per drop."""
+        now = time.monotonic()
+        if now < self._blocked_until and not force:
+            return
+        if self._latest_dirty:
+            try:
+                self.store.update_latest()
+                self._latest_dirty = False
+            except StorageError as exc:
+                self._fail(None, exc)
+                return
+        if not self._meta_dirty:
+            return
+        if not force and self._pending and now - self._last_maintenance < _MAINTENANCE_EVERY:
+            return
+        try:
+            self._recover_claims()
+            self.store.cleanup_old_versions()
+        except StorageError as exc:
+            self._fail(None, exc)
+            return
+        self._meta_dirty = False
+        self._last_maintenance = now
+
+    def _status_text(self) -> str:
+        waiting = len(self._pending) + len(self._deferred)
+        return (
+            f"ingested {self.counts.ingested}, rejected {self.counts.rejected}, backlog {waiting}"
+        )
+
+    def _ping(self) -> None:
+        if not self.notifier.enabled:
+            return
+        now = time.monotonic()
+        interval = self.notifier.watchdog_interval
+        if interval is not None and now >= self._next_ping and self._observer_alive():
+            self.notifier.watchdog()
+            self._next_ping = now + interval
+        text = self._status_text()
+        if text != self._last_status:
+            self.notifier.status(text)
+            self._last_status = text
+
+    # -- one drop -------------------------------------------------------------------
+
+    def _take(self, name: str, how: How) -> None:
+        """Steps 1-6 of the module docstring for ``<spool>/name``."""
+        path = self.spool.dir / name
+        if how is not How.COMPLETE:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                raise StorageError("stat drop", path, exc) from exc
+            if stat.S_ISDIR(st.st_mode):
+                self._log_dir(name)
+                return
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                if how is How.CREATED:
+                    return  # being written in place: its close-write event will come
+                settled_at = st.st_mtime_ns / 1e9 + self.options.settle
+                if time.time() < settled_at:
+                    self._deferred[name] = time.monotonic() + (settled_at - time.time())
+                    return
+        started = time.perf_counter()
+        opened = open_entry(path, self.settings.max_bytes)
+        if opened is None:
+            return
+        if not isinstance(opened, Opened):
+            if opened.is_dir:
+                self._log_dir(name)
+            else:
+                self._reject(path, name, f"not a regular file: a {opened.kind}, never opened")
+            return
+        try:
+            if opened.size > self.settings.max_bytes:
+                raise PayloadRejected(
+                    f"drop is {opened.size} bytes, over the limit of {self.settings.max_bytes}"
+                )
+            judge_payload(opened.data, max_bytes=self.settings.max_bytes)
+        except PayloadRejected as exc:
+            self._reject(path, name, exc.reason, exc.errors)
+            return
+        staged = self.store.stage_version(opened.data)
+        version = self.store.next_version_name()
+        claim = self.spool.claimed_dir / version
+        try:
+            os.rename(path, claim)
+        except FileNotFoundError:
+            staged.discard()
+            return
+        except OSError as exc:
+            staged.discard()
+            raise StorageError("claim", path, exc) from exc
+        try:
+            claimed = os.lstat(claim)
+        except OSError as exc:
+            staged.discard()
+            raise StorageError("stat claim", claim, exc) from exc
+        if (claimed.st_dev, claimed.st_ino) != (opened.dev, opened.ino):
+            # The writer replaced the file between our read and our claim: what we hold
+            # is not what we claimed. Finish the claimed file by the recovery path.
+            staged.discard()
+            log.warning("%s changed while being taken; re-reading it", name)
+            self._recover_claim(version, display=name)
+            return
+        durable.fsync_dir(self.spool.claimed_dir)
+        self.store.commit_version(staged, version)
+        durable.remove_file(claim)
+        self._ingested(name, version, len(opened.data), started)
+
+    def _ingested(self, name: str, version: str, size: int, started: float) -> None:
+        self.counts.ingested += 1
+        self._latest_dirty = True
+        self._meta_dirty = True
+        log.info(
+            "ingested %s -> %s (%d bytes, %.1f ms)",
+            name,
+            version,
+            size,
+            (time.perf_counter() - started) * 1000,
+            extra={"event": "ingested", "drop": name, "version": version, "bytes": size},
+        )
+
+    def _reject(
+        self, path: Path, name: str, reason: str, errors: list[dict[str, Any]] | None = None
+    ) -> None:
+        where = self.spool.quarantine(path, name, reason, errors or [{"msg": reason}])
+        self.counts.rejected += 1
+        log.warning(
+            "rejected %s: %s (moved to %s)",
+            name,
+            reason,
+            self.spool.rejected_dir / where,
+            extra={"event": "rejected", "drop": name, "reason": reason},
+        )
+
+    # -- recovery -------------------------------------------------------------------
+
+    def _recover_claims_safely(self) -> None:
+        try:
+            self._recover_claims()
+        except StorageError as exc:
+            log.error("cannot finish drops claimed before a crash yet: %s", exc)
+
+    def _recover_claims(self) -> None:
+        for version in self.spool.claimed():
+            self._recover_claim(version)
+
+    def _recover_claim(self, version: str, display: str | None = None) -> None:
+        claim = self.spool.claimed_dir / version
+        name = display or version
+        if not is_version_name(version):
+            self._log_dir(f".claimed/{version}")
+            return
+        if self.store.has_version(version):
+            durable.remove_file(claim)
+            log.info("%s was stored before a crash; removed its claim", version)
+            return
+        started = time.perf_counter()
+        opened = open_entry(claim, self.settings.max_bytes)
+        if opened is None:
+            return
+        if not isinstance(opened, Opened):
+            self._reject(claim, name, f"not a regular file: a {opened.kind}, never opened")
+            return
+        try:
+            judge_payload(opened.data, max_bytes=self.settings.max_bytes)
+        except PayloadRejected as exc:
+            self._reject(claim, name, exc.reason, exc.errors)
+            return
+        self.store.write_version(version, opened.data)
+        durable.remove_file(claim)
+        self._ingested(name, version, len(opened.data), started)
