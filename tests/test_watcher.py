@@ -1,0 +1,335 @@
+"""``ingester watch`` end to end: the real CLI in a subprocess, the real observer, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import stat
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import IS_ROOT, VALID_SAMPLES, run_cli, wait_for
+from watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents, versions
+
+from ingester.model import judge_payload
+
+
+def spool_of(root: Path) -> Path:
+    return root / "spool"
+
+
+def test_renamed_drop_becomes_latest_version(root: Path) -> None:
+    with WatchProcess(root) as w:
+        data = payload(1)
+        drop(spool_of(root), "a.json", data)
+        wait_for(lambda: latest_bytes(root) == data, what="latest link on the drop")
+        assert not (spool_of(root) / "a.json").exists()
+        [version] = versions(root)
+        assert version.read_bytes() == data
+        assert stat.S_IMODE(version.stat().st_mode) & 0o222 == 0
+        link = root / "console-usage-synced.json"
+        assert link.is_symlink() and not os.readlink(link).startswith("/")
+        w.wait_log("ingested a.json -> " + version.name)
+        assert w.stop() == 0
+    meta = json.loads((root / "console-usage-history" / "_metadata.json").read_bytes())
+    assert meta["versionCount"] == 1 and meta["totalVersionsCreated"] == 1
+
+
+def test_in_place_write_is_taken_once_closed(root: Path) -> None:
+    with WatchProcess(root):
+        data = payload(2)
+        target = spool_of(root) / "inplace.json"
+        with target.open("wb") as handle:
+            handle.write(data[:10])
+            handle.flush()
+            handle.write(data[10:])
+        wait_for(lambda: latest_bytes(root) == data, what="in-place drop stored")
+        assert list(stored_contents(root).elements()) == [data]
+        assert not list((spool_of(root) / "rejected").iterdir())
+
+
+def test_backlog_is_taken_oldest_first_and_names_sort_in_arrival_order(root: Path) -> None:
+    spool = spool_of(root)
+    spool.mkdir()
+    order = list(range(30))
+    random.Random(7).shuffle(order)
+    for rank, seq in enumerate(order):
+        path = spool / f"drop-{seq:03d}.json"
+        path.write_bytes(payload(seq))
+        os.utime(path, ns=(1_700_000_000_000_000_000 + rank * 1_000_000,) * 2)
+    result = run_cli(root, "watch", "--once")
+    assert result.returncode == 0, result.stderr
+    stored = [json.loads(p.read_bytes())["seq"] for p in versions(root)]
+    assert stored == order  # names sort in ingestion order, which is mtime order
+    assert not [p for p in spool.iterdir() if p.is_file()]
+
+
+def test_events_keep_arrival_order(root: Path) -> None:
+    with WatchProcess(root):
+        for seq in range(50):
+            drop(spool_of(root), f"z-{49 - seq:02d}.json", payload(seq))
+        wait_for(lambda: len(versions(root)) == 50, what="50 versions")
+    assert [json.loads(p.read_bytes())["seq"] for p in versions(root)] == list(range(50))
+
+
+def test_ignored_entries_are_never_touched(root: Path) -> None:
+    spool = spool_of(root)
+    (spool / "tmp").mkdir(parents=True)
+    (spool / "sub").mkdir()
+    untouched = {
+        ".hidden.json": b"{",
+        "notes.tmp": b"x",
+        "upload.part": b"x",
+        "readme.txt": b"x",
+        "tmp/inflight.json": payload(9),
+        "sub/nested.json": payload(8),
+    }
+    for rel, data in untouched.items():
+        (spool / rel).write_bytes(data)
+    (spool / "folder.json").mkdir()
+    (spool / "real.json").write_bytes(payload(1))
+    result = run_cli(root, "watch", "--once")
+    assert result.returncode == 0, result.stderr
+    for rel, data in untouched.items():
+        assert (spool / rel).read_bytes() == data, rel
+    assert (spool / "folder.json").is_dir()
+    assert "folder.json: a folder, not a drop" in result.stderr
+    assert list(stored_contents(root)) == [payload(1)]
+
+
+def test_hostile_drops_are_rejected_without_reading_or_hanging(root: Path, tmp_path: Path) -> None:
+    spool = spool_of(root)
+    spool.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_text("top secret")
+    hostile: dict[str, bytes] = {
+        "big.json": b'{"x": "' + b"a" * (2 * 1024 * 1024) + b'"}',
+        "brackets.json": b"[" * 200_000,
+        "latin1.json": b'{"lastUpdated": "\xff\xfe"}',
+        "utf16.json": json.dumps({"lastUpdated": "2026-11-27T14:05:00Z"}).encode("utf-16"),
+        "binary.json": random.Random(1).randbytes(4096),
+        "empty.json": b"",
+        "array.json": b"[]",
+    }
+    for name, data in hostile.items():
+        (spool / name).write_bytes(data)
+    os.mkfifo(spool / "fifo.json")
+    os.symlink(secret, spool / "secret.json")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(os.fspath(spool / "sock.json"))
+    try:
+        good = payload(5)
+        (spool / "zz-good.json").write_bytes(good)
+        result = run_cli(root, "watch", "--once", timeout=60)
+    finally:
+        sock.close()
+    assert result.returncode == 0, result.stderr
+    assert list(stored_contents(root)) == [good]
+    rejected = spool / "rejected"
+    for name, data in hostile.items():
+        assert (rejected / name).read_bytes() == data, f"{name} bytes changed"
+        reason = json.loads((rejected / f"{name}.reason.json").read_bytes())
+        assert reason["file"] == name and reason["reason"] and reason["errors"]
+        assert set(reason) >= {"file", "rejectedAt", "reason", "errors"}
+    assert (rejected / "secret.json").is_symlink()  # the link itself, not its target
+    assert os.readlink(rejected / "secret.json") == os.fspath(secret)
+    assert stat.S_ISFIFO((rejected / "fifo.json").lstat().st_mode)
+    assert stat.S_ISSOCK((rejected / "sock.json").lstat().st_mode)
+    assert "top secret" not in result.stderr
+    assert secret.read_text() == "top secret"
+
+
+def test_odd_names_work(root: Path) -> None:
+    names = ["with space.json", "ünïcødé-😀.json", "new\nline.json", ("x" * 195) + ".json"]
+    with WatchProcess(root):
+        for seq, name in enumerate(names):
+            drop(spool_of(root), name, payload(seq))
+        wait_for(lambda: len(versions(root)) == len(names), what="all odd names stored")
+    assert sorted(stored_contents(root).elements()) == sorted(payload(i) for i in range(4))
+
+
+def test_a_name_can_be_reused_after_its_drop_was_taken(root: Path) -> None:
+    with WatchProcess(root):
+        drop(spool_of(root), "same.json", payload(1))
+        wait_for(lambda: len(versions(root)) == 1)
+        drop(spool_of(root), "same.json", payload(2))
+        wait_for(lambda: len(versions(root)) == 2)
+    assert [p.read_bytes() for p in versions(root)] == [payload(1), payload(2)]
+
+
+def test_second_watcher_is_refused_and_names_the_holder(root: Path) -> None:
+    with WatchProcess(root) as first:
+        result = run_cli(root, "watch", timeout=20)
+        assert result.returncode != 0
+        assert f"pid {first.proc.pid}" in result.stderr
+        assert first.proc.poll() is None
+
+
+def test_sigterm_finishes_and_exits_zero_without_temp_files(root: Path) -> None:
+    spool = spool_of(root)
+    dropped = [payload(i) for i in range(300)]
+    with WatchProcess(root) as w:
+        for i, data in enumerate(dropped):
+            drop(spool, f"d{i:04d}.json", data)
+        wait_for(lambda: len(versions(root)) >= 5, what="some versions")
+        w.proc.send_signal(signal.SIGTERM)
+        assert w.proc.wait(timeout=5) == 0
+    history = root / "console-usage-history"
+    assert not [p for p in history.iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+    left = [p.read_bytes() for p in spool.glob("*.json")]
+    assert not list((spool / ".claimed").iterdir())
+    assert Counter(left) + stored_contents(root) == Counter(dropped)
+    assert "stopped:" in w.log
+
+
+def test_sigint_also_stops_cleanly(root: Path) -> None:
+    with WatchProcess(root) as w:
+        w.proc.send_signal(signal.SIGINT)
+        assert w.proc.wait(timeout=5) == 0
+        assert "Traceback" not in w.log
+
+
+def test_burst_does_not_clean_up_per_drop(root: Path) -> None:
+    count = 2000
+    with WatchProcess(root) as w:
+        for i in range(count):
+            drop(spool_of(root), f"b{i:05d}.json", payload(i))
+        wait_for(lambda: len(versions(root)) == count, timeout=60, what="burst stored")
+        wait_for(lambda: latest_bytes(root) == payload(count - 1), what="latest on the last")
+        w.wait_log("retained 2000")
+        cleanups = w.log.count("cleanup deleted")
+    assert cleanups < count / 10, f"{cleanups} cleanups for {count} drops"
+    meta = json.loads((root / "console-usage-history" / "_metadata.json").read_bytes())
+    assert meta["versionCount"] == count
+
+
+def test_submit_drops_atomically_and_refuses_invalid(root: Path) -> None:
+    sample = VALID_SAMPLES[0]
+    result = run_cli(root, "submit", str(sample))
+    assert result.returncode == 0, result.stderr
+    dropped = Path(result.stdout.strip())
+    assert dropped.parent == spool_of(root) and dropped.read_bytes() == sample.read_bytes()
+    assert not list((spool_of(root) / "tmp").iterdir())
+
+    piped = run_cli(root, "submit", "-", "--name", "piped.json", input=payload(3))
+    assert piped.returncode == 0, piped.stderr
+    assert (spool_of(root) / "piped.json").read_bytes() == payload(3)
+
+    bad = run_cli(root, "submit", "-", input=b'{"lastUpdated": "2026-11-27T14:05:00Z"}')
+    assert bad.returncode == 1 and "currentSession" in bad.stderr
+    assert len(list(spool_of(root).glob("*.json"))) == 2
+
+    clash = run_cli(root, "submit", "-", "--name", "piped.json", input=payload(4))
+    assert clash.returncode == 1 and "still waiting" in clash.stderr
+    assert (spool_of(root) / "piped.json").read_bytes() == payload(3)
+
+    badname = run_cli(root, "submit", "-", "--name", "../x.json", input=payload(4))
+    assert badname.returncode == 2
+
+    with WatchProcess(root):
+        wait_for(lambda: len(versions(root)) == 2, what="submitted drops stored")
+
+
+def test_polling_observer_takes_renamed_and_in_place_drops(root: Path) -> None:
+    with WatchProcess(root, "--polling", "--settle", "0.3") as w:
+        drop(spool_of(root), "renamed.json", payload(1))
+        (spool_of(root) / "inplace.json").write_bytes(payload(2))
+        wait_for(lambda: len(versions(root)) == 2, what="both drops stored")
+        assert "polling" in w.log
+    assert Counter(stored_contents(root)) == Counter([payload(1), payload(2)])
+
+
+def test_rescan_finds_a_drop_no_event_announced(root: Path) -> None:
+    spool = spool_of(root)
+    with WatchProcess(root, "--rescan-interval", "0.5", "--settle", "0.1") as w:
+        # A hard link makes no close-write and no moved-to event; only IN_CREATE.
+        # Link then unlink the source: by the time the watcher looks, nlink may be 1.
+        src = spool / "tmp" / "linked"
+        src.write_bytes(payload(7))
+        os.link(src, spool / "linked.json")
+        src.unlink()
+        wait_for(lambda: len(versions(root)) == 1, what="linked drop stored")
+        assert w.proc.poll() is None
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="lowering fs.inotify.max_queued_events needs root")
+def test_inotify_overflow_triggers_a_rescan(root: Path) -> None:
+    knob = Path("/proc/sys/fs/inotify/max_queued_events")
+    try:
+        original = knob.read_text()
+        knob.write_text("16")
+    except OSError as exc:
+        pytest.skip(f"cannot change {knob}: {exc}")
+    try:
+        w = WatchProcess(root, "--rescan-interval", "3600").wait_started()
+    finally:
+        knob.write_text(original)  # the limit is taken when the watcher's inotify is made
+    try:
+        os.kill(w.proc.pid, signal.SIGSTOP)
+        for i in range(100):
+            drop(spool_of(root), f"o{i:03d}.json", payload(i))
+        os.kill(w.proc.pid, signal.SIGCONT)
+        w.wait_log("inotify queue overflow")
+        wait_for(lambda: len(versions(root)) == 100, what="all drops despite the overflow")
+        assert w.stop() == 0
+    finally:
+        w.kill()
+
+
+def test_observer_restarted_when_the_spool_is_removed(root: Path) -> None:
+    import shutil
+
+    with WatchProcess(root) as w:
+        shutil.rmtree(spool_of(root))
+        w.wait_log("restarting")
+        wait_for(lambda: (spool_of(root) / ".claimed").is_dir(), what="spool recreated")
+        drop(spool_of(root), "after.json", payload(1))
+        wait_for(lambda: latest_bytes(root) == payload(1), what="drop after restart")
+
+
+def _burst(spool: Path, items: list[tuple[str, bytes]], done: threading.Event) -> None:
+    try:
+        for name, data in items:
+            drop(spool, name, data)
+    finally:
+        done.set()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_kill_9_mid_burst_loses_nothing_and_stores_nothing_twice(root: Path, seed: int) -> None:
+    """SIGKILL the real watcher mid-burst, several times, then restart and compare."""
+    rng = random.Random(seed)
+    spool = spool_of(root)
+    dropped: list[bytes] = []
+    for round_ in range(3):
+        items = [
+            (f"r{round_}-{i:04d}.json", payload(seed * 100_000 + round_ * 1000 + i))
+            for i in range(rng.randint(100, 300))
+        ]
+        dropped += [data for _, data in items]
+        with WatchProcess(root) as w:
+            done = threading.Event()
+            writer = threading.Thread(target=_burst, args=(spool, items, done))
+            writer.start()
+            target = len(versions(root)) + rng.randint(1, len(items) // 2)
+            wait_for(lambda t=target, d=done: len(versions(root)) >= t or d.is_set(), timeout=30)
+            w.kill()
+            writer.join()
+    final = run_cli(root, "watch", "--once", timeout=60)
+    assert final.returncode == 0, final.stderr
+    assert stored_contents(root) == Counter(dropped)
+    assert not list(spool.glob("*.json")) and not list((spool / ".claimed").iterdir())
+    history = root / "console-usage-history"
+    assert not [p for p in history.iterdir() if p.name.startswith(".tmp-")]
+    for version in versions(root):
+        judge_payload(version.read_bytes())
+    meta = json.loads((history / "_metadata.json").read_bytes())
+    assert meta["versionCount"] == len(dropped)
+    newest = versions(root)[-1]
+    assert os.readlink(root / "console-usage-synced.json").endswith(newest.name)
