@@ -356,6 +356,11 @@ def submit(app: App, source: str, name: str | None) -> None:
 # -- commands defined in their own modules ------------------------------------------------
 # (kept at the end so each module registers itself without touching the ones above)
 
+from .cli_report import list_versions, show, status, verify  # noqa: E402
+
+for _command in (status, list_versions, show, verify):
+    main.add_command(_command)
+
 
 def run() -> None:
     """Entry point for ``python -m ingester``."""

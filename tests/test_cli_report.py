@@ -1,0 +1,635 @@
+"""The operator commands through the real CLI: status, list, show, verify (--repair)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import VALID_SAMPLES, run_cli
+
+from ingester.lock import HistoryLock
+
+HISTORY = "console-usage-history"
+LATEST = "console-usage-synced.json"
+
+
+def payload(last_updated: str, **extra: Any) -> bytes:
+    """A valid payload with the given ``lastUpdated``."""
+    body = {
+        "currentSession": {"resetsIn": "1 hr", "percentageUsed": 12},
+        "lastUpdated": last_updated,
+        **extra,
+    }
+    return json.dumps(body).encode()
+
+
+def put_version(root: Path, name: str, data: bytes, mode: int = 0o444) -> Path:
+    """Write a version file directly (old or future dates, damaged content)."""
+    path = root / HISTORY / name
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+def ok(result: Any) -> Any:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def one_line_error(result: Any, code: int, *words: str) -> None:
+    """A clear ``error: ...`` (click's usage text allowed for code 2), never a traceback."""
+    assert result.returncode == code, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith(("error:", "Error:"))]
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word in errors[0], result.stderr
+
+
+@pytest.fixture
+def ingested(root: Path) -> list[str]:
+    """A history of the valid samples, ingested by the CLI; the version names, oldest first."""
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
+    return sorted(p.name for p in (root / HISTORY).glob("2*.json"))
+
+
+@pytest.fixture
+def dated(root: Path) -> list[str]:
+    """Three versions written by hand on known dates, then made consistent by ``init``."""
+    names = [
+        "2026-01-01T00-00-00-aaaaaaaa.json",
+        "2026-01-02T00-00-00-bbbbbbbb.json",
+        "2026-01-03T12-30-00-test5.json",
+    ]
+    (root / HISTORY).mkdir()
+    for i, name in enumerate(names):
+        put_version(root, name, payload(f"2026-01-0{i + 1}T00:00:00Z", n=i))
+    ok(run_cli(root, "init"))
+    return names
+
+
+def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Every entry under ``root``: kind, content or link target, mode and mtime."""
+    found: dict[str, tuple[Any, ...]] = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        if path.is_symlink():
+            found[str(path.relative_to(root))] = ("link", os.readlink(path), st.st_mtime_ns)
+        elif path.is_file():
+            found[str(path.relative_to(root))] = ("file", path.read_bytes(), st.st_mode)
+        else:
+            found[str(path.relative_to(root))] = ("dir", st.st_mode, st.st_mtime_ns)
+    return found
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+def test_status_human(root: Path, ingested: list[str]) -> None:
+    out = ok(run_cli(root, "status")).stdout
+    assert f"latest       {ingested[-1]} (ingested" in out
+    assert "STALE (older than 10 min)" in out  # the samples are from days before
+    assert "watcher      not running" in out
+    assert "versions     4 (oldest" in out
+    assert "metadata     ok" in out
+    # The settings in effect and where each came from.
+    assert f"  root            {root}" in out
+    assert "option" in out and "default" in out
+
+
+def test_status_json(root: Path, ingested: list[str]) -> None:
+    report = json.loads(ok(run_cli(root, "status", "--json")).stdout)
+    assert set(report) == {
+        "now",
+        "history",
+        "metadata",
+        "metadataProblem",
+        "futureVersions",
+        "latest",
+        "latestLink",
+        "staleAfterSeconds",
+        "spool",
+        "rejected",
+        "watcher",
+        "settings",
+    }
+    meta = report["metadata"]
+    assert meta["versionCount"] == 4
+    assert meta["totalVersionsCreated"] == 4
+    assert meta["latestVersion"] == ingested[-1]
+    assert report["metadataProblem"] is None
+    latest = report["latest"]
+    assert latest["name"] == ingested[-1]
+    assert latest["stale"] is True
+    assert latest["lastUpdatedAgeSeconds"] > 600
+    assert latest["error"] is None
+    assert report["latestLink"]["problem"] is None
+    assert report["watcher"] == {"running": False, "pid": None}
+    assert report["settings"]["root"] == {"value": str(root), "source": "option"}
+    assert report["settings"]["max_versions"] == {"value": 100, "source": "default"}
+    assert report["staleAfterSeconds"] == 600
+
+
+def test_status_fresh_payload_is_not_stale(root: Path) -> None:
+    fresh = root / "fresh.json"
+    fresh.write_bytes(payload(datetime.now(UTC).isoformat(), isPartial=True))
+    ok(run_cli(root, "ingest", str(fresh)))
+    report = json.loads(ok(run_cli(root, "status", "--json")).stdout)
+    assert report["latest"]["stale"] is False
+    assert report["latest"]["isPartial"] is True
+    assert "STALE" not in ok(run_cli(root, "status")).stdout
+
+
+def test_status_spool_backlog_rejected_and_env_source(root: Path, ingested: list[str]) -> None:
+    spool = root / "spool"
+    for sub in (".claimed", "tmp", "rejected"):
+        (spool / sub).mkdir(parents=True, exist_ok=True)
+    old = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    for name in ("a.json", "b.json"):
+        (spool / name).write_bytes(b"{}")
+    os.utime(spool / "a.json", (old, old))
+    (spool / ".claimed" / "2026-01-01T00-00-00-00000000.json").write_bytes(b"{}")
+    # Not drops: dot-files, other suffixes, folders, symlinks, writers' scratch space.
+    (spool / ".hidden.json").write_bytes(b"{}")
+    (spool / "c.json.tmp").write_bytes(b"{}")
+    (spool / "folder.json").mkdir()
+    (spool / "link.json").symlink_to(spool / "b.json")
+    (spool / "tmp" / "d.json").write_bytes(b"{}")
+    (spool / "rejected" / "r.json").write_bytes(b"x")
+    (spool / "rejected" / "r.json.reason.json").write_bytes(b"{}")
+
+    result = ok(run_cli(root, "status", "--json", INGESTER_MAX_VERSIONS="50"))
+    report = json.loads(result.stdout)
+    assert report["spool"]["waiting"] == 2
+    assert report["spool"]["claimed"] == 1
+    assert report["spool"]["backlog"] == 3
+    assert report["spool"]["oldestDropAt"] == "2026-01-01T00:00:00.000Z"
+    assert report["spool"]["oldestDropAgeSeconds"] > 0
+    assert report["rejected"]["count"] == 1
+    assert report["settings"]["max_versions"] == {
+        "value": 50,
+        "source": "env INGESTER_MAX_VERSIONS",
+    }
+    out = ok(run_cli(root, "status")).stdout
+    assert "spool        3 waiting (1 in flight), oldest" in out
+    assert "rejected     1 in" in out
+
+
+def test_status_reports_problems_without_fixing_them(root: Path, ingested: list[str]) -> None:
+    (root / HISTORY / "_metadata.json").write_text("{not json")
+    (root / LATEST).unlink()
+    before = snapshot(root)
+    report = json.loads(ok(run_cli(root, "status", "--json")).stdout)
+    assert report["metadataProblem"] == "corrupt"
+    assert report["latestLink"]["problem"] == "missing"
+    assert report["metadata"]["versionCount"] == 4  # from the scan
+    assert snapshot(root) == before
+
+
+def test_status_with_a_damaged_latest_version(root: Path, dated: list[str]) -> None:
+    put_version(root, "2026-01-05T00-00-00-dddddddd.json", b"[1, 2")
+    result = ok(run_cli(root, "status"))
+    assert "DAMAGED: not JSON" in result.stdout
+    report = json.loads(ok(run_cli(root, "status", "--json")).stdout)
+    assert report["latest"]["name"] == "2026-01-05T00-00-00-dddddddd.json"
+    assert report["latest"]["error"].startswith("not JSON")
+    assert report["latest"]["stale"] is None
+    assert report["metadataProblem"] == "out of date"
+
+
+def test_status_empty_history(root: Path) -> None:
+    ok(run_cli(root, "init"))
+    report = json.loads(ok(run_cli(root, "status", "--json")).stdout)
+    assert report["latest"] is None
+    assert report["metadata"]["versionCount"] == 0
+    assert "latest       none yet" in ok(run_cli(root, "status")).stdout
+
+
+def test_status_without_history_suggests_init(root: Path) -> None:
+    result = run_cli(root, "status")
+    one_line_error(result, 1, "no history at", "ingester init")
+    assert not (root / HISTORY).exists()  # a read command creates nothing
+
+
+def test_missing_root_is_a_clear_error(tmp_path: Path) -> None:
+    for args in (["status"], ["list"], ["show"], ["verify"], ["verify", "--repair"]):
+        result = run_cli(tmp_path / "nowhere", *args)
+        one_line_error(result, 1, "does not exist")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_history_dir_option_that_does_not_exist(root: Path) -> None:
+    result = run_cli(root, "--history-dir", str(root / "elsewhere"), "list")
+    one_line_error(result, 1, "no history at", "elsewhere")
+
+
+# -- the lock: read commands never take it ------------------------------------------------
+
+
+def test_read_commands_work_while_the_lock_is_held(root: Path, ingested: list[str]) -> None:
+    with HistoryLock(root / HISTORY / ".lock", "watch"):
+        report = json.loads(ok(run_cli(root, "status", "--json")).stdout)
+        assert report["watcher"] == {"running": True, "pid": os.getpid()}
+        assert f"running (pid {os.getpid()})" in ok(run_cli(root, "status")).stdout
+        assert len(json.loads(ok(run_cli(root, "list", "--json")).stdout)) == 4
+        assert ok(run_cli(root, "show")).stdout.encode() == VALID_SAMPLES[-1].read_bytes()
+        verified = json.loads(ok(run_cli(root, "verify", "--json")).stdout)
+        assert verified["ok"] is True
+        assert verified["writerPid"] == os.getpid()
+
+        refused = run_cli(root, "verify", "--repair")
+        one_line_error(refused, 1, f"pid {os.getpid()}")
+    # And once the holder is gone, --repair runs.
+    ok(run_cli(root, "verify", "--repair"))
+
+
+def test_verify_while_locked_reports_temps_as_warnings(root: Path, ingested: list[str]) -> None:
+    (root / HISTORY / ".tmp-w-inflight").write_bytes(b"partial")
+    with HistoryLock(root / HISTORY / ".lock", "watch"):
+        report = json.loads(ok(run_cli(root, "verify", "--json")).stdout)
+    assert report["problems"] == []
+    assert [w["kind"] for w in report["warnings"]] == ["stale-temp"]
+    assert "may be in flight" in report["warnings"][0]["message"]
+    # Without a writer the same file is a problem.
+    assert run_cli(root, "verify").returncode == 1
+
+
+def test_read_commands_write_nothing(root: Path, ingested: list[str]) -> None:
+    (root / HISTORY / ".tmp-w-stale").write_bytes(b"x")
+    (root / HISTORY / "_metadata.json").write_text("{}")
+    before = snapshot(root)
+    ok(run_cli(root, "status"))
+    ok(run_cli(root, "status", "--json"))
+    ok(run_cli(root, "list"))
+    ok(run_cli(root, "show", ingested[0]))
+    ok(run_cli(root, "show", "--at", "2099-01-01"))
+    assert run_cli(root, "verify").returncode == 1
+    # Including .lock: taking the lock would have written another pid into it.
+    assert snapshot(root) == before
+
+
+# -- list --------------------------------------------------------------------------------
+
+
+def test_list_human(root: Path, ingested: list[str]) -> None:
+    lines = ok(run_cli(root, "list")).stdout.splitlines()
+    assert lines[0].split() == ["VERSION", "INGESTED", "(UTC)", "AGE", "SIZE", "LAST", "UPDATED",
+                                "PARTIAL"]  # fmt: skip
+    assert [line.split()[0] for line in lines[1:]] == ingested[::-1]
+    # Aligned: every row's size column ends at the same place.
+    ends = {line.index(" B ") for line in lines[1:]}
+    assert len(ends) == 1
+    partial = next(line for line in lines if line.startswith(ingested[2]))
+    assert partial.rstrip().endswith("yes")  # partial-with-errors.json
+
+
+def test_list_json_and_limit(root: Path, ingested: list[str]) -> None:
+    items = json.loads(ok(run_cli(root, "list", "--json")).stdout)
+    assert [i["name"] for i in items] == ingested[::-1]
+    sizes = {p.name: p.stat().st_size for p in VALID_SAMPLES}
+    by_sample = dict(zip(ingested, (p.name for p in VALID_SAMPLES), strict=True))
+    for item in items:
+        assert set(item) == {
+            "name",
+            "ingestedAt",
+            "size",
+            "lastUpdated",
+            "isPartial",
+            "future",
+            "error",
+        }
+        assert item["size"] == sizes[by_sample[item["name"]]]
+        assert item["error"] is None
+        assert item["ingestedAt"].endswith("Z")
+    partial = next(i for i in items if by_sample[i["name"]] == "partial-with-errors.json")
+    assert partial["isPartial"] is True
+    assert partial["lastUpdated"] == "2026-11-27T14:10:00.123Z"
+
+    limited = json.loads(ok(run_cli(root, "list", "--limit", "2", "--json")).stdout)
+    assert [i["name"] for i in limited] == ingested[::-1][:2]
+    assert len(ok(run_cli(root, "list", "--limit", "1")).stdout.splitlines()) == 2
+
+
+def test_list_limit_must_be_positive(root: Path, ingested: list[str]) -> None:
+    for bad in ("0", "-1", "many"):
+        result = run_cli(root, "list", "--limit", bad)
+        one_line_error(result, 2, "--limit")
+
+
+def test_list_empty(root: Path) -> None:
+    ok(run_cli(root, "init"))
+    assert ok(run_cli(root, "list")).stdout.strip() == "no versions yet"
+    assert json.loads(ok(run_cli(root, "list", "--json")).stdout) == []
+
+
+def test_list_marks_a_damaged_version(root: Path, dated: list[str]) -> None:
+    put_version(root, "2026-01-01T12-00-00-cccccccc.json", b'{"lastUpdated": ')
+    result = ok(run_cli(root, "list"))
+    damaged = next(line for line in result.stdout.splitlines() if "cccccccc" in line)
+    assert "ERROR: not JSON" in damaged
+    assert "1 damaged version" in result.stderr
+    assert "Traceback" not in result.stderr
+    items = json.loads(ok(run_cli(root, "list", "--json")).stdout)
+    marked = next(i for i in items if "cccccccc" in i["name"])
+    assert marked["error"].startswith("not JSON")
+    assert marked["lastUpdated"] is None
+
+
+def test_list_shows_future_versions(root: Path, dated: list[str]) -> None:
+    put_version(root, "2099-01-01T00-00-00-ffffffff.json", payload("2099-01-01T00:00:00Z"))
+    items = json.loads(ok(run_cli(root, "list", "--json")).stdout)
+    assert items[0]["name"] == "2099-01-01T00-00-00-ffffffff.json"
+    assert items[0]["future"] is True
+    assert all(not i["future"] for i in items[1:])
+    assert "(future)" in ok(run_cli(root, "list", "--limit", "1")).stdout
+
+
+# -- show --------------------------------------------------------------------------------
+
+
+def test_show_latest_is_the_raw_bytes(root: Path, ingested: list[str]) -> None:
+    newest_bytes = VALID_SAMPLES[-1].read_bytes()
+    assert ok(run_cli(root, "show")).stdout.encode() == newest_bytes
+    assert ok(run_cli(root, "show", "latest")).stdout.encode() == newest_bytes
+
+
+def test_show_by_name_with_or_without_json(root: Path, ingested: list[str]) -> None:
+    expected = VALID_SAMPLES[0].read_bytes()
+    assert ok(run_cli(root, "show", ingested[0])).stdout.encode() == expected
+    assert ok(run_cli(root, "show", ingested[0].removesuffix(".json"))).stdout.encode() == expected
+
+
+def test_show_at_time(root: Path, dated: list[str]) -> None:
+    data = {name: (root / HISTORY / name).read_bytes() for name in dated}
+    cases = {
+        "2026-01-01T12:00:00": dated[0],  # no offset: UTC
+        "2026-01-01T00:00:00Z": dated[0],  # at the very second: included
+        "2026-01-02T01:00:00+02:00": dated[0],  # = 2026-01-01T23:00Z
+        "2026-01-02T00:00:00Z": dated[1],
+        "2026-01-03T12:30:00Z": dated[2],
+        "2026-01-03": dated[1],
+        "2030-01-01T00:00:00.5Z": dated[2],
+    }
+    for when, name in cases.items():
+        result = ok(run_cli(root, "show", "--at", when))
+        assert result.stdout.encode() == data[name], when
+
+
+def test_show_at_before_every_version(root: Path, dated: list[str]) -> None:
+    result = run_cli(root, "show", "--at", "2025-12-31T23:59:59Z")
+    one_line_error(result, 1, "no version at or before")
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("when", ["yesterday", "2026-13-01", "2026-01-01T25:00", ""])
+def test_show_at_malformed_time(root: Path, dated: list[str], when: str) -> None:
+    one_line_error(run_cli(root, "show", "--at", when), 2, "--at")
+
+
+def test_show_missing_and_bad_versions(root: Path, ingested: list[str]) -> None:
+    one_line_error(run_cli(root, "show", "2020-01-01T00-00-00-00000000"), 1, "no version")
+    one_line_error(run_cli(root, "show", "../console-usage-synced.json"), 2, "path")
+    one_line_error(run_cli(root, "show", f"{root}/{HISTORY}/{ingested[0]}"), 2, "path")
+    one_line_error(run_cli(root, "show", "_metadata.json"), 2, "not a version name")
+    one_line_error(run_cli(root, "show", "nonsense"), 2, "not a version name")
+    one_line_error(run_cli(root, "show", ingested[0], "--at", "2026-01-01"), 2, "not both")
+
+
+def test_show_with_no_versions(root: Path) -> None:
+    ok(run_cli(root, "init"))
+    one_line_error(run_cli(root, "show"), 1, "no versions yet")
+
+
+def test_show_damaged_version(root: Path, dated: list[str]) -> None:
+    put_version(root, "2026-01-05T00-00-00-dddddddd.json", b"\xff\xfe garbage")
+    result = run_cli(root, "show", "2026-01-05T00-00-00-dddddddd")
+    one_line_error(result, 1, "damaged", "verify")
+    assert result.stdout == ""
+    # latest names it too, being the newest: same refusal.
+    one_line_error(run_cli(root, "show"), 1, "damaged")
+
+
+def test_show_skips_future_versions_for_latest(root: Path, dated: list[str]) -> None:
+    put_version(root, "2099-01-01T00-00-00-ffffffff.json", payload("2099-01-01T00:00:00Z"))
+    latest = ok(run_cli(root, "show")).stdout.encode()
+    assert latest == (root / HISTORY / dated[-1]).read_bytes()
+
+
+# -- verify ------------------------------------------------------------------------------
+
+
+def test_verify_clean(root: Path, ingested: list[str]) -> None:
+    result = ok(run_cli(root, "verify"))
+    assert result.stdout.splitlines()[-1] == "ok"
+    report = json.loads(ok(run_cli(root, "verify", "--json")).stdout)
+    assert report == {
+        "ok": True,
+        "history": str(root / HISTORY),
+        "latestPath": str(root / LATEST),
+        "checkedVersions": 4,
+        "problems": [],
+        "warnings": [],
+        "repaired": [],
+        "writerPid": None,
+    }
+
+
+def _corrupt(root: Path, names: list[str]) -> str:
+    path = root / HISTORY / names[1]
+    path.chmod(0o644)
+    path.write_bytes(b'{"lastUpdated": "not a time", "currentSession": {}}')
+    path.chmod(0o444)
+    return names[1]
+
+
+def _writable(root: Path, names: list[str]) -> str:
+    (root / HISTORY / names[0]).chmod(0o644)
+    return names[0]
+
+
+def _stale_temp(root: Path, names: list[str]) -> str:
+    (root / HISTORY / ".tmp-w-0123456789ab").write_bytes(b"half a ver")
+    return ".tmp-w-0123456789ab"
+
+
+def _stale_link_temp(root: Path, names: list[str]) -> str:
+    (root / ".tmp-link-0123456789ab").symlink_to(f"{HISTORY}/{names[0]}")
+    return str(root / ".tmp-link-0123456789ab")
+
+
+def _wrong_metadata(root: Path, names: list[str]) -> str:
+    path = root / HISTORY / "_metadata.json"
+    meta = json.loads(path.read_text())
+    meta["versionCount"] = 99
+    path.write_text(json.dumps(meta))
+    return "_metadata.json"
+
+
+def _missing_metadata(root: Path, names: list[str]) -> str:
+    (root / HISTORY / "_metadata.json").unlink()
+    return "_metadata.json"
+
+
+def _missing_link(root: Path, names: list[str]) -> str:
+    (root / LATEST).unlink()
+    return str(root / LATEST)
+
+
+def _wrong_link(root: Path, names: list[str]) -> str:
+    (root / LATEST).unlink()
+    (root / LATEST).symlink_to(f"{HISTORY}/{names[0]}")
+    return str(root / LATEST)
+
+
+def _absolute_link(root: Path, names: list[str]) -> str:
+    (root / LATEST).unlink()
+    (root / LATEST).symlink_to(root / HISTORY / names[-1])
+    return str(root / LATEST)
+
+
+BREAKAGES = {
+    "corrupt-version": (_corrupt, "invalid-version", False),
+    "writable-version": (_writable, "writable-version", True),
+    "stale-temp": (_stale_temp, "stale-temp", True),
+    "stale-link-temp": (_stale_link_temp, "stale-temp", True),
+    "wrong-metadata": (_wrong_metadata, "metadata", True),
+    "missing-metadata": (_missing_metadata, "metadata", True),
+    "missing-link": (_missing_link, "latest-link", True),
+    "wrong-link": (_wrong_link, "latest-link", True),
+    "absolute-link": (_absolute_link, "latest-link", True),
+}
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_verify_finds_and_repair_fixes(root: Path, ingested: list[str], breakage: str) -> None:
+    breaker, kind, repairable = BREAKAGES[breakage]
+    subject = breaker(root, ingested)
+    versions_before = {n: (root / HISTORY / n).read_bytes() for n in ingested}
+
+    found = run_cli(root, "verify", "--json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    report = json.loads(found.stdout)
+    assert report["ok"] is False
+    assert [(p["kind"], p["subject"], p["repairable"]) for p in report["problems"]] == [
+        (kind, subject, repairable)
+    ]
+    human = run_cli(root, "verify")
+    assert human.returncode == 1
+    assert f"PROBLEM  {subject}" in human.stdout
+
+    repaired = run_cli(root, "verify", "--repair", "--json")
+    after = json.loads(repaired.stdout)
+    if repairable:
+        assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        assert after["ok"] is True
+        assert [(r["kind"], r["subject"]) for r in after["repaired"]] == [(kind, subject)]
+        ok(run_cli(root, "verify"))
+    else:
+        assert repaired.returncode == 1
+        assert [p["kind"] for p in after["problems"]] == [kind]
+        assert after["repaired"] == []
+    # A version is never deleted or rewritten, and every one is read-only again.
+    assert {n: (root / HISTORY / n).read_bytes() for n in ingested} == versions_before
+    assert all((root / HISTORY / n).stat().st_mode & 0o222 == 0 for n in ingested)
+    assert os.readlink(root / LATEST) == f"{HISTORY}/{ingested[-1]}"
+
+
+def test_verify_many_problems_at_once(root: Path, ingested: list[str]) -> None:
+    for breaker, _kind, _repairable in BREAKAGES.values():
+        if breaker not in (_missing_link, _absolute_link, _missing_metadata):
+            breaker(root, ingested)
+    result = run_cli(root, "verify")
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[-1] == (
+        "6 problem(s); 5 can be fixed with 'ingester verify --repair'"
+    )
+    repaired = run_cli(root, "verify", "--repair")
+    assert repaired.returncode == 1
+    assert repaired.stdout.count("repaired  ") == 5
+    assert repaired.stdout.splitlines()[-1] == "1 problem(s)"
+    assert (root / HISTORY / ingested[1]).exists()  # the corrupt version stays
+
+
+def test_verify_future_version_is_a_warning(root: Path, dated: list[str]) -> None:
+    future = "2099-01-01T00-00-00-ffffffff.json"
+    put_version(root, future, payload("2099-01-01T00:00:00Z"))
+    ok(run_cli(root, "verify", "--repair"))  # the metadata learns about it
+    report = json.loads(ok(run_cli(root, "verify", "--json")).stdout)
+    assert report["ok"] is True
+    assert [(w["kind"], w["subject"]) for w in report["warnings"]] == [("future-version", future)]
+    assert f"warning  {future}" in ok(run_cli(root, "verify")).stdout
+    status = json.loads(ok(run_cli(root, "status", "--json")).stdout)
+    assert status["futureVersions"] == 1
+    assert status["latest"]["name"] == dated[-1]
+    assert os.readlink(root / LATEST) == f"{HISTORY}/{dated[-1]}"
+
+
+def test_verify_other_files_are_left_alone(root: Path, dated: list[str]) -> None:
+    (root / HISTORY / "notes.txt").write_text("operator notes")
+    (root / HISTORY / "2026-01-09T00-00-00-dir.json").mkdir()
+    (root / HISTORY / "2026-13-01T00-00-00-aaaaaaaa.json").write_bytes(b"{}")
+    report = json.loads(ok(run_cli(root, "verify", "--repair", "--json")).stdout)
+    assert [(w["kind"], w["subject"]) for w in report["warnings"]] == [
+        ("not-a-version", "2026-01-09T00-00-00-dir.json"),
+        ("not-a-version", "2026-13-01T00-00-00-aaaaaaaa.json"),
+    ]
+    assert report["checkedVersions"] == 3
+    assert (root / HISTORY / "notes.txt").read_text() == "operator notes"
+    assert (root / HISTORY / "2026-01-09T00-00-00-dir.json").is_dir()
+    assert (root / HISTORY / "2026-13-01T00-00-00-aaaaaaaa.json").read_bytes() == b"{}"
+
+
+def test_verify_a_restored_copy_of_the_history_alone(root: Path, tmp_path: Path) -> None:
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    # What a backup copies: the history (without .lock and temps) and the latest link.
+    shutil.copytree(
+        root / HISTORY, restored / HISTORY, symlinks=True, ignore=shutil.ignore_patterns(".*")
+    )
+    shutil.copy2(root / LATEST, restored / LATEST, follow_symlinks=False)
+    assert not (restored / "spool").exists()
+    result = ok(run_cli(restored, "verify"))
+    assert result.stdout.splitlines()[-1] == "ok"
+    assert not (restored / "spool").exists()
+    assert not (restored / HISTORY / ".lock").exists()
+    # The latest link was copied as a relative link, so it is right in the copy too.
+    assert (restored / LATEST).read_bytes() == VALID_SAMPLES[-1].read_bytes()
+
+
+def test_verify_repair_of_a_copy_without_latest_link(root: Path, tmp_path: Path) -> None:
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES[:2])))
+    restored = tmp_path / "restored"
+    shutil.copytree(root / HISTORY, restored / HISTORY, symlinks=True)
+    assert run_cli(restored, "verify").returncode == 1
+    ok(run_cli(restored, "verify", "--repair"))
+    assert (restored / LATEST).read_bytes() == VALID_SAMPLES[1].read_bytes()
+    assert not (restored / "spool").exists()  # repair does not create the spool
+
+
+def test_verify_without_history(root: Path) -> None:
+    one_line_error(run_cli(root, "verify"), 1, "no history at")
+    one_line_error(run_cli(root, "verify", "--repair"), 1, "no history at")
+    assert not (root / HISTORY).exists()
+
+
+@pytest.mark.parametrize("command", ["status", "list", "show", "verify"])
+def test_help(root: Path, command: str) -> None:
+    assert "Usage:" in ok(run_cli(root, command, "--help")).stdout
+
+
+def test_relative_ages() -> None:
+    from ingester.report import relative_age
+
+    assert relative_age(timedelta(seconds=0.2)) == "just now"
+    assert relative_age(timedelta(seconds=42)) == "42 s ago"
+    assert relative_age(timedelta(minutes=3, seconds=59)) == "3 min ago"
+    assert relative_age(timedelta(hours=2)) == "2 h ago"
+    assert relative_age(timedelta(hours=5, minutes=7)) == "5 h 7 min ago"
+    assert relative_age(timedelta(days=3, hours=1)) == "3 days ago"
+    assert relative_age(-timedelta(days=2)) == "in 2 days"
