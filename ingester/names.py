@@ -23,7 +23,8 @@ __all__ = [
 # Any "<timestamp>-<letters or digits>.json" counts, so files that older tools put in the
 # history (e.g. 2026-01-05T00-00-00-test5.json) are versions too.
 VERSION_NAME_RE = re.compile(
-    r"^(?P<date>\d{4}-\d{2}-\d{2})T(?P<h>\d{2})-(?P<m>\d{2})-(?P<s>\d{2})-(?P<suffix>[A-Za-z0-9]+)\.json$"
+    r"^(?P<date>\d{4}-\d{2}-\d{2})T(?P<h>\d{2})-(?P<m>\d{2})-(?P<s>\d{2})-(?P<suffix>[A-Za-z0-9]+)\.json\Z",
+    re.ASCII,  # \d is 0-9 only, and \Z (unlike $) refuses a name ending in a newline
 )
 _OWN_SUFFIX_RE = re.compile(r"^[0-9a-f]{8}$")
 _STAMP = "%Y-%m-%dT%H-%M-%S"
