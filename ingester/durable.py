@@ -143,7 +143,15 @@ class StagedFile:
         # The temp name goes before the folder fsync, so one fsync makes both changes durable.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        fsync_dir(self.directory)
+        try:
+            fsync_dir(self.directory)
+        except StorageError:
+            if not replace:
+                # The new name may not survive a crash: a failed write, so take it back
+                # (the caller retries; leaving it would store the same bytes twice).
+                with contextlib.suppress(OSError):
+                    os.unlink(final)
+            raise
         return final
 
     def discard(self) -> None:

@@ -1,0 +1,330 @@
+"""Storage faults (issue 2, "Bad input and faults"): real ones where the machine allows.
+
+As root, ``chmod`` does not stop a write, so the real faults are: ``chattr +i`` on the
+history folder (EPERM), a full 1 MiB tmpfs (ENOSPC) and a tmpfs remounted read-only
+(EROFS). Each is tried once first; where it cannot be made the test is skipped and says
+why. EIO from ``fsync`` cannot be made for real, so ``os.fsync`` is monkeypatched.
+
+For every fault: ``save_version`` raises ``StorageError`` naming the path and the cause,
+no partial version is left (no new final name, no ``.tmp-`` file), and once the fault is
+cleared a fresh store initializes, saves, and agrees with a scan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import IS_ROOT, run_cli
+
+from ingester import HistoryStore, RetentionPolicy, StorageError
+from ingester.names import format_timestamp, is_version_name, parse_timestamp_from_filename
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, check=False, timeout=30)
+
+
+def _capability(tmp: Path, what: str) -> str | None:
+    """Why the fault ``what`` cannot be made here, or None when it can."""
+    if not IS_ROOT:
+        return f"{what} needs root (only root can chattr +i or mount a tmpfs)"
+    tool = "chattr" if what == "chattr" else "mount"
+    if shutil.which(tool) is None:
+        return f"{tool} is not installed"
+    probe = tmp / f"probe-{what}"
+    probe.mkdir()
+    if what == "chattr":
+        done = _run("chattr", "+i", str(probe))
+        if done.returncode != 0:
+            return f"chattr +i does not work here: {done.stderr.strip()}"
+        try:
+            (probe / "x").touch()
+        except PermissionError:
+            return None
+        finally:
+            _run("chattr", "-i", str(probe))
+        return "chattr +i did not stop a write here"
+    done = _run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe))
+    if done.returncode != 0:
+        return f"cannot mount a tmpfs here: {done.stderr.strip()}"
+    try:
+        ro = _run("mount", "-o", "remount,ro", str(probe))
+        if ro.returncode != 0:
+            return f"cannot remount a tmpfs read-only here: {ro.stderr.strip()}"
+    finally:
+        _run("umount", str(probe))
+    return None
+
+
+@pytest.fixture(scope="session")
+def can_chattr(tmp_path_factory: pytest.TempPathFactory) -> None:
+    reason = _capability(tmp_path_factory.mktemp("chattr"), "chattr")
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def can_mount(tmp_path_factory: pytest.TempPathFactory) -> None:
+    reason = _capability(tmp_path_factory.mktemp("mount"), "tmpfs")
+    if reason:
+        pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def immutable(folder: Path) -> Iterator[None]:
+    done = _run("chattr", "+i", str(folder))
+    assert done.returncode == 0, done.stderr
+    try:
+        yield
+    finally:
+        _run("chattr", "-i", str(folder))
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path, can_mount: None) -> Iterator[Path]:
+    """A fresh 1 MiB tmpfs, always unmounted afterwards."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = _run("mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt))
+    assert done.returncode == 0, done.stderr
+    try:
+        yield mnt
+    finally:
+        _run("mount", "-o", "remount,rw", str(mnt))
+        result = _run("umount", str(mnt))
+        if result.returncode != 0:
+            _run("umount", "-l", str(mnt))
+
+
+def make_store(base: Path, policy: RetentionPolicy | None = None) -> HistoryStore:
+    return HistoryStore(base / "console-usage-history", base / "console-usage-synced.json", policy)
+
+
+def entries(store: HistoryStore) -> set[str]:
+    return set(os.listdir(store.history_dir))
+
+
+def assert_failed_cleanly(
+    exc: StorageError, store: HistoryStore, before: set[str], cause: int, *, temps_removed: bool
+) -> None:
+    message = str(exc)
+    assert exc.errno == cause
+    assert str(store.history_dir) in message, message
+    assert errno.errorcode[cause] in message, message
+    assert os.strerror(cause) in message, message
+    after = entries(store)
+    new_versions = {n for n in after - before if is_version_name(n)}
+    assert not new_versions, f"a partial version was left: {new_versions}"
+    if temps_removed:
+        assert not [n for n in after if n.startswith(".tmp-")], after
+
+
+def assert_recovers(
+    base: Path, payload: bytes, expected_versions: int, policy: RetentionPolicy | None = None
+) -> None:
+    """After the fault is cleared, a fresh store initializes, saves, and agrees with a scan."""
+    store = make_store(base, policy)
+    store.initialize()
+    path = store.save_version(payload)
+    store.cleanup_old_versions()
+    names = sorted(n for n in os.listdir(store.history_dir) if is_version_name(n))
+    assert len(names) == expected_versions
+    assert names[-1] == path.name
+    meta = json.loads(store.metadata_path.read_bytes())
+    assert meta["versionCount"] == len(names)
+    assert meta["newestTimestamp"] == format_timestamp(parse_timestamp_from_filename(names[-1]))
+    assert meta["oldestTimestamp"] == format_timestamp(parse_timestamp_from_filename(names[0]))
+    assert os.readlink(store.latest_path) == f"console-usage-history/{path.name}"
+    assert not [n for n in os.listdir(store.history_dir) if n.startswith(".tmp-")]
+
+
+# -- EPERM: chattr +i -------------------------------------------------------------------
+
+
+def test_immutable_history_eperm(tmp_path: Path, can_chattr: None, valid_payload: bytes) -> None:
+    store = make_store(tmp_path)
+    store.initialize()
+    store.save_version(valid_payload)
+    before = entries(store)
+    with immutable(store.history_dir):
+        with pytest.raises(StorageError) as caught:
+            store.save_version(valid_payload)
+        assert_failed_cleanly(caught.value, store, before, errno.EPERM, temps_removed=True)
+        assert entries(store) == before
+    assert_recovers(tmp_path, valid_payload, expected_versions=2)
+
+
+def test_immutable_history_cleanup_fails_cleanly(
+    tmp_path: Path, can_chattr: None, valid_payload: bytes
+) -> None:
+    policy = RetentionPolicy(max_versions=1, retention_days=1)
+    store = make_store(tmp_path, policy)
+    store.history_dir.mkdir()
+    old = datetime.now(UTC) - timedelta(days=30)
+    for i in range(3):
+        (
+            store.history_dir / f"{old + timedelta(minutes=i):%Y-%m-%dT%H-%M-%S}-old{i}.json"
+        ).write_bytes(valid_payload)
+    store.initialize()
+    before = entries(store)
+    with immutable(store.history_dir):
+        with pytest.raises(StorageError) as caught:
+            store.cleanup_old_versions()
+        assert caught.value.errno == errno.EPERM
+        assert str(store.history_dir) in str(caught.value)
+        assert entries(store) == before
+    assert_recovers(tmp_path, valid_payload, expected_versions=1, policy=policy)
+
+
+def test_ingest_cli_on_immutable_history(
+    root: Path, can_chattr: None, valid_payload: bytes
+) -> None:
+    assert run_cli(root, "init").returncode == 0
+    history = root / "console-usage-history"
+    drop = root / "drop.json"
+    drop.write_bytes(valid_payload)
+    before = set(os.listdir(history))
+    with immutable(history):
+        done = run_cli(root, "ingest", str(drop))
+        assert set(os.listdir(history)) == before
+    assert done.returncode == 1, done
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert str(history) in errors[0]
+    assert "Operation not permitted" in errors[0]
+    assert drop.read_bytes() == valid_payload  # ingest copies, never moves
+
+
+# -- ENOSPC: a full tmpfs ---------------------------------------------------------------
+
+
+def fill(folder: Path) -> Path:
+    """Write into ``folder`` until the filesystem is full; return the filler file."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        for size in (65536, 4096, 512, 1):  # big chunks first, then fill the last page
+            try:
+                while True:
+                    handle.write(b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def test_full_disk_enospc(tmpfs: Path, valid_payload: bytes) -> None:
+    store = make_store(tmpfs)
+    store.initialize()
+    store.save_version(valid_payload)
+    before = entries(store)
+    filler = fill(tmpfs)
+    try:
+        with pytest.raises(StorageError) as caught:
+            store.save_version(valid_payload)
+        assert_failed_cleanly(caught.value, store, before, errno.ENOSPC, temps_removed=True)
+        assert entries(store) == before
+    finally:
+        filler.unlink()
+    assert_recovers(tmpfs, valid_payload, expected_versions=2)
+
+
+# -- EROFS: a read-only remount ---------------------------------------------------------
+
+
+def test_read_only_filesystem_erofs(tmpfs: Path, valid_payload: bytes) -> None:
+    store = make_store(tmpfs)
+    store.initialize()
+    store.save_version(valid_payload)
+    before = entries(store)
+    assert _run("mount", "-o", "remount,ro", str(tmpfs)).returncode == 0
+    try:
+        with pytest.raises(StorageError) as caught:
+            store.save_version(valid_payload)
+        # On a read-only filesystem nothing can be created, so nothing needs removing.
+        assert_failed_cleanly(caught.value, store, before, errno.EROFS, temps_removed=True)
+        assert entries(store) == before
+    finally:
+        assert _run("mount", "-o", "remount,rw", str(tmpfs)).returncode == 0
+    assert_recovers(tmpfs, valid_payload, expected_versions=2)
+
+
+# -- EIO from fsync (monkeypatched: no real fault reaches it) ----------------------------
+
+
+def test_failed_file_fsync_is_a_failed_write(
+    tmp_path: Path, valid_payload: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(tmp_path)
+    store.initialize()
+    store.save_version(valid_payload)
+    before = entries(store)
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(StorageError) as caught:
+        store.save_version(valid_payload)
+    assert_failed_cleanly(caught.value, store, before, errno.EIO, temps_removed=True)
+    assert entries(store) == before
+    monkeypatch.undo()
+    assert_recovers(tmp_path, valid_payload, expected_versions=2)
+
+
+def test_failed_folder_fsync_after_link_leaves_no_version(
+    tmp_path: Path, valid_payload: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name appeared but could not be made durable: the write failed, so no version."""
+    store = make_store(tmp_path)
+    store.initialize()
+    store.save_version(valid_payload)
+    before = entries(store)
+    real_fsync = os.fsync
+
+    def fsync_fails_on_folders(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_fails_on_folders)
+    with pytest.raises(StorageError) as caught:
+        store.save_version(valid_payload)
+    assert_failed_cleanly(caught.value, store, before, errno.EIO, temps_removed=True)
+    assert entries(store) == before
+    monkeypatch.undo()
+    assert_recovers(tmp_path, valid_payload, expected_versions=2)
+
+
+def test_failed_replace_of_the_latest_link(
+    tmp_path: Path, valid_payload: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version is stored for good; the link is a cache that the next start repairs."""
+    store = make_store(tmp_path)
+    store.initialize()
+    first = store.save_version(valid_payload)
+    real_replace = os.replace
+
+    def replace_fails_for_links(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if Path(dst) == store.latest_path:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_fails_for_links)
+    with pytest.raises(StorageError) as caught:
+        store.save_version(valid_payload)
+    assert str(store.latest_path) in str(caught.value)
+    assert "EIO" in str(caught.value)
+    assert os.readlink(store.latest_path) == f"console-usage-history/{first.name}"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+    monkeypatch.undo()
+    assert_recovers(tmp_path, valid_payload, expected_versions=3)
