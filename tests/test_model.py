@@ -1,0 +1,324 @@
+"""The payload model and ``judge_payload`` (SPEC section 4): what passes, what fails, and why.
+
+``judge_payload`` is the gate every drop passes, so besides the samples it is fed hostile
+bytes: it must return a model or raise ``PayloadRejected``, never anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import INVALID_SAMPLES, VALID_SAMPLES
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ingester import ConsoleUsageDataSync, PayloadRejected, judge_payload
+
+# The field each invalid sample gets wrong: the reason must name it.
+EXPECTED_FIELD = {
+    "empty-resets-in.json": "resetsIn",
+    "half-weekly.json": "sonnetOnly",
+    "missing-last-updated.json": "lastUpdated",
+    "naive-timestamp.json": "lastUpdated",
+    "no-sections.json": "currentSession",
+    "not-json.json": "JSON",  # no field to name: the reason says it is not JSON
+    "percentage-as-string.json": "percentageUsed",
+    "percentage-out-of-range.json": "percentageUsed",
+}
+
+GOOD: dict[str, Any] = {
+    "currentSession": {"resetsIn": "1 hr", "percentageUsed": 40},
+    "lastUpdated": "2026-11-27T14:30:00Z",
+}
+
+
+def payload(**changes: Any) -> bytes:
+    """``GOOD`` with top-level keys replaced (``None`` removes a key), as JSON bytes."""
+    doc = json.loads(json.dumps(GOOD))
+    for key, value in changes.items():
+        if value is None:
+            doc.pop(key, None)
+        else:
+            doc[key] = value
+    return json.dumps(doc).encode()
+
+
+def window(value: Any) -> bytes:
+    return payload(currentSession={"resetsIn": "1 hr", "percentageUsed": value})
+
+
+def test_the_samples_are_there() -> None:
+    assert len(VALID_SAMPLES) >= 4
+    assert len(INVALID_SAMPLES) >= 8
+    # A new invalid sample needs an entry saying which field it gets wrong.
+    assert {p.name for p in INVALID_SAMPLES} <= set(EXPECTED_FIELD)
+
+
+@pytest.mark.parametrize("sample", VALID_SAMPLES, ids=lambda p: p.name)
+def test_valid_sample_passes(sample: Path) -> None:
+    model = judge_payload(sample.read_bytes())
+    assert isinstance(model, ConsoleUsageDataSync)
+    assert model.currentSession is not None or model.weeklyLimits is not None
+    assert model.lastUpdated.utcoffset() is not None
+
+
+@pytest.mark.parametrize("sample", INVALID_SAMPLES, ids=lambda p: p.name)
+def test_invalid_sample_fails_naming_the_field(sample: Path) -> None:
+    with pytest.raises(PayloadRejected) as caught:
+        judge_payload(sample.read_bytes())
+    field = EXPECTED_FIELD[sample.name]
+    assert field in caught.value.reason
+    assert caught.value.errors, "errors must list the problems"
+    if field != "JSON":
+        assert any(field in json.dumps(err) for err in caught.value.errors)
+
+
+def test_unknown_fields_are_kept_at_every_level() -> None:
+    doc = {
+        "currentSession": {"resetsIn": "2 hr", "percentageUsed": 5, "resetsAt": "16:20"},
+        "weeklyLimits": {
+            "allModels": {"resetsIn": "Mon", "percentageUsed": 1, "deep": {"x": [1, 2]}},
+            "sonnetOnly": {"resetsIn": "Mon", "percentageUsed": 2},
+            "opusOnly": {"resetsIn": "Tue", "percentageUsed": 3},
+        },
+        "lastUpdated": "2026-11-27T14:20:00Z",
+        "scraperVersion": "1.4.0",
+    }
+    dumped = judge_payload(json.dumps(doc).encode()).model_dump(mode="json")
+    assert dumped["scraperVersion"] == "1.4.0"
+    assert dumped["currentSession"]["resetsAt"] == "16:20"
+    assert dumped["weeklyLimits"]["opusOnly"] == {"resetsIn": "Tue", "percentageUsed": 3}
+    assert dumped["weeklyLimits"]["allModels"]["deep"] == {"x": [1, 2]}
+
+
+def test_extra_fields_sample_keeps_its_extras() -> None:
+    sample = next(p for p in VALID_SAMPLES if p.name == "extra-fields.json")
+    dumped = judge_payload(sample.read_bytes()).model_dump()
+    assert dumped["scraperVersion"] == "1.4.0"
+    assert dumped["plan"] == "Max (5x)"
+    assert dumped["currentSession"]["resetsAt"] == "2026-11-27T16:20:00Z"
+
+
+@pytest.mark.parametrize("value", ["40", "40.5", "", True, False, None, [40], {"v": 40}])
+def test_percentage_must_be_a_json_number(value: Any) -> None:
+    with pytest.raises(PayloadRejected) as caught:
+        judge_payload(window(value))
+    assert "percentageUsed" in caught.value.reason
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 23, 88.5, 100, 1e2])
+def test_percentage_in_range_passes(value: float) -> None:
+    model = judge_payload(window(value))
+    assert model.currentSession is not None
+    assert model.currentSession.percentageUsed == value
+
+
+@pytest.mark.parametrize("value", [-0.001, -1, 100.001, 101, 1e300])
+def test_percentage_out_of_range_fails(value: float) -> None:
+    with pytest.raises(PayloadRejected, match="percentageUsed"):
+        judge_payload(window(value))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-11-27 14:45",  # no offset
+        "2026-11-27T14:45:00",  # no offset
+        "2026-11-27",
+        "yesterday",
+        "",
+        1764254700,  # a number, not a string
+    ],
+)
+def test_last_updated_needs_a_timestamp_with_offset(value: Any) -> None:
+    with pytest.raises(PayloadRejected, match="lastUpdated"):
+        judge_payload(payload(lastUpdated=value))
+
+
+@pytest.mark.parametrize("value", ["2026-11-27T14:45:00Z", "2026-11-27T14:45:00.123+05:30"])
+def test_last_updated_with_offset_passes(value: str) -> None:
+    assert judge_payload(payload(lastUpdated=value)).lastUpdated.utcoffset() is not None
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"isPartial": "yes"}, "isPartial"),
+        ({"isPartial": 1}, "isPartial"),
+        ({"extractionErrors": {"weeklyLimits": 3}}, "extractionErrors"),
+        ({"extractionErrors": ["oops"]}, "extractionErrors"),
+        ({"currentSession": {"percentageUsed": 4}}, "resetsIn"),
+        ({"currentSession": {"resetsIn": 5, "percentageUsed": 4}}, "resetsIn"),
+        ({"currentSession": {"resetsIn": "x"}}, "percentageUsed"),
+        ({"currentSession": "40%"}, "currentSession"),
+        ({"weeklyLimits": {"sonnetOnly": {"resetsIn": "x", "percentageUsed": 1}}}, "allModels"),
+    ],
+)
+def test_wrong_types_name_the_field(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(PayloadRejected) as caught:
+        judge_payload(payload(**changes))
+    assert field in caught.value.reason
+
+
+def test_weekly_limits_alone_is_enough() -> None:
+    both = {"resetsIn": "Thu", "percentageUsed": 1}
+    model = judge_payload(
+        payload(currentSession=None, weeklyLimits={"allModels": both, "sonnetOnly": both})
+    )
+    assert model.currentSession is None
+    assert model.weeklyLimits is not None
+
+
+VALID_TEXT = json.dumps(GOOD)
+
+HOSTILE = {
+    "NaN": VALID_TEXT.replace("40", "NaN").encode(),
+    "Infinity": VALID_TEXT.replace("40", "Infinity").encode(),
+    "-Infinity": VALID_TEXT.replace("40", "-Infinity").encode(),
+    "NaN in an extra field": payload().replace(b"}", b', "x": NaN}', 1),
+    "UTF-8 BOM": b"\xef\xbb\xbf" + VALID_TEXT.encode(),
+    "UTF-16 LE with BOM": VALID_TEXT.encode("utf-16"),
+    "UTF-16 BE": VALID_TEXT.encode("utf-16-be"),
+    "UTF-32": VALID_TEXT.encode("utf-32"),
+    "invalid UTF-8": VALID_TEXT.encode().replace(b"1 hr", b"1 \xff\xfe"),
+    "truncated UTF-8": VALID_TEXT.encode()[:-2] + "é".encode()[:1],
+    "overlong UTF-8": VALID_TEXT.encode().replace(b"1 hr", b"\xc0\xaf"),
+    "200,000 brackets": b"[" * 200_000 + b"]" * 200_000,
+    "200,000 braces": b'{"a":' * 200_000 + b"1" + b"}" * 200_000,
+    "deep inside a valid payload": payload().replace(
+        b"}", b', "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", 1
+    ),
+    "top-level array": f"[{VALID_TEXT}]".encode(),
+    "top-level string": b'"hello"',
+    "top-level number": b"42",
+    "top-level null": b"null",
+    "empty": b"",
+    "whitespace": b"   \n",
+    "binary": bytes(range(256)),
+    "trailing garbage": VALID_TEXT.encode() + b" x",
+    "two objects": VALID_TEXT.encode() * 2,
+    "huge integer": payload().replace(b"}", b', "x": ' + b"9" * 5000 + b"}", 1),
+    "lone surrogate": VALID_TEXT.replace("1 hr", "\\ud800").encode(),
+}
+
+
+@pytest.mark.parametrize("data", HOSTILE.values(), ids=list(HOSTILE))
+def test_hostile_bytes_are_rejected(data: bytes) -> None:
+    with pytest.raises(PayloadRejected) as caught:
+        judge_payload(data)
+    assert caught.value.reason
+    assert caught.value.errors
+
+
+def test_over_max_bytes_is_rejected_before_parsing() -> None:
+    data = payload()
+    assert judge_payload(data, max_bytes=len(data)) is not None
+    with pytest.raises(PayloadRejected, match="over the limit"):
+        judge_payload(data, max_bytes=len(data) - 1)
+    # Over the limit wins even when the bytes are garbage.
+    with pytest.raises(PayloadRejected, match="over the limit"):
+        judge_payload(b"\xff" * 100, max_bytes=10)
+
+
+def test_rejection_errors_are_json_serialisable() -> None:
+    for data in [*HOSTILE.values(), *(p.read_bytes() for p in INVALID_SAMPLES)]:
+        with pytest.raises(PayloadRejected) as caught:
+            judge_payload(data)
+        json.dumps(caught.value.errors)  # they go into <name>.reason.json
+
+
+# -- property tests ---------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**20), max_value=10**20)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=25,
+)
+windows = st.fixed_dictionaries(
+    {},
+    optional={
+        "resetsIn": st.text(max_size=10) | json_values,
+        "percentageUsed": st.floats(-10, 110) | st.integers(-5, 105) | json_values,
+        "extra": json_values,
+    },
+)
+near_payloads = st.fixed_dictionaries(
+    {},
+    optional={
+        "currentSession": windows | json_values,
+        "weeklyLimits": st.fixed_dictionaries(
+            {}, optional={"allModels": windows, "sonnetOnly": windows}
+        )
+        | json_values,
+        "lastUpdated": st.sampled_from(
+            ["2026-11-27T14:30:00Z", "2026-11-27T14:30:00+02:00", "2026-11-27"]
+        )
+        | json_values,
+        "isPartial": json_values,
+        "extractionErrors": st.dictionaries(st.text(max_size=5), st.text(max_size=5)) | json_values,
+        "other": json_values,
+    },
+)
+
+
+def _judge_quietly(data: bytes) -> ConsoleUsageDataSync | PayloadRejected:
+    try:
+        return judge_payload(data, max_bytes=1 << 20)
+    except PayloadRejected as exc:
+        return exc
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_random_bytes_never_raise_anything_else(data: bytes) -> None:
+    result = _judge_quietly(data)
+    assert isinstance(result, ConsoleUsageDataSync | PayloadRejected)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values | near_payloads)
+def test_random_json_never_raises_anything_else(doc: Any) -> None:
+    data = json.dumps(doc).encode()
+    result = _judge_quietly(data)
+    if isinstance(result, ConsoleUsageDataSync):
+        # Whatever passes really has the shape the spec promises.
+        assert isinstance(doc, dict)
+        assert doc.get("currentSession") is not None or doc.get("weeklyLimits") is not None
+        for section in (
+            result.currentSession,
+            *(
+                (result.weeklyLimits.allModels, result.weeklyLimits.sonnetOnly)
+                if result.weeklyLimits
+                else ()
+            ),
+        ):
+            if section is not None:
+                assert 0 <= section.percentageUsed <= 100
+                assert not math.isnan(section.percentageUsed)
+                assert section.resetsIn
+        assert result.model_dump()  # a model that passed can always be dumped
+    else:
+        assert result.errors
+
+
+@settings(max_examples=200, deadline=None)
+@given(near_payloads, st.sampled_from(["utf-8-sig", "utf-16", "utf-16-le", "latin-1"]))
+def test_random_json_in_other_encodings_is_handled(doc: Any, encoding: str) -> None:
+    text = json.dumps(doc, ensure_ascii=False)
+    try:
+        data = text.encode(encoding)
+    except UnicodeEncodeError:
+        return
+    result = _judge_quietly(data)
+    if encoding in ("utf-8-sig", "utf-16"):  # both start with a BOM
+        assert isinstance(result, PayloadRejected)

@@ -1,0 +1,489 @@
+"""HistoryStore on a real temp folder: versions, latest link, metadata, retention, repairs."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ingester import HistoryStore, RetentionPolicy, judge_payload, parse_timestamp_from_filename
+from ingester.names import format_timestamp, is_version_name
+
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+SIX_KEYS = [
+    "versionCount",
+    "oldestTimestamp",
+    "newestTimestamp",
+    "lastCleanup",
+    "totalVersionsCreated",
+    "totalVersionsDeleted",
+]
+SEED_CONTENT = b'{"lastUpdated":"2026-01-01T00:00:00Z"}\n'
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: datetime = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_store(tmp_path: Path, clock: Clock) -> Callable[..., HistoryStore]:
+    def make(policy: RetentionPolicy | None = None) -> HistoryStore:
+        return HistoryStore(
+            tmp_path / "console-usage-history",
+            tmp_path / "console-usage-synced.json",
+            policy,
+            clock=clock,
+        )
+
+    return make
+
+
+@pytest.fixture
+def store(make_store: Callable[..., HistoryStore]) -> HistoryStore:
+    s = make_store()
+    s.initialize()
+    return s
+
+
+def versions_on_disk(store: HistoryStore) -> list[str]:
+    """Regular files with version names (a folder or symlink so named is not a version)."""
+    with os.scandir(store.history_dir) as entries:
+        return sorted(
+            e.name for e in entries if is_version_name(e.name) and e.is_file(follow_symlinks=False)
+        )
+
+
+def read_metadata(store: HistoryStore) -> dict[str, object]:
+    data: dict[str, object] = json.loads(store.metadata_path.read_bytes())
+    return data
+
+
+def assert_consistent(store: HistoryStore) -> None:
+    """Metadata and latest link agree with a fresh scan of the folder."""
+    names = versions_on_disk(store)
+    meta = read_metadata(store)
+    assert list(meta)[:6] == SIX_KEYS
+    assert meta["versionCount"] == len(names)
+    stamps = [parse_timestamp_from_filename(n) for n in names]
+    assert meta["oldestTimestamp"] == (format_timestamp(stamps[0]) if names else None)
+    assert meta["newestTimestamp"] == (format_timestamp(stamps[-1]) if names else None)
+    assert not [n for n in os.listdir(store.history_dir) if n.startswith(".tmp-")]
+    fresh = HistoryStore(store.history_dir, store.latest_path, store.policy, clock=store.clock)
+    assert fresh.latest_problem() is None
+
+
+def seed_history(store: HistoryStore) -> list[str]:
+    """The seed plan's 110 test files (its section 5.3, Option A)."""
+    store.history_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(1, 111):
+        name = f"2026-01-{i % 28 + 1:02d}T00-00-00-test{i}.json"
+        (store.history_dir / name).write_bytes(SEED_CONTENT)
+        names.append(name)
+    return sorted(names)
+
+
+# -- the seed plan's scenario -------------------------------------------------------------
+
+
+def test_seed_plan_retention_scenario(make_store: Callable[..., HistoryStore]) -> None:
+    store = make_store()
+    old = seed_history(store)
+    store.initialize()
+    assert read_metadata(store)["versionCount"] == 110
+
+    new = store.save_version(
+        judge_payload(
+            SEED_CONTENT.replace(b"}", b',"currentSession":{"resetsIn":"1 hr","percentageUsed":1}}')
+        )
+    )
+    result = store.cleanup_old_versions()
+
+    remaining = versions_on_disk(store)
+    assert len(remaining) == 100
+    assert remaining[-1] == new.name
+    assert remaining == [*old[11:], new.name]
+    assert sorted(result.deleted) == old[:11]
+    assert result.retained == 100
+    meta = read_metadata(store)
+    assert meta["versionCount"] == 100
+    assert meta["totalVersionsDeleted"] == 11
+    assert meta["totalVersionsCreated"] == 111
+    assert meta["oldestTimestamp"] == format_timestamp(parse_timestamp_from_filename(old[11]))
+    assert meta["newestTimestamp"] == format_timestamp(parse_timestamp_from_filename(new.name))
+    assert meta["lastCleanup"] == format_timestamp(NOW)
+    assert os.readlink(store.latest_path) == f"console-usage-history/{new.name}"
+    assert_consistent(store)
+
+
+# -- saving -------------------------------------------------------------------------------
+
+
+def test_save_stores_bytes_unchanged_read_only(store: HistoryStore, valid_payload: bytes) -> None:
+    path = store.save_version(valid_payload)
+    assert path.parent == store.history_dir
+    assert path.read_bytes() == valid_payload
+    assert stat.S_IMODE(path.stat().st_mode) == 0o444 & ~current_umask()
+    assert versions_on_disk(store) == [path.name]
+    assert parse_timestamp_from_filename(path.name) == NOW
+    meta = read_metadata(store)
+    assert meta["versionCount"] == 1
+    assert meta["totalVersionsCreated"] == 1
+    assert meta["oldestTimestamp"] == meta["newestTimestamp"] == "2026-03-01T12:00:00.000Z"
+    assert_consistent(store)
+
+
+def test_save_a_model_stores_its_json(store: HistoryStore, valid_payload: bytes) -> None:
+    model = judge_payload(valid_payload)
+    path = store.save_version(model)
+    assert judge_payload(path.read_bytes()) == model
+
+
+def test_latest_link_is_relative_and_follows_the_newest(
+    store: HistoryStore, clock: Clock, valid_payload: bytes
+) -> None:
+    paths = []
+    for i in range(5):
+        clock.now = NOW + timedelta(seconds=i // 2)  # two saves in some seconds
+        paths.append(store.save_version(valid_payload + b" " * i))
+    assert [p.name for p in paths] == sorted(p.name for p in paths)
+    target = os.readlink(store.latest_path)
+    assert not os.path.isabs(target)
+    assert target == os.path.join("console-usage-history", paths[-1].name)
+    assert store.latest_path.read_bytes() == paths[-1].read_bytes()
+    # A copied tree stays valid: the link is relative.
+    assert store.list_versions()[0] == paths[-1]
+    assert store.list_versions(limit=2) == [paths[-1], paths[-2]]
+
+
+def test_many_saves_in_one_instant_keep_ingestion_order(
+    store: HistoryStore, valid_payload: bytes
+) -> None:
+    names = [store.save_version(valid_payload + b" " * (i % 3)).name for i in range(200)]
+    assert names == sorted(names)
+    assert len(set(names)) == 200
+    assert read_metadata(store)["versionCount"] == 200
+
+
+def test_clock_stepped_back_still_sorts_above(
+    store: HistoryStore, clock: Clock, valid_payload: bytes
+) -> None:
+    first = store.save_version(valid_payload).name
+    clock.now = NOW - timedelta(hours=3)
+    second = store.save_version(valid_payload).name
+    assert second > first
+    assert os.readlink(store.latest_path).endswith(second)
+
+
+# -- metadata -----------------------------------------------------------------------------
+
+
+def test_metadata_has_the_six_keys_after_initialize(store: HistoryStore) -> None:
+    meta = read_metadata(store)
+    assert list(meta)[:6] == SIX_KEYS
+    assert meta["versionCount"] == 0
+    assert meta["oldestTimestamp"] is None
+    assert meta["newestTimestamp"] is None
+    assert not os.path.lexists(store.latest_path)
+
+
+@pytest.mark.parametrize(
+    "damage", [b"", b"{not json", b"[]", b'{"versionCount": -4}', b"\xff\xfe", None]
+)
+def test_missing_or_corrupt_metadata_is_rebuilt(
+    make_store: Callable[..., HistoryStore], valid_payload: bytes, damage: bytes | None
+) -> None:
+    store = make_store()
+    store.initialize()
+    for _ in range(3):
+        store.save_version(valid_payload)
+    if damage is None:
+        store.metadata_path.unlink()
+    else:
+        os.chmod(store.metadata_path, 0o644)
+        store.metadata_path.write_bytes(damage)
+    again = make_store()
+    report = again.initialize()
+    assert report.metadata_rebuilt in {"missing", "corrupt"}
+    meta = read_metadata(again)
+    assert meta["versionCount"] == 3
+    assert isinstance(meta["totalVersionsCreated"], int) and meta["totalVersionsCreated"] >= 3
+    assert again.get_storage_metadata().version_count == 3
+    assert_consistent(again)
+
+
+def test_stale_metadata_is_corrected_and_totals_never_decrease(
+    make_store: Callable[..., HistoryStore], valid_payload: bytes
+) -> None:
+    store = make_store()
+    store.initialize()
+    for _ in range(2):
+        store.save_version(valid_payload)
+    meta = read_metadata(store)
+    meta.update(versionCount=57, totalVersionsCreated=500, totalVersionsDeleted=450)
+    meta["oldestTimestamp"] = "1999-01-01T00:00:00.000Z"
+    store.metadata_path.write_text(json.dumps(meta))
+    again = make_store()
+    assert again.initialize().metadata_rebuilt == "out of date"
+    fixed = read_metadata(again)
+    assert fixed["versionCount"] == 2
+    assert fixed["totalVersionsCreated"] == 500
+    assert fixed["totalVersionsDeleted"] == 450
+    again.save_version(valid_payload)
+    assert read_metadata(again)["totalVersionsCreated"] == 501
+    assert_consistent(again)
+
+
+def test_get_storage_metadata_without_initialize(
+    make_store: Callable[..., HistoryStore], valid_payload: bytes
+) -> None:
+    store = make_store()
+    store.initialize()
+    store.save_version(valid_payload)
+    reader = make_store()
+    meta = reader.get_storage_metadata()
+    assert meta.version_count == 1
+    assert meta.total_versions_created == 1
+
+
+def test_initialize_is_idempotent(store: HistoryStore, valid_payload: bytes) -> None:
+    store.save_version(valid_payload)
+    before = sorted(os.listdir(store.history_dir))
+    report = store.initialize()
+    assert report.metadata_rebuilt is None
+    assert report.latest_repaired is None
+    assert report.removed_temps == []
+    assert sorted(os.listdir(store.history_dir)) == before
+
+
+# -- cleanup ------------------------------------------------------------------------------
+
+
+def test_cleanup_never_touches_other_files(make_store: Callable[..., HistoryStore]) -> None:
+    store = make_store(RetentionPolicy(max_versions=1, retention_days=1))
+    store.initialize()
+    others = {
+        "notes.txt": b"hello",
+        "foo.json": b"{}",
+        "2026-13-01T00-00-00-bad.json": b"{}",
+        "2026-01-01T00-00-00-te_st.json": b"{}",
+        "README": b"",
+        ".hidden.json": b"{}",
+    }
+    for name, data in others.items():
+        (store.history_dir / name).write_bytes(data)
+    (store.history_dir / "2026-01-01T00-00-00-folder.json").mkdir()  # a folder, not a version
+    (store.history_dir / "2026-01-02T00-00-00-link.json").symlink_to("notes.txt")
+    seed_history(store)
+    before = {n: os.lstat(store.history_dir / n) for n in others}
+    store.initialize()
+    result = store.cleanup_old_versions()
+    assert len(result.deleted) == 109
+    assert len(versions_on_disk(store)) == 1
+    for name, data in others.items():
+        assert (store.history_dir / name).read_bytes() == data
+        assert os.lstat(store.history_dir / name).st_mtime_ns == before[name].st_mtime_ns
+    assert (store.history_dir / "2026-01-01T00-00-00-folder.json").is_dir()
+    assert (store.history_dir / "2026-01-02T00-00-00-link.json").is_symlink()
+    assert read_metadata(store)["versionCount"] == 1
+
+
+def test_cleanup_with_nothing_expired(store: HistoryStore, valid_payload: bytes) -> None:
+    for _ in range(3):
+        store.save_version(valid_payload)
+    result = store.cleanup_old_versions()
+    assert result.deleted == []
+    assert result.retained == 3
+    meta = read_metadata(store)
+    assert meta["lastCleanup"] == format_timestamp(NOW)
+    assert meta["totalVersionsDeleted"] == 0
+
+
+def test_cleanup_union_of_newest_and_recent(
+    make_store: Callable[..., HistoryStore], clock: Clock, valid_payload: bytes
+) -> None:
+    store = make_store(RetentionPolicy(max_versions=3, retention_days=2))
+    store.initialize()
+    for hours in range(0, 24 * 5, 6):  # every 6 h for 5 days
+        clock.now = NOW + timedelta(hours=hours)
+        store.save_version(valid_payload)
+    clock.now = NOW + timedelta(days=5)
+    plan = store.plan_cleanup()
+    result = store.cleanup_old_versions()
+    remaining = versions_on_disk(store)
+    assert remaining == plan.keep
+    assert sorted(result.deleted) == plan.delete
+    cutoff = clock.now - timedelta(days=2)
+    assert all(parse_timestamp_from_filename(n) >= cutoff for n in remaining)  # type: ignore[operator]
+    assert len(remaining) == 8  # 2 days of 6-hourly versions, both ends counted
+    assert_consistent(store)
+
+
+def test_future_versions_are_kept_but_never_latest(
+    store: HistoryStore, clock: Clock, valid_payload: bytes
+) -> None:
+    store.save_version(valid_payload)
+    future = f"{NOW + timedelta(days=2, hours=1):%Y-%m-%dT%H-%M-%S}-placed.json"
+    (store.history_dir / future).write_bytes(valid_payload)
+    again = HistoryStore(
+        store.history_dir,
+        store.latest_path,
+        RetentionPolicy(max_versions=1, retention_days=1),
+        clock=clock,
+    )
+    again.initialize()
+    meta = read_metadata(again)
+    assert meta["futureVersions"] == 1
+    assert meta["versionCount"] == 2
+    assert not os.readlink(again.latest_path).endswith(future)
+    clock.now = NOW + timedelta(minutes=1)
+    newest = again.save_version(valid_payload)
+    assert newest.name < future  # sorts below the future one, above everything else
+    assert os.readlink(again.latest_path).endswith(newest.name)
+    clock.now = NOW + timedelta(days=1, minutes=2)
+    result = again.cleanup_old_versions()
+    assert result.future == 1
+    assert (again.history_dir / future).exists()
+    assert versions_on_disk(again) == [newest.name, future]
+    plan = {d.name: d.reason for d in again.plan_cleanup().decisions}
+    assert plan[future] == "future"
+    assert read_metadata(again)["futureVersions"] == 1
+    assert_consistent(again)
+
+
+def test_only_future_versions_means_no_latest(
+    make_store: Callable[..., HistoryStore], valid_payload: bytes
+) -> None:
+    store = make_store()
+    store.history_dir.mkdir(parents=True)
+    future = f"{NOW + timedelta(days=3):%Y-%m-%dT%H-%M-%S}-ahead.json"
+    (store.history_dir / future).write_bytes(valid_payload)
+    store.initialize()
+    assert not os.path.lexists(store.latest_path)
+    meta = read_metadata(store)
+    assert meta["futureVersions"] == 1
+    assert meta["latestVersion"] is None
+    store.cleanup_old_versions()
+    assert versions_on_disk(store) == [future]
+
+
+# -- repairs ------------------------------------------------------------------------------
+
+
+def test_stale_temp_files_are_swept_by_initialize(
+    store: HistoryStore, make_store: Callable[..., HistoryStore], valid_payload: bytes
+) -> None:
+    store.save_version(valid_payload)
+    stale = [".tmp-w-0123456789ab", ".tmp-link-abcdef012345", ".tmp-anything"]
+    for name in stale:
+        (store.history_dir / name).write_bytes(b"partial")
+    (store.history_dir / ".tmp-folder").mkdir()  # folders are not ours to remove
+    beside = store.latest_path.parent
+    (beside / ".tmp-link-0123456789ab").symlink_to("nowhere")
+    (beside / ".tmp-w-0123456789ab").write_bytes(b"partial")
+    (beside / ".tmp-someone-elses").write_bytes(b"keep me")
+    report = make_store().initialize()
+    assert sorted(report.removed_temps) == sorted(
+        [*stale, ".tmp-link-0123456789ab", ".tmp-w-0123456789ab"]
+    )
+    assert not [
+        n for n in os.listdir(store.history_dir) if n.startswith(".tmp-") and n != ".tmp-folder"
+    ]
+    assert (store.history_dir / ".tmp-folder").is_dir()
+    assert not os.path.lexists(beside / ".tmp-link-0123456789ab")
+    assert (beside / ".tmp-someone-elses").read_bytes() == b"keep me"
+    assert len(versions_on_disk(store)) == 1
+
+
+@pytest.mark.parametrize("how", ["older", "dangling", "absolute", "missing", "regular file"])
+def test_wrong_latest_link_is_repaired(
+    store: HistoryStore,
+    make_store: Callable[..., HistoryStore],
+    clock: Clock,
+    valid_payload: bytes,
+    how: str,
+) -> None:
+    first = store.save_version(valid_payload)
+    clock.now = NOW + timedelta(seconds=5)
+    second = store.save_version(valid_payload + b"\n")
+    link = store.latest_path
+    link.unlink()
+    if how == "older":
+        link.symlink_to(os.path.relpath(first, link.parent))
+    elif how == "dangling":
+        link.symlink_to("console-usage-history/gone.json")
+    elif how == "absolute":
+        link.symlink_to(second)  # right file, but not relative
+    elif how == "regular file":
+        link.write_bytes(b"{}")
+    again = make_store()
+    report = again.initialize()
+    assert report.latest_repaired is not None
+    assert os.readlink(link) == f"console-usage-history/{second.name}"
+    assert link.read_bytes() == second.read_bytes()
+    assert_consistent(again)
+
+
+def test_without_symlinks_latest_is_an_atomically_replaced_copy(
+    store: HistoryStore,
+    make_store: Callable[..., HistoryStore],
+    clock: Clock,
+    valid_payload: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_symlinks(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "symlink", no_symlinks)
+    first = store.save_version(valid_payload)
+    link = store.latest_path
+    assert not link.is_symlink()
+    assert link.is_file()
+    assert link.read_bytes() == first.read_bytes()
+    inode = link.stat().st_ino
+    clock.now = NOW + timedelta(seconds=1)
+    second = store.save_version(valid_payload.replace(b"23", b"24"))
+    assert not link.is_symlink()
+    assert link.read_bytes() == second.read_bytes() != first.read_bytes()
+    assert link.stat().st_ino != inode  # replaced by rename, not rewritten in place
+    assert not [n for n in os.listdir(link.parent) if n.startswith(".tmp-")]
+    assert store.latest_problem() is None
+    # A stale copy is noticed and repaired too.
+    os.chmod(link, 0o644)
+    link.write_bytes(first.read_bytes())
+    again = make_store()
+    assert again.initialize().latest_repaired is not None
+    assert link.read_bytes() == second.read_bytes()
+
+
+def test_store_paths_can_be_moved_apart(tmp_path: Path, valid_payload: bytes) -> None:
+    history = tmp_path / "data" / "history"
+    latest = tmp_path / "www" / "sub" / "latest.json"
+    store = HistoryStore(history, latest, clock=Clock())
+    store.initialize()
+    path = store.save_version(valid_payload)
+    assert os.readlink(latest) == os.path.join("..", "..", "data", "history", path.name)
+    assert latest.read_bytes() == valid_payload
