@@ -51,7 +51,8 @@ def writing_store(settings: Settings, purpose: str) -> Iterator[HistoryStore]:
             store.initialize()
             yield store
     except LockHeld as exc:
-        raise fail(f"{exc}; stop it or use 'ingester submit' to hand it drops") from None
+        hint = "; use 'ingester submit' to hand a watcher drops" if purpose == "ingest" else ""
+        raise fail(f"{exc}{hint}") from None
     except StorageError as exc:
         raise fail(str(exc)) from None
     except OSError as exc:

@@ -38,6 +38,7 @@ loop and it is restarted, or we exit non-zero so systemd restarts us.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -283,6 +284,12 @@ class Watcher:
                 self._step()
                 if self._stop.is_set():
                     break
+                if self._blocked_until > time.monotonic():
+                    if self.options.once:
+                        log.error("the backlog cannot be stored now; drops stay in the spool")
+                        self._stop_observer()
+                        return 1
+                    break  # report ready all the same; the retries go on in the main loop
             self._maintain(force=True)
             if self.options.once or self._stop.is_set():
                 return self._shutdown()
@@ -411,9 +418,12 @@ class Watcher:
             log.error("the spool folder %s was removed", self.spool.dir)
 
     def _log_dir(self, name: str) -> None:
-        if name not in self._dirs_logged:
-            self._dirs_logged.add(name)
-            log.warning("ignoring %s: a folder, not a drop", self.spool.dir / name)
+        self._log_once(name, f"ignoring {self.spool.dir / name}: a folder, not a drop")
+
+    def _log_once(self, key: str, message: str) -> None:
+        if key not in self._dirs_logged:
+            self._dirs_logged.add(key)
+            log.warning("%s", message)
 
     def _rescan(self, why: str) -> None:
         try:
@@ -530,7 +540,15 @@ class Watcher:
                     self._deferred[name] = time.monotonic() + (settled_at - time.time())
                     return
         started = time.perf_counter()
-        opened = open_entry(path, self.settings.max_bytes)
+        try:
+            opened = open_entry(path, self.settings.max_bytes)
+        except StorageError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM):
+                raise
+            # The writer gave it a mode we cannot read: a problem of this drop alone, so
+            # set it aside instead of holding up every drop behind it.
+            self._reject(path, name, f"cannot read: {exc.strerror}")
+            return
         if opened is None:
             return
         if not isinstance(opened, Opened):
@@ -618,7 +636,7 @@ class Watcher:
         claim = self.spool.claimed_dir / version
         name = display or version
         if not is_version_name(version):
-            self._log_dir(f".claimed/{version}")
+            self._log_once(claim.name, f"ignoring {claim}: not a name this watcher gives claims")
             return
         if self.store.has_version(version):
             durable.remove_file(claim)
