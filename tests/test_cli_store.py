@@ -1,0 +1,399 @@
+"""The real CLI in a subprocess: init, ingest, cleanup, settings precedence and bad values."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import INVALID_SAMPLES, VALID_SAMPLES, run_cli
+
+from ingester.lock import HistoryLock
+from ingester.names import format_timestamp, is_version_name, parse_timestamp_from_filename
+
+SIX_KEYS = [
+    "versionCount",
+    "oldestTimestamp",
+    "newestTimestamp",
+    "lastCleanup",
+    "totalVersionsCreated",
+    "totalVersionsDeleted",
+]
+
+
+def versions(history: Path) -> list[str]:
+    return sorted(n for n in os.listdir(history) if is_version_name(n))
+
+
+def metadata(history: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((history / "_metadata.json").read_bytes())
+    return data
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def old_history(history: Path, days_ago: list[float], payload: bytes) -> list[str]:
+    """Versions dated ``days_ago`` days before now (real clock: the CLI uses it)."""
+    history.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    names = []
+    for i, days in enumerate(days_ago):
+        name = f"{now - timedelta(days=days):%Y-%m-%dT%H-%M-%S}-old{i}.json"
+        (history / name).write_bytes(payload)
+        names.append(name)
+    return sorted(names)
+
+
+def dry_run(root: Path, *args: str, **env: str) -> list[dict[str, Any]]:
+    done = run_cli(root, *args, "cleanup", "--dry-run", "--json", **env)
+    assert done.returncode == 0, done.stderr
+    plan: list[dict[str, Any]] = json.loads(done.stdout)
+    return plan
+
+
+def kept(plan: list[dict[str, Any]]) -> int:
+    return sum(d["action"] == "keep" for d in plan)
+
+
+# -- init ---------------------------------------------------------------------------------
+
+
+def test_init_creates_the_layout_and_is_idempotent(root: Path) -> None:
+    done = run_cli(root, "init")
+    assert done.returncode == 0, done.stderr
+    for folder in ("spool", "spool/tmp", "spool/rejected", "console-usage-history"):
+        assert (root / folder).is_dir(), folder
+    meta = metadata(root / "console-usage-history")
+    assert list(meta)[:6] == SIX_KEYS
+    assert meta["versionCount"] == 0
+    assert str(root / "console-usage-history") in done.stdout
+    first = sorted(p.name for p in root.rglob("*"))
+    again = run_cli(root, "init")
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in root.rglob("*")) == first
+
+
+def test_init_rebuilds_corrupt_metadata(root: Path, valid_payload: bytes) -> None:
+    history = root / "console-usage-history"
+    names = old_history(history, [0.5, 0.25], valid_payload)
+    (history / "_metadata.json").write_bytes(b"{garbage")
+    done = run_cli(root, "init")
+    assert done.returncode == 0, done.stderr
+    meta = metadata(history)
+    assert meta["versionCount"] == 2
+    assert meta["totalVersionsCreated"] >= 2
+    assert os.readlink(root / "console-usage-synced.json") == f"console-usage-history/{names[-1]}"
+
+
+# -- ingest -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sample", VALID_SAMPLES, ids=lambda p: p.name)
+def test_ingest_each_valid_sample(root: Path, sample: Path) -> None:
+    with umask(0o027):
+        done = run_cli(root, "ingest", str(sample))
+    assert done.returncode == 0, done.stderr
+    history = root / "console-usage-history"
+    names = versions(history)
+    assert len(names) == 1
+    version = history / names[0]
+    assert version.read_bytes() == sample.read_bytes()
+    assert stat.S_IMODE(version.stat().st_mode) == 0o444 & ~0o027
+    assert names[0] in done.stdout
+    meta = metadata(history)
+    assert list(meta)[:6] == SIX_KEYS
+    stamp = format_timestamp(parse_timestamp_from_filename(names[0]))
+    assert meta["versionCount"] == 1
+    assert meta["oldestTimestamp"] == meta["newestTimestamp"] == stamp
+    assert meta["totalVersionsCreated"] == 1
+    assert meta["totalVersionsDeleted"] == 0
+    assert meta["lastCleanup"] is not None
+    latest = root / "console-usage-synced.json"
+    target = os.readlink(latest)
+    assert not os.path.isabs(target)
+    assert target == f"console-usage-history/{names[0]}"
+    assert latest.read_bytes() == sample.read_bytes()
+    assert sample.exists()  # copied, not moved
+
+
+def test_ingest_all_samples_latest_on_the_newest(root: Path) -> None:
+    done = run_cli(root, "ingest", *map(str, VALID_SAMPLES))
+    assert done.returncode == 0, done.stderr
+    history = root / "console-usage-history"
+    names = versions(history)
+    assert len(names) == len(VALID_SAMPLES)
+    # Stored in the order given: names sort in ingestion order.
+    assert [(history / n).read_bytes() for n in names] == [p.read_bytes() for p in VALID_SAMPLES]
+    assert os.readlink(root / "console-usage-synced.json") == f"console-usage-history/{names[-1]}"
+    meta = metadata(history)
+    assert meta["versionCount"] == len(VALID_SAMPLES)
+    assert meta["totalVersionsCreated"] == len(VALID_SAMPLES)
+
+
+def test_ingest_exits_1_listing_each_rejection(root: Path) -> None:
+    good = VALID_SAMPLES[0]
+    done = run_cli(root, "ingest", str(good), *map(str, INVALID_SAMPLES))
+    assert done.returncode == 1, done
+    assert "Traceback" not in done.stderr
+    for sample in INVALID_SAMPLES:
+        line = next(line for line in done.stdout.splitlines() if str(sample) in line)
+        assert line.startswith("rejected")
+    assert "percentageUsed" in done.stdout
+    assert "lastUpdated" in done.stdout
+    # The valid one is stored all the same.
+    assert len(versions(root / "console-usage-history")) == 1
+
+
+def test_ingest_missing_file_and_over_max_bytes(root: Path, valid_payload: bytes) -> None:
+    big = root / "big.json"
+    big.write_bytes(valid_payload)
+    done = run_cli(root, "--max-bytes", "10", "ingest", str(big), str(root / "absent.json"))
+    assert done.returncode == 1
+    assert "over the limit of 10" in done.stdout
+    assert "absent.json" in done.stdout
+    assert "Traceback" not in done.stderr
+    assert versions(root / "console-usage-history") == []
+
+
+def test_ingest_applies_retention(root: Path, valid_payload: bytes) -> None:
+    history = root / "console-usage-history"
+    old_history(history, [30, 20, 10], valid_payload)
+    done = run_cli(root, "--max-versions", "2", "ingest", str(VALID_SAMPLES[0]))
+    assert done.returncode == 0, done.stderr
+    names = versions(history)
+    assert len(names) == 2
+    assert names[0].endswith("-old2.json")
+    meta = metadata(history)
+    assert meta["totalVersionsDeleted"] == 2
+    assert meta["versionCount"] == 2
+
+
+def test_second_writer_is_refused_naming_the_holder(root: Path, valid_payload: bytes) -> None:
+    assert run_cli(root, "init").returncode == 0
+    history = root / "console-usage-history"
+    drop = root / "drop.json"
+    drop.write_bytes(valid_payload)
+    with HistoryLock(history / ".lock", "test"):
+        for args in (("ingest", str(drop)), ("cleanup",)):
+            done = run_cli(root, *args)
+            assert done.returncode == 1, done
+            assert f"pid {os.getpid()}" in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr
+        # A dry run only reads: it works while the lock is held.
+        assert run_cli(root, "cleanup", "--dry-run").returncode == 0
+    assert versions(history) == []
+    assert run_cli(root, "ingest", str(drop)).returncode == 0
+
+
+# -- cleanup ------------------------------------------------------------------------------
+
+
+def test_cleanup_dry_run_json_shape_and_changes_nothing(root: Path, valid_payload: bytes) -> None:
+    history = root / "console-usage-history"
+    names = old_history(history, [40, 30, 3, 0.1], valid_payload)
+    ahead = f"{datetime.now(UTC) + timedelta(days=3):%Y-%m-%dT%H-%M-%S}-ahead.json"
+    (history / ahead).write_bytes(valid_payload)
+    (history / "notes.txt").write_text("not a version")
+    before = sorted(os.listdir(history))
+    plan = dry_run(root, "--max-versions", "1")
+    assert isinstance(plan, list)
+    assert {d["name"] for d in plan} == {*names, ahead}
+    for d in plan:
+        assert isinstance(d["name"], str)
+        assert d["action"] in ("keep", "delete")
+        assert d["reason"] in ("newest-N", "within-D-days", "future", "expired")
+        assert (d["action"] == "delete") == (d["reason"] == "expired")
+    reasons = {d["name"]: d["reason"] for d in plan}
+    assert reasons == {
+        names[0]: "expired",
+        names[1]: "expired",
+        names[2]: "within-D-days",
+        names[3]: "newest-N",
+        ahead: "future",
+    }
+    assert sorted(os.listdir(history)) == before  # nothing changed, not even metadata
+
+    text = run_cli(root, "--max-versions", "1", "cleanup", "--dry-run")
+    assert text.returncode == 0
+    assert "expired" in text.stdout and "within-D-days" in text.stdout
+    assert sorted(os.listdir(history)) == before
+
+
+def test_cleanup_deletes_what_the_dry_run_said(root: Path, valid_payload: bytes) -> None:
+    history = root / "console-usage-history"
+    old_history(history, [40, 30, 20, 3], valid_payload)
+    plan = dry_run(root, "--max-versions", "2")
+    done = run_cli(root, "--max-versions", "2", "cleanup", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert sorted(result["deleted"]) == sorted(d["name"] for d in plan if d["action"] == "delete")
+    assert result["retained"] == 2
+    assert versions(history) == sorted(d["name"] for d in plan if d["action"] == "keep")
+    assert metadata(history)["totalVersionsDeleted"] == 2
+    assert "cleanup deleted 2, retained 2" in done.stderr  # the log line
+    plain = run_cli(root, "--max-versions", "2", "cleanup")
+    assert plain.returncode == 0
+    assert "cleanup deleted 0, retained 2" in plain.stdout
+
+
+# -- settings -----------------------------------------------------------------------------
+
+
+def write_config(path: Path, **values: Any) -> Path:
+    lines = ["[ingester]"]
+    for key, value in values.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_max_versions_precedence(root: Path, tmp_path: Path, valid_payload: bytes) -> None:
+    old_history(root / "console-usage-history", [30, 29, 28, 27, 26, 25], valid_payload)
+    config = write_config(tmp_path / "conf.toml", max_versions=4)
+    cfg = ("--config", str(config))
+    assert kept(dry_run(root)) == 6  # default 100
+    assert kept(dry_run(root, *cfg)) == 4  # config
+    assert kept(dry_run(root, *cfg, INGESTER_MAX_VERSIONS="3")) == 3  # env over config
+    assert kept(dry_run(root, "--max-versions", "2", *cfg, INGESTER_MAX_VERSIONS="3")) == 2
+    assert kept(dry_run(root, INGESTER_CONFIG=str(config))) == 4  # config by env var
+
+
+def test_retention_days_precedence(root: Path, tmp_path: Path, valid_payload: bytes) -> None:
+    old_history(root / "console-usage-history", [9.5, 7.5, 5.5, 3.5, 1.5, 0.5], valid_payload)
+    config = write_config(tmp_path / "conf.toml", retention_days=5, max_versions=1)
+    cfg = ("--config", str(config))
+    assert kept(dry_run(root, "--max-versions", "1")) == 4  # default 7 days
+    assert kept(dry_run(root, *cfg)) == 3  # 5 days from config
+    assert kept(dry_run(root, *cfg, INGESTER_RETENTION_DAYS="2")) == 2
+    assert kept(dry_run(root, "--retention-days", "8", *cfg, INGESTER_RETENTION_DAYS="2")) == 5
+    assert kept(dry_run(root, "--retention-days", "0.25", *cfg)) == 1  # the newest is kept
+
+
+def test_path_precedence(root: Path, tmp_path: Path) -> None:
+    conf_dir = tmp_path / "etc"
+    conf_dir.mkdir()
+    config = write_config(conf_dir / "conf.toml", history_dir="from-config")
+    cfg = ("--config", str(config))
+
+    def history_line(*args: str, **env: str) -> str:
+        done = run_cli(root, *args, "init", **env)
+        assert done.returncode == 0, done.stderr
+        return next(line for line in done.stdout.splitlines() if line.startswith("history:"))
+
+    assert str(root / "console-usage-history") in history_line()
+    # Relative paths in a config file are taken from the file's folder.
+    assert str(conf_dir / "from-config") in history_line(*cfg)
+    env_dir = tmp_path / "from-env"
+    assert str(env_dir) in history_line(*cfg, INGESTER_HISTORY_DIR=str(env_dir))
+    opt_dir = tmp_path / "from-option"
+    line = history_line("--history-dir", str(opt_dir), *cfg, INGESTER_HISTORY_DIR=str(env_dir))
+    assert str(opt_dir) in line
+    for folder in (conf_dir / "from-config", env_dir, opt_dir):
+        assert (folder / "_metadata.json").is_file()
+
+
+def test_latest_path_and_spool_settings(root: Path, tmp_path: Path) -> None:
+    latest = tmp_path / "www" / "usage.json"
+    spool = tmp_path / "drops"
+    done = run_cli(
+        root,
+        "--latest-path",
+        str(latest),
+        "--spool-dir",
+        str(spool),
+        "ingest",
+        str(VALID_SAMPLES[0]),
+    )
+    assert done.returncode == 0, done.stderr
+    target = os.readlink(latest)
+    assert not os.path.isabs(target)
+    assert (latest.parent / target).resolve().parent == (root / "console-usage-history").resolve()
+    init = run_cli(root, "--spool-dir", str(spool), "init")
+    assert init.returncode == 0
+    assert (spool / "tmp").is_dir()
+    assert (spool / "rejected").is_dir()
+
+
+BAD_VALUES = [
+    (("--max-versions", "0"), {}, "--max-versions"),
+    (("--max-versions", "-3"), {}, "--max-versions"),
+    (("--max-versions", "many"), {}, "--max-versions"),
+    (("--retention-days", "0"), {}, "--retention-days"),
+    (("--retention-days", "abc"), {}, "--retention-days"),
+    (("--retention-days", "nan"), {}, "--retention-days"),
+    (("--retention-days", "inf"), {}, "--retention-days"),
+    (("--max-bytes", "0"), {}, "--max-bytes"),
+    ((), {"INGESTER_MAX_VERSIONS": "0"}, "INGESTER_MAX_VERSIONS"),
+    ((), {"INGESTER_RETENTION_DAYS": "-1"}, "INGESTER_RETENTION_DAYS"),
+    ((), {"INGESTER_MAX_BYTES": "1.5"}, "INGESTER_MAX_BYTES"),
+]
+
+
+@pytest.mark.parametrize(("args", "env", "setting"), BAD_VALUES)
+def test_bad_value_is_a_usage_error_before_anything_is_touched(
+    root: Path, args: tuple[str, ...], env: dict[str, str], setting: str
+) -> None:
+    for command in ("init", "cleanup"):
+        done = run_cli(root, *args, command, **env)
+        assert done.returncode == 2, done
+        assert setting in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "setting"),
+    [
+        ("[ingester]\nmax_version = 5\n", "max_version"),  # unknown key
+        ("[ingester]\nmax-versions = 5\n", "max-versions"),  # dashes are not the keys
+        ("[ingester]\nmax_versions = 0\n", "max_versions"),
+        ("[ingester]\nmax_versions = true\n", "max_versions"),
+        ('[ingester]\nretention_days = "soon"\n', "retention_days"),
+        ("[ingester]\nhistory_dir = 5\n", "history_dir"),
+        ("[ingester\nmax_versions = 5\n", "--config"),  # not TOML
+        ("ingester = 5\n", "--config"),
+    ],
+)
+def test_bad_config_is_a_usage_error(
+    root: Path, tmp_path: Path, content: str, setting: str
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(content)
+    done = run_cli(root, "--config", str(config), "init")
+    assert done.returncode == 2, done
+    assert setting in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(root.iterdir()) == []
+
+
+def test_missing_config_file_is_a_usage_error(root: Path, tmp_path: Path) -> None:
+    done = run_cli(root, "--config", str(tmp_path / "absent.toml"), "init")
+    assert done.returncode == 2
+    assert "absent.toml" in done.stderr
+    assert list(root.iterdir()) == []
+
+
+def test_a_good_option_overrides_a_bad_env_value(root: Path) -> None:
+    done = run_cli(root, "--max-versions", "5", "init", INGESTER_MAX_VERSIONS="0")
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("command", [None, "init", "ingest", "cleanup"])
+def test_help(root: Path, command: str | None) -> None:
+    done = run_cli(root, *([command] if command else []), "--help")
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout
+    assert list(root.iterdir()) == []
