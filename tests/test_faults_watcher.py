@@ -1,0 +1,244 @@
+"""Real storage faults, as root, against the real ``ingester watch`` in a subprocess.
+
+* ``chattr +i`` on the history: EPERM even for root;
+* the history on a 4 MB tmpfs filled up: ENOSPC;
+* the history on a tmpfs made read-only: EROFS.
+
+While the fault lasts, drops stay in the spool with their bytes unchanged and the log
+names the drop, the path and the cause; once it is cleared the watcher heals by itself,
+without a restart: every drop stored exactly once, metadata and latest link right. In
+the tmpfs cases the spool stays on the ordinary filesystem, so spool and history are on
+different filesystems.
+
+The read-only case uses a read-only *bind* mount over the tmpfs (``mount --bind DIR DIR``
+then ``mount -o remount,bind,ro DIR``): a plain ``mount -o remount,ro DIR`` fails with
+EBUSY while the watcher runs, because it holds ``<history>/.lock`` open for writing.
+
+Skipped, with the reason, when not root or when chattr/mount do not work here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import IS_ROOT, wait_for
+from test_crashpoints import Expect, final_problems, settings_for
+from watchproc import WatchProcess, drop, payload
+
+WATCH_ARGS = ("--retry-max", "0.5", "--rescan-interval", "1")
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+
+
+def _is_mount(path: Path) -> bool:
+    return os.path.ismount(path)
+
+
+def umount_all(path: Path) -> None:
+    """Undo every mount stacked on ``path``."""
+    for _ in range(5):
+        if not _is_mount(path):
+            return
+        if _run("umount", str(path)).returncode != 0:
+            _run("umount", "-l", str(path))
+
+
+@pytest.fixture(scope="module")
+def can_chattr(tmp_path_factory: pytest.TempPathFactory) -> None:
+    if not IS_ROOT:
+        pytest.skip("chattr +i needs root")
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr is not installed")
+    probe = tmp_path_factory.mktemp("chattr-probe")
+    if _run("chattr", "+i", str(probe)).returncode != 0:
+        pytest.skip("chattr +i does not work on this filesystem")
+    try:
+        try:
+            (probe / "x").write_bytes(b"")
+        except PermissionError:
+            return
+        pytest.skip("chattr +i does not stop root here")
+    finally:
+        _run("chattr", "-i", str(probe))
+
+
+@pytest.fixture(scope="module")
+def can_mount(tmp_path_factory: pytest.TempPathFactory) -> None:
+    if not IS_ROOT:
+        pytest.skip("mounting a tmpfs needs root")
+    probe = tmp_path_factory.mktemp("mount-probe")
+    result = _run("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(probe))
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        ok = (
+            _run("mount", "--bind", str(probe), str(probe)).returncode == 0
+            and _run("mount", "-o", "remount,bind,ro", str(probe)).returncode == 0
+        )
+        if not ok:
+            pytest.skip("cannot make a read-only bind mount here")
+    finally:
+        umount_all(probe)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str = "4m") -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    result = _run("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path))
+    assert result.returncode == 0, result.stderr
+    try:
+        yield path
+    finally:
+        umount_all(path)
+
+
+def drops_for(tag: str, count: int) -> dict[str, bytes]:
+    return {f"{tag}-{i}.json": payload(i, fault=tag) for i in range(count)}
+
+
+def fault_then_heal(
+    root: Path,
+    watcher: WatchProcess,
+    history: Path,
+    cause: str,
+    start_fault: object,
+    clear_fault: object,
+    tag: str,
+) -> None:
+    """Drops while the fault lasts wait untouched and are logged; after it, all are stored."""
+    settings = settings_for(
+        root, history_dir=str(history), latest_path=str(watcher_latest(root, history))
+    )
+    before = drops_for("before", 2)
+    for name, data in before.items():
+        drop(settings.spool_dir, name, data)
+    wait_for(lambda: not any((settings.spool_dir / n).exists() for n in before), 15, "warm-up")
+    start_fault()  # type: ignore[operator]
+    during = drops_for(tag, 3)
+    for name, data in during.items():
+        drop(settings.spool_dir, name, data)
+    first = sorted(during)[0]
+    pattern = re.compile(
+        rf"cannot store drop {re.escape(first)}: .*{re.escape(str(history))}.*\[{cause}\]"
+    )
+    wait_for(lambda: pattern.search(watcher.log), 15, f"{cause} logged for {first}")
+    # Backing off and retrying: the failure repeats, the drops stay where they were.
+    count = len(pattern.findall(watcher.log))
+    wait_for(lambda: len(pattern.findall(watcher.log)) > count, 15, "a retry")
+    assert watcher.proc.poll() is None, watcher.log
+    for name, data in during.items():
+        assert (settings.spool_dir / name).read_bytes() == data, f"{name} was touched"
+    clear_fault()  # type: ignore[operator]
+    expect = Expect(settings, [*before.values(), *during.values()], {})
+    wait_for(lambda: not final_problems(expect), 20, "healed after the fault cleared")
+    assert watcher.proc.poll() is None, watcher.log
+    assert watcher.stop() == 0, watcher.log
+    assert final_problems(expect) == []
+
+
+def watcher_latest(root: Path, history: Path) -> Path:
+    return history.parent / "console-usage-synced.json"
+
+
+def test_immutable_history_eperm_then_heals(root: Path, can_chattr: None) -> None:
+    history = root / "console-usage-history"
+    with contextlib.ExitStack() as stack:
+        stack.callback(_run, "chattr", "-i", str(history))
+        watcher = stack.enter_context(WatchProcess(root, *WATCH_ARGS))
+
+        def start() -> None:
+            assert _run("chattr", "+i", str(history)).returncode == 0
+
+        def clear() -> None:
+            assert _run("chattr", "-i", str(history)).returncode == 0
+
+        fault_then_heal(root, watcher, history, "EPERM", start, clear, "immutable")
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    chunk = b"\0" * (64 * 1024)
+    with filler.open("wb") as handle:
+        try:
+            while True:
+                handle.write(chunk)
+                handle.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def test_full_tmpfs_history_enospc_then_heals(root: Path, tmp_path: Path, can_mount: None) -> None:
+    fs = tmp_path / "fs"
+    history = fs / "history"
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(tmpfs(fs))
+        watcher = stack.enter_context(
+            WatchProcess(
+                root,
+                *WATCH_ARGS,
+                global_args=(
+                    "--history-dir",
+                    str(history),
+                    "--latest-path",
+                    str(fs / "console-usage-synced.json"),
+                ),
+            )
+        )
+        filler: list[Path] = []
+
+        def start() -> None:
+            with contextlib.suppress(OSError):
+                filler.append(_fill(fs))
+            if not filler:  # the close may fail too; the file is there all the same
+                filler.append(fs / "filler")
+
+        def clear() -> None:
+            filler[0].unlink()
+
+        fault_then_heal(root, watcher, history, "ENOSPC", start, clear, "full")
+
+
+def test_read_only_tmpfs_history_erofs_then_heals(
+    root: Path, tmp_path: Path, can_mount: None
+) -> None:
+    fs = tmp_path / "fs"
+    history = fs / "history"
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(tmpfs(fs))
+        watcher = stack.enter_context(
+            WatchProcess(
+                root,
+                *WATCH_ARGS,
+                global_args=(
+                    "--history-dir",
+                    str(history),
+                    "--latest-path",
+                    str(fs / "console-usage-synced.json"),
+                ),
+            )
+        )
+
+        def start() -> None:
+            for cmd in (
+                ("mount", "--bind", str(fs), str(fs)),
+                ("mount", "-o", "remount,bind,ro", str(fs)),
+            ):
+                result = _run(*cmd)
+                assert result.returncode == 0, result.stderr
+
+        def clear() -> None:
+            result = _run("mount", "-o", "remount,bind,rw", str(fs))
+            assert result.returncode == 0, result.stderr
+
+        fault_then_heal(root, watcher, history, "EROFS", start, clear, "readonly")
