@@ -141,8 +141,16 @@ class StagedFile:
             raise StorageError("replace" if replace else "link", final, exc) from exc
         self.temp = None
         # The temp name goes before the folder fsync, so one fsync makes both changes durable.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if not replace:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                # A failing disk: call the whole write failed, as for a failed fsync below.
+                with contextlib.suppress(OSError):
+                    os.unlink(final)
+                raise StorageError("remove temp file", tmp, exc) from exc
         try:
             fsync_dir(self.directory)
         except StorageError:

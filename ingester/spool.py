@@ -17,6 +17,7 @@ a FIFO with no writer or a socket cannot make us read it or hang.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -133,6 +134,20 @@ def open_entry(path: Path, max_bytes: int) -> Opened | Unreadable | None:
         os.close(fd)
 
 
+_NAME_MAX = 255
+# Room for the reason suffix and a collision counter such as "-12".
+_REJECTED_NAME_MAX = _NAME_MAX - len(REASON_SUFFIX) - 8
+
+
+def _fit_name(name: str) -> str:
+    raw = os.fsencode(name)
+    if len(raw) <= _REJECTED_NAME_MAX:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    keep = _REJECTED_NAME_MAX - len(digest) - len("-.json")
+    return f"{os.fsdecode(raw[:keep])}-{digest}.json"
+
+
 class Spool:
     """The drop folder and its sub-folders."""
 
@@ -180,13 +195,19 @@ class Spool:
             raise StorageError("list", self.claimed_dir, exc) from exc
 
     def _free_rejected_name(self, name: str) -> str:
+        """A name in ``rejected/`` for drop ``name``: kept when free, else ``stem-N.ext``.
+
+        A name whose reason file is there without its drop is free: a crash between
+        the two steps of :meth:`quarantine` left it, and the same drop comes again.
+        Names too long to carry ``.reason.json`` are shortened (with a digest, so two
+        long names stay apart); the reason file keeps the original name.
+        """
+        name = _fit_name(name)
         stem, dot, ext = name.rpartition(".")
         if not dot:
             stem, ext = name, ""
         candidate, n = name, 0
-        while os.path.lexists(self.rejected_dir / candidate) or os.path.lexists(
-            self.rejected_dir / (candidate + REASON_SUFFIX)
-        ):
+        while os.path.lexists(self.rejected_dir / candidate):
             n += 1
             candidate = f"{stem}-{n}.{ext}" if ext else f"{stem}-{n}"
         return candidate
@@ -220,9 +241,14 @@ class Spool:
     def rejected_count(self) -> int:
         """How many quarantined drops there are."""
         try:
-            return sum(1 for n in os.listdir(self.rejected_dir) if not n.endswith(REASON_SUFFIX))
+            names = os.listdir(self.rejected_dir)
         except OSError:
             return 0
+        return sum(1 for n in names if not n.endswith(REASON_SUFFIX) and not n.startswith("."))
+
+    def sweep_temps(self) -> list[str]:
+        """Remove our stale temp files from ``rejected/`` (reason files cut short by a crash)."""
+        return durable.remove_stale_temps(self.rejected_dir)
 
     def submit(self, data: bytes, name: str) -> Path:
         """The writer's side: durably write into ``tmp/``, then rename into the spool.

@@ -214,6 +214,7 @@ class Watcher:
         self._backoff = 0.0
         self._latest_dirty = False
         self._meta_dirty = True
+        self._sweep_needed = False
         self._last_maintenance = 0.0
         self._next_rescan = 0.0
         self._next_ping = 0.0
@@ -256,6 +257,7 @@ class Watcher:
         try:
             report = self.store.initialize()
             self.spool.ensure_folders()
+            report.removed_temps += self.spool.sweep_temps()
         except StorageError as exc:
             log.error("cannot start: %s", exc)
             return 1
@@ -470,8 +472,10 @@ class Watcher:
         log.error("%s: %s; retrying in %.1f s", what, exc, self._backoff)
         if name is None:
             self._latest_dirty = True
-        # Maintenance after the backoff also finishes any claim a failed commit left.
+        # Maintenance after the backoff also finishes any claim a failed commit left,
+        # and sweeps the temp files a failed step could not remove.
         self._meta_dirty = True
+        self._sweep_needed = True
 
     def _maintain(self, *, force: bool) -> None:
         """Latest link, cleanup and metadata: once per batch, not once per drop."""
@@ -490,6 +494,8 @@ class Watcher:
         if not force and self._pending and now - self._last_maintenance < _MAINTENANCE_EVERY:
             return
         try:
+            if self._sweep_needed:
+                self._sweep_temps()
             self._recover_claims()
             self.store.cleanup_old_versions()
         except StorageError as exc:
@@ -497,6 +503,16 @@ class Watcher:
             return
         self._meta_dirty = False
         self._last_maintenance = now
+
+    def _sweep_temps(self) -> None:
+        """Remove temps left by failed steps; safe here, between drops, with the lock held."""
+        removed = durable.remove_stale_temps(self.store.history_dir)
+        for prefix in (".tmp-link-", ".tmp-w-"):
+            removed += durable.remove_stale_temps(self.store.latest_path.parent, prefix)
+        removed += self.spool.sweep_temps()
+        if removed:
+            log.info("removed %d temp file(s) left by a failed step", len(removed))
+        self._sweep_needed = False
 
     def _status_text(self) -> str:
         waiting = len(self._pending) + len(self._deferred)
@@ -567,32 +583,39 @@ class Watcher:
             self._reject(path, name, exc.reason, exc.errors)
             return
         staged = self.store.stage_version(opened.data)
+        try:
+            version = self._claim_and_commit(path, name, opened, staged)
+        finally:
+            staged.discard()  # a no-op once committed; never leave a copy behind
+        if version is not None:
+            self._ingested(name, version, len(opened.data), started)
+
+    def _claim_and_commit(
+        self, path: Path, name: str, opened: Opened, staged: durable.StagedFile
+    ) -> str | None:
+        """Steps 4-6; the version name, or None when the drop went elsewhere."""
         version = self.store.next_version_name()
         claim = self.spool.claimed_dir / version
         try:
             os.rename(path, claim)
         except FileNotFoundError:
-            staged.discard()
-            return
+            return None
         except OSError as exc:
-            staged.discard()
             raise StorageError("claim", path, exc) from exc
         try:
             claimed = os.lstat(claim)
         except OSError as exc:
-            staged.discard()
             raise StorageError("stat claim", claim, exc) from exc
         if (claimed.st_dev, claimed.st_ino) != (opened.dev, opened.ino):
             # The writer replaced the file between our read and our claim: what we hold
             # is not what we claimed. Finish the claimed file by the recovery path.
-            staged.discard()
             log.warning("%s changed while being taken; re-reading it", name)
             self._recover_claim(version, display=name)
-            return
+            return None
         durable.fsync_dir(self.spool.claimed_dir)
         self.store.commit_version(staged, version)
         durable.remove_file(claim)
-        self._ingested(name, version, len(opened.data), started)
+        return version
 
     def _ingested(self, name: str, version: str, size: int, started: float) -> None:
         self.counts.ingested += 1
@@ -640,7 +663,10 @@ class Watcher:
             return
         if self.store.has_version(version):
             durable.remove_file(claim)
-            log.info("%s was stored before a crash; removed its claim", version)
+            # It may be new to this process too (its claim could not be removed at once).
+            self.store.adopt_version(version)
+            self._latest_dirty = self._meta_dirty = True
+            log.info("%s was already stored; removed its claim", version)
             return
         started = time.perf_counter()
         opened = open_entry(claim, self.settings.max_bytes)

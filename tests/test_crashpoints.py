@@ -294,7 +294,7 @@ def final_problems(e: Expect, *, strict_rejected: bool = False) -> list[str]:
     """The invariants after a (re)start has finished its work.
 
     ``strict_rejected`` also demands that ``rejected/`` holds nothing but drops and their
-    reason files (no orphan reason file, no temp file): see the xfail tests.
+    reason files (no orphan reason file, no temp file): see the tests for them below.
     """
     problems = []
     versions = version_files(e.history)
@@ -513,12 +513,6 @@ def test_a_crash_is_detected_by_the_invariants(tmp_path: Path) -> None:
     assert any("metadata" in p for p in final_problems(scenario.expect))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Spool.quarantine leaves an orphan reason file when the process dies between "
-    "writing <name>.reason.json and moving the drop; the retry picks <name>-1.json instead of "
-    "rewriting the same reason file (its docstring promises the latter)",
-)
 def test_crash_during_quarantine_leaves_no_orphan_reason_file(tmp_path: Path) -> None:
     # Find the step that moves the one invalid drop into rejected/ and crash right there.
     probe = build_scenario(tmp_path / "probe", valid_count=0, invalid_count=1)
@@ -535,12 +529,6 @@ def test_crash_during_quarantine_leaves_no_orphan_reason_file(tmp_path: Path) ->
     assert final_problems(scenario.expect, strict_rejected=True) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a crash while Spool.quarantine writes <name>.reason.json leaves "
-    "rejected/.tmp-w-* forever (nothing sweeps rejected/ on start), and `status` counts "
-    "it as a rejected drop",
-)
 def test_crash_while_writing_a_reason_file_leaves_no_temp_in_rejected(tmp_path: Path) -> None:
     scenario = build_scenario(tmp_path / "r", valid_count=0, invalid_count=1)
     crash = Plan(at=1)  # the first durable step: writing the reason file's temp
@@ -744,16 +732,16 @@ def live_trace(base: Path) -> list[str]:
     return round_.plan.trace
 
 
-# Steps where an EIO currently breaks the promise; each class has an xfail test below.
-KNOWN_BUGS = {
-    "temp-unlink": "BUG: durable.StagedFile.commit unlinks the temp name after link/replace "
+# Steps where an EIO once broke the promise (bugs since fixed); each has a test below.
+FIXED_BUGS = {
+    "temp-unlink": "was: durable.StagedFile.commit unlinks the temp name after link/replace "
     "under contextlib.suppress(FileNotFoundError) only: any other OSError (EIO) escapes as a "
     "plain OSError, not StorageError, so Watcher._process_batch does not catch it and the "
     "watcher dies (CLI: traceback, exit 1)",
-    "claim-fsync": "BUG: Watcher._take does not discard the staged file when "
+    "claim-fsync": "was: Watcher._take does not discard the staged file when "
     "durable.fsync_dir(.claimed) fails: a .tmp-w-* copy of the drop stays in the history "
     "until the next restart (one per failure)",
-    "claim-release": "BUG: when removing the claim fails after the commit, the retry finds "
+    "claim-release": "was: when removing the claim fails after the commit, the retry finds "
     "the drop gone and Watcher._recover_claim (has_version branch) removes the claim without "
     "marking the latest link dirty: the latest link keeps naming the previous version",
 }
@@ -768,7 +756,7 @@ def shape(step: str | None) -> str:
 
 
 def known_bug(step: str) -> str | None:
-    """Which known bug an EIO at this step runs into, if any."""
+    """Which fixed bug an EIO at this step once ran into, if any."""
     op, _, rest = step.partition("(")
     path = rest.split(",")[0].split(")")[0]
     if op == "unlink" and os.path.basename(path).startswith(".tmp-"):
@@ -785,8 +773,6 @@ def test_eio_at_every_step_of_a_live_ingest_is_logged_and_heals(tmp_path: Path) 
     failures = []
     covered = 0
     for k, step in enumerate(trace, 1):
-        if known_bug(step):
-            continue
         covered += 1
         round_ = _live_round(tmp_path, k)
         assert shape(round_.plan.fired) == shape(step), "the steps are not deterministic"
@@ -796,14 +782,8 @@ def test_eio_at_every_step_of_a_live_ingest_is_logged_and_heals(tmp_path: Path) 
     assert covered >= 15
 
 
-@pytest.mark.parametrize(
-    "bug",
-    [
-        pytest.param(b, marks=pytest.mark.xfail(strict=True, reason=r))
-        for b, r in KNOWN_BUGS.items()
-    ],
-)
-def test_eio_at_a_known_bad_step_heals(tmp_path: Path, bug: str) -> None:
+@pytest.mark.parametrize("bug", sorted(FIXED_BUGS))
+def test_eio_at_a_once_bad_step_heals(tmp_path: Path, bug: str) -> None:
     trace = live_trace(tmp_path)
     k = next(k for k, step in enumerate(trace, 1) if known_bug(step) == bug)
     round_ = _live_round(tmp_path, k)

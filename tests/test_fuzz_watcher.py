@@ -280,12 +280,6 @@ def test_hostile_drops_long(ledger: Ledger, batch: list[Any]) -> None:
     ledger.check(ledger.give(batch))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an invalid drop whose name is 244-255 bytes cannot be quarantined: "
-    "Spool.quarantine writes rejected/<name>.reason.json, which is over NAME_MAX "
-    "(ENAMETOOLONG); the watcher retries it forever and every later drop waits behind it",
-)
 def test_invalid_drop_with_a_long_name_does_not_block_the_spool(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
