@@ -417,29 +417,34 @@ def test_watch_service_runs_under_mdwe(root: Path) -> None:
 
 
 STRACE = shutil.which("strace")
+SYSCALL_LINE = re.compile(r"^\d+\s+(?:<\.\.\. (\w+) resumed>|(\w+)\()")
 
 
 def watch_argv(root: Path) -> list[str]:
     return [sys.executable, "-m", "ingester", "--root", str(root), "watch"]
 
 
-@needs_mdwe
-@pytest.mark.skipif(STRACE is None, reason="strace is not installed")
-def test_no_mprotect_to_exec_either(root: Path, tmp_path: Path) -> None:
-    """systemd's filter is stricter than the kernel's MDWE: it also refuses any
-    mprotect/pkey_mprotect with PROT_EXEC. The service makes no such call at all."""
-    assert STRACE is not None
+@pytest.fixture(scope="module")
+def service_trace(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """strace -f of a real watcher: start, backlog (valid + invalid), READY, one drop
+    by event, the watchdog, SIGTERM. The lines of the trace."""
+    if STRACE is None:
+        pytest.skip("strace is not installed")
+    work = tmp_path_factory.mktemp("trace")
+    root = work / "root"
     spool = root / "spool"
-    spool.mkdir()
+    spool.mkdir(parents=True)
     drop(spool, "good.json", payload(1))
-    trace = tmp_path / "trace"
-    calls = "mmap,mprotect,pkey_mprotect,shmat"
+    drop(spool, "bad.json", b"{not json")
+    trace = work / "trace"
     with NotifyListener() as listener:
+        env = cli_env(NOTIFY_SOCKET=listener.address, WATCHDOG_USEC="1000000")
+        env.pop("WATCHDOG_PID", None)
         proc = subprocess.Popen(
-            [STRACE, "-f", "-qq", "-e", f"trace={calls}", "-o", str(trace), *watch_argv(root)],
+            [STRACE, "-f", "-qq", "-o", str(trace), *watch_argv(root)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=cli_env(NOTIFY_SOCKET=listener.address),
+            env=env,
         )
         try:
             alive = lambda: proc.poll() is None  # noqa: E731
@@ -448,6 +453,8 @@ def test_no_mprotect_to_exec_either(root: Path, tmp_path: Path) -> None:
             listener.wait_for(
                 lambda m: m.fields.get("STATUS", "").startswith("ingested 2,"), 30, "ingest", alive
             )
+            listener.wait_for(lambda m: "WATCHDOG" in m.fields, 5, "WATCHDOG=1", alive)
+            # strace's child is the watcher; SIGTERM goes to it, strace exits with its code.
             children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
             assert len(children) == 1, children
             os.kill(int(children[0]), signal.SIGTERM)
@@ -456,16 +463,65 @@ def test_no_mprotect_to_exec_either(root: Path, tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
-    lines = trace.read_text().splitlines()
-    assert any("mmap(" in line for line in lines), "strace saw nothing"
+    assert len(versions(root)) == 2
+    return trace.read_text().splitlines()
+
+
+def test_no_writable_executable_memory_in_the_trace(service_trace: list[str]) -> None:
+    """systemd's MemoryDenyWriteExecute= is a seccomp filter, stricter than the kernel's
+    MDWE: it refuses any mprotect/pkey_mprotect with PROT_EXEC, not only gains. The
+    service makes no such call, and no writable+executable mapping."""
+    assert any("mmap(" in line for line in service_trace), "strace saw nothing"
     forbidden = [
         line
-        for line in lines
+        for line in service_trace
         if ("mprotect(" in line and "PROT_EXEC" in line)
         or ("mmap(" in line and "PROT_WRITE" in line and "PROT_EXEC" in line)
         or ("shmat(" in line and "SHM_EXEC" in line)
     ]
     assert forbidden == [], forbidden[:10]
+
+
+def syscall_group(*names: str) -> set[str]:
+    """The system calls in systemd's groups ``names``, nested groups expanded."""
+    listing = analyze("syscall-filter", "--no-pager").stdout
+    groups: dict[str, list[str]] = {}
+    current = None
+    for line in listing.splitlines():
+        if line.startswith("@"):
+            current = line.split()[0]
+            groups[current] = []
+        elif current and line.startswith(" ") and line.strip() and "#" not in line:
+            groups[current].append(line.strip())
+
+    def expand(group: str) -> set[str]:
+        assert group in groups, f"no group {group} in systemd-analyze syscall-filter"
+        found: set[str] = set()
+        for entry in groups[group]:
+            found |= expand(entry) if entry.startswith("@") else {entry}
+        return found
+
+    return set().union(*(expand(name) for name in names))
+
+
+@needs_analyze
+def test_every_system_call_made_passes_the_unit_filter(service_trace: list[str]) -> None:
+    unit = parse_unit(SERVICE)
+    filters = unit["Service.SystemCallFilter"]
+    assert filters[0] == "@system-service", filters
+    denied_groups = [g for value in filters[1:] for g in value.lstrip("~").split()]
+    assert all(value.startswith("~") for value in filters[1:]), filters
+    allowed = syscall_group("@system-service")
+    denied = syscall_group(*denied_groups)
+    assert "read" in allowed and "setuid" in denied, "group parsing is broken"
+    used = set()
+    for line in service_trace:
+        match = SYSCALL_LINE.match(line)
+        if match:
+            used.add(match.group(1) or match.group(2))
+    assert {"inotify_add_watch", "rename", "fsync", "sendto"} <= used, sorted(used)
+    assert sorted(used - allowed) == [], "not in @system-service"
+    assert sorted(used & denied) == [], "in a group the unit denies"
 
 
 # -- PrivateUsers=yes: the spool group still gives access ----------------------------------
