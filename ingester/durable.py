@@ -86,8 +86,8 @@ def remove_file(path: Path) -> None:
         raise StorageError("remove", path, exc) from exc
 
 
-def _write_temp(directory: Path, data: bytes, mode: int, tag: str) -> Path:
-    """Steps 1 and 2: a complete, fsynced temp file in ``directory``."""
+def _create_temp(directory: Path, data: bytes, mode: int, tag: str) -> tuple[Path, int]:
+    """Step 1: the bytes written into a new temp file; its open descriptor is returned."""
     tmp = _temp_path(directory, tag)
     try:
         # The mode is given at creation so the umask applies, as SPEC section 5 asks.
@@ -99,34 +99,54 @@ def _write_temp(directory: Path, data: bytes, mode: int, tag: str) -> Path:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
     except OSError as exc:
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise StorageError("write", tmp, exc) from exc
-    os.close(fd)
-    return tmp
+    return tmp, fd
 
 
 class StagedFile:
-    """Steps 1-2 done: a complete, fsynced temp file waiting for its final name.
+    """A temp file holding the bytes, waiting for its final name. Commit or discard it.
 
-    Splitting the recipe lets a caller do something between "the bytes are safe" and
-    "the name appears" (the watcher claims its drop there). Commit or discard it.
+    Splitting the recipe lets a caller act between "the bytes are written" and "the
+    name appears": the watcher claims its drop there. With ``sync=False`` the fsync of
+    step 2 waits for :meth:`sync` (so the claim rename rides in the same journal commit
+    on ext4); :meth:`commit` always syncs first, so a name never points at unsynced bytes.
     """
 
-    def __init__(self, directory: Path, data: bytes, mode: int) -> None:
+    def __init__(self, directory: Path, data: bytes, mode: int, *, sync: bool = True) -> None:
         self.directory = directory
-        self.temp: Path | None = _write_temp(directory, data, mode, "w")
+        temp, fd = _create_temp(directory, data, mode, "w")
+        self.temp: Path | None = temp
+        self._fd: int | None = fd
+        if sync:
+            self.sync()
 
-    def commit(self, name: str, *, replace: bool = False) -> Path:
+    def sync(self) -> None:
+        """Step 2: fsync the bytes (idempotent). A failure discards the temp file."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            self.discard()
+            raise StorageError("fsync", self.temp or self.directory, exc) from exc
+        finally:
+            os.close(fd)
+
+    def commit(self, name: str, *, replace: bool = False, sync_dir: bool = True) -> Path:
         """Steps 3-4: give the temp file its final ``name``; return the final path.
 
         With ``replace=False`` the name must be new (``FileExistsError`` wrapped in
         :class:`StorageError` otherwise): the temp file is hard-linked into place, which
         never clobbers. With ``replace=True`` it is renamed over any existing file.
+        With ``sync_dir=False`` the caller fsyncs the folder itself (once for a batch)
+        and must treat a failure of that fsync as a failure of this write.
         """
+        self.sync()
         tmp = self.temp
         if tmp is None:
             raise RuntimeError("staged file already committed or discarded")
@@ -151,6 +171,8 @@ class StagedFile:
                 with contextlib.suppress(OSError):
                     os.unlink(final)
                 raise StorageError("remove temp file", tmp, exc) from exc
+        if not sync_dir:
+            return final
         try:
             fsync_dir(self.directory)
         except StorageError:
@@ -164,6 +186,9 @@ class StagedFile:
 
     def discard(self) -> None:
         """Remove the temp file (best effort: a leftover is swept on start)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self.temp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.temp)

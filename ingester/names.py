@@ -8,6 +8,7 @@ never allowed to sort at or below the previous newest: it is bumped just above i
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,7 @@ _STAMP = "%Y-%m-%dT%H-%M-%S"
 _MAX_SUFFIX = 0xFFFFFFFF
 
 
+@functools.lru_cache(maxsize=4096)  # the newest names are parsed again on every save
 def parse_timestamp_from_filename(filename: str) -> datetime | None:
     """The UTC time a version name carries, to the second, or ``None`` when it is not one.
 

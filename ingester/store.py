@@ -21,6 +21,7 @@ so with :class:`ingester.lock.HistoryLock`.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import logging
 import os
@@ -301,19 +302,41 @@ class HistoryStore:
         """
         return self.commit_version(self.stage_version(data), name)
 
-    def stage_version(self, data: bytes) -> durable.StagedFile:
-        """First half of :meth:`write_version`: the bytes safe on disk under a temp name."""
-        return durable.StagedFile(self.history_dir, data, VERSION_MODE)
+    def stage_version(self, data: bytes, *, sync: bool = True) -> durable.StagedFile:
+        """First half of :meth:`write_version`: the bytes on disk under a temp name.
 
-    def commit_version(self, staged: durable.StagedFile, name: str) -> Path:
-        """Second half of :meth:`write_version`: the version appears under ``name``."""
+        ``sync=False`` leaves the fsync to ``StagedFile.sync()`` or the commit.
+        """
+        return durable.StagedFile(self.history_dir, data, VERSION_MODE, sync=sync)
+
+    def commit_version(self, staged: durable.StagedFile, name: str, *, sync: bool = True) -> Path:
+        """Second half of :meth:`write_version`: the version appears under ``name``.
+
+        With ``sync=False`` the history folder is not fsynced here: call :meth:`sync`
+        once for a batch, and :meth:`withdraw_version` for each if that fails.
+        """
         self._ensure_loaded()
-        path = staged.commit(name)
+        path = staged.commit(name, sync_dir=sync)
         bisect.insort(self._names, name)
         self._meta = self._meta.model_copy(
             update={"total_versions_created": self._meta.total_versions_created + 1}
         )
         return path
+
+    def sync(self) -> None:
+        """fsync the history folder: the names committed with ``sync=False`` become durable."""
+        durable.fsync_dir(self.history_dir)
+
+    def withdraw_version(self, name: str) -> None:
+        """Take back a version whose name could not be made durable (best effort)."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.version_path(name))
+        index = bisect.bisect_left(self._names, name)
+        if index < len(self._names) and self._names[index] == name:
+            del self._names[index]
+            self._meta = self._meta.model_copy(
+                update={"total_versions_created": max(0, self._meta.total_versions_created - 1)}
+            )
 
     def has_version(self, name: str) -> bool:
         """Whether version ``name`` is on disk."""

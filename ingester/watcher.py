@@ -76,6 +76,7 @@ log = logging.getLogger("ingester.watcher")
 _MAINTENANCE_EVERY = 1.0  # seconds between cleanup/metadata rounds while drops keep coming
 _TICK = 0.25  # longest wait: bounds the reaction to signals and liveness checks
 _BACKOFF_START = 0.5
+_GROUP_MAX = 256  # most versions linked before one fsync of the history makes them durable
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,16 @@ class _Handler(FileSystemEventHandler):
 
 class _Stop(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class _Linked:
+    """A drop whose version is linked in the history, waiting for the group's fsync."""
+
+    drop: str
+    version: str
+    size: int
+    started: float
 
 
 @dataclass
@@ -446,22 +457,63 @@ class Watcher:
             log.error("cannot scan the history: %s", exc)
 
     def _process_batch(self) -> None:
-        for name, how in list(self._pending.items()):
-            if self._stop.is_set():
-                return
-            try:
-                self._take(name, how)
-            except StorageError as exc:
-                self._fail(name, exc)
-                return
-            self._pending.pop(name, None)
-            self._backoff = 0.0
-        if self._latest_dirty:
+        """Take the pending drops in arrival order; make each group durable at once.
+
+        Each version's bytes are fsynced and its claim is durable before its name
+        appears; the names of a group are made durable by one fsync of the history
+        (after the latest link moved, so on one filesystem one journal commit carries
+        both), and only then are the claims released.
+        """
+        linked: list[_Linked] = []
+        try:
+            for name, how in list(self._pending.items()):
+                if self._stop.is_set():
+                    break
+                try:
+                    done = self._take(name, how)
+                except StorageError as exc:
+                    self._fail(name, exc)
+                    break
+                self._pending.pop(name, None)
+                self._backoff = 0.0
+                if done is not None:
+                    linked.append(done)
+                    if len(linked) >= _GROUP_MAX:
+                        self._make_durable(linked)
+                        linked = []
+        finally:
+            if linked:
+                self._make_durable(linked)
+        if self._latest_dirty and time.monotonic() >= self._blocked_until:
             try:
                 self.store.update_latest()
                 self._latest_dirty = False
             except StorageError as exc:
                 self._fail(None, exc)
+
+    def _make_durable(self, linked: list[_Linked]) -> None:
+        """Latest link, one fsync of the history, then release the claims and log."""
+        try:
+            self.store.update_latest()
+            self._latest_dirty = False
+        except StorageError as exc:
+            self._fail(None, exc)  # a cache: the versions below are still made durable
+        try:
+            self.store.sync()
+        except StorageError as exc:
+            # A failed fsync is a failed write: take the names back; their claims stay
+            # and are committed again after the backoff.
+            for item in linked:
+                self.store.withdraw_version(item.version)
+            self._latest_dirty = True
+            self._fail(None, exc)
+            return
+        for item in linked:
+            try:
+                durable.remove_file(self.spool.claimed_dir / item.version)
+            except StorageError as exc:
+                self._fail(None, exc)  # recovery removes it later: its version exists
+            self._ingested(item.drop, item.version, item.size, item.started)
 
     def _fail(self, name: str | None, exc: StorageError) -> None:
         self._backoff = min(
@@ -535,26 +587,30 @@ class Watcher:
 
     # -- one drop -------------------------------------------------------------------
 
-    def _take(self, name: str, how: How) -> None:
-        """Steps 1-6 of the module docstring for ``<spool>/name``."""
+    def _take(self, name: str, how: How) -> _Linked | None:
+        """Steps 1-5 of the module docstring for ``<spool>/name``.
+
+        Returns the linked version, still to be made durable by :meth:`_make_durable`,
+        or None when the drop was rejected, deferred, or is gone.
+        """
         path = self.spool.dir / name
         if how is not How.COMPLETE:
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
-                return
+                return None
             except OSError as exc:
                 raise StorageError("stat drop", path, exc) from exc
             if stat.S_ISDIR(st.st_mode):
                 self._log_dir(name)
-                return
+                return None
             if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
                 if how is How.CREATED:
-                    return  # being written in place: its close-write event will come
+                    return None  # being written in place: its close-write event will come
                 settled_at = st.st_mtime_ns / 1e9 + self.options.settle
                 if time.time() < settled_at:
                     self._deferred[name] = time.monotonic() + (settled_at - time.time())
-                    return
+                    return None
         started = time.perf_counter()
         try:
             opened = open_entry(path, self.settings.max_bytes)
@@ -564,15 +620,15 @@ class Watcher:
             # The writer gave it a mode we cannot read: a problem of this drop alone, so
             # set it aside instead of holding up every drop behind it.
             self._reject(path, name, f"cannot read: {exc.strerror}")
-            return
+            return None
         if opened is None:
-            return
+            return None
         if not isinstance(opened, Opened):
             if opened.is_dir:
                 self._log_dir(name)
             else:
                 self._reject(path, name, f"not a regular file: a {opened.kind}, never opened")
-            return
+            return None
         try:
             if opened.size > self.settings.max_bytes:
                 raise PayloadRejected(
@@ -581,19 +637,20 @@ class Watcher:
             judge_payload(opened.data, max_bytes=self.settings.max_bytes)
         except PayloadRejected as exc:
             self._reject(path, name, exc.reason, exc.errors)
-            return
-        staged = self.store.stage_version(opened.data)
+            return None
+        staged = self.store.stage_version(opened.data, sync=False)
         try:
-            version = self._claim_and_commit(path, name, opened, staged)
+            version = self._claim_and_link(path, name, opened, staged)
         finally:
             staged.discard()  # a no-op once committed; never leave a copy behind
-        if version is not None:
-            self._ingested(name, version, len(opened.data), started)
+        if version is None:
+            return None
+        return _Linked(name, version, len(opened.data), started)
 
-    def _claim_and_commit(
+    def _claim_and_link(
         self, path: Path, name: str, opened: Opened, staged: durable.StagedFile
     ) -> str | None:
-        """Steps 4-6; the version name, or None when the drop went elsewhere."""
+        """Steps 4-5 (the history fsync waits for the group); None if the drop went away."""
         version = self.store.next_version_name()
         claim = self.spool.claimed_dir / version
         try:
@@ -612,10 +669,37 @@ class Watcher:
             log.warning("%s changed while being taken; re-reading it", name)
             self._recover_claim(version, display=name)
             return None
-        durable.fsync_dir(self.spool.claimed_dir)
-        self.store.commit_version(staged, version)
-        durable.remove_file(claim)
+        # The data fsync comes after the claim rename so that, on ext4, one journal
+        # commit carries both; the .claimed fsync after it is then nearly free.
+        try:
+            staged.sync()
+            durable.fsync_dir(self.spool.claimed_dir)
+            self.store.commit_version(staged, version, sync=False)
+        except StorageError:
+            self._unclaim(claim, path)
+            raise
         return version
+
+    def _unclaim(self, claim: Path, path: Path) -> None:
+        """Put a claimed drop back in the spool, untouched, after a failure to store it.
+
+        If that fails too (or the name was reused meanwhile), the claim stays and is
+        finished by the recovery path once the fault clears: nothing is lost either way.
+        """
+        try:
+            os.link(claim, path)  # never clobbers a new drop of the same name
+        except OSError as exc:
+            log.warning("%s stays in %s for now: %s", claim.name, claim.parent, exc.strerror)
+            return
+        try:
+            os.unlink(claim)
+        except OSError as exc:
+            # Both names now hold the drop: keep the claim only, or it would be stored twice.
+            log.warning("%s stays in %s for now: %s", claim.name, claim.parent, exc.strerror)
+            try:
+                os.unlink(path)
+            except OSError:
+                log.error("%s is both in the spool and claimed; remove one by hand", path)
 
     def _ingested(self, name: str, version: str, size: int, started: float) -> None:
         self.counts.ingested += 1
