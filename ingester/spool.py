@@ -267,6 +267,9 @@ class Spool:
             self.tmp_dir, f".{name}.{secrets.token_hex(4)}", data, mode=0o644
         )
         try:
+            # Group-readable whatever the writer's umask: under systemd the watcher reads
+            # drops through the spool's group.
+            os.chmod(staged, stat.S_IMODE(os.stat(staged).st_mode) | 0o040)
             os.rename(staged, final)
         except OSError as exc:
             durable.remove_file(staged)

@@ -349,6 +349,7 @@ class Watcher:
 
     def _shutdown(self) -> int:
         self.notifier.stopping(self._status_text())
+        self.notifier.close()
         self._stop_observer()
         self._maintain(force=True)
         log.info(
