@@ -40,6 +40,7 @@ import pytest
 from conftest import INVALID_SAMPLES, VALID_SAMPLES, wait_for
 
 from ingester.names import format_timestamp, is_version_name, parse_timestamp_from_filename
+from ingester.notify import SystemdNotifier
 from ingester.retention import FUTURE_SLACK, RetentionPolicy
 from ingester.settings import Settings, resolve_settings
 from ingester.store import HistoryStore
@@ -154,26 +155,15 @@ def inject(plan: Plan) -> Iterator[Plan]:
 # -- the watcher, in process --------------------------------------------------------------
 
 
-class FakeNotifier:
-    """Stands in for systemd's notify socket; records READY."""
-
-    enabled = False
-    watchdog_interval = None
+class FakeNotifier(SystemdNotifier):
+    """The real notifier, switched off (no NOTIFY_SOCKET), that also records READY."""
 
     def __init__(self) -> None:
+        super().__init__(None)
         self.is_ready = threading.Event()
 
-    def ready(self, text: str = "") -> None:
+    def ready(self, status: str | None = None) -> None:
         self.is_ready.set()
-
-    def stopping(self, text: str = "") -> None:
-        pass
-
-    def status(self, text: str) -> None:
-        pass
-
-    def watchdog(self) -> None:
-        pass
 
 
 def settings_for(root: Path, **extra: Any) -> Settings:
@@ -183,7 +173,7 @@ def settings_for(root: Path, **extra: Any) -> Settings:
 def run_once(settings: Settings) -> int:
     from ingester.watcher import Watcher, WatchOptions
 
-    return Watcher(settings, WatchOptions(once=True), notifier=FakeNotifier()).run()  # type: ignore[arg-type]
+    return Watcher(settings, WatchOptions(once=True), notifier=FakeNotifier()).run()
 
 
 class LogList(logging.Handler):
@@ -675,7 +665,7 @@ def _live_round(base: Path, k: int) -> LiveRound:
     watcher = Watcher(
         settings,
         WatchOptions(once=False, retry_max=0.2, rescan_interval=30),
-        notifier=notifier,  # type: ignore[arg-type]
+        notifier=notifier,
     )
     outcome: dict[str, Any] = {}
 
