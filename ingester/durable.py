@@ -28,6 +28,7 @@ __all__ = [
     "StagedFile",
     "StorageError",
     "fsync_dir",
+    "link_file",
     "move_file",
     "remove_file",
     "remove_stale_temps",
@@ -215,6 +216,17 @@ def write_file(
     The whole recipe in one call; see :meth:`StagedFile.commit` for ``replace``.
     """
     return StagedFile(directory, data, mode).commit(name, replace=replace)
+
+
+def link_file(source: Path, final: Path) -> None:
+    """Give the (already fsynced) file ``source`` a second name ``final``; never clobbers.
+
+    The caller fsyncs ``final``'s folder (and treats a failure as a failed write).
+    """
+    try:
+        os.link(source, final)
+    except OSError as exc:
+        raise StorageError("link", final, exc) from exc
 
 
 def replace_symlink(

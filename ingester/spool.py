@@ -72,6 +72,9 @@ class Opened:
     dev: int
     ino: int
     size: int
+    uid: int = -1
+    nlink: int = 1
+    mode: int = 0o644
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ def open_entry(path: Path, max_bytes: int) -> Opened | Unreadable | None:
         if not stat.S_ISREG(st.st_mode):
             return Unreadable(_kind(st.st_mode), is_dir=stat.S_ISDIR(st.st_mode))
         if st.st_size > max_bytes:
-            return Opened(b"", st.st_dev, st.st_ino, st.st_size)
+            return Opened(b"", st.st_dev, st.st_ino, st.st_size, st.st_uid, st.st_nlink, st.st_mode)
         chunks = []
         remaining = max_bytes + 1
         while remaining > 0:
@@ -127,7 +130,15 @@ def open_entry(path: Path, max_bytes: int) -> Opened | Unreadable | None:
             chunks.append(chunk)
             remaining -= len(chunk)
         data = b"".join(chunks)
-        return Opened(data, st.st_dev, st.st_ino, max(st.st_size, len(data)))
+        return Opened(
+            data,
+            st.st_dev,
+            st.st_ino,
+            max(st.st_size, len(data)),
+            st.st_uid,
+            st.st_nlink,
+            st.st_mode,
+        )
     except OSError as exc:
         raise StorageError("read drop", path, exc) from exc
     finally:

@@ -323,6 +323,21 @@ class HistoryStore:
         )
         return path
 
+    def link_version(self, source: Path, name: str) -> Path:
+        """Make the fsynced, read-only file ``source`` version ``name`` by a hard link.
+
+        The watcher's zero-copy path (the drop's own inode, when it owns it). The
+        history folder is not fsynced here: call :meth:`sync` once for the batch.
+        """
+        self._ensure_loaded()
+        path = self.version_path(name)
+        durable.link_file(source, path)
+        bisect.insort(self._names, name)
+        self._meta = self._meta.model_copy(
+            update={"total_versions_created": self._meta.total_versions_created + 1}
+        )
+        return path
+
     def sync(self) -> None:
         """fsync the history folder: the names committed with ``sync=False`` become durable."""
         durable.fsync_dir(self.history_dir)

@@ -38,6 +38,7 @@ loop and it is restarted, or we exit non-zero so systemd restarts us.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -73,7 +74,7 @@ from .names import is_version_name
 from .notify import SystemdNotifier
 from .settings import Settings
 from .spool import Opened, Spool, open_entry
-from .store import HistoryStore
+from .store import VERSION_MODE, HistoryStore
 
 __all__ = ["WatchOptions", "Watcher"]
 
@@ -211,6 +212,13 @@ class _Stop(Exception):
     pass
 
 
+def _current_umask() -> int:
+    """The process umask (read by setting it; call before other threads start)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @dataclass(frozen=True)
 class _Linked:
     """A drop whose version is linked in the history, waiting for the group's fsync."""
@@ -257,6 +265,9 @@ class Watcher:
         self._next_rescan = 0.0
         self._next_ping = 0.0
         self._last_status = ""
+        self._euid = os.geteuid()
+        self._umask = _current_umask()
+        self._same_fs = False
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -296,7 +307,10 @@ class Watcher:
             report = self.store.initialize()
             self.spool.ensure_folders()
             report.removed_temps += self.spool.sweep_temps()
-        except StorageError as exc:
+            self._same_fs = (
+                os.stat(self.spool.claimed_dir).st_dev == os.stat(self.store.history_dir).st_dev
+            )
+        except OSError as exc:
             log.error("cannot start: %s", exc)
             return 1
         if report.removed_temps:
@@ -668,17 +682,22 @@ class Watcher:
         except PayloadRejected as exc:
             self._reject(path, name, exc.reason, exc.errors)
             return None
-        staged = self.store.stage_version(opened.data, sync=False)
+        # Zero-copy when the drop is ours alone and on the history's filesystem: its own
+        # inode becomes the version (as a rename would), made read-only and fsynced.
+        # Otherwise (another user's file, other filesystem) the bytes are copied.
+        zero_copy = self._same_fs and opened.uid == self._euid and opened.nlink == 1
+        staged = None if zero_copy else self.store.stage_version(opened.data, sync=False)
         try:
             version = self._claim_and_link(path, name, opened, staged)
         finally:
-            staged.discard()  # a no-op once committed; never leave a copy behind
+            if staged is not None:
+                staged.discard()  # a no-op once committed; never leave a copy behind
         if version is None:
             return None
         return _Linked(name, version, len(opened.data), started)
 
     def _claim_and_link(
-        self, path: Path, name: str, opened: Opened, staged: durable.StagedFile
+        self, path: Path, name: str, opened: Opened, staged: durable.StagedFile | None
     ) -> str | None:
         """Steps 4-5 (the history fsync waits for the group); None if the drop went away."""
         version = self.store.next_version_name()
@@ -702,13 +721,43 @@ class Watcher:
         # The data fsync comes after the claim rename so that, on ext4, one journal
         # commit carries both; the .claimed fsync after it is then nearly free.
         try:
-            staged.sync()
+            if staged is None:
+                self._seal(claim, opened)
+            else:
+                staged.sync()
             durable.fsync_dir(self.spool.claimed_dir)
-            self.store.commit_version(staged, version, sync=False)
+            if staged is None:
+                self.store.link_version(claim, version)
+            else:
+                self.store.commit_version(staged, version, sync=False)
         except StorageError:
+            if staged is None:
+                with contextlib.suppress(OSError):
+                    os.chmod(claim, stat.S_IMODE(opened.mode))
             self._unclaim(claim, path)
             raise
         return version
+
+    def _seal(self, claim: Path, opened: Opened) -> None:
+        """Make the claimed drop's own inode a version: read-only (less the umask), fsynced."""
+        try:
+            fd = os.open(claim, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StorageError("open claim", claim, exc) from exc
+        try:
+            st = os.fstat(fd)
+            if (st.st_ino, st.st_nlink, st.st_size) != (opened.ino, 1, len(opened.data)):
+                raise StorageError(
+                    "seal", claim, OSError(errno.EAGAIN, "the drop changed while being taken")
+                )
+            os.fchmod(fd, VERSION_MODE & ~self._umask)
+            os.fsync(fd)
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise StorageError("seal", claim, exc) from exc
+        finally:
+            os.close(fd)
 
     def _unclaim(self, claim: Path, path: Path) -> None:
         """Put a claimed drop back in the spool, untouched, after a failure to store it.

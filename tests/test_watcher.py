@@ -333,3 +333,23 @@ def test_kill_9_mid_burst_loses_nothing_and_stores_nothing_twice(root: Path, see
     assert meta["versionCount"] == len(dropped)
     newest = versions(root)[-1]
     assert os.readlink(root / "console-usage-synced.json").endswith(newest.name)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="a drop of another user needs chown (root)")
+def test_a_drop_of_another_user_is_copied_and_the_version_is_ours(root: Path) -> None:
+    spool = spool_of(root)
+    (spool / "tmp").mkdir(parents=True)
+    theirs = spool / "tmp" / ".theirs.part"
+    theirs.write_bytes(payload(1))
+    os.chown(theirs, 65534, 65534)
+    os.rename(theirs, spool / "theirs.json")
+    mine = spool / "mine.json"
+    mine.write_bytes(payload(2))
+    os.utime(mine, (1_600_000_000, 1_600_000_000))
+    result = run_cli(root, "watch", "--once")
+    assert result.returncode == 0, result.stderr
+    by_content = {p.read_bytes(): p.stat() for p in versions(root)}
+    copied, linked = by_content[payload(1)], by_content[payload(2)]
+    assert copied.st_uid == os.geteuid()  # a copy: the scraper cannot write to it
+    assert stat.S_IMODE(copied.st_mode) & 0o222 == 0
+    assert stat.S_IMODE(linked.st_mode) & 0o222 == 0  # its own inode, sealed read-only
