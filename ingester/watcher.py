@@ -4,36 +4,51 @@ What happens to one drop (``<spool>/foo.json``)::
 
     1. read     open O_NOFOLLOW|O_NONBLOCK, fstat: a regular file?, read <= max-bytes
     2. judge    judge_payload(bytes); invalid -> rejected/ with a reason file, done
-    3. stage    the bytes into <history>/.tmp-w-*, fsynced              (StagedFile)
-    4. claim    rename foo.json -> <spool>/.claimed/<version>.json, fsync .claimed/
-    5. commit   link the staged file as <history>/<version>.json, fsync <history>
-    6. release  unlink the claim
-    then, once per batch: the latest link; when idle or once a second: cleanup + metadata.
+    3. stage    copy path only: the bytes into <history>/.tmp-w-*      (StagedFile)
+    4. claim    rename foo.json -> <spool>/.claimed/<version>.json
+    5. seal     fsync the staged copy; or, zero-copy, fchmod 0444 + fsync the drop's own
+                inode; then fsync .claimed/
+    6. commit   link the staged copy (or the claimed inode) as <history>/<version>.json
+    --- once per group of drops (all that were waiting, at most 256) ---
+    7. publish  re-point the latest link, fsync <history>: the group's names are durable
+    8. release  unlink the claims
+    then, when idle or once a second: cleanup and the metadata.
 
-**The commit point is step 5** and the claim of step 4 is the record that makes a crash
-anywhere recoverable. The claim's name *is* the version name, so recovery (run on start,
-with the history lock held, before anything else) is a pure function of names:
+Zero-copy is used when the watcher owns the drop (same user), it has one link and the
+spool is on the history's filesystem: its inode becomes the version, as a rename would
+make it. Otherwise (under systemd the scraper is another user) the bytes are copied, so
+no one else can ever write to a version.
 
-* crash before 4: the drop is still in the spool, the staged temp is swept on start;
+**The commit point is step 6**, made durable in step 7, and the claim of step 4 is the
+record that makes a crash anywhere recoverable. The claim's name *is* the version name,
+so recovery (run on start with the history lock held, and after each failure) is a pure
+function of names:
+
+* crash before 4: the drop is still in the spool and a staged temp is swept on start;
   the drop is taken again as if new. Nothing was stored.
-* crash between 4 and 5: ``.claimed/<v>`` exists, ``<history>/<v>`` does not: the claimed
-  bytes are validated and committed as ``<v>``. Stored once.
-* crash between 5 and 6: both exist: the claim is removed. Stored once.
+* crash between 4 and 6: ``.claimed/<v>`` exists, ``<history>/<v>`` does not: the
+  claimed bytes are validated and committed as ``<v>``. Stored once.
+* crash between 6 and 8: both exist: the claim is removed. Stored once.
 
-The latest link and the metadata are caches of the version files; ``initialize`` repairs
-them on start. So after ``kill -9`` at any instant: no drop lost, none stored twice, every
-version complete (it only gets its name in step 5, after its bytes were fsynced).
+Every version is complete before its name appears (its bytes were fsynced in step 5),
+and a claim is durable before its version (a power cut cannot resurrect the drop in the
+spool beside a stored version). The latest link and the metadata are caches of the
+version files, repaired on start. The ordering of the fsyncs is deliberate: metadata
+operations first, then one fsync, so that on ext4 a single journal commit carries them.
 
-Store failures (permission, disk full, read-only) happen in step 3 before the drop is
-touched: it stays in the spool, the error is logged, and the whole pipeline backs off
-(0.5 s doubling up to ``--retry-max``) and retries by itself until the fault clears.
+Store failures (permission, disk full, read-only filesystem) mostly happen in step 3,
+before the drop is touched; a failure after the claim puts the drop back in the spool
+(same inode and bytes) or, failing that, leaves the claim for recovery. The error is
+logged with the drop, the path and the cause, and the whole pipeline backs off (0.5 s
+doubling up to ``--retry-max``) and retries by itself until the fault clears.
 
-Events: watchdog's inotify backend with our own event mask (IN_MOVED_TO, IN_CLOSE_WRITE,
-IN_CREATE, IN_DELETE_SELF). Leaving out IN_MOVED_FROM matters: watchdog holds each one
-0.5 s waiting for its pair, and every drop we claim makes one, which would delay every
-later event (FIELD-NOTES). A full rescan runs at start, every ``--rescan-interval`` and
-right after an inotify queue overflow; the observer thread's liveness is checked every
-loop and it is restarted, or we exit non-zero so systemd restarts us.
+Events: watchdog's inotify reader (``InotifyFD``) with our own callback and event mask
+(IN_MOVED_TO, IN_CLOSE_WRITE, IN_CREATE, IN_DELETE_SELF). Leaving out IN_MOVED_FROM
+matters: watchdog's observer holds each one 0.5 s waiting for its pair, and every drop
+we claim makes one (FIELD-NOTES). ``--polling`` uses watchdog's PollingObserver. A full
+rescan runs at start, every ``--rescan-interval`` and right after an inotify queue
+overflow; the reader thread's liveness is checked every loop and it is restarted, or
+we exit non-zero so systemd restarts us.
 """
 
 from __future__ import annotations
