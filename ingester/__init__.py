@@ -6,7 +6,8 @@ The storage layer of the seed plan, usable without the watcher::
 
     store = HistoryStore(Path("console-usage-history"), Path("console-usage-synced.json"))
     store.initialize()
-    store.save_version(judge_payload(raw_bytes))
+    judge_payload(raw_bytes)           # raises PayloadRejected, naming each bad field
+    store.save_version(raw_bytes)      # stored byte for byte
     store.cleanup_old_versions()
 """
 

@@ -293,10 +293,12 @@ def watch(
 ) -> None:
     """Run the service: take the backlog (oldest first), then every new drop.
 
-    Each valid drop becomes one version in the history, the latest link moves to it,
-    and retention runs after each batch; invalid drops go to the rejected folder with a
-    reason file. Holds the history lock: a second watcher exits 1 at once. Stops on
-    SIGTERM/SIGINT after finishing the drop in hand (exit 0).
+    Each valid drop becomes one version in the history and the latest link moves
+    to it within milliseconds; retention and the metadata follow when the spool
+    is idle (at most once a second during a burst). Invalid drops go to the
+    rejected folder with a reason file. Holds the history lock: a second watcher
+    exits 1 at once. Stops on SIGTERM/SIGINT after finishing the drop in hand
+    (exit 0). Under systemd it reports readiness, status and watchdog pings.
     """
     from .watcher import Watcher, WatchOptions
 

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -275,11 +276,12 @@ def move_file(src: Path, dst: Path) -> None:
 
 
 def _copy_across(src: Path, dst: Path) -> None:
+    """Move across filesystems: never open anything but a regular file (no FIFO reads)."""
     try:
-        if src.is_symlink():
+        st = os.lstat(src)
+        if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(src), dst)
-            fsync_dir(dst.parent)
-        else:
+        elif stat.S_ISREG(st.st_mode):
             fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             try:
                 with os.fdopen(fd, "rb", closefd=False) as handle:
@@ -287,6 +289,10 @@ def _copy_across(src: Path, dst: Path) -> None:
             finally:
                 os.close(fd)
             write_file(dst.parent, dst.name, data, mode=0o444)
+        else:
+            # A FIFO or socket is recreated as such (no privilege needed); a device
+            # needs CAP_MKNOD and otherwise fails here, naming the path.
+            os.mknod(dst, st.st_mode, st.st_rdev)
         os.unlink(src)
     except StorageError:
         raise

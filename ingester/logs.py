@@ -23,6 +23,11 @@ LOG_FORMATS = ("text", "json")
 # Attributes every LogRecord has; anything else was passed in ``extra=`` and is an event field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127) if code != 9} | {
+    10: "\\n",
+    13: "\\r",
+}
+
 _SYSLOG_PRIORITY = {
     logging.DEBUG: 7,
     logging.INFO: 6,
@@ -37,7 +42,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -50,7 +57,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-class JournalFormatter(logging.Formatter):
+class OneLineFormatter(logging.Formatter):
+    """One line per event, whatever a drop's name holds: control characters are escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).translate(_ESCAPES)
+
+
+class JournalFormatter(OneLineFormatter):
     """``<priority>level: message``: journald turns the prefix into the entry's priority."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -66,7 +80,7 @@ def setup_logging(verbose: int = 0, fmt: str = "text") -> None:
     elif os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(JournalFormatter("%(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(message)s"))
     logger = logging.getLogger("ingester")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)

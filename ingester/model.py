@@ -8,6 +8,8 @@ raises anything else, whatever the bytes hold (binary, BOMs, NaN, 200,000 bracke
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -18,6 +20,7 @@ from pydantic import (
     StrictBool,
     StrictStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -32,6 +35,9 @@ __all__ = [
 # A JSON number from 0 to 100. Strict: "40" and true are refused, as the original endpoint did.
 Percentage = Annotated[float, Field(strict=True, ge=0, le=100)]
 NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
+_ISO_WITH_OFFSET = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII
+)
 
 
 class _Open(BaseModel):
@@ -62,6 +68,19 @@ class ConsoleUsageDataSync(_Open):
     lastUpdated: AwareDatetime
     isPartial: StrictBool | None = None
     extractionErrors: dict[str, StrictStr] | None = None
+
+    @field_validator("lastUpdated", mode="before")
+    @classmethod
+    def _iso_with_offset(cls, value: Any) -> Any:
+        # pydantic would also read "0" or "1700000000" as Unix times, and "+0100" offsets.
+        if not isinstance(value, str):
+            return value  # the field's own type check names the problem
+        if not _ISO_WITH_OFFSET.match(value):
+            raise ValueError("must be an ISO 8601 date-time with an offset (Z or +hh:mm)")
+        try:
+            return datetime.fromisoformat(value.upper())
+        except ValueError as exc:
+            raise ValueError(f"not a valid date-time: {exc}") from None
 
     @model_validator(mode="after")
     def _at_least_one_section(self) -> ConsoleUsageDataSync:

@@ -34,7 +34,7 @@ class SettingError(ValueError):
 
 
 def _positive_int(text: Any) -> int:
-    if isinstance(text, bool):
+    if isinstance(text, bool | float):
         raise ValueError(f"{text!r} is not a whole number")
     try:
         value = int(text)
@@ -157,6 +157,14 @@ def _read_config(path: Path) -> dict[str, Any]:
     return table
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return path != folder and path.is_relative_to(folder)
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or _inside(a, b) or _inside(b, a)
+
+
 def resolve_settings(
     options: Mapping[str, Any],
     environ: Mapping[str, str] | None = None,
@@ -199,12 +207,22 @@ def resolve_settings(
 
     root = values.get("root", cwd)
     spool = values.get("spool_dir", root / "spool")
+    history = values.get("history_dir", root / "console-usage-history")
+    latest = values.get("latest_path", root / "console-usage-synced.json")
+    if _overlaps(spool, history):
+        raise SettingError(
+            "--spool-dir/--history-dir", f"the spool {spool} and the history {history} overlap"
+        )
+    if latest.parent == spool or _inside(latest, spool) or _inside(latest, history):
+        raise SettingError(
+            "--latest-path", f"{latest} must not be inside the spool or the history folder"
+        )
     return Settings(
         root=root,
         spool_dir=spool,
         rejected_dir=values.get("rejected_dir", spool / "rejected"),
-        history_dir=values.get("history_dir", root / "console-usage-history"),
-        latest_path=values.get("latest_path", root / "console-usage-synced.json"),
+        history_dir=history,
+        latest_path=latest,
         max_versions=values.get("max_versions", _DEFAULTS["max_versions"]),
         retention_days=values.get("retention_days", _DEFAULTS["retention_days"]),
         max_bytes=values.get("max_bytes", _DEFAULTS["max_bytes"]),

@@ -62,6 +62,8 @@ class Candidate:
     mtime_ns: int
     size: int
     nlink: int
+    ino: int = 0
+    dev: int = 0
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,15 @@ class Spool:
                     except FileNotFoundError:
                         continue
                     found.append(
-                        Candidate(entry.name, st.st_mode, st.st_mtime_ns, st.st_size, st.st_nlink)
+                        Candidate(
+                            entry.name,
+                            st.st_mode,
+                            st.st_mtime_ns,
+                            st.st_size,
+                            st.st_nlink,
+                            st.st_ino,
+                            st.st_dev,
+                        )
                     )
         except OSError as exc:
             raise StorageError("list", self.dir, exc) from exc
@@ -230,6 +240,10 @@ class Spool:
         still in the spool, and rejecting it again rewrites the same reason file.
         Returns the name it was given in ``rejected/``.
         """
+        try:
+            self.rejected_dir.mkdir(parents=True, exist_ok=True)  # removed by hand?
+        except OSError as exc:
+            raise StorageError("create folder", self.rejected_dir, exc) from exc
         target = self._free_rejected_name(name)
         record = {
             "file": name,

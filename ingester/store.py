@@ -149,8 +149,15 @@ class HistoryStore:
         return self.history_dir / name
 
     def link_target(self, name: str) -> str:
-        """The relative target of the latest link for version ``name``."""
-        return os.path.relpath(self.version_path(name), self.latest_path.parent)
+        """The relative target of the latest link for version ``name``.
+
+        Computed between real paths: a folder reached through a symlink would
+        otherwise make ``..`` climb out of the wrong place.
+        """
+        return os.path.relpath(
+            os.path.join(os.path.realpath(self.history_dir), name),
+            os.path.realpath(self.latest_path.parent),
+        )
 
     # -- loading -----------------------------------------------------------------
 
@@ -260,9 +267,14 @@ class HistoryStore:
             return "points at a version that is gone" if os.path.lexists(link) else None
         if link.is_symlink():
             target = os.readlink(link)
-            if target == self.link_target(newest):
-                return None
-            return f"points at {target}, not {newest}"
+            if target != self.link_target(newest):
+                return f"points at {target}, not {newest}"
+            try:
+                if os.path.samefile(link, self.version_path(newest)):
+                    return None
+            except OSError:
+                pass
+            return f"does not resolve to {newest}"
         if not link.exists():
             return "missing"
         try:

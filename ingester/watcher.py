@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import queue
@@ -136,6 +137,7 @@ class _SpoolInotify:
         | InotifyConstants.IN_CLOSE_WRITE
         | InotifyConstants.IN_CREATE
         | InotifyConstants.IN_DELETE_SELF
+        | InotifyConstants.IN_MOVE_SELF
         | InotifyConstants.IN_ONLYDIR
     )
 
@@ -227,6 +229,27 @@ class _Stop(Exception):
     pass
 
 
+def _open_for_writing(path: Path) -> bool | None:
+    """Whether anyone has ``path`` open for writing; None when we may not ask.
+
+    A read lease (``F_SETLEASE``) is refused with EAGAIN while the file is open for
+    writing anywhere. Leases need the file's owner or CAP_LEASE.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return True if exc.errno in (errno.EAGAIN, errno.EBUSY) else None
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
+
+
 def _current_umask() -> int:
     """The process umask (read by setting it; call before other threads start)."""
     mask = os.umask(0o022)
@@ -269,6 +292,9 @@ class Watcher:
         self._pending: dict[str, How] = {}  # insertion order is arrival order
         self._deferred: dict[str, float] = {}  # name -> monotonic time to look again
         self._dirs_logged: set[str] = set()
+        self._quarantine_backoff: dict[str, float] = {}
+        self._writing: set[str] = set()  # created in place, close-write not seen yet
+        self._watched: dict[str, tuple[tuple[int, int, int], float]] = {}  # settle checks
         self._stop = threading.Event()
         self._observer: BaseObserver | _SpoolInotify | None = None
         self._blocked_until = 0.0
@@ -349,7 +375,7 @@ class Watcher:
         )
         self._rescan("start")
         try:
-            while self._pending or self._deferred:
+            while self._pending or any(n not in self._quarantine_backoff for n in self._deferred):
                 self._step()
                 if self._stop.is_set():
                     break
@@ -361,7 +387,11 @@ class Watcher:
                     break  # report ready all the same; the retries go on in the main loop
             self._maintain(force=True)
             if self.options.once or self._stop.is_set():
-                return self._shutdown()
+                code = self._shutdown()
+                if self.options.once and self._quarantine_backoff:
+                    log.error("%d drop(s) could not be set aside", len(self._quarantine_backoff))
+                    return 1
+                return code
             self.notifier.ready(self._status_text())
             self._next_rescan = time.monotonic() + self.options.rescan_interval
             while not self._stop.is_set():
@@ -397,7 +427,7 @@ class Watcher:
     def _start_observer(self) -> None:
         observer: BaseObserver | _SpoolInotify
         if self.options.polling:
-            observer = PollingObserver(timeout=min(1.0, self.options.settle))
+            observer = PollingObserver(timeout=max(0.1, min(1.0, self.options.settle)))
             observer.schedule(
                 _Handler(self.spool.dir, self._sink, polling=True),
                 os.fspath(self.spool.dir),
@@ -477,6 +507,8 @@ class Watcher:
         kind = item[0]
         if kind == "drop":
             name, how = item[1], item[2]
+            if how is How.COMPLETE:
+                self._writing.discard(name)
             current = self._pending.get(name)
             if current is None or how is How.COMPLETE:
                 self._pending[name] = how
@@ -499,10 +531,12 @@ class Watcher:
 
     def _rescan(self, why: str) -> None:
         try:
+            self.spool.ensure_folders()
             candidates = self.spool.scan()
         except StorageError as exc:
             log.error("cannot scan the spool (%s): %s", why, exc)
             return
+        log.debug("rescanned the spool (%s): %d candidate(s)", why, len(candidates))
         for c in candidates:
             if stat.S_ISDIR(c.mode):
                 self._log_dir(c.name)
@@ -664,11 +698,18 @@ class Watcher:
                 self._log_dir(name)
                 return None
             if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-                if how is How.CREATED:
-                    return None  # being written in place: its close-write event will come
-                settled_at = st.st_mtime_ns / 1e9 + self.options.settle
-                if time.time() < settled_at:
-                    self._deferred[name] = time.monotonic() + (settled_at - time.time())
+                if how is How.CREATED or name in self._writing:
+                    # Created in place: its close-write event will come, and until then
+                    # it must not be taken half-written. A hard link makes IN_CREATE
+                    # and no close-write: it is taken as soon as nobody has it open for
+                    # writing (asked with a lease), or, where we may not ask, once it
+                    # has settled.
+                    busy = _open_for_writing(path)
+                    if busy or (busy is None and how is How.CREATED):
+                        self._writing.add(name)
+                        return None
+                    self._writing.discard(name)
+                if not self._settled(name, st):
                     return None
         started = time.perf_counter()
         try:
@@ -719,8 +760,12 @@ class Watcher:
         claim = self.spool.claimed_dir / version
         try:
             os.rename(path, claim)
-        except FileNotFoundError:
-            return None
+        except FileNotFoundError as exc:
+            if not os.path.lexists(path):
+                return None  # taken or removed meanwhile
+            # .claimed/ is gone (removed by hand?): make it again, and retry the drop.
+            self.spool.ensure_folders()
+            raise StorageError("claim", path, exc) from exc
         except OSError as exc:
             raise StorageError("claim", path, exc) from exc
         try:
@@ -774,6 +819,20 @@ class Watcher:
         finally:
             os.close(fd)
 
+    def _back_in_spool(self, claim: Path) -> bool:
+        """Whether a spool entry is the claimed inode itself (see :meth:`_unclaim`)."""
+        try:
+            st = os.lstat(claim)
+            if st.st_nlink < 2:
+                return False
+            return any(
+                (c.ino, c.dev) == (st.st_ino, st.st_dev)
+                for c in self.spool.scan()
+                if stat.S_ISREG(c.mode)
+            )
+        except OSError:
+            return False
+
     def _unclaim(self, claim: Path, path: Path) -> None:
         """Put a claimed drop back in the spool, untouched, after a failure to store it.
 
@@ -795,6 +854,28 @@ class Watcher:
             except OSError:
                 log.error("%s is both in the spool and claimed; remove one by hand", path)
 
+    def _settled(self, name: str, st: os.stat_result) -> bool:
+        """Whether a file found by a scan or by polling is done being written.
+
+        Yes when its mtime is ``settle`` seconds old, or when its size and mtime have
+        not changed since we first looked, ``settle`` seconds ago (a writer's clock may
+        be ahead of ours). Otherwise look again in ``settle`` seconds, never later.
+        """
+        now = time.monotonic()
+        seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+        first = self._watched.get(name)
+        age = time.time() - st.st_mtime_ns / 1e9
+        if self.options.settle <= age or (
+            first is not None and first[0] == seen and now - first[1] >= self.options.settle
+        ):
+            self._watched.pop(name, None)
+            return True
+        if first is None or first[0] != seen:
+            self._watched[name] = (seen, now)
+        wait = self.options.settle - age if 0 <= age < self.options.settle else self.options.settle
+        self._deferred[name] = now + max(0.01, min(wait, self.options.settle))
+        return False
+
     def _ingested(self, name: str, version: str, size: int, started: float) -> None:
         self.counts.ingested += 1
         self._latest_dirty = True
@@ -811,7 +892,17 @@ class Watcher:
     def _reject(
         self, path: Path, name: str, reason: str, errors: list[dict[str, Any]] | None = None
     ) -> None:
-        where = self.spool.quarantine(path, name, reason, errors or [{"msg": reason}])
+        try:
+            where = self.spool.quarantine(path, name, reason, errors or [{"msg": reason}])
+        except StorageError as exc:
+            # A problem of this drop (or of the rejected folder), not of the history:
+            # it waits on its own, and the valid drops behind it go on.
+            retry = self._quarantine_backoff.get(name, _BACKOFF_START)
+            self._quarantine_backoff[name] = min(self.options.retry_max, retry * 2)
+            self._deferred[name] = time.monotonic() + retry
+            log.error("cannot set aside %s (%s): %s; retrying in %.1f s", name, reason, exc, retry)
+            return
+        self._quarantine_backoff.pop(name, None)
         self.counts.rejected += 1
         log.warning(
             "rejected %s: %s (moved to %s)",
@@ -840,11 +931,18 @@ class Watcher:
             self._log_once(claim.name, f"ignoring {claim}: not a name this watcher gives claims")
             return
         if self.store.has_version(version):
+            self.store.sync()  # the version's name durable before its claim goes
             durable.remove_file(claim)
             # It may be new to this process too (its claim could not be removed at once).
             self.store.adopt_version(version)
             self._latest_dirty = self._meta_dirty = True
             log.info("%s was already stored; removed its claim", version)
+            return
+        if self._back_in_spool(claim):
+            # A crash while putting a failed drop back: the spool has it again, as a
+            # drop like any other; the claim is only a second name for it.
+            durable.remove_file(claim)
+            log.info("%s is back in the spool; removed its claim", version)
             return
         started = time.perf_counter()
         opened = open_entry(claim, self.settings.max_bytes)

@@ -1,0 +1,164 @@
+"""Edge cases an independent review found, each driven through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import IS_ROOT, run_cli, wait_for
+from watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents, versions
+
+from ingester.model import PayloadRejected, judge_payload
+
+
+def test_a_drop_with_a_future_mtime_does_not_hold_up_start_or_once(root: Path) -> None:
+    spool = root / "spool"
+    spool.mkdir()
+    ahead = spool / "ahead.json"
+    ahead.write_bytes(payload(1))
+    future = time.time() + 3600
+    os.utime(ahead, (future, future))
+    result = run_cli(root, "watch", "--once", "--settle", "0.2", timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert list(stored_contents(root)) == [payload(1)]
+
+
+def test_claimed_folder_removed_while_running_is_made_again(root: Path) -> None:
+    with WatchProcess(root, "--retry-max", "0.2"):
+        shutil.rmtree(root / "spool" / ".claimed")
+        drop(root / "spool", "after.json", payload(1))
+        wait_for(lambda: latest_bytes(root) == payload(1), what="drop stored")
+
+
+def test_rejected_folder_removed_while_running_is_made_again(root: Path) -> None:
+    with WatchProcess(root):
+        shutil.rmtree(root / "spool" / "rejected")
+        drop(root / "spool", "bad.json", b"{not json")
+        drop(root / "spool", "good.json", payload(2))
+        wait_for(lambda: latest_bytes(root) == payload(2), what="good drop stored")
+        wait_for(lambda: (root / "spool" / "rejected" / "bad.json").exists(), what="bad set aside")
+
+
+@pytest.mark.skipif(
+    not IS_ROOT, reason="a tmpfs mount for a rejected folder on another fs needs root"
+)
+def test_special_files_move_across_filesystems_without_being_opened(
+    root: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(other)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        spool = root / "spool"
+        spool.mkdir()
+        os.mkfifo(spool / "fifo.json")
+        # A writer holding the FIFO open: reading it would block or return nothing.
+        holder = os.open(spool / "fifo.json", os.O_RDWR | os.O_NONBLOCK)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(os.fspath(spool / "sock.json"))
+        (spool / "zz-good.json").write_bytes(payload(3))
+        try:
+            result = run_cli(
+                root, "--rejected-dir", str(other / "rejected"), "watch", "--once", timeout=30
+            )
+        finally:
+            os.close(holder)
+            sock.close()
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        assert list(stored_contents(root)) == [payload(3)]
+        assert (other / "rejected" / "fifo.json").exists()
+        assert (other / "rejected" / "sock.json").exists()
+    finally:
+        subprocess.run(["umount", str(other)], check=False)
+
+
+def test_rescan_never_takes_a_file_still_being_written_in_place(root: Path) -> None:
+    data = payload(4)
+    args = ("--rescan-interval", "0.2", "--settle", "0.1")
+    with WatchProcess(root, *args, global_args=("-v",)) as w:
+        target = root / "spool" / "slow.json"
+        with target.open("wb") as handle:
+            handle.write(data[:20])
+            handle.flush()
+            seen = w.log.count("rescanned the spool")
+            # The writer pauses, file open, while three rescans go by.
+            w.wait_log("rescanned the spool", count=seen + 3)
+            assert target.exists(), "taken while still being written"
+            handle.write(data[20:])
+        wait_for(lambda: latest_bytes(root) == data, what="stored after close")
+    assert not list((root / "spool" / "rejected").iterdir())
+
+
+@pytest.mark.parametrize(
+    "stamp", ["0", "1700000000", "2026-11-27T14:05:00+0100", "2026-02-30T10:00:00Z"]
+)
+def test_last_updated_must_be_iso_8601_with_offset(stamp: str) -> None:
+    body = {"currentSession": {"resetsIn": "1 hr", "percentageUsed": 5}, "lastUpdated": stamp}
+    with pytest.raises(PayloadRejected, match="lastUpdated"):
+        judge_payload(json.dumps(body).encode())
+
+
+def test_latest_link_resolves_through_a_symlinked_folder(root: Path, tmp_path: Path) -> None:
+    real = tmp_path / "real" / "sub"
+    real.mkdir(parents=True)
+    (tmp_path / "lnk").symlink_to(real)
+    latest = tmp_path / "lnk" / "latest.json"
+    sample = payload(5)
+    source = tmp_path / "p.json"
+    source.write_bytes(sample)
+    result = run_cli(root, "--latest-path", str(latest), "ingest", str(source))
+    assert result.returncode == 0, result.stderr
+    assert latest.read_bytes() == sample
+    check = run_cli(root, "--latest-path", str(latest), "verify")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_newline_in_a_drop_name_cannot_forge_a_log_line(root: Path) -> None:
+    spool = root / "spool"
+    spool.mkdir()
+    (spool / "evil\n2026-11-29 05:00:00,000 ERROR fake.json").write_bytes(b"{")
+    result = run_cli(root, "watch", "--once")
+    assert result.returncode == 0, result.stderr
+    assert not [line for line in result.stderr.splitlines() if line.startswith("2026-11-29 05:00:00,000 ERROR")]
+    assert "evil\\n2026" in result.stderr
+
+
+def test_a_float_where_a_whole_number_belongs_is_a_usage_error(root: Path) -> None:
+    config = root / "c.toml"
+    config.write_text("[ingester]\nmax_versions = 7.9\n")
+    result = run_cli(root, "--config", str(config), "init")
+    assert result.returncode == 2 and "max_versions" in result.stderr
+    assert not (root / "console-usage-history").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--spool-dir", "console-usage-history"),
+        ("--history-dir", "spool/history"),
+        ("--latest-path", "spool/latest.json"),
+    ],
+)
+def test_overlapping_folders_are_a_usage_error(root: Path, args: tuple[str, str]) -> None:
+    option, value = args
+    result = run_cli(root, option, str(root / value), "init")
+    assert result.returncode == 2, result.stderr
+    assert not (root / "spool").exists()
+
+
+def test_versions_stored_during_edge_cases_are_valid(root: Path) -> None:
+    """The same checks as everywhere: a burst of mixed drops, all valid ones stored once."""
+    with WatchProcess(root):
+        for i in range(20):
+            drop(root / "spool", f"m{i:02d}.json", payload(i) if i % 3 else b"[]")
+        wait_for(lambda: len(versions(root)) == 13, what="13 valid drops")
+    for version in versions(root):
+        judge_payload(version.read_bytes())
