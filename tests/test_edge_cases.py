@@ -127,7 +127,8 @@ def test_a_newline_in_a_drop_name_cannot_forge_a_log_line(root: Path) -> None:
     (spool / "evil\n2026-11-29 05:00:00,000 ERROR fake.json").write_bytes(b"{")
     result = run_cli(root, "watch", "--once")
     assert result.returncode == 0, result.stderr
-    assert not [line for line in result.stderr.splitlines() if line.startswith("2026-11-29 05:00:00,000 ERROR")]
+    forged = "2026-11-29 05:00:00,000 ERROR"
+    assert not [line for line in result.stderr.splitlines() if line.startswith(forged)]
     assert "evil\\n2026" in result.stderr
 
 
