@@ -303,12 +303,16 @@ def _drops_in(folder: Path) -> list[tuple[str, float]]:
 
 
 def _count_rejected(folder: Path) -> int:
-    """Quarantined drops: every non-folder entry but the ``.reason.json`` notes."""
+    """Quarantined drops: every non-folder entry but the reason notes and temp files."""
     count = 0
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.name.endswith(".reason.json") or entry.is_dir(follow_symlinks=False):
+                if (
+                    entry.name.endswith(".reason.json")
+                    or entry.name.startswith(".")  # a temp file cut short by a crash
+                    or entry.is_dir(follow_symlinks=False)
+                ):
                     continue
                 count += 1
     except OSError:

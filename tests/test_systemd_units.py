@@ -283,7 +283,7 @@ def test_tmpfiles_snippet_makes_a_group_writable_setgid_spool(fake_root: Path) -
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
     state = fake_root / "var" / "lib" / NAME
-    expected = {state: 0o750, state / "spool": 0o2770, state / "spool" / "tmp": 0o2770}
+    expected = {state: 0o750, state / "spool": 0o3770, state / "spool" / "tmp": 0o3770}
     expected[state / "spool" / "rejected"] = 0o2750
     for path, mode in expected.items():
         st = path.stat()
@@ -564,7 +564,7 @@ def test_private_users_keeps_group_access_to_the_spool() -> None:
         os.chown(root, SERVICE_UID, SPOOL_GID)
         root.chmod(0o750)
         os.chown(spool, SERVICE_UID, SPOOL_GID)
-        spool.chmod(0o2770)  # as the tmpfiles.d snippet makes it
+        spool.chmod(0o3770)  # as the tmpfiles.d snippet makes it
         # The scraper's drop: its own uid (unmapped inside), the spool group by setgid.
         good = spool / "scraped.json"
         good.write_bytes(payload(1))
