@@ -333,6 +333,8 @@ def test_kill_9_mid_burst_loses_nothing_and_stores_nothing_twice(root: Path, see
     assert meta["versionCount"] == len(dropped)
     newest = versions(root)[-1]
     assert os.readlink(root / "console-usage-synced.json").endswith(newest.name)
+    check = run_cli(root, "verify")
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="a drop of another user needs chown (root)")
