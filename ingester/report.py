@@ -26,7 +26,7 @@ from .model import PayloadRejected, judge_payload
 from .names import format_timestamp, is_version_name, parse_timestamp_from_filename
 from .retention import FUTURE_SLACK
 from .settings import Settings
-from .spool import is_drop_name
+from .spool import Spool, is_drop_name
 from .store import METADATA_NAME, HistoryStore, metadata_as_dict
 
 __all__ = [
@@ -302,24 +302,6 @@ def _drops_in(folder: Path) -> list[tuple[str, float]]:
     return found
 
 
-def _count_rejected(folder: Path) -> int:
-    """Quarantined drops: every non-folder entry but the reason notes and temp files."""
-    count = 0
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if (
-                    entry.name.endswith(".reason.json")
-                    or entry.name.startswith(".")  # a temp file cut short by a crash
-                    or entry.is_dir(follow_symlinks=False)
-                ):
-                    continue
-                count += 1
-    except OSError:
-        pass
-    return count
-
-
 def status_report(settings: Settings, store: HistoryStore, now: datetime) -> dict[str, Any]:
     """Everything ``status`` shows, as the ``status --json`` object."""
     meta = store.get_storage_metadata()
@@ -374,7 +356,7 @@ def status_report(settings: Settings, store: HistoryStore, now: datetime) -> dic
         },
         "rejected": {
             "path": os.fspath(settings.rejected_dir),
-            "count": _count_rejected(settings.rejected_dir),
+            "count": Spool(settings.spool_dir, settings.rejected_dir).rejected_count(),
         },
         "watcher": {"running": pid is not None, "pid": pid},
         "settings": settings.describe(),

@@ -264,12 +264,18 @@ class Spool:
         return target
 
     def rejected_count(self) -> int:
-        """How many quarantined drops there are."""
+        """How many quarantined drops there are (not reason notes, temp files or folders)."""
         try:
-            names = os.listdir(self.rejected_dir)
+            with os.scandir(self.rejected_dir) as entries:
+                return sum(
+                    1
+                    for e in entries
+                    if not e.name.endswith(REASON_SUFFIX)
+                    and not e.name.startswith(".")  # a temp file cut short by a crash
+                    and not e.is_dir(follow_symlinks=False)
+                )
         except OSError:
             return 0
-        return sum(1 for n in names if not n.endswith(REASON_SUFFIX) and not n.startswith("."))
 
     def sweep_temps(self) -> list[str]:
         """Remove our stale temp files from ``rejected/`` (reason files cut short by a crash)."""
