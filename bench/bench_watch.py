@@ -202,8 +202,11 @@ def drops_left(spool: Path) -> list[str]:
 class Run:
     """One ingester process in its own fresh root, and the drops the bench feeds it."""
 
-    def __init__(self, cmd: list[str], root: Path, log_path: Path, timeout: float) -> None:
+    def __init__(
+        self, cmd: list[str], root: Path, log_path: Path, timeout: float, owner: int | None = None
+    ) -> None:
         self.root = root
+        self.owner = owner
         self.spool = root / SPOOL
         self.tmp = self.spool / "tmp"
         self.history = root / HISTORY
@@ -228,6 +231,8 @@ class Run:
             self.seq += 1
             path = self.tmp / f"{self.seq:07d}.json"
             write_fsynced(path, payload(self.seq))
+            if self.owner is not None:
+                os.chown(path, self.owner, self.owner)
             prepared.append((self.seq, path))
         return prepared
 
@@ -412,7 +417,9 @@ def run_round(
     try:
         for name in order:
             root = base / f"{name}-{n + 1}"
-            runs[name] = Run(sides[name](root), root, root.with_suffix(".log"), 30.0)
+            runs[name] = Run(
+                sides[name](root), root, root.with_suffix(".log"), 30.0, args.foreign_drops
+            )
         for name in order:
             runs[name].warm_up(args.warmup)
         for i in range(latency_count):
@@ -541,6 +548,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the temp roots and logs")
     parser.add_argument("--skip-store", action="store_true", help="do not run bench_store.py")
+    parser.add_argument(
+        "--foreign-drops",
+        type=int,
+        metavar="UID",
+        help="chown every drop to UID (root only): the systemd case, where the scraper is "
+        "another user and our watcher copies each drop instead of sealing it",
+    )
     args = parser.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 6)
     total_latency = args.latency or (60 if args.quick else 300)

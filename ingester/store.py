@@ -131,6 +131,7 @@ class HistoryStore:
         self._names: list[str] = []
         self._meta = StorageMetadata()
         self._loaded = False
+        self._spare: durable.SpareFile | None = None
 
     # -- paths -------------------------------------------------------------------
 
@@ -317,9 +318,25 @@ class HistoryStore:
     def stage_version(self, data: bytes, *, sync: bool = True) -> durable.StagedFile:
         """First half of :meth:`write_version`: the bytes on disk under a temp name.
 
-        ``sync=False`` leaves the fsync to ``StagedFile.sync()`` or the commit.
+        ``sync=False`` leaves the fsync to ``StagedFile.sync()`` or the commit. Uses the
+        spare made by :meth:`prepare_spare`, if there is one.
         """
-        return durable.StagedFile(self.history_dir, data, VERSION_MODE, sync=sync)
+        spare, self._spare = self._spare, None
+        return durable.StagedFile(self.history_dir, data, VERSION_MODE, sync=sync, spare=spare)
+
+    def prepare_spare(self) -> None:
+        """Make an empty temp file now (while idle) for the next :meth:`stage_version`."""
+        if self._spare is None:
+            self._spare = durable.SpareFile(self.history_dir)
+
+    def drop_spare(self) -> None:
+        """Remove the unused spare, if any (on shutdown)."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            try:
+                spare.discard()
+            except StorageError as exc:
+                log.error("%s (an empty temp file, swept on the next start)", exc)
 
     def commit_version(self, staged: durable.StagedFile, name: str, *, sync: bool = True) -> Path:
         """Second half of :meth:`write_version`: the version appears under ``name``.

@@ -250,13 +250,6 @@ def _open_for_writing(path: Path) -> bool | None:
         os.close(fd)
 
 
-def _current_umask() -> int:
-    """The process umask (read by setting it; call before other threads start)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 @dataclass(frozen=True)
 class _Linked:
     """A drop whose version is linked in the history, waiting for the group's fsync."""
@@ -307,8 +300,9 @@ class Watcher:
         self._next_ping = 0.0
         self._last_status = ""
         self._euid = os.geteuid()
-        self._umask = _current_umask()
+        self._umask = durable.current_umask()
         self._same_fs = False
+        self._copied = False  # drops of another user seen: keep a spare temp file ready
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -409,6 +403,7 @@ class Watcher:
     def _shutdown(self) -> int:
         self.notifier.stopping(self._status_text())
         self.notifier.close()
+        self.store.drop_spare()
         self._stop_observer()
         self._maintain(force=True)
         log.info(
@@ -607,6 +602,12 @@ class Watcher:
             except StorageError as exc:
                 self._fail(None, exc)  # recovery removes it later: its version exists
             self._ingested(item.drop, item.version, item.size, item.started)
+        if not self._same_fs or self._copied:
+            # The next copy's inode, made now rather than when its drop arrives.
+            try:
+                self.store.prepare_spare()
+            except StorageError as exc:
+                log.debug("no spare temp file: %s", exc)
 
     def _fail(self, name: str | None, exc: StorageError) -> None:
         self._backoff = min(
@@ -742,6 +743,8 @@ class Watcher:
         # inode becomes the version (as a rename would), made read-only and fsynced.
         # Otherwise (another user's file, other filesystem) the bytes are copied.
         zero_copy = self._same_fs and opened.uid == self._euid and opened.nlink == 1
+        if not zero_copy:
+            self._copied = True
         staged = None if zero_copy else self.store.stage_version(opened.data, sync=False)
         try:
             version = self._claim_and_link(path, name, opened, staged)

@@ -280,7 +280,13 @@ def crashed_state_problems(e: Expect) -> list[str]:
     return problems
 
 
-def final_problems(e: Expect, *, strict_rejected: bool = False) -> list[str]:
+def _is_spare(folder: Path, name: str) -> bool:
+    """An empty temp file a running watcher keeps ready for its next copy (SpareFile)."""
+    path = folder / name
+    return name.startswith(".tmp-w-") and path.is_file() and path.stat().st_size == 0
+
+
+def final_problems(e: Expect, *, strict_rejected: bool = False, running: bool = False) -> list[str]:
     """The invariants after a (re)start has finished its work.
 
     ``strict_rejected`` also demands that ``rejected/`` holds nothing but drops and their
@@ -331,7 +337,11 @@ def final_problems(e: Expect, *, strict_rejected: bool = False) -> list[str]:
         if dots:
             problems.append(f"temp files left in rejected/: {dots}")
     for folder in {e.history, e.settings.latest_path.parent}:
-        temps = [n for n in os.listdir(folder) if n.startswith(".tmp-")]
+        temps = [
+            n
+            for n in os.listdir(folder)
+            if n.startswith(".tmp-") and not (running and _is_spare(folder, n))
+        ]
         if temps:
             problems.append(f"temp files left in {folder.name}: {temps}")
     problems += metadata_problems(e.settings)
@@ -723,7 +733,7 @@ def _live_round(base: Path, k: int, foreign: bool = False) -> LiveRound:
                 wait_for(taken, HEAL_TIMEOUT, f"{name} taken")
             deadline = time.monotonic() + HEAL_TIMEOUT
             while True:
-                problems = final_problems(expect)
+                problems = final_problems(expect, running=True)
                 if not problems or not thread.is_alive() or time.monotonic() > deadline:
                     break
                 time.sleep(0.02)
@@ -732,6 +742,11 @@ def _live_round(base: Path, k: int, foreign: bool = False) -> LiveRound:
         finally:
             watcher.request_stop()
             thread.join(10)
+    if not thread.is_alive() and not problems:
+        # Stopped: the spare is gone too, unless removing it was the step that failed
+        # (an empty temp file then waits for the next start's sweep).
+        failed_spare_unlink = bool(plan.fired) and str(plan.fired).startswith("unlink(")
+        problems = final_problems(expect, running=failed_spare_unlink)
     if thread.is_alive():
         problems.append("the watcher did not stop")
     elif "error" in outcome:
