@@ -4,7 +4,8 @@ What happens to one drop (``<spool>/foo.json``)::
 
     1. read     open O_NOFOLLOW|O_NONBLOCK, fstat: a regular file?, read <= max-bytes
     2. judge    judge_payload(bytes); invalid -> rejected/ with a reason file, done
-    3. stage    copy path only: the bytes into <history>/.tmp-w-*      (StagedFile)
+    3. stage    copy path only: the bytes into <history>/.tmp-w-* (StagedFile; its
+                empty file made ahead of time, after the previous group: SpareFile)
     4. claim    rename foo.json -> <spool>/.claimed/<version>.json
     5. seal     fsync the staged copy; or, zero-copy, fchmod 0444 + fsync the drop's own
                 inode; then fsync .claimed/
