@@ -247,10 +247,16 @@ class StagedFile:
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                # A failing disk: call the whole write failed, as for a failed fsync below.
-                with contextlib.suppress(OSError):
+                # A failing disk: call the whole write failed, as for a failed fsync below,
+                # if the final name can be taken back. If not, the write stands (the
+                # temp file is swept later): failing now would make the caller write the
+                # same bytes again under another name.
+                try:
                     os.unlink(final)
-                raise StorageError("remove temp file", tmp, exc) from exc
+                except OSError:
+                    pass
+                else:
+                    raise StorageError("remove temp file", tmp, exc) from exc
         if not sync_dir:
             return final
         try:
@@ -353,6 +359,35 @@ def move_file(src: Path, dst: Path) -> None:
         fsync_dir(src.parent)
 
 
+def _stream_copy(src: Path, dst: Path, mode: int) -> None:
+    """Copy a regular file of any size in chunks, by the recipe (temp, fsync, link, fsync)."""
+    tmp = _temp_path(dst.parent, "w")
+    fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fd_out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            while chunk := os.read(fd_in, 1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd_out, view) :]
+            os.fchmod(fd_out, mode)
+            os.fsync(fd_out)
+        except OSError:
+            os.close(fd_out)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(fd_out)
+    finally:
+        os.close(fd_in)
+    try:
+        _link_no_clobber(tmp, dst)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    fsync_dir(dst.parent)
+
+
 def _copy_across(src: Path, dst: Path) -> None:
     """Move across filesystems: never open anything but a regular file (no FIFO reads)."""
     try:
@@ -360,13 +395,7 @@ def _copy_across(src: Path, dst: Path) -> None:
         if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(src), dst)
         elif stat.S_ISREG(st.st_mode):
-            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            try:
-                with os.fdopen(fd, "rb", closefd=False) as handle:
-                    data = handle.read()
-            finally:
-                os.close(fd)
-            write_file(dst.parent, dst.name, data, mode=0o444)
+            _stream_copy(src, dst, stat.S_IMODE(st.st_mode))
         else:
             # A FIFO or socket is recreated as such (no privilege needed); a device
             # needs CAP_MKNOD and otherwise fails here, naming the path.

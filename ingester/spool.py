@@ -158,7 +158,12 @@ def _fit_name(name: str) -> str:
         return name
     digest = hashlib.sha256(raw).hexdigest()[:12]
     keep = _REJECTED_NAME_MAX - len(digest) - len("-.json")
-    return f"{os.fsdecode(raw[:keep])}-{digest}.json"
+    cut = raw[:keep]
+    while cut and cut[-1] & 0xC0 == 0x80:  # never split a UTF-8 character
+        cut = cut[:-1]
+    if cut and cut[-1] >= 0xC0:
+        cut = cut[:-1]
+    return f"{os.fsdecode(cut)}-{digest}.json"
 
 
 class Spool:

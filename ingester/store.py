@@ -132,6 +132,7 @@ class HistoryStore:
         self._meta = StorageMetadata()
         self._loaded = False
         self._spare: durable.SpareFile | None = None
+        self._floor: str | None = None  # the highest name withdrawn
 
     # -- paths -------------------------------------------------------------------
 
@@ -305,7 +306,10 @@ class HistoryStore:
     def next_version_name(self) -> str:
         """A fresh name that sorts above every non-future version."""
         self._ensure_loaded()
-        return generate_version_filename(self.clock(), after=self.latest_version_name())
+        after = self.latest_version_name()
+        if self._floor is not None and (after is None or self._floor > after):
+            after = self._floor  # a name taken back stays used: its claim may wait
+        return generate_version_filename(self.clock(), after=after)
 
     def write_version(self, name: str, data: bytes) -> Path:
         """Durably store ``data`` as version ``name``; the latest link and metadata wait.
@@ -372,7 +376,12 @@ class HistoryStore:
         durable.fsync_dir(self.history_dir)
 
     def withdraw_version(self, name: str) -> None:
-        """Take back a version whose name could not be made durable (best effort)."""
+        """Take back a version whose name could not be made durable (best effort).
+
+        The name is never given again (its claim may still be waiting).
+        """
+        if self._floor is None or name > self._floor:
+            self._floor = name
         with contextlib.suppress(OSError):
             os.unlink(self.version_path(name))
         index = bisect.bisect_left(self._names, name)

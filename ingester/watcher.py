@@ -297,6 +297,8 @@ class Watcher:
         self._meta_dirty = True
         self._sweep_needed = False
         self._last_maintenance = 0.0
+        self._maintenance_until = 0.0
+        self._maintenance_backoff = 0.0
         self._next_rescan = 0.0
         self._next_ping = 0.0
         self._last_status = ""
@@ -319,6 +321,8 @@ class Watcher:
 
             signal.signal(signal.SIGTERM, handler)
             signal.signal(signal.SIGINT, handler)
+            # A read lease broken by a writer sends SIGIO, whose default is to terminate.
+            signal.signal(signal.SIGIO, signal.SIG_IGN)
 
     def run(self) -> int:
         """Take the lock, recover, drain the backlog, then watch until stopped."""
@@ -370,7 +374,12 @@ class Watcher:
         )
         self._rescan("start")
         try:
-            while self._pending or any(n not in self._quarantine_backoff for n in self._deferred):
+            # Drops that keep changing must not hold READY (or --once) back for ever.
+            settling_until = time.monotonic() + max(5.0, 3 * self.options.settle)
+            while self._pending or (
+                time.monotonic() < settling_until
+                and any(n not in self._quarantine_backoff for n in self._deferred)
+            ):
                 self._step()
                 if self._stop.is_set():
                     break
@@ -494,9 +503,12 @@ class Watcher:
             if due <= now:
                 del self._deferred[name]
                 self._pending.setdefault(name, How.SETTLE)
+        # Maintenance first: after a backoff, recovery and cleanup (which may free the
+        # space a failing batch needs) must not wait behind that batch.
+        self._maintain(force=False)
         if self._pending and now >= self._blocked_until:
             self._process_batch()
-        self._maintain(force=False)
+            self._maintain(force=False)
         self._ping()
 
     def _absorb(self, item: tuple[Any, ...]) -> None:
@@ -595,6 +607,9 @@ class Watcher:
             for item in linked:
                 self.store.withdraw_version(item.version)
             self._latest_dirty = True
+            with contextlib.suppress(StorageError):
+                self.store.update_latest()  # not left naming a version taken back
+                self._latest_dirty = False
             self._fail(None, exc)
             return
         for item in linked:
@@ -638,16 +653,35 @@ class Watcher:
                 return
         if not self._meta_dirty:
             return
-        if not force and self._pending and now - self._last_maintenance < _MAINTENANCE_EVERY:
+        if not force and (
+            now < self._maintenance_until
+            or (self._pending and now - self._last_maintenance < _MAINTENANCE_EVERY)
+        ):
             return
-        try:
-            if self._sweep_needed:
+        if self._sweep_needed:
+            self._sweep_needed = False
+            self.store.drop_spare()  # or the sweep would take it for a leftover
+            try:
                 self._sweep_temps()
+            except StorageError as exc:
+                log.warning("cannot remove temp files left by a failed step: %s", exc)
+        try:
             self._recover_claims()
             self.store.cleanup_old_versions()
         except StorageError as exc:
-            self._fail(None, exc)
+            # The metadata and retention are not on the ingest path: they back off on
+            # their own, and drops go on being stored meanwhile.
+            self._maintenance_backoff = min(
+                self.options.retry_max, max(_BACKOFF_START, self._maintenance_backoff * 2)
+            )
+            self._maintenance_until = now + self._maintenance_backoff
+            log.error(
+                "cannot finish claims, clean up or write the metadata: %s; retrying in %.1f s",
+                exc,
+                self._maintenance_backoff,
+            )
             return
+        self._maintenance_backoff = 0.0
         self._meta_dirty = False
         self._last_maintenance = now
 
@@ -659,7 +693,6 @@ class Watcher:
         removed += self.spool.sweep_temps()
         if removed:
             log.info("removed %d temp file(s) left by a failed step", len(removed))
-        self._sweep_needed = False
 
     def _status_text(self) -> str:
         waiting = len(self._pending) + len(self._deferred)
@@ -700,17 +733,17 @@ class Watcher:
                 self._log_dir(name)
                 return None
             if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-                if how is How.CREATED or name in self._writing:
-                    # Created in place: its close-write event will come, and until then
-                    # it must not be taken half-written. A hard link makes IN_CREATE
-                    # and no close-write: it is taken as soon as nobody has it open for
-                    # writing (asked with a lease), or, where we may not ask, once it
-                    # has settled.
-                    busy = _open_for_writing(path)
-                    if busy or (busy is None and how is How.CREATED):
-                        self._writing.add(name)
-                        return None
-                    self._writing.discard(name)
+                # Not announced complete (created, or found by a scan): never take it
+                # while someone has it open for writing (a read lease tells; its
+                # close-write event will come). A hard link makes IN_CREATE and no
+                # close-write: taken once it has settled. Where we may not ask
+                # (another user's file, no CAP_LEASE), an empty new file is taken to
+                # be in the writing, anything else is judged by the settle time.
+                busy = _open_for_writing(path)
+                if busy or (busy is None and how is How.CREATED and st.st_size == 0):
+                    self._writing.add(name)
+                    return None
+                self._writing.discard(name)
                 if not self._settled(name, st):
                     return None
         started = time.perf_counter()
@@ -762,6 +795,10 @@ class Watcher:
         """Steps 4-5 (the history fsync waits for the group); None if the drop went away."""
         version = self.store.next_version_name()
         claim = self.spool.claimed_dir / version
+        if os.path.lexists(claim):
+            # Only this process writes in .claimed/, so the check cannot race; a claim
+            # of that name waits for recovery and must never be replaced.
+            raise StorageError("claim", claim, FileExistsError(errno.EEXIST, "claim exists"))
         try:
             os.rename(path, claim)
         except FileNotFoundError as exc:
@@ -785,9 +822,14 @@ class Watcher:
         # The data fsync comes after the claim rename so that, on ext4, one journal
         # commit carries both; the .claimed fsync after it is then nearly free.
         try:
-            if staged is None:
-                self._seal(claim, opened)
-            else:
+            if staged is None and not self._seal(claim, opened):
+                # Someone may still write to it, or it changed since it was judged:
+                # store a copy of the bytes that were judged instead.
+                with contextlib.suppress(OSError):
+                    os.chmod(claim, stat.S_IMODE(opened.mode))
+                staged = self.store.stage_version(opened.data, sync=False)
+                self._copied = True
+            if staged is not None:
                 staged.sync()
             durable.fsync_dir(self.spool.claimed_dir)
             if staged is None:
@@ -795,6 +837,12 @@ class Watcher:
             else:
                 self.store.commit_version(staged, version, sync=False)
         except StorageError:
+            if staged is not None:
+                staged.discard()
+            if self.store.has_version(version):
+                # The name could not be taken back: the claim stays, and recovery
+                # (after the backoff) makes sure this drop is stored exactly once.
+                raise
             if staged is None:
                 with contextlib.suppress(OSError):
                     os.chmod(claim, stat.S_IMODE(opened.mode))
@@ -802,8 +850,13 @@ class Watcher:
             raise
         return version
 
-    def _seal(self, claim: Path, opened: Opened) -> None:
-        """Make the claimed drop's own inode a version: read-only (less the umask), fsynced."""
+    def _seal(self, claim: Path, opened: Opened) -> bool:
+        """Make the claimed drop's own inode a version: read-only (less the umask), fsynced.
+
+        False (nothing sealed) when it may not become a version as it is: another link
+        to it, someone holding it open for writing (a read lease is refused), or bytes
+        other than those judged.
+        """
         try:
             fd = os.open(claim, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
@@ -811,13 +864,17 @@ class Watcher:
         try:
             st = os.fstat(fd)
             if (st.st_ino, st.st_nlink, st.st_size) != (opened.ino, 1, len(opened.data)):
-                raise StorageError(
-                    "seal", claim, OSError(errno.EAGAIN, "the drop changed while being taken")
-                )
+                return False
             os.fchmod(fd, VERSION_MODE & ~self._umask)
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+            except OSError:
+                return False  # open for writing somewhere (EAGAIN), or no leases here
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            if os.pread(fd, len(opened.data) + 1, 0) != opened.data:
+                return False
             os.fsync(fd)
-        except StorageError:
-            raise
+            return True
         except OSError as exc:
             raise StorageError("seal", claim, exc) from exc
         finally:

@@ -558,8 +558,14 @@ def test_crash_during_quarantine_leaves_no_orphan_reason_file(tmp_path: Path) ->
 
 
 def test_crash_while_writing_a_reason_file_leaves_no_temp_in_rejected(tmp_path: Path) -> None:
+    probe = build_scenario(tmp_path / "probe", valid_count=0, invalid_count=1)
+    plan = Plan(at=0)
+    with inject(plan):
+        assert run_once(probe.settings) == 0
+    # The first write into the reason file's temp in rejected/.
+    k = next(i for i, t in enumerate(plan.trace, 1) if "rejected/.tmp-" in t)
     scenario = build_scenario(tmp_path / "r", valid_count=0, invalid_count=1)
-    crash = Plan(at=1)  # the first durable step: writing the reason file's temp
+    crash = Plan(at=k)
     with inject(crash), contextlib.suppress(SimulatedCrash):
         run_once(scenario.settings)
     assert crash.fired is not None and "rejected/.tmp-" in crash.fired

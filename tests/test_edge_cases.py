@@ -163,3 +163,75 @@ def test_versions_stored_during_edge_cases_are_valid(root: Path) -> None:
         wait_for(lambda: len(versions(root)) == 13, what="13 valid drops")
     for version in versions(root):
         judge_payload(version.read_bytes())
+
+
+def test_a_name_taken_back_is_never_given_again(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from ingester.store import HistoryStore
+
+    frozen = datetime(2026, 11, 29, 10, 0, 0, tzinfo=UTC)
+    store = HistoryStore(tmp_path / "h", tmp_path / "latest.json", clock=lambda: frozen)
+    store.initialize()
+    store.save_version(payload(1))
+    name = store.next_version_name()
+    store.write_version(name, payload(2))
+    store.withdraw_version(name)  # its history fsync failed: the claim keeps the name
+    assert store.next_version_name() > name
+
+
+def test_a_writer_holding_its_drop_open_cannot_change_the_version(root: Path) -> None:
+    spool = root / "spool"
+    with WatchProcess(root):
+        staged = spool / "tmp" / ".held.part"
+        with staged.open("wb") as handle:
+            handle.write(payload(1))
+            handle.flush()
+            os.rename(staged, spool / "held.json")  # renamed in, but still open for writing
+            wait_for(lambda: latest_bytes(root) == payload(1), what="stored")
+            [version] = versions(root)
+            handle.seek(0)
+            handle.write(b"X" * 20)  # the writer misbehaves
+            handle.flush()
+            assert version.read_bytes() == payload(1)  # a copy, not the writer's inode
+
+
+def test_a_file_open_for_writing_at_start_waits_for_its_writer(root: Path) -> None:
+    spool = root / "spool"
+    spool.mkdir()
+    data = payload(2)
+    target = spool / "slow.json"
+    with target.open("wb") as handle:
+        handle.write(data[:20])
+        handle.flush()
+        old = time.time() - 60
+        os.utime(target, (old, old))  # long settled by its mtime
+        args = ("--settle", "0.1", "--rescan-interval", "0.2")
+        with WatchProcess(root, *args, global_args=("-v",)) as w:
+            # The start scan and several rescans go by while the writer holds it open.
+            w.wait_log("rescanned the spool", count=4)
+            assert target.exists(), "taken while still open for writing"
+            handle.write(data[20:])
+            handle.close()
+            wait_for(lambda: latest_bytes(root) == data, what="stored after close")
+    assert not list((spool / "rejected").iterdir())
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="chattr +a needs root")
+def test_an_append_only_history_stores_a_copied_drop_once(root: Path) -> None:
+    history = root / "console-usage-history"
+    assert run_cli(root, "init").returncode == 0
+    if subprocess.run(["chattr", "+a", str(history)], capture_output=True).returncode:
+        pytest.skip("chattr +a does not work here")
+    try:
+        spool = root / "spool"
+        staged = spool / "tmp" / ".theirs.part"
+        staged.write_bytes(payload(3))
+        os.chown(staged, 65534, 65534)  # another user's drop: copied
+        os.rename(staged, spool / "theirs.json")
+        with WatchProcess(root, "--retry-max", "0.2") as w:
+            wait_for(lambda: not (spool / "theirs.json").exists(), what="taken")
+            w.wait_log("ingested theirs.json")
+            assert [p.read_bytes() for p in versions(root)] == [payload(3)]
+    finally:
+        subprocess.run(["chattr", "-a", str(history)], check=False)
