@@ -21,6 +21,7 @@ from .durable import StorageError
 from .lock import HistoryLock, LockHeld
 from .logs import LOG_FORMATS, setup_logging
 from .model import PayloadRejected, judge_payload
+from .names import format_timestamp
 from .settings import SettingError, Settings, resolve_settings
 from .store import HistoryStore
 
@@ -223,7 +224,7 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
                     [
                         {
                             "name": d.name,
-                            "timestamp": d.timestamp.isoformat().replace("+00:00", "Z"),
+                            "timestamp": format_timestamp(d.timestamp),
                             "action": d.action,
                             "reason": d.reason,
                         }
@@ -256,7 +257,12 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--once", is_flag=True, help="Drain the backlog already in the spool, then exit 0.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Drain the backlog already in the spool, then exit (0; 1 if the history cannot be "
+    "written).",
+)
 @click.option(
     "--polling",
     is_flag=True,
@@ -285,7 +291,8 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
     default=1.0,
     show_default=True,
     metavar="S",
-    help="A drop found by a scan (not by an event) is taken once its mtime is S seconds old.",
+    help="A drop found by a scan (not by an event) is taken once its mtime is S seconds old "
+    "or it has not changed for S seconds (and no one has it open for writing).",
 )
 @click.pass_obj
 def watch(

@@ -109,7 +109,7 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 def judge_payload(data: bytes, *, max_bytes: int | None = None) -> ConsoleUsageDataSync:
     """Validate ``data`` as a drop; raise :class:`PayloadRejected` naming what is wrong."""
     if max_bytes is not None and len(data) > max_bytes:
-        raise PayloadRejected(f"drop is {len(data)} bytes, over the limit of {max_bytes}")
+        raise PayloadRejected(f"drop is over the limit of {max_bytes} bytes")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

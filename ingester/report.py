@@ -421,6 +421,14 @@ class VerifyReport:
         }
 
 
+def _is_spare(path: Path) -> bool:
+    """An empty ``.tmp-w-`` file: what a running watcher keeps ready for its next copy."""
+    try:
+        return path.name.startswith(".tmp-w-") and path.lstat().st_size == 0
+    except OSError:
+        return False
+
+
 def _temps(folder: Path, prefixes: tuple[str, ...]) -> list[str]:
     try:
         with os.scandir(folder) as entries:
@@ -505,15 +513,21 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
     """Check the history (already loaded); never writes.
 
     While another process holds the lock, the caches (metadata, latest link) and temp
-    files may be mid-update, so what is found about them is a warning, not a problem.
+    files may be mid-update, so what is found about them is a warning, not a problem;
+    an empty ``.tmp-w-`` file is then the watcher's spare for its next copy, not even
+    that. When this process holds the lock (``verify --repair``) nothing is in flight.
     """
     names = store.version_names()
     pid = lock_holder(store.lock_path)
+    if pid == os.getpid():
+        pid = None
     report = VerifyReport(store.history_dir, store.latest_path, len(names), writer_pid=pid)
     report.problems += _version_findings(store, names)
 
     caches: list[Finding] = []
     for temp in _temps(store.history_dir, (TEMP_PREFIX,)):
+        if pid is not None and _is_spare(store.history_dir / temp):
+            continue
         caches.append(
             Finding("stale-temp", temp, f"leftover temp file in {store.history_dir}", True)
         )
