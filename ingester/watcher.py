@@ -101,6 +101,7 @@ _MAINTENANCE_EVERY = 1.0  # seconds between cleanup/metadata rounds while drops 
 _TICK = 0.25  # longest wait: bounds the reaction to signals and liveness checks
 _BACKOFF_START = 0.5
 _GROUP_MAX = 256  # most versions linked before one fsync of the history makes them durable
+_GROUP_SECONDS = 1.0  # and at most this long, so the loop keeps pinging systemd
 
 
 @dataclass(frozen=True)
@@ -305,6 +306,7 @@ class Watcher:
         self._euid = os.geteuid()
         self._umask = durable.current_umask()
         self._same_fs = False
+        self._history_id = (0, 0)
         self._copied = False  # drops of another user seen: keep a spare temp file ready
 
     # -- lifecycle ----------------------------------------------------------------
@@ -347,9 +349,9 @@ class Watcher:
             report = self.store.initialize()
             self.spool.ensure_folders()
             report.removed_temps += self.spool.sweep_temps()
-            self._same_fs = (
-                os.stat(self.spool.claimed_dir).st_dev == os.stat(self.store.history_dir).st_dev
-            )
+            history = os.stat(self.store.history_dir)
+            self._history_id = (history.st_dev, history.st_ino)
+            self._same_fs = os.stat(self.spool.claimed_dir).st_dev == history.st_dev
         except OSError as exc:
             log.error("cannot start: %s", exc)
             return 1
@@ -460,7 +462,19 @@ class Watcher:
         return True
 
     def _check_observer(self) -> None:
-        """Never keep running deaf: restart a dead observer, or give up (exit 1)."""
+        """Never keep running deaf: restart a dead observer, or give up (exit 1).
+
+        Also never keep running on a history that is not the one locked: if the folder
+        was removed or replaced, the lock guards nothing any more (a second watcher
+        could start), so exit and let systemd start afresh.
+        """
+        try:
+            st = os.stat(self.store.history_dir)
+            same = (st.st_dev, st.st_ino) == self._history_id
+        except OSError:
+            same = False
+        if not same:
+            raise _Stop(f"the history folder {self.store.history_dir} was removed or replaced")
         if self._observer_alive():
             return
         log.error("the spool observer stopped; restarting it")
@@ -517,6 +531,7 @@ class Watcher:
             name, how = item[1], item[2]
             if how is How.COMPLETE:
                 self._writing.discard(name)
+                self._watched.pop(name, None)
             current = self._pending.get(name)
             if current is None or how is How.COMPLETE:
                 self._pending[name] = how
@@ -566,6 +581,7 @@ class Watcher:
         both), and only then are the claims released.
         """
         linked: list[_Linked] = []
+        began = time.monotonic()
         try:
             for name, how in list(self._pending.items()):
                 if self._stop.is_set():
@@ -579,9 +595,8 @@ class Watcher:
                 self._backoff = 0.0
                 if done is not None:
                     linked.append(done)
-                    if len(linked) >= _GROUP_MAX:
-                        self._make_durable(linked)
-                        linked = []
+                if len(linked) >= _GROUP_MAX or time.monotonic() - began > _GROUP_SECONDS:
+                    break  # publish this group; the rest waits one loop (watchdog pings)
         finally:
             if linked:
                 self._make_durable(linked)
@@ -726,6 +741,7 @@ class Watcher:
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
+                self._forget(name)
                 return None
             except OSError as exc:
                 raise StorageError("stat drop", path, exc) from exc
@@ -740,9 +756,16 @@ class Watcher:
                 # (another user's file, no CAP_LEASE), an empty new file is taken to
                 # be in the writing, anything else is judged by the settle time.
                 busy = _open_for_writing(path)
-                if busy or (busy is None and how is How.CREATED and st.st_size == 0):
+                if busy or (busy is None and how is How.CREATED):
                     self._writing.add(name)
                     return None
+                if busy is None:
+                    # No lease to ask (another user's file, no CAP_LEASE): judge by
+                    # stability alone, never by the mtime's age, and for much longer
+                    # when inotify saw it created in place (its close-write is awaited).
+                    patient = name in self._writing
+                    if not self._settled(name, st, stable_only=True, patient=patient):
+                        return None
                 self._writing.discard(name)
                 if not self._settled(name, st):
                     return None
@@ -785,6 +808,7 @@ class Watcher:
         finally:
             if staged is not None:
                 staged.discard()  # a no-op once committed; never leave a copy behind
+        self._forget(name)
         if version is None:
             return None
         return _Linked(name, version, len(opened.data), started)
@@ -915,7 +939,15 @@ class Watcher:
             except OSError:
                 log.error("%s is both in the spool and claimed; remove one by hand", path)
 
-    def _settled(self, name: str, st: os.stat_result) -> bool:
+    def _forget(self, name: str) -> None:
+        """Drop what is remembered about a name that is gone or taken."""
+        self._watched.pop(name, None)
+        self._writing.discard(name)
+        self._quarantine_backoff.pop(name, None)
+
+    def _settled(
+        self, name: str, st: os.stat_result, *, stable_only: bool = False, patient: bool = False
+    ) -> bool:
         """Whether a file found by a scan or by polling is done being written.
 
         Yes when its mtime is ``settle`` seconds old, or when its size and mtime have
@@ -926,15 +958,19 @@ class Watcher:
         seen = (st.st_ino, st.st_size, st.st_mtime_ns)
         first = self._watched.get(name)
         age = time.time() - st.st_mtime_ns / 1e9
-        if self.options.settle <= age or (
-            first is not None and first[0] == seen and now - first[1] >= self.options.settle
+        window = self.options.settle
+        if patient:
+            window = max(10 * self.options.settle, self.options.rescan_interval)
+        if (not stable_only and window <= age) or (
+            first is not None and first[0] == seen and now - first[1] >= window
         ):
-            self._watched.pop(name, None)
+            if not stable_only:
+                self._watched.pop(name, None)
             return True
         if first is None or first[0] != seen:
             self._watched[name] = (seen, now)
-        wait = self.options.settle - age if 0 <= age < self.options.settle else self.options.settle
-        self._deferred[name] = now + max(0.01, min(wait, self.options.settle))
+        wait = window - age if 0 <= age < window and not stable_only else window
+        self._deferred[name] = now + max(0.01, min(wait, window))
         return False
 
     def _ingested(self, name: str, version: str, size: int, started: float) -> None:

@@ -259,3 +259,11 @@ def test_verify_passes_over_a_running_watchers_spare_file(root: Path) -> None:
     subjects = [f["subject"] for f in report["warnings"] + report["problems"]]
     assert not any("0123456789ab" in s for s in subjects)
     assert any("ba9876543210" in s for s in subjects)
+
+
+def test_removing_the_history_under_a_watcher_stops_it(root: Path) -> None:
+    with WatchProcess(root) as w:
+        shutil.rmtree(root / "console-usage-history")
+        code = w.proc.wait(timeout=10)
+        assert code != 0
+        assert "was removed or replaced" in w.log
