@@ -26,7 +26,7 @@ from .model import PayloadRejected, judge_payload
 from .names import format_timestamp, is_version_name, parse_timestamp_from_filename
 from .retention import FUTURE_SLACK
 from .settings import Settings
-from .spool import Spool, is_drop_name
+from .spool import Candidate, Spool
 from .store import METADATA_NAME, HistoryStore, metadata_as_dict
 
 __all__ = [
@@ -283,23 +283,12 @@ def _lstat(path: Path) -> os.stat_result | None:
         return None
 
 
-def _drops_in(folder: Path) -> list[tuple[str, float]]:
-    """Regular files in ``folder`` whose names a drop may have, with their mtimes."""
-    found: list[tuple[str, float]] = []
+def _drops_in(spool: Spool, folder: Path) -> list[Candidate]:
+    """Regular files in ``folder`` whose names a drop may have (none if it is missing)."""
     try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if not is_drop_name(entry.name):
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue  # taken by the watcher meanwhile
-                if stat.S_ISREG(st.st_mode):
-                    found.append((entry.name, st.st_mtime))
-    except OSError:
-        pass  # no spool (e.g. a copied history): nothing waits
-    return found
+        return [c for c in spool.scan(folder) if stat.S_ISREG(c.mode)]
+    except StorageError:
+        return []  # no spool (e.g. a copied history): nothing waits
 
 
 def status_report(settings: Settings, store: HistoryStore, now: datetime) -> dict[str, Any]:
@@ -328,10 +317,11 @@ def status_report(settings: Settings, store: HistoryStore, now: datetime) -> dic
             "error": info.error,
         }
 
-    waiting = _drops_in(settings.spool_dir)
-    claimed = _drops_in(settings.claimed_dir)
-    oldest = min((mtime for _name, mtime in waiting + claimed), default=None)
-    oldest_at = datetime.fromtimestamp(oldest, UTC) if oldest is not None else None
+    spool = Spool(settings.spool_dir, settings.rejected_dir)
+    waiting = _drops_in(spool, settings.spool_dir)
+    claimed = _drops_in(spool, settings.claimed_dir)
+    oldest = min((c.mtime_ns for c in waiting + claimed), default=None)
+    oldest_at = datetime.fromtimestamp(oldest / 1e9, UTC) if oldest is not None else None
 
     pid = lock_holder(store.lock_path)
     return {
@@ -356,7 +346,7 @@ def status_report(settings: Settings, store: HistoryStore, now: datetime) -> dic
         },
         "rejected": {
             "path": os.fspath(settings.rejected_dir),
-            "count": Spool(settings.spool_dir, settings.rejected_dir).rejected_count(),
+            "count": spool.rejected_count(),
         },
         "watcher": {"running": pid is not None, "pid": pid},
         "settings": settings.describe(),

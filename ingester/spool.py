@@ -183,11 +183,12 @@ class Spool:
             except OSError as exc:
                 raise StorageError("create folder", folder, exc) from exc
 
-    def scan(self) -> list[Candidate]:
-        """Drop candidates in arrival order: oldest mtime first, then name."""
+    def scan(self, folder: Path | None = None) -> list[Candidate]:
+        """Drop candidates in ``folder`` (default: the spool), oldest mtime first, then name."""
+        folder = folder or self.dir
         found = []
         try:
-            with os.scandir(self.dir) as entries:
+            with os.scandir(folder) as entries:
                 for entry in entries:
                     if not is_drop_name(entry.name):
                         continue
@@ -207,7 +208,7 @@ class Spool:
                         )
                     )
         except OSError as exc:
-            raise StorageError("list", self.dir, exc) from exc
+            raise StorageError("list", folder, exc) from exc
         found.sort(key=lambda c: (c.mtime_ns, c.name))
         return found
 

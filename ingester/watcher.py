@@ -600,12 +600,6 @@ class Watcher:
         finally:
             if linked:
                 self._make_durable(linked)
-        if self._latest_dirty and time.monotonic() >= self._blocked_until:
-            try:
-                self.store.update_latest()
-                self._latest_dirty = False
-            except StorageError as exc:
-                self._fail(None, exc)
 
     def _make_durable(self, linked: list[_Linked]) -> None:
         """Latest link, one fsync of the history, then release the claims and log."""
