@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
-if not SAMPLES.is_dir():  # a clone elsewhere: shared/ sits beside the checkout
-    SAMPLES = Path(os.environ.get("INGESTER_SAMPLES", "../shared/samples")).resolve()
+# The project's own fixtures: tests never read anything outside the repository.
+SAMPLES = Path(__file__).resolve().parent / "samples"
 VALID_SAMPLES = sorted((SAMPLES / "valid").glob("*.json"))
 INVALID_SAMPLES = sorted((SAMPLES / "invalid").glob("*.json"))
 IS_ROOT = os.geteuid() == 0

@@ -36,3 +36,18 @@ def test_ruff_format() -> None:
 def test_mypy_strict() -> None:
     result = _run(sys.executable, "-m", "mypy", "--strict", "ingester")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_nothing_read_from_outside_the_repository() -> None:
+    """A user's clone has nothing beside it: every fixture lives under the repository."""
+    offenders = []
+    for folder in ("tests", "ingester", "bench"):
+        for path in (TOP / folder).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            for needle in ("../shared", '"shared"', "'shared'", "parents[2]"):
+                if needle in text and path.name != "test_lint.py":
+                    offenders.append(f"{path.relative_to(TOP)}: {needle}")
+    assert not offenders, offenders
+    samples = TOP / "tests" / "samples"
+    assert sorted(p.name for p in (samples / "valid").glob("*.json"))
+    assert sorted(p.name for p in (samples / "invalid").glob("*.json"))
