@@ -2,28 +2,47 @@
 
 Exit codes: 0 success; 1 the command ran and something was refused or is wrong
 (a rejected payload, a problem found, a storage failure, the history locked by
-another writer); 2 a usage error (a bad option or setting), before anything is touched.
+another writer, a file or folder it cannot read); 2 a usage error (a bad option or
+setting), before anything is touched; 70 an internal error (a bug: please report it).
+Whatever happens, the user sees one line on stderr, never a traceback
+(:class:`IngesterGroup` is the one place that makes it so).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
+import os
+import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NoReturn
 
 import click
 
 from .durable import StorageError
 from .lock import HistoryLock, LockHeld
-from .logs import LOG_FORMATS, setup_logging
+from .logs import LOG_FORMATS, escape_text, setup_logging
 from .model import PayloadRejected, judge_payload
 from .names import format_timestamp
-from .settings import SettingError, Settings, resolve_settings
+from .settings import (
+    RESCAN_INTERVAL,
+    RETRY_MAX,
+    SETTLE,
+    Bounds,
+    SettingError,
+    Settings,
+    resolve_settings,
+)
 from .store import HistoryStore
+
+EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug, not something the user did
+_CHUNK = 1 << 16
 
 __all__ = ["main"]
 
@@ -38,8 +57,132 @@ class App:
 
 def fail(message: str, code: int = 1) -> click.exceptions.Exit:
     """Print ``error: message`` to stderr and return the exit to raise."""
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {escape_text(message)}", err=True)
     return click.exceptions.Exit(code)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for any ``OSError``: what failed, on which path, and the errno's name."""
+    if isinstance(exc, StorageError):
+        return str(exc)
+    name = errno.errorcode.get(exc.errno or 0)
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    tag = f" [{name}]" if name else ""
+    if exc.filename is not None:
+        where = os.fsdecode(exc.filename)
+        if exc.filename2 is not None:
+            where += f" -> {os.fsdecode(exc.filename2)}"
+        return f"{where}: {cause}{tag}"
+    return f"{cause}{tag}"
+
+
+def _guard_standard_streams() -> None:
+    """Put /dev/null on a closed stdin, stdout or stderr.
+
+    Otherwise the next file we open (a lock, a version) would get descriptor 0, 1 or 2,
+    and anything that writes to "stdout" would write into it. ``sys.stdin`` stays
+    ``None`` so that ``submit -`` can say the stream is closed.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            try:
+                null = os.open(os.devnull, os.O_RDWR)
+            except OSError:
+                return
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+class IngesterGroup(click.Group):
+    """The command group, and the one place where any error becomes one line and an exit.
+
+    click already turns usage errors into exit 2 and a broken stdout pipe into a quiet
+    exit 1. Every other ``OSError`` that reaches here (a folder another user owns, a
+    missing path, a symlink loop, an I/O error) becomes ``error: ...`` and exit 1; any
+    other exception is a bug and becomes one line and exit 70.
+    """
+
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
+    ) -> NoReturn:
+        _guard_standard_streams()
+        try:
+            super().main(args, prog_name, **extra)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                _silence_stdout()
+                sys.exit(1)
+            _last_words(f"error: {describe_os_error(exc)}")
+            sys.exit(1)
+        except MemoryError:
+            _last_words("error: out of memory")
+            sys.exit(1)
+        except Exception as exc:
+            detail = str(exc) or "no detail"
+            _last_words(f"error: internal error: {type(exc).__name__}: {detail} (please report)")
+            sys.exit(EXIT_INTERNAL)
+        sys.exit(0)  # pragma: no cover (click's standalone main always exits)
+
+
+def _silence_stdout() -> None:
+    # The reader went away: nothing more can be shown, and the flush at exit must not
+    # print "Exception ignored ... BrokenPipeError".
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno() if sys.stdout is not None else 1)
+        os.close(null)
+    except (OSError, ValueError):
+        pass
+
+
+def _last_words(line: str) -> None:
+    try:
+        click.echo(escape_text(line), err=True)
+    except (OSError, ValueError):
+        pass  # stderr itself is gone: the exit code is all that is left
+
+
+class _BoundedFloat(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    """A click option type for a number within :class:`ingester.settings.Bounds`."""
+
+    name = "number"
+
+    def __init__(self, bounds: Bounds) -> None:
+        self.bounds = bounds
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return float(self.bounds.parse(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` and any missing parents; raise ``OSError``.
+
+    Run as root (an operator preparing the service's folders), each new folder takes
+    the owner and group of the folder it is made in, so that the service, running as
+    its own user, can use what was made for it.
+    """
+    missing: list[Path] = []
+    probe = folder
+    while not probe.is_dir() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+            continue
+        if os.geteuid() == 0:
+            parent = path.parent.stat()
+            if (parent.st_uid, parent.st_gid) != (0, 0):
+                os.chown(path, parent.st_uid, parent.st_gid)
 
 
 @contextmanager
@@ -47,7 +190,7 @@ def writing_store(settings: Settings, purpose: str) -> Iterator[HistoryStore]:
     """An initialized store with the history lock held; clear errors instead of tracebacks."""
     store = settings.store()
     try:
-        store.history_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(store.history_dir)
         with HistoryLock(store.lock_path, purpose):
             store.initialize()
             yield store
@@ -60,7 +203,10 @@ def writing_store(settings: Settings, purpose: str) -> Iterator[HistoryStore]:
         raise fail(str(StorageError("create folder", store.history_dir, exc))) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=IngesterGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--root",
     metavar="DIR",
@@ -144,11 +290,16 @@ def main(
 @main.command()
 @click.pass_obj
 def init(app: App) -> None:
-    """Create the spool, history and metadata (idempotent)."""
+    """Create the spool, history and metadata (idempotent).
+
+    Run as root, each new folder takes the owner of the folder it is made in (and the
+    lock file that of the history), so the service's own user can use them. The
+    systemd service needs no init: it creates what it needs on start.
+    """
     s = app.settings
     for folder in (s.spool_dir, s.writers_tmp_dir, s.rejected_dir):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            make_folder(folder)
         except OSError as exc:
             raise fail(str(StorageError("create folder", folder, exc))) from None
     with writing_store(s, "init") as store:
@@ -158,10 +309,50 @@ def init(app: App) -> None:
     click.echo(f"latest:  {store.latest_path}")
 
 
-def read_limited(path: Path, max_bytes: int) -> bytes:
-    """Read at most ``max_bytes + 1`` bytes of ``path``: enough to know it is too large."""
-    with path.open("rb") as handle:
-        return handle.read(max_bytes + 1)
+def read_stream(handle: IO[bytes], max_bytes: int) -> bytes:
+    """Read at most ``max_bytes + 1`` bytes: enough to know the input is too large.
+
+    Read in chunks, so that a large limit never allocates memory the input does not fill.
+    """
+    chunks: list[bytes] = []
+    left = max_bytes + 1
+    while left > 0:
+        chunk = handle.read(min(left, _CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+class NotRegularFile(OSError):
+    """An input that is not a regular file (a FIFO, a device, a folder, a socket)."""
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a folder",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def read_limited(path: Path, max_bytes: int, *, regular_only: bool = False) -> bytes:
+    """Read at most ``max_bytes + 1`` bytes of ``path`` (see :func:`read_stream`).
+
+    With ``regular_only``, anything but a regular file raises :class:`NotRegularFile`
+    without blocking: a FIFO is opened non-blocking and never read, so a command that
+    holds the history lock cannot wait on a writer that never comes.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if regular_only else 0)
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if regular_only and not stat.S_ISREG(mode):
+            kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+            raise NotRegularFile(errno.EINVAL, f"{kind}, not a regular file", os.fspath(path))
+        return read_stream(handle, max_bytes)
 
 
 @main.command()
@@ -178,8 +369,12 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
     with writing_store(s, "ingest") as store:
         for path in files:
             try:
-                data = read_limited(path, s.max_bytes)
+                data = read_limited(path, s.max_bytes, regular_only=True)
                 judge_payload(data, max_bytes=s.max_bytes)
+            except NotRegularFile as exc:
+                rejected += 1
+                click.echo(f"rejected {path}: {exc.strerror}")
+                continue
             except OSError as exc:
                 rejected += 1
                 click.echo(f"rejected {path}: cannot read: {exc.strerror}")
@@ -240,7 +435,9 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
             click.echo(f"{d.name:<{width}}  {d.action:<6}  {d.reason}")
         click.echo(f"would delete {len(plan.delete)}, retain {len(plan.keep)}")
         return
-    with writing_store(s, "cleanup") as store:
+    # The text result is the log line's words: printed on stdout, not logged a second time.
+    quiet = contextlib.nullcontext() if as_json else _result_printed_here("cleanup")
+    with writing_store(s, "cleanup") as store, quiet:
         try:
             result = store.cleanup_old_versions()
         except StorageError as exc:
@@ -254,6 +451,33 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
         )
     else:
         click.echo(f"cleanup deleted {len(result.deleted)}, retained {result.retained}")
+
+
+class _SkipEvent(logging.Filter):
+    def __init__(self, event: str) -> None:
+        super().__init__()
+        self.event = event
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "event", None) != self.event
+
+
+@contextmanager
+def _result_printed_here(event: str) -> Iterator[None]:
+    """Leave out the log line of ``event`` while the command prints the same result itself.
+
+    The store logs each result for the service's journal; on a terminal a one-shot
+    command would otherwise show it twice (stdout and stderr).
+    """
+    logger = logging.getLogger("ingester")
+    skip = _SkipEvent(event)
+    for handler in logger.handlers:
+        handler.addFilter(skip)
+    try:
+        yield
+    finally:
+        for handler in logger.handlers:
+            handler.removeFilter(skip)
 
 
 @main.command()
@@ -271,28 +495,28 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
 )
 @click.option(
     "--rescan-interval",
-    type=click.FloatRange(min=0.1),
+    type=_BoundedFloat(RESCAN_INTERVAL),
     default=30.0,
     show_default=True,
     metavar="S",
-    help="Full rescan of the spool every S seconds, the backstop for lost events.",
+    help="Full rescan of the spool every S seconds (0.1 to 86400), the backstop for lost events.",
 )
 @click.option(
     "--retry-max",
-    type=click.FloatRange(min=0.1),
+    type=_BoundedFloat(RETRY_MAX),
     default=30.0,
     show_default=True,
     metavar="S",
-    help="Longest wait between retries while the history cannot be written.",
+    help="Longest wait between retries while the history cannot be written (0.1 to 3600).",
 )
 @click.option(
     "--settle",
-    type=click.FloatRange(min=0.0),
+    type=_BoundedFloat(SETTLE),
     default=1.0,
     show_default=True,
     metavar="S",
     help="A drop found by a scan (not by an event) is taken once its mtime is S seconds old "
-    "or it has not changed for S seconds (and no one has it open for writing).",
+    "or it has not changed for S seconds (and no one has it open for writing); 0 to 3600.",
 )
 @click.pass_obj
 def watch(
@@ -344,7 +568,9 @@ def submit(app: App, source: str, name: str | None) -> None:
         )
     try:
         if source == "-":
-            data = sys.stdin.buffer.read(s.max_bytes + 1)
+            if sys.stdin is None:
+                raise fail("cannot read standard input: it is closed")
+            data = read_stream(sys.stdin.buffer, s.max_bytes)
         else:
             data = read_limited(Path(source), s.max_bytes)
     except OSError as exc:

@@ -68,7 +68,10 @@ def _echo_json(value: Any) -> None:
 def _age_words(iso_text: str | None, now: datetime) -> str:
     if iso_text is None:
         return "-"
-    return relative_age(now - parse_cli_time(iso_text))
+    try:
+        return relative_age(now - parse_cli_time(iso_text))
+    except ValueError:
+        return "unreadable time"  # e.g. a hand-edited _metadata.json; verify reports it
 
 
 def _parse_time_option(

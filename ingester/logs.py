@@ -5,6 +5,10 @@
   stamps every line itself, and a ``<N>`` syslog priority prefix that journald reads.
 * ``json``: one object per line (``ts``, ``level``, ``logger``, ``msg`` and the event's
   fields), for log shippers.
+
+Both are valid UTF-8 whatever a drop's name holds: a name's undecodable bytes (which
+Python carries as lone surrogates) are written as ``\\xNN``. Records of other libraries
+(watchdog's "Inotify queue overflowed") go through the same handler, at WARNING and up.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["LOG_FORMATS", "setup_logging"]
+__all__ = ["LOG_FORMATS", "escape_text", "setup_logging"]
 
 LOG_FORMATS = ("text", "json")
 
@@ -37,6 +41,34 @@ _SYSLOG_PRIORITY = {
 }
 
 
+def escape_text(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (lone surrogates) as ``\\xNN``.
+
+    ``os.listdir`` gives a name that is not UTF-8 with each bad byte as a surrogate;
+    written as is, a log line would not be valid UTF-8 (or hold ``\\udcff``, which
+    names no byte).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return raw.decode("utf-8", "backslashreplace")
+    return text
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape_text(value)
+    if isinstance(value, dict):
+        return {escape_text(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line."""
 
@@ -54,14 +86,14 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return json.dumps(_clean(entry), default=lambda v: escape_text(str(v)), ensure_ascii=False)
 
 
 class OneLineFormatter(logging.Formatter):
     """One line per event, whatever a drop's name holds: control characters are escaped."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).translate(_ESCAPES)
+        return escape_text(super().format(record).translate(_ESCAPES))
 
 
 class JournalFormatter(OneLineFormatter):
@@ -85,3 +117,9 @@ def setup_logging(verbose: int = 0, fmt: str = "text") -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
+    # Everyone else's records (watchdog's among them) through the same handler, so that
+    # a JSON stream stays JSON and journald gets a priority; without a handler, Python
+    # would print them bare.
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -25,6 +25,8 @@ from pydantic import (
 )
 
 __all__ = [
+    "LAST_UPDATED_RANGE",
+    "MAX_NESTING",
     "ConsoleUsageDataSync",
     "PayloadRejected",
     "UsageWindow",
@@ -38,6 +40,19 @@ NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
 _ISO_WITH_OFFSET = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII
 )
+
+MAX_NESTING = 128
+"""Deepest nesting of objects and arrays a drop may have (the payload itself needs 3)."""
+
+LAST_UPDATED_RANGE = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
+"""``lastUpdated`` must fall in ``[start, end)`` once converted to UTC.
+
+A date-time can be valid with its offset and still not exist in UTC
+(``0001-01-01T00:00:00+01:00``); every reader converts to UTC and computes ages, so the
+gate admits only times that convert, and only in a window a real snapshot can have.
+"""
+
+_TOO_DEEP = f"JSON nested deeper than {MAX_NESTING} levels"
 
 
 class _Open(BaseModel):
@@ -78,9 +93,17 @@ class ConsoleUsageDataSync(_Open):
         if not _ISO_WITH_OFFSET.match(value):
             raise ValueError("must be an ISO 8601 date-time with an offset (Z or +hh:mm)")
         try:
-            return datetime.fromisoformat(value.upper())
+            stamp = datetime.fromisoformat(value.upper())
         except ValueError as exc:
             raise ValueError(f"not a valid date-time: {exc}") from None
+        try:
+            utc = stamp.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("not a date-time that exists in UTC") from None
+        start, end = LAST_UPDATED_RANGE
+        if not start <= utc < end:
+            raise ValueError(f"must be from {start.year} up to (not including) {end.year} in UTC")
+        return stamp
 
     @model_validator(mode="after")
     def _at_least_one_section(self) -> ConsoleUsageDataSync:
@@ -102,6 +125,24 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _depth_over(obj: Any, limit: int) -> bool:
+    """Whether ``obj`` nests objects and arrays more than ``limit`` levels deep."""
+    level: list[Any] = [obj]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        nxt: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                nxt.extend(v for v in item.values() if isinstance(v, dict | list))
+            elif isinstance(item, list):
+                nxt.extend(v for v in item if isinstance(v, dict | list))
+        level = nxt
+    return False
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(payload)"
 
@@ -120,11 +161,15 @@ def judge_payload(data: bytes, *, max_bytes: int | None = None) -> ConsoleUsageD
         # parse_constant refuses NaN/Infinity, which Python's json accepts by default.
         obj = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:
-        raise PayloadRejected("JSON nested too deeply") from None
+        raise PayloadRejected(_TOO_DEEP) from None
     except ValueError as exc:
         raise PayloadRejected(f"not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise PayloadRejected(f"top level is a JSON {type(obj).__name__}, not an object")
+    # One limit, checked here, so the model's parser (with a recursion limit of its own)
+    # never sees a payload deep enough to give a second wording for the same fault.
+    if _depth_over(obj, MAX_NESTING):
+        raise PayloadRejected(_TOO_DEEP)
     try:
         # JSON mode so that strict typing still reads ISO strings as datetimes.
         return ConsoleUsageDataSync.model_validate_json(text)
@@ -136,4 +181,4 @@ def judge_payload(data: bytes, *, max_bytes: int | None = None) -> ConsoleUsageD
         summary = "; ".join(f"{e['field']}: {e['msg']}" for e in errors)
         raise PayloadRejected(f"does not match ConsoleUsageDataSync: {summary}", errors) from None
     except RecursionError:
-        raise PayloadRejected("JSON nested too deeply") from None
+        raise PayloadRejected(_TOO_DEEP) from None

@@ -89,4 +89,5 @@ def format_timestamp(stamp: datetime | None) -> str | None:
     if stamp is None:
         return None
     stamp = stamp.astimezone(UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+    # isoformat, not strftime: strftime writes year 1 as "1", not "0001".
+    return stamp.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"

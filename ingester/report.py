@@ -150,7 +150,11 @@ def parse_cli_time(text: str) -> datetime:
         raise ValueError(f"{text!r} is not an ISO-8601 time (e.g. 2026-11-28T10:30:00Z)") from None
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
-    return stamp.astimezone(UTC)
+    try:
+        return stamp.astimezone(UTC)
+    except OverflowError:
+        # Valid with its offset but outside the range of dates once in UTC.
+        raise ValueError(f"{text!r} is not a time that exists in UTC") from None
 
 
 # -- opening the history, read-only ------------------------------------------------------
@@ -223,16 +227,13 @@ def read_version(store: HistoryStore, name: str, now: datetime) -> VersionInfo:
         return VersionInfo(name, ingested, None, None, None, future, f"unreadable: {exc.strerror}")
     try:
         payload = judge_payload(data)
+        last_updated = payload.lastUpdated.astimezone(UTC)
     except PayloadRejected as exc:
         return VersionInfo(name, ingested, len(data), None, None, future, exc.reason)
-    return VersionInfo(
-        name,
-        ingested,
-        len(data),
-        payload.lastUpdated.astimezone(UTC),
-        payload.isPartial,
-        future,
-    )
+    except (OverflowError, ValueError) as exc:
+        # A file placed by hand, or by an older gate, that no longer passes: reported.
+        return VersionInfo(name, ingested, len(data), None, None, future, f"lastUpdated: {exc}")
+    return VersionInfo(name, ingested, len(data), last_updated, payload.isPartial, future)
 
 
 def payload_problem(data: bytes) -> str | None:

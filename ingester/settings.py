@@ -22,7 +22,19 @@ from typing import Any
 from .retention import RetentionPolicy
 from .store import HistoryStore
 
-__all__ = ["SETTING_NAMES", "SettingError", "Settings", "resolve_settings"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_VERSIONS",
+    "RESCAN_INTERVAL",
+    "RETENTION_DAYS",
+    "RETRY_MAX",
+    "SETTING_NAMES",
+    "SETTLE",
+    "Bounds",
+    "SettingError",
+    "Settings",
+    "resolve_settings",
+]
 
 
 class SettingError(ValueError):
@@ -33,28 +45,56 @@ class SettingError(ValueError):
         self.setting = setting
 
 
-def _positive_int(text: Any) -> int:
-    if isinstance(text, bool | float):
-        raise ValueError(f"{text!r} is not a whole number")
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-    return value
+def _shown(text: Any) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
-def _positive_float(text: Any) -> float:
-    if isinstance(text, bool):
-        raise ValueError(f"{text!r} is not a number")
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"must be a number greater than 0, got {text!r}")
-    return value
+@dataclass(frozen=True)
+class Bounds:
+    """The range a numeric setting may take: from ``low`` (exclusive if ``above``) to ``high``.
+
+    Every number has an upper bound that fits its use, so a value that passes here never
+    overflows a later step (a date minus ``retention_days``, a timer, an allocation).
+    """
+
+    low: float
+    high: float
+    whole: bool = False
+    above: bool = False
+    unit: str = ""
+
+    def parse(self, text: Any) -> Any:
+        """``text`` as a number in range; ``ValueError`` with a message fit for the user."""
+        kind = "whole number" if self.whole else "number"
+        if isinstance(text, bool) or (self.whole and isinstance(text, float)):
+            raise ValueError(f"{_shown(text)} is not a {kind}")
+        try:
+            value: float = int(text) if self.whole else float(text)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{_shown(text)} is not a {kind}") from None
+        low = int(self.low) if self.whole else self.low
+        high = int(self.high) if self.whole else self.high
+        unit = f" {self.unit}" if self.unit else ""
+        too_low = value <= low if self.above else value < low
+        if not math.isfinite(value) or too_low or value > high:
+            low_words = f"greater than {low}" if self.above else f"at least {low}"
+            raise ValueError(f"must be {low_words} and at most {high}{unit}, got {_shown(text)}")
+        return value
+
+
+MAX_VERSIONS = Bounds(1, 1_000_000, whole=True)
+"""The store keeps every version name in memory; a million is far past any real need."""
+RETENTION_DAYS = Bounds(0, 36_500, above=True, unit="days")
+"""A hundred years: ``now - retention_days`` must stay a date."""
+MAX_BYTES = Bounds(1, 256 << 20, whole=True, unit="bytes")
+"""A drop is read into memory and parsed whole; a snapshot is about a kilobyte."""
+RESCAN_INTERVAL = Bounds(0.1, 86_400, unit="seconds")
+"""At least one full rescan of the spool a day."""
+RETRY_MAX = Bounds(0.1, 3_600, unit="seconds")
+"""A failing history is retried at least once an hour."""
+SETTLE = Bounds(0, 3_600, unit="seconds")
+"""A drop written in place is waited for at most an hour."""
 
 
 def _path(text: Any) -> Path:
@@ -84,9 +124,9 @@ _SPECS = (
     _Spec("rejected_dir", _path, is_path=True),
     _Spec("history_dir", _path, is_path=True),
     _Spec("latest_path", _path, is_path=True),
-    _Spec("max_versions", _positive_int),
-    _Spec("retention_days", _positive_float),
-    _Spec("max_bytes", _positive_int),
+    _Spec("max_versions", MAX_VERSIONS.parse),
+    _Spec("retention_days", RETENTION_DAYS.parse),
+    _Spec("max_bytes", MAX_BYTES.parse),
 )
 SETTING_NAMES = tuple(s.name for s in _SPECS)
 
@@ -145,6 +185,12 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise SettingError("--config", f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingError("--config", f"{path} is not valid TOML: {exc}") from None
+    others = sorted(set(document) - {"ingester"})
+    if others:
+        # A misspelt table would otherwise leave every setting at its default, silently.
+        raise SettingError(
+            "--config", f"{path}: unknown table or key(s) {', '.join(others)}; expected [ingester]"
+        )
     table = document.get("ingester", {})
     if not isinstance(table, dict):
         raise SettingError("--config", f"{path}: [ingester] must be a table")

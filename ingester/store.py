@@ -153,13 +153,27 @@ class HistoryStore:
     def link_target(self, name: str) -> str:
         """The relative target of the latest link for version ``name``.
 
-        Computed between real paths: a folder reached through a symlink would
-        otherwise make ``..`` climb out of the wrong place.
+        The kernel follows a relative target from the link's real folder, so ``..`` in
+        it climbs out of the real folder, not the one named. The history is named as
+        logically as still resolves from there: through its own path when that works
+        (``console-usage-history/<v>.json`` even when that folder is a symlink to
+        another disk, so a copy of the root holds a link into its own history), else
+        through its real parent folder, else through its real path.
         """
-        return os.path.relpath(
-            os.path.join(os.path.realpath(self.history_dir), name),
-            os.path.realpath(self.latest_path.parent),
+        link_dir = os.path.realpath(self.latest_path.parent)
+        history = os.fspath(self.history_dir)
+        real_history = os.path.realpath(history)
+        candidates = (
+            os.path.relpath(history, self.latest_path.parent),
+            os.path.relpath(
+                os.path.join(os.path.realpath(os.path.dirname(history)), self.history_dir.name),
+                link_dir,
+            ),
         )
+        for folder in candidates:
+            if os.path.realpath(os.path.join(link_dir, folder)) == real_history:
+                return os.path.join(folder, name)
+        return os.path.relpath(os.path.join(real_history, name), link_dir)
 
     # -- loading -----------------------------------------------------------------
 

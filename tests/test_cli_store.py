@@ -247,6 +247,7 @@ def test_cleanup_deletes_what_the_dry_run_said(root: Path, valid_payload: bytes)
     plain = run_cli(root, "--max-versions", "2", "cleanup")
     assert plain.returncode == 0
     assert "cleanup deleted 0, retained 2" in plain.stdout
+    assert "cleanup deleted" not in plain.stderr  # printed once, not logged as well
 
 
 # -- settings -----------------------------------------------------------------------------

@@ -322,3 +322,42 @@ def test_random_json_in_other_encodings_is_handled(doc: Any, encoding: str) -> N
     result = _judge_quietly(data)
     if encoding in ("utf-8-sig", "utf-16"):  # both start with a BOM
         assert isinstance(result, PayloadRejected)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0001-01-01T00:00:00+01:00",  # valid with its offset, before year 1 in UTC
+        "9999-12-31T23:59:00-01:00",  # after year 9999 in UTC
+        "0001-01-01T00:00:00Z",
+        "1999-12-31T23:59:59Z",
+        "2200-01-01T00:00:00Z",
+        "2000-01-01T00:30:00+01:00",  # 1999 in UTC
+    ],
+)
+def test_last_updated_must_convert_to_utc_inside_the_window(value: str) -> None:
+    with pytest.raises(PayloadRejected, match="lastUpdated") as caught:
+        judge_payload(payload(lastUpdated=value))
+    assert "UTC" in caught.value.reason
+
+
+@pytest.mark.parametrize("value", ["2000-01-01T00:00:00Z", "2199-12-31T23:59:59.999Z"])
+def test_last_updated_window_edges_pass(value: str) -> None:
+    assert judge_payload(payload(lastUpdated=value)).lastUpdated is not None
+
+
+@pytest.mark.parametrize("depth", [129, 250, 300, 600, 1000, 5000, 100_000])
+def test_over_deep_nesting_has_one_wording_at_every_depth(depth: int) -> None:
+    data = payload().replace(b"}", b', "x": ' + b"[" * depth + b"]" * depth + b"}", 1)
+    with pytest.raises(PayloadRejected) as caught:
+        judge_payload(data)
+    assert caught.value.reason == "JSON nested deeper than 128 levels"
+
+
+def test_nesting_up_to_the_limit_passes() -> None:
+    # The extra field sits in currentSession (level 2), so it may nest 126 more.
+    data = payload().replace(b"}", b', "x": ' + b"[" * 126 + b"]" * 126 + b"}", 1)
+    assert judge_payload(data) is not None
+    deeper = payload().replace(b"}", b', "x": ' + b"[" * 127 + b"]" * 127 + b"}", 1)
+    with pytest.raises(PayloadRejected, match="deeper than 128"):
+        judge_payload(deeper)
