@@ -169,10 +169,15 @@ def _status_lines(r: dict[str, Any], now: datetime) -> list[str]:
             backlog += f", oldest {_age_words(spool['oldestDropAt'], now)}"
         rows.append(["spool", backlog])
     rows.append(["rejected", f"{r['rejected']['count']} in {r['rejected']['path']}"])
-    watcher = r["watcher"]
-    rows.append(
-        ["watcher", f"running (pid {watcher['pid']})" if watcher["running"] else "not running"]
-    )
+    watcher, lock = r["watcher"], r["lock"]
+    if watcher["running"]:
+        rows.append(["watcher", f"running (pid {watcher['pid']})"])
+    elif lock["held"]:
+        rows.append(
+            ["watcher", f"not running; history locked by '{lock['command']}' (pid {lock['pid']})"]
+        )
+    else:
+        rows.append(["watcher", "not running"])
     lines = align(rows)
     lines.append("")
     lines.append("settings:")

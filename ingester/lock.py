@@ -18,7 +18,7 @@ from types import TracebackType
 
 from .durable import StorageError
 
-__all__ = ["HistoryLock", "LockHeld", "lock_holder"]
+__all__ = ["HistoryLock", "LockHeld", "lock_holder", "lock_owner"]
 
 
 class LockHeld(RuntimeError):
@@ -30,15 +30,46 @@ class LockHeld(RuntimeError):
         self.holder = holder
 
 
-def _describe_holder(path: Path) -> str:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        text = ""
+def lock_owner(path: Path) -> tuple[int, str | None] | None:
+    """The pid holding the lock and the command it noted (``"watch"``, ``"ingest"``...).
+
+    ``None`` when no one holds it; the command is ``None`` when the note is unreadable
+    or left by an earlier holder. Never takes the lock.
+    """
     pid = lock_holder(path)
-    if pid is not None and text.split(" ", 1)[0] != str(pid):
-        return f"pid {pid}"
-    return (text and f"pid {text}") or "another process"
+    if pid is None:
+        return None
+    try:
+        note = path.read_text(errors="replace").strip()
+    except OSError:
+        return pid, None
+    noted_pid, _, command = note.partition(" ")
+    return pid, (command or None) if noted_pid == str(pid) else None
+
+
+def _describe_holder(path: Path) -> str:
+    owner = lock_owner(path)
+    if owner is None:
+        return "another process"
+    pid, command = owner
+    return f"pid {pid} {command}" if command else f"pid {pid}"
+
+
+def _give_to_folder_owner(fd: int, folder: Path) -> None:
+    """As root, hand a root-owned lock file to the owner of its folder.
+
+    An operator's command run as root on the service's history would otherwise leave
+    a lock file the service's own user cannot open (EACCES at every start).
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.fstat(fd)
+        owner = os.stat(folder)
+        if st.st_uid == 0 and owner.st_uid != 0:
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+    except OSError:
+        pass  # best effort: the lock works all the same for this command
 
 
 class HistoryLock:
@@ -55,6 +86,7 @@ class HistoryLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             raise StorageError("open lock file", self.path, exc) from exc
+        _give_to_folder_owner(fd, self.path.parent)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

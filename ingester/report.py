@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .durable import TEMP_PREFIX, StorageError
-from .lock import lock_holder
+from .lock import lock_holder, lock_owner
 from .model import PayloadRejected, judge_payload
 from .names import format_timestamp, is_version_name, parse_timestamp_from_filename
 from .retention import FUTURE_SLACK
@@ -324,7 +324,10 @@ def status_report(settings: Settings, store: HistoryStore, now: datetime) -> dic
     oldest = min((c.mtime_ns for c in waiting + claimed), default=None)
     oldest_at = datetime.fromtimestamp(oldest / 1e9, UTC) if oldest is not None else None
 
-    pid = lock_holder(store.lock_path)
+    owner = lock_owner(store.lock_path)
+    pid, command = owner if owner is not None else (None, None)
+    # Only a watcher (or a holder that left no note) counts as a running watcher.
+    watching = owner is not None and command in ("watch", None)
     return {
         "now": iso(now),
         "history": os.fspath(store.history_dir),
@@ -349,7 +352,8 @@ def status_report(settings: Settings, store: HistoryStore, now: datetime) -> dic
             "path": os.fspath(settings.rejected_dir),
             "count": spool.rejected_count(),
         },
-        "watcher": {"running": pid is not None, "pid": pid},
+        "watcher": {"running": watching, "pid": pid if watching else None},
+        "lock": {"held": owner is not None, "pid": pid, "command": command},
         "settings": settings.describe(),
     }
 

@@ -1,0 +1,106 @@
+"""A version that passed an older gate, or was placed by hand, with values no reader can
+normalise: every command reports it, none crashes (real CLI)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLES, run_cli
+
+HISTORY = "console-usage-history"
+SAMPLE = SAMPLES / "valid" / "full.json"
+
+ODD_TIMES = [
+    "0001-01-01T00:00:00+01:00",  # exists with its offset, not in UTC
+    "9999-12-31T23:59:00-01:00",  # past year 9999 in UTC
+    "1900-01-01T00:00:00Z",  # converts, but outside the gate's window
+]
+
+READERS: list[tuple[str, ...]] = [
+    ("list",),
+    ("list", "--json"),
+    ("status",),
+    ("status", "--json"),
+    ("show",),
+    ("show", "--at", "2099-01-01T00:00:00Z"),
+    ("verify",),
+    ("verify", "--json"),
+    ("cleanup", "--dry-run"),
+    ("cleanup", "--dry-run", "--json"),
+    ("cleanup",),
+]
+
+
+def odd_payload(last_updated: str) -> bytes:
+    return json.dumps(
+        {"lastUpdated": last_updated, "currentSession": {"resetsIn": "1h", "percentageUsed": 3}}
+    ).encode()
+
+
+@pytest.mark.parametrize("when", ODD_TIMES)
+def test_the_gate_refuses_it(root: Path, when: str) -> None:
+    odd = root / "odd.json"
+    odd.write_bytes(odd_payload(when))
+    result = run_cli(root, "ingest", str(odd))
+    assert result.returncode == 1
+    assert "lastUpdated" in result.stdout and "UTC" in result.stdout
+
+
+@pytest.mark.parametrize("when", ODD_TIMES)
+def test_every_reader_reports_a_hand_placed_odd_version(root: Path, when: str) -> None:
+    assert run_cli(root, "ingest", str(SAMPLE)).returncode == 0
+    soon = datetime.now(UTC) + timedelta(hours=1)  # the newest, but not future-dated
+    name = soon.strftime("%Y-%m-%dT%H-%M-%S") + "-handmade.json"
+    (root / HISTORY / name).write_bytes(odd_payload(when))
+    (root / HISTORY / name).chmod(0o444)
+    for args in READERS:
+        result = run_cli(root, *args)
+        what = f"{' '.join(args)}: exit {result.returncode}\n{result.stdout}{result.stderr}"
+        assert "Traceback" not in result.stderr, what
+        assert result.returncode in (0, 1), what
+        if args[0] in ("list", "status", "show", "verify"):
+            # The odd version is the newest: each of these must name the problem.
+            assert "lastUpdated" in result.stdout + result.stderr, what
+    verify = json.loads(run_cli(root, "verify", "--json").stdout)
+    assert verify["ok"] is False
+    assert [p["subject"] for p in verify["problems"]] == [name]
+    listed = json.loads(run_cli(root, "list", "--json").stdout)
+    assert listed[0]["name"] == name and listed[0]["error"]
+
+
+def test_odd_times_in_metadata_do_not_crash_status(root: Path) -> None:
+    assert run_cli(root, "ingest", str(SAMPLE)).returncode == 0
+    meta_path = root / HISTORY / "_metadata.json"
+    meta = json.loads(meta_path.read_text())
+    for odd in ("0001-01-01T00:00:00+01:00", "not a time"):
+        meta["lastCleanup"] = odd
+        meta_path.write_text(json.dumps(meta))
+        for args in (("status",), ("status", "--json"), ("verify",)):
+            result = run_cli(root, *args)
+            assert "Traceback" not in result.stderr, result.stderr
+            assert result.returncode in (0, 1), result.stderr
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_show_at_a_time_outside_utc_is_a_usage_error(root: Path, when: str) -> None:
+    assert run_cli(root, "ingest", str(SAMPLE)).returncode == 0
+    result = run_cli(root, "show", "--at", when)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--at" in result.stderr and "UTC" in result.stderr
+
+
+def test_a_year_one_version_name_is_listed_and_dated(root: Path) -> None:
+    assert run_cli(root, "ingest", str(SAMPLE)).returncode == 0
+    name = "0001-01-01T00-00-00-ancient.json"
+    (root / HISTORY / name).write_bytes(SAMPLE.read_bytes())
+    for args in (("list", "--json"), ("status", "--json"), ("cleanup", "--dry-run", "--json")):
+        result = run_cli(root, *args)
+        assert result.returncode == 0, result.stderr
+    status = json.loads(run_cli(root, "status", "--json").stdout)
+    assert status["metadata"]["oldestTimestamp"] == "0001-01-01T00:00:00.000Z"
+    text = run_cli(root, "status")
+    assert text.returncode == 0 and "Traceback" not in text.stderr

@@ -1,0 +1,98 @@
+"""Numeric settings have a range that fits their use; anything outside is a usage error
+(exit 2, naming the setting) before anything is touched. Reads never allocate the limit.
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLES, cli_env, run_cli
+
+SAMPLE = SAMPLES / "valid" / "full.json"
+
+# (global option, environment variable, values just outside, value at the upper bound)
+GLOBAL = [
+    ("--max-versions", "INGESTER_MAX_VERSIONS", ["0", "1000001", "1e3", "99" * 3000], "1000000"),
+    ("--retention-days", "INGESTER_RETENTION_DAYS", ["0", "1000000", "inf", "nan"], "36500"),
+    ("--max-bytes", "INGESTER_MAX_BYTES", ["0", "10000000000000", "-1"], "268435456"),
+]
+WATCH = [
+    ("--rescan-interval", ["0", "86401", "1e300", "nan", "inf"]),
+    ("--retry-max", ["0.05", "3601", "1e300", "nan"]),
+    ("--settle", ["-1", "3601", "nan", "inf"]),
+]
+
+
+def assert_usage_error(result: subprocess.CompletedProcess[str], setting: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and setting in errors[0], result.stderr
+
+
+@pytest.mark.parametrize(("option", "env", "bad", "top"), GLOBAL, ids=[g[0] for g in GLOBAL])
+def test_global_settings_out_of_range_are_usage_errors(
+    root: Path, option: str, env: str, bad: list[str], top: str
+) -> None:
+    for value in bad:
+        assert_usage_error(run_cli(root, f"{option}={value}", "cleanup"), option)
+    for command in (("watch", "--once"), ("submit", str(SAMPLE))):
+        assert_usage_error(run_cli(root, f"{option}={bad[1]}", *command), option)
+    assert_usage_error(run_cli(root, "status", **{env: bad[1]}), env)
+    config = root.parent / "ingester.toml"
+    config.write_text(f"[ingester]\n{option[2:].replace('-', '_')} = {bad[1]}\n")
+    assert_usage_error(run_cli(root, "--config", str(config), "cleanup"), option)
+    assert list(root.iterdir()) == []  # nothing touched
+
+    # The upper bound itself is accepted, and works to the end.
+    for command in (("watch", "--once"), ("cleanup",)):
+        result = run_cli(root, f"{option}={top}", *command)
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("option", "bad"), WATCH, ids=[w[0] for w in WATCH])
+def test_watch_settings_out_of_range_are_usage_errors(
+    root: Path, option: str, bad: list[str]
+) -> None:
+    for value in bad:
+        assert_usage_error(run_cli(root, "watch", "--once", f"{option}={value}"), option)
+    assert list(root.iterdir()) == []
+
+
+def test_unknown_config_table_or_key_is_a_usage_error(root: Path) -> None:
+    config = root.parent / "ingester.toml"
+    config.write_text("[ingestor]\nmax_versions = 5\n")
+    result = run_cli(root, "--config", str(config), "status")
+    assert_usage_error(result, "--config")
+    assert "ingestor" in result.stderr
+    config.write_text("max_versions = 5\n[ingester]\n")
+    result = run_cli(root, "--config", str(config), "status")
+    assert_usage_error(result, "--config")
+    assert "max_versions" in result.stderr
+    assert list(root.iterdir()) == []
+
+
+def _limit_memory() -> None:
+    # Far less than the largest --max-bytes: a read that sized its buffer by the limit fails.
+    resource.setrlimit(resource.RLIMIT_AS, (200 << 20, 200 << 20))
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_a_large_max_bytes_is_never_allocated_up_front(root: Path, source: str) -> None:
+    args = [sys.executable, "-m", "ingester", "--root", str(root), "--max-bytes", "268435456"]
+    args += ["submit", str(SAMPLE) if source == "file" else "-"]
+    result = subprocess.run(
+        args,
+        input=SAMPLE.read_bytes() if source == "stdin" else None,
+        capture_output=True,
+        timeout=60,
+        env=cli_env(),
+        preexec_fn=_limit_memory,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert b"Traceback" not in result.stderr
