@@ -347,11 +347,16 @@ def read_limited(path: Path, max_bytes: int, *, regular_only: bool = False) -> b
     """
     flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if regular_only else 0)
     fd = os.open(path, flags)
-    with os.fdopen(fd, "rb") as handle:
+    try:
         mode = os.fstat(fd).st_mode
-        if regular_only and not stat.S_ISREG(mode):
-            kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
-            raise NotRegularFile(errno.EINVAL, f"{kind}, not a regular file", os.fspath(path))
+    except OSError:
+        os.close(fd)
+        raise
+    if regular_only and not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise NotRegularFile(errno.EINVAL, f"{kind}, not a regular file", os.fspath(path))
+    with os.fdopen(fd, "rb") as handle:
         return read_stream(handle, max_bytes)
 
 

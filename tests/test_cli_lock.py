@@ -1,0 +1,115 @@
+"""The history lock seen from the CLI: nothing blocks while holding it, status names the
+command that holds it, and a lock file made by root stays usable by the service."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLES, cli_env, run_cli
+from test_cli_errors import AS_OTHER, OTHER_UID, WHY_NOT
+
+from ingester.lock import HistoryLock
+
+HISTORY = "console-usage-history"
+SAMPLE = SAMPLES / "valid" / "full.json"
+
+
+def test_ingest_refuses_a_fifo_without_blocking(root: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "some.fifo"
+    os.mkfifo(fifo)
+    # No writer ever opens the FIFO: a blocking read would hang here, holding the lock.
+    result = run_cli(root, "ingest", str(fifo), str(SAMPLE), timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert f"rejected {fifo}: a FIFO, not a regular file" in result.stdout
+    assert f"stored {SAMPLE}" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_ingest_refuses_a_folder_and_a_device(root: Path, tmp_path: Path) -> None:
+    result = run_cli(root, "ingest", str(tmp_path), "/dev/zero", timeout=30)
+    assert result.returncode == 1
+    assert f"rejected {tmp_path}: a folder, not a regular file" in result.stdout
+    assert "rejected /dev/zero: a character device, not a regular file" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["ingest", "cleanup", "verify --repair"])
+def test_status_names_the_command_that_holds_the_lock(root: Path, command: str) -> None:
+    assert run_cli(root, "init").returncode == 0
+    with HistoryLock(root / HISTORY / ".lock", command):
+        report = json.loads(run_cli(root, "status", "--json").stdout)
+        assert report["watcher"] == {"running": False, "pid": None}
+        assert report["lock"] == {"held": True, "pid": os.getpid(), "command": command}
+        text = run_cli(root, "status").stdout
+        assert f"not running; history locked by '{command}' (pid {os.getpid()})" in text
+        refused = run_cli(root, "watch", "--once")
+        assert refused.returncode == 1
+        assert f"pid {os.getpid()} {command}" in refused.stderr
+    with HistoryLock(root / HISTORY / ".lock", "watch"):
+        report = json.loads(run_cli(root, "status", "--json").stdout)
+        assert report["watcher"] == {"running": True, "pid": os.getpid()}
+        assert report["lock"]["command"] == "watch"
+    report = json.loads(run_cli(root, "status", "--json").stdout)
+    assert report["lock"] == {"held": False, "pid": None, "command": None}
+
+
+@pytest.fixture
+def service_state() -> Iterator[Path]:
+    """A state folder owned by the service's user, as systemd's StateDirectory makes it."""
+    base = Path(tempfile.mkdtemp(prefix="ingester-state-"))
+    base.chmod(0o755)
+    state = base / "state"
+    state.mkdir()
+    os.chown(state, OTHER_UID, OTHER_UID)
+    try:
+        yield state
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def owner(path: Path) -> tuple[int, int]:
+    st = path.lstat()
+    return st.st_uid, st.st_gid
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_init_as_root_keeps_the_state_folder_usable_by_the_service(service_state: Path) -> None:
+    result = run_cli(service_state, "init")
+    assert result.returncode == 0, result.stderr
+    for path in ("spool", "spool/tmp", "spool/rejected", HISTORY, f"{HISTORY}/.lock"):
+        assert owner(service_state / path) == (OTHER_UID, OTHER_UID), path
+
+    # The service, as its own user, starts and ingests.
+    shutil.copy(SAMPLE, service_state / "spool" / "drop.json")
+    os.chown(service_state / "spool" / "drop.json", OTHER_UID, OTHER_UID)
+    served = subprocess.run(
+        [*AS_OTHER, sys.executable, "-m", "ingester", "--root", str(service_state)]
+        + ["watch", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        cwd="/",
+        check=False,
+    )
+    assert served.returncode == 0, served.stderr
+    assert "ingested drop.json" in served.stderr
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_a_writing_command_as_root_leaves_the_lock_to_the_history_owner(
+    service_state: Path,
+) -> None:
+    history = service_state / HISTORY
+    history.mkdir()
+    os.chown(history, OTHER_UID, OTHER_UID)
+    result = run_cli(service_state, "ingest", str(SAMPLE))
+    assert result.returncode == 0, result.stderr
+    assert owner(history / ".lock") == (OTHER_UID, OTHER_UID)

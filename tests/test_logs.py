@@ -1,0 +1,100 @@
+"""Log lines: valid UTF-8 whatever a drop's name holds, and other libraries' records in
+our own format (real CLI and a real interpreter in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLES, cli_env
+
+VALID = SAMPLES / "valid" / "full.json"
+INVALID = SAMPLES / "invalid" / "not-json.json"
+
+
+def watch_once(root: Path, *options: str) -> bytes:
+    result = subprocess.run(
+        [sys.executable, "-m", "ingester", "--root", str(root), *options, "watch", "--once"],
+        capture_output=True,
+        timeout=60,
+        env=cli_env(),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+def put_drops(root: Path) -> None:
+    spool = os.fsencode(root / "spool")
+    os.makedirs(spool, exist_ok=True)
+    with open(spool + b"/live\xff.json", "wb") as handle:
+        handle.write(VALID.read_bytes())
+    with open(spool + b"/bad\xfe.json", "wb") as handle:
+        handle.write(INVALID.read_bytes())
+
+
+def test_json_logs_are_valid_utf8_with_the_bytes_escaped(root: Path) -> None:
+    put_drops(root)
+    stderr = watch_once(root, "--log-format", "json")
+    text = stderr.decode("utf-8")  # strict: a lone surrogate would not even encode
+    entries = [json.loads(line) for line in text.splitlines()]
+    for entry in entries:
+        for value in entry.values():
+            if isinstance(value, str):
+                value.encode("utf-8")  # no lone surrogates once parsed either
+    messages = " ".join(e["msg"] for e in entries)
+    assert "ingested live\\xff.json" in messages
+    assert "rejected bad\\xfe.json" in messages
+    drops = {e.get("drop") for e in entries}
+    assert {"live\\xff.json", "bad\\xfe.json"} <= drops
+    assert "\\udc" not in text
+
+
+def test_text_logs_escape_the_bytes_the_same_way(root: Path) -> None:
+    put_drops(root)
+    text = watch_once(root).decode("utf-8")
+    assert "ingested live\\xff.json" in text
+    assert "rejected bad\\xfe.json" in text
+    assert "\\udc" not in text
+
+
+SNIPPET = """
+import logging, sys
+from ingester.logs import setup_logging
+setup_logging(0, sys.argv[1])
+logging.getLogger("watchdog.observers.inotify_buffer").warning(
+    "Inotify queue overflowed; filesystem events were lost"
+)
+logging.getLogger("watchdog.observers").info("too chatty to show")
+"""
+
+
+@pytest.mark.parametrize("fmt", ["json", "text", "journal"])
+def test_third_party_records_go_through_our_handler(fmt: str) -> None:
+    env = cli_env(JOURNAL_STREAM="8:1234") if fmt == "journal" else cli_env()
+    result = subprocess.run(
+        [sys.executable, "-c", SNIPPET, "text" if fmt == "journal" else fmt],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr  # the INFO record is below the library threshold
+    if fmt == "json":
+        entry = json.loads(lines[0])
+        assert entry["level"] == "warning"
+        assert entry["logger"] == "watchdog.observers.inotify_buffer"
+        assert entry["msg"].startswith("Inotify queue overflowed")
+        assert entry["ts"].endswith("Z")
+    elif fmt == "journal":
+        assert lines[0].startswith("<4>warning: Inotify queue overflowed")
+    else:
+        assert " WARNING Inotify queue overflowed" in lines[0]
+        assert lines[0][:4].isdigit()  # timestamped like our own lines
