@@ -177,7 +177,9 @@ def make_folder(folder: Path) -> None:
             path.mkdir()
         except FileExistsError:
             if not path.is_dir():
-                raise
+                raise NotADirectoryError(
+                    errno.ENOTDIR, "exists and is not a folder", path
+                ) from None
             continue
         if os.geteuid() == 0:
             parent = path.parent.stat()
@@ -200,7 +202,8 @@ def writing_store(settings: Settings, purpose: str) -> Iterator[HistoryStore]:
     except StorageError as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
-        raise fail(str(StorageError("create folder", store.history_dir, exc))) from None
+        where = exc.filename or store.history_dir
+        raise fail(str(StorageError("create folder", where, exc))) from None
 
 
 @click.group(
@@ -301,7 +304,7 @@ def init(app: App) -> None:
         try:
             make_folder(folder)
         except OSError as exc:
-            raise fail(str(StorageError("create folder", folder, exc))) from None
+            raise fail(str(StorageError("create folder", exc.filename or folder, exc))) from None
     with writing_store(s, "init") as store:
         meta = store.get_storage_metadata()
     click.echo(f"spool:   {s.spool_dir}")

@@ -171,6 +171,8 @@ def open_store(settings: Settings) -> HistoryStore:
         if history.exists():
             raise ReportError(f"history path {history} is not a folder")
         if not settings.root.is_dir() and history.is_relative_to(settings.root):
+            if settings.root.exists():
+                raise ReportError(f"root {settings.root} is not a folder")
             raise ReportError(f"root folder {settings.root} does not exist")
         raise ReportError(f"no history at {history}; run 'ingester init' to create it")
     try:

@@ -222,7 +222,15 @@ def resolve_settings(
     ``options`` maps setting names to command-line values (``None`` when not given).
     """
     environ = os.environ if environ is None else environ
-    cwd = Path(os.path.abspath(cwd or Path.cwd()))
+    if cwd is None:
+        try:
+            cwd = Path.cwd()
+        except OSError as exc:
+            raise SettingError(
+                "--root",
+                f"the current folder cannot be used ({exc.strerror}); run from another folder",
+            ) from None
+    cwd = Path(os.path.abspath(cwd))
     if config_path is None and environ.get("INGESTER_CONFIG"):
         config_path = Path(environ["INGESTER_CONFIG"])
     config = _read_config(config_path) if config_path is not None else {}

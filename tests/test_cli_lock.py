@@ -20,6 +20,7 @@ from ingester.lock import HistoryLock
 
 HISTORY = "console-usage-history"
 SAMPLE = SAMPLES / "valid" / "full.json"
+CLI = [sys.executable, "-m", "ingester"]
 
 
 def test_ingest_refuses_a_fifo_without_blocking(root: Path, tmp_path: Path) -> None:
@@ -90,8 +91,7 @@ def test_init_as_root_keeps_the_state_folder_usable_by_the_service(service_state
     shutil.copy(SAMPLE, service_state / "spool" / "drop.json")
     os.chown(service_state / "spool" / "drop.json", OTHER_UID, OTHER_UID)
     served = subprocess.run(
-        [*AS_OTHER, sys.executable, "-m", "ingester", "--root", str(service_state)]
-        + ["watch", "--once"],
+        [*AS_OTHER, *CLI, "--root", str(service_state), "watch", "--once"],
         capture_output=True,
         text=True,
         timeout=60,
