@@ -258,7 +258,12 @@ def writing_store(settings: Settings, purpose: str) -> Iterator[HistoryStore]:
     help="TOML file with an [ingester] table; keys as the long options with '_'. "
     "Precedence: option > environment > config > default. [env INGESTER_CONFIG]",
 )
-@click.option("-v", "--verbose", count=True, help="Log debug detail.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Log debug detail (-vv: also from libraries such as watchdog).",
+)
 @click.option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),
