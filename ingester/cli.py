@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import click
 
@@ -107,7 +107,10 @@ class IngesterGroup(click.Group):
 
     def main(  # type: ignore[override]
         self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
-    ) -> NoReturn:
+    ) -> Any:
+        if extra.get("standalone_mode") is False:
+            # Called from Python (tests, embedding): the caller handles what is raised.
+            return super().main(args, prog_name, **extra)
         _guard_standard_streams()
         try:
             super().main(args, prog_name, **extra)

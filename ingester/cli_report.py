@@ -161,6 +161,8 @@ def _status_lines(r: dict[str, Any], now: datetime) -> list[str]:
     spool = r["spool"]
     if not spool["exists"]:
         rows.append(["spool", f"{spool['path']} (missing)"])
+    elif spool["problem"]:
+        rows.append(["spool", f"{spool['path']} ({spool['problem']})"])
     else:
         backlog = f"{spool['backlog']} waiting"
         if spool["claimed"]:
@@ -168,7 +170,11 @@ def _status_lines(r: dict[str, Any], now: datetime) -> list[str]:
         if spool["oldestDropAt"]:
             backlog += f", oldest {_age_words(spool['oldestDropAt'], now)}"
         rows.append(["spool", backlog])
-    rows.append(["rejected", f"{r['rejected']['count']} in {r['rejected']['path']}"])
+    rejected = r["rejected"]
+    if rejected["problem"]:
+        rows.append(["rejected", f"{rejected['path']} ({rejected['problem']})"])
+    else:
+        rows.append(["rejected", f"{rejected['count']} in {rejected['path']}"])
     watcher, lock = r["watcher"], r["lock"]
     if watcher["running"]:
         rows.append(["watcher", f"running (pid {watcher['pid']})"])

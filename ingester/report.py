@@ -294,6 +294,17 @@ def _drops_in(spool: Spool, folder: Path) -> list[Candidate]:
         return []  # no spool (e.g. a copied history): nothing waits
 
 
+def _folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be listed (``None`` when it can, or when it is missing)."""
+    try:
+        with os.scandir(folder):
+            return None
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+
+
 def status_report(settings: Settings, store: HistoryStore, now: datetime) -> dict[str, Any]:
     """Everything ``status`` shows, as the ``status --json`` object."""
     meta = store.get_storage_metadata()
@@ -349,10 +360,12 @@ def status_report(settings: Settings, store: HistoryStore, now: datetime) -> dic
             "oldestDropAgeSeconds": round((now - oldest_at).total_seconds(), 3)
             if oldest_at
             else None,
+            "problem": _folder_problem(settings.spool_dir),
         },
         "rejected": {
             "path": os.fspath(settings.rejected_dir),
             "count": spool.rejected_count(),
+            "problem": _folder_problem(settings.rejected_dir),
         },
         "watcher": {"running": watching, "pid": pid if watching else None},
         "lock": {"held": owner is not None, "pid": pid, "command": command},

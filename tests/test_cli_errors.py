@@ -8,6 +8,7 @@ they are not, the tests say so and skip.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -251,3 +252,18 @@ def test_an_unexpected_error_is_one_line_and_exit_70(root: Path, tmp_path: Path)
     assert result.stderr.strip() == (
         "error: internal error: ZeroDivisionError: boom (please report)"
     )
+
+
+@needs_other_user
+def test_status_says_when_the_spool_cannot_be_read(shared_base: Path) -> None:
+    root = shared_base / "root"
+    make_history(root)
+    (root / "spool" / "rejected").chmod(0o700)
+    (root / "spool").chmod(0o711)  # enterable, not listable: the counts would be guesses
+    result = run_as_other(root, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["spool"]["problem"] == "unreadable (Permission denied)"
+    assert report["rejected"]["problem"] == "unreadable (Permission denied)"
+    text = run_as_other(root, "status").stdout
+    assert f"{root / 'spool'} (unreadable (Permission denied))" in text
