@@ -116,6 +116,7 @@ def test_status_json(root: Path, ingested: list[str]) -> None:
         "spool",
         "rejected",
         "watcher",
+        "lock",
         "settings",
     }
     meta = report["metadata"]
