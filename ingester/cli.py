@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import logging
 import os
@@ -96,6 +97,20 @@ def _guard_standard_streams() -> None:
                 os.close(null)
 
 
+def _tolerant_stdout() -> None:
+    """Let stdout carry file names that are not UTF-8, as their own bytes (as ``ls`` does).
+
+    Outside the C locale Python's stdout is strict: printing such a name (a path given
+    on the command line) would fail after the work was done.
+    """
+    stream = sys.stdout
+    if isinstance(stream, io.TextIOWrapper):
+        try:
+            stream.reconfigure(errors="surrogateescape")
+        except (OSError, ValueError):
+            pass
+
+
 class IngesterGroup(click.Group):
     """The command group, and the one place where any error becomes one line and an exit.
 
@@ -112,6 +127,7 @@ class IngesterGroup(click.Group):
             # Called from Python (tests, embedding): the caller handles what is raised.
             return super().main(args, prog_name, **extra)
         _guard_standard_streams()
+        _tolerant_stdout()
         try:
             super().main(args, prog_name, **extra)
         except OSError as exc:

@@ -267,3 +267,25 @@ def test_status_says_when_the_spool_cannot_be_read(shared_base: Path) -> None:
     assert report["rejected"]["problem"] == "unreadable (Permission denied)"
     text = run_as_other(root, "status").stdout
     assert f"{root / 'spool'} (unreadable (Permission denied))" in text
+
+
+def test_file_names_that_are_not_utf8_are_printed_as_their_bytes(
+    root: Path, tmp_path: Path
+) -> None:
+    # A strict stdout (any UTF-8 locale but C) must not fail after the work is done.
+    odd = os.fsencode(tmp_path) + b"/snap\xff.json"
+    with open(odd, "wb") as handle:
+        handle.write(SAMPLE.read_bytes())
+    cases = ((b"ingest", odd), (b"submit", b"--name", b"snap\xff.json", odd))
+    for args in (*cases, (b"ingest", odd + b".missing")):
+        result = subprocess.run(
+            [os.fsencode(sys.executable), b"-m", b"ingester", b"--root", os.fsencode(root), *args],
+            capture_output=True,
+            timeout=60,
+            env=cli_env(PYTHONIOENCODING="utf-8:strict"),
+            check=False,
+        )
+        assert b"Traceback" not in result.stderr
+        assert b"internal error" not in result.stderr, result.stderr
+        assert result.returncode == (1 if args[-1].endswith(b".missing") else 0), result.stderr
+        assert b"snap\xff.json" in result.stdout
