@@ -185,6 +185,8 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise SettingError("--config", f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingError("--config", f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SettingError("--config", f"{path} is not UTF-8 (byte {exc.start})") from None
     others = sorted(set(document) - {"ingester"})
     if others:
         # A misspelt table would otherwise leave every setting at its default, silently.

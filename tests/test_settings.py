@@ -96,3 +96,9 @@ def test_a_large_max_bytes_is_never_allocated_up_front(root: Path, source: str) 
     )
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     assert b"Traceback" not in result.stderr
+
+
+def test_a_config_file_that_is_not_utf8_is_a_usage_error(root: Path) -> None:
+    config = root.parent / "ingester.toml"
+    config.write_bytes(b'[ingester]\nroot = "\xff"\n')
+    assert_usage_error(run_cli(root, "--config", str(config), "status"), "--config")
