@@ -99,7 +99,9 @@ SETTLE = Bounds(0, 3_600, unit="seconds")
 
 def _path(text: Any) -> Path:
     if not isinstance(text, str | os.PathLike) or not os.fspath(text):
-        raise ValueError(f"{text!r} is not a path")
+        raise ValueError(f"{_shown(text)} is not a path")
+    if "\x00" in os.fspath(text):
+        raise ValueError(f"{_shown(text)} holds a NUL character")
     return Path(text)
 
 

@@ -102,3 +102,9 @@ def test_a_config_file_that_is_not_utf8_is_a_usage_error(root: Path) -> None:
     config = root.parent / "ingester.toml"
     config.write_bytes(b'[ingester]\nroot = "\xff"\n')
     assert_usage_error(run_cli(root, "--config", str(config), "status"), "--config")
+
+
+def test_a_path_with_a_nul_character_is_a_usage_error(root: Path) -> None:
+    config = root.parent / "ingester.toml"
+    config.write_text('[ingester]\nhistory_dir = "a\\u0000b"\n')
+    assert_usage_error(run_cli(root, "--config", str(config), "status"), "--history-dir")
