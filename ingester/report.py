@@ -103,7 +103,10 @@ def relative_age(delta: timedelta) -> str:
 
 def human_time(stamp: datetime | None) -> str:
     """``2026-11-28 10:30:00`` (UTC), or ``-``."""
-    return stamp.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if stamp is not None else "-"
+    if stamp is None:
+        return "-"
+    # isoformat, not strftime: strftime writes year 1 as "1", not "0001".
+    return stamp.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="seconds")
 
 
 def human_size(size: int | None) -> str:

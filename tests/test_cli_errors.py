@@ -289,3 +289,12 @@ def test_file_names_that_are_not_utf8_are_printed_as_their_bytes(
         assert b"internal error" not in result.stderr, result.stderr
         assert result.returncode == (1 if args[-1].endswith(b".missing") else 0), result.stderr
         assert b"snap\xff.json" in result.stdout
+
+
+def test_a_full_stdout_is_one_line(root: Path) -> None:
+    assert run_cli(root, "ingest", str(SAMPLE)).returncode == 0
+    for tail in ("status > /dev/full", "show > /dev/full", "list --json > /dev/full"):
+        result = _shell_cli(root, tail)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.returncode == 1
+        assert result.stderr.strip() == "error: No space left on device [ENOSPC]", result.stderr
