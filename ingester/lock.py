@@ -50,7 +50,12 @@ def lock_owner(path: Path) -> tuple[int, str | None] | None:
 def _describe_holder(path: Path) -> str:
     owner = lock_owner(path)
     if owner is None:
-        return "another process"
+        # The kernel's lock table did not name a pid (e.g. no /proc): the note may.
+        try:
+            note = path.read_text(errors="replace").strip()
+        except OSError:
+            note = ""
+        return f"pid {note}" if note else "another process"
     pid, command = owner
     return f"pid {pid} {command}" if command else f"pid {pid}"
 
