@@ -257,17 +257,20 @@ def writing_store(settings: Settings, purpose: str) -> Iterator[HistoryStore]:
 @click.option(
     "--max-versions",
     metavar="N",
-    help="Retention keeps the newest N versions (>= 1). [env INGESTER_MAX_VERSIONS; default: 100]",
+    help="Retention keeps the newest N versions (1 to 1000000). "
+    "[env INGESTER_MAX_VERSIONS; default: 100]",
 )
 @click.option(
     "--retention-days",
     metavar="D",
-    help="...and anything newer than D days (> 0). [env INGESTER_RETENTION_DAYS; default: 7]",
+    help="...and anything newer than D days (> 0, at most 36500). "
+    "[env INGESTER_RETENTION_DAYS; default: 7]",
 )
 @click.option(
     "--max-bytes",
     metavar="N",
-    help="Largest accepted drop in bytes. [env INGESTER_MAX_BYTES; default: 1048576]",
+    help="Largest accepted drop in bytes (1 to 268435456). "
+    "[env INGESTER_MAX_BYTES; default: 1048576]",
 )
 @click.option(
     "--config",
