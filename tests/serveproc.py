@@ -44,6 +44,28 @@ def put_version(root: Path, name: str, data: bytes) -> Path:
     return path
 
 
+def fill_history(
+    root: Path, count: int, start: datetime, step: timedelta, data: bytes
+) -> list[str]:
+    """``count`` versions ingested ``step`` apart from ``start``, all holding ``data``.
+
+    Each is a hard link to one file: creating inodes is the slow part of writing many
+    files, and the server only cares about names and bytes. Returns the names, oldest first.
+    """
+    history = root / HISTORY
+    history.mkdir(parents=True, exist_ok=True)
+    source = root.parent / f"payload-{os.urandom(3).hex()}.json"
+    source.write_bytes(data)
+    names = [version_name(start + step * i, i) for i in range(count)]
+    fd = os.open(history, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in names:
+            os.link(source, name, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
+    return names
+
+
 class ServeProcess:
     """``python -m ingester --root ROOT serve --listen 127.0.0.1:0 ARGS`` and a client."""
 
@@ -54,6 +76,8 @@ class ServeProcess:
         key: str | None = KEY,
         env: dict[str, str] | None = None,
         global_args: tuple[str, ...] = (),
+        wrapper: tuple[str, ...] = (),
+        listen: str = "127.0.0.1:0",
     ) -> None:
         self.root = root
         self.log_path = root.parent / f"serve-{os.urandom(3).hex()}.log"
@@ -63,6 +87,7 @@ class ServeProcess:
             extra["INGESTER_API_KEY"] = key
         self.proc = subprocess.Popen(
             [
+                *wrapper,
                 sys.executable,
                 "-m",
                 "ingester",
@@ -71,7 +96,7 @@ class ServeProcess:
                 *global_args,
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 *args,
             ],
             stdout=self._log,
