@@ -680,11 +680,17 @@ class MetricsMiddleware:
             self.ctx.requests.labels(route, scope["method"], str(status[0])).inc()
 
 
+async def console_usage(request: Request) -> Response:
+    """One route for both methods, so a 405 names them all in ``Allow``."""
+    if request.method == "POST":
+        return await post_console_usage(request)
+    return await get_console_usage(request)
+
+
 def api_routes() -> list[BaseRoute]:
     """The API's routes (method-specific endpoints share paths)."""
     return [
-        Route(API_PATH, get_console_usage, methods=["GET", "HEAD"]),
-        Route(API_PATH, post_console_usage, methods=["POST"]),
+        Route(API_PATH, console_usage, methods=["GET", "HEAD", "POST"]),
         Route(VERSIONS_PATH, list_versions, methods=["GET", "HEAD"]),
         Route(VERSIONS_PATH + "/{name}", get_version, methods=["GET", "HEAD"]),
         Route(HEALTH_PATH, get_health, methods=["GET", "HEAD"]),

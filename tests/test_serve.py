@@ -467,7 +467,10 @@ def test_malformed_requests_get_a_clear_answer(three, server):
     assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
     r = server.client.request("DELETE", API)
     assert r.status_code == 405
+    assert set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "POST"}
+    assert r.json()["error"]
     assert server.get("/no/such/path").status_code == 404
+    assert server.get("/no/such/path").json()["error"]
     assert server.get(API).status_code == 200
 
 
