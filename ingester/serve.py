@@ -222,7 +222,7 @@ def _payload(ctx: ServeContext, name: str) -> tuple[dict[str, Any] | None, datet
     data = ctx.index.read_version(name)
     try:
         obj = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # a file someone else put in the history
         obj = None
     payload = obj if isinstance(obj, dict) else None
     stamp = _parse_last_updated(payload.get("lastUpdated")) if payload else None
@@ -282,24 +282,42 @@ def _choose(request: Request, snap: HistorySnapshot, now: datetime) -> int | Res
     return latest if latest is not None else 0
 
 
+def _locate(
+    ctx: ServeContext, request: Request, now: datetime
+) -> tuple[HistorySnapshot, int, dict[str, Any] | None, datetime | None] | Response:
+    """The snapshot, the chosen position, its payload and lastUpdated; or the error answer."""
+    for attempt in range(2):
+        snap = _snapshot_or_error(ctx)
+        if isinstance(snap, Response):
+            return snap
+        chosen = _choose(request, snap, now)
+        if isinstance(chosen, Response):
+            return chosen
+        name = snap.entries[chosen].name
+        try:
+            payload, updated = _payload(ctx, name)
+        except VersionNotFound:
+            # Retention deleted it after the folder was last looked at; the folder has
+            # changed since, so a second look sees the versions as they are now.
+            if attempt:
+                return _error(503, "VersionGone", "the version was just deleted; retry")
+            continue
+        except OSError as exc:
+            log.error("cannot read version %s: %s", name, exc)
+            return _error(503, "HistoryUnavailable", f"version unreadable: {exc.strerror}")
+        return snap, chosen, payload, updated
+    raise AssertionError("unreachable")
+
+
 async def get_console_usage(request: Request) -> Response:
     """The original read endpoint."""
     ctx: ServeContext = request.app.state.ctx
     now = ctx.config.clock()
-    snap = _snapshot_or_error(ctx)
-    if isinstance(snap, Response):
-        return snap
-    chosen = _choose(request, snap, now)
-    if isinstance(chosen, Response):
-        return chosen
+    found = _locate(ctx, request, now)
+    if isinstance(found, Response):
+        return found
+    snap, chosen, payload, updated = found
     entry = snap.entries[chosen]
-    try:
-        payload, updated = _payload(ctx, entry.name)
-    except VersionNotFound:  # deleted by retention since the snapshot: look again once
-        return _error(503, "VersionGone", "the version was just deleted; retry", retry=True)
-    except OSError as exc:
-        log.error("cannot read version %s: %s", entry.name, exc)
-        return _error(503, "HistoryUnavailable", f"version unreadable: {exc.strerror}")
     if payload is None:
         return _error(502, "CorruptVersion", f"version {entry.name} is not a JSON object")
     age_s = (now - updated).total_seconds() if updated is not None else None

@@ -233,6 +233,13 @@ def test_legacy_version_names_count(root: Path, server):
     body = server.get(API).json()
     assert body["versionInfo"]["filename"] == "2026-01-05T00-00-00-test5.json"
     assert body["versionInfo"]["total"] == 1
+    # A file someone else put there that is not a JSON object: a clear error, no crash.
+    put_version(root, "2026-01-06T00-00-00-broken.json", b"[" * 100_000)
+    r = wait_for(lambda: (r := server.get(API)).status_code == 502 and r, 5)
+    assert r.json()["error"] == "CorruptVersion"
+    assert server.get(API, params={"version": "1"}).status_code == 200
+    assert server.get("/api/health").json()["status"] == "unhealthy"
+    assert "Traceback" not in server.log
 
 
 # -- health ---------------------------------------------------------------------------------
