@@ -31,7 +31,6 @@ import re
 import signal
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,6 +51,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .durable import StorageError
 from .history_index import (
+    BoundedCache,
     HistoryIndex,
     HistoryReader,
     HistorySnapshot,
@@ -118,9 +118,12 @@ class ServeContext:
     latency: Histogram
     posts: Counter
     # Rendered GET bodies keyed by everything they depend on, and parsed payloads by name.
-    rendered: OrderedDict[tuple[Any, ...], bytes] = field(default_factory=OrderedDict)
-    parsed: OrderedDict[str, tuple[dict[str, Any] | None, datetime | None]] = field(
-        default_factory=OrderedDict
+    # Budgets in bytes of JSON; a parsed payload costs several times its text in memory.
+    rendered: BoundedCache[tuple[Any, ...], bytes] = field(
+        default_factory=lambda: BoundedCache(2 << 20)
+    )
+    parsed: BoundedCache[str, tuple[dict[str, Any] | None, datetime | None]] = field(
+        default_factory=lambda: BoundedCache(1 << 20)
     )
 
     @property
@@ -205,12 +208,6 @@ def _not_modified(request: Request, etag: str, modified: datetime | None) -> boo
     return False
 
 
-def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, size: int = 256) -> None:
-    cache[key] = value
-    while len(cache) > size:
-        cache.popitem(last=False)
-
-
 # -- the read side -----------------------------------------------------------------------
 
 
@@ -226,7 +223,7 @@ def _payload(ctx: ServeContext, name: str) -> tuple[dict[str, Any] | None, datet
         obj = None
     payload = obj if isinstance(obj, dict) else None
     stamp = _parse_last_updated(payload.get("lastUpdated")) if payload else None
-    _remember(ctx.parsed, name, (payload, stamp), 64)
+    ctx.parsed.put(name, (payload, stamp), len(data))
     return payload, stamp
 
 
@@ -343,7 +340,7 @@ async def get_console_usage(request: Request) -> Response:
             "filename": entry.name,
         }
         body = json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
-        _remember(ctx.rendered, key, body, 64)
+        ctx.rendered.put(key, body, len(body))
     return Response(body, media_type=JSON, headers=headers)
 
 
