@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import hmac
 import json
 import logging
@@ -176,6 +177,11 @@ def parse_instant(text: str) -> datetime | None:
         return None
 
 
+@functools.lru_cache(maxsize=256)
+def _http_date(stamp: datetime) -> str:
+    return email.utils.format_datetime(stamp, usegmt=True)
+
+
 def _cache_control(age_s: float | None) -> str:
     if age_s is None or age_s >= STALE_AFTER_S:
         return "no-cache"
@@ -247,7 +253,9 @@ def _choose(request: Request, snap: HistorySnapshot, now: datetime) -> int | Res
             },
             404,
         )
-    version = request.query_params.get("version")
+    # Most requests ask for the latest: skip parsing an empty query string.
+    params = request.query_params if request.scope["query_string"] else {}
+    version = params.get("version")
     if version is not None:
         valid = f"1 to {total} (from the oldest) or -1 to -{total} (from the newest)"
         text = version.strip()
@@ -260,7 +268,7 @@ def _choose(request: Request, snap: HistorySnapshot, now: datetime) -> int | Res
                 validRange=valid,
             )
         return n - 1 if n > 0 else total + n
-    stamp_text = request.query_params.get("timestamp")
+    stamp_text = params.get("timestamp")
     if stamp_text is not None:
         when = parse_instant(stamp_text)
         if when is None:
@@ -321,7 +329,7 @@ async def get_console_usage(request: Request) -> Response:
     etag = f'W/"{entry.name.removesuffix(".json")}"'
     headers = {"ETag": etag, "Cache-Control": _cache_control(age_s)}
     if updated is not None:
-        headers["Last-Modified"] = email.utils.format_datetime(updated, usegmt=True)
+        headers["Last-Modified"] = _http_date(updated)
     if _not_modified(request, etag, updated):
         return Response(status_code=304, headers=headers)
     age_minutes = math.floor(age_s / 60) if age_s is not None else None
@@ -645,6 +653,11 @@ async def post_console_usage(request: Request) -> Response:
 # -- the app -----------------------------------------------------------------------------
 
 
+# Methods counted by name; any other (clients may send any token) is "other", so the
+# metric's label values stay few.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
 def _route_label(path: str) -> str:
     if path.startswith(VERSIONS_PATH + "/"):
         return VERSIONS_PATH + "/{name}"
@@ -659,6 +672,9 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, ctx: ServeContext) -> None:
         self.app = app
         self.ctx = ctx
+        # The labelled children, looked up once: ``labels()`` takes a lock every call.
+        self._timers: dict[str, Any] = {}
+        self._counters: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -691,8 +707,16 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = _route_label(scope["path"])
-            self.ctx.latency.labels(route).observe(time.perf_counter() - start)
-            self.ctx.requests.labels(route, scope["method"], str(status[0])).inc()
+            timer = self._timers.get(route)
+            if timer is None:
+                timer = self._timers[route] = self.ctx.latency.labels(route)
+            timer.observe(time.perf_counter() - start)
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            key = (route, method, status[0])
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = self.ctx.requests.labels(*map(str, key))
+            counter.inc()
 
 
 async def console_usage(request: Request) -> Response:
