@@ -865,6 +865,14 @@ def serve(config: ServeConfig, host: str, port: int, *, max_connections: int = 2
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(uv)
+    # uvicorn's own warnings (a malformed request, an error in a handler) go through our
+    # handler: one line each, in the chosen log format, a traceback folded into the line.
+    ours = logging.getLogger("ingester")
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = list(ours.handlers)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
     log.info(
         "serve: listening on http://%s:%d (history %s, spool %s)",
         f"[{bound[0]}]" if ":" in bound[0] else bound[0],
