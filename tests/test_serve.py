@@ -11,6 +11,7 @@ import json
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -452,6 +453,43 @@ def test_slow_body_is_408_and_others_are_served(root: Path, three):
             answer = sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 408")
         assert spool_drops(root) == []
+
+
+def test_slow_or_silent_request_heads_are_cut_off(root: Path, three):
+    with ServeProcess(root, "--head-timeout", "0.5") as server:
+        silent = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        trickle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        try:
+            head = f"GET {API} HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode()
+            trickle.sendall(head)
+            got = b""
+            # One byte at a time, each well within the timeout: the head still never ends.
+            trickle.settimeout(0.1)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    trickle.sendall(b"a")
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                try:
+                    chunk = trickle.recv(4096)
+                except TimeoutError:
+                    continue
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                got += chunk
+            assert got.startswith(b"HTTP/1.1 408"), got
+            silent.settimeout(10)
+            assert silent.recv(4096).startswith(b"HTTP/1.1 408")
+            assert silent.recv(4096) == b""  # and closed
+            # A keep-alive client that sends its requests promptly is not affected.
+            for _ in range(3):
+                assert server.get(API).status_code == 200
+        finally:
+            silent.close()
+            trickle.close()
 
 
 def test_header_floods_are_refused_and_the_server_lives(three, server):
