@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import IS_ROOT, wait_for
 from prometheus_client.parser import text_string_to_metric_families
@@ -490,6 +491,20 @@ def test_slow_or_silent_request_heads_are_cut_off(root: Path, three):
         finally:
             silent.close()
             trickle.close()
+
+
+def test_a_connection_flood_is_refused_then_cleared(root: Path, three):
+    with ServeProcess(root, "--max-connections", "4", "--head-timeout", "0.5") as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(6)]
+        try:
+            with httpx.Client(base_url=server.base, timeout=10) as fresh:
+                assert fresh.get(API).status_code == 503  # over the limit: refused, not queued
+            # The idle ones are cut off at the head deadline; then there is room again.
+            with httpx.Client(base_url=server.base, timeout=10) as fresh:
+                wait_for(lambda: fresh.get(API).status_code == 200, 10, "room again")
+        finally:
+            for sock in idle:
+                sock.close()
 
 
 def test_header_floods_are_refused_and_the_server_lives(three, server):
