@@ -165,7 +165,14 @@ def _status_lines(r: dict[str, Any], now: datetime) -> list[str]:
         if spool["oldestDropAt"]:
             backlog += f", oldest {_age_words(spool['oldestDropAt'], now)}"
         rows.append(["spool", backlog])
-    rows.append(["rejected", f"{r['rejected']['count']} in {r['rejected']['path']}"])
+    rejected = r["rejected"]
+    rows.append(
+        [
+            "rejected",
+            f"{rejected['count']} in {rejected['path']} "
+            f"(removed after {rejected['retentionDays']:g} days)",
+        ]
+    )
     watcher = r["watcher"]
     rows.append(
         ["watcher", f"running (pid {watcher['pid']})" if watcher["running"] else "not running"]

@@ -347,6 +347,7 @@ def status_report(settings: Settings, store: HistoryStore, now: datetime) -> dic
         "rejected": {
             "path": os.fspath(settings.rejected_dir),
             "count": spool.rejected_count(),
+            "retentionDays": settings.rejected_retention_days,
         },
         "watcher": {"running": pid is not None, "pid": pid},
         "settings": settings.describe(),

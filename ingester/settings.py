@@ -87,10 +87,16 @@ _SPECS = (
     _Spec("max_versions", _positive_int),
     _Spec("retention_days", _positive_float),
     _Spec("max_bytes", _positive_int),
+    _Spec("rejected_retention_days", _positive_float),
 )
 SETTING_NAMES = tuple(s.name for s in _SPECS)
 
-_DEFAULTS: dict[str, Any] = {"max_versions": 100, "retention_days": 7.0, "max_bytes": 1 << 20}
+_DEFAULTS: dict[str, Any] = {
+    "max_versions": 100,
+    "retention_days": 7.0,
+    "max_bytes": 1 << 20,
+    "rejected_retention_days": 30.0,
+}
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,7 @@ class Settings:
     max_versions: int = 100
     retention_days: float = 7.0
     max_bytes: int = 1 << 20
+    rejected_retention_days: float = 30.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -226,5 +233,8 @@ def resolve_settings(
         max_versions=values.get("max_versions", _DEFAULTS["max_versions"]),
         retention_days=values.get("retention_days", _DEFAULTS["retention_days"]),
         max_bytes=values.get("max_bytes", _DEFAULTS["max_bytes"]),
+        rejected_retention_days=values.get(
+            "rejected_retention_days", _DEFAULTS["rejected_retention_days"]
+        ),
         sources=sources,
     )
