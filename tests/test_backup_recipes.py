@@ -35,8 +35,7 @@ LATEST = "console-usage-synced.json"
 def recipes() -> dict[str, str]:
     """Every ``<!-- recipe: NAME -->`` block of docs/backup.md, by name."""
     text = DOC.read_text()
-    found = dict(re.findall(r"<!-- recipe: ([\w-]+) -->\n```sh\n(.*?)```", text, re.S))
-    return found
+    return dict(re.findall(r"<!-- recipe: ([\w-]+) -->\n```sh\n(.*?)```", text, re.S))
 
 
 @dataclass
