@@ -171,3 +171,17 @@ def test_a_snapshot_that_fails_midway_leaves_nothing(root: Path, tmp_path: Path)
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_verify_says_when_the_latest_link_names_a_missing_version(
+    root: Path, history: list[str]
+) -> None:
+    # What a live copy by a tool that reads the link after listing the folder restores.
+    link = root / LATEST
+    link.unlink()
+    missing = "2099-01-01T00-00-00-00000000.json"
+    os.symlink(f"{HISTORY}/{missing}", link)
+    result = run_cli(root, "verify")
+    assert result.returncode == 1
+    assert f"latest link points at {HISTORY}/{missing}, which is missing" in result.stdout
+    assert f"(the newest is {history[-1]})" in result.stdout
