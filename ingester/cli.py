@@ -277,10 +277,11 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
         for d in reversed(plan.decisions):
             click.echo(f"{d.name:<{width}}  {d.action:<6}  {d.reason}")
         click.echo(f"would delete {len(plan.delete)}, retain {len(plan.keep)}")
-        click.echo(
-            f"rejected: would remove {pruned.expired_pairs} drop(s) older than "
-            f"{s.rejected_retention_days:g} days, keep {pruned.kept}"
-        )
+        if pruned.expired_pairs or pruned.kept:
+            click.echo(
+                f"rejected: would remove {pruned.expired_pairs} drop(s) older than "
+                f"{s.rejected_retention_days:g} days, keep {pruned.kept}"
+            )
         return
     with writing_store(s, "cleanup") as store:
         try:
@@ -303,7 +304,8 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
         )
     else:
         click.echo(f"cleanup deleted {len(result.deleted)}, retained {result.retained}")
-        click.echo(f"rejected: removed {pruned.expired_pairs}, kept {pruned.kept}")
+        if pruned.expired_pairs or pruned.kept:
+            click.echo(f"rejected: removed {pruned.expired_pairs}, kept {pruned.kept}")
 
 
 @main.command()
