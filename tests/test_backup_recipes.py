@@ -27,7 +27,7 @@ from conftest import cli_env, run_cli, wait_for
 from watchproc import WatchProcess, drop, payload, versions
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "backup.md"
-ROUNDS = 4
+ROUNDS = 5
 HISTORY = "console-usage-history"
 LATEST = "console-usage-synced.json"
 
