@@ -37,7 +37,7 @@ def _fail(message: str, code: int = 1) -> click.exceptions.Exit:
 
 
 @click.command()
-@click.argument("dest", metavar="DEST|-", required=False)
+@click.argument("dest", metavar="[DEST|-]", required=False)
 @click.option(
     "--tar",
     "as_tar",
