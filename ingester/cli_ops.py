@@ -76,8 +76,12 @@ def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
         return
     if dest is None or dest == "-":
         raise click.UsageError("give DEST, a folder that does not exist yet (or use --tar -)")
+    target = Path(os.path.abspath(dest))
+    spool = app.settings.spool_dir
+    if target == spool or target.is_relative_to(spool):
+        raise _fail(f"{target} is inside the spool {spool}; give a folder outside it")
     try:
-        result = take_snapshot(history, Path(dest), link=not copy)
+        result = take_snapshot(history, target, link=not copy)
     except SnapshotError as exc:
         raise _fail(str(exc)) from None
     how = f"{result.linked} linked, {result.copied} copied"

@@ -69,8 +69,11 @@ def test_snapshot_never_replaces_anything(root: Path, history: list[str], tmp_pa
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
-def test_snapshot_refuses_a_destination_inside_the_history(root: Path, history: list[str]) -> None:
+def test_snapshot_refuses_a_destination_inside_the_history_or_spool(
+    root: Path, history: list[str]
+) -> None:
     _one_error(run_cli(root, "snapshot", str(root / HISTORY / "snap")), "inside the history")
+    _one_error(run_cli(root, "snapshot", str(root / "spool" / "snap")), "inside the spool")
 
 
 def test_snapshot_without_a_history_says_so(root: Path, tmp_path: Path) -> None:
