@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -95,7 +94,7 @@ def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
 
 def _snapshot_tar(history: Path, dest: str) -> None:
     if dest == "-":
-        if sys.stdout.isatty():
+        if os.isatty(1):
             raise _fail("refusing to write a tar stream to a terminal; redirect it or give a file")
         # The descriptor itself, so that -q (which holds back stdout text) never swallows
         # the archive.

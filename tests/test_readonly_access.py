@@ -139,7 +139,8 @@ def test_a_reader_takes_a_snapshot_by_copying(tree: Tree) -> None:
     ingester = [sys.executable, "-m", "ingester", "--root", str(tree.state)]
     reach = _as(READER_UID, [tree.readers_gid], sys.executable, "-c", "import ingester")
     if reach.returncode != 0:
-        pytest.skip(f"this interpreter is not reachable by another uid: {reach.stderr.strip()}")
+        last = (reach.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"this interpreter or the package is not reachable by another uid: {last}")
     # fs.protected_hardlinks forbids linking another user's files: every version is copied.
     snap = _as(READER_UID, [tree.readers_gid], *ingester, "snapshot", str(dest / "snap"))
     assert snap.returncode == 0, snap.stderr
