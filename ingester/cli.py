@@ -31,6 +31,7 @@ from .lock import HistoryLock, LockHeld
 from .logs import LOG_FORMATS, escape_text, setup_logging
 from .model import PayloadRejected, judge_payload
 from .names import format_timestamp
+from .quiet import hold_output, output_was_fine
 from .settings import (
     RESCAN_INTERVAL,
     RETRY_MAX,
@@ -40,7 +41,7 @@ from .settings import (
     Settings,
     resolve_settings,
 )
-from .store import HistoryStore
+from .store import HistoryStore, utc_now
 
 EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug, not something the user did
 _CHUNK = 1 << 16
@@ -273,6 +274,12 @@ def writing_store(settings: Settings, purpose: str) -> Iterator[HistoryStore]:
     "[env INGESTER_MAX_BYTES; default: 1048576]",
 )
 @click.option(
+    "--rejected-retention-days",
+    metavar="D",
+    help="Rejected drops (and their reason files) are removed after D days (> 0, at most 36500). "
+    "[env INGESTER_REJECTED_RETENTION_DAYS; default: 30]",
+)
+@click.option(
     "--config",
     "config_path",
     metavar="FILE",
@@ -285,6 +292,13 @@ def writing_store(settings: Settings, purpose: str) -> Iterator[HistoryStore]:
     "--verbose",
     count=True,
     help="Log debug detail (-vv: also from libraries such as watchdog).",
+)
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="For cron: print nothing when the command succeeds; on failure its output goes to "
+    "stderr. Informational log lines are dropped.",
 )
 @click.option(
     "--log-format",
@@ -300,6 +314,7 @@ def main(
     /,
     config_path: Path | None,
     verbose: int,
+    quiet: bool,
     log_format: str,
     **options: Any,
 ) -> None:
@@ -314,7 +329,15 @@ def main(
     except SettingError as exc:
         raise click.UsageError(str(exc), ctx) from None
     setup_logging(verbose, log_format)
+    if quiet:
+        hold_output(ctx)
     ctx.obj = App(settings, log_format)
+
+
+@main.result_callback()
+@click.pass_context
+def _finished(ctx: click.Context, /, *_: Any, **__: Any) -> None:
+    output_was_fine(ctx)
 
 
 @main.command()
@@ -440,9 +463,24 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
 
     With --dry-run nothing changes (and no lock is taken): every version is listed
     with keep/delete and the reason: newest-N, within-D-days, future, expired.
+
+    Also removes rejected drops (with their reason files) older than
+    --rejected-retention-days; --dry-run counts them.
     """
+    from .housekeeping import PruneResult, prune_rejected
+
     s = app.settings
+
+    def prune(dry: bool) -> PruneResult:
+        # Removal runs with the lock held: only the lock holder quarantines drops, so a
+        # pair cannot be half-replaced under us.
+        try:
+            return prune_rejected(s.rejected_dir, s.rejected_retention_days, utc_now(), dry_run=dry)
+        except StorageError as exc:
+            raise fail(f"rejected drops: {exc}") from None
+
     if dry_run:
+        pruned = prune(True)
         store = s.store()
         try:
             plan = store.plan_cleanup()
@@ -469,6 +507,11 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
         for d in reversed(plan.decisions):
             click.echo(f"{d.name:<{width}}  {d.action:<6}  {d.reason}")
         click.echo(f"would delete {len(plan.delete)}, retain {len(plan.keep)}")
+        if pruned.expired_pairs or pruned.kept:
+            click.echo(
+                f"rejected: would remove {pruned.expired_pairs} drop(s) older than "
+                f"{s.rejected_retention_days:g} days, keep {pruned.kept}"
+            )
         return
     # The text result is the log line's words: printed on stdout, not logged a second time.
     quiet = contextlib.nullcontext() if as_json else _result_printed_here("cleanup")
@@ -477,15 +520,24 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
             result = store.cleanup_old_versions()
         except StorageError as exc:
             raise fail(str(exc)) from None
+        pruned = prune(False)
     if as_json:
         click.echo(
             json.dumps(
-                {"deleted": result.deleted, "retained": result.retained, "future": result.future},
+                {
+                    "deleted": result.deleted,
+                    "retained": result.retained,
+                    "future": result.future,
+                    "rejectedRemoved": pruned.removed,
+                    "rejectedKept": pruned.kept,
+                },
                 indent=2,
             )
         )
     else:
         click.echo(f"cleanup deleted {len(result.deleted)}, retained {result.retained}")
+        if pruned.expired_pairs or pruned.kept:
+            click.echo(f"rejected: removed {pruned.expired_pairs}, kept {pruned.kept}")
 
 
 class _SkipEvent(logging.Filter):
@@ -586,13 +638,19 @@ def watch(
     help="Name of the drop (ends in .json, no leading dot, no '/'). "
     "Default: the UTC time and a random part.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate only: print 'valid FILE' (exit 0) or the reasons (exit 1); drop nothing.",
+)
 @click.pass_obj
-def submit(app: App, source: str, name: str | None) -> None:
+def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     """Drop FILE (or standard input, '-') into the spool atomically; print its path.
 
     The payload is validated first: an invalid one is refused with the reasons (exit 1)
     and nothing is dropped. The file is written into SPOOL/tmp/, fsynced, then renamed
-    into the spool, so the watcher never sees a partial drop.
+    into the spool, so the watcher never sees a partial drop. With --dry-run the
+    payload is only judged (a scraper's CI can check its output): nothing is dropped.
     """
     from .spool import Spool, drop_name_for_now, is_drop_name
 
@@ -615,6 +673,9 @@ def submit(app: App, source: str, name: str | None) -> None:
     except PayloadRejected as exc:
         click.echo(f"refused {source}: {exc.reason}", err=True)
         raise click.exceptions.Exit(1) from None
+    if dry_run:
+        click.echo(f"valid {source}")
+        return
     try:
         path = Spool(s.spool_dir, s.rejected_dir).submit(data, name or drop_name_for_now())
     except FileExistsError as exc:
@@ -710,9 +771,10 @@ def serve(
 # -- commands defined in their own modules ------------------------------------------------
 # (kept at the end so each module registers itself without touching the ones above)
 
+from .cli_ops import check, schema, snapshot  # noqa: E402
 from .cli_report import list_versions, show, status, verify  # noqa: E402
 
-for _command in (status, list_versions, show, verify):
+for _command in (status, list_versions, show, verify, snapshot, schema, check):
     main.add_command(_command)
 
 

@@ -174,7 +174,13 @@ def _status_lines(r: dict[str, Any], now: datetime) -> list[str]:
     if rejected["problem"]:
         rows.append(["rejected", f"{rejected['path']} ({rejected['problem']})"])
     else:
-        rows.append(["rejected", f"{rejected['count']} in {rejected['path']}"])
+        rows.append(
+            [
+                "rejected",
+                f"{rejected['count']} in {rejected['path']} "
+                f"(removed after {rejected['retentionDays']:g} days)",
+            ]
+        )
     watcher, lock = r["watcher"], r["lock"]
     if watcher["running"]:
         rows.append(["watcher", f"running (pid {watcher['pid']})"])

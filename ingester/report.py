@@ -369,6 +369,7 @@ def status_report(settings: Settings, store: HistoryStore, now: datetime) -> dic
             "path": os.fspath(settings.rejected_dir),
             "count": spool.rejected_count(),
             "problem": _folder_problem(settings.rejected_dir),
+            "retentionDays": settings.rejected_retention_days,
         },
         "watcher": {"running": watching, "pid": pid if watching else None},
         "lock": {"held": owner is not None, "pid": pid, "command": command},

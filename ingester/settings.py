@@ -93,6 +93,8 @@ RESCAN_INTERVAL = Bounds(0.1, 86_400, unit="seconds")
 """At least one full rescan of the spool a day."""
 RETRY_MAX = Bounds(0.1, 3_600, unit="seconds")
 """A failing history is retried at least once an hour."""
+REJECTED_RETENTION_DAYS = Bounds(0, 36_500, above=True, unit="days")
+"""As for versions: ``now - days`` must stay a date."""
 SETTLE = Bounds(0, 3_600, unit="seconds")
 """A drop written in place is waited for at most an hour."""
 
@@ -129,10 +131,16 @@ _SPECS = (
     _Spec("max_versions", MAX_VERSIONS.parse),
     _Spec("retention_days", RETENTION_DAYS.parse),
     _Spec("max_bytes", MAX_BYTES.parse),
+    _Spec("rejected_retention_days", REJECTED_RETENTION_DAYS.parse),
 )
 SETTING_NAMES = tuple(s.name for s in _SPECS)
 
-_DEFAULTS: dict[str, Any] = {"max_versions": 100, "retention_days": 7.0, "max_bytes": 1 << 20}
+_DEFAULTS: dict[str, Any] = {
+    "max_versions": 100,
+    "retention_days": 7.0,
+    "max_bytes": 1 << 20,
+    "rejected_retention_days": 30.0,
+}
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,7 @@ class Settings:
     max_versions: int = 100
     retention_days: float = 7.0
     max_bytes: int = 1 << 20
+    rejected_retention_days: float = 30.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -284,5 +293,8 @@ def resolve_settings(
         max_versions=values.get("max_versions", _DEFAULTS["max_versions"]),
         retention_days=values.get("retention_days", _DEFAULTS["retention_days"]),
         max_bytes=values.get("max_bytes", _DEFAULTS["max_bytes"]),
+        rejected_retention_days=values.get(
+            "rejected_retention_days", _DEFAULTS["rejected_retention_days"]
+        ),
         sources=sources,
     )

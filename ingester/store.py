@@ -284,6 +284,8 @@ class HistoryStore:
         if link.is_symlink():
             target = os.readlink(link)
             if target != self.link_target(newest):
+                if not os.path.exists(link):
+                    return f"points at {target}, which is missing (the newest is {newest})"
                 return f"points at {target}, not {newest}"
             try:
                 if os.path.samefile(link, self.version_path(newest)):

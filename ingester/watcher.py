@@ -85,6 +85,7 @@ from watchdog.observers.polling import PollingObserver
 
 from . import durable
 from .durable import StorageError
+from .housekeeping import RejectedRetention
 from .lock import HistoryLock, LockHeld
 from .model import PayloadRejected, judge_payload
 from .names import is_version_name
@@ -282,6 +283,9 @@ class Watcher:
         self.notifier = notifier or SystemdNotifier.from_environ()
         self.store: HistoryStore = settings.store()
         self.spool = Spool(settings.spool_dir, settings.rejected_dir)
+        self._rejected_retention = RejectedRetention(
+            settings.rejected_dir, settings.rejected_retention_days
+        )
         self.counts = _Counts()
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._pending: dict[str, How] = {}  # insertion order is arrival order
@@ -660,6 +664,7 @@ class Watcher:
             except StorageError as exc:
                 self._fail(None, exc)
                 return
+        self._rejected_retention.run_if_due()  # at most every 10 min; logs its own errors
         if not self._meta_dirty:
             return
         if not force and (

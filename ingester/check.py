@@ -1,0 +1,280 @@
+"""Monitoring: ``ingester check``, one line and an exit code in the Nagios-plugin convention.
+
+Three things are judged, each with a WARNING threshold and CRITICAL at twice it:
+
+========================  ==========================  =====================================
+what                      WARNING                     CRITICAL
+========================  ==========================  =====================================
+age of the newest data    ``lastUpdated`` older than  older than 2 x ``--max-age``; also:
+(the scraper stopped?)    ``--max-age`` (15 min)      no history, no version, the newest
+                                                      version damaged or unreadable
+spool backlog             more than ``--max-backlog`` more than 2 x N, or a waiting drop
+(the watcher stopped?)    drops waiting (50)          older than ``--max-age`` (nothing
+                                                      takes them)
+rejections                more than                   more than 2 x N
+(the scraper is broken?)  ``--max-rejected-per-hour``
+                          in the last hour (10)
+========================  ==========================  =====================================
+
+The exit code is the worst of the three: 0 OK, 1 WARNING, 2 CRITICAL. Everything here
+reads; nothing takes the history lock.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .durable import StorageError
+from .housekeeping import rejected_since
+from .lock import lock_holder
+from .report import ReportError, open_store, read_version
+from .settings import Settings
+from .spool import Spool
+
+__all__ = [
+    "CRITICAL",
+    "OK",
+    "STATUS_NAMES",
+    "WARNING",
+    "CheckLimits",
+    "CheckResult",
+    "Facts",
+    "Judgement",
+    "gather_facts",
+    "judge",
+    "parse_duration",
+]
+
+OK, WARNING, CRITICAL = 0, 1, 2
+STATUS_NAMES = ("OK", "WARNING", "CRITICAL")
+"""The exit codes' names, by code."""
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$", re.ASCII)
+_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``900``, ``90s``, ``15m``, ``2h`` or ``1d``; ``ValueError`` otherwise."""
+    match = _DURATION_RE.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration (e.g. 900, 90s, 15m, 2h, 1d)")
+    seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: must be longer than 0")
+    return seconds
+
+
+def _words(seconds: float) -> str:
+    if seconds < 120:
+        return f"{int(seconds)} s"
+    if seconds < 7200:
+        return f"{int(seconds // 60)} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+@dataclass(frozen=True)
+class CheckLimits:
+    """The WARNING thresholds (CRITICAL is twice each): seconds, drops, drops per hour."""
+
+    max_age: float = 900.0
+    max_backlog: int = 50
+    max_rejected_per_hour: int = 10
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What :func:`gather_facts` read. ``history_problem`` set: nothing else could be read."""
+
+    now: datetime
+    history_problem: str | None = None
+    latest: str | None = None
+    last_updated: datetime | None = None
+    latest_error: str | None = None
+    backlog: int = 0
+    oldest_drop_age: float | None = None
+    rejected_last_hour: int = 0
+    watcher_pid: int | None = None
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One judged item: its status code, value, thresholds and the words for it."""
+
+    name: str
+    code: int
+    value: float | None
+    warning: float
+    critical: float
+    message: str
+    unit: str = ""
+
+    def perfdata(self) -> str:
+        """``name=value[unit];warn;crit`` (an empty value when unknown)."""
+        value = "" if self.value is None else f"{self.value:g}{self.unit}"
+        return f"{self.name}={value};{self.warning:g};{self.critical:g}"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The verdict: ``code`` (the worst item's), the items, and the facts they came from."""
+
+    code: int
+    items: list[Judgement]
+    facts: Facts
+
+    @property
+    def status(self) -> str:
+        """``OK``, ``WARNING`` or ``CRITICAL``."""
+        return STATUS_NAMES[self.code]
+
+    def summary(self) -> str:
+        """The items' words, the worst first."""
+        ordered = sorted(self.items, key=lambda i: -i.code)
+        return "; ".join(i.message for i in ordered)
+
+    def line(self) -> str:
+        """The plugin's one line: ``INGESTER STATUS - summary | perfdata``."""
+        perf = " ".join(i.perfdata() for i in self.items)
+        return f"INGESTER {self.status} - {self.summary()} | {perf}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``check --json`` object."""
+        f = self.facts
+        return {
+            "status": self.status,
+            "code": self.code,
+            "summary": self.summary(),
+            "checks": [
+                {
+                    "name": i.name,
+                    "status": STATUS_NAMES[i.code],
+                    "value": i.value,
+                    "warning": i.warning,
+                    "critical": i.critical,
+                    "message": i.message,
+                }
+                for i in self.items
+            ],
+            "now": f.now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "latest": f.latest,
+            "lastUpdated": f.last_updated.isoformat().replace("+00:00", "Z")
+            if f.last_updated
+            else None,
+            "backlog": f.backlog,
+            "oldestDropAgeSeconds": f.oldest_drop_age,
+            "rejectedLastHour": f.rejected_last_hour,
+            "watcherPid": f.watcher_pid,
+        }
+
+
+def _spool_backlog(settings: Settings, now: datetime) -> tuple[int, float | None]:
+    spool = Spool(settings.spool_dir, settings.rejected_dir)
+    waiting = []
+    for folder in (settings.spool_dir, settings.claimed_dir):
+        try:
+            waiting += [c for c in spool.scan(folder) if stat.S_ISREG(c.mode)]
+        except StorageError:
+            pass  # no spool here (a copied history), or not ours to read: nothing waits
+    if not waiting:
+        return 0, None
+    oldest = min(c.mtime_ns for c in waiting) / 1e9
+    return len(waiting), max(0.0, now.timestamp() - oldest)
+
+
+def gather_facts(settings: Settings, now: datetime | None = None) -> Facts:
+    """Read what :func:`judge` needs: the newest version, the spool, the rejections."""
+    now = now or datetime.now(UTC)
+    backlog, oldest = _spool_backlog(settings, now)
+    rejected = rejected_since(settings.rejected_dir, now - timedelta(hours=1))
+    common: dict[str, Any] = {
+        "now": now,
+        "backlog": backlog,
+        "oldest_drop_age": oldest,
+        "rejected_last_hour": rejected,
+    }
+    try:
+        store = open_store(settings)
+    except ReportError as exc:
+        return Facts(history_problem=str(exc), **common)
+    pid = lock_holder(store.lock_path)
+    name = store.latest_version_name(now)
+    if name is None:
+        return Facts(latest=None, watcher_pid=pid, **common)
+    info = read_version(store, name, now)
+    return Facts(
+        latest=name,
+        last_updated=info.last_updated,
+        latest_error=info.error,
+        watcher_pid=pid if pid != os.getpid() else None,
+        **common,
+    )
+
+
+def _over(value: float, warning: float) -> int:
+    if value > 2 * warning:
+        return CRITICAL
+    return WARNING if value > warning else OK
+
+
+def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
+    """Judge ``facts`` against ``limits`` (pure: no I/O)."""
+    items: list[Judgement] = []
+    warn_age, crit_age = limits.max_age, 2 * limits.max_age
+    if facts.history_problem is not None:
+        items.append(Judgement("age", CRITICAL, None, warn_age, crit_age, facts.history_problem))
+    elif facts.latest is None:
+        items.append(Judgement("age", CRITICAL, None, warn_age, crit_age, "no version yet"))
+    elif facts.latest_error is not None or facts.last_updated is None:
+        items.append(
+            Judgement(
+                "age",
+                CRITICAL,
+                None,
+                warn_age,
+                crit_age,
+                f"newest version {facts.latest} is damaged: {facts.latest_error}",
+            )
+        )
+    else:
+        age = max(0.0, (facts.now - facts.last_updated).total_seconds())
+        code = _over(age, warn_age)
+        words = f"newest data {_words(age)} old"
+        if code:
+            limit = crit_age if code == CRITICAL else warn_age
+            words += f" (more than {_words(limit)})"
+        items.append(Judgement("age", code, round(age, 1), warn_age, crit_age, words, "s"))
+
+    code = _over(facts.backlog, limits.max_backlog)
+    words = f"backlog {facts.backlog}"
+    if facts.backlog and facts.oldest_drop_age is not None and facts.oldest_drop_age > warn_age:
+        code = CRITICAL
+        words += f", oldest waiting {_words(facts.oldest_drop_age)} (nothing takes the drops?)"
+    elif code:
+        words += f" (more than {limits.max_backlog * (2 if code == CRITICAL else 1)})"
+    items.append(
+        Judgement("backlog", code, facts.backlog, limits.max_backlog, 2 * limits.max_backlog, words)
+    )
+
+    rate = facts.rejected_last_hour
+    code = _over(rate, limits.max_rejected_per_hour)
+    words = f"{rate} rejected in the last hour"
+    if code:
+        words += f" (more than {limits.max_rejected_per_hour * (2 if code == CRITICAL else 1)})"
+    items.append(
+        Judgement(
+            "rejected",
+            code,
+            rate,
+            limits.max_rejected_per_hour,
+            2 * limits.max_rejected_per_hour,
+            words,
+        )
+    )
+    return CheckResult(max(i.code for i in items), items, facts)

@@ -1,0 +1,202 @@
+"""The operations commands: ``snapshot`` (backups), ``schema`` (the payload contract)
+and ``check`` (monitoring).
+
+A thin click layer over :mod:`ingester.snapshot`, :mod:`ingester.schema` and
+:mod:`ingester.check`. None of them takes the history lock or writes to the live
+history, so all work beside a running watcher, as any user who can read the history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from .check import CheckLimits, gather_facts, judge, parse_duration
+from .schema import payload_schema_text
+from .snapshot import SnapshotError, take_snapshot, write_snapshot_tar
+
+if TYPE_CHECKING:
+    from .cli import App
+
+__all__ = ["check", "schema", "snapshot"]
+
+
+def _fail(message: str, code: int = 1) -> click.exceptions.Exit:
+    # Imported here: cli.py imports this module at its end.
+    from .cli import fail
+
+    return fail(message, code)
+
+
+# -- snapshot ----------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("dest", metavar="[DEST|-]", required=False)
+@click.option(
+    "--tar",
+    "as_tar",
+    is_flag=True,
+    help="Write the snapshot as an uncompressed tar stream to DEST ('-': standard output) "
+    "instead of a folder, for backup tools that read a command's output.",
+)
+@click.option(
+    "--copy",
+    is_flag=True,
+    help="Copy every version instead of hard-linking it (links are used where they can be).",
+)
+@click.pass_obj
+def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
+    """Take a consistent point-in-time copy of the history into DEST, beside a running watcher.
+
+    DEST must not exist. It becomes a root in the default layout, restorable as it is:
+    DEST/console-usage-history/ (the versions present at one instant and a
+    _metadata.json that agrees with them) and DEST/console-usage-synced.json (a
+    relative link to the newest of them). 'ingester --root DEST verify' passes on it.
+    Versions are hard-linked where DEST is on the history's filesystem (no space
+    used), copied otherwise. It is built in DEST's folder under a .tmp-snapshot-* name
+    and renamed to DEST at the end, so a half-made snapshot never appears as DEST.
+
+    With --tar the same tree is written as a tar stream (DEST '-' or omitted: standard
+    output), built first in $TMPDIR; 'tar -xf' into an empty folder gives the root.
+
+    Takes no lock; never writes to the history. Exits 0 when the snapshot is complete,
+    1 when it could not be taken (nothing is left behind then).
+    """
+    history = app.settings.history_dir
+    if as_tar:
+        if copy:
+            raise click.UsageError("--copy has no meaning with --tar (the stream is a copy)")
+        _snapshot_tar(history, dest or "-")
+        return
+    if dest is None or dest == "-":
+        raise click.UsageError("give DEST, a folder that does not exist yet (or use --tar -)")
+    target = Path(os.path.abspath(dest))
+    spool = app.settings.spool_dir
+    if target == spool or target.is_relative_to(spool):
+        raise _fail(f"{target} is inside the spool {spool}; give a folder outside it")
+    try:
+        result = take_snapshot(history, target, link=not copy)
+    except SnapshotError as exc:
+        raise _fail(str(exc)) from None
+    how = f"{result.linked} linked, {result.copied} copied"
+    if result.vanished:
+        how += f", {result.vanished} deleted by retention meanwhile (left out)"
+    click.echo(
+        f"snapshot {result.path}: {len(result.versions)} version(s) ({how}); "
+        f"latest {result.latest or 'none'}"
+    )
+
+
+def _snapshot_tar(history: Path, dest: str) -> None:
+    if dest == "-":
+        if os.isatty(1):
+            raise _fail("refusing to write a tar stream to a terminal; redirect it or give a file")
+        # The descriptor itself, so that -q (which holds back stdout text) never swallows
+        # the archive.
+        out = os.fdopen(os.dup(1), "wb")
+    else:
+        path = Path(dest)
+        if os.path.lexists(path):
+            raise _fail(f"{path} already exists; a snapshot never replaces anything")
+        try:
+            out = path.open("xb")
+        except OSError as exc:
+            raise _fail(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        with out:
+            write_snapshot_tar(history, out)
+    except SnapshotError as exc:
+        _discard_partial(dest)
+        raise _fail(str(exc)) from None
+    except BrokenPipeError:
+        raise _fail("the reader of the tar stream went away before the end") from None
+    except OSError as exc:
+        _discard_partial(dest)
+        raise _fail(f"cannot write the tar stream to {dest}: {exc.strerror}") from None
+
+
+def _discard_partial(dest: str) -> None:
+    if dest != "-":
+        try:
+            os.unlink(dest)  # our own half-written archive, never anything else
+        except OSError:
+            pass
+
+
+# -- schema ------------------------------------------------------------------------------
+
+
+@click.command()
+def schema() -> None:
+    """Print the JSON Schema (draft 2020-12) of a drop's payload, ConsoleUsageDataSync.
+
+    Generated from the model that judges every drop, so it cannot drift from it; the
+    same text is committed as docs/payload.schema.json. A few rules are only
+    approximated by a schema (no NaN, UTF-8 without BOM, the size limit): use
+    'ingester submit --dry-run FILE' for the exact verdict.
+    """
+    click.echo(payload_schema_text(), nl=False)
+
+
+# -- check -------------------------------------------------------------------------------
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+@click.command()
+@click.option(
+    "--max-age",
+    default="15m",
+    show_default=True,
+    metavar="DURATION",
+    callback=_duration,
+    help="WARNING when the newest version's lastUpdated is older (e.g. 900, 90s, 15m, 2h, 1d); "
+    "CRITICAL at twice this.",
+)
+@click.option(
+    "--max-backlog",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="WARNING when more than N drops wait in the spool; CRITICAL above 2N, or when a "
+    "waiting drop is older than --max-age (nothing takes them).",
+)
+@click.option(
+    "--max-rejected-per-hour",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="WARNING when more than N drops were rejected in the last hour; CRITICAL above 2N.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the line.")
+@click.pass_obj
+def check(
+    app: App, max_age: float, max_backlog: int, max_rejected_per_hour: int, as_json: bool
+) -> None:
+    """Monitoring: one summary line and an exit code (Nagios plugin convention).
+
+    Exit 0 OK, 1 WARNING, 2 CRITICAL. CRITICAL also when there is no history, no
+    version yet, or the newest version is damaged. The line ends with performance
+    data after '|'. Reads only; never takes the lock. For cron, systemd timers with
+    OnFailure= and monitoring agents: see docs/monitoring.md.
+    """
+    limits = CheckLimits(max_age, max_backlog, max_rejected_per_hour)
+    result = judge(gather_facts(app.settings), limits)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo(result.line())
+    if result.code:
+        raise click.exceptions.Exit(result.code)

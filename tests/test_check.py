@@ -1,0 +1,157 @@
+"""``ingester check``: exit 0/1/2 (OK/WARNING/CRITICAL), one line, ``--json``; and ``-q``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import INVALID_SAMPLES, run_cli
+
+
+def snapshot_at(age: timedelta) -> bytes:
+    stamp = (datetime.now(UTC) - age).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return json.dumps(
+        {"currentSession": {"resetsIn": "1 hr", "percentageUsed": 5}, "lastUpdated": stamp}
+    ).encode()
+
+
+def ingest(root: Path, tmp_path: Path, age: timedelta) -> None:
+    source = tmp_path / f"in-{time.monotonic_ns()}.json"
+    source.write_bytes(snapshot_at(age))
+    result = run_cli(root, "ingest", str(source))
+    assert result.returncode == 0, result.stderr
+
+
+def check(root: Path, *args: str) -> tuple[int, str]:
+    result = run_cli(root, "check", *args)
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout + result.stderr
+    return result.returncode, lines[0]
+
+
+def test_fresh_data_is_ok(root: Path, tmp_path: Path) -> None:
+    ingest(root, tmp_path, timedelta(minutes=1))
+    code, line = check(root)
+    assert code == 0
+    assert line.startswith("INGESTER OK - ")
+    assert "| age=" in line and "backlog=0;50;100" in line
+
+
+@pytest.mark.parametrize(
+    ("age", "args", "expected"),
+    [
+        (timedelta(minutes=20), (), 1),
+        (timedelta(minutes=40), (), 2),
+        (timedelta(minutes=40), ("--max-age", "1h"), 0),
+        (timedelta(minutes=3), ("--max-age", "120"), 1),
+        (timedelta(days=3), ("--max-age", "1d"), 2),
+    ],
+)
+def test_stale_data_warns_then_is_critical(
+    root: Path, tmp_path: Path, age: timedelta, args: tuple[str, ...], expected: int
+) -> None:
+    ingest(root, tmp_path, age)
+    code, line = check(root, *args)
+    assert code == expected, line
+    assert line.startswith(f"INGESTER {('OK', 'WARNING', 'CRITICAL')[expected]} - ")
+    if expected:
+        assert line.split(" - ", 1)[1].startswith("newest data "), line
+
+
+def test_no_history_or_no_version_is_critical(root: Path) -> None:
+    code, line = check(root)
+    assert code == 2 and "no history" in line
+    assert run_cli(root, "init").returncode == 0
+    code, line = check(root)
+    assert code == 2 and "no version yet" in line
+
+
+def submit(root: Path, count: int) -> list[Path]:
+    drops = []
+    for _ in range(count):
+        result = run_cli(root, "submit", "-", input=snapshot_at(timedelta(0)))
+        assert result.returncode == 0, result.stderr
+        drops.append(Path(result.stdout.strip()))
+    return drops
+
+
+def test_backlog_warns_above_n_and_is_critical_above_2n(root: Path, tmp_path: Path) -> None:
+    ingest(root, tmp_path, timedelta(0))
+    submit(root, 3)
+    code, line = check(root, "--max-backlog", "2")
+    assert code == 1 and "backlog 3 (more than 2)" in line, line
+    code, line = check(root, "--max-backlog", "1")
+    assert code == 2 and "backlog 3 (more than 2)" in line, line
+    code, _ = check(root, "--max-backlog", "3")
+    assert code == 0
+
+
+def test_a_drop_waiting_longer_than_max_age_is_critical(root: Path, tmp_path: Path) -> None:
+    ingest(root, tmp_path, timedelta(0))
+    (waiting,) = submit(root, 1)
+    old = time.time() - 20 * 60
+    os.utime(waiting, (old, old))
+    code, line = check(root)
+    assert code == 2
+    assert "backlog 1, oldest waiting 20 min (nothing takes the drops?)" in line
+
+
+def reject(root: Path, count: int) -> None:
+    spool = root / "spool"
+    spool.mkdir(exist_ok=True)
+    for i in range(count):
+        sample = INVALID_SAMPLES[i % len(INVALID_SAMPLES)]
+        (spool / f"bad-{i}.json").write_bytes(sample.read_bytes())
+    result = run_cli(root, "watch", "--once")
+    assert result.returncode == 0, result.stderr
+
+
+def test_rejections_in_the_last_hour(root: Path, tmp_path: Path) -> None:
+    ingest(root, tmp_path, timedelta(0))
+    reject(root, 3)
+    assert check(root, "--max-rejected-per-hour", "3")[0] == 0
+    code, line = check(root, "--max-rejected-per-hour", "2")
+    assert code == 1 and "3 rejected in the last hour (more than 2)" in line
+    assert check(root, "--max-rejected-per-hour", "1")[0] == 2
+    # Rejections older than an hour do not count.
+    old = time.time() - 2 * 3600
+    for reason in (root / "spool" / "rejected").glob("*.reason.json"):
+        os.utime(reason, (old, old))
+    assert check(root, "--max-rejected-per-hour", "0")[0] == 0
+
+
+def test_json_shape(root: Path, tmp_path: Path) -> None:
+    ingest(root, tmp_path, timedelta(minutes=20))
+    result = run_cli(root, "check", "--json")
+    assert result.returncode == 1
+    doc = json.loads(result.stdout)
+    assert doc["status"] == "WARNING" and doc["code"] == 1
+    assert [c["name"] for c in doc["checks"]] == ["age", "backlog", "rejected"]
+    age = doc["checks"][0]
+    assert age["status"] == "WARNING" and age["warning"] == 900 and age["critical"] == 1800
+    assert 1190 < age["value"] < 1300
+    assert doc["backlog"] == 0 and doc["rejectedLastHour"] == 0
+    assert doc["summary"].startswith("newest data 20 min old")
+
+
+def test_a_bad_duration_is_a_usage_error(root: Path) -> None:
+    result = run_cli(root, "check", "--max-age", "soon")
+    assert result.returncode == 2
+    assert "is not a duration" in result.stderr
+
+
+def test_quiet_prints_nothing_when_ok_and_everything_on_failure(root: Path, tmp_path: Path) -> None:
+    ingest(root, tmp_path, timedelta(minutes=20))
+    fine = run_cli(root, "-q", "check", "--max-age", "1h")
+    assert (fine.returncode, fine.stdout, fine.stderr) == (0, "", "")
+    cleanup = run_cli(root, "-q", "cleanup")
+    assert (cleanup.returncode, cleanup.stdout, cleanup.stderr) == (0, "", "")
+    warned = run_cli(root, "-q", "check")
+    assert warned.returncode == 1
+    assert warned.stdout == ""
+    assert warned.stderr.startswith("INGESTER WARNING - newest data 20 min old")

@@ -1,0 +1,180 @@
+"""Retention of quarantined drops: pairs only, never anything else, by cleanup and the watcher."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import INVALID_SAMPLES, run_cli
+
+from ingester.durable import StorageError
+from ingester.housekeeping import RejectedRetention, prune_rejected
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def reason_bytes(name: str, when: datetime) -> bytes:
+    stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    record = {"file": name, "rejectedAt": stamp, "reason": "not JSON", "errors": []}
+    return json.dumps(record).encode()
+
+
+def pair(folder: Path, name: str, age_days: float, data: bytes = b"{bad") -> None:
+    (folder / name).write_bytes(data)
+    (folder / f"{name}.reason.json").write_bytes(reason_bytes(name, NOW - timedelta(days=age_days)))
+
+
+@pytest.fixture
+def rejected(tmp_path: Path) -> Path:
+    folder = tmp_path / "rejected"
+    folder.mkdir()
+    return folder
+
+
+def test_only_expired_pairs_are_removed_drop_and_reason(rejected: Path, tmp_path: Path) -> None:
+    pair(rejected, "old.json", 31)
+    pair(rejected, "new.json", 29)
+    result = prune_rejected(rejected, 30, NOW)
+    assert sorted(result.removed) == ["old.json", "old.json.reason.json"]
+    assert (result.expired_pairs, result.kept) == (1, 1)
+    assert sorted(p.name for p in rejected.iterdir()) == ["new.json", "new.json.reason.json"]
+
+
+def test_nothing_but_pairs_is_ever_touched(rejected: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("keep")
+    old = (NOW - timedelta(days=400)).timestamp()
+    keep = {
+        "notes.txt": b"an operator's notes",
+        "lonely.json": b"{a drop whose reason file is gone}",
+        "fake.json.reason.json": b"not a reason file",
+        "nodate.json.reason.json": json.dumps({"file": "nodate.json"}).encode(),
+        "naive.json.reason.json": json.dumps({"rejectedAt": "2000-01-01T00:00:00"}).encode(),
+        ".tmp-w-123": b"a temp file",
+    }
+    for name, data in keep.items():
+        (rejected / name).write_bytes(data)
+        os.utime(rejected / name, (old, old))
+    (rejected / "fake.json").write_bytes(b"the drop of a reason file that is not ours")
+    (rejected / "folder.json").mkdir()
+    (rejected / "folder.json.reason.json").write_bytes(reason_bytes("folder.json", NOW))
+    # A quarantined symlink: removed as the link itself, its target untouched.
+    os.symlink(secret, rejected / "link.json")
+    (rejected / "link.json.reason.json").write_bytes(
+        reason_bytes("link.json", NOW - timedelta(days=90))
+    )
+    result = prune_rejected(rejected, 30, NOW)
+    assert sorted(result.removed) == ["link.json", "link.json.reason.json"]
+    assert secret.read_text() == "keep"
+    left = sorted(p.name for p in rejected.iterdir())
+    assert left == sorted([*keep, "fake.json", "folder.json", "folder.json.reason.json"])
+
+
+def test_a_reason_file_left_alone_by_a_crash_is_removed_later(rejected: Path) -> None:
+    (rejected / "x.json.reason.json").write_bytes(reason_bytes("x.json", NOW - timedelta(days=40)))
+    assert prune_rejected(rejected, 30, NOW).removed == ["x.json.reason.json"]
+
+
+def test_dry_run_removes_nothing(rejected: Path) -> None:
+    pair(rejected, "old.json", 31)
+    result = prune_rejected(rejected, 30, NOW, dry_run=True)
+    assert sorted(result.removed) == ["old.json", "old.json.reason.json"]
+    assert len(list(rejected.iterdir())) == 2
+
+
+def test_a_symlink_in_place_of_the_folder_is_refused(tmp_path: Path, rejected: Path) -> None:
+    pair(rejected, "old.json", 31)
+    link = tmp_path / "link"
+    os.symlink(rejected, link)
+    with pytest.raises(StorageError, match="symlink"):
+        prune_rejected(link, 30, NOW)
+    assert len(list(rejected.iterdir())) == 2
+    assert prune_rejected(tmp_path / "missing", 30, NOW).removed == []
+
+
+def test_the_watcher_side_runs_when_due_and_holds_back_on_a_clock_jump(rejected: Path) -> None:
+    clock = {"wall": NOW, "mono": 1000.0}
+    keeper = RejectedRetention(
+        rejected, 30, wall=lambda: clock["wall"], monotonic=lambda: clock["mono"], every=600
+    )
+    pair(rejected, "a.json", 31)
+    assert keeper.run_if_due() is not None
+    assert not (rejected / "a.json").exists()
+    pair(rejected, "b.json", 29)
+    assert keeper.run_if_due() is None  # not due yet
+    # Ten minutes of monotonic time, but the wall clock leapt two days: held back.
+    clock["mono"] += 600
+    clock["wall"] += timedelta(days=2)
+    assert keeper.run_if_due() is None
+    assert (rejected / "b.json").exists()
+    # The clocks agree again: the rule applies (b is now 31 days old by the wall clock).
+    clock["mono"] += 600
+    clock["wall"] += timedelta(seconds=600)
+    result = keeper.run_if_due()
+    assert result is not None and "b.json" in result.removed
+
+
+def quarantine(root: Path, count: int) -> Path:
+    spool = root / "spool"
+    spool.mkdir(exist_ok=True)
+    for i in range(count):
+        (spool / f"bad-{i}.json").write_bytes(INVALID_SAMPLES[i].read_bytes())
+    result = run_cli(root, "watch", "--once")
+    assert result.returncode == 0, result.stderr
+    return spool / "rejected"
+
+
+def age_reason(folder: Path, name: str, days: float) -> None:
+    reason = folder / f"{name}.reason.json"
+    record = json.loads(reason.read_bytes())
+    stamp = datetime.now(UTC) - timedelta(days=days)
+    record["rejectedAt"] = stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    reason.write_text(json.dumps(record))
+
+
+def test_cleanup_applies_it_and_status_reports_it(root: Path) -> None:
+    folder = quarantine(root, 3)
+    age_reason(folder, "bad-0.json", 31)
+    age_reason(folder, "bad-1.json", 8)
+    dry = run_cli(root, "cleanup", "--dry-run")
+    assert "rejected: would remove 1 drop(s) older than 30 days, keep 2" in dry.stdout
+    assert len(list(folder.glob("bad-*"))) == 6
+    done = run_cli(root, "--rejected-retention-days", "7", "cleanup", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert sorted(doc["rejectedRemoved"]) == [
+        "bad-0.json",
+        "bad-0.json.reason.json",
+        "bad-1.json",
+        "bad-1.json.reason.json",
+    ]
+    assert doc["rejectedKept"] == 1
+    status = json.loads(
+        run_cli(root, "status", "--json", INGESTER_REJECTED_RETENTION_DAYS="7").stdout
+    )
+    assert status["rejected"] == {
+        "path": str(folder),
+        "count": 1,
+        "problem": None,
+        "retentionDays": 7.0,
+    }
+    text = run_cli(root, "status").stdout
+    assert "(removed after 30 days)" in text
+
+
+def test_the_watcher_applies_it_in_its_maintenance(root: Path) -> None:
+    folder = quarantine(root, 2)
+    age_reason(folder, "bad-0.json", 31)
+    result = run_cli(root, "watch", "--once")
+    assert result.returncode == 0
+    assert "removed 1 rejected drop(s) older than 30 days, kept 1" in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["bad-1.json", "bad-1.json.reason.json"]
+
+
+def test_a_bad_retention_is_a_usage_error(root: Path) -> None:
+    result = run_cli(root, "--rejected-retention-days", "0", "status")
+    assert result.returncode == 2
+    assert "--rejected-retention-days" in result.stderr

@@ -1,0 +1,158 @@
+"""The optional read-only group: the readers snippets applied to a temporary root only.
+
+A member of ``console-usage-readers`` reads the history and the latest link (and takes
+a snapshot of it), and cannot drop anything into the spool; a user without the group
+reads nothing. Real permission checks: the reader runs as another uid (``setpriv``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import IS_ROOT, VALID_SAMPLES, cli_env
+
+UNITS = Path(__file__).resolve().parent.parent / "systemd"
+NAME = "console-usage-ingester"
+READERS = "console-usage-readers"
+SYSUSERS_BIN = shutil.which("systemd-sysusers")
+TMPFILES_BIN = shutil.which("systemd-tmpfiles")
+SETPRIV = shutil.which("setpriv")
+READER_UID = 54321
+
+pytestmark = pytest.mark.skipif(
+    not (IS_ROOT and SYSUSERS_BIN and TMPFILES_BIN and SETPRIV),
+    reason="needs root, systemd-sysusers, systemd-tmpfiles and setpriv",
+)
+
+
+@dataclass
+class Tree:
+    work: Path
+    state: Path
+    service_uid: int
+    service_gid: int
+    readers_gid: int
+
+
+def _group_id(root: Path, name: str) -> int:
+    for line in (root / "etc" / "group").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2])
+    raise AssertionError(f"{name} not created")
+
+
+def _tool(*args: str) -> None:
+    assert any(a.startswith("--root=") for a in args), "never run these against the host"
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def tree() -> Iterator[Tree]:
+    # Under /tmp with 0755, so that another uid can reach it (pytest's tmp_path is 0700).
+    work = Path(tempfile.mkdtemp(prefix="readers-", dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        (work / "etc").mkdir()
+        assert SYSUSERS_BIN and TMPFILES_BIN
+        # In the documented order: the service's snippets, then the readers'.
+        _tool(SYSUSERS_BIN, f"--root={work}", str(UNITS / f"{NAME}.sysusers"))
+        _tool(SYSUSERS_BIN, f"--root={work}", str(UNITS / f"{NAME}-readers.sysusers"))
+        readers = _group_id(work, READERS)
+        service = _group_id(work, NAME)
+        # systemd-tmpfiles resolves ACL group names through the host's NSS, where this
+        # group does not exist: the copy names it by number, and nothing else changes.
+        text = (UNITS / f"{NAME}-readers.tmpfiles").read_text()
+        numbered = text.replace(f"group:{READERS}:", f"group:{readers}:")
+        assert numbered.count(f"group:{readers}:") == 3
+        (work / "readers.conf").write_text(numbered)
+        _tool(TMPFILES_BIN, f"--root={work}", "--create", str(UNITS / f"{NAME}.tmpfiles"))
+        _tool(TMPFILES_BIN, f"--root={work}", "--create", str(work / "readers.conf"))
+        state = work / "var" / "lib" / NAME
+        yield Tree(work, state, service, service, readers)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _service_writes(tree: Tree) -> Path:
+    """A history as the service leaves it: versions 0444 less its umask 0027, its owner."""
+    history = tree.state / "console-usage-history"
+    old = os.umask(0o027)
+    try:
+        for i, sample in enumerate(VALID_SAMPLES):
+            path = history / f"2026-11-30T10-00-0{i}-0000000{i}.json"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+            os.write(fd, sample.read_bytes())
+            os.close(fd)
+            os.chown(path, tree.service_uid, tree.service_gid)
+    finally:
+        os.umask(old)
+    newest = sorted(history.glob("2*.json"))[-1]
+    os.symlink(f"console-usage-history/{newest.name}", tree.state / "console-usage-synced.json")
+    return newest
+
+
+def _as(uid: int, groups: list[int], *argv: str) -> subprocess.CompletedProcess[str]:
+    assert SETPRIV is not None
+    group_args = ["--groups=" + ",".join(map(str, groups))] if groups else ["--clear-groups"]
+    return subprocess.run(
+        [SETPRIV, f"--reuid={uid}", f"--regid={uid}", *group_args, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        check=False,
+    )
+
+
+def test_a_reader_reads_the_history_and_cannot_drop(tree: Tree) -> None:
+    newest = _service_writes(tree)
+    reader = [tree.readers_gid]
+    latest = _as(READER_UID, reader, "cat", str(tree.state / "console-usage-synced.json"))
+    assert latest.returncode == 0, latest.stderr
+    assert latest.stdout.encode() == newest.read_bytes()
+    listing = _as(READER_UID, reader, "ls", str(tree.state / "console-usage-history"))
+    assert listing.returncode == 0 and newest.name in listing.stdout
+    drop = _as(READER_UID, reader, "touch", str(tree.state / "spool" / "x.json"))
+    assert drop.returncode != 0 and "Permission denied" in drop.stderr
+    version = _as(READER_UID, reader, "sh", "-c", f"echo x >> {newest}")
+    assert version.returncode != 0 and "Permission denied" in version.stderr
+    # Control: without the group, nothing can be read.
+    stranger = _as(READER_UID, [], "cat", str(newest))
+    assert stranger.returncode != 0 and "Permission denied" in stranger.stderr
+
+
+def test_a_reader_takes_a_snapshot_by_copying(tree: Tree) -> None:
+    _service_writes(tree)
+    dest = tree.work / "reader-backups"
+    dest.mkdir()
+    os.chown(dest, READER_UID, READER_UID)
+    ingester = [sys.executable, "-m", "ingester", "--root", str(tree.state)]
+    reach = _as(READER_UID, [tree.readers_gid], sys.executable, "-c", "import ingester")
+    if reach.returncode != 0:
+        last = (reach.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"this interpreter or the package is not reachable by another uid: {last}")
+    # fs.protected_hardlinks forbids linking another user's files: every version is copied.
+    snap = _as(READER_UID, [tree.readers_gid], *ingester, "snapshot", str(dest / "snap"))
+    assert snap.returncode == 0, snap.stderr
+    assert f"(0 linked, {len(VALID_SAMPLES)} copied)" in snap.stdout
+    verify = _as(
+        READER_UID,
+        [tree.readers_gid],
+        sys.executable,
+        "-m",
+        "ingester",
+        "--root",
+        str(dest / "snap"),
+        "verify",
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr

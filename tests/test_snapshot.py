@@ -1,0 +1,190 @@
+"""``ingester snapshot``: a consistent point-in-time copy, as a folder or a tar stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import IS_ROOT, VALID_SAMPLES, cli_env, run_cli
+
+from ingester.snapshot import build_snapshot_tree, list_versions_once
+
+HISTORY = "console-usage-history"
+LATEST = "console-usage-synced.json"
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture
+def history(root: Path) -> list[str]:
+    """The valid samples ingested; the version names, oldest first."""
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
+    return list_versions_once(root / HISTORY)
+
+
+def _one_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_snapshot_is_a_root_that_verifies_and_shares_the_version_inodes(
+    root: Path, history: list[str], tmp_path: Path
+) -> None:
+    dest = tmp_path / "backups" / "snap"
+    out = ok(run_cli(root, "snapshot", str(dest))).stdout
+    assert f"{len(history)} version(s) ({len(history)} linked, 0 copied)" in out
+    ok(run_cli(dest, "verify"))
+    assert sorted(p.name for p in (dest / HISTORY).glob("2*.json")) == history
+    for name in history:
+        assert (dest / HISTORY / name).stat().st_ino == (root / HISTORY / name).stat().st_ino
+    assert os.readlink(dest / LATEST) == f"{HISTORY}/{history[-1]}"
+    meta = json.loads((dest / HISTORY / "_metadata.json").read_bytes())
+    live = json.loads((root / HISTORY / "_metadata.json").read_bytes())
+    assert meta["versionCount"] == len(history)
+    assert meta["latestVersion"] == history[-1]
+    assert meta["totalVersionsCreated"] == live["totalVersionsCreated"]
+    assert meta["lastCleanup"] == live["lastCleanup"]
+    # Nothing of the live history came along: no lock, no temp files; no temp folder left.
+    assert not (dest / HISTORY / ".lock").exists()
+    assert [p.name for p in dest.parent.iterdir()] == ["snap"]
+
+
+def test_snapshot_never_replaces_anything(root: Path, history: list[str], tmp_path: Path) -> None:
+    dest = tmp_path / "snap"
+    dest.mkdir()
+    (dest / "keep").write_text("mine")
+    _one_error(run_cli(root, "snapshot", str(dest)), "already exists")
+    assert [p.name for p in dest.iterdir()] == ["keep"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_snapshot_refuses_a_destination_inside_the_history_or_spool(
+    root: Path, history: list[str]
+) -> None:
+    _one_error(run_cli(root, "snapshot", str(root / HISTORY / "snap")), "inside the history")
+    _one_error(run_cli(root, "snapshot", str(root / "spool" / "snap")), "inside the spool")
+
+
+def test_snapshot_without_a_history_says_so(root: Path, tmp_path: Path) -> None:
+    _one_error(run_cli(root, "snapshot", str(tmp_path / "snap")), "no history", "ingester init")
+    assert not (tmp_path / "snap").exists()
+
+
+def test_a_version_deleted_after_the_listing_is_left_out_and_the_rest_agrees(
+    root: Path, history: list[str], tmp_path: Path
+) -> None:
+    # The listing holds a version that retention removes before it is linked (here: the
+    # newest, the worst case for the latest link).
+    gone = history[-1]
+    listing = list(history)
+    (root / HISTORY / gone).unlink()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    result = build_snapshot_tree(root / HISTORY, tree, listing)
+    assert result.vanished == 1
+    assert result.versions == history[:-1]
+    assert result.latest == history[-2]
+    assert os.readlink(tree / LATEST) == f"{HISTORY}/{history[-2]}"
+    meta = json.loads((tree / HISTORY / "_metadata.json").read_bytes())
+    assert meta["versionCount"] == len(history) - 1
+    assert meta["latestVersion"] == history[-2]
+    ok(run_cli(tree, "verify"))
+
+
+def test_copy_mode_copies_bytes_and_modes(root: Path, history: list[str], tmp_path: Path) -> None:
+    dest = tmp_path / "snap"
+    out = ok(run_cli(root, "snapshot", "--copy", str(dest))).stdout
+    assert f"(0 linked, {len(history)} copied)" in out
+    for name in history:
+        copy, live = dest / HISTORY / name, root / HISTORY / name
+        assert copy.stat().st_ino != live.stat().st_ino
+        assert copy.read_bytes() == live.read_bytes()
+        assert copy.stat().st_mode == live.stat().st_mode
+    ok(run_cli(dest, "verify"))
+
+
+def test_tar_stream_extracts_to_a_root_that_verifies(
+    root: Path, history: list[str], tmp_path: Path
+) -> None:
+    archive = tmp_path / "snap.tar"
+    with archive.open("wb") as out:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ingester", "--root", str(root), "snapshot", "--tar", "-"],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            env=cli_env(),
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stderr
+    names = subprocess.run(
+        ["tar", "-tf", str(archive)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert names == [
+        f"{HISTORY}/",
+        *(f"{HISTORY}/{n}" for n in history),
+        f"{HISTORY}/_metadata.json",
+        LATEST,
+    ]
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(restored)], check=True)
+    ok(run_cli(restored, "verify"))
+    assert os.readlink(restored / LATEST) == f"{HISTORY}/{history[-1]}"
+
+
+def test_tar_to_a_file_refuses_an_existing_file(
+    root: Path, history: list[str], tmp_path: Path
+) -> None:
+    target = tmp_path / "exists.tar"
+    target.write_text("mine")
+    _one_error(run_cli(root, "snapshot", "--tar", str(target)), "already exists")
+    assert target.read_text() == "mine"
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounting a small tmpfs needs root")
+def test_a_snapshot_that_fails_midway_leaves_nothing(root: Path, tmp_path: Path) -> None:
+    big = json.loads(VALID_SAMPLES[0].read_bytes())
+    big["padding"] = "x" * 200_000
+    sample = tmp_path / "big.json"
+    sample.write_text(json.dumps(big))
+    ok(run_cli(root, "ingest", str(sample), *map(str, VALID_SAMPLES)))
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(small)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        # Another filesystem: every version is copied, and the big one does not fit.
+        _one_error(run_cli(root, "snapshot", str(small / "snap")), "ENOSPC")
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_verify_says_when_the_latest_link_names_a_missing_version(
+    root: Path, history: list[str]
+) -> None:
+    # What a live copy by a tool that reads the link after listing the folder restores.
+    link = root / LATEST
+    link.unlink()
+    missing = "2099-01-01T00-00-00-00000000.json"
+    os.symlink(f"{HISTORY}/{missing}", link)
+    result = run_cli(root, "verify")
+    assert result.returncode == 1
+    assert f"latest link points at {HISTORY}/{missing}, which is missing" in result.stdout
+    assert f"(the newest is {history[-1]})" in result.stdout
