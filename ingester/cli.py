@@ -23,7 +23,7 @@ from .logs import LOG_FORMATS, setup_logging
 from .model import PayloadRejected, judge_payload
 from .names import format_timestamp
 from .settings import SettingError, Settings, resolve_settings
-from .store import HistoryStore
+from .store import CacheNotRefreshed, HistoryStore
 
 __all__ = ["main"]
 
@@ -49,7 +49,9 @@ def writing_store(settings: Settings, purpose: str) -> Iterator[HistoryStore]:
     try:
         store.history_dir.mkdir(parents=True, exist_ok=True)
         with HistoryLock(store.lock_path, purpose):
-            store.initialize()
+            for error in store.initialize().cache_errors:
+                # The latest link and metadata are caches: say so, and go on.
+                click.echo(f"warning: {error}", err=True)
             yield store
     except LockHeld as exc:
         hint = "; use 'ingester submit' to hand a watcher drops" if purpose == "ingest" else ""
@@ -190,6 +192,12 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
                 continue
             try:
                 version = store.save_version(data)
+            except CacheNotRefreshed as exc:
+                # Past the commit point: stored. Saying "not stored" would invite a retry,
+                # and a retry would store the same payload twice.
+                click.echo(f"stored {path} -> {exc.version.name} ({len(data)} bytes)")
+                click.echo(f"warning: stored, cache not refreshed: {exc}", err=True)
+                continue
             except StorageError as exc:
                 raise fail(f"{path} not stored: {exc}") from None
             click.echo(f"stored {path} -> {version.name} ({len(data)} bytes)")
