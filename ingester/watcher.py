@@ -400,8 +400,8 @@ class Watcher:
             log.warning("latest link repaired (it %s)", report.latest_repaired)
         for error in report.cache_errors:
             # Caches never gate ingest: logged, and retried by the maintenance rounds.
-            self._cache_failed(error)
-            self._meta_dirty = True
+            log.error("cannot refresh a cache (drops are still stored): %s", error)
+            self._latest_dirty = self._meta_dirty = True
         self._recover_claims_safely()
         if not self.options.once:
             try:

@@ -363,6 +363,19 @@ def test_a_broken_latest_link_folder_does_not_stop_ingest(
         assert w.stop() == 0
 
 
+def test_a_latest_path_that_is_a_folder_does_not_stop_ingest(root: Path) -> None:
+    (root / "console-usage-synced.json").mkdir()
+    (root / "console-usage-synced.json" / "keep").write_bytes(b"x")
+    with WatchProcess(root) as w:
+        for i in range(5):
+            drop(root / "spool", f"d{i}.json", payload(i))
+        wait_for(lambda: len(versions(root)) == 5, what="5 drops stored")
+        assert "cannot refresh the latest link" in w.log
+        assert w.stop() == 0
+    meta = json.loads((history_of(root) / "_metadata.json").read_bytes())
+    assert meta["versionCount"] == 5
+
+
 def test_a_drop_that_cannot_be_claimed_waits_alone(root: Path, can_chattr: None) -> None:
     spool = root / "spool"
     stuck = drop(spool, "stuck.json", payload(0))
