@@ -29,7 +29,16 @@ function of names:
   the drop is taken again as if new. Nothing was stored.
 * crash between 4 and 6: ``.claimed/<v>`` exists, ``<history>/<v>`` does not: the
   claimed bytes are validated and committed as ``<v>``. Stored once.
-* crash between 6 and 8: both exist: the claim is removed. Stored once.
+* crash between 6 and 8: both exist: the claim is removed, once its bytes are seen to
+  be the version's (a claim whose name is taken by other bytes is stored anew). Stored
+  once.
+
+Recovery deletes, so it trusts nothing by name: ``.claimed/`` must be our own real
+folder (checked at start and before every use; the watcher refuses to start otherwise,
+naming the folder and its owner), and a claim and its version that are one directory
+entry are never "duplicates". In the normal path too, what is claimed is what is
+stored: the claimed bytes are compared with the bytes judged, and a claim holding
+anything else goes back to the spool to be judged again.
 
 Every version is complete before its name appears (its bytes were fsynced in step 5),
 and a claim is durable before its version (a power cut cannot resurrect the drop in the

@@ -427,6 +427,19 @@ def test_valid_drops_never_depend_on_the_quarantine_folder(root: Path) -> None:
     assert done.returncode == 1  # one drop could not be set aside, said so
 
 
+def test_a_running_watchers_rescans_never_depend_on_the_quarantine_folder(root: Path) -> None:
+    with WatchProcess(root, "--rescan-interval", "0.2", global_args=("-v",)) as w:
+        rejected = root / "spool" / "rejected"
+        shutil.rmtree(rejected)
+        rejected.write_bytes(b"a file where the folder should be")
+        mark = w.log.count("rescanned the spool (interval)")
+        w.wait_log("rescanned the spool (interval)", count=mark + 2)
+        drop(root / "spool", "a.json", payload(1))
+        wait_for(lambda: versions(root), what="a valid drop stored")
+        assert w.stop() == 0
+    assert "cannot scan the spool" not in w.log, w.log
+
+
 def test_the_quarantine_may_not_be_the_history(root: Path, tmp_path: Path) -> None:
     history = history_of(root)
     done = run_cli(root, "--rejected-dir", str(history), "status")
