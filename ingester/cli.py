@@ -340,8 +340,9 @@ def submit(app: App, source: str, name: str | None) -> None:
     """Drop FILE (or standard input, '-') into the spool atomically; print its path.
 
     The payload is validated first: an invalid one is refused with the reasons (exit 1)
-    and nothing is dropped. The file is written into SPOOL/tmp/, fsynced, then renamed
-    into the spool, so the watcher never sees a partial drop.
+    and nothing is dropped. The file is written into SPOOL/tmp/, fsynced, then linked
+    into the spool, so the watcher never sees a partial drop. A drop of the same name
+    still waiting is never replaced: that is refused (exit 1).
     """
     from .spool import Spool, drop_name_for_now, is_drop_name
 
