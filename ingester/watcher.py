@@ -320,6 +320,7 @@ class Watcher:
         self._dirs_logged: set[str] = set()
         self._quarantine_backoff: dict[str, float] = {}
         self._drop_backoff: dict[str, float] = {}  # drops that cannot be claimed, each alone
+        self._copied_claims: dict[str, tuple[int, int]] = {}  # version -> claim's size, mtime
         self._unfinished: dict[str, tuple[tuple[int, int, int], float]] = {}
         self._writing: set[str] = set()  # created in place, close-write not seen yet
         self._watched: dict[str, tuple[tuple[int, int, int], float]] = {}  # settle checks
@@ -700,6 +701,7 @@ class Watcher:
             # and are committed again after the backoff.
             for item in linked:
                 self.store.withdraw_version(item.version)
+                self._copied_claims.pop(item.version, None)
             self._latest_dirty = True
             with contextlib.suppress(StorageError):
                 self.store.update_latest()  # not left naming a version taken back
@@ -707,8 +709,19 @@ class Watcher:
             self._fail(None, exc)
             return
         for item in linked:
+            claim = self.spool.claimed_dir / item.version
+            seen = self._copied_claims.pop(item.version, None)
+            if seen is not None and self._written_since(claim, seen):
+                # A writer still holding the file added to it after its copy was
+                # stored: those bytes are not stored, so the claim is not deleted; it
+                # goes back to the spool as a new drop (or stays for recovery).
+                log.warning("%s was written to after it was stored; taking it again", item.drop)
+                self._unclaim(claim, self.spool.dir / item.drop)
+                self._meta_dirty = True
+                self._ingested(item.drop, item.version, item.size, item.started)
+                continue
             try:
-                durable.remove_file(self.spool.claimed_dir / item.version)
+                durable.remove_file(claim)
             except StorageError as exc:
                 self._fail(None, exc)  # recovery removes it later: its version exists
             self._ingested(item.drop, item.version, item.size, item.started)
@@ -992,10 +1005,13 @@ class Watcher:
                 elif sealed != "sealed":
                     self._changed(claim, path, name)
                     return None
-            if staged is not None and not self._holds(claim, opened.data):
-                staged.discard()
-                self._changed(claim, path, name)
-                return None
+            if staged is not None:
+                seen = self._holds(claim, opened.data)
+                if seen is None:
+                    staged.discard()
+                    self._changed(claim, path, name)
+                    return None
+                self._copied_claims[version] = seen
             if staged is not None:
                 staged.sync()
             durable.fsync_dir(self.spool.claimed_dir)
@@ -1004,6 +1020,7 @@ class Watcher:
             else:
                 self.store.commit_version(staged, version, sync=False)
         except StorageError:
+            self._copied_claims.pop(version, None)
             if staged is not None:
                 staged.discard()
             if self.store.has_version(version):
@@ -1029,16 +1046,28 @@ class Watcher:
         self._meta_dirty = True  # the maintenance round finishes a claim left behind
         self._deferred[name] = time.monotonic() + self.options.settle
 
-    def _holds(self, claim: Path, data: bytes) -> bool:
-        """Whether the claimed file holds exactly ``data`` (read without following links)."""
+    @staticmethod
+    def _written_since(claim: Path, seen: tuple[int, int]) -> bool:
+        try:
+            st = os.lstat(claim)
+        except OSError:
+            return False
+        return (st.st_size, st.st_mtime_ns) != seen
+
+    def _holds(self, claim: Path, data: bytes) -> tuple[int, int] | None:
+        """The claim's ``(st_size, st_mtime_ns)`` if it holds exactly ``data``, else None.
+
+        Read without following links. The stat lets the release see a later write.
+        """
         try:
             fd = os.open(claim, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise StorageError("open claim", claim, exc) from exc
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return False
-            return os.pread(fd, len(data) + 1, 0) == data
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or os.pread(fd, len(data) + 1, 0) != data:
+                return None
+            return st.st_size, st.st_mtime_ns
         except OSError as exc:
             raise StorageError("read claim", claim, exc) from exc
         finally:

@@ -321,6 +321,48 @@ def test_what_is_claimed_is_what_is_stored(root: Path, owner: str) -> None:
     assert stored_contents(root) == {new: 1}, w.log
 
 
+@pytest.mark.skipif(
+    STRACE is None or not IS_ROOT, reason="needs strace and root (to attach, to chown)"
+)
+def test_bytes_written_after_a_copy_was_stored_are_never_deleted(root: Path) -> None:
+    """A writer adds to another user's drop after its copy is linked, before its claim
+    is released (every fsync held up 1 s): the claim is not deleted with those bytes."""
+    with WatchProcess(root, global_args=("-v",)) as w:
+        w.wait_log("cleanup deleted 0")  # idle: its start-up writes are done
+        tracer = subprocess.Popen(
+            [
+                STRACE or "strace",
+                "-p",
+                str(w.proc.pid),
+                "-o",
+                os.devnull,
+                "-e",
+                "trace=fsync",
+                "-e",
+                "inject=fsync:delay_enter=1000000",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        claimed = root / "spool" / ".claimed"
+        try:
+            status = Path(f"/proc/{w.proc.pid}/status")
+            wait_for(lambda: "TracerPid:\t0\n" not in status.read_text(), what="strace attached")
+            path = drop(root / "spool", "a.json", payload(1))
+            os.chown(path, SCRAPER_UID, SPOOL_GID)  # another user's: copied
+            wait_for(lambda: versions(root), timeout=20, what="the copy linked")
+            (claim,) = claimed.iterdir()
+            with open(claim, "ab") as f:
+                f.write(b" and more")
+        finally:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(timeout=10)
+        rejected = root / "spool" / "rejected" / "a.json"
+        wait_for(rejected.exists, timeout=20, what="the grown file judged again")
+        assert w.stop() == 0
+    assert rejected.read_bytes() == payload(1) + b" and more"
+    assert stored_contents(root) == {payload(1): 1}
+
+
 # -- ingest after the commit point; caches never gate ingest -----------------------------
 
 
