@@ -41,7 +41,7 @@ from .settings import (
     Settings,
     resolve_settings,
 )
-from .store import HistoryStore, utc_now
+from .store import CacheNotRefreshed, HistoryStore, utc_now
 
 EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug, not something the user did
 _CHUNK = 1 << 16
@@ -214,7 +214,9 @@ def writing_store(settings: Settings, purpose: str) -> Iterator[HistoryStore]:
     try:
         make_folder(store.history_dir)
         with HistoryLock(store.lock_path, purpose):
-            store.initialize()
+            for error in store.initialize().cache_errors:
+                # The latest link and metadata are caches: say so, and go on.
+                click.echo(f"warning: {error}", err=True)
             yield store
     except LockHeld as exc:
         hint = "; use 'ingester submit' to hand a watcher drops" if purpose == "ingest" else ""
@@ -443,6 +445,12 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
                 continue
             try:
                 version = store.save_version(data)
+            except CacheNotRefreshed as exc:
+                # Past the commit point: stored. Saying "not stored" would invite a retry,
+                # and a retry would store the same payload twice.
+                click.echo(f"stored {path} -> {exc.version.name} ({len(data)} bytes)")
+                click.echo(f"warning: stored, cache not refreshed: {exc}", err=True)
+                continue
             except StorageError as exc:
                 raise fail(f"{path} not stored: {exc}") from None
             click.echo(f"stored {path} -> {version.name} ({len(data)} bytes)")
@@ -648,9 +656,10 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     """Drop FILE (or standard input, '-') into the spool atomically; print its path.
 
     The payload is validated first: an invalid one is refused with the reasons (exit 1)
-    and nothing is dropped. The file is written into SPOOL/tmp/, fsynced, then renamed
-    into the spool, so the watcher never sees a partial drop. With --dry-run the
-    payload is only judged (a scraper's CI can check its output): nothing is dropped.
+    and nothing is dropped. The file is written into SPOOL/tmp/, fsynced, then linked
+    into the spool, so the watcher never sees a partial drop. A drop of the same name
+    still waiting is never replaced: that is refused (exit 1). With --dry-run the payload
+    is only judged (a scraper's CI can check its output): nothing is dropped.
     """
     from .spool import Spool, drop_name_for_now, is_drop_name
 

@@ -33,6 +33,7 @@ __all__ = [
     "fsync_dir",
     "link_file",
     "move_file",
+    "publish_new",
     "remove_file",
     "remove_stale_temps",
     "replace_symlink",
@@ -293,6 +294,29 @@ def _link_no_clobber(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
+def publish_new(source: Path, final: Path) -> None:
+    """Give the fsynced file ``source`` the new name ``final`` and drop ``source``'s name.
+
+    Never replaces anything: ``FileExistsError`` (unwrapped, so callers can say what
+    the name is taken by) when ``final`` exists. A hard link, then the source name is
+    removed; where hard links cannot be made, a check then a rename. Both folders are
+    fsynced; other failures raise :class:`StorageError`.
+    """
+    try:
+        _link_no_clobber(source, final)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise StorageError("link", final, exc) from exc
+    # The new name is published and made durable below: a second name left behind in
+    # a writers' scratch folder is never read as a drop, so its removal may fail.
+    with contextlib.suppress(OSError):
+        os.unlink(source)
+    fsync_dir(final.parent)
+    if source.parent != final.parent:
+        fsync_dir(source.parent)
+
+
 def write_file(
     directory: Path, name: str, data: bytes, *, mode: int = 0o444, replace: bool = False
 ) -> Path:
@@ -411,17 +435,33 @@ def remove_stale_temps(directory: Path, prefix: str = TEMP_PREFIX) -> list[str]:
     """Remove leftover temp files (never folders) named ``prefix*`` from ``directory``.
 
     Returns the names removed. Only call it where no writer is active (the caller
-    holds the history lock), or a temp file being written would be swept away.
+    holds the history lock), or a temp file being written would be swept away. The
+    folder is opened without following a symlink in its place (a sweep never reaches
+    into another folder through a link) and the names are removed relative to it.
     """
     removed: list[str] = []
     try:
-        entries = list(os.scandir(directory))
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return removed
     except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            return removed  # not a real folder: nothing of ours to sweep there
         raise StorageError("list", directory, exc) from exc
-    for entry in entries:
-        if entry.name.startswith(prefix) and not entry.is_dir(follow_symlinks=False):
-            remove_file(Path(entry.path))
-            removed.append(entry.name)
+    try:
+        try:
+            entries = list(os.scandir(dir_fd))
+        except OSError as exc:
+            raise StorageError("list", directory, exc) from exc
+        for entry in entries:
+            if entry.name.startswith(prefix) and not entry.is_dir(follow_symlinks=False):
+                try:
+                    os.unlink(entry.name, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise StorageError("remove", directory / entry.name, exc) from exc
+                removed.append(entry.name)
+    finally:
+        os.close(dir_fd)
     return removed

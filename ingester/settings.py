@@ -276,9 +276,24 @@ def resolve_settings(
     spool = values.get("spool_dir", root / "spool")
     history = values.get("history_dir", root / "console-usage-history")
     latest = values.get("latest_path", root / "console-usage-synced.json")
-    if _overlaps(spool, history):
+    rejected = values.get("rejected_dir", spool / "rejected")
+    # Compared as real paths (a symlinked folder is the folder it names), every pair.
+    real = {k: Path(os.path.realpath(v)) for k, v in (("s", spool), ("h", history))}
+    real["r"] = Path(os.path.realpath(rejected))
+    if _overlaps(real["s"], real["h"]):
         raise SettingError(
             "--spool-dir/--history-dir", f"the spool {spool} and the history {history} overlap"
+        )
+    if _overlaps(real["r"], real["h"]) or real["r"] == real["s"] or _inside(real["s"], real["r"]):
+        raise SettingError(
+            "--rejected-dir",
+            f"the quarantine {rejected} must not be, hold or lie in the history {history}, "
+            f"nor be or hold the spool {spool}",
+        )
+    real_latest = Path(os.path.realpath(latest.parent)) / latest.name
+    if any(_inside(real_latest, real[k]) for k in ("s", "h", "r")):
+        raise SettingError(
+            "--latest-path", f"{latest} must not be inside the spool or the history folder"
         )
     if latest.parent == spool or _inside(latest, spool) or _inside(latest, history):
         raise SettingError(
@@ -287,7 +302,7 @@ def resolve_settings(
     return Settings(
         root=root,
         spool_dir=spool,
-        rejected_dir=values.get("rejected_dir", spool / "rejected"),
+        rejected_dir=rejected,
         history_dir=history,
         latest_path=latest,
         max_versions=values.get("max_versions", _DEFAULTS["max_versions"]),

@@ -16,10 +16,12 @@ a FIFO with no writer or a socket cannot make us read it or hang.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
+import pwd
 import secrets
 import stat
 from dataclasses import dataclass
@@ -147,6 +149,13 @@ def open_entry(path: Path, max_bytes: int) -> Opened | Unreadable | None:
         os.close(fd)
 
 
+def _user(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
 _NAME_MAX = 255
 # Room for the reason suffix and a collision counter such as "-12".
 _REJECTED_NAME_MAX = _NAME_MAX - len(REASON_SUFFIX) - 8
@@ -176,12 +185,48 @@ class Spool:
         self.claimed_dir = self.dir / ".claimed"
 
     def ensure_folders(self) -> None:
-        """Create the spool, ``tmp/``, ``rejected/`` and ``.claimed/`` if missing."""
-        for folder in (self.dir, self.tmp_dir, self.rejected_dir, self.claimed_dir):
+        """Create the spool, ``tmp/`` and ``.claimed/`` if missing; ``rejected/`` if possible.
+
+        Valid drops never depend on the quarantine folder: a ``rejected/`` that cannot be
+        made (a file in its place, a read-only mount) is left to :meth:`quarantine`,
+        which fails for the invalid drop alone.
+        """
+        for folder, mode in ((self.dir, 0o777), (self.tmp_dir, 0o777), (self.claimed_dir, 0o700)):
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                folder.mkdir(mode=mode, parents=True, exist_ok=True)
             except OSError as exc:
                 raise StorageError("create folder", folder, exc) from exc
+        with contextlib.suppress(OSError):
+            self.rejected_dir.mkdir(parents=True, exist_ok=True)
+
+    def check_claimed(self, euid: int, history: tuple[int, int]) -> tuple[int, int]:
+        """Check that ``.claimed/`` is a real folder of ours; return its ``(st_dev, st_ino)``.
+
+        Recovery removes a claim once its version is stored, so ``.claimed/`` must be
+        what it claims to be: not a symlink (to the history, say), not the history
+        itself, and owned by this user. Raises
+        :class:`StorageError` naming the folder and what is wrong with it.
+        """
+        folder = self.claimed_dir
+        try:
+            st = os.lstat(folder)
+        except OSError as exc:
+            raise StorageError("use the claim folder", folder, exc) from exc
+        problem = None
+        if not stat.S_ISDIR(st.st_mode):
+            problem = f"it is a {_kind(st.st_mode)}, not a folder"
+        elif (st.st_dev, st.st_ino) == history:
+            problem = "it is the history folder"
+        elif st.st_uid != euid:
+            problem = (
+                f"it is owned by {_user(st.st_uid)}, not by this service ({_user(euid)}); "
+                "remove it and restart"
+            )
+        if problem is not None:
+            raise StorageError(
+                "use the claim folder", folder, OSError(errno.EPERM, f"unsafe: {problem}")
+            )
+        return st.st_dev, st.st_ino
 
     def scan(self, folder: Path | None = None) -> list[Candidate]:
         """Drop candidates in ``folder`` (default: the spool), oldest mtime first, then name."""
@@ -224,32 +269,69 @@ class Spool:
     def _free_rejected_name(self, name: str) -> str:
         """A name in ``rejected/`` for drop ``name``: kept when free, else ``stem-N.ext``.
 
-        A name whose reason file is there without its drop is free: a crash between
-        the two steps of :meth:`quarantine` left it, and the same drop comes again.
-        Names too long to carry ``.reason.json`` are shortened (with a digest, so two
-        long names stay apart); the reason file keeps the original name.
+        Quarantine names and reason-file names never meet: a quarantined drop never
+        gets a name ending in ``.reason.json`` (that is a collision too), and a name
+        is free only when neither it nor its reason file is taken. A reason file for
+        this same drop name without its drop is free: a crash between the two steps
+        of :meth:`quarantine` left it, and the same drop comes again. Names too long
+        to carry ``.reason.json`` are shortened (with a digest, so two long names stay
+        apart); the reason file keeps the original name.
         """
+        original = name
         name = _fit_name(name)
         stem, dot, ext = name.rpartition(".")
         if not dot:
             stem, ext = name, ""
         candidate, n = name, 0
-        while os.path.lexists(self.rejected_dir / candidate):
+        while not self._is_free(candidate, original):
             n += 1
             candidate = f"{stem}-{n}.{ext}" if ext else f"{stem}-{n}"
         return candidate
+
+    def _is_free(self, candidate: str, original: str) -> bool:
+        if candidate.endswith(REASON_SUFFIX) or os.path.lexists(self.rejected_dir / candidate):
+            return False
+        reason = self.rejected_dir / (candidate + REASON_SUFFIX)
+        try:
+            fd = os.open(reason, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            record = json.loads(os.read(fd, 1 << 20))
+        except (OSError, ValueError):
+            return False
+        finally:
+            os.close(fd)
+        return isinstance(record, dict) and record.get("file") == original
+
+    def _check_rejected_dir(self) -> None:
+        """``rejected/`` must be a real folder: never quarantine through a symlink."""
+        folder = self.rejected_dir
+        try:
+            folder.mkdir(parents=True, exist_ok=True)  # removed by hand?
+            st = os.lstat(folder)
+        except OSError as exc:
+            raise StorageError("create folder", folder, exc) from exc
+        if not stat.S_ISDIR(st.st_mode):
+            raise StorageError(
+                "use the quarantine folder",
+                folder,
+                OSError(errno.ENOTDIR, f"unsafe: it is a {_kind(st.st_mode)}, not a folder"),
+            )
 
     def quarantine(self, source: Path, name: str, reason: str, errors: list[dict[str, Any]]) -> str:
         """Move ``source`` (the entry itself, never a link's target) to ``rejected/``.
 
         The reason file is written first: if we die between the two steps the drop is
         still in the spool, and rejecting it again rewrites the same reason file.
-        Returns the name it was given in ``rejected/``.
+        Returns the name it was given in ``rejected/``. Raises :class:`StorageError`
+        when ``rejected/`` cannot be made, is not a real folder, or the move fails.
         """
-        try:
-            self.rejected_dir.mkdir(parents=True, exist_ok=True)  # removed by hand?
-        except OSError as exc:
-            raise StorageError("create folder", self.rejected_dir, exc) from exc
+        self._check_rejected_dir()
         target = self._free_rejected_name(name)
         record = {
             "file": name,
@@ -288,9 +370,12 @@ class Spool:
         return durable.remove_stale_temps(self.rejected_dir)
 
     def submit(self, data: bytes, name: str) -> Path:
-        """The writer's side: durably write into ``tmp/``, then rename into the spool.
+        """The writer's side: durably write into ``tmp/``, then publish it in the spool.
 
-        Refuses (``FileExistsError``) to replace a drop of the same name still waiting.
+        The drop's name is published only if it is free (a hard link, which never
+        replaces anything, then the staged name is removed), so two writers of the same
+        name never lose one payload silently. Raises ``FileExistsError`` when a drop of
+        that name is still waiting, :class:`StorageError` for any other failure.
         """
         for folder in (self.dir, self.tmp_dir):
             try:
@@ -300,16 +385,22 @@ class Spool:
         final = self.dir / name
         if os.path.lexists(final):
             raise FileExistsError(errno.EEXIST, "a drop of that name is waiting", str(final))
+        # The staged name does not carry the drop's name: a name near the 255-byte
+        # limit must fit as a drop, and a temp name is never a drop anyway.
         staged = durable.write_file(
-            self.tmp_dir, f".{name}.{secrets.token_hex(4)}", data, mode=0o644
+            self.tmp_dir, f".submit-{secrets.token_hex(8)}", data, mode=0o644
         )
         try:
             # Group-readable whatever the writer's umask: under systemd the watcher reads
             # drops through the spool's group.
             os.chmod(staged, stat.S_IMODE(os.stat(staged).st_mode) | 0o040)
-            os.rename(staged, final)
+            durable.publish_new(staged, final)
+        except FileExistsError:
+            durable.remove_file(staged)
+            raise
         except OSError as exc:
             durable.remove_file(staged)
+            if isinstance(exc, StorageError):
+                raise
             raise StorageError("move into spool", final, exc) from exc
-        durable.fsync_dir(self.dir)
         return final

@@ -50,7 +50,7 @@ from .retention import (
     plan_retention,
 )
 
-__all__ = ["CleanupResult", "HistoryStore", "StorageMetadata"]
+__all__ = ["CacheNotRefreshed", "CleanupResult", "HistoryStore", "StorageMetadata"]
 
 log = logging.getLogger("ingester.store")
 
@@ -94,6 +94,20 @@ class StorageMetadata(BaseModel):
         )
 
 
+class CacheNotRefreshed(StorageError):
+    """The version is stored for good, but the latest link or the metadata is stale.
+
+    Raised after the commit point: ``version`` is the path of the stored version. The
+    caller reports it as stored (never as a failure to retry, which would store the
+    same payload twice); the caches are repaired by the next write, by the watcher, or
+    by ``verify --repair``.
+    """
+
+    def __init__(self, version: Path, cause: StorageError) -> None:
+        super().__init__(cause.action, cause.path, cause.cause)
+        self.version = version
+
+
 @dataclass(frozen=True)
 class CleanupResult:
     """What one cleanup did."""
@@ -110,7 +124,9 @@ class InitReport:
 
     removed_temps: list[str] = field(default_factory=list)
     metadata_rebuilt: str | None = None
+    metadata_created: bool = False
     latest_repaired: str | None = None
+    cache_errors: list[StorageError] = field(default_factory=list)
 
 
 class HistoryStore:
@@ -219,30 +235,67 @@ class HistoryStore:
     def initialize(self) -> InitReport:
         """Create the folders, sweep stale temp files, and repair metadata and latest link.
 
-        Idempotent. Call it with the history lock held.
+        Idempotent. Call it with the history lock held. The metadata and the latest link
+        are caches: a failure to write them is listed in ``cache_errors``, never raised
+        (only a history that cannot be made or listed raises :class:`StorageError`).
         """
         report = InitReport()
-        for folder in (self.history_dir, self.latest_path.parent):
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StorageError("create folder", folder, exc) from exc
+        try:
+            self.history_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError("create folder", self.history_dir, exc) from exc
+        try:
+            self.latest_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            report.cache_errors.append(StorageError("create folder", self.latest_path.parent, exc))
         report.removed_temps += durable.remove_stale_temps(self.history_dir)
         for prefix in (".tmp-link-", ".tmp-w-"):
-            report.removed_temps += durable.remove_stale_temps(self.latest_path.parent, prefix)
+            with contextlib.suppress(StorageError):  # a cache's folder: never blocks a start
+                report.removed_temps += durable.remove_stale_temps(self.latest_path.parent, prefix)
         self.scan()
         stored, problem = self.read_metadata_file()
         self._meta = self._derive(stored)
         if problem is None and stored.scan_facts() != self._meta.scan_facts():
             problem = "out of date"
         if problem is not None:
-            report.metadata_rebuilt = problem
-            self._write_metadata()
-        latest_problem = self.latest_problem()
-        if latest_problem is not None:
-            report.latest_repaired = latest_problem
-            self._update_latest()
+            # A new history's first metadata is no repair.
+            if problem == "missing" and not self._names:
+                report.metadata_created = True
+            else:
+                report.metadata_rebuilt = problem
+            try:
+                self._write_metadata()
+            except StorageError as exc:
+                report.cache_errors.append(exc)
+        try:
+            latest_problem = self.latest_problem()
+            if latest_problem is not None:
+                report.latest_repaired = latest_problem
+                self._update_latest()
+        except StorageError as exc:
+            report.cache_errors.append(exc)
         return report
+
+    def cache_problems(self) -> tuple[str | None, str | None]:
+        """Why the metadata file and the latest link disagree with the versions in memory.
+
+        ``(metadata problem, latest link problem)``, each ``None`` when fine; cheap
+        (one small read, one ``readlink``), for a periodic check. No writes.
+        """
+        self._ensure_loaded()
+        stored, meta_problem = self.read_metadata_file()
+        if meta_problem is None and stored.scan_facts() != self._derive(stored).scan_facts():
+            meta_problem = "out of date"
+        try:
+            latest_problem = self.latest_problem()
+        except OSError as exc:
+            latest_problem = f"unreadable ({exc.strerror})"
+        return meta_problem, latest_problem
+
+    def write_metadata(self) -> None:
+        """Rewrite ``_metadata.json`` from the versions in memory (atomically)."""
+        self._ensure_loaded()
+        self._write_metadata()
 
     # -- derived facts -------------------------------------------------------------
 
@@ -434,12 +487,17 @@ class HistoryStore:
         ``data`` is a drop's raw bytes (stored unchanged; validate them first with
         :func:`ingester.model.judge_payload`) or a model (stored as its JSON).
         Returns the path of the new version. Retention is not applied: call
-        :meth:`cleanup_old_versions` after it.
+        :meth:`cleanup_old_versions` after it. Raises :class:`StorageError` when nothing
+        was stored, and :class:`CacheNotRefreshed` (a subclass) when the version was
+        stored but the latest link or the metadata could not be refreshed.
         """
         if isinstance(data, ConsoleUsageDataSync):
             data = data.model_dump_json(exclude_unset=True).encode()
         path = self.write_version(self.next_version_name(), data)
-        self.publish()
+        try:
+            self.publish()
+        except StorageError as exc:
+            raise CacheNotRefreshed(path, exc) from exc
         return path
 
     def plan_cleanup(self, now: datetime | None = None) -> RetentionPlan:
@@ -447,15 +505,20 @@ class HistoryStore:
         self._ensure_loaded()
         return plan_retention(self._names, now or self.clock(), self.policy)
 
-    def cleanup_old_versions(self, now: datetime | None = None) -> CleanupResult:
+    def cleanup_old_versions(
+        self, now: datetime | None = None, *, hold_deletions: bool = False
+    ) -> CleanupResult:
         """Delete expired versions and refresh the metadata.
 
         Looks only at the expired versions (a prefix of the sorted names), so its cost
         does not grow with the history. Never deletes the newest or a future version.
+        With ``hold_deletions`` nothing is deleted (the clock is not trusted) and only
+        the metadata is refreshed. A cleanup that deleted something is logged at info,
+        one that deleted nothing at debug (an idle watcher runs many).
         """
         self._ensure_loaded()
         now = now or self.clock()
-        count = expired_prefix(self._names, now, self.policy)
+        count = 0 if hold_deletions else expired_prefix(self._names, now, self.policy)
         doomed = self._names[:count]
         deleted: list[str] = []
         failure: StorageError | None = None
@@ -470,7 +533,7 @@ class HistoryStore:
         updates: dict[str, Any] = {
             "total_versions_deleted": self._meta.total_versions_deleted + len(deleted)
         }
-        if failure is None:
+        if failure is None and not hold_deletions:
             updates["last_cleanup"] = format_timestamp(now)
         self._meta = self._meta.model_copy(update=updates)
         if deleted:
@@ -484,7 +547,8 @@ class HistoryStore:
             future=future_suffix(self._names, now),
             at=now,
         )
-        log.info(
+        log.log(
+            logging.INFO if deleted else logging.DEBUG,
             "cleanup deleted %d, retained %d%s",
             len(deleted),
             result.retained,

@@ -29,7 +29,16 @@ function of names:
   the drop is taken again as if new. Nothing was stored.
 * crash between 4 and 6: ``.claimed/<v>`` exists, ``<history>/<v>`` does not: the
   claimed bytes are validated and committed as ``<v>``. Stored once.
-* crash between 6 and 8: both exist: the claim is removed. Stored once.
+* crash between 6 and 8: both exist: the claim is removed, once its bytes are seen to
+  be the version's (a claim whose name is taken by other bytes is stored anew). Stored
+  once.
+
+Recovery deletes, so it trusts nothing by name: ``.claimed/`` must be our own real
+folder (checked at start and before every use; the watcher refuses to start otherwise,
+naming the folder and its owner), and a claim and its version that are one directory
+entry are never "duplicates". In the normal path too, what is claimed is what is
+stored: the claimed bytes are compared with the bytes judged, and a claim holding
+anything else goes back to the spool to be judged again.
 
 Every version is complete before its name appears (its bytes were fsynced in step 5),
 and a claim is durable before its version (a power cut cannot resurrect the drop in the
@@ -103,6 +112,20 @@ _TICK = 0.25  # longest wait: bounds the reaction to signals and liveness checks
 _BACKOFF_START = 0.5
 _GROUP_MAX = 256  # most versions linked before one fsync of the history makes them durable
 _GROUP_SECONDS = 1.0  # and at most this long, so the loop keeps pinging systemd
+_CLOCK_JUMP = 3600.0  # seconds the wall clock may gain on the boot clock before retention holds
+# How long an invalid drop that may still be open for writing (another user's file found
+# by a scan: no read lease to ask, no close-write seen) must stay unchanged before it is
+# rejected: a slow writer pausing mid-file is not a bad drop.
+_UNFINISHED_PATIENCE = 300.0
+_UNFINISHED_RECHECK = 5.0
+
+
+def _boot_clock() -> float:
+    """Seconds since boot, suspend included (a suspend is not a clock jump)."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):  # not Linux
+        return time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -232,6 +255,14 @@ class _Stop(Exception):
     pass
 
 
+class _DropWaits(Exception):
+    """A failure of one drop alone (it cannot be claimed): it waits, the others go on."""
+
+    def __init__(self, error: StorageError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _open_for_writing(path: Path) -> bool | None:
     """Whether anyone has ``path`` open for writing; None when we may not ask.
 
@@ -292,6 +323,9 @@ class Watcher:
         self._deferred: dict[str, float] = {}  # name -> monotonic time to look again
         self._dirs_logged: set[str] = set()
         self._quarantine_backoff: dict[str, float] = {}
+        self._drop_backoff: dict[str, float] = {}  # drops that cannot be claimed, each alone
+        self._copied_claims: dict[str, tuple[int, int]] = {}  # version -> claim's size, mtime
+        self._unfinished: dict[str, tuple[tuple[int, int, int], float]] = {}
         self._writing: set[str] = set()  # created in place, close-write not seen yet
         self._watched: dict[str, tuple[tuple[int, int, int], float]] = {}  # settle checks
         self._stop = threading.Event()
@@ -311,6 +345,13 @@ class Watcher:
         self._umask = durable.current_umask()
         self._same_fs = False
         self._history_id = (0, 0)
+        self._claimed_id = (0, 0)
+        self._cache_until = 0.0  # latest link retries wait for this (monotonic)
+        self._cache_backoff = 0.0
+        self._cache_reported: set[str] = set()
+        self._wall_clock: Callable[[], float] = time.time
+        self._clock_offset: float | None = None  # wall minus boot clock at the first look
+        self._holding = False  # automatic deletions held back after a wall-clock jump
         self._copied = False  # drops of another user seen: keep a spare temp file ready
 
     # -- lifecycle ----------------------------------------------------------------
@@ -352,19 +393,29 @@ class Watcher:
         try:
             report = self.store.initialize()
             self.spool.ensure_folders()
-            report.removed_temps += self.spool.sweep_temps()
             history = os.stat(self.store.history_dir)
             self._history_id = (history.st_dev, history.st_ino)
-            self._same_fs = os.stat(self.spool.claimed_dir).st_dev == history.st_dev
+            self._claimed_id = self.spool.check_claimed(self._euid, self._history_id)
+            self._same_fs = self._claimed_id[0] == history.st_dev
         except OSError as exc:
             log.error("cannot start: %s", exc)
             return 1
+        try:
+            report.removed_temps += self.spool.sweep_temps()
+        except StorageError as exc:
+            log.warning("cannot sweep temp files in the quarantine folder: %s", exc)
         if report.removed_temps:
             log.info("removed %d stale temp file(s)", len(report.removed_temps))
+        if report.metadata_created:
+            log.info("new history in %s", self.store.history_dir)
         if report.metadata_rebuilt:
-            log.info("metadata rebuilt from a scan (it was %s)", report.metadata_rebuilt)
+            log.warning("metadata rebuilt from a scan (it was %s)", report.metadata_rebuilt)
         if report.latest_repaired:
-            log.info("latest link repaired (it %s)", report.latest_repaired)
+            log.warning("latest link repaired (it %s)", report.latest_repaired)
+        for error in report.cache_errors:
+            # Caches never gate ingest: logged, and retried by the maintenance rounds.
+            log.error("cannot refresh a cache (drops are still stored): %s", error)
+            self._latest_dirty = self._meta_dirty = True
         self._recover_claims_safely()
         if not self.options.once:
             try:
@@ -384,7 +435,12 @@ class Watcher:
             settling_until = time.monotonic() + max(5.0, 3 * self.options.settle)
             while self._pending or (
                 time.monotonic() < settling_until
-                and any(n not in self._quarantine_backoff for n in self._deferred)
+                and any(
+                    n not in self._quarantine_backoff
+                    and n not in self._drop_backoff
+                    and n not in self._unfinished
+                    for n in self._deferred
+                )
             ):
                 self._step()
                 if self._stop.is_set():
@@ -400,6 +456,9 @@ class Watcher:
                 code = self._shutdown()
                 if self.options.once and self._quarantine_backoff:
                     log.error("%d drop(s) could not be set aside", len(self._quarantine_backoff))
+                    return 1
+                if self.options.once and self._drop_backoff:
+                    log.error("%d drop(s) could not be taken", len(self._drop_backoff))
                     return 1
                 return code
             self.notifier.ready(self._status_text())
@@ -569,12 +628,30 @@ class Watcher:
                 self._log_dir(c.name)
             elif c.name not in self._pending and c.name not in self._deferred:
                 self._pending[c.name] = How.SETTLE
-        # The history can change by hand too (a restored file): keep the index honest.
+        # The history can change by hand too (a restored file): keep the index honest,
+        # and repair the caches (a deleted metadata file or latest link) here rather
+        # than on the next drop.
+        if why == "start":
+            return
         try:
-            if why != "start":
-                self.store.scan()
+            self.store.scan()
+            meta_problem, latest_problem = self.store.cache_problems()
         except StorageError as exc:
             log.error("cannot scan the history: %s", exc)
+            return
+        for key, problem, dirty in (
+            ("metadata", meta_problem, self._meta_dirty),
+            ("latest", latest_problem, self._latest_dirty),
+        ):
+            if problem is None or dirty:
+                continue  # fine, or about to be rewritten anyway (drops are coming in)
+            if key not in self._cache_reported:
+                self._cache_reported.add(key)
+                what = "the metadata" if key == "metadata" else "the latest link"
+                log.warning("%s needs repair (%s); rewriting it", what, problem)
+            self._meta_dirty = True
+            if key == "latest":
+                self._latest_dirty = True
 
     def _process_batch(self) -> None:
         """Take the pending drops in arrival order; make each group durable at once.
@@ -592,6 +669,10 @@ class Watcher:
                     break
                 try:
                     done = self._take(name, how)
+                except _DropWaits as exc:
+                    self._pending.pop(name, None)
+                    self._drop_waits(name, exc.error)
+                    continue
                 except StorageError as exc:
                     self._fail(name, exc)
                     break
@@ -607,11 +688,16 @@ class Watcher:
 
     def _make_durable(self, linked: list[_Linked]) -> None:
         """Latest link, one fsync of the history, then release the claims and log."""
-        try:
-            self.store.update_latest()
-            self._latest_dirty = False
-        except StorageError as exc:
-            self._fail(None, exc)  # a cache: the versions below are still made durable
+        if self._cache_until <= time.monotonic():
+            try:
+                self.store.update_latest()
+                self._latest_dirty = False
+                self._cache_backoff = 0.0
+                self._cache_reported.discard("latest")
+            except StorageError as exc:
+                self._cache_failed(exc)  # a cache: the versions below are still made durable
+        else:
+            self._latest_dirty = True
         try:
             self.store.sync()
         except StorageError as exc:
@@ -619,6 +705,7 @@ class Watcher:
             # and are committed again after the backoff.
             for item in linked:
                 self.store.withdraw_version(item.version)
+                self._copied_claims.pop(item.version, None)
             self._latest_dirty = True
             with contextlib.suppress(StorageError):
                 self.store.update_latest()  # not left naming a version taken back
@@ -626,8 +713,19 @@ class Watcher:
             self._fail(None, exc)
             return
         for item in linked:
+            claim = self.spool.claimed_dir / item.version
+            seen = self._copied_claims.pop(item.version, None)
+            if seen is not None and self._written_since(claim, seen):
+                # A writer still holding the file added to it after its copy was
+                # stored: those bytes are not stored, so the claim is not deleted; it
+                # goes back to the spool as a new drop (or stays for recovery).
+                log.warning("%s was written to after it was stored; taking it again", item.drop)
+                self._unclaim(claim, self.spool.dir / item.drop)
+                self._meta_dirty = True
+                self._ingested(item.drop, item.version, item.size, item.started)
+                continue
             try:
-                durable.remove_file(self.spool.claimed_dir / item.version)
+                durable.remove_file(claim)
             except StorageError as exc:
                 self._fail(None, exc)  # recovery removes it later: its version exists
             self._ingested(item.drop, item.version, item.size, item.started)
@@ -637,6 +735,13 @@ class Watcher:
                 self.store.prepare_spare()
             except StorageError as exc:
                 log.debug("no spare temp file: %s", exc)
+
+    def _drop_waits(self, name: str, exc: StorageError) -> None:
+        """One drop cannot be taken: it waits alone, with its own backoff."""
+        retry = self._drop_backoff.get(name, _BACKOFF_START)
+        self._drop_backoff[name] = min(self.options.retry_max, retry * 2)
+        self._deferred[name] = time.monotonic() + retry
+        log.error("cannot take drop %s: %s; retrying it in %.1f s", name, exc, retry)
 
     def _fail(self, name: str | None, exc: StorageError) -> None:
         self._backoff = min(
@@ -652,18 +757,32 @@ class Watcher:
         self._meta_dirty = True
         self._sweep_needed = True
 
+    def _cache_failed(self, exc: StorageError) -> None:
+        """The latest link could not be written: log it, retry later; ingest goes on."""
+        self._latest_dirty = True
+        self._cache_backoff = min(
+            self.options.retry_max, max(_BACKOFF_START, self._cache_backoff * 2)
+        )
+        self._cache_until = time.monotonic() + self._cache_backoff
+        log.error(
+            "cannot refresh the latest link (drops are still stored): %s; retrying in %.1f s",
+            exc,
+            self._cache_backoff,
+        )
+
     def _maintain(self, *, force: bool) -> None:
         """Latest link, cleanup and metadata: once per batch, not once per drop."""
         now = time.monotonic()
         if now < self._blocked_until and not force:
             return
-        if self._latest_dirty:
+        if self._latest_dirty and (force or now >= self._cache_until):
             try:
                 self.store.update_latest()
                 self._latest_dirty = False
+                self._cache_backoff = 0.0
+                self._cache_reported.discard("latest")
             except StorageError as exc:
-                self._fail(None, exc)
-                return
+                self._cache_failed(exc)
         self._rejected_retention.run_if_due()  # at most every 10 min; logs its own errors
         if not self._meta_dirty:
             return
@@ -681,7 +800,8 @@ class Watcher:
                 log.warning("cannot remove temp files left by a failed step: %s", exc)
         try:
             self._recover_claims()
-            self.store.cleanup_old_versions()
+            self.store.cleanup_old_versions(hold_deletions=self._clock_jumped())
+            self._cache_reported.discard("metadata")
         except StorageError as exc:
             # The metadata and retention are not on the ingest path: they back off on
             # their own, and drops go on being stored meanwhile.
@@ -698,6 +818,35 @@ class Watcher:
         self._maintenance_backoff = 0.0
         self._meta_dirty = False
         self._last_maintenance = now
+
+    def _clock_jumped(self) -> bool:
+        """Whether the wall clock has gained more than an hour on the boot clock.
+
+        Retention is measured from the wall clock: a forward step of days would make
+        the watcher's own cleanup delete versions ingested seconds ago. While the jump
+        stands, automatic deletions are held back (logged once); an operator's
+        ``ingester cleanup``, or a restart, applies the rule from the clock as it is.
+        """
+        offset = self._wall_clock() - _boot_clock()
+        if self._clock_offset is None or offset < self._clock_offset:
+            # The first look, or a step back (which only makes retention keep more).
+            self._clock_offset = offset
+        gained = offset - self._clock_offset
+        if gained > _CLOCK_JUMP:
+            if not self._holding:
+                log.warning(
+                    "the wall clock jumped %.0f s ahead of the boot clock; automatic "
+                    "retention holds deletions back (run 'ingester cleanup' with the "
+                    "watcher stopped, or restart it, to apply the rule)",
+                    gained,
+                    extra={"event": "clock-jump", "seconds": round(gained)},
+                )
+                self._holding = True
+            return True
+        if self._holding:
+            log.info("the wall clock agrees with the boot clock again; retention resumes")
+            self._holding = False
+        return False
 
     def _sweep_temps(self) -> None:
         """Remove temps left by failed steps; safe here, between drops, with the lock held."""
@@ -736,6 +885,7 @@ class Watcher:
         or None when the drop was rejected, deferred, or is gone.
         """
         path = self.spool.dir / name
+        may_be_open: os.stat_result | None = None  # judged complete by stability alone
         if how is not How.COMPLETE:
             try:
                 st = os.lstat(path)
@@ -765,6 +915,7 @@ class Watcher:
                     patient = name in self._writing
                     if not self._settled(name, st, stable_only=True, patient=patient):
                         return None
+                    may_be_open = st
                 self._writing.discard(name)
                 if not self._settled(name, st):
                     return None
@@ -793,6 +944,8 @@ class Watcher:
                 )
             judge_payload(opened.data, max_bytes=self.settings.max_bytes)
         except PayloadRejected as exc:
+            if may_be_open is not None and self._may_still_be_written(name, may_be_open):
+                return None
             self._reject(path, name, exc.reason, exc.errors)
             return None
         # Zero-copy when the drop is ours alone and on the history's filesystem: its own
@@ -815,9 +968,16 @@ class Watcher:
     def _claim_and_link(
         self, path: Path, name: str, opened: Opened, staged: durable.StagedFile | None
     ) -> str | None:
-        """Steps 4-5 (the history fsync waits for the group); None if the drop went away."""
+        """Steps 4-5 (the history fsync waits for the group); None if the drop went away.
+
+        What is claimed is what is stored: after the claim, its bytes are compared with
+        the bytes judged (an inode number alone can name another file by then). If they
+        differ, the claim goes back to the spool, to be judged again as it is now.
+        Raises :class:`_DropWaits` when this drop alone cannot be claimed.
+        """
         version = self.store.next_version_name()
         claim = self.spool.claimed_dir / version
+        self._check_claimed()
         if os.path.lexists(claim):
             # Only this process writes in .claimed/, so the check cannot race; a claim
             # of that name waits for recovery and must never be replaced.
@@ -831,27 +991,32 @@ class Watcher:
             self.spool.ensure_folders()
             raise StorageError("claim", path, exc) from exc
         except OSError as exc:
-            raise StorageError("claim", path, exc) from exc
-        try:
-            claimed = os.lstat(claim)
-        except OSError as exc:
-            raise StorageError("stat claim", claim, exc) from exc
-        if (claimed.st_dev, claimed.st_ino) != (opened.dev, opened.ino):
-            # The writer replaced the file between our read and our claim: what we hold
-            # is not what we claimed. Finish the claimed file by the recovery path.
-            log.warning("%s changed while being taken; re-reading it", name)
-            self._recover_claim(version, display=name)
-            return None
+            # The drop itself cannot be moved (made immutable, say): it waits alone.
+            raise _DropWaits(StorageError("claim", path, exc)) from exc
         # The data fsync comes after the claim rename so that, on ext4, one journal
         # commit carries both; the .claimed fsync after it is then nearly free.
         try:
-            if staged is None and not self._seal(claim, opened):
-                # Someone may still write to it, or it changed since it was judged:
-                # store a copy of the bytes that were judged instead.
-                with contextlib.suppress(OSError):
-                    os.chmod(claim, stat.S_IMODE(opened.mode))
-                staged = self.store.stage_version(opened.data, sync=False)
-                self._copied = True
+            if staged is None:
+                sealed = self._seal(claim, opened)
+                if sealed != "sealed":
+                    with contextlib.suppress(OSError):
+                        os.chmod(claim, stat.S_IMODE(opened.mode))
+                if sealed == "copy":
+                    # Someone may still hold it open for writing, or leases are not
+                    # offered here: store a copy of the bytes judged (the claim's own,
+                    # compared below), never the inode itself.
+                    staged = self.store.stage_version(opened.data, sync=False)
+                    self._copied = True
+                elif sealed != "sealed":
+                    self._changed(claim, path, name)
+                    return None
+            if staged is not None:
+                seen = self._holds(claim, opened.data)
+                if seen is None:
+                    staged.discard()
+                    self._changed(claim, path, name)
+                    return None
+                self._copied_claims[version] = seen
             if staged is not None:
                 staged.sync()
             durable.fsync_dir(self.spool.claimed_dir)
@@ -860,6 +1025,7 @@ class Watcher:
             else:
                 self.store.commit_version(staged, version, sync=False)
         except StorageError:
+            self._copied_claims.pop(version, None)
             if staged is not None:
                 staged.discard()
             if self.store.has_version(version):
@@ -873,12 +1039,30 @@ class Watcher:
             raise
         return version
 
-    def _seal(self, claim: Path, opened: Opened) -> bool:
-        """Make the claimed drop's own inode a version: read-only (less the umask), fsynced.
+    def _changed(self, claim: Path, path: Path, name: str) -> None:
+        """The claimed file is not the one judged: another file, or other bytes.
 
-        False (nothing sealed) when it may not become a version as it is: another link
-        to it, someone holding it open for writing (a read lease is refused), or bytes
-        other than those judged.
+        Nothing is stored and nothing is deleted: the claim goes back to the spool as
+        it is (or, if its name is taken meanwhile, stays for recovery, which judges
+        the claimed bytes), and the drop is looked at again.
+        """
+        log.warning("%s changed while being taken; looking at it again", name)
+        self._unclaim(claim, path)
+        self._meta_dirty = True  # the maintenance round finishes a claim left behind
+        self._deferred[name] = time.monotonic() + self.options.settle
+
+    @staticmethod
+    def _written_since(claim: Path, seen: tuple[int, int]) -> bool:
+        try:
+            st = os.lstat(claim)
+        except OSError:
+            return False
+        return (st.st_size, st.st_mtime_ns) != seen
+
+    def _holds(self, claim: Path, data: bytes) -> tuple[int, int] | None:
+        """The claim's ``(st_size, st_mtime_ns)`` if it holds exactly ``data``, else None.
+
+        Read without following links. The stat lets the release see a later write.
         """
         try:
             fd = os.open(claim, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -886,18 +1070,43 @@ class Watcher:
             raise StorageError("open claim", claim, exc) from exc
         try:
             st = os.fstat(fd)
-            if (st.st_ino, st.st_nlink, st.st_size) != (opened.ino, 1, len(opened.data)):
-                return False
+            if not stat.S_ISREG(st.st_mode) or os.pread(fd, len(data) + 1, 0) != data:
+                return None
+            return st.st_size, st.st_mtime_ns
+        except OSError as exc:
+            raise StorageError("read claim", claim, exc) from exc
+        finally:
+            os.close(fd)
+
+    def _seal(self, claim: Path, opened: Opened) -> str:
+        """Make the claimed drop's own inode a version: read-only (less the umask), fsynced.
+
+        Returns ``"sealed"``; or, with nothing sealed: ``"changed"`` (another file, another
+        link to it, or bytes other than those judged), ``"copy"`` (the bytes judged, but
+        someone may hold it open for writing: a read lease is refused or not offered).
+        """
+        try:
+            fd = os.open(claim, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StorageError("open claim", claim, exc) from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or (st.st_ino, st.st_nlink, st.st_size) != (
+                opened.ino,
+                1,
+                len(opened.data),
+            ):
+                return "changed"
             os.fchmod(fd, VERSION_MODE & ~self._umask)
             try:
                 fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
             except OSError:
-                return False  # open for writing somewhere (EAGAIN), or no leases here
+                return "copy"  # the copy path compares the claim's bytes first
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
             if os.pread(fd, len(opened.data) + 1, 0) != opened.data:
-                return False
+                return "changed"
             os.fsync(fd)
-            return True
+            return "sealed"
         except OSError as exc:
             raise StorageError("seal", claim, exc) from exc
         finally:
@@ -938,8 +1147,37 @@ class Watcher:
             except OSError:
                 log.error("%s is both in the spool and claimed; remove one by hand", path)
 
+    def _may_still_be_written(self, name: str, st: os.stat_result) -> bool:
+        """Whether an invalid drop judged by stability alone should wait, not be rejected.
+
+        A writer that started before we watched (no close-write will tell us about its
+        start), or pauses mid-file, leaves a partial file that looks stable. Rejecting
+        it would move an inode the writer still holds into quarantine, where it finishes
+        writing. So it waits: for its close-write (then it is judged as complete), or
+        until it has been unchanged for a long time (then it is rejected).
+        """
+        seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+        now = time.monotonic()
+        first = self._unfinished.get(name)
+        if first is None or first[0] != seen:
+            if first is None:
+                log.info(
+                    "%s is not valid yet and may still be written; waiting up to %.0f s "
+                    "for it to be closed or finished",
+                    name,
+                    _UNFINISHED_PATIENCE,
+                )
+            first = self._unfinished[name] = (seen, now)
+        remaining = _UNFINISHED_PATIENCE - (now - first[1])
+        if remaining <= 0:
+            return False
+        self._deferred[name] = now + min(remaining, _UNFINISHED_RECHECK)
+        return True
+
     def _forget(self, name: str) -> None:
         """Drop what is remembered about a name that is gone or taken."""
+        self._unfinished.pop(name, None)
+        self._drop_backoff.pop(name, None)
         self._watched.pop(name, None)
         self._writing.discard(name)
         self._quarantine_backoff.pop(name, None)
@@ -1017,8 +1255,55 @@ class Watcher:
             log.error("cannot finish drops claimed before a crash yet: %s", exc)
 
     def _recover_claims(self) -> None:
-        for version in self.spool.claimed():
+        names = self.spool.claimed()
+        if names:
+            self._check_claimed()
+        for version in names:
             self._recover_claim(version)
+
+    def _check_claimed(self) -> None:
+        """Every use of ``.claimed/`` checks it is still our own real folder.
+
+        One removed by hand is made again (as at start); anything else in its place
+        raises :class:`StorageError` naming the folder and what is wrong.
+        """
+        try:
+            self._claimed_id = self.spool.check_claimed(self._euid, self._history_id)
+        except StorageError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            self.spool.ensure_folders()
+            self._claimed_id = self.spool.check_claimed(self._euid, self._history_id)
+
+    def _stored_as(self, claim: Path, version: str) -> bool:
+        """Whether the claim's bytes are stored as ``version`` (so the claim may go).
+
+        A claim and its version that are one directory entry (seen through a link) are
+        never "duplicates"; hard links to one inode are; two files are when their
+        bytes are equal. Raises :class:`StorageError` when a claim cannot be judged.
+        """
+        stored = self.store.version_path(version)
+        try:
+            a, b = os.lstat(claim), os.lstat(stored)
+        except OSError as exc:
+            raise StorageError("stat claim", claim, exc) from exc
+        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+            if a.st_nlink < 2:
+                raise StorageError(
+                    "finish claim",
+                    claim,
+                    OSError(errno.EPERM, f"unsafe: it is the version {stored} itself"),
+                )
+            return True
+        if not (stat.S_ISREG(a.st_mode) and stat.S_ISREG(b.st_mode)) or a.st_size != b.st_size:
+            return False
+        opened = open_entry(claim, max(a.st_size, 1))
+        if not isinstance(opened, Opened):
+            return False
+        try:
+            return stored.read_bytes() == opened.data
+        except OSError as exc:
+            raise StorageError("read", stored, exc) from exc
 
     def _recover_claim(self, version: str, display: str | None = None) -> None:
         claim = self.spool.claimed_dir / version
@@ -1026,15 +1311,20 @@ class Watcher:
         if not is_version_name(version):
             self._log_once(claim.name, f"ignoring {claim}: not a name this watcher gives claims")
             return
+        target = version
         if self.store.has_version(version):
-            self.store.sync()  # the version's name durable before its claim goes
-            durable.remove_file(claim)
-            # It may be new to this process too (its claim could not be removed at once).
-            self.store.adopt_version(version)
-            self._latest_dirty = self._meta_dirty = True
-            log.info("%s was already stored; removed its claim", version)
-            return
-        if self._back_in_spool(claim):
+            if self._stored_as(claim, version):
+                self.store.sync()  # the version's name durable before its claim goes
+                durable.remove_file(claim)
+                # It may be new to this process too (its claim could not be removed at once).
+                self.store.adopt_version(version)
+                self._latest_dirty = self._meta_dirty = True
+                log.info("%s was already stored; removed its claim", version)
+                return
+            # Its name is taken by other bytes: nothing claimed is deleted unless its
+            # bytes are stored, so it is stored under a new name.
+            target = self.store.next_version_name()
+        elif self._back_in_spool(claim):
             # A crash while putting a failed drop back: the spool has it again, as a
             # drop like any other; the claim is only a second name for it.
             durable.remove_file(claim)
@@ -1052,6 +1342,6 @@ class Watcher:
         except PayloadRejected as exc:
             self._reject(claim, name, exc.reason, exc.errors)
             return
-        self.store.write_version(version, opened.data)
+        self.store.write_version(target, opened.data)
         durable.remove_file(claim)
-        self._ingested(name, version, len(opened.data), started)
+        self._ingested(name, target, len(opened.data), started)

@@ -122,7 +122,16 @@ def fault_then_heal(
     before = drops_for("before", 2)
     for name, data in before.items():
         drop(settings.spool_dir, name, data)
-    wait_for(lambda: not any((settings.spool_dir / n).exists() for n in before), 15, "warm-up")
+    claimed = settings.spool_dir / ".claimed"
+    # Stored, not only claimed: a fault between the claim and the commit would put the
+    # warm-up drop back first in line, ahead of the drops this test looks at.
+    wait_for(
+        lambda: (
+            not any((settings.spool_dir / n).exists() for n in before) and not os.listdir(claimed)
+        ),
+        15,
+        "warm-up",
+    )
     start_fault()  # type: ignore[operator]
     during = drops_for(tag, 3)
     for name, data in during.items():

@@ -197,7 +197,8 @@ def test_sigint_also_stops_cleanly(root: Path) -> None:
 
 def test_burst_does_not_clean_up_per_drop(root: Path) -> None:
     count = 2000
-    with WatchProcess(root) as w:
+    # -v: a cleanup that deletes nothing is logged at debug only.
+    with WatchProcess(root, global_args=("-v",)) as w:
         for i in range(count):
             drop(spool_of(root), f"b{i:05d}.json", payload(i))
         wait_for(lambda: len(versions(root)) == count, timeout=60, what="burst stored")
