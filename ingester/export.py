@@ -44,6 +44,7 @@ __all__ = [
     "Skipped",
     "export_rows",
     "flatten",
+    "row_from_bytes",
     "select_versions",
     "write_rows",
 ]
@@ -151,12 +152,17 @@ def export_rows(
                 on_skip(Skipped(name, f"unreadable: {exc.strerror}"))
             continue
         try:
-            payload = judge_payload(data)
+            row = row_from_bytes(name, data)
         except PayloadRejected as exc:
             if on_skip is not None:
                 on_skip(Skipped(name, exc.reason))
             continue
-        yield flatten(name, payload)
+        yield row
+
+
+def row_from_bytes(name: str, data: bytes) -> Row:
+    """The row for version ``name`` stored as ``data``; :class:`PayloadRejected` if damaged."""
+    return flatten(name, judge_payload(data))
 
 
 def _csv_cell(value: Cell) -> str:
