@@ -89,6 +89,8 @@ def export(app: App, since: datetime | None, until: datetime | None, fmt: str, o
 
     A damaged version is skipped with one warning line on stderr. Streams: memory
     does not grow with the history. Never takes the lock; works while a watcher runs.
+    Exits 0 when written, 1 when there is no history or the output cannot be written.
+    See docs/page.md.
     """
     if since is not None and until is not None and since > until:
         raise click.UsageError(f"--since {human_time(since)} is after --until {human_time(until)}")
