@@ -100,9 +100,11 @@ class LocalHistory:
         self._sizes: dict[str, int] = {}
 
     def change_token(self) -> Hashable | None:
-        """The folder's inode, mtime and ctime (in ns)."""
+        """The folder's inode, mtime and ctime (in ns); ``"missing"`` while there is none."""
         try:
             st = os.stat(self.dir)
+        except FileNotFoundError:  # not created yet: an empty history, not a broken one
+            return "missing"
         except OSError as exc:
             raise StorageError("stat", self.dir, exc) from exc
         return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
@@ -110,6 +112,9 @@ class LocalHistory:
     def list_versions(self) -> list[VersionEntry]:
         """Scan the folder; ``stat`` only the names not seen by the previous scan."""
         sizes: dict[str, int] = {}
+        if not os.path.lexists(self.dir):
+            self._sizes = {}
+            return []
         try:
             with os.scandir(self.dir) as entries:
                 for entry in entries:

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
 import time
 from collections import OrderedDict
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
@@ -80,6 +81,10 @@ VERSIONS_PATH = f"{API_PATH}/versions"
 HEALTH_PATH = "/api/health"
 STALE_AFTER_S = 10 * 60  # isStale, and "degraded" in health
 UNHEALTHY_AFTER_S = 30 * 60
+# Header floods: uvicorn refuses an unfinished request head over 16 KiB, but a large head
+# that arrives in one read is parsed whole; these limits then refuse it.
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 TIMESTAMP_EXAMPLE = "2026-11-28T10:30:00Z"
@@ -449,6 +454,11 @@ class HistoryCollector(Collector):
         readable.add_metric([], 1)
         yield readable
         yield GaugeMetricFamily("ingester_versions", "Versions held in the history", len(snap))
+        yield CounterMetricFamily(
+            "ingester_history_listings",
+            "Times serve listed the history folder (once per change, not per request)",
+            ctx.index.relists,
+        )
         pos = snap.latest_position(now)
         if pos is not None:
             entry = snap.entries[pos]
@@ -548,7 +558,8 @@ def key_matches(given: str | None, expected: bytes | None) -> bool:
     """Constant-time comparison of the ``X-API-Key`` header with the configured key."""
     if expected is None or given is None:
         return False
-    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected)
+    # Starlette decodes header bytes as latin-1: encoding back gives the bytes sent.
+    return hmac.compare_digest(given.encode("latin-1"), expected)
 
 
 async def _read_body(request: Request, max_bytes: int, timeout: float) -> bytes | Response:
@@ -641,6 +652,21 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = [500]
+        headers = scope["headers"]
+        if (
+            len(headers) > MAX_HEADERS
+            or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES
+        ):
+            status[0] = 431
+            await _json(
+                {
+                    "error": "HeadersTooLarge",
+                    "message": f"at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes in all",
+                },
+                431,
+            )(scope, receive, send)
+            self.ctx.requests.labels("other", scope["method"], "431").inc()
+            return
 
         async def send_status(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -760,7 +786,9 @@ def _listening_socket(host: str, port: int) -> socket.socket:
         sock.setblocking(False)
         return sock
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must say TCP: asyncio turns Nagle off (TCP_NODELAY) only on sockets that do,
+    # and with Nagle on, a response's body waits ~40 ms behind its head for an ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(1024)
@@ -805,5 +833,9 @@ def serve(config: ServeConfig, host: str, port: int, *, max_connections: int = 2
             "serve: no API key (INGESTER_API_KEY or --api-key-file): every POST answers 401; "
             "the read endpoints work"
         )
+    # uvicorn re-raises the stop signal once it has shut down; with these handlers in
+    # place that re-raise is a no-op, so a SIGTERM/SIGINT stop exits 0 like the watcher.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _sig, _frame: None)
     server.run(sockets=[sock])
     return 0
