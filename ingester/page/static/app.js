@@ -204,17 +204,19 @@
   }
 
   async function refreshSeries() {
+    const range = state.range;
     const start = windowStart();
     let url = SERIES;
     if (start != null) url += "?since=" + encodeURIComponent(new Date(start).toISOString());
-    const sameRange = state.seriesKey === state.range;
+    const sameRange = state.seriesKey === range;
     const answer = await conditionalGet(url, sameRange ? state.seriesTag : null);
-    if (answer.status === 304) return;
+    // A range picked meanwhile has its own request: this answer is for the old one.
+    if (answer.status === 304 || state.range !== range) return;
     if (answer.status !== 200 || !answer.body) {
       throw new Error("the server answered " + answer.status + " for the series");
     }
     state.seriesTag = answer.tag;
-    state.seriesKey = state.range;
+    state.seriesKey = range;
     state.columns = answer.body.columns;
     state.rows = answer.body.rows;
     state.skipped = answer.body.skipped.length;
@@ -243,11 +245,24 @@
     return window.innerWidth < 600 ? 260 : 320;
   }
 
+  // The x axis spans the whole range picked (up to now), not only the data in it, so
+  // a gap in the history shows as a gap.
+  function xRange(u, min, max) {
+    const start = windowStart();
+    const now = serverNow() / 1000;
+    if (start != null) return [start / 1000, Math.max(now, max == null ? now : max)];
+    if (min == null || max == null || min === max) {
+      const at = max == null ? now : max;
+      return [at - 3600, at + 60];
+    }
+    return [min, max];
+  }
+
   function makeChart(data) {
     const opts = {
       width: chartWidth(),
       height: chartHeight(),
-      scales: { x: { time: true }, y: { range: [0, 100] } },
+      scales: { x: { time: true, range: xRange }, y: { range: [0, 100] } },
       axes: [
         {},
         { label: "% used", values: (u, ticks) => ticks.map((t) => t + " %"), size: 60 },
