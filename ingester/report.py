@@ -150,7 +150,11 @@ def parse_cli_time(text: str) -> datetime:
         raise ValueError(f"{text!r} is not an ISO-8601 time (e.g. 2026-11-28T10:30:00Z)") from None
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
-    return stamp.astimezone(UTC)
+    try:
+        return stamp.astimezone(UTC)
+    except OverflowError:
+        # e.g. 0001-01-01T00:00+01:00 exists with its offset but not in UTC
+        raise ValueError(f"{text!r} is out of range in UTC") from None
 
 
 # -- opening the history, read-only ------------------------------------------------------

@@ -266,6 +266,11 @@ def test_errors_are_one_line(root: Path, tmp_path: Path) -> None:
     bad_time = run_cli(root, "export", "--until", "yesterday")
     assert bad_time.returncode == 2
     assert "not an ISO-8601 time" in bad_time.stderr
+    # Exists with its offset, not in UTC: a usage error too, never a traceback.
+    beyond = run_cli(root, "export", "--since", "9999-12-31T23:59-01:00")
+    assert beyond.returncode == 2
+    assert "out of range in UTC" in beyond.stderr
+    assert "Traceback" not in beyond.stderr
     assert "Traceback" not in missing_folder.stderr + backwards.stderr + bad_time.stderr
 
 

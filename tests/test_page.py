@@ -165,9 +165,10 @@ def test_series_rows_etag_and_range(root: Path, serve: Any) -> None:
     assert json.loads(raw)["count"] == IN_24H
     assert day_headers["etag"] != etag
 
-    status, _, raw = get(f"{server.url}/api/claude/console-usage/series?until=last+tuesday")
-    assert status == 400
-    assert json.loads(raw)["error"] == "InvalidTime"
+    for bad in ("last+tuesday", "0001-01-01T00:00%2B01:00"):
+        status, _, raw = get(f"{server.url}/api/claude/console-usage/series?until={bad}")
+        assert status == 400, bad
+        assert json.loads(raw)["error"] == "InvalidTime"
 
 
 def test_page_and_assets_are_served_from_the_package(root: Path, serve: Any) -> None:
