@@ -30,13 +30,14 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from .durable import StorageError
 from .names import is_version_name, parse_timestamp_from_filename
 from .store import METADATA_NAME, StorageMetadata
 
 __all__ = [
+    "BoundedCache",
     "HistoryIndex",
     "HistoryReader",
     "HistorySnapshot",
@@ -44,6 +45,9 @@ __all__ = [
     "VersionEntry",
     "VersionNotFound",
 ]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 # A version dated more than this far ahead of the clock is "future" and is never what
 # "latest" means (the latest link skips it too).
@@ -206,12 +210,11 @@ class HistorySnapshot:
             return None
         t = when.timestamp()
         right = bisect.bisect_right(self.times, t)  # first one strictly after t
-        if right == 0:
-            return 0
         left = right - 1  # newest at or before t
-        if right == len(self.times):
-            return left
-        return right if self.times[right] - t <= t - self.times[left] else left
+        if right < len(self.times) and (left < 0 or self.times[right] - t <= t - self.times[left]):
+            # The newest of the versions that share the time of the first one after t.
+            return bisect.bisect_right(self.times, self.times[right]) - 1
+        return left
 
     def page(
         self, *, limit: int, before: str | None = None, after: str | None = None
@@ -226,6 +229,45 @@ class HistorySnapshot:
         if hi <= lo:
             return []
         return list(reversed(self.entries[max(lo, hi - limit) : hi]))
+
+
+class BoundedCache(Generic[K, V]):
+    """A least-recently-used cache bounded by a byte budget (each entry's cost given).
+
+    Thread-safe: the event loop and the metrics thread share them.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._used = 0
+        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        """The value for ``key`` (now the most recently used), or ``None``."""
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None:
+                return None
+            self._items.move_to_end(key)
+            return hit[0]
+
+    def put(self, key: K, value: V, cost: int) -> None:
+        """Keep ``value``; evict the least recently used until within budget.
+
+        A value costing more than the whole budget is not kept.
+        """
+        if cost > self.budget:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._used -= old[1]
+            self._items[key] = (value, cost)
+            self._used += cost
+            while self._used > self.budget:
+                _key, (_value, gone) = self._items.popitem(last=False)
+                self._used -= gone
 
 
 def _snapshot(entries: Sequence[VersionEntry]) -> HistorySnapshot:
@@ -250,7 +292,7 @@ class HistoryIndex:
         *,
         ttl: float = 1.0,
         settle: float = 0.05,
-        cache_size: int = 64,
+        cache_bytes: int = 4 << 20,
     ) -> None:
         self.reader = reader
         self.ttl = ttl
@@ -260,8 +302,7 @@ class HistoryIndex:
         self._token: Hashable | None = None
         self._listed_at = float("-inf")
         self._trusted = False
-        self._bytes: OrderedDict[str, bytes] = OrderedDict()
-        self._cache_size = cache_size
+        self._bytes: BoundedCache[str, bytes] = BoundedCache(cache_bytes)
         self.relists = 0  # how many times the versions were listed (for metrics and tests)
 
     def snapshot(self) -> HistorySnapshot:
@@ -293,17 +334,12 @@ class HistoryIndex:
         return True
 
     def read_version(self, name: str) -> bytes:
-        """A version's bytes, from a small cache (versions never change)."""
-        with self._lock:
-            cached = self._bytes.get(name)
-            if cached is not None:
-                self._bytes.move_to_end(name)
-                return cached
+        """A version's bytes, from a cache of at most ``cache_bytes`` (versions never change)."""
+        cached = self._bytes.get(name)
+        if cached is not None:
+            return cached
         data = self.reader.read_version(name)
-        with self._lock:
-            self._bytes[name] = data
-            while len(self._bytes) > self._cache_size:
-                self._bytes.popitem(last=False)
+        self._bytes.put(name, data, len(data))
         return data
 
     def read_metadata(self) -> StorageMetadata:

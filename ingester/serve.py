@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import hmac
 import json
 import logging
@@ -31,7 +32,6 @@ import re
 import signal
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,6 +52,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .durable import StorageError
 from .history_index import (
+    BoundedCache,
     HistoryIndex,
     HistoryReader,
     HistorySnapshot,
@@ -119,9 +120,12 @@ class ServeContext:
     latency: Histogram
     posts: Counter
     # Rendered GET bodies keyed by everything they depend on, and parsed payloads by name.
-    rendered: OrderedDict[tuple[Any, ...], bytes] = field(default_factory=OrderedDict)
-    parsed: OrderedDict[str, tuple[dict[str, Any] | None, datetime | None]] = field(
-        default_factory=OrderedDict
+    # Budgets in bytes of JSON; a parsed payload costs several times its text in memory.
+    rendered: BoundedCache[tuple[Any, ...], bytes] = field(
+        default_factory=lambda: BoundedCache(2 << 20)
+    )
+    parsed: BoundedCache[str, tuple[dict[str, Any] | None, datetime | None]] = field(
+        default_factory=lambda: BoundedCache(1 << 20)
     )
 
     @property
@@ -174,6 +178,11 @@ def parse_instant(text: str) -> datetime | None:
         return None
 
 
+@functools.lru_cache(maxsize=256)
+def _http_date(stamp: datetime) -> str:
+    return email.utils.format_datetime(stamp, usegmt=True)
+
+
 def _cache_control(age_s: float | None) -> str:
     if age_s is None or age_s >= STALE_AFTER_S:
         return "no-cache"
@@ -206,12 +215,6 @@ def _not_modified(request: Request, etag: str, modified: datetime | None) -> boo
     return False
 
 
-def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, size: int = 256) -> None:
-    cache[key] = value
-    while len(cache) > size:
-        cache.popitem(last=False)
-
-
 # -- the read side -----------------------------------------------------------------------
 
 
@@ -223,11 +226,11 @@ def _payload(ctx: ServeContext, name: str) -> tuple[dict[str, Any] | None, datet
     data = ctx.index.read_version(name)
     try:
         obj = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # a file someone else put in the history
         obj = None
     payload = obj if isinstance(obj, dict) else None
     stamp = _parse_last_updated(payload.get("lastUpdated")) if payload else None
-    _remember(ctx.parsed, name, (payload, stamp), 64)
+    ctx.parsed.put(name, (payload, stamp), len(data))
     return payload, stamp
 
 
@@ -251,7 +254,9 @@ def _choose(request: Request, snap: HistorySnapshot, now: datetime) -> int | Res
             },
             404,
         )
-    version = request.query_params.get("version")
+    # Most requests ask for the latest: skip parsing an empty query string.
+    params = request.query_params if request.scope["query_string"] else {}
+    version = params.get("version")
     if version is not None:
         valid = f"1 to {total} (from the oldest) or -1 to -{total} (from the newest)"
         text = version.strip()
@@ -264,7 +269,7 @@ def _choose(request: Request, snap: HistorySnapshot, now: datetime) -> int | Res
                 validRange=valid,
             )
         return n - 1 if n > 0 else total + n
-    stamp_text = request.query_params.get("timestamp")
+    stamp_text = params.get("timestamp")
     if stamp_text is not None:
         when = parse_instant(stamp_text)
         if when is None:
@@ -283,31 +288,49 @@ def _choose(request: Request, snap: HistorySnapshot, now: datetime) -> int | Res
     return latest if latest is not None else 0
 
 
+def _locate(
+    ctx: ServeContext, request: Request, now: datetime
+) -> tuple[HistorySnapshot, int, dict[str, Any] | None, datetime | None] | Response:
+    """The snapshot, the chosen position, its payload and lastUpdated; or the error answer."""
+    for attempt in range(2):
+        snap = _snapshot_or_error(ctx)
+        if isinstance(snap, Response):
+            return snap
+        chosen = _choose(request, snap, now)
+        if isinstance(chosen, Response):
+            return chosen
+        name = snap.entries[chosen].name
+        try:
+            payload, updated = _payload(ctx, name)
+        except VersionNotFound:
+            # Retention deleted it after the folder was last looked at; the folder has
+            # changed since, so a second look sees the versions as they are now.
+            if attempt:
+                return _error(503, "VersionGone", "the version was just deleted; retry")
+            continue
+        except OSError as exc:
+            log.error("cannot read version %s: %s", name, exc)
+            return _error(503, "HistoryUnavailable", f"version unreadable: {exc.strerror}")
+        return snap, chosen, payload, updated
+    raise AssertionError("unreachable")
+
+
 async def get_console_usage(request: Request) -> Response:
     """The original read endpoint."""
     ctx: ServeContext = request.app.state.ctx
     now = ctx.config.clock()
-    snap = _snapshot_or_error(ctx)
-    if isinstance(snap, Response):
-        return snap
-    chosen = _choose(request, snap, now)
-    if isinstance(chosen, Response):
-        return chosen
+    found = _locate(ctx, request, now)
+    if isinstance(found, Response):
+        return found
+    snap, chosen, payload, updated = found
     entry = snap.entries[chosen]
-    try:
-        payload, updated = _payload(ctx, entry.name)
-    except VersionNotFound:  # deleted by retention since the snapshot: look again once
-        return _error(503, "VersionGone", "the version was just deleted; retry", retry=True)
-    except OSError as exc:
-        log.error("cannot read version %s: %s", entry.name, exc)
-        return _error(503, "HistoryUnavailable", f"version unreadable: {exc.strerror}")
     if payload is None:
         return _error(502, "CorruptVersion", f"version {entry.name} is not a JSON object")
     age_s = (now - updated).total_seconds() if updated is not None else None
     etag = f'W/"{entry.name.removesuffix(".json")}"'
     headers = {"ETag": etag, "Cache-Control": _cache_control(age_s)}
     if updated is not None:
-        headers["Last-Modified"] = email.utils.format_datetime(updated, usegmt=True)
+        headers["Last-Modified"] = _http_date(updated)
     if _not_modified(request, etag, updated):
         return Response(status_code=304, headers=headers)
     age_minutes = math.floor(age_s / 60) if age_s is not None else None
@@ -326,7 +349,7 @@ async def get_console_usage(request: Request) -> Response:
             "filename": entry.name,
         }
         body = json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
-        _remember(ctx.rendered, key, body, 64)
+        ctx.rendered.put(key, body, len(body))
     return Response(body, media_type=JSON, headers=headers)
 
 
@@ -631,6 +654,11 @@ async def post_console_usage(request: Request) -> Response:
 # -- the app -----------------------------------------------------------------------------
 
 
+# Methods counted by name; any other (clients may send any token) is "other", so the
+# metric's label values stay few.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
 def _route_label(path: str) -> str:
     if path.startswith(VERSIONS_PATH + "/"):
         return VERSIONS_PATH + "/{name}"
@@ -645,6 +673,9 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, ctx: ServeContext) -> None:
         self.app = app
         self.ctx = ctx
+        # The labelled children, looked up once: ``labels()`` takes a lock every call.
+        self._timers: dict[str, Any] = {}
+        self._counters: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -677,15 +708,29 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = _route_label(scope["path"])
-            self.ctx.latency.labels(route).observe(time.perf_counter() - start)
-            self.ctx.requests.labels(route, scope["method"], str(status[0])).inc()
+            timer = self._timers.get(route)
+            if timer is None:
+                timer = self._timers[route] = self.ctx.latency.labels(route)
+            timer.observe(time.perf_counter() - start)
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            key = (route, method, status[0])
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = self.ctx.requests.labels(*map(str, key))
+            counter.inc()
+
+
+async def console_usage(request: Request) -> Response:
+    """One route for both methods, so a 405 names them all in ``Allow``."""
+    if request.method == "POST":
+        return await post_console_usage(request)
+    return await get_console_usage(request)
 
 
 def api_routes() -> list[BaseRoute]:
     """The API's routes (method-specific endpoints share paths)."""
     return [
-        Route(API_PATH, get_console_usage, methods=["GET", "HEAD"]),
-        Route(API_PATH, post_console_usage, methods=["POST"]),
+        Route(API_PATH, console_usage, methods=["GET", "HEAD", "POST"]),
         Route(VERSIONS_PATH, list_versions, methods=["GET", "HEAD"]),
         Route(VERSIONS_PATH + "/{name}", get_version, methods=["GET", "HEAD"]),
         Route(HEALTH_PATH, get_health, methods=["GET", "HEAD"]),

@@ -233,6 +233,13 @@ def test_legacy_version_names_count(root: Path, server):
     body = server.get(API).json()
     assert body["versionInfo"]["filename"] == "2026-01-05T00-00-00-test5.json"
     assert body["versionInfo"]["total"] == 1
+    # A file someone else put there that is not a JSON object: a clear error, no crash.
+    put_version(root, "2026-01-06T00-00-00-broken.json", b"[" * 100_000)
+    r = wait_for(lambda: (r := server.get(API)).status_code == 502 and r, 5)
+    assert r.json()["error"] == "CorruptVersion"
+    assert server.get(API, params={"version": "1"}).status_code == 200
+    assert server.get("/api/health").json()["status"] == "unhealthy"
+    assert "Traceback" not in server.log
 
 
 # -- health ---------------------------------------------------------------------------------
@@ -467,7 +474,10 @@ def test_malformed_requests_get_a_clear_answer(three, server):
     assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
     r = server.client.request("DELETE", API)
     assert r.status_code == 405
+    assert set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "POST"}
+    assert r.json()["error"]
     assert server.get("/no/such/path").status_code == 404
+    assert server.get("/no/such/path").json()["error"]
     assert server.get(API).status_code == 200
 
 
