@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 from conftest import VALID_SAMPLES, cli_env, run_cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_durable_faults import can_mount, tmpfs  # noqa: F401 - fixtures
 
-from ingester.export import COLUMNS
+from ingester.export import COLUMNS, write_rows
 from ingester.names import generate_version_filename
 
 HISTORY = "console-usage-history"
@@ -297,3 +299,46 @@ def test_full_disk_leaves_the_previous_export_whole(root: Path, tmpfs: Path) -> 
     assert len(result.stderr.splitlines()) == 1
     assert out.read_text() == "previous export\n"
     assert sorted(os.listdir(tmpfs)) == ["filler", "usage.csv"]
+
+
+# -- the writer alone: any text survives CSV and JSON Lines -------------------------------
+
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
+_pct = st.one_of(st.integers(0, 100), st.floats(0, 100, allow_nan=False))
+_row = st.tuples(
+    st.just("2026-11-27T14:05:00.000Z"),
+    st.just("2026-11-27T14:04:41.250Z"),
+    st.none() | _pct,
+    st.none() | _text,
+    st.none() | _pct,
+    st.none() | _text,
+    st.none() | _pct,
+    st.none() | _text,
+    st.none() | st.booleans(),
+    st.just("2026-11-27T14-05-00-0000aaaa.json"),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(_row, max_size=5))
+def test_any_text_survives_both_formats(rows: list[tuple[Any, ...]]) -> None:
+    as_csv = io.BytesIO()
+    assert write_rows(iter(rows), as_csv, "csv") == len(rows)
+    records = list(csv.reader(io.StringIO(as_csv.getvalue().decode("utf-8"), newline="")))
+    assert tuple(records[0]) == COLUMNS
+    for row, record in zip(rows, records[1:], strict=True):
+        for cell, text in zip(row, record, strict=True):
+            if cell is None:
+                assert text == ""
+            elif isinstance(cell, bool):
+                assert text == str(cell).lower()
+            elif isinstance(cell, str):
+                defused = cell.startswith(("=", "+", "-", "@", "\t", "\r"))
+                assert text == ("'" + cell if defused else cell)
+            else:
+                assert float(text) == cell
+    as_jsonl = io.BytesIO()
+    write_rows(iter(rows), as_jsonl, "jsonl")
+    lines = as_jsonl.getvalue().decode("utf-8").split("\n")
+    assert lines.pop() == ""
+    assert [tuple(json.loads(line).values()) for line in lines] == rows
