@@ -388,6 +388,15 @@ def submit(app: App, source: str, name: str | None) -> None:
     help="A POST body must arrive within S seconds (else 408).",
 )
 @click.option(
+    "--head-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="A request head must arrive within S seconds of the connection opening (or of the "
+    "previous answer), else 408 and the connection is closed.",
+)
+@click.option(
     "--max-connections",
     type=click.IntRange(min=1),
     default=256,
@@ -397,7 +406,12 @@ def submit(app: App, source: str, name: str | None) -> None:
 )
 @click.pass_obj
 def serve(
-    app: App, listen: str, api_key_file: Path | None, body_timeout: float, max_connections: int
+    app: App,
+    listen: str,
+    api_key_file: Path | None,
+    body_timeout: float,
+    head_timeout: float,
+    max_connections: int,
 ) -> None:
     """Serve the history over HTTP and accept POSTed snapshots into the spool.
 
@@ -424,7 +438,9 @@ def serve(
         raise fail(f"--api-key-file: {exc}") from None
     config = ServeConfig(app.settings, api_key=key, body_timeout=body_timeout)
     try:
-        code = run_server(config, host, port, max_connections=max_connections)
+        code = run_server(
+            config, host, port, max_connections=max_connections, head_timeout=head_timeout
+        )
     except OSError as exc:
         raise fail(f"cannot listen on {listen}: {exc.strerror}") from None
     raise click.exceptions.Exit(code)

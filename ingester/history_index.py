@@ -12,7 +12,9 @@
 :class:`LocalHistory` reads a history folder on local disk. Its change token is the
 folder's ``(st_ino, st_mtime_ns, st_ctime_ns)``: every version added or deleted, and every
 replacement of ``_metadata.json``, is an entry created or removed in the folder, which
-moves the folder's mtime. Version files are immutable, so their bytes need no revalidation.
+moves the folder's mtime (a folder changed within the last 50 ms is listed again on
+every look, as a second change within one clock tick may not move it again). Version
+files are immutable, so their bytes need no revalidation.
 
 :class:`HistoryIndex` keeps the sorted list of versions in memory and revalidates it with
 one ``stat`` per lookup, so ``?version=N`` and ``?timestamp=`` cost a bisection, not a
@@ -77,8 +79,9 @@ class HistoryReader(Protocol):
     def change_token(self) -> Hashable | None:
         """A value that differs whenever the set of versions may have changed.
 
-        ``None`` means the backing cannot tell cheaply; the index then lists again once
-        its ``ttl`` has passed.
+        Compared with ``==`` to the token of the last listing: equal means the listing
+        still holds. ``None`` means the backing cannot tell cheaply; the index then lists
+        again once its ``ttl`` has passed. A token equal to nothing forces a listing.
         """
         ...
 
@@ -95,11 +98,28 @@ class HistoryReader(Protocol):
         ...
 
 
-class LocalHistory:
-    """A :class:`HistoryReader` over a history folder on local disk."""
+class _Unsettled:
+    """A change token equal to nothing, itself included: "list again every time"."""
 
-    def __init__(self, history_dir: Path) -> None:
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+class LocalHistory:
+    """A :class:`HistoryReader` over a history folder on local disk.
+
+    ``settle`` (seconds): a folder changed more recently than this gets a token equal to
+    nothing, so it is listed again on every look until its times are settled. Two changes
+    within the file system's timestamp granularity (a clock tick) could leave the same
+    mtime; once the last change is older than a few ticks, the next one moves it.
+    """
+
+    def __init__(self, history_dir: Path, *, settle: float = 0.05) -> None:
         self.dir = Path(os.path.abspath(history_dir))
+        self.settle = settle
         # Version files never change, so a size once read stays true while the name exists.
         self._sizes: dict[str, int] = {}
 
@@ -111,6 +131,8 @@ class LocalHistory:
             return "missing"
         except OSError as exc:
             raise StorageError("stat", self.dir, exc) from exc
+        if time.time() - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 <= self.settle:
+            return _Unsettled()
         return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
     def list_versions(self) -> list[VersionEntry]:
@@ -278,10 +300,8 @@ class HistoryIndex:
     """The sorted versions of a :class:`HistoryReader`, kept current cheaply.
 
     Each :meth:`snapshot` asks the reader for its change token (one ``stat`` on local
-    disk) and lists again only when it moved. A token read within ``settle`` seconds of
-    its own change is not trusted on the next call (a second change within the file
-    system's timestamp granularity would not move it again), so the next call lists once
-    more. Readers without a token are listed again after ``ttl`` seconds.
+    disk) and lists again only when it differs from the one of the last listing.
+    Readers without a token (``None``) are listed again after ``ttl`` seconds.
 
     Thread-safe: the app reads it from the event loop and from worker threads.
     """
@@ -291,47 +311,35 @@ class HistoryIndex:
         reader: HistoryReader,
         *,
         ttl: float = 1.0,
-        settle: float = 0.05,
         cache_bytes: int = 4 << 20,
     ) -> None:
         self.reader = reader
         self.ttl = ttl
-        self.settle = settle
         self._lock = threading.Lock()
         self._snap = _snapshot(())
         self._token: Hashable | None = None
         self._listed_at = float("-inf")
-        self._trusted = False
         self._bytes: BoundedCache[str, bytes] = BoundedCache(cache_bytes)
         self.relists = 0  # how many times the versions were listed (for metrics and tests)
 
     def snapshot(self) -> HistorySnapshot:
         """The current versions; raises ``StorageError``/``OSError`` when unreadable."""
+        # Read before listing: a change during the listing then shows as a new token on
+        # the next call, never as an old one.
         token = self.reader.change_token()
         with self._lock:
             now = time.monotonic()
             if token is None:
                 fresh = now - self._listed_at < self.ttl
             else:
-                fresh = self._trusted and token == self._token
+                fresh = self._token is not None and token == self._token
             if fresh:
                 return self._snap
-            wall_before = time.time()
-            entries = self.reader.list_versions()
-            self._snap = _snapshot(entries)
+            self._snap = _snapshot(self.reader.list_versions())
             self._token = token
             self._listed_at = now
-            self._trusted = token is not None and self._settled(token, wall_before)
             self.relists += 1
             return self._snap
-
-    def _settled(self, token: Hashable, wall_before: float) -> bool:
-        # A token of (ino, mtime_ns, ctime_ns) is settled once its times are clearly in the
-        # past; other tokens (an ETag, a generation number) change with every write.
-        if isinstance(token, tuple) and len(token) == 3 and all(isinstance(x, int) for x in token):
-            newest: float = max(token[1], token[2]) / 1e9
-            return wall_before - newest > self.settle
-        return True
 
     def read_version(self, name: str) -> bytes:
         """A version's bytes, from a cache of at most ``cache_bytes`` (versions never change)."""

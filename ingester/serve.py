@@ -841,7 +841,71 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(config: ServeConfig, host: str, port: int, *, max_connections: int = 256) -> int:
+def head_timeout_protocol(head_timeout: float) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, plus a deadline for each request head.
+
+    uvicorn itself never times out a connection that has not finished sending a request
+    head (it only closes idle keep-alive connections, and any byte resets that): a few
+    clients trickling headers could hold every connection. Here a timer starts when a
+    connection opens and after each response; if it fires while the next head is still
+    incomplete, the client gets a 408 and the connection is closed.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    body = json.dumps(
+        {
+            "error": "RequestTimeout",
+            "message": f"request head not received within {head_timeout:g} s",
+        }
+    ).encode()
+    answer = (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+    class HeadTimeoutH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            super().connection_lost(exc)
+
+        def _arm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self._head_timer = self.loop.call_later(head_timeout, self._head_expired)
+
+        def _head_expired(self) -> None:
+            self._head_timer = None
+            # IDLE: no complete head since the timer started (none in flight, none answered).
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.write(answer)
+                self.transport.close()
+
+    return HeadTimeoutH11Protocol
+
+
+def serve(
+    config: ServeConfig,
+    host: str,
+    port: int,
+    *,
+    max_connections: int = 256,
+    head_timeout: float = 10.0,
+) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit code (0).
 
     Raises ``OSError`` when the address cannot be bound.
@@ -853,7 +917,7 @@ def serve(config: ServeConfig, host: str, port: int, *, max_connections: int = 2
     app = create_app(config)
     uv = uvicorn.Config(
         app,
-        http="h11",
+        http=head_timeout_protocol(head_timeout),
         loop="asyncio",
         lifespan="off",
         log_config=None,
@@ -866,6 +930,14 @@ def serve(config: ServeConfig, host: str, port: int, *, max_connections: int = 2
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(uv)
+    # uvicorn's own warnings (a malformed request, an error in a handler) go through our
+    # handler: one line each, in the chosen log format, a traceback folded into the line.
+    ours = logging.getLogger("ingester")
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = list(ours.handlers)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
     log.info(
         "serve: listening on http://%s:%d (history %s, spool %s)",
         f"[{bound[0]}]" if ":" in bound[0] else bound[0],

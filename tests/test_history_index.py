@@ -94,7 +94,7 @@ def test_bounded_cache_keeps_within_budget() -> None:
 
 def test_index_lists_again_only_when_the_folder_changes(tmp_path: Path) -> None:
     history = tmp_path / "history"
-    index = HistoryIndex(LocalHistory(history), settle=0.05)
+    index = HistoryIndex(LocalHistory(history, settle=0.05))
     assert len(index.snapshot()) == 0  # no folder yet: empty, not an error
     history.mkdir()
     name = f"{T0.strftime('%Y-%m-%dT%H-%M-%S')}-00000000.json"
@@ -122,7 +122,7 @@ def test_a_fresh_change_is_not_trusted(tmp_path: Path) -> None:
     """Two changes within the timestamp granularity must not hide the second one."""
     history = tmp_path / "history"
     history.mkdir()
-    index = HistoryIndex(LocalHistory(history), settle=3600)  # nothing ever settles
+    index = HistoryIndex(LocalHistory(history, settle=3600))  # nothing ever settles
     index.snapshot()
     first = index.relists
     index.snapshot()

@@ -11,10 +11,12 @@ import json
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import IS_ROOT, wait_for
 from prometheus_client.parser import text_string_to_metric_families
@@ -454,6 +456,57 @@ def test_slow_body_is_408_and_others_are_served(root: Path, three):
         assert spool_drops(root) == []
 
 
+def test_slow_or_silent_request_heads_are_cut_off(root: Path, three):
+    with ServeProcess(root, "--head-timeout", "0.5") as server:
+        silent = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        trickle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        try:
+            head = f"GET {API} HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode()
+            trickle.sendall(head)
+            got = b""
+            # One byte at a time, each well within the timeout: the head still never ends.
+            trickle.settimeout(0.1)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    trickle.sendall(b"a")
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                try:
+                    chunk = trickle.recv(4096)
+                except TimeoutError:
+                    continue
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                got += chunk
+            assert got.startswith(b"HTTP/1.1 408"), got
+            silent.settimeout(10)
+            assert silent.recv(4096).startswith(b"HTTP/1.1 408")
+            assert silent.recv(4096) == b""  # and closed
+            # A keep-alive client that sends its requests promptly is not affected.
+            for _ in range(3):
+                assert server.get(API).status_code == 200
+        finally:
+            silent.close()
+            trickle.close()
+
+
+def test_a_connection_flood_is_refused_then_cleared(root: Path, three):
+    with ServeProcess(root, "--max-connections", "4", "--head-timeout", "0.5") as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(6)]
+        try:
+            with httpx.Client(base_url=server.base, timeout=10) as fresh:
+                assert fresh.get(API).status_code == 503  # over the limit: refused, not queued
+            # The idle ones are cut off at the head deadline; then there is room again.
+            with httpx.Client(base_url=server.base, timeout=10) as fresh:
+                wait_for(lambda: fresh.get(API).status_code == 200, 10, "room again")
+        finally:
+            for sock in idle:
+                sock.close()
+
+
 def test_header_floods_are_refused_and_the_server_lives(three, server):
     huge = (
         b"GET " + API.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
@@ -472,6 +525,11 @@ def test_header_floods_are_refused_and_the_server_lives(three, server):
 def test_malformed_requests_get_a_clear_answer(three, server):
     answer = raw_request(server.port, b"NONSENSE\r\n\r\n")
     assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
+    # uvicorn's warning about it is one line in our log format.
+    line = wait_for(
+        lambda: next((x for x in server.log.splitlines() if "Invalid HTTP request" in x), None), 5
+    )
+    assert " WARNING " in str(line)
     r = server.client.request("DELETE", API)
     assert r.status_code == 405
     assert set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "POST"}
