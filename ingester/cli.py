@@ -786,6 +786,10 @@ from .cli_report import list_versions, show, status, verify  # noqa: E402
 for _command in (status, list_versions, show, verify, snapshot, schema, check):
     main.add_command(_command)
 
+from .cli_export import export  # noqa: E402
+
+main.add_command(export)
+
 
 def run() -> None:
     """Entry point for ``python -m ingester``."""

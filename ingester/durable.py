@@ -21,8 +21,9 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = [
     "TEMP_PREFIX",
@@ -37,6 +38,7 @@ __all__ = [
     "remove_file",
     "remove_stale_temps",
     "replace_symlink",
+    "streamed_file",
     "write_file",
 ]
 
@@ -465,3 +467,45 @@ def remove_stale_temps(directory: Path, prefix: str = TEMP_PREFIX) -> list[str]:
     finally:
         os.close(dir_fd)
     return removed
+
+
+@contextlib.contextmanager
+def streamed_file(final: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Write ``final`` in pieces through the recipe; it appears only once complete.
+
+    Yields a buffered binary file open on a temp file beside ``final``. When the block
+    ends normally the file is flushed, fsynced, renamed over ``final`` (replacing an
+    older one) and the folder fsynced. When the block raises, the temp file is removed
+    and ``final`` is left as it was. Memory use does not depend on the size written.
+    Raises :class:`StorageError` (naming the path and cause) for any failed step,
+    including a write inside the block (e.g. ENOSPC).
+    """
+    directory = final.parent
+    tmp = _temp_path(directory, "w")
+    try:
+        # The mode is given at creation so the umask applies, as for any new file.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        raise StorageError("create", tmp, exc) from exc
+    handle = os.fdopen(fd, "wb")
+    try:
+        try:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise StorageError("write", tmp, exc) from exc
+        finally:
+            with contextlib.suppress(OSError):
+                handle.close()  # a close after a failed flush may fail again
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise StorageError("replace", final, exc) from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)

@@ -61,6 +61,7 @@ from .history_index import (
 )
 from .model import PayloadRejected, judge_payload
 from .names import format_timestamp, is_version_name
+from .page import routes as page_routes
 from .settings import Settings
 from .spool import Spool, drop_name_for_now
 
@@ -740,7 +741,7 @@ def api_routes() -> list[BaseRoute]:
 
 def _route_builders() -> list[Callable[[], Sequence[BaseRoute]]]:
     """Every group of routes the app serves, in match order (add page routes here)."""
-    return [api_routes]
+    return [api_routes, page_routes]
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

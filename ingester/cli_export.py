@@ -1,0 +1,128 @@
+"""``ingester export``: the history as CSV or JSON Lines, one row per version.
+
+A thin click layer over :mod:`ingester.export`. Reads only: never takes the history
+lock. Exit codes as for the rest of the CLI: 0 written (damaged versions are skipped
+with a warning each); 1 no history, or the output could not be written; 2 a usage
+error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from .durable import StorageError, streamed_file
+from .export import FORMATS, Row, Skipped, export_rows, select_versions, write_rows
+from .report import ReportError, human_time, open_store, parse_cli_time
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from .cli import App
+
+__all__ = ["export"]
+
+
+def _fail(message: str, code: int = 1) -> click.exceptions.Exit:
+    from .cli import fail  # cli imports this module at its end: import late
+
+    return fail(message, code)
+
+
+def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_cli_time(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def _warn(skipped: Skipped) -> None:
+    click.echo(f"warning: skipped damaged version {skipped.name}: {skipped.reason}", err=True)
+
+
+@click.command()
+@click.option(
+    "--since",
+    metavar="TIME",
+    callback=_time_option,
+    help="Versions ingested at or after TIME (ISO-8601; without an offset, UTC).",
+)
+@click.option(
+    "--until",
+    metavar="TIME",
+    callback=_time_option,
+    help="Versions ingested at or before TIME (ISO-8601; without an offset, UTC).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="csv",
+    show_default=True,
+    help="csv: RFC 4180 with a header row; jsonl: one JSON object per line.",
+)
+@click.option(
+    "-o",
+    "--output",
+    metavar="FILE|-",
+    default="-",
+    show_default=True,
+    help="Where to write; '-' is standard output. A FILE appears only once complete "
+    "(written beside it under a temp name, fsynced, renamed over it).",
+)
+@click.pass_obj
+def export(app: App, since: datetime | None, until: datetime | None, fmt: str, output: str) -> None:
+    """Write one row per version, oldest first, with the payload's fields flattened.
+
+    Columns: ingestedAt, lastUpdated, currentSession.percentageUsed,
+    currentSession.resetsIn, weeklyLimits.allModels.percentageUsed,
+    weeklyLimits.allModels.resetsIn, weeklyLimits.sonnetOnly.percentageUsed,
+    weeklyLimits.sonnetOnly.resetsIn, isPartial, version. Times are UTC (ISO-8601, Z);
+    a section the payload lacks gives empty cells (null in JSON Lines).
+
+    A damaged version is skipped with one warning line on stderr. Streams: memory
+    does not grow with the history. Never takes the lock; works while a watcher runs.
+    Exits 0 when written, 1 when there is no history or the output cannot be written.
+    See docs/page.md.
+    """
+    if since is not None and until is not None and since > until:
+        raise click.UsageError(f"--since {human_time(since)} is after --until {human_time(until)}")
+    try:
+        store = open_store(app.settings)
+    except ReportError as exc:
+        raise _fail(str(exc), exc.code) from None
+    names = select_versions(store.version_names(), since, until)
+    rows = export_rows(store, names, on_skip=_warn)
+    if output == "-":
+        _to_stdout(rows, fmt)
+        return
+    target = Path(os.path.abspath(output))
+    if target.is_dir():
+        raise _fail(f"{output} is a folder; give a file name")
+    try:
+        with streamed_file(target) as handle:
+            count = write_rows(rows, handle, fmt)
+    except StorageError as exc:
+        raise _fail(str(exc)) from None
+    click.echo(f"exported {count} version(s) to {target}")
+
+
+def _to_stdout(rows: Iterator[Row], fmt: str) -> None:
+    try:
+        write_rows(rows, sys.stdout.buffer, fmt)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (e.g. '| head'): stop quietly, as other filters do, and
+        # keep Python from complaining about the flush at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise click.exceptions.Exit(1) from None
+    except OSError as exc:
+        raise _fail(f"cannot write to standard output: {exc.strerror}") from None

@@ -1,0 +1,206 @@
+"""The history as a table: one flattened row per version, oldest first.
+
+``ingester export`` writes these rows as CSV or JSON Lines, and the page's series
+endpoint serves the same rows to the chart. Rows are produced one version at a time
+(read, judged, flattened, handed on), so memory does not grow with the history: the
+only thing held for the whole run is the sorted list of version names, about a hundred
+bytes per version.
+
+A row's cells, in :data:`COLUMNS` order:
+
+* ``ingestedAt``: the version's ingest time from its name (ISO-8601 UTC, ``Z``; names
+  carry whole seconds, so the milliseconds are ``.000``);
+* ``lastUpdated``: the payload's time, converted to UTC in the same spelling;
+* the three windows' ``percentageUsed`` (a number, whole numbers without ``.0``) and
+  ``resetsIn`` (text), empty/``None`` when the payload has no such section;
+* ``isPartial``: ``True``/``False`` as the payload says, ``None`` when it does not say;
+* ``version``: the version file's name.
+
+Reading never writes and never takes the history lock: an export works while a watcher
+runs and on a read-only copy of the history.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import io
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import BinaryIO, Final
+
+from .model import ConsoleUsageDataSync, PayloadRejected, UsageWindow, judge_payload
+from .names import format_timestamp, parse_timestamp_from_filename
+from .store import HistoryStore
+
+__all__ = [
+    "COLUMNS",
+    "FORMATS",
+    "Cell",
+    "Row",
+    "Skipped",
+    "export_rows",
+    "flatten",
+    "row_from_bytes",
+    "select_versions",
+    "write_rows",
+]
+
+log = logging.getLogger("ingester.export")
+
+COLUMNS: Final[tuple[str, ...]] = (
+    "ingestedAt",
+    "lastUpdated",
+    "currentSession.percentageUsed",
+    "currentSession.resetsIn",
+    "weeklyLimits.allModels.percentageUsed",
+    "weeklyLimits.allModels.resetsIn",
+    "weeklyLimits.sonnetOnly.percentageUsed",
+    "weeklyLimits.sonnetOnly.resetsIn",
+    "isPartial",
+    "version",
+)
+"""The column names, in order; each keeps its name (as a dotted path) from the payload."""
+
+FORMATS: Final[tuple[str, ...]] = ("csv", "jsonl")
+
+Cell = str | int | float | bool | None
+Row = tuple[Cell, ...]
+
+# A spreadsheet runs a cell that starts with one of these as a formula. Text in a drop
+# comes from a scraper reading a web page, so CSV text cells starting so get a leading
+# apostrophe (the usual defence); numbers and JSON Lines are never touched.
+_FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A version left out of an export: its name and why (one line)."""
+
+    name: str
+    reason: str
+
+
+def _stamp(name: str) -> datetime:
+    stamp = parse_timestamp_from_filename(name)
+    if stamp is None:  # pragma: no cover - the store lists version names only
+        raise ValueError(f"not a version name: {name!r}")
+    return stamp
+
+
+def select_versions(
+    names: Sequence[str], since: datetime | None = None, until: datetime | None = None
+) -> Sequence[str]:
+    """The names (sorted, oldest first) whose ingest time is within ``[since, until]``.
+
+    Both ends are inclusive and compared to the second, as names carry it. Finds the
+    ends by bisection: names sort in ingest order, so their times never decrease.
+    """
+    start = 0 if since is None else bisect.bisect_left(names, since, key=_stamp)
+    end = len(names) if until is None else bisect.bisect_right(names, until, key=_stamp)
+    return names[start:end]
+
+
+def _number(value: float) -> int | float:
+    # JSON has one number type; 23 reads back as 23.0 through the model, shown as 23.
+    return int(value) if value.is_integer() else value
+
+
+def _window(window: UsageWindow | None) -> tuple[Cell, Cell]:
+    if window is None:
+        return None, None
+    return _number(window.percentageUsed), window.resetsIn
+
+
+def flatten(name: str, payload: ConsoleUsageDataSync) -> Row:
+    """One row (see :data:`COLUMNS`) for version ``name`` holding ``payload``."""
+    weekly = payload.weeklyLimits
+    return (
+        format_timestamp(_stamp(name)),
+        format_timestamp(payload.lastUpdated.astimezone(UTC)),
+        *_window(payload.currentSession),
+        *_window(weekly.allModels if weekly else None),
+        *_window(weekly.sonnetOnly if weekly else None),
+        payload.isPartial,
+        name,
+    )
+
+
+def export_rows(
+    store: HistoryStore,
+    names: Iterable[str],
+    on_skip: Callable[[Skipped], None] | None = None,
+) -> Iterator[Row]:
+    """Read, judge and flatten each version in ``names``, in the order given.
+
+    A damaged or unreadable version yields no row: ``on_skip`` is called with it
+    instead. A version deleted since it was listed (retention) is left out silently:
+    it is no longer part of the history. Never raises for a version's content.
+    """
+    for name in names:
+        path = store.version_path(name)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            log.debug("version %s deleted while exporting; left out", name)
+            continue
+        except OSError as exc:
+            if on_skip is not None:
+                on_skip(Skipped(name, f"unreadable: {exc.strerror}"))
+            continue
+        try:
+            row = row_from_bytes(name, data)
+        except PayloadRejected as exc:
+            if on_skip is not None:
+                on_skip(Skipped(name, exc.reason))
+            continue
+        yield row
+
+
+def row_from_bytes(name: str, data: bytes) -> Row:
+    """The row for version ``name`` stored as ``data``; :class:`PayloadRejected` if damaged."""
+    return flatten(name, judge_payload(data))
+
+
+def _csv_cell(value: Cell) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return "'" + value if value.startswith(_FORMULA_STARTS) else value
+    return repr(value)
+
+
+def write_rows(rows: Iterable[Row], out: BinaryIO, fmt: str) -> int:
+    """Write a header (CSV only) and ``rows`` to ``out`` as UTF-8; return the row count.
+
+    ``fmt`` is ``"csv"`` (RFC 4180: comma, double quotes where needed, CRLF line ends,
+    a header row; empty cell for a missing value; ``true``/``false``) or ``"jsonl"``
+    (one JSON object per line with the :data:`COLUMNS` as keys, ``null`` for missing).
+    ``out`` is flushed, not closed. Errors writing ``out`` propagate as ``OSError``.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=False)
+    count = 0
+    try:
+        if fmt == "csv":
+            writer = csv.writer(text, lineterminator="\r\n")
+            writer.writerow(COLUMNS)
+            for row in rows:
+                writer.writerow([_csv_cell(cell) for cell in row])
+                count += 1
+        else:
+            for row in rows:
+                text.write(json.dumps(dict(zip(COLUMNS, row, strict=True)), ensure_ascii=False))
+                text.write("\n")
+                count += 1
+        text.flush()
+    finally:
+        # The caller owns ``out``: let go of it without closing it.
+        text.detach()
+    return count

@@ -1,0 +1,373 @@
+// The usage page: the newest snapshot and the history as a chart, kept current by polling
+// with conditional GETs (an unchanged history costs one 304 per poll). No build step;
+// uPlot is loaded before this file. Every request goes to this page's own server.
+"use strict";
+
+(function () {
+  const API = "api/claude/console-usage";
+  const SERIES = API + "/series";
+  const STALE_AFTER_MS = 10 * 60 * 1000; // the same rule as the API's isStale
+  const RANGES = { "24h": 24 * 3600 * 1000, "7d": 7 * 24 * 3600 * 1000, all: null };
+  const WINDOWS = [
+    { key: "currentSession", label: "Current session", gauge: "gauge-session" },
+    { key: "weeklyLimits.allModels", label: "Weekly, all models", gauge: "gauge-all" },
+    { key: "weeklyLimits.sonnetOnly", label: "Weekly, Sonnet only", gauge: "gauge-sonnet" },
+  ];
+  // Told apart by dash pattern as well as colour (and named in the legend).
+  const LINES = [
+    { stroke: "#1f4e8c", dash: undefined },
+    { stroke: "#b35900", dash: [10, 5] },
+    { stroke: "#1a7f37", dash: [3, 4] },
+  ];
+
+  const MARKERS = ["solid", "solid", "dashed", "dotted"]; // per series, time first
+
+  const params = new URLSearchParams(window.location.search);
+  const refreshMs = Math.max(1, Number(params.get("refresh")) || 30) * 1000;
+
+  const state = {
+    latestTag: null,
+    latest: null,
+    newest: null, // file name of the newest version shown
+    seriesTag: null,
+    seriesKey: null, // the range the rows were fetched for
+    rows: [], // export rows, oldest first
+    columns: [],
+    skipped: 0,
+    range: "7d",
+    offsetMs: 0, // server clock minus ours, from the Date header
+    chart: null,
+    timer: null,
+  };
+
+  const $ = (id) => document.getElementById(id);
+
+  function serverNow() {
+    return Date.now() + state.offsetMs;
+  }
+
+  function noteServerTime(response) {
+    const date = Date.parse(response.headers.get("Date") || "");
+    if (!Number.isNaN(date)) state.offsetMs = date - Date.now();
+  }
+
+  async function conditionalGet(url, tag) {
+    // no-store keeps the browser's own cache out of it, so a 304 reaches us as a 304.
+    const headers = tag ? { "If-None-Match": tag } : {};
+    const response = await fetch(url, { headers, cache: "no-store" });
+    noteServerTime(response);
+    if (response.status === 304) return { status: 304 };
+    const body = await response.json().catch(() => null);
+    return { status: response.status, tag: response.headers.get("ETag"), body };
+  }
+
+  function pick(obj, path) {
+    return path.split(".").reduce((o, k) => (o == null ? undefined : o[k]), obj);
+  }
+
+  function formatPct(value) {
+    if (value == null || Number.isNaN(value)) return "\u2013";
+    return (Number.isInteger(value) ? String(value) : value.toFixed(1)) + "\u00a0%";
+  }
+
+  function formatAge(ms) {
+    const s = Math.round(ms / 1000);
+    if (s < 0) return "in the future";
+    if (s < 60) return s + " s ago";
+    const m = Math.floor(s / 60);
+    if (m < 60) return m + " min ago";
+    const h = Math.floor(m / 60);
+    if (h < 48) return h + " h " + (m % 60) + " min ago";
+    return Math.floor(h / 24) + " days ago";
+  }
+
+  const timeFormat = new Intl.DateTimeFormat(undefined, {
+    weekday: "short", day: "numeric", month: "short", hour: "2-digit", minute: "2-digit",
+  });
+
+  function setText(id, text) {
+    const el = $(id);
+    if (el.textContent !== text) el.textContent = text;
+  }
+
+  function showConnection(problem) {
+    const el = $("connection");
+    el.hidden = !problem;
+    el.textContent = problem || "";
+  }
+
+  // -- the newest snapshot ----------------------------------------------------------------
+
+  function renderGauge(win, payload) {
+    const card = $(win.gauge);
+    const section = pick(payload, win.key);
+    const pct = section ? section.percentageUsed : null;
+    const bar = card.querySelector(".bar");
+    card.querySelector(".pct").textContent = formatPct(pct);
+    card.querySelector(".resets-in").textContent = section ? section.resetsIn : "\u2013";
+    let level = "none";
+    let words = " no data";
+    if (pct != null) {
+      level = pct >= 95 ? "limit" : pct >= 80 ? "high" : "ok";
+      words = level === "limit" ? " at the limit" : level === "high" ? " high" : "";
+    }
+    card.dataset.level = level;
+    card.querySelector(".level").textContent = words;
+    card.querySelector(".fill").style.width = (pct == null ? 0 : Math.min(100, pct)) + "%";
+    if (pct == null) {
+      bar.removeAttribute("aria-valuenow");
+      bar.setAttribute("aria-valuetext", "no data");
+    } else {
+      bar.setAttribute("aria-valuenow", String(pct));
+      bar.setAttribute("aria-valuetext", formatPct(pct) + " used" + words);
+    }
+  }
+
+  function renderFreshness() {
+    const badge = $("fresh-badge");
+    const payload = state.latest;
+    if (!payload) return;
+    const updated = Date.parse(payload.lastUpdated);
+    const age = serverNow() - updated;
+    const stale = Number.isNaN(updated) || age > STALE_AFTER_MS;
+    badge.dataset.state = stale ? "stale" : "fresh";
+    setText("fresh-badge", stale ? "Stale" : "Fresh");
+    const when = Number.isNaN(updated) ? "an unreadable time" : timeFormat.format(updated);
+    setText(
+      "freshness",
+      "Last updated " + when + " (" + (Number.isNaN(updated) ? "?" : formatAge(age)) + ")" +
+        (stale ? "; older than 10 minutes, so the scraper may have stopped." : "."),
+    );
+  }
+
+  function renderLatest() {
+    const payload = state.latest;
+    if (!payload) {
+      $("fresh-badge").dataset.state = "unknown";
+      setText("fresh-badge", "No data");
+      setText("freshness", "No snapshot has been stored yet.");
+      WINDOWS.forEach((w) => renderGauge(w, {}));
+      return;
+    }
+    WINDOWS.forEach((w) => renderGauge(w, payload));
+    $("partial-badge").hidden = payload.isPartial !== true;
+    const errors = payload.extractionErrors || {};
+    const keys = Object.keys(errors);
+    $("errors-badge").hidden = keys.length === 0;
+    $("errors-details").hidden = keys.length === 0;
+    setText("errors-badge", keys.length + " extraction error" + (keys.length === 1 ? "" : "s"));
+    const list = $("errors-list");
+    list.replaceChildren(
+      ...keys.map((k) => {
+        const item = document.createElement("li");
+        item.textContent = k + ": " + errors[k];
+        return item;
+      }),
+    );
+    const info = payload.versionInfo;
+    if (info) {
+      setText(
+        "version-info",
+        "Version " + info.current + " of " + info.total + ", stored " +
+          timeFormat.format(Date.parse(info.timestamp)) + " (" + info.filename + ").",
+      );
+    }
+    renderFreshness();
+  }
+
+  async function refreshLatest() {
+    const answer = await conditionalGet(API, state.latestTag);
+    if (answer.status === 304) return false;
+    if (answer.status === 404) {
+      state.latest = null;
+      state.latestTag = null;
+      renderLatest();
+      return state.newest !== null ? ((state.newest = null), true) : false;
+    }
+    if (answer.status !== 200 || !answer.body) {
+      throw new Error("the server answered " + answer.status);
+    }
+    state.latestTag = answer.tag;
+    state.latest = answer.body;
+    renderLatest();
+    const name = answer.body.versionInfo ? answer.body.versionInfo.filename : null;
+    const changed = name !== state.newest;
+    state.newest = name;
+    return changed;
+  }
+
+  // -- the history chart ------------------------------------------------------------------
+
+  function windowStart() {
+    const span = RANGES[state.range];
+    return span == null ? null : serverNow() - span;
+  }
+
+  async function refreshSeries() {
+    const range = state.range;
+    const start = windowStart();
+    let url = SERIES;
+    if (start != null) url += "?since=" + encodeURIComponent(new Date(start).toISOString());
+    const sameRange = state.seriesKey === range;
+    const answer = await conditionalGet(url, sameRange ? state.seriesTag : null);
+    // A range picked meanwhile has its own request: this answer is for the old one.
+    if (answer.status === 304 || state.range !== range) return;
+    if (answer.status !== 200 || !answer.body) {
+      throw new Error("the server answered " + answer.status + " for the series");
+    }
+    state.seriesTag = answer.tag;
+    state.seriesKey = range;
+    state.columns = answer.body.columns;
+    state.rows = answer.body.rows;
+    state.skipped = answer.body.skipped.length;
+    drawChart();
+  }
+
+  function chartData() {
+    const col = (name) => state.columns.indexOf(name);
+    const at = col("ingestedAt");
+    const start = windowStart();
+    // Versions that slid out of the window since the rows were fetched are left out here.
+    const rows = state.rows.filter((r) => start == null || Date.parse(r[at]) >= start);
+    const xs = rows.map((r) => Date.parse(r[at]) / 1000);
+    const ys = WINDOWS.map((w) => {
+      const i = col(w.key + ".percentageUsed");
+      return rows.map((r) => (r[i] == null ? null : r[i]));
+    });
+    return { rows, data: [xs, ...ys] };
+  }
+
+  function chartWidth() {
+    return Math.max(240, $("chart").clientWidth || 600);
+  }
+
+  function chartHeight() {
+    return window.innerWidth < 600 ? 260 : 320;
+  }
+
+  // The x axis spans the whole range picked (up to now), not only the data in it, so
+  // a gap in the history shows as a gap.
+  function xRange(u, min, max) {
+    const start = windowStart();
+    const now = serverNow() / 1000;
+    if (start != null) return [start / 1000, Math.max(now, max == null ? now : max)];
+    if (min == null || max == null || min === max) {
+      const at = max == null ? now : max;
+      return [at - 3600, at + 60];
+    }
+    return [min, max];
+  }
+
+  function makeChart(data) {
+    const opts = {
+      width: chartWidth(),
+      height: chartHeight(),
+      scales: { x: { time: true, range: xRange }, y: { range: [0, 100] } },
+      axes: [
+        {},
+        { label: "% used", values: (u, ticks) => ticks.map((t) => t + " %"), size: 60 },
+      ],
+      series: [
+        { label: "Time", value: (u, v) => (v == null ? "\u2013" : timeFormat.format(v * 1000)) },
+        ...WINDOWS.map((w, i) => ({
+          label: w.label,
+          stroke: LINES[i].stroke,
+          dash: LINES[i].dash,
+          width: 2,
+          spanGaps: false,
+          points: { size: 5 },
+          value: (u, v) => formatPct(v),
+        })),
+      ],
+      // Legend markers drawn with each line's dash, so the key does not rest on colour.
+      legend: { live: true, markers: { width: 2, dash: (u, i) => MARKERS[i] } },
+      cursor: { focus: { prox: 16 } },
+      hooks: { setCursor: [updateReadout] },
+    };
+    return new uPlot(opts, data, $("chart"));
+  }
+
+  function updateReadout(u) {
+    const i = u.cursor.idx;
+    if (i == null) return;
+    const parts = WINDOWS.map((w, k) => w.label + " " + formatPct(u.data[k + 1][i]));
+    setText("readout", timeFormat.format(u.data[0][i] * 1000) + ": " + parts.join(", "));
+  }
+
+  function drawChart() {
+    const { rows, data } = chartData();
+    const holder = $("chart");
+    if (state.chart === null) {
+      state.chart = makeChart(data);
+    } else {
+      state.chart.setData(data);
+    }
+    holder.dataset.points = String(rows.length);
+    const label = { "24h": "the last 24 hours", "7d": "the last 7 days", all: "all kept history" };
+    let summary;
+    if (rows.length === 0) {
+      summary = "No snapshots in " + label[state.range] + ".";
+    } else {
+      const first = Date.parse(rows[0][state.columns.indexOf("ingestedAt")]);
+      const last = Date.parse(rows[rows.length - 1][state.columns.indexOf("ingestedAt")]);
+      summary =
+        rows.length + (rows.length === 1 ? " snapshot" : " snapshots") + " in " +
+        label[state.range] + ", " + timeFormat.format(first) + " to " + timeFormat.format(last) + ".";
+      const latest = WINDOWS.map((w, k) => {
+        const ys = data[k + 1].filter((v) => v != null);
+        return ys.length ? w.label + " peaked at " + formatPct(Math.max(...ys)) : null;
+      }).filter(Boolean);
+      if (latest.length) summary += " " + latest.join("; ") + ".";
+    }
+    if (state.skipped) summary += " " + state.skipped + " damaged version(s) not drawn.";
+    setText("chart-summary", summary);
+  }
+
+  // -- the loop ---------------------------------------------------------------------------
+
+  async function tick() {
+    clearTimeout(state.timer);
+    try {
+      if (!document.hidden) {
+        const changed = await refreshLatest();
+        if (changed || state.seriesKey !== state.range) {
+          await refreshSeries();
+        } else if (state.chart !== null) {
+          drawChart(); // the window moves on even when nothing new arrives
+        }
+        renderFreshness();
+        showConnection(null);
+      }
+    } catch (err) {
+      showConnection("Cannot reach the server (" + err.message + "); retrying.");
+    }
+    state.timer = setTimeout(tick, refreshMs);
+  }
+
+  function start() {
+    document.querySelectorAll('input[name="range"]').forEach((input) => {
+      if (input.checked) state.range = input.value;
+      input.addEventListener("change", () => {
+        state.range = input.value;
+        tick();
+      });
+    });
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden) tick();
+    });
+    let pending = null;
+    new ResizeObserver(() => {
+      cancelAnimationFrame(pending);
+      pending = requestAnimationFrame(() => {
+        if (state.chart) state.chart.setSize({ width: chartWidth(), height: chartHeight() });
+      });
+    }).observe($("chart"));
+    tick();
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", start);
+  } else {
+    start();
+  }
+})();

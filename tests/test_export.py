@@ -1,0 +1,344 @@
+"""``ingester export`` through the real CLI: CSV and JSON Lines read back and compared."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import VALID_SAMPLES, cli_env, run_cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_durable_faults import can_mount, tmpfs  # noqa: F401 - fixtures
+
+from ingester.export import COLUMNS, write_rows
+from ingester.names import generate_version_filename
+
+HISTORY = "console-usage-history"
+START = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+
+
+def window(pct: float, resets: str) -> dict[str, Any]:
+    return {"resetsIn": resets, "percentageUsed": pct}
+
+
+def payloads() -> Iterator[dict[str, Any]]:
+    """Varied valid payloads: sections missing, odd text, numbers with and without fractions."""
+    texts = ["4 hr 12 min", 'a "quoted", comma', "line\nbreak", "Montag 8:59 \u2013 ünïcødé", "x"]
+    for i in range(40):
+        body: dict[str, Any] = {
+            "lastUpdated": (START + timedelta(minutes=5 * i)).isoformat().replace("+00:00", "Z")
+            if i % 3
+            else (START + timedelta(minutes=5 * i)).astimezone().isoformat(),
+        }
+        if i % 4 != 3:
+            body["currentSession"] = window(i * 2.5 if i % 2 else i, texts[i % len(texts)])
+        if i % 5 != 4 or "currentSession" not in body:
+            body["weeklyLimits"] = {
+                "allModels": window(min(100, i * 1.75), "Mon 8:59 AM"),
+                "sonnetOnly": window(i % 11, "Thu 10:00 AM"),
+            }
+        if i % 6 == 1:
+            body["isPartial"] = bool(i % 12 == 1)
+            body["extractionErrors"] = {"weekly": "not found"}
+        yield body
+
+
+def build_history(root: Path, count: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """Versions written straight into a history, 5 minutes apart; (name, payload) oldest first."""
+    assert run_cli(root, "init").returncode == 0
+    versions: list[tuple[str, dict[str, Any]]] = []
+    after = None
+    for i, body in enumerate(payloads()):
+        if count is not None and i >= count:
+            break
+        name = generate_version_filename(START + timedelta(minutes=5 * i), after=after)
+        after = name
+        path = root / HISTORY / name
+        path.write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
+        path.chmod(0o444)
+        versions.append((name, body))
+    return versions
+
+
+def expected_row(name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The row a version should give, with Python values (None for missing)."""
+    stamp = datetime.strptime(name[:19], "%Y-%m-%dT%H-%M-%S").replace(tzinfo=UTC)
+    last = datetime.fromisoformat(body["lastUpdated"].replace("Z", "+00:00")).astimezone(UTC)
+    row: dict[str, Any] = {
+        "ingestedAt": stamp,
+        "lastUpdated": last,
+        "isPartial": body.get("isPartial"),
+        "version": name,
+    }
+    weekly = body.get("weeklyLimits") or {}
+    for key, win in (
+        ("currentSession", body.get("currentSession")),
+        ("weeklyLimits.allModels", weekly.get("allModels")),
+        ("weeklyLimits.sonnetOnly", weekly.get("sonnetOnly")),
+    ):
+        row[f"{key}.percentageUsed"] = win["percentageUsed"] if win else None
+        row[f"{key}.resetsIn"] = win["resetsIn"] if win else None
+    return row
+
+
+def parse_time(text: str) -> datetime:
+    assert text.endswith("Z"), text
+    return datetime.fromisoformat(text[:-1] + "+00:00")
+
+
+def from_csv_cell(column: str, text: str) -> Any:
+    """A CSV cell back as the Python value it stands for."""
+    if text == "":
+        return None
+    if column in ("ingestedAt", "lastUpdated"):
+        return parse_time(text)
+    if column == "isPartial":
+        return {"true": True, "false": False}[text]
+    if column.endswith("percentageUsed"):
+        return float(text)
+    return text
+
+
+def export_bytes(root: Path, *args: str) -> bytes:
+    """Standard output of ``ingester export ARGS`` as bytes (no newline translation)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ingester", "--root", str(root), "export", *args],
+        capture_output=True,
+        timeout=60,
+        env=cli_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == b"", done.stderr
+    return done.stdout
+
+
+def ok(result: Any) -> Any:
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def test_csv_reads_back_as_the_versions(root: Path) -> None:
+    versions = build_history(root)
+    raw = export_bytes(root, "--format", "csv").decode("utf-8")
+    # RFC 4180: CRLF after every record (a newline inside a quoted cell stays as it was).
+    assert raw.startswith(",".join(COLUMNS) + "\r\n")
+    assert raw.endswith("\r\n")
+    records = list(csv.reader(io.StringIO(raw, newline="")))
+    assert tuple(records[0]) == COLUMNS
+    assert len(records) == 1 + len(versions)
+    for (name, body), record in zip(versions, records[1:], strict=True):
+        got = {c: from_csv_cell(c, cell) for c, cell in zip(COLUMNS, record, strict=True)}
+        assert got == expected_row(name, body)
+
+
+def test_csv_reads_back_with_polars(root: Path) -> None:
+    pl = pytest.importorskip("polars")
+    versions = build_history(root)
+    out = root / "usage.csv"
+    result = ok(run_cli(root, "export", "--output", str(out)))
+    assert f"exported {len(versions)} version(s)" in result.stdout
+    frame = pl.read_csv(out, try_parse_dates=False, infer_schema_length=None)
+    assert tuple(frame.columns) == COLUMNS
+    assert frame.height == len(versions)
+    assert frame["version"].to_list() == [name for name, _ in versions]
+    for column in ("currentSession.percentageUsed", "weeklyLimits.allModels.percentageUsed"):
+        assert frame[column].dtype.is_numeric()
+        want = [expected_row(n, b)[column] for n, b in versions]
+        assert frame[column].to_list() == want
+    assert frame["isPartial"].to_list() == [b.get("isPartial") for _, b in versions]
+    assert frame["currentSession.resetsIn"].to_list() == [
+        expected_row(n, b)["currentSession.resetsIn"] for n, b in versions
+    ]
+
+
+def test_jsonl_rows_match_the_versions(root: Path) -> None:
+    versions = build_history(root)
+    result = ok(run_cli(root, "export", "--format", "jsonl"))
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(versions)
+    for (name, body), line in zip(versions, lines, strict=True):
+        row = json.loads(line)
+        assert tuple(row) == COLUMNS
+        want = expected_row(name, body)
+        row["ingestedAt"] = parse_time(row["ingestedAt"])
+        row["lastUpdated"] = parse_time(row["lastUpdated"])
+        assert row == want
+
+
+def test_since_and_until_select_by_ingest_time_inclusive(root: Path) -> None:
+    versions = build_history(root, count=20)
+    # Versions are 5 minutes apart from START: pick [3] .. [7] by their own times.
+    since = START + timedelta(minutes=15)
+    until = START + timedelta(minutes=35)
+    want = [name for name, _ in versions[3:8]]
+    for since_text, until_text in (
+        (since.strftime("%Y-%m-%dT%H:%M:%S"), until.strftime("%Y-%m-%dT%H:%M:%SZ")),  # no offset
+        (
+            since.astimezone(UTC).replace(tzinfo=None).isoformat() + "+00:00",
+            (until + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S+02:00"),
+        ),
+    ):
+        result = ok(
+            run_cli(
+                root, "export", "--format", "jsonl", "--since", since_text, "--until", until_text
+            )
+        )
+        assert [json.loads(line)["version"] for line in result.stdout.splitlines()] == want
+    only_since = ok(run_cli(root, "export", "--format", "jsonl", "--since", since.isoformat()))
+    assert len(only_since.stdout.splitlines()) == 17
+    nothing = export_bytes(root, "--since", "2030-01-01")
+    assert nothing == (",".join(COLUMNS) + "\r\n").encode()
+
+
+def test_damaged_versions_are_skipped_one_warning_each(root: Path) -> None:
+    versions = build_history(root, count=6)
+    damaged = {versions[1][0]: b"{not json", versions[4][0]: b'{"lastUpdated": "x"}'}
+    for name, data in damaged.items():
+        path = root / HISTORY / name
+        path.chmod(0o644)
+        path.write_bytes(data)
+    result = ok(run_cli(root, "export", "--format", "jsonl"))
+    names = [json.loads(line)["version"] for line in result.stdout.splitlines()]
+    assert names == [n for n, _ in versions if n not in damaged]
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 2, result.stderr
+    for line, name in zip(warnings, sorted(damaged), strict=True):
+        assert line.startswith(f"warning: skipped damaged version {name}: "), line
+
+
+def test_text_that_a_spreadsheet_would_run_is_defused_in_csv_only(root: Path) -> None:
+    assert run_cli(root, "init").returncode == 0
+    body = {
+        "currentSession": window(10, '=HYPERLINK("http://x")'),
+        "lastUpdated": "2026-11-27T14:05:00Z",
+    }
+    name = "2026-11-27T14-05-00-0000aaaa.json"
+    (root / HISTORY / name).write_text(json.dumps(body))
+    as_csv = export_bytes(root).decode()
+    record = list(csv.reader(io.StringIO(as_csv, newline="")))[1]
+    assert record[COLUMNS.index("currentSession.resetsIn")] == '\'=HYPERLINK("http://x")'
+    as_jsonl = ok(run_cli(root, "export", "--format", "jsonl"))
+    assert json.loads(as_jsonl.stdout)["currentSession.resetsIn"] == '=HYPERLINK("http://x")'
+
+
+def test_samples_export_and_empty_history(root: Path) -> None:
+    assert run_cli(root, "init").returncode == 0
+    empty = export_bytes(root)
+    assert empty == (",".join(COLUMNS) + "\r\n").encode()
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
+    rows = ok(run_cli(root, "export", "--format", "jsonl")).stdout.splitlines()
+    assert len(rows) == len(VALID_SAMPLES)
+
+
+def test_output_file_replaces_atomically_and_leaves_no_temp(root: Path) -> None:
+    build_history(root, count=5)
+    out = root / "out" / "usage.csv"
+    out.parent.mkdir()
+    out.write_text("old export\n")
+    ok(run_cli(root, "export", "-o", str(out)))
+    assert out.read_bytes().count(b"\r\n") == 6
+    assert sorted(os.listdir(out.parent)) == ["usage.csv"]
+
+
+def test_errors_are_one_line(root: Path, tmp_path: Path) -> None:
+    no_history = run_cli(root, "export")
+    assert no_history.returncode == 1
+    assert no_history.stderr.startswith("error: no history at ")
+    assert len(no_history.stderr.splitlines()) == 1
+    build_history(root, count=2)
+    missing_folder = run_cli(root, "export", "-o", str(tmp_path / "nope" / "x.csv"))
+    assert missing_folder.returncode == 1
+    assert missing_folder.stderr.startswith("error: cannot create ")
+    assert "[ENOENT]" in missing_folder.stderr
+    assert len(missing_folder.stderr.splitlines()) == 1
+    backwards = run_cli(root, "export", "--since", "2026-11-21", "--until", "2026-11-20")
+    assert backwards.returncode == 2
+    assert "is after --until" in backwards.stderr
+    bad_time = run_cli(root, "export", "--until", "yesterday")
+    assert bad_time.returncode == 2
+    assert "not an ISO-8601 time" in bad_time.stderr
+    # Exists with its offset, not in UTC: a usage error too, never a traceback.
+    beyond = run_cli(root, "export", "--since", "9999-12-31T23:59-01:00")
+    assert beyond.returncode == 2
+    assert "out of range in UTC" in beyond.stderr
+    assert "Traceback" not in beyond.stderr
+    assert "Traceback" not in missing_folder.stderr + backwards.stderr + bad_time.stderr
+
+
+def test_full_disk_leaves_the_previous_export_whole(root: Path, tmpfs: Path) -> None:  # noqa: F811
+    build_history(root)
+    out = tmpfs / "usage.csv"
+    out.write_text("previous export\n")
+    # Fill the 1 MiB tmpfs but for one page: the new export cannot fit.
+    fd = os.open(tmpfs / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        size = 0
+        try:
+            while True:
+                size += os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        os.ftruncate(fd, size - 4096)
+    finally:
+        os.close(fd)
+    result = run_cli(root, "export", "-o", str(out))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("error: cannot write "), result.stderr
+    assert "[ENOSPC]" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert out.read_text() == "previous export\n"
+    assert sorted(os.listdir(tmpfs)) == ["filler", "usage.csv"]
+
+
+# -- the writer alone: any text survives CSV and JSON Lines -------------------------------
+
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
+_pct = st.one_of(st.integers(0, 100), st.floats(0, 100, allow_nan=False))
+_row = st.tuples(
+    st.just("2026-11-27T14:05:00.000Z"),
+    st.just("2026-11-27T14:04:41.250Z"),
+    st.none() | _pct,
+    st.none() | _text,
+    st.none() | _pct,
+    st.none() | _text,
+    st.none() | _pct,
+    st.none() | _text,
+    st.none() | st.booleans(),
+    st.just("2026-11-27T14-05-00-0000aaaa.json"),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(_row, max_size=5))
+def test_any_text_survives_both_formats(rows: list[tuple[Any, ...]]) -> None:
+    as_csv = io.BytesIO()
+    assert write_rows(iter(rows), as_csv, "csv") == len(rows)
+    records = list(csv.reader(io.StringIO(as_csv.getvalue().decode("utf-8"), newline="")))
+    assert tuple(records[0]) == COLUMNS
+    for row, record in zip(rows, records[1:], strict=True):
+        for cell, text in zip(row, record, strict=True):
+            if cell is None:
+                assert text == ""
+            elif isinstance(cell, bool):
+                assert text == str(cell).lower()
+            elif isinstance(cell, str):
+                defused = cell.startswith(("=", "+", "-", "@", "\t", "\r"))
+                assert text == ("'" + cell if defused else cell)
+            else:
+                assert float(text) == cell
+    as_jsonl = io.BytesIO()
+    write_rows(iter(rows), as_jsonl, "jsonl")
+    lines = as_jsonl.getvalue().decode("utf-8").split("\n")
+    assert lines.pop() == ""
+    assert [tuple(json.loads(line).values()) for line in lines] == rows
