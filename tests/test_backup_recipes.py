@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, run_cli, wait_for
-from watchproc import WatchProcess, drop, payload, versions
+from support import cli_env, run_cli, wait_for
+from support.watchproc import WatchProcess, drop, payload, versions
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "backup.md"
 ROUNDS = 5

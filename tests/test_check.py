@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import INVALID_SAMPLES, run_cli
+from support import INVALID_SAMPLES, run_cli
 
 
 def snapshot_at(age: timedelta) -> bytes:

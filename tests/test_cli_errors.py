@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import IS_ROOT, SAMPLES, cli_env, run_cli
+from support import IS_ROOT, SAMPLES, cli_env, run_cli
 
 OTHER_UID = 4242
 HISTORY = "console-usage-history"

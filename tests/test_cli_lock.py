@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES, cli_env, run_cli
+from support import SAMPLES, cli_env, run_cli
 from test_cli_errors import AS_OTHER, OTHER_UID, WHY_NOT
 
 from ingester.lock import HistoryLock

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import VALID_SAMPLES, run_cli
+from support import VALID_SAMPLES, run_cli
 
 from ingester.lock import HistoryLock
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import INVALID_SAMPLES, VALID_SAMPLES, run_cli
+from support import INVALID_SAMPLES, VALID_SAMPLES, run_cli
 
 from ingester.lock import HistoryLock
 from ingester.names import format_timestamp, is_version_name, parse_timestamp_from_filename

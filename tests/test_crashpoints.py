@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import INVALID_SAMPLES, VALID_SAMPLES, wait_for
+from support import INVALID_SAMPLES, VALID_SAMPLES, wait_for
 
 from ingester.names import format_timestamp, is_version_name, parse_timestamp_from_filename
 from ingester.notify import SystemdNotifier

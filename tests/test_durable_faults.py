@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import IS_ROOT, run_cli
+from support import IS_ROOT, run_cli
 
 from ingester import HistoryStore, RetentionPolicy, StorageError
 from ingester.names import format_timestamp, is_version_name, parse_timestamp_from_filename

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -11,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IS_ROOT, run_cli, wait_for
-from watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents, versions
+from support import IS_ROOT, run_cli, wait_for
+from support.watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents, versions
 
 from ingester.model import PayloadRejected, judge_payload
 
@@ -263,7 +264,21 @@ def test_verify_passes_over_a_running_watchers_spare_file(root: Path) -> None:
 
 def test_removing_the_history_under_a_watcher_stops_it(root: Path) -> None:
     with WatchProcess(root) as w:
-        shutil.rmtree(root / "console-usage-history")
-        code = w.proc.wait(timeout=10)
+        history = root / "console-usage-history"
+
+        def removed() -> bool:
+            # The watcher may write a file in it while rmtree runs ("not empty"): again.
+            try:
+                shutil.rmtree(history)
+            except FileNotFoundError:
+                return True
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY:
+                    raise
+                return False
+            return True
+
+        wait_for(removed, what="the history removed")
+        code = w.proc.wait(timeout=30)
         assert code != 0
         assert "was removed or replaced" in w.log

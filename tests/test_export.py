@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import VALID_SAMPLES, cli_env, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import VALID_SAMPLES, cli_env, run_cli
 from test_durable_faults import can_mount, tmpfs  # noqa: F401 - fixtures
 
 from ingester.export import COLUMNS, write_rows

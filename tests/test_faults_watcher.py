@@ -29,9 +29,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import IS_ROOT, wait_for
+from support import IS_ROOT, wait_for
+from support.watchproc import WatchProcess, drop, payload
 from test_crashpoints import Expect, final_problems, settings_for
-from watchproc import WatchProcess, drop, payload
 
 WATCH_ARGS = ("--retry-max", "0.5", "--rescan-interval", "1")
 

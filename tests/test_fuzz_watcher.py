@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import wait_for
+from support.watchproc import WatchProcess
 from test_crashpoints import LONG, metadata_problems, rejected_entries, settings_for, version_files
-from watchproc import WatchProcess
 
 from ingester.model import PayloadRejected, judge_payload
 

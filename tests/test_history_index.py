@@ -8,9 +8,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from conftest import wait_for
 from hypothesis import given
 from hypothesis import strategies as st
+from support import wait_for
 
 from ingester.history_index import (
     BoundedCache,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import INVALID_SAMPLES, run_cli
+from support import INVALID_SAMPLES, run_cli
 
 from ingester.durable import StorageError
 from ingester.housekeeping import RejectedRetention, prune_rejected

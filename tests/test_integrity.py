@@ -27,8 +27,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import IS_ROOT, cli_env, run_cli, wait_for
-from watchproc import WatchProcess, drop, payload, stored_contents, versions
+from support import IS_ROOT, cli_env, run_cli, wait_for
+from support.watchproc import WatchProcess, drop, payload, stored_contents, versions
 
 from ingester.settings import resolve_settings
 from ingester.store import HistoryStore

@@ -11,7 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from conftest import SAMPLES, run_cli
+from support import SAMPLES, run_cli
 
 HISTORY = "console-usage-history"
 LATEST = "console-usage-synced.json"

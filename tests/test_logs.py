@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES, cli_env
+from support import SAMPLES, cli_env
 
 VALID = SAMPLES / "valid" / "full.json"
 INVALID = SAMPLES / "invalid" / "not-json.json"

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import INVALID_SAMPLES, VALID_SAMPLES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import INVALID_SAMPLES, VALID_SAMPLES
 
 from ingester import ConsoleUsageDataSync, PayloadRejected, judge_payload
 

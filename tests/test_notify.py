@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import cli_env
-from sdnotify import Message, NotifyListener
-from watchproc import drop, payload, versions
+from support import cli_env
+from support.sdnotify import Message, NotifyListener
+from support.watchproc import drop, payload, versions
 
 from ingester.notify import SystemdNotifier
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES, run_cli
+from support import SAMPLES, run_cli
 
 HISTORY = "console-usage-history"
 SAMPLE = SAMPLES / "valid" / "full.json"

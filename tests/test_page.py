@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import cli_env, run_cli, wait_for
+from support import cli_env, run_cli, wait_for
 
 from ingester.export import COLUMNS
 from ingester.names import generate_version_filename

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import INVALID_SAMPLES, VALID_SAMPLES, run_cli
+from support import INVALID_SAMPLES, VALID_SAMPLES, run_cli
 
 from ingester.model import judge_payload
 from ingester.schema import payload_schema

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import IS_ROOT, VALID_SAMPLES, cli_env
+from support import IS_ROOT, VALID_SAMPLES, cli_env
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 NAME = "console-usage-ingester"

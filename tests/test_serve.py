@@ -18,9 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import IS_ROOT, wait_for
 from prometheus_client.parser import text_string_to_metric_families
-from serveproc import KEY, ServeProcess, fresh_payload, put_version, version_name
+from support import IS_ROOT, wait_for
+from support.serveproc import KEY, ServeProcess, fresh_payload, put_version, version_name
 
 API = "/api/claude/console-usage"
 T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
@@ -568,7 +568,7 @@ def test_post_when_the_spool_cannot_be_written_is_503(root: Path, server):
 
 
 def test_serve_usage_errors_are_one_line(root: Path, tmp_path: Path):
-    from conftest import run_cli
+    from support import run_cli
 
     bad = run_cli(root, "serve", "--listen", "nowhere")
     assert bad.returncode == 2

@@ -14,9 +14,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import cli_env, wait_for
-from serveproc import KEY, ServeProcess, fill_history, fresh_payload, put_version, version_name
-from watchproc import WatchProcess
+from support import cli_env, wait_for
+from support.serveproc import (
+    KEY,
+    ServeProcess,
+    fill_history,
+    fresh_payload,
+    put_version,
+    version_name,
+)
+from support.watchproc import WatchProcess
 
 API = "/api/claude/console-usage"
 TOP = Path(__file__).resolve().parents[1]

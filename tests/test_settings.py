@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES, cli_env, run_cli
+from support import SAMPLES, cli_env, run_cli
 
 SAMPLE = SAMPLES / "valid" / "full.json"
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import IS_ROOT, VALID_SAMPLES, cli_env, run_cli
+from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli
 
 from ingester.snapshot import build_snapshot_tree, list_versions_once
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import cli_env, wait_for
-from serveproc import KEY, ServeProcess, fresh_payload, version_name
+from support import cli_env, wait_for
+from support.serveproc import KEY, ServeProcess, fresh_payload, version_name
 from test_systemd_units import (
     MAX_EXPOSURE,
     MDWE,

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import cli_env
-from sdnotify import NotifyListener
-from watchproc import drop, payload, versions
+from support import cli_env
+from support.sdnotify import NotifyListener
+from support.watchproc import drop, payload, versions
 
 UNITS = Path(__file__).resolve().parents[1] / "systemd"
 NAME = "console-usage-ingester"

@@ -13,8 +13,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import IS_ROOT, VALID_SAMPLES, run_cli, wait_for
-from watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents, versions
+from support import (
+    INOTIFY_QUEUE_KNOB,
+    IS_ROOT,
+    VALID_SAMPLES,
+    inotify_queue_limit,
+    run_cli,
+    wait_for,
+)
+from support.watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents, versions
 
 from ingester.model import judge_payload
 
@@ -70,7 +77,11 @@ def test_backlog_is_taken_oldest_first_and_names_sort_in_arrival_order(root: Pat
 
 
 def test_events_keep_arrival_order(root: Path) -> None:
-    with WatchProcess(root):
+    # An overflowing inotify queue (a limit lowered by another test) would turn the
+    # events into a rescan, which has no arrival order: hold the limit while starting.
+    with inotify_queue_limit():
+        w = WatchProcess(root).wait_started()
+    with w:
         for seq in range(50):
             drop(spool_of(root), f"z-{49 - seq:02d}.json", payload(seq))
         wait_for(lambda: len(versions(root)) == 50, what="50 versions")
@@ -199,11 +210,17 @@ def test_burst_does_not_clean_up_per_drop(root: Path) -> None:
     count = 2000
     # -v: a cleanup that deletes nothing is logged at debug only.
     with WatchProcess(root, global_args=("-v",)) as w:
-        for i in range(count):
-            drop(spool_of(root), f"b{i:05d}.json", payload(i))
-        wait_for(lambda: len(versions(root)) == count, timeout=60, what="burst stored")
+        # The whole burst arrives while the watcher is stopped, so it finds all of it
+        # waiting at once however slowly the drops were written (a loaded machine).
+        os.kill(w.proc.pid, signal.SIGSTOP)
+        try:
+            for i in range(count):
+                drop(spool_of(root), f"b{i:05d}.json", payload(i))
+        finally:
+            os.kill(w.proc.pid, signal.SIGCONT)
+        wait_for(lambda: len(versions(root)) == count, timeout=120, what="burst stored")
         wait_for(lambda: latest_bytes(root) == payload(count - 1), what="latest on the last")
-        w.wait_log("retained 2000")
+        w.wait_log("retained 2000", timeout=60)
         cleanups = w.log.count("cleanup deleted")
     assert cleanups < count / 10, f"{cleanups} cleanups for {count} drops"
     meta = json.loads((root / "console-usage-history" / "_metadata.json").read_bytes())
@@ -261,16 +278,11 @@ def test_rescan_finds_a_drop_no_event_announced(root: Path) -> None:
 
 @pytest.mark.skipif(not IS_ROOT, reason="lowering fs.inotify.max_queued_events needs root")
 def test_inotify_overflow_triggers_a_rescan(root: Path) -> None:
-    knob = Path("/proc/sys/fs/inotify/max_queued_events")
-    try:
-        original = knob.read_text()
-        knob.write_text("16")
-    except OSError as exc:
-        pytest.skip(f"cannot change {knob}: {exc}")
-    try:
+    if not os.access(INOTIFY_QUEUE_KNOB, os.W_OK):
+        pytest.skip(f"cannot change {INOTIFY_QUEUE_KNOB}")
+    # The limit is taken when the watcher's inotify is made; restored right after.
+    with inotify_queue_limit(16):
         w = WatchProcess(root, "--rescan-interval", "3600").wait_started()
-    finally:
-        knob.write_text(original)  # the limit is taken when the watcher's inotify is made
     try:
         os.kill(w.proc.pid, signal.SIGSTOP)
         for i in range(100):

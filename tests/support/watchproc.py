@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from types import TracebackType
 
-from conftest import cli_env, wait_for
+from support import cli_env, wait_for
 
 
 def payload(seq: int, **extra: object) -> bytes:

@@ -13,7 +13,8 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
-from conftest import cli_env, wait_for
+
+from support import cli_env, wait_for
 
 HISTORY = "console-usage-history"
 KEY = "s3cret-key-for-tests"

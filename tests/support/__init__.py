@@ -1,0 +1,89 @@
+"""Test helpers, importable from every test module: real folders, the real CLI in a
+subprocess, waiting on conditions."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# The project's own fixtures: tests never read anything outside the repository.
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+VALID_SAMPLES = sorted((SAMPLES / "valid").glob("*.json"))
+INVALID_SAMPLES = sorted((SAMPLES / "invalid").glob("*.json"))
+IS_ROOT = os.geteuid() == 0
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(0.01)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for a CLI subprocess, without any INGESTER_* of the caller's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTER_")}
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("JOURNAL_STREAM", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    root: Path, *args: str, input: bytes | None = None, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``ingester --root ROOT ARGS...`` in a subprocess; return the completed process."""
+    return subprocess.run(
+        [sys.executable, "-m", "ingester", "--root", str(root), *args],
+        input=input.decode() if input is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(**env),
+        check=False,
+    )
+
+
+INOTIFY_QUEUE_KNOB = Path("/proc/sys/fs/inotify/max_queued_events")
+DEFAULT_INOTIFY_QUEUE = 16384  # the kernel's default
+
+
+@contextmanager
+def inotify_queue_limit(value: int | None = None) -> Iterator[None]:
+    """Hold the system-wide inotify queue limit steady while a watcher makes its inotify.
+
+    The limit is read when an inotify instance is made, and it is shared by every process
+    on the machine. With ``value``: an exclusive lock while the limit is lowered to it,
+    then restored. Without: a shared lock, so no test lowers it meanwhile. A lowered
+    limit left by a test killed mid-way is never taken for the original: anything under
+    the kernel's default is restored to the default.
+    """
+    try:
+        fd = os.open(INOTIFY_QUEUE_KNOB, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if value is not None else fcntl.LOCK_SH)
+        if value is None:
+            yield
+            return
+        original = max(int(INOTIFY_QUEUE_KNOB.read_text()), DEFAULT_INOTIFY_QUEUE)
+        INOTIFY_QUEUE_KNOB.write_text(str(value))
+        try:
+            yield
+        finally:
+            INOTIFY_QUEUE_KNOB.write_text(str(original))
+    finally:
+        os.close(fd)
