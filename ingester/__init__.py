@@ -1,30 +1,48 @@
 """console-usage-ingester: a durable, versioned history of console usage snapshots.
 
-The storage layer of the seed plan, usable without the watcher::
+The storage layer, usable without the watcher::
 
-    from ingester import HistoryStore, judge_payload
+    from ingester import HistoryLock, HistoryStore, judge_payload
 
     store = HistoryStore(Path("console-usage-history"), Path("console-usage-synced.json"))
-    store.initialize()
-    judge_payload(raw_bytes)           # raises PayloadRejected, naming each bad field
-    store.save_version(raw_bytes)      # stored byte for byte
-    store.cleanup_old_versions()
+    with HistoryLock(store.lock_path, "my-tool"):   # one writer at a time; LockHeld if not
+        store.initialize()
+        judge_payload(raw_bytes)           # raises PayloadRejected, naming each bad field
+        store.save_version(raw_bytes)      # stored byte for byte
+        store.cleanup_old_versions()
+
+Every error raised here derives from :class:`IngesterError`. The design (the pipeline of
+one drop and what a crash at each step leaves) is described in ``docs/design.md``.
 """
 
-from .durable import StorageError
-from .model import ConsoleUsageDataSync, PayloadRejected, UsageWindow, WeeklyLimits, judge_payload
+from .errors import (
+    CacheNotRefreshed,
+    IngesterError,
+    LockHeld,
+    PayloadRejected,
+    SettingError,
+    StorageError,
+)
+from .lock import HistoryLock
+from .model import ConsoleUsageDataSync, UsageWindow, WeeklyLimits, judge_payload
 from .names import generate_version_filename, parse_timestamp_from_filename
 from .retention import Decision, RetentionPlan, RetentionPolicy, plan_retention
-from .store import CleanupResult, HistoryStore, StorageMetadata
+from .store import CleanupResult, HistoryStore, InitReport, StorageMetadata
 
 __all__ = [
+    "CacheNotRefreshed",
     "CleanupResult",
     "ConsoleUsageDataSync",
     "Decision",
+    "HistoryLock",
     "HistoryStore",
+    "IngesterError",
+    "InitReport",
+    "LockHeld",
     "PayloadRejected",
     "RetentionPlan",
     "RetentionPolicy",
+    "SettingError",
     "StorageError",
     "StorageMetadata",
     "UsageWindow",

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .durable import StorageError
+from .errors import StorageError
 from .housekeeping import rejected_since
 from .lock import lock_holder
 from .report import ReportError, open_store, read_version

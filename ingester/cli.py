@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import click
 
-from .durable import StorageError
+from .errors import NotRegularFile, StorageError
 from .lock import HistoryLock, LockHeld
 from .logs import LOG_FORMATS, escape_text, setup_logging
 from .model import PayloadRejected, judge_payload
@@ -378,10 +378,6 @@ def read_stream(handle: IO[bytes], max_bytes: int) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
-
-
-class NotRegularFile(OSError):
-    """An input that is not a regular file (a FIFO, a device, a folder, a socket)."""
 
 
 _KINDS = {

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .durable import StorageError
+from .errors import StorageError
 from .report import (
     STALE_AFTER,
     ReportError,

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import StorageError
+
 __all__ = [
     "TEMP_PREFIX",
     "SpareFile",
@@ -44,25 +46,6 @@ __all__ = [
 
 TEMP_PREFIX = ".tmp-"
 """Every temp name we create starts with this, so backups and sweeps can recognise it."""
-
-
-class StorageError(OSError):
-    """A storage step failed; ``str()`` names the action, the path and the cause."""
-
-    def __init__(self, action: str, path: os.PathLike[str] | str, cause: OSError) -> None:
-        code = cause.errno if cause.errno is not None else 0
-        super().__init__(code, cause.strerror or str(cause), os.fspath(path))
-        self.action = action
-        self.path = Path(path)
-        self.cause = cause
-
-    @property
-    def cause_name(self) -> str:
-        """The symbolic errno, e.g. ``ENOSPC``."""
-        return errno.errorcode.get(self.errno or 0, "error")
-
-    def __str__(self) -> str:
-        return f"cannot {self.action} {self.path}: {self.strerror} [{self.cause_name}]"
 
 
 def _temp_path(directory: Path, tag: str) -> Path:

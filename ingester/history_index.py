@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from .durable import StorageError
+from .errors import StorageError, VersionNotFound
 from .names import is_version_name, parse_timestamp_from_filename
 from .store import METADATA_NAME, StorageMetadata
 
@@ -54,10 +54,6 @@ V = TypeVar("V")
 # A version dated more than this far ahead of the clock is "future" and is never what
 # "latest" means (the latest link skips it too).
 FUTURE_SLACK = timedelta(days=1)
-
-
-class VersionNotFound(LookupError):
-    """The named version is not in the history (never was, or retention deleted it)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,18 +16,9 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from .durable import StorageError
+from .errors import LockHeld, StorageError
 
 __all__ = ["HistoryLock", "LockHeld", "lock_holder", "lock_owner"]
-
-
-class LockHeld(RuntimeError):
-    """Another process holds the history lock."""
-
-    def __init__(self, path: Path, holder: str) -> None:
-        super().__init__(f"the history is locked by {holder} ({path})")
-        self.path = path
-        self.holder = holder
 
 
 def lock_owner(path: Path) -> tuple[int, str | None] | None:

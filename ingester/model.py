@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from .errors import PayloadRejected
+
 __all__ = [
     "LAST_UPDATED_RANGE",
     "MAX_NESTING",
@@ -110,15 +112,6 @@ class ConsoleUsageDataSync(_Open):
         if self.currentSession is None and self.weeklyLimits is None:
             raise ValueError("at least one of currentSession and weeklyLimits is required")
         return self
-
-
-class PayloadRejected(ValueError):
-    """A drop that is not an acceptable payload; ``errors`` lists every problem found."""
-
-    def __init__(self, reason: str, errors: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.errors: list[dict[str, Any]] = errors if errors is not None else [{"msg": reason}]
 
 
 def _refuse_constant(name: str) -> Any:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .durable import TEMP_PREFIX, StorageError
+from .errors import ReportError
 from .lock import lock_holder, lock_owner
 from .model import PayloadRejected, judge_payload
 from .names import format_timestamp, is_version_name, parse_timestamp_from_filename
@@ -57,14 +58,6 @@ STALE_AFTER = timedelta(minutes=10)
 
 # Temp files the latest link's folder may hold (what HistoryStore.initialize sweeps there).
 LATEST_TEMP_PREFIXES = (".tmp-link-", ".tmp-w-")
-
-
-class ReportError(Exception):
-    """A read command cannot answer; ``str()`` is the one-line message, ``code`` the exit."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def utc_now() -> datetime:

@@ -50,7 +50,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .durable import StorageError
+from .errors import StorageError
 from .history_index import (
     BoundedCache,
     HistoryIndex,

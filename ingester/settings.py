@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import SettingError
 from .retention import RetentionPolicy
 from .store import HistoryStore
 
@@ -35,14 +36,6 @@ __all__ = [
     "Settings",
     "resolve_settings",
 ]
-
-
-class SettingError(ValueError):
-    """A setting has a bad value; ``setting`` is its option name, e.g. ``--max-versions``."""
-
-    def __init__(self, setting: str, message: str) -> None:
-        super().__init__(f"{setting}: {message}")
-        self.setting = setting
 
 
 def _shown(text: Any) -> str:

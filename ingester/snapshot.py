@@ -40,6 +40,7 @@ from typing import BinaryIO
 
 from . import durable
 from .durable import TEMP_PREFIX, StorageError
+from .errors import SnapshotError
 from .names import is_version_name
 from .store import METADATA_NAME, HistoryStore
 
@@ -62,10 +63,6 @@ SNAPSHOT_LATEST = "console-usage-synced.json"
 # A hard link cannot be made here; a copy can: another filesystem, a file of another
 # user under fs.protected_hardlinks, a filesystem without links, too many links.
 _COPY_INSTEAD = frozenset({errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
-
-
-class SnapshotError(Exception):
-    """A snapshot cannot be taken; ``str()`` is the one-line message for the user."""
 
 
 @dataclass(frozen=True)

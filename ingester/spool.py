@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import durable
-from .durable import StorageError
+from .errors import StorageError
 
 __all__ = [
     "Candidate",

@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import durable
-from .durable import StorageError
+from .errors import CacheNotRefreshed, StorageError
 from .model import ConsoleUsageDataSync
 from .names import (
     format_timestamp,
@@ -92,20 +92,6 @@ class StorageMetadata(BaseModel):
             self.latest_version,
             self.future_versions,
         )
-
-
-class CacheNotRefreshed(StorageError):
-    """The version is stored for good, but the latest link or the metadata is stale.
-
-    Raised after the commit point: ``version`` is the path of the stored version. The
-    caller reports it as stored (never as a failure to retry, which would store the
-    same payload twice); the caches are repaired by the next write, by the watcher, or
-    by ``verify --repair``.
-    """
-
-    def __init__(self, version: Path, cause: StorageError) -> None:
-        super().__init__(cause.action, cause.path, cause.cause)
-        self.version = version
 
 
 @dataclass(frozen=True)

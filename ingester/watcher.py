@@ -93,7 +93,7 @@ from watchdog.observers.inotify_c import (
 from watchdog.observers.polling import PollingObserver
 
 from . import durable
-from .durable import StorageError
+from .errors import IngesterError, StorageError
 from .housekeeping import RejectedRetention
 from .lock import HistoryLock, LockHeld
 from .model import PayloadRejected, judge_payload
@@ -251,11 +251,11 @@ class _Handler(FileSystemEventHandler):
 # -- the worker -----------------------------------------------------------------------
 
 
-class _Stop(Exception):
+class _Stop(IngesterError):
     pass
 
 
-class _DropWaits(Exception):
+class _DropWaits(IngesterError):
     """A failure of one drop alone (it cannot be claimed): it waits, the others go on."""
 
     def __init__(self, error: StorageError) -> None:

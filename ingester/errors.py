@@ -1,0 +1,112 @@
+"""Every error the package raises, under one base: :class:`IngesterError`.
+
+Catch ``IngesterError`` to handle anything of ours; each class also keeps the builtin
+base callers may already catch (``OSError`` for storage, ``ValueError`` for bad input).
+Each one's ``str()`` is the one line shown to the user.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CacheNotRefreshed",
+    "IngesterError",
+    "LockHeld",
+    "NotRegularFile",
+    "PayloadRejected",
+    "ReportError",
+    "SettingError",
+    "SnapshotError",
+    "StorageError",
+    "VersionNotFound",
+]
+
+
+class IngesterError(Exception):
+    """The base of every error raised by this package."""
+
+
+class StorageError(IngesterError, OSError):
+    """A storage step failed; ``str()`` names the action, the path and the cause.
+
+    ``errno`` is the cause's, ``action`` the step (e.g. ``"write"``), ``path`` the file.
+    """
+
+    def __init__(self, action: str, path: os.PathLike[str] | str, cause: OSError) -> None:
+        code = cause.errno if cause.errno is not None else 0
+        OSError.__init__(self, code, cause.strerror or str(cause), os.fspath(path))
+        self.action = action
+        self.path = Path(path)
+        self.cause = cause
+
+    @property
+    def cause_name(self) -> str:
+        """The symbolic errno, e.g. ``ENOSPC``."""
+        return errno.errorcode.get(self.errno or 0, "error")
+
+    def __str__(self) -> str:
+        return f"cannot {self.action} {self.path}: {self.strerror} [{self.cause_name}]"
+
+
+class CacheNotRefreshed(StorageError):
+    """The version is stored for good, but the latest link or the metadata is stale.
+
+    Raised after the commit point: ``version`` is the path of the stored version. The
+    caller reports it as stored (never as a failure to retry, which would store the
+    same payload twice); the caches are repaired by the next write, by the watcher, or
+    by ``verify --repair``.
+    """
+
+    def __init__(self, version: Path, cause: StorageError) -> None:
+        super().__init__(cause.action, cause.path, cause.cause)
+        self.version = version
+
+
+class NotRegularFile(IngesterError, OSError):
+    """An input that is not a regular file (a FIFO, a device, a folder, a socket)."""
+
+
+class PayloadRejected(IngesterError, ValueError):
+    """A drop that is not an acceptable payload; ``errors`` lists every problem found."""
+
+    def __init__(self, reason: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.errors: list[dict[str, Any]] = errors if errors is not None else [{"msg": reason}]
+
+
+class SettingError(IngesterError, ValueError):
+    """A setting has a bad value; ``setting`` is its option name, e.g. ``--max-versions``."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+
+
+class LockHeld(IngesterError, RuntimeError):
+    """Another process holds the history lock (``path``); ``holder`` describes it."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"the history is locked by {holder} ({path})")
+        self.path = path
+        self.holder = holder
+
+
+class VersionNotFound(IngesterError, LookupError):
+    """The named version is not in the history (never was, or retention deleted it)."""
+
+
+class ReportError(IngesterError):
+    """A read command cannot answer; ``str()`` is the one-line message, ``code`` the exit."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SnapshotError(IngesterError):
+    """A snapshot cannot be taken; ``str()`` is the one-line message for the user."""
