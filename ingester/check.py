@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .clock import iso_utc
 from .errors import StorageError
 from .housekeeping import rejected_since
 from .lock import lock_holder
-from .report import ReportError, open_store, read_version
+from .queries import ReportError, open_store, read_version
 from .settings import Settings
 from .spool import Spool
 
@@ -162,7 +163,7 @@ class CheckResult:
                 }
                 for i in self.items
             ],
-            "now": f.now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "now": iso_utc(f.now),
             "latest": f.latest,
             "lastUpdated": f.last_updated.isoformat().replace("+00:00", "Z")
             if f.last_updated

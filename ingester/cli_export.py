@@ -16,29 +16,24 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .durable import StorageError, streamed_file
+from .cli_common import App, fail, human_time
+from .clock import parse_iso_time
+from .durable import streamed_file
+from .errors import StorageError
 from .export import FORMATS, Row, Skipped, export_rows, select_versions, write_rows
-from .report import ReportError, human_time, open_store, parse_cli_time
+from .queries import ReportError, open_store
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from .cli import App
-
 __all__ = ["export"]
-
-
-def _fail(message: str, code: int = 1) -> click.exceptions.Exit:
-    from .cli import fail  # cli imports this module at its end: import late
-
-    return fail(message, code)
 
 
 def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        return parse_cli_time(value)
+        return parse_iso_time(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx, param) from None
 
@@ -97,7 +92,7 @@ def export(app: App, since: datetime | None, until: datetime | None, fmt: str, o
     try:
         store = open_store(app.settings)
     except ReportError as exc:
-        raise _fail(str(exc), exc.code) from None
+        raise fail(str(exc), exc.code) from None
     names = select_versions(store.version_names(), since, until)
     rows = export_rows(store, names, on_skip=_warn)
     if output == "-":
@@ -105,12 +100,12 @@ def export(app: App, since: datetime | None, until: datetime | None, fmt: str, o
         return
     target = Path(os.path.abspath(output))
     if target.is_dir():
-        raise _fail(f"{output} is a folder; give a file name")
+        raise fail(f"{output} is a folder; give a file name")
     try:
         with streamed_file(target) as handle:
             count = write_rows(rows, handle, fmt)
     except StorageError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     click.echo(f"exported {count} version(s) to {target}")
 
 
@@ -125,4 +120,4 @@ def _to_stdout(rows: Iterator[Row], fmt: str) -> None:
         os.dup2(devnull, sys.stdout.fileno())
         raise click.exceptions.Exit(1) from None
     except OSError as exc:
-        raise _fail(f"cannot write to standard output: {exc.strerror}") from None
+        raise fail(f"cannot write to standard output: {exc.strerror}") from None

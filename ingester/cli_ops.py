@@ -11,25 +11,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
+from . import durable
 from .check import CheckLimits, gather_facts, judge, parse_duration
+from .cli_common import App, fail
 from .schema import payload_schema_text
 from .snapshot import SnapshotError, take_snapshot, write_snapshot_tar
 
-if TYPE_CHECKING:
-    from .cli import App
-
 __all__ = ["check", "schema", "snapshot"]
-
-
-def _fail(message: str, code: int = 1) -> click.exceptions.Exit:
-    # Imported here: cli.py imports this module at its end.
-    from .cli import fail
-
-    return fail(message, code)
 
 
 # -- snapshot ----------------------------------------------------------------------------
@@ -78,11 +69,11 @@ def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
     target = Path(os.path.abspath(dest))
     spool = app.settings.spool_dir
     if target == spool or target.is_relative_to(spool):
-        raise _fail(f"{target} is inside the spool {spool}; give a folder outside it")
+        raise fail(f"{target} is inside the spool {spool}; give a folder outside it")
     try:
         result = take_snapshot(history, target, link=not copy)
     except SnapshotError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     how = f"{result.linked} linked, {result.copied} copied"
     if result.vanished:
         how += f", {result.vanished} deleted by retention meanwhile (left out)"
@@ -95,35 +86,35 @@ def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
 def _snapshot_tar(history: Path, dest: str) -> None:
     if dest == "-":
         if os.isatty(1):
-            raise _fail("refusing to write a tar stream to a terminal; redirect it or give a file")
+            raise fail("refusing to write a tar stream to a terminal; redirect it or give a file")
         # The descriptor itself, so that -q (which holds back stdout text) never swallows
         # the archive.
         out = os.fdopen(os.dup(1), "wb")
     else:
         path = Path(dest)
         if os.path.lexists(path):
-            raise _fail(f"{path} already exists; a snapshot never replaces anything")
+            raise fail(f"{path} already exists; a snapshot never replaces anything")
         try:
             out = path.open("xb")
         except OSError as exc:
-            raise _fail(f"cannot create {path}: {exc.strerror}") from None
+            raise fail(f"cannot create {path}: {exc.strerror}") from None
     try:
         with out:
             write_snapshot_tar(history, out)
     except SnapshotError as exc:
         _discard_partial(dest)
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except BrokenPipeError:
-        raise _fail("the reader of the tar stream went away before the end") from None
+        raise fail("the reader of the tar stream went away before the end") from None
     except OSError as exc:
         _discard_partial(dest)
-        raise _fail(f"cannot write the tar stream to {dest}: {exc.strerror}") from None
+        raise fail(f"cannot write the tar stream to {dest}: {exc.strerror}") from None
 
 
 def _discard_partial(dest: str) -> None:
     if dest != "-":
         try:
-            os.unlink(dest)  # our own half-written archive, never anything else
+            durable.unlink_entry(dest)  # our own half-written archive, never anything else
         except OSError:
             pass
 

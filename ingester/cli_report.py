@@ -1,6 +1,7 @@
-"""The operator commands: ``status``, ``list``, ``show`` and ``verify`` (SPEC section 8).
+"""The operator commands: ``status``, ``list``, ``show`` and ``verify``.
 
-A thin click layer over :mod:`ingester.report`. The read commands (all of these but
+A thin click layer over :mod:`ingester.queries`: each command asks a query and renders
+its dataclasses as aligned text or as JSON. The read commands (all of these but
 ``verify --repair``) never take the history lock and never write, so they work while a
 watcher runs and on a read-only copy of the history.
 
@@ -10,66 +11,60 @@ Exit codes as for the rest of the CLI: 0 fine; 1 the command ran and the answer 
 
 from __future__ import annotations
 
-import json
+import os
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-from .errors import StorageError
-from .report import (
-    STALE_AFTER,
-    ReportError,
-    VerifyReport,
+from .cli_common import (
+    App,
     align,
+    echo_json,
+    fail,
     human_size,
     human_time,
+    relative_age,
+    writing_store,
+)
+from .clock import parse_iso_time, utc_now
+from .errors import StorageError
+from .names import format_timestamp
+from .queries import (
+    STALE_AFTER,
+    Finding,
+    ReportError,
+    Status,
+    VerifyReport,
+    VersionInfo,
     list_report,
     open_store,
-    parse_cli_time,
     payload_problem,
-    relative_age,
     repair_modes,
     repaired_between,
     resolve_version_name,
-    status_report,
-    utc_now,
     verify_history,
     version_at,
 )
+from .queries import status as status_query
+from .settings import Settings
 from .store import HistoryStore
 
-if TYPE_CHECKING:
-    from .cli import App
-    from .settings import Settings
-
-__all__ = ["list_versions", "show", "status", "verify"]
-
-
-def _fail(message: str, code: int = 1) -> click.exceptions.Exit:
-    # Imported here: cli.py imports this module at its end, so a top-level import of
-    # cli would be circular whenever this module is imported first.
-    from .cli import fail
-
-    return fail(message, code)
+__all__ = ["list_versions", "show", "status", "status_json", "verify", "verify_json"]
 
 
 def _open(settings: Settings) -> HistoryStore:
     try:
         return open_store(settings)
     except ReportError as exc:
-        raise _fail(str(exc), exc.code) from None
+        raise fail(str(exc), exc.code) from None
 
 
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2))
-
-
-def _age_words(iso_text: str | None, now: datetime) -> str:
+def _metadata_age(iso_text: str | None, now: datetime) -> str:
     if iso_text is None:
         return "-"
     try:
-        return relative_age(now - parse_cli_time(iso_text))
+        return relative_age(now - parse_iso_time(iso_text))
     except ValueError:
         return "unreadable time"  # e.g. a hand-edited _metadata.json; verify reports it
 
@@ -81,7 +76,7 @@ def _parse_time_option(
     if value is None:
         return None
     try:
-        return parse_cli_time(value)
+        return parse_iso_time(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx, param) from None
 
@@ -101,92 +96,96 @@ def status(app: App, as_json: bool) -> None:
     now = utc_now()
     store = _open(app.settings)
     try:
-        report = status_report(app.settings, store, now)
+        report = status_query(app.settings, store, now)
     except StorageError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if as_json:
-        _echo_json(report)
+        echo_json(status_json(report))
         return
     for line in _status_lines(report, now):
         click.echo(line)
 
 
-def _status_lines(r: dict[str, Any], now: datetime) -> list[str]:
-    meta = r["metadata"]
-    rows: list[list[str]] = [["history", r["history"]]]
-    count = f"{meta['versionCount']}"
-    if meta["versionCount"]:
-        count += f" (oldest {meta['oldestTimestamp']}, newest {meta['newestTimestamp']})"
+def _age_words(stamp: datetime | None, now: datetime) -> str:
+    return "-" if stamp is None else relative_age(now - stamp)
+
+
+def _status_lines(r: Status, now: datetime) -> list[str]:
+    meta = r.metadata
+    rows: list[list[str]] = [["history", os.fspath(r.history)]]
+    count = f"{meta.version_count}"
+    if meta.version_count:
+        count += f" (oldest {meta.oldest_timestamp}, newest {meta.newest_timestamp})"
     rows.append(["versions", count])
-    if r["futureVersions"]:
-        rows.append(["future", f"{r['futureVersions']} dated ahead of the clock (see verify)"])
-    cleanup = meta["lastCleanup"]
+    if meta.future_versions:
+        rows.append(["future", f"{meta.future_versions} dated ahead of the clock (see verify)"])
     rows.append(
         [
             "totals",
-            f"{meta['totalVersionsCreated']} created, {meta['totalVersionsDeleted']} deleted; "
-            f"last cleanup {_age_words(cleanup, now) if cleanup else 'never'}",
+            f"{meta.total_versions_created} created, {meta.total_versions_deleted} deleted; "
+            "last cleanup "
+            + (_metadata_age(meta.last_cleanup, now) if meta.last_cleanup else "never"),
         ]
     )
     rows.append(
         [
             "metadata",
             "ok"
-            if r["metadataProblem"] is None
-            else f"{r['metadataProblem']} (run 'ingester verify --repair')",
+            if r.metadata_problem is None
+            else f"{r.metadata_problem} (run 'ingester verify --repair')",
         ]
     )
-    latest = r["latest"]
+    latest = r.latest
     if latest is None:
         rows.append(["latest", "none yet"])
     else:
-        rows.append(
-            ["latest", f"{latest['name']} (ingested {_age_words(latest['ingestedAt'], now)})"]
-        )
-        if latest["error"]:
-            rows.append(["", f"DAMAGED: {latest['error']}"])
+        info = latest.info
+        rows.append(["latest", f"{info.name} (ingested {_age_words(info.ingested_at, now)})"])
+        if info.error:
+            rows.append(["", f"DAMAGED: {info.error}"])
         else:
             updated = (
-                f"lastUpdated {latest['lastUpdated']} ({_age_words(latest['lastUpdated'], now)})"
+                f"lastUpdated {format_timestamp(info.last_updated)} "
+                f"({_age_words(info.last_updated, now)})"
             )
-            if latest["stale"]:
+            if latest.stale:
                 updated += f", STALE (older than {int(STALE_AFTER.total_seconds() // 60)} min)"
-            if latest["isPartial"]:
+            if info.is_partial:
                 updated += ", partial"
             rows.append(["", updated])
-    link = r["latestLink"]
+    problem = r.latest_link_problem
     rows.append(
-        ["latest link", link["path"] + ("" if link["problem"] is None else f": {link['problem']}")]
+        ["latest link", os.fspath(r.latest_link) + ("" if problem is None else f": {problem}")]
     )
-    spool = r["spool"]
-    if not spool["exists"]:
-        rows.append(["spool", f"{spool['path']} (missing)"])
-    elif spool["problem"]:
-        rows.append(["spool", f"{spool['path']} ({spool['problem']})"])
+    spool = r.spool
+    if not spool.exists:
+        rows.append(["spool", f"{spool.path} (missing)"])
+    elif spool.problem:
+        rows.append(["spool", f"{spool.path} ({spool.problem})"])
     else:
-        backlog = f"{spool['backlog']} waiting"
-        if spool["claimed"]:
-            backlog += f" ({spool['claimed']} in flight)"
-        if spool["oldestDropAt"]:
-            backlog += f", oldest {_age_words(spool['oldestDropAt'], now)}"
+        backlog = f"{spool.backlog} waiting"
+        if spool.claimed:
+            backlog += f" ({spool.claimed} in flight)"
+        if spool.oldest_drop_at:
+            backlog += f", oldest {_age_words(spool.oldest_drop_at, now)}"
         rows.append(["spool", backlog])
-    rejected = r["rejected"]
-    if rejected["problem"]:
-        rows.append(["rejected", f"{rejected['path']} ({rejected['problem']})"])
+    rejected = r.rejected
+    if rejected.problem:
+        rows.append(["rejected", f"{rejected.path} ({rejected.problem})"])
     else:
         rows.append(
             [
                 "rejected",
-                f"{rejected['count']} in {rejected['path']} "
-                f"(removed after {rejected['retentionDays']:g} days)",
+                f"{rejected.count} in {rejected.path} "
+                f"(removed after {rejected.retention_days:g} days)",
             ]
         )
-    watcher, lock = r["watcher"], r["lock"]
-    if watcher["running"]:
-        rows.append(["watcher", f"running (pid {watcher['pid']})"])
-    elif lock["held"]:
+    lock = r.lock
+    if lock.watcher_running:
+        rows.append(["watcher", f"running (pid {lock.pid})"])
+    elif lock.held:
         rows.append(
-            ["watcher", f"not running; history locked by '{lock['command']}' (pid {lock['pid']})"]
+            ["watcher", f"not running; history locked by '{lock.command}' (pid {lock.pid})"]
         )
     else:
         rows.append(["watcher", "not running"])
@@ -194,10 +193,64 @@ def _status_lines(r: dict[str, Any], now: datetime) -> list[str]:
     lines.append("")
     lines.append("settings:")
     setting_rows = [
-        [f"  {name}", str(item["value"]), item["source"]] for name, item in r["settings"].items()
+        [f"  {name}", str(item["value"]), item["source"]] for name, item in r.settings.items()
     ]
     lines += align(setting_rows)
     return lines
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return round(seconds, 3) if seconds is not None else None
+
+
+def status_json(s: Status) -> dict[str, Any]:
+    """The ``status --json`` object."""
+    latest: dict[str, Any] | None = None
+    if s.latest is not None:
+        info = s.latest.info
+        latest = {
+            "name": info.name,
+            "ingestedAt": format_timestamp(info.ingested_at),
+            "ingestedAgeSeconds": _rounded(s.latest.ingested_age),
+            "size": info.size,
+            "lastUpdated": format_timestamp(info.last_updated),
+            "lastUpdatedAgeSeconds": _rounded(s.latest.last_updated_age),
+            "stale": s.latest.stale,
+            "isPartial": info.is_partial,
+            "error": info.error,
+        }
+    spool = s.spool
+    oldest_age = (s.now - spool.oldest_drop_at).total_seconds() if spool.oldest_drop_at else None
+    running = s.lock.watcher_running
+    return {
+        "now": format_timestamp(s.now),
+        "history": os.fspath(s.history),
+        "metadata": s.metadata.model_dump(by_alias=True),
+        "metadataProblem": s.metadata_problem,
+        "futureVersions": s.metadata.future_versions,
+        "latest": latest,
+        "latestLink": {"path": os.fspath(s.latest_link), "problem": s.latest_link_problem},
+        "staleAfterSeconds": int(STALE_AFTER.total_seconds()),
+        "spool": {
+            "path": os.fspath(spool.path),
+            "exists": spool.exists,
+            "backlog": spool.backlog,
+            "waiting": spool.waiting,
+            "claimed": spool.claimed,
+            "oldestDropAt": format_timestamp(spool.oldest_drop_at),
+            "oldestDropAgeSeconds": _rounded(oldest_age),
+            "problem": spool.problem,
+        },
+        "rejected": {
+            "path": os.fspath(s.rejected.path),
+            "count": s.rejected.count,
+            "problem": s.rejected.problem,
+            "retentionDays": s.rejected.retention_days,
+        },
+        "watcher": {"running": running, "pid": s.lock.pid if running else None},
+        "lock": {"held": s.lock.held, "pid": s.lock.pid, "command": s.lock.command},
+        "settings": s.settings,
+    }
 
 
 # -- list --------------------------------------------------------------------------------
@@ -218,7 +271,7 @@ def list_versions(app: App, limit: int | None, as_json: bool) -> None:
     infos = list_report(store, limit, now)
     damaged = sum(1 for i in infos if i.error)
     if as_json:
-        _echo_json([i.to_json() for i in infos])
+        echo_json([version_json(i) for i in infos])
     elif not infos:
         click.echo("no versions yet")
     else:
@@ -291,22 +344,22 @@ def show(app: App, version: str | None, at: datetime | None) -> None:
     if at is not None:
         name = version_at(store.version_names(), at)
         if name is None:
-            raise _fail(f"no version at or before {human_time(at)} UTC")
+            raise fail(f"no version at or before {human_time(at)} UTC")
     elif name is None:
         name = store.latest_version_name(now)
         if name is None:
-            raise _fail(f"no versions yet in {store.history_dir}")
+            raise fail(f"no versions yet in {store.history_dir}")
     elif name not in set(store.version_names()):
-        raise _fail(f"no version {name} in {store.history_dir}")
+        raise fail(f"no version {name} in {store.history_dir}")
     path = store.version_path(name)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise _fail(str(StorageError("read", path, exc))) from None
+        raise fail(str(StorageError("read", path, exc))) from None
     # Judge the very bytes that are printed, so a damaged file never reaches stdout.
     problem = payload_problem(data)
     if problem is not None:
-        raise _fail(f"version {name} is damaged: {problem}; run 'ingester verify'")
+        raise fail(f"version {name} is damaged: {problem}; run 'ingester verify'")
     click.echo(data, nl=False)
 
 
@@ -335,7 +388,7 @@ def verify(app: App, repair: bool, as_json: bool) -> None:
     if repair:
         report = _repair(app.settings, report)
     if as_json:
-        _echo_json(report.to_json())
+        echo_json(verify_json(report))
     else:
         for line in _verify_lines(report):
             click.echo(line)
@@ -344,15 +397,13 @@ def verify(app: App, repair: bool, as_json: bool) -> None:
 
 
 def _repair(settings: Settings, before: VerifyReport) -> VerifyReport:
-    from .cli import writing_store
-
     # writing_store takes the lock (or refuses, naming the holder) and runs
     # HistoryStore.initialize: temps swept, metadata and latest link rebuilt.
     with writing_store(settings, "verify --repair") as store:
         try:
             repair_modes(store, before.problems)
         except StorageError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         store.load()
         after = verify_history(store, utc_now())
     after.repaired = repaired_between(before, after)
@@ -372,3 +423,42 @@ def _verify_lines(r: VerifyReport) -> list[str]:
         tail = f"; {fixable} can be fixed with 'ingester verify --repair'" if fixable else ""
         lines.append(f"{len(r.problems)} problem(s){tail}")
     return lines
+
+
+# -- JSON shapes ---------------------------------------------------------------------------
+
+
+def version_json(info: VersionInfo) -> dict[str, Any]:
+    """The ``list --json`` object for one version."""
+    return {
+        "name": info.name,
+        "ingestedAt": format_timestamp(info.ingested_at),
+        "size": info.size,
+        "lastUpdated": format_timestamp(info.last_updated),
+        "isPartial": info.is_partial,
+        "future": info.future,
+        "error": info.error,
+    }
+
+
+def _finding_json(finding: Finding) -> dict[str, Any]:
+    return {
+        "kind": finding.kind,
+        "subject": finding.subject,
+        "message": finding.message,
+        "repairable": finding.repairable,
+    }
+
+
+def verify_json(report: VerifyReport) -> dict[str, Any]:
+    """The ``verify --json`` object."""
+    return {
+        "ok": report.ok,
+        "history": os.fspath(report.history),
+        "latestPath": os.fspath(report.latest_path),
+        "checkedVersions": report.checked,
+        "problems": [_finding_json(f) for f in report.problems],
+        "warnings": [_finding_json(f) for f in report.warnings],
+        "repaired": [_finding_json(f) for f in report.repaired],
+        "writerPid": report.writer_pid,
+    }

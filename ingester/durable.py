@@ -1,6 +1,6 @@
 """Durable file operations: the one place that writes, links, renames and fsyncs.
 
-The recipe (python-atomicwrites' algorithm, and the field notes):
+The recipe (python-atomicwrites' algorithm):
 
 1. write into a temp file ``.tmp-*`` in the *target* folder (same filesystem, so the
    final step is atomic, and backups can exclude it by name);
@@ -28,28 +28,46 @@ from typing import BinaryIO
 from .errors import StorageError
 
 __all__ = [
+    "LINK_TEMP_PREFIX",
+    "SNAPSHOT_TEMP_PREFIX",
+    "SUBMIT_TEMP_PREFIX",
     "TEMP_PREFIX",
+    "WRITE_TEMP_PREFIX",
     "SpareFile",
     "StagedFile",
     "StorageError",
     "current_umask",
     "fsync_dir",
+    "fsync_fd",
+    "link_entry",
     "link_file",
     "move_file",
     "publish_new",
     "remove_file",
     "remove_stale_temps",
+    "rename_entry",
     "replace_symlink",
+    "set_fd_mode",
+    "set_mode",
     "streamed_file",
+    "unlink_entry",
     "write_file",
 ]
 
 TEMP_PREFIX = ".tmp-"
 """Every temp name we create starts with this, so backups and sweeps can recognise it."""
+WRITE_TEMP_PREFIX = TEMP_PREFIX + "w-"
+"""A file's bytes before its final name (also the empty spare a watcher keeps ready)."""
+LINK_TEMP_PREFIX = TEMP_PREFIX + "link-"
+"""A symbolic link before it replaces the latest link."""
+SNAPSHOT_TEMP_PREFIX = TEMP_PREFIX + "snapshot-"
+"""A snapshot (or its tar stream's staging folder) before it gets its final name."""
+SUBMIT_TEMP_PREFIX = ".submit-"
+"""A drop written by ``ingester submit`` in the spool's ``tmp/`` before it is published."""
 
 
-def _temp_path(directory: Path, tag: str) -> Path:
-    return directory / f"{TEMP_PREFIX}{tag}-{secrets.token_hex(6)}"
+def _temp_path(directory: Path, prefix: str) -> Path:
+    return directory / f"{prefix}{secrets.token_hex(6)}"
 
 
 def fsync_dir(directory: Path) -> None:
@@ -76,11 +94,48 @@ def remove_file(path: Path) -> None:
         raise StorageError("remove", path, exc) from exc
 
 
-def _create_temp(directory: Path, data: bytes, mode: int, tag: str) -> tuple[Path, int]:
+# -- single steps ------------------------------------------------------------------------
+# The claim (a drop's rename into .claimed/, its seal and its way back to the spool) and
+# the housekeeping take their steps one at a time, because each step's failure means
+# something different to them. The steps still live here, so every write of the package
+# is in this module. They raise ``OSError`` unwrapped: the caller names the step.
+
+
+def rename_entry(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` within one filesystem (replaces a file ``dst``)."""
+    os.rename(src, dst)
+
+
+def link_entry(src: Path, dst: Path) -> None:
+    """Give ``src``'s inode the new name ``dst``; never replaces (``FileExistsError``)."""
+    os.link(src, dst)
+
+
+def unlink_entry(path: Path | str, *, dir_fd: int | None = None) -> None:
+    """Remove the name ``path`` (relative to ``dir_fd`` when given)."""
+    os.unlink(path, dir_fd=dir_fd)
+
+
+def set_mode(path: Path | str, mode: int) -> None:
+    """chmod ``path`` to ``mode``."""
+    os.chmod(path, mode)
+
+
+def set_fd_mode(fd: int, mode: int) -> None:
+    """fchmod the open file ``fd`` to ``mode``."""
+    os.fchmod(fd, mode)
+
+
+def fsync_fd(fd: int) -> None:
+    """fsync the open file ``fd``: its bytes and mode are on disk when this returns."""
+    os.fsync(fd)
+
+
+def _create_temp(directory: Path, data: bytes, mode: int, prefix: str) -> tuple[Path, int]:
     """Step 1: the bytes written into a new temp file; its open descriptor is returned."""
-    tmp = _temp_path(directory, tag)
+    tmp = _temp_path(directory, prefix)
     try:
-        # The mode is given at creation so the umask applies, as SPEC section 5 asks.
+        # The mode is given at creation so the umask applies (an operator's choice).
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     except OSError as exc:
         raise StorageError("create", tmp, exc) from exc
@@ -122,7 +177,7 @@ class SpareFile:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.path = _temp_path(directory, "w")
+        self.path = _temp_path(directory, WRITE_TEMP_PREFIX)
         try:
             # Writable by us whatever the final mode: it is set once the bytes are in.
             self.fd: int | None = os.open(
@@ -184,7 +239,7 @@ class StagedFile:
         if spare is not None and spare.directory == directory:
             temp, fd = _fill_spare(spare, data, mode)
         else:
-            temp, fd = _create_temp(directory, data, mode, "w")
+            temp, fd = _create_temp(directory, data, mode, WRITE_TEMP_PREFIX)
         self.temp: Path | None = temp
         self._fd: int | None = fd
         if sync:
@@ -255,6 +310,12 @@ class StagedFile:
                     os.unlink(final)
             raise
         return final
+
+    def __enter__(self) -> StagedFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.discard()  # a no-op once committed: never leaves a temp file behind
 
     def discard(self) -> None:
         """Remove the temp file (best effort: a leftover is swept on start)."""
@@ -333,7 +394,7 @@ def replace_symlink(
     ``fallback()`` returns are written as an atomically replaced copy and False is returned.
     """
     directory = link.parent
-    tmp = _temp_path(directory, "link")
+    tmp = _temp_path(directory, LINK_TEMP_PREFIX)
     try:
         os.symlink(target, tmp)
     except OSError as exc:
@@ -370,7 +431,7 @@ def move_file(src: Path, dst: Path) -> None:
 
 def _stream_copy(src: Path, dst: Path, mode: int) -> None:
     """Copy a regular file of any size in chunks, by the recipe (temp, fsync, link, fsync)."""
-    tmp = _temp_path(dst.parent, "w")
+    tmp = _temp_path(dst.parent, WRITE_TEMP_PREFIX)
     fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         fd_out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -464,7 +525,7 @@ def streamed_file(final: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
     including a write inside the block (e.g. ENOSPC).
     """
     directory = final.parent
-    tmp = _temp_path(directory, "w")
+    tmp = _temp_path(directory, WRITE_TEMP_PREFIX)
     try:
         # The mode is given at creation so the umask applies, as for any new file.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)

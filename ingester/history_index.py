@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
@@ -349,8 +349,3 @@ class HistoryIndex:
     def read_metadata(self) -> StorageMetadata:
         """The stored metadata (not cached: read for health and metrics only)."""
         return self.reader.read_metadata()
-
-
-def utc_now() -> datetime:
-    """The wall clock, in UTC."""
-    return datetime.now(UTC)

@@ -29,9 +29,11 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from . import durable
+from .clock import ClockJump, utc_now
 from .durable import StorageError, fsync_dir
 from .spool import REASON_SUFFIX
 
@@ -50,8 +52,6 @@ log = logging.getLogger("ingester.housekeeping")
 _REASON_MAX = 4 << 20
 # How often the watcher looks (its maintenance calls in far more often).
 PRUNE_EVERY = 600.0
-# A wall clock that ran this much further than the monotonic clock jumped: hold back.
-_CLOCK_JUMP = 3600.0
 
 
 @dataclass
@@ -125,7 +125,7 @@ def _remove(dir_fd: int, name: str, folder: Path) -> bool:
         return False
     try:
         # Relative to the folder's descriptor: removes this entry in this folder only.
-        os.unlink(name, dir_fd=dir_fd)
+        durable.unlink_entry(name, dir_fd=dir_fd)
     except FileNotFoundError:
         return False
     except OSError as exc:
@@ -208,10 +208,10 @@ def rejected_since(folder: Path, since: datetime) -> int:
 class RejectedRetention:
     """The watcher's side: :func:`prune_rejected` at start, then every 10 minutes.
 
-    Like version retention it does not act on a wall-clock jump: when the wall clock
-    ran more than an hour further than the monotonic clock since the last pass, the
-    pass is held back (logged) until the clocks agree again; ``ingester cleanup``
-    applies the rule as written.
+    Like version retention it does not act on a wall-clock jump (:class:`ClockJump`):
+    while the wall clock stands more than an hour ahead of the monotonic clock, each
+    pass is held back (logged); ``ingester cleanup`` applies the rule as written.
+    ``every`` is in seconds.
     """
 
     def __init__(
@@ -219,7 +219,7 @@ class RejectedRetention:
         folder: Path,
         retention_days: float,
         *,
-        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        wall: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
         every: float = PRUNE_EVERY,
     ) -> None:
@@ -229,7 +229,7 @@ class RejectedRetention:
         self._monotonic = monotonic
         self._every = every
         self._next = 0.0
-        self._last: tuple[datetime, float] | None = None
+        self._jump = ClockJump(wall=lambda: self._wall().timestamp(), boot=monotonic)
 
     def run_if_due(self) -> PruneResult | None:
         """One pass if it is time; never raises (a failure is logged and retried later)."""
@@ -237,18 +237,15 @@ class RejectedRetention:
         if mono < self._next:
             return None
         self._next = mono + self._every
-        wall = self._wall()
-        last, self._last = self._last, (wall, mono)
-        if last is not None:
-            jump = (wall - last[0]).total_seconds() - (mono - last[1])
-            if jump > _CLOCK_JUMP:
-                log.warning(
-                    "the wall clock jumped %.0f s ahead; rejected drops are not removed this time",
-                    jump,
-                )
-                return None
+        jump = self._jump.gained()
+        if jump > self._jump.limit:
+            log.warning(
+                "the wall clock jumped %.0f s ahead; rejected drops are not removed this time",
+                jump,
+            )
+            return None
         try:
-            result = prune_rejected(self.folder, self.retention_days, wall)
+            result = prune_rejected(self.folder, self.retention_days, self._wall())
         except StorageError as exc:
             log.error("cannot apply the retention of rejected drops: %s", exc)
             return None

@@ -20,6 +20,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from .clock import iso_utc
+
 __all__ = ["LOG_FORMATS", "escape_text", "setup_logging"]
 
 LOG_FORMATS = ("text", "json")
@@ -74,9 +76,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "ts": iso_utc(datetime.fromtimestamp(record.created, UTC)),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

@@ -1,4 +1,4 @@
-"""The payload a scraper drops: ``ConsoleUsageDataSync`` (SPEC section 4), and how bytes are judged.
+"""The payload a scraper drops: ``ConsoleUsageDataSync``, and how bytes are judged.
 
 ``judge_payload`` is the one gate every drop passes: it turns raw bytes into a validated
 model or a :class:`PayloadRejected` whose ``errors`` name each failing field. It never
@@ -58,7 +58,7 @@ _TOO_DEEP = f"JSON nested deeper than {MAX_NESTING} levels"
 
 
 class _Open(BaseModel):
-    """Unknown fields are allowed at every level and kept (SPEC section 4)."""
+    """Unknown fields are allowed at every level and kept: a scraper may add some."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 

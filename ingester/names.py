@@ -1,4 +1,4 @@
-"""Version file names: ``YYYY-MM-DDTHH-mm-ss-XXXXXXXX.json`` (SPEC section 5). Pure, no I/O.
+"""Version file names: ``YYYY-MM-DDTHH-mm-ss-XXXXXXXX.json``. Pure, no I/O.
 
 A generated name is the UTC ingest time to the second, then 8 lowercase hex characters:
 three for the milliseconds and five random. Names must sort in ingestion order, also for
@@ -13,22 +13,30 @@ import re
 import secrets
 from datetime import UTC, datetime, timedelta
 
+from .clock import iso_utc
+
 __all__ = [
+    "STAMP_FORMAT",
     "VERSION_NAME_RE",
     "format_timestamp",
     "generate_version_filename",
     "is_version_name",
+    "looks_like_version_name",
     "parse_timestamp_from_filename",
 ]
 
+_STAMP_RE = r"(?P<date>\d{4}-\d{2}-\d{2})T(?P<h>\d{2})-(?P<m>\d{2})-(?P<s>\d{2})"
 # Any "<timestamp>-<letters or digits>.json" counts, so files that older tools put in the
 # history (e.g. 2026-01-05T00-00-00-test5.json) are versions too.
 VERSION_NAME_RE = re.compile(
-    r"^(?P<date>\d{4}-\d{2}-\d{2})T(?P<h>\d{2})-(?P<m>\d{2})-(?P<s>\d{2})-(?P<suffix>[A-Za-z0-9]+)\.json\Z",
+    rf"^{_STAMP_RE}-(?P<suffix>[A-Za-z0-9]+)\.json\Z",
     re.ASCII,  # \d is 0-9 only, and \Z (unlike $) refuses a name ending in a newline
 )
+# Named like a version, suffix aside: an operator probably meant it as one.
+_VERSION_LIKE_RE = re.compile(rf"^{_STAMP_RE}-.*\.json$", re.ASCII)
 _OWN_SUFFIX_RE = re.compile(r"^[0-9a-f]{8}$")
-_STAMP = "%Y-%m-%dT%H-%M-%S"
+STAMP_FORMAT = "%Y-%m-%dT%H-%M-%S"
+"""The timestamp part of version (and generated drop) names, in UTC."""
 _MAX_SUFFIX = 0xFFFFFFFF
 
 
@@ -44,7 +52,7 @@ def parse_timestamp_from_filename(filename: str) -> datetime | None:
         return None
     try:
         return datetime.strptime(
-            f"{match['date']}T{match['h']}-{match['m']}-{match['s']}", _STAMP
+            f"{match['date']}T{match['h']}-{match['m']}-{match['s']}", STAMP_FORMAT
         ).replace(tzinfo=UTC)
     except ValueError:
         return None
@@ -55,8 +63,13 @@ def is_version_name(filename: str) -> bool:
     return parse_timestamp_from_filename(filename) is not None
 
 
+def looks_like_version_name(filename: str) -> bool:
+    """True for a name with a version's timestamp and ``.json``, whatever its suffix."""
+    return _VERSION_LIKE_RE.match(filename) is not None
+
+
 def _compose(stamp: datetime, suffix: int) -> str:
-    return f"{stamp.strftime(_STAMP)}-{suffix:08x}.json"
+    return f"{stamp.strftime(STAMP_FORMAT)}-{suffix:08x}.json"
 
 
 def generate_version_filename(now: datetime | None = None, *, after: str | None = None) -> str:
@@ -86,8 +99,4 @@ def generate_version_filename(now: datetime | None = None, *, after: str | None 
 
 def format_timestamp(stamp: datetime | None) -> str | None:
     """ISO-8601 UTC with milliseconds and ``Z``, as the metadata spells times."""
-    if stamp is None:
-        return None
-    stamp = stamp.astimezone(UTC)
-    # isoformat, not strftime: strftime writes year 1 as "1", not "0001".
-    return stamp.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+    return None if stamp is None else iso_utc(stamp)

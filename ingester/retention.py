@@ -1,4 +1,4 @@
-"""The retention policy (SPEC section 7). Pure, no I/O.
+"""The retention policy. Pure, no I/O.
 
 A version is kept if it is among the newest ``max_versions`` **or** its name's timestamp
 is within the last ``retention_days``; everything else is ``expired``. A version dated
@@ -29,6 +29,11 @@ __all__ = [
     "plan_retention",
 ]
 
+DEFAULT_MAX_VERSIONS = 100
+"""Retention keeps at least this many of the newest versions, unless told otherwise."""
+DEFAULT_RETENTION_DAYS = 7.0
+"""...and every version younger than this many days."""
+
 FUTURE_SLACK = timedelta(days=1)
 """How far ahead of the clock a version may be dated before it counts as future."""
 
@@ -39,8 +44,8 @@ Reason = Literal["newest-N", "within-D-days", "future", "expired"]
 class RetentionPolicy:
     """Keep the newest ``max_versions`` or anything within ``retention_days`` (the union)."""
 
-    max_versions: int = 100
-    retention_days: float = 7.0
+    max_versions: int = DEFAULT_MAX_VERSIONS
+    retention_days: float = DEFAULT_RETENTION_DAYS
 
     def __post_init__(self) -> None:
         if self.max_versions < 1:

@@ -1,4 +1,4 @@
-"""Settings: the one place every path and limit of SPEC section 2 is resolved.
+"""Settings: the one table of every path and limit, and where each value comes from.
 
 Precedence: command-line option > ``INGESTER_*`` environment > ``--config`` TOML file
 (table ``[ingester]``) > default. Each value remembers where it came from (``status``
@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SettingError
-from .retention import RetentionPolicy
+from .retention import DEFAULT_MAX_VERSIONS, DEFAULT_RETENTION_DAYS, RetentionPolicy
 from .store import HistoryStore
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_REJECTED_RETENTION_DAYS",
     "MAX_BYTES",
     "MAX_VERSIONS",
     "RESCAN_INTERVAL",
@@ -31,9 +33,12 @@ __all__ = [
     "RETRY_MAX",
     "SETTING_NAMES",
     "SETTLE",
+    "SPECS",
     "Bounds",
     "SettingError",
     "Settings",
+    "Spec",
+    "WatchOptions",
     "resolve_settings",
 ]
 
@@ -56,6 +61,12 @@ class Bounds:
     whole: bool = False
     above: bool = False
     unit: str = ""
+
+    def describe(self) -> str:
+        """The range in words, e.g. ``1 to 1000000`` or ``> 0, at most 36500``."""
+        low = int(self.low) if self.whole or self.low == int(self.low) else self.low
+        high = int(self.high) if self.whole or self.high == int(self.high) else self.high
+        return f"> {low}, at most {high}" if self.above else f"{low} to {high}"
 
     def parse(self, text: Any) -> Any:
         """``text`` as a number in range; ``ValueError`` with a message fit for the user."""
@@ -100,10 +111,25 @@ def _path(text: Any) -> Path:
     return Path(text)
 
 
+DEFAULT_MAX_BYTES = 1 << 20
+DEFAULT_REJECTED_RETENTION_DAYS = 30.0
+
+
 @dataclass(frozen=True)
-class _Spec:
+class Spec:
+    """One row of the settings table: ``--name`` option, ``INGESTER_NAME`` variable, key.
+
+    ``default`` is the value when none is given (None for the paths, which derive from
+    each other: ``default_text`` says how); ``bounds`` the range of a number.
+    """
+
     name: str
     parse: Callable[[Any], Any]
+    metavar: str
+    help: str
+    default: Any = None
+    default_text: str = ""
+    bounds: Bounds | None = None
     is_path: bool = False
 
     @property
@@ -114,26 +140,101 @@ class _Spec:
     def env(self) -> str:
         return "INGESTER_" + self.name.upper()
 
+    @property
+    def help_text(self) -> str:
+        """The option's help: what it is, its range, its variable and its default."""
+        shown = self.default_text or (
+            f"{self.default:g}" if isinstance(self.default, float) else f"{self.default}"
+        )
+        where = f" ({self.bounds.describe()})" if self.bounds is not None else ""
+        return f"{self.help}{where}. [env {self.env}; default: {shown}]"
 
-_SPECS = (
-    _Spec("root", _path, is_path=True),
-    _Spec("spool_dir", _path, is_path=True),
-    _Spec("rejected_dir", _path, is_path=True),
-    _Spec("history_dir", _path, is_path=True),
-    _Spec("latest_path", _path, is_path=True),
-    _Spec("max_versions", MAX_VERSIONS.parse),
-    _Spec("retention_days", RETENTION_DAYS.parse),
-    _Spec("max_bytes", MAX_BYTES.parse),
-    _Spec("rejected_retention_days", REJECTED_RETENTION_DAYS.parse),
+
+SPECS = (
+    Spec(
+        "root",
+        _path,
+        "DIR",
+        "Folder all default paths derive from",
+        default_text="current folder",
+        is_path=True,
+    ),
+    Spec("spool_dir", _path, "DIR", "Drop folder", default_text="ROOT/spool", is_path=True),
+    Spec(
+        "rejected_dir",
+        _path,
+        "DIR",
+        "Quarantine for invalid drops",
+        default_text="SPOOL/rejected",
+        is_path=True,
+    ),
+    Spec(
+        "history_dir",
+        _path,
+        "DIR",
+        "Version files and _metadata.json",
+        default_text="ROOT/console-usage-history",
+        is_path=True,
+    ),
+    Spec(
+        "latest_path",
+        _path,
+        "FILE",
+        "Link to the newest version",
+        default_text="ROOT/console-usage-synced.json",
+        is_path=True,
+    ),
+    Spec(
+        "max_versions",
+        MAX_VERSIONS.parse,
+        "N",
+        "Retention keeps the newest N versions",
+        DEFAULT_MAX_VERSIONS,
+        bounds=MAX_VERSIONS,
+    ),
+    Spec(
+        "retention_days",
+        RETENTION_DAYS.parse,
+        "D",
+        "...and anything newer than D days",
+        DEFAULT_RETENTION_DAYS,
+        bounds=RETENTION_DAYS,
+    ),
+    Spec(
+        "max_bytes",
+        MAX_BYTES.parse,
+        "N",
+        "Largest accepted drop in bytes",
+        DEFAULT_MAX_BYTES,
+        bounds=MAX_BYTES,
+    ),
+    Spec(
+        "rejected_retention_days",
+        REJECTED_RETENTION_DAYS.parse,
+        "D",
+        "Rejected drops (and their reason files) are removed after D days",
+        DEFAULT_REJECTED_RETENTION_DAYS,
+        bounds=REJECTED_RETENTION_DAYS,
+    ),
 )
-SETTING_NAMES = tuple(s.name for s in _SPECS)
+"""Every setting, in the order ``--help`` and ``status`` show them."""
+_SPECS = SPECS
+SETTING_NAMES = tuple(s.name for s in SPECS)
+_DEFAULTS: dict[str, Any] = {s.name: s.default for s in SPECS if s.default is not None}
 
-_DEFAULTS: dict[str, Any] = {
-    "max_versions": 100,
-    "retention_days": 7.0,
-    "max_bytes": 1 << 20,
-    "rejected_retention_days": 30.0,
-}
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """The knobs of ``ingester watch`` (options of that command only); durations in seconds.
+
+    Their ranges are :data:`RESCAN_INTERVAL`, :data:`RETRY_MAX` and :data:`SETTLE`.
+    """
+
+    once: bool = False  # drain the backlog, then exit
+    polling: bool = False  # poll the spool instead of inotify (NFS, some FUSE mounts)
+    rescan_interval: float = 30.0  # seconds between full rescans of the spool
+    retry_max: float = 30.0  # seconds, the longest wait between retries after a failure
+    settle: float = 1.0  # seconds a drop not announced complete must stay unchanged
 
 
 @dataclass(frozen=True)
@@ -145,10 +246,10 @@ class Settings:
     rejected_dir: Path
     history_dir: Path
     latest_path: Path
-    max_versions: int = 100
-    retention_days: float = 7.0
-    max_bytes: int = 1 << 20
-    rejected_retention_days: float = 30.0
+    max_versions: int = DEFAULT_MAX_VERSIONS
+    retention_days: float = DEFAULT_RETENTION_DAYS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    rejected_retention_days: float = DEFAULT_REJECTED_RETENTION_DAYS
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import durable
-from .durable import TEMP_PREFIX, StorageError
+from .durable import SNAPSHOT_TEMP_PREFIX, StorageError
 from .errors import SnapshotError
 from .names import is_version_name
 from .store import METADATA_NAME, HistoryStore
@@ -230,7 +230,7 @@ def take_snapshot(history_dir: Path, dest: Path, *, link: bool = True) -> Snapsh
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SnapshotError(str(StorageError("create folder", dest.parent, exc))) from None
-    temp = dest.parent / f"{TEMP_PREFIX}snapshot-{secrets.token_hex(6)}"
+    temp = dest.parent / f"{SNAPSHOT_TEMP_PREFIX}{secrets.token_hex(6)}"
     try:
         temp.mkdir(mode=0o750)
     except OSError as exc:
@@ -273,7 +273,7 @@ def write_snapshot_tar(
     written to ``out`` unless the whole snapshot could be taken.
     """
     try:
-        temp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}snapshot-", dir=tmp_dir))
+        temp = Path(tempfile.mkdtemp(prefix=f"{SNAPSHOT_TEMP_PREFIX}", dir=tmp_dir))
     except OSError as exc:
         raise SnapshotError(f"cannot create a temp folder: {exc.strerror}") from None
     try:

@@ -1,4 +1,4 @@
-"""The spool folder (SPEC section 3): finding drops, opening them safely, quarantine, submit.
+"""The spool folder: finding drops, opening them safely, quarantine, submit.
 
 Layout under ``<spool>/``:
 
@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from . import durable
+from .clock import iso_utc, utc_now
 from .errors import StorageError
+from .names import STAMP_FORMAT
 
 __all__ = [
     "Candidate",
@@ -52,7 +54,7 @@ def is_drop_name(name: str) -> bool:
 def drop_name_for_now() -> str:
     """A fresh drop name: the current UTC time and a random part."""
     now = datetime.now(UTC)
-    return f"{now.strftime('%Y-%m-%dT%H-%M-%S')}-{now.microsecond:06d}-{secrets.token_hex(4)}.json"
+    return f"{now.strftime(STAMP_FORMAT)}-{now.microsecond:06d}-{secrets.token_hex(4)}.json"
 
 
 @dataclass(frozen=True)
@@ -335,9 +337,7 @@ class Spool:
         target = self._free_rejected_name(name)
         record = {
             "file": name,
-            "rejectedAt": datetime.now(UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "rejectedAt": iso_utc(utc_now()),
             "reason": reason,
             "errors": errors,
         }
@@ -388,12 +388,12 @@ class Spool:
         # The staged name does not carry the drop's name: a name near the 255-byte
         # limit must fit as a drop, and a temp name is never a drop anyway.
         staged = durable.write_file(
-            self.tmp_dir, f".submit-{secrets.token_hex(8)}", data, mode=0o644
+            self.tmp_dir, f"{durable.SUBMIT_TEMP_PREFIX}{secrets.token_hex(8)}", data, mode=0o644
         )
         try:
             # Group-readable whatever the writer's umask: under systemd the watcher reads
             # drops through the spool's group.
-            os.chmod(staged, stat.S_IMODE(os.stat(staged).st_mode) | 0o040)
+            durable.set_mode(staged, stat.S_IMODE(os.stat(staged).st_mode) | 0o040)
             durable.publish_new(staged, final)
         except FileExistsError:
             durable.remove_file(staged)

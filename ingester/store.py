@@ -1,6 +1,8 @@
 """The versioned history: version files, the latest link, ``_metadata.json``, retention.
 
-This is the storage layer of the seed plan as a class (SPEC sections 5, 6, 7, 10).
+The public operations are ``initialize``, ``save_version``, ``cleanup_old_versions``,
+``get_storage_metadata`` and ``list_versions``, plus read queries; a group of versions
+is made durable with one fsync by ``batch()`` (the watcher's way to write).
 
 What is true, and what is derived:
 
@@ -25,15 +27,16 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import durable
+from .clock import utc_now
 from .errors import CacheNotRefreshed, StorageError
 from .model import ConsoleUsageDataSync
 from .names import (
@@ -50,7 +53,14 @@ from .retention import (
     plan_retention,
 )
 
-__all__ = ["CacheNotRefreshed", "CleanupResult", "HistoryStore", "StorageMetadata"]
+__all__ = [
+    "Batch",
+    "CacheNotRefreshed",
+    "CleanupResult",
+    "HistoryStore",
+    "InitReport",
+    "StorageMetadata",
+]
 
 log = logging.getLogger("ingester.store")
 
@@ -58,15 +68,12 @@ METADATA_NAME = "_metadata.json"
 LOCK_NAME = ".lock"
 VERSION_MODE = 0o444
 METADATA_MODE = 0o644
-
-
-def utc_now() -> datetime:
-    """The clock the store uses unless given another."""
-    return datetime.now(UTC)
+LATEST_TEMP_PREFIXES = (durable.LINK_TEMP_PREFIX, durable.WRITE_TEMP_PREFIX)
+"""Temp files the latest link's folder may hold (a link, or a copy where links fail)."""
 
 
 class StorageMetadata(BaseModel):
-    """``_metadata.json``: the six keys of SPEC section 6, then a few more."""
+    """``_metadata.json``: the six keys every reader relies on, then a few more."""
 
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
 
@@ -115,8 +122,74 @@ class InitReport:
     cache_errors: list[StorageError] = field(default_factory=list)
 
 
+class Batch:
+    """One group of new versions; made by :meth:`HistoryStore.batch`, valid inside it.
+
+    ``names`` lists the versions added so far; ``latest_error`` is the latest link's
+    failure at the end of the group, if any.
+    """
+
+    def __init__(self, store: HistoryStore) -> None:
+        self._store = store
+        self.names: list[str] = []
+        self.latest_error: StorageError | None = None
+        self.keep_spare = False
+
+    def stage(self, data: bytes) -> durable.StagedFile:
+        """The bytes under a temp name in the history, not fsynced yet (a context manager)."""
+        return self._store._stage_version(data)
+
+    def commit(self, staged: durable.StagedFile, name: str) -> Path:
+        """Give ``staged`` (fsynced here if it was not) the new version name ``name``."""
+        path = self._store._commit_version(staged, name)
+        self.names.append(name)
+        return path
+
+    def link(self, source: Path, name: str) -> Path:
+        """Make the fsynced, read-only file ``source`` version ``name`` by a hard link."""
+        store = self._store
+        store._ensure_loaded()
+        path = store.version_path(name)
+        durable.link_file(source, path)
+        store._counted(name)
+        self.names.append(name)
+        return path
+
+    def adopt(self, name: str) -> None:
+        """Count a version already on disk (found after a crash), its name made durable now."""
+        store = self._store
+        durable.fsync_dir(store.history_dir)
+        store._ensure_loaded()
+        index = bisect.bisect_left(store._names, name)
+        if index == len(store._names) or store._names[index] != name:
+            store._names.insert(index, name)
+
+    def _finish(self, update_latest: bool) -> None:
+        store = self._store
+        if update_latest:
+            try:
+                store.update_latest()
+            except StorageError as exc:
+                self.latest_error = exc
+        try:
+            durable.fsync_dir(store.history_dir)
+        except StorageError:
+            # A failed fsync is a failed write: take the names back.
+            for name in self.names:
+                store._withdraw_version(name)
+            with contextlib.suppress(StorageError):
+                store.update_latest()  # not left naming a version taken back
+            raise
+        if self.keep_spare:
+            # The next copy's inode, made now rather than when its drop arrives.
+            try:
+                store._prepare_spare()
+            except StorageError as exc:
+                log.debug("no spare temp file: %s", exc)
+
+
 class HistoryStore:
-    """The history folder and its latest link, with the seed plan's operations."""
+    """The history folder and its latest link, and the operations on them."""
 
     def __init__(
         self,
@@ -235,7 +308,7 @@ class HistoryStore:
         except OSError as exc:
             report.cache_errors.append(StorageError("create folder", self.latest_path.parent, exc))
         report.removed_temps += durable.remove_stale_temps(self.history_dir)
-        for prefix in (".tmp-link-", ".tmp-w-"):
+        for prefix in LATEST_TEMP_PREFIXES:
             with contextlib.suppress(StorageError):  # a cache's folder: never blocks a start
                 report.removed_temps += durable.remove_stale_temps(self.latest_path.parent, prefix)
         self.scan()
@@ -340,7 +413,7 @@ class HistoryStore:
             return f"unreadable ({exc.strerror})"
         return None if same else f"a copy that is not {newest}"
 
-    # -- the seed plan's operations -------------------------------------------------
+    # -- the public operations ------------------------------------------------------
 
     def get_storage_metadata(self) -> StorageMetadata:
         """The current metadata (rebuilt from a scan when the file is missing or corrupt)."""
@@ -372,24 +445,34 @@ class HistoryStore:
         Once this returns the version is on disk for good. Call :meth:`publish` to
         re-point the latest link and rewrite the metadata (once per batch is enough).
         """
-        return self.commit_version(self.stage_version(data), name)
+        return self._commit_version(self._stage_version(data, sync=True), name, sync=True)
 
-    def stage_version(self, data: bytes, *, sync: bool = True) -> durable.StagedFile:
-        """First half of :meth:`write_version`: the bytes on disk under a temp name.
+    def has_version(self, name: str) -> bool:
+        """Whether version ``name`` is on disk."""
+        return os.path.lexists(self.version_path(name))
 
-        ``sync=False`` leaves the fsync to ``StagedFile.sync()`` or the commit. Uses the
-        spare made by :meth:`prepare_spare`, if there is one.
+    @contextlib.contextmanager
+    def batch(self, *, update_latest: bool = True) -> Iterator[Batch]:
+        """Add versions as one group, made durable together by one fsync of the history.
+
+        Inside the block, :meth:`Batch.stage` then :meth:`Batch.commit`, or
+        :meth:`Batch.link`, add versions whose names are not durable yet. On leaving it
+        (also when the block raised), if any were added: the latest link is re-pointed
+        (unless ``update_latest`` is False; a failure is kept in ``Batch.latest_error``,
+        never raised: the link is a cache), then the history is fsynced once. If that
+        fsync fails, every name of the group is taken back (and never given again), the
+        latest link re-pointed, and :class:`StorageError` raised. Setting
+        ``Batch.keep_spare`` makes an empty temp file afterwards, for the next copy.
         """
-        spare, self._spare = self._spare, None
-        return durable.StagedFile(self.history_dir, data, VERSION_MODE, sync=sync, spare=spare)
+        group = Batch(self)
+        try:
+            yield group
+        finally:
+            if group.names:
+                group._finish(update_latest)
 
-    def prepare_spare(self) -> None:
-        """Make an empty temp file now (while idle) for the next :meth:`stage_version`."""
-        if self._spare is None:
-            self._spare = durable.SpareFile(self.history_dir)
-
-    def drop_spare(self) -> None:
-        """Remove the unused spare, if any (on shutdown)."""
+    def close(self) -> None:
+        """Remove the store's unused spare temp file, if any (on shutdown)."""
         spare, self._spare = self._spare, None
         if spare is not None:
             try:
@@ -397,40 +480,40 @@ class HistoryStore:
             except StorageError as exc:
                 log.error("%s (an empty temp file, swept on the next start)", exc)
 
-    def commit_version(self, staged: durable.StagedFile, name: str, *, sync: bool = True) -> Path:
-        """Second half of :meth:`write_version`: the version appears under ``name``.
+    def remove_stale_temps(self) -> list[str]:
+        """Remove temp files a failed step left in the history and the latest's folder.
 
-        With ``sync=False`` the history folder is not fsynced here: call :meth:`sync`
-        once for a batch, and :meth:`withdraw_version` for each if that fails.
+        Call with the history lock held, between writes. Returns the names removed.
         """
+        self.close()  # or the sweep would take the spare for a leftover
+        removed = durable.remove_stale_temps(self.history_dir)
+        for prefix in LATEST_TEMP_PREFIXES:
+            removed += durable.remove_stale_temps(self.latest_path.parent, prefix)
+        return removed
+
+    # -- one group of versions (see batch) -----------------------------------------
+
+    def _stage_version(self, data: bytes, *, sync: bool = False) -> durable.StagedFile:
+        spare, self._spare = self._spare, None
+        return durable.StagedFile(self.history_dir, data, VERSION_MODE, sync=sync, spare=spare)
+
+    def _prepare_spare(self) -> None:
+        if self._spare is None:
+            self._spare = durable.SpareFile(self.history_dir)
+
+    def _counted(self, name: str) -> None:
+        bisect.insort(self._names, name)
+        self._meta = self._meta.model_copy(
+            update={"total_versions_created": self._meta.total_versions_created + 1}
+        )
+
+    def _commit_version(self, staged: durable.StagedFile, name: str, *, sync: bool = False) -> Path:
         self._ensure_loaded()
         path = staged.commit(name, sync_dir=sync)
-        bisect.insort(self._names, name)
-        self._meta = self._meta.model_copy(
-            update={"total_versions_created": self._meta.total_versions_created + 1}
-        )
+        self._counted(name)
         return path
 
-    def link_version(self, source: Path, name: str) -> Path:
-        """Make the fsynced, read-only file ``source`` version ``name`` by a hard link.
-
-        The watcher's zero-copy path (the drop's own inode, when it owns it). The
-        history folder is not fsynced here: call :meth:`sync` once for the batch.
-        """
-        self._ensure_loaded()
-        path = self.version_path(name)
-        durable.link_file(source, path)
-        bisect.insort(self._names, name)
-        self._meta = self._meta.model_copy(
-            update={"total_versions_created": self._meta.total_versions_created + 1}
-        )
-        return path
-
-    def sync(self) -> None:
-        """fsync the history folder: the names committed with ``sync=False`` become durable."""
-        durable.fsync_dir(self.history_dir)
-
-    def withdraw_version(self, name: str) -> None:
+    def _withdraw_version(self, name: str) -> None:
         """Take back a version whose name could not be made durable (best effort).
 
         The name is never given again (its claim may still be waiting).
@@ -438,24 +521,13 @@ class HistoryStore:
         if self._floor is None or name > self._floor:
             self._floor = name
         with contextlib.suppress(OSError):
-            os.unlink(self.version_path(name))
+            durable.unlink_entry(self.version_path(name))
         index = bisect.bisect_left(self._names, name)
         if index < len(self._names) and self._names[index] == name:
             del self._names[index]
             self._meta = self._meta.model_copy(
                 update={"total_versions_created": max(0, self._meta.total_versions_created - 1)}
             )
-
-    def has_version(self, name: str) -> bool:
-        """Whether version ``name`` is on disk."""
-        return os.path.lexists(self.version_path(name))
-
-    def adopt_version(self, name: str) -> None:
-        """Count a version that is already on disk (found after a crash) without writing it."""
-        self._ensure_loaded()
-        index = bisect.bisect_left(self._names, name)
-        if index == len(self._names) or self._names[index] != name:
-            self._names.insert(index, name)
 
     def publish(self) -> None:
         """Re-point the latest link at the newest version and rewrite the metadata."""
@@ -569,9 +641,3 @@ class HistoryStore:
             mode=METADATA_MODE,
             replace=True,
         )
-
-
-def metadata_as_dict(meta: StorageMetadata) -> dict[str, Any]:
-    """The metadata as the JSON object stored on disk."""
-    result: dict[str, Any] = meta.model_dump(by_alias=True)
-    return result

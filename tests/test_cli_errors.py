@@ -238,7 +238,7 @@ def test_an_unexpected_error_is_one_line_and_exit_70(root: Path, tmp_path: Path)
     shim = tmp_path / "shim"
     shim.mkdir()
     (shim / "sitecustomize.py").write_text(
-        "import ingester.report as r\n"
+        "import ingester.queries as r\n"
         "def boom(*a, **k):\n"
         "    raise ZeroDivisionError('boom')\n"
         "r.list_report = boom\n"

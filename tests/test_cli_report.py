@@ -626,7 +626,7 @@ def test_help(root: Path, command: str) -> None:
 
 
 def test_relative_ages() -> None:
-    from ingester.report import relative_age
+    from ingester.cli_common import relative_age
 
     assert relative_age(timedelta(seconds=0.2)) == "just now"
     assert relative_age(timedelta(seconds=42)) == "42 s ago"
@@ -635,3 +635,27 @@ def test_relative_ages() -> None:
     assert relative_age(timedelta(hours=5, minutes=7)) == "5 h 7 min ago"
     assert relative_age(timedelta(days=3, hours=1)) == "3 days ago"
     assert relative_age(-timedelta(days=2)) == "in 2 days"
+
+
+def test_verify_repair_does_not_count_itself_as_the_writer(root: Path) -> None:
+    assert run_cli(root, "init").returncode == 0
+    (root / "console-usage-history" / "_metadata.json").write_text("{broken")
+    result = run_cli(root, "verify", "--repair", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["writerPid"] is None and report["ok"] is True
+
+
+def test_verify_passes_over_a_running_watchers_spare_file(root: Path) -> None:
+    from ingester.lock import HistoryLock
+
+    assert run_cli(root, "init").returncode == 0
+    history = root / "console-usage-history"
+    (history / ".tmp-w-0123456789ab").write_bytes(b"")  # the spare: empty
+    (history / ".tmp-w-ba9876543210").write_bytes(b"partial")  # a real leftover
+    with HistoryLock(history / ".lock", "watch"):
+        result = run_cli(root, "verify", "--json")
+    report = json.loads(result.stdout)
+    subjects = [f["subject"] for f in report["warnings"] + report["problems"]]
+    assert not any("0123456789ab" in s for s in subjects)
+    assert any("ba9876543210" in s for s in subjects)

@@ -6,7 +6,7 @@ every k we let the k-th one "kill the process": it raises :class:`SimulatedCrash
 ``BaseException`` that no ``except OSError``/``except Exception`` catches, and every later
 call raises it too (nothing after the crash reaches the disk). Then a fresh, unpatched
 watcher (or store) is started on the same folders, as systemd would after ``kill -9``,
-and the invariants of SPEC sections 4-6 are checked: nothing lost, nothing stored twice,
+and the invariants are checked: nothing lost, nothing stored twice,
 every version complete and read-only, the spool empty, each invalid drop quarantined
 once with its reason, no temp files, metadata and latest link equal to a scan.
 
@@ -294,7 +294,14 @@ def final_problems(e: Expect, *, strict_rejected: bool = False, running: bool = 
     """
     problems = []
     versions = version_files(e.history)
-    stored = Counter(p.read_bytes() for p in versions)
+    try:
+        stored = Counter(p.read_bytes() for p in versions)
+    except FileNotFoundError as exc:
+        if not running:
+            raise
+        # A running watcher takes back the names of a group whose fsync failed: a
+        # version listed a moment ago may be gone. Not settled yet: look again.
+        return [f"a version was taken back while being read: {exc.filename}"]
     want = Counter(e.valid)
     if stored != want:
         lost = want - stored
@@ -776,13 +783,13 @@ def live_trace(base: Path, foreign: bool = False) -> list[str]:
 FIXED_BUGS = {
     "temp-unlink": "was: durable.StagedFile.commit unlinks the temp name after link/replace "
     "under contextlib.suppress(FileNotFoundError) only: any other OSError (EIO) escapes as a "
-    "plain OSError, not StorageError, so Watcher._process_batch does not catch it and the "
+    "plain OSError, not StorageError, so the service loop does not catch it and the "
     "watcher dies (CLI: traceback, exit 1)",
-    "claim-fsync": "was: Watcher._take does not discard the staged file when "
+    "claim-fsync": "was: the drop path does not discard the staged file when "
     "durable.fsync_dir(.claimed) fails: a .tmp-w-* copy of the drop stays in the history "
     "until the next restart (one per failure)",
     "claim-release": "was: when removing the claim fails after the commit, the retry finds "
-    "the drop gone and Watcher._recover_claim (has_version branch) removes the claim without "
+    "the drop gone and the claim recovery (its stored-already branch) removes the claim without "
     "marking the latest link dirty: the latest link keeps naming the previous version",
 }
 

@@ -1,4 +1,4 @@
-"""Storage faults (issue 2, "Bad input and faults"): real ones where the machine allows.
+"""Storage faults: real ones where the machine allows.
 
 As root, ``chmod`` does not stop a write, so the real faults are: ``chattr +i`` on the
 history folder (EPERM), a full 1 MiB tmpfs (ENOSPC) and a tmpfs remounted read-only

@@ -70,7 +70,7 @@ KNOWN = {"currentSession", "weeklyLimits", "lastUpdated", "isPartial", "extracti
 
 @st.composite
 def valid_payloads(draw: st.DrawFn) -> bytes:
-    """A payload that the rules of SPEC section 4 accept, serialised in a random style."""
+    """A payload that ``judge_payload``'s rules accept, serialised in a random style."""
     body: dict[str, Any] = {}
     sections = draw(st.sampled_from(["current", "weekly", "both"]))
     if sections in ("current", "both"):

@@ -110,9 +110,15 @@ def test_the_watcher_side_runs_when_due_and_holds_back_on_a_clock_jump(rejected:
     clock["wall"] += timedelta(days=2)
     assert keeper.run_if_due() is None
     assert (rejected / "b.json").exists()
-    # The clocks agree again: the rule applies (b is now 31 days old by the wall clock).
+    # The jump stands while the clocks run on together: still held back.
     clock["mono"] += 600
     clock["wall"] += timedelta(seconds=600)
+    assert keeper.run_if_due() is None
+    assert (rejected / "b.json").exists()
+    # The wall clock is set right, then two days pass: the rule applies (b is 31 days old).
+    clock["wall"] -= timedelta(days=2)
+    clock["mono"] += 2 * 86400
+    clock["wall"] += timedelta(days=2)
     result = keeper.run_if_due()
     assert result is not None and "b.json" in result.removed
 

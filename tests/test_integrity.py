@@ -623,7 +623,7 @@ def test_a_forward_clock_jump_holds_automatic_deletions_back(
     assert meta()["lastCleanup"] is None
     watcher = Watcher(settings, WatchOptions(rescan_interval=0.2))
     watcher.store.clock = utc
-    watcher._wall_clock = wall
+    watcher.clock_jump.wall = wall
     runner = threading.Thread(target=watcher.run)
     runner.start()
     try:

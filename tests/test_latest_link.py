@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from support import SAMPLES, run_cli
+from support.watchproc import payload
 
 HISTORY = "console-usage-history"
 LATEST = "console-usage-synced.json"
@@ -104,3 +105,18 @@ def test_both_history_and_link_folder_behind_symlinks(tmp_path: Path) -> None:
     assert os.readlink(root / LATEST) == f"{HISTORY}/{version}"
     assert os.path.samefile(root / LATEST, tmp_path / "disk" / "hist" / version)
     verify_ok(root)
+
+
+def test_latest_link_resolves_through_a_symlinked_folder(root: Path, tmp_path: Path) -> None:
+    real = tmp_path / "real" / "sub"
+    real.mkdir(parents=True)
+    (tmp_path / "lnk").symlink_to(real)
+    latest = tmp_path / "lnk" / "latest.json"
+    sample = payload(5)
+    source = tmp_path / "p.json"
+    source.write_bytes(sample)
+    result = run_cli(root, "--latest-path", str(latest), "ingest", str(source))
+    assert result.returncode == 0, result.stderr
+    assert latest.read_bytes() == sample
+    check = run_cli(root, "--latest-path", str(latest), "verify")
+    assert check.returncode == 0, check.stdout + check.stderr

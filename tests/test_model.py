@@ -1,4 +1,4 @@
-"""The payload model and ``judge_payload`` (SPEC section 4): what passes, what fails, and why.
+"""The payload model and ``judge_payload``: what passes, what fails, and why.
 
 ``judge_payload`` is the gate every drop passes, so besides the samples it is fed hostile
 bytes: it must return a model or raise ``PayloadRejected``, never anything else.
@@ -291,7 +291,7 @@ def test_random_json_never_raises_anything_else(doc: Any) -> None:
     data = json.dumps(doc).encode()
     result = _judge_quietly(data)
     if isinstance(result, ConsoleUsageDataSync):
-        # Whatever passes really has the shape the spec promises.
+        # Whatever passes really has the shape the model declares.
         assert isinstance(doc, dict)
         assert doc.get("currentSession") is not None or doc.get("weeklyLimits") is not None
         for section in (
@@ -361,3 +361,12 @@ def test_nesting_up_to_the_limit_passes() -> None:
     deeper = payload().replace(b"}", b', "x": ' + b"[" * 127 + b"]" * 127 + b"}", 1)
     with pytest.raises(PayloadRejected, match="deeper than 128"):
         judge_payload(deeper)
+
+
+@pytest.mark.parametrize(
+    "stamp", ["0", "1700000000", "2026-11-27T14:05:00+0100", "2026-02-30T10:00:00Z"]
+)
+def test_last_updated_must_be_iso_8601_with_offset(stamp: str) -> None:
+    body = {"currentSession": {"resetsIn": "1 hr", "percentageUsed": 5}, "lastUpdated": stamp}
+    with pytest.raises(PayloadRejected, match="lastUpdated"):
+        judge_payload(json.dumps(body).encode())

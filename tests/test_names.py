@@ -1,4 +1,4 @@
-"""Version names (SPEC section 5): format, parsing, and ingestion order under any clock."""
+"""Version names: format, parsing, and ingestion order under any clock."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The retention policy (SPEC section 7), pure: newest N or within D days, future kept."""
+"""The retention policy, pure: newest N or within D days, future kept."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def name_at(stamp: datetime, suffix: str = "0000abcd") -> str:
 
 
 def expected_kept(names: list[str], now: datetime, policy: RetentionPolicy) -> set[str]:
-    """The spec's rule, written out plainly: the union of the three kinds of kept versions."""
+    """The rule, written out plainly: the union of the three kinds of kept versions."""
     stamps = {n: parse_timestamp_from_filename(n) for n in names}
     versions = {n: s for n, s in stamps.items() if s is not None}
     future = {n for n, s in versions.items() if s > now + timedelta(days=1)}

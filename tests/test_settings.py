@@ -108,3 +108,26 @@ def test_a_path_with_a_nul_character_is_a_usage_error(root: Path) -> None:
     config = root.parent / "ingester.toml"
     config.write_text('[ingester]\nhistory_dir = "a\\u0000b"\n')
     assert_usage_error(run_cli(root, "--config", str(config), "status"), "--history-dir")
+
+
+def test_a_float_where_a_whole_number_belongs_is_a_usage_error(root: Path) -> None:
+    config = root / "c.toml"
+    config.write_text("[ingester]\nmax_versions = 7.9\n")
+    result = run_cli(root, "--config", str(config), "init")
+    assert result.returncode == 2 and "max_versions" in result.stderr
+    assert not (root / "console-usage-history").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--spool-dir", "console-usage-history"),
+        ("--history-dir", "spool/history"),
+        ("--latest-path", "spool/latest.json"),
+    ],
+)
+def test_overlapping_folders_are_a_usage_error(root: Path, args: tuple[str, str]) -> None:
+    option, value = args
+    result = run_cli(root, option, str(root / value), "init")
+    assert result.returncode == 2, result.stderr
+    assert not (root / "spool").exists()

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from ingester import HistoryStore, RetentionPolicy, judge_payload, parse_timestamp_from_filename
+from ingester import (
+    HistoryStore,
+    RetentionPolicy,
+    StorageError,
+    judge_payload,
+    parse_timestamp_from_filename,
+)
 from ingester.names import format_timestamp, is_version_name
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -96,7 +102,7 @@ def assert_consistent(store: HistoryStore) -> None:
 
 
 def seed_history(store: HistoryStore) -> list[str]:
-    """The seed plan's 110 test files (its section 5.3, Option A)."""
+    """110 versions named as an older tool named them (``...-testN.json``), dated in January."""
     store.history_dir.mkdir(parents=True, exist_ok=True)
     names = []
     for i in range(1, 111):
@@ -106,10 +112,12 @@ def seed_history(store: HistoryStore) -> list[str]:
     return sorted(names)
 
 
-# -- the seed plan's scenario -------------------------------------------------------------
+# -- retention over a history an older tool left ----------------------------------------
 
 
-def test_seed_plan_retention_scenario(make_store: Callable[..., HistoryStore]) -> None:
+def test_retention_over_a_history_an_older_tool_left(
+    make_store: Callable[..., HistoryStore],
+) -> None:
     store = make_store()
     old = seed_history(store)
     store.initialize()
@@ -487,3 +495,29 @@ def test_store_paths_can_be_moved_apart(tmp_path: Path, valid_payload: bytes) ->
     path = store.save_version(valid_payload)
     assert os.readlink(latest) == os.path.join("..", "..", "data", "history", path.name)
     assert latest.read_bytes() == valid_payload
+
+
+def test_a_group_whose_fsync_fails_is_taken_back_and_its_names_never_given_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frozen = datetime(2026, 11, 29, 10, 0, 0, tzinfo=UTC)
+    store = HistoryStore(tmp_path / "h", tmp_path / "latest.json", clock=lambda: frozen)
+    store.initialize()
+    first = store.save_version(b'{"seq": 1}')
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    with pytest.raises(StorageError, match="EIO"), store.batch() as batch:
+        name = store.next_version_name()
+        with batch.stage(b'{"seq": 2}') as staged:
+            batch.commit(staged, name)
+        monkeypatch.setattr(os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert not store.has_version(name)
+    assert store.version_names() == [first.name]
+    # Its claim may still wait under that name: a new version never takes it.
+    assert store.next_version_name() > name

@@ -121,7 +121,7 @@ def analyze(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-# -- what the unit promises (section 9 and issue 5) --------------------------------------
+# -- what the unit promises -------------------------------------------------------------
 
 
 def test_unit_declares_the_service_contract() -> None:

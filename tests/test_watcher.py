@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import stat
@@ -368,3 +370,25 @@ def test_a_drop_of_another_user_is_copied_and_the_version_is_ours(root: Path) ->
     assert copied.st_uid == os.geteuid()  # a copy: the scraper cannot write to it
     assert stat.S_IMODE(copied.st_mode) & 0o222 == 0
     assert stat.S_IMODE(linked.st_mode) & 0o222 == 0  # its own inode, sealed read-only
+
+
+def test_removing_the_history_under_a_watcher_stops_it(root: Path) -> None:
+    with WatchProcess(root) as w:
+        history = root / "console-usage-history"
+
+        def removed() -> bool:
+            # The watcher may write a file in it while rmtree runs ("not empty"): again.
+            try:
+                shutil.rmtree(history)
+            except FileNotFoundError:
+                return True
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY:
+                    raise
+                return False
+            return True
+
+        wait_for(removed, what="the history removed")
+        code = w.proc.wait(timeout=30)
+        assert code != 0
+        assert "was removed or replaced" in w.log

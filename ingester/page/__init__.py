@@ -36,11 +36,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..clock import parse_iso_time
 from ..export import COLUMNS, Row, row_from_bytes
 from ..history_index import HistoryIndex, VersionEntry, VersionNotFound
 from ..model import PayloadRejected
 from ..names import format_timestamp
-from ..report import parse_cli_time
 
 __all__ = ["SERIES_PATH", "STATIC_DIR", "routes"]
 
@@ -162,7 +162,7 @@ class _Series:
                 bounds[key] = None
                 continue
             try:
-                bounds[key] = parse_cli_time(text)
+                bounds[key] = parse_iso_time(text)
             except ValueError:
                 return _json(
                     {

@@ -1,7 +1,7 @@
-"""What the operator commands report: ``status``, ``list``, ``show`` and ``verify``.
+"""Read-only answers about a history: ``status``, ``list``, ``show`` and ``verify``.
 
-The logic lives here, as plain data (dicts and dataclasses) that the CLI prints either
-as aligned text or as JSON; :mod:`ingester.cli_report` is the thin click layer on top.
+Each query returns dataclasses; rendering them (aligned text, JSON) is the CLI's job, in
+:mod:`ingester.cli_report`.
 
 Reading never writes: every function here works on :meth:`HistoryStore.load` (a scan
 and a read of the metadata), never takes the history lock, and never creates a folder.
@@ -12,7 +12,6 @@ is never deleted or rewritten here.
 from __future__ import annotations
 
 import os
-import re
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,137 +19,46 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from . import durable
 from .durable import TEMP_PREFIX, StorageError
 from .errors import ReportError
 from .lock import lock_holder, lock_owner
 from .model import PayloadRejected, judge_payload
-from .names import format_timestamp, is_version_name, parse_timestamp_from_filename
+from .names import (
+    is_version_name,
+    looks_like_version_name,
+    parse_timestamp_from_filename,
+)
 from .retention import FUTURE_SLACK
 from .settings import Settings
 from .spool import Candidate, Spool
-from .store import METADATA_NAME, HistoryStore, metadata_as_dict
+from .store import LATEST_TEMP_PREFIXES, METADATA_NAME, HistoryStore, StorageMetadata
 
 __all__ = [
     "STALE_AFTER",
     "Finding",
+    "LatestVersion",
+    "LockState",
+    "RejectedState",
     "ReportError",
+    "SpoolState",
+    "Status",
     "VerifyReport",
     "VersionInfo",
-    "align",
-    "human_size",
-    "human_time",
     "list_report",
     "open_store",
-    "parse_cli_time",
     "payload_problem",
     "read_version",
-    "relative_age",
     "repair_modes",
     "repaired_between",
     "resolve_version_name",
-    "status_report",
+    "status",
     "verify_history",
     "version_at",
 ]
 
 STALE_AFTER = timedelta(minutes=10)
 """A payload whose ``lastUpdated`` is older than this is stale (as the original widget judged)."""
-
-# Temp files the latest link's folder may hold (what HistoryStore.initialize sweeps there).
-LATEST_TEMP_PREFIXES = (".tmp-link-", ".tmp-w-")
-
-
-def utc_now() -> datetime:
-    """The clock every report uses."""
-    return datetime.now(UTC)
-
-
-# -- formatting -------------------------------------------------------------------------
-
-
-def iso(stamp: datetime | None) -> str | None:
-    """ISO-8601 UTC with milliseconds and ``Z`` (as the metadata spells times), or None."""
-    return format_timestamp(stamp)
-
-
-def relative_age(delta: timedelta) -> str:
-    """``delta`` (now minus a time) in words: ``"42 s ago"``, ``"3 min ago"``, ``"in 2 days"``."""
-    seconds = delta.total_seconds()
-    ahead = seconds < 0
-    seconds = abs(seconds)
-    if seconds < 1:
-        return "just now"
-    if seconds < 60:
-        words = f"{int(seconds)} s"
-    elif seconds < 3600:
-        words = f"{int(seconds // 60)} min"
-    elif seconds < 48 * 3600:
-        hours, rest = divmod(int(seconds), 3600)
-        minutes = rest // 60
-        words = f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    else:
-        days = int(seconds // 86400)
-        words = f"{days} days"
-    return f"in {words}" if ahead else f"{words} ago"
-
-
-def human_time(stamp: datetime | None) -> str:
-    """``2026-11-28 10:30:00`` (UTC), or ``-``."""
-    if stamp is None:
-        return "-"
-    # isoformat, not strftime: strftime writes year 1 as "1", not "0001".
-    return stamp.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="seconds")
-
-
-def human_size(size: int | None) -> str:
-    """``312 B``, ``1.2 KiB``, ``3.4 MiB``, or ``-``."""
-    if size is None:
-        return "-"
-    if size < 1024:
-        return f"{size} B"
-    if size < 1024 * 1024:
-        return f"{size / 1024:.1f} KiB"
-    return f"{size / (1024 * 1024):.1f} MiB"
-
-
-def align(rows: Sequence[Sequence[str]], right: Iterable[int] = ()) -> list[str]:
-    """Rows of cells as lines with aligned columns (two spaces apart, no trailing blanks).
-
-    Columns whose index is in ``right`` are right-aligned (sizes, counts).
-    """
-    if not rows:
-        return []
-    right_cols = set(right)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for row in rows:
-        cells = [
-            cell.rjust(widths[i]) if i in right_cols else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return lines
-
-
-def parse_cli_time(text: str) -> datetime:
-    """An ISO-8601 time from the command line; without an offset it is UTC.
-
-    Raises ``ValueError`` with a message fit for the user.
-    """
-    value = text.strip()
-    if value.endswith(("Z", "z")):
-        value = value[:-1] + "+00:00"
-    try:
-        stamp = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an ISO-8601 time (e.g. 2026-11-28T10:30:00Z)") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    try:
-        return stamp.astimezone(UTC)
-    except OverflowError:
-        # Valid with its offset but outside the range of dates once in UTC.
-        raise ValueError(f"{text!r} is not a time that exists in UTC") from None
 
 
 # -- opening the history, read-only ------------------------------------------------------
@@ -192,18 +100,6 @@ class VersionInfo:
     is_partial: bool | None
     future: bool
     error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``list --json`` object for this version."""
-        return {
-            "name": self.name,
-            "ingestedAt": iso(self.ingested_at),
-            "size": self.size,
-            "lastUpdated": iso(self.last_updated),
-            "isPartial": self.is_partial,
-            "future": self.future,
-            "error": self.error,
-        }
 
 
 def is_future(name: str, now: datetime) -> bool:
@@ -275,13 +171,6 @@ def version_at(names: Sequence[str], when: datetime) -> str | None:
 # -- status ------------------------------------------------------------------------------
 
 
-def _lstat(path: Path) -> os.stat_result | None:
-    try:
-        return path.lstat()
-    except OSError:
-        return None
-
-
 def _drops_in(spool: Spool, folder: Path) -> list[Candidate]:
     """Regular files in ``folder`` whose names a drop may have (none if it is missing)."""
     try:
@@ -301,73 +190,129 @@ def _folder_problem(folder: Path) -> str | None:
         return f"unreadable ({exc.strerror})"
 
 
-def status_report(settings: Settings, store: HistoryStore, now: datetime) -> dict[str, Any]:
-    """Everything ``status`` shows, as the ``status --json`` object."""
+@dataclass(frozen=True)
+class LatestVersion:
+    """The newest version, read and judged; ages in seconds at the time of the query."""
+
+    info: VersionInfo
+    ingested_age: float | None
+    last_updated_age: float | None
+
+    @property
+    def stale(self) -> bool | None:
+        """Whether its payload is older than :data:`STALE_AFTER` (None if unknown)."""
+        if self.last_updated_age is None:
+            return None
+        return self.last_updated_age > STALE_AFTER.total_seconds()
+
+
+@dataclass(frozen=True)
+class SpoolState:
+    """The drop folder: drops waiting, drops claimed (in flight), the oldest one's time."""
+
+    path: Path
+    exists: bool
+    waiting: int
+    claimed: int
+    oldest_drop_at: datetime | None
+    problem: str | None
+
+    @property
+    def backlog(self) -> int:
+        """Drops not stored yet: waiting plus claimed."""
+        return self.waiting + self.claimed
+
+
+@dataclass(frozen=True)
+class RejectedState:
+    """The quarantine folder: how many drops it holds, and their retention in days."""
+
+    path: Path
+    count: int
+    problem: str | None
+    retention_days: float
+
+
+@dataclass(frozen=True)
+class LockState:
+    """Who holds the history lock: its pid and the command it noted (None: no one)."""
+
+    pid: int | None
+    command: str | None
+    held: bool
+
+    @property
+    def watcher_running(self) -> bool:
+        """Only a watcher (or a holder that left no note) counts as a running watcher."""
+        return self.held and self.command in ("watch", None)
+
+
+@dataclass(frozen=True)
+class Status:
+    """Everything ``status`` shows, at ``now``."""
+
+    now: datetime
+    history: Path
+    metadata: StorageMetadata
+    metadata_problem: str | None
+    latest: LatestVersion | None
+    latest_link: Path
+    latest_link_problem: str | None
+    spool: SpoolState
+    rejected: RejectedState
+    lock: LockState
+    settings: dict[str, dict[str, Any]]
+
+
+def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
+    """The history's metadata, its latest version, the spool's backlog and the lock."""
     meta = store.get_storage_metadata()
     stored, meta_problem = store.read_metadata_file()
     if meta_problem is None and stored.scan_facts() != meta.scan_facts():
         meta_problem = "out of date"
 
-    latest: dict[str, Any] | None = None
+    latest: LatestVersion | None = None
     latest_name = store.latest_version_name(now)
     if latest_name is not None:
         info = read_version(store, latest_name, now)
-        age = (now - info.last_updated).total_seconds() if info.last_updated else None
-        latest = {
-            "name": info.name,
-            "ingestedAt": iso(info.ingested_at),
-            "ingestedAgeSeconds": round((now - info.ingested_at).total_seconds(), 3)
-            if info.ingested_at
-            else None,
-            "size": info.size,
-            "lastUpdated": iso(info.last_updated),
-            "lastUpdatedAgeSeconds": round(age, 3) if age is not None else None,
-            "stale": age > STALE_AFTER.total_seconds() if age is not None else None,
-            "isPartial": info.is_partial,
-            "error": info.error,
-        }
+        latest = LatestVersion(
+            info,
+            (now - info.ingested_at).total_seconds() if info.ingested_at else None,
+            (now - info.last_updated).total_seconds() if info.last_updated else None,
+        )
 
     spool = Spool(settings.spool_dir, settings.rejected_dir)
     waiting = _drops_in(spool, settings.spool_dir)
     claimed = _drops_in(spool, settings.claimed_dir)
     oldest = min((c.mtime_ns for c in waiting + claimed), default=None)
     oldest_at = datetime.fromtimestamp(oldest / 1e9, UTC) if oldest is not None else None
-
     owner = lock_owner(store.lock_path)
     pid, command = owner if owner is not None else (None, None)
-    # Only a watcher (or a holder that left no note) counts as a running watcher.
-    watching = owner is not None and command in ("watch", None)
-    return {
-        "now": iso(now),
-        "history": os.fspath(store.history_dir),
-        "metadata": metadata_as_dict(meta),
-        "metadataProblem": meta_problem,
-        "futureVersions": meta.future_versions,
-        "latest": latest,
-        "latestLink": {"path": os.fspath(store.latest_path), "problem": store.latest_problem()},
-        "staleAfterSeconds": int(STALE_AFTER.total_seconds()),
-        "spool": {
-            "path": os.fspath(settings.spool_dir),
-            "exists": settings.spool_dir.is_dir(),
-            "backlog": len(waiting) + len(claimed),
-            "waiting": len(waiting),
-            "claimed": len(claimed),
-            "oldestDropAt": iso(oldest_at),
-            "oldestDropAgeSeconds": round((now - oldest_at).total_seconds(), 3)
-            if oldest_at
-            else None,
-            "problem": _folder_problem(settings.spool_dir),
-        },
-        "rejected": {
-            "path": os.fspath(settings.rejected_dir),
-            "count": spool.rejected_count(),
-            "problem": _folder_problem(settings.rejected_dir),
-            "retentionDays": settings.rejected_retention_days,
-        },
-        "watcher": {"running": watching, "pid": pid if watching else None},
-        "lock": {"held": owner is not None, "pid": pid, "command": command},
-        "settings": settings.describe(),
-    }
+    return Status(
+        now=now,
+        history=store.history_dir,
+        metadata=meta,
+        metadata_problem=meta_problem,
+        latest=latest,
+        latest_link=store.latest_path,
+        latest_link_problem=store.latest_problem(),
+        spool=SpoolState(
+            path=settings.spool_dir,
+            exists=settings.spool_dir.is_dir(),
+            waiting=len(waiting),
+            claimed=len(claimed),
+            oldest_drop_at=oldest_at,
+            problem=_folder_problem(settings.spool_dir),
+        ),
+        rejected=RejectedState(
+            path=settings.rejected_dir,
+            count=spool.rejected_count(),
+            problem=_folder_problem(settings.rejected_dir),
+            retention_days=settings.rejected_retention_days,
+        ),
+        lock=LockState(pid, command, owner is not None),
+        settings=settings.describe(),
+    )
 
 
 # -- verify ------------------------------------------------------------------------------
@@ -381,15 +326,6 @@ class Finding:
     subject: str
     message: str
     repairable: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``verify --json`` object for this finding."""
-        return {
-            "kind": self.kind,
-            "subject": self.subject,
-            "message": self.message,
-            "repairable": self.repairable,
-        }
 
     @property
     def key(self) -> tuple[str, str]:
@@ -414,24 +350,11 @@ class VerifyReport:
         """True when nothing is wrong."""
         return not self.problems
 
-    def to_json(self) -> dict[str, Any]:
-        """The ``verify --json`` object."""
-        return {
-            "ok": self.ok,
-            "history": os.fspath(self.history),
-            "latestPath": os.fspath(self.latest_path),
-            "checkedVersions": self.checked,
-            "problems": [f.to_json() for f in self.problems],
-            "warnings": [f.to_json() for f in self.warnings],
-            "repaired": [f.to_json() for f in self.repaired],
-            "writerPid": self.writer_pid,
-        }
-
 
 def _is_spare(path: Path) -> bool:
     """An empty ``.tmp-w-`` file: what a running watcher keeps ready for its next copy."""
     try:
-        return path.name.startswith(".tmp-w-") and path.lstat().st_size == 0
+        return path.name.startswith(durable.WRITE_TEMP_PREFIX) and path.lstat().st_size == 0
     except OSError:
         return False
 
@@ -453,8 +376,8 @@ def _metadata_findings(store: HistoryStore) -> list[Finding]:
     if problem is not None:
         return [Finding("metadata", METADATA_NAME, f"{METADATA_NAME} is {problem}", True)]
     scanned = store.get_storage_metadata()
-    stored_json = metadata_as_dict(stored)
-    scanned_json = metadata_as_dict(scanned)
+    stored_json = stored.model_dump(by_alias=True)
+    scanned_json = scanned.model_dump(by_alias=True)
     keys = ("versionCount", "oldestTimestamp", "newestTimestamp", "latestVersion", "futureVersions")
     wrong = [
         f"{key} is {stored_json[key]!r}, the files say {scanned_json[key]!r}"
@@ -494,17 +417,13 @@ def _version_findings(store: HistoryStore, names: list[str]) -> list[Finding]:
     return problems
 
 
-# Looks like a version name, so an operator probably meant it as one.
-_VERSION_LIKE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-.*\.json$", re.ASCII)
-
-
 def _odd_entries(store: HistoryStore, names: set[str]) -> list[Finding]:
     """Entries that look like versions but do not count as one (never touched)."""
     found: list[Finding] = []
     try:
         with os.scandir(store.history_dir) as entries:
             for entry in entries:
-                if entry.name in names or not _VERSION_LIKE_RE.match(entry.name):
+                if entry.name in names or not looks_like_version_name(entry.name):
                     continue
                 if is_version_name(entry.name):
                     why = "named like a version but not a regular file"
@@ -581,7 +500,7 @@ def repair_modes(store: HistoryStore, findings: Iterable[Finding]) -> None:
         try:
             mode = stat.S_IMODE(path.lstat().st_mode)
             # Only regular files count as versions (the scan does not follow links).
-            os.chmod(path, mode & ~0o222)
+            durable.set_mode(path, mode & ~0o222)
         except OSError as exc:
             raise StorageError("chmod", path, exc) from exc
 

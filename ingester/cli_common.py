@@ -1,0 +1,255 @@
+"""What every command module shares: the app object, one-line failures, the lock for
+writers, reading a drop from a file or stdin, and the text helpers of the output.
+
+Command modules import from here, never from :mod:`ingester.cli` (which imports them).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from .errors import NotRegularFile, StorageError
+from .lock import HistoryLock, LockHeld
+from .logs import escape_text
+from .settings import Bounds, Settings
+from .store import HistoryStore
+
+__all__ = [
+    "App",
+    "BoundedFloat",
+    "align",
+    "describe_os_error",
+    "echo_json",
+    "fail",
+    "human_size",
+    "human_time",
+    "last_words",
+    "make_folder",
+    "read_limited",
+    "read_stream",
+    "relative_age",
+    "writing_store",
+]
+
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class App:
+    """What every command gets: the resolved settings and the logging choice."""
+
+    settings: Settings
+    log_format: str
+
+
+def fail(message: str, code: int = 1) -> click.exceptions.Exit:
+    """Print ``error: message`` to stderr and return the exit to raise."""
+    click.echo(f"error: {escape_text(message)}", err=True)
+    return click.exceptions.Exit(code)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for any ``OSError``: what failed, on which path, and the errno's name."""
+    if isinstance(exc, StorageError):
+        return str(exc)
+    name = errno.errorcode.get(exc.errno or 0)
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    tag = f" [{name}]" if name else ""
+    if exc.filename is not None:
+        where = os.fsdecode(exc.filename)
+        if exc.filename2 is not None:
+            where += f" -> {os.fsdecode(exc.filename2)}"
+        return f"{where}: {cause}{tag}"
+    return f"{cause}{tag}"
+
+
+def last_words(line: str) -> None:
+    try:
+        click.echo(escape_text(line), err=True)
+    except (OSError, ValueError):
+        pass  # stderr itself is gone: the exit code is all that is left
+
+
+class BoundedFloat(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    """A click option type for a number within :class:`ingester.settings.Bounds`."""
+
+    name = "number"
+
+    def __init__(self, bounds: Bounds) -> None:
+        self.bounds = bounds
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return float(self.bounds.parse(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` and any missing parents; raise ``OSError``.
+
+    Run as root (an operator preparing the service's folders), each new folder takes
+    the owner and group of the folder it is made in, so that the service, running as
+    its own user, can use what was made for it.
+    """
+    missing: list[Path] = []
+    probe = folder
+    while not probe.is_dir() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if not path.is_dir():
+                raise NotADirectoryError(
+                    errno.ENOTDIR, "exists and is not a folder", path
+                ) from None
+            continue
+        if os.geteuid() == 0:
+            parent = path.parent.stat()
+            if (parent.st_uid, parent.st_gid) != (0, 0):
+                os.chown(path, parent.st_uid, parent.st_gid)
+
+
+@contextmanager
+def writing_store(settings: Settings, purpose: str) -> Iterator[HistoryStore]:
+    """An initialized store with the history lock held; clear errors instead of tracebacks."""
+    store = settings.store()
+    try:
+        make_folder(store.history_dir)
+        with HistoryLock(store.lock_path, purpose):
+            for error in store.initialize().cache_errors:
+                # The latest link and metadata are caches: say so, and go on.
+                click.echo(f"warning: {error}", err=True)
+            yield store
+    except LockHeld as exc:
+        hint = "; use 'ingester submit' to hand a watcher drops" if purpose == "ingest" else ""
+        raise fail(f"{exc}{hint}") from None
+    except StorageError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        where = exc.filename or store.history_dir
+        raise fail(str(StorageError("create folder", where, exc))) from None
+
+
+def read_stream(handle: IO[bytes], max_bytes: int) -> bytes:
+    """Read at most ``max_bytes + 1`` bytes: enough to know the input is too large.
+
+    Read in chunks, so that a large limit never allocates memory the input does not fill.
+    """
+    chunks: list[bytes] = []
+    left = max_bytes + 1
+    while left > 0:
+        chunk = handle.read(min(left, _CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a folder",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def read_limited(path: Path, max_bytes: int, *, regular_only: bool = False) -> bytes:
+    """Read at most ``max_bytes + 1`` bytes of ``path`` (see :func:`read_stream`).
+
+    With ``regular_only``, anything but a regular file raises :class:`NotRegularFile`
+    without blocking: a FIFO is opened non-blocking and never read, so a command that
+    holds the history lock cannot wait on a writer that never comes.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if regular_only else 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if regular_only and not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise NotRegularFile(errno.EINVAL, f"{kind}, not a regular file", os.fspath(path))
+    with os.fdopen(fd, "rb") as handle:
+        return read_stream(handle, max_bytes)
+
+
+def echo_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout (the ``--json`` output of every command)."""
+    click.echo(json.dumps(value, indent=2))
+
+
+def relative_age(delta: timedelta) -> str:
+    """``delta`` (now minus a time) in words: ``"42 s ago"``, ``"3 min ago"``, ``"in 2 days"``."""
+    seconds = delta.total_seconds()
+    ahead = seconds < 0
+    seconds = abs(seconds)
+    if seconds < 1:
+        return "just now"
+    if seconds < 60:
+        words = f"{int(seconds)} s"
+    elif seconds < 3600:
+        words = f"{int(seconds // 60)} min"
+    elif seconds < 48 * 3600:
+        hours, rest = divmod(int(seconds), 3600)
+        minutes = rest // 60
+        words = f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    else:
+        days = int(seconds // 86400)
+        words = f"{days} days"
+    return f"in {words}" if ahead else f"{words} ago"
+
+
+def human_time(stamp: datetime | None) -> str:
+    """``2026-11-28 10:30:00`` (UTC), or ``-``."""
+    if stamp is None:
+        return "-"
+    # isoformat, not strftime: strftime writes year 1 as "1", not "0001".
+    return stamp.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="seconds")
+
+
+def human_size(size: int | None) -> str:
+    """``312 B``, ``1.2 KiB``, ``3.4 MiB``, or ``-``."""
+    if size is None:
+        return "-"
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / (1024 * 1024):.1f} MiB"
+
+
+def align(rows: Sequence[Sequence[str]], right: Iterable[int] = ()) -> list[str]:
+    """Rows of cells as lines with aligned columns (two spaces apart, no trailing blanks).
+
+    Columns whose index is in ``right`` are right-aligned (sizes, counts).
+    """
+    if not rows:
+        return []
+    right_cols = set(right)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(widths[i]) if i in right_cols else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines

@@ -1,0 +1,212 @@
+"""The commands that write the history: ``init``, ``ingest`` and ``cleanup``.
+
+Each takes the history lock (a second writer is refused at once, naming the holder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from .cli_common import (
+    App,
+    fail,
+    make_folder,
+    read_limited,
+    writing_store,
+)
+from .clock import utc_now
+from .errors import NotRegularFile, StorageError
+from .model import PayloadRejected, judge_payload
+from .names import format_timestamp
+from .store import CacheNotRefreshed
+
+__all__ = ["cleanup", "ingest", "init"]
+
+
+@click.command()
+@click.pass_obj
+def init(app: App) -> None:
+    """Create the spool, history and metadata (idempotent).
+
+    Run as root, each new folder takes the owner of the folder it is made in (and the
+    lock file that of the history), so the service's own user can use them. The
+    systemd service needs no init: it creates what it needs on start.
+    """
+    s = app.settings
+    for folder in (s.spool_dir, s.writers_tmp_dir, s.rejected_dir):
+        try:
+            make_folder(folder)
+        except OSError as exc:
+            raise fail(str(StorageError("create folder", exc.filename or folder, exc))) from None
+    with writing_store(s, "init") as store:
+        meta = store.get_storage_metadata()
+    click.echo(f"spool:   {s.spool_dir}")
+    click.echo(f"history: {store.history_dir} ({meta.version_count} versions)")
+    click.echo(f"latest:  {store.latest_path}")
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.pass_obj
+def ingest(app: App, files: tuple[Path, ...]) -> None:
+    """Validate FILES and store each as a new version (the files are copied, not moved).
+
+    Prints one line per file. Exits 1 if any file was rejected or unreadable; the
+    valid ones are stored all the same. Refuses while a watcher holds the history.
+    """
+    s = app.settings
+    rejected = 0
+    with writing_store(s, "ingest") as store:
+        for path in files:
+            try:
+                data = read_limited(path, s.max_bytes, regular_only=True)
+                judge_payload(data, max_bytes=s.max_bytes)
+            except NotRegularFile as exc:
+                rejected += 1
+                click.echo(f"rejected {path}: {exc.strerror}")
+                continue
+            except OSError as exc:
+                rejected += 1
+                click.echo(f"rejected {path}: cannot read: {exc.strerror}")
+                continue
+            except PayloadRejected as exc:
+                rejected += 1
+                click.echo(f"rejected {path}: {exc.reason}")
+                continue
+            try:
+                version = store.save_version(data)
+            except CacheNotRefreshed as exc:
+                # Past the commit point: stored. Saying "not stored" would invite a retry,
+                # and a retry would store the same payload twice.
+                click.echo(f"stored {path} -> {exc.version.name} ({len(data)} bytes)")
+                click.echo(f"warning: stored, cache not refreshed: {exc}", err=True)
+                continue
+            except StorageError as exc:
+                raise fail(f"{path} not stored: {exc}") from None
+            click.echo(f"stored {path} -> {version.name} ({len(data)} bytes)")
+        try:
+            store.cleanup_old_versions()
+        except StorageError as exc:
+            raise fail(f"cleanup failed: {exc}") from None
+    if rejected:
+        raise click.exceptions.Exit(1)
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Show keep or delete, and why, for every version.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
+    """Apply retention now: keep the newest N versions or anything within D days.
+
+    With --dry-run nothing changes (and no lock is taken): every version is listed
+    with keep/delete and the reason: newest-N, within-D-days, future, expired.
+
+    Also removes rejected drops (with their reason files) older than
+    --rejected-retention-days; --dry-run counts them.
+    """
+    from .housekeeping import PruneResult, prune_rejected
+
+    s = app.settings
+
+    def prune(dry: bool) -> PruneResult:
+        # Removal runs with the lock held: only the lock holder quarantines drops, so a
+        # pair cannot be half-replaced under us.
+        try:
+            return prune_rejected(s.rejected_dir, s.rejected_retention_days, utc_now(), dry_run=dry)
+        except StorageError as exc:
+            raise fail(f"rejected drops: {exc}") from None
+
+    if dry_run:
+        pruned = prune(True)
+        store = s.store()
+        try:
+            plan = store.plan_cleanup()
+        except StorageError as exc:
+            raise fail(str(exc)) from None
+        if as_json:
+            click.echo(
+                json.dumps(
+                    [
+                        {
+                            "name": d.name,
+                            "timestamp": format_timestamp(d.timestamp),
+                            "action": d.action,
+                            "reason": d.reason,
+                        }
+                        for d in reversed(plan.decisions)
+                    ],
+                    indent=2,
+                )
+            )
+            return
+        width = max((len(d.name) for d in plan.decisions), default=4)
+        click.echo(f"{'VERSION':<{width}}  ACTION  REASON")
+        for d in reversed(plan.decisions):
+            click.echo(f"{d.name:<{width}}  {d.action:<6}  {d.reason}")
+        click.echo(f"would delete {len(plan.delete)}, retain {len(plan.keep)}")
+        if pruned.expired_pairs or pruned.kept:
+            click.echo(
+                f"rejected: would remove {pruned.expired_pairs} drop(s) older than "
+                f"{s.rejected_retention_days:g} days, keep {pruned.kept}"
+            )
+        return
+    # The text result is the log line's words: printed on stdout, not logged a second time.
+    quiet = contextlib.nullcontext() if as_json else _result_printed_here("cleanup")
+    with writing_store(s, "cleanup") as store, quiet:
+        try:
+            result = store.cleanup_old_versions()
+        except StorageError as exc:
+            raise fail(str(exc)) from None
+        pruned = prune(False)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "deleted": result.deleted,
+                    "retained": result.retained,
+                    "future": result.future,
+                    "rejectedRemoved": pruned.removed,
+                    "rejectedKept": pruned.kept,
+                },
+                indent=2,
+            )
+        )
+    else:
+        click.echo(f"cleanup deleted {len(result.deleted)}, retained {result.retained}")
+        if pruned.expired_pairs or pruned.kept:
+            click.echo(f"rejected: removed {pruned.expired_pairs}, kept {pruned.kept}")
+
+
+class _SkipEvent(logging.Filter):
+    def __init__(self, event: str) -> None:
+        super().__init__()
+        self.event = event
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "event", None) != self.event
+
+
+@contextmanager
+def _result_printed_here(event: str) -> Iterator[None]:
+    """Leave out the log line of ``event`` while the command prints the same result itself.
+
+    The store logs each result for the service's journal; on a terminal a one-shot
+    command would otherwise show it twice (stdout and stderr).
+    """
+    logger = logging.getLogger("ingester")
+    skip = _SkipEvent(event)
+    for handler in logger.handlers:
+        handler.addFilter(skip)
+    try:
+        yield
+    finally:
+        for handler in logger.handlers:
+            handler.removeFilter(skip)

@@ -1,0 +1,93 @@
+"""Time, in one place: the UTC wall clock, the one ISO-8601 spelling, and clock jumps.
+
+Retention is measured from the wall clock, which can be stepped (a bad NTP answer, a VM
+restored from a snapshot). :class:`ClockJump` notices a wall clock that gained more than
+an hour on the boot clock, so that automatic deletions can be held back while it stands.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+__all__ = ["CLOCK_JUMP", "ClockJump", "boot_clock", "iso_utc", "parse_iso_time", "utc_now"]
+
+CLOCK_JUMP = 3600.0
+"""Seconds the wall clock may gain on the boot clock before it counts as a jump."""
+
+
+def utc_now() -> datetime:
+    """The wall clock, in UTC (timezone-aware)."""
+    return datetime.now(UTC)
+
+
+def iso_utc(stamp: datetime, timespec: str = "milliseconds") -> str:
+    """``2026-11-27T14:05:00.000Z``: ISO-8601 in UTC with a ``Z``, as every file spells times.
+
+    ``timespec`` as for :meth:`datetime.isoformat`; a naive ``stamp`` is local time.
+    """
+    stamp = stamp.astimezone(UTC).replace(tzinfo=None)
+    # isoformat, not strftime: strftime writes year 1 as "1", not "0001".
+    return stamp.isoformat(timespec=timespec) + "Z"
+
+
+def parse_iso_time(text: str) -> datetime:
+    """An ISO-8601 time a user typed (an option, a query parameter); without an offset, UTC.
+
+    Raises ``ValueError`` with a message fit for the user.
+    """
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO-8601 time (e.g. 2026-11-28T10:30:00Z)") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    try:
+        return stamp.astimezone(UTC)
+    except OverflowError:
+        # Valid with its offset but outside the range of dates once in UTC.
+        raise ValueError(f"{text!r} is not a time that exists in UTC") from None
+
+
+def boot_clock() -> float:
+    """Seconds since boot, suspend included (a suspend is not a clock jump)."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):  # not Linux
+        return time.monotonic()
+
+
+class ClockJump:
+    """Whether the wall clock jumped ahead of the boot clock since the first look.
+
+    ``wall`` and ``boot`` return seconds. The reference is the lowest offset (wall minus
+    boot) seen so far: a step back only makes retention keep more, so it becomes the
+    new reference; a step forward of more than ``limit`` seconds stands until the clock
+    is set back (or the process restarts).
+    """
+
+    def __init__(
+        self,
+        wall: Callable[[], float] = time.time,
+        boot: Callable[[], float] = boot_clock,
+        limit: float = CLOCK_JUMP,
+    ) -> None:
+        self.wall = wall
+        self.boot = boot
+        self.limit = limit
+        self._offset: float | None = None
+
+    def gained(self) -> float:
+        """Seconds gained beyond the limit's reference: > ``limit`` means a jump stands."""
+        offset = self.wall() - self.boot()
+        if self._offset is None or offset < self._offset:
+            self._offset = offset
+        return offset - self._offset
+
+    def jumped(self) -> bool:
+        """Whether a jump of more than ``limit`` seconds stands now."""
+        return self.gained() > self.limit

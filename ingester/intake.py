@@ -1,0 +1,552 @@
+"""One drop, exactly once: read, judge, claim, seal, link; release; and recovery.
+
+The steps and what a crash at each leaves are described in ``docs/design.md`` (its
+numbering is used here). :meth:`Intake.take` runs steps 1-6 for one drop and returns
+an :class:`Outcome`; it never reaches into the service loop's bookkeeping. The loop
+applies the outcome once: counts, logs, per-drop backoff, when to look again. Step 7
+(the group's latest link and history fsync) is the loop's; then :meth:`Intake.release`
+runs step 8 for each stored drop. :meth:`Intake.recover` finishes the claims a crash
+or a failure left, as a pure function of their names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import durable
+from .arrivals import How
+from .errors import IngesterError, PayloadRejected, StorageError
+from .model import judge_payload
+from .names import is_version_name
+from .readiness import Folder, Gone, Readiness, Wait, writers_present
+from .spool import Opened, Spool, open_entry
+from .store import VERSION_MODE, Batch, HistoryStore
+
+__all__ = [
+    "Blocked",
+    "Deferred",
+    "Dropped",
+    "Ignored",
+    "Intake",
+    "Outcome",
+    "Rejected",
+    "Stored",
+]
+
+log = logging.getLogger("ingester.watcher")
+
+
+@dataclass(frozen=True)
+class Stored:
+    """``drop`` is stored as ``version`` (``size`` bytes; ``started`` is perf_counter).
+
+    ``pending`` is True while the version still waits for its group's history fsync
+    and :meth:`Intake.release` (step 7 and 8), False when it is durable already.
+    """
+
+    drop: str
+    version: str
+    size: int
+    started: float
+    pending: bool = True
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """``drop`` failed judgement (``reason``) and was moved to quarantine as ``where``."""
+
+    drop: str
+    reason: str
+    where: str
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """Not taken now: look again at ``until`` (monotonic), or on its next event (None).
+
+    ``claim_left``: a claim may have stayed behind, for the recovery to finish.
+    """
+
+    drop: str
+    until: float | None
+    claim_left: bool = False
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """``drop`` is gone (taken or removed by someone else): forget it."""
+
+    drop: str
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """Never taken (``message`` says why, logged once per ``key``)."""
+
+    drop: str
+    key: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """This drop alone cannot go on (``step``: "claim" or "quarantine"); the rest go on.
+
+    The loop retries it after its own backoff. ``reason``: why it was being set aside.
+    """
+
+    drop: str
+    step: str
+    error: StorageError
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """A claim's version was already stored: the claim was removed."""
+
+    version: str
+
+
+Outcome = Stored | Rejected | Deferred | Dropped | Ignored | Blocked | Recovered
+
+
+class _DropWaits(IngesterError):
+    """Inside :meth:`Intake._claim_and_link`: this drop alone cannot be claimed."""
+
+    def __init__(self, error: StorageError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass
+class Intake:
+    """The drop path, with what it must remember between a drop's steps.
+
+    ``settle`` (seconds) is how long a drop found changed waits before another look.
+    Store failures of the history raise :class:`StorageError`; the loop backs off.
+    """
+
+    store: HistoryStore
+    spool: Spool
+    max_bytes: int
+    readiness: Readiness
+    settle: float
+    euid: int = field(default_factory=os.geteuid)
+    umask: int = field(default_factory=durable.current_umask)
+    same_fs: bool = False
+    history_id: tuple[int, int] = (0, 0)
+    copied: bool = False  # drops of another user seen: keep a spare temp file ready
+    _copied_claims: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    # -- start ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Make the spool's folders and check ``.claimed/`` (raises ``OSError``)."""
+        self.spool.ensure_folders()
+        history = os.stat(self.store.history_dir)
+        self.history_id = (history.st_dev, history.st_ino)
+        claimed = self.spool.check_claimed(self.euid, self.history_id)
+        self.same_fs = claimed[0] == history.st_dev
+
+    def check_claimed(self) -> None:
+        """Every use of ``.claimed/`` checks it is still our own real folder.
+
+        One removed by hand is made again (as at start); anything else in its place
+        raises :class:`StorageError` naming the folder and what is wrong.
+        """
+        try:
+            self.spool.check_claimed(self.euid, self.history_id)
+        except StorageError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            self.spool.ensure_folders()
+            self.spool.check_claimed(self.euid, self.history_id)
+
+    # -- steps 1-6 ------------------------------------------------------------------
+
+    def take(self, name: str, how: How, batch: Batch) -> Outcome:
+        """Steps 1-6 for ``<spool>/name``, its version added to ``batch``: what became of it."""
+        path = self.spool.dir / name
+        ready = self.readiness.check(path, how)
+        if isinstance(ready, Gone):
+            return self._done(Dropped(name))
+        if isinstance(ready, Folder):
+            return _folder(name, self.spool.dir)
+        if isinstance(ready, Wait):
+            return Deferred(name, ready.until)
+        started = time.perf_counter()
+        # 1. read
+        try:
+            opened = open_entry(path, self.max_bytes)
+        except StorageError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM):
+                raise
+            # The writer gave it a mode we cannot read: a problem of this drop alone,
+            # so set it aside instead of holding up every drop behind it.
+            return self._reject(path, name, f"cannot read: {exc.strerror}")
+        if opened is None:
+            return Dropped(name)
+        if not isinstance(opened, Opened):
+            if opened.is_dir:
+                return _folder(name, self.spool.dir)
+            return self._reject(path, name, f"not a regular file: a {opened.kind}, never opened")
+        # 2. judge
+        try:
+            if opened.size > self.max_bytes:
+                raise PayloadRejected(
+                    f"drop is {opened.size} bytes, over the limit of {self.max_bytes}"
+                )
+            judge_payload(opened.data, max_bytes=self.max_bytes)
+        except PayloadRejected as exc:
+            if ready.may_be_open is not None:
+                until = self.readiness.still_being_written(name, ready.may_be_open)
+                if until is not None:
+                    return Deferred(name, until)
+            return self._reject(path, name, exc.reason, exc.errors)
+        # 3. stage. Zero-copy when the drop is ours alone and on the history's
+        # filesystem: its own inode becomes the version (as a rename would), made
+        # read-only and fsynced. Otherwise (another user's file, other filesystem)
+        # the bytes are copied, so no one else can ever write to a version.
+        zero_copy = self.same_fs and opened.uid == self.euid and opened.nlink == 1
+        if not zero_copy:
+            self.copied = True
+        try:
+            with contextlib.ExitStack() as cleanup:
+                staged = None if zero_copy else cleanup.enter_context(batch.stage(opened.data))
+                claimed = self._claim_and_link(path, name, opened, staged, batch)
+        except _DropWaits as exc:
+            return Blocked(name, "claim", exc.error)
+        if isinstance(claimed, Deferred):
+            self.readiness.forget(name)
+            return claimed
+        self._done(Dropped(name))
+        if claimed is None:
+            return Dropped(name)
+        return Stored(name, claimed, len(opened.data), started)
+
+    def _claim_and_link(
+        self,
+        path: Path,
+        name: str,
+        opened: Opened,
+        staged: durable.StagedFile | None,
+        batch: Batch,
+    ) -> str | Deferred | None:
+        """Steps 4-6: the version's name; None if the drop went away; Deferred if changed.
+
+        What is claimed is what is stored: after the claim, its bytes are compared with
+        the bytes judged (an inode number alone can name another file by then). If they
+        differ, the claim goes back to the spool, to be judged again as it is now.
+        Raises :class:`_DropWaits` when this drop alone cannot be claimed.
+        """
+        version = self.store.next_version_name()
+        claim = self.spool.claimed_dir / version
+        self.check_claimed()
+        if os.path.lexists(claim):
+            # Only this process writes in .claimed/, so the check cannot race; a claim
+            # of that name waits for recovery and must never be replaced.
+            raise StorageError("claim", claim, FileExistsError(errno.EEXIST, "claim exists"))
+        # 4. claim
+        try:
+            durable.rename_entry(path, claim)
+        except FileNotFoundError as exc:
+            if not os.path.lexists(path):
+                return None  # taken or removed meanwhile
+            # .claimed/ is gone (removed by hand?): make it again, and retry the drop.
+            self.spool.ensure_folders()
+            raise StorageError("claim", path, exc) from exc
+        except OSError as exc:
+            # The drop itself cannot be moved (made immutable, say): it waits alone.
+            raise _DropWaits(StorageError("claim", path, exc)) from exc
+        # 5. seal. The data fsync comes after the claim rename so that, on ext4, one
+        # journal commit carries both; the .claimed fsync after it is then nearly free.
+        try:
+            if staged is None:
+                sealed = self._seal(claim, opened)
+                if sealed != "sealed":
+                    with contextlib.suppress(OSError):
+                        durable.set_mode(claim, stat.S_IMODE(opened.mode))
+                if sealed == "copy":
+                    # Someone may still hold it open for writing, or leases are not
+                    # offered here: store a copy of the bytes judged (the claim's own,
+                    # compared below), never the inode itself.
+                    staged = batch.stage(opened.data)
+                    self.copied = True
+                elif sealed != "sealed":
+                    return self._changed(claim, path, name)
+            if staged is not None:
+                seen = self._holds(claim, opened.data)
+                if seen is None:
+                    staged.discard()
+                    return self._changed(claim, path, name)
+                self._copied_claims[version] = seen
+                staged.sync()
+            durable.fsync_dir(self.spool.claimed_dir)
+            # 6. link: the commit point (durable with the group's history fsync)
+            if staged is None:
+                batch.link(claim, version)
+            else:
+                batch.commit(staged, version)
+        except StorageError:
+            self._copied_claims.pop(version, None)
+            if staged is not None:
+                staged.discard()
+            if self.store.has_version(version):
+                # The name could not be taken back: the claim stays, and recovery
+                # (after the backoff) makes sure this drop is stored exactly once.
+                raise
+            if staged is None:
+                with contextlib.suppress(OSError):
+                    durable.set_mode(claim, stat.S_IMODE(opened.mode))
+            self._unclaim(claim, path)
+            raise
+        return version
+
+    def _changed(self, claim: Path, path: Path, name: str) -> Deferred:
+        """The claimed file is not the one judged: another file, or other bytes.
+
+        Nothing is stored and nothing is deleted: the claim goes back to the spool as
+        it is (or, if its name is taken meanwhile, stays for recovery, which judges
+        the claimed bytes), and the drop is looked at again.
+        """
+        log.warning("%s changed while being taken; looking at it again", name)
+        self._unclaim(claim, path)
+        return Deferred(name, time.monotonic() + self.settle, claim_left=True)
+
+    def _holds(self, claim: Path, data: bytes) -> tuple[int, int] | None:
+        """The claim's ``(st_size, st_mtime_ns)`` if it holds exactly ``data``, else None.
+
+        Read without following links. The stat lets the release see a later write.
+        """
+        try:
+            fd = os.open(claim, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StorageError("open claim", claim, exc) from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or os.pread(fd, len(data) + 1, 0) != data:
+                return None
+            return st.st_size, st.st_mtime_ns
+        except OSError as exc:
+            raise StorageError("read claim", claim, exc) from exc
+        finally:
+            os.close(fd)
+
+    def _seal(self, claim: Path, opened: Opened) -> str:
+        """Make the claimed drop's own inode a version: read-only (less the umask), fsynced.
+
+        Returns ``"sealed"``; or, with nothing sealed: ``"changed"`` (another file, another
+        link to it, or bytes other than those judged), ``"copy"`` (the bytes judged, but
+        someone may hold it open for writing: a read lease is refused or not offered).
+        """
+        try:
+            fd = os.open(claim, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StorageError("open claim", claim, exc) from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or (st.st_ino, st.st_nlink, st.st_size) != (
+                opened.ino,
+                1,
+                len(opened.data),
+            ):
+                return "changed"
+            durable.set_fd_mode(fd, VERSION_MODE & ~self.umask)
+            if writers_present(fd) is not False:
+                return "copy"  # the copy path compares the claim's bytes first
+            if os.pread(fd, len(opened.data) + 1, 0) != opened.data:
+                return "changed"
+            durable.fsync_fd(fd)
+            return "sealed"
+        except OSError as exc:
+            raise StorageError("seal", claim, exc) from exc
+        finally:
+            os.close(fd)
+
+    # -- step 8 ---------------------------------------------------------------------
+
+    def release(self, item: Stored) -> StorageError | None:
+        """Step 8, once the version's name is durable: remove the drop's claim.
+
+        Returns the error when the claim could not be removed (recovery removes it
+        later: its version exists). A claim written to after its copy was stored goes
+        back to the spool as a new drop instead (or stays for recovery).
+        """
+        claim = self.spool.claimed_dir / item.version
+        seen = self._copied_claims.pop(item.version, None)
+        if seen is not None and _written_since(claim, seen):
+            # A writer still holding the file added to it after its copy was stored:
+            # those bytes are not stored, so the claim is not deleted.
+            log.warning("%s was written to after it was stored; taking it again", item.drop)
+            self._unclaim(claim, self.spool.dir / item.drop)
+            return None
+        try:
+            durable.remove_file(claim)
+        except StorageError as exc:
+            return exc
+        return None
+
+    def withdrawn(self, item: Stored) -> None:
+        """The group's fsync failed: ``item``'s version was taken back; its claim stays."""
+        self._copied_claims.pop(item.version, None)
+
+    # -- putting a claim back ---------------------------------------------------------
+
+    def _back_in_spool(self, claim: Path) -> bool:
+        """Whether a spool entry is the claimed inode itself (see :meth:`_unclaim`)."""
+        try:
+            st = os.lstat(claim)
+            if st.st_nlink < 2:
+                return False
+            return any(
+                (c.ino, c.dev) == (st.st_ino, st.st_dev)
+                for c in self.spool.scan()
+                if stat.S_ISREG(c.mode)
+            )
+        except OSError:
+            return False
+
+    def _unclaim(self, claim: Path, path: Path) -> None:
+        """Put a claimed drop back in the spool, untouched, after a failure to store it.
+
+        If that fails too (or the name was reused meanwhile), the claim stays and is
+        finished by the recovery path once the fault clears: nothing is lost either way.
+        """
+        try:
+            durable.link_entry(claim, path)  # never clobbers a new drop of the same name
+        except OSError as exc:
+            log.warning("%s stays in %s for now: %s", claim.name, claim.parent, exc.strerror)
+            return
+        try:
+            durable.unlink_entry(claim)
+        except OSError as exc:
+            # Both names now hold the drop: keep the claim only, or it would be stored twice.
+            log.warning("%s stays in %s for now: %s", claim.name, claim.parent, exc.strerror)
+            try:
+                durable.unlink_entry(path)
+            except OSError:
+                log.error("%s is both in the spool and claimed; remove one by hand", path)
+
+    def _reject(
+        self, path: Path, name: str, reason: str, errors: list[dict[str, Any]] | None = None
+    ) -> Rejected | Blocked:
+        try:
+            where = self.spool.quarantine(path, name, reason, errors or [{"msg": reason}])
+        except StorageError as exc:
+            # A problem of this drop (or of the rejected folder), not of the history:
+            # it waits on its own, and the valid drops behind it go on.
+            return Blocked(name, "quarantine", exc, reason)
+        self._done(Dropped(name))
+        return Rejected(name, reason, where)
+
+    def _done(self, outcome: Dropped) -> Dropped:
+        self.readiness.forget(outcome.drop)
+        return outcome
+
+    # -- recovery -------------------------------------------------------------------
+
+    def recover(self) -> list[Outcome]:
+        """Finish every claim left by a crash or a failure (with the history lock held).
+
+        Raises :class:`StorageError` when a claim cannot be finished yet.
+        """
+        outcomes: list[Outcome] = []
+        names = self.spool.claimed()
+        if names:
+            self.check_claimed()
+        with self.store.batch(update_latest=False) as batch:
+            for version in names:
+                outcome = self._recover_claim(version, batch)
+                if outcome is not None:
+                    outcomes.append(outcome)
+        return outcomes
+
+    def _stored_as(self, claim: Path, version: str) -> bool:
+        """Whether the claim's bytes are stored as ``version`` (so the claim may go).
+
+        A claim and its version that are one directory entry (seen through a link) are
+        never "duplicates"; hard links to one inode are; two files are when their
+        bytes are equal. Raises :class:`StorageError` when a claim cannot be judged.
+        """
+        stored = self.store.version_path(version)
+        try:
+            a, b = os.lstat(claim), os.lstat(stored)
+        except OSError as exc:
+            raise StorageError("stat claim", claim, exc) from exc
+        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+            if a.st_nlink < 2:
+                raise StorageError(
+                    "finish claim",
+                    claim,
+                    OSError(errno.EPERM, f"unsafe: it is the version {stored} itself"),
+                )
+            return True
+        if not (stat.S_ISREG(a.st_mode) and stat.S_ISREG(b.st_mode)) or a.st_size != b.st_size:
+            return False
+        opened = open_entry(claim, max(a.st_size, 1))
+        if not isinstance(opened, Opened):
+            return False
+        try:
+            return stored.read_bytes() == opened.data
+        except OSError as exc:
+            raise StorageError("read", stored, exc) from exc
+
+    def _recover_claim(self, version: str, batch: Batch) -> Outcome | None:
+        claim = self.spool.claimed_dir / version
+        if not is_version_name(version):
+            return Ignored(
+                version, claim.name, f"ignoring {claim}: not a name this watcher gives claims"
+            )
+        target = version
+        if self.store.has_version(version):
+            if self._stored_as(claim, version):
+                # The version's name durable before its claim goes; and it may be new to
+                # this process too (its claim could not be removed at once).
+                batch.adopt(version)
+                durable.remove_file(claim)
+                return Recovered(version)
+            # Its name is taken by other bytes: nothing claimed is deleted unless its
+            # bytes are stored, so it is stored under a new name.
+            target = self.store.next_version_name()
+        elif self._back_in_spool(claim):
+            # A crash while putting a failed drop back: the spool has it again, as a
+            # drop like any other; the claim is only a second name for it.
+            durable.remove_file(claim)
+            log.info("%s is back in the spool; removed its claim", version)
+            return None
+        started = time.perf_counter()
+        opened = open_entry(claim, self.max_bytes)
+        if opened is None:
+            return None
+        if not isinstance(opened, Opened):
+            return self._reject(
+                claim, version, f"not a regular file: a {opened.kind}, never opened"
+            )
+        try:
+            judge_payload(opened.data, max_bytes=self.max_bytes)
+        except PayloadRejected as exc:
+            return self._reject(claim, version, exc.reason, exc.errors)
+        self.store.write_version(target, opened.data)
+        durable.remove_file(claim)
+        return Stored(version, target, len(opened.data), started, pending=False)
+
+
+def _folder(name: str, spool_dir: Path) -> Ignored:
+    return Ignored(name, name, f"ignoring {spool_dir / name}: a folder, not a drop")
+
+
+def _written_since(claim: Path, seen: tuple[int, int]) -> bool:
+    try:
+        st = os.lstat(claim)
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns) != seen

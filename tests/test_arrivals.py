@@ -1,0 +1,138 @@
+"""The arrival events, and the facts about watchdog's inotify internals we rely on.
+
+``arrivals.py`` is the only module using watchdog's undocumented ``InotifyFD``; if a
+watchdog release changes what it reports, these tests fail instead of the watcher
+silently missing drops.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from pathlib import Path
+
+import pytest
+from support import INOTIFY_QUEUE_KNOB, inotify_queue_limit, wait_for
+
+from ingester.arrivals import (
+    Arrival,
+    DropSeen,
+    FolderSeen,
+    How,
+    RescanNeeded,
+    SpoolGone,
+    _InotifyArrivals,
+    start_arrivals,
+)
+
+
+class Events:
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[Arrival] = queue.SimpleQueue()
+        self.seen: list[Arrival] = []
+
+    def put(self, item: Arrival) -> None:
+        self.queue.put(item)
+
+    def until(self, expected: Arrival, timeout: float = 10.0) -> list[Arrival]:
+        def arrived() -> bool:
+            while True:
+                try:
+                    self.seen.append(self.queue.get_nowait())
+                except queue.Empty:
+                    return expected in self.seen
+
+        wait_for(arrived, timeout, f"{expected} among the events")
+        return self.seen
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    return folder
+
+
+def test_a_rename_into_the_spool_is_complete_at_once(spool: Path) -> None:
+    events = Events()
+    arrivals = start_arrivals(spool, events.put, polling=False, poll_interval=1.0)
+    try:
+        (spool.parent / "staged").write_bytes(b"{}")
+        os.rename(spool.parent / "staged", spool / "a.json")
+        assert events.until(DropSeen("a.json", How.COMPLETE)) == [DropSeen("a.json", How.COMPLETE)]
+    finally:
+        arrivals.stop()
+        arrivals.join(2)
+
+
+def test_a_write_in_place_is_created_then_complete_on_close(spool: Path) -> None:
+    events = Events()
+    arrivals = start_arrivals(spool, events.put, polling=False, poll_interval=1.0)
+    try:
+        with (spool / "b.json").open("wb") as handle:
+            events.until(DropSeen("b.json", How.CREATED))
+            handle.write(b"{}")
+        seen = events.until(DropSeen("b.json", How.COMPLETE))
+        assert seen.index(DropSeen("b.json", How.CREATED)) < seen.index(
+            DropSeen("b.json", How.COMPLETE)
+        )
+    finally:
+        arrivals.stop()
+        arrivals.join(2)
+
+
+def test_only_published_names_are_reported(spool: Path) -> None:
+    events = Events()
+    arrivals = start_arrivals(spool, events.put, polling=False, poll_interval=1.0)
+    try:
+        (spool / ".hidden.json").write_bytes(b"{}")
+        (spool / "notes.txt").write_bytes(b"x")
+        (spool / "folder.json").mkdir()
+        (spool / "last.json").write_bytes(b"{}")
+        seen = events.until(DropSeen("last.json", How.COMPLETE))
+        assert FolderSeen("folder.json") in seen
+        names = {getattr(e, "name", None) for e in seen}
+        assert names == {"folder.json", "last.json"}
+    finally:
+        arrivals.stop()
+        arrivals.join(2)
+
+
+def test_the_spool_removed_is_reported_and_the_source_goes_deaf(spool: Path) -> None:
+    events = Events()
+    arrivals = start_arrivals(spool, events.put, polling=False, poll_interval=1.0)
+    try:
+        spool.rmdir()
+        events.until(SpoolGone())
+        wait_for(lambda: not arrivals.is_alive(), what="the source reports itself dead")
+    finally:
+        arrivals.stop()
+        arrivals.join(2)
+
+
+def test_an_overflowing_queue_asks_for_a_rescan(spool: Path) -> None:
+    if not os.access(INOTIFY_QUEUE_KNOB, os.W_OK):
+        pytest.skip(f"cannot change {INOTIFY_QUEUE_KNOB}")
+    events = Events()
+    with inotify_queue_limit(16):
+        arrivals = _InotifyArrivals(spool, events.put)  # the limit is taken here
+    try:
+        for i in range(50):  # the reader is not started yet: the kernel's queue fills
+            (spool / f"o{i}.json").write_bytes(b"{}")
+        arrivals.start()
+        events.until(RescanNeeded("inotify queue overflow"))
+    finally:
+        arrivals.stop()
+        arrivals.join(2)
+
+
+def test_polling_reports_every_drop_as_one_to_let_settle(spool: Path) -> None:
+    events = Events()
+    arrivals = start_arrivals(spool, events.put, polling=True, poll_interval=0.1)
+    try:
+        (spool / "p.json").write_bytes(b"{}")
+        events.until(DropSeen("p.json", How.SETTLE))
+        assert arrivals.is_alive()
+    finally:
+        arrivals.stop()
+        arrivals.join(2)

@@ -1,0 +1,82 @@
+"""The one write recipe: temp file in the target folder, fsync, link or rename, fsync."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ingester import durable
+from ingester.errors import StorageError
+
+
+def temps(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(durable.TEMP_PREFIX))
+
+
+def test_write_file_leaves_only_the_final_name_with_the_mode(tmp_path: Path) -> None:
+    final = durable.write_file(tmp_path, "v.json", b"{}", mode=0o444)
+    assert final.read_bytes() == b"{}"
+    assert final.stat().st_mode & 0o777 == 0o444 & ~durable.current_umask()
+    assert temps(tmp_path) == []
+
+
+def test_a_new_name_is_never_clobbered(tmp_path: Path) -> None:
+    durable.write_file(tmp_path, "v.json", b"first")
+    with pytest.raises(StorageError) as caught:
+        durable.write_file(tmp_path, "v.json", b"second")
+    assert isinstance(caught.value.cause, FileExistsError)
+    assert (tmp_path / "v.json").read_bytes() == b"first"
+    assert temps(tmp_path) == []
+
+
+def test_a_staged_file_is_discarded_when_its_block_ends_uncommitted(tmp_path: Path) -> None:
+    with durable.StagedFile(tmp_path, b"x", 0o444) as staged:
+        assert staged.temp is not None and staged.temp.name.startswith(durable.WRITE_TEMP_PREFIX)
+        assert temps(tmp_path) != []
+    assert temps(tmp_path) == []
+
+
+def test_a_staged_file_committed_in_its_block_stays(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), durable.StagedFile(tmp_path, b"x", 0o444) as staged:
+        staged.commit("v.json")
+        raise RuntimeError("after the commit point")
+    assert (tmp_path / "v.json").read_bytes() == b"x"
+    assert temps(tmp_path) == []
+
+
+def test_a_spare_file_becomes_the_next_staged_file(tmp_path: Path) -> None:
+    spare = durable.SpareFile(tmp_path)
+    with durable.StagedFile(tmp_path, b"data", 0o444, spare=spare) as staged:
+        assert staged.temp == spare.path
+        staged.commit("v.json")
+    assert (tmp_path / "v.json").read_bytes() == b"data"
+
+
+def test_stale_temps_are_swept_by_prefix_only(tmp_path: Path) -> None:
+    (tmp_path / f"{durable.WRITE_TEMP_PREFIX}abc").write_bytes(b"")
+    (tmp_path / f"{durable.LINK_TEMP_PREFIX}abc").symlink_to("nowhere")
+    (tmp_path / ".notes").write_bytes(b"mine")
+    (tmp_path / f"{durable.TEMP_PREFIX}dir").mkdir()
+    removed = durable.remove_stale_temps(tmp_path, durable.WRITE_TEMP_PREFIX)
+    assert removed == [f"{durable.WRITE_TEMP_PREFIX}abc"]
+    assert sorted(durable.remove_stale_temps(tmp_path)) == [f"{durable.LINK_TEMP_PREFIX}abc"]
+    assert (tmp_path / ".notes").exists() and (tmp_path / f"{durable.TEMP_PREFIX}dir").is_dir()
+
+
+def test_replace_symlink_swaps_atomically(tmp_path: Path) -> None:
+    link = tmp_path / "latest.json"
+    durable.replace_symlink(link, "a.json", fallback=lambda: b"a")
+    durable.replace_symlink(link, "b.json", fallback=lambda: b"b")
+    assert os.readlink(link) == "b.json"
+    assert temps(tmp_path) == []
+
+
+def test_every_temp_prefix_starts_with_the_one_prefix() -> None:
+    for prefix in (
+        durable.WRITE_TEMP_PREFIX,
+        durable.LINK_TEMP_PREFIX,
+        durable.SNAPSHOT_TEMP_PREFIX,
+    ):
+        assert prefix.startswith(durable.TEMP_PREFIX)

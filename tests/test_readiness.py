@@ -1,0 +1,102 @@
+"""Whether a drop is complete: writers still at work are waited for, never taken half-written."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from support import run_cli, wait_for
+from support.watchproc import WatchProcess, latest_bytes, payload, stored_contents
+
+
+def test_a_drop_with_a_future_mtime_does_not_hold_up_start_or_once(root: Path) -> None:
+    spool = root / "spool"
+    spool.mkdir()
+    ahead = spool / "ahead.json"
+    ahead.write_bytes(payload(1))
+    future = time.time() + 3600
+    os.utime(ahead, (future, future))
+    result = run_cli(root, "watch", "--once", "--settle", "0.2", timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert list(stored_contents(root)) == [payload(1)]
+
+
+def test_rescan_never_takes_a_file_still_being_written_in_place(root: Path) -> None:
+    data = payload(4)
+    args = ("--rescan-interval", "0.2", "--settle", "0.1")
+    with WatchProcess(root, *args, global_args=("-v",)) as w:
+        target = root / "spool" / "slow.json"
+        with target.open("wb") as handle:
+            handle.write(data[:20])
+            handle.flush()
+            seen = w.log.count("rescanned the spool")
+            # The writer pauses, file open, while three rescans go by.
+            w.wait_log("rescanned the spool", count=seen + 3)
+            assert target.exists(), "taken while still being written"
+            handle.write(data[20:])
+        wait_for(lambda: latest_bytes(root) == data, what="stored after close")
+    assert not list((root / "spool" / "rejected").iterdir())
+
+
+def test_a_file_open_for_writing_at_start_waits_for_its_writer(root: Path) -> None:
+    spool = root / "spool"
+    spool.mkdir()
+    data = payload(2)
+    target = spool / "slow.json"
+    with target.open("wb") as handle:
+        handle.write(data[:20])
+        handle.flush()
+        old = time.time() - 60
+        os.utime(target, (old, old))  # long settled by its mtime
+        args = ("--settle", "0.1", "--rescan-interval", "0.2")
+        with WatchProcess(root, *args, global_args=("-v",)) as w:
+            # The start scan and several rescans go by while the writer holds it open.
+            w.wait_log("rescanned the spool", count=4)
+            assert target.exists(), "taken while still open for writing"
+            handle.write(data[20:])
+            handle.close()
+            wait_for(lambda: latest_bytes(root) == data, what="stored after close")
+    assert not list((spool / "rejected").iterdir())
+
+
+def test_a_lease_tells_whether_a_file_is_open_for_writing(tmp_path: Path) -> None:
+    from ingester.readiness import open_for_writing
+
+    path = tmp_path / "d.json"
+    with path.open("wb") as handle:
+        handle.write(b"{")
+        assert open_for_writing(path) is True
+    assert open_for_writing(path) is False
+    assert open_for_writing(tmp_path / "missing.json") is None
+
+
+def test_a_found_file_is_taken_once_settled_and_a_folder_or_gone_is_said(
+    tmp_path: Path,
+) -> None:
+    from ingester.arrivals import How
+    from ingester.readiness import Folder, Gone, Readiness, Ready, Wait
+
+    readiness = Readiness(settle=3600.0, rescan_interval=30.0)
+    fresh = tmp_path / "fresh.json"
+    fresh.write_bytes(b"{}")
+    waited = readiness.check(fresh, How.SETTLE)
+    assert isinstance(waited, Wait) and waited.until is not None
+    old = tmp_path / "old.json"
+    old.write_bytes(b"{}")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert readiness.check(old, How.SETTLE) == Ready()
+    assert readiness.check(fresh, How.COMPLETE) == Ready()
+    (tmp_path / "dir.json").mkdir()
+    assert readiness.check(tmp_path / "dir.json", How.SETTLE) == Folder()
+    assert readiness.check(tmp_path / "gone.json", How.SETTLE) == Gone()
+
+
+def test_a_file_created_in_place_and_still_open_waits_for_its_close(tmp_path: Path) -> None:
+    from ingester.arrivals import How
+    from ingester.readiness import Readiness, Wait
+
+    readiness = Readiness(settle=0.0, rescan_interval=30.0)
+    path = tmp_path / "w.json"
+    with path.open("wb"):
+        assert readiness.check(path, How.CREATED) == Wait(None)

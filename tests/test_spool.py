@@ -1,0 +1,75 @@
+"""The spool's folders and entries: made again when removed, odd entries never opened."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from support import IS_ROOT, run_cli, wait_for
+from support.watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents
+
+
+def test_claimed_folder_removed_while_running_is_made_again(root: Path) -> None:
+    with WatchProcess(root, "--retry-max", "0.2"):
+        shutil.rmtree(root / "spool" / ".claimed")
+        drop(root / "spool", "after.json", payload(1))
+        wait_for(lambda: latest_bytes(root) == payload(1), what="drop stored")
+
+
+def test_rejected_folder_removed_while_running_is_made_again(root: Path) -> None:
+    with WatchProcess(root):
+        shutil.rmtree(root / "spool" / "rejected")
+        drop(root / "spool", "bad.json", b"{not json")
+        drop(root / "spool", "good.json", payload(2))
+        wait_for(lambda: latest_bytes(root) == payload(2), what="good drop stored")
+        wait_for(lambda: (root / "spool" / "rejected" / "bad.json").exists(), what="bad set aside")
+
+
+@pytest.mark.skipif(
+    not IS_ROOT, reason="a tmpfs mount for a rejected folder on another fs needs root"
+)
+def test_special_files_move_across_filesystems_without_being_opened(
+    root: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(other)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        spool = root / "spool"
+        spool.mkdir()
+        os.mkfifo(spool / "fifo.json")
+        # A writer holding the FIFO open: reading it would block or return nothing.
+        holder = os.open(spool / "fifo.json", os.O_RDWR | os.O_NONBLOCK)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(os.fspath(spool / "sock.json"))
+        (spool / "zz-good.json").write_bytes(payload(3))
+        try:
+            result = run_cli(
+                root, "--rejected-dir", str(other / "rejected"), "watch", "--once", timeout=30
+            )
+        finally:
+            os.close(holder)
+            sock.close()
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        assert list(stored_contents(root)) == [payload(3)]
+        assert (other / "rejected" / "fifo.json").exists()
+        assert (other / "rejected" / "sock.json").exists()
+    finally:
+        subprocess.run(["umount", str(other)], check=False)
+
+
+def test_a_newline_in_a_drop_name_cannot_forge_a_log_line(root: Path) -> None:
+    spool = root / "spool"
+    spool.mkdir()
+    (spool / "evil\n2026-11-29 05:00:00,000 ERROR fake.json").write_bytes(b"{")
+    result = run_cli(root, "watch", "--once")
+    assert result.returncode == 0, result.stderr
+    forged = "2026-11-29 05:00:00,000 ERROR"
+    assert not [line for line in result.stderr.splitlines() if line.startswith(forged)]
+    assert "evil\\n2026" in result.stderr
