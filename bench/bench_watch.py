@@ -29,7 +29,7 @@ with a few drops (the first waits in the spool as a backlog at start), then meas
   history (counted) and the spool empty, or the run fails. One side bursts at a time.
 * **peak RSS**: ``VmHWM`` of the ingester's process, read just before it is stopped.
 
-Goals (issue 6): p50 <= 2x the floor, p99 <= 3x, burst >= 0.5x the floor's drops/s,
+Goals: p50 <= 2x the floor, p99 <= 3x, burst >= 0.5x the floor's drops/s,
 peak RSS <= 45 MB. When ``bench/bench_store.py`` is present it runs afterwards (the
 ingest cost with 100 vs 20,000 versions); ``--skip-store`` leaves it out.
 """

@@ -2,7 +2,7 @@
 
 Run as ``python bench/floor.py ROOT``. It uses the same layout as ``ingester watch
 --root ROOT`` (``ROOT/spool/``, ``ROOT/console-usage-history/``,
-``ROOT/console-usage-synced.json``) and does, per drop, exactly what issue 6 names:
+``ROOT/console-usage-synced.json``) and does, per drop, exactly this and nothing more:
 
     raw inotify -> open -> read -> json.loads -> rename into the history
     -> fsync the folder -> temp symlink + rename over latest -> fsync
