@@ -102,6 +102,23 @@ def writing_store(settings: Settings, purpose: str) -> Iterator[HistoryStore]:
     help="Largest accepted drop in bytes. [env INGESTER_MAX_BYTES; default: 1048576]",
 )
 @click.option(
+    "--mirror",
+    metavar="s3://BUCKET/PREFIX",
+    help="Object store the 'mirror' command copies the history to. [env INGESTER_MIRROR]",
+)
+@click.option(
+    "--mirror-retention",
+    metavar="keep|follow",
+    help="keep: remote versions stay (a bucket lifecycle rule may expire them); follow: "
+    "deleted when local retention deletes them. [env INGESTER_MIRROR_RETENTION; default: keep]",
+)
+@click.option(
+    "--mirror-hold",
+    metavar="N",
+    help="While a mirror lags, retention keeps at most N expired versions it has not "
+    "uploaded (0: none). [env INGESTER_MIRROR_HOLD; default: 10000]",
+)
+@click.option(
     "--config",
     "config_path",
     metavar="FILE",
@@ -370,6 +387,11 @@ from .cli_report import list_versions, show, status, verify  # noqa: E402
 
 for _command in (status, list_versions, show, verify):
     main.add_command(_command)
+
+from .cli_mirror import mirror, restore  # noqa: E402
+
+main.add_command(mirror)
+main.add_command(restore)
 
 
 def run() -> None:

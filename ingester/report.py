@@ -22,6 +22,7 @@ from typing import Any
 
 from .durable import TEMP_PREFIX, StorageError
 from .lock import lock_holder
+from .mirror_state import mirror_status
 from .model import PayloadRejected, judge_payload
 from .names import format_timestamp, is_version_name, parse_timestamp_from_filename
 from .retention import FUTURE_SLACK
@@ -349,6 +350,7 @@ def status_report(settings: Settings, store: HistoryStore, now: datetime) -> dic
             "count": spool.rejected_count(),
         },
         "watcher": {"running": pid is not None, "pid": pid},
+        "mirror": mirror_status(store.history_dir, store.version_names(), settings.mirror),
         "settings": settings.describe(),
     }
 

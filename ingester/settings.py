@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .mirror_state import DEFAULT_HOLD_MAX
 from .retention import RetentionPolicy
 from .store import HistoryStore
 
@@ -57,6 +58,30 @@ def _positive_float(text: Any) -> float:
     return value
 
 
+def _mirror_target(text: Any) -> str:
+    from .objectstore import parse_target
+
+    return str(parse_target(text))
+
+
+def _mirror_retention(text: Any) -> str:
+    if text not in ("keep", "follow"):
+        raise ValueError(f"must be keep or follow, got {text!r}")
+    return str(text)
+
+
+def _count(text: Any) -> int:
+    if isinstance(text, bool | float):
+        raise ValueError(f"{text!r} is not a whole number")
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise ValueError(f"must be at least 0, got {value}")
+    return value
+
+
 def _path(text: Any) -> Path:
     if not isinstance(text, str | os.PathLike) or not os.fspath(text):
         raise ValueError(f"{text!r} is not a path")
@@ -87,10 +112,22 @@ _SPECS = (
     _Spec("max_versions", _positive_int),
     _Spec("retention_days", _positive_float),
     _Spec("max_bytes", _positive_int),
+    _Spec("mirror", _mirror_target),
+    _Spec("mirror_retention", _mirror_retention),
+    _Spec("mirror_hold", _count),
 )
 SETTING_NAMES = tuple(s.name for s in _SPECS)
 
-_DEFAULTS: dict[str, Any] = {"max_versions": 100, "retention_days": 7.0, "max_bytes": 1 << 20}
+_DEFAULTS: dict[str, Any] = {
+    "max_versions": 100,
+    "retention_days": 7.0,
+    "max_bytes": 1 << 20,
+    "mirror": None,
+    # The object store is the copy that outlives this machine: by default it keeps
+    # what local retention deletes (a bucket lifecycle rule can expire it instead).
+    "mirror_retention": "keep",
+    "mirror_hold": DEFAULT_HOLD_MAX,
+}
 
 
 @dataclass(frozen=True)
@@ -105,6 +142,9 @@ class Settings:
     max_versions: int = 100
     retention_days: float = 7.0
     max_bytes: int = 1 << 20
+    mirror: str | None = None
+    mirror_retention: str = "keep"
+    mirror_hold: int = DEFAULT_HOLD_MAX
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -226,5 +266,8 @@ def resolve_settings(
         max_versions=values.get("max_versions", _DEFAULTS["max_versions"]),
         retention_days=values.get("retention_days", _DEFAULTS["retention_days"]),
         max_bytes=values.get("max_bytes", _DEFAULTS["max_bytes"]),
+        mirror=values.get("mirror", _DEFAULTS["mirror"]),
+        mirror_retention=values.get("mirror_retention", _DEFAULTS["mirror_retention"]),
+        mirror_hold=values.get("mirror_hold", _DEFAULTS["mirror_hold"]),
         sources=sources,
     )
