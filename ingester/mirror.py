@@ -79,7 +79,10 @@ log = logging.getLogger("ingester.mirror")
 _BACKOFF_START = 0.5
 _CHUNK = 32  # uploads in flight between progress checks (stop, state file, watchdog)
 _STATE_EVERY = 1.0  # seconds between state-file writes while a backlog drains
-_COALESCE = 0.02  # a burst of inotify events becomes one pass
+# After an event, wait this long before the pass: the watcher has finished publishing the
+# version by then (the pass never competes with that ingest for the CPU or the disk), and
+# a burst of drops becomes one pass.
+_COALESCE = 0.25
 
 _STATE_WORDS = {
     "unreachable": "object store unreachable",

@@ -269,3 +269,25 @@ class FaultProxy:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
+
+
+def main(argv: list[str]) -> int:
+    """``python tests/s3server.py proxy UPSTREAM_PORT DELAY``: a delaying proxy in its own
+    process (so its work does not share a GIL with a bench that measures); prints its port.
+    """
+    if len(argv) != 3 or argv[0] != "proxy":
+        print("usage: s3server.py proxy UPSTREAM_PORT DELAY_SECONDS", file=sys.stderr)
+        return 2
+    proxy = FaultProxy(int(argv[1]))
+    proxy.fault, proxy.delay = "delay", float(argv[2])
+    print(proxy.port, flush=True)
+    try:
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    finally:
+        proxy.close()
+    return 0
+
+
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    sys.exit(main(sys.argv[1:]))
