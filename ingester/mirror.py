@@ -386,8 +386,7 @@ class Mirror:
         local = set(names)
         doomed = [n for n in plan.delete if n not in local and n < names[0]]
         for name in doomed:
-            key = self.target.key(name)
-            self._call(lambda c, k=key: c.delete_object(Bucket=self.target.bucket, Key=k))  # type: ignore[misc]
+            self._delete(name)
             del self._remote[name]
         if doomed:
             log.info(
@@ -396,6 +395,14 @@ class Mirror:
                 extra={"event": "mirror-deleted", "versions": len(doomed)},
             )
         return len(doomed)
+
+    def _delete(self, name: str) -> None:
+        key = self.target.key(name)
+
+        def delete(client: S3Client) -> Any:
+            return client.delete_object(Bucket=self.target.bucket, Key=key)
+
+        self._call(delete)
 
     # -- progress: the watermark and the state file ---------------------------------------
 

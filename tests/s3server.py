@@ -117,13 +117,40 @@ class SeaweedS3:
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
-        while not self.ready():
+        while not (self.ready() and self.writable()):
             if self.process.poll() is not None:
                 raise RuntimeError(f"weed exited {self.process.returncode}: {self.tail()}")
             if time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"weed did not serve S3 within {timeout} s: {self.tail()}")
             time.sleep(0.05)
+
+    def writable(self) -> bool:
+        """A small object can be written and read back (the volume server has joined)."""
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+            config=Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=5),
+        )
+        try:
+            try:
+                client.create_bucket(Bucket="ready-check")
+            except client.exceptions.BucketAlreadyOwnedByYou:
+                pass
+            except client.exceptions.BucketAlreadyExists:
+                pass
+            client.put_object(Bucket="ready-check", Key="probe", Body=b"ok")
+            return bool(
+                client.get_object(Bucket="ready-check", Key="probe")["Body"].read() == b"ok"
+            )
+        except Exception:
+            return False
 
     def ready(self) -> bool:
         """S3 answers (any HTTP status) and the volume server has joined."""

@@ -11,6 +11,8 @@ mode), and a restore into a fresh root passes ``verify``.
 from __future__ import annotations
 
 import json
+import os
+import random
 import signal
 import subprocess
 import sys
@@ -583,3 +585,55 @@ def test_a_second_mirror_on_the_same_history_is_refused(
         assert second.returncode == 1 and "another mirror" in second.stderr, second.stderr
     finally:
         assert first.stop() == 0
+
+
+# -- long mode: crash loops --------------------------------------------------------------
+
+LONG = os.environ.get("INGESTER_LONG_TESTS") == "1"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LONG, reason="long mode: set INGESTER_LONG_TESTS=1")
+@pytest.mark.parametrize("seed", range(3))
+def test_soak_kill_mirror_and_store_in_rounds(
+    seed: int,
+    root: Path,
+    tmp_path: Path,
+    s3: SeaweedS3,
+    bucket: str,
+    aws_files: dict[str, str],
+) -> None:
+    """A live watcher under drops; the mirror and the object store killed -9 at random."""
+    rng = random.Random(seed)
+    target = f"s3://{bucket}/soak"
+    env = s3_env(s3.endpoint, aws_files)
+    client = client_for(s3.endpoint)
+    policy = ("--max-versions", "5", "--retention-days", "0.00001", "--mirror-retention", "follow")
+    make_store(root)
+    mirror = MirrorProcess(root, target, env, *policy)
+    mirror.wait_log("mirroring ")
+    watcher = WatchProcess(root, global_args=policy)
+    seq = 0
+    try:
+        watcher.wait_started()
+        for _round in range(6):
+            for _ in range(rng.randint(5, 40)):
+                seq += 1
+                drop(root / "spool", f"soak-{seq:05d}.json", payload(seq))
+            action = rng.choice(("mirror", "store", "both"))
+            if action in ("mirror", "both"):
+                mirror.kill()
+            if action in ("store", "both"):
+                s3.kill()
+                s3.start()
+            if action in ("mirror", "both"):
+                mirror = MirrorProcess(root, target, env, *policy)
+        wait_for(lambda: not list((root / "spool").glob("*.json")), 30, "the spool drained")
+        drop(root / "spool", "last.json", payload(seq + 1))
+        wait_mirrored(client, bucket, "soak", root, follow=True, timeout=60)
+    finally:
+        if s3.process is None:
+            s3.start()
+        assert watcher.stop() == 0
+        assert mirror.stop() == 0, mirror.log
+    restore_and_verify(root, tmp_path, target, env)
