@@ -380,6 +380,89 @@ def submit(app: App, source: str, name: str | None) -> None:
     click.echo(str(path))
 
 
+@main.command()
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    default="127.0.0.1:8080",
+    show_default=True,
+    help="Address to listen on ([::1]:8080 for IPv6; port 0 picks a free one). Under systemd "
+    "socket activation the passed socket is used instead.",
+)
+@click.option(
+    "--api-key-file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File holding the key POST requests must send as X-API-Key (surrounding whitespace "
+    "ignored). [else env INGESTER_API_KEY; neither: every POST answers 401]",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="A POST body must arrive within S seconds (else 408).",
+)
+@click.option(
+    "--head-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="A request head must arrive within S seconds of the connection opening (or of the "
+    "previous answer), else 408 and the connection is closed.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    metavar="N",
+    help="Connections served at once; more are answered 503.",
+)
+@click.pass_obj
+def serve(
+    app: App,
+    listen: str,
+    api_key_file: Path | None,
+    body_timeout: float,
+    head_timeout: float,
+    max_connections: int,
+) -> None:
+    """Serve the history over HTTP and accept POSTed snapshots into the spool.
+
+    Read API: GET /api/claude/console-usage (?version=N, ?timestamp=ISO), /versions,
+    /api/health, /metrics, /openapi.json. POST /api/claude/console-usage with X-API-Key
+    validates the payload and drops it into the spool (202 once durable); the watcher
+    stores it. Never writes the history. Exits 0 on SIGTERM/SIGINT, 1 when the address
+    cannot be bound or the key file cannot be read. See docs/serve.md.
+    """
+    import os
+
+    from .serve import ServeConfig, load_api_key, parse_listen
+    from .serve import serve as run_server
+
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
+    try:
+        key = load_api_key(dict(os.environ), api_key_file)
+    except OSError as exc:
+        raise fail(f"cannot read --api-key-file {api_key_file}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise fail(f"--api-key-file: {exc}") from None
+    config = ServeConfig(app.settings, api_key=key, body_timeout=body_timeout)
+    try:
+        code = run_server(
+            config, host, port, max_connections=max_connections, head_timeout=head_timeout
+        )
+    except OSError as exc:
+        raise fail(f"cannot listen on {listen}: {exc.strerror}") from None
+    raise click.exceptions.Exit(code)
+
+
 # -- commands defined in their own modules ------------------------------------------------
 # (kept at the end so each module registers itself without touching the ones above)
 

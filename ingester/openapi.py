@@ -1,0 +1,356 @@
+"""The OpenAPI 3.1 description of ``ingester serve`` (served at ``/openapi.json``).
+
+The same document is committed as ``docs/openapi.json``; regenerate it with
+``python -m ingester.openapi > docs/openapi.json`` (a test checks they match).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+__all__ = ["openapi_bytes", "openapi_document"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_body(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+_CACHE_HEADERS = {
+    "ETag": {
+        "description": "Weak tag naming the served version; changes exactly when it does.",
+        "schema": {"type": "string"},
+    },
+    "Cache-Control": {
+        "description": "max-age=60 under 5 min of age, max-age=30 under 10 min, else no-cache.",
+        "schema": {"type": "string"},
+    },
+    "Last-Modified": {
+        "description": "The payload's lastUpdated as an HTTP date.",
+        "schema": {"type": "string"},
+    },
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "UsageWindow": {
+        "type": "object",
+        "required": ["resetsIn", "percentageUsed"],
+        "properties": {
+            "resetsIn": {"type": "string", "minLength": 1},
+            "percentageUsed": {"type": "number", "minimum": 0, "maximum": 100},
+        },
+    },
+    "ConsoleUsageDataSync": {
+        "type": "object",
+        "description": "The payload a scraper sends; unknown fields are kept. At least one "
+        "of currentSession and weeklyLimits is required.",
+        "required": ["lastUpdated"],
+        "properties": {
+            "currentSession": _ref("UsageWindow"),
+            "weeklyLimits": {
+                "type": "object",
+                "required": ["allModels", "sonnetOnly"],
+                "properties": {
+                    "allModels": _ref("UsageWindow"),
+                    "sonnetOnly": _ref("UsageWindow"),
+                },
+            },
+            "lastUpdated": {"type": "string", "format": "date-time"},
+            "isPartial": {"type": "boolean"},
+            "extractionErrors": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+        "anyOf": [{"required": ["currentSession"]}, {"required": ["weeklyLimits"]}],
+    },
+    "VersionInfo": {
+        "type": "object",
+        "required": ["current", "total", "timestamp", "filename"],
+        "properties": {
+            "current": {"type": "integer", "minimum": 1, "description": "1-based, oldest = 1"},
+            "total": {"type": "integer", "minimum": 1},
+            "timestamp": {"type": "string", "description": "Ingest time, ISO-8601 UTC"},
+            "filename": {"type": "string"},
+        },
+    },
+    "ConsoleUsage": {
+        "type": "object",
+        "description": "The stored payload's fields at the top level, plus these four.",
+        "required": ["isStale", "ageMinutes", "source", "versionInfo"],
+        "properties": {
+            "isStale": {"type": "boolean", "description": "lastUpdated older than 10 min"},
+            "ageMinutes": {
+                "type": ["integer", "null"],
+                "description": "Whole minutes since lastUpdated",
+            },
+            "source": {"const": "ec2-sync"},
+            "versionInfo": _ref("VersionInfo"),
+            "lastUpdated": {"type": "string"},
+        },
+    },
+    "Error": {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string"},
+            "message": {"type": "string"},
+            "validRange": {"type": "string", "description": "for InvalidVersion"},
+            "example": {"type": "string", "description": "for InvalidTimestamp"},
+        },
+    },
+    "NoVersions": {
+        "type": "object",
+        "required": ["error", "message", "versionsAvailable"],
+        "properties": {
+            "error": {"type": "string"},
+            "message": {"type": "string"},
+            "versionsAvailable": {"const": 0},
+        },
+    },
+    "PostResult": {
+        "type": "object",
+        "required": ["success", "message", "timestamp"],
+        "properties": {
+            "success": {"type": "boolean"},
+            "message": {"type": "string"},
+            "timestamp": {"type": "string"},
+            "drop": {"type": "string", "description": "the drop's name in the spool (202)"},
+            "errors": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "every validation problem (400)",
+            },
+        },
+    },
+    "VersionsPage": {
+        "type": "object",
+        "required": ["total", "versions", "next"],
+        "properties": {
+            "total": {"type": "integer", "minimum": 0},
+            "versions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "timestamp", "size"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "timestamp": {"type": "string"},
+                        "size": {"type": "integer", "minimum": 0},
+                    },
+                },
+            },
+            "next": {
+                "type": ["string", "null"],
+                "description": "pass as before= for the next (older) page; null at the end",
+            },
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "reason", "timestamp"],
+        "properties": {
+            "status": {"enum": ["healthy", "degraded", "unhealthy"]},
+            "reason": {"type": "string"},
+            "timestamp": {"type": "string"},
+            "versionCount": {"type": "integer", "minimum": 0},
+            "latestVersion": {"type": "string"},
+            "latestIngestedAt": {"type": "string"},
+            "lastUpdated": {"type": "string"},
+            "ageSeconds": {"type": "number"},
+            "ageMinutes": {"type": "integer"},
+            "staleAfterMinutes": {"type": "integer"},
+            "unhealthyAfterMinutes": {"type": "integer"},
+        },
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The description as a dict."""
+    unavailable = _json_body("Error", "The history cannot be read")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "console-usage-ingester",
+            "version": "1",
+            "description": "Read the versioned history of console usage snapshots; POST new "
+            "snapshots into the spool.",
+        },
+        "paths": {
+            "/api/claude/console-usage": {
+                "get": {
+                    "operationId": "getConsoleUsage",
+                    "summary": "The newest version, or one chosen by version or timestamp",
+                    "parameters": [
+                        {
+                            "name": "version",
+                            "in": "query",
+                            "required": False,
+                            "description": "N >= 1 counts from the oldest, N <= -1 from the "
+                            "newest (-1 = newest); 0 or out of range: 400. Wins over timestamp.",
+                            "schema": {"type": "integer"},
+                        },
+                        {
+                            "name": "timestamp",
+                            "in": "query",
+                            "required": False,
+                            "description": "ISO-8601 instant (UTC without an offset): the "
+                            "version ingested nearest to it.",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "If-None-Match",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "If-Modified-Since",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            **_json_body("ConsoleUsage", "The version's payload and freshness"),
+                            "headers": _CACHE_HEADERS,
+                        },
+                        "304": {"description": "Not modified", "headers": _CACHE_HEADERS},
+                        "400": _json_body("Error", "Bad version (validRange) or timestamp"),
+                        "404": _json_body("NoVersions", "No versions stored yet"),
+                        "502": _json_body("Error", "The stored version is not a JSON object"),
+                        "503": unavailable,
+                    },
+                },
+                "post": {
+                    "operationId": "postConsoleUsage",
+                    "summary": "Hand a snapshot to the spool (202 once it is durable there)",
+                    "security": [{"apiKey": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("ConsoleUsageDataSync")}},
+                    },
+                    "responses": {
+                        "202": _json_body("PostResult", "Durable in the spool"),
+                        "400": _json_body("PostResult", "Invalid payload, with errors"),
+                        "401": _json_body("PostResult", "Missing or wrong X-API-Key"),
+                        "408": _json_body("PostResult", "Body too slow"),
+                        "413": _json_body("PostResult", "Body over --max-bytes"),
+                        "415": _json_body("PostResult", "Content-Type is not JSON"),
+                        "503": _json_body("PostResult", "The spool cannot be written"),
+                    },
+                },
+            },
+            "/api/claude/console-usage/versions": {
+                "get": {
+                    "operationId": "listVersions",
+                    "summary": "Versions, newest first, a page at a time",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        },
+                        {
+                            "name": "before",
+                            "in": "query",
+                            "required": False,
+                            "description": "A version name: only older versions",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "required": False,
+                            "description": "A version name: only newer versions",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json_body("VersionsPage", "One page"),
+                        "400": _json_body("Error", "Bad limit or cursor"),
+                        "503": unavailable,
+                    },
+                },
+            },
+            "/api/claude/console-usage/versions/{name}": {
+                "get": {
+                    "operationId": "getVersion",
+                    "summary": "A version's bytes, exactly as stored (immutable)",
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The stored bytes",
+                            "content": {"application/json": {"schema": {}}},
+                        },
+                        "304": {"description": "Not modified"},
+                        "404": _json_body("Error", "No such version"),
+                        "503": unavailable,
+                    },
+                },
+            },
+            "/api/health": {
+                "get": {
+                    "operationId": "getHealth",
+                    "summary": "healthy / degraded (> 10 min) / unhealthy (> 30 min, none, "
+                    "unreadable)",
+                    "responses": {
+                        "200": _json_body("Health", "healthy or degraded"),
+                        "503": _json_body("Health", "unhealthy"),
+                    },
+                },
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "getMetrics",
+                    "summary": "Prometheus text format",
+                    "responses": {
+                        "200": {
+                            "description": "Metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                },
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "getOpenapi",
+                    "summary": "This document",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                },
+            },
+        },
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+        },
+    }
+
+
+@functools.cache
+def openapi_bytes() -> bytes:
+    """The description as the bytes served (indented JSON, a final newline)."""
+    return (json.dumps(openapi_document(), indent=2) + "\n").encode()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    sys.stdout.write(openapi_bytes().decode())

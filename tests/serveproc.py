@@ -1,0 +1,174 @@
+"""A real ``ingester serve`` in a subprocess on 127.0.0.1, and ways to fill a history fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+from conftest import cli_env, wait_for
+
+HISTORY = "console-usage-history"
+KEY = "s3cret-key-for-tests"
+
+
+def fresh_payload(age: timedelta = timedelta(0), **extra: object) -> bytes:
+    """A valid payload whose ``lastUpdated`` is ``age`` ago."""
+    stamp = datetime.now(UTC) - age
+    body = {
+        "currentSession": {"resetsIn": "4 hr", "percentageUsed": 12.5},
+        "lastUpdated": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        **extra,
+    }
+    return json.dumps(body).encode()
+
+
+def version_name(at: datetime, seq: int = 0) -> str:
+    """A version name for ingest time ``at`` (to the second), ``seq`` making it unique."""
+    return f"{at.astimezone(UTC).strftime('%Y-%m-%dT%H-%M-%S')}-{seq:08x}.json"
+
+
+def put_version(root: Path, name: str, data: bytes) -> Path:
+    """Place a version file straight into the history (as the watcher would leave it)."""
+    history = root / HISTORY
+    history.mkdir(parents=True, exist_ok=True)
+    path = history / name
+    path.write_bytes(data)
+    return path
+
+
+def fill_history(
+    root: Path, count: int, start: datetime, step: timedelta, data: bytes
+) -> list[str]:
+    """``count`` versions ingested ``step`` apart from ``start``, all holding ``data``.
+
+    Each is a hard link to one file: creating inodes is the slow part of writing many
+    files, and the server only cares about names and bytes. Returns the names, oldest first.
+    """
+    history = root / HISTORY
+    history.mkdir(parents=True, exist_ok=True)
+    source = root.parent / f"payload-{os.urandom(3).hex()}.json"
+    source.write_bytes(data)
+    names = [version_name(start + step * i, i) for i in range(count)]
+    fd = os.open(history, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in names:
+            os.link(source, name, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
+    return names
+
+
+class ServeProcess:
+    """``python -m ingester --root ROOT serve --listen 127.0.0.1:0 ARGS`` and a client."""
+
+    def __init__(
+        self,
+        root: Path,
+        *args: str,
+        key: str | None = KEY,
+        env: dict[str, str] | None = None,
+        global_args: tuple[str, ...] = (),
+        wrapper: tuple[str, ...] = (),
+        listen: str = "127.0.0.1:0",
+    ) -> None:
+        self.root = root
+        self.log_path = root.parent / f"serve-{os.urandom(3).hex()}.log"
+        self._log = self.log_path.open("wb")
+        extra = dict(env or {})
+        if key is not None:
+            extra["INGESTER_API_KEY"] = key
+        self.proc = subprocess.Popen(
+            [
+                *wrapper,
+                sys.executable,
+                "-m",
+                "ingester",
+                "--root",
+                str(root),
+                *global_args,
+                "serve",
+                "--listen",
+                listen,
+                *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=cli_env(**extra),
+        )
+        self.port = 0
+        self.client: httpx.Client | None = None
+
+    @property
+    def log(self) -> str:
+        """Everything it logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def base(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServeProcess:
+        """Wait until it listens; open a client."""
+
+        def listening() -> re.Match[str] | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.log}")
+            return re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.log)
+
+        match = wait_for(listening, 15, "serve to listen")
+        assert isinstance(match, re.Match)
+        self.port = int(match[1])
+        self.client = httpx.Client(base_url=self.base, timeout=10)
+        return self
+
+    def get(self, path: str, **kw: object) -> httpx.Response:
+        """GET through the client."""
+        assert self.client is not None
+        return self.client.get(path, **kw)  # type: ignore[arg-type]
+
+    def post(self, path: str, **kw: object) -> httpx.Response:
+        """POST through the client."""
+        assert self.client is not None
+        return self.client.post(path, **kw)  # type: ignore[arg-type]
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then wait; returns the exit code."""
+        if self.client is not None:
+            self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: the crash."""
+        if self.client is not None:
+            self.client.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+    def __enter__(self) -> ServeProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        else:
+            self._log.close()

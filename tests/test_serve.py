@@ -1,0 +1,592 @@
+"""``ingester serve`` over real HTTP: every row of the read and write contract.
+
+Each test starts a real server process on 127.0.0.1 (a free port) over a real history
+folder whose versions are written straight to disk, as the watcher leaves them.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import IS_ROOT, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+from serveproc import KEY, ServeProcess, fresh_payload, put_version, version_name
+
+API = "/api/claude/console-usage"
+T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def three(root: Path) -> list[tuple[str, bytes]]:
+    """Three fresh versions ingested a minute apart (T0, T0+60 s, T0+120 s)."""
+    out = []
+    for i in range(3):
+        data = fresh_payload(timedelta(minutes=1), seq=i)
+        name = version_name(T0 + timedelta(seconds=60 * i), i)
+        put_version(root, name, data)
+        out.append((name, data))
+    return out
+
+
+@pytest.fixture
+def server(root: Path) -> Iterator[ServeProcess]:
+    """A running server on ``root`` with the test key."""
+    with ServeProcess(root) as proc:
+        yield proc
+
+
+def spool_drops(root: Path) -> list[Path]:
+    """Drops waiting in the spool."""
+    spool = root / "spool"
+    if not spool.is_dir():
+        return []
+    return sorted(p for p in spool.iterdir() if p.suffix == ".json" and p.is_file())
+
+
+# -- GET: the latest and its fields --------------------------------------------------------
+
+
+def test_latest_has_payload_fields_and_version_info(three: list[tuple[str, bytes]], server):
+    r = server.get(API)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    stored = json.loads(three[-1][1])
+    for key, value in stored.items():
+        assert body[key] == value
+    assert body["source"] == "ec2-sync"
+    assert body["isStale"] is False
+    assert body["ageMinutes"] == 1
+    assert body["versionInfo"] == {
+        "current": 3,
+        "total": 3,
+        "timestamp": "2026-11-01T12:02:00.000Z",
+        "filename": three[-1][0],
+    }
+
+
+def test_version_counts_from_oldest_and_newest(three: list[tuple[str, bytes]], server):
+    for query, index in (("1", 0), ("2", 1), ("3", 2), ("-1", 2), ("-2", 1), ("-3", 0)):
+        body = server.get(API, params={"version": query}).json()
+        assert body["versionInfo"]["filename"] == three[index][0], query
+        assert body["versionInfo"]["current"] == index + 1
+        assert body["seq"] == index
+
+
+@pytest.mark.parametrize(
+    "bad", ["0", "4", "-4", "abc", "1.5", "", " ", "1e3", "0x1", "99999999999999"]
+)
+def test_bad_version_is_400_with_valid_range(three: list[tuple[str, bytes]], server, bad: str):
+    r = server.get(API, params={"version": bad})
+    assert r.status_code == 400
+    body = r.json()
+    assert body["error"] == "InvalidVersion"
+    assert body["message"]
+    assert "1 to 3" in body["validRange"] and "-3" in body["validRange"]
+
+
+def test_timestamp_picks_the_nearest_ingest_time(three: list[tuple[str, bytes]], server):
+    def pick(when: str) -> int:
+        r = server.get(API, params={"timestamp": when})
+        assert r.status_code == 200, r.text
+        return int(r.json()["seq"])
+
+    assert pick("2026-11-01T12:00:20Z") == 0
+    assert pick("2026-11-01T12:00:40Z") == 1
+    assert pick("2026-11-01T12:01:30Z") == 2  # a tie: the newer one
+    assert pick("2020-01-01T00:00:00Z") == 0
+    assert pick("2030-01-01T00:00:00Z") == 2
+    assert pick("2026-11-01T13:01:05+01:00") == 1  # offsets are honoured
+    assert pick("2026-11-01T12:01:05") == 1  # no offset: UTC
+    assert pick("2026-11-01T12:01:05.250Z") == 1
+
+
+@pytest.mark.parametrize("bad", ["yesterday", "2026-13-01T00:00:00Z", "", "0001-01-01T00:00+01:00"])
+def test_bad_timestamp_is_400_with_an_example(three: list[tuple[str, bytes]], server, bad: str):
+    r = server.get(API, params={"timestamp": bad})
+    assert r.status_code == 400
+    body = r.json()
+    assert body["error"] == "InvalidTimestamp"
+    parsed = datetime.fromisoformat(body["example"].replace("Z", "+00:00"))
+    assert parsed.tzinfo is not None
+    assert body["example"] in body["message"]
+
+
+def test_no_versions_is_404(root: Path, server):
+    for params in ({}, {"version": "1"}, {"timestamp": "2026-11-01T00:00:00Z"}):
+        r = server.get(API, params=params)
+        assert r.status_code == 404
+        assert r.json()["versionsAvailable"] == 0
+    (root / "console-usage-history").mkdir()
+    assert server.get(API).json()["versionsAvailable"] == 0
+
+
+# -- headers and conditional requests ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("age_min", "cache", "stale"),
+    [(1, "max-age=60", False), (7, "max-age=30", False), (12, "no-cache", True)],
+)
+def test_cache_control_follows_freshness(root: Path, age_min: int, cache: str, stale: bool):
+    data = fresh_payload(timedelta(minutes=age_min, seconds=5))
+    put_version(root, version_name(T0), data)
+    with ServeProcess(root) as server:
+        r = server.get(API)
+    assert r.headers["cache-control"] == cache
+    assert r.json()["isStale"] is stale
+    assert r.json()["ageMinutes"] == age_min
+    updated = datetime.fromisoformat(json.loads(data)["lastUpdated"].replace("Z", "+00:00"))
+    assert email.utils.parsedate_to_datetime(r.headers["last-modified"]) == updated.replace(
+        microsecond=0
+    )
+
+
+def test_etag_changes_exactly_when_the_version_does(root: Path, three, server):
+    first = server.get(API).headers["etag"]
+    assert server.get(API).headers["etag"] == first
+    assert server.get(API, params={"version": "-1"}).headers["etag"] == first
+    assert server.get(API, params={"version": "1"}).headers["etag"] != first
+    put_version(root, version_name(T0 + timedelta(minutes=5), 9), fresh_payload(seq=9))
+    second = wait_for(lambda: (e := server.get(API).headers["etag"]) != first and e, 5)
+    assert server.get(API).json()["seq"] == 9
+    assert second != first
+
+
+def test_conditional_requests_answer_304(three, server):
+    r = server.get(API)
+    etag, modified = r.headers["etag"], r.headers["last-modified"]
+
+    hit = server.get(API, headers={"If-None-Match": etag})
+    assert hit.status_code == 304
+    assert hit.content == b""
+    assert hit.headers["etag"] == etag
+    assert server.get(API, headers={"If-None-Match": f'"other", {etag}'}).status_code == 304
+    assert server.get(API, headers={"If-None-Match": etag.removeprefix("W/")}).status_code == 304
+    assert server.get(API, headers={"If-None-Match": "*"}).status_code == 304
+    assert server.get(API, headers={"If-None-Match": '"other"'}).status_code == 200
+
+    assert server.get(API, headers={"If-Modified-Since": modified}).status_code == 304
+    later = email.utils.format_datetime(datetime.now(UTC), usegmt=True)
+    assert server.get(API, headers={"If-Modified-Since": later}).status_code == 304
+    earlier = email.utils.format_datetime(datetime(2020, 1, 1, tzinfo=UTC), usegmt=True)
+    assert server.get(API, headers={"If-Modified-Since": earlier}).status_code == 200
+    assert server.get(API, headers={"If-Modified-Since": "garbage"}).status_code == 200
+    # If-None-Match decides when both are given.
+    both = {"If-None-Match": '"other"', "If-Modified-Since": modified}
+    assert server.get(API, headers=both).status_code == 200
+    # Another version has another tag.
+    old = server.get(API, params={"version": "1"}, headers={"If-None-Match": etag})
+    assert old.status_code == 200
+
+
+# -- versions listing and bytes ------------------------------------------------------------
+
+
+def test_versions_listing_pages_newest_first(root: Path, server):
+    names = []
+    for i in range(7):
+        name = version_name(T0 + timedelta(seconds=i), i)
+        put_version(root, name, fresh_payload(seq=i) + b" " * i)
+        names.append(name)
+    page = server.get(f"{API}/versions", params={"limit": "3"}).json()
+    assert page["total"] == 7
+    assert [v["name"] for v in page["versions"]] == names[::-1][:3]
+    assert page["versions"][0]["size"] == (root / "console-usage-history" / names[6]).stat().st_size
+    assert page["versions"][0]["timestamp"] == "2026-11-01T12:00:06.000Z"
+    seen = [v["name"] for v in page["versions"]]
+    while page["next"]:
+        page = server.get(f"{API}/versions", params={"limit": "3", "before": page["next"]}).json()
+        seen += [v["name"] for v in page["versions"]]
+    assert seen == names[::-1]
+    after = server.get(f"{API}/versions", params={"after": names[4]}).json()
+    assert [v["name"] for v in after["versions"]] == [names[6], names[5]]
+    for bad in ({"limit": "0"}, {"limit": "1001"}, {"limit": "x"}, {"before": "nope.json"}):
+        assert server.get(f"{API}/versions", params=bad).status_code == 400
+
+
+def test_version_bytes_are_exact_and_immutable(three, server):
+    name, data = three[1]
+    r = server.get(f"{API}/versions/{name}")
+    assert r.status_code == 200
+    assert r.content == data
+    assert "immutable" in r.headers["cache-control"]
+    etag = r.headers["etag"]
+    assert not etag.startswith("W/")
+    assert server.get(f"{API}/versions/{name}", headers={"If-None-Match": etag}).status_code == 304
+    assert server.get(f"{API}/versions/2026-01-01T00-00-00-nothere.json").status_code == 404
+    assert server.get(f"{API}/versions/_metadata.json").status_code == 404
+    assert server.get(f"{API}/versions/..%2F..%2Fetc%2Fpasswd").status_code == 404
+
+
+def test_legacy_version_names_count(root: Path, server):
+    put_version(root, "2026-01-05T00-00-00-test5.json", fresh_payload(seq=5))
+    put_version(root, "notes.json", b"{}")
+    body = server.get(API).json()
+    assert body["versionInfo"]["filename"] == "2026-01-05T00-00-00-test5.json"
+    assert body["versionInfo"]["total"] == 1
+    # A file someone else put there that is not a JSON object: a clear error, no crash.
+    put_version(root, "2026-01-06T00-00-00-broken.json", b"[" * 100_000)
+    r = wait_for(lambda: (r := server.get(API)).status_code == 502 and r, 5)
+    assert r.json()["error"] == "CorruptVersion"
+    assert server.get(API, params={"version": "1"}).status_code == 200
+    assert server.get("/api/health").json()["status"] == "unhealthy"
+    assert "Traceback" not in server.log
+
+
+# -- health ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("age_min", "status", "code"),
+    [(2, "healthy", 200), (15, "degraded", 200), (45, "unhealthy", 503)],
+)
+def test_health_by_age(root: Path, age_min: int, status: str, code: int):
+    put_version(root, version_name(T0), fresh_payload(timedelta(minutes=age_min)))
+    with ServeProcess(root) as server:
+        r = server.get("/api/health")
+    assert r.status_code == code
+    body = r.json()
+    assert body["status"] == status
+    assert body["ageMinutes"] == age_min
+    assert body["versionCount"] == 1
+    assert body["latestVersion"] == version_name(T0)
+
+
+def test_health_unhealthy_without_data_or_history(root: Path, server):
+    r = server.get("/api/health")
+    assert (r.status_code, r.json()["status"]) == (503, "unhealthy")
+    assert r.json()["reason"] == "no data stored yet"
+    # The history path is not a folder: unreadable.
+    (root / "console-usage-history").write_text("not a folder")
+    r = server.get("/api/health")
+    assert (r.status_code, r.json()["status"]) == (503, "unhealthy")
+    assert "unreadable" in r.json()["reason"]
+    assert server.get(API).status_code == 503
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def metrics(server: ServeProcess) -> dict[str, float]:
+    """Every sample as ``name{labels}`` -> value (labels sorted)."""
+    r = server.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+def test_metrics_describe_history_spool_and_requests(root: Path, three, server):
+    spool = root / "spool"
+    (spool / "rejected").mkdir(parents=True)
+    (spool / "waiting.json").write_bytes(b"{}")
+    (spool / "rejected" / "bad.json").write_bytes(b"x")
+    server.get(API)
+    m = metrics(server)
+    assert m["ingester_versions"] == 3
+    assert m["ingester_newest_version_timestamp_seconds"] == (T0 + timedelta(minutes=2)).timestamp()
+    assert 60 <= m["ingester_payload_age_seconds"] < 600
+    assert m["ingester_payload_stale"] == 0
+    assert m["ingester_spool_backlog"] == 1
+    assert m["ingester_spool_oldest_drop_age_seconds"] >= 0
+    assert m["ingester_rejected_drops"] == 1
+    assert m["ingester_history_readable"] == 1
+    assert (
+        m["ingester_http_requests_total{method=GET,route=/api/claude/console-usage,status=200}"]
+        == 1
+    )
+    assert m["ingester_http_request_duration_seconds_count{route=/api/claude/console-usage}"] == 1
+
+
+def test_lookups_do_not_list_the_history_per_request(root: Path, three, server):
+    """The index is revalidated by a stat: many lookups, one listing per change."""
+    server.get(API)
+    before = metrics(server)["ingester_history_listings_total"]
+    for i in range(30):
+        server.get(API, params={"timestamp": f"2026-11-01T12:00:{i:02d}Z"})
+        server.get(API, params={"version": str(1 + i % 3)})
+    after = metrics(server)["ingester_history_listings_total"]
+    assert after - before <= 1
+    put_version(root, version_name(T0 + timedelta(minutes=9), 7), fresh_payload(seq=7))
+    wait_for(lambda: server.get(API).json()["versionInfo"]["total"] == 4, 5)
+    assert metrics(server)["ingester_history_listings_total"] > after
+
+
+# -- POST: key, types, limits -------------------------------------------------------------
+
+
+def post(server: ServeProcess, data: bytes, key: str | None = KEY, **headers: str):
+    """POST ``data`` as JSON with ``key``."""
+    h = {"Content-Type": "application/json", **headers}
+    if key is not None:
+        h["X-API-Key"] = key
+    return server.post(API, content=data, headers=h)
+
+
+def test_post_with_the_key_drops_durably(root: Path, server):
+    data = fresh_payload(seq=1)
+    r = post(server, data)
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["success"] is True
+    assert body["message"]
+    assert datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
+    drops = spool_drops(root)
+    assert [p.name for p in drops] == [body["drop"]]
+    assert drops[0].read_bytes() == data
+    assert not any(p.name.startswith(".") for p in (root / "spool" / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("key", [None, "", "wrong", KEY + "x", KEY[:-1], "ключ".encode()])
+def test_post_with_a_missing_or_wrong_key_is_401(root: Path, server, key: str | bytes | None):
+    headers: dict[str, str | bytes] = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["X-API-Key"] = key
+    r = server.post(API, content=fresh_payload(), headers=headers)
+    assert r.status_code == 401
+    assert r.json()["success"] is False
+    assert spool_drops(root) == []
+
+
+def test_without_a_configured_key_every_post_is_401(root: Path, three):
+    with ServeProcess(root, key=None) as server:
+        assert post(server, fresh_payload(), key="").status_code == 401
+        assert post(server, fresh_payload(), key="anything").status_code == 401
+        assert server.get(API).status_code == 200
+        assert "every POST answers 401" in server.log
+    assert spool_drops(root) == []
+
+
+def test_api_key_file_is_read_and_wins(root: Path, tmp_path: Path):
+    key_file = tmp_path / "key"
+    key_file.write_text("from-the-file\n")
+    with ServeProcess(root, "--api-key-file", str(key_file)) as server:
+        assert post(server, fresh_payload(), key="from-the-file").status_code == 202
+        assert post(server, fresh_payload(), key=KEY).status_code == 401
+
+
+def test_post_invalid_payload_is_400_with_errors(root: Path, server):
+    bad = json.dumps({"currentSession": {"resetsIn": "", "percentageUsed": "40"}}).encode()
+    r = post(server, bad)
+    assert r.status_code == 400
+    body = r.json()
+    assert body["success"] is False
+    fields = {e["field"] for e in body["errors"]}
+    assert {"lastUpdated", "currentSession.resetsIn", "currentSession.percentageUsed"} <= fields
+    for junk in (b"{not json", b"[]", b"\xff\xfe", b"", b"[" * 100_000):
+        r = post(server, junk)
+        assert r.status_code == 400, junk[:10]
+        assert r.json()["success"] is False
+    assert spool_drops(root) == []
+
+
+@pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_post_not_json_is_415(root: Path, server, ctype: str | None):
+    headers = {"X-API-Key": KEY}
+    if ctype:
+        headers["Content-Type"] = ctype
+    r = server.post(API, content=fresh_payload(), headers=headers)
+    assert r.status_code == 415
+    assert r.json()["success"] is False
+    assert spool_drops(root) == []
+
+
+def test_post_json_with_charset_is_accepted(server):
+    r = post(server, fresh_payload(), **{"Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 202
+
+
+def test_post_over_max_bytes_is_413(root: Path):
+    with ServeProcess(root, global_args=("--max-bytes", "2000")) as server:
+        big = fresh_payload(pad="x" * 3000)
+        assert post(server, big).status_code == 413
+        # Without a Content-Length (chunked), the cap holds while reading.
+        r = server.post(
+            API,
+            content=iter([big[:1000], big[1000:]]),
+            headers={"Content-Type": "application/json", "X-API-Key": KEY},
+        )
+        assert r.status_code == 413
+        assert post(server, fresh_payload()).status_code == 202
+    assert len(spool_drops(root)) == 1
+
+
+def raw_request(port: int, data: bytes, read_timeout: float = 10) -> bytes:
+    """Send raw bytes; return the answer's head (or all until the server closes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as sock:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before it read everything: what it answered is still readable
+        got = b""
+        try:
+            while b"\r\n\r\n" not in got and (chunk := sock.recv(65536)):
+                got += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return got
+
+
+def test_slow_body_is_408_and_others_are_served(root: Path, three):
+    with ServeProcess(root, "--body-timeout", "0.5") as server:
+        head = (
+            f"POST {API} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"X-API-Key: {KEY}\r\nContent-Length: 400\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(head + b'{"lastUpdated":')
+            assert server.get(API).status_code == 200  # not blocked meanwhile
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408")
+        assert spool_drops(root) == []
+
+
+def test_slow_or_silent_request_heads_are_cut_off(root: Path, three):
+    with ServeProcess(root, "--head-timeout", "0.5") as server:
+        silent = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        trickle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        try:
+            head = f"GET {API} HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode()
+            trickle.sendall(head)
+            got = b""
+            # One byte at a time, each well within the timeout: the head still never ends.
+            trickle.settimeout(0.1)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    trickle.sendall(b"a")
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                try:
+                    chunk = trickle.recv(4096)
+                except TimeoutError:
+                    continue
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                got += chunk
+            assert got.startswith(b"HTTP/1.1 408"), got
+            silent.settimeout(10)
+            assert silent.recv(4096).startswith(b"HTTP/1.1 408")
+            assert silent.recv(4096) == b""  # and closed
+            # A keep-alive client that sends its requests promptly is not affected.
+            for _ in range(3):
+                assert server.get(API).status_code == 200
+        finally:
+            silent.close()
+            trickle.close()
+
+
+def test_a_connection_flood_is_refused_then_cleared(root: Path, three):
+    with ServeProcess(root, "--max-connections", "4", "--head-timeout", "0.5") as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(6)]
+        try:
+            with httpx.Client(base_url=server.base, timeout=10) as fresh:
+                assert fresh.get(API).status_code == 503  # over the limit: refused, not queued
+            # The idle ones are cut off at the head deadline; then there is room again.
+            with httpx.Client(base_url=server.base, timeout=10) as fresh:
+                wait_for(lambda: fresh.get(API).status_code == 200, 10, "room again")
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_header_floods_are_refused_and_the_server_lives(three, server):
+    huge = (
+        b"GET " + API.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+    )
+    answer = raw_request(server.port, huge)
+    assert answer == b"" or answer.split(b" ", 2)[1] in (b"400", b"431")
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(5000))
+    answer = raw_request(
+        server.port, b"GET " + API.encode() + b" HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n"
+    )
+    assert answer == b"" or answer.split(b" ", 2)[1] in (b"400", b"431")
+    assert server.get(API).status_code == 200
+    assert server.proc.poll() is None
+
+
+def test_malformed_requests_get_a_clear_answer(three, server):
+    answer = raw_request(server.port, b"NONSENSE\r\n\r\n")
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
+    # uvicorn's warning about it is one line in our log format.
+    line = wait_for(
+        lambda: next((x for x in server.log.splitlines() if "Invalid HTTP request" in x), None), 5
+    )
+    assert " WARNING " in str(line)
+    r = server.client.request("DELETE", API)
+    assert r.status_code == 405
+    assert set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "POST"}
+    assert r.json()["error"]
+    assert server.get("/no/such/path").status_code == 404
+    assert server.get("/no/such/path").json()["error"]
+    assert server.get(API).status_code == 200
+
+
+needs_chattr = pytest.mark.skipif(
+    not IS_ROOT or shutil.which("chattr") is None, reason="chattr +i needs root and e2fsprogs"
+)
+
+
+@needs_chattr
+def test_post_when_the_spool_cannot_be_written_is_503(root: Path, server):
+    tmp = root / "spool" / "tmp"
+    tmp.mkdir(parents=True)
+    done = subprocess.run(["chattr", "+i", str(tmp)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i does not work here: {done.stderr.strip()}")
+    try:
+        r = post(server, fresh_payload())
+        assert r.status_code == 503
+        assert r.json()["success"] is False
+        assert "spool" in r.json()["message"]
+        assert "spool not writable" in server.log
+        assert "Traceback" not in server.log
+    finally:
+        subprocess.run(["chattr", "-i", str(tmp)], check=True)
+    assert spool_drops(root) == []
+    assert post(server, fresh_payload()).status_code == 202
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def test_serve_usage_errors_are_one_line(root: Path, tmp_path: Path):
+    from conftest import run_cli
+
+    bad = run_cli(root, "serve", "--listen", "nowhere")
+    assert bad.returncode == 2
+    assert "--listen" in bad.stderr
+    missing = run_cli(root, "serve", "--api-key-file", str(tmp_path / "absent"))
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("error: cannot read --api-key-file")
+    assert len(missing.stderr.strip().splitlines()) == 1
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run_cli(root, "serve", "--listen", f"127.0.0.1:{port}")
+    assert busy.returncode == 1
+    assert busy.stderr.strip().splitlines()[-1].startswith("error: cannot listen on")
+    assert "Traceback" not in busy.stderr
+
+
+def test_sigterm_stops_it_with_0(root: Path):
+    server = ServeProcess(root).start()
+    assert server.stop() == 0
