@@ -28,8 +28,9 @@ from .settings import SettingError, resolve_settings
 
 if TYPE_CHECKING:
     from .cli import App
+    from .s3_history import S3History
 
-__all__ = ["mirror", "restore"]
+__all__ = ["mirror", "restore", "s3_reader"]
 
 _ENDPOINT_HELP = (
     "S3 endpoint of a non-AWS store, e.g. http://127.0.0.1:8333. "
@@ -210,3 +211,17 @@ def restore(
                 f"error: {name} differs from the object store's copy; left as it is", err=True
             )
         raise click.exceptions.Exit(1)
+
+
+def s3_reader(source: str, endpoint_url: str | None) -> S3History:
+    """The reader ``serve --from s3://BUCKET/PREFIX`` uses; click errors when unusable."""
+    from .s3_history import S3History
+
+    try:
+        target = parse_target(source)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--from") from None
+    try:
+        return S3History(make_client(endpoint_url), target)
+    except ObjectStoreUnavailable as exc:
+        raise _fail(str(exc)) from None

@@ -526,6 +526,73 @@ def test_wrong_credentials_then_fixed_without_a_restart(
     restore_and_verify(root, tmp_path, target, s3_env(s3.endpoint, aws_files))
 
 
+# -- serving from the object store ---------------------------------------------------------
+
+
+def test_serve_from_the_object_store_on_a_machine_without_the_history(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """Two stateless serve instances read the mirror and answer the same API."""
+    from serveproc import ServeProcess, fresh_payload
+
+    store = make_store(root)
+    names = [store.save_version(fresh_payload(seq=i)).name for i in range(4)]
+    target = f"s3://{bucket}/served"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    replicas = [tmp_path / "replica-a", tmp_path / "replica-b"]  # no history there at all
+    proxy = FaultProxy(s3.port)
+    servers = [
+        ServeProcess(replicas[0], "--from", target, key=None, env=env),
+        ServeProcess(
+            replicas[1], "--from", target, key=None, env=s3_env(proxy.endpoint, aws_files)
+        ),
+    ]
+    try:
+        for server in servers:
+            server.start()
+        answers = [server.get("/api/claude/console-usage") for server in servers]
+        for answer in answers:
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["versionInfo"]["filename"] == names[-1]
+            assert body["versionInfo"]["total"] == 4 and body["seq"] == 3
+        assert answers[0].headers["etag"] == answers[1].headers["etag"]
+        oldest = servers[0].get("/api/claude/console-usage", params={"version": "1"})
+        assert oldest.json()["versionInfo"]["filename"] == names[0]
+        health = servers[0].get("/api/health")
+        assert health.status_code == 200 and health.json()["status"] == "healthy", health.text
+        # A new version, mirrored: both instances serve it (no restart, no shared state).
+        newest = store.save_version(fresh_payload(seq=4)).name
+        assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+        for server in servers:
+            wait_for(
+                lambda s=server: (
+                    s.get("/api/claude/console-usage").json()["versionInfo"]["filename"] == newest
+                ),
+                15,
+                "the new version served",
+            )
+        # The object store failing behind one instance: 503 with a reason, not a crash.
+        proxy.fault = "error"
+        wait_for(
+            lambda: (
+                servers[1].get("/api/claude/console-usage").status_code == 503
+                or servers[1].get("/api/claude/console-usage", params={"version": "2"}).status_code
+                == 503
+            ),
+            15,
+            "a 503 while the store fails",
+        )
+        proxy.fault = None
+        wait_for(lambda: servers[1].get("/api/claude/console-usage").status_code == 200, 15, "back")
+    finally:
+        for server in servers:
+            assert server.stop() == 0, server.log
+        proxy.close()
+    assert "Traceback" not in servers[1].log, servers[1].log
+
+
 # -- errors a user can hit: one line, documented exit codes ---------------------------------
 
 
