@@ -109,10 +109,12 @@ def mirror(
 
     Uploads every version once to s3://BUCKET/PREFIX/<version name> (Content-MD5,
     If-None-Match: *), plus _metadata.json and console-usage-synced.json (a copy of the
-    newest version). TARGET defaults to --mirror / INGESTER_MIRROR. While the object
-    store is away, a backlog waits and local retention keeps what is not yet mirrored
-    (at most --mirror-hold versions). --mirror-retention follow also deletes remote
-    versions that local retention deleted. Stops on SIGTERM/SIGINT (exit 0).
+    newest version). The target defaults to --mirror / INGESTER_MIRROR. While the
+    object store is away, a backlog waits and local retention keeps what is not yet
+    mirrored (at most --mirror-hold versions). --mirror-retention follow also deletes
+    remote versions that local retention deleted. Credentials from the standard AWS
+    chain, never from the command line. Stops on SIGTERM/SIGINT (exit 0); exits 1 when
+    another mirror runs on this history. See docs/mirror.md.
     """
     from .mirror import Mirror, MirrorOptions
 
