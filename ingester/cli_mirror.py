@@ -76,7 +76,7 @@ def _target(ctx: click.Context, param: click.Parameter, value: str | None) -> Mi
     default=30.0,
     show_default=True,
     metavar="S",
-    help="Rescan the history every S seconds (the backstop for lost inotify events).",
+    help="A pass over the history every S seconds, even if its folder looks unchanged.",
 )
 @click.option(
     "--retry-max",

@@ -14,8 +14,8 @@ What it keeps true, and how:
 * **No journal of its own.** On start, after any outage, and every
   ``--reconcile-interval`` seconds it lists the remote prefix and uploads exactly what
   the local history has and the listing lacks. Between listings it trusts what it has
-  uploaded itself, and learns of new versions from inotify on the history folder (with
-  a rescan every ``--rescan-interval`` seconds as the backstop for lost events).
+  uploaded itself, and learns of new versions by looking at the history folder's mtime
+  twice a second (one ``stat``), with a full pass every ``--rescan-interval`` seconds.
 * **A backlog, not a loss.** An outage, throttling (503 SlowDown), 5xx answers or
   rejected credentials stop the pass; it retries with backoff (0.5 s doubling up to
   ``--retry-max``) and logs one line when the state changes, not one per retry. After
@@ -41,10 +41,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
-
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
 
 from .durable import StorageError
 from .lock import HistoryLock
@@ -83,6 +79,11 @@ _STATE_EVERY = 1.0  # seconds between state-file writes while a backlog drains
 # version by then (the pass never competes with that ingest for the CPU or the disk), and
 # a burst of drops becomes one pass.
 _COALESCE = 0.25
+# How often an idle mirror looks at the history folder's mtime (one stat). Not inotify:
+# a watch on the history wakes this process a dozen times during every ingest (temp
+# file, write, chmod, link, metadata rename...), CPU taken at the very moment the
+# watcher needs it; a stat twice a second costs nothing and adds at most 0.5 s of lag.
+_POLL = 0.5
 
 _STATE_WORDS = {
     "unreachable": "object store unreachable",
@@ -129,18 +130,19 @@ class PassResult:
     listed: bool = False
 
 
-class _HistoryEvents(FileSystemEventHandler):
-    """Wakes the mirror when a version or the metadata appears, changes or goes."""
+def _folder_token(folder: str) -> tuple[tuple[int, int, int] | None, bool]:
+    """``((inode, mtime_ns, ctime_ns), settled)`` of a folder; ``(None, True)`` if gone.
 
-    def __init__(self, wake: threading.Event) -> None:
-        self._wake = wake
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        for raw in (event.src_path, getattr(event, "dest_path", "")):
-            name = os.path.basename(os.fsdecode(raw)) if raw else ""
-            if is_version_name(name) or name == METADATA_KEY:
-                self._wake.set()
-                return
+    Every version linked in or deleted and every ``_metadata.json`` replaced creates or
+    removes an entry, which moves the folder's mtime. A token taken within 50 ms of its
+    own change is not *settled*: a second change within one clock tick might not move it.
+    """
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None, True
+    changed = max(st.st_mtime_ns, st.st_ctime_ns) / 1e9
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns), time.time() - changed > 0.05
 
 
 def _now() -> datetime:
@@ -173,7 +175,7 @@ class Mirror:
         self._conditional = True
         self._bad: dict[str, str] = {}  # names that cannot be mirrored, and why (logged once)
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._seen: tuple[tuple[int, int, int] | None, bool] = (None, False)
         self._problem: Failure | None = None
         self._problem_since = 0.0
         self._state = MirrorState(
@@ -463,7 +465,6 @@ class Mirror:
     def stop(self, *_args: object) -> None:
         """Finish the uploads in flight, then stop (signal handler)."""
         self._stop.set()
-        self._wake.set()
 
     def _ping(self) -> None:
         interval = self._notifier.watchdog_interval
@@ -519,14 +520,8 @@ class Mirror:
             return 1
         lock = HistoryLock(self.history_dir / MIRROR_LOCK_NAME, "mirror")
         lock.acquire()  # LockHeld / StorageError: the caller reports them
-        observer: BaseObserver | None = None
         try:
             self._install_signals()
-            if not self.options.once:
-                observer = Observer()
-                observer.schedule(_HistoryEvents(self._wake), os.fspath(self.history_dir))
-                observer.daemon = True
-                observer.start()
             log.info(
                 "mirroring %s -> %s (retention %s)",
                 self.history_dir,
@@ -535,20 +530,17 @@ class Mirror:
             )
             self._save_state(force=True)
             self._notifier.ready(self.describe())
-            return self._loop(observer)
+            return self._loop()
         finally:
             self._notifier.stopping()
-            if observer is not None:
-                observer.stop()
-                observer.join(timeout=2)
             lock.release()
             self._notifier.close()
 
-    def _loop(self, observer: BaseObserver | None) -> int:
+    def _loop(self) -> int:
         backoff = 0.0
-        observer_warned = False
         while not self._stop.is_set():
-            self._wake.clear()
+            # Taken before the pass: a change during it shows as a new token afterwards.
+            self._seen = _folder_token(os.fspath(self.history_dir))
             full = time.monotonic() - self._last_listing >= self.options.reconcile_interval
             try:
                 result = self.sync(full=full)
@@ -567,12 +559,6 @@ class Mirror:
                 if left:
                     log.error("%d version(s) could not be mirrored", left)
                 return 1 if left else 0
-            if observer is not None and not observer.is_alive() and not observer_warned:
-                observer_warned = True
-                log.warning(
-                    "inotify on the history stopped; rescanning every %.0f s",
-                    self.options.rescan_interval,
-                )
             until_listing = self.options.reconcile_interval - (
                 time.monotonic() - self._last_listing
             )
@@ -581,17 +567,21 @@ class Mirror:
         return 0
 
     def _sleep(self, seconds: float, *, wake: bool) -> None:
-        """Wait ``seconds`` (pinging the watchdog); a history event ends it when ``wake``."""
+        """Wait ``seconds`` (pinging the watchdog); with ``wake``, a change of the history
+        folder (or an unsettled token from before the last pass) ends it early."""
         deadline = time.monotonic() + seconds
+        folder = os.fspath(self.history_dir)
         while not self._stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            interval = self._notifier.watchdog_interval
-            step = min(left, interval) if interval else left
-            event = self._wake if wake else self._stop
-            if event.wait(step):
-                if wake and not self._stop.is_set():
+            if wake:
+                token, _settled = _folder_token(folder)
+                if token != self._seen[0] or not self._seen[1]:
                     self._stop.wait(_COALESCE)
+                    return
+            interval = self._notifier.watchdog_interval
+            step = min(left, _POLL if wake else left, interval or left)
+            if self._stop.wait(step):
                 return
             self._ping()
