@@ -48,6 +48,7 @@ from .mirror_state import (
     DEFAULT_HOLD_MAX,
     MIRROR_LOCK_NAME,
     MirrorState,
+    read_mirror_state,
     unmirrored,
     write_mirror_state,
 )
@@ -528,6 +529,13 @@ class Mirror:
                 self.target,
                 self.options.retention,
             )
+            # The last watermark stands until the first listing recomputes it: a restart
+            # while the store is away must not hold back what was mirrored before.
+            previous = read_mirror_state(self.history_dir)
+            if previous is not None and previous.target == str(self.target):
+                self._state = self._state.model_copy(
+                    update={"mirrored_through": previous.mirrored_through}
+                )
             self._save_state(force=True)
             self._notifier.ready(self.describe())
             return self._loop()

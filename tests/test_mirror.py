@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from conftest import cli_env, run_cli, wait_for
-from s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, SeaweedS3, weed_binary
+from s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, SeaweedS3, free_ports, weed_binary
 from watchproc import WatchProcess, drop, payload
 
 from ingester.mirror_state import (
@@ -344,6 +344,14 @@ def test_mirror_once_uploads_each_version_and_restore_passes_verify(
     status = run_cli(root, "status", "--json")
     mirror = json.loads(status.stdout)["mirror"]
     assert mirror["target"] == target and mirror["waiting"] == 0, mirror
+    # Started again while the store is unreachable: the old watermark stands (retention
+    # keeps holding only what is really not mirrored) and the state says why.
+    dead = s3_env(f"http://127.0.0.1:{free_ports(1)[0]}", aws_files)
+    away = run_cli(root, "mirror", target, "--once", **dead)
+    assert away.returncode == 1 and "object store unreachable" in away.stderr, away.stderr
+    state = read_mirror_state(root / HISTORY)
+    assert state is not None and state.state == "unreachable"
+    assert state.mirrored_through == max(local_versions(root))
     restore_and_verify(root, tmp_path, target, env)
 
 
