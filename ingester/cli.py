@@ -26,6 +26,7 @@ import click
 
 from .cli_common import App, describe_os_error, last_words
 from .cli_export import export
+from .cli_mirror import mirror, restore
 from .cli_ops import check, schema, snapshot
 from .cli_report import list_versions, show, status, verify
 from .cli_service import serve, submit, watch
@@ -207,6 +208,8 @@ COMMANDS = (
     schema,
     check,
     export,
+    mirror,
+    restore,
 )
 """Every command, each a ``click.Command`` defined in its own module."""
 for _command in COMMANDS:

@@ -29,7 +29,7 @@ from .cli_common import (
 )
 from .clock import parse_iso_time, utc_now
 from .errors import StorageError
-from .names import format_timestamp
+from .names import format_timestamp, parse_timestamp_from_filename
 from .queries import (
     STALE_AFTER,
     Finding,
@@ -189,6 +189,8 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
         )
     else:
         rows.append(["watcher", "not running"])
+    if r.mirror is not None:
+        rows.append(["mirror", _mirror_words(r.mirror, now)])
     lines = align(rows)
     lines.append("")
     lines.append("settings:")
@@ -197,6 +199,32 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
     ]
     lines += align(setting_rows)
     return lines
+
+
+def _mirror_words(m: dict[str, Any], now: datetime) -> str:
+    words = f"{m['target']}: {m['waiting']} version(s) waiting"
+    oldest = parse_timestamp_from_filename(m["oldestWaiting"] or "")
+    if oldest is not None:
+        words += f" (oldest {relative_age(now - oldest)})"
+    if m["state"] != "ok":
+        words += f"; {_MIRROR_STATES.get(m['state'], m['state'])}"
+        if m["detail"]:
+            words += f" ({m['detail']})"
+        if m["since"]:
+            words += f" since {_metadata_age(m['since'], now)}"
+    words += f"; {'running (pid ' + str(m['pid']) + ')' if m['running'] else 'not running'}"
+    return words
+
+
+_MIRROR_STATES = {
+    "unreachable": "object store unreachable",
+    "throttled": "object store throttling",
+    "server-error": "object store failing",
+    "denied": "object store refused the credentials",
+    "no-bucket": "bucket does not exist",
+    "rejected": "object store refused a request",
+    "never-run": "the mirror has not run yet",
+}
 
 
 def _rounded(seconds: float | None) -> float | None:
@@ -249,6 +277,7 @@ def status_json(s: Status) -> dict[str, Any]:
         },
         "watcher": {"running": running, "pid": s.lock.pid if running else None},
         "lock": {"held": s.lock.held, "pid": s.lock.pid, "command": s.lock.command},
+        "mirror": s.mirror,
         "settings": s.settings,
     }
 

@@ -180,6 +180,18 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     metavar="N",
     help="Connections served at once; more are answered 503.",
 )
+@click.option(
+    "--from",
+    "source",
+    metavar="s3://BUCKET/PREFIX",
+    help="Serve the history that 'ingester mirror' keeps in an object store instead of the "
+    "local one (read-only instances on any machine; see docs/mirror.md).",
+)
+@click.option(
+    "--endpoint-url",
+    metavar="URL",
+    help="S3 endpoint for --from. [env AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL]",
+)
 @click.pass_obj
 def serve(
     app: App,
@@ -188,6 +200,8 @@ def serve(
     body_timeout: float,
     head_timeout: float,
     max_connections: int,
+    source: str | None,
+    endpoint_url: str | None,
 ) -> None:
     """Serve the history over HTTP and accept POSTed snapshots into the spool.
 
@@ -211,7 +225,12 @@ def serve(
         raise fail(f"cannot read --api-key-file {api_key_file}: {exc.strerror}") from None
     except ValueError as exc:
         raise fail(f"--api-key-file: {exc}") from None
-    config = ServeConfig(app.settings, api_key=key, body_timeout=body_timeout)
+    reader = None
+    if source is not None:
+        from .cli_mirror import s3_reader
+
+        reader = s3_reader(source, endpoint_url)
+    config = ServeConfig(app.settings, api_key=key, body_timeout=body_timeout, reader=reader)
     try:
         code = run_server(
             config, host, port, max_connections=max_connections, head_timeout=head_timeout

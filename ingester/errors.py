@@ -17,8 +17,10 @@ __all__ = [
     "IngesterError",
     "LockHeld",
     "NotRegularFile",
+    "ObjectStoreUnavailable",
     "PayloadRejected",
     "ReportError",
+    "RestoreError",
     "SettingError",
     "SnapshotError",
     "StorageError",
@@ -110,3 +112,11 @@ class ReportError(IngesterError):
 
 class SnapshotError(IngesterError):
     """A snapshot cannot be taken; ``str()`` is the one-line message for the user."""
+
+
+class ObjectStoreUnavailable(IngesterError, RuntimeError):
+    """boto3 is not installed; ``str()`` says which extra to install."""
+
+
+class RestoreError(IngesterError):
+    """A restore from the object store cannot go on; ``str()`` is one line."""

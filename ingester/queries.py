@@ -23,6 +23,7 @@ from . import durable
 from .durable import TEMP_PREFIX, StorageError
 from .errors import ReportError
 from .lock import lock_holder, lock_owner
+from .mirror_state import mirror_status
 from .model import PayloadRejected, judge_payload
 from .names import (
     is_version_name,
@@ -261,6 +262,7 @@ class Status:
     spool: SpoolState
     rejected: RejectedState
     lock: LockState
+    mirror: dict[str, Any] | None  # its JSON object (mirror_state.mirror_status); None: none
     settings: dict[str, dict[str, Any]]
 
 
@@ -311,6 +313,7 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
             retention_days=settings.rejected_retention_days,
         ),
         lock=LockState(pid, command, owner is not None),
+        mirror=mirror_status(store.history_dir, store.version_names(), settings.mirror),
         settings=settings.describe(),
     )
 

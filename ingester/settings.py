@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SettingError
+from .mirror_state import DEFAULT_HOLD_MAX
 from .retention import DEFAULT_MAX_VERSIONS, DEFAULT_RETENTION_DAYS, RetentionPolicy
 from .store import HistoryStore
 
@@ -99,8 +100,22 @@ RETRY_MAX = Bounds(0.1, 3_600, unit="seconds")
 """A failing history is retried at least once an hour."""
 REJECTED_RETENTION_DAYS = Bounds(0, 36_500, above=True, unit="days")
 """As for versions: ``now - days`` must stay a date."""
+MIRROR_HOLD = Bounds(0, 1_000_000, whole=True, unit="versions")
+"""No more versions than the store keeps at all."""
 SETTLE = Bounds(0, 3_600, unit="seconds")
 """A drop written in place is waited for at most an hour."""
+
+
+def _mirror_target(text: Any) -> str:
+    from .objectstore import parse_target
+
+    return str(parse_target(text))
+
+
+def _mirror_retention(text: Any) -> str:
+    if text not in ("keep", "follow"):
+        raise ValueError(f"must be keep or follow, got {text!r}")
+    return str(text)
 
 
 def _path(text: Any) -> Path:
@@ -113,6 +128,9 @@ def _path(text: Any) -> Path:
 
 DEFAULT_MAX_BYTES = 1 << 20
 DEFAULT_REJECTED_RETENTION_DAYS = 30.0
+DEFAULT_MIRROR_RETENTION = "keep"
+"""The object store is the copy that outlives this machine: by default it keeps what
+local retention deletes (a bucket lifecycle rule can expire it instead)."""
 
 
 @dataclass(frozen=True)
@@ -216,11 +234,35 @@ SPECS = (
         DEFAULT_REJECTED_RETENTION_DAYS,
         bounds=REJECTED_RETENTION_DAYS,
     ),
+    Spec(
+        "mirror",
+        _mirror_target,
+        "s3://BUCKET/PREFIX",
+        "Object store the 'mirror' command copies the history to",
+        default_text="none",
+    ),
+    Spec(
+        "mirror_retention",
+        _mirror_retention,
+        "keep|follow",
+        "keep: remote versions stay (a bucket lifecycle rule may expire them); follow: "
+        "deleted when local retention deletes them",
+        DEFAULT_MIRROR_RETENTION,
+    ),
+    Spec(
+        "mirror_hold",
+        MIRROR_HOLD.parse,
+        "N",
+        "While a mirror lags, retention keeps at most N expired versions it has not "
+        "uploaded, 0 for none",
+        DEFAULT_HOLD_MAX,
+        bounds=MIRROR_HOLD,
+    ),
 )
 """Every setting, in the order ``--help`` and ``status`` show them."""
 _SPECS = SPECS
 SETTING_NAMES = tuple(s.name for s in SPECS)
-_DEFAULTS: dict[str, Any] = {s.name: s.default for s in SPECS if s.default is not None}
+_DEFAULTS: dict[str, Any] = {s.name: s.default for s in SPECS if not s.is_path}
 
 
 @dataclass(frozen=True)
@@ -250,6 +292,9 @@ class Settings:
     retention_days: float = DEFAULT_RETENTION_DAYS
     max_bytes: int = DEFAULT_MAX_BYTES
     rejected_retention_days: float = DEFAULT_REJECTED_RETENTION_DAYS
+    mirror: str | None = None
+    mirror_retention: str = DEFAULT_MIRROR_RETENTION
+    mirror_hold: int = DEFAULT_HOLD_MAX
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -405,5 +450,8 @@ def resolve_settings(
         rejected_retention_days=values.get(
             "rejected_retention_days", _DEFAULTS["rejected_retention_days"]
         ),
+        mirror=values.get("mirror", _DEFAULTS["mirror"]),
+        mirror_retention=values.get("mirror_retention", _DEFAULTS["mirror_retention"]),
+        mirror_hold=values.get("mirror_hold", _DEFAULTS["mirror_hold"]),
         sources=sources,
     )
