@@ -184,34 +184,9 @@ class Intake:
         if isinstance(ready, Wait):
             return Deferred(name, ready.until)
         started = time.perf_counter()
-        # 1. read
-        try:
-            opened = open_entry(path, self.max_bytes)
-        except StorageError as exc:
-            if exc.errno not in (errno.EACCES, errno.EPERM):
-                raise
-            # The writer gave it a mode we cannot read: a problem of this drop alone,
-            # so set it aside instead of holding up every drop behind it.
-            return self._reject(path, name, f"cannot read: {exc.strerror}")
-        if opened is None:
-            return Dropped(name)
+        opened = self._open_and_judge(path, name, may_be_open=ready.may_be_open)
         if not isinstance(opened, Opened):
-            if opened.is_dir:
-                return _folder(name, self.spool.dir)
-            return self._reject(path, name, f"not a regular file: a {opened.kind}, never opened")
-        # 2. judge
-        try:
-            if opened.size > self.max_bytes:
-                raise PayloadRejected(
-                    f"drop is {opened.size} bytes, over the limit of {self.max_bytes}"
-                )
-            judge_payload(opened.data, max_bytes=self.max_bytes)
-        except PayloadRejected as exc:
-            if ready.may_be_open is not None:
-                until = self.readiness.still_being_written(name, ready.may_be_open)
-                if until is not None:
-                    return Deferred(name, until)
-            return self._reject(path, name, exc.reason, exc.errors)
+            return opened
         # 3. stage. Zero-copy when the drop is ours alone and on the history's
         # filesystem: its own inode becomes the version (as a rename would), made
         # read-only and fsynced. Otherwise (another user's file, other filesystem)
@@ -232,6 +207,52 @@ class Intake:
         if claimed is None:
             return Dropped(name)
         return Stored(name, claimed, len(opened.data), started)
+
+    def _open_and_judge(
+        self,
+        path: Path,
+        name: str,
+        *,
+        may_be_open: os.stat_result | None = None,
+        claimed: bool = False,
+    ) -> Opened | Outcome:
+        """Steps 1 and 2: read ``path`` (never following a link) and judge its bytes.
+
+        Returns what was read when it is a valid payload; otherwise what became of it:
+        set aside in quarantine (invalid, not a regular file, or a mode we cannot read),
+        gone, a folder, or (``may_be_open``: judged complete by stability alone) left to
+        its writer a while longer. A ``claimed`` file is our own: one we cannot read is
+        a storage failure to retry, never a reason to set it aside.
+        """
+        # 1. read
+        try:
+            opened = open_entry(path, self.max_bytes)
+        except StorageError as exc:
+            if claimed or exc.errno not in (errno.EACCES, errno.EPERM):
+                raise
+            # The writer gave it a mode we cannot read: a problem of this drop alone,
+            # so set it aside instead of holding up every drop behind it.
+            return self._reject(path, name, f"cannot read: {exc.strerror}")
+        if opened is None:
+            return Dropped(name)
+        if not isinstance(opened, Opened):
+            if opened.is_dir and not claimed:
+                return _folder(name, self.spool.dir)
+            return self._reject(path, name, f"not a regular file: a {opened.kind}, never opened")
+        # 2. judge
+        try:
+            if opened.size > self.max_bytes:
+                raise PayloadRejected(
+                    f"drop is {opened.size} bytes, over the limit of {self.max_bytes}"
+                )
+            judge_payload(opened.data, max_bytes=self.max_bytes)
+        except PayloadRejected as exc:
+            if may_be_open is not None:
+                until = self.readiness.still_being_written(name, may_be_open)
+                if until is not None:
+                    return Deferred(name, until)
+            return self._reject(path, name, exc.reason, exc.errors)
+        return opened
 
     def _claim_and_link(
         self,
@@ -524,17 +545,11 @@ class Intake:
             log.info("%s is back in the spool; removed its claim", version)
             return None
         started = time.perf_counter()
-        opened = open_entry(claim, self.max_bytes)
-        if opened is None:
+        opened = self._open_and_judge(claim, version, claimed=True)
+        if isinstance(opened, Dropped):
             return None
         if not isinstance(opened, Opened):
-            return self._reject(
-                claim, version, f"not a regular file: a {opened.kind}, never opened"
-            )
-        try:
-            judge_payload(opened.data, max_bytes=self.max_bytes)
-        except PayloadRejected as exc:
-            return self._reject(claim, version, exc.reason, exc.errors)
+            return opened
         self.store.write_version(target, opened.data)
         durable.remove_file(claim)
         return Stored(version, target, len(opened.data), started, pending=False)
