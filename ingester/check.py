@@ -32,11 +32,11 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .clock import iso_utc
+from .clock import iso_utc, utc_now
 from .errors import StorageError
 from .housekeeping import rejected_since
 from .lock import lock_holder
@@ -272,7 +272,7 @@ def gather_facts(settings: Settings, now: datetime | None = None) -> Facts:
 
     The mirror is read only when one is configured and the history can be opened.
     """
-    now = now or datetime.now(UTC)
+    now = now or utc_now()
     backlog, oldest = _spool_backlog(settings, now)
     rejected = rejected_since(settings.rejected_dir, now - timedelta(hours=1))
     common: dict[str, Any] = {

@@ -13,7 +13,7 @@ import re
 import secrets
 from datetime import UTC, datetime, timedelta
 
-from .clock import iso_utc
+from .clock import iso_utc, utc_now
 
 __all__ = [
     "STAMP_FORMAT",
@@ -80,7 +80,7 @@ def generate_version_filename(now: datetime | None = None, *, after: str | None 
     suffix that sorts high), the name is derived from ``after`` instead, so the order
     of names is always the order of ingestion.
     """
-    now = (now or datetime.now(UTC)).astimezone(UTC)
+    now = (now or utc_now()).astimezone(UTC)
     millis = now.microsecond // 1000
     candidate = _compose(now, (millis << 20) | secrets.randbits(20))
     if after is None or candidate > after:

@@ -50,6 +50,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .clock import utc_now
 from .errors import StorageError
 from .history_index import (
     BoundedCache,
@@ -105,7 +106,7 @@ class ServeConfig:
     api_key: bytes | None = None
     body_timeout: float = 10.0
     reader: HistoryReader | None = None  # default: the local history folder
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    clock: Callable[[], datetime] = field(default=utc_now)
 
 
 @dataclass
@@ -565,7 +566,7 @@ async def get_openapi(request: Request) -> Response:
 
 
 def _post_answer(status: int, success: bool, message: str, **extra: Any) -> Response:
-    body = {"success": success, "message": message, "timestamp": _iso(datetime.now(UTC))}
+    body = {"success": success, "message": message, "timestamp": _iso(utc_now())}
     body.update(extra)
     return _json(body, status)
 

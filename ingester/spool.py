@@ -25,7 +25,6 @@ import pwd
 import secrets
 import stat
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,7 @@ def is_drop_name(name: str) -> bool:
 
 def drop_name_for_now() -> str:
     """A fresh drop name: the current UTC time and a random part."""
-    now = datetime.now(UTC)
+    now = utc_now()
     return f"{now.strftime(STAMP_FORMAT)}-{now.microsecond:06d}-{secrets.token_hex(4)}.json"
 
 
