@@ -282,6 +282,23 @@ def writing_store(settings: Settings, purpose: str) -> Iterator[HistoryStore]:
     "[env INGESTER_REJECTED_RETENTION_DAYS; default: 30]",
 )
 @click.option(
+    "--mirror",
+    metavar="s3://BUCKET/PREFIX",
+    help="Object store the 'mirror' command copies the history to. [env INGESTER_MIRROR]",
+)
+@click.option(
+    "--mirror-retention",
+    metavar="keep|follow",
+    help="keep: remote versions stay (a bucket lifecycle rule may expire them); follow: "
+    "deleted when local retention deletes them. [env INGESTER_MIRROR_RETENTION; default: keep]",
+)
+@click.option(
+    "--mirror-hold",
+    metavar="N",
+    help="While a mirror lags, retention keeps at most N expired versions it has not "
+    "uploaded (0: none). [env INGESTER_MIRROR_HOLD; default: 10000]",
+)
+@click.option(
     "--config",
     "config_path",
     metavar="FILE",
@@ -735,6 +752,18 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     metavar="N",
     help="Connections served at once; more are answered 503.",
 )
+@click.option(
+    "--from",
+    "source",
+    metavar="s3://BUCKET/PREFIX",
+    help="Serve the history that 'ingester mirror' keeps in an object store instead of the "
+    "local one (read-only instances on any machine; see docs/mirror.md).",
+)
+@click.option(
+    "--endpoint-url",
+    metavar="URL",
+    help="S3 endpoint for --from. [env AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL]",
+)
 @click.pass_obj
 def serve(
     app: App,
@@ -743,6 +772,8 @@ def serve(
     body_timeout: float,
     head_timeout: float,
     max_connections: int,
+    source: str | None,
+    endpoint_url: str | None,
 ) -> None:
     """Serve the history over HTTP and accept POSTed snapshots into the spool.
 
@@ -767,7 +798,12 @@ def serve(
         raise fail(f"cannot read --api-key-file {api_key_file}: {exc.strerror}") from None
     except ValueError as exc:
         raise fail(f"--api-key-file: {exc}") from None
-    config = ServeConfig(app.settings, api_key=key, body_timeout=body_timeout)
+    reader = None
+    if source is not None:
+        from .cli_mirror import s3_reader
+
+        reader = s3_reader(source, endpoint_url)
+    config = ServeConfig(app.settings, api_key=key, body_timeout=body_timeout, reader=reader)
     try:
         code = run_server(
             config, host, port, max_connections=max_connections, head_timeout=head_timeout
@@ -789,6 +825,11 @@ for _command in (status, list_versions, show, verify, snapshot, schema, check):
 from .cli_export import export  # noqa: E402
 
 main.add_command(export)
+
+from .cli_mirror import mirror, restore  # noqa: E402
+
+main.add_command(mirror)
+main.add_command(restore)
 
 
 def run() -> None:

@@ -190,6 +190,8 @@ def _status_lines(r: dict[str, Any], now: datetime) -> list[str]:
         )
     else:
         rows.append(["watcher", "not running"])
+    if r.get("mirror") is not None:
+        rows.append(["mirror", _mirror_words(r["mirror"], now)])
     lines = align(rows)
     lines.append("")
     lines.append("settings:")
@@ -198,6 +200,34 @@ def _status_lines(r: dict[str, Any], now: datetime) -> list[str]:
     ]
     lines += align(setting_rows)
     return lines
+
+
+def _mirror_words(m: dict[str, Any], now: datetime) -> str:
+    from .names import parse_timestamp_from_filename
+
+    words = f"{m['target']}: {m['waiting']} version(s) waiting"
+    oldest = parse_timestamp_from_filename(m["oldestWaiting"] or "")
+    if oldest is not None:
+        words += f" (oldest {relative_age(now - oldest)})"
+    if m["state"] != "ok":
+        words += f"; {_MIRROR_STATES.get(m['state'], m['state'])}"
+        if m["detail"]:
+            words += f" ({m['detail']})"
+        if m["since"]:
+            words += f" since {_age_words(m['since'], now)}"
+    words += f"; {'running (pid ' + str(m['pid']) + ')' if m['running'] else 'not running'}"
+    return words
+
+
+_MIRROR_STATES = {
+    "unreachable": "object store unreachable",
+    "throttled": "object store throttling",
+    "server-error": "object store failing",
+    "denied": "object store refused the credentials",
+    "no-bucket": "bucket does not exist",
+    "rejected": "object store refused a request",
+    "never-run": "the mirror has not run yet",
+}
 
 
 # -- list --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ final name (the temp file is removed when possible; a leftover is swept on start
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import secrets
@@ -296,24 +297,51 @@ def _link_no_clobber(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
+_RENAME_NOREPLACE = 1  # from <linux/fs.h>
+_AT_FDCWD = -100
+_renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+
+
+def _rename_no_clobber(source: Path, final: Path) -> bool:
+    """``renameat2(RENAME_NOREPLACE)``: False where the kernel, libc or filesystem lacks it.
+
+    A rename is what a watcher sees as a finished file arriving (IN_MOVED_TO); a hard
+    link shows only as a creation, which a watcher must wait out. Raises
+    ``FileExistsError`` when ``final`` exists, ``OSError`` for other failures.
+    """
+    if _renameat2 is None:
+        return False
+    src, dst = os.fsencode(source), os.fsencode(final)
+    if _renameat2(_AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(final))
+
+
 def publish_new(source: Path, final: Path) -> None:
     """Give the fsynced file ``source`` the new name ``final`` and drop ``source``'s name.
 
     Never replaces anything: ``FileExistsError`` (unwrapped, so callers can say what
-    the name is taken by) when ``final`` exists. A hard link, then the source name is
-    removed; where hard links cannot be made, a check then a rename. Both folders are
-    fsynced; other failures raise :class:`StorageError`.
+    the name is taken by) when ``final`` exists. A no-clobber rename where the system
+    has one (so a watcher takes the file at once); otherwise a hard link, then the
+    source name is removed; where hard links cannot be made either, a check then a
+    rename. Both folders are fsynced; other failures raise :class:`StorageError`.
     """
     try:
-        _link_no_clobber(source, final)
+        renamed = _rename_no_clobber(source, final)
+        if not renamed:
+            _link_no_clobber(source, final)
     except FileExistsError:
         raise
     except OSError as exc:
         raise StorageError("link", final, exc) from exc
-    # The new name is published and made durable below: a second name left behind in
-    # a writers' scratch folder is never read as a drop, so its removal may fail.
-    with contextlib.suppress(OSError):
-        os.unlink(source)
+    if not renamed:
+        # The new name is published and made durable below: a second name left behind
+        # in a writers' scratch folder is never read as a drop, so its removal may fail.
+        with contextlib.suppress(OSError):
+            os.unlink(source)
     fsync_dir(final.parent)
     if source.parent != final.parent:
         fsync_dir(source.parent)

@@ -22,6 +22,7 @@ from typing import Any
 
 from .durable import TEMP_PREFIX, StorageError
 from .lock import lock_holder, lock_owner
+from .mirror_state import mirror_status
 from .model import PayloadRejected, judge_payload
 from .names import format_timestamp, is_version_name, parse_timestamp_from_filename
 from .retention import FUTURE_SLACK
@@ -373,6 +374,7 @@ def status_report(settings: Settings, store: HistoryStore, now: datetime) -> dic
         },
         "watcher": {"running": watching, "pid": pid if watching else None},
         "lock": {"held": owner is not None, "pid": pid, "command": command},
+        "mirror": mirror_status(store.history_dir, store.version_names(), settings.mirror),
         "settings": settings.describe(),
     }
 

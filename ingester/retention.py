@@ -32,7 +32,9 @@ __all__ = [
 FUTURE_SLACK = timedelta(days=1)
 """How far ahead of the clock a version may be dated before it counts as future."""
 
-Reason = Literal["newest-N", "within-D-days", "future", "expired"]
+# "not-mirrored" is never given by the policy itself: the store marks an expired
+# version so when a configured mirror has not uploaded it yet.
+Reason = Literal["newest-N", "within-D-days", "future", "expired", "not-mirrored"]
 
 
 @dataclass(frozen=True)

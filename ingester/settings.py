@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .mirror_state import DEFAULT_HOLD_MAX
 from .retention import RetentionPolicy
 from .store import HistoryStore
 
@@ -95,8 +96,22 @@ RETRY_MAX = Bounds(0.1, 3_600, unit="seconds")
 """A failing history is retried at least once an hour."""
 REJECTED_RETENTION_DAYS = Bounds(0, 36_500, above=True, unit="days")
 """As for versions: ``now - days`` must stay a date."""
+MIRROR_HOLD = Bounds(0, 1_000_000, whole=True, unit="versions")
+"""No more versions than the store keeps at all."""
 SETTLE = Bounds(0, 3_600, unit="seconds")
 """A drop written in place is waited for at most an hour."""
+
+
+def _mirror_target(text: Any) -> str:
+    from .objectstore import parse_target
+
+    return str(parse_target(text))
+
+
+def _mirror_retention(text: Any) -> str:
+    if text not in ("keep", "follow"):
+        raise ValueError(f"must be keep or follow, got {text!r}")
+    return str(text)
 
 
 def _path(text: Any) -> Path:
@@ -132,6 +147,9 @@ _SPECS = (
     _Spec("retention_days", RETENTION_DAYS.parse),
     _Spec("max_bytes", MAX_BYTES.parse),
     _Spec("rejected_retention_days", REJECTED_RETENTION_DAYS.parse),
+    _Spec("mirror", _mirror_target),
+    _Spec("mirror_retention", _mirror_retention),
+    _Spec("mirror_hold", MIRROR_HOLD.parse),
 )
 SETTING_NAMES = tuple(s.name for s in _SPECS)
 
@@ -140,6 +158,11 @@ _DEFAULTS: dict[str, Any] = {
     "retention_days": 7.0,
     "max_bytes": 1 << 20,
     "rejected_retention_days": 30.0,
+    "mirror": None,
+    # The object store is the copy that outlives this machine: by default it keeps
+    # what local retention deletes (a bucket lifecycle rule can expire it instead).
+    "mirror_retention": "keep",
+    "mirror_hold": DEFAULT_HOLD_MAX,
 }
 
 
@@ -156,6 +179,9 @@ class Settings:
     retention_days: float = 7.0
     max_bytes: int = 1 << 20
     rejected_retention_days: float = 30.0
+    mirror: str | None = None
+    mirror_retention: str = "keep"
+    mirror_hold: int = DEFAULT_HOLD_MAX
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -311,5 +337,8 @@ def resolve_settings(
         rejected_retention_days=values.get(
             "rejected_retention_days", _DEFAULTS["rejected_retention_days"]
         ),
+        mirror=values.get("mirror", _DEFAULTS["mirror"]),
+        mirror_retention=values.get("mirror_retention", _DEFAULTS["mirror_retention"]),
+        mirror_hold=values.get("mirror_hold", _DEFAULTS["mirror_hold"]),
         sources=sources,
     )

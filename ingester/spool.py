@@ -372,9 +372,9 @@ class Spool:
     def submit(self, data: bytes, name: str) -> Path:
         """The writer's side: durably write into ``tmp/``, then publish it in the spool.
 
-        The drop's name is published only if it is free (a hard link, which never
-        replaces anything, then the staged name is removed), so two writers of the same
-        name never lose one payload silently. Raises ``FileExistsError`` when a drop of
+        The drop's name is published only if it is free (a no-clobber rename, or a hard
+        link then removal of the staged name), so two writers of the same name never lose
+        one payload silently. Raises ``FileExistsError`` when a drop of
         that name is still waiting, :class:`StorageError` for any other failure.
         """
         for folder in (self.dir, self.tmp_dir):

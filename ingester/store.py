@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import durable
 from .durable import StorageError
+from .mirror_state import deletable_count, read_mirror_state
 from .model import ConsoleUsageDataSync
 from .names import (
     format_timestamp,
@@ -43,6 +44,7 @@ from .names import (
     parse_timestamp_from_filename,
 )
 from .retention import (
+    Decision,
     RetentionPlan,
     RetentionPolicy,
     expired_prefix,
@@ -503,7 +505,21 @@ class HistoryStore:
     def plan_cleanup(self, now: datetime | None = None) -> RetentionPlan:
         """The retention decision for every version; changes nothing."""
         self._ensure_loaded()
-        return plan_retention(self._names, now or self.clock(), self.policy)
+        plan = plan_retention(self._names, now or self.clock(), self.policy)
+        return self._hold_for_mirror(plan)
+
+    def _hold_for_mirror(self, plan: RetentionPlan) -> RetentionPlan:
+        """``plan`` with the deletions a configured mirror has not caught up with kept."""
+        expired = len(plan.delete)
+        allowed = deletable_count(self._names, expired, read_mirror_state(self.history_dir))
+        if allowed == expired:
+            return plan
+        held = set(plan.delete[allowed:])
+        decisions = tuple(
+            Decision(d.name, d.timestamp, "keep", "not-mirrored") if d.name in held else d
+            for d in plan.decisions
+        )
+        return RetentionPlan(decisions, plan.now, plan.policy)
 
     def cleanup_old_versions(
         self, now: datetime | None = None, *, hold_deletions: bool = False
@@ -518,8 +534,17 @@ class HistoryStore:
         """
         self._ensure_loaded()
         now = now or self.clock()
-        count = 0 if hold_deletions else expired_prefix(self._names, now, self.policy)
+        count = expired_prefix(self._names, now, self.policy)
+        # A configured mirror holds back what it has not uploaded yet (bounded).
+        mirror = read_mirror_state(self.history_dir)
+        count = 0 if hold_deletions else deletable_count(self._names, count, mirror)
         doomed = self._names[:count]
+        if mirror is not None and doomed and doomed[-1] > (mirror.mirrored_through or ""):
+            log.warning(
+                "cleanup deletes versions the mirror has not uploaded: more than %d "
+                "(--mirror-hold) were waiting",
+                mirror.hold_max,
+            )
         deleted: list[str] = []
         failure: StorageError | None = None
         for name in doomed:

@@ -118,8 +118,10 @@ def test_status_json(root: Path, ingested: list[str]) -> None:
         "rejected",
         "watcher",
         "lock",
+        "mirror",
         "settings",
     }
+    assert report["mirror"] is None  # no mirror configured
     meta = report["metadata"]
     assert meta["versionCount"] == 4
     assert meta["totalVersionsCreated"] == 4

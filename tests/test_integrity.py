@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -162,6 +163,20 @@ def test_submit_never_replaces_a_waiting_drop_of_the_same_name(root: Path) -> No
     assert b"a drop of that name is still waiting" in err
     assert (root / "spool" / "same.json").read_bytes() == payload(2)
     assert os.listdir(root / "spool" / "tmp") == []
+
+
+def test_a_submitted_drop_is_taken_at_once_not_after_the_settle_time(root: Path) -> None:
+    """submit publishes by a no-clobber rename, which the watcher sees as a finished file.
+
+    A hard link would show only as a creation, which the watcher must wait out: with an
+    hour's settle time the drop would sit in the spool for that hour.
+    """
+    with WatchProcess(root, "--settle", "3600") as w:
+        done = run_cli(root, "submit", "-", input=payload(1))
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: len(versions(root)) == 1, timeout=30, what="submitted drop stored")
+        assert stored_contents(root) == Counter([payload(1)])
+        assert w.proc.poll() is None
 
 
 def test_concurrent_submits_of_one_name_store_one_and_refuse_the_other(root: Path) -> None:

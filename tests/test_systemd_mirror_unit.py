@@ -1,0 +1,78 @@
+"""The mirror's systemd unit: it verifies, scores <= 1.5, and runs beside the watcher's.
+
+Like tests/test_systemd_units.py, nothing here boots systemd: ``systemd-analyze`` reads
+a copy of the unit whose ExecStart points at this environment's ``ingester``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from test_systemd_units import (
+    MAX_EXPOSURE,
+    NAME,
+    SERVICE,
+    analyze,
+    ingester_binary,
+    needs_analyze,
+    one,
+    parse_unit,
+)
+
+MIRROR = SERVICE.parent / f"{NAME}-mirror.service"
+EXEC_START = f"/usr/local/bin/ingester --root /var/lib/{NAME} mirror"
+
+
+@pytest.fixture
+def installed_mirror(tmp_path: Path) -> Path:
+    text = MIRROR.read_text()
+    assert text.count(f"ExecStart={EXEC_START}\n") == 1, "ExecStart is not the documented one"
+    copy = tmp_path / MIRROR.name
+    copy.write_text(
+        text.replace("ExecStart=/usr/local/bin/ingester ", f"ExecStart={ingester_binary()} ")
+    )
+    return copy
+
+
+def test_mirror_unit_runs_beside_the_watcher_as_the_same_user() -> None:
+    mirror, watcher = parse_unit(MIRROR), parse_unit(SERVICE)
+    assert one(mirror, "Service.ExecStart") == EXEC_START
+    for key in ("User", "Group", "StateDirectory", "UMask", "ProtectSystem"):
+        assert one(mirror, f"Service.{key}") == one(watcher, f"Service.{key}"), key
+    assert one(mirror, "Service.Type") == "notify"
+    assert one(mirror, "Service.Restart") == "on-failure"
+    assert one(mirror, "Service.WatchdogSec") not in ("", "0", "infinity")
+    # Settings come from an optional file; no secret is written in the unit.
+    assert one(mirror, "Service.EnvironmentFile").startswith("-/")
+    assert not re.search(
+        r"(?i)secret|AWS_SECRET|AWS_ACCESS_KEY",
+        "\n".join(line for line in MIRROR.read_text().splitlines() if not line.startswith("#")),
+    )
+    # The same hardening as the watcher's, less what talking to an object store needs.
+    network = {"PrivateNetwork", "IPAddressDeny", "RestrictAddressFamilies"}
+    for key, values in watcher.items():
+        if key.startswith("Service.") and key.split(".", 1)[1] not in network:
+            if key.split(".", 1)[1] in ("Type", "ExecStart", "WatchdogSec", "TimeoutStartSec"):
+                continue
+            assert mirror.get(key) == values, key
+
+
+@needs_analyze
+def test_mirror_unit_verifies(installed_mirror: Path) -> None:
+    result = analyze("verify", str(installed_mirror))
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).strip() == "", result.stdout + result.stderr
+
+
+@needs_analyze
+def test_mirror_unit_exposure_is_at_most_1_5(installed_mirror: Path) -> None:
+    result = analyze("security", "--offline=yes", str(installed_mirror))
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
+    assert match, result.stdout
+    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
+    gate = analyze(
+        "security", "--offline=yes", f"--threshold={int(MAX_EXPOSURE * 10)}", str(installed_mirror)
+    )
+    assert gate.returncode == 0, gate.stdout[-2000:]
