@@ -163,3 +163,14 @@ def test_the_python_api_example_runs(tmp_path: Path) -> None:
     assert len(versions) == 1
     assert versions[0].read_bytes() == FULL_SAMPLE.read_bytes()
     assert (tmp_path / "console-usage-synced.json").resolve() == versions[0].resolve()
+
+
+def test_the_docs_the_program_and_its_units_point_to_exist() -> None:
+    sources = [*(REPO / "ingester").rglob("*.py"), *(REPO / "systemd").iterdir(), REPO / ".ci/run"]
+    missing = sorted(
+        f"{path.relative_to(REPO)}: {name}"
+        for path in sources
+        for name in re.findall(r"\b(docs/[\w.-]+\.(?:md|json))", path.read_text())
+        if not (REPO / name).exists()
+    )
+    assert not missing, f"references to documents that do not exist: {missing}"
