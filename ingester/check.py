@@ -1,6 +1,7 @@
 """Monitoring: ``ingester check``, one line and an exit code in the Nagios-plugin convention.
 
-Three things are judged, each with a WARNING threshold and CRITICAL at twice it:
+Three things are judged, four with a mirror, each with a WARNING threshold and CRITICAL at
+twice it:
 
 ========================  ==========================  =====================================
 what                      WARNING                     CRITICAL
@@ -14,10 +15,15 @@ spool backlog             more than ``--max-backlog`` more than 2 x N, or a wait
 rejections                more than                   more than 2 x N
 (the scraper is broken?)  ``--max-rejected-per-hour``
                           in the last hour (10)
+mirror lag (only with a   the oldest version not yet  older than 2 x ``--max-mirror-lag``;
+mirror: the object store  uploaded is older than      also: the object store refused the
+or the mirror is down?)   ``--max-mirror-lag`` (15m)  credentials
 ========================  ==========================  =====================================
 
-The exit code is the worst of the three: 0 OK, 1 WARNING, 2 CRITICAL. Everything here
-reads; nothing takes the history lock.
+A mirror counts as configured when the settings name one (``mirror``) or when its state
+file ``<history>/_mirror.json`` exists, the same rule as ``status`` and retention use. The
+exit code is the worst item's: 0 OK, 1 WARNING, 2 CRITICAL. Everything here reads;
+nothing takes the history lock or the mirror's lock.
 """
 
 from __future__ import annotations
@@ -27,11 +33,14 @@ import re
 import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from .durable import StorageError
 from .housekeeping import rejected_since
 from .lock import lock_holder
+from .mirror_state import mirror_status
+from .names import parse_timestamp_from_filename
 from .report import ReportError, open_store, read_version
 from .settings import Settings
 from .spool import Spool
@@ -45,8 +54,10 @@ __all__ = [
     "CheckResult",
     "Facts",
     "Judgement",
+    "MirrorFacts",
     "gather_facts",
     "judge",
+    "mirror_facts",
     "parse_duration",
 ]
 
@@ -81,11 +92,32 @@ def _words(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class CheckLimits:
-    """The WARNING thresholds (CRITICAL is twice each): seconds, drops, drops per hour."""
+    """The WARNING thresholds (CRITICAL is twice each): seconds, drops, drops per hour, seconds."""
 
     max_age: float = 900.0
     max_backlog: int = 50
     max_rejected_per_hour: int = 10
+    max_mirror_lag: float = 900.0
+
+
+@dataclass(frozen=True)
+class MirrorFacts:
+    """How far behind the mirror is.
+
+    ``backlog``: local versions above its watermark (not known to be uploaded);
+    ``oldest``: the oldest of them (a version name) and ``lag`` its age in seconds by
+    the ingest time in its name (``None`` when nothing waits); ``state``: what the
+    mirror last recorded (``ok``, ``denied``, ``unreachable``, ..., ``never-run`` when
+    it has no state file yet); ``pid``: the running mirror's, or ``None``.
+    """
+
+    target: str | None
+    state: str
+    backlog: int
+    oldest: str | None = None
+    lag: float | None = None
+    detail: str | None = None
+    pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +133,7 @@ class Facts:
     oldest_drop_age: float | None = None
     rejected_last_hour: int = 0
     watcher_pid: int | None = None
+    mirror: MirrorFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -114,11 +147,15 @@ class Judgement:
     critical: float
     message: str
     unit: str = ""
+    counters: tuple[tuple[str, float], ...] = ()
+    """More numbers for the performance data, without thresholds: (label, value)."""
 
     def perfdata(self) -> str:
-        """``name=value[unit];warn;crit`` (an empty value when unknown)."""
+        """``name=value[unit];warn;crit``, an empty value when unknown, then the counters."""
         value = "" if self.value is None else f"{self.value:g}{self.unit}"
-        return f"{self.name}={value};{self.warning:g};{self.critical:g}"
+        fields = [f"{self.name}={value};{self.warning:g};{self.critical:g}"]
+        fields += [f"{label}={count:g}" for label, count in self.counters]
+        return " ".join(fields)
 
 
 @dataclass(frozen=True)
@@ -171,6 +208,18 @@ class CheckResult:
             "oldestDropAgeSeconds": f.oldest_drop_age,
             "rejectedLastHour": f.rejected_last_hour,
             "watcherPid": f.watcher_pid,
+            "mirror": None
+            if f.mirror is None
+            else {
+                "target": f.mirror.target,
+                "state": f.mirror.state,
+                "detail": f.mirror.detail,
+                "running": f.mirror.pid is not None,
+                "pid": f.mirror.pid,
+                "backlog": f.mirror.backlog,
+                "oldestWaiting": f.mirror.oldest,
+                "lagSeconds": f.mirror.lag,
+            },
         }
 
 
@@ -188,8 +237,40 @@ def _spool_backlog(settings: Settings, now: datetime) -> tuple[int, float | None
     return len(waiting), max(0.0, now.timestamp() - oldest)
 
 
+def mirror_facts(
+    history_dir: Path, names: list[str], configured: str | None, now: datetime
+) -> MirrorFacts | None:
+    """The mirror's backlog and lag over ``names`` (sorted), or ``None`` without a mirror.
+
+    A mirror is configured when ``configured`` (the settings' target) is set or its state
+    file exists in ``history_dir``. The lag is ``now`` minus the ingest time in the name of
+    the oldest version above the watermark, in seconds (never negative).
+    """
+    status = mirror_status(history_dir, names, configured)
+    if status is None:
+        return None
+    oldest = status["oldestWaiting"]
+    lag = None
+    if oldest is not None:
+        stamp = parse_timestamp_from_filename(oldest)
+        # A name from a clock that was ahead would give a negative age: it is just new.
+        lag = 0.0 if stamp is None else round(max(0.0, (now - stamp).total_seconds()), 1)
+    return MirrorFacts(
+        target=status["target"],
+        state=status["state"],
+        backlog=status["waiting"],
+        oldest=oldest,
+        lag=lag,
+        detail=status["detail"],
+        pid=status["pid"],
+    )
+
+
 def gather_facts(settings: Settings, now: datetime | None = None) -> Facts:
-    """Read what :func:`judge` needs: the newest version, the spool, the rejections."""
+    """Read what :func:`judge` needs: the newest version, the spool, the rejections, the mirror.
+
+    The mirror is read only when one is configured and the history can be opened.
+    """
     now = now or datetime.now(UTC)
     backlog, oldest = _spool_backlog(settings, now)
     rejected = rejected_since(settings.rejected_dir, now - timedelta(hours=1))
@@ -204,6 +285,7 @@ def gather_facts(settings: Settings, now: datetime | None = None) -> Facts:
     except ReportError as exc:
         return Facts(history_problem=str(exc), **common)
     pid = lock_holder(store.lock_path)
+    common["mirror"] = mirror_facts(store.history_dir, store.version_names(), settings.mirror, now)
     name = store.latest_version_name(now)
     if name is None:
         return Facts(latest=None, watcher_pid=pid, **common)
@@ -277,4 +359,35 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
             words,
         )
     )
+    if facts.mirror is not None:
+        items.append(_judge_mirror(facts.mirror, limits.max_mirror_lag))
     return CheckResult(max(i.code for i in items), items, facts)
+
+
+def _judge_mirror(mirror: MirrorFacts, max_lag: float) -> Judgement:
+    lag = mirror.lag or 0.0
+    code = _over(lag, max_lag)
+    if mirror.backlog:
+        words = f"mirror {mirror.backlog} behind, oldest {_words(lag)} old"
+    else:
+        words = "mirror up to date"
+    if code:
+        words += f" (more than {_words(max_lag * (2 if code == CRITICAL else 1))})"
+    if mirror.state == "denied":
+        # Retrying does not fix credentials: someone has to, so say so now, lag or not.
+        code = CRITICAL
+        words += ", but the object store refuses the credentials"
+    elif mirror.state not in ("ok", "starting"):
+        words += f" ({mirror.state})"
+    if mirror.pid is None and mirror.backlog:
+        words += ", mirror not running"
+    return Judgement(
+        "mirror_lag",
+        code,
+        lag,
+        max_lag,
+        2 * max_lag,
+        words,
+        "s",
+        (("mirror_backlog", mirror.backlog),),
+    )

@@ -180,19 +180,34 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     metavar="N",
     help="WARNING when more than N drops were rejected in the last hour; CRITICAL above 2N.",
 )
+@click.option(
+    "--max-mirror-lag",
+    default="15m",
+    show_default=True,
+    metavar="DURATION",
+    callback=_duration,
+    help="Only with a mirror: WARNING when the oldest version not yet uploaded is older; "
+    "CRITICAL at twice this, or when the object store refuses the credentials.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the line.")
 @click.pass_obj
 def check(
-    app: App, max_age: float, max_backlog: int, max_rejected_per_hour: int, as_json: bool
+    app: App,
+    max_age: float,
+    max_backlog: int,
+    max_rejected_per_hour: int,
+    max_mirror_lag: float,
+    as_json: bool,
 ) -> None:
     """Monitoring: one summary line and an exit code (Nagios plugin convention).
 
     Exit 0 OK, 1 WARNING, 2 CRITICAL. CRITICAL also when there is no history, no
-    version yet, or the newest version is damaged. The line ends with performance
-    data after '|'. Reads only; never takes the lock. For cron, systemd timers with
-    OnFailure= and monitoring agents: see docs/monitoring.md.
+    version yet, or the newest version is damaged. With a mirror configured (settings
+    or its state file in the history), a fourth item judges how far behind it is. The
+    line ends with performance data after '|'. Reads only; never takes the lock. For
+    cron, systemd timers with OnFailure= and monitoring agents: see docs/monitoring.md.
     """
-    limits = CheckLimits(max_age, max_backlog, max_rejected_per_hour)
+    limits = CheckLimits(max_age, max_backlog, max_rejected_per_hour, max_mirror_lag)
     result = judge(gather_facts(app.settings), limits)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))

@@ -36,6 +36,14 @@ _CACHE_HEADERS = {
     },
 }
 
+_SERIES_HEADERS = {
+    "ETag": {
+        "description": "Weak tag naming the versions selected; changes exactly when they do.",
+        "schema": {"type": "string"},
+    },
+    "Cache-Control": {"description": "no-cache", "schema": {"type": "string"}},
+}
+
 _SCHEMAS: dict[str, Any] = {
     "UsageWindow": {
         "type": "object",
@@ -98,7 +106,7 @@ _SCHEMAS: dict[str, Any] = {
             "error": {"type": "string"},
             "message": {"type": "string"},
             "validRange": {"type": "string", "description": "for InvalidVersion"},
-            "example": {"type": "string", "description": "for InvalidTimestamp"},
+            "example": {"type": "string", "description": "for InvalidTimestamp, InvalidTime"},
         },
     },
     "NoVersions": {
@@ -145,6 +153,43 @@ _SCHEMAS: dict[str, Any] = {
             "next": {
                 "type": ["string", "null"],
                 "description": "pass as before= for the next (older) page; null at the end",
+            },
+        },
+    },
+    "Series": {
+        "type": "object",
+        "description": "Export rows of the versions ingested within [since, until], oldest "
+        "first; each row has one cell per column, in the columns' order.",
+        "required": ["columns", "rows", "count", "skipped", "since", "until"],
+        "properties": {
+            "columns": {"type": "array", "items": {"type": "string"}},
+            "rows": {
+                "type": "array",
+                "items": {
+                    "type": "array",
+                    "items": {"type": ["string", "number", "boolean", "null"]},
+                },
+            },
+            "count": {"type": "integer", "minimum": 0, "description": "number of rows"},
+            "skipped": {
+                "type": "array",
+                "description": "selected versions that give no row (damaged, unreadable)",
+                "items": {
+                    "type": "object",
+                    "required": ["version", "reason"],
+                    "properties": {
+                        "version": {"type": "string"},
+                        "reason": {"type": "string"},
+                    },
+                },
+            },
+            "since": {
+                "type": ["string", "null"],
+                "description": "the lower bound as read (UTC), null when open",
+            },
+            "until": {
+                "type": ["string", "null"],
+                "description": "the upper bound as read (UTC), null when open",
             },
         },
     },
@@ -297,6 +342,46 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "304": {"description": "Not modified"},
                         "404": _json_body("Error", "No such version"),
+                        "503": unavailable,
+                    },
+                },
+            },
+            "/api/claude/console-usage/series": {
+                "get": {
+                    "operationId": "getSeries",
+                    "summary": "The usage page's series: one export row per version ingested "
+                    "within [since, until]",
+                    "parameters": [
+                        {
+                            "name": bound,
+                            "in": "query",
+                            "required": False,
+                            "description": f"ISO-8601 date-time (UTC without an offset): {words}",
+                            "schema": {"type": "string"},
+                        }
+                        for bound, words in (
+                            ("since", "only versions ingested at or after it"),
+                            ("until", "only versions ingested at or before it"),
+                        )
+                    ]
+                    + [
+                        {
+                            "name": "If-None-Match",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            **_json_body("Series", "The rows"),
+                            "headers": _SERIES_HEADERS,
+                        },
+                        "304": {
+                            "description": "Not modified: the same versions are selected",
+                            "headers": _SERIES_HEADERS,
+                        },
+                        "400": _json_body("Error", "since or until is not a time (InvalidTime)"),
                         "503": unavailable,
                     },
                 },

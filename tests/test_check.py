@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import INVALID_SAMPLES, run_cli
 
+from ingester.mirror_state import MirrorState, write_mirror_state
+
+HISTORY = "console-usage-history"
+
 
 def snapshot_at(age: timedelta) -> bytes:
     stamp = (datetime.now(UTC) - age).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -132,6 +136,7 @@ def test_json_shape(root: Path, tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     assert doc["status"] == "WARNING" and doc["code"] == 1
     assert [c["name"] for c in doc["checks"]] == ["age", "backlog", "rejected"]
+    assert doc["mirror"] is None  # no mirror configured: no mirror item
     age = doc["checks"][0]
     assert age["status"] == "WARNING" and age["warning"] == 900 and age["critical"] == 1800
     assert 1190 < age["value"] < 1300
@@ -139,10 +144,66 @@ def test_json_shape(root: Path, tmp_path: Path) -> None:
     assert doc["summary"].startswith("newest data 20 min old")
 
 
+def old_version(root: Path, age: timedelta, seq: int) -> str:
+    """Place a version ingested ``age`` ago straight into the history, as the watcher would."""
+    stamp = (datetime.now(UTC) - age).strftime("%Y-%m-%dT%H-%M-%S")
+    name = f"{stamp}-{seq:08x}.json"
+    (root / HISTORY / name).write_bytes(snapshot_at(age))
+    return name
+
+
+def test_mirror_lag_from_its_state_file(root: Path, tmp_path: Path) -> None:
+    ingest(root, tmp_path, timedelta(0))
+    oldest = old_version(root, timedelta(minutes=40), 1)
+    older = old_version(root, timedelta(minutes=20), 2)
+    history = root / HISTORY
+    # Nothing uploaded yet: 3 waiting, the oldest 40 min old.
+    write_mirror_state(history, MirrorState(target="s3://bucket/usage", state="ok"))
+    code, line = check(root)
+    assert code == 2, line
+    assert "mirror 3 behind, oldest 40 min old (more than 30 min), mirror not running" in line
+    assert " mirror_lag=24" in line and ";900;1800 mirror_backlog=3" in line
+    assert check(root, "--max-mirror-lag", "30m")[0] == 1
+    assert check(root, "--max-mirror-lag", "1h")[0] == 0
+
+    # The oldest is uploaded: the lag is now the next one's age.
+    write_mirror_state(history, MirrorState(mirrored_through=oldest, state="unreachable"))
+    result = run_cli(root, "check", "--json", "--max-mirror-lag", "15m")
+    assert result.returncode == 1, result.stdout
+    doc = json.loads(result.stdout)
+    assert [c["name"] for c in doc["checks"]] == ["age", "backlog", "rejected", "mirror_lag"]
+    mirror = doc["checks"][3]
+    assert mirror["status"] == "WARNING" and (mirror["warning"], mirror["critical"]) == (900, 1800)
+    assert 1190 < mirror["value"] < 1300
+    assert "(unreachable)" in mirror["message"]
+    assert doc["mirror"]["backlog"] == 2 and doc["mirror"]["oldestWaiting"] == older
+    assert doc["mirror"]["state"] == "unreachable" and doc["mirror"]["running"] is False
+
+    # All uploaded, but the object store refuses the credentials: CRITICAL at once.
+    newest = max(p.name for p in history.glob("2*.json"))
+    write_mirror_state(history, MirrorState(mirrored_through=newest, state="ok"))
+    code, line = check(root)
+    assert code == 0 and "mirror up to date" in line and "mirror_backlog=0" in line, line
+    write_mirror_state(history, MirrorState(mirrored_through=newest, state="denied"))
+    code, line = check(root)
+    assert code == 2, line
+    assert line.startswith(
+        "INGESTER CRITICAL - mirror up to date, but the object store refuses the credentials"
+    )
+
+    # A retired mirror (its state file removed, none in the settings) is no longer judged.
+    (history / "_mirror.json").unlink()
+    code, line = check(root)
+    assert code == 0 and "mirror" not in line, line
+
+
 def test_a_bad_duration_is_a_usage_error(root: Path) -> None:
     result = run_cli(root, "check", "--max-age", "soon")
     assert result.returncode == 2
     assert "is not a duration" in result.stderr
+    result = run_cli(root, "check", "--max-mirror-lag", "0")
+    assert result.returncode == 2
+    assert "must be longer than 0" in result.stderr
 
 
 def test_quiet_prints_nothing_when_ok_and_everything_on_failure(root: Path, tmp_path: Path) -> None:

@@ -11,8 +11,20 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingester.check import CRITICAL, OK, WARNING, CheckLimits, Facts, judge, parse_duration
+from ingester.check import (
+    CRITICAL,
+    OK,
+    WARNING,
+    CheckLimits,
+    Facts,
+    MirrorFacts,
+    judge,
+    mirror_facts,
+    parse_duration,
+)
 from ingester.housekeeping import prune_rejected
+from ingester.mirror_state import MirrorState, write_mirror_state
+from ingester.names import generate_version_filename
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -23,6 +35,21 @@ limits = st.builds(
     st.floats(min_value=1, max_value=86400, allow_nan=False),
     st.integers(min_value=0, max_value=500),
     st.integers(min_value=0, max_value=500),
+    st.floats(min_value=1, max_value=86400, allow_nan=False),
+)
+mirror_states = st.sampled_from(
+    [
+        "ok",
+        "starting",
+        "never-run",
+        "unknown",
+        "unreachable",
+        "throttled",
+        "server-error",
+        "denied",
+        "no-bucket",
+        "rejected",
+    ]
 )
 
 
@@ -68,6 +95,106 @@ def test_a_drop_waiting_longer_than_max_age_is_critical(
     code = {i.name: i.code for i in judge(facts(0, backlog, 0, oldest), lim).items}["backlog"]
     if oldest > lim.max_age:
         assert code == CRITICAL
+
+
+def with_mirror(lag: float | None, backlog: int, state: str) -> Facts:
+    mirror = MirrorFacts(
+        target="s3://bucket/prefix",
+        state=state,
+        backlog=backlog,
+        oldest="2026-11-30T11-00-00-00000000.json" if backlog else None,
+        lag=lag if backlog else None,
+        pid=None,
+    )
+    return Facts(
+        now=NOW,
+        latest="2026-11-30T11-00-00-00000000.json",
+        last_updated=NOW,
+        mirror=mirror,
+    )
+
+
+@given(ages, counts, limits)
+def test_no_mirror_no_mirror_item(age: float, backlog: int, lim: CheckLimits) -> None:
+    result = judge(facts(age, backlog, 0, oldest=0.0), lim)
+    assert [i.name for i in result.items] == ["age", "backlog", "rejected"]
+    assert "mirror" not in result.line()
+    assert result.to_json()["mirror"] is None
+
+
+@given(ages, counts, mirror_states, limits)
+def test_the_mirror_item_follows_its_threshold_and_counts_in_the_worst(
+    lag: float, backlog: int, state: str, lim: CheckLimits
+) -> None:
+    result = judge(with_mirror(lag, backlog, state), lim)
+    items = {i.name: i for i in result.items}
+    assert list(items) == ["age", "backlog", "rejected", "mirror_lag"]
+    item = items["mirror_lag"]
+    seen = lag if backlog else 0.0
+    if state == "denied":
+        assert item.code == CRITICAL  # credentials do not come back by waiting
+        assert "refuses the credentials" in item.message
+    else:
+        assert item.code == expected(seen, lim.max_mirror_lag)
+    assert (item.warning, item.critical) == (lim.max_mirror_lag, 2 * lim.max_mirror_lag)
+    assert result.code == max(i.code for i in result.items)
+    # Both numbers are in the performance data and in --json.
+    perf = result.line().split(" | ", 1)[1]
+    assert f"mirror_lag={seen:g}s;{lim.max_mirror_lag:g};{2 * lim.max_mirror_lag:g}" in perf
+    assert f"mirror_backlog={backlog}" in perf.split()
+    doc = result.to_json()
+    assert doc["mirror"]["backlog"] == backlog
+    assert doc["mirror"]["lagSeconds"] == (lag if backlog else None)
+    assert doc["checks"][-1]["name"] == "mirror_lag"
+
+
+@given(ages, ages, st.integers(min_value=1, max_value=1000), mirror_states, limits)
+def test_an_older_unuploaded_version_is_never_judged_better(
+    a: float, b: float, backlog: int, state: str, lim: CheckLimits
+) -> None:
+    young, old = sorted((a, b))
+    code = {i.name: i.code for i in judge(with_mirror(old, backlog, state), lim).items}
+    was = {i.name: i.code for i in judge(with_mirror(young, backlog, state), lim).items}
+    assert code["mirror_lag"] >= was["mirror_lag"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(min_value=0, max_value=30 * 86400), min_size=0, max_size=12),
+    st.integers(min_value=-1, max_value=12),
+    st.booleans(),
+)
+def test_mirror_facts_from_a_state_file(ages_seconds: list[int], mark: int, corrupt: bool) -> None:
+    names: list[str] = []
+    for age in sorted(ages_seconds, reverse=True):
+        names.append(
+            generate_version_filename(
+                NOW - timedelta(seconds=age), after=names[-1] if names else None
+            )
+        )
+    watermark = names[mark] if 0 <= mark < len(names) else None
+    with tempfile.TemporaryDirectory() as tmp:
+        history = Path(tmp)
+        assert mirror_facts(history, names, None, NOW) is None  # nothing configured
+        never = mirror_facts(history, names, "s3://bucket", NOW)
+        assert never is not None and never.state == "never-run"
+        assert never.backlog == len(names)
+        write_mirror_state(history, MirrorState(mirrored_through=watermark, state="ok"))
+        if corrupt:
+            (history / "_mirror.json").write_bytes(b"{not json")
+            watermark = None  # a damaged state file holds everything back
+        got = mirror_facts(history, names, None, NOW)  # the state file alone configures it
+    assert got is not None
+    waiting = [n for n in names if watermark is None or n > watermark]
+    assert got.backlog == len(waiting)
+    assert got.oldest == (waiting[0] if waiting else None)
+    if waiting:
+        age = sorted(ages_seconds, reverse=True)[names.index(waiting[0])]
+        assert got.lag is not None and abs(got.lag - age) <= 1  # names hold whole seconds
+    else:
+        assert got.lag is None
+    assert got.state == ("unknown" if corrupt else "ok")
+    assert got.pid is None
 
 
 @given(st.integers(min_value=1, max_value=10**6), st.sampled_from(["", "s", "m", "h", "d"]))

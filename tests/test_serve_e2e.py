@@ -159,7 +159,13 @@ def test_openapi_served_matches_the_committed_file(root: Path):
     )
     doc = json.loads(committed)
     paths = set(doc["paths"])
-    assert {API, f"{API}/versions", f"{API}/versions/{{name}}", "/api/health"} <= paths
+    assert {
+        API,
+        f"{API}/versions",
+        f"{API}/versions/{{name}}",
+        f"{API}/series",
+        "/api/health",
+    } <= paths
 
 
 ST = shutil.which("st", path=str(Path(sys.executable).parent))
