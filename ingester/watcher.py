@@ -102,6 +102,7 @@ from .notify import SystemdNotifier
 from .settings import Settings
 from .spool import Opened, Spool, open_entry
 from .store import VERSION_MODE, HistoryStore
+from .watch_metrics import NO_METRICS, Metrics
 
 __all__ = ["WatchOptions", "Watcher"]
 
@@ -308,6 +309,7 @@ class Watcher:
         settings: Settings,
         options: WatchOptions,
         notifier: SystemdNotifier | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.settings = settings
         self.options = options
@@ -353,6 +355,8 @@ class Watcher:
         self._clock_offset: float | None = None  # wall minus boot clock at the first look
         self._holding = False  # automatic deletions held back after a wall-clock jump
         self._copied = False  # drops of another user seen: keep a spare temp file ready
+        self.metrics = metrics
+        self.metrics.watch(lambda: len(self._pending) + len(self._deferred), lambda: self._holding)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -741,6 +745,7 @@ class Watcher:
         retry = self._drop_backoff.get(name, _BACKOFF_START)
         self._drop_backoff[name] = min(self.options.retry_max, retry * 2)
         self._deferred[name] = time.monotonic() + retry
+        self.metrics.failed()
         log.error("cannot take drop %s: %s; retrying it in %.1f s", name, exc, retry)
 
     def _fail(self, name: str | None, exc: StorageError) -> None:
@@ -748,6 +753,7 @@ class Watcher:
             self.options.retry_max, max(_BACKOFF_START, self._backoff * 2 or _BACKOFF_START)
         )
         self._blocked_until = time.monotonic() + self._backoff
+        self.metrics.failed()
         what = f"cannot store drop {name}" if name else "cannot update the history"
         log.error("%s: %s; retrying in %.1f s", what, exc, self._backoff)
         if name is None:
@@ -1212,6 +1218,7 @@ class Watcher:
 
     def _ingested(self, name: str, version: str, size: int, started: float) -> None:
         self.counts.ingested += 1
+        self.metrics.ingested(time.perf_counter() - started)
         self._latest_dirty = True
         self._meta_dirty = True
         log.info(
@@ -1238,6 +1245,7 @@ class Watcher:
             return
         self._quarantine_backoff.pop(name, None)
         self.counts.rejected += 1
+        self.metrics.rejected(reason)
         log.warning(
             "rejected %s: %s (moved to %s)",
             name,
