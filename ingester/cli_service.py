@@ -3,6 +3,7 @@ and ``serve`` (the history over HTTP)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from .cli_common import App, BoundedFloat, fail, read_limited, read_stream
 from .errors import StorageError
 from .model import PayloadRejected, judge_payload
 from .settings import RESCAN_INTERVAL, RETRY_MAX, SETTLE, WatchOptions
+from .watch_metrics import NO_METRICS, Metrics
 
 __all__ = ["serve", "submit", "watch"]
 
@@ -58,9 +60,23 @@ __all__ = ["serve", "submit", "watch"]
     "or it has not changed for S seconds (and no one has it open for writing); "
     f"{SETTLE.describe()}.",
 )
+@click.option(
+    "--metrics",
+    "metrics_listen",
+    metavar="HOST:PORT",
+    help="Serve the watcher's own metrics (drops ingested and rejected, store failures, "
+    "ingest latency, backlog) in the Prometheus text format at http://HOST:PORT/metrics "
+    "([::1]:9464 for IPv6; port 0 picks a free one). Off by default. See docs/serve.md.",
+)
 @click.pass_obj
 def watch(
-    app: App, once: bool, polling: bool, rescan_interval: float, retry_max: float, settle: float
+    app: App,
+    once: bool,
+    polling: bool,
+    rescan_interval: float,
+    retry_max: float,
+    settle: float,
+    metrics_listen: str | None,
 ) -> None:
     """Run the service: take the backlog (oldest first), then every new drop.
 
@@ -70,8 +86,14 @@ def watch(
     rejected folder with a reason file. Holds the history lock: a second watcher
     exits 1 at once. Stops on SIGTERM/SIGINT after finishing the drop in hand
     (exit 0). Under systemd it reports readiness, status and watchdog pings.
+    A malformed --metrics address exits 2; one that cannot be bound (in use, not
+    local) exits 1, before the spool is touched.
     """
     from .watcher import Watcher
+
+    metrics: Metrics = NO_METRICS
+    if metrics_listen is not None:
+        metrics = _start_watch_metrics(metrics_listen)
 
     options = WatchOptions(
         once=once,
@@ -80,7 +102,27 @@ def watch(
         retry_max=retry_max,
         settle=settle,
     )
-    raise click.exceptions.Exit(Watcher(app.settings, options).run())
+    raise click.exceptions.Exit(Watcher(app.settings, options, metrics=metrics).run())
+
+
+def _start_watch_metrics(listen: str) -> Metrics:
+    """Bind the watcher's metrics server on ``listen`` (HOST:PORT); exit 2 or 1 if it cannot."""
+    from .serve import parse_listen
+    from .watch_metrics import WatchMetrics
+
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise fail(f"--metrics: {exc}", 2) from None
+    metrics = WatchMetrics()
+    try:
+        bound = metrics.start(host, port)
+    except OSError as exc:
+        raise fail(f"cannot listen on {listen} for --metrics: {exc.strerror or exc}") from None
+    logging.getLogger("ingester.watcher").info(
+        "metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, bound
+    )
+    return metrics
 
 
 @click.command()

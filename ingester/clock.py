@@ -1,4 +1,5 @@
-"""Time, in one place: the UTC wall clock, the one ISO-8601 spelling, and clock jumps.
+"""Time, in one place: the UTC wall clock, the one ISO-8601 spelling, clock jumps, and
+the one backoff (waits that double while failures go on).
 
 Retention is measured from the wall clock, which can be stepped (a bad NTP answer, a VM
 restored from a snapshot). :class:`ClockJump` notices a wall clock that gained more than
@@ -9,9 +10,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-__all__ = ["CLOCK_JUMP", "ClockJump", "boot_clock", "iso_utc", "parse_iso_time", "utc_now"]
+__all__ = [
+    "CLOCK_JUMP",
+    "Backoff",
+    "ClockJump",
+    "boot_clock",
+    "iso_utc",
+    "parse_iso_time",
+    "utc_now",
+]
 
 CLOCK_JUMP = 3600.0
 """Seconds the wall clock may gain on the boot clock before it counts as a jump."""
@@ -91,3 +101,27 @@ class ClockJump:
     def jumped(self) -> bool:
         """Whether a jump of more than ``limit`` seconds stands now."""
         return self.gained() > self.limit
+
+
+@dataclass
+class Backoff:
+    """Waits that double from ``start`` up to ``limit`` seconds while failures go on."""
+
+    limit: float
+    start: float = 0.5
+    delay: float = 0.0  # the current wait, seconds; 0 after a success
+    until: float = 0.0  # monotonic time before which no retry is due
+
+    def failed(self) -> float:
+        """One more failure: the wait before the next try (seconds)."""
+        self.delay = min(self.limit, max(self.start, self.delay * 2))
+        self.until = time.monotonic() + self.delay
+        return self.delay
+
+    def succeeded(self) -> None:
+        """A success: the next failure waits ``start`` again."""
+        self.delay = 0.0
+
+    def due(self, now: float) -> bool:
+        """Whether a retry is due at monotonic time ``now``."""
+        return now >= self.until

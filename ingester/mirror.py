@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from .clock import utc_now
+from .clock import Backoff, utc_now
 from .errors import IngesterError, StorageError
 from .lock import HistoryLock
 from .mirror_state import (
@@ -541,7 +541,7 @@ class Mirror:
             self._notifier.close()
 
     def _loop(self) -> int:
-        backoff = 0.0
+        backoff = Backoff(self.options.retry_max, _BACKOFF_START)
         while not self._stop.is_set():
             # Taken before the pass: a change during it shows as a new token afterwards.
             self._seen = _folder_token(os.fspath(self.history_dir))
@@ -549,13 +549,13 @@ class Mirror:
             try:
                 result = self.sync(full=full)
             except MirrorBlocked as exc:
-                backoff = min(self.options.retry_max, max(_BACKOFF_START, backoff * 2))
-                self._blocked(exc.failure, backoff)
+                delay = backoff.failed()
+                self._blocked(exc.failure, delay)
                 if self.options.once:
                     return 1
-                self._sleep(backoff, wake=False)
+                self._sleep(delay, wake=False)
                 continue
-            backoff = 0.0
+            backoff.succeeded()
             self._recovered()
             self._save_state()
             if self.options.once:

@@ -39,7 +39,7 @@ from .arrivals import (
     SpoolGone,
     start_arrivals,
 )
-from .clock import ClockJump
+from .clock import Backoff, ClockJump
 from .errors import IngesterError, StorageError
 from .housekeeping import RejectedRetention
 from .intake import (
@@ -59,6 +59,7 @@ from .readiness import Readiness
 from .settings import Settings, WatchOptions
 from .spool import Spool
 from .store import HistoryStore
+from .watch_metrics import NO_METRICS, Metrics
 
 __all__ = ["Backoff", "WatchOptions", "Watcher"]
 
@@ -68,30 +69,6 @@ _MAINTENANCE_EVERY = 1.0  # seconds between cleanup/metadata rounds while drops 
 _TICK = 0.25  # seconds, the longest wait: bounds the reaction to signals and liveness checks
 _GROUP_MAX = 256  # most versions linked before one fsync of the history makes them durable
 _GROUP_SECONDS = 1.0  # and at most this long, so the loop keeps pinging systemd
-
-
-@dataclass
-class Backoff:
-    """Waits that double from ``start`` up to ``limit`` seconds while failures go on."""
-
-    limit: float
-    start: float = 0.5
-    delay: float = 0.0  # the current wait, seconds; 0 after a success
-    until: float = 0.0  # monotonic time before which no retry is due
-
-    def failed(self) -> float:
-        """One more failure: the wait before the next try (seconds)."""
-        self.delay = min(self.limit, max(self.start, self.delay * 2))
-        self.until = time.monotonic() + self.delay
-        return self.delay
-
-    def succeeded(self) -> None:
-        """A success: the next failure waits ``start`` again."""
-        self.delay = 0.0
-
-    def due(self, now: float) -> bool:
-        """Whether a retry is due at monotonic time ``now``."""
-        return now >= self.until
 
 
 @dataclass
@@ -132,6 +109,7 @@ class Watcher:
         settings: Settings,
         options: WatchOptions,
         notifier: SystemdNotifier | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.settings = settings
         self.options = options
@@ -169,6 +147,8 @@ class Watcher:
         self._last_status = ""
         self._cache_reported: set[str] = set()
         self._holding = False  # automatic deletions held back after a wall-clock jump
+        self.metrics = metrics
+        self.metrics.watch(lambda: len(self._pending) + len(self._deferred), lambda: self._holding)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -511,6 +491,7 @@ class Watcher:
         elif isinstance(outcome, Rejected):
             self._drop_waits.forget(outcome.drop)
             self.counts.rejected += 1
+            self.metrics.rejected(outcome.reason)
             log.warning(
                 "rejected %s: %s (moved to %s)",
                 outcome.drop,
@@ -532,6 +513,7 @@ class Watcher:
             retry = self._drop_waits.wait(outcome)
             self._deferred[outcome.drop] = time.monotonic() + retry
             if outcome.step == "claim":
+                self.metrics.failed()
                 log.error(
                     "cannot take drop %s: %s; retrying it in %.1f s",
                     outcome.drop,
@@ -552,6 +534,7 @@ class Watcher:
 
     def _ingested(self, item: Stored) -> None:
         self.counts.ingested += 1
+        self.metrics.ingested(time.perf_counter() - item.started)
         self._latest_dirty = True
         self._meta_dirty = True
         log.info(
@@ -570,6 +553,7 @@ class Watcher:
 
     def _fail(self, name: str | None, exc: StorageError) -> None:
         retry = self._backoff.failed()
+        self.metrics.failed()
         what = f"cannot store drop {name}" if name else "cannot update the history"
         log.error("%s: %s; retrying in %.1f s", what, exc, retry)
         if name is None:

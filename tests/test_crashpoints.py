@@ -283,7 +283,13 @@ def crashed_state_problems(e: Expect) -> list[str]:
 def _is_spare(folder: Path, name: str) -> bool:
     """An empty temp file a running watcher keeps ready for its next copy (SpareFile)."""
     path = folder / name
-    return name.startswith(".tmp-w-") and path.is_file() and path.stat().st_size == 0
+    if not name.startswith(".tmp-w-"):
+        return False
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return True  # taken for a copy since it was listed: it was the spare
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0
 
 
 def final_problems(e: Expect, *, strict_rejected: bool = False, running: bool = False) -> list[str]:

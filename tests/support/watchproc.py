@@ -25,12 +25,18 @@ def payload(seq: int, **extra: object) -> bytes:
     return json.dumps(body).encode()
 
 
-def drop(spool: Path, name: str, data: bytes) -> Path:
-    """Write ``data`` in ``<spool>/tmp/`` and rename it into the spool (the drop protocol)."""
+def drop(spool: Path, name: str, data: bytes, *, owner: tuple[int, int] | None = None) -> Path:
+    """Write ``data`` in ``<spool>/tmp/`` and rename it into the spool (the drop protocol).
+
+    ``owner`` (uid, gid) is given to the file before it appears, as another user's
+    writer would have made it.
+    """
     tmp = spool / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     staged = tmp / f".{name}.part"
     staged.write_bytes(data)
+    if owner is not None:
+        os.chown(staged, *owner)
     final = spool / name
     os.rename(staged, final)
     return final
