@@ -4,7 +4,10 @@ Every relative link in README.md, docs/ and spool/README.md names a file that ex
 (and a heading that exists, where it names one); the README's two newcomer commands are
 the ones a user types, the test one being exactly what CI runs; the commands, options and
 environment variables the README and the operations guide list are the ones
-``ingester --help`` shows; the Python API example runs as written.
+``ingester --help`` shows; every option any command's ``--help`` lists is documented, and
+the operations guide gives each command a section with all of its options; the quoted
+``status`` output shows the settings a real run prints; the README names every command
+that refuses while a watcher runs; the Python API example runs as written.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = sorted([REPO / "README.md", REPO / "spool" / "README.md", *(REPO / "docs").glob("*.md")])
@@ -128,7 +132,11 @@ def test_the_readme_commands_table_matches_the_cli() -> None:
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/operations.md"])
 def test_documented_settings_are_the_cli_s(doc: str) -> None:
-    rows = [r for r in table_rows((REPO / doc).read_text()) if "INGESTER_" in " ".join(r[1:2])]
+    # A settings row names its environment variable first in its second column; other
+    # tables (a command's options) may mention a variable in passing.
+    rows = [
+        r for r in table_rows((REPO / doc).read_text()) if r[1:2] and r[1].startswith("`INGESTER_")
+    ]
     assert rows, f"{doc} has no settings table"
     for row in rows:
         for option in re.findall(r"(--[a-z][a-z-]*)", row[0]):
@@ -174,3 +182,74 @@ def test_the_docs_the_program_and_its_units_point_to_exist() -> None:
         if not (REPO / name).exists()
     )
     assert not missing, f"references to documents that do not exist: {missing}"
+
+
+def cli_commands() -> list[str]:
+    listed = help_text().split("Commands:", 1)[1]
+    return sorted(re.findall(r"^  (\w+)", listed, re.M))
+
+
+def listed_options(help_output: str) -> set[str]:
+    """The options a --help lists, by their long name (the short one where there is none)."""
+    section = help_output.split("Options:", 1)[1]
+    options = set()
+    for line in section.splitlines():
+        if not re.match(r"  +-", line):
+            continue
+        names = [n.split()[0] for n in re.split(r"  +", line.strip(), maxsplit=1)[0].split(", ")]
+        long_names = [n for n in names if n.startswith("--")]
+        options.update(long_names or names)
+    return options - {"-h", "--help"}
+
+
+@pytest.mark.parametrize("command", ["", *cli_commands()], ids=lambda c: c or "global")
+def test_every_option_the_cli_lists_is_documented(command: str) -> None:
+    docs = "\n".join(p.read_text() for p in [REPO / "README.md", *(REPO / "docs").glob("*.md")])
+    options = listed_options(help_text(*filter(None, [command])))
+    missing = sorted(o for o in options if not re.search(rf"(?<![\w-]){o}(?![\w-])", docs))
+    assert not missing, f"'ingester {command} --help' lists options no doc mentions: {missing}"
+
+
+def sections_naming(text: str, command: str) -> str:
+    """The operations guide's sections whose heading names the command, with their subsections."""
+    text = _FENCE.sub("", text)
+    found = []
+    for match in re.finditer(r"^(#{2,6}) +(.+)$", text, re.M):
+        if re.search(rf"`(?:ingester )?{command}\b", match.group(2)):
+            end = re.compile(rf"^#{{2,{len(match.group(1))}}} ", re.M).search(text, match.end())
+            found.append(text[match.end() : end.start() if end else len(text)])
+    return "\n".join(found)
+
+
+@pytest.mark.parametrize("command", cli_commands())
+def test_the_operations_guide_gives_every_command_its_options(command: str) -> None:
+    section = sections_naming((REPO / "docs" / "operations.md").read_text(), command)
+    assert section, f"docs/operations.md has no section whose heading names '{command}'"
+    options = listed_options(help_text(command))
+    missing = sorted(o for o in options if not re.search(rf"(?<![\w-]){o}(?![\w-])", section))
+    assert not missing, f"docs/operations.md's '{command}' section lacks {missing}"
+
+
+def test_the_quoted_status_output_shows_every_setting_a_real_run_prints(tmp_path: Path) -> None:
+    assert run_cli(tmp_path, "init").returncode == 0
+    real = run_cli(tmp_path, "status")
+    assert real.returncode == 0, real.stderr
+    text = (REPO / "docs" / "operations.md").read_text()
+    quotes = re.findall(r"```console\n\$ ingester --root \S+ status\n(.*?)```", text, re.S)
+    quote = next((q for q in quotes if "\nsettings:\n" in q), None)
+    assert quote, "docs/operations.md quotes no 'ingester status' output with its settings"
+
+    def settings(output: str) -> list[str]:
+        return re.findall(r"^  (\w+) ", output.split("\nsettings:\n", 1)[1], re.M)
+
+    assert settings(quote) == settings(real.stdout)
+
+
+def test_the_readme_names_every_command_that_refuses_while_a_watcher_runs() -> None:
+    sources = "".join(p.read_text() for p in (REPO / "ingester").glob("cli*.py"))
+    writers = set(re.findall(r"writing_store\(\w+, \"([\w -]+)\"\)", sources))
+    assert writers, "no command takes the history lock through writing_store"
+    readme = " ".join((REPO / "README.md").read_text().split())
+    sentence = re.search(r"The commands that write, ([^.]*) refuse", readme)
+    assert sentence, "the README does not say which commands refuse while a watcher runs"
+    assert {w for w in writers if f"`{w}`" not in sentence.group(1)} == set()
