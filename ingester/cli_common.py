@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import click
 
-from .errors import NotRegularFile, StorageError
+from .errors import NotRegularFile, StorageError, describe_os_error
 from .lock import HistoryLock, LockHeld
 from .logs import escape_text
 from .settings import Bounds, Settings
@@ -57,21 +57,6 @@ def fail(message: str, code: int = 1) -> click.exceptions.Exit:
     """Print ``error: message`` to stderr and return the exit to raise."""
     click.echo(f"error: {escape_text(message)}", err=True)
     return click.exceptions.Exit(code)
-
-
-def describe_os_error(exc: OSError) -> str:
-    """One line for any ``OSError``: what failed, on which path, and the errno's name."""
-    if isinstance(exc, StorageError):
-        return str(exc)
-    name = errno.errorcode.get(exc.errno or 0)
-    cause = exc.strerror or str(exc) or type(exc).__name__
-    tag = f" [{name}]" if name else ""
-    if exc.filename is not None:
-        where = os.fsdecode(exc.filename)
-        if exc.filename2 is not None:
-            where += f" -> {os.fsdecode(exc.filename2)}"
-        return f"{where}: {cause}{tag}"
-    return f"{cause}{tag}"
 
 
 def last_words(line: str) -> None:

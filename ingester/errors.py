@@ -25,6 +25,7 @@ __all__ = [
     "SnapshotError",
     "StorageError",
     "VersionNotFound",
+    "describe_os_error",
 ]
 
 
@@ -120,3 +121,18 @@ class ObjectStoreUnavailable(IngesterError, RuntimeError):
 
 class RestoreError(IngesterError):
     """A restore from the object store cannot go on; ``str()`` is one line."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for any ``OSError``: what failed, on which path, and the errno's name."""
+    if isinstance(exc, StorageError):
+        return str(exc)
+    name = errno.errorcode.get(exc.errno or 0)
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    tag = f" [{name}]" if name else ""
+    if exc.filename is not None:
+        where = os.fsdecode(exc.filename)
+        if exc.filename2 is not None:
+            where += f" -> {os.fsdecode(exc.filename2)}"
+        return f"{where}: {cause}{tag}"
+    return f"{cause}{tag}"

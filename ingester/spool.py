@@ -378,7 +378,14 @@ class Spool:
         """
         for folder in (self.dir, self.tmp_dir):
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                # Never the parents: a mistyped root must not become a spool that no
+                # watcher reads, with every submit reporting success.
+                folder.mkdir(exist_ok=True)
+            except FileNotFoundError as exc:
+                hint = FileNotFoundError(
+                    errno.ENOENT, "its parent folder does not exist (is the root right?)"
+                )
+                raise StorageError("create folder", folder, hint) from exc
             except OSError as exc:
                 raise StorageError("create folder", folder, exc) from exc
         final = self.dir / name

@@ -331,8 +331,8 @@ class HistoryStore:
         try:
             latest_problem = self.latest_problem()
             if latest_problem is not None:
-                report.latest_repaired = latest_problem
                 self._update_latest()
+                report.latest_repaired = latest_problem  # only once it really was
         except StorageError as exc:
             report.cache_errors.append(exc)
         return report
@@ -407,8 +407,10 @@ class HistoryStore:
             except OSError:
                 pass
             return f"does not resolve to {newest}"
+        if link.is_dir():
+            return "is a folder, not a link"
         if not link.exists():
-            return "missing"
+            return "is missing"
         try:
             same = link.read_bytes() == self.version_path(newest).read_bytes()
         except OSError as exc:

@@ -40,7 +40,7 @@ from .arrivals import (
     start_arrivals,
 )
 from .clock import Backoff, ClockJump
-from .errors import IngesterError, StorageError
+from .errors import IngesterError, StorageError, describe_os_error
 from .housekeeping import RejectedRetention
 from .intake import (
     Blocked,
@@ -177,8 +177,8 @@ class Watcher:
         except LockHeld as exc:
             log.error("another writer holds the history: %s", exc)
             return 1
-        except (StorageError, OSError) as exc:
-            log.error("cannot start: %s", exc)
+        except OSError as exc:
+            log.error("cannot start: %s", describe_os_error(exc))
             return 1
         try:
             return self._run_locked()
@@ -190,7 +190,7 @@ class Watcher:
             report = self.store.initialize()
             self.intake.start()
         except OSError as exc:
-            log.error("cannot start: %s", exc)
+            log.error("cannot start: %s", describe_os_error(exc))
             return 1
         try:
             report.removed_temps += self.spool.sweep_temps()
@@ -203,7 +203,7 @@ class Watcher:
         if report.metadata_rebuilt:
             log.warning("metadata rebuilt from a scan (it was %s)", report.metadata_rebuilt)
         if report.latest_repaired:
-            log.warning("latest link repaired (it %s)", report.latest_repaired)
+            log.warning("latest link repaired: it %s", report.latest_repaired)
         for error in report.cache_errors:
             # Caches never gate ingest: logged, and retried by the maintenance rounds.
             log.error("cannot refresh a cache (drops are still stored): %s", error)

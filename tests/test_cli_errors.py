@@ -298,3 +298,22 @@ def test_a_full_stdout_is_one_line(root: Path) -> None:
         assert "Traceback" not in result.stderr, result.stderr
         assert result.returncode == 1
         assert result.stderr.strip() == "error: No space left on device [ENOSPC]", result.stderr
+
+
+def test_submit_to_a_root_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    """A mistyped root never becomes a spool that no watcher reads."""
+    missing = tmp_path / "no-such-root"
+    done = run_cli(missing, "submit", str(SAMPLES / "valid" / "full.json"))
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "its parent folder does not exist" in done.stderr
+    assert not missing.exists()
+
+
+def test_watch_on_a_root_that_is_a_file_says_so_in_one_line(tmp_path: Path) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_bytes(b"")
+    done = run_cli(afile, "watch", "--once")
+    assert done.returncode == 1
+    assert "cannot start" in done.stderr and "[ENOTDIR]" in done.stderr
+    assert "[Errno" not in done.stderr and "Traceback" not in done.stderr

@@ -458,9 +458,12 @@ def test_a_latest_path_that_is_a_folder_does_not_stop_ingest(root: Path) -> None
             drop(root / "spool", f"d{i}.json", payload(i))
         wait_for(lambda: len(versions(root)) == 5, what="5 drops stored")
         assert "cannot refresh the latest link" in w.log
+        assert "latest link repaired" not in w.log  # never claimed while it failed
         assert w.stop() == 0
     meta = json.loads((history_of(root) / "_metadata.json").read_bytes())
     assert meta["versionCount"] == 5
+    verify = run_cli(root, "verify")
+    assert "latest link is a folder, not a link" in verify.stdout
 
 
 def test_a_drop_that_cannot_be_claimed_waits_alone(root: Path, can_chattr: None) -> None:
