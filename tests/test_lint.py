@@ -51,3 +51,14 @@ def test_nothing_read_from_outside_the_repository() -> None:
     samples = TOP / "tests" / "samples"
     assert sorted(p.name for p in (samples / "valid").glob("*.json"))
     assert sorted(p.name for p in (samples / "invalid").glob("*.json"))
+
+
+def test_tests_import_helpers_from_the_support_package() -> None:
+    """``conftest`` is pytest's to load: helpers come from ``tests/support``."""
+    offenders = [
+        str(path.relative_to(TOP))
+        for path in (TOP / "tests").rglob("*.py")
+        if "from conftest import" in path.read_text(encoding="utf-8")
+        or "import conftest" in path.read_text(encoding="utf-8")
+    ]
+    assert not offenders, offenders
