@@ -408,9 +408,9 @@ class HistoryStore:
                 pass
             return f"does not resolve to {newest}"
         if link.is_dir():
-            return "is a folder, not a link"
+            return "a folder, not a link"
         if not link.exists():
-            return "is missing"
+            return "missing"
         try:
             same = link.read_bytes() == self.version_path(newest).read_bytes()
         except OSError as exc:

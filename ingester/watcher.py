@@ -203,7 +203,7 @@ class Watcher:
         if report.metadata_rebuilt:
             log.warning("metadata rebuilt from a scan (it was %s)", report.metadata_rebuilt)
         if report.latest_repaired:
-            log.warning("latest link repaired: it %s", report.latest_repaired)
+            log.warning("latest link repaired (%s)", report.latest_repaired)
         for error in report.cache_errors:
             # Caches never gate ingest: logged, and retried by the maintenance rounds.
             log.error("cannot refresh a cache (drops are still stored): %s", error)

@@ -463,7 +463,7 @@ def test_a_latest_path_that_is_a_folder_does_not_stop_ingest(root: Path) -> None
     meta = json.loads((history_of(root) / "_metadata.json").read_bytes())
     assert meta["versionCount"] == 5
     verify = run_cli(root, "verify")
-    assert "latest link is a folder, not a link" in verify.stdout
+    assert "latest link a folder, not a link" in verify.stdout
 
 
 def test_a_drop_that_cannot_be_claimed_waits_alone(root: Path, can_chattr: None) -> None:
