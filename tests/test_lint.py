@@ -45,7 +45,8 @@ def test_nothing_read_from_outside_the_repository() -> None:
     for folder in ("tests", "ingester", "bench"):
         for path in (TOP / folder).rglob("*.py"):
             text = path.read_text(encoding="utf-8")
-            for needle in ("../shared", '"shared"', "'shared'", "parents[2]"):
+            # Spelled in pieces so this file does not match its own search.
+            for needle in ("../" + "shared", '"' + 'shared"', "'" + "shared'", "parents" + "[2]"):
                 if needle in text and path.name != "test_lint.py":
                     offenders.append(f"{path.relative_to(TOP)}: {needle}")
     assert not offenders, offenders
