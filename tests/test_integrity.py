@@ -280,6 +280,32 @@ def test_temp_sweeps_never_follow_a_symlinked_folder(root: Path, tmp_path: Path)
 # -- identity of what is claimed --------------------------------------------------------
 
 
+@contextlib.contextmanager
+def syscall_delayed(pid: int, syscall: str, microseconds: int) -> Iterator[None]:
+    """Hold up every ``syscall`` of process ``pid`` (strace attached) while inside."""
+    tracer = subprocess.Popen(
+        [
+            STRACE or "strace",
+            "-p",
+            str(pid),
+            "-o",
+            os.devnull,
+            "-e",
+            f"trace={syscall}",
+            "-e",
+            f"inject={syscall}:delay_enter={microseconds}",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        status = Path(f"/proc/{pid}/status")
+        wait_for(lambda: "TracerPid:\t0\n" not in status.read_text(), what="strace attached")
+        yield
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=10)
+
+
 def wait_in_syscall(pid: int, number: int, timeout: float = 20.0) -> None:
     def inside() -> bool:
         try:
@@ -300,23 +326,7 @@ def test_what_is_claimed_is_what_is_stored(root: Path, owner: str) -> None:
     claimed bytes are stored (judged again), never the stale bytes read earlier."""
     with WatchProcess(root, global_args=("-v",)) as w:
         w.wait_log("cleanup deleted 0")  # idle: its start-up writes are done
-        tracer = subprocess.Popen(
-            [
-                STRACE or "strace",
-                "-p",
-                str(w.proc.pid),
-                "-o",
-                os.devnull,
-                "-e",
-                "trace=rename",
-                "-e",
-                "inject=rename:delay_enter=2000000",
-            ],
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            status = Path(f"/proc/{w.proc.pid}/status")
-            wait_for(lambda: "TracerPid:\t0\n" not in status.read_text(), what="strace attached")
+        with syscall_delayed(w.proc.pid, "rename", 2_000_000):
             old, new = payload(1, pad="a" * 10), payload(2, pad="b" * 10)
             assert len(old) == len(new)
             scraper = (SCRAPER_UID, SPOOL_GID) if owner == "scraper" else None
@@ -326,9 +336,6 @@ def test_what_is_claimed_is_what_is_stored(root: Path, owner: str) -> None:
             with open(path, "r+b") as f:
                 f.write(new)
             wait_for(lambda: stored_contents(root), timeout=20, what="a version")
-        finally:
-            tracer.send_signal(signal.SIGINT)
-            tracer.wait(timeout=10)
         claimed = root / "spool" / ".claimed"
         wait_for(lambda: not os.listdir(claimed), what="claims released")
         assert w.stop() == 0
@@ -343,24 +350,8 @@ def test_bytes_written_after_a_copy_was_stored_are_never_deleted(root: Path) -> 
     is released (every fsync held up 1 s): the claim is not deleted with those bytes."""
     with WatchProcess(root, global_args=("-v",)) as w:
         w.wait_log("cleanup deleted 0")  # idle: its start-up writes are done
-        tracer = subprocess.Popen(
-            [
-                STRACE or "strace",
-                "-p",
-                str(w.proc.pid),
-                "-o",
-                os.devnull,
-                "-e",
-                "trace=fsync",
-                "-e",
-                "inject=fsync:delay_enter=1000000",
-            ],
-            stderr=subprocess.DEVNULL,
-        )
         claimed = root / "spool" / ".claimed"
-        try:
-            status = Path(f"/proc/{w.proc.pid}/status")
-            wait_for(lambda: "TracerPid:\t0\n" not in status.read_text(), what="strace attached")
+        with syscall_delayed(w.proc.pid, "fsync", 1_000_000):
             # The window (version linked, claim not yet released) lasts about a second;
             # on a loaded machine a look can miss it: a missed drop is simply stored, and
             # the next one tries again.
@@ -381,9 +372,6 @@ def test_bytes_written_after_a_copy_was_stored_are_never_deleted(root: Path) -> 
                     break
             else:
                 pytest.fail("the claim was released before it could be written to, 3 times")
-        finally:
-            tracer.send_signal(signal.SIGINT)
-            tracer.wait(timeout=10)
         rejected = root / "spool" / "rejected" / f"a{attempt}.json"
         wait_for(rejected.exists, timeout=20, what="the grown file judged again")
         assert w.stop() == 0
