@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
-from support import cli_env, wait_for
+from support import wait_for
+from support.process import LoggedProcess
 
 HISTORY = "console-usage-history"
 KEY = "s3cret-key-for-tests"
@@ -67,8 +65,10 @@ def fill_history(
     return names
 
 
-class ServeProcess:
+class ServeProcess(LoggedProcess):
     """``python -m ingester --root ROOT serve --listen 127.0.0.1:0 ARGS`` and a client."""
+
+    stop_timeout = 10.0
 
     def __init__(
         self,
@@ -80,37 +80,13 @@ class ServeProcess:
         wrapper: tuple[str, ...] = (),
         listen: str = "127.0.0.1:0",
     ) -> None:
-        self.root = root
-        self.log_path = root.parent / f"serve-{os.urandom(3).hex()}.log"
-        self._log = self.log_path.open("wb")
         extra = dict(env or {})
         if key is not None:
             extra["INGESTER_API_KEY"] = key
-        self.proc = subprocess.Popen(
-            [
-                *wrapper,
-                sys.executable,
-                "-m",
-                "ingester",
-                "--root",
-                str(root),
-                *global_args,
-                "serve",
-                "--listen",
-                listen,
-                *args,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=cli_env(**extra),
-        )
+        command = [*wrapper, sys.executable, "-m", "ingester", "--root", str(root), *global_args]
+        super().__init__(root, "serve", [*command, "serve", "--listen", listen, *args], extra)
         self.port = 0
         self.client: httpx.Client | None = None
-
-    @property
-    def log(self) -> str:
-        """Everything it logged so far."""
-        return self.log_path.read_text(errors="replace")
 
     @property
     def base(self) -> str:
@@ -141,35 +117,9 @@ class ServeProcess:
         assert self.client is not None
         return self.client.post(path, **kw)  # type: ignore[arg-type]
 
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, then wait; returns the exit code."""
+    def _release(self) -> None:
         if self.client is not None:
             self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=timeout)
-        self._log.close()
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL: the crash."""
-        if self.client is not None:
-            self.client.close()
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        self._log.close()
 
     def __enter__(self) -> ServeProcess:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.proc.poll() is None:
-            self.kill()
-        else:
-            self._log.close()

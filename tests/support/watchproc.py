@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from types import TracebackType
 
-from support import cli_env, wait_for
+from support import wait_for
+from support.process import LoggedProcess
 
 
 def payload(seq: int, **extra: object) -> bytes:
@@ -63,7 +61,7 @@ def latest_bytes(root: Path) -> bytes | None:
         return None
 
 
-class WatchProcess:
+class WatchProcess(LoggedProcess):
     """``python -m ingester --root ROOT [global...] watch ARGS`` with its stderr in a file."""
 
     def __init__(
@@ -73,20 +71,8 @@ class WatchProcess:
         global_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
     ) -> None:
-        self.root = root
-        self.log_path = root.parent / f"watch-{os.urandom(3).hex()}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ingester", "--root", str(root), *global_args, "watch", *args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=cli_env(**(env or {})),
-        )
-
-    @property
-    def log(self) -> str:
-        """Everything it logged so far."""
-        return self.log_path.read_text(errors="replace")
+        command = [sys.executable, "-m", "ingester", "--root", str(root), *global_args, "watch"]
+        super().__init__(root, "watch", [*command, *args], env)
 
     def wait_log(self, text: str, timeout: float = 15.0, count: int = 1) -> None:
         """Wait until ``text`` appears ``count`` times in the log (fails if it exits first)."""
@@ -105,31 +91,5 @@ class WatchProcess:
         self.wait_log("watching ")
         return self
 
-    def stop(self, timeout: float = 5.0) -> int:
-        """SIGTERM, then wait; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=timeout)
-        self._log.close()
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL: the crash."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        self._log.close()
-
     def __enter__(self) -> WatchProcess:
         return self.wait_started()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.proc.poll() is None:
-            self.kill()
-        else:
-            self._log.close()

@@ -1,0 +1,64 @@
+"""A CLI subprocess whose output goes to a log file beside its root: the shared part of
+the watcher and server wrappers (start, read the log, stop, kill)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from types import TracebackType
+
+from support import cli_env
+
+
+class LoggedProcess:
+    """``command`` running with stdout and stderr in ``ROOT/../TAG-XXXXXX.log``."""
+
+    stop_timeout = 5.0  # seconds a SIGTERM is given before ``stop`` fails
+
+    def __init__(
+        self, root: Path, tag: str, command: list[str], env: dict[str, str] | None = None
+    ) -> None:
+        self.root = root
+        self.log_path = root.parent / f"{tag}-{os.urandom(3).hex()}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=cli_env(**(env or {}))
+        )
+
+    @property
+    def log(self) -> str:
+        """Everything it logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def _release(self) -> None:
+        """What a subclass holds besides the process (a client), let go before it ends."""
+
+    def stop(self, timeout: float | None = None) -> int:
+        """SIGTERM, then wait; returns the exit code."""
+        self._release()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=self.stop_timeout if timeout is None else timeout)
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: the crash."""
+        self._release()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        else:
+            self._log.close()
