@@ -246,6 +246,17 @@ class StagedFile:
         if sync:
             self.sync()
 
+    def start_writeback(self) -> None:
+        """Ask the kernel to start writing the bytes out now, without waiting (a hint).
+
+        A group of copies fsynced one after the other otherwise pays one device write
+        per fsync; started together, the writes are queued at once and the fsyncs
+        mostly wait for what is already under way. Durability still comes from
+        :meth:`sync` alone.
+        """
+        if self._fd is not None:
+            _start_writeback(self._fd)
+
     def sync(self) -> None:
         """Step 2: fsync the bytes (idempotent). A failure discards the temp file."""
         fd, self._fd = self._fd, None
@@ -343,7 +354,18 @@ def _link_no_clobber(tmp: Path, final: Path) -> None:
 
 _RENAME_NOREPLACE = 1  # from <linux/fs.h>
 _AT_FDCWD = -100
-_renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+_SYNC_FILE_RANGE_WRITE = 2  # from <fcntl.h>
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+
+
+def _start_writeback(fd: int) -> None:
+    """``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on the whole file: a hint, never an error."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def _rename_no_clobber(source: Path, final: Path) -> bool:

@@ -34,6 +34,7 @@ __all__ = [
     "Blocked",
     "Deferred",
     "Dropped",
+    "GroupFailure",
     "Ignored",
     "Intake",
     "Outcome",
@@ -110,6 +111,18 @@ class Blocked:
 
 
 @dataclass(frozen=True)
+class GroupFailure:
+    """What stopped a group: the ``error``, and the ``drop`` it hit (None: the group's).
+
+    ``returned``: the drops put back in the spool (or left claimed), to be taken again.
+    """
+
+    drop: str | None
+    error: StorageError
+    returned: list[str]
+
+
+@dataclass(frozen=True)
 class Recovered:
     """A claim's version was already stored: the claim was removed."""
 
@@ -119,8 +132,46 @@ class Recovered:
 Outcome = Stored | Rejected | Deferred | Dropped | Ignored | Blocked | Recovered
 
 
+@dataclass
+class _Claimed:
+    """A drop of the current group: claimed, its bytes not durable yet (step 5 waits).
+
+    ``staged`` is its copy in the history; ``fd`` (zero-copy) its own inode, open.
+    """
+
+    stored: Stored
+    claim: Path
+    path: Path
+    opened: Opened
+    staged: durable.StagedFile | None = None
+    fd: int | None = None
+
+    def sync(self) -> None:
+        """Step 5: the bytes on disk (the copy's, or the claimed inode's and its mode)."""
+        if self.staged is not None:
+            self.staged.sync()
+            return
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            durable.fsync_fd(fd)
+        except OSError as exc:
+            raise StorageError("seal", self.claim, exc) from exc
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Let go of the copy and the descriptor (after a failure)."""
+        if self.staged is not None:
+            self.staged.discard()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 class _DropWaits(IngesterError):
-    """Inside :meth:`Intake._claim_and_link`: this drop alone cannot be claimed."""
+    """Inside :meth:`Intake._claim`: this drop alone cannot be claimed."""
 
     def __init__(self, error: StorageError) -> None:
         super().__init__(str(error))
@@ -146,6 +197,7 @@ class Intake:
     history_id: tuple[int, int] = (0, 0)
     copied: bool = False  # drops of another user seen: keep a spare temp file ready
     _copied_claims: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _group: list[_Claimed] = field(default_factory=list)
 
     # -- start ----------------------------------------------------------------------
 
@@ -174,7 +226,12 @@ class Intake:
     # -- steps 1-6 ------------------------------------------------------------------
 
     def take(self, name: str, how: How, batch: Batch) -> Outcome:
-        """Steps 1-6 for ``<spool>/name``, its version added to ``batch``: what became of it."""
+        """Steps 1-4 for ``<spool>/name`` in the current group: what became of it.
+
+        A valid drop is claimed and its bytes staged (a copy) or made read-only (its own
+        inode), not yet durable: it is returned as a pending :class:`Stored`, and
+        :meth:`commit_group` makes the whole group durable and links its versions.
+        """
         path = self.spool.dir / name
         ready = self.readiness.check(path, how)
         if isinstance(ready, Gone):
@@ -194,19 +251,26 @@ class Intake:
         zero_copy = self.same_fs and opened.uid == self.euid and opened.nlink == 1
         if not zero_copy:
             self.copied = True
+        staged = None if zero_copy else batch.stage(opened.data)
         try:
-            with contextlib.ExitStack() as cleanup:
-                staged = None if zero_copy else cleanup.enter_context(batch.stage(opened.data))
-                claimed = self._claim_and_link(path, name, opened, staged, batch)
+            claimed = self._claim(path, name, opened, staged, batch, started)
         except _DropWaits as exc:
+            if staged is not None:
+                staged.discard()
             return Blocked(name, "claim", exc.error)
+        except BaseException:
+            if staged is not None:
+                staged.discard()
+            raise
+        if not isinstance(claimed, _Claimed) and staged is not None:
+            staged.discard()  # the group holds the copies of the drops it claimed
         if isinstance(claimed, Deferred):
             self.readiness.forget(name)
             return claimed
         self._done(Dropped(name))
         if claimed is None:
             return Dropped(name)
-        return Stored(name, claimed, len(opened.data), started)
+        return claimed.stored
 
     def _open_and_judge(
         self,
@@ -254,15 +318,16 @@ class Intake:
             return self._reject(path, name, exc.reason, exc.errors)
         return opened
 
-    def _claim_and_link(
+    def _claim(
         self,
         path: Path,
         name: str,
         opened: Opened,
         staged: durable.StagedFile | None,
         batch: Batch,
-    ) -> str | Deferred | None:
-        """Steps 4-6: the version's name; None if the drop went away; Deferred if changed.
+        started: float,
+    ) -> _Claimed | Deferred | None:
+        """Step 4 and the checks of step 5: None if the drop went away; Deferred if changed.
 
         What is claimed is what is stored: after the claim, its bytes are compared with
         the bytes judged (an inode number alone can name another file by then). If they
@@ -288,49 +353,102 @@ class Intake:
         except OSError as exc:
             # The drop itself cannot be moved (made immutable, say): it waits alone.
             raise _DropWaits(StorageError("claim", path, exc)) from exc
-        # 5. seal. The data fsync comes after the claim rename so that, on ext4, one
-        # journal commit carries both; the .claimed fsync after it is then nearly free.
+        item = _Claimed(
+            Stored(name, version, len(opened.data), started), claim, path, opened, staged
+        )
+        # 5. seal, first half: the claimed inode made read-only, or the copy checked
+        # against the claim. The fsyncs wait for the rest of the group.
         try:
             if staged is None:
                 sealed = self._seal(claim, opened)
-                if sealed != "sealed":
+                if isinstance(sealed, int):
+                    item.fd = sealed
+                else:
                     with contextlib.suppress(OSError):
                         durable.set_mode(claim, stat.S_IMODE(opened.mode))
-                if sealed == "copy":
+                    if sealed != "copy":
+                        return self._changed(claim, path, name)
                     # Someone may still hold it open for writing, or leases are not
                     # offered here: store a copy of the bytes judged (the claim's own,
                     # compared below), never the inode itself.
-                    staged = batch.stage(opened.data)
+                    item.staged = staged = batch.stage(opened.data)
                     self.copied = True
-                elif sealed != "sealed":
-                    return self._changed(claim, path, name)
             if staged is not None:
                 seen = self._holds(claim, opened.data)
                 if seen is None:
                     staged.discard()
                     return self._changed(claim, path, name)
                 self._copied_claims[version] = seen
-                staged.sync()
-            durable.fsync_dir(self.spool.claimed_dir)
-            # 6. link: the commit point (durable with the group's history fsync)
-            if staged is None:
-                batch.link(claim, version)
-            else:
-                batch.commit(staged, version)
+                staged.start_writeback()
         except StorageError:
-            self._copied_claims.pop(version, None)
-            if staged is not None:
-                staged.discard()
-            if self.store.has_version(version):
-                # The name could not be taken back: the claim stays, and recovery
-                # (after the backoff) makes sure this drop is stored exactly once.
-                raise
-            if staged is None:
-                with contextlib.suppress(OSError):
-                    durable.set_mode(claim, stat.S_IMODE(opened.mode))
-            self._unclaim(claim, path)
+            self._undo(item)
             raise
-        return version
+        self._group.append(item)
+        return item
+
+    # -- steps 5 and 6, once per group -------------------------------------------------
+
+    def commit_group(self, batch: Batch) -> tuple[list[Stored], GroupFailure | None]:
+        """Steps 5 and 6 for every drop claimed since the last call.
+
+        Each drop's bytes are fsynced (its copy, or its own inode), then ``.claimed/``
+        once: every claim is durable before any of the group's versions is named.
+        Then each version is linked into ``batch`` (the commit point; its name is made
+        durable when the batch ends). Returns the drops committed, and the error that
+        stopped the group, if one did: the drop it hit and those after it are put back
+        in the spool (or, failing that, left claimed for recovery). Never raises
+        :class:`StorageError`.
+        """
+        group, self._group = self._group, []
+        error: GroupFailure | None = None
+        synced: list[_Claimed] = []
+        for n, item in enumerate(group):
+            try:
+                item.sync()
+            except StorageError as exc:
+                error = GroupFailure(item.stored.drop, exc, self._undo_all(group[n:]))
+                break
+            synced.append(item)
+        if synced:
+            try:
+                durable.fsync_dir(self.spool.claimed_dir)
+            except StorageError as exc:
+                error = GroupFailure(None, exc, self._undo_all(synced))
+                synced = []
+        committed: list[Stored] = []
+        for n, item in enumerate(synced):
+            # 6. link: the commit point (durable with the group's history fsync)
+            try:
+                if item.staged is None:
+                    batch.link(item.claim, item.stored.version)
+                else:
+                    batch.commit(item.staged, item.stored.version)
+            except StorageError as exc:
+                error = GroupFailure(item.stored.drop, exc, self._undo_all(synced[n:]))
+                break
+            committed.append(item.stored)
+        return committed, error
+
+    def _undo_all(self, items: list[_Claimed]) -> list[str]:
+        for item in items:
+            self._undo(item)
+        return [item.stored.drop for item in items]
+
+    def _undo(self, item: _Claimed) -> None:
+        """A claimed drop that will not be committed now: back to the spool, as it was.
+
+        If its version's name could not be taken back, the claim stays, and recovery
+        (after the backoff) makes sure the drop is stored exactly once.
+        """
+        version = item.stored.version
+        self._copied_claims.pop(version, None)
+        item.close()
+        if self.store.has_version(version):
+            return
+        if item.staged is None:
+            with contextlib.suppress(OSError):
+                durable.set_mode(item.claim, stat.S_IMODE(item.opened.mode))
+        self._unclaim(item.claim, item.path)
 
     def _changed(self, claim: Path, path: Path, name: str) -> Deferred:
         """The claimed file is not the one judged: another file, or other bytes.
@@ -362,12 +480,13 @@ class Intake:
         finally:
             os.close(fd)
 
-    def _seal(self, claim: Path, opened: Opened) -> str:
-        """Make the claimed drop's own inode a version: read-only (less the umask), fsynced.
+    def _seal(self, claim: Path, opened: Opened) -> int | str:
+        """Make the claimed drop's own inode a version: read-only (less the umask).
 
-        Returns ``"sealed"``; or, with nothing sealed: ``"changed"`` (another file, another
-        link to it, or bytes other than those judged), ``"copy"`` (the bytes judged, but
-        someone may hold it open for writing: a read lease is refused or not offered).
+        Returns its open descriptor, for :meth:`commit_group` to fsync; or, with nothing
+        sealed: ``"changed"`` (another file, another link to it, or bytes other than
+        those judged), ``"copy"`` (the bytes judged, but someone may hold it open for
+        writing: a read lease is refused or not offered).
         """
         try:
             fd = os.open(claim, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -380,18 +499,19 @@ class Intake:
                 1,
                 len(opened.data),
             ):
+                os.close(fd)
                 return "changed"
             durable.set_fd_mode(fd, VERSION_MODE & ~self.umask)
             if writers_present(fd) is not False:
+                os.close(fd)
                 return "copy"  # the copy path compares the claim's bytes first
             if os.pread(fd, len(opened.data) + 1, 0) != opened.data:
+                os.close(fd)
                 return "changed"
-            durable.fsync_fd(fd)
-            return "sealed"
         except OSError as exc:
-            raise StorageError("seal", claim, exc) from exc
-        finally:
             os.close(fd)
+            raise StorageError("seal", claim, exc) from exc
+        return fd
 
     # -- step 8 ---------------------------------------------------------------------
 

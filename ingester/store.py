@@ -210,6 +210,7 @@ class HistoryStore:
         self._loaded = False
         self._spare: durable.SpareFile | None = None
         self._floor: str | None = None  # the highest name withdrawn
+        self._given: str | None = None  # the last name next_version_name gave
 
     # -- paths -------------------------------------------------------------------
 
@@ -436,12 +437,17 @@ class HistoryStore:
         return list(self._names)
 
     def next_version_name(self) -> str:
-        """A fresh name that sorts above every non-future version."""
+        """A fresh name that sorts above every non-future version and every name given before."""
         self._ensure_loaded()
         after = self.latest_version_name()
-        if self._floor is not None and (after is None or self._floor > after):
-            after = self._floor  # a name taken back stays used: its claim may wait
-        return generate_version_filename(self.clock(), after=after)
+        # A name taken back stays used (its claim may wait), and so does one handed out
+        # for a version not linked yet (a group links its versions together).
+        for used in (self._floor, self._given):
+            if used is not None and (after is None or used > after):
+                after = used
+        name = generate_version_filename(self.clock(), after=after)
+        self._given = name
+        return name
 
     def write_version(self, name: str, data: bytes) -> Path:
         """Durably store ``data`` as version ``name``; the latest link and metadata wait.
