@@ -24,7 +24,7 @@ from typing import Any
 from . import durable
 from .arrivals import How
 from .errors import IngesterError, PayloadRejected, StorageError
-from .model import judge_payload
+from .gate import check_payload
 from .names import is_version_name
 from .readiness import Folder, Gone, Readiness, Wait, writers_present
 from .spool import Opened, Spool, open_entry
@@ -140,8 +140,8 @@ class _Claimed:
     """
 
     stored: Stored
-    claim: Path
-    path: Path
+    claim: str
+    path: str
     opened: Opened
     staged: durable.StagedFile | None = None
     fd: int | None = None
@@ -198,6 +198,12 @@ class Intake:
     copied: bool = False  # drops of another user seen: keep a spare temp file ready
     _copied_claims: dict[str, tuple[int, int]] = field(default_factory=dict)
     _group: list[_Claimed] = field(default_factory=list)
+    _spool: str = ""  # the spool and .claimed/ as strings: the drop path joins names to them
+    _claimed: str = ""
+
+    def __post_init__(self) -> None:
+        self._spool = os.fspath(self.spool.dir)
+        self._claimed = os.fspath(self.spool.claimed_dir)
 
     # -- start ----------------------------------------------------------------------
 
@@ -232,7 +238,7 @@ class Intake:
         inode), not yet durable: it is returned as a pending :class:`Stored`, and
         :meth:`commit_group` makes the whole group durable and links its versions.
         """
-        path = self.spool.dir / name
+        path = os.path.join(self._spool, name)
         ready = self.readiness.check(path, how)
         if isinstance(ready, Gone):
             return self._done(Dropped(name))
@@ -274,7 +280,7 @@ class Intake:
 
     def _open_and_judge(
         self,
-        path: Path,
+        path: durable.StrPath,
         name: str,
         *,
         may_be_open: os.stat_result | None = None,
@@ -309,7 +315,7 @@ class Intake:
                 raise PayloadRejected(
                     f"drop is {opened.size} bytes, over the limit of {self.max_bytes}"
                 )
-            judge_payload(opened.data, max_bytes=self.max_bytes)
+            check_payload(opened.data, max_bytes=self.max_bytes)
         except PayloadRejected as exc:
             if may_be_open is not None:
                 until = self.readiness.still_being_written(name, may_be_open)
@@ -320,7 +326,7 @@ class Intake:
 
     def _claim(
         self,
-        path: Path,
+        path: str,
         name: str,
         opened: Opened,
         staged: durable.StagedFile | None,
@@ -335,7 +341,7 @@ class Intake:
         Raises :class:`_DropWaits` when this drop alone cannot be claimed.
         """
         version = self.store.next_version_name()
-        claim = self.spool.claimed_dir / version
+        claim = os.path.join(self._claimed, version)
         self.check_claimed()
         if os.path.lexists(claim):
             # Only this process writes in .claimed/, so the check cannot race; a claim
@@ -450,7 +456,7 @@ class Intake:
                 durable.set_mode(item.claim, stat.S_IMODE(item.opened.mode))
         self._unclaim(item.claim, item.path)
 
-    def _changed(self, claim: Path, path: Path, name: str) -> Deferred:
+    def _changed(self, claim: str, path: str, name: str) -> Deferred:
         """The claimed file is not the one judged: another file, or other bytes.
 
         Nothing is stored and nothing is deleted: the claim goes back to the spool as
@@ -461,7 +467,7 @@ class Intake:
         self._unclaim(claim, path)
         return Deferred(name, time.monotonic() + self.settle, claim_left=True)
 
-    def _holds(self, claim: Path, data: bytes) -> tuple[int, int] | None:
+    def _holds(self, claim: str, data: bytes) -> tuple[int, int] | None:
         """The claim's ``(st_size, st_mtime_ns)`` if it holds exactly ``data``, else None.
 
         Read without following links. The stat lets the release see a later write.
@@ -480,7 +486,7 @@ class Intake:
         finally:
             os.close(fd)
 
-    def _seal(self, claim: Path, opened: Opened) -> int | str:
+    def _seal(self, claim: str, opened: Opened) -> int | str:
         """Make the claimed drop's own inode a version: read-only (less the umask).
 
         Returns its open descriptor, for :meth:`commit_group` to fsync; or, with nothing
@@ -522,13 +528,13 @@ class Intake:
         later: its version exists). A claim written to after its copy was stored goes
         back to the spool as a new drop instead (or stays for recovery).
         """
-        claim = self.spool.claimed_dir / item.version
+        claim = os.path.join(self._claimed, item.version)
         seen = self._copied_claims.pop(item.version, None)
         if seen is not None and _written_since(claim, seen):
             # A writer still holding the file added to it after its copy was stored:
             # those bytes are not stored, so the claim is not deleted.
             log.warning("%s was written to after it was stored; taking it again", item.drop)
-            self._unclaim(claim, self.spool.dir / item.drop)
+            self._unclaim(claim, os.path.join(self._spool, item.drop))
             return None
         try:
             durable.remove_file(claim)
@@ -542,7 +548,7 @@ class Intake:
 
     # -- putting a claim back ---------------------------------------------------------
 
-    def _back_in_spool(self, claim: Path) -> bool:
+    def _back_in_spool(self, claim: durable.StrPath) -> bool:
         """Whether a spool entry is the claimed inode itself (see :meth:`_unclaim`)."""
         try:
             st = os.lstat(claim)
@@ -556,32 +562,37 @@ class Intake:
         except OSError:
             return False
 
-    def _unclaim(self, claim: Path, path: Path) -> None:
+    def _unclaim(self, claim: durable.StrPath, path: durable.StrPath) -> None:
         """Put a claimed drop back in the spool, untouched, after a failure to store it.
 
         If that fails too (or the name was reused meanwhile), the claim stays and is
         finished by the recovery path once the fault clears: nothing is lost either way.
         """
+        folder, claim_name = os.path.split(claim)
         try:
             durable.link_entry(claim, path)  # never clobbers a new drop of the same name
         except OSError as exc:
-            log.warning("%s stays in %s for now: %s", claim.name, claim.parent, exc.strerror)
+            log.warning("%s stays in %s for now: %s", claim_name, folder, exc.strerror)
             return
         try:
             durable.unlink_entry(claim)
         except OSError as exc:
             # Both names now hold the drop: keep the claim only, or it would be stored twice.
-            log.warning("%s stays in %s for now: %s", claim.name, claim.parent, exc.strerror)
+            log.warning("%s stays in %s for now: %s", claim_name, folder, exc.strerror)
             try:
                 durable.unlink_entry(path)
             except OSError:
                 log.error("%s is both in the spool and claimed; remove one by hand", path)
 
     def _reject(
-        self, path: Path, name: str, reason: str, errors: list[dict[str, Any]] | None = None
+        self,
+        path: durable.StrPath,
+        name: str,
+        reason: str,
+        errors: list[dict[str, Any]] | None = None,
     ) -> Rejected | Blocked:
         try:
-            where = self.spool.quarantine(path, name, reason, errors or [{"msg": reason}])
+            where = self.spool.quarantine(Path(path), name, reason, errors or [{"msg": reason}])
         except StorageError as exc:
             # A problem of this drop (or of the rejected folder), not of the history:
             # it waits on its own, and the valid drops behind it go on.
@@ -679,7 +690,7 @@ def _folder(name: str, spool_dir: Path) -> Ignored:
     return Ignored(name, name, f"ignoring {spool_dir / name}: a folder, not a drop")
 
 
-def _written_since(claim: Path, seen: tuple[int, int]) -> bool:
+def _written_since(claim: str, seen: tuple[int, int]) -> bool:
     try:
         st = os.lstat(claim)
     except OSError:
