@@ -468,17 +468,18 @@ class Watcher:
             self._fail(failure.drop, failure.error)
         if not stored:
             return
+        for item in stored:
+            error = self.intake.release(item)
+            if error is not None:
+                self._fail(None, error)  # recovery removes the claim later
+            self._ingested(item)
+        # After _ingested (which marks the link stale): the group moved it already.
         if not update_latest:
             self._latest_dirty = True
         elif batch.latest_error is not None:
             self._cache_failed(batch.latest_error)  # a cache: the versions are durable
         else:
             self._latest_ok()
-        for item in stored:
-            error = self.intake.release(item)
-            if error is not None:
-                self._fail(None, error)  # recovery removes the claim later
-            self._ingested(item)
 
     def _claim_group(self, batch: Batch, claimed: dict[str, How]) -> None:
         """Steps 1-4 for the pending drops, in arrival order, up to one group's worth.
