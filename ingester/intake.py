@@ -5,7 +5,7 @@ numbering is used here). :meth:`Intake.take` runs steps 1-6 for one drop and ret
 an :class:`Outcome`; it never reaches into the service loop's bookkeeping. The loop
 applies the outcome once: counts, logs, per-drop backoff, when to look again. Step 7
 (the group's latest link and history fsync) is the loop's; then :meth:`Intake.release`
-runs step 8 for each stored drop. :meth:`Intake.recover` finishes the claims a crash
+runs step 8 for each stored drop. :mod:`ingester.recovery` finishes the claims a crash
 or a failure left, as a pure function of their names.
 """
 
@@ -25,7 +25,6 @@ from . import durable
 from .arrivals import How
 from .errors import IngesterError, PayloadRejected, StorageError
 from .gate import check_payload
-from .names import is_version_name
 from .readiness import Folder, Gone, Readiness, Wait, writers_present
 from .spool import Opened, Spool, open_entry
 from .store import VERSION_MODE, Batch, HistoryStore
@@ -247,7 +246,7 @@ class Intake:
         if isinstance(ready, Wait):
             return Deferred(name, ready.until)
         started = time.perf_counter()
-        opened = self._open_and_judge(path, name, may_be_open=ready.may_be_open)
+        opened = self.open_and_judge(path, name, may_be_open=ready.may_be_open)
         if not isinstance(opened, Opened):
             return opened
         # 3. stage. Zero-copy when the drop is ours alone and on the history's
@@ -278,7 +277,7 @@ class Intake:
             return Dropped(name)
         return claimed.stored
 
-    def _open_and_judge(
+    def open_and_judge(
         self,
         path: durable.StrPath,
         name: str,
@@ -548,20 +547,6 @@ class Intake:
 
     # -- putting a claim back ---------------------------------------------------------
 
-    def _back_in_spool(self, claim: durable.StrPath) -> bool:
-        """Whether a spool entry is the claimed inode itself (see :meth:`_unclaim`)."""
-        try:
-            st = os.lstat(claim)
-            if st.st_nlink < 2:
-                return False
-            return any(
-                (c.ino, c.dev) == (st.st_ino, st.st_dev)
-                for c in self.spool.scan()
-                if stat.S_ISREG(c.mode)
-            )
-        except OSError:
-            return False
-
     def _unclaim(self, claim: durable.StrPath, path: durable.StrPath) -> None:
         """Put a claimed drop back in the spool, untouched, after a failure to store it.
 
@@ -603,87 +588,6 @@ class Intake:
     def _done(self, outcome: Dropped) -> Dropped:
         self.readiness.forget(outcome.drop)
         return outcome
-
-    # -- recovery -------------------------------------------------------------------
-
-    def recover(self) -> list[Outcome]:
-        """Finish every claim left by a crash or a failure (with the history lock held).
-
-        Raises :class:`StorageError` when a claim cannot be finished yet.
-        """
-        outcomes: list[Outcome] = []
-        names = self.spool.claimed()
-        if names:
-            self.check_claimed()
-        with self.store.batch(update_latest=False) as batch:
-            for version in names:
-                outcome = self._recover_claim(version, batch)
-                if outcome is not None:
-                    outcomes.append(outcome)
-        return outcomes
-
-    def _stored_as(self, claim: Path, version: str) -> bool:
-        """Whether the claim's bytes are stored as ``version`` (so the claim may go).
-
-        A claim and its version that are one directory entry (seen through a link) are
-        never "duplicates"; hard links to one inode are; two files are when their
-        bytes are equal. Raises :class:`StorageError` when a claim cannot be judged.
-        """
-        stored = self.store.version_path(version)
-        try:
-            a, b = os.lstat(claim), os.lstat(stored)
-        except OSError as exc:
-            raise StorageError("stat claim", claim, exc) from exc
-        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
-            if a.st_nlink < 2:
-                raise StorageError(
-                    "finish claim",
-                    claim,
-                    OSError(errno.EPERM, f"unsafe: it is the version {stored} itself"),
-                )
-            return True
-        if not (stat.S_ISREG(a.st_mode) and stat.S_ISREG(b.st_mode)) or a.st_size != b.st_size:
-            return False
-        opened = open_entry(claim, max(a.st_size, 1))
-        if not isinstance(opened, Opened):
-            return False
-        try:
-            return stored.read_bytes() == opened.data
-        except OSError as exc:
-            raise StorageError("read", stored, exc) from exc
-
-    def _recover_claim(self, version: str, batch: Batch) -> Outcome | None:
-        claim = self.spool.claimed_dir / version
-        if not is_version_name(version):
-            return Ignored(
-                version, claim.name, f"ignoring {claim}: not a name this watcher gives claims"
-            )
-        target = version
-        if self.store.has_version(version):
-            if self._stored_as(claim, version):
-                # The version's name durable before its claim goes; and it may be new to
-                # this process too (its claim could not be removed at once).
-                batch.adopt(version)
-                durable.remove_file(claim)
-                return Recovered(version)
-            # Its name is taken by other bytes: nothing claimed is deleted unless its
-            # bytes are stored, so it is stored under a new name.
-            target = self.store.next_version_name()
-        elif self._back_in_spool(claim):
-            # A crash while putting a failed drop back: the spool has it again, as a
-            # drop like any other; the claim is only a second name for it.
-            durable.remove_file(claim)
-            log.info("%s is back in the spool; removed its claim", version)
-            return None
-        started = time.perf_counter()
-        opened = self._open_and_judge(claim, version, claimed=True)
-        if isinstance(opened, Dropped):
-            return None
-        if not isinstance(opened, Opened):
-            return opened
-        self.store.write_version(target, opened.data)
-        durable.remove_file(claim)
-        return Stored(version, target, len(opened.data), started, pending=False)
 
 
 def _folder(name: str, spool_dir: Path) -> Ignored:

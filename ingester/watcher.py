@@ -57,6 +57,7 @@ from .intake import (
 from .lock import HistoryLock, LockHeld
 from .notify import SystemdNotifier
 from .readiness import Readiness
+from .recovery import ClaimRecovery
 from .settings import Settings, WatchOptions
 from .spool import Spool
 from .store import Batch, HistoryStore
@@ -124,6 +125,7 @@ class Watcher:
             readiness=Readiness(options.settle, options.rescan_interval),
             settle=options.settle,
         )
+        self._recovery = ClaimRecovery(self.intake)
         self.clock_jump = ClockJump()
         self.counts = _Counts()
         self._rejected_retention = RejectedRetention(
@@ -650,7 +652,7 @@ class Watcher:
         self._last_maintenance = now
 
     def _recover_claims(self) -> None:
-        for outcome in self.intake.recover():
+        for outcome in self._recovery.recover():
             self._apply(outcome)
 
     def _clock_jumped(self) -> bool:
