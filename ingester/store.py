@@ -263,6 +263,7 @@ class HistoryStore:
         self._spare: durable.SpareFile | None = None
         self._floor: str | None = None  # the highest name withdrawn
         self._given: str | None = None  # the last name next_version_name gave
+        self._link_folder: str | None = None  # see link_target
 
     # -- paths -------------------------------------------------------------------
 
@@ -290,6 +291,13 @@ class HistoryStore:
         another disk, so a copy of the root holds a link into its own history), else
         through its real parent folder, else through its real path.
         """
+        if self._link_folder is None:
+            self._link_folder = self._find_link_folder()
+        return os.path.join(self._link_folder, name)
+
+    def _find_link_folder(self) -> str:
+        # Resolving the folders costs a dozen stats: done once, and again after each
+        # scan of the history (a rescan), not on every move of the link.
         link_dir = os.path.realpath(self.latest_path.parent)
         history = os.fspath(self.history_dir)
         real_history = os.path.realpath(history)
@@ -302,8 +310,8 @@ class HistoryStore:
         )
         for folder in candidates:
             if os.path.realpath(os.path.join(link_dir, folder)) == real_history:
-                return os.path.join(folder, name)
-        return os.path.relpath(os.path.join(real_history, name), link_dir)
+                return folder
+        return os.path.relpath(real_history, link_dir)
 
     # -- loading -----------------------------------------------------------------
 
@@ -321,6 +329,7 @@ class HistoryStore:
         names.sort()
         self._names = names
         self._loaded = True
+        self._link_folder = None
         return list(names)
 
     def read_metadata_file(self) -> tuple[StorageMetadata, str | None]:

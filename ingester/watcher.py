@@ -5,8 +5,9 @@ described once, in ``docs/design.md``. The modules, in the order a drop meets th
 
 * :mod:`ingester.arrivals`: inotify or polling events from the spool folder;
 * :mod:`ingester.readiness`: whether a drop is complete (close-write, lease, settle);
-* :mod:`ingester.intake`: one drop's steps 1-6 and 8, and the recovery of claims; it
+* :mod:`ingester.intake`: steps 1-4 for each drop, 5-6 for its group, and 8; it
   returns an outcome (stored, rejected, deferred, gone...);
+* :mod:`ingester.recovery`: the claims a crash or a failure left;
 * :mod:`ingester.store`: the versioned history; a group of versions is made durable by
   one ``HistoryStore.batch()`` (step 7).
 
