@@ -588,6 +588,9 @@ def test_serve_usage_errors_are_one_line(root: Path, tmp_path: Path):
     assert "Traceback" not in busy.stderr
 
 
-def test_sigterm_stops_it_with_0(root: Path):
+def test_sigterm_stops_it_with_0_and_a_stop_line(root: Path):
     server = ServeProcess(root).start()
+    assert server.get("/openapi.json").status_code == 200
     assert server.stop() == 0
+    last = server.log.strip().splitlines()[-1]
+    assert " INFO serve: stopped: 1 requests answered, 0 POSTs accepted, " in last
