@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import cli_env, wait_for
+from support import cli_env, listening_ports, wait_for
 from support.activation import activation_wrapper
 from support.serveproc import ServeProcess, fresh_payload, put_version, version_name
 
@@ -42,29 +42,6 @@ def listening(family: socket.AddressFamily, address: object) -> socket.socket:
     sock.bind(address)
     sock.listen(16)
     return sock
-
-
-def listening_inodes(pid: int) -> set[str]:
-    """Socket inodes the process holds that are listening TCP sockets (from /proc)."""
-    held = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            held.add(target[8:-1])
-    out = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            if cols[3] == "0A" and cols[9] in held:  # 0A: LISTEN
-                out.add(cols[9])
-    return out
 
 
 @pytest.fixture
@@ -103,7 +80,7 @@ def test_every_passed_socket_is_served_and_none_is_bound(history: Path, v4_v6) -
         ):
             with httpx.Client(base_url=base, timeout=10) as client:
                 assert client.get(API).status_code == 200
-        assert len(listening_inodes(server.proc.pid)) == 2
+        assert listening_ports(server.proc.pid) == {v4.getsockname()[1], v6.getsockname()[1]}
         line = next(x for x in server.log.splitlines() if "listening on" in x)
         assert f"http://[::1]:{v6.getsockname()[1]}" in line
         assert "2 sockets from systemd (fd 3 'web4', fd 4 'web6'" in line

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import IS_ROOT, SAMPLES, run_cli, wait_for
+from support import IS_ROOT, SAMPLES, listening_ports, run_cli, wait_for
 from support.watchproc import WatchProcess, drop, payload, versions
 
 from ingester.watch_metrics import REJECT_KINDS, reject_kind
@@ -51,24 +51,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def rejected_total(samples: Samples) -> float:
     return sum(v for (n, _), v in samples.items() if n == "ingester_watch_drops_rejected_total")
-
-
-def listening_ports(pid: int) -> set[int]:
-    """TCP ports process ``pid`` listens on, from /proc (its sockets in LISTEN state)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = str(fd.readlink())
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    ports = set()
-    for table in ("tcp", "tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and fields[9] in inodes:  # 0A: TCP_LISTEN
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 def test_counters_match_what_was_ingested_and_rejected(root: Path) -> None:
