@@ -22,9 +22,10 @@ Naming rules, which ``tests/test_metrics_format.py`` checks on real scrapes (wit
 ``watch --metrics`` serves its registry with :func:`start_metrics_server`:
 prometheus-client's WSGI app on the standard library's threaded WSGI server, made fit
 for any client that can reach the port: a read deadline per connection (a silent or
-trickling client would otherwise hold a thread forever), a bound on connections
-served at once, and one log line per client fault, never the standard library's
-printed traceback (a client resetting the connection while an error page is written).
+trickling client would otherwise hold a thread forever), bounds on connections being
+answered at once, in all and per client address, and one log line per client fault,
+never the standard library's printed traceback (a client resetting the connection
+while an error page is written).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.metrics_core import Metric
 
-from .admission import EventTally, client_key, format_peer, top_clients
+from .admission import ConnectionLimits, EventTally, client_key, format_peer, top_clients
 from .logs import describe_exception
 
 __all__ = ["MetricsRegistry", "start_metrics_server"]
@@ -52,9 +53,12 @@ __all__ = ["MetricsRegistry", "start_metrics_server"]
 log = logging.getLogger("ingester.metrics")
 
 # A scrape is one short request from one Prometheus server; these bounds leave room
-# for several scrapers and a person with curl, and none for a flood.
+# for several scrapers and a person with curl, and none for a flood: connections being
+# answered at once, in all and per client address (so that one slow client cannot keep
+# the scraper out, the rule serve follows too; see ingester.admission).
 REQUEST_TIMEOUT_S = 10
 MAX_CONCURRENT = 16
+MAX_PER_CLIENT = 4
 
 _WITH_CREATED = frozenset({"counter", "histogram", "summary"})
 
@@ -108,30 +112,46 @@ class _Server(ThreadingMixIn, WSGIServer):
 
     def __init__(self, address: tuple[str, int], handler: type[_Handler]) -> None:
         super().__init__(address, handler)
-        self._lock = threading.Lock()
-        self._active = 0
+        self._lock = threading.Lock()  # the limits and the tally are shared by threads
+        self._limits = ConnectionLimits(MAX_CONCURRENT, MAX_PER_CLIENT)
         self._refusals = EventTally(
             _describe_refusals, lambda line: log.warning("%s", line), time.monotonic
         )
+        self._flush_timer: threading.Timer | None = None
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        key = client_key(client_address)
         with self._lock:
-            full = self._active >= MAX_CONCURRENT
-            if full:
-                self._refusals.note("busy", client_key(client_address))
-            else:
-                self._active += 1
-        if full:
+            refused = self._limits.admit(key)
+            if refused is not None:
+                self._refusals.note(refused, key)
+                self._flush_later()
+        if refused is not None:
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def _flush_later(self) -> None:
+        """Report the refusals counted, when the interval is up (called under the lock)."""
+        due = self._refusals.due()
+        if due is None or self._flush_timer is not None:
+            return
+
+        def flush() -> None:
+            with self._lock:
+                self._flush_timer = None
+                self._refusals.flush()
+
+        self._flush_timer = threading.Timer(due, flush)
+        self._flush_timer.daemon = True
+        self._flush_timer.start()
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
             with self._lock:
-                self._active -= 1
+                self._limits.release(client_key(client_address))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
@@ -149,12 +169,13 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 def _describe_refusals(
-    count: int, seconds: float, _by_reason: Counter[str], by_client: Counter[str]
+    count: int, seconds: float, by_reason: Counter[str], by_client: Counter[str]
 ) -> str:
     span = f" in {seconds:.0f} s" if seconds >= 1 else ""
     return (
-        f"metrics: refused {count} connection{'s' if count != 1 else ''}{span}: "
-        f"{MAX_CONCURRENT} were being answered already; from {top_clients(by_client)}"
+        f"metrics: refused {count} connection{'s' if count != 1 else ''}{span} "
+        f"({by_reason['per_client']} from an address with {MAX_PER_CLIENT} being answered, "
+        f"{by_reason['total']} with {MAX_CONCURRENT} in all); from {top_clients(by_client)}"
     )
 
 
