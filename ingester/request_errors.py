@@ -88,6 +88,19 @@ class OneLineErrors:
 
         client = format_peer(scope.get("client"))
         what = f"{scope['method']} {scope['path']}"
+        version = scope.get("http_version", "1.1")
+        if version not in ("1.0", "1.1"):
+            # h11 parses any HTTP/x.y request line; HTTP/2's connection preface
+            # ("PRI * HTTP/2.0") is one, and what follows it is binary frames.
+            log.warning(
+                "client %s: sent an HTTP/%s request line (%s); only HTTP/1.0 and 1.1 are "
+                "served, answered 505 and closed",
+                client,
+                version[:10],
+                "HTTP/2 without an upgrade" if scope["method"] == "PRI" else what,
+            )
+            await _answer(send, 505, "HTTPVersionNotSupported", "only HTTP/1.1 is served here")
+            return
         try:
             await self.app(scope, tracking_receive, tracking_send)
         except asyncio.CancelledError:
