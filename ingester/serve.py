@@ -608,7 +608,7 @@ async def _read_body(request: Request, max_bytes: int, timeout: float) -> bytes 
             "client %s: %s %s: body not received within %g s (%d bytes came); answered 408",
             format_peer(request.client and tuple(request.client)),
             request.method,
-            request.url.path,
+            request.scope["path"],  # not request.url: a malformed Host header breaks it
             timeout,
             size,
         )

@@ -153,6 +153,7 @@ def serve(
         log_config=None,
         access_log=False,
         server_header=False,
+        ws="none",  # no WebSocket route: an Upgrade gets a plain answer, whatever is installed
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         limit_concurrency=None,  # admission is ours, on accept (ingester.admission)
         timeout_keep_alive=KEEP_ALIVE_S,

@@ -183,6 +183,12 @@ ODD = {
         401,
     ),
     "an absolute-form target": (b"GET http://x" + API.encode() + b" HTTP/1.1\r\n", 404),
+    "a malformed Host": (b"GET " + API.encode() + b" HTTP/1.1\r\nHost: [\r\n", 200),
+    "a malformed X-Forwarded-For": (
+        b"GET " + API.encode() + b" HTTP/1.1\r\nX-Forwarded-For: [::1, ,,%%\r\n"
+        b"X-Forwarded-Proto: \xff\r\n",
+        200,
+    ),
     "a huge Content-Length": (POST_HEAD + b"Content-Length: 99999999999999999999\r\n", 413),
 }
 
@@ -213,10 +219,9 @@ def test_an_upgrade_is_answered_as_http_1_1_in_one_line(server: ServeProcess) ->
 
 
 def test_a_post_whose_body_never_arrives_is_408_and_one_line(server: ServeProcess) -> None:
-    for extra in (b"", b"Expect: 100-continue\r\n"):
-        answer, port = exchange(
-            server.port, POST_HEAD + b"Content-Length: 400\r\n" + extra + b"\r\n"
-        )
+    expect = POST_HEAD + b"Expect: 100-continue\r\n"
+    for head in (POST_HEAD, expect, POST_HEAD.replace(b"Host: x", b"Host: [")):
+        answer, port = exchange(server.port, head + b"Content-Length: 400\r\n\r\n")
         assert b"HTTP/1.1 408 " in answer
         line = wait_for(lambda port=port: lines_about(server, port), 10, "the line")
         assert len(line) == 1, line
