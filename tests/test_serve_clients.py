@@ -304,7 +304,8 @@ def refusal_counts(log: str) -> list[int]:
 def test_one_slow_address_cannot_take_every_slot(root: Path) -> None:
     """300 half-open heads from one address (the defaults: 256 in all, 32 per address)."""
     add_versions(root)
-    with ServeProcess(root) as server:
+    # A head deadline far beyond the test's length: the slots stay taken throughout.
+    with ServeProcess(root, "--head-timeout", "120") as server:
         slow = half_heads(server.port, 300, "127.0.0.1")
         try:
             refused = 'ingester_http_connections_refused_total{reason="per_client"}'
