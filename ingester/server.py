@@ -17,13 +17,19 @@ import asyncio
 import logging
 import os
 import signal
+from collections import Counter
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_CLIENT, ConnectionLimits
+from .admission import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_CLIENT,
+    REFUSAL_REASONS,
+    ConnectionLimits,
+)
 from .http_protocol import ConnectionLayer, protocol_class
 from .logs import describe_exception
 from .request_errors import OneLineErrors
@@ -55,24 +61,32 @@ class ConnectionCollector(Collector):
         yield GaugeMetricFamily(
             "ingester_http_connections_max", "Connections allowed at once", limits.max_total
         )
-        refused = CounterMetricFamily(
+        yield _by_label(
             "ingester_http_connections_refused",
             "Connections refused with a 503 on accept, by limit: per_client (the address "
             "held its share), total (every slot taken)",
-            labels=["reason"],
+            "reason",
+            limits.refused,
+            REFUSAL_REASONS,
         )
-        for reason in ("per_client", "total"):
-            refused.add_metric([reason], limits.refused[reason])
-        yield refused
-        timeouts = CounterMetricFamily(
+        yield _by_label(
             "ingester_http_head_timeouts",
             "Connections closed with a 408 because no request head came in time, by kind: "
             "partial (some bytes came), silent (none did)",
-            labels=["kind"],
+            "kind",
+            self.layer.head_timeouts,
+            ("partial", "silent"),
         )
-        for kind in ("partial", "silent"):
-            timeouts.add_metric([kind], self.layer.head_timeouts[kind])
-        yield timeouts
+
+
+def _by_label(
+    name: str, documentation: str, label: str, counts: Counter[str], values: Iterable[str]
+) -> CounterMetricFamily:
+    """A counter family with one series per value of ``label``, each shown from 0."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value in values:
+        family.add_metric([value], counts[value])
+    return family
 
 
 class _UvicornLines(logging.Filter):

@@ -12,14 +12,13 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
-from support import cli_env, listening_ports, wait_for
+from support import listening_ports, run_cli, wait_for
 from support.activation import activation_wrapper
 from support.serveproc import ServeProcess, fresh_payload, put_version, version_name
 
@@ -118,24 +117,13 @@ def test_a_passed_unix_socket_is_served(history: Path, tmp_path: Path) -> None:
 
 
 def run_activated(root: Path, fds: list[int], **kw: str | None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            *activation_wrapper(fds, **kw),
-            sys.executable,
-            "-m",
-            "ingester",
-            "--root",
-            str(root),
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-        ],
+    return run_cli(
+        root,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        wrapper=activation_wrapper(fds, **kw),
         pass_fds=tuple(fds),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=cli_env(),
-        check=False,
     )
 
 

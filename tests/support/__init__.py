@@ -60,16 +60,24 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(
-    root: Path, *args: str, input: bytes | None = None, timeout: float = 60, **env: str
+    root: Path,
+    *args: str,
+    input: bytes | None = None,
+    timeout: float = 60,
+    wrapper: tuple[str, ...] = (),
+    pass_fds: tuple[int, ...] = (),
+    **env: str,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``ingester --root ROOT ARGS...`` in a subprocess; return the completed process."""
+    """Run ``[WRAPPER...] ingester --root ROOT ARGS...`` in a subprocess (``pass_fds`` kept
+    open in it); return the completed process."""
     return subprocess.run(
-        [sys.executable, "-m", "ingester", "--root", str(root), *args],
+        [*wrapper, sys.executable, "-m", "ingester", "--root", str(root), *args],
         input=input.decode() if input is not None else None,
         capture_output=True,
         text=True,
         timeout=timeout,
         env=cli_env(**env),
+        pass_fds=pass_fds,
         check=False,
     )
 
