@@ -28,6 +28,8 @@ import stat
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
+from .errors import IngesterError
+
 __all__ = ["ActivationError", "Listener", "activated_sockets", "bind_listener", "listeners"]
 
 log = logging.getLogger("ingester.serve")
@@ -38,7 +40,7 @@ MAX_PASSED_FDS = 64
 _ACTIVATION_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
-class ActivationError(Exception):
+class ActivationError(IngesterError):
     """systemd passed descriptors that cannot be served; the message says which and why."""
 
 
