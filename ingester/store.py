@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import durable
 from .clock import utc_now
-from .errors import CacheNotRefreshed, StorageError
+from .errors import CacheNotRefreshed, StorageError, unreadable
 from .names import (
     format_timestamp,
     generate_version_filename,
@@ -339,7 +339,7 @@ class HistoryStore:
         except FileNotFoundError:
             return StorageMetadata(), "missing"
         except OSError as exc:
-            return StorageMetadata(), f"unreadable ({exc.strerror})"
+            return StorageMetadata(), unreadable(exc)
         try:
             return StorageMetadata.model_validate_json(raw), None
         except MetadataCorrupt:
@@ -412,7 +412,7 @@ class HistoryStore:
         try:
             latest_problem = self.latest_problem()
         except OSError as exc:
-            latest_problem = f"unreadable ({exc.strerror})"
+            latest_problem = unreadable(exc)
         return meta_problem, latest_problem
 
     def write_metadata(self) -> None:
@@ -476,7 +476,7 @@ class HistoryStore:
         try:
             same = link.read_bytes() == self.version_path(newest).read_bytes()
         except OSError as exc:
-            return f"unreadable ({exc.strerror})"
+            return unreadable(exc)
         return None if same else f"a copy that is not {newest}"
 
     # -- the public operations ------------------------------------------------------
