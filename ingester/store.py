@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import durable
 from .clock import utc_now
-from .errors import CacheNotRefreshed, StorageError, unreadable
+from .errors import CacheNotRefreshed, IngesterError, StorageError, unreadable
 from .names import (
     format_timestamp,
     generate_version_filename,
@@ -76,7 +76,7 @@ LATEST_TEMP_PREFIXES = (durable.LINK_TEMP_PREFIX, durable.WRITE_TEMP_PREFIX)
 """Temp files the latest link's folder may hold (a link, or a copy where links fail)."""
 
 
-class MetadataCorrupt(ValueError):
+class MetadataCorrupt(IngesterError, ValueError):
     """``_metadata.json`` does not hold the metadata: not JSON, or a key of the wrong type."""
 
 

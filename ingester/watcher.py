@@ -20,6 +20,7 @@ signals and keeps systemd informed (READY, STATUS, WATCHDOG pings).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -491,7 +492,9 @@ class Watcher:
         stops the group (logged, and the pipeline backs off).
         """
         began = time.monotonic()
-        for name, how in list(self._pending.items()):
+        # A slice, not the whole backlog: a hundred thousand drops waiting at start
+        # must not be copied into a list for every group of 256.
+        for name, how in list(itertools.islice(self._pending.items(), 4 * _GROUP_MAX)):
             if self._stop.is_set():
                 break
             try:
