@@ -1,0 +1,93 @@
+"""The Starlette app: the route table, the error answers, and :func:`create_app`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from ..history_index import HistoryIndex, LocalHistory
+from ..page import routes as page_routes
+from ..spool import Spool
+from .answers import API_PATH, HEALTH_PATH, JSON, VERSIONS_PATH, json_answer
+from .context import ServeConfig, ServeContext
+from .health import get_health
+from .metrics import HistoryCollector, MetricsMiddleware, get_metrics, request_metrics
+from .posts import post_console_usage
+from .reads import get_console_usage, get_version, list_versions
+
+__all__ = ["api_routes", "create_app"]
+
+
+async def console_usage(request: Request) -> Response:
+    """One route for both methods, so a 405 names them all in ``Allow``."""
+    if request.method == "POST":
+        return await post_console_usage(request)
+    return await get_console_usage(request)
+
+
+async def get_openapi(request: Request) -> Response:
+    """The OpenAPI description of this API (also committed as docs/openapi.json)."""
+    from ..openapi import openapi_bytes
+
+    return Response(openapi_bytes(), media_type=JSON)
+
+
+def api_routes() -> list[BaseRoute]:
+    """The API's routes (method-specific endpoints share paths)."""
+    return [
+        Route(API_PATH, console_usage, methods=["GET", "HEAD", "POST"]),
+        Route(VERSIONS_PATH, list_versions, methods=["GET", "HEAD"]),
+        Route(VERSIONS_PATH + "/{name}", get_version, methods=["GET", "HEAD"]),
+        Route(HEALTH_PATH, get_health, methods=["GET", "HEAD"]),
+        Route("/metrics", get_metrics, methods=["GET"]),
+        Route("/openapi.json", get_openapi, methods=["GET"]),
+    ]
+
+
+def _route_builders() -> list[Callable[[], Sequence[BaseRoute]]]:
+    """Every group of routes the app serves, in match order (add page routes here)."""
+    return [api_routes, page_routes]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    return json_answer(
+        {"error": "HTTPError", "message": str(exc.detail)}, exc.status_code, headers=headers
+    )
+
+
+def create_app(config: ServeConfig, *, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The ASGI app for ``config``.
+
+    ``extra_routes`` are matched after the API's (e.g. a page at ``/``). Handlers reach
+    the shared state as ``request.app.state.ctx`` (a :class:`ServeContext`: the history
+    index, the spool, the settings).
+    """
+    s = config.settings
+    registry = CollectorRegistry(auto_describe=True)
+    requests, latency, posts = request_metrics(registry)
+    ctx = ServeContext(
+        config=config,
+        index=HistoryIndex(config.reader or LocalHistory(s.history_dir)),
+        spool=Spool(s.spool_dir, s.rejected_dir),
+        registry=registry,
+        requests=requests,
+        latency=latency,
+        posts=posts,
+    )
+    registry.register(HistoryCollector(ctx))
+    routes: list[BaseRoute] = []
+    for build in _route_builders():
+        routes.extend(build())
+    routes.extend(extra_routes)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    app.state.ctx = ctx
+    app.add_middleware(MetricsMiddleware, ctx=ctx)
+    return app
