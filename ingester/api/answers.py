@@ -9,6 +9,7 @@ expect.
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,10 +22,11 @@ __all__ = [
     "API_PATH",
     "HEALTH_PATH",
     "JSON",
-    "STALE_AFTER_S",
+    "STALE_AFTER_MINUTES",
     "TIMESTAMP_EXAMPLE",
-    "UNHEALTHY_AFTER_S",
+    "UNHEALTHY_AFTER_MINUTES",
     "VERSIONS_PATH",
+    "age_minutes",
     "error_answer",
     "iso",
     "json_answer",
@@ -36,8 +38,10 @@ __all__ = [
 API_PATH = "/api/claude/console-usage"
 VERSIONS_PATH = f"{API_PATH}/versions"
 HEALTH_PATH = "/api/health"
-STALE_AFTER_S = 10 * 60  # isStale, and "degraded" in health
-UNHEALTHY_AFTER_S = 30 * 60
+# Ages are judged in whole minutes, rounded as the original server rounded them, so the
+# age an answer shows and the verdict it gets always agree.
+STALE_AFTER_MINUTES = 10  # isStale beyond it, and "degraded" in health
+UNHEALTHY_AFTER_MINUTES = 30
 TIMESTAMP_EXAMPLE = "2026-11-28T10:30:00Z"
 JSON = "application/json"
 
@@ -45,6 +49,16 @@ JSON = "application/json"
 def iso(stamp: datetime) -> str:
     """``stamp`` as ISO-8601 UTC with milliseconds and ``Z``."""
     return format_timestamp(stamp) or ""
+
+
+def age_minutes(seconds: float) -> int:
+    """``seconds`` in whole minutes, rounded to the nearest, halves up.
+
+    The original server computed ``Math.round(ms / 1000 / 60)``: JavaScript rounds a half
+    towards +infinity (``Math.round(-0.5)`` is 0), which ``floor(x + 0.5)`` reproduces;
+    Python's ``round`` would round halves to even.
+    """
+    return math.floor(seconds / 60 + 0.5)
 
 
 def json_answer(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

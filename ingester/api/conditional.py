@@ -1,7 +1,8 @@
 """Conditional GETs and caching headers: ETag comparison, ``Last-Modified``, tiers.
 
-``Cache-Control`` follows the data's age: ``max-age=60`` while it is under 5 minutes
-old, ``max-age=30`` under 10, ``no-cache`` beyond.
+``Cache-Control`` follows the data's age as the original server did: ``max-age=60``
+while it is under 5 minutes old, ``max-age=30`` under 10, ``no-cache`` beyond; the age is
+the answer's own ``ageMinutes`` (whole minutes, rounded to the nearest).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ def http_date(stamp: datetime) -> str:
     return email.utils.format_datetime(stamp, usegmt=True)
 
 
-def cache_control(age_s: float | None) -> str:
-    """The ``Cache-Control`` value for data ``age_s`` seconds old (``None``: unknown age)."""
-    if age_s is None or age_s >= 10 * 60:
+def cache_control(age_minutes: int | None) -> str:
+    """The ``Cache-Control`` value for data ``age_minutes`` old (``None``: unknown age)."""
+    if age_minutes is None or age_minutes >= 10:
         return "no-cache"
-    return "max-age=60" if age_s < 5 * 60 else "max-age=30"
+    return "max-age=60" if age_minutes < 5 else "max-age=30"
 
 
 def etag_matches(header: str, etag: str) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from datetime import datetime
 from typing import Any
@@ -21,8 +20,9 @@ from ..history_index import HistorySnapshot, VersionNotFound
 from ..names import is_version_name
 from .answers import (
     JSON,
-    STALE_AFTER_S,
+    STALE_AFTER_MINUTES,
     TIMESTAMP_EXAMPLE,
+    age_minutes,
     error_answer,
     iso,
     json_answer,
@@ -84,22 +84,10 @@ def _choose(request: Request, snap: HistorySnapshot, now: datetime) -> int | Res
             },
             404,
         )
-    # Most requests ask for the latest: skip parsing an empty query string.
+    # Most requests ask for the latest: skip parsing an empty query string. An empty
+    # parameter counts as not given, and timestamp wins over version (as the original).
     params = request.query_params if request.scope["query_string"] else {}
-    version = params.get("version")
-    if version is not None:
-        valid = f"1 to {total} (from the oldest) or -1 to -{total} (from the newest)"
-        text = version.strip()
-        n = int(text) if _INTEGER.fullmatch(text) else 0
-        if n == 0 or abs(n) > total:
-            return error_answer(
-                400,
-                "InvalidVersion",
-                f"version must be a non-zero integer within the range; got {version!r}",
-                validRange=valid,
-            )
-        return n - 1 if n > 0 else total + n
-    stamp_text = params.get("timestamp")
+    stamp_text = params.get("timestamp") or None
     if stamp_text is not None:
         when = parse_instant(stamp_text)
         if when is None:
@@ -113,6 +101,19 @@ def _choose(request: Request, snap: HistorySnapshot, now: datetime) -> int | Res
         pos = snap.nearest_position(when)
         assert pos is not None
         return pos
+    version = params.get("version") or None
+    if version is not None:
+        valid = f"1 to {total} (from the oldest) or -1 to -{total} (from the newest)"
+        text = version.strip()
+        n = int(text) if _INTEGER.fullmatch(text) else 0
+        if n == 0 or abs(n) > total:
+            return error_answer(
+                400,
+                "InvalidVersion",
+                f"version must be a non-zero integer within the range; got {version!r}",
+                validRange=valid,
+            )
+        return n - 1 if n > 0 else total + n
     latest = snap.latest_position(now)
     # Only future-dated versions: the oldest of them is the least surprising answer.
     return latest if latest is not None else 0
@@ -156,21 +157,20 @@ async def get_console_usage(request: Request) -> Response:
     entry = snap.entries[chosen]
     if payload is None:
         return error_answer(502, "CorruptVersion", f"version {entry.name} is not a JSON object")
-    age_s = (now - updated).total_seconds() if updated is not None else None
+    minutes = age_minutes((now - updated).total_seconds()) if updated is not None else None
     etag = f'W/"{entry.name.removesuffix(".json")}"'
-    headers = {"ETag": etag, "Cache-Control": cache_control(age_s)}
+    headers = {"ETag": etag, "Cache-Control": cache_control(minutes)}
     if updated is not None:
         headers["Last-Modified"] = http_date(updated)
     if not_modified(request, etag, updated):
         return Response(status_code=304, headers=headers)
-    age_minutes = math.floor(age_s / 60) if age_s is not None else None
-    stale = age_s is None or age_s > STALE_AFTER_S
-    key = (entry.name, chosen, len(snap), age_minutes, stale)
+    stale = minutes is None or minutes > STALE_AFTER_MINUTES
+    key = (entry.name, chosen, len(snap), minutes, stale)
     body = ctx.rendered.get(key)
     if body is None:
         out = dict(payload)
         out["isStale"] = stale
-        out["ageMinutes"] = age_minutes
+        out["ageMinutes"] = minutes
         out["source"] = "ec2-sync"
         out["versionInfo"] = {
             "current": chosen + 1,
