@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -15,13 +18,20 @@ from ..history_index import HistoryIndex, LocalHistory
 from ..page import routes as page_routes
 from ..spool import Spool
 from .answers import API_PATH, HEALTH_PATH, JSON, VERSIONS_PATH, json_answer
+from .backlog import BacklogWarnings, WatcherProbe
 from .context import ServeConfig, ServeContext
 from .health import get_health
 from .metrics import HistoryCollector, MetricsMiddleware, get_metrics, request_metrics
 from .posts import post_console_usage
 from .reads import get_console_usage, get_version, list_versions
+from .trigger import TRIGGER_PATH, post_trigger
+from .trigger_command import TriggerRunner
 
 __all__ = ["api_routes", "create_app"]
+
+log = logging.getLogger("ingester.serve")
+
+BACKLOG_CHECK_S = 5.0  # seconds between looks at the spool for the "no watcher" warning
 
 
 async def console_usage(request: Request) -> Response:
@@ -42,6 +52,7 @@ def api_routes() -> list[BaseRoute]:
     """The API's routes (method-specific endpoints share paths)."""
     return [
         Route(API_PATH, console_usage, methods=["GET", "HEAD", "POST"]),
+        Route(TRIGGER_PATH, post_trigger, methods=["POST"]),
         Route(VERSIONS_PATH, list_versions, methods=["GET", "HEAD"]),
         Route(VERSIONS_PATH + "/{name}", get_version, methods=["GET", "HEAD"]),
         Route(HEALTH_PATH, get_health, methods=["GET", "HEAD"]),
@@ -63,20 +74,53 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    """While the app runs: say at start whether a watcher will store POSTs, and keep
+    saying so (rate-limited) while drops wait without one."""
+    ctx: ServeContext = app.state.ctx
+    if ctx.config.reader is not None:  # serving an object store: POSTs are not its job
+        yield
+        return
+    await asyncio.to_thread(ctx.warnings.at_start)
+
+    async def keep_watching() -> None:
+        while True:
+            await asyncio.sleep(BACKLOG_CHECK_S)
+            try:
+                await asyncio.to_thread(ctx.warnings.check)
+            except OSError as exc:  # pragma: no cover - the probe handles its own errors
+                log.debug("backlog check failed: %s", exc)
+
+    task = asyncio.create_task(keep_watching())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def create_app(config: ServeConfig, *, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The ASGI app for ``config``.
 
     ``extra_routes`` are matched after the API's (e.g. a page at ``/``). Handlers reach
     the shared state as ``request.app.state.ctx`` (a :class:`ServeContext`: the history
-    index, the spool, the settings).
+    index, the spool, the settings). Run it with its lifespan on: that is where the
+    "no watcher" warnings start.
     """
     s = config.settings
     registry = CollectorRegistry(auto_describe=True)
     requests, latency, posts = request_metrics(registry)
+    spool = Spool(s.spool_dir, s.rejected_dir)
+    probe = WatcherProbe(s.store().lock_path, spool, config.watcher_running)
     ctx = ServeContext(
         config=config,
         index=HistoryIndex(config.reader or LocalHistory(s.history_dir)),
-        spool=Spool(s.spool_dir, s.rejected_dir),
+        spool=spool,
+        probe=probe,
+        warnings=BacklogWarnings(probe),
+        trigger=TriggerRunner(config.trigger) if config.trigger is not None else None,
         registry=registry,
         requests=requests,
         latency=latency,
@@ -87,7 +131,9 @@ def create_app(config: ServeConfig, *, extra_routes: Sequence[BaseRoute] = ()) -
     for build in _route_builders():
         routes.extend(build())
     routes.extend(extra_routes)
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    app = Starlette(
+        routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=_lifespan
+    )
     app.state.ctx = ctx
     app.add_middleware(MetricsMiddleware, ctx=ctx)
     return app

@@ -5,11 +5,19 @@ from __future__ import annotations
 import asyncio
 
 from starlette.requests import Request
-from starlette.responses import Response
 
-from .answers import JSON, post_answer
+from .answers import JSON
 
-__all__ = ["is_json_type", "read_body"]
+__all__ = ["Refused", "is_json_type", "read_body"]
+
+
+class Refused(Exception):
+    """A request refused for a reason the client caused: ``status`` and ``message``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 def is_json_type(content_type: str | None) -> bool:
@@ -20,8 +28,8 @@ def is_json_type(content_type: str | None) -> bool:
     return media == JSON or (media.startswith("application/") and media.endswith("+json"))
 
 
-async def read_body(request: Request, max_bytes: int, timeout: float) -> bytes | Response:
-    """The whole body, or the answer refusing it (400, 408, 413).
+async def read_body(request: Request, max_bytes: int, timeout: float) -> bytes:
+    """The whole body; :class:`Refused` (400, 408, 413) when it cannot be taken.
 
     Refused before reading when ``Content-Length`` says it is too large, and while
     reading when a chunked body grows past ``max_bytes`` or takes longer than
@@ -30,9 +38,9 @@ async def read_body(request: Request, max_bytes: int, timeout: float) -> bytes |
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            return post_answer(400, False, "Content-Length is not a number")
+            raise Refused(400, "Content-Length is not a number")
         if int(declared) > max_bytes:
-            return post_answer(413, False, f"body over the limit of {max_bytes} bytes")
+            raise Refused(413, f"body over the limit of {max_bytes} bytes")
     chunks: list[bytes] = []
     size = 0
     try:
@@ -40,8 +48,8 @@ async def read_body(request: Request, max_bytes: int, timeout: float) -> bytes |
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > max_bytes:
-                    return post_answer(413, False, f"body over the limit of {max_bytes} bytes")
+                    raise Refused(413, f"body over the limit of {max_bytes} bytes")
                 chunks.append(chunk)
     except TimeoutError:
-        return post_answer(408, False, f"body not received within {timeout:g} s")
+        raise Refused(408, f"body not received within {timeout:g} s") from None
     return b"".join(chunks)

@@ -13,6 +13,8 @@ from ..clock import utc_now
 from ..history_index import BoundedCache, HistoryIndex, HistoryReader
 from ..settings import Settings
 from ..spool import Spool
+from .backlog import BacklogWarnings, WatcherProbe
+from .trigger_command import TriggerCommand, TriggerRunner
 
 __all__ = ["ServeConfig", "ServeContext"]
 
@@ -21,24 +23,37 @@ __all__ = ["ServeConfig", "ServeContext"]
 class ServeConfig:
     """What the app needs: where the history and spool are, the key, the limits.
 
-    ``api_key`` is compared in constant time; ``None`` makes every POST a 401.
+    ``api_key`` is compared in constant time; ``None`` makes every POST a 401
+    (``api_key_source`` says where it came from, for the start-up line).
     ``body_timeout`` (seconds) bounds how long a POST body may take to arrive.
+    ``require_watcher``: refuse POSTs (503) while no watcher runs.
+    ``watcher_running``: set by ``serve --watch``, the state of the watcher this process
+    runs (otherwise the history lock tells whether one runs elsewhere).
+    ``trigger``: the command the trigger endpoint runs (``None``: it answers 501).
     """
 
     settings: Settings
     api_key: bytes | None = None
+    api_key_source: str | None = None
     body_timeout: float = 10.0
     reader: HistoryReader | None = None  # default: the local history folder
     clock: Callable[[], datetime] = field(default=utc_now)
+    require_watcher: bool = False
+    watcher_running: Callable[[], bool] | None = None
+    trigger: TriggerCommand | None = None
 
 
 @dataclass
 class ServeContext:
-    """Shared state of one app: the index over the history, the spool, the metrics."""
+    """Shared state of one app: the index over the history, the spool, the watcher's
+    state, the trigger, the metrics."""
 
     config: ServeConfig
     index: HistoryIndex
     spool: Spool
+    probe: WatcherProbe
+    warnings: BacklogWarnings
+    trigger: TriggerRunner | None
     registry: CollectorRegistry
     requests: Counter
     latency: Histogram

@@ -20,8 +20,9 @@ from ..history_index import VersionNotFound
 from .answers import (
     API_PATH,
     HEALTH_PATH,
-    STALE_AFTER_S,
+    STALE_AFTER_MINUTES,
     VERSIONS_PATH,
+    age_minutes,
     json_answer,
     parse_last_updated,
 )
@@ -113,7 +114,7 @@ class HistoryCollector(Collector):
                 yield GaugeMetricFamily(
                     "ingester_payload_stale",
                     "1 when the newest lastUpdated is older than 10 minutes",
-                    1 if age > STALE_AFTER_S else 0,
+                    1 if age_minutes(age) > STALE_AFTER_MINUTES else 0,
                 )
         try:
             meta = ctx.index.read_metadata()
@@ -163,6 +164,8 @@ async def get_metrics(request: Request) -> Response:
     return Response(data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+TRIGGER_PATH = API_PATH + "/trigger"
+
 # Methods counted by name; any other (clients may send any token) is "other", so the
 # metric's label values stay few.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -171,7 +174,7 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 def _route_label(path: str) -> str:
     if path.startswith(VERSIONS_PATH + "/"):
         return VERSIONS_PATH + "/{name}"
-    if path in (API_PATH, VERSIONS_PATH, HEALTH_PATH, "/metrics", "/openapi.json"):
+    if path in (API_PATH, TRIGGER_PATH, VERSIONS_PATH, HEALTH_PATH, "/metrics", "/openapi.json"):
         return path
     return "other"
 
