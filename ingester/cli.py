@@ -31,7 +31,7 @@ from .cli_ops import check, schema, snapshot
 from .cli_report import list_versions, show, status, verify
 from .cli_serve import serve
 from .cli_service import submit, watch
-from .cli_store import cleanup, ingest, init
+from .cli_store import adopt, cleanup, ingest, init
 from .logs import LOG_FORMATS, setup_logging
 from .quiet import hold_output, output_was_fine
 from .settings import SPECS, SettingError, resolve_settings
@@ -196,6 +196,7 @@ def _finished(ctx: click.Context, /, *_: Any, **__: Any) -> None:
 
 COMMANDS = (
     init,
+    adopt,
     ingest,
     cleanup,
     watch,

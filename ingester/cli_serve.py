@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from .cli_common import App, fail
-from .cli_service import watch_loop_options
+from .cli_service import refuse_unsafe_latest, watch_loop_options
 from .settings import WatchOptions
 
 if TYPE_CHECKING:
@@ -253,6 +253,7 @@ def _threaded_watcher(
     from .notify import SystemdNotifier
     from .watch_thread import JointNotifier, ThreadedWatcher
 
+    refuse_unsafe_latest(app)
     lock_path = app.settings.store().lock_path
     owner = lock_owner(lock_path)
     if owner is not None:

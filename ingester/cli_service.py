@@ -18,7 +18,7 @@ from .model import PayloadRejected, judge_payload
 from .settings import RESCAN_INTERVAL, RETRY_MAX, SETTLE, WatchOptions
 from .watch_metrics import NO_METRICS, Metrics
 
-__all__ = ["submit", "watch", "watch_loop_options"]
+__all__ = ["refuse_unsafe_latest", "submit", "watch", "watch_loop_options"]
 
 
 def watch_loop_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -106,6 +106,7 @@ def watch(
     """
     from .watcher import Watcher
 
+    refuse_unsafe_latest(app)
     metrics: Metrics = NO_METRICS
     if metrics_listen is not None:
         metrics = _start_watch_metrics(metrics_listen)
@@ -118,6 +119,22 @@ def watch(
         settle=settle,
     )
     raise click.exceptions.Exit(Watcher(app.settings, options, metrics=metrics).run())
+
+
+def refuse_unsafe_latest(app: App) -> None:
+    """Exit 1 before a watcher starts on a history whose start would lose a snapshot.
+
+    A start rebuilds the latest link; where the original server left a regular file
+    holding a snapshot no version holds, only ``ingester adopt`` keeps it.
+    """
+    from .adopt import unsafe_latest
+
+    try:
+        problem = unsafe_latest(app.settings.store())
+    except StorageError as exc:
+        raise fail(str(exc)) from None
+    if problem is not None:
+        raise fail(problem)
 
 
 def _start_watch_metrics(listen: str) -> Metrics:
