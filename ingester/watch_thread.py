@@ -46,8 +46,15 @@ _TICK = 0.5  # seconds between the supervisor's looks (watchdog, the watcher's t
 class JointNotifier:
     """One :class:`SystemdNotifier` shared by the server and the watcher of one process."""
 
-    def __init__(self, notifier: SystemdNotifier) -> None:
+    def __init__(self, notifier: SystemdNotifier, *, freshness: float | None = None) -> None:
+        """Speak through ``notifier``; the watcher counts as well while its last ping is
+        at most ``freshness`` seconds old (default: three of its ping intervals, at
+        least 2 s)."""
         self.notifier = notifier
+        interval = notifier.watchdog_interval
+        self.freshness = freshness
+        if freshness is None:
+            self.freshness = max(3 * _view_interval(interval), 2.0) if interval else 2.0
         self._lock = threading.Lock()
         self._watcher_ready = False
         self._server_ready = False
@@ -121,7 +128,7 @@ class JointNotifier:
             return
         now = time.monotonic()
         with self._lock:
-            fresh = now - self._watcher_seen <= max(3 * _view_interval(interval), 2.0)
+            fresh = now - self._watcher_seen <= (self.freshness or 0.0)
             due = now >= self._next_ping
             if due and fresh:
                 self._next_ping = now + interval
