@@ -103,11 +103,15 @@ def unsafe_latest(store: HistoryStore) -> str | None:
 
     The latest link is a cache that a start rebuilds; a regular file in its place that
     holds a snapshot no version holds would be replaced, and that snapshot lost. Only
-    :func:`adopt_history` keeps it. Reads only.
+    :func:`adopt_history` keeps it. Reads only; never raises (what cannot be read is
+    left for the start to report).
     """
-    data = _regular_latest(store)
-    if data is None or _held_by_a_version(store, data) is not None:
-        return None
+    try:
+        data = _regular_latest(store)
+        if data is None or _held_by_a_version(store, data) is not None:
+            return None
+    except StorageError:
+        return None  # cannot look: the start itself reports what is wrong with the paths
     return (
         f"{store.latest_path} is a file holding a snapshot that no version holds "
         "(a history written by the original server?): run 'ingester adopt' first, "
