@@ -25,9 +25,19 @@ from .clock import utc_now
 from .errors import NotRegularFile, StorageError
 from .model import PayloadRejected, judge_payload
 from .names import format_timestamp
+from .settings import Settings
 from .store import CacheNotRefreshed
 
 __all__ = ["adopt", "cleanup", "ingest", "init"]
+
+
+def _make_spool_folders(s: Settings) -> None:
+    """The spool, its ``tmp/`` and ``rejected/``; exit 1 naming the folder that fails."""
+    for folder in (s.spool_dir, s.writers_tmp_dir, s.rejected_dir):
+        try:
+            make_folder(folder)
+        except OSError as exc:
+            raise fail(str(StorageError("create folder", exc.filename or folder, exc))) from None
 
 
 @click.command()
@@ -40,11 +50,7 @@ def init(app: App) -> None:
     systemd service needs no init: it creates what it needs on start.
     """
     s = app.settings
-    for folder in (s.spool_dir, s.writers_tmp_dir, s.rejected_dir):
-        try:
-            make_folder(folder)
-        except OSError as exc:
-            raise fail(str(StorageError("create folder", exc.filename or folder, exc))) from None
+    _make_spool_folders(s)
     with writing_store(s, "init") as store:
         meta = store.get_storage_metadata()
     click.echo(f"spool:   {s.spool_dir}")
@@ -70,11 +76,7 @@ def adopt(app: App) -> None:
     from .queries import verify_history
 
     s = app.settings
-    for folder in (s.spool_dir, s.writers_tmp_dir, s.rejected_dir):
-        try:
-            make_folder(folder)
-        except OSError as exc:
-            raise fail(str(StorageError("create folder", exc.filename or folder, exc))) from None
+    _make_spool_folders(s)
     with writing_store(s, "adopt", initialize=False) as store:
         try:
             report = adopt_history(store, s.max_bytes)

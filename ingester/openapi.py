@@ -44,6 +44,13 @@ _SERIES_HEADERS = {
     "Cache-Control": {"description": "no-cache", "schema": {"type": "string"}},
 }
 
+# The fields every answer of a POST endpoint has, as the original server's clients read them.
+_ANSWER = {
+    "success": {"type": "boolean"},
+    "message": {"type": "string"},
+    "timestamp": {"type": "string"},
+}
+
 _SCHEMAS: dict[str, Any] = {
     "UsageWindow": {
         "type": "object",
@@ -122,9 +129,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["success", "message", "timestamp"],
         "properties": {
-            "success": {"type": "boolean"},
-            "message": {"type": "string"},
-            "timestamp": {"type": "string"},
+            **_ANSWER,
             "drop": {"type": "string", "description": "the drop's name in the spool (202)"},
             "waitingForWatcher": {
                 "type": "boolean",
@@ -142,9 +147,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["success", "message", "timestamp"],
         "properties": {
-            "success": {"type": "boolean"},
-            "message": {"type": "string"},
-            "timestamp": {"type": "string"},
+            **_ANSWER,
             "requestId": {
                 "type": "string",
                 "description": "the run's id (a request that joined a run gets that run's)",

@@ -272,6 +272,19 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _run_block(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``script`` run by bash in ``cwd``, without the caller's INGESTER_* variables."""
+    return subprocess.run(
+        ["bash", "-c", script],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("INGESTER_")},
+        check=False,
+    )
+
+
 def _as_here(block: str) -> str:
     """The block with this environment's interpreter for the checkout's ``.venv/bin/ingester``."""
     return block.replace(".venv/bin/ingester", f"{sys.executable} -m ingester")
@@ -283,15 +296,7 @@ def test_the_readme_s_try_it_block_runs_as_the_original_s_clients_would(tmp_path
     assert "PORT=4000 CLAUDE_SYNC_API_KEY=" in block and "serve --watch" in block
     port = _free_port()
     script = _as_here(block).replace("4000", str(port)).replace("/tmp/usage", str(tmp_path))
-    done = subprocess.run(
-        ["bash", "-c", script],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={k: v for k, v in os.environ.items() if not k.startswith("INGESTER_")},
-        check=False,
-    )
+    done = _run_block(script, REPO)
     assert done.returncode == 0, done.stdout + done.stderr
     assert '"success":true' in done.stdout, done.stdout + done.stderr
     assert '"source":"ec2-sync"' in done.stdout, done.stdout + done.stderr
@@ -309,15 +314,7 @@ def test_the_migrating_guide_s_try_it_block_adopts_a_copy(tmp_path: Path) -> Non
     block = _section_block(REPO / "docs" / "migrating.md", "## Try it on a copy")
     copy = tmp_path / "copy"
     script = _as_here(block).replace("/tmp/claude-scraper-copy", str(copy))
-    done = subprocess.run(
-        ["bash", "-c", script],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={k: v for k, v in os.environ.items() if not k.startswith("INGESTER_")},
-        check=False,
-    )
+    done = _run_block(script, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "has write bits" in done.stdout  # the first verify, before
     assert "verify:  ok" in done.stdout and done.stdout.rstrip().endswith("ok")

@@ -20,12 +20,12 @@ from support import cli_env
 from support.sdnotify import NotifyListener
 from support.serveproc import KEY, fresh_payload
 from test_systemd_units import (
-    MAX_EXPOSURE,
     MDWE,
     NAME,
     SERVICE,
     analyze,
-    ingester_binary,
+    assert_exposure_within_limit,
+    installed_copy,
     needs_analyze,
     needs_mdwe,
     one,
@@ -39,13 +39,7 @@ API = "/api/claude/console-usage"
 
 @pytest.fixture
 def installed_single(tmp_path: Path) -> Path:
-    text = SINGLE.read_text()
-    assert text.count(f"ExecStart={EXEC_START}\n") == 1, "ExecStart is not the documented one"
-    copy = tmp_path / SINGLE.name
-    copy.write_text(
-        text.replace("ExecStart=/usr/local/bin/ingester ", f"ExecStart={ingester_binary()} ")
-    )
-    return copy
+    return installed_copy(SINGLE, EXEC_START, tmp_path)
 
 
 def test_single_unit_replaces_the_split_units_as_the_same_user() -> None:
@@ -85,14 +79,7 @@ def test_single_unit_verifies(installed_single: Path) -> None:
 
 @needs_analyze
 def test_single_unit_exposure_is_at_most_1_5(installed_single: Path) -> None:
-    result = analyze("security", "--offline=yes", str(installed_single))
-    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
-    assert match, result.stdout
-    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
-    gate = analyze(
-        "security", "--offline=yes", f"--threshold={int(MAX_EXPOSURE * 10)}", str(installed_single)
-    )
-    assert gate.returncode == 0, gate.stdout[-2000:]
+    assert_exposure_within_limit(installed_single)
 
 
 @needs_mdwe
