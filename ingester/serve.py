@@ -1,24 +1,22 @@
 """``ingester serve``: running the HTTP API (:mod:`ingester.api`) on uvicorn.
 
 This module owns the server's start-up and stop: the listening socket (or the one
-systemd passes), uvicorn's settings, the request-head deadline, signals. The routes,
+systemd passes), uvicorn's settings, the request-head deadline, signals; with
+``--watch``, :mod:`ingester.watch_thread` runs the watcher beside it. The routes,
 answers, auth, health and metrics live in :mod:`ingester.api`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterator
-from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .api import API_PATH, ServeConfig, ServeContext, create_app, load_api_key
+from .api import API_PATH, ServeConfig, ServeContext, create_app, load_api_key, log_configuration
 
 if TYPE_CHECKING:  # imported when used: serve alone does not load the watcher
     from .watch_thread import ThreadedWatcher
@@ -44,20 +42,6 @@ def parse_listen(text: str) -> tuple[str, int]:
         raise ValueError(f"{text!r} is not HOST:PORT")
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port)
-
-
-def _quiet_signals_server() -> type[Any]:
-    """uvicorn's server class, minus its own signal handling (:func:`serve` owns it)."""
-    import uvicorn
-
-    class QuietSignals(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # The handlers are installed once by serve(): uvicorn's would replace them,
-            # and re-raise the signal after a graceful stop (an exit by signal, not 0).
-            yield
-
-    return QuietSignals
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
@@ -134,23 +118,6 @@ def head_timeout_protocol(head_timeout: float) -> type[asyncio.Protocol]:
     return HeadTimeoutH11Protocol
 
 
-def _stop_on_signals(server: Any, on_stop: Callable[[], None]) -> None:
-    """Make SIGTERM and SIGINT stop ``server`` (a uvicorn server) gracefully, and call
-    ``on_stop`` once; a second SIGINT stops at once (in-flight requests are dropped)."""
-
-    def handler(sig: int, _frame: FrameType | None) -> None:
-        if server.should_exit:
-            if sig == signal.SIGINT:
-                server.force_exit = True
-            return
-        server.should_exit = True
-        log.info("serve: %s received, stopping", signal.Signals(sig).name)
-        on_stop()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
-
-
 def serve(
     config: ServeConfig,
     host: str,
@@ -163,11 +130,11 @@ def serve(
 ) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit code.
 
-    With ``watcher`` (``serve --watch``) the watcher runs on its own thread meanwhile:
-    a stop signal stops both (each finishing what is in hand), and the exit code is the
-    watcher's (0 after a clean stop; 1 when it stopped on its own, which stops the
-    server too). ``listen_source`` names where the address came from, for the log.
-    Raises ``OSError`` when the address cannot be bound.
+    With ``watcher`` (``serve --watch``) the watcher runs on its own thread meanwhile
+    (:func:`ingester.watch_thread.run_beside`): a stop signal stops both, each finishing
+    what is in hand, and the exit code is the watcher's (1 when it stopped on its own,
+    which stops the server too). ``listen_source`` names where the address came from,
+    for the log. Raises ``OSError`` when the address cannot be bound.
     """
     import uvicorn
 
@@ -178,7 +145,7 @@ def serve(
         app,
         http=head_timeout_protocol(head_timeout),
         loop="asyncio",
-        # On: the app's lifespan logs whether a watcher will store POSTs, and keeps
+        # On: the app's lifespan says whether a watcher will store POSTs, and keeps
         # watching the spool while none does.
         lifespan="on",
         log_config=None,
@@ -190,7 +157,7 @@ def serve(
         timeout_keep_alive=5,
         timeout_graceful_shutdown=5,
     )
-    server = _quiet_signals_server()(uv)
+    server = uvicorn.Server(uv)
     # uvicorn's own warnings (a malformed request, an error in a handler) go through our
     # handler: one line each, in the chosen log format, a traceback folded into the line.
     ours = logging.getLogger("ingester")
@@ -206,56 +173,14 @@ def serve(
         config.settings.history_dir,
         config.settings.spool_dir,
     )
-    if listen_source is not None:
-        log.info("serve: address from %s", listen_source)
-    if config.api_key is None:
-        log.warning(
-            "serve: no API key (INGESTER_API_KEY, CLAUDE_SYNC_API_KEY or --api-key-file): "
-            "every POST answers 401; the read endpoints work"
-        )
-    else:
-        log.info("serve: POST key from %s", config.api_key_source or "the caller")
-    if config.trigger is not None:
-        log.info(
-            "serve: trigger runs %s (at most %g s)",
-            config.trigger.describe(),
-            config.trigger.timeout,
-        )
-    if config.require_watcher:
-        log.info("serve: --require-watcher: POSTs answer 503 while no watcher runs")
-
-    # One owner of the stop signals: the server stops accepting and finishes the
-    # requests in flight; the watcher (if any) finishes the drop in hand.
-    def on_stop() -> None:
-        if watcher is not None:
-            watcher.joint.stopping()
-            watcher.stop()
-
-    _stop_on_signals(server, on_stop)
-
-    async def run() -> None:
-        from .watch_thread import supervise
-
-        if watcher is None:
-            await server.serve(sockets=[sock])
-            return
-        await asyncio.gather(
-            server.serve(sockets=[sock]),
-            supervise(server, watcher, lambda: f"serving http://{address}"),
-        )
-
+    log_configuration(config, listen_source)
+    # uvicorn re-raises the stop signal once it has shut down; with these handlers in
+    # place that re-raise is a no-op, so a SIGTERM/SIGINT stop exits 0 like the watcher.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _sig, _frame: None)
     if watcher is not None:
-        # A read lease (the watcher's test for a drop still being written) is broken
-        # with SIGIO, whose default action ends the process.
-        signal.signal(signal.SIGIO, signal.SIG_IGN)
-        watcher.start()
-    asyncio.run(run())
-    if watcher is None:
-        return 0
-    if not watcher.stop_requested:
-        watcher.joint.stopping()
-        watcher.stop()
-    code = watcher.join(timeout=30)
-    watcher.joint.close()
-    log.info("serve: stopped")
-    return code if watcher.stop_requested else (code or 1)
+        from .watch_thread import run_beside
+
+        return run_beside(server, server.serve(sockets=[sock]), watcher, f"http://{address}")
+    server.run(sockets=[sock])
+    return 0

@@ -15,9 +15,10 @@ One process, one voice towards systemd (:class:`JointNotifier`):
   alive) keep coming;
 * ``STATUS=`` with both halves' words; ``STOPPING=1`` once, when the stop begins.
 
-One owner of the signals (the server's start-up, :mod:`ingester.serve`): SIGTERM and
-SIGINT stop the server from accepting, let the requests in flight finish, and ask the
-watcher to finish the drop in hand; the process exits 0 once both are done. If the
+One owner of the signals, the HTTP server's (uvicorn's handlers): SIGTERM and SIGINT
+stop it from accepting and let the requests in flight finish; :func:`supervise` sees
+the server stopping and asks the watcher to finish the drop in hand; the process exits
+0 once both are done. If the
 watcher stops on its own (it cannot lock the history, or the history folder was
 replaced), the server stops too and the process exits 1, so a supervisor restarts both.
 """
@@ -26,9 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable
 from typing import Protocol
 
 from .notify import SystemdNotifier
@@ -36,11 +38,11 @@ from .settings import Settings, WatchOptions
 from .watch_metrics import NO_METRICS, Metrics
 from .watcher import Watcher
 
-__all__ = ["JointNotifier", "ThreadedWatcher", "supervise"]
+__all__ = ["JointNotifier", "ThreadedWatcher", "run_beside", "supervise"]
 
 log = logging.getLogger("ingester.serve")
 
-_TICK = 0.5  # seconds between the supervisor's looks (watchdog, the watcher's thread)
+_TICK = 0.1  # seconds between the supervisor's looks (a stop, watchdog, the watcher)
 
 
 class JointNotifier:
@@ -203,6 +205,7 @@ class ThreadedWatcher:
         self.watcher = Watcher(settings, options, notifier=joint.watcher_view(), metrics=metrics)
         self.code: int | None = None
         self.stop_requested = False
+        self.asked_to_stop_first = False  # the stop came from outside, not from the watcher
         self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
 
     def _run(self) -> None:
@@ -243,23 +246,59 @@ class _Server(Protocol):
     should_exit: bool
 
 
-async def supervise(server: _Server, watcher: ThreadedWatcher, describe: Callable[[], str]) -> None:
-    """Run beside the HTTP server until it stops: readiness, watchdog, the watcher's health.
+def run_beside(
+    server: _Server, serving: Awaitable[None], watcher: ThreadedWatcher, url: str
+) -> int:
+    """Run ``serving`` (the HTTP server ``server``'s coroutine) with the watcher beside it.
 
-    ``describe()`` gives the server's words for ``STATUS=`` once it listens.
+    Call from the main thread. The server's own stop signals (uvicorn's handlers) start
+    the stop: the server finishes its requests in flight while the watcher finishes the
+    drop in hand. Returns the exit code: the watcher's (0 after a clean stop), or 1
+    when the watcher stopped on its own.
+    """
+    # A read lease (the watcher's test for a drop still being written) is broken with
+    # SIGIO, whose default action ends the process.
+    signal.signal(signal.SIGIO, signal.SIG_IGN)
+
+    async def both() -> None:
+        await asyncio.gather(serving, supervise(server, watcher, url))
+
+    try:
+        asyncio.run(both())
+    finally:
+        if not watcher.stop_requested:
+            watcher.joint.stopping()
+            watcher.stop()
+        code = watcher.join(timeout=30)
+        watcher.joint.close()
+    log.info("serve --watch: stopped")
+    return code if watcher.asked_to_stop_first else (code or 1)
+
+
+async def supervise(server: _Server, watcher: ThreadedWatcher, url: str) -> None:
+    """Beside the HTTP server until it stops: start the watcher, say READY once both are
+    up, ping the watchdog while both are well, and stop each when the other stops.
+
+    Runs in the server's event loop, so uvicorn's signal handlers are in place before
+    the watcher starts.
     """
     joint = watcher.joint
+    watcher.start()
     told_listening = False
     while not server.should_exit:
         if server.started and not told_listening:
             told_listening = True
-            joint.server_ready(describe())
-        if watcher.ended() and not watcher.stop_requested:
+            joint.server_ready(f"serving {url}")
+        if watcher.ended():
             log.error(
                 "the watcher stopped (exit %s): serve stops too, so that both restart together",
                 watcher.code,
             )
             server.should_exit = True
-            break
+            return
         joint.tick()
         await asyncio.sleep(_TICK)
+    log.info("serve --watch: stopping the server and the watcher")
+    watcher.asked_to_stop_first = True
+    joint.stopping()
+    watcher.stop()

@@ -301,7 +301,7 @@ def test_the_readme_s_try_it_block_runs_as_the_original_s_clients_would(tmp_path
     assert '"success":true' in done.stdout, done.stdout + done.stderr
     assert '"source":"ec2-sync"' in done.stdout, done.stdout + done.stderr
     assert f"listening on http://127.0.0.1:{port}" in done.stderr
-    assert "serve: stopped" in done.stderr and "Traceback" not in done.stderr
+    assert "serve --watch: stopped" in done.stderr and "Traceback" not in done.stderr
     assert len(list((tmp_path / "console-usage-history").glob("20*.json"))) == 1
 
 

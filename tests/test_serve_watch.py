@@ -130,7 +130,8 @@ def test_sigterm_finishes_the_requests_and_the_drop_in_hand(root: Path) -> None:
         server.stop()
     assert code == 0, server.log
     log = server.log
-    assert "SIGTERM received" in log and "serve: stopped" in log
+    assert "serve --watch: stopping the server and the watcher" in log
+    assert "serve --watch: stopped" in log
     assert re.search(r"stopped: \d+ ingested", log)  # the watcher's own clean stop
     assert "Traceback" not in log
     # Everything acknowledged is stored, or durable in the spool for the next start.
@@ -367,4 +368,4 @@ def test_serve_watch_exits_0_on_sigint_too(root: Path) -> None:
             proc.kill()
             proc.wait(10)
     assert proc.returncode == 0, b"".join(lines) + rest
-    assert b"SIGINT received" in rest
+    assert b"serve --watch: stopping the server and the watcher" in rest

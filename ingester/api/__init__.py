@@ -23,7 +23,7 @@ the watcher stays its single writer. Build the app with :func:`create_app`
 from __future__ import annotations
 
 from .answers import API_PATH, HEALTH_PATH
-from .app import api_routes, create_app
+from .app import api_routes, create_app, log_configuration
 from .auth import key_matches, load_api_key
 from .context import ServeConfig, ServeContext
 
@@ -36,4 +36,5 @@ __all__ = [
     "create_app",
     "key_matches",
     "load_api_key",
+    "log_configuration",
 ]

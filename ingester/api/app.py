@@ -27,7 +27,7 @@ from .reads import get_console_usage, get_version, list_versions
 from .trigger import TRIGGER_PATH, post_trigger
 from .trigger_command import TriggerRunner
 
-__all__ = ["api_routes", "create_app"]
+__all__ = ["api_routes", "create_app", "log_configuration"]
 
 log = logging.getLogger("ingester.serve")
 
@@ -72,6 +72,30 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return json_answer(
         {"error": "HTTPError", "message": str(exc.detail)}, exc.status_code, headers=headers
     )
+
+
+def log_configuration(config: ServeConfig, listen_source: str | None = None) -> None:
+    """The start-up lines that say how the API is configured (never the key itself).
+
+    ``listen_source`` says where the address came from when not from ``--listen``.
+    """
+    if listen_source is not None:
+        log.info("serve: address from %s", listen_source)
+    if config.api_key is None:
+        log.warning(
+            "serve: no API key (INGESTER_API_KEY, CLAUDE_SYNC_API_KEY or --api-key-file): "
+            "every POST answers 401; the read endpoints work"
+        )
+    else:
+        log.info("serve: POST key from %s", config.api_key_source or "the caller")
+    if config.trigger is not None:
+        log.info(
+            "serve: trigger runs %s (at most %g s)",
+            config.trigger.describe(),
+            config.trigger.timeout,
+        )
+    if config.require_watcher:
+        log.info("serve: --require-watcher: POSTs answer 503 while no watcher runs")
 
 
 @contextlib.asynccontextmanager
