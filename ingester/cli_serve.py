@@ -229,6 +229,7 @@ def serve(
         require_watcher=require_watcher,
         watcher_running=threaded.running if threaded is not None else None,
         trigger=trigger,
+        watcher_metrics=threaded.metrics_registry if threaded is not None else None,
     )
     try:
         code = run_server(
@@ -251,6 +252,7 @@ def _threaded_watcher(
     """The watcher for ``--watch``, not started; exit 1 now if another one holds the lock."""
     from .lock import lock_owner
     from .notify import SystemdNotifier
+    from .watch_metrics import WatchMetrics
     from .watch_thread import JointNotifier, ThreadedWatcher
 
     refuse_unsafe_latest(app)
@@ -263,4 +265,5 @@ def _threaded_watcher(
     options = WatchOptions(
         polling=polling, rescan_interval=rescan_interval, retry_max=retry_max, settle=settle
     )
-    return ThreadedWatcher(app.settings, options, JointNotifier(SystemdNotifier.from_environ()))
+    joint = JointNotifier(SystemdNotifier.from_environ())
+    return ThreadedWatcher(app.settings, options, joint, metrics=WatchMetrics())

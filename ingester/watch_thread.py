@@ -31,12 +31,15 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .notify import SystemdNotifier
 from .settings import Settings, WatchOptions
 from .watch_metrics import NO_METRICS, Metrics
 from .watcher import Watcher
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["JointNotifier", "ThreadedWatcher", "run_beside", "supervise"]
 
@@ -203,6 +206,8 @@ class ThreadedWatcher:
     ) -> None:
         self.joint = joint
         self.watcher = Watcher(settings, options, notifier=joint.watcher_view(), metrics=metrics)
+        # Its own metrics, when they are kept (WatchMetrics), for the server to expose.
+        self.metrics_registry: CollectorRegistry | None = getattr(metrics, "registry", None)
         self.code: int | None = None
         self.stop_requested = False
         self.asked_to_stop_first = False  # the stop came from outside, not from the watcher

@@ -65,6 +65,10 @@ def test_a_post_is_served_back_within_a_second(root: Path) -> None:
         wait_for(served, 1.0, "the POSTed snapshot to be served back")
         health = server.get("/api/health").json()
         assert health["watcher"] == {"running": True, "pid": server.proc.pid, "inProcess": True}
+        # The watcher's own metrics are served beside the server's.
+        metrics = server.get("/metrics").text
+        assert "ingester_watch_drops_ingested_total 1.0" in metrics
+        assert "ingester_http_posts_total" in metrics
         assert server.stop() == 0
     assert "Traceback" not in server.log
 

@@ -30,6 +30,7 @@ class ServeConfig:
     ``watcher_running``: set by ``serve --watch``, the state of the watcher this process
     runs (otherwise the history lock tells whether one runs elsewhere).
     ``trigger``: the command the trigger endpoint runs (``None``: it answers 501).
+    ``watcher_metrics``: the in-process watcher's own metrics, served in ``/metrics`` too.
     """
 
     settings: Settings
@@ -41,6 +42,7 @@ class ServeConfig:
     require_watcher: bool = False
     watcher_running: Callable[[], bool] | None = None
     trigger: TriggerCommand | None = None
+    watcher_metrics: CollectorRegistry | None = None
 
 
 @dataclass

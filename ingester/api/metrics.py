@@ -161,6 +161,9 @@ async def get_metrics(request: Request) -> Response:
     """Prometheus text format."""
     ctx: ServeContext = request.app.state.ctx
     data = await run_in_threadpool(generate_latest, ctx.registry)
+    watcher = ctx.config.watcher_metrics
+    if watcher is not None:  # serve --watch: the watcher's families, named apart from ours
+        data += await run_in_threadpool(generate_latest, watcher)
     return Response(data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
