@@ -16,6 +16,7 @@ class LoggedProcess:
     """``command`` running with stdout and stderr in ``ROOT/../TAG-XXXXXX.log``."""
 
     stop_timeout = 5.0  # seconds a SIGTERM is given before ``stop`` fails
+    tag = "process"  # what the process is, in its log file's name and in failures
 
     def __init__(
         self, root: Path, tag: str, command: list[str], env: dict[str, str] | None = None

@@ -63,6 +63,8 @@ def latest_bytes(root: Path) -> bytes | None:
 class WatchProcess(LoggedProcess):
     """``python -m ingester --root ROOT [global...] watch ARGS`` with its stderr in a file."""
 
+    tag = "watch"
+
     def __init__(
         self,
         root: Path,
