@@ -73,6 +73,7 @@ class ServeProcess(LoggedProcess):
     """
 
     stop_timeout = 10.0
+    tag = "serve"
 
     def __init__(
         self,
