@@ -324,7 +324,8 @@ def test_perfdata_numbers_are_plain_decimals() -> None:
     assert format_perfdata("age", 1.0368e6, "s", 900, 1800) == "age=1036800s;900;1800"
     assert format_perfdata("x", 1e-7) == "x=0.0000001"
     assert format_perfdata("x", -0.0) == "x=0"
-    assert format_perfdata("x", 10**20, "", 10**21) == "x=100000000000000000000;1000000000000000000000"
+    big = format_perfdata("x", 10**20, "", 10**21)
+    assert big == "x=100000000000000000000;1000000000000000000000"
     assert format_perfdata("age", None, "s", 900, 1800) == ""
     assert format_perfdata("age", float("nan")) == ""
     assert format_perfdata("x", 1, "", float("inf"), 2) == "x=1;;2"
@@ -363,7 +364,8 @@ def test_the_hold_warns_before_it_is_full_and_is_critical_when_full(
 
 def test_the_hold_item_needs_a_state_file_and_says_when_the_hold_is_off() -> None:
     no_state = MirrorFacts("s3://b/p", "never-run", 3, None, 0.0)
-    result = judge(Facts(now=NOW, latest="v.json", last_updated=NOW, mirror=no_state), CheckLimits())
+    facts = Facts(now=NOW, latest="v.json", last_updated=NOW, mirror=no_state)
+    result = judge(facts, CheckLimits())
     assert [i.name for i in result.items][-1] == "mirror_lag"
     off = judge(with_hold(0, 0), CheckLimits()).items[-1]
     assert off.code == OK and "--mirror-hold 0" in off.message

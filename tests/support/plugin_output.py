@@ -19,7 +19,8 @@ _NUMBER = r"-?(?:\d+(?:\.\d+)?|\.\d+)"
 _RANGE = rf"@?(?:(?:~|{_NUMBER}):)?(?:{_NUMBER})?"
 _LABEL = r"(?:'[^'=]+'|[^'= |]+)"
 _UNIT = r"(?:s|ms|us|%|B|KB|MB|GB|TB|c)?"
-TOKEN = re.compile(rf"{_LABEL}={_NUMBER}{_UNIT}(?:;{_RANGE}(?:;{_RANGE}(?:;(?:{_NUMBER})?){{0,2}})?)?")
+_TAIL = rf"(?:;{_RANGE}(?:;{_RANGE}(?:;(?:{_NUMBER})?){{0,2}})?)?"
+TOKEN = re.compile(rf"{_LABEL}={_NUMBER}{_UNIT}{_TAIL}")
 
 
 def perfdata_problems(line: str) -> list[str]:
