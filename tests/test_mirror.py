@@ -14,6 +14,9 @@ import hashlib
 import json
 import os
 import random
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -689,6 +692,42 @@ def test_a_download_that_does_not_match_its_stored_checksum_stops_the_restore(
         f"error: {name}: the bytes do not match the SHA-256 stored with the object\n"
     )
     assert not list((tmp_path / "r" / HISTORY).glob("2*.json"))
+
+
+def test_the_documented_aws_cli_look_at_the_bucket(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """docs/mirror.md's aws-browse block, run as written against the bucket."""
+    aws = shutil.which("aws")
+    if aws is None:
+        pytest.skip("the AWS CLI is not installed (.ci/run installs Debian's awscli)")
+    store = make_store(root)
+    names = add_versions(store, 3)
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", f"s3://{bucket}/usage/prod", "--once", **env).returncode == 0
+    text = (Path(__file__).resolve().parent.parent / "docs" / "mirror.md").read_text()
+    block = re.search(r"<!-- example: aws-browse -->\n```sh\n(.*?)```", text, re.S)
+    assert block, "docs/mirror.md has no aws-browse example"
+    outputs = []
+    for line in block.group(1).splitlines():
+        words = shlex.split(line.replace("my-bucket", bucket))
+        assert words[0] == "aws", line
+        done = subprocess.run(
+            [aws, "--endpoint-url", s3.endpoint, *words[1:]],
+            capture_output=True,
+            timeout=120,
+            env={**os.environ, **env, "AWS_PAGER": ""},
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    listing, newest, described = outputs
+    listed = [line.split()[-1] for line in listing.decode().splitlines()]
+    assert listed == sorted([*names, "_metadata.json", LATEST]), listed
+    assert newest == store.version_path(names[-1]).read_bytes()
+    what = json.loads(described)
+    assert what["ContentType"] == "application/json"
+    assert what["Metadata"] == {"sha256": hashlib.sha256(newest).hexdigest(), "version": names[-1]}
 
 
 # -- serving from the object store ---------------------------------------------------------
