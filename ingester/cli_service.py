@@ -148,6 +148,7 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     still waiting is never replaced: that is refused (exit 1). With --dry-run the payload
     is only judged (a scraper's CI can check its output): nothing is dropped.
     """
+    from .queries import root_problem
     from .spool import Spool, drop_name_for_now, is_drop_name
 
     s = app.settings
@@ -172,6 +173,11 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     if dry_run:
         click.echo(f"valid {source}")
         return
+    # A mistyped root must not become a spool no watcher reads: refused, in the words
+    # every command uses for it.
+    problem = root_problem(s, s.spool_dir)
+    if problem is not None:
+        raise fail(problem)
     try:
         path = Spool(s.spool_dir, s.rejected_dir).submit(data, name or drop_name_for_now())
     except FileExistsError as exc:
