@@ -184,6 +184,16 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     help="Only with a mirror: WARNING when the oldest version not yet uploaded is older; "
     "CRITICAL at twice this, or when the object store refuses the credentials.",
 )
+@click.option(
+    "--mirror-hold-warning",
+    default=80.0,
+    show_default=True,
+    type=click.FloatRange(min=0, max=100),
+    metavar="PERCENT",
+    help="Only with a mirror: WARNING when the expired versions retention keeps back for "
+    "it fill this share of its --mirror-hold; CRITICAL when they fill all of it (retention "
+    "then deletes versions that were never uploaded).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the line.")
 @click.pass_obj
 def check(
@@ -192,17 +202,21 @@ def check(
     max_backlog: int,
     max_rejected_per_hour: int,
     max_mirror_lag: float,
+    mirror_hold_warning: float,
     as_json: bool,
 ) -> None:
     """Monitoring: one summary line and an exit code (Nagios plugin convention).
 
     Exit 0 OK, 1 WARNING, 2 CRITICAL. CRITICAL also when there is no history, no
     version yet, or the newest version is damaged. With a mirror configured (settings
-    or its state file in the history), a fourth item judges how far behind it is. The
+    or its state file in the history), more items judge how far behind it is and how
+    full the hold retention keeps for it (--mirror-hold) is. The
     line ends with performance data after '|'. Reads only; never takes the lock. For
     cron, systemd timers with OnFailure= and monitoring agents: see docs/monitoring.md.
     """
-    limits = CheckLimits(max_age, max_backlog, max_rejected_per_hour, max_mirror_lag)
+    limits = CheckLimits(
+        max_age, max_backlog, max_rejected_per_hour, max_mirror_lag, mirror_hold_warning
+    )
     result = judge(gather_facts(app.settings), limits)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))

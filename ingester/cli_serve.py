@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from .admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_CLIENT
 from .cli_common import App, fail
 from .cli_service import refuse_unsafe_latest, watch_loop_options
 from .settings import WatchOptions
@@ -57,7 +58,8 @@ def _find_program(name: str) -> str | None:
     envvar="INGESTER_LISTEN",
     help="Address to listen on ([::1]:8080 for IPv6; port 0 picks a free one). Without it, "
     f"port $PORT on {DEFAULT_HOST} when PORT is set, else {DEFAULT_LISTEN}. Under systemd "
-    "socket activation the passed socket is used instead. [env INGESTER_LISTEN]",
+    "socket activation every passed socket is served instead, and nothing is bound. "
+    "[env INGESTER_LISTEN]",
 )
 @click.option(
     "--api-key-file",
@@ -118,10 +120,21 @@ def _find_program(name: str) -> str | None:
 @click.option(
     "--max-connections",
     type=click.IntRange(min=1),
-    default=256,
+    default=DEFAULT_MAX_CONNECTIONS,
     show_default=True,
     metavar="N",
-    help="Connections served at once; more are answered 503.",
+    help="Connections open at once (idle keep-alive ones included); more are answered 503 at once.",
+)
+@click.option(
+    "--max-connections-per-client",
+    "max_per_client",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PER_CLIENT,
+    show_default=True,
+    metavar="N",
+    help="Connections one client address (an IPv6 client: its /64) may hold at once; more "
+    "are answered 503, so one client cannot take every slot. Behind a reverse proxy all "
+    "clients have its address: raise this to --max-connections there.",
 )
 @click.option(
     "--from",
@@ -152,6 +165,7 @@ def serve(
     body_timeout: float,
     head_timeout: float,
     max_connections: int,
+    max_per_client: int,
     source: str | None,
     endpoint_url: str | None,
 ) -> None:
@@ -164,12 +178,14 @@ def serve(
     answer, the log and /api/health say that drops wait. POST
     /api/claude/console-usage/trigger runs --trigger-command. Exits 0 on SIGTERM/SIGINT
     (requests in flight and the drop in hand finished), 1 when the address cannot be
-    bound, the key file cannot be read or the watcher cannot start. See docs/serve.md.
+    bound, the sockets systemd passes cannot be served, the key file cannot be read or
+    the watcher cannot start. See docs/serve.md.
     """
     from .api import ServeConfig, load_api_key
     from .api.trigger_command import TriggerCommand
     from .serve import parse_listen
-    from .serve import serve as run_server
+    from .server import serve as run_server
+    from .sockets import ActivationError
 
     app: App = ctx.obj
     for name in LOOP_OPTIONS:
@@ -237,10 +253,13 @@ def serve(
             host,
             port,
             max_connections=max_connections,
+            max_per_client=max_per_client,
             head_timeout=head_timeout,
             watcher=threaded,
             listen_source=listen_source,
         )
+    except ActivationError as exc:
+        raise fail(f"socket activation: {exc}") from None
     except OSError as exc:
         raise fail(f"cannot listen on {listen_text}: {exc.strerror}") from None
     raise click.exceptions.Exit(code)

@@ -307,7 +307,8 @@ def test_refresh_without_a_command_is_501_with_how_to(root: Path) -> None:
         assert r.status_code == 501
         assert r.json()["success"] is False
         assert "--trigger-command" in r.json()["message"]
-        assert "refused POST /api/claude/console-usage/trigger" in server.log
+        assert "POST /api/claude/console-usage/trigger: no trigger command" in server.log
+        assert "; answered 501" in server.log
 
 
 def test_refresh_with_a_wrong_key_is_401_and_runs_nothing(root: Path, tmp_path: Path) -> None:
@@ -497,7 +498,7 @@ def test_every_refused_post_is_one_log_line_without_key_material(root: Path) -> 
         for status, r in cases:
             assert r.status_code == status, (status, r.text)
         for status, _r in cases:
-            s.wait_log(f"{status} ")
+            s.wait_log(f"; answered {status}")
         log = s.log
     lines = [line for line in log.splitlines() if "refused POST /api/claude/console-usage" in line]
     assert len(lines) == len(cases), lines

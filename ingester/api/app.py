@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -15,13 +14,20 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..history_index import HistoryIndex, LocalHistory
+from ..metrics import MetricsRegistry
 from ..page import routes as page_routes
 from ..spool import Spool
 from .answers import API_PATH, HEALTH_PATH, JSON, VERSIONS_PATH, json_answer
 from .backlog import BacklogWarnings, WatcherProbe
 from .context import ServeConfig, ServeContext
 from .health import get_health
-from .metrics import HistoryCollector, MetricsMiddleware, get_metrics, request_metrics
+from .metrics import (
+    POST_OUTCOMES,
+    HistoryCollector,
+    MetricsMiddleware,
+    get_metrics,
+    request_metrics,
+)
 from .posts import post_console_usage
 from .reads import get_console_usage, get_version, list_versions
 from .trigger import TRIGGER_PATH, post_trigger
@@ -134,7 +140,7 @@ def create_app(config: ServeConfig, *, extra_routes: Sequence[BaseRoute] = ()) -
     "no watcher" warnings start.
     """
     s = config.settings
-    registry = CollectorRegistry(auto_describe=True)
+    registry = MetricsRegistry(auto_describe=True)
     requests, latency, posts = request_metrics(registry)
     spool = Spool(s.spool_dir, s.rejected_dir)
     probe = WatcherProbe(s.store().lock_path, spool, config.watcher_running)
@@ -150,6 +156,8 @@ def create_app(config: ServeConfig, *, extra_routes: Sequence[BaseRoute] = ()) -
         latency=latency,
         posts=posts,
     )
+    for outcome in POST_OUTCOMES:
+        ctx.posts.labels(outcome)  # each shows from the start, at 0
     registry.register(HistoryCollector(ctx))
     routes: list[BaseRoute] = []
     for build in _route_builders():

@@ -51,5 +51,5 @@ async def read_body(request: Request, max_bytes: int, timeout: float) -> bytes:
                     raise Refused(413, f"body over the limit of {max_bytes} bytes")
                 chunks.append(chunk)
     except TimeoutError:
-        raise Refused(408, f"body not received within {timeout:g} s") from None
+        raise Refused(408, f"body not received within {timeout:g} s ({size} bytes came)") from None
     return b"".join(chunks)

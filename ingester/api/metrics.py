@@ -30,6 +30,7 @@ from .context import ServeContext
 from .reads import read_payload
 
 __all__ = [
+    "POST_OUTCOMES",
     "HistoryCollector",
     "MetricsMiddleware",
     "get_metrics",
@@ -40,6 +41,18 @@ __all__ = [
 # that arrives in one read is parsed whole; these limits then refuse it.
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 16 * 1024
+
+
+# The outcomes ``ingester_http_posts_total`` counts by (its label values).
+POST_OUTCOMES = (
+    "accepted",
+    "invalid",
+    "unauthorized",
+    "unsupported",
+    "refused",
+    "no_watcher",
+    "spool_error",
+)
 
 
 def request_metrics(registry: CollectorRegistry) -> tuple[Counter, Histogram, Counter]:
@@ -128,14 +141,15 @@ class HistoryCollector(Collector):
                     "When retention last ran (Unix seconds)",
                     cleanup.timestamp(),
                 )
-            yield GaugeMetricFamily(
-                "ingester_versions_created",
-                "Versions ever created (from _metadata.json; best effort after a crash)",
+            yield CounterMetricFamily(
+                "ingester_versions_stored",
+                "Versions ever stored (totalVersionsCreated in _metadata.json; best effort "
+                "after a crash)",
                 meta.total_versions_created,
             )
-            yield GaugeMetricFamily(
+            yield CounterMetricFamily(
                 "ingester_versions_deleted",
-                "Versions ever deleted by retention (from _metadata.json)",
+                "Versions ever deleted by retention (totalVersionsDeleted in _metadata.json)",
                 meta.total_versions_deleted,
             )
         try:

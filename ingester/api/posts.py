@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from ..errors import StorageError
 from ..model import PayloadRejected, judge_payload
+from ..admission import format_peer
 from ..spool import Spool, drop_name_for_now
 from .answers import post_answer
 from .auth import key_matches
@@ -34,23 +35,24 @@ log = logging.getLogger("ingester.serve")
 
 
 def client_address(request: Request) -> str:
-    """``HOST:PORT`` of the peer (``[v6]:PORT``), or ``"unknown"``."""
-    client = request.client
-    if client is None:
-        return "unknown"
-    host = f"[{client.host}]" if ":" in client.host else client.host
-    return f"{host}:{client.port}"
+    """``HOST:PORT`` of the peer (``[v6]:PORT``), or ``local`` (a Unix socket peer)."""
+    return format_peer(request.client and tuple(request.client))
 
 
 def refuse(request: Request, status: int, message: str, **extra: Any) -> Response:
-    """Log the refusal of a POST (one line) and answer it ``{"success": false, ...}``."""
+    """Log the refusal of a POST (one line, naming the client, never key material) and
+    answer it ``{"success": false, ...}``.
+
+    The line has the shape of every client-caused line of the server:
+    ``client HOST:PORT: POST PATH: reason; answered STATUS``.
+    """
     log.warning(
-        "refused %s %s from %s: %d %s",
-        request.method,
-        request.url.path,
+        "client %s: %s %s: %s; answered %d",
         client_address(request),
-        status,
+        request.method,
+        request.scope["path"],  # not request.url: a malformed Host header breaks it
         message,
+        status,
         extra={"event": "refused", "status": status, "client": client_address(request)},
     )
     return post_answer(status, False, message, **extra)
@@ -99,12 +101,8 @@ async def post_console_usage(request: Request) -> Response:
     try:
         body = await read_body(request, s.max_bytes, ctx.config.body_timeout)
     except ClientDisconnect:
-        log.warning(
-            "refused POST %s from %s: the client left before its body arrived",
-            request.url.path,
-            client_address(request),
-        )
-        return Response(status_code=400)  # nobody is listening; nothing was dropped
+        # Nobody is listening, and nothing was dropped; the connection layer logs the line.
+        return Response(status_code=400)
     except Refused as exc:
         ctx.posts.labels("refused").inc()
         return refuse(request, exc.status, exc.message)

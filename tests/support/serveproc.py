@@ -85,13 +85,14 @@ class ServeProcess(LoggedProcess):
         wrapper: tuple[str, ...] = (),
         listen: str | None = "127.0.0.1:0",
         key_variable: str = "INGESTER_API_KEY",
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         extra = dict(env or {})
         if key is not None:
             extra[key_variable] = key
         command = [*wrapper, sys.executable, "-m", "ingester", "--root", str(root), *global_args]
         address = ["--listen", listen] if listen is not None else []
-        super().__init__(root, "serve", [*command, "serve", *address, *args], extra)
+        super().__init__(root, "serve", [*command, "serve", *address, *args], extra, pass_fds)
         self.port = 0
         self.client: httpx.Client | None = None
 
