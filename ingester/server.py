@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .api import ServeConfig, create_app, log_configuration
 from .admission import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PER_CLIENT,
     REFUSAL_REASONS,
     ConnectionLimits,
 )
+from .api import ServeConfig, create_app, log_configuration
 from .http_protocol import ConnectionLayer, protocol_class
 from .logs import describe_exception
 from .request_errors import OneLineErrors

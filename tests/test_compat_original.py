@@ -500,10 +500,10 @@ def test_every_refused_post_is_one_log_line_without_key_material(root: Path) -> 
         for status, _r in cases:
             s.wait_log(f"; answered {status}")
         log = s.log
-    lines = [line for line in log.splitlines() if "refused POST /api/claude/console-usage" in line]
+    lines = [line for line in log.splitlines() if "POST /api/claude/console-usage:" in line]
     assert len(lines) == len(cases), lines
     for (status, _r), line in zip(cases, lines, strict=True):
-        assert "from 127.0.0.1:" in line and f": {status} " in line, line
+        assert "client 127.0.0.1:" in line and line.endswith(f"; answered {status}"), line
     assert wrong not in log and SYNC_KEY not in log
     assert "Traceback" not in log
 

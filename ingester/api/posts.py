@@ -20,9 +20,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from ..admission import format_peer
 from ..errors import StorageError
 from ..model import PayloadRejected, judge_payload
-from ..admission import format_peer
 from ..spool import Spool, drop_name_for_now
 from .answers import post_answer
 from .auth import key_matches
