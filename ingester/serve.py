@@ -52,6 +52,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .clock import utc_now
 from .errors import StorageError
+from .forecast_api import FORECAST_PATH
+from .forecast_api import install as install_forecast
 from .history_index import (
     BoundedCache,
     HistoryIndex,
@@ -663,7 +665,7 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 def _route_label(path: str) -> str:
     if path.startswith(VERSIONS_PATH + "/"):
         return VERSIONS_PATH + "/{name}"
-    if path in (API_PATH, VERSIONS_PATH, HEALTH_PATH, "/metrics", "/openapi.json"):
+    if path in (API_PATH, VERSIONS_PATH, HEALTH_PATH, FORECAST_PATH, "/metrics", "/openapi.json"):
         return path
     return "other"
 
@@ -794,6 +796,7 @@ def create_app(config: ServeConfig, *, extra_routes: Sequence[BaseRoute] = ()) -
     routes.extend(extra_routes)
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.ctx = ctx
+    install_forecast(app, index=ctx.index, settings=s, registry=registry, clock=config.clock)
     app.add_middleware(MetricsMiddleware, ctx=ctx)
     return app
 
