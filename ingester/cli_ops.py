@@ -185,7 +185,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     type=click.FloatRange(0, 100),
     metavar="PCT",
     help="Judge each usage limit in the newest snapshot: WARNING at or above PCT percent "
-    "used (default: --usage-critical).",
+    "used (by default the critical threshold).",
 )
 @click.option(
     "--usage-critical",

@@ -351,6 +351,8 @@ class Settings:
         out: dict[str, dict[str, Any]] = {}
         for spec in _SPECS:
             value = getattr(self, spec.name)
+            if spec.name == "console_timezone" and value is None:
+                value = self.console_zone()[1]  # the zone in effect: this machine's
             out[spec.name] = {
                 "value": os.fspath(value) if isinstance(value, Path) else value,
                 "source": self.sources.get(spec.name, "default"),
