@@ -74,7 +74,8 @@ class _ForecastRoute:
     async def handle(self, request: Request) -> Response:
         now = self.clock()
         try:
-            answer = await run_in_threadpool(self.usage.answer, now)
+            # The answer kept while nothing changed is at hand without a worker thread.
+            answer = self.usage.cached(now) or await run_in_threadpool(self.usage.answer, now)
         except OSError as exc:
             log.error("history unreadable: %s", exc)
             return _json(
@@ -111,20 +112,42 @@ class UsageCollector(Collector):
         self.usage = usage
         self.clock = clock
 
-    def collect(self) -> Iterable[Metric]:
-        yield CounterMetricFamily(
+    def describe(self) -> Iterable[Metric]:
+        """The families, without reading anything: the registry asks at registration."""
+        yield self._unparsable()
+        yield from self._families().values()
+
+    def _unparsable(self) -> Metric:
+        return CounterMetricFamily(
             "ingester_usage_resets_unparsable",
             "resetsIn texts read that give no reset time (an unknown wording; each version "
             "counted once)",
             self.usage.unparsable,
         )
+
+    def collect(self) -> Iterable[Metric]:
+        yield self._unparsable()
         try:
             answer = self.usage.answer(self.clock())
         except OSError:
             return  # ingester_history_readable says so
         if answer is None:
             return
-        families = {
+        families = self._families()
+        for limit in answer.forecast.limits:
+            label = [limit.limit]
+            families["percent"].add_metric(label, limit.percentage)
+            if limit.resets_at is not None:
+                families["resets"].add_metric(label, limit.resets_at.timestamp())
+            if limit.rate_per_hour is not None:
+                families["rate"].add_metric(label, limit.rate_per_hour)
+            if limit.exhausts_at is not None:
+                families["exhausts"].add_metric(label, limit.exhausts_at.timestamp())
+        yield from families.values()
+
+    @staticmethod
+    def _families() -> dict[str, GaugeMetricFamily]:
+        return {
             "percent": GaugeMetricFamily(
                 "ingester_usage_percent",
                 "Percentage used of each usage limit, in the newest snapshot",
@@ -147,16 +170,6 @@ class UsageCollector(Collector):
                 labels=["limit"],
             ),
         }
-        for limit in answer.forecast.limits:
-            label = [limit.limit]
-            families["percent"].add_metric(label, limit.percentage)
-            if limit.resets_at is not None:
-                families["resets"].add_metric(label, limit.resets_at.timestamp())
-            if limit.rate_per_hour is not None:
-                families["rate"].add_metric(label, limit.rate_per_hour)
-            if limit.exhausts_at is not None:
-                families["exhausts"].add_metric(label, limit.exhausts_at.timestamp())
-        yield from families.values()
 
 
 def install(

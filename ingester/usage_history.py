@@ -146,6 +146,18 @@ class UsageHistory:
             self._observations = {k: v for k, v in self._observations.items() if k in held}
         return forecast(observations, basis=self.basis)
 
+    def cached(self, now: datetime) -> ForecastAnswer | None:
+        """The last answer while the versions are the same as for it, else ``None``.
+
+        Costs what looking up the latest costs (the index's change check), reads no
+        version: the caller may call it where blocking is not welcome.
+        """
+        snap = self.index.snapshot()
+        held = self._answer
+        if held is not None and held[0] is snap and held[1] == snap.latest_position(now):
+            return held[2]
+        return None
+
     def answer(self, now: datetime) -> ForecastAnswer | None:
         """The forecast as of the newest version; ``None`` when there is no version.
 

@@ -128,3 +128,16 @@ def test_an_unknown_wording_is_counted_and_said_once(
     assert usage.unparsable == 10  # two windows in each of five versions
     said = [r for r in caplog.records if "sometime next week" in r.getMessage()]
     assert len(said) == 1
+
+
+def test_serve_reads_no_version_until_asked(root: Path) -> None:
+    # The metrics registry describes collectors at registration: that must not read the
+    # history (a slow start, or a failing one over an unreachable object store).
+    from ingester.serve import ServeConfig, create_app
+    from ingester.settings import resolve_settings
+
+    for i in range(3):
+        at = NOW - timedelta(minutes=10 * i)
+        put_version(root, version_name(at, i), body(at, 10))
+    app = create_app(ServeConfig(resolve_settings({"root": str(root)}, environ={})))
+    assert app.state.usage.reads == 0
