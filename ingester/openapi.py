@@ -36,6 +36,13 @@ _CACHE_HEADERS = {
     },
 }
 
+_IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+}
+
 _SERIES_HEADERS = {
     "ETag": {
         "description": "Weak tag naming the versions selected; changes exactly when they do.",
@@ -445,12 +452,7 @@ def openapi_document() -> dict[str, Any]:
                             "of the observation, rows in that order",
                             "schema": {"enum": ["ingestedAt", "lastUpdated"]},
                         },
-                        {
-                            "name": "If-None-Match",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string"},
-                        },
+                        _IF_NONE_MATCH,
                     ],
                     "responses": {
                         "200": {
@@ -474,14 +476,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "operationId": "getForecast",
                     "summary": "Each usage limit's burn rate, reset time and projected run-out",
-                    "parameters": [
-                        {
-                            "name": "If-None-Match",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string"},
-                        }
-                    ],
+                    "parameters": [_IF_NONE_MATCH],
                     "responses": {
                         "200": {
                             **_json_body("Forecast", "The forecast"),

@@ -52,6 +52,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .clock import utc_now
 from .errors import StorageError
+from .forecast import parse_observed_at
 from .forecast_api import FORECAST_PATH
 from .forecast_api import install as install_forecast
 from .history_index import (
@@ -157,16 +158,7 @@ def _error(status: int, error: str, message: str, **extra: Any) -> Response:
     return _json({"error": error, "message": message, **extra}, status)
 
 
-def _parse_last_updated(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        stamp = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
-        if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=UTC)
-        return stamp.astimezone(UTC)
-    except (ValueError, OverflowError):
-        return None
+_parse_last_updated = parse_observed_at  # lastUpdated read as the forecast reads it
 
 
 def parse_instant(text: str) -> datetime | None:
