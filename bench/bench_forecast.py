@@ -30,7 +30,6 @@ import os
 import platform
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_serve import Result, Server, get, measure
+from bench_serve import Result, Server, get, measure, median_result
 
 API = "/api/claude/console-usage"
 FORECAST = API + "/forecast"
@@ -117,13 +116,7 @@ def main() -> None:
                     results[kind].append(r)
 
         def med(kind: str) -> Result:
-            rs = results[kind]
-            return Result(
-                statistics.median(r.rps for r in rs),
-                statistics.median(r.p50_ms for r in rs),
-                statistics.median(r.p99_ms for r in rs),
-                statistics.median(r.cpu_us for r in rs),
-            )
+            return median_result(results[kind])
 
         print(
             f"# bench_forecast: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
