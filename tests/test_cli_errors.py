@@ -48,6 +48,9 @@ COMMANDS: list[tuple[str, ...]] = [
     ("verify",),
     ("verify", "--json"),
     ("verify", "--repair"),
+    ("forecast",),
+    ("forecast", "--json"),
+    ("export",),
 ]
 
 
