@@ -7,9 +7,11 @@ publishes are reported: ``*.json``, not hidden.
 
 The inotify source uses watchdog's ``InotifyFD`` reader directly, with our own callback
 and event mask. That surface is not documented and changed within watchdog 7.x, so it is
-used in this module only, and ``tests/test_arrivals.py`` checks the facts we rely on:
+used in this module only, and ``tests/test_arrivals.py`` checks the facts we rely on,
+under the lowest watchdog ``pyproject.toml`` allows and the one ``constraints.txt`` pins:
 a rename into the folder reports IN_MOVED_TO, a write in place reports IN_CREATE then
-IN_CLOSE_WRITE, and an overflowing queue calls ``on_queue_overflow``.
+IN_CLOSE_WRITE, and an overflowing queue calls ``on_queue_overflow`` (7.1.1 and later
+then also ``on_events_lost``): one overflow, one rescan.
 Leaving IN_MOVED_FROM out of the mask matters: watchdog's full observer holds each one
 0.5 s waiting for its pair, and every drop we claim makes one.
 """
@@ -124,6 +126,7 @@ class _InotifyArrivals(Arrivals):
     def __init__(self, spool_dir: Path, sink: Sink) -> None:
         self._sink = sink
         self._lost = False
+        self._overflow_reported = False  # by on_queue_overflow, for on_events_lost to skip
         self._fd = InotifyFD()
         try:
             self._fd.add_callback(os.fsencode(spool_dir), self.MASK, self, CallbackId(id(self)))
@@ -165,7 +168,17 @@ class _InotifyArrivals(Arrivals):
         self._lost = True
 
     def on_queue_overflow(self) -> None:
+        self._overflow_reported = True
         self._sink(RescanNeeded("inotify queue overflow"))
+
+    def on_events_lost(self) -> None:
+        # Newer readers call this right after ``on_queue_overflow`` for the same overflow
+        # (older ones never do): the rescan is asked already, and a second one would only
+        # scan the spool twice. Asked here only if a reader ever skips the first hook.
+        if self._overflow_reported:
+            self._overflow_reported = False
+        else:
+            self._sink(RescanNeeded("inotify queue overflow"))
 
 
 class _PollingHandler(FileSystemEventHandler):

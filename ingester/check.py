@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .clock import iso_utc, utc_now
-from .errors import StorageError
+from .errors import StorageError, describe_os_error, is_permission_problem
 from .forecast import Forecast, LimitForecast, in_words
 from .housekeeping import rejected_since
 from .lock import lock_holder
@@ -301,8 +301,19 @@ def gather_facts(settings: Settings, now: datetime | None = None, *, usage: bool
 
     The mirror is read only when one is configured and the history can be opened; the
     usage forecast only when ``usage`` is true.
+    Never raises ``OSError``: whatever this user may not read that the age item needs
+    (the root, the history, the newest version) becomes a ``history_problem`` or a
+    ``latest_error``, which :func:`judge` makes CRITICAL, so a check that cannot see
+    still alerts, with its plugin line.
     """
     now = now or utc_now()
+    try:
+        return _gather(settings, now, usage)
+    except OSError as exc:
+        return Facts(now=now, history_problem=describe_os_error(exc))
+
+
+def _gather(settings: Settings, now: datetime, usage: bool) -> Facts:
     backlog, oldest = _spool_backlog(settings, now)
     rejected = rejected_since(settings.rejected_dir, now - timedelta(hours=1))
     common: dict[str, Any] = {
@@ -371,7 +382,9 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
                 None,
                 warn_age,
                 crit_age,
-                f"newest version {facts.latest} is damaged: {facts.latest_error}",
+                f"newest version {facts.latest} is {facts.latest_error}"
+                if is_permission_problem(facts.latest_error)
+                else f"newest version {facts.latest} is damaged: {facts.latest_error}",
             )
         )
     else:

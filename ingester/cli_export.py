@@ -9,6 +9,7 @@ error.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -70,7 +71,8 @@ def _warn(skipped: Skipped) -> None:
     default="-",
     show_default=True,
     help="Where to write; '-' is standard output. A FILE appears only once complete "
-    "(written beside it under a temp name, fsynced, renamed over it).",
+    "(written beside it under a temp name, fsynced, renamed over it); it must be a "
+    "regular file or new.",
 )
 @click.pass_obj
 def export(app: App, since: datetime | None, until: datetime | None, fmt: str, output: str) -> None:
@@ -100,8 +102,16 @@ def export(app: App, since: datetime | None, until: datetime | None, fmt: str, o
         _to_stdout(rows, fmt)
         return
     target = Path(os.path.abspath(output))
-    if target.is_dir():
+    try:
+        mode = os.lstat(target).st_mode
+    except OSError:
+        mode = None  # a new file; the write names any problem with the path
+    if mode is not None and stat.S_ISDIR(mode):
         raise fail(f"{output} is a folder; give a file name")
+    if mode is not None and not stat.S_ISREG(mode):
+        # The file is renamed over the path: a device, FIFO or symlink there would be
+        # replaced, not written to.
+        raise fail(f"{output} is not a regular file; give a file name, or '-' for standard output")
     try:
         with streamed_file(target) as handle:
             count = write_rows(rows, handle, fmt)

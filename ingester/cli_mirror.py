@@ -111,6 +111,7 @@ def mirror(
     another mirror runs on this history. See docs/mirror.md.
     """
     from .mirror import Mirror, MirrorOptions
+    from .queries import history_problem
 
     s = app.settings
     if target is None:
@@ -119,6 +120,9 @@ def mirror(
                 "no target: give s3://BUCKET/PREFIX, --mirror or INGESTER_MIRROR"
             )
         target = parse_target(s.mirror)
+    problem = history_problem(s)
+    if problem is not None:
+        raise fail(problem)
     try:
         require_boto3()
     except ObjectStoreUnavailable as exc:

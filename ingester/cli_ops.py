@@ -17,6 +17,7 @@ import click
 from . import durable
 from .check import CheckLimits, gather_facts, judge, parse_duration
 from .cli_common import App, fail
+from .queries import history_problem
 from .schema import payload_schema_text
 from .snapshot import SnapshotError, take_snapshot, write_snapshot_tar
 
@@ -59,6 +60,9 @@ def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
     1 when it could not be taken (nothing is left behind then).
     """
     history = app.settings.history_dir
+    problem = history_problem(app.settings)
+    if problem is not None:
+        raise fail(problem)
     if as_tar:
         if copy:
             raise click.UsageError("--copy has no meaning with --tar (the stream is a copy)")

@@ -28,7 +28,7 @@ from .cli_common import (
     writing_store,
 )
 from .clock import parse_iso_time, utc_now
-from .errors import StorageError
+from .errors import PERMISSION_ADVICE, StorageError, is_permission_problem
 from .names import format_timestamp, parse_timestamp_from_filename
 from .queries import (
     STALE_AFTER,
@@ -110,6 +110,11 @@ def _age_words(stamp: datetime | None, now: datetime) -> str:
     return "-" if stamp is None else relative_age(now - stamp)
 
 
+def _advice(problem: str) -> str:
+    """What to do about a cache problem: a repair, unless this user just may not read it."""
+    return PERMISSION_ADVICE if is_permission_problem(problem) else "run 'ingester verify --repair'"
+
+
 def _status_lines(r: Status, now: datetime) -> list[str]:
     meta = r.metadata
     rows: list[list[str]] = [["history", os.fspath(r.history)]]
@@ -132,7 +137,7 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
             "metadata",
             "ok"
             if r.metadata_problem is None
-            else f"{r.metadata_problem} (run 'ingester verify --repair')",
+            else f"{r.metadata_problem} ({_advice(r.metadata_problem)})",
         ]
     )
     latest = r.latest
@@ -141,7 +146,9 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
     else:
         info = latest.info
         rows.append(["latest", f"{info.name} (ingested {_age_words(info.ingested_at, now)})"])
-        if info.error:
+        if is_permission_problem(info.error):
+            rows.append(["", f"{info.error}: {PERMISSION_ADVICE}"])
+        elif info.error:
             rows.append(["", f"DAMAGED: {info.error}"])
         else:
             updated = (
@@ -298,7 +305,8 @@ def list_versions(app: App, limit: int | None, as_json: bool) -> None:
     now = utc_now()
     store = _open(app.settings)
     infos = list_report(store, limit, now)
-    damaged = sum(1 for i in infos if i.error)
+    denied = sum(1 for i in infos if is_permission_problem(i.error))
+    damaged = sum(1 for i in infos if i.error) - denied
     if as_json:
         echo_json([version_json(i) for i in infos])
     elif not infos:
@@ -338,6 +346,8 @@ def list_versions(app: App, limit: int | None, as_json: bool) -> None:
             click.echo(line)
     if damaged:
         click.echo(f"warning: {damaged} damaged version(s) listed; run 'ingester verify'", err=True)
+    if denied:
+        click.echo(f"warning: {denied} version(s) listed unreadable: {PERMISSION_ADVICE}", err=True)
 
 
 # -- show --------------------------------------------------------------------------------

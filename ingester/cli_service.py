@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from .admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_CLIENT
 from .cli_common import App, BoundedFloat, fail, read_limited, read_stream
 from .errors import StorageError
 from .model import PayloadRejected, judge_payload
@@ -148,6 +149,7 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     still waiting is never replaced: that is refused (exit 1). With --dry-run the payload
     is only judged (a scraper's CI can check its output): nothing is dropped.
     """
+    from .queries import root_problem
     from .spool import Spool, drop_name_for_now, is_drop_name
 
     s = app.settings
@@ -172,6 +174,11 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     if dry_run:
         click.echo(f"valid {source}")
         return
+    # A mistyped root must not become a spool no watcher reads: refused, in the words
+    # every command uses for it.
+    problem = root_problem(s, s.spool_dir)
+    if problem is not None:
+        raise fail(problem)
     try:
         path = Spool(s.spool_dir, s.rejected_dir).submit(data, name or drop_name_for_now())
     except FileExistsError as exc:
@@ -188,7 +195,7 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     default="127.0.0.1:8080",
     show_default=True,
     help="Address to listen on ([::1]:8080 for IPv6; port 0 picks a free one). Under systemd "
-    "socket activation the passed socket is used instead.",
+    "socket activation every passed socket is served instead, and nothing is bound.",
 )
 @click.option(
     "--api-key-file",
@@ -217,10 +224,21 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
 @click.option(
     "--max-connections",
     type=click.IntRange(min=1),
-    default=256,
+    default=DEFAULT_MAX_CONNECTIONS,
     show_default=True,
     metavar="N",
-    help="Connections served at once; more are answered 503.",
+    help="Connections open at once (idle keep-alive ones included); more are answered 503 at once.",
+)
+@click.option(
+    "--max-connections-per-client",
+    "max_per_client",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PER_CLIENT,
+    show_default=True,
+    metavar="N",
+    help="Connections one client address (an IPv6 client: its /64) may hold at once; more "
+    "are answered 503, so one client cannot take every slot. Behind a reverse proxy all "
+    "clients have its address: raise this to --max-connections there.",
 )
 @click.option(
     "--from",
@@ -242,6 +260,7 @@ def serve(
     body_timeout: float,
     head_timeout: float,
     max_connections: int,
+    max_per_client: int,
     source: str | None,
     endpoint_url: str | None,
 ) -> None:
@@ -251,11 +270,13 @@ def serve(
     /forecast, /api/health, /metrics, /openapi.json. POST /api/claude/console-usage with X-API-Key
     validates the payload and drops it into the spool (202 once durable); the watcher
     stores it. Never writes the history. Exits 0 on SIGTERM/SIGINT, 1 when the address
-    cannot be bound or the key file cannot be read. See docs/serve.md.
+    cannot be bound, the sockets systemd passes cannot be served, or the key file cannot
+    be read. See docs/serve.md.
     """
 
     from .serve import ServeConfig, load_api_key, parse_listen
-    from .serve import serve as run_server
+    from .server import serve as run_server
+    from .sockets import ActivationError
 
     try:
         host, port = parse_listen(listen)
@@ -275,8 +296,15 @@ def serve(
     config = ServeConfig(app.settings, api_key=key, body_timeout=body_timeout, reader=reader)
     try:
         code = run_server(
-            config, host, port, max_connections=max_connections, head_timeout=head_timeout
+            config,
+            host,
+            port,
+            max_connections=max_connections,
+            max_per_client=max_per_client,
+            head_timeout=head_timeout,
         )
+    except ActivationError as exc:
+        raise fail(f"socket activation: {exc}") from None
     except OSError as exc:
         raise fail(f"cannot listen on {listen}: {exc.strerror}") from None
     raise click.exceptions.Exit(code)

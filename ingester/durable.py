@@ -132,14 +132,20 @@ def fsync_fd(fd: int) -> None:
     os.fsync(fd)
 
 
-def _create_temp(directory: Path, data: bytes, mode: int, prefix: str) -> tuple[Path, int]:
-    """Step 1: the bytes written into a new temp file; its open descriptor is returned."""
+def _create_temp(
+    directory: Path, data: bytes, mode: int, prefix: str, shown: Path | None = None
+) -> tuple[Path, int]:
+    """Step 1: the bytes written into a new temp file; its open descriptor is returned.
+
+    A failure names ``shown`` (the final path, when the caller knows it) rather than
+    the temp name, which the caller never asked for.
+    """
     tmp = _temp_path(directory, prefix)
     try:
         # The mode is given at creation so the umask applies (an operator's choice).
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     except OSError as exc:
-        raise StorageError("create", tmp, exc) from exc
+        raise StorageError("create", shown or tmp, exc) from exc
     try:
         view = memoryview(data)
         while view:
@@ -149,7 +155,7 @@ def _create_temp(directory: Path, data: bytes, mode: int, prefix: str) -> tuple[
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise StorageError("write", tmp, exc) from exc
+        raise StorageError("write", shown or tmp, exc) from exc
     return tmp, fd
 
 
@@ -235,12 +241,15 @@ class StagedFile:
         *,
         sync: bool = True,
         spare: SpareFile | None = None,
+        name: str | None = None,
     ) -> None:
         self.directory = directory
+        # The final path, when known now: what a failure names instead of the temp file.
+        self._shown = directory / name if name is not None else None
         if spare is not None and spare.directory == directory:
             temp, fd = _fill_spare(spare, data, mode)
         else:
-            temp, fd = _create_temp(directory, data, mode, WRITE_TEMP_PREFIX)
+            temp, fd = _create_temp(directory, data, mode, WRITE_TEMP_PREFIX, self._shown)
         self.temp: Path | None = temp
         self._fd: int | None = fd
         if sync:
@@ -255,7 +264,7 @@ class StagedFile:
             os.fsync(fd)
         except OSError as exc:
             self.discard()
-            raise StorageError("fsync", self.temp or self.directory, exc) from exc
+            raise StorageError("fsync", self._shown or self.temp or self.directory, exc) from exc
         finally:
             os.close(fd)
 
@@ -398,7 +407,7 @@ def write_file(
 
     The whole recipe in one call; see :meth:`StagedFile.commit` for ``replace``.
     """
-    return StagedFile(directory, data, mode).commit(name, replace=replace)
+    return StagedFile(directory, data, mode, name=name).commit(name, replace=replace)
 
 
 def link_file(source: Path, final: Path) -> None:
@@ -427,7 +436,7 @@ def replace_symlink(
         os.symlink(target, tmp)
     except OSError as exc:
         if fallback is None or exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise StorageError("create symlink", tmp, exc) from exc
+            raise StorageError("create symlink", link, exc) from exc
         write_file(directory, link.name, fallback(), mode=0o444, replace=True)
         return False
     try:
@@ -558,7 +567,7 @@ def streamed_file(final: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
         # The mode is given at creation so the umask applies, as for any new file.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     except OSError as exc:
-        raise StorageError("create", tmp, exc) from exc
+        raise StorageError("create", final, exc) from exc
     handle = os.fdopen(fd, "wb")
     try:
         try:
@@ -568,7 +577,7 @@ def streamed_file(final: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
         except StorageError:
             raise
         except OSError as exc:
-            raise StorageError("write", tmp, exc) from exc
+            raise StorageError("write", final, exc) from exc
         finally:
             with contextlib.suppress(OSError):
                 handle.close()  # a close after a failed flush may fail again

@@ -10,9 +10,10 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = [
+    "PERMISSION_ADVICE",
     "CacheNotRefreshed",
     "IngesterError",
     "LockHeld",
@@ -26,6 +27,9 @@ __all__ = [
     "StorageError",
     "VersionNotFound",
     "describe_os_error",
+    "is_permission_problem",
+    "missing_root",
+    "unreadable",
 ]
 
 
@@ -136,3 +140,33 @@ def describe_os_error(exc: OSError) -> str:
             where += f" -> {os.fsdecode(exc.filename2)}"
         return f"{where}: {cause}{tag}"
     return f"{cause}{tag}"
+
+
+# What the kernel answers when this user may not do something: the file is fine, the
+# access rights are not, so no repair of the file would help.
+_PERMISSION_ERRNOS = (errno.EACCES, errno.EPERM)
+_UNREADABLE_BY_PERMISSION = tuple(f"({os.strerror(code)})" for code in _PERMISSION_ERRNOS)
+
+PERMISSION_ADVICE = (
+    "a permissions problem, not damage; run as the service's user or a member of its group"
+)
+"""The advice for anything :func:`is_permission_problem` is true of."""
+
+
+def unreadable(exc: OSError) -> str:
+    """How a file this process cannot read is reported: ``"unreadable (Permission denied)"``."""
+    return f"unreadable ({exc.strerror or exc})"
+
+
+def is_permission_problem(problem: str | None) -> TypeGuard[str]:
+    """Whether ``problem`` (made by :func:`unreadable`) comes from EACCES or EPERM.
+
+    Such a problem is about who runs the command, not about the file: the advice is
+    :data:`PERMISSION_ADVICE`, never a repair.
+    """
+    return problem is not None and problem.endswith(_UNREADABLE_BY_PERMISSION)
+
+
+def missing_root(root: Path) -> str:
+    """The one wording, for every command, of a root folder that does not exist."""
+    return f"root folder {root} does not exist"

@@ -17,12 +17,14 @@ import json
 import logging
 import os
 import sys
+import traceback
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from .clock import iso_utc
 
-__all__ = ["LOG_FORMATS", "escape_text", "setup_logging"]
+__all__ = ["LOG_FORMATS", "describe_exception", "escape_text", "setup_logging"]
 
 LOG_FORMATS = ("text", "json")
 
@@ -59,6 +61,17 @@ def escape_text(text: str) -> str:
             return text.encode("utf-8", "backslashreplace").decode("utf-8")
         return raw.decode("utf-8", "backslashreplace")
     return text
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``ValueError: bad thing (at serve.py:123 in handler)``: one line, no traceback."""
+    detail = str(exc).replace("\n", " ") or "no detail"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ""
+    if frames:
+        last = frames[-1]
+        where = f" (at {Path(last.filename).name}:{last.lineno} in {last.name})"
+    return f"{type(exc).__name__}: {detail}{where}"
 
 
 def _clean(value: Any) -> Any:

@@ -513,7 +513,7 @@ class Mirror:
         With ``once``: 0 when every local version is in the object store afterwards.
         """
         if not self.history_dir.is_dir():
-            log.error("no history at %s; run 'ingester init' first", self.history_dir)
+            log.error("no history at %s; run 'ingester init' to create it", self.history_dir)
             return 1
         lock = HistoryLock(self.history_dir / MIRROR_LOCK_NAME, "mirror")
         lock.acquire()  # LockHeld / StorageError: the caller reports them

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import durable
 from .durable import TEMP_PREFIX, StorageError
-from .errors import ReportError
+from .errors import PERMISSION_ADVICE, ReportError, is_permission_problem, missing_root, unreadable
 from .lock import lock_holder, lock_owner
 from .mirror_state import mirror_status
 from .model import PayloadRejected, judge_payload
@@ -46,6 +46,7 @@ __all__ = [
     "Status",
     "VerifyReport",
     "VersionInfo",
+    "history_problem",
     "list_report",
     "open_store",
     "payload_problem",
@@ -53,6 +54,7 @@ __all__ = [
     "repair_modes",
     "repaired_between",
     "resolve_version_name",
+    "root_problem",
     "status",
     "verify_history",
     "version_at",
@@ -65,21 +67,70 @@ STALE_AFTER = timedelta(minutes=10)
 # -- opening the history, read-only ------------------------------------------------------
 
 
+def _not_entered(path: Path, exc: OSError) -> str:
+    """The nearest folder above ``path`` this user may not enter, in one line."""
+    effective = os.access in os.supports_effective_ids
+    for folder in reversed(path.parents):
+        if not os.access(folder, os.X_OK, effective_ids=effective):
+            return str(StorageError("enter", folder, exc))
+    return str(StorageError("reach", path, exc))
+
+
+def history_problem(settings: Settings) -> str | None:
+    """Why the history cannot be opened, in the words every command uses; ``None`` if it can.
+
+    A missing root is named as such (:func:`~ingester.errors.missing_root`), whatever the
+    command; a folder this user may not enter is named by its path. Never raises.
+    """
+    history = settings.history_dir
+    try:
+        if stat.S_ISDIR(os.stat(history).st_mode):
+            return None
+        return f"history path {history} is not a folder"
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except PermissionError as exc:
+        return _not_entered(history, exc)
+    except OSError as exc:
+        return str(StorageError("reach", history, exc))
+    return root_problem(settings, history) or (
+        f"no history at {history}; run 'ingester init' to create it"
+    )
+
+
+def root_problem(settings: Settings, path: Path) -> str | None:
+    """Why the root cannot hold ``path``, when ``path`` lies under it; else ``None``.
+
+    For the commands that never create the root: a missing one is named with
+    :func:`~ingester.errors.missing_root`. Never raises.
+    """
+    root = settings.root
+    if not path.is_relative_to(root):
+        return None
+    try:
+        if not stat.S_ISDIR(os.stat(root).st_mode):
+            return f"root {root} is not a folder"
+    except FileNotFoundError:
+        return missing_root(root)
+    except NotADirectoryError:
+        return f"root {root} is not a folder"
+    except PermissionError as exc:
+        return _not_entered(root, exc)
+    except OSError as exc:
+        return str(StorageError("reach", root, exc))
+    return None
+
+
 def open_store(settings: Settings) -> HistoryStore:
     """The history, scanned and loaded without writing anything.
 
-    Raises :class:`ReportError` when the root or the history folder does not exist.
+    Raises :class:`ReportError` (its words from :func:`history_problem`) when the history
+    cannot be reached, and when it cannot be listed.
     """
+    problem = history_problem(settings)
+    if problem is not None:
+        raise ReportError(problem)
     store = settings.store()
-    history = store.history_dir
-    if not history.is_dir():
-        if history.exists():
-            raise ReportError(f"history path {history} is not a folder")
-        if not settings.root.is_dir() and history.is_relative_to(settings.root):
-            if settings.root.exists():
-                raise ReportError(f"root {settings.root} is not a folder")
-            raise ReportError(f"root folder {settings.root} does not exist")
-        raise ReportError(f"no history at {history}; run 'ingester init' to create it")
     try:
         store.load()
     except StorageError as exc:
@@ -119,7 +170,7 @@ def read_version(store: HistoryStore, name: str, now: datetime) -> VersionInfo:
     except FileNotFoundError:
         return VersionInfo(name, ingested, None, None, None, future, "gone (deleted meanwhile)")
     except OSError as exc:
-        return VersionInfo(name, ingested, None, None, None, future, f"unreadable: {exc.strerror}")
+        return VersionInfo(name, ingested, None, None, None, future, unreadable(exc))
     try:
         payload = judge_payload(data)
         last_updated = payload.lastUpdated.astimezone(UTC)
@@ -188,7 +239,7 @@ def _folder_problem(folder: Path) -> str | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return f"unreadable ({exc.strerror})"
+        return unreadable(exc)
 
 
 @dataclass(frozen=True)
@@ -376,6 +427,10 @@ def _temps(folder: Path, prefixes: tuple[str, ...]) -> list[str]:
 
 def _metadata_findings(store: HistoryStore) -> list[Finding]:
     stored, problem = store.read_metadata_file()
+    if is_permission_problem(problem):
+        # The file may be fine: a repair run by this user would not help.
+        message = f"{METADATA_NAME} is {problem}: {PERMISSION_ADVICE}"
+        return [Finding("metadata", METADATA_NAME, message)]
     if problem is not None:
         return [Finding("metadata", METADATA_NAME, f"{METADATA_NAME} is {problem}", True)]
     scanned = store.get_storage_metadata()
@@ -402,7 +457,10 @@ def _version_findings(store: HistoryStore, names: list[str]) -> list[Finding]:
         except FileNotFoundError:
             continue  # deleted by retention since the scan
         except OSError as exc:
-            problems.append(Finding("unreadable-version", name, f"cannot read: {exc.strerror}"))
+            problem = unreadable(exc)
+            if is_permission_problem(problem):
+                problem += f": {PERMISSION_ADVICE}"
+            problems.append(Finding("unreadable-version", name, problem))
             continue
         try:
             judge_payload(data)
@@ -468,7 +526,10 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
             )
     caches += _metadata_findings(store)
     link_problem = store.latest_problem()
-    if link_problem is not None:
+    if is_permission_problem(link_problem):
+        message = f"latest link {link_problem}: {PERMISSION_ADVICE}"
+        caches.append(Finding("latest-link", os.fspath(store.latest_path), message))
+    elif link_problem is not None:
         caches.append(
             Finding(
                 "latest-link", os.fspath(store.latest_path), f"latest link {link_problem}", True

@@ -27,10 +27,7 @@ import hmac
 import json
 import logging
 import math
-import os
 import re
-import signal
-import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +47,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .admission import format_peer
 from .clock import utc_now
 from .errors import StorageError
 from .forecast import parse_observed_at
@@ -63,6 +61,7 @@ from .history_index import (
     LocalHistory,
     VersionNotFound,
 )
+from .metrics import MetricsRegistry
 from .model import PayloadRejected, judge_payload
 from .names import format_timestamp, is_version_name
 from .page import routes as page_routes
@@ -76,7 +75,6 @@ __all__ = [
     "create_app",
     "load_api_key",
     "parse_listen",
-    "serve",
 ]
 
 log = logging.getLogger("ingester.serve")
@@ -94,6 +92,8 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 TIMESTAMP_EXAMPLE = "2026-11-28T10:30:00Z"
 JSON = "application/json"
+# The outcomes ``ingester_http_posts_total`` counts by (its label values).
+POST_OUTCOMES = ("accepted", "invalid", "unauthorized", "unsupported", "refused", "spool_error")
 _INTEGER = re.compile(r"-?[0-9]{1,12}", re.ASCII)
 
 
@@ -513,14 +513,15 @@ class HistoryCollector(Collector):
                     "When retention last ran (Unix seconds)",
                     cleanup.timestamp(),
                 )
-            yield GaugeMetricFamily(
-                "ingester_versions_created",
-                "Versions ever created (from _metadata.json; best effort after a crash)",
+            yield CounterMetricFamily(
+                "ingester_versions_stored",
+                "Versions ever stored (totalVersionsCreated in _metadata.json; best effort "
+                "after a crash)",
                 meta.total_versions_created,
             )
-            yield GaugeMetricFamily(
+            yield CounterMetricFamily(
                 "ingester_versions_deleted",
-                "Versions ever deleted by retention (from _metadata.json)",
+                "Versions ever deleted by retention (totalVersionsDeleted in _metadata.json)",
                 meta.total_versions_deleted,
             )
         try:
@@ -597,6 +598,14 @@ async def _read_body(request: Request, max_bytes: int, timeout: float) -> bytes 
                     return _post_answer(413, False, f"body over the limit of {max_bytes} bytes")
                 chunks.append(chunk)
     except TimeoutError:
+        log.warning(
+            "client %s: %s %s: body not received within %g s (%d bytes came); answered 408",
+            format_peer(request.client and tuple(request.client)),
+            request.method,
+            request.scope["path"],  # not request.url: a malformed Host header breaks it
+            timeout,
+            size,
+        )
         return _post_answer(408, False, f"body not received within {timeout:g} s")
     return b"".join(chunks)
 
@@ -755,7 +764,7 @@ def create_app(config: ServeConfig, *, extra_routes: Sequence[BaseRoute] = ()) -
     index, the spool, the settings).
     """
     s = config.settings
-    registry = CollectorRegistry(auto_describe=True)
+    registry = MetricsRegistry(auto_describe=True)
     ctx = ServeContext(
         config=config,
         index=HistoryIndex(config.reader or LocalHistory(s.history_dir)),
@@ -781,6 +790,8 @@ def create_app(config: ServeConfig, *, extra_routes: Sequence[BaseRoute] = ()) -
             registry=registry,
         ),
     )
+    for outcome in POST_OUTCOMES:
+        ctx.posts.labels(outcome)  # each shows from the start, at 0
     registry.register(HistoryCollector(ctx))
     routes: list[BaseRoute] = []
     for build in _route_builders():
@@ -818,137 +829,3 @@ def load_api_key(environ: dict[str, str], key_file: Path | None) -> bytes | None
         return key
     value = environ.get("INGESTER_API_KEY", "").strip()
     return value.encode() if value else None
-
-
-def _listening_socket(host: str, port: int) -> socket.socket:
-    """fd 3 when systemd passes a socket (socket activation), else a new bound socket."""
-    if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS") == "1":
-        sock = socket.socket(fileno=3)
-        sock.setblocking(False)
-        return sock
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto must say TCP: asyncio turns Nagle off (TCP_NODELAY) only on sockets that do,
-    # and with Nagle on, a response's body waits ~40 ms behind its head for an ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
-def head_timeout_protocol(head_timeout: float) -> type[asyncio.Protocol]:
-    """uvicorn's h11 protocol, plus a deadline for each request head.
-
-    uvicorn itself never times out a connection that has not finished sending a request
-    head (it only closes idle keep-alive connections, and any byte resets that): a few
-    clients trickling headers could hold every connection. Here a timer starts when a
-    connection opens and after each response; if it fires while the next head is still
-    incomplete, the client gets a 408 and the connection is closed.
-    """
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    body = json.dumps(
-        {
-            "error": "RequestTimeout",
-            "message": f"request head not received within {head_timeout:g} s",
-        }
-    ).encode()
-    answer = (
-        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-        b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
-    )
-
-    class HeadTimeoutH11Protocol(H11Protocol):
-        _head_timer: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm_head_timer()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._arm_head_timer()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-            super().connection_lost(exc)
-
-        def _arm_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-            self._head_timer = None
-            if not self.transport.is_closing():
-                self._head_timer = self.loop.call_later(head_timeout, self._head_expired)
-
-        def _head_expired(self) -> None:
-            self._head_timer = None
-            # IDLE: no complete head since the timer started (none in flight, none answered).
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                self.transport.write(answer)
-                self.transport.close()
-
-    return HeadTimeoutH11Protocol
-
-
-def serve(
-    config: ServeConfig,
-    host: str,
-    port: int,
-    *,
-    max_connections: int = 256,
-    head_timeout: float = 10.0,
-) -> int:
-    """Run the server until SIGTERM/SIGINT; returns the exit code (0).
-
-    Raises ``OSError`` when the address cannot be bound.
-    """
-    import uvicorn
-
-    sock = _listening_socket(host, port)
-    bound = sock.getsockname()
-    app = create_app(config)
-    uv = uvicorn.Config(
-        app,
-        http=head_timeout_protocol(head_timeout),
-        loop="asyncio",
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        # Header floods: a request head larger than this is refused (400) and closed.
-        h11_max_incomplete_event_size=16 * 1024,
-        limit_concurrency=max_connections,
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(uv)
-    # uvicorn's own warnings (a malformed request, an error in a handler) go through our
-    # handler: one line each, in the chosen log format, a traceback folded into the line.
-    ours = logging.getLogger("ingester")
-    for name in ("uvicorn", "uvicorn.error"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = list(ours.handlers)
-        logger.setLevel(logging.WARNING)
-        logger.propagate = False
-    log.info(
-        "serve: listening on http://%s:%d (history %s, spool %s)",
-        f"[{bound[0]}]" if ":" in bound[0] else bound[0],
-        bound[1],
-        config.settings.history_dir,
-        config.settings.spool_dir,
-    )
-    if config.api_key is None:
-        log.warning(
-            "serve: no API key (INGESTER_API_KEY or --api-key-file): every POST answers 401; "
-            "the read endpoints work"
-        )
-    # uvicorn re-raises the stop signal once it has shut down; with these handlers in
-    # place that re-raise is a no-op, so a SIGTERM/SIGINT stop exits 0 like the watcher.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda _sig, _frame: None)
-    server.run(sockets=[sock])
-    return 0

@@ -212,6 +212,17 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _as_asked(exc: StorageError, temp: Path, dest: Path) -> str:
+    """``exc`` in one line, naming the path under ``dest`` for one under the folder ``temp``.
+
+    The snapshot is built under a temp name the user never gave: an error names the
+    path they asked for.
+    """
+    if exc.path == temp or exc.path.is_relative_to(temp):
+        return str(StorageError(exc.action, dest / exc.path.relative_to(temp), exc.cause))
+    return str(exc)
+
+
 def take_snapshot(history_dir: Path, dest: Path, *, link: bool = True) -> SnapshotResult:
     """Snapshot ``history_dir`` into the new root folder ``dest`` (which must not exist).
 
@@ -234,7 +245,7 @@ def take_snapshot(history_dir: Path, dest: Path, *, link: bool = True) -> Snapsh
     try:
         temp.mkdir(mode=0o750)
     except OSError as exc:
-        raise SnapshotError(str(StorageError("create folder", temp, exc))) from None
+        raise SnapshotError(str(StorageError("create folder", dest, exc))) from None
     try:
         result = build_snapshot_tree(history_dir, temp, names, link=link)
         if os.path.lexists(dest):
@@ -242,7 +253,7 @@ def take_snapshot(history_dir: Path, dest: Path, *, link: bool = True) -> Snapsh
         durable.move_file(temp, dest)
     except StorageError as exc:
         _remove_tree(temp)
-        raise SnapshotError(str(exc)) from None
+        raise SnapshotError(_as_asked(exc, temp, dest)) from None
     except BaseException:
         _remove_tree(temp)
         raise
@@ -280,6 +291,12 @@ def write_snapshot_tar(
         try:
             result = build_snapshot_tree(history_dir, temp, scratch=True)
         except StorageError as exc:
+            if exc.path == temp or exc.path.is_relative_to(temp):
+                # The scratch copy is ours; where it lives ($TMPDIR) is what the user can fix.
+                raise SnapshotError(
+                    f"cannot {exc.action} the snapshot's scratch copy in {temp.parent} "
+                    f"($TMPDIR): {exc.strerror} [{exc.cause_name}]"
+                ) from None
             raise SnapshotError(str(exc)) from None
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
             folder = temp / SNAPSHOT_HISTORY

@@ -393,9 +393,16 @@ class Spool:
             raise FileExistsError(errno.EEXIST, "a drop of that name is waiting", str(final))
         # The staged name does not carry the drop's name: a name near the 255-byte
         # limit must fit as a drop, and a temp name is never a drop anyway.
-        staged = durable.write_file(
-            self.tmp_dir, f"{durable.SUBMIT_TEMP_PREFIX}{secrets.token_hex(8)}", data, mode=0o644
-        )
+        try:
+            staged = durable.write_file(
+                self.tmp_dir,
+                f"{durable.SUBMIT_TEMP_PREFIX}{secrets.token_hex(8)}",
+                data,
+                mode=0o644,
+            )
+        except StorageError as exc:
+            # The staged name is ours: the error names the drop asked for, and the folder.
+            raise StorageError(f"stage {name} in", self.tmp_dir, exc.cause) from exc
         try:
             # Group-readable whatever the writer's umask: under systemd the watcher reads
             # drops through the spool's group.

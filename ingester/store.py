@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import durable
 from .clock import utc_now
-from .errors import CacheNotRefreshed, StorageError
+from .errors import CacheNotRefreshed, StorageError, unreadable
 from .mirror_state import deletable_count, read_mirror_state
 from .model import ConsoleUsageDataSync
 from .names import (
@@ -277,7 +277,7 @@ class HistoryStore:
         except FileNotFoundError:
             return StorageMetadata(), "missing"
         except OSError as exc:
-            return StorageMetadata(), f"unreadable ({exc.strerror})"
+            return StorageMetadata(), unreadable(exc)
         try:
             return StorageMetadata.model_validate_json(raw), None
         except ValidationError:
@@ -350,7 +350,7 @@ class HistoryStore:
         try:
             latest_problem = self.latest_problem()
         except OSError as exc:
-            latest_problem = f"unreadable ({exc.strerror})"
+            latest_problem = unreadable(exc)
         return meta_problem, latest_problem
 
     def write_metadata(self) -> None:
@@ -414,7 +414,7 @@ class HistoryStore:
         try:
             same = link.read_bytes() == self.version_path(newest).read_bytes()
         except OSError as exc:
-            return f"unreadable ({exc.strerror})"
+            return unreadable(exc)
         return None if same else f"a copy that is not {newest}"
 
     # -- the public operations ------------------------------------------------------

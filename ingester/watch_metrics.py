@@ -79,17 +79,12 @@ class WatchMetrics:
 
     def __init__(self) -> None:
         # Imported here: a watcher without --metrics does not pay for loading it.
-        from prometheus_client import (
-            CollectorRegistry,
-            Counter,
-            Gauge,
-            Histogram,
-            disable_created_metrics,
-        )
+        from prometheus_client import Counter, Gauge, Histogram
 
-        # No "*_created" twin per series (process-wide, and this process is the watcher).
-        disable_created_metrics()  # type: ignore[no-untyped-call]
-        self.registry = CollectorRegistry(auto_describe=True)
+        from .metrics import MetricsRegistry
+
+        # No "*_created" twin per series, in this registry only (see ingester.metrics).
+        self.registry = MetricsRegistry(auto_describe=True)
         r = self.registry
         self._ingested = Counter(
             "ingester_watch_drops_ingested",
@@ -138,10 +133,9 @@ class WatchMetrics:
         Raises ``OSError`` when the address cannot be bound (in use, not local) and
         ``socket.gaierror`` (an ``OSError``) when the host does not resolve.
         """
-        from prometheus_client import start_http_server
+        from .metrics import start_metrics_server
 
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_port)
+        return start_metrics_server(self.registry, host, port)
 
     def ingested(self, seconds: float) -> None:
         """One drop is durable, ``seconds`` after the watcher took it in hand."""

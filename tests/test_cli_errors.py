@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,6 @@ COMMANDS: list[tuple[str, ...]] = [
     ("verify", "--repair"),
     ("forecast",),
     ("forecast", "--json"),
-    ("export",),
 ]
 
 
@@ -309,7 +309,7 @@ def test_submit_to_a_root_that_does_not_exist_is_refused(tmp_path: Path) -> None
     done = run_cli(missing, "submit", str(SAMPLES / "valid" / "full.json"))
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1, done.stderr
-    assert "its parent folder does not exist" in done.stderr
+    assert done.stderr == f"error: root folder {missing} does not exist\n"
     assert not missing.exists()
 
 
@@ -320,3 +320,169 @@ def test_watch_on_a_root_that_is_a_file_says_so_in_one_line(tmp_path: Path) -> N
     assert done.returncode == 1
     assert "cannot start" in done.stderr and "[ENOTDIR]" in done.stderr
     assert "[Errno" not in done.stderr and "Traceback" not in done.stderr
+
+
+# -- one condition, one wording; advice that fits the cause -------------------------------
+
+# Every command that reads a root without creating it, with arguments that would succeed.
+READERS_OF_A_ROOT: list[tuple[str, ...]] = [
+    *(
+        args
+        for args in COMMANDS
+        if args[0] not in ("init", "ingest", "watch")
+        and args not in [("cleanup",)]
+        and "--repair" not in args
+    ),
+    ("export",),
+    ("export", "--format", "jsonl"),
+    ("export", "-o", "{out}/usage.csv"),
+    ("snapshot", "{out}/snap"),
+    ("snapshot", "--tar", "{out}/snap.tar"),
+    ("mirror", "s3://some-bucket/usage"),
+]
+
+
+def test_a_missing_root_has_one_wording_in_every_command(tmp_path: Path) -> None:
+    root = tmp_path / "no-such-root"
+    out = tmp_path / "out"
+    out.mkdir()
+    expected = f"error: root folder {root} does not exist\n"
+    for args in READERS_OF_A_ROOT:
+        result = run_cli(root, *(a.format(out=out) for a in args))
+        assert (result.returncode, result.stderr) == (1, expected), f"{args}: {result.stderr}"
+        assert result.stdout == ""
+    check = run_cli(root, "check")
+    assert check.returncode == 2
+    assert check.stdout.startswith(f"INGESTER CRITICAL - root folder {root} does not exist;")
+    assert not root.exists() and not any(out.iterdir())
+
+
+def layout_unreadable_newest(base: Path) -> Path:
+    root = base / "root"
+    make_history(root)
+    for version in (root / HISTORY).glob("2*.json"):
+        version.chmod(0o400)
+    return root
+
+
+def layout_state_folder(base: Path) -> Path:
+    """The service's layout: a 0750 state folder; the user is in neither group."""
+    root = base / "root"
+    make_history(root)
+    root.chmod(0o750)
+    return root
+
+
+# Everything `check` needs for its age item that this user may not read, or that is missing.
+CHECK_CANNOT_JUDGE = {
+    "state folder 0750": (layout_state_folder, "cannot enter {root}: Permission denied"),
+    "history 0750": (layout_unreadable_history, "cannot list {root}/" + HISTORY),
+    "newest version 0400": (layout_unreadable_newest, "is unreadable (Permission denied)"),
+    "missing root": (layout_missing_root, "root folder {root} does not exist"),
+    "missing history": (layout_missing_history, "no history at {root}/" + HISTORY),
+}
+
+
+@needs_other_user
+@pytest.mark.parametrize("case", list(CHECK_CANNOT_JUDGE))
+def test_check_that_cannot_read_is_critical_with_its_plugin_line(
+    shared_base: Path, case: str
+) -> None:
+    """docs/monitoring.md: nothing to judge is CRITICAL (2), in the plugin's own format."""
+    layout, words = CHECK_CANNOT_JUDGE[case]
+    root = layout(shared_base)
+    reason = words.format(root=root)
+    line = run_as_other(root, "check")
+    assert (line.returncode, line.stderr) == (2, ""), f"{case}: {line.stdout}{line.stderr}"
+    assert line.stdout.startswith("INGESTER CRITICAL - "), line.stdout
+    assert reason in line.stdout and "damaged" not in line.stdout
+    assert len(line.stdout.splitlines()) == 1 and " | age=" in line.stdout
+    as_json = run_as_other(root, "check", "--json")
+    assert as_json.returncode == 2, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert (report["status"], report["code"]) == ("CRITICAL", 2)
+    age = report["checks"][0]
+    assert (age["name"], age["status"], age["value"]) == ("age", "CRITICAL", None)
+    assert reason in age["message"]
+
+
+@needs_other_user
+def test_advice_for_a_file_this_user_may_not_read_is_about_permissions(
+    shared_base: Path,
+) -> None:
+    """A permission problem is not damage: no repair is advised, nor counted as repairable."""
+    root = shared_base / "root"
+    make_history(root)
+    (root / HISTORY / "_metadata.json").chmod(0o600)
+    status = run_as_other(root, "status")
+    assert status.returncode == 0, status.stderr
+    [metadata] = [line for line in status.stdout.splitlines() if line.startswith("metadata")]
+    assert "unreadable (Permission denied)" in metadata and "permissions" in metadata
+    assert "verify --repair" not in status.stdout
+    verify = run_as_other(root, "verify", "--json")
+    [finding] = json.loads(verify.stdout)["problems"]
+    assert (finding["kind"], finding["repairable"]) == ("metadata", False)
+    assert "verify --repair" not in run_as_other(root, "verify").stdout
+
+    for version in (root / HISTORY).glob("2*.json"):
+        version.chmod(0o400)
+    for args in (("status",), ("list",), ("verify",), ("check",)):
+        result = run_as_other(root, *args)
+        text = result.stdout + result.stderr
+        assert "unreadable (Permission denied)" in text, f"{args}: {text}"
+        assert "damaged" not in text.lower() and "verify --repair" not in text, f"{args}: {text}"
+
+
+def test_a_damaged_metadata_file_still_advises_the_repair(root: Path) -> None:
+    """The control: where a repair is the fix, it is still advised."""
+    make_history(root / "r")
+    (root / "r" / HISTORY / "_metadata.json").write_bytes(b"{not json")
+    status = run_cli(root / "r", "status")
+    assert "metadata     corrupt (run 'ingester verify --repair')" in status.stdout
+    verify = json.loads(run_cli(root / "r", "verify", "--json").stdout)
+    assert [(f["kind"], f["repairable"]) for f in verify["problems"]] == [("metadata", True)]
+
+
+def test_no_error_names_an_internal_temp_file(root: Path, tmp_path: Path) -> None:
+    """A file asked for is written under a temp name first: a failure names the file asked for."""
+    make_history(root / "r")
+    wanted = tmp_path / "no-such-folder" / "usage.csv"
+    result = run_cli(root / "r", "export", "-o", str(wanted))
+    assert result.returncode == 1
+    assert result.stderr == f"error: cannot create {wanted}: No such file or directory [ENOENT]\n"
+
+
+@needs_other_user
+def test_no_error_as_another_user_names_an_internal_temp_file(shared_base: Path) -> None:
+    root = shared_base / "root"
+    make_history(root)
+    (root / "spool" / "tmp").chmod(0o755)  # others may not write where submit stages
+    (root / "spool").chmod(0o777)
+    closed = shared_base / "closed"
+    closed.mkdir(mode=0o755)  # others may not create anything here
+    cases = {
+        ("export", "-o", f"{closed}/usage.csv"): f"cannot create {closed}/usage.csv",
+        ("snapshot", f"{closed}/snap"): f"cannot create folder {closed}/snap",
+        ("submit", "--name", "mine.json", str(SAMPLE)): "cannot stage mine.json in "
+        f"{root}/spool/tmp",
+    }
+    for args, named in cases.items():
+        result = run_as_other(root, *args)
+        assert result.returncode == 1, f"{args}: {result.stderr}"
+        assert named in result.stderr, f"{args}: {result.stderr}"
+        assert ".tmp-" not in result.stderr and ".submit-" not in result.stderr, result.stderr
+    assert not any(closed.iterdir())
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only root can make a device node to export over")
+def test_export_never_replaces_what_is_not_a_regular_file(root: Path, tmp_path: Path) -> None:
+    make_history(root / "r")
+    device = tmp_path / "full"
+    os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 7))  # like /dev/full
+    link = tmp_path / "link.csv"
+    link.symlink_to(tmp_path / "elsewhere.csv")
+    for target in (device, link):
+        result = run_cli(root / "r", "export", "-o", str(target))
+        assert result.returncode == 1, result.stdout
+        assert result.stderr.startswith(f"error: {target} is not a regular file"), result.stderr
+    assert stat.S_ISCHR(device.lstat().st_mode) and link.is_symlink()

@@ -85,11 +85,15 @@ def shell_blocks(text: str) -> list[str]:
 
 def test_the_readme_gives_the_newcomer_the_commands_ci_runs() -> None:
     ci = (REPO / ".ci" / "run").read_text()
-    ci_test = [line for line in ci.splitlines() if line.startswith("python3 -m venv .venv")]
-    assert len(ci_test) == 1, ".ci/run should run one install-and-test command"
+    ci_test = [s for s in map(str.strip, ci.splitlines()) if s.startswith("python3 -m venv .venv")]
+    assert len(ci_test) == 2, ".ci/run should run one install-and-test command, and --newest"
+    locked, newest = ci_test
     blocks = shell_blocks((REPO / "README.md").read_text())
     assert blocks[0] == WATCH_COMMAND, "the README's first command installs and runs the watcher"
-    assert ci_test[0] in blocks, f"the README does not show the command .ci/run runs: {ci_test[0]}"
+    assert locked in blocks, f"the README does not show the command .ci/run runs: {locked}"
+    assert " -c constraints.txt " in locked, "CI installs the lock"
+    # The scheduled job runs the same suite, only without the lock.
+    assert newest.removesuffix(" || exit") == locked.replace(" -c constraints.txt", "")
 
 
 @cache

@@ -156,3 +156,37 @@ def test_a_reader_takes_a_snapshot_by_copying(tree: Tree) -> None:
         "verify",
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_reader_runs_every_read_command(tree: Tree) -> None:
+    """docs/service.md: a member reads with status, list, show, verify, check, export and
+    cleanup --dry-run; the spool and its quarantine, closed to it, block none of them."""
+    _service_writes(tree)
+    reader = [tree.readers_gid]
+    ingester = [sys.executable, "-m", "ingester", "--root", str(tree.state)]
+    reach = _as(READER_UID, reader, sys.executable, "-c", "import ingester")
+    if reach.returncode != 0:
+        last = (reach.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"this interpreter or the package is not reachable by another uid: {last}")
+    # No _metadata.json was written: verify finds it missing (exit 1), as it should.
+    expected = {
+        ("status",): 0,
+        ("list",): 0,
+        ("show",): 0,
+        ("verify",): 1,
+        ("check",): 2,  # the samples' lastUpdated is long past
+        ("export",): 0,
+        ("cleanup", "--dry-run"): 0,
+        ("cleanup", "--dry-run", "--json"): 0,
+    }
+    for args, code in expected.items():
+        result = _as(READER_UID, reader, *ingester, *args)
+        assert result.returncode == code, f"{args}: {result.stdout}{result.stderr}"
+        assert "Traceback" not in result.stderr and "error:" not in result.stderr, result.stderr
+    dry = _as(READER_UID, reader, *ingester, "cleanup", "--dry-run")
+    assert f"would delete 0, retain {len(VALID_SAMPLES)}" in dry.stdout
+    rejected = tree.state / "spool" / "rejected"
+    assert dry.stderr == (
+        f"warning: rejected drops not counted: cannot open folder {rejected}: "
+        "Permission denied [EACCES]\n"
+    )

@@ -525,11 +525,12 @@ def test_header_floods_are_refused_and_the_server_lives(three, server):
 def test_malformed_requests_get_a_clear_answer(three, server):
     answer = raw_request(server.port, b"NONSENSE\r\n\r\n")
     assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
-    # uvicorn's warning about it is one line in our log format.
+    # One line in our log format, naming the client and the fault.
     line = wait_for(
-        lambda: next((x for x in server.log.splitlines() if "Invalid HTTP request" in x), None), 5
+        lambda: next((x for x in server.log.splitlines() if "sent a malformed request" in x), None),
+        5,
     )
-    assert " WARNING " in str(line)
+    assert " WARNING client 127.0.0.1:" in str(line)
     r = server.client.request("DELETE", API)
     assert r.status_code == 405
     assert set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "POST"}
@@ -587,6 +588,9 @@ def test_serve_usage_errors_are_one_line(root: Path, tmp_path: Path):
     assert "Traceback" not in busy.stderr
 
 
-def test_sigterm_stops_it_with_0(root: Path):
+def test_sigterm_stops_it_with_0_and_a_stop_line(root: Path):
     server = ServeProcess(root).start()
+    assert server.get("/openapi.json").status_code == 200
     assert server.stop() == 0
+    last = server.log.strip().splitlines()[-1]
+    assert " INFO serve: stopped: 1 requests answered, 0 POSTs accepted, " in last

@@ -142,22 +142,29 @@ UNSHARE = shutil.which("unshare")
 
 
 @pytest.mark.skipif(
-    ACTIVATE is None or UNSHARE is None or os.geteuid() != 0,
-    reason="needs systemd-socket-activate, unshare and root (for a private network namespace)",
+    ACTIVATE is None or UNSHARE is None or os.geteuid() != 0 or not socket.has_ipv6,
+    reason="needs systemd-socket-activate, unshare, root (for a private network namespace) "
+    "and IPv6",
 )
 def test_socket_activation_in_a_private_network(root: Path) -> None:
+    """Two sockets in one unit (IPv4 and IPv6, as ListenStream= twice): both answer."""
     (root / "console-usage-history").mkdir()
     (root / "console-usage-history" / version_name(datetime.now(UTC))).write_bytes(fresh_payload())
-    with socket.socket() as probe:  # a free port for systemd-socket-activate to bind
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    ports = []
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with socket.socket(family) as probe:  # a free port for systemd-socket-activate
+            probe.bind((host, 0))
+            ports.append(probe.getsockname()[1])
     log_path = root.parent / "activated.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [
                 ACTIVATE or "",
                 "-l",
-                f"127.0.0.1:{port}",
+                f"127.0.0.1:{ports[0]}",
+                "-l",
+                f"[::1]:{ports[1]}",
+                "--fdname=http4:http6",
                 "-E",
                 f"INGESTER_API_KEY={KEY}",
                 # unshare -n: a network namespace with nothing in it (not even lo up), as
@@ -171,26 +178,32 @@ def test_socket_activation_in_a_private_network(root: Path) -> None:
                 str(root),
                 "serve",
                 "--listen",
-                "127.0.0.1:1",  # ignored when a socket is passed
+                "127.0.0.1:1",  # not used while sockets are passed
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=cli_env(),
         )
     try:
-        wait_for(lambda: "Listening on" in log_path.read_text(), 10, "the activator to listen")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=15) as client:
-            assert client.get(API).status_code == 200
-            r = client.post(
-                API,
-                content=fresh_payload(),
-                headers={"Content-Type": "application/json", "X-API-Key": KEY},
-            )
-            assert r.status_code == 202
-        assert f"listening on http://127.0.0.1:{port}" in log_path.read_text()
+        wait_for(
+            lambda: log_path.read_text().count("Listening on") == 2, 10, "the activator to listen"
+        )
+        for base in (f"http://127.0.0.1:{ports[0]}", f"http://[::1]:{ports[1]}"):
+            with httpx.Client(base_url=base, timeout=15) as client:
+                assert client.get(API).status_code == 200
+                r = client.post(
+                    API,
+                    content=fresh_payload(),
+                    headers={"Content-Type": "application/json", "X-API-Key": KEY},
+                )
+                assert r.status_code == 202
+        log = log_path.read_text()
+        assert f"listening on http://127.0.0.1:{ports[0]}, http://[::1]:{ports[1]} " in log
+        assert "2 sockets from systemd (fd 3 'http4', fd 4 'http6'" in log
     finally:
         proc.terminate()
         proc.wait(10)
+    assert "serve: stopped:" in log_path.read_text()
 
 
 # -- group-only access, as the unit's users and PrivateUsers=yes make it -------------------

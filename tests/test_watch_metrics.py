@@ -10,13 +10,14 @@ import contextlib
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import IS_ROOT, SAMPLES, run_cli, wait_for
+from support import IS_ROOT, SAMPLES, listening_ports, run_cli, wait_for
 from support.watchproc import WatchProcess, drop, payload, versions
 
 from ingester.watch_metrics import REJECT_KINDS, reject_kind
@@ -51,24 +52,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def rejected_total(samples: Samples) -> float:
     return sum(v for (n, _), v in samples.items() if n == "ingester_watch_drops_rejected_total")
-
-
-def listening_ports(pid: int) -> set[int]:
-    """TCP ports process ``pid`` listens on, from /proc (its sockets in LISTEN state)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = str(fd.readlink())
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    ports = set()
-    for table in ("tcp", "tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and fields[9] in inodes:  # 0A: TCP_LISTEN
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 def test_counters_match_what_was_ingested_and_rejected(root: Path) -> None:
@@ -207,3 +190,37 @@ def test_help_mentions_the_option(root: Path) -> None:
     shown = run_cli(root, "watch", "--help")
     assert shown.returncode == 0
     assert "--metrics HOST:PORT" in shown.stdout
+
+
+def test_clients_cannot_crash_hold_or_flood_the_metrics_port(root: Path) -> None:
+    """Faults from clients are one line each, and silent clients from one address cannot
+    keep the scraper out."""
+    with WatchProcess(root, "--metrics", "127.0.0.1:0") as watcher:
+        port = metrics_port(watcher)
+        # A head too long, then an abortive close while the error page is written.
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            try:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        # Silent connections from one address hold no more than its share.
+        silent = [
+            socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
+            for _ in range(20)
+        ]
+        try:
+            assert value(scrape(port), "ingester_watch_retention_held") == 0
+            wait_for(lambda: "metrics: refused " in watcher.log, 10, "the refusal line")
+        finally:
+            for sock in silent:
+                sock.close()
+        assert watcher.stop() == 0
+    log = watcher.log
+    assert "Traceback" not in log and "----" not in log, log
+    assert all(re.match(r"\d{4}-\d\d-\d\d ", line) for line in log.splitlines()), log
+    # The first refusal is told at once; the rest are summed up within 10 s.
+    assert "WARNING metrics: refused 1 connection (1 from an address with 4 being answered" in log
+    assert "from 127.0.0.2 (1)" in log

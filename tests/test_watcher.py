@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -295,6 +296,17 @@ def test_inotify_overflow_triggers_a_rescan(root: Path) -> None:
         assert w.stop() == 0
     finally:
         w.kill()
+    # The documented lines, one pair per overflow, and nothing else at WARNING or above.
+    lines = w.log.splitlines()
+    overflows = [line for line in lines if " WARNING Inotify queue overflowed" in line]
+    rescans = [
+        line for line in lines if "WARNING rescanning the spool: inotify queue overflow" in line
+    ]
+    assert overflows, w.log
+    assert len(rescans) == len(overflows), w.log
+    others = [line for line in lines if re.search(r" (WARNING|ERROR|CRITICAL) ", line)]
+    assert len(others) == len(overflows) + len(rescans), w.log
+    assert "Traceback" not in w.log
 
 
 def test_observer_restarted_when_the_spool_is_removed(root: Path) -> None:

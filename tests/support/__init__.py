@@ -3,6 +3,7 @@ subprocess, waiting on conditions."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import subprocess
@@ -31,6 +32,24 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str =
         time.sleep(0.01)
 
 
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports process ``pid`` listens on, from /proc (its sockets in LISTEN state)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = str(fd.readlink())
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: TCP_LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment for a CLI subprocess, without any INGESTER_* of the caller's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTER_")}
@@ -41,16 +60,24 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(
-    root: Path, *args: str, input: bytes | None = None, timeout: float = 60, **env: str
+    root: Path,
+    *args: str,
+    input: bytes | None = None,
+    timeout: float = 60,
+    wrapper: tuple[str, ...] = (),
+    pass_fds: tuple[int, ...] = (),
+    **env: str,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``ingester --root ROOT ARGS...`` in a subprocess; return the completed process."""
+    """Run ``[WRAPPER...] ingester --root ROOT ARGS...`` in a subprocess (``pass_fds`` kept
+    open in it); return the completed process."""
     return subprocess.run(
-        [sys.executable, "-m", "ingester", "--root", str(root), *args],
+        [*wrapper, sys.executable, "-m", "ingester", "--root", str(root), *args],
         input=input.decode() if input is not None else None,
         capture_output=True,
         text=True,
         timeout=timeout,
         env=cli_env(**env),
+        pass_fds=pass_fds,
         check=False,
     )
 

@@ -18,13 +18,22 @@ class LoggedProcess:
     stop_timeout = 5.0  # seconds a SIGTERM is given before ``stop`` fails
 
     def __init__(
-        self, root: Path, tag: str, command: list[str], env: dict[str, str] | None = None
+        self,
+        root: Path,
+        tag: str,
+        command: list[str],
+        env: dict[str, str] | None = None,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self.root = root
         self.log_path = root.parent / f"{tag}-{os.urandom(3).hex()}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env=cli_env(**(env or {}))
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=cli_env(**(env or {})),
+            pass_fds=pass_fds,
         )
 
     @property

@@ -79,12 +79,15 @@ class ServeProcess(LoggedProcess):
         global_args: tuple[str, ...] = (),
         wrapper: tuple[str, ...] = (),
         listen: str = "127.0.0.1:0",
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         extra = dict(env or {})
         if key is not None:
             extra["INGESTER_API_KEY"] = key
         command = [*wrapper, sys.executable, "-m", "ingester", "--root", str(root), *global_args]
-        super().__init__(root, "serve", [*command, "serve", "--listen", listen, *args], extra)
+        super().__init__(
+            root, "serve", [*command, "serve", "--listen", listen, *args], extra, pass_fds
+        )
         self.port = 0
         self.client: httpx.Client | None = None
 

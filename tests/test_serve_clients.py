@@ -1,0 +1,390 @@
+"""What clients can do to ``serve``, from outside: it answers, stays up, serves others,
+and logs each client-caused event as one line naming the client, never a traceback.
+
+Every case is raw bytes on a real TCP connection to a real server process. Each
+connection has its own source port, so the log lines of one case are found by it.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from support import wait_for
+from support.serveproc import KEY, ServeProcess, fresh_payload, put_version, version_name
+
+API = "/api/claude/console-usage"
+T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
+LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S")
+CLIENT_HELLO = bytes.fromhex("16030100c4010000c00303") + bytes(32) + b"\x00\x00\x02\x13\x01\x01\x00"
+POST_HEAD = (
+    f"POST {API} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: {KEY}\r\n"
+).encode()
+
+
+def add_versions(root: Path) -> None:
+    for i in range(3):
+        put_version(root, version_name(T0 + timedelta(minutes=i), i), fresh_payload(seq=i))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """One server for the cases below (each case has its own connection and log lines)."""
+    root = tmp_path_factory.mktemp("clients") / "root"
+    root.mkdir()
+    add_versions(root)
+    with ServeProcess(root, "--body-timeout", "0.5", "--head-timeout", "3") as proc:
+        yield proc
+
+
+def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+
+
+def read_all(sock: socket.socket, deadline_s: float = 10) -> bytes:
+    """Everything until the server closes (or a reset, or the deadline)."""
+    got = b""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def exchange(port: int, data: bytes, *, pieces: int = 1) -> tuple[bytes, int]:
+    """Send ``data`` (in ``pieces`` writes) on a new connection; the answer and our port."""
+    with connect(port) as sock:
+        step = -(-len(data) // pieces)
+        try:
+            for i in range(0, len(data), step):
+                sock.sendall(data[i : i + step])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        return read_all(sock), sock.getsockname()[1]
+
+
+def status(answer: bytes) -> int:
+    match = re.match(rb"HTTP/1\.1 (\d{3}) ", answer)
+    assert match, answer[:200]
+    return int(match[1])
+
+
+def lines_about(server: ServeProcess, port: int) -> list[str]:
+    return [x for x in server.log.splitlines() if f"client 127.0.0.1:{port}:" in x]
+
+
+def assert_log_is_clean(server: ServeProcess) -> None:
+    """No traceback anywhere, and every line is one event in our format."""
+    log = server.log
+    assert "Traceback" not in log and 'File "' not in log, log
+    assert "Exception in ASGI application" not in log
+    for line in log.splitlines():
+        assert LINE.match(line), f"not one event per line: {line!r}"
+
+
+# Faults in what the client sends: a clear answer, and one line naming the client and
+# the fault.
+FAULTS = {
+    "malformed request line": (b"NONSENSE\r\n\r\n", "sent a malformed request"),
+    "raw bytes that are not ASCII in the target": (
+        b"GET " + API.encode() + b"?\xff\xfe=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "sent a malformed request",
+    ),
+    "header line without a colon": (
+        b"GET / HTTP/1.1\r\nHost x\r\n\r\n",
+        "sent a malformed request",
+    ),
+    "NUL in a header": (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", "malformed request"),
+    "negative Content-Length": (POST_HEAD + b"Content-Length: -1\r\n\r\n", "bad Content-Length"),
+    "two Content-Lengths": (
+        POST_HEAD + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        "malformed request",
+    ),
+    "bad chunked encoding": (
+        POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n",
+        f"sent a malformed body for POST {API}",
+    ),
+    "TLS on the plain port": (CLIENT_HELLO, "sent a TLS handshake to the plain HTTP port"),
+    "HTTP/1.1 without Host": (b"GET / HTTP/1.1\r\n\r\n", "malformed request"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAULTS))
+def test_a_malformed_request_is_400_and_one_line(server: ServeProcess, case: str) -> None:
+    data, words = FAULTS[case]
+    answer, port = exchange(server.port, data)
+    assert status(answer) == 400
+    line = wait_for(lambda: lines_about(server, port), 10, f"the line about {case}")
+    assert len(line) == 1 and words in line[0] and " WARNING " in line[0], line
+    assert "answered 400" in line[0]
+    assert server.get(API).status_code == 200
+    assert_log_is_clean(server)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9), b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"],
+)
+def test_another_http_version_is_505_and_one_line(server: ServeProcess, data: bytes) -> None:
+    answer, port = exchange(server.port, data)
+    assert status(answer) == 505
+    line = wait_for(lambda: lines_about(server, port), 10, "the line")
+    assert len(line) == 1 and "sent an HTTP/2.0 request line" in line[0], line
+    assert_log_is_clean(server)
+
+
+def test_a_head_over_the_limit_is_refused_in_one_line(server: ServeProcess) -> None:
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000
+    answer, port = exchange(server.port, head, pieces=10)
+    assert answer == b"" or status(answer) == 400
+    line = wait_for(lambda: lines_about(server, port), 10, "the line")
+    assert len(line) == 1 and "a request head over the 16 KiB limit" in line[0], line
+    assert_log_is_clean(server)
+
+
+# Requests that are odd but well-formed: answered by the app, no line needed.
+ODD = {
+    "HEAD": (b"HEAD " + API.encode() + b" HTTP/1.1\r\nHost: x\r\n", 200),
+    "OPTIONS": (b"OPTIONS " + API.encode() + b" HTTP/1.1\r\nHost: x\r\n", 405),
+    "OPTIONS *": (b"OPTIONS * HTTP/1.1\r\nHost: x\r\n", 404),
+    "an unknown method": (b"BREW " + API.encode() + b" HTTP/1.1\r\nHost: x\r\n", 405),
+    "invalid UTF-8 in a query value": (
+        b"GET " + API.encode() + b"?version=%ff%fe HTTP/1.1\r\n",
+        400,
+    ),
+    "invalid UTF-8 in a timestamp": (
+        b"GET " + API.encode() + b"?timestamp=%C0%AF HTTP/1.1\r\n",
+        400,
+    ),
+    "invalid UTF-8 in a query name": (b"GET " + API.encode() + b"?%ff=1 HTTP/1.1\r\n", 200),
+    "invalid UTF-8 in a path": (
+        b"GET " + API.encode() + b"/versions/%ff%fe.json HTTP/1.1\r\n",
+        404,
+    ),
+    "invalid UTF-8 in the series bounds": (
+        b"GET " + API.encode() + b"/series?since=%ff HTTP/1.1\r\n",
+        400,
+    ),
+    "a NUL in a path": (b"GET /%00 HTTP/1.1\r\n", 404),
+    "a key that is not UTF-8": (
+        POST_HEAD.replace(KEY.encode(), b"\xff\xfe") + b"Content-Length: 2\r\n",
+        401,
+    ),
+    "an absolute-form target": (b"GET http://x" + API.encode() + b" HTTP/1.1\r\n", 404),
+    "a malformed Host": (b"GET " + API.encode() + b" HTTP/1.1\r\nHost: [\r\n", 200),
+    "a malformed X-Forwarded-For": (
+        b"GET " + API.encode() + b" HTTP/1.1\r\nX-Forwarded-For: [::1, ,,%%\r\n"
+        b"X-Forwarded-Proto: \xff\r\n",
+        200,
+    ),
+    "a huge Content-Length": (POST_HEAD + b"Content-Length: 99999999999999999999\r\n", 413),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD))
+def test_odd_requests_are_answered_without_a_traceback(server: ServeProcess, case: str) -> None:
+    head, expected = ODD[case]
+    if b"Host:" not in head:
+        head += b"Host: x\r\n"
+    answer, port = exchange(server.port, head + b"Connection: close\r\n\r\n")
+    assert status(answer) == expected, answer[:300]
+    assert len(lines_about(server, port)) <= 1
+    assert_log_is_clean(server)
+
+
+def test_an_upgrade_is_answered_as_http_1_1_in_one_line(server: ServeProcess) -> None:
+    for protocol in (b"websocket", b"h2c"):
+        answer, port = exchange(
+            server.port,
+            b"GET " + API.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\n"
+            b"Upgrade: " + protocol + b"\r\n\r\n",
+        )
+        assert status(answer) == 200
+        line = wait_for(lambda port=port: lines_about(server, port), 10, "the line")
+        assert len(line) == 1 and f"asked to switch to {protocol.decode()}" in line[0], line
+    assert "pip install" not in server.log  # uvicorn's advice to its own users
+    assert_log_is_clean(server)
+
+
+def test_a_post_whose_body_never_arrives_is_408_and_one_line(server: ServeProcess) -> None:
+    expect = POST_HEAD + b"Expect: 100-continue\r\n"
+    for head in (POST_HEAD, expect, POST_HEAD.replace(b"Host: x", b"Host: [")):
+        answer, port = exchange(server.port, head + b"Content-Length: 400\r\n\r\n")
+        assert b"HTTP/1.1 408 " in answer
+        line = wait_for(lambda port=port: lines_about(server, port), 10, "the line")
+        assert len(line) == 1, line
+        assert " WARNING " in line[0]
+        assert f"POST {API}: body not received within 0.5 s (0 bytes came)" in line[0]
+    assert_log_is_clean(server)
+
+
+def test_a_client_that_leaves_mid_body_is_one_line(server: ServeProcess) -> None:
+    with connect(server.port) as sock:
+        sock.sendall(POST_HEAD + b"Content-Length: 400\r\n\r\n" + b'{"lastUpdated":')
+        port = sock.getsockname()[1]
+    line = wait_for(lambda: lines_about(server, port), 10, "the line")
+    assert len(line) == 1
+    assert f"closed the connection before its POST {API} body was complete" in line[0]
+    assert "(Content-Length 400)" in line[0]
+    time.sleep(0)  # nothing else to wait for: the line above is the last this connection logs
+    assert_log_is_clean(server)
+
+
+def test_clients_that_reset_mid_answer_leave_no_traceback(server: ServeProcess) -> None:
+    for path in ("/metrics", API, "/", "/openapi.json"):
+        for _ in range(5):
+            sock = connect(server.port)
+            # A tiny receive window and an abortive close (RST) while the answers are
+            # being written: a pipelined batch of requests, then gone.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode() * 20)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+    assert server.get(API).status_code == 200
+    assert_log_is_clean(server)
+
+
+def test_heads_cut_off_at_the_deadline_are_summarised(server: ServeProcess) -> None:
+    silent = connect(server.port)
+    partial = connect(server.port)
+    partial.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    try:
+        for sock in (silent, partial):
+            assert read_all(sock).startswith(b"HTTP/1.1 408 ")
+    finally:
+        silent.close()
+        partial.close()
+    wait_for(lambda: "without a request head within 3 s" in server.log, 15, "the summary")
+    assert_log_is_clean(server)
+
+
+# -- one client cannot lock out the others --------------------------------------------------
+
+
+def half_heads(port: int, count: int, source: str) -> list[socket.socket]:
+    """``count`` connections from ``source``, each with half a request head sent."""
+    socks = []
+    for _ in range(count):
+        sock = connect(port, source)
+        try:
+            sock.sendall(b"GET " + API.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused and closed already
+        socks.append(sock)
+    return socks
+
+
+def scrape(port: int, source: str) -> str:
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(transport=transport, base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+        return c.get("/metrics").text
+
+
+def sample(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(match[1]) if match else -1.0
+
+
+def refusal_counts(log: str) -> list[int]:
+    return [int(m[1]) for m in re.finditer(r"WARNING refused (\d+) connections?\b", log)]
+
+
+def test_one_slow_address_cannot_take_every_slot(root: Path) -> None:
+    """300 half-open heads from one address (the defaults: 256 in all, 32 per address)."""
+    add_versions(root)
+    # A head deadline far beyond the test's length: the slots stay taken throughout.
+    with ServeProcess(root, "--head-timeout", "120") as server:
+        slow = half_heads(server.port, 300, "127.0.0.1")
+        try:
+            refused = 'ingester_http_connections_refused_total{reason="per_client"}'
+            wait_for(
+                lambda: sample(scrape(server.port, "127.0.0.2"), refused) == 268,
+                30,
+                "every connection over the share to be refused",
+            )
+            # Other addresses are served meanwhile, within the head deadline or not.
+            for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+                transport = httpx.HTTPTransport(local_address=source)
+                with httpx.Client(transport=transport, base_url=server.base, timeout=10) as c:
+                    assert c.get(API).status_code == 200
+            # The slow address itself is told why it is refused, at once.
+            answer = read_all(slow[-1])
+            assert status(answer) == 503 and b"TooManyConnections" in answer
+            assert b"this address holds 32 connections" in answer
+            text = scrape(server.port, "127.0.0.2")
+            assert sample(text, "ingester_http_connections_open") >= 32
+        finally:
+            for sock in slow:
+                sock.close()
+        assert server.stop() == 0
+    log = server.log
+    assert "Exceeded concurrency limit" not in log
+    counts = refusal_counts(log)
+    # One line at once, then at most one per 10 s interval and a last one at stop.
+    assert 1 <= len(counts) <= 3, log
+    assert sum(counts) == 268
+    assert "most from 127.0.0.1 (" in log
+    assert re.search(
+        r"serve: stopped: \d+ requests answered, 0 POSTs accepted, 268 connections refused", log
+    )
+    assert_log_is_clean(server)
+
+
+def test_when_every_slot_is_taken_new_clients_are_refused_at_once(root: Path) -> None:
+    add_versions(root)
+    args = ("--max-connections", "12", "--max-connections-per-client", "4")
+    with ServeProcess(root, *args, "--head-timeout", "30") as server:
+        held = [
+            s
+            for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+            for s in half_heads(server.port, 4, source)
+        ]
+        try:
+            with connect(server.port, "127.0.0.5") as sock:
+                sock.sendall(b"GET " + API.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = read_all(sock)
+            assert status(answer) == 503
+            assert b"all 12 connections are taken" in answer
+        finally:
+            for sock in held:
+                sock.close()
+        # Slots come back as soon as connections close.
+        wait_for(lambda: server.get(API).status_code == 200, 10, "room again")
+        assert server.stop() == 0
+    assert "1 with every slot taken" in server.log
+    assert_log_is_clean(server)
+
+
+# -- stopping ---------------------------------------------------------------------------------
+
+
+def test_a_body_still_awaited_at_stop_is_one_line_and_a_503(root: Path) -> None:
+    add_versions(root)
+    server = ServeProcess(root, "--body-timeout", "60").start()
+    with connect(server.port) as sock:
+        sock.sendall(POST_HEAD + b"Content-Length: 400\r\n\r\n{")
+        port = sock.getsockname()[1]
+        # Open: this POST's connection and the scrape's own.
+        opened = "ingester_http_connections_open"
+        wait_for(lambda: sample(server.get("/metrics").text, opened) >= 2, 10, "the POST")
+        assert server.stop() == 0
+        answer = read_all(sock)
+    assert status(answer) == 503 and b"ServerStopping" in answer
+    line = lines_about(server, port)
+    assert len(line) == 1 and " WARNING " in line[0]
+    assert f"POST {API} was still sending its request body when the server stopped" in line[0]
+    assert " ERROR " not in server.log
+    assert "serve: stopped: " in server.log.splitlines()[-1]
+    assert_log_is_clean(server)
