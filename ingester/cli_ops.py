@@ -185,6 +185,16 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     "CRITICAL at twice this, or when the object store refuses the credentials.",
 )
 @click.option(
+    "--mirror-hold-warning",
+    default=80.0,
+    show_default=True,
+    type=click.FloatRange(min=0, max=100),
+    metavar="PERCENT",
+    help="Only with a mirror: WARNING when the expired versions retention keeps back for "
+    "it fill this share of its --mirror-hold; CRITICAL when they fill all of it (retention "
+    "then deletes versions that were never uploaded).",
+)
+@click.option(
     "--usage-warning",
     type=click.FloatRange(0, 100),
     metavar="PCT",
@@ -221,6 +231,7 @@ def check(
     max_backlog: int,
     max_rejected_per_hour: int,
     max_mirror_lag: float,
+    mirror_hold_warning: float,
     usage_warning: float | None,
     usage_critical: float | None,
     judge_forecast: bool,
@@ -231,8 +242,9 @@ def check(
 
     Exit 0 OK, 1 WARNING, 2 CRITICAL. CRITICAL also when there is no history, no
     version yet, or the newest version is damaged. With a mirror configured (settings
-    or its state file in the history), a fourth item judges how far behind it is. With
-    --usage-warning, --usage-critical or --forecast, one more item per usage limit. The
+    or its state file in the history), more items judge how far behind it is and how
+    full the hold retention keeps for it (--mirror-hold) is. With --usage-warning,
+    --usage-critical or --forecast, one more item per usage limit. The
     line ends with performance data after '|'. Reads only; never takes the lock. For
     cron, systemd timers with OnFailure= and monitoring agents: see docs/monitoring.md.
     """
@@ -245,6 +257,7 @@ def check(
         max_backlog,
         max_rejected_per_hour,
         max_mirror_lag,
+        mirror_hold_warning,
         usage_warning=usage_warning,
         usage_critical=usage_critical,
         forecast=judge_forecast,

@@ -30,6 +30,7 @@ import csv
 import io
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -46,6 +47,7 @@ __all__ = [
     "Cell",
     "Row",
     "Skipped",
+    "defuse_formulas",
     "export_rows",
     "flatten",
     "row_from_bytes",
@@ -77,10 +79,29 @@ FORMATS: Final[tuple[str, ...]] = ("csv", "jsonl")
 Cell = str | int | float | bool | None
 Row = tuple[Cell, ...]
 
-# A spreadsheet runs a cell that starts with one of these as a formula. Text in a drop
-# comes from a scraper reading a web page, so CSV text cells starting so get a leading
-# apostrophe (the usual defence); numbers and JSON Lines are never touched.
-_FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
+# A spreadsheet runs a field that starts with one of these as a formula (the full-width
+# forms too, which some spreadsheets fold to the plain ones); tab, CR and LF are there
+# because a spreadsheet may drop them at the start of a field and run what follows.
+_FORMULA_TRIGGERS: Final = "=+-@\t\r\n\uff1d\uff0b\uff0d\uff20"
+# Where a spreadsheet may start a field inside one of our cells: at ";" in the locales
+# whose list separator it is (de, fr, es, it, nl, ...), which do not split at our commas
+# or honour our quotes; at "," in the others, where a cell's quotes can come apart; at a
+# tab or a line break for a parser that lost track of the quotes. A field may begin
+# with spaces and a quote before what it runs.
+_FIELD_START: Final = re.compile(f'(^|[,;\t\r\n])([ "]*)(?=[{re.escape(_FORMULA_TRIGGERS)}])')
+
+
+def defuse_formulas(text: str) -> str:
+    """``text`` with an apostrophe put before every formula trigger that starts a field.
+
+    A field starts at the start of ``text`` and after each ``,``, ``;``, tab, CR or LF in
+    it, after any spaces and double quotes; a trigger is ``=``, ``+``, ``-``, ``@``, tab,
+    CR, LF or a full-width ``=+-@``. Text in a drop comes from a scraper reading a web
+    page, so this is the usual defence (OWASP's "CSV injection") applied to every place a
+    spreadsheet in a ``,`` or a ``;`` locale would start a field, not only the first.
+    ``4 hr;=1+2`` becomes ``4 hr;'=1+2``.
+    """
+    return _FIELD_START.sub(r"\1\2'", text)
 
 
 @dataclass(frozen=True)
@@ -193,7 +214,7 @@ def _csv_cell(value: Cell) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return "'" + value if value.startswith(_FORMULA_STARTS) else value
+        return defuse_formulas(value)
     return repr(value)
 
 

@@ -66,6 +66,8 @@ class Rejected:
     drop: str
     reason: str
     where: str
+    kind: str | None = None
+    """``"schema"`` for a payload that breaks the model's rules (see PayloadRejected)."""
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,7 @@ class Intake:
                 until = self.readiness.still_being_written(name, may_be_open)
                 if until is not None:
                     return Deferred(name, until)
-            return self._reject(path, name, exc.reason, exc.errors)
+            return self._reject(path, name, exc.reason, exc.errors, exc.kind)
         return opened
 
     def _claim_and_link(
@@ -458,7 +460,12 @@ class Intake:
                 log.error("%s is both in the spool and claimed; remove one by hand", path)
 
     def _reject(
-        self, path: Path, name: str, reason: str, errors: list[dict[str, Any]] | None = None
+        self,
+        path: Path,
+        name: str,
+        reason: str,
+        errors: list[dict[str, Any]] | None = None,
+        kind: str | None = None,
     ) -> Rejected | Blocked:
         try:
             where = self.spool.quarantine(path, name, reason, errors or [{"msg": reason}])
@@ -467,7 +474,7 @@ class Intake:
             # it waits on its own, and the valid drops behind it go on.
             return Blocked(name, "quarantine", exc, reason)
         self._done(Dropped(name))
-        return Rejected(name, reason, where)
+        return Rejected(name, reason, where, kind)
 
     def _done(self, outcome: Dropped) -> Dropped:
         self.readiness.forget(outcome.drop)

@@ -3,6 +3,11 @@
 ``judge_payload`` is the one gate every drop passes: it turns raw bytes into a validated
 model or a :class:`PayloadRejected` whose ``errors`` name each failing field. It never
 raises anything else, whatever the bytes hold (binary, BOMs, NaN, 200,000 brackets).
+
+The words are for the scraper's author, who reads them in ``submit``'s refusal, the
+rejected drop's reason file, the log and an HTTP 400: every problem on its own as
+``field: what is wrong`` (a common misspelling of ``lastUpdated`` is named as such),
+all of them at once, none hidden behind another.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from .errors import PayloadRejected
 
@@ -91,27 +97,99 @@ class ConsoleUsageDataSync(_Open):
     def _iso_with_offset(cls, value: Any) -> Any:
         # pydantic would also read "0" or "1700000000" as Unix times, and "+0100" offsets.
         if not isinstance(value, str):
-            return value  # the field's own type check names the problem
+            raise PydanticCustomError("datetime_type", _NOT_A_STRING)
         if not _ISO_WITH_OFFSET.match(value):
-            raise ValueError("must be an ISO 8601 date-time with an offset (Z or +hh:mm)")
+            kind, words = _misspelt_date_time(value)
+            raise PydanticCustomError(kind, words)
         try:
             stamp = datetime.fromisoformat(value.upper())
         except ValueError as exc:
-            raise ValueError(f"not a valid date-time: {exc}") from None
+            raise PydanticCustomError(
+                "datetime_invalid",
+                "is not a date and time that exist ({reason})",
+                {"reason": str(exc)},
+            ) from None
         try:
             utc = stamp.astimezone(UTC)
         except OverflowError:
-            raise ValueError("not a date-time that exists in UTC") from None
+            raise PydanticCustomError(
+                "datetime_out_of_range", "is not a date and time that exist in UTC"
+            ) from None
         start, end = LAST_UPDATED_RANGE
         if not start <= utc < end:
-            raise ValueError(f"must be from {start.year} up to (not including) {end.year} in UTC")
+            raise PydanticCustomError(
+                "datetime_out_of_range",
+                "must be from {start} up to (not including) {end} in UTC",
+                {"start": start.year, "end": end.year},
+            )
         return stamp
 
     @model_validator(mode="after")
     def _at_least_one_section(self) -> ConsoleUsageDataSync:
         if self.currentSession is None and self.weeklyLimits is None:
-            raise ValueError("at least one of currentSession and weeklyLimits is required")
+            raise PydanticCustomError(MISSING_SECTION, _NO_SECTION)
         return self
+
+
+_EXAMPLE = "2026-11-27T14:05:00Z"
+_NOT_A_STRING = f"must be a string: an ISO 8601 date-time with an offset ({_EXAMPLE})"
+MISSING_SECTION = "missing_section"
+"""The error type of a payload that has neither usage section."""
+_NO_SECTION = "at least one of currentSession and weeklyLimits is required"
+_DATE = r"\d{4}-\d{2}-\d{2}"
+_TIME = r"\d{2}:\d{2}(:\d{2}(\.\d+)?)?"
+_OFFSET = r"([Zz]|[+-]\d{2}:\d{2})"
+# Each way a date-time is commonly written wrong, and what to say about it.
+_MISSPELT: tuple[tuple[re.Pattern[str], str, str], ...] = tuple(
+    (re.compile(pattern + r"\Z", re.ASCII), kind, words)
+    for pattern, kind, words in (
+        (
+            rf"{_DATE} +{_TIME}\s*{_OFFSET}?",
+            "datetime_separator",
+            f'has a space between the date and the time: ISO 8601 puts a "T" there ({_EXAMPLE})',
+        ),
+        (
+            rf"{_DATE}[Tt]{_TIME}",
+            "datetime_no_offset",
+            f'has no offset: add "Z" for UTC, or the offset as +hh:mm ({_EXAMPLE})',
+        ),
+        (
+            rf"{_DATE}[Tt]{_TIME} *[+-]\d{{2}}(\d{{2}})?",
+            "datetime_offset_format",
+            'has its offset as +hh or +hhmm: write +hh:mm (e.g. +01:00), or "Z" for UTC',
+        ),
+        (
+            rf"{_DATE}[Tt]{_TIME} +{_OFFSET}",
+            "datetime_format",
+            f"has a space before its offset: write it right after the time ({_EXAMPLE})",
+        ),
+        (
+            _DATE,
+            "datetime_no_time",
+            f"is a date without a time: write the date, the time and an offset ({_EXAMPLE})",
+        ),
+        (
+            r"\s*-?\d+(\.\d+)?\s*",
+            "datetime_unix_time",
+            f"looks like a Unix time: write an ISO 8601 date-time with an offset ({_EXAMPLE})",
+        ),
+        (
+            r"\s*",
+            "datetime_empty",
+            f"is empty: write an ISO 8601 date-time with an offset ({_EXAMPLE})",
+        ),
+    )
+)
+
+
+def _misspelt_date_time(value: str) -> tuple[str, str]:
+    """The error type and words for a ``lastUpdated`` that is not the pattern."""
+    for pattern, kind, words in _MISSPELT:
+        if pattern.match(value):
+            return kind, words
+    if value != value.strip():
+        return "datetime_format", "has spaces before or after it: remove them"
+    return "datetime_format", f"is not an ISO 8601 date-time with an offset ({_EXAMPLE})"
 
 
 def _refuse_constant(name: str) -> Any:
@@ -140,6 +218,62 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(payload)"
 
 
+# pydantic's words for its own checks, as a scraper author would say them; the rest
+# (and ours, raised as PydanticCustomError with our words) pass through as they are.
+_AUTHOR_WORDS: dict[str, str] = {
+    "missing": "is required",
+    "string_type": "must be a string",
+    "string_too_short": "must not be empty",
+    "float_type": "must be a JSON number (not a string or a boolean)",
+    "int_type": "must be a JSON number (not a string or a boolean)",
+    "bool_type": "must be true or false",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+    "dict_type": "must be an object",
+    "less_than_equal": "must be at most {le:g}",
+    "greater_than_equal": "must be at least {ge:g}",
+}
+
+
+def _author_words(err: Any) -> str:
+    words = _AUTHOR_WORDS.get(err["type"])
+    if words is None:
+        return str(err["msg"])
+    try:
+        return words.format(**err.get("ctx", {}))
+    except (KeyError, ValueError, TypeError):
+        return str(err["msg"])
+
+
+def _model_problems(obj: dict[str, Any], text: str) -> list[dict[str, Any]]:
+    """Every problem with a JSON object as a payload, each on its own; ``[]`` if none.
+
+    pydantic stops at field errors before it runs the model's own rule (a section is
+    required), so that rule is judged here too, on the parsed object: a bad
+    ``lastUpdated`` does not hide a missing section.
+    """
+    problems: list[dict[str, Any]] = []
+    try:
+        # JSON mode so that strict typing still reads ISO strings as datetimes.
+        ConsoleUsageDataSync.model_validate_json(text)
+    except ValidationError as exc:
+        problems = [
+            {"field": _field_path(err["loc"]), "type": err["type"], "msg": _author_words(err)}
+            for err in exc.errors(include_url=False, include_input=False)
+            if err["type"] != MISSING_SECTION
+        ]
+    if all(obj.get(section) is None for section in ("currentSession", "weeklyLimits")):
+        problems.append({"field": "(payload)", "type": MISSING_SECTION, "msg": _NO_SECTION})
+    return problems
+
+
+def _summary(problems: list[dict[str, Any]]) -> str:
+    """One line: ``field: words`` per problem (the words alone for the whole payload)."""
+    return "; ".join(
+        p["msg"] if p["field"] == "(payload)" else f"{p['field']}: {p['msg']}" for p in problems
+    )
+
+
 def judge_payload(data: bytes, *, max_bytes: int | None = None) -> ConsoleUsageDataSync:
     """Validate ``data`` as a drop; raise :class:`PayloadRejected` naming what is wrong."""
     if max_bytes is not None and len(data) > max_bytes:
@@ -150,6 +284,9 @@ def judge_payload(data: bytes, *, max_bytes: int | None = None) -> ConsoleUsageD
         raise PayloadRejected(f"not valid UTF-8 (byte {exc.start})") from None
     if text.startswith("\ufeff"):
         raise PayloadRejected("starts with a byte order mark; UTF-8 without BOM is required")
+    if not text.strip():
+        what = "no bytes" if not data else "only whitespace"
+        raise PayloadRejected(f"not JSON: empty ({what}); a payload is one JSON object")
     try:
         # parse_constant refuses NaN/Infinity, which Python's json accepts by default.
         obj = json.loads(text, parse_constant=_refuse_constant)
@@ -164,14 +301,9 @@ def judge_payload(data: bytes, *, max_bytes: int | None = None) -> ConsoleUsageD
     if _depth_over(obj, MAX_NESTING):
         raise PayloadRejected(_TOO_DEEP)
     try:
-        # JSON mode so that strict typing still reads ISO strings as datetimes.
-        return ConsoleUsageDataSync.model_validate_json(text)
-    except ValidationError as exc:
-        errors: list[dict[str, Any]] = [
-            {"field": _field_path(err["loc"]), "type": err["type"], "msg": err["msg"]}
-            for err in exc.errors(include_url=False, include_input=False)
-        ]
-        summary = "; ".join(f"{e['field']}: {e['msg']}" for e in errors)
-        raise PayloadRejected(f"does not match ConsoleUsageDataSync: {summary}", errors) from None
+        problems = _model_problems(obj, text)
+        if not problems:
+            return ConsoleUsageDataSync.model_validate_json(text)
     except RecursionError:
         raise PayloadRejected(_TOO_DEEP) from None
+    raise PayloadRejected(_summary(problems), problems, kind="schema")

@@ -10,6 +10,8 @@ import functools
 import json
 from typing import Any
 
+from .schema import last_updated_schema
+
 __all__ = ["openapi_bytes", "openapi_document"]
 
 
@@ -75,7 +77,7 @@ _SCHEMAS: dict[str, Any] = {
                     "sonnetOnly": _ref("UsageWindow"),
                 },
             },
-            "lastUpdated": {"type": "string", "format": "date-time"},
+            "lastUpdated": last_updated_schema(),
             "isPartial": {"type": "boolean"},
             "extractionErrors": {"type": "object", "additionalProperties": {"type": "string"}},
         },

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from support import VALID_SAMPLES, cli_env, run_cli
 from test_durable_faults import can_mount, tmpfs  # noqa: F401 - fixtures
 
-from ingester.export import COLUMNS, write_rows
+from ingester.export import COLUMNS, defuse_formulas, write_rows
 from ingester.names import generate_version_filename
 from ingester.resets import parse_resets_in
 
@@ -266,6 +267,79 @@ def test_resets_at_reads_each_wording_in_the_console_time_zone(root: Path) -> No
     assert as_csv[1][COLUMNS.index("weeklyLimits.sonnetOnly.resetsAt")] == ""
 
 
+# What a spreadsheet runs: a field starting (after spaces) with one of these.
+TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def fields_a_spreadsheet_sees(raw: str) -> list[str]:
+    """Every field of ``raw`` CSV as spreadsheets in a ``,`` and in a ``;`` locale split it.
+
+    Both with quote handling (Python's csv, as LibreOffice and Excel read a file) and
+    without (a paste, or a parser that lost track of the quotes: split at every
+    separator and line break, a field's leading spaces and quotes dropped).
+    """
+    fields: list[str] = []
+    for delimiter in (",", ";"):
+        for record in csv.reader(io.StringIO(raw, newline=""), delimiter=delimiter):
+            fields += [f.lstrip(" ") for f in record]
+    fields += [f.lstrip(' "') for f in re.split(r"[,;\t\r\n]", raw)]
+    return fields
+
+
+def runs_as_formula(field: str) -> bool:
+    return field.startswith(TRIGGERS)
+
+
+def test_no_field_a_spreadsheet_sees_in_either_locale_runs_as_a_formula(root: Path) -> None:
+    assert run_cli(root, "init").returncode == 0
+    hostile = [
+        "4 hr;=1+2;",
+        "4 hr,=1+2,",
+        '4 hr;"=1+2"',
+        "4 hr; @SUM(A1)",
+        "\n=1+2",
+        "\r\n+1",
+        "\t-1",
+        "x\n=cmd|' /C calc'!A0",
+        "Mon 8:59 AM;\uff1dSUM(1)",
+    ]
+    for i, text in enumerate(hostile):
+        body = {"currentSession": window(10, text), "lastUpdated": "2026-11-27T14:05:00Z"}
+        name = f"2026-11-27T14-05-{i:02d}-0000aaaa.json"
+        (root / HISTORY / name).write_text(json.dumps(body))
+    raw = export_bytes(root).decode()
+    # Before the defence, a spreadsheet sees a formula in every one of them.
+    undefended = "\r\n".join(hostile)
+    assert all(any(map(runs_as_formula, fields_a_spreadsheet_sees(t))) for t in hostile)
+    assert any(map(runs_as_formula, fields_a_spreadsheet_sees(undefended)))
+    formulas = [f for f in fields_a_spreadsheet_sees(raw) if runs_as_formula(f)]
+    assert formulas == [], formulas
+    # The comma locale reads each cell back whole, an apostrophe before each trigger.
+    records = list(csv.reader(io.StringIO(raw, newline="")))[1:]
+    cells = [r[COLUMNS.index("currentSession.resetsIn")] for r in records]
+    assert cells[0] == "4 hr;'=1+2;"
+    assert [c.replace("'", "") for c in cells] == [t.replace("'", "") for t in hostile]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet=st.sampled_from([*TRIGGERS, ",", ";", '"', "'", " ", "a", "1"])),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_any_text_gives_no_formula_in_either_locale(texts: list[str]) -> None:
+    first = ("2026-11-27T14:05:00.000Z", "2026-11-27T14:04:41.250Z")
+    last = (None, "2026-11-27T14-05-00-0000aaaa.json")
+    rows = [(*first, 23, text, None, 41.5, text, None, 7, text, None, *last) for text in texts]
+    out = io.BytesIO()
+    write_rows(iter(rows), out, "csv")
+    raw = out.getvalue().decode("utf-8")
+    formulas = [f for f in fields_a_spreadsheet_sees(raw) if runs_as_formula(f)]
+    assert formulas == [], (texts, formulas)
+
+
 def test_samples_export_and_empty_history(root: Path) -> None:
     assert run_cli(root, "init").returncode == 0
     empty = export_bytes(root)
@@ -370,8 +444,9 @@ def test_any_text_survives_both_formats(rows: list[tuple[Any, ...]]) -> None:
             elif isinstance(cell, bool):
                 assert text == str(cell).lower()
             elif isinstance(cell, str):
-                defused = cell.startswith(("=", "+", "-", "@", "\t", "\r"))
-                assert text == ("'" + cell if defused else cell)
+                assert text == defuse_formulas(cell)
+                # Only apostrophes are ever added, each before a trigger.
+                assert text.replace("'", "") == cell.replace("'", "")
             else:
                 assert float(text) == cell
     as_jsonl = io.BytesIO()
