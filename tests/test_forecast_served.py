@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import run_cli, wait_for
+from support.plugin_output import perfdata_problems
 from support.serveproc import KEY, ServeProcess
 from support.watchproc import WatchProcess, versions
 
@@ -147,7 +148,13 @@ def test_forecast_over_http_cli_metrics_and_check(
     assert "weeklyLimits.allModels 52 % used (at or above 45 %)" in line
     assert "weeklyLimits.sonnetOnly 5 % used;" in line
     assert "weeklyLimits.allModels: at this rate 100 % by " in line
+    assert perfdata_problems(line) == []  # the lower-bound thresholds ("N:") included
     perf = line.split(" | ", 1)[1].split()
+    assert any(
+        p.startswith("forecast_weeklyLimits.allModels=") and p.endswith(":;3600:") for p in perf
+    )
+    # No projection for the flat limit: its token is left out, not written empty.
+    assert not any(p.startswith("forecast_weeklyLimits.sonnetOnly=") for p in perf)
     assert "usage_weeklyLimits.allModels=52%;45;100" in perf
     assert any(p.startswith("forecast_weeklyLimits.allModels=") for p in perf)
     soon = run_cli(root, "check", "--forecast", "--forecast-critical", "25", "--json", **env)
