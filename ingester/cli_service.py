@@ -267,7 +267,7 @@ def serve(
     """Serve the history over HTTP and accept POSTed snapshots into the spool.
 
     Read API: GET /api/claude/console-usage (?version=N, ?timestamp=ISO), /versions,
-    /api/health, /metrics, /openapi.json. POST /api/claude/console-usage with X-API-Key
+    /forecast, /api/health, /metrics, /openapi.json. POST /api/claude/console-usage with X-API-Key
     validates the payload and drops it into the spool (202 once durable); the watcher
     stores it. Never writes the history. Exits 0 on SIGTERM/SIGINT, 1 when the address
     cannot be bound, the sockets systemd passes cannot be served, or the key file cannot

@@ -50,6 +50,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .admission import format_peer
 from .clock import utc_now
 from .errors import StorageError
+from .forecast import parse_observed_at
+from .forecast_api import FORECAST_PATH
+from .forecast_api import install as install_forecast
 from .history_index import (
     BoundedCache,
     HistoryIndex,
@@ -155,16 +158,7 @@ def _error(status: int, error: str, message: str, **extra: Any) -> Response:
     return _json({"error": error, "message": message, **extra}, status)
 
 
-def _parse_last_updated(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        stamp = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
-        if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=UTC)
-        return stamp.astimezone(UTC)
-    except (ValueError, OverflowError):
-        return None
+_parse_last_updated = parse_observed_at  # lastUpdated read as the forecast reads it
 
 
 def parse_instant(text: str) -> datetime | None:
@@ -672,7 +666,7 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 def _route_label(path: str) -> str:
     if path.startswith(VERSIONS_PATH + "/"):
         return VERSIONS_PATH + "/{name}"
-    if path in (API_PATH, VERSIONS_PATH, HEALTH_PATH, "/metrics", "/openapi.json"):
+    if path in (API_PATH, VERSIONS_PATH, HEALTH_PATH, FORECAST_PATH, "/metrics", "/openapi.json"):
         return path
     return "other"
 
@@ -805,6 +799,7 @@ def create_app(config: ServeConfig, *, extra_routes: Sequence[BaseRoute] = ()) -
     routes.extend(extra_routes)
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.ctx = ctx
+    install_forecast(app, index=ctx.index, settings=s, registry=registry, clock=config.clock)
     app.add_middleware(MetricsMiddleware, ctx=ctx)
     return app
 
