@@ -25,6 +25,12 @@ delete what was never     percent (80) of its
 mirrored?)                ``--mirror-hold``
 ========================  ==========================  =====================================
 
+Usage limits are judged only when asked, one item per limit in the newest snapshot:
+``--usage-warning``/``--usage-critical`` (the percentage used, at or above; CRITICAL is
+not twice WARNING here) and ``--forecast`` (WARNING when the limit is projected to reach
+100 % before it resets, CRITICAL when that is within ``--forecast-critical``; see
+:mod:`ingester.forecast`).
+
 A mirror counts as configured when the settings name one (``mirror``) or when its state
 file ``<history>/_mirror.json`` exists, the same rule as ``status`` and retention use. The
 exit code is the worst item's: 0 OK, 1 WARNING, 2 CRITICAL. Everything here reads;
@@ -38,13 +44,14 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from .clock import iso_utc, utc_now
 from .errors import StorageError, describe_os_error, is_permission_problem
+from .forecast import Forecast, LimitForecast, in_words
 from .housekeeping import rejected_since
 from .lock import lock_holder
 from .mirror_state import MirrorState, held_back, mirror_status
@@ -53,6 +60,7 @@ from .queries import ReportError, open_store, read_version
 from .retention import RetentionPolicy, expired_prefix
 from .settings import Settings
 from .spool import Spool
+from .usage_history import local_forecast
 
 __all__ = [
     "CRITICAL",
@@ -117,6 +125,8 @@ def format_perfdata(
     critical: float | None = None,
     minimum: float | None = None,
     maximum: float | None = None,
+    *,
+    alert_below: bool = False,
 ) -> str:
     """One performance-data token: ``label=value[unit];[warn];[crit];[min];[max]``.
 
@@ -127,6 +137,8 @@ def format_perfdata(
     (``None``) or not finite gives ``""``: leave the token out, since an empty value
     (``age=;900``) is refused by parsers such as Icinga 2's. A threshold that is not
     finite is left empty. ``unit`` must be one the guidelines define (``ValueError``).
+    ``alert_below``: the thresholds are lower bounds, ``N:`` in the guidelines' range
+    syntax (alert when the value falls below N: time left, say).
     """
     if unit not in PERFDATA_UNITS:
         raise ValueError(f"{unit!r} is not a performance-data unit")
@@ -136,7 +148,11 @@ def format_perfdata(
     name = _LABEL_UNSAFE.sub("_", label)
     if " " in name:
         name = f"'{name}'"
-    fields = [f"{name}={number}{unit}", *map(_plain_number, (warning, critical, minimum, maximum))]
+    limits = [_plain_number(t) for t in (warning, critical)]
+    if alert_below:
+        limits = [t + ":" if t else t for t in limits]
+    extremes = map(_plain_number, (minimum, maximum))
+    fields = [f"{name}={number}{unit}", *limits, *extremes]
     while fields[-1] == "":
         fields.pop()
     return ";".join(fields)
@@ -165,6 +181,19 @@ class CheckLimits:
     max_rejected_per_hour: int = 10
     max_mirror_lag: float = 900.0
     mirror_hold_warning: float = 80.0
+    usage_warning: float | None = None
+    """Percent used (at or above) that makes a limit WARNING; ``None``: not judged."""
+    usage_critical: float | None = None
+    """Percent used (at or above) that makes a limit CRITICAL; ``None``: not judged."""
+    forecast: bool = False
+    """Judge each limit's projection against its reset."""
+    forecast_critical: float = 3600.0
+    """Seconds: a projected run-out before the reset this close is CRITICAL."""
+
+    @property
+    def judges_usage(self) -> bool:
+        """Whether any usage item is asked for (so the forecast must be read)."""
+        return self.forecast or self.usage_warning is not None or self.usage_critical is not None
 
 
 @dataclass(frozen=True)
@@ -206,6 +235,10 @@ class Facts:
     rejected_last_hour: int = 0
     watcher_pid: int | None = None
     mirror: MirrorFacts | None = None
+    usage: Forecast | None = None
+    usage_json: dict[str, Any] | None = None
+    usage_zone: tzinfo = UTC
+    usage_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +254,8 @@ class Judgement:
     unit: str = ""
     counters: tuple[tuple[str, float], ...] = ()
     """More numbers for the performance data, without thresholds: (label, value)."""
+    alert_below: bool = False
+    """The thresholds are lower bounds (``N:`` in the plugin range syntax): time left."""
 
     def perfdata(self) -> str:
         """``name=value[unit];warn;crit``, then the counters (:func:`format_perfdata`).
@@ -228,7 +263,14 @@ class Judgement:
         An unknown value leaves its token out ("" when nothing is known at all).
         """
         tokens = [
-            format_perfdata(self.name, self.value, self.unit, self.warning, self.critical),
+            format_perfdata(
+                self.name,
+                self.value,
+                self.unit,
+                self.warning,
+                self.critical,
+                alert_below=self.alert_below,
+            ),
             *(format_perfdata(label, count) for label, count in self.counters),
         ]
         return " ".join(t for t in tokens if t)
@@ -304,6 +346,7 @@ class CheckResult:
                 "held": f.mirror.held,
                 "holdMax": f.mirror.hold_max,
             },
+            "usage": f.usage_json,
         }
 
 
@@ -361,10 +404,11 @@ def mirror_facts(
     )
 
 
-def gather_facts(settings: Settings, now: datetime | None = None) -> Facts:
+def gather_facts(settings: Settings, now: datetime | None = None, *, usage: bool = False) -> Facts:
     """Read what :func:`judge` needs: the newest version, the spool, the rejections, the mirror.
 
-    The mirror is read only when one is configured and the history can be opened.
+    The mirror is read only when one is configured and the history can be opened; the
+    usage forecast only when ``usage`` is true.
     Never raises ``OSError``: whatever this user may not read that the age item needs
     (the root, the history, the newest version) becomes a ``history_problem`` or a
     ``latest_error``, which :func:`judge` makes CRITICAL, so a check that cannot see
@@ -372,12 +416,12 @@ def gather_facts(settings: Settings, now: datetime | None = None) -> Facts:
     """
     now = now or utc_now()
     try:
-        return _gather(settings, now)
+        return _gather(settings, now, usage)
     except OSError as exc:
         return Facts(now=now, history_problem=describe_os_error(exc))
 
 
-def _gather(settings: Settings, now: datetime) -> Facts:
+def _gather(settings: Settings, now: datetime, usage: bool) -> Facts:
     backlog, oldest = _spool_backlog(settings, now)
     rejected = rejected_since(settings.rejected_dir, now - timedelta(hours=1))
     common: dict[str, Any] = {
@@ -398,6 +442,8 @@ def _gather(settings: Settings, now: datetime) -> Facts:
     if name is None:
         return Facts(latest=None, watcher_pid=pid, **common)
     info = read_version(store, name, now)
+    if usage:
+        common.update(_usage_facts(settings, now))
     return Facts(
         latest=name,
         last_updated=info.last_updated,
@@ -405,6 +451,23 @@ def _gather(settings: Settings, now: datetime) -> Facts:
         watcher_pid=pid if pid != os.getpid() else None,
         **common,
     )
+
+
+def _usage_facts(settings: Settings, now: datetime) -> dict[str, Any]:
+    from .forecast_api import forecast_json
+
+    zone, zone_name = settings.console_zone()
+    try:
+        answer = local_forecast(settings.history_dir, zone, zone_name, now)
+    except OSError as exc:
+        return {"usage_problem": f"usage unreadable: {exc}"}
+    if answer is None:
+        return {}
+    return {
+        "usage": answer.forecast,
+        "usage_json": forecast_json(answer, zone_name),
+        "usage_zone": zone,
+    }
 
 
 def _over(value: float, warning: float) -> int:
@@ -473,6 +536,8 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
         items.append(_judge_mirror(facts.mirror, limits.max_mirror_lag))
         if facts.mirror.hold_max is not None:
             items.append(_judge_hold(facts.mirror, facts.mirror.hold_max, limits))
+    if limits.judges_usage:
+        items += _judge_usage(facts, limits)
     return CheckResult(max(i.code for i in items), items, facts)
 
 
@@ -498,6 +563,61 @@ def _judge_hold(mirror: MirrorFacts, hold_max: int, limits: CheckLimits) -> Judg
         if code:
             words += f" ({_plain_number(limits.mirror_hold_warning)}% of the hold or more)"
     return Judgement("mirror_held", code, held, warning, hold_max, words)
+
+
+def _percent(value: float) -> str:
+    return f"{value:g} %"
+
+
+def _judge_usage(facts: Facts, limits: CheckLimits) -> list[Judgement]:
+    if facts.usage_problem is not None:
+        return [Judgement("usage", CRITICAL, None, 0, 0, facts.usage_problem)]
+    result = facts.usage
+    if result is None or result.as_of is None:
+        return []
+    items = []
+    if limits.usage_warning is not None or limits.usage_critical is not None:
+        critical = limits.usage_critical if limits.usage_critical is not None else 100.0
+        warning = limits.usage_warning if limits.usage_warning is not None else critical
+        for limit in result.limits:
+            pct = limit.percentage
+            code = CRITICAL if pct >= critical else WARNING if pct >= warning else OK
+            words = f"{limit.limit} {_percent(pct)} used"
+            if code:
+                words += f" (at or above {_percent(critical if code == CRITICAL else warning)})"
+            items.append(
+                Judgement(f"usage_{limit.limit}", code, pct, warning, critical, words, "%")
+            )
+    if limits.forecast:
+        items += [_judge_forecast(limit, facts, limits, result.as_of) for limit in result.limits]
+    return items
+
+
+def _judge_forecast(
+    limit: LimitForecast, facts: Facts, limits: CheckLimits, as_of: datetime
+) -> Judgement:
+    """WARNING: runs out before the reset; CRITICAL: and that within ``forecast_critical``."""
+    crit = limits.forecast_critical
+    words = f"{limit.limit}: {in_words(limit, facts.usage_zone, as_of)}"
+    left = None
+    if limit.exhausts_at is not None:
+        left = round(max(0.0, (limit.exhausts_at - facts.now).total_seconds()), 1)
+    until_reset = None
+    if limit.resets_at is not None:
+        until_reset = max(0.0, (limit.resets_at - facts.now).total_seconds())
+    warn = crit if until_reset is None else max(crit, until_reset)
+    code = OK
+    if left is not None and limit.resets_at is not None and limit.resets_at <= facts.now:
+        words += " (the reset has passed since)"
+    elif left is not None and limit.before_reset:
+        code = CRITICAL if left <= crit else WARNING
+    elif left is not None and limit.before_reset is None and left <= crit:
+        code = CRITICAL  # no reset time to set against it: running out this soon is news
+    if code == CRITICAL:
+        words += f" (within {_words(crit)})"
+    return Judgement(
+        f"forecast_{limit.limit}", code, left, warn, crit, words, "s", alert_below=True
+    )
 
 
 def _judge_mirror(mirror: MirrorFacts, max_lag: float) -> Judgement:

@@ -1,8 +1,9 @@
 """The ``ingester`` command line: the command group, its global options, and every command.
 
 The commands live in their own modules (:mod:`ingester.cli_store`, ``cli_service``,
-``cli_serve``, ``cli_report``, ``cli_ops``, ``cli_export``), each a ``click.Command``
-registered below in one list; what they share is in :mod:`ingester.cli_common`.
+``cli_serve``, ``cli_report``, ``cli_ops``, ``cli_export``, ``cli_forecast``), each a
+``click.Command`` registered below in one list; what they share is in
+:mod:`ingester.cli_common`.
 
 Exit codes: 0 success; 1 the command ran and something was refused or is wrong
 (a rejected payload, a problem found, a storage failure, the history locked by
@@ -26,6 +27,7 @@ import click
 
 from .cli_common import App, describe_os_error, last_words
 from .cli_export import export
+from .cli_forecast import forecast
 from .cli_mirror import mirror, restore
 from .cli_ops import check, schema, snapshot
 from .cli_report import list_versions, show, status, verify
@@ -209,6 +211,7 @@ COMMANDS = (
     snapshot,
     schema,
     check,
+    forecast,
     export,
     mirror,
     restore,

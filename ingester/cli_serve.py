@@ -172,7 +172,7 @@ def serve(
     """Serve the history over HTTP and accept POSTed snapshots into the spool.
 
     Read API: GET /api/claude/console-usage (?version=N, ?timestamp=ISO), /versions,
-    /api/health, /metrics, /openapi.json. POST /api/claude/console-usage with X-API-Key
+    /forecast, /api/health, /metrics, /openapi.json. POST /api/claude/console-usage with X-API-Key
     validates the payload and drops it into the spool (202 once durable); a watcher
     stores it: with --watch, the one in this process. Without a watcher, each POST's
     answer, the log and /api/health say that drops wait. POST

@@ -11,8 +11,11 @@ A row's cells, in :data:`COLUMNS` order:
 * ``ingestedAt``: the version's ingest time from its name (ISO-8601 UTC, ``Z``; names
   carry whole seconds, so the milliseconds are ``.000``);
 * ``lastUpdated``: the payload's time, converted to UTC in the same spelling;
-* the three windows' ``percentageUsed`` (a number, whole numbers without ``.0``) and
-  ``resetsIn`` (text), empty/``None`` when the payload has no such section;
+* the three windows' ``percentageUsed`` (a number, whole numbers without ``.0``),
+  ``resetsIn`` (text) and ``resetsAt`` (that text read as an instant, ISO-8601 UTC, by
+  :func:`ingester.resets.parse_resets_in` in the console's time zone; empty/``None``
+  when the wording is not one it reads), all empty/``None`` when the payload has no
+  such section;
 * ``isPartial``: ``True``/``False`` as the payload says, ``None`` when it does not say;
 * ``version``: the version file's name.
 
@@ -30,11 +33,12 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import BinaryIO, Final
 
 from .model import ConsoleUsageDataSync, PayloadRejected, UsageWindow, judge_payload
 from .names import format_timestamp, parse_timestamp_from_filename
+from .resets import parse_resets_in
 from .store import HistoryStore
 
 __all__ = [
@@ -58,10 +62,13 @@ COLUMNS: Final[tuple[str, ...]] = (
     "lastUpdated",
     "currentSession.percentageUsed",
     "currentSession.resetsIn",
+    "currentSession.resetsAt",
     "weeklyLimits.allModels.percentageUsed",
     "weeklyLimits.allModels.resetsIn",
+    "weeklyLimits.allModels.resetsAt",
     "weeklyLimits.sonnetOnly.percentageUsed",
     "weeklyLimits.sonnetOnly.resetsIn",
+    "weeklyLimits.sonnetOnly.resetsAt",
     "isPartial",
     "version",
 )
@@ -130,21 +137,29 @@ def _number(value: float) -> int | float:
     return int(value) if value.is_integer() else value
 
 
-def _window(window: UsageWindow | None) -> tuple[Cell, Cell]:
+def _window(
+    window: UsageWindow | None, observed_at: datetime, zone: tzinfo
+) -> tuple[Cell, Cell, Cell]:
     if window is None:
-        return None, None
-    return _number(window.percentageUsed), window.resetsIn
+        return None, None, None
+    reset = parse_resets_in(window.resetsIn, observed_at, zone)
+    at = format_timestamp(reset.at) if reset is not None else None
+    return _number(window.percentageUsed), window.resetsIn, at
 
 
-def flatten(name: str, payload: ConsoleUsageDataSync) -> Row:
-    """One row (see :data:`COLUMNS`) for version ``name`` holding ``payload``."""
+def flatten(name: str, payload: ConsoleUsageDataSync, zone: tzinfo) -> Row:
+    """One row (see :data:`COLUMNS`) for version ``name`` holding ``payload``.
+
+    ``zone`` is the console's time zone, for absolute ``resetsIn`` wordings.
+    """
     weekly = payload.weeklyLimits
+    observed_at = payload.lastUpdated.astimezone(UTC)
     return (
         format_timestamp(_stamp(name)),
-        format_timestamp(payload.lastUpdated.astimezone(UTC)),
-        *_window(payload.currentSession),
-        *_window(weekly.allModels if weekly else None),
-        *_window(weekly.sonnetOnly if weekly else None),
+        format_timestamp(observed_at),
+        *_window(payload.currentSession, observed_at, zone),
+        *_window(weekly.allModels if weekly else None, observed_at, zone),
+        *_window(weekly.sonnetOnly if weekly else None, observed_at, zone),
         payload.isPartial,
         name,
     )
@@ -154,8 +169,12 @@ def export_rows(
     store: HistoryStore,
     names: Iterable[str],
     on_skip: Callable[[Skipped], None] | None = None,
+    *,
+    zone: tzinfo,
 ) -> Iterator[Row]:
     """Read, judge and flatten each version in ``names``, in the order given.
+
+    ``zone``: the console's time zone (for ``resetsAt``).
 
     A damaged or unreadable version yields no row: ``on_skip`` is called with it
     instead. A version deleted since it was listed (retention) is left out silently:
@@ -173,7 +192,7 @@ def export_rows(
                 on_skip(Skipped(name, f"unreadable: {exc.strerror}"))
             continue
         try:
-            row = row_from_bytes(name, data)
+            row = row_from_bytes(name, data, zone)
         except PayloadRejected as exc:
             if on_skip is not None:
                 on_skip(Skipped(name, exc.reason))
@@ -181,9 +200,12 @@ def export_rows(
         yield row
 
 
-def row_from_bytes(name: str, data: bytes) -> Row:
-    """The row for version ``name`` stored as ``data``; :class:`PayloadRejected` if damaged."""
-    return flatten(name, judge_payload(data))
+def row_from_bytes(name: str, data: bytes, zone: tzinfo) -> Row:
+    """The row for version ``name`` stored as ``data``; :class:`PayloadRejected` if damaged.
+
+    ``zone``: the console's time zone (for ``resetsAt``).
+    """
+    return flatten(name, judge_payload(data), zone)
 
 
 def _csv_cell(value: Cell) -> str:

@@ -38,6 +38,13 @@ _CACHE_HEADERS = {
     },
 }
 
+_IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+}
+
 _SERIES_HEADERS = {
     "ETag": {
         "description": "Weak tag naming the versions selected; changes exactly when they do.",
@@ -115,7 +122,10 @@ _SCHEMAS: dict[str, Any] = {
             "error": {"type": "string"},
             "message": {"type": "string"},
             "validRange": {"type": "string", "description": "for InvalidVersion"},
-            "example": {"type": "string", "description": "for InvalidTimestamp, InvalidTime"},
+            "example": {
+                "type": "string",
+                "description": "for InvalidTimestamp, InvalidTime, InvalidBy",
+            },
         },
     },
     "NoVersions": {
@@ -217,6 +227,74 @@ _SCHEMAS: dict[str, Any] = {
             "until": {
                 "type": ["string", "null"],
                 "description": "the upper bound as read (UTC), null when open",
+            },
+            "by": {"enum": ["ingestedAt", "lastUpdated"]},
+        },
+    },
+    "Forecast": {
+        "type": "object",
+        "description": "Each usage limit of the newest snapshot: its burn rate over the current "
+        "window (since the last reset, its last 24 hours) and when it reaches 100 %.",
+        "required": ["asOf", "consoleTimeZone", "limits"],
+        "properties": {
+            "asOf": {
+                "type": ["string", "null"],
+                "description": "The newest lastUpdated (ISO-8601 UTC); null when no version "
+                "holds a readable snapshot",
+            },
+            "consoleTimeZone": {
+                "type": "string",
+                "description": "The IANA zone absolute resetsIn wordings were read in",
+            },
+            "limits": {"type": "array", "items": _ref("LimitForecast")},
+        },
+    },
+    "LimitForecast": {
+        "type": "object",
+        "required": [
+            "limit",
+            "percentageUsed",
+            "resetsIn",
+            "resetsAt",
+            "ratePerHour",
+            "exhaustsAt",
+            "beforeReset",
+            "basis",
+        ],
+        "properties": {
+            "limit": {
+                "type": "string",
+                "description": "The window's dotted path in the payload, e.g. "
+                "weeklyLimits.allModels",
+            },
+            "percentageUsed": {"type": "number"},
+            "resetsIn": {"type": ["string", "null"], "description": "as in the payload"},
+            "resetsAt": {
+                "type": ["string", "null"],
+                "description": "resetsIn as an instant (ISO-8601 UTC); null when unreadable",
+            },
+            "ratePerHour": {
+                "type": ["number", "null"],
+                "description": "percent per hour; null from fewer than 2 snapshots or less "
+                "than 10 minutes",
+            },
+            "exhaustsAt": {
+                "type": ["string", "null"],
+                "description": "when 100 % is reached at this rate (already reached: when it "
+                "was); null without a rising rate",
+            },
+            "beforeReset": {
+                "type": ["boolean", "null"],
+                "description": "whether exhaustsAt comes before resetsAt; null when either "
+                "is unknown",
+            },
+            "basis": {
+                "type": "object",
+                "required": ["points", "since"],
+                "properties": {
+                    "points": {"type": "integer", "minimum": 1},
+                    "since": {"type": "string"},
+                },
             },
         },
     },
@@ -452,17 +530,21 @@ def openapi_document() -> dict[str, Any]:
                             "schema": {"type": "string"},
                         }
                         for bound, words in (
-                            ("since", "only versions ingested at or after it"),
-                            ("until", "only versions ingested at or before it"),
+                            ("since", "only versions ingested (or observed) at or after it"),
+                            ("until", "only versions ingested (or observed) at or before it"),
                         )
                     ]
                     + [
                         {
-                            "name": "If-None-Match",
-                            "in": "header",
+                            "name": "by",
+                            "in": "query",
                             "required": False,
-                            "schema": {"type": "string"},
-                        }
+                            "description": "ingestedAt (the default): since and until select "
+                            "by ingest time, rows in storage order; lastUpdated: by the time "
+                            "of the observation, rows in that order",
+                            "schema": {"enum": ["ingestedAt", "lastUpdated"]},
+                        },
+                        _IF_NONE_MATCH,
                     ],
                     "responses": {
                         "200": {
@@ -473,7 +555,30 @@ def openapi_document() -> dict[str, Any]:
                             "description": "Not modified: the same versions are selected",
                             "headers": _SERIES_HEADERS,
                         },
-                        "400": _json_body("Error", "since or until is not a time (InvalidTime)"),
+                        "400": _json_body(
+                            "Error",
+                            "since or until is not a time (InvalidTime), or by is "
+                            "unknown (InvalidBy)",
+                        ),
+                        "503": unavailable,
+                    },
+                },
+            },
+            "/api/claude/console-usage/forecast": {
+                "get": {
+                    "operationId": "getForecast",
+                    "summary": "Each usage limit's burn rate, reset time and projected run-out",
+                    "parameters": [_IF_NONE_MATCH],
+                    "responses": {
+                        "200": {
+                            **_json_body("Forecast", "The forecast"),
+                            "headers": _SERIES_HEADERS,
+                        },
+                        "304": {
+                            "description": "Not modified: the same versions",
+                            "headers": _SERIES_HEADERS,
+                        },
+                        "404": _json_body("NoVersions", "No versions stored yet"),
                         "503": unavailable,
                     },
                 },

@@ -50,6 +50,8 @@ COMMANDS: list[tuple[str, ...]] = [
     ("verify",),
     ("verify", "--json"),
     ("verify", "--repair"),
+    ("forecast",),
+    ("forecast", "--json"),
 ]
 
 

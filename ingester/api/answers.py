@@ -16,6 +16,7 @@ from typing import Any
 from starlette.responses import Response
 
 from ..clock import utc_now
+from ..forecast import parse_observed_at
 from ..names import format_timestamp
 
 __all__ = [
@@ -83,17 +84,9 @@ def post_answer(status: int, success: bool, message: str, **extra: Any) -> Respo
     return json_answer(body, status)
 
 
-def parse_last_updated(value: Any) -> datetime | None:
-    """A payload's ``lastUpdated`` as an aware UTC time, or ``None`` if it is not one."""
-    if not isinstance(value, str):
-        return None
-    try:
-        stamp = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
-        if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=UTC)
-        return stamp.astimezone(UTC)
-    except (ValueError, OverflowError):
-        return None
+parse_last_updated = parse_observed_at
+"""A payload's ``lastUpdated`` as an aware UTC time, or ``None`` (read as the forecast
+reads it)."""
 
 
 def parse_instant(text: str) -> datetime | None:

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from ..forecast_api import install as install_forecast
 from ..history_index import HistoryIndex, LocalHistory
 from ..metrics import MetricsRegistry
 from ..page import routes as page_routes
@@ -167,5 +168,6 @@ def create_app(config: ServeConfig, *, extra_routes: Sequence[BaseRoute] = ()) -
         routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=_lifespan
     )
     app.state.ctx = ctx
+    install_forecast(app, index=ctx.index, settings=s, registry=registry, clock=config.clock)
     app.add_middleware(MetricsMiddleware, ctx=ctx)
     return app

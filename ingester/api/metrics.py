@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..forecast_api import FORECAST_PATH
 from ..history_index import VersionNotFound
 from .answers import (
     API_PATH,
@@ -191,7 +192,15 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 def _route_label(path: str) -> str:
     if path.startswith(VERSIONS_PATH + "/"):
         return VERSIONS_PATH + "/{name}"
-    if path in (API_PATH, TRIGGER_PATH, VERSIONS_PATH, HEALTH_PATH, "/metrics", "/openapi.json"):
+    if path in (
+        API_PATH,
+        TRIGGER_PATH,
+        VERSIONS_PATH,
+        HEALTH_PATH,
+        FORECAST_PATH,
+        "/metrics",
+        "/openapi.json",
+    ):
         return path
     return "other"
 
