@@ -1,8 +1,9 @@
 """The ``ingester`` command line: the command group, its global options, and every command.
 
 The commands live in their own modules (:mod:`ingester.cli_store`, ``cli_service``,
-``cli_report``, ``cli_ops``, ``cli_export``, ``cli_forecast``), each a ``click.Command``
-registered below in one list; what they share is in :mod:`ingester.cli_common`.
+``cli_serve``, ``cli_report``, ``cli_ops``, ``cli_export``, ``cli_forecast``), each a
+``click.Command`` registered below in one list; what they share is in
+:mod:`ingester.cli_common`.
 
 Exit codes: 0 success; 1 the command ran and something was refused or is wrong
 (a rejected payload, a problem found, a storage failure, the history locked by
@@ -30,8 +31,9 @@ from .cli_forecast import forecast
 from .cli_mirror import mirror, restore
 from .cli_ops import check, schema, snapshot
 from .cli_report import list_versions, show, status, verify
-from .cli_service import serve, submit, watch
-from .cli_store import cleanup, ingest, init
+from .cli_serve import serve
+from .cli_service import submit, watch
+from .cli_store import adopt, cleanup, ingest, init
 from .logs import LOG_FORMATS, setup_logging
 from .quiet import hold_output, output_was_fine
 from .settings import SPECS, SettingError, resolve_settings
@@ -196,6 +198,7 @@ def _finished(ctx: click.Context, /, *_: Any, **__: Any) -> None:
 
 COMMANDS = (
     init,
+    adopt,
     ingest,
     cleanup,
     watch,

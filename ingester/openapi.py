@@ -53,6 +53,13 @@ _SERIES_HEADERS = {
     "Cache-Control": {"description": "no-cache", "schema": {"type": "string"}},
 }
 
+# The fields every answer of a POST endpoint has, as the original server's clients read them.
+_ANSWER = {
+    "success": {"type": "boolean"},
+    "message": {"type": "string"},
+    "timestamp": {"type": "string"},
+}
+
 _SCHEMAS: dict[str, Any] = {
     "UsageWindow": {
         "type": "object",
@@ -134,14 +141,32 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["success", "message", "timestamp"],
         "properties": {
-            "success": {"type": "boolean"},
-            "message": {"type": "string"},
-            "timestamp": {"type": "string"},
+            **_ANSWER,
             "drop": {"type": "string", "description": "the drop's name in the spool (202)"},
+            "waitingForWatcher": {
+                "type": "boolean",
+                "description": "202: true when no watcher runs, so the drop waits in the "
+                "spool until one starts",
+            },
             "errors": {
                 "type": "array",
                 "items": {"type": "object"},
                 "description": "every validation problem (400)",
+            },
+        },
+    },
+    "TriggerResult": {
+        "type": "object",
+        "required": ["success", "message", "timestamp"],
+        "properties": {
+            **_ANSWER,
+            "requestId": {
+                "type": "string",
+                "description": "the run's id (a request that joined a run gets that run's)",
+            },
+            "joined": {
+                "type": "boolean",
+                "description": "this request came while a run was under way, and joined it",
             },
         },
     },
@@ -275,19 +300,58 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Health": {
         "type": "object",
-        "required": ["status", "reason", "timestamp"],
+        "description": "The original server's fields (status, timestamp, storage, "
+        "latestData) and the numbers behind the verdict.",
+        "required": ["status", "reason", "timestamp", "storage", "latestData"],
         "properties": {
             "status": {"enum": ["healthy", "degraded", "unhealthy"]},
-            "reason": {"type": "string"},
+            "reason": {"type": "string", "description": "every reason found, worst first"},
             "timestamp": {"type": "string"},
+            "storage": {
+                "type": "object",
+                "required": ["accessible", "versionCount"],
+                "properties": {
+                    "accessible": {"type": "boolean"},
+                    "versionCount": {"type": "integer", "minimum": 0},
+                },
+            },
+            "latestData": {
+                "type": "object",
+                "description": "The newest stored version, by its ingest time (the "
+                "metadata's newestTimestamp), judged by the same thresholds",
+                "required": ["ageMinutes", "status", "timestamp"],
+                "properties": {
+                    "ageMinutes": {"type": ["integer", "null"]},
+                    "status": {"enum": ["healthy", "degraded", "unhealthy"]},
+                    "timestamp": {"type": ["string", "null"]},
+                },
+            },
             "versionCount": {"type": "integer", "minimum": 0},
             "latestVersion": {"type": "string"},
             "latestIngestedAt": {"type": "string"},
             "lastUpdated": {"type": "string"},
             "ageSeconds": {"type": "number"},
-            "ageMinutes": {"type": "integer"},
+            "ageMinutes": {"type": "integer", "description": "rounded to the nearest minute"},
             "staleAfterMinutes": {"type": "integer"},
             "unhealthyAfterMinutes": {"type": "integer"},
+            "spool": {
+                "type": "object",
+                "properties": {
+                    "waiting": {"type": ["integer", "null"]},
+                    "oldestWaitingSeconds": {"type": ["number", "null"]},
+                },
+            },
+            "watcher": {
+                "type": "object",
+                "properties": {
+                    "running": {
+                        "type": ["boolean", "null"],
+                        "description": "null: cannot tell (the lock table is hidden)",
+                    },
+                    "pid": {"type": ["integer", "null"]},
+                    "inProcess": {"type": "boolean", "description": "serve --watch"},
+                },
+            },
         },
     },
 }
@@ -315,7 +379,7 @@ def openapi_document() -> dict[str, Any]:
                             "in": "query",
                             "required": False,
                             "description": "N >= 1 counts from the oldest, N <= -1 from the "
-                            "newest (-1 = newest); 0 or out of range: 400. Wins over timestamp.",
+                            "newest (-1 = newest); 0 or out of range: 400. Empty: not given.",
                             "schema": {"type": "integer"},
                         },
                         {
@@ -323,7 +387,8 @@ def openapi_document() -> dict[str, Any]:
                             "in": "query",
                             "required": False,
                             "description": "ISO-8601 instant (UTC without an offset): the "
-                            "version ingested nearest to it.",
+                            "version ingested nearest to it. Wins over version (as the "
+                            "original); empty: not given.",
                             "schema": {"type": "string"},
                         },
                         {
@@ -360,13 +425,38 @@ def openapi_document() -> dict[str, Any]:
                         "content": {"application/json": {"schema": _ref("ConsoleUsageDataSync")}},
                     },
                     "responses": {
-                        "202": _json_body("PostResult", "Durable in the spool"),
+                        "202": _json_body(
+                            "PostResult",
+                            "Durable in the spool (waitingForWatcher says whether "
+                            "a watcher will store it)",
+                        ),
                         "400": _json_body("PostResult", "Invalid payload, with errors"),
                         "401": _json_body("PostResult", "Missing or wrong X-API-Key"),
                         "408": _json_body("PostResult", "Body too slow"),
                         "413": _json_body("PostResult", "Body over --max-bytes"),
                         "415": _json_body("PostResult", "Content-Type is not JSON"),
-                        "503": _json_body("PostResult", "The spool cannot be written"),
+                        "503": _json_body(
+                            "PostResult",
+                            "The spool cannot be written, or (--require-watcher) no watcher "
+                            "runs; nothing was dropped",
+                        ),
+                    },
+                },
+            },
+            "/api/claude/console-usage/trigger": {
+                "post": {
+                    "operationId": "triggerRefresh",
+                    "summary": "Run the configured --trigger-command now (one run at a time; "
+                    "a request during a run joins it)",
+                    "security": [{"apiKey": []}],
+                    "responses": {
+                        "200": _json_body("TriggerResult", "The command exited 0"),
+                        "401": _json_body("PostResult", "Missing or wrong X-API-Key"),
+                        "500": _json_body(
+                            "TriggerResult",
+                            "The command failed, was killed, timed out or could not start",
+                        ),
+                        "501": _json_body("PostResult", "No trigger command is configured"),
                     },
                 },
             },
@@ -496,8 +586,9 @@ def openapi_document() -> dict[str, Any]:
             "/api/health": {
                 "get": {
                     "operationId": "getHealth",
-                    "summary": "healthy / degraded (> 10 min) / unhealthy (> 30 min, none, "
-                    "unreadable)",
+                    "summary": "healthy / degraded (> 10 min, or drops waiting with no "
+                    "watcher) / unhealthy (> 30 min, none, unreadable, or drops waiting over "
+                    "10 min with no watcher)",
                     "responses": {
                         "200": _json_body("Health", "healthy or degraded"),
                         "503": _json_body("Health", "unhealthy"),

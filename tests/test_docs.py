@@ -352,3 +352,70 @@ def test_the_readme_names_every_command_that_refuses_while_a_watcher_runs() -> N
     sentence = re.search(r"The commands that write, ([^.]*) refuse", readme)
     assert sentence, "the README does not say which commands refuse while a watcher runs"
     assert {w for w in writers if f"`{w}`" not in sentence.group(1)} == set()
+
+
+def _section_block(doc: Path, heading: str, index: int = 0) -> str:
+    """The ``index``-th ``sh`` block of the section under ``heading``."""
+    text = doc.read_text()
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    blocks = shell_blocks(section)
+    assert len(blocks) > index, f"{doc.name}: no sh block {index} under {heading!r}"
+    return blocks[index]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _run_block(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``script`` run by bash in ``cwd``, without the caller's INGESTER_* variables."""
+    return subprocess.run(
+        ["bash", "-c", script],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("INGESTER_")},
+        check=False,
+    )
+
+
+def _as_here(block: str) -> str:
+    """The block with this environment's interpreter for the checkout's ``.venv/bin/ingester``."""
+    return block.replace(".venv/bin/ingester", f"{sys.executable} -m ingester")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_readme_s_try_it_block_runs_as_the_original_s_clients_would(tmp_path: Path) -> None:
+    block = _section_block(REPO / "README.md", "## Replacing the original server")
+    assert "PORT=4000 CLAUDE_SYNC_API_KEY=" in block and "serve --watch" in block
+    port = _free_port()
+    script = _as_here(block).replace("4000", str(port)).replace("/tmp/usage", str(tmp_path))
+    done = _run_block(script, REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"success":true' in done.stdout, done.stdout + done.stderr
+    assert '"source":"ec2-sync"' in done.stdout, done.stdout + done.stderr
+    assert f"listening on http://127.0.0.1:{port}" in done.stderr
+    assert "serve --watch: stopped" in done.stderr and "Traceback" not in done.stderr
+    assert len(list((tmp_path / "console-usage-history").glob("20*.json"))) == 1
+
+
+def test_the_migrating_guide_s_try_it_block_adopts_a_copy(tmp_path: Path) -> None:
+    from test_adopt import original_history
+
+    original = tmp_path / "server" / "claude-scraper"
+    original.mkdir(parents=True)
+    original_history(original)
+    block = _section_block(REPO / "docs" / "migrating.md", "## Try it on a copy")
+    copy = tmp_path / "copy"
+    script = _as_here(block).replace("/tmp/claude-scraper-copy", str(copy))
+    done = _run_block(script, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "has write bits" in done.stdout  # the first verify, before
+    assert "verify:  ok" in done.stdout and done.stdout.rstrip().endswith("ok")
+    assert (copy / "console-usage-synced.json").is_symlink()
+    assert not (original / "console-usage-synced.json").is_symlink(), "the original was touched"
