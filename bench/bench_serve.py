@@ -178,6 +178,16 @@ class Result:
     cpu_us: float = 0.0  # server CPU time per request: what other load cannot inflate
 
 
+def median_result(rs: list[Result]) -> Result:
+    """Each number's median over the rounds ``rs``."""
+    return Result(
+        statistics.median(r.rps for r in rs),
+        statistics.median(r.p50_ms for r in rs),
+        statistics.median(r.p99_ms for r in rs),
+        statistics.median(r.cpu_us for r in rs),
+    )
+
+
 def measure(
     pool: ProcessPoolExecutor,
     server: Server,
@@ -303,13 +313,7 @@ def main() -> None:
                     results.setdefault((server.name, kind), []).append(r)
 
         def med(name: str, kind: str) -> Result:
-            rs = results[(name, kind)]
-            return Result(
-                statistics.median(r.rps for r in rs),
-                statistics.median(r.p50_ms for r in rs),
-                statistics.median(r.p99_ms for r in rs),
-                statistics.median(r.cpu_us for r in rs),
-            )
+            return median_result(results[(name, kind)])
 
         print(
             f"# bench_serve: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "

@@ -1,7 +1,7 @@
 """Monitoring: ``ingester check``, one line and an exit code in the Nagios-plugin convention.
 
-Three things are judged, four with a mirror, each with a WARNING threshold and CRITICAL at
-twice it:
+Three things are judged, five with a mirror, each with a WARNING threshold and CRITICAL at
+twice it (the mirror's hold: at all of it):
 
 ========================  ==========================  =====================================
 what                      WARNING                     CRITICAL
@@ -18,7 +18,18 @@ rejections                more than                   more than 2 x N
 mirror lag (only with a   the oldest version not yet  older than 2 x ``--max-mirror-lag``;
 mirror: the object store  uploaded is older than      also: the object store refused the
 or the mirror is down?)   ``--max-mirror-lag`` (15m)  credentials
+mirror hold (only with a  expired versions kept for   the hold is full: from now on each
+mirror's state file:      the mirror fill             version that expires is deleted
+will retention soon       ``--mirror-hold-warning``   without ever being uploaded
+delete what was never     percent (80) of its
+mirrored?)                ``--mirror-hold``
 ========================  ==========================  =====================================
+
+Usage limits are judged only when asked, one item per limit in the newest snapshot:
+``--usage-warning``/``--usage-critical`` (the percentage used, at or above; CRITICAL is
+not twice WARNING here) and ``--forecast`` (WARNING when the limit is projected to reach
+100 % before it resets, CRITICAL when that is within ``--forecast-critical``; see
+:mod:`ingester.forecast`).
 
 A mirror counts as configured when the settings name one (``mirror``) or when its state
 file ``<history>/_mirror.json`` exists, the same rule as ``status`` and retention use. The
@@ -28,23 +39,28 @@ nothing takes the history lock or the mirror's lock.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from .clock import iso_utc, utc_now
 from .errors import StorageError, describe_os_error, is_permission_problem
+from .forecast import Forecast, LimitForecast, in_words
 from .housekeeping import rejected_since
 from .lock import lock_holder
-from .mirror_state import mirror_status
+from .mirror_state import MirrorState, held_back, mirror_status
 from .names import parse_timestamp_from_filename
 from .queries import ReportError, open_store, read_version
+from .retention import RetentionPolicy, expired_prefix
 from .settings import Settings
 from .spool import Spool
+from .usage_history import local_forecast
 
 __all__ = [
     "CRITICAL",
@@ -56,6 +72,7 @@ __all__ = [
     "Facts",
     "Judgement",
     "MirrorFacts",
+    "format_perfdata",
     "gather_facts",
     "judge",
     "mirror_facts",
@@ -78,7 +95,67 @@ def parse_duration(text: str) -> float:
     seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
     if seconds <= 0:
         raise ValueError(f"{text!r}: must be longer than 0")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{text!r}: too long to be a duration")
     return seconds
+
+
+# The units the plugin guidelines define for performance data ("" is a plain number).
+PERFDATA_UNITS = frozenset({"", "s", "ms", "us", "%", "B", "KB", "MB", "GB", "TB", "c"})
+# A label may hold anything but "=" and "'"; "|" would end the data for a parser that
+# splits the line there, and a control character would break the one line.
+_LABEL_UNSAFE = re.compile(r"[='|\x00-\x1f\x7f]")
+
+
+def _plain_number(value: float | None) -> str:
+    """``value`` as a plain decimal (never ``1e+06``); "" when absent or not finite."""
+    if value is None or not math.isfinite(value):
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    text = format(Decimal(repr(float(value))).normalize(), "f")
+    return "0" if text == "-0" else text
+
+
+def format_perfdata(
+    label: str,
+    value: float | None,
+    unit: str = "",
+    warning: float | None = None,
+    critical: float | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    alert_below: bool = False,
+) -> str:
+    """One performance-data token: ``label=value[unit];[warn];[crit];[min];[max]``.
+
+    The format is the Nagios plugin guidelines' (also read by Icinga, Naemon and most
+    agents): every number a plain decimal, never exponent notation; trailing empty
+    fields left out; the label quoted (``'a b'=1``) when it holds a space, with ``=``,
+    ``'``, ``|`` and control characters replaced by ``_``. A value that is unknown
+    (``None``) or not finite gives ``""``: leave the token out, since an empty value
+    (``age=;900``) is refused by parsers such as Icinga 2's. A threshold that is not
+    finite is left empty. ``unit`` must be one the guidelines define (``ValueError``).
+    ``alert_below``: the thresholds are lower bounds, ``N:`` in the guidelines' range
+    syntax (alert when the value falls below N: time left, say).
+    """
+    if unit not in PERFDATA_UNITS:
+        raise ValueError(f"{unit!r} is not a performance-data unit")
+    number = _plain_number(value)
+    if not number:
+        return ""
+    name = _LABEL_UNSAFE.sub("_", label)
+    if " " in name:
+        name = f"'{name}'"
+    limits = [_plain_number(t) for t in (warning, critical)]
+    if alert_below:
+        limits = [t + ":" if t else t for t in limits]
+    extremes = map(_plain_number, (minimum, maximum))
+    fields = [f"{name}={number}{unit}", *limits, *extremes]
+    while fields[-1] == "":
+        fields.pop()
+    return ";".join(fields)
 
 
 def _words(seconds: float) -> str:
@@ -93,12 +170,30 @@ def _words(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class CheckLimits:
-    """The WARNING thresholds (CRITICAL is twice each): seconds, drops, drops per hour, seconds."""
+    """The WARNING thresholds (CRITICAL is twice each): seconds, drops, drops per hour, seconds.
+
+    ``mirror_hold_warning`` is a percentage of the mirror's ``--mirror-hold`` (its
+    CRITICAL is the whole hold).
+    """
 
     max_age: float = 900.0
     max_backlog: int = 50
     max_rejected_per_hour: int = 10
     max_mirror_lag: float = 900.0
+    mirror_hold_warning: float = 80.0
+    usage_warning: float | None = None
+    """Percent used (at or above) that makes a limit WARNING; ``None``: not judged."""
+    usage_critical: float | None = None
+    """Percent used (at or above) that makes a limit CRITICAL; ``None``: not judged."""
+    forecast: bool = False
+    """Judge each limit's projection against its reset."""
+    forecast_critical: float = 3600.0
+    """Seconds: a projected run-out before the reset this close is CRITICAL."""
+
+    @property
+    def judges_usage(self) -> bool:
+        """Whether any usage item is asked for (so the forecast must be read)."""
+        return self.forecast or self.usage_warning is not None or self.usage_critical is not None
 
 
 @dataclass(frozen=True)
@@ -109,7 +204,10 @@ class MirrorFacts:
     ``oldest``: the oldest of them (a version name) and ``lag`` its age in seconds by
     the ingest time in its name (``None`` when nothing waits); ``state``: what the
     mirror last recorded (``ok``, ``denied``, ``unreachable``, ..., ``never-run`` when
-    it has no state file yet); ``pid``: the running mirror's, or ``None``.
+    it has no state file yet); ``pid``: the running mirror's, or ``None``;
+    ``held``: of the backlog, the versions retention has expired and keeps only
+    because they are not uploaded yet; ``hold_max``: how many it keeps at most (the
+    state file's ``holdMax``, ``None`` without a state file, when nothing is held).
     """
 
     target: str | None
@@ -119,6 +217,8 @@ class MirrorFacts:
     lag: float | None = None
     detail: str | None = None
     pid: int | None = None
+    held: int = 0
+    hold_max: int | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +235,10 @@ class Facts:
     rejected_last_hour: int = 0
     watcher_pid: int | None = None
     mirror: MirrorFacts | None = None
+    usage: Forecast | None = None
+    usage_json: dict[str, Any] | None = None
+    usage_zone: tzinfo = UTC
+    usage_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,13 +254,26 @@ class Judgement:
     unit: str = ""
     counters: tuple[tuple[str, float], ...] = ()
     """More numbers for the performance data, without thresholds: (label, value)."""
+    alert_below: bool = False
+    """The thresholds are lower bounds (``N:`` in the plugin range syntax): time left."""
 
     def perfdata(self) -> str:
-        """``name=value[unit];warn;crit``, an empty value when unknown, then the counters."""
-        value = "" if self.value is None else f"{self.value:g}{self.unit}"
-        fields = [f"{self.name}={value};{self.warning:g};{self.critical:g}"]
-        fields += [f"{label}={count:g}" for label, count in self.counters]
-        return " ".join(fields)
+        """``name=value[unit];warn;crit``, then the counters (:func:`format_perfdata`).
+
+        An unknown value leaves its token out ("" when nothing is known at all).
+        """
+        tokens = [
+            format_perfdata(
+                self.name,
+                self.value,
+                self.unit,
+                self.warning,
+                self.critical,
+                alert_below=self.alert_below,
+            ),
+            *(format_perfdata(label, count) for label, count in self.counters),
+        ]
+        return " ".join(t for t in tokens if t)
 
 
 @dataclass(frozen=True)
@@ -178,9 +295,15 @@ class CheckResult:
         return "; ".join(i.message for i in ordered)
 
     def line(self) -> str:
-        """The plugin's one line: ``INGESTER STATUS - summary | perfdata``."""
-        perf = " ".join(i.perfdata() for i in self.items)
-        return f"INGESTER {self.status} - {self.summary()} | {perf}"
+        """The plugin's one line: ``INGESTER STATUS - summary | perfdata``.
+
+        ``|`` starts the performance data and a line break ends the first line, so
+        neither may appear in the words (a path or a reason can hold them): they become
+        ``/`` and a space. Without any performance data the line ends after the words.
+        """
+        words = re.sub(r"[\r\n]+", " ", self.summary()).replace("|", "/")
+        perf = " ".join(p for p in (i.perfdata() for i in self.items) if p)
+        return f"INGESTER {self.status} - {words}" + (f" | {perf}" if perf else "")
 
     def to_json(self) -> dict[str, Any]:
         """The ``check --json`` object."""
@@ -220,7 +343,10 @@ class CheckResult:
                 "backlog": f.mirror.backlog,
                 "oldestWaiting": f.mirror.oldest,
                 "lagSeconds": f.mirror.lag,
+                "held": f.mirror.held,
+                "holdMax": f.mirror.hold_max,
             },
+            "usage": f.usage_json,
         }
 
 
@@ -239,17 +365,26 @@ def _spool_backlog(settings: Settings, now: datetime) -> tuple[int, float | None
 
 
 def mirror_facts(
-    history_dir: Path, names: list[str], configured: str | None, now: datetime
+    history_dir: Path,
+    names: list[str],
+    configured: str | None,
+    now: datetime,
+    policy: RetentionPolicy | None = None,
 ) -> MirrorFacts | None:
     """The mirror's backlog and lag over ``names`` (sorted), or ``None`` without a mirror.
 
     A mirror is configured when ``configured`` (the settings' target) is set or its state
     file exists in ``history_dir``. The lag is ``now`` minus the ingest time in the name of
-    the oldest version above the watermark, in seconds (never negative).
+    the oldest version above the watermark, in seconds (never negative). ``held`` counts
+    the versions ``policy`` (the retention settings; the defaults when ``None``) expires
+    at ``now`` that are above the watermark: what retention keeps back for the mirror.
     """
     status = mirror_status(history_dir, names, configured)
     if status is None:
         return None
+    hold_max: int | None = status["holdMax"]
+    expired = expired_prefix(names, now, policy or RetentionPolicy())
+    recorded = MirrorState(mirrored_through=status["mirroredThrough"], hold_max=hold_max or 0)
     oldest = status["oldestWaiting"]
     lag = None
     if oldest is not None:
@@ -264,13 +399,16 @@ def mirror_facts(
         lag=lag,
         detail=status["detail"],
         pid=status["pid"],
+        held=0 if hold_max is None else held_back(names, expired, recorded),
+        hold_max=hold_max,
     )
 
 
-def gather_facts(settings: Settings, now: datetime | None = None) -> Facts:
+def gather_facts(settings: Settings, now: datetime | None = None, *, usage: bool = False) -> Facts:
     """Read what :func:`judge` needs: the newest version, the spool, the rejections, the mirror.
 
-    The mirror is read only when one is configured and the history can be opened.
+    The mirror is read only when one is configured and the history can be opened; the
+    usage forecast only when ``usage`` is true.
     Never raises ``OSError``: whatever this user may not read that the age item needs
     (the root, the history, the newest version) becomes a ``history_problem`` or a
     ``latest_error``, which :func:`judge` makes CRITICAL, so a check that cannot see
@@ -278,12 +416,12 @@ def gather_facts(settings: Settings, now: datetime | None = None) -> Facts:
     """
     now = now or utc_now()
     try:
-        return _gather(settings, now)
+        return _gather(settings, now, usage)
     except OSError as exc:
         return Facts(now=now, history_problem=describe_os_error(exc))
 
 
-def _gather(settings: Settings, now: datetime) -> Facts:
+def _gather(settings: Settings, now: datetime, usage: bool) -> Facts:
     backlog, oldest = _spool_backlog(settings, now)
     rejected = rejected_since(settings.rejected_dir, now - timedelta(hours=1))
     common: dict[str, Any] = {
@@ -297,11 +435,15 @@ def _gather(settings: Settings, now: datetime) -> Facts:
     except ReportError as exc:
         return Facts(history_problem=str(exc), **common)
     pid = lock_holder(store.lock_path)
-    common["mirror"] = mirror_facts(store.history_dir, store.version_names(), settings.mirror, now)
+    common["mirror"] = mirror_facts(
+        store.history_dir, store.version_names(), settings.mirror, now, store.policy
+    )
     name = store.latest_version_name(now)
     if name is None:
         return Facts(latest=None, watcher_pid=pid, **common)
     info = read_version(store, name, now)
+    if usage:
+        common.update(_usage_facts(settings, now))
     return Facts(
         latest=name,
         last_updated=info.last_updated,
@@ -309,6 +451,23 @@ def _gather(settings: Settings, now: datetime) -> Facts:
         watcher_pid=pid if pid != os.getpid() else None,
         **common,
     )
+
+
+def _usage_facts(settings: Settings, now: datetime) -> dict[str, Any]:
+    from .forecast_api import forecast_json
+
+    zone, zone_name = settings.console_zone()
+    try:
+        answer = local_forecast(settings.history_dir, zone, zone_name, now)
+    except OSError as exc:
+        return {"usage_problem": f"usage unreadable: {exc}"}
+    if answer is None:
+        return {}
+    return {
+        "usage": answer.forecast,
+        "usage_json": forecast_json(answer, zone_name),
+        "usage_zone": zone,
+    }
 
 
 def _over(value: float, warning: float) -> int:
@@ -375,7 +534,90 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
     )
     if facts.mirror is not None:
         items.append(_judge_mirror(facts.mirror, limits.max_mirror_lag))
+        if facts.mirror.hold_max is not None:
+            items.append(_judge_hold(facts.mirror, facts.mirror.hold_max, limits))
+    if limits.judges_usage:
+        items += _judge_usage(facts, limits)
     return CheckResult(max(i.code for i in items), items, facts)
+
+
+def _judge_hold(mirror: MirrorFacts, hold_max: int, limits: CheckLimits) -> Judgement:
+    """WARNING once the held versions fill the given share of the hold, CRITICAL when full.
+
+    Full (held = ``hold_max``) is where retention starts deleting versions that were
+    never uploaded, so it is judged at ">=", where the other items judge at ">".
+    """
+    warning = hold_max * limits.mirror_hold_warning / 100
+    held = mirror.held
+    if hold_max == 0:
+        code, words = OK, "no mirror hold (--mirror-hold 0): retention does not wait"
+    elif held >= hold_max:
+        code = CRITICAL
+        words = (
+            f"mirror hold full ({held} of {hold_max} expired versions kept for the mirror): "
+            "retention deletes versions that were never uploaded"
+        )
+    else:
+        code = WARNING if held >= warning and held > 0 else OK
+        words = f"{held} of {hold_max} expired versions kept for the mirror"
+        if code:
+            words += f" ({_plain_number(limits.mirror_hold_warning)}% of the hold or more)"
+    return Judgement("mirror_held", code, held, warning, hold_max, words)
+
+
+def _percent(value: float) -> str:
+    return f"{value:g} %"
+
+
+def _judge_usage(facts: Facts, limits: CheckLimits) -> list[Judgement]:
+    if facts.usage_problem is not None:
+        return [Judgement("usage", CRITICAL, None, 0, 0, facts.usage_problem)]
+    result = facts.usage
+    if result is None or result.as_of is None:
+        return []
+    items = []
+    if limits.usage_warning is not None or limits.usage_critical is not None:
+        critical = limits.usage_critical if limits.usage_critical is not None else 100.0
+        warning = limits.usage_warning if limits.usage_warning is not None else critical
+        for limit in result.limits:
+            pct = limit.percentage
+            code = CRITICAL if pct >= critical else WARNING if pct >= warning else OK
+            words = f"{limit.limit} {_percent(pct)} used"
+            if code:
+                words += f" (at or above {_percent(critical if code == CRITICAL else warning)})"
+            items.append(
+                Judgement(f"usage_{limit.limit}", code, pct, warning, critical, words, "%")
+            )
+    if limits.forecast:
+        items += [_judge_forecast(limit, facts, limits, result.as_of) for limit in result.limits]
+    return items
+
+
+def _judge_forecast(
+    limit: LimitForecast, facts: Facts, limits: CheckLimits, as_of: datetime
+) -> Judgement:
+    """WARNING: runs out before the reset; CRITICAL: and that within ``forecast_critical``."""
+    crit = limits.forecast_critical
+    words = f"{limit.limit}: {in_words(limit, facts.usage_zone, as_of)}"
+    left = None
+    if limit.exhausts_at is not None:
+        left = round(max(0.0, (limit.exhausts_at - facts.now).total_seconds()), 1)
+    until_reset = None
+    if limit.resets_at is not None:
+        until_reset = max(0.0, (limit.resets_at - facts.now).total_seconds())
+    warn = crit if until_reset is None else max(crit, until_reset)
+    code = OK
+    if left is not None and limit.resets_at is not None and limit.resets_at <= facts.now:
+        words += " (the reset has passed since)"
+    elif left is not None and limit.before_reset:
+        code = CRITICAL if left <= crit else WARNING
+    elif left is not None and limit.before_reset is None and left <= crit:
+        code = CRITICAL  # no reset time to set against it: running out this soon is news
+    if code == CRITICAL:
+        words += f" (within {_words(crit)})"
+    return Judgement(
+        f"forecast_{limit.limit}", code, left, warn, crit, words, "s", alert_below=True
+    )
 
 
 def _judge_mirror(mirror: MirrorFacts, max_lag: float) -> Judgement:

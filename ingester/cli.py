@@ -1,10 +1,11 @@
 """The ``ingester`` command line: the command group, its global options, and every command.
 
 The commands live in their own modules (:mod:`ingester.cli_store`, ``cli_service``,
-``cli_report``, ``cli_ops``, ``cli_export``), each a ``click.Command`` registered below
-in one list; what they share is in :mod:`ingester.cli_common`. A command's module is
-imported when that command runs (or ``--help`` lists them all), so ``watch`` loads
-neither the HTTP server nor the report and export code.
+``cli_serve``, ``cli_report``, ``cli_ops``, ``cli_export``, ``cli_forecast``), each a
+``click.Command`` registered below in one list; what they share is in
+:mod:`ingester.cli_common`. A command's module is imported when that command runs (or
+``--help`` lists them all), so ``watch`` loads neither the HTTP server nor the report
+and export code.
 
 Exit codes: 0 success; 1 the command ran and something was refused or is wrong
 (a rejected payload, a problem found, a storage failure, the history locked by
@@ -205,11 +206,12 @@ def _finished(ctx: click.Context, /, *_: Any, **__: Any) -> None:
 
 COMMANDS = (
     ("init", "cli_store", "init"),
+    ("adopt", "cli_store", "adopt"),
     ("ingest", "cli_store", "ingest"),
     ("cleanup", "cli_store", "cleanup"),
     ("watch", "cli_service", "watch"),
     ("submit", "cli_service", "submit"),
-    ("serve", "cli_service", "serve"),
+    ("serve", "cli_serve", "serve"),
     ("status", "cli_report", "status"),
     ("list", "cli_report", "list_versions"),
     ("show", "cli_report", "show"),
@@ -217,6 +219,7 @@ COMMANDS = (
     ("snapshot", "cli_ops", "snapshot"),
     ("schema", "cli_ops", "schema"),
     ("check", "cli_ops", "check"),
+    ("forecast", "cli_forecast", "forecast"),
     ("export", "cli_export", "export"),
     ("mirror", "cli_mirror", "mirror"),
     ("restore", "cli_mirror", "restore"),

@@ -109,15 +109,29 @@ def make_folder(folder: Path) -> None:
 
 
 @contextmanager
-def writing_store(settings: Settings, purpose: str) -> Iterator[HistoryStore]:
-    """An initialized store with the history lock held; clear errors instead of tracebacks."""
+def writing_store(
+    settings: Settings, purpose: str, *, initialize: bool = True
+) -> Iterator[HistoryStore]:
+    """The store with the history lock held; clear errors instead of tracebacks.
+
+    With ``initialize`` (the default) the store is initialized first (temps swept,
+    metadata and latest link repaired), unless the latest path is a file holding a
+    snapshot no version holds: that would be lost, so the command is refused with a
+    pointer to ``ingester adopt``.
+    """
+    from .adopt import unsafe_latest
+
     store = settings.store()
     try:
         make_folder(store.history_dir)
         with HistoryLock(store.lock_path, purpose):
-            for error in store.initialize().cache_errors:
-                # The latest link and metadata are caches: say so, and go on.
-                click.echo(f"warning: {error}", err=True)
+            if initialize:
+                problem = unsafe_latest(store)
+                if problem is not None:
+                    raise fail(problem)
+                for error in store.initialize().cache_errors:
+                    # The latest link and metadata are caches: say so, and go on.
+                    click.echo(f"warning: {error}", err=True)
             yield store
     except LockHeld as exc:
         hint = "; use 'ingester submit' to hand a watcher drops" if purpose == "ingest" else ""

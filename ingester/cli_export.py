@@ -79,10 +79,11 @@ def export(app: App, since: datetime | None, until: datetime | None, fmt: str, o
     """Write one row per version, oldest first, with the payload's fields flattened.
 
     Columns: ingestedAt, lastUpdated, currentSession.percentageUsed,
-    currentSession.resetsIn, weeklyLimits.allModels.percentageUsed,
-    weeklyLimits.allModels.resetsIn, weeklyLimits.sonnetOnly.percentageUsed,
-    weeklyLimits.sonnetOnly.resetsIn, isPartial, version. Times are UTC (ISO-8601, Z);
-    a section the payload lacks gives empty cells (null in JSON Lines).
+    currentSession.resetsIn, currentSession.resetsAt, and the same three for
+    weeklyLimits.allModels and weeklyLimits.sonnetOnly, isPartial, version. Times are UTC
+    (ISO-8601, Z); resetsAt is resetsIn read as an instant (absolute wordings in
+    --console-timezone), empty when unreadable; a section the payload lacks gives empty
+    cells (null in JSON Lines).
 
     A damaged version is skipped with one warning line on stderr. Streams: memory
     does not grow with the history. Never takes the lock; works while a watcher runs.
@@ -96,7 +97,7 @@ def export(app: App, since: datetime | None, until: datetime | None, fmt: str, o
     except ReportError as exc:
         raise fail(str(exc), exc.code) from None
     names = select_versions(store.version_names(), since, until)
-    rows = export_rows(store, names, on_skip=_warn)
+    rows = export_rows(store, names, on_skip=_warn, zone=app.settings.console_zone()[0])
     if output == "-":
         _to_stdout(rows, fmt)
         return

@@ -162,12 +162,12 @@ def restore(
 ) -> None:
     """Rebuild a working history from its mirror at s3://BUCKET/PREFIX.
 
-    Downloads every version (checked against its size and MD5 ETag) and writes it
-    durably, byte for byte; puts the mirrored _metadata.json in place when the history
-    has none; points the latest link at the newest version. The result passes
-    'ingester verify'. Versions already present with the same bytes are skipped (run it
-    again to finish an interrupted restore); nothing is overwritten or deleted. Refuses
-    while a watcher holds the history.
+    Downloads every version (checked against its size and the SHA-256 the mirror
+    stored with it) and writes it durably, byte for byte; puts the mirrored
+    _metadata.json in place when the history has none; points the latest link at the
+    newest version. The result passes 'ingester verify'. Versions already present with
+    the same bytes are skipped (run it again to finish an interrupted restore); nothing
+    is overwritten or deleted. Refuses while a watcher holds the history.
     """
     from .restore import RestoreError, restore_history
 
@@ -205,6 +205,13 @@ def restore(
         + (f"; {len(result.present)} already present" if result.present else "")
     )
     click.echo(f"latest:  {store.latest_path} -> {result.latest}")
+    if result.unverified:
+        click.echo(
+            f"warning: {len(result.unverified)} version(s) checked by size only: mirrored "
+            "before the mirror stored a SHA-256 with each object, in a bucket whose ETags "
+            "are not MD5s (SSE-KMS); 'ingester verify' checks that they parse and validate",
+            err=True,
+        )
     if result.conflicts:
         for name in result.conflicts:
             click.echo(

@@ -184,6 +184,45 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     help="Only with a mirror: WARNING when the oldest version not yet uploaded is older; "
     "CRITICAL at twice this, or when the object store refuses the credentials.",
 )
+@click.option(
+    "--mirror-hold-warning",
+    default=80.0,
+    show_default=True,
+    type=click.FloatRange(min=0, max=100),
+    metavar="PERCENT",
+    help="Only with a mirror: WARNING when the expired versions retention keeps back for "
+    "it fill this share of its --mirror-hold; CRITICAL when they fill all of it (retention "
+    "then deletes versions that were never uploaded).",
+)
+@click.option(
+    "--usage-warning",
+    type=click.FloatRange(0, 100),
+    metavar="PCT",
+    help="Judge each usage limit in the newest snapshot: WARNING at or above PCT percent "
+    "used (by default the critical threshold).",
+)
+@click.option(
+    "--usage-critical",
+    type=click.FloatRange(0, 100),
+    metavar="PCT",
+    help="CRITICAL when a usage limit is at or above PCT percent used (default 100 once "
+    "--usage-warning is given).",
+)
+@click.option(
+    "--forecast",
+    "judge_forecast",
+    is_flag=True,
+    help="Judge each usage limit's projection: WARNING when it reaches 100 % before it "
+    "resets, CRITICAL when that is within --forecast-critical (see 'ingester forecast').",
+)
+@click.option(
+    "--forecast-critical",
+    type=click.FloatRange(min=0, max=24 * 366),
+    default=1.0,
+    show_default=True,
+    metavar="HOURS",
+    help="With --forecast: CRITICAL when a limit runs out before its reset within HOURS.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the line.")
 @click.pass_obj
 def check(
@@ -192,18 +231,39 @@ def check(
     max_backlog: int,
     max_rejected_per_hour: int,
     max_mirror_lag: float,
+    mirror_hold_warning: float,
+    usage_warning: float | None,
+    usage_critical: float | None,
+    judge_forecast: bool,
+    forecast_critical: float,
     as_json: bool,
 ) -> None:
     """Monitoring: one summary line and an exit code (Nagios plugin convention).
 
     Exit 0 OK, 1 WARNING, 2 CRITICAL. CRITICAL also when there is no history, no
     version yet, or the newest version is damaged. With a mirror configured (settings
-    or its state file in the history), a fourth item judges how far behind it is. The
+    or its state file in the history), more items judge how far behind it is and how
+    full the hold retention keeps for it (--mirror-hold) is. With --usage-warning,
+    --usage-critical or --forecast, one more item per usage limit. The
     line ends with performance data after '|'. Reads only; never takes the lock. For
     cron, systemd timers with OnFailure= and monitoring agents: see docs/monitoring.md.
     """
-    limits = CheckLimits(max_age, max_backlog, max_rejected_per_hour, max_mirror_lag)
-    result = judge(gather_facts(app.settings), limits)
+    if usage_warning is not None and usage_critical is not None and usage_warning > usage_critical:
+        raise click.UsageError(
+            f"--usage-warning {usage_warning:g} is above --usage-critical {usage_critical:g}"
+        )
+    limits = CheckLimits(
+        max_age,
+        max_backlog,
+        max_rejected_per_hour,
+        max_mirror_lag,
+        mirror_hold_warning,
+        usage_warning=usage_warning,
+        usage_critical=usage_critical,
+        forecast=judge_forecast,
+        forecast_critical=forecast_critical * 3600,
+    )
+    result = judge(gather_facts(app.settings, usage=limits.judges_usage), limits)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:

@@ -1,23 +1,70 @@
-"""The service commands: ``watch`` (the spool's consumer), ``submit`` (a writer's side)
-and ``serve`` (the history over HTTP)."""
+"""The service commands: ``watch`` (the spool's consumer) and ``submit`` (a writer's side).
+
+``serve`` (the history over HTTP) is in :mod:`ingester.cli_serve`."""
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from .admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_CLIENT
 from .cli_common import App, BoundedFloat, fail, read_limited, read_stream
 from .errors import PayloadRejected, StorageError
 from .gate import check_payload
 from .settings import RESCAN_INTERVAL, RETRY_MAX, SETTLE, WatchOptions
 from .watch_metrics import NO_METRICS, Metrics
 
-__all__ = ["serve", "submit", "watch"]
+__all__ = ["refuse_unsafe_latest", "submit", "watch", "watch_loop_options"]
+
+
+def watch_loop_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The watcher loop's options (--polling, --rescan-interval, --retry-max, --settle),
+    shared by ``watch`` and ``serve --watch``."""
+    for option in reversed(_LOOP_OPTIONS):
+        command = option(command)
+    return command
+
+
+_LOOP_OPTIONS = [
+    click.option(
+        "--polling",
+        is_flag=True,
+        help="Poll the spool instead of inotify (NFS, CIFS); drops written in place are taken "
+        "once their size and mtime are --settle seconds old.",
+    ),
+    click.option(
+        "--rescan-interval",
+        type=BoundedFloat(RESCAN_INTERVAL),
+        default=WatchOptions.rescan_interval,
+        show_default=True,
+        metavar="S",
+        help=f"Full rescan of the spool every S seconds ({RESCAN_INTERVAL.describe()}), the "
+        "backstop for lost events.",
+    ),
+    click.option(
+        "--retry-max",
+        type=BoundedFloat(RETRY_MAX),
+        default=WatchOptions.retry_max,
+        show_default=True,
+        metavar="S",
+        help="Longest wait between retries while the history cannot be written "
+        f"({RETRY_MAX.describe()}).",
+    ),
+    click.option(
+        "--settle",
+        type=BoundedFloat(SETTLE),
+        default=WatchOptions.settle,
+        show_default=True,
+        metavar="S",
+        help="A drop found by a scan (not by an event) is taken once its mtime is S seconds old "
+        "or it has not changed for S seconds (and no one has it open for writing); "
+        f"{SETTLE.describe()}.",
+    ),
+]
 
 
 @click.command()
@@ -27,40 +74,7 @@ __all__ = ["serve", "submit", "watch"]
     help="Drain the backlog already in the spool, then exit (0; 1 if the history cannot be "
     "written).",
 )
-@click.option(
-    "--polling",
-    is_flag=True,
-    help="Poll the spool instead of inotify (NFS, CIFS); drops written in place are taken "
-    "once their size and mtime are --settle seconds old.",
-)
-@click.option(
-    "--rescan-interval",
-    type=BoundedFloat(RESCAN_INTERVAL),
-    default=WatchOptions.rescan_interval,
-    show_default=True,
-    metavar="S",
-    help=f"Full rescan of the spool every S seconds ({RESCAN_INTERVAL.describe()}), the "
-    "backstop for lost events.",
-)
-@click.option(
-    "--retry-max",
-    type=BoundedFloat(RETRY_MAX),
-    default=WatchOptions.retry_max,
-    show_default=True,
-    metavar="S",
-    help="Longest wait between retries while the history cannot be written "
-    f"({RETRY_MAX.describe()}).",
-)
-@click.option(
-    "--settle",
-    type=BoundedFloat(SETTLE),
-    default=WatchOptions.settle,
-    show_default=True,
-    metavar="S",
-    help="A drop found by a scan (not by an event) is taken once its mtime is S seconds old "
-    "or it has not changed for S seconds (and no one has it open for writing); "
-    f"{SETTLE.describe()}.",
-)
+@watch_loop_options
 @click.option(
     "--metrics",
     "metrics_listen",
@@ -92,6 +106,7 @@ def watch(
     """
     from .watcher import Watcher
 
+    refuse_unsafe_latest(app)
     metrics: Metrics = NO_METRICS
     if metrics_listen is not None:
         metrics = _start_watch_metrics(metrics_listen)
@@ -104,6 +119,22 @@ def watch(
         settle=settle,
     )
     raise click.exceptions.Exit(Watcher(app.settings, options, metrics=metrics).run())
+
+
+def refuse_unsafe_latest(app: App) -> None:
+    """Exit 1 before a watcher starts on a history whose start would lose a snapshot.
+
+    A start rebuilds the latest link; where the original server left a regular file
+    holding a snapshot no version holds, only ``ingester adopt`` keeps it.
+    """
+    from .adopt import unsafe_latest
+
+    try:
+        problem = unsafe_latest(app.settings.store())
+    except StorageError as exc:
+        raise fail(str(exc)) from None
+    if problem is not None:
+        raise fail(problem)
 
 
 def _start_watch_metrics(listen: str) -> Metrics:
@@ -186,125 +217,3 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     except StorageError as exc:
         raise fail(str(exc)) from None
     click.echo(str(path))
-
-
-@click.command()
-@click.option(
-    "--listen",
-    metavar="HOST:PORT",
-    default="127.0.0.1:8080",
-    show_default=True,
-    help="Address to listen on ([::1]:8080 for IPv6; port 0 picks a free one). Under systemd "
-    "socket activation every passed socket is served instead, and nothing is bound.",
-)
-@click.option(
-    "--api-key-file",
-    metavar="FILE",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="File holding the key POST requests must send as X-API-Key (surrounding whitespace "
-    "ignored). [else env INGESTER_API_KEY; neither: every POST answers 401]",
-)
-@click.option(
-    "--body-timeout",
-    type=click.FloatRange(min=0.1),
-    default=10.0,
-    show_default=True,
-    metavar="S",
-    help="A POST body must arrive within S seconds (else 408).",
-)
-@click.option(
-    "--head-timeout",
-    type=click.FloatRange(min=0.1),
-    default=10.0,
-    show_default=True,
-    metavar="S",
-    help="A request head must arrive within S seconds of the connection opening (or of the "
-    "previous answer), else 408 and the connection is closed.",
-)
-@click.option(
-    "--max-connections",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_CONNECTIONS,
-    show_default=True,
-    metavar="N",
-    help="Connections open at once (idle keep-alive ones included); more are answered 503 at once.",
-)
-@click.option(
-    "--max-connections-per-client",
-    "max_per_client",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_PER_CLIENT,
-    show_default=True,
-    metavar="N",
-    help="Connections one client address (an IPv6 client: its /64) may hold at once; more "
-    "are answered 503, so one client cannot take every slot. Behind a reverse proxy all "
-    "clients have its address: raise this to --max-connections there.",
-)
-@click.option(
-    "--from",
-    "source",
-    metavar="s3://BUCKET/PREFIX",
-    help="Serve the history that 'ingester mirror' keeps in an object store instead of the "
-    "local one (read-only instances on any machine; see docs/mirror.md).",
-)
-@click.option(
-    "--endpoint-url",
-    metavar="URL",
-    help="S3 endpoint for --from. [env AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL]",
-)
-@click.pass_obj
-def serve(
-    app: App,
-    listen: str,
-    api_key_file: Path | None,
-    body_timeout: float,
-    head_timeout: float,
-    max_connections: int,
-    max_per_client: int,
-    source: str | None,
-    endpoint_url: str | None,
-) -> None:
-    """Serve the history over HTTP and accept POSTed snapshots into the spool.
-
-    Read API: GET /api/claude/console-usage (?version=N, ?timestamp=ISO), /versions,
-    /api/health, /metrics, /openapi.json. POST /api/claude/console-usage with X-API-Key
-    validates the payload and drops it into the spool (202 once durable); the watcher
-    stores it. Never writes the history. Exits 0 on SIGTERM/SIGINT, 1 when the address
-    cannot be bound, the sockets systemd passes cannot be served, or the key file cannot
-    be read. See docs/serve.md.
-    """
-
-    from .serve import ServeConfig, load_api_key, parse_listen
-    from .server import serve as run_server
-    from .sockets import ActivationError
-
-    try:
-        host, port = parse_listen(listen)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--listen") from None
-    try:
-        key = load_api_key(dict(os.environ), api_key_file)
-    except OSError as exc:
-        raise fail(f"cannot read --api-key-file {api_key_file}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise fail(f"--api-key-file: {exc}") from None
-    reader = None
-    if source is not None:
-        from .cli_mirror import s3_reader
-
-        reader = s3_reader(source, endpoint_url)
-    config = ServeConfig(app.settings, api_key=key, body_timeout=body_timeout, reader=reader)
-    try:
-        code = run_server(
-            config,
-            host,
-            port,
-            max_connections=max_connections,
-            max_per_client=max_per_client,
-            head_timeout=head_timeout,
-        )
-    except ActivationError as exc:
-        raise fail(f"socket activation: {exc}") from None
-    except OSError as exc:
-        raise fail(f"cannot listen on {listen}: {exc.strerror}") from None
-    raise click.exceptions.Exit(code)

@@ -1,4 +1,4 @@
-"""The commands that write the history: ``init``, ``ingest`` and ``cleanup``.
+"""The commands that write the history: ``init``, ``adopt``, ``ingest`` and ``cleanup``.
 
 Each takes the history lock (a second writer is refused at once, naming the holder).
 """
@@ -26,9 +26,19 @@ from .errors import NotRegularFile, StorageError
 from .model import PayloadRejected, judge_payload
 from .names import format_timestamp
 from .queries import ReportError, open_store
+from .settings import Settings
 from .store import CacheNotRefreshed
 
-__all__ = ["cleanup", "ingest", "init"]
+__all__ = ["adopt", "cleanup", "ingest", "init"]
+
+
+def _make_spool_folders(s: Settings) -> None:
+    """The spool, its ``tmp/`` and ``rejected/``; exit 1 naming the folder that fails."""
+    for folder in (s.spool_dir, s.writers_tmp_dir, s.rejected_dir):
+        try:
+            make_folder(folder)
+        except OSError as exc:
+            raise fail(str(StorageError("create folder", exc.filename or folder, exc))) from None
 
 
 @click.command()
@@ -41,16 +51,65 @@ def init(app: App) -> None:
     systemd service needs no init: it creates what it needs on start.
     """
     s = app.settings
-    for folder in (s.spool_dir, s.writers_tmp_dir, s.rejected_dir):
-        try:
-            make_folder(folder)
-        except OSError as exc:
-            raise fail(str(StorageError("create folder", exc.filename or folder, exc))) from None
+    _make_spool_folders(s)
     with writing_store(s, "init") as store:
         meta = store.get_storage_metadata()
     click.echo(f"spool:   {s.spool_dir}")
     click.echo(f"history: {store.history_dir} ({meta.version_count} versions)")
     click.echo(f"latest:  {store.latest_path}")
+
+
+@click.command()
+@click.pass_obj
+def adopt(app: App) -> None:
+    """Make a history written by the original sync server ours, in place (idempotent).
+
+    Point --root (or --history-dir and --latest-path) at the original's files, e.g.
+    server/claude-scraper. Versions lose their write bits (their bytes are never
+    touched), a regular-file console-usage-synced.json becomes a link to the newest
+    version (a snapshot in it that no version holds is first kept as a version of its
+    own), and _metadata.json is rewritten from the versions, keeping the original's
+    totals. Every step is durable and crash-safe: after a crash, run it again. Then
+    checks the result as 'verify' does: exit 0 when clean, 1 when problems are left.
+    Takes the history lock (refused while a watcher runs). See docs/migrating.md.
+    """
+    from .adopt import adopt_history
+    from .queries import verify_history
+
+    s = app.settings
+    _make_spool_folders(s)
+    with writing_store(s, "adopt", initialize=False) as store:
+        try:
+            report = adopt_history(store, s.max_bytes)
+        except StorageError as exc:
+            raise fail(f"{exc} (what was done is kept; run adopt again)") from None
+        meta = store.get_storage_metadata()
+        checked = verify_history(store, utc_now())
+    click.echo(f"history: {store.history_dir} ({meta.version_count} versions)")
+    if report.kept_latest:
+        click.echo(
+            f"kept:    the snapshot in {store.latest_path.name} as version {report.kept_latest}"
+        )
+    if report.read_only:
+        click.echo(f"modes:   {len(report.read_only)} version(s) made read-only")
+    if report.latest_was:
+        click.echo(f"latest:  was {report.latest_was}; now a link to {meta.latest_version}")
+    if report.metadata_was:
+        click.echo(
+            f"metadata: rewritten (it was {report.metadata_was}); totals kept: "
+            f"{meta.total_versions_created} created, {meta.total_versions_deleted} deleted"
+        )
+    if report.removed_temps:
+        click.echo(f"temps:   {len(report.removed_temps)} stale temp file(s) removed")
+    if not report.changed:
+        click.echo("nothing to change: this history is already in this tool's form")
+    if checked.ok:
+        click.echo("verify:  ok")
+        return
+    for finding in checked.problems:
+        click.echo(f"PROBLEM  {finding.subject}  {finding.message}")
+    click.echo(f"verify:  {len(checked.problems)} problem(s) left; see 'ingester verify'")
+    raise click.exceptions.Exit(1)
 
 
 @click.command()

@@ -78,12 +78,19 @@ class NotRegularFile(IngesterError, OSError):
 
 
 class PayloadRejected(IngesterError, ValueError):
-    """A drop that is not an acceptable payload; ``errors`` lists every problem found."""
+    """A drop that is not an acceptable payload; ``errors`` lists every problem found.
 
-    def __init__(self, reason: str, errors: list[dict[str, Any]] | None = None) -> None:
+    ``kind`` is ``"schema"`` when the bytes are a JSON object that breaks the payload's
+    rules, ``None`` for a problem with the bytes themselves (the reason says which).
+    """
+
+    def __init__(
+        self, reason: str, errors: list[dict[str, Any]] | None = None, *, kind: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.errors: list[dict[str, Any]] = errors if errors is not None else [{"msg": reason}]
+        self.kind = kind
 
 
 class SettingError(IngesterError, ValueError):

@@ -11,8 +11,11 @@ A row's cells, in :data:`COLUMNS` order:
 * ``ingestedAt``: the version's ingest time from its name (ISO-8601 UTC, ``Z``; names
   carry whole seconds, so the milliseconds are ``.000``);
 * ``lastUpdated``: the payload's time, converted to UTC in the same spelling;
-* the three windows' ``percentageUsed`` (a number, whole numbers without ``.0``) and
-  ``resetsIn`` (text), empty/``None`` when the payload has no such section;
+* the three windows' ``percentageUsed`` (a number, whole numbers without ``.0``),
+  ``resetsIn`` (text) and ``resetsAt`` (that text read as an instant, ISO-8601 UTC, by
+  :func:`ingester.resets.parse_resets_in` in the console's time zone; empty/``None``
+  when the wording is not one it reads), all empty/``None`` when the payload has no
+  such section;
 * ``isPartial``: ``True``/``False`` as the payload says, ``None`` when it does not say;
 * ``version``: the version file's name.
 
@@ -27,13 +30,15 @@ import csv
 import io
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import BinaryIO, Final
 
 from .model import ConsoleUsageDataSync, PayloadRejected, UsageWindow, judge_payload
 from .names import format_timestamp, parse_timestamp_from_filename
+from .resets import parse_resets_in
 from .store import HistoryStore
 
 __all__ = [
@@ -42,6 +47,7 @@ __all__ = [
     "Cell",
     "Row",
     "Skipped",
+    "defuse_formulas",
     "export_rows",
     "flatten",
     "row_from_bytes",
@@ -56,10 +62,13 @@ COLUMNS: Final[tuple[str, ...]] = (
     "lastUpdated",
     "currentSession.percentageUsed",
     "currentSession.resetsIn",
+    "currentSession.resetsAt",
     "weeklyLimits.allModels.percentageUsed",
     "weeklyLimits.allModels.resetsIn",
+    "weeklyLimits.allModels.resetsAt",
     "weeklyLimits.sonnetOnly.percentageUsed",
     "weeklyLimits.sonnetOnly.resetsIn",
+    "weeklyLimits.sonnetOnly.resetsAt",
     "isPartial",
     "version",
 )
@@ -70,10 +79,29 @@ FORMATS: Final[tuple[str, ...]] = ("csv", "jsonl")
 Cell = str | int | float | bool | None
 Row = tuple[Cell, ...]
 
-# A spreadsheet runs a cell that starts with one of these as a formula. Text in a drop
-# comes from a scraper reading a web page, so CSV text cells starting so get a leading
-# apostrophe (the usual defence); numbers and JSON Lines are never touched.
-_FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
+# A spreadsheet runs a field that starts with one of these as a formula (the full-width
+# forms too, which some spreadsheets fold to the plain ones); tab, CR and LF are there
+# because a spreadsheet may drop them at the start of a field and run what follows.
+_FORMULA_TRIGGERS: Final = "=+-@\t\r\n\uff1d\uff0b\uff0d\uff20"
+# Where a spreadsheet may start a field inside one of our cells: at ";" in the locales
+# whose list separator it is (de, fr, es, it, nl, ...), which do not split at our commas
+# or honour our quotes; at "," in the others, where a cell's quotes can come apart; at a
+# tab or a line break for a parser that lost track of the quotes. A field may begin
+# with spaces and a quote before what it runs.
+_FIELD_START: Final = re.compile(f'(^|[,;\t\r\n])([ "]*)(?=[{re.escape(_FORMULA_TRIGGERS)}])')
+
+
+def defuse_formulas(text: str) -> str:
+    """``text`` with an apostrophe put before every formula trigger that starts a field.
+
+    A field starts at the start of ``text`` and after each ``,``, ``;``, tab, CR or LF in
+    it, after any spaces and double quotes; a trigger is ``=``, ``+``, ``-``, ``@``, tab,
+    CR, LF or a full-width ``=+-@``. Text in a drop comes from a scraper reading a web
+    page, so this is the usual defence (OWASP's "CSV injection") applied to every place a
+    spreadsheet in a ``,`` or a ``;`` locale would start a field, not only the first.
+    ``4 hr;=1+2`` becomes ``4 hr;'=1+2``.
+    """
+    return _FIELD_START.sub(r"\1\2'", text)
 
 
 @dataclass(frozen=True)
@@ -109,21 +137,29 @@ def _number(value: float) -> int | float:
     return int(value) if value.is_integer() else value
 
 
-def _window(window: UsageWindow | None) -> tuple[Cell, Cell]:
+def _window(
+    window: UsageWindow | None, observed_at: datetime, zone: tzinfo
+) -> tuple[Cell, Cell, Cell]:
     if window is None:
-        return None, None
-    return _number(window.percentageUsed), window.resetsIn
+        return None, None, None
+    reset = parse_resets_in(window.resetsIn, observed_at, zone)
+    at = format_timestamp(reset.at) if reset is not None else None
+    return _number(window.percentageUsed), window.resetsIn, at
 
 
-def flatten(name: str, payload: ConsoleUsageDataSync) -> Row:
-    """One row (see :data:`COLUMNS`) for version ``name`` holding ``payload``."""
+def flatten(name: str, payload: ConsoleUsageDataSync, zone: tzinfo) -> Row:
+    """One row (see :data:`COLUMNS`) for version ``name`` holding ``payload``.
+
+    ``zone`` is the console's time zone, for absolute ``resetsIn`` wordings.
+    """
     weekly = payload.weeklyLimits
+    observed_at = payload.lastUpdated.astimezone(UTC)
     return (
         format_timestamp(_stamp(name)),
-        format_timestamp(payload.lastUpdated.astimezone(UTC)),
-        *_window(payload.currentSession),
-        *_window(weekly.allModels if weekly else None),
-        *_window(weekly.sonnetOnly if weekly else None),
+        format_timestamp(observed_at),
+        *_window(payload.currentSession, observed_at, zone),
+        *_window(weekly.allModels if weekly else None, observed_at, zone),
+        *_window(weekly.sonnetOnly if weekly else None, observed_at, zone),
         payload.isPartial,
         name,
     )
@@ -133,8 +169,12 @@ def export_rows(
     store: HistoryStore,
     names: Iterable[str],
     on_skip: Callable[[Skipped], None] | None = None,
+    *,
+    zone: tzinfo,
 ) -> Iterator[Row]:
     """Read, judge and flatten each version in ``names``, in the order given.
+
+    ``zone``: the console's time zone (for ``resetsAt``).
 
     A damaged or unreadable version yields no row: ``on_skip`` is called with it
     instead. A version deleted since it was listed (retention) is left out silently:
@@ -152,7 +192,7 @@ def export_rows(
                 on_skip(Skipped(name, f"unreadable: {exc.strerror}"))
             continue
         try:
-            row = row_from_bytes(name, data)
+            row = row_from_bytes(name, data, zone)
         except PayloadRejected as exc:
             if on_skip is not None:
                 on_skip(Skipped(name, exc.reason))
@@ -160,9 +200,12 @@ def export_rows(
         yield row
 
 
-def row_from_bytes(name: str, data: bytes) -> Row:
-    """The row for version ``name`` stored as ``data``; :class:`PayloadRejected` if damaged."""
-    return flatten(name, judge_payload(data))
+def row_from_bytes(name: str, data: bytes, zone: tzinfo) -> Row:
+    """The row for version ``name`` stored as ``data``; :class:`PayloadRejected` if damaged.
+
+    ``zone``: the console's time zone (for ``resetsAt``).
+    """
+    return flatten(name, judge_payload(data), zone)
 
 
 def _csv_cell(value: Cell) -> str:
@@ -171,7 +214,7 @@ def _csv_cell(value: Cell) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return "'" + value if value.startswith(_FORMULA_STARTS) else value
+        return defuse_formulas(value)
     return repr(value)
 
 

@@ -66,6 +66,8 @@ class Rejected:
     drop: str
     reason: str
     where: str
+    kind: str | None = None
+    """``"schema"`` for a payload that breaks the model's rules (see PayloadRejected)."""
 
 
 @dataclass(frozen=True)
@@ -320,7 +322,7 @@ class Intake:
                 until = self.readiness.still_being_written(name, may_be_open)
                 if until is not None:
                     return Deferred(name, until)
-            return self._reject(path, name, exc.reason, exc.errors)
+            return self._reject(path, name, exc.reason, exc.errors, exc.kind)
         return opened
 
     def _claim(
@@ -575,6 +577,7 @@ class Intake:
         name: str,
         reason: str,
         errors: list[dict[str, Any]] | None = None,
+        kind: str | None = None,
     ) -> Rejected | Blocked:
         try:
             where = self.spool.quarantine(Path(path), name, reason, errors or [{"msg": reason}])
@@ -583,7 +586,7 @@ class Intake:
             # it waits on its own, and the valid drops behind it go on.
             return Blocked(name, "quarantine", exc, reason)
         self._done(Dropped(name))
-        return Rejected(name, reason, where)
+        return Rejected(name, reason, where, kind)
 
     def _done(self, outcome: Dropped) -> Dropped:
         self.readiness.forget(outcome.drop)

@@ -18,7 +18,10 @@ from types import TracebackType
 
 from .errors import LockHeld, StorageError
 
-__all__ = ["HistoryLock", "LockHeld", "lock_holder", "lock_owner"]
+__all__ = ["HistoryLock", "LockHeld", "lock_holder", "lock_owner", "lock_table_readable"]
+
+LOCK_TABLE = "/proc/locks"
+"""The kernel's table of file locks, read by :func:`lock_holder`."""
 
 
 def lock_owner(path: Path) -> tuple[int, str | None] | None:
@@ -121,7 +124,7 @@ def lock_holder(path: Path) -> int | None:
     """The pid holding an flock on ``path``, or ``None``; never takes the lock."""
     try:
         st = os.stat(path)
-        with open("/proc/locks") as handle:
+        with open(LOCK_TABLE) as handle:
             lines = handle.read().splitlines()
     except OSError:
         return None
@@ -137,3 +140,18 @@ def lock_holder(path: Path) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def lock_table_readable() -> bool:
+    """Whether :func:`lock_holder` can see locks at all.
+
+    Where the kernel's lock table is hidden (a sandbox with ``ProcSubset=pid``, no
+    ``/proc``), ``lock_holder`` answers ``None`` for every file: "no holder" then means
+    "cannot tell".
+    """
+    try:
+        with open(LOCK_TABLE, "rb") as handle:
+            handle.read(1)
+    except OSError:
+        return False
+    return True

@@ -10,7 +10,11 @@ What it keeps true, and how:
   match) and ``If-None-Match: *`` (a version name is immutable: the store refuses to
   overwrite it). A single PUT is atomic in S3: a killed upload leaves no partial object.
   ``PREFIX/_metadata.json`` and ``PREFIX/console-usage-synced.json`` (a copy of the
-  newest version: object stores have no symlinks) are small single PUTs too.
+  newest version: object stores have no symlinks) are small single PUTs too. Every
+  object carries the SHA-256 of its bytes in its metadata (the latest copy also the
+  version it copies): that, never the ETag (not an MD5 under SSE-KMS), is how restore
+  checks a download and how the mirror knows the two fixed objects are current (one
+  ``HEAD`` each after a listing, then what it uploaded itself).
 * **No journal of its own.** On start, after any outage, and every
   ``--reconcile-interval`` seconds it lists the remote prefix and uploads exactly what
   the local history has and the listing lacks. Between listings it trusts what it has
@@ -62,9 +66,11 @@ from .objectstore import (
     RemoteObject,
     S3Client,
     classify,
-    content_md5,
+    head_remote,
     list_remote,
     make_client,
+    put_arguments,
+    sha256_hex,
 )
 from .retention import RetentionPolicy, plan_retention
 from .store import HistoryStore
@@ -303,19 +309,13 @@ class Mirror:
         except OSError as exc:
             self._mark_bad(name, str(StorageError("read", path, exc)))
             return None
-        b64, hexdigest = content_md5(data)
         key = self.target.key(name)
-        args: dict[str, Any] = {
-            "Bucket": self.target.bucket,
-            "Key": key,
-            "Body": data,
-            "ContentMD5": b64,
-            "ContentType": "application/json",
-        }
+        args = put_arguments(self.target, name, data)
         if self._conditional:
             args["IfNoneMatch"] = "*"
+        etag = ""
         try:
-            self._call(lambda c: c.put_object(**args))
+            etag = str(self._call(lambda c: c.put_object(**args)).get("ETag", "")).strip('"')
         except MirrorBlocked as exc:
             if exc.failure.kind == "exists":
                 if not self._same_bytes(key, data):
@@ -328,7 +328,7 @@ class Mirror:
             else:
                 raise
         assert self._remote is not None
-        self._remote[name] = RemoteObject(name, len(data), hexdigest)
+        self._remote[name] = RemoteObject(name, len(data), etag, sha256_hex(data))
         self._bad.pop(name, None)
         return len(data)
 
@@ -337,20 +337,26 @@ class Mirror:
         body: bytes = response["Body"].read()
         return body == data
 
-    def _put_small(self, name: str, data: bytes) -> None:
+    def _put_small(self, name: str, data: bytes, copies: str | None = None) -> None:
         """Replace one of the two fixed objects (one PUT: readers see old or new, whole)."""
-        b64, hexdigest = content_md5(data)
-        self._call(
-            lambda c: c.put_object(
-                Bucket=self.target.bucket,
-                Key=self.target.key(name),
-                Body=data,
-                ContentMD5=b64,
-                ContentType="application/json",
-            )
-        )
+        args = put_arguments(self.target, name, data, copies=copies)
+        response = self._call(lambda c: c.put_object(**args))
+        etag = str(response.get("ETag", "")).strip('"')
         assert self._remote is not None
-        self._remote[name] = RemoteObject(name, len(data), hexdigest)
+        self._remote[name] = RemoteObject(name, len(data), etag, sha256_hex(data), copies)
+
+    def _current(self, name: str) -> RemoteObject | None:
+        """A fixed object as the store holds it, its checksum known (a ``HEAD`` the first
+        time after a listing, which gives none); ``None`` when there is none."""
+        assert self._remote is not None
+        current = self._remote.get(name)
+        if current is not None and current.sha256 is None:
+            current = self._call(lambda c: head_remote(c, self.target, name))
+            if current is None:
+                self._remote.pop(name, None)
+            else:
+                self._remote[name] = current
+        return current
 
     def _put_latest(self, names: list[str]) -> None:
         assert self._remote is not None
@@ -361,9 +367,9 @@ class Mirror:
             data = self.store.version_path(newest).read_bytes()
         except OSError:
             return  # deleted meanwhile: the next pass has a newer one
-        current = self._remote.get(LATEST_KEY)
-        if current is None or current.etag != content_md5(data)[1]:
-            self._put_small(LATEST_KEY, data)
+        current = self._current(LATEST_KEY)
+        if current is None or (current.sha256, current.version) != (sha256_hex(data), newest):
+            self._put_small(LATEST_KEY, data, copies=newest)
 
     def _put_metadata(self) -> None:
         assert self._remote is not None
@@ -371,8 +377,8 @@ class Mirror:
             data = self.store.metadata_path.read_bytes()
         except OSError:
             return
-        current = self._remote.get(METADATA_KEY)
-        if current is None or current.etag != content_md5(data)[1]:
+        current = self._current(METADATA_KEY)
+        if current is None or current.sha256 != sha256_hex(data):
             self._put_small(METADATA_KEY, data)
 
     def _follow(self, names: list[str]) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "MIRROR_STATE_NAME",
     "MirrorState",
     "deletable_count",
+    "held_back",
     "mirror_status",
     "read_mirror_state",
     "unmirrored",
@@ -101,6 +102,18 @@ def unmirrored(sorted_names: Sequence[str], state: MirrorState) -> list[str]:
     return list(sorted_names[bisect.bisect_right(sorted_names, state.mirrored_through) :])
 
 
+def held_back(sorted_names: Sequence[str], expired: int, state: MirrorState | None) -> int:
+    """How many of the ``expired`` oldest names are above the watermark (not uploaded).
+
+    These are what the hold keeps, up to ``hold_max``; 0 without a state file.
+    """
+    if state is None or expired <= 0:
+        return 0
+    if state.mirrored_through is None:
+        return expired
+    return expired - bisect.bisect_right(sorted_names, state.mirrored_through, 0, expired)
+
+
 def deletable_count(sorted_names: Sequence[str], expired: int, state: MirrorState | None) -> int:
     """How many of the ``expired`` oldest names retention may delete, given the mirror.
 
@@ -109,12 +122,8 @@ def deletable_count(sorted_names: Sequence[str], expired: int, state: MirrorStat
     """
     if state is None or expired <= 0:
         return expired
-    if state.mirrored_through is None:
-        mirrored = 0
-    else:
-        mirrored = bisect.bisect_right(sorted_names, state.mirrored_through, 0, expired)
-    held = expired - mirrored
-    return mirrored + max(0, held - state.hold_max)
+    held = held_back(sorted_names, expired, state)
+    return expired - held + max(0, held - state.hold_max)
 
 
 def mirror_status(

@@ -3,6 +3,11 @@
 ``judge_payload`` is the one gate every drop passes: it turns raw bytes into a validated
 model or a :class:`PayloadRejected` whose ``errors`` name each failing field. It never
 raises anything else, whatever the bytes hold (binary, BOMs, NaN, 200,000 brackets).
+
+The words are for the scraper's author, who reads them in ``submit``'s refusal, the
+rejected drop's reason file, the log and an HTTP 400: every problem on its own as
+``field: what is wrong`` (a common misspelling of ``lastUpdated`` is named as such),
+all of them at once, none hidden behind another.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from pydantic import (
     Field,
     StrictBool,
     StrictStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -26,15 +30,16 @@ from .gate import (
     ISO_WITH_OFFSET,
     LAST_UPDATED_RANGE,
     MAX_NESTING,
+    MISSING_SECTION,
     check_last_updated,
     check_sections,
-    parse_text,
-    rejection,
+    judge,
 )
 
 __all__ = [
     "LAST_UPDATED_RANGE",
     "MAX_NESTING",
+    "MISSING_SECTION",
     "ConsoleUsageDataSync",
     "PayloadRejected",
     "UsageWindow",
@@ -91,14 +96,7 @@ class ConsoleUsageDataSync(_Open):
 def judge_payload(data: bytes, *, max_bytes: int | None = None) -> ConsoleUsageDataSync:
     """Validate ``data`` as a drop; raise :class:`PayloadRejected` naming what is wrong.
 
-    The gate's rules (:mod:`ingester.gate`), returning the model. Raises nothing else,
-    whatever the bytes hold.
+    The gate's rules and words (:func:`ingester.gate.judge`), returning the model.
+    Raises nothing else, whatever the bytes hold.
     """
-    text = parse_text(data, max_bytes)
-    try:
-        # JSON mode so that strict typing still reads ISO strings as datetimes.
-        return ConsoleUsageDataSync.model_validate_json(text)
-    except ValidationError as exc:
-        raise rejection(exc) from None
-    except RecursionError:
-        raise PayloadRejected(f"JSON nested deeper than {MAX_NESTING} levels") from None
+    return judge(data, max_bytes, ConsoleUsageDataSync.model_validate_json)

@@ -12,6 +12,15 @@ so obstore's speed buys nothing, while boto3 gives the full standard credential 
 
 Nothing secret is ever put into a log line or a message here: a failure is described
 by its kind, the service's error code and message, never by the credentials.
+
+Every object the mirror writes carries what it is: ``Content-Type: application/json``,
+and in user metadata (``x-amz-meta-*``) the SHA-256 of its bytes, which the mirror
+computes itself and checks on the way back, and, on the latest copy, the version it
+copies. The ETag is never taken for a checksum: with SSE-KMS or SSE-C (and for
+multipart uploads) it is not the MD5 of the bytes, and nothing in its shape says so.
+User metadata rather than S3's newer ``x-amz-checksum-sha256``: every S3-compatible
+store keeps metadata and returns it on a plain GET or HEAD, while the checksum headers
+are not kept by all of them.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ S3Client = Any
 __all__ = [
     "LATEST_KEY",
     "METADATA_KEY",
+    "SHA256_META",
+    "VERSION_META",
     "Failure",
     "MirrorTarget",
     "ObjectStoreUnavailable",
@@ -38,16 +49,23 @@ __all__ = [
     "S3Client",
     "classify",
     "content_md5",
+    "head_remote",
     "list_remote",
     "make_client",
     "parse_target",
+    "put_arguments",
     "require_boto3",
+    "sha256_hex",
 ]
 
 METADATA_KEY = "_metadata.json"
 """The metadata object's name under the prefix."""
 LATEST_KEY = "console-usage-synced.json"
 """The latest object's name under the prefix: a copy of the newest version."""
+SHA256_META = "sha256"
+"""User metadata (``x-amz-meta-sha256``): the hex SHA-256 of the object's bytes."""
+VERSION_META = "version"
+"""User metadata (``x-amz-meta-version``) of the latest copy: the version it copies."""
 
 # Bucket names as S3 allows them (3-63 lower-case letters, digits, dots, hyphens).
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -95,6 +113,30 @@ def content_md5(data: bytes) -> tuple[str, str]:
     return base64.b64encode(digest).decode(), digest.hex()
 
 
+def sha256_hex(data: bytes) -> str:
+    """The hex SHA-256 of ``data``, as the mirror stores it with each object."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def put_arguments(
+    target: MirrorTarget, name: str, data: bytes, *, copies: str | None = None
+) -> dict[str, Any]:
+    """``PutObject`` arguments for ``name`` holding ``data``: the bytes checked by the
+    server (``Content-MD5``), described (``application/json``), with their SHA-256 and,
+    for the latest copy, the version it ``copies`` in user metadata."""
+    metadata = {SHA256_META: sha256_hex(data)}
+    if copies is not None:
+        metadata[VERSION_META] = copies
+    return {
+        "Bucket": target.bucket,
+        "Key": target.key(name),
+        "Body": data,
+        "ContentMD5": content_md5(data)[0],
+        "ContentType": "application/json",
+        "Metadata": metadata,
+    }
+
+
 def require_boto3() -> None:
     """Raise :class:`ObjectStoreUnavailable` (naming the extra) when boto3 is missing."""
     try:
@@ -139,11 +181,38 @@ def make_client(endpoint_url: str | None = None, *, timeout: float = 10.0) -> S3
 
 @dataclass(frozen=True)
 class RemoteObject:
-    """One object of a listing: its name under the prefix, size and ETag (no quotes)."""
+    """One object: its name under the prefix, size and ETag (no quotes); from a ``HEAD``
+    or the mirror's own upload also its stored SHA-256 and (latest copy) the version it
+    copies. A listing gives neither: ``None``, as for an object stored without them."""
 
     name: str
     size: int
     etag: str
+    sha256: str | None = None
+    version: str | None = None
+
+
+def head_remote(client: S3Client, target: MirrorTarget, name: str) -> RemoteObject | None:
+    """``name``'s object with its metadata (one ``HEAD``), or ``None`` when there is none.
+
+    Raises botocore's errors for anything but "not found"; :func:`classify` tells what
+    they mean.
+    """
+    try:
+        head: dict[str, Any] = client.head_object(Bucket=target.bucket, Key=target.key(name))
+    except Exception as exc:
+        failure = classify(exc)
+        if failure is not None and (failure.detail.startswith(("404", "NoSuchKey", "NotFound"))):
+            return None
+        raise
+    metadata = {str(k).lower(): str(v) for k, v in (head.get("Metadata") or {}).items()}
+    return RemoteObject(
+        name,
+        int(head.get("ContentLength", 0)),
+        str(head.get("ETag", "")).strip('"'),
+        metadata.get(SHA256_META),
+        metadata.get(VERSION_META),
+    )
 
 
 def list_remote(client: S3Client, target: MirrorTarget) -> dict[str, RemoteObject]:

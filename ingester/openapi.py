@@ -10,6 +10,8 @@ import functools
 import json
 from typing import Any
 
+from .schema import last_updated_schema
+
 __all__ = ["openapi_bytes", "openapi_document"]
 
 
@@ -36,12 +38,26 @@ _CACHE_HEADERS = {
     },
 }
 
+_IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+}
+
 _SERIES_HEADERS = {
     "ETag": {
         "description": "Weak tag naming the versions selected; changes exactly when they do.",
         "schema": {"type": "string"},
     },
     "Cache-Control": {"description": "no-cache", "schema": {"type": "string"}},
+}
+
+# The fields every answer of a POST endpoint has, as the original server's clients read them.
+_ANSWER = {
+    "success": {"type": "boolean"},
+    "message": {"type": "string"},
+    "timestamp": {"type": "string"},
 }
 
 _SCHEMAS: dict[str, Any] = {
@@ -68,7 +84,7 @@ _SCHEMAS: dict[str, Any] = {
                     "sonnetOnly": _ref("UsageWindow"),
                 },
             },
-            "lastUpdated": {"type": "string", "format": "date-time"},
+            "lastUpdated": last_updated_schema(),
             "isPartial": {"type": "boolean"},
             "extractionErrors": {"type": "object", "additionalProperties": {"type": "string"}},
         },
@@ -106,7 +122,10 @@ _SCHEMAS: dict[str, Any] = {
             "error": {"type": "string"},
             "message": {"type": "string"},
             "validRange": {"type": "string", "description": "for InvalidVersion"},
-            "example": {"type": "string", "description": "for InvalidTimestamp, InvalidTime"},
+            "example": {
+                "type": "string",
+                "description": "for InvalidTimestamp, InvalidTime, InvalidBy",
+            },
         },
     },
     "NoVersions": {
@@ -122,14 +141,32 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["success", "message", "timestamp"],
         "properties": {
-            "success": {"type": "boolean"},
-            "message": {"type": "string"},
-            "timestamp": {"type": "string"},
+            **_ANSWER,
             "drop": {"type": "string", "description": "the drop's name in the spool (202)"},
+            "waitingForWatcher": {
+                "type": "boolean",
+                "description": "202: true when no watcher runs, so the drop waits in the "
+                "spool until one starts",
+            },
             "errors": {
                 "type": "array",
                 "items": {"type": "object"},
                 "description": "every validation problem (400)",
+            },
+        },
+    },
+    "TriggerResult": {
+        "type": "object",
+        "required": ["success", "message", "timestamp"],
+        "properties": {
+            **_ANSWER,
+            "requestId": {
+                "type": "string",
+                "description": "the run's id (a request that joined a run gets that run's)",
+            },
+            "joined": {
+                "type": "boolean",
+                "description": "this request came while a run was under way, and joined it",
             },
         },
     },
@@ -191,23 +228,130 @@ _SCHEMAS: dict[str, Any] = {
                 "type": ["string", "null"],
                 "description": "the upper bound as read (UTC), null when open",
             },
+            "by": {"enum": ["ingestedAt", "lastUpdated"]},
+        },
+    },
+    "Forecast": {
+        "type": "object",
+        "description": "Each usage limit of the newest snapshot: its burn rate over the current "
+        "window (since the last reset, its last 24 hours) and when it reaches 100 %.",
+        "required": ["asOf", "consoleTimeZone", "limits"],
+        "properties": {
+            "asOf": {
+                "type": ["string", "null"],
+                "description": "The newest lastUpdated (ISO-8601 UTC); null when no version "
+                "holds a readable snapshot",
+            },
+            "consoleTimeZone": {
+                "type": "string",
+                "description": "The IANA zone absolute resetsIn wordings were read in",
+            },
+            "limits": {"type": "array", "items": _ref("LimitForecast")},
+        },
+    },
+    "LimitForecast": {
+        "type": "object",
+        "required": [
+            "limit",
+            "percentageUsed",
+            "resetsIn",
+            "resetsAt",
+            "ratePerHour",
+            "exhaustsAt",
+            "beforeReset",
+            "basis",
+        ],
+        "properties": {
+            "limit": {
+                "type": "string",
+                "description": "The window's dotted path in the payload, e.g. "
+                "weeklyLimits.allModels",
+            },
+            "percentageUsed": {"type": "number"},
+            "resetsIn": {"type": ["string", "null"], "description": "as in the payload"},
+            "resetsAt": {
+                "type": ["string", "null"],
+                "description": "resetsIn as an instant (ISO-8601 UTC); null when unreadable",
+            },
+            "ratePerHour": {
+                "type": ["number", "null"],
+                "description": "percent per hour; null from fewer than 2 snapshots or less "
+                "than 10 minutes",
+            },
+            "exhaustsAt": {
+                "type": ["string", "null"],
+                "description": "when 100 % is reached at this rate (already reached: when it "
+                "was); null without a rising rate",
+            },
+            "beforeReset": {
+                "type": ["boolean", "null"],
+                "description": "whether exhaustsAt comes before resetsAt; null when either "
+                "is unknown",
+            },
+            "basis": {
+                "type": "object",
+                "required": ["points", "since"],
+                "properties": {
+                    "points": {"type": "integer", "minimum": 1},
+                    "since": {"type": "string"},
+                },
+            },
         },
     },
     "Health": {
         "type": "object",
-        "required": ["status", "reason", "timestamp"],
+        "description": "The original server's fields (status, timestamp, storage, "
+        "latestData) and the numbers behind the verdict.",
+        "required": ["status", "reason", "timestamp", "storage", "latestData"],
         "properties": {
             "status": {"enum": ["healthy", "degraded", "unhealthy"]},
-            "reason": {"type": "string"},
+            "reason": {"type": "string", "description": "every reason found, worst first"},
             "timestamp": {"type": "string"},
+            "storage": {
+                "type": "object",
+                "required": ["accessible", "versionCount"],
+                "properties": {
+                    "accessible": {"type": "boolean"},
+                    "versionCount": {"type": "integer", "minimum": 0},
+                },
+            },
+            "latestData": {
+                "type": "object",
+                "description": "The newest stored version, by its ingest time (the "
+                "metadata's newestTimestamp), judged by the same thresholds",
+                "required": ["ageMinutes", "status", "timestamp"],
+                "properties": {
+                    "ageMinutes": {"type": ["integer", "null"]},
+                    "status": {"enum": ["healthy", "degraded", "unhealthy"]},
+                    "timestamp": {"type": ["string", "null"]},
+                },
+            },
             "versionCount": {"type": "integer", "minimum": 0},
             "latestVersion": {"type": "string"},
             "latestIngestedAt": {"type": "string"},
             "lastUpdated": {"type": "string"},
             "ageSeconds": {"type": "number"},
-            "ageMinutes": {"type": "integer"},
+            "ageMinutes": {"type": "integer", "description": "rounded to the nearest minute"},
             "staleAfterMinutes": {"type": "integer"},
             "unhealthyAfterMinutes": {"type": "integer"},
+            "spool": {
+                "type": "object",
+                "properties": {
+                    "waiting": {"type": ["integer", "null"]},
+                    "oldestWaitingSeconds": {"type": ["number", "null"]},
+                },
+            },
+            "watcher": {
+                "type": "object",
+                "properties": {
+                    "running": {
+                        "type": ["boolean", "null"],
+                        "description": "null: cannot tell (the lock table is hidden)",
+                    },
+                    "pid": {"type": ["integer", "null"]},
+                    "inProcess": {"type": "boolean", "description": "serve --watch"},
+                },
+            },
         },
     },
 }
@@ -235,7 +379,7 @@ def openapi_document() -> dict[str, Any]:
                             "in": "query",
                             "required": False,
                             "description": "N >= 1 counts from the oldest, N <= -1 from the "
-                            "newest (-1 = newest); 0 or out of range: 400. Wins over timestamp.",
+                            "newest (-1 = newest); 0 or out of range: 400. Empty: not given.",
                             "schema": {"type": "integer"},
                         },
                         {
@@ -243,7 +387,8 @@ def openapi_document() -> dict[str, Any]:
                             "in": "query",
                             "required": False,
                             "description": "ISO-8601 instant (UTC without an offset): the "
-                            "version ingested nearest to it.",
+                            "version ingested nearest to it. Wins over version (as the "
+                            "original); empty: not given.",
                             "schema": {"type": "string"},
                         },
                         {
@@ -280,13 +425,38 @@ def openapi_document() -> dict[str, Any]:
                         "content": {"application/json": {"schema": _ref("ConsoleUsageDataSync")}},
                     },
                     "responses": {
-                        "202": _json_body("PostResult", "Durable in the spool"),
+                        "202": _json_body(
+                            "PostResult",
+                            "Durable in the spool (waitingForWatcher says whether "
+                            "a watcher will store it)",
+                        ),
                         "400": _json_body("PostResult", "Invalid payload, with errors"),
                         "401": _json_body("PostResult", "Missing or wrong X-API-Key"),
                         "408": _json_body("PostResult", "Body too slow"),
                         "413": _json_body("PostResult", "Body over --max-bytes"),
                         "415": _json_body("PostResult", "Content-Type is not JSON"),
-                        "503": _json_body("PostResult", "The spool cannot be written"),
+                        "503": _json_body(
+                            "PostResult",
+                            "The spool cannot be written, or (--require-watcher) no watcher "
+                            "runs; nothing was dropped",
+                        ),
+                    },
+                },
+            },
+            "/api/claude/console-usage/trigger": {
+                "post": {
+                    "operationId": "triggerRefresh",
+                    "summary": "Run the configured --trigger-command now (one run at a time; "
+                    "a request during a run joins it)",
+                    "security": [{"apiKey": []}],
+                    "responses": {
+                        "200": _json_body("TriggerResult", "The command exited 0"),
+                        "401": _json_body("PostResult", "Missing or wrong X-API-Key"),
+                        "500": _json_body(
+                            "TriggerResult",
+                            "The command failed, was killed, timed out or could not start",
+                        ),
+                        "501": _json_body("PostResult", "No trigger command is configured"),
                     },
                 },
             },
@@ -360,17 +530,21 @@ def openapi_document() -> dict[str, Any]:
                             "schema": {"type": "string"},
                         }
                         for bound, words in (
-                            ("since", "only versions ingested at or after it"),
-                            ("until", "only versions ingested at or before it"),
+                            ("since", "only versions ingested (or observed) at or after it"),
+                            ("until", "only versions ingested (or observed) at or before it"),
                         )
                     ]
                     + [
                         {
-                            "name": "If-None-Match",
-                            "in": "header",
+                            "name": "by",
+                            "in": "query",
                             "required": False,
-                            "schema": {"type": "string"},
-                        }
+                            "description": "ingestedAt (the default): since and until select "
+                            "by ingest time, rows in storage order; lastUpdated: by the time "
+                            "of the observation, rows in that order",
+                            "schema": {"enum": ["ingestedAt", "lastUpdated"]},
+                        },
+                        _IF_NONE_MATCH,
                     ],
                     "responses": {
                         "200": {
@@ -381,7 +555,30 @@ def openapi_document() -> dict[str, Any]:
                             "description": "Not modified: the same versions are selected",
                             "headers": _SERIES_HEADERS,
                         },
-                        "400": _json_body("Error", "since or until is not a time (InvalidTime)"),
+                        "400": _json_body(
+                            "Error",
+                            "since or until is not a time (InvalidTime), or by is "
+                            "unknown (InvalidBy)",
+                        ),
+                        "503": unavailable,
+                    },
+                },
+            },
+            "/api/claude/console-usage/forecast": {
+                "get": {
+                    "operationId": "getForecast",
+                    "summary": "Each usage limit's burn rate, reset time and projected run-out",
+                    "parameters": [_IF_NONE_MATCH],
+                    "responses": {
+                        "200": {
+                            **_json_body("Forecast", "The forecast"),
+                            "headers": _SERIES_HEADERS,
+                        },
+                        "304": {
+                            "description": "Not modified: the same versions",
+                            "headers": _SERIES_HEADERS,
+                        },
+                        "404": _json_body("NoVersions", "No versions stored yet"),
                         "503": unavailable,
                     },
                 },
@@ -389,8 +586,9 @@ def openapi_document() -> dict[str, Any]:
             "/api/health": {
                 "get": {
                     "operationId": "getHealth",
-                    "summary": "healthy / degraded (> 10 min) / unhealthy (> 30 min, none, "
-                    "unreadable)",
+                    "summary": "healthy / degraded (> 10 min, or drops waiting with no "
+                    "watcher) / unhealthy (> 30 min, none, unreadable, or drops waiting over "
+                    "10 min with no watcher)",
                     "responses": {
                         "200": _json_body("Health", "healthy or degraded"),
                         "503": _json_body("Health", "unhealthy"),

@@ -19,7 +19,7 @@ import os
 import signal
 from collections import Counter
 from collections.abc import Iterable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -30,11 +30,14 @@ from .admission import (
     REFUSAL_REASONS,
     ConnectionLimits,
 )
+from .api import ServeConfig, create_app, log_configuration
 from .http_protocol import ConnectionLayer, protocol_class
 from .logs import describe_exception
 from .request_errors import OneLineErrors
-from .serve import ServeConfig, create_app
 from .sockets import Listener, listeners
+
+if TYPE_CHECKING:  # imported when used: serve alone does not load the watcher
+    from .watch_thread import ThreadedWatcher
 
 __all__ = ["GRACE_S", "serve"]
 
@@ -143,12 +146,19 @@ def serve(
     max_per_client: int = DEFAULT_MAX_PER_CLIENT,
     head_timeout: float = 10.0,
     environ: MutableMapping[str, str] | None = None,
+    watcher: ThreadedWatcher | None = None,
+    listen_source: str | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit code (0).
+    """Serve until SIGTERM/SIGINT; returns the exit code.
 
     Serves every socket systemd passes (socket activation; ``host`` and ``port`` are
     then not used), else binds ``host:port``. ``environ`` (default ``os.environ``)
-    holds the activation variables, which are removed from it. Raises
+    holds the activation variables, which are removed from it. With ``watcher``
+    (``serve --watch``) the watcher runs on its own thread meanwhile
+    (:func:`ingester.watch_thread.run_beside`): a stop signal stops both, each finishing
+    what is in hand, and the exit code is the watcher's (1 when it stopped on its own,
+    which stops the server too). ``listen_source`` names where the address came from,
+    for the log. Raises
     :class:`ingester.sockets.ActivationError` when a passed descriptor cannot be served
     and ``OSError`` when the address cannot be bound.
     """
@@ -163,7 +173,9 @@ def serve(
         OneLineErrors(app, GRACE_S),
         http=protocol_class(layer),
         loop="asyncio",
-        lifespan="off",
+        # On: the app's lifespan says whether a watcher will store POSTs, and keeps
+        # watching the spool while none does.
+        lifespan="on",
         log_config=None,
         access_log=False,
         server_header=False,
@@ -176,11 +188,7 @@ def serve(
     server = uvicorn.Server(uv)
     _route_uvicorn_logs()
     _log_listening(socks, host, port, config)
-    if config.api_key is None:
-        log.warning(
-            "serve: no API key (INGESTER_API_KEY or --api-key-file): every POST answers 401; "
-            "the read endpoints work"
-        )
+    log_configuration(config, listen_source)
     # uvicorn re-raises the stop signal once it has shut down; with these handlers in
     # place that re-raise is a no-op, so a SIGTERM/SIGINT stop exits 0 like the watcher.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -193,7 +201,13 @@ def serve(
         finally:
             layer.close()
 
-    asyncio.run(run())
+    code = 0
+    if watcher is None:
+        asyncio.run(run())
+    else:
+        from .watch_thread import run_beside
+
+        code = run_beside(server, run(), watcher, socks[0].url)
     log.info(
         "serve: stopped: %d requests answered, %d POSTs accepted, %d connections refused, "
         "%d closed at the head deadline",
@@ -202,7 +216,7 @@ def serve(
         sum(layer.limits.refused.values()),
         sum(layer.head_timeouts.values()),
     )
-    return 0
+    return code
 
 
 def _log_listening(socks: list[Listener], host: str, port: int, config: ServeConfig) -> None:

@@ -16,6 +16,7 @@ import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,14 @@ def _mirror_retention(text: Any) -> str:
     if text not in ("keep", "follow"):
         raise ValueError(f"must be keep or follow, got {text!r}")
     return str(text)
+
+
+def _time_zone(text: Any) -> str:
+    from .resets import load_zone
+
+    if not isinstance(text, str):
+        raise ValueError(f"{_shown(text)} is not a time zone name")
+    return load_zone(text).key
 
 
 def _path(text: Any) -> Path:
@@ -262,6 +271,14 @@ SPECS = (
         DEFAULT_HOLD_MAX,
         bounds=MIRROR_HOLD,
     ),
+    Spec(
+        "console_timezone",
+        _time_zone,
+        "ZONE",
+        "IANA time zone the console shows absolute reset times in ('Mon 8:59 AM'), e.g. "
+        "Europe/Berlin",
+        default_text="this machine's zone",
+    ),
 )
 """Every setting, in the order ``--help`` and ``status`` show them."""
 _SPECS = SPECS
@@ -299,6 +316,7 @@ class Settings:
     mirror: str | None = None
     mirror_retention: str = DEFAULT_MIRROR_RETENTION
     mirror_hold: int = DEFAULT_HOLD_MAX
+    console_timezone: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -319,11 +337,26 @@ class Settings:
         """A store on these settings' history (not yet loaded)."""
         return HistoryStore(self.history_dir, self.latest_path, self.policy())
 
+    def console_zone(self) -> tuple[tzinfo, str]:
+        """The console's time zone and its name: the setting, else this machine's zone.
+
+        The machine's zone is the default because the scraper usually runs in the browser
+        of the person whose console it reads, on the machine (or in the zone) the history
+        is kept for; a server elsewhere sets ``--console-timezone``.
+        """
+        from .resets import load_zone, machine_zone
+
+        if self.console_timezone is not None:
+            return load_zone(self.console_timezone), self.console_timezone
+        return machine_zone()
+
     def describe(self) -> dict[str, dict[str, Any]]:
         """Each setting's value and where it came from, for ``status``."""
         out: dict[str, dict[str, Any]] = {}
         for spec in _SPECS:
             value = getattr(self, spec.name)
+            if spec.name == "console_timezone" and value is None:
+                value = self.console_zone()[1]  # the zone in effect: this machine's
             out[spec.name] = {
                 "value": os.fspath(value) if isinstance(value, Path) else value,
                 "source": self.sources.get(spec.name, "default"),
@@ -457,5 +490,6 @@ def resolve_settings(
         mirror=values.get("mirror", _DEFAULTS["mirror"]),
         mirror_retention=values.get("mirror_retention", _DEFAULTS["mirror_retention"]),
         mirror_hold=values.get("mirror_hold", _DEFAULTS["mirror_hold"]),
+        console_timezone=values.get("console_timezone"),
         sources=sources,
     )

@@ -17,7 +17,15 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["NO_METRICS", "REJECT_KINDS", "Metrics", "NoMetrics", "WatchMetrics", "reject_kind"]
+__all__ = [
+    "NO_METRICS",
+    "REJECT_KINDS",
+    "REJECT_LABELS",
+    "Metrics",
+    "NoMetrics",
+    "WatchMetrics",
+    "reject_kind",
+]
 
 # Ingest latency buckets, seconds: a drop usually takes a millisecond or two (one fsync
 # of a version, one of the history); slow disks and retries stretch it to seconds.
@@ -25,6 +33,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 # Rejection reasons are free text naming the drop's own bytes; the label takes a kind
 # from this fixed list (first matching prefix or phrase wins), so the series stay few.
+# A payload that breaks the model's rules comes with its kind ("schema") instead: its
+# words are the author's field-by-field problems, with no fixed phrase to match.
 REJECT_KINDS: tuple[tuple[str, str], ...] = (
     ("cannot read", "unreadable"),
     ("not a regular file", "not_a_file"),
@@ -34,12 +44,16 @@ REJECT_KINDS: tuple[tuple[str, str], ...] = (
     ("not JSON", "not_json"),
     ("top level is", "not_json"),
     ("nested deeper", "not_json"),
-    ("does not match", "schema"),
 )
+REJECT_LABELS: tuple[str, ...] = (*dict.fromkeys(k for _, k in REJECT_KINDS), "schema", "other")
+"""Every value the ``reason`` label takes."""
 
 
-def reject_kind(reason: str) -> str:
-    """The bounded label for a rejection ``reason``: a kind in :data:`REJECT_KINDS` or ``other``."""
+def reject_kind(reason: str, kind: str | None = None) -> str:
+    """The bounded label for a rejection: ``kind`` when it is one of :data:`REJECT_LABELS`,
+    else the kind of the first phrase of ``reason`` found, else ``other``."""
+    if kind is not None and kind in REJECT_LABELS:
+        return kind
     for phrase, kind in REJECT_KINDS:
         if phrase in reason:
             return kind
@@ -50,7 +64,7 @@ class Metrics(Protocol):
     """What the watcher loop calls; :class:`WatchMetrics` and :class:`NoMetrics` answer."""
 
     def ingested(self, seconds: float) -> None: ...
-    def rejected(self, reason: str) -> None: ...
+    def rejected(self, reason: str, kind: str | None = None) -> None: ...
     def failed(self) -> None: ...
     def watch(self, backlog: Callable[[], int], holding: Callable[[], bool]) -> None: ...
 
@@ -61,7 +75,7 @@ class NoMetrics:
     def ingested(self, seconds: float) -> None:
         """Ignored."""
 
-    def rejected(self, reason: str) -> None:
+    def rejected(self, reason: str, kind: str | None = None) -> None:
         """Ignored."""
 
     def failed(self) -> None:
@@ -97,9 +111,8 @@ class WatchMetrics:
             ["reason"],
             registry=r,
         )
-        for _, kind in REJECT_KINDS:
-            self._rejected.labels(kind)  # every kind shows from the start, at 0
-        self._rejected.labels("other")
+        for label in REJECT_LABELS:
+            self._rejected.labels(label)  # every kind shows from the start, at 0
         self._failures = Counter(
             "ingester_watch_store_failures",
             "Times a drop or the history could not be written (each is retried after a backoff)",
@@ -143,9 +156,9 @@ class WatchMetrics:
         self._latency.observe(max(0.0, seconds))
         self._last.set(time.time())
 
-    def rejected(self, reason: str) -> None:
-        """One drop went to the rejected folder for ``reason`` (free text)."""
-        self._rejected.labels(reject_kind(reason)).inc()
+    def rejected(self, reason: str, kind: str | None = None) -> None:
+        """One drop went to the rejected folder for ``reason`` (free text) of ``kind``."""
+        self._rejected.labels(reject_kind(reason, kind)).inc()
 
     def failed(self) -> None:
         """A drop or the history could not be written; the watcher backs off."""

@@ -520,7 +520,7 @@ class Watcher:
         elif isinstance(outcome, Rejected):
             self._drop_waits.forget(outcome.drop)
             self.counts.rejected += 1
-            self.metrics.rejected(outcome.reason)
+            self.metrics.rejected(outcome.reason, outcome.kind)
             log.warning(
                 "rejected %s: %s (moved to %s)",
                 outcome.drop,

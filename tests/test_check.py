@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from support import INVALID_SAMPLES, run_cli
+from support.plugin_output import perfdata_problems
 
 from ingester.mirror_state import MirrorState, write_mirror_state
 
@@ -30,11 +31,12 @@ def ingest(root: Path, tmp_path: Path, age: timedelta) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def check(root: Path, *args: str) -> tuple[int, str]:
-    result = run_cli(root, "check", *args)
+def check(root: Path, *args: str, before: tuple[str, ...] = ()) -> tuple[int, str]:
+    result = run_cli(root, *before, "check", *args)
     assert "Traceback" not in result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 1, result.stdout + result.stderr
+    assert perfdata_problems(lines[0]) == [], lines[0]
     return result.returncode, lines[0]
 
 
@@ -171,7 +173,8 @@ def test_mirror_lag_from_its_state_file(root: Path, tmp_path: Path) -> None:
     result = run_cli(root, "check", "--json", "--max-mirror-lag", "15m")
     assert result.returncode == 1, result.stdout
     doc = json.loads(result.stdout)
-    assert [c["name"] for c in doc["checks"]] == ["age", "backlog", "rejected", "mirror_lag"]
+    names = [c["name"] for c in doc["checks"]]
+    assert names == ["age", "backlog", "rejected", "mirror_lag", "mirror_held"]
     mirror = doc["checks"][3]
     assert mirror["status"] == "WARNING" and (mirror["warning"], mirror["critical"]) == (900, 1800)
     assert 1190 < mirror["value"] < 1300
@@ -216,3 +219,81 @@ def test_quiet_prints_nothing_when_ok_and_everything_on_failure(root: Path, tmp_
     assert warned.returncode == 1
     assert warned.stdout == ""
     assert warned.stderr.startswith("INGESTER WARNING - newest data 20 min old")
+
+
+def perf(line: str) -> dict[str, str]:
+    """The performance data of a check line, token by label."""
+    tokens = line.split(" | ", 1)[1].split()
+    return {t.split("=", 1)[0]: t.split("=", 1)[1] for t in tokens}
+
+
+def test_perfdata_in_every_state_follows_the_plugin_grammar(root: Path, tmp_path: Path) -> None:
+    """Plain decimals only, never an empty value: what Icinga 2 and the guidelines accept."""
+    # No history, then an empty one: the age is unknown, so its token is left out.
+    code, line = check(root)
+    assert code == 2 and "age" not in perf(line), line
+    assert run_cli(root, "init").returncode == 0
+    code, line = check(root)
+    assert code == 2 and "age" not in perf(line) and perf(line)["backlog"] == "0;50;100", line
+    # Six-year-old data, a month's threshold: numbers past a million stay plain.
+    ingest(root, tmp_path, timedelta(days=6 * 365))
+    code, line = check(root, "--max-age", "30d")
+    assert code == 2, line
+    age = perf(line)["age"]
+    assert age.endswith("s;2592000;5184000") and float(age.split("s;")[0]) > 1.8e8, line
+    # Huge thresholds of every kind.
+    code, line = check(
+        root,
+        "--max-age",
+        "100000000d",
+        "--max-backlog",
+        "1000000000000000",
+        "--max-rejected-per-hour",
+        "1000000000000000",
+        "--mirror-hold-warning",
+        "99.5",
+    )
+    assert code == 0, line
+    assert perf(line)["age"].endswith(";8640000000000;17280000000000"), line
+    assert perf(line)["backlog"] == "0;1000000000000000;2000000000000000", line
+
+
+def test_a_duration_too_long_to_count_is_a_usage_error(root: Path) -> None:
+    result = run_cli(root, "check", "--max-age", "9" * 400 + "d")
+    assert result.returncode == 2 and "too long" in result.stderr, result.stderr
+
+
+def test_warns_before_retention_deletes_what_the_mirror_never_uploaded(
+    root: Path, tmp_path: Path
+) -> None:
+    """The hold fills while the mirror is away: WARNING near --mirror-hold, CRITICAL at it."""
+    ingest(root, tmp_path, timedelta(0))
+    history = root / HISTORY
+    # Ten expired versions (8 days old: past the 7 days, and beyond the newest 1).
+    for seq in range(10):
+        old_version(root, timedelta(days=8, minutes=seq), 100 + seq)
+    newest = max(p.name for p in history.glob("2*.json"))
+    policy = ("--max-versions", "1")
+
+    def held(hold: int, *args: str) -> tuple[int, str, dict[str, object]]:
+        write_mirror_state(history, MirrorState(state="unreachable", hold_max=hold))
+        result = run_cli(root, *policy, "check", "--json", *args)
+        item = json.loads(result.stdout)["checks"][-1]
+        code, line = check(root, *args, before=policy)
+        assert code == result.returncode
+        return code, line, item
+
+    code, line, item = held(100)
+    assert item["name"] == "mirror_held" and item["value"] == 10 and item["status"] == "OK"
+    assert perf(line)["mirror_held"] == "10;80;100", line
+    code, line, item = held(12)  # 10 of 12: past 80 %
+    assert item["status"] == "WARNING", item
+    assert "10 of 12 expired versions kept for the mirror (80% of the hold or more)" in line
+    assert held(12, "--mirror-hold-warning", "90")[2]["status"] == "OK"
+    code, line, item = held(10)  # full: the next expiry deletes a version never uploaded
+    assert code == 2 and item["status"] == "CRITICAL", line
+    assert "retention deletes versions that were never uploaded" in line
+    # Mirrored through the newest: nothing is held, however small the hold.
+    write_mirror_state(history, MirrorState(mirrored_through=newest, hold_max=1))
+    code, line = check(root, before=policy)
+    assert perf(line)["mirror_held"] == "0;0.8;1", line

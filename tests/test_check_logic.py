@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.plugin_output import perfdata_problems
 
 from ingester.check import (
     CRITICAL,
@@ -18,6 +21,7 @@ from ingester.check import (
     CheckLimits,
     Facts,
     MirrorFacts,
+    format_perfdata,
     judge,
     mirror_facts,
     parse_duration,
@@ -140,7 +144,8 @@ def test_the_mirror_item_follows_its_threshold_and_counts_in_the_worst(
     assert result.code == max(i.code for i in result.items)
     # Both numbers are in the performance data and in --json.
     perf = result.line().split(" | ", 1)[1]
-    assert f"mirror_lag={seen:g}s;{lim.max_mirror_lag:g};{2 * lim.max_mirror_lag:g}" in perf
+    token = format_perfdata("mirror_lag", seen, "s", lim.max_mirror_lag, 2 * lim.max_mirror_lag)
+    assert token in perf.split()
     assert f"mirror_backlog={backlog}" in perf.split()
     doc = result.to_json()
     assert doc["mirror"]["backlog"] == backlog
@@ -243,3 +248,124 @@ def test_prune_removes_exactly_the_expired_pairs(
             # Otherwise it is the drop of an expired reason file, and never a folder.
             assert f"{name}.reason.json" in removed
             assert entries.get(name) != "dir"
+
+
+# -- the performance data, strictly by the plugin guidelines' grammar -----------------------
+
+huge = st.one_of(
+    st.floats(min_value=1, max_value=1e18, allow_nan=False),
+    st.sampled_from([1e6, 1.0368e6, 2.592e6, 6 * 365.25 * 86400, 1e15, 0.5, 1e-7]),
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from(["fresh", "no-version", "no-history", "damaged"]),
+    st.one_of(
+        st.floats(min_value=0, max_value=50 * 365 * 86400.0),
+        st.just(6 * 365.25 * 86400),
+    ),
+    st.integers(min_value=0, max_value=10**15),
+    st.integers(min_value=0, max_value=10**15),
+    st.one_of(st.none(), huge),
+    st.builds(
+        CheckLimits,
+        huge,
+        st.integers(min_value=0, max_value=10**15),
+        st.integers(min_value=0, max_value=10**15),
+        huge,
+        st.floats(min_value=0, max_value=100, allow_nan=False),
+    ),
+    st.one_of(st.none(), st.integers(min_value=0, max_value=10**9)),
+    st.integers(min_value=0, max_value=10**9),
+)
+def test_every_state_s_line_follows_the_plugin_grammar(
+    kind: str,
+    age: float,
+    backlog: int,
+    rejected: int,
+    lag: float | None,
+    lim: CheckLimits,
+    hold_max: int | None,
+    held: int,
+) -> None:
+    mirror = (
+        None
+        if lag is None
+        else MirrorFacts(
+            "s3://bucket/x",
+            "unreachable",
+            backlog,
+            "2026-11-30T11-00-00-00000000.json",
+            lag,
+            held=held,
+            hold_max=hold_max,
+        )
+    )
+    base = Facts(now=NOW, backlog=backlog, rejected_last_hour=rejected, mirror=mirror)
+    fact = {
+        "fresh": replace(base, latest="v.json", last_updated=NOW - timedelta(seconds=age)),
+        "no-version": base,
+        "no-history": replace(base, history_problem="no history at /x|y\nz"),
+        "damaged": replace(base, latest="v.json", latest_error="not JSON"),
+    }[kind]
+    line = judge(fact, lim).line()
+    assert perfdata_problems(line) == [], line
+    assert "e+" not in line.split(" | ", 1)[-1] and "e-" not in line.split(" | ", 1)[-1]
+    # An unknown value leaves its token out: the age is there only when it is known.
+    assert (" age=" in line) == (kind == "fresh"), line
+
+
+def test_perfdata_numbers_are_plain_decimals() -> None:
+    six_years = 6 * 365 * 86400.0
+    assert format_perfdata("age", six_years, "s", 2.592e6, 5.184e6) == (
+        "age=189216000s;2592000;5184000"
+    )
+    assert format_perfdata("age", 1.0368e6, "s", 900, 1800) == "age=1036800s;900;1800"
+    assert format_perfdata("x", 1e-7) == "x=0.0000001"
+    assert format_perfdata("x", -0.0) == "x=0"
+    big = format_perfdata("x", 10**20, "", 10**21)
+    assert big == "x=100000000000000000000;1000000000000000000000"
+    assert format_perfdata("age", None, "s", 900, 1800) == ""
+    assert format_perfdata("age", float("nan")) == ""
+    assert format_perfdata("x", 1, "", float("inf"), 2) == "x=1;;2"
+    assert format_perfdata("x", 1, "", None, None, 0, 100) == "x=1;;;0;100"
+    assert format_perfdata("a b=c'd|e\n", 3, "%") == "'a b_c_d_e_'=3%"
+
+
+@pytest.mark.parametrize("unit", ["sec", "minutes", " s"])
+def test_perfdata_refuses_units_the_guidelines_do_not_define(unit: str) -> None:
+    with pytest.raises(ValueError, match="unit"):
+        format_perfdata("x", 1, unit)
+
+
+# -- the mirror's hold ------------------------------------------------------------------------
+
+
+def with_hold(held: int, hold_max: int) -> Facts:
+    mirror = MirrorFacts("s3://b/p", "unreachable", held, None, 0.0, held=held, hold_max=hold_max)
+    return Facts(now=NOW, latest="v.json", last_updated=NOW, mirror=mirror)
+
+
+@given(st.integers(min_value=0, max_value=10**6), st.integers(min_value=1, max_value=10**6))
+def test_the_hold_warns_before_it_is_full_and_is_critical_when_full(
+    held: int, hold_max: int
+) -> None:
+    held = min(held, hold_max)  # retention never keeps more than the hold
+    item = judge(with_hold(held, hold_max), CheckLimits()).items[-1]
+    assert item.name == "mirror_held"
+    if held >= hold_max:
+        assert item.code == CRITICAL and "never uploaded" in item.message
+    elif held >= 0.8 * hold_max and held:
+        assert item.code == WARNING
+    else:
+        assert item.code == OK
+
+
+def test_the_hold_item_needs_a_state_file_and_says_when_the_hold_is_off() -> None:
+    no_state = MirrorFacts("s3://b/p", "never-run", 3, None, 0.0)
+    facts = Facts(now=NOW, latest="v.json", last_updated=NOW, mirror=no_state)
+    result = judge(facts, CheckLimits())
+    assert [i.name for i in result.items][-1] == "mirror_lag"
+    off = judge(with_hold(0, 0), CheckLimits()).items[-1]
+    assert off.code == OK and "--mirror-hold 0" in off.message

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, SAMPLES, cli_env, run_cli
+from support.plugin_output import perfdata_problems
 
 OTHER_UID = 4242
 HISTORY = "console-usage-history"
@@ -49,6 +50,8 @@ COMMANDS: list[tuple[str, ...]] = [
     ("verify",),
     ("verify", "--json"),
     ("verify", "--repair"),
+    ("forecast",),
+    ("forecast", "--json"),
 ]
 
 
@@ -394,7 +397,9 @@ def test_check_that_cannot_read_is_critical_with_its_plugin_line(
     assert (line.returncode, line.stderr) == (2, ""), f"{case}: {line.stdout}{line.stderr}"
     assert line.stdout.startswith("INGESTER CRITICAL - "), line.stdout
     assert reason in line.stdout and "damaged" not in line.stdout
-    assert len(line.stdout.splitlines()) == 1 and " | age=" in line.stdout
+    assert len(line.stdout.splitlines()) == 1 and perfdata_problems(line.stdout.strip()) == []
+    # The age is unknown: its performance data is left out, never an empty value.
+    assert " | backlog=" in line.stdout and "age=" not in line.stdout.split(" | ", 1)[1]
     as_json = run_as_other(root, "check", "--json")
     assert as_json.returncode == 2, as_json.stderr
     report = json.loads(as_json.stdout)

@@ -83,7 +83,7 @@ def _describe(name: str, args: tuple[Any, ...]) -> str:
     parts = []
     for arg in args[:2]:
         if isinstance(arg, int) and not isinstance(arg, bool):
-            parts.append(f"fd{arg}" if name in ("write", "fsync") else str(arg))
+            parts.append(f"fd{arg}" if name in ("write", "fsync", "fchmod") else str(arg))
         elif isinstance(arg, str | bytes | os.PathLike):
             path = os.fsdecode(arg)
             parts.append(
@@ -110,9 +110,9 @@ def _is_file_fd(fd: int) -> bool:
 
 
 @contextlib.contextmanager
-def inject(plan: Plan) -> Iterator[Plan]:
-    """Patch the durable ``os`` functions for the duration; always restores them."""
-    originals = {name: getattr(os, name) for name in DURABLE_OPS}
+def inject(plan: Plan, ops: tuple[str, ...] = DURABLE_OPS) -> Iterator[Plan]:
+    """Patch the durable ``os`` functions (``ops``) for the duration; always restores them."""
+    originals = {name: getattr(os, name) for name in ops}
     if plan.thread is None:
         plan.thread = threading.get_ident()
 
@@ -122,11 +122,11 @@ def inject(plan: Plan) -> Iterator[Plan]:
                 return real(*args, **kwargs)
             if plan.crashed:
                 raise SimulatedCrash(f"already dead, {name} never ran")
-            if name in ("write", "fsync") and not _is_file_fd(args[0]):
+            if name in ("write", "fsync", "fchmod") and not _is_file_fd(args[0]):
                 return real(*args, **kwargs)  # a wake-up pipe, not storage
             plan.calls += 1
             what = _describe(name, args)
-            if name in ("write", "fsync"):
+            if name in ("write", "fsync", "fchmod"):
                 target = _fd_target(args)
                 what += f" [{os.path.basename(os.path.dirname(target))}/{os.path.basename(target)}]"
             plan.trace.append(what)

@@ -7,11 +7,14 @@ environment variables the README and the operations guide list are the ones
 ``ingester --help`` shows; every option any command's ``--help`` lists is documented, and
 the operations guide gives each command a section with all of its options; the quoted
 ``status`` output shows the settings a real run prints; the README names every command
-that refuses while a watcher runs; the Python API example runs as written.
+that refuses while a watcher runs; every Python block in the docs is a marked example
+(``<!-- example: NAME -->``) that runs as written against real data (the Python API, the
+polars recipe on a real export, the scraper's drop function with a real watcher).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -157,24 +160,116 @@ def test_the_watch_options_in_the_operations_guide_are_the_cli_s() -> None:
     assert documented == actual
 
 
-def test_the_python_api_example_runs(tmp_path: Path) -> None:
-    text = (REPO / "docs" / "python-api.md").read_text()
-    example = re.search(r"<!-- example: python-api -->\n```python\n(.*?)```", text, re.S)
-    assert example, "docs/python-api.md has no example marked <!-- example: python-api -->"
-    shutil.copy(FULL_SAMPLE, tmp_path / "snapshot.json")
+# -- code blocks that claim to work run as tests ---------------------------------------------
+
+_EXAMPLE = re.compile(r"<!-- example: ([\w-]+) -->\n```(\w+)\n(.*?)```", re.S)
+
+
+def marked_examples() -> dict[str, tuple[Path, str, str]]:
+    """Every ``<!-- example: NAME -->`` block in the docs: name -> (doc, language, code)."""
+    found: dict[str, tuple[Path, str, str]] = {}
+    for doc in DOCS:
+        for name, language, code in _EXAMPLE.findall(doc.read_text()):
+            assert name not in found, f"two examples named {name}"
+            found[name] = (doc, language, code)
+    return found
+
+
+def run_python(code: str, cwd: Path, *, after: str = "") -> subprocess.CompletedProcess[str]:
+    """``code`` (then the test's own ``after`` lines) in a fresh interpreter in ``cwd``."""
     result = subprocess.run(
-        [sys.executable, "-c", example.group(1)],
-        cwd=tmp_path,
+        [sys.executable, "-c", code + "\n" + after],
+        cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def example_python_api(code: str, tmp_path: Path) -> None:
+    shutil.copy(FULL_SAMPLE, tmp_path / "snapshot.json")
+    run_python(code, tmp_path)
     versions = list((tmp_path / "console-usage-history").glob("2*.json"))
     assert len(versions) == 1
     assert versions[0].read_bytes() == FULL_SAMPLE.read_bytes()
     assert (tmp_path / "console-usage-synced.json").resolve() == versions[0].resolve()
+
+
+def example_polars_read_back(code: str, tmp_path: Path) -> None:
+    """The recipe reads a real export whose percentages turn fractional after 100 rows."""
+    pytest.importorskip("polars")
+    sources = []
+    for i in range(104):
+        body: dict[str, object] = {
+            "currentSession": {"resetsIn": "4 hr", "percentageUsed": i % 100 if i < 100 else 7.5},
+            "lastUpdated": f"2026-11-27T{i // 60:02d}:{i % 60:02d}:00Z",
+        }
+        if i == 102:
+            body["weeklyLimits"] = {
+                "allModels": {"resetsIn": "Mon", "percentageUsed": 41.25},
+                "sonnetOnly": {"resetsIn": "Mon", "percentageUsed": 3},
+            }
+            body["isPartial"] = True
+        source = tmp_path / "in" / f"{i:03d}.json"
+        source.parent.mkdir(exist_ok=True)
+        source.write_text(json.dumps(body))
+        sources.append(str(source))
+    assert run_cli(tmp_path, "ingest", *sources).returncode == 0
+    assert run_cli(tmp_path, "export", "-o", str(tmp_path / "usage.csv")).returncode == 0
+    check = (
+        "assert usage.height == 104, usage.height\n"
+        "assert usage['currentSession.percentageUsed'].to_list()[99:101] == [99.0, 7.5]\n"
+        "assert usage['weeklyLimits.allModels.percentageUsed'].to_list()[102] == 41.25\n"
+        "assert usage['isPartial'].to_list()[101:103] == [None, True]\n"
+        "assert str(usage['ingestedAt'].dtype) == \"Datetime(time_unit='us', time_zone='UTC')\"\n"
+        "assert usage['lastUpdated'][0].isoformat() == '2026-11-27T00:00:00+00:00'\n"
+    )
+    run_python(code, tmp_path, after=check)
+
+
+def example_scraper_drop(code: str, tmp_path: Path) -> None:
+    """The function drops a valid payload durably into a spool the watcher takes it from."""
+    assert run_cli(tmp_path, "init").returncode == 0
+    snapshot = json.loads(FULL_SAMPLE.read_text())
+    run_python(code, tmp_path, after=f"drop({snapshot!r})")
+    drops = [p for p in (tmp_path / "spool").iterdir() if p.suffix == ".json"]
+    assert len(drops) == 1 and json.loads(drops[0].read_text()) == snapshot
+    assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+    assert run_cli(tmp_path, "watch", "--once").returncode == 0
+    assert len(list((tmp_path / "console-usage-history").glob("2*.json"))) == 1
+
+
+EXAMPLE_RUNS = {
+    "python-api": example_python_api,
+    "polars-read-back": example_polars_read_back,
+    "scraper-drop": example_scraper_drop,
+}
+# Examples that need a server a module of their own starts: name -> (test file, test).
+EXAMPLES_RUN_ELSEWHERE = {
+    "aws-browse": ("tests/test_mirror.py", "test_the_documented_aws_cli_look_at_the_bucket"),
+}
+
+
+def test_every_python_block_in_the_docs_is_an_example_that_runs() -> None:
+    """No Python block in the docs is left unmarked, and every marked one has a run."""
+    for doc in DOCS:
+        text = doc.read_text()
+        blocks = len(re.findall(r"^```python\n", text, re.M))
+        marked = len(re.findall(r"<!-- example: [\w-]+ -->\n```python\n", text))
+        assert blocks == marked, f"{doc.relative_to(REPO)}: a Python block is not an example"
+    assert set(marked_examples()) == set(EXAMPLE_RUNS) | set(EXAMPLES_RUN_ELSEWHERE)
+    for path, test in EXAMPLES_RUN_ELSEWHERE.values():
+        assert f"def {test}(" in (REPO / path).read_text(), f"{path} has no {test}"
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLE_RUNS))
+def test_the_docs_example_runs_as_written(name: str, tmp_path: Path) -> None:
+    _doc, language, code = marked_examples()[name]
+    assert language == "python"
+    EXAMPLE_RUNS[name](code, tmp_path)
 
 
 def test_the_docs_the_program_and_its_units_point_to_exist() -> None:
@@ -257,3 +352,70 @@ def test_the_readme_names_every_command_that_refuses_while_a_watcher_runs() -> N
     sentence = re.search(r"The commands that write, ([^.]*) refuse", readme)
     assert sentence, "the README does not say which commands refuse while a watcher runs"
     assert {w for w in writers if f"`{w}`" not in sentence.group(1)} == set()
+
+
+def _section_block(doc: Path, heading: str, index: int = 0) -> str:
+    """The ``index``-th ``sh`` block of the section under ``heading``."""
+    text = doc.read_text()
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    blocks = shell_blocks(section)
+    assert len(blocks) > index, f"{doc.name}: no sh block {index} under {heading!r}"
+    return blocks[index]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _run_block(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``script`` run by bash in ``cwd``, without the caller's INGESTER_* variables."""
+    return subprocess.run(
+        ["bash", "-c", script],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("INGESTER_")},
+        check=False,
+    )
+
+
+def _as_here(block: str) -> str:
+    """The block with this environment's interpreter for the checkout's ``.venv/bin/ingester``."""
+    return block.replace(".venv/bin/ingester", f"{sys.executable} -m ingester")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_readme_s_try_it_block_runs_as_the_original_s_clients_would(tmp_path: Path) -> None:
+    block = _section_block(REPO / "README.md", "## Replacing the original server")
+    assert "PORT=4000 CLAUDE_SYNC_API_KEY=" in block and "serve --watch" in block
+    port = _free_port()
+    script = _as_here(block).replace("4000", str(port)).replace("/tmp/usage", str(tmp_path))
+    done = _run_block(script, REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"success":true' in done.stdout, done.stdout + done.stderr
+    assert '"source":"ec2-sync"' in done.stdout, done.stdout + done.stderr
+    assert f"listening on http://127.0.0.1:{port}" in done.stderr
+    assert "serve --watch: stopped" in done.stderr and "Traceback" not in done.stderr
+    assert len(list((tmp_path / "console-usage-history").glob("20*.json"))) == 1
+
+
+def test_the_migrating_guide_s_try_it_block_adopts_a_copy(tmp_path: Path) -> None:
+    from test_adopt import original_history
+
+    original = tmp_path / "server" / "claude-scraper"
+    original.mkdir(parents=True)
+    original_history(original)
+    block = _section_block(REPO / "docs" / "migrating.md", "## Try it on a copy")
+    copy = tmp_path / "copy"
+    script = _as_here(block).replace("/tmp/claude-scraper-copy", str(copy))
+    done = _run_block(script, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "has write bits" in done.stdout  # the first verify, before
+    assert "verify:  ok" in done.stdout and done.stdout.rstrip().endswith("ok")
+    assert (copy / "console-usage-synced.json").is_symlink()
+    assert not (original / "console-usage-synced.json").is_symlink(), "the original was touched"

@@ -6,12 +6,14 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -19,11 +21,19 @@ from hypothesis import strategies as st
 from support import VALID_SAMPLES, cli_env, run_cli
 from test_durable_faults import can_mount, tmpfs  # noqa: F401 - fixtures
 
-from ingester.export import COLUMNS, write_rows
+from ingester.export import COLUMNS, defuse_formulas, write_rows
 from ingester.names import generate_version_filename
+from ingester.resets import parse_resets_in
 
 HISTORY = "console-usage-history"
 START = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+# The console's zone for these exports: not UTC, so a reset read in the wrong zone shows.
+ZONE = "America/New_York"
+
+
+def export_cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ingester export ARGS`` with the console's time zone set to :data:`ZONE`."""
+    return run_cli(root, "export", *args, INGESTER_CONSOLE_TIMEZONE=ZONE)
 
 
 def window(pct: float, resets: str) -> dict[str, Any]:
@@ -87,6 +97,8 @@ def expected_row(name: str, body: dict[str, Any]) -> dict[str, Any]:
     ):
         row[f"{key}.percentageUsed"] = win["percentageUsed"] if win else None
         row[f"{key}.resetsIn"] = win["resetsIn"] if win else None
+        reset = parse_resets_in(win["resetsIn"], last, ZoneInfo(ZONE)) if win else None
+        row[f"{key}.resetsAt"] = reset.at if reset else None
     return row
 
 
@@ -99,7 +111,7 @@ def from_csv_cell(column: str, text: str) -> Any:
     """A CSV cell back as the Python value it stands for."""
     if text == "":
         return None
-    if column in ("ingestedAt", "lastUpdated"):
+    if column in ("ingestedAt", "lastUpdated") or column.endswith("resetsAt"):
         return parse_time(text)
     if column == "isPartial":
         return {"true": True, "false": False}[text]
@@ -114,7 +126,7 @@ def export_bytes(root: Path, *args: str) -> bytes:
         [sys.executable, "-m", "ingester", "--root", str(root), "export", *args],
         capture_output=True,
         timeout=60,
-        env=cli_env(),
+        env=cli_env(INGESTER_CONSOLE_TIMEZONE=ZONE),
         check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -146,7 +158,7 @@ def test_csv_reads_back_with_polars(root: Path) -> None:
     pl = pytest.importorskip("polars")
     versions = build_history(root)
     out = root / "usage.csv"
-    result = ok(run_cli(root, "export", "--output", str(out)))
+    result = ok(export_cli(root, "--output", str(out)))
     assert f"exported {len(versions)} version(s)" in result.stdout
     frame = pl.read_csv(out, try_parse_dates=False, infer_schema_length=None)
     assert tuple(frame.columns) == COLUMNS
@@ -164,15 +176,16 @@ def test_csv_reads_back_with_polars(root: Path) -> None:
 
 def test_jsonl_rows_match_the_versions(root: Path) -> None:
     versions = build_history(root)
-    result = ok(run_cli(root, "export", "--format", "jsonl"))
+    result = ok(export_cli(root, "--format", "jsonl"))
     lines = result.stdout.splitlines()
     assert len(lines) == len(versions)
     for (name, body), line in zip(versions, lines, strict=True):
         row = json.loads(line)
         assert tuple(row) == COLUMNS
         want = expected_row(name, body)
-        row["ingestedAt"] = parse_time(row["ingestedAt"])
-        row["lastUpdated"] = parse_time(row["lastUpdated"])
+        for column in COLUMNS:
+            if column.endswith(("At", "lastUpdated")) and row[column] is not None:
+                row[column] = parse_time(row[column])
         assert row == want
 
 
@@ -190,12 +203,10 @@ def test_since_and_until_select_by_ingest_time_inclusive(root: Path) -> None:
         ),
     ):
         result = ok(
-            run_cli(
-                root, "export", "--format", "jsonl", "--since", since_text, "--until", until_text
-            )
+            export_cli(root, "--format", "jsonl", "--since", since_text, "--until", until_text)
         )
         assert [json.loads(line)["version"] for line in result.stdout.splitlines()] == want
-    only_since = ok(run_cli(root, "export", "--format", "jsonl", "--since", since.isoformat()))
+    only_since = ok(export_cli(root, "--format", "jsonl", "--since", since.isoformat()))
     assert len(only_since.stdout.splitlines()) == 17
     nothing = export_bytes(root, "--since", "2030-01-01")
     assert nothing == (",".join(COLUMNS) + "\r\n").encode()
@@ -208,7 +219,7 @@ def test_damaged_versions_are_skipped_one_warning_each(root: Path) -> None:
         path = root / HISTORY / name
         path.chmod(0o644)
         path.write_bytes(data)
-    result = ok(run_cli(root, "export", "--format", "jsonl"))
+    result = ok(export_cli(root, "--format", "jsonl"))
     names = [json.loads(line)["version"] for line in result.stdout.splitlines()]
     assert names == [n for n, _ in versions if n not in damaged]
     warnings = result.stderr.splitlines()
@@ -228,8 +239,105 @@ def test_text_that_a_spreadsheet_would_run_is_defused_in_csv_only(root: Path) ->
     as_csv = export_bytes(root).decode()
     record = list(csv.reader(io.StringIO(as_csv, newline="")))[1]
     assert record[COLUMNS.index("currentSession.resetsIn")] == '\'=HYPERLINK("http://x")'
-    as_jsonl = ok(run_cli(root, "export", "--format", "jsonl"))
+    as_jsonl = ok(export_cli(root, "--format", "jsonl"))
     assert json.loads(as_jsonl.stdout)["currentSession.resetsIn"] == '=HYPERLINK("http://x")'
+
+
+def test_resets_at_reads_each_wording_in_the_console_time_zone(root: Path) -> None:
+    assert run_cli(root, "init").returncode == 0
+    body = {
+        "currentSession": window(10, "4 hr 12 min"),
+        "weeklyLimits": {
+            "allModels": window(41, "Mon 8:59 AM"),
+            "sonnetOnly": window(7, "whenever"),
+        },
+        "lastUpdated": "2026-11-27T14:05:00Z",  # a Friday
+    }
+    (root / HISTORY / "2026-11-27T14-05-10-0000aaaa.json").write_text(json.dumps(body))
+    row = json.loads(ok(export_cli(root, "--format", "jsonl")).stdout)
+    assert row["currentSession.resetsAt"] == "2026-11-27T18:17:00.000Z"
+    # Monday 8:59 in New York (EST, UTC-5), not 8:59 UTC.
+    assert row["weeklyLimits.allModels.resetsAt"] == "2026-11-30T13:59:00.000Z"
+    assert row["weeklyLimits.sonnetOnly.resetsAt"] is None
+    in_berlin = run_cli(root, "--console-timezone", "Europe/Berlin", "export", "--format", "jsonl")
+    assert json.loads(ok(in_berlin).stdout)["weeklyLimits.allModels.resetsAt"] == (
+        "2026-11-30T07:59:00.000Z"
+    )
+    as_csv = list(csv.reader(io.StringIO(export_bytes(root).decode(), newline="")))
+    assert as_csv[1][COLUMNS.index("weeklyLimits.sonnetOnly.resetsAt")] == ""
+
+
+# What a spreadsheet runs: a field starting (after spaces) with one of these.
+TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def fields_a_spreadsheet_sees(raw: str) -> list[str]:
+    """Every field of ``raw`` CSV as spreadsheets in a ``,`` and in a ``;`` locale split it.
+
+    Both with quote handling (Python's csv, as LibreOffice and Excel read a file) and
+    without (a paste, or a parser that lost track of the quotes: split at every
+    separator and line break, a field's leading spaces and quotes dropped).
+    """
+    fields: list[str] = []
+    for delimiter in (",", ";"):
+        for record in csv.reader(io.StringIO(raw, newline=""), delimiter=delimiter):
+            fields += [f.lstrip(" ") for f in record]
+    fields += [f.lstrip(' "') for f in re.split(r"[,;\t\r\n]", raw)]
+    return fields
+
+
+def runs_as_formula(field: str) -> bool:
+    return field.startswith(TRIGGERS)
+
+
+def test_no_field_a_spreadsheet_sees_in_either_locale_runs_as_a_formula(root: Path) -> None:
+    assert run_cli(root, "init").returncode == 0
+    hostile = [
+        "4 hr;=1+2;",
+        "4 hr,=1+2,",
+        '4 hr;"=1+2"',
+        "4 hr; @SUM(A1)",
+        "\n=1+2",
+        "\r\n+1",
+        "\t-1",
+        "x\n=cmd|' /C calc'!A0",
+        "Mon 8:59 AM;\uff1dSUM(1)",
+    ]
+    for i, text in enumerate(hostile):
+        body = {"currentSession": window(10, text), "lastUpdated": "2026-11-27T14:05:00Z"}
+        name = f"2026-11-27T14-05-{i:02d}-0000aaaa.json"
+        (root / HISTORY / name).write_text(json.dumps(body))
+    raw = export_bytes(root).decode()
+    # Before the defence, a spreadsheet sees a formula in every one of them.
+    undefended = "\r\n".join(hostile)
+    assert all(any(map(runs_as_formula, fields_a_spreadsheet_sees(t))) for t in hostile)
+    assert any(map(runs_as_formula, fields_a_spreadsheet_sees(undefended)))
+    formulas = [f for f in fields_a_spreadsheet_sees(raw) if runs_as_formula(f)]
+    assert formulas == [], formulas
+    # The comma locale reads each cell back whole, an apostrophe before each trigger.
+    records = list(csv.reader(io.StringIO(raw, newline="")))[1:]
+    cells = [r[COLUMNS.index("currentSession.resetsIn")] for r in records]
+    assert cells[0] == "4 hr;'=1+2;"
+    assert [c.replace("'", "") for c in cells] == [t.replace("'", "") for t in hostile]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet=st.sampled_from([*TRIGGERS, ",", ";", '"', "'", " ", "a", "1"])),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_any_text_gives_no_formula_in_either_locale(texts: list[str]) -> None:
+    first = ("2026-11-27T14:05:00.000Z", "2026-11-27T14:04:41.250Z")
+    last = (None, "2026-11-27T14-05-00-0000aaaa.json")
+    rows = [(*first, 23, text, None, 41.5, text, None, 7, text, None, *last) for text in texts]
+    out = io.BytesIO()
+    write_rows(iter(rows), out, "csv")
+    raw = out.getvalue().decode("utf-8")
+    formulas = [f for f in fields_a_spreadsheet_sees(raw) if runs_as_formula(f)]
+    assert formulas == [], (texts, formulas)
 
 
 def test_samples_export_and_empty_history(root: Path) -> None:
@@ -237,7 +345,7 @@ def test_samples_export_and_empty_history(root: Path) -> None:
     empty = export_bytes(root)
     assert empty == (",".join(COLUMNS) + "\r\n").encode()
     ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
-    rows = ok(run_cli(root, "export", "--format", "jsonl")).stdout.splitlines()
+    rows = ok(export_cli(root, "--format", "jsonl")).stdout.splitlines()
     assert len(rows) == len(VALID_SAMPLES)
 
 
@@ -246,30 +354,30 @@ def test_output_file_replaces_atomically_and_leaves_no_temp(root: Path) -> None:
     out = root / "out" / "usage.csv"
     out.parent.mkdir()
     out.write_text("old export\n")
-    ok(run_cli(root, "export", "-o", str(out)))
+    ok(export_cli(root, "-o", str(out)))
     assert out.read_bytes().count(b"\r\n") == 6
     assert sorted(os.listdir(out.parent)) == ["usage.csv"]
 
 
 def test_errors_are_one_line(root: Path, tmp_path: Path) -> None:
-    no_history = run_cli(root, "export")
+    no_history = export_cli(root)
     assert no_history.returncode == 1
     assert no_history.stderr.startswith("error: no history at ")
     assert len(no_history.stderr.splitlines()) == 1
     build_history(root, count=2)
-    missing_folder = run_cli(root, "export", "-o", str(tmp_path / "nope" / "x.csv"))
+    missing_folder = export_cli(root, "-o", str(tmp_path / "nope" / "x.csv"))
     assert missing_folder.returncode == 1
     assert missing_folder.stderr.startswith("error: cannot create ")
     assert "[ENOENT]" in missing_folder.stderr
     assert len(missing_folder.stderr.splitlines()) == 1
-    backwards = run_cli(root, "export", "--since", "2026-11-21", "--until", "2026-11-20")
+    backwards = export_cli(root, "--since", "2026-11-21", "--until", "2026-11-20")
     assert backwards.returncode == 2
     assert "is after --until" in backwards.stderr
-    bad_time = run_cli(root, "export", "--until", "yesterday")
+    bad_time = export_cli(root, "--until", "yesterday")
     assert bad_time.returncode == 2
     assert "not an ISO-8601 time" in bad_time.stderr
     # Exists with its offset, not in UTC: a usage error too, never a traceback.
-    beyond = run_cli(root, "export", "--since", "9999-12-31T23:59-01:00")
+    beyond = export_cli(root, "--since", "9999-12-31T23:59-01:00")
     assert beyond.returncode == 2
     assert "is not a time that exists in UTC" in beyond.stderr
     assert "Traceback" not in beyond.stderr
@@ -292,7 +400,7 @@ def test_full_disk_leaves_the_previous_export_whole(root: Path, tmpfs: Path) -> 
         os.ftruncate(fd, size - 4096)
     finally:
         os.close(fd)
-    result = run_cli(root, "export", "-o", str(out))
+    result = export_cli(root, "-o", str(out))
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stderr.startswith("error: cannot write "), result.stderr
     assert "[ENOSPC]" in result.stderr
@@ -310,10 +418,13 @@ _row = st.tuples(
     st.just("2026-11-27T14:04:41.250Z"),
     st.none() | _pct,
     st.none() | _text,
+    st.none() | st.just("2026-11-30T13:59:00.000Z"),
     st.none() | _pct,
     st.none() | _text,
+    st.none() | st.just("2026-11-30T13:59:00.000Z"),
     st.none() | _pct,
     st.none() | _text,
+    st.none() | st.just("2026-11-30T13:59:00.000Z"),
     st.none() | st.booleans(),
     st.just("2026-11-27T14-05-00-0000aaaa.json"),
 )
@@ -333,8 +444,9 @@ def test_any_text_survives_both_formats(rows: list[tuple[Any, ...]]) -> None:
             elif isinstance(cell, bool):
                 assert text == str(cell).lower()
             elif isinstance(cell, str):
-                defused = cell.startswith(("=", "+", "-", "@", "\t", "\r"))
-                assert text == ("'" + cell if defused else cell)
+                assert text == defuse_formulas(cell)
+                # Only apostrophes are ever added, each before a trigger.
+                assert text.replace("'", "") == cell.replace("'", "")
             else:
                 assert float(text) == cell
     as_jsonl = io.BytesIO()

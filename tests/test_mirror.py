@@ -10,9 +10,13 @@ mode), and a restore into a fresh root passes ``verify``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +45,7 @@ from ingester.store import HistoryStore
 boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[s3]')")
 
 HISTORY = "console-usage-history"
+LATEST = "console-usage-synced.json"
 
 
 # -- the server ---------------------------------------------------------------------------
@@ -532,6 +537,197 @@ def test_wrong_credentials_then_fixed_without_a_restart(
     assert run_cli(root, "--max-versions", "1", "cleanup").returncode == 0
     assert [n for n in old if (root / HISTORY / n).exists()] == old[-1:]  # the newest stays
     restore_and_verify(root, tmp_path, target, s3_env(s3.endpoint, aws_files))
+
+
+# -- what an object is, and how it is checked: never by the ETag's shape ---------------------
+
+
+def head(client: Any, bucket: str, key: str) -> dict[str, Any]:
+    answer: dict[str, Any] = client.head_object(Bucket=bucket, Key=key)
+    return answer
+
+
+def test_objects_describe_themselves(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """Each object is JSON, carries the SHA-256 of its bytes; the latest names its version."""
+    store = make_store(root)
+    names = add_versions(store, 3)
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", f"s3://{bucket}/usage", "--once", **env).returncode == 0
+    client = client_for(s3.endpoint)
+    history = root / HISTORY
+    for name, path in [(n, history / n) for n in names] + [
+        ("_metadata.json", history / "_metadata.json"),
+        ("console-usage-synced.json", history / names[-1]),
+    ]:
+        answer = head(client, bucket, f"usage/{name}")
+        assert answer["ContentType"] == "application/json", name
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert answer["Metadata"]["sha256"] == digest, name
+    latest = head(client, bucket, "usage/console-usage-synced.json")
+    assert latest["Metadata"]["version"] == names[-1]
+    # A newer version with the same bytes: the latest copy is re-put to name it.
+    same = store.save_version(store.version_path(names[-1]).read_bytes()).name
+    assert run_cli(root, "mirror", f"s3://{bucket}/usage", "--once", **env).returncode == 0
+    assert head(client, bucket, "usage/console-usage-synced.json")["Metadata"]["version"] == same
+
+
+def test_an_sse_kms_bucket_restores_and_is_not_rewritten_every_pass(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """Behind a proxy that gives SSE-KMS ETags (32 hex digits, not the MD5)."""
+    store = make_store(root)
+    add_versions(store, 5)
+    proxy = FaultProxy(s3.port)
+    proxy.kms_etags = True
+    target = f"s3://{bucket}/kms"
+    env = s3_env(proxy.endpoint, aws_files)
+    try:
+        # The proxy does what SSE-KMS does: no ETag is the MD5 of its object's bytes.
+        kms = client_for(proxy.endpoint)
+        assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+        listed = kms.list_objects_v2(Bucket=bucket, Prefix="kms/")["Contents"]
+        local = local_versions(root)
+        for item in listed:
+            name = item["Key"].removeprefix("kms/")
+            if name in local:
+                md5 = hashlib.md5(local[name], usedforsecurity=False).hexdigest()
+                assert len(item["ETag"].strip('"')) == 32 and item["ETag"].strip('"') != md5
+        # Passes after a listing put nothing: the fixed objects are compared by the
+        # checksum stored with them (one HEAD each), not by their ETags.
+        for _ in range(2):
+            before = len(proxy.requests)
+            again = run_cli(root, "mirror", target, "--once", **env)
+            assert again.returncode == 0, again.stderr
+            puts = [r for r in proxy.requests[before:] if r[0] == "PUT"]
+            assert puts == [], puts
+        # A change is still seen: the metadata object is replaced once, and only it.
+        store.save_version(payload(77))
+        before = len(proxy.requests)
+        assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+        puts = sorted(r[1].rsplit("/", 1)[1] for r in proxy.requests[before:] if r[0] == "PUT")
+        assert puts == sorted([max(local_versions(root)), "_metadata.json", LATEST]), puts
+        restored = tmp_path / "restored"
+        result = run_cli(tmp_path, "restore", target, "--root", str(restored), **env)
+        assert result.returncode == 0, result.stderr
+        assert "warning" not in result.stderr, result.stderr
+        assert local_versions(restored) == local_versions(root)
+        assert run_cli(restored, "verify").returncode == 0
+        # Run again: everything is present, compared by checksum, nothing fetched again.
+        before = len(proxy.requests)
+        again = run_cli(tmp_path, "restore", target, "--root", str(restored), **env)
+        assert again.returncode == 0 and "6 already present" in again.stdout, again.stdout
+        assert not [r for r in proxy.requests[before:] if r[0] == "GET" and "list-type" not in r[1]]
+    finally:
+        proxy.close()
+
+
+def old_mirror_upload(client: Any, bucket: str, prefix: str, root: Path) -> None:
+    """The bucket as a mirror left it before objects carried a checksum: plain PUTs."""
+    history = root / HISTORY
+    for path in sorted(history.glob("2*.json")):
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{path.name}", Body=path.read_bytes())
+    client.put_object(
+        Bucket=bucket,
+        Key=f"{prefix}/_metadata.json",
+        Body=(history / "_metadata.json").read_bytes(),
+    )
+
+
+def test_objects_mirrored_before_checksums_still_restore(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    store = make_store(root)
+    add_versions(store, 4)
+    old_mirror_upload(client_for(s3.endpoint), bucket, "old", root)
+    target = f"s3://{bucket}/old"
+    # A plain bucket: their ETags are their MD5s, which checks them.
+    plain = run_cli(
+        tmp_path, "restore", target, "--root", str(tmp_path / "a"), **s3_env(s3.endpoint, aws_files)
+    )
+    assert plain.returncode == 0 and "warning" not in plain.stderr, plain.stderr
+    assert local_versions(tmp_path / "a") == local_versions(root)
+    # An SSE-KMS bucket: nothing to check them by but their size; restored, and said so.
+    proxy = FaultProxy(s3.port)
+    proxy.kms_etags = True
+    try:
+        env = s3_env(proxy.endpoint, aws_files)
+        kms = run_cli(tmp_path, "restore", target, "--root", str(tmp_path / "b"), **env)
+        assert kms.returncode == 0, kms.stderr
+        assert kms.stderr.startswith("warning: 4 version(s) checked by size only"), kms.stderr
+        assert len(kms.stderr.splitlines()) == 1
+        assert local_versions(tmp_path / "b") == local_versions(root)
+        assert run_cli(tmp_path / "b", "verify").returncode == 0
+        # The mirror upgrades what it can rewrite: the fixed objects get their checksum.
+        assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+        client = client_for(s3.endpoint)
+        assert "sha256" in head(client, bucket, "old/_metadata.json")["Metadata"]
+        assert "version" in head(client, bucket, "old/console-usage-synced.json")["Metadata"]
+    finally:
+        proxy.close()
+
+
+def test_a_download_that_does_not_match_its_stored_checksum_stops_the_restore(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    store = make_store(root)
+    (name,) = add_versions(store, 1)
+    data = store.version_path(name).read_bytes()
+    damaged = data.replace(b"1", b"2", 1)
+    assert len(damaged) == len(data) and damaged != data
+    client = client_for(s3.endpoint)
+    client.put_object(
+        Bucket=bucket,
+        Key=f"bad/{name}",
+        Body=damaged,
+        Metadata={"sha256": hashlib.sha256(data).hexdigest()},
+    )
+    env = s3_env(s3.endpoint, aws_files)
+    result = run_cli(
+        tmp_path, "restore", f"s3://{bucket}/bad", "--root", str(tmp_path / "r"), **env
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: {name}: the bytes do not match the SHA-256 stored with the object\n"
+    )
+    assert not list((tmp_path / "r" / HISTORY).glob("2*.json"))
+
+
+def test_the_documented_aws_cli_look_at_the_bucket(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """docs/mirror.md's aws-browse block, run as written against the bucket."""
+    aws = shutil.which("aws")
+    if aws is None:
+        pytest.skip("the AWS CLI is not installed (.ci/run installs Debian's awscli)")
+    store = make_store(root)
+    names = add_versions(store, 3)
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", f"s3://{bucket}/usage/prod", "--once", **env).returncode == 0
+    text = (Path(__file__).resolve().parent.parent / "docs" / "mirror.md").read_text()
+    block = re.search(r"<!-- example: aws-browse -->\n```sh\n(.*?)```", text, re.S)
+    assert block, "docs/mirror.md has no aws-browse example"
+    outputs = []
+    for line in block.group(1).splitlines():
+        words = shlex.split(line.replace("my-bucket", bucket))
+        assert words[0] == "aws", line
+        done = subprocess.run(
+            [aws, "--endpoint-url", s3.endpoint, *words[1:]],
+            capture_output=True,
+            timeout=120,
+            env={**os.environ, **env, "AWS_PAGER": ""},
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    listing, newest, described = outputs
+    listed = [line.split()[-1] for line in listing.decode().splitlines()]
+    assert listed == sorted([*names, "_metadata.json", LATEST]), listed
+    assert newest == store.version_path(names[-1]).read_bytes()
+    what = json.loads(described)
+    assert what["ContentType"] == "application/json"
+    assert what["Metadata"] == {"sha256": hashlib.sha256(newest).hexdigest(), "version": names[-1]}
 
 
 # -- serving from the object store ---------------------------------------------------------

@@ -370,3 +370,130 @@ def test_last_updated_must_be_iso_8601_with_offset(stamp: str) -> None:
     body = {"currentSession": {"resetsIn": "1 hr", "percentageUsed": 5}, "lastUpdated": stamp}
     with pytest.raises(PayloadRejected, match="lastUpdated"):
         judge_payload(json.dumps(body).encode())
+
+
+# -- the words a scraper author reads ---------------------------------------------------------
+
+
+def reasons(data: bytes) -> tuple[str, list[dict[str, Any]]]:
+    with pytest.raises(PayloadRejected) as caught:
+        judge_payload(data)
+    return caught.value.reason, caught.value.errors
+
+
+@pytest.mark.parametrize(
+    ("stamp", "words"),
+    [
+        ("2026-11-27 14:05:00Z", 'has a space between the date and the time: ISO 8601 puts a "T"'),
+        ("2026-11-27 14:05:00", 'has a space between the date and the time: ISO 8601 puts a "T"'),
+        ("2026-11-27T14:05:00", 'has no offset: add "Z" for UTC'),
+        ("2026-11-27T14:05:00+0100", "has its offset as +hh or +hhmm: write +hh:mm"),
+        ("2026-11-27T14:05:00 Z", "has a space before its offset"),
+        ("2026-11-27", "is a date without a time"),
+        ("1700000000", "looks like a Unix time"),
+        ("", "is empty"),
+        (" 2026-11-27T14:05:00Z", "has spaces before or after it"),
+        ("2026-02-30T10:00:00Z", "is not a date and time that exist"),
+        ("yesterday", "is not an ISO 8601 date-time with an offset"),
+    ],
+)
+def test_a_misspelt_last_updated_is_named_for_what_it_is(stamp: str, words: str) -> None:
+    reason, errors = reasons(payload(lastUpdated=stamp))
+    assert reason.startswith(f"lastUpdated: {words}"), reason
+    assert [e["field"] for e in errors] == ["lastUpdated"]
+    assert errors[0]["msg"].startswith(words)
+
+
+def test_every_problem_is_reported_at_once_in_the_author_s_words() -> None:
+    """A bad lastUpdated hides nothing: the missing sections and every bad field show too."""
+    reason, errors = reasons(json.dumps({"lastUpdated": "2026-11-27 14:05:00Z"}).encode())
+    assert [e["field"] for e in errors] == ["lastUpdated", "(payload)"]
+    assert reason == (
+        'lastUpdated: has a space between the date and the time: ISO 8601 puts a "T" there '
+        "(2026-11-27T14:05:00Z); at least one of currentSession and weeklyLimits is required"
+    )
+    body = {
+        "lastUpdated": "2026-11-27T14:05:00",
+        "weeklyLimits": {"allModels": {"resetsIn": "", "percentageUsed": "41"}},
+        "isPartial": "no",
+        "extractionErrors": {"weekly": 3},
+    }
+    reason, errors = reasons(json.dumps(body).encode())
+    by_field = {e["field"]: e["msg"] for e in errors}
+    no_offset = 'has no offset: add "Z" for UTC, or the offset as +hh:mm (2026-11-27T14:05:00Z)'
+    assert by_field == {
+        "weeklyLimits.allModels.resetsIn": "must not be empty",
+        "weeklyLimits.allModels.percentageUsed": "must be a JSON number (not a string or a "
+        "boolean)",
+        "weeklyLimits.sonnetOnly": "is required",
+        "lastUpdated": no_offset,
+        "isPartial": "must be true or false",
+        "extractionErrors.weekly": "must be a string",
+    }
+    # One line, each problem once, no model name and no library wording.
+    assert reason.count(";") == len(errors) - 1 and "\n" not in reason
+    for jargon in ("ConsoleUsageDataSync", "does not match", "Value error", "Input should"):
+        assert jargon not in reason
+    # The reason file's shape stays: field, type, msg.
+    assert all(set(e) == {"field", "type", "msg"} for e in errors)
+    assert reasons(window(101))[0] == "currentSession.percentageUsed: must be at most 100"
+    assert reasons(window(-1))[0] == "currentSession.percentageUsed: must be at least 0"
+    assert reasons(payload(currentSession="x"))[0] == "currentSession: must be an object"
+
+
+@pytest.mark.parametrize(("data", "what"), [(b"", "no bytes"), (b" \r\n\t", "only whitespace")])
+def test_an_empty_drop_is_called_empty(data: bytes, what: str) -> None:
+    reason, errors = reasons(data)
+    assert reason == f"not JSON: empty ({what}); a payload is one JSON object"
+    assert errors == [{"msg": reason}]
+    assert "Expecting value" not in reason
+
+
+# -- schema and program agree on lastUpdated ------------------------------------------------
+
+
+def format_checking_validator() -> Any:
+    """jsonschema's validator with format checking on, proven to check date-time."""
+    import jsonschema
+
+    from ingester.schema import payload_schema
+
+    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    probe = jsonschema.Draft202012Validator({"format": "date-time"}, format_checker=checker)
+    assert not probe.is_valid("2026-12-04T01:30Z"), "date-time is not checked: rfc3339-validator?"
+    return jsonschema.Draft202012Validator(payload_schema(), format_checker=checker)
+
+
+_stamp_parts = st.tuples(
+    st.sampled_from(["2026-11-27", "2026-02-30", "1999-12-31", "2026-1-27", "20261127"]),
+    st.sampled_from(["T", "t", " ", ""]),
+    st.sampled_from(["14:05", "14:05:00", "14:05:00.250", "14", "1405", "14:05:60", "24:00"]),
+    st.sampled_from(["Z", "z", "+01:00", "-23:59", "+0100", "+01", " Z", "", "+24:00"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_stamp_parts)
+def test_schema_and_program_agree_on_last_updated(parts: tuple[str, str, str, str]) -> None:
+    """jsonschema with format checking never refuses what the program accepts, and the
+    program refuses all the schema refuses. The program alone refuses what no pattern
+    can say (a date that does not exist, outside 2000-2200): the schema's words say so."""
+    stamp = "".join(parts)
+    data = payload(lastUpdated=stamp)
+    try:
+        judge_payload(data)
+        program = True
+    except PayloadRejected:
+        program = False
+    schema = format_checking_validator().is_valid(json.loads(data))
+    if program:
+        assert schema, f"the schema refuses {stamp!r}, which the program accepts"
+    if not schema:
+        assert not program
+
+
+def test_the_documented_choice_seconds_are_optional() -> None:
+    validator = format_checking_validator()
+    for stamp in ("2026-12-04T01:30Z", "2026-12-04T01:30:00Z", "2026-12-04T02:30:00.5+01:00"):
+        judge_payload(payload(lastUpdated=stamp))
+        assert validator.is_valid(json.loads(payload(lastUpdated=stamp))), stamp

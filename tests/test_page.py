@@ -404,3 +404,110 @@ def test_a_stale_history_shows_the_stale_badge(
     page.screenshot(path=str(artefact_dir(tmp_path) / "page-stale.png"), full_page=True)
     assert watched.problems == []
     assert watched.foreign == []
+
+
+# -- observation times and the forecast ------------------------------------------------------
+
+
+def forecast_history(root: Path) -> tuple[datetime, list[datetime]]:
+    """Eight snapshots observed 30 minutes apart, all stored in one second (a backfill).
+
+    currentSession rises 10 %/h from 10 % (resets in 2 hr: before it runs out);
+    allModels 4 %/h from 30 % (reaches 100 % 14 h after the newest, 34 h before its reset
+    2 days on); sonnetOnly flat, then reset in the newest (one point: not enough data);
+    monthly.credits flat with a reset time nobody can read (not rising).
+    """
+    assert run_cli(root, "init").returncode == 0
+    stored = datetime.now(UTC).replace(microsecond=0)
+    last = stored - timedelta(minutes=1)
+    times = [last - timedelta(minutes=30 * (7 - i)) for i in range(8)]
+    after = None
+    for i, updated in enumerate(times):
+        body = {
+            "currentSession": {"resetsIn": "2 hr", "percentageUsed": 10 + 5 * i},
+            "weeklyLimits": {
+                "allModels": {"resetsIn": "2 days", "percentageUsed": 30 + 2 * i},
+                "sonnetOnly": {"resetsIn": "2 days", "percentageUsed": 1 if i == 7 else 20},
+            },
+            "monthly": {"credits": {"resetsIn": "at some point", "percentageUsed": 3}},
+            "lastUpdated": updated.isoformat().replace("+00:00", "Z"),
+        }
+        name = generate_version_filename(stored, after=after)
+        after = name
+        (root / HISTORY / name).write_text(json.dumps(body))
+    names = sorted(p.name for p in (root / HISTORY).glob("2*.json"))
+    assert len({n[:19] for n in names}) == 1  # one ingest second for all eight
+    return last, times
+
+
+def iso_ms(stamp: datetime) -> str:
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_backfilled_versions_draw_at_their_own_times_with_the_forecast(
+    root: Path, serve: Any, open_page: Any, tmp_path: Path
+) -> None:
+    last, times = forecast_history(root)
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1")
+    page = watched.page
+    chart = page.locator("#chart")
+    for label in ("24 hours", "7 days", "All"):
+        page.get_by_role("radio", name=label, exact=True).check()
+        wait_points(page, 8)
+        # One point per snapshot, each at its own lastUpdated (not eight at one second).
+        expect(chart).to_have_attribute("data-distinct-times", "8")
+        assert chart.get_attribute("data-first") == iso_ms(times[0])
+        assert chart.get_attribute("data-last") == iso_ms(times[-1])
+    summary = page.inner_text("#chart-summary")
+    assert "8 snapshots" in summary
+
+    def day_time(stamp: datetime) -> str:
+        return stamp.strftime("%a %H:%M")  # en-GB, UTC: the page's context
+
+    weekly = page.locator("#gauge-all .forecast")
+    expect(weekly).to_have_text(
+        f"at this rate 100\u00a0% by {day_time(last + timedelta(hours=14))}, 34 h before the "
+        f"reset ({day_time(last + timedelta(days=2))})",
+        timeout=10_000,
+    )
+    assert weekly.get_attribute("data-verdict") == "exhausts"
+    session = page.locator("#gauge-session .forecast")
+    assert session.inner_text() == "resets before the limit"
+    assert session.get_attribute("data-verdict") == "resets"
+    assert page.inner_text("#gauge-sonnet .forecast") == "not enough data"
+    # A window the three cards do not know gets a card of its own, by its dotted path.
+    extra = page.locator('.gauge[data-key="monthly.credits"]')
+    expect(extra).to_be_visible()
+    assert extra.locator("h3").inner_text() == "monthly.credits"
+    assert extra.locator(".forecast").inner_text() == "not rising"
+    # Dashed projections for the two rising limits; the resets (two instants) marked.
+    assert chart.get_attribute("data-projections") == "2"
+    assert chart.get_attribute("data-resets") == "2"
+    page.get_by_role("radio", name="24 hours", exact=True).check()
+    wait_points(page, 8)
+    page.screenshot(path=str(artefact_dir(tmp_path) / "page-forecast.png"), full_page=True)
+    assert watched.problems == []
+    assert watched.foreign == []
+
+
+def test_series_by_observation_time(root: Path, serve: Any) -> None:
+    last, times = forecast_history(root)
+    server = serve()
+    base = f"{server.url}/api/claude/console-usage/series"
+    # Stored now, observed hours ago: by ingest time, all eight are newer than an hour ago.
+    since = (last - timedelta(hours=1, seconds=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    status, _, raw = get(f"{base}?since={since}")
+    assert (status, json.loads(raw)["count"]) == (200, 8)
+    status, headers, raw = get(f"{base}?since={since}&by=lastUpdated")
+    body = json.loads(raw)
+    assert (status, body["count"], body["by"]) == (200, 3, "lastUpdated")
+    at = body["columns"].index("lastUpdated")
+    assert [row[at] for row in body["rows"]] == [iso_ms(t) for t in times[-3:]]
+    status, _, _ = get(f"{base}?since={since}&by=lastUpdated", {"If-None-Match": headers["etag"]})
+    assert status == 304
+    until = (times[2] + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    status, _, raw = get(f"{base}?until={until}&by=lastUpdated")
+    assert [row[at] for row in json.loads(raw)["rows"]] == [iso_ms(t) for t in times[:3]]
+    status, _, raw = get(f"{base}?by=storedAt")
+    assert status == 400 and json.loads(raw)["error"] == "InvalidBy"

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 from support import INVALID_SAMPLES, VALID_SAMPLES, run_cli
 
-from ingester.model import judge_payload
+from ingester.model import PayloadRejected, judge_payload
 from ingester.schema import payload_schema
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,3 +75,63 @@ def test_submit_dry_run_validates_and_drops_nothing(root: Path) -> None:
     assert stdin.returncode == 0, stdin.stderr
     spool = root / "spool"
     assert not spool.exists() or [p for p in spool.iterdir() if p.name.endswith(".json")] == []
+
+
+# A scraper author's typical mistakes, all in one payload: every one must be named.
+AUTHOR_MISTAKES = json.dumps(
+    {"lastUpdated": "2026-11-27 14:05:00Z", "extras": {"kept": True}, "isPartial": "no"}
+).encode()
+AUTHOR_WORDS = (
+    'lastUpdated: has a space between the date and the time: ISO 8601 puts a "T" there '
+    "(2026-11-27T14:05:00Z); isPartial: must be true or false; "
+    "at least one of currentSession and weeklyLimits is required"
+)
+
+
+def test_the_author_reads_every_problem_in_the_same_words_everywhere(root: Path) -> None:
+    """submit's refusal, the log line, the reason file and the HTTP 400 say the same."""
+    from support.serveproc import KEY, ServeProcess
+
+    refused = run_cli(root, "submit", "-", input=AUTHOR_MISTAKES)
+    assert refused.returncode == 1
+    assert refused.stderr == f"refused -: {AUTHOR_WORDS}\n"
+    empty = run_cli(root, "submit", "-", input=b"")
+    assert empty.stderr == "refused -: not JSON: empty (no bytes); a payload is one JSON object\n"
+
+    spool = root / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    (spool / "bad.json").write_bytes(AUTHOR_MISTAKES)
+    watched = run_cli(root, "watch", "--once")
+    assert watched.returncode == 0, watched.stderr
+    assert f"rejected bad.json: {AUTHOR_WORDS} (moved to " in watched.stderr
+    reason = json.loads((spool / "rejected" / "bad.json.reason.json").read_text())
+    assert set(reason) == {"file", "rejectedAt", "reason", "errors"}
+    assert reason["reason"] == AUTHOR_WORDS
+    assert [(e["field"], e["type"]) for e in reason["errors"]] == [
+        ("lastUpdated", "datetime_separator"),
+        ("isPartial", "bool_type"),
+        ("(payload)", "missing_section"),
+    ]
+
+    with ServeProcess(root) as server:
+        headers = {"Content-Type": "application/json", "X-API-Key": KEY}
+        answer = server.post("/api/claude/console-usage", content=AUTHOR_MISTAKES, headers=headers)
+        assert answer.status_code == 400
+        assert answer.json()["message"] == f"invalid payload: {AUTHOR_WORDS}"
+        assert answer.json()["errors"] == reason["errors"]
+        nothing = server.post("/api/claude/console-usage", content=b"", headers=headers)
+        assert nothing.status_code == 400
+        assert "empty (no bytes)" in nothing.json()["message"], nothing.text
+
+
+def test_the_reason_file_quoted_for_authors_is_what_the_program_writes() -> None:
+    text = (REPO / "docs" / "scraper.md").read_text()
+    quoted = next(
+        json.loads(block)
+        for block in re.findall(r"```json\n(.*?)```", text, re.S)
+        if '"rejectedAt"' in block
+    )
+    with pytest.raises(PayloadRejected) as caught:
+        judge_payload(json.dumps({"lastUpdated": "2026-11-27 14:05:00Z"}).encode())
+    assert quoted["reason"] == caught.value.reason
+    assert quoted["errors"] == caught.value.errors

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from test_systemd_units import (
-    MAX_EXPOSURE,
     NAME,
     SERVICE,
     analyze,
-    ingester_binary,
+    assert_exposure_within_limit,
+    installed_copy,
     needs_analyze,
     one,
     parse_unit,
@@ -27,13 +27,7 @@ EXEC_START = f"/usr/local/bin/ingester --root /var/lib/{NAME} mirror"
 
 @pytest.fixture
 def installed_mirror(tmp_path: Path) -> Path:
-    text = MIRROR.read_text()
-    assert text.count(f"ExecStart={EXEC_START}\n") == 1, "ExecStart is not the documented one"
-    copy = tmp_path / MIRROR.name
-    copy.write_text(
-        text.replace("ExecStart=/usr/local/bin/ingester ", f"ExecStart={ingester_binary()} ")
-    )
-    return copy
+    return installed_copy(MIRROR, EXEC_START, tmp_path)
 
 
 def test_mirror_unit_runs_beside_the_watcher_as_the_same_user() -> None:
@@ -68,11 +62,4 @@ def test_mirror_unit_verifies(installed_mirror: Path) -> None:
 
 @needs_analyze
 def test_mirror_unit_exposure_is_at_most_1_5(installed_mirror: Path) -> None:
-    result = analyze("security", "--offline=yes", str(installed_mirror))
-    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
-    assert match, result.stdout
-    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
-    gate = analyze(
-        "security", "--offline=yes", f"--threshold={int(MAX_EXPOSURE * 10)}", str(installed_mirror)
-    )
-    assert gate.returncode == 0, gate.stdout[-2000:]
+    assert_exposure_within_limit(installed_mirror)

@@ -93,6 +93,10 @@ def test_unit_declares_the_serve_contract() -> None:
     assert one(unit, "Unit.Requires") == SOCKET.name
     assert one(unit, "Service.PrivateNetwork") == "yes"
     assert one(unit, "Service.Restart") == "on-failure"
+    # It reads the kernel's lock table to see whether the watcher runs (ProcSubset=pid
+    # would hide it, and serve would warn of a missing watcher that is there).
+    assert "Service.ProcSubset" not in unit
+    assert one(unit, "Service.ProtectProc") == "invisible"
 
 
 @needs_analyze

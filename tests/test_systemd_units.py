@@ -121,6 +121,30 @@ def analyze(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def installed_copy(unit: Path, exec_start: str, folder: Path) -> Path:
+    """A copy of ``unit`` in ``folder`` whose ExecStart (checked to be ``exec_start``, the
+    documented one) runs this environment's ``ingester``."""
+    text = unit.read_text()
+    assert text.count(f"ExecStart={exec_start}\n") == 1, "ExecStart is not the documented one"
+    copy = folder / unit.name
+    copy.write_text(
+        text.replace(f"ExecStart={INSTALLED_BINARY} ", f"ExecStart={ingester_binary()} ")
+    )
+    return copy
+
+
+def assert_exposure_within_limit(unit: Path) -> None:
+    """``systemd-analyze security --offline=yes`` rates ``unit`` at most MAX_EXPOSURE, and
+    systemd's own gate (``--threshold``, in tenths) agrees."""
+    result = analyze("security", "--offline=yes", str(unit))
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
+    assert match, result.stdout
+    exposed = [line.strip() for line in result.stdout.splitlines() if "✗" in line]
+    assert float(match.group(1)) <= MAX_EXPOSURE, "\n".join(exposed)
+    gate = analyze("security", "--offline=yes", f"--threshold={int(MAX_EXPOSURE * 10)}", str(unit))
+    assert gate.returncode == 0, gate.stdout[-2000:]
+
+
 # -- what the unit promises -------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import IS_ROOT, SAMPLES, listening_ports, run_cli, wait_for
 from support.watchproc import WatchProcess, drop, payload, versions
 
-from ingester.watch_metrics import REJECT_KINDS, reject_kind
+from ingester.watch_metrics import REJECT_LABELS, reject_kind
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -93,13 +93,14 @@ def test_counters_match_what_was_ingested_and_rejected(root: Path) -> None:
         for (n, lbl), _ in samples.items()
         if n == "ingester_watch_drops_rejected_total"
     }
-    assert labels == {kind for _, kind in REJECT_KINDS} | {"other"}
+    assert labels == set(REJECT_LABELS)
 
 
 def test_reject_kinds_are_bounded() -> None:
     assert reject_kind("not JSON: Expecting value: line 1 column 1 (char 0)") == "not_json"
     assert reject_kind("drop is 99999999 bytes, over the limit of 1048576") == "too_large"
-    assert reject_kind("does not match ConsoleUsageDataSync: 1 error") == "schema"
+    assert reject_kind("lastUpdated: is required", "schema") == "schema"
+    assert reject_kind("not JSON: empty (no bytes); a payload is one JSON object") == "not_json"
     assert reject_kind("cannot read: Permission denied") == "unreadable"
     assert reject_kind("something no one wrote yet") == "other"
 

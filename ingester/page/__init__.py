@@ -6,13 +6,14 @@ Routes (see :func:`routes`):
 * ``GET /page/...``: its script, style sheet and the charting library (uPlot, shipped in
   ``static/vendor/``), each with ETag and ``Cache-Control: no-cache`` so an upgrade is
   picked up and an unchanged file costs a 304;
-* ``GET /api/claude/console-usage/series[?since=ISO][&until=ISO]``: the versions whose
-  ingest time is within ``[since, until]`` as export rows (:mod:`ingester.export`):
+* ``GET /api/claude/console-usage/series[?since=ISO][&until=ISO][&by=lastUpdated]``: the
+  versions whose ingest time (``by=lastUpdated``: whose ``lastUpdated``, the time of the
+  observation) is within ``[since, until]`` as export rows (:mod:`ingester.export`):
   ``{"columns": [...], "rows": [[...], ...], "count": N, "skipped": [{"version",
-  "reason"}], "since", "until"}``, oldest first. ``ETag`` names the versions selected, so
-  a poll that finds nothing new is answered 304 without reading a file. 400 with
-  ``error``, ``message`` and ``example`` for a time that is not ISO-8601; 503 when the
-  history cannot be read.
+  "reason"}], "since", "until", "by"}``, oldest first by that time. ``ETag`` names the
+  versions selected, so a poll that finds nothing new is answered 304 without reading a
+  file. 400 with ``error``, ``message`` and ``example`` for a time that is not ISO-8601
+  or an unknown ``by``; 503 when the history cannot be read.
 
 The page needs nothing from outside the server: no CDN, no fonts, no build step. Its
 Content-Security-Policy allows requests to its own origin only.
@@ -26,7 +27,7 @@ import json
 import logging
 import threading
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..clock import parse_iso_time
 from ..export import COLUMNS, Row, row_from_bytes
+from ..forecast import CLOCK_AHEAD
 from ..history_index import HistoryIndex, VersionEntry, VersionNotFound
 from ..model import PayloadRejected
 from ..names import format_timestamp
@@ -49,6 +51,8 @@ log = logging.getLogger("ingester.page")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 SERIES_PATH = "/api/claude/console-usage/series"
 TIME_EXAMPLE = "2026-11-28T10:30:00Z"
+SELECT_BY = ("ingestedAt", "lastUpdated")
+_OBSERVED = COLUMNS.index("lastUpdated")
 
 # The page loads from its own origin only (no inline script or style either), so a
 # server with no internet shows it whole and injected markup cannot run.
@@ -114,6 +118,7 @@ class _Series:
     def __init__(self) -> None:
         self._rows: dict[str, Row | str] = {}  # a row, or why the version was skipped
         self._lock = threading.Lock()
+        self._zone: tzinfo | None = None  # the console's, read from the settings once
 
     def _row(self, index: HistoryIndex, name: str) -> Row | str | None:
         with self._lock:
@@ -128,7 +133,8 @@ class _Series:
             return f"unreadable: {exc.strerror}"  # may pass: not remembered
         result: Row | str
         try:
-            result = row_from_bytes(name, data)
+            assert self._zone is not None
+            result = row_from_bytes(name, data, self._zone)
         except PayloadRejected as exc:
             result = exc.reason
         with self._lock:
@@ -155,6 +161,16 @@ class _Series:
         return rows, skipped
 
     async def handle(self, request: Request) -> Response:
+        by = request.query_params.get("by") or "ingestedAt"
+        if by not in SELECT_BY:
+            return _json(
+                {
+                    "error": "InvalidBy",
+                    "message": f"by must be one of {', '.join(SELECT_BY)}; got {by!r}",
+                    "example": "lastUpdated",
+                },
+                400,
+            )
         bounds: dict[str, datetime | None] = {}
         for key in ("since", "until"):
             text = request.query_params.get(key)
@@ -174,6 +190,8 @@ class _Series:
                     400,
                 )
         index: HistoryIndex = request.app.state.ctx.index
+        if self._zone is None:
+            self._zone = request.app.state.ctx.settings.console_zone()[0]
         try:
             snap = index.snapshot()
         except OSError as exc:
@@ -184,12 +202,20 @@ class _Series:
             )
         since, until = bounds["since"], bounds["until"]
         times = snap.times
-        lo = 0 if since is None else bisect.bisect_left(times, since.timestamp())
-        hi = len(times) if until is None else bisect.bisect_right(times, until.timestamp())
+        if by == "lastUpdated":
+            # A snapshot is observed before it is stored (give or take a clock that runs
+            # ahead): those observed since `since` were stored since a little before it,
+            # and any time after `until`. Their rows are then filtered by lastUpdated.
+            early = None if since is None else since.timestamp() - CLOCK_AHEAD.total_seconds()
+            lo = 0 if early is None else bisect.bisect_left(times, early)
+            hi = len(times)
+        else:
+            lo = 0 if since is None else bisect.bisect_left(times, since.timestamp())
+            hi = len(times) if until is None else bisect.bisect_right(times, until.timestamp())
         selected = snap.entries[lo:hi] if lo < hi else ()
         # Versions are immutable, so their names stand for their rows: the same names
         # give the same tag and a 304, without reading a file.
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(f"{by}\n{since}\n{until}\n".encode())
         for entry in selected:
             digest.update(entry.name.encode() + b"\n")
         etag = 'W/"' + digest.hexdigest()[:24] + '"'
@@ -197,6 +223,18 @@ class _Series:
         if _etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         rows, skipped = await run_in_threadpool(self._collect, index, selected, len(snap))
+        if by == "lastUpdated":
+            low, high = format_timestamp(since), format_timestamp(until)
+            # One spelling (ISO-8601 UTC, four-digit years): text order is time order.
+            rows = sorted(
+                (
+                    r
+                    for r in rows
+                    if (low is None or str(r[_OBSERVED]) >= low)
+                    and (high is None or str(r[_OBSERVED]) <= high)
+                ),
+                key=lambda r: str(r[_OBSERVED]),
+            )
         body = {
             "columns": list(COLUMNS),
             "rows": rows,
@@ -204,6 +242,7 @@ class _Series:
             "skipped": skipped,
             "since": format_timestamp(since),
             "until": format_timestamp(until),
+            "by": by,
         }
         return _json(body, headers=headers)
 

@@ -9,13 +9,14 @@ import subprocess
 from pathlib import Path
 from types import TracebackType
 
-from support import cli_env
+from support import cli_env, wait_for
 
 
 class LoggedProcess:
     """``command`` running with stdout and stderr in ``ROOT/../TAG-XXXXXX.log``."""
 
     stop_timeout = 5.0  # seconds a SIGTERM is given before ``stop`` fails
+    tag = "process"  # what the process is, in its log file's name and in failures
 
     def __init__(
         self,
@@ -26,6 +27,7 @@ class LoggedProcess:
         pass_fds: tuple[int, ...] = (),
     ) -> None:
         self.root = root
+        self.tag = tag
         self.log_path = root.parent / f"{tag}-{os.urandom(3).hex()}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -40,6 +42,18 @@ class LoggedProcess:
     def log(self) -> str:
         """Everything it logged so far."""
         return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 15.0, count: int = 1) -> None:
+        """Wait until ``text`` appears ``count`` times in the log (fails if it exits first)."""
+
+        def seen() -> bool:
+            if self.log.count(text) >= count:
+                return True
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.tag} exited {self.proc.returncode}:\n{self.log}")
+            return False
+
+        wait_for(seen, timeout, f"{text!r} in the {self.tag} log")
 
     def _release(self) -> None:
         """What a subclass holds besides the process (a client), let go before it ends."""

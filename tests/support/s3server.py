@@ -11,9 +11,11 @@ tests.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -194,12 +196,26 @@ class SeaweedS3:
         self.start()
 
 
+# An ETag in a listing's XML, quoted in any of the ways servers write the quotes.
+_QUOTE = r'(?:&quot;|&#34;|")?'
+_KMS_ETAG_IN_XML = re.compile(rf"(<ETag>{_QUOTE})([0-9a-fA-F-]+)({_QUOTE}</ETag>)")
+
+
+def kms_etag(etag: str) -> str:
+    """What an SSE-KMS bucket shows for an object whose plain ETag is ``etag``: 32 hex
+    digits, stable for the stored object, unrelated to the MD5 of its bytes."""
+    return hashlib.md5(b"sse-kms:" + etag.encode(), usedforsecurity=False).hexdigest()
+
+
 class FaultProxy:
     """An HTTP proxy on a free loopback port in front of ``upstream_port``.
 
     ``fault`` picks what it does to each request: ``None`` forwards it; ``"slowdown"``
     answers 503 SlowDown; ``"error"`` answers 500 InternalError; ``"delay"`` waits
     ``delay`` seconds, then forwards. ``faulted`` counts the requests it answered itself.
+    ``kms_etags`` makes every ETag it passes on (headers and listings) what an SSE-KMS
+    bucket gives: 32 hex digits that are not the MD5 of the bytes, the same for the same
+    stored object. ``requests`` records each forwarded request as ``(method, path)``.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -209,6 +225,8 @@ class FaultProxy:
         self.faulted = 0
         self.forwarded = 0
         self.in_flight = 0
+        self.kms_etags = False
+        self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         proxy = self
 
@@ -260,10 +278,17 @@ class FaultProxy:
                         proxy.in_flight -= 1
                 with proxy._lock:
                     proxy.forwarded += 1
+                    proxy.requests.append((self.command, self.path))
+                if proxy.kms_etags:
+                    data = _KMS_ETAG_IN_XML.sub(
+                        lambda m: m[1] + kms_etag(m[2]) + m[3], data.decode("utf-8", "replace")
+                    ).encode()
                 self.send_response(response.status)
                 length_header = str(len(data))
                 for key, value in response.getheaders():
-                    if key.lower() == "content-length" and self.command == "HEAD":
+                    if key.lower() == "etag" and proxy.kms_etags:
+                        self.send_header(key, f'"{kms_etag(value.strip(chr(34)))}"')
+                    elif key.lower() == "content-length" and self.command == "HEAD":
                         length_header = value
                     elif key.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(key, value)

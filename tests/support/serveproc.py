@@ -66,9 +66,14 @@ def fill_history(
 
 
 class ServeProcess(LoggedProcess):
-    """``python -m ingester --root ROOT serve --listen 127.0.0.1:0 ARGS`` and a client."""
+    """``python -m ingester --root ROOT serve --listen 127.0.0.1:0 ARGS`` and a client.
+
+    ``key`` goes into ``key_variable``'s environment variable (``None``: no key);
+    ``listen=None`` gives no ``--listen`` (the address then comes from the environment).
+    """
 
     stop_timeout = 10.0
+    tag = "serve"
 
     def __init__(
         self,
@@ -78,16 +83,16 @@ class ServeProcess(LoggedProcess):
         env: dict[str, str] | None = None,
         global_args: tuple[str, ...] = (),
         wrapper: tuple[str, ...] = (),
-        listen: str = "127.0.0.1:0",
+        listen: str | None = "127.0.0.1:0",
+        key_variable: str = "INGESTER_API_KEY",
         pass_fds: tuple[int, ...] = (),
     ) -> None:
         extra = dict(env or {})
         if key is not None:
-            extra["INGESTER_API_KEY"] = key
+            extra[key_variable] = key
         command = [*wrapper, sys.executable, "-m", "ingester", "--root", str(root), *global_args]
-        super().__init__(
-            root, "serve", [*command, "serve", "--listen", listen, *args], extra, pass_fds
-        )
+        address = ["--listen", listen] if listen is not None else []
+        super().__init__(root, "serve", [*command, "serve", *address, *args], extra, pass_fds)
         self.port = 0
         self.client: httpx.Client | None = None
 

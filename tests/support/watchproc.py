@@ -8,7 +8,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from support import wait_for
 from support.process import LoggedProcess
 
 
@@ -64,6 +63,8 @@ def latest_bytes(root: Path) -> bytes | None:
 class WatchProcess(LoggedProcess):
     """``python -m ingester --root ROOT [global...] watch ARGS`` with its stderr in a file."""
 
+    tag = "watch"
+
     def __init__(
         self,
         root: Path,
@@ -73,18 +74,6 @@ class WatchProcess(LoggedProcess):
     ) -> None:
         command = [sys.executable, "-m", "ingester", "--root", str(root), *global_args, "watch"]
         super().__init__(root, "watch", [*command, *args], env)
-
-    def wait_log(self, text: str, timeout: float = 15.0, count: int = 1) -> None:
-        """Wait until ``text`` appears ``count`` times in the log (fails if it exits first)."""
-
-        def seen() -> bool:
-            if self.log.count(text) >= count:
-                return True
-            if self.proc.poll() is not None:
-                raise AssertionError(f"watcher exited {self.proc.returncode}:\n{self.log}")
-            return False
-
-        wait_for(seen, timeout, f"{text!r} in the watcher log")
 
     def wait_started(self) -> WatchProcess:
         """Wait until the observer is running."""

@@ -6,6 +6,7 @@
 (function () {
   const API = "api/claude/console-usage";
   const SERIES = API + "/series";
+  const FORECAST = API + "/forecast";
   const STALE_AFTER_MS = 10 * 60 * 1000; // the same rule as the API's isStale
   const RANGES = { "24h": 24 * 3600 * 1000, "7d": 7 * 24 * 3600 * 1000, all: null };
   const WINDOWS = [
@@ -31,6 +32,9 @@
     newest: null, // file name of the newest version shown
     seriesTag: null,
     seriesKey: null, // the range the rows were fetched for
+    forecastTag: null,
+    forecast: null, // the answer of the forecast endpoint, or null
+    future: null, // seconds: the furthest projection end or reset the x axis shows
     rows: [], // export rows, oldest first
     columns: [],
     skipped: 0,
@@ -84,6 +88,22 @@
   const timeFormat = new Intl.DateTimeFormat(undefined, {
     weekday: "short", day: "numeric", month: "short", hour: "2-digit", minute: "2-digit",
   });
+  const shortTime = new Intl.DateTimeFormat(undefined, {
+    weekday: "short", hour: "2-digit", minute: "2-digit",
+  });
+
+  // Within six days a weekday names the day; further off it takes the date too.
+  function when(ms) {
+    const near = Math.abs(ms - serverNow()) < 6 * 24 * 3600 * 1000;
+    return (near ? shortTime : timeFormat).format(ms);
+  }
+
+  function duration(ms) {
+    const minutes = Math.max(0, Math.round(ms / 60000));
+    if (minutes < 60) return minutes + " min";
+    const hours = Math.round(minutes / 60);
+    return hours < 72 ? hours + " h" : (hours / 24).toFixed(1) + " days";
+  }
 
   function setText(id, text) {
     const el = $(id);
@@ -99,8 +119,10 @@
   // -- the newest snapshot ----------------------------------------------------------------
 
   function renderGauge(win, payload) {
-    const card = $(win.gauge);
-    const section = pick(payload, win.key);
+    fillGauge($(win.gauge), pick(payload, win.key));
+  }
+
+  function fillGauge(card, section) {
     const pct = section ? section.percentageUsed : null;
     const bar = card.querySelector(".bar");
     card.querySelector(".pct").textContent = formatPct(pct);
@@ -121,6 +143,108 @@
       bar.setAttribute("aria-valuenow", String(pct));
       bar.setAttribute("aria-valuetext", formatPct(pct) + " used" + words);
     }
+  }
+
+  // -- the forecast ------------------------------------------------------------------------
+
+  function forecastFor(key) {
+    const limits = state.forecast ? state.forecast.limits : [];
+    return limits.find((l) => l.limit === key) || null;
+  }
+
+  // The card's sentence and its kind, as `ingester forecast` words it.
+  function verdict(limit) {
+    if (!limit) return ["none", "\u2013"];
+    const exhausts = limit.exhaustsAt ? Date.parse(limit.exhaustsAt) : null;
+    const resets = limit.resetsAt ? Date.parse(limit.resetsAt) : null;
+    if (limit.percentageUsed >= 100 && exhausts != null) {
+      return ["exhausts", "at the limit since " + when(exhausts)];
+    }
+    if (limit.ratePerHour == null) return ["unknown", "not enough data"];
+    if (exhausts == null) {
+      return resets != null ? ["resets", "resets before the limit"] : ["unknown", "not rising"];
+    }
+    const by = "at this rate 100\u00a0% by " + when(exhausts);
+    if (resets == null) return ["exhausts", by + " (reset time unknown)"];
+    if (limit.beforeReset) {
+      return [
+        "exhausts",
+        by + ", " + duration(resets - exhausts) + " before the reset (" + when(resets) + ")",
+      ];
+    }
+    return ["resets", "resets before the limit"];
+  }
+
+  function renderForecast(card, limit) {
+    const el = card.querySelector(".forecast");
+    const [kind, words] = verdict(limit);
+    el.dataset.verdict = kind;
+    if (el.textContent !== words) el.textContent = words;
+  }
+
+  // Limits beyond the three known ones get a card of their own (no chart line).
+  function extraCard(limit) {
+    const id = "gauge-extra-" + limit.limit.replace(/[^A-Za-z0-9_-]/g, "_");
+    let card = $(id);
+    if (card) return card;
+    card = document.createElement("article");
+    card.className = "gauge";
+    card.id = id;
+    card.dataset.key = limit.limit;
+    card.dataset.extra = "true";
+    const title = document.createElement("h3");
+    title.id = id + "-title";
+    title.textContent = limit.limit;
+    const value = document.createElement("p");
+    value.className = "value";
+    value.innerHTML = '<span class="pct"></span><span class="level"></span>';
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.setAttribute("role", "meter");
+    bar.setAttribute("aria-valuemin", "0");
+    bar.setAttribute("aria-valuemax", "100");
+    bar.setAttribute("aria-labelledby", title.id);
+    bar.innerHTML = '<div class="fill"></div>';
+    const resets = document.createElement("p");
+    resets.className = "resets";
+    resets.innerHTML = 'Resets in <span class="resets-in"></span>';
+    const words = document.createElement("p");
+    words.className = "forecast";
+    card.append(title, value, bar, resets, words);
+    document.querySelector(".gauges").append(card);
+    return card;
+  }
+
+  function renderForecasts() {
+    WINDOWS.forEach((w) => renderForecast($(w.gauge), forecastFor(w.key)));
+    const known = new Set(WINDOWS.map((w) => w.key));
+    const extras = state.forecast ? state.forecast.limits.filter((l) => !known.has(l.limit)) : [];
+    const shown = new Set();
+    extras.forEach((limit) => {
+      const card = extraCard(limit);
+      shown.add(card.id);
+      fillGauge(card, { percentageUsed: limit.percentageUsed, resetsIn: limit.resetsIn });
+      renderForecast(card, limit);
+    });
+    document.querySelectorAll('.gauge[data-extra="true"]').forEach((card) => {
+      if (!shown.has(card.id)) card.remove();
+    });
+  }
+
+  async function refreshForecast() {
+    const answer = await conditionalGet(FORECAST, state.forecastTag);
+    if (answer.status === 304) return false;
+    if (answer.status === 404) {
+      state.forecast = null;
+      state.forecastTag = null;
+    } else if (answer.status !== 200 || !answer.body) {
+      throw new Error("the server answered " + answer.status + " for the forecast");
+    } else {
+      state.forecast = answer.body;
+      state.forecastTag = answer.tag;
+    }
+    renderForecasts();
+    return true;
   }
 
   function renderFreshness() {
@@ -206,8 +330,10 @@
   async function refreshSeries() {
     const range = state.range;
     const start = windowStart();
-    let url = SERIES;
-    if (start != null) url += "?since=" + encodeURIComponent(new Date(start).toISOString());
+    // Selected and drawn by the time each snapshot was observed, not when it was stored:
+    // a backfill stored in one second still spreads over its own hours.
+    let url = SERIES + "?by=lastUpdated";
+    if (start != null) url += "&since=" + encodeURIComponent(new Date(start).toISOString());
     const sameRange = state.seriesKey === range;
     const answer = await conditionalGet(url, sameRange ? state.seriesTag : null);
     // A range picked meanwhile has its own request: this answer is for the old one.
@@ -225,10 +351,12 @@
 
   function chartData() {
     const col = (name) => state.columns.indexOf(name);
-    const at = col("ingestedAt");
+    const at = col("lastUpdated");
     const start = windowStart();
     // Versions that slid out of the window since the rows were fetched are left out here.
-    const rows = state.rows.filter((r) => start == null || Date.parse(r[at]) >= start);
+    const rows = state.rows
+      .filter((r) => start == null || Date.parse(r[at]) >= start)
+      .sort((a, b) => Date.parse(a[at]) - Date.parse(b[at]));
     const xs = rows.map((r) => Date.parse(r[at]) / 1000);
     const ys = WINDOWS.map((w) => {
       const i = col(w.key + ".percentageUsed");
@@ -247,15 +375,87 @@
 
   // The x axis spans the whole range picked (up to now), not only the data in it, so
   // a gap in the history shows as a gap.
+  // The projections and the resets ahead widen it, by at most half the span shown.
   function xRange(u, min, max) {
     const start = windowStart();
     const now = serverNow() / 1000;
-    if (start != null) return [start / 1000, Math.max(now, max == null ? now : max)];
-    if (min == null || max == null || min === max) {
+    let lo, hi;
+    if (start != null) {
+      [lo, hi] = [start / 1000, Math.max(now, max == null ? now : max)];
+    } else if (min == null || max == null || min === max) {
       const at = max == null ? now : max;
-      return [at - 3600, at + 60];
+      [lo, hi] = [at - 3600, at + 60];
+    } else {
+      [lo, hi] = [min, max];
     }
-    return [min, max];
+    if (state.future != null && state.future > hi) hi = Math.min(state.future, hi + (hi - lo) / 2);
+    return [lo, hi];
+  }
+
+  // Each known limit's projection as [x0, y0, x1, y1] (seconds, %), and the resets ahead.
+  function projections() {
+    const out = [];
+    const resets = new Set();
+    if (!state.forecast || !state.forecast.asOf) return { lines: out, resets: [] };
+    const t0 = Date.parse(state.forecast.asOf) / 1000;
+    WINDOWS.forEach((w, i) => {
+      const limit = forecastFor(w.key);
+      if (!limit) return;
+      const reset = limit.resetsAt ? Date.parse(limit.resetsAt) / 1000 : null;
+      if (reset != null) resets.add(reset);
+      const pct = limit.percentageUsed;
+      const rate = limit.ratePerHour;
+      if (rate == null || pct >= 100) return;
+      const exhausts = limit.exhaustsAt ? Date.parse(limit.exhaustsAt) / 1000 : null;
+      if (exhausts != null && (reset == null || exhausts <= reset)) {
+        out.push({ series: i, line: [t0, pct, exhausts, 100] });
+      } else if (reset != null && reset > t0) {
+        out.push({ series: i, line: [t0, pct, reset, pct + (rate * (reset - t0)) / 3600] });
+      }
+    });
+    return { lines: out, resets: [...resets].sort((a, b) => a - b) };
+  }
+
+  function drawForecast(u) {
+    const { lines, resets } = projections();
+    const ctx = u.ctx;
+    const { left, top, width, height } = u.bbox;
+    const ratio = window.devicePixelRatio || 1;
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(left, top, width, height);
+    ctx.clip();
+    // Thinner and dash-dotted, so a projection never reads as one of the data lines; a
+    // hollow ring marks where it ends (100 % or the reset).
+    ctx.lineWidth = 1.5 * ratio;
+    lines.forEach(({ series, line }) => {
+      const [x0, y0] = [u.valToPos(line[0], "x", true), u.valToPos(line[1], "y", true)];
+      const [x1, y1] = [u.valToPos(line[2], "x", true), u.valToPos(line[3], "y", true)];
+      ctx.strokeStyle = LINES[series].stroke;
+      ctx.setLineDash([8 * ratio, 3 * ratio, 2 * ratio, 3 * ratio]);
+      ctx.beginPath();
+      ctx.moveTo(x0, y0);
+      ctx.lineTo(x1, y1);
+      ctx.stroke();
+      ctx.setLineDash([]);
+      ctx.beginPath();
+      ctx.arc(x1, y1, 4 * ratio, 0, 2 * Math.PI);
+      ctx.stroke();
+    });
+    ctx.strokeStyle = "#57606a";
+    ctx.fillStyle = "#57606a";
+    ctx.lineWidth = ratio;
+    ctx.font = 11 * ratio + "px system-ui, sans-serif";
+    resets.forEach((t) => {
+      const x = u.valToPos(t, "x", true);
+      ctx.setLineDash([2 * ratio, 3 * ratio]);
+      ctx.beginPath();
+      ctx.moveTo(x, top);
+      ctx.lineTo(x, top + height);
+      ctx.stroke();
+      ctx.fillText("reset", x + 3 * ratio, top + 12 * ratio);
+    });
+    ctx.restore();
   }
 
   function makeChart(data) {
@@ -282,7 +482,7 @@
       // Legend markers drawn with each line's dash, so the key does not rest on colour.
       legend: { live: true, markers: { width: 2, dash: (u, i) => MARKERS[i] } },
       cursor: { focus: { prox: 16 } },
-      hooks: { setCursor: [updateReadout] },
+      hooks: { setCursor: [updateReadout], draw: [drawForecast] },
     };
     return new uPlot(opts, data, $("chart"));
   }
@@ -297,19 +497,27 @@
   function drawChart() {
     const { rows, data } = chartData();
     const holder = $("chart");
+    const { lines, resets } = projections();
+    const ends = [...lines.map((p) => p.line[2]), ...resets];
+    state.future = ends.length ? Math.max(...ends) : null;
     if (state.chart === null) {
       state.chart = makeChart(data);
     } else {
       state.chart.setData(data);
     }
     holder.dataset.points = String(rows.length);
+    holder.dataset.distinctTimes = String(new Set(data[0]).size);
+    holder.dataset.first = rows.length ? new Date(data[0][0] * 1000).toISOString() : "";
+    holder.dataset.last = rows.length ? new Date(data[0][rows.length - 1] * 1000).toISOString() : "";
+    holder.dataset.projections = String(lines.length);
+    holder.dataset.resets = String(resets.length);
     const label = { "24h": "the last 24 hours", "7d": "the last 7 days", all: "all kept history" };
     let summary;
     if (rows.length === 0) {
       summary = "No snapshots in " + label[state.range] + ".";
     } else {
-      const first = Date.parse(rows[0][state.columns.indexOf("ingestedAt")]);
-      const last = Date.parse(rows[rows.length - 1][state.columns.indexOf("ingestedAt")]);
+      const first = data[0][0] * 1000;
+      const last = data[0][rows.length - 1] * 1000;
       summary =
         rows.length + (rows.length === 1 ? " snapshot" : " snapshots") + " in " +
         label[state.range] + ", " + timeFormat.format(first) + " to " + timeFormat.format(last) + ".";
@@ -330,6 +538,7 @@
     try {
       if (!document.hidden) {
         const changed = await refreshLatest();
+        if (changed || state.forecastTag === null) await refreshForecast();
         if (changed || state.seriesKey !== state.range) {
           await refreshSeries();
         } else if (state.chart !== null) {

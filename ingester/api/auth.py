@@ -1,0 +1,47 @@
+"""The POST key: where it comes from, and the constant-time check of ``X-API-Key``.
+
+The key is never a command-line value (a command line is visible to every user of the
+machine). In order: ``--api-key-file FILE``, then ``INGESTER_API_KEY``, then the
+original server's ``CLAUDE_SYNC_API_KEY`` (so the original's ``.env`` works as it is).
+An empty value counts as not given.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["KEY_VARIABLES", "key_matches", "load_api_key"]
+
+KEY_VARIABLES = ("INGESTER_API_KEY", "CLAUDE_SYNC_API_KEY")
+"""The environment variables that may hold the key, first found wins."""
+
+
+def load_api_key(
+    environ: Mapping[str, str], key_file: Path | None
+) -> tuple[bytes | None, str | None]:
+    """The POST key and where it came from (``"--api-key-file PATH"`` or a variable name).
+
+    ``(None, None)`` when no source holds one. Surrounding whitespace (a trailing
+    newline) is not part of the key. Raises ``OSError`` when the file cannot be read and
+    ``ValueError`` when it holds no key.
+    """
+    if key_file is not None:
+        key = key_file.read_bytes().strip()
+        if not key:
+            raise ValueError(f"{key_file} is empty")
+        return key, f"--api-key-file {key_file}"
+    for name in KEY_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value:
+            return value.encode(), name
+    return None, None
+
+
+def key_matches(given: str | None, expected: bytes | None) -> bool:
+    """Constant-time comparison of the ``X-API-Key`` header with the configured key."""
+    if expected is None or given is None:
+        return False
+    # Starlette decodes header bytes as latin-1: encoding back gives the bytes sent.
+    return hmac.compare_digest(given.encode("latin-1"), expected)

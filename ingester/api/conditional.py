@@ -1,0 +1,60 @@
+"""Conditional GETs and caching headers: ETag comparison, ``Last-Modified``, tiers.
+
+``Cache-Control`` follows the data's age as the original server did: ``max-age=60``
+while it is under 5 minutes old, ``max-age=30`` under 10, ``no-cache`` beyond; the age is
+the answer's own ``ageMinutes`` (whole minutes, rounded to the nearest).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+
+__all__ = ["cache_control", "etag_matches", "http_date", "not_modified"]
+
+
+@functools.lru_cache(maxsize=256)
+def http_date(stamp: datetime) -> str:
+    """``stamp`` as an HTTP date (RFC 9110 5.6.7)."""
+    return email.utils.format_datetime(stamp, usegmt=True)
+
+
+def cache_control(age_minutes: int | None) -> str:
+    """The ``Cache-Control`` value for data ``age_minutes`` old (``None``: unknown age)."""
+    if age_minutes is None or age_minutes >= 10:
+        return "no-cache"
+    return "max-age=60" if age_minutes < 5 else "max-age=30"
+
+
+def etag_matches(header: str, etag: str) -> bool:
+    """Weak comparison (RFC 9110 13.1.2): ``W/`` is ignored on both sides."""
+    mine = etag.removeprefix("W/")
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == mine:
+            return True
+    return False
+
+
+def not_modified(request: Request, etag: str, modified: datetime | None) -> bool:
+    """Whether ``request``'s conditions say the client's copy is current (answer 304).
+
+    ``If-None-Match`` decides when present; otherwise ``If-Modified-Since`` at or after
+    ``modified`` (to the second).
+    """
+    inm = request.headers.get("if-none-match")
+    if inm is not None:
+        return etag_matches(inm, etag)
+    ims = request.headers.get("if-modified-since")
+    if ims is not None and modified is not None:
+        try:
+            since = email.utils.parsedate_to_datetime(ims)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return False
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        return modified.replace(microsecond=0) <= since
+    return False

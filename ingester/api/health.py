@@ -1,0 +1,149 @@
+"""``GET /api/health``: healthy, degraded or unhealthy (503), with the numbers behind it.
+
+The verdict is the worse of two judgements (ages in whole minutes, rounded to the
+nearest as the original server rounded):
+
+* the data: the newest version's ``lastUpdated``; degraded beyond 10 minutes, unhealthy
+  beyond 30, and unhealthy with no data or an unreadable history;
+* the spool: drops waiting while no watcher runs are degraded, and unhealthy once the
+  oldest has waited beyond 10 minutes; drops a running watcher has not taken for 10
+  minutes are degraded.
+
+The body keeps every field the original sent, with its meaning: ``storage: {accessible,
+versionCount}`` and ``latestData: {ageMinutes, status, timestamp}``, where ``latestData``
+judges the newest version's ingest time (what ``_metadata.json`` calls
+``newestTimestamp``) by the same thresholds. It adds the numbers behind the verdict.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..history_index import VersionNotFound
+from .answers import STALE_AFTER_MINUTES, UNHEALTHY_AFTER_MINUTES, age_minutes, iso, json_answer
+from .backlog import SpoolState
+from .context import ServeContext
+from .reads import read_payload
+
+__all__ = ["LEVELS", "get_health", "health_facts"]
+
+LEVELS = ("healthy", "degraded", "unhealthy")
+"""The verdicts, best first; an index into this tuple is a verdict's level."""
+
+
+def _by_age(minutes: int) -> int:
+    if minutes > UNHEALTHY_AFTER_MINUTES:
+        return 2
+    return 1 if minutes > STALE_AFTER_MINUTES else 0
+
+
+def _spool_judgement(state: SpoolState) -> tuple[int, str] | None:
+    """The spool's level and reason, or ``None`` when nothing there matters."""
+    if not state.waiting:
+        return None
+    late = state.oldest_s is not None and state.oldest_s > STALE_AFTER_MINUTES * 60
+    if state.watcher is False:
+        return (2 if late else 1), f"{state.drops_words()} and no watcher holds the history"
+    if not late:
+        return None  # a running watcher takes them within moments
+    if state.watcher is None:
+        return 1, (
+            f"{state.drops_words()}: over {STALE_AFTER_MINUTES} minutes "
+            "(cannot tell whether a watcher runs)"
+        )
+    return 1, (
+        f"{state.drops_words()}: the watcher has not taken them for over "
+        f"{STALE_AFTER_MINUTES} minutes (see its log)"
+    )
+
+
+def health_facts(ctx: ServeContext) -> tuple[str, int, dict[str, Any]]:
+    """``(status, http status, body)`` for ``/api/health``."""
+    now = ctx.config.clock()
+    body: dict[str, Any] = {"timestamp": iso(now)}
+    found: list[tuple[int, str]] = []
+    latest_data: dict[str, Any] = {"ageMinutes": None, "status": "unhealthy", "timestamp": None}
+    storage: dict[str, Any] = {"accessible": False, "versionCount": 0}
+    try:
+        snap = ctx.index.snapshot()
+    except OSError as exc:
+        found.append((2, f"history unreadable: {exc.strerror}"))
+        snap = None
+    if snap is not None:
+        body["versionCount"] = len(snap)
+        storage["versionCount"] = len(snap)
+        # An absent history folder (no watcher ever ran) is not accessible storage.
+        storage["accessible"] = ctx.config.reader is not None or os.path.isdir(
+            ctx.settings.history_dir
+        )
+        pos = snap.latest_position(now)
+        if pos is None:
+            found.append((2, "no data stored yet"))
+        else:
+            entry = snap.entries[pos]
+            body["latestVersion"] = entry.name
+            body["latestIngestedAt"] = iso(entry.ingested_at)
+            stored_minutes = age_minutes((now - entry.ingested_at).total_seconds())
+            stored_level = _by_age(stored_minutes)
+            latest_data = {
+                "ageMinutes": stored_minutes,
+                "status": LEVELS[stored_level],
+                "timestamp": iso(entry.ingested_at),
+            }
+            found.extend(_data_judgement(ctx, entry.name, now, body))
+    state = ctx.probe.state()
+    body["spool"] = {
+        "waiting": state.waiting,
+        "oldestWaitingSeconds": None if state.oldest_s is None else round(state.oldest_s, 3),
+    }
+    body["watcher"] = {"running": state.watcher, "pid": state.pid, "inProcess": state.in_process}
+    spool = _spool_judgement(state)
+    if spool is not None:
+        found.append(spool)
+    body["storage"] = storage
+    body["latestData"] = latest_data
+    body["staleAfterMinutes"] = STALE_AFTER_MINUTES
+    body["unhealthyAfterMinutes"] = UNHEALTHY_AFTER_MINUTES
+    level = max((lvl for lvl, _ in found), default=0)
+    # Worst first; the lesser reasons follow, so waiting drops are named in any case.
+    reasons = [why for _lvl, why in sorted(found, key=lambda item: -item[0])]
+    if not reasons:
+        reasons = [f"newest data is at most {STALE_AFTER_MINUTES} minutes old"]
+    status = LEVELS[level]
+    body["status"] = status
+    body["reason"] = "; ".join(reasons)
+    return status, 503 if level == 2 else 200, body
+
+
+def _data_judgement(
+    ctx: ServeContext, name: str, now: Any, body: dict[str, Any]
+) -> list[tuple[int, str]]:
+    """The newest version's ``lastUpdated`` judged; its numbers go into ``body``."""
+    try:
+        _payload_obj, updated = read_payload(ctx, name)
+    except (OSError, VersionNotFound) as exc:
+        return [(2, f"latest version unreadable: {exc}")]
+    if updated is None:
+        return [(2, "latest version has no valid lastUpdated")]
+    age = (now - updated).total_seconds()
+    minutes = age_minutes(age)
+    body["lastUpdated"] = iso(updated)
+    body["ageSeconds"] = round(age, 3)
+    body["ageMinutes"] = minutes
+    level = _by_age(minutes)
+    if level == 2:
+        return [(2, f"newest data is older than {UNHEALTHY_AFTER_MINUTES} minutes")]
+    if level == 1:
+        return [(1, f"newest data is older than {STALE_AFTER_MINUTES} minutes")]
+    return []
+
+
+async def get_health(request: Request) -> Response:
+    """Health verdict with the numbers behind it."""
+    ctx: ServeContext = request.app.state.ctx
+    _status, code, body = health_facts(ctx)
+    return json_answer(body, code, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,187 @@
+"""Running the operator's refresh command for ``POST /api/claude/console-usage/trigger``.
+
+The original server's dashboard card has a refresh button that POSTs here and then
+fetches the data again. ``serve --trigger-command CMD`` names the command to run: an
+argument list split from the operator's text once, at start-up (``shlex`` rules), and
+run without a shell, so nothing a request sends ever reaches a command line.
+
+* Behind the same key check as the upload (401).
+* One run at a time: a request that comes while a run is under way joins it and gets
+  its result (same ``requestId``). A client that leaves does not stop the run.
+* Bounded: after ``--trigger-timeout`` seconds the command's process group gets SIGTERM,
+  then SIGKILL 5 s later; the answer is a 500 saying so.
+* 200 ``{success, message, timestamp, requestId}`` when it exits 0; 500 with the reason
+  otherwise (exit status, signal, timeout, cannot start); 501 with a how-to when no
+  command is configured.
+* Its output (stdout and stderr together) goes to the log, one line per line, cut
+  after ``OUTPUT_CAP`` bytes; the rest is read and counted, never kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shlex
+import signal
+import time
+from dataclasses import dataclass
+
+__all__ = ["OUTPUT_CAP", "TriggerCommand", "TriggerResult", "TriggerRunner"]
+
+log = logging.getLogger("ingester.serve")
+
+OUTPUT_CAP = 16 * 1024  # bytes of a run's output that reach the log
+KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a run past its timeout
+
+
+@dataclass(frozen=True)
+class TriggerCommand:
+    """The command to run: its arguments (``argv[0]`` the program) and the time bound."""
+
+    argv: tuple[str, ...]
+    timeout: float
+
+    @classmethod
+    def parse(cls, text: str, timeout: float) -> TriggerCommand:
+        """Split ``text`` by shell quoting rules (no shell runs it); ``ValueError`` if empty
+        or badly quoted."""
+        argv = tuple(shlex.split(text))
+        if not argv:
+            raise ValueError("the command is empty")
+        return cls(argv, timeout)
+
+    def describe(self) -> str:
+        """The command as one line (quoted where needed)."""
+        return shlex.join(self.argv)
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    """What one run came to: ``ok`` (exit 0), the words for the answer, its id."""
+
+    ok: bool
+    message: str
+    request_id: str
+
+
+class TriggerRunner:
+    """Runs the command, one run at a time; a request during a run joins it."""
+
+    def __init__(self, command: TriggerCommand) -> None:
+        self.command = command
+        self._running: asyncio.Task[TriggerResult] | None = None
+
+    async def run(self) -> tuple[TriggerResult, bool]:
+        """The result of a run, and whether this call joined one already under way."""
+        task = self._running
+        joined = task is not None and not task.done()
+        if task is None or task.done():
+            request_id = f"trigger-{int(time.time() * 1000)}-{secrets.token_hex(2)}"
+            task = asyncio.create_task(self._run(request_id))
+            self._running = task
+        # shield: a client that disconnects cancels its own wait, never the run.
+        return await asyncio.shield(task), joined
+
+    async def _run(self, request_id: str) -> TriggerResult:
+        cmd = self.command
+        log.info(
+            "%s: running %s (timeout %g s)",
+            request_id,
+            cmd.describe(),
+            cmd.timeout,
+            extra={"event": "trigger", "requestId": request_id},
+        )
+        started = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # its own process group: a timeout ends all of it
+            )
+        except OSError as exc:
+            message = f"cannot run {cmd.argv[0]}: {exc.strerror or exc}"
+            log.error("%s: %s", request_id, message)
+            return TriggerResult(False, message, request_id)
+        assert proc.stdout is not None
+        kept = bytearray()
+        dropped = 0
+
+        async def drain() -> None:
+            nonlocal dropped
+            assert proc.stdout is not None
+            while chunk := await proc.stdout.read(65536):
+                room = OUTPUT_CAP - len(kept)
+                kept.extend(chunk[:room])
+                dropped += max(0, len(chunk) - room)
+
+        reader = asyncio.create_task(drain())
+        timed_out = False
+        try:
+            try:
+                async with asyncio.timeout(cmd.timeout):
+                    code = await proc.wait()
+            except TimeoutError:
+                timed_out = True
+                code = await _end(proc)
+            # What it wrote before it ended is in the pipe; a child it left running may
+            # hold the pipe open, so the reading ends soon after the command does.
+            try:
+                async with asyncio.timeout(1.0):
+                    await reader
+            except TimeoutError:
+                reader.cancel()
+        finally:
+            if proc.returncode is None:  # cancelled (the server stops): leave nothing behind
+                await asyncio.shield(_end(proc))
+            reader.cancel()
+        took = time.monotonic() - started
+        _log_output(request_id, bytes(kept), dropped)
+        if timed_out:
+            message = f"the trigger command timed out after {cmd.timeout:g} s and was stopped"
+        elif code == 0:
+            message = f"the trigger command finished in {took:.1f} s"
+        elif code < 0:
+            message = f"the trigger command was killed by {_signal_name(-code)}"
+        else:
+            message = f"the trigger command failed with exit status {code}"
+        level = logging.INFO if code == 0 and not timed_out else logging.ERROR
+        log.log(level, "%s: %s", request_id, message)
+        return TriggerResult(code == 0 and not timed_out, message, request_id)
+
+
+async def _end(proc: asyncio.subprocess.Process) -> int:
+    """SIGTERM the run's process group, SIGKILL it after a grace period; its exit code."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            async with asyncio.timeout(KILL_GRACE_S):
+                return await proc.wait()
+        except TimeoutError:
+            continue
+    return await proc.wait()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _log_output(request_id: str, data: bytes, dropped: int) -> None:
+    for line in data.decode("utf-8", "replace").splitlines():
+        if line.strip():
+            log.info("%s: | %s", request_id, line)
+    if dropped:
+        log.info(
+            "%s: output cut after %d bytes (%d more not logged)",
+            request_id,
+            OUTPUT_CAP,
+            dropped,
+        )

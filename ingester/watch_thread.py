@@ -1,0 +1,309 @@
+"""``serve --watch``: the watcher loop on a thread of its own inside the serve process.
+
+The watcher is the same :class:`ingester.watcher.Watcher` that ``ingester watch`` runs:
+the same lock, recovery, groups and retention; it stays the only writer of the history.
+Only where it runs changes: on one thread, while the HTTP server answers requests on
+the main thread's event loop (and Starlette's worker threads), so request work never
+runs on the watcher's thread.
+
+One process, one voice towards systemd (:class:`JointNotifier`):
+
+* ``READY=1`` once both halves are up: the watcher has taken the backlog and the
+  server listens;
+* ``WATCHDOG=1`` only while both are healthy: the server's event loop sends the pings,
+  and only while the watcher's own pings (which it makes only while its observer is
+  alive) keep coming;
+* ``STATUS=`` with both halves' words; ``STOPPING=1`` once, when the stop begins.
+
+One owner of the signals, the HTTP server's (uvicorn's handlers): SIGTERM and SIGINT
+stop it from accepting and let the requests in flight finish; :func:`supervise` sees
+the server stopping and asks the watcher to finish the drop in hand; the process exits
+0 once both are done. If the
+watcher stops on its own (it cannot lock the history, or the history folder was
+replaced), the server stops too and the process exits 1, so a supervisor restarts both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Protocol
+
+from .notify import SystemdNotifier
+from .settings import Settings, WatchOptions
+from .watch_metrics import NO_METRICS, Metrics
+from .watcher import Watcher
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+__all__ = ["JointNotifier", "ThreadedWatcher", "run_beside", "supervise"]
+
+log = logging.getLogger("ingester.serve")
+
+_TICK = 0.1  # seconds between the supervisor's looks (a stop, watchdog, the watcher)
+
+
+class JointNotifier:
+    """One :class:`SystemdNotifier` shared by the server and the watcher of one process."""
+
+    def __init__(self, notifier: SystemdNotifier, *, freshness: float | None = None) -> None:
+        """Speak through ``notifier``; the watcher counts as well while its last ping is
+        at most ``freshness`` seconds old (default: three of its ping intervals, at
+        least 2 s)."""
+        self.notifier = notifier
+        interval = notifier.watchdog_interval
+        self.freshness = freshness
+        if freshness is None:
+            self.freshness = max(3 * _view_interval(interval), 2.0) if interval else 2.0
+        self._lock = threading.Lock()
+        self._watcher_ready = False
+        self._server_ready = False
+        self._ready_sent = False
+        self._stopping = False
+        self._watcher_seen = time.monotonic()  # the watcher's last "I am healthy"
+        self._watcher_status = "starting"
+        self._server_status = "starting"
+        self._next_ping = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        """True under systemd's ``Type=notify``."""
+        return self.notifier.enabled
+
+    def watcher_view(self) -> SystemdNotifier:
+        """The notifier to give the watcher: it reports here, not to systemd."""
+        return _WatcherView(self)
+
+    def watcher_ready(self, status: str | None) -> None:
+        """The watcher has taken the backlog."""
+        with self._lock:
+            self._watcher_ready = True
+            self._watcher_seen = time.monotonic()
+            if status:
+                self._watcher_status = status
+        self._maybe_ready()
+
+    def watcher_alive(self, status: str | None = None) -> None:
+        """The watcher says it is healthy (its watchdog ping), or reports its counts."""
+        with self._lock:
+            if status is None:
+                self._watcher_seen = time.monotonic()
+            else:
+                self._watcher_status = status
+
+    def server_ready(self, status: str) -> None:
+        """The server listens."""
+        with self._lock:
+            self._server_ready = True
+            self._server_status = status
+        self._maybe_ready()
+
+    def watcher_is_ready(self) -> bool:
+        """Whether the watcher has taken its backlog."""
+        with self._lock:
+            return self._watcher_ready
+
+    def _status(self) -> str:
+        return f"{self._server_status}; {self._watcher_status}"
+
+    def _maybe_ready(self) -> None:
+        with self._lock:
+            if self._ready_sent or self._stopping:
+                return
+            if not (self._watcher_ready and self._server_ready):
+                return
+            self._ready_sent = True
+            status = self._status()
+        self.notifier.ready(status)
+        log.info("serve --watch: ready (%s)", status)
+
+    def tick(self) -> None:
+        """From the server's event loop: ping systemd's watchdog while both halves are well.
+
+        The event loop calling this is the server's proof of life; the watcher's is a
+        recent ping of its own (it pings only while its observer is alive).
+        """
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            fresh = now - self._watcher_seen <= (self.freshness or 0.0)
+            due = now >= self._next_ping
+            if due and fresh:
+                self._next_ping = now + interval
+            status = self._status()
+        if due and fresh:
+            self.notifier.watchdog()
+            self.notifier.status(status)
+
+    def stopping(self) -> None:
+        """``STOPPING=1``, once."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            status = self._status()
+        self.notifier.stopping(status)
+
+    def close(self) -> None:
+        """Close the notify socket."""
+        self.notifier.close()
+
+
+def _view_interval(interval: float) -> float:
+    """How often the watcher reports health to the joint notifier (often, and cheap)."""
+    return min(1.0, interval / 4)
+
+
+class _WatcherView(SystemdNotifier):
+    """What the watcher talks to: its messages go to the joint notifier, not to systemd."""
+
+    def __init__(self, joint: JointNotifier) -> None:
+        super().__init__(None)
+        self._joint = joint
+
+    @property
+    def enabled(self) -> bool:
+        return self._joint.enabled
+
+    @property
+    def watchdog_interval(self) -> float | None:
+        interval = self._joint.notifier.watchdog_interval
+        return None if interval is None else _view_interval(interval)
+
+    def ready(self, status: str | None = None) -> None:
+        self._joint.watcher_ready(status)
+
+    def status(self, text: str) -> None:
+        self._joint.watcher_alive(text)
+
+    def watchdog(self) -> None:
+        self._joint.watcher_alive()
+
+    def stopping(self, status: str | None = None) -> None:
+        if status:
+            self._joint.watcher_alive(status)  # the owner of the signals says STOPPING
+
+    def close(self) -> None:
+        pass  # the joint notifier's socket is closed by its owner
+
+
+class ThreadedWatcher:
+    """A :class:`Watcher` run on a thread of its own; :meth:`start`, :meth:`stop`, :meth:`join`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: WatchOptions,
+        joint: JointNotifier,
+        metrics: Metrics = NO_METRICS,
+    ) -> None:
+        self.joint = joint
+        self.watcher = Watcher(settings, options, notifier=joint.watcher_view(), metrics=metrics)
+        # Its own metrics, when they are kept (WatchMetrics), for the server to expose.
+        self.metrics_registry: CollectorRegistry | None = getattr(metrics, "registry", None)
+        self.code: int | None = None
+        self.stop_requested = False
+        self.asked_to_stop_first = False  # the stop came from outside, not from the watcher
+        self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.code = self.watcher.run()
+        except BaseException as exc:  # a bug: the process must not go on without its writer
+            log.error("the watcher stopped on an internal error: %s: %s", type(exc).__name__, exc)
+            self.code = 70
+
+    def start(self) -> None:
+        """Start the watcher's thread."""
+        self._thread.start()
+
+    def running(self) -> bool:
+        """Whether the watcher's loop runs (started and not ended)."""
+        return self._thread.is_alive()
+
+    def ended(self) -> bool:
+        """Whether the watcher's loop has ended (asked to or not)."""
+        return self.code is not None and not self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Ask the watcher to finish the drop in hand and stop (any thread, signal handlers)."""
+        self.stop_requested = True
+        self.watcher.request_stop()
+
+    def join(self, timeout: float | None = None) -> int:
+        """Wait for the watcher to end; its exit code (1 if it has not ended in time)."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("the watcher did not stop within %.0f s", timeout or 0)
+            return 1
+        return self.code if self.code is not None else 1
+
+
+class _Server(Protocol):
+    started: bool
+    should_exit: bool
+
+
+def run_beside(
+    server: _Server, serving: Awaitable[None], watcher: ThreadedWatcher, url: str
+) -> int:
+    """Run ``serving`` (the HTTP server ``server``'s coroutine) with the watcher beside it.
+
+    Call from the main thread. The server's own stop signals (uvicorn's handlers) start
+    the stop: the server finishes its requests in flight while the watcher finishes the
+    drop in hand. Returns the exit code: the watcher's (0 after a clean stop), or 1
+    when the watcher stopped on its own.
+    """
+    # A read lease (the watcher's test for a drop still being written) is broken with
+    # SIGIO, whose default action ends the process.
+    signal.signal(signal.SIGIO, signal.SIG_IGN)
+
+    async def both() -> None:
+        await asyncio.gather(serving, supervise(server, watcher, url))
+
+    try:
+        asyncio.run(both())
+    finally:
+        if not watcher.stop_requested:
+            watcher.joint.stopping()
+            watcher.stop()
+        code = watcher.join(timeout=30)
+        watcher.joint.close()
+    log.info("serve --watch: stopped")
+    return code if watcher.asked_to_stop_first else (code or 1)
+
+
+async def supervise(server: _Server, watcher: ThreadedWatcher, url: str) -> None:
+    """Beside the HTTP server until it stops: start the watcher, say READY once both are
+    up, ping the watchdog while both are well, and stop each when the other stops.
+
+    Runs in the server's event loop, so uvicorn's signal handlers are in place before
+    the watcher starts.
+    """
+    joint = watcher.joint
+    watcher.start()
+    told_listening = False
+    while not server.should_exit:
+        if server.started and not told_listening:
+            told_listening = True
+            joint.server_ready(f"serving {url}")
+        if watcher.ended():
+            log.error(
+                "the watcher stopped (exit %s): serve stops too, so that both restart together",
+                watcher.code,
+            )
+            server.should_exit = True
+            return
+        joint.tick()
+        await asyncio.sleep(_TICK)
+    log.info("serve --watch: stopping the server and the watcher")
+    watcher.asked_to_stop_first = True
+    joint.stopping()
+    watcher.stop()

@@ -1,0 +1,334 @@
+"""``ingester adopt``: a history laid out as the original server leaves it becomes ours.
+
+The original's history: version files mode 0644, ``console-usage-synced.json`` a regular
+file (a copy of the newest version), ``_metadata.json`` with the six keys and the
+milliseconds of each save. After ``adopt``: ``verify`` is clean, ``watch`` continues the
+history, a second ``adopt`` changes nothing, and a crash at any step of it (every
+durable system call, in process; and a real ``kill -9``) is finished by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from support import IS_ROOT, cli_env, run_cli, wait_for
+from support.watchproc import WatchProcess
+from test_crashpoints import DURABLE_OPS, Plan, SimulatedCrash, inject
+
+from ingester.adopt import adopt_history
+from ingester.lock import HistoryLock
+from ingester.queries import verify_history
+from ingester.settings import resolve_settings
+
+HISTORY = "console-usage-history"
+LATEST = "console-usage-synced.json"
+STRACE = shutil.which("strace")
+
+
+@dataclass
+class Original:
+    """A history as the original server left it, and what must survive adoption."""
+
+    root: Path
+    versions: dict[str, bytes]  # name -> bytes, oldest first
+    latest: bytes  # the latest file's bytes
+    created: int = 2016
+    deleted: int = 1916
+
+    @property
+    def history(self) -> Path:
+        return self.root / HISTORY
+
+
+def snapshot_bytes(seq: int, at: datetime) -> bytes:
+    """A payload as the original wrote it (JSON.stringify with two-space indentation)."""
+    body = {
+        "currentSession": {"resetsIn": "2 hr 5 min", "percentageUsed": seq % 100},
+        "weeklyLimits": {
+            "allModels": {"resetsIn": "Mon 8:59 AM", "percentageUsed": 40},
+            "sonnetOnly": {"resetsIn": "Mon 8:59 AM", "percentageUsed": 3},
+        },
+        "lastUpdated": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "isPartial": False,
+    }
+    return json.dumps(body, indent=2).encode()
+
+
+def js_iso(stamp: datetime) -> str:
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def original_history(root: Path, count: int = 6, latest: str = "copy") -> Original:
+    """``count`` versions five minutes apart, the newest 5 minutes old; ``latest`` is
+    ``copy`` (of the newest), ``unique`` (a later snapshot no version holds), ``invalid``."""
+    history = root / HISTORY
+    history.mkdir(parents=True)
+    now = datetime.now(UTC).replace(microsecond=0)
+    versions = {}
+    for i in range(count):
+        at = now - timedelta(minutes=5 * (count - i))
+        name = f"{at:%Y-%m-%dT%H-%M-%S}-{hashlib.md5(str(i).encode()).hexdigest()[:8]}.json"
+        data = snapshot_bytes(i, at)
+        (history / name).write_bytes(data)
+        os.chmod(history / name, 0o644)
+        versions[name] = data
+    newest_at = now - timedelta(minutes=5)
+    meta = {
+        "versionCount": count,
+        "oldestTimestamp": js_iso(now - timedelta(minutes=5 * count)),
+        "newestTimestamp": js_iso(newest_at + timedelta(milliseconds=412)),
+        "lastCleanup": js_iso(newest_at + timedelta(milliseconds=530)),
+        "totalVersionsCreated": 2016,
+        "totalVersionsDeleted": 1916,
+    }
+    (history / "_metadata.json").write_text(json.dumps(meta, indent=2))
+    os.chmod(history / "_metadata.json", 0o644)
+    if latest == "copy":
+        latest_bytes = versions[max(versions)]
+    elif latest == "unique":
+        latest_bytes = snapshot_bytes(99, now)
+    else:
+        latest_bytes = b'{"lastUpdated": "not a time"}'
+    (root / LATEST).write_bytes(latest_bytes)
+    os.chmod(root / LATEST, 0o644)
+    return Original(root, versions, latest_bytes)
+
+
+def version_files(history: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(history.glob("20*.json"))}
+
+
+def adopted_problems(o: Original) -> list[str]:
+    """Everything that must hold once adoption is complete."""
+    problems = []
+    present = version_files(o.history)
+    for name, data in o.versions.items():
+        if present.get(name) != data:
+            problems.append(f"{name} lost or changed")
+    counts = Counter(present.values())
+    if o.latest not in counts and b"not a time" not in o.latest:
+        problems.append("the latest file's snapshot is not a version")
+    if any(n > 1 for n in counts.values()):
+        problems.append(f"stored twice: {[d[:40] for d, n in counts.items() if n > 1]}")
+    for name in present:
+        if os.stat(o.history / name).st_mode & 0o222:
+            problems.append(f"{name} is writable")
+    link = o.root / LATEST
+    if not link.is_symlink():
+        problems.append("the latest is not a link")
+    elif os.path.isabs(os.readlink(link)) or link.resolve() != (o.history / max(present)):
+        problems.append(f"the latest link is {os.readlink(link)}")
+    meta = json.loads((o.history / "_metadata.json").read_bytes())
+    if meta["versionCount"] != len(present) or meta["latestVersion"] != max(present):
+        problems.append(f"metadata disagrees with the files: {meta}")
+    if meta["totalVersionsCreated"] < o.created or meta["totalVersionsDeleted"] < o.deleted:
+        problems.append(f"a total was lost: {meta}")
+    temps = [n for n in os.listdir(o.history) + os.listdir(o.root) if n.startswith(".tmp-")]
+    if temps:
+        problems.append(f"temp files left: {temps}")
+    settings = resolve_settings({"root": str(o.root)}, environ={})
+    store = settings.store()
+    store.load()
+    report = verify_history(store, datetime.now(UTC))
+    problems += [f"verify: {f.subject}: {f.message}" for f in report.problems]
+    return problems
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def test_adopt_then_verify_is_clean_and_watch_continues(root: Path, tmp_path: Path) -> None:
+    o = original_history(root)
+    before = run_cli(root, "verify")
+    assert before.returncode == 1
+    assert "has write bits" in before.stdout and "_metadata.json" in before.stdout
+
+    done = run_cli(root, "adopt")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert f"{len(o.versions)} version(s) made read-only" in out
+    assert "was a regular file (a copy); now a link to" in out
+    assert "metadata: rewritten" in out and "2016 created, 1916 deleted" in out
+    assert out.rstrip().endswith("verify:  ok")
+    assert adopted_problems(o) == []
+    meta = json.loads((o.history / "_metadata.json").read_bytes())
+    newest = datetime.strptime(max(o.versions)[:19], "%Y-%m-%dT%H-%M-%S")
+    assert meta["newestTimestamp"] == f"{newest:%Y-%m-%dT%H:%M:%S}.000Z"  # no save's ms
+    assert meta["lastCleanup"].endswith(".530Z")  # the original's, kept
+    assert run_cli(root, "verify").returncode == 0
+
+    # The watcher continues it: a new version, the latest link moves, the totals go on.
+    snapshot = tmp_path / "new.json"
+    snapshot.write_bytes(snapshot_bytes(7, datetime.now(UTC)))
+    assert run_cli(root, "submit", str(snapshot)).returncode == 0
+    assert run_cli(root, "watch", "--once").returncode == 0
+    present = version_files(o.history)
+    assert len(present) == len(o.versions) + 1
+    assert (root / LATEST).resolve().read_bytes() == snapshot.read_bytes()
+    meta = json.loads((o.history / "_metadata.json").read_bytes())
+    assert meta["totalVersionsCreated"] == 2017
+    assert run_cli(root, "verify").returncode == 0
+
+    # Idempotent: a second run changes nothing.
+    def files() -> dict[str, tuple[bytes, int]]:
+        # The lock file's note names its last holder: not part of the history.
+        return {
+            p.name: (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in o.history.iterdir()
+            if p.is_file() and p.name != ".lock"
+        }
+
+    before_again = files()
+    again = run_cli(root, "adopt")
+    assert again.returncode == 0
+    assert "nothing to change" in again.stdout
+    assert files() == before_again
+
+
+def test_a_snapshot_only_the_latest_file_holds_is_kept(root: Path) -> None:
+    o = original_history(root, latest="unique")
+    for command in (("watch", "--once"), ("init",), ("verify", "--repair"), ("cleanup",)):
+        refused = run_cli(root, *command)
+        assert refused.returncode == 1, command
+        assert "run 'ingester adopt' first" in refused.stderr, command
+        assert (root / LATEST).read_bytes() == o.latest, command
+    serve = run_cli(root, "serve", "--watch", "--listen", "127.0.0.1:0")
+    assert serve.returncode == 1 and "ingester adopt" in serve.stderr
+
+    done = run_cli(root, "adopt")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "kept:    the snapshot in console-usage-synced.json as version" in done.stdout
+    assert adopted_problems(o) == []
+    assert (root / LATEST).read_bytes() == o.latest  # it is the newest: the link shows it
+
+
+def test_an_invalid_snapshot_in_the_latest_file_stops_adopt_untouched(root: Path) -> None:
+    o = original_history(root, latest="invalid")
+    done = run_cli(root, "adopt")
+    assert done.returncode == 1
+    assert "not valid" in done.stderr and "move it away" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert (root / LATEST).read_bytes() == o.latest
+    assert all(os.stat(o.history / n).st_mode & 0o200 for n in o.versions)
+
+
+def test_adopt_refuses_while_a_watcher_holds_the_history(root: Path) -> None:
+    original_history(root)
+    (root / LATEST).unlink()
+    with WatchProcess(root):
+        done = run_cli(root, "adopt")
+    assert done.returncode == 1
+    assert "locked by pid" in done.stderr
+
+
+def test_adopt_reports_a_version_it_must_not_change(root: Path) -> None:
+    o = original_history(root)
+    odd = f"{datetime.now(UTC) - timedelta(hours=2):%Y-%m-%dT%H-%M-%S}-test5.json"
+    (o.history / odd).write_bytes(b'{"lastUpdated":"2026-01-01T00:00:00Z"}')
+    done = run_cli(root, "adopt")
+    assert done.returncode == 1
+    assert odd in done.stdout and "problem(s) left" in done.stdout
+    assert (o.history / odd).read_bytes() == b'{"lastUpdated":"2026-01-01T00:00:00Z"}'
+
+
+# -- crashes -------------------------------------------------------------------------------
+
+
+def _adopt_in_process(root: Path) -> None:
+    settings = resolve_settings({"root": str(root)}, environ={})
+    store = settings.store()
+    with HistoryLock(store.lock_path, "adopt"):
+        adopt_history(store, settings.max_bytes)
+
+
+@pytest.mark.parametrize("latest", ["copy", "unique"])
+def test_a_crash_at_every_durable_step_is_finished_by_the_next_adopt(
+    tmp_path: Path, latest: str
+) -> None:
+    failures = []
+    k = 0
+    while True:
+        k += 1
+        root = tmp_path / f"{latest}-k{k:03d}"
+        root.mkdir()
+        o = original_history(root, latest=latest)
+        plan = Plan(at=k)
+        with inject(plan, (*DURABLE_OPS, "fchmod")):
+            try:
+                _adopt_in_process(root)
+            except SimulatedCrash:
+                pass
+        if not plan.reached:
+            assert adopted_problems(o) == []
+            break
+        # Whatever the crash left, nothing the original held is gone or changed yet.
+        for name, data in o.versions.items():
+            assert (o.history / name).read_bytes() == data, f"step {k} {plan.fired}"
+        if latest == "unique" and (root / LATEST).is_symlink():
+            assert o.latest in version_files(o.history).values(), f"step {k} {plan.fired}"
+        _adopt_in_process(root)
+        problems = adopted_problems(o)
+        if problems:
+            failures.append(f"crash at step {k} {plan.fired}: " + "; ".join(problems))
+    assert not failures, "\n".join(failures)
+    assert k > len(o.versions) * 2  # an fchmod and an fsync per version, at least
+
+
+@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+def test_kill_9_during_adopt_then_adopt_again(root: Path) -> None:
+    o = original_history(root, count=40, latest="unique")
+    # Each fchmod held up 50 ms: the run takes seconds, and is killed in the middle.
+    proc = subprocess.Popen(
+        [
+            STRACE or "strace",
+            "-f",
+            "-qq",
+            "-o",
+            os.devnull,
+            "-e",
+            "trace=fchmod",
+            "-e",
+            "inject=fchmod:delay_enter=50000",
+            sys.executable,
+            "-m",
+            "ingester",
+            "--root",
+            str(root),
+            "adopt",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=cli_env(),
+    )
+    try:
+
+        def read_only() -> int:
+            return sum(
+                1 for n in o.versions if not stat.S_IMODE(os.stat(o.history / n).st_mode) & 0o222
+            )
+
+        wait_for(lambda: read_only() >= 3, 60, "adopt to be under way")
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1, children
+        os.kill(int(children[0]), signal.SIGKILL)
+        proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert 3 <= read_only() < len(o.versions), "the kill did not land mid-way"
+    done = run_cli(root, "adopt")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert adopted_problems(o) == []

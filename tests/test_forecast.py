@@ -1,0 +1,329 @@
+"""The forecast's domain rules: windows, burn rate, projection, every limit in a payload."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingester.forecast import (
+    BASIS,
+    Observation,
+    Point,
+    Reading,
+    burn_rate,
+    forecast,
+    in_words,
+    observe,
+    split_windows,
+    usage_windows,
+)
+from ingester.resets import ResetTime
+
+T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)  # a Friday
+HOUR = 3600.0
+
+
+def pts(*values: float, step: float = 600.0, reset: ResetTime | None = None) -> list[Point]:
+    """Readings ``step`` seconds apart from T0."""
+    start = T0.timestamp()
+    return [Point(start + i * step, v, reset) for i, v in enumerate(values)]
+
+
+def obs(minutes: float, pct: float, resets_in: str = "Mon 8:59 AM", **more: Any) -> Observation:
+    """One observed snapshot ``minutes`` after T0, parsed as the real code parses it."""
+    stamp = T0 + timedelta(minutes=minutes)
+    payload = {
+        "weeklyLimits": {
+            "allModels": {"resetsIn": resets_in, "percentageUsed": pct},
+            "sonnetOnly": {"resetsIn": resets_in, "percentageUsed": 5},
+        },
+        "lastUpdated": stamp.isoformat(),
+        **more,
+    }
+    found, _ = observe(payload, UTC, stamp)
+    assert found is not None
+    return found
+
+
+def limit_of(result: Any, name: str = "weeklyLimits.allModels") -> Any:
+    return next(limit for limit in result.limits if limit.limit == name)
+
+
+# -- every limit, by shape ----------------------------------------------------------------
+
+
+def test_every_window_in_the_payload_by_its_dotted_path() -> None:
+    payload = {
+        "currentSession": {"resetsIn": "4 hr", "percentageUsed": 23},
+        "weeklyLimits": {
+            "allModels": {"resetsIn": "Mon 8:59 AM", "percentageUsed": 41.5},
+            "sonnetOnly": {"resetsIn": "Mon 8:59 AM", "percentageUsed": 7},
+            "opusOnly": {"resetsIn": "whenever", "percentageUsed": 2, "extra": 1},
+        },
+        "monthly": {"credits": {"api": {"resetsIn": "Dec 1, 12:00 AM", "percentageUsed": 0}}},
+        "extractionErrors": {"x": "y"},
+        "notAWindow": {"resetsIn": "4 hr", "percentageUsed": True},
+        "alsoNot": {"percentageUsed": 3},
+        "lastUpdated": "2026-11-27T14:05:00Z",
+    }
+    assert [path for path, _ in usage_windows(payload)] == [
+        "currentSession",
+        "weeklyLimits.allModels",
+        "weeklyLimits.sonnetOnly",
+        "weeklyLimits.opusOnly",
+        "monthly.credits.api",
+    ]
+    found, unreadable = observe(payload, ZoneInfo("Europe/Berlin"))
+    assert found is not None
+    assert [r.limit for r in found.readings] == [p for p, _ in usage_windows(payload)]
+    assert unreadable == [("weeklyLimits.opusOnly", "whenever")]
+    result = forecast([found])
+    assert [limit.limit for limit in result.limits][-1] == "monthly.credits.api"
+    assert all(limit.rate_per_hour is None for limit in result.limits)  # one snapshot
+
+
+@pytest.mark.parametrize(
+    "payload", [None, [], "x", {}, {"lastUpdated": "yesterday"}, {"lastUpdated": 5}]
+)
+def test_a_payload_without_a_time_is_no_observation(payload: object) -> None:
+    assert observe(payload, UTC) == (None, [])
+
+
+# -- windows ------------------------------------------------------------------------------
+
+
+def test_a_drop_confirmed_by_the_next_reading_starts_a_window() -> None:
+    windows = split_windows(pts(40, 60, 80, 2, 5, 9))
+    assert [[p.pct for p in w] for w in windows] == [[40, 60, 80], [2, 5, 9]]
+
+
+def test_a_drop_in_the_newest_reading_starts_a_window() -> None:
+    assert [[p.pct for p in w] for w in split_windows(pts(40, 60, 80, 2))] == [[40, 60, 80], [2]]
+
+
+def test_a_lone_dip_is_left_out() -> None:
+    # A scraper that read 0 once: the next reading carries on from before.
+    assert [[p.pct for p in w] for w in split_windows(pts(40, 41, 0, 42, 43))] == [[40, 41, 42, 43]]
+
+
+def test_a_lone_spike_is_left_out() -> None:
+    assert [[p.pct for p in w] for w in split_windows(pts(40, 41, 95, 42, 43))] == [
+        [40, 41, 42, 43]
+    ]
+
+
+def test_a_reset_time_passed_starts_a_window_without_a_drop() -> None:
+    # Reset at T0 + 25 min (minute precision): the reading at 30 min is after it.
+    reset = ResetTime(T0 + timedelta(minutes=25), timedelta(minutes=1))
+    points = [
+        Point(p.t, p.pct, reset if p.t < (T0 + timedelta(minutes=25)).timestamp() else None)
+        for p in pts(10, 20, 30, 35, 40)
+    ]
+    assert [[p.pct for p in w] for w in split_windows(points)] == [[10, 20, 30], [35, 40]]
+
+
+def test_a_coarse_reset_time_waits_for_its_precision() -> None:
+    # "2 hr" may mean up to 2 h 59 min: a reading 2 h 30 min later is not past it.
+    reset = ResetTime(T0 + timedelta(hours=2), timedelta(hours=1))
+    points = [Point(T0.timestamp(), 10, reset), Point(T0.timestamp() + 2.5 * HOUR, 12, reset)]
+    assert len(split_windows(points)) == 1
+    points.append(Point(T0.timestamp() + 3 * HOUR, 14))
+    assert len(split_windows(points)) == 2
+
+
+# -- the rate -----------------------------------------------------------------------------
+
+
+def test_no_rate_from_one_point_or_less_than_ten_minutes() -> None:
+    assert burn_rate(pts(10)) is None
+    assert burn_rate(pts(10, 12, step=599)) is None
+    assert burn_rate(pts(10, 12, step=600)) == pytest.approx(12.0)  # 2 % in 10 minutes
+    assert burn_rate(pts(10, 11, 12, step=300)) == pytest.approx(12.0)
+
+
+def test_rate_is_percent_per_hour() -> None:
+    assert burn_rate(pts(10, 12.5, 15, 17.5, step=HOUR)) == pytest.approx(2.5)
+    assert burn_rate(pts(10, 10, 10, step=HOUR)) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(5, 200),  # beyond MAX_FIT_POINTS too: the spread sample keeps the rule
+    rate=st.floats(0, 50, allow_nan=False),
+    gaps=st.lists(st.floats(150, 7200, allow_nan=False), min_size=200, max_size=200),
+    where=st.integers(0, 199),
+    wrong=st.floats(-1000, 1000, allow_nan=False),
+)
+def test_one_outlier_does_not_move_the_rate(
+    n: int, rate: float, gaps: list[float], where: int, wrong: float
+) -> None:
+    t = [T0.timestamp()]
+    for gap in gaps[: n - 1]:
+        t.append(t[-1] + gap)
+    values = [rate * (x - t[0]) / HOUR for x in t]
+    values[where % n] = wrong
+    found = burn_rate([Point(x, v) for x, v in zip(t, values, strict=True)])
+    assert found == pytest.approx(rate, rel=1e-6, abs=1e-9)
+
+
+# -- properties of the projection ---------------------------------------------------------
+
+times = st.lists(st.floats(30, 3 * HOUR, allow_nan=False), min_size=1, max_size=40)
+
+
+def series(gaps: list[float], values: list[float], resets_in: str = "Mon 8:59 AM") -> list[Any]:
+    out, minutes = [], 0.0
+    for gap, value in zip(gaps, values, strict=False):
+        minutes += gap / 60
+        out.append(obs(minutes, value, resets_in))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(gaps=times, steps=st.lists(st.floats(0, 5, allow_nan=False), min_size=40, max_size=40))
+def test_monotone_usage_projects_monotone(gaps: list[float], steps: list[float]) -> None:
+    values, level = [], 0.0
+    for step in steps[: len(gaps)]:
+        level = min(99.0, level + step)
+        values.append(level)
+    observations = series(gaps, values, "unknown")  # no reset time: no split by time
+    result = limit_of(forecast(observations))
+    assert result.points == len(values) or result.since > T0  # all of the window's basis
+    if result.rate_per_hour is not None:
+        assert result.rate_per_hour >= 0
+    if result.exhausts_at is not None:
+        assert result.exhausts_at >= result.since
+        assert result.exhausts_at >= observations[-1].observed_at
+        # More usage now never puts the run-out later.
+        raised = [*observations[:-1], obs(gaps_total(gaps) / 60, values[-1] + 0.5, "unknown")]
+        later = limit_of(forecast(raised))
+        assert later.exhausts_at is not None and later.exhausts_at <= result.exhausts_at
+
+
+def gaps_total(gaps: list[float]) -> float:
+    return sum(gaps)
+
+
+@settings(max_examples=300, deadline=None)
+@given(gaps=times, level=st.floats(0, 99.9, allow_nan=False))
+def test_flat_usage_never_exhausts(gaps: list[float], level: float) -> None:
+    result = limit_of(forecast(series(gaps, [level] * len(gaps))))
+    assert result.exhausts_at is None
+    assert result.rate_per_hour in (None, 0)
+    if result.rate_per_hour == 0:
+        assert result.before_reset is False  # the reset (Monday) comes first
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    before=st.lists(st.floats(50, 99, allow_nan=False), min_size=1, max_size=15),
+    after=st.lists(st.floats(0, 49, allow_nan=False), min_size=1, max_size=15),
+    gap=st.floats(60, 1800, allow_nan=False),
+)
+def test_a_reset_splits_the_windows(before: list[float], after: list[float], gap: float) -> None:
+    before, after = sorted(before), sorted(after)
+    values = before + after
+    observations = series([gap] * len(values), values, "unknown")
+    result = limit_of(forecast(observations))
+    assert result.points == len(after)
+    assert result.since == observations[len(before)].observed_at
+    assert result.percentage == after[-1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.floats(0, 99, allow_nan=False), min_size=2, max_size=30))
+def test_a_reset_time_passed_splits_the_windows(values: list[float]) -> None:
+    values = sorted(values)  # rising throughout: only the reset time can split
+    # Every 10 minutes from Friday 08:00 UTC; the console names Friday 10:00 as the reset
+    # (after 10:00 the same words mean next Friday's). The reading at 10:10 is the first
+    # past it (10:00 plus the minute the wording is precise to).
+    observations = [obs(10 * i, v, "Fri 10:00 AM") for i, v in enumerate(values)]
+    result = limit_of(forecast(observations))
+    if len(values) > 13:
+        assert result.points == len(values) - 13
+        assert result.since == T0 + timedelta(minutes=130)
+    else:
+        assert result.points == len(values)
+        assert result.since == T0
+
+
+# -- the forecast over snapshots ------------------------------------------------------------
+
+
+def test_known_rate_and_run_out_before_the_reset() -> None:
+    # 40 % at T0 (Friday 08:00 UTC), 1.5 %/h for 6 hours; the weekly reset is Monday 8:59.
+    observations = [obs(30 * i, 40 + 0.75 * i) for i in range(13)]
+    result = forecast(observations)
+    assert result.as_of == T0 + timedelta(hours=6)
+    weekly = limit_of(result)
+    assert weekly.rate_per_hour == pytest.approx(1.5)
+    assert weekly.percentage == 49
+    assert weekly.exhausts_at == T0 + timedelta(hours=6) + timedelta(hours=51 / 1.5)
+    assert weekly.resets_at == datetime(2026, 11, 30, 8, 59, tzinfo=UTC)
+    assert weekly.before_reset is True
+    assert weekly.points == 13 and weekly.since == T0
+    words = in_words(weekly, UTC, result.as_of)
+    assert words == "at this rate 100 % by Sun 00:00, 33 h before the reset (Mon 08:59)"
+    sonnet = limit_of(result, "weeklyLimits.sonnetOnly")
+    assert (sonnet.rate_per_hour, sonnet.exhausts_at, sonnet.before_reset) == (0, None, False)
+    assert in_words(sonnet, UTC, result.as_of) == "resets before the limit"
+    assert result.to_json()["limits"][0] == {
+        "limit": "weeklyLimits.allModels",
+        "percentageUsed": 49,
+        "resetsIn": "Mon 8:59 AM",
+        "resetsAt": "2026-11-30T08:59:00.000Z",
+        "ratePerHour": 1.5,
+        "exhaustsAt": "2026-11-29T00:00:00.000Z",
+        "beforeReset": True,
+        "basis": {"points": 13, "since": "2026-11-27T08:00:00.000Z"},
+    }
+
+
+def test_words_for_each_case() -> None:
+    slow = forecast([obs(60 * i, 10 + 0.1 * i) for i in range(6)])
+    assert in_words(limit_of(slow), UTC, slow.as_of) == "resets before the limit"
+    one = forecast([obs(0, 10)])
+    assert in_words(limit_of(one), UTC, one.as_of) == "not enough data"
+    full = forecast([obs(0, 90), obs(30, 100), obs(60, 100)])
+    assert in_words(limit_of(full), UTC, full.as_of) == "at the limit since Fri 08:30"
+    assert limit_of(full).before_reset is True
+    unknown = forecast([obs(60 * i, 10 + 10 * i, "whenever") for i in range(4)])
+    assert in_words(limit_of(unknown), UTC, unknown.as_of) == (
+        "at this rate 100 % by Fri 17:00 (reset time unknown)"
+    )
+    assert limit_of(unknown).before_reset is None
+
+
+def test_the_basis_is_the_last_day_of_the_window() -> None:
+    observations = [obs(60 * i, min(99, 5 + i)) for i in range(40)]
+    weekly = limit_of(forecast(observations))
+    assert weekly.since == T0 + timedelta(hours=39) - BASIS
+    assert weekly.points == 25
+
+
+def test_the_newest_snapshot_names_the_limits_and_the_time() -> None:
+    # Stored in another order than observed (a backfill): the newest by lastUpdated wins.
+    late = obs(120, 30)
+    result = forecast([late, obs(0, 20), obs(60, 25)])
+    assert result.as_of == late.observed_at
+    assert limit_of(result).rate_per_hour == pytest.approx(5)
+
+
+def test_a_snapshot_from_a_clock_far_ahead_is_left_out() -> None:
+    good = [obs(0, 10), obs(60, 12)]
+    stamp = T0 + timedelta(days=700)
+    reading = Reading("weeklyLimits.allModels", 99, "Mon 8:59 AM", None)
+    ahead = Observation(stamp, (reading,), stored_at=T0 + timedelta(hours=2))
+    result = forecast([*good, ahead])
+    assert result.as_of == good[-1].observed_at
+    assert limit_of(result).percentage == 12
+
+
+def test_no_snapshot_is_no_forecast() -> None:
+    assert forecast([]).as_of is None
+    assert forecast([]).to_json() == {"asOf": None, "limits": []}

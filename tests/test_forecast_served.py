@@ -1,0 +1,206 @@
+"""The forecast end to end: snapshots POSTed to a real ``serve`` and stored by a real
+``watch``, then read back over HTTP, by ``ingester forecast --json``, in ``/metrics`` and
+by ``ingester check`` (``test_forecast_s3.py``: the same over a mirror in an object store).
+
+The snapshots span six hours of ``lastUpdated`` (one every 30 minutes) and rise at known
+rates, so the answers are known exactly:
+
+=========================  ============  ==========  =======================================
+limit                      rises         resetsIn    forecast
+=========================  ============  ==========  =======================================
+currentSession             20 % + 5 %/h  ``2 hr``    100 % in 10 h, after the reset (2 h)
+weeklyLimits.allModels     40 % + 2 %/h  ``3 days``  100 % in 24 h, 48 h before the reset
+weeklyLimits.sonnetOnly    5 % flat      ``Mon ...`` never
+=========================  ============  ==========  =======================================
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import run_cli, wait_for
+from support.plugin_output import perfdata_problems
+from support.serveproc import KEY, ServeProcess
+from support.watchproc import WatchProcess, versions
+
+ZONE = "America/New_York"
+FORECAST = "/api/claude/console-usage/forecast"
+API = "/api/claude/console-usage"
+
+
+def iso(stamp: datetime) -> str:
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def snapshot(i: int, updated: datetime) -> dict[str, Any]:
+    return {
+        "currentSession": {"resetsIn": "2 hr", "percentageUsed": 20 + 2.5 * i},
+        "weeklyLimits": {
+            "allModels": {"resetsIn": "3 days", "percentageUsed": 40 + i},
+            "sonnetOnly": {"resetsIn": "Mon 8:59 AM", "percentageUsed": 5},
+        },
+        "lastUpdated": iso(updated),
+    }
+
+
+@pytest.fixture
+def fed(root: Path) -> Iterator[tuple[ServeProcess, datetime]]:
+    """serve and watch on ``root``, fed 13 snapshots through POST; yields (server, last)."""
+    assert run_cli(root, "init").returncode == 0
+    env = {"INGESTER_CONSOLE_TIMEZONE": ZONE}
+    last = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    first = last - timedelta(hours=6)
+    with WatchProcess(root, env=env) as watcher, ServeProcess(root, env=env) as server:
+        for i in range(13):
+            sent = server.post(
+                API,
+                content=json.dumps(snapshot(i, first + timedelta(minutes=30 * i))),
+                headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+            )
+            assert sent.status_code == 202, sent.text
+        wait_for(lambda: len(versions(root)) == 13, 20, "13 versions stored")
+        yield server, last
+        assert "Traceback" not in server.log + watcher.log
+
+
+def limits_of(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {limit["limit"]: limit for limit in body["limits"]}
+
+
+def expect_known_answer(body: dict[str, Any], last: datetime) -> None:
+    assert body["asOf"] == iso(last)
+    assert body["consoleTimeZone"] == ZONE
+    limits = limits_of(body)
+    assert list(limits) == ["currentSession", "weeklyLimits.allModels", "weeklyLimits.sonnetOnly"]
+    weekly = limits["weeklyLimits.allModels"]
+    assert weekly["percentageUsed"] == 52
+    assert weekly["ratePerHour"] == 2.0
+    assert weekly["exhaustsAt"] == iso(last + timedelta(hours=24))
+    assert weekly["resetsAt"] == iso(last + timedelta(days=3))
+    assert weekly["beforeReset"] is True
+    assert weekly["basis"] == {"points": 13, "since": iso(last - timedelta(hours=6))}
+    session = limits["currentSession"]
+    assert session["ratePerHour"] == 5.0
+    assert session["exhaustsAt"] == iso(last + timedelta(hours=10))
+    assert session["resetsAt"] == iso(last + timedelta(hours=2))
+    assert session["beforeReset"] is False
+    sonnet = limits["weeklyLimits.sonnetOnly"]
+    assert (sonnet["ratePerHour"], sonnet["exhaustsAt"], sonnet["beforeReset"]) == (0, None, False)
+    # Monday 8:59 in New York, whatever zone this machine is in.
+    resets = datetime.fromisoformat(sonnet["resetsAt"].replace("Z", "+00:00"))
+    local = resets.astimezone(ZoneInfo(ZONE))
+    assert (local.strftime("%a"), local.hour, local.minute) == ("Mon", 8, 59)
+    assert timedelta(0) < resets - last <= timedelta(days=7)
+
+
+def test_forecast_over_http_cli_metrics_and_check(
+    root: Path, fed: tuple[ServeProcess, datetime]
+) -> None:
+    server, last = fed
+    answer = server.get(FORECAST)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    expect_known_answer(body, last)
+    etag = answer.headers["etag"]
+    assert server.get(FORECAST, headers={"If-None-Match": etag}).status_code == 304
+
+    # The command line gives the same answer.
+    cli = run_cli(root, "forecast", "--json", INGESTER_CONSOLE_TIMEZONE=ZONE)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout) == body
+    table = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE=ZONE)
+    assert table.returncode == 0, table.stderr
+    row = next(line for line in table.stdout.splitlines() if "allModels" in line)
+    assert "52 %" in row and "+2.00 %/h" in row
+    assert "at this rate 100 % by " in row and "48 h before the reset" in row
+
+    # /metrics: per limit, absent where there is no value.
+    text = server.get("/metrics").text
+    samples = {
+        (s.name, s.labels.get("limit")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    weekly = "weeklyLimits.allModels"
+    assert samples[("ingester_usage_percent", weekly)] == 52
+    assert samples[("ingester_usage_rate_percent_per_hour", weekly)] == 2.0
+    exhausts = (last + timedelta(hours=24)).timestamp()
+    assert samples[("ingester_usage_exhausts_at_seconds", weekly)] == pytest.approx(exhausts)
+    resets = (last + timedelta(days=3)).timestamp()
+    assert samples[("ingester_usage_resets_at_seconds", weekly)] == pytest.approx(resets)
+    assert ("ingester_usage_exhausts_at_seconds", "weeklyLimits.sonnetOnly") not in samples
+    assert samples[("ingester_usage_rate_percent_per_hour", "weeklyLimits.sonnetOnly")] == 0
+    assert samples[("ingester_usage_resets_unparsable_total", None)] == 0
+
+    # check: 52 % is at or above 45; the run-out 24 h ahead comes before the reset.
+    env = {"INGESTER_CONSOLE_TIMEZONE": ZONE}
+    warned = run_cli(root, "check", "--usage-warning", "45", "--forecast", **env)
+    assert warned.returncode == 1, warned.stdout + warned.stderr
+    line = warned.stdout.strip()
+    assert line.startswith("INGESTER WARNING - ")
+    assert "weeklyLimits.allModels 52 % used (at or above 45 %)" in line
+    assert "weeklyLimits.sonnetOnly 5 % used;" in line
+    assert "weeklyLimits.allModels: at this rate 100 % by " in line
+    assert perfdata_problems(line) == []  # the lower-bound thresholds ("N:") included
+    perf = line.split(" | ", 1)[1].split()
+    assert any(
+        p.startswith("forecast_weeklyLimits.allModels=") and p.endswith(":;3600:") for p in perf
+    )
+    # No projection for the flat limit: its token is left out, not written empty.
+    assert not any(p.startswith("forecast_weeklyLimits.sonnetOnly=") for p in perf)
+    assert "usage_weeklyLimits.allModels=52%;45;100" in perf
+    assert any(p.startswith("forecast_weeklyLimits.allModels=") for p in perf)
+    soon = run_cli(root, "check", "--forecast", "--forecast-critical", "25", "--json", **env)
+    assert soon.returncode == 2, soon.stdout + soon.stderr
+    verdict = json.loads(soon.stdout)
+    checks = {c["name"]: c for c in verdict["checks"]}
+    assert checks["forecast_weeklyLimits.allModels"]["status"] == "CRITICAL"
+    assert checks["forecast_currentSession"]["status"] == "OK"  # resets first
+    assert verdict["usage"] == body
+    quiet = run_cli(root, "check", "--usage-critical", "60", **env)
+    assert quiet.returncode == 0, quiet.stdout
+    plain = run_cli(root, "check")
+    assert (
+        "usage_" not in plain.stdout
+        and json.loads(run_cli(root, "check", "--json").stdout)["usage"] is None
+    )
+
+    # One more snapshot: a new tag and a new answer.
+    newer = snapshot(13, last + timedelta(minutes=30))
+    sent = server.post(
+        API,
+        content=json.dumps(newer),
+        headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+    )
+    assert sent.status_code == 202
+    wait_for(lambda: server.get(FORECAST).headers["etag"] != etag, 20, "a new forecast")
+    again = limits_of(server.get(FORECAST).json())["weeklyLimits.allModels"]
+    assert again["percentageUsed"] == 53
+    assert again["exhaustsAt"] == iso(last + timedelta(minutes=30, hours=23.5))
+
+
+def test_no_version_is_404_and_exit_1(root: Path) -> None:
+    assert run_cli(root, "init").returncode == 0
+    with ServeProcess(root) as server:
+        answer = server.get(FORECAST)
+        assert answer.status_code == 404
+        assert answer.json()["versionsAvailable"] == 0
+    none = run_cli(root, "forecast")
+    assert none.returncode == 1 and none.stderr.startswith("error: no version")
+    missing = run_cli(root.parent / "nowhere", "forecast")
+    assert missing.returncode == 1 and len(missing.stderr.splitlines()) == 1
+
+
+def test_an_unknown_console_time_zone_is_a_usage_error(root: Path) -> None:
+    bad = run_cli(root, "--console-timezone", "Mars/Olympus", "forecast")
+    assert bad.returncode == 2
+    assert "--console-timezone" in bad.stderr and "Mars/Olympus" in bad.stderr
+    from_env = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="Europe/Nowhere")
+    assert from_env.returncode == 2 and "INGESTER_CONSOLE_TIMEZONE" in from_env.stderr

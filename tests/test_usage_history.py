@@ -1,0 +1,143 @@
+"""The forecast over a real history folder: which versions are read, and how often."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.serveproc import put_version, version_name
+
+from ingester.history_index import HistoryIndex, LocalHistory
+from ingester.usage_history import UsageHistory
+
+NOW = datetime(2026, 11, 27, 14, 0, tzinfo=UTC)
+
+
+def body(updated: datetime, pct: float, resets: str = "3 days", **extra: Any) -> bytes:
+    return json.dumps(
+        {
+            "weeklyLimits": {
+                "allModels": {"resetsIn": resets, "percentageUsed": pct},
+                "sonnetOnly": {"resetsIn": resets, "percentageUsed": 1},
+            },
+            "lastUpdated": updated.isoformat().replace("+00:00", "Z"),
+            **extra,
+        }
+    ).encode()
+
+
+def engine(root: Path) -> UsageHistory:
+    # settle=0: versions written by the test a moment ago count at once.
+    index = HistoryIndex(LocalHistory(root / "console-usage-history", settle=0))
+    return UsageHistory(index, UTC, "UTC")
+
+
+def weekly(usage: UsageHistory, now: datetime = NOW) -> Any:
+    answer = usage.answer(now)
+    assert answer is not None
+    return next(x for x in answer.forecast.limits if x.limit == "weeklyLimits.allModels")
+
+
+def test_only_the_basis_is_read_and_each_version_once(root: Path) -> None:
+    # Three days of snapshots, one every 30 minutes, 0.5 %/h.
+    start = NOW - timedelta(days=3)
+    for i in range(144):
+        at = start + timedelta(minutes=30 * i)
+        put_version(root, version_name(at, i), body(at, min(99, 0.25 * i)))
+    usage = engine(root)
+    result = weekly(usage)
+    assert result.rate_per_hour == pytest.approx(0.5)
+    # The last day (and the hour a clock may run ahead) only: 48 + 2 versions, not 144.
+    assert usage.reads <= 51
+    first = usage.reads
+    assert usage.answer(NOW) is usage.answer(NOW)  # nothing changed: the same answer
+    assert usage.reads == first
+    at = NOW + timedelta(minutes=30)
+    put_version(root, version_name(at, 999), body(at, 0.25 * 144))
+    assert weekly(usage, at).percentage == 36
+    assert usage.reads == first + 1
+
+
+def test_a_backfill_stored_at_once_is_read_by_its_own_times(root: Path) -> None:
+    # Versions stored within one second, observed over six hours (a scraper catching up).
+    for i in range(13):
+        updated = NOW - timedelta(hours=6) + timedelta(minutes=30 * i)
+        put_version(root, version_name(NOW, i), body(updated, 20 + i))
+    result = weekly(engine(root), NOW + timedelta(seconds=5))
+    assert result.rate_per_hour == pytest.approx(2)
+    assert result.points == 13
+    assert result.since == NOW - timedelta(hours=6)
+
+
+def test_old_data_stored_late_is_still_found(root: Path) -> None:
+    # Normal snapshots until a week ago; then a backfill of older snapshots stored today.
+    week_ago = NOW - timedelta(days=7)
+    for i in range(6):
+        at = week_ago + timedelta(minutes=30 * i)
+        put_version(root, version_name(at, i), body(at, 10 + i))
+    for i in range(3):
+        put_version(root, version_name(NOW, 100 + i), body(week_ago - timedelta(days=2), 5))
+    result = weekly(engine(root))
+    assert result.since == week_ago
+    assert result.rate_per_hour == pytest.approx(2)
+
+
+def test_damaged_and_odd_versions_are_skipped_or_used_as_they_can_be(root: Path) -> None:
+    for i in range(4):
+        at = NOW - timedelta(hours=3) + timedelta(hours=i)
+        put_version(root, version_name(at, i), body(at, 10 + 5 * i))
+    put_version(root, version_name(NOW + timedelta(minutes=1), 50), b"{not json")
+    put_version(root, version_name(NOW + timedelta(minutes=2), 51), b"[1, 2]")
+    result = weekly(engine(root), NOW + timedelta(minutes=5))
+    assert result.rate_per_hour == pytest.approx(5)
+    # Only damaged versions at all: no snapshot, no limits, no error.
+    other = root.parent / "other"
+    put_version(other, version_name(NOW, 1), b"{not json")
+    answer = engine(other).answer(NOW)
+    assert answer is not None and answer.forecast.as_of is None
+
+
+def test_no_version_is_no_answer(root: Path) -> None:
+    assert engine(root).answer(NOW) is None  # not even a history folder
+    (root / "console-usage-history").mkdir()
+    assert engine(root).answer(NOW) is None
+
+
+def test_a_future_version_is_not_the_newest(root: Path) -> None:
+    at = NOW - timedelta(hours=1)
+    put_version(root, version_name(at, 1), body(at, 10))
+    put_version(root, version_name(NOW + timedelta(days=3), 2), body(NOW, 90))
+    assert weekly(engine(root)).percentage == 10
+
+
+def test_an_unknown_wording_is_counted_and_said_once(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for i in range(5):
+        at = NOW - timedelta(minutes=10 * i)
+        put_version(root, version_name(at, i), body(at, 10, resets="sometime next week"))
+    usage = engine(root)
+    with caplog.at_level(logging.WARNING, logger="ingester.forecast"):
+        result = weekly(usage)
+        usage.answer(NOW + timedelta(minutes=1))
+    assert result.resets_at is None and result.before_reset is None
+    assert usage.unparsable == 10  # two windows in each of five versions
+    said = [r for r in caplog.records if "sometime next week" in r.getMessage()]
+    assert len(said) == 1
+
+
+def test_serve_reads_no_version_until_asked(root: Path) -> None:
+    # The metrics registry describes collectors at registration: that must not read the
+    # history (a slow start, or a failing one over an unreachable object store).
+    from ingester.serve import ServeConfig, create_app
+    from ingester.settings import resolve_settings
+
+    for i in range(3):
+        at = NOW - timedelta(minutes=10 * i)
+        put_version(root, version_name(at, i), body(at, 10))
+    app = create_app(ServeConfig(resolve_settings({"root": str(root)}, environ={})))
+    assert app.state.usage.reads == 0
