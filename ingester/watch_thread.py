@@ -40,7 +40,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import StorageError
@@ -313,6 +313,8 @@ def run_beside(
         try:
             await supervise(server, http, watcher, url, drain_timeout)
         finally:
+            if not http.done():
+                server.should_exit = True  # the supervisor failed: stop serving all the same
             await http  # its error, if it failed, is the process's
 
     try:
@@ -367,37 +369,56 @@ async def supervise(
     while not http.done():  # uvicorn: listeners closed, requests in flight finishing
         joint.tick()
         await asyncio.wait({http}, timeout=_TICK)
+    # uvicorn's own handlers are gone with it: a second signal now cuts the drain short.
+    forced = threading.Event()
     if server.force_exit:
+        forced.set()
+    previous = {
+        sig: signal.signal(sig, lambda _sig, _frame: forced.set())
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        if not watcher.ended():
+            await drain(watcher, drain_timeout, forced.is_set)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if forced.is_set():
         log.warning(
             "serve --watch: stop forced (a second signal): what waits in the spool is "
             "stored at the next start"
         )
-    elif not watcher.ended():
-        await drain(watcher, drain_timeout)
     joint.stop_step("the watcher finishes the drop in hand")
     watcher.stop()
 
 
-async def drain(watcher: ThreadedWatcher, budget: float) -> None:
+async def drain(
+    watcher: ThreadedWatcher, budget: float, forced: Callable[[], bool] = lambda: False
+) -> None:
     """Let the running watcher take what waits in the spool: until none is left, the
-    watcher ends, or ``budget`` seconds have passed. Logs what it left."""
+    watcher ends, ``budget`` seconds have passed, or ``forced()`` says to stop now.
+    Logs what it left when the budget runs out."""
     spool = watcher.watcher.spool
     joint = watcher.joint
     deadline = time.monotonic() + budget
+    if forced():
+        return
     first = await asyncio.to_thread(_backlog, spool)
     if not first:
         return
-    joint.stop_step(
+    step = (
         f"the watcher takes the {first} drop{'s' if first != 1 else ''} "
         f"left in the spool (at most {budget:g} s)"
     )
+    log.info("serve --watch: %s", step)
+    joint.stop_step(step)
     while True:
         await asyncio.sleep(_TICK)
         left = await asyncio.to_thread(_backlog, spool)
         if not left:
             log.info("serve --watch: the spool is drained (%d drop(s) were waiting)", first)
             return
-        if watcher.ended():
+        if watcher.ended() or forced():
             return
         if time.monotonic() >= deadline:
             log.warning(

@@ -200,6 +200,26 @@ def test_sigterm_stops_the_posts_first_then_stores_the_spool_then_stops_the_watc
     assert run_cli(root, "verify").returncode == 0
 
 
+def test_a_second_signal_cuts_the_drain_short(root: Path, can_chattr: None) -> None:
+    stuck = drop(root / "spool", "stuck.json", payload(1))
+    subprocess.run(["chattr", "+i", str(stuck)], check=True)
+    try:
+        # A budget far beyond the test: only the second signal can end the drain.
+        server = ServeProcess(root, "--watch", "--drain-timeout", "600").start()
+        server.wait_log("serve --watch: ready")
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_log("the watcher takes the 1 drop left in the spool (at most 600 s)")
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(120)
+        server.stop()
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+    assert code == 0, server.log
+    assert "stop forced (a second signal)" in server.log
+    match = STOP_LINE.search(server.log)
+    assert match is not None and int(match[3]) == backlog(root) == 1
+
+
 @pytest.fixture
 def can_chattr(tmp_path: Path) -> None:
     if os.geteuid() != 0 or shutil.which("chattr") is None:
