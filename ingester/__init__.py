@@ -15,6 +15,8 @@ Every error raised here derives from :class:`IngesterError`. The design (the pip
 one drop and what a crash at each step leaves) is described in ``docs/design.md``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     CacheNotRefreshed,
     IngesterError,
@@ -24,10 +26,25 @@ from .errors import (
     StorageError,
 )
 from .lock import HistoryLock
-from .model import ConsoleUsageDataSync, UsageWindow, WeeklyLimits, judge_payload
 from .names import generate_version_filename, parse_timestamp_from_filename
 from .retention import Decision, RetentionPlan, RetentionPolicy, plan_retention
 from .store import CleanupResult, HistoryStore, InitReport, StorageMetadata
+
+if TYPE_CHECKING:
+    from .model import ConsoleUsageDataSync, UsageWindow, WeeklyLimits, judge_payload
+
+# The payload model's classes are built on first use: building pydantic models loads
+# its schema generator, which a watcher (judging drops through ingester.gate) never needs.
+_FROM_MODEL = ("ConsoleUsageDataSync", "UsageWindow", "WeeklyLimits", "judge_payload")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_MODEL:
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CacheNotRefreshed",

@@ -3,7 +3,9 @@
 The commands live in their own modules (:mod:`ingester.cli_store`, ``cli_service``,
 ``cli_serve``, ``cli_report``, ``cli_ops``, ``cli_export``, ``cli_forecast``), each a
 ``click.Command`` registered below in one list; what they share is in
-:mod:`ingester.cli_common`.
+:mod:`ingester.cli_common`. A command's module is imported when that command runs (or
+``--help`` lists them all), so ``watch`` loads neither the HTTP server nor the report
+and export code.
 
 Exit codes: 0 success; 1 the command ran and something was refused or is wrong
 (a rejected payload, a problem found, a storage failure, the history locked by
@@ -16,6 +18,7 @@ Whatever happens, the user sees one line on stderr, never a traceback
 from __future__ import annotations
 
 import errno
+import importlib
 import io
 import os
 import sys
@@ -26,14 +29,6 @@ from typing import Any
 import click
 
 from .cli_common import App, describe_os_error, last_words
-from .cli_export import export
-from .cli_forecast import forecast
-from .cli_mirror import mirror, restore
-from .cli_ops import check, schema, snapshot
-from .cli_report import list_versions, show, status, verify
-from .cli_serve import serve
-from .cli_service import submit, watch
-from .cli_store import adopt, cleanup, ingest, init
 from .logs import LOG_FORMATS, setup_logging
 from .quiet import hold_output, output_was_fine
 from .settings import SPECS, SettingError, resolve_settings
@@ -84,7 +79,20 @@ class IngesterGroup(click.Group):
     exit 1. Every other ``OSError`` that reaches here (a folder another user owns, a
     missing path, a symlink loop, an I/O error) becomes ``error: ...`` and exit 1; any
     other exception is a bug and becomes one line and exit 70.
+
+    Commands come from :data:`COMMANDS`, each imported on first use.
     """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({name for name, _module, _attr in COMMANDS} | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            for name, module, attr in COMMANDS:
+                if name == cmd_name:
+                    command = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+                    self.add_command(command, name)
+        return self.commands.get(cmd_name)
 
     def main(  # type: ignore[override]
         self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
@@ -197,28 +205,26 @@ def _finished(ctx: click.Context, /, *_: Any, **__: Any) -> None:
 
 
 COMMANDS = (
-    init,
-    adopt,
-    ingest,
-    cleanup,
-    watch,
-    submit,
-    serve,
-    status,
-    list_versions,
-    show,
-    verify,
-    snapshot,
-    schema,
-    check,
-    forecast,
-    export,
-    mirror,
-    restore,
+    ("init", "cli_store", "init"),
+    ("adopt", "cli_store", "adopt"),
+    ("ingest", "cli_store", "ingest"),
+    ("cleanup", "cli_store", "cleanup"),
+    ("watch", "cli_service", "watch"),
+    ("submit", "cli_service", "submit"),
+    ("serve", "cli_serve", "serve"),
+    ("status", "cli_report", "status"),
+    ("list", "cli_report", "list_versions"),
+    ("show", "cli_report", "show"),
+    ("verify", "cli_report", "verify"),
+    ("snapshot", "cli_ops", "snapshot"),
+    ("schema", "cli_ops", "schema"),
+    ("check", "cli_ops", "check"),
+    ("forecast", "cli_forecast", "forecast"),
+    ("export", "cli_export", "export"),
+    ("mirror", "cli_mirror", "mirror"),
+    ("restore", "cli_mirror", "restore"),
 )
-"""Every command, each a ``click.Command`` defined in its own module."""
-for _command in COMMANDS:
-    main.add_command(_command)
+"""Every command: its name, and the module and ``click.Command`` that define it."""
 
 
 def run() -> None:

@@ -13,8 +13,8 @@ from typing import Any
 import click
 
 from .cli_common import App, BoundedFloat, fail, read_limited, read_stream
-from .errors import StorageError
-from .model import PayloadRejected, judge_payload
+from .errors import PayloadRejected, StorageError
+from .gate import check_payload
 from .settings import RESCAN_INTERVAL, RETRY_MAX, SETTLE, WatchOptions
 from .watch_metrics import NO_METRICS, Metrics
 
@@ -198,7 +198,7 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     except OSError as exc:
         raise fail(f"cannot read {source}: {exc.strerror}") from None
     try:
-        judge_payload(data, max_bytes=s.max_bytes)
+        check_payload(data, max_bytes=s.max_bytes)
     except PayloadRejected as exc:
         click.echo(f"refused {source}: {exc.reason}", err=True)
         raise click.exceptions.Exit(1) from None

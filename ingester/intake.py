@@ -5,7 +5,7 @@ numbering is used here). :meth:`Intake.take` runs steps 1-6 for one drop and ret
 an :class:`Outcome`; it never reaches into the service loop's bookkeeping. The loop
 applies the outcome once: counts, logs, per-drop backoff, when to look again. Step 7
 (the group's latest link and history fsync) is the loop's; then :meth:`Intake.release`
-runs step 8 for each stored drop. :meth:`Intake.recover` finishes the claims a crash
+runs step 8 for each stored drop. :mod:`ingester.recovery` finishes the claims a crash
 or a failure left, as a pure function of their names.
 """
 
@@ -24,8 +24,7 @@ from typing import Any
 from . import durable
 from .arrivals import How
 from .errors import IngesterError, PayloadRejected, StorageError
-from .model import judge_payload
-from .names import is_version_name
+from .gate import check_payload
 from .readiness import Folder, Gone, Readiness, Wait, writers_present
 from .spool import Opened, Spool, open_entry
 from .store import VERSION_MODE, Batch, HistoryStore
@@ -34,6 +33,7 @@ __all__ = [
     "Blocked",
     "Deferred",
     "Dropped",
+    "GroupFailure",
     "Ignored",
     "Intake",
     "Outcome",
@@ -112,6 +112,18 @@ class Blocked:
 
 
 @dataclass(frozen=True)
+class GroupFailure:
+    """What stopped a group: the ``error``, and the ``drop`` it hit (None: the group's).
+
+    ``returned``: the drops put back in the spool (or left claimed), to be taken again.
+    """
+
+    drop: str | None
+    error: StorageError
+    returned: list[str]
+
+
+@dataclass(frozen=True)
 class Recovered:
     """A claim's version was already stored: the claim was removed."""
 
@@ -121,8 +133,46 @@ class Recovered:
 Outcome = Stored | Rejected | Deferred | Dropped | Ignored | Blocked | Recovered
 
 
+@dataclass
+class _Claimed:
+    """A drop of the current group: claimed, its bytes not durable yet (step 5 waits).
+
+    ``staged`` is its copy in the history; ``fd`` (zero-copy) its own inode, open.
+    """
+
+    stored: Stored
+    claim: str
+    path: str
+    opened: Opened
+    staged: durable.StagedFile | None = None
+    fd: int | None = None
+
+    def sync(self) -> None:
+        """Step 5: the bytes on disk (the copy's, or the claimed inode's and its mode)."""
+        if self.staged is not None:
+            self.staged.sync()
+            return
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            durable.fsync_fd(fd)
+        except OSError as exc:
+            raise StorageError("seal", self.claim, exc) from exc
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Let go of the copy and the descriptor (after a failure)."""
+        if self.staged is not None:
+            self.staged.discard()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 class _DropWaits(IngesterError):
-    """Inside :meth:`Intake._claim_and_link`: this drop alone cannot be claimed."""
+    """Inside :meth:`Intake._claim`: this drop alone cannot be claimed."""
 
     def __init__(self, error: StorageError) -> None:
         super().__init__(str(error))
@@ -148,6 +198,13 @@ class Intake:
     history_id: tuple[int, int] = (0, 0)
     copied: bool = False  # drops of another user seen: keep a spare temp file ready
     _copied_claims: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _group: list[_Claimed] = field(default_factory=list)
+    _spool: str = ""  # the spool and .claimed/ as strings: the drop path joins names to them
+    _claimed: str = ""
+
+    def __post_init__(self) -> None:
+        self._spool = os.fspath(self.spool.dir)
+        self._claimed = os.fspath(self.spool.claimed_dir)
 
     # -- start ----------------------------------------------------------------------
 
@@ -176,8 +233,13 @@ class Intake:
     # -- steps 1-6 ------------------------------------------------------------------
 
     def take(self, name: str, how: How, batch: Batch) -> Outcome:
-        """Steps 1-6 for ``<spool>/name``, its version added to ``batch``: what became of it."""
-        path = self.spool.dir / name
+        """Steps 1-4 for ``<spool>/name`` in the current group: what became of it.
+
+        A valid drop is claimed and its bytes staged (a copy) or made read-only (its own
+        inode), not yet durable: it is returned as a pending :class:`Stored`, and
+        :meth:`commit_group` makes the whole group durable and links its versions.
+        """
+        path = os.path.join(self._spool, name)
         ready = self.readiness.check(path, how)
         if isinstance(ready, Gone):
             return self._done(Dropped(name))
@@ -186,7 +248,7 @@ class Intake:
         if isinstance(ready, Wait):
             return Deferred(name, ready.until)
         started = time.perf_counter()
-        opened = self._open_and_judge(path, name, may_be_open=ready.may_be_open)
+        opened = self.open_and_judge(path, name, may_be_open=ready.may_be_open)
         if not isinstance(opened, Opened):
             return opened
         # 3. stage. Zero-copy when the drop is ours alone and on the history's
@@ -196,23 +258,30 @@ class Intake:
         zero_copy = self.same_fs and opened.uid == self.euid and opened.nlink == 1
         if not zero_copy:
             self.copied = True
+        staged = None if zero_copy else batch.stage(opened.data)
         try:
-            with contextlib.ExitStack() as cleanup:
-                staged = None if zero_copy else cleanup.enter_context(batch.stage(opened.data))
-                claimed = self._claim_and_link(path, name, opened, staged, batch)
+            claimed = self._claim(path, name, opened, staged, batch, started)
         except _DropWaits as exc:
+            if staged is not None:
+                staged.discard()
             return Blocked(name, "claim", exc.error)
+        except BaseException:
+            if staged is not None:
+                staged.discard()
+            raise
+        if not isinstance(claimed, _Claimed) and staged is not None:
+            staged.discard()  # the group holds the copies of the drops it claimed
         if isinstance(claimed, Deferred):
             self.readiness.forget(name)
             return claimed
         self._done(Dropped(name))
         if claimed is None:
             return Dropped(name)
-        return Stored(name, claimed, len(opened.data), started)
+        return claimed.stored
 
-    def _open_and_judge(
+    def open_and_judge(
         self,
-        path: Path,
+        path: durable.StrPath,
         name: str,
         *,
         may_be_open: os.stat_result | None = None,
@@ -247,7 +316,7 @@ class Intake:
                 raise PayloadRejected(
                     f"drop is {opened.size} bytes, over the limit of {self.max_bytes}"
                 )
-            judge_payload(opened.data, max_bytes=self.max_bytes)
+            check_payload(opened.data, max_bytes=self.max_bytes)
         except PayloadRejected as exc:
             if may_be_open is not None:
                 until = self.readiness.still_being_written(name, may_be_open)
@@ -256,15 +325,16 @@ class Intake:
             return self._reject(path, name, exc.reason, exc.errors, exc.kind)
         return opened
 
-    def _claim_and_link(
+    def _claim(
         self,
-        path: Path,
+        path: str,
         name: str,
         opened: Opened,
         staged: durable.StagedFile | None,
         batch: Batch,
-    ) -> str | Deferred | None:
-        """Steps 4-6: the version's name; None if the drop went away; Deferred if changed.
+        started: float,
+    ) -> _Claimed | Deferred | None:
+        """Step 4 and the checks of step 5: None if the drop went away; Deferred if changed.
 
         What is claimed is what is stored: after the claim, its bytes are compared with
         the bytes judged (an inode number alone can name another file by then). If they
@@ -272,7 +342,7 @@ class Intake:
         Raises :class:`_DropWaits` when this drop alone cannot be claimed.
         """
         version = self.store.next_version_name()
-        claim = self.spool.claimed_dir / version
+        claim = os.path.join(self._claimed, version)
         self.check_claimed()
         if os.path.lexists(claim):
             # Only this process writes in .claimed/, so the check cannot race; a claim
@@ -290,51 +360,104 @@ class Intake:
         except OSError as exc:
             # The drop itself cannot be moved (made immutable, say): it waits alone.
             raise _DropWaits(StorageError("claim", path, exc)) from exc
-        # 5. seal. The data fsync comes after the claim rename so that, on ext4, one
-        # journal commit carries both; the .claimed fsync after it is then nearly free.
+        item = _Claimed(
+            Stored(name, version, len(opened.data), started), claim, path, opened, staged
+        )
+        # 5. seal, first half: the claimed inode made read-only, or the copy checked
+        # against the claim. The fsyncs wait for the rest of the group.
         try:
             if staged is None:
                 sealed = self._seal(claim, opened)
-                if sealed != "sealed":
+                if isinstance(sealed, int):
+                    item.fd = sealed
+                else:
                     with contextlib.suppress(OSError):
                         durable.set_mode(claim, stat.S_IMODE(opened.mode))
-                if sealed == "copy":
+                    if sealed != "copy":
+                        return self._changed(claim, path, name)
                     # Someone may still hold it open for writing, or leases are not
                     # offered here: store a copy of the bytes judged (the claim's own,
                     # compared below), never the inode itself.
-                    staged = batch.stage(opened.data)
+                    item.staged = staged = batch.stage(opened.data)
                     self.copied = True
-                elif sealed != "sealed":
-                    return self._changed(claim, path, name)
             if staged is not None:
                 seen = self._holds(claim, opened.data)
                 if seen is None:
                     staged.discard()
                     return self._changed(claim, path, name)
                 self._copied_claims[version] = seen
-                staged.sync()
-            durable.fsync_dir(self.spool.claimed_dir)
-            # 6. link: the commit point (durable with the group's history fsync)
-            if staged is None:
-                batch.link(claim, version)
-            else:
-                batch.commit(staged, version)
+                staged.start_writeback()
         except StorageError:
-            self._copied_claims.pop(version, None)
-            if staged is not None:
-                staged.discard()
-            if self.store.has_version(version):
-                # The name could not be taken back: the claim stays, and recovery
-                # (after the backoff) makes sure this drop is stored exactly once.
-                raise
-            if staged is None:
-                with contextlib.suppress(OSError):
-                    durable.set_mode(claim, stat.S_IMODE(opened.mode))
-            self._unclaim(claim, path)
+            self._undo(item)
             raise
-        return version
+        self._group.append(item)
+        return item
 
-    def _changed(self, claim: Path, path: Path, name: str) -> Deferred:
+    # -- steps 5 and 6, once per group -------------------------------------------------
+
+    def commit_group(self, batch: Batch) -> tuple[list[Stored], GroupFailure | None]:
+        """Steps 5 and 6 for every drop claimed since the last call.
+
+        Each drop's bytes are fsynced (its copy, or its own inode), then ``.claimed/``
+        once: every claim is durable before any of the group's versions is named.
+        Then each version is linked into ``batch`` (the commit point; its name is made
+        durable when the batch ends). Returns the drops committed, and the error that
+        stopped the group, if one did: the drop it hit and those after it are put back
+        in the spool (or, failing that, left claimed for recovery). Never raises
+        :class:`StorageError`.
+        """
+        group, self._group = self._group, []
+        error: GroupFailure | None = None
+        synced: list[_Claimed] = []
+        for n, item in enumerate(group):
+            try:
+                item.sync()
+            except StorageError as exc:
+                error = GroupFailure(item.stored.drop, exc, self._undo_all(group[n:]))
+                break
+            synced.append(item)
+        if synced:
+            try:
+                durable.fsync_dir(self.spool.claimed_dir)
+            except StorageError as exc:
+                error = GroupFailure(None, exc, self._undo_all(synced))
+                synced = []
+        committed: list[Stored] = []
+        for n, item in enumerate(synced):
+            # 6. link: the commit point (durable with the group's history fsync)
+            try:
+                if item.staged is None:
+                    batch.link(item.claim, item.stored.version)
+                else:
+                    batch.commit(item.staged, item.stored.version)
+            except StorageError as exc:
+                error = GroupFailure(item.stored.drop, exc, self._undo_all(synced[n:]))
+                break
+            committed.append(item.stored)
+        return committed, error
+
+    def _undo_all(self, items: list[_Claimed]) -> list[str]:
+        for item in items:
+            self._undo(item)
+        return [item.stored.drop for item in items]
+
+    def _undo(self, item: _Claimed) -> None:
+        """A claimed drop that will not be committed now: back to the spool, as it was.
+
+        If its version's name could not be taken back, the claim stays, and recovery
+        (after the backoff) makes sure the drop is stored exactly once.
+        """
+        version = item.stored.version
+        self._copied_claims.pop(version, None)
+        item.close()
+        if self.store.has_version(version):
+            return
+        if item.staged is None:
+            with contextlib.suppress(OSError):
+                durable.set_mode(item.claim, stat.S_IMODE(item.opened.mode))
+        self._unclaim(item.claim, item.path)
+
+    def _changed(self, claim: str, path: str, name: str) -> Deferred:
         """The claimed file is not the one judged: another file, or other bytes.
 
         Nothing is stored and nothing is deleted: the claim goes back to the spool as
@@ -345,7 +468,7 @@ class Intake:
         self._unclaim(claim, path)
         return Deferred(name, time.monotonic() + self.settle, claim_left=True)
 
-    def _holds(self, claim: Path, data: bytes) -> tuple[int, int] | None:
+    def _holds(self, claim: str, data: bytes) -> tuple[int, int] | None:
         """The claim's ``(st_size, st_mtime_ns)`` if it holds exactly ``data``, else None.
 
         Read without following links. The stat lets the release see a later write.
@@ -364,12 +487,13 @@ class Intake:
         finally:
             os.close(fd)
 
-    def _seal(self, claim: Path, opened: Opened) -> str:
-        """Make the claimed drop's own inode a version: read-only (less the umask), fsynced.
+    def _seal(self, claim: str, opened: Opened) -> int | str:
+        """Make the claimed drop's own inode a version: read-only (less the umask).
 
-        Returns ``"sealed"``; or, with nothing sealed: ``"changed"`` (another file, another
-        link to it, or bytes other than those judged), ``"copy"`` (the bytes judged, but
-        someone may hold it open for writing: a read lease is refused or not offered).
+        Returns its open descriptor, for :meth:`commit_group` to fsync; or, with nothing
+        sealed: ``"changed"`` (another file, another link to it, or bytes other than
+        those judged), ``"copy"`` (the bytes judged, but someone may hold it open for
+        writing: a read lease is refused or not offered).
         """
         try:
             fd = os.open(claim, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -382,18 +506,19 @@ class Intake:
                 1,
                 len(opened.data),
             ):
+                os.close(fd)
                 return "changed"
             durable.set_fd_mode(fd, VERSION_MODE & ~self.umask)
             if writers_present(fd) is not False:
+                os.close(fd)
                 return "copy"  # the copy path compares the claim's bytes first
             if os.pread(fd, len(opened.data) + 1, 0) != opened.data:
+                os.close(fd)
                 return "changed"
-            durable.fsync_fd(fd)
-            return "sealed"
         except OSError as exc:
-            raise StorageError("seal", claim, exc) from exc
-        finally:
             os.close(fd)
+            raise StorageError("seal", claim, exc) from exc
+        return fd
 
     # -- step 8 ---------------------------------------------------------------------
 
@@ -404,13 +529,13 @@ class Intake:
         later: its version exists). A claim written to after its copy was stored goes
         back to the spool as a new drop instead (or stays for recovery).
         """
-        claim = self.spool.claimed_dir / item.version
+        claim = os.path.join(self._claimed, item.version)
         seen = self._copied_claims.pop(item.version, None)
         if seen is not None and _written_since(claim, seen):
             # A writer still holding the file added to it after its copy was stored:
             # those bytes are not stored, so the claim is not deleted.
             log.warning("%s was written to after it was stored; taking it again", item.drop)
-            self._unclaim(claim, self.spool.dir / item.drop)
+            self._unclaim(claim, os.path.join(self._spool, item.drop))
             return None
         try:
             durable.remove_file(claim)
@@ -424,36 +549,23 @@ class Intake:
 
     # -- putting a claim back ---------------------------------------------------------
 
-    def _back_in_spool(self, claim: Path) -> bool:
-        """Whether a spool entry is the claimed inode itself (see :meth:`_unclaim`)."""
-        try:
-            st = os.lstat(claim)
-            if st.st_nlink < 2:
-                return False
-            return any(
-                (c.ino, c.dev) == (st.st_ino, st.st_dev)
-                for c in self.spool.scan()
-                if stat.S_ISREG(c.mode)
-            )
-        except OSError:
-            return False
-
-    def _unclaim(self, claim: Path, path: Path) -> None:
+    def _unclaim(self, claim: durable.StrPath, path: durable.StrPath) -> None:
         """Put a claimed drop back in the spool, untouched, after a failure to store it.
 
         If that fails too (or the name was reused meanwhile), the claim stays and is
         finished by the recovery path once the fault clears: nothing is lost either way.
         """
+        folder, claim_name = os.path.split(claim)
         try:
             durable.link_entry(claim, path)  # never clobbers a new drop of the same name
         except OSError as exc:
-            log.warning("%s stays in %s for now: %s", claim.name, claim.parent, exc.strerror)
+            log.warning("%s stays in %s for now: %s", claim_name, folder, exc.strerror)
             return
         try:
             durable.unlink_entry(claim)
         except OSError as exc:
             # Both names now hold the drop: keep the claim only, or it would be stored twice.
-            log.warning("%s stays in %s for now: %s", claim.name, claim.parent, exc.strerror)
+            log.warning("%s stays in %s for now: %s", claim_name, folder, exc.strerror)
             try:
                 durable.unlink_entry(path)
             except OSError:
@@ -461,14 +573,14 @@ class Intake:
 
     def _reject(
         self,
-        path: Path,
+        path: durable.StrPath,
         name: str,
         reason: str,
         errors: list[dict[str, Any]] | None = None,
         kind: str | None = None,
     ) -> Rejected | Blocked:
         try:
-            where = self.spool.quarantine(path, name, reason, errors or [{"msg": reason}])
+            where = self.spool.quarantine(Path(path), name, reason, errors or [{"msg": reason}])
         except StorageError as exc:
             # A problem of this drop (or of the rejected folder), not of the history:
             # it waits on its own, and the valid drops behind it go on.
@@ -480,93 +592,12 @@ class Intake:
         self.readiness.forget(outcome.drop)
         return outcome
 
-    # -- recovery -------------------------------------------------------------------
-
-    def recover(self) -> list[Outcome]:
-        """Finish every claim left by a crash or a failure (with the history lock held).
-
-        Raises :class:`StorageError` when a claim cannot be finished yet.
-        """
-        outcomes: list[Outcome] = []
-        names = self.spool.claimed()
-        if names:
-            self.check_claimed()
-        with self.store.batch(update_latest=False) as batch:
-            for version in names:
-                outcome = self._recover_claim(version, batch)
-                if outcome is not None:
-                    outcomes.append(outcome)
-        return outcomes
-
-    def _stored_as(self, claim: Path, version: str) -> bool:
-        """Whether the claim's bytes are stored as ``version`` (so the claim may go).
-
-        A claim and its version that are one directory entry (seen through a link) are
-        never "duplicates"; hard links to one inode are; two files are when their
-        bytes are equal. Raises :class:`StorageError` when a claim cannot be judged.
-        """
-        stored = self.store.version_path(version)
-        try:
-            a, b = os.lstat(claim), os.lstat(stored)
-        except OSError as exc:
-            raise StorageError("stat claim", claim, exc) from exc
-        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
-            if a.st_nlink < 2:
-                raise StorageError(
-                    "finish claim",
-                    claim,
-                    OSError(errno.EPERM, f"unsafe: it is the version {stored} itself"),
-                )
-            return True
-        if not (stat.S_ISREG(a.st_mode) and stat.S_ISREG(b.st_mode)) or a.st_size != b.st_size:
-            return False
-        opened = open_entry(claim, max(a.st_size, 1))
-        if not isinstance(opened, Opened):
-            return False
-        try:
-            return stored.read_bytes() == opened.data
-        except OSError as exc:
-            raise StorageError("read", stored, exc) from exc
-
-    def _recover_claim(self, version: str, batch: Batch) -> Outcome | None:
-        claim = self.spool.claimed_dir / version
-        if not is_version_name(version):
-            return Ignored(
-                version, claim.name, f"ignoring {claim}: not a name this watcher gives claims"
-            )
-        target = version
-        if self.store.has_version(version):
-            if self._stored_as(claim, version):
-                # The version's name durable before its claim goes; and it may be new to
-                # this process too (its claim could not be removed at once).
-                batch.adopt(version)
-                durable.remove_file(claim)
-                return Recovered(version)
-            # Its name is taken by other bytes: nothing claimed is deleted unless its
-            # bytes are stored, so it is stored under a new name.
-            target = self.store.next_version_name()
-        elif self._back_in_spool(claim):
-            # A crash while putting a failed drop back: the spool has it again, as a
-            # drop like any other; the claim is only a second name for it.
-            durable.remove_file(claim)
-            log.info("%s is back in the spool; removed its claim", version)
-            return None
-        started = time.perf_counter()
-        opened = self._open_and_judge(claim, version, claimed=True)
-        if isinstance(opened, Dropped):
-            return None
-        if not isinstance(opened, Opened):
-            return opened
-        self.store.write_version(target, opened.data)
-        durable.remove_file(claim)
-        return Stored(version, target, len(opened.data), started, pending=False)
-
 
 def _folder(name: str, spool_dir: Path) -> Ignored:
     return Ignored(name, name, f"ignoring {spool_dir / name}: a folder, not a drop")
 
 
-def _written_since(claim: Path, seen: tuple[int, int]) -> bool:
+def _written_since(claim: str, seen: tuple[int, int]) -> bool:
     try:
         st = os.lstat(claim)
     except OSError:

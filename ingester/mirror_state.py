@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import durable
 from .lock import lock_holder
+from .retention import DEFAULT_HOLD_MAX
 
 __all__ = [
     "DEFAULT_HOLD_MAX",
@@ -45,8 +46,6 @@ __all__ = [
 
 MIRROR_STATE_NAME = "_mirror.json"
 MIRROR_LOCK_NAME = ".mirror.lock"
-DEFAULT_HOLD_MAX = 10_000
-"""Default ``--mirror-hold``: about 35 days of one drop every 5 minutes."""
 
 
 class MirrorState(BaseModel):

@@ -26,7 +26,6 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from .arrivals import How
 from .errors import StorageError
@@ -63,7 +62,7 @@ def writers_present(fd: int) -> bool | None:
     return False
 
 
-def open_for_writing(path: Path) -> bool | None:
+def open_for_writing(path: str | os.PathLike[str]) -> bool | None:
     """:func:`writers_present` for ``path`` (never following a link); None if unopenable."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -127,14 +126,14 @@ class Readiness:
         """Whether ``name`` is an invalid drop waiting to be finished by its writer."""
         return name in self._unfinished
 
-    def check(self, path: Path, how: How) -> Ready | Wait | Gone | Folder:
+    def check(self, path: str | os.PathLike[str], how: How) -> Ready | Wait | Gone | Folder:
         """Whether the drop at ``path`` may be taken now.
 
         Raises :class:`StorageError` when it cannot even be looked at.
         """
         if how is How.COMPLETE:
             return Ready()
-        name = path.name
+        name = os.path.basename(path)
         try:
             st = os.lstat(path)
         except FileNotFoundError:

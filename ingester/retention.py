@@ -20,6 +20,7 @@ from typing import Literal
 from .names import parse_timestamp_from_filename
 
 __all__ = [
+    "DEFAULT_HOLD_MAX",
     "FUTURE_SLACK",
     "Decision",
     "RetentionPlan",
@@ -33,6 +34,12 @@ DEFAULT_MAX_VERSIONS = 100
 """Retention keeps at least this many of the newest versions, unless told otherwise."""
 DEFAULT_RETENTION_DAYS = 7.0
 """...and every version younger than this many days."""
+DEFAULT_HOLD_MAX = 10_000
+"""Default ``--mirror-hold``: about 35 days of one drop every 5 minutes.
+
+At most this many expired versions a configured mirror has not uploaded yet are kept
+(see :mod:`ingester.mirror_state`).
+"""
 
 FUTURE_SLACK = timedelta(days=1)
 """How far ahead of the clock a version may be dated before it counts as future."""

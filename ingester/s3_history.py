@@ -26,8 +26,6 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from pydantic import ValidationError
-
 from .history_index import VersionEntry, VersionNotFound
 from .names import is_version_name, parse_timestamp_from_filename
 from .objectstore import METADATA_KEY, MirrorTarget, S3Client, classify, list_remote
@@ -132,5 +130,5 @@ class S3History:
             raise _unreadable(self.target, exc) from None
         try:
             return StorageMetadata.model_validate_json(raw)
-        except ValidationError:
+        except ValueError:  # MetadataCorrupt
             return StorageMetadata()

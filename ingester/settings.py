@@ -21,8 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SettingError
-from .mirror_state import DEFAULT_HOLD_MAX
-from .retention import DEFAULT_MAX_VERSIONS, DEFAULT_RETENTION_DAYS, RetentionPolicy
+from .retention import (
+    DEFAULT_HOLD_MAX,
+    DEFAULT_MAX_VERSIONS,
+    DEFAULT_RETENTION_DAYS,
+    RetentionPolicy,
+)
 from .store import HistoryStore
 
 __all__ = [

@@ -104,7 +104,7 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
-def open_entry(path: Path, max_bytes: int) -> Opened | Unreadable | None:
+def open_entry(path: durable.StrPath, max_bytes: int) -> Opened | Unreadable | None:
     """Read ``path`` if it is a regular file, at most ``max_bytes + 1`` bytes.
 
     Returns ``None`` when it is gone. Raises :class:`StorageError` when it cannot be
@@ -128,8 +128,12 @@ def open_entry(path: Path, max_bytes: int) -> Opened | Unreadable | None:
             return Opened(b"", st.st_dev, st.st_ino, st.st_size, st.st_uid, st.st_nlink, st.st_mode)
         chunks = []
         remaining = max_bytes + 1
+        # The size fstat gave (and one byte more, to see a file still growing) is what
+        # a drop holds: one read of that, not a megabyte buffer allocated and shrunk.
+        want = min(remaining, st.st_size + 1, 1 << 20)
         while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
+            chunk = os.read(fd, want)
+            want = min(remaining - len(chunk), 1 << 20)
             if not chunk:
                 break
             chunks.append(chunk)

@@ -28,24 +28,24 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import TYPE_CHECKING, Any
 
 from . import durable
 from .clock import utc_now
-from .errors import CacheNotRefreshed, StorageError, unreadable
-from .mirror_state import deletable_count, read_mirror_state
-from .model import ConsoleUsageDataSync
+from .errors import CacheNotRefreshed, IngesterError, StorageError, unreadable
 from .names import (
     format_timestamp,
     generate_version_filename,
     is_version_name,
     parse_timestamp_from_filename,
 )
+
+if TYPE_CHECKING:
+    from .mirror_state import MirrorState
+    from .model import ConsoleUsageDataSync
 from .retention import (
     Decision,
     RetentionPlan,
@@ -61,12 +61,14 @@ __all__ = [
     "CleanupResult",
     "HistoryStore",
     "InitReport",
+    "MetadataCorrupt",
     "StorageMetadata",
 ]
 
 log = logging.getLogger("ingester.store")
 
 METADATA_NAME = "_metadata.json"
+MIRROR_STATE_NAME = "_mirror.json"  # ingester.mirror_state's file, named there too
 LOCK_NAME = ".lock"
 VERSION_MODE = 0o444
 METADATA_MODE = 0o644
@@ -74,19 +76,68 @@ LATEST_TEMP_PREFIXES = (durable.LINK_TEMP_PREFIX, durable.WRITE_TEMP_PREFIX)
 """Temp files the latest link's folder may hold (a link, or a copy where links fail)."""
 
 
-class StorageMetadata(BaseModel):
-    """``_metadata.json``: the six keys every reader relies on, then a few more."""
+class MetadataCorrupt(IngesterError, ValueError):
+    """``_metadata.json`` does not hold the metadata: not JSON, or a key of the wrong type."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
 
-    version_count: int = Field(0, alias="versionCount", ge=0)
-    oldest_timestamp: str | None = Field(None, alias="oldestTimestamp")
-    newest_timestamp: str | None = Field(None, alias="newestTimestamp")
-    last_cleanup: str | None = Field(None, alias="lastCleanup")
-    total_versions_created: int = Field(0, alias="totalVersionsCreated", ge=0)
-    total_versions_deleted: int = Field(0, alias="totalVersionsDeleted", ge=0)
-    latest_version: str | None = Field(None, alias="latestVersion")
-    future_versions: int = Field(0, alias="futureVersions", ge=0)
+def _key(alias: str, default: int | None) -> Any:
+    return field(default=default, metadata={"alias": alias})
+
+
+@dataclass(frozen=True)
+class StorageMetadata:
+    """``_metadata.json``: the six keys every reader relies on, then a few more.
+
+    Counts are ints >= 0; the others are strings or null. A plain dataclass (the file
+    is ours and small): a watcher never needs pydantic's model machinery for it.
+    """
+
+    version_count: int = _key("versionCount", 0)
+    oldest_timestamp: str | None = _key("oldestTimestamp", None)
+    newest_timestamp: str | None = _key("newestTimestamp", None)
+    last_cleanup: str | None = _key("lastCleanup", None)
+    total_versions_created: int = _key("totalVersionsCreated", 0)
+    total_versions_deleted: int = _key("totalVersionsDeleted", 0)
+    latest_version: str | None = _key("latestVersion", None)
+    future_versions: int = _key("futureVersions", 0)
+
+    @classmethod
+    def model_validate_json(cls, raw: bytes | str) -> StorageMetadata:
+        """Read the file's bytes: camelCase keys (or the field names); others ignored.
+
+        Raises :class:`MetadataCorrupt` (a ``ValueError``) naming the first problem.
+        """
+        try:
+            doc = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise MetadataCorrupt(f"not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise MetadataCorrupt("not a JSON object")
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            alias = item.metadata["alias"]
+            key = alias if alias in doc else item.name if item.name in doc else None
+            if key is None:
+                continue
+            value = doc[key]
+            if item.type == "int":  # a count
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise MetadataCorrupt(f"{alias} must be a whole number >= 0")
+            elif value is not None and not isinstance(value, str):
+                raise MetadataCorrupt(f"{alias} must be a string or null")
+            values[item.name] = value
+        return cls(**values)
+
+    def model_copy(self, *, update: dict[str, Any] | None = None) -> StorageMetadata:
+        """A copy, with the fields in ``update`` (by field name) changed."""
+        return replace(self, **(update or {}))
+
+    def model_dump(self, *, by_alias: bool = False) -> dict[str, Any]:
+        """The fields as a dict, keyed by their camelCase names with ``by_alias``."""
+        return {
+            item.metadata["alias"] if by_alias else item.name: getattr(self, item.name)
+            for item in fields(self)
+        }
 
     def to_json_bytes(self) -> bytes:
         """The file's bytes: camelCase keys, the six required ones first."""
@@ -147,11 +198,11 @@ class Batch:
         self.names.append(name)
         return path
 
-    def link(self, source: Path, name: str) -> Path:
+    def link(self, source: durable.StrPath, name: str) -> str:
         """Make the fsynced, read-only file ``source`` version ``name`` by a hard link."""
         store = self._store
         store._ensure_loaded()
-        path = store.version_path(name)
+        path = os.path.join(store._history, name)
         durable.link_file(source, path)
         store._counted(name)
         self.names.append(name)
@@ -202,6 +253,7 @@ class HistoryStore:
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.history_dir = Path(os.path.abspath(history_dir))
+        self._history = os.fspath(self.history_dir)
         self.latest_path = Path(os.path.abspath(latest_path))
         self.policy = policy or RetentionPolicy()
         self.clock = clock
@@ -210,6 +262,8 @@ class HistoryStore:
         self._loaded = False
         self._spare: durable.SpareFile | None = None
         self._floor: str | None = None  # the highest name withdrawn
+        self._given: str | None = None  # the last name next_version_name gave
+        self._link_folder: str | None = None  # see link_target
 
     # -- paths -------------------------------------------------------------------
 
@@ -237,6 +291,13 @@ class HistoryStore:
         another disk, so a copy of the root holds a link into its own history), else
         through its real parent folder, else through its real path.
         """
+        if self._link_folder is None:
+            self._link_folder = self._find_link_folder()
+        return os.path.join(self._link_folder, name)
+
+    def _find_link_folder(self) -> str:
+        # Resolving the folders costs a dozen stats: done once, and again after each
+        # scan of the history (a rescan), not on every move of the link.
         link_dir = os.path.realpath(self.latest_path.parent)
         history = os.fspath(self.history_dir)
         real_history = os.path.realpath(history)
@@ -249,8 +310,8 @@ class HistoryStore:
         )
         for folder in candidates:
             if os.path.realpath(os.path.join(link_dir, folder)) == real_history:
-                return os.path.join(folder, name)
-        return os.path.relpath(os.path.join(real_history, name), link_dir)
+                return folder
+        return os.path.relpath(real_history, link_dir)
 
     # -- loading -----------------------------------------------------------------
 
@@ -268,6 +329,7 @@ class HistoryStore:
         names.sort()
         self._names = names
         self._loaded = True
+        self._link_folder = None
         return list(names)
 
     def read_metadata_file(self) -> tuple[StorageMetadata, str | None]:
@@ -280,7 +342,7 @@ class HistoryStore:
             return StorageMetadata(), unreadable(exc)
         try:
             return StorageMetadata.model_validate_json(raw), None
-        except ValidationError:
+        except MetadataCorrupt:
             return StorageMetadata(), "corrupt"
 
     def load(self) -> None:
@@ -436,12 +498,17 @@ class HistoryStore:
         return list(self._names)
 
     def next_version_name(self) -> str:
-        """A fresh name that sorts above every non-future version."""
+        """A fresh name that sorts above every non-future version and every name given before."""
         self._ensure_loaded()
         after = self.latest_version_name()
-        if self._floor is not None and (after is None or self._floor > after):
-            after = self._floor  # a name taken back stays used: its claim may wait
-        return generate_version_filename(self.clock(), after=after)
+        # A name taken back stays used (its claim may wait), and so does one handed out
+        # for a version not linked yet (a group links its versions together).
+        for used in (self._floor, self._given):
+            if used is not None and (after is None or used > after):
+                after = used
+        name = generate_version_filename(self.clock(), after=after)
+        self._given = name
+        return name
 
     def write_version(self, name: str, data: bytes) -> Path:
         """Durably store ``data`` as version ``name``; the latest link and metadata wait.
@@ -453,7 +520,7 @@ class HistoryStore:
 
     def has_version(self, name: str) -> bool:
         """Whether version ``name`` is on disk."""
-        return os.path.lexists(self.version_path(name))
+        return os.path.lexists(os.path.join(self._history, name))
 
     @contextlib.contextmanager
     def batch(self, *, update_latest: bool = True) -> Iterator[Batch]:
@@ -553,7 +620,7 @@ class HistoryStore:
         was stored, and :class:`CacheNotRefreshed` (a subclass) when the version was
         stored but the latest link or the metadata could not be refreshed.
         """
-        if isinstance(data, ConsoleUsageDataSync):
+        if not isinstance(data, bytes):
             data = data.model_dump_json(exclude_unset=True).encode()
         path = self.write_version(self.next_version_name(), data)
         try:
@@ -568,10 +635,28 @@ class HistoryStore:
         plan = plan_retention(self._names, now or self.clock(), self.policy)
         return self._hold_for_mirror(plan)
 
+    def _mirror_state(self) -> MirrorState | None:
+        """The mirror's progress file, when there is one (see :mod:`ingester.mirror_state`).
+
+        Most histories have no mirror: the file's model is loaded only when there is.
+        """
+        if not os.path.lexists(self.history_dir / MIRROR_STATE_NAME):
+            return None
+        from .mirror_state import read_mirror_state
+
+        return read_mirror_state(self.history_dir)
+
+    def _deletable(self, expired: int, mirror: MirrorState | None) -> int:
+        if mirror is None:
+            return expired
+        from .mirror_state import deletable_count
+
+        return deletable_count(self._names, expired, mirror)
+
     def _hold_for_mirror(self, plan: RetentionPlan) -> RetentionPlan:
         """``plan`` with the deletions a configured mirror has not caught up with kept."""
         expired = len(plan.delete)
-        allowed = deletable_count(self._names, expired, read_mirror_state(self.history_dir))
+        allowed = self._deletable(expired, self._mirror_state())
         if allowed == expired:
             return plan
         held = set(plan.delete[allowed:])
@@ -596,8 +681,8 @@ class HistoryStore:
         now = now or self.clock()
         count = expired_prefix(self._names, now, self.policy)
         # A configured mirror holds back what it has not uploaded yet (bounded).
-        mirror = read_mirror_state(self.history_dir)
-        count = 0 if hold_deletions else deletable_count(self._names, count, mirror)
+        mirror = self._mirror_state()
+        count = 0 if hold_deletions else self._deletable(count, mirror)
         doomed = self._names[:count]
         if mirror is not None and doomed and doomed[-1] > (mirror.mirrored_through or ""):
             log.warning(

@@ -5,8 +5,9 @@ described once, in ``docs/design.md``. The modules, in the order a drop meets th
 
 * :mod:`ingester.arrivals`: inotify or polling events from the spool folder;
 * :mod:`ingester.readiness`: whether a drop is complete (close-write, lease, settle);
-* :mod:`ingester.intake`: one drop's steps 1-6 and 8, and the recovery of claims; it
+* :mod:`ingester.intake`: steps 1-4 for each drop, 5-6 for its group, and 8; it
   returns an outcome (stored, rejected, deferred, gone...);
+* :mod:`ingester.recovery`: the claims a crash or a failure left;
 * :mod:`ingester.store`: the versioned history; a group of versions is made durable by
   one ``HistoryStore.batch()`` (step 7).
 
@@ -19,6 +20,7 @@ signals and keeps systemd informed (READY, STATUS, WATCHDOG pings).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -46,6 +48,7 @@ from .intake import (
     Blocked,
     Deferred,
     Dropped,
+    GroupFailure,
     Ignored,
     Intake,
     Outcome,
@@ -56,9 +59,10 @@ from .intake import (
 from .lock import HistoryLock, LockHeld
 from .notify import SystemdNotifier
 from .readiness import Readiness
+from .recovery import ClaimRecovery
 from .settings import Settings, WatchOptions
 from .spool import Spool
-from .store import HistoryStore
+from .store import Batch, HistoryStore
 from .watch_metrics import NO_METRICS, Metrics
 
 __all__ = ["Backoff", "WatchOptions", "Watcher"]
@@ -123,6 +127,7 @@ class Watcher:
             readiness=Readiness(options.settle, options.rescan_interval),
             settle=options.settle,
         )
+        self._recovery = ClaimRecovery(self.intake)
         self.clock_jump = ClockJump()
         self.counts = _Counts()
         self._rejected_retention = RejectedRetention(
@@ -434,32 +439,24 @@ class Watcher:
     def _process_batch(self) -> None:
         """Take the pending drops in arrival order; make each group durable at once.
 
-        Each version's bytes are fsynced and its claim is durable before its name
-        appears; the names of a group are made durable by one fsync of the history
-        (after the latest link moved, so on one filesystem one journal commit carries
-        both), and only then are the claims released.
+        Every drop of a group is claimed and staged first (steps 1-4); then the group's
+        bytes are fsynced, the claims made durable by one fsync of ``.claimed/``, and
+        the versions linked (steps 5-6, :meth:`Intake.commit_group`); then their names
+        are made durable by one fsync of the history, after the latest link moved (so
+        on one filesystem one journal commit carries both: step 7), and only then are
+        the claims released (step 8).
         """
         stored: list[Stored] = []
         began = time.monotonic()
         update_latest = self._cache_backoff.due(began)
+        failure: GroupFailure | None = None
+        claimed: dict[str, How] = {}
         try:
             with self.store.batch(update_latest=update_latest) as batch:
-                for name, how in list(self._pending.items()):
-                    if self._stop.is_set():
-                        break
-                    try:
-                        outcome = self.intake.take(name, how, batch)
-                    except StorageError as exc:
-                        self._fail(name, exc)
-                        break
-                    self._pending.pop(name, None)
-                    if not (isinstance(outcome, Blocked) and outcome.step == "claim"):
-                        self._backoff.succeeded()
-                    if isinstance(outcome, Stored):
-                        stored.append(outcome)
-                    self._apply(outcome)
-                    if len(stored) >= _GROUP_MAX or time.monotonic() - began > _GROUP_SECONDS:
-                        break  # publish this group; the rest waits one loop (watchdog pings)
+                try:
+                    self._claim_group(batch, claimed)
+                finally:
+                    stored, failure = self.intake.commit_group(batch)
                 batch.keep_spare = not self.intake.same_fs or self.intake.copied
         except StorageError as exc:
             # The group's fsync failed, so its names were taken back: a failed write.
@@ -468,19 +465,51 @@ class Watcher:
                 self.intake.withdrawn(item)
             self._fail(None, exc)
             return
+        if failure is not None:
+            # Taken again first, as they came: their turn in arrival order is not lost.
+            returned = {name: claimed.get(name, How.SETTLE) for name in failure.returned}
+            self._pending = {**returned, **self._pending}
+            self._fail(failure.drop, failure.error)
         if not stored:
             return
+        for item in stored:
+            error = self.intake.release(item)
+            if error is not None:
+                self._fail(None, error)  # recovery removes the claim later
+            self._ingested(item)
+        # After _ingested (which marks the link stale): the group moved it already.
         if not update_latest:
             self._latest_dirty = True
         elif batch.latest_error is not None:
             self._cache_failed(batch.latest_error)  # a cache: the versions are durable
         else:
             self._latest_ok()
-        for item in stored:
-            error = self.intake.release(item)
-            if error is not None:
-                self._fail(None, error)  # recovery removes the claim later
-            self._ingested(item)
+
+    def _claim_group(self, batch: Batch, claimed: dict[str, How]) -> None:
+        """Steps 1-4 for the pending drops, in arrival order, up to one group's worth.
+
+        Adds each drop claimed to ``claimed`` (with how it was seen). A store failure
+        stops the group (logged, and the pipeline backs off).
+        """
+        began = time.monotonic()
+        # A slice, not the whole backlog: a hundred thousand drops waiting at start
+        # must not be copied into a list for every group of 256.
+        for name, how in list(itertools.islice(self._pending.items(), 4 * _GROUP_MAX)):
+            if self._stop.is_set():
+                break
+            try:
+                outcome = self.intake.take(name, how, batch)
+            except StorageError as exc:
+                self._fail(name, exc)
+                break
+            self._pending.pop(name, None)
+            if not (isinstance(outcome, Blocked) and outcome.step == "claim"):
+                self._backoff.succeeded()
+            if isinstance(outcome, Stored):
+                claimed[name] = how
+            self._apply(outcome)
+            if len(claimed) >= _GROUP_MAX or time.monotonic() - began > _GROUP_SECONDS:
+                break  # publish this group; the rest waits one loop (watchdog pings)
 
     def _apply(self, outcome: Outcome) -> None:
         """Apply what became of one drop to the loop's bookkeeping (once)."""
@@ -627,7 +656,7 @@ class Watcher:
         self._last_maintenance = now
 
     def _recover_claims(self) -> None:
-        for outcome in self.intake.recover():
+        for outcome in self._recovery.recover():
             self._apply(outcome)
 
     def _clock_jumped(self) -> bool:

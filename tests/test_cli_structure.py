@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -14,9 +16,28 @@ PACKAGE = Path(ingester.__file__).parent
 
 
 def test_every_command_is_registered_once_from_the_one_list() -> None:
-    assert all(isinstance(c, click.Command) for c in COMMANDS)
-    assert sorted(main.commands) == sorted(c.name for c in COMMANDS if c.name)
-    assert len({c.name for c in COMMANDS}) == len(COMMANDS)
+    names = [name for name, _module, _attr in COMMANDS]
+    assert len(set(names)) == len(names)
+    ctx = click.Context(main)
+    assert main.list_commands(ctx) == sorted(names)
+    for name in names:
+        command = main.get_command(ctx, name)
+        assert isinstance(command, click.Command) and command.name == name, name
+    assert main.get_command(ctx, "no-such-command") is None
+
+
+def test_watch_loads_no_more_than_it_needs() -> None:
+    """``watch`` imports neither the server, the reports nor pydantic's model machinery."""
+    code = (
+        "import sys; from ingester.cli import main; import click; "
+        "main.get_command(click.Context(main), 'watch'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('starlette', 'uvicorn', 'boto3', 'prometheus_client') or m in "
+        "('pydantic.main', 'ingester.model', 'ingester.queries', 'ingester.serve')))"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "[]"
 
 
 def _imports(path: Path) -> set[str]:

@@ -519,6 +519,36 @@ def test_crash_at_every_durable_step_of_an_ingest_then_restart(
     assert steps >= 3 * 5 + 2 * 4
 
 
+@pytest.mark.parametrize("foreign", OWNERS)
+def test_crash_at_every_durable_step_of_a_group_then_restart(tmp_path: Path, foreign: bool) -> None:
+    """Six valid drops waiting at once are one group: claimed and staged together, their
+    bytes fsynced, then linked, then published by one fsync. A crash at any step of it
+    leaves each drop stored exactly once after the restart, and never a partial version."""
+    steps = crash_at_every_step(tmp_path, valid_count=6, invalid_count=1, foreign=foreign)
+    trace = _group_trace(tmp_path / "trace", foreign)
+    # One group: every claim comes before the first link into the history, and the
+    # history is fsynced once for the six (the seed's start aside).
+    claims = [i for i, t in enumerate(trace) if t.startswith("rename(") and ".claimed/" in t]
+    links = [i for i, t in enumerate(trace) if t.startswith("link(") and "history/" in t]
+    assert len(claims) == 6 and len(links) == 6, trace
+    assert max(claims) < min(links), trace
+    releases = [i for i, t in enumerate(trace) if t.startswith("unlink(.claimed/")]
+    published = trace[min(links) : min(releases)]
+    assert len([t for t in published if t.endswith("/console-usage-history]")]) == 1, trace
+    # and the latest link moved once for the group, not again after it
+    assert len([t for t in trace[min(claims) :] if t.startswith("symlink(")]) == 1, trace
+    assert steps >= 6 * 4
+
+
+def _group_trace(base: Path, foreign: bool) -> list[str]:
+    scenario = build_scenario(base, valid_count=6, invalid_count=1, foreign=foreign)
+    plan = Plan(at=0)
+    with inject(plan):
+        assert run_once(scenario.settings) == 0
+    assert not final_problems(scenario.expect)
+    return [shape(t) for t in plan.trace]
+
+
 @pytest.mark.slow
 @skip_unless_long
 def test_crash_at_every_durable_step_long(tmp_path: Path) -> None:
@@ -846,3 +876,67 @@ def test_eio_at_a_once_bad_step_heals(tmp_path: Path, bug: str) -> None:
     k = next(k for k, step in enumerate(trace, 1) if known_bug(step) == bug)
     round_ = _live_round(tmp_path, k, foreign=True)
     assert round_.problems == [], round_.problems
+
+
+def _live_group_round(base: Path, k: int, foreign: bool) -> LiveRound:
+    """A backlog of three valid drops (one group) for a watcher kept running; EIO at step k.
+
+    The group is taken at start, so its steps come in the same order in every round.
+    """
+    from ingester.watcher import Watcher, WatchOptions
+
+    scenario = build_scenario(base / f"k{k:03d}", valid_count=3, invalid_count=0, foreign=foreign)
+    notifier = FakeNotifier()
+    watcher = Watcher(
+        scenario.settings,
+        WatchOptions(once=False, retry_max=0.2, rescan_interval=30),
+        notifier=notifier,
+    )
+    outcome: dict[str, Any] = {}
+    plan = Plan(at=k, mode="eio", thread=-1)
+
+    def serve() -> None:
+        plan.thread = threading.get_ident()
+        try:
+            outcome["code"] = watcher.run()
+        except BaseException as exc:  # the test reports it; the thread must not hide it
+            outcome["error"] = exc
+
+    problems: list[str] = []
+    with capture_logs() as logs, inject(plan):
+        thread = threading.Thread(target=serve, name=f"watcher-g{k}", daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + HEAL_TIMEOUT
+            while True:
+                problems = final_problems(scenario.expect, running=True)
+                if not problems or not thread.is_alive() or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+        finally:
+            watcher.request_stop()
+            thread.join(10)
+    if thread.is_alive():
+        problems.append("the watcher did not stop")
+    elif "error" in outcome:
+        problems.append(f"the watcher died: {outcome['error']!r}")
+    elif outcome.get("code") != 0:
+        problems.append(f"the watcher exited {outcome.get('code')}")
+    return LiveRound(plan, problems, logs.text(), outcome.get("error"))
+
+
+@pytest.mark.parametrize("foreign", OWNERS)
+def test_eio_at_every_step_of_a_group_heals(tmp_path: Path, foreign: bool) -> None:
+    """EIO at any step of a group (its claims, seals, links, publication, releases): the
+    watcher backs off, retries and ends with each drop stored exactly once."""
+    dry = _live_group_round(tmp_path / "dry", 0, foreign)
+    assert dry.problems == [], dry.problems
+    trace = dry.plan.trace
+    assert len([t for t in trace if t.startswith("rename(") and ".claimed/" in t]) == 3
+    failures = []
+    for k, step in enumerate(trace, 1):
+        round_ = _live_group_round(tmp_path / "rounds", k, foreign)
+        assert shape(round_.plan.fired) == shape(step), "the steps are not deterministic"
+        if round_.problems:
+            failures.append(f"EIO at step {k} {round_.plan.fired}: " + "; ".join(round_.problems))
+    assert not failures, "\n".join(failures)

@@ -213,6 +213,11 @@ class FaultProxy:
     ``fault`` picks what it does to each request: ``None`` forwards it; ``"slowdown"``
     answers 503 SlowDown; ``"error"`` answers 500 InternalError; ``"delay"`` waits
     ``delay`` seconds, then forwards. ``faulted`` counts the requests it answered itself.
+    ``in_flight`` counts the requests taken for forwarding (their delay included) whose
+    answer has not come back from upstream: the fault a request gets and its place in
+    that count are decided together, so once ``fault`` is an error and ``in_flight`` is
+    0, nothing more reaches the server. A request whose body stops short (its client was
+    killed mid-upload) is never forwarded, as a real server would discard it.
     ``kms_etags`` makes every ETag it passes on (headers and listings) what an SSE-KMS
     bucket gives: 32 hex digits that are not the MD5 of the bytes, the same for the same
     stored object. ``requests`` records each forwarded request as ``(method, path)``.
@@ -239,10 +244,16 @@ class FaultProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                fault = proxy.fault
-                if fault in ("slowdown", "error"):
-                    with proxy._lock:
+                if len(body) < length:
+                    self.close_connection = True  # the client is gone: nothing to forward
+                    return
+                with proxy._lock:
+                    fault = proxy.fault
+                    if fault in ("slowdown", "error"):
                         proxy.faulted += 1
+                    else:
+                        proxy.in_flight += 1
+                if fault in ("slowdown", "error"):
                     status, code = (
                         (503, "SlowDown") if fault == "slowdown" else (500, "InternalError")
                     )
@@ -257,23 +268,23 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
-                if fault == "delay":
-                    time.sleep(proxy.delay)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
-                conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=30)
-                with proxy._lock:
-                    proxy.in_flight += 1
                 try:
-                    conn.request(self.command, self.path, body=body or None, headers=headers)
-                    response = conn.getresponse()
-                    data = response.read()
-                except OSError:
-                    self.send_response(502)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
+                    if fault == "delay":
+                        time.sleep(proxy.delay)
+                    headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
+                    conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=30)
+                    try:
+                        conn.request(self.command, self.path, body=body or None, headers=headers)
+                        response = conn.getresponse()
+                        data = response.read()
+                    except OSError:
+                        self.send_response(502)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    finally:
+                        conn.close()
                 finally:
-                    conn.close()
                     with proxy._lock:
                         proxy.in_flight -= 1
                 with proxy._lock:
