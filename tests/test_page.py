@@ -534,10 +534,13 @@ def test_series_by_observation_time(root: Path, serve: Any) -> None:
 # -- partial scrapes, clocks, gaps and the reset marks -----------------------------------------
 
 
-def put(root: Path, body: dict[str, Any], stored: datetime, after: str | None) -> str:
-    name = generate_version_filename(stored, after=after)
-    (root / HISTORY / name).write_text(json.dumps(body))
-    return name
+def store(root: Path, snapshots: list[tuple[datetime, dict[str, Any]]]) -> None:
+    """A new history of ``snapshots``, each ``(lastUpdated, body)``, stored at that time."""
+    assert run_cli(root, "init").returncode == 0
+    after = None
+    for at, body in snapshots:
+        after = generate_version_filename(at, after=after)
+        (root / HISTORY / after).write_text(json.dumps({**body, "lastUpdated": iso_ms(at)}))
 
 
 def test_a_partial_snapshot_keeps_the_weekly_cards_and_their_projection(
@@ -545,27 +548,26 @@ def test_a_partial_snapshot_keeps_the_weekly_cards_and_their_projection(
 ) -> None:
     # Six full snapshots 30 minutes apart (allModels rising 4 %/h), then one without
     # weeklyLimits, as tests/samples/valid/partial-with-errors.json has it.
-    assert run_cli(root, "init").returncode == 0
     now = datetime.now(UTC).replace(microsecond=0)
-    after = None
-    for i in range(6):
-        updated = now - timedelta(minutes=5 + 30 * (5 - i))
-        body = {
-            "currentSession": {"resetsIn": "3 hr", "percentageUsed": 10 + i},
-            "weeklyLimits": {
-                "allModels": {"resetsIn": "2 days", "percentageUsed": 70 + 2 * i},
-                "sonnetOnly": {"resetsIn": "2 days", "percentageUsed": 4},
+    full = [
+        (
+            now - timedelta(minutes=5 + 30 * (5 - i)),
+            {
+                "currentSession": {"resetsIn": "3 hr", "percentageUsed": 10 + i},
+                "weeklyLimits": {
+                    "allModels": {"resetsIn": "2 days", "percentageUsed": 70 + 2 * i},
+                    "sonnetOnly": {"resetsIn": "2 days", "percentageUsed": 4},
+                },
             },
-            "lastUpdated": iso_ms(updated),
-        }
-        after = put(root, body, updated, after)
+        )
+        for i in range(6)
+    ]
     partial = {
         "currentSession": {"resetsIn": "3 hr", "percentageUsed": 16},
-        "lastUpdated": iso_ms(now - timedelta(minutes=1)),
         "isPartial": True,
         "extractionErrors": {"weeklyLimits": "selector 'Weekly limits' not found"},
     }
-    put(root, partial, now - timedelta(minutes=1), after)
+    store(root, [*full, (now - timedelta(minutes=1), partial)])
     server = serve()
     watched = open_page(server.url + "/?refresh=1")
     page = watched.page
@@ -639,16 +641,17 @@ def test_a_reset_mark_at_the_right_edge_keeps_its_whole_label(
 ) -> None:
     # Every limit resets in 5 hours, the furthest thing the chart shows: its mark is the
     # right edge of the plot.
-    assert run_cli(root, "init").returncode == 0
     now = datetime.now(UTC).replace(microsecond=0)
-    after = None
-    for i in range(4):
-        updated = now - timedelta(minutes=1 + 30 * (3 - i))
-        body = {
-            "currentSession": {"resetsIn": "5 hr", "percentageUsed": 10 + i},
-            "lastUpdated": iso_ms(updated),
-        }
-        after = put(root, body, updated, after)
+    store(
+        root,
+        [
+            (
+                now - timedelta(minutes=1 + 30 * (3 - i)),
+                {"currentSession": {"resetsIn": "5 hr", "percentageUsed": 10 + i}},
+            )
+            for i in range(4)
+        ],
+    )
     server = serve()
     watched = open_page(server.url + "/?refresh=1", init_script=RECORD_TEXT)
     page = watched.page
@@ -707,13 +710,12 @@ def test_lines_break_across_a_gap_in_the_data_and_not_for_a_partial_snapshot(
     # Snapshots every 20 minutes for six hours, none for eight hours (the scraper was off
     # overnight), then six hours more; the session fell from 60 % to 10 % meanwhile. One
     # snapshot in the second part lacks the current session (a partial scrape).
-    assert run_cli(root, "init").returncode == 0
     now = datetime.now(UTC).replace(microsecond=0)
     first = now - timedelta(hours=20)
     times = [first + timedelta(minutes=20 * k) for k in range(19)]
     times += [first + timedelta(hours=14, minutes=20 * k) for k in range(19)]
     partial_at = times[28]
-    after = None
+    snapshots = []
     for at in times:
         early = at < first + timedelta(hours=7)
         body: dict[str, Any] = {
@@ -721,7 +723,6 @@ def test_lines_break_across_a_gap_in_the_data_and_not_for_a_partial_snapshot(
                 "allModels": {"resetsIn": "at some point", "percentageUsed": 30},
                 "sonnetOnly": {"resetsIn": "at some point", "percentageUsed": 5},
             },
-            "lastUpdated": iso_ms(at),
         }
         if at == partial_at:
             body["isPartial"] = True
@@ -731,7 +732,8 @@ def test_lines_break_across_a_gap_in_the_data_and_not_for_a_partial_snapshot(
                 "resetsIn": "at some point",
                 "percentageUsed": 60 if early else 10,
             }
-        after = put(root, body, at, after)
+        snapshots.append((at, body))
+    store(root, snapshots)
     server = serve()
     watched = open_page(server.url + "/?refresh=1")
     page = watched.page
