@@ -110,9 +110,15 @@ def make_folder(folder: Path) -> None:
 
 @contextmanager
 def writing_store(
-    settings: Settings, purpose: str, *, initialize: bool = True
+    settings: Settings, purpose: str, *, initialize: bool = True, creates: str = "history"
 ) -> Iterator[HistoryStore]:
     """The store with the history lock held; clear errors instead of tracebacks.
+
+    ``creates`` says what the command may create when it is missing: ``"root"`` (init:
+    the root, its history and all), ``"history"`` (a history inside a root that exists)
+    or ``"nothing"`` (the history must exist). What it may not create is refused in
+    the words every read command uses, exit 1, before anything is made: a mistyped
+    --root must not become a new empty history that reports success.
 
     With ``initialize`` (the default) the store is initialized first (temps swept,
     metadata and latest link repaired), unless the latest path is a file holding a
@@ -120,8 +126,17 @@ def writing_store(
     pointer to ``ingester adopt``.
     """
     from .adopt import unsafe_latest
+    from .queries import history_problem, root_problem
 
     store = settings.store()
+    if creates == "nothing":
+        problem = history_problem(settings)
+    elif creates == "history":
+        problem = root_problem(settings, store.history_dir)
+    else:
+        problem = None
+    if problem is not None:
+        raise fail(problem)
     try:
         make_folder(store.history_dir)
         with HistoryLock(store.lock_path, purpose):

@@ -53,7 +53,7 @@ def init(app: App) -> None:
     """
     s = app.settings
     _make_spool_folders(s)
-    with writing_store(s, "init") as store:
+    with writing_store(s, "init", creates="root") as store:
         meta = store.get_storage_metadata()
     click.echo(f"spool:   {s.spool_dir}")
     click.echo(f"history: {store.history_dir} ({meta.version_count} versions)")
@@ -140,6 +140,8 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
 
     Prints one line per file. Exits 1 if any file was rejected or unreadable; the
     valid ones are stored all the same. Refuses while a watcher holds the history.
+    Creates the history in a root that exists; a root that does not exist is refused
+    (exit 1, nothing created).
     """
     s = app.settings
     rejected = 0
@@ -190,7 +192,8 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
     with keep/delete and the reason: newest-N, within-D-days, future, expired.
 
     Also removes rejected drops (with their reason files) older than
-    --rejected-retention-days; --dry-run counts them.
+    --rejected-retention-days; --dry-run counts them. A missing root or history is
+    refused (exit 1) and nothing is created.
     """
     from .housekeeping import PruneResult, prune_rejected
 
@@ -250,7 +253,7 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
         return
     # The text result is the log line's words: printed on stdout, not logged a second time.
     quiet = contextlib.nullcontext() if as_json else _result_printed_here("cleanup")
-    with writing_store(s, "cleanup") as store, quiet:
+    with writing_store(s, "cleanup", creates="nothing") as store, quiet:
         try:
             result = store.cleanup_old_versions()
         except StorageError as exc:
