@@ -415,9 +415,16 @@ class HistoryStore:
             latest_problem = unreadable(exc)
         return meta_problem, latest_problem
 
-    def write_metadata(self) -> None:
-        """Rewrite ``_metadata.json`` from the versions in memory (atomically)."""
+    def write_metadata(self, *, created_at_least: int = 0) -> None:
+        """Rewrite ``_metadata.json`` from the versions in memory (atomically).
+
+        ``created_at_least`` raises ``totalVersionsCreated`` to at least that many: how a
+        version stored without :meth:`save_version` (adopt's kept snapshot) is counted.
+        Raises :class:`StorageError`.
+        """
         self._ensure_loaded()
+        if created_at_least > self._meta.total_versions_created:
+            self._meta = self._meta.model_copy(update={"total_versions_created": created_at_least})
         self._write_metadata()
 
     # -- derived facts -------------------------------------------------------------
@@ -437,8 +444,12 @@ class HistoryStore:
             if names
             else None,
             last_cleanup=base.last_cleanup,
-            # Totals never decrease; when the file was lost, what is on disk is a floor.
-            total_versions_created=max(base.total_versions_created, len(names)),
+            # Totals never decrease. Every version on disk was created and every deleted
+            # one was too: a version the file does not count yet (a crash before the
+            # file was rewritten, one adopt kept, a lost file) raises the floor.
+            total_versions_created=max(
+                base.total_versions_created, base.total_versions_deleted + len(names)
+            ),
             total_versions_deleted=base.total_versions_deleted,
             latest_version=latest,
             future_versions=future,
