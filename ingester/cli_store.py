@@ -70,8 +70,9 @@ def adopt(app: App) -> None:
     touched), a regular-file console-usage-synced.json becomes a link to the newest
     version (a snapshot in it that no version holds is first kept as a version of its
     own), and _metadata.json is rewritten from the versions, keeping the original's
-    totals (a version adopt keeps is counted as created). Every step is durable and crash-safe: after a crash, run it again. Then
-    checks the result as 'verify' does: exit 0 when clean, 1 when problems are left.
+    totals (a version adopt keeps is counted as created). Every step is durable and
+    crash-safe: after a crash, run it again. Then checks the result as 'verify' does:
+    exit 0 when clean, 1 when problems are left.
     A folder with no history to adopt (no version in it: a wrong --root, a copy nested
     one level too deep) exits 1 and nothing is created. Takes the history lock (refused
     while a watcher runs). See docs/migrating.md.
