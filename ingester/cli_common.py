@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import click
 
+from .clock import AHEAD_TOLERATED, JUST_NOW
 from .errors import NotRegularFile, StorageError, describe_os_error
 from .lock import HistoryLock, LockHeld
 from .logs import escape_text
@@ -211,12 +212,16 @@ def echo_json(value: Any) -> None:
 
 
 def relative_age(delta: timedelta) -> str:
-    """``delta`` (now minus a time) in words: ``"42 s ago"``, ``"3 min ago"``, ``"in 2 days"``."""
-    seconds = delta.total_seconds()
-    ahead = seconds < 0
-    seconds = abs(seconds)
-    if seconds < 1:
+    """``delta`` (now minus a time) in words: ``"42 s ago"``, ``"3 min ago"``.
+
+    The page's rule, everywhere an age is printed: under :data:`~ingester.clock.JUST_NOW`
+    old, or ahead of this clock by at most :data:`~ingester.clock.AHEAD_TOLERATED` (a
+    scraper whose clock runs a little fast), is ``"just now"``; further ahead is said as
+    it is: ``"2 days ahead of the clock"``.
+    """
+    if -AHEAD_TOLERATED <= delta < JUST_NOW:
         return "just now"
+    seconds = abs(delta.total_seconds())
     if seconds < 60:
         words = f"{int(seconds)} s"
     elif seconds < 3600:
@@ -228,7 +233,7 @@ def relative_age(delta: timedelta) -> str:
     else:
         days = int(seconds // 86400)
         words = f"{days} days"
-    return f"in {words}" if ahead else f"{words} ago"
+    return f"{words} ahead of the clock" if delta < timedelta(0) else f"{words} ago"
 
 
 def human_time(stamp: datetime | None) -> str:
