@@ -14,7 +14,7 @@
   each absent where the forecast has no value, and
   ``ingester_usage_resets_unparsable_total``.
 
-Both read the history through the app's :class:`~ingester.history_index.HistoryIndex`,
+Both read the history through the app's :class:`~ingester.history.index.HistoryIndex`,
 so they work the same over a local folder and over an object store (``serve --from``).
 """
 
@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .history_index import HistoryIndex
+from .history.index import HistoryIndex
 from .settings import Settings
 from .usage_history import ForecastAnswer, UsageHistory
 

@@ -1,4 +1,4 @@
-"""A :class:`~ingester.history_index.HistoryReader` over a mirror in an object store.
+"""A :class:`~ingester.history.index.HistoryReader` over a mirror in an object store.
 
 ``ingester serve --from s3://BUCKET/PREFIX`` reads the history that ``ingester mirror``
 keeps there instead of a local folder, so several stateless ``serve`` instances (behind a
@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from .history_index import VersionEntry, VersionNotFound
+from .history.index import VersionEntry, VersionNotFound
 from .names import is_version_name, parse_timestamp_from_filename
 from .objectstore import METADATA_KEY, MirrorTarget, S3Client, classify, list_remote
 from .store import StorageMetadata

@@ -1,7 +1,7 @@
 """The forecast of a history: :mod:`ingester.forecast` over the versions a reader holds.
 
 :class:`UsageHistory` reads versions through a
-:class:`~ingester.history_index.HistoryIndex` (a local folder or an object store) and
+:class:`~ingester.history.index.HistoryIndex` (a local folder or an object store) and
 keeps what it read:
 
 * each version's :class:`~ingester.forecast.Observation`, by version name (versions
@@ -36,7 +36,7 @@ from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 
 from .forecast import BASIS, CLOCK_AHEAD, Forecast, Observation, forecast, observe
-from .history_index import HistoryIndex, HistorySnapshot, LocalHistory, VersionNotFound
+from .history.index import HistoryIndex, HistorySnapshot, LocalHistory, VersionNotFound
 
 __all__ = ["ForecastAnswer", "UsageHistory", "local_forecast"]
 

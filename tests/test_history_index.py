@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support import wait_for
 
-from ingester.history_index import (
+from ingester.history.index import (
     BoundedCache,
     HistoryIndex,
     LocalHistory,

@@ -10,7 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ..clock import utc_now
-from ..history_index import BoundedCache, HistoryIndex, HistoryReader
+from ..history.index import BoundedCache, HistoryIndex, HistoryReader
 from ..settings import Settings
 from ..spool import Spool
 from .backlog import BacklogWarnings, WatcherProbe

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..forecast_api import FORECAST_PATH
-from ..history_index import VersionNotFound
+from ..history.index import VersionNotFound
 from .answers import (
     API_PATH,
     HEALTH_PATH,

@@ -40,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 from ..clock import parse_iso_time
 from ..export import COLUMNS, Row, row_from_bytes
 from ..forecast import CLOCK_AHEAD
-from ..history_index import HistoryIndex, VersionEntry, VersionNotFound
+from ..history.index import HistoryIndex, VersionEntry, VersionNotFound
 from ..model import PayloadRejected
 from ..names import format_timestamp
 

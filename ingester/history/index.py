@@ -34,9 +34,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from .errors import StorageError, VersionNotFound
-from .names import is_version_name, parse_timestamp_from_filename
-from .store import METADATA_NAME, StorageMetadata
+from ..errors import StorageError, VersionNotFound
+from ..names import is_version_name, parse_timestamp_from_filename
+from ..store import METADATA_NAME, StorageMetadata
 
 __all__ = [
     "BoundedCache",

@@ -1,0 +1,1 @@
+"""The history: versions of the payload, immutable, named in ingestion order."""
