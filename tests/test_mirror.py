@@ -185,9 +185,23 @@ def mirrored_exactly(
     newest = max(local) if local else None
     if newest is not None and remote.get("console-usage-synced.json") != local[newest]:
         return "the latest object is not the newest version"
-    metadata = (root / HISTORY / "_metadata.json").read_bytes()
-    if remote.get("_metadata.json") != metadata:
-        return "the metadata object differs"
+    # The metadata object describes the versions in the bucket (keep mode holds more than
+    # the history), with the totals the history counts.
+    local_meta = json.loads((root / HISTORY / "_metadata.json").read_bytes())
+    try:
+        meta = json.loads(remote.get("_metadata.json", b""))
+    except ValueError:
+        return "no metadata object"
+    names = sorted(remote_versions)
+    facts = {
+        "versionCount": len(names),
+        "latestVersion": names[-1] if names else None,
+        "totalVersionsCreated": local_meta["totalVersionsCreated"],
+        "totalVersionsDeleted": local_meta["totalVersionsDeleted"],
+        "lastCleanup": local_meta["lastCleanup"],
+    }
+    if {key: meta.get(key) for key in facts} != facts:
+        return f"the metadata object says {meta}, not {facts}"
     return True
 
 

@@ -14,7 +14,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..forecast_api import install as install_forecast
-from ..history.index import HistoryIndex, LocalHistory
+from ..history.index import HistoryIndex
+from ..history.local import LocalHistory
 from ..metrics import MetricsRegistry
 from ..page import routes as page_routes
 from ..spool import Spool

@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import VersionNotFound
 from ..forecast_api import FORECAST_PATH
-from ..history.index import VersionNotFound
 from .answers import (
     API_PATH,
     HEALTH_PATH,

@@ -16,7 +16,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..history.index import HistorySnapshot, VersionNotFound
+from ..errors import VersionNotFound
+from ..history.index import HistorySnapshot
 from ..names import is_version_name
 from .answers import (
     JSON,

@@ -1,197 +1,31 @@
-"""Reading the history for ``serve``: a small read interface and a sorted index over it.
+"""A sorted index over any history reader, kept current cheaply, with bounded caches.
 
-``serve`` never writes the history (the watcher is its only writer); it reads it through
-:class:`HistoryReader`, four methods that any backing can offer:
-
-* :meth:`HistoryReader.change_token`: something cheap that changes whenever the set of
-  versions may have changed (``None``: cannot tell, list again after a short while);
-* :meth:`HistoryReader.list_versions`: every version, oldest first, with ingest time and size;
-* :meth:`HistoryReader.read_version`: one version's bytes;
-* :meth:`HistoryReader.read_metadata`: ``_metadata.json`` as stored.
-
-:class:`LocalHistory` reads a history folder on local disk. Its change token is the
-folder's ``(st_ino, st_mtime_ns, st_ctime_ns)``: every version added or deleted, and every
-replacement of ``_metadata.json``, is an entry created or removed in the folder, which
-moves the folder's mtime (a folder changed within the last 50 ms is listed again on
-every look, as a second change within one clock tick may not move it again). Version
-files are immutable, so their bytes need no revalidation.
-
-:class:`HistoryIndex` keeps the sorted list of versions in memory and revalidates it with
-one ``stat`` per lookup, so ``?version=N`` and ``?timestamp=`` cost a bisection, not a
-listing, however long the history is.
+``serve``, the page and the forecast answer from :class:`HistoryIndex`: it keeps the
+sorted list of versions in memory and revalidates it with the reader's change token
+(one ``stat`` on local disk, one ``HEAD`` a second on an object store) per lookup, so
+``?version=N`` and ``?timestamp=`` cost a bisection, not a listing, however long the
+history is. Versions never change, so their bytes are cached too.
 """
 
 from __future__ import annotations
 
 import bisect
-import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from datetime import datetime
+from typing import Generic, TypeVar
 
-from ..errors import StorageError, VersionNotFound
-from ..names import is_version_name, parse_timestamp_from_filename
-from ..store import METADATA_NAME, StorageMetadata
+from ..errors import MetadataMissing
+from ..store import MetadataCorrupt, StorageMetadata
+from .base import HistoryReader, VersionEntry, latest_position
 
-__all__ = [
-    "BoundedCache",
-    "HistoryIndex",
-    "HistoryReader",
-    "HistorySnapshot",
-    "LocalHistory",
-    "VersionEntry",
-    "VersionNotFound",
-]
+__all__ = ["BoundedCache", "HistoryIndex", "HistorySnapshot"]
 
 K = TypeVar("K")
 V = TypeVar("V")
-
-# A version dated more than this far ahead of the clock is "future" and is never what
-# "latest" means (the latest link skips it too).
-FUTURE_SLACK = timedelta(days=1)
-
-
-@dataclass(frozen=True, slots=True)
-class VersionEntry:
-    """One version: its file name, its ingest time (UTC, to the second) and size in bytes."""
-
-    name: str
-    ingested_at: datetime
-    size: int
-
-
-class HistoryReader(Protocol):
-    """Read-only access to a history, wherever it is kept.
-
-    Every method raises :class:`ingester.durable.StorageError` (or, for another backing,
-    an ``OSError``) when the history cannot be read at all.
-    """
-
-    def change_token(self) -> Hashable | None:
-        """A value that differs whenever the set of versions may have changed.
-
-        Compared with ``==`` to the token of the last listing: equal means the listing
-        still holds. ``None`` means the backing cannot tell cheaply; the index then lists
-        again once its ``ttl`` has passed. A token equal to nothing forces a listing.
-        """
-        ...
-
-    def list_versions(self) -> list[VersionEntry]:
-        """Every version, sorted by name (= ingestion order), oldest first."""
-        ...
-
-    def read_version(self, name: str) -> bytes:
-        """The bytes of version ``name``; :class:`VersionNotFound` when there is none."""
-        ...
-
-    def read_metadata(self) -> StorageMetadata:
-        """``_metadata.json`` as stored; defaults when it is missing or corrupt."""
-        ...
-
-
-class _Unsettled:
-    """A change token equal to nothing, itself included: "list again every time"."""
-
-    def __eq__(self, other: object) -> bool:
-        return False
-
-    def __hash__(self) -> int:
-        return id(self)
-
-
-class LocalHistory:
-    """A :class:`HistoryReader` over a history folder on local disk.
-
-    ``settle`` (seconds): a folder changed more recently than this gets a token equal to
-    nothing, so it is listed again on every look until its times are settled. Two changes
-    within the file system's timestamp granularity (a clock tick) could leave the same
-    mtime; once the last change is older than a few ticks, the next one moves it.
-    """
-
-    def __init__(self, history_dir: Path, *, settle: float = 0.05) -> None:
-        self.dir = Path(os.path.abspath(history_dir))
-        self.settle = settle
-        # Version files never change, so a size once read stays true while the name exists.
-        self._sizes: dict[str, int] = {}
-
-    def change_token(self) -> Hashable | None:
-        """The folder's inode, mtime and ctime (in ns); ``"missing"`` while there is none."""
-        try:
-            st = os.stat(self.dir)
-        except FileNotFoundError:  # not created yet: an empty history, not a broken one
-            return "missing"
-        except OSError as exc:
-            raise StorageError("stat", self.dir, exc) from exc
-        if time.time() - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 <= self.settle:
-            return _Unsettled()
-        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-
-    def list_versions(self) -> list[VersionEntry]:
-        """Scan the folder; ``stat`` only the names not seen by the previous scan."""
-        sizes: dict[str, int] = {}
-        if not os.path.lexists(self.dir):
-            self._sizes = {}
-            return []
-        try:
-            with os.scandir(self.dir) as entries:
-                for entry in entries:
-                    if not is_version_name(entry.name):
-                        continue
-                    known = self._sizes.get(entry.name)
-                    if known is not None:
-                        sizes[entry.name] = known
-                        continue
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:  # deleted by retention meanwhile
-                        continue
-                    if st.st_mode & 0o170000 == 0o100000:  # regular files only
-                        sizes[entry.name] = st.st_size
-        except OSError as exc:
-            raise StorageError("list", self.dir, exc) from exc
-        self._sizes = sizes
-        out = []
-        for name in sorted(sizes):
-            stamp = parse_timestamp_from_filename(name)
-            if stamp is not None:
-                out.append(VersionEntry(name, stamp, sizes[name]))
-        return out
-
-    def read_version(self, name: str) -> bytes:
-        """The version file's bytes (never follows a symlink)."""
-        if not is_version_name(name):
-            raise VersionNotFound(name)
-        path = self.dir / name
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise VersionNotFound(name) from None
-        except OSError as exc:
-            raise StorageError("open", path, exc) from exc
-        try:
-            with os.fdopen(fd, "rb") as handle:
-                return handle.read()
-        except OSError as exc:
-            raise StorageError("read", path, exc) from exc
-
-    def read_metadata(self) -> StorageMetadata:
-        """``_metadata.json``, or defaults when missing or corrupt."""
-        path = self.dir / METADATA_NAME
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return StorageMetadata()
-        except OSError as exc:
-            raise StorageError("read", path, exc) from exc
-        try:
-            return StorageMetadata.model_validate_json(raw)
-        except ValueError:
-            return StorageMetadata()
 
 
 @dataclass(frozen=True)
@@ -213,10 +47,9 @@ class HistorySnapshot:
         return None
 
     def latest_position(self, now: datetime) -> int | None:
-        """The newest version not dated more than a day ahead of ``now``: what latest means."""
-        horizon = (now + FUTURE_SLACK).timestamp()
-        i = bisect.bisect_right(self.times, horizon)
-        return i - 1 if i > 0 else None
+        """The position of the latest version at ``now`` (see
+        :func:`~ingester.history.base.latest_position`)."""
+        return latest_position(self.entries, now)
 
     def nearest_position(self, when: datetime) -> int | None:
         """The version whose ingest time is nearest ``when``.
@@ -347,5 +180,9 @@ class HistoryIndex:
         return data
 
     def read_metadata(self) -> StorageMetadata:
-        """The stored metadata (not cached: read for health and metrics only)."""
-        return self.reader.read_metadata()
+        """The stored metadata, the defaults when it is missing or corrupt (not cached:
+        read for health and metrics only); ``OSError`` when it cannot be read."""
+        try:
+            return self.reader.read_metadata()
+        except (MetadataMissing, MetadataCorrupt):
+            return StorageMetadata()

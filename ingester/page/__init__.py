@@ -38,9 +38,11 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..clock import parse_iso_time
+from ..errors import VersionNotFound
 from ..export import COLUMNS, Row, row_from_bytes
 from ..forecast import CLOCK_AHEAD
-from ..history.index import HistoryIndex, VersionEntry, VersionNotFound
+from ..history.base import VersionEntry
+from ..history.index import HistoryIndex
 from ..model import PayloadRejected
 from ..names import format_timestamp
 
