@@ -11,7 +11,10 @@ removed in the folder, which moves the folder's mtime (a folder changed within t
 50 ms is listed again on every look, as a second change within one clock tick may not
 move it again). Version files are immutable, so a size once read stays true.
 
-The writer of a local history is :class:`ingester.store.HistoryStore`.
+Its writer, :class:`LocalWriter`, writes through :class:`ingester.store.HistoryStore`
+(the one owner of the folder's format) and :mod:`ingester.durable`'s recipe: what
+``restore`` and the contract tests write. The watcher writes through the store's own
+batches, which group many versions under one folder fsync.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ import os
 import stat
 import time
 from collections.abc import Hashable
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MetadataMissing, StorageError, VersionNotFound
+from .. import durable
+from ..errors import MetadataMissing, StorageError, VersionExists, VersionNotFound
 from ..names import is_version_name, parse_timestamp_from_filename
-from ..store import METADATA_NAME, StorageMetadata
-from .base import VersionEntry
+from ..store import METADATA_MODE, METADATA_NAME, VERSION_MODE, HistoryStore, StorageMetadata
+from .base import VersionEntry, derive_metadata
 
-__all__ = ["LocalHistory"]
+__all__ = ["LocalHistory", "LocalWriter"]
 
 
 class _Unsettled:
@@ -135,3 +140,79 @@ class LocalHistory:
         except OSError as exc:
             raise StorageError("read", path, exc) from exc
         return StorageMetadata.model_validate_json(raw)
+
+
+@dataclass
+class _StagedLocal:
+    """A version's bytes in an fsynced temp file in the history folder."""
+
+    data: bytes
+    file: durable.StagedFile
+
+    def discard(self) -> None:
+        self.file.discard()
+
+
+class LocalWriter:
+    """A :class:`~ingester.history.base.HistoryWriter` over ``store``'s folder.
+
+    Call it with the history lock held. Each commit is the durable recipe (temp file,
+    fsync, link under the name without clobbering, fsync the folder); raises
+    :class:`~ingester.errors.StorageError` when the folder cannot be written.
+    """
+
+    def __init__(self, store: HistoryStore) -> None:
+        self.store = store
+        self.reader = LocalHistory(store.history_dir)
+        self.location = self.reader.location
+
+    def stage(self, data: bytes) -> _StagedLocal:
+        """The bytes in a temp file in the history folder, fsynced, read-only."""
+        return _StagedLocal(data, durable.StagedFile(self.store.history_dir, data, VERSION_MODE))
+
+    def _holds(self, name: str, data: bytes) -> bool | None:
+        """Whether version ``name`` holds ``data`` (``None``: there is no such entry)."""
+        if not os.path.lexists(self.store.version_path(name)):
+            return None
+        try:
+            return self.reader.read_version(name) == data
+        except VersionNotFound:  # a symlink or a folder in the version's place
+            return False
+
+    def commit(self, staged: _StagedLocal, name: str) -> None:
+        """Link the staged file in as version ``name`` (never over another entry)."""
+        if not is_version_name(name):
+            raise ValueError(f"not a version name: {name!r}")
+        held = self._holds(name, staged.data)
+        if held is not None:
+            staged.discard()
+            if not held:
+                raise VersionExists(name, self.location)
+            return
+        try:
+            staged.file.commit(name)
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, FileExistsError):
+                raise
+            if not self._holds(name, staged.data):  # written by another meanwhile
+                raise VersionExists(name, self.location) from None
+
+    def publish(self, base: StorageMetadata | None = None) -> None:
+        """Rewrite ``_metadata.json`` from the versions on disk and re-point the latest
+        link (each atomically); the totals carried as :func:`derive_metadata` says."""
+        store = self.store
+        names = store.scan()
+        stored, _problem = store.read_metadata_file()
+        meta = derive_metadata(names, store.clock(), stored, base)
+        durable.write_file(
+            store.history_dir, METADATA_NAME, meta.to_json_bytes(), mode=METADATA_MODE, replace=True
+        )
+        store.load()
+        store.update_latest()
+
+    def remove(self, name: str) -> None:
+        """Unlink version ``name`` and fsync the folder (gone already: no error)."""
+        if not is_version_name(name):
+            raise ValueError(f"not a version name: {name!r}")
+        durable.remove_file(self.store.version_path(name))
+        durable.fsync_dir(self.store.history_dir)
