@@ -39,14 +39,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .history.index import HistoryIndex
+from .routes import FORECAST_PATH
 from .settings import Settings
 from .usage_history import ForecastAnswer, UsageHistory
 
 __all__ = ["FORECAST_PATH", "UsageCollector", "forecast_json", "install"]
 
 log = logging.getLogger("ingester.serve")
-
-FORECAST_PATH = "/api/claude/console-usage/forecast"
 
 
 def forecast_json(answer: ForecastAnswer, zone_name: str) -> dict[str, object]:

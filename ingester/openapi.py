@@ -10,6 +10,17 @@ import functools
 import json
 from typing import Any
 
+from .routes import (
+    API_PATH,
+    FORECAST_PATH,
+    HEALTH_PATH,
+    METRICS_PATH,
+    OPENAPI_PATH,
+    SERIES_PATH,
+    TRIGGER_PATH,
+    VERSION_PATH,
+    VERSIONS_PATH,
+)
 from .schema import last_updated_schema
 
 __all__ = ["openapi_bytes", "openapi_document"]
@@ -391,7 +402,7 @@ def openapi_document() -> dict[str, Any]:
             "snapshots into the spool.",
         },
         "paths": {
-            "/api/claude/console-usage": {
+            API_PATH: {
                 "get": {
                     "operationId": "getConsoleUsage",
                     "summary": "The newest version, or one chosen by version or timestamp",
@@ -465,7 +476,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/api/claude/console-usage/trigger": {
+            TRIGGER_PATH: {
                 "post": {
                     "operationId": "triggerRefresh",
                     "summary": "Run the configured --trigger-command now (one run at a time; "
@@ -482,7 +493,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/api/claude/console-usage/versions": {
+            VERSIONS_PATH: {
                 "get": {
                     "operationId": "listVersions",
                     "summary": "Versions, newest first, a page at a time",
@@ -515,7 +526,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/api/claude/console-usage/versions/{name}": {
+            VERSION_PATH: {
                 "get": {
                     "operationId": "getVersion",
                     "summary": "A version's bytes, exactly as stored (immutable)",
@@ -538,7 +549,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/api/claude/console-usage/series": {
+            SERIES_PATH: {
                 "get": {
                     "operationId": "getSeries",
                     "summary": "The usage page's series: one export row per version ingested "
@@ -586,7 +597,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/api/claude/console-usage/forecast": {
+            FORECAST_PATH: {
                 "get": {
                     "operationId": "getForecast",
                     "summary": "Each usage limit's burn rate, reset time and projected run-out",
@@ -605,7 +616,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/api/health": {
+            HEALTH_PATH: {
                 "get": {
                     "operationId": "getHealth",
                     "summary": "healthy / degraded (> 10 min, or drops waiting with no "
@@ -617,7 +628,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/metrics": {
+            METRICS_PATH: {
                 "get": {
                     "operationId": "getMetrics",
                     "summary": "Prometheus text format",
@@ -629,7 +640,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/openapi.json": {
+            OPENAPI_PATH: {
                 "get": {
                     "operationId": "getOpenapi",
                     "summary": "This document",

@@ -45,13 +45,13 @@ from ..history.base import VersionEntry
 from ..history.index import HistoryIndex
 from ..model import PayloadRejected
 from ..names import format_timestamp
+from ..routes import SERIES_PATH
 
 __all__ = ["SERIES_PATH", "STATIC_DIR", "routes"]
 
 log = logging.getLogger("ingester.page")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-SERIES_PATH = "/api/claude/console-usage/series"
 TIME_EXAMPLE = "2026-11-28T10:30:00Z"
 SELECT_BY = ("ingestedAt", "lastUpdated")
 _OBSERVED = COLUMNS.index("lastUpdated")
