@@ -35,6 +35,7 @@ from ingester.mirror_state import (
     MIRROR_STATE_NAME,
     MirrorState,
     deletable_count,
+    mirror_hold,
     read_mirror_state,
     write_mirror_state,
 )
@@ -112,7 +113,10 @@ def s3_env(endpoint: str, aws_files: dict[str, str], **extra: str) -> dict[str, 
 
 def make_store(root: Path, max_versions: int = 100, days: float = 7.0) -> HistoryStore:
     store = HistoryStore(
-        root / HISTORY, root / "console-usage-synced.json", RetentionPolicy(max_versions, days)
+        root / HISTORY,
+        root / "console-usage-synced.json",
+        RetentionPolicy(max_versions, days),
+        hold=mirror_hold,
     )
     store.initialize()
     return store
