@@ -21,7 +21,7 @@ from .routes import (
     VERSION_PATH,
     VERSIONS_PATH,
 )
-from .schema import last_updated_schema
+from .schema import payload_schema
 
 __all__ = ["openapi_bytes", "openapi_document"]
 
@@ -72,35 +72,6 @@ _ANSWER = {
 }
 
 _SCHEMAS: dict[str, Any] = {
-    "UsageWindow": {
-        "type": "object",
-        "required": ["resetsIn", "percentageUsed"],
-        "properties": {
-            "resetsIn": {"type": "string", "minLength": 1},
-            "percentageUsed": {"type": "number", "minimum": 0, "maximum": 100},
-        },
-    },
-    "ConsoleUsageDataSync": {
-        "type": "object",
-        "description": "The payload a scraper sends; unknown fields are kept. At least one "
-        "of currentSession and weeklyLimits is required.",
-        "required": ["lastUpdated"],
-        "properties": {
-            "currentSession": _ref("UsageWindow"),
-            "weeklyLimits": {
-                "type": "object",
-                "required": ["allModels", "sonnetOnly"],
-                "properties": {
-                    "allModels": _ref("UsageWindow"),
-                    "sonnetOnly": _ref("UsageWindow"),
-                },
-            },
-            "lastUpdated": last_updated_schema(),
-            "isPartial": {"type": "boolean"},
-            "extractionErrors": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
-        "anyOf": [{"required": ["currentSession"]}, {"required": ["weeklyLimits"]}],
-    },
     "VersionInfo": {
         "type": "object",
         "required": ["current", "total", "timestamp", "filename"],
@@ -654,10 +625,21 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": {**_payload_schemas(), **_SCHEMAS},
             "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
         },
     }
+
+
+def _payload_schemas() -> dict[str, Any]:
+    """The payload's schemas as ``ingester schema`` gives them (generated from the model,
+    the one judge of a drop), its ``$defs`` made components of this document."""
+    schema = payload_schema()
+    schema.pop("$schema", None)
+    defs = schema.pop("$defs", {})
+    text = json.dumps({"ConsoleUsageDataSync": schema, **defs})
+    moved: dict[str, Any] = json.loads(text.replace('"#/$defs/', '"#/components/schemas/'))
+    return moved
 
 
 @functools.cache
