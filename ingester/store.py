@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 from . import durable
 from .clock import utc_now
 from .errors import CacheNotRefreshed, IngesterError, StorageError, unreadable
+from .history.base import derive_metadata, latest_name
 from .names import (
     format_timestamp,
     generate_version_filename,
     is_version_name,
-    parse_timestamp_from_filename,
 )
 
 if TYPE_CHECKING:
@@ -436,31 +436,11 @@ class HistoryStore:
 
     def _derive(self, base: StorageMetadata) -> StorageMetadata:
         """``base`` with every scan-derived key recomputed from the names in memory."""
-        names = self._names
-        now = self.clock()
-        future = future_suffix(names, now)
-        latest = self.latest_version_name(now)
-        return StorageMetadata(
-            version_count=len(names),
-            oldest_timestamp=format_timestamp(parse_timestamp_from_filename(names[0]))
-            if names
-            else None,
-            newest_timestamp=format_timestamp(parse_timestamp_from_filename(names[-1]))
-            if names
-            else None,
-            last_cleanup=base.last_cleanup,
-            # Totals never decrease; when the file was lost, what is on disk is a floor.
-            total_versions_created=max(base.total_versions_created, len(names)),
-            total_versions_deleted=base.total_versions_deleted,
-            latest_version=latest,
-            future_versions=future,
-        )
+        return derive_metadata(self._names, self.clock(), base)
 
     def latest_version_name(self, now: datetime | None = None) -> str | None:
         """The newest version that is not future-dated: what the latest link names."""
-        names = self._names
-        present = len(names) - future_suffix(names, now or self.clock())
-        return names[present - 1] if present > 0 else None
+        return latest_name(self._names, now or self.clock())
 
     def latest_problem(self) -> str | None:
         """Why the latest link does not name the newest version, or ``None`` if it does."""
