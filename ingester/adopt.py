@@ -33,14 +33,24 @@ import os
 import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from . import durable
 from .errors import PayloadRejected, StorageError
 from .gate import check_payload
-from .names import STAMP_FORMAT
+from .names import STAMP_FORMAT, is_version_name
 from .store import VERSION_MODE, HistoryStore
 
-__all__ = ["AdoptReport", "adopt_history", "unsafe_latest"]
+__all__ = [
+    "ADOPT_ADVICE",
+    "UNKEPT_LATEST",
+    "AdoptReport",
+    "adopt_history",
+    "latest_is_a_file",
+    "nothing_to_adopt",
+    "unkept_latest",
+    "unsafe_latest",
+]
 
 
 @dataclass
@@ -98,24 +108,116 @@ def _held_by_a_version(store: HistoryStore, data: bytes) -> str | None:
     return None
 
 
+ADOPT_ADVICE = "run 'ingester adopt', which makes it this tool's (see docs/migrating.md)"
+"""What ``verify`` and ``status`` advise for a history laid out as the original left it."""
+
+
+def latest_is_a_file(store: HistoryStore) -> bool:
+    """Whether the latest path is a regular file: the original server's layout (this
+    project only ever makes it a link, so only :func:`adopt_history` turns it into
+    one). Never raises."""
+    try:
+        return stat.S_ISREG(os.lstat(store.latest_path).st_mode)
+    except OSError:
+        return False
+
+
+def unkept_latest(store: HistoryStore) -> bool:
+    """Whether the latest path is a file holding a snapshot that no version holds (one
+    that starting, or ``verify --repair``, would lose). Reads only; never raises (what
+    cannot be read is left for the caller's own checks to report)."""
+    try:
+        data = _regular_latest(store)
+        return data is not None and _held_by_a_version(store, data) is None
+    except StorageError:
+        return False
+
+
+UNKEPT_LATEST = (
+    "a file holding a snapshot that no version holds (a history written by the original "
+    "server?): run 'ingester adopt' first, which keeps it as a version (see docs/migrating.md)"
+)
+"""Why a latest file whose snapshot no version holds must be adopted, not replaced."""
+
+
 def unsafe_latest(store: HistoryStore) -> str | None:
     """Why starting on this history could lose a snapshot, or ``None`` when it cannot.
 
     The latest link is a cache that a start rebuilds; a regular file in its place that
     holds a snapshot no version holds would be replaced, and that snapshot lost. Only
-    :func:`adopt_history` keeps it. Reads only; never raises (what cannot be read is
-    left for the start to report).
+    :func:`adopt_history` keeps it. Reads only; never raises.
     """
+    return f"{store.latest_path} is {UNKEPT_LATEST}" if unkept_latest(store) else None
+
+
+def _holds_versions(folder: Path) -> bool:
+    """Whether ``folder`` holds at least one regular file named as a version."""
     try:
-        data = _regular_latest(store)
-        if data is None or _held_by_a_version(store, data) is not None:
-            return None
-    except StorageError:
-        return None  # cannot look: the start itself reports what is wrong with the paths
+        with os.scandir(folder) as entries:
+            return any(
+                is_version_name(e.name) and e.is_file(follow_symlinks=False) for e in entries
+            )
+    except OSError:
+        return False
+
+
+def _nested_copies(folder: Path, history_name: str) -> list[Path]:
+    """Folders named ``history_name`` holding versions, one level inside ``folder``'s
+    subfolders or inside ``folder`` itself: where ``cp -a`` puts a copy when its target
+    exists (``cp -a SRC/claude-scraper ROOT/``, or into an existing history)."""
+    found = []
+    candidates = [folder / history_name]
+    try:
+        with os.scandir(folder) as entries:
+            candidates += [
+                Path(e.path) / history_name
+                for e in entries
+                if e.is_dir(follow_symlinks=False) and e.name != history_name
+            ]
+    except OSError:
+        return []
+    for candidate in sorted(candidates):
+        if _holds_versions(candidate):
+            found.append(candidate)
+    return found
+
+
+def nothing_to_adopt(root: Path, history_dir: Path, latest_path: Path) -> str | None:
+    """Why there is no history at ``history_dir`` to adopt (one line), or ``None``.
+
+    There is one when the folder holds a version, or when it exists and the latest path
+    is a regular file (a snapshot the original served, which adopt keeps as a version).
+    Anything else is the wrong folder: a root that does not exist, a copy nested one
+    level too deep, an empty folder. Named, with the nested copy when there is one, so
+    that adopt creates nothing where nothing was. Reads only; never raises.
+    """
+    if _holds_versions(history_dir):
+        return None
+    if history_dir.is_dir() and latest_path.is_file() and not latest_path.is_symlink():
+        return None
+    why = "nothing to adopt: "
+    if not root.exists() and history_dir.is_relative_to(root):
+        why += f"root folder {root} does not exist"
+    elif not history_dir.exists():
+        why += f"no history folder {history_dir}"
+    elif not history_dir.is_dir():
+        why += f"{history_dir} is not a folder"
+    else:
+        why += f"{history_dir} holds no version"
+    nested = [] if not root.is_dir() else _nested_copies(root, history_dir.name)
+    nested += _nested_copies(history_dir, history_dir.name) if history_dir.is_dir() else []
+    nested = [n for n in dict.fromkeys(nested) if n != history_dir]
+    if nested:
+        where = nested[0]
+        if where.parent == history_dir:
+            return (
+                f"{why}, but {where} does (a copy made inside an existing folder): move "
+                f"its contents up into {history_dir}, then run adopt again"
+            )
+        return f"{why}, but {where} does: run 'ingester --root {where.parent} adopt'"
     return (
-        f"{store.latest_path} is a file holding a snapshot that no version holds "
-        "(a history written by the original server?): run 'ingester adopt' first, "
-        "which keeps it as a version (see docs/migrating.md)"
+        f"{why}; point --root at the folder that holds the original's "
+        f"{history_dir.name}/ and {latest_path.name} (see docs/migrating.md)"
     )
 
 

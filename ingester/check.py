@@ -25,11 +25,14 @@ delete what was never     percent (80) of its
 mirrored?)                ``--mirror-hold``
 ========================  ==========================  =====================================
 
-Usage limits are judged only when asked, one item per limit in the newest snapshot:
+Usage limits are judged only when asked, one item per limit of the forecast:
 ``--usage-warning``/``--usage-critical`` (the percentage used, at or above; CRITICAL is
 not twice WARNING here) and ``--forecast`` (WARNING when the limit is projected to reach
 100 % before it resets, CRITICAL when that is within ``--forecast-critical``; see
-:mod:`ingester.forecast`).
+:mod:`ingester.forecast`). A limit the newest snapshot lacks (a partial scrape) is judged
+on its last reading, which the forecast holds while its window lasts, and said so; once
+it has been missing for longer than ``--max-age`` its first item is at least WARNING (the
+scraper runs but no longer reads it).
 
 A mirror counts as configured when the settings name one (``mirror``) or when its state
 file ``<history>/_mirror.json`` exists, the same rule as ``status`` and retention use. The
@@ -43,7 +46,7 @@ import math
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from pathlib import Path
@@ -576,7 +579,8 @@ def _judge_usage(facts: Facts, limits: CheckLimits) -> list[Judgement]:
     if result is None or result.as_of is None:
         return []
     items = []
-    if limits.usage_warning is not None or limits.usage_critical is not None:
+    by_percent = limits.usage_warning is not None or limits.usage_critical is not None
+    if by_percent:
         critical = limits.usage_critical if limits.usage_critical is not None else 100.0
         warning = limits.usage_warning if limits.usage_warning is not None else critical
         for limit in result.limits:
@@ -585,18 +589,55 @@ def _judge_usage(facts: Facts, limits: CheckLimits) -> list[Judgement]:
             words = f"{limit.limit} {_percent(pct)} used"
             if code:
                 words += f" (at or above {_percent(critical if code == CRITICAL else warning)})"
+            missing, words = _held(limit, result.as_of, limits.max_age, words)
             items.append(
-                Judgement(f"usage_{limit.limit}", code, pct, warning, critical, words, "%")
+                Judgement(
+                    f"usage_{limit.limit}", max(code, missing), pct, warning, critical, words, "%"
+                )
             )
     if limits.forecast:
-        items += [_judge_forecast(limit, facts, limits, result.as_of) for limit in result.limits]
+        for limit in result.limits:
+            item = _judge_forecast(limit, facts, limits, result.as_of)
+            if not by_percent:  # the limit's first item says how long it has been missing
+                missing, words = _held(
+                    limit, result.as_of, limits.max_age, item.message, say_when=False
+                )
+                item = replace(item, code=max(item.code, missing), message=words)
+            items.append(item)
     return items
+
+
+def _held(
+    limit: LimitForecast, as_of: datetime, max_age: float, words: str, *, say_when: bool = True
+) -> tuple[int, str]:
+    """WARNING (and why) for a limit missing from the snapshots for longer than ``max_age``.
+
+    ``say_when``: add to ``words`` how long before the newest snapshot a held limit was
+    read (the forecast's words say it already). One partial scrape among full ones changes
+    no status; a scraper that keeps failing to read a section does, after ``--max-age``,
+    as a stopped scraper does in ``age``.
+    """
+    if limit.in_newest:
+        return OK, words
+    missing = max(0.0, (as_of - limit.observed_at).total_seconds())
+    if say_when:
+        words += f" (last read {_words(missing)} before the newest snapshot, which lacks it)"
+    if missing > max_age:
+        return WARNING, words + f" (not read for more than {_words(max_age)})"
+    return OK, words
 
 
 def _judge_forecast(
     limit: LimitForecast, facts: Facts, limits: CheckLimits, as_of: datetime
 ) -> Judgement:
-    """WARNING: runs out before the reset; CRITICAL: and that within ``forecast_critical``."""
+    """WARNING: runs out before the reset; CRITICAL: and that within ``forecast_critical``.
+
+    The perfdata thresholds say the same as the status, so a grapher that judges the
+    value by them agrees with the plugin: the value is the time left until 100 %, the
+    WARNING bound the time left until the reset (running out sooner is running out first),
+    the CRITICAL bound ``forecast_critical`` capped at that same time (a run-out after
+    the reset is no alert, however soon).
+    """
     crit = limits.forecast_critical
     words = f"{limit.limit}: {in_words(limit, facts.usage_zone, as_of)}"
     left = None
@@ -605,18 +646,19 @@ def _judge_forecast(
     until_reset = None
     if limit.resets_at is not None:
         until_reset = max(0.0, (limit.resets_at - facts.now).total_seconds())
-    warn = crit if until_reset is None else max(crit, until_reset)
+    warn = crit if until_reset is None else until_reset
+    crit_bound = crit if until_reset is None else min(crit, until_reset)
     code = OK
     if left is not None and limit.resets_at is not None and limit.resets_at <= facts.now:
         words += " (the reset has passed since)"
     elif left is not None and limit.before_reset:
-        code = CRITICAL if left <= crit else WARNING
-    elif left is not None and limit.before_reset is None and left <= crit:
+        code = CRITICAL if left < crit else WARNING
+    elif left is not None and limit.before_reset is None and left < crit:
         code = CRITICAL  # no reset time to set against it: running out this soon is news
     if code == CRITICAL:
         words += f" (within {_words(crit)})"
     return Judgement(
-        f"forecast_{limit.limit}", code, left, warn, crit, words, "s", alert_below=True
+        f"forecast_{limit.limit}", code, left, warn, crit_bound, words, "s", alert_below=True
     )
 
 

@@ -33,8 +33,9 @@ def _rate(limit: LimitForecast) -> str:
 def forecast(app: App, as_json: bool) -> None:
     """Show each usage limit: used, reset time, burn rate, and when it reaches 100 %.
 
-    One row per limit in the newest snapshot (currentSession, weeklyLimits.allModels,
-    weeklyLimits.sonnetOnly and any other). The rate is the median slope over the
+    One row per limit (currentSession, weeklyLimits.allModels, weeklyLimits.sonnetOnly
+    and any other); a limit the newest snapshot lacks (a partial scrape) shows its last
+    reading, said so, until its reset time or for a day. The rate is the median slope over the
     current window (since the last reset, its last 24 hours); no rate from fewer than
     2 snapshots or less than 10 minutes. Absolute reset times ('Mon 8:59 AM') are read
     in --console-timezone, and times are shown in it. Reads only; never takes the lock.
@@ -81,3 +82,10 @@ def forecast(app: App, as_json: bool) -> None:
         )
     for line in align(rows, right=(1, 3)):
         click.echo(line)
+    held = [limit for limit in result.limits if not limit.in_newest]
+    for limit in held:
+        observed = limit.observed_at.astimezone(zone).strftime("%a %H:%M")
+        click.echo(
+            f"{limit.limit}: last read {observed}; not in the newest snapshot "
+            f"({limit.missing_reason})"
+        )

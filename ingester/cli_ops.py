@@ -221,7 +221,8 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     default=1.0,
     show_default=True,
     metavar="HOURS",
-    help="With --forecast: CRITICAL when a limit runs out before its reset within HOURS.",
+    help="CRITICAL when a usage limit runs out before its reset within HOURS (given "
+    "alone, it turns --forecast on).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the line.")
 @click.pass_obj
@@ -244,7 +245,8 @@ def check(
     version yet, or the newest version is damaged. With a mirror configured (settings
     or its state file in the history), more items judge how far behind it is and how
     full the hold retention keeps for it (--mirror-hold) is. With --usage-warning,
-    --usage-critical or --forecast, one more item per usage limit. The
+    --usage-critical or --forecast (or --forecast-critical), one more item per usage
+    limit; a limit the newest snapshot lacks is judged on its last reading. The
     line ends with performance data after '|'. Reads only; never takes the lock. For
     cron, systemd timers with OnFailure= and monitoring agents: see docs/monitoring.md.
     """
@@ -252,6 +254,11 @@ def check(
         raise click.UsageError(
             f"--usage-warning {usage_warning:g} is above --usage-critical {usage_critical:g}"
         )
+    # A threshold for the forecast asks for the forecast: judging nothing by it would
+    # leave the user believing they are covered.
+    source = click.get_current_context().get_parameter_source("forecast_critical")
+    if source not in (None, click.core.ParameterSource.DEFAULT):
+        judge_forecast = True
     limits = CheckLimits(
         max_age,
         max_backlog,

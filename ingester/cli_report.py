@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from .adopt import ADOPT_ADVICE
 from .cli_common import (
     App,
     align,
@@ -50,7 +51,7 @@ from .queries import status as status_query
 from .settings import Settings
 from .store import HistoryStore
 
-__all__ = ["list_versions", "show", "status", "status_json", "verify", "verify_json"]
+__all__ = ["list_versions", "show", "status", "status_json", "summed", "verify", "verify_json"]
 
 
 def _open(settings: Settings) -> HistoryStore:
@@ -110,9 +111,12 @@ def _age_words(stamp: datetime | None, now: datetime) -> str:
     return "-" if stamp is None else relative_age(now - stamp)
 
 
-def _advice(problem: str) -> str:
-    """What to do about a cache problem: a repair, unless this user just may not read it."""
-    return PERMISSION_ADVICE if is_permission_problem(problem) else "run 'ingester verify --repair'"
+def _advice(problem: str, adopt: bool = False) -> str:
+    """What to do about a cache problem: a repair (``adopt`` for a history the original
+    server wrote), unless this user just may not read it."""
+    if is_permission_problem(problem):
+        return PERMISSION_ADVICE
+    return "run 'ingester adopt'" if adopt else "run 'ingester verify --repair'"
 
 
 def _status_lines(r: Status, now: datetime) -> list[str]:
@@ -137,7 +141,7 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
             "metadata",
             "ok"
             if r.metadata_problem is None
-            else f"{r.metadata_problem} ({_advice(r.metadata_problem)})",
+            else f"{r.metadata_problem} ({_advice(r.metadata_problem, r.adopt_advised)})",
         ]
     )
     latest = r.latest
@@ -161,9 +165,12 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
                 updated += ", partial"
             rows.append(["", updated])
     problem = r.latest_link_problem
-    rows.append(
-        ["latest link", os.fspath(r.latest_link) + ("" if problem is None else f": {problem}")]
-    )
+    link = os.fspath(r.latest_link)
+    if r.adopt_advised:
+        link += f": {problem or 'a file, not a link'} ({_advice(problem or '', adopt=True)})"
+    elif problem is not None:
+        link += f": {problem}"
+    rows.append(["latest link", link])
     spool = r.spool
     if not spool.exists:
         rows.append(["spool", f"{spool.path} (missing)"])
@@ -189,7 +196,8 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
         )
     lock = r.lock
     if lock.watcher_running:
-        rows.append(["watcher", f"running (pid {lock.pid})"])
+        how = f", {lock.command}" if lock.command else ""
+        rows.append(["watcher", f"running (pid {lock.pid}{how})"])
     elif lock.held:
         rows.append(
             ["watcher", f"not running; history locked by '{lock.command}' (pid {lock.pid})"]
@@ -198,6 +206,8 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
         rows.append(["watcher", "not running"])
     if r.mirror is not None:
         rows.append(["mirror", _mirror_words(r.mirror, now)])
+    if r.adopt_advised:
+        rows.append(["advice", f"a history written by the original server? {ADOPT_ADVICE}"])
     lines = align(rows)
     lines.append("")
     lines.append("settings:")
@@ -265,6 +275,7 @@ def status_json(s: Status) -> dict[str, Any]:
         "futureVersions": s.metadata.future_versions,
         "latest": latest,
         "latestLink": {"path": os.fspath(s.latest_link), "problem": s.latest_link_problem},
+        "adoptAdvised": s.adopt_advised,
         "staleAfterSeconds": int(STALE_AFTER.total_seconds()),
         "spool": {
             "path": os.fspath(spool.path),
@@ -449,14 +460,39 @@ def _repair(settings: Settings, before: VerifyReport) -> VerifyReport:
     return after
 
 
+SUMMED_FROM = 4
+"""Identical findings (same kind and words) this many times or more are shown as one
+line: the first subject, "and N more", the words. ``--json`` lists each."""
+
+
+def summed(findings: list[Finding]) -> list[tuple[str, str]]:
+    """``(subject, message)`` rows, identical findings of :data:`SUMMED_FROM` or more
+    summed up in the place of the first of them."""
+    groups: dict[tuple[str, str], list[Finding]] = {}
+    for f in findings:
+        groups.setdefault((f.kind, f.message), []).append(f)
+    rows = []
+    for same in groups.values():
+        if len(same) >= SUMMED_FROM:
+            rows.append((f"{same[0].subject} and {len(same) - 1} more", same[0].message))
+        else:
+            rows += [(f.subject, f.message) for f in same]
+    return rows
+
+
 def _verify_lines(r: VerifyReport) -> list[str]:
     lines = [f"checked {r.checked} version(s) in {r.history}"]
-    rows = [["repaired", f.subject, f"was: {f.message}"] for f in r.repaired]
-    rows += [["PROBLEM", f.subject, f.message] for f in r.problems]
-    rows += [["warning", f.subject, f.message] for f in r.warnings]
+    rows = [["repaired", subject, f"was: {message}"] for subject, message in summed(r.repaired)]
+    rows += [["PROBLEM", subject, message] for subject, message in summed(r.problems)]
+    rows += [["warning", subject, message] for subject, message in summed(r.warnings)]
     lines += align(rows)
     if r.ok:
         lines.append("ok")
+    elif r.adopt_advised:
+        lines.append(
+            f"{len(r.problems)} problem(s); {r.latest_path.name} is a file, not a link: a "
+            f"history written by the original server? {ADOPT_ADVICE}"
+        )
     else:
         fixable = sum(1 for f in r.problems if f.repairable)
         tail = f"; {fixable} can be fixed with 'ingester verify --repair'" if fixable else ""
@@ -500,4 +536,5 @@ def verify_json(report: VerifyReport) -> dict[str, Any]:
         "warnings": [_finding_json(f) for f in report.warnings],
         "repaired": [_finding_json(f) for f in report.repaired],
         "writerPid": report.writer_pid,
+        "adoptAdvised": report.adopt_advised,
     }

@@ -12,8 +12,8 @@ import click
 
 from .admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_CLIENT
 from .cli_common import App, fail
-from .cli_service import refuse_unsafe_latest, watch_loop_options
-from .settings import WatchOptions
+from .cli_service import refuse_unsafe_latest, serve_watch_loop_options
+from .settings import DRAIN_S, WatchOptions
 
 if TYPE_CHECKING:
     from .watch_thread import ThreadedWatcher
@@ -23,16 +23,18 @@ __all__ = ["DEFAULT_LISTEN", "resolve_listen", "serve"]
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_LISTEN = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
-LOOP_OPTIONS = ("polling", "rescan_interval", "retry_max", "settle")
+WATCH_ONLY = ("polling", "rescan_interval", "retry_max", "settle", "drain_timeout")
 
 
 def resolve_listen(listen: str | None, environ: dict[str, str]) -> tuple[str, str | None]:
     """The address to listen on and where it came from (``None``: the default or --listen).
 
     ``--listen`` (or ``INGESTER_LISTEN``) wins; else ``PORT``, the original server's
-    variable, sets the port on the loopback host; else ``127.0.0.1:8080``. The host is
-    never taken from ``PORT``'s presence: binding every interface is a choice made by
-    naming the address. Raises ``ValueError`` for a ``PORT`` that is not a port number.
+    variable, sets the port on the loopback host; else ``127.0.0.1:8080``. Without
+    ``--listen``, :func:`ingester.server.serve` is asked to serve ``[::1]`` on the same
+    port too. The host is never taken from ``PORT``'s presence: binding every interface
+    is a choice made by naming the address. Raises ``ValueError`` for a ``PORT`` that is
+    not a port number.
     """
     if listen is not None:
         return listen, None
@@ -41,7 +43,7 @@ def resolve_listen(listen: str | None, environ: dict[str, str]) -> tuple[str, st
         return DEFAULT_LISTEN, None
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"PORT={port!r} is not a port number (0 to 65535)")
-    return f"{DEFAULT_HOST}:{int(port)}", f"PORT={int(port)}; the host stays {DEFAULT_HOST}"
+    return f"{DEFAULT_HOST}:{int(port)}", f"PORT={int(port)}; on the loopback addresses only"
 
 
 def _find_program(name: str) -> str | None:
@@ -57,9 +59,9 @@ def _find_program(name: str) -> str | None:
     metavar="HOST:PORT",
     envvar="INGESTER_LISTEN",
     help="Address to listen on ([::1]:8080 for IPv6; port 0 picks a free one). Without it, "
-    f"port $PORT on {DEFAULT_HOST} when PORT is set, else {DEFAULT_LISTEN}. Under systemd "
-    "socket activation every passed socket is served instead, and nothing is bound. "
-    "[env INGESTER_LISTEN]",
+    f"port $PORT (when PORT is set, else {DEFAULT_PORT}) on both loopback addresses, "
+    f"{DEFAULT_HOST} and ::1 (where the machine has IPv6). Under systemd socket activation "
+    "every passed socket is served instead, and nothing is bound. [env INGESTER_LISTEN]",
 )
 @click.option(
     "--api-key-file",
@@ -76,7 +78,17 @@ def _find_program(name: str) -> str | None:
     help="Run the watcher in this process too (on its own thread, holding the history "
     "lock): a POSTed snapshot is stored within moments, as the original server stored it.",
 )
-@watch_loop_options
+@serve_watch_loop_options
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0, max=600),
+    default=DRAIN_S,
+    show_default=True,
+    metavar="S",
+    help="At SIGTERM/SIGINT, once the server has stopped taking requests, the watcher "
+    "stores what waits in the spool for at most S seconds before it stops; what is left "
+    "is stored at the next start. [with --watch only]",
+)
 @click.option(
     "--require-watcher",
     is_flag=True,
@@ -159,6 +171,7 @@ def serve(
     rescan_interval: float,
     retry_max: float,
     settle: float,
+    drain_timeout: float,
     require_watcher: bool,
     trigger_command: str | None,
     trigger_timeout: float,
@@ -188,7 +201,7 @@ def serve(
     from .sockets import ActivationError
 
     app: App = ctx.obj
-    for name in LOOP_OPTIONS:
+    for name in WATCH_ONLY:
         given = ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
         if given and not run_watcher:
             flag = "--" + name.replace("_", "-")
@@ -256,7 +269,9 @@ def serve(
             max_per_client=max_per_client,
             head_timeout=head_timeout,
             watcher=threaded,
+            drain_timeout=drain_timeout,
             listen_source=listen_source,
+            ipv6_loopback=listen is None,
         )
     except ActivationError as exc:
         raise fail(f"socket activation: {exc}") from None

@@ -18,53 +18,68 @@ from .gate import check_payload
 from .settings import RESCAN_INTERVAL, RETRY_MAX, SETTLE, WatchOptions
 from .watch_metrics import NO_METRICS, Metrics
 
-__all__ = ["refuse_unsafe_latest", "submit", "watch", "watch_loop_options"]
+__all__ = [
+    "refuse_unsafe_latest",
+    "serve_watch_loop_options",
+    "submit",
+    "watch",
+    "watch_loop_options",
+]
 
 
 def watch_loop_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The watcher loop's options (--polling, --rescan-interval, --retry-max, --settle),
-    shared by ``watch`` and ``serve --watch``."""
-    for option in reversed(_LOOP_OPTIONS):
+    as ``watch`` lists them."""
+    for option in reversed(_loop_options("")):
         command = option(command)
     return command
 
 
-_LOOP_OPTIONS = [
-    click.option(
-        "--polling",
-        is_flag=True,
-        help="Poll the spool instead of inotify (NFS, CIFS); drops written in place are taken "
-        "once their size and mtime are --settle seconds old.",
-    ),
-    click.option(
-        "--rescan-interval",
-        type=BoundedFloat(RESCAN_INTERVAL),
-        default=WatchOptions.rescan_interval,
-        show_default=True,
-        metavar="S",
-        help=f"Full rescan of the spool every S seconds ({RESCAN_INTERVAL.describe()}), the "
-        "backstop for lost events.",
-    ),
-    click.option(
-        "--retry-max",
-        type=BoundedFloat(RETRY_MAX),
-        default=WatchOptions.retry_max,
-        show_default=True,
-        metavar="S",
-        help="Longest wait between retries while the history cannot be written "
-        f"({RETRY_MAX.describe()}).",
-    ),
-    click.option(
-        "--settle",
-        type=BoundedFloat(SETTLE),
-        default=WatchOptions.settle,
-        show_default=True,
-        metavar="S",
-        help="A drop found by a scan (not by an event) is taken once its mtime is S seconds old "
-        "or it has not changed for S seconds (and no one has it open for writing); "
-        f"{SETTLE.describe()}.",
-    ),
-]
+def serve_watch_loop_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The same options for ``serve``, whose help says they need ``--watch``."""
+    for option in reversed(_loop_options(" [with --watch only]")):
+        command = option(command)
+    return command
+
+
+def _loop_options(note: str) -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
+    """The loop's options; ``note`` ends each help text."""
+    return [
+        click.option(
+            "--polling",
+            is_flag=True,
+            help="Poll the spool instead of inotify (NFS, CIFS); drops written in place are "
+            f"taken once their size and mtime are --settle seconds old.{note}",
+        ),
+        click.option(
+            "--rescan-interval",
+            type=BoundedFloat(RESCAN_INTERVAL),
+            default=WatchOptions.rescan_interval,
+            show_default=True,
+            metavar="S",
+            help=f"Full rescan of the spool every S seconds ({RESCAN_INTERVAL.describe()}), "
+            f"the backstop for lost events.{note}",
+        ),
+        click.option(
+            "--retry-max",
+            type=BoundedFloat(RETRY_MAX),
+            default=WatchOptions.retry_max,
+            show_default=True,
+            metavar="S",
+            help="Longest wait between retries while the history cannot be written "
+            f"({RETRY_MAX.describe()}).{note}",
+        ),
+        click.option(
+            "--settle",
+            type=BoundedFloat(SETTLE),
+            default=WatchOptions.settle,
+            show_default=True,
+            metavar="S",
+            help="A drop found by a scan (not by an event) is taken once its mtime is S seconds "
+            "old or it has not changed for S seconds (and no one has it open for writing); "
+            f"{SETTLE.describe()}.{note}",
+        ),
+    ]
 
 
 @click.command()

@@ -6,6 +6,7 @@ Each takes the history lock (a second writer is refused at once, naming the hold
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 from collections.abc import Iterator
@@ -71,18 +72,25 @@ def adopt(app: App) -> None:
     own), and _metadata.json is rewritten from the versions, keeping the original's
     totals. Every step is durable and crash-safe: after a crash, run it again. Then
     checks the result as 'verify' does: exit 0 when clean, 1 when problems are left.
-    Takes the history lock (refused while a watcher runs). See docs/migrating.md.
+    A folder with no history to adopt (no version in it: a wrong --root, a copy nested
+    one level too deep) exits 1 and nothing is created. Takes the history lock (refused
+    while a watcher runs). See docs/migrating.md.
     """
-    from .adopt import adopt_history
+    from .adopt import adopt_history, nothing_to_adopt
+    from .cli_report import summed
     from .queries import verify_history
 
     s = app.settings
+    # Before anything is created: the wrong folder is refused, not made a new history.
+    wrong = nothing_to_adopt(s.root, s.history_dir, s.latest_path)
+    if wrong is not None:
+        raise fail(wrong)
     _make_spool_folders(s)
     with writing_store(s, "adopt", initialize=False) as store:
         try:
             report = adopt_history(store, s.max_bytes)
         except StorageError as exc:
-            raise fail(f"{exc} (what was done is kept; run adopt again)") from None
+            raise fail(f"{exc} ({_adopt_advice(exc)})") from None
         meta = store.get_storage_metadata()
         checked = verify_history(store, utc_now())
     click.echo(f"history: {store.history_dir} ({meta.version_count} versions)")
@@ -106,10 +114,22 @@ def adopt(app: App) -> None:
     if checked.ok:
         click.echo("verify:  ok")
         return
-    for finding in checked.problems:
-        click.echo(f"PROBLEM  {finding.subject}  {finding.message}")
+    for subject, message in summed(checked.problems):
+        click.echo(f"PROBLEM  {subject}  {message}")
     click.echo(f"verify:  {len(checked.problems)} problem(s) left; see 'ingester verify'")
     raise click.exceptions.Exit(1)
+
+
+def _adopt_advice(exc: StorageError) -> str:
+    """What to do after a failed step of adopt (what was done before it is kept)."""
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        return (
+            "what was done is kept; the files belong to another user: chown -R them to "
+            "the user that runs adopt (the service's), then run adopt again"
+        )
+    if exc.errno == errno.EINVAL:
+        return "what was done is kept"  # the message itself says what to do
+    return "what was done is kept; run adopt again"
 
 
 @click.command()

@@ -4,8 +4,10 @@ The question a user asks: at this rate, when do I reach 100 %, and is that befor
 limit resets? In pseudo-code::
 
     as_of  = the newest lastUpdated among the snapshots
-    for each limit in the newest snapshot:           # any object with resetsIn and
+    for each limit read in the BASIS before as_of:   # any object with resetsIn and
                                                      # percentageUsed, by its dotted path
+        if the newest snapshot lacks it:             # a partial scrape: HELD, see below
+            skip it once its last reading's reset time has come by as_of
         points  = its readings observed in the BASIS before as_of, oldest first
         windows = points split where the limit reset  # split_windows()
         window  = the last of them: usage since the last reset
@@ -33,6 +35,16 @@ others agree on; least squares would follow the outlier. The basis is the window
 session shorter than that counts whole).
 
 The newest reading anchors the projection: it is what the console shows now.
+
+**A limit the newest snapshot lacks** (a partial scrape: ``isPartial``, an
+``extractionErrors`` entry, or a window simply missing) is *held*: it keeps its last
+reading, marked with the time that reading was observed and why it is missing, so a
+scraper that fails to read a section now and then does not make the limit, its metrics
+and the alerts on them vanish and come back. It is held only while that reading can still
+be true: it was observed within the basis (24 hours before ``as_of``; the forecast reads no
+further back) and its reset time (the earliest instant its wording allows) has not come by
+``as_of`` (after a reset the old percentage says nothing). A limit whose reset time is
+unknown is held for the basis alone.
 """
 
 from __future__ import annotations
@@ -80,6 +92,8 @@ MAX_FIT_POINTS = 120
 however often the scraper runs."""
 
 _MAX_DEPTH = 8  # how deep usage windows are looked for in a payload
+_MAX_ERRORS = 16  # extractionErrors entries kept per snapshot (enough to name a section)
+_MAX_ERROR_TEXT = 160  # characters kept of each message
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +108,15 @@ class Reading:
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """One snapshot: when it was observed (``lastUpdated``, UTC), its readings, and when
-    it was stored (the version's ingest time; ``None`` when not known)."""
+    """One snapshot: when it was observed (``lastUpdated``, UTC), its readings, when it
+    was stored (the version's ingest time; ``None`` when not known), whether it says it is
+    partial (``isPartial``) and its ``extractionErrors`` as ``(key, message)`` pairs."""
 
     observed_at: datetime
     readings: tuple[Reading, ...]
     stored_at: datetime | None = None
+    partial: bool = False
+    errors: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +130,13 @@ class Point:
 
 @dataclass(frozen=True)
 class LimitForecast:
-    """The forecast of one limit (see the module docstring for each rule)."""
+    """The forecast of one limit (see the module docstring for each rule).
+
+    ``observed_at`` is the ``lastUpdated`` of the snapshot its reading comes from: the
+    newest snapshot's, unless that one lacks the limit (``in_newest`` false: the reading is
+    held, and ``missing_reason`` says why it is missing, in the newest snapshot's words
+    where it has any).
+    """
 
     limit: str
     percentage: float
@@ -124,6 +147,9 @@ class LimitForecast:
     before_reset: bool | None
     points: int
     since: datetime
+    observed_at: datetime
+    in_newest: bool = True
+    missing_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The limit as the API spells it (times ISO-8601 UTC; the rate to 4 decimals)."""
@@ -137,6 +163,9 @@ class LimitForecast:
             "exhaustsAt": format_timestamp(self.exhausts_at),
             "beforeReset": self.before_reset,
             "basis": {"points": self.points, "since": format_timestamp(self.since)},
+            "observedAt": format_timestamp(self.observed_at),
+            "inNewest": self.in_newest,
+            "missingReason": self.missing_reason,
         }
 
 
@@ -226,7 +255,17 @@ def observe(
             unreadable.append((path, str(text)[:80]))
         words = text if isinstance(text, str) else None
         readings.append(Reading(path, float(window["percentageUsed"]), words, reset))
-    return Observation(observed_at, tuple(readings), stored_at), unreadable
+    found = payload.get("extractionErrors")
+    errors = (
+        tuple(
+            (str(key)[:_MAX_ERROR_TEXT], str(message)[:_MAX_ERROR_TEXT])
+            for key, message in list(found.items())[:_MAX_ERRORS]
+        )
+        if isinstance(found, dict)
+        else ()
+    )
+    partial = payload.get("isPartial") is True
+    return Observation(observed_at, tuple(readings), stored_at, partial, errors), unreadable
 
 
 # -- windows and the rate ----------------------------------------------------------------
@@ -298,7 +337,12 @@ def _at(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def _limit_forecast(reading: Reading, points: Sequence[Point]) -> LimitForecast:
+def _limit_forecast(
+    reading: Reading,
+    points: Sequence[Point],
+    observed_at: datetime,
+    missing_reason: str | None = None,
+) -> LimitForecast:
     window = split_windows(points)[-1]
     newest = window[-1]
     resets_at = reading.reset.at if reading.reset is not None else None
@@ -325,7 +369,26 @@ def _limit_forecast(reading: Reading, points: Sequence[Point]) -> LimitForecast:
         before_reset=before,
         points=len(window),
         since=_at(window[0].t),
+        observed_at=observed_at,
+        in_newest=missing_reason is None,
+        missing_reason=missing_reason,
     )
+
+
+def _missing_reason(limit: str, newest: Observation) -> str:
+    """Why ``newest`` lacks ``limit``: its extractionErrors entry for it, if any.
+
+    An entry counts when its key is the limit's path, a section holding it
+    (``weeklyLimits``) or one of its parts (``sonnetOnly``): the scraper names what it
+    failed to read in its own words, and those are the best reason there is.
+    """
+    parts = limit.split(".")
+    for key, message in newest.errors:
+        if key == limit or limit.startswith(key + ".") or key in parts:
+            return f"extractionErrors.{key}: {message}"
+    if newest.partial:
+        return "the newest snapshot is partial (isPartial) and lacks it"
+    return "the newest snapshot lacks it"
 
 
 def forecast(
@@ -336,9 +399,12 @@ def forecast(
 ) -> Forecast:
     """Every limit's forecast from ``observations`` (given in storage order).
 
-    The newest observation (by ``observed_at``; of equals, the last given) names the
-    limits and is ``as_of``. Observations more than ``clock_ahead`` ahead of their
-    ``stored_at`` are left out (the scraper's clock was wrong).
+    The newest observation (by ``observed_at``; of equals, the last given) is ``as_of``.
+    The limits are those read within ``basis`` before it, in the order they were first
+    read; one the newest observation lacks is held at its last reading while its reset
+    time has not come (the module docstring's rule). Observations more than
+    ``clock_ahead`` ahead of their ``stored_at`` are left out (the scraper's clock was
+    wrong).
     """
     usable = [
         o for o in observations if o.stored_at is None or o.observed_at <= o.stored_at + clock_ahead
@@ -349,17 +415,22 @@ def forecast(
     start = as_of - basis
     recent = sorted((o for o in usable if o.observed_at >= start), key=lambda o: o.observed_at)
     series: dict[str, list[Point]] = {}
+    last_read: dict[str, tuple[Reading, datetime]] = {}  # in the order first read
     for obs in recent:
         t = obs.observed_at.timestamp()
         for reading in obs.readings:
             series.setdefault(reading.limit, []).append(Point(t, reading.percentage, reading.reset))
+            last_read[reading.limit] = (reading, obs.observed_at)
     newest = recent[-1]
-    seen: set[str] = set()
+    in_newest = {reading.limit for reading in newest.readings}
     limits = []
-    for reading in newest.readings:
-        if reading.limit not in seen:  # a payload cannot name a path twice, but be sure
-            seen.add(reading.limit)
-            limits.append(_limit_forecast(reading, series[reading.limit]))
+    for name, (reading, observed_at) in last_read.items():
+        if name in in_newest:
+            limits.append(_limit_forecast(reading, series[name], observed_at))
+        elif reading.reset is None or reading.reset.at > as_of:
+            reason = _missing_reason(name, newest)
+            limits.append(_limit_forecast(reading, series[name], observed_at, reason))
+        # else: its window has reset since it was last read; the reading says nothing now
     return Forecast(as_of, tuple(limits))
 
 
@@ -386,8 +457,17 @@ def in_words(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
 
     ``at this rate 100 % by Sat 14:00, 41 h before the reset (Mon 08:59)``,
     ``resets before the limit``, ``not enough data``, ``at the limit since ...``,
-    ``at this rate 100 % by ... (reset time unknown)`` or ``not rising``.
+    ``at this rate 100 % by ... (reset time unknown)`` or ``not rising``; for a held
+    limit (not in the newest snapshot) followed by ``; last read Fri 07:15, not in the
+    newest snapshot``.
     """
+    words = _verdict(limit, zone, as_of)
+    if not limit.in_newest:
+        words += f"; last read {_when(limit.observed_at, zone, as_of)}, not in the newest snapshot"
+    return words
+
+
+def _verdict(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
     if limit.percentage >= 100 and limit.exhausts_at is not None:
         return f"at the limit since {_when(limit.exhausts_at, zone, as_of)}"
     if limit.rate_per_hour is None:

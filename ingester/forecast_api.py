@@ -4,7 +4,8 @@
 
 * the route answers ``{"asOf", "consoleTimeZone", "limits": [{"limit", "percentageUsed",
   "resetsIn", "resetsAt", "ratePerHour", "exhaustsAt", "beforeReset", "basis":
-  {"points", "since"}}]}`` (:meth:`ingester.forecast.Forecast.to_json`), with a weak
+  {"points", "since"}, "observedAt", "inNewest", "missingReason"}]}``
+  (:meth:`ingester.forecast.Forecast.to_json`), with a weak
   ``ETag`` naming the versions it came from (a repeated request with ``If-None-Match``
   is a 304), 404 ``{"error", "message", "versionsAvailable": 0}`` without versions and
   503 when the history cannot be read, like the other reads;
@@ -12,6 +13,9 @@
   ``ingester_usage_percent``, ``ingester_usage_resets_at_seconds``,
   ``ingester_usage_rate_percent_per_hour`` and ``ingester_usage_exhausts_at_seconds``,
   each absent where the forecast has no value, and
+  ``ingester_usage_observed_timestamp_seconds`` (when its reading was observed: older
+  than the newest snapshot for a limit held through a partial scrape, so the series
+  stay put and alerts on them do not resolve and fire again); and
   ``ingester_usage_resets_unparsable_total``.
 
 Both read the history through the app's :class:`~ingester.history_index.HistoryIndex`,
@@ -137,6 +141,7 @@ class UsageCollector(Collector):
         for limit in answer.forecast.limits:
             label = [limit.limit]
             families["percent"].add_metric(label, limit.percentage)
+            families["observed"].add_metric(label, limit.observed_at.timestamp())
             if limit.resets_at is not None:
                 families["resets"].add_metric(label, limit.resets_at.timestamp())
             if limit.rate_per_hour is not None:
@@ -150,7 +155,13 @@ class UsageCollector(Collector):
         return {
             "percent": GaugeMetricFamily(
                 "ingester_usage_percent",
-                "Percentage used of each usage limit, in the newest snapshot",
+                "Percentage used of each usage limit, in the newest snapshot that read it",
+                labels=["limit"],
+            ),
+            "observed": GaugeMetricFamily(
+                "ingester_usage_observed_timestamp_seconds",
+                "When each limit's reading was observed (its snapshot's lastUpdated, Unix "
+                "seconds): older than the newest snapshot when that one lacks the limit",
                 labels=["limit"],
             ),
             "resets": GaugeMetricFamily(

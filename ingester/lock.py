@@ -18,10 +18,32 @@ from types import TracebackType
 
 from .errors import LockHeld, StorageError
 
-__all__ = ["HistoryLock", "LockHeld", "lock_holder", "lock_owner", "lock_table_readable"]
+__all__ = [
+    "SERVE_WATCH",
+    "WATCH",
+    "HistoryLock",
+    "LockHeld",
+    "is_watcher",
+    "lock_holder",
+    "lock_owner",
+    "lock_table_readable",
+]
 
 LOCK_TABLE = "/proc/locks"
 """The kernel's table of file locks, read by :func:`lock_holder`."""
+
+WATCH = "watch"
+"""The purpose a watcher notes in the lock file when run as ``ingester watch``."""
+SERVE_WATCH = "serve --watch"
+"""The purpose noted by the watcher that ``serve --watch`` runs in its own process."""
+
+
+def is_watcher(purpose: str | None) -> bool:
+    """Whether a lock holder that noted ``purpose`` is a watcher (one that takes drops).
+
+    A holder that left no readable note (``None``) is given the benefit of the doubt.
+    """
+    return purpose in (None, WATCH, SERVE_WATCH)
 
 
 def lock_owner(path: Path) -> tuple[int, str | None] | None:

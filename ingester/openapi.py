@@ -233,8 +233,9 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Forecast": {
         "type": "object",
-        "description": "Each usage limit of the newest snapshot: its burn rate over the current "
-        "window (since the last reset, its last 24 hours) and when it reaches 100 %.",
+        "description": "Each usage limit read in the last 24 hours (one the newest snapshot "
+        "lacks is held at its last reading until its reset time): its burn rate over the "
+        "current window (since the last reset, its last 24 hours) and when it reaches 100 %.",
         "required": ["asOf", "consoleTimeZone", "limits"],
         "properties": {
             "asOf": {
@@ -260,6 +261,9 @@ _SCHEMAS: dict[str, Any] = {
             "exhaustsAt",
             "beforeReset",
             "basis",
+            "observedAt",
+            "inNewest",
+            "missingReason",
         ],
         "properties": {
             "limit": {
@@ -267,8 +271,11 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "The window's dotted path in the payload, e.g. "
                 "weeklyLimits.allModels",
             },
-            "percentageUsed": {"type": "number"},
-            "resetsIn": {"type": ["string", "null"], "description": "as in the payload"},
+            "percentageUsed": {
+                "type": "number",
+                "description": "as in the newest snapshot that read the limit",
+            },
+            "resetsIn": {"type": ["string", "null"], "description": "as in that snapshot"},
             "resetsAt": {
                 "type": ["string", "null"],
                 "description": "resetsIn as an instant (ISO-8601 UTC); null when unreadable",
@@ -295,6 +302,21 @@ _SCHEMAS: dict[str, Any] = {
                     "points": {"type": "integer", "minimum": 1},
                     "since": {"type": "string"},
                 },
+            },
+            "observedAt": {
+                "type": "string",
+                "description": "the lastUpdated of the snapshot the reading comes from "
+                "(ISO-8601 UTC): asOf, unless the newest snapshot lacks the limit",
+            },
+            "inNewest": {
+                "type": "boolean",
+                "description": "false: the newest snapshot lacks the limit (a partial scrape) "
+                "and this is its last reading, held until its reset time or for 24 hours",
+            },
+            "missingReason": {
+                "type": ["string", "null"],
+                "description": "why the newest snapshot lacks it (its extractionErrors entry "
+                "for the limit where it has one); null when inNewest",
             },
         },
     },

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from . import durable
+from .adopt import UNKEPT_LATEST, latest_is_a_file, unkept_latest
 from .durable import TEMP_PREFIX, StorageError
 from .errors import PERMISSION_ADVICE, ReportError, is_permission_problem, missing_root, unreadable
-from .lock import lock_holder, lock_owner
+from .lock import is_watcher, lock_holder, lock_owner
 from .mirror_state import mirror_status
 from .model import PayloadRejected, judge_payload
 from .names import (
@@ -296,7 +297,7 @@ class LockState:
     @property
     def watcher_running(self) -> bool:
         """Only a watcher (or a holder that left no note) counts as a running watcher."""
-        return self.held and self.command in ("watch", None)
+        return self.held and is_watcher(self.command)
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,7 @@ class Status:
     latest: LatestVersion | None
     latest_link: Path
     latest_link_problem: str | None
+    adopt_advised: bool  # the latest is a file, as the original server left it
     spool: SpoolState
     rejected: RejectedState
     lock: LockState
@@ -349,6 +351,7 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
         latest=latest,
         latest_link=store.latest_path,
         latest_link_problem=store.latest_problem(),
+        adopt_advised=latest_is_a_file(store),
         spool=SpoolState(
             path=settings.spool_dir,
             exists=settings.spool_dir.is_dir(),
@@ -398,6 +401,7 @@ class VerifyReport:
     warnings: list[Finding] = field(default_factory=list)
     repaired: list[Finding] = field(default_factory=list)
     writer_pid: int | None = None
+    adopt_advised: bool = False  # laid out as the original server left it: adopt fixes it
 
     @property
     def ok(self) -> bool:
@@ -526,7 +530,11 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
             )
     caches += _metadata_findings(store)
     link_problem = store.latest_problem()
-    if is_permission_problem(link_problem):
+    report.adopt_advised = latest_is_a_file(store)
+    if report.adopt_advised and unkept_latest(store):
+        # Not for verify --repair, which would replace the file and lose the snapshot.
+        caches.append(Finding("latest-link", os.fspath(store.latest_path), UNKEPT_LATEST))
+    elif is_permission_problem(link_problem):
         message = f"latest link {link_problem}: {PERMISSION_ADVICE}"
         caches.append(Finding("latest-link", os.fspath(store.latest_path), message))
     elif link_problem is not None:

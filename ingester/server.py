@@ -147,7 +147,9 @@ def serve(
     head_timeout: float = 10.0,
     environ: MutableMapping[str, str] | None = None,
     watcher: ThreadedWatcher | None = None,
+    drain_timeout: float | None = None,
     listen_source: str | None = None,
+    ipv6_loopback: bool = False,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code.
 
@@ -155,16 +157,21 @@ def serve(
     then not used), else binds ``host:port``. ``environ`` (default ``os.environ``)
     holds the activation variables, which are removed from it. With ``watcher``
     (``serve --watch``) the watcher runs on its own thread meanwhile
-    (:func:`ingester.watch_thread.run_beside`): a stop signal stops both, each finishing
-    what is in hand, and the exit code is the watcher's (1 when it stopped on its own,
-    which stops the server too). ``listen_source`` names where the address came from,
-    for the log. Raises
+    (:func:`ingester.watch_thread.run_beside`): a stop signal stops the server first
+    (requests in flight finish), then lets the watcher take what waits in the spool for
+    at most ``drain_timeout`` seconds (default
+    :data:`~ingester.settings.DRAIN_S`), then stops it; the exit code is the
+    watcher's (1 when it stopped on its own, which stops the server too).
+    ``listen_source`` names where the address came from, for the log. With
+    ``ipv6_loopback`` (no address named: ``host`` is ``127.0.0.1``) ``[::1]`` on the same
+    port is served too, where it can be bound. Raises
     :class:`ingester.sockets.ActivationError` when a passed descriptor cannot be served
     and ``OSError`` when the address cannot be bound.
     """
     import uvicorn
 
-    socks = listeners(host, port, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    socks = listeners(host, port, environ, ipv6_loopback=ipv6_loopback)
     app = create_app(config)
     ctx = app.state.ctx
     layer = ConnectionLayer(ConnectionLimits(max_connections, max_per_client), head_timeout)
@@ -205,9 +212,11 @@ def serve(
     if watcher is None:
         asyncio.run(run())
     else:
+        from .settings import DRAIN_S
         from .watch_thread import run_beside
 
-        code = run_beside(server, run(), watcher, socks[0].url)
+        budget = DRAIN_S if drain_timeout is None else drain_timeout
+        code = run_beside(server, run(), watcher, socks[0].url, budget)
     log.info(
         "serve: stopped: %d requests answered, %d POSTs accepted, %d connections refused, "
         "%d closed at the head deadline",

@@ -32,6 +32,7 @@ from .store import HistoryStore
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_REJECTED_RETENTION_DAYS",
+    "DRAIN_S",
     "MAX_BYTES",
     "MAX_VERSIONS",
     "RESCAN_INTERVAL",
@@ -101,6 +102,11 @@ MAX_BYTES = Bounds(1, 256 << 20, whole=True, unit="bytes")
 """A drop is read into memory and parsed whole; a snapshot is about a kilobyte."""
 RESCAN_INTERVAL = Bounds(0.1, 86_400, unit="seconds")
 """At least one full rescan of the spool a day."""
+DRAIN_S = 10.0
+"""``serve --watch``'s default budget (seconds) at a stop for the watcher to store what
+waits in the spool once the server has stopped taking requests. A drop is stored in
+milliseconds, so this is room for thousands; with the server's 5 s grace period it stays
+well inside the single unit's ``TimeoutStopSec=30s``."""
 RETRY_MAX = Bounds(0.1, 3_600, unit="seconds")
 """A failing history is retried at least once an hour."""
 REJECTED_RETENTION_DAYS = Bounds(0, 36_500, above=True, unit="days")

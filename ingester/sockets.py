@@ -21,6 +21,7 @@ only labels them in the log.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -30,7 +31,14 @@ from dataclasses import dataclass
 
 from .errors import IngesterError
 
-__all__ = ["ActivationError", "Listener", "activated_sockets", "bind_listener", "listeners"]
+__all__ = [
+    "ActivationError",
+    "Listener",
+    "activated_sockets",
+    "bind_listener",
+    "ipv6_loopback_beside",
+    "listeners",
+]
 
 log = logging.getLogger("ingester.serve")
 
@@ -210,8 +218,49 @@ def bind_listener(host: str, port: int) -> Listener:
     return Listener(sock)
 
 
-def listeners(host: str, port: int, environ: MutableMapping[str, str]) -> list[Listener]:
-    """The passed sockets under socket activation, else one bound to ``host:port``.
+def ipv6_loopback_beside(port: int) -> Listener | None:
+    """``[::1]:port``, to serve beside ``127.0.0.1:port``; ``None`` where it cannot be.
+
+    A client that resolves ``localhost`` to ``::1`` first and does not fall back to
+    ``127.0.0.1`` (Node.js 17 to 19 by default, for one) would otherwise be refused. A
+    machine without IPv6 on its loopback is no error (an INFO line); an address already
+    taken is a WARNING: such clients then reach whatever holds it.
+    """
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    except OSError as exc:
+        log.info("serve: no IPv6 here (%s): listening on 127.0.0.1 only", exc.strerror)
+        return None
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("::1", port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            log.info(
+                "serve: no IPv6 loopback here (::1: %s): listening on 127.0.0.1 only", exc.strerror
+            )
+        else:
+            log.warning(
+                "serve: cannot listen on [::1]:%d as well (%s): a client that reaches "
+                "localhost over IPv6 does not reach this server; name the address with "
+                "--listen to listen on one address only",
+                port,
+                exc.strerror,
+            )
+        return None
+    return Listener(sock)
+
+
+def listeners(
+    host: str, port: int, environ: MutableMapping[str, str], *, ipv6_loopback: bool = False
+) -> list[Listener]:
+    """The passed sockets under socket activation, else one bound to ``host:port``, and
+    with ``ipv6_loopback`` also ``[::1]`` on the same port where it can be bound
+    (:func:`ipv6_loopback_beside`).
 
     Raises :class:`ActivationError` (passed descriptors unusable) or ``OSError`` (the
     address cannot be bound). While systemd passes sockets, nothing is bound here.
@@ -219,4 +268,8 @@ def listeners(host: str, port: int, environ: MutableMapping[str, str]) -> list[L
     passed = activated_sockets(environ)
     if passed is not None:
         return passed
-    return [bind_listener(host, port)]
+    first = bind_listener(host, port)
+    if not ipv6_loopback:
+        return [first]
+    second = ipv6_loopback_beside(first.sock.getsockname()[1])
+    return [first] if second is None else [first, second]

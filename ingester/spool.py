@@ -262,6 +262,19 @@ class Spool:
         found.sort(key=lambda c: (c.mtime_ns, c.name))
         return found
 
+    def backlog(self) -> int:
+        """Drops not stored yet: regular files named like drops in the spool and in
+        ``.claimed/`` (taken but maybe not stored). Raises :class:`StorageError` when the
+        spool cannot be listed; a missing ``.claimed/`` holds none."""
+        waiting = sum(1 for c in self.scan() if stat.S_ISREG(c.mode))
+        try:
+            claimed = sum(1 for c in self.scan(self.claimed_dir) if stat.S_ISREG(c.mode))
+        except StorageError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            claimed = 0
+        return waiting + claimed
+
     def claimed(self) -> list[str]:
         """Names in ``.claimed/`` (drops taken but maybe not stored), oldest first."""
         try:

@@ -13,13 +13,23 @@ One process, one voice towards systemd (:class:`JointNotifier`):
 * ``WATCHDOG=1`` only while both are healthy: the server's event loop sends the pings,
   and only while the watcher's own pings (which it makes only while its observer is
   alive) keep coming;
-* ``STATUS=`` with both halves' words; ``STOPPING=1`` once, when the stop begins.
+* ``STATUS=`` with both halves' words (``starting: ...``, ``serving URL; watcher ...``,
+  ``stopping: ...``); ``STOPPING=1`` once, when the stop begins, with a status saying
+  what the stop is doing (and a new ``STATUS=`` at each of its steps).
 
-One owner of the signals, the HTTP server's (uvicorn's handlers): SIGTERM and SIGINT
-stop it from accepting and let the requests in flight finish; :func:`supervise` sees
-the server stopping and asks the watcher to finish the drop in hand; the process exits
-0 once both are done. If the
-watcher stops on its own (it cannot lock the history, or the history folder was
+One owner of the signals, the HTTP server's (uvicorn's handlers). A stop runs in this
+order, so that no answer ever promises what the stopped watcher cannot keep::
+
+    SIGTERM/SIGINT -> STOPPING=1; the server stops accepting (its listeners close)
+    requests in flight finish (at most the server's grace period), the watcher
+        still running: a POST answered 202 "the watcher stores it" is then true
+    the watcher takes what waits in the spool, for at most the drain budget
+        (a second signal skips this); what is left is logged, and stored at the
+        next start
+    the watcher finishes the drop in hand and stops; its stop line counts the
+        drops still in the spool; exit 0
+
+If the watcher stops on its own (it cannot lock the history, or the history folder was
 replaced), the server stops too and the process exits 1, so a supervisor restarts both.
 """
 
@@ -30,18 +40,21 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
+from .errors import StorageError
+from .lock import SERVE_WATCH
 from .notify import SystemdNotifier
-from .settings import Settings, WatchOptions
+from .settings import DRAIN_S, Settings, WatchOptions
+from .spool import Spool
 from .watch_metrics import NO_METRICS, Metrics
 from .watcher import Watcher
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["JointNotifier", "ThreadedWatcher", "run_beside", "supervise"]
+__all__ = ["JointNotifier", "ThreadedWatcher", "drain", "run_beside", "supervise"]
 
 log = logging.getLogger("ingester.serve")
 
@@ -64,10 +77,10 @@ class JointNotifier:
         self._watcher_ready = False
         self._server_ready = False
         self._ready_sent = False
-        self._stopping = False
         self._watcher_seen = time.monotonic()  # the watcher's last "I am healthy"
-        self._watcher_status = "starting"
-        self._server_status = "starting"
+        self._watcher_status: str | None = None  # its counts, once it has said them
+        self._url: str | None = None  # where the server listens, once it does
+        self._stop_step: str | None = None  # what the stop is doing, once it has begun
         self._next_ping = 0.0
 
     @property
@@ -96,11 +109,11 @@ class JointNotifier:
             else:
                 self._watcher_status = status
 
-    def server_ready(self, status: str) -> None:
-        """The server listens."""
+    def server_ready(self, url: str) -> None:
+        """The server listens at ``url``."""
         with self._lock:
             self._server_ready = True
-            self._server_status = status
+            self._url = url
         self._maybe_ready()
 
     def watcher_is_ready(self) -> bool:
@@ -109,11 +122,26 @@ class JointNotifier:
             return self._watcher_ready
 
     def _status(self) -> str:
-        return f"{self._server_status}; {self._watcher_status}"
+        """One line for ``systemctl status``: the phase, then each half in words.
+
+        ``starting: listening on URL; watcher taking the backlog``, ``serving URL;
+        watcher: ingested 3, rejected 0, backlog 0``, ``stopping: STEP; watcher: ...``.
+        """
+        watcher = (
+            f"watcher: {self._watcher_status}"
+            if self._watcher_status
+            else "watcher taking the backlog"
+        )
+        if self._stop_step is not None:
+            return f"stopping: {self._stop_step}; {watcher}"
+        if self._ready_sent:
+            return f"serving {self._url}; {watcher}"
+        server = f"listening on {self._url}" if self._url else "server not listening yet"
+        return f"starting: {server}; {watcher}"
 
     def _maybe_ready(self) -> None:
         with self._lock:
-            if self._ready_sent or self._stopping:
+            if self._ready_sent or self._stop_step is not None:
                 return
             if not (self._watcher_ready and self._server_ready):
                 return
@@ -142,14 +170,23 @@ class JointNotifier:
             self.notifier.watchdog()
             self.notifier.status(status)
 
-    def stopping(self) -> None:
-        """``STOPPING=1``, once."""
+    def stopping(self, step: str) -> None:
+        """``STOPPING=1`` once, with a status saying what the stop does first (``step``)."""
         with self._lock:
-            if self._stopping:
+            if self._stop_step is not None:
                 return
-            self._stopping = True
+            self._stop_step = step
             status = self._status()
         self.notifier.stopping(status)
+
+    def stop_step(self, step: str) -> None:
+        """A later step of the stop, as ``STATUS=`` (after :meth:`stopping`)."""
+        with self._lock:
+            if self._stop_step is None:
+                return
+            self._stop_step = step
+            status = self._status()
+        self.notifier.status(status)
 
     def close(self) -> None:
         """Close the notify socket."""
@@ -206,6 +243,7 @@ class ThreadedWatcher:
     ) -> None:
         self.joint = joint
         self.watcher = Watcher(settings, options, notifier=joint.watcher_view(), metrics=metrics)
+        self.watcher.lock_purpose = SERVE_WATCH  # the holder's name in the lock file
         # Its own metrics, when they are kept (WatchMetrics), for the server to expose.
         self.metrics_registry: CollectorRegistry | None = getattr(metrics, "registry", None)
         self.code: int | None = None
@@ -249,30 +287,41 @@ class ThreadedWatcher:
 class _Server(Protocol):
     started: bool
     should_exit: bool
+    force_exit: bool
 
 
 def run_beside(
-    server: _Server, serving: Awaitable[None], watcher: ThreadedWatcher, url: str
+    server: _Server,
+    serving: Coroutine[Any, Any, None],
+    watcher: ThreadedWatcher,
+    url: str,
+    drain_timeout: float = DRAIN_S,
 ) -> int:
     """Run ``serving`` (the HTTP server ``server``'s coroutine) with the watcher beside it.
 
     Call from the main thread. The server's own stop signals (uvicorn's handlers) start
-    the stop: the server finishes its requests in flight while the watcher finishes the
-    drop in hand. Returns the exit code: the watcher's (0 after a clean stop), or 1
-    when the watcher stopped on its own.
+    the stop, in the order of the module doc: the server first, then what waits in the
+    spool (at most ``drain_timeout`` seconds), then the watcher. Returns the exit code:
+    the watcher's (0 after a clean stop), or 1 when the watcher stopped on its own.
     """
     # A read lease (the watcher's test for a drop still being written) is broken with
     # SIGIO, whose default action ends the process.
     signal.signal(signal.SIGIO, signal.SIG_IGN)
 
     async def both() -> None:
-        await asyncio.gather(serving, supervise(server, watcher, url))
+        http = asyncio.ensure_future(serving)
+        try:
+            await supervise(server, http, watcher, url, drain_timeout)
+        finally:
+            if not http.done():
+                server.should_exit = True  # the supervisor failed: stop serving all the same
+            await http  # its error, if it failed, is the process's
 
     try:
         asyncio.run(both())
     finally:
         if not watcher.stop_requested:
-            watcher.joint.stopping()
+            watcher.joint.stopping("stopping the watcher")
             watcher.stop()
         code = watcher.join(timeout=30)
         watcher.joint.close()
@@ -280,9 +329,16 @@ def run_beside(
     return code if watcher.asked_to_stop_first else (code or 1)
 
 
-async def supervise(server: _Server, watcher: ThreadedWatcher, url: str) -> None:
-    """Beside the HTTP server until it stops: start the watcher, say READY once both are
-    up, ping the watchdog while both are well, and stop each when the other stops.
+async def supervise(
+    server: _Server,
+    http: asyncio.Future[None],
+    watcher: ThreadedWatcher,
+    url: str,
+    drain_timeout: float = DRAIN_S,
+) -> None:
+    """Beside the HTTP server (``http``, its running task): start the watcher, say READY
+    once both are up, ping the watchdog while both are well; at a stop signal, stop them
+    in the module doc's order; when the watcher stops on its own, stop the server too.
 
     Runs in the server's event loop, so uvicorn's signal handlers are in place before
     the watcher starts.
@@ -290,10 +346,10 @@ async def supervise(server: _Server, watcher: ThreadedWatcher, url: str) -> None
     joint = watcher.joint
     watcher.start()
     told_listening = False
-    while not server.should_exit:
+    while not server.should_exit and not http.done():
         if server.started and not told_listening:
             told_listening = True
-            joint.server_ready(f"serving {url}")
+            joint.server_ready(url)
         if watcher.ended():
             log.error(
                 "the watcher stopped (exit %s): serve stops too, so that both restart together",
@@ -303,7 +359,81 @@ async def supervise(server: _Server, watcher: ThreadedWatcher, url: str) -> None
             return
         joint.tick()
         await asyncio.sleep(_TICK)
-    log.info("serve --watch: stopping the server and the watcher")
     watcher.asked_to_stop_first = True
-    joint.stopping()
+    log.info(
+        "serve --watch: stopping: no new connections; the requests in flight finish, then "
+        "the watcher takes what waits in the spool (at most %g s), then it stops",
+        drain_timeout,
+    )
+    joint.stopping("no new connections; finishing the requests in flight")
+    while not http.done():  # uvicorn: listeners closed, requests in flight finishing
+        joint.tick()
+        await asyncio.wait({http}, timeout=_TICK)
+    # uvicorn's own handlers are gone with it: a second signal now cuts the drain short.
+    forced = threading.Event()
+    if server.force_exit:
+        forced.set()
+    previous = {
+        sig: signal.signal(sig, lambda _sig, _frame: forced.set())
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        if not watcher.ended():
+            await drain(watcher, drain_timeout, forced.is_set)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if forced.is_set():
+        log.warning(
+            "serve --watch: stop forced (a second signal): what waits in the spool is "
+            "stored at the next start"
+        )
+    joint.stop_step("the watcher finishes the drop in hand")
     watcher.stop()
+
+
+async def drain(
+    watcher: ThreadedWatcher, budget: float, forced: Callable[[], bool] = lambda: False
+) -> None:
+    """Let the running watcher take what waits in the spool: until none is left, the
+    watcher ends, ``budget`` seconds have passed, or ``forced()`` says to stop now.
+    Logs what it left when the budget runs out."""
+    spool = watcher.watcher.spool
+    joint = watcher.joint
+    deadline = time.monotonic() + budget
+    if forced():
+        return
+    first = await asyncio.to_thread(_backlog, spool)
+    if not first:
+        return
+    step = (
+        f"the watcher takes the {first} drop{'s' if first != 1 else ''} "
+        f"left in the spool (at most {budget:g} s)"
+    )
+    log.info("serve --watch: %s", step)
+    joint.stop_step(step)
+    while True:
+        await asyncio.sleep(_TICK)
+        left = await asyncio.to_thread(_backlog, spool)
+        if not left:
+            log.info("serve --watch: the spool is drained (%d drop(s) were waiting)", first)
+            return
+        if watcher.ended() or forced():
+            return
+        if time.monotonic() >= deadline:
+            log.warning(
+                "serve --watch: %s drop(s) still wait in the spool after %g s; the watcher "
+                "stops now, and they are stored at its next start",
+                left,
+                budget,
+            )
+            return
+
+
+def _backlog(spool: Spool) -> int | None:
+    """Drops not stored yet (waiting and claimed), or ``None`` when the spool cannot be
+    listed (nothing to wait for then: the watcher's own stop line says more)."""
+    try:
+        return spool.backlog()
+    except StorageError:
+        return None

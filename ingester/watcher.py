@@ -56,7 +56,7 @@ from .intake import (
     Rejected,
     Stored,
 )
-from .lock import HistoryLock, LockHeld
+from .lock import WATCH, HistoryLock, LockHeld
 from .notify import SystemdNotifier
 from .readiness import Readiness
 from .recovery import ClaimRecovery
@@ -107,6 +107,8 @@ class _Stop(IngesterError):
 
 class Watcher:
     """The service loop. ``run()`` returns the process exit code."""
+
+    lock_purpose = WATCH  # noted in the lock file, for whoever finds it held
 
     def __init__(
         self,
@@ -177,7 +179,7 @@ class Watcher:
         self._install_signals()
         try:
             self.store.history_dir.mkdir(parents=True, exist_ok=True)
-            lock = HistoryLock(self.store.lock_path, "watch")
+            lock = HistoryLock(self.store.lock_path, self.lock_purpose)
             lock.acquire()
         except LockHeld as exc:
             log.error("another writer holds the history: %s", exc)
@@ -279,11 +281,16 @@ class Watcher:
         self.store.close()
         self._stop_arrivals()
         self._maintain(force=True)
+        try:
+            # What the next start will find, not only the drops this loop had heard of.
+            waiting = self.spool.backlog()
+        except StorageError:
+            waiting = len(self._pending) + len(self._deferred)
         log.info(
             "stopped: %d ingested, %d rejected, %d waiting",
             self.counts.ingested,
             self.counts.rejected,
-            len(self._pending) + len(self._deferred),
+            waiting,
         )
         return 0
 

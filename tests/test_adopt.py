@@ -12,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +37,7 @@ from ingester.settings import resolve_settings
 HISTORY = "console-usage-history"
 LATEST = "console-usage-synced.json"
 STRACE = shutil.which("strace")
+SETPRIV = shutil.which("setpriv")
 
 
 @dataclass
@@ -241,6 +244,154 @@ def test_adopt_reports_a_version_it_must_not_change(root: Path) -> None:
     assert done.returncode == 1
     assert odd in done.stdout and "problem(s) left" in done.stdout
     assert (o.history / odd).read_bytes() == b'{"lastUpdated":"2026-01-01T00:00:00Z"}'
+
+
+# -- the wrong folder -----------------------------------------------------------------------
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(
+        os.path.relpath(os.path.join(d, n), folder)
+        for d, ds, fs in os.walk(folder)
+        for n in ds + fs
+    )
+
+
+def test_adopt_refuses_a_root_that_does_not_exist_and_creates_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "not" / "there"
+    done = run_cli(root, "adopt")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"error: nothing to adopt: root folder {root} does not exist; point --root at the "
+        "folder that holds the original's console-usage-history/ and "
+        "console-usage-synced.json (see docs/migrating.md)"
+    )
+    assert not (tmp_path / "not").exists()
+
+
+def test_adopt_names_a_copy_nested_one_level_down_and_creates_nothing(tmp_path: Path) -> None:
+    nest = tmp_path / "nest"
+    (nest / "claude-scraper").mkdir(parents=True)
+    o = original_history(nest / "claude-scraper")
+    before = _tree(nest)
+    done = run_cli(nest, "adopt")
+    assert done.returncode == 1 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert f"but {o.history} does: run 'ingester --root {o.root} adopt'" in done.stderr
+    assert _tree(nest) == before
+    assert all(os.stat(o.history / n).st_mode & 0o200 for n in o.versions)
+
+
+def test_adopt_names_a_copy_made_inside_an_existing_history(tmp_path: Path) -> None:
+    """``cp -a SRC/console-usage-history ROOT/console-usage-history`` when the target
+    exists (here: made by 'init') puts the copy one level inside it."""
+    root = tmp_path / "root"
+    root.mkdir()
+    assert run_cli(root, "init").returncode == 0
+    (root / "inside").mkdir()
+    o = original_history(root / "inside")
+    shutil.move(o.history, root / HISTORY / HISTORY)
+    done = run_cli(root, "adopt")
+    assert done.returncode == 1
+    assert f"{root / HISTORY} holds no version, but {root / HISTORY / HISTORY} does" in done.stderr
+    assert "move its contents up" in done.stderr
+
+
+def test_adopt_refuses_an_empty_folder(tmp_path: Path) -> None:
+    root = tmp_path / "empty"
+    root.mkdir()
+    done = run_cli(root, "adopt")
+    assert done.returncode == 1
+    assert f"nothing to adopt: no history folder {root / HISTORY}; point --root" in done.stderr
+    assert os.listdir(root) == []
+
+
+@pytest.mark.skipif(not IS_ROOT or SETPRIV is None, reason="needs root and setpriv")
+def test_files_of_another_user_stop_adopt_with_the_chown_advice() -> None:
+    """Run as another uid on the original's files (as the service's user on files
+    copied by root): the chmod is refused, and the one line says to chown first."""
+    work = Path(tempfile.mkdtemp(prefix="adopt-", dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        root = work / "root"
+        root.mkdir()
+        o = original_history(root)
+        for folder in (root, o.history):
+            folder.chmod(0o777)  # the lock and spool can be made: only the files refuse
+        done = run_cli(
+            root,
+            "adopt",
+            wrapper=(SETPRIV or "setpriv", "--reuid=4242", "--regid=4242", "--clear-groups"),
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "[EPERM]" in done.stderr
+        assert "chown -R them to the user that runs adopt" in done.stderr
+        assert done.stderr.rstrip().endswith("then run adopt again)")
+    finally:
+        shutil.rmtree(work)
+
+
+# -- verify and status before adopt ---------------------------------------------------------
+
+
+def test_verify_and_status_on_the_original_s_history_point_to_adopt(root: Path) -> None:
+    o = original_history(root, count=8)
+    done = run_cli(root, "verify")
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    # Eight identical mode problems: one line with an example and the count.
+    (modes,) = [line for line in lines if "has write bits" in line]
+    assert f"{min(o.versions)} and 7 more" in modes
+    assert "run 'ingester adopt'" in lines[-1] and "verify --repair" not in done.stdout
+    # --json keeps each finding.
+    report = json.loads(run_cli(root, "verify", "--json").stdout)
+    assert sum(f["kind"] == "writable-version" for f in report["problems"]) == 8
+    assert report["adoptAdvised"] is True
+
+    status = run_cli(root, "status")
+    assert status.returncode == 0
+    assert "verify --repair" not in status.stdout
+    assert "out of date (run 'ingester adopt')" in status.stdout
+    assert "a file, not a link (run 'ingester adopt')" in status.stdout
+    assert json.loads(run_cli(root, "status", "--json").stdout)["adoptAdvised"] is True
+
+    assert run_cli(root, "adopt").returncode == 0
+    assert "adopt" not in run_cli(root, "status").stdout.split("settings:")[0]
+    assert json.loads(run_cli(root, "verify", "--json").stdout)["adoptAdvised"] is False
+
+
+def test_a_snapshot_only_the_latest_file_holds_is_a_problem_only_adopt_fixes(root: Path) -> None:
+    original_history(root, latest="unique")
+    done = run_cli(root, "verify")
+    (line,) = [x for x in done.stdout.splitlines() if LATEST in x and x.startswith("PROBLEM")]
+    assert "a snapshot that no version holds" in line and "run 'ingester adopt' first" in line
+    report = json.loads(run_cli(root, "verify", "--json").stdout)
+    (finding,) = [f for f in report["problems"] if f["kind"] == "latest-link"]
+    assert finding["repairable"] is False  # verify --repair refuses: it would lose it
+    status = run_cli(root, "status").stdout
+    assert "verify --repair" not in status and "(run 'ingester adopt')" in status
+
+
+def test_a_few_identical_problems_are_listed_one_by_one(root: Path) -> None:
+    o = original_history(root, count=3)
+    (root / LATEST).unlink()  # not the original's layout: verify --repair fixes it
+    done = run_cli(root, "verify")
+    assert sum("has write bits" in line for line in done.stdout.splitlines()) == 3
+    assert all(name in done.stdout for name in o.versions)
+    assert "can be fixed with 'ingester verify --repair'" in done.stdout.splitlines()[-1]
+    assert "adopt" not in done.stdout
+
+
+def test_the_guide_quotes_the_line_adopt_prints_for_a_test_file(root: Path) -> None:
+    o = original_history(root)
+    (o.history / "2026-01-05T00-00-00-test5.json").write_bytes(b'{"test": 5}')
+    done = run_cli(root, "adopt")
+    assert done.returncode == 1
+    guide = (Path(__file__).parent.parent / "docs" / "migrating.md").read_text()
+    quoted = re.search(r"`(PROBLEM  2026-01-05T00-00-00-test5\.json  [^`]+)`", guide)
+    assert quoted is not None
+    assert quoted[1] in done.stdout.splitlines()
 
 
 # -- crashes -------------------------------------------------------------------------------

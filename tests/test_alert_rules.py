@@ -6,15 +6,22 @@ from Debian's ``prometheus`` package (``.ci/run`` installs it where missing).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import run_cli, wait_for
+from support.serveproc import ServeProcess, put_version, version_name
 
 REPO = Path(__file__).resolve().parents[1]
 PROMTOOL = shutil.which("promtool")
+FORECAST = "/api/claude/console-usage/forecast"
 
 # Evaluated at 10 minutes, so time() is 600. Each limit's series is constant.
 UNIT_TESTS = """
@@ -50,6 +57,11 @@ tests:
       # no reset time known: fires
       - series: 'ingester_usage_exhausts_at_seconds{job="u", limit="noReset"}'
         values: '1800x10'
+      # read at 0 s and never since: an hour old at 60 min (fires), not at 59
+      - series: 'ingester_usage_observed_timestamp_seconds{job="u", limit="unread"}'
+        values: '0x70'
+      - series: 'ingester_usage_observed_timestamp_seconds{job="u", limit="fresh"}'
+        values: '0+60x70'
     alert_rule_test:
       - eval_time: 10m
         alertname: ConsoleUsageLimitHigh
@@ -66,6 +78,14 @@ tests:
             exp_annotations: {summary: "soon runs out in 1h 0m 0s, before it resets"}
           - exp_labels: {severity: critical, job: u, limit: noReset}
             exp_annotations: {summary: "noReset runs out in 20m 0s, before it resets"}
+      - eval_time: 59m
+        alertname: ConsoleUsageLimitUnread
+        exp_alerts: []
+      - eval_time: 61m
+        alertname: ConsoleUsageLimitUnread
+        exp_alerts:
+          - exp_labels: {severity: warning, job: u, limit: unread}
+            exp_annotations: {summary: "unread last read 1h 1m 0s ago"}
 """
 
 
@@ -100,9 +120,142 @@ def promtool(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_documented_usage_rules_are_valid(rules: Path) -> None:
     done = promtool(rules, "check", "rules", "rules.yml")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 2 rules found" in done.stdout
+    assert "SUCCESS: 3 rules found" in done.stdout
 
 
 def test_the_documented_usage_rules_fire_when_they_should(rules: Path) -> None:
     done = promtool(rules, "test", "rules", "tests.yml")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# -- the rules over a real serve's scrapes, through partial snapshots --------------------------
+
+STEPS = 12  # scrapes, one a minute of promtool's time
+PARTIAL = (6, 7)  # the steps whose snapshot lacks weeklyLimits
+FAMILIES = (
+    "ingester_usage_percent",
+    "ingester_usage_resets_at_seconds",
+    "ingester_usage_rate_percent_per_hour",
+    "ingester_usage_exhausts_at_seconds",
+    "ingester_usage_observed_timestamp_seconds",
+)
+TIMES = {name for name in FAMILIES if name.endswith("_seconds")}
+
+
+def iso(stamp: datetime) -> str:
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def usage_snapshot(at: datetime, t0: datetime, partial: bool) -> bytes:
+    """allModels at 92 % at ``t0``, rising 6 %/h: 100 % in 80 minutes, the reset in 3 days."""
+    body: dict[str, Any] = {
+        "currentSession": {"resetsIn": "3 hr", "percentageUsed": 20},
+        "lastUpdated": iso(at),
+    }
+    if partial:
+        body["isPartial"] = True
+        body["extractionErrors"] = {"weeklyLimits": "selector 'Weekly limits' not found"}
+    else:
+        pct = round(92 + 6 * (at - t0) / timedelta(hours=1), 1)
+        body["weeklyLimits"] = {
+            "allModels": {"resetsIn": "3 days", "percentageUsed": pct},
+            "sonnetOnly": {"resetsIn": "3 days", "percentageUsed": 5},
+        }
+    return json.dumps(body).encode()
+
+
+def humanize_duration(value: float) -> str:
+    """Prometheus' ``humanizeDuration`` template function, for a value of a second or more."""
+    whole = int(value)
+    days, hours = whole // 86400, whole // 3600 % 24
+    minutes, seconds = whole // 60 % 60, whole % 60
+    if days:
+        return f"{days}d {hours}h {minutes}m {seconds}s"
+    if hours:
+        return f"{hours}h {minutes}m {seconds}s"
+    return f"{minutes}m {seconds}s"
+
+
+def test_the_rules_hold_through_a_partial_scrape_of_a_real_serve(rules: Path, root: Path) -> None:
+    t0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=30)
+    assert run_cli(root, "init").returncode == 0
+    # Two hours of full snapshots before the first scrape, one every 10 minutes.
+    for k in range(12):
+        at = t0 - timedelta(minutes=120 - 10 * k)
+        put_version(root, version_name(at), usage_snapshot(at, t0, partial=False))
+    scrapes: list[dict[tuple[str, str], float]] = []
+    with ServeProcess(root) as server:
+        for step in range(STEPS):
+            at = t0 + timedelta(minutes=step)
+            put_version(root, version_name(at), usage_snapshot(at, t0, step in PARTIAL))
+            wait_for(
+                lambda at=at: server.get(FORECAST).json()["asOf"] == iso(at),
+                20,
+                f"the snapshot of step {step} in the forecast",
+            )
+            text = server.get("/metrics").text
+            scrapes.append(
+                {
+                    (s.name, s.labels["limit"]): s.value
+                    for family in text_string_to_metric_families(text)
+                    for s in family.samples
+                    if s.name in FAMILIES
+                }
+            )
+    # Times as promtool's clock reads them: t0 is its 0 s, one scrape a minute.
+    base = t0.timestamp()
+    keys = sorted({key for scrape in scrapes for key in scrape})
+    series = []
+    for name, limit in keys:
+        cells = []
+        for scrape in scrapes:
+            value = scrape.get((name, limit))
+            # A series missing from a scrape is marked stale, as Prometheus marks it.
+            cells.append("stale" if value is None else repr(value - (base if name in TIMES else 0)))
+        series.append({"series": f'{name}{{job="u", limit="{limit}"}}', "values": " ".join(cells)})
+
+    weekly = "weeklyLimits.allModels"
+    tests = []
+    for minute in range(5, STEPS):
+        scrape = scrapes[minute]
+        pct = scrape[("ingester_usage_percent", weekly)]
+        left = scrape[("ingester_usage_exhausts_at_seconds", weekly)] - base - 60 * minute
+        tests += [
+            {
+                "eval_time": f"{minute}m",
+                "alertname": "ConsoleUsageLimitHigh",
+                "exp_alerts": [
+                    {
+                        "exp_labels": {"severity": "warning", "job": "u", "limit": weekly},
+                        "exp_annotations": {"summary": f"{weekly} is {pct:g} % used"},
+                    }
+                ],
+            },
+            {
+                "eval_time": f"{minute}m",
+                "alertname": "ConsoleUsageRunsOutBeforeReset",
+                "exp_alerts": [
+                    {
+                        "exp_labels": {"severity": "critical", "job": "u", "limit": weekly},
+                        "exp_annotations": {
+                            "summary": f"{weekly} runs out in {humanize_duration(left)}, "
+                            "before it resets"
+                        },
+                    }
+                ],
+            },
+            {"eval_time": f"{minute}m", "alertname": "ConsoleUsageLimitUnread", "exp_alerts": []},
+        ]
+    unit = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": tests}],
+    }
+    # JSON is YAML: promtool reads it as it is.
+    (rules / "scrapes.yml").write_text(json.dumps(unit, indent=1))
+    done = promtool(rules, "test", "rules", "scrapes.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The partial steps held the weekly reading: the series were there, with its old time.
+    for step in PARTIAL:
+        observed = scrapes[step][("ingester_usage_observed_timestamp_seconds", weekly)]
+        assert observed == (t0 + timedelta(minutes=PARTIAL[0] - 1)).timestamp()

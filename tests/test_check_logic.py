@@ -26,6 +26,7 @@ from ingester.check import (
     mirror_facts,
     parse_duration,
 )
+from ingester.forecast import Forecast, LimitForecast
 from ingester.housekeeping import prune_rejected
 from ingester.mirror_state import MirrorState, write_mirror_state
 from ingester.names import generate_version_filename
@@ -369,3 +370,49 @@ def test_the_hold_item_needs_a_state_file_and_says_when_the_hold_is_off() -> Non
     assert [i.name for i in result.items][-1] == "mirror_lag"
     off = judge(with_hold(0, 0), CheckLimits()).items[-1]
     assert off.code == OK and "--mirror-hold 0" in off.message
+
+
+# -- the forecast item: its status and its perfdata agree ------------------------------------
+
+minutes_off = st.one_of(st.none(), st.integers(min_value=-600, max_value=20_000))
+
+
+def grapher_status(token: str) -> int:
+    """What a grapher makes of ``label=VALUEs;W:;C:`` by the plugin range rules alone
+    (``N:`` alerts below N)."""
+    value, *bounds = token.split("=", 1)[1].split(";")
+    number = float(value.removesuffix("s"))
+    warn, crit = (float(b.removesuffix(":")) if b else None for b in [*bounds, "", ""][:2])
+    if crit is not None and number < crit:
+        return CRITICAL
+    return WARNING if warn is not None and number < warn else OK
+
+
+@settings(max_examples=300, deadline=None)
+@given(minutes_off, minutes_off, st.integers(min_value=0, max_value=200 * 60))
+def test_the_forecast_status_is_what_its_perfdata_says(
+    exhausts: int | None, resets: int | None, critical_minutes: int
+) -> None:
+    exhausts_at = None if exhausts is None else NOW + timedelta(minutes=exhausts)
+    resets_at = None if resets is None else NOW + timedelta(minutes=resets)
+    before = None
+    if exhausts_at is not None and resets_at is not None:
+        before = exhausts_at < resets_at
+    as_of = NOW - timedelta(minutes=2)
+    limit = LimitForecast(
+        "currentSession", 50, "2 hr", resets_at, 1.0, exhausts_at, before, 5, as_of, as_of
+    )
+    found = Facts(
+        now=NOW,
+        latest="v",
+        last_updated=as_of,
+        usage=Forecast(as_of, (limit,)),
+    )
+    checks = CheckLimits(forecast=True, forecast_critical=critical_minutes * 60.0)
+    item = next(i for i in judge(found, checks).items if i.name == "forecast_currentSession")
+    token = item.perfdata()
+    if exhausts_at is None:
+        assert token == "" and item.code == OK
+        return
+    assert perfdata_problems(f"INGESTER OK - x | {token}") == []
+    assert grapher_status(token) == item.code, (token, item.message)

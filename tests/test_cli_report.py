@@ -113,6 +113,7 @@ def test_status_json(root: Path, ingested: list[str]) -> None:
         "futureVersions",
         "latest",
         "latestLink",
+        "adoptAdvised",
         "staleAfterSeconds",
         "spool",
         "rejected",
@@ -239,7 +240,7 @@ def test_read_commands_work_while_the_lock_is_held(root: Path, ingested: list[st
     with HistoryLock(root / HISTORY / ".lock", "watch"):
         report = json.loads(ok(run_cli(root, "status", "--json")).stdout)
         assert report["watcher"] == {"running": True, "pid": os.getpid()}
-        assert f"running (pid {os.getpid()})" in ok(run_cli(root, "status")).stdout
+        assert f"running (pid {os.getpid()}, watch)" in ok(run_cli(root, "status")).stdout
         assert len(json.loads(ok(run_cli(root, "list", "--json")).stdout)) == 4
         assert ok(run_cli(root, "show")).stdout.encode() == VALID_SAMPLES[-1].read_bytes()
         verified = json.loads(ok(run_cli(root, "verify", "--json")).stdout)
@@ -440,6 +441,7 @@ def test_verify_clean(root: Path, ingested: list[str]) -> None:
         "warnings": [],
         "repaired": [],
         "writerPid": None,
+        "adoptAdvised": False,
     }
 
 

@@ -18,6 +18,7 @@ Each test starts the server the way a user switching over would: the original's
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -460,18 +461,22 @@ def test_timestamp_wins_over_version(root: Path, three: list[str]) -> None:
 @pytest.mark.parametrize(
     ("age", "minutes", "stale", "cache"),
     [
-        (timedelta(seconds=29), 0, False, "max-age=60"),
-        (timedelta(seconds=90), 2, False, "max-age=60"),
-        (timedelta(minutes=4, seconds=40), 5, False, "max-age=30"),
-        (timedelta(minutes=10, seconds=20), 10, False, "no-cache"),
-        (timedelta(minutes=10, seconds=40), 11, True, "no-cache"),
+        # Each age lies a second past a half minute: the answer holds for the next 59 s,
+        # so a slow machine between the write and the GET cannot change it. Where the
+        # nearest minute and the whole minutes differ, the verdicts follow the nearest.
+        (timedelta(seconds=1), 0, False, "max-age=60"),
+        (timedelta(seconds=91), 2, False, "max-age=60"),
+        (timedelta(minutes=4, seconds=31), 5, False, "max-age=30"),
+        (timedelta(minutes=9, seconds=31), 10, False, "no-cache"),
+        (timedelta(minutes=10, seconds=31), 11, True, "no-cache"),
     ],
 )
 def test_age_minutes_round_to_the_nearest_and_the_rest_follows(
     root: Path, age: timedelta, minutes: int, stale: bool, cache: str
 ) -> None:
-    put_version(root, version_name(datetime.now(UTC)), fresh_payload(age))
     with original_server(root) as server:
+        # Written once the server runs: its start-up time is no part of the age.
+        put_version(root, version_name(datetime.now(UTC)), fresh_payload(age))
         r = server.get(API)
         health = server.get("/api/health").json()
     assert r.json()["ageMinutes"] == minutes
@@ -535,9 +540,75 @@ def test_a_bad_port_is_a_usage_error(root: Path, value: str) -> None:
     assert "PORT" in done.stderr and "Traceback" not in done.stderr
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6_loopback = pytest.mark.skipif(
+    not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)"
+)
+
+
+def _answers(url: str) -> int | None:
+    """The status of ``GET url``, or ``None`` when the connection is refused."""
+    try:
+        return httpx.get(url, timeout=10).status_code
+    except httpx.ConnectError:
+        return None
+
+
+def free_ports() -> int:
+    """A port free on both 127.0.0.1 and ::1 (the default binds both)."""
+    while True:
+        port = free_port()
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                continue
+        return port
+
+
 def test_the_port_variable_keeps_the_loopback_host(root: Path) -> None:
-    port = free_port()
+    port = free_ports()
     with original_server(root, port=port) as server:
         assert f"listening on http://127.0.0.1:{port}" in server.log
-        assert f"address from PORT={port}" in server.log
+        assert f"address from PORT={port}; on the loopback addresses only" in server.log
         assert server.get("/api/health").status_code == 503  # it answers: no data yet
+    listening = server.log.split("listening on ", 1)[1].split(" (", 1)[0]
+    assert "0.0.0.0" not in listening and "[::]" not in listening
+
+
+@needs_ipv6_loopback
+def test_localhost_answers_on_both_loopback_addresses_by_default(root: Path) -> None:
+    """A client that resolves localhost to ::1 first, and does not fall back to
+    127.0.0.1, reaches the server as it reached the original (which listened on every
+    address); a named --listen is that address only."""
+    port = free_ports()
+    with original_server(root, port=port) as server:
+        assert f"listening on http://127.0.0.1:{port}, http://[::1]:{port} (" in server.log
+        assert _answers(f"http://127.0.0.1:{port}/api/health") == 503
+        assert _answers(f"http://[::1]:{port}/api/health") == 503
+    named = original_server(root, port=free_ports(), INGESTER_LISTEN=f"127.0.0.1:{port}")
+    with named:
+        assert _answers(f"http://127.0.0.1:{port}/api/health") == 503
+        assert _answers(f"http://[::1]:{port}/api/health") is None
+
+
+@needs_ipv6_loopback
+def test_a_taken_ipv6_loopback_port_is_a_warning_not_a_failure(root: Path) -> None:
+    port = free_ports()
+    with socket.socket(socket.AF_INET6) as squatter:
+        squatter.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        squatter.bind(("::1", port))
+        squatter.listen(1)
+        with original_server(root, port=port) as server:
+            assert server.get("/api/health").status_code == 503
+            assert f"WARNING serve: cannot listen on [::1]:{port} as well" in server.log
+            assert f"listening on http://127.0.0.1:{port} (" in server.log

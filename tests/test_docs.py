@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -404,6 +405,19 @@ def test_the_readme_s_try_it_block_runs_as_the_original_s_clients_would(tmp_path
     assert len(list((tmp_path / "console-usage-history").glob("20*.json"))) == 1
 
 
+def _with_original(block: str, original: Path, **values: str) -> str:
+    """A migrating.md block as a user would run it here: ``ORIGINAL=`` (and the other
+    ``NAME=`` lines given) set to these paths, ``ingester`` this environment's, no sudo."""
+    lines = []
+    for line in block.splitlines():
+        for name, value in {"ORIGINAL": str(original), **values}.items():
+            if line.startswith(f"{name}="):
+                line = f"{name}={shlex.quote(value)}"
+        lines.append(line)
+    script = "\n".join(lines).replace("sudo ", "")
+    return script.replace("ingester --root", f"{sys.executable} -m ingester --root")
+
+
 def test_the_migrating_guide_s_try_it_block_adopts_a_copy(tmp_path: Path) -> None:
     from test_adopt import original_history
 
@@ -411,11 +425,46 @@ def test_the_migrating_guide_s_try_it_block_adopts_a_copy(tmp_path: Path) -> Non
     original.mkdir(parents=True)
     original_history(original)
     block = _section_block(REPO / "docs" / "migrating.md", "## Try it on a copy")
-    copy = tmp_path / "copy"
-    script = _as_here(block).replace("/tmp/claude-scraper-copy", str(copy))
+    assert "ORIGINAL=" in block and "mktemp -d" in block
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    script = f"export TMPDIR={shlex.quote(str(temp))}\n" + _with_original(block, original)
+    for run in (1, 2):  # a second run makes a second copy, never one inside the first
+        done = _run_block(script, tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "has write bits" in done.stdout  # the first verify, before
+        assert "run 'ingester adopt'" in done.stdout  # ... points to adopt
+        assert "verify:  ok" in done.stdout and done.stdout.rstrip().endswith("ok")
+        copies = sorted(temp.glob("*/claude-scraper"))
+        assert len(copies) == run
+        assert all((c / "console-usage-synced.json").is_symlink() for c in copies)
+        assert not list(temp.glob("*/claude-scraper/claude-scraper"))
+    assert not (original / "console-usage-synced.json").is_symlink(), "the original was touched"
+
+
+def test_the_migrating_guide_s_copy_to_the_server_cannot_land_inside_a_history(
+    tmp_path: Path,
+) -> None:
+    from test_adopt import original_history
+
+    original = tmp_path / "server" / "claude-scraper"
+    original.mkdir(parents=True)
+    o = original_history(original, latest="unique")
+    block = _section_block(REPO / "docs" / "migrating.md", "## On the server", 1)
+    root = tmp_path / "var-lib"
+    root.mkdir()
+    script = _with_original(block, original, ROOT=str(root))
     done = _run_block(script, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "has write bits" in done.stdout  # the first verify, before
-    assert "verify:  ok" in done.stdout and done.stdout.rstrip().endswith("ok")
-    assert (copy / "console-usage-synced.json").is_symlink()
-    assert not (original / "console-usage-synced.json").is_symlink(), "the original was touched"
+    history = root / "console-usage-history"
+    assert sorted(p.name for p in history.iterdir()) == sorted(p.name for p in o.history.iterdir())
+    assert (root / "console-usage-synced.json").read_bytes() == o.latest
+    # Again, onto the history now there: refused, nothing copied into it or over it.
+    before = sorted(p.name for p in history.iterdir())
+    again = _run_block(script, tmp_path)
+    assert again.returncode != 0 and "File exists" in again.stderr
+    assert sorted(p.name for p in history.iterdir()) == before
+    assert not (history / "console-usage-history").exists()
+    # And the next step of the guide adopts what was copied.
+    adopted = run_cli(root, "adopt")
+    assert adopted.returncode == 0, adopted.stdout + adopted.stderr

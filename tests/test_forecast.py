@@ -281,6 +281,9 @@ def test_known_rate_and_run_out_before_the_reset() -> None:
         "exhaustsAt": "2026-11-29T00:00:00.000Z",
         "beforeReset": True,
         "basis": {"points": 13, "since": "2026-11-27T08:00:00.000Z"},
+        "observedAt": "2026-11-27T14:00:00.000Z",
+        "inNewest": True,
+        "missingReason": None,
     }
 
 
@@ -327,3 +330,108 @@ def test_a_snapshot_from_a_clock_far_ahead_is_left_out() -> None:
 def test_no_snapshot_is_no_forecast() -> None:
     assert forecast([]).as_of is None
     assert forecast([]).to_json() == {"asOf": None, "limits": []}
+
+
+# -- a limit the newest snapshot lacks (a partial scrape) ------------------------------------
+
+
+def partial(minutes: float, pct: float = 30, **more: Any) -> Observation:
+    """A snapshot with the current session only, as a scraper that missed the weekly section
+    writes it (tests/samples/valid/partial-with-errors.json)."""
+    stamp = T0 + timedelta(minutes=minutes)
+    payload = {
+        "currentSession": {"resetsIn": "4 hr", "percentageUsed": pct},
+        "lastUpdated": stamp.isoformat(),
+        "isPartial": True,
+        "extractionErrors": {"weeklyLimits": "selector 'Weekly limits' not found"},
+        **more,
+    }
+    found, _ = observe(payload, UTC, stamp)
+    assert found is not None and found.partial is payload["isPartial"]
+    return found
+
+
+def test_a_partial_snapshot_holds_the_limits_it_lacks_at_their_last_reading() -> None:
+    full = [obs(30 * i, 40 + 0.75 * i) for i in range(13)]  # the known-rate history
+    result = forecast([*full, partial(6 * 60 + 5)])
+    assert result.as_of == T0 + timedelta(hours=6, minutes=5)
+    assert [limit.limit for limit in result.limits] == [
+        "weeklyLimits.allModels",
+        "weeklyLimits.sonnetOnly",
+        "currentSession",
+    ]
+    weekly = limit_of(result)
+    # The same answer as without the partial snapshot, marked as held.
+    assert weekly.percentage == 49 and weekly.rate_per_hour == pytest.approx(1.5)
+    assert weekly.exhausts_at == T0 + timedelta(hours=6) + timedelta(hours=51 / 1.5)
+    assert weekly.before_reset is True
+    assert weekly.observed_at == T0 + timedelta(hours=6)
+    assert weekly.in_newest is False
+    assert weekly.missing_reason == (
+        "extractionErrors.weeklyLimits: selector 'Weekly limits' not found"
+    )
+    body = weekly.to_json()
+    assert (body["observedAt"], body["inNewest"]) == ("2026-11-27T14:00:00.000Z", False)
+    assert in_words(weekly, UTC, result.as_of) == (
+        "at this rate 100 % by Sun 00:00, 33 h before the reset (Mon 08:59); "
+        "last read Fri 14:00, not in the newest snapshot"
+    )
+    session = limit_of(result, "currentSession")
+    assert session.in_newest and session.observed_at == result.as_of
+    assert session.missing_reason is None
+
+
+def test_the_reason_names_the_extraction_error_or_the_partial_flag() -> None:
+    full = [obs(0, 40), obs(30, 41)]
+    own = forecast([*full, partial(40, extractionErrors={"sonnetOnly": "timeout"})])
+    assert limit_of(own, "weeklyLimits.sonnetOnly").missing_reason == (
+        "extractionErrors.sonnetOnly: timeout"
+    )
+    assert limit_of(own).missing_reason == (
+        "the newest snapshot is partial (isPartial) and lacks it"
+    )
+    quiet = forecast([*full, partial(40, isPartial=False, extractionErrors={})])
+    assert limit_of(quiet).missing_reason == "the newest snapshot lacks it"
+
+
+def test_a_held_limit_goes_once_its_reset_time_comes() -> None:
+    # Weekly resets Monday 8:59 UTC; read fully until two hours before, partially after.
+    monday = datetime(2026, 11, 30, 8, 59, tzinfo=UTC)
+    before = (monday - T0) / timedelta(minutes=1) - 1
+    full = [obs(before - 120 + 30 * i, 40 + i) for i in range(4)]
+    held = forecast([*full, partial(before)])
+    assert not limit_of(held).in_newest
+    gone = forecast([*full, partial(before + 1)])
+    assert [limit.limit for limit in gone.limits] == ["currentSession"]
+
+
+def test_a_held_limit_goes_after_the_basis() -> None:
+    full = [obs(30 * i, 40 + i, "whenever") for i in range(4)]  # no reset time known
+    within = forecast([*full, partial(90 + 24 * 60)])
+    assert not limit_of(within).in_newest
+    beyond = forecast([*full, partial(90 + 24 * 60 + 1)])
+    assert [limit.limit for limit in beyond.limits] == ["currentSession"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.booleans(), min_size=2, max_size=30),
+    st.floats(min_value=0, max_value=5),
+)
+def test_partial_snapshots_never_hide_a_limit_read_within_the_basis(
+    kinds: list[bool], rate: float
+) -> None:
+    # A history mixing full (True) and partial (False) snapshots 10 minutes apart, the
+    # weekly limit rising at ``rate`` %/h: whichever comes last, the weekly limit is there,
+    # with the newest reading any snapshot had, observed when that snapshot was.
+    kinds[0] = True
+    observations = [
+        obs(10 * i, 40 + rate * i / 6) if full else partial(10 * i) for i, full in enumerate(kinds)
+    ]
+    result = forecast(observations)
+    last_full = max(i for i, full in enumerate(kinds) if full)
+    weekly = limit_of(result)
+    assert weekly.percentage == pytest.approx(40 + rate * last_full / 6)
+    assert weekly.observed_at == T0 + timedelta(minutes=10 * last_full)
+    assert weekly.in_newest is kinds[-1]
+    assert (weekly.missing_reason is None) is kinds[-1]

@@ -164,6 +164,20 @@ def test_forecast_over_http_cli_metrics_and_check(
     assert checks["forecast_weeklyLimits.allModels"]["status"] == "CRITICAL"
     assert checks["forecast_currentSession"]["status"] == "OK"  # resets first
     assert verdict["usage"] == body
+    # A threshold alone asks for the forecast: --forecast-critical without --forecast.
+    implied = run_cli(root, "check", "--forecast-critical", "25", "--json", **env)
+    assert implied.returncode == 2, implied.stdout + implied.stderr
+    statuses = {c["name"]: c["status"] for c in json.loads(implied.stdout)["checks"]}
+    assert statuses == {c["name"]: c["status"] for c in verdict["checks"]}
+    # Judged OK, so the perfdata must not say otherwise: the session runs out in 10 h,
+    # after its reset in 2 h; a 40 h CRITICAL bound is capped at the time to the reset.
+    late = run_cli(root, "check", "--forecast", "--forecast-critical", "40", **env)
+    perf = late.stdout.split(" | ", 1)[1].split()
+    session = next(p for p in perf if p.startswith("forecast_currentSession="))
+    value, warn, crit = session.split("=", 1)[1].split(";")
+    assert float(value.removesuffix("s")) > float(warn.removesuffix(":"))
+    assert float(warn.removesuffix(":")) == float(crit.removesuffix(":"))
+    assert "currentSession: resets before the limit" in late.stdout
     quiet = run_cli(root, "check", "--usage-critical", "60", **env)
     assert quiet.returncode == 0, quiet.stdout
     plain = run_cli(root, "check")
@@ -204,3 +218,87 @@ def test_an_unknown_console_time_zone_is_a_usage_error(root: Path) -> None:
     assert "--console-timezone" in bad.stderr and "Mars/Olympus" in bad.stderr
     from_env = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="Europe/Nowhere")
     assert from_env.returncode == 2 and "INGESTER_CONSOLE_TIMEZONE" in from_env.stderr
+
+
+def test_a_partial_scrape_keeps_every_limit_everywhere(
+    root: Path, fed: tuple[ServeProcess, datetime]
+) -> None:
+    """A scraper that misses the weekly section once must not make the weekly limits, their
+    metrics and check's items vanish: each keeps its last reading, said to be held."""
+    server, last = fed
+    before = server.get(FORECAST).json()
+    env = {"INGESTER_CONSOLE_TIMEZONE": ZONE}
+    warned = run_cli(root, "check", "--usage-warning", "45", "--forecast", **env)
+    assert warned.returncode == 1, warned.stdout
+
+    seen = last + timedelta(minutes=2)  # when the fixture started: not in the future
+    partial = {  # the shape of tests/samples/valid/partial-with-errors.json
+        "currentSession": {"resetsIn": "2 hr", "percentageUsed": 52.5},
+        "lastUpdated": iso(seen),
+        "isPartial": True,
+        "extractionErrors": {"weeklyLimits": "selector 'Weekly limits' not found after 10000 ms"},
+    }
+    sent = server.post(
+        API,
+        content=json.dumps(partial),
+        headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+    )
+    assert sent.status_code == 202, sent.text
+    wait_for(lambda: server.get(FORECAST).json()["asOf"] == iso(seen), 20, "the partial stored")
+
+    body = server.get(FORECAST).json()
+    limits = limits_of(body)
+    assert list(limits) == ["currentSession", "weeklyLimits.allModels", "weeklyLimits.sonnetOnly"]
+    assert limits["currentSession"]["inNewest"] is True
+    assert limits["currentSession"]["observedAt"] == iso(seen)
+    reason = "extractionErrors.weeklyLimits: selector 'Weekly limits' not found after 10000 ms"
+    for name in ("weeklyLimits.allModels", "weeklyLimits.sonnetOnly"):
+        held = limits[name]
+        was = limits_of(before)[name]
+        assert (held["inNewest"], held["observedAt"], held["missingReason"]) == (
+            False,
+            iso(last),
+            reason,
+        )
+        # Everything else is the answer before the partial snapshot.
+        for key in ("percentageUsed", "resetsAt", "ratePerHour", "exhaustsAt", "beforeReset"):
+            assert held[key] == was[key], (name, key)
+    cli = run_cli(root, "forecast", "--json", **env)
+    assert json.loads(cli.stdout) == body
+    table = run_cli(root, "forecast", **env).stdout
+    assert "weeklyLimits.allModels: last read " in table and reason in table
+
+    samples = {
+        (s.name, s.labels.get("limit")): s.value
+        for family in text_string_to_metric_families(server.get("/metrics").text)
+        for s in family.samples
+    }
+    weekly = "weeklyLimits.allModels"
+    assert samples[("ingester_usage_percent", weekly)] == 52
+    assert samples[("ingester_usage_exhausts_at_seconds", weekly)] == pytest.approx(
+        (last + timedelta(hours=24)).timestamp()
+    )
+    assert samples[("ingester_usage_observed_timestamp_seconds", weekly)] == last.timestamp()
+    assert samples[("ingester_usage_observed_timestamp_seconds", "currentSession")] == (
+        seen.timestamp()
+    )
+
+    still = run_cli(root, "check", "--usage-warning", "45", "--forecast", **env)
+    assert still.returncode == 1, still.stdout
+    line = still.stdout
+    assert (
+        "weeklyLimits.allModels 52 % used (at or above 45 %) (last read 2 min before the "
+        "newest snapshot, which lacks it)" in line
+    )
+    assert "weeklyLimits.allModels: at this rate 100 % by " in line
+    assert "usage_weeklyLimits.allModels=52%;45;100" in line
+    assert perfdata_problems(line.strip()) == []
+    # Missing for longer than --max-age (2 min > 110 s, while the newest data is younger):
+    # the scraper runs but no longer reads it.
+    strict = run_cli(root, "check", "--usage-critical", "99", "--max-age", "110s", **env)
+    assert strict.returncode == 1, strict.stdout
+    assert "weeklyLimits.allModels 52 % used (last read 2 min before" in strict.stdout
+    assert "(not read for more than 110 s)" in strict.stdout
+    only_forecast = run_cli(root, "check", "--forecast", "--max-age", "110s", **env)
+    assert only_forecast.returncode == 1, only_forecast.stdout
+    assert "not in the newest snapshot (not read for more than 110 s)" in only_forecast.stdout

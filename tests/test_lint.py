@@ -64,3 +64,19 @@ def test_tests_import_helpers_from_the_support_package() -> None:
         and re.search(r"^\s*(from conftest import|import conftest)", path.read_text("utf-8"), re.M)
     ]
     assert not offenders, offenders
+
+
+# The files a checkout's root holds on purpose; anything else there is an output of a
+# command run from the checkout (an export, a snapshot) committed by mistake.
+ROOT_FILES = {".gitignore", "README.md", "constraints.txt", "pyproject.toml"}
+
+
+def test_the_repository_root_tracks_no_stray_outputs() -> None:
+    if not (TOP / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    listed = _run("git", "ls-files", "--", ".")
+    assert listed.returncode == 0, listed.stderr
+    at_root = {name for name in listed.stdout.splitlines() if "/" not in name}
+    assert at_root <= ROOT_FILES, (
+        f"stray files at the repository root: {sorted(at_root - ROOT_FILES)}"
+    )

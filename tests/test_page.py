@@ -226,12 +226,20 @@ class Watched:
 def open_page(browser: Any) -> Iterator[Any]:
     contexts: list[Any] = []
 
-    def opener(url: str, width: int = 1100, height: int = 900) -> Watched:
+    def opener(
+        url: str,
+        width: int = 1100,
+        height: int = 900,
+        locale: str = "en-GB",
+        init_script: str | None = None,
+    ) -> Watched:
         context = browser.new_context(
-            viewport={"width": width, "height": height}, timezone_id="UTC", locale="en-GB"
+            viewport={"width": width, "height": height}, timezone_id="UTC", locale=locale
         )
         contexts.append(context)
         page = context.new_page()
+        if init_script is not None:
+            page.add_init_script(init_script)
         watched = Watched(page, [], [], [])
 
         def on_console(message: Any) -> None:
@@ -306,7 +314,15 @@ def test_page_shows_the_newest_snapshot_and_the_history(
     assert page.inner_text("#gauge-sonnet .pct") == pct(
         newest["weeklyLimits"]["sonnetOnly"]["percentageUsed"]
     )
-    assert page.inner_text("#gauge-session .resets-in") == newest["currentSession"]["resetsIn"]
+    # The reset in the page's one format and zone, with how far off it is; the console's
+    # own words ("11 hr 5 min") in the title.
+    session_resets = page.locator("#gauge-session .resets")
+    resets_at = datetime.fromisoformat(newest["lastUpdated"].replace("Z", "+00:00")) + timedelta(
+        hours=11, minutes=5
+    )
+    expect(session_resets).to_have_text(f"resets {resets_at:%a %H:%M} (in 11 h)", timeout=10_000)
+    assert session_resets.get_attribute("title") == "the console says \u201c11 hr 5 min\u201d"
+    assert "UTC" in page.inner_text("#zone-note")
     meter = page.locator("#gauge-all .bar")
     assert meter.get_attribute("aria-valuenow") == str(
         newest["weeklyLimits"]["allModels"]["percentageUsed"]
@@ -374,7 +390,9 @@ def test_a_new_drop_appears_without_a_reload(
         expect(page.locator("#gauge-session .pct")).to_have_text("77.5\u00a0%", timeout=15_000)
         wait_points(page, IN_7D + 1)
         assert page.evaluate("window.notReloaded") is True
-        assert page.inner_text("#gauge-session .resets-in") == "40 hr 5 min"
+        expect(page.locator("#gauge-session .resets")).to_have_text(
+            re.compile(r"^resets \w{3} \d\d:\d\d \(in 40 h\)$"), timeout=10_000
+        )
         assert watched.problems == []
         assert watched.foreign == []
     finally:
@@ -511,3 +529,262 @@ def test_series_by_observation_time(root: Path, serve: Any) -> None:
     assert [row[at] for row in json.loads(raw)["rows"]] == [iso_ms(t) for t in times[:3]]
     status, _, raw = get(f"{base}?by=storedAt")
     assert status == 400 and json.loads(raw)["error"] == "InvalidBy"
+
+
+# -- partial scrapes, clocks, gaps and the reset marks -----------------------------------------
+
+
+def store(root: Path, snapshots: list[tuple[datetime, dict[str, Any]]]) -> None:
+    """A new history of ``snapshots``, each ``(lastUpdated, body)``, stored at that time."""
+    assert run_cli(root, "init").returncode == 0
+    after = None
+    for at, body in snapshots:
+        after = generate_version_filename(at, after=after)
+        (root / HISTORY / after).write_text(json.dumps({**body, "lastUpdated": iso_ms(at)}))
+
+
+def test_a_partial_snapshot_keeps_the_weekly_cards_and_their_projection(
+    root: Path, serve: Any, open_page: Any, tmp_path: Path
+) -> None:
+    # Six full snapshots 30 minutes apart (allModels rising 4 %/h), then one without
+    # weeklyLimits, as tests/samples/valid/partial-with-errors.json has it.
+    now = datetime.now(UTC).replace(microsecond=0)
+    full = [
+        (
+            now - timedelta(minutes=5 + 30 * (5 - i)),
+            {
+                "currentSession": {"resetsIn": "3 hr", "percentageUsed": 10 + i},
+                "weeklyLimits": {
+                    "allModels": {"resetsIn": "2 days", "percentageUsed": 70 + 2 * i},
+                    "sonnetOnly": {"resetsIn": "2 days", "percentageUsed": 4},
+                },
+            },
+        )
+        for i in range(6)
+    ]
+    partial = {
+        "currentSession": {"resetsIn": "3 hr", "percentageUsed": 16},
+        "isPartial": True,
+        "extractionErrors": {"weeklyLimits": "selector 'Weekly limits' not found"},
+    }
+    store(root, [*full, (now - timedelta(minutes=1), partial)])
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1")
+    page = watched.page
+    wait_points(page, 7)
+    weekly = page.locator("#gauge-all")
+    expect(weekly.locator(".pct")).to_have_text(pct(80), timeout=10_000)
+    held = weekly.locator(".held")
+    expect(held).to_be_visible()
+    assert re.fullmatch(
+        r"last read [56] min ago; not in the newest snapshot "
+        r"\(extractionErrors\.weeklyLimits: selector 'Weekly limits' not found\)",
+        held.inner_text(),
+    ), held.inner_text()
+    assert weekly.get_attribute("data-held") == "true"
+    assert weekly.locator(".resets").inner_text().startswith("resets ")
+    assert weekly.locator(".forecast").inner_text().startswith("at this rate 100\u00a0% by ")
+    assert page.inner_text("#gauge-sonnet .pct") == pct(4)
+    assert page.is_visible("#gauge-sonnet .held")
+    session = page.locator("#gauge-session")
+    assert session.locator(".pct").inner_text() == pct(16)
+    assert session.get_attribute("data-held") == "false"
+    assert not session.locator(".held").is_visible()
+    # The weekly projections are still drawn, from their last reading, with the session's.
+    assert page.get_attribute("#chart", "data-projections") == "3"
+    page.screenshot(path=str(artefact_dir(tmp_path) / "page-partial.png"), full_page=True)
+    assert watched.problems == []
+
+
+def test_a_snapshot_a_little_ahead_of_the_server_clock_is_just_now(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    # A scraper whose clock runs 20 s fast: the newest lastUpdated is after the server's now.
+    build_history(root, -timedelta(seconds=20))
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1")
+    page = watched.page
+    expect(page.locator("#fresh-badge")).to_have_attribute("data-state", "fresh", timeout=10_000)
+    assert "(just now)" in page.inner_text("#freshness")
+    assert "future" not in page.inner_text("#freshness")
+    assert watched.problems == []
+
+
+# Every fillText on a canvas, with where it starts and how wide it is (device pixels).
+RECORD_TEXT = """
+(() => {
+  window.__texts = [];
+  const fill = CanvasRenderingContext2D.prototype.fillText;
+  CanvasRenderingContext2D.prototype.fillText = function (text, x, y, ...rest) {
+    window.__texts.push({ text: String(text), x, width: this.measureText(text).width });
+    return fill.call(this, text, x, y, ...rest);
+  };
+})();
+"""
+
+
+def plot_box(page: Any) -> dict[str, float]:
+    """The plot area in the chart canvas's pixels: left, top, right, bottom."""
+    return page.evaluate(
+        """() => {
+          const canvas = document.querySelector('#chart canvas').getBoundingClientRect();
+          const over = document.querySelector('#chart .u-over').getBoundingClientRect();
+          const r = window.devicePixelRatio || 1;
+          return { left: (over.left - canvas.left) * r, top: (over.top - canvas.top) * r,
+                   right: (over.right - canvas.left) * r, bottom: (over.bottom - canvas.top) * r };
+        }"""
+    )
+
+
+def test_a_reset_mark_at_the_right_edge_keeps_its_whole_label(
+    root: Path, serve: Any, open_page: Any, tmp_path: Path
+) -> None:
+    # Every limit resets in 5 hours, the furthest thing the chart shows: its mark is the
+    # right edge of the plot.
+    now = datetime.now(UTC).replace(microsecond=0)
+    store(
+        root,
+        [
+            (
+                now - timedelta(minutes=1 + 30 * (3 - i)),
+                {"currentSession": {"resetsIn": "5 hr", "percentageUsed": 10 + i}},
+            )
+            for i in range(4)
+        ],
+    )
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1", init_script=RECORD_TEXT)
+    page = watched.page
+    page.get_by_role("radio", name="24 hours", exact=True).check()
+    wait_points(page, 4)
+    expect(page.locator("#chart")).to_have_attribute("data-resets", "1", timeout=10_000)
+    box = plot_box(page)
+    labels = wait_for(
+        lambda: [t for t in page.evaluate("window.__texts") if t["text"] == "reset"],
+        10,
+        "the reset label drawn",
+    )
+    assert isinstance(labels, list)
+    for label in labels:
+        assert box["left"] <= label["x"], (label, box)
+        assert label["x"] + label["width"] <= box["right"], (label, box)
+    page.screenshot(path=str(artefact_dir(tmp_path) / "page-reset-edge.png"), full_page=True)
+    assert watched.problems == []
+
+
+COLOURS = {"session": (0x1F, 0x4E, 0x8C), "all": (0xB3, 0x59, 0x00), "sonnet": (0x1A, 0x7F, 0x37)}
+
+
+def colours_in_column(page: Any, x: float, box: dict[str, float]) -> set[str]:
+    """Which lines' colours the chart canvas has in the pixel column ``x``, within the plot."""
+    # Read from a copy made for reading (the chart's own canvas would have the browser
+    # warn about repeated readbacks).
+    pixels = page.evaluate(
+        """([x, top, bottom]) => {
+          const canvas = document.querySelector('#chart canvas');
+          const copy = document.createElement('canvas');
+          copy.width = canvas.width;
+          copy.height = canvas.height;
+          const ctx = copy.getContext('2d', { willReadFrequently: true });
+          ctx.drawImage(canvas, 0, 0);
+          const data = ctx.getImageData(Math.round(x), Math.round(top), 1,
+            Math.round(bottom - top)).data;
+          return Array.from(data);
+        }""",
+        [x, box["top"], box["bottom"]],
+    )
+    found = set()
+    for i in range(0, len(pixels), 4):
+        r, g, b, a = pixels[i : i + 4]
+        if a < 128:
+            continue
+        for name, (cr, cg, cb) in COLOURS.items():
+            if abs(r - cr) + abs(g - cg) + abs(b - cb) < 60:
+                found.add(name)
+    return found
+
+
+def test_lines_break_across_a_gap_in_the_data_and_not_for_a_partial_snapshot(
+    root: Path, serve: Any, open_page: Any, tmp_path: Path
+) -> None:
+    # Snapshots every 20 minutes for six hours, none for eight hours (the scraper was off
+    # overnight), then six hours more; the session fell from 60 % to 10 % meanwhile. One
+    # snapshot in the second part lacks the current session (a partial scrape).
+    now = datetime.now(UTC).replace(microsecond=0)
+    first = now - timedelta(hours=20)
+    times = [first + timedelta(minutes=20 * k) for k in range(19)]
+    times += [first + timedelta(hours=14, minutes=20 * k) for k in range(19)]
+    partial_at = times[28]
+    snapshots = []
+    for at in times:
+        early = at < first + timedelta(hours=7)
+        body: dict[str, Any] = {
+            "weeklyLimits": {
+                "allModels": {"resetsIn": "at some point", "percentageUsed": 30},
+                "sonnetOnly": {"resetsIn": "at some point", "percentageUsed": 5},
+            },
+        }
+        if at == partial_at:
+            body["isPartial"] = True
+            body["extractionErrors"] = {"currentSession": "not found"}
+        else:
+            body["currentSession"] = {
+                "resetsIn": "at some point",
+                "percentageUsed": 60 if early else 10,
+            }
+        snapshots.append((at, body))
+    store(root, snapshots)
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1")
+    page = watched.page
+    page.get_by_role("radio", name="All", exact=True).check()
+    wait_points(page, len(times))
+    chart = page.locator("#chart")
+    expect(chart).to_have_attribute("data-gaps", "1")
+    assert "The lines break at 1 gap of more than 1 h 20 min without a snapshot." in (
+        page.inner_text("#chart-summary")
+    )
+    box = plot_box(page)
+    span = (times[-1] - times[0]).total_seconds()
+
+    def column(at: datetime) -> float:
+        share = (at - times[0]).total_seconds() / span
+        return box["left"] + share * (box["right"] - box["left"])
+
+    # Nothing rises, no reset time is known: the axis spans the snapshots and no more.
+    assert chart.get_attribute("data-projections") == "0"
+    # No line crosses the middle of the gap ...
+    middle = first + timedelta(hours=10, minutes=10)
+    assert colours_in_column(page, column(middle), box) == set()
+    # ... while the session line runs on through the snapshot that lacked it, as it
+    # does between two ordinary snapshots.
+    assert "session" in colours_in_column(page, column(partial_at), box)
+    assert "session" in colours_in_column(page, column(times[25] + timedelta(minutes=10)), box)
+    page.screenshot(path=str(artefact_dir(tmp_path) / "page-gap.png"), full_page=True)
+    assert watched.problems == []
+
+
+def test_cards_read_the_reset_in_one_format_and_zone(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    # A 12-hour clock: times read "8:59 AM", never "08:59 AM", and never the console's
+    # raw words after "Resets in".
+    forecast_history(root)
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1", locale="en-US")
+    page = watched.page
+    wait_points(page, 8)
+    resets = page.locator("#gauge-all .resets")
+    expect(resets).to_have_text(
+        re.compile(
+            r"^resets \w{3}, \w{3} \d{1,2}, \d{1,2}:\d\d [AP]M \(in 4[78] h\)$|"
+            r"^resets \w{3} \d{1,2}:\d\d [AP]M \(in 4[78] h\)$"
+        ),
+        timeout=10_000,
+    )
+    assert resets.get_attribute("title") == "the console says \u201c2 days\u201d"
+    cards = page.inner_text(".gauges")
+    assert "Resets in" not in cards
+    assert not re.search(r"\b0\d:\d\d\s?[AP]M", cards), cards
+    assert page.inner_text("#gauge-all .forecast").startswith("at this rate 100\u00a0% by ")
+    assert watched.problems == []

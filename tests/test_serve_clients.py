@@ -7,9 +7,14 @@ connection has its own source port, so the log lines of one case are found by it
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import signal
 import socket
 import struct
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -36,8 +41,23 @@ def add_versions(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    """One server for the cases below (each case has its own connection and log lines)."""
+    """One server for the cases below (each case has its own connection and log lines).
+
+    Its deadlines are far longer than any case, so that only what the client does ends
+    a request, however slowly a loaded machine schedules the server.
+    """
     root = tmp_path_factory.mktemp("clients") / "root"
+    root.mkdir()
+    add_versions(root)
+    with ServeProcess(root, "--body-timeout", "60", "--head-timeout", "60") as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """A server with short deadlines, for the cases where what the client sends never
+    comes: the deadline is then the only possible end, whatever the load."""
+    root = tmp_path_factory.mktemp("impatient") / "root"
     root.mkdir()
     add_versions(root)
     with ServeProcess(root, "--body-timeout", "0.5", "--head-timeout", "3") as proc:
@@ -218,16 +238,16 @@ def test_an_upgrade_is_answered_as_http_1_1_in_one_line(server: ServeProcess) ->
     assert_log_is_clean(server)
 
 
-def test_a_post_whose_body_never_arrives_is_408_and_one_line(server: ServeProcess) -> None:
+def test_a_post_whose_body_never_arrives_is_408_and_one_line(impatient: ServeProcess) -> None:
     expect = POST_HEAD + b"Expect: 100-continue\r\n"
     for head in (POST_HEAD, expect, POST_HEAD.replace(b"Host: x", b"Host: [")):
-        answer, port = exchange(server.port, head + b"Content-Length: 400\r\n\r\n")
+        answer, port = exchange(impatient.port, head + b"Content-Length: 400\r\n\r\n")
         assert b"HTTP/1.1 408 " in answer
-        line = wait_for(lambda port=port: lines_about(server, port), 10, "the line")
+        line = wait_for(lambda port=port: lines_about(impatient, port), 10, "the line")
         assert len(line) == 1, line
         assert " WARNING " in line[0]
         assert f"POST {API}: body not received within 0.5 s (0 bytes came)" in line[0]
-    assert_log_is_clean(server)
+    assert_log_is_clean(impatient)
 
 
 def test_a_client_that_leaves_mid_body_is_one_line(server: ServeProcess) -> None:
@@ -256,9 +276,9 @@ def test_clients_that_reset_mid_answer_leave_no_traceback(server: ServeProcess) 
     assert_log_is_clean(server)
 
 
-def test_heads_cut_off_at_the_deadline_are_summarised(server: ServeProcess) -> None:
-    silent = connect(server.port)
-    partial = connect(server.port)
+def test_heads_cut_off_at_the_deadline_are_summarised(impatient: ServeProcess) -> None:
+    silent = connect(impatient.port)
+    partial = connect(impatient.port)
     partial.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
     try:
         for sock in (silent, partial):
@@ -266,8 +286,8 @@ def test_heads_cut_off_at_the_deadline_are_summarised(server: ServeProcess) -> N
     finally:
         silent.close()
         partial.close()
-    wait_for(lambda: "without a request head within 3 s" in server.log, 15, "the summary")
-    assert_log_is_clean(server)
+    wait_for(lambda: "without a request head within 3 s" in impatient.log, 15, "the summary")
+    assert_log_is_clean(impatient)
 
 
 # -- one client cannot lock out the others --------------------------------------------------
@@ -387,4 +407,61 @@ def test_a_body_still_awaited_at_stop_is_one_line_and_a_503(root: Path) -> None:
     assert f"POST {API} was still sending its request body when the server stopped" in line[0]
     assert " ERROR " not in server.log
     assert "serve: stopped: " in server.log.splitlines()[-1]
+    assert_log_is_clean(server)
+
+
+@pytest.mark.skipif(
+    shutil.which("strace") is None or os.geteuid() != 0, reason="needs strace, and root to attach"
+)
+def test_a_drop_still_being_written_when_the_grace_period_ends_is_answered_as_kept(
+    root: Path,
+) -> None:
+    """The stop's grace period ends while a POST's drop is being made durable (every
+    fsync of the server held up 4 s by strace): the answer must say what became of the
+    drop, never "stopping; retry" for a snapshot kept after all (its retry would be
+    stored a second time)."""
+    add_versions(root)
+    server = ServeProcess(root, "--body-timeout", "60").start()
+    staged = root / "spool" / "tmp"
+    answer: list[httpx.Response] = []
+    tracer = subprocess.Popen(
+        [
+            "strace",
+            "-f",
+            "-p",
+            str(server.proc.pid),
+            "-o",
+            os.devnull,
+            "-e",
+            "trace=fsync",
+            "-e",
+            "inject=fsync:delay_enter=4000000",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        status_file = Path(f"/proc/{server.proc.pid}/status")
+        wait_for(lambda: "TracerPid:\t0\n" not in status_file.read_text(), 20, "strace attached")
+        data = fresh_payload(seq=9)
+
+        def post() -> None:
+            headers = {"Content-Type": "application/json", "X-API-Key": KEY}
+            with httpx.Client(base_url=server.base, timeout=120) as client:
+                answer.append(client.post(API, content=data, headers=headers))
+
+        poster = threading.Thread(target=post)
+        poster.start()
+        wait_for(lambda: staged.is_dir() and any(staged.iterdir()), 30, "the drop being written")
+        server.proc.send_signal(signal.SIGTERM)
+        poster.join(120)
+        assert server.proc.wait(120) == 0, server.log
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+        server.stop()
+    drops = sorted(p.name for p in (root / "spool").glob("*.json"))
+    assert len(drops) == 1, server.log  # the write went through
+    assert answer and answer[0].status_code == 202, (answer, server.log)
+    assert answer[0].json()["drop"] == drops[0]
+    assert "was being written when the server stopped; it is kept" in server.log
     assert_log_is_clean(server)

@@ -6,7 +6,8 @@ versions. Without one, a drop waits, durable but not stored: a 2xx must then say
 module answers the two questions behind that:
 
 * is a watcher running? In ``serve --watch`` the one in this process answers; otherwise
-  the history lock does: held by a process that noted ``watch`` in it (read from the
+  the history lock does: held by a process that noted a watcher's purpose in it
+  (``watch`` or ``serve --watch``) (read from the
   kernel's lock table, never by taking the lock, which could make a starting watcher
   fail). Where the lock table is hidden the answer is ``None``: cannot tell.
 * what waits in the spool, and since when (the oldest drop's mtime)?
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..lock import lock_owner, lock_table_readable
+from ..lock import is_watcher, lock_owner, lock_table_readable
 from ..spool import Spool
 
 __all__ = ["BacklogWarnings", "SpoolState", "WatcherProbe"]
@@ -88,8 +89,7 @@ class WatcherProbe:
         if owner is None:
             return (False if lock_table_readable() else None), None
         pid, purpose = owner
-        # An unreadable note is given the benefit of the doubt: something holds the lock.
-        return purpose in (None, "watch"), pid
+        return is_watcher(purpose), pid
 
     def state(self) -> SpoolState:
         """The spool and the watcher now (a listing of the spool, a read of the lock table)."""

@@ -13,6 +13,7 @@ Every refused POST is one log line: the status, the reason and the client's addr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -87,6 +88,35 @@ def _unwatched(ctx: ServeContext) -> bool:
     return running is False
 
 
+async def _submit_to_the_end(spool: Spool, data: bytes) -> str:
+    """:func:`submit_drop` in a worker thread, waited for even if this request is
+    cancelled meanwhile (the stop's grace period ran out).
+
+    A cancelled wait would leave the write running unseen: the client would be told
+    "stopping; retry" for a snapshot that is durable after all, and its retry stored a
+    second time. So the wait goes on to the write's end and the request answers what
+    became of it. Raises what :func:`submit_drop` raises.
+    """
+    # A future of the executor, not a task: the loop's own end (asyncio.run cancels
+    # every task left) cannot cancel the wait for it.
+    job = asyncio.get_running_loop().run_in_executor(None, submit_drop, spool, data)
+    cancelled = 0
+    while True:
+        try:
+            name = await asyncio.shield(job)
+            break
+        except asyncio.CancelledError:
+            if job.cancelled():
+                raise
+            cancelled += 1  # the write is under way: see it through, then answer
+    task = asyncio.current_task()
+    if cancelled and task is not None:
+        for _ in range(cancelled):
+            task.uncancel()
+        log.warning("drop %s was being written when the server stopped; it is kept", name)
+    return name
+
+
 async def post_console_usage(request: Request) -> Response:
     """The scraper's upload: key, content type, size, validation, then a durable drop."""
     ctx: ServeContext = request.app.state.ctx
@@ -111,8 +141,7 @@ async def post_console_usage(request: Request) -> Response:
     except PayloadRejected as exc:
         ctx.posts.labels("invalid").inc()
         return refuse(request, 400, f"invalid payload: {exc.reason}", errors=exc.errors)
-    unwatched = _unwatched(ctx)
-    if unwatched and ctx.config.require_watcher:
+    if ctx.config.require_watcher and _unwatched(ctx):
         ctx.posts.labels("no_watcher").inc()
         return refuse(
             request,
@@ -121,13 +150,14 @@ async def post_console_usage(request: Request) -> Response:
             "dropped; retry once 'ingester watch' runs",
         )
     try:
-        drop = await run_in_threadpool(submit_drop, ctx.spool, body)
+        drop = await _submit_to_the_end(ctx.spool, body)
     except OSError as exc:
         ctx.posts.labels("spool_error").inc()
         log.error("POST not accepted: spool not writable: %s", exc)
         return refuse(request, 503, f"the spool cannot be written: {exc.strerror}")
     ctx.posts.labels("accepted").inc()
-    if unwatched:
+    # Asked once the drop is durable: a watcher that stopped meanwhile will not take it.
+    if _unwatched(ctx):
         log.warning(
             "accepted POST as drop %s (%d bytes) from %s; no watcher holds the history: it "
             "waits in the spool until 'ingester watch' runs",

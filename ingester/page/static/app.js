@@ -8,6 +8,14 @@
   const SERIES = API + "/series";
   const FORECAST = API + "/forecast";
   const STALE_AFTER_MS = 10 * 60 * 1000; // the same rule as the API's isStale
+  // A snapshot dated up to this far past the server's clock is "just now": the clock
+  // comes from the Date header (whole seconds) and a scraper's clock may run a little fast.
+  const AHEAD_OK_MS = 2 * 60 * 1000;
+  // A line breaks where its limit went unread for longer than GAP_FACTOR times the usual
+  // interval between snapshots (the median), and never for less than GAP_FLOOR_S: no
+  // snapshot for that long is the page's own "the scraper may have stopped" (STALE_AFTER).
+  const GAP_FACTOR = 4;
+  const GAP_FLOOR_S = STALE_AFTER_MS / 1000;
   const RANGES = { "24h": 24 * 3600 * 1000, "7d": 7 * 24 * 3600 * 1000, all: null };
   const WINDOWS = [
     { key: "currentSession", label: "Current session", gauge: "gauge-session" },
@@ -41,6 +49,7 @@
     range: "7d",
     offsetMs: 0, // server clock minus ours, from the Date header
     chart: null,
+    filler: new Set(), // chart indexes that stand for a gap, not a snapshot
     timer: null,
   };
 
@@ -74,9 +83,12 @@
     return (Number.isInteger(value) ? String(value) : value.toFixed(1)) + "\u00a0%";
   }
 
+  // How old a snapshot is, by the server's clock. A little ahead of that clock is "just
+  // now"; further ahead is said as it is (the scraper's clock is wrong).
   function formatAge(ms) {
+    if (ms < -AHEAD_OK_MS) return duration(-ms) + " ahead of the server's clock";
     const s = Math.round(ms / 1000);
-    if (s < 0) return "in the future";
+    if (s < 5) return "just now";
     if (s < 60) return s + " s ago";
     const m = Math.floor(s / 60);
     if (m < 60) return m + " min ago";
@@ -85,12 +97,40 @@
     return Math.floor(h / 24) + " days ago";
   }
 
+  // One time format for the whole page, in the viewer's time zone: the locale's own
+  // clock, with the hour as that clock writes it ("8:59 AM" on a 12-hour clock, "08:59"
+  // on a 24-hour one; never "08:59 AM").
+  const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
+  const HOUR = new Intl.DateTimeFormat(undefined, { hour: "numeric" }).resolvedOptions().hour12
+    ? "numeric"
+    : "2-digit";
   const timeFormat = new Intl.DateTimeFormat(undefined, {
-    weekday: "short", day: "numeric", month: "short", hour: "2-digit", minute: "2-digit",
+    weekday: "short", day: "numeric", month: "short", hour: HOUR, minute: "2-digit",
   });
   const shortTime = new Intl.DateTimeFormat(undefined, {
-    weekday: "short", hour: "2-digit", minute: "2-digit",
+    weekday: "short", hour: HOUR, minute: "2-digit",
   });
+  const clockTime = new Intl.DateTimeFormat(undefined, { hour: HOUR, minute: "2-digit" });
+  const dayOnly = new Intl.DateTimeFormat(undefined, {
+    weekday: "short", day: "numeric", month: "short",
+  });
+
+  // The time axis in the same format: the time at each tick, and the day under the first
+  // tick of each day (the day alone when the ticks are days apart). The leftmost tick
+  // names its day only when the next tick is on the same day: else the next one names
+  // the next day right beside it.
+  function axisTimes(u, splits, axis, space, incr) {
+    const day = (t) => new Date(t * 1000).toDateString();
+    return splits.map((t, i) => {
+      const ms = t * 1000;
+      if (incr >= 86400) return dayOnly.format(ms);
+      const first =
+        i === 0
+          ? splits.length === 1 || day(splits[1]) === day(t)
+          : day(splits[i - 1]) !== day(t);
+      return clockTime.format(ms) + (first ? "\n" + dayOnly.format(ms) : "");
+    });
+  }
 
   // Within six days a weekday names the day; further off it takes the date too.
   function when(ms) {
@@ -98,11 +138,19 @@
     return (near ? shortTime : timeFormat).format(ms);
   }
 
+  // A span of time in words: "12 min", "4 h 39 min" (under 10 h), "41 h", "3.5 days".
   function duration(ms) {
     const minutes = Math.max(0, Math.round(ms / 60000));
     if (minutes < 60) return minutes + " min";
+    if (minutes < 600) return Math.floor(minutes / 60) + " h" + (minutes % 60 ? " " + (minutes % 60) + " min" : "");
     const hours = Math.round(minutes / 60);
     return hours < 72 ? hours + " h" : (hours / 24).toFixed(1) + " days";
+  }
+
+  // "in 41 h" or "12 min ago", from the server's now.
+  function relative(ms) {
+    const ahead = ms - serverNow();
+    return ahead >= 0 ? "in " + duration(ahead) : duration(-ahead) + " ago";
   }
 
   function setText(id, text) {
@@ -118,15 +166,42 @@
 
   // -- the newest snapshot ----------------------------------------------------------------
 
-  function renderGauge(win, payload) {
-    fillGauge($(win.gauge), pick(payload, win.key));
+  // What a card shows: the newest snapshot's reading, or, when that snapshot lacks the
+  // limit (a partial scrape), the last reading the forecast holds, said to be held.
+  function reading(key) {
+    const section = state.latest ? pick(state.latest, key) : null;
+    const limit = forecastFor(key);
+    if (section && typeof section.percentageUsed === "number") {
+      return { pct: section.percentageUsed, resetsIn: section.resetsIn, limit, held: false };
+    }
+    if (limit) {
+      return { pct: limit.percentageUsed, resetsIn: limit.resetsIn, limit, held: true };
+    }
+    return null;
   }
 
-  function fillGauge(card, section) {
-    const pct = section ? section.percentageUsed : null;
+  // "resets Mon 8:59 AM (in 41 h)", in the page's one format and zone; the console's
+  // own words only when they name no time this tool reads.
+  function resetWords(found) {
+    if (!found) return ["\u2013", ""];
+    const said = found.resetsIn == null ? "" : "the console says \u201c" + found.resetsIn + "\u201d";
+    const at = found.limit && found.limit.resetsAt ? Date.parse(found.limit.resetsAt) : NaN;
+    if (Number.isNaN(at)) {
+      return [found.resetsIn == null ? "reset time unknown" : "resets: " + found.resetsIn, said];
+    }
+    const due = at <= serverNow() ? "reset due " : "resets ";
+    return [due + when(at) + " (" + relative(at) + ")", said];
+  }
+
+  function fillGauge(card, found) {
+    const pct = found ? found.pct : null;
     const bar = card.querySelector(".bar");
     card.querySelector(".pct").textContent = formatPct(pct);
-    card.querySelector(".resets-in").textContent = section ? section.resetsIn : "\u2013";
+    const [resets, said] = resetWords(found);
+    const resetLine = card.querySelector(".resets");
+    if (resetLine.textContent !== resets) resetLine.textContent = resets;
+    if (said) resetLine.title = said;
+    else resetLine.removeAttribute("title");
     let level = "none";
     let words = " no data";
     if (pct != null) {
@@ -136,13 +211,32 @@
     card.dataset.level = level;
     card.querySelector(".level").textContent = words;
     card.querySelector(".fill").style.width = (pct == null ? 0 : Math.min(100, pct)) + "%";
+    const held = card.querySelector(".held");
+    let heldWords = "";
+    if (found && found.held) {
+      const limit = found.limit;
+      const observed = limit.observedAt ? Date.parse(limit.observedAt) : NaN;
+      heldWords =
+        "last read " + (Number.isNaN(observed) ? "earlier" : formatAge(serverNow() - observed)) +
+        "; not in the newest snapshot" + (limit.missingReason ? " (" + limit.missingReason + ")" : "");
+    }
+    card.dataset.held = String(Boolean(heldWords));
+    held.hidden = !heldWords;
+    if (held.textContent !== heldWords) held.textContent = heldWords;
     if (pct == null) {
       bar.removeAttribute("aria-valuenow");
       bar.setAttribute("aria-valuetext", "no data");
     } else {
       bar.setAttribute("aria-valuenow", String(pct));
-      bar.setAttribute("aria-valuetext", formatPct(pct) + " used" + words);
+      bar.setAttribute(
+        "aria-valuetext",
+        formatPct(pct) + " used" + words + (heldWords ? ", " + heldWords : ""),
+      );
     }
+  }
+
+  function renderCards() {
+    WINDOWS.forEach((w) => fillGauge($(w.gauge), reading(w.key)));
   }
 
   // -- the forecast ------------------------------------------------------------------------
@@ -207,15 +301,38 @@
     bar.innerHTML = '<div class="fill"></div>';
     const resets = document.createElement("p");
     resets.className = "resets";
-    resets.innerHTML = 'Resets in <span class="resets-in"></span>';
+    const held = document.createElement("p");
+    held.className = "held";
+    held.hidden = true;
     const words = document.createElement("p");
     words.className = "forecast";
-    card.append(title, value, bar, resets, words);
+    card.append(title, value, bar, resets, held, words);
     document.querySelector(".gauges").append(card);
     return card;
   }
 
+  // A zone's canonical name ("Etc/UTC" and "UTC" are one zone); null when unknown here.
+  function canonicalZone(name) {
+    try {
+      return new Intl.DateTimeFormat("en", { timeZone: name }).resolvedOptions().timeZone;
+    } catch (err) {
+      return null;
+    }
+  }
+
+  function renderZone() {
+    let words = "Times on this page are in your time zone, " + ZONE + ".";
+    const consoleZone = state.forecast ? state.forecast.consoleTimeZone : null;
+    if (consoleZone && canonicalZone(consoleZone) !== canonicalZone(ZONE)) {
+      words += " The console's own reset times (\u201cMon 8:59 AM\u201d) are read in " +
+        consoleZone + " and shown here in yours.";
+    }
+    setText("zone-note", words);
+  }
+
   function renderForecasts() {
+    renderCards();
+    renderZone();
     WINDOWS.forEach((w) => renderForecast($(w.gauge), forecastFor(w.key)));
     const known = new Set(WINDOWS.map((w) => w.key));
     const extras = state.forecast ? state.forecast.limits.filter((l) => !known.has(l.limit)) : [];
@@ -223,7 +340,7 @@
     extras.forEach((limit) => {
       const card = extraCard(limit);
       shown.add(card.id);
-      fillGauge(card, { percentageUsed: limit.percentageUsed, resetsIn: limit.resetsIn });
+      fillGauge(card, reading(limit.limit));
       renderForecast(card, limit);
     });
     document.querySelectorAll('.gauge[data-extra="true"]').forEach((card) => {
@@ -270,10 +387,10 @@
       $("fresh-badge").dataset.state = "unknown";
       setText("fresh-badge", "No data");
       setText("freshness", "No snapshot has been stored yet.");
-      WINDOWS.forEach((w) => renderGauge(w, {}));
+      renderCards();
       return;
     }
-    WINDOWS.forEach((w) => renderGauge(w, payload));
+    renderCards();
     $("partial-badge").hidden = payload.isPartial !== true;
     const errors = payload.extractionErrors || {};
     const keys = Object.keys(errors);
@@ -349,6 +466,19 @@
     drawChart();
   }
 
+  // The longest stretch without a reading that a line is drawn across (seconds).
+  function gapLimit(xs) {
+    const steps = [];
+    for (let i = 1; i < xs.length; i++) if (xs[i] > xs[i - 1]) steps.push(xs[i] - xs[i - 1]);
+    if (!steps.length) return GAP_FLOOR_S;
+    steps.sort((a, b) => a - b);
+    return Math.max(GAP_FLOOR_S, GAP_FACTOR * steps[Math.floor(steps.length / 2)]);
+  }
+
+  // The chart's columns. uPlot joins a line across `undefined` and breaks it at `null`:
+  // a snapshot that lacks a limit (a partial scrape) is `undefined` for it, so its line
+  // carries on; where a limit went unread for longer than gapLimit() the rows between
+  // are `null`, or one row with no snapshot is put in the middle when there are none.
   function chartData() {
     const col = (name) => state.columns.indexOf(name);
     const at = col("lastUpdated");
@@ -357,12 +487,53 @@
     const rows = state.rows
       .filter((r) => start == null || Date.parse(r[at]) >= start)
       .sort((a, b) => Date.parse(a[at]) - Date.parse(b[at]));
-    const xs = rows.map((r) => Date.parse(r[at]) / 1000);
-    const ys = WINDOWS.map((w) => {
+    const times = rows.map((r) => Date.parse(r[at]) / 1000);
+    const values = WINDOWS.map((w) => {
       const i = col(w.key + ".percentageUsed");
-      return rows.map((r) => (r[i] == null ? null : r[i]));
+      return rows.map((r) => (typeof r[i] === "number" ? r[i] : undefined));
     });
-    return { rows, data: [xs, ...ys] };
+    const limit = gapLimit(times);
+    const breaks = new Set(); // row indexes before which a series must break
+    const lastAt = WINDOWS.map(() => null);
+    const breakAt = WINDOWS.map(() => []);
+    times.forEach((t, r) => {
+      values.forEach((ys, k) => {
+        if (ys[r] === undefined) return;
+        const prev = lastAt[k];
+        if (prev != null && t - times[prev] > limit) {
+          breakAt[k].push([prev, r]);
+          if (r === prev + 1) breaks.add(r);
+        }
+        lastAt[k] = r;
+      });
+    });
+    const xs = [];
+    const ys = WINDOWS.map(() => []);
+    const filler = new Set(); // chart indexes of the rows with no snapshot
+    times.forEach((t, r) => {
+      if (breaks.has(r)) {
+        filler.add(xs.length);
+        xs.push((times[r - 1] + t) / 2);
+        ys.forEach((column) => column.push(undefined));
+      }
+      xs.push(t);
+      ys.forEach((column, k) => column.push(values[k][r]));
+    });
+    // Chart index of each row, then null between the two ends of every long gap.
+    const index = [];
+    let shift = 0;
+    times.forEach((_, r) => {
+      if (breaks.has(r)) shift++;
+      index.push(r + shift);
+    });
+    breakAt.forEach((pairs, k) => {
+      pairs.forEach(([a, b]) => {
+        for (let c = index[a] + 1; c < index[b]; c++) ys[k][c] = null;
+      });
+    });
+    let gaps = 0;
+    for (let r = 1; r < times.length; r++) if (times[r] - times[r - 1] > limit) gaps++;
+    return { rows, times, filler, gaps, limit, data: [xs, ...ys] };
   }
 
   function chartWidth() {
@@ -397,10 +568,14 @@
     const out = [];
     const resets = new Set();
     if (!state.forecast || !state.forecast.asOf) return { lines: out, resets: [] };
-    const t0 = Date.parse(state.forecast.asOf) / 1000;
+    const asOf = Date.parse(state.forecast.asOf) / 1000;
     WINDOWS.forEach((w, i) => {
       const limit = forecastFor(w.key);
       if (!limit) return;
+      // From the limit's own newest reading: older than asOf for a limit held through a
+      // partial scrape.
+      const observed = limit.observedAt ? Date.parse(limit.observedAt) / 1000 : NaN;
+      const t0 = Number.isNaN(observed) ? asOf : observed;
       const reset = limit.resetsAt ? Date.parse(limit.resetsAt) / 1000 : null;
       if (reset != null) resets.add(reset);
       const pct = limit.percentageUsed;
@@ -446,6 +621,10 @@
     ctx.fillStyle = "#57606a";
     ctx.lineWidth = ratio;
     ctx.font = 11 * ratio + "px system-ui, sans-serif";
+    const label = "reset";
+    const labelWidth = ctx.measureText(label).width;
+    const line = 12 * ratio;
+    const taken = []; // [row, from, to] of each label drawn so far
     resets.forEach((t) => {
       const x = u.valToPos(t, "x", true);
       ctx.setLineDash([2 * ratio, 3 * ratio]);
@@ -453,7 +632,14 @@
       ctx.moveTo(x, top);
       ctx.lineTo(x, top + height);
       ctx.stroke();
-      ctx.fillText("reset", x + 3 * ratio, top + 12 * ratio);
+      // Right of the mark, or left of it where the plot ends first (never cut off); one
+      // row lower when it would run into the label of a mark close by.
+      const right = x + 3 * ratio;
+      const from = right + labelWidth <= left + width ? right : x - 3 * ratio - labelWidth;
+      let row = 0;
+      while (taken.some(([r, a, b]) => r === row && from < b + 4 * ratio && a < from + labelWidth + 4 * ratio)) row++;
+      taken.push([row, from, from + labelWidth]);
+      ctx.fillText(label, from, top + line * (row + 1));
     });
     ctx.restore();
   }
@@ -464,7 +650,7 @@
       height: chartHeight(),
       scales: { x: { time: true, range: xRange }, y: { range: [0, 100] } },
       axes: [
-        {},
+        { values: axisTimes },
         { label: "% used", values: (u, ticks) => ticks.map((t) => t + " %"), size: 60 },
       ],
       series: [
@@ -490,12 +676,18 @@
   function updateReadout(u) {
     const i = u.cursor.idx;
     if (i == null) return;
+    const stamp = timeFormat.format(u.data[0][i] * 1000);
+    if (state.filler.has(i)) {
+      setText("readout", stamp + ": no snapshot (a gap in the data)");
+      return;
+    }
     const parts = WINDOWS.map((w, k) => w.label + " " + formatPct(u.data[k + 1][i]));
-    setText("readout", timeFormat.format(u.data[0][i] * 1000) + ": " + parts.join(", "));
+    setText("readout", stamp + ": " + parts.join(", "));
   }
 
   function drawChart() {
-    const { rows, data } = chartData();
+    const { rows, times, filler, gaps, limit, data } = chartData();
+    state.filler = filler;
     const holder = $("chart");
     const { lines, resets } = projections();
     const ends = [...lines.map((p) => p.line[2]), ...resets];
@@ -506,18 +698,19 @@
       state.chart.setData(data);
     }
     holder.dataset.points = String(rows.length);
-    holder.dataset.distinctTimes = String(new Set(data[0]).size);
-    holder.dataset.first = rows.length ? new Date(data[0][0] * 1000).toISOString() : "";
-    holder.dataset.last = rows.length ? new Date(data[0][rows.length - 1] * 1000).toISOString() : "";
+    holder.dataset.distinctTimes = String(new Set(times).size);
+    holder.dataset.first = rows.length ? new Date(times[0] * 1000).toISOString() : "";
+    holder.dataset.last = rows.length ? new Date(times[rows.length - 1] * 1000).toISOString() : "";
     holder.dataset.projections = String(lines.length);
     holder.dataset.resets = String(resets.length);
+    holder.dataset.gaps = String(gaps);
     const label = { "24h": "the last 24 hours", "7d": "the last 7 days", all: "all kept history" };
     let summary;
     if (rows.length === 0) {
       summary = "No snapshots in " + label[state.range] + ".";
     } else {
-      const first = data[0][0] * 1000;
-      const last = data[0][rows.length - 1] * 1000;
+      const first = times[0] * 1000;
+      const last = times[rows.length - 1] * 1000;
       summary =
         rows.length + (rows.length === 1 ? " snapshot" : " snapshots") + " in " +
         label[state.range] + ", " + timeFormat.format(first) + " to " + timeFormat.format(last) + ".";
@@ -526,6 +719,11 @@
         return ys.length ? w.label + " peaked at " + formatPct(Math.max(...ys)) : null;
       }).filter(Boolean);
       if (latest.length) summary += " " + latest.join("; ") + ".";
+      if (gaps) {
+        summary +=
+          " The lines break at " + (gaps === 1 ? "1 gap" : gaps + " gaps") + " of more than " +
+          duration(limit * 1000) + " without a snapshot.";
+      }
     }
     if (state.skipped) summary += " " + state.skipped + " damaged version(s) not drawn.";
     setText("chart-summary", summary);
@@ -545,6 +743,7 @@
           drawChart(); // the window moves on even when nothing new arrives
         }
         renderFreshness();
+        renderCards(); // "in 41 h" and "last read 12 min ago" move on with the clock
         showConnection(null);
       }
     } catch (err) {
@@ -554,6 +753,7 @@
   }
 
   function start() {
+    renderZone();
     document.querySelectorAll('input[name="range"]').forEach((input) => {
       if (input.checked) state.range = input.value;
       input.addEventListener("change", () => {
