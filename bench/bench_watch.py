@@ -461,7 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.baseline:
         other = shlex.split(args.baseline)
-        sides["floor"] = lambda root: [*other, "--root", os.fspath(root), "watch"]
+        # PYTHONSAFEPATH: "-m ingester" must import the baseline's own install, not the
+        # checkout in the current folder.
+        sides["floor"] = lambda root: [
+            *("env", "PYTHONSAFEPATH=1", *other),
+            *("--root", os.fspath(root), "watch"),
+        ]
         print(f"the 'floor' side is the baseline: {args.baseline}", flush=True)
     rows: list[dict[str, Any]] = []
     raw: dict[str, Any] = {}
