@@ -25,11 +25,13 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from support import run_cli
+from support import cli_env, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = sorted([REPO / "README.md", REPO / "spool" / "README.md", *(REPO / "docs").glob("*.md")])
 FULL_SAMPLE = REPO / "tests" / "samples" / "valid" / "full.json"
+INVALID = REPO / "tests" / "samples" / "invalid" / "percentage-out-of-range.json"
+VALID_SAMPLES = sorted((REPO / "tests" / "samples" / "valid").glob("*.json"))
 
 WATCH_COMMAND = "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/ingester watch"
 
@@ -248,9 +250,25 @@ EXAMPLE_RUNS = {
     "polars-read-back": example_polars_read_back,
     "scraper-drop": example_scraper_drop,
 }
-# Examples that need a server a module of their own starts: name -> (test file, test).
+# Shell examples, and those that need a server a module of their own starts:
+# name -> (test file, test); the test names the example to find its block.
+HERE = "tests/test_docs.py"
 EXAMPLES_RUN_ELSEWHERE = {
     "aws-browse": ("tests/test_mirror.py", "test_the_documented_aws_cli_look_at_the_bucket"),
+    "readme-submit": (HERE, "test_the_readme_s_submit_blocks_drop_what_the_watcher_stores"),
+    "readme-submit-fresh": (HERE, "test_the_readme_s_submit_blocks_drop_what_the_watcher_stores"),
+    "backup-snapshot": (HERE, "test_the_backup_guide_s_snapshot_variables_and_restored_verify_run"),
+    "backup-variables": (
+        HERE,
+        "test_the_backup_guide_s_snapshot_variables_and_restored_verify_run",
+    ),
+    "backup-verify-restored": (
+        HERE,
+        "test_the_backup_guide_s_snapshot_variables_and_restored_verify_run",
+    ),
+    "scraper-schema": (HERE, "test_the_scraper_guide_s_blocks_run"),
+    "scraper-ci": (HERE, "test_the_scraper_guide_s_blocks_run"),
+    "service-read-commands": (HERE, "test_the_service_guide_s_read_commands_run"),
 }
 
 
@@ -264,6 +282,51 @@ def test_every_python_block_in_the_docs_is_an_example_that_runs() -> None:
     assert set(marked_examples()) == set(EXAMPLE_RUNS) | set(EXAMPLES_RUN_ELSEWHERE)
     for path, test in EXAMPLES_RUN_ELSEWHERE.values():
         assert f"def {test}(" in (REPO / path).read_text(), f"{path} has no {test}"
+
+
+_SHELL_FENCE = re.compile(r"^```(?:sh|bash|shell|console)\n", re.M)
+_RUN_MARK = re.compile(r"<!-- (example|recipe): ([\w-]+) -->|<!-- not run: (.+?) -->")
+RECIPES_RUNNER = "tests/test_backup_recipes.py"
+
+
+def shell_block_marks(doc: Path) -> list[tuple[int, str]]:
+    """Every shell block of ``doc``: (line number, the line right above its fence)."""
+    text = doc.read_text()
+    found = []
+    for fence in _SHELL_FENCE.finditer(text):
+        before = text[: fence.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        found.append((text.count("\n", 0, fence.start()) + 1, before))
+    return found
+
+
+def test_every_shell_block_in_the_docs_runs_or_says_why_it_cannot() -> None:
+    """A shell block a user would type is run by a test its marker names, or is marked
+    ``<!-- not run: REASON -->`` with a reason that says what the run needs."""
+    unmarked, unknown, vague = [], [], []
+    recipes = set(re.findall(r"<!-- recipe: ([\w-]+) -->", (REPO / "docs/backup.md").read_text()))
+    runner = (REPO / RECIPES_RUNNER).read_text()
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for line, above in shell_block_marks(doc):
+            where = f"{doc.relative_to(REPO)}:{line}"
+            mark = _RUN_MARK.fullmatch(above.strip())
+            if mark is None:
+                unmarked.append(where)
+            elif mark.group(1) == "example" and mark.group(2) not in EXAMPLES_RUN_ELSEWHERE:
+                unknown.append(f"{where}: example {mark.group(2)} has no run")
+            elif mark.group(1) == "recipe" and (
+                doc.name != "backup.md" or "recipes()" not in runner or mark.group(2) not in recipes
+            ):
+                unknown.append(f"{where}: recipe {mark.group(2)} is not run by {RECIPES_RUNNER}")
+            elif mark.group(3) is not None and len(mark.group(3).split()) < 6:
+                vague.append(f"{where}: {mark.group(3)!r}")
+    assert not unmarked, f"shell blocks neither run nor marked 'not run': {unmarked}"
+    assert not unknown, f"shell blocks whose marker names no run: {unknown}"
+    assert not vague, f"'not run' reasons too short to say what the block needs: {vague}"
+    for name, (path, test) in EXAMPLES_RUN_ELSEWHERE.items():
+        source = (REPO / path).read_text()
+        assert f"def {test}(" in source, f"{path} has no {test}"
+        body = source.split(f"def {test}(", 1)[1].split("\ndef ", 1)[0]
+        assert name in body, f"{path}::{test} does not find the example {name} by its name"
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLE_RUNS))
@@ -468,3 +531,203 @@ def test_the_migrating_guide_s_copy_to_the_server_cannot_land_inside_a_history(
     # And the next step of the guide adopts what was copied.
     adopted = run_cli(root, "adopt")
     assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+
+
+# -- the shell blocks, run as the user types them -------------------------------------------
+#
+# A block runs by bash in a scratch folder, ``ingester`` being this checkout's installed
+# command (first on PATH). Only paths and ports are substituted, in the test, visibly;
+# a transcript (```console) has each ``$ `` command run and its output compared with the
+# one shown, by shape: times, ages, ids and numbers stand for any, columns for any width,
+# ``...`` for anything.
+
+INGESTER_BIN = Path(sys.executable).parent
+
+
+def example(name: str) -> str:
+    """The code of the marked example ``name``."""
+    return marked_examples()[name][2]
+
+
+def substituted(text: str, paths: dict[str, str | Path]) -> str:
+    """``text`` with each doc path (key) replaced by this run's (value), longest first."""
+    for doc_path in sorted(paths, key=len, reverse=True):
+        text = text.replace(doc_path, str(paths[doc_path]))
+    return text
+
+
+def sh(
+    script: str, cwd: Path, timeout: float = 120, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``script`` run by bash in ``cwd`` with the installed ``ingester`` first on PATH;
+    stdout and stderr together, as a terminal shows them."""
+    assert (INGESTER_BIN / "ingester").exists(), "the ingester command is not installed"
+    path = f"{INGESTER_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
+    return subprocess.run(
+        ["bash", "-c", script],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        env=cli_env(PATH=path, **env),
+        check=False,
+    )
+
+
+def transcript(code: str) -> list[tuple[str, list[str]]]:
+    """A ```console block's commands (``$ `` lines, ``\\`` continued) and the output shown."""
+    steps: list[tuple[str, list[str]]] = []
+    lines = code.splitlines()
+    while lines:
+        line = lines.pop(0)
+        if line.startswith("$ "):
+            command = line[2:]
+            while command.endswith("\\") and lines:
+                command += "\n" + lines.pop(0)
+            steps.append((command, []))
+        else:
+            assert steps, f"output before any command: {line!r}"
+            steps[-1][1].append(line)
+    return steps
+
+
+def _shape(line: str) -> str:
+    line = re.sub(
+        r"\d{4}-\d\d-\d\d(?:[T ]\d\d[:-]\d\d(?:[:-]\d\d(?:[.-]\d+)?)?)?(?:-[0-9a-f]{8})?"
+        r"(?:Z|[+-]\d\d:\d\d)?",
+        "<time>",
+        line,
+    )
+    line = re.sub(r"\bjust now\b", "0 s ago", line)
+    line = re.sub(r"\d+(?:\.\d+)? (?:s|min|h)(?: \d+ min)? (ago|old)\b", r"<n> \1", line)
+    line = re.sub(r"\b[0-9a-f]{8,}\b", "<id>", line)
+    line = re.sub(r"\d+(?:\.\d+)?", "<n>", line)
+    return " ".join(line.split())
+
+
+def same_shape(shown: list[str], real: list[str]) -> bool:
+    """Whether the real output lines are the shown ones, up to times, ids, numbers and width
+    (``...`` or ``…`` in a shown line stands for anything)."""
+    if len(shown) != len(real):
+        return False
+    for want, got in zip(shown, real, strict=True):
+        parts = re.split(r"\.\.\.|…", _shape(want))
+        if not re.fullmatch(".*".join(re.escape(p) for p in parts), _shape(got)):
+            return False
+    return True
+
+
+def run_transcript(
+    name: str, cwd: Path, paths: dict[str, str | Path], **env: str
+) -> list[tuple[int, str]]:
+    """Run each command of the console example ``name`` (paths substituted) in ``cwd``;
+    assert each output has the shape shown (a trailing ``# exit N`` comment is the exit
+    code the doc claims, checked too); return (exit code, output) per command, with
+    ``echo $?`` answered by the previous command's code."""
+    results: list[tuple[int, str]] = []
+    for command, shown in transcript(example(name)):
+        if command == "echo $?":
+            assert shown == [str(results[-1][0])], f"{name}: exit {results[-1][0]}, shown {shown}"
+            continue
+        claimed = [re.search(r"\s+# exit (\d+)$", s) for s in shown]
+        shown = [s[: c.start()] if c else s for s, c in zip(shown, claimed, strict=True)]
+        done = sh(substituted(command, paths), cwd, **env)
+        output = done.stdout
+        for doc_path in sorted(paths, key=lambda p: len(str(paths[p])), reverse=True):
+            output = output.replace(str(paths[doc_path]), doc_path)
+        real = output.splitlines()
+        assert same_shape(shown, real), (
+            f"{name}: $ {command}\nshown:\n" + "\n".join(shown) + "\nreal:\n" + "\n".join(real)
+        )
+        for c in claimed:
+            if c:
+                assert done.returncode == int(c.group(1)), f"{name}: $ {command}: {output}"
+        results.append((done.returncode, output))
+    return results
+
+
+def _versions(root: Path) -> list[Path]:
+    return sorted((root / "console-usage-history").glob("2*.json"))
+
+
+def test_the_readme_s_submit_blocks_drop_what_the_watcher_stores(tmp_path: Path) -> None:
+    shutil.copy(FULL_SAMPLE, tmp_path / "snapshot.json")
+    assert run_cli(tmp_path, "init").returncode == 0
+    scraper = "scrape() { cat snapshot.json; }   # stands for the user's scraper\n"
+    done = sh("set -e\n" + scraper + example("readme-submit"), tmp_path)
+    assert done.returncode == 0, done.stdout
+    printed = done.stdout.splitlines()
+    drops = sorted(p for p in (tmp_path / "spool").glob("*.json"))
+    assert len(drops) == 2 and sorted(printed[:2]) == [str(p) for p in drops], done.stdout
+    assert printed[2:] == ["valid snapshot.json"], done.stdout
+    fresh = sh("set -e\n" + example("readme-submit-fresh"), tmp_path)
+    assert fresh.returncode == 0, fresh.stdout
+    new = Path(fresh.stdout.strip())
+    assert new.parent == tmp_path / "spool" and new.exists(), fresh.stdout
+    assert json.loads(new.read_text())["lastUpdated"] != "2026-11-27T14:05:00Z"
+    assert run_cli(tmp_path, "watch", "--once").returncode == 0
+    assert len(_versions(tmp_path)) == 3
+    # The fresh one is the newest data: check is content with its age.
+    assert run_cli(tmp_path, "check").returncode == 0
+
+
+def test_the_backup_guide_s_snapshot_variables_and_restored_verify_run(tmp_path: Path) -> None:
+    root = tmp_path / "var" / "lib" / "console-usage-ingester"
+    backups = tmp_path / "var" / "backups" / "console-usage"
+    paths: dict[str, str | Path] = {
+        "/var/lib/console-usage-ingester": root,
+        "/var/backups/console-usage": backups,
+    }
+    root.mkdir(parents=True)
+    backups.mkdir(parents=True)
+    assert run_cli(root, "init").returncode == 0
+    assert run_cli(root, "ingest", *map(str, VALID_SAMPLES)).returncode == 0
+    snapshot = backups / "snapshot"
+    done = sh("set -e\n" + substituted(example("backup-snapshot"), paths), tmp_path)
+    assert done.returncode == 0, done.stdout
+    assert [p.name for p in _versions(snapshot)] == [p.name for p in _versions(root)]
+    assert (snapshot / "console-usage-synced.json").resolve().parent == (
+        snapshot / "console-usage-history"
+    )
+    # The variables the recipes read, then a recipe's snapshot line: on the same
+    # filesystem as ROOT, the snapshot's versions are hard links.
+    shutil.rmtree(snapshot)
+    recipe_line = 'ingester --root "$ROOT" snapshot "$SNAP"'
+    assert recipe_line in (REPO / "docs" / "backup.md").read_text()
+    variables = substituted(example("backup-variables"), paths)
+    assert sh(f"set -e\n{variables}\n{recipe_line}", tmp_path).returncode == 0
+    first = _versions(snapshot)[0]
+    assert first.stat().st_ino == (root / "console-usage-history" / first.name).stat().st_ino
+    # A restored tree is checked by verify alone.
+    run_transcript(
+        "backup-verify-restored", tmp_path, {"/restore": snapshot}, RESTORE=str(snapshot)
+    )
+
+
+def test_the_scraper_guide_s_blocks_run(tmp_path: Path) -> None:
+    done = sh("set -e\n" + example("scraper-schema"), tmp_path)
+    assert done.returncode == 0, done.stdout
+    assert (tmp_path / "payload.schema.json").read_text() == (
+        REPO / "docs" / "payload.schema.json"
+    ).read_text()
+    scraper = "scrape() { cat {sample}; }   # stands for the user's scraper\n"
+    for sample, code, said in [(FULL_SAMPLE, 0, "valid snapshot.json"), (INVALID, 1, "")]:
+        done = sh(
+            scraper.replace("{sample}", shlex.quote(str(sample))) + example("scraper-ci"), tmp_path
+        )
+        assert done.returncode == code, done.stdout
+        assert said in done.stdout
+    assert not (tmp_path / "spool").exists() or not list((tmp_path / "spool").glob("*.json"))
+
+
+def test_the_service_guide_s_read_commands_run(tmp_path: Path) -> None:
+    root = tmp_path / "var" / "lib" / "console-usage-ingester"
+    root.mkdir(parents=True)
+    assert run_cli(root, "init").returncode == 0
+    assert run_cli(root, "ingest", *map(str, VALID_SAMPLES)).returncode == 0
+    block = substituted(example("service-read-commands"), {"/var/lib/console-usage-ingester": root})
+    done = sh("set -e\n" + block, tmp_path)
+    assert done.returncode == 0, done.stdout
+    newest = (root / "console-usage-synced.json").read_text()
+    assert "watcher      not running" in done.stdout and done.stdout.endswith(newest)
