@@ -21,11 +21,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from functools import cache
 from pathlib import Path
 
 import pytest
 from support import cli_env, run_cli
+from support.watchproc import WatchProcess
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = sorted([REPO / "README.md", REPO / "spool" / "README.md", *(REPO / "docs").glob("*.md")])
@@ -269,6 +271,24 @@ EXAMPLES_RUN_ELSEWHERE = {
     "scraper-schema": (HERE, "test_the_scraper_guide_s_blocks_run"),
     "scraper-ci": (HERE, "test_the_scraper_guide_s_blocks_run"),
     "service-read-commands": (HERE, "test_the_service_guide_s_read_commands_run"),
+    **dict.fromkeys(
+        [
+            "operations-errors",
+            "operations-status",
+            "operations-list",
+            "operations-show",
+            "operations-show-errors",
+            "operations-list-damaged",
+            "operations-verify",
+            "operations-verify-repair",
+            "operations-verify-locked",
+        ],
+        (HERE, "test_the_operations_guide_s_transcripts_run"),
+    ),
+    **dict.fromkeys(
+        ["operations-ingest", "operations-cleanup"],
+        (HERE, "test_the_operations_guide_s_ingest_and_cleanup_transcripts_run"),
+    ),
 }
 
 
@@ -594,28 +614,30 @@ def transcript(code: str) -> list[tuple[str, list[str]]]:
 
 def _shape(line: str) -> str:
     line = re.sub(
-        r"\d{4}-\d\d-\d\d(?:[T ]\d\d[:-]\d\d(?:[:-]\d\d(?:[.-]\d+)?)?)?(?:-[0-9a-f]{8})?"
+        r"\d{4}-\d\d-\d\d(?:[T ]\d\d[:-]\d\d(?:[:-]\d\d(?:\.\d+|-\d{6}\b)?)?)?(?:-[0-9a-f]{8}\b)?"
         r"(?:Z|[+-]\d\d:\d\d)?",
         "<time>",
         line,
     )
     line = re.sub(r"\bjust now\b", "0 s ago", line)
-    line = re.sub(r"\d+(?:\.\d+)? (?:s|min|h)(?: \d+ min)? (ago|old)\b", r"<n> \1", line)
+    line = re.sub(
+        r"\d+(?:\.\d+)? (?:s|min|h|days?)(?: \d+ (?:min|h))? (ago|old)\b", r"<n> \1", line
+    )
     line = re.sub(r"\b[0-9a-f]{8,}\b", "<id>", line)
     line = re.sub(r"\d+(?:\.\d+)?", "<n>", line)
     return " ".join(line.split())
 
 
-def same_shape(shown: list[str], real: list[str]) -> bool:
-    """Whether the real output lines are the shown ones, up to times, ids, numbers and width
-    (``...`` or ``…`` in a shown line stands for anything)."""
+def shape_mismatch(shown: list[str], real: list[str]) -> str:
+    """How the real output lines differ from the shown ones, up to times, ids, numbers and
+    width (``...`` or ``…`` in a shown line stands for anything); empty when they agree."""
     if len(shown) != len(real):
-        return False
+        return f"{len(real)} line(s), the doc shows {len(shown)}"
     for want, got in zip(shown, real, strict=True):
         parts = re.split(r"\.\.\.|…", _shape(want))
         if not re.fullmatch(".*".join(re.escape(p) for p in parts), _shape(got)):
-            return False
-    return True
+            return f"line {got!r} ({_shape(got)}), the doc shows {want!r} ({_shape(want)})"
+    return ""
 
 
 def run_transcript(
@@ -637,9 +659,8 @@ def run_transcript(
         for doc_path in sorted(paths, key=lambda p: len(str(paths[p])), reverse=True):
             output = output.replace(str(paths[doc_path]), doc_path)
         real = output.splitlines()
-        assert same_shape(shown, real), (
-            f"{name}: $ {command}\nshown:\n" + "\n".join(shown) + "\nreal:\n" + "\n".join(real)
-        )
+        mismatch = shape_mismatch(shown, real)
+        assert not mismatch, f"{name}: $ {command}: {mismatch}; output:\n{output}"
         for c in claimed:
             if c:
                 assert done.returncode == int(c.group(1)), f"{name}: $ {command}: {output}"
@@ -731,3 +752,82 @@ def test_the_service_guide_s_read_commands_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout
     newest = (root / "console-usage-synced.json").read_text()
     assert "watcher      not running" in done.stdout and done.stdout.endswith(newest)
+
+
+def _fresh_snapshot(**fields: object) -> str:
+    """The full sample on one line, ``lastUpdated`` now (and ``fields`` over it)."""
+    body = json.loads(FULL_SAMPLE.read_text())
+    body["lastUpdated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    body.update(fields)
+    return json.dumps(body)
+
+
+def test_the_operations_guide_s_transcripts_run(tmp_path: Path) -> None:
+    """One history through the guide: errors before it exists, status, list, show, a
+    damaged version in list and verify, the repair, and the refusal beside a watcher."""
+    usage = tmp_path / "srv" / "usage"
+    paths: dict[str, str | Path] = {"/srv/usage": usage, "/srv/nowhere": tmp_path / "nowhere"}
+    usage.mkdir(parents=True)
+    run_transcript("operations-errors", tmp_path, paths)
+
+    assert run_cli(usage, "init").returncode == 0
+    (usage / "spool" / "bad.json").write_text(INVALID.read_text())
+    assert run_cli(usage, "watch", "--once").returncode == 0  # one rejected drop
+    fresh = tmp_path / "fresh.json"
+    fresh.write_text(_fresh_snapshot())
+    partial = REPO / "tests" / "samples" / "valid" / "partial-with-errors.json"
+    for source in (FULL_SAMPLE, partial, fresh):
+        assert run_cli(usage, "ingest", str(source)).returncode == 0
+    full_version, _, _ = (p.stem for p in _versions(usage))
+    (usage / "spool" / "waiting.json").write_text(FULL_SAMPLE.read_text())
+    # The doc's machine is in Berlin: the default console time zone is the machine's.
+    run_transcript("operations-status", tmp_path, paths, TZ="Europe/Berlin")
+    run_transcript("operations-list", tmp_path, paths)
+
+    # show: the doc's names and times are its own history's; here, this one's.
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
+    show_paths = {
+        **paths,
+        "2026-11-29T04-52-58-11176202": full_version,
+        "2026-11-29T05:00:00Z": soon,
+    }
+    run_transcript("operations-show", tmp_path, show_paths)
+    assert (tmp_path / "snapshot.json").read_bytes() == (
+        usage / "console-usage-synced.json"
+    ).read_bytes()
+    run_transcript("operations-show-errors", tmp_path, paths)
+
+    # Damage: a version that is not JSON, a leftover temp file, metadata a version short.
+    history = usage / "console-usage-history"
+    damaged = _versions(usage)[1]
+    damaged.chmod(0o644)
+    damaged.write_text('{"currentSession": {"a": 1}\n"x": 1}')
+    damaged.chmod(0o444)
+    run_transcript("operations-list-damaged", tmp_path, paths)
+    (history / ".tmp-w-5f0c2a9e1b7d").write_text("{")
+    metadata = json.loads((history / "_metadata.json").read_text())
+    metadata["versionCount"] = 2
+    (history / "_metadata.json").write_text(json.dumps(metadata))
+    [(code, _)] = run_transcript("operations-verify", tmp_path, paths)
+    assert code == 1
+    [(code, _)] = run_transcript("operations-verify-repair", tmp_path, paths)
+    assert code == 1 and not (history / ".tmp-w-5f0c2a9e1b7d").exists()
+    with WatchProcess(usage):
+        [(code, output)] = run_transcript("operations-verify-locked", tmp_path, paths)
+    assert code == 1, output
+
+
+def test_the_operations_guide_s_ingest_and_cleanup_transcripts_run(tmp_path: Path) -> None:
+    assert run_cli(tmp_path, "init").returncode == 0
+    shutil.copy(FULL_SAMPLE, tmp_path / "snapshot.json")
+    shutil.copy(INVALID, tmp_path / "bad.json")
+    run_transcript("operations-ingest", tmp_path, {})
+    assert len(_versions(tmp_path)) == 1
+    # One rejected drop, and a version from long ago for retention to expire.
+    (tmp_path / "spool" / "bad.json").write_text(INVALID.read_text())
+    assert run_cli(tmp_path, "watch", "--once").returncode == 0
+    old = tmp_path / "console-usage-history" / "2026-11-20T08-00-00-00000000.json"
+    shutil.copy(FULL_SAMPLE, old)
+    old.chmod(0o444)
+    run_transcript("operations-cleanup", tmp_path, {})
+    assert not old.exists() and len(_versions(tmp_path)) == 1
