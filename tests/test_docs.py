@@ -271,6 +271,18 @@ EXAMPLES_RUN_ELSEWHERE = {
     "scraper-schema": (HERE, "test_the_scraper_guide_s_blocks_run"),
     "scraper-ci": (HERE, "test_the_scraper_guide_s_blocks_run"),
     "service-read-commands": (HERE, "test_the_service_guide_s_read_commands_run"),
+    "readme-try-it": (
+        HERE,
+        "test_the_readme_s_try_it_block_runs_as_the_original_s_clients_would",
+    ),
+    "migrating-try-it": (HERE, "test_the_migrating_guide_s_try_it_block_adopts_a_copy"),
+    "migrating-copy-to-server": (
+        HERE,
+        "test_the_migrating_guide_s_copy_to_the_server_cannot_land_inside_a_history",
+    ),
+    "migrating-try-it-output": (HERE, "test_the_migrating_guide_s_transcripts_and_going_back_run"),
+    "migrating-nested": (HERE, "test_the_migrating_guide_s_transcripts_and_going_back_run"),
+    "migrating-back": (HERE, "test_the_migrating_guide_s_transcripts_and_going_back_run"),
     **dict.fromkeys(
         [
             "operations-errors",
@@ -475,7 +487,7 @@ def _as_here(block: str) -> str:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_the_readme_s_try_it_block_runs_as_the_original_s_clients_would(tmp_path: Path) -> None:
-    block = _section_block(REPO / "README.md", "## Replacing the original server")
+    block = example("readme-try-it")
     assert "PORT=4000 CLAUDE_SYNC_API_KEY=" in block and "serve --watch" in block
     port = _free_port()
     script = _as_here(block).replace("4000", str(port)).replace("/tmp/usage", str(tmp_path))
@@ -507,7 +519,7 @@ def test_the_migrating_guide_s_try_it_block_adopts_a_copy(tmp_path: Path) -> Non
     original = tmp_path / "server" / "claude-scraper"
     original.mkdir(parents=True)
     original_history(original)
-    block = _section_block(REPO / "docs" / "migrating.md", "## Try it on a copy")
+    block = example("migrating-try-it")
     assert "ORIGINAL=" in block and "mktemp -d" in block
     temp = tmp_path / "tmp"
     temp.mkdir()
@@ -533,7 +545,7 @@ def test_the_migrating_guide_s_copy_to_the_server_cannot_land_inside_a_history(
     original = tmp_path / "server" / "claude-scraper"
     original.mkdir(parents=True)
     o = original_history(original, latest="unique")
-    block = _section_block(REPO / "docs" / "migrating.md", "## On the server", 1)
+    block = example("migrating-copy-to-server")
     root = tmp_path / "var-lib"
     root.mkdir()
     script = _with_original(block, original, ROOT=str(root))
@@ -831,3 +843,32 @@ def test_the_operations_guide_s_ingest_and_cleanup_transcripts_run(tmp_path: Pat
     old.chmod(0o444)
     run_transcript("operations-cleanup", tmp_path, {})
     assert not old.exists() and len(_versions(tmp_path)) == 1
+
+
+def test_the_migrating_guide_s_transcripts_and_going_back_run(tmp_path: Path) -> None:
+    from test_adopt import original_history
+
+    copy = tmp_path / "copy" / "claude-scraper"
+    original_history(copy)
+    # The original stamps both ends with its clock's milliseconds, which names drop.
+    meta_path = copy / "console-usage-history" / "_metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["oldestTimestamp"] = meta["oldestTimestamp"].replace(".000Z", ".412Z")
+    meta_path.write_text(json.dumps(meta, indent=2))
+    paths: dict[str, str | Path] = {"/tmp/tmp.x3Yk0qGm2f/claude-scraper": copy}
+    run_transcript("migrating-try-it-output", tmp_path, paths, COPY=str(copy))
+    assert (copy / "console-usage-synced.json").is_symlink()
+
+    nest = tmp_path / "nest"
+    original_history(nest / "claude-scraper")
+    [(code, _)] = run_transcript("migrating-nested", tmp_path, {"/tmp/nest": nest})
+    assert code == 1 and not (nest / "console-usage-history").exists()
+
+    # Going back: the latest a plain copy of the newest version, which stays as it was.
+    latest = copy / "console-usage-synced.json"
+    newest = latest.resolve()
+    before = newest.read_bytes()
+    block = substituted(example("migrating-back"), {"/var/lib/console-usage-ingester": copy})
+    done = sh("set -e\n" + block, tmp_path)
+    assert done.returncode == 0, done.stdout
+    assert not latest.is_symlink() and latest.read_bytes() == before == newest.read_bytes()
