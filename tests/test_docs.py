@@ -14,19 +14,22 @@ polars recipe on a real export, the scraper's drop function with a real watcher)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
 import pytest
-from support import cli_env, run_cli
+from support import cli_env, run_cli, wait_for
 from support.watchproc import WatchProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -271,6 +274,10 @@ EXAMPLES_RUN_ELSEWHERE = {
     "scraper-schema": (HERE, "test_the_scraper_guide_s_blocks_run"),
     "scraper-ci": (HERE, "test_the_scraper_guide_s_blocks_run"),
     "service-read-commands": (HERE, "test_the_service_guide_s_read_commands_run"),
+    **dict.fromkeys(
+        ["serve-one-process", "serve-beside-watcher", "serve-curl", "serve-trigger"],
+        (HERE, "test_the_serve_guide_s_blocks_serve_and_store"),
+    ),
     "readme-try-it": (
         HERE,
         "test_the_readme_s_try_it_block_runs_as_the_original_s_clients_would",
@@ -448,15 +455,6 @@ def test_the_readme_names_every_command_that_refuses_while_a_watcher_runs() -> N
     sentence = re.search(r"The commands that write, ([^.]*) refuse", readme)
     assert sentence, "the README does not say which commands refuse while a watcher runs"
     assert {w for w in writers if f"`{w}`" not in sentence.group(1)} == set()
-
-
-def _section_block(doc: Path, heading: str, index: int = 0) -> str:
-    """The ``index``-th ``sh`` block of the section under ``heading``."""
-    text = doc.read_text()
-    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
-    blocks = shell_blocks(section)
-    assert len(blocks) > index, f"{doc.name}: no sh block {index} under {heading!r}"
-    return blocks[index]
 
 
 def _free_port() -> int:
@@ -872,3 +870,110 @@ def test_the_migrating_guide_s_transcripts_and_going_back_run(tmp_path: Path) ->
     done = sh("set -e\n" + block, tmp_path)
     assert done.returncode == 0, done.stdout
     assert not latest.is_symlink() and latest.read_bytes() == before == newest.read_bytes()
+
+
+@contextlib.contextmanager
+def in_background(script: str, cwd: Path, **env: str) -> Iterator[subprocess.Popen[str]]:
+    """A block that runs until stopped (a server), run by bash in its own process group;
+    SIGTERM to the group when done, as Ctrl-C would, and it must exit 0."""
+    path = f"{INGESTER_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
+    log = cwd / f"background-{time.monotonic_ns()}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["bash", "-c", script],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=cli_env(PATH=path, **env),
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    text = log.read_text()
+    assert "Traceback" not in text, text
+
+
+def _http(
+    method: str, url: str, key: str = "", body: bytes | None = None
+) -> tuple[int, dict[str, object]]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method=method)
+    if key:
+        request.add_header("X-API-Key", key)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+    except OSError:
+        return 0, {}
+
+
+def _answers(url: str) -> bool:
+    return _http("GET", url)[0] != 0
+
+
+def test_the_serve_guide_s_blocks_serve_and_store(tmp_path: Path) -> None:
+    """One process, then beside a watcher with the guide's two curl calls, then with a
+    trigger command: each serves the original's endpoints and stores what is POSTed."""
+    home = tmp_path / "home"
+    (home / ".config").mkdir(parents=True)
+    key = "a-test-key-only"
+    (home / ".config" / "ingester-key").write_text(key + "\n")
+    snapshot = _fresh_snapshot().encode()
+
+    one = tmp_path / "one"
+    one.mkdir()
+    port = _free_port()
+    block = _as_here(example("serve-one-process")).replace("4000", str(port))
+    with in_background(block, one, HOME=str(home)):
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(f"{base}/api/health"), 60, "serve --watch to listen")
+        status, answer = _http("POST", f"{base}/api/claude/console-usage", key, snapshot)
+        assert status == 202 and answer["success"] is True, answer
+        wait_for(lambda: _versions(one), 30, "the POSTed snapshot stored")
+
+    beside = tmp_path / "beside"
+    beside.mkdir()
+    assert run_cli(beside, "init").returncode == 0
+    fresh = tmp_path / "fresh.json"
+    fresh.write_bytes(snapshot)
+    assert run_cli(beside, "ingest", str(fresh)).returncode == 0
+    (beside / "snapshot.json").write_bytes(snapshot)
+    port = _free_port()
+    block = _as_here(example("serve-beside-watcher")).replace("8080", str(port))
+    with in_background(block, beside, HOME=str(home)):
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/api/health"), 60, "serve to listen")
+        address = {"127.0.0.1:8080": f"127.0.0.1:{port}"}
+        run_transcript("serve-curl", beside, address, KEY=key)
+        wait_for(lambda: len(_versions(beside)) == 2, 30, "the watcher storing the POST")
+
+    # The trigger runs the scraper's command (here a script that submits a snapshot).
+    trigger = tmp_path / "trigger"
+    trigger.mkdir()
+    scraper = tmp_path / "opt" / "scraper" / "bin" / "scrape"
+    scraper.parent.mkdir(parents=True)
+    scraper.write_text(
+        f"#!/bin/sh\necho scraped\ncat {shlex.quote(str(fresh))} | ingester submit -\n"
+    )
+    scraper.chmod(0o755)
+    port = _free_port()
+    block = substituted(example("serve-trigger"), {"/opt/scraper/bin/scrape": scraper})
+    with in_background(block, trigger, PORT=str(port), CLAUDE_SYNC_API_KEY=key):
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(f"{base}/api/health"), 60, "serve --watch to listen")
+        status, answer = _http("POST", f"{base}/api/claude/console-usage/trigger", key)
+        assert status == 200 and answer["success"] is True, answer
+        wait_for(lambda: _versions(trigger), 30, "the triggered scrape stored")
