@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from functools import cache
@@ -274,6 +275,14 @@ EXAMPLES_RUN_ELSEWHERE = {
     "scraper-schema": (HERE, "test_the_scraper_guide_s_blocks_run"),
     "scraper-ci": (HERE, "test_the_scraper_guide_s_blocks_run"),
     "service-read-commands": (HERE, "test_the_service_guide_s_read_commands_run"),
+    **dict.fromkeys(
+        ["monitoring-check-ok", "monitoring-check-forecast", "operations-forecast"],
+        (HERE, "test_the_check_and_forecast_transcripts_run"),
+    ),
+    "monitoring-check-eacces": (
+        HERE,
+        "test_the_check_transcript_as_a_user_outside_the_groups_runs",
+    ),
     **dict.fromkeys(
         ["serve-one-process", "serve-beside-watcher", "serve-curl", "serve-trigger"],
         (HERE, "test_the_serve_guide_s_blocks_serve_and_store"),
@@ -629,6 +638,7 @@ def _shape(line: str) -> str:
         "<time>",
         line,
     )
+    line = re.sub(r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)\b", "<day>", line)
     line = re.sub(r"\bjust now\b", "0 s ago", line)
     line = re.sub(
         r"\d+(?:\.\d+)? (?:s|min|h|days?)(?: \d+ (?:min|h))? (ago|old)\b", r"<n> \1", line
@@ -651,7 +661,7 @@ def shape_mismatch(shown: list[str], real: list[str]) -> str:
 
 
 def run_transcript(
-    name: str, cwd: Path, paths: dict[str, str | Path], **env: str
+    name: str, cwd: Path, paths: dict[str, str | Path], *, as_user: str = "", **env: str
 ) -> list[tuple[int, str]]:
     """Run each command of the console example ``name`` (paths substituted) in ``cwd``;
     assert each output has the shape shown (a trailing ``# exit N`` comment is the exit
@@ -664,7 +674,7 @@ def run_transcript(
             continue
         claimed = [re.search(r"\s+# exit (\d+)$", s) for s in shown]
         shown = [s[: c.start()] if c else s for s, c in zip(shown, claimed, strict=True)]
-        done = sh(substituted(command, paths), cwd, **env)
+        done = sh(as_user + substituted(command, paths), cwd, **env)
         output = done.stdout
         for doc_path in sorted(paths, key=lambda p: len(str(paths[p])), reverse=True):
             output = output.replace(str(paths[doc_path]), doc_path)
@@ -977,3 +987,58 @@ def test_the_serve_guide_s_blocks_serve_and_store(tmp_path: Path) -> None:
         status, answer = _http("POST", f"{base}/api/claude/console-usage/trigger", key)
         assert status == 200 and answer["success"] is True, answer
         wait_for(lambda: _versions(trigger), 30, "the triggered scrape stored")
+
+
+def _utc(seconds_ago: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - seconds_ago))
+
+
+def test_the_check_and_forecast_transcripts_run(tmp_path: Path) -> None:
+    """A history whose weekly limit runs out before its reset, the session's not: check
+    warns with the forecast, and the forecast table says the same."""
+    root = tmp_path / "var" / "lib" / "console-usage-ingester"
+    root.mkdir(parents=True)
+    paths: dict[str, str | Path] = {"/var/lib/console-usage-ingester": root}
+    assert run_cli(root, "init").returncode == 0
+    sources = []
+    for hours_ago, session, weekly, resets in [(2, 31, 62.8, 3), (1, 38, 64, 2), (0, 45, 65.2, 1)]:
+        body = {
+            "currentSession": {"resetsIn": f"{resets} hr 15 min", "percentageUsed": session},
+            "weeklyLimits": {
+                "allModels": {"resetsIn": "Mon 8:59 AM", "percentageUsed": weekly},
+                "sonnetOnly": {"resetsIn": "Mon 8:59 AM", "percentageUsed": 7},
+            },
+            "lastUpdated": _utc(hours_ago * 3600 + 120),
+        }
+        sources.append(tmp_path / f"{hours_ago}.json")
+        sources[-1].write_text(json.dumps(body))
+    for source in sources:
+        assert run_cli(root, "ingest", str(source)).returncode == 0
+    [(code, _)] = run_transcript("monitoring-check-ok", tmp_path, paths)
+    assert code == 0
+    [(code, _)] = run_transcript("monitoring-check-forecast", tmp_path, paths)
+    assert code == 1  # WARNING
+    [(code, _)] = run_transcript("operations-forecast", root, paths)
+    assert code == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run check as another uid")
+def test_the_check_transcript_as_a_user_outside_the_groups_runs() -> None:
+    # pytest's own temporary folders are closed to other users: this one is open down
+    # to the state folder, as /var/lib is.
+    with tempfile.TemporaryDirectory() as top:
+        Path(top).chmod(0o755)
+        _check_as_a_user_outside_the_groups(Path(top))
+
+
+def _check_as_a_user_outside_the_groups(tmp_path: Path) -> None:
+    root = tmp_path / "var" / "lib" / "console-usage-ingester"
+    root.mkdir(parents=True)
+    for folder in (tmp_path / "var", tmp_path / "var" / "lib"):
+        folder.chmod(0o755)
+    assert run_cli(root, "init").returncode == 0
+    root.chmod(0o750)  # the service's state folder
+    other = "setpriv --reuid=4242 --regid=4242 --clear-groups "  # in neither group
+    paths: dict[str, str | Path] = {"/var/lib/console-usage-ingester": root}
+    [(code, _)] = run_transcript("monitoring-check-eacces", tmp_path, paths, as_user=other)
+    assert code == 2
