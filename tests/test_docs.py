@@ -275,6 +275,8 @@ EXAMPLES_RUN_ELSEWHERE = {
     "scraper-schema": (HERE, "test_the_scraper_guide_s_blocks_run"),
     "scraper-ci": (HERE, "test_the_scraper_guide_s_blocks_run"),
     "service-read-commands": (HERE, "test_the_service_guide_s_read_commands_run"),
+    "page-export": (HERE, "test_the_export_transcript_runs"),
+    "operations-watch": (HERE, "test_each_documented_watch_line_stores_a_drop"),
     **dict.fromkeys(
         ["monitoring-check-ok", "monitoring-check-forecast", "operations-forecast"],
         (HERE, "test_the_check_and_forecast_transcripts_run"),
@@ -1042,3 +1044,38 @@ def _check_as_a_user_outside_the_groups(tmp_path: Path) -> None:
     paths: dict[str, str | Path] = {"/var/lib/console-usage-ingester": root}
     [(code, _)] = run_transcript("monitoring-check-eacces", tmp_path, paths, as_user=other)
     assert code == 2
+
+
+def test_the_export_transcript_runs(tmp_path: Path) -> None:
+    usage = tmp_path / "srv" / "usage"
+    usage.mkdir(parents=True)
+    assert run_cli(usage, "init").returncode == 0
+    assert run_cli(usage, "ingest", *map(str, VALID_SAMPLES)).returncode == 0
+    run_transcript("page-export", usage, {"/srv/usage": usage})
+    rows = (usage / "usage.csv").read_text().splitlines()
+    assert rows[0].startswith("ingestedAt,lastUpdated,") and len(rows) == 1 + len(VALID_SAMPLES)
+
+
+def test_each_documented_watch_line_stores_a_drop(tmp_path: Path) -> None:
+    """Each line of the block is one way to run the watcher: the ones that run until
+    stopped take a drop while they run, ``--once`` takes the backlog and exits 0."""
+    usage = tmp_path / "srv" / "usage"
+    usage.mkdir(parents=True)
+    lines = [line.split("#")[0].strip() for line in example("operations-watch").splitlines()]
+    assert len(lines) == 4
+    for n, line in enumerate(lines):
+        root = usage if "--root /srv/usage" in line else tmp_path
+        command = substituted(line, {"/srv/usage": usage})
+        assert run_cli(root, "init").returncode == 0
+        before = len(_versions(root))
+        if "--once" in line:
+            (root / "spool" / f"{n}.json").write_text(_fresh_snapshot())
+            done = sh(command, tmp_path)
+            assert done.returncode == 0, done.stdout
+        else:
+            with in_background(command, tmp_path) as process:
+                (root / "spool" / f"{n}.json").write_text(_fresh_snapshot())
+                stored = lambda r=root, b=before: len(_versions(r)) > b  # noqa: E731
+                wait_for(stored, 60, f"{line} storing")
+                assert process.poll() is None, line
+        assert len(_versions(root)) == before + 1, line
