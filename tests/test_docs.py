@@ -275,6 +275,7 @@ EXAMPLES_RUN_ELSEWHERE = {
     "scraper-schema": (HERE, "test_the_scraper_guide_s_blocks_run"),
     "scraper-ci": (HERE, "test_the_scraper_guide_s_blocks_run"),
     "service-read-commands": (HERE, "test_the_service_guide_s_read_commands_run"),
+    "backup-live-excludes": (HERE, "test_the_live_copy_excludes_leave_out_what_they_name"),
     "page-export": (HERE, "test_the_export_transcript_runs"),
     "operations-watch": (HERE, "test_each_documented_watch_line_stores_a_drop"),
     **dict.fromkeys(
@@ -1079,3 +1080,54 @@ def test_each_documented_watch_line_stores_a_drop(tmp_path: Path) -> None:
                 wait_for(stored, 60, f"{line} storing")
                 assert process.poll() is None, line
         assert len(_versions(root)) == before + 1, line
+
+
+@pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("rsync", "restic", "borg", "tar")),
+    reason="rsync, restic, borg and tar are needed (.ci/run installs them with apt-get)",
+)
+def test_the_live_copy_excludes_leave_out_what_they_name(tmp_path: Path) -> None:
+    """Each tool's line copies the live root beside a running watcher, without the temp
+    files, the lock and the spool."""
+    root = tmp_path / "root"
+    root.mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "restic-password").write_text("test only")
+    env = {
+        "ROOT": str(root),
+        "DEST": str(tmp_path / "dest"),
+        "ARCHIVE": str(tmp_path / "live.tar.gz"),
+        "HOME": str(home),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "RESTIC_REPOSITORY": str(tmp_path / "restic-repo"),
+        "RESTIC_PASSWORD_FILE": str(home / "restic-password"),
+        "BORG_REPO": str(tmp_path / "borg-repo"),
+        "BORG_PASSPHRASE": "test only",
+        "BORG_BASE_DIR": str(home),
+    }
+    setup = sh("set -e; restic init -q; borg init --encryption=repokey-blake2", tmp_path, **env)
+    assert setup.returncode == 0, setup.stdout
+    assert run_cli(root, "init").returncode == 0
+    assert run_cli(root, "ingest", *map(str, VALID_SAMPLES)).returncode == 0
+    with WatchProcess(root):
+        (root / "console-usage-history" / ".tmp-w-5f0c2a9e1b7d").write_text("{")
+        (root / "spool" / "tmp" / "in-flight.json").write_text("{")
+        assert (root / "console-usage-history" / ".lock").exists()
+        done = sh("set -e\n" + example("backup-live-excludes"), tmp_path, **env)
+        assert done.returncode == 0, done.stdout
+    copies = {
+        "rsync": sh('cd "$DEST" && find . -mindepth 1', tmp_path, **env),
+        "restic": sh("restic ls --quiet latest", tmp_path, **env),
+        "borg": sh("borg list --short ::$(borg list --short --last 1)", tmp_path, **env),
+        "tar": sh('tar -tzf "$ARCHIVE"', tmp_path, **env),
+    }
+    versions = [p.name for p in _versions(root)]
+    for tool, listing in copies.items():
+        assert listing.returncode == 0, f"{tool}: {listing.stdout}"
+        names = listing.stdout.split()
+        for version in versions:
+            assert any(n.endswith(f"console-usage-history/{version}") for n in names), tool
+        assert any(n.endswith("console-usage-synced.json") for n in names), tool
+        for left_out in (".tmp-", "/.lock", "spool"):
+            assert not [n for n in names if left_out in n], f"{tool} copied {left_out}: {names}"
