@@ -261,6 +261,10 @@ EXAMPLE_RUNS = {
 HERE = "tests/test_docs.py"
 EXAMPLES_RUN_ELSEWHERE = {
     "aws-browse": ("tests/test_mirror.py", "test_the_documented_aws_cli_look_at_the_bucket"),
+    "mirror-serve-from": (
+        "tests/test_mirror.py",
+        "test_the_documented_serve_from_line_serves_the_mirror",
+    ),
     "readme-submit": (HERE, "test_the_readme_s_submit_blocks_drop_what_the_watcher_stores"),
     "readme-submit-fresh": (HERE, "test_the_readme_s_submit_blocks_drop_what_the_watcher_stores"),
     "backup-snapshot": (HERE, "test_the_backup_guide_s_snapshot_variables_and_restored_verify_run"),
