@@ -279,6 +279,7 @@ EXAMPLES_RUN_ELSEWHERE = {
     "scraper-schema": (HERE, "test_the_scraper_guide_s_blocks_run"),
     "scraper-ci": (HERE, "test_the_scraper_guide_s_blocks_run"),
     "service-read-commands": (HERE, "test_the_service_guide_s_read_commands_run"),
+    "monitoring-check-mirror": (HERE, "test_the_check_transcript_of_a_mirror_behind_runs"),
     "backup-live-excludes": (HERE, "test_the_live_copy_excludes_leave_out_what_they_name"),
     "page-export": (HERE, "test_the_export_transcript_runs"),
     "operations-watch": (HERE, "test_each_documented_watch_line_stores_a_drop"),
@@ -1135,3 +1136,38 @@ def test_the_live_copy_excludes_leave_out_what_they_name(tmp_path: Path) -> None
         assert any(n.endswith("console-usage-synced.json") for n in names), tool
         for left_out in (".tmp-", "/.lock", "spool"):
             assert not [n for n in names if left_out in n], f"{tool} copied {left_out}: {names}"
+
+
+def test_the_check_transcript_of_a_mirror_behind_runs(tmp_path: Path) -> None:
+    """A mirror running against a store it cannot reach, 9 versions waiting, the oldest
+    ingested 41 min ago: check says CRITICAL with the mirror's state."""
+    pytest.importorskip("boto3")
+    root = tmp_path / "var" / "lib" / "console-usage-ingester"
+    root.mkdir(parents=True)
+    assert run_cli(root, "init").returncode == 0
+    history = root / "console-usage-history"
+    for minutes in range(41, 33, -1):  # versions stored 41 to 34 min ago
+        stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime(time.time() - minutes * 60))
+        old = history / f"{stamp}-{minutes:08x}.json"
+        old.write_text(_fresh_snapshot(lastUpdated=_utc(minutes * 60)))
+        old.chmod(0o444)
+    fresh = tmp_path / "fresh.json"
+    fresh.write_text(_fresh_snapshot(lastUpdated=_utc(62)))
+    assert run_cli(root, "ingest", str(fresh)).returncode == 0
+    assert run_cli(root, "verify", "--repair").returncode == 0
+    store = {  # an object store nothing listens for
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "aws-config-none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials-none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    mirror = f"ingester --root {shlex.quote(str(root))} mirror s3://my-bucket/usage/prod"
+    with in_background(mirror, tmp_path, **store):
+        state = history / "_mirror.json"
+        wait_for(lambda: state.exists() and "unreachable" in state.read_text(), 120, "state")
+        paths: dict[str, str | Path] = {"/var/lib/console-usage-ingester": root}
+        [(code, _)] = run_transcript("monitoring-check-mirror", tmp_path, paths)
+    assert code == 2
