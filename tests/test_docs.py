@@ -1036,19 +1036,15 @@ def test_the_check_transcript_as_a_user_outside_the_groups_runs() -> None:
     # to the state folder, as /var/lib is.
     with tempfile.TemporaryDirectory() as top:
         Path(top).chmod(0o755)
-        _check_as_a_user_outside_the_groups(Path(top))
-
-
-def _check_as_a_user_outside_the_groups(tmp_path: Path) -> None:
-    root = tmp_path / "var" / "lib" / "console-usage-ingester"
-    root.mkdir(parents=True)
-    for folder in (tmp_path / "var", tmp_path / "var" / "lib"):
-        folder.chmod(0o755)
-    assert run_cli(root, "init").returncode == 0
-    root.chmod(0o750)  # the service's state folder
-    other = "setpriv --reuid=4242 --regid=4242 --clear-groups "  # in neither group
-    paths: dict[str, str | Path] = {"/var/lib/console-usage-ingester": root}
-    [(code, _)] = run_transcript("monitoring-check-eacces", tmp_path, paths, as_user=other)
+        root = Path(top) / "var" / "lib" / "console-usage-ingester"
+        root.mkdir(parents=True)
+        for folder in (root.parent.parent, root.parent):
+            folder.chmod(0o755)
+        assert run_cli(root, "init").returncode == 0
+        root.chmod(0o750)  # the service's state folder
+        other = "setpriv --reuid=4242 --regid=4242 --clear-groups "  # in neither group
+        paths: dict[str, str | Path] = {"/var/lib/console-usage-ingester": root}
+        [(code, _)] = run_transcript("monitoring-check-eacces", Path(top), paths, as_user=other)
     assert code == 2
 
 
@@ -1171,3 +1167,18 @@ def test_the_check_transcript_of_a_mirror_behind_runs(tmp_path: Path) -> None:
         paths: dict[str, str | Path] = {"/var/lib/console-usage-ingester": root}
         [(code, _)] = run_transcript("monitoring-check-mirror", tmp_path, paths)
     assert code == 2
+
+
+def test_the_single_test_commands_in_the_testing_guide_name_tests_that_exist() -> None:
+    """Those commands run parts of this suite, so they are not run from inside it; what
+    they name must exist."""
+    text = (REPO / "docs" / "testing.md").read_text()
+    block = text.split(".venv/bin/python -m pytest tests/test_watcher.py -q", 1)
+    assert len(block) == 2, "docs/testing.md no longer shows how to run one file"
+    commands = ".venv/bin/python -m pytest tests/test_watcher.py -q" + block[1].split("```")[0]
+    named = re.findall(r"(tests/\w+\.py)(?:::(\w+))?", commands)
+    assert named
+    for path, test in named:
+        assert (REPO / path).exists(), f"docs/testing.md names {path}, which does not exist"
+        if test:
+            assert f"def {test}(" in (REPO / path).read_text(), f"{path} has no {test}"
