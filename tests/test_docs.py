@@ -9,7 +9,10 @@ the operations guide gives each command a section with all of its options; the q
 ``status`` output shows the settings a real run prints; the README names every command
 that refuses while a watcher runs; every Python block in the docs is a marked example
 (``<!-- example: NAME -->``) that runs as written against real data (the Python API, the
-polars recipe on a real export, the scraper's drop function with a real watcher).
+polars recipe on a real export, the scraper's drop function with a real watcher); every
+shell block (```sh, ```console) is run by a test its marker names, or is marked
+``<!-- not run: REASON -->`` where it needs what a test machine lacks (a booted systemd,
+the host's /etc, the package index, a real cloud account).
 """
 
 from __future__ import annotations
@@ -1008,13 +1011,15 @@ def test_the_check_and_forecast_transcripts_run(tmp_path: Path) -> None:
     root.mkdir(parents=True)
     paths: dict[str, str | Path] = {"/var/lib/console-usage-ingester": root}
     assert run_cli(root, "init").returncode == 0
+    # The weekly reset three days ahead, whatever today is: the limit runs out first.
+    weekly_reset = time.strftime("%a 8:59 AM", time.gmtime(time.time() + 3 * 86400))
     sources = []
     for hours_ago, session, weekly, resets in [(2, 31, 62.8, 3), (1, 38, 64, 2), (0, 45, 65.2, 1)]:
         body = {
             "currentSession": {"resetsIn": f"{resets} hr 15 min", "percentageUsed": session},
             "weeklyLimits": {
-                "allModels": {"resetsIn": "Mon 8:59 AM", "percentageUsed": weekly},
-                "sonnetOnly": {"resetsIn": "Mon 8:59 AM", "percentageUsed": 7},
+                "allModels": {"resetsIn": weekly_reset, "percentageUsed": weekly},
+                "sonnetOnly": {"resetsIn": weekly_reset, "percentageUsed": 7},
             },
             "lastUpdated": _utc(hours_ago * 3600 + 120),
         }
