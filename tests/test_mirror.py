@@ -35,6 +35,7 @@ from ingester.mirror_state import (
     MIRROR_STATE_NAME,
     MirrorState,
     deletable_count,
+    mirror_hold,
     read_mirror_state,
     write_mirror_state,
 )
@@ -112,7 +113,10 @@ def s3_env(endpoint: str, aws_files: dict[str, str], **extra: str) -> dict[str, 
 
 def make_store(root: Path, max_versions: int = 100, days: float = 7.0) -> HistoryStore:
     store = HistoryStore(
-        root / HISTORY, root / "console-usage-synced.json", RetentionPolicy(max_versions, days)
+        root / HISTORY,
+        root / "console-usage-synced.json",
+        RetentionPolicy(max_versions, days),
+        hold=mirror_hold,
     )
     store.initialize()
     return store
@@ -185,9 +189,23 @@ def mirrored_exactly(
     newest = max(local) if local else None
     if newest is not None and remote.get("console-usage-synced.json") != local[newest]:
         return "the latest object is not the newest version"
-    metadata = (root / HISTORY / "_metadata.json").read_bytes()
-    if remote.get("_metadata.json") != metadata:
-        return "the metadata object differs"
+    # The metadata object describes the versions in the bucket (keep mode holds more than
+    # the history), with the totals the history counts.
+    local_meta = json.loads((root / HISTORY / "_metadata.json").read_bytes())
+    try:
+        meta = json.loads(remote.get("_metadata.json", b""))
+    except ValueError:
+        return "no metadata object"
+    names = sorted(remote_versions)
+    facts = {
+        "versionCount": len(names),
+        "latestVersion": names[-1] if names else None,
+        "totalVersionsCreated": local_meta["totalVersionsCreated"],
+        "totalVersionsDeleted": local_meta["totalVersionsDeleted"],
+        "lastCleanup": local_meta["lastCleanup"],
+    }
+    if {key: meta.get(key) for key in facts} != facts:
+        return f"the metadata object says {meta}, not {facts}"
     return True
 
 
@@ -738,6 +756,30 @@ def test_the_documented_aws_cli_look_at_the_bucket(
     what = json.loads(described)
     assert what["ContentType"] == "application/json"
     assert what["Metadata"] == {"sha256": hashlib.sha256(newest).hexdigest(), "version": names[-1]}
+
+
+def test_the_documented_serve_from_line_serves_the_mirror(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """docs/mirror.md's mirror-serve-from block, run by bash with the bucket's name and a
+    loopback address for the doc's (tests listen on loopback only)."""
+    from test_docs import _free_port, _http, example, in_background
+
+    store = make_store(root)
+    names = add_versions(store, 2)
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", f"s3://{bucket}/usage/prod", "--once", **env).returncode == 0
+    port = _free_port()
+    block = example("mirror-serve-from").replace("my-bucket", bucket)
+    block = block.replace("0.0.0.0:8080", f"127.0.0.1:{port}")
+    replica = tmp_path / "replica"  # no history there
+    replica.mkdir()
+    with in_background(block, replica, **env):
+        url = f"http://127.0.0.1:{port}/api/claude/console-usage"
+        wait_for(lambda: _http("GET", url)[0] == 200, 60, "serve --from to answer")
+        status, body = _http("GET", url)
+        assert status == 200 and body["versionInfo"]["filename"] == names[-1], body  # type: ignore[index]
+    assert not (replica / HISTORY).exists()
 
 
 # -- serving from the object store ---------------------------------------------------------
