@@ -173,11 +173,17 @@ def test_the_path_unit_and_the_example_scraper_unit_verify(tmp_path: Path) -> No
 
 @needs_mdwe
 def test_the_documented_trigger_command_touches_the_file_under_mdwe(root: Path) -> None:
-    """The command as serve runs it, in the unit's MDWE: each press changes the file."""
+    """docs/serve.md's scrape-trigger block, as serve runs it in the unit's MDWE: each
+    press changes the file the path unit watches."""
+    guide = (SERVICE.parent.parent / "docs" / "serve.md").read_text()
+    block = re.search(r"<!-- example: scrape-trigger -->\n```sh\n(.*?)```", guide, re.S)
+    assert block, "docs/serve.md has no scrape-trigger example"
+    variable, _, documented = block.group(1).strip().partition("=")
+    assert (variable, documented) == ("INGESTER_TRIGGER_COMMAND", TRIGGER_COMMAND)
     runtime = root.parent / "run"
     runtime.mkdir()
     requested = runtime / "scrape-requested"
-    command = TRIGGER_COMMAND.replace(f"/run/{NAME}", str(runtime))
+    command = documented.replace(f"/run/{NAME}", str(runtime))
     with ServeProcess(root, "--trigger-command", command, wrapper=tuple(MDWE)) as server:
         first = server.post(API + "/trigger", headers={"X-API-Key": KEY})
         assert first.status_code == 200, first.text
