@@ -30,9 +30,11 @@ Usage limits are judged only when asked, one item per limit of the forecast:
 not twice WARNING here) and ``--forecast`` (WARNING when the limit is projected to reach
 100 % before it resets, CRITICAL when that is within ``--forecast-critical``; see
 :mod:`ingester.forecast`). A limit the newest snapshot lacks (a partial scrape) is judged
-on its last reading, which the forecast holds while its window lasts, and said so; once
-it has been missing for longer than ``--max-age`` its first item is at least WARNING (the
-scraper runs but no longer reads it).
+on its last reading, which the forecast holds while its window lasts, however old that
+reading is, and said so; once it has been missing for longer than ``--max-age`` its first
+item is at least WARNING (the scraper runs but no longer reads it). A missing limit whose
+window has reset since its last reading keeps one item, without a value, WARNING on the
+same rule.
 
 A mirror counts as configured when the settings name one (``mirror``) or when its state
 file ``<history>/_mirror.json`` exists, the same rule as ``status`` and retention use. The
@@ -604,7 +606,28 @@ def _judge_usage(facts: Facts, limits: CheckLimits) -> list[Judgement]:
                 )
                 item = replace(item, code=max(item.code, missing), message=words)
             items.append(item)
+    prefix = "usage_" if by_percent else "forecast_"
+    for name, observed_at in result.lapsed:
+        items.append(_lapsed(prefix + name, name, observed_at, result.as_of, limits.max_age))
     return items
+
+
+def _lapsed(
+    item: str, limit: str, observed_at: datetime, as_of: datetime, max_age: float
+) -> Judgement:
+    """A limit missing from the newest snapshot whose window has reset since its last
+    reading: no percentage to judge (value unknown), WARNING once missing for longer than
+    ``max_age``, however long ago that reading was."""
+    missing = max(0.0, (as_of - observed_at).total_seconds())
+    words = (
+        f"{limit} not in the newest snapshot, last read {_words(missing)} before it; "
+        "its window has reset since, so its usage is unknown"
+    )
+    if missing > max_age:
+        return Judgement(
+            item, WARNING, None, 0, 0, words + f" (not read for more than {_words(max_age)})"
+        )
+    return Judgement(item, OK, None, 0, 0, words)
 
 
 def _held(

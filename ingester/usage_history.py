@@ -22,6 +22,12 @@ the ingest time in its version name), so::
 On a history of 20,000 versions taken every 30 s that is the last day's 2,900 or so,
 read once; after that, one new version costs one read and one pass over the cached
 observations.
+
+The versions before the basis count only for the limits they hold: each limit's last
+reading there (:func:`~ingester.forecast.last_readings`), so a limit the recent versions
+lack is still held. They are read once each, oldest first, when the first answer is
+made, and folded in as versions leave the basis; a reading whose version retention has
+deleted is dropped.
 """
 
 from __future__ import annotations
@@ -31,12 +37,28 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 
-from .forecast import BASIS, CLOCK_AHEAD, Forecast, Observation, forecast, observe
-from .history_index import HistoryIndex, HistorySnapshot, LocalHistory, VersionNotFound
+from .forecast import (
+    BASIS,
+    CLOCK_AHEAD,
+    Forecast,
+    Observation,
+    Reading,
+    forecast,
+    last_readings,
+    observe,
+)
+from .history_index import (
+    HistoryIndex,
+    HistorySnapshot,
+    LocalHistory,
+    VersionEntry,
+    VersionNotFound,
+)
 
 __all__ = ["ForecastAnswer", "UsageHistory", "local_forecast"]
 
@@ -77,6 +99,10 @@ class UsageHistory:
         self._observations: dict[str, Observation | None] = {}
         self._answer: tuple[HistorySnapshot, int, ForecastAnswer] | None = None
         self._wordings: set[str] = set()
+        # Each limit's last reading in the versions before the basis, with its version's
+        # name; the newest version folded in so far (by name, as the history sorts).
+        self._earlier: dict[str, tuple[Reading, datetime, str]] = {}
+        self._folded: str | None = None
         self.unparsable = 0
         """``resetsIn`` texts read that gave no reset time (each version counted once)."""
         self.reads = 0
@@ -140,11 +166,34 @@ class UsageHistory:
             if wanted >= start:
                 break
             start = wanted
+        self._fold(entries, lo)
         # Keep only what the next answer can need: versions in (or after) this basis.
         held = {e.name for e in entries[lo:]}
         if len(self._observations) > len(held):
             self._observations = {k: v for k, v in self._observations.items() if k in held}
-        return forecast(observations, basis=self.basis)
+        earlier = {limit: (r, at) for limit, (r, at, _) in self._earlier.items()}
+        return forecast(observations, basis=self.basis, earlier=earlier)
+
+    def _fold(self, entries: Sequence[VersionEntry], lo: int) -> None:
+        """Fold the versions before position ``lo`` not folded yet into ``_earlier``."""
+        if entries and self._earlier:
+            oldest = entries[0].name  # readings from versions retention deleted go
+            self._earlier = {k: v for k, v in self._earlier.items() if v[2] >= oldest}
+        first = 0
+        if self._folded is not None:
+            first = bisect.bisect_right(entries, self._folded, key=lambda e: e.name)
+        if first >= lo:
+            return
+        for entry in entries[first:lo]:
+            obs = self._observation(entry.name, entry.ingested_at)
+            if obs is None:
+                continue
+            found = last_readings([obs])
+            for limit, (reading, at) in found.items():
+                held = self._earlier.get(limit)
+                if held is None or held[1] <= at:
+                    self._earlier[limit] = (reading, at, entry.name)
+        self._folded = entries[lo - 1].name
 
     def cached(self, now: datetime) -> ForecastAnswer | None:
         """The last answer while the versions are the same as for it, else ``None``.
