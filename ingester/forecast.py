@@ -79,6 +79,7 @@ __all__ = [
     "forecast",
     "in_words",
     "last_readings",
+    "newer_readings",
     "observe",
     "parse_observed_at",
     "split_windows",
@@ -278,6 +279,40 @@ def observe(
     )
     partial = payload.get("isPartial") is True
     return Observation(observed_at, tuple(readings), stored_at, partial, errors), unreadable
+
+
+def newer_readings(
+    payload: object,
+    zone: tzinfo,
+    held: Mapping[str, datetime],
+    stored_at: datetime | None = None,
+    *,
+    clock_ahead: timedelta = CLOCK_AHEAD,
+) -> list[tuple[Reading, datetime]]:
+    """The readings of ``payload`` observed after ``held[limit]`` (or of a limit not in
+    ``held``), each with the payload's ``lastUpdated``.
+
+    What :func:`observe` then :func:`last_readings` give for one snapshot, but ``resetsIn``
+    is parsed only for the readings returned: reading a long history newest first, most
+    snapshots hold nothing newer, and parsing the reset times is most of the cost. Empty
+    when the payload is no snapshot or its clock ran ahead of ``stored_at``.
+    """
+    if not isinstance(payload, dict):
+        return []
+    observed_at = parse_observed_at(payload.get("lastUpdated"))
+    if observed_at is None or (stored_at is not None and observed_at > stored_at + clock_ahead):
+        return []
+    found = []
+    for path, window in usage_windows(payload):
+        before = held.get(path)
+        if before is None or before < observed_at:
+            text = window.get("resetsIn")
+            reset = parse_resets_in(text, observed_at, zone)
+            words = text if isinstance(text, str) else None
+            found.append(
+                (Reading(path, float(window["percentageUsed"]), words, reset), observed_at)
+            )
+    return found
 
 
 # -- windows and the rate ----------------------------------------------------------------

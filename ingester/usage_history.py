@@ -49,7 +49,7 @@ from .forecast import (
     Observation,
     Reading,
     forecast,
-    last_readings,
+    newer_readings,
     observe,
 )
 from .history_index import (
@@ -184,15 +184,30 @@ class UsageHistory:
             first = bisect.bisect_right(entries, self._folded, key=lambda e: e.name)
         if first >= lo:
             return
-        for entry in entries[first:lo]:
-            obs = self._observation(entry.name, entry.ingested_at)
-            if obs is None:
+        # Newest first: a limit's last reading is then found early, and the older
+        # versions only need looking at (their resetsIn is parsed only when newer).
+        seen = {limit: held[1] for limit, held in self._earlier.items()}
+        for entry in reversed(entries[first:lo]):
+            cached = self._observations.get(entry.name)
+            if cached is not None:  # left the basis since it was read
+                for reading in cached.readings:
+                    before = seen.get(reading.limit)
+                    if before is None or before < cached.observed_at:
+                        seen[reading.limit] = cached.observed_at
+                        self._earlier[reading.limit] = (reading, cached.observed_at, entry.name)
                 continue
-            found = last_readings([obs])
-            for limit, (reading, at) in found.items():
-                held = self._earlier.get(limit)
-                if held is None or held[1] <= at:
-                    self._earlier[limit] = (reading, at, entry.name)
+            try:
+                data = self.index.reader.read_version(entry.name)
+            except VersionNotFound:
+                continue  # deleted since the listing
+            self.reads += 1
+            try:
+                payload = json.loads(data)
+            except (ValueError, RecursionError):
+                continue
+            for reading, at in newer_readings(payload, self.zone, seen, entry.ingested_at):
+                seen[reading.limit] = at
+                self._earlier[reading.limit] = (reading, at, entry.name)
         self._folded = entries[lo - 1].name
 
     def cached(self, now: datetime) -> ForecastAnswer | None:
