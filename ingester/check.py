@@ -44,6 +44,7 @@ nothing takes the history lock or the mirror's lock.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -57,7 +58,7 @@ from typing import Any
 from .clock import iso_utc, utc_now
 from .errors import StorageError, describe_os_error, is_permission_problem
 from .forecast import Forecast, LimitForecast, in_words
-from .housekeeping import rejected_since
+from .housekeeping import count_rejected_since
 from .lock import lock_holder
 from .mirror_state import MirrorState, held_back, mirror_status
 from .names import parse_timestamp_from_filename
@@ -235,9 +236,13 @@ class Facts:
     latest: str | None = None
     last_updated: datetime | None = None
     latest_error: str | None = None
-    backlog: int = 0
+    backlog: int | None = 0
+    """``None``: the spool could not be listed (``backlog_problem`` says why)."""
     oldest_drop_age: float | None = None
-    rejected_last_hour: int = 0
+    rejected_last_hour: int | None = 0
+    """``None``: the quarantine could not be listed (``rejected_problem`` says why)."""
+    backlog_problem: str | None = None
+    rejected_problem: str | None = None
     watcher_pid: int | None = None
     mirror: MirrorFacts | None = None
     usage: Forecast | None = None
@@ -355,18 +360,35 @@ class CheckResult:
         }
 
 
-def _spool_backlog(settings: Settings, now: datetime) -> tuple[int, float | None]:
+def _spool_backlog(
+    settings: Settings, now: datetime
+) -> tuple[int | None, float | None, str | None]:
+    """``(waiting, oldest drop's age, problem)``: ``waiting`` ``None`` when the spool
+    exists and cannot be listed; ``problem`` also names an in-flight folder it may not list
+    (those drops are then not counted)."""
     spool = Spool(settings.spool_dir, settings.rejected_dir)
     waiting = []
+    problem = None
     for folder in (settings.spool_dir, settings.claimed_dir):
         try:
             waiting += [c for c in spool.scan(folder) if stat.S_ISREG(c.mode)]
-        except StorageError:
-            pass  # no spool here (a copied history), or not ours to read: nothing waits
+        except StorageError as exc:
+            if exc.errno == errno.ENOENT:
+                continue  # no spool here (a copied history): nothing waits
+            if folder == settings.spool_dir:
+                return None, None, str(exc)
+            problem = f"in flight not counted: {exc}"
     if not waiting:
-        return 0, None
+        return 0, None, problem
     oldest = min(c.mtime_ns for c in waiting) / 1e9
-    return len(waiting), max(0.0, now.timestamp() - oldest)
+    return len(waiting), max(0.0, now.timestamp() - oldest), problem
+
+
+def _rejected(settings: Settings, now: datetime) -> tuple[int | None, str | None]:
+    try:
+        return count_rejected_since(settings.rejected_dir, now - timedelta(hours=1)), None
+    except StorageError as exc:
+        return None, str(exc)
 
 
 def mirror_facts(
@@ -423,17 +445,27 @@ def gather_facts(settings: Settings, now: datetime | None = None, *, usage: bool
     try:
         return _gather(settings, now, usage)
     except OSError as exc:
-        return Facts(now=now, history_problem=describe_os_error(exc))
+        unread = f"not read: {describe_os_error(exc)}"
+        return Facts(
+            now=now,
+            history_problem=describe_os_error(exc),
+            backlog=None,
+            rejected_last_hour=None,
+            backlog_problem=unread,
+            rejected_problem=unread,
+        )
 
 
 def _gather(settings: Settings, now: datetime, usage: bool) -> Facts:
-    backlog, oldest = _spool_backlog(settings, now)
-    rejected = rejected_since(settings.rejected_dir, now - timedelta(hours=1))
+    backlog, oldest, backlog_problem = _spool_backlog(settings, now)
+    rejected, rejected_problem = _rejected(settings, now)
     common: dict[str, Any] = {
         "now": now,
         "backlog": backlog,
         "oldest_drop_age": oldest,
         "rejected_last_hour": rejected,
+        "backlog_problem": backlog_problem,
+        "rejected_problem": rejected_problem,
     }
     try:
         store = open_store(settings)
@@ -511,32 +543,8 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
             words += f" (more than {_words(limit)})"
         items.append(Judgement("age", code, round(age, 1), warn_age, crit_age, words, "s"))
 
-    code = _over(facts.backlog, limits.max_backlog)
-    words = f"backlog {facts.backlog}"
-    if facts.backlog and facts.oldest_drop_age is not None and facts.oldest_drop_age > warn_age:
-        code = CRITICAL
-        words += f", oldest waiting {_words(facts.oldest_drop_age)} (nothing takes the drops?)"
-    elif code:
-        words += f" (more than {limits.max_backlog * (2 if code == CRITICAL else 1)})"
-    items.append(
-        Judgement("backlog", code, facts.backlog, limits.max_backlog, 2 * limits.max_backlog, words)
-    )
-
-    rate = facts.rejected_last_hour
-    code = _over(rate, limits.max_rejected_per_hour)
-    words = f"{rate} rejected in the last hour"
-    if code:
-        words += f" (more than {limits.max_rejected_per_hour * (2 if code == CRITICAL else 1)})"
-    items.append(
-        Judgement(
-            "rejected",
-            code,
-            rate,
-            limits.max_rejected_per_hour,
-            2 * limits.max_rejected_per_hour,
-            words,
-        )
-    )
+    items.append(_judge_backlog(facts, limits))
+    items.append(_judge_rejected(facts, limits))
     if facts.mirror is not None:
         items.append(_judge_mirror(facts.mirror, limits.max_mirror_lag))
         if facts.mirror.hold_max is not None:
@@ -544,6 +552,46 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
     if limits.judges_usage:
         items += _judge_usage(facts, limits)
     return CheckResult(max(i.code for i in items), items, facts)
+
+
+def _judge_backlog(facts: Facts, limits: CheckLimits) -> Judgement:
+    """The spool backlog; unknown (no value, OK, said so) when the spool cannot be listed.
+
+    Not judged then: a member of the read-only group may not list the spool by design,
+    and the age item alerts when the scraper's data stops arriving.
+    """
+    warn, crit = limits.max_backlog, 2 * limits.max_backlog
+    backlog = facts.backlog
+    if backlog is None:
+        return Judgement(
+            "backlog", OK, None, warn, crit, f"backlog unknown ({facts.backlog_problem})"
+        )
+    code = _over(backlog, warn)
+    words = f"backlog {backlog}"
+    oldest = facts.oldest_drop_age
+    if backlog and oldest is not None and oldest > limits.max_age:
+        code = CRITICAL
+        words += f", oldest waiting {_words(oldest)} (nothing takes the drops?)"
+    elif code:
+        words += f" (more than {crit if code == CRITICAL else warn})"
+    if facts.backlog_problem is not None:
+        words += f" ({facts.backlog_problem})"
+    return Judgement("backlog", code, backlog, warn, crit, words)
+
+
+def _judge_rejected(facts: Facts, limits: CheckLimits) -> Judgement:
+    """Rejections in the last hour; unknown (no value, OK, said so) when the quarantine
+    cannot be listed, for the reason the backlog is."""
+    warn, crit = limits.max_rejected_per_hour, 2 * limits.max_rejected_per_hour
+    rate = facts.rejected_last_hour
+    if rate is None:
+        words = f"rejections in the last hour unknown ({facts.rejected_problem})"
+        return Judgement("rejected", OK, None, warn, crit, words)
+    code = _over(rate, warn)
+    words = f"{rate} rejected in the last hour"
+    if code:
+        words += f" (more than {crit if code == CRITICAL else warn})"
+    return Judgement("rejected", code, rate, warn, crit, words)
 
 
 def _judge_hold(mirror: MirrorFacts, hold_max: int, limits: CheckLimits) -> Judgement:
