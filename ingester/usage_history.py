@@ -25,9 +25,10 @@ observations.
 
 The versions before the basis count only for the limits they hold: each limit's last
 reading there (:func:`~ingester.forecast.last_readings`), so a limit the recent versions
-lack is still held. They are read once each, oldest first, when the first answer is
-made, and folded in as versions leave the basis; a reading whose version retention has
-deleted is dropped.
+lack is still held. They are read once each, newest first (``resetsIn`` parsed only for
+a reading newer than the one found), when the first answer is made, and folded in from
+the kept observations as versions leave the basis; a reading whose version retention
+has deleted is dropped.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ class UsageHistory:
         self.unparsable = 0
         """``resetsIn`` texts read that gave no reset time (each version counted once)."""
         self.reads = 0
-        """Versions read and parsed (each at most once while it stays in the basis)."""
+        """Versions read and parsed (each once, unless a backfill brings it back into the
+        basis after it was folded in)."""
 
     def _observation(self, name: str, stored_at: datetime) -> Observation | None:
         if name in self._observations:
