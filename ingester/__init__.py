@@ -11,6 +11,10 @@ The storage layer, usable without the watcher::
         store.save_version(raw_bytes)      # stored byte for byte
         store.cleanup_old_versions()
 
+A store made so deletes all its policy lets it; ``HistoryStore(..., hold=mirror_hold)``
+(from :mod:`ingester.mirror_state`) keeps what a configured mirror has not uploaded yet,
+as the commands' stores do.
+
 Every error raised here derives from :class:`IngesterError`. The design (the pipeline of
 one drop and what a crash at each step leaves) is described in ``docs/design.md``.
 """

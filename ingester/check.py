@@ -40,6 +40,11 @@ A mirror counts as configured when the settings name one (``mirror``) or when it
 file ``<history>/_mirror.json`` exists, the same rule as ``status`` and retention use. The
 exit code is the worst item's: 0 OK, 1 WARNING, 2 CRITICAL. Everything here reads;
 nothing takes the history lock or the mirror's lock.
+
+The versions are read through a :class:`~ingester.history.base.HistoryReader`. Given
+another history than the local one (``check --from s3://BUCKET/PREFIX``: the mirror),
+only what its versions tell is judged (the age, and the usage items when asked): the
+spool, the rejections and the mirror's progress belong to the machine that ingests.
 """
 
 from __future__ import annotations
@@ -58,15 +63,17 @@ from typing import Any
 from .clock import iso_utc, utc_now
 from .errors import StorageError, describe_os_error, is_permission_problem
 from .forecast import Forecast, LimitForecast, in_words
+from .history.base import HistoryReader, latest_name
+from .history.local import LocalHistory
 from .housekeeping import count_rejected_since
 from .lock import lock_holder
 from .mirror_state import MirrorState, held_back, mirror_status
 from .names import parse_timestamp_from_filename
-from .queries import ReportError, open_store, read_version
+from .queries import history_problem, read_version
 from .retention import RetentionPolicy, expired_prefix
 from .settings import Settings
 from .spool import Spool
-from .usage_history import local_forecast
+from .usage_history import forecast_of
 
 __all__ = [
     "CRITICAL",
@@ -249,6 +256,9 @@ class Facts:
     usage_json: dict[str, Any] | None = None
     usage_zone: tzinfo = UTC
     usage_problem: str | None = None
+    source: str | None = None
+    """The history judged when it is not the local one (``--from``): its location. Then
+    the spool, the rejections and the mirror are not judged."""
 
 
 @dataclass(frozen=True)
@@ -334,6 +344,7 @@ class CheckResult:
                 for i in self.items
             ],
             "now": iso_utc(f.now),
+            "from": f.source,
             "latest": f.latest,
             "lastUpdated": f.last_updated.isoformat().replace("+00:00", "Z")
             if f.last_updated
@@ -431,24 +442,33 @@ def mirror_facts(
     )
 
 
-def gather_facts(settings: Settings, now: datetime | None = None, *, usage: bool = False) -> Facts:
+def gather_facts(
+    settings: Settings,
+    now: datetime | None = None,
+    *,
+    usage: bool = False,
+    reader: HistoryReader | None = None,
+) -> Facts:
     """Read what :func:`judge` needs: the newest version, the spool, the rejections, the mirror.
 
     The mirror is read only when one is configured and the history can be opened; the
-    usage forecast only when ``usage`` is true.
+    usage forecast only when ``usage`` is true. ``reader``: the history to judge when it
+    is not the local one (see the module docstring); only its versions are read then.
     Never raises ``OSError``: whatever this user may not read that the age item needs
     (the root, the history, the newest version) becomes a ``history_problem`` or a
     ``latest_error``, which :func:`judge` makes CRITICAL, so a check that cannot see
     still alerts, with its plugin line.
     """
     now = now or utc_now()
+    source = None if reader is None else reader.location
     try:
-        return _gather(settings, now, usage)
+        return _gather(settings, now, usage, reader)
     except OSError as exc:
         unread = f"not read: {describe_os_error(exc)}"
         return Facts(
             now=now,
             history_problem=describe_os_error(exc),
+            source=source,
             backlog=None,
             rejected_last_hour=None,
             backlog_problem=unread,
@@ -456,31 +476,35 @@ def gather_facts(settings: Settings, now: datetime | None = None, *, usage: bool
         )
 
 
-def _gather(settings: Settings, now: datetime, usage: bool) -> Facts:
-    backlog, oldest, backlog_problem = _spool_backlog(settings, now)
-    rejected, rejected_problem = _rejected(settings, now)
-    common: dict[str, Any] = {
-        "now": now,
-        "backlog": backlog,
-        "oldest_drop_age": oldest,
-        "rejected_last_hour": rejected,
-        "backlog_problem": backlog_problem,
-        "rejected_problem": rejected_problem,
-    }
-    try:
-        store = open_store(settings)
-    except ReportError as exc:
-        return Facts(history_problem=str(exc), **common)
-    pid = lock_holder(store.lock_path)
-    common["mirror"] = mirror_facts(
-        store.history_dir, store.version_names(), settings.mirror, now, store.policy
-    )
-    name = store.latest_version_name(now)
+def _gather(settings: Settings, now: datetime, usage: bool, reader: HistoryReader | None) -> Facts:
+    common: dict[str, Any] = {"now": now}
+    if reader is not None:
+        common["source"] = reader.location
+    else:
+        backlog, oldest, backlog_problem = _spool_backlog(settings, now)
+        rejected, rejected_problem = _rejected(settings, now)
+        common["backlog"] = backlog
+        common["oldest_drop_age"] = oldest
+        common["rejected_last_hour"] = rejected
+        common["backlog_problem"] = backlog_problem
+        common["rejected_problem"] = rejected_problem
+        problem = history_problem(settings)
+        if problem is not None:
+            return Facts(history_problem=problem, **common)
+    history = reader or LocalHistory(settings.history_dir)
+    names = [entry.name for entry in history.list_versions()]
+    pid = None
+    if reader is None:
+        pid = lock_holder(settings.store().lock_path)
+        common["mirror"] = mirror_facts(
+            settings.history_dir, names, settings.mirror, now, settings.policy()
+        )
+    name = latest_name(names, now)
     if name is None:
         return Facts(latest=None, watcher_pid=pid, **common)
-    info = read_version(store, name, now)
+    info = read_version(history, name, now)
     if usage:
-        common.update(_usage_facts(settings, now))
+        common.update(_usage_facts(settings, history, now))
     return Facts(
         latest=name,
         last_updated=info.last_updated,
@@ -490,12 +514,12 @@ def _gather(settings: Settings, now: datetime, usage: bool) -> Facts:
     )
 
 
-def _usage_facts(settings: Settings, now: datetime) -> dict[str, Any]:
+def _usage_facts(settings: Settings, reader: HistoryReader, now: datetime) -> dict[str, Any]:
     from .forecast_api import forecast_json
 
     zone, zone_name = settings.console_zone()
     try:
-        answer = local_forecast(settings.history_dir, zone, zone_name, now)
+        answer = forecast_of(reader, zone, zone_name, now)
     except OSError as exc:
         return {"usage_problem": f"usage unreadable: {exc}"}
     if answer is None:
@@ -543,8 +567,8 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
             words += f" (more than {_words(limit)})"
         items.append(Judgement("age", code, round(age, 1), warn_age, crit_age, words, "s"))
 
-    items.append(_judge_backlog(facts, limits))
-    items.append(_judge_rejected(facts, limits))
+    if facts.source is None:
+        items += _judge_intake(facts, limits)
     if facts.mirror is not None:
         items.append(_judge_mirror(facts.mirror, limits.max_mirror_lag))
         if facts.mirror.hold_max is not None:
@@ -552,6 +576,11 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
     if limits.judges_usage:
         items += _judge_usage(facts, limits)
     return CheckResult(max(i.code for i in items), items, facts)
+
+
+def _judge_intake(facts: Facts, limits: CheckLimits) -> list[Judgement]:
+    """The spool's backlog and the rejections of the last hour."""
+    return [_judge_backlog(facts, limits), _judge_rejected(facts, limits)]
 
 
 def _judge_backlog(facts: Facts, limits: CheckLimits) -> Judgement:

@@ -1,5 +1,6 @@
 """What every command module shares: the app object, one-line failures, the lock for
-writers, reading a drop from a file or stdin, and the text helpers of the output.
+writers, the history a read command reads (``--from``), reading a drop from a file or
+stdin, and the text helpers of the output.
 
 Command modules import from here, never from :mod:`ingester.cli` (which imports them).
 """
@@ -10,12 +11,12 @@ import errno
 import json
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -25,6 +26,10 @@ from .logs import escape_text
 from .settings import Bounds, Settings
 from .store import HistoryStore
 
+if TYPE_CHECKING:
+    from .history.base import HistoryReader
+    from .s3_history import S3History
+
 __all__ = [
     "App",
     "BoundedFloat",
@@ -32,17 +37,21 @@ __all__ = [
     "describe_os_error",
     "echo_json",
     "fail",
+    "history_source",
     "human_size",
     "human_time",
     "last_words",
     "make_folder",
+    "open_history",
     "read_limited",
     "read_stream",
     "relative_age",
+    "s3_reader",
     "writing_store",
 ]
 
 _CHUNK = 1 << 16
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,64 @@ def make_folder(folder: Path) -> None:
             parent = path.parent.stat()
             if (parent.st_uid, parent.st_gid) != (0, 0):
                 os.chown(path, parent.st_uid, parent.st_gid)
+
+
+def history_source(command: F) -> F:
+    """Give a read command ``--from s3://BUCKET/PREFIX`` and ``--endpoint-url``.
+
+    The command gets them as ``source`` and ``endpoint_url``; :func:`open_history`
+    makes the reader.
+    """
+    command = click.option(
+        "--endpoint-url",
+        metavar="URL",
+        help="S3 endpoint for --from. [env AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL]",
+    )(command)
+    return click.option(
+        "--from",
+        "source",
+        metavar="s3://BUCKET/PREFIX",
+        help="Read the copy 'ingester mirror' keeps in an object store instead of the "
+        "local history (see docs/mirror.md).",
+    )(command)
+
+
+def s3_reader(source: str, endpoint_url: str | None) -> S3History:
+    """The reader of ``--from s3://BUCKET/PREFIX``; click errors when it is unusable."""
+    from .errors import ObjectStoreUnavailable
+    from .objectstore import make_client, parse_target
+    from .s3_history import S3History
+
+    try:
+        target = parse_target(source)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--from") from None
+    try:
+        return S3History(make_client(endpoint_url), target)
+    except ObjectStoreUnavailable as exc:
+        raise fail(str(exc)) from None
+
+
+def open_history(
+    settings: Settings, source: str | None = None, endpoint_url: str | None = None
+) -> HistoryReader:
+    """The history a read command reads: ``--from``'s object store, else the local folder.
+
+    A local history that cannot be reached (no root, no history, a folder this user
+    may not enter) is refused here in the words every command uses; an object store is
+    first reached by the command's first read (an ``OSError`` naming it).
+    """
+    if source is not None:
+        return s3_reader(source, endpoint_url)
+    if endpoint_url is not None:
+        raise click.UsageError("--endpoint-url is for --from s3://BUCKET/PREFIX")
+    from .history.local import LocalHistory
+    from .queries import history_problem
+
+    problem = history_problem(settings)
+    if problem is not None:
+        raise fail(problem)
+    return LocalHistory(settings.history_dir)
 
 
 @contextmanager

@@ -1,9 +1,9 @@
 """``ingester export``: the history as CSV or JSON Lines, one row per version.
 
 A thin click layer over :mod:`ingester.export`. Reads only: never takes the history
-lock. Exit codes as for the rest of the CLI: 0 written (damaged versions are skipped
-with a warning each); 1 no history, or the output could not be written; 2 a usage
-error.
+lock. ``--from s3://BUCKET/PREFIX`` exports the mirror in an object store. Exit codes
+as for the rest of the CLI: 0 written (damaged versions are skipped with a warning
+each); 1 no history, or the output could not be written; 2 a usage error.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .cli_common import App, fail, human_time
+from .cli_common import App, fail, history_source, human_time, open_history
 from .clock import parse_iso_time
 from .durable import streamed_file
-from .errors import StorageError
+from .errors import StorageError, describe_os_error
 from .export import FORMATS, Row, Skipped, export_rows, select_versions, write_rows
-from .queries import ReportError, open_store
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -74,8 +73,17 @@ def _warn(skipped: Skipped) -> None:
     "(written beside it under a temp name, fsynced, renamed over it); it must be a "
     "regular file or new.",
 )
+@history_source
 @click.pass_obj
-def export(app: App, since: datetime | None, until: datetime | None, fmt: str, output: str) -> None:
+def export(
+    app: App,
+    since: datetime | None,
+    until: datetime | None,
+    fmt: str,
+    output: str,
+    source: str | None,
+    endpoint_url: str | None,
+) -> None:
     """Write one row per version, oldest first, with the payload's fields flattened.
 
     Columns: ingestedAt, lastUpdated, currentSession.percentageUsed,
@@ -87,17 +95,19 @@ def export(app: App, since: datetime | None, until: datetime | None, fmt: str, o
 
     A damaged version is skipped with one warning line on stderr. Streams: memory
     does not grow with the history. Never takes the lock; works while a watcher runs.
-    Exits 0 when written, 1 when there is no history or the output cannot be written.
+    With --from, exports the mirror in an object store. Exits 0 when written, 1 when
+    there is no history or the output cannot be written.
     See docs/page.md.
     """
     if since is not None and until is not None and since > until:
         raise click.UsageError(f"--since {human_time(since)} is after --until {human_time(until)}")
+    reader = open_history(app.settings, source, endpoint_url)
     try:
-        store = open_store(app.settings)
-    except ReportError as exc:
-        raise fail(str(exc), exc.code) from None
-    names = select_versions(store.version_names(), since, until)
-    rows = export_rows(store, names, on_skip=_warn, zone=app.settings.console_zone()[0])
+        every = [entry.name for entry in reader.list_versions()]
+    except OSError as exc:
+        raise fail(describe_os_error(exc)) from None
+    names = select_versions(every, since, until)
+    rows = export_rows(reader, names, on_skip=_warn, zone=app.settings.console_zone()[0])
     if output == "-":
         _to_stdout(rows, fmt)
         return

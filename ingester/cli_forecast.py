@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import click
 
-from .cli_common import App, align, echo_json, fail
+from .cli_common import App, align, echo_json, fail, open_history
 from .clock import utc_now
+from .errors import describe_os_error
 from .forecast import LimitForecast, in_words
 from .forecast_api import forecast_json
-from .queries import ReportError, open_store
-from .usage_history import local_forecast
+from .usage_history import forecast_of
 
 __all__ = ["forecast"]
 
@@ -43,17 +43,14 @@ def forecast(app: App, as_json: bool) -> None:
     Exits 0, or 1 when there is no history or no version. See docs/operations.md.
     """
     settings = app.settings
-    try:
-        open_store(settings)
-    except ReportError as exc:
-        raise fail(str(exc), exc.code) from None
+    reader = open_history(settings)
     zone, zone_name = settings.console_zone()
     try:
-        answer = local_forecast(settings.history_dir, zone, zone_name, utc_now())
+        answer = forecast_of(reader, zone, zone_name, utc_now())
     except OSError as exc:
-        raise fail(f"cannot read the history: {exc}") from None
+        raise fail(f"cannot read the history: {describe_os_error(exc)}") from None
     if answer is None:
-        raise fail(f"no version in {settings.history_dir} yet")
+        raise fail(f"no version in {reader.location} yet")
     if as_json:
         echo_json(forecast_json(answer, zone_name))
         return

@@ -11,7 +11,7 @@ stderr); 2 a usage error.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -27,10 +27,7 @@ from .objectstore import (
 )
 from .settings import SettingError, resolve_settings
 
-if TYPE_CHECKING:
-    from .s3_history import S3History
-
-__all__ = ["mirror", "restore", "s3_reader"]
+__all__ = ["mirror", "restore"]
 
 _ENDPOINT_HELP = (
     "S3 endpoint of a non-AWS store, e.g. http://127.0.0.1:8333. "
@@ -129,6 +126,7 @@ def mirror(
         raise fail(str(exc)) from None
     options = MirrorOptions(
         target=target,
+        policy=s.policy(),
         retention=s.mirror_retention,
         hold_max=s.mirror_hold,
         endpoint_url=endpoint_url,
@@ -139,7 +137,7 @@ def mirror(
         concurrency=concurrency,
     )
     try:
-        code = Mirror(s.store(), options).run()
+        code = Mirror(s.history_dir, options).run()
     except LockHeld as exc:
         raise fail(f"{exc}: another mirror runs on this history") from None
     except (StorageError, ObjectStoreUnavailable) as exc:
@@ -218,17 +216,3 @@ def restore(
                 f"error: {name} differs from the object store's copy; left as it is", err=True
             )
         raise click.exceptions.Exit(1)
-
-
-def s3_reader(source: str, endpoint_url: str | None) -> S3History:
-    """The reader ``serve --from s3://BUCKET/PREFIX`` uses; click errors when unusable."""
-    from .s3_history import S3History
-
-    try:
-        target = parse_target(source)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--from") from None
-    try:
-        return S3History(make_client(endpoint_url), target)
-    except ObjectStoreUnavailable as exc:
-        raise fail(str(exc)) from None

@@ -16,7 +16,7 @@ import click
 
 from . import durable
 from .check import CheckLimits, gather_facts, judge, parse_duration
-from .cli_common import App, fail
+from .cli_common import App, fail, history_source, s3_reader
 from .queries import history_problem
 from .schema import payload_schema_text
 from .snapshot import SnapshotError, take_snapshot, write_snapshot_tar
@@ -225,6 +225,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     "alone, it turns --forecast on).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the line.")
+@history_source
 @click.pass_obj
 def check(
     app: App,
@@ -238,6 +239,8 @@ def check(
     judge_forecast: bool,
     forecast_critical: float,
     as_json: bool,
+    source: str | None,
+    endpoint_url: str | None,
 ) -> None:
     """Monitoring: one summary line and an exit code (Nagios plugin convention).
 
@@ -247,7 +250,8 @@ def check(
     full the hold retention keeps for it (--mirror-hold) is. With --usage-warning,
     --usage-critical or --forecast (or --forecast-critical), one more item per usage
     limit; a limit the newest snapshot lacks is judged on its last reading. The
-    line ends with performance data after '|'. Reads only; never takes the lock. For
+    line ends with performance data after '|'. Reads only; never takes the lock. With
+    --from, judges the mirror in an object store: the age and usage items only. For
     cron, systemd timers with OnFailure= and monitoring agents: see docs/monitoring.md.
     """
     if usage_warning is not None and usage_critical is not None and usage_warning > usage_critical:
@@ -256,8 +260,8 @@ def check(
         )
     # A threshold for the forecast asks for the forecast: judging nothing by it would
     # leave the user believing they are covered.
-    source = click.get_current_context().get_parameter_source("forecast_critical")
-    if source not in (None, click.core.ParameterSource.DEFAULT):
+    given = click.get_current_context().get_parameter_source("forecast_critical")
+    if given not in (None, click.core.ParameterSource.DEFAULT):
         judge_forecast = True
     limits = CheckLimits(
         max_age,
@@ -270,7 +274,13 @@ def check(
         forecast=judge_forecast,
         forecast_critical=forecast_critical * 3600,
     )
-    result = judge(gather_facts(app.settings, usage=limits.judges_usage), limits)
+    reader = None
+    if source is not None:
+        reader = s3_reader(source, endpoint_url)
+    elif endpoint_url is not None:
+        raise click.UsageError("--endpoint-url is for --from s3://BUCKET/PREFIX")
+    facts = gather_facts(app.settings, usage=limits.judges_usage, reader=reader)
+    result = judge(facts, limits)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:

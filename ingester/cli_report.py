@@ -3,7 +3,8 @@
 A thin click layer over :mod:`ingester.queries`: each command asks a query and renders
 its dataclasses as aligned text or as JSON. The read commands (all of these but
 ``verify --repair``) never take the history lock and never write, so they work while a
-watcher runs and on a read-only copy of the history.
+watcher runs and on a read-only copy of the history; ``list`` and ``show`` also read the
+copy in an object store (``--from s3://BUCKET/PREFIX``).
 
 Exit codes as for the rest of the CLI: 0 fine; 1 the command ran and the answer is
 "no" (no history, no such version, problems found); 2 a usage error.
@@ -23,13 +24,22 @@ from .cli_common import (
     align,
     echo_json,
     fail,
+    history_source,
     human_size,
     human_time,
+    open_history,
     relative_age,
     writing_store,
 )
 from .clock import parse_iso_time, utc_now
-from .errors import PERMISSION_ADVICE, StorageError, is_permission_problem
+from .errors import (
+    PERMISSION_ADVICE,
+    StorageError,
+    VersionNotFound,
+    describe_os_error,
+    is_permission_problem,
+)
+from .history.base import at_or_before, latest_name
 from .names import format_timestamp, parse_timestamp_from_filename
 from .queries import (
     STALE_AFTER,
@@ -45,7 +55,6 @@ from .queries import (
     repaired_between,
     resolve_version_name,
     verify_history,
-    version_at,
 )
 from .queries import status as status_query
 from .settings import Settings
@@ -98,8 +107,8 @@ def status(app: App, as_json: bool) -> None:
     store = _open(app.settings)
     try:
         report = status_query(app.settings, store, now)
-    except StorageError as exc:
-        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(describe_os_error(exc)) from None
     if as_json:
         echo_json(status_json(report))
         return
@@ -306,16 +315,23 @@ def status_json(s: Status) -> dict[str, Any]:
 @click.command("list")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Show the newest N only.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (an array).")
+@history_source
 @click.pass_obj
-def list_versions(app: App, limit: int | None, as_json: bool) -> None:
+def list_versions(
+    app: App, limit: int | None, as_json: bool, source: str | None, endpoint_url: str | None
+) -> None:
     """List versions, newest first: name, ingest time, size, lastUpdated, isPartial.
 
     Each listed file is read; a damaged one is shown with an error marker (and a
-    warning on stderr) instead of its fields. Never takes the lock.
+    warning on stderr) instead of its fields. Never takes the lock. With --from, the
+    versions of the mirror in an object store.
     """
     now = utc_now()
-    store = _open(app.settings)
-    infos = list_report(store, limit, now)
+    reader = open_history(app.settings, source, endpoint_url)
+    try:
+        infos = list_report(reader, limit, now)
+    except OSError as exc:
+        raise fail(describe_os_error(exc)) from None
     denied = sum(1 for i in infos if is_permission_problem(i.error))
     damaged = sum(1 for i in infos if i.error) - denied
     if as_json:
@@ -373,13 +389,21 @@ def list_versions(app: App, limit: int | None, as_json: bool) -> None:
     callback=_parse_time_option,
     help="The version that was newest at TIME (ISO-8601; without an offset, UTC).",
 )
+@history_source
 @click.pass_obj
-def show(app: App, version: str | None, at: datetime | None) -> None:
+def show(
+    app: App,
+    version: str | None,
+    at: datetime | None,
+    source: str | None,
+    endpoint_url: str | None,
+) -> None:
     """Print a version's JSON exactly as stored (default: the latest version).
 
     VERSION is a name from 'ingester list', with or without .json. With --at, the
-    newest version whose time is at or before TIME. Exits 1 when there is none, or
-    when the version file is damaged (nothing is printed then).
+    newest version whose time is at or before TIME. With --from, a version of the
+    mirror in an object store. Exits 1 when there is none, or when the version file is
+    damaged (nothing is printed then).
     """
     if version is not None and at is not None:
         raise click.UsageError("give VERSION or --at TIME, not both")
@@ -390,22 +414,27 @@ def show(app: App, version: str | None, at: datetime | None) -> None:
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="VERSION") from None
     now = utc_now()
-    store = _open(app.settings)
+    reader = open_history(app.settings, source, endpoint_url)
+    try:
+        names = [entry.name for entry in reader.list_versions()]
+    except OSError as exc:
+        raise fail(describe_os_error(exc)) from None
     if at is not None:
-        name = version_at(store.version_names(), at)
+        name = at_or_before(names, at)
         if name is None:
             raise fail(f"no version at or before {human_time(at)} UTC")
     elif name is None:
-        name = store.latest_version_name(now)
+        name = latest_name(names, now)
         if name is None:
-            raise fail(f"no versions yet in {store.history_dir}")
-    elif name not in set(store.version_names()):
-        raise fail(f"no version {name} in {store.history_dir}")
-    path = store.version_path(name)
+            raise fail(f"no versions yet in {reader.location}")
+    elif name not in set(names):
+        raise fail(f"no version {name} in {reader.location}")
     try:
-        data = path.read_bytes()
+        data = reader.read_version(name)
+    except VersionNotFound:
+        raise fail(f"no version {name} in {reader.location} (deleted meanwhile)") from None
     except OSError as exc:
-        raise fail(str(StorageError("read", path, exc))) from None
+        raise fail(describe_os_error(exc)) from None
     # Judge the very bytes that are printed, so a damaged file never reaches stdout.
     problem = payload_problem(data)
     if problem is not None:
@@ -434,7 +463,10 @@ def verify(app: App, repair: bool, as_json: bool) -> None:
     are left. Future-dated versions are reported as warnings.
     """
     store = _open(app.settings)
-    report = verify_history(store, utc_now())
+    try:
+        report = verify_history(store, utc_now())
+    except OSError as exc:
+        raise fail(describe_os_error(exc)) from None
     if repair:
         report = _repair(app.settings, report)
     if as_json:

@@ -235,7 +235,7 @@ def serve(
         raise fail(f"--api-key-file: {exc}") from None
     reader = None
     if source is not None:
-        from .cli_mirror import s3_reader
+        from .cli_common import s3_reader
 
         reader = s3_reader(source, endpoint_url)
     threaded = None

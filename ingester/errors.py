@@ -17,7 +17,9 @@ __all__ = [
     "CacheNotRefreshed",
     "IngesterError",
     "LockHeld",
+    "MetadataMissing",
     "NotRegularFile",
+    "ObjectStoreError",
     "ObjectStoreUnavailable",
     "PayloadRejected",
     "ReportError",
@@ -25,6 +27,7 @@ __all__ = [
     "SettingError",
     "SnapshotError",
     "StorageError",
+    "VersionExists",
     "VersionNotFound",
     "describe_os_error",
     "is_permission_problem",
@@ -114,6 +117,18 @@ class VersionNotFound(IngesterError, LookupError):
     """The named version is not in the history (never was, or retention deleted it)."""
 
 
+class VersionExists(IngesterError):
+    """A version name already holds other bytes: versions are never overwritten."""
+
+    def __init__(self, name: str, where: str) -> None:
+        super().__init__(f"{where} already holds other bytes as version {name}")
+        self.name = name
+
+
+class MetadataMissing(IngesterError, LookupError):
+    """The history has no ``_metadata.json`` (yet)."""
+
+
 class ReportError(IngesterError):
     """A read command cannot answer; ``str()`` is the one-line message, ``code`` the exit."""
 
@@ -124,6 +139,24 @@ class ReportError(IngesterError):
 
 class SnapshotError(IngesterError):
     """A snapshot cannot be taken; ``str()`` is the one-line message for the user."""
+
+
+class ObjectStoreError(IngesterError, OSError):
+    """A request to the object store failed.
+
+    ``kind`` says how (``unreachable``, ``throttled``, ``server-error``, ``denied``,
+    ``no-bucket``, ``exists``, ``rejected``; see :class:`ingester.objectstore.Failure`),
+    ``detail`` the service's code and message. ``str()`` (and ``strerror``) is one line
+    naming the target, never a credential; ``errno`` is ``EIO``.
+    """
+
+    def __init__(self, where: str, kind: str, detail: str) -> None:
+        OSError.__init__(self, errno.EIO, f"{where}: {kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class ObjectStoreUnavailable(IngesterError, RuntimeError):

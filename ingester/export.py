@@ -19,8 +19,9 @@ A row's cells, in :data:`COLUMNS` order:
 * ``isPartial``: ``True``/``False`` as the payload says, ``None`` when it does not say;
 * ``version``: the version file's name.
 
-Reading never writes and never takes the history lock: an export works while a watcher
-runs and on a read-only copy of the history.
+Versions are read through a :class:`~ingester.history.base.HistoryReader`: the local
+folder, or the mirror in an object store. Reading never writes and never takes the
+history lock: an export works while a watcher runs and on a read-only copy of the history.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import BinaryIO, Final
 
+from .errors import VersionNotFound
+from .history.base import HistoryReader
 from .model import ConsoleUsageDataSync, PayloadRejected, UsageWindow, judge_payload
 from .names import format_timestamp, parse_timestamp_from_filename
 from .resets import parse_resets_in
-from .store import HistoryStore
 
 __all__ = [
     "COLUMNS",
@@ -166,7 +168,7 @@ def flatten(name: str, payload: ConsoleUsageDataSync, zone: tzinfo) -> Row:
 
 
 def export_rows(
-    store: HistoryStore,
+    reader: HistoryReader,
     names: Iterable[str],
     on_skip: Callable[[Skipped], None] | None = None,
     *,
@@ -181,10 +183,9 @@ def export_rows(
     it is no longer part of the history. Never raises for a version's content.
     """
     for name in names:
-        path = store.version_path(name)
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+            data = reader.read_version(name)
+        except VersionNotFound:
             log.debug("version %s deleted while exporting; left out", name)
             continue
         except OSError as exc:

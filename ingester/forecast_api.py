@@ -18,7 +18,7 @@
   stay put and alerts on them do not resolve and fire again); and
   ``ingester_usage_resets_unparsable_total``.
 
-Both read the history through the app's :class:`~ingester.history_index.HistoryIndex`,
+Both read the history through the app's :class:`~ingester.history.index.HistoryIndex`,
 so they work the same over a local folder and over an object store (``serve --from``).
 """
 
@@ -38,15 +38,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .history_index import HistoryIndex
+from .history.index import HistoryIndex
+from .routes import FORECAST_PATH
 from .settings import Settings
 from .usage_history import ForecastAnswer, UsageHistory
 
 __all__ = ["FORECAST_PATH", "UsageCollector", "forecast_json", "install"]
 
 log = logging.getLogger("ingester.serve")
-
-FORECAST_PATH = "/api/claude/console-usage/forecast"
 
 
 def forecast_json(answer: ForecastAnswer, zone_name: str) -> dict[str, object]:

@@ -41,12 +41,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from .clock import Backoff, utc_now
-from .errors import IngesterError, StorageError
+from .errors import (
+    IngesterError,
+    MetadataMissing,
+    ObjectStoreError,
+    StorageError,
+    VersionExists,
+    VersionNotFound,
+)
+from .history.base import VersionEntry
+from .history.local import LocalHistory
 from .lock import HistoryLock
 from .mirror_state import (
     DEFAULT_HOLD_MAX,
@@ -58,22 +68,10 @@ from .mirror_state import (
 )
 from .names import format_timestamp, is_version_name
 from .notify import SystemdNotifier
-from .objectstore import (
-    LATEST_KEY,
-    METADATA_KEY,
-    Failure,
-    MirrorTarget,
-    RemoteObject,
-    S3Client,
-    classify,
-    head_remote,
-    list_remote,
-    make_client,
-    put_arguments,
-    sha256_hex,
-)
+from .objectstore import Failure, MirrorTarget, S3Client, make_client
 from .retention import RetentionPolicy, plan_retention
-from .store import HistoryStore
+from .s3_history import S3History
+from .store import MetadataCorrupt, StorageMetadata
 
 __all__ = ["Mirror", "MirrorBlocked", "MirrorOptions", "PassResult"]
 
@@ -107,6 +105,7 @@ class MirrorOptions:
     """How the mirror runs. Times in seconds."""
 
     target: MirrorTarget
+    policy: RetentionPolicy = field(default_factory=RetentionPolicy)
     retention: str = "keep"
     hold_max: int = DEFAULT_HOLD_MAX
     endpoint_url: str | None = None
@@ -153,29 +152,31 @@ def _folder_token(folder: str) -> tuple[tuple[int, int, int] | None, bool]:
 
 
 class Mirror:
-    """Mirrors one history to one ``s3://BUCKET/PREFIX``.
+    """Mirrors the history folder ``history_dir`` to one ``s3://BUCKET/PREFIX``.
 
-    ``client_factory(endpoint_url, timeout=...)`` makes the S3 client (boto3's, by
-    default). :meth:`sync` runs one pass; :meth:`run` is the service.
+    It reads the history through its reader (:class:`~ingester.history.local.LocalHistory`)
+    and writes the copy through the object-store backing's writer
+    (:class:`~ingester.s3_history.S3History`); the one file it writes into the history
+    is its state file. ``client_factory(endpoint_url, timeout=...)`` makes the S3 client
+    (boto3's, by default). :meth:`sync` runs one pass; :meth:`run` is the service.
     """
 
     def __init__(
         self,
-        store: HistoryStore,
+        history_dir: Path,
         options: MirrorOptions,
         *,
         client_factory: Callable[..., S3Client] = make_client,
     ) -> None:
-        self.store = store
-        self.history_dir = store.history_dir
+        self.local = LocalHistory(history_dir)
+        self.history_dir = self.local.dir
         self.options = options
         self.target = options.target
-        self.policy: RetentionPolicy = store.policy
+        self.policy = options.policy
         self._factory = client_factory
-        self._client: S3Client | None = None
-        self._remote: dict[str, RemoteObject] | None = None
+        self._remote: S3History | None = None
+        self._names: list[str] = []  # the local versions at the last look
         self._last_listing = 0.0
-        self._conditional = True
         self._bad: dict[str, str] = {}  # names that cannot be mirrored, and why (logged once)
         self._stop = threading.Event()
         self._seen: tuple[tuple[int, int, int] | None, bool] = (None, False)
@@ -189,22 +190,21 @@ class Mirror:
         self._notifier = SystemdNotifier.from_environ()
         self._pinged = 0.0
 
-    # -- the client ---------------------------------------------------------------------
+    # -- the object store ---------------------------------------------------------------
 
-    def client(self) -> S3Client:
-        """The S3 client, made on first use (and again after rejected credentials)."""
-        if self._client is None:
-            self._client = self._factory(self.options.endpoint_url, timeout=self.options.timeout)
-        return self._client
+    def remote(self) -> S3History:
+        """The copy's backing, made on first use (and again after rejected credentials,
+        with a new client, or after an outage, so that it lists again)."""
+        if self._remote is None:
+            client = self._factory(self.options.endpoint_url, timeout=self.options.timeout)
+            self._remote = S3History(client, self.target)
+        return self._remote
 
-    def _call(self, what: Callable[[S3Client], Any]) -> Any:
+    def _call(self, what: Callable[[S3History], Any]) -> Any:
         try:
-            return what(self.client())
-        except Exception as exc:
-            failure = classify(exc)
-            if failure is None:
-                raise
-            raise MirrorBlocked(failure) from None
+            return what(self.remote())
+        except ObjectStoreError as exc:
+            raise MirrorBlocked(Failure(exc.kind, exc.detail)) from None
 
     # -- one pass -----------------------------------------------------------------------
 
@@ -215,35 +215,41 @@ class Mirror:
         Raises :class:`MirrorBlocked` when the object store cannot be used.
         """
         result = PassResult()
-        names = self.store.scan()
-        if full or self._remote is None:
-            self._remote = self._call(lambda c: list_remote(c, self.target))
+        entries = self.local.list_versions()
+        names = self._names = [e.name for e in entries]
+        remote = self.remote()
+        if full or remote.known is None:
+            self._call(lambda r: r.refresh())
             self._last_listing = time.monotonic()
             result.listed = True
-            self._check_sizes(names)
-        remote = self._remote
-        missing = [n for n in names if n not in remote]
+            self._check_sizes(entries)
+        known = remote.known or {}
+        missing = [n for n in names if n not in known]
         try:
             self._upload(missing, result)
         finally:
             self._update_watermark(names)
-        self._put_latest(names)
-        self._put_metadata()
+        base = self._local_metadata()
+        self._call(lambda r: r.publish(base))
         if self.options.retention == "follow":
             result.deleted = self._follow(names)
         result.waiting = len(unmirrored(names, self._state))
         return result
 
-    def _check_sizes(self, names: list[str]) -> None:
+    def _local_metadata(self) -> StorageMetadata | None:
+        """The history's metadata (its totals go with the copy); ``None`` if unusable."""
+        try:
+            return self.local.read_metadata()
+        except (MetadataMissing, MetadataCorrupt, OSError):
+            return None
+
+    def _check_sizes(self, entries: list[VersionEntry]) -> None:
         """After a listing: a remote version whose size differs from ours is reported."""
-        assert self._remote is not None
-        for name in names:
-            remote = self._remote.get(name)
+        known = self.remote().known or {}
+        for entry in entries:
+            name, size = entry.name, entry.size
+            remote = known.get(name)
             if remote is None:
-                continue
-            try:
-                size = self.store.version_path(name).stat().st_size
-            except OSError:
                 continue
             if size != remote.size:
                 self._mark_bad(
@@ -287,7 +293,7 @@ class Mirror:
                     raise blocked
                 self._ping()
                 if time.monotonic() - self._state_at >= _STATE_EVERY:
-                    self._update_watermark(self.store.version_names())
+                    self._update_watermark(self._names)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             if result.uploaded:
@@ -301,98 +307,32 @@ class Mirror:
 
     def _put_version(self, name: str) -> int | None:
         """Upload one version; its size, or None when it was not (gone, unreadable)."""
-        path = self.store.version_path(name)
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None  # deleted by retention since the scan
+            data = self.local.read_version(name)
+        except VersionNotFound:
+            return None  # deleted by retention since the listing
         except OSError as exc:
-            self._mark_bad(name, str(StorageError("read", path, exc)))
+            self._mark_bad(name, str(exc))
             return None
-        key = self.target.key(name)
-        args = put_arguments(self.target, name, data)
-        if self._conditional:
-            args["IfNoneMatch"] = "*"
-        etag = ""
         try:
-            etag = str(self._call(lambda c: c.put_object(**args)).get("ETag", "")).strip('"')
-        except MirrorBlocked as exc:
-            if exc.failure.kind == "exists":
-                if not self._same_bytes(key, data):
-                    self._mark_bad(name, "the object store holds other bytes under its name")
-                    return None
-            elif self._conditional and "NotImplemented" in exc.failure.detail:
-                log.warning("the object store does not support If-None-Match; plain PUTs follow")
-                self._conditional = False
-                return self._put_version(name)
-            else:
-                raise
-        assert self._remote is not None
-        self._remote[name] = RemoteObject(name, len(data), etag, sha256_hex(data))
+            self._call(lambda r: r.commit(r.stage(data), name))
+        except VersionExists:
+            self._mark_bad(name, "the object store holds other bytes under its name")
+            return None
         self._bad.pop(name, None)
         return len(data)
 
-    def _same_bytes(self, key: str, data: bytes) -> bool:
-        response = self._call(lambda c: c.get_object(Bucket=self.target.bucket, Key=key))
-        body: bytes = response["Body"].read()
-        return body == data
-
-    def _put_small(self, name: str, data: bytes, copies: str | None = None) -> None:
-        """Replace one of the two fixed objects (one PUT: readers see old or new, whole)."""
-        args = put_arguments(self.target, name, data, copies=copies)
-        response = self._call(lambda c: c.put_object(**args))
-        etag = str(response.get("ETag", "")).strip('"')
-        assert self._remote is not None
-        self._remote[name] = RemoteObject(name, len(data), etag, sha256_hex(data), copies)
-
-    def _current(self, name: str) -> RemoteObject | None:
-        """A fixed object as the store holds it, its checksum known (a ``HEAD`` the first
-        time after a listing, which gives none); ``None`` when there is none."""
-        assert self._remote is not None
-        current = self._remote.get(name)
-        if current is not None and current.sha256 is None:
-            current = self._call(lambda c: head_remote(c, self.target, name))
-            if current is None:
-                self._remote.pop(name, None)
-            else:
-                self._remote[name] = current
-        return current
-
-    def _put_latest(self, names: list[str]) -> None:
-        assert self._remote is not None
-        newest = self.store.latest_version_name()
-        if newest is None or newest not in self._remote:
-            return
-        try:
-            data = self.store.version_path(newest).read_bytes()
-        except OSError:
-            return  # deleted meanwhile: the next pass has a newer one
-        current = self._current(LATEST_KEY)
-        if current is None or (current.sha256, current.version) != (sha256_hex(data), newest):
-            self._put_small(LATEST_KEY, data, copies=newest)
-
-    def _put_metadata(self) -> None:
-        assert self._remote is not None
-        try:
-            data = self.store.metadata_path.read_bytes()
-        except OSError:
-            return
-        current = self._current(METADATA_KEY)
-        if current is None or current.sha256 != sha256_hex(data):
-            self._put_small(METADATA_KEY, data)
-
     def _follow(self, names: list[str]) -> int:
         """Delete remote versions local retention deleted; see the module docstring."""
-        assert self._remote is not None
         if not names:
             return 0
-        remote_versions = sorted(n for n in self._remote if is_version_name(n))
+        known = self.remote().known or {}
+        remote_versions = sorted(n for n in known if is_version_name(n))
         plan = plan_retention(remote_versions, utc_now(), self.policy)
         local = set(names)
         doomed = [n for n in plan.delete if n not in local and n < names[0]]
         for name in doomed:
-            self._delete(name)
-            del self._remote[name]
+            self._remove(name)
         if doomed:
             log.info(
                 "mirror deleted %d remote version(s) that retention deleted locally",
@@ -401,18 +341,13 @@ class Mirror:
             )
         return len(doomed)
 
-    def _delete(self, name: str) -> None:
-        key = self.target.key(name)
-
-        def delete(client: S3Client) -> Any:
-            return client.delete_object(Bucket=self.target.bucket, Key=key)
-
-        self._call(delete)
+    def _remove(self, name: str) -> None:
+        self._call(lambda r: r.remove(name))
 
     # -- progress: the watermark and the state file ---------------------------------------
 
     def _update_watermark(self, names: Iterable[str]) -> None:
-        remote = self._remote or {}
+        remote = (self._remote.known if self._remote is not None else None) or {}
         through: str | None = None
         for name in names:
             if name not in remote or name in self._bad:
@@ -424,8 +359,7 @@ class Mirror:
         self._save_state()
 
     def _save_state(self, *, force: bool = False) -> None:
-        names = self.store.version_names()
-        waiting = len(unmirrored(names, self._state))
+        waiting = len(unmirrored(self._names, self._state))
         problem = self._problem
         update: dict[str, Any] = {
             "waiting": waiting,
@@ -483,16 +417,18 @@ class Mirror:
                 "%s (%s); %d version(s) waiting; retrying with backoff up to %.0f s",
                 _STATE_WORDS.get(failure.kind, failure.kind),
                 failure.detail,
-                len(unmirrored(self.store.version_names(), self._state)),
+                len(unmirrored(self._names, self._state)),
                 self.options.retry_max,
                 extra={"event": "mirror-blocked", "kind": failure.kind},
             )
         else:
             log.debug("still %s (%s); next try in %.1f s", failure.kind, failure.detail, backoff)
         self._problem = failure
-        self._remote = None  # what happened meanwhile is unknown: list again
+        remote = self._remote
         if failure.kind == "denied":
-            self._client = None  # re-read the credential chain on the next try
+            self._remote = None  # a new client re-reads the credential chain
+        elif remote is not None:
+            remote.known = None  # what happened meanwhile is unknown: list again
         self._save_state()
 
     def _recovered(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "MirrorState",
     "deletable_count",
     "held_back",
+    "mirror_hold",
     "mirror_status",
     "read_mirror_state",
     "unmirrored",
@@ -124,6 +126,30 @@ def deletable_count(sorted_names: Sequence[str], expired: int, state: MirrorStat
         return expired
     held = held_back(sorted_names, expired, state)
     return expired - held + max(0, held - state.hold_max)
+
+
+def mirror_hold(
+    history_dir: Path, sorted_names: Sequence[str], expired: int
+) -> tuple[int, str | None]:
+    """Retention's hold for a configured mirror: the hook :class:`~ingester.store.HistoryStore`
+    is given (``hold=``) by :meth:`ingester.settings.Settings.store`.
+
+    ``sorted_names``: every version, oldest first; ``expired``: how many of the oldest
+    the policy would delete. Returns how many may go now (:func:`deletable_count` with
+    the state file; all of them without one) and a warning for the log when that
+    includes versions the mirror has not uploaded (the hold was full).
+    """
+    if not os.path.lexists(history_dir / MIRROR_STATE_NAME):
+        return expired, None
+    state = read_mirror_state(history_dir)
+    allowed = deletable_count(sorted_names, expired, state)
+    warning = None
+    if state is not None and allowed and sorted_names[allowed - 1] > (state.mirrored_through or ""):
+        warning = (
+            "cleanup deletes versions the mirror has not uploaded: more than "
+            f"{state.hold_max} (--mirror-hold) were waiting"
+        )
+    return allowed, warning
 
 
 def mirror_status(

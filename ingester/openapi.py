@@ -10,7 +10,18 @@ import functools
 import json
 from typing import Any
 
-from .schema import last_updated_schema
+from .routes import (
+    API_PATH,
+    FORECAST_PATH,
+    HEALTH_PATH,
+    METRICS_PATH,
+    OPENAPI_PATH,
+    SERIES_PATH,
+    TRIGGER_PATH,
+    VERSION_PATH,
+    VERSIONS_PATH,
+)
+from .schema import payload_schema
 
 __all__ = ["openapi_bytes", "openapi_document"]
 
@@ -61,35 +72,6 @@ _ANSWER = {
 }
 
 _SCHEMAS: dict[str, Any] = {
-    "UsageWindow": {
-        "type": "object",
-        "required": ["resetsIn", "percentageUsed"],
-        "properties": {
-            "resetsIn": {"type": "string", "minLength": 1},
-            "percentageUsed": {"type": "number", "minimum": 0, "maximum": 100},
-        },
-    },
-    "ConsoleUsageDataSync": {
-        "type": "object",
-        "description": "The payload a scraper sends; unknown fields are kept. At least one "
-        "of currentSession and weeklyLimits is required.",
-        "required": ["lastUpdated"],
-        "properties": {
-            "currentSession": _ref("UsageWindow"),
-            "weeklyLimits": {
-                "type": "object",
-                "required": ["allModels", "sonnetOnly"],
-                "properties": {
-                    "allModels": _ref("UsageWindow"),
-                    "sonnetOnly": _ref("UsageWindow"),
-                },
-            },
-            "lastUpdated": last_updated_schema(),
-            "isPartial": {"type": "boolean"},
-            "extractionErrors": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
-        "anyOf": [{"required": ["currentSession"]}, {"required": ["weeklyLimits"]}],
-    },
     "VersionInfo": {
         "type": "object",
         "required": ["current", "total", "timestamp", "filename"],
@@ -391,7 +373,7 @@ def openapi_document() -> dict[str, Any]:
             "snapshots into the spool.",
         },
         "paths": {
-            "/api/claude/console-usage": {
+            API_PATH: {
                 "get": {
                     "operationId": "getConsoleUsage",
                     "summary": "The newest version, or one chosen by version or timestamp",
@@ -465,7 +447,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/api/claude/console-usage/trigger": {
+            TRIGGER_PATH: {
                 "post": {
                     "operationId": "triggerRefresh",
                     "summary": "Run the configured --trigger-command now (one run at a time; "
@@ -482,7 +464,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/api/claude/console-usage/versions": {
+            VERSIONS_PATH: {
                 "get": {
                     "operationId": "listVersions",
                     "summary": "Versions, newest first, a page at a time",
@@ -515,7 +497,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/api/claude/console-usage/versions/{name}": {
+            VERSION_PATH: {
                 "get": {
                     "operationId": "getVersion",
                     "summary": "A version's bytes, exactly as stored (immutable)",
@@ -538,7 +520,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/api/claude/console-usage/series": {
+            SERIES_PATH: {
                 "get": {
                     "operationId": "getSeries",
                     "summary": "The usage page's series: one export row per version ingested "
@@ -586,7 +568,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/api/claude/console-usage/forecast": {
+            FORECAST_PATH: {
                 "get": {
                     "operationId": "getForecast",
                     "summary": "Each usage limit's burn rate, reset time and projected run-out",
@@ -605,7 +587,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/api/health": {
+            HEALTH_PATH: {
                 "get": {
                     "operationId": "getHealth",
                     "summary": "healthy / degraded (> 10 min, or drops waiting with no "
@@ -617,7 +599,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/metrics": {
+            METRICS_PATH: {
                 "get": {
                     "operationId": "getMetrics",
                     "summary": "Prometheus text format",
@@ -629,7 +611,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            "/openapi.json": {
+            OPENAPI_PATH: {
                 "get": {
                     "operationId": "getOpenapi",
                     "summary": "This document",
@@ -643,10 +625,21 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": {**_payload_schemas(), **_SCHEMAS},
             "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
         },
     }
+
+
+def _payload_schemas() -> dict[str, Any]:
+    """The payload's schemas as ``ingester schema`` gives them (generated from the model,
+    the one judge of a drop), its ``$defs`` made components of this document."""
+    schema = payload_schema()
+    schema.pop("$schema", None)
+    defs = schema.pop("$defs", {})
+    text = json.dumps({"ConsoleUsageDataSync": schema, **defs})
+    moved: dict[str, Any] = json.loads(text.replace('"#/$defs/', '"#/components/schemas/'))
+    return moved
 
 
 @functools.cache

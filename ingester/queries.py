@@ -3,17 +3,19 @@
 Each query returns dataclasses; rendering them (aligned text, JSON) is the CLI's job, in
 :mod:`ingester.cli_report`.
 
-Reading never writes: every function here works on :meth:`HistoryStore.load` (a scan
-and a read of the metadata), never takes the history lock, and never creates a folder.
-Only :func:`repair_modes` writes, and the caller holds the lock for it. A version file
-is never deleted or rewritten here.
+Versions and the metadata are read through a
+:class:`~ingester.history.base.HistoryReader` (``list`` and ``show`` read any backing;
+``status`` and ``verify``, which also judge the local folder itself, its latest link,
+modes and temp files, read the local one). Reading never writes, never takes the
+history lock, and never creates a folder. Only :func:`repair_modes` writes, and the
+caller holds the lock for it. A version file is never deleted or rewritten here.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +24,22 @@ from typing import Any
 from . import durable
 from .adopt import UNKEPT_LATEST, latest_is_a_file, unkept_latest
 from .durable import TEMP_PREFIX, StorageError
-from .errors import PERMISSION_ADVICE, ReportError, is_permission_problem, missing_root, unreadable
+from .errors import (
+    PERMISSION_ADVICE,
+    ReportError,
+    VersionNotFound,
+    is_permission_problem,
+    missing_root,
+    unreadable,
+)
+from .history.base import (
+    HistoryReader,
+    derive_metadata,
+    is_future,
+    latest_name,
+    stored_metadata,
+)
+from .history.local import LocalHistory
 from .lock import is_watcher, lock_holder, lock_owner
 from .mirror_state import mirror_status
 from .model import PayloadRejected, judge_payload
@@ -31,7 +48,6 @@ from .names import (
     looks_like_version_name,
     parse_timestamp_from_filename,
 )
-from .retention import FUTURE_SLACK
 from .settings import Settings
 from .spool import Candidate, Spool
 from .store import LATEST_TEMP_PREFIXES, METADATA_NAME, HistoryStore, StorageMetadata
@@ -58,7 +74,6 @@ __all__ = [
     "root_problem",
     "status",
     "verify_history",
-    "version_at",
 ]
 
 STALE_AFTER = timedelta(minutes=10)
@@ -155,20 +170,13 @@ class VersionInfo:
     error: str | None = None
 
 
-def is_future(name: str, now: datetime) -> bool:
-    """Whether version ``name`` is dated more than a day ahead of ``now``."""
-    stamp = parse_timestamp_from_filename(name)
-    return stamp is not None and stamp > now + FUTURE_SLACK
-
-
-def read_version(store: HistoryStore, name: str, now: datetime) -> VersionInfo:
+def read_version(reader: HistoryReader, name: str, now: datetime) -> VersionInfo:
     """Read and judge one version; a damaged or unreadable file gives ``error``, not a raise."""
-    path = store.version_path(name)
     ingested = parse_timestamp_from_filename(name)
     future = is_future(name, now)
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+        data = reader.read_version(name)
+    except VersionNotFound:
         return VersionInfo(name, ingested, None, None, None, future, "gone (deleted meanwhile)")
     except OSError as exc:
         return VersionInfo(name, ingested, None, None, None, future, unreadable(exc))
@@ -192,9 +200,14 @@ def payload_problem(data: bytes) -> str | None:
     return None
 
 
-def list_report(store: HistoryStore, limit: int | None, now: datetime) -> list[VersionInfo]:
-    """The newest ``limit`` versions (all when ``None``), newest first, each read and judged."""
-    return [read_version(store, path.name, now) for path in store.list_versions(limit)]
+def list_report(reader: HistoryReader, limit: int | None, now: datetime) -> list[VersionInfo]:
+    """The newest ``limit`` versions (all when ``None``), newest first, each read and judged.
+
+    Raises ``OSError`` when the history cannot be listed.
+    """
+    entries = reader.list_versions()
+    chosen = entries[::-1] if limit is None else entries[: -limit - 1 : -1]
+    return [read_version(reader, entry.name, now) for entry in chosen]
 
 
 def resolve_version_name(text: str) -> str:
@@ -210,15 +223,6 @@ def resolve_version_name(text: str) -> str:
             f"{text!r} is not a version name (YYYY-MM-DDTHH-mm-ss-XXXXXXXX[.json] or 'latest')"
         )
     return name
-
-
-def version_at(names: Sequence[str], when: datetime) -> str | None:
-    """The newest version whose name's timestamp is at or before ``when`` (names sorted)."""
-    for name in reversed(names):
-        stamp = parse_timestamp_from_filename(name)
-        if stamp is not None and stamp <= when:
-            return name
-    return None
 
 
 # -- status ------------------------------------------------------------------------------
@@ -320,16 +324,21 @@ class Status:
 
 
 def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
-    """The history's metadata, its latest version, the spool's backlog and the lock."""
-    meta = store.get_storage_metadata()
-    stored, meta_problem = store.read_metadata_file()
+    """The history's metadata, its latest version, the spool's backlog and the lock.
+
+    Raises ``OSError`` when the history cannot be listed.
+    """
+    reader = LocalHistory(store.history_dir)
+    names = [entry.name for entry in reader.list_versions()]
+    stored, meta_problem = stored_metadata(reader)
+    meta = derive_metadata(names, now, stored)
     if meta_problem is None and stored.scan_facts() != meta.scan_facts():
         meta_problem = "out of date"
 
     latest: LatestVersion | None = None
-    latest_name = store.latest_version_name(now)
-    if latest_name is not None:
-        info = read_version(store, latest_name, now)
+    newest = latest_name(names, now)
+    if newest is not None:
+        info = read_version(reader, newest, now)
         latest = LatestVersion(
             info,
             (now - info.ingested_at).total_seconds() if info.ingested_at else None,
@@ -367,7 +376,7 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
             retention_days=settings.rejected_retention_days,
         ),
         lock=LockState(pid, command, owner is not None),
-        mirror=mirror_status(store.history_dir, store.version_names(), settings.mirror),
+        mirror=mirror_status(store.history_dir, names, settings.mirror),
         settings=settings.describe(),
     )
 
@@ -429,15 +438,15 @@ def _temps(folder: Path, prefixes: tuple[str, ...]) -> list[str]:
         return []
 
 
-def _metadata_findings(store: HistoryStore) -> list[Finding]:
-    stored, problem = store.read_metadata_file()
+def _metadata_findings(reader: HistoryReader, names: list[str], now: datetime) -> list[Finding]:
+    stored, problem = stored_metadata(reader)
     if is_permission_problem(problem):
         # The file may be fine: a repair run by this user would not help.
         message = f"{METADATA_NAME} is {problem}: {PERMISSION_ADVICE}"
         return [Finding("metadata", METADATA_NAME, message)]
     if problem is not None:
         return [Finding("metadata", METADATA_NAME, f"{METADATA_NAME} is {problem}", True)]
-    scanned = store.get_storage_metadata()
+    scanned = derive_metadata(names, now, stored)
     stored_json = stored.model_dump(by_alias=True)
     scanned_json = scanned.model_dump(by_alias=True)
     keys = ("versionCount", "oldestTimestamp", "newestTimestamp", "latestVersion", "futureVersions")
@@ -451,15 +460,15 @@ def _metadata_findings(store: HistoryStore) -> list[Finding]:
     return []
 
 
-def _version_findings(store: HistoryStore, names: list[str]) -> list[Finding]:
+def _version_findings(reader: LocalHistory, names: list[str]) -> list[Finding]:
     problems: list[Finding] = []
     for name in names:
-        path = store.version_path(name)
+        path = reader.dir / name
         try:
             st = path.lstat()
-            data = path.read_bytes()
-        except FileNotFoundError:
-            continue  # deleted by retention since the scan
+            data = reader.read_version(name)
+        except (FileNotFoundError, VersionNotFound):
+            continue  # deleted by retention since the listing
         except OSError as exc:
             problem = unreadable(exc)
             if is_permission_problem(problem):
@@ -501,19 +510,22 @@ def _odd_entries(store: HistoryStore, names: set[str]) -> list[Finding]:
 
 
 def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
-    """Check the history (already loaded); never writes.
+    """Check the local history: its versions (read through its reader), its metadata,
+    its latest link, modes and temp files; never writes. Raises ``OSError`` when the
+    history cannot be listed.
 
     While another process holds the lock, the caches (metadata, latest link) and temp
     files may be mid-update, so what is found about them is a warning, not a problem;
     an empty ``.tmp-w-`` file is then the watcher's spare for its next copy, not even
     that. When this process holds the lock (``verify --repair``) nothing is in flight.
     """
-    names = store.version_names()
+    reader = LocalHistory(store.history_dir)
+    names = [entry.name for entry in reader.list_versions()]
     pid = lock_holder(store.lock_path)
     if pid == os.getpid():
         pid = None
     report = VerifyReport(store.history_dir, store.latest_path, len(names), writer_pid=pid)
-    report.problems += _version_findings(store, names)
+    report.problems += _version_findings(reader, names)
 
     caches: list[Finding] = []
     for temp in _temps(store.history_dir, (TEMP_PREFIX,)):
@@ -528,7 +540,7 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
             caches.append(
                 Finding("stale-temp", os.fspath(link_dir / temp), "leftover temp file", True)
             )
-    caches += _metadata_findings(store)
+    caches += _metadata_findings(reader, names, now)
     link_problem = store.latest_problem()
     report.adopt_advised = latest_is_a_file(store)
     if report.adopt_advised and unkept_latest(store):

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from .history.base import FUTURE_SLACK
+from .history.base import future_count as future_suffix
 from .names import parse_timestamp_from_filename
 
 __all__ = [
@@ -40,9 +42,6 @@ DEFAULT_HOLD_MAX = 10_000
 At most this many expired versions a configured mirror has not uploaded yet are kept
 (see :mod:`ingester.mirror_state`).
 """
-
-FUTURE_SLACK = timedelta(days=1)
-"""How far ahead of the clock a version may be dated before it counts as future."""
 
 # "not-mirrored" is never given by the policy itself: the store marks an expired
 # version so when a configured mirror has not uploaded it yet.
@@ -132,18 +131,6 @@ def plan_retention(names: Iterable[str], now: datetime, policy: RetentionPolicy)
         action: Literal["keep", "delete"] = "delete" if reason == "expired" else "keep"
         decisions.append(Decision(name, stamp, action, reason))
     return RetentionPlan(tuple(decisions), now, policy)
-
-
-def future_suffix(sorted_names: Sequence[str], now: datetime) -> int:
-    """How many names at the end of ``sorted_names`` are future-dated."""
-    horizon = now + FUTURE_SLACK
-    count = 0
-    for name in reversed(sorted_names):
-        stamp = parse_timestamp_from_filename(name)
-        if stamp is None or stamp <= horizon:
-            break
-        count += 1
-    return count
 
 
 def expired_prefix(sorted_names: Sequence[str], now: datetime, policy: RetentionPolicy) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
@@ -53,6 +53,16 @@ __all__ = [
 def _shown(text: Any) -> str:
     shown = repr(text)
     return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+def _mirror_hold(
+    history_dir: Path, sorted_names: Sequence[str], expired: int
+) -> tuple[int, str | None]:
+    """:func:`ingester.mirror_state.mirror_hold`, its module loaded at the first cleanup
+    (a read command that never cleans up never loads it)."""
+    from .mirror_state import mirror_hold
+
+    return mirror_hold(history_dir, sorted_names, expired)
 
 
 @dataclass(frozen=True)
@@ -340,8 +350,9 @@ class Settings:
         return RetentionPolicy(self.max_versions, self.retention_days)
 
     def store(self) -> HistoryStore:
-        """A store on these settings' history (not yet loaded)."""
-        return HistoryStore(self.history_dir, self.latest_path, self.policy())
+        """A store on these settings' history (not yet loaded), its retention held for a
+        configured mirror (:func:`ingester.mirror_state.mirror_hold`)."""
+        return HistoryStore(self.history_dir, self.latest_path, self.policy(), hold=_mirror_hold)
 
     def console_zone(self) -> tuple[tzinfo, str]:
         """The console's time zone and its name: the setting, else this machine's zone.

@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
@@ -36,15 +36,14 @@ from typing import TYPE_CHECKING, Any
 from . import durable
 from .clock import utc_now
 from .errors import CacheNotRefreshed, IngesterError, StorageError, unreadable
+from .history.base import derive_metadata, latest_name
 from .names import (
     format_timestamp,
     generate_version_filename,
     is_version_name,
-    parse_timestamp_from_filename,
 )
 
 if TYPE_CHECKING:
-    from .mirror_state import MirrorState
     from .model import ConsoleUsageDataSync
 from .retention import (
     Decision,
@@ -68,7 +67,6 @@ __all__ = [
 log = logging.getLogger("ingester.store")
 
 METADATA_NAME = "_metadata.json"
-MIRROR_STATE_NAME = "_mirror.json"  # ingester.mirror_state's file, named there too
 LOCK_NAME = ".lock"
 VERSION_MODE = 0o444
 METADATA_MODE = 0o644
@@ -241,8 +239,20 @@ class Batch:
                 log.debug("no spare temp file: %s", exc)
 
 
+RetentionHold = Callable[[Path, Sequence[str], int], tuple[int, str | None]]
+"""Something that may keep expired versions from retention (the mirror, until it has
+uploaded them): given the history folder, every version name (oldest first) and how
+many of the oldest the policy would delete, it returns how many may go now and a
+warning for the log (or ``None``). See :func:`ingester.mirror_state.mirror_hold`."""
+
+
 class HistoryStore:
-    """The history folder and its latest link, and the operations on them."""
+    """The history folder and its latest link, and the operations on them.
+
+    ``hold``: retention's hold (:data:`RetentionHold`); without one, retention deletes
+    all the policy lets it. :meth:`ingester.settings.Settings.store` passes the
+    mirror's, which reads its state file in the history when there is one.
+    """
 
     def __init__(
         self,
@@ -251,8 +261,10 @@ class HistoryStore:
         policy: RetentionPolicy | None = None,
         *,
         clock: Callable[[], datetime] = utc_now,
+        hold: RetentionHold | None = None,
     ) -> None:
         self.history_dir = Path(os.path.abspath(history_dir))
+        self.hold = hold
         self._history = os.fspath(self.history_dir)
         self.latest_path = Path(os.path.abspath(latest_path))
         self.policy = policy or RetentionPolicy()
@@ -424,31 +436,11 @@ class HistoryStore:
 
     def _derive(self, base: StorageMetadata) -> StorageMetadata:
         """``base`` with every scan-derived key recomputed from the names in memory."""
-        names = self._names
-        now = self.clock()
-        future = future_suffix(names, now)
-        latest = self.latest_version_name(now)
-        return StorageMetadata(
-            version_count=len(names),
-            oldest_timestamp=format_timestamp(parse_timestamp_from_filename(names[0]))
-            if names
-            else None,
-            newest_timestamp=format_timestamp(parse_timestamp_from_filename(names[-1]))
-            if names
-            else None,
-            last_cleanup=base.last_cleanup,
-            # Totals never decrease; when the file was lost, what is on disk is a floor.
-            total_versions_created=max(base.total_versions_created, len(names)),
-            total_versions_deleted=base.total_versions_deleted,
-            latest_version=latest,
-            future_versions=future,
-        )
+        return derive_metadata(self._names, self.clock(), base)
 
     def latest_version_name(self, now: datetime | None = None) -> str | None:
         """The newest version that is not future-dated: what the latest link names."""
-        names = self._names
-        present = len(names) - future_suffix(names, now or self.clock())
-        return names[present - 1] if present > 0 else None
+        return latest_name(self._names, now or self.clock())
 
     def latest_problem(self) -> str | None:
         """Why the latest link does not name the newest version, or ``None`` if it does."""
@@ -635,28 +627,15 @@ class HistoryStore:
         plan = plan_retention(self._names, now or self.clock(), self.policy)
         return self._hold_for_mirror(plan)
 
-    def _mirror_state(self) -> MirrorState | None:
-        """The mirror's progress file, when there is one (see :mod:`ingester.mirror_state`).
-
-        Most histories have no mirror: the file's model is loaded only when there is.
-        """
-        if not os.path.lexists(self.history_dir / MIRROR_STATE_NAME):
-            return None
-        from .mirror_state import read_mirror_state
-
-        return read_mirror_state(self.history_dir)
-
-    def _deletable(self, expired: int, mirror: MirrorState | None) -> int:
-        if mirror is None:
-            return expired
-        from .mirror_state import deletable_count
-
-        return deletable_count(self._names, expired, mirror)
+    def _deletable(self, expired: int) -> tuple[int, str | None]:
+        if self.hold is None:
+            return expired, None
+        return self.hold(self.history_dir, self._names, expired)
 
     def _hold_for_mirror(self, plan: RetentionPlan) -> RetentionPlan:
         """``plan`` with the deletions a configured mirror has not caught up with kept."""
         expired = len(plan.delete)
-        allowed = self._deletable(expired, self._mirror_state())
+        allowed, _warning = self._deletable(expired)
         if allowed == expired:
             return plan
         held = set(plan.delete[allowed:])
@@ -681,15 +660,10 @@ class HistoryStore:
         now = now or self.clock()
         count = expired_prefix(self._names, now, self.policy)
         # A configured mirror holds back what it has not uploaded yet (bounded).
-        mirror = self._mirror_state()
-        count = 0 if hold_deletions else self._deletable(count, mirror)
+        count, warning = (0, None) if hold_deletions else self._deletable(count)
         doomed = self._names[:count]
-        if mirror is not None and doomed and doomed[-1] > (mirror.mirrored_through or ""):
-            log.warning(
-                "cleanup deletes versions the mirror has not uploaded: more than %d "
-                "(--mirror-hold) were waiting",
-                mirror.hold_max,
-            )
+        if warning is not None:
+            log.warning("%s", warning)
         deleted: list[str] = []
         failure: StorageError | None = None
         for name in doomed:

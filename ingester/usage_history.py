@@ -1,7 +1,7 @@
 """The forecast of a history: :mod:`ingester.forecast` over the versions a reader holds.
 
 :class:`UsageHistory` reads versions through a
-:class:`~ingester.history_index.HistoryIndex` (a local folder or an object store) and
+:class:`~ingester.history.index.HistoryIndex` (a local folder or an object store) and
 keeps what it read:
 
 * each version's :class:`~ingester.forecast.Observation`, by version name (versions
@@ -41,8 +41,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
-from pathlib import Path
 
+from .errors import VersionNotFound
 from .forecast import (
     BASIS,
     CLOCK_AHEAD,
@@ -53,15 +53,10 @@ from .forecast import (
     newer_readings,
     observe,
 )
-from .history_index import (
-    HistoryIndex,
-    HistorySnapshot,
-    LocalHistory,
-    VersionEntry,
-    VersionNotFound,
-)
+from .history.base import HistoryReader, VersionEntry
+from .history.index import HistoryIndex, HistorySnapshot
 
-__all__ = ["ForecastAnswer", "UsageHistory", "local_forecast"]
+__all__ = ["ForecastAnswer", "UsageHistory", "forecast_of"]
 
 log = logging.getLogger("ingester.forecast")
 
@@ -247,12 +242,11 @@ class UsageHistory:
             return answer
 
 
-def local_forecast(
-    history_dir: Path, zone: tzinfo, zone_name: str, now: datetime
+def forecast_of(
+    reader: HistoryReader, zone: tzinfo, zone_name: str, now: datetime
 ) -> ForecastAnswer | None:
-    """The forecast of the history folder ``history_dir`` (read once, nothing kept).
+    """The forecast of the history ``reader`` reads (read once, nothing kept).
 
     ``None`` when it holds no version; ``OSError`` when it cannot be read.
     """
-    index = HistoryIndex(LocalHistory(history_dir))
-    return UsageHistory(index, zone, zone_name).answer(now)
+    return UsageHistory(HistoryIndex(reader), zone, zone_name).answer(now)

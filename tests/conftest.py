@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from support import SAMPLES
+from support.capabilities import can_chattr, can_mount  # noqa: F401  (fixtures for every module)
 
 
 @pytest.fixture

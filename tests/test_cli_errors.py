@@ -20,17 +20,11 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, SAMPLES, cli_env, run_cli
+from support.capabilities import AS_OTHER, other_user_problem
 from support.plugin_output import perfdata_problems
 
-OTHER_UID = 4242
 HISTORY = "console-usage-history"
 SAMPLE = SAMPLES / "valid" / "full.json"
-AS_OTHER = [
-    "setpriv",
-    f"--reuid={OTHER_UID}",
-    f"--regid={OTHER_UID}",
-    "--clear-groups",
-]
 
 # Every command, with arguments that would succeed on a healthy history.
 COMMANDS: list[tuple[str, ...]] = [
@@ -55,28 +49,7 @@ COMMANDS: list[tuple[str, ...]] = [
 ]
 
 
-def _why_not_other_user() -> str | None:
-    if not IS_ROOT:
-        return "needs root to switch to another uid"
-    if shutil.which("setpriv") is None:
-        return "setpriv (util-linux) is not installed"
-    probe = subprocess.run(
-        [*AS_OTHER, sys.executable, "-c", "import ingester.cli"],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd="/",
-        check=False,
-    )
-    if probe.returncode != 0:
-        return (
-            f"uid {OTHER_UID} cannot run {sys.executable} with the package "
-            f"(the venv or checkout is not world-readable): {probe.stderr.strip()[-200:]}"
-        )
-    return None
-
-
-WHY_NOT = _why_not_other_user()
+WHY_NOT = other_user_problem()
 needs_other_user = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 
 

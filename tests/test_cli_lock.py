@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from support import SAMPLES, cli_env, run_cli
-from test_cli_errors import AS_OTHER, OTHER_UID, WHY_NOT
+from support.capabilities import AS_OTHER, OTHER_UID
+from test_cli_errors import WHY_NOT
 
 from ingester.lock import HistoryLock
 

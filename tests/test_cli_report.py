@@ -663,3 +663,25 @@ def test_verify_passes_over_a_running_watchers_spare_file(root: Path) -> None:
     subjects = [f["subject"] for f in report["warnings"] + report["problems"]]
     assert not any("0123456789ab" in s for s in subjects)
     assert any("ba9876543210" in s for s in subjects)
+
+
+def test_read_commands_never_follow_a_symlink_in_a_versions_place(
+    root: Path, tmp_path: Path, dated: list[str]
+) -> None:
+    """A symlink named like a version is no version: ``list``, ``show``, ``export`` and
+    ``check`` neither list it nor read the file it points to."""
+    secret = tmp_path / "elsewhere.json"
+    secret.write_bytes(payload("2026-01-05T00:00:00Z", secret="outside the history"))
+    planted = "2026-01-04T00-00-00-00000000.json"
+    os.symlink(secret, root / HISTORY / planted)
+    listed = json.loads(ok(run_cli(root, "list", "--json")).stdout)
+    assert [v["name"] for v in listed] == dated[::-1]
+    shown = run_cli(root, "show", planted)
+    one_line_error(shown, 1, "no version")
+    assert "outside" not in shown.stdout
+    assert ok(run_cli(root, "show")).stdout.encode() == (root / HISTORY / dated[-1]).read_bytes()
+    exported = ok(run_cli(root, "export", "--format", "jsonl")).stdout
+    assert len(exported.splitlines()) == len(dated)
+    assert "outside" not in exported
+    checked = json.loads(run_cli(root, "check", "--max-age", "36500d", "--json").stdout)
+    assert checked["latest"] == dated[-1]

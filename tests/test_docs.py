@@ -23,9 +23,11 @@ import subprocess
 import sys
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import run_cli
+from test_mirror import aws_files, bucket, s3  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = sorted([REPO / "README.md", REPO / "spool" / "README.md", *(REPO / "docs").glob("*.md")])
@@ -468,3 +470,49 @@ def test_the_migrating_guide_s_copy_to_the_server_cannot_land_inside_a_history(
     # And the next step of the guide adopts what was copied.
     adopted = run_cli(root, "adopt")
     assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+
+
+def test_the_mirror_guide_s_read_from_the_object_store_block_runs(
+    tmp_path: Path,
+    s3: Any,  # noqa: F811
+    bucket: str,  # noqa: F811
+    aws_files: dict[str, str],  # noqa: F811
+) -> None:
+    """The ``--from s3://`` commands of mirror.md, run as written against a bucket the
+    real mirror filled (a real SeaweedFS), from a folder with no history."""
+    from support.serveproc import fresh_payload
+    from test_mirror import make_store, s3_env
+
+    source = tmp_path / "source"
+    store = make_store(source)
+    for i in range(3):
+        store.save_version(fresh_payload(seq=i))
+    target = f"s3://{bucket}/usage/prod"
+    env = s3_env(s3.endpoint, aws_files)
+    mirrored = run_cli(source, "mirror", target, "--once", **env)
+    assert mirrored.returncode == 0, mirrored.stderr
+    block = _section_block(
+        REPO / "docs" / "mirror.md", "## Reading the object store from the command line"
+    )
+    assert block.count("--from s3://my-bucket/usage/prod") == 4
+    script = block.replace("s3://my-bucket/usage/prod", target).replace(
+        "ingester ", f"{sys.executable} -m ingester "
+    )
+    reader = tmp_path / "reader"
+    reader.mkdir()
+    done = subprocess.run(
+        ["bash", "-c", "set -e\n" + script],
+        cwd=reader,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("INGESTER_")}, **env},
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "INGESTER OK" in done.stdout, done.stdout
+    history = source / "console-usage-history"
+    newest = sorted(history.glob("20*.json"))[-1]
+    assert (reader / "latest.json").read_bytes() == newest.read_bytes()
+    assert len((reader / "usage.csv").read_text().splitlines()) == 1 + 3
+    assert sorted(p.name for p in reader.iterdir()) == ["latest.json", "usage.csv"]

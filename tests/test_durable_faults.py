@@ -12,11 +12,9 @@ cleared a fresh store initializes, saves, and agrees with a scan.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
-import shutil
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -24,7 +22,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support import IS_ROOT, run_cli
+from support import run_cli
+from support.capabilities import immutable
+from support.capabilities import tmpfs as mounted_tmpfs
 
 from ingester import HistoryStore, RetentionPolicy, StorageError
 from ingester.names import format_timestamp, is_version_name, parse_timestamp_from_filename
@@ -34,76 +34,11 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, check=False, timeout=30)
 
 
-def _capability(tmp: Path, what: str) -> str | None:
-    """Why the fault ``what`` cannot be made here, or None when it can."""
-    if not IS_ROOT:
-        return f"{what} needs root (only root can chattr +i or mount a tmpfs)"
-    tool = "chattr" if what == "chattr" else "mount"
-    if shutil.which(tool) is None:
-        return f"{tool} is not installed"
-    probe = tmp / f"probe-{what}"
-    probe.mkdir()
-    if what == "chattr":
-        done = _run("chattr", "+i", str(probe))
-        if done.returncode != 0:
-            return f"chattr +i does not work here: {done.stderr.strip()}"
-        try:
-            (probe / "x").touch()
-        except PermissionError:
-            return None
-        finally:
-            _run("chattr", "-i", str(probe))
-        return "chattr +i did not stop a write here"
-    done = _run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe))
-    if done.returncode != 0:
-        return f"cannot mount a tmpfs here: {done.stderr.strip()}"
-    try:
-        ro = _run("mount", "-o", "remount,ro", str(probe))
-        if ro.returncode != 0:
-            return f"cannot remount a tmpfs read-only here: {ro.stderr.strip()}"
-    finally:
-        _run("umount", str(probe))
-    return None
-
-
-@pytest.fixture(scope="session")
-def can_chattr(tmp_path_factory: pytest.TempPathFactory) -> None:
-    reason = _capability(tmp_path_factory.mktemp("chattr"), "chattr")
-    if reason:
-        pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def can_mount(tmp_path_factory: pytest.TempPathFactory) -> None:
-    reason = _capability(tmp_path_factory.mktemp("mount"), "tmpfs")
-    if reason:
-        pytest.skip(reason)
-
-
-@contextlib.contextmanager
-def immutable(folder: Path) -> Iterator[None]:
-    done = _run("chattr", "+i", str(folder))
-    assert done.returncode == 0, done.stderr
-    try:
-        yield
-    finally:
-        _run("chattr", "-i", str(folder))
-
-
 @pytest.fixture
 def tmpfs(tmp_path: Path, can_mount: None) -> Iterator[Path]:
     """A fresh 1 MiB tmpfs, always unmounted afterwards."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = _run("mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt))
-    assert done.returncode == 0, done.stderr
-    try:
+    with mounted_tmpfs(tmp_path / "mnt", "1m") as mnt:
         yield mnt
-    finally:
-        _run("mount", "-o", "remount,rw", str(mnt))
-        result = _run("umount", str(mnt))
-        if result.returncode != 0:
-            _run("umount", "-l", str(mnt))
 
 
 def make_store(base: Path, policy: RetentionPolicy | None = None) -> HistoryStore:

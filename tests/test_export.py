@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import VALID_SAMPLES, cli_env, run_cli
-from test_durable_faults import can_mount, tmpfs  # noqa: F401 - fixtures
+from test_durable_faults import tmpfs  # noqa: F401 - a fixture
 
 from ingester.export import COLUMNS, defuse_formulas, write_rows
 from ingester.names import generate_version_filename

@@ -23,13 +23,11 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from support import IS_ROOT, wait_for
+from support import wait_for
+from support.capabilities import tmpfs
 from support.watchproc import WatchProcess, drop, payload
 from test_crashpoints import Expect, final_problems, settings_for
 
@@ -38,68 +36,6 @@ WATCH_ARGS = ("--retry-max", "0.5", "--rescan-interval", "1")
 
 def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-
-
-def _is_mount(path: Path) -> bool:
-    return os.path.ismount(path)
-
-
-def umount_all(path: Path) -> None:
-    """Undo every mount stacked on ``path``."""
-    for _ in range(5):
-        if not _is_mount(path):
-            return
-        if _run("umount", str(path)).returncode != 0:
-            _run("umount", "-l", str(path))
-
-
-@pytest.fixture(scope="module")
-def can_chattr(tmp_path_factory: pytest.TempPathFactory) -> None:
-    if not IS_ROOT:
-        pytest.skip("chattr +i needs root")
-    if shutil.which("chattr") is None:
-        pytest.skip("chattr is not installed")
-    probe = tmp_path_factory.mktemp("chattr-probe")
-    if _run("chattr", "+i", str(probe)).returncode != 0:
-        pytest.skip("chattr +i does not work on this filesystem")
-    try:
-        try:
-            (probe / "x").write_bytes(b"")
-        except PermissionError:
-            return
-        pytest.skip("chattr +i does not stop root here")
-    finally:
-        _run("chattr", "-i", str(probe))
-
-
-@pytest.fixture(scope="module")
-def can_mount(tmp_path_factory: pytest.TempPathFactory) -> None:
-    if not IS_ROOT:
-        pytest.skip("mounting a tmpfs needs root")
-    probe = tmp_path_factory.mktemp("mount-probe")
-    result = _run("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(probe))
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
-        ok = (
-            _run("mount", "--bind", str(probe), str(probe)).returncode == 0
-            and _run("mount", "-o", "remount,bind,ro", str(probe)).returncode == 0
-        )
-        if not ok:
-            pytest.skip("cannot make a read-only bind mount here")
-    finally:
-        umount_all(probe)
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str = "4m") -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    result = _run("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path))
-    assert result.returncode == 0, result.stderr
-    try:
-        yield path
-    finally:
-        umount_all(path)
 
 
 def drops_for(tag: str, count: int) -> dict[str, bytes]:

@@ -12,14 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support import wait_for
 
-from ingester.history_index import (
-    BoundedCache,
-    HistoryIndex,
-    LocalHistory,
-    VersionEntry,
-    VersionNotFound,
-    _snapshot,
-)
+from ingester.errors import VersionNotFound
+from ingester.history.base import VersionEntry
+from ingester.history.index import BoundedCache, HistoryIndex, _snapshot
+from ingester.history.local import LocalHistory
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, cli_env, run_cli, wait_for
+from support.capabilities import immutable
 from support.watchproc import WatchProcess, drop, payload, stored_contents, versions
 
 from ingester.settings import resolve_settings
@@ -47,33 +48,6 @@ def history_of(root: Path) -> Path:
 
 def ingester_cmd(root: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "ingester", "--root", str(root), *args]
-
-
-@pytest.fixture(scope="module")
-def can_chattr(tmp_path_factory: pytest.TempPathFactory) -> None:
-    if not IS_ROOT or shutil.which("chattr") is None:
-        pytest.skip("needs root and chattr to make 'permission denied' real")
-    probe = tmp_path_factory.mktemp("chattr") / "probe"
-    probe.mkdir()
-    done = subprocess.run(["chattr", "+i", str(probe)], capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"chattr +i does not work here: {done.stderr!r}")
-    try:
-        (probe / "x").touch()
-        pytest.skip("chattr +i does not stop a write here")
-    except PermissionError:
-        pass
-    finally:
-        subprocess.run(["chattr", "-i", str(probe)], check=False)
-
-
-@contextlib.contextmanager
-def immutable(path: Path) -> Iterator[None]:
-    subprocess.run(["chattr", "+i", str(path)], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(path)], check=False)
 
 
 needs_two_users = pytest.mark.skipif(

@@ -35,6 +35,7 @@ from ingester.mirror_state import (
     MIRROR_STATE_NAME,
     MirrorState,
     deletable_count,
+    mirror_hold,
     read_mirror_state,
     write_mirror_state,
 )
@@ -112,7 +113,10 @@ def s3_env(endpoint: str, aws_files: dict[str, str], **extra: str) -> dict[str, 
 
 def make_store(root: Path, max_versions: int = 100, days: float = 7.0) -> HistoryStore:
     store = HistoryStore(
-        root / HISTORY, root / "console-usage-synced.json", RetentionPolicy(max_versions, days)
+        root / HISTORY,
+        root / "console-usage-synced.json",
+        RetentionPolicy(max_versions, days),
+        hold=mirror_hold,
     )
     store.initialize()
     return store
@@ -185,9 +189,23 @@ def mirrored_exactly(
     newest = max(local) if local else None
     if newest is not None and remote.get("console-usage-synced.json") != local[newest]:
         return "the latest object is not the newest version"
-    metadata = (root / HISTORY / "_metadata.json").read_bytes()
-    if remote.get("_metadata.json") != metadata:
-        return "the metadata object differs"
+    # The metadata object describes the versions in the bucket (keep mode holds more than
+    # the history), with the totals the history counts.
+    local_meta = json.loads((root / HISTORY / "_metadata.json").read_bytes())
+    try:
+        meta = json.loads(remote.get("_metadata.json", b""))
+    except ValueError:
+        return "no metadata object"
+    names = sorted(remote_versions)
+    facts = {
+        "versionCount": len(names),
+        "latestVersion": names[-1] if names else None,
+        "totalVersionsCreated": local_meta["totalVersionsCreated"],
+        "totalVersionsDeleted": local_meta["totalVersionsDeleted"],
+        "lastCleanup": local_meta["lastCleanup"],
+    }
+    if {key: meta.get(key) for key in facts} != facts:
+        return f"the metadata object says {meta}, not {facts}"
     return True
 
 

@@ -135,3 +135,19 @@ def test_the_reason_file_quoted_for_authors_is_what_the_program_writes() -> None
         judge_payload(json.dumps({"lastUpdated": "2026-11-27 14:05:00Z"}).encode())
     assert quoted["reason"] == caught.value.reason
     assert quoted["errors"] == caught.value.errors
+
+
+def test_the_openapi_description_takes_the_payload_from_the_schema() -> None:
+    """One payload contract: the served description's is ``ingester schema``'s."""
+    from ingester.openapi import openapi_document
+    from ingester.schema import payload_schema
+
+    components = openapi_document()["components"]["schemas"]
+    schema = payload_schema()
+    served = components["ConsoleUsageDataSync"]
+    assert served["description"] == schema["description"]
+    assert served["properties"]["lastUpdated"] == schema["properties"]["lastUpdated"]
+    assert served["anyOf"] == schema["anyOf"]
+    for name, definition in schema["$defs"].items():
+        assert components[name]["properties"].keys() == definition["properties"].keys()
+    assert "$defs" not in json.dumps(components)

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from support.serveproc import put_version, version_name
 
-from ingester.history_index import HistoryIndex, LocalHistory
+from ingester.history.index import HistoryIndex
+from ingester.history.local import LocalHistory
 from ingester.usage_history import UsageHistory
 
 NOW = datetime(2026, 11, 27, 14, 0, tzinfo=UTC)

@@ -15,7 +15,7 @@ The first three endpoints keep the original sync server's clients working unchan
   ``GET  /api/claude/console-usage/versions/{name}`` (the bytes, immutable).
 * ``GET  /metrics`` (Prometheus text format, :mod:`.metrics`), ``GET /openapi.json``.
 
-The API only reads the history (through :class:`ingester.history_index.HistoryReader`);
+The API only reads the history (through :class:`ingester.history.base.HistoryReader`);
 the watcher stays its single writer. Build the app with :func:`create_app`
 (:mod:`.app`); running it on a socket is :mod:`ingester.serve`'s job.
 """

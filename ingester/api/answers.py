@@ -18,6 +18,7 @@ from starlette.responses import Response
 from ..clock import utc_now
 from ..forecast import parse_observed_at
 from ..names import format_timestamp
+from ..routes import API_PATH, HEALTH_PATH, VERSIONS_PATH
 
 __all__ = [
     "API_PATH",
@@ -36,9 +37,6 @@ __all__ = [
     "post_answer",
 ]
 
-API_PATH = "/api/claude/console-usage"
-VERSIONS_PATH = f"{API_PATH}/versions"
-HEALTH_PATH = "/api/health"
 # Ages are judged in whole minutes, rounded as the original server rounded them, so the
 # age an answer shows and the verdict it gets always agree.
 STALE_AFTER_MINUTES = 10  # isStale beyond it, and "degraded" in health

@@ -14,11 +14,21 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..forecast_api import install as install_forecast
-from ..history_index import HistoryIndex, LocalHistory
+from ..history.index import HistoryIndex
+from ..history.local import LocalHistory
 from ..metrics import MetricsRegistry
 from ..page import routes as page_routes
+from ..routes import (
+    API_PATH,
+    HEALTH_PATH,
+    METRICS_PATH,
+    OPENAPI_PATH,
+    TRIGGER_PATH,
+    VERSION_PATH,
+    VERSIONS_PATH,
+)
 from ..spool import Spool
-from .answers import API_PATH, HEALTH_PATH, JSON, VERSIONS_PATH, json_answer
+from .answers import JSON, json_answer
 from .backlog import BacklogWarnings, WatcherProbe
 from .context import ServeConfig, ServeContext
 from .health import get_health
@@ -31,7 +41,7 @@ from .metrics import (
 )
 from .posts import post_console_usage
 from .reads import get_console_usage, get_version, list_versions
-from .trigger import TRIGGER_PATH, post_trigger
+from .trigger import post_trigger
 from .trigger_command import TriggerRunner
 
 __all__ = ["api_routes", "create_app", "log_configuration"]
@@ -61,10 +71,10 @@ def api_routes() -> list[BaseRoute]:
         Route(API_PATH, console_usage, methods=["GET", "HEAD", "POST"]),
         Route(TRIGGER_PATH, post_trigger, methods=["POST"]),
         Route(VERSIONS_PATH, list_versions, methods=["GET", "HEAD"]),
-        Route(VERSIONS_PATH + "/{name}", get_version, methods=["GET", "HEAD"]),
+        Route(VERSION_PATH, get_version, methods=["GET", "HEAD"]),
         Route(HEALTH_PATH, get_health, methods=["GET", "HEAD"]),
-        Route("/metrics", get_metrics, methods=["GET"]),
-        Route("/openapi.json", get_openapi, methods=["GET"]),
+        Route(METRICS_PATH, get_metrics, methods=["GET"]),
+        Route(OPENAPI_PATH, get_openapi, methods=["GET"]),
     ]
 
 

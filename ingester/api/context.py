@@ -10,7 +10,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ..clock import utc_now
-from ..history_index import BoundedCache, HistoryIndex, HistoryReader
+from ..history.base import HistoryReader
+from ..history.index import BoundedCache, HistoryIndex
 from ..settings import Settings
 from ..spool import Spool
 from .backlog import BacklogWarnings, WatcherProbe

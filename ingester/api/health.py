@@ -23,7 +23,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..history_index import VersionNotFound
+from ..errors import VersionNotFound
 from .answers import STALE_AFTER_MINUTES, UNHEALTHY_AFTER_MINUTES, age_minutes, iso, json_answer
 from .backlog import SpoolState
 from .context import ServeContext

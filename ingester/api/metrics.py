@@ -16,13 +16,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..forecast_api import FORECAST_PATH
-from ..history_index import VersionNotFound
-from .answers import (
+from ..errors import VersionNotFound
+from ..routes import (
     API_PATH,
+    FORECAST_PATH,
     HEALTH_PATH,
-    STALE_AFTER_MINUTES,
+    METRICS_PATH,
+    OPENAPI_PATH,
+    TRIGGER_PATH,
+    VERSION_PATH,
     VERSIONS_PATH,
+)
+from .answers import (
+    STALE_AFTER_MINUTES,
     age_minutes,
     json_answer,
     parse_last_updated,
@@ -182,8 +188,6 @@ async def get_metrics(request: Request) -> Response:
     return Response(data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-TRIGGER_PATH = API_PATH + "/trigger"
-
 # Methods counted by name; any other (clients may send any token) is "other", so the
 # metric's label values stay few.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -191,15 +195,15 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 
 def _route_label(path: str) -> str:
     if path.startswith(VERSIONS_PATH + "/"):
-        return VERSIONS_PATH + "/{name}"
+        return VERSION_PATH
     if path in (
         API_PATH,
         TRIGGER_PATH,
         VERSIONS_PATH,
         HEALTH_PATH,
         FORECAST_PATH,
-        "/metrics",
-        "/openapi.json",
+        METRICS_PATH,
+        OPENAPI_PATH,
     ):
         return path
     return "other"

@@ -1,7 +1,7 @@
 """The read side: the latest (or a chosen) version with freshness fields, the versions
 listing and one version's bytes.
 
-``serve`` only reads the history (through :class:`ingester.history_index.HistoryIndex`);
+``serve`` only reads the history (through :class:`ingester.history.index.HistoryIndex`);
 the watcher stays its single writer.
 """
 
@@ -16,7 +16,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..history_index import HistorySnapshot, VersionNotFound
+from ..errors import VersionNotFound
+from ..history.index import HistorySnapshot
 from ..names import is_version_name
 from .answers import (
     JSON,

@@ -13,6 +13,7 @@ import logging
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..routes import TRIGGER_PATH
 from .answers import post_answer
 from .context import ServeContext
 from .posts import client_address, key_refusal, refuse
@@ -20,8 +21,6 @@ from .posts import client_address, key_refusal, refuse
 __all__ = ["TRIGGER_PATH", "post_trigger"]
 
 log = logging.getLogger("ingester.serve")
-
-TRIGGER_PATH = "/api/claude/console-usage/trigger"
 
 
 async def post_trigger(request: Request) -> Response:

@@ -38,18 +38,20 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..clock import parse_iso_time
+from ..errors import VersionNotFound
 from ..export import COLUMNS, Row, row_from_bytes
 from ..forecast import CLOCK_AHEAD
-from ..history_index import HistoryIndex, VersionEntry, VersionNotFound
+from ..history.base import VersionEntry
+from ..history.index import HistoryIndex
 from ..model import PayloadRejected
 from ..names import format_timestamp
+from ..routes import SERIES_PATH
 
 __all__ = ["SERIES_PATH", "STATIC_DIR", "routes"]
 
 log = logging.getLogger("ingester.page")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-SERIES_PATH = "/api/claude/console-usage/series"
 TIME_EXAMPLE = "2026-11-28T10:30:00Z"
 SELECT_BY = ("ingestedAt", "lastUpdated")
 _OBSERVED = COLUMNS.index("lastUpdated")

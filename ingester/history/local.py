@@ -1,0 +1,218 @@
+"""The local backing's reader: a history folder on local disk, read without writing.
+
+:class:`LocalHistory` lists the folder's regular files named like versions and opens
+each with ``O_NOFOLLOW``: a symlink or a folder named like a version is no version, and
+a symlink put in a version's place is never followed out of the history. It never
+takes the history lock, never creates a folder, and works on a read-only copy.
+
+Its change token is the folder's ``(st_ino, st_mtime_ns, st_ctime_ns)``: every version
+added or deleted, and every replacement of ``_metadata.json``, is an entry created or
+removed in the folder, which moves the folder's mtime (a folder changed within the last
+50 ms is listed again on every look, as a second change within one clock tick may not
+move it again). Version files are immutable, so a size once read stays true.
+
+Its writer, :class:`LocalWriter`, writes through :class:`ingester.store.HistoryStore`
+(the one owner of the folder's format) and :mod:`ingester.durable`'s recipe: what
+``restore`` and the contract tests write. The watcher writes through the store's own
+batches, which group many versions under one folder fsync.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import durable
+from ..errors import MetadataMissing, StorageError, VersionExists, VersionNotFound
+from ..names import is_version_name, parse_timestamp_from_filename
+from ..store import METADATA_MODE, METADATA_NAME, VERSION_MODE, HistoryStore, StorageMetadata
+from .base import VersionEntry, derive_metadata
+
+__all__ = ["LocalHistory", "LocalWriter"]
+
+
+class _Unsettled:
+    """A change token equal to nothing, itself included: "list again every time"."""
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+class LocalHistory:
+    """A :class:`~ingester.history.base.HistoryReader` over a history folder on local disk.
+
+    ``settle`` (seconds): a folder changed more recently than this gets a token equal to
+    nothing, so it is listed again on every look until its times are settled. Two changes
+    within the file system's timestamp granularity (a clock tick) could leave the same
+    mtime; once the last change is older than a few ticks, the next one moves it.
+    """
+
+    def __init__(self, history_dir: Path, *, settle: float = 0.05) -> None:
+        self.dir = Path(os.path.abspath(history_dir))
+        self.location = os.fspath(self.dir)
+        self.settle = settle
+        # Version files never change, so a size once read stays true while the name exists.
+        self._sizes: dict[str, int] = {}
+
+    def change_token(self) -> Hashable | None:
+        """The folder's inode, mtime and ctime (in ns); ``"missing"`` while there is none."""
+        try:
+            st = os.stat(self.dir)
+        except FileNotFoundError:  # not created yet: an empty history, not a broken one
+            return "missing"
+        except OSError as exc:
+            raise StorageError("stat", self.dir, exc) from exc
+        if time.time() - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 <= self.settle:
+            return _Unsettled()
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+    def list_versions(self) -> list[VersionEntry]:
+        """Scan the folder; ``stat`` only the names not seen by the previous scan.
+
+        A missing folder is an empty history (nothing was ever stored).
+        """
+        sizes: dict[str, int] = {}
+        if not os.path.lexists(self.dir):
+            self._sizes = {}
+            return []
+        try:
+            with os.scandir(self.dir) as entries:
+                for entry in entries:
+                    if not is_version_name(entry.name):
+                        continue
+                    known = self._sizes.get(entry.name)
+                    if known is not None:
+                        sizes[entry.name] = known
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:  # deleted by retention meanwhile
+                        continue
+                    if stat.S_ISREG(st.st_mode):  # regular files only
+                        sizes[entry.name] = st.st_size
+        except OSError as exc:
+            raise StorageError("list", self.dir, exc) from exc
+        self._sizes = sizes
+        out = []
+        for name in sorted(sizes):
+            stamp = parse_timestamp_from_filename(name)
+            if stamp is not None:
+                out.append(VersionEntry(name, stamp, sizes[name]))
+        return out
+
+    def read_version(self, name: str) -> bytes:
+        """The version file's bytes (never follows a symlink, never reads a non-file)."""
+        if not is_version_name(name):
+            raise VersionNotFound(name)
+        path = self.dir / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise VersionNotFound(name) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink in a version's place: no version
+                raise VersionNotFound(name) from None
+            raise StorageError("open", path, exc) from exc
+        try:
+            with os.fdopen(fd, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                    raise VersionNotFound(name)
+                return handle.read()
+        except OSError as exc:
+            raise StorageError("read", path, exc) from exc
+
+    def read_metadata(self) -> StorageMetadata:
+        """``_metadata.json``: :class:`~ingester.errors.MetadataMissing` when there is
+        none, :class:`~ingester.store.MetadataCorrupt` when it is not the metadata."""
+        path = self.dir / METADATA_NAME
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise MetadataMissing(f"no {path}") from None
+        except OSError as exc:
+            raise StorageError("read", path, exc) from exc
+        return StorageMetadata.model_validate_json(raw)
+
+
+@dataclass
+class _StagedLocal:
+    """A version's bytes in an fsynced temp file in the history folder."""
+
+    data: bytes
+    file: durable.StagedFile
+
+    def discard(self) -> None:
+        self.file.discard()
+
+
+class LocalWriter:
+    """A :class:`~ingester.history.base.HistoryWriter` over ``store``'s folder.
+
+    Call it with the history lock held. Each commit is the durable recipe (temp file,
+    fsync, link under the name without clobbering, fsync the folder); raises
+    :class:`~ingester.errors.StorageError` when the folder cannot be written.
+    """
+
+    def __init__(self, store: HistoryStore) -> None:
+        self.store = store
+        self.reader = LocalHistory(store.history_dir)
+        self.location = self.reader.location
+
+    def stage(self, data: bytes) -> _StagedLocal:
+        """The bytes in a temp file in the history folder, fsynced, read-only."""
+        return _StagedLocal(data, durable.StagedFile(self.store.history_dir, data, VERSION_MODE))
+
+    def _holds(self, name: str, data: bytes) -> bool | None:
+        """Whether version ``name`` holds ``data`` (``None``: there is no such entry)."""
+        if not os.path.lexists(self.store.version_path(name)):
+            return None
+        try:
+            return self.reader.read_version(name) == data
+        except VersionNotFound:  # a symlink or a folder in the version's place
+            return False
+
+    def commit(self, staged: _StagedLocal, name: str) -> None:
+        """Link the staged file in as version ``name`` (never over another entry)."""
+        if not is_version_name(name):
+            raise ValueError(f"not a version name: {name!r}")
+        held = self._holds(name, staged.data)
+        if held is not None:
+            staged.discard()
+            if not held:
+                raise VersionExists(name, self.location)
+            return
+        try:
+            staged.file.commit(name)
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, FileExistsError):
+                raise
+            if not self._holds(name, staged.data):  # written by another meanwhile
+                raise VersionExists(name, self.location) from None
+
+    def publish(self, base: StorageMetadata | None = None) -> None:
+        """Rewrite ``_metadata.json`` from the versions on disk and re-point the latest
+        link (each atomically); the totals carried as :func:`derive_metadata` says."""
+        store = self.store
+        names = store.scan()
+        stored, _problem = store.read_metadata_file()
+        meta = derive_metadata(names, store.clock(), stored, base)
+        durable.write_file(
+            store.history_dir, METADATA_NAME, meta.to_json_bytes(), mode=METADATA_MODE, replace=True
+        )
+        store.load()
+        store.update_latest()
+
+    def remove(self, name: str) -> None:
+        """Unlink version ``name`` and fsync the folder (gone already: no error)."""
+        if not is_version_name(name):
+            raise ValueError(f"not a version name: {name!r}")
+        durable.remove_file(self.store.version_path(name))
+        durable.fsync_dir(self.store.history_dir)

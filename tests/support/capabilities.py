@@ -1,0 +1,159 @@
+"""What this machine lets a test make real, asked in one place.
+
+Root ignores file permissions, so "permission denied" is made real with ``chattr +i``
+(EPERM even for root), a small tmpfs (ENOSPC) remounted read-only (EROFS), or the real
+CLI run as another uid through ``setpriv``. Each probe tries the fault once and returns
+why it cannot be made here (``None`` when it can), so a test skips saying why.
+The fixtures ``can_chattr`` and ``can_mount`` wrap the first two for a test module
+(import them into it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from . import IS_ROOT, cli_env
+
+__all__ = [
+    "AS_OTHER",
+    "OTHER_UID",
+    "can_chattr",
+    "can_mount",
+    "chattr_problem",
+    "immutable",
+    "mount_problem",
+    "other_user_problem",
+    "run_tool",
+    "tmpfs",
+    "umount_all",
+]
+
+OTHER_UID = 4242
+"""The uid (and gid) a test runs the CLI as, to be refused what root would be allowed."""
+
+AS_OTHER = ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups"]
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run a system tool (chattr, mount, umount), capturing its output; never raises."""
+    return subprocess.run(args, capture_output=True, text=True, check=False, timeout=30)
+
+
+def chattr_problem(probe: Path) -> str | None:
+    """Why ``chattr +i`` cannot stop a write into a folder here (``probe``: a new path)."""
+    if not IS_ROOT:
+        return "chattr +i needs root"
+    if shutil.which("chattr") is None:
+        return "chattr (e2fsprogs) is not installed"
+    probe.mkdir(parents=True, exist_ok=True)
+    done = run_tool("chattr", "+i", str(probe))
+    if done.returncode != 0:
+        return f"chattr +i does not work here: {done.stderr.strip()}"
+    try:
+        (probe / "x").touch()
+    except PermissionError:
+        return None
+    finally:
+        run_tool("chattr", "-i", str(probe))
+    return "chattr +i did not stop a write here"
+
+
+def mount_problem(probe: Path) -> str | None:
+    """Why a small tmpfs cannot be mounted and made read-only here (``probe``: a new
+    path). Read-only is tried the way the tests make it: a bind mount over the tmpfs,
+    remounted ``ro`` (a plain remount fails while a file in it is open for writing)."""
+    if not IS_ROOT:
+        return "mounting a tmpfs needs root"
+    if shutil.which("mount") is None:
+        return "mount is not installed"
+    probe.mkdir(parents=True, exist_ok=True)
+    done = run_tool("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe))
+    if done.returncode != 0:
+        return f"cannot mount a tmpfs here: {done.stderr.strip()}"
+    try:
+        for step in (["--bind", str(probe), str(probe)], ["-o", "remount,bind,ro", str(probe)]):
+            result = run_tool("mount", *step)
+            if result.returncode != 0:
+                return f"cannot make a read-only mount here: {result.stderr.strip()}"
+    finally:
+        umount_all(probe)
+    return None
+
+
+def other_user_problem() -> str | None:
+    """Why the CLI cannot be run as :data:`OTHER_UID` here (root, setpriv, and the
+    interpreter and package reachable by that user are needed)."""
+    if not IS_ROOT:
+        return "needs root to switch to another uid"
+    if shutil.which("setpriv") is None:
+        return "setpriv (util-linux) is not installed"
+    probe = subprocess.run(
+        [*AS_OTHER, sys.executable, "-c", "import ingester.cli"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd="/",
+        check=False,
+    )
+    if probe.returncode != 0:
+        return (
+            f"uid {OTHER_UID} cannot run {sys.executable} with the package "
+            f"(the venv or checkout is not world-readable): {probe.stderr.strip()[-200:]}"
+        )
+    return None
+
+
+@pytest.fixture(scope="session")
+def can_chattr(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Skip, saying why, where ``chattr +i`` cannot make "permission denied" real."""
+    reason = chattr_problem(tmp_path_factory.mktemp("chattr-probe") / "probe")
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def can_mount(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Skip, saying why, where a tmpfs cannot be mounted and made read-only."""
+    reason = mount_problem(tmp_path_factory.mktemp("mount-probe") / "probe")
+    if reason:
+        pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """``chattr +i path`` for the block (undone however it ends)."""
+    done = run_tool("chattr", "+i", str(path))
+    assert done.returncode == 0, done.stderr
+    try:
+        yield
+    finally:
+        run_tool("chattr", "-i", str(path))
+
+
+def umount_all(path: Path) -> None:
+    """Undo every mount stacked on ``path`` (lazily where one is busy)."""
+    for _ in range(5):
+        if not os.path.ismount(path):
+            return
+        if run_tool("umount", str(path)).returncode != 0:
+            run_tool("umount", "-l", str(path))
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str = "4m", mode: str = "0755") -> Iterator[Path]:
+    """A fresh tmpfs of ``size`` on ``path`` for the block, always unmounted after."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = run_tool("mount", "-t", "tmpfs", "-o", f"size={size},mode={mode}", "tmpfs", str(path))
+    assert done.returncode == 0, done.stderr
+    try:
+        yield path
+    finally:
+        umount_all(path)

@@ -1,0 +1,132 @@
+"""``list``, ``show``, ``export`` and ``check`` read the mirror with ``--from s3://``.
+
+A history is mirrored to a real SeaweedFS, then each command run from a folder that has
+no history at all answers from the object store as it answers from the history itself;
+an unreachable store is one line (CRITICAL for ``check``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from support import run_cli
+from support.s3server import SeaweedS3, free_ports
+from test_mirror import add_versions, aws_files, bucket, make_store, s3, s3_env  # noqa: F401
+
+from ingester.history.base import at_or_before
+
+
+@pytest.fixture
+def mirrored(
+    root: Path,
+    s3: SeaweedS3,  # noqa: F811
+    bucket: str,  # noqa: F811
+    aws_files: dict[str, str],  # noqa: F811
+) -> tuple[str, dict[str, str], list[str]]:
+    """A history of five versions mirrored to ``s3://BUCKET/usage``: (target, env, names)."""
+    names = add_versions(make_store(root), 5)
+    target = f"s3://{bucket}/usage"
+    env = s3_env(s3.endpoint, aws_files)
+    result = run_cli(root, "mirror", target, "--once", **env)
+    assert result.returncode == 0, result.stderr
+    return target, env, names
+
+
+def ok(result: object) -> str:
+    assert getattr(result, "returncode") == 0, getattr(result, "stderr")  # noqa: B009
+    assert getattr(result, "stderr") == "", getattr(result, "stderr")  # noqa: B009
+    return str(getattr(result, "stdout"))  # noqa: B009
+
+
+def test_list_and_show_read_the_object_store_as_the_history(
+    root: Path, tmp_path: Path, mirrored: tuple[str, dict[str, str], list[str]]
+) -> None:
+    target, env, names = mirrored
+    elsewhere = tmp_path / "elsewhere"  # a machine without the history
+    local = json.loads(ok(run_cli(root, "list", "--json")))
+    remote = json.loads(ok(run_cli(elsewhere, "list", "--json", "--from", target, **env)))
+    assert remote == local
+    assert [v["name"] for v in remote] == names[::-1]
+    limited = json.loads(
+        ok(run_cli(elsewhere, "list", "--json", "--limit", "2", "--from", target, **env))
+    )
+    assert limited == local[:2]
+    history = root / "console-usage-history"
+    assert (
+        ok(run_cli(elsewhere, "show", "--from", target, **env)).encode()
+        == (history / names[-1]).read_bytes()
+    )
+    assert (
+        ok(run_cli(elsewhere, "show", names[1], "--from", target, **env)).encode()
+        == (history / names[1]).read_bytes()
+    )
+    when = json.loads(ok(run_cli(root, "list", "--json")))[2]["ingestedAt"]
+    at = ok(run_cli(elsewhere, "show", "--at", when, "--from", target, **env))
+    assert at == ok(run_cli(root, "show", "--at", when))
+    from ingester.clock import parse_iso_time
+
+    assert at.encode() == (history / str(at_or_before(names, parse_iso_time(when)))).read_bytes()
+    missing = run_cli(elsewhere, "show", "2020-01-01T00-00-00-00000000", "--from", target, **env)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        f"error: no version 2020-01-01T00-00-00-00000000.json in {target}"
+    )
+    assert not elsewhere.exists() or not any(elsewhere.iterdir())  # nothing written here
+
+
+def test_export_reads_the_object_store_as_the_history(
+    root: Path, tmp_path: Path, mirrored: tuple[str, dict[str, str], list[str]]
+) -> None:
+    target, env, _names = mirrored
+    for fmt in ("csv", "jsonl"):
+        local = ok(run_cli(root, "export", "--format", fmt))
+        remote = ok(run_cli(tmp_path, "export", "--format", fmt, "--from", target, **env))
+        assert remote == local
+        assert len(remote.splitlines()) == 5 + (fmt == "csv")
+
+
+def test_check_judges_the_object_store_by_its_versions_alone(
+    root: Path, tmp_path: Path, mirrored: tuple[str, dict[str, str], list[str]]
+) -> None:
+    target, env, names = mirrored
+    result = run_cli(tmp_path, "check", "--max-age", "3650d", "--json", "--from", target, **env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["from"] == target
+    assert answer["latest"] == names[-1]
+    # The spool and the rejections belong to the machine that ingests: not judged here.
+    assert [c["name"] for c in answer["checks"]] == ["age"]
+    line = run_cli(tmp_path, "check", "--max-age", "3650d", "--from", target, **env)
+    assert line.returncode == 0 and line.stdout.startswith("INGESTER OK - newest data ")
+    assert "backlog" not in line.stdout
+
+
+def test_an_unreachable_object_store_is_one_line(
+    tmp_path: Path,
+    aws_files: dict[str, str],  # noqa: F811
+) -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    env = s3_env(f"http://127.0.0.1:{port}", aws_files)
+    target = "s3://nobody-here/usage"
+    for args in (("list",), ("show",), ("export",)):
+        result = run_cli(tmp_path, *args, "--from", target, **env)
+        assert result.returncode == 1, (args, result.stdout)
+        assert result.stderr.startswith(f"error: {target}: unreachable: "), result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stderr
+    check = run_cli(tmp_path, "check", "--from", target, **env)
+    assert check.returncode == 2
+    assert check.stdout.startswith(f"INGESTER CRITICAL - {target}: unreachable: "), check.stdout
+    assert len(check.stdout.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["list", "show", "export", "check"])
+def test_from_takes_an_s3_address_only(tmp_path: Path, command: str) -> None:
+    result = run_cli(tmp_path, command, "--from", "/some/folder")
+    assert result.returncode == 2
+    assert "is not an s3://BUCKET/PREFIX address" in result.stderr
+    endpoint = run_cli(tmp_path, command, "--endpoint-url", "http://127.0.0.1:1")
+    assert endpoint.returncode == 2
+    assert "--endpoint-url is for --from" in endpoint.stderr
