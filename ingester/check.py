@@ -461,33 +461,39 @@ def gather_facts(
     """
     now = now or utc_now()
     source = None if reader is None else reader.location
+    # The spool is read first, apart: a history it cannot read leaves its counts as read.
+    intake = {} if reader is not None else _intake(settings, now)
     try:
-        return _gather(settings, now, usage, reader)
+        return _gather(settings, now, usage, reader, intake)
     except OSError as exc:
-        unread = f"not read: {describe_os_error(exc)}"
-        return Facts(
-            now=now,
-            history_problem=describe_os_error(exc),
-            source=source,
-            backlog=None,
-            rejected_last_hour=None,
-            backlog_problem=unread,
-            rejected_problem=unread,
-        )
+        return Facts(now=now, history_problem=describe_os_error(exc), source=source, **intake)
 
 
-def _gather(settings: Settings, now: datetime, usage: bool, reader: HistoryReader | None) -> Facts:
+def _intake(settings: Settings, now: datetime) -> dict[str, Any]:
+    """The spool's facts for :class:`Facts`; never raises (what it cannot list is unknown)."""
+    backlog, oldest, backlog_problem = _spool_backlog(settings, now)
+    rejected, rejected_problem = _rejected(settings, now)
+    return {
+        "backlog": backlog,
+        "oldest_drop_age": oldest,
+        "rejected_last_hour": rejected,
+        "backlog_problem": backlog_problem,
+        "rejected_problem": rejected_problem,
+    }
+
+
+def _gather(
+    settings: Settings,
+    now: datetime,
+    usage: bool,
+    reader: HistoryReader | None,
+    intake: dict[str, Any],
+) -> Facts:
     common: dict[str, Any] = {"now": now}
     if reader is not None:
         common["source"] = reader.location
     else:
-        backlog, oldest, backlog_problem = _spool_backlog(settings, now)
-        rejected, rejected_problem = _rejected(settings, now)
-        common["backlog"] = backlog
-        common["oldest_drop_age"] = oldest
-        common["rejected_last_hour"] = rejected
-        common["backlog_problem"] = backlog_problem
-        common["rejected_problem"] = rejected_problem
+        common.update(intake)
         problem = history_problem(settings)
         if problem is not None:
             return Facts(history_problem=problem, **common)
