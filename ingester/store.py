@@ -217,20 +217,26 @@ class Batch:
 
     def _finish(self, update_latest: bool) -> None:
         store = self._store
+        folders: list[Path] = [store.history_dir]
         if update_latest:
             try:
-                store.update_latest()
+                store.update_latest(sync=False)
             except StorageError as exc:
                 self.latest_error = exc
-        try:
-            durable.fsync_dir(store.history_dir)
-        except StorageError:
+            else:
+                folders.append(store.latest_path.parent)
+        # The history's names and the latest link's, fsynced at once (one folder if
+        # they share it).
+        history_error, *latest_error = durable.fsync_dirs(folders)
+        if latest_error and latest_error[0] is not None:
+            self.latest_error = latest_error[0]
+        if history_error is not None:
             # A failed fsync is a failed write: take the names back.
             for name in self.names:
                 store._withdraw_version(name)
             with contextlib.suppress(StorageError):
                 store.update_latest()  # not left naming a version taken back
-            raise
+            raise history_error
         if self.keep_spare:
             # The next copy's inode, made now rather than when its drop arrives.
             try:
@@ -597,10 +603,13 @@ class HistoryStore:
         self.update_latest()
         self._write_metadata()
 
-    def update_latest(self) -> None:
-        """Re-point the latest link at the newest non-future version (atomically)."""
+    def update_latest(self, *, sync: bool = True) -> None:
+        """Re-point the latest link at the newest non-future version (atomically).
+
+        With ``sync=False`` the caller fsyncs the link's folder.
+        """
         self._ensure_loaded()
-        self._update_latest()
+        self._update_latest(sync=sync)
 
     def save_version(self, data: bytes | ConsoleUsageDataSync) -> Path:
         """Store one payload as a new version, re-point the latest link, refresh the metadata.
@@ -703,7 +712,7 @@ class HistoryStore:
 
     # -- caches --------------------------------------------------------------------
 
-    def _update_latest(self) -> None:
+    def _update_latest(self, *, sync: bool = True) -> None:
         newest = self.latest_version_name()
         if newest is None:
             durable.remove_file(self.latest_path)
@@ -716,7 +725,9 @@ class HistoryStore:
             except OSError as exc:
                 raise StorageError("read", source, exc) from exc
 
-        durable.replace_symlink(self.latest_path, self.link_target(newest), fallback=copy_of_newest)
+        durable.replace_symlink(
+            self.latest_path, self.link_target(newest), fallback=copy_of_newest, sync_dir=sync
+        )
 
     def _write_metadata(self) -> None:
         self._meta = self._derive(self._meta)

@@ -9,29 +9,40 @@ the operations guide gives each command a section with all of its options; the q
 ``status`` output shows the settings a real run prints; the README names every command
 that refuses while a watcher runs; every Python block in the docs is a marked example
 (``<!-- example: NAME -->``) that runs as written against real data (the Python API, the
-polars recipe on a real export, the scraper's drop function with a real watcher).
+polars recipe on a real export, the scraper's drop function with a real watcher); every
+shell block (```sh, ```console) is run by a test its marker names, or is marked
+``<!-- not run: REASON -->`` where it needs what a test machine lacks (a booted systemd,
+the host's /etc, the package index, a real cloud account).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import run_cli
+from support import cli_env, run_cli, wait_for
+from support.watchproc import WatchProcess
 from test_mirror import aws_files, bucket, s3  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = sorted([REPO / "README.md", REPO / "spool" / "README.md", *(REPO / "docs").glob("*.md")])
 FULL_SAMPLE = REPO / "tests" / "samples" / "valid" / "full.json"
+INVALID = REPO / "tests" / "samples" / "invalid" / "percentage-out-of-range.json"
+VALID_SAMPLES = sorted((REPO / "tests" / "samples" / "valid").glob("*.json"))
 
 WATCH_COMMAND = "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/ingester watch"
 
@@ -250,9 +261,76 @@ EXAMPLE_RUNS = {
     "polars-read-back": example_polars_read_back,
     "scraper-drop": example_scraper_drop,
 }
-# Examples that need a server a module of their own starts: name -> (test file, test).
+# Shell examples, and those that need a server a module of their own starts:
+# name -> (test file, test); the test names the example to find its block.
+HERE = "tests/test_docs.py"
 EXAMPLES_RUN_ELSEWHERE = {
     "aws-browse": ("tests/test_mirror.py", "test_the_documented_aws_cli_look_at_the_bucket"),
+    "mirror-read-from": (HERE, "test_the_mirror_guide_s_read_from_the_object_store_block_runs"),
+    "mirror-serve-from": (
+        "tests/test_mirror.py",
+        "test_the_documented_serve_from_line_serves_the_mirror",
+    ),
+    "readme-submit": (HERE, "test_the_readme_s_submit_blocks_drop_what_the_watcher_stores"),
+    "readme-submit-fresh": (HERE, "test_the_readme_s_submit_blocks_drop_what_the_watcher_stores"),
+    "backup-snapshot": (HERE, "test_the_backup_guide_s_snapshot_variables_and_restored_verify_run"),
+    "backup-variables": (
+        HERE,
+        "test_the_backup_guide_s_snapshot_variables_and_restored_verify_run",
+    ),
+    "backup-verify-restored": (
+        HERE,
+        "test_the_backup_guide_s_snapshot_variables_and_restored_verify_run",
+    ),
+    "scraper-schema": (HERE, "test_the_scraper_guide_s_blocks_run"),
+    "scraper-ci": (HERE, "test_the_scraper_guide_s_blocks_run"),
+    "service-read-commands": (HERE, "test_the_service_guide_s_read_commands_run"),
+    "monitoring-check-mirror": (HERE, "test_the_check_transcript_of_a_mirror_behind_runs"),
+    "backup-live-excludes": (HERE, "test_the_live_copy_excludes_leave_out_what_they_name"),
+    "page-export": (HERE, "test_the_export_transcript_runs"),
+    "operations-watch": (HERE, "test_each_documented_watch_line_stores_a_drop"),
+    **dict.fromkeys(
+        ["monitoring-check-ok", "monitoring-check-forecast", "operations-forecast"],
+        (HERE, "test_the_check_and_forecast_transcripts_run"),
+    ),
+    "monitoring-check-eacces": (
+        HERE,
+        "test_the_check_transcript_as_a_user_outside_the_groups_runs",
+    ),
+    **dict.fromkeys(
+        ["serve-one-process", "serve-beside-watcher", "serve-curl", "serve-trigger"],
+        (HERE, "test_the_serve_guide_s_blocks_serve_and_store"),
+    ),
+    "readme-try-it": (
+        HERE,
+        "test_the_readme_s_try_it_block_runs_as_the_original_s_clients_would",
+    ),
+    "migrating-try-it": (HERE, "test_the_migrating_guide_s_try_it_block_adopts_a_copy"),
+    "migrating-copy-to-server": (
+        HERE,
+        "test_the_migrating_guide_s_copy_to_the_server_cannot_land_inside_a_history",
+    ),
+    "migrating-try-it-output": (HERE, "test_the_migrating_guide_s_transcripts_and_going_back_run"),
+    "migrating-nested": (HERE, "test_the_migrating_guide_s_transcripts_and_going_back_run"),
+    "migrating-back": (HERE, "test_the_migrating_guide_s_transcripts_and_going_back_run"),
+    **dict.fromkeys(
+        [
+            "operations-errors",
+            "operations-status",
+            "operations-list",
+            "operations-show",
+            "operations-show-errors",
+            "operations-list-damaged",
+            "operations-verify",
+            "operations-verify-repair",
+            "operations-verify-locked",
+        ],
+        (HERE, "test_the_operations_guide_s_transcripts_run"),
+    ),
+    **dict.fromkeys(
+        ["operations-ingest", "operations-cleanup"],
+        (HERE, "test_the_operations_guide_s_ingest_and_cleanup_transcripts_run"),
+    ),
 }
 
 
@@ -266,6 +344,51 @@ def test_every_python_block_in_the_docs_is_an_example_that_runs() -> None:
     assert set(marked_examples()) == set(EXAMPLE_RUNS) | set(EXAMPLES_RUN_ELSEWHERE)
     for path, test in EXAMPLES_RUN_ELSEWHERE.values():
         assert f"def {test}(" in (REPO / path).read_text(), f"{path} has no {test}"
+
+
+_SHELL_FENCE = re.compile(r"^```(?:sh|bash|shell|console)\n", re.M)
+_RUN_MARK = re.compile(r"<!-- (example|recipe): ([\w-]+) -->|<!-- not run: (.+?) -->")
+RECIPES_RUNNER = "tests/test_backup_recipes.py"
+
+
+def shell_block_marks(doc: Path) -> list[tuple[int, str]]:
+    """Every shell block of ``doc``: (line number, the line right above its fence)."""
+    text = doc.read_text()
+    found = []
+    for fence in _SHELL_FENCE.finditer(text):
+        before = text[: fence.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        found.append((text.count("\n", 0, fence.start()) + 1, before))
+    return found
+
+
+def test_every_shell_block_in_the_docs_runs_or_says_why_it_cannot() -> None:
+    """A shell block a user would type is run by a test its marker names, or is marked
+    ``<!-- not run: REASON -->`` with a reason that says what the run needs."""
+    unmarked, unknown, vague = [], [], []
+    recipes = set(re.findall(r"<!-- recipe: ([\w-]+) -->", (REPO / "docs/backup.md").read_text()))
+    runner = (REPO / RECIPES_RUNNER).read_text()
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for line, above in shell_block_marks(doc):
+            where = f"{doc.relative_to(REPO)}:{line}"
+            mark = _RUN_MARK.fullmatch(above.strip())
+            if mark is None:
+                unmarked.append(where)
+            elif mark.group(1) == "example" and mark.group(2) not in EXAMPLES_RUN_ELSEWHERE:
+                unknown.append(f"{where}: example {mark.group(2)} has no run")
+            elif mark.group(1) == "recipe" and (
+                doc.name != "backup.md" or "recipes()" not in runner or mark.group(2) not in recipes
+            ):
+                unknown.append(f"{where}: recipe {mark.group(2)} is not run by {RECIPES_RUNNER}")
+            elif mark.group(3) is not None and len(mark.group(3).split()) < 6:
+                vague.append(f"{where}: {mark.group(3)!r}")
+    assert not unmarked, f"shell blocks neither run nor marked 'not run': {unmarked}"
+    assert not unknown, f"shell blocks whose marker names no run: {unknown}"
+    assert not vague, f"'not run' reasons too short to say what the block needs: {vague}"
+    for name, (path, test) in EXAMPLES_RUN_ELSEWHERE.items():
+        source = (REPO / path).read_text()
+        assert f"def {test}(" in source, f"{path} has no {test}"
+        body = source.split(f"def {test}(", 1)[1].split("\ndef ", 1)[0]
+        assert name in body, f"{path}::{test} does not find the example {name} by its name"
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLE_RUNS))
@@ -357,15 +480,6 @@ def test_the_readme_names_every_command_that_refuses_while_a_watcher_runs() -> N
     assert {w for w in writers if f"`{w}`" not in sentence.group(1)} == set()
 
 
-def _section_block(doc: Path, heading: str, index: int = 0) -> str:
-    """The ``index``-th ``sh`` block of the section under ``heading``."""
-    text = doc.read_text()
-    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
-    blocks = shell_blocks(section)
-    assert len(blocks) > index, f"{doc.name}: no sh block {index} under {heading!r}"
-    return blocks[index]
-
-
 def _free_port() -> int:
     import socket
 
@@ -394,7 +508,7 @@ def _as_here(block: str) -> str:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_the_readme_s_try_it_block_runs_as_the_original_s_clients_would(tmp_path: Path) -> None:
-    block = _section_block(REPO / "README.md", "## Replacing the original server")
+    block = example("readme-try-it")
     assert "PORT=4000 CLAUDE_SYNC_API_KEY=" in block and "serve --watch" in block
     port = _free_port()
     script = _as_here(block).replace("4000", str(port)).replace("/tmp/usage", str(tmp_path))
@@ -426,7 +540,7 @@ def test_the_migrating_guide_s_try_it_block_adopts_a_copy(tmp_path: Path) -> Non
     original = tmp_path / "server" / "claude-scraper"
     original.mkdir(parents=True)
     original_history(original)
-    block = _section_block(REPO / "docs" / "migrating.md", "## Try it on a copy")
+    block = example("migrating-try-it")
     assert "ORIGINAL=" in block and "mktemp -d" in block
     temp = tmp_path / "tmp"
     temp.mkdir()
@@ -452,7 +566,7 @@ def test_the_migrating_guide_s_copy_to_the_server_cannot_land_inside_a_history(
     original = tmp_path / "server" / "claude-scraper"
     original.mkdir(parents=True)
     o = original_history(original, latest="unique")
-    block = _section_block(REPO / "docs" / "migrating.md", "## On the server", 1)
+    block = example("migrating-copy-to-server")
     root = tmp_path / "var-lib"
     root.mkdir()
     script = _with_original(block, original, ROOT=str(root))
@@ -470,6 +584,619 @@ def test_the_migrating_guide_s_copy_to_the_server_cannot_land_inside_a_history(
     # And the next step of the guide adopts what was copied.
     adopted = run_cli(root, "adopt")
     assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+
+
+# -- the shell blocks, run as the user types them -------------------------------------------
+#
+# A block runs by bash in a scratch folder, ``ingester`` being this checkout's installed
+# command (first on PATH). Only paths and ports are substituted, in the test, visibly;
+# a transcript (```console) has each ``$ `` command run and its output compared with the
+# one shown, by shape: times, ages, ids and numbers stand for any, columns for any width,
+# ``...`` for anything.
+
+INGESTER_BIN = Path(sys.executable).parent
+
+
+def example(name: str) -> str:
+    """The code of the marked example ``name``."""
+    return marked_examples()[name][2]
+
+
+def substituted(text: str, paths: dict[str, str | Path]) -> str:
+    """``text`` with each doc path (key) replaced by this run's (value), longest first."""
+    for doc_path in sorted(paths, key=len, reverse=True):
+        text = text.replace(doc_path, str(paths[doc_path]))
+    return text
+
+
+def sh(
+    script: str, cwd: Path, timeout: float = 120, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``script`` run by bash in ``cwd`` with the installed ``ingester`` first on PATH;
+    stdout and stderr together, as a terminal shows them."""
+    assert (INGESTER_BIN / "ingester").exists(), "the ingester command is not installed"
+    path = f"{INGESTER_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
+    return subprocess.run(
+        ["bash", "-c", script],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        env=cli_env(PATH=path, **env),
+        check=False,
+    )
+
+
+def transcript(code: str) -> list[tuple[str, list[str]]]:
+    """A ```console block's commands (``$ `` lines, ``\\`` continued) and the output shown."""
+    steps: list[tuple[str, list[str]]] = []
+    lines = code.splitlines()
+    while lines:
+        line = lines.pop(0)
+        if line.startswith("$ "):
+            command = line[2:]
+            while command.endswith("\\") and lines:
+                command += "\n" + lines.pop(0)
+            steps.append((command, []))
+        else:
+            assert steps, f"output before any command: {line!r}"
+            steps[-1][1].append(line)
+    return steps
+
+
+def _shape(line: str) -> str:
+    line = re.sub(
+        r"\d{4}-\d\d-\d\d(?:[T ]\d\d[:-]\d\d(?:[:-]\d\d(?:\.\d+|-\d{6}\b)?)?)?(?:-[0-9a-f]{8}\b)?"
+        r"(?:Z|[+-]\d\d:\d\d)?",
+        "<time>",
+        line,
+    )
+    line = re.sub(r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)\b", "<day>", line)
+    line = re.sub(r"\bjust now\b", "0 s ago", line)
+    line = re.sub(
+        r"\d+(?:\.\d+)? (?:s|min|h|days?)(?: \d+ (?:min|h))? (ago|old)\b", r"<n> \1", line
+    )
+    line = re.sub(r"\b[0-9a-f]{8,}\b", "<id>", line)
+    line = re.sub(r"\d+(?:\.\d+)?", "<n>", line)
+    return " ".join(line.split())
+
+
+def shape_mismatch(shown: list[str], real: list[str]) -> str:
+    """How the real output lines differ from the shown ones, up to times, ids, numbers and
+    width (``...`` or ``…`` in a shown line stands for anything); empty when they agree."""
+    if len(shown) != len(real):
+        return f"{len(real)} line(s), the doc shows {len(shown)}"
+    for want, got in zip(shown, real, strict=True):
+        parts = re.split(r"\.\.\.|…", _shape(want))
+        if not re.fullmatch(".*".join(re.escape(p) for p in parts), _shape(got)):
+            return f"line {got!r} ({_shape(got)}), the doc shows {want!r} ({_shape(want)})"
+    return ""
+
+
+def run_transcript(
+    name: str, cwd: Path, paths: dict[str, str | Path], *, as_user: str = "", **env: str
+) -> list[tuple[int, str]]:
+    """Run each command of the console example ``name`` (paths substituted) in ``cwd``;
+    assert each output has the shape shown (a trailing ``# exit N`` comment is the exit
+    code the doc claims, checked too); return (exit code, output) per command, with
+    ``echo $?`` answered by the previous command's code."""
+    results: list[tuple[int, str]] = []
+    for command, shown in transcript(example(name)):
+        if command == "echo $?":
+            assert shown == [str(results[-1][0])], f"{name}: exit {results[-1][0]}, shown {shown}"
+            continue
+        claimed = [re.search(r"\s+# exit (\d+)$", s) for s in shown]
+        shown = [s[: c.start()] if c else s for s, c in zip(shown, claimed, strict=True)]
+        done = sh(as_user + substituted(command, paths), cwd, **env)
+        output = done.stdout
+        for doc_path in sorted(paths, key=lambda p: len(str(paths[p])), reverse=True):
+            output = output.replace(str(paths[doc_path]), doc_path)
+        real = output.splitlines()
+        mismatch = shape_mismatch(shown, real)
+        assert not mismatch, f"{name}: $ {command}: {mismatch}; output:\n{output}"
+        for c in claimed:
+            if c:
+                assert done.returncode == int(c.group(1)), f"{name}: $ {command}: {output}"
+        results.append((done.returncode, output))
+    return results
+
+
+def _versions(root: Path) -> list[Path]:
+    return sorted((root / "console-usage-history").glob("2*.json"))
+
+
+def test_the_readme_s_submit_blocks_drop_what_the_watcher_stores(tmp_path: Path) -> None:
+    shutil.copy(FULL_SAMPLE, tmp_path / "snapshot.json")
+    assert run_cli(tmp_path, "init").returncode == 0
+    scraper = "scrape() { cat snapshot.json; }   # stands for the user's scraper\n"
+    done = sh("set -e\n" + scraper + example("readme-submit"), tmp_path)
+    assert done.returncode == 0, done.stdout
+    printed = done.stdout.splitlines()
+    drops = sorted(p for p in (tmp_path / "spool").glob("*.json"))
+    assert len(drops) == 2 and sorted(printed[:2]) == [str(p) for p in drops], done.stdout
+    assert printed[2:] == ["valid snapshot.json"], done.stdout
+    fresh = sh("set -e\n" + example("readme-submit-fresh"), tmp_path)
+    assert fresh.returncode == 0, fresh.stdout
+    new = Path(fresh.stdout.strip())
+    assert new.parent == tmp_path / "spool" and new.exists(), fresh.stdout
+    fresh_at = json.loads(new.read_text())["lastUpdated"]
+    assert fresh_at != "2026-11-27T14:05:00Z"
+    assert run_cli(tmp_path, "watch", "--once").returncode == 0
+    assert len(_versions(tmp_path)) == 3
+    assert [v for v in _versions(tmp_path) if json.loads(v.read_text())["lastUpdated"] == fresh_at]
+
+
+def test_the_backup_guide_s_snapshot_variables_and_restored_verify_run(tmp_path: Path) -> None:
+    root = tmp_path / "var" / "lib" / "console-usage-ingester"
+    backups = tmp_path / "var" / "backups" / "console-usage"
+    paths: dict[str, str | Path] = {
+        "/var/lib/console-usage-ingester": root,
+        "/var/backups/console-usage": backups,
+    }
+    root.mkdir(parents=True)
+    backups.mkdir(parents=True)
+    assert run_cli(root, "init").returncode == 0
+    assert run_cli(root, "ingest", *map(str, VALID_SAMPLES)).returncode == 0
+    snapshot = backups / "snapshot"
+    done = sh("set -e\n" + substituted(example("backup-snapshot"), paths), tmp_path)
+    assert done.returncode == 0, done.stdout
+    assert [p.name for p in _versions(snapshot)] == [p.name for p in _versions(root)]
+    assert (snapshot / "console-usage-synced.json").resolve().parent == (
+        snapshot / "console-usage-history"
+    )
+    # The variables the recipes read, then a recipe's snapshot line: on the same
+    # filesystem as ROOT, the snapshot's versions are hard links.
+    shutil.rmtree(snapshot)
+    recipe_line = 'ingester --root "$ROOT" snapshot "$SNAP"'
+    assert recipe_line in (REPO / "docs" / "backup.md").read_text()
+    variables = substituted(example("backup-variables"), paths)
+    assert sh(f"set -e\n{variables}\n{recipe_line}", tmp_path).returncode == 0
+    first = _versions(snapshot)[0]
+    assert first.stat().st_ino == (root / "console-usage-history" / first.name).stat().st_ino
+    # A restored tree is checked by verify alone.
+    run_transcript(
+        "backup-verify-restored", tmp_path, {"/restore": snapshot}, RESTORE=str(snapshot)
+    )
+
+
+def test_the_scraper_guide_s_blocks_run(tmp_path: Path) -> None:
+    done = sh("set -e\n" + example("scraper-schema"), tmp_path)
+    assert done.returncode == 0, done.stdout
+    assert (tmp_path / "payload.schema.json").read_text() == (
+        REPO / "docs" / "payload.schema.json"
+    ).read_text()
+    scraper = "scrape() { cat {sample}; }   # stands for the user's scraper\n"
+    for sample, code, said in [(FULL_SAMPLE, 0, "valid snapshot.json"), (INVALID, 1, "")]:
+        done = sh(
+            scraper.replace("{sample}", shlex.quote(str(sample))) + example("scraper-ci"), tmp_path
+        )
+        assert done.returncode == code, done.stdout
+        assert said in done.stdout
+    assert not (tmp_path / "spool").exists() or not list((tmp_path / "spool").glob("*.json"))
+
+
+def test_the_service_guide_s_read_commands_run(tmp_path: Path) -> None:
+    root = tmp_path / "var" / "lib" / "console-usage-ingester"
+    root.mkdir(parents=True)
+    assert run_cli(root, "init").returncode == 0
+    assert run_cli(root, "ingest", *map(str, VALID_SAMPLES)).returncode == 0
+    block = substituted(example("service-read-commands"), {"/var/lib/console-usage-ingester": root})
+    done = sh("set -e\n" + block, tmp_path)
+    assert done.returncode == 0, done.stdout
+    newest = (root / "console-usage-synced.json").read_text()
+    assert "watcher      not running" in done.stdout and done.stdout.endswith(newest)
+
+
+def _fresh_snapshot(**fields: object) -> str:
+    """The full sample on one line, ``lastUpdated`` now (and ``fields`` over it)."""
+    body = json.loads(FULL_SAMPLE.read_text())
+    body["lastUpdated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    body.update(fields)
+    return json.dumps(body)
+
+
+def ingest_in_order(root: Path, *sources: Path) -> None:
+    """Ingest ``sources`` one per clock second, so that their version names (to the second,
+    then a hash) sort in this order."""
+    for source in sources:
+        second = int(time.time())
+        assert run_cli(root, "ingest", str(source)).returncode == 0
+        wait_for(lambda s=second: int(time.time()) > s, 5, "the next second")
+
+
+def test_the_operations_guide_s_transcripts_run(tmp_path: Path) -> None:
+    """One history through the guide: errors before it exists, status, list, show, a
+    damaged version in list and verify, the repair, and the refusal beside a watcher."""
+    usage = tmp_path / "srv" / "usage"
+    paths: dict[str, str | Path] = {"/srv/usage": usage, "/srv/nowhere": tmp_path / "nowhere"}
+    usage.mkdir(parents=True)
+    run_transcript("operations-errors", tmp_path, paths)
+
+    assert run_cli(usage, "init").returncode == 0
+    (usage / "spool" / "bad.json").write_text(INVALID.read_text())
+    assert run_cli(usage, "watch", "--once").returncode == 0  # one rejected drop
+    fresh = tmp_path / "fresh.json"
+    fresh.write_text(_fresh_snapshot())
+    partial = REPO / "tests" / "samples" / "valid" / "partial-with-errors.json"
+    ingest_in_order(usage, FULL_SAMPLE, partial, fresh)
+    full_version, _, _ = (p.stem for p in _versions(usage))
+    (usage / "spool" / "waiting.json").write_text(FULL_SAMPLE.read_text())
+    # The doc's machine is in Berlin: the default console time zone is the machine's.
+    run_transcript("operations-status", tmp_path, paths, TZ="Europe/Berlin")
+    run_transcript("operations-list", tmp_path, paths)
+
+    # show: the doc's names and times are its own history's; here, this one's.
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
+    show_paths = {
+        **paths,
+        "2026-11-29T04-52-58-11176202": full_version,
+        "2026-11-29T05:00:00Z": soon,
+    }
+    run_transcript("operations-show", tmp_path, show_paths)
+    assert (tmp_path / "snapshot.json").read_bytes() == (
+        usage / "console-usage-synced.json"
+    ).read_bytes()
+    run_transcript("operations-show-errors", tmp_path, paths)
+
+    # Damage: a version that is not JSON, a leftover temp file, metadata a version short.
+    history = usage / "console-usage-history"
+    damaged = _versions(usage)[1]
+    damaged.chmod(0o644)
+    damaged.write_text('{"currentSession": {"a": 1}\n"x": 1}')
+    damaged.chmod(0o444)
+    run_transcript("operations-list-damaged", tmp_path, paths)
+    (history / ".tmp-w-5f0c2a9e1b7d").write_text("{")
+    metadata = json.loads((history / "_metadata.json").read_text())
+    metadata["versionCount"] = 2
+    (history / "_metadata.json").write_text(json.dumps(metadata))
+    [(code, _)] = run_transcript("operations-verify", tmp_path, paths)
+    assert code == 1
+    [(code, _)] = run_transcript("operations-verify-repair", tmp_path, paths)
+    assert code == 1 and not (history / ".tmp-w-5f0c2a9e1b7d").exists()
+    with WatchProcess(usage):
+        [(code, output)] = run_transcript("operations-verify-locked", tmp_path, paths)
+    assert code == 1, output
+
+
+def test_the_operations_guide_s_ingest_and_cleanup_transcripts_run(tmp_path: Path) -> None:
+    assert run_cli(tmp_path, "init").returncode == 0
+    shutil.copy(FULL_SAMPLE, tmp_path / "snapshot.json")
+    shutil.copy(INVALID, tmp_path / "bad.json")
+    run_transcript("operations-ingest", tmp_path, {})
+    assert len(_versions(tmp_path)) == 1
+    # One rejected drop, and a version from long ago for retention to expire.
+    (tmp_path / "spool" / "bad.json").write_text(INVALID.read_text())
+    assert run_cli(tmp_path, "watch", "--once").returncode == 0
+    old = tmp_path / "console-usage-history" / "2026-11-20T08-00-00-00000000.json"
+    shutil.copy(FULL_SAMPLE, old)
+    old.chmod(0o444)
+    run_transcript("operations-cleanup", tmp_path, {})
+    assert not old.exists() and len(_versions(tmp_path)) == 1
+
+
+def test_the_migrating_guide_s_transcripts_and_going_back_run(tmp_path: Path) -> None:
+    from test_adopt import original_history
+
+    copy = tmp_path / "copy" / "claude-scraper"
+    original_history(copy)
+    # The original stamps both ends with its clock's milliseconds, which names drop.
+    meta_path = copy / "console-usage-history" / "_metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["oldestTimestamp"] = meta["oldestTimestamp"].replace(".000Z", ".412Z")
+    meta_path.write_text(json.dumps(meta, indent=2))
+    paths: dict[str, str | Path] = {"/tmp/tmp.x3Yk0qGm2f/claude-scraper": copy}
+    run_transcript("migrating-try-it-output", tmp_path, paths, COPY=str(copy))
+    assert (copy / "console-usage-synced.json").is_symlink()
+
+    nest = tmp_path / "nest"
+    original_history(nest / "claude-scraper")
+    [(code, _)] = run_transcript("migrating-nested", tmp_path, {"/tmp/nest": nest})
+    assert code == 1 and not (nest / "console-usage-history").exists()
+
+    # Going back: the latest a plain copy of the newest version, which stays as it was.
+    latest = copy / "console-usage-synced.json"
+    newest = latest.resolve()
+    before = newest.read_bytes()
+    block = substituted(example("migrating-back"), {"/var/lib/console-usage-ingester": copy})
+    done = sh("set -e\n" + block, tmp_path)
+    assert done.returncode == 0, done.stdout
+    assert not latest.is_symlink() and latest.read_bytes() == before == newest.read_bytes()
+
+
+@contextlib.contextmanager
+def in_background(script: str, cwd: Path, **env: str) -> Iterator[subprocess.Popen[str]]:
+    """A block that runs until stopped (a server), run by bash in its own process group;
+    SIGTERM to the group when done, as Ctrl-C would, and it must exit 0."""
+    path = f"{INGESTER_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
+    log = cwd / f"background-{time.monotonic_ns()}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["bash", "-c", script],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=cli_env(PATH=path, **env),
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    text = log.read_text()
+    assert "Traceback" not in text, text
+
+
+def _http(
+    method: str, url: str, key: str = "", body: bytes | None = None
+) -> tuple[int, dict[str, object]]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method=method)
+    if key:
+        request.add_header("X-API-Key", key)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+    except OSError:
+        return 0, {}
+
+
+def _answers(url: str) -> bool:
+    return _http("GET", url)[0] != 0
+
+
+def test_the_serve_guide_s_blocks_serve_and_store(tmp_path: Path) -> None:
+    """One process, then beside a watcher with the guide's two curl calls, then with a
+    trigger command: each serves the original's endpoints and stores what is POSTed."""
+    home = tmp_path / "home"
+    (home / ".config").mkdir(parents=True)
+    key = "a-test-key-only"
+    (home / ".config" / "ingester-key").write_text(key + "\n")
+    snapshot = _fresh_snapshot().encode()
+
+    one = tmp_path / "one"
+    one.mkdir()
+    port = _free_port()
+    block = _as_here(example("serve-one-process")).replace("4000", str(port))
+    with in_background(block, one, HOME=str(home)):
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(f"{base}/api/health"), 60, "serve --watch to listen")
+        status, answer = _http("POST", f"{base}/api/claude/console-usage", key, snapshot)
+        assert status == 202 and answer["success"] is True, answer
+        wait_for(lambda: _versions(one), 30, "the POSTed snapshot stored")
+
+    beside = tmp_path / "beside"
+    beside.mkdir()
+    assert run_cli(beside, "init").returncode == 0
+    fresh = tmp_path / "fresh.json"
+    fresh.write_bytes(snapshot)
+    assert run_cli(beside, "ingest", str(fresh)).returncode == 0
+    (beside / "snapshot.json").write_bytes(snapshot)
+    port = _free_port()
+    block = _as_here(example("serve-beside-watcher")).replace("8080", str(port))
+    with in_background(block, beside, HOME=str(home)):
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/api/health"), 60, "serve to listen")
+        address = {"127.0.0.1:8080": f"127.0.0.1:{port}"}
+        run_transcript("serve-curl", beside, address, KEY=key)
+        wait_for(lambda: len(_versions(beside)) == 2, 30, "the watcher storing the POST")
+
+    # The trigger runs the scraper's command (here a script that submits a snapshot).
+    trigger = tmp_path / "trigger"
+    trigger.mkdir()
+    scraper = tmp_path / "opt" / "scraper" / "bin" / "scrape"
+    scraper.parent.mkdir(parents=True)
+    scraper.write_text(
+        f"#!/bin/sh\necho scraped\ncat {shlex.quote(str(fresh))} | ingester submit -\n"
+    )
+    scraper.chmod(0o755)
+    port = _free_port()
+    block = substituted(example("serve-trigger"), {"/opt/scraper/bin/scrape": scraper})
+    with in_background(block, trigger, PORT=str(port), CLAUDE_SYNC_API_KEY=key):
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(f"{base}/api/health"), 60, "serve --watch to listen")
+        status, answer = _http("POST", f"{base}/api/claude/console-usage/trigger", key)
+        assert status == 200 and answer["success"] is True, answer
+        wait_for(lambda: _versions(trigger), 30, "the triggered scrape stored")
+
+
+def _utc(seconds_ago: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - seconds_ago))
+
+
+def test_the_check_and_forecast_transcripts_run(tmp_path: Path) -> None:
+    """A history whose weekly limit runs out before its reset, the session's not: check
+    warns with the forecast, and the forecast table says the same."""
+    root = tmp_path / "var" / "lib" / "console-usage-ingester"
+    root.mkdir(parents=True)
+    paths: dict[str, str | Path] = {"/var/lib/console-usage-ingester": root}
+    assert run_cli(root, "init").returncode == 0
+    # The weekly reset three days ahead, whatever today is: the limit runs out first.
+    weekly_reset = time.strftime("%a 8:59 AM", time.gmtime(time.time() + 3 * 86400))
+    sources = []
+    for hours_ago, session, weekly, resets in [(2, 31, 62.8, 3), (1, 38, 64, 2), (0, 45, 65.2, 1)]:
+        body = {
+            "currentSession": {"resetsIn": f"{resets} hr 15 min", "percentageUsed": session},
+            "weeklyLimits": {
+                "allModels": {"resetsIn": weekly_reset, "percentageUsed": weekly},
+                "sonnetOnly": {"resetsIn": weekly_reset, "percentageUsed": 7},
+            },
+            "lastUpdated": _utc(hours_ago * 3600 + 120),
+        }
+        sources.append(tmp_path / f"{hours_ago}.json")
+        sources[-1].write_text(json.dumps(body))
+    ingest_in_order(root, *sources)
+    [(code, _)] = run_transcript("monitoring-check-ok", tmp_path, paths)
+    assert code == 0
+    [(code, _)] = run_transcript("monitoring-check-forecast", tmp_path, paths)
+    assert code == 1  # WARNING
+    [(code, _)] = run_transcript("operations-forecast", root, paths)
+    assert code == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run check as another uid")
+def test_the_check_transcript_as_a_user_outside_the_groups_runs() -> None:
+    # pytest's own temporary folders are closed to other users: this one is open down
+    # to the state folder, as /var/lib is.
+    with tempfile.TemporaryDirectory() as top:
+        Path(top).chmod(0o755)
+        root = Path(top) / "var" / "lib" / "console-usage-ingester"
+        root.mkdir(parents=True)
+        for folder in (root.parent.parent, root.parent):
+            folder.chmod(0o755)
+        assert run_cli(root, "init").returncode == 0
+        root.chmod(0o750)  # the service's state folder
+        other = "setpriv --reuid=4242 --regid=4242 --clear-groups "  # in neither group
+        paths: dict[str, str | Path] = {"/var/lib/console-usage-ingester": root}
+        [(code, _)] = run_transcript("monitoring-check-eacces", Path(top), paths, as_user=other)
+    assert code == 2
+
+
+def test_the_export_transcript_runs(tmp_path: Path) -> None:
+    usage = tmp_path / "srv" / "usage"
+    usage.mkdir(parents=True)
+    assert run_cli(usage, "init").returncode == 0
+    assert run_cli(usage, "ingest", *map(str, VALID_SAMPLES)).returncode == 0
+    run_transcript("page-export", usage, {"/srv/usage": usage})
+    rows = (usage / "usage.csv").read_text().splitlines()
+    assert rows[0].startswith("ingestedAt,lastUpdated,") and len(rows) == 1 + len(VALID_SAMPLES)
+
+
+def test_each_documented_watch_line_stores_a_drop(tmp_path: Path) -> None:
+    """Each line of the block is one way to run the watcher: the ones that run until
+    stopped take a drop while they run, ``--once`` takes the backlog and exits 0."""
+    usage = tmp_path / "srv" / "usage"
+    usage.mkdir(parents=True)
+    lines = [line.split("#")[0].strip() for line in example("operations-watch").splitlines()]
+    assert len(lines) == 4
+    for n, line in enumerate(lines):
+        root = usage if "--root /srv/usage" in line else tmp_path
+        command = substituted(line, {"/srv/usage": usage})
+        assert run_cli(root, "init").returncode == 0
+        before = len(_versions(root))
+        if "--once" in line:
+            (root / "spool" / f"{n}.json").write_text(_fresh_snapshot())
+            done = sh(command, tmp_path)
+            assert done.returncode == 0, done.stdout
+        else:
+            with in_background(command, tmp_path) as process:
+                (root / "spool" / f"{n}.json").write_text(_fresh_snapshot())
+                stored = lambda r=root, b=before: len(_versions(r)) > b  # noqa: E731
+                wait_for(stored, 60, f"{line} storing")
+                assert process.poll() is None, line
+        assert len(_versions(root)) == before + 1, line
+
+
+@pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("rsync", "restic", "borg", "tar")),
+    reason="rsync, restic, borg and tar are needed (.ci/run installs them with apt-get)",
+)
+def test_the_live_copy_excludes_leave_out_what_they_name(tmp_path: Path) -> None:
+    """Each tool's line copies the live root beside a running watcher, without the temp
+    files, the lock and the spool."""
+    root = tmp_path / "root"
+    root.mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "restic-password").write_text("test only")
+    env = {
+        "ROOT": str(root),
+        "DEST": str(tmp_path / "dest"),
+        "ARCHIVE": str(tmp_path / "live.tar.gz"),
+        "HOME": str(home),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "RESTIC_REPOSITORY": str(tmp_path / "restic-repo"),
+        "RESTIC_PASSWORD_FILE": str(home / "restic-password"),
+        "BORG_REPO": str(tmp_path / "borg-repo"),
+        "BORG_PASSPHRASE": "test only",
+        "BORG_BASE_DIR": str(home),
+    }
+    setup = sh("set -e; restic init -q; borg init --encryption=repokey-blake2", tmp_path, **env)
+    assert setup.returncode == 0, setup.stdout
+    assert run_cli(root, "init").returncode == 0
+    assert run_cli(root, "ingest", *map(str, VALID_SAMPLES)).returncode == 0
+    with WatchProcess(root):
+        (root / "console-usage-history" / ".tmp-w-5f0c2a9e1b7d").write_text("{")
+        (root / "spool" / "tmp" / "in-flight.json").write_text("{")
+        assert (root / "console-usage-history" / ".lock").exists()
+        done = sh("set -e\n" + example("backup-live-excludes"), tmp_path, **env)
+        assert done.returncode == 0, done.stdout
+    copies = {
+        "rsync": sh('cd "$DEST" && find . -mindepth 1', tmp_path, **env),
+        "restic": sh("restic ls --quiet latest", tmp_path, **env),
+        "borg": sh("borg list --short ::$(borg list --short --last 1)", tmp_path, **env),
+        "tar": sh('tar -tzf "$ARCHIVE"', tmp_path, **env),
+    }
+    versions = [p.name for p in _versions(root)]
+    for tool, listing in copies.items():
+        assert listing.returncode == 0, f"{tool}: {listing.stdout}"
+        names = listing.stdout.split()
+        for version in versions:
+            assert any(n.endswith(f"console-usage-history/{version}") for n in names), tool
+        assert any(n.endswith("console-usage-synced.json") for n in names), tool
+        for left_out in (".tmp-", "/.lock", "spool"):
+            assert not [n for n in names if left_out in n], f"{tool} copied {left_out}: {names}"
+
+
+def test_the_check_transcript_of_a_mirror_behind_runs(tmp_path: Path) -> None:
+    """A mirror running against a store it cannot reach, 9 versions waiting, the oldest
+    ingested 41 min ago: check says CRITICAL with the mirror's state."""
+    pytest.importorskip("boto3")
+    root = tmp_path / "var" / "lib" / "console-usage-ingester"
+    root.mkdir(parents=True)
+    assert run_cli(root, "init").returncode == 0
+    history = root / "console-usage-history"
+    for minutes in range(41, 33, -1):  # versions stored 41 to 34 min ago
+        stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime(time.time() - minutes * 60))
+        old = history / f"{stamp}-{minutes:08x}.json"
+        old.write_text(_fresh_snapshot(lastUpdated=_utc(minutes * 60)))
+        old.chmod(0o444)
+    fresh = tmp_path / "fresh.json"
+    fresh.write_text(_fresh_snapshot(lastUpdated=_utc(62)))
+    assert run_cli(root, "ingest", str(fresh)).returncode == 0
+    assert run_cli(root, "verify", "--repair").returncode == 0
+    store = {  # an object store nothing listens for
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "aws-config-none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials-none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    mirror = f"ingester --root {shlex.quote(str(root))} mirror s3://my-bucket/usage/prod"
+    with in_background(mirror, tmp_path, **store):
+        state = history / "_mirror.json"
+        wait_for(lambda: state.exists() and "unreachable" in state.read_text(), 120, "state")
+        paths: dict[str, str | Path] = {"/var/lib/console-usage-ingester": root}
+        [(code, _)] = run_transcript("monitoring-check-mirror", tmp_path, paths)
+    assert code == 2
+
+
+def test_the_single_test_commands_in_the_testing_guide_name_tests_that_exist() -> None:
+    """Those commands run parts of this suite, so they are not run from inside it; what
+    they name must exist."""
+    text = (REPO / "docs" / "testing.md").read_text()
+    block = text.split(".venv/bin/python -m pytest tests/test_watcher.py -q", 1)
+    assert len(block) == 2, "docs/testing.md no longer shows how to run one file"
+    commands = ".venv/bin/python -m pytest tests/test_watcher.py -q" + block[1].split("```")[0]
+    named = re.findall(r"(tests/\w+\.py)(?:::(\w+))?", commands)
+    assert named
+    for path, test in named:
+        assert (REPO / path).exists(), f"docs/testing.md names {path}, which does not exist"
+        if test:
+            assert f"def {test}(" in (REPO / path).read_text(), f"{path} has no {test}"
 
 
 def test_the_mirror_guide_s_read_from_the_object_store_block_runs(
@@ -491,9 +1218,7 @@ def test_the_mirror_guide_s_read_from_the_object_store_block_runs(
     env = s3_env(s3.endpoint, aws_files)
     mirrored = run_cli(source, "mirror", target, "--once", **env)
     assert mirrored.returncode == 0, mirrored.stderr
-    block = _section_block(
-        REPO / "docs" / "mirror.md", "## Reading the object store from the command line"
-    )
+    block = example("mirror-read-from")
     assert block.count("--from s3://my-bucket/usage/prod") == 4
     script = block.replace("s3://my-bucket/usage/prod", target).replace(
         "ingester ", f"{sys.executable} -m ingester "

@@ -80,3 +80,38 @@ def test_every_temp_prefix_starts_with_the_one_prefix() -> None:
         durable.SNAPSHOT_TEMP_PREFIX,
     ):
         assert prefix.startswith(durable.TEMP_PREFIX)
+
+
+def test_fsync_each_gives_each_descriptor_its_own_result(tmp_path: Path) -> None:
+    """Several fsyncs at once (on worker threads): one failing is that file's failure alone."""
+    fds = []
+    for n in range(5):
+        fds.append(os.open(tmp_path / f"f{n}", os.O_WRONLY | os.O_CREAT, 0o644))
+        os.write(fds[-1], b"x")
+    closed = fds[2]
+    os.close(closed)  # its fsync fails (EBADF); the others must not
+    try:
+        results = durable.fsync_each(fds)
+    finally:
+        for fd in fds:
+            if fd != closed:
+                os.close(fd)
+    assert [r is None for r in results] == [True, True, False, True, True]
+    assert isinstance(results[2], OSError)
+
+
+def test_fsync_dirs_fsyncs_a_folder_named_twice_once_and_reports_each(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    results = durable.fsync_dirs([tmp_path, gone, tmp_path])
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], StorageError) and "gone" in str(results[1])
+
+
+def test_a_staged_file_whose_fsync_failed_is_discarded(tmp_path: Path) -> None:
+    staged = durable.StagedFile(tmp_path, b"x", 0o444, sync=False, name="v.json")
+    assert staged.unsynced() is not None
+    with pytest.raises(StorageError) as caught:
+        staged.synced(OSError(5, "Input/output error"))
+    assert "fsync" in str(caught.value) and "v.json" in str(caught.value)
+    assert staged.unsynced() is None
+    assert temps(tmp_path) == []

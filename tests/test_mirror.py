@@ -758,6 +758,30 @@ def test_the_documented_aws_cli_look_at_the_bucket(
     assert what["Metadata"] == {"sha256": hashlib.sha256(newest).hexdigest(), "version": names[-1]}
 
 
+def test_the_documented_serve_from_line_serves_the_mirror(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """docs/mirror.md's mirror-serve-from block, run by bash with the bucket's name and a
+    loopback address for the doc's (tests listen on loopback only)."""
+    from test_docs import _free_port, _http, example, in_background
+
+    store = make_store(root)
+    names = add_versions(store, 2)
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", f"s3://{bucket}/usage/prod", "--once", **env).returncode == 0
+    port = _free_port()
+    block = example("mirror-serve-from").replace("my-bucket", bucket)
+    block = block.replace("0.0.0.0:8080", f"127.0.0.1:{port}")
+    replica = tmp_path / "replica"  # no history there
+    replica.mkdir()
+    with in_background(block, replica, **env):
+        url = f"http://127.0.0.1:{port}/api/claude/console-usage"
+        wait_for(lambda: _http("GET", url)[0] == 200, 60, "serve --from to answer")
+        status, body = _http("GET", url)
+        assert status == 200 and body["versionInfo"]["filename"] == names[-1], body  # type: ignore[index]
+    assert not (replica / HISTORY).exists()
+
+
 # -- serving from the object store ---------------------------------------------------------
 
 
