@@ -14,7 +14,7 @@ as soon as an answer is complete):
 * ``latest``: ``GET /api/claude/console-usage``;
 * ``forecast``: ``GET /api/claude/console-usage/forecast``.
 
-Also reported, once each: the first forecast after start (it reads the basis' versions),
+Also reported, once each: the first forecast after start (it reads every version once),
 and the first forecast after one more version is stored (one read, one pass over the
 cached snapshots).
 
@@ -128,7 +128,7 @@ def main() -> None:
             r = med(kind)
             print(f"{kind:<10} {r.rps:>8.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.cpu_us:>10.0f}")
         print()
-        print(f"{'first forecast after start (reads the basis)':<52} {cold * 1000:>8.1f} ms")
+        print(f"{'first forecast after start (reads every version)':<52} {cold * 1000:>8.1f} ms")
         print(f"{'first forecast after one more version':<52} {one_more * 1000:>8.1f} ms")
         latency = med("forecast").p50_ms / med("latest").p50_ms
         cpu = med("forecast").cpu_us / med("latest").cpu_us

@@ -11,14 +11,16 @@ The storage layer, usable without the watcher::
         store.save_version(raw_bytes)      # stored byte for byte
         store.cleanup_old_versions()
 
-A store made so deletes all its policy lets it; ``HistoryStore(..., hold=mirror_hold)``
-(from :mod:`ingester.mirror_state`) keeps what a configured mirror has not uploaded yet,
-as the commands' stores do.
+Retention here, as in the commands, keeps back what a configured mirror has not uploaded
+yet (``hold=None`` turns that off; :class:`ingester.store.HistoryStore`, the core class,
+holds nothing unless given a hold).
 
 Every error raised here derives from :class:`IngesterError`. The design (the pipeline of
 one drop and what a crash at each step leaves) is described in ``docs/design.md``.
 """
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -32,10 +34,39 @@ from .errors import (
 from .lock import HistoryLock
 from .names import generate_version_filename, parse_timestamp_from_filename
 from .retention import Decision, RetentionPlan, RetentionPolicy, plan_retention
-from .store import CleanupResult, HistoryStore, InitReport, StorageMetadata
+from .store import CleanupResult, InitReport, StorageMetadata
+from .store import HistoryStore as _CoreStore
 
 if TYPE_CHECKING:
     from .model import ConsoleUsageDataSync, UsageWindow, WeeklyLimits, judge_payload
+
+
+def _mirror_hold(
+    history_dir: Path, sorted_names: Sequence[str], expired: int
+) -> tuple[int, str | None]:
+    # The commands' hold, imported at the first cleanup: importing the package stays light.
+    from .settings import mirror_hold_hook
+
+    return mirror_hold_hook(history_dir, sorted_names, expired)
+
+
+class HistoryStore(_CoreStore):
+    """The history as the Python API gives it: :class:`ingester.store.HistoryStore` whose
+    retention keeps back the versions a configured mirror has not uploaded yet, as the
+    commands' stores do (a store that deleted them would lose the only copy the mirror
+    was still to make). Pass ``hold=None`` for a store that holds nothing back, or a
+    hook of your own (:data:`ingester.store.RetentionHold`)."""
+
+    def __init__(
+        self,
+        history_dir: Path,
+        latest_path: Path,
+        policy: RetentionPolicy | None = None,
+        **options: Any,
+    ) -> None:
+        options.setdefault("hold", _mirror_hold)
+        super().__init__(history_dir, latest_path, policy, **options)
+
 
 # The payload model's classes are built on first use: building pydantic models loads
 # its schema generator, which a watcher (judging drops through ingester.gate) never needs.

@@ -30,9 +30,11 @@ Usage limits are judged only when asked, one item per limit of the forecast:
 not twice WARNING here) and ``--forecast`` (WARNING when the limit is projected to reach
 100 % before it resets, CRITICAL when that is within ``--forecast-critical``; see
 :mod:`ingester.forecast`). A limit the newest snapshot lacks (a partial scrape) is judged
-on its last reading, which the forecast holds while its window lasts, and said so; once
-it has been missing for longer than ``--max-age`` its first item is at least WARNING (the
-scraper runs but no longer reads it).
+on its last reading, which the forecast holds while its window lasts, however old that
+reading is, and said so; once it has been missing for longer than ``--max-age`` its first
+item is at least WARNING (the scraper runs but no longer reads it). A missing limit whose
+window has reset since its last reading keeps one item, without a value, WARNING on the
+same rule.
 
 A mirror counts as configured when the settings name one (``mirror``) or when its state
 file ``<history>/_mirror.json`` exists, the same rule as ``status`` and retention use. The
@@ -47,6 +49,7 @@ spool, the rejections and the mirror's progress belong to the machine that inges
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -62,7 +65,7 @@ from .errors import StorageError, describe_os_error, is_permission_problem
 from .forecast import Forecast, LimitForecast, in_words
 from .history.base import HistoryReader, latest_name
 from .history.local import LocalHistory
-from .housekeeping import rejected_since
+from .housekeeping import count_rejected_since
 from .lock import lock_holder
 from .mirror_state import MirrorState, held_back, mirror_status
 from .names import parse_timestamp_from_filename
@@ -240,9 +243,13 @@ class Facts:
     latest: str | None = None
     last_updated: datetime | None = None
     latest_error: str | None = None
-    backlog: int = 0
+    backlog: int | None = 0
+    """``None``: the spool could not be listed (``backlog_problem`` says why)."""
     oldest_drop_age: float | None = None
-    rejected_last_hour: int = 0
+    rejected_last_hour: int | None = 0
+    """``None``: the quarantine could not be listed (``rejected_problem`` says why)."""
+    backlog_problem: str | None = None
+    rejected_problem: str | None = None
     watcher_pid: int | None = None
     mirror: MirrorFacts | None = None
     usage: Forecast | None = None
@@ -364,18 +371,35 @@ class CheckResult:
         }
 
 
-def _spool_backlog(settings: Settings, now: datetime) -> tuple[int, float | None]:
+def _spool_backlog(
+    settings: Settings, now: datetime
+) -> tuple[int | None, float | None, str | None]:
+    """``(waiting, oldest drop's age, problem)``: ``waiting`` ``None`` when the spool
+    exists and cannot be listed; ``problem`` also names an in-flight folder it may not list
+    (those drops are then not counted)."""
     spool = Spool(settings.spool_dir, settings.rejected_dir)
     waiting = []
+    problem = None
     for folder in (settings.spool_dir, settings.claimed_dir):
         try:
             waiting += [c for c in spool.scan(folder) if stat.S_ISREG(c.mode)]
-        except StorageError:
-            pass  # no spool here (a copied history), or not ours to read: nothing waits
+        except StorageError as exc:
+            if exc.errno == errno.ENOENT:
+                continue  # no spool here (a copied history): nothing waits
+            if folder == settings.spool_dir:
+                return None, None, str(exc)
+            problem = f"in flight not counted: {exc}"
     if not waiting:
-        return 0, None
+        return 0, None, problem
     oldest = min(c.mtime_ns for c in waiting) / 1e9
-    return len(waiting), max(0.0, now.timestamp() - oldest)
+    return len(waiting), max(0.0, now.timestamp() - oldest), problem
+
+
+def _rejected(settings: Settings, now: datetime) -> tuple[int | None, str | None]:
+    try:
+        return count_rejected_since(settings.rejected_dir, now - timedelta(hours=1)), None
+    except StorageError as exc:
+        return None, str(exc)
 
 
 def mirror_facts(
@@ -437,23 +461,39 @@ def gather_facts(
     """
     now = now or utc_now()
     source = None if reader is None else reader.location
+    # The spool is read first, apart: a history it cannot read leaves its counts as read.
+    intake = {} if reader is not None else _intake(settings, now)
     try:
-        return _gather(settings, now, usage, reader)
+        return _gather(settings, now, usage, reader, intake)
     except OSError as exc:
-        return Facts(now=now, history_problem=describe_os_error(exc), source=source)
+        return Facts(now=now, history_problem=describe_os_error(exc), source=source, **intake)
 
 
-def _gather(settings: Settings, now: datetime, usage: bool, reader: HistoryReader | None) -> Facts:
+def _intake(settings: Settings, now: datetime) -> dict[str, Any]:
+    """The spool's facts for :class:`Facts`; never raises (what it cannot list is unknown)."""
+    backlog, oldest, backlog_problem = _spool_backlog(settings, now)
+    rejected, rejected_problem = _rejected(settings, now)
+    return {
+        "backlog": backlog,
+        "oldest_drop_age": oldest,
+        "rejected_last_hour": rejected,
+        "backlog_problem": backlog_problem,
+        "rejected_problem": rejected_problem,
+    }
+
+
+def _gather(
+    settings: Settings,
+    now: datetime,
+    usage: bool,
+    reader: HistoryReader | None,
+    intake: dict[str, Any],
+) -> Facts:
     common: dict[str, Any] = {"now": now}
     if reader is not None:
         common["source"] = reader.location
     else:
-        backlog, oldest = _spool_backlog(settings, now)
-        common["backlog"] = backlog
-        common["oldest_drop_age"] = oldest
-        common["rejected_last_hour"] = rejected_since(
-            settings.rejected_dir, now - timedelta(hours=1)
-        )
+        common.update(intake)
         problem = history_problem(settings)
         if problem is not None:
             return Facts(history_problem=problem, **common)
@@ -546,35 +586,47 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
 
 def _judge_intake(facts: Facts, limits: CheckLimits) -> list[Judgement]:
     """The spool's backlog and the rejections of the last hour."""
-    items = []
-    warn_age = limits.max_age
-    code = _over(facts.backlog, limits.max_backlog)
-    words = f"backlog {facts.backlog}"
-    if facts.backlog and facts.oldest_drop_age is not None and facts.oldest_drop_age > warn_age:
-        code = CRITICAL
-        words += f", oldest waiting {_words(facts.oldest_drop_age)} (nothing takes the drops?)"
-    elif code:
-        words += f" (more than {limits.max_backlog * (2 if code == CRITICAL else 1)})"
-    items.append(
-        Judgement("backlog", code, facts.backlog, limits.max_backlog, 2 * limits.max_backlog, words)
-    )
+    return [_judge_backlog(facts, limits), _judge_rejected(facts, limits)]
 
+
+def _judge_backlog(facts: Facts, limits: CheckLimits) -> Judgement:
+    """The spool backlog; unknown (no value, OK, said so) when the spool cannot be listed.
+
+    Not judged then: a member of the read-only group may not list the spool by design,
+    and the age item alerts when the scraper's data stops arriving.
+    """
+    warn, crit = limits.max_backlog, 2 * limits.max_backlog
+    backlog = facts.backlog
+    if backlog is None:
+        return Judgement(
+            "backlog", OK, None, warn, crit, f"backlog unknown ({facts.backlog_problem})"
+        )
+    code = _over(backlog, warn)
+    words = f"backlog {backlog}"
+    oldest = facts.oldest_drop_age
+    if backlog and oldest is not None and oldest > limits.max_age:
+        code = CRITICAL
+        words += f", oldest waiting {_words(oldest)} (nothing takes the drops?)"
+    elif code:
+        words += f" (more than {crit if code == CRITICAL else warn})"
+    if facts.backlog_problem is not None:
+        words += f" ({facts.backlog_problem})"
+    return Judgement("backlog", code, backlog, warn, crit, words)
+
+
+def _judge_rejected(facts: Facts, limits: CheckLimits) -> Judgement:
+    """Rejections in the last hour; unknown (no value, OK, said so) when the quarantine
+    cannot be listed, for the reason the backlog is."""
+    warn, crit = limits.max_rejected_per_hour, 2 * limits.max_rejected_per_hour
     rate = facts.rejected_last_hour
-    code = _over(rate, limits.max_rejected_per_hour)
+    if rate is None:
+        words = f"rejections in the last hour unknown ({facts.rejected_problem})"
+        return Judgement("rejected", OK, None, warn, crit, words)
+    code = _over(rate, warn)
     words = f"{rate} rejected in the last hour"
     if code:
-        words += f" (more than {limits.max_rejected_per_hour * (2 if code == CRITICAL else 1)})"
-    items.append(
-        Judgement(
-            "rejected",
-            code,
-            rate,
-            limits.max_rejected_per_hour,
-            2 * limits.max_rejected_per_hour,
-            words,
-        )
-    )
-    return items
+        words += f" (more than {crit if code == CRITICAL else warn})"
+    return Judgement("rejected", code, rate, warn, crit, words)
 
 
 def _judge_hold(mirror: MirrorFacts, hold_max: int, limits: CheckLimits) -> Judgement:
@@ -637,7 +689,28 @@ def _judge_usage(facts: Facts, limits: CheckLimits) -> list[Judgement]:
                 )
                 item = replace(item, code=max(item.code, missing), message=words)
             items.append(item)
+    prefix = "usage_" if by_percent else "forecast_"
+    for name, observed_at in result.lapsed:
+        items.append(_lapsed(prefix + name, name, observed_at, result.as_of, limits.max_age))
     return items
+
+
+def _lapsed(
+    item: str, limit: str, observed_at: datetime, as_of: datetime, max_age: float
+) -> Judgement:
+    """A limit missing from the newest snapshot whose window has reset since its last
+    reading: no percentage to judge (value unknown), WARNING once missing for longer than
+    ``max_age``, however long ago that reading was."""
+    missing = max(0.0, (as_of - observed_at).total_seconds())
+    words = (
+        f"{limit} not in the newest snapshot, last read {_words(missing)} before it; "
+        "its window has reset since, so its usage is unknown"
+    )
+    if missing > max_age:
+        return Judgement(
+            item, WARNING, None, 0, 0, words + f" (not read for more than {_words(max_age)})"
+        )
+    return Judgement(item, OK, None, 0, 0, words)
 
 
 def _held(

@@ -40,11 +40,16 @@ The newest reading anchors the projection: it is what the console shows now.
 ``extractionErrors`` entry, or a window simply missing) is *held*: it keeps its last
 reading, marked with the time that reading was observed and why it is missing, so a
 scraper that fails to read a section now and then does not make the limit, its metrics
-and the alerts on them vanish and come back. It is held only while that reading can still
-be true: it was observed within the basis (24 hours before ``as_of``; the forecast reads no
-further back) and its reset time (the earliest instant its wording allows) has not come by
-``as_of`` (after a reset the old percentage says nothing). A limit whose reset time is
-unknown is held for the basis alone.
+and the alerts on them vanish and come back. Every limit read in any snapshot given
+(however old: the caller passes the last readings from before the basis as
+``earlier``) is held until it is read again or its window is known to have ended: its
+reset time (the earliest instant its wording allows) has come by ``as_of``. A limit whose
+reset time is unknown is held as long as the history holds a reading of it.
+
+**After its reset** a held limit's percentage says nothing (the window started again at
+an unknown level), so it leaves ``limits`` and is listed in ``lapsed`` instead, with the
+time it was last read: the forecast, the API and the metrics no longer show a
+percentage for it, and ``check`` still names it as missing.
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ __all__ = [
     "burn_rate",
     "forecast",
     "in_words",
+    "last_readings",
+    "newer_readings",
     "observe",
     "parse_observed_at",
     "split_windows",
@@ -171,10 +178,16 @@ class LimitForecast:
 
 @dataclass(frozen=True)
 class Forecast:
-    """Every limit's forecast as of the newest snapshot (``as_of`` ``None``: no snapshot)."""
+    """Every limit's forecast as of the newest snapshot (``as_of`` ``None``: no snapshot).
+
+    ``lapsed``: the limits the newest snapshot lacks whose window has ended since their
+    last reading, as ``(limit, observed_at of that reading)``, oldest reading first; they
+    have no forecast (the module docstring's rule) but are still missing.
+    """
 
     as_of: datetime | None
     limits: tuple[LimitForecast, ...]
+    lapsed: tuple[tuple[str, datetime], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """``{"asOf", "limits": [...]}``."""
@@ -266,6 +279,40 @@ def observe(
     )
     partial = payload.get("isPartial") is True
     return Observation(observed_at, tuple(readings), stored_at, partial, errors), unreadable
+
+
+def newer_readings(
+    payload: object,
+    zone: tzinfo,
+    held: Mapping[str, datetime],
+    stored_at: datetime | None = None,
+    *,
+    clock_ahead: timedelta = CLOCK_AHEAD,
+) -> list[tuple[Reading, datetime]]:
+    """The readings of ``payload`` observed after ``held[limit]`` (or of a limit not in
+    ``held``), each with the payload's ``lastUpdated``.
+
+    What :func:`observe` then :func:`last_readings` give for one snapshot, but ``resetsIn``
+    is parsed only for the readings returned: reading a long history newest first, most
+    snapshots hold nothing newer, and parsing the reset times is most of the cost. Empty
+    when the payload is no snapshot or its clock ran ahead of ``stored_at``.
+    """
+    if not isinstance(payload, dict):
+        return []
+    observed_at = parse_observed_at(payload.get("lastUpdated"))
+    if observed_at is None or (stored_at is not None and observed_at > stored_at + clock_ahead):
+        return []
+    found = []
+    for path, window in usage_windows(payload):
+        before = held.get(path)
+        if before is None or before < observed_at:
+            text = window.get("resetsIn")
+            reset = parse_resets_in(text, observed_at, zone)
+            words = text if isinstance(text, str) else None
+            found.append(
+                (Reading(path, float(window["percentageUsed"]), words, reset), observed_at)
+            )
+    return found
 
 
 # -- windows and the rate ----------------------------------------------------------------
@@ -391,47 +438,86 @@ def _missing_reason(limit: str, newest: Observation) -> str:
     return "the newest snapshot lacks it"
 
 
+LastReadings = dict[str, tuple[Reading, datetime]]
+"""Each limit's newest reading and when it was observed, by limit, in the order first read."""
+
+
+def _usable(observations: Iterable[Observation], clock_ahead: timedelta) -> list[Observation]:
+    return [
+        o for o in observations if o.stored_at is None or o.observed_at <= o.stored_at + clock_ahead
+    ]
+
+
+def last_readings(
+    observations: Iterable[Observation],
+    into: LastReadings | None = None,
+    *,
+    clock_ahead: timedelta = CLOCK_AHEAD,
+) -> LastReadings:
+    """Each limit's newest reading (by ``observed_at``; of equals, the last given).
+
+    Adds to ``into`` when given (and returns it), so a caller can fold in versions as they
+    leave the basis, each once. Observations more than ``clock_ahead`` ahead of their
+    ``stored_at`` are left out, as in :func:`forecast`.
+    """
+    found: LastReadings = {} if into is None else into
+    for obs in _usable(observations, clock_ahead):
+        for reading in obs.readings:
+            held = found.get(reading.limit)
+            if held is None or held[1] <= obs.observed_at:
+                found[reading.limit] = (reading, obs.observed_at)
+    return found
+
+
 def forecast(
     observations: Iterable[Observation],
     *,
     basis: timedelta = BASIS,
     clock_ahead: timedelta = CLOCK_AHEAD,
+    earlier: Mapping[str, tuple[Reading, datetime]] | None = None,
 ) -> Forecast:
     """Every limit's forecast from ``observations`` (given in storage order).
 
     The newest observation (by ``observed_at``; of equals, the last given) is ``as_of``.
-    The limits are those read within ``basis`` before it, in the order they were first
-    read; one the newest observation lacks is held at its last reading while its reset
-    time has not come (the module docstring's rule). Observations more than
-    ``clock_ahead`` ahead of their ``stored_at`` are left out (the scraper's clock was
-    wrong).
+    The rate uses the observations within ``basis`` before it. The limits are those read
+    in any observation given or in ``earlier`` (the :func:`last_readings` of snapshots
+    not given, e.g. those stored before the basis), in the order first read; one the
+    newest observation lacks is held at its last reading while its reset time has not
+    come, and is in ``lapsed`` after (the module docstring's rules). Observations more
+    than ``clock_ahead`` ahead of their ``stored_at`` are left out (the scraper's clock
+    was wrong).
     """
-    usable = [
-        o for o in observations if o.stored_at is None or o.observed_at <= o.stored_at + clock_ahead
-    ]
+    usable = _usable(observations, clock_ahead)
     if not usable:
         return Forecast(None, ())
     as_of = max(o.observed_at for o in usable)
     start = as_of - basis
-    recent = sorted((o for o in usable if o.observed_at >= start), key=lambda o: o.observed_at)
+    ordered = sorted(usable, key=lambda o: o.observed_at)
     series: dict[str, list[Point]] = {}
-    last_read: dict[str, tuple[Reading, datetime]] = {}  # in the order first read
-    for obs in recent:
+    for obs in ordered:
+        if obs.observed_at < start:
+            continue
         t = obs.observed_at.timestamp()
         for reading in obs.readings:
             series.setdefault(reading.limit, []).append(Point(t, reading.percentage, reading.reset))
-            last_read[reading.limit] = (reading, obs.observed_at)
-    newest = recent[-1]
+    last_read = last_readings(ordered, dict(earlier or {}), clock_ahead=clock_ahead)
+    newest = ordered[-1]
     in_newest = {reading.limit for reading in newest.readings}
     limits = []
+    lapsed = []
     for name, (reading, observed_at) in last_read.items():
+        points = series.get(name) or [
+            Point(observed_at.timestamp(), reading.percentage, reading.reset)
+        ]
         if name in in_newest:
-            limits.append(_limit_forecast(reading, series[name], observed_at))
+            limits.append(_limit_forecast(reading, points, observed_at))
         elif reading.reset is None or reading.reset.at > as_of:
             reason = _missing_reason(name, newest)
-            limits.append(_limit_forecast(reading, series[name], observed_at, reason))
-        # else: its window has reset since it was last read; the reading says nothing now
-    return Forecast(as_of, tuple(limits))
+            limits.append(_limit_forecast(reading, points, observed_at, reason))
+        else:  # its window has reset since it was last read: the reading says nothing now
+            lapsed.append((name, observed_at))
+    lapsed.sort(key=lambda item: item[1])
+    return Forecast(as_of, tuple(limits), tuple(lapsed))
 
 
 # -- in words ----------------------------------------------------------------------------

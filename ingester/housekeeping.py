@@ -179,13 +179,20 @@ def rejected_since(folder: Path, since: datetime) -> int:
     """How many reason files in ``folder`` were written at or after ``since`` (by mtime).
 
     A reason file is written when its drop is rejected, so this counts rejections in a
-    window without reading any file. 0 when the folder is missing or unreadable.
+    window without reading any file. 0 when the folder is missing or unreadable
+    (:func:`count_rejected_since` tells the two apart).
     """
-    threshold = since.timestamp()
     try:
-        dir_fd = _open_folder(folder)
+        return count_rejected_since(folder, since)
     except StorageError:
         return 0
+
+
+def count_rejected_since(folder: Path, since: datetime) -> int:
+    """:func:`rejected_since`, but raises :class:`StorageError` when ``folder`` exists and
+    cannot be opened or listed (0 when it is missing: nothing was ever rejected)."""
+    threshold = since.timestamp()
+    dir_fd = _open_folder(folder)
     if dir_fd is None:
         return 0
     try:
@@ -199,8 +206,8 @@ def rejected_since(folder: Path, since: datetime) -> int:
                     if stat.S_ISREG(st.st_mode) and st.st_mtime >= threshold:
                         count += 1
         return count
-    except OSError:
-        return 0
+    except OSError as exc:
+        raise StorageError("list", folder, exc) from exc
     finally:
         os.close(dir_fd)
 

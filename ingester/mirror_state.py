@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import durable
 from .lock import lock_holder
+from .names import MIRROR_STATE_NAME
 from .retention import DEFAULT_HOLD_MAX
 
 __all__ = [
@@ -46,7 +47,6 @@ __all__ = [
     "write_mirror_state",
 ]
 
-MIRROR_STATE_NAME = "_mirror.json"
 MIRROR_LOCK_NAME = ".mirror.lock"
 
 

@@ -36,6 +36,9 @@ VERSION_NAME_RE = re.compile(
 _VERSION_LIKE_RE = re.compile(rf"^{_STAMP_RE}-.*\.json$", re.ASCII)
 _OWN_SUFFIX_RE = re.compile(r"^[0-9a-f]{8}$")
 STAMP_FORMAT = "%Y-%m-%dT%H-%M-%S"
+
+MIRROR_STATE_NAME = "_mirror.json"
+"""The mirror's state file in the history folder (present only where a mirror runs)."""
 """The timestamp part of version (and generated drop) names, in UTC."""
 _MAX_SUFFIX = 0xFFFFFFFF
 

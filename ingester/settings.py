@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SettingError
+from .names import MIRROR_STATE_NAME
 from .retention import (
     DEFAULT_HOLD_MAX,
     DEFAULT_MAX_VERSIONS,
@@ -55,11 +56,16 @@ def _shown(text: Any) -> str:
     return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
-def _mirror_hold(
+def mirror_hold_hook(
     history_dir: Path, sorted_names: Sequence[str], expired: int
 ) -> tuple[int, str | None]:
-    """:func:`ingester.mirror_state.mirror_hold`, its module loaded at the first cleanup
-    (a read command that never cleans up never loads it)."""
+    """Retention's hold for the stores the commands and the Python API make:
+    :func:`ingester.mirror_state.mirror_hold` where a mirror keeps its state file in the
+    history, else every expired version may go. The mirror's module (and pydantic with
+    it) is loaded only where there is a state file, so a watcher without a mirror never
+    loads it."""
+    if not os.path.lexists(history_dir / MIRROR_STATE_NAME):
+        return expired, None
     from .mirror_state import mirror_hold
 
     return mirror_hold(history_dir, sorted_names, expired)
@@ -352,7 +358,9 @@ class Settings:
     def store(self) -> HistoryStore:
         """A store on these settings' history (not yet loaded), its retention held for a
         configured mirror (:func:`ingester.mirror_state.mirror_hold`)."""
-        return HistoryStore(self.history_dir, self.latest_path, self.policy(), hold=_mirror_hold)
+        return HistoryStore(
+            self.history_dir, self.latest_path, self.policy(), hold=mirror_hold_hook
+        )
 
     def console_zone(self) -> tuple[tzinfo, str]:
         """The console's time zone and its name: the setting, else this machine's zone.

@@ -22,6 +22,13 @@ the ingest time in its version name), so::
 On a history of 20,000 versions taken every 30 s that is the last day's 2,900 or so,
 read once; after that, one new version costs one read and one pass over the cached
 observations.
+
+The versions before the basis count only for the limits they hold: each limit's last
+reading there (:func:`~ingester.forecast.last_readings`), so a limit the recent versions
+lack is still held. They are read once each, newest first (``resetsIn`` parsed only for
+a reading newer than the one found), when the first answer is made, and folded in from
+the kept observations as versions leave the basis; a reading whose version retention
+has deleted is dropped.
 """
 
 from __future__ import annotations
@@ -31,12 +38,22 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
 from .errors import VersionNotFound
-from .forecast import BASIS, CLOCK_AHEAD, Forecast, Observation, forecast, observe
-from .history.base import HistoryReader
+from .forecast import (
+    BASIS,
+    CLOCK_AHEAD,
+    Forecast,
+    Observation,
+    Reading,
+    forecast,
+    newer_readings,
+    observe,
+)
+from .history.base import HistoryReader, VersionEntry
 from .history.index import HistoryIndex, HistorySnapshot
 
 __all__ = ["ForecastAnswer", "UsageHistory", "forecast_of"]
@@ -78,10 +95,15 @@ class UsageHistory:
         self._observations: dict[str, Observation | None] = {}
         self._answer: tuple[HistorySnapshot, int, ForecastAnswer] | None = None
         self._wordings: set[str] = set()
+        # Each limit's last reading in the versions before the basis, with its version's
+        # name; the newest version folded in so far (by name, as the history sorts).
+        self._earlier: dict[str, tuple[Reading, datetime, str]] = {}
+        self._folded: str | None = None
         self.unparsable = 0
         """``resetsIn`` texts read that gave no reset time (each version counted once)."""
         self.reads = 0
-        """Versions read and parsed (each at most once while it stays in the basis)."""
+        """Versions read and parsed (each once, unless a backfill brings it back into the
+        basis after it was folded in)."""
 
     def _observation(self, name: str, stored_at: datetime) -> Observation | None:
         if name in self._observations:
@@ -141,11 +163,49 @@ class UsageHistory:
             if wanted >= start:
                 break
             start = wanted
+        self._fold(entries, lo)
         # Keep only what the next answer can need: versions in (or after) this basis.
         held = {e.name for e in entries[lo:]}
         if len(self._observations) > len(held):
             self._observations = {k: v for k, v in self._observations.items() if k in held}
-        return forecast(observations, basis=self.basis)
+        earlier = {limit: (r, at) for limit, (r, at, _) in self._earlier.items()}
+        return forecast(observations, basis=self.basis, earlier=earlier)
+
+    def _fold(self, entries: Sequence[VersionEntry], lo: int) -> None:
+        """Fold the versions before position ``lo`` not folded yet into ``_earlier``."""
+        if entries and self._earlier:
+            oldest = entries[0].name  # readings from versions retention deleted go
+            self._earlier = {k: v for k, v in self._earlier.items() if v[2] >= oldest}
+        first = 0
+        if self._folded is not None:
+            first = bisect.bisect_right(entries, self._folded, key=lambda e: e.name)
+        if first >= lo:
+            return
+        # Newest first: a limit's last reading is then found early, and the older
+        # versions only need looking at (their resetsIn is parsed only when newer).
+        seen = {limit: held[1] for limit, held in self._earlier.items()}
+        for entry in reversed(entries[first:lo]):
+            cached = self._observations.get(entry.name)
+            if cached is not None:  # left the basis since it was read
+                for reading in cached.readings:
+                    before = seen.get(reading.limit)
+                    if before is None or before < cached.observed_at:
+                        seen[reading.limit] = cached.observed_at
+                        self._earlier[reading.limit] = (reading, cached.observed_at, entry.name)
+                continue
+            try:
+                data = self.index.reader.read_version(entry.name)
+            except VersionNotFound:
+                continue  # deleted since the listing
+            self.reads += 1
+            try:
+                payload = json.loads(data)
+            except (ValueError, RecursionError):
+                continue
+            for reading, at in newer_readings(payload, self.zone, seen, entry.ingested_at):
+                seen[reading.limit] = at
+                self._earlier[reading.limit] = (reading, at, entry.name)
+        self._folded = entries[lo - 1].name
 
     def cached(self, now: datetime) -> ForecastAnswer | None:
         """The last answer while the versions are the same as for it, else ``None``.

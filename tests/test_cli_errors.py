@@ -414,7 +414,8 @@ def test_check_that_cannot_read_is_critical_with_its_plugin_line(
     assert reason in line.stdout and "damaged" not in line.stdout
     assert len(line.stdout.splitlines()) == 1 and perfdata_problems(line.stdout.strip()) == []
     # The age is unknown: its performance data is left out, never an empty value.
-    assert " | backlog=" in line.stdout and "age=" not in line.stdout.split(" | ", 1)[1]
+    perf = line.stdout.split(" | ", 1)[1] if " | " in line.stdout else ""
+    assert "age=" not in perf
     as_json = run_as_other(root, "check", "--json")
     assert as_json.returncode == 2, as_json.stderr
     report = json.loads(as_json.stdout)
@@ -422,6 +423,21 @@ def test_check_that_cannot_read_is_critical_with_its_plugin_line(
     age = report["checks"][0]
     assert (age["name"], age["status"], age["value"]) == ("age", "CRITICAL", None)
     assert reason in age["message"]
+    items = {item["name"]: item for item in report["checks"]}
+    if case == "state folder 0750":
+        # Behind a folder it cannot enter, the spool and the quarantine were not seen
+        # either: no count of 0, said so in the line, the perfdata and the JSON.
+        assert "backlog=" not in perf and "rejected=" not in perf, line.stdout
+        assert "backlog unknown (" in line.stdout and "backlog 0" not in line.stdout
+        assert "rejections in the last hour unknown (" in line.stdout
+        assert "0 rejected" not in line.stdout
+        assert (report["backlog"], report["rejectedLastHour"]) == (None, None)
+        assert items["backlog"]["value"] is None and items["rejected"]["value"] is None
+        assert "Permission denied" in items["backlog"]["message"]
+        assert "Permission denied" in items["rejected"]["message"]
+    else:
+        assert "backlog=0;" in perf and "rejected=0;" in perf
+        assert (report["backlog"], report["rejectedLastHour"]) == (0, 0)
 
 
 @needs_other_user

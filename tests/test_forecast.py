@@ -18,6 +18,7 @@ from ingester.forecast import (
     burn_rate,
     forecast,
     in_words,
+    last_readings,
     observe,
     split_windows,
     usage_windows,
@@ -403,14 +404,38 @@ def test_a_held_limit_goes_once_its_reset_time_comes() -> None:
     assert not limit_of(held).in_newest
     gone = forecast([*full, partial(before + 1)])
     assert [limit.limit for limit in gone.limits] == ["currentSession"]
+    # Still missing, with no reading that holds: named in ``lapsed`` with its last read.
+    last = T0 + timedelta(minutes=before - 30)
+    assert gone.lapsed == (("weeklyLimits.allModels", last), ("weeklyLimits.sonnetOnly", last))
+    assert held.lapsed == ()
 
 
-def test_a_held_limit_goes_after_the_basis() -> None:
+def test_a_held_limit_stays_beyond_the_basis() -> None:
     full = [obs(30 * i, 40 + i, "whenever") for i in range(4)]  # no reset time known
     within = forecast([*full, partial(90 + 24 * 60)])
     assert not limit_of(within).in_newest
-    beyond = forecast([*full, partial(90 + 24 * 60 + 1)])
-    assert [limit.limit for limit in beyond.limits] == ["currentSession"]
+    for days in (1, 3, 30):
+        beyond = forecast([*full, partial(90 + days * 24 * 60 + 1)])
+        weekly = limit_of(beyond)
+        assert not weekly.in_newest and weekly.percentage == 43
+        assert weekly.observed_at == T0 + timedelta(minutes=90)
+        # One reading, outside the basis: no rate from it.
+        assert (weekly.points, weekly.rate_per_hour, weekly.since) == (1, None, weekly.observed_at)
+        assert beyond.lapsed == ()
+
+
+def test_earlier_readings_count_as_the_observations_would() -> None:
+    full = [obs(30 * i, 40 + i) for i in range(4)]
+    now = [partial(3 * 24 * 60)]
+    given = forecast([*full, *now])
+    folded = forecast(now, earlier=last_readings(full))
+    assert folded == given
+    assert limit_of(folded).percentage == 43 and not limit_of(folded).in_newest
+    # A newer reading given wins over an earlier one; a later fold keeps the newest.
+    newer = [obs(60 * 24 * 2, 47)]
+    assert limit_of(forecast([*newer, *now], earlier=last_readings(full))).percentage == 47
+    assert last_readings(newer, last_readings(full))["weeklyLimits.allModels"][0].percentage == 47
+    assert last_readings(full, last_readings(newer))["weeklyLimits.allModels"][0].percentage == 47
 
 
 @settings(max_examples=60, deadline=None)

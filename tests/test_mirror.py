@@ -319,6 +319,30 @@ def test_deletable_count_holds_unmirrored_versions_up_to_the_bound() -> None:
     assert deletable_count(names, 6, MirrorState(mirrored_through=None, hold_max=0)) == 6
 
 
+def test_the_python_api_s_store_keeps_what_the_mirror_has_not_uploaded(root: Path) -> None:
+    """``ingester.HistoryStore``, as documented, holds like the commands' stores; the core
+    class holds only when given a hold, and ``hold=None`` turns the API's off."""
+    import ingester
+
+    core = HistoryStore(root / HISTORY, root / "console-usage-synced.json", RetentionPolicy(2, 7))
+    core.initialize()
+    old = add_old_versions(core, 5)
+    add_versions(core, 2)
+    write_mirror_state(root / HISTORY, MirrorState(mirrored_through=old[1], hold_max=10))
+    api = ingester.HistoryStore(
+        root / HISTORY, root / "console-usage-synced.json", ingester.RetentionPolicy(2, 7)
+    )
+    assert api.cleanup_old_versions().deleted == old[:2]  # the two the mirror has uploaded
+    assert sorted(p.name for p in (root / HISTORY).glob("*.json") if p.name in old) == old[2:]
+    unheld = ingester.HistoryStore(
+        root / HISTORY,
+        root / "console-usage-synced.json",
+        ingester.RetentionPolicy(2, 7),
+        hold=None,
+    )
+    assert unheld.cleanup_old_versions().deleted == old[2:]
+
+
 def test_retention_keeps_what_the_mirror_has_not_uploaded(root: Path) -> None:
     store = make_store(root, max_versions=2)
     old = add_old_versions(store, 5)

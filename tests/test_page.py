@@ -788,3 +788,114 @@ def test_cards_read_the_reset_in_one_format_and_zone(
     assert not re.search(r"\b0\d:\d\d\s?[AP]M", cards), cards
     assert page.inner_text("#gauge-all .forecast").startswith("at this rate 100\u00a0% by ")
     assert watched.problems == []
+
+
+# Every text and ring the chart canvas draws in its latest frame, as boxes in its pixels:
+# fillText's ink (the text's own metrics, through the transform in effect) and each
+# ctx.arc (the projections' rings), the list started again when the canvas is cleared.
+RECORD_FRAME = """
+(() => {
+  window.__frame = { texts: [], rings: [] };
+  const proto = CanvasRenderingContext2D.prototype;
+  const box = (ctx, l, t, r, b) => {
+    const m = ctx.getTransform();
+    return { l: m.a * l + m.e, r: m.a * r + m.e, t: m.d * t + m.f, b: m.d * b + m.f };
+  };
+  const clear = proto.clearRect;
+  proto.clearRect = function (x, y, w, h) {
+    if (w >= this.canvas.width && h >= this.canvas.height) {
+      window.__frame = { texts: [], rings: [] };
+    }
+    return clear.call(this, x, y, w, h);
+  };
+  const fill = proto.fillText;
+  proto.fillText = function (text, x, y, ...rest) {
+    const m = this.measureText(text);
+    window.__frame.texts.push({
+      text: String(text),
+      ...box(this, x - m.actualBoundingBoxLeft, y - m.actualBoundingBoxAscent,
+             x + m.actualBoundingBoxRight, y + m.actualBoundingBoxDescent),
+    });
+    return fill.call(this, text, x, y, ...rest);
+  };
+  const arc = proto.arc;
+  proto.arc = function (x, y, r, ...rest) {
+    const reach = r + this.lineWidth / 2;
+    window.__frame.rings.push(box(this, x - reach, y - reach, x + reach, y + reach));
+    return arc.call(this, x, y, r, ...rest);
+  };
+})();
+"""
+
+
+def overlap(a: dict[str, float], b: dict[str, float]) -> bool:
+    return a["l"] < b["r"] and b["l"] < a["r"] and a["t"] < b["b"] and b["t"] < a["b"]
+
+
+@pytest.mark.parametrize(("width", "locale"), [(390, "en-US"), (800, "en-GB"), (1300, "en-US")])
+def test_time_labels_and_reset_labels_never_collide(
+    root: Path, serve: Any, open_page: Any, tmp_path: Path, width: int, locale: str
+) -> None:
+    # Three days of snapshots every 2 hours, then the last 3 hours every 15 minutes with
+    # the session rising 3 %/h to 89 %: its projection ends at its reset, 2 hours ahead,
+    # at 95 %, so its ring sits on the reset mark, near the top where the labels are.
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    times = [now - timedelta(hours=71 - 2 * k) for k in range(35)]  # none 24 h ago
+    recent = [now - timedelta(minutes=15 * (12 - k)) for k in range(13)]
+
+    def body(at: datetime, session: float) -> dict[str, Any]:
+        hours = (at - times[0]) / timedelta(hours=1)
+        return {
+            "currentSession": {"resetsIn": "2 hr", "percentageUsed": session},
+            "weeklyLimits": {
+                "allModels": {"resetsIn": "3 days", "percentageUsed": 20 + 0.5 * hours},
+                "sonnetOnly": {"resetsIn": "3 days", "percentageUsed": 5},
+            },
+        }
+
+    store(
+        root,
+        [(at, body(at, 10)) for at in times]
+        + [(at, body(at, 80 + (at - recent[0]) / timedelta(hours=1) * 3)) for at in recent],
+    )
+    server = serve()
+    watched = open_page(
+        server.url + "/?refresh=1", width=width, locale=locale, init_script=RECORD_FRAME
+    )
+    page = watched.page
+    for label, count in (("7 days", 48), ("24 hours", 24)):
+        page.get_by_role("radio", name=label, exact=True).check()
+        wait_points(page, count)
+        expect(page.locator("#chart")).to_have_attribute("data-resets", "2", timeout=10_000)
+        box = plot_box(page)
+        frame = wait_for(
+            lambda: (
+                (f := page.evaluate("window.__frame"))
+                and any(t["text"] == "reset" for t in f["texts"])
+                and f
+            ),
+            10,
+            "a frame with the reset label",
+        )
+        assert isinstance(frame, dict)
+        ticks = [t for t in frame["texts"] if t["t"] >= box["bottom"]]
+        assert len(ticks) >= 3, (label, width, ticks)
+        for i, a in enumerate(ticks):
+            for b in ticks[i + 1 :]:
+                assert not overlap(a, b), f"{label} at {width} px: {a} and {b} collide"
+        # What the plot shows (a mark beyond the range is drawn, clipped away).
+        seen = [
+            item
+            for item in [*frame["texts"], *frame["rings"]]
+            if box["left"] <= item["l"] and item["r"] <= box["right"] + 6
+        ]
+        resets = [t for t in seen if t.get("text") == "reset"]
+        rings = [r for r in seen if "text" not in r]
+        assert resets and rings
+        for text in resets:
+            for ring in rings:
+                assert not overlap(text, ring), f"{label} at {width} px: {text} under {ring}"
+        page.screenshot(
+            path=str(artefact_dir(tmp_path) / f"page-ticks-{width}-{count}.png"), full_page=True
+        )
+    assert watched.problems == []

@@ -183,6 +183,11 @@ def test_a_reader_runs_every_read_command(tree: Tree) -> None:
         result = _as(READER_UID, reader, *ingester, *args)
         assert result.returncode == code, f"{args}: {result.stdout}{result.stderr}"
         assert "Traceback" not in result.stderr and "error:" not in result.stderr, result.stderr
+    # The spool is closed to the group: check says it could not count it, never "0".
+    check = _as(READER_UID, reader, *ingester, "check").stdout
+    assert "backlog unknown (cannot list " in check and "backlog 0" not in check, check
+    assert "rejections in the last hour unknown (" in check, check
+    assert "backlog=" not in check and "rejected=" not in check, check
     dry = _as(READER_UID, reader, *ingester, "cleanup", "--dry-run")
     assert f"would delete 0, retain {len(VALID_SAMPLES)}" in dry.stdout
     rejected = tree.state / "spool" / "rejected"

@@ -43,7 +43,7 @@ def weekly(usage: UsageHistory, now: datetime = NOW) -> Any:
     return next(x for x in answer.forecast.limits if x.limit == "weeklyLimits.allModels")
 
 
-def test_only_the_basis_is_read_and_each_version_once(root: Path) -> None:
+def test_each_version_is_read_once_and_only_the_basis_kept(root: Path) -> None:
     # Three days of snapshots, one every 30 minutes, 0.5 %/h.
     start = NOW - timedelta(days=3)
     for i in range(144):
@@ -52,8 +52,10 @@ def test_only_the_basis_is_read_and_each_version_once(root: Path) -> None:
     usage = engine(root)
     result = weekly(usage)
     assert result.rate_per_hour == pytest.approx(0.5)
-    # The last day (and the hour a clock may run ahead) only: 48 + 2 versions, not 144.
-    assert usage.reads <= 51
+    # Every version once: the last day (and the hour a clock may run ahead) for the rate,
+    # the two days before it for the limits they hold; only the basis' 48 + 2 are kept.
+    assert usage.reads == 144
+    assert len(usage._observations) <= 51
     first = usage.reads
     assert usage.answer(NOW) is usage.answer(NOW)  # nothing changed: the same answer
     assert usage.reads == first
@@ -142,3 +144,41 @@ def test_serve_reads_no_version_until_asked(root: Path) -> None:
         put_version(root, version_name(at, i), body(at, 10))
     app = create_app(ServeConfig(resolve_settings({"root": str(root)}, environ={})))
     assert app.state.usage.reads == 0
+
+
+def session_only(updated: datetime) -> bytes:
+    return json.dumps(
+        {
+            "currentSession": {"resetsIn": "4 hr", "percentageUsed": 10},
+            "lastUpdated": updated.isoformat().replace("+00:00", "Z"),
+            "isPartial": True,
+        }
+    ).encode()
+
+
+def test_a_limit_only_old_versions_hold_is_held_until_retention_deletes_them(
+    root: Path,
+) -> None:
+    old = NOW - timedelta(days=2)
+    old_name = version_name(old, 0)
+    put_version(root, old_name, body(old, 70, resets="5 days"))
+    for i in range(1, 60):  # the last day and a half: partial scrapes only
+        at = NOW - timedelta(hours=36) + timedelta(minutes=36 * i)
+        put_version(root, version_name(at, i), session_only(at))
+    usage = engine(root)
+    held = weekly(usage)
+    assert (held.percentage, held.observed_at, held.in_newest) == (70, old, False)
+    reads = usage.reads
+    # One more partial version: read alone; the versions leaving the basis are not re-read.
+    at = NOW + timedelta(hours=3)
+    put_version(root, version_name(at, 99), session_only(at))
+    assert weekly(usage, at).observed_at == old
+    assert usage.reads == reads + 1
+    # Retention deleted the only version holding it: no longer in the history, not held.
+    (root / "console-usage-history" / old_name).unlink()
+    at = NOW + timedelta(hours=4)
+    put_version(root, version_name(at, 100), session_only(at))
+    answer = usage.answer(at)
+    assert answer is not None
+    assert [x.limit for x in answer.forecast.limits] == ["currentSession"]
+    assert answer.forecast.lapsed == ()

@@ -603,6 +603,8 @@
     // Thinner and dash-dotted, so a projection never reads as one of the data lines; a
     // hollow ring marks where it ends (100 % or the reset).
     ctx.lineWidth = 1.5 * ratio;
+    const rings = []; // [x, y] of each ring, so no reset label is drawn under one
+    const ringRadius = 4 * ratio;
     lines.forEach(({ series, line }) => {
       const [x0, y0] = [u.valToPos(line[0], "x", true), u.valToPos(line[1], "y", true)];
       const [x1, y1] = [u.valToPos(line[2], "x", true), u.valToPos(line[3], "y", true)];
@@ -614,8 +616,9 @@
       ctx.stroke();
       ctx.setLineDash([]);
       ctx.beginPath();
-      ctx.arc(x1, y1, 4 * ratio, 0, 2 * Math.PI);
+      ctx.arc(x1, y1, ringRadius, 0, 2 * Math.PI);
       ctx.stroke();
+      rings.push([x1, y1]);
     });
     ctx.strokeStyle = "#57606a";
     ctx.fillStyle = "#57606a";
@@ -633,15 +636,61 @@
       ctx.lineTo(x, top + height);
       ctx.stroke();
       // Right of the mark, or left of it where the plot ends first (never cut off); one
-      // row lower when it would run into the label of a mark close by.
+      // row lower when it would run into the label of a mark close by or a projection's
+      // ring (one often ends on the mark itself, at the top where the labels are).
       const right = x + 3 * ratio;
       const from = right + labelWidth <= left + width ? right : x - 3 * ratio - labelWidth;
+      const to = from + labelWidth;
+      const gap = 4 * ratio;
+      const pad = ringRadius + ctx.lineWidth * 2;
+      const clash = (row) =>
+        taken.some(([r, a, b]) => r === row && from < b + gap && a < to + gap) ||
+        rings.some(
+          ([rx, ry]) =>
+            rx + pad > from && rx - pad < to &&
+            ry + pad > top + line * row && ry - pad < top + line * (row + 1) + 3 * ratio,
+        );
       let row = 0;
-      while (taken.some(([r, a, b]) => r === row && from < b + 4 * ratio && a < from + labelWidth + 4 * ratio)) row++;
-      taken.push([row, from, from + labelWidth]);
+      while (row < 20 && clash(row)) row++;
+      taken.push([row, from, to]);
       ctx.fillText(label, from, top + line * (row + 1));
     });
     ctx.restore();
+  }
+
+  // The axes' font, named so the room a time label takes can be measured in it.
+  const AXIS_FONT = '12px system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif';
+  let labelWidths = null;
+
+  // The widest time ("10:58 PM") and the widest day ("Wed 23 Sept") the axis writes in
+  // this locale, in CSS pixels: every month and weekday, at a two-digit day and hour.
+  function widths() {
+    if (labelWidths === null) {
+      const ctx = document.createElement("canvas").getContext("2d");
+      ctx.font = AXIS_FONT;
+      labelWidths = { clock: 0, day: 0 };
+      for (let month = 0; month < 12; month++) {
+        for (let day = 20; day < 27; day++) {
+          const ms = Date.UTC(2026, month, day, 22, 58);
+          labelWidths.day = Math.max(labelWidths.day, ctx.measureText(dayOnly.format(ms)).width);
+          labelWidths.clock = Math.max(labelWidths.clock, ctx.measureText(clockTime.format(ms)).width);
+        }
+      }
+    }
+    return labelWidths;
+  }
+
+  // uPlot's own spacing option: the least distance between two time ticks, in CSS
+  // pixels. uPlot takes the finest step of time that leaves that much, so the number of
+  // ticks follows the chart's width and labels never meet, in any locale. Under steps
+  // shorter than a day a tick writes a time (a day only below it, at most once a day,
+  // on its own line); from a day on, it writes the day: room for the wider of the two.
+  // 12 hours is the longest step under a day among uPlot's time steps.
+  function timeSpace(u, axisIdx, min, max, dim) {
+    const gap = 12;
+    const { clock, day } = widths();
+    const secondsPerPixel = (max - min) / Math.max(1, dim);
+    return secondsPerPixel * (clock + gap) <= 43200 ? clock + gap : day + gap;
   }
 
   function makeChart(data) {
@@ -650,8 +699,8 @@
       height: chartHeight(),
       scales: { x: { time: true, range: xRange }, y: { range: [0, 100] } },
       axes: [
-        { values: axisTimes },
-        { label: "% used", values: (u, ticks) => ticks.map((t) => t + " %"), size: 60 },
+        { values: axisTimes, space: timeSpace, font: AXIS_FONT },
+        { label: "% used", values: (u, ticks) => ticks.map((t) => t + " %"), size: 60, font: AXIS_FONT },
       ],
       series: [
         { label: "Time", value: (u, v) => (v == null ? "\u2013" : timeFormat.format(v * 1000)) },
