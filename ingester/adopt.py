@@ -294,6 +294,7 @@ def adopt_history(store: HistoryStore, max_bytes: int) -> AdoptReport:
     with contextlib.suppress(FileNotFoundError):
         store.history_dir.mkdir(parents=True, exist_ok=True)
     store.scan()
+    counted, _problem = store.read_metadata_file()
     copy = _regular_latest(store)
     if copy is not None:
         report.kept_latest = _keep_latest_snapshot(store, copy, max_bytes)
@@ -304,6 +305,9 @@ def adopt_history(store: HistoryStore, max_bytes: int) -> AdoptReport:
     report.metadata_was = init.metadata_rebuilt
     if init.cache_errors:
         raise init.cache_errors[0]
+    if report.kept_latest is not None:
+        # A version like any other: the totals count it (the original's file does not).
+        store.write_metadata(created_at_least=counted.total_versions_created + 1)
     if _regular_latest(store) is not None:
         # A copy equal to the newest version is no problem to initialize(): make it a link.
         store.update_latest()

@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from .clock import AHEAD_TOLERATED, JUST_NOW
 from .errors import NotRegularFile, StorageError, describe_os_error
 from .lock import HistoryLock, LockHeld
 from .logs import escape_text
@@ -177,9 +178,15 @@ def open_history(
 
 @contextmanager
 def writing_store(
-    settings: Settings, purpose: str, *, initialize: bool = True
+    settings: Settings, purpose: str, *, initialize: bool = True, creates: str = "history"
 ) -> Iterator[HistoryStore]:
     """The store with the history lock held; clear errors instead of tracebacks.
+
+    ``creates`` says what the command may create when it is missing: ``"root"`` (init:
+    the root, its history and all), ``"history"`` (a history inside a root that exists)
+    or ``"nothing"`` (the history must exist). What it may not create is refused in
+    the words every read command uses, exit 1, before anything is made: a mistyped
+    --root must not become a new empty history that reports success.
 
     With ``initialize`` (the default) the store is initialized first (temps swept,
     metadata and latest link repaired), unless the latest path is a file holding a
@@ -187,8 +194,17 @@ def writing_store(
     pointer to ``ingester adopt``.
     """
     from .adopt import unsafe_latest
+    from .queries import history_problem, root_problem
 
     store = settings.store()
+    if creates == "nothing":
+        problem = history_problem(settings)
+    elif creates == "history":
+        problem = root_problem(settings, store.history_dir)
+    else:
+        problem = None
+    if problem is not None:
+        raise fail(problem)
     try:
         make_folder(store.history_dir)
         with HistoryLock(store.lock_path, purpose):
@@ -263,12 +279,16 @@ def echo_json(value: Any) -> None:
 
 
 def relative_age(delta: timedelta) -> str:
-    """``delta`` (now minus a time) in words: ``"42 s ago"``, ``"3 min ago"``, ``"in 2 days"``."""
-    seconds = delta.total_seconds()
-    ahead = seconds < 0
-    seconds = abs(seconds)
-    if seconds < 1:
+    """``delta`` (now minus a time) in words: ``"42 s ago"``, ``"3 min ago"``.
+
+    The page's rule, everywhere an age is printed: under :data:`~ingester.clock.JUST_NOW`
+    old, or ahead of this clock by at most :data:`~ingester.clock.AHEAD_TOLERATED` (a
+    scraper whose clock runs a little fast), is ``"just now"``; further ahead is said as
+    it is: ``"2 days ahead of the clock"``.
+    """
+    if -AHEAD_TOLERATED <= delta < JUST_NOW:
         return "just now"
+    seconds = abs(delta.total_seconds())
     if seconds < 60:
         words = f"{int(seconds)} s"
     elif seconds < 3600:
@@ -280,7 +300,7 @@ def relative_age(delta: timedelta) -> str:
     else:
         days = int(seconds // 86400)
         words = f"{days} days"
-    return f"in {words}" if ahead else f"{words} ago"
+    return f"{words} ahead of the clock" if delta < timedelta(0) else f"{words} ago"
 
 
 def human_time(stamp: datetime | None) -> str:

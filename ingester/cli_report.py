@@ -481,7 +481,7 @@ def verify(app: App, repair: bool, as_json: bool) -> None:
 def _repair(settings: Settings, before: VerifyReport) -> VerifyReport:
     # writing_store takes the lock (or refuses, naming the holder) and runs
     # HistoryStore.initialize: temps swept, metadata and latest link rebuilt.
-    with writing_store(settings, "verify --repair") as store:
+    with writing_store(settings, "verify --repair", creates="nothing") as store:
         try:
             repair_modes(store, before.problems)
         except StorageError as exc:

@@ -53,7 +53,7 @@ def init(app: App) -> None:
     """
     s = app.settings
     _make_spool_folders(s)
-    with writing_store(s, "init") as store:
+    with writing_store(s, "init", creates="root") as store:
         meta = store.get_storage_metadata()
     click.echo(f"spool:   {s.spool_dir}")
     click.echo(f"history: {store.history_dir} ({meta.version_count} versions)")
@@ -70,8 +70,9 @@ def adopt(app: App) -> None:
     touched), a regular-file console-usage-synced.json becomes a link to the newest
     version (a snapshot in it that no version holds is first kept as a version of its
     own), and _metadata.json is rewritten from the versions, keeping the original's
-    totals. Every step is durable and crash-safe: after a crash, run it again. Then
-    checks the result as 'verify' does: exit 0 when clean, 1 when problems are left.
+    totals (a version adopt keeps is counted as created). Every step is durable and
+    crash-safe: after a crash, run it again. Then checks the result as 'verify' does:
+    exit 0 when clean, 1 when problems are left.
     A folder with no history to adopt (no version in it: a wrong --root, a copy nested
     one level too deep) exits 1 and nothing is created. Takes the history lock (refused
     while a watcher runs). See docs/migrating.md.
@@ -140,6 +141,8 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
 
     Prints one line per file. Exits 1 if any file was rejected or unreadable; the
     valid ones are stored all the same. Refuses while a watcher holds the history.
+    Creates the history in a root that exists; a root that does not exist is refused
+    (exit 1, nothing created).
     """
     s = app.settings
     rejected = 0
@@ -190,7 +193,8 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
     with keep/delete and the reason: newest-N, within-D-days, future, expired.
 
     Also removes rejected drops (with their reason files) older than
-    --rejected-retention-days; --dry-run counts them.
+    --rejected-retention-days; --dry-run counts them. A missing root or history is
+    refused (exit 1) and nothing is created.
     """
     from .housekeeping import PruneResult, prune_rejected
 
@@ -250,7 +254,7 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
         return
     # The text result is the log line's words: printed on stdout, not logged a second time.
     quiet = contextlib.nullcontext() if as_json else _result_printed_here("cleanup")
-    with writing_store(s, "cleanup") as store, quiet:
+    with writing_store(s, "cleanup", creates="nothing") as store, quiet:
         try:
             result = store.cleanup_old_versions()
         except StorageError as exc:

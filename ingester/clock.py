@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 __all__ = [
+    "AHEAD_TOLERATED",
     "CLOCK_JUMP",
+    "JUST_NOW",
     "Backoff",
     "ClockJump",
     "boot_clock",
@@ -25,6 +27,15 @@ __all__ = [
 
 CLOCK_JUMP = 3600.0
 """Seconds the wall clock may gain on the boot clock before it counts as a jump."""
+
+
+AHEAD_TOLERATED = timedelta(minutes=2)
+"""How far a time may lie past this clock and still read "just now" wherever an age is
+printed (the page's own rule): a scraper's clock may run a little fast, and a browser
+knows the server's time only to the second."""
+
+JUST_NOW = timedelta(seconds=5)
+"""An age below this reads "just now" (the page's own rule)."""
 
 
 def utc_now() -> datetime:

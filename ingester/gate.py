@@ -22,8 +22,10 @@ of ``lastUpdated`` named as such, all of them at once) and the one flow both fol
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -126,6 +128,39 @@ def _misspelt_date_time(value: str) -> tuple[str, str]:
     return "datetime_format", f"is not an ISO 8601 date-time with an offset ({_EXAMPLE})"
 
 
+_PARTS = re.compile(
+    r"(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})[Tt](?P<h>\d{2}):(?P<mi>\d{2})"
+    r"(:(?P<s>\d{2}))?[^Zz+-]*([Zz]|(?P<off>[+-](?P<oh>\d{2}):(?P<om>\d{2})))\Z",
+    re.ASCII,
+)
+
+
+def _nonexistent(value: str) -> str:
+    """Which part of ``value`` (spelt as :data:`ISO_WITH_OFFSET`) names no real time.
+
+    In our words, never Python's: its own messages name its types (``timedelta(...)``).
+    """
+    m = _PARTS.match(value)
+    if m is None:  # pragma: no cover - ISO_WITH_OFFSET matched first
+        return "not a valid date-time"
+    year, month, day = int(m["y"]), int(m["mo"]), int(m["d"])
+    if year == 0:
+        return "there is no year 0000: years run from 0001"
+    if not 1 <= month <= 12:
+        return f"there is no month {m['mo']}: months run from 01 to 12"
+    if not 1 <= day <= calendar.monthrange(year, month)[1]:
+        return f"{m['y']}-{m['mo']} has no day {m['d']}"
+    if int(m["h"]) > 23:
+        return f"there is no hour {m['h']}: hours run from 00 to 23"
+    if int(m["mi"]) > 59:
+        return f"there is no minute {m['mi']}: minutes run from 00 to 59"
+    if m["s"] is not None and int(m["s"]) > 59:
+        return f"there is no second {m['s']}: seconds run from 00 to 59, no leap second"
+    if m["off"] is not None and (int(m["oh"]) > 23 or int(m["om"]) > 59):
+        return f"the offset {m['off']} is out of range: offsets run from -23:59 to +23:59"
+    return "not a valid date-time"
+
+
 def check_last_updated(value: Any) -> Any:
     """``lastUpdated`` before pydantic's own datetime check: our spelling and range rules.
 
@@ -140,11 +175,11 @@ def check_last_updated(value: Any) -> Any:
         raise PydanticCustomError(kind, words)
     try:
         stamp = datetime.fromisoformat(value.upper())
-    except ValueError as exc:
+    except ValueError:
         raise PydanticCustomError(
             "datetime_invalid",
             "is not a date and time that exist ({reason})",
-            {"reason": str(exc)},
+            {"reason": _nonexistent(value)},
         ) from None
     try:
         utc = stamp.astimezone(UTC)
@@ -168,8 +203,70 @@ def check_sections(current_session: object, weekly_limits: object) -> None:
         raise PydanticCustomError(MISSING_SECTION, _NO_SECTION)
 
 
+class _OurWords(ValueError):
+    """A JSON problem already said in our words."""
+
+
 def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    raise _OurWords(f"{name} is not valid JSON")
+
+
+# Python's json messages (the part before the position), in a scraper author's words.
+_JSON_WORDS: tuple[tuple[str, str], ...] = (
+    ("Expecting value", "a value was expected"),
+    ("Expecting ',' delimiter", "a comma or the end of the object or array was expected"),
+    ("Expecting ':' delimiter", "a colon was expected after the property name"),
+    ("Expecting property name", "a property name in double quotes was expected"),
+    ("Extra data", "more follows the JSON object (a payload is one object)"),
+    ("Invalid \\uXXXX escape", "a string holds an invalid \\u escape"),
+    ("Invalid \\escape", "a string holds an invalid escape"),
+    ("Invalid control character", "a string holds a control character (escape it)"),
+    ("Unterminated string", "a string is not closed"),
+)
+
+# serde_json's messages (pydantic's JSON parser), for what Python's parser let through.
+_PARSER_WORDS: tuple[tuple[str, str], ...] = (
+    ("surrogate", "a string holds half of a \\u surrogate pair"),
+    ("hex escape", "a string holds half of a \\u surrogate pair"),
+    ("number out of range", "a number is out of range"),
+    ("recursion limit", _TOO_DEEP),
+)
+_POSITION = re.compile(r"line (\d+) column (\d+)")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _words_for(message: str, table: tuple[tuple[str, str], ...]) -> str:
+    for start, words in table:
+        if start in message:
+            return words
+    return "not valid JSON"
+
+
+def json_problem(exc: ValueError) -> str:
+    """``"not JSON: <what> at line L column C"``: a JSON parse error in our words.
+
+    ``exc`` is what :func:`json.loads` raised; Python's own words (``Expecting value:
+    line 1 column 1 (char 0)``) name its parser's states, not the author's mistake.
+    """
+    if isinstance(exc, _OurWords):
+        return f"not JSON: {exc}"
+    if isinstance(exc, json.JSONDecodeError):
+        return (
+            f"not JSON: {_words_for(exc.msg, _JSON_WORDS)} at line {exc.lineno} column {exc.colno}"
+        )
+    if "digits" in str(exc):  # int("9" * 5000): Python's guard against slow conversions
+        return f"not JSON: a number has more than {sys.get_int_max_str_digits()} digits"
+    return "not JSON: a value that cannot be read"
+
+
+def _parser_problem(message: str) -> str:
+    """A JSON error from pydantic's parser in the words of :func:`json_problem`."""
+    words = _words_for(message, _PARSER_WORDS)
+    if words == _TOO_DEEP:
+        return words
+    at = _POSITION.search(message)
+    where = f" at line {at[1]} column {at[2]}" if at else ""
+    return f"not JSON: {words}{where}"
 
 
 def _depth_over(obj: Any, limit: int) -> bool:
@@ -197,6 +294,8 @@ def _parse(data: bytes, max_bytes: int | None) -> tuple[dict[str, Any], str]:
     """
     if max_bytes is not None and len(data) > max_bytes:
         raise PayloadRejected(f"drop is over the limit of {max_bytes} bytes")
+    if data.startswith(_GZIP_MAGIC):
+        raise PayloadRejected("not JSON: gzip-compressed bytes; send the JSON uncompressed")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -212,7 +311,7 @@ def _parse(data: bytes, max_bytes: int | None) -> tuple[dict[str, Any], str]:
     except RecursionError:
         raise PayloadRejected(_TOO_DEEP) from None
     except ValueError as exc:
-        raise PayloadRejected(f"not JSON: {exc}") from None
+        raise PayloadRejected(json_problem(exc)) from None
     if not isinstance(obj, dict):
         raise PayloadRejected(f"top level is a JSON {type(obj).__name__}, not an object")
     # One limit, checked here, so the schema's parser (with a recursion limit of its own)
@@ -276,9 +375,13 @@ def judge(data: bytes, max_bytes: int | None, validate: Callable[[str], T]) -> T
         # JSON mode so that strict typing still reads ISO strings as datetimes.
         return validate(text)
     except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        for err in errors:
+            if err["type"] == "json_invalid":  # what Python's parser let through
+                raise PayloadRejected(_parser_problem(str(err["msg"]))) from None
         problems = [
             {"field": _field_path(err["loc"]), "type": err["type"], "msg": _author_words(err)}
-            for err in exc.errors(include_url=False, include_input=False)
+            for err in errors
             if err["type"] != MISSING_SECTION
         ]
     except RecursionError:

@@ -438,7 +438,11 @@ def openapi_document() -> dict[str, Any]:
                         "401": _json_body("PostResult", "Missing or wrong X-API-Key"),
                         "408": _json_body("PostResult", "Body too slow"),
                         "413": _json_body("PostResult", "Body over --max-bytes"),
-                        "415": _json_body("PostResult", "Content-Type is not JSON"),
+                        "415": _json_body(
+                            "PostResult",
+                            "Content-Type is not JSON, or the body is compressed "
+                            "(Content-Encoding)",
+                        ),
                         "503": _json_body(
                             "PostResult",
                             "The spool cannot be written, or (--require-watcher) no watcher "

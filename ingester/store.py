@@ -433,9 +433,16 @@ class HistoryStore:
             latest_problem = unreadable(exc)
         return meta_problem, latest_problem
 
-    def write_metadata(self) -> None:
-        """Rewrite ``_metadata.json`` from the versions in memory (atomically)."""
+    def write_metadata(self, *, created_at_least: int = 0) -> None:
+        """Rewrite ``_metadata.json`` from the versions in memory (atomically).
+
+        ``created_at_least`` raises ``totalVersionsCreated`` to at least that many: how a
+        version stored without :meth:`save_version` (adopt's kept snapshot) is counted.
+        Raises :class:`StorageError`.
+        """
         self._ensure_loaded()
+        if created_at_least > self._meta.total_versions_created:
+            self._meta = self._meta.model_copy(update={"total_versions_created": created_at_least})
         self._write_metadata()
 
     # -- derived facts -------------------------------------------------------------

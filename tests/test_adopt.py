@@ -138,6 +138,8 @@ def adopted_problems(o: Original) -> list[str]:
         problems.append(f"metadata disagrees with the files: {meta}")
     if meta["totalVersionsCreated"] < o.created or meta["totalVersionsDeleted"] < o.deleted:
         problems.append(f"a total was lost: {meta}")
+    if meta["totalVersionsCreated"] - meta["totalVersionsDeleted"] < len(present):
+        problems.append(f"a version stored is not counted: {meta}, {len(present)} present")
     temps = [n for n in os.listdir(o.history) + os.listdir(o.root) if n.startswith(".tmp-")]
     if temps:
         problems.append(f"temp files left: {temps}")
@@ -214,7 +216,28 @@ def test_a_snapshot_only_the_latest_file_holds_is_kept(root: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "kept:    the snapshot in console-usage-synced.json as version" in done.stdout
     assert adopted_problems(o) == []
+    # The kept version is counted, in the file and in what reads it.
+    meta = json.loads((o.history / "_metadata.json").read_bytes())
+    assert (meta["totalVersionsCreated"], meta["versionCount"]) == (2017, len(o.versions) + 1)
+    assert meta["totalVersionsDeleted"] == 1916
+    status = json.loads(run_cli(root, "status", "--json").stdout)
+    assert status["metadata"]["totalVersionsCreated"] == 2017, status
     assert (root / LATEST).read_bytes() == o.latest  # it is the newest: the link shows it
+
+
+def test_the_kept_version_is_counted_once_when_the_original_s_totals_agree(root: Path) -> None:
+    # 5020 created - 3100 deleted = 1920 versions, in small: the totals match the files.
+    o = original_history(root, latest="unique")
+    meta_path = o.history / "_metadata.json"
+    meta = json.loads(meta_path.read_bytes())
+    meta.update(totalVersionsCreated=1916 + len(o.versions), totalVersionsDeleted=1916)
+    meta_path.write_text(json.dumps(meta))
+    assert run_cli(root, "adopt").returncode == 0
+    meta = json.loads(meta_path.read_bytes())
+    created, deleted = meta["totalVersionsCreated"], meta["totalVersionsDeleted"]
+    assert created - deleted == len(o.versions) + 1 == meta["versionCount"]
+    status = json.loads(run_cli(root, "status", "--json").stdout)["metadata"]
+    assert status["totalVersionsCreated"] == created
 
 
 def test_an_invalid_snapshot_in_the_latest_file_stops_adopt_untouched(root: Path) -> None:

@@ -150,6 +150,17 @@ def test_status_fresh_payload_is_not_stale(root: Path) -> None:
     assert "STALE" not in ok(run_cli(root, "status")).stdout
 
 
+def test_a_scraper_clock_a_little_ahead_reads_just_now(root: Path) -> None:
+    ahead = root / "ahead.json"
+    # 90 s ahead: beyond any run time of this test, within the tolerated slack (2 min).
+    ahead.write_bytes(payload((datetime.now(UTC) + timedelta(seconds=90)).isoformat()))
+    ok(run_cli(root, "ingest", str(ahead)))
+    for command in ("status", "list"):
+        out = ok(run_cli(root, command)).stdout
+        assert "just now" in out, (command, out)
+        assert "(in " not in out and " in 1 min" not in out and "ahead" not in out, out
+
+
 def test_status_spool_backlog_rejected_and_env_source(root: Path, ingested: list[str]) -> None:
     spool = root / "spool"
     for sub in (".claimed", "tmp", "rejected"):
@@ -633,12 +644,18 @@ def test_relative_ages() -> None:
     from ingester.cli_common import relative_age
 
     assert relative_age(timedelta(seconds=0.2)) == "just now"
+    assert relative_age(timedelta(seconds=4)) == "just now"  # the page's rule
+    assert relative_age(timedelta(seconds=5)) == "5 s ago"
+    # A scraper's clock a little ahead: just now, as on the page; further, said as it is.
+    assert relative_age(-timedelta(seconds=18)) == "just now"
+    assert relative_age(-timedelta(minutes=2)) == "just now"
+    assert relative_age(-timedelta(minutes=3)) == "3 min ahead of the clock"
     assert relative_age(timedelta(seconds=42)) == "42 s ago"
     assert relative_age(timedelta(minutes=3, seconds=59)) == "3 min ago"
     assert relative_age(timedelta(hours=2)) == "2 h ago"
     assert relative_age(timedelta(hours=5, minutes=7)) == "5 h 7 min ago"
     assert relative_age(timedelta(days=3, hours=1)) == "3 days ago"
-    assert relative_age(-timedelta(days=2)) == "in 2 days"
+    assert relative_age(-timedelta(days=2)) == "2 days ahead of the clock"
 
 
 def test_verify_repair_does_not_count_itself_as_the_writer(root: Path) -> None:

@@ -271,6 +271,10 @@ EXAMPLES_RUN_ELSEWHERE = {
         "tests/test_mirror.py",
         "test_the_documented_serve_from_line_serves_the_mirror",
     ),
+    "scrape-trigger": (
+        "tests/test_systemd_single.py",
+        "test_the_documented_trigger_command_touches_the_file_under_mdwe",
+    ),
     "readme-submit": (HERE, "test_the_readme_s_submit_blocks_drop_what_the_watcher_stores"),
     "readme-submit-fresh": (HERE, "test_the_readme_s_submit_blocks_drop_what_the_watcher_stores"),
     "backup-snapshot": (HERE, "test_the_backup_guide_s_snapshot_variables_and_restored_verify_run"),

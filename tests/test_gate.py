@@ -9,11 +9,14 @@ generated around the schema, valid and not) gets the same verdict and the same e
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import INVALID_SAMPLES, VALID_SAMPLES
+from support import INVALID_SAMPLES, SAMPLES, VALID_SAMPLES, run_cli
+from support.hostile import HOSTILE, STAMPED, assert_our_words
 
 from ingester import gate
 from ingester.errors import PayloadRejected
@@ -140,3 +143,86 @@ def test_the_gate_can_tell_them_apart() -> None:
     """The comparison can fail: a verdict differs when the payload does."""
     good = VALID_SAMPLES[0].read_bytes()
     assert verdict(gate.check_payload, good) != verdict(judge_payload, b"{}")
+
+
+# -- the words: ours, never Python's or pydantic's parser's ---------------------------------
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_input_is_refused_in_our_words(name: str) -> None:
+    for judge_it in (judge_payload, gate.check_payload):
+        with pytest.raises(PayloadRejected) as refused:
+            judge_it(HOSTILE[name])
+        assert_our_words(refused.value.reason)
+        for problem in refused.value.errors:
+            assert_our_words(str(problem["msg"]))
+
+
+def test_the_words_say_what_and_where() -> None:
+    def reason(data: bytes) -> str:
+        with pytest.raises(PayloadRejected) as refused:
+            judge_payload(data)
+        return refused.value.reason
+
+    assert reason(HOSTILE["gzip body"]) == (
+        "not JSON: gzip-compressed bytes; send the JSON uncompressed"
+    )
+    assert reason(b"x") == "not JSON: a value was expected at line 1 column 1"
+    assert reason(b'{"a": 1\n "b": 2}') == (
+        "not JSON: a comma or the end of the object or array was expected at line 2 column 2"
+    )
+    assert reason(HOSTILE["lastUpdated 2026-01-01T00:00:00+25:00"]) == (
+        "lastUpdated: is not a date and time that exist (the offset +25:00 is out of range: "
+        "offsets run from -23:59 to +23:59)"
+    )
+    assert reason(HOSTILE["lastUpdated 2026-02-30T00:00:00Z"]) == (
+        "lastUpdated: is not a date and time that exist (2026-02 has no day 30)"
+    )
+
+
+_valid_text = (SAMPLES / "valid" / "full.json").read_bytes()
+
+
+@given(
+    st.integers(min_value=0, max_value=len(_valid_text)),
+    st.integers(min_value=0, max_value=8),
+    st.binary(max_size=6) | st.sampled_from([b"1e999", b"-", b'"', b"\\", b"{", b"]", b"+25:00"]),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_damaged_payload_is_refused_in_our_words(at: int, cut: int, insert: bytes) -> None:
+    data = _valid_text[:at] + insert + _valid_text[at + cut :]
+    try:
+        judge_payload(data)
+    except PayloadRejected as exc:
+        assert_our_words(exc.reason)
+
+
+@given(
+    st.from_regex(
+        r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})\Z",
+        fullmatch=True,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_any_spelt_date_time_is_judged_in_our_words(stamp: str) -> None:
+    try:
+        judge_payload((STAMPED % stamp).encode())
+    except PayloadRejected as exc:
+        assert_our_words(exc.reason)
+
+
+def test_the_spool_s_reason_files_hold_our_words(root: Path) -> None:
+    spool = root / "spool"
+    assert run_cli(root, "init").returncode == 0
+    for i, data in enumerate(HOSTILE.values()):
+        (spool / f"drop-{i:02d}.json").write_bytes(data)
+    done = run_cli(root, "watch", "--once")
+    assert "Traceback" not in done.stderr
+    reasons = sorted((spool / "rejected").glob("*.reason.json"))
+    assert len(reasons) == len(HOSTILE)
+    for path in reasons:
+        record = json.loads(path.read_bytes())
+        assert_our_words(record["reason"])
+        for problem in record.get("errors", []):
+            assert_our_words(problem["msg"])
+    assert_our_words(done.stderr)

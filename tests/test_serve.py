@@ -20,6 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import IS_ROOT, wait_for
+from support.hostile import HOSTILE, assert_our_words
 from support.serveproc import KEY, ServeProcess, fresh_payload, put_version, version_name
 
 API = "/api/claude/console-usage"
@@ -393,6 +394,31 @@ def test_post_invalid_payload_is_400_with_errors(root: Path, server):
         assert r.status_code == 400, junk[:10]
         assert r.json()["success"] is False
     assert spool_drops(root) == []
+
+
+def test_a_hostile_body_is_400_in_our_words(root: Path, server):
+    for name, data in HOSTILE.items():
+        r = post(server, data)
+        assert r.status_code == 400, name
+        body = r.json()
+        assert_our_words(body["message"])
+        for problem in body.get("errors", []):
+            assert_our_words(problem["msg"])
+    assert_our_words(server.log)
+    assert spool_drops(root) == []
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate, gzip"])
+def test_a_compressed_post_is_415_naming_its_encoding(root: Path, server, encoding: str):
+    import gzip
+
+    r = post(server, gzip.compress(fresh_payload()), **{"Content-Encoding": encoding})
+    assert r.status_code == 415
+    assert r.json()["message"] == (
+        f"Content-Encoding {encoding!r} is not supported: send the JSON uncompressed"
+    )
+    assert post(server, fresh_payload(), **{"Content-Encoding": "identity"}).status_code == 202
+    assert len(spool_drops(root)) == 1
 
 
 @pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded"])

@@ -442,6 +442,10 @@ def test_require_watcher_refuses_then_accepts_once_a_watcher_runs(root: Path) ->
     with ServeProcess(root, "--require-watcher") as server:
         refused = server.post(API, content=data, headers=HEADERS)
         assert refused.status_code == 503
+        # The start line says what happens in this mode: refused, not spooled.
+        server.wait_log("no watcher holds the history")
+        assert "POSTs are answered 503 and nothing is dropped" in server.log
+        assert "wait in the spool" not in server.log
         assert refused.json()["success"] is False
         assert spool_drops(root) == []
         with WatchProcess(root) as watcher:
@@ -476,6 +480,29 @@ def test_the_warning_repeats_while_drops_wait_and_stops_when_a_watcher_comes(
         warnings.check()
     said = [r.getMessage() for r in caplog.records]
     assert said == [f"serve: a watcher holds the history again (pid {os.getpid()})"]
+
+
+@pytest.mark.parametrize("refuses", [False, True], ids=["spooled", "require-watcher"])
+def test_the_start_and_periodic_lines_say_what_a_post_meets(
+    root: Path, caplog: pytest.LogCaptureFixture, refuses: bool
+) -> None:
+    spool = Spool(root / "spool", root / "spool" / "rejected")
+    drop(root / "spool", "waiting.json", payload(1))
+    history = root / "console-usage-history"
+    history.mkdir()
+    probe = WatcherProbe(history / ".lock", spool)
+    warnings = BacklogWarnings(probe, every=0.0, refuses_posts=refuses)
+    caplog.set_level("INFO", logger="ingester.serve")
+    warnings.at_start()
+    warnings.check()
+    start, periodic = (r.getMessage() for r in caplog.records)
+    if refuses:
+        assert "POSTs are answered 503 and nothing is dropped (--require-watcher)" in start
+        assert "wait in the spool until" not in start
+        assert periodic.endswith("new POSTs are answered 503 (--require-watcher)")
+    else:
+        assert "POSTed snapshots wait in the spool until 'ingester watch' runs" in start
+        assert "503" not in start + periodic
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/locks")

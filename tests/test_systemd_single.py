@@ -7,6 +7,7 @@ of the unit whose ExecStart points at this environment's ``ingester``.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -18,7 +19,7 @@ import httpx
 import pytest
 from support import cli_env
 from support.sdnotify import NotifyListener
-from support.serveproc import KEY, fresh_payload
+from support.serveproc import KEY, ServeProcess, fresh_payload
 from test_systemd_units import (
     MDWE,
     NAME,
@@ -127,3 +128,67 @@ def test_serve_watch_runs_under_mdwe_as_the_unit_starts_it(root: Path) -> None:
                 proc.kill()
                 proc.wait(10)
     assert "Traceback" not in log_path.read_text()
+
+
+# -- a scraper in a unit of its own: the trigger touches a file, a path unit starts it ------
+
+SCRAPE_PATH = SERVICE.parent / f"{NAME}-scrape.path"
+SCRAPER = SERVICE.parent / "console-usage-scraper.service"
+REQUESTED = f"/run/{NAME}/scrape-requested"
+TRIGGER_COMMAND = f"touch {REQUESTED}"
+
+
+def test_the_path_unit_watches_what_the_trigger_touches_in_the_servers_runtime_folder() -> None:
+    single, path, scraper = parse_unit(SINGLE), parse_unit(SCRAPE_PATH), parse_unit(SCRAPER)
+    # The file lies in the one-process unit's own runtime folder, which it may write.
+    assert one(single, "Service.RuntimeDirectory") == NAME
+    assert REQUESTED.startswith(f"/run/{one(single, 'Service.RuntimeDirectory')}/")
+    assert one(path, "Path.PathChanged") == REQUESTED
+    assert one(path, "Path.Unit") == SCRAPER.name
+    # The documented setting is the command this test runs.
+    for text in (
+        SCRAPE_PATH.read_text(),
+        (SERVICE.parent.parent / "docs" / "serve.md").read_text(),
+    ):
+        assert f"INGESTER_TRIGGER_COMMAND={TRIGGER_COMMAND}" in text
+    # The scraper's own user and a sandbox a browser can run in.
+    assert one(scraper, "Service.DynamicUser") == "yes"
+    assert one(scraper, "Service.Type") == "oneshot"
+    for key in ("MemoryDenyWriteExecute", "PrivateUsers", "User"):
+        assert f"Service.{key}" not in scraper, key
+
+
+@needs_analyze
+def test_the_path_unit_and_the_example_scraper_unit_verify(tmp_path: Path) -> None:
+    (tmp_path / SCRAPE_PATH.name).write_text(SCRAPE_PATH.read_text())
+    text = SCRAPER.read_text()
+    assert text.count("ExecStart=/opt/scraper/bin/scrape --once\n") == 1
+    # The example's program does not exist here; a real one stands in for it.
+    scraper = tmp_path / SCRAPER.name
+    scraper.write_text(text.replace("ExecStart=/opt/scraper/bin/scrape", "ExecStart=/bin/true"))
+    result = analyze("verify", str(tmp_path / SCRAPE_PATH.name), str(scraper))
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).strip() == "", result.stdout + result.stderr
+
+
+@needs_mdwe
+def test_the_documented_trigger_command_touches_the_file_under_mdwe(root: Path) -> None:
+    """docs/serve.md's scrape-trigger block, as serve runs it in the unit's MDWE: each
+    press changes the file the path unit watches."""
+    guide = (SERVICE.parent.parent / "docs" / "serve.md").read_text()
+    block = re.search(r"<!-- example: scrape-trigger -->\n```sh\n(.*?)```", guide, re.S)
+    assert block, "docs/serve.md has no scrape-trigger example"
+    variable, _, documented = block.group(1).strip().partition("=")
+    assert (variable, documented) == ("INGESTER_TRIGGER_COMMAND", TRIGGER_COMMAND)
+    runtime = root.parent / "run"
+    runtime.mkdir()
+    requested = runtime / "scrape-requested"
+    command = documented.replace(f"/run/{NAME}", str(runtime))
+    with ServeProcess(root, "--trigger-command", command, wrapper=tuple(MDWE)) as server:
+        first = server.post(API + "/trigger", headers={"X-API-Key": KEY})
+        assert first.status_code == 200, first.text
+        assert requested.is_file()
+        os.utime(requested, ns=(0, 0))  # a press later changes the times (what systemd sees)
+        second = server.post(API + "/trigger", headers={"X-API-Key": KEY})
+        assert second.status_code == 200, second.text
+        assert requested.stat().st_mtime_ns > 0

@@ -160,7 +160,7 @@ def create_app(config: ServeConfig, *, extra_routes: Sequence[BaseRoute] = ()) -
         index=HistoryIndex(config.reader or LocalHistory(s.history_dir)),
         spool=spool,
         probe=probe,
-        warnings=BacklogWarnings(probe),
+        warnings=BacklogWarnings(probe, refuses_posts=config.require_watcher),
         trigger=TriggerRunner(config.trigger) if config.trigger is not None else None,
         registry=registry,
         requests=requests,

@@ -113,9 +113,13 @@ class BacklogWarnings:
     has taken over.
     """
 
-    def __init__(self, probe: WatcherProbe, every: float = WARN_EVERY_S) -> None:
+    def __init__(
+        self, probe: WatcherProbe, every: float = WARN_EVERY_S, *, refuses_posts: bool = False
+    ) -> None:
         self.probe = probe
         self.every = every
+        # --require-watcher: a POST is answered 503 while no watcher runs, never spooled.
+        self.refuses_posts = refuses_posts
         self._last = -float("inf")
         self._warned = False
 
@@ -131,10 +135,17 @@ class BacklogWarnings:
             )
         elif not state.watcher:
             waiting = f"; {state.drops_words()}" if state.waiting else ""
+            if self.refuses_posts:
+                what = (
+                    "POSTs are answered 503 and nothing is dropped (--require-watcher) "
+                    "until 'ingester watch' runs"
+                )
+            else:
+                what = "POSTed snapshots wait in the spool until 'ingester watch' runs"
             log.warning(
-                "serve: no watcher holds the history (%s): POSTed snapshots wait in the spool "
-                "until 'ingester watch' runs (or run 'ingester serve --watch')%s",
+                "serve: no watcher holds the history (%s): %s (or run 'ingester serve --watch')%s",
                 self.probe.lock_path,
+                what,
                 waiting,
                 extra={"event": "no-watcher"},
             )
@@ -152,8 +163,11 @@ class BacklogWarnings:
                 self._warned = True
                 log.warning(
                     "serve: %s and no watcher holds the history: they are not stored until "
-                    "'ingester watch' runs",
+                    "'ingester watch' runs%s",
                     state.drops_words(),
+                    "; new POSTs are answered 503 (--require-watcher)"
+                    if self.refuses_posts
+                    else "",
                     extra={"event": "no-watcher", "waiting": state.waiting},
                 )
         elif self._warned and state.watcher:

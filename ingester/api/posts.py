@@ -128,6 +128,16 @@ async def post_console_usage(request: Request) -> Response:
     if not is_json_type(request.headers.get("content-type")):
         ctx.posts.labels("unsupported").inc()
         return refuse(request, 415, "Content-Type must be application/json")
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        # Never decompressed (nor was it by the original server): a compressed body would
+        # otherwise be judged as JSON and refused in words that do not say why.
+        ctx.posts.labels("unsupported").inc()
+        return refuse(
+            request,
+            415,
+            f"Content-Encoding {encoding[:40]!r} is not supported: send the JSON uncompressed",
+        )
     try:
         body = await read_body(request, s.max_bytes, ctx.config.body_timeout)
     except ClientDisconnect:

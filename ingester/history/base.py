@@ -148,8 +148,8 @@ def derive_metadata(
 
     Its facts (count, oldest, newest, latest, future) come from the names; the totals
     and the last cleanup are kept from ``stored`` (what the history held), or taken from
-    ``base`` where that says more. Totals never decrease: when the metadata was lost,
-    the versions on hand are a floor for the count created.
+    ``base`` where that says more. Totals never decrease, and the count created is at least the
+    count deleted plus the versions on hand.
     """
     from ..store import StorageMetadata
 
@@ -160,6 +160,9 @@ def derive_metadata(
         created = max(created, base.total_versions_created)
         deleted = max(deleted, base.total_versions_deleted)
         cleanup = base.last_cleanup or cleanup
+    # Every version on hand was created, and so was every deleted one: a version the
+    # totals do not count yet (a crash before the metadata was rewritten) raises the floor.
+    created = max(created, deleted + len(names))
     first = parse_timestamp_from_filename(names[0]) if names else None
     last = parse_timestamp_from_filename(names[-1]) if names else None
     return StorageMetadata(
