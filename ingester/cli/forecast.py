@@ -11,9 +11,8 @@ import click
 
 from ..clock import utc_now
 from ..errors import describe_os_error
-from ..serve.forecast import forecast_json
 from ..usage.forecast import LimitForecast, in_words
-from ..usage.usage_history import forecast_of
+from ..usage.usage_history import forecast_json, forecast_of
 from .common import App, align, echo_json, fail, open_history
 
 __all__ = ["forecast"]

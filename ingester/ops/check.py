@@ -521,7 +521,7 @@ def _gather(
 
 
 def _usage_facts(settings: Settings, reader: HistoryReader, now: datetime) -> dict[str, Any]:
-    from ..serve.forecast import forecast_json
+    from ..usage.usage_history import forecast_json
 
     zone, zone_name = settings.console_zone()
     try:

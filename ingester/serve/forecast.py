@@ -40,18 +40,12 @@ from starlette.routing import Route
 
 from ..history.index import HistoryIndex
 from ..settings import Settings
-from ..usage.usage_history import ForecastAnswer, UsageHistory
+from ..usage.usage_history import UsageHistory, forecast_json
 from .routes import FORECAST_PATH
 
-__all__ = ["FORECAST_PATH", "UsageCollector", "forecast_json", "install"]
+__all__ = ["FORECAST_PATH", "UsageCollector", "install"]
 
 log = logging.getLogger("ingester.serve")
-
-
-def forecast_json(answer: ForecastAnswer, zone_name: str) -> dict[str, object]:
-    """The body of the answer (also what ``ingester forecast --json`` prints)."""
-    body = answer.forecast.to_json()
-    return {"asOf": body["asOf"], "consoleTimeZone": zone_name, "limits": body["limits"]}
 
 
 def _json(body: object, status: int, headers: dict[str, str] | None = None) -> Response:

@@ -56,7 +56,7 @@ from .forecast import (
     observe,
 )
 
-__all__ = ["ForecastAnswer", "UsageHistory", "forecast_of"]
+__all__ = ["ForecastAnswer", "UsageHistory", "forecast_json", "forecast_of"]
 
 log = logging.getLogger("ingester.forecast")
 
@@ -250,3 +250,9 @@ def forecast_of(
     ``None`` when it holds no version; ``OSError`` when it cannot be read.
     """
     return UsageHistory(HistoryIndex(reader), zone, zone_name).answer(now)
+
+
+def forecast_json(answer: ForecastAnswer, zone_name: str) -> dict[str, object]:
+    """The body of the answer (also what ``ingester forecast --json`` prints)."""
+    body = answer.forecast.to_json()
+    return {"asOf": body["asOf"], "consoleTimeZone": zone_name, "limits": body["limits"]}
