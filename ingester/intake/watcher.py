@@ -47,7 +47,6 @@ from .arrivals import (
     SpoolGone,
     start_arrivals,
 )
-from .housekeeping import RejectedRetention
 from .intake import (
     Blocked,
     Deferred,
@@ -60,6 +59,7 @@ from .intake import (
     Rejected,
     Stored,
 )
+from .maintenance import Maintenance
 from .metrics import NO_METRICS, Metrics
 from .readiness import Readiness
 from .recovery import ClaimRecovery
@@ -69,7 +69,6 @@ __all__ = ["Backoff", "WatchOptions", "Watcher"]
 
 log = logging.getLogger("ingester.watcher")
 
-_MAINTENANCE_EVERY = 1.0  # seconds between cleanup/metadata rounds while drops keep coming
 _TICK = 0.25  # seconds, the longest wait: bounds the reaction to signals and liveness checks
 _GROUP_MAX = 256  # most versions linked before one fsync of the history makes them durable
 _GROUP_SECONDS = 1.0  # and at most this long, so the loop keeps pinging systemd
@@ -132,8 +131,13 @@ class Watcher:
         self._recovery = ClaimRecovery(self.intake)
         self.clock_jump = ClockJump()
         self.counts = _Counts()
-        self._rejected_retention = RejectedRetention(
-            settings.rejected_dir, settings.rejected_retention_days
+        self.maintenance = Maintenance(
+            self.store,
+            self.spool,
+            settings,
+            options.retry_max,
+            recover=self._recover_claims,
+            clock_jump=self.clock_jump,
         )
         self._events: queue.SimpleQueue[Arrival] = queue.SimpleQueue()
         self._pending: dict[str, How] = {}  # insertion order is arrival order
@@ -143,19 +147,13 @@ class Watcher:
         self._stop = threading.Event()
         self._arrivals: Arrivals | None = None
         self._backoff = Backoff(options.retry_max)  # the whole pipeline (history failures)
-        self._cache_backoff = Backoff(options.retry_max)  # the latest link
-        self._maintenance_backoff = Backoff(options.retry_max)
-        self._latest_dirty = False
-        self._meta_dirty = True
-        self._sweep_needed = False
-        self._last_maintenance = 0.0
         self._next_rescan = 0.0
         self._next_ping = 0.0
         self._last_status = ""
-        self._cache_reported: set[str] = set()
-        self._holding = False  # automatic deletions held back after a wall-clock jump
         self.metrics = metrics
-        self.metrics.watch(lambda: len(self._pending) + len(self._deferred), lambda: self._holding)
+        self.metrics.watch(
+            lambda: len(self._pending) + len(self._deferred), lambda: self.maintenance.holding
+        )
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -203,18 +201,7 @@ class Watcher:
             report.removed_temps += self.spool.sweep_temps()
         except StorageError as exc:
             log.warning("cannot sweep temp files in the quarantine folder: %s", exc)
-        if report.removed_temps:
-            log.info("removed %d stale temp file(s)", len(report.removed_temps))
-        if report.metadata_created:
-            log.info("new history in %s", self.store.history_dir)
-        if report.metadata_rebuilt:
-            log.warning("metadata rebuilt from a scan (it was %s)", report.metadata_rebuilt)
-        if report.latest_repaired:
-            log.warning("latest link repaired (%s)", report.latest_repaired)
-        for error in report.cache_errors:
-            # Caches never gate ingest: logged, and retried by the maintenance rounds.
-            log.error("cannot refresh a cache (drops are still stored): %s", error)
-            self._latest_dirty = self._meta_dirty = True
+        self.maintenance.started(report)
         try:
             self._recover_claims()
         except StorageError as exc:
@@ -419,27 +406,8 @@ class Watcher:
         # The history can change by hand too (a restored file): keep the index honest,
         # and repair the caches (a deleted metadata file or latest link) here rather
         # than on the next drop.
-        if why == "start":
-            return
-        try:
-            self.store.scan()
-            meta_problem, latest_problem = self.store.cache_problems()
-        except StorageError as exc:
-            log.error("cannot scan the history: %s", exc)
-            return
-        for key, problem, dirty in (
-            ("metadata", meta_problem, self._meta_dirty),
-            ("latest", latest_problem, self._latest_dirty),
-        ):
-            if problem is None or dirty:
-                continue  # fine, or about to be rewritten anyway (drops are coming in)
-            if key not in self._cache_reported:
-                self._cache_reported.add(key)
-                what = "the metadata" if key == "metadata" else "the latest link"
-                log.warning("%s needs repair (%s); rewriting it", what, problem)
-            self._meta_dirty = True
-            if key == "latest":
-                self._latest_dirty = True
+        if why != "start":
+            self.maintenance.check_caches()
 
     # -- a group of drops -------------------------------------------------------------
 
@@ -455,7 +423,7 @@ class Watcher:
         """
         stored: list[Stored] = []
         began = time.monotonic()
-        update_latest = self._cache_backoff.due(began)
+        update_latest = self.maintenance.cache_backoff.due(began)
         failure: GroupFailure | None = None
         claimed: dict[str, How] = {}
         try:
@@ -486,11 +454,11 @@ class Watcher:
             self._ingested(item)
         # After _ingested (which marks the link stale): the group moved it already.
         if not update_latest:
-            self._latest_dirty = True
+            self.maintenance.latest_dirty = True
         elif batch.latest_error is not None:
-            self._cache_failed(batch.latest_error)  # a cache: the versions are durable
+            self.maintenance.latest_failed(batch.latest_error)  # the versions are durable
         else:
-            self._latest_ok()
+            self.maintenance.latest_ok()
 
     def _claim_group(self, batch: Batch, claimed: dict[str, How]) -> None:
         """Steps 1-4 for the pending drops, in arrival order, up to one group's worth.
@@ -538,7 +506,7 @@ class Watcher:
         elif isinstance(outcome, Deferred):
             if outcome.claim_left:
                 self._drop_waits.forget(outcome.drop)
-                self._meta_dirty = True  # the maintenance round finishes a claim left behind
+                self.maintenance.meta_dirty = True  # the next round finishes the claim left
             if outcome.until is not None:
                 self._deferred[outcome.drop] = outcome.until
         elif isinstance(outcome, Dropped):
@@ -565,14 +533,14 @@ class Watcher:
                     retry,
                 )
         elif isinstance(outcome, Recovered):
-            self._latest_dirty = self._meta_dirty = True
+            self.maintenance.latest_dirty = self.maintenance.meta_dirty = True
             log.info("%s was already stored; removed its claim", outcome.version)
 
     def _ingested(self, item: Stored) -> None:
         self.counts.ingested += 1
         self.metrics.ingested(time.perf_counter() - item.started)
-        self._latest_dirty = True
-        self._meta_dirty = True
+        self.maintenance.latest_dirty = True
+        self.maintenance.meta_dirty = True
         log.info(
             "ingested %s -> %s (%d bytes, %.1f ms)",
             item.drop,
@@ -592,27 +560,9 @@ class Watcher:
         self.metrics.failed()
         what = f"cannot store drop {name}" if name else "cannot update the history"
         log.error("%s: %s; retrying in %.1f s", what, exc, retry)
-        if name is None:
-            self._latest_dirty = True
         # Maintenance after the backoff also finishes any claim a failed commit left,
         # and sweeps the temp files a failed step could not remove.
-        self._meta_dirty = True
-        self._sweep_needed = True
-
-    def _latest_ok(self) -> None:
-        self._latest_dirty = False
-        self._cache_backoff.succeeded()
-        self._cache_reported.discard("latest")
-
-    def _cache_failed(self, exc: StorageError) -> None:
-        """The latest link could not be written: log it, retry later; ingest goes on."""
-        self._latest_dirty = True
-        retry = self._cache_backoff.failed()
-        log.error(
-            "cannot refresh the latest link (drops are still stored): %s; retrying in %.1f s",
-            exc,
-            retry,
-        )
+        self.maintenance.after_failure(whole_group=name is None)
 
     # -- maintenance ------------------------------------------------------------------
 
@@ -621,75 +571,11 @@ class Watcher:
         now = time.monotonic()
         if not self._backoff.due(now) and not force:
             return
-        if self._latest_dirty and (force or self._cache_backoff.due(now)):
-            try:
-                self.store.update_latest()
-                self._latest_ok()
-            except StorageError as exc:
-                self._cache_failed(exc)
-        self._rejected_retention.run_if_due()  # at most every 10 min; logs its own errors
-        if not self._meta_dirty:
-            return
-        if not force and (
-            not self._maintenance_backoff.due(now)
-            or (self._pending and now - self._last_maintenance < _MAINTENANCE_EVERY)
-        ):
-            return
-        if self._sweep_needed:
-            self._sweep_needed = False
-            try:
-                removed = self.store.remove_stale_temps() + self.spool.sweep_temps()
-            except StorageError as exc:
-                log.warning("cannot remove temp files left by a failed step: %s", exc)
-            else:
-                if removed:
-                    log.info("removed %d temp file(s) left by a failed step", len(removed))
-        try:
-            self._recover_claims()
-            self.store.cleanup_old_versions(hold_deletions=self._clock_jumped())
-            self._cache_reported.discard("metadata")
-        except StorageError as exc:
-            # The metadata and retention are not on the ingest path: they back off on
-            # their own, and drops go on being stored meanwhile.
-            retry = self._maintenance_backoff.failed()
-            log.error(
-                "cannot finish claims, clean up or write the metadata: %s; retrying in %.1f s",
-                exc,
-                retry,
-            )
-            return
-        self._maintenance_backoff.succeeded()
-        self._meta_dirty = False
-        self._last_maintenance = now
+        self.maintenance.run(now, force=force, busy=bool(self._pending))
 
     def _recover_claims(self) -> None:
         for outcome in self._recovery.recover():
             self._apply(outcome)
-
-    def _clock_jumped(self) -> bool:
-        """Whether automatic deletions must wait: the wall clock jumped ahead.
-
-        Retention is measured from the wall clock: a forward step of days would make
-        the watcher's own cleanup delete versions ingested seconds ago. While the jump
-        stands, automatic deletions are held back (logged once); an operator's
-        ``ingester cleanup``, or a restart, applies the rule from the clock as it is.
-        """
-        gained = self.clock_jump.gained()
-        if gained > self.clock_jump.limit:
-            if not self._holding:
-                log.warning(
-                    "the wall clock jumped %.0f s ahead of the boot clock; automatic "
-                    "retention holds deletions back (run 'ingester cleanup' with the "
-                    "watcher stopped, or restart it, to apply the rule)",
-                    gained,
-                    extra={"event": "clock-jump", "seconds": round(gained)},
-                )
-                self._holding = True
-            return True
-        if self._holding:
-            log.info("the wall clock agrees with the boot clock again; retention resumes")
-            self._holding = False
-        return False
 
     # -- systemd ------------------------------------------------------------------------
 
