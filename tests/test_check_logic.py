@@ -22,13 +22,11 @@ from ingester.ops.check import (
     OK,
     WARNING,
     CheckLimits,
-    Facts,
-    MirrorFacts,
     format_perfdata,
     judge,
-    mirror_facts,
     parse_duration,
 )
+from ingester.ops.check_facts import Facts, MirrorFacts, mirror_facts
 from ingester.usage.forecast import Forecast, LimitForecast
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

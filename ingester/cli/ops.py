@@ -15,7 +15,8 @@ from pathlib import Path
 import click
 
 from ..history import durable
-from ..ops.check import CheckLimits, gather_facts, judge, parse_duration
+from ..ops.check import CheckLimits, judge, parse_duration
+from ..ops.check_facts import gather_facts
 from ..ops.queries import history_problem
 from ..ops.snapshot import SnapshotError, take_snapshot, write_snapshot_tar
 from ..payload.schema import payload_schema_text
