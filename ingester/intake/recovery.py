@@ -25,7 +25,8 @@ from ..errors import StorageError
 from ..history import durable
 from ..history.names import is_version_name
 from ..history.store import Batch
-from .intake import Dropped, Ignored, Intake, Outcome, Recovered, Stored
+from .intake import Intake
+from .outcomes import Dropped, Ignored, Outcome, Recovered, Stored
 from .spool import Opened, open_entry
 
 __all__ = ["ClaimRecovery"]

@@ -47,20 +47,20 @@ from .arrivals import (
     SpoolGone,
     start_arrivals,
 )
-from .intake import (
+from .intake import Intake
+from .maintenance import Maintenance
+from .metrics import NO_METRICS, Metrics
+from .outcomes import (
     Blocked,
     Deferred,
     Dropped,
     GroupFailure,
     Ignored,
-    Intake,
     Outcome,
     Recovered,
     Rejected,
     Stored,
 )
-from .maintenance import Maintenance
-from .metrics import NO_METRICS, Metrics
 from .readiness import Readiness
 from .recovery import ClaimRecovery
 from .spool import Spool
