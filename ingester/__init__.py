@@ -32,9 +32,10 @@ from .errors import (
     StorageError,
 )
 from .history.lock import HistoryLock
+from .history.metadata import StorageMetadata
 from .history.names import generate_version_filename, parse_timestamp_from_filename
 from .history.retention import Decision, RetentionPlan, RetentionPolicy, plan_retention
-from .history.store import CleanupResult, InitReport, StorageMetadata
+from .history.store import CleanupResult, InitReport
 from .history.store import HistoryStore as _CoreStore
 
 if TYPE_CHECKING:

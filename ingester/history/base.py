@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Protocol
 from .names import format_timestamp, parse_timestamp_from_filename
 
 if TYPE_CHECKING:
-    from .store import StorageMetadata
+    from .metadata import StorageMetadata
 
 __all__ = [
     "FUTURE_SLACK",
@@ -126,7 +126,7 @@ def stored_metadata(reader: HistoryReader) -> tuple[StorageMetadata, str | None]
     :func:`~ingester.errors.unreadable`; the metadata is then the defaults. Never raises.
     """
     from ..errors import MetadataMissing, unreadable
-    from .store import MetadataCorrupt, StorageMetadata
+    from .metadata import MetadataCorrupt, StorageMetadata
 
     try:
         return reader.read_metadata(), None
@@ -151,7 +151,7 @@ def derive_metadata(
     ``base`` where that says more. Totals never decrease, and the count created is at least the
     count deleted plus the versions on hand.
     """
-    from .store import StorageMetadata
+    from .metadata import StorageMetadata
 
     created = max(stored.total_versions_created, len(names))
     deleted = stored.total_versions_deleted
@@ -220,7 +220,7 @@ class HistoryReader(Protocol):
         """``_metadata.json`` as stored.
 
         Raises :class:`~ingester.errors.MetadataMissing` when there is none and
-        :class:`~ingester.history.store.MetadataCorrupt` when it does not hold the metadata.
+        :class:`~ingester.history.metadata.MetadataCorrupt` when it does not hold the metadata.
         """
         ...
 

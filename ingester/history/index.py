@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 
 from ..errors import MetadataMissing
 from .base import HistoryReader, VersionEntry, latest_position
-from .store import MetadataCorrupt, StorageMetadata
+from .metadata import MetadataCorrupt, StorageMetadata
 
 __all__ = ["BoundedCache", "HistoryIndex", "HistorySnapshot"]
 

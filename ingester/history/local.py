@@ -30,8 +30,9 @@ from pathlib import Path
 from ..errors import MetadataMissing, StorageError, VersionExists, VersionNotFound
 from . import durable
 from .base import VersionEntry, derive_metadata
+from .metadata import StorageMetadata
 from .names import is_version_name, parse_timestamp_from_filename
-from .store import METADATA_MODE, METADATA_NAME, VERSION_MODE, HistoryStore, StorageMetadata
+from .store import METADATA_MODE, METADATA_NAME, VERSION_MODE, HistoryStore
 
 __all__ = ["LocalHistory", "LocalWriter"]
 
@@ -131,7 +132,7 @@ class LocalHistory:
 
     def read_metadata(self) -> StorageMetadata:
         """``_metadata.json``: :class:`~ingester.errors.MetadataMissing` when there is
-        none, :class:`~ingester.history.store.MetadataCorrupt` when it is not the metadata."""
+        none, :class:`~ingester.history.metadata.MetadataCorrupt` when it is not the metadata."""
         path = self.dir / METADATA_NAME
         try:
             raw = path.read_bytes()

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 
 from ..errors import MetadataMissing, VersionExists, VersionNotFound
 from .base import VersionEntry, derive_metadata, latest_name
+from .metadata import StorageMetadata
 from .names import is_version_name, parse_timestamp_from_filename
-from .store import StorageMetadata
 
 __all__ = ["MemoryHistory"]
 

@@ -24,23 +24,24 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..clock import utc_now
-from ..errors import CacheNotRefreshed, IngesterError, StorageError, unreadable
+from ..errors import CacheNotRefreshed, StorageError, unreadable
 from . import durable
 from .base import derive_metadata, latest_name
 from .names import format_timestamp, generate_version_filename, is_version_name
 
 if TYPE_CHECKING:
     from ..payload.model import ConsoleUsageDataSync
+from .batch import Batch
+from .metadata import MetadataCorrupt, StorageMetadata
 from .retention import (
     Decision,
     RetentionPlan,
@@ -50,15 +51,7 @@ from .retention import (
     plan_retention,
 )
 
-__all__ = [
-    "Batch",
-    "CacheNotRefreshed",
-    "CleanupResult",
-    "HistoryStore",
-    "InitReport",
-    "MetadataCorrupt",
-    "StorageMetadata",
-]
+__all__ = ["CacheNotRefreshed", "CleanupResult", "HistoryStore", "InitReport"]
 
 log = logging.getLogger("ingester.store")
 
@@ -68,84 +61,6 @@ VERSION_MODE = 0o444
 METADATA_MODE = 0o644
 LATEST_TEMP_PREFIXES = (durable.LINK_TEMP_PREFIX, durable.WRITE_TEMP_PREFIX)
 """Temp files the latest link's folder may hold (a link, or a copy where links fail)."""
-
-
-class MetadataCorrupt(IngesterError, ValueError):
-    """``_metadata.json`` does not hold the metadata: not JSON, or a key of the wrong type."""
-
-
-def _key(alias: str, default: int | None) -> Any:
-    return field(default=default, metadata={"alias": alias})
-
-
-@dataclass(frozen=True)
-class StorageMetadata:
-    """``_metadata.json``: the six keys every reader relies on, then a few more.
-
-    Counts are ints >= 0; the others are strings or null. A plain dataclass (the file
-    is ours and small): a watcher never needs pydantic's model machinery for it.
-    """
-
-    version_count: int = _key("versionCount", 0)
-    oldest_timestamp: str | None = _key("oldestTimestamp", None)
-    newest_timestamp: str | None = _key("newestTimestamp", None)
-    last_cleanup: str | None = _key("lastCleanup", None)
-    total_versions_created: int = _key("totalVersionsCreated", 0)
-    total_versions_deleted: int = _key("totalVersionsDeleted", 0)
-    latest_version: str | None = _key("latestVersion", None)
-    future_versions: int = _key("futureVersions", 0)
-
-    @classmethod
-    def model_validate_json(cls, raw: bytes | str) -> StorageMetadata:
-        """Read the file's bytes: camelCase keys (or the field names); others ignored.
-
-        Raises :class:`MetadataCorrupt` (a ``ValueError``) naming the first problem.
-        """
-        try:
-            doc = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise MetadataCorrupt(f"not JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise MetadataCorrupt("not a JSON object")
-        values: dict[str, Any] = {}
-        for item in fields(cls):
-            alias = item.metadata["alias"]
-            key = alias if alias in doc else item.name if item.name in doc else None
-            if key is None:
-                continue
-            value = doc[key]
-            if item.type == "int":  # a count
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise MetadataCorrupt(f"{alias} must be a whole number >= 0")
-            elif value is not None and not isinstance(value, str):
-                raise MetadataCorrupt(f"{alias} must be a string or null")
-            values[item.name] = value
-        return cls(**values)
-
-    def model_copy(self, *, update: dict[str, Any] | None = None) -> StorageMetadata:
-        """A copy, with the fields in ``update`` (by field name) changed."""
-        return replace(self, **(update or {}))
-
-    def model_dump(self, *, by_alias: bool = False) -> dict[str, Any]:
-        """The fields as a dict, keyed by their camelCase names with ``by_alias``."""
-        return {
-            item.metadata["alias"] if by_alias else item.name: getattr(self, item.name)
-            for item in fields(self)
-        }
-
-    def to_json_bytes(self) -> bytes:
-        """The file's bytes: camelCase keys, the six required ones first."""
-        return (json.dumps(self.model_dump(by_alias=True), indent=2) + "\n").encode()
-
-    def scan_facts(self) -> tuple[int, str | None, str | None, str | None, int]:
-        """The keys that must agree with the version files on disk."""
-        return (
-            self.version_count,
-            self.oldest_timestamp,
-            self.newest_timestamp,
-            self.latest_version,
-            self.future_versions,
-        )
 
 
 @dataclass(frozen=True)
@@ -167,78 +82,6 @@ class InitReport:
     metadata_created: bool = False
     latest_repaired: str | None = None
     cache_errors: list[StorageError] = field(default_factory=list)
-
-
-class Batch:
-    """One group of new versions; made by :meth:`HistoryStore.batch`, valid inside it.
-
-    ``names`` lists the versions added so far; ``latest_error`` is the latest link's
-    failure at the end of the group, if any.
-    """
-
-    def __init__(self, store: HistoryStore) -> None:
-        self._store = store
-        self.names: list[str] = []
-        self.latest_error: StorageError | None = None
-        self.keep_spare = False
-
-    def stage(self, data: bytes) -> durable.StagedFile:
-        """The bytes under a temp name in the history, not fsynced yet (a context manager)."""
-        return self._store._stage_version(data)
-
-    def commit(self, staged: durable.StagedFile, name: str) -> Path:
-        """Give ``staged`` (fsynced here if it was not) the new version name ``name``."""
-        path = self._store._commit_version(staged, name)
-        self.names.append(name)
-        return path
-
-    def link(self, source: durable.StrPath, name: str) -> str:
-        """Make the fsynced, read-only file ``source`` version ``name`` by a hard link."""
-        store = self._store
-        store._ensure_loaded()
-        path = os.path.join(store._history, name)
-        durable.link_file(source, path)
-        store._counted(name)
-        self.names.append(name)
-        return path
-
-    def adopt(self, name: str) -> None:
-        """Count a version already on disk (found after a crash), its name made durable now."""
-        store = self._store
-        durable.fsync_dir(store.history_dir)
-        store._ensure_loaded()
-        index = bisect.bisect_left(store._names, name)
-        if index == len(store._names) or store._names[index] != name:
-            store._names.insert(index, name)
-
-    def _finish(self, update_latest: bool) -> None:
-        store = self._store
-        folders: list[Path] = [store.history_dir]
-        if update_latest:
-            try:
-                store.update_latest(sync=False)
-            except StorageError as exc:
-                self.latest_error = exc
-            else:
-                folders.append(store.latest_path.parent)
-        # The history's names and the latest link's, fsynced at once (one folder if
-        # they share it).
-        history_error, *latest_error = durable.fsync_dirs(folders)
-        if latest_error and latest_error[0] is not None:
-            self.latest_error = latest_error[0]
-        if history_error is not None:
-            # A failed fsync is a failed write: take the names back.
-            for name in self.names:
-                store._withdraw_version(name)
-            with contextlib.suppress(StorageError):
-                store.update_latest()  # not left naming a version taken back
-            raise history_error
-        if self.keep_spare:
-            # The next copy's inode, made now rather than when its drop arrives.
-            try:
-                store._prepare_spare()
-            except StorageError as exc:
-                log.debug("no spare temp file: %s", exc)
 
 
 RetentionHold = Callable[[Path, Sequence[str], int], tuple[int, str | None]]

@@ -23,7 +23,8 @@ from typing import Any
 
 from ..errors import IngesterError, PayloadRejected, StorageError
 from ..history import durable
-from ..history.store import VERSION_MODE, Batch, HistoryStore
+from ..history.batch import Batch
+from ..history.store import VERSION_MODE, HistoryStore
 from ..payload.gate import check_payload
 from .arrivals import How
 from .outcomes import Blocked, Deferred, Dropped, GroupFailure, Ignored, Outcome, Rejected, Stored

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from ..errors import StorageError
 from ..history import durable
+from ..history.batch import Batch
 from ..history.names import is_version_name
-from ..history.store import Batch
 from .intake import Intake
 from .outcomes import Dropped, Ignored, Outcome, Recovered, Stored
 from .spool import Opened, open_entry

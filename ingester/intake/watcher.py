@@ -33,8 +33,9 @@ from types import FrameType
 
 from ..clock import Backoff, ClockJump
 from ..errors import IngesterError, StorageError, describe_os_error
+from ..history.batch import Batch
 from ..history.lock import WATCH, HistoryLock, LockHeld
-from ..history.store import Batch, HistoryStore
+from ..history.store import HistoryStore
 from ..runtime.notify import SystemdNotifier
 from ..settings import Settings, WatchOptions
 from .arrivals import (

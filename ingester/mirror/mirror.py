@@ -58,9 +58,9 @@ from ..errors import (
 from ..history.base import VersionEntry
 from ..history.local import LocalHistory
 from ..history.lock import HistoryLock
+from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import format_timestamp, is_version_name
 from ..history.retention import RetentionPolicy, plan_retention
-from ..history.store import MetadataCorrupt, StorageMetadata
 from ..runtime.notify import SystemdNotifier
 from .objectstore import Failure, MirrorTarget, S3Client, make_client
 from .s3_history import S3History

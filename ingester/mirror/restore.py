@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 from ..errors import MetadataMissing, ObjectStoreError, RestoreError, StorageError, VersionExists
 from ..history.local import LocalWriter
+from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import is_version_name
-from ..history.store import HistoryStore, MetadataCorrupt, StorageMetadata
+from ..history.store import HistoryStore
 from .objectstore import MirrorTarget, RemoteObject, S3Client
 from .s3_history import S3History
 

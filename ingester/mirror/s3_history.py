@@ -45,8 +45,8 @@ from typing import Any
 from ..clock import utc_now
 from ..errors import MetadataMissing, ObjectStoreError, VersionExists, VersionNotFound
 from ..history.base import VersionEntry, derive_metadata, latest_name
+from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import is_version_name, parse_timestamp_from_filename
-from ..history.store import MetadataCorrupt, StorageMetadata
 from .objectstore import (
     LATEST_KEY,
     METADATA_KEY,
@@ -203,7 +203,7 @@ class S3History:
 
     def read_metadata(self) -> StorageMetadata:
         """The metadata object: :class:`~ingester.errors.MetadataMissing` when there is
-        none, :class:`~ingester.history.store.MetadataCorrupt` when it is not the metadata."""
+        none, :class:`~ingester.history.metadata.MetadataCorrupt` when it is not the metadata."""
         try:
             raw: bytes = self._get(METADATA_KEY)["Body"].read()
         except Exception as exc:

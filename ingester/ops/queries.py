@@ -34,8 +34,9 @@ from ..history.base import HistoryReader, derive_metadata, is_future, latest_nam
 from ..history.durable import TEMP_PREFIX, StorageError
 from ..history.local import LocalHistory
 from ..history.lock import is_watcher, lock_holder, lock_owner
+from ..history.metadata import StorageMetadata
 from ..history.names import is_version_name, looks_like_version_name, parse_timestamp_from_filename
-from ..history.store import LATEST_TEMP_PREFIXES, METADATA_NAME, HistoryStore, StorageMetadata
+from ..history.store import LATEST_TEMP_PREFIXES, METADATA_NAME, HistoryStore
 from ..intake.spool import Candidate, Spool
 from ..mirror.state import mirror_status
 from ..payload.model import PayloadRejected, judge_payload
