@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
-from ..errors import StorageError
+from ...errors import StorageError
 
 __all__ = [
     "LINK_TEMP_PREFIX",
