@@ -41,6 +41,7 @@ from support import INVALID_SAMPLES, VALID_SAMPLES, wait_for
 
 from ingester.history import durable
 from ingester.history.durable import FSYNC_THREAD_PREFIX
+from ingester.history.durable import fsyncs as durable_fsyncs
 from ingester.history.names import format_timestamp, is_version_name, parse_timestamp_from_filename
 from ingester.history.retention import FUTURE_SLACK, RetentionPolicy
 from ingester.history.store import HistoryStore
@@ -179,13 +180,14 @@ def inject(
         setattr(os, name, wrap(name, real))
     real_fsync_each = durable.fsync_each
     if not concurrent:
-        durable.fsync_each = _fsync_in_order
+        # Callers find it in the package, fsync_dirs in its own module: both run in order.
+        durable.fsync_each = durable_fsyncs.fsync_each = _fsync_in_order
     try:
         yield plan
     finally:
         for name, real in originals.items():
             setattr(os, name, real)
-        durable.fsync_each = real_fsync_each
+        durable.fsync_each = durable_fsyncs.fsync_each = real_fsync_each
 
 
 # -- the watcher, in process --------------------------------------------------------------
