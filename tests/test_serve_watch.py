@@ -32,7 +32,7 @@ from ingester.history.lock import HistoryLock
 from ingester.intake.spool import Spool
 from ingester.runtime.notify import SystemdNotifier
 from ingester.serve.backlog import BacklogWarnings, WatcherProbe
-from ingester.serve.watch_thread import JointNotifier
+from ingester.serve.joint_notifier import JointNotifier
 
 API = "/api/claude/console-usage"
 HEADERS = {"Content-Type": "application/json", "X-API-Key": KEY}

@@ -287,7 +287,8 @@ def _threaded_watcher(
     from ..history.lock import lock_owner
     from ..intake.metrics import WatchMetrics
     from ..runtime.notify import SystemdNotifier
-    from ..serve.watch_thread import JointNotifier, ThreadedWatcher
+    from ..serve.joint_notifier import JointNotifier
+    from ..serve.watch_thread import ThreadedWatcher
 
     refuse_unsafe_latest(app)
     lock_path = app.settings.store().lock_path

@@ -32,8 +32,9 @@ from ..runtime.admission import (
 )
 from ..runtime.logs import describe_exception
 from .app import create_app, log_configuration
+from .connections import ConnectionLayer
 from .context import ServeConfig
-from .http_protocol import ConnectionLayer, protocol_class
+from .http_protocol import protocol_class
 from .request_errors import OneLineErrors
 from .sockets import Listener, listeners
 
