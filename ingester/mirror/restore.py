@@ -24,14 +24,17 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import MetadataMissing, ObjectStoreError, RestoreError, StorageError, VersionExists
 from ..history.local import LocalWriter
 from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import is_version_name
-from ..history.store import HistoryStore
 from .objectstore import MirrorTarget, RemoteObject, S3Client
 from .s3_history import S3History
+
+if TYPE_CHECKING:
+    from ..history.store import HistoryStore
 
 __all__ = ["RestoreError", "RestoreResult", "restore_history"]
 
