@@ -143,13 +143,17 @@ def derive_metadata(
     now: datetime,
     stored: StorageMetadata,
     base: StorageMetadata | None = None,
+    *,
+    holds_deleted: bool = False,
 ) -> StorageMetadata:
     """The metadata of the sorted version ``names`` at ``now``.
 
     Its facts (count, oldest, newest, latest, future) come from the names; the totals
     and the last cleanup are kept from ``stored`` (what the history held), or taken from
     ``base`` where that says more. Totals never decrease, and the count created is at least the
-    count deleted plus the versions on hand.
+    count deleted plus the versions on hand, except with ``holds_deleted``: a store that
+    keeps what retention deleted (a mirror's bucket in keep mode) has the deleted among
+    its names, and the history's totals in ``base`` stand.
     """
     from .metadata import StorageMetadata
 
@@ -162,7 +166,8 @@ def derive_metadata(
         cleanup = base.last_cleanup or cleanup
     # Every version on hand was created, and so was every deleted one: a version the
     # totals do not count yet (a crash before the metadata was rewritten) raises the floor.
-    created = max(created, deleted + len(names))
+    if not holds_deleted:
+        created = max(created, deleted + len(names))
     first = parse_timestamp_from_filename(names[0]) if names else None
     last = parse_timestamp_from_filename(names[-1]) if names else None
     return StorageMetadata(

@@ -377,7 +377,7 @@ class S3History:
                 stored = self.read_metadata()
             except (MetadataMissing, MetadataCorrupt):
                 pass
-        data = derive_metadata(names, now, stored, base).to_json_bytes()
+        data = derive_metadata(names, now, stored, base, holds_deleted=True).to_json_bytes()
         current = self._current(METADATA_KEY)
         if current is None or current.sha256 != sha256_hex(data):
             self._put_fixed(METADATA_KEY, data)

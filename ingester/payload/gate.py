@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic_core import PydanticCustomError
 
-from ..errors import PayloadRejected
+from ..errors import IngesterError, PayloadRejected
 
 if TYPE_CHECKING:
     from pydantic_core import SchemaValidator
@@ -203,7 +203,7 @@ def check_sections(current_session: object, weekly_limits: object) -> None:
         raise PydanticCustomError(MISSING_SECTION, _NO_SECTION)
 
 
-class _OurWords(ValueError):
+class _OurWords(IngesterError, ValueError):
     """A JSON problem already said in our words."""
 
 
