@@ -28,7 +28,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ingester.names import generate_version_filename
+from ingester.history.names import generate_version_filename
 
 START = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 

@@ -169,7 +169,7 @@ def latency(args: argparse.Namespace, base: Path, server: SeaweedS3) -> dict[str
 
 
 def catch_up(args: argparse.Namespace, base: Path, server: SeaweedS3) -> dict[str, Any]:
-    from ingester.store import HistoryStore
+    from ingester.history.store import HistoryStore
 
     root = base / "catch-up"
     store = HistoryStore(root / "console-usage-history", root / "console-usage-synced.json")

@@ -8,9 +8,9 @@ For each size a history of that many versions (about 300 bytes each, read-only, 
 watcher leaves them) is written in a temp folder under ``--dir`` (default: ``$TMPDIR``),
 then timed, in process, without the CLI's start-up:
 
-* ``link``: :func:`ingester.snapshot.take_snapshot` into a folder beside it (hard links);
+* ``link``: :func:`ingester.ops.snapshot.take_snapshot` into a folder beside it (hard links);
 * ``copy``: the same with ``link=False`` (every version copied and fsynced);
-* ``tar``: :func:`ingester.snapshot.write_snapshot_tar` to ``/dev/null`` (its scratch
+* ``tar``: :func:`ingester.ops.snapshot.write_snapshot_tar` to ``/dev/null`` (its scratch
   tree under the same ``--dir``: links).
 
 Each is run three times; the median is printed.
@@ -27,8 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ingester.names import generate_version_filename
-from ingester.snapshot import take_snapshot, write_snapshot_tar
+from ingester.history.names import generate_version_filename
+from ingester.ops.snapshot import take_snapshot, write_snapshot_tar
 
 
 def make_history(folder: Path, count: int) -> Path:

@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ingester import HistoryStore, RetentionPolicy
-from ingester.names import generate_version_filename
+from ingester.history.names import generate_version_filename
 
 PAYLOAD = (
     b'{"currentSession": {"resetsIn": "4 hr 12 min", "percentageUsed": 23}, '

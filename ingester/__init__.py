@@ -12,7 +12,7 @@ The storage layer, usable without the watcher::
         store.cleanup_old_versions()
 
 Retention here, as in the commands, keeps back what a configured mirror has not uploaded
-yet (``hold=None`` turns that off; :class:`ingester.store.HistoryStore`, the core class,
+yet (``hold=None`` turns that off; :class:`ingester.history.store.HistoryStore`, the core class,
 holds nothing unless given a hold).
 
 Every error raised here derives from :class:`IngesterError`. The design (the pipeline of
@@ -31,14 +31,15 @@ from .errors import (
     SettingError,
     StorageError,
 )
-from .lock import HistoryLock
-from .names import generate_version_filename, parse_timestamp_from_filename
-from .retention import Decision, RetentionPlan, RetentionPolicy, plan_retention
-from .store import CleanupResult, InitReport, StorageMetadata
-from .store import HistoryStore as _CoreStore
+from .history.lock import HistoryLock
+from .history.metadata import StorageMetadata
+from .history.names import generate_version_filename, parse_timestamp_from_filename
+from .history.retention import Decision, RetentionPlan, RetentionPolicy, plan_retention
+from .history.store import CleanupResult, InitReport
+from .history.store import HistoryStore as _CoreStore
 
 if TYPE_CHECKING:
-    from .model import ConsoleUsageDataSync, UsageWindow, WeeklyLimits, judge_payload
+    from .payload.model import ConsoleUsageDataSync, UsageWindow, WeeklyLimits, judge_payload
 
 
 def _mirror_hold(
@@ -51,11 +52,11 @@ def _mirror_hold(
 
 
 class HistoryStore(_CoreStore):
-    """The history as the Python API gives it: :class:`ingester.store.HistoryStore` whose
+    """The history as the Python API gives it: :class:`ingester.history.store.HistoryStore` whose
     retention keeps back the versions a configured mirror has not uploaded yet, as the
     commands' stores do (a store that deleted them would lose the only copy the mirror
     was still to make). Pass ``hold=None`` for a store that holds nothing back, or a
-    hook of your own (:data:`ingester.store.RetentionHold`)."""
+    hook of your own (:data:`ingester.history.store.RetentionHold`)."""
 
     def __init__(
         self,
@@ -69,13 +70,13 @@ class HistoryStore(_CoreStore):
 
 
 # The payload model's classes are built on first use: building pydantic models loads
-# its schema generator, which a watcher (judging drops through ingester.gate) never needs.
+# its schema generator, which a watcher (judging drops through ingester.payload.gate) never needs.
 _FROM_MODEL = ("ConsoleUsageDataSync", "UsageWindow", "WeeklyLimits", "judge_payload")
 
 
 def __getattr__(name: str) -> Any:
     if name in _FROM_MODEL:
-        from . import model
+        from .payload import model
 
         return getattr(model, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m ingester``."""
 
-from .cli import run
+from .cli.group import run
 
 run()

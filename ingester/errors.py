@@ -145,7 +145,7 @@ class ObjectStoreError(IngesterError, OSError):
     """A request to the object store failed.
 
     ``kind`` says how (``unreachable``, ``throttled``, ``server-error``, ``denied``,
-    ``no-bucket``, ``exists``, ``rejected``; see :class:`ingester.objectstore.Failure`),
+    ``no-bucket``, ``exists``, ``rejected``; see :class:`ingester.mirror.objectstore.Failure`),
     ``detail`` the service's code and message. ``str()`` (and ``strerror``) is one line
     naming the target, never a credential; ``errno`` is ``EIO``.
     """

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SettingError
-from .names import MIRROR_STATE_NAME
-from .retention import (
+from .history.names import MIRROR_STATE_NAME
+from .history.retention import (
     DEFAULT_HOLD_MAX,
     DEFAULT_MAX_VERSIONS,
     DEFAULT_RETENTION_DAYS,
     RetentionPolicy,
 )
-from .store import HistoryStore
+from .history.store import HistoryStore
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -60,13 +60,13 @@ def mirror_hold_hook(
     history_dir: Path, sorted_names: Sequence[str], expired: int
 ) -> tuple[int, str | None]:
     """Retention's hold for the stores the commands and the Python API make:
-    :func:`ingester.mirror_state.mirror_hold` where a mirror keeps its state file in the
+    :func:`ingester.mirror.state.mirror_hold` where a mirror keeps its state file in the
     history, else every expired version may go. The mirror's module (and pydantic with
     it) is loaded only where there is a state file, so a watcher without a mirror never
     loads it."""
     if not os.path.lexists(history_dir / MIRROR_STATE_NAME):
         return expired, None
-    from .mirror_state import mirror_hold
+    from .mirror.state import mirror_hold
 
     return mirror_hold(history_dir, sorted_names, expired)
 
@@ -134,7 +134,7 @@ SETTLE = Bounds(0, 3_600, unit="seconds")
 
 
 def _mirror_target(text: Any) -> str:
-    from .objectstore import parse_target
+    from .mirror.objectstore import parse_target
 
     return str(parse_target(text))
 
@@ -146,7 +146,7 @@ def _mirror_retention(text: Any) -> str:
 
 
 def _time_zone(text: Any) -> str:
-    from .resets import load_zone
+    from .usage.resets import load_zone
 
     if not isinstance(text, str):
         raise ValueError(f"{_shown(text)} is not a time zone name")
@@ -357,7 +357,7 @@ class Settings:
 
     def store(self) -> HistoryStore:
         """A store on these settings' history (not yet loaded), its retention held for a
-        configured mirror (:func:`ingester.mirror_state.mirror_hold`)."""
+        configured mirror (:func:`ingester.mirror.state.mirror_hold`)."""
         return HistoryStore(
             self.history_dir, self.latest_path, self.policy(), hold=mirror_hold_hook
         )
@@ -369,7 +369,7 @@ class Settings:
         of the person whose console it reads, on the machine (or in the zone) the history
         is kept for; a server elsewhere sets ``--console-timezone``.
         """
-        from .resets import load_zone, machine_zone
+        from .usage.resets import load_zone, machine_zone
 
         if self.console_timezone is not None:
             return load_zone(self.console_timezone), self.console_timezone

@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingester.admission import ConnectionLimits, EventTally, client_key, format_peer
+from ingester.runtime.admission import ConnectionLimits, EventTally, client_key, format_peer
 
 
 def test_client_keys() -> None:

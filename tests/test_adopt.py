@@ -29,9 +29,9 @@ from support import IS_ROOT, cli_env, run_cli, wait_for
 from support.watchproc import WatchProcess
 from test_crashpoints import DURABLE_OPS, Plan, SimulatedCrash, inject
 
-from ingester.adopt import adopt_history
-from ingester.lock import HistoryLock
-from ingester.queries import verify_history
+from ingester.history.lock import HistoryLock
+from ingester.ops.adopt import adopt_history
+from ingester.ops.queries import verify_history
 from ingester.settings import resolve_settings
 
 HISTORY = "console-usage-history"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support import INOTIFY_QUEUE_KNOB, inotify_queue_limit, wait_for
 
-from ingester.arrivals import (
+from ingester.intake.arrivals import (
     Arrival,
     DropSeen,
     FolderSeen,

@@ -12,7 +12,7 @@ import pytest
 from support import INVALID_SAMPLES, run_cli
 from support.plugin_output import perfdata_problems
 
-from ingester.mirror_state import MirrorState, write_mirror_state
+from ingester.mirror.state import MirrorState, write_mirror_state
 
 HISTORY = "console-usage-history"
 

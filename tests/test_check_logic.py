@@ -14,22 +14,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.plugin_output import perfdata_problems
 
-from ingester.check import (
+from ingester.history.names import generate_version_filename
+from ingester.intake.housekeeping import prune_rejected
+from ingester.mirror.state import MirrorState, write_mirror_state
+from ingester.ops.check import (
     CRITICAL,
     OK,
     WARNING,
     CheckLimits,
-    Facts,
-    MirrorFacts,
     format_perfdata,
     judge,
-    mirror_facts,
     parse_duration,
 )
-from ingester.forecast import Forecast, LimitForecast
-from ingester.housekeeping import prune_rejected
-from ingester.mirror_state import MirrorState, write_mirror_state
-from ingester.names import generate_version_filename
+from ingester.ops.check_facts import Facts, MirrorFacts, mirror_facts
+from ingester.usage.forecast import Forecast, LimitForecast
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

@@ -257,11 +257,11 @@ def test_an_unexpected_error_is_one_line_and_exit_70(root: Path, tmp_path: Path)
     shim = tmp_path / "shim"
     shim.mkdir()
     (shim / "sitecustomize.py").write_text(
-        "import ingester.queries as r\n"
+        "import ingester.ops.queries as r\n"
         "def boom(*a, **k):\n"
         "    raise ZeroDivisionError('boom')\n"
         "r.list_report = boom\n"
-        "import ingester.cli_report as c\n"
+        "import ingester.cli.report as c\n"
         "c.list_report = boom\n"
     )
     assert run_cli(root, "init").returncode == 0

@@ -17,7 +17,7 @@ from support import SAMPLES, cli_env, run_cli
 from support.capabilities import AS_OTHER, OTHER_UID
 from test_cli_errors import WHY_NOT
 
-from ingester.lock import HistoryLock
+from ingester.history.lock import HistoryLock
 
 HISTORY = "console-usage-history"
 SAMPLE = SAMPLES / "valid" / "full.json"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from support import VALID_SAMPLES, run_cli
 
-from ingester.lock import HistoryLock
+from ingester.history.lock import HistoryLock
 
 HISTORY = "console-usage-history"
 LATEST = "console-usage-synced.json"
@@ -641,7 +641,7 @@ def test_help(root: Path, command: str) -> None:
 
 
 def test_relative_ages() -> None:
-    from ingester.cli_common import relative_age
+    from ingester.cli.common import relative_age
 
     assert relative_age(timedelta(seconds=0.2)) == "just now"
     assert relative_age(timedelta(seconds=4)) == "just now"  # the page's rule
@@ -668,7 +668,7 @@ def test_verify_repair_does_not_count_itself_as_the_writer(root: Path) -> None:
 
 
 def test_verify_passes_over_a_running_watchers_spare_file(root: Path) -> None:
-    from ingester.lock import HistoryLock
+    from ingester.history.lock import HistoryLock
 
     assert run_cli(root, "init").returncode == 0
     history = root / "console-usage-history"

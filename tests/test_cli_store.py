@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from support import INVALID_SAMPLES, VALID_SAMPLES, run_cli
 
-from ingester.lock import HistoryLock
-from ingester.names import format_timestamp, is_version_name, parse_timestamp_from_filename
+from ingester.history.lock import HistoryLock
+from ingester.history.names import format_timestamp, is_version_name, parse_timestamp_from_filename
 
 SIX_KEYS = [
     "versionCount",

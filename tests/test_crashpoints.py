@@ -39,13 +39,14 @@ from typing import Any
 import pytest
 from support import INVALID_SAMPLES, VALID_SAMPLES, wait_for
 
-from ingester import durable
-from ingester.durable import FSYNC_THREAD_PREFIX
-from ingester.names import format_timestamp, is_version_name, parse_timestamp_from_filename
-from ingester.notify import SystemdNotifier
-from ingester.retention import FUTURE_SLACK, RetentionPolicy
+from ingester.history import durable
+from ingester.history.durable import FSYNC_THREAD_PREFIX
+from ingester.history.durable import fsyncs as durable_fsyncs
+from ingester.history.names import format_timestamp, is_version_name, parse_timestamp_from_filename
+from ingester.history.retention import FUTURE_SLACK, RetentionPolicy
+from ingester.history.store import HistoryStore
+from ingester.runtime.notify import SystemdNotifier
 from ingester.settings import Settings, resolve_settings
-from ingester.store import HistoryStore
 
 LONG = os.environ.get("INGESTER_LONG_TESTS") == "1"
 skip_unless_long = pytest.mark.skipif(not LONG, reason="long mode: set INGESTER_LONG_TESTS=1")
@@ -179,13 +180,14 @@ def inject(
         setattr(os, name, wrap(name, real))
     real_fsync_each = durable.fsync_each
     if not concurrent:
-        durable.fsync_each = _fsync_in_order
+        # Callers find it in the package, fsync_dirs in its own module: both run in order.
+        durable.fsync_each = durable_fsyncs.fsync_each = _fsync_in_order
     try:
         yield plan
     finally:
         for name, real in originals.items():
             setattr(os, name, real)
-        durable.fsync_each = real_fsync_each
+        durable.fsync_each = durable_fsyncs.fsync_each = real_fsync_each
 
 
 # -- the watcher, in process --------------------------------------------------------------
@@ -207,7 +209,7 @@ def settings_for(root: Path, **extra: Any) -> Settings:
 
 
 def run_once(settings: Settings) -> int:
-    from ingester.watcher import Watcher, WatchOptions
+    from ingester.intake.watcher import Watcher, WatchOptions
 
     return Watcher(settings, WatchOptions(once=True), notifier=FakeNotifier()).run()
 
@@ -900,7 +902,7 @@ class LiveRound:
 
 def _live_round(base: Path, k: int, foreign: bool = False) -> LiveRound:
     """Seed, start a watcher in a thread, drop one invalid then one valid drop, EIO at step k."""
-    from ingester.watcher import Watcher, WatchOptions
+    from ingester.intake.watcher import Watcher, WatchOptions
 
     scenario = build_scenario(base / f"k{k:03d}", valid_count=0, invalid_count=0)
     settings = scenario.settings
@@ -1043,7 +1045,7 @@ def _live_group_round(base: Path, k: int, foreign: bool) -> LiveRound:
 
     The group is taken at start, so its steps come in the same order in every round.
     """
-    from ingester.watcher import Watcher, WatchOptions
+    from ingester.intake.watcher import Watcher, WatchOptions
 
     scenario = build_scenario(base / f"k{k:03d}", valid_count=3, invalid_count=0, foreign=foreign)
     notifier = FakeNotifier()

@@ -2,7 +2,7 @@
 
 ``pyproject.toml`` gives users ranges with an upper bound; ``constraints.txt`` locks what
 CI installs. watchdog is the one dependency whose undocumented internals we use (its
-inotify reader, in ``ingester/arrivals.py``), and those changed within 7.x: so the tests
+inotify reader, in ``ingester/intake/arrivals.py``), and those changed within 7.x: so the tests
 that pin down those internals, and ``mypy --strict``, run here against the lowest
 watchdog the range allows and the locked one, each installed into a folder of its own
 (``pip install --target``) and put first on ``PYTHONPATH`` of a subprocess. The version

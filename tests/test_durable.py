@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ingester import durable
 from ingester.errors import StorageError
+from ingester.history import durable
 
 
 def temps(folder: Path) -> list[str]:

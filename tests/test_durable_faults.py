@@ -27,7 +27,7 @@ from support.capabilities import immutable
 from support.capabilities import tmpfs as mounted_tmpfs
 
 from ingester import HistoryStore, RetentionPolicy, StorageError
-from ingester.names import format_timestamp, is_version_name, parse_timestamp_from_filename
+from ingester.history.names import format_timestamp, is_version_name, parse_timestamp_from_filename
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

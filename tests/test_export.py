@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from support import VALID_SAMPLES, cli_env, run_cli
 from test_durable_faults import tmpfs  # noqa: F401 - a fixture
 
-from ingester.export import COLUMNS, defuse_formulas, write_rows
-from ingester.names import generate_version_filename
-from ingester.resets import parse_resets_in
+from ingester.history.names import generate_version_filename
+from ingester.usage.export import COLUMNS, defuse_formulas, write_rows
+from ingester.usage.resets import parse_resets_in
 
 HISTORY = "console-usage-history"
 START = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)

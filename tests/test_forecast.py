@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingester.forecast import (
+from ingester.usage.forecast import (
     BASIS,
     Observation,
     Point,
@@ -23,7 +23,7 @@ from ingester.forecast import (
     split_windows,
     usage_windows,
 )
-from ingester.resets import ResetTime
+from ingester.usage.resets import ResetTime
 
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)  # a Friday
 HOUR = 3600.0

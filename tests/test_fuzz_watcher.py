@@ -32,7 +32,7 @@ from support import wait_for
 from support.watchproc import WatchProcess
 from test_crashpoints import LONG, metadata_problems, rejected_entries, settings_for, version_files
 
-from ingester.model import PayloadRejected, judge_payload
+from ingester.payload.model import PayloadRejected, judge_payload
 
 EXAMPLES = 25
 LONG_EXAMPLES = 400

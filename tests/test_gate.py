@@ -1,7 +1,7 @@
-"""The watcher's gate (``ingester.gate``) and the model's (``judge_payload``) are one gate.
+"""The watcher's gate (``ingester.payload.gate``) and the model's (``judge_payload``) are one gate.
 
 The watcher judges drops with pydantic's validator built from a core schema written out
-in ``ingester/gate.py``, so that it never builds the model classes. These tests hold the
+in ``ingester/payload/gate.py``, so that it never builds the model classes. These tests hold the
 two to each other: the schemas are equal, and every payload (the samples, and many
 generated around the schema, valid and not) gets the same verdict and the same errors.
 """
@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from support import INVALID_SAMPLES, SAMPLES, VALID_SAMPLES, run_cli
 from support.hostile import HOSTILE, STAMPED, assert_our_words
 
-from ingester import gate
 from ingester.errors import PayloadRejected
-from ingester.model import ConsoleUsageDataSync, judge_payload
+from ingester.payload import gate
+from ingester.payload.model import ConsoleUsageDataSync, judge_payload
 
 
 def _normalized(schema: Any) -> Any:

@@ -31,10 +31,11 @@ from ingester.history.base import (
 )
 from ingester.history.local import LocalHistory, LocalWriter
 from ingester.history.memory import MemoryHistory
-from ingester.names import generate_version_filename
-from ingester.objectstore import LATEST_KEY, parse_target
-from ingester.s3_history import S3History
-from ingester.store import HistoryStore, StorageMetadata
+from ingester.history.metadata import StorageMetadata
+from ingester.history.names import generate_version_filename
+from ingester.history.store import HistoryStore
+from ingester.mirror.objectstore import LATEST_KEY, parse_target
+from ingester.mirror.s3_history import S3History
 
 START = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 

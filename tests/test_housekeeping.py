@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from support import INVALID_SAMPLES, run_cli
 
-from ingester.durable import StorageError
-from ingester.housekeeping import RejectedRetention, prune_rejected
+from ingester.history.durable import StorageError
+from ingester.intake.housekeeping import RejectedRetention, prune_rejected
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

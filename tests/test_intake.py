@@ -10,7 +10,7 @@ import pytest
 from support import IS_ROOT, run_cli, wait_for
 from support.watchproc import WatchProcess, drop, latest_bytes, payload, versions
 
-from ingester.model import judge_payload
+from ingester.payload.model import judge_payload
 
 
 def test_a_writer_holding_its_drop_open_cannot_change_the_version(root: Path) -> None:

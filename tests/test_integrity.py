@@ -32,9 +32,9 @@ from support import IS_ROOT, cli_env, run_cli, wait_for
 from support.capabilities import immutable
 from support.watchproc import WatchProcess, drop, payload, stored_contents, versions
 
+from ingester.history.store import HistoryStore
+from ingester.intake.watcher import Watcher, WatchOptions
 from ingester.settings import resolve_settings
-from ingester.store import HistoryStore
-from ingester.watcher import Watcher, WatchOptions
 
 SCRAPER_UID, SPOOL_GID = 4242, 4200
 STRACE = shutil.which("strace")

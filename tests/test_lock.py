@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ingester import HistoryLock, IngesterError, LockHeld
-from ingester.lock import lock_holder, lock_owner
+from ingester.history.lock import lock_holder, lock_owner
 
 
 def test_a_second_holder_is_refused_at_once_naming_the_first(tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def test_text_logs_escape_the_bytes_the_same_way(root: Path) -> None:
 
 SNIPPET = """
 import logging, sys
-from ingester.logs import setup_logging
+from ingester.runtime.logs import setup_logging
 setup_logging(0, sys.argv[1])
 logging.getLogger("watchdog.observers.inotify_buffer").warning(
     "Inotify queue overflowed; filesystem events were lost"

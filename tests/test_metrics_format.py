@@ -1,4 +1,5 @@
-"""Our metrics follow Prometheus' conventions and our own naming rules (``ingester/metrics.py``),
+"""Our metrics follow Prometheus' conventions and our own naming rules
+(``ingester/runtime/metrics.py``),
 on real scrapes of ``serve`` and of ``watch --metrics``; the docs' alert rules load in
 Prometheus' own tool and name only series that exist.
 

@@ -31,7 +31,10 @@ from support import cli_env, run_cli, wait_for
 from support.s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, SeaweedS3, free_ports, weed_binary
 from support.watchproc import WatchProcess, drop, payload
 
-from ingester.mirror_state import (
+from ingester.history.names import generate_version_filename
+from ingester.history.retention import RetentionPolicy
+from ingester.history.store import HistoryStore
+from ingester.mirror.state import (
     MIRROR_STATE_NAME,
     MirrorState,
     deletable_count,
@@ -39,9 +42,6 @@ from ingester.mirror_state import (
     read_mirror_state,
     write_mirror_state,
 )
-from ingester.names import generate_version_filename
-from ingester.retention import RetentionPolicy
-from ingester.store import HistoryStore
 
 boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[s3]')")
 
@@ -904,7 +904,7 @@ def test_without_boto3_the_error_names_the_extra(root: Path) -> None:
     make_store(root)
     code = (
         "import sys; sys.modules['boto3'] = None\n"
-        "from ingester.cli import run; sys.argv[0] = 'ingester'; run()"
+        "from ingester.cli.group import run; sys.argv[0] = 'ingester'; run()"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, "--root", str(root), "mirror", "s3://abc/x", "--once"],

@@ -456,7 +456,7 @@ def format_checking_validator() -> Any:
     """jsonschema's validator with format checking on, proven to check date-time."""
     import jsonschema
 
-    from ingester.schema import payload_schema
+    from ingester.payload.schema import payload_schema
 
     checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
     probe = jsonschema.Draft202012Validator({"format": "date-time"}, format_checker=checker)

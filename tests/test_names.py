@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingester import generate_version_filename, parse_timestamp_from_filename
-from ingester.names import format_timestamp, is_version_name
+from ingester.history.names import format_timestamp, is_version_name
 
 GENERATED = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-[0-9a-f]{8}\.json$")
 NOW = datetime(2026, 11, 28, 10, 30, 0, 412_000, tzinfo=UTC)

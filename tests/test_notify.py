@@ -17,7 +17,7 @@ from support import cli_env
 from support.sdnotify import Message, NotifyListener
 from support.watchproc import drop, payload, versions
 
-from ingester.notify import SystemdNotifier
+from ingester.runtime.notify import SystemdNotifier
 
 STATUS_COUNTS = re.compile(r"ingested (\d+), rejected (\d+), backlog (\d+)")
 
@@ -29,7 +29,7 @@ def listener() -> Iterator[NotifyListener]:
 
 
 class Records(logging.Handler):
-    """Collects what the ``ingester.notify`` logger emits (whatever propagate says)."""
+    """Collects what the ``ingester.runtime.notify`` logger emits (whatever propagate says)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)

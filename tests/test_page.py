@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 import pytest
 from support import cli_env, run_cli, wait_for
 
-from ingester.export import COLUMNS
-from ingester.names import generate_version_filename
+from ingester.history.names import generate_version_filename
+from ingester.usage.export import COLUMNS
 
 HISTORY = "console-usage-history"
 CHROMIUM = Path("/usr/bin/chromium")

@@ -11,8 +11,8 @@ import jsonschema
 import pytest
 from support import INVALID_SAMPLES, VALID_SAMPLES, run_cli
 
-from ingester.model import PayloadRejected, judge_payload
-from ingester.schema import payload_schema
+from ingester.payload.model import PayloadRejected, judge_payload
+from ingester.payload.schema import payload_schema
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = REPO / "docs" / "payload.schema.json"
@@ -139,8 +139,8 @@ def test_the_reason_file_quoted_for_authors_is_what_the_program_writes() -> None
 
 def test_the_openapi_description_takes_the_payload_from_the_schema() -> None:
     """One payload contract: the served description's is ``ingester schema``'s."""
-    from ingester.openapi import openapi_document
-    from ingester.schema import payload_schema
+    from ingester.payload.schema import payload_schema
+    from ingester.serve.openapi import openapi_document
 
     components = openapi_document()["components"]["schemas"]
     schema = payload_schema()

@@ -61,7 +61,7 @@ def test_a_file_open_for_writing_at_start_waits_for_its_writer(root: Path) -> No
 
 
 def test_a_lease_tells_whether_a_file_is_open_for_writing(tmp_path: Path) -> None:
-    from ingester.readiness import open_for_writing
+    from ingester.intake.readiness import open_for_writing
 
     path = tmp_path / "d.json"
     with path.open("wb") as handle:
@@ -74,8 +74,8 @@ def test_a_lease_tells_whether_a_file_is_open_for_writing(tmp_path: Path) -> Non
 def test_a_found_file_is_taken_once_settled_and_a_folder_or_gone_is_said(
     tmp_path: Path,
 ) -> None:
-    from ingester.arrivals import How
-    from ingester.readiness import Folder, Gone, Readiness, Ready, Wait
+    from ingester.intake.arrivals import How
+    from ingester.intake.readiness import Folder, Gone, Readiness, Ready, Wait
 
     readiness = Readiness(settle=3600.0, rescan_interval=30.0)
     fresh = tmp_path / "fresh.json"
@@ -93,8 +93,8 @@ def test_a_found_file_is_taken_once_settled_and_a_folder_or_gone_is_said(
 
 
 def test_a_file_created_in_place_and_still_open_waits_for_its_close(tmp_path: Path) -> None:
-    from ingester.arrivals import How
-    from ingester.readiness import Readiness, Wait
+    from ingester.intake.arrivals import How
+    from ingester.intake.readiness import Readiness, Wait
 
     readiness = Readiness(settle=0.0, rescan_interval=30.0)
     path = tmp_path / "w.json"

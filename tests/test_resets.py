@@ -9,7 +9,13 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from ingester.resets import MAX_RESET_AHEAD, ResetTime, load_zone, machine_zone, parse_resets_in
+from ingester.usage.resets import (
+    MAX_RESET_AHEAD,
+    ResetTime,
+    load_zone,
+    machine_zone,
+    parse_resets_in,
+)
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

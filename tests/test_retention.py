@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingester import RetentionPolicy, plan_retention
-from ingester.names import parse_timestamp_from_filename
-from ingester.retention import FUTURE_SLACK, expired_prefix, future_suffix
+from ingester.history.names import parse_timestamp_from_filename
+from ingester.history.retention import FUTURE_SLACK, expired_prefix, future_suffix
 
 NOW = datetime(2026, 11, 28, 10, 30, tzinfo=UTC)
 REASONS = {"newest-N", "within-D-days", "future", "expired"}

@@ -162,7 +162,7 @@ def test_openapi_served_matches_the_committed_file(root: Path):
         served = server.get("/openapi.json")
     assert served.status_code == 200
     assert served.content == committed, (
-        "docs/openapi.json is out of date: python -m ingester.openapi > docs/openapi.json"
+        "docs/openapi.json is out of date: python -m ingester.serve.openapi > docs/openapi.json"
     )
     doc = json.loads(committed)
     paths = set(doc["paths"])

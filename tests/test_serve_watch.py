@@ -28,11 +28,11 @@ from support.sdnotify import NotifyListener
 from support.serveproc import KEY, ServeProcess, fresh_payload
 from support.watchproc import WatchProcess, drop, payload
 
-from ingester.api.backlog import BacklogWarnings, WatcherProbe
-from ingester.lock import HistoryLock
-from ingester.notify import SystemdNotifier
-from ingester.spool import Spool
-from ingester.watch_thread import JointNotifier
+from ingester.history.lock import HistoryLock
+from ingester.intake.spool import Spool
+from ingester.runtime.notify import SystemdNotifier
+from ingester.serve.backlog import BacklogWarnings, WatcherProbe
+from ingester.serve.joint_notifier import JointNotifier
 
 API = "/api/claude/console-usage"
 HEADERS = {"Content-Type": "application/json", "X-API-Key": KEY}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli
 
-from ingester.snapshot import build_snapshot_tree, list_versions_once
+from ingester.ops.snapshot import build_snapshot_tree, list_versions_once
 
 HISTORY = "console-usage-history"
 LATEST = "console-usage-synced.json"

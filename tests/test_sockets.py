@@ -22,7 +22,7 @@ from support import listening_ports, run_cli, wait_for
 from support.activation import activation_wrapper
 from support.serveproc import ServeProcess, fresh_payload, put_version, version_name
 
-from ingester.sockets import activated_sockets
+from ingester.serve.sockets import activated_sockets
 
 API = "/api/claude/console-usage"
 

@@ -19,7 +19,7 @@ from ingester import (
     judge_payload,
     parse_timestamp_from_filename,
 )
-from ingester.names import format_timestamp, is_version_name
+from ingester.history.names import format_timestamp, is_version_name
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 SIX_KEYS = [

@@ -385,7 +385,7 @@ def test_cli_and_libraries_work_under_mdwe(tmp_path: Path) -> None:
         "import ctypes, pydantic, pydantic_core, click\n"
         "from watchdog.observers.inotify import InotifyObserver\n"
         "from watchdog.observers.inotify_c import InotifyFD\n"
-        "from ingester.model import judge_payload, PayloadRejected\n"
+        "from ingester.payload.model import judge_payload, PayloadRejected\n"
         "cb = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(lambda x: x + 1)\n"
         "assert cb(1) == 2\n"
         "try:\n"

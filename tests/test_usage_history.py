@@ -13,7 +13,7 @@ from support.serveproc import put_version, version_name
 
 from ingester.history.index import HistoryIndex
 from ingester.history.local import LocalHistory
-from ingester.usage_history import UsageHistory
+from ingester.usage.usage_history import UsageHistory
 
 NOW = datetime(2026, 11, 27, 14, 0, tzinfo=UTC)
 
@@ -136,7 +136,8 @@ def test_an_unknown_wording_is_counted_and_said_once(
 def test_serve_reads_no_version_until_asked(root: Path) -> None:
     # The metrics registry describes collectors at registration: that must not read the
     # history (a slow start, or a failing one over an unreachable object store).
-    from ingester.serve import ServeConfig, create_app
+    from ingester.serve.app import create_app
+    from ingester.serve.context import ServeConfig
     from ingester.settings import resolve_settings
 
     for i in range(3):

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import IS_ROOT, SAMPLES, listening_ports, run_cli, wait_for
 from support.watchproc import WatchProcess, drop, payload, versions
 
-from ingester.watch_metrics import REJECT_LABELS, reject_kind
+from ingester.intake.metrics import REJECT_LABELS, reject_kind
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -26,7 +26,7 @@ from support import (
 )
 from support.watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents, versions
 
-from ingester.model import judge_payload
+from ingester.payload.model import judge_payload
 
 
 def spool_of(root: Path) -> Path:

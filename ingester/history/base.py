@@ -1,12 +1,12 @@
 """A history, whatever keeps it: the reader and writer interfaces, and what "latest" means.
 
 A history is a set of **versions**: immutable JSON files, each under a name that carries
-its ingest time (:mod:`ingester.names`) and sorts in ingestion order, beside one
+its ingest time (:mod:`ingester.history.names`) and sorts in ingestion order, beside one
 ``_metadata.json`` that summarises them. Three backings keep one:
 
 * a folder on local disk (:class:`ingester.history.local.LocalHistory` reads it,
-  :class:`ingester.store.HistoryStore` writes it: the watcher's store);
-* a prefix in an S3-compatible object store (:mod:`ingester.s3_history`: what the
+  :class:`ingester.history.store.HistoryStore` writes it: the watcher's store);
+* a prefix in an S3-compatible object store (:mod:`ingester.mirror.s3_history`: what the
   mirror writes and ``--from s3://`` reads);
 * memory (:class:`ingester.history.memory.MemoryHistory`, for tests).
 
@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
-from ..names import format_timestamp, parse_timestamp_from_filename
+from .names import format_timestamp, parse_timestamp_from_filename
 
 if TYPE_CHECKING:
-    from ..store import StorageMetadata
+    from .metadata import StorageMetadata
 
 __all__ = [
     "FUTURE_SLACK",
@@ -126,7 +126,7 @@ def stored_metadata(reader: HistoryReader) -> tuple[StorageMetadata, str | None]
     :func:`~ingester.errors.unreadable`; the metadata is then the defaults. Never raises.
     """
     from ..errors import MetadataMissing, unreadable
-    from ..store import MetadataCorrupt, StorageMetadata
+    from .metadata import MetadataCorrupt, StorageMetadata
 
     try:
         return reader.read_metadata(), None
@@ -155,7 +155,7 @@ def derive_metadata(
     keeps what retention deleted (a mirror's bucket in keep mode) has the deleted among
     its names, and the history's totals in ``base`` stand.
     """
-    from ..store import StorageMetadata
+    from .metadata import StorageMetadata
 
     created = max(stored.total_versions_created, len(names))
     deleted = stored.total_versions_deleted
@@ -225,7 +225,7 @@ class HistoryReader(Protocol):
         """``_metadata.json`` as stored.
 
         Raises :class:`~ingester.errors.MetadataMissing` when there is none and
-        :class:`~ingester.store.MetadataCorrupt` when it does not hold the metadata.
+        :class:`~ingester.history.metadata.MetadataCorrupt` when it does not hold the metadata.
         """
         ...
 

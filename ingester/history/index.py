@@ -19,8 +19,8 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from ..errors import MetadataMissing
-from ..store import MetadataCorrupt, StorageMetadata
 from .base import HistoryReader, VersionEntry, latest_position
+from .metadata import MetadataCorrupt, StorageMetadata
 
 __all__ = ["BoundedCache", "HistoryIndex", "HistorySnapshot"]
 

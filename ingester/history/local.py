@@ -11,8 +11,8 @@ removed in the folder, which moves the folder's mtime (a folder changed within t
 50 ms is listed again on every look, as a second change within one clock tick may not
 move it again). Version files are immutable, so a size once read stays true.
 
-Its writer, :class:`LocalWriter`, writes through :class:`ingester.store.HistoryStore`
-(the one owner of the folder's format) and :mod:`ingester.durable`'s recipe: what
+Its writer, :class:`LocalWriter`, writes through :class:`ingester.history.store.HistoryStore`
+(the one owner of the folder's format) and :mod:`ingester.history.durable`'s recipe: what
 ``restore`` and the contract tests write. The watcher writes through the store's own
 batches, which group many versions under one folder fsync.
 """
@@ -27,11 +27,12 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import durable
 from ..errors import MetadataMissing, StorageError, VersionExists, VersionNotFound
-from ..names import is_version_name, parse_timestamp_from_filename
-from ..store import METADATA_MODE, METADATA_NAME, VERSION_MODE, HistoryStore, StorageMetadata
+from . import durable
 from .base import VersionEntry, derive_metadata
+from .metadata import StorageMetadata
+from .names import is_version_name, parse_timestamp_from_filename
+from .store import METADATA_MODE, METADATA_NAME, VERSION_MODE, HistoryStore
 
 __all__ = ["LocalHistory", "LocalWriter"]
 
@@ -131,7 +132,7 @@ class LocalHistory:
 
     def read_metadata(self) -> StorageMetadata:
         """``_metadata.json``: :class:`~ingester.errors.MetadataMissing` when there is
-        none, :class:`~ingester.store.MetadataCorrupt` when it is not the metadata."""
+        none, :class:`~ingester.history.metadata.MetadataCorrupt` when it is not the metadata."""
         path = self.dir / METADATA_NAME
         try:
             raw = path.read_bytes()

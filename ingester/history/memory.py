@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ..errors import MetadataMissing, VersionExists, VersionNotFound
-from ..names import is_version_name, parse_timestamp_from_filename
-from ..store import StorageMetadata
 from .base import VersionEntry, derive_metadata, latest_name
+from .metadata import StorageMetadata
+from .names import is_version_name, parse_timestamp_from_filename
 
 __all__ = ["MemoryHistory"]
 

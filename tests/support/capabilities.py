@@ -96,7 +96,7 @@ def other_user_problem() -> str | None:
     if shutil.which("setpriv") is None:
         return "setpriv (util-linux) is not installed"
     probe = subprocess.run(
-        [*AS_OTHER, sys.executable, "-c", "import ingester.cli"],
+        [*AS_OTHER, sys.executable, "-c", "import ingester.cli.group"],
         capture_output=True,
         text=True,
         env=cli_env(),

@@ -1,0 +1,341 @@
+"""What every command module shares: the app object, one-line failures, the lock for
+writers, the history a read command reads (``--from``), reading a drop from a file or
+stdin, and the text helpers of the output.
+
+Command modules import from here, never from :mod:`ingester.cli.group` (which imports them).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from ..clock import AHEAD_TOLERATED, JUST_NOW
+from ..errors import NotRegularFile, StorageError, describe_os_error
+from ..history.lock import HistoryLock, LockHeld
+from ..history.store import HistoryStore
+from ..runtime.logs import escape_text
+from ..settings import Bounds, Settings
+
+if TYPE_CHECKING:
+    from ..history.base import HistoryReader
+    from ..mirror.s3_history import S3History
+
+__all__ = [
+    "App",
+    "BoundedFloat",
+    "align",
+    "describe_os_error",
+    "echo_json",
+    "fail",
+    "history_source",
+    "human_size",
+    "human_time",
+    "last_words",
+    "make_folder",
+    "open_history",
+    "read_limited",
+    "read_stream",
+    "relative_age",
+    "s3_reader",
+    "writing_store",
+]
+
+_CHUNK = 1 << 16
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class App:
+    """What every command gets: the resolved settings and the logging choice."""
+
+    settings: Settings
+    log_format: str
+
+
+def fail(message: str, code: int = 1) -> click.exceptions.Exit:
+    """Print ``error: message`` to stderr and return the exit to raise."""
+    click.echo(f"error: {escape_text(message)}", err=True)
+    return click.exceptions.Exit(code)
+
+
+def last_words(line: str) -> None:
+    try:
+        click.echo(escape_text(line), err=True)
+    except (OSError, ValueError):
+        pass  # stderr itself is gone: the exit code is all that is left
+
+
+class BoundedFloat(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    """A click option type for a number within :class:`ingester.settings.Bounds`."""
+
+    name = "number"
+
+    def __init__(self, bounds: Bounds) -> None:
+        self.bounds = bounds
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return float(self.bounds.parse(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` and any missing parents; raise ``OSError``.
+
+    Run as root (an operator preparing the service's folders), each new folder takes
+    the owner and group of the folder it is made in, so that the service, running as
+    its own user, can use what was made for it.
+    """
+    missing: list[Path] = []
+    probe = folder
+    while not probe.is_dir() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if not path.is_dir():
+                raise NotADirectoryError(
+                    errno.ENOTDIR, "exists and is not a folder", path
+                ) from None
+            continue
+        if os.geteuid() == 0:
+            parent = path.parent.stat()
+            if (parent.st_uid, parent.st_gid) != (0, 0):
+                os.chown(path, parent.st_uid, parent.st_gid)
+
+
+def history_source(command: F) -> F:
+    """Give a read command ``--from s3://BUCKET/PREFIX`` and ``--endpoint-url``.
+
+    The command gets them as ``source`` and ``endpoint_url``; :func:`open_history`
+    makes the reader.
+    """
+    command = click.option(
+        "--endpoint-url",
+        metavar="URL",
+        help="S3 endpoint for --from. [env AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL]",
+    )(command)
+    return click.option(
+        "--from",
+        "source",
+        metavar="s3://BUCKET/PREFIX",
+        help="Read the copy 'ingester mirror' keeps in an object store instead of the "
+        "local history (see docs/mirror.md).",
+    )(command)
+
+
+def s3_reader(source: str, endpoint_url: str | None) -> S3History:
+    """The reader of ``--from s3://BUCKET/PREFIX``; click errors when it is unusable."""
+    from ..errors import ObjectStoreUnavailable
+    from ..mirror.objectstore import make_client, parse_target
+    from ..mirror.s3_history import S3History
+
+    try:
+        target = parse_target(source)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--from") from None
+    try:
+        return S3History(make_client(endpoint_url), target)
+    except ObjectStoreUnavailable as exc:
+        raise fail(str(exc)) from None
+
+
+def open_history(
+    settings: Settings, source: str | None = None, endpoint_url: str | None = None
+) -> HistoryReader:
+    """The history a read command reads: ``--from``'s object store, else the local folder.
+
+    A local history that cannot be reached (no root, no history, a folder this user
+    may not enter) is refused here in the words every command uses; an object store is
+    first reached by the command's first read (an ``OSError`` naming it).
+    """
+    if source is not None:
+        return s3_reader(source, endpoint_url)
+    if endpoint_url is not None:
+        raise click.UsageError("--endpoint-url is for --from s3://BUCKET/PREFIX")
+    from ..history.local import LocalHistory
+    from ..ops.queries import history_problem
+
+    problem = history_problem(settings)
+    if problem is not None:
+        raise fail(problem)
+    return LocalHistory(settings.history_dir)
+
+
+@contextmanager
+def writing_store(
+    settings: Settings, purpose: str, *, initialize: bool = True, creates: str = "history"
+) -> Iterator[HistoryStore]:
+    """The store with the history lock held; clear errors instead of tracebacks.
+
+    ``creates`` says what the command may create when it is missing: ``"root"`` (init:
+    the root, its history and all), ``"history"`` (a history inside a root that exists)
+    or ``"nothing"`` (the history must exist). What it may not create is refused in
+    the words every read command uses, exit 1, before anything is made: a mistyped
+    --root must not become a new empty history that reports success.
+
+    With ``initialize`` (the default) the store is initialized first (temps swept,
+    metadata and latest link repaired), unless the latest path is a file holding a
+    snapshot no version holds: that would be lost, so the command is refused with a
+    pointer to ``ingester adopt``.
+    """
+    from ..ops.adopt import unsafe_latest
+    from ..ops.queries import history_problem, root_problem
+
+    store = settings.store()
+    if creates == "nothing":
+        problem = history_problem(settings)
+    elif creates == "history":
+        problem = root_problem(settings, store.history_dir)
+    else:
+        problem = None
+    if problem is not None:
+        raise fail(problem)
+    try:
+        make_folder(store.history_dir)
+        with HistoryLock(store.lock_path, purpose):
+            if initialize:
+                problem = unsafe_latest(store)
+                if problem is not None:
+                    raise fail(problem)
+                for error in store.initialize().cache_errors:
+                    # The latest link and metadata are caches: say so, and go on.
+                    click.echo(f"warning: {error}", err=True)
+            yield store
+    except LockHeld as exc:
+        hint = "; use 'ingester submit' to hand a watcher drops" if purpose == "ingest" else ""
+        raise fail(f"{exc}{hint}") from None
+    except StorageError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        where = exc.filename or store.history_dir
+        raise fail(str(StorageError("create folder", where, exc))) from None
+
+
+def read_stream(handle: IO[bytes], max_bytes: int) -> bytes:
+    """Read at most ``max_bytes + 1`` bytes: enough to know the input is too large.
+
+    Read in chunks, so that a large limit never allocates memory the input does not fill.
+    """
+    chunks: list[bytes] = []
+    left = max_bytes + 1
+    while left > 0:
+        chunk = handle.read(min(left, _CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a folder",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def read_limited(path: Path, max_bytes: int, *, regular_only: bool = False) -> bytes:
+    """Read at most ``max_bytes + 1`` bytes of ``path`` (see :func:`read_stream`).
+
+    With ``regular_only``, anything but a regular file raises :class:`NotRegularFile`
+    without blocking: a FIFO is opened non-blocking and never read, so a command that
+    holds the history lock cannot wait on a writer that never comes.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if regular_only else 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if regular_only and not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise NotRegularFile(errno.EINVAL, f"{kind}, not a regular file", os.fspath(path))
+    with os.fdopen(fd, "rb") as handle:
+        return read_stream(handle, max_bytes)
+
+
+def echo_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout (the ``--json`` output of every command)."""
+    click.echo(json.dumps(value, indent=2))
+
+
+def relative_age(delta: timedelta) -> str:
+    """``delta`` (now minus a time) in words: ``"42 s ago"``, ``"3 min ago"``.
+
+    The page's rule, everywhere an age is printed: under :data:`~ingester.clock.JUST_NOW`
+    old, or ahead of this clock by at most :data:`~ingester.clock.AHEAD_TOLERATED` (a
+    scraper whose clock runs a little fast), is ``"just now"``; further ahead is said as
+    it is: ``"2 days ahead of the clock"``.
+    """
+    if -AHEAD_TOLERATED <= delta < JUST_NOW:
+        return "just now"
+    seconds = abs(delta.total_seconds())
+    if seconds < 60:
+        words = f"{int(seconds)} s"
+    elif seconds < 3600:
+        words = f"{int(seconds // 60)} min"
+    elif seconds < 48 * 3600:
+        hours, rest = divmod(int(seconds), 3600)
+        minutes = rest // 60
+        words = f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    else:
+        days = int(seconds // 86400)
+        words = f"{days} days"
+    return f"{words} ahead of the clock" if delta < timedelta(0) else f"{words} ago"
+
+
+def human_time(stamp: datetime | None) -> str:
+    """``2026-11-28 10:30:00`` (UTC), or ``-``."""
+    if stamp is None:
+        return "-"
+    # isoformat, not strftime: strftime writes year 1 as "1", not "0001".
+    return stamp.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="seconds")
+
+
+def human_size(size: int | None) -> str:
+    """``312 B``, ``1.2 KiB``, ``3.4 MiB``, or ``-``."""
+    if size is None:
+        return "-"
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / (1024 * 1024):.1f} MiB"
+
+
+def align(rows: Sequence[Sequence[str]], right: Iterable[int] = ()) -> list[str]:
+    """Rows of cells as lines with aligned columns (two spaces apart, no trailing blanks).
+
+    Columns whose index is in ``right`` are right-aligned (sizes, counts).
+    """
+    if not rows:
+        return []
+    right_cols = set(right)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(widths[i]) if i in right_cols else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines

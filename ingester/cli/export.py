@@ -1,0 +1,144 @@
+"""``ingester export``: the history as CSV or JSON Lines, one row per version.
+
+A thin click layer over :mod:`ingester.usage.export`. Reads only: never takes the history
+lock. ``--from s3://BUCKET/PREFIX`` exports the mirror in an object store. Exit codes
+as for the rest of the CLI: 0 written (damaged versions are skipped with a warning
+each); 1 no history, or the output could not be written; 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from ..clock import parse_iso_time
+from ..errors import StorageError, describe_os_error
+from ..history.durable import streamed_file
+from ..usage.export import FORMATS, Row, Skipped, export_rows, select_versions, write_rows
+from .common import App, fail, history_source, human_time, open_history
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["export"]
+
+
+def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_iso_time(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def _warn(skipped: Skipped) -> None:
+    click.echo(f"warning: skipped damaged version {skipped.name}: {skipped.reason}", err=True)
+
+
+@click.command()
+@click.option(
+    "--since",
+    metavar="TIME",
+    callback=_time_option,
+    help="Versions ingested at or after TIME (ISO-8601; without an offset, UTC).",
+)
+@click.option(
+    "--until",
+    metavar="TIME",
+    callback=_time_option,
+    help="Versions ingested at or before TIME (ISO-8601; without an offset, UTC).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="csv",
+    show_default=True,
+    help="csv: RFC 4180 with a header row; jsonl: one JSON object per line.",
+)
+@click.option(
+    "-o",
+    "--output",
+    metavar="FILE|-",
+    default="-",
+    show_default=True,
+    help="Where to write; '-' is standard output. A FILE appears only once complete "
+    "(written beside it under a temp name, fsynced, renamed over it); it must be a "
+    "regular file or new.",
+)
+@history_source
+@click.pass_obj
+def export(
+    app: App,
+    since: datetime | None,
+    until: datetime | None,
+    fmt: str,
+    output: str,
+    source: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Write one row per version, oldest first, with the payload's fields flattened.
+
+    Columns: ingestedAt, lastUpdated, currentSession.percentageUsed,
+    currentSession.resetsIn, currentSession.resetsAt, and the same three for
+    weeklyLimits.allModels and weeklyLimits.sonnetOnly, isPartial, version. Times are UTC
+    (ISO-8601, Z); resetsAt is resetsIn read as an instant (absolute wordings in
+    --console-timezone), empty when unreadable; a section the payload lacks gives empty
+    cells (null in JSON Lines).
+
+    A damaged version is skipped with one warning line on stderr. Streams: memory
+    does not grow with the history. Never takes the lock; works while a watcher runs.
+    With --from, exports the mirror in an object store. Exits 0 when written, 1 when
+    there is no history or the output cannot be written.
+    See docs/page.md.
+    """
+    if since is not None and until is not None and since > until:
+        raise click.UsageError(f"--since {human_time(since)} is after --until {human_time(until)}")
+    reader = open_history(app.settings, source, endpoint_url)
+    try:
+        every = [entry.name for entry in reader.list_versions()]
+    except OSError as exc:
+        raise fail(describe_os_error(exc)) from None
+    names = select_versions(every, since, until)
+    rows = export_rows(reader, names, on_skip=_warn, zone=app.settings.console_zone()[0])
+    if output == "-":
+        _to_stdout(rows, fmt)
+        return
+    target = Path(os.path.abspath(output))
+    try:
+        mode = os.lstat(target).st_mode
+    except OSError:
+        mode = None  # a new file; the write names any problem with the path
+    if mode is not None and stat.S_ISDIR(mode):
+        raise fail(f"{output} is a folder; give a file name")
+    if mode is not None and not stat.S_ISREG(mode):
+        # The file is renamed over the path: a device, FIFO or symlink there would be
+        # replaced, not written to.
+        raise fail(f"{output} is not a regular file; give a file name, or '-' for standard output")
+    try:
+        with streamed_file(target) as handle:
+            count = write_rows(rows, handle, fmt)
+    except StorageError as exc:
+        raise fail(str(exc)) from None
+    click.echo(f"exported {count} version(s) to {target}")
+
+
+def _to_stdout(rows: Iterator[Row], fmt: str) -> None:
+    try:
+        write_rows(rows, sys.stdout.buffer, fmt)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (e.g. '| head'): stop quietly, as other filters do, and
+        # keep Python from complaining about the flush at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise click.exceptions.Exit(1) from None
+    except OSError as exc:
+        raise fail(f"cannot write to standard output: {exc.strerror}") from None

@@ -1,0 +1,88 @@
+"""``ingester forecast``: each usage limit's burn rate and when it runs out, as a table.
+
+A thin click layer over :mod:`ingester.usage.usage_history` (the same answer ``serve`` gives at
+``GET /api/claude/console-usage/forecast``). Reads only; never takes the history lock.
+Exit codes: 0 shown; 1 no history, no version, or the history cannot be read.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ..clock import utc_now
+from ..errors import describe_os_error
+from ..usage.forecast import LimitForecast, in_words
+from ..usage.usage_history import forecast_json, forecast_of
+from .common import App, align, echo_json, fail, open_history
+
+__all__ = ["forecast"]
+
+
+def _percent(value: float) -> str:
+    return (f"{value:g}" if float(value).is_integer() else f"{value:.1f}") + " %"
+
+
+def _rate(limit: LimitForecast) -> str:
+    return "-" if limit.rate_per_hour is None else f"{limit.rate_per_hour:+.2f} %/h"
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="The JSON the HTTP API answers.")
+@click.pass_obj
+def forecast(app: App, as_json: bool) -> None:
+    """Show each usage limit: used, reset time, burn rate, and when it reaches 100 %.
+
+    One row per limit (currentSession, weeklyLimits.allModels, weeklyLimits.sonnetOnly
+    and any other); a limit the newest snapshot lacks (a partial scrape) shows its last
+    reading, said so, until it is read again or its reset time comes, however old.
+    The rate is the median slope over the
+    current window (since the last reset, its last 24 hours); no rate from fewer than
+    2 snapshots or less than 10 minutes. Absolute reset times ('Mon 8:59 AM') are read
+    in --console-timezone, and times are shown in it. Reads only; never takes the lock.
+    Exits 0, or 1 when there is no history or no version. See docs/operations.md.
+    """
+    settings = app.settings
+    reader = open_history(settings)
+    zone, zone_name = settings.console_zone()
+    try:
+        answer = forecast_of(reader, zone, zone_name, utc_now())
+    except OSError as exc:
+        raise fail(f"cannot read the history: {describe_os_error(exc)}") from None
+    if answer is None:
+        raise fail(f"no version in {reader.location} yet")
+    if as_json:
+        echo_json(forecast_json(answer, zone_name))
+        return
+    result = answer.forecast
+    if result.as_of is None:
+        raise fail("no version holds a readable snapshot")
+    as_of = result.as_of.astimezone(zone)
+    click.echo(
+        f"as of {as_of.strftime('%a %Y-%m-%d %H:%M')} (the newest lastUpdated), "
+        f"times in {zone_name}"
+    )
+    rows = [["limit", "used", "resets", "rate", "at this rate"]]
+    for limit in result.limits:
+        resets = (
+            limit.resets_at.astimezone(zone).strftime("%a %H:%M")
+            if limit.resets_at is not None
+            else f"? ({limit.resets_in})"
+        )
+        rows.append(
+            [
+                limit.limit,
+                _percent(limit.percentage),
+                resets,
+                _rate(limit),
+                in_words(limit, zone, result.as_of),
+            ]
+        )
+    for line in align(rows, right=(1, 3)):
+        click.echo(line)
+    held = [limit for limit in result.limits if not limit.in_newest]
+    for limit in held:
+        observed = limit.observed_at.astimezone(zone).strftime("%a %H:%M")
+        click.echo(
+            f"{limit.limit}: last read {observed}; not in the newest snapshot "
+            f"({limit.missing_reason})"
+        )

@@ -1,0 +1,236 @@
+"""The ``ingester`` command line: the command group, its global options, and every command.
+
+The commands live in their own modules of this package (:mod:`.store`, ``service``,
+``serve``, ``report``, ``ops``, ``export``, ``forecast``, ``mirror``), each a
+``click.Command`` registered below in one list; what they share is in
+:mod:`ingester.cli.common`. A command's module is imported when that command runs (or
+``--help`` lists them all), so ``watch`` loads neither the HTTP server nor the report
+and export code.
+
+Exit codes: 0 success; 1 the command ran and something was refused or is wrong
+(a rejected payload, a problem found, a storage failure, the history locked by
+another writer, a file or folder it cannot read); 2 a usage error (a bad option or
+setting), before anything is touched; 70 an internal error (a bug: please report it).
+Whatever happens, the user sees one line on stderr, never a traceback
+(:class:`IngesterGroup` is the one place that makes it so).
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import io
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..runtime.logs import LOG_FORMATS, setup_logging
+from ..settings import SPECS, SettingError, resolve_settings
+from .common import App, describe_os_error, last_words
+from .quiet import hold_output, output_was_fine
+
+EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug, not something the user did
+
+__all__ = ["COMMANDS", "main", "run"]
+
+
+def _guard_standard_streams() -> None:
+    """Put /dev/null on a closed stdin, stdout or stderr.
+
+    Otherwise the next file we open (a lock, a version) would get descriptor 0, 1 or 2,
+    and anything that writes to "stdout" would write into it. ``sys.stdin`` stays
+    ``None`` so that ``submit -`` can say the stream is closed.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            try:
+                null = os.open(os.devnull, os.O_RDWR)
+            except OSError:
+                return
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+def _tolerant_stdout() -> None:
+    """Let stdout carry file names that are not UTF-8, as their own bytes (as ``ls`` does).
+
+    Outside the C locale Python's stdout is strict: printing such a name (a path given
+    on the command line) would fail after the work was done.
+    """
+    stream = sys.stdout
+    if isinstance(stream, io.TextIOWrapper):
+        try:
+            stream.reconfigure(errors="surrogateescape")
+        except (OSError, ValueError):
+            pass
+
+
+class IngesterGroup(click.Group):
+    """The command group, and the one place where any error becomes one line and an exit.
+
+    click already turns usage errors into exit 2 and a broken stdout pipe into a quiet
+    exit 1. Every other ``OSError`` that reaches here (a folder another user owns, a
+    missing path, a symlink loop, an I/O error) becomes ``error: ...`` and exit 1; any
+    other exception is a bug and becomes one line and exit 70.
+
+    Commands come from :data:`COMMANDS`, each imported on first use.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({name for name, _module, _attr in COMMANDS} | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            for name, module, attr in COMMANDS:
+                if name == cmd_name:
+                    command = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+                    self.add_command(command, name)
+        return self.commands.get(cmd_name)
+
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
+    ) -> Any:
+        if extra.get("standalone_mode") is False:
+            # Called from Python (tests, embedding): the caller handles what is raised.
+            return super().main(args, prog_name, **extra)
+        _guard_standard_streams()
+        _tolerant_stdout()
+        try:
+            super().main(args, prog_name, **extra)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                _silence_stdout()
+                sys.exit(1)
+            last_words(f"error: {describe_os_error(exc)}")
+            sys.exit(1)
+        except MemoryError:
+            last_words("error: out of memory")
+            sys.exit(1)
+        except Exception as exc:
+            detail = str(exc) or "no detail"
+            last_words(f"error: internal error: {type(exc).__name__}: {detail} (please report)")
+            sys.exit(EXIT_INTERNAL)
+        sys.exit(0)  # pragma: no cover (click's standalone main always exits)
+
+
+def _silence_stdout() -> None:
+    # The reader went away: nothing more can be shown, and the flush at exit must not
+    # print "Exception ignored ... BrokenPipeError".
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno() if sys.stdout is not None else 1)
+        os.close(null)
+    except (OSError, ValueError):
+        pass
+
+
+def _setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One global option per row of the settings table (name, metavar, help, env, default)."""
+    for spec in reversed(SPECS):
+        command = click.option(spec.option, metavar=spec.metavar, help=spec.help_text)(command)
+    return command
+
+
+@click.group(
+    cls=IngesterGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@_setting_options
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML file with an [ingester] table; keys as the long options with '_'. "
+    "Precedence: option > environment > config > default. [env INGESTER_CONFIG]",
+)
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Log debug detail (-vv: also from libraries such as watchdog).",
+)
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="For cron: print nothing when the command succeeds; on failure its output goes to "
+    "stderr. Informational log lines are dropped.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="json: one object per line, for log shippers.",
+)
+@click.version_option(package_name="console-usage-ingester")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    /,
+    config_path: Path | None,
+    verbose: int,
+    quiet: bool,
+    log_format: str,
+    **options: Any,
+) -> None:
+    """Keep a durable, versioned history of console usage snapshots dropped into a spool folder.
+
+    A scraper drops JSON files into the spool (see 'ingester submit'); 'ingester watch'
+    validates each one, stores it as an immutable version in the history, points the
+    latest link at it, refreshes _metadata.json and applies retention.
+    """
+    try:
+        settings = resolve_settings(options, config_path=config_path)
+    except SettingError as exc:
+        raise click.UsageError(str(exc), ctx) from None
+    setup_logging(verbose, log_format)
+    if quiet:
+        hold_output(ctx)
+    ctx.obj = App(settings, log_format)
+
+
+@main.result_callback()
+@click.pass_context
+def _finished(ctx: click.Context, /, *_: Any, **__: Any) -> None:
+    output_was_fine(ctx)
+
+
+COMMANDS = (
+    ("init", "store", "init"),
+    ("adopt", "store", "adopt"),
+    ("ingest", "store", "ingest"),
+    ("cleanup", "store", "cleanup"),
+    ("watch", "service", "watch"),
+    ("submit", "service", "submit"),
+    ("serve", "serve", "serve"),
+    ("status", "report", "status"),
+    ("list", "report", "list_versions"),
+    ("show", "report", "show"),
+    ("verify", "report", "verify"),
+    ("snapshot", "ops", "snapshot"),
+    ("schema", "ops", "schema"),
+    ("check", "ops", "check"),
+    ("forecast", "forecast", "forecast"),
+    ("export", "export", "export"),
+    ("mirror", "mirror", "mirror"),
+    ("restore", "mirror", "restore"),
+)
+"""Every command: its name, and the module and ``click.Command`` that define it."""
+
+
+def run() -> None:
+    """Entry point for ``python -m ingester``."""
+    main(prog_name="ingester")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

@@ -1,0 +1,218 @@
+"""The object-store commands: ``mirror`` (the service) and ``restore``.
+
+A thin click layer over :mod:`ingester.mirror.mirror` and :mod:`ingester.mirror.restore`. The
+object store's endpoint comes from ``--endpoint-url``, else the standard
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; credentials from the standard chain
+(environment, shared config, instance profile), never from the command line.
+
+Exit codes: 0 done; 1 the object store or the history could not be used (one line on
+stderr); 2 a usage error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..errors import StorageError
+from ..history.lock import HistoryLock, LockHeld
+from ..mirror.objectstore import (
+    MirrorTarget,
+    ObjectStoreUnavailable,
+    make_client,
+    parse_target,
+    require_boto3,
+)
+from ..settings import SettingError, resolve_settings
+from .common import App, fail
+
+__all__ = ["mirror", "restore"]
+
+_ENDPOINT_HELP = (
+    "S3 endpoint of a non-AWS store, e.g. http://127.0.0.1:8333. "
+    "[env AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL]"
+)
+
+
+def _target(ctx: click.Context, param: click.Parameter, value: str | None) -> MirrorTarget | None:
+    if value is None:
+        return None
+    try:
+        return parse_target(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+@click.command()
+@click.argument("target", required=False, metavar="[s3://BUCKET/PREFIX]", callback=_target)
+@click.option("--endpoint-url", metavar="URL", help=_ENDPOINT_HELP)
+@click.option(
+    "--once",
+    is_flag=True,
+    help="One pass (list, upload what is missing), then exit: 0 when every version is "
+    "mirrored, 1 otherwise.",
+)
+@click.option(
+    "--reconcile-interval",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    metavar="S",
+    help="List the remote prefix and upload what it lacks every S seconds.",
+)
+@click.option(
+    "--rescan-interval",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="A pass over the history every S seconds, even if its folder looks unchanged.",
+)
+@click.option(
+    "--retry-max",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="Longest wait between retries while the object store cannot be used.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1, max=32),
+    default=4,
+    show_default=True,
+    metavar="N",
+    help="Uploads in flight while a backlog drains.",
+)
+@click.pass_obj
+def mirror(
+    app: App,
+    target: MirrorTarget | None,
+    endpoint_url: str | None,
+    once: bool,
+    reconcile_interval: float,
+    rescan_interval: float,
+    retry_max: float,
+    concurrency: int,
+) -> None:
+    """Mirror the history to S3-compatible object storage (a service of its own).
+
+    Uploads every version once to s3://BUCKET/PREFIX/<version name> (Content-MD5,
+    If-None-Match: *), plus _metadata.json and console-usage-synced.json (a copy of the
+    newest version). The target defaults to --mirror / INGESTER_MIRROR. While the
+    object store is away, a backlog waits and local retention keeps what is not yet
+    mirrored (at most --mirror-hold versions). --mirror-retention follow also deletes
+    remote versions that local retention deleted. Credentials from the standard AWS
+    chain, never from the command line. Stops on SIGTERM/SIGINT (exit 0); exits 1 when
+    another mirror runs on this history. See docs/mirror.md.
+    """
+    from ..mirror.mirror import Mirror, MirrorOptions
+    from ..ops.queries import history_problem
+
+    s = app.settings
+    if target is None:
+        if s.mirror is None:
+            raise click.UsageError(
+                "no target: give s3://BUCKET/PREFIX, --mirror or INGESTER_MIRROR"
+            )
+        target = parse_target(s.mirror)
+    problem = history_problem(s)
+    if problem is not None:
+        raise fail(problem)
+    try:
+        require_boto3()
+    except ObjectStoreUnavailable as exc:
+        raise fail(str(exc)) from None
+    options = MirrorOptions(
+        target=target,
+        policy=s.policy(),
+        retention=s.mirror_retention,
+        hold_max=s.mirror_hold,
+        endpoint_url=endpoint_url,
+        once=once,
+        reconcile_interval=reconcile_interval,
+        rescan_interval=rescan_interval,
+        retry_max=retry_max,
+        concurrency=concurrency,
+    )
+    try:
+        code = Mirror(s.history_dir, options).run()
+    except LockHeld as exc:
+        raise fail(f"{exc}: another mirror runs on this history") from None
+    except (StorageError, ObjectStoreUnavailable) as exc:
+        raise fail(str(exc)) from None
+    raise click.exceptions.Exit(code)
+
+
+@click.command()
+@click.argument("source", metavar="s3://BUCKET/PREFIX", callback=_target)
+@click.option(
+    "--root",
+    "restore_root",
+    metavar="DIR",
+    help="Restore into this root (its history and latest link), instead of the global --root.",
+)
+@click.option("--endpoint-url", metavar="URL", help=_ENDPOINT_HELP)
+@click.pass_context
+def restore(
+    ctx: click.Context, source: MirrorTarget, restore_root: str | None, endpoint_url: str | None
+) -> None:
+    """Rebuild a working history from its mirror at s3://BUCKET/PREFIX.
+
+    Downloads every version (checked against its size and the SHA-256 the mirror
+    stored with it) and writes it durably, byte for byte; puts the mirrored
+    _metadata.json in place when the history has none; points the latest link at the
+    newest version. The result passes 'ingester verify'. Versions already present with
+    the same bytes are skipped (run it again to finish an interrupted restore); nothing
+    is overwritten or deleted. Refuses while a watcher holds the history.
+    """
+    from ..mirror.restore import RestoreError, restore_history
+
+    app: App = ctx.obj
+    settings = app.settings
+    if restore_root is not None:
+        parent = ctx.parent.params if ctx.parent is not None else {}
+        options: dict[str, Any] = {
+            k: v for k, v in parent.items() if k not in ("config_path", "verbose", "log_format")
+        }
+        options["root"] = restore_root
+        try:
+            settings = resolve_settings(options, config_path=parent.get("config_path"))
+        except SettingError as exc:
+            raise click.UsageError(str(exc), ctx) from None
+    store = settings.store()
+    try:
+        client = make_client(endpoint_url)
+        store.history_dir.mkdir(parents=True, exist_ok=True)
+        with HistoryLock(store.lock_path, "restore"):
+            result = restore_history(client, source, store)
+    except ObjectStoreUnavailable as exc:
+        raise fail(str(exc)) from None
+    except LockHeld as exc:
+        raise fail(f"{exc}; stop the watcher before restoring into its history") from None
+    except RestoreError as exc:
+        raise fail(str(exc)) from None
+    except StorageError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(str(StorageError("create folder", store.history_dir, exc))) from None
+    click.echo(
+        f"restored {len(result.restored)} version(s) ({result.bytes} bytes) from {source} "
+        f"into {store.history_dir}"
+        + (f"; {len(result.present)} already present" if result.present else "")
+    )
+    click.echo(f"latest:  {store.latest_path} -> {result.latest}")
+    if result.unverified:
+        click.echo(
+            f"warning: {len(result.unverified)} version(s) checked by size only: mirrored "
+            "before the mirror stored a SHA-256 with each object, in a bucket whose ETags "
+            "are not MD5s (SSE-KMS); 'ingester verify' checks that they parse and validate",
+            err=True,
+        )
+    if result.conflicts:
+        for name in result.conflicts:
+            click.echo(
+                f"error: {name} differs from the object store's copy; left as it is", err=True
+            )
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,290 @@
+"""The operations commands: ``snapshot`` (backups), ``schema`` (the payload contract)
+and ``check`` (monitoring).
+
+A thin click layer over :mod:`ingester.ops.snapshot`, :mod:`ingester.payload.schema` and
+:mod:`ingester.ops.check`. None of them takes the history lock or writes to the live
+history, so all work beside a running watcher, as any user who can read the history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from ..history import durable
+from ..ops.check import CheckLimits, judge, parse_duration
+from ..ops.check_facts import gather_facts
+from ..ops.queries import history_problem
+from ..ops.snapshot import SnapshotError, take_snapshot, write_snapshot_tar
+from ..payload.schema import payload_schema_text
+from .common import App, fail, history_source, s3_reader
+
+__all__ = ["check", "schema", "snapshot"]
+
+
+# -- snapshot ----------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("dest", metavar="[DEST|-]", required=False)
+@click.option(
+    "--tar",
+    "as_tar",
+    is_flag=True,
+    help="Write the snapshot as an uncompressed tar stream to DEST ('-': standard output) "
+    "instead of a folder, for backup tools that read a command's output.",
+)
+@click.option(
+    "--copy",
+    is_flag=True,
+    help="Copy every version instead of hard-linking it (links are used where they can be).",
+)
+@click.pass_obj
+def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
+    """Take a consistent point-in-time copy of the history into DEST, beside a running watcher.
+
+    DEST must not exist. It becomes a root in the default layout, restorable as it is:
+    DEST/console-usage-history/ (the versions present at one instant and a
+    _metadata.json that agrees with them) and DEST/console-usage-synced.json (a
+    relative link to the newest of them). 'ingester --root DEST verify' passes on it.
+    Versions are hard-linked where DEST is on the history's filesystem (no space
+    used), copied otherwise. It is built in DEST's folder under a .tmp-snapshot-* name
+    and renamed to DEST at the end, so a half-made snapshot never appears as DEST.
+
+    With --tar the same tree is written as a tar stream (DEST '-' or omitted: standard
+    output), built first in $TMPDIR; 'tar -xf' into an empty folder gives the root.
+
+    Takes no lock; never writes to the history. Exits 0 when the snapshot is complete,
+    1 when it could not be taken (nothing is left behind then).
+    """
+    history = app.settings.history_dir
+    problem = history_problem(app.settings)
+    if problem is not None:
+        raise fail(problem)
+    if as_tar:
+        if copy:
+            raise click.UsageError("--copy has no meaning with --tar (the stream is a copy)")
+        _snapshot_tar(history, dest or "-")
+        return
+    if dest is None or dest == "-":
+        raise click.UsageError("give DEST, a folder that does not exist yet (or use --tar -)")
+    target = Path(os.path.abspath(dest))
+    spool = app.settings.spool_dir
+    if target == spool or target.is_relative_to(spool):
+        raise fail(f"{target} is inside the spool {spool}; give a folder outside it")
+    try:
+        result = take_snapshot(history, target, link=not copy)
+    except SnapshotError as exc:
+        raise fail(str(exc)) from None
+    how = f"{result.linked} linked, {result.copied} copied"
+    if result.vanished:
+        how += f", {result.vanished} deleted by retention meanwhile (left out)"
+    click.echo(
+        f"snapshot {result.path}: {len(result.versions)} version(s) ({how}); "
+        f"latest {result.latest or 'none'}"
+    )
+
+
+def _snapshot_tar(history: Path, dest: str) -> None:
+    if dest == "-":
+        if os.isatty(1):
+            raise fail("refusing to write a tar stream to a terminal; redirect it or give a file")
+        # The descriptor itself, so that -q (which holds back stdout text) never swallows
+        # the archive.
+        out = os.fdopen(os.dup(1), "wb")
+    else:
+        path = Path(dest)
+        if os.path.lexists(path):
+            raise fail(f"{path} already exists; a snapshot never replaces anything")
+        try:
+            out = path.open("xb")
+        except OSError as exc:
+            raise fail(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        with out:
+            write_snapshot_tar(history, out)
+    except SnapshotError as exc:
+        _discard_partial(dest)
+        raise fail(str(exc)) from None
+    except BrokenPipeError:
+        raise fail("the reader of the tar stream went away before the end") from None
+    except OSError as exc:
+        _discard_partial(dest)
+        raise fail(f"cannot write the tar stream to {dest}: {exc.strerror}") from None
+
+
+def _discard_partial(dest: str) -> None:
+    if dest != "-":
+        try:
+            durable.unlink_entry(dest)  # our own half-written archive, never anything else
+        except OSError:
+            pass
+
+
+# -- schema ------------------------------------------------------------------------------
+
+
+@click.command()
+def schema() -> None:
+    """Print the JSON Schema (draft 2020-12) of a drop's payload, ConsoleUsageDataSync.
+
+    Generated from the model that judges every drop, so it cannot drift from it; the
+    same text is committed as docs/payload.schema.json. A few rules are only
+    approximated by a schema (no NaN, UTF-8 without BOM, the size limit): use
+    'ingester submit --dry-run FILE' for the exact verdict.
+    """
+    click.echo(payload_schema_text(), nl=False)
+
+
+# -- check -------------------------------------------------------------------------------
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+@click.command()
+@click.option(
+    "--max-age",
+    default="15m",
+    show_default=True,
+    metavar="DURATION",
+    callback=_duration,
+    help="WARNING when the newest version's lastUpdated is older (e.g. 900, 90s, 15m, 2h, 1d); "
+    "CRITICAL at twice this.",
+)
+@click.option(
+    "--max-backlog",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="WARNING when more than N drops wait in the spool; CRITICAL above 2N, or when a "
+    "waiting drop is older than --max-age (nothing takes them).",
+)
+@click.option(
+    "--max-rejected-per-hour",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="WARNING when more than N drops were rejected in the last hour; CRITICAL above 2N.",
+)
+@click.option(
+    "--max-mirror-lag",
+    default="15m",
+    show_default=True,
+    metavar="DURATION",
+    callback=_duration,
+    help="Only with a mirror: WARNING when the oldest version not yet uploaded is older; "
+    "CRITICAL at twice this, or when the object store refuses the credentials.",
+)
+@click.option(
+    "--mirror-hold-warning",
+    default=80.0,
+    show_default=True,
+    type=click.FloatRange(min=0, max=100),
+    metavar="PERCENT",
+    help="Only with a mirror: WARNING when the expired versions retention keeps back for "
+    "it fill this share of its --mirror-hold; CRITICAL when they fill all of it (retention "
+    "then deletes versions that were never uploaded).",
+)
+@click.option(
+    "--usage-warning",
+    type=click.FloatRange(0, 100),
+    metavar="PCT",
+    help="Judge each usage limit in the newest snapshot: WARNING at or above PCT percent "
+    "used (by default the critical threshold).",
+)
+@click.option(
+    "--usage-critical",
+    type=click.FloatRange(0, 100),
+    metavar="PCT",
+    help="CRITICAL when a usage limit is at or above PCT percent used (default 100 once "
+    "--usage-warning is given).",
+)
+@click.option(
+    "--forecast",
+    "judge_forecast",
+    is_flag=True,
+    help="Judge each usage limit's projection: WARNING when it reaches 100 % before it "
+    "resets, CRITICAL when that is within --forecast-critical (see 'ingester forecast').",
+)
+@click.option(
+    "--forecast-critical",
+    type=click.FloatRange(min=0, max=24 * 366),
+    default=1.0,
+    show_default=True,
+    metavar="HOURS",
+    help="CRITICAL when a usage limit runs out before its reset within HOURS (given "
+    "alone, it turns --forecast on).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the line.")
+@history_source
+@click.pass_obj
+def check(
+    app: App,
+    max_age: float,
+    max_backlog: int,
+    max_rejected_per_hour: int,
+    max_mirror_lag: float,
+    mirror_hold_warning: float,
+    usage_warning: float | None,
+    usage_critical: float | None,
+    judge_forecast: bool,
+    forecast_critical: float,
+    as_json: bool,
+    source: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Monitoring: one summary line and an exit code (Nagios plugin convention).
+
+    Exit 0 OK, 1 WARNING, 2 CRITICAL. CRITICAL also when there is no history, no
+    version yet, or the newest version is damaged. With a mirror configured (settings
+    or its state file in the history), more items judge how far behind it is and how
+    full the hold retention keeps for it (--mirror-hold) is. With --usage-warning,
+    --usage-critical or --forecast (or --forecast-critical), one more item per usage
+    limit; a limit the newest snapshot lacks is judged on its last reading. The
+    line ends with performance data after '|'. Reads only; never takes the lock. With
+    --from, judges the mirror in an object store: the age and usage items only. For
+    cron, systemd timers with OnFailure= and monitoring agents: see docs/monitoring.md.
+    """
+    if usage_warning is not None and usage_critical is not None and usage_warning > usage_critical:
+        raise click.UsageError(
+            f"--usage-warning {usage_warning:g} is above --usage-critical {usage_critical:g}"
+        )
+    # A threshold for the forecast asks for the forecast: judging nothing by it would
+    # leave the user believing they are covered.
+    given = click.get_current_context().get_parameter_source("forecast_critical")
+    if given not in (None, click.core.ParameterSource.DEFAULT):
+        judge_forecast = True
+    limits = CheckLimits(
+        max_age,
+        max_backlog,
+        max_rejected_per_hour,
+        max_mirror_lag,
+        mirror_hold_warning,
+        usage_warning=usage_warning,
+        usage_critical=usage_critical,
+        forecast=judge_forecast,
+        forecast_critical=forecast_critical * 3600,
+    )
+    reader = None
+    if source is not None:
+        reader = s3_reader(source, endpoint_url)
+    elif endpoint_url is not None:
+        raise click.UsageError("--endpoint-url is for --from s3://BUCKET/PREFIX")
+    facts = gather_facts(app.settings, usage=limits.judges_usage, reader=reader)
+    result = judge(facts, limits)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo(result.line())
+    if result.code:
+        raise click.exceptions.Exit(result.code)

@@ -1,0 +1,234 @@
+"""The service commands: ``watch`` (the spool's consumer) and ``submit`` (a writer's side).
+
+``serve`` (the history over HTTP) is in :mod:`ingester.cli.serve`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import PayloadRejected, StorageError
+from ..intake.metrics import NO_METRICS, Metrics
+from ..payload.gate import check_payload
+from ..settings import RESCAN_INTERVAL, RETRY_MAX, SETTLE, WatchOptions
+from .common import App, BoundedFloat, fail, read_limited, read_stream
+
+__all__ = [
+    "refuse_unsafe_latest",
+    "serve_watch_loop_options",
+    "submit",
+    "watch",
+    "watch_loop_options",
+]
+
+
+def watch_loop_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The watcher loop's options (--polling, --rescan-interval, --retry-max, --settle),
+    as ``watch`` lists them."""
+    for option in reversed(_loop_options("")):
+        command = option(command)
+    return command
+
+
+def serve_watch_loop_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The same options for ``serve``, whose help says they need ``--watch``."""
+    for option in reversed(_loop_options(" [with --watch only]")):
+        command = option(command)
+    return command
+
+
+def _loop_options(note: str) -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
+    """The loop's options; ``note`` ends each help text."""
+    return [
+        click.option(
+            "--polling",
+            is_flag=True,
+            help="Poll the spool instead of inotify (NFS, CIFS); drops written in place are "
+            f"taken once their size and mtime are --settle seconds old.{note}",
+        ),
+        click.option(
+            "--rescan-interval",
+            type=BoundedFloat(RESCAN_INTERVAL),
+            default=WatchOptions.rescan_interval,
+            show_default=True,
+            metavar="S",
+            help=f"Full rescan of the spool every S seconds ({RESCAN_INTERVAL.describe()}), "
+            f"the backstop for lost events.{note}",
+        ),
+        click.option(
+            "--retry-max",
+            type=BoundedFloat(RETRY_MAX),
+            default=WatchOptions.retry_max,
+            show_default=True,
+            metavar="S",
+            help="Longest wait between retries while the history cannot be written "
+            f"({RETRY_MAX.describe()}).{note}",
+        ),
+        click.option(
+            "--settle",
+            type=BoundedFloat(SETTLE),
+            default=WatchOptions.settle,
+            show_default=True,
+            metavar="S",
+            help="A drop found by a scan (not by an event) is taken once its mtime is S seconds "
+            "old or it has not changed for S seconds (and no one has it open for writing); "
+            f"{SETTLE.describe()}.{note}",
+        ),
+    ]
+
+
+@click.command()
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Drain the backlog already in the spool, then exit (0; 1 if the history cannot be "
+    "written).",
+)
+@watch_loop_options
+@click.option(
+    "--metrics",
+    "metrics_listen",
+    metavar="HOST:PORT",
+    help="Serve the watcher's own metrics (drops ingested and rejected, store failures, "
+    "ingest latency, backlog) in the Prometheus text format at http://HOST:PORT/metrics "
+    "([::1]:9464 for IPv6; port 0 picks a free one). Off by default. See docs/serve.md.",
+)
+@click.pass_obj
+def watch(
+    app: App,
+    once: bool,
+    polling: bool,
+    rescan_interval: float,
+    retry_max: float,
+    settle: float,
+    metrics_listen: str | None,
+) -> None:
+    """Run the service: take the backlog (oldest first), then every new drop.
+
+    Each valid drop becomes one version in the history and the latest link moves
+    to it within milliseconds; retention and the metadata follow when the spool
+    is idle (at most once a second during a burst). Invalid drops go to the
+    rejected folder with a reason file. Holds the history lock: a second watcher
+    exits 1 at once. Stops on SIGTERM/SIGINT after finishing the drop in hand
+    (exit 0). Under systemd it reports readiness, status and watchdog pings.
+    A malformed --metrics address exits 2; one that cannot be bound (in use, not
+    local) exits 1, before the spool is touched.
+    """
+    from ..intake.watcher import Watcher
+
+    refuse_unsafe_latest(app)
+    metrics: Metrics = NO_METRICS
+    if metrics_listen is not None:
+        metrics = _start_watch_metrics(metrics_listen)
+
+    options = WatchOptions(
+        once=once,
+        polling=polling,
+        rescan_interval=rescan_interval,
+        retry_max=retry_max,
+        settle=settle,
+    )
+    raise click.exceptions.Exit(Watcher(app.settings, options, metrics=metrics).run())
+
+
+def refuse_unsafe_latest(app: App) -> None:
+    """Exit 1 before a watcher starts on a history whose start would lose a snapshot.
+
+    A start rebuilds the latest link; where the original server left a regular file
+    holding a snapshot no version holds, only ``ingester adopt`` keeps it.
+    """
+    from ..ops.adopt import unsafe_latest
+
+    try:
+        problem = unsafe_latest(app.settings.store())
+    except StorageError as exc:
+        raise fail(str(exc)) from None
+    if problem is not None:
+        raise fail(problem)
+
+
+def _start_watch_metrics(listen: str) -> Metrics:
+    """Bind the watcher's metrics server on ``listen`` (HOST:PORT); exit 2 or 1 if it cannot."""
+    from ..intake.metrics import WatchMetrics
+    from ..serve.sockets import parse_listen
+
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise fail(f"--metrics: {exc}", 2) from None
+    metrics = WatchMetrics()
+    try:
+        bound = metrics.start(host, port)
+    except OSError as exc:
+        raise fail(f"cannot listen on {listen} for --metrics: {exc.strerror or exc}") from None
+    logging.getLogger("ingester.watcher").info(
+        "metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, bound
+    )
+    return metrics
+
+
+@click.command()
+@click.argument("source", metavar="FILE|-")
+@click.option(
+    "--name",
+    metavar="NAME",
+    help="Name of the drop (ends in .json, no leading dot, no '/'). "
+    "Default: the UTC time and a random part.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate only: print 'valid FILE' (exit 0) or the reasons (exit 1); drop nothing.",
+)
+@click.pass_obj
+def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
+    """Drop FILE (or standard input, '-') into the spool atomically; print its path.
+
+    The payload is validated first: an invalid one is refused with the reasons (exit 1)
+    and nothing is dropped. The file is written into SPOOL/tmp/, fsynced, then linked
+    into the spool, so the watcher never sees a partial drop. A drop of the same name
+    still waiting is never replaced: that is refused (exit 1). With --dry-run the payload
+    is only judged (a scraper's CI can check its output): nothing is dropped.
+    """
+    from ..intake.spool import Spool, drop_name_for_now, is_drop_name
+    from ..ops.queries import root_problem
+
+    s = app.settings
+    if name is not None and not is_drop_name(name):
+        raise click.BadParameter(
+            "must end in .json, not start with '.', and contain no '/'", param_hint="--name"
+        )
+    try:
+        if source == "-":
+            if sys.stdin is None:
+                raise fail("cannot read standard input: it is closed")
+            data = read_stream(sys.stdin.buffer, s.max_bytes)
+        else:
+            data = read_limited(Path(source), s.max_bytes)
+    except OSError as exc:
+        raise fail(f"cannot read {source}: {exc.strerror}") from None
+    try:
+        check_payload(data, max_bytes=s.max_bytes)
+    except PayloadRejected as exc:
+        click.echo(f"refused {source}: {exc.reason}", err=True)
+        raise click.exceptions.Exit(1) from None
+    if dry_run:
+        click.echo(f"valid {source}")
+        return
+    # A mistyped root must not become a spool no watcher reads: refused, in the words
+    # every command uses for it.
+    problem = root_problem(s, s.spool_dir)
+    if problem is not None:
+        raise fail(problem)
+    try:
+        path = Spool(s.spool_dir, s.rejected_dir).submit(data, name or drop_name_for_now())
+    except FileExistsError as exc:
+        raise fail(f"{exc.filename}: a drop of that name is still waiting") from None
+    except StorageError as exc:
+        raise fail(str(exc)) from None
+    click.echo(str(path))

@@ -1,0 +1,300 @@
+"""The commands that write the history: ``init``, ``adopt``, ``ingest`` and ``cleanup``.
+
+Each takes the history lock (a second writer is refused at once, naming the holder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from ..clock import utc_now
+from ..errors import NotRegularFile, StorageError
+from ..history.names import format_timestamp
+from ..history.store import CacheNotRefreshed
+from ..ops.queries import ReportError, open_store
+from ..payload.model import PayloadRejected, judge_payload
+from ..settings import Settings
+from .common import App, fail, make_folder, read_limited, writing_store
+
+__all__ = ["adopt", "cleanup", "ingest", "init"]
+
+
+def _make_spool_folders(s: Settings) -> None:
+    """The spool, its ``tmp/`` and ``rejected/``; exit 1 naming the folder that fails."""
+    for folder in (s.spool_dir, s.writers_tmp_dir, s.rejected_dir):
+        try:
+            make_folder(folder)
+        except OSError as exc:
+            raise fail(str(StorageError("create folder", exc.filename or folder, exc))) from None
+
+
+@click.command()
+@click.pass_obj
+def init(app: App) -> None:
+    """Create the spool, history and metadata (idempotent).
+
+    Run as root, each new folder takes the owner of the folder it is made in (and the
+    lock file that of the history), so the service's own user can use them. The
+    systemd service needs no init: it creates what it needs on start.
+    """
+    s = app.settings
+    _make_spool_folders(s)
+    with writing_store(s, "init", creates="root") as store:
+        meta = store.get_storage_metadata()
+    click.echo(f"spool:   {s.spool_dir}")
+    click.echo(f"history: {store.history_dir} ({meta.version_count} versions)")
+    click.echo(f"latest:  {store.latest_path}")
+
+
+@click.command()
+@click.pass_obj
+def adopt(app: App) -> None:
+    """Make a history written by the original sync server ours, in place (idempotent).
+
+    Point --root (or --history-dir and --latest-path) at the original's files, e.g.
+    server/claude-scraper. Versions lose their write bits (their bytes are never
+    touched), a regular-file console-usage-synced.json becomes a link to the newest
+    version (a snapshot in it that no version holds is first kept as a version of its
+    own), and _metadata.json is rewritten from the versions, keeping the original's
+    totals (a version adopt keeps is counted as created). Every step is durable and
+    crash-safe: after a crash, run it again. Then checks the result as 'verify' does:
+    exit 0 when clean, 1 when problems are left.
+    A folder with no history to adopt (no version in it: a wrong --root, a copy nested
+    one level too deep) exits 1 and nothing is created. Takes the history lock (refused
+    while a watcher runs). See docs/migrating.md.
+    """
+    from ..ops.adopt import adopt_history, nothing_to_adopt
+    from ..ops.queries import verify_history
+    from .report import summed
+
+    s = app.settings
+    # Before anything is created: the wrong folder is refused, not made a new history.
+    wrong = nothing_to_adopt(s.root, s.history_dir, s.latest_path)
+    if wrong is not None:
+        raise fail(wrong)
+    _make_spool_folders(s)
+    with writing_store(s, "adopt", initialize=False) as store:
+        try:
+            report = adopt_history(store, s.max_bytes)
+        except StorageError as exc:
+            raise fail(f"{exc} ({_adopt_advice(exc)})") from None
+        meta = store.get_storage_metadata()
+        checked = verify_history(store, utc_now())
+    click.echo(f"history: {store.history_dir} ({meta.version_count} versions)")
+    if report.kept_latest:
+        click.echo(
+            f"kept:    the snapshot in {store.latest_path.name} as version {report.kept_latest}"
+        )
+    if report.read_only:
+        click.echo(f"modes:   {len(report.read_only)} version(s) made read-only")
+    if report.latest_was:
+        click.echo(f"latest:  was {report.latest_was}; now a link to {meta.latest_version}")
+    if report.metadata_was:
+        click.echo(
+            f"metadata: rewritten (it was {report.metadata_was}); totals kept: "
+            f"{meta.total_versions_created} created, {meta.total_versions_deleted} deleted"
+        )
+    if report.removed_temps:
+        click.echo(f"temps:   {len(report.removed_temps)} stale temp file(s) removed")
+    if not report.changed:
+        click.echo("nothing to change: this history is already in this tool's form")
+    if checked.ok:
+        click.echo("verify:  ok")
+        return
+    for subject, message in summed(checked.problems):
+        click.echo(f"PROBLEM  {subject}  {message}")
+    click.echo(f"verify:  {len(checked.problems)} problem(s) left; see 'ingester verify'")
+    raise click.exceptions.Exit(1)
+
+
+def _adopt_advice(exc: StorageError) -> str:
+    """What to do after a failed step of adopt (what was done before it is kept)."""
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        return (
+            "what was done is kept; the files belong to another user: chown -R them to "
+            "the user that runs adopt (the service's), then run adopt again"
+        )
+    if exc.errno == errno.EINVAL:
+        return "what was done is kept"  # the message itself says what to do
+    return "what was done is kept; run adopt again"
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.pass_obj
+def ingest(app: App, files: tuple[Path, ...]) -> None:
+    """Validate FILES and store each as a new version (the files are copied, not moved).
+
+    Prints one line per file. Exits 1 if any file was rejected or unreadable; the
+    valid ones are stored all the same. Refuses while a watcher holds the history.
+    Creates the history in a root that exists; a root that does not exist is refused
+    (exit 1, nothing created).
+    """
+    s = app.settings
+    rejected = 0
+    with writing_store(s, "ingest") as store:
+        for path in files:
+            try:
+                data = read_limited(path, s.max_bytes, regular_only=True)
+                judge_payload(data, max_bytes=s.max_bytes)
+            except NotRegularFile as exc:
+                rejected += 1
+                click.echo(f"rejected {path}: {exc.strerror}")
+                continue
+            except OSError as exc:
+                rejected += 1
+                click.echo(f"rejected {path}: cannot read: {exc.strerror}")
+                continue
+            except PayloadRejected as exc:
+                rejected += 1
+                click.echo(f"rejected {path}: {exc.reason}")
+                continue
+            try:
+                version = store.save_version(data)
+            except CacheNotRefreshed as exc:
+                # Past the commit point: stored. Saying "not stored" would invite a retry,
+                # and a retry would store the same payload twice.
+                click.echo(f"stored {path} -> {exc.version.name} ({len(data)} bytes)")
+                click.echo(f"warning: stored, cache not refreshed: {exc}", err=True)
+                continue
+            except StorageError as exc:
+                raise fail(f"{path} not stored: {exc}") from None
+            click.echo(f"stored {path} -> {version.name} ({len(data)} bytes)")
+        try:
+            store.cleanup_old_versions()
+        except StorageError as exc:
+            raise fail(f"cleanup failed: {exc}") from None
+    if rejected:
+        raise click.exceptions.Exit(1)
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Show keep or delete, and why, for every version.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
+    """Apply retention now: keep the newest N versions or anything within D days.
+
+    With --dry-run nothing changes (and no lock is taken): every version is listed
+    with keep/delete and the reason: newest-N, within-D-days, future, expired.
+
+    Also removes rejected drops (with their reason files) older than
+    --rejected-retention-days; --dry-run counts them. A missing root or history is
+    refused (exit 1) and nothing is created.
+    """
+    from ..intake.housekeeping import PruneResult, prune_rejected
+
+    s = app.settings
+
+    def prune(dry: bool) -> PruneResult:
+        # Removal runs with the lock held: only the lock holder quarantines drops, so a
+        # pair cannot be half-replaced under us.
+        try:
+            return prune_rejected(s.rejected_dir, s.rejected_retention_days, utc_now(), dry_run=dry)
+        except StorageError as exc:
+            raise fail(f"rejected drops: {exc}") from None
+
+    if dry_run:
+        try:
+            store = open_store(s)
+            plan = store.plan_cleanup()
+        except ReportError as exc:
+            raise fail(str(exc), exc.code) from None
+        except StorageError as exc:
+            raise fail(str(exc)) from None
+        try:
+            pruned = prune_rejected(
+                s.rejected_dir, s.rejected_retention_days, utc_now(), dry_run=True
+            )
+        except StorageError as exc:
+            # The plan for the versions stands; a reader outside the service's group (the
+            # read-only group) may not open the quarantine: those are just not counted.
+            click.echo(f"warning: rejected drops not counted: {exc}", err=True)
+            pruned = PruneResult()
+        if as_json:
+            click.echo(
+                json.dumps(
+                    [
+                        {
+                            "name": d.name,
+                            "timestamp": format_timestamp(d.timestamp),
+                            "action": d.action,
+                            "reason": d.reason,
+                        }
+                        for d in reversed(plan.decisions)
+                    ],
+                    indent=2,
+                )
+            )
+            return
+        width = max((len(d.name) for d in plan.decisions), default=4)
+        click.echo(f"{'VERSION':<{width}}  ACTION  REASON")
+        for d in reversed(plan.decisions):
+            click.echo(f"{d.name:<{width}}  {d.action:<6}  {d.reason}")
+        click.echo(f"would delete {len(plan.delete)}, retain {len(plan.keep)}")
+        if pruned.expired_pairs or pruned.kept:
+            click.echo(
+                f"rejected: would remove {pruned.expired_pairs} drop(s) older than "
+                f"{s.rejected_retention_days:g} days, keep {pruned.kept}"
+            )
+        return
+    # The text result is the log line's words: printed on stdout, not logged a second time.
+    quiet = contextlib.nullcontext() if as_json else _result_printed_here("cleanup")
+    with writing_store(s, "cleanup", creates="nothing") as store, quiet:
+        try:
+            result = store.cleanup_old_versions()
+        except StorageError as exc:
+            raise fail(str(exc)) from None
+        pruned = prune(False)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "deleted": result.deleted,
+                    "retained": result.retained,
+                    "future": result.future,
+                    "rejectedRemoved": pruned.removed,
+                    "rejectedKept": pruned.kept,
+                },
+                indent=2,
+            )
+        )
+    else:
+        click.echo(f"cleanup deleted {len(result.deleted)}, retained {result.retained}")
+        if pruned.expired_pairs or pruned.kept:
+            click.echo(f"rejected: removed {pruned.expired_pairs}, kept {pruned.kept}")
+
+
+class _SkipEvent(logging.Filter):
+    def __init__(self, event: str) -> None:
+        super().__init__()
+        self.event = event
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "event", None) != self.event
+
+
+@contextmanager
+def _result_printed_here(event: str) -> Iterator[None]:
+    """Leave out the log line of ``event`` while the command prints the same result itself.
+
+    The store logs each result for the service's journal; on a terminal a one-shot
+    command would otherwise show it twice (stdout and stderr).
+    """
+    logger = logging.getLogger("ingester")
+    skip = _SkipEvent(event)
+    for handler in logger.handlers:
+        handler.addFilter(skip)
+    try:
+        yield
+    finally:
+        for handler in logger.handlers:
+            handler.removeFilter(skip)

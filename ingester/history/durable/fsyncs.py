@@ -1,0 +1,95 @@
+"""Several fsyncs at once: a group's files and folders flushed together, each with its error.
+
+:func:`fsync_each` gives the device a group's writes together (a few worker threads
+named :data:`FSYNC_THREAD_PREFIX`; ``os.fsync`` releases the GIL), so the wait is for the
+slowest rather than the sum; :func:`fsync_dirs` does the same for folders. Each fsync is
+still its file's own: a failed one is a failed write of that file alone.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from ...errors import StorageError
+from .steps import StrPath, open_dir
+
+__all__ = ["FSYNC_THREAD_PREFIX", "fsync_dirs", "fsync_each"]
+
+
+FSYNC_THREAD_PREFIX = "ingester-fsync"
+"""The name of the threads that run :func:`fsync_each`'s fsyncs (tests count their steps)."""
+
+
+# Measured on ext4 on a virtio disk: 8 fresh files and their folder fsynced at once took
+# 3.1 ms against 8.4 ms one after the other (32 files: 9 ms against 41 ms); 16 or 32
+# workers gained nothing clear over 8.
+_FSYNC_WORKERS = 8
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+_pool_lock = threading.Lock()
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_FSYNC_WORKERS, thread_name_prefix=FSYNC_THREAD_PREFIX)
+        return _pool
+
+
+def _fsync_or_error(fd: int) -> OSError | None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        return exc
+    return None
+
+
+def fsync_each(fds: Sequence[int]) -> list[OSError | None]:
+    """fsync every descriptor in ``fds`` at once; return each one's error (None: durable).
+
+    The first is fsynced on the calling thread, the others by a few worker threads
+    (``os.fsync`` releases the GIL), so the device is given the group's writes
+    together instead of one file's at a time, and the wait is for the slowest one
+    rather than the sum. Each fsync is still the file's own, and so is its error: a
+    failed one is a failed write of that file alone, which its caller handles; the
+    others stand. The descriptors stay open (the caller closes them).
+    """
+    if len(fds) <= 1:
+        return [_fsync_or_error(fd) for fd in fds]
+    pool = _fsync_pool()
+    futures = [pool.submit(_fsync_or_error, fd) for fd in fds[1:]]
+    first = _fsync_or_error(fds[0])
+    return [first, *(future.result() for future in futures)]
+
+
+def fsync_dirs(directories: Sequence[StrPath]) -> list[StorageError | None]:
+    """:func:`fsync_dir` for each folder, at once; each one's error (None: its names are durable).
+
+    A folder named twice is fsynced once (both get its result).
+    """
+    unique: dict[str, int] = {}
+    errors: dict[str, StorageError] = {}
+    try:
+        for directory in directories:
+            key = os.fspath(directory)
+            if key in unique or key in errors:
+                continue
+            try:
+                unique[key] = open_dir(directory)
+            except StorageError as exc:
+                errors[key] = exc
+        results = fsync_each(list(unique.values()))
+    finally:
+        for fd in unique.values():
+            os.close(fd)
+    for key, error in zip(unique, results, strict=True):
+        if error is not None:
+            errors[key] = StorageError("fsync folder", key, error)
+    return [errors.get(os.fspath(directory)) for directory in directories]

@@ -1,0 +1,278 @@
+"""The single steps of the durable recipe, each a syscall or two with its error named.
+
+Temp names (:data:`TEMP_PREFIX` and its kinds) and temp files made in the target
+folder; fsync of a file and of a folder; rename, link and unlink; modes; the writeback
+hint (``sync_file_range``); a new name given without ever replacing one
+(``renameat2(RENAME_NOREPLACE)``, else a link: :func:`publish_new`); and the sweep of
+stale temp files. Every failure is a :class:`StorageError` naming the action, the path
+and the cause. The recipe they make is described in :mod:`ingester.history.durable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import secrets
+from pathlib import Path
+from typing import TypeAlias
+
+from ...errors import StorageError
+
+__all__ = [
+    "LINK_TEMP_PREFIX",
+    "SNAPSHOT_TEMP_PREFIX",
+    "SUBMIT_TEMP_PREFIX",
+    "TEMP_PREFIX",
+    "WRITE_TEMP_PREFIX",
+    "StorageError",
+    "current_umask",
+    "fsync_dir",
+    "fsync_fd",
+    "link_entry",
+    "open_dir",
+    "publish_new",
+    "remove_file",
+    "remove_stale_temps",
+    "rename_entry",
+    "set_fd_mode",
+    "set_mode",
+    "unlink_entry",
+]
+
+TEMP_PREFIX = ".tmp-"
+"""Every temp name we create starts with this, so backups and sweeps can recognise it."""
+WRITE_TEMP_PREFIX = TEMP_PREFIX + "w-"
+"""A file's bytes before its final name (also the empty spare a watcher keeps ready)."""
+LINK_TEMP_PREFIX = TEMP_PREFIX + "link-"
+"""A symbolic link before it replaces the latest link."""
+SNAPSHOT_TEMP_PREFIX = TEMP_PREFIX + "snapshot-"
+"""A snapshot (or its tar stream's staging folder) before it gets its final name."""
+SUBMIT_TEMP_PREFIX = ".submit-"
+"""A drop written by ``ingester submit`` in the spool's ``tmp/`` before it is published."""
+
+
+StrPath: TypeAlias = "str | os.PathLike[str]"
+"""A path as a ``str`` or a ``Path``: the drop path passes plain strings (cheaper)."""
+
+
+def _temp_path(directory: Path, prefix: str) -> Path:
+    return directory / f"{prefix}{secrets.token_hex(6)}"
+
+
+def open_dir(directory: StrPath) -> int:
+    """A descriptor on ``directory``, for fsyncing its names; :class:`StorageError` if not."""
+    try:
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageError("open folder", directory, exc) from exc
+
+
+def fsync_dir(directory: StrPath) -> None:
+    """Make the names in ``directory`` durable."""
+    fd = open_dir(directory)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise StorageError("fsync folder", directory, exc) from exc
+    finally:
+        os.close(fd)
+
+
+def remove_file(path: StrPath) -> None:
+    """Unlink ``path`` if it exists; other failures raise :class:`StorageError`."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StorageError("remove", path, exc) from exc
+
+
+# -- single steps ------------------------------------------------------------------------
+# The claim (a drop's rename into .claimed/, its seal and its way back to the spool) and
+# the housekeeping take their steps one at a time, because each step's failure means
+# something different to them. The steps still live here, so every write the package
+# makes goes through this one recipe. They raise ``OSError`` unwrapped: the caller
+# names the step.
+
+
+def rename_entry(src: StrPath, dst: StrPath) -> None:
+    """Rename ``src`` to ``dst`` within one filesystem (replaces a file ``dst``)."""
+    os.rename(src, dst)
+
+
+def link_entry(src: StrPath, dst: StrPath) -> None:
+    """Give ``src``'s inode the new name ``dst``; never replaces (``FileExistsError``)."""
+    os.link(src, dst)
+
+
+def unlink_entry(path: StrPath, *, dir_fd: int | None = None) -> None:
+    """Remove the name ``path`` (relative to ``dir_fd`` when given)."""
+    os.unlink(path, dir_fd=dir_fd)
+
+
+def set_mode(path: StrPath, mode: int) -> None:
+    """chmod ``path`` to ``mode``."""
+    os.chmod(path, mode)
+
+
+def set_fd_mode(fd: int, mode: int) -> None:
+    """fchmod the open file ``fd`` to ``mode``."""
+    os.fchmod(fd, mode)
+
+
+def fsync_fd(fd: int) -> None:
+    """fsync the open file ``fd``: its bytes and mode are on disk when this returns."""
+    os.fsync(fd)
+
+
+def _create_temp(
+    directory: Path, data: bytes, mode: int, prefix: str, shown: Path | None = None
+) -> tuple[Path, int]:
+    """Step 1: the bytes written into a new temp file; its open descriptor is returned.
+
+    A failure names ``shown`` (the final path, when the caller knows it) rather than
+    the temp name, which the caller never asked for.
+    """
+    tmp = _temp_path(directory, prefix)
+    try:
+        # The mode is given at creation so the umask applies (an operator's choice).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        raise StorageError("create", shown or tmp, exc) from exc
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+    except OSError as exc:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StorageError("write", shown or tmp, exc) from exc
+    return tmp, fd
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux >= 4.7), else by setting it."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _link_no_clobber(tmp: Path, final: Path) -> None:
+    try:
+        os.link(tmp, final)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # No hard links here (e.g. some FUSE or SMB mounts): check, then rename.
+        if os.path.lexists(final):
+            raise FileExistsError(errno.EEXIST, "File exists", os.fspath(final)) from exc
+        os.replace(tmp, final)
+
+
+_RENAME_NOREPLACE = 1  # from <linux/fs.h>
+_AT_FDCWD = -100
+_SYNC_FILE_RANGE_WRITE = 2  # from <fcntl.h>
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+
+
+def _start_writeback(fd: int) -> None:
+    """``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on the whole file: a hint, never an error."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+def _rename_no_clobber(source: Path, final: Path) -> bool:
+    """``renameat2(RENAME_NOREPLACE)``: False where the kernel, libc or filesystem lacks it.
+
+    A rename is what a watcher sees as a finished file arriving (IN_MOVED_TO); a hard
+    link shows only as a creation, which a watcher must wait out. Raises
+    ``FileExistsError`` when ``final`` exists, ``OSError`` for other failures.
+    """
+    if _renameat2 is None:
+        return False
+    src, dst = os.fsencode(source), os.fsencode(final)
+    if _renameat2(_AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(final))
+
+
+def publish_new(source: Path, final: Path) -> None:
+    """Give the fsynced file ``source`` the new name ``final`` and drop ``source``'s name.
+
+    Never replaces anything: ``FileExistsError`` (unwrapped, so callers can say what
+    the name is taken by) when ``final`` exists. A no-clobber rename where the system
+    has one (so a watcher takes the file at once); otherwise a hard link, then the
+    source name is removed; where hard links cannot be made either, a check then a
+    rename. Both folders are fsynced; other failures raise :class:`StorageError`.
+    """
+    try:
+        renamed = _rename_no_clobber(source, final)
+        if not renamed:
+            _link_no_clobber(source, final)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise StorageError("link", final, exc) from exc
+    if not renamed:
+        # The new name is published and made durable below: a second name left behind
+        # in a writers' scratch folder is never read as a drop, so its removal may fail.
+        with contextlib.suppress(OSError):
+            os.unlink(source)
+    fsync_dir(final.parent)
+    if source.parent != final.parent:
+        fsync_dir(source.parent)
+
+
+def remove_stale_temps(directory: Path, prefix: str = TEMP_PREFIX) -> list[str]:
+    """Remove leftover temp files (never folders) named ``prefix*`` from ``directory``.
+
+    Returns the names removed. Only call it where no writer is active (the caller
+    holds the history lock), or a temp file being written would be swept away. The
+    folder is opened without following a symlink in its place (a sweep never reaches
+    into another folder through a link) and the names are removed relative to it.
+    """
+    removed: list[str] = []
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return removed
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            return removed  # not a real folder: nothing of ours to sweep there
+        raise StorageError("list", directory, exc) from exc
+    try:
+        try:
+            entries = list(os.scandir(dir_fd))
+        except OSError as exc:
+            raise StorageError("list", directory, exc) from exc
+        for entry in entries:
+            if entry.name.startswith(prefix) and not entry.is_dir(follow_symlinks=False):
+                try:
+                    os.unlink(entry.name, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise StorageError("remove", directory / entry.name, exc) from exc
+                removed.append(entry.name)
+    finally:
+        os.close(dir_fd)
+    return removed

@@ -1,0 +1,179 @@
+"""One writer per history: an ``flock`` on ``<history>/.lock``.
+
+The kernel drops an flock when its holder dies, even by ``kill -9``, so a crashed
+watcher never leaves a stale lock. The file is never unlinked (unlinking would let a
+second process lock a fresh inode while the first still holds the old one); it holds the
+holder's pid and purpose, for the message a second writer prints.
+
+Read commands never take the lock. :func:`lock_holder` finds the holder through
+``/proc/locks`` without taking anything.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+
+from ..errors import LockHeld, StorageError
+
+__all__ = [
+    "SERVE_WATCH",
+    "WATCH",
+    "HistoryLock",
+    "LockHeld",
+    "is_watcher",
+    "lock_holder",
+    "lock_owner",
+    "lock_table_readable",
+]
+
+LOCK_TABLE = "/proc/locks"
+"""The kernel's table of file locks, read by :func:`lock_holder`."""
+
+WATCH = "watch"
+"""The purpose a watcher notes in the lock file when run as ``ingester watch``."""
+SERVE_WATCH = "serve --watch"
+"""The purpose noted by the watcher that ``serve --watch`` runs in its own process."""
+
+
+def is_watcher(purpose: str | None) -> bool:
+    """Whether a lock holder that noted ``purpose`` is a watcher (one that takes drops).
+
+    A holder that left no readable note (``None``) is given the benefit of the doubt.
+    """
+    return purpose in (None, WATCH, SERVE_WATCH)
+
+
+def lock_owner(path: Path) -> tuple[int, str | None] | None:
+    """The pid holding the lock and the command it noted (``"watch"``, ``"ingest"``...).
+
+    ``None`` when no one holds it; the command is ``None`` when the note is unreadable
+    or left by an earlier holder. Never takes the lock.
+    """
+    pid = lock_holder(path)
+    if pid is None:
+        return None
+    try:
+        note = path.read_text(errors="replace").strip()
+    except OSError:
+        return pid, None
+    noted_pid, _, command = note.partition(" ")
+    return pid, (command or None) if noted_pid == str(pid) else None
+
+
+def _describe_holder(path: Path) -> str:
+    owner = lock_owner(path)
+    if owner is None:
+        # The kernel's lock table did not name a pid (e.g. no /proc): the note may.
+        try:
+            note = path.read_text(errors="replace").strip()
+        except OSError:
+            note = ""
+        return f"pid {note}" if note else "another process"
+    pid, command = owner
+    return f"pid {pid} {command}" if command else f"pid {pid}"
+
+
+def _give_to_folder_owner(fd: int, folder: Path) -> None:
+    """As root, hand a root-owned lock file to the owner of its folder.
+
+    An operator's command run as root on the service's history would otherwise leave
+    a lock file the service's own user cannot open (EACCES at every start).
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.fstat(fd)
+        owner = os.stat(folder)
+        if st.st_uid == 0 and owner.st_uid != 0:
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+    except OSError:
+        pass  # best effort: the lock works all the same for this command
+
+
+class HistoryLock:
+    """An exclusive, non-blocking flock; use as a context manager."""
+
+    def __init__(self, path: Path, purpose: str) -> None:
+        self.path = path
+        self.purpose = purpose
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`LockHeld` at once."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise StorageError("open lock file", self.path, exc) from exc
+        _give_to_folder_owner(fd, self.path.parent)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockHeld(self.path, _describe_holder(self.path)) from None
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError("lock", self.path, exc) from exc
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {self.purpose}\n".encode(), 0)
+        except OSError:
+            pass  # the note is a courtesy; the flock is what counts
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (closing the descriptor releases the flock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> HistoryLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid holding an flock on ``path``, or ``None``; never takes the lock."""
+    try:
+        st = os.stat(path)
+        with open(LOCK_TABLE) as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; blocked waiters have "->".
+        if "->" in parts or len(parts) < 6 or parts[1] != "FLOCK":
+            continue
+        if parts[5] == wanted:
+            try:
+                return int(parts[4])
+            except ValueError:
+                return None
+    return None
+
+
+def lock_table_readable() -> bool:
+    """Whether :func:`lock_holder` can see locks at all.
+
+    Where the kernel's lock table is hidden (a sandbox with ``ProcSubset=pid``, no
+    ``/proc``), ``lock_holder`` answers ``None`` for every file: "no holder" then means
+    "cannot tell".
+    """
+    try:
+        with open(LOCK_TABLE, "rb") as handle:
+            handle.read(1)
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,95 @@
+"""``_metadata.json``: the history's metadata as a model, and what a damaged file means.
+
+:class:`StorageMetadata` holds the six keys the original server's readers rely on, then
+a few of ours; it reads and writes the file's JSON itself (no pydantic: a watcher never
+builds model classes for it). :class:`MetadataCorrupt` is a file that cannot be read as
+one. The file is a cache of the version files, rebuilt from a scan when it disagrees.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from ..errors import IngesterError
+
+__all__ = ["MetadataCorrupt", "StorageMetadata"]
+
+
+class MetadataCorrupt(IngesterError, ValueError):
+    """``_metadata.json`` does not hold the metadata: not JSON, or a key of the wrong type."""
+
+
+def _key(alias: str, default: int | None) -> Any:
+    return field(default=default, metadata={"alias": alias})
+
+
+@dataclass(frozen=True)
+class StorageMetadata:
+    """``_metadata.json``: the six keys every reader relies on, then a few more.
+
+    Counts are ints >= 0; the others are strings or null. A plain dataclass (the file
+    is ours and small): a watcher never needs pydantic's model machinery for it.
+    """
+
+    version_count: int = _key("versionCount", 0)
+    oldest_timestamp: str | None = _key("oldestTimestamp", None)
+    newest_timestamp: str | None = _key("newestTimestamp", None)
+    last_cleanup: str | None = _key("lastCleanup", None)
+    total_versions_created: int = _key("totalVersionsCreated", 0)
+    total_versions_deleted: int = _key("totalVersionsDeleted", 0)
+    latest_version: str | None = _key("latestVersion", None)
+    future_versions: int = _key("futureVersions", 0)
+
+    @classmethod
+    def model_validate_json(cls, raw: bytes | str) -> StorageMetadata:
+        """Read the file's bytes: camelCase keys (or the field names); others ignored.
+
+        Raises :class:`MetadataCorrupt` (a ``ValueError``) naming the first problem.
+        """
+        try:
+            doc = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise MetadataCorrupt(f"not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise MetadataCorrupt("not a JSON object")
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            alias = item.metadata["alias"]
+            key = alias if alias in doc else item.name if item.name in doc else None
+            if key is None:
+                continue
+            value = doc[key]
+            if item.type == "int":  # a count
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise MetadataCorrupt(f"{alias} must be a whole number >= 0")
+            elif value is not None and not isinstance(value, str):
+                raise MetadataCorrupt(f"{alias} must be a string or null")
+            values[item.name] = value
+        return cls(**values)
+
+    def model_copy(self, *, update: dict[str, Any] | None = None) -> StorageMetadata:
+        """A copy, with the fields in ``update`` (by field name) changed."""
+        return replace(self, **(update or {}))
+
+    def model_dump(self, *, by_alias: bool = False) -> dict[str, Any]:
+        """The fields as a dict, keyed by their camelCase names with ``by_alias``."""
+        return {
+            item.metadata["alias"] if by_alias else item.name: getattr(self, item.name)
+            for item in fields(self)
+        }
+
+    def to_json_bytes(self) -> bytes:
+        """The file's bytes: camelCase keys, the six required ones first."""
+        return (json.dumps(self.model_dump(by_alias=True), indent=2) + "\n").encode()
+
+    def scan_facts(self) -> tuple[int, str | None, str | None, str | None, int]:
+        """The keys that must agree with the version files on disk."""
+        return (
+            self.version_count,
+            self.oldest_timestamp,
+            self.newest_timestamp,
+            self.latest_version,
+            self.future_versions,
+        )

@@ -1,0 +1,586 @@
+"""The versioned history: version files, the latest link, ``_metadata.json``, retention.
+
+The public operations are ``initialize``, ``save_version``, ``cleanup_old_versions``,
+``get_storage_metadata`` and ``list_versions``, plus read queries; a group of versions
+is made durable with one fsync by ``batch()`` (the watcher's way to write).
+
+What is true, and what is derived:
+
+* The **version files** are the truth. Each is written once through
+  :mod:`ingester.history.durable` (temp, fsync, link, fsync folder), is read-only, and is never
+  modified. Their names sort in ingestion order.
+* The **latest link** and **metadata** are caches of that truth: cheap to rebuild from a
+  scan, and rebuilt by :meth:`HistoryStore.initialize` whenever they disagree with it.
+  Only the two totals (created/deleted) cannot be derived; after a crash they are best
+  effort and never decrease.
+* The store keeps the sorted list of version names in memory, loaded by one scan, so a
+  save and its cleanup cost the same with 20,000 versions as with 100.
+
+A ``HistoryStore`` assumes it is the only writer of its history; the caller makes that
+so with :class:`ingester.history.lock.HistoryLock`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..clock import utc_now
+from ..errors import CacheNotRefreshed, StorageError, unreadable
+from . import durable
+from .base import derive_metadata, latest_name
+from .names import format_timestamp, generate_version_filename, is_version_name
+
+if TYPE_CHECKING:
+    from ..payload.model import ConsoleUsageDataSync
+from .batch import Batch
+from .metadata import MetadataCorrupt, StorageMetadata
+from .retention import (
+    Decision,
+    RetentionPlan,
+    RetentionPolicy,
+    expired_prefix,
+    future_suffix,
+    plan_retention,
+)
+
+__all__ = ["CacheNotRefreshed", "CleanupResult", "HistoryStore", "InitReport"]
+
+log = logging.getLogger("ingester.store")
+
+METADATA_NAME = "_metadata.json"
+LOCK_NAME = ".lock"
+VERSION_MODE = 0o444
+METADATA_MODE = 0o644
+LATEST_TEMP_PREFIXES = (durable.LINK_TEMP_PREFIX, durable.WRITE_TEMP_PREFIX)
+"""Temp files the latest link's folder may hold (a link, or a copy where links fail)."""
+
+
+@dataclass(frozen=True)
+class CleanupResult:
+    """What one cleanup did."""
+
+    deleted: list[str]
+    retained: int
+    future: int
+    at: datetime
+
+
+@dataclass
+class InitReport:
+    """What :meth:`HistoryStore.initialize` found and repaired."""
+
+    removed_temps: list[str] = field(default_factory=list)
+    metadata_rebuilt: str | None = None
+    metadata_created: bool = False
+    latest_repaired: str | None = None
+    cache_errors: list[StorageError] = field(default_factory=list)
+
+
+RetentionHold = Callable[[Path, Sequence[str], int], tuple[int, str | None]]
+"""Something that may keep expired versions from retention (the mirror, until it has
+uploaded them): given the history folder, every version name (oldest first) and how
+many of the oldest the policy would delete, it returns how many may go now and a
+warning for the log (or ``None``). See :func:`ingester.mirror.state.mirror_hold`."""
+
+
+class HistoryStore:
+    """The history folder and its latest link, and the operations on them.
+
+    ``hold``: retention's hold (:data:`RetentionHold`); without one, retention deletes
+    all the policy lets it. :meth:`ingester.settings.Settings.store` passes the
+    mirror's, which reads its state file in the history when there is one.
+    """
+
+    def __init__(
+        self,
+        history_dir: Path,
+        latest_path: Path,
+        policy: RetentionPolicy | None = None,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        hold: RetentionHold | None = None,
+    ) -> None:
+        self.history_dir = Path(os.path.abspath(history_dir))
+        self.hold = hold
+        self._history = os.fspath(self.history_dir)
+        self.latest_path = Path(os.path.abspath(latest_path))
+        self.policy = policy or RetentionPolicy()
+        self.clock = clock
+        self._names: list[str] = []
+        self._meta = StorageMetadata()
+        self._loaded = False
+        self._spare: durable.SpareFile | None = None
+        self._floor: str | None = None  # the highest name withdrawn
+        self._given: str | None = None  # the last name next_version_name gave
+        self._link_folder: str | None = None  # see link_target
+
+    # -- paths -------------------------------------------------------------------
+
+    @property
+    def metadata_path(self) -> Path:
+        """``<history>/_metadata.json``."""
+        return self.history_dir / METADATA_NAME
+
+    @property
+    def lock_path(self) -> Path:
+        """``<history>/.lock``, the one-writer lock."""
+        return self.history_dir / LOCK_NAME
+
+    def version_path(self, name: str) -> Path:
+        """Where the version ``name`` lives."""
+        return self.history_dir / name
+
+    def link_target(self, name: str) -> str:
+        """The relative target of the latest link for version ``name``.
+
+        The kernel follows a relative target from the link's real folder, so ``..`` in
+        it climbs out of the real folder, not the one named. The history is named as
+        logically as still resolves from there: through its own path when that works
+        (``console-usage-history/<v>.json`` even when that folder is a symlink to
+        another disk, so a copy of the root holds a link into its own history), else
+        through its real parent folder, else through its real path.
+        """
+        if self._link_folder is None:
+            self._link_folder = self._find_link_folder()
+        return os.path.join(self._link_folder, name)
+
+    def _find_link_folder(self) -> str:
+        # Resolving the folders costs a dozen stats: done once, and again after each
+        # scan of the history (a rescan), not on every move of the link.
+        link_dir = os.path.realpath(self.latest_path.parent)
+        history = os.fspath(self.history_dir)
+        real_history = os.path.realpath(history)
+        candidates = (
+            os.path.relpath(history, self.latest_path.parent),
+            os.path.relpath(
+                os.path.join(os.path.realpath(os.path.dirname(history)), self.history_dir.name),
+                link_dir,
+            ),
+        )
+        for folder in candidates:
+            if os.path.realpath(os.path.join(link_dir, folder)) == real_history:
+                return folder
+        return os.path.relpath(real_history, link_dir)
+
+    # -- loading -----------------------------------------------------------------
+
+    def scan(self) -> list[str]:
+        """Re-read the version names from disk (sorted, oldest first); no writes."""
+        try:
+            with os.scandir(self.history_dir) as entries:
+                names = [
+                    e.name
+                    for e in entries
+                    if is_version_name(e.name) and e.is_file(follow_symlinks=False)
+                ]
+        except OSError as exc:
+            raise StorageError("list", self.history_dir, exc) from exc
+        names.sort()
+        self._names = names
+        self._loaded = True
+        self._link_folder = None
+        return list(names)
+
+    def read_metadata_file(self) -> tuple[StorageMetadata, str | None]:
+        """The metadata as stored, and why it is unusable (``None`` when it is fine)."""
+        try:
+            raw = self.metadata_path.read_bytes()
+        except FileNotFoundError:
+            return StorageMetadata(), "missing"
+        except OSError as exc:
+            return StorageMetadata(), unreadable(exc)
+        try:
+            return StorageMetadata.model_validate_json(raw), None
+        except MetadataCorrupt:
+            return StorageMetadata(), "corrupt"
+
+    def load(self) -> None:
+        """Scan the history and read the metadata, without writing anything."""
+        self.scan()
+        stored, _problem = self.read_metadata_file()
+        self._meta = self._derive(stored)
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self.load()
+
+    def initialize(self) -> InitReport:
+        """Create the folders, sweep stale temp files, and repair metadata and latest link.
+
+        Idempotent. Call it with the history lock held. The metadata and the latest link
+        are caches: a failure to write them is listed in ``cache_errors``, never raised
+        (only a history that cannot be made or listed raises :class:`StorageError`).
+        """
+        report = InitReport()
+        try:
+            self.history_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError("create folder", self.history_dir, exc) from exc
+        try:
+            self.latest_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            report.cache_errors.append(StorageError("create folder", self.latest_path.parent, exc))
+        report.removed_temps += durable.remove_stale_temps(self.history_dir)
+        for prefix in LATEST_TEMP_PREFIXES:
+            with contextlib.suppress(StorageError):  # a cache's folder: never blocks a start
+                report.removed_temps += durable.remove_stale_temps(self.latest_path.parent, prefix)
+        self.scan()
+        stored, problem = self.read_metadata_file()
+        self._meta = self._derive(stored)
+        if problem is None and stored.scan_facts() != self._meta.scan_facts():
+            problem = "out of date"
+        if problem is not None:
+            # A new history's first metadata is no repair.
+            if problem == "missing" and not self._names:
+                report.metadata_created = True
+            else:
+                report.metadata_rebuilt = problem
+            try:
+                self._write_metadata()
+            except StorageError as exc:
+                report.cache_errors.append(exc)
+        try:
+            latest_problem = self.latest_problem()
+            if latest_problem is not None:
+                self._update_latest()
+                report.latest_repaired = latest_problem  # only once it really was
+        except StorageError as exc:
+            report.cache_errors.append(exc)
+        return report
+
+    def cache_problems(self) -> tuple[str | None, str | None]:
+        """Why the metadata file and the latest link disagree with the versions in memory.
+
+        ``(metadata problem, latest link problem)``, each ``None`` when fine; cheap
+        (one small read, one ``readlink``), for a periodic check. No writes.
+        """
+        self._ensure_loaded()
+        stored, meta_problem = self.read_metadata_file()
+        if meta_problem is None and stored.scan_facts() != self._derive(stored).scan_facts():
+            meta_problem = "out of date"
+        try:
+            latest_problem = self.latest_problem()
+        except OSError as exc:
+            latest_problem = unreadable(exc)
+        return meta_problem, latest_problem
+
+    def write_metadata(self, *, created_at_least: int = 0) -> None:
+        """Rewrite ``_metadata.json`` from the versions in memory (atomically).
+
+        ``created_at_least`` raises ``totalVersionsCreated`` to at least that many: how a
+        version stored without :meth:`save_version` (adopt's kept snapshot) is counted.
+        Raises :class:`StorageError`.
+        """
+        self._ensure_loaded()
+        if created_at_least > self._meta.total_versions_created:
+            self._meta = self._meta.model_copy(update={"total_versions_created": created_at_least})
+        self._write_metadata()
+
+    # -- derived facts -------------------------------------------------------------
+
+    def _derive(self, base: StorageMetadata) -> StorageMetadata:
+        """``base`` with every scan-derived key recomputed from the names in memory."""
+        return derive_metadata(self._names, self.clock(), base)
+
+    def latest_version_name(self, now: datetime | None = None) -> str | None:
+        """The newest version that is not future-dated: what the latest link names."""
+        return latest_name(self._names, now or self.clock())
+
+    def latest_problem(self) -> str | None:
+        """Why the latest link does not name the newest version, or ``None`` if it does."""
+        self._ensure_loaded()
+        newest = self.latest_version_name()
+        link = self.latest_path
+        if newest is None:
+            return "points at a version that is gone" if os.path.lexists(link) else None
+        if link.is_symlink():
+            target = os.readlink(link)
+            if target != self.link_target(newest):
+                if not os.path.exists(link):
+                    return f"points at {target}, which is missing (the newest is {newest})"
+                return f"points at {target}, not {newest}"
+            try:
+                if os.path.samefile(link, self.version_path(newest)):
+                    return None
+            except OSError:
+                pass
+            return f"does not resolve to {newest}"
+        if link.is_dir():
+            return "a folder, not a link"
+        if not link.exists():
+            return "missing"
+        try:
+            same = link.read_bytes() == self.version_path(newest).read_bytes()
+        except OSError as exc:
+            return unreadable(exc)
+        return None if same else f"a copy that is not {newest}"
+
+    # -- the public operations ------------------------------------------------------
+
+    def get_storage_metadata(self) -> StorageMetadata:
+        """The current metadata (rebuilt from a scan when the file is missing or corrupt)."""
+        self._ensure_loaded()
+        return self._meta.model_copy()
+
+    def list_versions(self, limit: int | None = None) -> list[Path]:
+        """Version paths, newest first, at most ``limit`` of them."""
+        self._ensure_loaded()
+        names = self._names[::-1] if limit is None else self._names[: -limit - 1 : -1]
+        return [self.version_path(n) for n in names]
+
+    def version_names(self) -> list[str]:
+        """All version names, oldest first (a copy)."""
+        self._ensure_loaded()
+        return list(self._names)
+
+    def next_version_name(self) -> str:
+        """A fresh name that sorts above every non-future version and every name given before."""
+        self._ensure_loaded()
+        after = self.latest_version_name()
+        # A name taken back stays used (its claim may wait), and so does one handed out
+        # for a version not linked yet (a group links its versions together).
+        for used in (self._floor, self._given):
+            if used is not None and (after is None or used > after):
+                after = used
+        name = generate_version_filename(self.clock(), after=after)
+        self._given = name
+        return name
+
+    def write_version(self, name: str, data: bytes) -> Path:
+        """Durably store ``data`` as version ``name``; the latest link and metadata wait.
+
+        Once this returns the version is on disk for good. Call :meth:`publish` to
+        re-point the latest link and rewrite the metadata (once per batch is enough).
+        """
+        return self._commit_version(self._stage_version(data, sync=True), name, sync=True)
+
+    def has_version(self, name: str) -> bool:
+        """Whether version ``name`` is on disk."""
+        return os.path.lexists(os.path.join(self._history, name))
+
+    @contextlib.contextmanager
+    def batch(self, *, update_latest: bool = True) -> Iterator[Batch]:
+        """Add versions as one group, made durable together by one fsync of the history.
+
+        Inside the block, :meth:`Batch.stage` then :meth:`Batch.commit`, or
+        :meth:`Batch.link`, add versions whose names are not durable yet. On leaving it
+        (also when the block raised), if any were added: the latest link is re-pointed
+        (unless ``update_latest`` is False; a failure is kept in ``Batch.latest_error``,
+        never raised: the link is a cache), then the history is fsynced once. If that
+        fsync fails, every name of the group is taken back (and never given again), the
+        latest link re-pointed, and :class:`StorageError` raised. Setting
+        ``Batch.keep_spare`` makes an empty temp file afterwards, for the next copy.
+        """
+        group = Batch(self)
+        try:
+            yield group
+        finally:
+            if group.names:
+                group._finish(update_latest)
+
+    def close(self) -> None:
+        """Remove the store's unused spare temp file, if any (on shutdown)."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            try:
+                spare.discard()
+            except StorageError as exc:
+                log.error("%s (an empty temp file, swept on the next start)", exc)
+
+    def remove_stale_temps(self) -> list[str]:
+        """Remove temp files a failed step left in the history and the latest's folder.
+
+        Call with the history lock held, between writes. Returns the names removed.
+        """
+        self.close()  # or the sweep would take the spare for a leftover
+        removed = durable.remove_stale_temps(self.history_dir)
+        for prefix in LATEST_TEMP_PREFIXES:
+            removed += durable.remove_stale_temps(self.latest_path.parent, prefix)
+        return removed
+
+    # -- one group of versions (see batch) -----------------------------------------
+
+    def _stage_version(self, data: bytes, *, sync: bool = False) -> durable.StagedFile:
+        spare, self._spare = self._spare, None
+        return durable.StagedFile(self.history_dir, data, VERSION_MODE, sync=sync, spare=spare)
+
+    def _prepare_spare(self) -> None:
+        if self._spare is None:
+            self._spare = durable.SpareFile(self.history_dir)
+
+    def _counted(self, name: str) -> None:
+        bisect.insort(self._names, name)
+        self._meta = self._meta.model_copy(
+            update={"total_versions_created": self._meta.total_versions_created + 1}
+        )
+
+    def _commit_version(self, staged: durable.StagedFile, name: str, *, sync: bool = False) -> Path:
+        self._ensure_loaded()
+        path = staged.commit(name, sync_dir=sync)
+        self._counted(name)
+        return path
+
+    def _withdraw_version(self, name: str) -> None:
+        """Take back a version whose name could not be made durable (best effort).
+
+        The name is never given again (its claim may still be waiting).
+        """
+        if self._floor is None or name > self._floor:
+            self._floor = name
+        with contextlib.suppress(OSError):
+            durable.unlink_entry(self.version_path(name))
+        index = bisect.bisect_left(self._names, name)
+        if index < len(self._names) and self._names[index] == name:
+            del self._names[index]
+            self._meta = self._meta.model_copy(
+                update={"total_versions_created": max(0, self._meta.total_versions_created - 1)}
+            )
+
+    def publish(self) -> None:
+        """Re-point the latest link at the newest version and rewrite the metadata."""
+        self.update_latest()
+        self._write_metadata()
+
+    def update_latest(self, *, sync: bool = True) -> None:
+        """Re-point the latest link at the newest non-future version (atomically).
+
+        With ``sync=False`` the caller fsyncs the link's folder.
+        """
+        self._ensure_loaded()
+        self._update_latest(sync=sync)
+
+    def save_version(self, data: bytes | ConsoleUsageDataSync) -> Path:
+        """Store one payload as a new version, re-point the latest link, refresh the metadata.
+
+        ``data`` is a drop's raw bytes (stored unchanged; validate them first with
+        :func:`ingester.payload.model.judge_payload`) or a model (stored as its JSON).
+        Returns the path of the new version. Retention is not applied: call
+        :meth:`cleanup_old_versions` after it. Raises :class:`StorageError` when nothing
+        was stored, and :class:`CacheNotRefreshed` (a subclass) when the version was
+        stored but the latest link or the metadata could not be refreshed.
+        """
+        if not isinstance(data, bytes):
+            data = data.model_dump_json(exclude_unset=True).encode()
+        path = self.write_version(self.next_version_name(), data)
+        try:
+            self.publish()
+        except StorageError as exc:
+            raise CacheNotRefreshed(path, exc) from exc
+        return path
+
+    def plan_cleanup(self, now: datetime | None = None) -> RetentionPlan:
+        """The retention decision for every version; changes nothing."""
+        self._ensure_loaded()
+        plan = plan_retention(self._names, now or self.clock(), self.policy)
+        return self._hold_for_mirror(plan)
+
+    def _deletable(self, expired: int) -> tuple[int, str | None]:
+        if self.hold is None:
+            return expired, None
+        return self.hold(self.history_dir, self._names, expired)
+
+    def _hold_for_mirror(self, plan: RetentionPlan) -> RetentionPlan:
+        """``plan`` with the deletions a configured mirror has not caught up with kept."""
+        expired = len(plan.delete)
+        allowed, _warning = self._deletable(expired)
+        if allowed == expired:
+            return plan
+        held = set(plan.delete[allowed:])
+        decisions = tuple(
+            Decision(d.name, d.timestamp, "keep", "not-mirrored") if d.name in held else d
+            for d in plan.decisions
+        )
+        return RetentionPlan(decisions, plan.now, plan.policy)
+
+    def cleanup_old_versions(
+        self, now: datetime | None = None, *, hold_deletions: bool = False
+    ) -> CleanupResult:
+        """Delete expired versions and refresh the metadata.
+
+        Looks only at the expired versions (a prefix of the sorted names), so its cost
+        does not grow with the history. Never deletes the newest or a future version.
+        With ``hold_deletions`` nothing is deleted (the clock is not trusted) and only
+        the metadata is refreshed. A cleanup that deleted something is logged at info,
+        one that deleted nothing at debug (an idle watcher runs many).
+        """
+        self._ensure_loaded()
+        now = now or self.clock()
+        count = expired_prefix(self._names, now, self.policy)
+        # A configured mirror holds back what it has not uploaded yet (bounded).
+        count, warning = (0, None) if hold_deletions else self._deletable(count)
+        doomed = self._names[:count]
+        if warning is not None:
+            log.warning("%s", warning)
+        deleted: list[str] = []
+        failure: StorageError | None = None
+        for name in doomed:
+            try:
+                durable.remove_file(self.version_path(name))
+            except StorageError as exc:
+                failure = exc
+                break
+            deleted.append(name)
+        del self._names[: len(deleted)]
+        updates: dict[str, Any] = {
+            "total_versions_deleted": self._meta.total_versions_deleted + len(deleted)
+        }
+        if failure is None and not hold_deletions:
+            updates["last_cleanup"] = format_timestamp(now)
+        self._meta = self._meta.model_copy(update=updates)
+        if deleted:
+            durable.fsync_dir(self.history_dir)
+        self._write_metadata()
+        if failure is not None:
+            raise failure
+        result = CleanupResult(
+            deleted=deleted,
+            retained=len(self._names),
+            future=future_suffix(self._names, now),
+            at=now,
+        )
+        log.log(
+            logging.INFO if deleted else logging.DEBUG,
+            "cleanup deleted %d, retained %d%s",
+            len(deleted),
+            result.retained,
+            f" ({result.future} future-dated)" if result.future else "",
+            extra={"event": "cleanup", "deleted": len(deleted), "retained": result.retained},
+        )
+        return result
+
+    # -- caches --------------------------------------------------------------------
+
+    def _update_latest(self, *, sync: bool = True) -> None:
+        newest = self.latest_version_name()
+        if newest is None:
+            durable.remove_file(self.latest_path)
+            return
+        source = self.version_path(newest)
+
+        def copy_of_newest() -> bytes:
+            try:
+                return source.read_bytes()
+            except OSError as exc:
+                raise StorageError("read", source, exc) from exc
+
+        durable.replace_symlink(
+            self.latest_path, self.link_target(newest), fallback=copy_of_newest, sync_dir=sync
+        )
+
+    def _write_metadata(self) -> None:
+        self._meta = self._derive(self._meta)
+        durable.write_file(
+            self.history_dir,
+            METADATA_NAME,
+            self._meta.to_json_bytes(),
+            mode=METADATA_MODE,
+            replace=True,
+        )

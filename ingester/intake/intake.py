@@ -1,0 +1,527 @@
+"""One drop, exactly once: read, judge, claim, seal, link; release; and recovery.
+
+The steps and what a crash at each leaves are described in ``docs/design.md`` (its
+numbering is used here). :meth:`Intake.take` runs steps 1-6 for one drop and returns
+an :class:`Outcome`; it never reaches into the service loop's bookkeeping. The loop
+applies the outcome once: counts, logs, per-drop backoff, when to look again. Step 7
+(the group's latest link and history fsync) is the loop's; then :meth:`Intake.release`
+runs step 8 for each stored drop. :mod:`ingester.intake.recovery` finishes the claims a crash
+or a failure left, as a pure function of their names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import IngesterError, PayloadRejected, StorageError
+from ..history import durable
+from ..history.batch import Batch
+from ..history.store import VERSION_MODE, HistoryStore
+from ..payload.gate import check_payload
+from .arrivals import How
+from .outcomes import Blocked, Deferred, Dropped, GroupFailure, Ignored, Outcome, Rejected, Stored
+from .readiness import Folder, Gone, Readiness, Wait, writers_present
+from .spool import Opened, Spool, open_entry
+
+__all__ = ["Intake"]
+
+log = logging.getLogger("ingester.watcher")
+
+
+@dataclass
+class _Claimed:
+    """A drop of the current group: claimed, its bytes not durable yet (step 5 waits).
+
+    ``staged`` is its copy in the history; ``fd`` (zero-copy) its own inode, open.
+    """
+
+    stored: Stored
+    claim: str
+    path: str
+    opened: Opened
+    staged: durable.StagedFile | None = None
+    fd: int | None = None
+
+    def unsynced(self) -> int | None:
+        """The descriptor step 5 fsyncs: the copy's, or the claimed inode's (None: none)."""
+        if self.staged is not None:
+            return self.staged.unsynced()
+        return self.fd
+
+    def synced(self, error: OSError | None) -> None:
+        """Step 5 done (the bytes on disk, and the inode's mode), or failed: StorageError."""
+        if self.staged is not None:
+            self.staged.synced(error)
+            return
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        os.close(fd)
+        if error is not None:
+            raise StorageError("seal", self.claim, error) from error
+
+    def close(self) -> None:
+        """Let go of the copy and the descriptor (after a failure)."""
+        if self.staged is not None:
+            self.staged.discard()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class _DropWaits(IngesterError):
+    """Inside :meth:`Intake._claim`: this drop alone cannot be claimed."""
+
+    def __init__(self, error: StorageError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass
+class Intake:
+    """The drop path, with what it must remember between a drop's steps.
+
+    ``settle`` (seconds) is how long a drop found changed waits before another look.
+    Store failures of the history raise :class:`StorageError`; the loop backs off.
+    """
+
+    store: HistoryStore
+    spool: Spool
+    max_bytes: int
+    readiness: Readiness
+    settle: float
+    euid: int = field(default_factory=os.geteuid)
+    umask: int = field(default_factory=durable.current_umask)
+    same_fs: bool = False
+    history_id: tuple[int, int] = (0, 0)
+    copied: bool = False  # drops of another user seen: keep a spare temp file ready
+    _copied_claims: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _group: list[_Claimed] = field(default_factory=list)
+    _spool: str = ""  # the spool and .claimed/ as strings: the drop path joins names to them
+    _claimed: str = ""
+
+    def __post_init__(self) -> None:
+        self._spool = os.fspath(self.spool.dir)
+        self._claimed = os.fspath(self.spool.claimed_dir)
+
+    # -- start ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Make the spool's folders and check ``.claimed/`` (raises ``OSError``)."""
+        self.spool.ensure_folders()
+        history = os.stat(self.store.history_dir)
+        self.history_id = (history.st_dev, history.st_ino)
+        claimed = self.spool.check_claimed(self.euid, self.history_id)
+        self.same_fs = claimed[0] == history.st_dev
+
+    def check_claimed(self) -> None:
+        """Every use of ``.claimed/`` checks it is still our own real folder.
+
+        One removed by hand is made again (as at start); anything else in its place
+        raises :class:`StorageError` naming the folder and what is wrong.
+        """
+        try:
+            self.spool.check_claimed(self.euid, self.history_id)
+        except StorageError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            self.spool.ensure_folders()
+            self.spool.check_claimed(self.euid, self.history_id)
+
+    # -- steps 1-6 ------------------------------------------------------------------
+
+    def take(self, name: str, how: How, batch: Batch) -> Outcome:
+        """Steps 1-4 for ``<spool>/name`` in the current group: what became of it.
+
+        A valid drop is claimed and its bytes staged (a copy) or made read-only (its own
+        inode), not yet durable: it is returned as a pending :class:`Stored`, and
+        :meth:`commit_group` makes the whole group durable and links its versions.
+        """
+        path = os.path.join(self._spool, name)
+        ready = self.readiness.check(path, how)
+        if isinstance(ready, Gone):
+            return self._done(Dropped(name))
+        if isinstance(ready, Folder):
+            return _folder(name, self.spool.dir)
+        if isinstance(ready, Wait):
+            return Deferred(name, ready.until)
+        started = time.perf_counter()
+        opened = self.open_and_judge(path, name, may_be_open=ready.may_be_open)
+        if not isinstance(opened, Opened):
+            return opened
+        # 3. stage. Zero-copy when the drop is ours alone and on the history's
+        # filesystem: its own inode becomes the version (as a rename would), made
+        # read-only and fsynced. Otherwise (another user's file, other filesystem)
+        # the bytes are copied, so no one else can ever write to a version.
+        zero_copy = self.same_fs and opened.uid == self.euid and opened.nlink == 1
+        if not zero_copy:
+            self.copied = True
+        staged = None if zero_copy else batch.stage(opened.data)
+        try:
+            claimed = self._claim(path, name, opened, staged, batch, started)
+        except _DropWaits as exc:
+            if staged is not None:
+                staged.discard()
+            return Blocked(name, "claim", exc.error)
+        except BaseException:
+            if staged is not None:
+                staged.discard()
+            raise
+        if not isinstance(claimed, _Claimed) and staged is not None:
+            staged.discard()  # the group holds the copies of the drops it claimed
+        if isinstance(claimed, Deferred):
+            self.readiness.forget(name)
+            return claimed
+        self._done(Dropped(name))
+        if claimed is None:
+            return Dropped(name)
+        return claimed.stored
+
+    def open_and_judge(
+        self,
+        path: durable.StrPath,
+        name: str,
+        *,
+        may_be_open: os.stat_result | None = None,
+        claimed: bool = False,
+    ) -> Opened | Outcome:
+        """Steps 1 and 2: read ``path`` (never following a link) and judge its bytes.
+
+        Returns what was read when it is a valid payload; otherwise what became of it:
+        set aside in quarantine (invalid, not a regular file, or a mode we cannot read),
+        gone, a folder, or (``may_be_open``: judged complete by stability alone) left to
+        its writer a while longer. A ``claimed`` file is our own: one we cannot read is
+        a storage failure to retry, never a reason to set it aside.
+        """
+        # 1. read
+        try:
+            opened = open_entry(path, self.max_bytes)
+        except StorageError as exc:
+            if claimed or exc.errno not in (errno.EACCES, errno.EPERM):
+                raise
+            # The writer gave it a mode we cannot read: a problem of this drop alone,
+            # so set it aside instead of holding up every drop behind it.
+            return self._reject(path, name, f"cannot read: {exc.strerror}")
+        if opened is None:
+            return Dropped(name)
+        if not isinstance(opened, Opened):
+            if opened.is_dir and not claimed:
+                return _folder(name, self.spool.dir)
+            return self._reject(path, name, f"not a regular file: a {opened.kind}, never opened")
+        # 2. judge
+        try:
+            if opened.size > self.max_bytes:
+                raise PayloadRejected(
+                    f"drop is {opened.size} bytes, over the limit of {self.max_bytes}"
+                )
+            check_payload(opened.data, max_bytes=self.max_bytes)
+        except PayloadRejected as exc:
+            if may_be_open is not None:
+                until = self.readiness.still_being_written(name, may_be_open)
+                if until is not None:
+                    return Deferred(name, until)
+            return self._reject(path, name, exc.reason, exc.errors, exc.kind)
+        return opened
+
+    def _claim(
+        self,
+        path: str,
+        name: str,
+        opened: Opened,
+        staged: durable.StagedFile | None,
+        batch: Batch,
+        started: float,
+    ) -> _Claimed | Deferred | None:
+        """Step 4 and the checks of step 5: None if the drop went away; Deferred if changed.
+
+        What is claimed is what is stored: after the claim, its bytes are compared with
+        the bytes judged (an inode number alone can name another file by then). If they
+        differ, the claim goes back to the spool, to be judged again as it is now.
+        Raises :class:`_DropWaits` when this drop alone cannot be claimed.
+        """
+        version = self.store.next_version_name()
+        claim = os.path.join(self._claimed, version)
+        self.check_claimed()
+        if os.path.lexists(claim):
+            # Only this process writes in .claimed/, so the check cannot race; a claim
+            # of that name waits for recovery and must never be replaced.
+            raise StorageError("claim", claim, FileExistsError(errno.EEXIST, "claim exists"))
+        # 4. claim
+        try:
+            durable.rename_entry(path, claim)
+        except FileNotFoundError as exc:
+            if not os.path.lexists(path):
+                return None  # taken or removed meanwhile
+            # .claimed/ is gone (removed by hand?): make it again, and retry the drop.
+            self.spool.ensure_folders()
+            raise StorageError("claim", path, exc) from exc
+        except OSError as exc:
+            # The drop itself cannot be moved (made immutable, say): it waits alone.
+            raise _DropWaits(StorageError("claim", path, exc)) from exc
+        item = _Claimed(
+            Stored(name, version, len(opened.data), started), claim, path, opened, staged
+        )
+        # 5. seal, first half: the claimed inode made read-only, or the copy checked
+        # against the claim. The fsyncs wait for the rest of the group.
+        try:
+            if staged is None:
+                sealed = self._seal(claim, opened)
+                if isinstance(sealed, int):
+                    item.fd = sealed
+                else:
+                    with contextlib.suppress(OSError):
+                        durable.set_mode(claim, stat.S_IMODE(opened.mode))
+                    if sealed != "copy":
+                        return self._changed(claim, path, name)
+                    # Someone may still hold it open for writing, or leases are not
+                    # offered here: store a copy of the bytes judged (the claim's own,
+                    # compared below), never the inode itself.
+                    item.staged = staged = batch.stage(opened.data)
+                    self.copied = True
+            if staged is not None:
+                seen = self._holds(claim, opened.data)
+                if seen is None:
+                    staged.discard()
+                    return self._changed(claim, path, name)
+                self._copied_claims[version] = seen
+                staged.start_writeback()
+        except StorageError:
+            self._undo(item)
+            raise
+        self._group.append(item)
+        return item
+
+    # -- steps 5 and 6, once per group -------------------------------------------------
+
+    def commit_group(self, batch: Batch) -> tuple[list[Stored], GroupFailure | None]:
+        """Steps 5 and 6 for every drop claimed since the last call.
+
+        Each drop's bytes (its copy, or its own inode) and ``.claimed/`` are fsynced,
+        all at once: every claim is durable before any of the group's versions is named.
+        Then each version is linked into ``batch`` (the commit point; its name is made
+        durable when the batch ends). Returns the drops committed, and the error that
+        stopped the group, if one did: the drop it hit and those after it are put back
+        in the spool (or, failing that, left claimed for recovery). Never raises
+        :class:`StorageError`.
+        """
+        group, self._group = self._group, []
+        error: GroupFailure | None = None
+        synced: list[_Claimed] = []
+        if not group:
+            return [], None
+        # 5. seal: every drop's bytes and .claimed/ fsynced at once (each its own fsync,
+        # each error its own file's); all of them done before the first link.
+        try:
+            folder = durable.open_dir(self.spool.claimed_dir)
+        except StorageError as exc:
+            return [], GroupFailure(None, exc, self._undo_all(group))
+        fds = [item.unsynced() for item in group]
+        try:
+            results = durable.fsync_each([*(fd for fd in fds if fd is not None), folder])
+        finally:
+            os.close(folder)
+        claimed_error = results.pop()
+        each = iter(results)
+        for n, item in enumerate(group):
+            try:
+                item.synced(next(each) if fds[n] is not None else None)
+            except StorageError as exc:
+                # A failed write of this drop: it and the drops after it go back to the
+                # spool (to be taken again in their order); those before it go on.
+                error = GroupFailure(item.stored.drop, exc, self._undo_all(group[n:]))
+                break
+            synced.append(item)
+        if claimed_error is not None and synced:
+            failed = StorageError("fsync folder", self.spool.claimed_dir, claimed_error)
+            returned = self._undo_all(synced) + (error.returned if error else [])
+            error = GroupFailure(None, failed, returned)
+            synced = []
+        committed: list[Stored] = []
+        for n, item in enumerate(synced):
+            # 6. link: the commit point (durable with the group's history fsync)
+            try:
+                if item.staged is None:
+                    batch.link(item.claim, item.stored.version)
+                else:
+                    batch.commit(item.staged, item.stored.version)
+            except StorageError as exc:
+                error = GroupFailure(item.stored.drop, exc, self._undo_all(synced[n:]))
+                break
+            committed.append(item.stored)
+        return committed, error
+
+    def _undo_all(self, items: list[_Claimed]) -> list[str]:
+        for item in items:
+            self._undo(item)
+        return [item.stored.drop for item in items]
+
+    def _undo(self, item: _Claimed) -> None:
+        """A claimed drop that will not be committed now: back to the spool, as it was.
+
+        If its version's name could not be taken back, the claim stays, and recovery
+        (after the backoff) makes sure the drop is stored exactly once.
+        """
+        version = item.stored.version
+        self._copied_claims.pop(version, None)
+        item.close()
+        if self.store.has_version(version):
+            return
+        if item.staged is None:
+            with contextlib.suppress(OSError):
+                durable.set_mode(item.claim, stat.S_IMODE(item.opened.mode))
+        self._unclaim(item.claim, item.path)
+
+    def _changed(self, claim: str, path: str, name: str) -> Deferred:
+        """The claimed file is not the one judged: another file, or other bytes.
+
+        Nothing is stored and nothing is deleted: the claim goes back to the spool as
+        it is (or, if its name is taken meanwhile, stays for recovery, which judges
+        the claimed bytes), and the drop is looked at again.
+        """
+        log.warning("%s changed while being taken; looking at it again", name)
+        self._unclaim(claim, path)
+        return Deferred(name, time.monotonic() + self.settle, claim_left=True)
+
+    def _holds(self, claim: str, data: bytes) -> tuple[int, int] | None:
+        """The claim's ``(st_size, st_mtime_ns)`` if it holds exactly ``data``, else None.
+
+        Read without following links. The stat lets the release see a later write.
+        """
+        try:
+            fd = os.open(claim, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StorageError("open claim", claim, exc) from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or os.pread(fd, len(data) + 1, 0) != data:
+                return None
+            return st.st_size, st.st_mtime_ns
+        except OSError as exc:
+            raise StorageError("read claim", claim, exc) from exc
+        finally:
+            os.close(fd)
+
+    def _seal(self, claim: str, opened: Opened) -> int | str:
+        """Make the claimed drop's own inode a version: read-only (less the umask).
+
+        Returns its open descriptor, for :meth:`commit_group` to fsync; or, with nothing
+        sealed: ``"changed"`` (another file, another link to it, or bytes other than
+        those judged), ``"copy"`` (the bytes judged, but someone may hold it open for
+        writing: a read lease is refused or not offered).
+        """
+        try:
+            fd = os.open(claim, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StorageError("open claim", claim, exc) from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or (st.st_ino, st.st_nlink, st.st_size) != (
+                opened.ino,
+                1,
+                len(opened.data),
+            ):
+                os.close(fd)
+                return "changed"
+            durable.set_fd_mode(fd, VERSION_MODE & ~self.umask)
+            if writers_present(fd) is not False:
+                os.close(fd)
+                return "copy"  # the copy path compares the claim's bytes first
+            if os.pread(fd, len(opened.data) + 1, 0) != opened.data:
+                os.close(fd)
+                return "changed"
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError("seal", claim, exc) from exc
+        return fd
+
+    # -- step 8 ---------------------------------------------------------------------
+
+    def release(self, item: Stored) -> StorageError | None:
+        """Step 8, once the version's name is durable: remove the drop's claim.
+
+        Returns the error when the claim could not be removed (recovery removes it
+        later: its version exists). A claim written to after its copy was stored goes
+        back to the spool as a new drop instead (or stays for recovery).
+        """
+        claim = os.path.join(self._claimed, item.version)
+        seen = self._copied_claims.pop(item.version, None)
+        if seen is not None and _written_since(claim, seen):
+            # A writer still holding the file added to it after its copy was stored:
+            # those bytes are not stored, so the claim is not deleted.
+            log.warning("%s was written to after it was stored; taking it again", item.drop)
+            self._unclaim(claim, os.path.join(self._spool, item.drop))
+            return None
+        try:
+            durable.remove_file(claim)
+        except StorageError as exc:
+            return exc
+        return None
+
+    def withdrawn(self, item: Stored) -> None:
+        """The group's fsync failed: ``item``'s version was taken back; its claim stays."""
+        self._copied_claims.pop(item.version, None)
+
+    # -- putting a claim back ---------------------------------------------------------
+
+    def _unclaim(self, claim: durable.StrPath, path: durable.StrPath) -> None:
+        """Put a claimed drop back in the spool, untouched, after a failure to store it.
+
+        If that fails too (or the name was reused meanwhile), the claim stays and is
+        finished by the recovery path once the fault clears: nothing is lost either way.
+        """
+        folder, claim_name = os.path.split(claim)
+        try:
+            durable.link_entry(claim, path)  # never clobbers a new drop of the same name
+        except OSError as exc:
+            log.warning("%s stays in %s for now: %s", claim_name, folder, exc.strerror)
+            return
+        try:
+            durable.unlink_entry(claim)
+        except OSError as exc:
+            # Both names now hold the drop: keep the claim only, or it would be stored twice.
+            log.warning("%s stays in %s for now: %s", claim_name, folder, exc.strerror)
+            try:
+                durable.unlink_entry(path)
+            except OSError:
+                log.error("%s is both in the spool and claimed; remove one by hand", path)
+
+    def _reject(
+        self,
+        path: durable.StrPath,
+        name: str,
+        reason: str,
+        errors: list[dict[str, Any]] | None = None,
+        kind: str | None = None,
+    ) -> Rejected | Blocked:
+        try:
+            where = self.spool.quarantine(Path(path), name, reason, errors or [{"msg": reason}])
+        except StorageError as exc:
+            # A problem of this drop (or of the rejected folder), not of the history:
+            # it waits on its own, and the valid drops behind it go on.
+            return Blocked(name, "quarantine", exc, reason)
+        self._done(Dropped(name))
+        return Rejected(name, reason, where, kind)
+
+    def _done(self, outcome: Dropped) -> Dropped:
+        self.readiness.forget(outcome.drop)
+        return outcome
+
+
+def _folder(name: str, spool_dir: Path) -> Ignored:
+    return Ignored(name, name, f"ignoring {spool_dir / name}: a folder, not a drop")
+
+
+def _written_since(claim: str, seen: tuple[int, int]) -> bool:
+    try:
+        st = os.lstat(claim)
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns) != seen

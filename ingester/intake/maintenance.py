@@ -1,0 +1,192 @@
+"""The watcher's rounds between groups: the caches, recovery, cleanup, held deletions.
+
+Nothing here is on the ingest path. The latest link and ``_metadata.json`` are caches
+of the version files; recovery finishes what a crash or a failed step left in
+``.claimed/``; retention deletes old versions and quarantined drops. Each backs off on
+its own failures while drops go on being stored, and a wall clock that jumped ahead
+holds automatic deletions back (``docs/design.md``, "Failures").
+
+:class:`Maintenance` keeps what is due (the dirty flags, the backoffs) for one
+:class:`~ingester.intake.watcher.Watcher`, which tells it what happened and when to run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ..clock import Backoff, ClockJump
+from ..errors import StorageError
+from ..history.store import HistoryStore, InitReport
+from ..settings import Settings
+from .housekeeping import RejectedRetention
+from .spool import Spool
+
+__all__ = ["MAINTENANCE_EVERY", "Maintenance"]
+
+log = logging.getLogger("ingester.watcher")
+
+MAINTENANCE_EVERY = 1.0  # seconds between cleanup/metadata rounds while drops keep coming
+
+
+class Maintenance:
+    """The latest link, cleanup and metadata: once per group of drops, not once per drop.
+
+    ``recover`` finishes the claims a crash or a failure left (the watcher applies each
+    outcome); ``clock_jump`` is the watcher's detector, shared so a test can move it.
+    """
+
+    def __init__(
+        self,
+        store: HistoryStore,
+        spool: Spool,
+        settings: Settings,
+        retry_max: float,
+        recover: Callable[[], None],
+        clock_jump: ClockJump,
+    ) -> None:
+        self.store = store
+        self.spool = spool
+        self.clock_jump = clock_jump
+        self._recover = recover
+        self._rejected_retention = RejectedRetention(
+            settings.rejected_dir, settings.rejected_retention_days
+        )
+        self.cache_backoff = Backoff(retry_max)  # the latest link
+        self._backoff = Backoff(retry_max)  # recovery, cleanup and the metadata
+        self.latest_dirty = False
+        self.meta_dirty = True
+        self.sweep_needed = False
+        self._last_round = 0.0
+        self._cache_reported: set[str] = set()
+        self.holding = False  # automatic deletions held back after a wall-clock jump
+
+    def started(self, report: InitReport) -> None:
+        """Say what the store's start found and repaired; a cache it could not write waits."""
+        if report.removed_temps:
+            log.info("removed %d stale temp file(s)", len(report.removed_temps))
+        if report.metadata_created:
+            log.info("new history in %s", self.store.history_dir)
+        if report.metadata_rebuilt:
+            log.warning("metadata rebuilt from a scan (it was %s)", report.metadata_rebuilt)
+        if report.latest_repaired:
+            log.warning("latest link repaired (%s)", report.latest_repaired)
+        for error in report.cache_errors:
+            # Caches never gate ingest: logged, and retried by the maintenance rounds.
+            log.error("cannot refresh a cache (drops are still stored): %s", error)
+            self.latest_dirty = self.meta_dirty = True
+
+    def run(self, now: float, *, force: bool, busy: bool) -> None:
+        """One round if due at ``now`` (monotonic); ``busy``: drops are waiting."""
+        if self.latest_dirty and (force or self.cache_backoff.due(now)):
+            try:
+                self.store.update_latest()
+                self.latest_ok()
+            except StorageError as exc:
+                self.latest_failed(exc)
+        self._rejected_retention.run_if_due()  # at most every 10 min; logs its own errors
+        if not self.meta_dirty:
+            return
+        if not force and (
+            not self._backoff.due(now) or (busy and now - self._last_round < MAINTENANCE_EVERY)
+        ):
+            return
+        if self.sweep_needed:
+            self.sweep_needed = False
+            try:
+                removed = self.store.remove_stale_temps() + self.spool.sweep_temps()
+            except StorageError as exc:
+                log.warning("cannot remove temp files left by a failed step: %s", exc)
+            else:
+                if removed:
+                    log.info("removed %d temp file(s) left by a failed step", len(removed))
+        try:
+            self._recover()
+            self.store.cleanup_old_versions(hold_deletions=self.clock_jumped())
+            self._cache_reported.discard("metadata")
+        except StorageError as exc:
+            # The metadata and retention are not on the ingest path: they back off on
+            # their own, and drops go on being stored meanwhile.
+            retry = self._backoff.failed()
+            log.error(
+                "cannot finish claims, clean up or write the metadata: %s; retrying in %.1f s",
+                exc,
+                retry,
+            )
+            return
+        self._backoff.succeeded()
+        self.meta_dirty = False
+        self._last_round = now
+
+    def after_failure(self, *, whole_group: bool) -> None:
+        """A step failed: the next round finishes its claims and sweeps its temp files."""
+        if whole_group:
+            self.latest_dirty = True
+        self.meta_dirty = True
+        self.sweep_needed = True
+
+    def latest_ok(self) -> None:
+        self.latest_dirty = False
+        self.cache_backoff.succeeded()
+        self._cache_reported.discard("latest")
+
+    def latest_failed(self, exc: StorageError) -> None:
+        """The latest link could not be written: log it, retry later; ingest goes on."""
+        self.latest_dirty = True
+        retry = self.cache_backoff.failed()
+        log.error(
+            "cannot refresh the latest link (drops are still stored): %s; retrying in %.1f s",
+            exc,
+            retry,
+        )
+
+    def check_caches(self) -> None:
+        """Repair a metadata file or latest link changed by hand, rather than on a drop.
+
+        The history can change by hand too (a restored file): the store's index is
+        rescanned, and a cache found wrong is marked for the next round.
+        """
+        try:
+            self.store.scan()
+            meta_problem, latest_problem = self.store.cache_problems()
+        except StorageError as exc:
+            log.error("cannot scan the history: %s", exc)
+            return
+        for key, problem, dirty in (
+            ("metadata", meta_problem, self.meta_dirty),
+            ("latest", latest_problem, self.latest_dirty),
+        ):
+            if problem is None or dirty:
+                continue  # fine, or about to be rewritten anyway (drops are coming in)
+            if key not in self._cache_reported:
+                self._cache_reported.add(key)
+                what = "the metadata" if key == "metadata" else "the latest link"
+                log.warning("%s needs repair (%s); rewriting it", what, problem)
+            self.meta_dirty = True
+            if key == "latest":
+                self.latest_dirty = True
+
+    def clock_jumped(self) -> bool:
+        """Whether automatic deletions must wait: the wall clock jumped ahead.
+
+        Retention is measured from the wall clock: a forward step of days would make
+        the watcher's own cleanup delete versions ingested seconds ago. While the jump
+        stands, automatic deletions are held back (logged once); an operator's
+        ``ingester cleanup``, or a restart, applies the rule from the clock as it is.
+        """
+        gained = self.clock_jump.gained()
+        if gained > self.clock_jump.limit:
+            if not self.holding:
+                log.warning(
+                    "the wall clock jumped %.0f s ahead of the boot clock; automatic "
+                    "retention holds deletions back (run 'ingester cleanup' with the "
+                    "watcher stopped, or restart it, to apply the rule)",
+                    gained,
+                    extra={"event": "clock-jump", "seconds": round(gained)},
+                )
+                self.holding = True
+            return True
+        if self.holding:
+            log.info("the wall clock agrees with the boot clock again; retention resumes")
+            self.holding = False
+        return False

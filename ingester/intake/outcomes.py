@@ -1,0 +1,115 @@
+"""What became of one drop: the outcomes :meth:`~ingester.intake.intake.Intake.take` returns.
+
+Each is a frozen dataclass the service loop applies once (counts, logs, per-drop waits,
+when to look again): :class:`Stored`, :class:`Rejected`, :class:`Deferred`,
+:class:`Dropped`, :class:`Ignored`, :class:`Blocked` and :class:`Recovered` (a claim
+found already stored), together :data:`Outcome`; :class:`GroupFailure` is a group's
+commit stopped at one drop (``docs/design.md``, "One drop").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import StorageError
+
+__all__ = [
+    "Blocked",
+    "Deferred",
+    "Dropped",
+    "GroupFailure",
+    "Ignored",
+    "Outcome",
+    "Recovered",
+    "Rejected",
+    "Stored",
+]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """``drop`` is stored as ``version`` (``size`` bytes; ``started`` is perf_counter).
+
+    ``pending`` is True while the version still waits for its group's history fsync
+    and :meth:`Intake.release` (step 7 and 8), False when it is durable already.
+    """
+
+    drop: str
+    version: str
+    size: int
+    started: float
+    pending: bool = True
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """``drop`` failed judgement (``reason``) and was moved to quarantine as ``where``."""
+
+    drop: str
+    reason: str
+    where: str
+    kind: str | None = None
+    """``"schema"`` for a payload that breaks the model's rules (see PayloadRejected)."""
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """Not taken now: look again at ``until`` (monotonic), or on its next event (None).
+
+    ``claim_left``: a claim may have stayed behind, for the recovery to finish.
+    """
+
+    drop: str
+    until: float | None
+    claim_left: bool = False
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """``drop`` is gone (taken or removed by someone else): forget it."""
+
+    drop: str
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """Never taken (``message`` says why, logged once per ``key``)."""
+
+    drop: str
+    key: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """This drop alone cannot go on (``step``: "claim" or "quarantine"); the rest go on.
+
+    The loop retries it after its own backoff. ``reason``: why it was being set aside.
+    """
+
+    drop: str
+    step: str
+    error: StorageError
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class GroupFailure:
+    """What stopped a group: the ``error``, and the ``drop`` it hit (None: the group's).
+
+    ``returned``: the drops put back in the spool (or left claimed), to be taken again.
+    """
+
+    drop: str | None
+    error: StorageError
+    returned: list[str]
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """A claim's version was already stored: the claim was removed."""
+
+    version: str
+
+
+Outcome = Stored | Rejected | Deferred | Dropped | Ignored | Blocked | Recovered

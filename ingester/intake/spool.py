@@ -1,0 +1,436 @@
+"""The spool folder: finding drops, opening them safely, quarantine, submit.
+
+Layout under ``<spool>/``:
+
+* ``*.json`` (not dot-files): drops. Only the watcher removes them.
+* ``tmp/``: writers' scratch space. Never read here.
+* ``rejected/``: quarantined drops, each with ``<name>.reason.json`` (movable apart).
+* ``.claimed/``: the watcher's in-flight folder, see :mod:`ingester.intake.watcher`.
+
+Everything else (dot-files, ``*.tmp``, ``*.part``, other sub-folders) is never touched.
+
+A spool entry is never opened unless it is a regular file, and never followed:
+``O_NOFOLLOW | O_NONBLOCK`` then ``fstat`` on the descriptor, so a symlink to a secret,
+a FIFO with no writer or a socket cannot make us read it or hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import pwd
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..clock import iso_utc, utc_now
+from ..errors import StorageError
+from ..history import durable
+from ..history.names import STAMP_FORMAT
+
+__all__ = [
+    "Candidate",
+    "Opened",
+    "Spool",
+    "Unreadable",
+    "drop_name_for_now",
+    "is_drop_name",
+]
+
+REASON_SUFFIX = ".reason.json"
+
+
+def is_drop_name(name: str) -> bool:
+    """True for a name a drop may have: ``*.json`` and not a dot-file."""
+    return name.endswith(".json") and not name.startswith(".") and "/" not in name
+
+
+def drop_name_for_now() -> str:
+    """A fresh drop name: the current UTC time and a random part."""
+    now = utc_now()
+    return f"{now.strftime(STAMP_FORMAT)}-{now.microsecond:06d}-{secrets.token_hex(4)}.json"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A spool entry seen by a scan: its name, and its type and times from ``lstat``."""
+
+    name: str
+    mode: int
+    mtime_ns: int
+    size: int
+    nlink: int
+    ino: int = 0
+    dev: int = 0
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A regular file read through a safe descriptor."""
+
+    data: bytes
+    dev: int
+    ino: int
+    size: int
+    uid: int = -1
+    nlink: int = 1
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An entry that must not be read: ``kind`` says what it is (symlink, FIFO, ...)."""
+
+    kind: str
+    is_dir: bool = False
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISDIR, "directory"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def open_entry(path: durable.StrPath, max_bytes: int) -> Opened | Unreadable | None:
+    """Read ``path`` if it is a regular file, at most ``max_bytes + 1`` bytes.
+
+    Returns ``None`` when it is gone. Raises :class:`StorageError` when it cannot be
+    read for another reason (e.g. permission denied): the caller retries later.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return Unreadable("symlink")
+        if exc.errno == errno.ENXIO:  # a socket, or a FIFO opened for writing
+            return Unreadable("socket")
+        raise StorageError("open drop", path, exc) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return Unreadable(_kind(st.st_mode), is_dir=stat.S_ISDIR(st.st_mode))
+        if st.st_size > max_bytes:
+            return Opened(b"", st.st_dev, st.st_ino, st.st_size, st.st_uid, st.st_nlink, st.st_mode)
+        chunks = []
+        remaining = max_bytes + 1
+        # The size fstat gave (and one byte more, to see a file still growing) is what
+        # a drop holds: one read of that, not a megabyte buffer allocated and shrunk.
+        want = min(remaining, st.st_size + 1, 1 << 20)
+        while remaining > 0:
+            chunk = os.read(fd, want)
+            want = min(remaining - len(chunk), 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        return Opened(
+            data,
+            st.st_dev,
+            st.st_ino,
+            max(st.st_size, len(data)),
+            st.st_uid,
+            st.st_nlink,
+            st.st_mode,
+        )
+    except OSError as exc:
+        raise StorageError("read drop", path, exc) from exc
+    finally:
+        os.close(fd)
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+_NAME_MAX = 255
+# Room for the reason suffix and a collision counter such as "-12".
+_REJECTED_NAME_MAX = _NAME_MAX - len(REASON_SUFFIX) - 8
+
+
+def _fit_name(name: str) -> str:
+    raw = os.fsencode(name)
+    if len(raw) <= _REJECTED_NAME_MAX:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    keep = _REJECTED_NAME_MAX - len(digest) - len("-.json")
+    cut = raw[:keep]
+    while cut and cut[-1] & 0xC0 == 0x80:  # never split a UTF-8 character
+        cut = cut[:-1]
+    if cut and cut[-1] >= 0xC0:
+        cut = cut[:-1]
+    return f"{os.fsdecode(cut)}-{digest}.json"
+
+
+class Spool:
+    """The drop folder and its sub-folders."""
+
+    def __init__(self, spool_dir: Path, rejected_dir: Path | None = None) -> None:
+        self.dir = Path(os.path.abspath(spool_dir))
+        self.rejected_dir = Path(os.path.abspath(rejected_dir or self.dir / "rejected"))
+        self.tmp_dir = self.dir / "tmp"
+        self.claimed_dir = self.dir / ".claimed"
+
+    def ensure_folders(self) -> None:
+        """Create the spool, ``tmp/`` and ``.claimed/`` if missing; ``rejected/`` if possible.
+
+        Valid drops never depend on the quarantine folder: a ``rejected/`` that cannot be
+        made (a file in its place, a read-only mount) is left to :meth:`quarantine`,
+        which fails for the invalid drop alone.
+        """
+        for folder, mode in ((self.dir, 0o777), (self.tmp_dir, 0o777), (self.claimed_dir, 0o700)):
+            try:
+                folder.mkdir(mode=mode, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError("create folder", folder, exc) from exc
+        with contextlib.suppress(OSError):
+            self.rejected_dir.mkdir(parents=True, exist_ok=True)
+
+    def check_claimed(self, euid: int, history: tuple[int, int]) -> tuple[int, int]:
+        """Check that ``.claimed/`` is a real folder of ours; return its ``(st_dev, st_ino)``.
+
+        Recovery removes a claim once its version is stored, so ``.claimed/`` must be
+        what it claims to be: not a symlink (to the history, say), not the history
+        itself, and owned by this user. Raises
+        :class:`StorageError` naming the folder and what is wrong with it.
+        """
+        folder = self.claimed_dir
+        try:
+            st = os.lstat(folder)
+        except OSError as exc:
+            raise StorageError("use the claim folder", folder, exc) from exc
+        problem = None
+        if not stat.S_ISDIR(st.st_mode):
+            problem = f"it is a {_kind(st.st_mode)}, not a folder"
+        elif (st.st_dev, st.st_ino) == history:
+            problem = "it is the history folder"
+        elif st.st_uid != euid:
+            problem = (
+                f"it is owned by {_user(st.st_uid)}, not by this service ({_user(euid)}); "
+                "remove it and restart"
+            )
+        if problem is not None:
+            raise StorageError(
+                "use the claim folder", folder, OSError(errno.EPERM, f"unsafe: {problem}")
+            )
+        return st.st_dev, st.st_ino
+
+    def scan(self, folder: Path | None = None) -> list[Candidate]:
+        """Drop candidates in ``folder`` (default: the spool), oldest mtime first, then name."""
+        folder = folder or self.dir
+        found = []
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if not is_drop_name(entry.name):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    found.append(
+                        Candidate(
+                            entry.name,
+                            st.st_mode,
+                            st.st_mtime_ns,
+                            st.st_size,
+                            st.st_nlink,
+                            st.st_ino,
+                            st.st_dev,
+                        )
+                    )
+        except OSError as exc:
+            raise StorageError("list", folder, exc) from exc
+        found.sort(key=lambda c: (c.mtime_ns, c.name))
+        return found
+
+    def backlog(self) -> int:
+        """Drops not stored yet: regular files named like drops in the spool and in
+        ``.claimed/`` (taken but maybe not stored). Raises :class:`StorageError` when the
+        spool cannot be listed; a missing ``.claimed/`` holds none."""
+        waiting = sum(1 for c in self.scan() if stat.S_ISREG(c.mode))
+        try:
+            claimed = sum(1 for c in self.scan(self.claimed_dir) if stat.S_ISREG(c.mode))
+        except StorageError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            claimed = 0
+        return waiting + claimed
+
+    def claimed(self) -> list[str]:
+        """Names in ``.claimed/`` (drops taken but maybe not stored), oldest first."""
+        try:
+            return sorted(os.listdir(self.claimed_dir))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageError("list", self.claimed_dir, exc) from exc
+
+    def _free_rejected_name(self, name: str) -> str:
+        """A name in ``rejected/`` for drop ``name``: kept when free, else ``stem-N.ext``.
+
+        Quarantine names and reason-file names never meet: a quarantined drop never
+        gets a name ending in ``.reason.json`` (that is a collision too), and a name
+        is free only when neither it nor its reason file is taken. A reason file for
+        this same drop name without its drop is free: a crash between the two steps
+        of :meth:`quarantine` left it, and the same drop comes again. Names too long
+        to carry ``.reason.json`` are shortened (with a digest, so two long names stay
+        apart); the reason file keeps the original name.
+        """
+        original = name
+        name = _fit_name(name)
+        stem, dot, ext = name.rpartition(".")
+        if not dot:
+            stem, ext = name, ""
+        candidate, n = name, 0
+        while not self._is_free(candidate, original):
+            n += 1
+            candidate = f"{stem}-{n}.{ext}" if ext else f"{stem}-{n}"
+        return candidate
+
+    def _is_free(self, candidate: str, original: str) -> bool:
+        if candidate.endswith(REASON_SUFFIX) or os.path.lexists(self.rejected_dir / candidate):
+            return False
+        reason = self.rejected_dir / (candidate + REASON_SUFFIX)
+        try:
+            fd = os.open(reason, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            record = json.loads(os.read(fd, 1 << 20))
+        except (OSError, ValueError):
+            return False
+        finally:
+            os.close(fd)
+        return isinstance(record, dict) and record.get("file") == original
+
+    def _check_rejected_dir(self) -> None:
+        """``rejected/`` must be a real folder: never quarantine through a symlink."""
+        folder = self.rejected_dir
+        try:
+            folder.mkdir(parents=True, exist_ok=True)  # removed by hand?
+            st = os.lstat(folder)
+        except OSError as exc:
+            raise StorageError("create folder", folder, exc) from exc
+        if not stat.S_ISDIR(st.st_mode):
+            raise StorageError(
+                "use the quarantine folder",
+                folder,
+                OSError(errno.ENOTDIR, f"unsafe: it is a {_kind(st.st_mode)}, not a folder"),
+            )
+
+    def quarantine(self, source: Path, name: str, reason: str, errors: list[dict[str, Any]]) -> str:
+        """Move ``source`` (the entry itself, never a link's target) to ``rejected/``.
+
+        The reason file is written first: if we die between the two steps the drop is
+        still in the spool, and rejecting it again rewrites the same reason file.
+        Returns the name it was given in ``rejected/``. Raises :class:`StorageError`
+        when ``rejected/`` cannot be made, is not a real folder, or the move fails.
+        """
+        self._check_rejected_dir()
+        target = self._free_rejected_name(name)
+        record = {
+            "file": name,
+            "rejectedAt": iso_utc(utc_now()),
+            "reason": reason,
+            "errors": errors,
+        }
+        durable.write_file(
+            self.rejected_dir,
+            target + REASON_SUFFIX,
+            (json.dumps(record, indent=2, default=str) + "\n").encode(),
+            mode=0o644,
+            replace=True,
+        )
+        durable.move_file(source, self.rejected_dir / target)
+        return target
+
+    def rejected_count(self) -> int:
+        """How many quarantined drops there are (not reason notes, temp files or folders)."""
+        try:
+            with os.scandir(self.rejected_dir) as entries:
+                return sum(
+                    1
+                    for e in entries
+                    if not e.name.endswith(REASON_SUFFIX)
+                    and not e.name.startswith(".")  # a temp file cut short by a crash
+                    and not e.is_dir(follow_symlinks=False)
+                )
+        except OSError:
+            return 0
+
+    def sweep_temps(self) -> list[str]:
+        """Remove our stale temp files from ``rejected/`` (reason files cut short by a crash)."""
+        return durable.remove_stale_temps(self.rejected_dir)
+
+    def submit(self, data: bytes, name: str) -> Path:
+        """The writer's side: durably write into ``tmp/``, then publish it in the spool.
+
+        The drop's name is published only if it is free (a no-clobber rename, or a hard
+        link then removal of the staged name), so two writers of the same name never lose
+        one payload silently. Raises ``FileExistsError`` when a drop of
+        that name is still waiting, :class:`StorageError` for any other failure.
+        """
+        for folder in (self.dir, self.tmp_dir):
+            try:
+                # Never the parents: a mistyped root must not become a spool that no
+                # watcher reads, with every submit reporting success.
+                folder.mkdir(exist_ok=True)
+            except FileNotFoundError as exc:
+                hint = FileNotFoundError(
+                    errno.ENOENT, "its parent folder does not exist (is the root right?)"
+                )
+                raise StorageError("create folder", folder, hint) from exc
+            except OSError as exc:
+                raise StorageError("create folder", folder, exc) from exc
+        final = self.dir / name
+        if os.path.lexists(final):
+            raise FileExistsError(errno.EEXIST, "a drop of that name is waiting", str(final))
+        # The staged name does not carry the drop's name: a name near the 255-byte
+        # limit must fit as a drop, and a temp name is never a drop anyway.
+        try:
+            staged = durable.write_file(
+                self.tmp_dir,
+                f"{durable.SUBMIT_TEMP_PREFIX}{secrets.token_hex(8)}",
+                data,
+                mode=0o644,
+            )
+        except StorageError as exc:
+            # The staged name is ours: the error names the drop asked for, and the folder.
+            raise StorageError(f"stage {name} in", self.tmp_dir, exc.cause) from exc
+        try:
+            # Group-readable whatever the writer's umask: under systemd the watcher reads
+            # drops through the spool's group.
+            durable.set_mode(staged, stat.S_IMODE(os.stat(staged).st_mode) | 0o040)
+            durable.publish_new(staged, final)
+        except FileExistsError:
+            durable.remove_file(staged)
+            raise
+        except OSError as exc:
+            durable.remove_file(staged)
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError("move into spool", final, exc) from exc
+        return final

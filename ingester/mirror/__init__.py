@@ -1,0 +1,13 @@
+"""Remote storage: the history's copy in S3-compatible object storage, and the way back.
+
+Owns the object store client and what its failures mean (:mod:`.objectstore`), the
+object-store backing of the history (:mod:`.s3_history`: its reader, the mirror's writer
+and restore's fetch, with one checksum rule), the mirror that copies versions out
+(:mod:`.mirror`) with its progress file and the hold it puts on local retention
+(:mod:`.state`), and ``restore`` (:mod:`.restore`).
+
+May import: :mod:`ingester.errors`, :mod:`ingester.clock`, :mod:`ingester.payload`,
+:mod:`ingester.runtime` and the history's interfaces (:mod:`ingester.history`): it reads
+a local history through its reader and writes one through its writer, never through the
+local store's own modules.
+"""

@@ -1,0 +1,133 @@
+"""``ingester restore``: rebuild a working history from its copy in an object store.
+
+Every version under ``s3://BUCKET/PREFIX/`` is read through the object-store backing
+(:class:`~ingester.mirror.s3_history.S3History`), checked, and committed through the local
+backing's writer (:class:`~ingester.history.local.LocalWriter`: temp file, fsync, link,
+fsync the folder) under its own name, byte for byte and read-only. The writer's
+``publish`` then derives the metadata from the files (carrying the remote metadata's
+totals when the history had none) and points the latest link at the latest version, so
+the result passes ``ingester verify``.
+
+A version already in the target history is left alone when its bytes are the same (a
+restore can be run again after an interruption and only fetches what is missing); one
+with other bytes is reported and never overwritten. Nothing is ever deleted.
+
+How a download is checked is the backing's one checksum rule
+(:func:`ingester.mirror.s3_history.same_bytes`): the listing's size, then the SHA-256 the
+mirror stored with the object (a mismatch stops the restore), else the ETag only when
+it *equals* the MD5 of the bytes. An object with neither (an SSE-KMS bucket mirrored
+before the mirror stored checksums) is restored on its size alone and counted in
+:attr:`RestoreResult.unverified`, so that the caller can say so.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..errors import MetadataMissing, ObjectStoreError, RestoreError, StorageError, VersionExists
+from ..history.local import LocalWriter
+from ..history.metadata import MetadataCorrupt, StorageMetadata
+from ..history.names import is_version_name
+from .objectstore import MirrorTarget, RemoteObject, S3Client
+from .s3_history import S3History
+
+if TYPE_CHECKING:
+    from ..history.store import HistoryStore
+
+__all__ = ["RestoreError", "RestoreResult", "restore_history"]
+
+
+@dataclass
+class RestoreResult:
+    """What a restore did."""
+
+    restored: list[str] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    bytes: int = 0
+    metadata: bool = False
+    latest: str | None = None
+    unverified: list[str] = field(default_factory=list)
+    """Versions checked by size alone: stored without a checksum, ETag not their MD5."""
+
+
+def restore_history(
+    client: S3Client, target: MirrorTarget, store: HistoryStore, *, concurrency: int = 8
+) -> RestoreResult:
+    """Restore every remote version into ``store`` (call with the history lock held).
+
+    Raises :class:`RestoreError` (one line) when the object store cannot be read or a
+    download is damaged, and :class:`~ingester.history.durable.StorageError` when the history
+    cannot be written. What was written before an error stays: run it again to finish.
+    """
+    remote = S3History(client, target)
+    try:
+        listing = remote.refresh()
+    except ObjectStoreError as exc:
+        raise RestoreError(f"cannot list {target}: {exc.detail}") from None
+    versions = sorted(n for n in listing if is_version_name(n))
+    if not versions:
+        raise RestoreError(f"no versions at {target}")
+    try:
+        store.history_dir.mkdir(parents=True, exist_ok=True)
+        store.latest_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError("create folder", store.history_dir, exc) from exc
+    had_metadata = store.metadata_path.exists()
+    writer = LocalWriter(store)
+    result = RestoreResult()
+    have = {entry.name for entry in writer.reader.list_versions()}
+    wanted = [listing[name] for name in versions if name not in have]
+    present = [listing[name] for name in versions if name in have]
+
+    def compare(obj: RemoteObject) -> bool | None:
+        local = writer.reader.read_version(obj.name)
+        try:
+            return remote.compare(obj, local)
+        except ObjectStoreError as exc:
+            raise RestoreError(f"cannot read {target.key(obj.name)}: {exc.detail}") from None
+
+    def fetch(obj: RemoteObject) -> tuple[bytes, bool]:
+        try:
+            return remote.fetch(obj)
+        except ObjectStoreError as exc:
+            if exc.kind == "damaged":
+                raise RestoreError(exc.detail) from None
+            raise RestoreError(f"cannot download {target.key(obj.name)}: {exc.detail}") from None
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        for obj, verdict in zip(present, pool.map(compare, present), strict=True):
+            if verdict is False:
+                result.conflicts.append(obj.name)
+                continue
+            result.present.append(obj.name)
+            if verdict is None:
+                result.unverified.append(obj.name)
+        # Downloads run ahead in parallel; writes stay in name order, one at a time.
+        for obj, (data, checked) in zip(wanted, pool.map(fetch, wanted), strict=True):
+            try:
+                writer.commit(writer.stage(data), obj.name)
+            except VersionExists:  # written by another since the listing: never replaced
+                result.conflicts.append(obj.name)
+                continue
+            result.restored.append(obj.name)
+            result.bytes += len(data)
+            if not checked:
+                result.unverified.append(obj.name)
+
+    base: StorageMetadata | None = None
+    if not had_metadata:
+        try:
+            base = remote.read_metadata()
+        except (MetadataMissing, MetadataCorrupt):
+            pass  # the totals are then what the files say
+        except ObjectStoreError as exc:
+            raise RestoreError(f"cannot download the metadata: {exc.detail}") from None
+    # The metadata's counts and the latest link now follow the files on disk.
+    writer.publish(base)
+    result.metadata = base is not None
+    store.initialize()
+    result.latest = store.latest_version_name()
+    return result

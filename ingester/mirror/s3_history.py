@@ -1,0 +1,398 @@
+"""The object-store backing: a history under ``s3://BUCKET/PREFIX``, read and written.
+
+One object per version, ``PREFIX/<version name>``, beside ``PREFIX/_metadata.json`` and
+``PREFIX/console-usage-synced.json`` (a copy of the latest version: object stores have
+no symlinks). ``ingester mirror`` writes it, ``ingester restore`` fetches from it, and
+``serve``, ``list``, ``show``, ``export`` and ``check`` read it with ``--from``.
+
+Reading (:class:`~ingester.history.base.HistoryReader`):
+
+* :meth:`S3History.list_versions` is one paginated ``ListObjectsV2`` of the prefix.
+* :meth:`S3History.change_token` is the ETag of the metadata object (one ``HEAD``,
+  asked at most once per ``token_ttl`` seconds however many requests come in): every
+  publish that follows a change of the versions rewrites it, so a new ETag means "list
+  again". The token also carries a coarse clock (``relist_every`` seconds), so a reader
+  lists again now and then even if the metadata object were never rewritten.
+
+Writing (:class:`~ingester.history.base.HistoryWriter`): a commit is one ``PutObject``
+with ``Content-MD5`` (the server refuses bytes that do not match) and ``If-None-Match:
+*`` (the store refuses to overwrite a name; plain PUTs where it does not support that).
+A single PUT is atomic: a killed upload leaves no partial object. The writer trusts what
+it uploaded itself between listings (:meth:`S3History.refresh`).
+
+**One checksum rule** (:func:`same_bytes`), for every question "are these the bytes of
+that object?": the sizes first, then the SHA-256 the writer stored with the object in
+user metadata (``x-amz-meta-sha256``), computed by us and never by the store; failing
+that, the ETag only when it *equals* the MD5 of the bytes (a single-part upload
+without SSE-KMS or SSE-C). The ETag's shape is never trusted: under SSE-KMS it looks
+like an MD5 and is not one.
+
+Every failure to reach the store is raised as :class:`~ingester.errors.ObjectStoreError`
+(an ``OSError``) whose ``str()`` is one line: the target, the kind and the service's
+error code, never a credential.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from ..clock import utc_now
+from ..errors import MetadataMissing, ObjectStoreError, VersionExists, VersionNotFound
+from ..history.base import VersionEntry, derive_metadata, latest_name
+from ..history.metadata import MetadataCorrupt, StorageMetadata
+from ..history.names import is_version_name, parse_timestamp_from_filename
+from .objectstore import (
+    LATEST_KEY,
+    METADATA_KEY,
+    SHA256_META,
+    MirrorTarget,
+    RemoteObject,
+    S3Client,
+    classify,
+    content_md5,
+    head_remote,
+    list_remote,
+    put_arguments,
+    sha256_hex,
+)
+
+__all__ = ["S3History", "StagedObject", "same_bytes"]
+
+log = logging.getLogger("ingester.objectstore")
+
+
+def same_bytes(obj: RemoteObject, data: bytes) -> bool | None:
+    """Whether ``data`` are the bytes of ``obj``: ``True`` proven, ``False`` proven not,
+    ``None`` when nothing but the size can tell (no stored SHA-256, an ETag that is not
+    the bytes' MD5).
+
+    The one rule for comparing local bytes with an object (see the module docstring).
+    """
+    if len(data) != obj.size:
+        return False
+    if obj.sha256 is not None:
+        return sha256_hex(data) == obj.sha256.lower()
+    if content_md5(data)[1] == obj.etag:
+        return True
+    return None
+
+
+def _missing(exc: Exception) -> bool:
+    failure = classify(exc)
+    return failure is not None and failure.detail.startswith(("404", "NoSuchKey", "NotFound"))
+
+
+@dataclass
+class StagedObject:
+    """Bytes ready for one ``PutObject``, with their SHA-256 (computed once)."""
+
+    data: bytes | None
+    sha256: str
+
+    def discard(self) -> None:
+        """Let go of the bytes (nothing was sent yet)."""
+        self.data = None
+
+
+class S3History:
+    """The history under ``target`` in the object store ``client`` reaches.
+
+    ``token_ttl`` and ``relist_every`` (seconds) pace the change token; ``clock`` is
+    monotonic seconds for that, ``wall_clock`` the UTC time that decides the latest.
+    Thread-safe: the mirror commits from several threads.
+    """
+
+    def __init__(
+        self,
+        client: S3Client,
+        target: MirrorTarget,
+        *,
+        token_ttl: float = 1.0,
+        relist_every: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.client = client
+        self.target = target
+        self.location = str(target)
+        self.token_ttl = token_ttl
+        self.relist_every = relist_every
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.conditional = True
+        """Whether commits send ``If-None-Match: *`` (off once the store says it cannot)."""
+        self.known: dict[str, RemoteObject] | None = None
+        """Every object under the prefix as of the last :meth:`refresh`, with what was
+        written since; ``None`` before the first."""
+        self._lock = threading.Lock()
+        self._token: Hashable | None = None
+        self._token_at = float("-inf")
+        self._newest: tuple[str, bytes] | None = None  # the newest version committed here
+
+    def _failed(self, exc: Exception) -> ObjectStoreError:
+        failure = classify(exc)
+        if failure is None:
+            raise exc
+        return ObjectStoreError(self.location, failure.kind, failure.detail)
+
+    def _get(self, name: str) -> dict[str, Any]:
+        response: dict[str, Any] = self.client.get_object(
+            Bucket=self.target.bucket, Key=self.target.key(name)
+        )
+        return response
+
+    # -- reading -----------------------------------------------------------------------
+
+    def change_token(self) -> Hashable | None:
+        """The metadata object's ETag and a coarse clock; refreshed once per ``token_ttl``."""
+        now = self.clock()
+        with self._lock:
+            if now - self._token_at < self.token_ttl and self._token is not None:
+                return self._token
+        try:
+            head: dict[str, Any] = self.client.head_object(
+                Bucket=self.target.bucket, Key=self.target.key(METADATA_KEY)
+            )
+            etag: str = str(head.get("ETag", ""))
+        except Exception as exc:
+            if not _missing(exc):
+                raise self._failed(exc) from None
+            etag = "missing"
+        token = (etag, int(now // self.relist_every))
+        with self._lock:
+            self._token, self._token_at = token, now
+        return token
+
+    def refresh(self) -> dict[str, RemoteObject]:
+        """List the prefix (every object directly under it, by name): what :attr:`known`
+        holds from now on."""
+        try:
+            listing = list_remote(self.client, self.target)
+        except Exception as exc:
+            raise self._failed(exc) from None
+        self.known = listing
+        return listing
+
+    def list_versions(self) -> list[VersionEntry]:
+        """Every version object under the prefix, oldest first (one listing)."""
+        listing = self.refresh()
+        entries = []
+        for name in sorted(listing):
+            stamp = parse_timestamp_from_filename(name) if is_version_name(name) else None
+            if stamp is not None:
+                entries.append(VersionEntry(name, stamp, listing[name].size))
+        return entries
+
+    def read_version(self, name: str) -> bytes:
+        """One version's bytes; :class:`~ingester.errors.VersionNotFound` when there is none."""
+        if not is_version_name(name):
+            raise VersionNotFound(name)
+        try:
+            data: bytes = self._get(name)["Body"].read()
+        except Exception as exc:
+            if _missing(exc):
+                raise VersionNotFound(name) from None
+            raise self._failed(exc) from None
+        return data
+
+    def read_metadata(self) -> StorageMetadata:
+        """The metadata object: :class:`~ingester.errors.MetadataMissing` when there is
+        none, :class:`~ingester.history.metadata.MetadataCorrupt` when it is not the metadata."""
+        try:
+            raw: bytes = self._get(METADATA_KEY)["Body"].read()
+        except Exception as exc:
+            if _missing(exc):
+                raise MetadataMissing(f"no {self.target.key(METADATA_KEY)}") from None
+            raise self._failed(exc) from None
+        return StorageMetadata.model_validate_json(raw)
+
+    def head(self, name: str) -> RemoteObject | None:
+        """``name``'s object with its stored checksum (one ``HEAD``); ``None`` if none."""
+        try:
+            return head_remote(self.client, self.target, name)
+        except Exception as exc:
+            raise self._failed(exc) from None
+
+    def fetch(self, obj: RemoteObject) -> tuple[bytes, bool]:
+        """``obj``'s bytes (from a listing), checked by :func:`same_bytes` against what the
+        object says of itself; and whether that proved them (``False``: size alone).
+
+        Raises :class:`~ingester.errors.ObjectStoreError` when the bytes are not the
+        object's (the kind ``damaged``), or when the store cannot be read.
+        """
+        try:
+            response = self._get(obj.name)
+            data: bytes = response["Body"].read()
+        except Exception as exc:
+            raise self._failed(exc) from None
+        metadata = {str(k).lower(): str(v) for k, v in (response.get("Metadata") or {}).items()}
+        described = RemoteObject(obj.name, obj.size, obj.etag, metadata.get(SHA256_META))
+        verdict = same_bytes(described, data)
+        if verdict is False:
+            why = (
+                f"got {len(data)} bytes, the listing says {obj.size}"
+                if len(data) != obj.size
+                else "the bytes do not match the SHA-256 stored with the object"
+            )
+            raise ObjectStoreError(self.location, "damaged", f"{obj.name}: {why}")
+        return data, verdict is True
+
+    def compare(self, obj: RemoteObject, data: bytes) -> bool | None:
+        """Whether ``data`` are ``obj``'s bytes (:func:`same_bytes`), asking the object's
+        stored checksum (one ``HEAD``) when the listing alone cannot tell."""
+        verdict = same_bytes(obj, data)
+        if verdict is not None or obj.sha256 is not None:
+            return verdict
+        described = self.head(obj.name)
+        return False if described is None else same_bytes(described, data)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def stage(self, data: bytes) -> StagedObject:
+        """Hold ``data`` and its SHA-256 for one ``PutObject`` (nothing is sent yet)."""
+        return StagedObject(data, sha256_hex(data))
+
+    def _put(self, name: str, data: bytes, *, copies: str | None = None, new: bool) -> str:
+        args = put_arguments(self.target, name, data, copies=copies)
+        if new and self.conditional:
+            args["IfNoneMatch"] = "*"
+        try:
+            response: dict[str, Any] = self.client.put_object(**args)
+        except Exception as exc:
+            failed = self._failed(exc)
+            if new and self.conditional and "NotImplemented" in failed.detail:
+                log.warning("the object store does not support If-None-Match; plain PUTs follow")
+                self.conditional = False
+                return self._put(name, data, copies=copies, new=new)
+            raise failed from None
+        return str(response.get("ETag", "")).strip('"')
+
+    def commit(self, staged: StagedObject, name: str) -> None:
+        """One conditional ``PutObject`` of the staged bytes as version ``name``.
+
+        A name the store already holds is compared by :func:`same_bytes` (a ``HEAD``;
+        a ``GET`` when the object carries no checksum): the same bytes are no error,
+        other bytes raise :class:`~ingester.errors.VersionExists`.
+        """
+        data = staged.data
+        if data is None:
+            raise RuntimeError("staged bytes already committed or discarded")
+        if not is_version_name(name):
+            raise ValueError(f"not a version name: {name!r}")
+        try:
+            etag = self._put(name, data, new=True)
+        except ObjectStoreError as exc:
+            if exc.kind != "exists":
+                raise
+            if not self._holds(name, data):
+                raise VersionExists(name, self.location) from None
+            etag = ""
+        staged.data = None
+        with self._lock:
+            if self.known is not None:
+                self.known[name] = RemoteObject(name, len(data), etag, staged.sha256)
+            if self._newest is None or name > self._newest[0]:
+                self._newest = (name, data)
+
+    def _holds(self, name: str, data: bytes) -> bool:
+        described = self.head(name)
+        if described is None:
+            return False
+        verdict = same_bytes(described, data)
+        if verdict is None:  # stored without a checksum: compare the bytes themselves
+            try:
+                return bool(self._get(name)["Body"].read() == data)
+            except Exception as exc:
+                raise self._failed(exc) from None
+        return verdict
+
+    def _current(self, name: str) -> RemoteObject | None:
+        """One of the two fixed objects as the store holds it, its checksum known (a
+        ``HEAD`` the first time after a listing, which gives none)."""
+        assert self.known is not None
+        current = self.known.get(name)
+        if current is not None and current.sha256 is None:
+            current = self.head(name)
+            if current is None:
+                self.known.pop(name, None)
+            else:
+                self.known[name] = current
+        return current
+
+    def _put_fixed(self, name: str, data: bytes, copies: str | None = None) -> None:
+        """Replace a fixed object (one PUT: a reader sees the old or the new, whole)."""
+        etag = self._put(name, data, copies=copies, new=False)
+        assert self.known is not None
+        self.known[name] = RemoteObject(name, len(data), etag, sha256_hex(data), copies)
+
+    def _digest(self, name: str) -> str:
+        """The SHA-256 of version ``name``'s bytes: as committed here, else as stored with
+        the object (a ``HEAD``), else computed from its bytes (a ``GET``); remembered."""
+        assert self.known is not None
+        known = self.known.get(name)
+        if known is None or known.sha256 is None:
+            known = self.head(name) or known
+        if known is None:
+            raise VersionNotFound(name)
+        if known.sha256 is None:
+            known = replace(known, sha256=sha256_hex(self._version_bytes(name)))
+        self.known[name] = known
+        assert known.sha256 is not None
+        return known.sha256
+
+    def _version_bytes(self, name: str) -> bytes:
+        newest = self._newest
+        if newest is not None and newest[0] == name:
+            return newest[1]
+        return self.read_version(name)
+
+    def publish(self, base: StorageMetadata | None = None) -> None:
+        """Point the latest copy at the latest version and rewrite the metadata object,
+        each only when what the store holds differs (compared by SHA-256).
+
+        The versions are those of the last :meth:`refresh` and the commits since (a
+        listing first when there was none); the totals come from ``base`` (the mirror
+        gives the local history's), else from the stored metadata object.
+        """
+        if self.known is None:
+            self.refresh()
+        assert self.known is not None
+        now = self.wall_clock()
+        names = sorted(n for n in self.known if is_version_name(n))
+        newest = latest_name(names, now)
+        if newest is not None:
+            digest = self._digest(newest)
+            current = self._current(LATEST_KEY)
+            if current is None or (current.version, current.sha256) != (newest, digest):
+                self._put_fixed(LATEST_KEY, self._version_bytes(newest), copies=newest)
+        stored = StorageMetadata()
+        if base is None:
+            try:
+                stored = self.read_metadata()
+            except (MetadataMissing, MetadataCorrupt):
+                pass
+        data = derive_metadata(names, now, stored, base, holds_deleted=True).to_json_bytes()
+        current = self._current(METADATA_KEY)
+        if current is None or current.sha256 != sha256_hex(data):
+            self._put_fixed(METADATA_KEY, data)
+
+    def remove(self, name: str) -> None:
+        """Delete version ``name``'s object (one ``DeleteObject``; gone already: no error)."""
+        try:
+            self.client.delete_object(Bucket=self.target.bucket, Key=self.target.key(name))
+        except Exception as exc:
+            if not _missing(exc):
+                raise self._failed(exc) from None
+        with self._lock:
+            if self.known is not None:
+                self.known.pop(name, None)
+
+    def versions_known(self) -> Iterable[str]:
+        """The version names :attr:`known` holds (unsorted); nothing before a listing."""
+        return [n for n in (self.known or {}) if is_version_name(n)]

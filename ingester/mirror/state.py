@@ -1,0 +1,186 @@
+"""The mirror's progress, kept in ``<history>/_mirror.json``, and what retention makes of it.
+
+The mirror (``ingester mirror``, its own process) writes this small file through
+:mod:`ingester.history.durable` whenever its progress changes. It is the only thing the
+mirror writes into the history, and the only thing local retention needs from it:
+
+* ``mirroredThrough``: a **watermark**. Every version whose name sorts at or below it
+  is in the object store. Names sort in ingestion order, so one name says it all.
+* ``holdMax``: how many expired-but-not-yet-mirrored versions retention keeps at most.
+
+While the file exists, retention deletes an expired version only once it is at or
+below the watermark, except that it never holds more than ``holdMax`` of them (the
+oldest go first): a mirror that is down for ever cannot fill the disk. Removing the
+file (when a mirror is retired) ends the hold.
+
+Pure apart from the two small file functions; no boto3 here, so the store and the
+watcher can import it freely.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..history import durable
+from ..history.lock import lock_holder
+from ..history.names import MIRROR_STATE_NAME
+from ..history.retention import DEFAULT_HOLD_MAX
+
+__all__ = [
+    "DEFAULT_HOLD_MAX",
+    "MIRROR_LOCK_NAME",
+    "MIRROR_STATE_NAME",
+    "MirrorState",
+    "deletable_count",
+    "held_back",
+    "mirror_hold",
+    "mirror_status",
+    "read_mirror_state",
+    "unmirrored",
+    "write_mirror_state",
+]
+
+MIRROR_LOCK_NAME = ".mirror.lock"
+
+
+class MirrorState(BaseModel):
+    """``_mirror.json``: the mirror's watermark, its hold bound and how it is doing."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    target: str = ""
+    mirrored_through: str | None = Field(None, alias="mirroredThrough")
+    hold_max: int = Field(DEFAULT_HOLD_MAX, alias="holdMax", ge=0)
+    retention: str = "keep"
+    state: str = "starting"
+    detail: str | None = None
+    since: str | None = None
+    updated_at: str | None = Field(None, alias="updatedAt")
+    last_success_at: str | None = Field(None, alias="lastSuccessAt")
+    waiting: int = Field(0, ge=0)
+
+    def to_json_bytes(self) -> bytes:
+        """The file's bytes."""
+        return (json.dumps(self.model_dump(by_alias=True), indent=2) + "\n").encode()
+
+
+def read_mirror_state(history_dir: Path) -> MirrorState | None:
+    """The state file, or ``None`` when there is none (no mirror configured).
+
+    An unreadable or corrupt file still means "a mirror is configured": it reads as a
+    state with no watermark, so retention holds (bounded) rather than deletes.
+    """
+    path = history_dir / MIRROR_STATE_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return MirrorState(state="unknown", detail="state file unreadable")
+    try:
+        return MirrorState.model_validate_json(raw)
+    except ValidationError:
+        return MirrorState(state="unknown", detail="state file corrupt")
+
+
+def write_mirror_state(history_dir: Path, state: MirrorState) -> None:
+    """Durably replace the state file.
+
+    Raises :class:`~ingester.history.durable.StorageError` on failure.
+    """
+    durable.write_file(
+        history_dir, MIRROR_STATE_NAME, state.to_json_bytes(), mode=0o644, replace=True
+    )
+
+
+def unmirrored(sorted_names: Sequence[str], state: MirrorState) -> list[str]:
+    """The names above the watermark (oldest first): not known to be mirrored."""
+    if state.mirrored_through is None:
+        return list(sorted_names)
+    return list(sorted_names[bisect.bisect_right(sorted_names, state.mirrored_through) :])
+
+
+def held_back(sorted_names: Sequence[str], expired: int, state: MirrorState | None) -> int:
+    """How many of the ``expired`` oldest names are above the watermark (not uploaded).
+
+    These are what the hold keeps, up to ``hold_max``; 0 without a state file.
+    """
+    if state is None or expired <= 0:
+        return 0
+    if state.mirrored_through is None:
+        return expired
+    return expired - bisect.bisect_right(sorted_names, state.mirrored_through, 0, expired)
+
+
+def deletable_count(sorted_names: Sequence[str], expired: int, state: MirrorState | None) -> int:
+    """How many of the ``expired`` oldest names retention may delete, given the mirror.
+
+    Without a state file, all of them. With one, those at or below the watermark, plus
+    the oldest of the rest where more than ``hold_max`` of them would be held.
+    """
+    if state is None or expired <= 0:
+        return expired
+    held = held_back(sorted_names, expired, state)
+    return expired - held + max(0, held - state.hold_max)
+
+
+def mirror_hold(
+    history_dir: Path, sorted_names: Sequence[str], expired: int
+) -> tuple[int, str | None]:
+    """Retention's hold for a configured mirror: the hook
+    :class:`~ingester.history.store.HistoryStore` is given (``hold=``) by
+    :meth:`ingester.settings.Settings.store`.
+
+    ``sorted_names``: every version, oldest first; ``expired``: how many of the oldest
+    the policy would delete. Returns how many may go now (:func:`deletable_count` with
+    the state file; all of them without one) and a warning for the log when that
+    includes versions the mirror has not uploaded (the hold was full).
+    """
+    if not os.path.lexists(history_dir / MIRROR_STATE_NAME):
+        return expired, None
+    state = read_mirror_state(history_dir)
+    allowed = deletable_count(sorted_names, expired, state)
+    warning = None
+    if state is not None and allowed and sorted_names[allowed - 1] > (state.mirrored_through or ""):
+        warning = (
+            "cleanup deletes versions the mirror has not uploaded: more than "
+            f"{state.hold_max} (--mirror-hold) were waiting"
+        )
+    return allowed, warning
+
+
+def mirror_status(
+    history_dir: Path, sorted_names: Sequence[str], configured: str | None
+) -> dict[str, Any] | None:
+    """How far behind the mirror is, for ``status`` (``None``: no mirror configured).
+
+    ``waiting`` counts the local versions above the watermark, from the files as they
+    are now; ``state`` is what the mirror last recorded (``ok``, ``unreachable``,
+    ``throttled``, ``server-error``, ``denied``, ``no-bucket``, ``rejected``).
+    """
+    state = read_mirror_state(history_dir)
+    if state is None and configured is None:
+        return None
+    pid = lock_holder(history_dir / MIRROR_LOCK_NAME)
+    waiting = unmirrored(sorted_names, state) if state is not None else list(sorted_names)
+    return {
+        "target": (state.target if state is not None and state.target else configured),
+        "running": pid is not None,
+        "pid": pid,
+        "state": state.state if state is not None else "never-run",
+        "detail": state.detail if state is not None else None,
+        "since": state.since if state is not None else None,
+        "mirroredThrough": state.mirrored_through if state is not None else None,
+        "waiting": len(waiting),
+        "oldestWaiting": waiting[0] if waiting else None,
+        "lastSuccessAt": state.last_success_at if state is not None else None,
+        "retention": state.retention if state is not None else None,
+        "holdMax": state.hold_max if state is not None else None,
+    }

@@ -1,0 +1,316 @@
+"""``ingester adopt``: make a history written by the original sync server ours, in place.
+
+The original server (TypeScript, one process) kept the same layout: version files named
+``YYYY-MM-DDTHH-mm-ss-<suffix>.json``, ``_metadata.json`` with the same six keys, and
+``console-usage-synced.json`` beside the history. Three things differ from what this
+project writes, and :func:`adopt_history` changes exactly those:
+
+1. **Versions are writable** (mode 0644): each loses its write bits (``fchmod`` on the
+   file opened without following links, then ``fsync``). The bytes are never touched.
+2. **The latest is a regular file** (a copy, where the original could not make a link):
+   it becomes a relative symbolic link to the newest version. If the copy holds a
+   snapshot that no version holds, that snapshot is first stored as a version of its
+   own (named after the file's modification time and a hash of its bytes), so nothing
+   the original served is lost.
+3. **The metadata's times have milliseconds of the save** and lack this project's two
+   extra keys: it is rewritten from a scan of the versions, keeping the original's
+   totals (created, deleted) and its ``lastCleanup``.
+
+Every write goes through :mod:`ingester.history.durable`; each step is atomic on its own and the
+whole is idempotent, so a crash (``kill -9``) at any point leaves a history that the
+next ``adopt`` finishes: the snapshot in a copy is stored (and found again by its bytes)
+before the copy is replaced, modes are changed one file at a time, and the link and
+metadata are replaced by rename. It runs with the history lock held, so never beside a
+watcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ..errors import PayloadRejected, StorageError
+from ..history import durable
+from ..history.names import STAMP_FORMAT, is_version_name
+from ..history.store import VERSION_MODE, HistoryStore
+from ..payload.gate import check_payload
+
+__all__ = [
+    "ADOPT_ADVICE",
+    "UNKEPT_LATEST",
+    "AdoptReport",
+    "adopt_history",
+    "latest_is_a_file",
+    "nothing_to_adopt",
+    "unkept_latest",
+    "unsafe_latest",
+]
+
+
+@dataclass
+class AdoptReport:
+    """What :func:`adopt_history` changed (all empty: the history was ours already)."""
+
+    read_only: list[str] = field(default_factory=list)  # versions whose write bits went
+    kept_latest: str | None = None  # the version made from the latest file's snapshot
+    latest_was: str | None = None  # what the latest was before it became a link
+    metadata_was: str | None = None  # why the metadata was rewritten
+    removed_temps: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything was changed."""
+        return bool(
+            self.read_only
+            or self.kept_latest
+            or self.latest_was
+            or self.metadata_was
+            or self.removed_temps
+        )
+
+
+def _regular_latest(store: HistoryStore) -> bytes | None:
+    """The bytes of the latest path when it is a regular file (not a link), else ``None``."""
+    path = store.latest_path
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP):
+            return None  # absent, or a symbolic link
+        raise StorageError("open", path, exc) from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise StorageError("read", path, exc) from exc
+    finally:
+        os.close(fd)
+
+
+def _held_by_a_version(store: HistoryStore, data: bytes) -> str | None:
+    """The newest version whose bytes are ``data``, or ``None`` (newest first: the usual hit)."""
+    for path in store.list_versions():
+        try:
+            if path.stat().st_size == len(data) and path.read_bytes() == data:
+                return path.name
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StorageError("read", path, exc) from exc
+    return None
+
+
+ADOPT_ADVICE = "run 'ingester adopt', which makes it this tool's (see docs/migrating.md)"
+"""What ``verify`` and ``status`` advise for a history laid out as the original left it."""
+
+
+def latest_is_a_file(store: HistoryStore) -> bool:
+    """Whether the latest path is a regular file: the original server's layout (this
+    project only ever makes it a link, so only :func:`adopt_history` turns it into
+    one). Never raises."""
+    try:
+        return stat.S_ISREG(os.lstat(store.latest_path).st_mode)
+    except OSError:
+        return False
+
+
+def unkept_latest(store: HistoryStore) -> bool:
+    """Whether the latest path is a file holding a snapshot that no version holds (one
+    that starting, or ``verify --repair``, would lose). Reads only; never raises (what
+    cannot be read is left for the caller's own checks to report)."""
+    try:
+        data = _regular_latest(store)
+        return data is not None and _held_by_a_version(store, data) is None
+    except StorageError:
+        return False
+
+
+UNKEPT_LATEST = (
+    "a file holding a snapshot that no version holds (a history written by the original "
+    "server?): run 'ingester adopt' first, which keeps it as a version (see docs/migrating.md)"
+)
+"""Why a latest file whose snapshot no version holds must be adopted, not replaced."""
+
+
+def unsafe_latest(store: HistoryStore) -> str | None:
+    """Why starting on this history could lose a snapshot, or ``None`` when it cannot.
+
+    The latest link is a cache that a start rebuilds; a regular file in its place that
+    holds a snapshot no version holds would be replaced, and that snapshot lost. Only
+    :func:`adopt_history` keeps it. Reads only; never raises.
+    """
+    return f"{store.latest_path} is {UNKEPT_LATEST}" if unkept_latest(store) else None
+
+
+def _holds_versions(folder: Path) -> bool:
+    """Whether ``folder`` holds at least one regular file named as a version."""
+    try:
+        with os.scandir(folder) as entries:
+            return any(
+                is_version_name(e.name) and e.is_file(follow_symlinks=False) for e in entries
+            )
+    except OSError:
+        return False
+
+
+def _nested_copies(folder: Path, history_name: str) -> list[Path]:
+    """Folders named ``history_name`` holding versions, one level inside ``folder``'s
+    subfolders or inside ``folder`` itself: where ``cp -a`` puts a copy when its target
+    exists (``cp -a SRC/claude-scraper ROOT/``, or into an existing history)."""
+    found = []
+    candidates = [folder / history_name]
+    try:
+        with os.scandir(folder) as entries:
+            candidates += [
+                Path(e.path) / history_name
+                for e in entries
+                if e.is_dir(follow_symlinks=False) and e.name != history_name
+            ]
+    except OSError:
+        return []
+    for candidate in sorted(candidates):
+        if _holds_versions(candidate):
+            found.append(candidate)
+    return found
+
+
+def nothing_to_adopt(root: Path, history_dir: Path, latest_path: Path) -> str | None:
+    """Why there is no history at ``history_dir`` to adopt (one line), or ``None``.
+
+    There is one when the folder holds a version, or when it exists and the latest path
+    is a regular file (a snapshot the original served, which adopt keeps as a version).
+    Anything else is the wrong folder: a root that does not exist, a copy nested one
+    level too deep, an empty folder. Named, with the nested copy when there is one, so
+    that adopt creates nothing where nothing was. Reads only; never raises.
+    """
+    if _holds_versions(history_dir):
+        return None
+    if history_dir.is_dir() and latest_path.is_file() and not latest_path.is_symlink():
+        return None
+    why = "nothing to adopt: "
+    if not root.exists() and history_dir.is_relative_to(root):
+        why += f"root folder {root} does not exist"
+    elif not history_dir.exists():
+        why += f"no history folder {history_dir}"
+    elif not history_dir.is_dir():
+        why += f"{history_dir} is not a folder"
+    else:
+        why += f"{history_dir} holds no version"
+    nested = [] if not root.is_dir() else _nested_copies(root, history_dir.name)
+    nested += _nested_copies(history_dir, history_dir.name) if history_dir.is_dir() else []
+    nested = [n for n in dict.fromkeys(nested) if n != history_dir]
+    if nested:
+        where = nested[0]
+        if where.parent == history_dir:
+            return (
+                f"{why}, but {where} does (a copy made inside an existing folder): move "
+                f"its contents up into {history_dir}, then run adopt again"
+            )
+        return f"{why}, but {where} does: run 'ingester --root {where.parent} adopt'"
+    return (
+        f"{why}; point --root at the folder that holds the original's "
+        f"{history_dir.name}/ and {latest_path.name} (see docs/migrating.md)"
+    )
+
+
+def _version_name_for(data: bytes, mtime_ns: int) -> str:
+    """A version name for a snapshot found in the latest file: its time, its bytes' hash."""
+    stamp = datetime.fromtimestamp(mtime_ns / 1e9, UTC)
+    return f"{stamp.strftime(STAMP_FORMAT)}-{hashlib.sha256(data).hexdigest()[:8]}.json"
+
+
+def _keep_latest_snapshot(store: HistoryStore, data: bytes, max_bytes: int) -> str | None:
+    """Store the latest file's snapshot as a version unless one holds it; the name made."""
+    if _held_by_a_version(store, data) is not None:
+        return None
+    try:
+        check_payload(data, max_bytes=max_bytes)
+    except PayloadRejected as exc:
+        raise StorageError(
+            "adopt",
+            store.latest_path,
+            OSError(
+                errno.EINVAL,
+                f"holds a snapshot no version holds, and it is not valid ({exc.reason}); "
+                "move it away, then run adopt again",
+            ),
+        ) from None
+    try:
+        mtime_ns = os.lstat(store.latest_path).st_mtime_ns
+    except OSError as exc:
+        raise StorageError("stat", store.latest_path, exc) from exc
+    name = _version_name_for(data, mtime_ns)
+    try:
+        durable.StagedFile(store.history_dir, data, VERSION_MODE).commit(name)
+    except StorageError as exc:
+        # The same name holds the same bytes: a run that crashed after this step.
+        if exc.errno != errno.EEXIST or store.version_path(name).read_bytes() != data:
+            raise
+    store.scan()
+    return name
+
+
+def _make_read_only(store: HistoryStore) -> list[str]:
+    """Take the write bits off every version (one file at a time, each fsynced)."""
+    changed = []
+    for name in store.version_names():
+        path = store.version_path(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StorageError("open", path, exc) from exc
+        try:
+            st = os.fstat(fd)
+            mode = stat.S_IMODE(st.st_mode)
+            if not stat.S_ISREG(st.st_mode) or not mode & 0o222:
+                continue
+            durable.set_fd_mode(fd, mode & ~0o222)
+            durable.fsync_fd(fd)  # the new mode survives a power cut
+        except OSError as exc:
+            raise StorageError("chmod", path, exc) from exc
+        finally:
+            os.close(fd)
+        changed.append(name)
+    return changed
+
+
+def adopt_history(store: HistoryStore, max_bytes: int) -> AdoptReport:
+    """Turn the history of ``store`` into one this project writes; see the module doc.
+
+    Call with the history lock held. Idempotent. Raises :class:`StorageError` naming
+    the path and cause when a step fails (what was done so far stays done and correct).
+    """
+    report = AdoptReport()
+    with contextlib.suppress(FileNotFoundError):
+        store.history_dir.mkdir(parents=True, exist_ok=True)
+    store.scan()
+    counted, _problem = store.read_metadata_file()
+    copy = _regular_latest(store)
+    if copy is not None:
+        report.kept_latest = _keep_latest_snapshot(store, copy, max_bytes)
+        report.latest_was = "a regular file (a copy)"
+    report.read_only = _make_read_only(store)
+    init = store.initialize()  # temps swept; metadata and the link rebuilt where wrong
+    report.removed_temps = init.removed_temps
+    report.metadata_was = init.metadata_rebuilt
+    if init.cache_errors:
+        raise init.cache_errors[0]
+    if report.kept_latest is not None:
+        # A version like any other: the totals count it (the original's file does not).
+        store.write_metadata(created_at_least=counted.total_versions_created + 1)
+    if _regular_latest(store) is not None:
+        # A copy equal to the newest version is no problem to initialize(): make it a link.
+        store.update_latest()
+    if report.latest_was is None and init.latest_repaired:
+        report.latest_was = init.latest_repaired
+    return report

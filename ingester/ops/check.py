@@ -1,0 +1,561 @@
+"""Monitoring: ``ingester check``, one line and an exit code in the Nagios-plugin convention.
+
+Three things are judged, five with a mirror, each with a WARNING threshold and CRITICAL at
+twice it (the mirror's hold: at all of it):
+
+========================  ==========================  =====================================
+what                      WARNING                     CRITICAL
+========================  ==========================  =====================================
+age of the newest data    ``lastUpdated`` older than  older than 2 x ``--max-age``; also:
+(the scraper stopped?)    ``--max-age`` (15 min)      no history, no version, the newest
+                                                      version damaged or unreadable
+spool backlog             more than ``--max-backlog`` more than 2 x N, or a waiting drop
+(the watcher stopped?)    drops waiting (50)          older than ``--max-age`` (nothing
+                                                      takes them)
+rejections                more than                   more than 2 x N
+(the scraper is broken?)  ``--max-rejected-per-hour``
+                          in the last hour (10)
+mirror lag (only with a   the oldest version not yet  older than 2 x ``--max-mirror-lag``;
+mirror: the object store  uploaded is older than      also: the object store refused the
+or the mirror is down?)   ``--max-mirror-lag`` (15m)  credentials
+mirror hold (only with a  expired versions kept for   the hold is full: from now on each
+mirror's state file:      the mirror fill             version that expires is deleted
+will retention soon       ``--mirror-hold-warning``   without ever being uploaded
+delete what was never     percent (80) of its
+mirrored?)                ``--mirror-hold``
+========================  ==========================  =====================================
+
+Usage limits are judged only when asked, one item per limit of the forecast:
+``--usage-warning``/``--usage-critical`` (the percentage used, at or above; CRITICAL is
+not twice WARNING here) and ``--forecast`` (WARNING when the limit is projected to reach
+100 % before it resets, CRITICAL when that is within ``--forecast-critical``; see
+:mod:`ingester.usage.forecast`). A limit the newest snapshot lacks (a partial scrape) is judged
+on its last reading, which the forecast holds while its window lasts, however old that
+reading is, and said so; once it has been missing for longer than ``--max-age`` its first
+item is at least WARNING (the scraper runs but no longer reads it). A missing limit whose
+window has reset since its last reading keeps one item, without a value, WARNING on the
+same rule.
+
+A mirror counts as configured when the settings name one (``mirror``) or when its state
+file ``<history>/_mirror.json`` exists, the same rule as ``status`` and retention use. The
+exit code is the worst item's: 0 OK, 1 WARNING, 2 CRITICAL. Everything here reads;
+nothing takes the history lock or the mirror's lock.
+
+The versions are read through a :class:`~ingester.history.base.HistoryReader`. Given
+another history than the local one (``check --from s3://BUCKET/PREFIX``: the mirror),
+only what its versions tell is judged (the age, and the usage items when asked): the
+spool, the rejections and the mirror's progress belong to the machine that ingests.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from ..clock import iso_utc
+from ..errors import is_permission_problem
+from ..usage.forecast import LimitForecast, in_words
+from .check_facts import Facts, MirrorFacts
+
+__all__ = [
+    "CRITICAL",
+    "OK",
+    "STATUS_NAMES",
+    "WARNING",
+    "CheckLimits",
+    "CheckResult",
+    "Judgement",
+    "format_perfdata",
+    "judge",
+    "parse_duration",
+]
+
+OK, WARNING, CRITICAL = 0, 1, 2
+STATUS_NAMES = ("OK", "WARNING", "CRITICAL")
+"""The exit codes' names, by code."""
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$", re.ASCII)
+_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``900``, ``90s``, ``15m``, ``2h`` or ``1d``; ``ValueError`` otherwise."""
+    match = _DURATION_RE.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration (e.g. 900, 90s, 15m, 2h, 1d)")
+    seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: must be longer than 0")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{text!r}: too long to be a duration")
+    return seconds
+
+
+# The units the plugin guidelines define for performance data ("" is a plain number).
+PERFDATA_UNITS = frozenset({"", "s", "ms", "us", "%", "B", "KB", "MB", "GB", "TB", "c"})
+# A label may hold anything but "=" and "'"; "|" would end the data for a parser that
+# splits the line there, and a control character would break the one line.
+_LABEL_UNSAFE = re.compile(r"[='|\x00-\x1f\x7f]")
+
+
+def _plain_number(value: float | None) -> str:
+    """``value`` as a plain decimal (never ``1e+06``); "" when absent or not finite."""
+    if value is None or not math.isfinite(value):
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    text = format(Decimal(repr(float(value))).normalize(), "f")
+    return "0" if text == "-0" else text
+
+
+def format_perfdata(
+    label: str,
+    value: float | None,
+    unit: str = "",
+    warning: float | None = None,
+    critical: float | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    alert_below: bool = False,
+) -> str:
+    """One performance-data token: ``label=value[unit];[warn];[crit];[min];[max]``.
+
+    The format is the Nagios plugin guidelines' (also read by Icinga, Naemon and most
+    agents): every number a plain decimal, never exponent notation; trailing empty
+    fields left out; the label quoted (``'a b'=1``) when it holds a space, with ``=``,
+    ``'``, ``|`` and control characters replaced by ``_``. A value that is unknown
+    (``None``) or not finite gives ``""``: leave the token out, since an empty value
+    (``age=;900``) is refused by parsers such as Icinga 2's. A threshold that is not
+    finite is left empty. ``unit`` must be one the guidelines define (``ValueError``).
+    ``alert_below``: the thresholds are lower bounds, ``N:`` in the guidelines' range
+    syntax (alert when the value falls below N: time left, say).
+    """
+    if unit not in PERFDATA_UNITS:
+        raise ValueError(f"{unit!r} is not a performance-data unit")
+    number = _plain_number(value)
+    if not number:
+        return ""
+    name = _LABEL_UNSAFE.sub("_", label)
+    if " " in name:
+        name = f"'{name}'"
+    limits = [_plain_number(t) for t in (warning, critical)]
+    if alert_below:
+        limits = [t + ":" if t else t for t in limits]
+    extremes = map(_plain_number, (minimum, maximum))
+    fields = [f"{name}={number}{unit}", *limits, *extremes]
+    while fields[-1] == "":
+        fields.pop()
+    return ";".join(fields)
+
+
+def _words(seconds: float) -> str:
+    if seconds < 120:
+        return f"{int(seconds)} s"
+    if seconds < 7200:
+        return f"{int(seconds // 60)} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+@dataclass(frozen=True)
+class CheckLimits:
+    """The WARNING thresholds (CRITICAL is twice each): seconds, drops, drops per hour, seconds.
+
+    ``mirror_hold_warning`` is a percentage of the mirror's ``--mirror-hold`` (its
+    CRITICAL is the whole hold).
+    """
+
+    max_age: float = 900.0
+    max_backlog: int = 50
+    max_rejected_per_hour: int = 10
+    max_mirror_lag: float = 900.0
+    mirror_hold_warning: float = 80.0
+    usage_warning: float | None = None
+    """Percent used (at or above) that makes a limit WARNING; ``None``: not judged."""
+    usage_critical: float | None = None
+    """Percent used (at or above) that makes a limit CRITICAL; ``None``: not judged."""
+    forecast: bool = False
+    """Judge each limit's projection against its reset."""
+    forecast_critical: float = 3600.0
+    """Seconds: a projected run-out before the reset this close is CRITICAL."""
+
+    @property
+    def judges_usage(self) -> bool:
+        """Whether any usage item is asked for (so the forecast must be read)."""
+        return self.forecast or self.usage_warning is not None or self.usage_critical is not None
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One judged item: its status code, value, thresholds and the words for it."""
+
+    name: str
+    code: int
+    value: float | None
+    warning: float
+    critical: float
+    message: str
+    unit: str = ""
+    counters: tuple[tuple[str, float], ...] = ()
+    """More numbers for the performance data, without thresholds: (label, value)."""
+    alert_below: bool = False
+    """The thresholds are lower bounds (``N:`` in the plugin range syntax): time left."""
+
+    def perfdata(self) -> str:
+        """``name=value[unit];warn;crit``, then the counters (:func:`format_perfdata`).
+
+        An unknown value leaves its token out ("" when nothing is known at all).
+        """
+        tokens = [
+            format_perfdata(
+                self.name,
+                self.value,
+                self.unit,
+                self.warning,
+                self.critical,
+                alert_below=self.alert_below,
+            ),
+            *(format_perfdata(label, count) for label, count in self.counters),
+        ]
+        return " ".join(t for t in tokens if t)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The verdict: ``code`` (the worst item's), the items, and the facts they came from."""
+
+    code: int
+    items: list[Judgement]
+    facts: Facts
+
+    @property
+    def status(self) -> str:
+        """``OK``, ``WARNING`` or ``CRITICAL``."""
+        return STATUS_NAMES[self.code]
+
+    def summary(self) -> str:
+        """The items' words, the worst first."""
+        ordered = sorted(self.items, key=lambda i: -i.code)
+        return "; ".join(i.message for i in ordered)
+
+    def line(self) -> str:
+        """The plugin's one line: ``INGESTER STATUS - summary | perfdata``.
+
+        ``|`` starts the performance data and a line break ends the first line, so
+        neither may appear in the words (a path or a reason can hold them): they become
+        ``/`` and a space. Without any performance data the line ends after the words.
+        """
+        words = re.sub(r"[\r\n]+", " ", self.summary()).replace("|", "/")
+        perf = " ".join(p for p in (i.perfdata() for i in self.items) if p)
+        return f"INGESTER {self.status} - {words}" + (f" | {perf}" if perf else "")
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``check --json`` object."""
+        f = self.facts
+        return {
+            "status": self.status,
+            "code": self.code,
+            "summary": self.summary(),
+            "checks": [
+                {
+                    "name": i.name,
+                    "status": STATUS_NAMES[i.code],
+                    "value": i.value,
+                    "warning": i.warning,
+                    "critical": i.critical,
+                    "message": i.message,
+                }
+                for i in self.items
+            ],
+            "now": iso_utc(f.now),
+            "from": f.source,
+            "latest": f.latest,
+            "lastUpdated": f.last_updated.isoformat().replace("+00:00", "Z")
+            if f.last_updated
+            else None,
+            "backlog": f.backlog,
+            "oldestDropAgeSeconds": f.oldest_drop_age,
+            "rejectedLastHour": f.rejected_last_hour,
+            "watcherPid": f.watcher_pid,
+            "mirror": None
+            if f.mirror is None
+            else {
+                "target": f.mirror.target,
+                "state": f.mirror.state,
+                "detail": f.mirror.detail,
+                "running": f.mirror.pid is not None,
+                "pid": f.mirror.pid,
+                "backlog": f.mirror.backlog,
+                "oldestWaiting": f.mirror.oldest,
+                "lagSeconds": f.mirror.lag,
+                "held": f.mirror.held,
+                "holdMax": f.mirror.hold_max,
+            },
+            "usage": f.usage_json,
+        }
+
+
+def _over(value: float, warning: float) -> int:
+    if value > 2 * warning:
+        return CRITICAL
+    return WARNING if value > warning else OK
+
+
+def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
+    """Judge ``facts`` against ``limits`` (pure: no I/O)."""
+    items: list[Judgement] = []
+    warn_age, crit_age = limits.max_age, 2 * limits.max_age
+    if facts.history_problem is not None:
+        items.append(Judgement("age", CRITICAL, None, warn_age, crit_age, facts.history_problem))
+    elif facts.latest is None:
+        items.append(Judgement("age", CRITICAL, None, warn_age, crit_age, "no version yet"))
+    elif facts.latest_error is not None or facts.last_updated is None:
+        items.append(
+            Judgement(
+                "age",
+                CRITICAL,
+                None,
+                warn_age,
+                crit_age,
+                f"newest version {facts.latest} is {facts.latest_error}"
+                if is_permission_problem(facts.latest_error)
+                else f"newest version {facts.latest} is damaged: {facts.latest_error}",
+            )
+        )
+    else:
+        age = max(0.0, (facts.now - facts.last_updated).total_seconds())
+        code = _over(age, warn_age)
+        words = f"newest data {_words(age)} old"
+        if code:
+            limit = crit_age if code == CRITICAL else warn_age
+            words += f" (more than {_words(limit)})"
+        items.append(Judgement("age", code, round(age, 1), warn_age, crit_age, words, "s"))
+
+    if facts.source is None:
+        items += _judge_intake(facts, limits)
+    if facts.mirror is not None:
+        items.append(_judge_mirror(facts.mirror, limits.max_mirror_lag))
+        if facts.mirror.hold_max is not None:
+            items.append(_judge_hold(facts.mirror, facts.mirror.hold_max, limits))
+    if limits.judges_usage:
+        items += _judge_usage(facts, limits)
+    return CheckResult(max(i.code for i in items), items, facts)
+
+
+def _judge_intake(facts: Facts, limits: CheckLimits) -> list[Judgement]:
+    """The spool's backlog and the rejections of the last hour."""
+    return [_judge_backlog(facts, limits), _judge_rejected(facts, limits)]
+
+
+def _judge_backlog(facts: Facts, limits: CheckLimits) -> Judgement:
+    """The spool backlog; unknown (no value, OK, said so) when the spool cannot be listed.
+
+    Not judged then: a member of the read-only group may not list the spool by design,
+    and the age item alerts when the scraper's data stops arriving.
+    """
+    warn, crit = limits.max_backlog, 2 * limits.max_backlog
+    backlog = facts.backlog
+    if backlog is None:
+        return Judgement(
+            "backlog", OK, None, warn, crit, f"backlog unknown ({facts.backlog_problem})"
+        )
+    code = _over(backlog, warn)
+    words = f"backlog {backlog}"
+    oldest = facts.oldest_drop_age
+    if backlog and oldest is not None and oldest > limits.max_age:
+        code = CRITICAL
+        words += f", oldest waiting {_words(oldest)} (nothing takes the drops?)"
+    elif code:
+        words += f" (more than {crit if code == CRITICAL else warn})"
+    if facts.backlog_problem is not None:
+        words += f" ({facts.backlog_problem})"
+    return Judgement("backlog", code, backlog, warn, crit, words)
+
+
+def _judge_rejected(facts: Facts, limits: CheckLimits) -> Judgement:
+    """Rejections in the last hour; unknown (no value, OK, said so) when the quarantine
+    cannot be listed, for the reason the backlog is."""
+    warn, crit = limits.max_rejected_per_hour, 2 * limits.max_rejected_per_hour
+    rate = facts.rejected_last_hour
+    if rate is None:
+        words = f"rejections in the last hour unknown ({facts.rejected_problem})"
+        return Judgement("rejected", OK, None, warn, crit, words)
+    code = _over(rate, warn)
+    words = f"{rate} rejected in the last hour"
+    if code:
+        words += f" (more than {crit if code == CRITICAL else warn})"
+    return Judgement("rejected", code, rate, warn, crit, words)
+
+
+def _judge_hold(mirror: MirrorFacts, hold_max: int, limits: CheckLimits) -> Judgement:
+    """WARNING once the held versions fill the given share of the hold, CRITICAL when full.
+
+    Full (held = ``hold_max``) is where retention starts deleting versions that were
+    never uploaded, so it is judged at ">=", where the other items judge at ">".
+    """
+    warning = hold_max * limits.mirror_hold_warning / 100
+    held = mirror.held
+    if hold_max == 0:
+        code, words = OK, "no mirror hold (--mirror-hold 0): retention does not wait"
+    elif held >= hold_max:
+        code = CRITICAL
+        words = (
+            f"mirror hold full ({held} of {hold_max} expired versions kept for the mirror): "
+            "retention deletes versions that were never uploaded"
+        )
+    else:
+        code = WARNING if held >= warning and held > 0 else OK
+        words = f"{held} of {hold_max} expired versions kept for the mirror"
+        if code:
+            words += f" ({_plain_number(limits.mirror_hold_warning)}% of the hold or more)"
+    return Judgement("mirror_held", code, held, warning, hold_max, words)
+
+
+def _percent(value: float) -> str:
+    return f"{value:g} %"
+
+
+def _judge_usage(facts: Facts, limits: CheckLimits) -> list[Judgement]:
+    if facts.usage_problem is not None:
+        return [Judgement("usage", CRITICAL, None, 0, 0, facts.usage_problem)]
+    result = facts.usage
+    if result is None or result.as_of is None:
+        return []
+    items = []
+    by_percent = limits.usage_warning is not None or limits.usage_critical is not None
+    if by_percent:
+        critical = limits.usage_critical if limits.usage_critical is not None else 100.0
+        warning = limits.usage_warning if limits.usage_warning is not None else critical
+        for limit in result.limits:
+            pct = limit.percentage
+            code = CRITICAL if pct >= critical else WARNING if pct >= warning else OK
+            words = f"{limit.limit} {_percent(pct)} used"
+            if code:
+                words += f" (at or above {_percent(critical if code == CRITICAL else warning)})"
+            missing, words = _held(limit, result.as_of, limits.max_age, words)
+            items.append(
+                Judgement(
+                    f"usage_{limit.limit}", max(code, missing), pct, warning, critical, words, "%"
+                )
+            )
+    if limits.forecast:
+        for limit in result.limits:
+            item = _judge_forecast(limit, facts, limits, result.as_of)
+            if not by_percent:  # the limit's first item says how long it has been missing
+                missing, words = _held(
+                    limit, result.as_of, limits.max_age, item.message, say_when=False
+                )
+                item = replace(item, code=max(item.code, missing), message=words)
+            items.append(item)
+    prefix = "usage_" if by_percent else "forecast_"
+    for name, observed_at in result.lapsed:
+        items.append(_lapsed(prefix + name, name, observed_at, result.as_of, limits.max_age))
+    return items
+
+
+def _lapsed(
+    item: str, limit: str, observed_at: datetime, as_of: datetime, max_age: float
+) -> Judgement:
+    """A limit missing from the newest snapshot whose window has reset since its last
+    reading: no percentage to judge (value unknown), WARNING once missing for longer than
+    ``max_age``, however long ago that reading was."""
+    missing = max(0.0, (as_of - observed_at).total_seconds())
+    words = (
+        f"{limit} not in the newest snapshot, last read {_words(missing)} before it; "
+        "its window has reset since, so its usage is unknown"
+    )
+    if missing > max_age:
+        return Judgement(
+            item, WARNING, None, 0, 0, words + f" (not read for more than {_words(max_age)})"
+        )
+    return Judgement(item, OK, None, 0, 0, words)
+
+
+def _held(
+    limit: LimitForecast, as_of: datetime, max_age: float, words: str, *, say_when: bool = True
+) -> tuple[int, str]:
+    """WARNING (and why) for a limit missing from the snapshots for longer than ``max_age``.
+
+    ``say_when``: add to ``words`` how long before the newest snapshot a held limit was
+    read (the forecast's words say it already). One partial scrape among full ones changes
+    no status; a scraper that keeps failing to read a section does, after ``--max-age``,
+    as a stopped scraper does in ``age``.
+    """
+    if limit.in_newest:
+        return OK, words
+    missing = max(0.0, (as_of - limit.observed_at).total_seconds())
+    if say_when:
+        words += f" (last read {_words(missing)} before the newest snapshot, which lacks it)"
+    if missing > max_age:
+        return WARNING, words + f" (not read for more than {_words(max_age)})"
+    return OK, words
+
+
+def _judge_forecast(
+    limit: LimitForecast, facts: Facts, limits: CheckLimits, as_of: datetime
+) -> Judgement:
+    """WARNING: runs out before the reset; CRITICAL: and that within ``forecast_critical``.
+
+    The perfdata thresholds say the same as the status, so a grapher that judges the
+    value by them agrees with the plugin: the value is the time left until 100 %, the
+    WARNING bound the time left until the reset (running out sooner is running out first),
+    the CRITICAL bound ``forecast_critical`` capped at that same time (a run-out after
+    the reset is no alert, however soon).
+    """
+    crit = limits.forecast_critical
+    words = f"{limit.limit}: {in_words(limit, facts.usage_zone, as_of)}"
+    left = None
+    if limit.exhausts_at is not None:
+        left = round(max(0.0, (limit.exhausts_at - facts.now).total_seconds()), 1)
+    until_reset = None
+    if limit.resets_at is not None:
+        until_reset = max(0.0, (limit.resets_at - facts.now).total_seconds())
+    warn = crit if until_reset is None else until_reset
+    crit_bound = crit if until_reset is None else min(crit, until_reset)
+    code = OK
+    if left is not None and limit.resets_at is not None and limit.resets_at <= facts.now:
+        words += " (the reset has passed since)"
+    elif left is not None and limit.before_reset:
+        code = CRITICAL if left < crit else WARNING
+    elif left is not None and limit.before_reset is None and left < crit:
+        code = CRITICAL  # no reset time to set against it: running out this soon is news
+    if code == CRITICAL:
+        words += f" (within {_words(crit)})"
+    return Judgement(
+        f"forecast_{limit.limit}", code, left, warn, crit_bound, words, "s", alert_below=True
+    )
+
+
+def _judge_mirror(mirror: MirrorFacts, max_lag: float) -> Judgement:
+    lag = mirror.lag or 0.0
+    code = _over(lag, max_lag)
+    if mirror.backlog:
+        words = f"mirror {mirror.backlog} behind, oldest {_words(lag)} old"
+    else:
+        words = "mirror up to date"
+    if code:
+        words += f" (more than {_words(max_lag * (2 if code == CRITICAL else 1))})"
+    if mirror.state == "denied":
+        # Retrying does not fix credentials: someone has to, so say so now, lag or not.
+        code = CRITICAL
+        words += ", but the object store refuses the credentials"
+    elif mirror.state not in ("ok", "starting"):
+        words += f" ({mirror.state})"
+    if mirror.pid is None and mirror.backlog:
+        words += ", mirror not running"
+    return Judgement(
+        "mirror_lag",
+        code,
+        lag,
+        max_lag,
+        2 * max_lag,
+        words,
+        "s",
+        (("mirror_backlog", mirror.backlog),),
+    )

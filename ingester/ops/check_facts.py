@@ -1,0 +1,252 @@
+"""What ``ingester check`` looks at: the facts of a history, gathered once, judged elsewhere.
+
+:func:`gather_facts` reads, and only reads: the newest version and its ``lastUpdated``,
+the spool's backlog (``.claimed/`` included), the rejections of the last hour, the
+mirror's state (:func:`mirror_facts`) and, when asked, the forecast of each limit. It
+takes no lock. Judging the facts against the thresholds is :func:`ingester.ops.check.judge`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import Any
+
+from ..clock import utc_now
+from ..errors import StorageError, describe_os_error
+from ..history.base import HistoryReader, latest_name
+from ..history.local import LocalHistory
+from ..history.lock import lock_holder
+from ..history.names import parse_timestamp_from_filename
+from ..history.retention import RetentionPolicy, expired_prefix
+from ..intake.housekeeping import count_rejected_since
+from ..intake.spool import Spool
+from ..mirror.state import MirrorState, held_back, mirror_status
+from ..settings import Settings
+from ..usage.forecast import Forecast
+from ..usage.usage_history import forecast_of
+from .queries import history_problem, read_version
+
+__all__ = ["Facts", "MirrorFacts", "gather_facts", "mirror_facts"]
+
+
+@dataclass(frozen=True)
+class MirrorFacts:
+    """How far behind the mirror is.
+
+    ``backlog``: local versions above its watermark (not known to be uploaded);
+    ``oldest``: the oldest of them (a version name) and ``lag`` its age in seconds by
+    the ingest time in its name (``None`` when nothing waits); ``state``: what the
+    mirror last recorded (``ok``, ``denied``, ``unreachable``, ..., ``never-run`` when
+    it has no state file yet); ``pid``: the running mirror's, or ``None``;
+    ``held``: of the backlog, the versions retention has expired and keeps only
+    because they are not uploaded yet; ``hold_max``: how many it keeps at most (the
+    state file's ``holdMax``, ``None`` without a state file, when nothing is held).
+    """
+
+    target: str | None
+    state: str
+    backlog: int
+    oldest: str | None = None
+    lag: float | None = None
+    detail: str | None = None
+    pid: int | None = None
+    held: int = 0
+    hold_max: int | None = None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What :func:`gather_facts` read. ``history_problem`` set: nothing else could be read."""
+
+    now: datetime
+    history_problem: str | None = None
+    latest: str | None = None
+    last_updated: datetime | None = None
+    latest_error: str | None = None
+    backlog: int | None = 0
+    """``None``: the spool could not be listed (``backlog_problem`` says why)."""
+    oldest_drop_age: float | None = None
+    rejected_last_hour: int | None = 0
+    """``None``: the quarantine could not be listed (``rejected_problem`` says why)."""
+    backlog_problem: str | None = None
+    rejected_problem: str | None = None
+    watcher_pid: int | None = None
+    mirror: MirrorFacts | None = None
+    usage: Forecast | None = None
+    usage_json: dict[str, Any] | None = None
+    usage_zone: tzinfo = UTC
+    usage_problem: str | None = None
+    source: str | None = None
+    """The history judged when it is not the local one (``--from``): its location. Then
+    the spool, the rejections and the mirror are not judged."""
+
+
+def _spool_backlog(
+    settings: Settings, now: datetime
+) -> tuple[int | None, float | None, str | None]:
+    """``(waiting, oldest drop's age, problem)``: ``waiting`` ``None`` when the spool
+    exists and cannot be listed; ``problem`` also names an in-flight folder it may not list
+    (those drops are then not counted)."""
+    spool = Spool(settings.spool_dir, settings.rejected_dir)
+    waiting = []
+    problem = None
+    for folder in (settings.spool_dir, settings.claimed_dir):
+        try:
+            waiting += [c for c in spool.scan(folder) if stat.S_ISREG(c.mode)]
+        except StorageError as exc:
+            if exc.errno == errno.ENOENT:
+                continue  # no spool here (a copied history): nothing waits
+            if folder == settings.spool_dir:
+                return None, None, str(exc)
+            problem = f"in flight not counted: {exc}"
+    if not waiting:
+        return 0, None, problem
+    oldest = min(c.mtime_ns for c in waiting) / 1e9
+    return len(waiting), max(0.0, now.timestamp() - oldest), problem
+
+
+def _rejected(settings: Settings, now: datetime) -> tuple[int | None, str | None]:
+    try:
+        return count_rejected_since(settings.rejected_dir, now - timedelta(hours=1)), None
+    except StorageError as exc:
+        return None, str(exc)
+
+
+def mirror_facts(
+    history_dir: Path,
+    names: list[str],
+    configured: str | None,
+    now: datetime,
+    policy: RetentionPolicy | None = None,
+) -> MirrorFacts | None:
+    """The mirror's backlog and lag over ``names`` (sorted), or ``None`` without a mirror.
+
+    A mirror is configured when ``configured`` (the settings' target) is set or its state
+    file exists in ``history_dir``. The lag is ``now`` minus the ingest time in the name of
+    the oldest version above the watermark, in seconds (never negative). ``held`` counts
+    the versions ``policy`` (the retention settings; the defaults when ``None``) expires
+    at ``now`` that are above the watermark: what retention keeps back for the mirror.
+    """
+    status = mirror_status(history_dir, names, configured)
+    if status is None:
+        return None
+    hold_max: int | None = status["holdMax"]
+    expired = expired_prefix(names, now, policy or RetentionPolicy())
+    recorded = MirrorState(mirrored_through=status["mirroredThrough"], hold_max=hold_max or 0)
+    oldest = status["oldestWaiting"]
+    lag = None
+    if oldest is not None:
+        stamp = parse_timestamp_from_filename(oldest)
+        # A name from a clock that was ahead would give a negative age: it is just new.
+        lag = 0.0 if stamp is None else round(max(0.0, (now - stamp).total_seconds()), 1)
+    return MirrorFacts(
+        target=status["target"],
+        state=status["state"],
+        backlog=status["waiting"],
+        oldest=oldest,
+        lag=lag,
+        detail=status["detail"],
+        pid=status["pid"],
+        held=0 if hold_max is None else held_back(names, expired, recorded),
+        hold_max=hold_max,
+    )
+
+
+def gather_facts(
+    settings: Settings,
+    now: datetime | None = None,
+    *,
+    usage: bool = False,
+    reader: HistoryReader | None = None,
+) -> Facts:
+    """Read what :func:`judge` needs: the newest version, the spool, the rejections, the mirror.
+
+    The mirror is read only when one is configured and the history can be opened; the
+    usage forecast only when ``usage`` is true. ``reader``: the history to judge when it
+    is not the local one (see the module docstring); only its versions are read then.
+    Never raises ``OSError``: whatever this user may not read that the age item needs
+    (the root, the history, the newest version) becomes a ``history_problem`` or a
+    ``latest_error``, which :func:`judge` makes CRITICAL, so a check that cannot see
+    still alerts, with its plugin line.
+    """
+    now = now or utc_now()
+    source = None if reader is None else reader.location
+    # The spool is read first, apart: a history it cannot read leaves its counts as read.
+    intake = {} if reader is not None else _intake(settings, now)
+    try:
+        return _gather(settings, now, usage, reader, intake)
+    except OSError as exc:
+        return Facts(now=now, history_problem=describe_os_error(exc), source=source, **intake)
+
+
+def _intake(settings: Settings, now: datetime) -> dict[str, Any]:
+    """The spool's facts for :class:`Facts`; never raises (what it cannot list is unknown)."""
+    backlog, oldest, backlog_problem = _spool_backlog(settings, now)
+    rejected, rejected_problem = _rejected(settings, now)
+    return {
+        "backlog": backlog,
+        "oldest_drop_age": oldest,
+        "rejected_last_hour": rejected,
+        "backlog_problem": backlog_problem,
+        "rejected_problem": rejected_problem,
+    }
+
+
+def _gather(
+    settings: Settings,
+    now: datetime,
+    usage: bool,
+    reader: HistoryReader | None,
+    intake: dict[str, Any],
+) -> Facts:
+    common: dict[str, Any] = {"now": now}
+    if reader is not None:
+        common["source"] = reader.location
+    else:
+        common.update(intake)
+        problem = history_problem(settings)
+        if problem is not None:
+            return Facts(history_problem=problem, **common)
+    history = reader or LocalHistory(settings.history_dir)
+    names = [entry.name for entry in history.list_versions()]
+    pid = None
+    if reader is None:
+        pid = lock_holder(settings.store().lock_path)
+        common["mirror"] = mirror_facts(
+            settings.history_dir, names, settings.mirror, now, settings.policy()
+        )
+    name = latest_name(names, now)
+    if name is None:
+        return Facts(latest=None, watcher_pid=pid, **common)
+    info = read_version(history, name, now)
+    if usage:
+        common.update(_usage_facts(settings, history, now))
+    return Facts(
+        latest=name,
+        last_updated=info.last_updated,
+        latest_error=info.error,
+        watcher_pid=pid if pid != os.getpid() else None,
+        **common,
+    )
+
+
+def _usage_facts(settings: Settings, reader: HistoryReader, now: datetime) -> dict[str, Any]:
+    from ..usage.usage_history import forecast_json
+
+    zone, zone_name = settings.console_zone()
+    try:
+        answer = forecast_of(reader, zone, zone_name, now)
+    except OSError as exc:
+        return {"usage_problem": f"usage unreadable: {exc}"}
+    if answer is None:
+        return {}
+    return {
+        "usage": answer.forecast,
+        "usage_json": forecast_json(answer, zone_name),
+        "usage_zone": zone,
+    }

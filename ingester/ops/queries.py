@@ -1,0 +1,586 @@
+"""Read-only answers about a history: ``status``, ``list``, ``show`` and ``verify``.
+
+Each query returns dataclasses; rendering them (aligned text, JSON) is the CLI's job, in
+:mod:`ingester.cli.report`.
+
+Versions and the metadata are read through a
+:class:`~ingester.history.base.HistoryReader` (``list`` and ``show`` read any backing;
+``status`` and ``verify``, which also judge the local folder itself, its latest link,
+modes and temp files, read the local one). Reading never writes, never takes the
+history lock, and never creates a folder. Only :func:`repair_modes` writes, and the
+caller holds the lock for it. A version file is never deleted or rewritten here.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from ..errors import (
+    PERMISSION_ADVICE,
+    ReportError,
+    VersionNotFound,
+    is_permission_problem,
+    missing_root,
+    unreadable,
+)
+from ..history import durable
+from ..history.base import HistoryReader, derive_metadata, is_future, latest_name, stored_metadata
+from ..history.durable import TEMP_PREFIX, StorageError
+from ..history.local import LocalHistory
+from ..history.lock import is_watcher, lock_holder, lock_owner
+from ..history.metadata import StorageMetadata
+from ..history.names import is_version_name, looks_like_version_name, parse_timestamp_from_filename
+from ..history.store import LATEST_TEMP_PREFIXES, METADATA_NAME, HistoryStore
+from ..intake.spool import Candidate, Spool
+from ..mirror.state import mirror_status
+from ..payload.model import PayloadRejected, judge_payload
+from ..settings import Settings
+from .adopt import UNKEPT_LATEST, latest_is_a_file, unkept_latest
+
+__all__ = [
+    "STALE_AFTER",
+    "Finding",
+    "LatestVersion",
+    "LockState",
+    "RejectedState",
+    "ReportError",
+    "SpoolState",
+    "Status",
+    "VerifyReport",
+    "VersionInfo",
+    "history_problem",
+    "list_report",
+    "open_store",
+    "payload_problem",
+    "read_version",
+    "repair_modes",
+    "repaired_between",
+    "resolve_version_name",
+    "root_problem",
+    "status",
+    "verify_history",
+]
+
+STALE_AFTER = timedelta(minutes=10)
+"""A payload whose ``lastUpdated`` is older than this is stale (as the original widget judged)."""
+
+
+# -- opening the history, read-only ------------------------------------------------------
+
+
+def _not_entered(path: Path, exc: OSError) -> str:
+    """The nearest folder above ``path`` this user may not enter, in one line."""
+    effective = os.access in os.supports_effective_ids
+    for folder in reversed(path.parents):
+        if not os.access(folder, os.X_OK, effective_ids=effective):
+            return str(StorageError("enter", folder, exc))
+    return str(StorageError("reach", path, exc))
+
+
+def history_problem(settings: Settings) -> str | None:
+    """Why the history cannot be opened, in the words every command uses; ``None`` if it can.
+
+    A missing root is named as such (:func:`~ingester.errors.missing_root`), whatever the
+    command; a folder this user may not enter is named by its path. Never raises.
+    """
+    history = settings.history_dir
+    try:
+        if stat.S_ISDIR(os.stat(history).st_mode):
+            return None
+        return f"history path {history} is not a folder"
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except PermissionError as exc:
+        return _not_entered(history, exc)
+    except OSError as exc:
+        return str(StorageError("reach", history, exc))
+    return root_problem(settings, history) or (
+        f"no history at {history}; run 'ingester init' to create it"
+    )
+
+
+def root_problem(settings: Settings, path: Path) -> str | None:
+    """Why the root cannot hold ``path``, when ``path`` lies under it; else ``None``.
+
+    For the commands that never create the root: a missing one is named with
+    :func:`~ingester.errors.missing_root`. Never raises.
+    """
+    root = settings.root
+    if not path.is_relative_to(root):
+        return None
+    try:
+        if not stat.S_ISDIR(os.stat(root).st_mode):
+            return f"root {root} is not a folder"
+    except FileNotFoundError:
+        return missing_root(root)
+    except NotADirectoryError:
+        return f"root {root} is not a folder"
+    except PermissionError as exc:
+        return _not_entered(root, exc)
+    except OSError as exc:
+        return str(StorageError("reach", root, exc))
+    return None
+
+
+def open_store(settings: Settings) -> HistoryStore:
+    """The history, scanned and loaded without writing anything.
+
+    Raises :class:`ReportError` (its words from :func:`history_problem`) when the history
+    cannot be reached, and when it cannot be listed.
+    """
+    problem = history_problem(settings)
+    if problem is not None:
+        raise ReportError(problem)
+    store = settings.store()
+    try:
+        store.load()
+    except StorageError as exc:
+        raise ReportError(str(exc)) from None
+    return store
+
+
+# -- one version -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What ``list`` shows for one version; ``error`` is set when the file is damaged."""
+
+    name: str
+    ingested_at: datetime | None
+    size: int | None
+    last_updated: datetime | None
+    is_partial: bool | None
+    future: bool
+    error: str | None = None
+
+
+def read_version(reader: HistoryReader, name: str, now: datetime) -> VersionInfo:
+    """Read and judge one version; a damaged or unreadable file gives ``error``, not a raise."""
+    ingested = parse_timestamp_from_filename(name)
+    future = is_future(name, now)
+    try:
+        data = reader.read_version(name)
+    except VersionNotFound:
+        return VersionInfo(name, ingested, None, None, None, future, "gone (deleted meanwhile)")
+    except OSError as exc:
+        return VersionInfo(name, ingested, None, None, None, future, unreadable(exc))
+    try:
+        payload = judge_payload(data)
+        last_updated = payload.lastUpdated.astimezone(UTC)
+    except PayloadRejected as exc:
+        return VersionInfo(name, ingested, len(data), None, None, future, exc.reason)
+    except (OverflowError, ValueError) as exc:
+        # A file placed by hand, or by an older gate, that no longer passes: reported.
+        return VersionInfo(name, ingested, len(data), None, None, future, f"lastUpdated: {exc}")
+    return VersionInfo(name, ingested, len(data), last_updated, payload.isPartial, future)
+
+
+def payload_problem(data: bytes) -> str | None:
+    """Why ``data`` is not a valid payload, or ``None`` when it is one."""
+    try:
+        judge_payload(data)
+    except PayloadRejected as exc:
+        return exc.reason
+    return None
+
+
+def list_report(reader: HistoryReader, limit: int | None, now: datetime) -> list[VersionInfo]:
+    """The newest ``limit`` versions (all when ``None``), newest first, each read and judged.
+
+    Raises ``OSError`` when the history cannot be listed.
+    """
+    entries = reader.list_versions()
+    chosen = entries[::-1] if limit is None else entries[: -limit - 1 : -1]
+    return [read_version(reader, entry.name, now) for entry in chosen]
+
+
+def resolve_version_name(text: str) -> str:
+    """The version file name for a VERSION argument (``.json`` optional).
+
+    Raises ``ValueError`` for a path or a name that is not a version name.
+    """
+    if "/" in text or "\\" in text or text in (".", ".."):
+        raise ValueError(f"{text!r} looks like a path; give a version name from 'ingester list'")
+    name = text if text.endswith(".json") else f"{text}.json"
+    if not is_version_name(name):
+        raise ValueError(
+            f"{text!r} is not a version name (YYYY-MM-DDTHH-mm-ss-XXXXXXXX[.json] or 'latest')"
+        )
+    return name
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+def _drops_in(spool: Spool, folder: Path) -> list[Candidate]:
+    """Regular files in ``folder`` whose names a drop may have (none if it is missing)."""
+    try:
+        return [c for c in spool.scan(folder) if stat.S_ISREG(c.mode)]
+    except StorageError:
+        return []  # no spool (e.g. a copied history): nothing waits
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be listed (``None`` when it can, or when it is missing)."""
+    try:
+        with os.scandir(folder):
+            return None
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return unreadable(exc)
+
+
+@dataclass(frozen=True)
+class LatestVersion:
+    """The newest version, read and judged; ages in seconds at the time of the query."""
+
+    info: VersionInfo
+    ingested_age: float | None
+    last_updated_age: float | None
+
+    @property
+    def stale(self) -> bool | None:
+        """Whether its payload is older than :data:`STALE_AFTER` (None if unknown)."""
+        if self.last_updated_age is None:
+            return None
+        return self.last_updated_age > STALE_AFTER.total_seconds()
+
+
+@dataclass(frozen=True)
+class SpoolState:
+    """The drop folder: drops waiting, drops claimed (in flight), the oldest one's time."""
+
+    path: Path
+    exists: bool
+    waiting: int
+    claimed: int
+    oldest_drop_at: datetime | None
+    problem: str | None
+
+    @property
+    def backlog(self) -> int:
+        """Drops not stored yet: waiting plus claimed."""
+        return self.waiting + self.claimed
+
+
+@dataclass(frozen=True)
+class RejectedState:
+    """The quarantine folder: how many drops it holds, and their retention in days."""
+
+    path: Path
+    count: int
+    problem: str | None
+    retention_days: float
+
+
+@dataclass(frozen=True)
+class LockState:
+    """Who holds the history lock: its pid and the command it noted (None: no one)."""
+
+    pid: int | None
+    command: str | None
+    held: bool
+
+    @property
+    def watcher_running(self) -> bool:
+        """Only a watcher (or a holder that left no note) counts as a running watcher."""
+        return self.held and is_watcher(self.command)
+
+
+@dataclass(frozen=True)
+class Status:
+    """Everything ``status`` shows, at ``now``."""
+
+    now: datetime
+    history: Path
+    metadata: StorageMetadata
+    metadata_problem: str | None
+    latest: LatestVersion | None
+    latest_link: Path
+    latest_link_problem: str | None
+    adopt_advised: bool  # the latest is a file, as the original server left it
+    spool: SpoolState
+    rejected: RejectedState
+    lock: LockState
+    mirror: dict[str, Any] | None  # its JSON object (mirror.state.mirror_status); None: none
+    settings: dict[str, dict[str, Any]]
+
+
+def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
+    """The history's metadata, its latest version, the spool's backlog and the lock.
+
+    Raises ``OSError`` when the history cannot be listed.
+    """
+    reader = LocalHistory(store.history_dir)
+    names = [entry.name for entry in reader.list_versions()]
+    stored, meta_problem = stored_metadata(reader)
+    meta = derive_metadata(names, now, stored)
+    if meta_problem is None and stored.scan_facts() != meta.scan_facts():
+        meta_problem = "out of date"
+
+    latest: LatestVersion | None = None
+    newest = latest_name(names, now)
+    if newest is not None:
+        info = read_version(reader, newest, now)
+        latest = LatestVersion(
+            info,
+            (now - info.ingested_at).total_seconds() if info.ingested_at else None,
+            (now - info.last_updated).total_seconds() if info.last_updated else None,
+        )
+
+    spool = Spool(settings.spool_dir, settings.rejected_dir)
+    waiting = _drops_in(spool, settings.spool_dir)
+    claimed = _drops_in(spool, settings.claimed_dir)
+    oldest = min((c.mtime_ns for c in waiting + claimed), default=None)
+    oldest_at = datetime.fromtimestamp(oldest / 1e9, UTC) if oldest is not None else None
+    owner = lock_owner(store.lock_path)
+    pid, command = owner if owner is not None else (None, None)
+    return Status(
+        now=now,
+        history=store.history_dir,
+        metadata=meta,
+        metadata_problem=meta_problem,
+        latest=latest,
+        latest_link=store.latest_path,
+        latest_link_problem=store.latest_problem(),
+        adopt_advised=latest_is_a_file(store),
+        spool=SpoolState(
+            path=settings.spool_dir,
+            exists=settings.spool_dir.is_dir(),
+            waiting=len(waiting),
+            claimed=len(claimed),
+            oldest_drop_at=oldest_at,
+            problem=_folder_problem(settings.spool_dir),
+        ),
+        rejected=RejectedState(
+            path=settings.rejected_dir,
+            count=spool.rejected_count(),
+            problem=_folder_problem(settings.rejected_dir),
+            retention_days=settings.rejected_retention_days,
+        ),
+        lock=LockState(pid, command, owner is not None),
+        mirror=mirror_status(store.history_dir, names, settings.mirror),
+        settings=settings.describe(),
+    )
+
+
+# -- verify ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing ``verify`` found: a problem (or a warning) about ``subject``."""
+
+    kind: str
+    subject: str
+    message: str
+    repairable: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What identifies it across two runs (before and after a repair)."""
+        return (self.kind, self.subject)
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify`` found; ``ok`` when no problem is left (warnings do not count)."""
+
+    history: Path
+    latest_path: Path
+    checked: int
+    problems: list[Finding] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
+    repaired: list[Finding] = field(default_factory=list)
+    writer_pid: int | None = None
+    adopt_advised: bool = False  # laid out as the original server left it: adopt fixes it
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong."""
+        return not self.problems
+
+
+def _is_spare(path: Path) -> bool:
+    """An empty ``.tmp-w-`` file: what a running watcher keeps ready for its next copy."""
+    try:
+        return path.name.startswith(durable.WRITE_TEMP_PREFIX) and path.lstat().st_size == 0
+    except OSError:
+        return False
+
+
+def _temps(folder: Path, prefixes: tuple[str, ...]) -> list[str]:
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(
+                e.name
+                for e in entries
+                if e.name.startswith(prefixes) and not e.is_dir(follow_symlinks=False)
+            )
+    except OSError:
+        return []
+
+
+def _metadata_findings(reader: HistoryReader, names: list[str], now: datetime) -> list[Finding]:
+    stored, problem = stored_metadata(reader)
+    if is_permission_problem(problem):
+        # The file may be fine: a repair run by this user would not help.
+        message = f"{METADATA_NAME} is {problem}: {PERMISSION_ADVICE}"
+        return [Finding("metadata", METADATA_NAME, message)]
+    if problem is not None:
+        return [Finding("metadata", METADATA_NAME, f"{METADATA_NAME} is {problem}", True)]
+    scanned = derive_metadata(names, now, stored)
+    stored_json = stored.model_dump(by_alias=True)
+    scanned_json = scanned.model_dump(by_alias=True)
+    keys = ("versionCount", "oldestTimestamp", "newestTimestamp", "latestVersion", "futureVersions")
+    wrong = [
+        f"{key} is {stored_json[key]!r}, the files say {scanned_json[key]!r}"
+        for key in keys
+        if stored_json[key] != scanned_json[key]
+    ]
+    if wrong:
+        return [Finding("metadata", METADATA_NAME, "; ".join(wrong), True)]
+    return []
+
+
+def _version_findings(reader: LocalHistory, names: list[str]) -> list[Finding]:
+    problems: list[Finding] = []
+    for name in names:
+        path = reader.dir / name
+        try:
+            st = path.lstat()
+            data = reader.read_version(name)
+        except (FileNotFoundError, VersionNotFound):
+            continue  # deleted by retention since the listing
+        except OSError as exc:
+            problem = unreadable(exc)
+            if is_permission_problem(problem):
+                problem += f": {PERMISSION_ADVICE}"
+            problems.append(Finding("unreadable-version", name, problem))
+            continue
+        try:
+            judge_payload(data)
+        except PayloadRejected as exc:
+            problems.append(Finding("invalid-version", name, exc.reason))
+        if st.st_mode & 0o222:
+            problems.append(
+                Finding(
+                    "writable-version",
+                    name,
+                    f"mode {stat.S_IMODE(st.st_mode):04o} has write bits (versions are read-only)",
+                    True,
+                )
+            )
+    return problems
+
+
+def _odd_entries(store: HistoryStore, names: set[str]) -> list[Finding]:
+    """Entries that look like versions but do not count as one (never touched)."""
+    found: list[Finding] = []
+    try:
+        with os.scandir(store.history_dir) as entries:
+            for entry in entries:
+                if entry.name in names or not looks_like_version_name(entry.name):
+                    continue
+                if is_version_name(entry.name):
+                    why = "named like a version but not a regular file"
+                else:
+                    why = "not a valid version name (bad date or suffix)"
+                found.append(Finding("not-a-version", entry.name, f"{why}; not counted"))
+    except OSError:
+        pass
+    return sorted(found, key=lambda f: f.subject)
+
+
+def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
+    """Check the local history: its versions (read through its reader), its metadata,
+    its latest link, modes and temp files; never writes. Raises ``OSError`` when the
+    history cannot be listed.
+
+    While another process holds the lock, the caches (metadata, latest link) and temp
+    files may be mid-update, so what is found about them is a warning, not a problem;
+    an empty ``.tmp-w-`` file is then the watcher's spare for its next copy, not even
+    that. When this process holds the lock (``verify --repair``) nothing is in flight.
+    """
+    reader = LocalHistory(store.history_dir)
+    names = [entry.name for entry in reader.list_versions()]
+    pid = lock_holder(store.lock_path)
+    if pid == os.getpid():
+        pid = None
+    report = VerifyReport(store.history_dir, store.latest_path, len(names), writer_pid=pid)
+    report.problems += _version_findings(reader, names)
+
+    caches: list[Finding] = []
+    for temp in _temps(store.history_dir, (TEMP_PREFIX,)):
+        if pid is not None and _is_spare(store.history_dir / temp):
+            continue
+        caches.append(
+            Finding("stale-temp", temp, f"leftover temp file in {store.history_dir}", True)
+        )
+    link_dir = store.latest_path.parent
+    if link_dir != store.history_dir:
+        for temp in _temps(link_dir, LATEST_TEMP_PREFIXES):
+            caches.append(
+                Finding("stale-temp", os.fspath(link_dir / temp), "leftover temp file", True)
+            )
+    caches += _metadata_findings(reader, names, now)
+    link_problem = store.latest_problem()
+    report.adopt_advised = latest_is_a_file(store)
+    if report.adopt_advised and unkept_latest(store):
+        # Not for verify --repair, which would replace the file and lose the snapshot.
+        caches.append(Finding("latest-link", os.fspath(store.latest_path), UNKEPT_LATEST))
+    elif is_permission_problem(link_problem):
+        message = f"latest link {link_problem}: {PERMISSION_ADVICE}"
+        caches.append(Finding("latest-link", os.fspath(store.latest_path), message))
+    elif link_problem is not None:
+        caches.append(
+            Finding(
+                "latest-link", os.fspath(store.latest_path), f"latest link {link_problem}", True
+            )
+        )
+    if pid is None:
+        report.problems += caches
+    else:
+        report.warnings += [
+            Finding(f.kind, f.subject, f"{f.message} (pid {pid} holds the lock: may be in flight)")
+            for f in caches
+        ]
+
+    report.warnings += _odd_entries(store, set(names))
+    for name in names:
+        if is_future(name, now):
+            report.warnings.append(
+                Finding("future-version", name, "dated more than a day ahead of the clock")
+            )
+    return report
+
+
+def repair_modes(store: HistoryStore, findings: Iterable[Finding]) -> None:
+    """Remove the write bits of writable versions (the bytes are never touched).
+
+    Call with the history lock held.
+    """
+    for finding in findings:
+        if finding.kind != "writable-version":
+            continue
+        path = store.version_path(finding.subject)
+        try:
+            mode = stat.S_IMODE(path.lstat().st_mode)
+            # Only regular files count as versions (the scan does not follow links).
+            durable.set_mode(path, mode & ~0o222)
+        except OSError as exc:
+            raise StorageError("chmod", path, exc) from exc
+
+
+def repaired_between(before: VerifyReport, after: VerifyReport) -> list[Finding]:
+    """The problems of ``before`` that ``after`` no longer has."""
+    left = {f.key for f in after.problems}
+    return [f for f in before.problems if f.key not in left]

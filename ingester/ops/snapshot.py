@@ -1,0 +1,311 @@
+"""Point-in-time snapshots of a live history, for backups: ``ingester snapshot``.
+
+A backup tool that copies the live history lists the folder first and reads the latest
+link and ``_metadata.json`` later, so the copy can hold a link to a version created
+after the listing, or metadata ahead of the files. A snapshot fixes the instant
+instead:
+
+1. the history is listed **once**;
+2. each listed version is hard-linked into a temp folder beside the destination (its
+   inode is immutable, so a link is a copy that costs nothing), or copied where links
+   cannot be made (another filesystem, no permission to link another user's file);
+   a version that retention deleted since the listing is simply left out;
+3. ``_metadata.json`` and the latest link are derived from exactly the versions that
+   were taken, by the same code the watcher uses (:class:`~ingester.history.store.HistoryStore`);
+4. the temp folder is renamed to the destination: a half-made snapshot is never
+   visible under its final name.
+
+The result is a **root** in the default layout, restorable as it is::
+
+    DEST/console-usage-history/<versions> + _metadata.json
+    DEST/console-usage-synced.json -> console-usage-history/<newest>
+
+so ``ingester --root DEST verify`` passes by construction. Nothing here takes the
+history lock or writes to the live history: it runs beside a watcher, as any user who
+can read the history.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import stat
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import SnapshotError
+from ..history import durable
+from ..history.durable import SNAPSHOT_TEMP_PREFIX, StorageError
+from ..history.names import is_version_name
+from ..history.store import METADATA_NAME, HistoryStore
+
+__all__ = [
+    "SNAPSHOT_HISTORY",
+    "SNAPSHOT_LATEST",
+    "SnapshotError",
+    "SnapshotResult",
+    "build_snapshot_tree",
+    "list_versions_once",
+    "take_snapshot",
+    "write_snapshot_tar",
+]
+
+SNAPSHOT_HISTORY = "console-usage-history"
+"""The history folder's name inside a snapshot (the default layout)."""
+SNAPSHOT_LATEST = "console-usage-synced.json"
+"""The latest link's name inside a snapshot (the default layout)."""
+
+# A hard link cannot be made here; a copy can: another filesystem, a file of another
+# user under fs.protected_hardlinks, a filesystem without links, too many links.
+_COPY_INSTEAD = frozenset({errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    """What a snapshot holds.
+
+    ``versions``: the version names taken, oldest first; ``linked`` / ``copied``: how
+    each was taken; ``vanished``: listed but deleted by retention before it was taken
+    (left out); ``latest``: the version the latest link names (``None`` when empty).
+    """
+
+    path: Path
+    versions: list[str]
+    linked: int
+    copied: int
+    vanished: int
+    latest: str | None
+
+
+def list_versions_once(history_dir: Path) -> list[str]:
+    """The version names in ``history_dir`` at one instant, oldest first.
+
+    Raises :class:`SnapshotError` when the folder cannot be listed.
+    """
+    try:
+        with os.scandir(history_dir) as entries:
+            names = [
+                e.name
+                for e in entries
+                if is_version_name(e.name) and e.is_file(follow_symlinks=False)
+            ]
+    except FileNotFoundError:
+        raise SnapshotError(
+            f"no history at {history_dir}; run 'ingester init' to create it"
+        ) from None
+    except OSError as exc:
+        raise SnapshotError(str(StorageError("list", history_dir, exc))) from None
+    return sorted(names)
+
+
+def _write_scratch(folder: Path, name: str, data: bytes, mode: int) -> None:
+    # Scratch for the tar stream, removed once the stream is written: durability would
+    # only cost an fsync per version (20,000 of them on a large history).
+    path = folder / name
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StorageError("write", path, exc) from exc
+
+
+def _copy_version(source: Path, folder: Path, name: str, *, scratch: bool) -> bool:
+    """Copy one version (durably unless ``scratch``), keeping its mode; False when gone."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StorageError("open", source, exc) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False  # replaced by something else since the listing: not a version
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    except OSError as exc:
+        raise StorageError("read", source, exc) from exc
+    finally:
+        os.close(fd)
+    if scratch:
+        _write_scratch(folder, name, b"".join(chunks), stat.S_IMODE(st.st_mode))
+    else:
+        durable.write_file(folder, name, b"".join(chunks), mode=stat.S_IMODE(st.st_mode))
+    return True
+
+
+def build_snapshot_tree(
+    history_dir: Path,
+    tree: Path,
+    names: list[str] | None = None,
+    *,
+    link: bool = True,
+    scratch: bool = False,
+) -> SnapshotResult:
+    """Fill the empty folder ``tree`` with a snapshot of ``history_dir``; nothing else moves.
+
+    ``names`` is the listing to take (default: :func:`list_versions_once`); a listed
+    version that is gone by the time it is taken is left out. With ``link=False``
+    every version is copied. ``scratch=True`` skips the fsync of each copy (for a tree
+    that is read once and removed). Raises :class:`StorageError` when a write fails.
+    """
+    history_dir = Path(os.path.abspath(history_dir))
+    if names is None:
+        names = list_versions_once(history_dir)
+    live = HistoryStore(history_dir, history_dir.parent / SNAPSHOT_LATEST)
+    # Read before the versions: the totals are best effort anyway, and this way they
+    # can only be behind the files taken, never ahead of them.
+    stored, _problem = live.read_metadata_file()
+    folder = tree / SNAPSHOT_HISTORY
+    try:
+        folder.mkdir(mode=stat.S_IMODE(os.stat(history_dir).st_mode) | 0o700)
+    except OSError as exc:
+        raise StorageError("create folder", folder, exc) from exc
+    linked = copied = vanished = 0
+    for name in names:
+        source = history_dir / name
+        if link:
+            try:
+                durable.link_file(source, folder / name)
+                linked += 1
+                continue
+            except StorageError as exc:
+                if exc.errno == errno.ENOENT:
+                    vanished += 1
+                    continue
+                if exc.errno not in _COPY_INSTEAD:
+                    raise
+                link = False  # the next link would fail the same way: copy the rest
+        if _copy_version(source, folder, name, scratch=scratch):
+            copied += 1
+        else:
+            vanished += 1
+    durable.fsync_dir(folder)
+    # The live totals and lastCleanup carry over; every key a scan can derive is then
+    # rebuilt from the files actually taken, by the code the watcher itself uses.
+    durable.write_file(folder, METADATA_NAME, stored.to_json_bytes(), mode=0o644, replace=True)
+    store = HistoryStore(folder, tree / SNAPSHOT_LATEST)
+    store.initialize()
+    return SnapshotResult(
+        tree,
+        store.version_names(),
+        linked,
+        copied,
+        vanished,
+        store.latest_version_name(),
+    )
+
+
+def _remove_tree(path: Path) -> None:
+    # Only our own half-made temp folder: hard links in it are just second names.
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _as_asked(exc: StorageError, temp: Path, dest: Path) -> str:
+    """``exc`` in one line, naming the path under ``dest`` for one under the folder ``temp``.
+
+    The snapshot is built under a temp name the user never gave: an error names the
+    path they asked for.
+    """
+    if exc.path == temp or exc.path.is_relative_to(temp):
+        return str(StorageError(exc.action, dest / exc.path.relative_to(temp), exc.cause))
+    return str(exc)
+
+
+def take_snapshot(history_dir: Path, dest: Path, *, link: bool = True) -> SnapshotResult:
+    """Snapshot ``history_dir`` into the new root folder ``dest`` (which must not exist).
+
+    Built in ``.tmp-snapshot-*`` beside ``dest`` and renamed into place at the end.
+    Raises :class:`SnapshotError` with a one-line message on any failure (the temp
+    folder is removed then).
+    """
+    history_dir = Path(os.path.abspath(history_dir))
+    dest = Path(os.path.abspath(dest))
+    if os.path.lexists(dest):
+        raise SnapshotError(f"{dest} already exists; a snapshot never replaces anything")
+    if dest == history_dir or dest.is_relative_to(history_dir):
+        raise SnapshotError(f"{dest} is inside the history {history_dir}")
+    names = list_versions_once(history_dir)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SnapshotError(str(StorageError("create folder", dest.parent, exc))) from None
+    temp = dest.parent / f"{SNAPSHOT_TEMP_PREFIX}{secrets.token_hex(6)}"
+    try:
+        temp.mkdir(mode=0o750)
+    except OSError as exc:
+        raise SnapshotError(str(StorageError("create folder", dest, exc))) from None
+    try:
+        result = build_snapshot_tree(history_dir, temp, names, link=link)
+        if os.path.lexists(dest):
+            raise SnapshotError(f"{dest} appeared while the snapshot was taken; left alone")
+        durable.move_file(temp, dest)
+    except StorageError as exc:
+        _remove_tree(temp)
+        raise SnapshotError(_as_asked(exc, temp, dest)) from None
+    except BaseException:
+        _remove_tree(temp)
+        raise
+    return SnapshotResult(
+        dest, result.versions, result.linked, result.copied, result.vanished, result.latest
+    )
+
+
+def _tar_entry(archive: tarfile.TarFile, path: Path, arcname: str) -> None:
+    info = archive.gettarinfo(os.fspath(path), arcname)
+    if info.isreg():
+        with path.open("rb") as handle:
+            archive.addfile(info, handle)
+    else:
+        archive.addfile(info)
+
+
+def write_snapshot_tar(
+    history_dir: Path, out: BinaryIO, *, tmp_dir: Path | None = None
+) -> SnapshotResult:
+    """Write a snapshot of ``history_dir`` to ``out`` as an uncompressed tar stream.
+
+    The archive holds the same root as :func:`take_snapshot` (``console-usage-history/``
+    first, the versions oldest first, then ``_metadata.json``, then the latest link),
+    so ``tar -xf`` into an empty folder gives a root that passes ``verify``. The
+    snapshot is built first in a temp folder under ``tmp_dir`` (default: ``$TMPDIR``;
+    hard links when that is on the history's filesystem, copies otherwise): nothing is
+    written to ``out`` unless the whole snapshot could be taken.
+    """
+    try:
+        temp = Path(tempfile.mkdtemp(prefix=f"{SNAPSHOT_TEMP_PREFIX}", dir=tmp_dir))
+    except OSError as exc:
+        raise SnapshotError(f"cannot create a temp folder: {exc.strerror}") from None
+    try:
+        try:
+            result = build_snapshot_tree(history_dir, temp, scratch=True)
+        except StorageError as exc:
+            if exc.path == temp or exc.path.is_relative_to(temp):
+                # The scratch copy is ours; where it lives ($TMPDIR) is what the user can fix.
+                raise SnapshotError(
+                    f"cannot {exc.action} the snapshot's scratch copy in {temp.parent} "
+                    f"($TMPDIR): {exc.strerror} [{exc.cause_name}]"
+                ) from None
+            raise SnapshotError(str(exc)) from None
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
+            folder = temp / SNAPSHOT_HISTORY
+            _tar_entry(archive, folder, SNAPSHOT_HISTORY)
+            for name in [*result.versions, METADATA_NAME]:
+                _tar_entry(archive, folder / name, f"{SNAPSHOT_HISTORY}/{name}")
+            if os.path.lexists(temp / SNAPSHOT_LATEST):
+                _tar_entry(archive, temp / SNAPSHOT_LATEST, SNAPSHOT_LATEST)
+        out.flush()
+    finally:
+        _remove_tree(temp)
+    return result

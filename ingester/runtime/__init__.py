@@ -1,0 +1,8 @@
+"""What a long-running command needs, shared by ``watch``, ``serve`` and ``mirror``.
+
+Owns logging (:mod:`.logs`: one line per event, text, journal or JSON), systemd's
+notify protocol (:mod:`.notify`), the metric naming rules and the small metrics server
+(:mod:`.metrics`) and which connections a server takes (:mod:`.admission`).
+
+May import: :mod:`ingester.errors` and :mod:`ingester.clock` only.
+"""

@@ -1,0 +1,138 @@
+"""Logging to stderr, one line per event, in a form that suits where it goes.
+
+* ``text`` on a terminal: ``2026-11-29 10:30:00,412 INFO ingested ...``.
+* ``text`` under systemd (``JOURNAL_STREAM`` is set): no timestamp, since the journal
+  stamps every line itself, and a ``<N>`` syslog priority prefix that journald reads.
+* ``json``: one object per line (``ts``, ``level``, ``logger``, ``msg`` and the event's
+  fields), for log shippers.
+
+Both are valid UTF-8 whatever a drop's name holds: a name's undecodable bytes (which
+Python carries as lone surrogates) are written as ``\\xNN``. Records of other libraries
+(watchdog's "Inotify queue overflowed") go through the same handler, at WARNING and up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..clock import iso_utc
+
+__all__ = ["LOG_FORMATS", "describe_exception", "escape_text", "setup_logging"]
+
+LOG_FORMATS = ("text", "json")
+
+# Attributes every LogRecord has; anything else was passed in ``extra=`` and is an event field.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127) if code != 9} | {
+    10: "\\n",
+    13: "\\r",
+}
+
+_SYSLOG_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+
+
+def escape_text(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (lone surrogates) as ``\\xNN``.
+
+    ``os.listdir`` gives a name that is not UTF-8 with each bad byte as a surrogate;
+    written as is, a log line would not be valid UTF-8 (or hold ``\\udcff``, which
+    names no byte).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return raw.decode("utf-8", "backslashreplace")
+    return text
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``ValueError: bad thing (at serve.py:123 in handler)``: one line, no traceback."""
+    detail = str(exc).replace("\n", " ") or "no detail"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ""
+    if frames:
+        last = frames[-1]
+        where = f" (at {Path(last.filename).name}:{last.lineno} in {last.name})"
+    return f"{type(exc).__name__}: {detail}{where}"
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape_text(value)
+    if isinstance(value, dict):
+        return {escape_text(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": iso_utc(datetime.fromtimestamp(record.created, UTC)),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(_clean(entry), default=lambda v: escape_text(str(v)), ensure_ascii=False)
+
+
+class OneLineFormatter(logging.Formatter):
+    """One line per event, whatever a drop's name holds: control characters are escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_text(super().format(record).translate(_ESCAPES))
+
+
+class JournalFormatter(OneLineFormatter):
+    """``<priority>level: message``: journald turns the prefix into the entry's priority."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _SYSLOG_PRIORITY.get(record.levelno, 6)
+        return f"<{prio}>{record.levelname.lower()}: {super().format(record)}"
+
+
+def setup_logging(verbose: int = 0, fmt: str = "text") -> None:
+    """Send the ``ingester`` loggers to stderr at INFO (``-v``: DEBUG)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    elif os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("ingester")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    # Everyone else's records (watchdog's among them) through the same handler, so that
+    # a JSON stream stays JSON and journald gets a priority; without a handler, Python
+    # would print them bare.
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)

@@ -1,0 +1,99 @@
+"""The API's paths and limits, and the shapes of its JSON answers.
+
+Every JSON answer is rendered here: compact, UTF-8, ``application/json``. Errors of the
+read side are ``{"error", "message", ...}``; answers to the POST endpoints are
+``{"success", "message", "timestamp", ...}``, as the original sync server's clients
+expect.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.responses import Response
+
+from ..clock import utc_now
+from ..history.names import format_timestamp
+from ..usage.forecast import parse_observed_at
+from .routes import API_PATH, HEALTH_PATH, VERSIONS_PATH
+
+__all__ = [
+    "API_PATH",
+    "HEALTH_PATH",
+    "JSON",
+    "STALE_AFTER_MINUTES",
+    "TIMESTAMP_EXAMPLE",
+    "UNHEALTHY_AFTER_MINUTES",
+    "VERSIONS_PATH",
+    "age_minutes",
+    "error_answer",
+    "iso",
+    "json_answer",
+    "parse_instant",
+    "parse_last_updated",
+    "post_answer",
+]
+
+# Ages are judged in whole minutes, rounded as the original server rounded them, so the
+# age an answer shows and the verdict it gets always agree.
+STALE_AFTER_MINUTES = 10  # isStale beyond it, and "degraded" in health
+UNHEALTHY_AFTER_MINUTES = 30
+TIMESTAMP_EXAMPLE = "2026-11-28T10:30:00Z"
+JSON = "application/json"
+
+
+def iso(stamp: datetime) -> str:
+    """``stamp`` as ISO-8601 UTC with milliseconds and ``Z``."""
+    return format_timestamp(stamp) or ""
+
+
+def age_minutes(seconds: float) -> int:
+    """``seconds`` in whole minutes, rounded to the nearest, halves up.
+
+    The original server computed ``Math.round(ms / 1000 / 60)``: JavaScript rounds a half
+    towards +infinity (``Math.round(-0.5)`` is 0), which ``floor(x + 0.5)`` reproduces;
+    Python's ``round`` would round halves to even.
+    """
+    return math.floor(seconds / 60 + 0.5)
+
+
+def json_answer(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """``body`` as compact JSON."""
+    return Response(
+        json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+        status_code=status,
+        media_type=JSON,
+        headers=headers,
+    )
+
+
+def error_answer(status: int, error: str, message: str, **extra: Any) -> Response:
+    """A read-side error: ``{"error", "message", **extra}``."""
+    return json_answer({"error": error, "message": message, **extra}, status)
+
+
+def post_answer(status: int, success: bool, message: str, **extra: Any) -> Response:
+    """A POST endpoint's answer: ``{"success", "message", "timestamp", **extra}``."""
+    body = {"success": success, "message": message, "timestamp": iso(utc_now())}
+    body.update(extra)
+    return json_answer(body, status)
+
+
+parse_last_updated = parse_observed_at
+"""A payload's ``lastUpdated`` as an aware UTC time, or ``None`` (read as the forecast
+reads it)."""
+
+
+def parse_instant(text: str) -> datetime | None:
+    """An ISO-8601 time (UTC when it has no offset), or ``None`` when it is not one."""
+    try:
+        stamp = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)
+        stamp.astimezone(UTC).timestamp()
+        return stamp
+    except (ValueError, OverflowError, OSError):
+        return None

@@ -1,0 +1,175 @@
+"""Whether a watcher will store what ``serve`` drops, and what waits in the spool.
+
+``serve`` hands every POSTed snapshot to the spool; only a watcher turns drops into
+versions. Without one, a drop waits, durable but not stored: a 2xx must then say so,
+``/api/health`` must name the waiting drops, and the log must keep saying it. This
+module answers the two questions behind that:
+
+* is a watcher running? In ``serve --watch`` the one in this process answers; otherwise
+  the history lock does: held by a process that noted a watcher's purpose in it
+  (``watch`` or ``serve --watch``) (read from the
+  kernel's lock table, never by taking the lock, which could make a starting watcher
+  fail). Where the lock table is hidden the answer is ``None``: cannot tell.
+* what waits in the spool, and since when (the oldest drop's mtime)?
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..history.lock import is_watcher, lock_owner, lock_table_readable
+from ..intake.spool import Spool
+
+__all__ = ["BacklogWarnings", "SpoolState", "WatcherProbe"]
+
+log = logging.getLogger("ingester.serve")
+
+WARN_EVERY_S = 60.0
+"""Least time between two "drops wait and no watcher runs" warnings in the log."""
+
+
+@dataclass(frozen=True)
+class SpoolState:
+    """The spool and the watcher at one moment.
+
+    ``waiting``: drops in the spool (``None`` when the spool cannot be listed);
+    ``oldest_s``: seconds the oldest has waited (by its mtime; ``None`` when none wait);
+    ``watcher``: a watcher runs (``None``: cannot tell); ``pid``: its process, if known;
+    ``in_process``: it is this process's own (``serve --watch``).
+    """
+
+    waiting: int | None
+    oldest_s: float | None
+    watcher: bool | None
+    pid: int | None
+    in_process: bool
+
+    @property
+    def unattended(self) -> bool:
+        """Drops wait and it is known that no watcher will take them."""
+        return self.watcher is False and bool(self.waiting)
+
+    def drops_words(self) -> str:
+        """``"3 drops wait in the spool (the oldest for 42 s)"``, for logs and reasons."""
+        n = self.waiting or 0
+        words = f"{n} drop{'' if n == 1 else 's'} {'waits' if n == 1 else 'wait'} in the spool"
+        if self.oldest_s is not None:
+            words += f" (the oldest for {self.oldest_s:.0f} s)"
+        return words
+
+
+class WatcherProbe:
+    """Answers "does a watcher run, and what waits?" for one history and spool.
+
+    ``in_process``: the state of a watcher run by this process (``serve --watch``), or
+    ``None`` to look at the history lock.
+    """
+
+    def __init__(
+        self,
+        lock_path: Path,
+        spool: Spool,
+        in_process: Callable[[], bool] | None = None,
+    ) -> None:
+        self.lock_path = lock_path
+        self.spool = spool
+        self.in_process = in_process
+
+    def watcher(self) -> tuple[bool | None, int | None]:
+        """``(running, pid)``; ``running`` is ``None`` when it cannot be told."""
+        if self.in_process is not None:
+            return self.in_process(), os.getpid()
+        owner = lock_owner(self.lock_path)
+        if owner is None:
+            return (False if lock_table_readable() else None), None
+        pid, purpose = owner
+        return is_watcher(purpose), pid
+
+    def state(self) -> SpoolState:
+        """The spool and the watcher now (a listing of the spool, a read of the lock table)."""
+        running, pid = self.watcher()
+        try:
+            # A folder named like a drop is never taken: it does not wait.
+            drops = [c for c in self.spool.scan() if not stat.S_ISDIR(c.mode)]
+        except OSError:
+            return SpoolState(None, None, running, pid, self.in_process is not None)
+        oldest = None
+        if drops:
+            oldest = max(0.0, time.time() - min(d.mtime_ns for d in drops) / 1e9)
+        return SpoolState(len(drops), oldest, running, pid, self.in_process is not None)
+
+
+class BacklogWarnings:
+    """The log's side of "never a silent 2xx": a warning at start, then while drops wait.
+
+    :meth:`check` is called at start and then every few seconds; it logs when drops wait
+    and no watcher runs, at most once per ``every`` seconds, and once more when a watcher
+    has taken over.
+    """
+
+    def __init__(
+        self, probe: WatcherProbe, every: float = WARN_EVERY_S, *, refuses_posts: bool = False
+    ) -> None:
+        self.probe = probe
+        self.every = every
+        # --require-watcher: a POST is answered 503 while no watcher runs, never spooled.
+        self.refuses_posts = refuses_posts
+        self._last = -float("inf")
+        self._warned = False
+
+    def at_start(self) -> SpoolState:
+        """Log what a starting server must say about the watcher; the state found."""
+        state = self.probe.state()
+        if state.in_process:
+            return state
+        if state.watcher is None:
+            log.warning(
+                "serve: cannot tell whether a watcher runs (the kernel's lock table is not "
+                "readable here); POSTed snapshots are stored only while one does"
+            )
+        elif not state.watcher:
+            waiting = f"; {state.drops_words()}" if state.waiting else ""
+            if self.refuses_posts:
+                what = (
+                    "POSTs are answered 503 and nothing is dropped (--require-watcher) "
+                    "until 'ingester watch' runs"
+                )
+            else:
+                what = "POSTed snapshots wait in the spool until 'ingester watch' runs"
+            log.warning(
+                "serve: no watcher holds the history (%s): %s (or run 'ingester serve --watch')%s",
+                self.probe.lock_path,
+                what,
+                waiting,
+                extra={"event": "no-watcher"},
+            )
+            self._last = time.monotonic()
+            self._warned = True
+        return state
+
+    def check(self) -> None:
+        """Warn again (rate-limited) while drops wait with no watcher."""
+        state = self.probe.state()
+        now = time.monotonic()
+        if state.unattended:
+            if now - self._last >= self.every:
+                self._last = now
+                self._warned = True
+                log.warning(
+                    "serve: %s and no watcher holds the history: they are not stored until "
+                    "'ingester watch' runs%s",
+                    state.drops_words(),
+                    "; new POSTs are answered 503 (--require-watcher)"
+                    if self.refuses_posts
+                    else "",
+                    extra={"event": "no-watcher", "waiting": state.waiting},
+                )
+        elif self._warned and state.watcher:
+            self._warned = False
+            log.info("serve: a watcher holds the history again (pid %s)", state.pid)

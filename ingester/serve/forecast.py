@@ -1,0 +1,199 @@
+"""The forecast over HTTP: ``GET /api/claude/console-usage/forecast`` and the usage metrics.
+
+:func:`install` adds both to an app of :func:`ingester.serve.app.create_app`:
+
+* the route answers ``{"asOf", "consoleTimeZone", "limits": [{"limit", "percentageUsed",
+  "resetsIn", "resetsAt", "ratePerHour", "exhaustsAt", "beforeReset", "basis":
+  {"points", "since"}, "observedAt", "inNewest", "missingReason"}]}``
+  (:meth:`ingester.usage.forecast.Forecast.to_json`), with a weak
+  ``ETag`` naming the versions it came from (a repeated request with ``If-None-Match``
+  is a 304), 404 ``{"error", "message", "versionsAvailable": 0}`` without versions and
+  503 when the history cannot be read, like the other reads;
+* the collector exports, per limit (label ``limit``, the dotted path):
+  ``ingester_usage_percent``, ``ingester_usage_resets_at_seconds``,
+  ``ingester_usage_rate_percent_per_hour`` and ``ingester_usage_exhausts_at_seconds``,
+  each absent where the forecast has no value, and
+  ``ingester_usage_observed_timestamp_seconds`` (when its reading was observed: older
+  than the newest snapshot for a limit held through a partial scrape, so the series
+  stay put and alerts on them do not resolve and fire again); and
+  ``ingester_usage_resets_unparsable_total``.
+
+Both read the history through the app's :class:`~ingester.history.index.HistoryIndex`,
+so they work the same over a local folder and over an object store (``serve --from``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..history.index import HistoryIndex
+from ..settings import Settings
+from ..usage.usage_history import UsageHistory, forecast_json
+from .routes import FORECAST_PATH
+
+__all__ = ["FORECAST_PATH", "UsageCollector", "install"]
+
+log = logging.getLogger("ingester.serve")
+
+
+def _json(body: object, status: int, headers: dict[str, str] | None = None) -> Response:
+    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(data, status_code=status, media_type="application/json", headers=headers)
+
+
+def _matches(header: str | None, etag: str) -> bool:
+    if header is None:
+        return False
+    mine = etag.removeprefix("W/")
+    return any(c.strip() == "*" or c.strip().removeprefix("W/") == mine for c in header.split(","))
+
+
+class _ForecastRoute:
+    """The handler, with the body of the last answer kept (it changes with the history)."""
+
+    def __init__(self, usage: UsageHistory, clock: Callable[[], datetime]) -> None:
+        self.usage = usage
+        self.clock = clock
+        self._body: tuple[str, bytes] | None = None
+
+    async def handle(self, request: Request) -> Response:
+        now = self.clock()
+        try:
+            # The answer kept while nothing changed is at hand without a worker thread.
+            answer = self.usage.cached(now) or await run_in_threadpool(self.usage.answer, now)
+        except OSError as exc:
+            log.error("history unreadable: %s", exc)
+            return _json(
+                {
+                    "error": "HistoryUnavailable",
+                    "message": f"the history cannot be read: {exc.strerror or exc}",
+                },
+                503,
+            )
+        if answer is None:
+            return _json(
+                {
+                    "error": "NotFound",
+                    "message": "No console usage data has been stored yet",
+                    "versionsAvailable": 0,
+                },
+                404,
+            )
+        headers = {"ETag": answer.tag, "Cache-Control": "no-cache"}
+        if _matches(request.headers.get("if-none-match"), answer.tag):
+            return Response(status_code=304, headers=headers)
+        cached = self._body
+        if cached is None or cached[0] != answer.tag:
+            body = forecast_json(answer, self.usage.zone_name)
+            cached = (answer.tag, json.dumps(body, separators=(",", ":")).encode())
+            self._body = cached
+        return Response(cached[1], media_type="application/json", headers=headers)
+
+
+class UsageCollector(Collector):
+    """Each limit's forecast as gauges, read at scrape time (cached while nothing changes)."""
+
+    def __init__(self, usage: UsageHistory, clock: Callable[[], datetime]) -> None:
+        self.usage = usage
+        self.clock = clock
+
+    def describe(self) -> Iterable[Metric]:
+        """The families, without reading anything: the registry asks at registration."""
+        yield self._unparsable()
+        yield from self._families().values()
+
+    def _unparsable(self) -> Metric:
+        return CounterMetricFamily(
+            "ingester_usage_resets_unparsable",
+            "resetsIn texts read that give no reset time (an unknown wording; each version "
+            "counted once)",
+            self.usage.unparsable,
+        )
+
+    def collect(self) -> Iterable[Metric]:
+        yield self._unparsable()
+        try:
+            answer = self.usage.answer(self.clock())
+        except OSError:
+            return  # ingester_history_readable says so
+        if answer is None:
+            return
+        families = self._families()
+        for limit in answer.forecast.limits:
+            label = [limit.limit]
+            families["percent"].add_metric(label, limit.percentage)
+            families["observed"].add_metric(label, limit.observed_at.timestamp())
+            if limit.resets_at is not None:
+                families["resets"].add_metric(label, limit.resets_at.timestamp())
+            if limit.rate_per_hour is not None:
+                families["rate"].add_metric(label, limit.rate_per_hour)
+            if limit.exhausts_at is not None:
+                families["exhausts"].add_metric(label, limit.exhausts_at.timestamp())
+        yield from families.values()
+
+    @staticmethod
+    def _families() -> dict[str, GaugeMetricFamily]:
+        return {
+            "percent": GaugeMetricFamily(
+                "ingester_usage_percent",
+                "Percentage used of each usage limit, in the newest snapshot that read it",
+                labels=["limit"],
+            ),
+            "observed": GaugeMetricFamily(
+                "ingester_usage_observed_timestamp_seconds",
+                "When each limit's reading was observed (its snapshot's lastUpdated, Unix "
+                "seconds): older than the newest snapshot when that one lacks the limit",
+                labels=["limit"],
+            ),
+            "resets": GaugeMetricFamily(
+                "ingester_usage_resets_at_seconds",
+                "When each limit resets (Unix seconds; absent when resetsIn is unreadable)",
+                labels=["limit"],
+            ),
+            "rate": GaugeMetricFamily(
+                "ingester_usage_rate_percent_per_hour",
+                "Burn rate of each limit in its current window (absent without enough data)",
+                labels=["limit"],
+            ),
+            "exhausts": GaugeMetricFamily(
+                "ingester_usage_exhausts_at_seconds",
+                "When each limit reaches 100 % at its burn rate (Unix seconds; absent when "
+                "there is no projection)",
+                labels=["limit"],
+            ),
+        }
+
+
+def install(
+    app: Starlette,
+    *,
+    index: HistoryIndex,
+    settings: Settings,
+    registry: CollectorRegistry,
+    clock: Callable[[], datetime],
+) -> UsageHistory:
+    """Add the forecast route to ``app`` and the usage metrics to ``registry``.
+
+    ``index`` is the app's view of the history, ``clock`` its UTC clock (which versions
+    count as "future" depends on it).
+    """
+    zone, name = settings.console_zone()
+    usage = UsageHistory(index, zone, name)
+    app.router.routes.append(
+        Route(FORECAST_PATH, _ForecastRoute(usage, clock).handle, methods=["GET", "HEAD"])
+    )
+    registry.register(UsageCollector(usage, clock))
+    app.state.usage = usage
+    return usage

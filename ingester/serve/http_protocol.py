@@ -1,0 +1,299 @@
+"""The connection layer of ``serve``: uvicorn's h11 protocol, with what it lacks added.
+
+uvicorn answers HTTP/1.1 on each accepted connection. Three things a public server
+needs are missing, and are added here by subclassing its ``H11Protocol`` (which is why
+uvicorn is pinned below 1.0):
+
+* **Admission** (:mod:`ingester.serve.connections`). Every connection takes a slot when
+  accepted, or is refused at once with a short 503 the client gets to read. uvicorn
+  itself would accept the connection, wait for a whole head, answer 503 and log one
+  warning per refusal; here refusals are summarised, one line per interval.
+* **A deadline for each request head.** uvicorn never times out a connection that has
+  not finished its request head (any byte resets its keep-alive timer), so clients
+  trickling headers could hold every slot. A timer starts when a connection opens and
+  after each answer; if it fires while the next head is incomplete, the client gets a
+  408 and the connection is closed.
+* **One line per client-caused event, never a traceback.** uvicorn logs "Invalid HTTP
+  request received." without saying who sent what; here each such line names the
+  client and the fault (a malformed head, a head over the size limit, TLS or HTTP/2
+  spoken to the plain HTTP/1.1 port, bad chunked encoding), and a client that goes away
+  in the middle of sending a body is one line too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+import h11
+from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
+
+from ..runtime.admission import client_key, format_peer
+from .connections import LINGER_S, ConnectionLayer, _answer
+
+__all__ = ["ServeProtocol", "protocol_class"]
+
+log = logging.getLogger("ingester.serve")
+
+
+_BYTES_REPR = re.compile(r"bytearray\((b'.*'|b\".*\")\)$", re.DOTALL)
+
+
+def _shorten(detail: str, limit: int = 120) -> str:
+    """h11's reason, with the client's bytes shown briefly (a head can be 16 KiB)."""
+    match = _BYTES_REPR.search(detail)
+    if match:
+        detail = detail[: match.start()] + match[1]
+    return detail if len(detail) <= limit else detail[: limit - 3] + "..."
+
+
+class _RecordingConnection(h11.Connection):
+    """h11's connection, remembering why it last refused the client's bytes."""
+
+    last_error: str | None = None
+
+    def next_event(self) -> Any:
+        try:
+            return super().next_event()
+        except h11.RemoteProtocolError as exc:
+            self.last_error = str(exc) or type(exc).__name__
+            raise
+
+
+class _ClientLog:
+    """Stands in for uvicorn's logger on one connection: its lines name the client and
+    say what happened, in one line, without a traceback."""
+
+    level = logging.WARNING  # uvicorn compares this with its TRACE level
+
+    def __init__(self, protocol: ServeProtocol) -> None:
+        self.protocol = protocol
+
+    def _line(self, level: int, msg: str, args: tuple[Any, ...], exc: Any) -> None:
+        p = self.protocol
+        text = (msg % args if args else msg).strip()
+        if text.startswith("Invalid HTTP request"):
+            p.reported = True
+            level, text = logging.WARNING, f"{p.fault()}; answered 400 and closed"
+        elif text.startswith("Unsupported upgrade request"):
+            wanted = p.upgrade_wanted()
+            level = logging.INFO
+            text = f"asked to switch to {wanted}: not served, answered as HTTP/1.1"
+        elif text.startswith("No supported WebSocket library"):
+            return  # advice for uvicorn's users; a WebSocket is not part of this API
+        elif exc is not None and isinstance(exc, BaseException):
+            text = f"{text.rstrip('.')}: {type(exc).__name__}: {exc}"
+        log.log(level, "client %s: %s", p.peer, text)
+
+    def debug(self, msg: str, *args: Any, **kw: Any) -> None:
+        """Dropped (uvicorn's traces)."""
+
+    def info(self, msg: str, *args: Any, **kw: Any) -> None:
+        """Dropped: uvicorn's own chatter per connection."""
+
+    def log(self, level: int, msg: str, *args: Any, **kw: Any) -> None:
+        """Only warnings and errors get through."""
+        if level >= logging.WARNING:
+            self._line(level, msg, args, kw.get("exc_info"))
+
+    def warning(self, msg: str, *args: Any, **kw: Any) -> None:
+        """One line naming the client."""
+        self._line(logging.WARNING, msg, args, kw.get("exc_info"))
+
+    def error(self, msg: str, *args: Any, **kw: Any) -> None:
+        """One line naming the client (an exception as its type and message only)."""
+        self._line(logging.ERROR, msg, args, kw.get("exc_info"))
+
+
+class ServeProtocol(H11Protocol):
+    """uvicorn's h11 protocol with admission, a head deadline and client-naming log lines
+    (see the module docstring). Made per server by :func:`protocol_class`."""
+
+    layer: ConnectionLayer  # set on the class :func:`protocol_class` makes
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.recording = _RecordingConnection(
+            h11.SERVER, config.h11_max_incomplete_event_size or 16 * 1024
+        )
+        self.conn = self.recording
+        self.logger = _ClientLog(self)  # type: ignore[assignment]
+        self.peer = "local"
+        self.key: str | None = None
+        self.admitted = False
+        self.reported = False  # a fault of this connection has been logged
+        self._first_bytes = b""
+        self._bytes_since_answer = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+
+    # -- admission ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        peer = transport.get_extra_info("peername")
+        self.peer = format_peer(peer)
+        self.key = client_key(peer)
+        layer = self.layer
+        reason = layer.limits.admit(self.key)
+        if reason is not None:
+            self.transport = transport
+            self._refuse(transport, reason)
+            return
+        self.admitted = True
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def _refuse(self, transport: asyncio.Transport, reason: str) -> None:
+        layer = self.layer
+        layer.refused(self.loop, reason, self.key)
+        if reason == "per_client":
+            message = (
+                f"this address holds {layer.limits.per_client} connections, the most one "
+                "client may; close one, or retry later"
+            )
+        else:
+            message = f"all {layer.limits.max_total} connections are taken; retry later"
+        transport.write(
+            _answer(503, "Service Unavailable", "TooManyConnections", message, "retry-after: 1\r\n")
+        )
+        if len(layer.lingering) >= layer.limits.max_total or not transport.can_write_eof():
+            transport.close()
+            return
+        # Shut our side after the answer, read and drop what the client sends, close on
+        # its EOF or after LINGER_S: closing with its request unread would reset the
+        # connection, and the reset can destroy the 503 before the client reads it.
+        transport.write_eof()
+        layer.lingering.add(transport)
+        self._linger_timer = self.loop.call_later(LINGER_S, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.admitted:
+            return  # a refused connection, draining
+        if len(self._first_bytes) < 24:
+            self._first_bytes += data[: 24 - len(self._first_bytes)]
+        self._bytes_since_answer += len(data)
+        super().data_received(data)
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        if not self.admitted:
+            return False  # the client read the 503 and closed: close our side too
+        super().eof_received()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.admitted:
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
+            self.layer.lingering.discard(self.transport)
+            return
+        self.admitted = False
+        self.layer.limits.release(self.key)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._report_unfinished()
+        super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.admitted:
+            super().pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.admitted:
+            super().resume_writing()
+
+    def shutdown(self) -> None:
+        if self.admitted:
+            super().shutdown()
+
+    # -- the head deadline --------------------------------------------------------------
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._bytes_since_answer = 0
+        self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self.layer.head_timeout, self._head_expired)
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        # IDLE: no complete head since the timer started (none in flight, none answered).
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            timeout = self.layer.head_timeout
+            self.layer.head_timed_out(self.loop, self._bytes_since_answer > 0, self.key)
+            self.transport.write(
+                _answer(
+                    408,
+                    "Request Timeout",
+                    "RequestTimeout",
+                    f"request head not received within {timeout:g} s",
+                )
+            )
+            self.transport.close()
+
+    # -- saying what the client did -------------------------------------------------------
+
+    def fault(self) -> str:
+        """What was wrong with the bytes h11 refused, in words for the log."""
+        first = self._first_bytes
+        if first[:1] == b"\x16" and first[1:2] == b"\x03":
+            return "sent a TLS handshake to the plain HTTP port (https:// to an http:// server?)"
+        if first.startswith(b"PRI * HTTP/2.0"):
+            return "spoke HTTP/2 without an upgrade; only HTTP/1.1 is served"
+        detail = _shorten(self.recording.last_error or "unparsable")
+        if detail.startswith("Receive buffer too long"):
+            return "sent a request head over the 16 KiB limit"
+        if self.cycle is not None and not self.cycle.response_complete:
+            scope = self.scope
+            return f"sent a malformed body for {scope['method']} {scope['path']} ({detail})"
+        return f"sent a malformed request ({detail})"
+
+    def upgrade_wanted(self) -> str:
+        """The protocol named in the request's ``Upgrade`` header, for the log."""
+        wanted = self._get_upgrade() or b"?"
+        return wanted.decode("latin-1")[:40]
+
+    def _report_unfinished(self) -> None:
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or self.reported:
+            return
+        self.reported = True
+        method, path = self.scope["method"], self.scope["path"]
+        if cycle.more_body:
+            length = next((v for k, v in self.scope["headers"] if k == b"content-length"), None)
+            size = f" (Content-Length {length.decode('latin-1')[:20]})" if length else ""
+            log.warning(
+                "client %s: closed the connection before its %s %s body was complete%s; "
+                "nothing was done with it",
+                self.peer,
+                method,
+                path,
+                size,
+            )
+        else:
+            log.info(
+                "client %s: closed the connection before the answer to %s %s was sent",
+                self.peer,
+                method,
+                path,
+            )
+
+
+def protocol_class(layer: ConnectionLayer) -> type[asyncio.Protocol]:
+    """A :class:`ServeProtocol` class bound to ``layer``, for ``uvicorn.Config(http=...)``."""
+    return type("ServeProtocol", (ServeProtocol,), {"layer": layer})

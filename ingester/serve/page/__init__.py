@@ -1,0 +1,259 @@
+"""The usage page that ``ingester serve`` shows at ``/``, and the series it draws.
+
+Routes (see :func:`routes`):
+
+* ``GET /``: the page (``static/index.html``), revalidated by ETag on every load;
+* ``GET /page/...``: its script, style sheet and the charting library (uPlot, shipped in
+  ``static/vendor/``), each with ETag and ``Cache-Control: no-cache`` so an upgrade is
+  picked up and an unchanged file costs a 304;
+* ``GET /api/claude/console-usage/series[?since=ISO][&until=ISO][&by=lastUpdated]``: the
+  versions whose ingest time (``by=lastUpdated``: whose ``lastUpdated``, the time of the
+  observation) is within ``[since, until]`` as export rows (:mod:`ingester.usage.export`):
+  ``{"columns": [...], "rows": [[...], ...], "count": N, "skipped": [{"version",
+  "reason"}], "since", "until", "by"}``, oldest first by that time. ``ETag`` names the
+  versions selected, so a poll that finds nothing new is answered 304 without reading a
+  file. 400 with ``error``, ``message`` and ``example`` for a time that is not ISO-8601
+  or an unknown ``by``; 503 when the history cannot be read.
+
+The page needs nothing from outside the server: no CDN, no fonts, no build step. Its
+Content-Security-Policy allows requests to its own origin only.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from datetime import datetime, tzinfo
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ...clock import parse_iso_time
+from ...errors import VersionNotFound
+from ...history.base import VersionEntry
+from ...history.index import HistoryIndex
+from ...history.names import format_timestamp
+from ...payload.model import PayloadRejected
+from ...usage.export import COLUMNS, Row, row_from_bytes
+from ...usage.forecast import CLOCK_AHEAD
+from ..routes import SERIES_PATH
+
+__all__ = ["SERIES_PATH", "STATIC_DIR", "routes"]
+
+log = logging.getLogger("ingester.page")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+TIME_EXAMPLE = "2026-11-28T10:30:00Z"
+SELECT_BY = ("ingestedAt", "lastUpdated")
+_OBSERVED = COLUMNS.index("lastUpdated")
+
+# The page loads from its own origin only (no inline script or style either), so a
+# server with no internet shows it whole and injected markup cannot run.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    """Weak comparison, as If-None-Match asks (``W/`` ignored on both sides)."""
+    if header is None:
+        return False
+    mine = etag.removeprefix("W/")
+    return any(c.strip() == "*" or c.strip().removeprefix("W/") == mine for c in header.split(","))
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+class _RevalidatedFiles(StaticFiles):
+    """Static files that the browser revalidates on every use (an ETag hit is a 304)."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+
+class _Page:
+    """``GET /``: the page's HTML, read once."""
+
+    def __init__(self) -> None:
+        self.body = (STATIC_DIR / "index.html").read_bytes()
+        self.etag = '"' + hashlib.sha256(self.body).hexdigest()[:20] + '"'
+
+    async def handle(self, request: Request) -> Response:
+        headers = {**PAGE_HEADERS, "ETag": self.etag}
+        if _etag_matches(request.headers.get("if-none-match"), self.etag):
+            return Response(status_code=304, headers=headers)
+        return Response(self.body, media_type="text/html; charset=utf-8", headers=headers)
+
+
+class _Series:
+    """``GET /api/claude/console-usage/series``, with the rows of versions already read.
+
+    Versions never change, so a row once made is good while its version exists; rows of
+    versions that retention deleted are dropped when the cache outgrows the history.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[str, Row | str] = {}  # a row, or why the version was skipped
+        self._lock = threading.Lock()
+        self._zone: tzinfo | None = None  # the console's, read from the settings once
+
+    def _row(self, index: HistoryIndex, name: str) -> Row | str | None:
+        with self._lock:
+            hit = self._rows.get(name)
+        if hit is not None:
+            return hit
+        try:
+            data = index.reader.read_version(name)
+        except VersionNotFound:
+            return None  # deleted since the listing: no longer part of the history
+        except OSError as exc:
+            return f"unreadable: {exc.strerror}"  # may pass: not remembered
+        result: Row | str
+        try:
+            assert self._zone is not None
+            result = row_from_bytes(name, data, self._zone)
+        except PayloadRejected as exc:
+            result = exc.reason
+        with self._lock:
+            self._rows[name] = result
+        return result
+
+    def _collect(
+        self, index: HistoryIndex, entries: Sequence[VersionEntry], held: int
+    ) -> tuple[list[Row], list[dict[str, str]]]:
+        rows: list[Row] = []
+        skipped: list[dict[str, str]] = []
+        for entry in entries:
+            result = self._row(index, entry.name)
+            if result is None:
+                continue
+            if isinstance(result, str):
+                skipped.append({"version": entry.name, "reason": result})
+            else:
+                rows.append(result)
+        with self._lock:
+            if len(self._rows) > 2 * held + 1024:
+                keep = {e.name for e in index.snapshot().entries}
+                self._rows = {k: v for k, v in self._rows.items() if k in keep}
+        return rows, skipped
+
+    async def handle(self, request: Request) -> Response:
+        by = request.query_params.get("by") or "ingestedAt"
+        if by not in SELECT_BY:
+            return _json(
+                {
+                    "error": "InvalidBy",
+                    "message": f"by must be one of {', '.join(SELECT_BY)}; got {by!r}",
+                    "example": "lastUpdated",
+                },
+                400,
+            )
+        bounds: dict[str, datetime | None] = {}
+        for key in ("since", "until"):
+            text = request.query_params.get(key)
+            if text is None or text == "":
+                bounds[key] = None
+                continue
+            try:
+                bounds[key] = parse_iso_time(text)
+            except ValueError:
+                return _json(
+                    {
+                        "error": "InvalidTime",
+                        "message": f"{key} must be an ISO-8601 date-time, e.g. {TIME_EXAMPLE}; "
+                        f"got {text!r}",
+                        "example": TIME_EXAMPLE,
+                    },
+                    400,
+                )
+        index: HistoryIndex = request.app.state.ctx.index
+        if self._zone is None:
+            self._zone = request.app.state.ctx.settings.console_zone()[0]
+        try:
+            snap = index.snapshot()
+        except OSError as exc:
+            log.error("history unreadable: %s", exc)
+            return _json(
+                {"error": "HistoryUnavailable", "message": f"the history cannot be read: {exc}"},
+                503,
+            )
+        since, until = bounds["since"], bounds["until"]
+        times = snap.times
+        if by == "lastUpdated":
+            # A snapshot is observed before it is stored (give or take a clock that runs
+            # ahead): those observed since `since` were stored since a little before it,
+            # and any time after `until`. Their rows are then filtered by lastUpdated.
+            early = None if since is None else since.timestamp() - CLOCK_AHEAD.total_seconds()
+            lo = 0 if early is None else bisect.bisect_left(times, early)
+            hi = len(times)
+        else:
+            lo = 0 if since is None else bisect.bisect_left(times, since.timestamp())
+            hi = len(times) if until is None else bisect.bisect_right(times, until.timestamp())
+        selected = snap.entries[lo:hi] if lo < hi else ()
+        # Versions are immutable, so their names stand for their rows: the same names
+        # give the same tag and a 304, without reading a file.
+        digest = hashlib.sha256(f"{by}\n{since}\n{until}\n".encode())
+        for entry in selected:
+            digest.update(entry.name.encode() + b"\n")
+        etag = 'W/"' + digest.hexdigest()[:24] + '"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if _etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        rows, skipped = await run_in_threadpool(self._collect, index, selected, len(snap))
+        if by == "lastUpdated":
+            low, high = format_timestamp(since), format_timestamp(until)
+            # One spelling (ISO-8601 UTC, four-digit years): text order is time order.
+            rows = sorted(
+                (
+                    r
+                    for r in rows
+                    if (low is None or str(r[_OBSERVED]) >= low)
+                    and (high is None or str(r[_OBSERVED]) <= high)
+                ),
+                key=lambda r: str(r[_OBSERVED]),
+            )
+        body = {
+            "columns": list(COLUMNS),
+            "rows": rows,
+            "count": len(rows),
+            "skipped": skipped,
+            "since": format_timestamp(since),
+            "until": format_timestamp(until),
+            "by": by,
+        }
+        return _json(body, headers=headers)
+
+
+def routes() -> list[BaseRoute]:
+    """The page's routes, for :func:`ingester.serve.app.create_app` (a fresh row cache each)."""
+    static = _RevalidatedFiles(directory=STATIC_DIR)
+    return [
+        Route("/", _Page().handle, methods=["GET", "HEAD"]),
+        Route(SERIES_PATH, _Series().handle, methods=["GET", "HEAD"]),
+        Mount("/page", app=static, name="page"),
+    ]

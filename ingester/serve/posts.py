@@ -1,0 +1,193 @@
+"""The scraper's upload: ``POST /api/claude/console-usage``.
+
+Key, content type, size, then the same judge as the watcher's; a valid payload is
+handed to the spool through :meth:`ingester.intake.spool.Spool.submit` (atomic, never
+replacing a waiting drop). The answer is a 2xx only once the drop is durable, and it
+says whether a watcher will store it: with none running, the drop waits in the spool,
+and with ``--require-watcher`` the POST is refused (503, nothing dropped) so the
+scraper keeps the snapshot and retries.
+
+Every refused POST is one log line: the status, the reason and the client's address
+(never the key it sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from ..errors import StorageError
+from ..intake.spool import Spool, drop_name_for_now
+from ..payload.model import PayloadRejected, judge_payload
+from ..runtime.admission import format_peer
+from .answers import post_answer
+from .auth import key_matches
+from .body import Refused, is_json_type, read_body
+from .context import ServeContext
+
+__all__ = ["client_address", "key_refusal", "post_console_usage", "refuse", "submit_drop"]
+
+log = logging.getLogger("ingester.serve")
+
+
+def client_address(request: Request) -> str:
+    """``HOST:PORT`` of the peer (``[v6]:PORT``), or ``local`` (a Unix socket peer)."""
+    return format_peer(request.client and tuple(request.client))
+
+
+def refuse(request: Request, status: int, message: str, **extra: Any) -> Response:
+    """Log the refusal of a POST (one line, naming the client, never key material) and
+    answer it ``{"success": false, ...}``.
+
+    The line has the shape of every client-caused line of the server:
+    ``client HOST:PORT: POST PATH: reason; answered STATUS``.
+    """
+    log.warning(
+        "client %s: %s %s: %s; answered %d",
+        client_address(request),
+        request.method,
+        request.scope["path"],  # not request.url: a malformed Host header breaks it
+        message,
+        status,
+        extra={"event": "refused", "status": status, "client": client_address(request)},
+    )
+    return post_answer(status, False, message, **extra)
+
+
+def key_refusal(request: Request, expected: bytes | None) -> str | None:
+    """Why the request's ``X-API-Key`` is refused (the words for a 401), or ``None``."""
+    given = request.headers.get("x-api-key")
+    if key_matches(given, expected):
+        return None
+    if expected is None:
+        return (
+            "no API key is configured on this server (INGESTER_API_KEY, CLAUDE_SYNC_API_KEY "
+            "or --api-key-file): every POST is refused"
+        )
+    return "missing X-API-Key header" if given is None else "wrong X-API-Key"
+
+
+def submit_drop(spool: Spool, data: bytes) -> str:
+    """Drop ``data`` into the spool under a fresh name; the name it got."""
+    for _attempt in range(5):
+        try:
+            return spool.submit(data, drop_name_for_now()).name
+        except FileExistsError:  # a name is never reused while its drop waits: take another
+            continue
+    raise StorageError("submit", spool.dir, OSError(17, "no free drop name after 5 tries"))
+
+
+def _unwatched(ctx: ServeContext) -> bool:
+    """Whether it is known that no watcher runs (so a drop would wait)."""
+    running, _pid = ctx.probe.watcher()
+    return running is False
+
+
+async def _submit_to_the_end(spool: Spool, data: bytes) -> str:
+    """:func:`submit_drop` in a worker thread, waited for even if this request is
+    cancelled meanwhile (the stop's grace period ran out).
+
+    A cancelled wait would leave the write running unseen: the client would be told
+    "stopping; retry" for a snapshot that is durable after all, and its retry stored a
+    second time. So the wait goes on to the write's end and the request answers what
+    became of it. Raises what :func:`submit_drop` raises.
+    """
+    # A future of the executor, not a task: the loop's own end (asyncio.run cancels
+    # every task left) cannot cancel the wait for it.
+    job = asyncio.get_running_loop().run_in_executor(None, submit_drop, spool, data)
+    cancelled = 0
+    while True:
+        try:
+            name = await asyncio.shield(job)
+            break
+        except asyncio.CancelledError:
+            if job.cancelled():
+                raise
+            cancelled += 1  # the write is under way: see it through, then answer
+    task = asyncio.current_task()
+    if cancelled and task is not None:
+        for _ in range(cancelled):
+            task.uncancel()
+        log.warning("drop %s was being written when the server stopped; it is kept", name)
+    return name
+
+
+async def post_console_usage(request: Request) -> Response:
+    """The scraper's upload: key, content type, size, validation, then a durable drop."""
+    ctx: ServeContext = request.app.state.ctx
+    s = ctx.settings
+    denied = key_refusal(request, ctx.config.api_key)
+    if denied is not None:
+        ctx.posts.labels("unauthorized").inc()
+        return refuse(request, 401, denied)
+    if not is_json_type(request.headers.get("content-type")):
+        ctx.posts.labels("unsupported").inc()
+        return refuse(request, 415, "Content-Type must be application/json")
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        # Never decompressed (nor was it by the original server): a compressed body would
+        # otherwise be judged as JSON and refused in words that do not say why.
+        ctx.posts.labels("unsupported").inc()
+        return refuse(
+            request,
+            415,
+            f"Content-Encoding {encoding[:40]!r} is not supported: send the JSON uncompressed",
+        )
+    try:
+        body = await read_body(request, s.max_bytes, ctx.config.body_timeout)
+    except ClientDisconnect:
+        # Nobody is listening, and nothing was dropped; the connection layer logs the line.
+        return Response(status_code=400)
+    except Refused as exc:
+        ctx.posts.labels("refused").inc()
+        return refuse(request, exc.status, exc.message)
+    try:
+        await run_in_threadpool(judge_payload, body, max_bytes=s.max_bytes)
+    except PayloadRejected as exc:
+        ctx.posts.labels("invalid").inc()
+        return refuse(request, 400, f"invalid payload: {exc.reason}", errors=exc.errors)
+    if ctx.config.require_watcher and _unwatched(ctx):
+        ctx.posts.labels("no_watcher").inc()
+        return refuse(
+            request,
+            503,
+            "no watcher holds the history, so the snapshot would not be stored: nothing was "
+            "dropped; retry once 'ingester watch' runs",
+        )
+    try:
+        drop = await _submit_to_the_end(ctx.spool, body)
+    except OSError as exc:
+        ctx.posts.labels("spool_error").inc()
+        log.error("POST not accepted: spool not writable: %s", exc)
+        return refuse(request, 503, f"the spool cannot be written: {exc.strerror}")
+    ctx.posts.labels("accepted").inc()
+    # Asked once the drop is durable: a watcher that stopped meanwhile will not take it.
+    if _unwatched(ctx):
+        log.warning(
+            "accepted POST as drop %s (%d bytes) from %s; no watcher holds the history: it "
+            "waits in the spool until 'ingester watch' runs",
+            drop,
+            len(body),
+            client_address(request),
+        )
+        return post_answer(
+            202,
+            True,
+            f"Accepted: durable in the spool as {drop}, but no watcher is running: the "
+            "snapshot waits there and is stored once one starts",
+            drop=drop,
+            waitingForWatcher=True,
+        )
+    log.info("accepted POST as drop %s (%d bytes)", drop, len(body))
+    return post_answer(
+        202,
+        True,
+        f"Accepted: durable in the spool as {drop}; the watcher stores it",
+        drop=drop,
+        waitingForWatcher=False,
+    )

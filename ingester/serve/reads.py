@@ -1,0 +1,238 @@
+"""The read side: the latest (or a chosen) version with freshness fields, the versions
+listing and one version's bytes.
+
+``serve`` only reads the history (through :class:`ingester.history.index.HistoryIndex`);
+the watcher stays its single writer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import VersionNotFound
+from ..history.index import HistorySnapshot
+from ..history.names import is_version_name
+from .answers import (
+    JSON,
+    STALE_AFTER_MINUTES,
+    TIMESTAMP_EXAMPLE,
+    age_minutes,
+    error_answer,
+    iso,
+    json_answer,
+    parse_instant,
+    parse_last_updated,
+)
+from .conditional import cache_control, etag_matches, http_date, not_modified
+from .context import ServeContext
+
+__all__ = ["get_console_usage", "get_version", "list_versions", "read_payload", "snapshot_or_error"]
+
+log = logging.getLogger("ingester.serve")
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+_INTEGER = re.compile(r"-?[0-9]{1,12}", re.ASCII)
+
+
+def read_payload(ctx: ServeContext, name: str) -> tuple[dict[str, Any] | None, datetime | None]:
+    """A version's payload as a dict (``None`` if it is not a JSON object) and lastUpdated.
+
+    Raises :class:`VersionNotFound` when the version is gone and ``OSError`` when it
+    cannot be read.
+    """
+    hit = ctx.parsed.get(name)
+    if hit is not None:
+        return hit
+    data = ctx.index.read_version(name)
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):  # a file someone else put in the history
+        obj = None
+    payload = obj if isinstance(obj, dict) else None
+    stamp = parse_last_updated(payload.get("lastUpdated")) if payload else None
+    ctx.parsed.put(name, (payload, stamp), len(data))
+    return payload, stamp
+
+
+def snapshot_or_error(ctx: ServeContext) -> HistorySnapshot | Response:
+    """The history as it is now, or the 503 answer when it cannot be read."""
+    try:
+        return ctx.index.snapshot()
+    except OSError as exc:
+        log.error("history unreadable: %s", exc)
+        return error_answer(
+            503, "HistoryUnavailable", f"the history cannot be read: {exc.strerror}"
+        )
+
+
+def _choose(request: Request, snap: HistorySnapshot, now: datetime) -> int | Response:
+    """The position the query asks for, or the 400/404 answer."""
+    total = len(snap)
+    if total == 0:
+        return json_answer(
+            {
+                "error": "NotFound",
+                "message": "No console usage data has been stored yet",
+                "versionsAvailable": 0,
+            },
+            404,
+        )
+    # Most requests ask for the latest: skip parsing an empty query string. An empty
+    # parameter counts as not given, and timestamp wins over version (as the original).
+    params = request.query_params if request.scope["query_string"] else {}
+    stamp_text = params.get("timestamp") or None
+    if stamp_text is not None:
+        when = parse_instant(stamp_text)
+        if when is None:
+            return error_answer(
+                400,
+                "InvalidTimestamp",
+                f"timestamp must be an ISO-8601 date-time, e.g. {TIMESTAMP_EXAMPLE}; "
+                f"got {stamp_text!r}",
+                example=TIMESTAMP_EXAMPLE,
+            )
+        pos = snap.nearest_position(when)
+        assert pos is not None
+        return pos
+    version = params.get("version") or None
+    if version is not None:
+        valid = f"1 to {total} (from the oldest) or -1 to -{total} (from the newest)"
+        text = version.strip()
+        n = int(text) if _INTEGER.fullmatch(text) else 0
+        if n == 0 or abs(n) > total:
+            return error_answer(
+                400,
+                "InvalidVersion",
+                f"version must be a non-zero integer within the range; got {version!r}",
+                validRange=valid,
+            )
+        return n - 1 if n > 0 else total + n
+    latest = snap.latest_position(now)
+    # Only future-dated versions: the oldest of them is the least surprising answer.
+    return latest if latest is not None else 0
+
+
+def _locate(
+    ctx: ServeContext, request: Request, now: datetime
+) -> tuple[HistorySnapshot, int, dict[str, Any] | None, datetime | None] | Response:
+    """The snapshot, the chosen position, its payload and lastUpdated; or the error answer."""
+    for attempt in range(2):
+        snap = snapshot_or_error(ctx)
+        if isinstance(snap, Response):
+            return snap
+        chosen = _choose(request, snap, now)
+        if isinstance(chosen, Response):
+            return chosen
+        name = snap.entries[chosen].name
+        try:
+            payload, updated = read_payload(ctx, name)
+        except VersionNotFound:
+            # Retention deleted it after the folder was last looked at; the folder has
+            # changed since, so a second look sees the versions as they are now.
+            if attempt:
+                return error_answer(503, "VersionGone", "the version was just deleted; retry")
+            continue
+        except OSError as exc:
+            log.error("cannot read version %s: %s", name, exc)
+            return error_answer(503, "HistoryUnavailable", f"version unreadable: {exc.strerror}")
+        return snap, chosen, payload, updated
+    raise AssertionError("unreachable")
+
+
+async def get_console_usage(request: Request) -> Response:
+    """The original read endpoint."""
+    ctx: ServeContext = request.app.state.ctx
+    now = ctx.config.clock()
+    found = _locate(ctx, request, now)
+    if isinstance(found, Response):
+        return found
+    snap, chosen, payload, updated = found
+    entry = snap.entries[chosen]
+    if payload is None:
+        return error_answer(502, "CorruptVersion", f"version {entry.name} is not a JSON object")
+    minutes = age_minutes((now - updated).total_seconds()) if updated is not None else None
+    etag = f'W/"{entry.name.removesuffix(".json")}"'
+    headers = {"ETag": etag, "Cache-Control": cache_control(minutes)}
+    if updated is not None:
+        headers["Last-Modified"] = http_date(updated)
+    if not_modified(request, etag, updated):
+        return Response(status_code=304, headers=headers)
+    stale = minutes is None or minutes > STALE_AFTER_MINUTES
+    key = (entry.name, chosen, len(snap), minutes, stale)
+    body = ctx.rendered.get(key)
+    if body is None:
+        out = dict(payload)
+        out["isStale"] = stale
+        out["ageMinutes"] = minutes
+        out["source"] = "ec2-sync"
+        out["versionInfo"] = {
+            "current": chosen + 1,
+            "total": len(snap),
+            "timestamp": iso(entry.ingested_at),
+            "filename": entry.name,
+        }
+        body = json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
+        ctx.rendered.put(key, body, len(body))
+    return Response(body, media_type=JSON, headers=headers)
+
+
+async def list_versions(request: Request) -> Response:
+    """Version names, ingest times and sizes, newest first, a page at a time."""
+    ctx: ServeContext = request.app.state.ctx
+    params = request.query_params
+    limit_text = params.get("limit", str(DEFAULT_PAGE))
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
+        return error_answer(400, "InvalidLimit", f"limit must be an integer from 1 to {MAX_PAGE}")
+    bounds: dict[str, str | None] = {}
+    for key in ("before", "after"):
+        value = params.get(key)
+        if value is not None and not is_version_name(value):
+            return error_answer(
+                400, "InvalidCursor", f"{key} must be a version name, e.g. from 'next'"
+            )
+        bounds[key] = value
+    snap = snapshot_or_error(ctx)
+    if isinstance(snap, Response):
+        return snap
+    limit = int(limit_text)
+    rows = snap.page(limit=limit + 1, before=bounds["before"], after=bounds["after"])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return json_answer(
+        {
+            "total": len(snap),
+            "versions": [
+                {"name": e.name, "timestamp": iso(e.ingested_at), "size": e.size} for e in rows
+            ],
+            "next": rows[-1].name if more and rows else None,
+        },
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+async def get_version(request: Request) -> Response:
+    """One version's bytes, exactly as stored; immutable."""
+    ctx: ServeContext = request.app.state.ctx
+    name = request.path_params["name"]
+    if not is_version_name(name):
+        return error_answer(404, "NotFound", "no such version")
+    etag = f'"{name.removesuffix(".json")}"'
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
+    inm = request.headers.get("if-none-match")
+    try:
+        data = ctx.index.read_version(name)
+    except VersionNotFound:
+        return error_answer(404, "NotFound", f"no version {name} (never stored, or deleted)")
+    except OSError as exc:
+        return error_answer(503, "HistoryUnavailable", f"version unreadable: {exc.strerror}")
+    if inm is not None and etag_matches(inm, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type=JSON, headers=headers)

@@ -1,0 +1,250 @@
+"""Running ``ingester serve``: sockets, uvicorn, the connection layer, start and stop lines.
+
+::
+
+    sockets   = the ones systemd passed, else one bound to --listen      (ingester.serve.sockets)
+    app       = create_app(config), wrapped so nothing escapes as a traceback
+                                                                     (ingester.serve.request_errors)
+    protocol  = uvicorn's h11 protocol + admission, head deadline, client-naming lines
+                                                                      (ingester.serve.http_protocol)
+    log "serve: listening on URL[, URL] (...)"; run until SIGTERM/SIGINT;
+    log "serve: stopped: N requests answered, ..."
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..runtime.admission import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_CLIENT,
+    REFUSAL_REASONS,
+    ConnectionLimits,
+)
+from ..runtime.logs import describe_exception
+from .app import create_app, log_configuration
+from .connections import ConnectionLayer
+from .context import ServeConfig
+from .http_protocol import protocol_class
+from .request_errors import OneLineErrors
+from .sockets import Listener, listeners
+
+if TYPE_CHECKING:  # imported when used: serve alone does not load the watcher
+    from .watch_thread import ThreadedWatcher
+
+__all__ = ["GRACE_S", "serve"]
+
+log = logging.getLogger("ingester.serve")
+
+GRACE_S = 5  # in-flight requests get this long to finish after SIGTERM/SIGINT
+KEEP_ALIVE_S = 5
+MAX_HEAD_BYTES = 16 * 1024  # an unfinished request head larger than this is refused (400)
+
+
+class ConnectionCollector(Collector):
+    """Open connections, refusals and head timeouts, read at scrape time."""
+
+    def __init__(self, layer: ConnectionLayer) -> None:
+        self.layer = layer
+
+    def collect(self) -> Iterable[Metric]:
+        limits = self.layer.limits
+        yield GaugeMetricFamily(
+            "ingester_http_connections_open",
+            "Connections open now (each holds a slot)",
+            limits.total,
+        )
+        yield GaugeMetricFamily(
+            "ingester_http_connections_max", "Connections allowed at once", limits.max_total
+        )
+        yield _by_label(
+            "ingester_http_connections_refused",
+            "Connections refused with a 503 on accept, by limit: per_client (the address "
+            "held its share), total (every slot taken)",
+            "reason",
+            limits.refused,
+            REFUSAL_REASONS,
+        )
+        yield _by_label(
+            "ingester_http_head_timeouts",
+            "Connections closed with a 408 because no request head came in time, by kind: "
+            "partial (some bytes came), silent (none did)",
+            "kind",
+            self.layer.head_timeouts,
+            ("partial", "silent"),
+        )
+
+
+def _by_label(
+    name: str, documentation: str, label: str, counts: Counter[str], values: Iterable[str]
+) -> CounterMetricFamily:
+    """A counter family with one series per value of ``label``, each shown from 0."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value in values:
+        family.add_metric([value], counts[value])
+    return family
+
+
+class _UvicornLines(logging.Filter):
+    """uvicorn's own lines (not per connection): one line each, never a traceback.
+
+    "Cancel N running task(s), timeout graceful shutdown exceeded" is dropped: each
+    cancelled request says so itself, naming its client (:mod:`ingester.serve.request_errors`).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Cancel "):
+            return False
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {describe_exception(record.exc_info[1])}"
+            record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def _route_uvicorn_logs() -> None:
+    ours = logging.getLogger("ingester")
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = list(ours.handlers)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+        logger.filters[:] = [_UvicornLines()]
+
+
+def _loop_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio's "Fatal error on transport" and the like: one line, no traceback."""
+    exc = context.get("exception")
+    message = str(context.get("message") or "event loop error")
+    if isinstance(exc, ConnectionError | TimeoutError):
+        log.info("connection closed: %s: %s", message, exc)
+    elif exc is not None:
+        log.error("%s: %s (please report)", message, describe_exception(exc))
+    else:
+        log.warning("%s", message)
+
+
+def _sample(ctx: Any, name: str, **labels: str) -> int:
+    value = ctx.registry.get_sample_value(name, labels)
+    return int(value or 0)
+
+
+def serve(
+    config: ServeConfig,
+    host: str,
+    port: int,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    max_per_client: int = DEFAULT_MAX_PER_CLIENT,
+    head_timeout: float = 10.0,
+    environ: MutableMapping[str, str] | None = None,
+    watcher: ThreadedWatcher | None = None,
+    drain_timeout: float | None = None,
+    listen_source: str | None = None,
+    ipv6_loopback: bool = False,
+) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit code.
+
+    Serves every socket systemd passes (socket activation; ``host`` and ``port`` are
+    then not used), else binds ``host:port``. ``environ`` (default ``os.environ``)
+    holds the activation variables, which are removed from it. With ``watcher``
+    (``serve --watch``) the watcher runs on its own thread meanwhile
+    (:func:`ingester.serve.watch_thread.run_beside`): a stop signal stops the server first
+    (requests in flight finish), then lets the watcher take what waits in the spool for
+    at most ``drain_timeout`` seconds (default
+    :data:`~ingester.settings.DRAIN_S`), then stops it; the exit code is the
+    watcher's (1 when it stopped on its own, which stops the server too).
+    ``listen_source`` names where the address came from, for the log. With
+    ``ipv6_loopback`` (no address named: ``host`` is ``127.0.0.1``) ``[::1]`` on the same
+    port is served too, where it can be bound. Raises
+    :class:`ingester.serve.sockets.ActivationError` when a passed descriptor cannot be served
+    and ``OSError`` when the address cannot be bound.
+    """
+    import uvicorn
+
+    environ = os.environ if environ is None else environ
+    socks = listeners(host, port, environ, ipv6_loopback=ipv6_loopback)
+    app = create_app(config)
+    ctx = app.state.ctx
+    layer = ConnectionLayer(ConnectionLimits(max_connections, max_per_client), head_timeout)
+    ctx.registry.register(ConnectionCollector(layer))
+    uv = uvicorn.Config(
+        OneLineErrors(app, GRACE_S),
+        http=protocol_class(layer),
+        loop="asyncio",
+        # On: the app's lifespan says whether a watcher will store POSTs, and keeps
+        # watching the spool while none does.
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        ws="none",  # no WebSocket route: an Upgrade gets a plain answer, whatever is installed
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        limit_concurrency=None,  # admission is ours, on accept (ingester.runtime.admission)
+        timeout_keep_alive=KEEP_ALIVE_S,
+        timeout_graceful_shutdown=GRACE_S,
+    )
+    server = uvicorn.Server(uv)
+    _route_uvicorn_logs()
+    _log_listening(socks, host, port, config)
+    log_configuration(config, listen_source)
+    # uvicorn re-raises the stop signal once it has shut down; with these handlers in
+    # place that re-raise is a no-op, so a SIGTERM/SIGINT stop exits 0 like the watcher.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _sig, _frame: None)
+
+    async def run() -> None:
+        asyncio.get_running_loop().set_exception_handler(_loop_errors)
+        try:
+            await server.serve(sockets=[listener.sock for listener in socks])
+        finally:
+            layer.close()
+
+    code = 0
+    if watcher is None:
+        asyncio.run(run())
+    else:
+        from ..settings import DRAIN_S
+        from .watch_thread import run_beside
+
+        budget = DRAIN_S if drain_timeout is None else drain_timeout
+        code = run_beside(server, run(), watcher, socks[0].url, budget)
+    log.info(
+        "serve: stopped: %d requests answered, %d POSTs accepted, %d connections refused, "
+        "%d closed at the head deadline",
+        server.server_state.total_requests,
+        _sample(ctx, "ingester_http_posts_total", outcome="accepted"),
+        sum(layer.limits.refused.values()),
+        sum(layer.head_timeouts.values()),
+    )
+    return code
+
+
+def _log_listening(socks: list[Listener], host: str, port: int, config: ServeConfig) -> None:
+    urls = ", ".join(listener.url for listener in socks)
+    passed = [listener for listener in socks if listener.fd is not None]
+    where = ""
+    if passed:
+        origin = ", ".join(listener.origin for listener in passed)
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        where = (
+            f"{len(passed)} socket{'s' if len(passed) != 1 else ''} from systemd ({origin}; "
+            f"--listen {shown} not used); "
+        )
+    log.info(
+        "serve: listening on %s (%shistory %s, spool %s)",
+        urls,
+        where,
+        config.settings.history_dir,
+        config.settings.spool_dir,
+    )

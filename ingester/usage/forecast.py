@@ -1,0 +1,569 @@
+"""Burn rate and a forecast for every usage limit, from a sequence of snapshots (pure: no I/O).
+
+The question a user asks: at this rate, when do I reach 100 %, and is that before the
+limit resets? In pseudo-code::
+
+    as_of  = the newest lastUpdated among the snapshots
+    for each limit read in the BASIS before as_of:   # any object with resetsIn and
+                                                     # percentageUsed, by its dotted path
+        if the newest snapshot lacks it:             # a partial scrape: HELD, see below
+            skip it once its last reading's reset time has come by as_of
+        points  = its readings observed in the BASIS before as_of, oldest first
+        windows = points split where the limit reset  # split_windows()
+        window  = the last of them: usage since the last reset
+        rate    = median of the pairwise slopes of window, in %/hour   # burn_rate()
+                  (none from fewer than 2 points or less than 10 minutes of data)
+        exhausts_at  = newest time + (100 - newest %) / rate, when rate > 0
+        before_reset = exhausts_at < resets_at
+
+**A reset**, between two readings in time order, is one of:
+
+* the reset time of the previous reading has passed (its ``resetsAt`` plus the precision
+  of its wording: ``2 hr`` may mean up to 2 h 59 min), or
+* a drop in ``percentageUsed`` that the following reading confirms (it is below the old
+  level too), or that is the newest reading (nothing can confirm it yet).
+
+Within a window usage only rises, so a lone dip that the next reading does not confirm (a
+scraper that read 0 for a moment) and a lone spike that the next reading falls back from
+(to no less than the reading before the spike) are left out of the window as outliers.
+
+**The rate** is the Theil-Sen estimator: the median of the slopes between every pair of
+readings (at most :data:`MAX_FIT_POINTS`, spread evenly over the window when it holds more).
+With five readings or more, one reading however wrong cannot move it off the slope the
+others agree on; least squares would follow the outlier. The basis is the window's last
+:data:`BASIS` (24 hours: a weekly limit's day-and-night rhythm averages out, and a
+session shorter than that counts whole).
+
+The newest reading anchors the projection: it is what the console shows now.
+
+**A limit the newest snapshot lacks** (a partial scrape: ``isPartial``, an
+``extractionErrors`` entry, or a window simply missing) is *held*: it keeps its last
+reading, marked with the time that reading was observed and why it is missing, so a
+scraper that fails to read a section now and then does not make the limit, its metrics
+and the alerts on them vanish and come back. Every limit read in any snapshot given
+(however old: the caller passes the last readings from before the basis as
+``earlier``) is held until it is read again or its window is known to have ended: its
+reset time (the earliest instant its wording allows) has come by ``as_of``. A limit whose
+reset time is unknown is held as long as the history holds a reading of it.
+
+**After its reset** a held limit's percentage says nothing (the window started again at
+an unknown level), so it leaves ``limits`` and is listed in ``lapsed`` instead, with the
+time it was last read: the forecast, the API and the metrics no longer show a
+percentage for it, and ``check`` still names it as missing.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
+
+from ..history.names import format_timestamp
+from .resets import ResetTime, parse_resets_in
+
+__all__ = [
+    "BASIS",
+    "CLOCK_AHEAD",
+    "HORIZON",
+    "MAX_FIT_POINTS",
+    "MIN_SPAN",
+    "Forecast",
+    "LimitForecast",
+    "Observation",
+    "Point",
+    "Reading",
+    "burn_rate",
+    "forecast",
+    "in_words",
+    "last_readings",
+    "newer_readings",
+    "observe",
+    "parse_observed_at",
+    "split_windows",
+    "usage_windows",
+]
+
+BASIS = timedelta(hours=24)
+"""How far back from the newest snapshot the rate looks (within the current window)."""
+MIN_SPAN = timedelta(minutes=10)
+"""No rate from readings spanning less than this: two readings a minute apart say little."""
+HORIZON = timedelta(days=366)
+"""A projection further ahead than this is no projection (usage as good as flat)."""
+CLOCK_AHEAD = timedelta(hours=1)
+"""A snapshot observed more than this after it was stored has a wrong clock: not used."""
+MAX_FIT_POINTS = 120
+"""At most this many readings enter the pairwise slopes (7,140 pairs): the cost stays flat
+however often the scraper runs."""
+
+_MAX_DEPTH = 8  # how deep usage windows are looked for in a payload
+_MAX_ERRORS = 16  # extractionErrors entries kept per snapshot (enough to name a section)
+_MAX_ERROR_TEXT = 160  # characters kept of each message
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One limit in one snapshot: its dotted path, percentage used, words and reset time."""
+
+    limit: str
+    percentage: float
+    resets_in: str | None
+    reset: ResetTime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One snapshot: when it was observed (``lastUpdated``, UTC), its readings, when it
+    was stored (the version's ingest time; ``None`` when not known), whether it says it is
+    partial (``isPartial``) and its ``extractionErrors`` as ``(key, message)`` pairs."""
+
+    observed_at: datetime
+    readings: tuple[Reading, ...]
+    stored_at: datetime | None = None
+    partial: bool = False
+    errors: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One reading on the time axis: POSIX seconds, percentage, reset time."""
+
+    t: float
+    pct: float
+    reset: ResetTime | None = None
+
+
+@dataclass(frozen=True)
+class LimitForecast:
+    """The forecast of one limit (see the module docstring for each rule).
+
+    ``observed_at`` is the ``lastUpdated`` of the snapshot its reading comes from: the
+    newest snapshot's, unless that one lacks the limit (``in_newest`` false: the reading is
+    held, and ``missing_reason`` says why it is missing, in the newest snapshot's words
+    where it has any).
+    """
+
+    limit: str
+    percentage: float
+    resets_in: str | None
+    resets_at: datetime | None
+    rate_per_hour: float | None
+    exhausts_at: datetime | None
+    before_reset: bool | None
+    points: int
+    since: datetime
+    observed_at: datetime
+    in_newest: bool = True
+    missing_reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The limit as the API spells it (times ISO-8601 UTC; the rate to 4 decimals)."""
+        pct = self.percentage
+        return {
+            "limit": self.limit,
+            "percentageUsed": int(pct) if float(pct).is_integer() else pct,
+            "resetsIn": self.resets_in,
+            "resetsAt": format_timestamp(self.resets_at),
+            "ratePerHour": None if self.rate_per_hour is None else round(self.rate_per_hour, 4),
+            "exhaustsAt": format_timestamp(self.exhausts_at),
+            "beforeReset": self.before_reset,
+            "basis": {"points": self.points, "since": format_timestamp(self.since)},
+            "observedAt": format_timestamp(self.observed_at),
+            "inNewest": self.in_newest,
+            "missingReason": self.missing_reason,
+        }
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Every limit's forecast as of the newest snapshot (``as_of`` ``None``: no snapshot).
+
+    ``lapsed``: the limits the newest snapshot lacks whose window has ended since their
+    last reading, as ``(limit, observed_at of that reading)``, oldest reading first; they
+    have no forecast (the module docstring's rule) but are still missing.
+    """
+
+    as_of: datetime | None
+    limits: tuple[LimitForecast, ...]
+    lapsed: tuple[tuple[str, datetime], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"asOf", "limits": [...]}``."""
+        return {
+            "asOf": format_timestamp(self.as_of),
+            "limits": [limit.to_json() for limit in self.limits],
+        }
+
+
+# -- snapshots to readings ---------------------------------------------------------------
+
+
+def parse_observed_at(value: object) -> datetime | None:
+    """``lastUpdated`` as a UTC datetime, or ``None`` when it is not an ISO-8601 time."""
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)
+        return stamp.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _is_window(value: Mapping[str, Any]) -> bool:
+    pct = value.get("percentageUsed")
+    return (
+        "resetsIn" in value
+        and isinstance(pct, int | float)
+        and not isinstance(pct, bool)
+        and math.isfinite(pct)
+    )
+
+
+def usage_windows(payload: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """Every usage window in ``payload``, by dotted path, in the payload's order.
+
+    A window is any object holding ``resetsIn`` and a numeric ``percentageUsed``, at any
+    depth (up to 8): ``currentSession``, ``weeklyLimits.allModels``,
+    ``weeklyLimits.sonnetOnly``, and whatever the console adds later.
+    """
+    found: list[tuple[str, Mapping[str, Any]]] = []
+
+    def walk(obj: Mapping[str, Any], prefix: str, depth: int) -> None:
+        for key, value in obj.items():
+            if not isinstance(value, dict) or not isinstance(key, str):
+                continue
+            path = f"{prefix}{key}"
+            if _is_window(value):
+                found.append((path, value))
+            elif depth < _MAX_DEPTH:
+                walk(value, path + ".", depth + 1)
+
+    walk(payload, "", 1)
+    return found
+
+
+def observe(
+    payload: object, zone: tzinfo, stored_at: datetime | None = None
+) -> tuple[Observation | None, list[tuple[str, str]]]:
+    """A payload (parsed JSON) as an :class:`Observation`, and its unreadable ``resetsIn``.
+
+    Returns ``(None, [])`` when the payload is not an object with a valid ``lastUpdated``.
+    The list names each window whose ``resetsIn`` gave no reset time: ``(path, text)``.
+    """
+    if not isinstance(payload, dict):
+        return None, []
+    observed_at = parse_observed_at(payload.get("lastUpdated"))
+    if observed_at is None:
+        return None, []
+    readings = []
+    unreadable = []
+    for path, window in usage_windows(payload):
+        text = window.get("resetsIn")
+        reset = parse_resets_in(text, observed_at, zone)
+        if reset is None:
+            unreadable.append((path, str(text)[:80]))
+        words = text if isinstance(text, str) else None
+        readings.append(Reading(path, float(window["percentageUsed"]), words, reset))
+    found = payload.get("extractionErrors")
+    errors = (
+        tuple(
+            (str(key)[:_MAX_ERROR_TEXT], str(message)[:_MAX_ERROR_TEXT])
+            for key, message in list(found.items())[:_MAX_ERRORS]
+        )
+        if isinstance(found, dict)
+        else ()
+    )
+    partial = payload.get("isPartial") is True
+    return Observation(observed_at, tuple(readings), stored_at, partial, errors), unreadable
+
+
+def newer_readings(
+    payload: object,
+    zone: tzinfo,
+    held: Mapping[str, datetime],
+    stored_at: datetime | None = None,
+    *,
+    clock_ahead: timedelta = CLOCK_AHEAD,
+) -> list[tuple[Reading, datetime]]:
+    """The readings of ``payload`` observed after ``held[limit]`` (or of a limit not in
+    ``held``), each with the payload's ``lastUpdated``.
+
+    What :func:`observe` then :func:`last_readings` give for one snapshot, but ``resetsIn``
+    is parsed only for the readings returned: reading a long history newest first, most
+    snapshots hold nothing newer, and parsing the reset times is most of the cost. Empty
+    when the payload is no snapshot or its clock ran ahead of ``stored_at``.
+    """
+    if not isinstance(payload, dict):
+        return []
+    observed_at = parse_observed_at(payload.get("lastUpdated"))
+    if observed_at is None or (stored_at is not None and observed_at > stored_at + clock_ahead):
+        return []
+    found = []
+    for path, window in usage_windows(payload):
+        before = held.get(path)
+        if before is None or before < observed_at:
+            text = window.get("resetsIn")
+            reset = parse_resets_in(text, observed_at, zone)
+            words = text if isinstance(text, str) else None
+            found.append(
+                (Reading(path, float(window["percentageUsed"]), words, reset), observed_at)
+            )
+    return found
+
+
+# -- windows and the rate ----------------------------------------------------------------
+
+
+def _reset_passed(before: Point, after: Point) -> bool:
+    reset = before.reset
+    return reset is not None and after.t >= (reset.at + reset.within).timestamp()
+
+
+def split_windows(points: Sequence[Point]) -> list[list[Point]]:
+    """``points`` (oldest first) split at each reset, outliers left out; oldest window first.
+
+    The rules are the module docstring's. Every point is in exactly one window or is an
+    outlier; the newest point is never an outlier.
+    """
+    if not points:
+        return []
+    windows: list[list[Point]] = []
+    current = [points[0]]
+    for i in range(1, len(points)):
+        point, level = points[i], current[-1]
+        if _reset_passed(level, point):
+            windows.append(current)
+            current = [point]
+        elif point.pct < level.pct:
+            if len(current) >= 2 and point.pct >= current[-2].pct:
+                current[-1] = point  # the level was a spike: this point carries on from before
+                continue
+            following = points[i + 1] if i + 1 < len(points) else None
+            if following is None or following.pct < level.pct:
+                windows.append(current)
+                current = [point]
+            # else: a dip the next reading does not confirm; left out
+        else:
+            current.append(point)
+    windows.append(current)
+    return windows
+
+
+def _spread(points: Sequence[Point], most: int) -> Sequence[Point]:
+    if len(points) <= most:
+        return points
+    step = (len(points) - 1) / (most - 1)
+    return [points[round(k * step)] for k in range(most)]
+
+
+def burn_rate(points: Sequence[Point]) -> float | None:
+    """Percent per hour over ``points`` (one window, oldest first): the Theil-Sen slope.
+
+    ``None`` with fewer than 2 points or when they span less than :data:`MIN_SPAN`.
+    """
+    if len(points) < 2 or points[-1].t - points[0].t < MIN_SPAN.total_seconds():
+        return None
+    sample = _spread(points, MAX_FIT_POINTS)
+    slopes = [
+        (b.pct - a.pct) / (b.t - a.t)
+        for i, a in enumerate(sample)
+        for b in sample[i + 1 :]
+        if b.t > a.t
+    ]
+    return statistics.median(slopes) * 3600 if slopes else None
+
+
+# -- the forecast ------------------------------------------------------------------------
+
+
+def _at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _limit_forecast(
+    reading: Reading,
+    points: Sequence[Point],
+    observed_at: datetime,
+    missing_reason: str | None = None,
+) -> LimitForecast:
+    window = split_windows(points)[-1]
+    newest = window[-1]
+    resets_at = reading.reset.at if reading.reset is not None else None
+    rate = burn_rate(window)
+    exhausts_at: datetime | None = None
+    before: bool | None = None
+    if newest.pct >= 100:
+        exhausts_at = _at(next(p.t for p in window if p.pct >= 100))
+        before = True  # reached already, so before the next reset
+    elif rate is not None:
+        hours = (100 - newest.pct) / rate if rate > 0 else math.inf
+        if hours <= HORIZON / timedelta(hours=1):
+            exhausts_at = _at(newest.t + hours * 3600)
+            before = None if resets_at is None else exhausts_at < resets_at
+        else:
+            before = None if resets_at is None else False
+    return LimitForecast(
+        limit=reading.limit,
+        percentage=reading.percentage,
+        resets_in=reading.resets_in,
+        resets_at=resets_at,
+        rate_per_hour=rate,
+        exhausts_at=exhausts_at,
+        before_reset=before,
+        points=len(window),
+        since=_at(window[0].t),
+        observed_at=observed_at,
+        in_newest=missing_reason is None,
+        missing_reason=missing_reason,
+    )
+
+
+def _missing_reason(limit: str, newest: Observation) -> str:
+    """Why ``newest`` lacks ``limit``: its extractionErrors entry for it, if any.
+
+    An entry counts when its key is the limit's path, a section holding it
+    (``weeklyLimits``) or one of its parts (``sonnetOnly``): the scraper names what it
+    failed to read in its own words, and those are the best reason there is.
+    """
+    parts = limit.split(".")
+    for key, message in newest.errors:
+        if key == limit or limit.startswith(key + ".") or key in parts:
+            return f"extractionErrors.{key}: {message}"
+    if newest.partial:
+        return "the newest snapshot is partial (isPartial) and lacks it"
+    return "the newest snapshot lacks it"
+
+
+LastReadings = dict[str, tuple[Reading, datetime]]
+"""Each limit's newest reading and when it was observed, by limit, in the order first read."""
+
+
+def _usable(observations: Iterable[Observation], clock_ahead: timedelta) -> list[Observation]:
+    return [
+        o for o in observations if o.stored_at is None or o.observed_at <= o.stored_at + clock_ahead
+    ]
+
+
+def last_readings(
+    observations: Iterable[Observation],
+    into: LastReadings | None = None,
+    *,
+    clock_ahead: timedelta = CLOCK_AHEAD,
+) -> LastReadings:
+    """Each limit's newest reading (by ``observed_at``; of equals, the last given).
+
+    Adds to ``into`` when given (and returns it), so a caller can fold in versions as they
+    leave the basis, each once. Observations more than ``clock_ahead`` ahead of their
+    ``stored_at`` are left out, as in :func:`forecast`.
+    """
+    found: LastReadings = {} if into is None else into
+    for obs in _usable(observations, clock_ahead):
+        for reading in obs.readings:
+            held = found.get(reading.limit)
+            if held is None or held[1] <= obs.observed_at:
+                found[reading.limit] = (reading, obs.observed_at)
+    return found
+
+
+def forecast(
+    observations: Iterable[Observation],
+    *,
+    basis: timedelta = BASIS,
+    clock_ahead: timedelta = CLOCK_AHEAD,
+    earlier: Mapping[str, tuple[Reading, datetime]] | None = None,
+) -> Forecast:
+    """Every limit's forecast from ``observations`` (given in storage order).
+
+    The newest observation (by ``observed_at``; of equals, the last given) is ``as_of``.
+    The rate uses the observations within ``basis`` before it. The limits are those read
+    in any observation given or in ``earlier`` (the :func:`last_readings` of snapshots
+    not given, e.g. those stored before the basis), in the order first read; one the
+    newest observation lacks is held at its last reading while its reset time has not
+    come, and is in ``lapsed`` after (the module docstring's rules). Observations more
+    than ``clock_ahead`` ahead of their ``stored_at`` are left out (the scraper's clock
+    was wrong).
+    """
+    usable = _usable(observations, clock_ahead)
+    if not usable:
+        return Forecast(None, ())
+    as_of = max(o.observed_at for o in usable)
+    start = as_of - basis
+    ordered = sorted(usable, key=lambda o: o.observed_at)
+    series: dict[str, list[Point]] = {}
+    for obs in ordered:
+        if obs.observed_at < start:
+            continue
+        t = obs.observed_at.timestamp()
+        for reading in obs.readings:
+            series.setdefault(reading.limit, []).append(Point(t, reading.percentage, reading.reset))
+    last_read = last_readings(ordered, dict(earlier or {}), clock_ahead=clock_ahead)
+    newest = ordered[-1]
+    in_newest = {reading.limit for reading in newest.readings}
+    limits = []
+    lapsed = []
+    for name, (reading, observed_at) in last_read.items():
+        points = series.get(name) or [
+            Point(observed_at.timestamp(), reading.percentage, reading.reset)
+        ]
+        if name in in_newest:
+            limits.append(_limit_forecast(reading, points, observed_at))
+        elif reading.reset is None or reading.reset.at > as_of:
+            reason = _missing_reason(name, newest)
+            limits.append(_limit_forecast(reading, points, observed_at, reason))
+        else:  # its window has reset since it was last read: the reading says nothing now
+            lapsed.append((name, observed_at))
+    lapsed.sort(key=lambda item: item[1])
+    return Forecast(as_of, tuple(limits), tuple(lapsed))
+
+
+# -- in words ----------------------------------------------------------------------------
+
+
+def _duration_words(delta: timedelta) -> str:
+    minutes = max(0, round(delta.total_seconds() / 60))
+    if minutes < 60:
+        return f"{minutes} min"
+    hours = round(minutes / 60)
+    return f"{hours} h" if hours < 72 else f"{hours / 24:.1f} days"
+
+
+def _when(stamp: datetime, zone: tzinfo, near: datetime) -> str:
+    local = stamp.astimezone(zone)
+    if abs(stamp - near) < timedelta(days=6):
+        return local.strftime("%a %H:%M")
+    return local.strftime("%a %d %b %Y %H:%M")
+
+
+def in_words(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
+    """The forecast of ``limit`` as a sentence, times in ``zone``.
+
+    ``at this rate 100 % by Sat 14:00, 41 h before the reset (Mon 08:59)``,
+    ``resets before the limit``, ``not enough data``, ``at the limit since ...``,
+    ``at this rate 100 % by ... (reset time unknown)`` or ``not rising``; for a held
+    limit (not in the newest snapshot) followed by ``; last read Fri 07:15, not in the
+    newest snapshot``.
+    """
+    words = _verdict(limit, zone, as_of)
+    if not limit.in_newest:
+        words += f"; last read {_when(limit.observed_at, zone, as_of)}, not in the newest snapshot"
+    return words
+
+
+def _verdict(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
+    if limit.percentage >= 100 and limit.exhausts_at is not None:
+        return f"at the limit since {_when(limit.exhausts_at, zone, as_of)}"
+    if limit.rate_per_hour is None:
+        return "not enough data"
+    if limit.exhausts_at is None:
+        return "resets before the limit" if limit.resets_at is not None else "not rising"
+    by = f"at this rate 100 % by {_when(limit.exhausts_at, zone, as_of)}"
+    if limit.resets_at is None:
+        return by + " (reset time unknown)"
+    if limit.before_reset:
+        ahead = _duration_words(limit.resets_at - limit.exhausts_at)
+        return f"{by}, {ahead} before the reset ({_when(limit.resets_at, zone, as_of)})"
+    return "resets before the limit"

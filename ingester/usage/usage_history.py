@@ -1,0 +1,258 @@
+"""The forecast of a history: :mod:`ingester.usage.forecast` over the versions a reader holds.
+
+:class:`UsageHistory` reads versions through a
+:class:`~ingester.history.index.HistoryIndex` (a local folder or an object store) and
+keeps what it read:
+
+* each version's :class:`~ingester.usage.forecast.Observation`, by version name (versions
+  never change, so one read is enough for the life of the process);
+* the last answer, for as long as the set of versions stays the same.
+
+Only the versions that can hold the basis are read. A snapshot is observed before it
+is stored (its ``lastUpdated`` is at most :data:`~ingester.usage.forecast.CLOCK_AHEAD` after
+the ingest time in its version name), so::
+
+    start = newest ingest time - BASIS - CLOCK_AHEAD
+    repeat:
+        read the versions ingested since start (those not read before)
+        as_of = their newest lastUpdated
+        if as_of - BASIS - CLOCK_AHEAD >= start: done
+        start = as_of - BASIS - CLOCK_AHEAD     # a backfill: older data stored lately
+
+On a history of 20,000 versions taken every 30 s that is the last day's 2,900 or so,
+read once; after that, one new version costs one read and one pass over the cached
+observations.
+
+The versions before the basis count only for the limits they hold: each limit's last
+reading there (:func:`~ingester.usage.forecast.last_readings`), so a limit the recent versions
+lack is still held. They are read once each, newest first (``resetsIn`` parsed only for
+a reading newer than the one found), when the first answer is made, and folded in from
+the kept observations as versions leave the basis; a reading whose version retention
+has deleted is dropped.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+
+from ..errors import VersionNotFound
+from ..history.base import HistoryReader, VersionEntry
+from ..history.index import HistoryIndex, HistorySnapshot
+from .forecast import (
+    BASIS,
+    CLOCK_AHEAD,
+    Forecast,
+    Observation,
+    Reading,
+    forecast,
+    newer_readings,
+    observe,
+)
+
+__all__ = ["ForecastAnswer", "UsageHistory", "forecast_json", "forecast_of"]
+
+log = logging.getLogger("ingester.forecast")
+
+_REMEMBERED_WORDINGS = 64  # distinct unreadable resetsIn texts logged once each
+
+
+@dataclass(frozen=True)
+class ForecastAnswer:
+    """A forecast and the tag that names the versions it came from (for ``ETag``)."""
+
+    forecast: Forecast
+    tag: str
+    versions: int
+
+
+class UsageHistory:
+    """Forecasts over the versions of ``index``, cached by version and by answer.
+
+    ``zone`` is the console's time zone (for absolute ``resetsIn`` forms), ``zone_name``
+    its name (part of the answer's tag). Thread-safe.
+    """
+
+    def __init__(
+        self,
+        index: HistoryIndex,
+        zone: tzinfo,
+        zone_name: str,
+        *,
+        basis: timedelta = BASIS,
+    ) -> None:
+        self.index = index
+        self.zone = zone
+        self.zone_name = zone_name
+        self.basis = basis
+        self._lock = threading.Lock()
+        self._observations: dict[str, Observation | None] = {}
+        self._answer: tuple[HistorySnapshot, int, ForecastAnswer] | None = None
+        self._wordings: set[str] = set()
+        # Each limit's last reading in the versions before the basis, with its version's
+        # name; the newest version folded in so far (by name, as the history sorts).
+        self._earlier: dict[str, tuple[Reading, datetime, str]] = {}
+        self._folded: str | None = None
+        self.unparsable = 0
+        """``resetsIn`` texts read that gave no reset time (each version counted once)."""
+        self.reads = 0
+        """Versions read and parsed (each once, unless a backfill brings it back into the
+        basis after it was folded in)."""
+
+    def _observation(self, name: str, stored_at: datetime) -> Observation | None:
+        if name in self._observations:
+            return self._observations[name]
+        try:
+            data = self.index.reader.read_version(name)
+        except VersionNotFound:
+            return None  # deleted since the listing: not part of the history any more
+        self.reads += 1
+        try:
+            payload = json.loads(data)
+        except (ValueError, RecursionError):
+            payload = None
+        observation, unreadable = observe(payload, self.zone, stored_at)
+        for path, text in unreadable:
+            self.unparsable += 1
+            if text not in self._wordings and len(self._wordings) < _REMEMBERED_WORDINGS:
+                self._wordings.add(text)
+                log.warning(
+                    "%s: resetsIn %r of %s is no wording this version reads; no reset time "
+                    "for it (said once per wording)",
+                    name,
+                    text,
+                    path,
+                )
+        self._observations[name] = observation
+        return observation
+
+    def _compute(self, snap: HistorySnapshot, newest: int) -> Forecast:
+        span = self.basis + CLOCK_AHEAD
+        entries = snap.entries[: newest + 1]
+        times = snap.times[: newest + 1]
+        start = times[-1] - span.total_seconds()
+        lo = len(entries)
+        observations: list[Observation] = []
+        while True:
+            first = bisect.bisect_left(times, start)
+            if first < lo:
+                fresh = []
+                for entry in entries[first:lo]:
+                    obs = self._observation(entry.name, entry.ingested_at)
+                    if obs is not None:
+                        fresh.append(obs)
+                observations = fresh + observations
+                lo = first
+            usable = [
+                o.observed_at
+                for o in observations
+                if o.stored_at is None or o.observed_at <= o.stored_at + CLOCK_AHEAD
+            ]
+            if lo == 0:
+                break
+            if not usable:  # nothing readable this recent: look further back
+                start = times[lo - 1] - span.total_seconds()
+                continue
+            wanted = max(usable).timestamp() - span.total_seconds()
+            if wanted >= start:
+                break
+            start = wanted
+        self._fold(entries, lo)
+        # Keep only what the next answer can need: versions in (or after) this basis.
+        held = {e.name for e in entries[lo:]}
+        if len(self._observations) > len(held):
+            self._observations = {k: v for k, v in self._observations.items() if k in held}
+        earlier = {limit: (r, at) for limit, (r, at, _) in self._earlier.items()}
+        return forecast(observations, basis=self.basis, earlier=earlier)
+
+    def _fold(self, entries: Sequence[VersionEntry], lo: int) -> None:
+        """Fold the versions before position ``lo`` not folded yet into ``_earlier``."""
+        if entries and self._earlier:
+            oldest = entries[0].name  # readings from versions retention deleted go
+            self._earlier = {k: v for k, v in self._earlier.items() if v[2] >= oldest}
+        first = 0
+        if self._folded is not None:
+            first = bisect.bisect_right(entries, self._folded, key=lambda e: e.name)
+        if first >= lo:
+            return
+        # Newest first: a limit's last reading is then found early, and the older
+        # versions only need looking at (their resetsIn is parsed only when newer).
+        seen = {limit: held[1] for limit, held in self._earlier.items()}
+        for entry in reversed(entries[first:lo]):
+            cached = self._observations.get(entry.name)
+            if cached is not None:  # left the basis since it was read
+                for reading in cached.readings:
+                    before = seen.get(reading.limit)
+                    if before is None or before < cached.observed_at:
+                        seen[reading.limit] = cached.observed_at
+                        self._earlier[reading.limit] = (reading, cached.observed_at, entry.name)
+                continue
+            try:
+                data = self.index.reader.read_version(entry.name)
+            except VersionNotFound:
+                continue  # deleted since the listing
+            self.reads += 1
+            try:
+                payload = json.loads(data)
+            except (ValueError, RecursionError):
+                continue
+            for reading, at in newer_readings(payload, self.zone, seen, entry.ingested_at):
+                seen[reading.limit] = at
+                self._earlier[reading.limit] = (reading, at, entry.name)
+        self._folded = entries[lo - 1].name
+
+    def cached(self, now: datetime) -> ForecastAnswer | None:
+        """The last answer while the versions are the same as for it, else ``None``.
+
+        Costs what looking up the latest costs (the index's change check), reads no
+        version: the caller may call it where blocking is not welcome.
+        """
+        snap = self.index.snapshot()
+        held = self._answer
+        if held is not None and held[0] is snap and held[1] == snap.latest_position(now):
+            return held[2]
+        return None
+
+    def answer(self, now: datetime) -> ForecastAnswer | None:
+        """The forecast as of the newest version; ``None`` when there is no version.
+
+        ``now`` decides which versions count (one dated more than a day ahead of it is
+        "future", as for the latest). Raises ``OSError`` when the history cannot be read.
+        """
+        snap = self.index.snapshot()
+        newest = snap.latest_position(now)
+        if newest is None:
+            return None
+        with self._lock:
+            cached = self._answer
+            if cached is not None and cached[0] is snap and cached[1] == newest:
+                return cached[2]
+            result = self._compute(snap, newest)
+            digest = hashlib.sha256(self.zone_name.encode())
+            digest.update(f"\n{self.basis}\n{snap.entries[newest].name}\n{newest}\n".encode())
+            digest.update(snap.entries[0].name.encode())
+            answer = ForecastAnswer(result, 'W/"f-' + digest.hexdigest()[:24] + '"', newest + 1)
+            self._answer = (snap, newest, answer)
+            return answer
+
+
+def forecast_of(
+    reader: HistoryReader, zone: tzinfo, zone_name: str, now: datetime
+) -> ForecastAnswer | None:
+    """The forecast of the history ``reader`` reads (read once, nothing kept).
+
+    ``None`` when it holds no version; ``OSError`` when it cannot be read.
+    """
+    return UsageHistory(HistoryIndex(reader), zone, zone_name).answer(now)
+
+
+def forecast_json(answer: ForecastAnswer, zone_name: str) -> dict[str, object]:
+    """The body of the answer (also what ``ingester forecast --json`` prints)."""
+    body = answer.forecast.to_json()
+    return {"asOf": body["asOf"], "consoleTimeZone": zone_name, "limits": body["limits"]}
