@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..clock import AHEAD_TOLERATED, JUST_NOW
+from ..clock import AHEAD_TOLERATED, JUST_NOW, parse_iso_time
 from ..errors import NotRegularFile, StorageError, describe_os_error
 from ..history.lock import HistoryLock, LockHeld
 from ..history.store import HistoryStore
@@ -48,6 +48,7 @@ __all__ = [
     "read_stream",
     "relative_age",
     "s3_reader",
+    "time_option",
     "writing_store",
 ]
 
@@ -271,6 +272,17 @@ def read_limited(path: Path, max_bytes: int, *, regular_only: bool = False) -> b
         raise NotRegularFile(errno.EINVAL, f"{kind}, not a regular file", os.fspath(path))
     with os.fdopen(fd, "rb") as handle:
         return read_stream(handle, max_bytes)
+
+
+def time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """Click callback for a time option: ISO 8601, UTC without an offset (``None`` if not
+    given); a bad one is click's usage error (exit 2) naming the option."""
+    if value is None:
+        return None
+    try:
+        return parse_iso_time(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 def echo_json(value: Any) -> None:

@@ -17,25 +17,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..clock import parse_iso_time
 from ..errors import StorageError, describe_os_error
 from ..history.durable import streamed_file
 from ..usage.export import FORMATS, Row, Skipped, export_rows, select_versions, write_rows
-from .common import App, fail, history_source, human_time, open_history
+from .common import App, fail, history_source, human_time, open_history, time_option
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 __all__ = ["export"]
-
-
-def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return parse_iso_time(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 def _warn(skipped: Skipped) -> None:
@@ -46,13 +36,13 @@ def _warn(skipped: Skipped) -> None:
 @click.option(
     "--since",
     metavar="TIME",
-    callback=_time_option,
+    callback=time_option,
     help="Versions ingested at or after TIME (ISO-8601; without an offset, UTC).",
 )
 @click.option(
     "--until",
     metavar="TIME",
-    callback=_time_option,
+    callback=time_option,
     help="Versions ingested at or before TIME (ISO-8601; without an offset, UTC).",
 )
 @click.option(

@@ -57,6 +57,7 @@ from .common import (
     human_time,
     open_history,
     relative_age,
+    time_option,
     writing_store,
 )
 
@@ -77,18 +78,6 @@ def _metadata_age(iso_text: str | None, now: datetime) -> str:
         return relative_age(now - parse_iso_time(iso_text))
     except ValueError:
         return "unreadable time"  # e.g. a hand-edited _metadata.json; verify reports it
-
-
-def _parse_time_option(
-    ctx: click.Context, param: click.Parameter, value: str | None
-) -> datetime | None:
-    """Click callback: an ISO-8601 time; without an offset it is UTC."""
-    if value is None:
-        return None
-    try:
-        return parse_iso_time(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 # -- status ------------------------------------------------------------------------------
@@ -386,7 +375,7 @@ def list_versions(
     "--at",
     "at",
     metavar="TIME",
-    callback=_parse_time_option,
+    callback=time_option,
     help="The version that was newest at TIME (ISO-8601; without an offset, UTC).",
 )
 @history_source
