@@ -395,10 +395,7 @@ class Intake:
 
         Read without following links. The stat lets the release see a later write.
         """
-        try:
-            fd = os.open(claim, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            raise StorageError("open claim", claim, exc) from exc
+        fd = _open_claim(claim)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or os.pread(fd, len(data) + 1, 0) != data:
@@ -417,10 +414,7 @@ class Intake:
         those judged), ``"copy"`` (the bytes judged, but someone may hold it open for
         writing: a read lease is refused or not offered).
         """
-        try:
-            fd = os.open(claim, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            raise StorageError("open claim", claim, exc) from exc
+        fd = _open_claim(claim)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or (st.st_ino, st.st_nlink, st.st_size) != (
@@ -525,3 +519,12 @@ def _written_since(claim: str, seen: tuple[int, int]) -> bool:
     except OSError:
         return False
     return (st.st_size, st.st_mtime_ns) != seen
+
+
+def _open_claim(claim: str) -> int:
+    """A descriptor on the claimed drop, for reading, without following a link (a link
+    put in its place is refused: ELOOP); :class:`StorageError` if it cannot be opened."""
+    try:
+        return os.open(claim, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageError("open claim", claim, exc) from exc
