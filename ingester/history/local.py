@@ -115,7 +115,7 @@ class LocalHistory:
             raise VersionNotFound(name)
         path = self.dir / name
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(path, durable.READ_NOFOLLOW)
         except FileNotFoundError:
             raise VersionNotFound(name) from None
         except OSError as exc:

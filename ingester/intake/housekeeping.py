@@ -78,9 +78,7 @@ def _open_folder(folder: Path) -> int | None:
 def _rejected_at(dir_fd: int, name: str) -> datetime | None:
     """``rejectedAt`` of the reason file ``name``, or None when it is not one of ours."""
     try:
-        fd = os.open(
-            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
-        )
+        fd = os.open(name, durable.READ_NOFOLLOW, dir_fd=dir_fd)
     except OSError:
         return None
     try:

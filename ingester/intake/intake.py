@@ -525,6 +525,6 @@ def _open_claim(claim: str) -> int:
     """A descriptor on the claimed drop, for reading, without following a link (a link
     put in its place is refused: ELOOP); :class:`StorageError` if it cannot be opened."""
     try:
-        return os.open(claim, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return os.open(claim, durable.READ_NOFOLLOW)
     except OSError as exc:
         raise StorageError("open claim", claim, exc) from exc

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import StorageError
+from ..history.durable import READ_NOFOLLOW
 from .arrivals import How
 
 __all__ = [
@@ -65,7 +66,7 @@ def writers_present(fd: int) -> bool | None:
 def open_for_writing(path: str | os.PathLike[str]) -> bool | None:
     """:func:`writers_present` for ``path`` (never following a link); None if unopenable."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, READ_NOFOLLOW)
     except OSError:
         return None
     try:

@@ -111,7 +111,7 @@ def open_entry(path: durable.StrPath, max_bytes: int) -> Opened | Unreadable | N
     read for another reason (e.g. permission denied): the caller retries later.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, durable.READ_NOFOLLOW)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -311,7 +311,7 @@ class Spool:
             return False
         reason = self.rejected_dir / (candidate + REASON_SUFFIX)
         try:
-            fd = os.open(reason, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(reason, durable.READ_NOFOLLOW)
         except FileNotFoundError:
             return True
         except OSError:

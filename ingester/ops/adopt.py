@@ -79,7 +79,7 @@ def _regular_latest(store: HistoryStore) -> bytes | None:
     """The bytes of the latest path when it is a regular file (not a link), else ``None``."""
     path = store.latest_path
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, durable.READ_NOFOLLOW)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ELOOP):
             return None  # absent, or a symbolic link
@@ -264,7 +264,7 @@ def _make_read_only(store: HistoryStore) -> list[str]:
     for name in store.version_names():
         path = store.version_path(name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(path, durable.READ_NOFOLLOW)
         except FileNotFoundError:
             continue
         except OSError as exc:

@@ -122,7 +122,7 @@ def _write_scratch(folder: Path, name: str, data: bytes, mode: int) -> None:
 def _copy_version(source: Path, folder: Path, name: str, *, scratch: bool) -> bool:
     """Copy one version (durably unless ``scratch``), keeping its mode; False when gone."""
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(source, durable.READ_NOFOLLOW)
     except FileNotFoundError:
         return False
     except OSError as exc:

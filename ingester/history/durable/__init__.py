@@ -23,6 +23,7 @@ from .fsyncs import FSYNC_THREAD_PREFIX, fsync_dirs, fsync_each
 from .staged import SpareFile, StagedFile, link_file, replace_symlink, write_file
 from .steps import (
     LINK_TEMP_PREFIX,
+    READ_NOFOLLOW,
     SNAPSHOT_TEMP_PREFIX,
     SUBMIT_TEMP_PREFIX,
     TEMP_PREFIX,
@@ -46,6 +47,7 @@ from .steps import (
 __all__ = [
     "FSYNC_THREAD_PREFIX",
     "LINK_TEMP_PREFIX",
+    "READ_NOFOLLOW",
     "SNAPSHOT_TEMP_PREFIX",
     "SUBMIT_TEMP_PREFIX",
     "TEMP_PREFIX",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ...errors import StorageError
-from .steps import WRITE_TEMP_PREFIX, _link_no_clobber, _temp_path, fsync_dir
+from .steps import READ_NOFOLLOW, WRITE_TEMP_PREFIX, _link_no_clobber, _temp_path, fsync_dir
 
 __all__ = ["move_file", "streamed_file"]
 
@@ -41,7 +41,7 @@ def move_file(src: Path, dst: Path) -> None:
 def _stream_copy(src: Path, dst: Path, mode: int) -> None:
     """Copy a regular file of any size in chunks, by the recipe (temp, fsync, link, fsync)."""
     tmp = _temp_path(dst.parent, WRITE_TEMP_PREFIX)
-    fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd_in = os.open(src, READ_NOFOLLOW)
     try:
         fd_out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:

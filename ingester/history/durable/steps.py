@@ -57,6 +57,11 @@ StrPath: TypeAlias = "str | os.PathLike[str]"
 """A path as a ``str`` or a ``Path``: the drop path passes plain strings (cheaper)."""
 
 
+READ_NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+"""``os.open`` flags to read a file that someone else may have placed: a symlink in its
+place is refused (ELOOP) rather than followed, and a FIFO cannot block the open."""
+
+
 def _temp_path(directory: Path, prefix: str) -> Path:
     return directory / f"{prefix}{secrets.token_hex(6)}"
 
