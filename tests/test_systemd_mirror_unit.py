@@ -13,8 +13,9 @@ import pytest
 from test_systemd_units import (
     NAME,
     SERVICE,
-    analyze,
     assert_exposure_within_limit,
+    assert_hardened_like_the_watcher,
+    assert_verifies,
     installed_copy,
     needs_analyze,
     one,
@@ -46,18 +47,13 @@ def test_mirror_unit_runs_beside_the_watcher_as_the_same_user() -> None:
     )
     # The same hardening as the watcher's, less what talking to an object store needs.
     network = {"PrivateNetwork", "IPAddressDeny", "RestrictAddressFamilies"}
-    for key, values in watcher.items():
-        if key.startswith("Service.") and key.split(".", 1)[1] not in network:
-            if key.split(".", 1)[1] in ("Type", "ExecStart", "WatchdogSec", "TimeoutStartSec"):
-                continue
-            assert mirror.get(key) == values, key
+    own = {"Type", "ExecStart", "WatchdogSec", "TimeoutStartSec"}
+    assert_hardened_like_the_watcher(mirror, watcher, network | own)
 
 
 @needs_analyze
 def test_mirror_unit_verifies(installed_mirror: Path) -> None:
-    result = analyze("verify", str(installed_mirror))
-    assert result.returncode == 0, result.stderr
-    assert (result.stdout + result.stderr).strip() == "", result.stdout + result.stderr
+    assert_verifies(installed_mirror)
 
 
 @needs_analyze

@@ -30,6 +30,7 @@ from test_systemd_units import (
     SYSUSERS_BIN,
     TMPFILES,
     analyze,
+    assert_verifies,
     ingester_binary,
     needs_analyze,
     needs_mdwe,
@@ -101,11 +102,7 @@ def test_unit_declares_the_serve_contract() -> None:
 
 @needs_analyze
 def test_systemd_analyze_verify_passes(installed: Path) -> None:
-    result = analyze("verify", str(installed), str(installed.with_suffix(".socket")))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "" and result.stderr.strip() == "", (
-        result.stdout + result.stderr
-    )
+    assert_verifies(installed, installed.with_suffix(".socket"))
 
 
 @needs_analyze

@@ -24,8 +24,9 @@ from test_systemd_units import (
     MDWE,
     NAME,
     SERVICE,
-    analyze,
     assert_exposure_within_limit,
+    assert_hardened_like_the_watcher,
+    assert_verifies,
     installed_copy,
     needs_analyze,
     needs_mdwe,
@@ -65,17 +66,12 @@ def test_single_unit_replaces_the_split_units_as_the_same_user() -> None:
     # The watcher's hardening, less what listening on the network needs.
     network = {"PrivateNetwork", "IPAddressDeny", "RestrictAddressFamilies"}
     own = {"Type", "ExecStart", "Environment", "EnvironmentFile", "TimeoutStopSec"}
-    for key, values in watcher.items():
-        name = key.split(".", 1)[1]
-        if key.startswith("Service.") and name not in network | own:
-            assert single.get(key) == values, key
+    assert_hardened_like_the_watcher(single, watcher, network | own)
 
 
 @needs_analyze
 def test_single_unit_verifies(installed_single: Path) -> None:
-    result = analyze("verify", str(installed_single))
-    assert result.returncode == 0, result.stderr
-    assert (result.stdout + result.stderr).strip() == "", result.stdout + result.stderr
+    assert_verifies(installed_single)
 
 
 @needs_analyze
@@ -166,9 +162,7 @@ def test_the_path_unit_and_the_example_scraper_unit_verify(tmp_path: Path) -> No
     # The example's program does not exist here; a real one stands in for it.
     scraper = tmp_path / SCRAPER.name
     scraper.write_text(text.replace("ExecStart=/opt/scraper/bin/scrape", "ExecStart=/bin/true"))
-    result = analyze("verify", str(tmp_path / SCRAPE_PATH.name), str(scraper))
-    assert result.returncode == 0, result.stderr
-    assert (result.stdout + result.stderr).strip() == "", result.stdout + result.stderr
+    assert_verifies(tmp_path / SCRAPE_PATH.name, scraper)
 
 
 @needs_mdwe

@@ -133,6 +133,26 @@ def installed_copy(unit: Path, exec_start: str, folder: Path) -> Path:
     return copy
 
 
+def assert_verifies(*units: Path) -> None:
+    """``systemd-analyze verify`` accepts ``units`` without a word: it exits 0 even for
+    unknown keys and unparseable values ("..., ignoring"), so any output is a failure."""
+    result = analyze("verify", *map(str, units))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", (
+        result.stdout + result.stderr
+    )
+
+
+def assert_hardened_like_the_watcher(
+    unit: dict[str, list[str]], watcher: dict[str, list[str]], differing: set[str]
+) -> None:
+    """Every ``[Service]`` key of the watcher's unit has the same values in ``unit``,
+    except the keys named in ``differing`` (what the unit's own job needs)."""
+    for key, values in watcher.items():
+        if key.startswith("Service.") and key.split(".", 1)[1] not in differing:
+            assert unit.get(key) == values, key
+
+
 def assert_exposure_within_limit(unit: Path) -> None:
     """``systemd-analyze security --offline=yes`` rates ``unit`` at most MAX_EXPOSURE, and
     systemd's own gate (``--threshold``, in tenths) agrees."""
@@ -192,13 +212,7 @@ def test_spool_from_tmpfiles_is_where_the_service_looks() -> None:
 
 @needs_analyze
 def test_systemd_analyze_verify_passes(installed: Installed) -> None:
-    result = analyze("verify", str(installed.service))
-    # verify exits 0 even for unknown keys and unparseable values ("..., ignoring"):
-    # any output at all is a failure.
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "" and result.stderr.strip() == "", (
-        result.stdout + result.stderr
-    )
+    assert_verifies(installed.service)
 
 
 @needs_analyze
