@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 import pytest
 from support import run_cli, wait_for
+from support.capabilities import has_ipv6_loopback
 from support.serveproc import ServeProcess, fresh_payload, put_version, version_name
 from support.watchproc import WatchProcess
 
@@ -540,17 +541,8 @@ def test_a_bad_port_is_a_usage_error(root: Path, value: str) -> None:
     assert "PORT" in done.stderr and "Traceback" not in done.stderr
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 needs_ipv6_loopback = pytest.mark.skipif(
-    not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)"
+    not has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)"
 )
 
 

@@ -20,20 +20,12 @@ import httpx
 import pytest
 from support import listening_ports, run_cli, wait_for
 from support.activation import activation_wrapper
+from support.capabilities import has_ipv6_loopback
 from support.serveproc import ServeProcess, fresh_payload, put_version, version_name
 
 from ingester.serve.sockets import activated_sockets
 
 API = "/api/claude/console-usage"
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 def listening(family: socket.AddressFamily, address: object) -> socket.socket:

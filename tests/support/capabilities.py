@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ __all__ = [
     "can_chattr",
     "can_mount",
     "chattr_problem",
+    "has_ipv6_loopback",
     "immutable",
     "mount_problem",
     "other_user_problem",
@@ -86,6 +88,16 @@ def mount_problem(probe: Path) -> str | None:
     finally:
         umount_all(probe)
     return None
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether ``[::1]`` can be bound here (containers often have no IPv6 at all)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def other_user_problem() -> str | None:
