@@ -82,13 +82,20 @@ def test_every_temp_prefix_starts_with_the_one_prefix() -> None:
         assert prefix.startswith(durable.TEMP_PREFIX)
 
 
-def test_fsync_each_gives_each_descriptor_its_own_result(tmp_path: Path) -> None:
-    """Several fsyncs at once (on worker threads): one failing is that file's failure alone."""
+@pytest.mark.parametrize(("count", "failing"), [(5, 2), (21, 13), (40, 0), (40, 39)])
+def test_fsync_each_gives_each_descriptor_its_own_result(
+    tmp_path: Path, count: int, failing: int
+) -> None:
+    """Several fsyncs at once (shares on worker threads): one failing is that file's alone.
+
+    Groups larger than the worker count are dealt out in shares; each result must still
+    come back in the place of its own descriptor.
+    """
     fds = []
-    for n in range(5):
+    for n in range(count):
         fds.append(os.open(tmp_path / f"f{n}", os.O_WRONLY | os.O_CREAT, 0o644))
         os.write(fds[-1], b"x")
-    closed = fds[2]
+    closed = fds[failing]
     os.close(closed)  # its fsync fails (EBADF); the others must not
     try:
         results = durable.fsync_each(fds)
@@ -96,8 +103,8 @@ def test_fsync_each_gives_each_descriptor_its_own_result(tmp_path: Path) -> None
         for fd in fds:
             if fd != closed:
                 os.close(fd)
-    assert [r is None for r in results] == [True, True, False, True, True]
-    assert isinstance(results[2], OSError)
+    assert [r is None for r in results] == [n != failing for n in range(count)]
+    assert isinstance(results[failing], OSError)
 
 
 def test_fsync_dirs_fsyncs_a_folder_named_twice_once_and_reports_each(tmp_path: Path) -> None:

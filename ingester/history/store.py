@@ -344,13 +344,19 @@ class HistoryStore:
     def next_version_name(self) -> str:
         """A fresh name that sorts above every non-future version and every name given before."""
         self._ensure_loaded()
-        after = self.latest_version_name()
+        now = self.clock()
         # A name taken back stays used (its claim may wait), and so does one handed out
         # for a version not linked yet (a group links its versions together).
-        for used in (self._floor, self._given):
-            if used is not None and (after is None or used > after):
-                after = used
-        name = generate_version_filename(self.clock(), after=after)
+        given = self._given
+        if given is not None and (not self._names or given >= self._names[-1]):
+            after: str | None = given  # every version sorts at or below it: no search
+        else:
+            after = self.latest_version_name(now)
+            if given is not None and (after is None or given > after):
+                after = given
+        if self._floor is not None and (after is None or self._floor > after):
+            after = self._floor
+        name = generate_version_filename(now, after=after)
         self._given = name
         return name
 

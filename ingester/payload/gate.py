@@ -316,7 +316,9 @@ def _parse(data: bytes, max_bytes: int | None) -> tuple[dict[str, Any], str]:
         raise PayloadRejected(f"top level is a JSON {type(obj).__name__}, not an object")
     # One limit, checked here, so the schema's parser (with a recursion limit of its own)
     # never sees a payload deep enough to give a second wording for the same fault.
-    if _depth_over(obj, MAX_NESTING):
+    # Nesting needs an opening bracket per level: a text with few of them (as every
+    # real payload has) cannot be too deep, and the walk is skipped.
+    if text.count("{") + text.count("[") > MAX_NESTING and _depth_over(obj, MAX_NESTING):
         raise PayloadRejected(_TOO_DEEP)
     return obj, text
 
