@@ -42,6 +42,7 @@ from support import INVALID_SAMPLES, VALID_SAMPLES, wait_for
 from ingester.history import durable
 from ingester.history.durable import FSYNC_THREAD_PREFIX
 from ingester.history.durable import fsyncs as durable_fsyncs
+from ingester.history.durable import steps as durable_steps
 from ingester.history.names import format_timestamp, is_version_name, parse_timestamp_from_filename
 from ingester.history.retention import FUTURE_SLACK, RetentionPolicy
 from ingester.history.store import HistoryStore
@@ -997,6 +998,7 @@ def shape(step: str | None) -> str:
     step = re.sub(r"\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d-[0-9a-f]{8}", "V", step or "")
     step = re.sub(r"\[[^\]]*\bk\d{3}\]", "[root]", step)  # the per-round root folder
     step = re.sub(r"\bk\d{3}/", "", step)
+    step = re.sub(r"/#\d+ \(deleted\)", "/#unnamed", step)  # an O_TMPFILE file's inode
     return re.sub(r"fd\d+", "fd", re.sub(r"\.tmp-(\w+)-[0-9a-f]{12}", r".tmp-\1-X", step))
 
 
@@ -1032,8 +1034,13 @@ def test_eio_at_every_step_of_a_live_ingest_is_logged_and_heals(
 
 @pytest.mark.parametrize("bug", sorted(FIXED_BUGS))
 @pytest.mark.skipif(os.geteuid() != 0, reason="the copy path needs drops of another user (root)")
-def test_eio_at_a_once_bad_step_heals(tmp_path: Path, bug: str) -> None:
+def test_eio_at_a_once_bad_step_heals(
+    tmp_path: Path, bug: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # These steps are on the copy path: the drops belong to another user.
+    if bug == "temp-unlink":
+        # Only a named temp file is unlinked: the path where O_TMPFILE is refused.
+        monkeypatch.setattr(durable_steps, "UNNAMED_TEMPS", False)
     trace = live_trace(tmp_path, foreign=True)
     k = next(k for k, step in enumerate(trace, 1) if known_bug(step) == bug)
     round_ = _live_round(tmp_path, k, foreign=True)

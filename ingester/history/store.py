@@ -416,7 +416,9 @@ class HistoryStore:
 
     def _stage_version(self, data: bytes, *, sync: bool = False) -> durable.StagedFile:
         spare, self._spare = self._spare, None
-        return durable.StagedFile(self.history_dir, data, VERSION_MODE, sync=sync, spare=spare)
+        return durable.StagedFile(
+            self.history_dir, data, VERSION_MODE, sync=sync, spare=spare, unnamed=True
+        )
 
     def _prepare_spare(self) -> None:
         if self._spare is None:

@@ -23,6 +23,8 @@ from .steps import (
     StrPath,
     _create_temp,
     _link_no_clobber,
+    _link_unnamed,
+    _open_unnamed,
     _start_writeback,
     _temp_path,
     current_umask,
@@ -34,27 +36,30 @@ __all__ = ["SpareFile", "StagedFile", "link_file", "replace_symlink", "write_fil
 
 
 class SpareFile:
-    """An empty temp file made ahead of time, for the next :class:`StagedFile`.
+    """An empty new file made ahead of time, for the next :class:`StagedFile`.
 
     Creating an inode is the slowest step of a write on some filesystems (0.7 ms on the
     ext4 measured here, more than an fsync); a spare made while idle takes it off the
-    path between a drop's arrival and its version. Unused spares are ``.tmp-`` files
-    like any other, swept on start.
+    path between a drop's arrival and its version. It is unnamed (``O_TMPFILE``) where
+    the filesystem offers that, so an unused one vanishes with the process; elsewhere
+    it is a ``.tmp-`` file like any other, swept on start.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.path = _temp_path(directory, WRITE_TEMP_PREFIX)
-        try:
-            # Writable by us whatever the final mode: it is set once the bytes are in.
-            self.fd: int | None = os.open(
-                self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-            )
-        except OSError as exc:
-            raise StorageError("create", self.path, exc) from exc
+        self.path: Path | None = None
+        # Writable by us whatever the final mode: it is set once the bytes are in.
+        fd = _open_unnamed(directory, 0o600)
+        if fd is None:
+            self.path = _temp_path(directory, WRITE_TEMP_PREFIX)
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise StorageError("create", self.path, exc) from exc
+        self.fd: int | None = fd
 
-    def take(self) -> tuple[Path, int]:
-        """Hand the file over (once)."""
+    def take(self) -> tuple[Path | None, int]:
+        """Hand the file over (once): its temp name (None: unnamed) and descriptor."""
         if self.fd is None:
             raise RuntimeError("spare file already taken")
         fd, self.fd = self.fd, None
@@ -65,10 +70,11 @@ class SpareFile:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-            remove_file(self.path)
+            if self.path is not None:
+                remove_file(self.path)
 
 
-def _fill_spare(spare: SpareFile, data: bytes, mode: int) -> tuple[Path, int]:
+def _fill_spare(spare: SpareFile, data: bytes, mode: int) -> tuple[Path | None, int]:
     path, fd = spare.take()
     try:
         view = memoryview(data)
@@ -78,10 +84,28 @@ def _fill_spare(spare: SpareFile, data: bytes, mode: int) -> tuple[Path, int]:
         os.fchmod(fd, mode & ~current_umask())
     except OSError as exc:
         os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise StorageError("write", path, exc) from exc
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise StorageError("write", path or spare.directory, exc) from exc
     return path, fd
+
+
+def _fill_unnamed(
+    directory: Path, data: bytes, mode: int, shown: Path | None
+) -> tuple[Path | None, int] | None:
+    """Step 1 into an unnamed file; None where the folder cannot have one."""
+    fd = _open_unnamed(directory, mode, shown)
+    if fd is None:
+        return None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as exc:
+        os.close(fd)  # the unnamed inode goes with its last descriptor
+        raise StorageError("write", shown or directory, exc) from exc
+    return None, fd
 
 
 class StagedFile:
@@ -91,6 +115,12 @@ class StagedFile:
     name appears": the watcher claims its drop there. With ``sync=False`` the fsync of
     step 2 waits for :meth:`sync` (so the claim rename rides in the same journal commit
     on ext4); :meth:`commit` always syncs first, so a name never points at unsynced bytes.
+
+    With ``unnamed=True`` the temp file has no name at all where the filesystem offers
+    ``O_TMPFILE`` (Linux >= 3.11; ext4, xfs, btrfs, tmpfs): it is given its final name
+    directly, so there is no temp name to remove after the link, and a crash leaves
+    nothing to sweep. Elsewhere it is a named ``.tmp-`` file as usual. ``temp`` is the
+    temp name (None when unnamed, committed or discarded).
     """
 
     def __init__(
@@ -102,16 +132,23 @@ class StagedFile:
         sync: bool = True,
         spare: SpareFile | None = None,
         name: str | None = None,
+        unnamed: bool = False,
     ) -> None:
         self.directory = directory
         # The final path, when known now: what a failure names instead of the temp file.
         self._shown = directory / name if name is not None else None
+        made = None
         if spare is not None and spare.directory == directory:
-            temp, fd = _fill_spare(spare, data, mode)
-        else:
-            temp, fd = _create_temp(directory, data, mode, WRITE_TEMP_PREFIX, self._shown)
-        self.temp: Path | None = temp
-        self._fd: int | None = fd
+            made = _fill_spare(spare, data, mode)
+        elif unnamed:
+            made = _fill_unnamed(directory, data, mode, self._shown)
+        if made is None:
+            made = _create_temp(directory, data, mode, WRITE_TEMP_PREFIX, self._shown)
+        self.temp: Path | None = made[0]
+        self._fd: int | None = made[1]
+        self._unnamed = self.temp is None
+        self._live = True  # not committed or discarded yet
+        self._unsynced = True
         if sync:
             self.sync()
 
@@ -123,12 +160,13 @@ class StagedFile:
         mostly wait for what is already under way. Durability still comes from
         :meth:`sync` alone.
         """
-        if self._fd is not None:
-            _start_writeback(self._fd)
+        fd = self.unsynced()
+        if fd is not None:
+            _start_writeback(fd)
 
     def sync(self) -> None:
         """Step 2: fsync the bytes (idempotent). A failure discards the temp file."""
-        fd = self._fd
+        fd = self.unsynced()
         if fd is not None:
             self.synced(_fsync_or_error(fd))
 
@@ -138,7 +176,7 @@ class StagedFile:
         For a caller that fsyncs several files at once (:func:`fsync_each`), then
         hands each one's result to :meth:`synced`.
         """
-        return self._fd
+        return self._fd if self._unsynced else None
 
     def synced(self, error: OSError | None) -> None:
         """Step 2 done by the caller on :meth:`unsynced`'s descriptor, with this result.
@@ -146,14 +184,16 @@ class StagedFile:
         A failure (``error``) is a failed write: the temp file is discarded and
         :class:`StorageError` raised.
         """
-        fd, self._fd = self._fd, None
-        if fd is None:
+        if not self._unsynced or self._fd is None:
             return
-        os.close(fd)
+        self._unsynced = False
         if error is not None:
             self.discard()
             shown = self._shown or self.temp or self.directory
             raise StorageError("fsync", shown, error) from error
+        if not self._unnamed:
+            os.close(self._fd)  # an unnamed file is named through its descriptor: kept
+            self._fd = None
 
     def commit(self, name: str, *, replace: bool = False, sync_dir: bool = True) -> Path:
         """Steps 3-4: give the temp file its final ``name``; return the final path.
@@ -165,10 +205,27 @@ class StagedFile:
         and must treat a failure of that fsync as a failure of this write.
         """
         self.sync()
-        tmp = self.temp
-        if tmp is None:
+        if not self._live:
             raise RuntimeError("staged file already committed or discarded")
         final = self.directory / name
+        if self._unnamed:
+            fd = self._fd
+            assert fd is not None
+            target = _temp_path(self.directory, WRITE_TEMP_PREFIX) if replace else final
+            try:
+                _link_unnamed(fd, target)
+            except OSError as exc:
+                self.discard()
+                raise StorageError("link", final, exc) from exc
+            os.close(fd)
+            self._fd = None
+            self._unnamed = False
+            if not replace:
+                self._live = False
+                return self._named(final, replace=False, sync_dir=sync_dir)
+            self.temp = target  # a replacement is a rename: it needs a name to move
+        tmp = self.temp
+        assert tmp is not None
         try:
             if replace:
                 os.replace(tmp, final)
@@ -178,6 +235,7 @@ class StagedFile:
             self.discard()
             raise StorageError("replace" if replace else "link", final, exc) from exc
         self.temp = None
+        self._live = False
         # The temp name goes before the folder fsync, so one fsync makes both changes durable.
         if not replace:
             try:
@@ -195,6 +253,10 @@ class StagedFile:
                     pass
                 else:
                     raise StorageError("remove temp file", tmp, exc) from exc
+        return self._named(final, replace=replace, sync_dir=sync_dir)
+
+    def _named(self, final: Path, *, replace: bool, sync_dir: bool) -> Path:
+        """Step 4 for the name ``final`` just given: the folder fsynced, unless the caller will."""
         if not sync_dir:
             return final
         try:
@@ -216,8 +278,9 @@ class StagedFile:
 
     def discard(self) -> None:
         """Remove the temp file (best effort: a leftover is swept on start)."""
+        self._live = False
         if self._fd is not None:
-            os.close(self._fd)
+            os.close(self._fd)  # an unnamed file vanishes with it
             self._fd = None
         if self.temp is not None:
             with contextlib.suppress(OSError):

@@ -160,6 +160,56 @@ def _create_temp(
     return tmp, fd
 
 
+# Where ``O_TMPFILE`` was refused (by the filesystem or the kernel): those folders get
+# named temp files from then on, without asking again on every write.
+_UNNAMED_REFUSED: set[str] = set()
+# The refusals that mean "not offered here" (old kernels answer EISDIR or EINVAL).
+_UNNAMED_UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL)
+# An unnamed file is given its name through its /proc link (linkat AT_SYMLINK_FOLLOW,
+# which needs no privilege, unlike AT_EMPTY_PATH); without /proc it could never be named.
+_PROC_FDS = "/proc/self/fd"
+_HAVE_PROC_FDS = os.path.isdir(_PROC_FDS)
+
+UNNAMED_TEMPS = True
+"""Whether a staged file may be unnamed (``O_TMPFILE``) where the filesystem offers it.
+
+False makes every temp file a named one, the path taken where ``O_TMPFILE`` is refused
+or /proc is missing: for tests of that path in a process that has both."""
+
+
+def _open_unnamed(directory: StrPath, mode: int, shown: StrPath | None = None) -> int | None:
+    """An unnamed new file in ``directory`` (``O_TMPFILE``), open for writing.
+
+    None where the folder's filesystem (or the kernel, or a missing /proc) cannot make
+    one: the caller makes a named temp file instead. It has no name until
+    :func:`_link_unnamed` gives it one, so a crash before that leaves nothing behind.
+    Other failures (ENOSPC, EACCES, EROFS) raise :class:`StorageError` naming ``shown``
+    (the final path, when known) or the folder.
+    """
+    key = os.fspath(directory)
+    if not (UNNAMED_TEMPS and _HAVE_PROC_FDS) or key in _UNNAMED_REFUSED:
+        return None
+    try:
+        # The mode is given at creation so the umask applies (an operator's choice).
+        return os.open(key, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno in _UNNAMED_UNSUPPORTED:
+            _UNNAMED_REFUSED.add(key)
+            return None
+        raise StorageError("create", shown or directory, exc) from exc
+
+
+def _link_unnamed(fd: int, final: StrPath) -> None:
+    """Give the unnamed file open as ``fd`` the new name ``final``; never replaces.
+
+    Raises ``OSError`` (``FileExistsError`` when ``final`` exists).
+    """
+    # Python calls linkat only when a folder descriptor is given (else link(), which
+    # would link /proc's symlink itself and fail with EXDEV); the path is absolute, so
+    # the kernel ignores the descriptor, and ``fd`` serves.
+    os.link(f"{_PROC_FDS}/{fd}", final, src_dir_fd=fd, follow_symlinks=True)
+
+
 def current_umask() -> int:
     """The process umask, read without changing it (Linux >= 4.7), else by setting it."""
     try:
