@@ -2,7 +2,7 @@
 
 Run from a checkout after ``pip install -e .`` (as root for the copied layout)::
 
-    python bench/bench_watch.py            # everything, one table; about an hour
+    python bench/bench_watch.py            # everything, one table; about 20 minutes
     python bench/bench_watch.py --quick    # the same table from shorter runs, about 3 minutes
     python bench/bench_watch.py --dir /mnt/x --json results.json
 

@@ -8,6 +8,7 @@ median time from the inotify event to its start and its median duration, in µs.
 
     python bench/drop_timeline.py                   # 60 drops of our own user
     python bench/drop_timeline.py --foreign-drops 65534   # copied drops (as root)
+    python bench/drop_timeline.py --floor           # the floor ingester (bench/floor.py)
 
 The timers cost about 1 µs each. The first few drops (warm-up) are left out. It is a
 measuring tool, not a test: a step renamed in the code makes it fail at start.
@@ -48,6 +49,19 @@ STEPS = [
     ("ingester.intake.intake", "Intake.release", "8 release the claim"),
 ]
 
+# The floor's path (bench/floor.py), timed through the calls it makes: it has no steps
+# of its own to wrap. Its first fsync is the history folder's; the latest link's rename
+# is where a drop becomes visible.
+FLOOR_STEPS = [
+    ("floor", "Inotify.read", "inotify event"),
+    ("floor", "Floor.ingest", "the drop"),
+    ("json", "loads", "   json.loads"),
+    ("os", "rename", "   rename into the history"),
+    ("os", "fsync", "   fsync the history folder"),
+    ("os", "symlink", "   temp symlink"),
+    ("os", "replace", "   its rename (visible)"),
+]
+
 _marks: list[tuple[int, str]] = []
 
 
@@ -63,15 +77,31 @@ def _timed(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
     return wrapper
 
 
-def _install() -> None:
+def _install(steps: list[tuple[str, str, str]]) -> None:
     import importlib
 
-    for module_name, path, label in STEPS:
+    for module_name, path, label in steps:
         owner: Any = importlib.import_module(module_name)
         *parents, name = path.split(".")
         for parent in parents:
             owner = getattr(owner, parent)
-        setattr(owner, name, _timed(getattr(owner, name), label))
+        if (module_name, path) == ("floor", "Inotify.read"):
+            setattr(owner, name, _timed_events(getattr(owner, name), label))
+        else:
+            setattr(owner, name, _timed(getattr(owner, name), label))
+
+
+def _timed_events(read: Callable[..., Any], label: str) -> Callable[..., Any]:
+    """The floor's inotify reader is a generator: an event is marked as it is yielded."""
+
+    @functools.wraps(read)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for event in read(*args, **kwargs):
+            _marks.append((time.perf_counter_ns(), label + ">"))
+            _marks.append((time.perf_counter_ns(), label + "<"))
+            yield event
+
+    return wrapper
 
 
 DROPPER = """
@@ -103,10 +133,10 @@ os.kill(os.getppid(), 15)
 """
 
 
-def _table(warmup: int) -> list[tuple[str, float, float, int]]:
+def _table(steps: list[tuple[str, str, str]], warmup: int) -> list[tuple[str, float, float, int]]:
     drops: list[list[tuple[int, str]]] = []
     for stamp, mark in _marks:
-        if mark == STEPS[0][2] + ">":
+        if mark == steps[0][2] + ">":
             drops.append([])
         if drops:
             drops[-1].append((stamp, mark))
@@ -125,7 +155,7 @@ def _table(warmup: int) -> list[tuple[str, float, float, int]]:
                 ended.add(label)
                 lengths.setdefault(label, []).append((stamp - began[label]) / 1000)
     rows = []
-    for _module, _path, label in STEPS:
+    for _module, _path, label in steps:
         if label in starts:
             rows.append(
                 (
@@ -146,11 +176,13 @@ def main() -> int:
     parser.add_argument(
         "--foreign-drops", type=int, default=-1, metavar="UID", help="drops belong to UID"
     )
+    parser.add_argument("--floor", action="store_true", help="time the floor, not ours")
     parser.add_argument("--dir", default=None, help="where the temp root goes")
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args()
-    _install()
-    from ingester.cli.group import run
+    steps = FLOOR_STEPS if args.floor else STEPS
+    sys.path.insert(0, str(REPO / "bench"))
+    _install(steps)
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="drop-timeline-") as root:
         spool = Path(root, "spool")
@@ -162,13 +194,20 @@ def main() -> int:
                 *(str(args.drops), str(args.gap), str(args.foreign_drops), str(SAMPLE)),
             ]
         )
-        sys.argv = ["ingester", "--root", root, "watch"]
         try:
-            run()
+            if args.floor:
+                import floor
+
+                floor.main([root])
+            else:
+                from ingester.cli.group import run
+
+                sys.argv = ["ingester", "--root", root, "watch"]
+                run()
         except SystemExit:
             pass
         child.wait()
-    rows = _table(args.warmup)
+    rows = _table(steps, args.warmup)
     print(f"\n{'step':32} {'starts at':>10} {'takes':>8}   (median µs from the event; n)")
     for label, start, length, n in rows:
         print(f"{label:32} {start:10.0f} {length:8.0f}   {n}")
