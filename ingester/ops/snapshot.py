@@ -110,9 +110,7 @@ def _write_scratch(folder: Path, name: str, data: bytes, mode: int) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            durable.write_all(fd, data)
         finally:
             os.close(fd)
     except OSError as exc:

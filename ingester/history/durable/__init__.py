@@ -42,6 +42,7 @@ from .steps import (
     set_fd_mode,
     set_mode,
     unlink_entry,
+    write_all,
 )
 
 __all__ = [
@@ -74,5 +75,6 @@ __all__ = [
     "set_mode",
     "streamed_file",
     "unlink_entry",
+    "write_all",
     "write_file",
 ]

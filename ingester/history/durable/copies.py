@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ...errors import StorageError
-from .steps import READ_NOFOLLOW, WRITE_TEMP_PREFIX, _link_no_clobber, _temp_path, fsync_dir
+from .steps import (
+    READ_NOFOLLOW,
+    WRITE_TEMP_PREFIX,
+    _link_no_clobber,
+    _temp_path,
+    fsync_dir,
+    write_all,
+)
 
 __all__ = ["move_file", "streamed_file"]
 
@@ -46,9 +53,7 @@ def _stream_copy(src: Path, dst: Path, mode: int) -> None:
         fd_out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             while chunk := os.read(fd_in, 1 << 20):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd_out, view) :]
+                write_all(fd_out, chunk)
             os.fchmod(fd_out, mode)
             os.fsync(fd_out)
         except OSError:

@@ -30,6 +30,7 @@ from .steps import (
     current_umask,
     fsync_dir,
     remove_file,
+    write_all,
 )
 
 __all__ = ["SpareFile", "StagedFile", "link_file", "replace_symlink", "write_file"]
@@ -77,10 +78,7 @@ class SpareFile:
 def _fill_spare(spare: SpareFile, data: bytes, mode: int) -> tuple[Path | None, int]:
     path, fd = spare.take()
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        write_all(fd, data)
         os.fchmod(fd, mode & ~current_umask())
     except OSError as exc:
         os.close(fd)
@@ -99,9 +97,7 @@ def _fill_unnamed(
     if fd is None:
         return None
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
     except OSError as exc:
         os.close(fd)  # the unnamed inode goes with its last descriptor
         raise StorageError("write", shown or directory, exc) from exc

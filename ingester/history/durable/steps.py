@@ -39,6 +39,7 @@ __all__ = [
     "set_fd_mode",
     "set_mode",
     "unlink_entry",
+    "write_all",
 ]
 
 TEMP_PREFIX = ".tmp-"
@@ -133,6 +134,16 @@ def fsync_fd(fd: int) -> None:
     os.fsync(fd)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to the open file ``fd`` (a short write is resumed).
+
+    Raises ``OSError`` as :func:`os.write` does; the caller names the file.
+    """
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _create_temp(
     directory: Path, data: bytes, mode: int, prefix: str, shown: Path | None = None
 ) -> tuple[Path, int]:
@@ -148,10 +159,7 @@ def _create_temp(
     except OSError as exc:
         raise StorageError("create", shown or tmp, exc) from exc
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        write_all(fd, data)
     except OSError as exc:
         os.close(fd)
         with contextlib.suppress(OSError):
