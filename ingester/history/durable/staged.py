@@ -142,11 +142,15 @@ class StagedFile:
             made = _create_temp(directory, data, mode, WRITE_TEMP_PREFIX, self._shown)
         self.temp: Path | None = made[0]
         self._fd: int | None = made[1]
-        self._unnamed = self.temp is None
         self._live = True  # not committed or discarded yet
         self._unsynced = True
         if sync:
             self.sync()
+
+    @property
+    def _unnamed(self) -> bool:
+        """Still without any name of its own (``O_TMPFILE``): named only through its descriptor."""
+        return self._live and self.temp is None
 
     def start_writeback(self) -> None:
         """Ask the kernel to start writing the bytes out now, without waiting (a hint).
@@ -215,7 +219,6 @@ class StagedFile:
                 raise StorageError("link", final, exc) from exc
             os.close(fd)
             self._fd = None
-            self._unnamed = False
             if not replace:
                 self._live = False
                 return self._named(final, replace=False, sync_dir=sync_dir)
