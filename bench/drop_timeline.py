@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import json
 import os
 import statistics
@@ -85,14 +86,13 @@ def _install(steps: list[tuple[str, str, str]]) -> None:
         *parents, name = path.split(".")
         for parent in parents:
             owner = getattr(owner, parent)
-        if (module_name, path) == ("floor", "Inotify.read"):
-            setattr(owner, name, _timed_events(getattr(owner, name), label))
-        else:
-            setattr(owner, name, _timed(getattr(owner, name), label))
+        step = getattr(owner, name)
+        timed = _timed_events if inspect.isgeneratorfunction(step) else _timed
+        setattr(owner, name, timed(step, label))
 
 
 def _timed_events(read: Callable[..., Any], label: str) -> Callable[..., Any]:
-    """The floor's inotify reader is a generator: an event is marked as it is yielded."""
+    """A generator step (the floor's inotify reader): each item is marked as it is yielded."""
 
     @functools.wraps(read)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
