@@ -350,6 +350,25 @@ def test_cleanup_union_of_newest_and_recent(
     assert_consistent(store)
 
 
+def test_names_handed_out_in_a_row_sort_above_every_version_placed_meanwhile(
+    store: HistoryStore, valid_payload: bytes
+) -> None:
+    """A group hands out names before linking any; each must sort above the last one given
+    and above every non-future version, including one that sorts above them all and was
+    stored in between (the clock is frozen, so every name is derived from another)."""
+    first = store.next_version_name()
+    second = store.next_version_name()
+    assert first < second
+    above = f"{NOW + timedelta(hours=1):%Y-%m-%dT%H-%M-%S}-00000000.json"  # not future
+    store.write_version(above, valid_payload)
+    third = store.next_version_name()
+    assert third > above > second
+    future = f"{NOW + timedelta(days=2):%Y-%m-%dT%H-%M-%S}-00000000.json"
+    store.write_version(future, valid_payload)
+    fourth, fifth = store.next_version_name(), store.next_version_name()
+    assert third < fourth < fifth < future  # above all given, below the future one
+
+
 def test_future_versions_are_kept_but_never_latest(
     store: HistoryStore, clock: Clock, valid_payload: bytes
 ) -> None:
