@@ -1,0 +1,62 @@
+"""The watcher bench's machine header, against real filesystems.
+
+The header names the bench folder's filesystem and, for ext4, whether it has a journal:
+without one, ext4 makes a file's creation dearer the more files were deleted lately, and
+the copied layout's numbers depend on that. Checked on two real ext4 images, loop-mounted,
+one made with a journal and one without. Skipped, with the reason, where root,
+``mkfs.ext4`` or a loop device is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from support import IS_ROOT
+from support.capabilities import run_tool
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def watch_support(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """bench/watch_support.py: bench/ is a folder of scripts that import each other."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    return importlib.import_module("watch_support")
+
+
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "no-journal"])
+def test_the_header_says_whether_an_ext4_has_a_journal(
+    tmp_path: Path, journal: bool, watch_support: ModuleType
+) -> None:
+    if not IS_ROOT:
+        pytest.skip("loop-mounting an image needs root")
+    if shutil.which("mkfs.ext4") is None:
+        pytest.skip("mkfs.ext4 (e2fsprogs) is not installed")
+    image = tmp_path / "ext4.img"
+    with image.open("wb") as f:
+        f.truncate(16 << 20)
+    features = [] if journal else ["-O", "^has_journal"]
+    made = run_tool("mkfs.ext4", "-q", "-F", *features, str(image))
+    assert made.returncode == 0, made.stderr
+    point = tmp_path / "mnt"
+    point.mkdir()
+    mounted = run_tool("mount", "-o", "loop", str(image), str(point))
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot loop-mount an image here: {mounted.stderr.strip()}")
+    try:
+        shown = watch_support.filesystem_of(point)
+    finally:
+        run_tool("umount", str(point))
+    assert shown.startswith("ext4 (/dev/loop"), shown
+    assert shown.endswith(f" on {point}, journal)" if journal else f" on {point}, no journal)")
+
+
+def test_the_header_names_other_filesystems_without_a_journal_word(
+    watch_support: ModuleType,
+) -> None:
+    shown = watch_support.filesystem_of(Path("/proc"))
+    assert shown == "proc (proc on /proc)"
