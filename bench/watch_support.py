@@ -373,21 +373,25 @@ def filesystem_of(path: Path) -> str:
 def ext4_journal(device: str) -> str:
     """``", journal"``, ``", no journal"`` or ``""`` (unknown) for the ext4 on ``device``.
 
-    It weighs on every number here. Without a journal, ext4 will not reuse an inode
-    freed in the last 60 s (300 s while its inode-table block is not written back yet)
-    if another is free, and finds that out by looking up each such inode in turn
-    (``recently_deleted`` in the kernel's fs/ext4/ialloc.c). Creating a file then costs
-    more the more files were deleted lately, and the copied layout deletes a claim and
-    creates a copy for every drop. The kernel lists each mounted ext4 in /proc/fs/ext4/
-    by device name, and those with a journal again in /proc/fs/jbd2/ (``<device>-8``).
+    It decides how much a file's creation costs. Without a journal, ext4 will not reuse
+    an inode freed 1-60 s ago (up to 360 s while its inode-table block is not yet
+    written back) if another inode in the same block group is free, and finds that out
+    by checking each such inode in turn (``find_inode_bit`` and ``recently_deleted`` in
+    the kernel's fs/ext4/ialloc.c). The copied layout frees a claim and creates a copy
+    for every drop. The kernel lists each mounted ext4 in /proc/fs/ext4/ by device name,
+    and those with a journal inside them again in /proc/fs/jbd2/ (``<device>-8``). A
+    journal kept on another device is listed under that device's name, so such an ext4
+    reads as having none.
     """
     name = os.path.basename(os.path.realpath(device))
     if not os.path.isdir(f"/proc/fs/ext4/{name}"):
         return ""
     try:
         journals = os.listdir("/proc/fs/jbd2")
+    except FileNotFoundError:
+        journals = []  # no journal mounted anywhere
     except OSError:
-        journals = []
+        return ""
     return ", journal" if any(j.rsplit("-", 1)[0] == name for j in journals) else ", no journal"
 
 

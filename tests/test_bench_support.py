@@ -60,3 +60,9 @@ def test_the_header_names_other_filesystems_without_a_journal_word(
 ) -> None:
     shown = watch_support.filesystem_of(Path("/proc"))
     assert shown == "proc (proc on /proc)"
+
+
+def test_the_header_adds_nothing_for_a_device_the_kernel_does_not_list_as_ext4(
+    watch_support: ModuleType,
+) -> None:
+    assert watch_support.ext4_journal("/dev/no-such-device") == ""
