@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "tests" / "samples" / "valid" / "full.json"
+BENCH = REPO / "bench"
 
 # (module, attribute path, label): the drop path in the order a drop meets it.
 STEPS = [
@@ -104,21 +104,21 @@ def _timed_events(read: Callable[..., Any], label: str) -> Callable[..., Any]:
     return wrapper
 
 
+# The same drops as bench_watch.py's latency rounds (its payload, written and fsynced as
+# ingester submit does), made by another process so that its work is not the watcher's.
 DROPPER = """
 import os, sys, time, random
-spool, n, gap, uid, sample = sys.argv[1:6]
+bench, spool, n, gap, uid = sys.argv[1:6]
+sys.path.insert(0, bench)
+from watch_support import payload, write_fsynced
 n, gap, uid = int(n), float(gap), int(uid)
-data = open(sample, "rb").read()
 tmp = os.path.join(spool, "tmp")
 os.makedirs(tmp, exist_ok=True)
 rng = random.Random(6)
 time.sleep(0.5)
 for i in range(n):
     path = os.path.join(tmp, f"d{i}.json")
-    with open(path, "wb") as f:
-        f.write(data.replace(b"{", b'{"seq": %d, ' % i, 1))
-        f.flush()
-        os.fsync(f.fileno())
+    write_fsynced(path, payload(i))
     if uid >= 0:
         os.chown(path, uid, uid)
     time.sleep(gap * rng.uniform(0.5, 1.5))
@@ -181,7 +181,7 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args()
     steps = FLOOR_STEPS if args.floor else STEPS
-    sys.path.insert(0, str(REPO / "bench"))
+    sys.path.insert(0, str(BENCH))
     _install(steps)
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="drop-timeline-") as root:
@@ -190,8 +190,8 @@ def main() -> int:
         os.chmod(spool, 0o777)
         child = subprocess.Popen(
             [
-                *(sys.executable, "-c", DROPPER, str(spool)),
-                *(str(args.drops), str(args.gap), str(args.foreign_drops), str(SAMPLE)),
+                *(sys.executable, "-c", DROPPER, str(BENCH), str(spool)),
+                *(str(args.drops), str(args.gap), str(args.foreign_drops)),
             ]
         )
         try:
