@@ -40,10 +40,11 @@ class SpareFile:
     """An empty new file made ahead of time, for the next :class:`StagedFile`.
 
     Creating an inode is the slowest step of a write on some filesystems (0.7 ms on the
-    ext4 measured here, more than an fsync); a spare made while idle takes it off the
-    path between a drop's arrival and its version. It is unnamed (``O_TMPFILE``) where
-    the filesystem offers that, so an unused one vanishes with the process; elsewhere
-    it is a ``.tmp-`` file like any other, swept on start.
+    journal-less ext4 measured here, more than an fsync: without a journal, ext4 checks
+    and skips every inode freed in the last minutes before it reuses one); a spare made
+    while idle takes it off the path between a drop's arrival and its version. It is
+    unnamed (``O_TMPFILE``) where the filesystem offers that, so an unused one vanishes
+    with the process; elsewhere it is a ``.tmp-`` file like any other, swept on start.
     """
 
     def __init__(self, directory: Path) -> None:
