@@ -98,3 +98,37 @@ def test_third_party_records_go_through_our_handler(fmt: str) -> None:
     else:
         assert " WARNING Inotify queue overflowed" in lines[0]
         assert lines[0][:4].isdigit()  # timestamped like our own lines
+
+
+TIMES = """
+import logging, sys, time
+from ingester.runtime.logs import OneLineFormatter
+ours = OneLineFormatter("%(asctime)s %(message)s")
+theirs = logging.Formatter("%(asctime)s %(message)s")
+# Around the spring and autumn switches of the zone in TZ, and across second boundaries.
+starts = [1774746000, 1792890000, 1764860399]
+for start in starts:
+    for step in range(-3000, 3000, 7):
+        created = start + step / 1000 * 997
+        record = logging.LogRecord("x", 20, "p", 1, "m", (), None)
+        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+        a, b = ours.format(record), theirs.format(record)
+        if a != b:
+            sys.exit(f"{created}: {a!r} != {b!r}")
+print("same")
+"""
+
+
+def test_text_timestamps_match_logging_s_own_across_seconds_and_zone_changes() -> None:
+    # A zone with daylight saving, spelled as a POSIX rule so no zone files are needed.
+    env = cli_env(TZ="CET-1CEST,M3.5.0,M10.5.0/3")
+    result = subprocess.run(
+        [sys.executable, "-c", TIMES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "same"

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,8 +106,27 @@ class JsonFormatter(logging.Formatter):
 class OneLineFormatter(logging.Formatter):
     """One line per event, whatever a drop's name holds: control characters are escaped."""
 
+    _second: int | None = None
+    _second_text = ""
+
     def format(self, record: logging.LogRecord) -> str:
         return escape_text(super().format(record).translate(_ESCAPES))
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """``logging.Formatter``'s own time text, its seconds part made once per second.
+
+        A backlog logs thousands of lines a second; each would otherwise convert and
+        format the same second again.
+        """
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        if self.default_msec_format:
+            return self.default_msec_format % (self._second_text, record.msecs)
+        return self._second_text
 
 
 class JournalFormatter(OneLineFormatter):
@@ -126,6 +146,12 @@ def setup_logging(verbose: int = 0, fmt: str = "text") -> None:
         handler.setFormatter(JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(message)s"))
+    # Facts no formatter here prints, each looked up for every record otherwise: the
+    # switches the logging HOWTO's "Optimization" section names for this.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None
     logger = logging.getLogger("ingester")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
