@@ -73,18 +73,24 @@ logging.getLogger("watchdog.observers").info("too chatty to show")
 """
 
 
-@pytest.mark.parametrize("fmt", ["json", "text", "journal"])
-def test_third_party_records_go_through_our_handler(fmt: str) -> None:
-    env = cli_env(JOURNAL_STREAM="8:1234") if fmt == "journal" else cli_env()
+def run_snippet(code: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter (the CLI's environment plus ``env``); it must succeed."""
     result = subprocess.run(
-        [sys.executable, "-c", SNIPPET, "text" if fmt == "journal" else fmt],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env=env,
+        env=cli_env(**env),
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.parametrize("fmt", ["json", "text", "journal"])
+def test_third_party_records_go_through_our_handler(fmt: str) -> None:
+    env = {"JOURNAL_STREAM": "8:1234"} if fmt == "journal" else {}
+    result = run_snippet(SNIPPET, "text" if fmt == "journal" else fmt, **env)
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr  # the INFO record is below the library threshold
     if fmt == "json":
@@ -101,7 +107,7 @@ def test_third_party_records_go_through_our_handler(fmt: str) -> None:
 
 
 TIMES = """
-import logging, sys, time
+import logging, sys
 from ingester.runtime.logs import OneLineFormatter
 ours = OneLineFormatter("%(asctime)s %(message)s")
 theirs = logging.Formatter("%(asctime)s %(message)s")
@@ -121,14 +127,5 @@ print("same")
 
 def test_text_timestamps_match_logging_s_own_across_seconds_and_zone_changes() -> None:
     # A zone with daylight saving, spelled as a POSIX rule so no zone files are needed.
-    env = cli_env(TZ="CET-1CEST,M3.5.0,M10.5.0/3")
-    result = subprocess.run(
-        [sys.executable, "-c", TIMES],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_snippet(TIMES, TZ="CET-1CEST,M3.5.0,M10.5.0/3")
     assert result.stdout.strip() == "same"
