@@ -139,9 +139,12 @@ def history_source(command: F) -> F:
     )(command)
 
 
-def s3_reader(source: str, endpoint_url: str | None) -> S3History:
-    """The reader of ``--from s3://BUCKET/PREFIX``; click errors when it is unusable."""
-    from ..errors import ObjectStoreUnavailable
+def s3_history(source: str, endpoint_url: str | None) -> S3History:
+    """The reader of ``--from s3://BUCKET/PREFIX``.
+
+    A malformed ``source`` is a usage error (:class:`click.BadParameter`); raises
+    :class:`~ingester.errors.ObjectStoreUnavailable` when boto3 is not installed.
+    """
     from ..mirror.objectstore import make_client, parse_target
     from ..mirror.s3_history import S3History
 
@@ -149,8 +152,15 @@ def s3_reader(source: str, endpoint_url: str | None) -> S3History:
         target = parse_target(source)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--from") from None
+    return S3History(make_client(endpoint_url), target)
+
+
+def s3_reader(source: str, endpoint_url: str | None) -> S3History:
+    """:func:`s3_history`, with a missing boto3 as the command's one-line failure."""
+    from ..errors import ObjectStoreUnavailable
+
     try:
-        return S3History(make_client(endpoint_url), target)
+        return s3_history(source, endpoint_url)
     except ObjectStoreUnavailable as exc:
         raise fail(str(exc)) from None
 
