@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -344,13 +345,23 @@ def human_size(size: int | None) -> str:
     return f"{size / (1024 * 1024):.1f} MiB"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return repr(match.group())[1:-1]  # "\n", "\t", "\x1b"
+
+
 def align(rows: Sequence[Sequence[str]], right: Iterable[int] = ()) -> list[str]:
     """Rows of cells as lines with aligned columns (two spaces apart, no trailing blanks).
 
-    Columns whose index is in ``right`` are right-aligned (sizes, counts).
+    Columns whose index is in ``right`` are right-aligned (sizes, counts). A control
+    character in a cell (a newline in a limit's or a file's name) is shown escaped,
+    ``\\n``, so that each row stays one line.
     """
     if not rows:
         return []
+    rows = [[_CONTROL.sub(_escaped, cell) for cell in row] for row in rows]
     right_cols = set(right)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
