@@ -579,8 +579,8 @@ def test_export_never_replaces_what_is_not_a_regular_file(root: Path, tmp_path: 
     os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 7))  # like /dev/full
     link = tmp_path / "link.csv"
     link.symlink_to(tmp_path / "elsewhere.csv")
-    for target in (device, link):
+    for target, what in ((device, "a device, not a regular file"), (link, "a symlink")):
         result = run_cli(root / "r", "export", "-o", str(target))
         assert result.returncode == 1, result.stdout
-        assert result.stderr.startswith(f"error: {target} is not a regular file"), result.stderr
+        assert result.stderr.startswith(f"error: {target} is {what}"), result.stderr
     assert stat.S_ISCHR(device.lstat().st_mode) and link.is_symlink()
