@@ -8,6 +8,7 @@ an hour on the boot clock, so that automatic deletions can be held back while it
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +54,12 @@ def iso_utc(stamp: datetime, timespec: str = "milliseconds") -> str:
     return stamp.isoformat(timespec=timespec) + "Z"
 
 
+_OUT_OF_RANGE = re.compile(
+    r"year \d+ is out of range|day is out of range for month"
+    r"|(month|hour|minute|second) must be in \d+\.\.\d+"
+)
+
+
 def parse_iso_time(text: str) -> datetime:
     """An ISO-8601 time a user typed (an option, a query parameter); without an offset, UTC.
 
@@ -63,7 +70,11 @@ def parse_iso_time(text: str) -> datetime:
         value = value[:-1] + "+00:00"
     try:
         stamp = datetime.fromisoformat(value)
-    except ValueError:
+    except ValueError as exc:
+        # Well formed, but a field out of its range (February 30, hour 25): say that,
+        # in datetime's own words, rather than blame the format.
+        if _OUT_OF_RANGE.fullmatch(str(exc)):
+            raise ValueError(f"{text!r} is not a time that exists ({exc})") from None
         raise ValueError(f"{text!r} is not an ISO-8601 time (e.g. 2026-11-28T10:30:00Z)") from None
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)

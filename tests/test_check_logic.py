@@ -372,7 +372,9 @@ def test_the_hold_item_needs_a_state_file_and_says_when_the_hold_is_off() -> Non
 
 # -- the forecast item: its status and its perfdata agree ------------------------------------
 
-minutes_off = st.one_of(st.none(), st.integers(min_value=-600, max_value=20_000))
+# Offsets from now in microseconds (the forecast's instants are not whole seconds), from
+# ten hours ago to two weeks ahead.
+micros_off = st.integers(min_value=-600 * 60_000_000, max_value=20_000 * 60_000_000)
 
 
 def grapher_status(token: str) -> int:
@@ -387,12 +389,19 @@ def grapher_status(token: str) -> int:
 
 
 @settings(max_examples=300, deadline=None)
-@given(minutes_off, minutes_off, st.integers(min_value=0, max_value=200 * 60))
+@given(
+    st.one_of(st.none(), micros_off),
+    st.one_of(st.none(), st.just("same"), micros_off),
+    st.integers(min_value=0, max_value=200 * 60),
+)
 def test_the_forecast_status_is_what_its_perfdata_says(
-    exhausts: int | None, resets: int | None, critical_minutes: int
+    exhausts: int | None, resets: int | str | None, critical_minutes: int
 ) -> None:
-    exhausts_at = None if exhausts is None else NOW + timedelta(minutes=exhausts)
-    resets_at = None if resets is None else NOW + timedelta(minutes=resets)
+    exhausts_at = None if exhausts is None else NOW + timedelta(microseconds=exhausts)
+    if resets == "same":  # runs out at the very instant of the reset: not before it
+        resets_at = exhausts_at
+    else:
+        resets_at = None if resets is None else NOW + timedelta(microseconds=int(resets))
     before = None
     if exhausts_at is not None and resets_at is not None:
         before = exhausts_at < resets_at

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, SAMPLES, cli_env, run_cli
-from support.capabilities import AS_OTHER, other_user_problem
+from support.capabilities import AS_OTHER, other_user_problem, tmpfs
 from support.plugin_output import perfdata_problems
 
 HISTORY = "console-usage-history"
@@ -250,6 +250,70 @@ def test_broken_pipe_on_stdout_is_quiet(root: Path) -> None:
         assert "Traceback" not in result.stderr, result.stderr
         assert "Exception ignored" not in result.stderr, result.stderr
         assert result.returncode == 1, result.stderr
+
+
+def _large_version(root: Path, tmp_path: Path) -> None:
+    """One version whose ``show`` text is far larger than a pipe holds (64 KiB)."""
+    payload = json.loads(SAMPLE.read_text())
+    payload["padding"] = "x" * 300_000
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps(payload))
+    assert run_cli(root, "init").returncode == 0
+    assert run_cli(root, "ingest", str(big)).returncode == 0
+
+
+# With PYTHONUNBUFFERED, Python's stdout writes through to the raw file, which would take
+# a short write as complete: both settings must end the same way.
+UNBUFFERED = pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "unbuffered"])
+
+
+@UNBUFFERED
+def test_a_reader_gone_mid_write_is_exit_1(root: Path, tmp_path: Path, unbuffered: str) -> None:
+    _large_version(root, tmp_path)
+    env = cli_env(PYTHONUNBUFFERED=unbuffered)
+    if not unbuffered:
+        env.pop("PYTHONUNBUFFERED")
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ingester", "--root", str(root), "show"],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    os.close(write_end)
+    try:
+        # The payload is printed in one write, which is under way once its first bytes
+        # arrive; the reader leaves while it waits for room, so the write ends short.
+        assert os.read(read_end, 100)
+    finally:
+        os.close(read_end)
+    _, stderr = proc.communicate(timeout=60)
+    assert "Traceback" not in stderr, stderr
+    assert "Exception ignored" not in stderr, stderr
+    assert proc.returncode == 1, stderr
+
+
+@UNBUFFERED
+def test_a_full_disk_under_stdout_is_an_error(
+    root: Path, tmp_path: Path, can_mount: None, unbuffered: str
+) -> None:
+    _large_version(root, tmp_path)
+    env = cli_env(PYTHONUNBUFFERED=unbuffered)
+    if not unbuffered:
+        env.pop("PYTHONUNBUFFERED")
+    with tmpfs(tmp_path / "small", size="128k") as small, (small / "out").open("wb") as out:
+        result = subprocess.run(
+            [sys.executable, "-m", "ingester", "--root", str(root), "show"],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == "error: No space left on device [ENOSPC]"
 
 
 def test_an_unexpected_error_is_one_line_and_exit_70(root: Path, tmp_path: Path) -> None:
@@ -515,8 +579,8 @@ def test_export_never_replaces_what_is_not_a_regular_file(root: Path, tmp_path: 
     os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 7))  # like /dev/full
     link = tmp_path / "link.csv"
     link.symlink_to(tmp_path / "elsewhere.csv")
-    for target in (device, link):
+    for target, what in ((device, "a device, not a regular file"), (link, "a symlink")):
         result = run_cli(root / "r", "export", "-o", str(target))
         assert result.returncode == 1, result.stdout
-        assert result.stderr.startswith(f"error: {target} is not a regular file"), result.stderr
+        assert result.stderr.startswith(f"error: {target} is {what}"), result.stderr
     assert stat.S_ISCHR(device.lstat().st_mode) and link.is_symlink()

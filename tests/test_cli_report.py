@@ -572,6 +572,22 @@ def test_verify_many_problems_at_once(root: Path, ingested: list[str]) -> None:
     assert (root / HISTORY / ingested[1]).exists()  # the corrupt version stays
 
 
+def test_verify_says_missing_for_a_metadata_value_that_is_null(
+    root: Path, ingested: list[str]
+) -> None:
+    path = root / HISTORY / "_metadata.json"
+    meta = json.loads(path.read_text())
+    meta["latestVersion"] = None
+    path.chmod(0o644)
+    path.write_text(json.dumps(meta))
+    result = run_cli(root, "verify")
+    assert result.returncode == 1
+    assert f"latestVersion is missing, the files say '{ingested[-1]}'" in result.stdout, (
+        result.stdout
+    )
+    assert "None" not in result.stdout
+
+
 def test_verify_future_version_is_a_warning(root: Path, dated: list[str]) -> None:
     future = "2099-01-01T00-00-00-ffffffff.json"
     put_version(root, future, payload("2099-01-01T00:00:00Z"))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from ingester.clock import CLOCK_JUMP, ClockJump, iso_utc, utc_now
+import pytest
+
+from ingester.clock import CLOCK_JUMP, ClockJump, iso_utc, parse_iso_time, utc_now
 
 
 def test_one_iso_spelling_in_utc_with_z() -> None:
@@ -41,3 +43,27 @@ def test_a_backward_step_is_the_new_reference() -> None:
     assert not jump.jumped()
     clocks["wall"] += 2
     assert jump.jumped()
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("2026-02-30", "'2026-02-30' is not a time that exists (day is out of range for month)"),
+        ("2026-13-01", "'2026-13-01' is not a time that exists (month must be in 1..12)"),
+        (
+            "2026-02-28T25:00Z",
+            "'2026-02-28T25:00Z' is not a time that exists (hour must be in 0..23)",
+        ),
+        ("28.02.2026", "'28.02.2026' is not an ISO-8601 time (e.g. 2026-11-28T10:30:00Z)"),
+        ("", "'' is not an ISO-8601 time (e.g. 2026-11-28T10:30:00Z)"),
+    ],
+)
+def test_a_time_typed_wrong_is_named_for_what_is_wrong(text: str, words: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_iso_time(text)
+    assert str(caught.value) == words
+
+
+def test_a_typed_time_without_an_offset_is_utc() -> None:
+    assert parse_iso_time("2026-02-28T10:30") == datetime(2026, 2, 28, 10, 30, tzinfo=UTC)
+    assert parse_iso_time("2026-02-28T11:30+01:00") == datetime(2026, 2, 28, 10, 30, tzinfo=UTC)

@@ -373,6 +373,16 @@ def test_errors_are_one_line(root: Path, tmp_path: Path) -> None:
     backwards = export_cli(root, "--since", "2026-11-21", "--until", "2026-11-20")
     assert backwards.returncode == 2
     assert "is after --until" in backwards.stderr
+    target = tmp_path / "target.csv"
+    target.write_text("kept\n")
+    (tmp_path / "link.csv").symlink_to(target)
+    os.mkfifo(tmp_path / "pipe.csv")
+    for name, what in (("link.csv", "a symlink"), ("pipe.csv", "a FIFO")):
+        refused = export_cli(root, "-o", str(tmp_path / name))
+        assert refused.returncode == 1
+        assert refused.stderr.startswith(f"error: {tmp_path / name} is {what}"), refused.stderr
+        assert len(refused.stderr.splitlines()) == 1
+    assert target.read_text() == "kept\n"
     bad_time = export_cli(root, "--until", "yesterday")
     assert bad_time.returncode == 2
     assert "not an ISO-8601 time" in bad_time.stderr

@@ -111,6 +111,24 @@ def test_immutable_history_eperm_then_heals(root: Path, can_chattr: None) -> Non
         fault_then_heal(root, watcher, history, "EPERM", start, clear, "immutable")
 
 
+def test_a_failing_link_backs_off_doubling_up_to_retry_max(root: Path, can_chattr: None) -> None:
+    # The drop is read, judged, claimed and staged every time; only its link fails. The
+    # steps that went through must not reset the wait that the link's failure set.
+    history = root / "console-usage-history"
+    with contextlib.ExitStack() as stack:
+        stack.callback(_run, "chattr", "-i", str(history))
+        watcher = stack.enter_context(WatchProcess(root, "--retry-max", "4"))
+        assert _run("chattr", "+i", str(history)).returncode == 0
+        settings = settings_for(root, history_dir=str(history))
+        drop(settings.spool_dir, "linked-late.json", payload(0, fault="link"))
+        waits = re.compile(r"cannot store drop linked-late\.json: .*\[EPERM\]; retrying in (\S+) s")
+        wait_for(lambda: len(waits.findall(watcher.log)) >= 5, 30, "five failed rounds")
+        assert [float(w) for w in waits.findall(watcher.log)[:5]] == [0.5, 1.0, 2.0, 4.0, 4.0]
+        assert _run("chattr", "-i", str(history)).returncode == 0
+        wait_for(lambda: "ingested linked-late.json" in watcher.log, 30, "stored once healed")
+        assert watcher.stop() == 0, watcher.log
+
+
 def _fill(folder: Path) -> Path:
     filler = folder / "filler"
     chunk = b"\0" * (64 * 1024)

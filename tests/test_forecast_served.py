@@ -212,6 +212,40 @@ def test_no_version_is_404_and_exit_1(root: Path) -> None:
     assert missing.returncode == 1 and len(missing.stderr.splitlines()) == 1
 
 
+def test_a_history_with_no_snapshot_to_go_by_answers_alike_in_text_and_json(
+    root: Path, tmp_path: Path
+) -> None:
+    # Stored now, dated three hours ahead: the scraper's clock was wrong, so it is left out.
+    drop = tmp_path / "ahead.json"
+    drop.write_text(json.dumps(snapshot(0, datetime.now(UTC) + timedelta(hours=3))))
+    assert run_cli(root, "ingest", str(drop)).returncode == 0
+    as_json = run_cli(root, "forecast", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["asOf"] is None
+    text = run_cli(root, "forecast")
+    assert (text.returncode, text.stderr) == (0, "")
+    assert text.stdout == (
+        "no snapshot to forecast from: no version has a lastUpdated that is readable "
+        "and at most 1 h ahead of when it was stored\n"
+    )
+
+
+def test_a_limit_named_with_control_characters_keeps_its_row_one_line(
+    root: Path, tmp_path: Path
+) -> None:
+    body = snapshot(0, datetime.now(UTC) - timedelta(minutes=1))
+    body["odd"] = {"line\nbreak\x1b[31m": {"resetsIn": "2 hr", "percentageUsed": 3}}
+    drop = tmp_path / "odd.json"
+    drop.write_text(json.dumps(body))
+    assert run_cli(root, "ingest", str(drop)).returncode == 0
+    table = run_cli(root, "forecast")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert len(lines) == 2 + 4  # the as-of line, the header, four limits
+    assert lines[-1].startswith("odd.line\\nbreak\\x1b[31m  "), lines[-1]
+    assert "\x1b" not in table.stdout
+
+
 def test_an_unknown_console_time_zone_is_a_usage_error(root: Path) -> None:
     bad = run_cli(root, "--console-timezone", "Mars/Olympus", "forecast")
     assert bad.returncode == 2

@@ -596,6 +596,28 @@ def test_a_partial_snapshot_keeps_the_weekly_cards_and_their_projection(
     assert watched.problems == []
 
 
+def test_limits_whose_names_differ_only_beyond_ascii_get_a_card_each(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    extras = {"op\u00fcs": 12, "op\u00e4s": 78, "a_b": 30, "a b": 40}
+    body = {
+        "currentSession": {"resetsIn": "3 hr", "percentageUsed": 10},
+        "weekly": {name: {"resetsIn": "2 days", "percentageUsed": v} for name, v in extras.items()},
+    }
+    store(root, [(now - timedelta(minutes=31), body), (now - timedelta(minutes=1), body)])
+    server = serve()
+    watched = open_page(server.url + "/")
+    page = watched.page
+    cards = page.locator('.gauge[data-extra="true"]')
+    expect(cards).to_have_count(len(extras), timeout=10_000)
+    shown = {cards.nth(i).locator("h3").inner_text(): cards.nth(i) for i in range(len(extras))}
+    assert sorted(shown) == sorted(f"weekly.{name}" for name in extras)
+    for name, value in extras.items():
+        expect(shown[f"weekly.{name}"].locator(".pct")).to_have_text(pct(value))
+    assert watched.problems == []
+
+
 def test_a_snapshot_a_little_ahead_of_the_server_clock_is_just_now(
     root: Path, serve: Any, open_page: Any
 ) -> None:

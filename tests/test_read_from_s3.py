@@ -122,6 +122,28 @@ def test_an_unreachable_object_store_is_one_line(
     assert len(check.stdout.splitlines()) == 1
 
 
+def test_without_boto3_check_is_critical_and_the_others_one_line(tmp_path: Path) -> None:
+    # An interpreter where boto3 cannot be imported: the install without the s3 extra.
+    shim = tmp_path / "no-boto3"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text("import sys\nsys.modules['boto3'] = None\n")
+    target = "s3://my-bucket/usage"
+    needs = "the object store needs boto3: pip install 'console-usage-ingester[s3]'"
+    for args in (("list",), ("show",), ("export",)):
+        result = run_cli(tmp_path, *args, "--from", target, PYTHONPATH=str(shim))
+        assert result.returncode == 1, (args, result.stdout)
+        assert result.stderr == f"error: {needs}\n", result.stderr
+    # A monitoring agent reads exit 1 as WARNING: a check that cannot see is CRITICAL.
+    check = run_cli(tmp_path, "check", "--from", target, PYTHONPATH=str(shim))
+    assert check.returncode == 2, check.stderr
+    assert check.stdout == f"INGESTER CRITICAL - {target}: {needs}\n"
+    as_json = run_cli(tmp_path, "check", "--json", "--from", target, PYTHONPATH=str(shim))
+    assert as_json.returncode == 2, as_json.stderr
+    answer = json.loads(as_json.stdout)
+    assert (answer["status"], answer["from"]) == ("CRITICAL", target)
+    assert answer["summary"] == f"{target}: {needs}"
+
+
 @pytest.mark.parametrize("command", ["list", "show", "export", "check"])
 def test_from_takes_an_s3_address_only(tmp_path: Path, command: str) -> None:
     result = run_cli(tmp_path, command, "--from", "/some/folder")

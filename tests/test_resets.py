@@ -60,6 +60,8 @@ def utc(*args: int) -> datetime:
         ("8:59\u202fPM", utc(2026, 11, 27, 19, 59), MINUTE),  # a browser's narrow space
         ("8:59 AM", utc(2026, 11, 28, 7, 59), MINUTE),  # passed today: tomorrow
         ("tomorrow at 9:00 AM", utc(2026, 11, 28, 8, 0), MINUTE),
+        ("today at 9:00 PM", utc(2026, 11, 27, 20, 0), MINUTE),
+        ("today at 3:05 PM", utc(2026, 11, 27, 14, 5), MINUTE),  # this very minute
         ("12:30 AM", utc(2026, 11, 27, 23, 30), MINUTE),  # 00:30 Saturday in Berlin
         ("12:30 PM", utc(2026, 11, 28, 11, 30), MINUTE),
     ],
@@ -89,6 +91,8 @@ def test_each_wording(text: str, expected: datetime, within: timedelta) -> None:
         "Smarch 5, 1:00 AM",
         "Dec 5",
         "8:59 AM PST",
+        "today at 8:59 AM",  # already past: the words cannot hold in this zone
+        "today at 3:04 PM",
         "99999 days",
         "x" * 1000,
         "\x00",

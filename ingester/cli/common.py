@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -139,9 +140,12 @@ def history_source(command: F) -> F:
     )(command)
 
 
-def s3_reader(source: str, endpoint_url: str | None) -> S3History:
-    """The reader of ``--from s3://BUCKET/PREFIX``; click errors when it is unusable."""
-    from ..errors import ObjectStoreUnavailable
+def s3_history(source: str, endpoint_url: str | None) -> S3History:
+    """The reader of ``--from s3://BUCKET/PREFIX``.
+
+    A malformed ``source`` is a usage error (:class:`click.BadParameter`); raises
+    :class:`~ingester.errors.ObjectStoreUnavailable` when boto3 is not installed.
+    """
     from ..mirror.objectstore import make_client, parse_target
     from ..mirror.s3_history import S3History
 
@@ -149,8 +153,15 @@ def s3_reader(source: str, endpoint_url: str | None) -> S3History:
         target = parse_target(source)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--from") from None
+    return S3History(make_client(endpoint_url), target)
+
+
+def s3_reader(source: str, endpoint_url: str | None) -> S3History:
+    """:func:`s3_history`, with a missing boto3 as the command's one-line failure."""
+    from ..errors import ObjectStoreUnavailable
+
     try:
-        return S3History(make_client(endpoint_url), target)
+        return s3_history(source, endpoint_url)
     except ObjectStoreUnavailable as exc:
         raise fail(str(exc)) from None
 
@@ -334,13 +345,23 @@ def human_size(size: int | None) -> str:
     return f"{size / (1024 * 1024):.1f} MiB"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return repr(match.group())[1:-1]  # "\n", "\t", "\x1b"
+
+
 def align(rows: Sequence[Sequence[str]], right: Iterable[int] = ()) -> list[str]:
     """Rows of cells as lines with aligned columns (two spaces apart, no trailing blanks).
 
-    Columns whose index is in ``right`` are right-aligned (sizes, counts).
+    Columns whose index is in ``right`` are right-aligned (sizes, counts). A control
+    character in a cell (a newline in a limit's or a file's name) is shown escaped,
+    ``\\n``, so that each row stays one line.
     """
     if not rows:
         return []
+    rows = [[_CONTROL.sub(_escaped, cell) for cell in row] for row in rows]
     right_cols = set(right)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []

@@ -111,13 +111,24 @@ def export(
     if mode is not None and not stat.S_ISREG(mode):
         # The file is renamed over the path: a device, FIFO or symlink there would be
         # replaced, not written to.
-        raise fail(f"{output} is not a regular file; give a file name, or '-' for standard output")
+        raise fail(f"{output} is {_kind(mode)}; give a file name, or '-' for standard output")
     try:
         with streamed_file(target) as handle:
             count = write_rows(rows, handle, fmt)
     except StorageError as exc:
         raise fail(str(exc)) from None
     click.echo(f"exported {count} version(s) to {target}")
+
+
+def _kind(mode: int) -> str:
+    """What a path that is neither a folder nor a regular file is, for the refusal."""
+    if stat.S_ISLNK(mode):
+        return "a symlink (the export would replace it, not write through it)"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO, not a regular file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a regular file"
+    return "not a regular file"
 
 
 def _to_stdout(rows: Iterator[Row], fmt: str) -> None:

@@ -11,7 +11,7 @@ import click
 
 from ..clock import utc_now
 from ..errors import describe_os_error
-from ..usage.forecast import LimitForecast, in_words
+from ..usage.forecast import CLOCK_AHEAD, LimitForecast, in_words
 from ..usage.usage_history import forecast_json, forecast_of
 from .common import App, align, echo_json, fail, open_history
 
@@ -55,7 +55,13 @@ def forecast(app: App, as_json: bool) -> None:
         return
     result = answer.forecast
     if result.as_of is None:
-        raise fail("no version holds a readable snapshot")
+        # As the JSON answers it (asOf null, exit 0): versions exist, none to go by.
+        ahead = int(CLOCK_AHEAD.total_seconds() // 3600)
+        click.echo(
+            "no snapshot to forecast from: no version has a lastUpdated that is readable "
+            f"and at most {ahead} h ahead of when it was stored"
+        )
+        return
     as_of = result.as_of.astimezone(zone)
     click.echo(
         f"as of {as_of.strftime('%a %Y-%m-%d %H:%M')} (the newest lastUpdated), "

@@ -59,17 +59,37 @@ def _guard_standard_streams() -> None:
 
 
 def _tolerant_stdout() -> None:
-    """Let stdout carry file names that are not UTF-8, as their own bytes (as ``ls`` does).
+    """Make stdout write whole and carry file names that are not UTF-8 (as ``ls`` does).
 
     Outside the C locale Python's stdout is strict: printing such a name (a path given
-    on the command line) would fail after the work was done.
+    on the command line) would fail after the work was done. And with
+    ``PYTHONUNBUFFERED`` set (or ``python -u``) the text layer sits on the raw file,
+    whose short write (a reader that went away mid-write, a full disk) it takes as
+    complete: the rest of the output would be lost without an error and the command
+    would exit 0. A buffered layer between them retries the rest, so that the fault is
+    raised. Each ``click.echo`` still flushes at once.
     """
     stream = sys.stdout
-    if isinstance(stream, io.TextIOWrapper):
-        try:
+    if not isinstance(stream, io.TextIOWrapper):
+        return
+    try:
+        if isinstance(stream.buffer, io.RawIOBase):
+            stream.flush()
+            _ORIGINAL_STREAMS.append(stream)  # closing it would close the descriptor's file
+            sys.stdout = io.TextIOWrapper(
+                io.BufferedWriter(stream.buffer),
+                encoding=stream.encoding,
+                errors="surrogateescape",
+                line_buffering=stream.line_buffering,
+                write_through=True,
+            )
+        else:
             stream.reconfigure(errors="surrogateescape")
-        except (OSError, ValueError):
-            pass
+    except (OSError, ValueError):
+        pass
+
+
+_ORIGINAL_STREAMS: list[io.TextIOWrapper] = []
 
 
 class IngesterGroup(click.Group):
@@ -109,6 +129,9 @@ class IngesterGroup(click.Group):
                 _silence_stdout()
                 sys.exit(1)
             last_words(f"error: {describe_os_error(exc)}")
+            # Output a failed write left in stdout's buffer must not follow the error
+            # line (nor fail again in the flush at exit).
+            _silence_stdout()
             sys.exit(1)
         except MemoryError:
             last_words("error: out of memory")
@@ -121,8 +144,8 @@ class IngesterGroup(click.Group):
 
 
 def _silence_stdout() -> None:
-    # The reader went away: nothing more can be shown, and the flush at exit must not
-    # print "Exception ignored ... BrokenPipeError".
+    # Nothing more can be shown (the reader went away, or the write failed), and the
+    # flush at exit must not print "Exception ignored ... BrokenPipeError".
     try:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, sys.stdout.fileno() if sys.stdout is not None else 1)

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import click
 
+from ..clock import utc_now
+from ..errors import ObjectStoreUnavailable
 from ..history import durable
 from ..ops.check import CheckLimits, judge, parse_duration
-from ..ops.check_facts import gather_facts
+from ..ops.check_facts import Facts, gather_facts
 from ..ops.queries import history_problem
 from ..ops.snapshot import SnapshotError, take_snapshot, write_snapshot_tar
 from ..payload.schema import payload_schema_text
-from .common import App, fail, history_source, s3_reader
+from .common import App, fail, history_source, s3_history
 
 __all__ = ["check", "schema", "snapshot"]
 
@@ -275,12 +277,19 @@ def check(
         forecast=judge_forecast,
         forecast_critical=forecast_critical * 3600,
     )
-    reader = None
     if source is not None:
-        reader = s3_reader(source, endpoint_url)
+        try:
+            reader = s3_history(source, endpoint_url)
+        except ObjectStoreUnavailable as exc:
+            # Without boto3 the mirror cannot be seen: an outage of the monitoring, so
+            # CRITICAL with the plugin line like any other store that cannot be read.
+            facts = Facts(now=utc_now(), history_problem=f"{source}: {exc}", source=source)
+        else:
+            facts = gather_facts(app.settings, usage=limits.judges_usage, reader=reader)
     elif endpoint_url is not None:
         raise click.UsageError("--endpoint-url is for --from s3://BUCKET/PREFIX")
-    facts = gather_facts(app.settings, usage=limits.judges_usage, reader=reader)
+    else:
+        facts = gather_facts(app.settings, usage=limits.judges_usage)
     result = judge(facts, limits)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))

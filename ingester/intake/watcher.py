@@ -148,6 +148,7 @@ class Watcher:
         self._stop = threading.Event()
         self._arrivals: Arrivals | None = None
         self._backoff = Backoff(options.retry_max)  # the whole pipeline (history failures)
+        self._failures = 0  # pipeline failures so far: did this group meet one?
         self._next_rescan = 0.0
         self._next_ping = 0.0
         self._last_status = ""
@@ -427,10 +428,12 @@ class Watcher:
         update_latest = self.maintenance.cache_backoff.due(began)
         failure: GroupFailure | None = None
         claimed: dict[str, How] = {}
+        failures_before = self._failures
+        progressed = False
         try:
             with self.store.batch(update_latest=update_latest) as batch:
                 try:
-                    self._claim_group(batch, claimed)
+                    progressed = self._claim_group(batch, claimed)
                 finally:
                     stored, failure = self.intake.commit_group(batch)
                 batch.keep_spare = not self.intake.same_fs or self.intake.copied
@@ -446,6 +449,10 @@ class Watcher:
             returned = {name: claimed.get(name, How.SETTLE) for name in failure.returned}
             self._pending = {**returned, **self._pending}
             self._fail(failure.drop, failure.error)
+        if progressed and self._failures == failures_before:
+            # The whole group went through, its commit included: only then is the wait
+            # reset. A drop claimed and staged proves nothing if its link then fails.
+            self._backoff.succeeded()
         if not stored:
             return
         for item in stored:
@@ -461,12 +468,14 @@ class Watcher:
         else:
             self.maintenance.latest_ok()
 
-    def _claim_group(self, batch: Batch, claimed: dict[str, How]) -> None:
+    def _claim_group(self, batch: Batch, claimed: dict[str, How]) -> bool:
         """Steps 1-4 for the pending drops, in arrival order, up to one group's worth.
 
         Adds each drop claimed to ``claimed`` (with how it was seen). A store failure
-        stops the group (logged, and the pipeline backs off).
+        stops the group (logged, and the pipeline backs off). Returns whether any drop
+        got anywhere (anything but a claim that could not be made).
         """
+        progressed = False
         began = time.monotonic()
         # A slice, not the whole backlog: a hundred thousand drops waiting at start
         # must not be copied into a list for every group of 256.
@@ -480,12 +489,13 @@ class Watcher:
                 break
             self._pending.pop(name, None)
             if not (isinstance(outcome, Blocked) and outcome.step == "claim"):
-                self._backoff.succeeded()
+                progressed = True
             if isinstance(outcome, Stored):
                 claimed[name] = how
             self._apply(outcome)
             if len(claimed) >= _GROUP_MAX or time.monotonic() - began > _GROUP_SECONDS:
                 break  # publish this group; the rest waits one loop (watchdog pings)
+        return progressed
 
     def _apply(self, outcome: Outcome) -> None:
         """Apply what became of one drop to the loop's bookkeeping (once)."""
@@ -557,6 +567,7 @@ class Watcher:
         )
 
     def _fail(self, name: str | None, exc: StorageError) -> None:
+        self._failures += 1
         retry = self._backoff.failed()
         self.metrics.failed()
         what = f"cannot store drop {name}" if name else "cannot update the history"

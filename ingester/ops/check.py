@@ -512,7 +512,9 @@ def _judge_forecast(
     words = f"{limit.limit}: {in_words(limit, facts.usage_zone, as_of)}"
     left = None
     if limit.exhausts_at is not None:
-        left = round(max(0.0, (limit.exhausts_at - facts.now).total_seconds()), 1)
+        # Unrounded, as the bounds are: a rounded value could fall below a bound the
+        # status did not fall below (running out at the very instant of the reset).
+        left = max(0.0, (limit.exhausts_at - facts.now).total_seconds())
     until_reset = None
     if limit.resets_at is not None:
         until_reset = max(0.0, (limit.resets_at - facts.now).total_seconds())

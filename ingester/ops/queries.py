@@ -442,7 +442,7 @@ def _metadata_findings(reader: HistoryReader, names: list[str], now: datetime) -
     scanned_json = scanned.model_dump(by_alias=True)
     keys = ("versionCount", "oldestTimestamp", "newestTimestamp", "latestVersion", "futureVersions")
     wrong = [
-        f"{key} is {stored_json[key]!r}, the files say {scanned_json[key]!r}"
+        f"{key} is {_said(stored_json[key])}, the files say {_said(scanned_json[key])}"
         for key in keys
         if stored_json[key] != scanned_json[key]
     ]
@@ -584,3 +584,8 @@ def repaired_between(before: VerifyReport, after: VerifyReport) -> list[Finding]
     """The problems of ``before`` that ``after`` no longer has."""
     left = {f.key for f in after.problems}
     return [f for f in before.problems if f.key not in left]
+
+
+def _said(value: object) -> str:
+    """A metadata value as a finding quotes it: ``'text'``, ``3``, or ``missing`` for null."""
+    return "missing" if value is None else repr(value)

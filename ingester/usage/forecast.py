@@ -219,14 +219,15 @@ def _is_window(value: Mapping[str, Any]) -> bool:
         "resetsIn" in value
         and isinstance(pct, int | float)
         and not isinstance(pct, bool)
-        and math.isfinite(pct)
+        and 0 <= pct <= 100  # the schema's rule for every window (NaN fails it too)
     )
 
 
 def usage_windows(payload: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """Every usage window in ``payload``, by dotted path, in the payload's order.
 
-    A window is any object holding ``resetsIn`` and a numeric ``percentageUsed``, at any
+    A window is any object holding ``resetsIn`` and a ``percentageUsed`` from 0 to 100 (the
+    payload schema's rule for every window, which unknown fields are not checked by), at any
     depth (up to 8): ``currentSession``, ``weeklyLimits.allModels``,
     ``weeklyLimits.sonnetOnly``, and whatever the console adds later.
     """

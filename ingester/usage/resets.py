@@ -21,6 +21,8 @@ How an absolute form becomes an instant::
         if instant >= reference: that is the reset
     (a wall time that does not exist, in a spring-forward gap, is read with the offset
     before the change; one that happens twice, in a fall-back hour, is the first)
+    ``today`` and ``tomorrow`` name their date; ``today`` at a time before the
+    reference is no reset time (the words cannot hold in that zone)
 
 So ``Mon 8:59 AM`` seen on a Monday at 9:30 is next Monday (the console names the
 *next* reset), ``Jan 2, 8:59 AM`` seen on December 30 is in the new year, and a date that
@@ -201,7 +203,10 @@ def _absolute(text: str, observed_at: datetime, zone: tzinfo) -> ResetTime | Non
         if match["which"] is None:
             return _first_from([today, today + timedelta(days=1)], at, zone, reference)
         day = today + timedelta(days=1 if match["which"] == "tomorrow" else 0)
-        return ResetTime(datetime.combine(day, at, tzinfo=zone).astimezone(UTC), _MINUTE)
+        instant = datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
+        # "today" at a time already past cannot be a reset still to come (the console's
+        # zone is not the one given, most likely): no reset time rather than a wrong one.
+        return ResetTime(instant, _MINUTE) if instant >= reference else None
     return None
 
 

@@ -276,9 +276,15 @@
     if (el.textContent !== words) el.textContent = words;
   }
 
+  // An element id for a limit's name, one per name: each character outside [A-Za-z0-9-]
+  // becomes "_<hex code>_", so names that differ only there ("opüs", "opäs") stay apart.
+  function idFor(name) {
+    return name.replace(/[^A-Za-z0-9-]/g, (c) => "_" + c.charCodeAt(0).toString(16) + "_");
+  }
+
   // Limits beyond the three known ones get a card of their own (no chart line).
   function extraCard(limit) {
-    const id = "gauge-extra-" + limit.limit.replace(/[^A-Za-z0-9_-]/g, "_");
+    const id = "gauge-extra-" + idFor(limit.limit);
     let card = $(id);
     if (card) return card;
     card = document.createElement("article");
