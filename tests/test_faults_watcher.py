@@ -26,7 +26,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from support import wait_for
+from support import run_cli, wait_for
 from support.capabilities import tmpfs
 from support.watchproc import WatchProcess, drop, payload
 from test_crashpoints import Expect, final_problems, settings_for
@@ -127,6 +127,25 @@ def test_a_failing_link_backs_off_doubling_up_to_retry_max(root: Path, can_chatt
         assert _run("chattr", "-i", str(history)).returncode == 0
         wait_for(lambda: "ingested linked-late.json" in watcher.log, 30, "stored once healed")
         assert watcher.stop() == 0, watcher.log
+
+
+def test_once_says_each_cache_failure_once_and_promises_no_retry(
+    root: Path, can_chattr: None
+) -> None:
+    assert run_cli(root, "init").returncode == 0
+    settings = settings_for(root)
+    drop(settings.spool_dir, "a.json", payload(0, fault="once"))
+    with contextlib.ExitStack() as stack:
+        # The root immutable: the version is stored, the latest link cannot be made.
+        stack.callback(_run, "chattr", "-i", str(root))
+        assert _run("chattr", "+i", str(root)).returncode == 0
+        done = run_cli(root, "watch", "--once")
+    assert done.returncode == 0, done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, done.stderr
+    assert "cannot refresh the latest link" in errors[0]
+    assert errors[0].endswith("[EPERM]; left for the next start"), errors[0]
+    assert "retrying in" not in done.stderr
 
 
 def _fill(folder: Path) -> Path:

@@ -44,8 +44,14 @@ class Maintenance:
         retry_max: float,
         recover: Callable[[], None],
         clock_jump: ClockJump,
+        *,
+        retries: bool = True,
     ) -> None:
         self.store = store
+        # False for a run that ends after one pass (watch --once): a failure is then
+        # left for the next start, said once, not promised a retry that never comes.
+        self.retries = retries
+        self._said: set[str] = set()
         self.spool = spool
         self.clock_jump = clock_jump
         self._recover = recover
@@ -108,11 +114,7 @@ class Maintenance:
             # The metadata and retention are not on the ingest path: they back off on
             # their own, and drops go on being stored meanwhile.
             retry = self._backoff.failed()
-            log.error(
-                "cannot finish claims, clean up or write the metadata: %s; retrying in %.1f s",
-                exc,
-                retry,
-            )
+            self._report("cannot finish claims, clean up or write the metadata", exc, retry)
             return
         self._backoff.succeeded()
         self.meta_dirty = False
@@ -134,11 +136,17 @@ class Maintenance:
         """The latest link could not be written: log it, retry later; ingest goes on."""
         self.latest_dirty = True
         retry = self.cache_backoff.failed()
-        log.error(
-            "cannot refresh the latest link (drops are still stored): %s; retrying in %.1f s",
-            exc,
-            retry,
-        )
+        self._report("cannot refresh the latest link (drops are still stored)", exc, retry)
+
+    def _report(self, what: str, exc: StorageError, retry: float) -> None:
+        """One ERROR line for a failed round: when it is retried, or that it is not."""
+        if self.retries:
+            log.error("%s: %s; retrying in %.1f s", what, exc, retry)
+            return
+        line = f"{what}: {exc}; left for the next start"
+        if line not in self._said:
+            self._said.add(line)
+            log.error("%s", line)
 
     def check_caches(self) -> None:
         """Repair a metadata file or latest link changed by hand, rather than on a drop.

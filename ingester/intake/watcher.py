@@ -139,6 +139,7 @@ class Watcher:
             options.retry_max,
             recover=self._recover_claims,
             clock_jump=self.clock_jump,
+            retries=not options.once,
         )
         self._events: queue.SimpleQueue[Arrival] = queue.SimpleQueue()
         self._pending: dict[str, How] = {}  # insertion order is arrival order
