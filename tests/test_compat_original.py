@@ -22,6 +22,7 @@ import errno
 import json
 import os
 import shlex
+import signal
 import socket
 import sys
 import threading
@@ -410,6 +411,53 @@ def test_a_command_past_its_timeout_is_stopped_with_its_children(
                 return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
 
         wait_for(gone, 10, "the command's child to be stopped")
+
+
+def test_a_command_that_starts_a_job_and_exits_0_is_200_at_once(root: Path, tmp_path: Path) -> None:
+    # A wrapper that starts the scraper in the background and returns: its child keeps
+    # the output pipe open, which must not hold the answer back until the timeout.
+    job_pid = tmp_path / "job.pid"
+    command = py_command(
+        "import subprocess, sys; "
+        "job = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(job_pid)!r}, 'w').write(str(job.pid)); print('started')"
+    )
+    with original_server(root, "--trigger-command", command, "--trigger-timeout", "30") as server:
+        r = card_refresh(server.base, SYNC_KEY)
+        assert r.status_code == 200, r.text
+        assert r.json()["message"].startswith("the trigger command finished in ")
+        server.wait_log("| started")
+        pid = int(job_pid.read_text())
+        os.kill(pid, 0)  # the job it started was left running, not stopped as a timeout
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(root: Path, tmp_path: Path) -> None:
+    child_pid = tmp_path / "child.pid"
+    command = py_command(
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', "
+        "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)'], "
+        # Not holding the output pipe: only the process group ties it to the command.
+        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+        f"open({str(child_pid)!r}, 'w').write(str(child.pid)); "
+        "time.sleep(120)"
+    )
+    with original_server(root, "--trigger-command", command, "--trigger-timeout", "1") as server:
+        r = card_refresh(server.base, SYNC_KEY)
+        assert r.status_code == 500
+        assert "timed out after 1 s" in r.json()["message"]
+        pid = int(child_pid.read_text())
+
+        def gone() -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+        wait_for(gone, 15, "the child that ignores SIGTERM to be killed")
 
 
 def test_the_command_output_is_logged_and_capped(root: Path) -> None:

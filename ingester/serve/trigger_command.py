@@ -95,26 +95,35 @@ class TriggerRunner:
             extra={"event": "trigger", "requestId": request_id},
         )
         started = time.monotonic()
+        # A pipe of our own, not asyncio's: asyncio's wait() also waits for its pipes to
+        # close, which a child the command leaves running (a scraper started in the
+        # background) would delay until the timeout, and then kill.
+        read_end, write_end = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *cmd.argv,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
+                stdout=write_end,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # its own process group: a timeout ends all of it
             )
         except OSError as exc:
+            os.close(read_end)
             message = f"cannot run {cmd.argv[0]}: {exc.strerror or exc}"
             log.error("%s: %s", request_id, message)
             return TriggerResult(False, message, request_id)
-        assert proc.stdout is not None
+        finally:
+            os.close(write_end)
+        output = asyncio.StreamReader()
+        pipe, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_end, "rb", 0)
+        )
         kept = bytearray()
         dropped = 0
 
         async def drain() -> None:
             nonlocal dropped
-            assert proc.stdout is not None
-            while chunk := await proc.stdout.read(65536):
+            while chunk := await output.read(65536):
                 room = OUTPUT_CAP - len(kept)
                 kept.extend(chunk[:room])
                 dropped += max(0, len(chunk) - room)
@@ -139,6 +148,7 @@ class TriggerRunner:
             if proc.returncode is None:  # cancelled (the server stops): leave nothing behind
                 await asyncio.shield(_end(proc))
             reader.cancel()
+            pipe.close()
         took = time.monotonic() - started
         _log_output(request_id, bytes(kept), dropped)
         if timed_out:
@@ -155,16 +165,47 @@ class TriggerRunner:
 
 
 async def _end(proc: asyncio.subprocess.Process) -> int:
-    """SIGTERM the run's process group, SIGKILL it after a grace period; its exit code."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        try:
-            async with asyncio.timeout(KILL_GRACE_S):
-                return await proc.wait()
-        except TimeoutError:
-            continue
+    """SIGTERM the run's process group, SIGKILL what is left of it after a grace period.
+
+    Returns the command's exit code. The whole group is waited for, not only the
+    command: a child that ignores SIGTERM outlives its parent and gets the SIGKILL.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE_S
+    code: int | None = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.1):
+                code = await proc.wait()
+        if code is not None:
+            if not _group_alive(proc.pid):
+                return code
+            await asyncio.sleep(0.05)  # the command is gone; a child of it is not yet
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
     return await proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` is still running (zombies do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _signal_name(number: int) -> str:
