@@ -563,6 +563,13 @@ def test_malformed_requests_get_a_clear_answer(three, server):
     assert r.json()["error"]
     assert server.get("/no/such/path").status_code == 404
     assert server.get("/no/such/path").json()["error"]
+    for path in ("/api/health/", f"{API}/"):
+        slashed = server.get(path, headers={"Host": "usage.example.com"})
+        assert slashed.status_code == 404, (path, slashed.headers)
+        assert "location" not in slashed.headers
+        assert slashed.json()["error"]
+    posted = server.post(f"{API}/", content=b"{}", headers={"Content-Type": "application/json"})
+    assert posted.status_code == 404 and "location" not in posted.headers
     assert server.get(API).status_code == 200
 
 

@@ -7,6 +7,7 @@ connection has its own source port, so the log lines of one case are found by it
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -402,6 +403,10 @@ def test_a_body_still_awaited_at_stop_is_one_line_and_a_503(root: Path) -> None:
         assert server.stop() == 0
         answer = read_all(sock)
     assert status(answer) == 503 and b"ServerStopping" in answer
+    # The upload's own shape, which the scraper reads: nothing was kept.
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert body["success"] is False and body["timestamp"].endswith("Z"), body
+    assert body["message"] == "the server is stopping; retry"
     line = lines_about(server, port)
     assert len(line) == 1 and " WARNING " in line[0]
     assert f"POST {API} was still sending its request body when the server stopped" in line[0]

@@ -177,6 +177,10 @@ def create_app(config: ServeConfig, *, extra_routes: Sequence[BaseRoute] = ()) -
     app = Starlette(
         routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=_lifespan
     )
+    # A path with a trailing slash is another path: 404, not a bodyless redirect to a
+    # URL built from the Host header (plain http behind a TLS proxy, where a client
+    # that follows it would send its key in the clear).
+    app.router.redirect_slashes = False
     app.state.ctx = ctx
     install_forecast(app, index=ctx.index, settings=s, registry=registry, clock=config.clock)
     app.add_middleware(MetricsMiddleware, ctx=ctx)

@@ -23,6 +23,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..clock import iso_utc, utc_now
 from ..runtime.admission import format_peer
 from ..runtime.logs import describe_exception
 
@@ -38,9 +39,16 @@ def _has_body(scope: Scope) -> bool:
     return False
 
 
-async def _answer(send: Send, status: int, error: str, message: str) -> None:
-    """Answer if the connection still takes one; a client already gone is no error."""
-    body = json.dumps({"error": error, "message": message}).encode()
+async def _answer(send: Send, status: int, error: str, message: str, *, post: bool = False) -> None:
+    """Answer if the connection still takes one; a client already gone is no error.
+
+    ``post``: in the POST endpoints' shape, ``{"success": false, "message", "timestamp"}``
+    (with ``error`` too), which the scraper reads; else ``{"error", "message"}``.
+    """
+    answer: dict[str, Any] = {"error": error, "message": message}
+    if post:
+        answer = {"success": False, "message": message, "timestamp": iso_utc(utc_now()), **answer}
+    body = json.dumps(answer).encode()
     try:
         await _send_answer(send, status, body)
     except Exception:
@@ -88,6 +96,7 @@ class OneLineErrors:
 
         client = format_peer(scope.get("client"))
         what = f"{scope['method']} {scope['path']}"
+        post = scope["method"] == "POST"
         version = scope.get("http_version", "1.1")
         if version not in ("1.0", "1.1"):
             # h11 parses any HTTP/x.y request line; HTTP/2's connection preface
@@ -121,7 +130,9 @@ class OneLineErrors:
                 "" if state["started"] else ", answered 503",
             )
             if not state["started"]:
-                await _answer(send, 503, "ServerStopping", "the server is stopping; retry")
+                await _answer(
+                    send, 503, "ServerStopping", "the server is stopping; retry", post=post
+                )
         except Exception as exc:
             log.error(
                 "internal error answering %s for client %s: %s (please report)",
@@ -130,4 +141,4 @@ class OneLineErrors:
                 describe_exception(exc),
             )
             if not state["started"]:
-                await _answer(send, 500, "InternalError", "internal error (logged)")
+                await _answer(send, 500, "InternalError", "internal error (logged)", post=post)
