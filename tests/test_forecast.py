@@ -70,14 +70,6 @@ def test_every_window_in_the_payload_by_its_dotted_path() -> None:
         "extractionErrors": {"x": "y"},
         "notAWindow": {"resetsIn": "4 hr", "percentageUsed": True},
         "alsoNot": {"percentageUsed": 3},
-        # Outside the schema's 0 to 100 for every window: not a reading of a limit.
-        "below": {"resetsIn": "1 hr", "percentageUsed": -50},
-        "above": {"resetsIn": "1 hr", "percentageUsed": 160},
-        "huge": {"resetsIn": "1 hr", "percentageUsed": -1e308},
-        "edges": {
-            "empty": {"resetsIn": "1 hr", "percentageUsed": 0.0},
-            "full": {"resetsIn": "1 hr", "percentageUsed": 100},
-        },
         "lastUpdated": "2026-11-27T14:05:00Z",
     }
     assert [path for path, _ in usage_windows(payload)] == [
@@ -86,15 +78,13 @@ def test_every_window_in_the_payload_by_its_dotted_path() -> None:
         "weeklyLimits.sonnetOnly",
         "weeklyLimits.opusOnly",
         "monthly.credits.api",
-        "edges.empty",
-        "edges.full",
     ]
     found, unreadable = observe(payload, ZoneInfo("Europe/Berlin"))
     assert found is not None
     assert [r.limit for r in found.readings] == [p for p, _ in usage_windows(payload)]
     assert unreadable == [("weeklyLimits.opusOnly", "whenever")]
     result = forecast([found])
-    assert [limit.limit for limit in result.limits][-1] == "edges.full"
+    assert [limit.limit for limit in result.limits][-1] == "monthly.credits.api"
     assert all(limit.rate_per_hour is None for limit in result.limits)  # one snapshot
 
 

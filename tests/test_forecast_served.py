@@ -246,6 +246,21 @@ def test_a_limit_named_with_control_characters_keeps_its_row_one_line(
     assert "\x1b" not in table.stdout
 
 
+def test_a_reset_a_week_or_more_away_shows_its_date_in_the_table(
+    root: Path, tmp_path: Path
+) -> None:
+    seen = datetime(2026, 11, 27, 14, 5, tzinfo=UTC)  # a Friday
+    body = snapshot(0, seen)
+    body["currentSession"]["resetsIn"] = "21 days"  # a Friday again, three weeks on
+    drop = tmp_path / "far.json"
+    drop.write_text(json.dumps(body))
+    assert run_cli(root, "ingest", str(drop)).returncode == 0
+    table = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert table.returncode == 0, table.stderr
+    row = next(line for line in table.stdout.splitlines() if line.startswith("currentSession"))
+    assert "Fri 18 Dec 2026 14:05" in row, row
+
+
 def test_an_unknown_console_time_zone_is_a_usage_error(root: Path) -> None:
     bad = run_cli(root, "--console-timezone", "Mars/Olympus", "forecast")
     assert bad.returncode == 2

@@ -11,7 +11,7 @@ import click
 
 from ..clock import utc_now
 from ..errors import describe_os_error
-from ..usage.forecast import CLOCK_AHEAD, LimitForecast, in_words
+from ..usage.forecast import CLOCK_AHEAD, LimitForecast, format_when, in_words
 from ..usage.usage_history import forecast_json, forecast_of
 from .common import App, align, echo_json, fail, open_history
 
@@ -70,7 +70,7 @@ def forecast(app: App, as_json: bool) -> None:
     rows = [["limit", "used", "resets", "rate", "at this rate"]]
     for limit in result.limits:
         resets = (
-            limit.resets_at.astimezone(zone).strftime("%a %H:%M")
+            format_when(limit.resets_at, zone, result.as_of)
             if limit.resets_at is not None
             else f"? ({limit.resets_in})"
         )

@@ -77,6 +77,7 @@ __all__ = [
     "Reading",
     "burn_rate",
     "forecast",
+    "format_when",
     "in_words",
     "last_readings",
     "newer_readings",
@@ -219,15 +220,14 @@ def _is_window(value: Mapping[str, Any]) -> bool:
         "resetsIn" in value
         and isinstance(pct, int | float)
         and not isinstance(pct, bool)
-        and 0 <= pct <= 100  # the schema's rule for every window (NaN fails it too)
+        and math.isfinite(pct)
     )
 
 
 def usage_windows(payload: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """Every usage window in ``payload``, by dotted path, in the payload's order.
 
-    A window is any object holding ``resetsIn`` and a ``percentageUsed`` from 0 to 100 (the
-    payload schema's rule for every window, which unknown fields are not checked by), at any
+    A window is any object holding ``resetsIn`` and a numeric ``percentageUsed``, at any
     depth (up to 8): ``currentSession``, ``weeklyLimits.allModels``,
     ``weeklyLimits.sonnetOnly``, and whatever the console adds later.
     """
@@ -532,7 +532,9 @@ def _duration_words(delta: timedelta) -> str:
     return f"{hours} h" if hours < 72 else f"{hours / 24:.1f} days"
 
 
-def _when(stamp: datetime, zone: tzinfo, near: datetime) -> str:
+def format_when(stamp: datetime, zone: tzinfo, near: datetime) -> str:
+    """``stamp`` in ``zone`` as ``Mon 08:59``, with the date (``Mon 07 Dec 2026 08:59``)
+    when it is 6 days or more from ``near``, where a weekday alone would be ambiguous."""
     local = stamp.astimezone(zone)
     if abs(stamp - near) < timedelta(days=6):
         return local.strftime("%a %H:%M")
@@ -550,21 +552,23 @@ def in_words(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
     """
     words = _verdict(limit, zone, as_of)
     if not limit.in_newest:
-        words += f"; last read {_when(limit.observed_at, zone, as_of)}, not in the newest snapshot"
+        words += (
+            f"; last read {format_when(limit.observed_at, zone, as_of)}, not in the newest snapshot"
+        )
     return words
 
 
 def _verdict(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
     if limit.percentage >= 100 and limit.exhausts_at is not None:
-        return f"at the limit since {_when(limit.exhausts_at, zone, as_of)}"
+        return f"at the limit since {format_when(limit.exhausts_at, zone, as_of)}"
     if limit.rate_per_hour is None:
         return "not enough data"
     if limit.exhausts_at is None:
         return "resets before the limit" if limit.resets_at is not None else "not rising"
-    by = f"at this rate 100 % by {_when(limit.exhausts_at, zone, as_of)}"
+    by = f"at this rate 100 % by {format_when(limit.exhausts_at, zone, as_of)}"
     if limit.resets_at is None:
         return by + " (reset time unknown)"
     if limit.before_reset:
         ahead = _duration_words(limit.resets_at - limit.exhausts_at)
-        return f"{by}, {ahead} before the reset ({_when(limit.resets_at, zone, as_of)})"
+        return f"{by}, {ahead} before the reset ({format_when(limit.resets_at, zone, as_of)})"
     return "resets before the limit"
