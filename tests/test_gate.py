@@ -168,6 +168,16 @@ def test_the_words_say_what_and_where() -> None:
         "not JSON: gzip-compressed bytes; send the JSON uncompressed"
     )
     assert reason(b"x") == "not JSON: a value was expected at line 1 column 1"
+    # The top level named in JSON's words, not Python's (NoneType, str, list).
+    for text, kind in (
+        (b"null", "null"),
+        (b'"usage"', "string"),
+        (b"42", "number"),
+        (b"4.2", "number"),
+        (b"true", "boolean"),
+        (b"[{}]", "array"),
+    ):
+        assert reason(text) == f"top level is a JSON {kind}, not an object", text
     assert reason(b'{"a": 1\n "b": 2}') == (
         "not JSON: a comma or the end of the object or array was expected at line 2 column 2"
     )

@@ -313,7 +313,7 @@ def _parse(data: bytes, max_bytes: int | None) -> tuple[dict[str, Any], str]:
     except ValueError as exc:
         raise PayloadRejected(json_problem(exc)) from None
     if not isinstance(obj, dict):
-        raise PayloadRejected(f"top level is a JSON {type(obj).__name__}, not an object")
+        raise PayloadRejected(f"top level is a JSON {_json_kind(obj)}, not an object")
     # One limit, checked here, so the schema's parser (with a recursion limit of its own)
     # never sees a payload deep enough to give a second wording for the same fault.
     # Nesting needs an opening bracket per level: a text with few of them (as every
@@ -321,6 +321,17 @@ def _parse(data: bytes, max_bytes: int | None) -> tuple[dict[str, Any], str]:
     if text.count("{") + text.count("[") > MAX_NESTING and _depth_over(obj, MAX_NESTING):
         raise PayloadRejected(_TOO_DEEP)
     return obj, text
+
+
+def _json_kind(value: Any) -> str:
+    """JSON's own name for the kind of a parsed value (``null``, never ``NoneType``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "string" if isinstance(value, str) else "array"
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
