@@ -385,6 +385,16 @@ def test_a_second_refresh_joins_the_run_under_way(root: Path, tmp_path: Path) ->
     assert runs.read_text() == "run\n", "one run for both requests"
 
 
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie waiting for init has ended too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
 def test_a_command_past_its_timeout_is_stopped_with_its_children(
     root: Path, tmp_path: Path
 ) -> None:
@@ -401,16 +411,7 @@ def test_a_command_past_its_timeout_is_stopped_with_its_children(
         assert r.status_code == 500
         assert "timed out after 1 s" in r.json()["message"]
         pid = int(child_pid.read_text())
-
-        def gone() -> bool:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            with open(f"/proc/{pid}/stat") as stat:  # a zombie waiting for init is gone too
-                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-
-        wait_for(gone, 10, "the command's child to be stopped")
+        wait_for(lambda: gone(pid), 10, "the command's child to be stopped")
 
 
 def test_a_command_that_starts_a_job_and_exits_0_is_200_at_once(root: Path, tmp_path: Path) -> None:
@@ -448,16 +449,7 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(root: Path, tmp_
         assert r.status_code == 500
         assert "timed out after 1 s" in r.json()["message"]
         pid = int(child_pid.read_text())
-
-        def gone() -> bool:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            with open(f"/proc/{pid}/stat") as stat:
-                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-
-        wait_for(gone, 15, "the child that ignores SIGTERM to be killed")
+        wait_for(lambda: gone(pid), 15, "the child that ignores SIGTERM to be killed")
 
 
 def test_the_command_output_is_logged_and_capped(root: Path) -> None:

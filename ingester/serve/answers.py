@@ -35,6 +35,7 @@ __all__ = [
     "parse_instant",
     "parse_last_updated",
     "post_answer",
+    "post_body",
 ]
 
 # Ages are judged in whole minutes, rounded as the original server rounded them, so the
@@ -75,11 +76,14 @@ def error_answer(status: int, error: str, message: str, **extra: Any) -> Respons
     return json_answer({"error": error, "message": message, **extra}, status)
 
 
+def post_body(success: bool, message: str, **extra: Any) -> dict[str, Any]:
+    """A POST endpoint's answer body: ``{"success", "message", "timestamp", **extra}``."""
+    return {"success": success, "message": message, "timestamp": iso(utc_now()), **extra}
+
+
 def post_answer(status: int, success: bool, message: str, **extra: Any) -> Response:
-    """A POST endpoint's answer: ``{"success", "message", "timestamp", **extra}``."""
-    body = {"success": success, "message": message, "timestamp": iso(utc_now())}
-    body.update(extra)
-    return json_answer(body, status)
+    """:func:`post_body` as a response with ``status``."""
+    return json_answer(post_body(success, message, **extra), status)
 
 
 parse_last_updated = parse_observed_at

@@ -23,9 +23,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..clock import iso_utc, utc_now
 from ..runtime.admission import format_peer
 from ..runtime.logs import describe_exception
+from .answers import post_body
 
 __all__ = ["OneLineErrors"]
 
@@ -45,9 +45,10 @@ async def _answer(send: Send, status: int, error: str, message: str, *, post: bo
     ``post``: in the POST endpoints' shape, ``{"success": false, "message", "timestamp"}``
     (with ``error`` too), which the scraper reads; else ``{"error", "message"}``.
     """
-    answer: dict[str, Any] = {"error": error, "message": message}
     if post:
-        answer = {"success": False, "message": message, "timestamp": iso_utc(utc_now()), **answer}
+        answer = post_body(False, message, error=error)
+    else:
+        answer = {"error": error, "message": message}
     body = json.dumps(answer).encode()
     try:
         await _send_answer(send, status, body)
