@@ -35,7 +35,7 @@ from .history.lock import HistoryLock
 from .history.metadata import StorageMetadata
 from .history.names import generate_version_filename, parse_timestamp_from_filename
 from .history.retention import Decision, RetentionPlan, RetentionPolicy, plan_retention
-from .history.store import CleanupResult, InitReport
+from .history.store import CleanupIncomplete, CleanupResult, InitReport
 from .history.store import HistoryStore as _CoreStore
 
 if TYPE_CHECKING:
@@ -84,6 +84,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CacheNotRefreshed",
+    "CleanupIncomplete",
     "CleanupResult",
     "ConsoleUsageDataSync",
     "Decision",

@@ -18,7 +18,7 @@ import click
 from ..clock import utc_now
 from ..errors import NotRegularFile, StorageError
 from ..history.names import format_timestamp
-from ..history.store import CacheNotRefreshed
+from ..history.store import CacheNotRefreshed, CleanupIncomplete
 from ..ops.queries import ReportError, open_store
 from ..payload.model import PayloadRejected, judge_payload
 from ..settings import Settings
@@ -248,9 +248,13 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
         return
     # The text result is the log line's words: printed on stdout, not logged a second time.
     quiet = contextlib.nullcontext() if as_json else _result_printed_here("cleanup")
+    incomplete: CleanupIncomplete | None = None
     with writing_store(s, "cleanup", creates="nothing") as store, quiet:
         try:
             result = store.cleanup_old_versions()
+        except CleanupIncomplete as exc:
+            # The rest of retention was applied: say what was done, then what was not.
+            result, incomplete = exc.result, exc
         except StorageError as exc:
             raise fail(str(exc)) from None
         pruned = prune(False)
@@ -259,6 +263,9 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
             json.dumps(
                 {
                     "deleted": result.deleted,
+                    "notDeleted": []
+                    if incomplete is None
+                    else [f.path.name for f in incomplete.failures],
                     "retained": result.retained,
                     "future": result.future,
                     "rejectedRemoved": pruned.removed,
@@ -271,6 +278,8 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
         click.echo(f"cleanup deleted {len(result.deleted)}, retained {result.retained}")
         if pruned.expired_pairs or pruned.kept:
             click.echo(f"rejected: removed {pruned.expired_pairs}, kept {pruned.kept}")
+    if incomplete is not None:
+        raise fail(str(incomplete))
 
 
 class _SkipEvent(logging.Filter):

@@ -73,6 +73,33 @@ class CleanupResult:
     at: datetime
 
 
+class CleanupIncomplete(StorageError):
+    """Retention deleted what it could, but some expired versions would not go.
+
+    Raised by :meth:`HistoryStore.cleanup_old_versions` after it has tried every expired
+    version, so one version that cannot be deleted (an immutable file, say) does not keep
+    the newer expired ones too. ``failures`` are the errors, oldest version first (the
+    first also gives this error's ``action``, ``path`` and ``errno``); ``result`` is what
+    the cleanup did do, its ``deleted`` and ``retained`` counts included.
+    """
+
+    def __init__(self, result: CleanupResult, failures: Sequence[StorageError]) -> None:
+        first = failures[0]
+        super().__init__(first.action, first.path, first.cause)
+        self.result = result
+        self.failures = list(failures)
+
+    def __str__(self) -> str:
+        failed, deleted = len(self.failures), len(self.result.deleted)
+        if not deleted:
+            what = "1 expired version" if failed == 1 else f"{failed} expired versions"
+            return f"could not delete {what}: {super().__str__()}"
+        return (
+            f"could not delete {failed} of {failed + deleted} expired versions "
+            f"(the other {deleted} are deleted): {super().__str__()}"
+        )
+
+
 @dataclass
 class InitReport:
     """What :meth:`HistoryStore.initialize` found and repaired."""
@@ -518,6 +545,10 @@ class HistoryStore:
         With ``hold_deletions`` nothing is deleted (the clock is not trusted) and only
         the metadata is refreshed. A cleanup that deleted something is logged at info,
         one that deleted nothing at debug (an idle watcher runs many).
+
+        Raises :class:`CleanupIncomplete` (a :class:`StorageError`) when some expired
+        versions could not be deleted, after every other one is deleted and the metadata
+        is written; :class:`StorageError` when the metadata cannot be written.
         """
         self._ensure_loaded()
         now = now or self.clock()
@@ -528,32 +559,35 @@ class HistoryStore:
         if warning is not None:
             log.warning("%s", warning)
         deleted: list[str] = []
-        failure: StorageError | None = None
+        failures: list[StorageError] = []
+        # Every expired version is tried: one that will not go (an immutable file) must
+        # not keep the newer expired ones with it.
         for name in doomed:
             try:
                 durable.remove_file(self.version_path(name))
             except StorageError as exc:
-                failure = exc
-                break
+                failures.append(exc)
+                continue
             deleted.append(name)
-        del self._names[: len(deleted)]
+        gone = set(deleted)
+        self._names[:count] = [name for name in doomed if name not in gone]
         updates: dict[str, Any] = {
             "total_versions_deleted": self._meta.total_versions_deleted + len(deleted)
         }
-        if failure is None and not hold_deletions:
+        if not failures and not hold_deletions:
             updates["last_cleanup"] = format_timestamp(now)
         self._meta = self._meta.model_copy(update=updates)
         if deleted:
             durable.fsync_dir(self.history_dir)
         self._write_metadata()
-        if failure is not None:
-            raise failure
         result = CleanupResult(
             deleted=deleted,
             retained=len(self._names),
             future=future_suffix(self._names, now),
             at=now,
         )
+        if failures:
+            raise CleanupIncomplete(result, failures)
         log.log(
             logging.INFO if deleted else logging.DEBUG,
             "cleanup deleted %d, retained %d%s",

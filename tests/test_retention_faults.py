@@ -1,0 +1,166 @@
+"""Retention past a version it cannot delete: the store, ``cleanup`` and the watcher.
+
+An expired version made immutable (``chattr +i``, which stops an unlink even for root)
+must be kept, and every other expired version still deleted: one stuck file may not
+keep the newer expired versions with it. Runs only where ``chattr +i`` works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from support import run_cli, wait_for
+from support.watchproc import WatchProcess, drop, payload
+
+from ingester import CleanupIncomplete, HistoryStore, RetentionPolicy
+
+OLD = 6  # expired versions, a month old
+POLICY = ("--max-versions", "2", "--retention-days", "1")
+
+
+def _chattr(flag: str, path: Path) -> None:
+    done = subprocess.run(["chattr", flag, str(path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+@contextlib.contextmanager
+def immutable_files(*paths: Path) -> Iterator[None]:
+    try:
+        for path in paths:
+            _chattr("+i", path)
+        yield
+    finally:
+        for path in paths:
+            subprocess.run(["chattr", "-i", str(path)], capture_output=True, check=False)
+
+
+def old_history(root: Path) -> list[Path]:
+    """``OLD`` expired versions and two recent ones in ``root``'s history, oldest first."""
+    history = root / "console-usage-history"
+    history.mkdir(parents=True)
+    start = datetime.now(UTC) - timedelta(days=30)
+    paths = []
+    for i in range(OLD):
+        name = f"{start + timedelta(minutes=i):%Y-%m-%dT%H-%M-%S}-old{i}.json"
+        paths.append(history / name)
+    now = datetime.now(UTC)
+    for i in range(2):
+        name = f"{now - timedelta(minutes=2 - i):%Y-%m-%dT%H-%M-%S}-new{i}.json"
+        paths.append(history / name)
+    for seq, path in enumerate(paths):
+        path.write_bytes(payload(seq))
+    return paths
+
+
+def left(root: Path) -> list[str]:
+    history = root / "console-usage-history"
+    return sorted(p.name for p in history.iterdir() if p.name[:1].isdigit())
+
+
+@pytest.mark.parametrize("stuck", [0, 2, OLD - 1], ids=["oldest", "middle", "newest-expired"])
+def test_store_deletes_every_other_expired_version(
+    root: Path, can_chattr: None, stuck: int
+) -> None:
+    paths = old_history(root)
+    store = HistoryStore(
+        root / "console-usage-history",
+        root / "console-usage-synced.json",
+        RetentionPolicy(max_versions=2, retention_days=1),
+        hold=None,
+    )
+    store.initialize()
+    with immutable_files(paths[stuck]):
+        with pytest.raises(CleanupIncomplete) as caught:
+            store.cleanup_old_versions()
+        assert left(root) == sorted([paths[stuck].name, paths[-2].name, paths[-1].name])
+        error = caught.value
+        assert [f.path.name for f in error.failures] == [paths[stuck].name]
+        assert len(error.result.deleted) == OLD - 1
+        assert error.result.retained == 3
+        assert str(error).startswith(
+            f"could not delete 1 of {OLD} expired versions (the other {OLD - 1} are deleted): "
+            f"cannot remove {paths[stuck]}: "
+        )
+        assert str(error).endswith("[EPERM]")
+        meta = json.loads((root / "console-usage-history" / "_metadata.json").read_bytes())
+        assert meta["versionCount"] == 3
+        assert meta["totalVersionsDeleted"] == OLD - 1
+        # The store's own view agrees with the folder: a new version lands after the rest.
+        store.save_version(payload(99))
+        assert len(store.list_versions()) == 4
+    assert store.cleanup_old_versions().deleted == [paths[stuck].name]
+    assert paths[stuck].name not in left(root)
+
+
+def test_store_says_none_deleted_when_none_could_be(root: Path, can_chattr: None) -> None:
+    paths = old_history(root)
+    store = HistoryStore(
+        root / "console-usage-history",
+        root / "console-usage-synced.json",
+        RetentionPolicy(max_versions=2, retention_days=1),
+        hold=None,
+    )
+    store.initialize()
+    with immutable_files(*paths[:OLD]), pytest.raises(CleanupIncomplete) as caught:
+        store.cleanup_old_versions()
+    assert str(caught.value).startswith(f"could not delete {OLD} expired versions: cannot remove ")
+    assert len(caught.value.failures) == OLD
+
+
+def test_cleanup_command_reports_what_it_did_and_what_it_could_not(
+    root: Path, can_chattr: None
+) -> None:
+    paths = old_history(root)
+    assert run_cli(root, *POLICY, "init").returncode == 0
+    with immutable_files(paths[1]):
+        done = run_cli(root, *POLICY, "cleanup")
+        assert done.returncode == 1, done.stderr
+        assert done.stdout.splitlines()[0] == f"cleanup deleted {OLD - 1}, retained 3"
+        errors = done.stderr.strip().splitlines()
+        assert len(errors) == 1, done.stderr
+        assert errors[0].startswith(
+            f"error: could not delete 1 of {OLD} expired versions "
+            f"(the other {OLD - 1} are deleted): cannot remove {paths[1]}: "
+        )
+        assert "Traceback" not in done.stderr
+        again = run_cli(root, *POLICY, "cleanup", "--json")
+        assert again.returncode == 1, again.stderr
+        answer = json.loads(again.stdout)
+        assert answer["deleted"] == []
+        assert answer["notDeleted"] == [paths[1].name]
+        assert answer["retained"] == 3
+        assert again.stderr.startswith("error: could not delete 1 expired version: ")
+    done = run_cli(root, *POLICY, "cleanup", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["deleted"] == [paths[1].name]
+    assert json.loads(done.stdout)["notDeleted"] == []
+
+
+def test_watcher_applies_retention_past_a_stuck_version(root: Path, can_chattr: None) -> None:
+    paths = old_history(root)
+    stuck = paths[0]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(immutable_files(stuck))
+        watcher = stack.enter_context(WatchProcess(root, global_args=POLICY))
+        # The other expired versions go although the oldest cannot: the two recent
+        # ones are kept (within the days), with the stuck one.
+        wait_for(lambda: len(left(root)) == 3, 30, f"retention past {stuck.name}: {left(root)}")
+        assert left(root) == sorted([stuck.name, paths[-2].name, paths[-1].name])
+        drop(root / "spool", "fresh.json", payload(1000))
+        wait_for(lambda: "ingested fresh.json" in watcher.log, 30, "the drop stored")
+        wait_for(
+            lambda: "could not delete 1 of" in watcher.log, 30, "the watcher names the stuck one"
+        )
+        line = next(ln for ln in watcher.log.splitlines() if "could not delete" in ln)
+        assert str(stuck) in line and line.rstrip().split("; retrying in")[0].endswith("[EPERM]")
+        _chattr("-i", stuck)
+        # Healed: its retry deletes the last one.
+        wait_for(lambda: stuck.name not in left(root), 30, "the stuck version deleted once healed")
+        assert watcher.stop() == 0, watcher.log
+    assert len(left(root)) == 3 and stuck.name not in left(root)
