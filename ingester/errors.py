@@ -105,10 +105,14 @@ class SettingError(IngesterError, ValueError):
 
 
 class LockHeld(IngesterError, RuntimeError):
-    """Another process holds the history lock (``path``); ``holder`` describes it."""
+    """Another process holds the lock ``path``; ``holder`` describes it.
 
-    def __init__(self, path: Path, holder: str) -> None:
-        super().__init__(f"the history is locked by {holder} ({path})")
+    ``what`` names what the lock guards in the message: ``"history"`` (the one-writer
+    lock) or ``"spool"`` (the one-watcher-per-spool lock).
+    """
+
+    def __init__(self, path: Path, holder: str, what: str = "history") -> None:
+        super().__init__(f"the {what} is locked by {holder} ({path})")
         self.path = path
         self.holder = holder
 

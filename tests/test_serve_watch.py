@@ -475,7 +475,10 @@ def test_the_warning_repeats_while_drops_wait_and_stops_when_a_watcher_comes(
     said = [r.getMessage() for r in caplog.records]
     assert sum("no watcher holds the history" in m for m in said) == 3
     caplog.clear()
-    with HistoryLock(history / ".lock", "watch"):
+    with (
+        HistoryLock(history / ".lock", "watch"),
+        HistoryLock(spool.lock_path, "watch", what="spool"),
+    ):
         warnings.check()
         warnings.check()
     said = [r.getMessage() for r in caplog.records]
@@ -509,14 +512,47 @@ def test_the_start_and_periodic_lines_say_what_a_post_meets(
 def test_a_writer_that_is_not_a_watcher_does_not_count(root: Path) -> None:
     history = root / "console-usage-history"
     history.mkdir()
-    probe = WatcherProbe(history / ".lock", Spool(root / "spool", root / "spool" / "rejected"))
+    spool = Spool(root / "spool", root / "spool" / "rejected")
+    spool.ensure_folders()
+    probe = WatcherProbe(history / ".lock", spool)
     with HistoryLock(history / ".lock", "cleanup"):
         assert probe.watcher() == (False, os.getpid())
-    with HistoryLock(history / ".lock", "watch"):
-        assert probe.watcher() == (True, os.getpid())
-    with HistoryLock(history / ".lock", "serve --watch"):
-        assert probe.watcher() == (True, os.getpid())
+    for purpose in ("watch", "serve --watch"):
+        with (
+            HistoryLock(history / ".lock", purpose),
+            HistoryLock(spool.lock_path, purpose, what="spool"),
+        ):
+            assert probe.watcher() == (True, os.getpid())
+            assert probe.reads_elsewhere() is None
     assert probe.watcher() == (False, None)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/locks")
+def test_a_watcher_of_another_spool_does_not_count(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It holds the history but never takes what is dropped in this spool.
+    history = root / "console-usage-history"
+    history.mkdir()
+    here = Spool(root / "spool", root / "spool" / "rejected")
+    there = Spool(root / "other-spool")
+    here.ensure_folders()
+    there.ensure_folders()
+    probe = WatcherProbe(history / ".lock", here)
+    caplog.set_level("INFO", logger="ingester.serve")
+    with (
+        HistoryLock(history / ".lock", "watch"),
+        HistoryLock(there.lock_path, "watch", what="spool"),
+    ):
+        assert probe.watcher() == (False, os.getpid())
+        assert probe.reads_elsewhere() == os.getpid()
+        BacklogWarnings(probe).at_start()
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0] == (
+        f"serve: the watcher holding the history (pid {os.getpid()}) reads another spool, "
+        f"not {here.dir} (its --spool-dir differs from this server's)"
+    )
+    assert "no watcher holds the history" in said[1]
 
 
 def test_serve_alone_under_systemd_is_quiet_about_readiness(root: Path) -> None:

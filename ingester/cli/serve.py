@@ -286,17 +286,20 @@ def _threaded_watcher(
     """The watcher for ``--watch``, not started; exit 1 now if another one holds the lock."""
     from ..history.lock import lock_owner
     from ..intake.metrics import WatchMetrics
+    from ..intake.spool import Spool
     from ..runtime.notify import SystemdNotifier
     from ..serve.joint_notifier import JointNotifier
     from ..serve.watch_thread import ThreadedWatcher
 
     refuse_unsafe_latest(app)
     lock_path = app.settings.store().lock_path
-    owner = lock_owner(lock_path)
-    if owner is not None:
-        pid, command = owner
-        holder = f"pid {pid} {command}" if command else f"pid {pid}"
-        raise fail(f"the history is locked by {holder} ({lock_path}): one watcher per history")
+    spool_lock = Spool(app.settings.spool_dir).lock_path
+    for what, path in (("history", lock_path), ("spool", spool_lock)):
+        owner = lock_owner(path)
+        if owner is not None:
+            pid, command = owner
+            holder = f"pid {pid} {command}" if command else f"pid {pid}"
+            raise fail(f"the {what} is locked by {holder} ({path}): one watcher per {what}")
     options = WatchOptions(
         polling=polling, rescan_interval=rescan_interval, retry_max=retry_max, settle=settle
     )

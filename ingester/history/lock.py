@@ -94,11 +94,16 @@ def _give_to_folder_owner(fd: int, folder: Path) -> None:
 
 
 class HistoryLock:
-    """An exclusive, non-blocking flock; use as a context manager."""
+    """An exclusive, non-blocking flock; use as a context manager.
 
-    def __init__(self, path: Path, purpose: str) -> None:
+    ``what`` names what it guards in :class:`LockHeld`'s message (``"history"``, or
+    ``"spool"`` for the lock a watcher also holds on the spool it reads).
+    """
+
+    def __init__(self, path: Path, purpose: str, what: str = "history") -> None:
         self.path = path
         self.purpose = purpose
+        self.what = what
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -112,7 +117,7 @@ class HistoryLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LockHeld(self.path, _describe_holder(self.path)) from None
+            raise LockHeld(self.path, _describe_holder(self.path), self.what) from None
         except OSError as exc:
             os.close(fd)
             raise StorageError("lock", self.path, exc) from exc

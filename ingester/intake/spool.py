@@ -188,6 +188,8 @@ class Spool:
         self.rejected_dir = Path(os.path.abspath(rejected_dir or self.dir / "rejected"))
         self.tmp_dir = self.dir / "tmp"
         self.claimed_dir = self.dir / ".claimed"
+        # A watcher holds an flock on it while it reads this spool (see the watcher).
+        self.lock_path = self.dir / ".lock"
 
     def ensure_folders(self) -> None:
         """Create the spool, ``tmp/`` and ``.claimed/`` if missing; ``rejected/`` if possible.

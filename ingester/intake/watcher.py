@@ -20,6 +20,7 @@ signals and keeps systemd informed (READY, STATUS, WATCHDOG pings).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -122,6 +123,8 @@ class Watcher:
         self.notifier = notifier or SystemdNotifier.from_environ()
         self.store: HistoryStore = settings.store()
         self.spool = Spool(settings.spool_dir, settings.rejected_dir)
+        self._spool_lock: HistoryLock | None = None
+        self._spool_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the locked spool
         self.intake = Intake(
             store=self.store,
             spool=self.spool,
@@ -176,22 +179,60 @@ class Watcher:
             signal.signal(signal.SIGIO, signal.SIG_IGN)
 
     def run(self) -> int:
-        """Take the lock, recover, drain the backlog, then watch until stopped."""
+        """Take the history's lock and the spool's, recover, drain the backlog, then
+        watch until stopped."""
         self._install_signals()
-        try:
-            self.store.history_dir.mkdir(parents=True, exist_ok=True)
-            lock = HistoryLock(self.store.lock_path, self.lock_purpose)
-            lock.acquire()
-        except LockHeld as exc:
-            log.error("another writer holds the history: %s", exc)
-            return 1
-        except OSError as exc:
-            log.error("cannot start: %s", describe_os_error(exc))
-            return 1
-        try:
+        with contextlib.ExitStack() as held:
+            try:
+                self.store.history_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(HistoryLock(self.store.lock_path, self.lock_purpose))
+            except LockHeld as exc:
+                log.error("another writer holds the history: %s", exc)
+                return 1
+            except OSError as exc:
+                log.error("cannot start: %s", describe_os_error(exc))
+                return 1
+            held.callback(self._unlock_spool)
+            try:
+                self.spool.ensure_folders()
+                self._lock_spool()
+            except LockHeld as exc:
+                log.error("another watcher reads the spool: %s", exc)
+                return 1
+            except OSError as exc:
+                log.error("cannot start: %s", describe_os_error(exc))
+                return 1
             return self._run_locked()
-        finally:
-            lock.release()
+
+    def _lock_spool(self) -> None:
+        """Hold the spool's lock (again, on a spool made anew); raises ``LockHeld``.
+
+        Claims are named after this history's versions, and recovery stores every claim
+        its history lacks: a second watcher on this spool, with another history, would
+        store drops this one stores too.
+        """
+        self._unlock_spool()
+        lock = HistoryLock(self.spool.lock_path, self.lock_purpose, what="spool")
+        lock.acquire()
+        self._spool_lock = lock
+        try:
+            st = os.stat(self.spool.dir)
+        except OSError:
+            self._spool_id = None  # gone already: the next liveness check locks it anew
+        else:
+            self._spool_id = (st.st_dev, st.st_ino)
+
+    def _unlock_spool(self) -> None:
+        if self._spool_lock is not None:
+            self._spool_lock.release()
+            self._spool_lock = None
+
+    def _spool_is_the_locked_one(self) -> bool:
+        try:
+            st = os.stat(self.spool.dir)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._spool_id
 
     def _run_locked(self) -> int:
         try:
@@ -319,13 +360,22 @@ class Watcher:
             same = False
         if not same:
             raise _Stop(f"the history folder {self.store.history_dir} was removed or replaced")
-        if self._arrivals_alive():
+        # The open lock file keeps the kernel from reporting a removed spool until it is
+        # closed, so the spool's identity is checked here too.
+        replaced = not self.options.once and not self._spool_is_the_locked_one()
+        if replaced:
+            log.error("the spool folder %s was removed or replaced", self.spool.dir)
+        elif self._arrivals_alive():
             return
         log.error("the spool observer stopped; restarting it")
         self._stop_arrivals()
         try:
             self.spool.ensure_folders()
+            if replaced:
+                self._lock_spool()
             self._start_arrivals()
+        except LockHeld as exc:
+            raise _Stop(f"another watcher reads the spool: {exc}") from exc
         except (OSError, StorageError) as exc:
             raise _Stop(f"cannot watch {self.spool.dir} any more: {exc}") from exc
         self._rescan("observer restart")

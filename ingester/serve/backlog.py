@@ -6,10 +6,11 @@ versions. Without one, a drop waits, durable but not stored: a 2xx must then say
 module answers the two questions behind that:
 
 * is a watcher running? In ``serve --watch`` the one in this process answers; otherwise
-  the history lock does: held by a process that noted a watcher's purpose in it
-  (``watch`` or ``serve --watch``) (read from the
-  kernel's lock table, never by taking the lock, which could make a starting watcher
-  fail). Where the lock table is hidden the answer is ``None``: cannot tell.
+  the locks do: the history's held by a process that noted a watcher's purpose in it
+  (``watch`` or ``serve --watch``), and this spool's held by the same process (a
+  watcher reading another spool never takes what ``serve`` drops here). Both are read
+  from the kernel's lock table, never by taking a lock, which could make a starting
+  watcher fail. Where the lock table is hidden the answer is ``None``: cannot tell.
 * what waits in the spool, and since when (the oldest drop's mtime)?
 """
 
@@ -89,7 +90,19 @@ class WatcherProbe:
         if owner is None:
             return (False if lock_table_readable() else None), None
         pid, purpose = owner
-        return is_watcher(purpose), pid
+        return (is_watcher(purpose) and self._reads_here(pid)), pid
+
+    def _reads_here(self, pid: int) -> bool:
+        reader = lock_owner(self.spool.lock_path)
+        return reader is not None and reader[0] == pid
+
+    def reads_elsewhere(self) -> int | None:
+        """The pid of a watcher that holds the history but not this spool's lock (it
+        reads another spool, so it never takes what is dropped here), or ``None``."""
+        owner = lock_owner(self.lock_path)
+        if owner is None or not is_watcher(owner[1]) or self._reads_here(owner[0]):
+            return None
+        return owner[0]
 
     def state(self) -> SpoolState:
         """The spool and the watcher now (a listing of the spool, a read of the lock table)."""
@@ -134,6 +147,15 @@ class BacklogWarnings:
                 "readable here); POSTed snapshots are stored only while one does"
             )
         elif not state.watcher:
+            elsewhere = self.probe.reads_elsewhere()
+            if elsewhere is not None:
+                log.warning(
+                    "serve: the watcher holding the history (pid %s) reads another spool, "
+                    "not %s (its --spool-dir differs from this server's)",
+                    elsewhere,
+                    self.probe.spool.dir,
+                    extra={"event": "no-watcher"},
+                )
             waiting = f"; {state.drops_words()}" if state.waiting else ""
             if self.refuses_posts:
                 what = (

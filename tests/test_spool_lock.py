@@ -1,0 +1,109 @@
+"""One watcher per spool, as well as one per history.
+
+A watcher names its claims after its own history's versions, and recovery stores every
+claim its history lacks. A second watcher on the same spool with another history would
+therefore store what the first stores too (and, after a ``kill -9``, a claim twice in
+one history). So a watcher also holds an flock on ``<spool>/.lock``; a second one on
+that spool is refused at start, whatever its history. And ``serve`` counts a watcher as
+running only when the same process holds both its history and its spool.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+from support import run_cli, wait_for
+from support.serveproc import KEY, ServeProcess, fresh_payload
+from support.watchproc import WatchProcess, drop, payload, versions
+
+API = "/api/claude/console-usage"
+HEADERS = {"Content-Type": "application/json", "X-API-Key": KEY}
+
+
+def elsewhere(tmp_path: Path) -> tuple[str, ...]:
+    """Global options for another history (and latest link) beside ``root``'s."""
+    return (
+        "--history-dir",
+        str(tmp_path / "other" / "history"),
+        "--latest-path",
+        str(tmp_path / "other" / "latest.json"),
+    )
+
+
+def test_a_second_watcher_on_the_spool_is_refused_whatever_its_history(
+    root: Path, tmp_path: Path
+) -> None:
+    with WatchProcess(root) as first:
+        pid = first.proc.pid
+        # Refused at once; a watcher let in would run until the timeout.
+        second = run_cli(root, *elsewhere(tmp_path), "watch", timeout=30)
+        assert second.returncode == 1, second.stderr
+        errors = [line for line in second.stderr.splitlines() if " ERROR " in line]
+        assert len(errors) == 1 and "Traceback" not in second.stderr, second.stderr
+        assert errors[0].endswith(
+            f"another watcher reads the spool: the spool is locked by pid {pid} watch "
+            f"({root / 'spool' / '.lock'})"
+        )
+        once = run_cli(root, *elsewhere(tmp_path), "watch", "--once", timeout=30)
+        assert once.returncode == 1 and "the spool is locked by" in once.stderr
+        drop(root / "spool", "a.json", payload(1))
+        first.wait_log("ingested a.json")
+        assert first.stop() == 0
+    assert not list((tmp_path / "other" / "history").glob("*.json"))
+    assert len(versions(root)) == 1
+
+
+def test_serve_watch_is_refused_beside_a_watcher_of_the_spool(root: Path, tmp_path: Path) -> None:
+    with WatchProcess(root) as first:
+        pid = first.proc.pid
+        done = run_cli(
+            root, *elsewhere(tmp_path), "serve", "--watch", "--listen", "127.0.0.1:0", timeout=30
+        )
+        assert first.stop() == 0
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == (
+        f"error: the spool is locked by pid {pid} watch ({root / 'spool' / '.lock'}): "
+        "one watcher per spool"
+    )
+
+
+def test_a_watcher_of_another_spool_does_not_count_for_serve(root: Path, tmp_path: Path) -> None:
+    other_spool = tmp_path / "other-spool"
+    with (
+        WatchProcess(root, global_args=("--spool-dir", str(other_spool))) as watcher,
+        ServeProcess(root, "--require-watcher") as server,
+    ):
+        server.wait_log(f"reads another spool, not {root / 'spool'}")
+        refused = server.post(API, content=fresh_payload(seq=1), headers=HEADERS)
+        assert refused.status_code == 503, refused.text
+        assert list((root / "spool").glob("*.json")) == []
+        health = server.get("/api/health").json()
+        assert health["watcher"]["running"] is False
+        assert watcher.stop() == 0
+    # With a watcher of this spool, the same serve takes the POST and it is stored.
+    with WatchProcess(root) as watcher, ServeProcess(root, "--require-watcher") as server:
+        data = fresh_payload(seq=2)
+
+        def accepted() -> bool:
+            answer: httpx.Response = server.post(API, content=data, headers=HEADERS)
+            return answer.status_code == 202
+
+        wait_for(accepted, 15, "the POST accepted")
+        watcher.wait_log("ingested ")
+    assert [p.read_bytes() for p in versions(root)] == [data]
+
+
+def test_a_spool_made_anew_is_locked_anew(root: Path, tmp_path: Path) -> None:
+    # The lock on a removed spool guards nothing: the watcher locks the new one.
+    with WatchProcess(root) as first:
+        shutil.rmtree(root / "spool")
+        first.wait_log("the spool observer stopped; restarting it")
+        drop(root / "spool", "after.json", payload(2))
+        first.wait_log("ingested after.json")  # watching the new spool, so locked again
+        second = run_cli(root, *elsewhere(tmp_path), "watch", "--once", timeout=30)
+        assert second.returncode == 1, second.stderr
+        assert f"the spool is locked by pid {first.proc.pid} watch" in second.stderr
+        assert first.stop() == 0
+    assert "the spool folder" in first.log and "was removed" in first.log
