@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,46 @@ def test_a_newline_in_a_drop_name_cannot_forge_a_log_line(root: Path) -> None:
     forged = "2026-11-29 05:00:00,000 ERROR"
     assert not [line for line in result.stderr.splitlines() if line.startswith(forged)]
     assert "evil\\n2026" in result.stderr
+
+
+STRACE = shutil.which("strace")
+
+
+@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+def test_temp_files_of_killed_writers_are_swept_once_an_hour_old(
+    root: Path, tmp_path: Path
+) -> None:
+    """A submit killed before its drop is published leaves its temp file in spool/tmp.
+
+    Nothing was acknowledged for it, so nothing is lost by removing it; the watcher
+    removes ours (``.submit-*``, ``.tmp-w-*``) once over an hour old, never a writer's
+    own, never a fresh one (its writer may be at work).
+    """
+    source = tmp_path / "snapshot.json"
+    source.write_bytes(payload(1))
+    tmp = root / "spool" / "tmp"
+    killed_at = {"fsync": ".tmp-w-", "renameat2": ".submit-"}
+    for call, prefix in killed_at.items():
+        before = set(os.listdir(tmp)) if tmp.is_dir() else set()
+        inject = ("-f", "-qq", "-o", "/dev/null", "-e", f"inject={call}:signal=SIGKILL:when=1")
+        done = run_cli(root, "submit", str(source), wrapper=(STRACE or "strace", *inject))
+        assert done.returncode != 0, done.stdout
+        left = set(os.listdir(tmp)) - before
+        assert [n[: len(prefix)] for n in left] == [prefix], left
+    assert not [p for p in (root / "spool").iterdir() if p.suffix == ".json"]
+    leftovers = sorted(os.listdir(tmp))
+    hours_ago = time.time() - 2 * 3600
+    for name in leftovers:
+        os.utime(tmp / name, (hours_ago, hours_ago))
+    fresh = tmp / ".submit-0123456789abcdef"  # a writer at work now
+    fresh.write_bytes(payload(2))
+    foreign = tmp / "scraper.json.part"  # the scraper's own: never ours to remove
+    foreign.write_bytes(payload(3))
+    os.utime(foreign, (hours_ago, hours_ago))
+    done = run_cli(root, "watch", "--once")
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(tmp)) == sorted([fresh.name, foreign.name])
+    assert (
+        f"removed 2 temp file(s) that writers left in {tmp} "
+        "(over an hour old: their writers stopped before publishing them)"
+    ) in done.stderr

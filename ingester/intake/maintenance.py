@@ -13,13 +13,14 @@ holds automatic deletions back (``docs/design.md``, "Failures").
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from ..clock import Backoff, ClockJump
 from ..errors import StorageError
 from ..history.store import HistoryStore, InitReport
 from ..settings import Settings
-from .housekeeping import RejectedRetention
+from .housekeeping import PRUNE_EVERY, RejectedRetention
 from .spool import Spool
 
 __all__ = ["MAINTENANCE_EVERY", "Maintenance"]
@@ -66,6 +67,7 @@ class Maintenance:
         self._last_round = 0.0
         self._cache_reported: set[str] = set()
         self.holding = False  # automatic deletions held back after a wall-clock jump
+        self._next_writer_sweep = 0.0  # monotonic
 
     def started(self, report: InitReport) -> None:
         """Say what the store's start found and repaired; a cache it could not write waits."""
@@ -91,6 +93,7 @@ class Maintenance:
             except StorageError as exc:
                 self.latest_failed(exc)
         self._rejected_retention.run_if_due()  # at most every 10 min; logs its own errors
+        self.sweep_writer_temps(now)
         if not self.meta_dirty:
             return
         if not force and (
@@ -119,6 +122,32 @@ class Maintenance:
         self._backoff.succeeded()
         self.meta_dirty = False
         self._last_round = now
+
+    def sweep_writer_temps(self, now: float) -> None:
+        """At start, then every 10 minutes: remove what killed writers left in the
+        spool's ``tmp/`` (see :meth:`Spool.sweep_writer_temps`). ``now`` is monotonic.
+
+        Ages are read from the wall clock, so nothing is removed while it stands
+        jumped ahead (a fresh temp file would look old). Never raises: logged.
+        """
+        if now < self._next_writer_sweep:
+            return
+        self._next_writer_sweep = now + PRUNE_EVERY
+        if self.clock_jumped():
+            return
+        try:
+            removed = self.spool.sweep_writer_temps(time.time())
+        except StorageError as exc:
+            log.warning("cannot remove temp files that writers left: %s", exc)
+            return
+        if removed:
+            log.info(
+                "removed %d temp file(s) that writers left in %s (over an hour old: their "
+                "writers stopped before publishing them)",
+                len(removed),
+                self.spool.tmp_dir,
+                extra={"event": "writer-temps", "removed": len(removed)},
+            )
 
     def after_failure(self, *, whole_group: bool) -> None:
         """A step failed: the next round finishes its claims and sweeps its temp files."""

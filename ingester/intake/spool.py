@@ -44,6 +44,11 @@ __all__ = [
 
 REASON_SUFFIX = ".reason.json"
 
+WRITER_TEMP_STALE_S = 3600.0
+"""Seconds after its last change that a submit's temp file in ``tmp/`` counts as left by
+a writer that died. A submit writes bytes it already holds in memory, in milliseconds;
+an hour leaves room for a disk stalled far longer than any writer waits."""
+
 
 def is_drop_name(name: str) -> bool:
     """True for a name a drop may have: ``*.json`` and not a dot-file."""
@@ -386,6 +391,20 @@ class Spool:
     def sweep_temps(self) -> list[str]:
         """Remove our stale temp files from ``rejected/`` (reason files cut short by a crash)."""
         return durable.remove_stale_temps(self.rejected_dir)
+
+    def sweep_writer_temps(self, now: float) -> list[str]:
+        """Remove what :meth:`submit` left in ``tmp/`` when its writer was killed.
+
+        ``now`` is the wall clock in seconds since the epoch. Only our names
+        (``.submit-*``, ``.tmp-w-*``), and only files untouched for
+        :data:`WRITER_TEMP_STALE_S`: writers run in other processes, beyond any lock.
+        Nothing of a writer's own is touched. Raises :class:`StorageError`.
+        """
+        return durable.remove_stale_temps(
+            self.tmp_dir,
+            (durable.SUBMIT_TEMP_PREFIX, durable.WRITE_TEMP_PREFIX),
+            modified_before=now - WRITER_TEMP_STALE_S,
+        )
 
     def submit(self, data: bytes, name: str) -> Path:
         """The writer's side: durably write into ``tmp/``, then publish it in the spool.

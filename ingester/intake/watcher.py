@@ -246,6 +246,7 @@ class Watcher:
         except StorageError as exc:
             log.warning("cannot sweep temp files in the quarantine folder: %s", exc)
         self.maintenance.started(report)
+        self.maintenance.sweep_writer_temps(time.monotonic())
         try:
             self._recover_claims()
         except StorageError as exc:

@@ -305,11 +305,25 @@ def publish_new(source: Path, final: Path) -> None:
         fsync_dir(source.parent)
 
 
-def remove_stale_temps(directory: Path, prefix: str = TEMP_PREFIX) -> list[str]:
+def _modified_before(entry: os.DirEntry[str], when: float) -> bool:
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime < when
+    except FileNotFoundError:
+        return False
+
+
+def remove_stale_temps(
+    directory: Path,
+    prefix: str | tuple[str, ...] = TEMP_PREFIX,
+    *,
+    modified_before: float | None = None,
+) -> list[str]:
     """Remove leftover temp files (never folders) named ``prefix*`` from ``directory``.
 
     Returns the names removed. Only call it where no writer is active (the caller
-    holds the history lock), or a temp file being written would be swept away. The
+    holds the history lock), or a temp file being written would be swept away; or
+    give ``modified_before`` (seconds since the epoch): only files last modified
+    before it are removed, for a folder whose writers cannot be locked out. The
     folder is opened without following a symlink in its place (a sweep never reaches
     into another folder through a link) and the names are removed relative to it.
     """
@@ -329,6 +343,8 @@ def remove_stale_temps(directory: Path, prefix: str = TEMP_PREFIX) -> list[str]:
             raise StorageError("list", directory, exc) from exc
         for entry in entries:
             if entry.name.startswith(prefix) and not entry.is_dir(follow_symlinks=False):
+                if modified_before is not None and not _modified_before(entry, modified_before):
+                    continue
                 try:
                     os.unlink(entry.name, dir_fd=dir_fd)
                 except FileNotFoundError:
