@@ -228,6 +228,17 @@ def test_a_history_with_no_snapshot_to_go_by_answers_alike_in_text_and_json(
         "no snapshot to forecast from: no version has a lastUpdated that is readable "
         "and at most 1 h ahead of when it was stored\n"
     )
+    # A check asked to judge usage cannot see any: never a silent OK.
+    for option in (("--usage-warning", "45"), ("--forecast",)):
+        judged = run_cli(root, "check", *option)
+        assert judged.returncode == 1, judged.stdout
+        assert judged.stdout.startswith(
+            "INGESTER WARNING - no snapshot to judge usage by: no version has a lastUpdated "
+            "that is readable and at most 1 h ahead of when it was stored; "
+        )
+        item = json.loads(run_cli(root, "check", *option, "--json").stdout)["checks"][-1]
+        assert (item["name"], item["status"], item["value"]) == ("usage", "WARNING", None)
+    assert run_cli(root, "check").returncode == 0  # not asked: the pipeline is fine
 
 
 def test_a_limit_named_with_control_characters_keeps_its_row_one_line(

@@ -58,7 +58,7 @@ from typing import Any
 
 from ..clock import iso_utc
 from ..errors import is_permission_problem
-from ..usage.forecast import LimitForecast, in_words
+from ..usage.forecast import CLOCK_AHEAD, LimitForecast, in_words
 from .check_facts import Facts, MirrorFacts
 
 __all__ = [
@@ -425,8 +425,22 @@ def _judge_usage(facts: Facts, limits: CheckLimits) -> list[Judgement]:
     if facts.usage_problem is not None:
         return [Judgement("usage", CRITICAL, None, 0, 0, facts.usage_problem)]
     result = facts.usage
-    if result is None or result.as_of is None:
-        return []
+    if result is None:
+        return []  # no version at all: the freshness item says so
+    if result.as_of is None:
+        # A check that cannot see must not say OK: versions exist, none to judge by.
+        ahead = int(CLOCK_AHEAD.total_seconds() // 3600)
+        return [
+            Judgement(
+                "usage",
+                WARNING,
+                None,
+                0,
+                0,
+                "no snapshot to judge usage by: no version has a lastUpdated that is "
+                f"readable and at most {ahead} h ahead of when it was stored",
+            )
+        ]
     items = []
     by_percent = limits.usage_warning is not None or limits.usage_critical is not None
     if by_percent:
