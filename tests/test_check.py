@@ -12,6 +12,7 @@ import pytest
 from support import INVALID_SAMPLES, run_cli
 from support.plugin_output import perfdata_problems
 
+from ingester.clock import iso_utc
 from ingester.mirror.state import MirrorState, write_mirror_state
 
 HISTORY = "console-usage-history"
@@ -219,6 +220,23 @@ def test_quiet_prints_nothing_when_ok_and_everything_on_failure(root: Path, tmp_
     assert warned.returncode == 1
     assert warned.stdout == ""
     assert warned.stderr.startswith("INGESTER WARNING - newest data 20 min old")
+
+
+def test_quiet_leaves_out_the_word_on_an_unreadable_reset(root: Path, tmp_path: Path) -> None:
+    # Every run would say it again, and cron would mail each one; the answer shows the
+    # reset as unknown anyway.
+    body = {
+        "currentSession": {"resetsIn": "whenever it likes", "percentageUsed": 50},
+        "lastUpdated": iso_utc(datetime.now(UTC)),
+    }
+    source = tmp_path / "odd.json"
+    source.write_text(json.dumps(body))
+    assert run_cli(root, "ingest", str(source)).returncode == 0
+    loud = run_cli(root, "forecast")
+    assert loud.returncode == 0 and "no wording this version reads" in loud.stderr
+    for args in (("forecast",), ("check", "--forecast"), ("check", "--usage-warning", "90")):
+        quiet = run_cli(root, "-q", *args)
+        assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", ""), args
 
 
 def perf(line: str) -> dict[str, str]:

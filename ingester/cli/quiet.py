@@ -3,7 +3,9 @@
 cron mails whatever a job prints, whatever its exit code. With ``-q`` a command's
 ordinary output is held back and dropped when the command succeeds; when it fails, the
 held-back text is written to stderr after all, so the mail says what went wrong.
-Informational log lines are dropped too; warnings and errors are not. Binary streams
+Informational log lines are dropped too; warnings and errors are not, except the
+forecast's word on a ``resetsIn`` it cannot read: every run would repeat it, and the
+answer itself shows that limit's reset as unknown. Binary streams
 written to the descriptor itself (``snapshot --tar -``) are never held back.
 """
 
@@ -33,6 +35,7 @@ def hold_output(ctx: click.Context) -> None:
     ctx.meta[_KEY] = held
     sys.stdout = held.text
     logging.getLogger("ingester").setLevel(logging.WARNING)
+    logging.getLogger("ingester.forecast").setLevel(logging.ERROR)
 
     def release() -> None:
         sys.stdout = held.real
