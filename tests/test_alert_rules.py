@@ -54,6 +54,11 @@ tests:
         values: '300x10'
       - series: 'ingester_usage_resets_at_seconds{job="u", limit="stale"}'
         values: '400x10'
+      # at 100 % since 5 min, reset next week: fires, in words (its time left is negative)
+      - series: 'ingester_usage_exhausts_at_seconds{job="u", limit="full"}'
+        values: '300x10'
+      - series: 'ingester_usage_resets_at_seconds{job="u", limit="full"}'
+        values: '605400x10'
       # no reset time known: fires
       - series: 'ingester_usage_exhausts_at_seconds{job="u", limit="noReset"}'
         values: '1800x10'
@@ -78,6 +83,8 @@ tests:
             exp_annotations: {summary: "soon runs out in 1h 0m 0s, before it resets"}
           - exp_labels: {severity: critical, job: u, limit: noReset}
             exp_annotations: {summary: "noReset runs out in 20m 0s, before it resets"}
+          - exp_labels: {severity: critical, job: u, limit: full}
+            exp_annotations: {summary: "full has run out, before it resets"}
       - eval_time: 59m
         alertname: ConsoleUsageLimitUnread
         exp_alerts: []
