@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from support import IS_ROOT
 
 from ingester.errors import StorageError
 from ingester.history import durable
@@ -122,3 +127,49 @@ def test_a_staged_file_whose_fsync_failed_is_discarded(tmp_path: Path) -> None:
     assert "fsync" in str(caught.value) and "v.json" in str(caught.value)
     assert staged.unsynced() is None
     assert temps(tmp_path) == []
+
+
+STRACE = shutil.which("strace")
+
+
+@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+def test_make_folders_records_each_new_folder_in_its_parent(tmp_path: Path) -> None:
+    """Each folder made is followed by an fsync of its parent, outermost first."""
+    target = tmp_path / "a" / "b" / "c"
+    script = (
+        "import sys; from pathlib import Path; from ingester.history import durable; "
+        "print(*durable.make_folders(Path(sys.argv[1])), sep='\\n')"
+    )
+    trace = tmp_path / "trace"
+    tracer = [STRACE or "strace", "-f", "-qq", "-o", str(trace), "-e", "trace=mkdir,openat,fsync"]
+    done = subprocess.run(
+        [*tracer, sys.executable, "-c", script, str(target)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(tmp_path / "a"), str(tmp_path / "a" / "b"), str(target)]
+    # mkdir(X) ... openat(parent of X) = fd ... fsync(fd), for each X in turn.
+    calls = trace.read_text().splitlines()
+    fds: dict[str, str] = {}
+    seen: list[str] = []
+    for line in calls:
+        if made := re.search(r'mkdir\("([^"]+)"', line):
+            seen.append(f"mkdir {made.group(1)}")
+        elif opened := re.search(r'openat\(AT_FDCWD, "([^"]+)", .*O_DIRECTORY.*\) = (\d+)', line):
+            fds[opened.group(2)] = opened.group(1)
+        elif (synced := re.search(r"fsync\((\d+)\)\s+= 0", line)) and synced.group(1) in fds:
+            seen.append(f"fsync {fds[synced.group(1)]}")
+    expected = []
+    for folder in (tmp_path / "a", tmp_path / "a" / "b", target):
+        expected += [f"mkdir {folder}", f"fsync {folder.parent}"]
+    assert [s for s in seen if str(tmp_path) in s] == expected
+    assert durable.make_folders(target) == []  # all there: nothing made, nothing fsynced
+
+
+def test_make_folders_names_a_file_in_the_way(tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("not a folder")
+    with pytest.raises(StorageError) as caught:
+        durable.make_folders(tmp_path / "a" / "b")
+    assert str(caught.value).startswith(f"cannot create folder {tmp_path / 'a'}")

@@ -236,9 +236,9 @@ def take_snapshot(history_dir: Path, dest: Path, *, link: bool = True) -> Snapsh
         raise SnapshotError(f"{dest} is inside the history {history_dir}")
     names = list_versions_once(history_dir)
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SnapshotError(str(StorageError("create folder", dest.parent, exc))) from None
+        durable.make_folders(dest.parent)
+    except StorageError as exc:
+        raise SnapshotError(str(exc)) from None
     temp = dest.parent / f"{SNAPSHOT_TEMP_PREFIX}{secrets.token_hex(6)}"
     try:
         temp.mkdir(mode=0o750)

@@ -31,6 +31,7 @@ __all__ = [
     "fsync_dir",
     "fsync_fd",
     "link_entry",
+    "make_folders",
     "open_dir",
     "publish_new",
     "remove_file",
@@ -84,6 +85,33 @@ def fsync_dir(directory: StrPath) -> None:
         raise StorageError("fsync folder", directory, exc) from exc
     finally:
         os.close(fd)
+
+
+def make_folders(folder: Path, mode: int = 0o777) -> list[Path]:
+    """Create ``folder`` and its missing parents (as ``mkdir -p``), each name durable.
+
+    Each folder made is recorded in its parent with an fsync of that parent, so what
+    is put in ``folder`` next does not hang from a folder a power cut could take back.
+    Returns the folders made, outermost first; raises :class:`StorageError`.
+    """
+    missing: list[Path] = []
+    probe = folder
+    while not os.path.isdir(probe) and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    made: list[Path] = []
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError as exc:
+            if os.path.isdir(path):
+                continue  # made meanwhile by someone else
+            raise StorageError("create folder", path, exc) from exc
+        except OSError as exc:
+            raise StorageError("create folder", path, exc) from exc
+        fsync_dir(path.parent)
+        made.append(path)
+    return made
 
 
 def remove_file(path: StrPath) -> None:
