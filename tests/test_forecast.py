@@ -7,7 +7,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ingester.usage.forecast import (
@@ -86,6 +86,44 @@ def test_every_window_in_the_payload_by_its_dotted_path() -> None:
     result = forecast([found])
     assert [limit.limit for limit in result.limits][-1] == "monthly.credits.api"
     assert all(limit.rate_per_hour is None for limit in result.limits)  # one snapshot
+
+
+def test_a_key_holding_a_dot_is_quoted_so_no_two_windows_share_a_name() -> None:
+    window = {"resetsIn": "4 hr", "percentageUsed": 1}
+    payload = {
+        "a.b": {**window, "percentageUsed": 10},
+        "a": {"b": {**window, "percentageUsed": 20}},
+        "x": {"y.z": {**window, "percentageUsed": 30}, '"q': {**window, "percentageUsed": 40}},
+    }
+    assert [(path, w["percentageUsed"]) for path, w in usage_windows(payload)] == [
+        ('"a.b"', 10),
+        ("a.b", 20),
+        ('x."y.z"', 30),
+        ('x."\\"q"', 40),
+    ]
+
+
+_KEY_PATHS = st.lists(st.text(alphabet='ab."\\', min_size=1, max_size=4), min_size=1, max_size=4)
+
+
+def _nest(keys: list[str], leaf: dict[str, Any]) -> dict[str, Any]:
+    for key in reversed(keys):
+        leaf = {key: leaf}
+    return leaf
+
+
+@settings(max_examples=500, deadline=None)
+@given(_KEY_PATHS, _KEY_PATHS, st.booleans())
+def test_windows_at_different_places_never_share_a_name(
+    one: list[str], other: list[str], resplit: bool
+) -> None:
+    if resplit:  # the same text cut at its dots instead: the likeliest collision
+        other = ".".join(one).split(".")
+        assume(len(other) <= 8)  # usage_windows looks 8 deep
+    window = {"resetsIn": "4 hr", "percentageUsed": 1}
+    names = [[path for path, _ in usage_windows(_nest(keys, window))] for keys in (one, other)]
+    assert len(names[0]) == len(names[1]) == 1
+    assert (names[0] == names[1]) == (one == other), (one, other, names)
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,7 @@ percentage for it, and ``check`` still names it as missing.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -224,12 +225,22 @@ def _is_window(value: Mapping[str, Any]) -> bool:
     )
 
 
+def path_part(key: str) -> str:
+    """``key`` as one part of a dotted path: as it is, or as a JSON string when it holds
+    a dot or starts with a double quote (``"a.b"``), so that a key ``a.b`` and a key
+    ``b`` inside ``a`` never share a name (nor ``"a`` with ``b"`` inside it)."""
+    if "." in key or key.startswith('"'):
+        return json.dumps(key, ensure_ascii=False)
+    return key
+
+
 def usage_windows(payload: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """Every usage window in ``payload``, by dotted path, in the payload's order.
 
     A window is any object holding ``resetsIn`` and a numeric ``percentageUsed``, at any
     depth (up to 8): ``currentSession``, ``weeklyLimits.allModels``,
-    ``weeklyLimits.sonnetOnly``, and whatever the console adds later.
+    ``weeklyLimits.sonnetOnly``, and whatever the console adds later. A key holding a
+    dot is quoted in the path (:func:`path_part`).
     """
     found: list[tuple[str, Mapping[str, Any]]] = []
 
@@ -237,7 +248,7 @@ def usage_windows(payload: Mapping[str, Any]) -> list[tuple[str, Mapping[str, An
         for key, value in obj.items():
             if not isinstance(value, dict) or not isinstance(key, str):
                 continue
-            path = f"{prefix}{key}"
+            path = f"{prefix}{path_part(key)}"
             if _is_window(value):
                 found.append((path, value))
             elif depth < _MAX_DEPTH:
