@@ -6,11 +6,15 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import IS_ROOT, run_cli, wait_for
+from support import IS_ROOT, cli_env, run_cli, wait_for
+from support.capabilities import AS_OTHER, OTHER_UID, other_user_problem
 from support.watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents
 
 
@@ -117,3 +121,76 @@ def test_temp_files_of_killed_writers_are_swept_once_an_hour_old(
         f"removed 2 temp file(s) that writers left in {tmp} "
         "(over an hour old: their writers stopped before publishing them)"
     ) in done.stderr
+
+
+WHY_NOT = other_user_problem()
+
+
+@pytest.fixture
+def service_root() -> Iterator[Path]:
+    """A root owned by uid OTHER_UID in a folder every user may enter."""
+    base = Path(tempfile.mkdtemp(prefix="ingester-sweep-"))
+    base.chmod(0o755)
+    state = base / "root"
+    (state / "spool" / "tmp").mkdir(parents=True)
+    for folder in (state, state / "spool"):
+        os.chown(folder, OTHER_UID, OTHER_UID)
+    try:
+        yield state
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _as_service(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*AS_OTHER, sys.executable, "-m", "ingester", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        cwd="/",
+        check=False,
+    )
+
+
+def _old_temp(folder: Path, name: str, uid: int) -> Path:
+    path = folder / name
+    path.write_bytes(payload(0))
+    os.chown(path, uid, uid)
+    hours_ago = time.time() - 2 * 3600
+    os.utime(path, (hours_ago, hours_ago))
+    return path
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_the_sweep_goes_on_past_a_temp_file_it_may_not_remove(service_root: Path) -> None:
+    # A sticky tmp/ owned by root: the service may remove only its own files there.
+    tmp = service_root / "spool" / "tmp"
+    tmp.chmod(0o1777)
+    theirs = [_old_temp(tmp, f".submit-{n}", 0) for n in ("a", "c")]
+    ours = [_old_temp(tmp, f".submit-{n}", OTHER_UID) for n in ("b", "d")]
+    done = _as_service(service_root, "watch", "--once")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(os.listdir(tmp)) == [p.name for p in theirs]
+    assert f"removed 2 temp file(s) that writers left in {tmp} " in done.stderr
+    warned = [ln for ln in done.stderr.splitlines() if "cannot remove temp files" in ln]
+    assert len(warned) == 1, done.stderr
+    assert warned[0].endswith("Operation not permitted [EPERM] (and 1 more)"), warned[0]
+    assert not [p for p in ours if p.exists()]
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_a_tmp_folder_it_may_not_search_is_a_warning_not_a_stop(service_root: Path) -> None:
+    # Listed but not searchable: each entry's stat fails (EACCES).
+    tmp = service_root / "spool" / "tmp"
+    _old_temp(tmp, ".submit-q", OTHER_UID)
+    tmp.chmod(0o774)
+    drop(service_root / "spool", "a.json", payload(5))
+    os.chown(service_root / "spool" / "a.json", OTHER_UID, OTHER_UID)
+    done = _as_service(service_root, "watch", "--once")
+    assert done.returncode == 0, done.stderr
+    assert "ingested a.json" in done.stderr
+    warned = [ln for ln in done.stderr.splitlines() if "cannot remove temp files" in ln]
+    assert len(warned) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"cannot look at {tmp / '.submit-q'}: Permission denied [EACCES]" in warned[0]

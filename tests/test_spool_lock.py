@@ -99,7 +99,7 @@ def test_a_spool_made_anew_is_locked_anew(root: Path, tmp_path: Path) -> None:
     # The lock on a removed spool guards nothing: the watcher locks the new one.
     with WatchProcess(root) as first:
         shutil.rmtree(root / "spool")
-        first.wait_log("the spool observer stopped; restarting it")
+        first.wait_log("was removed or replaced; restarting its watch")
         drop(root / "spool", "after.json", payload(2))
         first.wait_log("ingested after.json")  # watching the new spool, so locked again
         second = run_cli(root, *elsewhere(tmp_path), "watch", "--once", timeout=30)
@@ -107,3 +107,22 @@ def test_a_spool_made_anew_is_locked_anew(root: Path, tmp_path: Path) -> None:
         assert f"the spool is locked by pid {first.proc.pid} watch" in second.stderr
         assert first.stop() == 0
     assert "the spool folder" in first.log and "was removed" in first.log
+
+
+def test_a_lock_file_removed_by_hand_is_locked_again(root: Path, tmp_path: Path) -> None:
+    # A removed lock file guards nothing: a second watcher would lock a fresh one there.
+    with WatchProcess(root) as first:
+        pid = first.proc.pid
+        for lock in (root / "spool" / ".lock", root / "console-usage-history" / ".lock"):
+            lock.unlink()
+            first.wait_log(f"the lock file {lock} was removed or replaced; locking it again")
+            wait_for(lock.exists, 15, f"{lock} made again")
+        drop(root / "spool", "after.json", payload(3))
+        first.wait_log("ingested after.json")  # a tick after the locks were taken again
+        second = run_cli(root, *elsewhere(tmp_path), "watch", "--once", timeout=30)
+        assert second.returncode == 1, second.stderr
+        assert f"the spool is locked by pid {pid} watch" in second.stderr
+        writer = run_cli(root, "cleanup")
+        assert writer.returncode == 1 and f"locked by pid {pid} watch" in writer.stderr
+        assert first.stop() == 0
+    assert not list((tmp_path / "other" / "history").glob("*.json"))

@@ -128,6 +128,21 @@ class HistoryLock:
             pass  # the note is a courtesy; the flock is what counts
         self._fd = fd
 
+    def still_held(self) -> bool:
+        """Whether the lock is held and its path still names the file that is locked.
+
+        A lock file removed or replaced by hand guards nothing any more: a second
+        process would lock a fresh file at that path.
+        """
+        if self._fd is None:
+            return False
+        try:
+            mine = os.fstat(self._fd)
+            there = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return False
+        return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+
     def release(self) -> None:
         """Drop the lock (closing the descriptor releases the flock)."""
         if self._fd is not None:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from ..clock import Backoff, ClockJump
-from ..errors import StorageError
+from ..errors import StorageError, describe_os_error
 from ..history.store import HistoryStore, InitReport
 from ..settings import Settings
 from .housekeeping import PRUNE_EVERY, RejectedRetention
@@ -128,7 +128,8 @@ class Maintenance:
         spool's ``tmp/`` (see :meth:`Spool.sweep_writer_temps`). ``now`` is monotonic.
 
         Ages are read from the wall clock, so nothing is removed while it stands
-        jumped ahead (a fresh temp file would look old). Never raises: logged.
+        jumped ahead (a fresh temp file would look old). Never raises: what cannot be
+        removed is logged, one line a pass, and tried again at the next.
         """
         if now < self._next_writer_sweep:
             return
@@ -136,10 +137,13 @@ class Maintenance:
         if self.clock_jumped():
             return
         try:
-            removed = self.spool.sweep_writer_temps(time.time())
-        except StorageError as exc:
-            log.warning("cannot remove temp files that writers left: %s", exc)
+            removed, errors = self.spool.sweep_writer_temps(time.time())
+        except OSError as exc:
+            log.warning("cannot remove temp files that writers left: %s", describe_os_error(exc))
             return
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            log.warning("cannot remove temp files that writers left: %s%s", errors[0], more)
         if removed:
             log.info(
                 "removed %d temp file(s) that writers left in %s (over an hour old: their "

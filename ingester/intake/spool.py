@@ -392,19 +392,25 @@ class Spool:
         """Remove our stale temp files from ``rejected/`` (reason files cut short by a crash)."""
         return durable.remove_stale_temps(self.rejected_dir)
 
-    def sweep_writer_temps(self, now: float) -> list[str]:
+    def sweep_writer_temps(self, now: float) -> tuple[list[str], list[StorageError]]:
         """Remove what :meth:`submit` left in ``tmp/`` when its writer was killed.
 
         ``now`` is the wall clock in seconds since the epoch. Only our names
         (``.submit-*``, ``.tmp-w-*``), and only files untouched for
         :data:`WRITER_TEMP_STALE_S`: writers run in other processes, beyond any lock.
-        Nothing of a writer's own is touched. Raises :class:`StorageError`.
+        Nothing of a writer's own is touched, nor anything through a ``tmp/`` that is
+        a symlink. Returns the names removed and the errors of those that could not
+        be (every other one is still tried); raises :class:`StorageError` when
+        ``tmp/`` cannot be listed.
         """
-        return durable.remove_stale_temps(
+        errors: list[StorageError] = []
+        removed = durable.remove_stale_temps(
             self.tmp_dir,
             (durable.SUBMIT_TEMP_PREFIX, durable.WRITE_TEMP_PREFIX),
             modified_before=now - WRITER_TEMP_STALE_S,
+            errors=errors,
         )
+        return removed, errors
 
     def submit(self, data: bytes, name: str) -> Path:
         """The writer's side: durably write into ``tmp/``, then publish it in the spool.

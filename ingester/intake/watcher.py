@@ -123,6 +123,7 @@ class Watcher:
         self.notifier = notifier or SystemdNotifier.from_environ()
         self.store: HistoryStore = settings.store()
         self.spool = Spool(settings.spool_dir, settings.rejected_dir)
+        self._history_lock: HistoryLock | None = None
         self._spool_lock: HistoryLock | None = None
         self._spool_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the locked spool
         self.intake = Intake(
@@ -185,7 +186,9 @@ class Watcher:
         with contextlib.ExitStack() as held:
             try:
                 self.store.history_dir.mkdir(parents=True, exist_ok=True)
-                held.enter_context(HistoryLock(self.store.lock_path, self.lock_purpose))
+                self._history_lock = held.enter_context(
+                    HistoryLock(self.store.lock_path, self.lock_purpose)
+                )
             except LockHeld as exc:
                 log.error("another writer holds the history: %s", exc)
                 return 1
@@ -226,6 +229,29 @@ class Watcher:
         if self._spool_lock is not None:
             self._spool_lock.release()
             self._spool_lock = None
+
+    def _check_lock_files(self) -> None:
+        """Lock again at once a lock file removed or replaced by hand, or stop.
+
+        Its path would otherwise name a fresh file that a second watcher could lock.
+        """
+        history = self._history_lock
+        if history is not None and not history.still_held():
+            log.error("the lock file %s was removed or replaced; locking it again", history.path)
+            history.release()
+            try:
+                history.acquire()
+            except (LockHeld, OSError) as exc:
+                raise _Stop(f"cannot hold the history any more: {exc}") from exc
+        spool = self._spool_lock
+        if spool is not None and not spool.still_held() and self._spool_is_the_locked_one():
+            log.error("the lock file %s was removed or replaced; locking it again", spool.path)
+            try:
+                self._lock_spool()
+            except LockHeld as exc:
+                raise _Stop(f"another watcher reads the spool: {exc}") from exc
+            except OSError as exc:
+                raise _Stop(f"cannot hold the spool any more: {exc}") from exc
 
     def _spool_is_the_locked_one(self) -> bool:
         try:
@@ -361,14 +387,20 @@ class Watcher:
             same = False
         if not same:
             raise _Stop(f"the history folder {self.store.history_dir} was removed or replaced")
+        self._check_lock_files()
         # The open lock file keeps the kernel from reporting a removed spool until it is
         # closed, so the spool's identity is checked here too.
         replaced = not self.options.once and not self._spool_is_the_locked_one()
         if replaced:
-            log.error("the spool folder %s was removed or replaced", self.spool.dir)
+            log.error(
+                "the spool folder %s was removed or replaced; restarting its watch on the "
+                "folder there now",
+                self.spool.dir,
+            )
         elif self._arrivals_alive():
             return
-        log.error("the spool observer stopped; restarting it")
+        else:
+            log.error("the spool observer stopped; restarting it")
         self._stop_arrivals()
         try:
             self.spool.ensure_folders()

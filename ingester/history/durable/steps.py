@@ -15,6 +15,7 @@ import ctypes
 import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import TypeAlias
 
@@ -333,18 +334,12 @@ def publish_new(source: Path, final: Path) -> None:
         fsync_dir(source.parent)
 
 
-def _modified_before(entry: os.DirEntry[str], when: float) -> bool:
-    try:
-        return entry.stat(follow_symlinks=False).st_mtime < when
-    except FileNotFoundError:
-        return False
-
-
 def remove_stale_temps(
     directory: Path,
     prefix: str | tuple[str, ...] = TEMP_PREFIX,
     *,
     modified_before: float | None = None,
+    errors: list[StorageError] | None = None,
 ) -> list[str]:
     """Remove leftover temp files (never folders) named ``prefix*`` from ``directory``.
 
@@ -354,6 +349,10 @@ def remove_stale_temps(
     before it are removed, for a folder whose writers cannot be locked out. The
     folder is opened without following a symlink in its place (a sweep never reaches
     into another folder through a link) and the names are removed relative to it.
+
+    Raises :class:`StorageError` when the folder cannot be listed, and at the first
+    entry that cannot be looked at or removed; with ``errors`` given, such an entry's
+    error is appended there instead and the sweep goes on with the others.
     """
     removed: list[str] = []
     try:
@@ -370,16 +369,26 @@ def remove_stale_temps(
         except OSError as exc:
             raise StorageError("list", directory, exc) from exc
         for entry in entries:
-            if entry.name.startswith(prefix) and not entry.is_dir(follow_symlinks=False):
-                if modified_before is not None and not _modified_before(entry, modified_before):
+            if not entry.name.startswith(prefix):
+                continue
+            action = "look at"
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
                     continue
-                try:
-                    os.unlink(entry.name, dir_fd=dir_fd)
-                except FileNotFoundError:
+                if modified_before is not None and st.st_mtime >= modified_before:
                     continue
-                except OSError as exc:
-                    raise StorageError("remove", directory / entry.name, exc) from exc
-                removed.append(entry.name)
+                action = "remove"
+                os.unlink(entry.name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                failure = StorageError(action, directory / entry.name, exc)
+                if errors is None:
+                    raise failure from exc
+                errors.append(failure)
+                continue
+            removed.append(entry.name)
     finally:
         os.close(dir_fd)
     return removed
