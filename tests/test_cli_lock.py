@@ -47,17 +47,29 @@ def test_status_names_the_command_that_holds_the_lock(root: Path, command: str) 
     assert run_cli(root, "init").returncode == 0
     with HistoryLock(root / HISTORY / ".lock", command):
         report = json.loads(run_cli(root, "status", "--json").stdout)
-        assert report["watcher"] == {"running": False, "pid": None}
+        assert report["watcher"] == {"running": False, "pid": None, "otherSpool": False}
         assert report["lock"] == {"held": True, "pid": os.getpid(), "command": command}
         text = run_cli(root, "status").stdout
         assert f"not running; history locked by '{command}' (pid {os.getpid()})" in text
         refused = run_cli(root, "watch", "--once")
         assert refused.returncode == 1
         assert f"pid {os.getpid()} {command}" in refused.stderr
+    with (
+        HistoryLock(root / HISTORY / ".lock", "watch"),
+        HistoryLock(root / "spool" / ".lock", "watch", what="spool"),
+    ):
+        report = json.loads(run_cli(root, "status", "--json").stdout)
+        assert report["watcher"] == {"running": True, "pid": os.getpid(), "otherSpool": False}
+        assert report["lock"]["command"] == "watch"
+    # A watcher of the history that reads another spool: drops here wait.
     with HistoryLock(root / HISTORY / ".lock", "watch"):
         report = json.loads(run_cli(root, "status", "--json").stdout)
-        assert report["watcher"] == {"running": True, "pid": os.getpid()}
-        assert report["lock"]["command"] == "watch"
+        assert report["watcher"] == {"running": False, "pid": None, "otherSpool": True}
+        text = run_cli(root, "status").stdout
+        assert (
+            f"not running on this spool; pid {os.getpid()} (watch) holds the history but "
+            "reads another spool"
+        ) in text
     report = json.loads(run_cli(root, "status", "--json").stdout)
     assert report["lock"] == {"held": False, "pid": None, "command": None}
 

@@ -134,7 +134,7 @@ def test_status_json(root: Path, ingested: list[str]) -> None:
     assert latest["lastUpdatedAgeSeconds"] > 600
     assert latest["error"] is None
     assert report["latestLink"]["problem"] is None
-    assert report["watcher"] == {"running": False, "pid": None}
+    assert report["watcher"] == {"running": False, "pid": None, "otherSpool": False}
     assert report["settings"]["root"] == {"value": str(root), "source": "option"}
     assert report["settings"]["max_versions"] == {"value": 100, "source": "default"}
     assert report["staleAfterSeconds"] == 600
@@ -248,9 +248,13 @@ def test_history_dir_option_that_does_not_exist(root: Path) -> None:
 
 
 def test_read_commands_work_while_the_lock_is_held(root: Path, ingested: list[str]) -> None:
-    with HistoryLock(root / HISTORY / ".lock", "watch"):
+    (root / "spool").mkdir(exist_ok=True)
+    with (
+        HistoryLock(root / HISTORY / ".lock", "watch"),
+        HistoryLock(root / "spool" / ".lock", "watch", what="spool"),
+    ):
         report = json.loads(ok(run_cli(root, "status", "--json")).stdout)
-        assert report["watcher"] == {"running": True, "pid": os.getpid()}
+        assert report["watcher"] == {"running": True, "pid": os.getpid(), "otherSpool": False}
         assert f"running (pid {os.getpid()}, watch)" in ok(run_cli(root, "status")).stdout
         assert len(json.loads(ok(run_cli(root, "list", "--json")).stdout)) == 4
         assert ok(run_cli(root, "show")).stdout.encode() == VALID_SAMPLES[-1].read_bytes()

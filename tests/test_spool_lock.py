@@ -10,6 +10,7 @@ running only when the same process holds both its history and its spool.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -78,9 +79,17 @@ def test_a_watcher_of_another_spool_does_not_count_for_serve(root: Path, tmp_pat
         server.wait_log(f"reads another spool, not {root / 'spool'}")
         refused = server.post(API, content=fresh_payload(seq=1), headers=HEADERS)
         assert refused.status_code == 503, refused.text
+        pid = watcher.proc.pid
+        assert (
+            f"the watcher holding the history (pid {pid}) reads another spool, so the "
+            "snapshot would not be stored: nothing was dropped; retry once a watcher reads "
+            "this spool"
+        ) in refused.text
         assert list((root / "spool").glob("*.json")) == []
         health = server.get("/api/health").json()
         assert health["watcher"]["running"] is False
+        status = json.loads(run_cli(root, "status", "--json").stdout)
+        assert status["watcher"] == {"running": False, "pid": None, "otherSpool": True}
         assert watcher.stop() == 0
     # With a watcher of this spool, the same serve takes the POST and it is stored.
     with WatchProcess(root) as watcher, ServeProcess(root, "--require-watcher") as server:

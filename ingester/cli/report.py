@@ -196,6 +196,14 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
     if lock.watcher_running:
         how = f", {lock.command}" if lock.command else ""
         rows.append(["watcher", f"running (pid {lock.pid}{how})"])
+    elif lock.other_spool:
+        rows.append(
+            [
+                "watcher",
+                f"not running on this spool; pid {lock.pid} ({lock.command or 'watch'}) "
+                "holds the history but reads another spool",
+            ]
+        )
     elif lock.held:
         rows.append(
             ["watcher", f"not running; history locked by '{lock.command}' (pid {lock.pid})"]
@@ -291,7 +299,11 @@ def status_json(s: Status) -> dict[str, Any]:
             "problem": s.rejected.problem,
             "retentionDays": s.rejected.retention_days,
         },
-        "watcher": {"running": running, "pid": s.lock.pid if running else None},
+        "watcher": {
+            "running": running,
+            "pid": s.lock.pid if running else None,
+            "otherSpool": s.lock.other_spool,
+        },
         "lock": {"held": s.lock.held, "pid": s.lock.pid, "command": s.lock.command},
         "mirror": s.mirror,
         "settings": s.settings,

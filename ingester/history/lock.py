@@ -23,6 +23,7 @@ __all__ = [
     "WATCH",
     "HistoryLock",
     "LockHeld",
+    "holds_lock",
     "is_watcher",
     "lock_holder",
     "lock_owner",
@@ -182,6 +183,12 @@ def lock_holder(path: Path) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def holds_lock(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` holds the flock on ``path`` (a watcher holds its
+    history's lock and its spool's); never takes the lock."""
+    return lock_holder(path) == pid
 
 
 def lock_table_readable() -> bool:

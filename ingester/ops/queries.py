@@ -33,7 +33,7 @@ from ..history import durable
 from ..history.base import HistoryReader, derive_metadata, is_future, latest_name, stored_metadata
 from ..history.durable import TEMP_PREFIX, StorageError
 from ..history.local import LocalHistory
-from ..history.lock import is_watcher, lock_holder, lock_owner
+from ..history.lock import holds_lock, is_watcher, lock_holder, lock_owner
 from ..history.metadata import StorageMetadata
 from ..history.names import is_version_name, looks_like_version_name, parse_timestamp_from_filename
 from ..history.store import LATEST_TEMP_PREFIXES, METADATA_NAME, HistoryStore
@@ -283,16 +283,21 @@ class RejectedState:
 
 @dataclass(frozen=True)
 class LockState:
-    """Who holds the history lock: its pid and the command it noted (None: no one)."""
+    """Who holds the history lock: its pid and the command it noted (None: no one).
+
+    ``other_spool``: the holder is a watcher that does not hold this spool's lock: it
+    reads another spool, so drops here wait.
+    """
 
     pid: int | None
     command: str | None
     held: bool
+    other_spool: bool = False
 
     @property
     def watcher_running(self) -> bool:
-        """Only a watcher (or a holder that left no note) counts as a running watcher."""
-        return self.held and is_watcher(self.command)
+        """Only a watcher (or a holder that left no note) of this spool counts."""
+        return self.held and is_watcher(self.command) and not self.other_spool
 
 
 @dataclass(frozen=True)
@@ -343,6 +348,7 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
     oldest_at = datetime.fromtimestamp(oldest / 1e9, UTC) if oldest is not None else None
     owner = lock_owner(store.lock_path)
     pid, command = owner if owner is not None else (None, None)
+    other_spool = pid is not None and is_watcher(command) and not holds_lock(pid, spool.lock_path)
     return Status(
         now=now,
         history=store.history_dir,
@@ -366,7 +372,7 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
             problem=_folder_problem(settings.rejected_dir),
             retention_days=settings.rejected_retention_days,
         ),
-        lock=LockState(pid, command, owner is not None),
+        lock=LockState(pid, command, owner is not None, other_spool),
         mirror=mirror_status(store.history_dir, names, settings.mirror),
         settings=settings.describe(),
     )

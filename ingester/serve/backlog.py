@@ -24,10 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..history.lock import is_watcher, lock_owner, lock_table_readable
+from ..history.lock import holds_lock, is_watcher, lock_owner, lock_table_readable
 from ..intake.spool import Spool
 
-__all__ = ["BacklogWarnings", "SpoolState", "WatcherProbe"]
+__all__ = ["BacklogWarnings", "SpoolState", "WatcherProbe", "until_watched", "why_unwatched"]
 
 log = logging.getLogger("ingester.serve")
 
@@ -42,7 +42,9 @@ class SpoolState:
     ``waiting``: drops in the spool (``None`` when the spool cannot be listed);
     ``oldest_s``: seconds the oldest has waited (by its mtime; ``None`` when none wait);
     ``watcher``: a watcher runs (``None``: cannot tell); ``pid``: its process, if known;
-    ``in_process``: it is this process's own (``serve --watch``).
+    ``in_process``: it is this process's own (``serve --watch``); ``elsewhere``: the pid
+    of a watcher that holds the history but reads another spool, if that is why
+    ``watcher`` is false.
     """
 
     waiting: int | None
@@ -50,11 +52,20 @@ class SpoolState:
     watcher: bool | None
     pid: int | None
     in_process: bool
+    elsewhere: int | None = None
 
     @property
     def unattended(self) -> bool:
         """Drops wait and it is known that no watcher will take them."""
         return self.watcher is False and bool(self.waiting)
+
+    def why_unwatched(self) -> str:
+        """Why no watcher takes these drops (:func:`why_unwatched`)."""
+        return why_unwatched(self.elsewhere)
+
+    def until(self) -> str:
+        """What must happen for them to be stored (:func:`until_watched`)."""
+        return until_watched(self.elsewhere)
 
     def drops_words(self) -> str:
         """``"3 drops wait in the spool (the oldest for 42 s)"``, for logs and reasons."""
@@ -63,6 +74,22 @@ class SpoolState:
         if self.oldest_s is not None:
             words += f" (the oldest for {self.oldest_s:.0f} s)"
         return words
+
+
+def why_unwatched(elsewhere: int | None) -> str:
+    """Why no watcher takes what ``serve`` drops, for logs, reasons and answers;
+    ``elsewhere``: the pid of the history's watcher when it reads another spool."""
+    if elsewhere is not None:
+        return f"the watcher holding the history (pid {elsewhere}) reads another spool"
+    return "no watcher holds the history"
+
+
+def until_watched(elsewhere: int | None) -> str:
+    """What must happen for a waiting drop to be stored: ``"'ingester watch' runs"``,
+    or (``elsewhere`` given) a watcher of this spool."""
+    if elsewhere is not None:
+        return "a watcher reads this spool (give it and serve the same --spool-dir)"
+    return "'ingester watch' runs"
 
 
 class WatcherProbe:
@@ -84,38 +111,38 @@ class WatcherProbe:
 
     def watcher(self) -> tuple[bool | None, int | None]:
         """``(running, pid)``; ``running`` is ``None`` when it cannot be told."""
+        running, pid, _elsewhere = self.look()
+        return running, pid
+
+    def look(self) -> tuple[bool | None, int | None, int | None]:
+        """``(running, pid, elsewhere)``: as :meth:`watcher`, and the pid of a watcher
+        that holds the history but not this spool's lock (it reads another spool, so it
+        never takes what is dropped here), or ``None``."""
         if self.in_process is not None:
-            return self.in_process(), os.getpid()
+            return self.in_process(), os.getpid(), None
         owner = lock_owner(self.lock_path)
         if owner is None:
-            return (False if lock_table_readable() else None), None
+            return (False if lock_table_readable() else None), None, None
         pid, purpose = owner
-        return (is_watcher(purpose) and self._reads_here(pid)), pid
-
-    def _reads_here(self, pid: int) -> bool:
-        reader = lock_owner(self.spool.lock_path)
-        return reader is not None and reader[0] == pid
-
-    def reads_elsewhere(self) -> int | None:
-        """The pid of a watcher that holds the history but not this spool's lock (it
-        reads another spool, so it never takes what is dropped here), or ``None``."""
-        owner = lock_owner(self.lock_path)
-        if owner is None or not is_watcher(owner[1]) or self._reads_here(owner[0]):
-            return None
-        return owner[0]
+        if not is_watcher(purpose):
+            return False, pid, None
+        if holds_lock(pid, self.spool.lock_path):
+            return True, pid, None
+        return False, pid, pid
 
     def state(self) -> SpoolState:
         """The spool and the watcher now (a listing of the spool, a read of the lock table)."""
-        running, pid = self.watcher()
+        running, pid, elsewhere = self.look()
+        mine = self.in_process is not None
         try:
             # A folder named like a drop is never taken: it does not wait.
             drops = [c for c in self.spool.scan() if not stat.S_ISDIR(c.mode)]
         except OSError:
-            return SpoolState(None, None, running, pid, self.in_process is not None)
+            return SpoolState(None, None, running, pid, mine, elsewhere)
         oldest = None
         if drops:
             oldest = max(0.0, time.time() - min(d.mtime_ns for d in drops) / 1e9)
-        return SpoolState(len(drops), oldest, running, pid, self.in_process is not None)
+        return SpoolState(len(drops), oldest, running, pid, mine, elsewhere)
 
 
 class BacklogWarnings:
@@ -147,30 +174,32 @@ class BacklogWarnings:
                 "readable here); POSTed snapshots are stored only while one does"
             )
         elif not state.watcher:
-            elsewhere = self.probe.reads_elsewhere()
-            if elsewhere is not None:
-                log.warning(
-                    "serve: the watcher holding the history (pid %s) reads another spool, "
-                    "not %s (its --spool-dir differs from this server's)",
-                    elsewhere,
-                    self.probe.spool.dir,
-                    extra={"event": "no-watcher"},
-                )
             waiting = f"; {state.drops_words()}" if state.waiting else ""
             if self.refuses_posts:
                 what = (
                     "POSTs are answered 503 and nothing is dropped (--require-watcher) "
-                    "until 'ingester watch' runs"
+                    f"until {state.until()}"
                 )
             else:
-                what = "POSTed snapshots wait in the spool until 'ingester watch' runs"
-            log.warning(
-                "serve: no watcher holds the history (%s): %s (or run 'ingester serve --watch')%s",
-                self.probe.lock_path,
-                what,
-                waiting,
-                extra={"event": "no-watcher"},
-            )
+                what = f"POSTed snapshots wait in the spool until {state.until()}"
+            if state.elsewhere is not None:
+                log.warning(
+                    "serve: %s, not %s (its --spool-dir differs from this server's): %s%s",
+                    state.why_unwatched(),
+                    self.probe.spool.dir,
+                    what,
+                    waiting,
+                    extra={"event": "no-watcher"},
+                )
+            else:
+                log.warning(
+                    "serve: no watcher holds the history (%s): %s "
+                    "(or run 'ingester serve --watch')%s",
+                    self.probe.lock_path,
+                    what,
+                    waiting,
+                    extra={"event": "no-watcher"},
+                )
             self._last = time.monotonic()
             self._warned = True
         return state
@@ -184,9 +213,10 @@ class BacklogWarnings:
                 self._last = now
                 self._warned = True
                 log.warning(
-                    "serve: %s and no watcher holds the history: they are not stored until "
-                    "'ingester watch' runs%s",
+                    "serve: %s and %s: they are not stored until %s%s",
                     state.drops_words(),
+                    state.why_unwatched(),
+                    state.until(),
                     "; new POSTs are answered 503 (--require-watcher)"
                     if self.refuses_posts
                     else "",

@@ -47,7 +47,7 @@ def _spool_judgement(state: SpoolState) -> tuple[int, str] | None:
         return None
     late = state.oldest_s is not None and state.oldest_s > STALE_AFTER_MINUTES * 60
     if state.watcher is False:
-        return (2 if late else 1), f"{state.drops_words()} and no watcher holds the history"
+        return (2 if late else 1), f"{state.drops_words()} and {state.why_unwatched()}"
     if not late:
         return None  # a running watcher takes them within moments
     if state.watcher is None:

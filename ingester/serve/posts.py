@@ -27,6 +27,7 @@ from ..payload.model import PayloadRejected, judge_payload
 from ..runtime.admission import format_peer
 from .answers import post_answer
 from .auth import key_matches
+from .backlog import until_watched, why_unwatched
 from .body import Refused, is_json_type, read_body
 from .context import ServeContext
 
@@ -82,10 +83,11 @@ def submit_drop(spool: Spool, data: bytes) -> str:
     raise StorageError("submit", spool.dir, OSError(17, "no free drop name after 5 tries"))
 
 
-def _unwatched(ctx: ServeContext) -> bool:
-    """Whether it is known that no watcher runs (so a drop would wait)."""
-    running, _pid = ctx.probe.watcher()
-    return running is False
+def _unwatched(ctx: ServeContext) -> tuple[bool, int | None]:
+    """Whether it is known that no watcher takes this spool's drops (so a drop would
+    wait), and the pid of the history's watcher if it reads another spool."""
+    running, _pid, elsewhere = ctx.probe.look()
+    return running is False, elsewhere
 
 
 async def _submit_to_the_end(spool: Spool, data: bytes) -> str:
@@ -151,13 +153,14 @@ async def post_console_usage(request: Request) -> Response:
     except PayloadRejected as exc:
         ctx.posts.labels("invalid").inc()
         return refuse(request, 400, f"invalid payload: {exc.reason}", errors=exc.errors)
-    if ctx.config.require_watcher and _unwatched(ctx):
+    unwatched, elsewhere = _unwatched(ctx) if ctx.config.require_watcher else (False, None)
+    if unwatched:
         ctx.posts.labels("no_watcher").inc()
         return refuse(
             request,
             503,
-            "no watcher holds the history, so the snapshot would not be stored: nothing was "
-            "dropped; retry once 'ingester watch' runs",
+            f"{why_unwatched(elsewhere)}, so the snapshot would not be stored: nothing was "
+            f"dropped; retry once {until_watched(elsewhere)}",
         )
     try:
         drop = await _submit_to_the_end(ctx.spool, body)
@@ -167,19 +170,25 @@ async def post_console_usage(request: Request) -> Response:
         return refuse(request, 503, f"the spool cannot be written: {exc.strerror}")
     ctx.posts.labels("accepted").inc()
     # Asked once the drop is durable: a watcher that stopped meanwhile will not take it.
-    if _unwatched(ctx):
+    unwatched, elsewhere = _unwatched(ctx)
+    if unwatched:
         log.warning(
-            "accepted POST as drop %s (%d bytes) from %s; no watcher holds the history: it "
-            "waits in the spool until 'ingester watch' runs",
+            "accepted POST as drop %s (%d bytes) from %s; %s: it waits in the spool until %s",
             drop,
             len(body),
             client_address(request),
+            why_unwatched(elsewhere),
+            until_watched(elsewhere),
         )
+        if elsewhere is None:
+            why, until = "no watcher is running", "one starts"
+        else:
+            why, until = why_unwatched(elsewhere), until_watched(elsewhere)
         return post_answer(
             202,
             True,
-            f"Accepted: durable in the spool as {drop}, but no watcher is running: the "
-            "snapshot waits there and is stored once one starts",
+            f"Accepted: durable in the spool as {drop}, but {why}: the snapshot waits there "
+            f"and is stored once {until}",
             drop=drop,
             waitingForWatcher=True,
         )
