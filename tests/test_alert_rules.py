@@ -84,7 +84,7 @@ tests:
           - exp_labels: {severity: critical, job: u, limit: noReset}
             exp_annotations: {summary: "noReset runs out in 20m 0s, before it resets"}
           - exp_labels: {severity: critical, job: u, limit: full}
-            exp_annotations: {summary: "full has run out, before it resets"}
+            exp_annotations: {summary: "full is at 100 %, or due there by now, before it resets"}
       - eval_time: 59m
         alertname: ConsoleUsageLimitUnread
         exp_alerts: []

@@ -239,6 +239,18 @@ def test_quiet_leaves_out_the_word_on_an_unreadable_reset(root: Path, tmp_path: 
         assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", ""), args
 
 
+def test_quiet_holds_back_the_commands_that_write_bytes(root: Path, tmp_path: Path) -> None:
+    # show and export write bytes to stdout: held back like text, never an internal error.
+    ingest(root, tmp_path, timedelta(minutes=1))
+    for args in (("show",), ("export",), ("export", "--format", "jsonl")):
+        quiet = run_cli(root, "-q", *args)
+        assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", ""), (args, quiet)
+    # On a failure what was held back comes out on stderr, bytes and all.
+    failed = run_cli(root, "-q", "show", "2000-01-01T00-00-00-nope.json")
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert failed.stderr.startswith("error: "), failed.stderr
+
+
 def perf(line: str) -> dict[str, str]:
     """The performance data of a check line, token by label."""
     tokens = line.split(" | ", 1)[1].split()

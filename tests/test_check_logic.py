@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from support.plugin_output import perfdata_problems
 
@@ -329,7 +329,14 @@ def test_perfdata_numbers_are_plain_decimals() -> None:
     assert format_perfdata("age", float("nan")) == ""
     assert format_perfdata("x", 1, "", float("inf"), 2) == "x=1;;2"
     assert format_perfdata("x", 1, "", None, None, 0, 100) == "x=1;;;0;100"
-    assert format_perfdata("a b=c'd|e\n", 3, "%") == "'a b_c_d_e_'=3%"
+    assert format_perfdata("a b=c'd|e\n", 3, "%") == "'a b%3Dc%27d%7Ce%0A'=3%"
+
+
+@given(st.text(max_size=6), st.text(max_size=6))
+def test_distinct_labels_stay_distinct(one: str, other: str) -> None:
+    # q=x and q_x must not both be written q_x: two limits would share a series.
+    assume(one != other)
+    assert format_perfdata(one, 1) != format_perfdata(other, 1)
 
 
 @pytest.mark.parametrize("unit", ["sec", "minutes", " s"])

@@ -3,6 +3,7 @@ command that holds it, and a lock file made by root stays usable by the service.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -69,6 +70,15 @@ def test_status_names_the_command_that_holds_the_lock(root: Path, command: str) 
         assert (
             f"not running on this spool; pid {os.getpid()} (watch) holds the history but "
             "reads another spool"
+        ) in text
+    # A holder that left no note: nothing says it is a watcher, nor of which spool.
+    (root / HISTORY / ".lock").write_text("")
+    with open(root / HISTORY / ".lock", "rb") as bare:
+        fcntl.flock(bare, fcntl.LOCK_EX)
+        text = run_cli(root, "status").stdout
+        assert (
+            f"not running on this spool; pid {os.getpid()} holds the history (it left no "
+            "note saying what it is) but not this spool's lock"
         ) in text
     report = json.loads(run_cli(root, "status", "--json").stdout)
     assert report["lock"] == {"held": False, "pid": None, "command": None}

@@ -20,6 +20,7 @@ from ingester.usage.forecast import (
     in_words,
     last_readings,
     observe,
+    path_parts,
     split_windows,
     usage_windows,
 )
@@ -124,6 +125,7 @@ def test_windows_at_different_places_never_share_a_name(
     names = [[path for path, _ in usage_windows(_nest(keys, window))] for keys in (one, other)]
     assert len(names[0]) == len(names[1]) == 1
     assert (names[0] == names[1]) == (one == other), (one, other, names)
+    assert path_parts(names[0][0]) == one  # and each name gives its keys back
 
 
 @pytest.mark.parametrize(
@@ -431,6 +433,24 @@ def test_the_reason_names_the_extraction_error_or_the_partial_flag() -> None:
     )
     quiet = forecast([*full, partial(40, isPartial=False, extractionErrors={})])
     assert limit_of(quiet).missing_reason == "the newest snapshot lacks it"
+
+
+def test_the_reason_finds_the_extraction_error_of_a_key_holding_a_dot() -> None:
+    window = {"resetsIn": "4 hr", "percentageUsed": 5}
+    first = {"lastUpdated": T0.isoformat(), "m": {"opus.4": window}, "s.x": window}
+    later = T0 + timedelta(minutes=30)
+    second = {
+        "lastUpdated": later.isoformat(),
+        "currentSession": window,
+        "isPartial": True,
+        "extractionErrors": {"opus.4": "selector not found", "s.x": "timeout"},
+    }
+    found = [observe(body, UTC, stamp)[0] for body, stamp in ((first, T0), (second, later))]
+    result = forecast([f for f in found if f is not None])
+    assert limit_of(result, 'm."opus.4"').missing_reason == (
+        "extractionErrors.opus.4: selector not found"
+    )
+    assert limit_of(result, '"s.x"').missing_reason == "extractionErrors.s.x: timeout"
 
 
 def test_a_held_limit_goes_once_its_reset_time_comes() -> None:

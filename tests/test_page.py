@@ -618,6 +618,36 @@ def test_limits_whose_names_differ_only_beyond_ascii_get_a_card_each(
     assert watched.problems == []
 
 
+def test_a_limit_keyed_with_a_dot_is_read_from_the_newest_snapshot(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    # Its name quotes the key ("a.b"): the card must find it in the snapshot, not take
+    # it for a limit the snapshot lacks.
+    now = datetime.now(UTC).replace(microsecond=0)
+    window = {"resetsIn": "2 days", "percentageUsed": 0}
+    body = {
+        "currentSession": {"resetsIn": "3 hr", "percentageUsed": 10},
+        "a.b": {**window, "percentageUsed": 21},
+        "a": {"b": {**window, "percentageUsed": 22}},
+        '"x': {**window, "percentageUsed": 23},
+        "w": {"\u00fc.\u2713": {**window, "percentageUsed": 24}},
+    }
+    store(root, [(now - timedelta(minutes=31), body), (now - timedelta(minutes=1), body)])
+    server = serve()
+    watched = open_page(server.url + "/")
+    page = watched.page
+    cards = page.locator('.gauge[data-extra="true"]')
+    expect(cards).to_have_count(4, timeout=10_000)
+    shown = {cards.nth(i).locator("h3").inner_text(): cards.nth(i) for i in range(4)}
+    expected = {'"a.b"': 21, "a.b": 22, '"\\"x"': 23, 'w."\u00fc.\u2713"': 24}
+    assert sorted(shown) == sorted(expected)
+    for name, value in expected.items():
+        expect(shown[name].locator(".pct")).to_have_text(pct(value))
+        assert shown[name].get_attribute("data-held") == "false", name
+        assert not shown[name].locator(".held").is_visible(), name
+    assert watched.problems == []
+
+
 def test_a_snapshot_a_little_ahead_of_the_server_clock_is_just_now(
     root: Path, serve: Any, open_page: Any
 ) -> None:

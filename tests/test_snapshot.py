@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli
+from support.capabilities import AS_OTHER, OTHER_UID, other_user_problem
 
 from ingester.ops.snapshot import build_snapshot_tree, list_versions_once
 
@@ -188,3 +191,40 @@ def test_verify_says_when_the_latest_link_names_a_missing_version(
     assert result.returncode == 1
     assert f"latest link points at {HISTORY}/{missing}, which is missing" in result.stdout
     assert f"(the newest is {history[-1]})" in result.stdout
+
+
+WHY_NOT = other_user_problem()
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_a_drop_box_parent_it_may_not_read_is_no_failure() -> None:
+    """Missing folders are made under a parent this user may write but not read (-wx):
+    as with mkdir -p; the folders it makes itself are fsynced into their parents."""
+    base = Path(tempfile.mkdtemp(prefix="ingester-snap-"))
+    try:
+        base.chmod(0o755)
+        root = base / "root"
+        root.mkdir()
+        os.chown(root, OTHER_UID, OTHER_UID)
+        box = base / "box"
+        box.mkdir()
+        box.chmod(0o733)  # root's: others may add names, not list them
+
+        def as_other(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*AS_OTHER, sys.executable, "-m", "ingester", "--root", str(root), *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=cli_env(),
+                cwd="/",
+                check=False,
+            )
+
+        ok(as_other("ingest", str(VALID_SAMPLES[0])))
+        dest = box / "new" / "snap"
+        done = as_other("snapshot", str(dest))
+        assert done.returncode == 0, done.stderr
+        assert (dest / HISTORY).is_dir()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

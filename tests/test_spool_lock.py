@@ -90,6 +90,7 @@ def test_a_watcher_of_another_spool_does_not_count_for_serve(root: Path, tmp_pat
         assert health["watcher"]["running"] is False
         status = json.loads(run_cli(root, "status", "--json").stdout)
         assert status["watcher"] == {"running": False, "pid": None, "otherSpool": True}
+        assert json.loads(run_cli(root, "check", "--json").stdout)["watcherPid"] is None
         assert watcher.stop() == 0
     # With a watcher of this spool, the same serve takes the POST and it is stored.
     with WatchProcess(root) as watcher, ServeProcess(root, "--require-watcher") as server:
@@ -101,6 +102,8 @@ def test_a_watcher_of_another_spool_does_not_count_for_serve(root: Path, tmp_pat
 
         wait_for(accepted, 15, "the POST accepted")
         watcher.wait_log("ingested ")
+        checked = json.loads(run_cli(root, "check", "--json").stdout)
+        assert checked["watcherPid"] == watcher.proc.pid
     assert [p.read_bytes() for p in versions(root)] == [data]
 
 

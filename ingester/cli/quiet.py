@@ -24,24 +24,50 @@ _KEY = "ingester.cli.quiet"
 
 class _Held:
     def __init__(self) -> None:
-        self.text = io.StringIO()
         self.real = sys.stdout
+        # Bytes underneath, as a real stdout has: commands that write bytes (show,
+        # export) write to its buffer.
+        self.raw = io.BytesIO()
+        self.text = io.TextIOWrapper(
+            self.raw,
+            encoding=getattr(self.real, "encoding", None) or "utf-8",
+            errors=getattr(self.real, "errors", None) or "strict",
+            write_through=True,
+        )
         self.fine = False
+
+
+class _SkipEvent(logging.Filter):
+    def __init__(self, event: str) -> None:
+        super().__init__()
+        self.event = event
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "event", None) != self.event
 
 
 def hold_output(ctx: click.Context) -> None:
     """From now on, hold back stdout until the command ends (see the module's words)."""
+    from ..usage.usage_history import RESETS_UNREAD_EVENT  # the forecast's, loaded if used
+
     held = _Held()
     ctx.meta[_KEY] = held
     sys.stdout = held.text
     logging.getLogger("ingester").setLevel(logging.WARNING)
-    logging.getLogger("ingester.forecast").setLevel(logging.ERROR)
+    logging.getLogger("ingester.forecast").addFilter(_SkipEvent(RESETS_UNREAD_EVENT))
 
     def release() -> None:
         sys.stdout = held.real
+        held.text.flush()
         if not held.fine:
-            sys.stderr.write(held.text.getvalue())
             sys.stderr.flush()
+            err = getattr(sys.stderr, "buffer", None)
+            if err is not None:
+                err.write(held.raw.getvalue())
+                err.flush()
+            else:
+                sys.stderr.write(held.raw.getvalue().decode(held.text.encoding, "replace"))
+                sys.stderr.flush()
 
     ctx.call_on_close(release)
 

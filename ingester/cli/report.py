@@ -196,12 +196,20 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
     if lock.watcher_running:
         how = f", {lock.command}" if lock.command else ""
         rows.append(["watcher", f"running (pid {lock.pid}{how})"])
+    elif lock.other_spool and lock.command:
+        rows.append(
+            [
+                "watcher",
+                f"not running on this spool; pid {lock.pid} ({lock.command}) "
+                "holds the history but reads another spool",
+            ]
+        )
     elif lock.other_spool:
         rows.append(
             [
                 "watcher",
-                f"not running on this spool; pid {lock.pid} ({lock.command or 'watch'}) "
-                "holds the history but reads another spool",
+                f"not running on this spool; pid {lock.pid} holds the history (it left no "
+                "note saying what it is) but not this spool's lock",
             ]
         )
     elif lock.held:

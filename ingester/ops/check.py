@@ -98,8 +98,9 @@ def parse_duration(text: str) -> float:
 # The units the plugin guidelines define for performance data ("" is a plain number).
 PERFDATA_UNITS = frozenset({"", "s", "ms", "us", "%", "B", "KB", "MB", "GB", "TB", "c"})
 # A label may hold anything but "=" and "'"; "|" would end the data for a parser that
-# splits the line there, and a control character would break the one line.
-_LABEL_UNSAFE = re.compile(r"[='|\x00-\x1f\x7f]")
+# splits the line there, and a control character would break the one line. Each is
+# written %XX, and "%" itself too, so two limits never share a label.
+_LABEL_UNSAFE = re.compile(r"[%='|\x00-\x1f\x7f]")
 
 
 def _plain_number(value: float | None) -> str:
@@ -128,7 +129,8 @@ def format_perfdata(
     The format is the Nagios plugin guidelines' (also read by Icinga, Naemon and most
     agents): every number a plain decimal, never exponent notation; trailing empty
     fields left out; the label quoted (``'a b'=1``) when it holds a space, with ``=``,
-    ``'``, ``|`` and control characters replaced by ``_``. A value that is unknown
+    ``'``, ``|``, control characters and ``%`` written ``%XX`` (``q=x`` is ``q%3Dx``),
+    so distinct labels stay distinct. A value that is unknown
     (``None``) or not finite gives ``""``: leave the token out, since an empty value
     (``age=;900``) is refused by parsers such as Icinga 2's. A threshold that is not
     finite is left empty. ``unit`` must be one the guidelines define (``ValueError``).
@@ -140,7 +142,7 @@ def format_perfdata(
     number = _plain_number(value)
     if not number:
         return ""
-    name = _LABEL_UNSAFE.sub("_", label)
+    name = _LABEL_UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", label)
     if " " in name:
         name = f"'{name}'"
     limits = [_plain_number(t) for t in (warning, critical)]

@@ -234,6 +234,35 @@ def path_part(key: str) -> str:
     return key
 
 
+def path_parts(path: str) -> list[str]:
+    """The keys a dotted path names, :func:`path_part` undone: ``'x."y.z"'`` gives
+    ``["x", "y.z"]``. A part that starts with a quote but is no JSON string is taken as
+    it is written."""
+    parts: list[str] = []
+    i = 0
+    while True:
+        if path.startswith('"', i):
+            try:
+                key, end = _JSON_STRING.raw_decode(path, i)
+            except ValueError:
+                key, end = None, i
+            if isinstance(key, str) and (end == len(path) or path[end] == "."):
+                parts.append(key)
+                if end == len(path):
+                    return parts
+                i = end + 1
+                continue
+        dot = path.find(".", i)
+        if dot < 0:
+            parts.append(path[i:])
+            return parts
+        parts.append(path[i:dot])
+        i = dot + 1
+
+
+_JSON_STRING = json.JSONDecoder()
+
+
 def usage_windows(payload: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """Every usage window in ``payload``, by dotted path, in the payload's order.
 
@@ -441,9 +470,10 @@ def _missing_reason(limit: str, newest: Observation) -> str:
     (``weeklyLimits``) or one of its parts (``sonnetOnly``): the scraper names what it
     failed to read in its own words, and those are the best reason there is.
     """
-    parts = limit.split(".")
+    parts = path_parts(limit)
+    sections = {".".join(parts[:n]) for n in range(1, len(parts) + 1)}
     for key, message in newest.errors:
-        if key == limit or limit.startswith(key + ".") or key in parts:
+        if key == limit or key in sections or key in parts:
             return f"extractionErrors.{key}: {message}"
     if newest.partial:
         return "the newest snapshot is partial (isPartial) and lacks it"

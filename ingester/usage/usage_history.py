@@ -56,11 +56,21 @@ from .forecast import (
     observe,
 )
 
-__all__ = ["ForecastAnswer", "UsageHistory", "forecast_json", "forecast_of"]
+__all__ = [
+    "RESETS_UNREAD_EVENT",
+    "ForecastAnswer",
+    "UsageHistory",
+    "forecast_json",
+    "forecast_of",
+]
 
 log = logging.getLogger("ingester.forecast")
 
 _REMEMBERED_WORDINGS = 64  # distinct unreadable resetsIn texts logged once each
+
+RESETS_UNREAD_EVENT = "resets-unread"
+"""The ``event`` of the warning on a ``resetsIn`` this version cannot read (``-q`` leaves
+it out)."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,7 @@ class UsageHistory:
                     name,
                     text,
                     path,
+                    extra={"event": RESETS_UNREAD_EVENT},
                 )
         self._observations[name] = observation
         return observation

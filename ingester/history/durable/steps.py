@@ -93,6 +93,8 @@ def make_folders(folder: Path, mode: int = 0o777) -> list[Path]:
 
     Each folder made is recorded in its parent with an fsync of that parent, so what
     is put in ``folder`` next does not hang from a folder a power cut could take back.
+    The one parent that was there before may be one this user can write but not read
+    (``-wx``): it cannot be opened to be fsynced, and is left as ``mkdir -p`` leaves it.
     Returns the folders made, outermost first; raises :class:`StorageError`.
     """
     missing: list[Path] = []
@@ -110,7 +112,11 @@ def make_folders(folder: Path, mode: int = 0o777) -> list[Path]:
             raise StorageError("create folder", path, exc) from exc
         except OSError as exc:
             raise StorageError("create folder", path, exc) from exc
-        fsync_dir(path.parent)
+        try:
+            fsync_dir(path.parent)
+        except StorageError as exc:
+            if made or exc.action != "open folder" or exc.errno != errno.EACCES:
+                raise
         made.append(path)
     return made
 

@@ -74,8 +74,39 @@
     return { status: response.status, tag: response.headers.get("ETag"), body };
   }
 
+  // The keys of a limit's dotted path: a key holding a dot (or starting with a quote)
+  // is written there as a JSON string, "a.b", so a plain split would misread it.
+  function pathParts(path) {
+    const parts = [];
+    let i = 0;
+    for (;;) {
+      if (path[i] === '"') {
+        let j = i + 1;
+        while (j < path.length && path[j] !== '"') j += path[j] === "\\" ? 2 : 1;
+        const end = j + 1;
+        if (j < path.length && (end === path.length || path[end] === ".")) {
+          try {
+            parts.push(JSON.parse(path.slice(i, end)));
+            if (end === path.length) return parts;
+            i = end + 1;
+            continue;
+          } catch (_) {
+            // not a JSON string after all: read as written, below
+          }
+        }
+      }
+      const dot = path.indexOf(".", i);
+      if (dot < 0) {
+        parts.push(path.slice(i));
+        return parts;
+      }
+      parts.push(path.slice(i, dot));
+      i = dot + 1;
+    }
+  }
+
   function pick(obj, path) {
-    return path.split(".").reduce((o, k) => (o == null ? undefined : o[k]), obj);
+    return pathParts(path).reduce((o, k) => (o == null ? undefined : o[k]), obj);
   }
 
   function formatPct(value) {
