@@ -49,6 +49,7 @@ def test_a_second_watcher_on_the_spool_is_refused_whatever_its_history(
         )
         once = run_cli(root, *elsewhere(tmp_path), "watch", "--once", timeout=30)
         assert once.returncode == 1 and "the spool is locked by" in once.stderr
+        assert not (tmp_path / "other").exists()  # refused before it made anything
         drop(root / "spool", "a.json", payload(1))
         first.wait_log("ingested a.json")
         assert first.stop() == 0

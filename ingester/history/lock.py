@@ -28,6 +28,7 @@ __all__ = [
     "lock_holder",
     "lock_owner",
     "lock_table_readable",
+    "refusal",
 ]
 
 LOCK_TABLE = "/proc/locks"
@@ -183,6 +184,14 @@ def lock_holder(path: Path) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def refusal(path: Path, what: str = "history") -> LockHeld | None:
+    """The :class:`LockHeld` that taking the lock ``path`` would raise now, or ``None``
+    when no one holds it; never takes it (the taking stays the one real test)."""
+    if lock_holder(path) is None:
+        return None
+    return LockHeld(path, _describe_holder(path), what)
 
 
 def holds_lock(pid: int, path: Path) -> bool:

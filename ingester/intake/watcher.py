@@ -35,7 +35,7 @@ from types import FrameType
 from ..clock import Backoff, ClockJump
 from ..errors import IngesterError, StorageError, describe_os_error
 from ..history.batch import Batch
-from ..history.lock import WATCH, HistoryLock, LockHeld
+from ..history.lock import WATCH, HistoryLock, LockHeld, refusal
 from ..history.store import HistoryStore
 from ..runtime.notify import SystemdNotifier
 from ..settings import Settings, WatchOptions
@@ -183,6 +183,12 @@ class Watcher:
         """Take the history's lock and the spool's, recover, drain the backlog, then
         watch until stopped."""
         self._install_signals()
+        # A second watcher of this spool is refused before it makes anything: the same
+        # test, made for good, follows with the lock itself.
+        taken = refusal(self.spool.lock_path, "spool")
+        if taken is not None:
+            log.error("another watcher reads the spool: %s", taken)
+            return 1
         with contextlib.ExitStack() as held:
             try:
                 self.store.history_dir.mkdir(parents=True, exist_ok=True)
