@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from ..clock import Backoff, ClockJump
 from ..errors import StorageError, describe_os_error
-from ..history.store import HistoryStore, InitReport
+from ..history.store import CleanupIncomplete, HistoryStore, InitReport
 from ..settings import Settings
 from .housekeeping import PRUNE_EVERY, RejectedRetention
 from .spool import Spool
@@ -28,6 +28,10 @@ __all__ = ["MAINTENANCE_EVERY", "Maintenance"]
 log = logging.getLogger("ingester.watcher")
 
 MAINTENANCE_EVERY = 1.0  # seconds between cleanup/metadata rounds while drops keep coming
+
+
+STUCK_SAY_EVERY = 3600.0
+"""Seconds between two ERROR lines for the same expired versions retention cannot delete."""
 
 
 class Maintenance:
@@ -68,6 +72,8 @@ class Maintenance:
         self._cache_reported: set[str] = set()
         self.holding = False  # automatic deletions held back after a wall-clock jump
         self._next_writer_sweep = 0.0  # monotonic
+        self._stuck: tuple[str, ...] = ()  # expired versions retention could not delete
+        self._stuck_said = 0.0  # monotonic, when they were last logged
 
     def started(self, report: InitReport) -> None:
         """Say what the store's start found and repaired; a cache it could not write waits."""
@@ -113,6 +119,14 @@ class Maintenance:
             self._recover()
             self.store.cleanup_old_versions(hold_deletions=self.clock_jumped())
             self._cache_reported.discard("metadata")
+            self._stuck = ()
+        except CleanupIncomplete as exc:
+            # Everything else went through, the metadata included: the versions that
+            # would not go are tried with the next drops, not on a retry timer, and said
+            # again only when they change or an hour on (an ERROR every few seconds for
+            # one immutable file would bury the log).
+            self._cache_reported.discard("metadata")
+            self._say_stuck(exc, now)
         except StorageError as exc:
             # The metadata and retention are not on the ingest path: they back off on
             # their own, and drops go on being stored meanwhile.
@@ -122,6 +136,20 @@ class Maintenance:
         self._backoff.succeeded()
         self.meta_dirty = False
         self._last_round = now
+
+    def _say_stuck(self, exc: CleanupIncomplete, now: float) -> None:
+        names = tuple(sorted(f.path.name for f in exc.failures))
+        if names == self._stuck and now - self._stuck_said < STUCK_SAY_EVERY:
+            return
+        self._stuck, self._stuck_said = names, now
+        if not self.retries:
+            log.error("retention: %s; left for the next start", exc)
+            return
+        log.error(
+            "retention: %s; tried again with the next drops (said again within the hour "
+            "while it stays so)",
+            exc,
+        )
 
     def sweep_writer_temps(self, now: float) -> None:
         """At start, then every 10 minutes: remove what killed writers left in the
