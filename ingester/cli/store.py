@@ -188,7 +188,8 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
 
     Also removes rejected drops (with their reason files) older than
     --rejected-retention-days; --dry-run counts them. A missing root or history is
-    refused (exit 1) and nothing is created.
+    refused (exit 1) and nothing is created. An expired version that cannot be
+    deleted is kept and named (exit 1); the others are still deleted.
     """
     from ..intake.housekeeping import PruneResult, prune_rejected
 
