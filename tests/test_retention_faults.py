@@ -164,7 +164,7 @@ def test_watcher_applies_retention_past_a_stuck_version(root: Path, can_chattr: 
         assert lines[0].split(" ERROR ", 1)[1] == (
             f"retention: could not delete 1 of {OLD} expired versions (the other {OLD - 1} "
             f"are deleted): cannot remove {stuck}: Operation not permitted [EPERM]; tried "
-            "again with the next drops (said again within the hour while it stays so)"
+            "again with the next drops (said again when it changes, or in an hour)"
         )
         _chattr("-i", stuck)
         # Healed: the next drop's retention deletes it.

@@ -48,10 +48,11 @@ __all__ = ["check", "schema", "snapshot"]
 def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
     """Take a consistent point-in-time copy of the history into DEST, beside a running watcher.
 
-    DEST must not exist. It becomes a root in the default layout, restorable as it is:
-    DEST/console-usage-history/ (the versions present at one instant and a
-    _metadata.json that agrees with them) and DEST/console-usage-synced.json (a
-    relative link to the newest of them). 'ingester --root DEST verify' passes on it.
+    DEST must not exist (missing folders above it are made). It becomes a root in
+    the default layout, restorable as it is: DEST/console-usage-history/ (the
+    versions present at one instant and a _metadata.json that agrees with them)
+    and DEST/console-usage-synced.json (a relative link to the newest of them).
+    'ingester --root DEST verify' passes on it.
     Versions are hard-linked where DEST is on the history's filesystem (no space
     used), copied otherwise. It is built in DEST's folder under a .tmp-snapshot-* name
     and renamed to DEST at the end, so a half-made snapshot never appears as DEST.

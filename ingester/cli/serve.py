@@ -75,8 +75,9 @@ def _find_program(name: str) -> str | None:
     "--watch",
     "run_watcher",
     is_flag=True,
-    help="Run the watcher in this process too (on its own thread, holding the history "
-    "lock): a POSTed snapshot is stored within moments, as the original server stored it.",
+    help="Run the watcher in this process too (on its own thread, holding the history's "
+    "and the spool's locks): a POSTed snapshot is stored within moments, as the original "
+    "server stored it.",
 )
 @serve_watch_loop_options
 @click.option(

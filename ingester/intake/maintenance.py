@@ -146,8 +146,8 @@ class Maintenance:
             log.error("retention: %s; left for the next start", exc)
             return
         log.error(
-            "retention: %s; tried again with the next drops (said again within the hour "
-            "while it stays so)",
+            "retention: %s; tried again with the next drops (said again when it changes, "
+            "or in an hour)",
             exc,
         )
 
