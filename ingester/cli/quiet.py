@@ -17,7 +17,7 @@ import sys
 
 import click
 
-__all__ = ["hold_output", "output_was_fine"]
+__all__ = ["SkipEvent", "hold_output", "output_was_fine"]
 
 _KEY = "ingester.cli.quiet"
 
@@ -37,7 +37,9 @@ class _Held:
         self.fine = False
 
 
-class _SkipEvent(logging.Filter):
+class SkipEvent(logging.Filter):
+    """Leaves out the log records whose ``event`` (given as ``extra``) is ``event``."""
+
     def __init__(self, event: str) -> None:
         super().__init__()
         self.event = event
@@ -54,7 +56,7 @@ def hold_output(ctx: click.Context) -> None:
     ctx.meta[_KEY] = held
     sys.stdout = held.text
     logging.getLogger("ingester").setLevel(logging.WARNING)
-    logging.getLogger("ingester.forecast").addFilter(_SkipEvent(RESETS_UNREAD_EVENT))
+    logging.getLogger("ingester.forecast").addFilter(SkipEvent(RESETS_UNREAD_EVENT))
 
     def release() -> None:
         sys.stdout = held.real

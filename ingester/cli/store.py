@@ -23,6 +23,7 @@ from ..ops.queries import ReportError, open_store
 from ..payload.model import PayloadRejected, judge_payload
 from ..settings import Settings
 from .common import App, fail, make_folder, read_limited, writing_store
+from .quiet import SkipEvent
 
 __all__ = ["adopt", "cleanup", "ingest", "init"]
 
@@ -283,15 +284,6 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
         raise fail(str(incomplete))
 
 
-class _SkipEvent(logging.Filter):
-    def __init__(self, event: str) -> None:
-        super().__init__()
-        self.event = event
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return getattr(record, "event", None) != self.event
-
-
 @contextmanager
 def _result_printed_here(event: str) -> Iterator[None]:
     """Leave out the log line of ``event`` while the command prints the same result itself.
@@ -300,7 +292,7 @@ def _result_printed_here(event: str) -> Iterator[None]:
     command would otherwise show it twice (stdout and stderr).
     """
     logger = logging.getLogger("ingester")
-    skip = _SkipEvent(event)
+    skip = SkipEvent(event)
     for handler in logger.handlers:
         handler.addFilter(skip)
     try:
