@@ -285,7 +285,7 @@ def _threaded_watcher(
     app: App, polling: bool, rescan_interval: float, retry_max: float, settle: float
 ) -> ThreadedWatcher:
     """The watcher for ``--watch``, not started; exit 1 now if another one holds the lock."""
-    from ..history.lock import lock_owner
+    from ..history.lock import refusal
     from ..intake.metrics import WatchMetrics
     from ..intake.spool import Spool
     from ..runtime.notify import SystemdNotifier
@@ -296,11 +296,9 @@ def _threaded_watcher(
     lock_path = app.settings.store().lock_path
     spool_lock = Spool(app.settings.spool_dir).lock_path
     for what, path in (("history", lock_path), ("spool", spool_lock)):
-        owner = lock_owner(path)
-        if owner is not None:
-            pid, command = owner
-            holder = f"pid {pid} {command}" if command else f"pid {pid}"
-            raise fail(f"the {what} is locked by {holder} ({path}): one watcher per {what}")
+        taken = refusal(path, what)
+        if taken is not None:
+            raise fail(f"{taken}: one watcher per {what}")
     options = WatchOptions(
         polling=polling, rescan_interval=rescan_interval, retry_max=retry_max, settle=settle
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -21,9 +22,10 @@ from ..errors import LockHeld, StorageError
 __all__ = [
     "SERVE_WATCH",
     "WATCH",
+    "HistoryHolder",
     "HistoryLock",
     "LockHeld",
-    "holds_lock",
+    "history_holder",
     "is_watcher",
     "lock_holder",
     "lock_owner",
@@ -194,10 +196,36 @@ def refusal(path: Path, what: str = "history") -> LockHeld | None:
     return LockHeld(path, _describe_holder(path), what)
 
 
-def holds_lock(pid: int, path: Path) -> bool:
-    """Whether process ``pid`` holds the flock on ``path`` (a watcher holds its
-    history's lock and its spool's); never takes the lock."""
-    return lock_holder(path) == pid
+@dataclass(frozen=True)
+class HistoryHolder:
+    """Who holds a history's lock: ``pid``, the ``purpose`` it noted (``None``: no note),
+    and whether, being a watcher, it also holds a given spool's lock (``reads_spool``):
+    a watcher holds both, so one of this history that does not reads another spool."""
+
+    pid: int
+    purpose: str | None
+    reads_spool: bool
+
+    @property
+    def watcher(self) -> bool:
+        """A watcher of the history, of whichever spool (see :func:`is_watcher`)."""
+        return is_watcher(self.purpose)
+
+    @property
+    def watches_spool(self) -> bool:
+        """A watcher of the history that takes the given spool's drops."""
+        return self.watcher and self.reads_spool
+
+
+def history_holder(history_lock: Path, spool_lock: Path) -> HistoryHolder | None:
+    """Who holds ``history_lock`` (``None``: no one, or the lock table is hidden), and
+    whether it is the watcher of the spool whose lock is ``spool_lock``; never takes
+    either lock."""
+    owner = lock_owner(history_lock)
+    if owner is None:
+        return None
+    pid, purpose = owner
+    return HistoryHolder(pid, purpose, is_watcher(purpose) and lock_holder(spool_lock) == pid)
 
 
 def lock_table_readable() -> bool:

@@ -20,7 +20,7 @@ from ..clock import utc_now
 from ..errors import StorageError, describe_os_error
 from ..history.base import HistoryReader, latest_name
 from ..history.local import LocalHistory
-from ..history.lock import holds_lock, lock_holder
+from ..history.lock import history_holder
 from ..history.names import parse_timestamp_from_filename
 from ..history.retention import RetentionPolicy, expired_prefix
 from ..intake.housekeeping import count_rejected_since
@@ -216,10 +216,9 @@ def _gather(
     names = [entry.name for entry in history.list_versions()]
     pid = None
     if reader is None:
-        pid = lock_holder(settings.store().lock_path)
         # A watcher of this history counts only if it also reads this spool.
-        if pid is not None and not holds_lock(pid, Spool(settings.spool_dir).lock_path):
-            pid = None
+        holder = history_holder(settings.store().lock_path, Spool(settings.spool_dir).lock_path)
+        pid = holder.pid if holder is not None and holder.watches_spool else None
         common["mirror"] = mirror_facts(
             settings.history_dir, names, settings.mirror, now, settings.policy()
         )

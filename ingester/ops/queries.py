@@ -33,7 +33,7 @@ from ..history import durable
 from ..history.base import HistoryReader, derive_metadata, is_future, latest_name, stored_metadata
 from ..history.durable import TEMP_PREFIX, StorageError
 from ..history.local import LocalHistory
-from ..history.lock import holds_lock, is_watcher, lock_holder, lock_owner
+from ..history.lock import history_holder, is_watcher, lock_holder
 from ..history.metadata import StorageMetadata
 from ..history.names import is_version_name, looks_like_version_name, parse_timestamp_from_filename
 from ..history.store import LATEST_TEMP_PREFIXES, METADATA_NAME, HistoryStore
@@ -346,9 +346,9 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
     claimed = _drops_in(spool, settings.claimed_dir)
     oldest = min((c.mtime_ns for c in waiting + claimed), default=None)
     oldest_at = datetime.fromtimestamp(oldest / 1e9, UTC) if oldest is not None else None
-    owner = lock_owner(store.lock_path)
-    pid, command = owner if owner is not None else (None, None)
-    other_spool = pid is not None and is_watcher(command) and not holds_lock(pid, spool.lock_path)
+    holder = history_holder(store.lock_path, spool.lock_path)
+    pid, command = (holder.pid, holder.purpose) if holder is not None else (None, None)
+    other_spool = holder is not None and holder.watcher and not holder.reads_spool
     return Status(
         now=now,
         history=store.history_dir,
@@ -372,7 +372,7 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
             problem=_folder_problem(settings.rejected_dir),
             retention_days=settings.rejected_retention_days,
         ),
-        lock=LockState(pid, command, owner is not None, other_spool),
+        lock=LockState(pid, command, holder is not None, other_spool),
         mirror=mirror_status(store.history_dir, names, settings.mirror),
         settings=settings.describe(),
     )

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..history.lock import holds_lock, is_watcher, lock_owner, lock_table_readable
+from ..history.lock import history_holder, lock_table_readable
 from ..intake.spool import Spool
 
 __all__ = ["BacklogWarnings", "SpoolState", "WatcherProbe", "until_watched", "why_unwatched"]
@@ -120,15 +120,12 @@ class WatcherProbe:
         never takes what is dropped here), or ``None``."""
         if self.in_process is not None:
             return self.in_process(), os.getpid(), None
-        owner = lock_owner(self.lock_path)
-        if owner is None:
+        holder = history_holder(self.lock_path, self.spool.lock_path)
+        if holder is None:
             return (False if lock_table_readable() else None), None, None
-        pid, purpose = owner
-        if not is_watcher(purpose):
-            return False, pid, None
-        if holds_lock(pid, self.spool.lock_path):
-            return True, pid, None
-        return False, pid, pid
+        if holder.watches_spool or not holder.watcher:
+            return holder.watches_spool, holder.pid, None
+        return False, holder.pid, holder.pid
 
     def state(self) -> SpoolState:
         """The spool and the watcher now (a listing of the spool, a read of the lock table)."""
