@@ -11,7 +11,7 @@ import click
 
 from ..clock import utc_now
 from ..errors import describe_os_error
-from ..usage.forecast import CLOCK_AHEAD, LimitForecast, format_when, in_words
+from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast, format_when, in_words
 from ..usage.usage_history import forecast_json, forecast_of
 from .common import App, align, echo_json, fail, open_history
 
@@ -56,11 +56,7 @@ def forecast(app: App, as_json: bool) -> None:
     result = answer.forecast
     if result.as_of is None:
         # As the JSON answers it (asOf null, exit 0): versions exist, none to go by.
-        ahead = int(CLOCK_AHEAD.total_seconds() // 3600)
-        click.echo(
-            "no snapshot to forecast from: no version has a lastUpdated that is readable "
-            f"and at most {ahead} h ahead of when it was stored"
-        )
+        click.echo(f"no snapshot to forecast from: {NOTHING_TO_GO_BY}")
         return
     as_of = result.as_of.astimezone(zone)
     click.echo(

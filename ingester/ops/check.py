@@ -58,7 +58,7 @@ from typing import Any
 
 from ..clock import iso_utc
 from ..errors import is_permission_problem
-from ..usage.forecast import CLOCK_AHEAD, LimitForecast, in_words
+from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast, in_words
 from .check_facts import Facts, MirrorFacts
 
 __all__ = [
@@ -431,18 +431,8 @@ def _judge_usage(facts: Facts, limits: CheckLimits) -> list[Judgement]:
         return []  # no version at all: the freshness item says so
     if result.as_of is None:
         # A check that cannot see must not say OK: versions exist, none to judge by.
-        ahead = int(CLOCK_AHEAD.total_seconds() // 3600)
-        return [
-            Judgement(
-                "usage",
-                WARNING,
-                None,
-                0,
-                0,
-                "no snapshot to judge usage by: no version has a lastUpdated that is "
-                f"readable and at most {ahead} h ahead of when it was stored",
-            )
-        ]
+        words = f"no snapshot to judge usage by: {NOTHING_TO_GO_BY}"
+        return [Judgement("usage", WARNING, None, 0, 0, words)]
     items = []
     by_percent = limits.usage_warning is not None or limits.usage_critical is not None
     if by_percent:

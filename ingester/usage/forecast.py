@@ -71,6 +71,7 @@ __all__ = [
     "HORIZON",
     "MAX_FIT_POINTS",
     "MIN_SPAN",
+    "NOTHING_TO_GO_BY",
     "Forecast",
     "LimitForecast",
     "Observation",
@@ -96,6 +97,12 @@ HORIZON = timedelta(days=366)
 """A projection further ahead than this is no projection (usage as good as flat)."""
 CLOCK_AHEAD = timedelta(hours=1)
 """A snapshot observed more than this after it was stored has a wrong clock: not used."""
+NOTHING_TO_GO_BY = (
+    "no version has a lastUpdated that is readable and at most "
+    f"{int(CLOCK_AHEAD.total_seconds() // 3600)} h ahead of when it was stored"
+)
+"""Why there is no forecast although versions exist (``Forecast.as_of`` is ``None``),
+in the words every surface gives."""
 MAX_FIT_POINTS = 120
 """At most this many readings enter the pairwise slopes (7,140 pairs): the cost stays flat
 however often the scraper runs."""
