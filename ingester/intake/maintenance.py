@@ -143,7 +143,7 @@ class Maintenance:
             return
         self._stuck, self._stuck_said = names, now
         if not self.retries:
-            log.error("retention: %s; left for the next start", exc)
+            self._report("retention", exc, 0.0)
             return
         log.error(
             "retention: %s; tried again with the next drops (said again when it changes, "
