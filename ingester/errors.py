@@ -115,6 +115,7 @@ class LockHeld(IngesterError, RuntimeError):
         super().__init__(f"the {what} is locked by {holder} ({path})")
         self.path = path
         self.holder = holder
+        self.what = what
 
 
 class VersionNotFound(IngesterError, LookupError):

@@ -20,7 +20,6 @@ signals and keeps systemd informed (READY, STATUS, WATCHDOG pings).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
@@ -35,7 +34,7 @@ from types import FrameType
 from ..clock import Backoff, ClockJump
 from ..errors import IngesterError, StorageError, describe_os_error
 from ..history.batch import Batch
-from ..history.lock import WATCH, HistoryLock, LockHeld, refusal
+from ..history.lock import WATCH, LockHeld
 from ..history.store import HistoryStore
 from ..runtime.notify import SystemdNotifier
 from ..settings import Settings, WatchOptions
@@ -50,6 +49,7 @@ from .arrivals import (
     start_arrivals,
 )
 from .intake import Intake
+from .locks import LocksLost, WatcherLocks, refused_words
 from .maintenance import Maintenance
 from .metrics import NO_METRICS, Metrics
 from .outcomes import (
@@ -123,9 +123,7 @@ class Watcher:
         self.notifier = notifier or SystemdNotifier.from_environ()
         self.store: HistoryStore = settings.store()
         self.spool = Spool(settings.spool_dir, settings.rejected_dir)
-        self._history_lock: HistoryLock | None = None
-        self._spool_lock: HistoryLock | None = None
-        self._spool_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the locked spool
+        self.locks: WatcherLocks  # made by run(), with the purpose of the moment
         self.intake = Intake(
             store=self.store,
             spool=self.spool,
@@ -183,88 +181,19 @@ class Watcher:
         """Take the history's lock and the spool's, recover, drain the backlog, then
         watch until stopped."""
         self._install_signals()
-        # A second watcher of this spool is refused before it makes anything: the same
-        # test, made for good, follows with the lock itself.
-        taken = refusal(self.spool.lock_path, "spool")
-        if taken is not None:
-            log.error("another watcher reads the spool: %s", taken)
+        self.locks = WatcherLocks(self.store.lock_path, self.spool, self.lock_purpose)
+        try:
+            self.locks.take()
+        except LockHeld as exc:
+            log.error("%s", refused_words(exc))
             return 1
-        with contextlib.ExitStack() as held:
-            try:
-                self.store.history_dir.mkdir(parents=True, exist_ok=True)
-                self._history_lock = held.enter_context(
-                    HistoryLock(self.store.lock_path, self.lock_purpose)
-                )
-            except LockHeld as exc:
-                log.error("another writer holds the history: %s", exc)
-                return 1
-            except OSError as exc:
-                log.error("cannot start: %s", describe_os_error(exc))
-                return 1
-            held.callback(self._unlock_spool)
-            try:
-                self.spool.ensure_folders()
-                self._lock_spool()
-            except LockHeld as exc:
-                log.error("another watcher reads the spool: %s", exc)
-                return 1
-            except OSError as exc:
-                log.error("cannot start: %s", describe_os_error(exc))
-                return 1
+        except OSError as exc:
+            log.error("cannot start: %s", describe_os_error(exc))
+            return 1
+        try:
             return self._run_locked()
-
-    def _lock_spool(self) -> None:
-        """Hold the spool's lock (again, on a spool made anew); raises ``LockHeld``.
-
-        Claims are named after this history's versions, and recovery stores every claim
-        its history lacks: a second watcher on this spool, with another history, would
-        store drops this one stores too.
-        """
-        self._unlock_spool()
-        lock = HistoryLock(self.spool.lock_path, self.lock_purpose, what="spool")
-        lock.acquire()
-        self._spool_lock = lock
-        try:
-            st = os.stat(self.spool.dir)
-        except OSError:
-            self._spool_id = None  # gone already: the next liveness check locks it anew
-        else:
-            self._spool_id = (st.st_dev, st.st_ino)
-
-    def _unlock_spool(self) -> None:
-        if self._spool_lock is not None:
-            self._spool_lock.release()
-            self._spool_lock = None
-
-    def _check_lock_files(self) -> None:
-        """Lock again at once a lock file removed or replaced by hand, or stop.
-
-        Its path would otherwise name a fresh file that a second watcher could lock.
-        """
-        history = self._history_lock
-        if history is not None and not history.still_held():
-            log.error("the lock file %s was removed or replaced; locking it again", history.path)
-            history.release()
-            try:
-                history.acquire()
-            except (LockHeld, OSError) as exc:
-                raise _Stop(f"cannot hold the history any more: {exc}") from exc
-        spool = self._spool_lock
-        if spool is not None and not spool.still_held() and self._spool_is_the_locked_one():
-            log.error("the lock file %s was removed or replaced; locking it again", spool.path)
-            try:
-                self._lock_spool()
-            except LockHeld as exc:
-                raise _Stop(f"another watcher reads the spool: {exc}") from exc
-            except OSError as exc:
-                raise _Stop(f"cannot hold the spool any more: {exc}") from exc
-
-    def _spool_is_the_locked_one(self) -> bool:
-        try:
-            st = os.stat(self.spool.dir)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == self._spool_id
+        finally:
+            self.locks.release()
 
     def _run_locked(self) -> int:
         try:
@@ -393,10 +322,14 @@ class Watcher:
             same = False
         if not same:
             raise _Stop(f"the history folder {self.store.history_dir} was removed or replaced")
-        self._check_lock_files()
         # The open lock file keeps the kernel from reporting a removed spool until it is
         # closed, so the spool's identity is checked here too.
-        replaced = not self.options.once and not self._spool_is_the_locked_one()
+        unchanged = self.locks.spool_unchanged()
+        try:
+            self.locks.check(unchanged)
+        except LocksLost as exc:
+            raise _Stop(str(exc)) from exc
+        replaced = not self.options.once and not unchanged
         if replaced:
             log.error(
                 "the spool folder %s was removed or replaced; restarting its watch on the "
@@ -411,10 +344,10 @@ class Watcher:
         try:
             self.spool.ensure_folders()
             if replaced:
-                self._lock_spool()
+                self.locks.lock_spool()
             self._start_arrivals()
         except LockHeld as exc:
-            raise _Stop(f"another watcher reads the spool: {exc}") from exc
+            raise _Stop(refused_words(exc)) from exc
         except (OSError, StorageError) as exc:
             raise _Stop(f"cannot watch {self.spool.dir} any more: {exc}") from exc
         self._rescan("observer restart")

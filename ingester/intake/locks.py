@@ -1,0 +1,123 @@
+"""The two locks a watcher holds: its history's and its spool's.
+
+The history's lock keeps one writer per history. The spool's keeps one watcher per
+spool: claims are named after the claiming watcher's own versions, and recovery stores
+every claim its history lacks, so a second watcher on the same spool with another
+history would store drops the first stores too.
+
+Both are flocks on files that must stay where they are (:class:`HistoryLock`). A lock
+file removed or replaced by hand guards nothing any more, and a removed spool is not
+even reported by the kernel while the lock file in it is open. So :meth:`WatcherLocks.
+check` is run every tick: it takes a lock again at once, or says the watcher must stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..errors import IngesterError, LockHeld
+from ..history.lock import HistoryLock, refusal
+from .spool import Spool
+
+__all__ = ["LocksLost", "WatcherLocks", "refused_words"]
+
+log = logging.getLogger("ingester.watcher")
+
+
+class LocksLost(IngesterError):
+    """A lock could not be held again: the watcher must stop (the words say why)."""
+
+
+def refused_words(exc: LockHeld) -> str:
+    """The line for a watcher refused a lock: which one, and who holds it."""
+    if exc.what == "spool":
+        return f"another watcher reads the spool: {exc}"
+    return f"another writer holds the history: {exc}"
+
+
+class WatcherLocks:
+    """The history's lock (``history_lock``, a path) and ``spool``'s, noted ``purpose``."""
+
+    def __init__(self, history_lock: Path, spool: Spool, purpose: str) -> None:
+        self.spool = spool
+        self.history = HistoryLock(history_lock, purpose)
+        self._spool_lock: HistoryLock | None = None
+        self._spool_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the locked spool
+        self.purpose = purpose
+
+    def take(self) -> None:
+        """Take both, the spool's looked at first; raises ``LockHeld`` or ``OSError``.
+
+        A second watcher of the spool is refused before it makes anything (the taking
+        stays the real test). The history's folder and the spool's are made if missing.
+        """
+        taken = refusal(self.spool.lock_path, "spool")
+        if taken is not None:
+            raise taken
+        self.history.path.parent.mkdir(parents=True, exist_ok=True)
+        self.history.acquire()
+        try:
+            self.spool.ensure_folders()
+            self.lock_spool()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Drop both (harmless when not held)."""
+        self._unlock_spool()
+        self.history.release()
+
+    def lock_spool(self) -> None:
+        """Hold the spool's lock (again, on a spool made anew); raises ``LockHeld``."""
+        self._unlock_spool()
+        lock = HistoryLock(self.spool.lock_path, self.purpose, what="spool")
+        lock.acquire()
+        self._spool_lock = lock
+        try:
+            st = os.stat(self.spool.dir)
+        except OSError:
+            self._spool_id = None  # gone already: the next check locks it anew
+        else:
+            self._spool_id = (st.st_dev, st.st_ino)
+
+    def _unlock_spool(self) -> None:
+        if self._spool_lock is not None:
+            self._spool_lock.release()
+            self._spool_lock = None
+
+    def spool_unchanged(self) -> bool:
+        """Whether the spool folder is still the one whose lock is held."""
+        try:
+            st = os.stat(self.spool.dir)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._spool_id
+
+    def check(self, spool_unchanged: bool) -> None:
+        """Lock again at once a lock file removed or replaced by hand (logged).
+        ``spool_unchanged``: :meth:`spool_unchanged` now (a spool made anew is locked
+        anew by whoever restarts its watch).
+
+        Raises :class:`LocksLost` when one cannot be held again.
+        """
+        if not self.history.still_held():
+            log.error(
+                "the lock file %s was removed or replaced; locking it again", self.history.path
+            )
+            self.history.release()
+            try:
+                self.history.acquire()
+            except (LockHeld, OSError) as exc:
+                raise LocksLost(f"cannot hold the history any more: {exc}") from exc
+        spool = self._spool_lock
+        if spool is not None and spool_unchanged and not spool.still_held():
+            log.error("the lock file %s was removed or replaced; locking it again", spool.path)
+            try:
+                self.lock_spool()
+            except LockHeld as exc:
+                raise LocksLost(refused_words(exc)) from exc
+            except OSError as exc:
+                raise LocksLost(f"cannot hold the spool any more: {exc}") from exc
