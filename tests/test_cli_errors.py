@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, SAMPLES, cli_env, run_cli
-from support.capabilities import AS_OTHER, other_user_problem, tmpfs
+from support.capabilities import other_user_problem, run_as_other, tmpfs
 from support.plugin_output import perfdata_problems
 
 HISTORY = "console-usage-history"
@@ -51,19 +51,6 @@ COMMANDS: list[tuple[str, ...]] = [
 
 WHY_NOT = other_user_problem()
 needs_other_user = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
-
-
-def run_as_other(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``ingester --root ROOT ARGS`` as uid/gid 4242 with no supplementary groups."""
-    return subprocess.run(
-        [*AS_OTHER, sys.executable, "-m", "ingester", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=cli_env(),
-        cwd="/",
-        check=False,
-    )
 
 
 def assert_one_line_or_fine(result: subprocess.CompletedProcess[str], what: str) -> None:

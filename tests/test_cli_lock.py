@@ -7,22 +7,19 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import SAMPLES, cli_env, run_cli
-from support.capabilities import AS_OTHER, OTHER_UID
+from support import SAMPLES, run_cli
+from support.capabilities import OTHER_UID, run_as_other
 from test_cli_errors import WHY_NOT
 
 from ingester.history.lock import HistoryLock
 
 HISTORY = "console-usage-history"
 SAMPLE = SAMPLES / "valid" / "full.json"
-CLI = [sys.executable, "-m", "ingester"]
 
 
 def test_ingest_refuses_a_fifo_without_blocking(root: Path, tmp_path: Path) -> None:
@@ -113,15 +110,7 @@ def test_init_as_root_keeps_the_state_folder_usable_by_the_service(service_state
     # The service, as its own user, starts and ingests.
     shutil.copy(SAMPLE, service_state / "spool" / "drop.json")
     os.chown(service_state / "spool" / "drop.json", OTHER_UID, OTHER_UID)
-    served = subprocess.run(
-        [*AS_OTHER, *CLI, "--root", str(service_state), "watch", "--once"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=cli_env(),
-        cwd="/",
-        check=False,
-    )
+    served = run_as_other(service_state, "watch", "--once")
     assert served.returncode == 0, served.stderr
     assert "ingested drop.json" in served.stderr
 

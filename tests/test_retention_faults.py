@@ -58,6 +58,16 @@ def old_history(root: Path) -> list[Path]:
     return paths
 
 
+def retention_store(root: Path) -> HistoryStore:
+    """The store of ``root``'s history under the policy the CLI gets from ``POLICY``."""
+    return HistoryStore(
+        root / "console-usage-history",
+        root / "console-usage-synced.json",
+        RetentionPolicy(max_versions=2, retention_days=1),
+        hold=None,
+    )
+
+
 def left(root: Path) -> list[str]:
     history = root / "console-usage-history"
     return sorted(p.name for p in history.iterdir() if p.name[:1].isdigit())
@@ -68,12 +78,7 @@ def test_store_deletes_every_other_expired_version(
     root: Path, can_chattr: None, stuck: int
 ) -> None:
     paths = old_history(root)
-    store = HistoryStore(
-        root / "console-usage-history",
-        root / "console-usage-synced.json",
-        RetentionPolicy(max_versions=2, retention_days=1),
-        hold=None,
-    )
+    store = retention_store(root)
     store.initialize()
     with immutable_files(paths[stuck]):
         with pytest.raises(CleanupIncomplete) as caught:
@@ -100,12 +105,7 @@ def test_store_deletes_every_other_expired_version(
 
 def test_store_says_none_deleted_when_none_could_be(root: Path, can_chattr: None) -> None:
     paths = old_history(root)
-    store = HistoryStore(
-        root / "console-usage-history",
-        root / "console-usage-synced.json",
-        RetentionPolicy(max_versions=2, retention_days=1),
-        hold=None,
-    )
+    store = retention_store(root)
     store.initialize()
     with immutable_files(*paths[:OLD]), pytest.raises(CleanupIncomplete) as caught:
         store.cleanup_old_versions()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli
-from support.capabilities import AS_OTHER, OTHER_UID, other_user_problem
+from support.capabilities import OTHER_UID, other_user_problem, run_as_other
 
 from ingester.ops.snapshot import build_snapshot_tree, list_versions_once
 
@@ -210,20 +210,9 @@ def test_a_drop_box_parent_it_may_not_read_is_no_failure() -> None:
         box.mkdir()
         box.chmod(0o733)  # root's: others may add names, not list them
 
-        def as_other(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [*AS_OTHER, sys.executable, "-m", "ingester", "--root", str(root), *args],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                env=cli_env(),
-                cwd="/",
-                check=False,
-            )
-
-        ok(as_other("ingest", str(VALID_SAMPLES[0])))
+        ok(run_as_other(root, "ingest", str(VALID_SAMPLES[0])))
         dest = box / "new" / "snap"
-        done = as_other("snapshot", str(dest))
+        done = run_as_other(root, "snapshot", str(dest))
         assert done.returncode == 0, done.stderr
         assert (dest / HISTORY).is_dir()
     finally:

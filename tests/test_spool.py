@@ -6,15 +6,14 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import IS_ROOT, cli_env, run_cli, wait_for
-from support.capabilities import AS_OTHER, OTHER_UID, other_user_problem
+from support import IS_ROOT, run_cli, wait_for
+from support.capabilities import OTHER_UID, other_user_problem, run_as_other
 from support.watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents
 
 
@@ -141,18 +140,6 @@ def service_root() -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _as_service(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*AS_OTHER, sys.executable, "-m", "ingester", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=cli_env(),
-        cwd="/",
-        check=False,
-    )
-
-
 def _old_temp(folder: Path, name: str, uid: int) -> Path:
     path = folder / name
     path.write_bytes(payload(0))
@@ -169,7 +156,7 @@ def test_the_sweep_goes_on_past_a_temp_file_it_may_not_remove(service_root: Path
     tmp.chmod(0o1777)
     theirs = [_old_temp(tmp, f".submit-{n}", 0) for n in ("a", "c")]
     ours = [_old_temp(tmp, f".submit-{n}", OTHER_UID) for n in ("b", "d")]
-    done = _as_service(service_root, "watch", "--once")
+    done = run_as_other(service_root, "watch", "--once")
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert sorted(os.listdir(tmp)) == [p.name for p in theirs]
@@ -188,7 +175,7 @@ def test_a_tmp_folder_it_may_not_search_is_a_warning_not_a_stop(service_root: Pa
     tmp.chmod(0o774)
     drop(service_root / "spool", "a.json", payload(5))
     os.chown(service_root / "spool" / "a.json", OTHER_UID, OTHER_UID)
-    done = _as_service(service_root, "watch", "--once")
+    done = run_as_other(service_root, "watch", "--once")
     assert done.returncode == 0, done.stderr
     assert "ingested a.json" in done.stderr
     warned = [ln for ln in done.stderr.splitlines() if "cannot remove temp files" in ln]

@@ -33,6 +33,7 @@ __all__ = [
     "immutable",
     "mount_problem",
     "other_user_problem",
+    "run_as_other",
     "run_tool",
     "tmpfs",
     "umount_all",
@@ -98,6 +99,20 @@ def has_ipv6_loopback() -> bool:
     except OSError:
         return False
     return True
+
+
+def run_as_other(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ingester --root ROOT ARGS`` as uid/gid :data:`OTHER_UID` with no supplementary
+    groups (from ``/``, so no folder of the test's is the working one)."""
+    return subprocess.run(
+        [*AS_OTHER, sys.executable, "-m", "ingester", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        cwd="/",
+        check=False,
+    )
 
 
 def other_user_problem() -> str | None:
