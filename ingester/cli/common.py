@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ from ..clock import AHEAD_TOLERATED, JUST_NOW, parse_iso_time
 from ..errors import NotRegularFile, StorageError, describe_os_error
 from ..history.lock import HistoryLock, LockHeld
 from ..history.store import HistoryStore
-from ..runtime.logs import escape_text
+from ..runtime.logs import escape_controls, escape_text
 from ..settings import Bounds, Settings
 
 if TYPE_CHECKING:
@@ -345,13 +344,6 @@ def human_size(size: int | None) -> str:
     return f"{size / (1024 * 1024):.1f} MiB"
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _escaped(match: re.Match[str]) -> str:
-    return repr(match.group())[1:-1]  # "\n", "\t", "\x1b"
-
-
 def align(rows: Sequence[Sequence[str]], right: Iterable[int] = ()) -> list[str]:
     """Rows of cells as lines with aligned columns (two spaces apart, no trailing blanks).
 
@@ -361,7 +353,7 @@ def align(rows: Sequence[Sequence[str]], right: Iterable[int] = ()) -> list[str]
     """
     if not rows:
         return []
-    rows = [[_CONTROL.sub(_escaped, cell) for cell in row] for row in rows]
+    rows = [[escape_controls(cell) for cell in row] for row in rows]
     right_cols = set(right)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []

@@ -25,17 +25,27 @@ from typing import Any
 
 from ..clock import iso_utc
 
-__all__ = ["LOG_FORMATS", "describe_exception", "escape_text", "setup_logging"]
+__all__ = ["LOG_FORMATS", "describe_exception", "escape_controls", "escape_text", "setup_logging"]
 
 LOG_FORMATS = ("text", "json")
 
 # Attributes every LogRecord has; anything else was passed in ``extra=`` and is an event field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
-_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127) if code != 9} | {
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127)} | {
+    9: "\\t",
     10: "\\n",
     13: "\\r",
 }
+# A tab keeps a log line one line: it stays a tab there.
+_ESCAPES = {code: text for code, text in _CONTROL_ESCAPES.items() if code != 9}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with each control character written as Python writes it: ``\\n``,
+    ``\\t``, ``\\x1b``, so that a name holding one stays on one line of a table."""
+    return text.translate(_CONTROL_ESCAPES)
+
 
 _SYSLOG_PRIORITY = {
     logging.DEBUG: 7,
