@@ -113,6 +113,18 @@ def test_store_says_none_deleted_when_none_could_be(root: Path, can_chattr: None
     assert len(caught.value.failures) == OLD
 
 
+def test_store_says_one_other_deleted_in_the_singular(root: Path, can_chattr: None) -> None:
+    paths = old_history(root)
+    store = retention_store(root)
+    store.initialize()
+    with immutable_files(*paths[1:OLD]), pytest.raises(CleanupIncomplete) as caught:
+        store.cleanup_old_versions()
+    assert str(caught.value).startswith(
+        f"could not delete {OLD - 1} of {OLD} expired versions (the other one is deleted): "
+        f"cannot remove {paths[1]}: "
+    )
+
+
 def test_cleanup_command_reports_what_it_did_and_what_it_could_not(
     root: Path, can_chattr: None
 ) -> None:

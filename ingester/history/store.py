@@ -94,9 +94,10 @@ class CleanupIncomplete(StorageError):
         if not deleted:
             what = "1 expired version" if failed == 1 else f"{failed} expired versions"
             return f"could not delete {what}: {super().__str__()}"
+        others = "the other one is" if deleted == 1 else f"the other {deleted} are"
         return (
             f"could not delete {failed} of {failed + deleted} expired versions "
-            f"(the other {deleted} are deleted): {super().__str__()}"
+            f"({others} deleted): {super().__str__()}"
         )
 
 
