@@ -28,7 +28,7 @@ from support.sdnotify import NotifyListener
 from support.serveproc import KEY, ServeProcess, fresh_payload
 from support.watchproc import WatchProcess, drop, payload
 
-from ingester.history.lock import HistoryLock
+from ingester.history.lock import HistoryHolder, HistoryLock
 from ingester.intake.spool import Spool
 from ingester.runtime.notify import SystemdNotifier
 from ingester.serve.backlog import BacklogWarnings, WatcherProbe
@@ -543,7 +543,7 @@ def test_a_watcher_of_another_spool_does_not_count(
         HistoryLock(history / ".lock", "watch"),
         HistoryLock(there.lock_path, "watch", what="spool"),
     ):
-        assert probe.look() == (False, os.getpid(), os.getpid())
+        assert probe.look() == (False, os.getpid(), HistoryHolder(os.getpid(), "watch", False))
         BacklogWarnings(probe).at_start()
     [said] = [r.getMessage() for r in caplog.records]
     assert said == (

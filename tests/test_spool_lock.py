@@ -10,7 +10,9 @@ running only when the same process holds both its history and its spool.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -139,3 +141,30 @@ def test_a_lock_file_removed_by_hand_is_locked_again(root: Path, tmp_path: Path)
         assert writer.returncode == 1 and f"locked by pid {pid} watch" in writer.stderr
         assert first.stop() == 0
     assert not list((tmp_path / "other" / "history").glob("*.json"))
+
+
+def test_serve_says_only_what_the_locks_show_of_a_holder_that_left_no_note(root: Path) -> None:
+    # Nothing says such a holder is a watcher, nor of which spool: serve must not call it
+    # "the watcher ... reads another spool", as status does not.
+    assert run_cli(root, "init").returncode == 0
+    lock = root / "console-usage-history" / ".lock"
+    lock.write_text("")
+    with open(lock, "rb") as bare:
+        fcntl.flock(bare, fcntl.LOCK_EX)
+        said = (
+            f"pid {os.getpid()} holds the history (it left no note saying what it is) but "
+            "not this spool's lock"
+        )
+        with ServeProcess(root, "--require-watcher") as server:
+            server.wait_log(f"serve: {said} ({root / 'spool'}): POSTs are answered 503")
+            refused = server.post(API, content=fresh_payload(seq=1), headers=HEADERS)
+            assert refused.status_code == 503, refused.text
+            assert f"{said}, so the snapshot would not be stored" in refused.text
+            assert "watcher holding" not in server.log
+        with ServeProcess(root) as server:
+            accepted = server.post(API, content=fresh_payload(seq=2), headers=HEADERS)
+            assert accepted.status_code == 202, accepted.text
+            assert accepted.json()["waitingForWatcher"] is True
+            assert said in accepted.json()["message"]
+            health = server.get("/api/health").json()
+            assert said in json.dumps(health)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..history.lock import history_holder, lock_table_readable
+from ..history.lock import HistoryHolder, history_holder, lock_table_readable
 from ..intake.spool import Spool
 
 __all__ = ["BacklogWarnings", "SpoolState", "WatcherProbe", "until_watched", "why_unwatched"]
@@ -42,9 +42,9 @@ class SpoolState:
     ``waiting``: drops in the spool (``None`` when the spool cannot be listed);
     ``oldest_s``: seconds the oldest has waited (by its mtime; ``None`` when none wait);
     ``watcher``: a watcher runs (``None``: cannot tell); ``pid``: its process, if known;
-    ``in_process``: it is this process's own (``serve --watch``); ``elsewhere``: the pid
-    of a watcher that holds the history but reads another spool, if that is why
-    ``watcher`` is false.
+    ``in_process``: it is this process's own (``serve --watch``); ``elsewhere``: the
+    holder of the history that does not hold this spool's lock (a watcher of another
+    spool, or a holder that left no note), if that is why ``watcher`` is false.
     """
 
     waiting: int | None
@@ -52,7 +52,7 @@ class SpoolState:
     watcher: bool | None
     pid: int | None
     in_process: bool
-    elsewhere: int | None = None
+    elsewhere: HistoryHolder | None = None
 
     @property
     def unattended(self) -> bool:
@@ -76,15 +76,21 @@ class SpoolState:
         return words
 
 
-def why_unwatched(elsewhere: int | None) -> str:
+def why_unwatched(elsewhere: HistoryHolder | None) -> str:
     """Why no watcher takes what ``serve`` drops, for logs, reasons and answers;
-    ``elsewhere``: the pid of the history's watcher when it reads another spool."""
-    if elsewhere is not None:
-        return f"the watcher holding the history (pid {elsewhere}) reads another spool"
-    return "no watcher holds the history"
+    ``elsewhere``: the history's holder when it does not hold this spool's lock."""
+    if elsewhere is None:
+        return "no watcher holds the history"
+    if elsewhere.purpose is None:
+        # Nothing says it is a watcher, nor of which spool: say only what the locks show.
+        return (
+            f"pid {elsewhere.pid} holds the history (it left no note saying what it is) "
+            "but not this spool's lock"
+        )
+    return f"the watcher holding the history (pid {elsewhere.pid}) reads another spool"
 
 
-def until_watched(elsewhere: int | None) -> str:
+def until_watched(elsewhere: HistoryHolder | None) -> str:
     """What must happen for a waiting drop to be stored: ``"'ingester watch' runs"``,
     or (``elsewhere`` given) a watcher of this spool."""
     if elsewhere is not None:
@@ -114,10 +120,10 @@ class WatcherProbe:
         running, pid, _elsewhere = self.look()
         return running, pid
 
-    def look(self) -> tuple[bool | None, int | None, int | None]:
-        """``(running, pid, elsewhere)``: as :meth:`watcher`, and the pid of a watcher
-        that holds the history but not this spool's lock (it reads another spool, so it
-        never takes what is dropped here), or ``None``."""
+    def look(self) -> tuple[bool | None, int | None, HistoryHolder | None]:
+        """``(running, pid, elsewhere)``: as :meth:`watcher`, and the holder of the
+        history when it is a watcher (or left no note) but does not hold this spool's
+        lock (so it never takes what is dropped here), or ``None``."""
         if self.in_process is not None:
             return self.in_process(), os.getpid(), None
         holder = history_holder(self.lock_path, self.spool.lock_path)
@@ -125,7 +131,7 @@ class WatcherProbe:
             return (False if lock_table_readable() else None), None, None
         if holder.watches_spool or not holder.watcher:
             return holder.watches_spool, holder.pid, None
-        return False, holder.pid, holder.pid
+        return False, holder.pid, holder
 
     def state(self) -> SpoolState:
         """The spool and the watcher now (a listing of the spool, a read of the lock table)."""
@@ -180,10 +186,16 @@ class BacklogWarnings:
             else:
                 what = f"POSTed snapshots wait in the spool until {state.until()}"
             if state.elsewhere is not None:
+                if state.elsewhere.purpose is None:
+                    where = f" ({self.probe.spool.dir})"
+                else:
+                    where = (
+                        f", not {self.probe.spool.dir} (its --spool-dir differs from this server's)"
+                    )
                 log.warning(
-                    "serve: %s, not %s (its --spool-dir differs from this server's): %s%s",
+                    "serve: %s%s: %s%s",
                     state.why_unwatched(),
-                    self.probe.spool.dir,
+                    where,
                     what,
                     waiting,
                     extra={"event": "no-watcher"},

@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ..errors import StorageError
+from ..history.lock import HistoryHolder
 from ..intake.spool import Spool, drop_name_for_now
 from ..payload.model import PayloadRejected, judge_payload
 from ..runtime.admission import format_peer
@@ -83,9 +84,9 @@ def submit_drop(spool: Spool, data: bytes) -> str:
     raise StorageError("submit", spool.dir, OSError(17, "no free drop name after 5 tries"))
 
 
-def _unwatched(ctx: ServeContext) -> tuple[bool, int | None]:
+def _unwatched(ctx: ServeContext) -> tuple[bool, HistoryHolder | None]:
     """Whether it is known that no watcher takes this spool's drops (so a drop would
-    wait), and the pid of the history's watcher if it reads another spool."""
+    wait), and the history's holder if it does not hold this spool's lock."""
     running, _pid, elsewhere = ctx.probe.look()
     return running is False, elsewhere
 
