@@ -327,3 +327,33 @@ def test_warns_before_retention_deletes_what_the_mirror_never_uploaded(
     write_mirror_state(history, MirrorState(mirrored_through=newest, hold_max=1))
     code, line = check(root, before=policy)
     assert perf(line)["mirror_held"] == "0;0.8;1", line
+
+
+def test_a_reading_short_of_a_bound_is_never_shown_at_or_over_it(
+    root: Path, tmp_path: Path
+) -> None:
+    # 99.97 % rounded to one decimal would read "100.0 %", a limit reached; 89.96 would
+    # read "90.0 %" beside a warning at 90 it has not reached.
+    stamp = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    body = {
+        "currentSession": {"resetsIn": "1 hr", "percentageUsed": 99.97},
+        "weeklyLimits": {
+            "allModels": {"resetsIn": "3 days", "percentageUsed": 89.96},
+            "sonnetOnly": {"resetsIn": "3 days", "percentageUsed": 12.34},
+        },
+        "lastUpdated": stamp,
+    }
+    source = tmp_path / "near.json"
+    source.write_text(json.dumps(body))
+    assert run_cli(root, "ingest", str(source)).returncode == 0
+    code, line = check(root, "--usage-warning", "90")
+    assert code == 1, line
+    assert "currentSession 99.97 % used (at or above 90 %)" in line
+    assert "weeklyLimits.allModels 89.96 % used;" in line
+    assert "weeklyLimits.sonnetOnly 12.3 % used" in line
+    assert "usage_currentSession=99.97%;90;100" in line
+    table = run_cli(root, "forecast")
+    assert table.returncode == 0, table.stderr
+    rows = {row.split()[0]: row for row in table.stdout.splitlines()[1:]}
+    assert " 99.97 % " in rows["currentSession"] + " "
+    assert " 90.0 % " in rows["weeklyLimits.allModels"] + " "

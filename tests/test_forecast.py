@@ -21,6 +21,7 @@ from ingester.usage.forecast import (
     last_readings,
     observe,
     path_parts,
+    percent_words,
     split_windows,
     usage_windows,
 )
@@ -341,6 +342,35 @@ def test_words_for_each_case() -> None:
         "at this rate 100 % by Fri 17:00 (reset time unknown)"
     )
     assert limit_of(unknown).before_reset is None
+
+
+def test_percent_words_never_round_across_what_the_reading_is_judged_by() -> None:
+    assert percent_words(42) == "42 %"
+    assert percent_words(100.0) == "100 %"
+    assert percent_words(42.46) == "42.5 %"
+    # 100 % says the limit is reached: a reading short of it is never shown as 100.
+    assert percent_words(99.97) == "99.97 %"
+    assert percent_words(99.94) == "99.9 %"
+    assert percent_words(99.9999999999) == "99.9999999999 %"
+    # Nor rounded over a check's threshold, either way.
+    assert percent_words(89.96, (90.0, 100.0)) == "89.96 %"
+    assert percent_words(90.04, (90.02, 100.0)) == "90.04 %"
+    assert percent_words(90.04, (90.0, 100.0)) == "90.0 %"
+
+
+@given(
+    st.floats(min_value=0, max_value=200, allow_nan=False),
+    st.lists(st.floats(min_value=0, max_value=200, allow_nan=False), max_size=3),
+)
+def test_percent_words_keep_the_reading_on_its_side_of_every_bound(
+    value: float, bounds: list[float]
+) -> None:
+    text = percent_words(value, [*bounds, 100.0])
+    assert text.endswith(" %")
+    shown = float(text[:-2])
+    assert abs(shown - value) <= 0.05 + 1e-9
+    for bound in [*bounds, 100.0]:
+        assert (shown >= bound) == (value >= bound), (value, bound, text)
 
 
 def test_the_basis_is_the_last_day_of_the_window() -> None:

@@ -618,6 +618,28 @@ def test_limits_whose_names_differ_only_beyond_ascii_get_a_card_each(
     assert watched.problems == []
 
 
+def test_a_reading_short_of_100_is_never_shown_as_100(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    # One decimal would round 99.97 up to "100.0 %": a limit reached, which it is not.
+    now = datetime.now(UTC).replace(microsecond=0)
+    body = {
+        "currentSession": {"resetsIn": "3 hr", "percentageUsed": 99.97},
+        "weeklyLimits": {
+            "allModels": {"resetsIn": "2 days", "percentageUsed": 99.94},
+            "sonnetOnly": {"resetsIn": "2 days", "percentageUsed": 100},
+        },
+    }
+    store(root, [(now - timedelta(minutes=31), body), (now - timedelta(minutes=1), body)])
+    server = serve()
+    watched = open_page(server.url + "/")
+    page = watched.page
+    expect(page.locator("#gauge-session .pct")).to_have_text("99.97\u00a0%", timeout=10_000)
+    expect(page.locator("#gauge-all .pct")).to_have_text("99.9\u00a0%")
+    expect(page.locator("#gauge-sonnet .pct")).to_have_text("100\u00a0%")
+    assert watched.problems == []
+
+
 def test_a_limit_keyed_with_a_dot_is_read_from_the_newest_snapshot(
     root: Path, serve: Any, open_page: Any
 ) -> None:

@@ -11,15 +11,17 @@ import click
 
 from ..clock import utc_now
 from ..errors import describe_os_error
-from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast, format_when, in_words
+from ..usage.forecast import (
+    NOTHING_TO_GO_BY,
+    LimitForecast,
+    format_when,
+    in_words,
+    percent_words,
+)
 from ..usage.usage_history import forecast_json, forecast_of
 from .common import App, align, echo_json, fail, open_history
 
 __all__ = ["forecast"]
-
-
-def _percent(value: float) -> str:
-    return (f"{value:g}" if float(value).is_integer() else f"{value:.1f}") + " %"
 
 
 def _rate(limit: LimitForecast) -> str:
@@ -73,7 +75,7 @@ def forecast(app: App, as_json: bool) -> None:
         rows.append(
             [
                 limit.limit,
-                _percent(limit.percentage),
+                percent_words(limit.percentage),
                 resets,
                 _rate(limit),
                 in_words(limit, zone, result.as_of),

@@ -58,7 +58,7 @@ from typing import Any
 
 from ..clock import iso_utc
 from ..errors import is_permission_problem
-from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast, in_words
+from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast, in_words, percent_words
 from .check_facts import Facts, MirrorFacts
 
 __all__ = [
@@ -419,7 +419,8 @@ def _judge_hold(mirror: MirrorFacts, hold_max: int, limits: CheckLimits) -> Judg
     return Judgement("mirror_held", code, held, warning, hold_max, words)
 
 
-def _percent(value: float) -> str:
+def _threshold(value: float) -> str:
+    # As given: a threshold is the user's own number, not a reading to round.
     return f"{value:g} %"
 
 
@@ -441,9 +442,9 @@ def _judge_usage(facts: Facts, limits: CheckLimits) -> list[Judgement]:
         for limit in result.limits:
             pct = limit.percentage
             code = CRITICAL if pct >= critical else WARNING if pct >= warning else OK
-            words = f"{limit.limit} {_percent(pct)} used"
+            words = f"{limit.limit} {percent_words(pct, (warning, critical, 100.0))} used"
             if code:
-                words += f" (at or above {_percent(critical if code == CRITICAL else warning)})"
+                words += f" (at or above {_threshold(critical if code == CRITICAL else warning)})"
             missing, words = _held(limit, result.as_of, limits.max_age, words)
             items.append(
                 Judgement(

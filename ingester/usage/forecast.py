@@ -85,6 +85,7 @@ __all__ = [
     "newer_readings",
     "observe",
     "parse_observed_at",
+    "percent_words",
     "split_windows",
     "usage_windows",
 ]
@@ -570,6 +571,24 @@ def forecast(
 
 
 # -- in words ----------------------------------------------------------------------------
+
+
+def percent_words(value: float, bounds: Iterable[float] = (100.0,)) -> str:
+    """A percentage used as shown to people: ``"42 %"`` when whole, else one decimal
+    (``"42.5 %"``), except where rounding would carry it across one of ``bounds``.
+
+    Those are the numbers the reading is judged against (100, where the limit is
+    reached; a check's thresholds): 99.97 is shown as ``"99.97 %"``, not ``"100.0 %"``,
+    which would say the limit is reached. Then the shortest text that reads back as the
+    exact value is shown. The exact value is always in the JSON, metrics and perfdata.
+    """
+    value = float(value)
+    if value.is_integer():
+        return f"{value:g} %"
+    text = f"{value:.1f}"
+    if any((value >= bound) != (float(text) >= bound) for bound in bounds):
+        text = repr(value)
+    return text + " %"
 
 
 def _duration_words(delta: timedelta) -> str:

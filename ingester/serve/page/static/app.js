@@ -109,9 +109,13 @@
     return pathParts(path).reduce((o, k) => (o == null ? undefined : o[k]), obj);
   }
 
+  // One decimal, as the command line shows it, but never rounded up to a 100 % the
+  // reading has not reached (99.97 shows as "99.97 %"): 100 % says the limit is reached.
   function formatPct(value) {
     if (value == null || Number.isNaN(value)) return "\u2013";
-    return (Number.isInteger(value) ? String(value) : value.toFixed(1)) + "\u00a0%";
+    if (Number.isInteger(value)) return String(value) + "\u00a0%";
+    const text = value.toFixed(1);
+    return (value < 100 && Number(text) >= 100 ? String(value) : text) + "\u00a0%";
   }
 
   // How old a snapshot is, by the server's clock. A little ahead of that clock is "just
