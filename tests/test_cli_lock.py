@@ -7,13 +7,12 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import SAMPLES, run_cli
-from support.capabilities import OTHER_UID, run_as_other
+from support.capabilities import OTHER_UID, others_folder, run_as_other
 from test_cli_errors import WHY_NOT
 
 from ingester.history.lock import HistoryLock
@@ -84,15 +83,8 @@ def test_status_names_the_command_that_holds_the_lock(root: Path, command: str) 
 @pytest.fixture
 def service_state() -> Iterator[Path]:
     """A state folder owned by the service's user, as systemd's StateDirectory makes it."""
-    base = Path(tempfile.mkdtemp(prefix="ingester-state-"))
-    base.chmod(0o755)
-    state = base / "state"
-    state.mkdir()
-    os.chown(state, OTHER_UID, OTHER_UID)
-    try:
+    with others_folder("ingester-state-", "state") as state:
         yield state
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def owner(path: Path) -> tuple[int, int]:

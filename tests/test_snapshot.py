@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli
-from support.capabilities import OTHER_UID, other_user_problem, run_as_other
+from support.capabilities import other_user_problem, others_folder, run_as_other
 
 from ingester.ops.snapshot import build_snapshot_tree, list_versions_once
 
@@ -200,13 +198,8 @@ WHY_NOT = other_user_problem()
 def test_a_drop_box_parent_it_may_not_read_is_no_failure() -> None:
     """Missing folders are made under a parent this user may write but not read (-wx):
     as with mkdir -p; the folders it makes itself are fsynced into their parents."""
-    base = Path(tempfile.mkdtemp(prefix="ingester-snap-"))
-    try:
-        base.chmod(0o755)
-        root = base / "root"
-        root.mkdir()
-        os.chown(root, OTHER_UID, OTHER_UID)
-        box = base / "box"
+    with others_folder("ingester-snap-") as root:
+        box = root.parent / "box"
         box.mkdir()
         box.chmod(0o733)  # root's: others may add names, not list them
 
@@ -215,5 +208,3 @@ def test_a_drop_box_parent_it_may_not_read_is_no_failure() -> None:
         done = run_as_other(root, "snapshot", str(dest))
         assert done.returncode == 0, done.stderr
         assert (dest / HISTORY).is_dir()
-    finally:
-        shutil.rmtree(base, ignore_errors=True)

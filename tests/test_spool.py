@@ -6,14 +6,13 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import IS_ROOT, run_cli, wait_for
-from support.capabilities import OTHER_UID, other_user_problem, run_as_other
+from support.capabilities import OTHER_UID, other_user_problem, others_folder, run_as_other
 from support.watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents
 
 
@@ -127,17 +126,11 @@ WHY_NOT = other_user_problem()
 
 @pytest.fixture
 def service_root() -> Iterator[Path]:
-    """A root owned by uid OTHER_UID in a folder every user may enter."""
-    base = Path(tempfile.mkdtemp(prefix="ingester-sweep-"))
-    base.chmod(0o755)
-    state = base / "root"
-    (state / "spool" / "tmp").mkdir(parents=True)
-    for folder in (state, state / "spool"):
-        os.chown(folder, OTHER_UID, OTHER_UID)
-    try:
+    """A root owned by uid OTHER_UID, its spool too (``spool/tmp`` is root's)."""
+    with others_folder("ingester-sweep-") as state:
+        (state / "spool" / "tmp").mkdir(parents=True)
+        os.chown(state / "spool", OTHER_UID, OTHER_UID)
         yield state
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _old_temp(folder: Path, name: str, uid: int) -> Path:

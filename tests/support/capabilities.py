@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ __all__ = [
     "immutable",
     "mount_problem",
     "other_user_problem",
+    "others_folder",
     "run_as_other",
     "run_tool",
     "tmpfs",
@@ -113,6 +115,25 @@ def run_as_other(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
         cwd="/",
         check=False,
     )
+
+
+@contextlib.contextmanager
+def others_folder(prefix: str, name: str = "root") -> Iterator[Path]:
+    """A new folder ``name`` owned by :data:`OTHER_UID`, as systemd's StateDirectory
+    makes a service's, in a fresh base folder every user may enter (``mkdtemp``'s 0700
+    would keep that user out); the base and all in it are removed afterwards.
+
+    Yields the folder; its parent is the base, root's own, for what a test puts beside.
+    """
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        base.chmod(0o755)
+        folder = base / name
+        folder.mkdir()
+        os.chown(folder, OTHER_UID, OTHER_UID)
+        yield folder
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def other_user_problem() -> str | None:
