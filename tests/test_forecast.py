@@ -17,15 +17,14 @@ from ingester.usage.forecast import (
     Reading,
     burn_rate,
     forecast,
-    in_words,
     last_readings,
     observe,
     path_parts,
-    percent_words,
     split_windows,
     usage_windows,
 )
 from ingester.usage.resets import ResetTime
+from ingester.usage.words import in_words, percent_words
 
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)  # a Friday
 HOUR = 3600.0

@@ -11,14 +11,9 @@ import click
 
 from ..clock import utc_now
 from ..errors import describe_os_error
-from ..usage.forecast import (
-    NOTHING_TO_GO_BY,
-    LimitForecast,
-    format_when,
-    in_words,
-    percent_words,
-)
+from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
 from ..usage.usage_history import forecast_json, forecast_of
+from ..usage.words import format_when, in_words, percent_words
 from .common import App, align, echo_json, fail, open_history
 
 __all__ = ["forecast"]

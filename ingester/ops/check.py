@@ -58,7 +58,8 @@ from typing import Any
 
 from ..clock import iso_utc
 from ..errors import is_permission_problem
-from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast, in_words, percent_words
+from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
+from ..usage.words import in_words, percent_words
 from .check_facts import Facts, MirrorFacts
 
 __all__ = [

@@ -1,0 +1,83 @@
+"""A forecast in words: the percentages, times and verdicts people read.
+
+The same words serve ``ingester forecast``'s table and ``ingester check``'s summary; the
+numbers behind them are :mod:`ingester.usage.forecast`'s, and the JSON, the metrics and
+the perfdata carry them exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta, tzinfo
+
+from .forecast import LimitForecast
+
+__all__ = ["format_when", "in_words", "percent_words"]
+
+
+def percent_words(value: float, bounds: Iterable[float] = (100.0,)) -> str:
+    """A percentage used as shown to people: ``"42 %"`` when whole, else one decimal
+    (``"42.5 %"``), except where rounding would carry it across one of ``bounds``.
+
+    Those are the numbers the reading is judged against (100, where the limit is
+    reached; a check's thresholds): 99.97 is shown as ``"99.97 %"``, not ``"100.0 %"``,
+    which would say the limit is reached. Then the shortest text that reads back as the
+    exact value is shown. The exact value is always in the JSON, metrics and perfdata.
+    """
+    value = float(value)
+    if value.is_integer():
+        return f"{value:g} %"
+    text = f"{value:.1f}"
+    if any((value >= bound) != (float(text) >= bound) for bound in bounds):
+        text = repr(value)
+    return text + " %"
+
+
+def _duration_words(delta: timedelta) -> str:
+    minutes = max(0, round(delta.total_seconds() / 60))
+    if minutes < 60:
+        return f"{minutes} min"
+    hours = round(minutes / 60)
+    return f"{hours} h" if hours < 72 else f"{hours / 24:.1f} days"
+
+
+def format_when(stamp: datetime, zone: tzinfo, near: datetime) -> str:
+    """``stamp`` in ``zone`` as ``Mon 08:59``, with the date (``Mon 07 Dec 2026 08:59``)
+    when it is 6 days or more from ``near``, where a weekday alone would be ambiguous."""
+    local = stamp.astimezone(zone)
+    if abs(stamp - near) < timedelta(days=6):
+        return local.strftime("%a %H:%M")
+    return local.strftime("%a %d %b %Y %H:%M")
+
+
+def in_words(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
+    """The forecast of ``limit`` as a sentence, times in ``zone``.
+
+    ``at this rate 100 % by Sat 14:00, 41 h before the reset (Mon 08:59)``,
+    ``resets before the limit``, ``not enough data``, ``at the limit since ...``,
+    ``at this rate 100 % by ... (reset time unknown)`` or ``not rising``; for a held
+    limit (not in the newest snapshot) followed by ``; last read Fri 07:15, not in the
+    newest snapshot``.
+    """
+    words = _verdict(limit, zone, as_of)
+    if not limit.in_newest:
+        words += (
+            f"; last read {format_when(limit.observed_at, zone, as_of)}, not in the newest snapshot"
+        )
+    return words
+
+
+def _verdict(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
+    if limit.percentage >= 100 and limit.exhausts_at is not None:
+        return f"at the limit since {format_when(limit.exhausts_at, zone, as_of)}"
+    if limit.rate_per_hour is None:
+        return "not enough data"
+    if limit.exhausts_at is None:
+        return "resets before the limit" if limit.resets_at is not None else "not rising"
+    by = f"at this rate 100 % by {format_when(limit.exhausts_at, zone, as_of)}"
+    if limit.resets_at is None:
+        return by + " (reset time unknown)"
+    if limit.before_reset:
+        ahead = _duration_words(limit.resets_at - limit.exhausts_at)
+        return f"{by}, {ahead} before the reset ({format_when(limit.resets_at, zone, as_of)})"
+    return "resets before the limit"
