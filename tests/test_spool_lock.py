@@ -17,7 +17,9 @@ import shutil
 from pathlib import Path
 
 import httpx
+import pytest
 from support import run_cli, wait_for
+from support.capabilities import AS_OTHER, OTHER_UID, other_user_problem, others_folder
 from support.serveproc import KEY, ServeProcess, fresh_payload
 from support.watchproc import WatchProcess, drop, payload, versions
 
@@ -141,6 +143,42 @@ def test_a_lock_file_removed_by_hand_is_locked_again(root: Path, tmp_path: Path)
         assert writer.returncode == 1 and f"locked by pid {pid} watch" in writer.stderr
         assert first.stop() == 0
     assert not list((tmp_path / "other" / "history").glob("*.json"))
+
+
+WHY_NOT = other_user_problem()
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+@pytest.mark.parametrize("command", ["watch", "serve --watch"])
+@pytest.mark.parametrize("hidden", ["console-usage-history", "spool", "."])
+def test_a_lock_that_cannot_be_looked_at_is_kept(command: str, hidden: str) -> None:
+    # Run as its own user (no root override), a watcher whose history, spool or root is
+    # made unreadable cannot tell whether its lock files are still the ones it locked.
+    # Nothing was replaced: it must keep both locks and go on, not give them up and stop.
+    with others_folder("ingester-unreadable-") as root:
+        process: WatchProcess | ServeProcess
+        if command == "watch":
+            process = WatchProcess(root, wrapper=tuple(AS_OTHER))
+        else:
+            process = ServeProcess(root, "--watch", wrapper=tuple(AS_OTHER))
+        with process:
+            process.wait_log("watching ")
+            folder = root / hidden
+            folder.chmod(0)
+            try:
+                process.wait_log("is still the one in use: Permission denied [EACCES]; carrying")
+            finally:
+                folder.chmod(0o755)
+            process.wait_log("can be checked again")
+            drop(root / "spool", "after.json", payload(4), owner=(OTHER_UID, OTHER_UID))
+            process.wait_log("ingested after.json")
+            second = run_cli(root, "cleanup")  # the history's lock is still the one held
+            assert second.returncode == 1
+            assert f"locked by pid {process.proc.pid} {command}" in second.stderr
+            assert process.stop() == 0
+        assert "removed or replaced" not in process.log
+        assert "Traceback" not in process.log
+        assert [p.read_bytes() for p in versions(root)] == [payload(4)]
 
 
 def test_serve_says_only_what_the_locks_show_of_a_holder_that_left_no_note(root: Path) -> None:

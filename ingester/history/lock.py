@@ -31,6 +31,7 @@ __all__ = [
     "lock_owner",
     "lock_table_readable",
     "refusal",
+    "same_file",
 ]
 
 LOCK_TABLE = "/proc/locks"
@@ -65,6 +66,21 @@ def lock_owner(path: Path) -> tuple[int, str | None] | None:
         return pid, None
     noted_pid, _, command = note.partition(" ")
     return pid, (command or None) if noted_pid == str(pid) else None
+
+
+def same_file(path: Path, ident: tuple[int, int], *, follow_symlinks: bool = True) -> bool:
+    """Whether ``path`` still names the file or folder whose ``(st_dev, st_ino)`` is
+    ``ident``: ``False`` when it names another one, or nothing (``ENOENT``, ``ENOTDIR``).
+
+    Raises ``OSError`` when that cannot be told (``EACCES`` on a folder on the way,
+    ``EIO``): a file one cannot look at has not been replaced, for all one knows, and
+    taking it for replaced would give up a lock that is still good.
+    """
+    try:
+        st = os.stat(path, follow_symlinks=follow_symlinks)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return (st.st_dev, st.st_ino) == ident
 
 
 def _describe_holder(path: Path) -> str:
@@ -136,16 +152,13 @@ class HistoryLock:
         """Whether the lock is held and its path still names the file that is locked.
 
         A lock file removed or replaced by hand guards nothing any more: a second
-        process would lock a fresh file at that path.
+        process would lock a fresh file at that path. Raises ``OSError`` when the path
+        cannot be looked at (see :func:`same_file`); the lock is then still held.
         """
         if self._fd is None:
             return False
-        try:
-            mine = os.fstat(self._fd)
-            there = os.stat(self.path, follow_symlinks=False)
-        except OSError:
-            return False
-        return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+        mine = os.fstat(self._fd)
+        return same_file(self.path, (mine.st_dev, mine.st_ino), follow_symlinks=False)
 
     def release(self) -> None:
         """Drop the lock (closing the descriptor releases the flock)."""

@@ -9,6 +9,8 @@ Both are flocks on files that must stay where they are (:class:`HistoryLock`). A
 file removed or replaced by hand guards nothing any more, and a removed spool is not
 even reported by the kernel while the lock file in it is open. So :meth:`WatcherLocks.
 check` is run every tick: it takes a lock again at once, or says the watcher must stop.
+A path that cannot be looked at (a folder on the way made unreadable) has not been
+replaced, for all one knows: the lock is kept, and the check tried again next tick.
 """
 
 from __future__ import annotations
@@ -17,17 +19,44 @@ import logging
 import os
 from pathlib import Path
 
-from ..errors import IngesterError, LockHeld
-from ..history.lock import HistoryLock, refusal
+from ..errors import IngesterError, LockHeld, describe_os_error
+from ..history.lock import HistoryLock, refusal, same_file
 from .spool import Spool
 
-__all__ = ["LocksLost", "WatcherLocks", "refused_words"]
+__all__ = ["LocksLost", "Unchecked", "WatcherLocks", "refused_words"]
 
 log = logging.getLogger("ingester.watcher")
 
 
 class LocksLost(IngesterError):
     """A lock could not be held again: the watcher must stop (the words say why)."""
+
+
+class Unchecked:
+    """Paths whose identity could not be checked, each logged once when the checks
+    start failing and once when one passes again (they run every tick: a line for each
+    would flood the journal). ``what`` names the path in the line ("the lock file")."""
+
+    def __init__(self) -> None:
+        self._failing: dict[Path, str] = {}
+
+    def failed(self, what: str, path: Path, exc: OSError) -> None:
+        """Log, once for this path and cause, that it could not be checked."""
+        why = describe_os_error(OSError(exc.errno, exc.strerror)) if exc.errno else str(exc)
+        if self._failing.get(path) != why:
+            self._failing[path] = why
+            log.error(
+                "cannot check that %s %s is still the one in use: %s; carrying on with it "
+                "and checking again",
+                what,
+                path,
+                why,
+            )
+
+    def passed(self, what: str, path: Path) -> None:
+        """Log, once, that a path that could not be checked can be again."""
+        if self._failing.pop(path, None) is not None:
+            log.info("%s %s can be checked again", what, path)
 
 
 def refused_words(exc: LockHeld) -> str:
@@ -46,6 +75,7 @@ class WatcherLocks:
         self._spool_lock: HistoryLock | None = None
         self._spool_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the locked spool
         self.purpose = purpose
+        self.unchecked = Unchecked()
 
     def take(self) -> None:
         """Take both, the spool's looked at first; raises ``LockHeld`` or ``OSError``.
@@ -89,12 +119,15 @@ class WatcherLocks:
             self._spool_lock = None
 
     def spool_unchanged(self) -> bool:
-        """Whether the spool folder is still the one whose lock is held."""
+        """Whether the spool folder is still the one whose lock is held (logged once
+        when that cannot be told, and then taken as unchanged: see :class:`Unchecked`)."""
         try:
-            st = os.stat(self.spool.dir)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == self._spool_id
+            same = self._spool_id is not None and same_file(self.spool.dir, self._spool_id)
+        except OSError as exc:
+            self.unchecked.failed("the spool folder", self.spool.dir, exc)
+            return True
+        self.unchecked.passed("the spool folder", self.spool.dir)
+        return same
 
     def check(self, spool_unchanged: bool) -> None:
         """Lock again at once a lock file removed or replaced by hand (logged).
@@ -103,7 +136,7 @@ class WatcherLocks:
 
         Raises :class:`LocksLost` when one cannot be held again.
         """
-        if not self.history.still_held():
+        if not self._still_held(self.history):
             log.error(
                 "the lock file %s was removed or replaced; locking it again", self.history.path
             )
@@ -113,7 +146,7 @@ class WatcherLocks:
             except (LockHeld, OSError) as exc:
                 raise LocksLost(f"cannot hold the history any more: {exc}") from exc
         spool = self._spool_lock
-        if spool is not None and spool_unchanged and not spool.still_held():
+        if spool is not None and spool_unchanged and not self._still_held(spool):
             log.error("the lock file %s was removed or replaced; locking it again", spool.path)
             try:
                 self.lock_spool()
@@ -121,3 +154,13 @@ class WatcherLocks:
                 raise LocksLost(refused_words(exc)) from exc
             except OSError as exc:
                 raise LocksLost(f"cannot hold the spool any more: {exc}") from exc
+
+    def _still_held(self, lock: HistoryLock) -> bool:
+        """``lock.still_held()``, but ``True`` (logged once) when that cannot be told."""
+        try:
+            held = lock.still_held()
+        except OSError as exc:
+            self.unchecked.failed("the lock file", lock.path, exc)
+            return True
+        self.unchecked.passed("the lock file", lock.path)
+        return held

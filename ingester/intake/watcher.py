@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import queue
 import signal
 import stat
@@ -34,7 +33,7 @@ from types import FrameType
 from ..clock import Backoff, ClockJump
 from ..errors import IngesterError, StorageError, describe_os_error
 from ..history.batch import Batch
-from ..history.lock import WATCH, LockHeld
+from ..history.lock import WATCH, LockHeld, same_file
 from ..history.store import HistoryStore
 from ..runtime.notify import SystemdNotifier
 from ..settings import Settings, WatchOptions
@@ -315,11 +314,14 @@ class Watcher:
         was removed or replaced, the lock guards nothing any more (a second watcher
         could start), so exit and let systemd start afresh.
         """
+        history = self.store.history_dir
         try:
-            st = os.stat(self.store.history_dir)
-            same = (st.st_dev, st.st_ino) == self.intake.history_id
-        except OSError:
-            same = False
+            same = same_file(history, self.intake.history_id)
+        except OSError as exc:
+            self.locks.unchecked.failed("the history folder", history, exc)
+            same = True  # not seen replaced: keep it, and its lock, and look again
+        else:
+            self.locks.unchecked.passed("the history folder", history)
         if not same:
             raise _Stop(f"the history folder {self.store.history_dir} was removed or replaced")
         # The open lock file keeps the kernel from reporting a removed spool until it is

@@ -61,7 +61,8 @@ def latest_bytes(root: Path) -> bytes | None:
 
 
 class WatchProcess(LoggedProcess):
-    """``python -m ingester --root ROOT [global...] watch ARGS`` with its stderr in a file."""
+    """``python -m ingester --root ROOT [global...] watch ARGS`` with its stderr in a file
+    (run through ``wrapper``, e.g. ``setpriv`` for another user, when one is given)."""
 
     tag = "watch"
 
@@ -71,8 +72,10 @@ class WatchProcess(LoggedProcess):
         *args: str,
         global_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        wrapper: tuple[str, ...] = (),
     ) -> None:
-        command = [sys.executable, "-m", "ingester", "--root", str(root), *global_args, "watch"]
+        command = [*wrapper, sys.executable, "-m", "ingester", "--root", str(root), *global_args]
+        command.append("watch")
         super().__init__(root, "watch", [*command, *args], env)
 
     def wait_started(self) -> WatchProcess:
