@@ -590,7 +590,14 @@ def test_post_when_the_spool_cannot_be_written_is_503(root: Path, server):
         assert r.status_code == 503
         assert r.json()["success"] is False
         assert "spool" in r.json()["message"]
-        assert "spool not writable" in server.log
+        # One line, naming the client, the path and the cause, as an ERROR: the fault is
+        # this server's, not the client's.
+        lines = [line for line in server.log.splitlines() if "cannot be written" in line]
+        assert len(lines) == 1, server.log
+        assert " ERROR client 127.0.0.1:" in lines[0]
+        assert f"POST {API}: the spool cannot be written: cannot stage " in lines[0]
+        assert f" in {tmp}: " in lines[0]
+        assert lines[0].endswith("Operation not permitted [EPERM]; answered 503")
         assert "Traceback" not in server.log
     finally:
         subprocess.run(["chattr", "-i", str(tmp)], check=True)

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from ..errors import StorageError
+from ..errors import StorageError, describe_os_error
 from ..history.lock import HistoryHolder
 from ..intake.spool import Spool, drop_name_for_now
 from ..payload.model import PayloadRejected, judge_payload
@@ -42,19 +42,24 @@ def client_address(request: Request) -> str:
     return format_peer(request.client and tuple(request.client))
 
 
-def refuse(request: Request, status: int, message: str, **extra: Any) -> Response:
+def refuse(
+    request: Request, status: int, message: str, *, cause: str | None = None, **extra: Any
+) -> Response:
     """Log the refusal of a POST (one line, naming the client, never key material) and
     answer it ``{"success": false, ...}``.
 
-    The line has the shape of every client-caused line of the server:
-    ``client HOST:PORT: POST PATH: reason; answered STATUS``.
+    The line has the shape of every refused request's line of the server:
+    ``client HOST:PORT: POST PATH: reason; answered STATUS``. ``cause``, when given, is
+    the reason for the log in place of ``message`` (a path on this server the client
+    is not told), and marks the refusal as this server's fault: an ERROR, not a WARNING.
     """
-    log.warning(
+    log.log(
+        logging.WARNING if cause is None else logging.ERROR,
         "client %s: %s %s: %s; answered %d",
         client_address(request),
         request.method,
         request.scope["path"],  # not request.url: a malformed Host header breaks it
-        message,
+        message if cause is None else cause,
         status,
         extra={"event": "refused", "status": status, "client": client_address(request)},
     )
@@ -167,8 +172,12 @@ async def post_console_usage(request: Request) -> Response:
         drop = await _submit_to_the_end(ctx.spool, body)
     except OSError as exc:
         ctx.posts.labels("spool_error").inc()
-        log.error("POST not accepted: spool not writable: %s", exc)
-        return refuse(request, 503, f"the spool cannot be written: {exc.strerror}")
+        return refuse(
+            request,
+            503,
+            f"the spool cannot be written: {exc.strerror}",
+            cause=f"the spool cannot be written: {describe_os_error(exc)}",
+        )
     ctx.posts.labels("accepted").inc()
     # Asked once the drop is durable: a watcher that stopped meanwhile will not take it.
     unwatched, elsewhere = _unwatched(ctx)
