@@ -161,8 +161,11 @@ def test_a_malformed_request_is_400_and_one_line(server: ServeProcess, case: str
 def test_another_http_version_is_505_and_one_line(server: ServeProcess, data: bytes) -> None:
     answer, port = exchange(server.port, data)
     assert status(answer) == 505
+    # The answer says what is served, as the line does: HTTP/1.0 is served too.
+    assert b"only HTTP/1.0 and 1.1 are served here" in answer
     line = wait_for(lambda: lines_about(server, port), 10, "the line")
     assert len(line) == 1 and "sent an HTTP/2.0 request line" in line[0], line
+    assert "only HTTP/1.0 and 1.1 are served" in line[0]
     assert_log_is_clean(server)
 
 
@@ -172,6 +175,21 @@ def test_a_head_over_the_limit_is_refused_in_one_line(server: ServeProcess) -> N
     assert answer == b"" or status(answer) == 400
     line = wait_for(lambda: lines_about(server, port), 10, "the line")
     assert len(line) == 1 and "a request head over the 16 KiB limit" in line[0], line
+    assert_log_is_clean(server)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_too_many_headers_are_431_and_one_line(server: ServeProcess, method: str) -> None:
+    # Small enough for the head limit, too many for the header limit: the app answers
+    # 431, and that refusal is logged like every other, naming the client.
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(150))
+    head = f"{method} {API} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n".encode()
+    answer, port = exchange(server.port, head + many + b"\r\n")
+    assert status(answer) == 431
+    line = wait_for(lambda: lines_about(server, port), 10, "the line")
+    assert len(line) == 1 and " WARNING " in line[0], line
+    assert f"{method} {API}: sent 152 headers, " in line[0]
+    assert line[0].endswith("(the limits: 100 headers, 16384 bytes); answered 431")
     assert_log_is_clean(server)
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "API_PATH",
     "HEALTH_PATH",
     "JSON",
+    "SERVED_VERSIONS",
     "STALE_AFTER_MINUTES",
     "TIMESTAMP_EXAMPLE",
     "UNHEALTHY_AFTER_MINUTES",
@@ -44,6 +45,8 @@ STALE_AFTER_MINUTES = 10  # isStale beyond it, and "degraded" in health
 UNHEALTHY_AFTER_MINUTES = 30
 TIMESTAMP_EXAMPLE = "2026-11-28T10:30:00Z"
 JSON = "application/json"
+SERVED_VERSIONS = "HTTP/1.0 and 1.1"
+"""The HTTP versions answered, in words (uvicorn's h11 protocol speaks both)."""
 
 
 def iso(stamp: datetime) -> str:

@@ -33,6 +33,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
 from ..runtime.admission import client_key, format_peer
+from .answers import SERVED_VERSIONS
 from .connections import LINGER_S, ConnectionLayer, _answer
 
 __all__ = ["ServeProtocol", "protocol_class"]
@@ -254,7 +255,7 @@ class ServeProtocol(H11Protocol):
         if first[:1] == b"\x16" and first[1:2] == b"\x03":
             return "sent a TLS handshake to the plain HTTP port (https:// to an http:// server?)"
         if first.startswith(b"PRI * HTTP/2.0"):
-            return "spoke HTTP/2 without an upgrade; only HTTP/1.1 is served"
+            return f"spoke HTTP/2 without an upgrade; only {SERVED_VERSIONS} are served"
         detail = _shorten(self.recording.last_error or "unparsable")
         if detail.startswith("Receive buffer too long"):
             return "sent a request head over the 16 KiB limit"

@@ -3,6 +3,7 @@ history, its metadata and the spool at scrape time (a collector)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -17,6 +18,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import VersionNotFound
+from ..runtime.admission import format_peer
 from .answers import STALE_AFTER_MINUTES, age_minutes, json_answer, parse_last_updated
 from .context import ServeContext
 from .reads import read_payload
@@ -38,6 +40,8 @@ __all__ = [
     "get_metrics",
     "request_metrics",
 ]
+
+log = logging.getLogger("ingester.serve")
 
 # Header floods: uvicorn refuses an unfinished request head over 16 KiB, but a large head
 # that arrives in one read is parsed whole; these limits then refuse it.
@@ -221,11 +225,21 @@ class MetricsMiddleware:
         start = time.perf_counter()
         status = [500]
         headers = scope["headers"]
-        if (
-            len(headers) > MAX_HEADERS
-            or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES
-        ):
+        size = sum(len(k) + len(v) for k, v in headers)
+        if len(headers) > MAX_HEADERS or size > MAX_HEADER_BYTES:
             status[0] = 431
+            log.warning(
+                "client %s: %s %s: sent %d headers, %d bytes in all (the limits: %d headers, "
+                "%d bytes); answered 431",
+                format_peer(scope.get("client")),
+                scope["method"],
+                scope["path"],
+                len(headers),
+                size,
+                MAX_HEADERS,
+                MAX_HEADER_BYTES,
+                extra={"event": "refused", "status": 431},
+            )
             await json_answer(
                 {
                     "error": "HeadersTooLarge",

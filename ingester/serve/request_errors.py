@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..runtime.admission import format_peer
 from ..runtime.logs import describe_exception
-from .answers import post_body
+from .answers import SERVED_VERSIONS, post_body
 
 __all__ = ["OneLineErrors"]
 
@@ -103,13 +103,16 @@ class OneLineErrors:
             # h11 parses any HTTP/x.y request line; HTTP/2's connection preface
             # ("PRI * HTTP/2.0") is one, and what follows it is binary frames.
             log.warning(
-                "client %s: sent an HTTP/%s request line (%s); only HTTP/1.0 and 1.1 are "
-                "served, answered 505 and closed",
+                "client %s: sent an HTTP/%s request line (%s); only %s are served, answered "
+                "505 and closed",
                 client,
                 version[:10],
                 "HTTP/2 without an upgrade" if scope["method"] == "PRI" else what,
+                SERVED_VERSIONS,
             )
-            await _answer(send, 505, "HTTPVersionNotSupported", "only HTTP/1.1 is served here")
+            await _answer(
+                send, 505, "HTTPVersionNotSupported", f"only {SERVED_VERSIONS} are served here"
+            )
             return
         try:
             await self.app(scope, tracking_receive, tracking_send)
