@@ -28,7 +28,7 @@ from pathlib import Path
 
 from support import run_cli, wait_for
 from support.capabilities import tmpfs
-from support.watchproc import WatchProcess, drop, payload
+from support.watchproc import WatchProcess, drop, payload, versions
 from test_crashpoints import Expect, final_problems, settings_for
 
 WATCH_ARGS = ("--retry-max", "0.5", "--rescan-interval", "1")
@@ -146,6 +146,24 @@ def test_once_says_each_cache_failure_once_and_promises_no_retry(
     assert "cannot refresh the latest link" in errors[0]
     assert errors[0].endswith("[EPERM]; left for the next start"), errors[0]
     assert "retrying in" not in done.stderr
+
+
+def test_a_failure_at_stop_is_left_for_the_next_start(root: Path, can_chattr: None) -> None:
+    # The last round at a stop fails as the ones before it did; it must not promise a
+    # retry that this process will never make.
+    with contextlib.ExitStack() as stack:
+        watcher = stack.enter_context(WatchProcess(root))
+        stack.callback(_run, "chattr", "-i", str(root))
+        assert _run("chattr", "+i", str(root)).returncode == 0  # no latest link can be made
+        drop(root / "spool", "a.json", payload(0, fault="stop"))
+        watcher.wait_log("cannot refresh the latest link")
+        assert watcher.stop() == 0, watcher.log
+    lines = watcher.log.splitlines()
+    stopped = next(i for i, line in enumerate(lines) if " stopped: 1 ingested" in line)
+    errors = [line for line in lines[:stopped] if " ERROR " in line]
+    assert errors[-1].endswith("[EPERM]; left for the next start"), watcher.log
+    assert lines[stopped - 1] == errors[-1]
+    assert [p.read_bytes() for p in versions(root)] == [payload(0, fault="stop")]
 
 
 def _fill(folder: Path) -> Path:

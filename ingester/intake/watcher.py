@@ -272,6 +272,8 @@ class Watcher:
         self.notifier.close()
         self.store.close()
         self._stop_arrivals()
+        # The last round: what fails now waits for the next start, and says so.
+        self.maintenance.retries = False
         self._maintain(force=True)
         try:
             # What the next start will find, not only the drops this loop had heard of.
