@@ -999,7 +999,8 @@ def shape(step: str | None) -> str:
     step = re.sub(r"\[[^\]]*\bk\d{3}\]", "[root]", step)  # the per-round root folder
     step = re.sub(r"\bk\d{3}/", "", step)
     step = re.sub(r"/#\d+ \(deleted\)", "/#unnamed", step)  # an O_TMPFILE file's inode
-    return re.sub(r"fd\d+", "fd", re.sub(r"\.tmp-(\w+)-[0-9a-f]{12}", r".tmp-\1-X", step))
+    # "fd7" as fsync's trace names a descriptor, "fd/7" as a path through /proc/self/fd.
+    return re.sub(r"fd/?\d+", "fd", re.sub(r"\.tmp-(\w+)-[0-9a-f]{12}", r".tmp-\1-X", step))
 
 
 def known_bug(step: str) -> str | None:

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 from support import IS_ROOT, run_cli, wait_for
 from support.capabilities import OTHER_UID, other_user_problem, others_folder, run_as_other
-from support.watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents
+from support.watchproc import (
+    WatchProcess,
+    drop,
+    latest_bytes,
+    payload,
+    stored_contents,
+    versions,
+)
 
 
 def test_claimed_folder_removed_while_running_is_made_again(root: Path) -> None:
@@ -174,3 +181,38 @@ def test_a_tmp_folder_it_may_not_search_is_a_warning_not_a_stop(service_root: Pa
     warned = [ln for ln in done.stderr.splitlines() if "cannot remove temp files" in ln]
     assert len(warned) == 1 and "Traceback" not in done.stderr, done.stderr
     assert f"cannot look at {tmp / '.submit-q'}: Permission denied [EACCES]" in warned[0]
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_a_claim_back_in_a_spool_it_cannot_list_is_left_not_stored(service_root: Path) -> None:
+    # A crash while a failed drop was put back leaves its claim as a second name of the
+    # drop in the spool. Whether it is one cannot be told while the spool cannot be
+    # listed: storing the claim then would store the drop a second time later.
+    spool = service_root / "spool"
+    back = drop(spool, "x.json", payload(6), owner=(OTHER_UID, OTHER_UID))
+    claimed = spool / ".claimed"
+    claimed.mkdir()
+    os.chown(claimed, OTHER_UID, OTHER_UID)
+    os.link(back, claimed / "2026-12-05T06-00-00-00000001.json")
+    spool.chmod(0o333)  # entered, not listed
+    try:
+        done = run_as_other(service_root, "watch", "--once")
+    finally:
+        spool.chmod(0o755)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "the spool could not be scanned: drops it holds are left for the next start" in (
+        done.stderr
+    )
+    assert (
+        f"1 claimed drop(s) could not be finished (in {claimed}): left for the next start"
+    ) in done.stderr
+    assert "stopped: 0 ingested, 0 rejected, the drops waiting cannot be counted (cannot list " in (
+        done.stderr
+    )
+    assert versions(service_root) == []
+    again = run_as_other(service_root, "watch", "--once")
+    assert again.returncode == 0, again.stderr
+    assert "is back in the spool; removed its claim" in again.stderr
+    assert [p.read_bytes() for p in versions(service_root)] == [payload(6)]
+    assert os.listdir(claimed) == []

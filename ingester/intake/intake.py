@@ -447,7 +447,13 @@ class Intake:
         """
         claim = os.path.join(self._claimed, item.version)
         seen = self._copied_claims.pop(item.version, None)
-        if seen is not None and _written_since(claim, seen):
+        try:
+            written = seen is not None and _written_since(claim, seen)
+        except OSError as exc:
+            # Cannot tell: the claim stays, and recovery compares its bytes with the
+            # version's (stores them anew if they differ).
+            return StorageError("check claim", claim, exc)
+        if written:
             # A writer still holding the file added to it after its copy was stored:
             # those bytes are not stored, so the claim is not deleted.
             log.warning("%s was written to after it was stored; taking it again", item.drop)
@@ -514,9 +520,11 @@ def _folder(name: str, spool_dir: Path) -> Ignored:
 
 
 def _written_since(claim: str, seen: tuple[int, int]) -> bool:
+    """Whether the claim's ``(size, mtime_ns)`` moved from ``seen``; ``False`` when it
+    is gone. Raises ``OSError`` when it cannot be looked at."""
     try:
         st = os.lstat(claim)
-    except OSError:
+    except FileNotFoundError:
         return False
     return (st.st_size, st.st_mtime_ns) != seen
 

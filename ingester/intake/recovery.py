@@ -122,15 +122,20 @@ class ClaimRecovery:
         return Stored(version, target, len(opened.data), started, pending=False)
 
     def _back_in_spool(self, claim: durable.StrPath) -> bool:
-        """Whether a spool entry is the claimed inode itself (see :meth:`Intake._unclaim`)."""
+        """Whether a spool entry is the claimed inode itself (see :meth:`Intake._unclaim`).
+
+        Raises :class:`StorageError` when that cannot be told (the claim or the spool
+        cannot be looked at): storing the claim then could store a drop the spool
+        still holds, so the claim waits for the next round.
+        """
         try:
             st = os.lstat(claim)
-            if st.st_nlink < 2:
-                return False
-            return any(
-                (c.ino, c.dev) == (st.st_ino, st.st_dev)
-                for c in self.spool.scan()
-                if stat.S_ISREG(c.mode)
-            )
-        except OSError:
+        except OSError as exc:
+            raise StorageError("stat claim", claim, exc) from exc
+        if st.st_nlink < 2:
             return False
+        return any(
+            (c.ino, c.dev) == (st.st_ino, st.st_dev)
+            for c in self.spool.scan()
+            if stat.S_ISREG(c.mode)
+        )

@@ -34,6 +34,7 @@ from ..clock import Backoff, ClockJump
 from ..errors import IngesterError, StorageError, describe_os_error
 from ..history.batch import Batch
 from ..history.lock import WATCH, LockHeld, same_file
+from ..history.names import is_version_name
 from ..history.store import HistoryStore
 from ..runtime.notify import SystemdNotifier
 from ..settings import Settings, WatchOptions
@@ -152,6 +153,7 @@ class Watcher:
         self._backoff = Backoff(options.retry_max)  # the whole pipeline (history failures)
         self._failures = 0  # pipeline failures so far: did this group meet one?
         self._next_rescan = 0.0
+        self._unscanned = False  # the last scan of the spool failed: it may hold drops
         self._next_ping = 0.0
         self._last_status = ""
         self.metrics = metrics
@@ -252,6 +254,8 @@ class Watcher:
                 if self.options.once and self._drop_waits.claim:
                     log.error("%d drop(s) could not be taken", len(self._drop_waits.claim))
                     return 1
+                if self.options.once and not self._once_finished():
+                    return 1
                 return code
             self.notifier.ready(self._status_text())
             self._next_rescan = time.monotonic() + self.options.rescan_interval
@@ -267,6 +271,27 @@ class Watcher:
             self._stop_arrivals()
             return 1
 
+    def _once_finished(self) -> bool:
+        """Whether a ``--once`` run saw the whole spool and left no claim unfinished
+        (each that it did not is said in one line: the run exits 1)."""
+        finished = True
+        if self._unscanned:
+            log.error("the spool could not be scanned: drops it holds are left for the next start")
+            finished = False
+        try:
+            left = [n for n in self.spool.claimed() if is_version_name(n)]
+        except StorageError as exc:
+            log.error("cannot tell whether claimed drops are left: %s", exc)
+            return False
+        if left:
+            log.error(
+                "%d claimed drop(s) could not be finished (in %s): left for the next start",
+                len(left),
+                self.spool.claimed_dir,
+            )
+            finished = False
+        return finished
+
     def _shutdown(self) -> int:
         self.notifier.stopping(self._status_text())
         self.notifier.close()
@@ -277,11 +302,11 @@ class Watcher:
         self._maintain(force=True)
         try:
             # What the next start will find, not only the drops this loop had heard of.
-            waiting = self.spool.backlog()
-        except StorageError:
-            waiting = len(self._pending) + len(self._deferred)
+            waiting = f"{self.spool.backlog()} waiting"
+        except StorageError as exc:
+            waiting = f"the drops waiting cannot be counted ({exc})"
         log.info(
-            "stopped: %d ingested, %d rejected, %d waiting",
+            "stopped: %d ingested, %d rejected, %s",
             self.counts.ingested,
             self.counts.rejected,
             waiting,
@@ -425,7 +450,9 @@ class Watcher:
             candidates = self.spool.scan()
         except StorageError as exc:
             log.error("cannot scan the spool (%s): %s", why, exc)
+            self._unscanned = True
             return
+        self._unscanned = False
         log.debug("rescanned the spool (%s): %d candidate(s)", why, len(candidates))
         for c in candidates:
             if stat.S_ISDIR(c.mode):
