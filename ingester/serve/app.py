@@ -182,6 +182,13 @@ def create_app(config: ServeConfig, *, extra_routes: Sequence[BaseRoute] = ()) -
     # that follows it would send its key in the clear).
     app.router.redirect_slashes = False
     app.state.ctx = ctx
-    install_forecast(app, index=ctx.index, settings=s, registry=registry, clock=config.clock)
+    install_forecast(
+        app,
+        index=ctx.index,
+        settings=s,
+        registry=registry,
+        clock=config.clock,
+        faults=ctx.read_faults,
+    )
     app.add_middleware(MetricsMiddleware, ctx=ctx)
     return app

@@ -15,6 +15,7 @@ from ..history.index import BoundedCache, HistoryIndex
 from ..intake.spool import Spool
 from ..settings import Settings
 from .backlog import BacklogWarnings, WatcherProbe
+from .read_faults import ReadFaults
 from .trigger_command import TriggerCommand, TriggerRunner
 
 __all__ = ["ServeConfig", "ServeContext"]
@@ -69,6 +70,7 @@ class ServeContext:
     parsed: BoundedCache[str, tuple[dict[str, Any] | None, datetime | None]] = field(
         default_factory=lambda: BoundedCache(1 << 20)
     )
+    read_faults: ReadFaults = field(default_factory=ReadFaults)
 
     @property
     def settings(self) -> Settings:

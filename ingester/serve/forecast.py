@@ -25,7 +25,6 @@ so they work the same over a local folder and over an object store (``serve --fr
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
@@ -41,11 +40,10 @@ from starlette.routing import Route
 from ..history.index import HistoryIndex
 from ..settings import Settings
 from ..usage.usage_history import UsageHistory, forecast_json
+from .read_faults import HISTORY, ReadFaults
 from .routes import FORECAST_PATH
 
 __all__ = ["FORECAST_PATH", "UsageCollector", "install"]
-
-log = logging.getLogger("ingester.serve")
 
 
 def _json(body: object, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -63,9 +61,12 @@ def _matches(header: str | None, etag: str) -> bool:
 class _ForecastRoute:
     """The handler, with the body of the last answer kept (it changes with the history)."""
 
-    def __init__(self, usage: UsageHistory, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, usage: UsageHistory, clock: Callable[[], datetime], faults: ReadFaults
+    ) -> None:
         self.usage = usage
         self.clock = clock
+        self.faults = faults
         self._body: tuple[str, bytes] | None = None
 
     async def handle(self, request: Request) -> Response:
@@ -74,7 +75,7 @@ class _ForecastRoute:
             # The answer kept while nothing changed is at hand without a worker thread.
             answer = self.usage.cached(now) or await run_in_threadpool(self.usage.answer, now)
         except OSError as exc:
-            log.error("history unreadable: %s", exc)
+            self.faults.failed(request, HISTORY, exc)
             return _json(
                 {
                     "error": "HistoryUnavailable",
@@ -82,6 +83,7 @@ class _ForecastRoute:
                 },
                 503,
             )
+        self.faults.passed(HISTORY)
         if answer is None:
             return _json(
                 {
@@ -183,16 +185,17 @@ def install(
     settings: Settings,
     registry: CollectorRegistry,
     clock: Callable[[], datetime],
+    faults: ReadFaults,
 ) -> UsageHistory:
     """Add the forecast route to ``app`` and the usage metrics to ``registry``.
 
     ``index`` is the app's view of the history, ``clock`` its UTC clock (which versions
-    count as "future" depends on it).
+    count as "future" depends on it), ``faults`` where a read that fails is told.
     """
     zone, name = settings.console_zone()
     usage = UsageHistory(index, zone, name)
     app.router.routes.append(
-        Route(FORECAST_PATH, _ForecastRoute(usage, clock).handle, methods=["GET", "HEAD"])
+        Route(FORECAST_PATH, _ForecastRoute(usage, clock, faults).handle, methods=["GET", "HEAD"])
     )
     registry.register(UsageCollector(usage, clock))
     app.state.usage = usage

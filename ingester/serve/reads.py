@@ -32,6 +32,7 @@ from .answers import (
 )
 from .conditional import cache_control, etag_matches, http_date, not_modified
 from .context import ServeContext
+from .read_faults import HISTORY, version_fault
 
 __all__ = ["get_console_usage", "get_version", "list_versions", "read_payload", "snapshot_or_error"]
 
@@ -62,15 +63,18 @@ def read_payload(ctx: ServeContext, name: str) -> tuple[dict[str, Any] | None, d
     return payload, stamp
 
 
-def snapshot_or_error(ctx: ServeContext) -> HistorySnapshot | Response:
-    """The history as it is now, or the 503 answer when it cannot be read."""
+def snapshot_or_error(ctx: ServeContext, request: Request) -> HistorySnapshot | Response:
+    """The history as it is now, or the 503 answer when it cannot be read (logged
+    through :class:`~ingester.serve.read_faults.ReadFaults`)."""
     try:
-        return ctx.index.snapshot()
+        snap = ctx.index.snapshot()
     except OSError as exc:
-        log.error("history unreadable: %s", exc)
+        ctx.read_faults.failed(request, HISTORY, exc)
         return error_answer(
             503, "HistoryUnavailable", f"the history cannot be read: {exc.strerror}"
         )
+    ctx.read_faults.passed(HISTORY)
+    return snap
 
 
 def _choose(request: Request, snap: HistorySnapshot, now: datetime) -> int | Response:
@@ -125,7 +129,7 @@ def _locate(
 ) -> tuple[HistorySnapshot, int, dict[str, Any] | None, datetime | None] | Response:
     """The snapshot, the chosen position, its payload and lastUpdated; or the error answer."""
     for attempt in range(2):
-        snap = snapshot_or_error(ctx)
+        snap = snapshot_or_error(ctx, request)
         if isinstance(snap, Response):
             return snap
         chosen = _choose(request, snap, now)
@@ -141,8 +145,9 @@ def _locate(
                 return error_answer(503, "VersionGone", "the version was just deleted; retry")
             continue
         except OSError as exc:
-            log.error("cannot read version %s: %s", name, exc)
+            ctx.read_faults.failed(request, version_fault(name), exc)
             return error_answer(503, "HistoryUnavailable", f"version unreadable: {exc.strerror}")
+        ctx.read_faults.passed(version_fault(name))
         return snap, chosen, payload, updated
     raise AssertionError("unreachable")
 
@@ -199,7 +204,7 @@ async def list_versions(request: Request) -> Response:
                 400, "InvalidCursor", f"{key} must be a version name, e.g. from 'next'"
             )
         bounds[key] = value
-    snap = snapshot_or_error(ctx)
+    snap = snapshot_or_error(ctx, request)
     if isinstance(snap, Response):
         return snap
     limit = int(limit_text)
@@ -232,7 +237,9 @@ async def get_version(request: Request) -> Response:
     except VersionNotFound:
         return error_answer(404, "NotFound", f"no version {name} (never stored, or deleted)")
     except OSError as exc:
+        ctx.read_faults.failed(request, version_fault(name), exc)
         return error_answer(503, "HistoryUnavailable", f"version unreadable: {exc.strerror}")
+    ctx.read_faults.passed(version_fault(name))
     if inm is not None and etag_matches(inm, etag):
         return Response(status_code=304, headers=headers)
     return Response(data, media_type=JSON, headers=headers)

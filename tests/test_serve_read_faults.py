@@ -1,0 +1,107 @@
+"""A fault every read meets (the history unreadable) is one line, not one per request.
+
+A dashboard and a Prometheus server polling ``serve`` while its history cannot be read
+would otherwise write an ERROR line per request. The first read to meet the fault logs
+it, naming the client, the request and the cause; the reads meeting it after that are
+counted and said once a minute; the first read that goes through again says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from starlette.requests import Request
+from support.capabilities import AS_OTHER, other_user_problem, others_folder, run_as_other
+from support.serveproc import ServeProcess, fresh_payload, put_version, version_name
+
+from ingester.serve.read_faults import ReadFaults
+
+API = "/api/claude/console-usage"
+WHY_NOT = other_user_problem()
+
+
+def _errors(log: str) -> list[str]:
+    return [line for line in log.splitlines() if " ERROR " in line]
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_an_unreadable_history_is_one_line_then_one_when_it_passes() -> None:
+    with others_folder("ingester-read-faults-") as root:
+        assert run_as_other(root, "init").returncode == 0
+        older = version_name(datetime.now(UTC) - timedelta(hours=1))  # never read below
+        put_version(root, older, fresh_payload())
+        put_version(root, version_name(datetime.now(UTC)), fresh_payload())
+        history = root / "console-usage-history"
+        with ServeProcess(root, wrapper=tuple(AS_OTHER)) as server:
+            assert server.get(API).status_code == 200
+            history.chmod(0)
+            try:
+                paths = [API, f"{API}/versions", f"{API}/forecast", API]
+                assert [server.get(p).status_code for p in paths] == [503] * 4
+            finally:
+                history.chmod(0o755)
+            errors = _errors(server.log)
+            assert len(errors) == 1, server.log
+            assert " ERROR client 127.0.0.1:" in errors[0]
+            assert (
+                f": GET {API}: the history cannot be read: cannot list {history}: "
+                "Permission denied [EACCES]; answered 503 (reads meeting this fault are "
+                "counted, and said once a minute while it lasts)"
+            ) in errors[0]
+            assert server.get(API).status_code == 200
+            assert (
+                "INFO reads go through again (last fault: the history cannot be read: "
+                f"cannot list {history}: Permission denied [EACCES]); 3 more read(s) were "
+                "answered 503"
+            ) in server.log
+            # Another fault, one version's file: a line of its own, the same way, while
+            # reads of the history and of the newest version go through in between.
+            (history / older).chmod(0)
+            for _ in range(3):
+                assert server.get(f"{API}/versions/{older}").status_code == 503
+                assert server.get(API).status_code == 200
+                assert server.get(API, params={"version": "1"}).status_code == 503
+            errors = _errors(server.log)
+            assert len(errors) == 2, server.log
+            assert f"the version {older} cannot be read: " in errors[1]
+            assert server.stop() == 0
+        assert "Traceback" not in server.log
+
+
+def _request(port: int) -> Request:
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": API,
+        "headers": [],
+        "client": ("127.0.0.1", port),
+        "query_string": b"",
+    }
+    return Request(scope)
+
+
+def test_a_lasting_fault_is_said_again_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    faults = ReadFaults(clock=lambda: now[0], every=60.0)
+    denied = PermissionError(13, "Permission denied", "/h")
+    with caplog.at_level(logging.INFO, logger="ingester.serve"):
+        for second in range(0, 150, 10):  # 15 reads, 10 s apart
+            now[0] = float(second)
+            faults.failed(_request(1000 + second), "the history cannot be read", denied)
+        faults.passed("the version x.json cannot be read")  # not this fault: nothing said
+        faults.passed("the history cannot be read")
+        faults.passed("the history cannot be read")  # nothing more to say
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "client 127.0.0.1:1000: GET /api/claude/console-usage: the history cannot be read: "
+        "/h: Permission denied [EACCES]; answered 503 (reads meeting this fault are counted, "
+        "and said once a minute while it lasts)",
+        "the history still cannot be read: /h: Permission denied [EACCES]; 6 more read(s) "
+        "answered 503 since the last line",
+        "the history still cannot be read: /h: Permission denied [EACCES]; 6 more read(s) "
+        "answered 503 since the last line",
+        "reads go through again (last fault: the history cannot be read: /h: Permission "
+        "denied [EACCES]); 2 more read(s) were answered 503",
+    ]
