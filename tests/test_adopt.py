@@ -355,6 +355,41 @@ def test_files_of_another_user_stop_adopt_with_the_chown_advice() -> None:
         shutil.rmtree(work)
 
 
+@pytest.mark.skipif(not IS_ROOT or SETPRIV is None, reason="needs root and setpriv")
+def test_a_latest_file_it_cannot_read_is_never_replaced() -> None:
+    """Run as the service's user on the original's history whose latest file is root's
+    and unreadable: it may hold a snapshot no version holds, so nothing may replace it."""
+    as_other = (SETPRIV or "setpriv", "--reuid=4242", "--regid=4242", "--clear-groups")
+    work = Path(tempfile.mkdtemp(prefix="adopt-", dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        root = work / "root"
+        root.mkdir()
+        o = original_history(root, latest="unique")
+        for path in (root, *root.rglob("*")):
+            os.chown(path, 4242, 4242)
+        latest = root / LATEST
+        os.chown(latest, 0, 0)
+        latest.chmod(0o600)
+        commands = (("watch", "--once"), ("init",), ("verify", "--repair"), ("cleanup",))
+        for command in (*commands, ("serve", "--watch", "--listen", "127.0.0.1:0")):
+            refused = run_cli(root, *command, wrapper=as_other)
+            assert refused.returncode == 1, (command, refused.stdout + refused.stderr)
+            assert (
+                f"cannot tell whether {latest} holds a snapshot that no version holds (cannot "
+                f"open {latest}: Permission denied [EACCES]), so nothing replaces it: a "
+                "permissions problem, not damage"
+            ) in refused.stderr, (command, refused.stderr)
+            assert "Traceback" not in refused.stderr
+            assert latest.read_bytes() == o.latest and not latest.is_symlink(), command
+        report = json.loads(run_cli(root, "verify", "--json", wrapper=as_other).stdout)
+        (finding,) = [f for f in report["problems"] if f["kind"] == "latest-link"]
+        assert "cannot tell whether" in finding["message"]
+        assert finding["repairable"] is False
+    finally:
+        shutil.rmtree(work)
+
+
 # -- verify and status before adopt ---------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..errors import PayloadRejected, StorageError
+from ..errors import PERMISSION_ADVICE, PayloadRejected, StorageError
 from ..history import durable
 from ..history.names import STAMP_FORMAT, is_version_name
 from ..history.store import VERSION_MODE, HistoryStore
@@ -124,13 +124,27 @@ def latest_is_a_file(store: HistoryStore) -> bool:
 
 def unkept_latest(store: HistoryStore) -> bool:
     """Whether the latest path is a file holding a snapshot that no version holds (one
-    that starting, or ``verify --repair``, would lose). Reads only; never raises (what
-    cannot be read is left for the caller's own checks to report)."""
-    try:
-        data = _regular_latest(store)
-        return data is not None and _held_by_a_version(store, data) is None
-    except StorageError:
-        return False
+    that starting, or ``verify --repair``, would lose). Reads only.
+
+    Raises :class:`StorageError` when that cannot be told: the latest path is a file
+    that cannot be read, or a version cannot be read to compare it with. A file one
+    cannot read may hold such a snapshot, so it must never be taken for one that does not.
+    """
+    data = _regular_latest(store)
+    return data is not None and _held_by_a_version(store, data) is None
+
+
+def unknown_latest(store: HistoryStore, exc: StorageError) -> str:
+    """Why a start must not replace a latest file :func:`unkept_latest` could not judge."""
+    advice = (
+        PERMISSION_ADVICE
+        if exc.errno in (errno.EACCES, errno.EPERM)
+        else "fix that, then run 'ingester adopt' if it holds a snapshot no version holds"
+    )
+    return (
+        f"cannot tell whether {store.latest_path} holds a snapshot that no version holds "
+        f"({exc}), so nothing replaces it: {advice}"
+    )
 
 
 UNKEPT_LATEST = (
@@ -145,9 +159,14 @@ def unsafe_latest(store: HistoryStore) -> str | None:
 
     The latest link is a cache that a start rebuilds; a regular file in its place that
     holds a snapshot no version holds would be replaced, and that snapshot lost. Only
-    :func:`adopt_history` keeps it. Reads only; never raises.
+    :func:`adopt_history` keeps it. A file that cannot be judged is a reason too
+    (:func:`unknown_latest`). Reads only; never raises.
     """
-    return f"{store.latest_path} is {UNKEPT_LATEST}" if unkept_latest(store) else None
+    try:
+        unkept = unkept_latest(store)
+    except StorageError as exc:
+        return unknown_latest(store, exc)
+    return f"{store.latest_path} is {UNKEPT_LATEST}" if unkept else None
 
 
 def _holds_versions(folder: Path) -> bool:

@@ -41,7 +41,7 @@ from ..intake.spool import Candidate, Spool
 from ..mirror.state import mirror_status
 from ..payload.model import PayloadRejected, judge_payload
 from ..settings import Settings
-from .adopt import UNKEPT_LATEST, latest_is_a_file, unkept_latest
+from .adopt import UNKEPT_LATEST, latest_is_a_file, unkept_latest, unknown_latest
 
 __all__ = [
     "STALE_AFTER",
@@ -538,20 +538,10 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
                 Finding("stale-temp", os.fspath(link_dir / temp), "leftover temp file", True)
             )
     caches += _metadata_findings(reader, names, now)
-    link_problem = store.latest_problem()
     report.adopt_advised = latest_is_a_file(store)
-    if report.adopt_advised and unkept_latest(store):
-        # Not for verify --repair, which would replace the file and lose the snapshot.
-        caches.append(Finding("latest-link", os.fspath(store.latest_path), UNKEPT_LATEST))
-    elif is_permission_problem(link_problem):
-        message = f"latest link {link_problem}: {PERMISSION_ADVICE}"
-        caches.append(Finding("latest-link", os.fspath(store.latest_path), message))
-    elif link_problem is not None:
-        caches.append(
-            Finding(
-                "latest-link", os.fspath(store.latest_path), f"latest link {link_problem}", True
-            )
-        )
+    link = _latest_finding(store, report.adopt_advised)
+    if link is not None:
+        caches.append(link)
     if pid is None:
         report.problems += caches
     else:
@@ -567,6 +557,27 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
                 Finding("future-version", name, "dated more than a day ahead of the clock")
             )
     return report
+
+
+def _latest_finding(store: HistoryStore, is_a_file: bool) -> Finding | None:
+    """What is wrong with the latest link, if anything; repairable only where a repair
+    loses nothing (``is_a_file``: the latest path is a regular file, see
+    :func:`~ingester.ops.adopt.latest_is_a_file`)."""
+    subject = os.fspath(store.latest_path)
+    try:
+        unkept = is_a_file and unkept_latest(store)
+    except StorageError as exc:
+        # The file may hold what no version holds: never for verify --repair.
+        return Finding("latest-link", subject, unknown_latest(store, exc))
+    if unkept:
+        # Not for verify --repair, which would replace the file and lose the snapshot.
+        return Finding("latest-link", subject, UNKEPT_LATEST)
+    problem = store.latest_problem()
+    if is_permission_problem(problem):
+        return Finding("latest-link", subject, f"latest link {problem}: {PERMISSION_ADVICE}")
+    if problem is not None:
+        return Finding("latest-link", subject, f"latest link {problem}", True)
+    return None
 
 
 def repair_modes(store: HistoryStore, findings: Iterable[Finding]) -> None:
