@@ -76,6 +76,26 @@ class CacheNotRefreshed(StorageError):
         self.version = version
 
 
+class MetadataUnreadable(StorageError):
+    """``_metadata.json`` exists but cannot be read (EACCES, EIO...), by a writer that
+    would replace it. Its lifetime totals and last cleanup cannot be rebuilt from the
+    versions, so it is left as it is (a missing or corrupt one is rebuilt instead)."""
+
+    def __init__(self, path: Path, cause: OSError) -> None:
+        super().__init__("read", path, cause)
+
+    def __str__(self) -> str:
+        advice = (
+            PERMISSION_ADVICE
+            if self.errno in _PERMISSION_ERRNOS
+            else "fix the cause (or move the file away to count afresh), then run again"
+        )
+        return (
+            f"{super().__str__()}: its totals cannot be rebuilt from the versions, so it is "
+            f"left as it is; {advice}"
+        )
+
+
 class NotRegularFile(IngesterError, OSError):
     """An input that is not a regular file (a FIFO, a device, a folder, a socket)."""
 

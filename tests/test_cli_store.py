@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from support import INVALID_SAMPLES, VALID_SAMPLES, run_cli
+from support.capabilities import other_user_problem, others_folder, run_as_other
 
 from ingester.history.lock import HistoryLock
 from ingester.history.names import format_timestamp, is_version_name, parse_timestamp_from_filename
@@ -398,3 +399,46 @@ def test_help(root: Path, command: str | None) -> None:
     assert done.returncode == 0, done.stderr
     assert "Usage:" in done.stdout
     assert list(root.iterdir()) == []
+
+
+WHY_NOT = other_user_problem()
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_a_metadata_file_it_cannot_read_is_never_replaced() -> None:
+    # Its lifetime totals cannot be rebuilt from the versions: a writer run as the
+    # service's user on a metadata file root left 0600 must stop, not start afresh.
+    with others_folder("ingester-meta-") as root:
+        payload = (VALID_SAMPLES[0]).read_bytes()
+        (root / "in.json").write_bytes(payload)
+        assert run_as_other(root, "ingest", str(root / "in.json")).returncode == 0
+        meta = root / "console-usage-history" / "_metadata.json"
+        body = json.loads(meta.read_bytes())
+        body.update(totalVersionsCreated=501, totalVersionsDeleted=500)
+        meta.write_text(json.dumps(body))
+        os.chown(meta, 0, 0)
+        meta.chmod(0o600)
+        before = meta.read_bytes()
+        snap = root / "snap"
+        refused_by = (
+            ("watch", "--once"),
+            ("init",),
+            ("cleanup",),
+            ("verify", "--repair"),
+            ("ingest", str(root / "in.json")),
+            ("adopt",),
+            ("snapshot", str(snap)),
+        )
+        for command in refused_by:
+            done = run_as_other(root, *command)
+            assert done.returncode == 1, (command, done.stdout + done.stderr)
+            assert (
+                f"cannot read {meta}: Permission denied [EACCES]: its totals cannot be rebuilt "
+                "from the versions, so it is left as it is; a permissions problem, not damage"
+            ) in done.stderr, (command, done.stderr)
+            assert "Traceback" not in done.stderr
+            assert meta.read_bytes() == before and meta.stat().st_uid == 0, command
+        assert not snap.exists()
+        report = json.loads(run_as_other(root, "verify", "--json").stdout)
+        (finding,) = [f for f in report["problems"] if f["kind"] == "metadata"]
+        assert finding["repairable"] is False

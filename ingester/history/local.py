@@ -203,7 +203,7 @@ class LocalWriter:
         link (each atomically); the totals carried as :func:`derive_metadata` says."""
         store = self.store
         names = store.scan()
-        stored, _problem = store.read_metadata_file()
+        stored, _problem = store.metadata_to_carry()
         meta = derive_metadata(names, store.clock(), stored, base)
         durable.write_file(
             store.history_dir, METADATA_NAME, meta.to_json_bytes(), mode=METADATA_MODE, replace=True

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..clock import utc_now
-from ..errors import CacheNotRefreshed, StorageError, unreadable
+from ..errors import CacheNotRefreshed, MetadataUnreadable, StorageError, unreadable
 from . import durable
 from .base import derive_metadata, latest_name
 from .names import format_timestamp, generate_version_filename, is_version_name
@@ -220,11 +220,23 @@ class HistoryStore:
     def read_metadata_file(self) -> tuple[StorageMetadata, str | None]:
         """The metadata as stored, and why it is unusable (``None`` when it is fine)."""
         try:
+            return self.metadata_to_carry()
+        except MetadataUnreadable as exc:
+            return StorageMetadata(), unreadable(exc)
+
+    def metadata_to_carry(self) -> tuple[StorageMetadata, str | None]:
+        """:meth:`read_metadata_file` for a writer that carries the totals over: the
+        defaults with ``"missing"`` or ``"corrupt"`` (rebuilt then from a scan).
+
+        Raises :class:`MetadataUnreadable` when the file exists but cannot be read: its
+        totals cannot be rebuilt, so nothing may replace it.
+        """
+        try:
             raw = self.metadata_path.read_bytes()
         except FileNotFoundError:
             return StorageMetadata(), "missing"
         except OSError as exc:
-            return StorageMetadata(), unreadable(exc)
+            raise MetadataUnreadable(self.metadata_path, exc) from exc
         try:
             return StorageMetadata.model_validate_json(raw), None
         except MetadataCorrupt:
@@ -245,7 +257,9 @@ class HistoryStore:
 
         Idempotent. Call it with the history lock held. The metadata and the latest link
         are caches: a failure to write them is listed in ``cache_errors``, never raised
-        (only a history that cannot be made or listed raises :class:`StorageError`).
+        (only a history that cannot be made or listed raises :class:`StorageError`, and
+        a metadata file that cannot be read :class:`MetadataUnreadable`: its totals are
+        more than a cache).
         """
         report = InitReport()
         try:
@@ -261,7 +275,7 @@ class HistoryStore:
             with contextlib.suppress(StorageError):  # a cache's folder: never blocks a start
                 report.removed_temps += durable.remove_stale_temps(self.latest_path.parent, prefix)
         self.scan()
-        stored, problem = self.read_metadata_file()
+        stored, problem = self.metadata_to_carry()
         self._meta = self._derive(stored)
         if problem is None and stored.scan_facts() != self._meta.scan_facts():
             problem = "out of date"

@@ -313,7 +313,7 @@ def adopt_history(store: HistoryStore, max_bytes: int) -> AdoptReport:
     with contextlib.suppress(FileNotFoundError):
         store.history_dir.mkdir(parents=True, exist_ok=True)
     store.scan()
-    counted, _problem = store.read_metadata_file()
+    counted, _problem = store.metadata_to_carry()
     copy = _regular_latest(store)
     if copy is not None:
         report.kept_latest = _keep_latest_snapshot(store, copy, max_bytes)

@@ -441,6 +441,10 @@ def _metadata_findings(reader: HistoryReader, names: list[str], now: datetime) -
         # The file may be fine: a repair run by this user would not help.
         message = f"{METADATA_NAME} is {problem}: {PERMISSION_ADVICE}"
         return [Finding("metadata", METADATA_NAME, message)]
+    if problem is not None and problem.startswith("unreadable"):
+        # Its totals cannot be rebuilt from the versions: no repair replaces it.
+        message = f"{METADATA_NAME} is {problem}: its totals cannot be rebuilt; fix the cause"
+        return [Finding("metadata", METADATA_NAME, message)]
     if problem is not None:
         return [Finding("metadata", METADATA_NAME, f"{METADATA_NAME} is {problem}", True)]
     scanned = derive_metadata(names, now, stored)

@@ -162,9 +162,10 @@ def build_snapshot_tree(
     if names is None:
         names = list_versions_once(history_dir)
     live = HistoryStore(history_dir, history_dir.parent / SNAPSHOT_LATEST)
-    # Read before the versions: the totals are best effort anyway, and this way they
-    # can only be behind the files taken, never ahead of them.
-    stored, _problem = live.read_metadata_file()
+    # Read before the versions: this way the totals can only be behind the files taken,
+    # never ahead of them. One that cannot be read stops the snapshot (MetadataUnreadable):
+    # a copy of the defaults in its place would lose the totals in the backup.
+    stored, _problem = live.metadata_to_carry()
     folder = tree / SNAPSHOT_HISTORY
     try:
         folder.mkdir(mode=stat.S_IMODE(os.stat(history_dir).st_mode) | 0o700)
