@@ -44,7 +44,12 @@ def test_status_names_the_command_that_holds_the_lock(root: Path, command: str) 
     assert run_cli(root, "init").returncode == 0
     with HistoryLock(root / HISTORY / ".lock", command):
         report = json.loads(run_cli(root, "status", "--json").stdout)
-        assert report["watcher"] == {"running": False, "pid": None, "otherSpool": False}
+        assert report["watcher"] == {
+            "running": False,
+            "pid": None,
+            "otherSpool": False,
+            "problem": None,
+        }
         assert report["lock"] == {"held": True, "pid": os.getpid(), "command": command}
         text = run_cli(root, "status").stdout
         assert f"not running; history locked by '{command}' (pid {os.getpid()})" in text
@@ -56,12 +61,22 @@ def test_status_names_the_command_that_holds_the_lock(root: Path, command: str) 
         HistoryLock(root / "spool" / ".lock", "watch", what="spool"),
     ):
         report = json.loads(run_cli(root, "status", "--json").stdout)
-        assert report["watcher"] == {"running": True, "pid": os.getpid(), "otherSpool": False}
+        assert report["watcher"] == {
+            "running": True,
+            "pid": os.getpid(),
+            "otherSpool": False,
+            "problem": None,
+        }
         assert report["lock"]["command"] == "watch"
     # A watcher of the history that reads another spool: drops here wait.
     with HistoryLock(root / HISTORY / ".lock", "watch"):
         report = json.loads(run_cli(root, "status", "--json").stdout)
-        assert report["watcher"] == {"running": False, "pid": None, "otherSpool": True}
+        assert report["watcher"] == {
+            "running": False,
+            "pid": None,
+            "otherSpool": True,
+            "problem": None,
+        }
         text = run_cli(root, "status").stdout
         assert (
             f"not running on this spool; pid {os.getpid()} (watch) holds the history but "

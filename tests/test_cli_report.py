@@ -134,7 +134,12 @@ def test_status_json(root: Path, ingested: list[str]) -> None:
     assert latest["lastUpdatedAgeSeconds"] > 600
     assert latest["error"] is None
     assert report["latestLink"]["problem"] is None
-    assert report["watcher"] == {"running": False, "pid": None, "otherSpool": False}
+    assert report["watcher"] == {
+        "running": False,
+        "pid": None,
+        "otherSpool": False,
+        "problem": None,
+    }
     assert report["settings"]["root"] == {"value": str(root), "source": "option"}
     assert report["settings"]["max_versions"] == {"value": 100, "source": "default"}
     assert report["staleAfterSeconds"] == 600
@@ -254,7 +259,12 @@ def test_read_commands_work_while_the_lock_is_held(root: Path, ingested: list[st
         HistoryLock(root / "spool" / ".lock", "watch", what="spool"),
     ):
         report = json.loads(ok(run_cli(root, "status", "--json")).stdout)
-        assert report["watcher"] == {"running": True, "pid": os.getpid(), "otherSpool": False}
+        assert report["watcher"] == {
+            "running": True,
+            "pid": os.getpid(),
+            "otherSpool": False,
+            "problem": None,
+        }
         assert f"running (pid {os.getpid()}, watch)" in ok(run_cli(root, "status")).stdout
         assert len(json.loads(ok(run_cli(root, "list", "--json")).stdout)) == 4
         assert ok(run_cli(root, "show")).stdout.encode() == VALID_SAMPLES[-1].read_bytes()

@@ -7,6 +7,7 @@ reads nothing. Real permission checks: the reader runs as another uid (``setpriv
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, VALID_SAMPLES, cli_env
+from support.watchproc import WatchProcess
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 NAME = "console-usage-ingester"
@@ -195,3 +197,37 @@ def test_a_reader_runs_every_read_command(tree: Tree) -> None:
         f"warning: rejected drops not counted: cannot open folder {rejected}: "
         "Permission denied [EACCES]\n"
     )
+
+
+def test_a_reader_is_told_what_it_cannot_tell_of_the_watcher(tree: Tree) -> None:
+    # The spool is closed to the group, and so is its lock file: a reader cannot tell
+    # whether the service's watcher reads it, and must not be told "another spool".
+    _service_writes(tree)
+    reader = [tree.readers_gid]
+    ingester = [sys.executable, "-m", "ingester", "--root", str(tree.state)]
+    reach = _as(READER_UID, reader, sys.executable, "-c", "import ingester")
+    if reach.returncode != 0:
+        last = (reach.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"this interpreter or the package is not reachable by another uid: {last}")
+    assert SETPRIV is not None
+    service = (SETPRIV, f"--reuid={tree.service_uid}", f"--regid={tree.service_gid}")
+    with WatchProcess(tree.state, wrapper=(*service, "--clear-groups")) as watcher:
+        lock = tree.state / "spool" / ".lock"
+        status = _as(READER_UID, reader, *ingester, "status")
+        assert status.returncode == 0, status.stderr
+        (line,) = [x for x in status.stdout.splitlines() if x.startswith("watcher")]
+        assert line.endswith(
+            f"pid {watcher.proc.pid}, watch holds the history; whether it reads this spool "
+            f"cannot be told ({lock}: Permission denied [EACCES])"
+        ), line
+        as_json = json.loads(_as(READER_UID, reader, *ingester, "status", "--json").stdout)
+        assert as_json["watcher"] == {
+            "running": None,
+            "pid": None,
+            "otherSpool": False,
+            "problem": f"{lock}: Permission denied [EACCES]",
+        }
+        # Its own user tells it, and says so.
+        owner = _as(tree.service_uid, [], *ingester, "status")
+        assert f"running (pid {watcher.proc.pid}, watch)" in owner.stdout, owner.stdout
+        assert watcher.stop() == 0

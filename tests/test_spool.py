@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import IS_ROOT, run_cli, wait_for
-from support.capabilities import OTHER_UID, other_user_problem, others_folder, run_as_other
+from support import IS_ROOT, cli_env, run_cli, wait_for
+from support.capabilities import (
+    AS_OTHER,
+    OTHER_UID,
+    other_user_problem,
+    others_folder,
+    run_as_other,
+)
+from support.serveproc import ServeProcess
 from support.watchproc import (
     WatchProcess,
     drop,
@@ -216,3 +225,63 @@ def test_a_claim_back_in_a_spool_it_cannot_list_is_left_not_stored(service_root:
     assert "is back in the spool; removed its claim" in again.stderr
     assert [p.read_bytes() for p in versions(service_root)] == [payload(6)]
     assert os.listdir(claimed) == []
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_status_says_it_cannot_count_claims_it_cannot_list(service_root: Path) -> None:
+    # .claimed/ is the service's alone (0700): a user who may list the spool but not
+    # it must be told the drops in flight are not counted, not that there are none.
+    assert run_as_other(service_root, "init").returncode == 0
+    spool = service_root / "spool"
+    claimed = spool / ".claimed"
+    claimed.mkdir(mode=0o700)
+    os.chown(claimed, OTHER_UID, OTHER_UID)
+    (claimed / "2026-12-05T06-00-00-00000001.json").write_bytes(payload(7))
+    drop(spool, "a.json", payload(8))
+    command = [sys.executable, "-m", "ingester", "--root", str(service_root), "status"]
+    stranger = ["setpriv", f"--reuid={OTHER_UID + 1}", f"--regid={OTHER_UID + 1}"]
+    done = subprocess.run(
+        [*stranger, "--clear-groups", *command, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        cwd="/",
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    state = json.loads(done.stdout)["spool"]
+    assert state["claimedProblem"] == f"{claimed} unreadable (Permission denied)"
+    text = subprocess.run(
+        [*stranger, "--clear-groups", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        cwd="/",
+        check=False,
+    ).stdout
+    assert f"1 waiting (in flight not counted: {claimed} unreadable (Permission denied))" in text, (
+        text
+    )
+    owner = json.loads(run_as_other(service_root, "status", "--json").stdout)["spool"]
+    assert (owner["claimed"], owner["claimedProblem"]) == (1, None)
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_metrics_leave_out_a_quarantine_they_cannot_count(service_root: Path) -> None:
+    assert run_as_other(service_root, "init").returncode == 0
+    rejected = service_root / "spool" / "rejected"
+    rejected.mkdir(mode=0o700, exist_ok=True)
+    rejected.chmod(0o700)
+    os.chown(rejected, OTHER_UID, OTHER_UID)
+    (rejected / "bad.json").write_bytes(b"{")
+    stranger = ("setpriv", f"--reuid={OTHER_UID + 1}", f"--regid={OTHER_UID + 1}")
+    with ServeProcess(service_root, wrapper=(*stranger, "--clear-groups")) as server:
+        metrics = server.get("/metrics").text
+        assert "ingester_spool_backlog " in metrics  # the spool itself can be listed
+        assert "ingester_rejected_drops" not in metrics  # not a false 0
+        assert server.stop() == 0
+    with ServeProcess(service_root, wrapper=tuple(AS_OTHER)) as owner:
+        assert "ingester_rejected_drops 1.0" in owner.get("/metrics").text
+        assert owner.stop() == 0

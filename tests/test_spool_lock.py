@@ -94,7 +94,12 @@ def test_a_watcher_of_another_spool_does_not_count_for_serve(root: Path, tmp_pat
         health = server.get("/api/health").json()
         assert health["watcher"]["running"] is False
         status = json.loads(run_cli(root, "status", "--json").stdout)
-        assert status["watcher"] == {"running": False, "pid": None, "otherSpool": True}
+        assert status["watcher"] == {
+            "running": False,
+            "pid": None,
+            "otherSpool": True,
+            "problem": None,
+        }
         assert json.loads(run_cli(root, "check", "--json").stdout)["watcherPid"] is None
         assert watcher.stop() == 0
     # With a watcher of this spool, the same serve takes the POST and it is stored.

@@ -176,7 +176,9 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
         rows.append(["spool", f"{spool.path} ({spool.problem})"])
     else:
         backlog = f"{spool.backlog} waiting"
-        if spool.claimed:
+        if spool.claimed_problem:
+            backlog += f" (in flight not counted: {spool.claimed_problem})"
+        elif spool.claimed:
             backlog += f" ({spool.claimed} in flight)"
         if spool.oldest_drop_at:
             backlog += f", oldest {_age_words(spool.oldest_drop_at, now)}"
@@ -193,7 +195,18 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
             ]
         )
     lock = r.lock
-    if lock.watcher_running:
+    if lock.unknown is not None and lock.held:
+        how = f", {lock.command}" if lock.command else ""
+        rows.append(
+            [
+                "watcher",
+                f"pid {lock.pid}{how} holds the history; whether it reads this spool cannot "
+                f"be told ({lock.unknown})",
+            ]
+        )
+    elif lock.unknown is not None:
+        rows.append(["watcher", f"cannot be told ({lock.unknown})"])
+    elif lock.watcher_running:
         how = f", {lock.command}" if lock.command else ""
         rows.append(["watcher", f"running (pid {lock.pid}{how})"])
     elif lock.other_spool and lock.command:
@@ -300,6 +313,7 @@ def status_json(s: Status) -> dict[str, Any]:
             "oldestDropAt": format_timestamp(spool.oldest_drop_at),
             "oldestDropAgeSeconds": _rounded(oldest_age),
             "problem": spool.problem,
+            "claimedProblem": spool.claimed_problem,
         },
         "rejected": {
             "path": os.fspath(s.rejected.path),
@@ -311,6 +325,7 @@ def status_json(s: Status) -> dict[str, Any]:
             "running": running,
             "pid": s.lock.pid if running else None,
             "otherSpool": s.lock.other_spool,
+            "problem": s.lock.unknown,
         },
         "lock": {"held": s.lock.held, "pid": s.lock.pid, "command": s.lock.command},
         "mirror": s.mirror,

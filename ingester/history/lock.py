@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from ..errors import LockHeld, StorageError
+from ..errors import LockHeld, StorageError, describe_os_error
 
 __all__ = [
     "SERVE_WATCH",
@@ -179,10 +179,23 @@ class HistoryLock:
         self.release()
 
 
-def lock_holder(path: Path) -> int | None:
-    """The pid holding an flock on ``path``, or ``None``; never takes the lock."""
+def lock_holder(path: Path, *, strict: bool = False) -> int | None:
+    """The pid holding an flock on ``path``, or ``None``; never takes the lock.
+
+    ``None`` too when the lock table cannot be read (see :func:`lock_table_readable`)
+    or ``path`` does not exist. With ``strict``, a ``path`` that cannot be looked at
+    (``EACCES`` on a folder on the way) raises ``OSError`` rather than passing for a
+    lock no one holds.
+    """
     try:
         st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        if strict:
+            raise
+        return None
+    try:
         with open(LOCK_TABLE) as handle:
             lines = handle.read().splitlines()
     except OSError:
@@ -213,11 +226,16 @@ def refusal(path: Path, what: str = "history") -> LockHeld | None:
 class HistoryHolder:
     """Who holds a history's lock: ``pid``, the ``purpose`` it noted (``None``: no note),
     and whether, being a watcher, it also holds a given spool's lock (``reads_spool``):
-    a watcher holds both, so one of this history that does not reads another spool."""
+    a watcher holds both, so one of this history that does not reads another spool.
+
+    ``unknown``: why ``reads_spool`` cannot be told (the spool's lock file cannot be
+    looked at: ``"PATH: Permission denied [EACCES]"``); ``reads_spool`` is then False.
+    """
 
     pid: int
     purpose: str | None
     reads_spool: bool
+    unknown: str | None = None
 
     @property
     def watcher(self) -> bool:
@@ -225,20 +243,35 @@ class HistoryHolder:
         return is_watcher(self.purpose)
 
     @property
-    def watches_spool(self) -> bool:
-        """A watcher of the history that takes the given spool's drops."""
+    def watches_spool(self) -> bool | None:
+        """A watcher of the history that takes the given spool's drops (``None``: a
+        watcher, but whether of this spool cannot be told)."""
+        if self.watcher and self.unknown is not None:
+            return None
         return self.watcher and self.reads_spool
 
 
 def history_holder(history_lock: Path, spool_lock: Path) -> HistoryHolder | None:
     """Who holds ``history_lock`` (``None``: no one, or the lock table is hidden), and
     whether it is the watcher of the spool whose lock is ``spool_lock``; never takes
-    either lock."""
+    either lock.
+
+    Raises ``OSError`` when ``history_lock`` cannot be looked at: that is no answer, and
+    "no one" would be a false one. A ``spool_lock`` that cannot be looked at is said in
+    :attr:`HistoryHolder.unknown`.
+    """
+    if lock_holder(history_lock, strict=True) is None:
+        return None
     owner = lock_owner(history_lock)
     if owner is None:
-        return None
+        return None  # let go meanwhile
     pid, purpose = owner
-    return HistoryHolder(pid, purpose, is_watcher(purpose) and lock_holder(spool_lock) == pid)
+    if not is_watcher(purpose):
+        return HistoryHolder(pid, purpose, False)
+    try:
+        return HistoryHolder(pid, purpose, lock_holder(spool_lock, strict=True) == pid)
+    except OSError as exc:
+        return HistoryHolder(pid, purpose, False, describe_os_error(exc))
 
 
 def lock_table_readable() -> bool:

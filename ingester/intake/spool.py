@@ -375,7 +375,9 @@ class Spool:
         return target
 
     def rejected_count(self) -> int:
-        """How many quarantined drops there are (not reason notes, temp files or folders)."""
+        """How many quarantined drops there are (not reason notes, temp files or folders):
+        0 when the folder is missing. Raises :class:`StorageError` when it cannot be
+        listed (a count of 0 would be a false one)."""
         try:
             with os.scandir(self.rejected_dir) as entries:
                 return sum(
@@ -385,8 +387,10 @@ class Spool:
                     and not e.name.startswith(".")  # a temp file cut short by a crash
                     and not e.is_dir(follow_symlinks=False)
                 )
-        except OSError:
+        except FileNotFoundError:
             return 0
+        except OSError as exc:
+            raise StorageError("list", self.rejected_dir, exc) from exc
 
     def sweep_temps(self) -> list[str]:
         """Remove our stale temp files from ``rejected/`` (reason files cut short by a crash)."""

@@ -217,7 +217,10 @@ def _gather(
     pid = None
     if reader is None:
         # A watcher of this history counts only if it also reads this spool.
-        holder = history_holder(settings.store().lock_path, Spool(settings.spool_dir).lock_path)
+        try:
+            holder = history_holder(settings.store().lock_path, Spool(settings.spool_dir).lock_path)
+        except OSError:
+            holder = None  # cannot be told: no pid is named
         pid = holder.pid if holder is not None and holder.watches_spool else None
         common["mirror"] = mirror_facts(
             settings.history_dir, names, settings.mirror, now, settings.policy()

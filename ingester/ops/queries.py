@@ -25,6 +25,7 @@ from ..errors import (
     PERMISSION_ADVICE,
     ReportError,
     VersionNotFound,
+    describe_os_error,
     is_permission_problem,
     missing_root,
     unreadable,
@@ -227,6 +228,20 @@ def _drops_in(spool: Spool, folder: Path) -> list[Candidate]:
         return []  # no spool (e.g. a copied history): nothing waits
 
 
+def _rejected_count(spool: Spool) -> int:
+    """The quarantine's count, 0 when it cannot be listed (its problem says so then)."""
+    try:
+        return spool.rejected_count()
+    except StorageError:
+        return 0
+
+
+def _named_problem(folder: Path) -> str | None:
+    """:func:`_folder_problem`, with the folder named first."""
+    problem = _folder_problem(folder)
+    return None if problem is None else f"{folder} {problem}"
+
+
 def _folder_problem(folder: Path) -> str | None:
     """Why ``folder`` cannot be listed (``None`` when it can, or when it is missing)."""
     try:
@@ -256,7 +271,11 @@ class LatestVersion:
 
 @dataclass(frozen=True)
 class SpoolState:
-    """The drop folder: drops waiting, drops claimed (in flight), the oldest one's time."""
+    """The drop folder: drops waiting, drops claimed (in flight), the oldest one's time.
+
+    ``problem``: why the spool cannot be listed; ``claimed_problem``: why its claims
+    cannot be (``claimed`` is then 0, and not a count).
+    """
 
     path: Path
     exists: bool
@@ -264,6 +283,7 @@ class SpoolState:
     claimed: int
     oldest_drop_at: datetime | None
     problem: str | None
+    claimed_problem: str | None = None
 
     @property
     def backlog(self) -> int:
@@ -286,17 +306,23 @@ class LockState:
     """Who holds the history lock: its pid and the command it noted (None: no one).
 
     ``other_spool``: the holder is a watcher that does not hold this spool's lock: it
-    reads another spool, so drops here wait.
+    reads another spool, so drops here wait. ``unknown``: why who holds the history's
+    lock, or whether its watcher holds this spool's, cannot be told (a lock file that
+    cannot be looked at: ``"PATH: Permission denied [EACCES]"``).
     """
 
     pid: int | None
     command: str | None
     held: bool
     other_spool: bool = False
+    unknown: str | None = None
 
     @property
-    def watcher_running(self) -> bool:
-        """Only a watcher (or a holder that left no note) of this spool counts."""
+    def watcher_running(self) -> bool | None:
+        """Only a watcher (or a holder that left no note) of this spool counts; ``None``
+        when that cannot be told."""
+        if self.unknown is not None:
+            return None
         return self.held and is_watcher(self.command) and not self.other_spool
 
 
@@ -346,9 +372,16 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
     claimed = _drops_in(spool, settings.claimed_dir)
     oldest = min((c.mtime_ns for c in waiting + claimed), default=None)
     oldest_at = datetime.fromtimestamp(oldest / 1e9, UTC) if oldest is not None else None
-    holder = history_holder(store.lock_path, spool.lock_path)
-    pid, command = (holder.pid, holder.purpose) if holder is not None else (None, None)
-    other_spool = holder is not None and holder.watcher and not holder.reads_spool
+    try:
+        holder = history_holder(store.lock_path, spool.lock_path)
+    except OSError as exc:
+        lock = LockState(None, None, False, unknown=describe_os_error(exc))
+    else:
+        if holder is None:
+            lock = LockState(None, None, False)
+        else:
+            other = holder.watches_spool is False and holder.watcher
+            lock = LockState(holder.pid, holder.purpose, True, other, holder.unknown)
     return Status(
         now=now,
         history=store.history_dir,
@@ -365,14 +398,15 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
             claimed=len(claimed),
             oldest_drop_at=oldest_at,
             problem=_folder_problem(settings.spool_dir),
+            claimed_problem=_named_problem(settings.claimed_dir),
         ),
         rejected=RejectedState(
             path=settings.rejected_dir,
-            count=spool.rejected_count(),
+            count=_rejected_count(spool),
             problem=_folder_problem(settings.rejected_dir),
             retention_days=settings.rejected_retention_days,
         ),
-        lock=LockState(pid, command, holder is not None, other_spool),
+        lock=lock,
         mirror=mirror_status(store.history_dir, names, settings.mirror),
         settings=settings.describe(),
     )

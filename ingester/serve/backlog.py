@@ -126,10 +126,13 @@ class WatcherProbe:
         lock (so it never takes what is dropped here), or ``None``."""
         if self.in_process is not None:
             return self.in_process(), os.getpid(), None
-        holder = history_holder(self.lock_path, self.spool.lock_path)
+        try:
+            holder = history_holder(self.lock_path, self.spool.lock_path)
+        except OSError:
+            return None, None, None  # the history's lock file cannot be looked at
         if holder is None:
             return (False if lock_table_readable() else None), None, None
-        if holder.watches_spool or not holder.watcher:
+        if holder.watches_spool is not False or not holder.watcher:
             return holder.watches_spool, holder.pid, None
         return False, holder.pid, holder
 
