@@ -356,6 +356,31 @@ def test_files_of_another_user_stop_adopt_with_the_chown_advice() -> None:
 
 
 @pytest.mark.skipif(not IS_ROOT or SETPRIV is None, reason="needs root and setpriv")
+def test_a_history_it_cannot_list_is_named_so_not_called_empty() -> None:
+    work = Path(tempfile.mkdtemp(prefix="adopt-", dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        root = work / "root"
+        root.mkdir()
+        o = original_history(root)
+        root.chmod(0o777)
+        o.history.chmod(0o700)  # root's, as copied by root
+        done = run_cli(
+            root,
+            "adopt",
+            wrapper=(SETPRIV or "setpriv", "--reuid=4242", "--regid=4242", "--clear-groups"),
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stderr == (
+            f"error: cannot list {o.history}: Permission denied [EACCES]; its files belong "
+            "to another user: chown -R them to the user that runs adopt (the service's), "
+            "then run adopt again\n"
+        )
+    finally:
+        shutil.rmtree(work)
+
+
+@pytest.mark.skipif(not IS_ROOT or SETPRIV is None, reason="needs root and setpriv")
 def test_a_latest_file_it_cannot_read_is_never_replaced() -> None:
     """Run as the service's user on the original's history whose latest file is root's
     and unreadable: it may hold a snapshot no version holds, so nothing may replace it."""

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..errors import PERMISSION_ADVICE, PayloadRejected, StorageError
+from ..errors import PERMISSION_ADVICE, PayloadRejected, StorageError, describe_os_error
 from ..history import durable
 from ..history.names import STAMP_FORMAT, is_version_name
 from ..history.store import VERSION_MODE, HistoryStore
@@ -170,12 +170,22 @@ def unsafe_latest(store: HistoryStore) -> str | None:
 
 
 def _holds_versions(folder: Path) -> bool:
-    """Whether ``folder`` holds at least one regular file named as a version."""
+    """Whether ``folder`` holds at least one regular file named as a version (``False``
+    where there is no such folder). Raises ``OSError`` when it cannot be listed."""
     try:
         with os.scandir(folder) as entries:
             return any(
                 is_version_name(e.name) and e.is_file(follow_symlinks=False) for e in entries
             )
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _may_hold_versions(folder: Path) -> bool:
+    """:func:`_holds_versions` for a candidate folder: one that cannot be listed is not
+    named as a copy (nothing says it is one)."""
+    try:
+        return _holds_versions(folder)
     except OSError:
         return False
 
@@ -196,7 +206,7 @@ def _nested_copies(folder: Path, history_name: str) -> list[Path]:
     except OSError:
         return []
     for candidate in sorted(candidates):
-        if _holds_versions(candidate):
+        if _may_hold_versions(candidate):
             found.append(candidate)
     return found
 
@@ -208,10 +218,20 @@ def nothing_to_adopt(root: Path, history_dir: Path, latest_path: Path) -> str | 
     is a regular file (a snapshot the original served, which adopt keeps as a version).
     Anything else is the wrong folder: a root that does not exist, a copy nested one
     level too deep, an empty folder. Named, with the nested copy when there is one, so
-    that adopt creates nothing where nothing was. Reads only; never raises.
+    that adopt creates nothing where nothing was. A history folder that cannot be listed
+    is named with its cause, never as one that holds nothing. Reads only; never raises.
     """
-    if _holds_versions(history_dir):
-        return None
+    try:
+        if _holds_versions(history_dir):
+            return None
+    except OSError as exc:
+        advice = (
+            "its files belong to another user: chown -R them to the user that runs adopt "
+            "(the service's), then run adopt again"
+            if exc.errno in (errno.EPERM, errno.EACCES)
+            else "fix that, then run adopt again"
+        )
+        return f"cannot list {describe_os_error(exc)}; {advice}"
     if history_dir.is_dir() and latest_path.is_file() and not latest_path.is_symlink():
         return None
     why = "nothing to adopt: "
