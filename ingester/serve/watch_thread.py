@@ -245,6 +245,12 @@ async def drain(
     while True:
         await asyncio.sleep(_TICK)
         left = await asyncio.to_thread(_backlog, spool)
+        if left is None:
+            log.warning(
+                "serve --watch: the spool cannot be listed any more; the watcher stops now "
+                "(what is left is stored at its next start)"
+            )
+            return
         if not left:
             log.info("serve --watch: the spool is drained (%d drop(s) were waiting)", first)
             return
