@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 __all__ = [
+    "NOT_A_FOLDER",
     "PERMISSION_ADVICE",
     "CacheNotRefreshed",
     "IngesterError",
@@ -36,6 +37,10 @@ __all__ = [
 ]
 
 
+NOT_A_FOLDER = "exists and is not a folder"
+"""How a name that should be a folder, and is something else, is described."""
+
+
 class IngesterError(Exception):
     """The base of every error raised by this package."""
 
@@ -47,6 +52,10 @@ class StorageError(IngesterError, OSError):
     """
 
     def __init__(self, action: str, path: os.PathLike[str] | str, cause: OSError) -> None:
+        if action == "create folder" and cause.errno == errno.EEXIST:
+            # mkdir's "File exists" for a name that is a file (or a link to nothing)
+            # reads as if the folder were there: say what is wrong with it instead.
+            cause = NotADirectoryError(errno.ENOTDIR, NOT_A_FOLDER, os.fspath(path))
         code = cause.errno if cause.errno is not None else 0
         OSError.__init__(self, code, cause.strerror or str(cause), os.fspath(path))
         self.action = action

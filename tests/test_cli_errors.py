@@ -389,6 +389,34 @@ def test_watch_on_a_root_that_is_a_file_says_so_in_one_line(tmp_path: Path) -> N
     assert "[Errno" not in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("name", ["console-usage-history", "spool"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("watch", "--once"),
+        ("init",),
+        ("ingest", str(SAMPLES / "valid" / "full.json")),
+        ("submit", str(SAMPLES / "valid" / "full.json")),
+    ],
+    ids=lambda args: args[0],
+)
+def test_a_file_where_a_folder_belongs_is_named_as_such(
+    tmp_path: Path, name: str, args: tuple[str, ...]
+) -> None:
+    """mkdir's "File exists" would read as if the folder were there: every command that
+    makes the folder says instead that the name is not one, in the same words."""
+    (tmp_path / name).write_bytes(b"")
+    done = run_cli(tmp_path, *args)
+    if (args[0], name == "spool") in (("submit", False), ("ingest", True)):
+        assert done.returncode == 0, done.stderr  # the folder in the way is not its own
+        return
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1, done.stderr
+    wording = f"cannot create folder {tmp_path / name}: exists and is not a folder [ENOTDIR]"
+    assert done.stderr.rstrip("\n").endswith(wording), done.stderr
+    assert "EEXIST" not in done.stderr
+
+
 # -- one condition, one wording; advice that fits the cause -------------------------------
 
 # Every command that reads a root without creating it, with arguments that would succeed.

@@ -19,7 +19,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..errors import IngesterError, LockHeld, describe_os_error
+from ..errors import IngesterError, LockHeld, StorageError, describe_os_error
 from ..history.lock import HistoryLock, refusal, same_file
 from .spool import Spool
 
@@ -86,7 +86,10 @@ class WatcherLocks:
         taken = refusal(self.spool.lock_path, "spool")
         if taken is not None:
             raise taken
-        self.history.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.history.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError("create folder", self.history.path.parent, exc) from exc
         self.history.acquire()
         try:
             self.spool.ensure_folders()

@@ -81,8 +81,10 @@ def _regular_latest(store: HistoryStore) -> bytes | None:
     try:
         fd = os.open(path, durable.READ_NOFOLLOW)
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ELOOP):
-            return None  # absent, or a symbolic link
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            # Absent (a folder on its path is missing or is not a folder, so no file
+            # can be there), or a symbolic link: nothing a start could lose.
+            return None
         raise StorageError("open", path, exc) from exc
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
