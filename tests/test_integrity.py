@@ -477,6 +477,8 @@ def test_valid_drops_never_depend_on_the_quarantine_folder(root: Path) -> None:
     assert "cannot set aside bad.json" in done.stderr
     assert (spool / "bad.json").read_bytes() == b"not JSON"
     assert done.returncode == 1  # one drop could not be set aside, said so
+    assert "ERROR 1 drop(s) could not be set aside" in done.stderr
+    assert " INFO stopped: 5 ingested, 0 rejected, 1 waiting" in done.stderr.splitlines()[-1]
 
 
 def test_a_running_watchers_rescans_never_depend_on_the_quarantine_folder(root: Path) -> None:

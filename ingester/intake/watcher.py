@@ -247,16 +247,10 @@ class Watcher:
                     break  # report ready all the same; the retries go on in the main loop
             self._maintain(force=True)
             if self.options.once or self._stop.is_set():
+                # What a --once run left is said first: the stop line stays the last.
+                left = self.options.once and not self._once_finished()
                 code = self._shutdown()
-                if self.options.once and self._drop_waits.quarantine:
-                    log.error("%d drop(s) could not be set aside", len(self._drop_waits.quarantine))
-                    return 1
-                if self.options.once and self._drop_waits.claim:
-                    log.error("%d drop(s) could not be taken", len(self._drop_waits.claim))
-                    return 1
-                if self.options.once and not self._once_finished():
-                    return 1
-                return code
+                return 1 if left else code
             self.notifier.ready(self._status_text())
             self._next_rescan = time.monotonic() + self.options.rescan_interval
             while not self._stop.is_set():
@@ -272,9 +266,16 @@ class Watcher:
             return 1
 
     def _once_finished(self) -> bool:
-        """Whether a ``--once`` run saw the whole spool and left no claim unfinished
-        (each that it did not is said in one line: the run exits 1)."""
+        """Whether a ``--once`` run took and stored or set aside every drop it saw, saw
+        the whole spool, and left no claim unfinished (each that it did not is said in
+        one line: the run exits 1)."""
         finished = True
+        if self._drop_waits.quarantine:
+            log.error("%d drop(s) could not be set aside", len(self._drop_waits.quarantine))
+            finished = False
+        if self._drop_waits.claim:
+            log.error("%d drop(s) could not be taken", len(self._drop_waits.claim))
+            finished = False
         if self._unscanned:
             log.error("the spool could not be scanned: drops it holds are left for the next start")
             finished = False
