@@ -33,6 +33,7 @@ __all__ = [
     "describe_os_error",
     "is_permission_problem",
     "missing_root",
+    "os_cause",
     "unreadable",
 ]
 
@@ -201,19 +202,24 @@ class RestoreError(IngesterError):
     """A restore from the object store cannot go on; ``str()`` is one line."""
 
 
+def os_cause(exc: OSError) -> str:
+    """The cause of an ``OSError`` with its errno's name: ``"Permission denied [EACCES]"``
+    (for a line that names the path itself)."""
+    name = errno.errorcode.get(exc.errno or 0)
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    return f"{cause} [{name}]" if name else cause
+
+
 def describe_os_error(exc: OSError) -> str:
     """One line for any ``OSError``: what failed, on which path, and the errno's name."""
     if isinstance(exc, StorageError):
         return str(exc)
-    name = errno.errorcode.get(exc.errno or 0)
-    cause = exc.strerror or str(exc) or type(exc).__name__
-    tag = f" [{name}]" if name else ""
     if exc.filename is not None:
         where = os.fsdecode(exc.filename)
         if exc.filename2 is not None:
             where += f" -> {os.fsdecode(exc.filename2)}"
-        return f"{where}: {cause}{tag}"
-    return f"{cause}{tag}"
+        return f"{where}: {os_cause(exc)}"
+    return os_cause(exc)
 
 
 # What the kernel answers when this user may not do something: the file is fine, the

@@ -20,7 +20,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
-from .errors import SettingError
+from .errors import SettingError, os_cause
 from .history.names import MIRROR_STATE_NAME
 from .history.retention import (
     DEFAULT_HOLD_MAX,
@@ -394,7 +394,7 @@ def _read_config(path: Path) -> dict[str, Any]:
         with path.open("rb") as handle:
             document = tomllib.load(handle)
     except OSError as exc:
-        raise SettingError("--config", f"cannot read {path}: {exc.strerror}") from None
+        raise SettingError("--config", f"cannot read {path}: {os_cause(exc)}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingError("--config", f"{path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -442,7 +442,7 @@ def resolve_settings(
         except OSError as exc:
             raise SettingError(
                 "--root",
-                f"the current folder cannot be used ({exc.strerror}); run from another folder",
+                f"the current folder cannot be used ({os_cause(exc)}); run from another folder",
             ) from None
     cwd = Path(os.path.abspath(cwd))
     if config_path is None and environ.get("INGESTER_CONFIG"):

@@ -565,6 +565,32 @@ def test_no_error_names_an_internal_temp_file(root: Path, tmp_path: Path) -> Non
     assert result.stderr == f"error: cannot create {wanted}: No such file or directory [ENOENT]\n"
 
 
+def test_an_error_from_the_system_names_its_errno(root: Path, tmp_path: Path) -> None:
+    """Each command's line for a file it cannot make or read ends in the errno's name,
+    as every other error line does: what to look up is never left to a guess."""
+    make_history(root / "r")
+    gone = tmp_path / "no-such-folder"
+    cases: dict[tuple[str, ...], str] = {
+        ("snapshot", "--tar", f"{gone}/s.tar"): f"error: cannot create {gone}/s.tar: ",
+        ("submit", f"{gone}/d.json"): f"error: cannot read {gone}/d.json: ",
+        ("--config", f"{gone}/c.toml", "status"): f"cannot read {gone}/c.toml: ",
+        ("serve", "--api-key-file", f"{gone}/key"): f"cannot read --api-key-file {gone}/key: ",
+    }
+    for args, said in cases.items():
+        result = run_cli(root / "r", *args)
+        # A bad --config is a usage error: click's usage lines, then the one line.
+        assert result.returncode == (2 if args[0] == "--config" else 1), result.stderr
+        line = result.stderr.strip().splitlines()[-1]
+        assert said in line, f"{args}: {result.stderr}"
+        assert line.endswith("No such file or directory [ENOENT]"), result.stderr
+        if args[0] != "--config":
+            assert result.stderr.count("\n") == 1, f"{args}: {result.stderr}"
+    ingested = run_cli(root / "r", "ingest", f"{gone}/d.json")
+    assert f"rejected {gone}/d.json: cannot read: No such file or directory [ENOENT]" in (
+        ingested.stdout
+    )
+
+
 @needs_other_user
 def test_no_error_as_another_user_names_an_internal_temp_file(shared_base: Path) -> None:
     root = shared_base / "root"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import StorageError, describe_os_error
+from ..errors import StorageError, describe_os_error, os_cause
 from ..history.durable import streamed_file
 from ..usage.export import FORMATS, Row, Skipped, export_rows, select_versions, write_rows
 from .common import App, fail, history_source, human_time, open_history, time_option
@@ -142,4 +142,4 @@ def _to_stdout(rows: Iterator[Row], fmt: str) -> None:
         os.dup2(devnull, sys.stdout.fileno())
         raise click.exceptions.Exit(1) from None
     except OSError as exc:
-        raise fail(f"cannot write to standard output: {exc.strerror}") from None
+        raise fail(f"cannot write to standard output: {os_cause(exc)}") from None

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from ..clock import utc_now
-from ..errors import ObjectStoreUnavailable
+from ..errors import ObjectStoreUnavailable, os_cause
 from ..history import durable
 from ..ops.check import CheckLimits, judge, parse_duration
 from ..ops.check_facts import Facts, gather_facts
@@ -105,7 +105,7 @@ def _snapshot_tar(history: Path, dest: str) -> None:
         try:
             out = path.open("xb")
         except OSError as exc:
-            raise fail(f"cannot create {path}: {exc.strerror}") from None
+            raise fail(f"cannot create {path}: {os_cause(exc)}") from None
     try:
         with out:
             write_snapshot_tar(history, out)
@@ -116,7 +116,7 @@ def _snapshot_tar(history: Path, dest: str) -> None:
         raise fail("the reader of the tar stream went away before the end") from None
     except OSError as exc:
         _discard_partial(dest)
-        raise fail(f"cannot write the tar stream to {dest}: {exc.strerror}") from None
+        raise fail(f"cannot write the tar stream to {dest}: {os_cause(exc)}") from None
 
 
 def _discard_partial(dest: str) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..errors import os_cause
 from ..runtime.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_CLIENT
 from ..settings import DRAIN_S, WatchOptions
 from .common import App, fail
@@ -231,7 +232,7 @@ def serve(
     try:
         key, key_source = load_api_key(os.environ, api_key_file)
     except OSError as exc:
-        raise fail(f"cannot read --api-key-file {api_key_file}: {exc.strerror}") from None
+        raise fail(f"cannot read --api-key-file {api_key_file}: {os_cause(exc)}") from None
     except ValueError as exc:
         raise fail(f"--api-key-file: {exc}") from None
     reader = None
@@ -277,7 +278,7 @@ def serve(
     except ActivationError as exc:
         raise fail(f"socket activation: {exc}") from None
     except OSError as exc:
-        raise fail(f"cannot listen on {listen_text}: {exc.strerror}") from None
+        raise fail(f"cannot listen on {listen_text}: {os_cause(exc)}") from None
     raise click.exceptions.Exit(code)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..errors import PayloadRejected, StorageError
+from ..errors import PayloadRejected, StorageError, os_cause
 from ..intake.metrics import NO_METRICS, Metrics
 from ..payload.gate import check_payload
 from ..settings import RESCAN_INTERVAL, RETRY_MAX, SETTLE, WatchOptions
@@ -213,7 +213,7 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
         else:
             data = read_limited(Path(source), s.max_bytes)
     except OSError as exc:
-        raise fail(f"cannot read {source}: {exc.strerror}") from None
+        raise fail(f"cannot read {source}: {os_cause(exc)}") from None
     try:
         check_payload(data, max_bytes=s.max_bytes)
     except PayloadRejected as exc:

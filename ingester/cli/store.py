@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from ..clock import utc_now
-from ..errors import NotRegularFile, StorageError
+from ..errors import NotRegularFile, StorageError, os_cause
 from ..history.names import format_timestamp
 from ..history.store import CacheNotRefreshed, CleanupIncomplete
 from ..ops.queries import ReportError, open_store
@@ -152,7 +152,7 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
                 continue
             except OSError as exc:
                 rejected += 1
-                click.echo(f"rejected {path}: cannot read: {exc.strerror}")
+                click.echo(f"rejected {path}: cannot read: {os_cause(exc)}")
                 continue
             except PayloadRejected as exc:
                 rejected += 1

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import SnapshotError
+from ..errors import SnapshotError, os_cause
 from ..history import durable
 from ..history.durable import SNAPSHOT_TEMP_PREFIX, StorageError
 from ..history.names import is_version_name
@@ -285,7 +285,7 @@ def write_snapshot_tar(
     try:
         temp = Path(tempfile.mkdtemp(prefix=f"{SNAPSHOT_TEMP_PREFIX}", dir=tmp_dir))
     except OSError as exc:
-        raise SnapshotError(f"cannot create a temp folder: {exc.strerror}") from None
+        raise SnapshotError(f"cannot create a temp folder: {os_cause(exc)}") from None
     try:
         try:
             result = build_snapshot_tree(history_dir, temp, scratch=True)
