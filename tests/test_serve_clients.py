@@ -186,6 +186,7 @@ def test_too_many_headers_are_431_and_one_line(server: ServeProcess, method: str
     head = f"{method} {API} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n".encode()
     answer, port = exchange(server.port, head + many + b"\r\n")
     assert status(answer) == 431
+    assert b"\r\nconnection: close\r\n" in answer.lower()  # not kept on for another request
     line = wait_for(lambda: lines_about(server, port), 10, "the line")
     assert len(line) == 1 and " WARNING " in line[0], line
     assert f"{method} {API}: sent 152 headers, " in line[0]

@@ -242,13 +242,17 @@ class MetricsMiddleware:
                 MAX_HEADER_BYTES,
                 extra={"event": "refused", "status": 431},
             )
-            await json_answer(
+            refusal = json_answer(
                 {
                     "error": "HeadersTooLarge",
                     "message": f"at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes in all",
                 },
                 431,
-            )(scope, receive, send)
+            )
+            # A client that floods headers is not kept on for its next request, and a
+            # body it sent with them is never read: the connection ends with the answer.
+            refusal.headers["Connection"] = "close"
+            await refusal(scope, receive, send)
             self.ctx.requests.labels("other", scope["method"], "431").inc()
             return
 
