@@ -440,7 +440,9 @@ def test_post_json_with_charset_is_accepted(server):
 def test_post_over_max_bytes_is_413(root: Path):
     with ServeProcess(root, global_args=("--max-bytes", "2000")) as server:
         big = fresh_payload(pad="x" * 3000)
-        assert post(server, big).status_code == 413
+        refused = post(server, big)
+        assert refused.status_code == 413
+        assert refused.headers["connection"] == "close"  # the rest is never drained
         # Without a Content-Length (chunked), the cap holds while reading.
         r = server.post(
             API,

@@ -263,6 +263,7 @@ def test_a_post_whose_body_never_arrives_is_408_and_one_line(impatient: ServePro
     for head in (POST_HEAD, expect, POST_HEAD.replace(b"Host: x", b"Host: [")):
         answer, port = exchange(impatient.port, head + b"Content-Length: 400\r\n\r\n")
         assert b"HTTP/1.1 408 " in answer
+        assert b"\r\nconnection: close\r\n" in answer.lower()  # not left open for the rest
         line = wait_for(lambda port=port: lines_about(impatient, port), 10, "the line")
         assert len(line) == 1, line
         assert " WARNING " in line[0]

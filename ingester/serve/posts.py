@@ -153,7 +153,11 @@ async def post_console_usage(request: Request) -> Response:
         return Response(status_code=400)
     except Refused as exc:
         ctx.posts.labels("refused").inc()
-        return refuse(request, exc.status, exc.message)
+        answer = refuse(request, exc.status, exc.message)
+        # The body was cut short (too slow, too big): what is left of it is never read,
+        # so the connection ends with the answer rather than waiting for it or draining it.
+        answer.headers["Connection"] = "close"
+        return answer
     try:
         await run_in_threadpool(judge_payload, body, max_bytes=s.max_bytes)
     except PayloadRejected as exc:
