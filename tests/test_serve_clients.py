@@ -271,6 +271,25 @@ def test_a_post_whose_body_never_arrives_is_408_and_one_line(impatient: ServePro
     assert_log_is_clean(impatient)
 
 
+@pytest.mark.parametrize(
+    ("head", "code"),
+    [
+        (POST_HEAD.replace(f"X-API-Key: {KEY}\r\n".encode(), b""), 401),
+        (POST_HEAD.replace(b"application/json", b"text/plain"), 415),
+        (POST_HEAD + b"Content-Encoding: gzip\r\n", 415),
+    ],
+    ids=["no key", "not JSON", "compressed"],
+)
+def test_a_refusal_before_the_body_ends_the_connection(
+    server: ServeProcess, head: bytes, code: int
+) -> None:
+    # A refused client that says its body is a terabyte must not be read from until it
+    # has sent it all: the answer ends the connection.
+    answer, _port = exchange(server.port, head + b"Content-Length: 1000000000000\r\n\r\n{")
+    assert status(answer) == code
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+
+
 def test_a_client_that_leaves_mid_body_is_one_line(server: ServeProcess) -> None:
     with connect(server.port) as sock:
         sock.sendall(POST_HEAD + b"Content-Length: 400\r\n\r\n" + b'{"lastUpdated":')

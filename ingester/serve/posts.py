@@ -66,6 +66,14 @@ def refuse(
     return post_answer(status, False, message, **extra)
 
 
+def unread_body(answer: Response) -> Response:
+    """``answer`` marked to end its connection: for a refusal that leaves the body (or
+    the rest of it) unread. Kept open, the server would have to wait for the body, or
+    read and discard it however large it is said to be, for a client it refused."""
+    answer.headers["Connection"] = "close"
+    return answer
+
+
 def key_refusal(request: Request, expected: bytes | None) -> str | None:
     """Why the request's ``X-API-Key`` is refused (the words for a 401), or ``None``."""
     given = request.headers.get("x-api-key")
@@ -132,19 +140,21 @@ async def post_console_usage(request: Request) -> Response:
     denied = key_refusal(request, ctx.config.api_key)
     if denied is not None:
         ctx.posts.labels("unauthorized").inc()
-        return refuse(request, 401, denied)
+        return unread_body(refuse(request, 401, denied))
     if not is_json_type(request.headers.get("content-type")):
         ctx.posts.labels("unsupported").inc()
-        return refuse(request, 415, "Content-Type must be application/json")
+        return unread_body(refuse(request, 415, "Content-Type must be application/json"))
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding not in ("", "identity"):
         # Never decompressed (nor was it by the original server): a compressed body would
         # otherwise be judged as JSON and refused in words that do not say why.
         ctx.posts.labels("unsupported").inc()
-        return refuse(
-            request,
-            415,
-            f"Content-Encoding {encoding[:40]!r} is not supported: send the JSON uncompressed",
+        return unread_body(
+            refuse(
+                request,
+                415,
+                f"Content-Encoding {encoding[:40]!r} is not supported: send the JSON uncompressed",
+            )
         )
     try:
         body = await read_body(request, s.max_bytes, ctx.config.body_timeout)
@@ -153,11 +163,7 @@ async def post_console_usage(request: Request) -> Response:
         return Response(status_code=400)
     except Refused as exc:
         ctx.posts.labels("refused").inc()
-        answer = refuse(request, exc.status, exc.message)
-        # The body was cut short (too slow, too big): what is left of it is never read,
-        # so the connection ends with the answer rather than waiting for it or draining it.
-        answer.headers["Connection"] = "close"
-        return answer
+        return unread_body(refuse(request, exc.status, exc.message))
     try:
         await run_in_threadpool(judge_payload, body, max_bytes=s.max_bytes)
     except PayloadRejected as exc:
