@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 __all__ = [
-    "NOT_A_FOLDER",
     "PERMISSION_ADVICE",
     "CacheNotRefreshed",
     "IngesterError",
@@ -38,10 +37,6 @@ __all__ = [
 ]
 
 
-NOT_A_FOLDER = "exists and is not a folder"
-"""How a name that should be a folder, and is something else, is described."""
-
-
 class IngesterError(Exception):
     """The base of every error raised by this package."""
 
@@ -56,7 +51,7 @@ class StorageError(IngesterError, OSError):
         if action == "create folder" and cause.errno == errno.EEXIST:
             # mkdir's "File exists" for a name that is a file (or a link to nothing)
             # reads as if the folder were there: say what is wrong with it instead.
-            cause = NotADirectoryError(errno.ENOTDIR, NOT_A_FOLDER, os.fspath(path))
+            cause = NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", os.fspath(path))
         code = cause.errno if cause.errno is not None else 0
         OSError.__init__(self, code, cause.strerror or str(cause), os.fspath(path))
         self.action = action

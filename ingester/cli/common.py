@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..clock import AHEAD_TOLERATED, JUST_NOW, parse_iso_time
-from ..errors import NOT_A_FOLDER, NotRegularFile, StorageError, describe_os_error
+from ..errors import NotRegularFile, StorageError, describe_os_error
 from ..history.lock import HistoryLock, LockHeld
 from ..history.store import HistoryStore
 from ..runtime.logs import escape_controls, escape_text
@@ -109,7 +109,7 @@ def make_folder(folder: Path) -> None:
             path.mkdir()
         except FileExistsError:
             if not path.is_dir():
-                raise NotADirectoryError(errno.ENOTDIR, NOT_A_FOLDER, path) from None
+                raise  # the callers' StorageError("create folder") words it
             continue
         if os.geteuid() == 0:
             parent = path.parent.stat()

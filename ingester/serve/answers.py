@@ -30,6 +30,7 @@ __all__ = [
     "UNHEALTHY_AFTER_MINUTES",
     "VERSIONS_PATH",
     "age_minutes",
+    "ending_connection",
     "error_answer",
     "iso",
     "json_answer",
@@ -72,6 +73,14 @@ def json_answer(body: Any, status: int = 200, headers: dict[str, str] | None = N
         media_type=JSON,
         headers=headers,
     )
+
+
+def ending_connection(answer: Response) -> Response:
+    """``answer`` marked ``Connection: close``, for a refusal that leaves the request's
+    body (or the rest of it) unread. Kept open, the server would have to wait for that
+    body, or read and discard it however large it is said to be, for a client it refused."""
+    answer.headers["Connection"] = "close"
+    return answer
 
 
 def error_answer(status: int, error: str, message: str, **extra: Any) -> Response:

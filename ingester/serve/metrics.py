@@ -19,7 +19,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import VersionNotFound
 from ..runtime.admission import format_peer
-from .answers import STALE_AFTER_MINUTES, age_minutes, json_answer, parse_last_updated
+from .answers import (
+    STALE_AFTER_MINUTES,
+    age_minutes,
+    ending_connection,
+    json_answer,
+    parse_last_updated,
+)
 from .context import ServeContext
 from .reads import read_payload
 from .routes import (
@@ -242,17 +248,17 @@ class MetricsMiddleware:
                 MAX_HEADER_BYTES,
                 extra={"event": "refused", "status": 431},
             )
-            refusal = json_answer(
-                {
-                    "error": "HeadersTooLarge",
-                    "message": f"at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes in all",
-                },
-                431,
-            )
-            # A client that floods headers is not kept on for its next request, and a
-            # body it sent with them is never read: the connection ends with the answer.
-            refusal.headers["Connection"] = "close"
-            await refusal(scope, receive, send)
+            # A client that floods headers is not kept on for its next request.
+            await ending_connection(
+                json_answer(
+                    {
+                        "error": "HeadersTooLarge",
+                        "message": f"at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} "
+                        "bytes in all",
+                    },
+                    431,
+                )
+            )(scope, receive, send)
             self.ctx.requests.labels("other", scope["method"], "431").inc()
             return
 

@@ -26,7 +26,7 @@ from ..history.lock import HistoryHolder
 from ..intake.spool import Spool, drop_name_for_now
 from ..payload.model import PayloadRejected, judge_payload
 from ..runtime.admission import format_peer
-from .answers import post_answer
+from .answers import ending_connection, post_answer
 from .auth import key_matches
 from .backlog import until_watched, why_unwatched
 from .body import Refused, is_json_type, read_body
@@ -64,14 +64,6 @@ def refuse(
         extra={"event": "refused", "status": status, "client": client_address(request)},
     )
     return post_answer(status, False, message, **extra)
-
-
-def unread_body(answer: Response) -> Response:
-    """``answer`` marked to end its connection: for a refusal that leaves the body (or
-    the rest of it) unread. Kept open, the server would have to wait for the body, or
-    read and discard it however large it is said to be, for a client it refused."""
-    answer.headers["Connection"] = "close"
-    return answer
 
 
 def key_refusal(request: Request, expected: bytes | None) -> str | None:
@@ -140,16 +132,16 @@ async def post_console_usage(request: Request) -> Response:
     denied = key_refusal(request, ctx.config.api_key)
     if denied is not None:
         ctx.posts.labels("unauthorized").inc()
-        return unread_body(refuse(request, 401, denied))
+        return ending_connection(refuse(request, 401, denied))
     if not is_json_type(request.headers.get("content-type")):
         ctx.posts.labels("unsupported").inc()
-        return unread_body(refuse(request, 415, "Content-Type must be application/json"))
+        return ending_connection(refuse(request, 415, "Content-Type must be application/json"))
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding not in ("", "identity"):
         # Never decompressed (nor was it by the original server): a compressed body would
         # otherwise be judged as JSON and refused in words that do not say why.
         ctx.posts.labels("unsupported").inc()
-        return unread_body(
+        return ending_connection(
             refuse(
                 request,
                 415,
@@ -163,7 +155,7 @@ async def post_console_usage(request: Request) -> Response:
         return Response(status_code=400)
     except Refused as exc:
         ctx.posts.labels("refused").inc()
-        return unread_body(refuse(request, exc.status, exc.message))
+        return ending_connection(refuse(request, exc.status, exc.message))
     try:
         await run_in_threadpool(judge_payload, body, max_bytes=s.max_bytes)
     except PayloadRejected as exc:
