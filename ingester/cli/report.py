@@ -32,20 +32,16 @@ from ..history.store import HistoryStore
 from ..ops.adopt import ADOPT_ADVICE
 from ..ops.queries import (
     STALE_AFTER,
-    Finding,
     ReportError,
     Status,
-    VerifyReport,
     VersionInfo,
     list_report,
     open_store,
     payload_problem,
-    repair_modes,
-    repaired_between,
     resolve_version_name,
-    verify_history,
 )
 from ..ops.queries import status as status_query
+from ..ops.verify import Finding, VerifyReport, repair_modes, repaired_between, verify_history
 from ..settings import Settings
 from .common import (
     App,

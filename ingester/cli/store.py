@@ -73,7 +73,7 @@ def adopt(app: App) -> None:
     while a watcher runs). See docs/migrating.md.
     """
     from ..ops.adopt import adopt_history, nothing_to_adopt
-    from ..ops.queries import verify_history
+    from ..ops.verify import verify_history
     from .report import summed
 
     s = app.settings

@@ -1,0 +1,273 @@
+"""``verify``: what is wrong with a history's folder, its versions, its latest link and
+its metadata, and which of it ``verify --repair`` may fix.
+
+:func:`verify_history` reads only. A repair is the history's own start
+(:meth:`~ingester.history.store.HistoryStore.initialize` rebuilds the caches) plus
+:func:`repair_modes`; the CLI then verifies again and :func:`repaired_between` says what
+the repair fixed. Only :func:`repair_modes` writes (the caller holds the history lock),
+and it never deletes or rewrites a version's bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from ..errors import (
+    PERMISSION_ADVICE,
+    VersionNotFound,
+    is_permission_problem,
+    unreadable,
+)
+from ..history import durable
+from ..history.base import HistoryReader, derive_metadata, is_future, stored_metadata
+from ..history.durable import TEMP_PREFIX, StorageError
+from ..history.local import LocalHistory
+from ..history.lock import lock_holder
+from ..history.names import is_version_name, looks_like_version_name
+from ..history.store import LATEST_TEMP_PREFIXES, METADATA_NAME, HistoryStore
+from ..payload.model import PayloadRejected, judge_payload
+from .adopt import UNKEPT_LATEST, latest_is_a_file, unkept_latest, unknown_latest
+
+__all__ = [
+    "Finding",
+    "VerifyReport",
+    "repair_modes",
+    "repaired_between",
+    "verify_history",
+]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing ``verify`` found: a problem (or a warning) about ``subject``."""
+
+    kind: str
+    subject: str
+    message: str
+    repairable: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What identifies it across two runs (before and after a repair)."""
+        return (self.kind, self.subject)
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify`` found; ``ok`` when no problem is left (warnings do not count)."""
+
+    history: Path
+    latest_path: Path
+    checked: int
+    problems: list[Finding] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
+    repaired: list[Finding] = field(default_factory=list)
+    writer_pid: int | None = None
+    adopt_advised: bool = False  # laid out as the original server left it: adopt fixes it
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong."""
+        return not self.problems
+
+
+def _is_spare(path: Path) -> bool:
+    """An empty ``.tmp-w-`` file: what a running watcher keeps ready for its next copy."""
+    try:
+        return path.name.startswith(durable.WRITE_TEMP_PREFIX) and path.lstat().st_size == 0
+    except OSError:
+        return False
+
+
+def _temps(folder: Path, prefixes: tuple[str, ...]) -> list[str]:
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(
+                e.name
+                for e in entries
+                if e.name.startswith(prefixes) and not e.is_dir(follow_symlinks=False)
+            )
+    except OSError:
+        return []
+
+
+def _metadata_findings(reader: HistoryReader, names: list[str], now: datetime) -> list[Finding]:
+    stored, problem = stored_metadata(reader)
+    if is_permission_problem(problem):
+        # The file may be fine: a repair run by this user would not help.
+        message = f"{METADATA_NAME} is {problem}: {PERMISSION_ADVICE}"
+        return [Finding("metadata", METADATA_NAME, message)]
+    if problem is not None and problem.startswith("unreadable"):
+        # Its totals cannot be rebuilt from the versions: no repair replaces it.
+        message = f"{METADATA_NAME} is {problem}: its totals cannot be rebuilt; fix the cause"
+        return [Finding("metadata", METADATA_NAME, message)]
+    if problem is not None:
+        return [Finding("metadata", METADATA_NAME, f"{METADATA_NAME} is {problem}", True)]
+    scanned = derive_metadata(names, now, stored)
+    stored_json = stored.model_dump(by_alias=True)
+    scanned_json = scanned.model_dump(by_alias=True)
+    keys = ("versionCount", "oldestTimestamp", "newestTimestamp", "latestVersion", "futureVersions")
+    wrong = [
+        f"{key} is {_said(stored_json[key])}, the files say {_said(scanned_json[key])}"
+        for key in keys
+        if stored_json[key] != scanned_json[key]
+    ]
+    if wrong:
+        return [Finding("metadata", METADATA_NAME, "; ".join(wrong), True)]
+    return []
+
+
+def _version_findings(reader: LocalHistory, names: list[str]) -> list[Finding]:
+    problems: list[Finding] = []
+    for name in names:
+        path = reader.dir / name
+        try:
+            st = path.lstat()
+            data = reader.read_version(name)
+        except (FileNotFoundError, VersionNotFound):
+            continue  # deleted by retention since the listing
+        except OSError as exc:
+            problem = unreadable(exc)
+            if is_permission_problem(problem):
+                problem += f": {PERMISSION_ADVICE}"
+            problems.append(Finding("unreadable-version", name, problem))
+            continue
+        try:
+            judge_payload(data)
+        except PayloadRejected as exc:
+            problems.append(Finding("invalid-version", name, exc.reason))
+        if st.st_mode & 0o222:
+            problems.append(
+                Finding(
+                    "writable-version",
+                    name,
+                    f"mode {stat.S_IMODE(st.st_mode):04o} has write bits (versions are read-only)",
+                    True,
+                )
+            )
+    return problems
+
+
+def _odd_entries(store: HistoryStore, names: set[str]) -> list[Finding]:
+    """Entries that look like versions but do not count as one (never touched)."""
+    found: list[Finding] = []
+    try:
+        with os.scandir(store.history_dir) as entries:
+            for entry in entries:
+                if entry.name in names or not looks_like_version_name(entry.name):
+                    continue
+                if is_version_name(entry.name):
+                    why = "named like a version but not a regular file"
+                else:
+                    why = "not a valid version name (bad date or suffix)"
+                found.append(Finding("not-a-version", entry.name, f"{why}; not counted"))
+    except OSError:
+        pass
+    return sorted(found, key=lambda f: f.subject)
+
+
+def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
+    """Check the local history: its versions (read through its reader), its metadata,
+    its latest link, modes and temp files; never writes. Raises ``OSError`` when the
+    history cannot be listed.
+
+    While another process holds the lock, the caches (metadata, latest link) and temp
+    files may be mid-update, so what is found about them is a warning, not a problem;
+    an empty ``.tmp-w-`` file is then the watcher's spare for its next copy, not even
+    that. When this process holds the lock (``verify --repair``) nothing is in flight.
+    """
+    reader = LocalHistory(store.history_dir)
+    names = [entry.name for entry in reader.list_versions()]
+    pid = lock_holder(store.lock_path)
+    if pid == os.getpid():
+        pid = None
+    report = VerifyReport(store.history_dir, store.latest_path, len(names), writer_pid=pid)
+    report.problems += _version_findings(reader, names)
+
+    caches: list[Finding] = []
+    for temp in _temps(store.history_dir, (TEMP_PREFIX,)):
+        if pid is not None and _is_spare(store.history_dir / temp):
+            continue
+        caches.append(
+            Finding("stale-temp", temp, f"leftover temp file in {store.history_dir}", True)
+        )
+    link_dir = store.latest_path.parent
+    if link_dir != store.history_dir:
+        for temp in _temps(link_dir, LATEST_TEMP_PREFIXES):
+            caches.append(
+                Finding("stale-temp", os.fspath(link_dir / temp), "leftover temp file", True)
+            )
+    caches += _metadata_findings(reader, names, now)
+    report.adopt_advised = latest_is_a_file(store)
+    link = _latest_finding(store, report.adopt_advised)
+    if link is not None:
+        caches.append(link)
+    if pid is None:
+        report.problems += caches
+    else:
+        report.warnings += [
+            Finding(f.kind, f.subject, f"{f.message} (pid {pid} holds the lock: may be in flight)")
+            for f in caches
+        ]
+
+    report.warnings += _odd_entries(store, set(names))
+    for name in names:
+        if is_future(name, now):
+            report.warnings.append(
+                Finding("future-version", name, "dated more than a day ahead of the clock")
+            )
+    return report
+
+
+def _latest_finding(store: HistoryStore, is_a_file: bool) -> Finding | None:
+    """What is wrong with the latest link, if anything; repairable only where a repair
+    loses nothing (``is_a_file``: the latest path is a regular file, see
+    :func:`~ingester.ops.adopt.latest_is_a_file`)."""
+    subject = os.fspath(store.latest_path)
+    try:
+        unkept = is_a_file and unkept_latest(store)
+    except StorageError as exc:
+        # The file may hold what no version holds: never for verify --repair.
+        return Finding("latest-link", subject, unknown_latest(store, exc))
+    if unkept:
+        # Not for verify --repair, which would replace the file and lose the snapshot.
+        return Finding("latest-link", subject, UNKEPT_LATEST)
+    problem = store.latest_problem()
+    if is_permission_problem(problem):
+        return Finding("latest-link", subject, f"latest link {problem}: {PERMISSION_ADVICE}")
+    if problem is not None:
+        return Finding("latest-link", subject, f"latest link {problem}", True)
+    return None
+
+
+def repair_modes(store: HistoryStore, findings: Iterable[Finding]) -> None:
+    """Remove the write bits of writable versions (the bytes are never touched).
+
+    Call with the history lock held.
+    """
+    for finding in findings:
+        if finding.kind != "writable-version":
+            continue
+        path = store.version_path(finding.subject)
+        try:
+            mode = stat.S_IMODE(path.lstat().st_mode)
+            # Only regular files count as versions (the scan does not follow links).
+            durable.set_mode(path, mode & ~0o222)
+        except OSError as exc:
+            raise StorageError("chmod", path, exc) from exc
+
+
+def repaired_between(before: VerifyReport, after: VerifyReport) -> list[Finding]:
+    """The problems of ``before`` that ``after`` no longer has."""
+    left = {f.key for f in after.problems}
+    return [f for f in before.problems if f.key not in left]
+
+
+def _said(value: object) -> str:
+    """A metadata value as a finding quotes it: ``'text'``, ``3``, or ``missing`` for null."""
+    return "missing" if value is None else repr(value)
