@@ -72,7 +72,6 @@ class ServeProcess(LoggedProcess):
     ``listen=None`` gives no ``--listen`` (the address then comes from the environment).
     """
 
-    stop_timeout = 10.0
     tag = "serve"
 
     def __init__(
