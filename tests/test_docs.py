@@ -245,15 +245,19 @@ def example_polars_read_back(code: str, tmp_path: Path) -> None:
 
 
 def example_scraper_drop(code: str, tmp_path: Path) -> None:
-    """The function drops a valid payload durably into a spool the watcher takes it from."""
+    """The function drops valid payloads durably into a spool the watcher takes them
+    from: three drops in one second from one process, none taken yet, are three drops."""
     assert run_cli(tmp_path, "init").returncode == 0
     snapshot = json.loads(FULL_SAMPLE.read_text())
-    run_python(code, tmp_path, after=f"drop({snapshot!r})")
+    snapshots = [{**snapshot, "seq": seq} for seq in range(3)]
+    calls = "".join(f"drop({s!r})\n" for s in snapshots)
+    run_python(code, tmp_path, after=calls)
     drops = [p for p in (tmp_path / "spool").iterdir() if p.suffix == ".json"]
-    assert len(drops) == 1 and json.loads(drops[0].read_text()) == snapshot
+    assert sorted((json.loads(p.read_text()) for p in drops), key=lambda s: s["seq"]) == snapshots
     assert list((tmp_path / "spool" / "tmp").iterdir()) == []
     assert run_cli(tmp_path, "watch", "--once").returncode == 0
-    assert len(list((tmp_path / "console-usage-history").glob("2*.json"))) == 1
+    stored = (tmp_path / "console-usage-history").glob("2*.json")
+    assert sorted(json.loads(p.read_text())["seq"] for p in stored) == [0, 1, 2]
 
 
 EXAMPLE_RUNS = {
