@@ -361,6 +361,38 @@ def test_file_names_that_are_not_utf8_are_printed_as_their_bytes(
         assert b"snap\xff.json" in result.stdout
 
 
+def test_a_name_holding_a_control_character_stays_one_line(root: Path, tmp_path: Path) -> None:
+    # A newline or an escape in a name must not split a result or an error in two, nor
+    # reach the terminal raw: it is written as the log writes it.
+    odd = "snap\n\x1b[2Jname"
+    valid = tmp_path / f"{odd}.json"
+    valid.write_bytes(SAMPLE.read_bytes())
+    invalid = tmp_path / f"{odd}-bad.json"
+    invalid.write_bytes((SAMPLES / "invalid" / "no-sections.json").read_bytes())
+    escaped = "snap\\n\\x1b[2Jname"
+    cases: list[tuple[tuple[str, ...], int, str]] = [
+        (("submit", str(invalid)), 1, "stderr"),
+        (("submit", "--dry-run", str(invalid)), 1, "stderr"),
+        (("submit", "--dry-run", str(valid)), 0, "stdout"),
+        (("submit", "--name", f"{odd}.json", str(valid)), 0, "stdout"),
+        (("submit", str(tmp_path / f"{odd}-missing.json")), 1, "stderr"),
+        (("ingest", str(invalid)), 1, "stdout"),
+        (("ingest", str(valid)), 0, "stdout"),
+    ]
+    for args, code, stream in cases:
+        result = run_cli(root, *args)
+        said = {"stdout": result.stdout, "stderr": result.stderr}
+        context = f"{args}: exit {result.returncode}\n{said}"
+        assert result.returncode == code, context
+        assert said[stream].count("\n") == 1 and escaped in said[stream], context
+        assert "\x1b" not in result.stdout + result.stderr, context
+    # A usage error quoting the name keeps it on its one "Error:" line.
+    usage = run_cli(root, "--config", str(tmp_path / f"{odd}.toml"), "status")
+    assert usage.returncode == 2, usage.stderr
+    (error,) = [line for line in usage.stderr.splitlines() if "toml" in line]
+    assert error.startswith("Error: --config: ") and escaped in error, usage.stderr
+
+
 def test_a_full_stdout_is_one_line(root: Path) -> None:
     assert run_cli(root, "ingest", str(SAMPLE)).returncode == 0
     for tail in ("status > /dev/full", "show > /dev/full", "list --json > /dev/full"):

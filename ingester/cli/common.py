@@ -24,7 +24,7 @@ from ..clock import AHEAD_TOLERATED, JUST_NOW, parse_iso_time
 from ..errors import NotRegularFile, StorageError, describe_os_error
 from ..history.lock import HistoryLock, LockHeld
 from ..history.store import HistoryStore
-from ..runtime.logs import escape_controls, escape_text
+from ..runtime.logs import escape_controls, escape_text, one_line
 from ..settings import Bounds, Settings
 
 if TYPE_CHECKING:
@@ -64,15 +64,24 @@ class App:
     log_format: str
 
 
+def say(line: str, *, err: bool = False) -> None:
+    """Print ``line`` as one line (to stderr with ``err``): a control character in a
+    name (a newline, an escape) is written escaped, as the log writes it. A byte of a
+    name that is not UTF-8 is written as ``\\xNN`` on stderr, and as itself on stdout,
+    where a script may want the name (as ``ls`` into a pipe)."""
+    text = one_line(line)
+    click.echo(escape_text(text) if err else text, err=err)
+
+
 def fail(message: str, code: int = 1) -> click.exceptions.Exit:
     """Print ``error: message`` to stderr and return the exit to raise."""
-    click.echo(f"error: {escape_text(message)}", err=True)
+    say(f"error: {message}", err=True)
     return click.exceptions.Exit(code)
 
 
 def last_words(line: str) -> None:
     try:
-        click.echo(escape_text(line), err=True)
+        say(line, err=True)
     except (OSError, ValueError):
         pass  # stderr itself is gone: the exit code is all that is left
 
@@ -223,7 +232,7 @@ def writing_store(
                     raise fail(problem)
                 for error in store.initialize().cache_errors:
                     # The latest link and metadata are caches: say so, and go on.
-                    click.echo(f"warning: {error}", err=True)
+                    say(f"warning: {error}", err=True)
             yield store
     except LockHeld as exc:
         hint = "; use 'ingester submit' to hand a watcher drops" if purpose == "ingest" else ""

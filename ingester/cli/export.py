@@ -20,7 +20,7 @@ import click
 from ..errors import StorageError, describe_os_error, os_cause
 from ..history.durable import streamed_file
 from ..usage.export import FORMATS, Row, Skipped, export_rows, select_versions, write_rows
-from .common import App, fail, history_source, human_time, open_history, time_option
+from .common import App, fail, history_source, human_time, open_history, say, time_option
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -29,7 +29,7 @@ __all__ = ["export"]
 
 
 def _warn(skipped: Skipped) -> None:
-    click.echo(f"warning: skipped damaged version {skipped.name}: {skipped.reason}", err=True)
+    say(f"warning: skipped damaged version {skipped.name}: {skipped.reason}", err=True)
 
 
 @click.command()
@@ -117,7 +117,7 @@ def export(
             count = write_rows(rows, handle, fmt)
     except StorageError as exc:
         raise fail(str(exc)) from None
-    click.echo(f"exported {count} version(s) to {target}")
+    say(f"exported {count} version(s) to {target}")
 
 
 def _kind(mode: int) -> str:

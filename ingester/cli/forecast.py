@@ -14,7 +14,7 @@ from ..errors import describe_os_error
 from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
 from ..usage.usage_history import forecast_json, forecast_of
 from ..usage.words import format_when, in_words, percent_words
-from .common import App, align, echo_json, fail, open_history
+from .common import App, align, echo_json, fail, open_history, say
 
 __all__ = ["forecast"]
 
@@ -53,10 +53,10 @@ def forecast(app: App, as_json: bool) -> None:
     result = answer.forecast
     if result.as_of is None:
         # As the JSON answers it (asOf null, exit 0): versions exist, none to go by.
-        click.echo(f"no snapshot to forecast from: {NOTHING_TO_GO_BY}")
+        say(f"no snapshot to forecast from: {NOTHING_TO_GO_BY}")
         return
     as_of = result.as_of.astimezone(zone)
-    click.echo(
+    say(
         f"as of {as_of.strftime('%a %Y-%m-%d %H:%M')} (the newest lastUpdated), "
         f"times in {zone_name}"
     )
@@ -77,11 +77,11 @@ def forecast(app: App, as_json: bool) -> None:
             ]
         )
     for line in align(rows, right=(1, 3)):
-        click.echo(line)
+        say(line)
     held = [limit for limit in result.limits if not limit.in_newest]
     for limit in held:
         observed = limit.observed_at.astimezone(zone).strftime("%a %H:%M")
-        click.echo(
+        say(
             f"{limit.limit}: last read {observed}; not in the newest snapshot "
             f"({limit.missing_reason})"
         )

@@ -22,13 +22,14 @@ import importlib
 import io
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..runtime.logs import LOG_FORMATS, setup_logging
+from ..runtime.logs import LOG_FORMATS, escape_text, one_line, setup_logging
 from ..settings import SPECS, SettingError, resolve_settings
 from .common import App, describe_os_error, last_words
 from .quiet import hold_output, output_was_fine
@@ -114,6 +115,20 @@ class IngesterGroup(click.Group):
                     self.add_command(command, name)
         return self.commands.get(cmd_name)
 
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with _one_line_message():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _one_line_message():
+            return super().invoke(ctx)
+
     def main(  # type: ignore[override]
         self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
     ) -> Any:
@@ -141,6 +156,18 @@ class IngesterGroup(click.Group):
             last_words(f"error: internal error: {type(exc).__name__}: {detail} (please report)")
             sys.exit(EXIT_INTERNAL)
         sys.exit(0)  # pragma: no cover (click's standalone main always exits)
+
+
+@contextmanager
+def _one_line_message() -> Iterator[None]:
+    """A usage error's message, which may quote a path or a value given, kept to its one
+    ``Error:`` line: a newline or an escape in it is written escaped, as ``say`` does."""
+    try:
+        yield
+    except click.ClickException as exc:
+        # Rewritten in place, so a bad parameter keeps its option's name and its context.
+        exc.message = escape_text(one_line(exc.message))  # type: ignore[misc]
+        raise
 
 
 def _silence_stdout() -> None:

@@ -25,7 +25,7 @@ from ..mirror.objectstore import (
     require_boto3,
 )
 from ..settings import SettingError, resolve_settings
-from .common import App, fail
+from .common import App, fail, say
 
 __all__ = ["mirror", "restore"]
 
@@ -197,14 +197,14 @@ def restore(
         raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(str(StorageError("create folder", store.history_dir, exc))) from None
-    click.echo(
+    say(
         f"restored {len(result.restored)} version(s) ({result.bytes} bytes) from {source} "
         f"into {store.history_dir}"
         + (f"; {len(result.present)} already present" if result.present else "")
     )
-    click.echo(f"latest:  {store.latest_path} -> {result.latest}")
+    say(f"latest:  {store.latest_path} -> {result.latest}")
     if result.unverified:
-        click.echo(
+        say(
             f"warning: {len(result.unverified)} version(s) checked by size only: mirrored "
             "before the mirror stored a SHA-256 with each object, in a bucket whose ETags "
             "are not MD5s (SSE-KMS); 'ingester verify' checks that they parse and validate",
@@ -212,7 +212,5 @@ def restore(
         )
     if result.conflicts:
         for name in result.conflicts:
-            click.echo(
-                f"error: {name} differs from the object store's copy; left as it is", err=True
-            )
+            say(f"error: {name} differs from the object store's copy; left as it is", err=True)
         raise click.exceptions.Exit(1)

@@ -22,7 +22,7 @@ from ..ops.check_facts import Facts, gather_facts
 from ..ops.queries import history_problem
 from ..ops.snapshot import SnapshotError, take_snapshot, write_snapshot_tar
 from ..payload.schema import payload_schema_text
-from .common import App, fail, history_source, s3_history
+from .common import App, fail, history_source, s3_history, say
 
 __all__ = ["check", "schema", "snapshot"]
 
@@ -85,7 +85,7 @@ def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
     how = f"{result.linked} linked, {result.copied} copied"
     if result.vanished:
         how += f", {result.vanished} deleted by retention meanwhile (left out)"
-    click.echo(
+    say(
         f"snapshot {result.path}: {len(result.versions)} version(s) ({how}); "
         f"latest {result.latest or 'none'}"
     )
@@ -295,6 +295,6 @@ def check(
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        click.echo(result.line())
+        say(result.line())
     if result.code:
         raise click.exceptions.Exit(result.code)

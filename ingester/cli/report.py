@@ -53,6 +53,7 @@ from .common import (
     human_time,
     open_history,
     relative_age,
+    say,
     time_option,
     writing_store,
 )
@@ -98,7 +99,7 @@ def status(app: App, as_json: bool) -> None:
         echo_json(status_json(report))
         return
     for line in _status_lines(report, now):
-        click.echo(line)
+        say(line)
 
 
 def _age_words(stamp: datetime | None, now: datetime) -> str:
@@ -357,7 +358,7 @@ def list_versions(
     if as_json:
         echo_json([version_json(i) for i in infos])
     elif not infos:
-        click.echo("no versions yet")
+        say("no versions yet")
     else:
         rows = [["VERSION", "INGESTED (UTC)", "AGE", "SIZE", "LAST UPDATED", "PARTIAL"]]
         for i in infos:
@@ -390,11 +391,11 @@ def list_versions(
                 ]
             )
         for line in align(rows, right=(3,)):
-            click.echo(line)
+            say(line)
     if damaged:
-        click.echo(f"warning: {damaged} damaged version(s) listed; run 'ingester verify'", err=True)
+        say(f"warning: {damaged} damaged version(s) listed; run 'ingester verify'", err=True)
     if denied:
-        click.echo(f"warning: {denied} version(s) listed unreadable: {PERMISSION_ADVICE}", err=True)
+        say(f"warning: {denied} version(s) listed unreadable: {PERMISSION_ADVICE}", err=True)
 
 
 # -- show --------------------------------------------------------------------------------
@@ -493,7 +494,7 @@ def verify(app: App, repair: bool, as_json: bool) -> None:
         echo_json(verify_json(report))
     else:
         for line in _verify_lines(report):
-            click.echo(line)
+            say(line)
     if not report.ok:
         raise click.exceptions.Exit(1)
 

@@ -16,7 +16,7 @@ from ..errors import PayloadRejected, StorageError, os_cause
 from ..intake.metrics import NO_METRICS, Metrics
 from ..payload.gate import check_payload
 from ..settings import RESCAN_INTERVAL, RETRY_MAX, SETTLE, WatchOptions
-from .common import App, BoundedFloat, fail, read_limited, read_stream
+from .common import App, BoundedFloat, fail, read_limited, read_stream, say
 
 __all__ = [
     "refuse_unsafe_latest",
@@ -217,10 +217,10 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     try:
         check_payload(data, max_bytes=s.max_bytes)
     except PayloadRejected as exc:
-        click.echo(f"refused {source}: {exc.reason}", err=True)
+        say(f"refused {source}: {exc.reason}", err=True)
         raise click.exceptions.Exit(1) from None
     if dry_run:
-        click.echo(f"valid {source}")
+        say(f"valid {source}")
         return
     # A mistyped root must not become a spool no watcher reads: refused, in the words
     # every command uses for it.
@@ -233,4 +233,4 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
         raise fail(f"{exc.filename}: a drop of that name is still waiting") from None
     except StorageError as exc:
         raise fail(str(exc)) from None
-    click.echo(str(path))
+    say(str(path))

@@ -22,7 +22,7 @@ from ..history.store import CacheNotRefreshed, CleanupIncomplete
 from ..ops.queries import ReportError, open_store
 from ..payload.model import PayloadRejected, judge_payload
 from ..settings import Settings
-from .common import App, fail, make_folder, read_limited, writing_store
+from .common import App, fail, make_folder, read_limited, say, writing_store
 from .quiet import SkipEvent
 
 __all__ = ["adopt", "cleanup", "ingest", "init"]
@@ -50,9 +50,9 @@ def init(app: App) -> None:
     _make_spool_folders(s)
     with writing_store(s, "init", creates="root") as store:
         meta = store.get_storage_metadata()
-    click.echo(f"spool:   {s.spool_dir}")
-    click.echo(f"history: {store.history_dir} ({meta.version_count} versions)")
-    click.echo(f"latest:  {store.latest_path}")
+    say(f"spool:   {s.spool_dir}")
+    say(f"history: {store.history_dir} ({meta.version_count} versions)")
+    say(f"latest:  {store.latest_path}")
 
 
 @click.command()
@@ -89,30 +89,28 @@ def adopt(app: App) -> None:
             raise fail(f"{exc} ({_adopt_advice(exc)})") from None
         meta = store.get_storage_metadata()
         checked = verify_history(store, utc_now())
-    click.echo(f"history: {store.history_dir} ({meta.version_count} versions)")
+    say(f"history: {store.history_dir} ({meta.version_count} versions)")
     if report.kept_latest:
-        click.echo(
-            f"kept:    the snapshot in {store.latest_path.name} as version {report.kept_latest}"
-        )
+        say(f"kept:    the snapshot in {store.latest_path.name} as version {report.kept_latest}")
     if report.read_only:
-        click.echo(f"modes:   {len(report.read_only)} version(s) made read-only")
+        say(f"modes:   {len(report.read_only)} version(s) made read-only")
     if report.latest_was:
-        click.echo(f"latest:  was {report.latest_was}; now a link to {meta.latest_version}")
+        say(f"latest:  was {report.latest_was}; now a link to {meta.latest_version}")
     if report.metadata_was:
-        click.echo(
+        say(
             f"metadata: rewritten (it was {report.metadata_was}); totals kept: "
             f"{meta.total_versions_created} created, {meta.total_versions_deleted} deleted"
         )
     if report.removed_temps:
-        click.echo(f"temps:   {len(report.removed_temps)} stale temp file(s) removed")
+        say(f"temps:   {len(report.removed_temps)} stale temp file(s) removed")
     if not report.changed:
-        click.echo("nothing to change: this history is already in this tool's form")
+        say("nothing to change: this history is already in this tool's form")
     if checked.ok:
-        click.echo("verify:  ok")
+        say("verify:  ok")
         return
     for subject, message in summed(checked.problems):
-        click.echo(f"PROBLEM  {subject}  {message}")
-    click.echo(f"verify:  {len(checked.problems)} problem(s) left; see 'ingester verify'")
+        say(f"PROBLEM  {subject}  {message}")
+    say(f"verify:  {len(checked.problems)} problem(s) left; see 'ingester verify'")
     raise click.exceptions.Exit(1)
 
 
@@ -148,27 +146,27 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
                 judge_payload(data, max_bytes=s.max_bytes)
             except NotRegularFile as exc:
                 rejected += 1
-                click.echo(f"rejected {path}: {exc.strerror}")
+                say(f"rejected {path}: {exc.strerror}")
                 continue
             except OSError as exc:
                 rejected += 1
-                click.echo(f"rejected {path}: cannot read: {os_cause(exc)}")
+                say(f"rejected {path}: cannot read: {os_cause(exc)}")
                 continue
             except PayloadRejected as exc:
                 rejected += 1
-                click.echo(f"rejected {path}: {exc.reason}")
+                say(f"rejected {path}: {exc.reason}")
                 continue
             try:
                 version = store.save_version(data)
             except CacheNotRefreshed as exc:
                 # Past the commit point: stored. Saying "not stored" would invite a retry,
                 # and a retry would store the same payload twice.
-                click.echo(f"stored {path} -> {exc.version.name} ({len(data)} bytes)")
-                click.echo(f"warning: stored, cache not refreshed: {exc}", err=True)
+                say(f"stored {path} -> {exc.version.name} ({len(data)} bytes)")
+                say(f"warning: stored, cache not refreshed: {exc}", err=True)
                 continue
             except StorageError as exc:
                 raise fail(f"{path} not stored: {exc}") from None
-            click.echo(f"stored {path} -> {version.name} ({len(data)} bytes)")
+            say(f"stored {path} -> {version.name} ({len(data)} bytes)")
         try:
             store.cleanup_old_versions()
         except StorageError as exc:
@@ -219,7 +217,7 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
         except StorageError as exc:
             # The plan for the versions stands; a reader outside the service's group (the
             # read-only group) may not open the quarantine: those are just not counted.
-            click.echo(f"warning: rejected drops not counted: {exc}", err=True)
+            say(f"warning: rejected drops not counted: {exc}", err=True)
             pruned = PruneResult()
         if as_json:
             click.echo(
@@ -238,12 +236,12 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
             )
             return
         width = max((len(d.name) for d in plan.decisions), default=4)
-        click.echo(f"{'VERSION':<{width}}  ACTION  REASON")
+        say(f"{'VERSION':<{width}}  ACTION  REASON")
         for d in reversed(plan.decisions):
-            click.echo(f"{d.name:<{width}}  {d.action:<6}  {d.reason}")
-        click.echo(f"would delete {len(plan.delete)}, retain {len(plan.keep)}")
+            say(f"{d.name:<{width}}  {d.action:<6}  {d.reason}")
+        say(f"would delete {len(plan.delete)}, retain {len(plan.keep)}")
         if pruned.expired_pairs or pruned.kept:
-            click.echo(
+            say(
                 f"rejected: would remove {pruned.expired_pairs} drop(s) older than "
                 f"{s.rejected_retention_days:g} days, keep {pruned.kept}"
             )
@@ -277,9 +275,9 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
             )
         )
     else:
-        click.echo(f"cleanup deleted {len(result.deleted)}, retained {result.retained}")
+        say(f"cleanup deleted {len(result.deleted)}, retained {result.retained}")
         if pruned.expired_pairs or pruned.kept:
-            click.echo(f"rejected: removed {pruned.expired_pairs}, kept {pruned.kept}")
+            say(f"rejected: removed {pruned.expired_pairs}, kept {pruned.kept}")
     if incomplete is not None:
         raise fail(str(incomplete))
 

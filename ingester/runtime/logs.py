@@ -25,7 +25,14 @@ from typing import Any
 
 from ..clock import iso_utc
 
-__all__ = ["LOG_FORMATS", "describe_exception", "escape_controls", "escape_text", "setup_logging"]
+__all__ = [
+    "LOG_FORMATS",
+    "describe_exception",
+    "escape_controls",
+    "escape_text",
+    "one_line",
+    "setup_logging",
+]
 
 LOG_FORMATS = ("text", "json")
 
@@ -54,6 +61,12 @@ _SYSLOG_PRIORITY = {
     logging.ERROR: 3,
     logging.CRITICAL: 2,
 }
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line: each control character but the tab written as Python
+    writes it (``\\n``, ``\\x1b``), as the log lines write a file name that holds one."""
+    return text.translate(_ESCAPES)
 
 
 def escape_text(text: str) -> str:
@@ -120,7 +133,7 @@ class OneLineFormatter(logging.Formatter):
     _second_text = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        return escape_text(super().format(record).translate(_ESCAPES))
+        return escape_text(one_line(super().format(record)))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         """``logging.Formatter``'s own time text, its seconds part made once per second.
