@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -52,6 +53,13 @@ class StorageError(IngesterError, OSError):
             # mkdir's "File exists" for a name that is a file (or a link to nothing)
             # reads as if the folder were there: say what is wrong with it instead.
             cause = NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", os.fspath(path))
+        elif cause.errno == errno.ENOTDIR:
+            # The kernel's "Not a directory" names no path: the user must find which
+            # folder on the way is a file. Say which, when it can be told.
+            blocker = _file_on_the_way(Path(path))
+            if blocker is not None:
+                words = f"{blocker} is not a folder"
+                cause = NotADirectoryError(errno.ENOTDIR, words, os.fspath(path))
         code = cause.errno if cause.errno is not None else 0
         OSError.__init__(self, code, cause.strerror or str(cause), os.fspath(path))
         self.action = action
@@ -65,6 +73,18 @@ class StorageError(IngesterError, OSError):
 
     def __str__(self) -> str:
         return f"cannot {self.action} {self.path}: {self.strerror} [{self.cause_name}]"
+
+
+def _file_on_the_way(path: Path) -> Path | None:
+    """The first folder of ``path``'s parents, from the top, that exists and is not a
+    folder (a file, or a link to one); ``None`` when there is none or it cannot be told."""
+    for parent in reversed(path.parents):
+        try:
+            if not stat.S_ISDIR(os.stat(parent).st_mode):
+                return parent
+        except OSError:
+            return None
+    return None
 
 
 class CacheNotRefreshed(StorageError):

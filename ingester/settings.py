@@ -425,6 +425,12 @@ def _overlaps(a: Path, b: Path) -> bool:
     return a == b or _inside(a, b) or _inside(b, a)
 
 
+def _named(path: Path, real: Path) -> str:
+    """``path`` as the user gave it, and where it leads when a symlink on it leads
+    elsewhere: the overlap may only be seen there."""
+    return str(path) if real == path else f"{path} (which leads to {real})"
+
+
 def resolve_settings(
     options: Mapping[str, Any],
     environ: Mapping[str, str] | None = None,
@@ -483,13 +489,16 @@ def resolve_settings(
     real["r"] = Path(os.path.realpath(rejected))
     if _overlaps(real["s"], real["h"]):
         raise SettingError(
-            "--spool-dir/--history-dir", f"the spool {spool} and the history {history} overlap"
+            "--spool-dir/--history-dir",
+            f"the spool {_named(spool, real['s'])} and the history "
+            f"{_named(history, real['h'])} overlap",
         )
     if _overlaps(real["r"], real["h"]) or real["r"] == real["s"] or _inside(real["s"], real["r"]):
         raise SettingError(
             "--rejected-dir",
-            f"the quarantine {rejected} must not be, hold or lie in the history {history}, "
-            f"nor be or hold the spool {spool}",
+            f"the quarantine {_named(rejected, real['r'])} must not be, hold or lie in the "
+            f"history {_named(history, real['h'])}, nor be or hold the spool "
+            f"{_named(spool, real['s'])}",
         )
     real_latest = Path(os.path.realpath(latest.parent)) / latest.name
     if any(_inside(real_latest, real[k]) for k in ("s", "h", "r")):

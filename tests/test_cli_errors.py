@@ -419,6 +419,22 @@ def test_watch_on_a_root_that_is_a_file_says_so_in_one_line(tmp_path: Path) -> N
     assert done.returncode == 1
     assert "cannot start" in done.stderr and "[ENOTDIR]" in done.stderr
     assert "[Errno" not in done.stderr and "Traceback" not in done.stderr
+    # The kernel's "Not a directory" names no path: the line names the file in the way.
+    assert f"{afile} is not a folder [ENOTDIR]" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("command", ["watch", "submit"])
+def test_a_file_above_a_folder_to_make_is_named(tmp_path: Path, command: str) -> None:
+    # A spool two levels below a file: mkdir fails on the path the user gave, and only
+    # the name of the file in the way tells what to fix.
+    in_the_way = tmp_path / "spool-parent"
+    in_the_way.write_bytes(b"")
+    spool = in_the_way / "deeper" / "spool"
+    args = ("--once",) if command == "watch" else (str(SAMPLES / "valid" / "full.json"),)
+    done = run_cli(tmp_path, "--spool-dir", str(spool), command, *args)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert f"cannot create folder {spool}: {in_the_way} is not a folder [ENOTDIR]" in done.stderr
 
 
 @pytest.mark.parametrize("name", ["console-usage-history", "spool"])

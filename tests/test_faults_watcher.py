@@ -23,9 +23,11 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 from support import run_cli, wait_for
 from support.capabilities import tmpfs
 from support.watchproc import WatchProcess, drop, payload, versions
@@ -146,6 +148,36 @@ def test_once_says_each_cache_failure_once_and_promises_no_retry(
     assert "cannot refresh the latest link" in errors[0]
     assert errors[0].endswith("[EPERM]; left for the next start"), errors[0]
     assert "retrying in" not in done.stderr
+
+
+@pytest.mark.parametrize("step", ["take", "set aside", "store"])
+def test_once_leaves_a_drop_it_cannot_finish_and_promises_no_retry(
+    root: Path, can_chattr: None, step: str
+) -> None:
+    # --once never waits out a backoff: a line that promised a retry would be a lie, and
+    # the run must still end with its summary and the stop line.
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    if step == "set aside":
+        shutil.rmtree(spool / "rejected", ignore_errors=True)
+        (spool / "rejected").write_bytes(b"")  # a file where the quarantine belongs
+        drop(spool, "a.json", b"{}")
+    else:
+        drop(spool, "a.json", payload(0))
+    frozen = spool / ".claimed" if step == "take" else root / "console-usage-history"
+    frozen.mkdir(exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        stack.callback(_run, "chattr", "-i", str(frozen))
+        assert _run("chattr", "+i", str(frozen)).returncode == 0
+        done = run_cli(root, "watch", "--once")
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.splitlines()
+    assert "retrying" not in done.stderr, done.stderr
+    said = {"take": "cannot take drop a.json", "set aside": "cannot set aside a.json"}
+    (failed,) = [line for line in lines if said.get(step, "cannot store drop a.json") in line]
+    assert failed.endswith("; left in the spool for the next start"), failed
+    assert " stopped: 0 ingested, 0 rejected, 1 waiting" in lines[-1], done.stderr
+    assert (spool / "a.json").exists() and versions(root) == []
 
 
 def test_a_failure_at_stop_is_left_for_the_next_start(root: Path, can_chattr: None) -> None:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -131,3 +132,13 @@ def test_overlapping_folders_are_a_usage_error(root: Path, args: tuple[str, str]
     result = run_cli(root, option, str(root / value), "init")
     assert result.returncode == 2, result.stderr
     assert not (root / "spool").exists()
+
+
+def test_an_overlap_through_a_symlink_says_where_the_link_leads(root: Path) -> None:
+    # Neither path given shows the overlap: only the link's target does.
+    (root / "console-usage-history").mkdir()
+    (root / "spool").symlink_to("console-usage-history")
+    result = run_cli(root, "status")
+    assert result.returncode == 2, result.stderr
+    real = os.path.realpath(root / "console-usage-history")
+    assert f"the spool {root / 'spool'} (which leads to {real}) and the history" in result.stderr

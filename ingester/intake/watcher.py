@@ -240,11 +240,9 @@ class Watcher:
                 if self._stop.is_set():
                     break
                 if not self._backoff.due(time.monotonic()):
-                    if self.options.once:
-                        log.error("the backlog cannot be stored now; drops stay in the spool")
-                        self._stop_arrivals()
-                        return 1
-                    break  # report ready all the same; the retries go on in the main loop
+                    # --once does not wait out the backoff: what is left is said at its
+                    # end; a service reports ready all the same and retries in its loop.
+                    break
             self._maintain(force=True)
             if self.options.once or self._stop.is_set():
                 # What a --once run left is said first: the stop line stays the last.
@@ -270,6 +268,12 @@ class Watcher:
         the whole spool, and left no claim unfinished (each that it did not is said in
         one line: the run exits 1)."""
         finished = True
+        if self._pending:
+            log.error(
+                "%d drop(s) could not be stored: left in the spool for the next start",
+                len(self._pending),
+            )
+            finished = False
         if self._drop_waits.quarantine:
             log.error("%d drop(s) could not be set aside", len(self._drop_waits.quarantine))
             finished = False
@@ -585,18 +589,18 @@ class Watcher:
             if outcome.step == "claim":
                 self.metrics.failed()
                 log.error(
-                    "cannot take drop %s: %s; retrying it in %.1f s",
+                    "cannot take drop %s: %s; %s",
                     outcome.drop,
                     outcome.error,
-                    retry,
+                    self._then(retry, "it"),
                 )
             else:
                 log.error(
-                    "cannot set aside %s (%s): %s; retrying in %.1f s",
+                    "cannot set aside %s (%s): %s; %s",
                     outcome.drop,
                     outcome.reason,
                     outcome.error,
-                    retry,
+                    self._then(retry),
                 )
         elif isinstance(outcome, Recovered):
             self.maintenance.latest_dirty = self.maintenance.meta_dirty = True
@@ -626,10 +630,17 @@ class Watcher:
         retry = self._backoff.failed()
         self.metrics.failed()
         what = f"cannot store drop {name}" if name else "cannot update the history"
-        log.error("%s: %s; retrying in %.1f s", what, exc, retry)
+        log.error("%s: %s; %s", what, exc, self._then(retry))
         # Maintenance after the backoff also finishes any claim a failed commit left,
         # and sweeps the temp files a failed step could not remove.
         self.maintenance.after_failure(whole_group=name is None)
+
+    def _then(self, retry: float, it: str = "") -> str:
+        """What follows a failed step, for its log line: a service retries after
+        ``retry`` seconds; a ``--once`` run does not, and leaves the drop for the next."""
+        if self.options.once:
+            return "left in the spool for the next start"
+        return f"retrying {it + ' ' if it else ''}in {retry:.1f} s"
 
     # -- maintenance ------------------------------------------------------------------
 
