@@ -341,6 +341,9 @@ class HistoryStore:
         self._ensure_loaded()
         newest = self.latest_version_name()
         link = self.latest_path
+        if link.is_dir() and not link.is_symlink():
+            # Said first: with no version left, a folder points at nothing either.
+            return "a folder, not a link"
         if newest is None:
             return "points at a version that is gone" if os.path.lexists(link) else None
         if link.is_symlink():
@@ -355,8 +358,6 @@ class HistoryStore:
             except OSError:
                 pass
             return f"does not resolve to {newest}"
-        if link.is_dir():
-            return "a folder, not a link"
         if not link.exists():
             return "missing"
         try:
