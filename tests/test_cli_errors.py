@@ -335,8 +335,10 @@ def test_status_says_when_the_spool_cannot_be_read(shared_base: Path) -> None:
     report = json.loads(result.stdout)
     assert report["spool"]["problem"] == "unreadable (Permission denied)"
     assert report["rejected"]["problem"] == "unreadable (Permission denied)"
+    # Counts of what could not be listed are unknown, never a reassuring 0.
+    assert report["spool"]["backlog"] is None and report["rejected"]["count"] is None
     text = run_as_other(root, "status").stdout
-    assert f"{root / 'spool'} (unreadable (Permission denied))" in text
+    assert f"{root / 'spool'} (unreadable (Permission denied)); backlog unknown" in text
 
 
 def test_file_names_that_are_not_utf8_are_printed_as_their_bytes(

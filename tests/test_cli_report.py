@@ -201,6 +201,30 @@ def test_status_spool_backlog_rejected_and_env_source(root: Path, ingested: list
     assert "rejected     1 in" in out
 
 
+def test_status_says_a_file_in_the_spools_place_is_not_a_folder(root: Path) -> None:
+    """A file where the spool should be is there: not "missing", and its backlog is
+    unknown rather than 0."""
+    ok(run_cli(root, "init"))
+    shutil.rmtree(root / "spool")
+    (root / "spool").write_bytes(b"not a folder")
+    out = ok(run_cli(root, "status")).stdout
+    [line] = [line for line in out.splitlines() if line.startswith("spool ")]
+    assert line == (
+        f"spool        {root / 'spool'} (not a folder (Not a directory [ENOTDIR])); backlog unknown"
+    )
+    spool = json.loads(ok(run_cli(root, "status", "--json")).stdout)["spool"]
+    assert spool["exists"] is True
+    assert spool["problem"] == "not a folder (Not a directory [ENOTDIR])"
+    assert (spool["backlog"], spool["waiting"], spool["claimed"]) == (None, None, None)
+    rejected = json.loads(ok(run_cli(root, "status", "--json")).stdout)["rejected"]
+    assert rejected["count"] is None and "[ENOTDIR]" in rejected["problem"]
+    # Nothing at all there is what "missing" means.
+    (root / "spool").unlink()
+    assert f"spool        {root / 'spool'} (missing)" in ok(run_cli(root, "status")).stdout
+    spool = json.loads(ok(run_cli(root, "status", "--json")).stdout)["spool"]
+    assert (spool["exists"], spool["backlog"], spool["problem"]) == (False, 0, None)
+
+
 def test_status_reports_problems_without_fixing_them(root: Path, ingested: list[str]) -> None:
     (root / HISTORY / "_metadata.json").write_text("{not json")
     (root / LATEST).unlink()

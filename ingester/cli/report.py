@@ -171,7 +171,7 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
     if not spool.exists:
         rows.append(["spool", f"{spool.path} (missing)"])
     elif spool.problem:
-        rows.append(["spool", f"{spool.path} ({spool.problem})"])
+        rows.append(["spool", f"{spool.path} ({spool.problem}); backlog unknown"])
     else:
         backlog = f"{spool.backlog} waiting"
         if spool.claimed_problem:
