@@ -27,7 +27,7 @@ from ..ops.snapshot import (
     write_snapshot_tar,
 )
 from ..payload.schema import payload_schema_text
-from .common import App, fail, history_source, s3_history, say
+from .common import App, PathParam, fail, history_source, s3_history, say
 
 __all__ = ["check", "schema", "snapshot"]
 
@@ -36,7 +36,7 @@ __all__ = ["check", "schema", "snapshot"]
 
 
 @click.command()
-@click.argument("dest", metavar="[DEST|-]", required=False)
+@click.argument("dest", metavar="[DEST|-]", required=False, type=PathParam())
 @click.option(
     "--tar",
     "as_tar",
