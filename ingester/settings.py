@@ -154,8 +154,10 @@ def _time_zone(text: Any) -> str:
 
 
 def _path(text: Any) -> Path:
-    if not isinstance(text, str | os.PathLike) or not os.fspath(text):
+    if not isinstance(text, str | os.PathLike):
         raise ValueError(f"{_shown(text)} is not a path")
+    if not os.fspath(text):
+        raise ValueError("the path is empty")
     if "\x00" in os.fspath(text):
         raise ValueError(f"{_shown(text)} holds a NUL character")
     return Path(text)

@@ -335,8 +335,10 @@ def test_status_says_when_the_spool_cannot_be_read(shared_base: Path) -> None:
     report = json.loads(result.stdout)
     assert report["spool"]["problem"] == "unreadable (Permission denied)"
     assert report["rejected"]["problem"] == "unreadable (Permission denied)"
+    # Counts of what could not be listed are unknown, never a reassuring 0.
+    assert report["spool"]["backlog"] is None and report["rejected"]["count"] is None
     text = run_as_other(root, "status").stdout
-    assert f"{root / 'spool'} (unreadable (Permission denied))" in text
+    assert f"{root / 'spool'} (unreadable (Permission denied)); backlog unknown" in text
 
 
 def test_file_names_that_are_not_utf8_are_printed_as_their_bytes(
@@ -673,3 +675,44 @@ def test_export_never_replaces_what_is_not_a_regular_file(root: Path, tmp_path: 
         assert result.returncode == 1, result.stdout
         assert result.stderr.startswith(f"error: {target} is {what}"), result.stderr
     assert stat.S_ISCHR(device.lstat().st_mode) and link.is_symlink()
+
+
+EMPTY_PATHS = {
+    "snapshot": ("snapshot", ""),
+    "snapshot --tar": ("snapshot", "--tar", ""),
+    "export -o": ("export", "-o", ""),
+    "submit": ("submit", ""),
+    "submit --dry-run": ("submit", "--dry-run", ""),
+    "ingest": ("ingest", str(SAMPLE), ""),
+    "--config": ("--config", "", "status"),
+    "serve --api-key-file": ("serve", "--api-key-file", "", "--listen", "127.0.0.1:0"),
+    "restore --root": ("restore", "--root", "", "s3://bucket/prefix"),
+    "--spool-dir": ("--spool-dir", "", "status"),
+}
+
+
+@pytest.mark.parametrize("case", list(EMPTY_PATHS))
+def test_an_empty_path_is_a_usage_error_saying_so(tmp_path: Path, case: str) -> None:
+    """An empty path is the current folder to some calls and "no such file" to others:
+    each command refuses it as such (exit 2), before it reads or writes anything."""
+    root = tmp_path / "r"
+    make_history(root)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = subprocess.run(
+        [sys.executable, "-m", "ingester", "--root", str(root), *EMPTY_PATHS[case]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].endswith("the path is empty"), result.stderr
+    assert result.stdout == ""
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

@@ -201,6 +201,30 @@ def test_status_spool_backlog_rejected_and_env_source(root: Path, ingested: list
     assert "rejected     1 in" in out
 
 
+def test_status_says_a_file_in_the_spools_place_is_not_a_folder(root: Path) -> None:
+    """A file where the spool should be is there: not "missing", and its backlog is
+    unknown rather than 0."""
+    ok(run_cli(root, "init"))
+    shutil.rmtree(root / "spool")
+    (root / "spool").write_bytes(b"not a folder")
+    out = ok(run_cli(root, "status")).stdout
+    [line] = [line for line in out.splitlines() if line.startswith("spool ")]
+    assert line == (
+        f"spool        {root / 'spool'} (not a folder (Not a directory [ENOTDIR])); backlog unknown"
+    )
+    spool = json.loads(ok(run_cli(root, "status", "--json")).stdout)["spool"]
+    assert spool["exists"] is True
+    assert spool["problem"] == "not a folder (Not a directory [ENOTDIR])"
+    assert (spool["backlog"], spool["waiting"], spool["claimed"]) == (None, None, None)
+    rejected = json.loads(ok(run_cli(root, "status", "--json")).stdout)["rejected"]
+    assert rejected["count"] is None and "[ENOTDIR]" in rejected["problem"]
+    # Nothing at all there is what "missing" means.
+    (root / "spool").unlink()
+    assert f"spool        {root / 'spool'} (missing)" in ok(run_cli(root, "status")).stdout
+    spool = json.loads(ok(run_cli(root, "status", "--json")).stdout)["spool"]
+    assert (spool["exists"], spool["backlog"], spool["problem"]) == (False, 0, None)
+
+
 def test_status_reports_problems_without_fixing_them(root: Path, ingested: list[str]) -> None:
     (root / HISTORY / "_metadata.json").write_text("{not json")
     (root / LATEST).unlink()
@@ -568,6 +592,61 @@ def test_verify_finds_and_repair_fixes(root: Path, ingested: list[str], breakage
     assert {n: (root / HISTORY / n).read_bytes() for n in ingested} == versions_before
     assert all((root / HISTORY / n).stat().st_mode & 0o222 == 0 for n in ingested)
     assert os.readlink(root / LATEST) == f"{HISTORY}/{ingested[-1]}"
+
+
+@pytest.mark.parametrize("versions", [True, False], ids=["versions", "empty"])
+def test_verify_promises_no_repair_of_a_folder_in_the_latest_links_place(
+    root: Path, versions: bool
+) -> None:
+    """No rename puts a link where a folder is: verify says to move it away by hand,
+    counts nothing as fixable, and --repair leaves the folder and what is in it."""
+    ok(run_cli(root, "ingest", str(VALID_SAMPLES[0])) if versions else run_cli(root, "init"))
+    (root / LATEST).unlink(missing_ok=True)
+    (root / LATEST).mkdir()
+    (root / LATEST / "kept.txt").write_text("an operator's file")
+    for args in (["verify"], ["verify", "--repair"]):
+        result = run_cli(root, *args)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        assert result.stdout.splitlines()[-1] == "1 problem(s)", result.stdout
+        assert f"PROBLEM  {root / LATEST}  latest link a folder, not a link: " in result.stdout
+        assert "move it away by hand" in result.stdout
+        report = json.loads(run_cli(root, *args, "--json").stdout)
+        assert [(p["kind"], p["repairable"]) for p in report["problems"]] == [
+            ("latest-link", False)
+        ]
+        assert report["repaired"] == []
+    assert (root / LATEST / "kept.txt").read_text() == "an operator's file"
+    status = ok(run_cli(root, "status")).stdout
+    assert f"latest link  {root / LATEST}: a folder, not a link" in status
+
+
+def test_verify_promises_no_repair_where_the_latest_links_folder_is_a_file(
+    root: Path, tmp_path: Path
+) -> None:
+    ok(run_cli(root, "ingest", str(VALID_SAMPLES[0])))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file")
+    latest = ["--latest-path", str(blocker / LATEST)]
+    result = run_cli(root, *latest, "verify", "--repair", "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    [problem] = json.loads(result.stdout)["problems"]
+    assert problem["kind"] == "latest-link" and problem["repairable"] is False
+    assert f"{blocker} is not a folder" in problem["message"]
+    assert blocker.read_text() == "a file"
+
+
+def test_status_promises_no_repair_of_metadata_it_cannot_read(
+    root: Path, ingested: list[str]
+) -> None:
+    """Totals in a file that cannot be read cannot be rebuilt: status must not send the
+    operator to verify --repair, which refuses it."""
+    (root / HISTORY / "_metadata.json").unlink()
+    (root / HISTORY / "_metadata.json").mkdir()
+    status = ok(run_cli(root, "status")).stdout
+    [line] = [line for line in status.splitlines() if line.startswith("metadata")]
+    assert "unreadable (Is a directory)" in line
+    assert "verify --repair" not in line and "fix the cause" in line
 
 
 def test_verify_many_problems_at_once(root: Path, ingested: list[str]) -> None:

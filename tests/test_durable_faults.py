@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -136,9 +137,35 @@ def test_ingest_cli_on_immutable_history(
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, done.stderr
-    assert str(history) in errors[0]
-    assert "Operation not permitted" in errors[0]
+    # The folder is there: what could not be made is the version file inside it.
+    made = re.search(rf"cannot create {re.escape(str(history))}/(\S+): ", errors[0])
+    assert made is not None and is_version_name(made[1]), errors[0]
+    assert errors[0].endswith("Operation not permitted [EPERM]"), errors[0]
     assert drop.read_bytes() == valid_payload  # ingest copies, never moves
+
+
+def test_a_file_without_a_name_yet_is_not_called_the_folder(
+    tmp_path: Path, can_chattr: None
+) -> None:
+    """A file whose name is not chosen yet (the next copy's spare, an unnamed temp) is
+    said to be a file in the folder: "cannot create FOLDER" would say the folder is
+    missing."""
+    from ingester.history import durable
+
+    folder = tmp_path / "history"
+    folder.mkdir()
+    with immutable(folder):
+        for make in (
+            lambda: durable.SpareFile(folder),
+            lambda: durable.StagedFile(folder, b"{}", 0o444, unnamed=True),
+        ):
+            with pytest.raises(StorageError) as caught:
+                make()
+            message = str(caught.value)
+            # Where O_TMPFILE is not offered, the named temp file is named instead.
+            shown = (f"cannot create a file in {folder}: ", f"cannot create {folder}/.tmp-")
+            assert message.startswith(shown), message
+            assert message.endswith("Operation not permitted [EPERM]"), message
 
 
 # -- ENOSPC: a full tmpfs ---------------------------------------------------------------

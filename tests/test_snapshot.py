@@ -77,6 +77,24 @@ def test_snapshot_refuses_a_destination_inside_the_history_or_spool(
     _one_error(run_cli(root, "snapshot", str(root / "spool" / "snap")), "inside the spool")
 
 
+@pytest.mark.parametrize(
+    "where",
+    [f"{HISTORY}/x.tar", "spool/x.json", "spool/rejected/x.tar", "to-spool/x.json"],
+)
+def test_a_tar_file_is_refused_where_the_folder_form_is(
+    root: Path, history: list[str], where: str
+) -> None:
+    """A tar in the spool would be taken for a drop (and rejected as not JSON), one in
+    the history would sit among the versions: the stream form is held to the folder
+    form's rule, also through a symlink."""
+    (root / "spool" / "rejected").mkdir(parents=True, exist_ok=True)
+    (root / "to-spool").symlink_to("spool")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    folder = "history" if where.startswith(HISTORY) else "spool"
+    _one_error(run_cli(root, "snapshot", "--tar", str(root / where)), f"inside the {folder}")
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
 def test_snapshot_without_a_history_says_so(root: Path, tmp_path: Path) -> None:
     _one_error(run_cli(root, "snapshot", str(tmp_path / "snap")), "no history", "ingester init")
     assert not (tmp_path / "snap").exists()

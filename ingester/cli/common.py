@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "App",
     "BoundedFloat",
+    "PathParam",
     "align",
     "describe_os_error",
     "echo_json",
@@ -99,6 +100,32 @@ class BoundedFloat(click.ParamType):  # type: ignore[type-arg]  # generic only i
             return float(self.bounds.parse(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+class PathParam(click.Path):
+    """A click type for a path on the command line, refusing an empty one (exit 2).
+
+    An empty path means the current folder to some calls and "no such file" to others,
+    so acting on it would touch what the user never named, or say something
+    misleading: the usage error says the path is empty instead. ``as_path`` gives a
+    :class:`~pathlib.Path`, else the text as given (``-`` for a standard stream);
+    the other keywords are :class:`click.Path`'s checks of a path that exists.
+    """
+
+    def __init__(
+        self, *, as_path: bool = False, dir_okay: bool = True, readable: bool = False
+    ) -> None:
+        super().__init__(
+            dir_okay=dir_okay,
+            readable=readable,
+            allow_dash=not as_path,
+            path_type=Path if as_path else None,
+        )
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "":
+            self.fail("the path is empty", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def make_folder(folder: Path) -> None:

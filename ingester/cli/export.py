@@ -20,7 +20,7 @@ import click
 from ..errors import StorageError, describe_os_error, os_cause
 from ..history.durable import streamed_file
 from ..usage.export import FORMATS, Row, Skipped, export_rows, select_versions, write_rows
-from .common import App, fail, history_source, human_time, open_history, say, time_option
+from .common import App, PathParam, fail, history_source, human_time, open_history, say, time_option
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -57,6 +57,7 @@ def _warn(skipped: Skipped) -> None:
     "-o",
     "--output",
     metavar="FILE|-",
+    type=PathParam(),
     default="-",
     show_default=True,
     help="Where to write; '-' is standard output. A FILE appears only once complete "

@@ -31,7 +31,7 @@ import click
 
 from ..runtime.logs import LOG_FORMATS, escape_text, one_line, setup_logging
 from ..settings import SPECS, SettingError, resolve_settings
-from .common import App, describe_os_error, last_words
+from .common import App, PathParam, describe_os_error, last_words
 from .quiet import hold_output, output_was_fine
 
 EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug, not something the user did
@@ -197,7 +197,7 @@ def _setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
     "--config",
     "config_path",
     metavar="FILE",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=PathParam(as_path=True, dir_okay=False, readable=True),
     help="TOML file with an [ingester] table; keys as the long options with '_'. "
     "Precedence: option > environment > config > default. [env INGESTER_CONFIG]",
 )

@@ -25,7 +25,7 @@ from ..mirror.objectstore import (
     require_boto3,
 )
 from ..settings import SettingError, resolve_settings
-from .common import App, fail, say
+from .common import App, PathParam, fail, say
 
 __all__ = ["mirror", "restore"]
 
@@ -151,6 +151,7 @@ def mirror(
     "--root",
     "restore_root",
     metavar="DIR",
+    type=PathParam(),
     help="Restore into this root (its history and latest link), instead of the global --root.",
 )
 @click.option("--endpoint-url", metavar="URL", help=_ENDPOINT_HELP)

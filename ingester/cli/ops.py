@@ -20,9 +20,14 @@ from ..history import durable
 from ..ops.check import CheckLimits, judge, parse_duration
 from ..ops.check_facts import Facts, gather_facts
 from ..ops.queries import history_problem
-from ..ops.snapshot import SnapshotError, take_snapshot, write_snapshot_tar
+from ..ops.snapshot import (
+    SnapshotError,
+    refuse_live_destination,
+    take_snapshot,
+    write_snapshot_tar,
+)
 from ..payload.schema import payload_schema_text
-from .common import App, fail, history_source, s3_history, say
+from .common import App, PathParam, fail, history_source, s3_history, say
 
 __all__ = ["check", "schema", "snapshot"]
 
@@ -31,7 +36,7 @@ __all__ = ["check", "schema", "snapshot"]
 
 
 @click.command()
-@click.argument("dest", metavar="[DEST|-]", required=False)
+@click.argument("dest", metavar="[DEST|-]", required=False, type=PathParam())
 @click.option(
     "--tar",
     "as_tar",
@@ -48,7 +53,8 @@ __all__ = ["check", "schema", "snapshot"]
 def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
     """Take a consistent point-in-time copy of the history into DEST, beside a running watcher.
 
-    DEST must not exist (missing folders above it are made). It becomes a root in
+    DEST must not exist (missing folders above it are made), nor be in the history,
+    the spool or the rejected folder (with --tar too). It becomes a root in
     the default layout, restorable as it is: DEST/console-usage-history/ (the
     versions present at one instant and a _metadata.json that agrees with them)
     and DEST/console-usage-synced.json (a relative link to the newest of them).
@@ -63,21 +69,27 @@ def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
     Takes no lock; never writes to the history. Exits 0 when the snapshot is complete,
     1 when it could not be taken (nothing is left behind then).
     """
-    history = app.settings.history_dir
-    problem = history_problem(app.settings)
+    settings = app.settings
+    history = settings.history_dir
+    problem = history_problem(settings)
     if problem is not None:
         raise fail(problem)
+    if as_tar and copy:
+        raise click.UsageError("--copy has no meaning with --tar (the stream is a copy)")
+    if not as_tar and (dest is None or dest == "-"):
+        raise click.UsageError("give DEST, a folder that does not exist yet (or use --tar -)")
+    if dest is not None and dest != "-":
+        try:
+            refuse_live_destination(
+                Path(dest), history, spool=settings.spool_dir, rejected=settings.rejected_dir
+            )
+        except SnapshotError as exc:
+            raise fail(str(exc)) from None
     if as_tar:
-        if copy:
-            raise click.UsageError("--copy has no meaning with --tar (the stream is a copy)")
         _snapshot_tar(history, dest or "-")
         return
-    if dest is None or dest == "-":
-        raise click.UsageError("give DEST, a folder that does not exist yet (or use --tar -)")
+    assert dest is not None
     target = Path(os.path.abspath(dest))
-    spool = app.settings.spool_dir
-    if target == spool or target.is_relative_to(spool):
-        raise fail(f"{target} is inside the spool {spool}; give a folder outside it")
     try:
         result = take_snapshot(history, target, link=not copy)
     except SnapshotError as exc:

@@ -131,14 +131,15 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
             + (_metadata_age(meta.last_cleanup, now) if meta.last_cleanup else "never"),
         ]
     )
-    rows.append(
-        [
-            "metadata",
-            "ok"
-            if r.metadata_problem is None
-            else f"{r.metadata_problem} ({_advice(r.metadata_problem, r.adopt_advised)})",
-        ]
-    )
+    meta_problem = r.metadata_problem
+    if meta_problem is None:
+        meta_words = "ok"
+    elif meta_problem.startswith("unreadable") and not is_permission_problem(meta_problem):
+        # A file that exists but cannot be read holds totals no repair can rebuild.
+        meta_words = f"{meta_problem} (its totals cannot be rebuilt; fix the cause)"
+    else:
+        meta_words = f"{meta_problem} ({_advice(meta_problem, r.adopt_advised)})"
+    rows.append(["metadata", meta_words])
     latest = r.latest
     if latest is None:
         rows.append(["latest", "none yet"])
@@ -170,7 +171,7 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
     if not spool.exists:
         rows.append(["spool", f"{spool.path} (missing)"])
     elif spool.problem:
-        rows.append(["spool", f"{spool.path} ({spool.problem})"])
+        rows.append(["spool", f"{spool.path} ({spool.problem}); backlog unknown"])
     else:
         backlog = f"{spool.backlog} waiting"
         if spool.claimed_problem:

@@ -13,7 +13,7 @@ import click
 from ..errors import os_cause
 from ..runtime.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_CLIENT
 from ..settings import DRAIN_S, WatchOptions
-from .common import App, fail
+from .common import App, PathParam, fail
 from .service import refuse_unsafe_latest, serve_watch_loop_options
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def _find_program(name: str) -> str | None:
 @click.option(
     "--api-key-file",
     metavar="FILE",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=PathParam(as_path=True, dir_okay=False, readable=True),
     help="File holding the key POST requests must send as X-API-Key (surrounding whitespace "
     "ignored). [else env INGESTER_API_KEY, then CLAUDE_SYNC_API_KEY; none: every POST "
     "answers 401]",

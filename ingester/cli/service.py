@@ -16,7 +16,7 @@ from ..errors import PayloadRejected, StorageError, os_cause
 from ..intake.metrics import NO_METRICS, Metrics
 from ..payload.gate import check_payload
 from ..settings import RESCAN_INTERVAL, RETRY_MAX, SETTLE, WatchOptions
-from .common import App, BoundedFloat, fail, read_limited, read_stream, say
+from .common import App, BoundedFloat, PathParam, fail, read_limited, read_stream, say
 
 __all__ = [
     "refuse_unsafe_latest",
@@ -176,7 +176,7 @@ def _start_watch_metrics(listen: str) -> Metrics:
 
 
 @click.command()
-@click.argument("source", metavar="FILE|-")
+@click.argument("source", metavar="FILE|-", type=PathParam())
 @click.option(
     "--name",
     metavar="NAME",

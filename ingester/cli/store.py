@@ -22,7 +22,7 @@ from ..history.store import CacheNotRefreshed, CleanupIncomplete
 from ..ops.queries import ReportError, open_store
 from ..payload.model import PayloadRejected, judge_payload
 from ..settings import Settings
-from .common import App, fail, make_folder, read_limited, say, writing_store
+from .common import App, PathParam, fail, make_folder, read_limited, say, writing_store
 from .quiet import SkipEvent
 
 __all__ = ["adopt", "cleanup", "ingest", "init"]
@@ -127,7 +127,7 @@ def _adopt_advice(exc: StorageError) -> str:
 
 
 @click.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=PathParam(as_path=True, readable=True))
 @click.pass_obj
 def ingest(app: App, files: tuple[Path, ...]) -> None:
     """Validate FILES and store each as a new version (the files are copied, not moved).

@@ -341,6 +341,9 @@ class HistoryStore:
         self._ensure_loaded()
         newest = self.latest_version_name()
         link = self.latest_path
+        if link.is_dir() and not link.is_symlink():
+            # Said first: with no version left, a folder points at nothing either.
+            return "a folder, not a link"
         if newest is None:
             return "points at a version that is gone" if os.path.lexists(link) else None
         if link.is_symlink():
@@ -355,8 +358,6 @@ class HistoryStore:
             except OSError:
                 pass
             return f"does not resolve to {newest}"
-        if link.is_dir():
-            return "a folder, not a link"
         if not link.exists():
             return "missing"
         try:
@@ -408,7 +409,8 @@ class HistoryStore:
         Once this returns the version is on disk for good. Call :meth:`publish` to
         re-point the latest link and rewrite the metadata (once per batch is enough).
         """
-        return self._commit_version(self._stage_version(data, sync=True), name, sync=True)
+        staged = self._stage_version(data, sync=True, name=name)
+        return self._commit_version(staged, name, sync=True)
 
     def has_version(self, name: str) -> bool:
         """Whether version ``name`` is on disk."""
@@ -456,10 +458,13 @@ class HistoryStore:
 
     # -- one group of versions (see batch) -----------------------------------------
 
-    def _stage_version(self, data: bytes, *, sync: bool = False) -> durable.StagedFile:
+    def _stage_version(
+        self, data: bytes, *, sync: bool = False, name: str | None = None
+    ) -> durable.StagedFile:
+        """The bytes in a temp file; ``name``, when already chosen, is what a failure names."""
         spare, self._spare = self._spare, None
         return durable.StagedFile(
-            self.history_dir, data, VERSION_MODE, sync=sync, spare=spare, unnamed=True
+            self.history_dir, data, VERSION_MODE, sync=sync, spare=spare, name=name, unnamed=True
         )
 
     def _prepare_spare(self) -> None:

@@ -290,7 +290,7 @@ def _keep_latest_snapshot(store: HistoryStore, data: bytes, max_bytes: int) -> s
         raise StorageError("stat", store.latest_path, exc) from exc
     name = _version_name_for(data, mtime_ns)
     try:
-        durable.StagedFile(store.history_dir, data, VERSION_MODE).commit(name)
+        durable.StagedFile(store.history_dir, data, VERSION_MODE, name=name).commit(name)
     except StorageError as exc:
         # The same name holds the same bytes: a run that crashed after this step.
         if exc.errno != errno.EEXIST or store.version_path(name).read_bytes() != data:

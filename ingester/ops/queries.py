@@ -24,6 +24,7 @@ from ..errors import (
     VersionNotFound,
     describe_os_error,
     missing_root,
+    os_cause,
     unreadable,
 )
 from ..history.base import HistoryReader, derive_metadata, is_future, latest_name, stored_metadata
@@ -218,12 +219,17 @@ def _drops_in(spool: Spool, folder: Path) -> list[Candidate]:
         return []  # no spool (e.g. a copied history): nothing waits
 
 
-def _rejected_count(spool: Spool) -> int:
-    """The quarantine's count, 0 when it cannot be listed (its problem says so then)."""
-    try:
-        return spool.rejected_count()
-    except StorageError:
-        return 0
+def _rejected_state(settings: Settings, spool: Spool) -> RejectedState:
+    """The quarantine's count; ``None`` when it cannot be listed (its problem says why)."""
+    problem = _folder_problem(settings.rejected_dir)
+    count: int | None = None
+    if problem is None:
+        try:
+            count = spool.rejected_count()
+        except StorageError as exc:
+            # Listed a moment ago: it changed since, so say what failed now.
+            problem = str(exc)
+    return RejectedState(settings.rejected_dir, count, problem, settings.rejected_retention_days)
 
 
 def _named_problem(folder: Path) -> str | None:
@@ -239,8 +245,29 @@ def _folder_problem(folder: Path) -> str | None:
             return None
     except FileNotFoundError:
         return None
+    except NotADirectoryError as exc:
+        # Something is there, so "missing" would send the operator looking in vain.
+        return f"not a folder ({os_cause(exc)})"
     except OSError as exc:
         return unreadable(exc)
+
+
+def _spool_state(
+    settings: Settings, waiting: int, claimed: int, oldest_at: datetime | None
+) -> SpoolState:
+    problem = _folder_problem(settings.spool_dir)
+    if problem is not None:
+        # Nothing could be listed: zero drops would be a guess, not a count.
+        return SpoolState(settings.spool_dir, True, None, None, None, problem)
+    return SpoolState(
+        path=settings.spool_dir,
+        exists=settings.spool_dir.exists(),
+        waiting=waiting,
+        claimed=claimed,
+        oldest_drop_at=oldest_at,
+        problem=None,
+        claimed_problem=_named_problem(settings.claimed_dir),
+    )
 
 
 @dataclass(frozen=True)
@@ -263,30 +290,35 @@ class LatestVersion:
 class SpoolState:
     """The drop folder: drops waiting, drops claimed (in flight), the oldest one's time.
 
-    ``problem``: why the spool cannot be listed; ``claimed_problem``: why its claims
-    cannot be (``claimed`` is then 0, and not a count).
+    ``exists``: something is at its path (a file too: ``problem`` then says it is not a
+    folder). ``problem``: why the spool cannot be listed (the counts are then ``None``:
+    unknown, not none); ``claimed_problem``: why its claims cannot be (``claimed`` is
+    then 0, and not a count).
     """
 
     path: Path
     exists: bool
-    waiting: int
-    claimed: int
+    waiting: int | None
+    claimed: int | None
     oldest_drop_at: datetime | None
     problem: str | None
     claimed_problem: str | None = None
 
     @property
-    def backlog(self) -> int:
-        """Drops not stored yet: waiting plus claimed."""
+    def backlog(self) -> int | None:
+        """Drops not stored yet: waiting plus claimed (``None`` when unknown)."""
+        if self.waiting is None or self.claimed is None:
+            return None
         return self.waiting + self.claimed
 
 
 @dataclass(frozen=True)
 class RejectedState:
-    """The quarantine folder: how many drops it holds, and their retention in days."""
+    """The quarantine folder: how many drops it holds (``None`` when it cannot be
+    listed: ``problem`` says why), and their retention in days."""
 
     path: Path
-    count: int
+    count: int | None
     problem: str | None
     retention_days: float
 
@@ -381,21 +413,8 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
         latest_link=store.latest_path,
         latest_link_problem=store.latest_problem(),
         adopt_advised=latest_is_a_file(store),
-        spool=SpoolState(
-            path=settings.spool_dir,
-            exists=settings.spool_dir.is_dir(),
-            waiting=len(waiting),
-            claimed=len(claimed),
-            oldest_drop_at=oldest_at,
-            problem=_folder_problem(settings.spool_dir),
-            claimed_problem=_named_problem(settings.claimed_dir),
-        ),
-        rejected=RejectedState(
-            path=settings.rejected_dir,
-            count=_rejected_count(spool),
-            problem=_folder_problem(settings.rejected_dir),
-            retention_days=settings.rejected_retention_days,
-        ),
+        spool=_spool_state(settings, len(waiting), len(claimed), oldest_at),
+        rejected=_rejected_state(settings, spool),
         lock=lock,
         mirror=mirror_status(store.history_dir, names, settings.mirror),
         settings=settings.describe(),

@@ -51,6 +51,7 @@ __all__ = [
     "SnapshotResult",
     "build_snapshot_tree",
     "list_versions_once",
+    "refuse_live_destination",
     "take_snapshot",
     "write_snapshot_tar",
 ]
@@ -222,6 +223,26 @@ def _as_asked(exc: StorageError, temp: Path, dest: Path) -> str:
     return str(exc)
 
 
+def refuse_live_destination(dest: Path, history_dir: Path, **others: Path) -> None:
+    """Raise :class:`SnapshotError` when ``dest`` (a snapshot's folder or tar file) is,
+    or is inside, the history or one of ``others`` (``spool=``, ``rejected=``: the
+    words the message uses), also through a symlink in its parent path.
+
+    The one rule for both forms: a file written into the spool is taken for a drop
+    (and rejected as not JSON), one in the history sits among the versions and would
+    be in the next snapshot.
+    """
+    dest = Path(os.path.abspath(dest))
+    real = Path(os.path.realpath(dest.parent)) / dest.name
+    for what, folder in {"history": history_dir, **others}.items():
+        folder = Path(os.path.abspath(folder))
+        real_folder = Path(os.path.realpath(folder))
+        if dest.is_relative_to(folder) or real.is_relative_to(real_folder):
+            raise SnapshotError(
+                f"{dest} is inside the {what} {folder}; give a destination outside it"
+            )
+
+
 def take_snapshot(history_dir: Path, dest: Path, *, link: bool = True) -> SnapshotResult:
     """Snapshot ``history_dir`` into the new root folder ``dest`` (which must not exist).
 
@@ -233,8 +254,7 @@ def take_snapshot(history_dir: Path, dest: Path, *, link: bool = True) -> Snapsh
     dest = Path(os.path.abspath(dest))
     if os.path.lexists(dest):
         raise SnapshotError(f"{dest} already exists; a snapshot never replaces anything")
-    if dest == history_dir or dest.is_relative_to(history_dir):
-        raise SnapshotError(f"{dest} is inside the history {history_dir}")
+    refuse_live_destination(dest, history_dir)
     names = list_versions_once(history_dir)
     try:
         durable.make_folders(dest.parent)

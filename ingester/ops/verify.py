@@ -240,9 +240,28 @@ def _latest_finding(store: HistoryStore, is_a_file: bool) -> Finding | None:
     problem = store.latest_problem()
     if is_permission_problem(problem):
         return Finding("latest-link", subject, f"latest link {problem}: {PERMISSION_ADVICE}")
-    if problem is not None:
-        return Finding("latest-link", subject, f"latest link {problem}", True)
+    if problem is None:
+        return None
+    blocked = _unreplaceable(store.latest_path)
+    if blocked is not None:
+        # A rename cannot put a link where this is: promising a repair would be a lie
+        # that each run repeats.
+        return Finding("latest-link", subject, f"latest link {problem}: {blocked}")
+    return Finding("latest-link", subject, f"latest link {problem}", True)
+
+
+def _unreplaceable(path: Path) -> str | None:
+    """What a repair must leave to the operator before it can make the link at ``path``,
+    or ``None`` when a repair can: a folder in its place (nothing renames a file over
+    one), or a parent that is not a folder."""
+    if path.is_dir() and not path.is_symlink():
+        return f"a repair cannot replace a folder; {_BY_HAND}"
+    if path.parent.exists() and not path.parent.is_dir():
+        return f"{path.parent} is not a folder, so no link can be made in it; {_BY_HAND}"
     return None
+
+
+_BY_HAND = "move it away by hand, then run 'ingester verify --repair'"
 
 
 def repair_modes(store: HistoryStore, findings: Iterable[Finding]) -> None:

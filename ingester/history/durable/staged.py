@@ -76,7 +76,17 @@ class SpareFile:
                 remove_file(self.path)
 
 
-def _fill_spare(spare: SpareFile, data: bytes, mode: int) -> tuple[Path | None, int]:
+def _file_error(action: str, file: Path | None, directory: Path, exc: OSError) -> StorageError:
+    """``action`` failed on a file that has no name to show yet (unnamed, or its final
+    name not chosen): it is said to be a file in ``directory``, never the folder itself."""
+    if file is None:
+        return StorageError(f"{action} a file in", directory, exc)
+    return StorageError(action, file, exc)
+
+
+def _fill_spare(
+    spare: SpareFile, data: bytes, mode: int, shown: Path | None
+) -> tuple[Path | None, int]:
     path, fd = spare.take()
     try:
         write_all(fd, data)
@@ -86,7 +96,7 @@ def _fill_spare(spare: SpareFile, data: bytes, mode: int) -> tuple[Path | None, 
         if path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(path)
-        raise StorageError("write", path or spare.directory, exc) from exc
+        raise _file_error("write", shown or path, spare.directory, exc) from exc
     return path, fd
 
 
@@ -101,7 +111,7 @@ def _fill_unnamed(
         write_all(fd, data)
     except OSError as exc:
         os.close(fd)  # the unnamed inode goes with its last descriptor
-        raise StorageError("write", shown or directory, exc) from exc
+        raise _file_error("write", shown, directory, exc) from exc
     return None, fd
 
 
@@ -136,7 +146,7 @@ class StagedFile:
         self._shown = directory / name if name is not None else None
         made = None
         if spare is not None and spare.directory == directory:
-            made = _fill_spare(spare, data, mode)
+            made = _fill_spare(spare, data, mode, self._shown)
         elif unnamed:
             made = _fill_unnamed(directory, data, mode, self._shown)
         if made is None:
@@ -190,8 +200,8 @@ class StagedFile:
         self._unsynced = False
         if error is not None:
             self.discard()
-            shown = self._shown or self.temp or self.directory
-            raise StorageError("fsync", shown, error) from error
+            shown = self._shown or self.temp
+            raise _file_error("fsync", shown, self.directory, error) from error
         if not self._unnamed:
             os.close(self._fd)  # an unnamed file is named through its descriptor: kept
             self._fd = None

@@ -227,7 +227,7 @@ def _open_unnamed(directory: StrPath, mode: int, shown: StrPath | None = None) -
     one: the caller makes a named temp file instead. It has no name until
     :func:`_link_unnamed` gives it one, so a crash before that leaves nothing behind.
     Other failures (ENOSPC, EACCES, EROFS) raise :class:`StorageError` naming ``shown``
-    (the final path, when known) or the folder.
+    (the final path, when known), else as a file that cannot be made in the folder.
     """
     key = os.fspath(directory)
     if not (UNNAMED_TEMPS and _HAVE_PROC_FDS) or key in _UNNAMED_REFUSED:
@@ -239,7 +239,10 @@ def _open_unnamed(directory: StrPath, mode: int, shown: StrPath | None = None) -
         if exc.errno in _UNNAMED_UNSUPPORTED:
             _UNNAMED_REFUSED.add(key)
             return None
-        raise StorageError("create", shown or directory, exc) from exc
+        if shown is None:
+            # The folder is there; what failed is a new file inside it.
+            raise StorageError("create a file in", directory, exc) from exc
+        raise StorageError("create", shown, exc) from exc
 
 
 def _link_unnamed(fd: int, final: StrPath) -> None:
