@@ -265,8 +265,8 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "400": _json_body(
                             "Error",
-                            "since or until is not a time (InvalidTime), or by is "
-                            "unknown (InvalidBy)",
+                            "since or until is not a time (InvalidTime), since is after "
+                            "until (InvalidRange), or by is unknown (InvalidBy)",
                         ),
                         "503": unavailable,
                     },
