@@ -116,7 +116,11 @@ def openapi_document() -> dict[str, Any]:
                         "304": {"description": "Not modified", "headers": _CACHE_HEADERS},
                         "400": _json_body("Error", "Bad version (validRange) or timestamp"),
                         "404": _json_body("NoVersions", "No versions stored yet"),
-                        "502": _json_body("Error", "The stored version is not a JSON object"),
+                        "502": _json_body(
+                            "Error",
+                            "The stored version is not a JSON object (CorruptVersion); the "
+                            "message says what is wrong with it, as ingester show does",
+                        ),
                         "503": unavailable,
                     },
                 },
