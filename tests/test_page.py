@@ -169,6 +169,20 @@ def test_series_rows_etag_and_range(root: Path, serve: Any) -> None:
         status, _, raw = get(f"{server.url}/api/claude/console-usage/series?until={bad}")
         assert status == 400, bad
         assert json.loads(raw)["error"] == "InvalidTime"
+    # Bounds the wrong way round select nothing by construction: refused, as export does.
+    window = "since=2026-12-06T00:00:00Z&until=2026-12-01T00:00:00Z"
+    status, _, raw = get(f"{server.url}/api/claude/console-usage/series?{window}")
+    assert status == 400
+    assert json.loads(raw) == {
+        "error": "InvalidRange",
+        "message": "since 2026-12-06T00:00:00.000Z is after until 2026-12-01T00:00:00.000Z",
+        "example": json.loads(raw)["example"],
+    }
+    backwards = run_cli(root, "export", "--since", "2026-12-06", "--until", "2026-12-01")
+    assert backwards.returncode == 2
+    assert "Error: --since 2026-12-06T00:00:00.000Z is after --until 2026-12-01T00:00:00.000Z" in (
+        backwards.stderr
+    )
 
 
 def test_page_and_assets_are_served_from_the_package(root: Path, serve: Any) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import IS_ROOT, wait_for
+from support import IS_ROOT, run_cli, wait_for
 from support.hostile import HOSTILE, assert_our_words
 from support.serveproc import KEY, ServeProcess, fresh_payload, put_version, version_name
 
@@ -242,6 +242,14 @@ def test_legacy_version_names_count(root: Path, server):
     assert r.json()["error"] == "CorruptVersion"
     assert server.get(API, params={"version": "1"}).status_code == 200
     assert server.get("/api/health").json()["status"] == "unhealthy"
+    # Its words are the CLI's: what `show` says of the same file.
+    broken = "2026-01-07T00-00-00-garbage.json"
+    put_version(root, broken, b"garbage\xff")
+    r = wait_for(lambda: (r := server.get(API)).status_code == 502 and broken in r.text and r, 5)
+    shown = run_cli(root, "show", broken)
+    assert shown.returncode == 1
+    said = shown.stderr.strip().removeprefix("error: ").removesuffix("; run 'ingester verify'")
+    assert r.json()["message"] == said == f"version {broken} is damaged: not valid UTF-8 (byte 7)"
     assert "Traceback" not in server.log
 
 
@@ -611,8 +619,6 @@ def test_post_when_the_spool_cannot_be_written_is_503(root: Path, server):
 
 
 def test_serve_usage_errors_are_one_line(root: Path, tmp_path: Path):
-    from support import run_cli
-
     bad = run_cli(root, "serve", "--listen", "nowhere")
     assert bad.returncode == 2
     assert "--listen" in bad.stderr

@@ -34,6 +34,8 @@ POST_HEAD = (
     f"POST {API} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: {KEY}\r\n"
 ).encode()
 
+TRIGGER_HEAD = POST_HEAD.replace(API.encode(), f"{API}/trigger".encode())
+
 
 def add_versions(root: Path) -> None:
     for i in range(3):
@@ -277,8 +279,20 @@ def test_a_post_whose_body_never_arrives_is_408_and_one_line(impatient: ServePro
         (POST_HEAD.replace(f"X-API-Key: {KEY}\r\n".encode(), b""), 401),
         (POST_HEAD.replace(b"application/json", b"text/plain"), 415),
         (POST_HEAD + b"Content-Encoding: gzip\r\n", 415),
+        (TRIGGER_HEAD.replace(f"X-API-Key: {KEY}\r\n".encode(), b""), 401),
+        (TRIGGER_HEAD, 501),
+        (POST_HEAD.replace(API.encode(), b"/api/health"), 405),
+        (POST_HEAD.replace(API.encode(), b"/no/such/path"), 404),
     ],
-    ids=["no key", "not JSON", "compressed"],
+    ids=[
+        "no key",
+        "not JSON",
+        "compressed",
+        "trigger without key",
+        "trigger without command",
+        "read-only path",
+        "no such path",
+    ],
 )
 def test_a_refusal_before_the_body_ends_the_connection(
     server: ServeProcess, head: bytes, code: int

@@ -9,6 +9,7 @@ counted and said once a minute; the first read that goes through again says so.
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -105,3 +106,22 @@ def test_a_lasting_fault_is_said_again_once_a_minute(caplog: pytest.LogCaptureFi
         "reads go through again (last fault: the history cannot be read: /h: Permission "
         "denied [EACCES]); 2 more read(s) were answered 503",
     ]
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_a_lock_file_it_cannot_look_at_is_named_as_why_it_cannot_tell() -> None:
+    # The kernel's lock table is readable here: what stops serve from telling whether a
+    # watcher runs is the history's lock file, and the line must say so.
+    with others_folder("ingester-lock-unseen-") as root:
+        assert run_as_other(root, "init").returncode == 0
+        history = root / "console-usage-history"
+        lock = history / ".lock"
+        os.chown(history, 0, 0)  # root's, closed to others: its lock cannot be looked at
+        history.chmod(0o700)
+        with ServeProcess(root, wrapper=tuple(AS_OTHER)) as server:
+            server.wait_log("cannot tell whether a watcher runs")
+            assert (
+                f"cannot tell whether a watcher runs ({lock}: Permission denied [EACCES])"
+                in server.log
+            ), server.log
+            assert server.stop() == 0

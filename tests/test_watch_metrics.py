@@ -147,6 +147,20 @@ def test_store_failures_are_counted_then_the_drop_is_ingested(root: Path, can_ch
         assert watcher.stop() == 0
 
 
+def test_head_is_answered_as_get_without_the_body(root: Path) -> None:
+    # serve's /metrics answers HEAD; the watcher's must too (a monitor's "is it up").
+    with WatchProcess(root, "--metrics", "127.0.0.1:0") as watcher:
+        port = metrics_port(watcher)
+        head = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", method="HEAD")
+        with urllib.request.urlopen(head, timeout=10) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain")
+            assert int(response.headers["Content-Length"]) > 0  # the GET's, not 0
+            assert response.read() == b""
+        assert scrape(port)  # and GET still answers whole
+        assert watcher.stop() == 0
+
+
 def test_metrics_are_off_by_default(root: Path) -> None:
     with WatchProcess(root) as watcher:
         drop(root / "spool", "one.json", payload(1))

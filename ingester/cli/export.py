@@ -19,8 +19,16 @@ import click
 
 from ..errors import StorageError, describe_os_error, os_cause
 from ..history.durable import streamed_file
-from ..usage.export import FORMATS, Row, Skipped, export_rows, select_versions, write_rows
-from .common import App, PathParam, fail, history_source, human_time, open_history, say, time_option
+from ..usage.export import (
+    FORMATS,
+    Row,
+    Skipped,
+    export_rows,
+    inverted_bounds,
+    select_versions,
+    write_rows,
+)
+from .common import App, PathParam, fail, history_source, open_history, say, time_option
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -90,8 +98,9 @@ def export(
     there is no history or the output cannot be written.
     See docs/page.md.
     """
-    if since is not None and until is not None and since > until:
-        raise click.UsageError(f"--since {human_time(since)} is after --until {human_time(until)}")
+    inverted = inverted_bounds(since, until, names=("--since", "--until"))
+    if inverted is not None:
+        raise click.UsageError(inverted)
     reader = open_history(app.settings, source, endpoint_url)
     try:
         every = [entry.name for entry in reader.list_versions()]

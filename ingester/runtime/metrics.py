@@ -41,6 +41,8 @@ from collections.abc import Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse
+from wsgiref.types import WSGIApplication as WSGIApp
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.metrics_core import Metric
@@ -179,6 +181,37 @@ def _describe_refusals(
     )
 
 
+def _answering_head(app: WSGIApp) -> WSGIApp:
+    """``app`` answering HEAD as GET without the body, as ``serve``'s /metrics does
+    (RFC 9110 asks a server that answers GET to answer HEAD; the client library's app
+    answers it 405)."""
+
+    def wrapped(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "HEAD":
+            return app(environ, start_response)
+        answer: list[tuple[str, list[tuple[str, str]]]] = []
+
+        def hold(status: str, headers: list[tuple[str, str]], *_exc_info: Any) -> Any:
+            answer.append((status, headers))
+            return lambda _data: None
+
+        body = app({**environ, "REQUEST_METHOD": "GET"}, hold)
+        try:
+            length = sum(len(chunk) for chunk in body)
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        status, headers = answer[-1]
+        # The GET's length, which the server would otherwise give as 0 for no body.
+        if not any(name.lower() == "content-length" for name, _value in headers):
+            headers = [*headers, ("Content-Length", str(length))]
+        start_response(status, headers)
+        return []
+
+    return wrapped
+
+
 def start_metrics_server(registry: CollectorRegistry, host: str, port: int) -> int:
     """Serve ``registry`` at ``http://host:port/metrics`` from a daemon thread.
 
@@ -193,7 +226,11 @@ def start_metrics_server(registry: CollectorRegistry, host: str, port: int) -> i
         address_family = family
 
     httpd = make_server(
-        str(address[0]), port, make_wsgi_app(registry), Server, handler_class=_Handler
+        str(address[0]),
+        port,
+        _answering_head(make_wsgi_app(registry)),
+        Server,
+        handler_class=_Handler,
     )
     threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
     return int(httpd.server_port)

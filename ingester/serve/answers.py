@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "UNHEALTHY_AFTER_MINUTES",
     "VERSIONS_PATH",
     "age_minutes",
+    "announces_body",
     "ending_connection",
     "error_answer",
     "iso",
@@ -73,6 +75,13 @@ def json_answer(body: Any, status: int = 200, headers: dict[str, str] | None = N
         media_type=JSON,
         headers=headers,
     )
+
+
+def announces_body(headers: Mapping[str, str]) -> bool:
+    """Whether a request's head says a body follows (a ``Content-Length`` other than 0,
+    or a ``Transfer-Encoding``)."""
+    length = headers.get("content-length")
+    return "transfer-encoding" in headers or (length is not None and length.strip() != "0")
 
 
 def ending_connection(answer: Response) -> Response:

@@ -17,7 +17,7 @@ from ..history.index import HistoryIndex
 from ..history.local import LocalHistory
 from ..intake.spool import Spool
 from ..runtime.metrics import MetricsRegistry
-from .answers import JSON, json_answer
+from .answers import JSON, announces_body, ending_connection, json_answer
 from .backlog import BacklogWarnings, WatcherProbe
 from .context import ServeConfig, ServeContext
 from .forecast import install as install_forecast
@@ -86,9 +86,11 @@ def _route_builders() -> list[Callable[[], Sequence[BaseRoute]]]:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers or {})
-    return json_answer(
+    answer = json_answer(
         {"error": "HTTPError", "message": str(exc.detail)}, exc.status_code, headers=headers
     )
+    # No route reads the body of a request it refuses (a POST to a read-only path, say).
+    return ending_connection(answer) if announces_body(request.headers) else answer
 
 
 def log_configuration(config: ServeConfig, listen_source: str | None = None) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import describe_os_error
 from ..history.lock import HistoryHolder, history_holder, lock_table_readable
 from ..intake.spool import Spool
 
@@ -114,6 +115,8 @@ class WatcherProbe:
         self.lock_path = lock_path
         self.spool = spool
         self.in_process = in_process
+        # Why the last look could not tell whether a watcher runs, for the log.
+        self.unknown_why: str | None = None
 
     def watcher(self) -> tuple[bool | None, int | None]:
         """``(running, pid)``; ``running`` is ``None`` when it cannot be told."""
@@ -126,12 +129,18 @@ class WatcherProbe:
         lock (so it never takes what is dropped here), or ``None``."""
         if self.in_process is not None:
             return self.in_process(), os.getpid(), None
+        self.unknown_why = None
         try:
             holder = history_holder(self.lock_path, self.spool.lock_path)
-        except OSError:
-            return None, None, None  # the history's lock file cannot be looked at
+        except OSError as exc:
+            # A lock file that cannot be looked at: its holder cannot be told.
+            self.unknown_why = describe_os_error(exc)
+            return None, None, None
         if holder is None:
-            return (False if lock_table_readable() else None), None, None
+            if lock_table_readable():
+                return False, None, None
+            self.unknown_why = "the kernel's lock table is not readable here"
+            return None, None, None
         if holder.watches_spool is not False or not holder.watcher:
             return holder.watches_spool, holder.pid, None
         return False, holder.pid, holder
@@ -176,8 +185,9 @@ class BacklogWarnings:
             return state
         if state.watcher is None:
             log.warning(
-                "serve: cannot tell whether a watcher runs (the kernel's lock table is not "
-                "readable here); POSTed snapshots are stored only while one does"
+                "serve: cannot tell whether a watcher runs (%s); POSTed snapshots are stored "
+                "only while one does",
+                self.probe.unknown_why or "its lock cannot be looked at",
             )
         elif not state.watcher:
             waiting = f"; {state.drops_words()}" if state.waiting else ""

@@ -116,7 +116,11 @@ def openapi_document() -> dict[str, Any]:
                         "304": {"description": "Not modified", "headers": _CACHE_HEADERS},
                         "400": _json_body("Error", "Bad version (validRange) or timestamp"),
                         "404": _json_body("NoVersions", "No versions stored yet"),
-                        "502": _json_body("Error", "The stored version is not a JSON object"),
+                        "502": _json_body(
+                            "Error",
+                            "The stored version is not a JSON object (CorruptVersion); the "
+                            "message says what is wrong with it, as ingester show does",
+                        ),
                         "503": unavailable,
                     },
                 },
@@ -265,8 +269,8 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "400": _json_body(
                             "Error",
-                            "since or until is not a time (InvalidTime), or by is "
-                            "unknown (InvalidBy)",
+                            "since or until is not a time (InvalidTime), since is after "
+                            "until (InvalidRange), or by is unknown (InvalidBy)",
                         ),
                         "503": unavailable,
                     },

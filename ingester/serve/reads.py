@@ -19,6 +19,7 @@ from starlette.responses import Response
 from ..errors import VersionNotFound
 from ..history.index import HistorySnapshot
 from ..history.names import is_version_name
+from ..payload.model import PayloadRejected, judge_payload
 from .answers import (
     JSON,
     STALE_AFTER_MINUTES,
@@ -61,6 +62,18 @@ def read_payload(ctx: ServeContext, name: str) -> tuple[dict[str, Any] | None, d
     stamp = parse_last_updated(payload.get("lastUpdated")) if payload else None
     ctx.parsed.put(name, (payload, stamp), len(data))
     return payload, stamp
+
+
+def _damage(ctx: ServeContext, name: str) -> str:
+    """Why version ``name`` (not a JSON object) cannot be served, in the judge's words,
+    as ``ingester show`` says it; read again, as only the verdict was kept."""
+    try:
+        judge_payload(ctx.index.read_version(name))
+    except PayloadRejected as exc:
+        return f"version {name} is damaged: {exc.reason}"
+    except (OSError, VersionNotFound):
+        pass  # gone or unreadable since: what is known still holds
+    return f"version {name} is damaged: not a JSON object"
 
 
 def snapshot_or_error(ctx: ServeContext, request: Request) -> HistorySnapshot | Response:
@@ -162,7 +175,7 @@ async def get_console_usage(request: Request) -> Response:
     snap, chosen, payload, updated = found
     entry = snap.entries[chosen]
     if payload is None:
-        return error_answer(502, "CorruptVersion", f"version {entry.name} is not a JSON object")
+        return error_answer(502, "CorruptVersion", _damage(ctx, entry.name))
     minutes = age_minutes((now - updated).total_seconds()) if updated is not None else None
     etag = f'W/"{entry.name.removesuffix(".json")}"'
     headers = {"ETag": etag, "Cache-Control": cache_control(minutes)}

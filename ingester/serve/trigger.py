@@ -13,7 +13,7 @@ import logging
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .answers import post_answer
+from .answers import ending_connection, post_answer
 from .context import ServeContext
 from .posts import client_address, key_refusal, refuse
 from .routes import TRIGGER_PATH
@@ -27,16 +27,19 @@ async def post_trigger(request: Request) -> Response:
     """Run the configured command (or join the run under way) and say how it went."""
     ctx: ServeContext = request.app.state.ctx
     denied = key_refusal(request, ctx.config.api_key)
+    # Its body is never read: a refused client must not hold the server to it.
     if denied is not None:
-        return refuse(request, 401, denied)
+        return ending_connection(refuse(request, 401, denied))
     runner = ctx.trigger
     if runner is None:
-        return refuse(
-            request,
-            501,
-            "no trigger command is configured: start the server with "
-            "--trigger-command 'PROGRAM ARGS' (e.g. the scraper's command) to make this "
-            "button run it; see docs/serve.md",
+        return ending_connection(
+            refuse(
+                request,
+                501,
+                "no trigger command is configured: start the server with "
+                "--trigger-command 'PROGRAM ARGS' (e.g. the scraper's command) to make this "
+                "button run it; see docs/serve.md",
+            )
         )
     log.info("trigger requested by %s", client_address(request))
     result, joined = await runner.run()

@@ -52,6 +52,7 @@ __all__ = [
     "defuse_formulas",
     "export_rows",
     "flatten",
+    "inverted_bounds",
     "row_from_bytes",
     "select_versions",
     "write_rows",
@@ -119,6 +120,17 @@ def _stamp(name: str) -> datetime:
     if stamp is None:  # pragma: no cover - the store lists version names only
         raise ValueError(f"not a version name: {name!r}")
     return stamp
+
+
+def inverted_bounds(
+    since: datetime | None, until: datetime | None, *, names: tuple[str, str]
+) -> str | None:
+    """Why ``[since, until]`` selects nothing by construction (``since`` after
+    ``until``), in words naming the bounds as ``names`` (option or query names); ``None``
+    when it is a window. Refused rather than answered empty: the caller swapped them."""
+    if since is None or until is None or since <= until:
+        return None
+    return f"{names[0]} {format_timestamp(since)} is after {names[1]} {format_timestamp(until)}"
 
 
 def select_versions(

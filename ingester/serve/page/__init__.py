@@ -43,7 +43,7 @@ from ...history.base import VersionEntry
 from ...history.index import HistoryIndex
 from ...history.names import format_timestamp
 from ...payload.model import PayloadRejected
-from ...usage.export import COLUMNS, Row, row_from_bytes
+from ...usage.export import COLUMNS, Row, inverted_bounds, row_from_bytes
 from ...usage.forecast import CLOCK_AHEAD
 from ..routes import SERIES_PATH
 
@@ -191,6 +191,11 @@ class _Series:
                     },
                     400,
                 )
+        inverted = inverted_bounds(bounds["since"], bounds["until"], names=("since", "until"))
+        if inverted is not None:
+            return _json(
+                {"error": "InvalidRange", "message": inverted, "example": TIME_EXAMPLE}, 400
+            )
         index: HistoryIndex = request.app.state.ctx.index
         if self._zone is None:
             self._zone = request.app.state.ctx.settings.console_zone()[0]
