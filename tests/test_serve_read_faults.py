@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from starlette.requests import Request
 from support.capabilities import AS_OTHER, other_user_problem, others_folder, run_as_other
-from support.serveproc import ServeProcess, fresh_payload, put_version, version_name
+from support.serveproc import KEY, ServeProcess, fresh_payload, put_version, version_name
 
 from ingester.serve.read_faults import ReadFaults
 
@@ -125,3 +125,16 @@ def test_a_lock_file_it_cannot_look_at_is_named_as_why_it_cannot_tell() -> None:
                 in server.log
             ), server.log
             assert server.stop() == 0
+        # A POST's answer must not claim what cannot be told: that a watcher stores it.
+        headers = {"Content-Type": "application/json", "X-API-Key": KEY}
+        for require in ((), ("--require-watcher",)):
+            with ServeProcess(root, *require, wrapper=tuple(AS_OTHER)) as server:
+                answer = server.post(API, content=fresh_payload(), headers=headers)
+                assert answer.status_code == 202, answer.text
+                message = answer.json()["message"]
+                assert "the watcher stores it" not in message, message
+                assert (
+                    f"whether a watcher runs to store it cannot be told here ({lock}: "
+                    "Permission denied [EACCES])"
+                ) in message, message
+                assert server.stop() == 0

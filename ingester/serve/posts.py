@@ -89,11 +89,11 @@ def submit_drop(spool: Spool, data: bytes) -> str:
     raise StorageError("submit", spool.dir, OSError(17, "no free drop name after 5 tries"))
 
 
-def _unwatched(ctx: ServeContext) -> tuple[bool, HistoryHolder | None]:
-    """Whether it is known that no watcher takes this spool's drops (so a drop would
-    wait), and the history's holder if it does not hold this spool's lock."""
+def _unwatched(ctx: ServeContext) -> tuple[bool | None, HistoryHolder | None]:
+    """Whether no watcher takes this spool's drops (so a drop would wait; ``None`` when
+    that cannot be told), and the history's holder if it does not hold this spool's lock."""
     running, _pid, elsewhere = ctx.probe.look()
-    return running is False, elsewhere
+    return (None if running is None else not running), elsewhere
 
 
 async def _submit_to_the_end(spool: Spool, data: bytes) -> str:
@@ -162,6 +162,7 @@ async def post_console_usage(request: Request) -> Response:
         ctx.posts.labels("invalid").inc()
         return refuse(request, 400, f"invalid payload: {exc.reason}", errors=exc.errors)
     unwatched, elsewhere = _unwatched(ctx) if ctx.config.require_watcher else (False, None)
+    # Refused only when it is known that no watcher runs (cannot tell: see the answer).
     if unwatched:
         ctx.posts.labels("no_watcher").inc()
         return refuse(
@@ -205,6 +206,16 @@ async def post_console_usage(request: Request) -> Response:
             waitingForWatcher=True,
         )
     log.info("accepted POST as drop %s (%d bytes)", drop, len(body))
+    if unwatched is None:
+        # Not "the watcher stores it": that is what cannot be told.
+        return post_answer(
+            202,
+            True,
+            f"Accepted: durable in the spool as {drop}; whether a watcher runs to store it "
+            f"cannot be told here ({ctx.probe.unknown_why or 'its lock cannot be looked at'})",
+            drop=drop,
+            waitingForWatcher=False,
+        )
     return post_answer(
         202,
         True,
