@@ -31,6 +31,7 @@ __all__ = [
     "VersionExists",
     "VersionNotFound",
     "describe_os_error",
+    "file_on_the_way",
     "is_permission_problem",
     "missing_root",
     "os_cause",
@@ -56,7 +57,7 @@ class StorageError(IngesterError, OSError):
         elif cause.errno == errno.ENOTDIR:
             # The kernel's "Not a directory" names no path: the user must find which
             # folder on the way is a file. Say which, when it can be told.
-            blocker = _file_on_the_way(Path(path))
+            blocker = file_on_the_way(Path(path))
             if blocker is not None:
                 words = f"{blocker} is not a folder"
                 cause = NotADirectoryError(errno.ENOTDIR, words, os.fspath(path))
@@ -75,7 +76,7 @@ class StorageError(IngesterError, OSError):
         return f"cannot {self.action} {self.path}: {self.strerror} [{self.cause_name}]"
 
 
-def _file_on_the_way(path: Path) -> Path | None:
+def file_on_the_way(path: Path) -> Path | None:
     """The first folder of ``path``'s parents, from the top, that exists and is not a
     folder (a file, or a link to one); ``None`` when there is none or it cannot be told."""
     for parent in reversed(path.parents):

@@ -621,13 +621,14 @@ def test_verify_promises_no_repair_of_a_folder_in_the_latest_links_place(
     assert f"latest link  {root / LATEST}: a folder, not a link" in status
 
 
+@pytest.mark.parametrize("below", ["", "sub"], ids=["its folder", "a folder above"])
 def test_verify_promises_no_repair_where_the_latest_links_folder_is_a_file(
-    root: Path, tmp_path: Path
+    root: Path, tmp_path: Path, below: str
 ) -> None:
     ok(run_cli(root, "ingest", str(VALID_SAMPLES[0])))
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file")
-    latest = ["--latest-path", str(blocker / LATEST)]
+    latest = ["--latest-path", str(blocker / below / LATEST)]
     result = run_cli(root, *latest, "verify", "--repair", "--json")
     assert result.returncode == 1, result.stdout + result.stderr
     [problem] = json.loads(result.stdout)["problems"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..errors import (
     PERMISSION_ADVICE,
     VersionNotFound,
+    file_on_the_way,
     is_permission_problem,
     unreadable,
 )
@@ -256,8 +257,9 @@ def _unreplaceable(path: Path) -> str | None:
     one), or a parent that is not a folder."""
     if path.is_dir() and not path.is_symlink():
         return f"a repair cannot replace a folder; {_BY_HAND}"
-    if path.parent.exists() and not path.parent.is_dir():
-        return f"{path.parent} is not a folder, so no link can be made in it; {_BY_HAND}"
+    blocker = file_on_the_way(path)
+    if blocker is not None:
+        return f"{blocker} is not a folder, so no link can be made in it; {_BY_HAND}"
     return None
 
 

@@ -22,6 +22,7 @@ from .steps import (
     WRITE_TEMP_PREFIX,
     StrPath,
     _create_temp,
+    _file_error,
     _link_no_clobber,
     _link_unnamed,
     _open_unnamed,
@@ -74,14 +75,6 @@ class SpareFile:
             self.fd = None
             if self.path is not None:
                 remove_file(self.path)
-
-
-def _file_error(action: str, file: Path | None, directory: Path, exc: OSError) -> StorageError:
-    """``action`` failed on a file that has no name to show yet (unnamed, or its final
-    name not chosen): it is said to be a file in ``directory``, never the folder itself."""
-    if file is None:
-        return StorageError(f"{action} a file in", directory, exc)
-    return StorageError(action, file, exc)
 
 
 def _fill_spare(

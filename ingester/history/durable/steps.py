@@ -220,6 +220,16 @@ False makes every temp file a named one, the path taken where ``O_TMPFILE`` is r
 or /proc is missing: for tests of that path in a process that has both."""
 
 
+def _file_error(
+    action: str, file: StrPath | None, directory: StrPath, exc: OSError
+) -> StorageError:
+    """``action`` failed on a file that has no name to show yet (unnamed, or its final
+    name not chosen): it is said to be a file in ``directory``, never the folder itself."""
+    if file is None:
+        return StorageError(f"{action} a file in", directory, exc)
+    return StorageError(action, file, exc)
+
+
 def _open_unnamed(directory: StrPath, mode: int, shown: StrPath | None = None) -> int | None:
     """An unnamed new file in ``directory`` (``O_TMPFILE``), open for writing.
 
@@ -239,10 +249,8 @@ def _open_unnamed(directory: StrPath, mode: int, shown: StrPath | None = None) -
         if exc.errno in _UNNAMED_UNSUPPORTED:
             _UNNAMED_REFUSED.add(key)
             return None
-        if shown is None:
-            # The folder is there; what failed is a new file inside it.
-            raise StorageError("create a file in", directory, exc) from exc
-        raise StorageError("create", shown, exc) from exc
+        # The folder is there; what failed is a new file inside it.
+        raise _file_error("create", shown, directory, exc) from exc
 
 
 def _link_unnamed(fd: int, final: StrPath) -> None:
