@@ -217,12 +217,35 @@ def test_status_says_a_file_in_the_spools_place_is_not_a_folder(root: Path) -> N
     assert spool["problem"] == "not a folder (Not a directory [ENOTDIR])"
     assert (spool["backlog"], spool["waiting"], spool["claimed"]) == (None, None, None)
     rejected = json.loads(ok(run_cli(root, "status", "--json")).stdout)["rejected"]
-    assert rejected["count"] is None and "[ENOTDIR]" in rejected["problem"]
+    # The quarantine below it cannot be there at all: the file in its way is named.
+    assert rejected == {
+        "path": str(root / "spool" / "rejected"),
+        "count": 0,
+        "problem": f"{root / 'spool'} is not a folder [ENOTDIR]",
+        "retentionDays": 30.0,
+    }
     # Nothing at all there is what "missing" means.
     (root / "spool").unlink()
     assert f"spool        {root / 'spool'} (missing)" in ok(run_cli(root, "status")).stdout
     spool = json.loads(ok(run_cli(root, "status", "--json")).stdout)["spool"]
     assert (spool["exists"], spool["backlog"], spool["problem"]) == (False, 0, None)
+
+
+def test_status_names_a_file_further_up_the_spools_path(root: Path, tmp_path: Path) -> None:
+    """A file two folders above the spool: the spool is missing (nothing can be there, so
+    nothing waits), and the line names the file in the way, not the spool."""
+    ok(run_cli(root, "init"))
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"in the way")
+    spool_dir = blocker / "deeper" / "spool"
+    out = ok(run_cli(root, "--spool-dir", str(spool_dir), "status")).stdout
+    [line] = [line for line in out.splitlines() if line.startswith("spool ")]
+    assert line == f"spool        {spool_dir} (missing: {blocker} is not a folder [ENOTDIR])"
+    report = json.loads(ok(run_cli(root, "--spool-dir", str(spool_dir), "status", "--json")).stdout)
+    problem = f"{blocker} is not a folder [ENOTDIR]"
+    spool = report["spool"]
+    assert (spool["exists"], spool["backlog"], spool["problem"]) == (False, 0, problem)
+    assert (report["rejected"]["count"], report["rejected"]["problem"]) == (0, problem)
 
 
 def test_status_reports_problems_without_fixing_them(root: Path, ingested: list[str]) -> None:

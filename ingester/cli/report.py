@@ -169,7 +169,8 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
     rows.append(["latest link", link])
     spool = r.spool
     if not spool.exists:
-        rows.append(["spool", f"{spool.path} (missing)"])
+        why = f": {spool.problem}" if spool.problem else ""
+        rows.append(["spool", f"{spool.path} (missing{why})"])
     elif spool.problem:
         rows.append(["spool", f"{spool.path} ({spool.problem}); backlog unknown"])
     else:

@@ -23,6 +23,7 @@ from ..errors import (
     ReportError,
     VersionNotFound,
     describe_os_error,
+    file_on_the_way,
     missing_root,
     os_cause,
     unreadable,
@@ -221,6 +222,11 @@ def _drops_in(spool: Spool, folder: Path) -> list[Candidate]:
 
 def _rejected_state(settings: Settings, spool: Spool) -> RejectedState:
     """The quarantine's count; ``None`` when it cannot be listed (its problem says why)."""
+    blocker = file_on_the_way(settings.rejected_dir)
+    if blocker is not None:
+        # Nothing can be there, so nothing is quarantined: 0 is a count, not a guess.
+        why = _cannot_be_there(blocker)
+        return RejectedState(settings.rejected_dir, 0, why, settings.rejected_retention_days)
     problem = _folder_problem(settings.rejected_dir)
     count: int | None = None
     if problem is None:
@@ -252,9 +258,19 @@ def _folder_problem(folder: Path) -> str | None:
         return unreadable(exc)
 
 
+def _cannot_be_there(blocker: Path) -> str:
+    """Why a folder below ``blocker`` is missing and cannot be made, in one phrase."""
+    return f"{blocker} is not a folder [ENOTDIR]"
+
+
 def _spool_state(
     settings: Settings, waiting: int, claimed: int, oldest_at: datetime | None
 ) -> SpoolState:
+    blocker = file_on_the_way(settings.spool_dir)
+    if blocker is not None:
+        # A file further up: the spool is missing, and no drop can be in it.
+        why = _cannot_be_there(blocker)
+        return SpoolState(settings.spool_dir, False, 0, 0, None, why)
     problem = _folder_problem(settings.spool_dir)
     if problem is not None:
         # Nothing could be listed: zero drops would be a guess, not a count.
@@ -292,7 +308,8 @@ class SpoolState:
 
     ``exists``: something is at its path (a file too: ``problem`` then says it is not a
     folder). ``problem``: why the spool cannot be listed (the counts are then ``None``:
-    unknown, not none); ``claimed_problem``: why its claims cannot be (``claimed`` is
+    unknown, not none), or, when it is missing, why it cannot be made (a file further up
+    its path; the counts are then 0); ``claimed_problem``: why its claims cannot be (``claimed`` is
     then 0, and not a count).
     """
 
@@ -315,7 +332,8 @@ class SpoolState:
 @dataclass(frozen=True)
 class RejectedState:
     """The quarantine folder: how many drops it holds (``None`` when it cannot be
-    listed: ``problem`` says why), and their retention in days."""
+    listed: ``problem`` says why; 0 when a file further up its path keeps it from
+    being made: ``problem`` names that file), and their retention in days."""
 
     path: Path
     count: int | None
