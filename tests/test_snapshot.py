@@ -171,6 +171,19 @@ def test_tar_to_a_file_refuses_an_existing_file(
     assert target.read_text() == "mine"
 
 
+def test_tar_to_a_file_under_a_file_names_the_file_in_the_way(
+    root: Path, history: list[str], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    target = blocker / "deeper" / "snap.tar"
+    _one_error(
+        run_cli(root, "snapshot", "--tar", str(target)),
+        f"cannot create {target}: {blocker} is not a folder [ENOTDIR]",
+    )
+    assert blocker.read_text() == "mine"
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="mounting a small tmpfs needs root")
 def test_a_snapshot_that_fails_midway_leaves_nothing(root: Path, tmp_path: Path) -> None:
     big = json.loads(VALID_SAMPLES[0].read_bytes())

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from ..clock import utc_now
-from ..errors import ObjectStoreUnavailable, os_cause
+from ..errors import ObjectStoreUnavailable, StorageError, os_cause
 from ..history import durable
 from ..ops.check import CheckLimits, judge, parse_duration
 from ..ops.check_facts import Facts, gather_facts
@@ -117,7 +117,8 @@ def _snapshot_tar(history: Path, dest: str) -> None:
         try:
             out = path.open("xb")
         except OSError as exc:
-            raise fail(f"cannot create {path}: {os_cause(exc)}") from None
+            # StorageError's words name the file in the way for a "Not a directory".
+            raise fail(str(StorageError("create", path, exc))) from None
     try:
         with out:
             write_snapshot_tar(history, out)
