@@ -442,3 +442,22 @@ def test_a_metadata_file_it_cannot_read_is_never_replaced() -> None:
         report = json.loads(run_as_other(root, "verify", "--json").stdout)
         (finding,) = [f for f in report["problems"] if f["kind"] == "metadata"]
         assert finding["repairable"] is False
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_ingest_stores_what_it_may_read_and_names_what_it_may_not() -> None:
+    # A file this user may not read is one rejection among the files, as --help says:
+    # not a usage error that stores nothing.
+    with others_folder("ingester-unreadable-") as root:
+        good, secret = root / "good.json", root / "secret.json"
+        for path in (good, secret):
+            path.write_bytes(VALID_SAMPLES[0].read_bytes())
+        os.chown(secret, 0, 0)
+        secret.chmod(0o600)
+        done = run_as_other(root, "ingest", str(good), str(secret))
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stderr == ""
+        stored, rejected = done.stdout.splitlines()
+        assert stored.startswith(f"stored {good} -> ")
+        assert rejected == f"rejected {secret}: cannot read: Permission denied [EACCES]"
+        assert len(versions(root / "console-usage-history")) == 1

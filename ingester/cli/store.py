@@ -127,7 +127,7 @@ def _adopt_advice(exc: StorageError) -> str:
 
 
 @click.command()
-@click.argument("files", nargs=-1, required=True, type=PathParam(as_path=True, readable=True))
+@click.argument("files", nargs=-1, required=True, type=PathParam(as_path=True))
 @click.pass_obj
 def ingest(app: App, files: tuple[Path, ...]) -> None:
     """Validate FILES and store each as a new version (the files are copied, not moved).
