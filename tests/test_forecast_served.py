@@ -272,6 +272,23 @@ def test_a_reset_a_week_or_more_away_shows_its_date_in_the_table(
     assert "Fri 18 Dec 2026 14:05" in row, row
 
 
+def test_a_limit_last_read_a_week_or_more_ago_shows_its_date_under_the_table(
+    root: Path, tmp_path: Path
+) -> None:
+    seen = datetime(2026, 11, 27, 14, 5, tzinfo=UTC)  # a Friday
+    old = snapshot(0, seen - timedelta(days=14))
+    old["legacy"] = {"resetsIn": "60 days", "percentageUsed": 42}  # held: not reset yet
+    drops = [tmp_path / "old.json", tmp_path / "new.json"]
+    drops[0].write_text(json.dumps(old))
+    drops[1].write_text(json.dumps(snapshot(1, seen)))
+    assert run_cli(root, "ingest", *map(str, drops)).returncode == 0
+    table = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert table.returncode == 0, table.stderr
+    [note] = [line for line in table.stdout.splitlines() if line.startswith("legacy:")]
+    # The same words the table's row uses: a weekday alone would name last Friday.
+    assert note.startswith("legacy: last read Fri 13 Nov 2026 14:05; not in the newest"), note
+
+
 def test_an_unknown_console_time_zone_is_a_usage_error(root: Path) -> None:
     bad = run_cli(root, "--console-timezone", "Mars/Olympus", "forecast")
     assert bad.returncode == 2
