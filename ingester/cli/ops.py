@@ -172,8 +172,9 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     show_default=True,
     metavar="DURATION",
     callback=_duration,
-    help="WARNING when the newest version's lastUpdated is older (e.g. 900, 90s, 15m, 2h, 1d); "
-    "CRITICAL at twice this.",
+    help="WARNING when the newest version's lastUpdated is older (e.g. 900, 90s, 15m, 2h, 1d), "
+    "or dated more than 1 h ahead of this clock (its age cannot be told); CRITICAL at twice "
+    "this.",
 )
 @click.option(
     "--max-backlog",
