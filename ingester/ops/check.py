@@ -59,6 +59,7 @@ from typing import Any
 
 from ..clock import iso_utc
 from ..errors import is_permission_problem
+from ..runtime.logs import one_line
 from ..usage.forecast import CLOCK_AHEAD, NOTHING_TO_GO_BY, LimitForecast
 from ..usage.words import in_words, percent_words
 from .check_facts import Facts, MirrorFacts
@@ -253,9 +254,12 @@ class CheckResult:
 
         ``|`` starts the performance data and a line break ends the first line, so
         neither may appear in the words (a path or a reason can hold them): they become
-        ``/`` and a space. Without any performance data the line ends after the words.
+        ``/`` and a space, as a tab does; any other control character (an escape that
+        would reach a terminal or a mail raw) is written as the log writes it
+        (``\x1b``). Without any performance data the line ends after the words.
         """
-        words = re.sub(r"[\r\n]+", " ", self.summary()).replace("|", "/")
+        spaced = re.sub(r"[\r\n\t]+", " ", self.summary()).replace("|", "/")
+        words = one_line(spaced)
         perf = " ".join(p for p in (i.perfdata() for i in self.items) if p)
         return f"INGESTER {self.status} - {words}" + (f" | {perf}" if perf else "")
 
