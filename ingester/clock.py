@@ -60,6 +60,9 @@ _OUT_OF_RANGE = re.compile(
 )
 
 
+_WRITTEN_OFFSET = re.compile(r"[+-]\d{2}(?::?(\d{2}))?(?::?(\d{2})(?:\.\d+)?)?\Z")
+
+
 def parse_iso_time(text: str) -> datetime:
     """An ISO-8601 time a user typed (an option, a query parameter); without an offset, UTC.
 
@@ -76,6 +79,12 @@ def parse_iso_time(text: str) -> datetime:
         if _OUT_OF_RANGE.fullmatch(str(exc)):
             raise ValueError(f"{text!r} is not a time that exists ({exc})") from None
         raise ValueError(f"{text!r} is not an ISO-8601 time (e.g. 2026-11-28T10:30:00Z)") from None
+    offset = _WRITTEN_OFFSET.search(value) if stamp.tzinfo is not None else None
+    if offset is not None and any(int(part or 0) > 59 for part in offset.groups()):
+        # fromisoformat reads "+05:99" as 5 h 99 min: an offset no clock shows.
+        raise ValueError(
+            f"{text!r} is not a time that exists (an offset's minutes run from 00 to 59)"
+        )
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
     try:

@@ -70,6 +70,28 @@ def test_stale_data_warns_then_is_critical(
         assert line.split(" - ", 1)[1].startswith("newest data "), line
 
 
+@pytest.mark.parametrize(
+    ("ahead", "expected"),
+    [(timedelta(minutes=30), 0), (timedelta(days=300), 1), (timedelta(hours=2), 1)],
+)
+def test_data_dated_ahead_of_the_clock_is_not_called_fresh(
+    root: Path, tmp_path: Path, ahead: timedelta, expected: int
+) -> None:
+    # A little ahead is a clock's drift: fresh. Further ahead than the forecast
+    # tolerates, the age cannot be told, and "0 s old" would stay OK however long the
+    # scraper has stopped.
+    ingest(root, tmp_path, -ahead)
+    code, line = check(root)
+    assert code == expected, line
+    summary = line.split(" - ", 1)[1]
+    if expected:
+        assert summary.startswith("newest data dated "), line
+        assert "ahead of this clock: its age cannot be told" in summary, line
+        assert "age=" not in line  # unknown: no value rather than 0
+    else:
+        assert summary.startswith("newest data 0 s old"), line
+
+
 def test_no_history_or_no_version_is_critical(root: Path) -> None:
     code, line = check(root)
     assert code == 2 and "no history" in line

@@ -315,6 +315,16 @@ def test_every_state_s_line_follows_the_plugin_grammar(
     assert (" age=" in line) == (kind == "fresh"), line
 
 
+@given(st.text(max_size=40))
+def test_the_line_s_words_hold_no_control_character(name: str) -> None:
+    # A path or a limit's name may hold a tab, a line break or an escape: the first
+    # line must stay one line of text, with "|" only before the performance data.
+    fact = Facts(now=NOW, backlog=0, rejected_last_hour=0, history_problem=f"no history at {name}")
+    line = judge(fact, CheckLimits()).line()
+    assert line.count("|") == 1, line  # the one before the performance data
+    assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in line), repr(line)
+
+
 def test_perfdata_numbers_are_plain_decimals() -> None:
     six_years = 6 * 365 * 86400.0
     assert format_perfdata("age", six_years, "s", 2.592e6, 5.184e6) == (

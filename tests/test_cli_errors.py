@@ -716,3 +716,55 @@ def test_an_empty_path_is_a_usage_error_saying_so(tmp_path: Path, case: str) -> 
     assert len(errors) == 1 and errors[0].endswith("the path is empty"), result.stderr
     assert result.stdout == ""
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def _number_options() -> list[tuple[tuple[str, ...], str]]:
+    """Every command's option that takes a number within bounds: (command path, option).
+
+    The group's own settings (``--retention-days``...) are strings its settings table
+    reads; their own tests refuse nan there."""
+    import click
+
+    from ingester.cli import main
+    from ingester.cli.common import BoundedFloat
+
+    found: list[tuple[tuple[str, ...], str]] = []
+
+    def walk(command: click.Command, path: tuple[str, ...]) -> None:
+        for param in command.params:
+            if isinstance(param, click.Option) and isinstance(
+                param.type, (click.FloatRange, BoundedFloat)
+            ):
+                found.append((path, param.opts[0]))
+        if isinstance(command, click.Group):
+            ctx = click.Context(command)
+            for name in command.list_commands(ctx):
+                sub = command.get_command(ctx, name)
+                assert sub is not None
+                walk(sub, (*path, name))
+
+    walk(main, ())
+    return found
+
+
+NUMBER_OPTIONS = _number_options()
+
+
+def test_the_number_options_are_found() -> None:
+    # The walk must see the options this test is about, or the next one tests nothing.
+    assert (("check",), "--usage-critical") in NUMBER_OPTIONS
+    assert (("serve",), "--body-timeout") in NUMBER_OPTIONS
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize(("command", "option"), NUMBER_OPTIONS)
+def test_a_number_option_refuses_what_is_not_a_finite_number(
+    tmp_path: Path, command: tuple[str, ...], option: str, value: str
+) -> None:
+    """``nan`` compares false with every bound, so a range alone lets it through (a
+    threshold of nan is never reached); ``inf`` passes a range open at the top."""
+    done = run_cli(tmp_path, *command, f"{option}={value}")
+    assert done.returncode == 2, (command, option, done.stdout + done.stderr)
+    assert "Traceback" not in done.stderr
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert error.startswith(f"Error: Invalid value for '{option}'"), error

@@ -54,6 +54,11 @@ def test_a_backward_step_is_the_new_reference() -> None:
             "2026-02-28T25:00Z",
             "'2026-02-28T25:00Z' is not a time that exists (hour must be in 0..23)",
         ),
+        (
+            "2026-02-28T10:00+05:99",
+            "'2026-02-28T10:00+05:99' is not a time that exists "
+            "(an offset's minutes run from 00 to 59)",
+        ),
         ("28.02.2026", "'28.02.2026' is not an ISO-8601 time (e.g. 2026-11-28T10:30:00Z)"),
         ("", "'' is not an ISO-8601 time (e.g. 2026-11-28T10:30:00Z)"),
     ],

@@ -208,6 +208,12 @@ def test_since_and_until_select_by_ingest_time_inclusive(root: Path) -> None:
         assert [json.loads(line)["version"] for line in result.stdout.splitlines()] == want
     only_since = ok(export_cli(root, "--format", "jsonl", "--since", since.isoformat()))
     assert len(only_since.stdout.splitlines()) == 17
+    # To the second: a start within the second a name carries still takes that version.
+    within = (since + timedelta(milliseconds=500)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    within_rows = ok(
+        export_cli(root, "--format", "jsonl", "--since", within, "--until", until_text)
+    )
+    assert [json.loads(line)["version"] for line in within_rows.stdout.splitlines()] == want
     nothing = export_bytes(root, "--since", "2030-01-01")
     assert nothing == (",".join(COLUMNS) + "\r\n").encode()
 

@@ -89,6 +89,36 @@ def test_every_window_in_the_payload_by_its_dotted_path() -> None:
     assert all(limit.rate_per_hour is None for limit in result.limits)  # one snapshot
 
 
+@pytest.mark.parametrize(
+    "window",
+    [
+        {"resetsIn": "2 hr", "percentageUsed": 100.5},
+        {"resetsIn": "2 hr", "percentageUsed": -1},
+        {"resetsIn": "2 hr", "percentageUsed": -1.7e308},
+        {"resetsIn": "2 hr", "percentageUsed": 1e308},
+        {"resetsIn": "", "percentageUsed": 5},
+        {"resetsIn": 5, "percentageUsed": 5},
+        {"resetsIn": None, "percentageUsed": 5},
+    ],
+)
+def test_a_window_the_named_ones_could_not_be_is_no_window(window: dict[str, Any]) -> None:
+    # The model holds currentSession and weeklyLimits to a non-empty resetsIn and 0-100;
+    # another window breaking that would give rates no limit can have (or an infinite
+    # one, which JSON cannot carry).
+    payload = {"extra": {"odd": window}, "lastUpdated": "2026-11-27T14:05:00Z"}
+    assert usage_windows(payload) == []
+
+
+def test_a_negative_zero_reads_as_zero() -> None:
+    payload = {
+        "currentSession": {"resetsIn": "2 hr", "percentageUsed": -0.0},
+        "lastUpdated": "2026-11-27T14:05:00Z",
+    }
+    found, _ = observe(payload, UTC)
+    assert found is not None
+    assert str(found.readings[0].percentage) == "0.0"
+
+
 def test_a_key_holding_a_dot_is_quoted_so_no_two_windows_share_a_name() -> None:
     window = {"resetsIn": "4 hr", "percentageUsed": 1}
     payload = {

@@ -232,13 +232,16 @@ def test_a_history_with_no_snapshot_to_go_by_answers_alike_in_text_and_json(
     for option in (("--usage-warning", "45"), ("--forecast",)):
         judged = run_cli(root, "check", *option)
         assert judged.returncode == 1, judged.stdout
-        assert judged.stdout.startswith(
-            "INGESTER WARNING - no snapshot to judge usage by: no version has a lastUpdated "
-            "that is readable and at most 1 h ahead of when it was stored; "
-        )
+        assert (
+            "; no snapshot to judge usage by: no version has a lastUpdated that is readable "
+            "and at most 1 h ahead of when it was stored; "
+        ) in judged.stdout
         item = json.loads(run_cli(root, "check", *option, "--json").stdout)["checks"][-1]
         assert (item["name"], item["status"], item["value"]) == ("usage", "WARNING", None)
-    assert run_cli(root, "check").returncode == 0  # not asked: the pipeline is fine
+    # Not asked about usage, the age alone cannot be told either: never "0 s old".
+    plain = run_cli(root, "check")
+    assert plain.returncode == 1, plain.stdout
+    assert plain.stdout.startswith("INGESTER WARNING - newest data dated 3.0 h ahead of this clock")
 
 
 def test_a_limit_named_with_control_characters_keeps_its_row_one_line(
@@ -270,6 +273,23 @@ def test_a_reset_a_week_or_more_away_shows_its_date_in_the_table(
     assert table.returncode == 0, table.stderr
     row = next(line for line in table.stdout.splitlines() if line.startswith("currentSession"))
     assert "Fri 18 Dec 2026 14:05" in row, row
+
+
+def test_a_limit_last_read_a_week_or_more_ago_shows_its_date_under_the_table(
+    root: Path, tmp_path: Path
+) -> None:
+    seen = datetime(2026, 11, 27, 14, 5, tzinfo=UTC)  # a Friday
+    old = snapshot(0, seen - timedelta(days=14))
+    old["legacy"] = {"resetsIn": "60 days", "percentageUsed": 42}  # held: not reset yet
+    drops = [tmp_path / "old.json", tmp_path / "new.json"]
+    drops[0].write_text(json.dumps(old))
+    drops[1].write_text(json.dumps(snapshot(1, seen)))
+    assert run_cli(root, "ingest", *map(str, drops)).returncode == 0
+    table = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert table.returncode == 0, table.stderr
+    [note] = [line for line in table.stdout.splitlines() if line.startswith("legacy:")]
+    # The same words the table's row uses: a weekday alone would name last Friday.
+    assert note.startswith("legacy: last read Fri 13 Nov 2026 14:05; not in the newest"), note
 
 
 def test_an_unknown_console_time_zone_is_a_usage_error(root: Path) -> None:

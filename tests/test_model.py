@@ -468,7 +468,9 @@ _stamp_parts = st.tuples(
     st.sampled_from(["2026-11-27", "2026-02-30", "1999-12-31", "2026-1-27", "20261127"]),
     st.sampled_from(["T", "t", " ", ""]),
     st.sampled_from(["14:05", "14:05:00", "14:05:00.250", "14", "1405", "14:05:60", "24:00"]),
-    st.sampled_from(["Z", "z", "+01:00", "-23:59", "+0100", "+01", " Z", "", "+24:00"]),
+    st.sampled_from(
+        ["Z", "z", "+01:00", "-23:59", "+0100", "+01", " Z", "", "+24:00", "+05:99", "-00:60"]
+    ),
 )
 
 
@@ -490,6 +492,14 @@ def test_schema_and_program_agree_on_last_updated(parts: tuple[str, str, str, st
         assert schema, f"the schema refuses {stamp!r}, which the program accepts"
     if not schema:
         assert not program
+
+
+@pytest.mark.parametrize("offset", ["+05:99", "-00:60", "+23:60"])
+def test_an_offset_no_clock_shows_is_refused_naming_it(offset: str) -> None:
+    # Python's fromisoformat reads "+05:99" as 5 h 99 min; no zone is written that way.
+    with pytest.raises(PayloadRejected) as caught:
+        judge_payload(payload(lastUpdated=f"2026-12-05T17:52:30{offset}"))
+    assert f"the offset {offset} is out of range" in caught.value.reason
 
 
 def test_the_documented_choice_seconds_are_optional() -> None:

@@ -129,6 +129,17 @@ def test_daylight_saving_changes_between_now_and_the_reset() -> None:
     assert at("Sun 1:30 AM", utc(2027, 11, 5, 12, 0), NEW_YORK) == utc(2027, 11, 7, 5, 30)
 
 
+@pytest.mark.parametrize("text", ["Sun 2:30 AM", "2:30 AM", "today at 2:30 AM", "Oct 25, 2:30 AM"])
+def test_a_wall_time_that_happens_twice_is_the_first_not_yet_past(text: str) -> None:
+    # Berlin falls back from 3:00 CEST to 2:00 CET on 2026-10-25. Seen at 2:45 CEST (the
+    # first 2:45), the first 2:30 has passed, and the second (CET) is 45 minutes ahead:
+    # not next week, nor tomorrow, nor no reset time at all.
+    seen = utc(2026, 10, 25, 0, 45)
+    assert at(text, seen) == utc(2026, 10, 25, 1, 30)
+    # Seen before the first 2:30, that first one is the reset.
+    assert at(text, utc(2026, 10, 25, 0, 15)) == utc(2026, 10, 25, 0, 30)
+
+
 def test_year_boundaries_are_the_console_zone_s() -> None:
     auckland = ZoneInfo("Pacific/Auckland")
     # 20:30 UTC on New Year's Eve is 09:30 on January 1 in Auckland (NZDT, UTC+13).
@@ -224,9 +235,14 @@ def test_a_weekday_is_the_next_one_at_that_time(
     if exists(local.date(), t, zone):
         assert local.weekday() == weekday
         assert local.time() == t
-        # and no earlier instant after the reference has that weekday and time
-        earlier = datetime.combine(local.date() - timedelta(days=7), t, tzinfo=zone)
-        assert earlier.astimezone(UTC) < start
+        # and no earlier instant after the reference has that weekday and time (in a
+        # fall-back hour, either of the two instants the wall time names)
+        for back in (0, 7):
+            for fold in (0, 1):
+                wall = datetime.combine(local.date() - timedelta(days=back), t, tzinfo=zone)
+                earlier = wall.replace(fold=fold).astimezone(UTC)
+                if earlier.astimezone(zone).time() == t:
+                    assert not start <= earlier < found.at
 
 
 @settings(max_examples=300, deadline=None)

@@ -104,6 +104,42 @@ def test_damaged_and_odd_versions_are_skipped_or_used_as_they_can_be(root: Path)
     assert answer is not None and answer.forecast.as_of is None
 
 
+def test_a_version_the_gate_refuses_is_left_out_and_named_once(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Valid JSON with usage windows, placed by hand (a restore, an old gate): list, show
+    # and export call these damaged, so the forecast must not read them either.
+    for i in range(4):
+        at = NOW - timedelta(hours=3) + timedelta(hours=i)
+        put_version(root, version_name(at, i), body(at, 10 + 5 * i))
+    late = NOW + timedelta(minutes=1)
+    put_version(root, version_name(late, 50), body(late, 150))
+    nan = body(late, 40).replace(b'"percentageUsed": 1}', b'"percentageUsed": NaN}')
+    assert b"NaN" in nan
+    put_version(root, version_name(late, 51), nan)
+    # Beyond the basis, a limit only a damaged version holds is not held.
+    old = NOW - timedelta(days=3)
+    legacy = {"resetsIn": "Mon 8:59 AM", "percentageUsed": 50}
+    session = {"resetsIn": "1 hr", "percentageUsed": "40"}  # a string: the gate refuses it
+    put_version(root, version_name(old, 60), body(old, 5, legacy=legacy, currentSession=session))
+    usage = engine(root)
+    later = NOW + timedelta(minutes=5)
+    with caplog.at_level(logging.WARNING, logger="ingester.forecast"):
+        answer = usage.answer(later)
+        usage.answer(later + timedelta(minutes=1))
+    assert answer is not None
+    assert [x.limit for x in answer.forecast.limits] == [
+        "weeklyLimits.allModels",
+        "weeklyLimits.sonnetOnly",
+    ]
+    assert weekly(usage, later).percentage == 25
+    assert weekly(usage, later).rate_per_hour == pytest.approx(5)
+    assert usage.damaged == 3
+    said = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(said) == 3, said
+    assert any("must be at most 100" in line for line in said), said
+
+
 def test_no_version_is_no_answer(root: Path) -> None:
     assert engine(root).answer(NOW) is None  # not even a history folder
     (root / "console-usage-history").mkdir()

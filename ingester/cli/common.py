@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -100,6 +101,20 @@ class BoundedFloat(click.ParamType):  # type: ignore[type-arg]  # generic only i
             return float(self.bounds.parse(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+class FiniteRange(click.FloatRange):
+    """click's ``FloatRange`` that also refuses ``nan`` and ``inf`` (a usage error, exit 2).
+
+    ``float()`` reads both, and ``nan`` compares false with every bound, so a range
+    alone lets it through: a threshold of ``nan`` would then never be reached.
+    """
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 class PathParam(click.Path):

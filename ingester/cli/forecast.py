@@ -80,7 +80,7 @@ def forecast(app: App, as_json: bool) -> None:
         say(line)
     held = [limit for limit in result.limits if not limit.in_newest]
     for limit in held:
-        observed = limit.observed_at.astimezone(zone).strftime("%a %H:%M")
+        observed = format_when(limit.observed_at, zone, result.as_of)
         say(
             f"{limit.limit}: last read {observed}; not in the newest snapshot "
             f"({limit.missing_reason})"

@@ -25,7 +25,7 @@ from ..mirror.objectstore import (
     require_boto3,
 )
 from ..settings import SettingError, resolve_settings
-from .common import App, PathParam, fail, say
+from .common import App, FiniteRange, PathParam, fail, say
 
 __all__ = ["mirror", "restore"]
 
@@ -55,7 +55,7 @@ def _target(ctx: click.Context, param: click.Parameter, value: str | None) -> Mi
 )
 @click.option(
     "--reconcile-interval",
-    type=click.FloatRange(min=1),
+    type=FiniteRange(min=1),
     default=300.0,
     show_default=True,
     metavar="S",
@@ -63,7 +63,7 @@ def _target(ctx: click.Context, param: click.Parameter, value: str | None) -> Mi
 )
 @click.option(
     "--rescan-interval",
-    type=click.FloatRange(min=0.1),
+    type=FiniteRange(min=0.1),
     default=30.0,
     show_default=True,
     metavar="S",
@@ -71,7 +71,7 @@ def _target(ctx: click.Context, param: click.Parameter, value: str | None) -> Mi
 )
 @click.option(
     "--retry-max",
-    type=click.FloatRange(min=0.1),
+    type=FiniteRange(min=0.1),
     default=30.0,
     show_default=True,
     metavar="S",

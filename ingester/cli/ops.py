@@ -27,7 +27,7 @@ from ..ops.snapshot import (
     write_snapshot_tar,
 )
 from ..payload.schema import payload_schema_text
-from .common import App, PathParam, fail, history_source, s3_history, say
+from .common import App, FiniteRange, PathParam, fail, history_source, s3_history, say
 
 __all__ = ["check", "schema", "snapshot"]
 
@@ -172,8 +172,9 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     show_default=True,
     metavar="DURATION",
     callback=_duration,
-    help="WARNING when the newest version's lastUpdated is older (e.g. 900, 90s, 15m, 2h, 1d); "
-    "CRITICAL at twice this.",
+    help="WARNING when the newest version's lastUpdated is older (e.g. 900, 90s, 15m, 2h, 1d), "
+    "or dated more than 1 h ahead of this clock (its age cannot be told); CRITICAL at twice "
+    "this.",
 )
 @click.option(
     "--max-backlog",
@@ -205,7 +206,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     "--mirror-hold-warning",
     default=80.0,
     show_default=True,
-    type=click.FloatRange(min=0, max=100),
+    type=FiniteRange(min=0, max=100),
     metavar="PERCENT",
     help="Only with a mirror: WARNING when the expired versions retention keeps back for "
     "it fill this share of its --mirror-hold; CRITICAL when they fill all of it (retention "
@@ -213,14 +214,14 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
 )
 @click.option(
     "--usage-warning",
-    type=click.FloatRange(0, 100),
+    type=FiniteRange(0, 100),
     metavar="PCT",
     help="Judge each usage limit in the newest snapshot: WARNING at or above PCT percent "
     "used (by default the critical threshold).",
 )
 @click.option(
     "--usage-critical",
-    type=click.FloatRange(0, 100),
+    type=FiniteRange(0, 100),
     metavar="PCT",
     help="CRITICAL when a usage limit is at or above PCT percent used (default 100 once "
     "--usage-warning is given).",
@@ -234,7 +235,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
 )
 @click.option(
     "--forecast-critical",
-    type=click.FloatRange(min=0, max=24 * 366),
+    type=FiniteRange(min=0, max=24 * 366),
     default=1.0,
     show_default=True,
     metavar="HOURS",

@@ -13,7 +13,7 @@ import click
 from ..errors import os_cause
 from ..runtime.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_CLIENT
 from ..settings import DRAIN_S, WatchOptions
-from .common import App, PathParam, fail
+from .common import App, FiniteRange, PathParam, fail
 from .service import refuse_unsafe_latest, serve_watch_loop_options
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def _find_program(name: str) -> str | None:
 @serve_watch_loop_options
 @click.option(
     "--drain-timeout",
-    type=click.FloatRange(min=0, max=600),
+    type=FiniteRange(min=0, max=600),
     default=DRAIN_S,
     show_default=True,
     metavar="S",
@@ -107,7 +107,7 @@ def _find_program(name: str) -> str | None:
 )
 @click.option(
     "--trigger-timeout",
-    type=click.FloatRange(min=1, max=3600),
+    type=FiniteRange(min=1, max=3600),
     default=120.0,
     show_default=True,
     metavar="S",
@@ -116,7 +116,7 @@ def _find_program(name: str) -> str | None:
 )
 @click.option(
     "--body-timeout",
-    type=click.FloatRange(min=0.1),
+    type=FiniteRange(min=0.1),
     default=10.0,
     show_default=True,
     metavar="S",
@@ -124,7 +124,7 @@ def _find_program(name: str) -> str | None:
 )
 @click.option(
     "--head-timeout",
-    type=click.FloatRange(min=0.1),
+    type=FiniteRange(min=0.1),
     default=10.0,
     show_default=True,
     metavar="S",

@@ -7,8 +7,9 @@ twice it (the mirror's hold: at all of it):
 what                      WARNING                     CRITICAL
 ========================  ==========================  =====================================
 age of the newest data    ``lastUpdated`` older than  older than 2 x ``--max-age``; also:
-(the scraper stopped?)    ``--max-age`` (15 min)      no history, no version, the newest
-                                                      version damaged or unreadable
+(the scraper stopped?)    ``--max-age`` (15 min), or  no history, no version, the newest
+                          dated more than 1 h ahead   version damaged or unreadable
+                          of this clock
 spool backlog             more than ``--max-backlog`` more than 2 x N, or a waiting drop
 (the watcher stopped?)    drops waiting (50)          older than ``--max-age`` (nothing
                                                       takes them)
@@ -58,7 +59,8 @@ from typing import Any
 
 from ..clock import iso_utc
 from ..errors import is_permission_problem
-from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
+from ..runtime.logs import one_line
+from ..usage.forecast import CLOCK_AHEAD, NOTHING_TO_GO_BY, LimitForecast
 from ..usage.words import in_words, percent_words
 from .check_facts import Facts, MirrorFacts
 
@@ -252,9 +254,12 @@ class CheckResult:
 
         ``|`` starts the performance data and a line break ends the first line, so
         neither may appear in the words (a path or a reason can hold them): they become
-        ``/`` and a space. Without any performance data the line ends after the words.
+        ``/`` and a space, as a tab does; any other control character (an escape that
+        would reach a terminal or a mail raw) is written as the log writes it
+        (``\x1b``). Without any performance data the line ends after the words.
         """
-        words = re.sub(r"[\r\n]+", " ", self.summary()).replace("|", "/")
+        spaced = re.sub(r"[\r\n\t]+", " ", self.summary()).replace("|", "/")
+        words = one_line(spaced)
         perf = " ".join(p for p in (i.perfdata() for i in self.items) if p)
         return f"INGESTER {self.status} - {words}" + (f" | {perf}" if perf else "")
 
@@ -331,6 +336,15 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
                 else f"newest version {facts.latest} is damaged: {facts.latest_error}",
             )
         )
+    elif (ahead := (facts.last_updated - facts.now).total_seconds()) > CLOCK_AHEAD.total_seconds():
+        # Data dated ahead of this clock by more than the forecast tolerates: calling it
+        # 0 s old would keep the check OK for as long as it is ahead, however long the
+        # scraper has stopped.
+        words = (
+            f"newest data dated {_words(ahead)} ahead of this clock: its age cannot be "
+            "told (the scraper's clock or this one is wrong)"
+        )
+        items.append(Judgement("age", WARNING, None, warn_age, crit_age, words))
     else:
         age = max(0.0, (facts.now - facts.last_updated).total_seconds())
         code = _over(age, warn_age)

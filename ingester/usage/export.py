@@ -141,6 +141,10 @@ def select_versions(
     Both ends are inclusive and compared to the second, as names carry it. Finds the
     ends by bisection: names sort in ingest order, so their times never decrease.
     """
+    if since is not None:
+        # To the second: a name's 14 s covers 14.5 s, so a start within the second
+        # still takes it.
+        since = since.replace(microsecond=0)
     start = 0 if since is None else bisect.bisect_left(names, since, key=_stamp)
     end = len(names) if until is None else bisect.bisect_right(names, until, key=_stamp)
     return names[start:end]

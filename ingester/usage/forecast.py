@@ -4,8 +4,9 @@ The question a user asks: at this rate, when do I reach 100 %, and is that befor
 limit resets? In pseudo-code::
 
     as_of  = the newest lastUpdated among the snapshots
-    for each limit read in the BASIS before as_of:   # any object with resetsIn and
-                                                     # percentageUsed, by its dotted path
+    for each limit read in the BASIS before as_of:   # any object with resetsIn and a
+                                                     # percentageUsed of 0-100, by its
+                                                     # dotted path
         if the newest snapshot lacks it:             # a partial scrape: HELD, see below
             skip it once its last reading's reset time has come by as_of
         points  = its readings observed in the BASIS before as_of, oldest first
@@ -221,12 +222,18 @@ def parse_observed_at(value: object) -> datetime | None:
 
 
 def _is_window(value: Mapping[str, Any]) -> bool:
+    # The payload model's rule for its named windows (a non-empty resetsIn, a number
+    # from 0 to 100), applied to the ones it does not name: a reading outside it is no
+    # usage, and would give rates and projections no limit can have (or an infinite
+    # rate, which JSON cannot carry).
     pct = value.get("percentageUsed")
+    text = value.get("resetsIn")
     return (
-        "resetsIn" in value
+        isinstance(text, str)
+        and text != ""
         and isinstance(pct, int | float)
         and not isinstance(pct, bool)
-        and math.isfinite(pct)
+        and 0 <= pct <= 100
     )
 
 
@@ -271,8 +278,9 @@ _JSON_STRING = json.JSONDecoder()
 def usage_windows(payload: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """Every usage window in ``payload``, by dotted path, in the payload's order.
 
-    A window is any object holding ``resetsIn`` and a numeric ``percentageUsed``, at any
-    depth (up to 8): ``currentSession``, ``weeklyLimits.allModels``,
+    A window is any object holding a non-empty string ``resetsIn`` and a number from 0 to
+    100 ``percentageUsed`` (the payload model's rule for the windows it names), at any
+    depth up to 8: ``currentSession``, ``weeklyLimits.allModels``,
     ``weeklyLimits.sonnetOnly``, and whatever the console adds later. A key holding a
     dot is quoted in the path (:func:`path_part`).
     """
@@ -313,7 +321,8 @@ def observe(
         if reset is None:
             unreadable.append((path, str(text)[:80]))
         words = text if isinstance(text, str) else None
-        readings.append(Reading(path, float(window["percentageUsed"]), words, reset))
+        # + 0.0 turns a -0.0 into 0.0, which would otherwise be shown as "-0 %".
+        readings.append(Reading(path, float(window["percentageUsed"]) + 0.0, words, reset))
     found = payload.get("extractionErrors")
     errors = (
         tuple(

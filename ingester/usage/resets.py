@@ -20,7 +20,8 @@ How an absolute form becomes an instant::
         instant = that date at that wall time in the zone
         if instant >= reference: that is the reset
     (a wall time that does not exist, in a spring-forward gap, is read with the offset
-    before the change; one that happens twice, in a fall-back hour, is the first)
+    before the change; one that happens twice, in a fall-back hour, is the first of
+    the two that is not before the reference)
     ``today`` and ``tomorrow`` name their date; ``today`` at a time before the
     reference is no reset time (the words cannot hold in that zone)
 
@@ -167,12 +168,29 @@ def _clock(match: re.Match[str]) -> time | None:
     return time(hour, minute)
 
 
+def _instants(day: date, at: time, zone: tzinfo) -> tuple[datetime, ...]:
+    """The UTC instants wall time ``at`` on ``day`` names in ``zone``, earliest first: two
+    in a fall-back hour, else one (in a spring-forward gap, read with the offset before
+    the change)."""
+    wall = datetime.combine(day, at, tzinfo=zone)
+    first = wall.astimezone(UTC)
+    second = wall.replace(fold=1).astimezone(UTC)
+    # In a gap the two folds differ too, but the later offset's instant shows another
+    # wall time: only a wall time that comes back from both is one that happens twice.
+    if second != first and second.astimezone(zone).replace(tzinfo=None) == wall.replace(
+        tzinfo=None
+    ):
+        return (min(first, second), max(first, second))
+    return (first,)
+
+
 def _first_from(days: list[date], at: time, zone: tzinfo, reference: datetime) -> ResetTime | None:
-    """The first of ``days`` at wall time ``at`` in ``zone`` that is not before ``reference``."""
+    """The first instant of ``days`` at wall time ``at`` in ``zone`` that is not before
+    ``reference``."""
     for day in days:
-        instant = datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
-        if instant >= reference:
-            return ResetTime(instant, _MINUTE)
+        for instant in _instants(day, at, zone):
+            if instant >= reference:
+                return ResetTime(instant, _MINUTE)
     return None
 
 
@@ -203,10 +221,9 @@ def _absolute(text: str, observed_at: datetime, zone: tzinfo) -> ResetTime | Non
         if match["which"] is None:
             return _first_from([today, today + timedelta(days=1)], at, zone, reference)
         day = today + timedelta(days=1 if match["which"] == "tomorrow" else 0)
-        instant = datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
         # "today" at a time already past cannot be a reset still to come (the console's
         # zone is not the one given, most likely): no reset time rather than a wrong one.
-        return ResetTime(instant, _MINUTE) if instant >= reference else None
+        return _first_from([day], at, zone, reference)
     return None
 
 

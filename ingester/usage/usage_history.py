@@ -42,9 +42,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
-from ..errors import VersionNotFound
+from ..errors import PayloadRejected, VersionNotFound
 from ..history.base import HistoryReader, VersionEntry
 from ..history.index import HistoryIndex, HistorySnapshot
+from ..payload.model import judge_payload
 from .forecast import (
     BASIS,
     CLOCK_AHEAD,
@@ -57,6 +58,7 @@ from .forecast import (
 )
 
 __all__ = [
+    "DAMAGED_EVENT",
     "RESETS_UNREAD_EVENT",
     "ForecastAnswer",
     "UsageHistory",
@@ -67,6 +69,9 @@ __all__ = [
 log = logging.getLogger("ingester.forecast")
 
 _REMEMBERED_WORDINGS = 64  # distinct unreadable resetsIn texts logged once each
+
+DAMAGED_EVENT = "damaged-version"
+"""The ``event`` of the warning on a version the forecast leaves out as damaged."""
 
 RESETS_UNREAD_EVENT = "resets-unread"
 """The ``event`` of the warning on a ``resetsIn`` this version cannot read (``-q`` leaves
@@ -114,6 +119,31 @@ class UsageHistory:
         self.reads = 0
         """Versions read and parsed (each once, unless a backfill brings it back into the
         basis after it was folded in)."""
+        self.damaged = 0
+        """Versions left out because they are no valid payload (each counted once)."""
+        self._damaged: set[str] = set()
+
+    def _judged(self, name: str, data: bytes) -> bool:
+        """Whether the version ``name`` holding ``data`` passes the payload's gate.
+
+        A version placed by hand, restored or adopted may not: ``list``, ``show`` and
+        ``export`` call it damaged, so the forecast does not read it either (it is
+        named once in the log).
+        """
+        try:
+            judge_payload(data)
+        except PayloadRejected as exc:
+            if name not in self._damaged:
+                self._damaged.add(name)
+                self.damaged += 1
+                log.warning(
+                    "%s is damaged (%s); the forecast leaves it out",
+                    name,
+                    exc.reason,
+                    extra={"event": DAMAGED_EVENT},
+                )
+            return False
+        return True
 
     def _observation(self, name: str, stored_at: datetime) -> Observation | None:
         if name in self._observations:
@@ -123,9 +153,12 @@ class UsageHistory:
         except VersionNotFound:
             return None  # deleted since the listing: not part of the history any more
         self.reads += 1
+        if not self._judged(name, data):
+            self._observations[name] = None
+            return None
         try:
             payload = json.loads(data)
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError):  # what the gate's parser and json's differ on
             payload = None
         observation, unreadable = observe(payload, self.zone, stored_at)
         for path, text in unreadable:
@@ -213,7 +246,12 @@ class UsageHistory:
                 payload = json.loads(data)
             except (ValueError, RecursionError):
                 continue
-            for reading, at in newer_readings(payload, self.zone, seen, entry.ingested_at):
+            taken = list(newer_readings(payload, self.zone, seen, entry.ingested_at))
+            # The gate's check costs more than the parse: made only for a version that
+            # would give a reading.
+            if not taken or not self._judged(entry.name, data):
+                continue
+            for reading, at in taken:
                 seen[reading.limit] = at
                 self._earlier[reading.limit] = (reading, at, entry.name)
         self._folded = entries[lo - 1].name
