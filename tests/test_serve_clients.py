@@ -157,6 +157,28 @@ def test_a_malformed_request_is_400_and_one_line(server: ServeProcess, case: str
 
 
 @pytest.mark.parametrize(
+    "line",
+    [
+        b"X-API-Key : " + KEY.encode(),  # a space before the colon
+        b"x-api-key: " + KEY.encode()[:3] + b"\x00" + KEY.encode()[3:],
+        b"X-API-Key: " + KEY.encode()[:3] + b"\r" + KEY.encode()[3:],
+        b"Authorization : Bearer " + KEY.encode(),
+    ],
+)
+def test_a_refused_header_line_never_puts_the_key_in_the_log(
+    server: ServeProcess, line: bytes
+) -> None:
+    head = f"POST {API} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+    answer, port = exchange(server.port, head + line + b"\r\nContent-Length: 2\r\n\r\n{}")
+    assert status(answer) == 400
+    [said] = wait_for(lambda: lines_about(server, port), 10, "the line about the client")
+    assert "sent a malformed request" in said and "<left out>" in said, said
+    for part in (KEY, KEY[3:], KEY[:3] + "\\x00"):
+        assert part not in server.log, said
+    assert_log_is_clean(server)
+
+
+@pytest.mark.parametrize(
     "data",
     [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9), b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"],
 )

@@ -42,13 +42,21 @@ log = logging.getLogger("ingester.serve")
 
 
 _BYTES_REPR = re.compile(r"bytearray\((b'.*'|b\".*\")\)$", re.DOTALL)
+# A header that carries a secret: h11 quotes the line it refuses, and the log must never
+# hold the key (a space before the colon, or a control character in the value, is
+# enough to have the line refused).
+_SECRET_HEADER = re.compile(
+    r"(x-api-key|authorization|proxy-authorization|cookie)[^:]{0,16}:.*", re.IGNORECASE | re.DOTALL
+)
 
 
 def _shorten(detail: str, limit: int = 120) -> str:
-    """h11's reason, with the client's bytes shown briefly (a head can be 16 KiB)."""
+    """h11's reason, with the client's bytes shown briefly (a head can be 16 KiB), and
+    everything from a secret header's name on left out."""
     match = _BYTES_REPR.search(detail)
     if match:
         detail = detail[: match.start()] + match[1]
+    detail = _SECRET_HEADER.sub(r"\1: <left out>", detail)
     return detail if len(detail) <= limit else detail[: limit - 3] + "..."
 
 
