@@ -139,6 +139,10 @@ FAULTS = {
         POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n",
         f"sent a malformed body for POST {API}",
     ),
+    "both Transfer-Encoding and Content-Length": (
+        POST_HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 7\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        "sent a malformed request (both Transfer-Encoding and Content-Length)",
+    ),
     "TLS on the plain port": (CLIENT_HELLO, "sent a TLS handshake to the plain HTTP port"),
     "HTTP/1.1 without Host": (b"GET / HTTP/1.1\r\n\r\n", "malformed request"),
 }

@@ -67,7 +67,17 @@ class _RecordingConnection(h11.Connection):
 
     def next_event(self) -> Any:
         try:
-            return super().next_event()
+            event = super().next_event()
+            if isinstance(event, h11.Request):
+                names = {name for name, _ in event.headers}
+                if b"transfer-encoding" in names and b"content-length" in names:
+                    # Two framings: a proxy in front may read the body by the other one,
+                    # which is how requests are smuggled. RFC 9112 (6.3) lets a server
+                    # refuse it, and has it close the connection whatever it answers.
+                    raise h11.RemoteProtocolError(
+                        "both Transfer-Encoding and Content-Length", error_status_hint=400
+                    )
+            return event
         except h11.RemoteProtocolError as exc:
             self.last_error = str(exc) or type(exc).__name__
             raise
