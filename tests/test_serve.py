@@ -389,6 +389,28 @@ def test_api_key_file_is_read_and_wins(root: Path, tmp_path: Path):
         assert post(server, fresh_payload(), key=KEY).status_code == 401
 
 
+@pytest.mark.parametrize(
+    ("content", "source"),
+    [(b"abc\ndef\n", "file"), (b"ab\x00c", "file"), (b"ab\x1bc", "env")],
+)
+def test_a_key_no_header_can_carry_is_refused_at_start(
+    root: Path, tmp_path: Path, content: bytes, source: str
+) -> None:
+    # Every POST would be 401 (or 400) with it, whatever a client sends: said at start.
+    if source == "file":
+        key_file = tmp_path / "key"
+        key_file.write_bytes(content)
+        done = run_cli(root, "serve", "--listen", "127.0.0.1:0", "--api-key-file", str(key_file))
+        where = f"--api-key-file: {key_file}"
+    else:
+        done = run_cli(root, "serve", "--listen", "127.0.0.1:0", INGESTER_API_KEY=content.decode())
+        where = "INGESTER_API_KEY"
+    assert done.returncode == 1, done.stdout + done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"error: {where} holds a control character (byte 0x"), line
+    assert "which no X-API-Key header can carry" in line
+
+
 def test_post_invalid_payload_is_400_with_errors(root: Path, server):
     bad = json.dumps({"currentSession": {"resetsIn": "", "percentageUsed": "40"}}).encode()
     r = post(server, bad)

@@ -139,6 +139,10 @@ FAULTS = {
         POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n",
         f"sent a malformed body for POST {API}",
     ),
+    "both Transfer-Encoding and Content-Length": (
+        POST_HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 7\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        "sent a malformed request (both Transfer-Encoding and Content-Length)",
+    ),
     "TLS on the plain port": (CLIENT_HELLO, "sent a TLS handshake to the plain HTTP port"),
     "HTTP/1.1 without Host": (b"GET / HTTP/1.1\r\n\r\n", "malformed request"),
 }
@@ -153,6 +157,28 @@ def test_a_malformed_request_is_400_and_one_line(server: ServeProcess, case: str
     assert len(line) == 1 and words in line[0] and " WARNING " in line[0], line
     assert "answered 400" in line[0]
     assert server.get(API).status_code == 200
+    assert_log_is_clean(server)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"X-API-Key : " + KEY.encode(),  # a space before the colon
+        b"x-api-key: " + KEY.encode()[:3] + b"\x00" + KEY.encode()[3:],
+        b"X-API-Key: " + KEY.encode()[:3] + b"\r" + KEY.encode()[3:],
+        b"Authorization : Bearer " + KEY.encode(),
+    ],
+)
+def test_a_refused_header_line_never_puts_the_key_in_the_log(
+    server: ServeProcess, line: bytes
+) -> None:
+    head = f"POST {API} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+    answer, port = exchange(server.port, head + line + b"\r\nContent-Length: 2\r\n\r\n{}")
+    assert status(answer) == 400
+    [said] = wait_for(lambda: lines_about(server, port), 10, "the line about the client")
+    assert "sent a malformed request" in said and "<left out>" in said, said
+    for part in (KEY, KEY[3:], KEY[:3] + "\\x00"):
+        assert part not in server.log, said
     assert_log_is_clean(server)
 
 

@@ -320,6 +320,35 @@ def test_observer_restarted_when_the_spool_is_removed(root: Path) -> None:
         wait_for(lambda: latest_bytes(root) == payload(1), what="drop after restart")
 
 
+def test_a_spool_moved_away_gives_back_the_drops_the_watcher_had_taken(root: Path) -> None:
+    """A drop the watcher took (its claim in .claimed) and had not stored when the spool
+    folder was moved away is the watcher's to finish: stored once, from where it went,
+    and nothing left claimed there; the drops not taken yet are named, not taken."""
+    spool = spool_of(root)
+    moved = root / "spool.old"
+    with WatchProcess(root) as w:
+        drop(spool, "first.json", payload(1))
+        wait_for(lambda: latest_bytes(root) == payload(1), what="the first drop stored")
+        # Stopped, so the move and the claim land between two of its steps, as a move in
+        # the middle of a group does: the claim is then in the folder moved away.
+        w.proc.send_signal(signal.SIGSTOP)
+        try:
+            (spool / ".claimed" / "2026-12-05T10-00-00-0123abcd.json").write_bytes(payload(2))
+            spool.rename(moved)
+            (moved / "late.json").write_bytes(payload(3))  # not taken: the operator's
+        finally:
+            w.proc.send_signal(signal.SIGCONT)
+        w.wait_log("brought 1 taken drop(s) back")
+        wait_for(lambda: payload(2) in stored_contents(root), what="the taken drop stored")
+        assert list((moved / ".claimed").iterdir()) == []
+        assert f"from {moved}/.claimed into {spool}/.claimed" in w.log
+        assert f"1 drop(s) wait in {moved}, which is no longer the spool" in w.log
+        drop(spool, "after.json", payload(4))
+        wait_for(lambda: payload(4) in stored_contents(root), what="a drop after the move")
+    assert stored_contents(root) == Counter([payload(1), payload(2), payload(4)])
+    assert (moved / "late.json").read_bytes() == payload(3)
+
+
 def _burst(spool: Path, items: list[tuple[str, bytes]], done: threading.Event) -> None:
     try:
         for name, data in items:

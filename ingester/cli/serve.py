@@ -234,7 +234,7 @@ def serve(
     except OSError as exc:
         raise fail(f"cannot read --api-key-file {api_key_file}: {os_cause(exc)}") from None
     except ValueError as exc:
-        raise fail(f"--api-key-file: {exc}") from None
+        raise fail(str(exc)) from None
     reader = None
     if source is not None:
         from .common import s3_reader

@@ -74,6 +74,9 @@ class WatcherLocks:
         self.history = HistoryLock(history_lock, purpose)
         self._spool_lock: HistoryLock | None = None
         self._spool_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the locked spool
+        # The locked spool folder itself, wherever it is moved: what it holds can still
+        # be reached after an operator moved it away (see detach_spool_folder).
+        self._spool_fd: int | None = None
         self.purpose = purpose
         self.unchecked = Unchecked()
 
@@ -110,13 +113,25 @@ class WatcherLocks:
         lock.acquire()
         self._spool_lock = lock
         try:
-            st = os.stat(self.spool.dir)
+            fd = os.open(self.spool.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             self._spool_id = None  # gone already: the next check locks it anew
-        else:
-            self._spool_id = (st.st_dev, st.st_ino)
+            return
+        self._spool_fd = fd
+        st = os.fstat(fd)
+        self._spool_id = (st.st_dev, st.st_ino)
+
+    def detach_spool_folder(self) -> int | None:
+        """A descriptor on the spool folder whose lock is held (``None`` when none), handed
+        to the caller, who closes it: after the folder was moved away, it still reaches
+        the drops the watcher had taken there."""
+        fd, self._spool_fd = self._spool_fd, None
+        return fd
 
     def _unlock_spool(self) -> None:
+        if self._spool_fd is not None:
+            os.close(self._spool_fd)
+            self._spool_fd = None
         if self._spool_lock is not None:
             self._spool_lock.release()
             self._spool_lock = None

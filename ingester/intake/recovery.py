@@ -14,22 +14,24 @@ Run on start with the history lock held, and in the maintenance rounds after a f
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import stat
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import StorageError
+from ..errors import StorageError, os_cause
 from ..history import durable
 from ..history.batch import Batch
 from ..history.names import is_version_name
 from .intake import Intake
 from .outcomes import Dropped, Ignored, Outcome, Recovered, Stored
-from .spool import Opened, open_entry
+from .spool import Opened, Spool, is_drop_name, open_entry
 
-__all__ = ["ClaimRecovery"]
+__all__ = ["ClaimRecovery", "ClaimsLeft", "take_back_claims"]
 
 log = logging.getLogger("ingester.watcher")
 
@@ -139,3 +141,122 @@ class ClaimRecovery:
             for c in self.spool.scan()
             if stat.S_ISREG(c.mode)
         )
+
+
+@dataclass
+class ClaimsLeft:
+    """What :func:`take_back_claims` found in a spool folder moved away.
+
+    ``where``: the folder's path now (``None`` when it cannot be told); ``moved``: the
+    claims brought into the spool's ``.claimed/``, for recovery to finish; ``stuck``:
+    those that could not be, with why (``problem`` when none could be, for one
+    reason); ``waiting``: drops not taken yet, left there.
+    """
+
+    where: str | None
+    moved: list[str] = field(default_factory=list)
+    stuck: list[tuple[str, OSError]] = field(default_factory=list)
+    problem: str | None = None
+    waiting: int = 0
+
+
+def _path_of(fd: int) -> str | None:
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    return None if path.endswith(" (deleted)") else path
+
+
+def take_back_claims(old_spool: int, spool: Spool) -> ClaimsLeft:
+    """Bring the claims left in ``old_spool`` (a descriptor on the spool folder the
+    watcher locked, moved away since; closed here) into ``spool``'s ``.claimed/``, and
+    say in the log what was brought back and what stays there.
+
+    They are drops the watcher took and has not stored yet (or stored, and not yet
+    released): recovery finishes them there, each once. Each claim is linked into the
+    new folder (never replacing a claim there), that folder is fsynced, and only then
+    is the old name removed, so a crash at any point leaves each claim where recovery
+    or a later start finds it. A folder removed rather than moved holds nothing.
+    Never raises; the caller runs recovery when ``moved`` is not empty.
+    """
+    try:
+        left = _take_back(old_spool, spool)
+    finally:
+        os.close(old_spool)
+    _say(left, spool)
+    return left
+
+
+def _say(left: ClaimsLeft, spool: Spool) -> None:
+    where = left.where or "the spool folder moved away"
+    if left.moved:
+        log.warning(
+            "brought %d taken drop(s) back from %s/.claimed into %s; storing them now",
+            len(left.moved),
+            where,
+            spool.claimed_dir,
+        )
+    stuck = ", ".join(f"{name} ({os_cause(exc)})" for name, exc in left.stuck)
+    if left.problem is not None or stuck:
+        log.error(
+            "taken drops stay in %s/.claimed: %s; stop the watcher, move them into %s "
+            "(not into the spool: some may be stored already), then start it",
+            where,
+            left.problem or stuck,
+            spool.claimed_dir,
+        )
+    if left.waiting:
+        log.warning(
+            "%d drop(s) wait in %s, which is no longer the spool; move them into %s to have "
+            "them stored",
+            left.waiting,
+            where,
+            spool.dir,
+        )
+
+
+def _take_back(old_spool: int, spool: Spool) -> ClaimsLeft:
+    left = ClaimsLeft(_path_of(old_spool))
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        left.waiting = sum(1 for name in os.listdir(old_spool) if is_drop_name(name))
+        old = os.open(".claimed", flags, dir_fd=old_spool)
+    except OSError:
+        return left  # removed, or nothing was ever taken there
+    try:
+        claims = sorted(name for name in os.listdir(old) if is_version_name(name))
+        if claims:
+            _link_claims(claims, old, spool.claimed_dir, left)
+    except (OSError, StorageError) as exc:
+        left.problem = str(exc) if isinstance(exc, StorageError) else os_cause(exc)
+    finally:
+        os.close(old)
+    return left
+
+
+def _link_claims(claims: list[str], old: int, claimed: Path, left: ClaimsLeft) -> None:
+    new = durable.open_dir(claimed)
+    try:
+        for name in claims:
+            try:
+                durable.link_entry(name, name, src_dir_fd=old, dst_dir_fd=new)
+            except OSError as exc:
+                left.stuck.append((name, exc))
+            else:
+                left.moved.append(name)
+        if not left.moved:
+            return
+        try:
+            durable.fsync_fd(new)
+        except OSError as exc:
+            # Not durable in their new place: the old names stay, so a crash now cannot
+            # take a claim's last name away.
+            raise StorageError("fsync", claimed, exc) from exc
+    finally:
+        os.close(new)
+    for name in left.moved:
+        with contextlib.suppress(OSError):  # a second name left behind is harmless
+            durable.unlink_entry(name, dir_fd=old)
+    with contextlib.suppress(OSError):
+        durable.fsync_fd(old)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import signal
 import stat
@@ -64,7 +65,7 @@ from .outcomes import (
     Stored,
 )
 from .readiness import Readiness
-from .recovery import ClaimRecovery
+from .recovery import ClaimRecovery, take_back_claims
 from .spool import Spool
 
 __all__ = ["Backoff", "WatchOptions", "Watcher"]
@@ -364,12 +365,14 @@ class Watcher:
         except LocksLost as exc:
             raise _Stop(str(exc)) from exc
         replaced = not self.options.once and not unchanged
+        old_spool: int | None = None
         if replaced:
             log.error(
                 "the spool folder %s was removed or replaced; restarting its watch on the "
                 "folder there now",
                 self.spool.dir,
             )
+            old_spool = self.locks.detach_spool_folder()
         elif self._arrivals_alive():
             return
         else:
@@ -380,10 +383,20 @@ class Watcher:
             if replaced:
                 self.locks.lock_spool()
             self._start_arrivals()
-        except LockHeld as exc:
-            raise _Stop(refused_words(exc)) from exc
-        except (OSError, StorageError) as exc:
+        except (LockHeld, OSError, StorageError) as exc:
+            if old_spool is not None:
+                os.close(old_spool)  # its claims are never moved into another's spool
+            if isinstance(exc, LockHeld):
+                raise _Stop(refused_words(exc)) from exc
             raise _Stop(f"cannot watch {self.spool.dir} any more: {exc}") from exc
+        # The drops taken in a folder moved away are this watcher's to finish.
+        left = None if old_spool is None else take_back_claims(old_spool, self.spool)
+        if left is not None and left.moved:
+            self.maintenance.meta_dirty = True  # recovery runs with the next round too
+            try:
+                self._recover_claims()
+            except StorageError as exc:
+                log.error("cannot finish the drops brought back yet: %s", exc)
         self._rescan("observer restart")
 
     # -- the loop -------------------------------------------------------------------

@@ -25,18 +25,31 @@ def load_api_key(
 
     ``(None, None)`` when no source holds one. Surrounding whitespace (a trailing
     newline) is not part of the key. Raises ``OSError`` when the file cannot be read and
-    ``ValueError`` when it holds no key.
+    ``ValueError`` when it holds no key, or one no header can carry (a control
+    character: a line break, a NUL).
     """
     if key_file is not None:
         key = key_file.read_bytes().strip()
         if not key:
-            raise ValueError(f"{key_file} is empty")
-        return key, f"--api-key-file {key_file}"
+            raise ValueError(f"--api-key-file: {key_file} is empty")
+        return _sendable(key, f"--api-key-file: {key_file}"), f"--api-key-file {key_file}"
     for name in KEY_VARIABLES:
         value = environ.get(name, "").strip()
         if value:
-            return value.encode(), name
+            return _sendable(value.encode(), name), name
     return None, None
+
+
+def _sendable(key: bytes, source: str) -> bytes:
+    """``key``, when an ``X-API-Key`` header can carry it (RFC 9110 5.5: no control
+    character but the tab); else ``ValueError``, since every POST would then be 401."""
+    for i, byte in enumerate(key):
+        if (byte < 0x20 and byte != 0x09) or byte == 0x7F:
+            raise ValueError(
+                f"{source} holds a control character (byte {byte:#04x} at offset {i}), which "
+                "no X-API-Key header can carry; put the key alone on one line"
+            )
+    return key
 
 
 def key_matches(given: str | None, expected: bytes | None) -> bool:

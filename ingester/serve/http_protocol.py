@@ -42,13 +42,21 @@ log = logging.getLogger("ingester.serve")
 
 
 _BYTES_REPR = re.compile(r"bytearray\((b'.*'|b\".*\")\)$", re.DOTALL)
+# A header that carries a secret: h11 quotes the line it refuses, and the log must never
+# hold the key (a space before the colon, or a control character in the value, is
+# enough to have the line refused).
+_SECRET_HEADER = re.compile(
+    r"(x-api-key|authorization|proxy-authorization|cookie)[^:]{0,16}:.*", re.IGNORECASE | re.DOTALL
+)
 
 
 def _shorten(detail: str, limit: int = 120) -> str:
-    """h11's reason, with the client's bytes shown briefly (a head can be 16 KiB)."""
+    """h11's reason, with the client's bytes shown briefly (a head can be 16 KiB), and
+    everything from a secret header's name on left out."""
     match = _BYTES_REPR.search(detail)
     if match:
         detail = detail[: match.start()] + match[1]
+    detail = _SECRET_HEADER.sub(r"\1: <left out>", detail)
     return detail if len(detail) <= limit else detail[: limit - 3] + "..."
 
 
@@ -59,7 +67,17 @@ class _RecordingConnection(h11.Connection):
 
     def next_event(self) -> Any:
         try:
-            return super().next_event()
+            event = super().next_event()
+            if isinstance(event, h11.Request):
+                names = {name for name, _ in event.headers}
+                if b"transfer-encoding" in names and b"content-length" in names:
+                    # Two framings: a proxy in front may read the body by the other one,
+                    # which is how requests are smuggled. RFC 9112 (6.3) lets a server
+                    # refuse it, and has it close the connection whatever it answers.
+                    raise h11.RemoteProtocolError(
+                        "both Transfer-Encoding and Content-Length", error_status_hint=400
+                    )
+            return event
         except h11.RemoteProtocolError as exc:
             self.last_error = str(exc) or type(exc).__name__
             raise

@@ -144,9 +144,12 @@ def rename_entry(src: StrPath, dst: StrPath) -> None:
     os.rename(src, dst)
 
 
-def link_entry(src: StrPath, dst: StrPath) -> None:
-    """Give ``src``'s inode the new name ``dst``; never replaces (``FileExistsError``)."""
-    os.link(src, dst)
+def link_entry(
+    src: StrPath, dst: StrPath, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None
+) -> None:
+    """Give ``src``'s inode the new name ``dst`` (each relative to its folder's descriptor
+    when given); never replaces (``FileExistsError``), never follows a symlink."""
+    os.link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
 
 
 def unlink_entry(path: StrPath, *, dir_fd: int | None = None) -> None:
