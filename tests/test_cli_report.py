@@ -734,6 +734,22 @@ def test_verify_other_files_are_left_alone(root: Path, dated: list[str]) -> None
     assert (root / HISTORY / "2026-13-01T00-00-00-aaaaaaaa.json").read_bytes() == b"{}"
 
 
+def test_verify_takes_a_version_stored_since_its_listing_for_no_odd_entry(
+    root: Path, dated: list[str]
+) -> None:
+    # A watcher stores versions while verify reads: one stored after the listing is a
+    # regular file the listing lacks, and no "not a regular file" to warn of.
+    from ingester.history.store import HistoryStore
+    from ingester.ops.verify import _odd_entries
+
+    (root / HISTORY / "2026-01-09T00-00-00-dir.json").mkdir()
+    store = HistoryStore(root / HISTORY, root / LATEST)
+    found = _odd_entries(store, set(dated[:-1]))  # the newest stored since the listing
+    assert [(f.kind, f.subject) for f in found] == [
+        ("not-a-version", "2026-01-09T00-00-00-dir.json")
+    ]
+
+
 def test_verify_a_restored_copy_of_the_history_alone(root: Path, tmp_path: Path) -> None:
     ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
     restored = tmp_path / "restored"

@@ -161,6 +161,28 @@ def test_a_malformed_request_is_400_and_one_line(server: ServeProcess, case: str
 
 
 @pytest.mark.parametrize(
+    ("body", "expected"),
+    [(None, 202), (b"{not json", 400), (b"", 400)],
+)
+def test_a_client_that_half_closes_after_its_post_still_gets_the_answer(
+    server: ServeProcess, body: bytes | None, expected: int
+) -> None:
+    """Send the whole request, shut down the sending side, then read: a client that got
+    no answer would send the snapshot again, and it would be stored twice."""
+    spool = server.root / "spool"
+    before = {p.name for p in spool.glob("*.json")}
+    data = fresh_payload() if body is None else body
+    with connect(server.port) as sock:
+        sock.sendall(POST_HEAD + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_all(sock)
+    assert status(answer) == expected, answer[:300]
+    added = {p.name for p in spool.glob("*.json")} - before
+    assert len(added) == (1 if expected == 202 else 0)
+    assert_log_is_clean(server)
+
+
+@pytest.mark.parametrize(
     "line",
     [
         b"X-API-Key : " + KEY.encode(),  # a space before the colon

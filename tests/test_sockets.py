@@ -218,3 +218,30 @@ def test_the_activation_variables_are_not_handed_on() -> None:
     environ = {"LISTEN_FDS": "0", "LISTEN_PID": str(os.getpid())}
     assert activated_sockets(environ) is None
     assert environ == {}
+
+
+@pytest.mark.parametrize(
+    ("listen", "words"),
+    [
+        ("[::1:0", "brackets hold an IPv6 address"),
+        ("[::1]]:0", "brackets hold an IPv6 address"),
+        ("[127.0.0.1]:0", "brackets hold an IPv6 address"),
+        ("::1:0", "write an IPv6 address in brackets"),
+        ("127.0.0.1:\u0660", "is not HOST:PORT"),  # an Arabic-Indic zero
+        ("127.0.0.1:0:0", "is not HOST:PORT"),
+        ("http://127.0.0.1:0", "without a scheme"),
+        (" 127.0.0.1:0", "is not a host name or an IPv4 address"),
+        ("127.0.0.1:65536", "a port from 0 to 65535"),
+    ],
+)
+def test_a_malformed_listen_address_is_a_usage_error(
+    tmp_path: Path, listen: str, words: str
+) -> None:
+    # Never bound as something else, nor a name lookup that fails (exit 1): exit 2.
+    done = run_cli(tmp_path, "serve", "--listen", listen)
+    assert done.returncode == 2, done.stdout + done.stderr
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert "--listen" in error and words in error, error
+    metrics = run_cli(tmp_path, "watch", "--metrics", listen)
+    assert metrics.returncode == 2, metrics.stdout + metrics.stderr
+    assert words in metrics.stderr

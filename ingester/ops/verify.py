@@ -163,6 +163,8 @@ def _odd_entries(store: HistoryStore, names: set[str]) -> list[Finding]:
                 if entry.name in names or not looks_like_version_name(entry.name):
                     continue
                 if is_version_name(entry.name):
+                    if entry.is_file(follow_symlinks=False):
+                        continue  # a version stored since the listing, by the watcher
                     why = "named like a version but not a regular file"
                 else:
                     why = "not a valid version name (bad date or suffix)"

@@ -153,6 +153,7 @@ class ServeProtocol(H11Protocol):
         self.reported = False  # a fault of this connection has been logged
         self._first_bytes = b""
         self._bytes_since_answer = 0
+        self._half_closed = False  # the client ended its sending side after its request
         self._head_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
 
@@ -206,6 +207,14 @@ class ServeProtocol(H11Protocol):
     def eof_received(self) -> bool | None:  # type: ignore[override]
         if not self.admitted:
             return False  # the client read the 503 and closed: close our side too
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not cycle.more_body:
+            # The whole request came, then the client closed its sending side (as
+            # "send, shutdown(SHUT_WR), read" clients do): it still reads the answer. A
+            # POST stored without one would be sent again, and stored twice. Our side
+            # is closed once the answer is written.
+            self._half_closed = True
+            return True
         super().eof_received()
         return None
 
@@ -239,6 +248,9 @@ class ServeProtocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self._half_closed:
+            self.transport.close()  # nothing more can come from the client
+            return
         self._bytes_since_answer = 0
         self._arm_head_timer()
 

@@ -22,8 +22,10 @@ only labels them in the log.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
+import re
 import socket
 import stat
 from collections.abc import MutableMapping
@@ -275,10 +277,35 @@ def listeners(
     return [first] if second is None else [first, second]
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\Z", re.ASCII)
+
+
 def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:8080`` for IPv6) -> ``(host, port)``; ValueError if malformed."""
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6; an empty host is 127.0.0.1) ->
+    ``(host, port)``.
+
+    HOST is a name, an IPv4 address, or an IPv6 address in brackets; PORT is 0 to 65535
+    in ASCII digits. Raises ``ValueError`` naming what is malformed, so that a typo is a
+    usage error rather than a name lookup that fails, or an address that was not meant.
+    """
+    if "://" in text:
+        raise ValueError(f"{text!r}: give HOST:PORT, without a scheme such as http://")
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (a port from 0 to 65535)")
+    if host.startswith("[") or host.endswith("]"):
+        inner = host[1:-1] if host.startswith("[") and host.endswith("]") else None
+        try:
+            ipaddress.IPv6Address(inner or "")
+        except ValueError:
+            raise ValueError(f"{text!r}: brackets hold an IPv6 address, as in [::1]:8080") from None
+        return inner or "", int(port)
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{text!r} is not HOST:PORT") from None
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, as in [::1]:8080")
+    if host and not _HOST_NAME.match(host):
+        raise ValueError(f"{text!r}: {host!r} is not a host name or an IPv4 address")
+    return host or "127.0.0.1", int(port)
