@@ -28,6 +28,7 @@ from ..ops.snapshot import (
 )
 from ..payload.schema import payload_schema_text
 from .common import App, FiniteRange, PathParam, fail, history_source, s3_history, say
+from .service import refuse_unsafe_latest
 
 __all__ = ["check", "schema", "snapshot"]
 
@@ -67,7 +68,9 @@ def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
     output), built first in $TMPDIR; 'tar -xf' into an empty folder gives the root.
 
     Takes no lock; never writes to the history. Exits 0 when the snapshot is complete,
-    1 when it could not be taken (nothing is left behind then).
+    1 when it could not be taken (nothing is left behind then), or when the history is
+    the original server's, not adopted yet (run 'ingester adopt' first: the latest file
+    may hold a snapshot no version holds).
     """
     settings = app.settings
     history = settings.history_dir
@@ -76,6 +79,9 @@ def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
         raise fail(problem)
     if as_tar and copy:
         raise click.UsageError("--copy has no meaning with --tar (the stream is a copy)")
+    # A latest file holding a snapshot no version holds (the original server's layout,
+    # not adopted yet) would be left out of the copy, which would still pass for whole.
+    refuse_unsafe_latest(app)
     if not as_tar and (dest is None or dest == "-"):
         raise click.UsageError("give DEST, a folder that does not exist yet (or use --tar -)")
     if dest is not None and dest != "-":
