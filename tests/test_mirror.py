@@ -746,6 +746,34 @@ def test_a_download_that_does_not_match_its_stored_checksum_stops_the_restore(
     assert not list((tmp_path / "r" / HISTORY).glob("2*.json"))
 
 
+def test_other_bytes_of_the_same_size_under_a_version_s_name_are_never_counted_mirrored(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """Retention deletes what the watermark has passed: a remote object that is not our
+    version, though as long, must hold the watermark, or our only copy goes. (Without a
+    stored SHA-256, and an ETag that is not our bytes' MD5, nothing can tell: the size
+    decides then, as for restore.)"""
+    store = make_store(root)
+    names = add_versions(store, 3)
+    data = store.version_path(names[0]).read_bytes()
+    other = data.replace(b"1", b"2", 1)
+    assert len(other) == len(data) and other != data
+    prefix = "same-size"
+    client = client_for(s3.endpoint)
+    meta = {"sha256": hashlib.sha256(other).hexdigest()}  # its own bytes' checksum
+    client.put_object(Bucket=bucket, Key=f"{prefix}/{names[0]}", Body=other, Metadata=meta)
+    env = s3_env(s3.endpoint, aws_files)
+    done = run_cli(root, "mirror", f"s3://{bucket}/{prefix}", "--once", **env)
+    assert done.returncode == 1, done.stderr
+    assert f"cannot mirror version {names[0]}: the object store holds other bytes" in done.stderr
+    state = read_mirror_state(root / HISTORY)
+    assert state is not None and state.mirrored_through is None  # held before the first
+    held = run_cli(
+        root, "--max-versions", "1", "--retention-days", "0.0001", "cleanup", "--dry-run"
+    )
+    assert f"{names[0]}  keep" in held.stdout, held.stdout
+
+
 def test_the_documented_aws_cli_look_at_the_bucket(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:
