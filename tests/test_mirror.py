@@ -774,6 +774,30 @@ def test_other_bytes_of_the_same_size_under_a_version_s_name_are_never_counted_m
     assert f"{names[0]}  keep" in held.stdout, held.stdout
 
 
+def test_an_object_that_is_no_valid_payload_is_not_restored(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    # Named as the newest version, it must not become the latest either.
+    store = make_store(root)
+    names = add_versions(store, 2)
+    client = client_for(s3.endpoint)
+    for name in names:
+        client.put_object(
+            Bucket=bucket, Key=f"junk/{name}", Body=store.version_path(name).read_bytes()
+        )
+    junk = "2099-01-01T00-00-00-deadbeef.json"
+    client.put_object(Bucket=bucket, Key=f"junk/{junk}", Body=b"this is not json")
+    env = s3_env(s3.endpoint, aws_files)
+    target = tmp_path / "r"
+    done = run_cli(tmp_path, "restore", f"s3://{bucket}/junk", "--root", str(target), **env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"error: {junk} in the object store is not a valid payload (not JSON" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in (target / HISTORY).glob("2*.json")) == sorted(names)
+    assert os.readlink(target / "console-usage-synced.json") == f"{HISTORY}/{max(names)}"
+    assert run_cli(target, "verify").returncode == 0
+
+
 def test_the_documented_aws_cli_look_at_the_bucket(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:
