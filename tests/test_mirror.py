@@ -939,6 +939,30 @@ def test_usage_errors_are_one_line(root: Path, aws_files: dict[str, str]) -> Non
     assert retention.returncode == 2 and "--mirror-retention" in retention.stderr
 
 
+@pytest.mark.parametrize("url", ["notaurl", "http://[::1", "ftp://x", "http://127.0.0.1:99999"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("mirror", "s3://abc/x", "--once"),
+        ("restore", "s3://abc/x"),
+        ("list", "--from", "s3://abc/x"),
+        ("check", "--from", "s3://abc/x"),
+    ],
+)
+def test_a_malformed_endpoint_is_a_usage_error(
+    root: Path, aws_files: dict[str, str], url: str, command: tuple[str, ...]
+) -> None:
+    # botocore raises its own ValueError for these (a crash, exit 70, before).
+    assert run_cli(root, "init").returncode == 0
+    env = s3_env("http://127.0.0.1:1", aws_files)
+    given = run_cli(root, *command, "--endpoint-url", url, **env)
+    assert given.returncode == 2, given.stdout + given.stderr
+    assert "Traceback" not in given.stderr and "internal error" not in given.stderr
+    assert f"Error: --endpoint-url: {url!r} is not" in given.stderr, given.stderr
+    from_env = run_cli(root, *command, **{**env, "AWS_ENDPOINT_URL": url})
+    assert from_env.returncode == 2 and f"AWS_ENDPOINT_URL: {url!r}" in from_env.stderr
+
+
 def test_object_store_errors_are_one_line(
     root: Path, tmp_path: Path, s3: SeaweedS3, aws_files: dict[str, str]
 ) -> None:
