@@ -15,6 +15,7 @@ from typing import Any, TypeGuard
 
 __all__ = [
     "PERMISSION_ADVICE",
+    "BadEndpoint",
     "CacheNotRefreshed",
     "IngesterError",
     "LockHeld",
@@ -212,6 +213,11 @@ class ObjectStoreError(IngesterError, OSError):
 
 class ObjectStoreUnavailable(IngesterError, RuntimeError):
     """boto3 is not installed; ``str()`` says which extra to install."""
+
+
+class BadEndpoint(IngesterError, ValueError):
+    """The object store's endpoint URL (``--endpoint-url`` or ``AWS_ENDPOINT_URL*``) is
+    malformed; ``str()`` names it and what is wrong. A usage error (exit 2)."""
 
 
 class RestoreError(IngesterError):

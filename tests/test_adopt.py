@@ -204,11 +204,21 @@ def test_adopt_then_verify_is_clean_and_watch_continues(root: Path, tmp_path: Pa
 
 def test_a_snapshot_only_the_latest_file_holds_is_kept(root: Path) -> None:
     o = original_history(root, latest="unique")
-    for command in (("watch", "--once"), ("init",), ("verify", "--repair"), ("cleanup",)):
+    snap = root.parent / "snap"
+    for command in (
+        ("watch", "--once"),
+        ("init",),
+        ("verify", "--repair"),
+        ("cleanup",),
+        # A copy would leave that snapshot out, and still pass for a whole one.
+        ("snapshot", str(snap)),
+        ("snapshot", "--tar", str(snap) + ".tar"),
+    ):
         refused = run_cli(root, *command)
         assert refused.returncode == 1, command
         assert "run 'ingester adopt' first" in refused.stderr, command
         assert (root / LATEST).read_bytes() == o.latest, command
+    assert not snap.exists() and not Path(str(snap) + ".tar").exists()
     serve = run_cli(root, "serve", "--watch", "--listen", "127.0.0.1:0")
     assert serve.returncode == 1 and "ingester adopt" in serve.stderr
 

@@ -248,6 +248,26 @@ def test_status_names_a_file_further_up_the_spools_path(root: Path, tmp_path: Pa
     assert (report["rejected"]["count"], report["rejected"]["problem"]) == (0, problem)
 
 
+def test_a_fifo_at_the_latest_path_is_named_and_replaced_never_waited_on(
+    root: Path, ingested: list[str]
+) -> None:
+    # Opening a FIFO waits for a writer: every command that looks at the latest path
+    # would hang (the watcher past SIGTERM). Each answers, and a repair replaces it.
+    latest = root / LATEST
+    latest.unlink()
+    os.mkfifo(latest)
+    words = "a special file (not a link, not a regular file)"
+    for command in (("status",), ("verify",), ("status", "--json")):
+        done = run_cli(root, *command, timeout=30)
+        assert words in done.stdout, (command, done.stdout + done.stderr)
+    report = json.loads(run_cli(root, "verify", "--json", timeout=30).stdout)
+    [finding] = [p for p in report["problems"] if p["kind"] == "latest-link"]
+    assert finding["repairable"] is True
+    ok(run_cli(root, "verify", "--repair", timeout=30))
+    assert os.readlink(latest) == f"{HISTORY}/{ingested[-1]}"
+    ok(run_cli(root, "verify", timeout=30))
+
+
 def test_status_reports_problems_without_fixing_them(root: Path, ingested: list[str]) -> None:
     (root / HISTORY / "_metadata.json").write_text("{not json")
     (root / LATEST).unlink()

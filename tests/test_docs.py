@@ -910,6 +910,8 @@ def test_the_migrating_guide_s_transcripts_and_going_back_run(tmp_path: Path) ->
     done = sh("set -e\n" + block, tmp_path)
     assert done.returncode == 0, done.stdout
     assert not latest.is_symlink() and latest.read_bytes() == before == newest.read_bytes()
+    # The original writes it in place: its owner may (the version stays read-only).
+    assert latest.stat().st_mode & 0o200 and not newest.stat().st_mode & 0o222
 
 
 @contextlib.contextmanager

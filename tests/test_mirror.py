@@ -746,6 +746,58 @@ def test_a_download_that_does_not_match_its_stored_checksum_stops_the_restore(
     assert not list((tmp_path / "r" / HISTORY).glob("2*.json"))
 
 
+def test_other_bytes_of_the_same_size_under_a_version_s_name_are_never_counted_mirrored(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """Retention deletes what the watermark has passed: a remote object that is not our
+    version, though as long, must hold the watermark, or our only copy goes. (Without a
+    stored SHA-256, and an ETag that is not our bytes' MD5, nothing can tell: the size
+    decides then, as for restore.)"""
+    store = make_store(root)
+    names = add_versions(store, 3)
+    data = store.version_path(names[0]).read_bytes()
+    other = data.replace(b"1", b"2", 1)
+    assert len(other) == len(data) and other != data
+    prefix = "same-size"
+    client = client_for(s3.endpoint)
+    meta = {"sha256": hashlib.sha256(other).hexdigest()}  # its own bytes' checksum
+    client.put_object(Bucket=bucket, Key=f"{prefix}/{names[0]}", Body=other, Metadata=meta)
+    env = s3_env(s3.endpoint, aws_files)
+    done = run_cli(root, "mirror", f"s3://{bucket}/{prefix}", "--once", **env)
+    assert done.returncode == 1, done.stderr
+    assert f"cannot mirror version {names[0]}: the object store holds other bytes" in done.stderr
+    state = read_mirror_state(root / HISTORY)
+    assert state is not None and state.mirrored_through is None  # held before the first
+    held = run_cli(
+        root, "--max-versions", "1", "--retention-days", "0.0001", "cleanup", "--dry-run"
+    )
+    assert f"{names[0]}  keep" in held.stdout, held.stdout
+
+
+def test_an_object_that_is_no_valid_payload_is_not_restored(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    # Named as the newest version, it must not become the latest either.
+    store = make_store(root)
+    names = add_versions(store, 2)
+    client = client_for(s3.endpoint)
+    for name in names:
+        client.put_object(
+            Bucket=bucket, Key=f"junk/{name}", Body=store.version_path(name).read_bytes()
+        )
+    junk = "2099-01-01T00-00-00-deadbeef.json"
+    client.put_object(Bucket=bucket, Key=f"junk/{junk}", Body=b"this is not json")
+    env = s3_env(s3.endpoint, aws_files)
+    target = tmp_path / "r"
+    done = run_cli(tmp_path, "restore", f"s3://{bucket}/junk", "--root", str(target), **env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"error: {junk} in the object store is not a valid payload (not JSON" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in (target / HISTORY).glob("2*.json")) == sorted(names)
+    assert os.readlink(target / "console-usage-synced.json") == f"{HISTORY}/{max(names)}"
+    assert run_cli(target, "verify").returncode == 0
+
+
 def test_the_documented_aws_cli_look_at_the_bucket(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:
@@ -885,6 +937,30 @@ def test_usage_errors_are_one_line(root: Path, aws_files: dict[str, str]) -> Non
     assert wrong.returncode == 2 and "bucket" in wrong.stderr
     retention = run_cli(root, "--mirror-retention", "sometimes", "mirror", "s3://abc/x")
     assert retention.returncode == 2 and "--mirror-retention" in retention.stderr
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://[::1", "ftp://x", "http://127.0.0.1:99999"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("mirror", "s3://abc/x", "--once"),
+        ("restore", "s3://abc/x"),
+        ("list", "--from", "s3://abc/x"),
+        ("check", "--from", "s3://abc/x"),
+    ],
+)
+def test_a_malformed_endpoint_is_a_usage_error(
+    root: Path, aws_files: dict[str, str], url: str, command: tuple[str, ...]
+) -> None:
+    # botocore raises its own ValueError for these (a crash, exit 70, before).
+    assert run_cli(root, "init").returncode == 0
+    env = s3_env("http://127.0.0.1:1", aws_files)
+    given = run_cli(root, *command, "--endpoint-url", url, **env)
+    assert given.returncode == 2, given.stdout + given.stderr
+    assert "Traceback" not in given.stderr and "internal error" not in given.stderr
+    assert f"Error: --endpoint-url: {url!r} is not" in given.stderr, given.stderr
+    from_env = run_cli(root, *command, **{**env, "AWS_ENDPOINT_URL": url})
+    assert from_env.returncode == 2 and f"AWS_ENDPOINT_URL: {url!r}" in from_env.stderr
 
 
 def test_object_store_errors_are_one_line(

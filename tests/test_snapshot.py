@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli
+from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli, wait_for
 from support.capabilities import other_user_problem, others_folder, run_as_other
 
 from ingester.ops.snapshot import build_snapshot_tree, list_versions_once
@@ -182,6 +183,40 @@ def test_tar_to_a_file_under_a_file_names_the_file_in_the_way(
         f"cannot create {target}: {blocker} is not a folder [ENOTDIR]",
     )
     assert blocker.read_text() == "mine"
+
+
+def test_a_tar_snapshot_stopped_midway_leaves_nothing_under_its_name(
+    root: Path, tmp_path: Path
+) -> None:
+    # Enough versions that the run is still building when it is stopped.
+    history_dir = root / HISTORY
+    history_dir.mkdir()
+    data = VALID_SAMPLES[0].read_bytes()
+    for i in range(3000):
+        (history_dir / f"2026-01-01T00-{i // 60:02d}-{i % 60:02d}-{i:08x}.json").write_bytes(data)
+    ok(run_cli(root, "init"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "snap.tar"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ingester", "--root", str(root), "snapshot", "--tar", str(target)],
+        env={**cli_env(), "TMPDIR": str(scratch)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: any(out.iterdir()), 30, "the archive begun under a temp name")
+        assert not target.exists()  # never its own name while it is written
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    # Stopped, it removed what it made: no archive, no temp name, no scratch tree.
+    assert list(out.iterdir()) == [] and list(scratch.iterdir()) == []
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="mounting a small tmpfs needs root")

@@ -29,6 +29,7 @@ from typing import Any
 
 import click
 
+from ..errors import BadEndpoint
 from ..runtime.logs import LOG_FORMATS, escape_text, one_line, setup_logging
 from ..settings import SPECS, SettingError, resolve_settings
 from .common import App, PathParam, describe_os_error, last_words
@@ -168,6 +169,9 @@ def _one_line_message() -> Iterator[None]:
         # Rewritten in place, so a bad parameter keeps its option's name and its context.
         exc.message = escape_text(one_line(exc.message))  # type: ignore[misc]
         raise
+    except BadEndpoint as exc:
+        # Found where the client is made (a command's body, or its service loop).
+        raise click.UsageError(escape_text(one_line(str(exc)))) from None
 
 
 def _silence_stdout() -> None:

@@ -166,7 +166,8 @@ def restore(
     _metadata.json in place when the history has none; points the latest link at the
     newest version. The result passes 'ingester verify'. Versions already present with
     the same bytes are skipped (run it again to finish an interrupted restore); nothing
-    is overwritten or deleted. Refuses while a watcher holds the history.
+    is overwritten or deleted. An object named as a version that is not a valid payload
+    is not restored (exit 1, each named). Refuses while a watcher holds the history.
     """
     from ..mirror.restore import RestoreError, restore_history
 
@@ -211,7 +212,12 @@ def restore(
             "are not MD5s (SSE-KMS); 'ingester verify' checks that they parse and validate",
             err=True,
         )
-    if result.conflicts:
-        for name in result.conflicts:
-            say(f"error: {name} differs from the object store's copy; left as it is", err=True)
+    for name, reason in result.invalid:
+        say(
+            f"error: {name} in the object store is not a valid payload ({reason}); not restored",
+            err=True,
+        )
+    for name in result.conflicts:
+        say(f"error: {name} differs from the object store's copy; left as it is", err=True)
+    if result.conflicts or result.invalid:
         raise click.exceptions.Exit(1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import click
@@ -28,6 +29,7 @@ from ..ops.snapshot import (
 )
 from ..payload.schema import payload_schema_text
 from .common import App, FiniteRange, PathParam, fail, history_source, s3_history, say
+from .service import refuse_unsafe_latest
 
 __all__ = ["check", "schema", "snapshot"]
 
@@ -67,15 +69,24 @@ def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
     output), built first in $TMPDIR; 'tar -xf' into an empty folder gives the root.
 
     Takes no lock; never writes to the history. Exits 0 when the snapshot is complete,
-    1 when it could not be taken (nothing is left behind then).
+    1 when it could not be taken (nothing is left behind then), or when the history is
+    the original server's, not adopted yet (run 'ingester adopt' first: the latest file
+    may hold a snapshot no version holds).
     """
     settings = app.settings
     history = settings.history_dir
+    # Stopped (systemctl stop, a closed terminal), it removes what it made, as on a
+    # failure, rather than leave a half-made copy or scratch tree behind.
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, _exit_on_signal)
     problem = history_problem(settings)
     if problem is not None:
         raise fail(problem)
     if as_tar and copy:
         raise click.UsageError("--copy has no meaning with --tar (the stream is a copy)")
+    # A latest file holding a snapshot no version holds (the original server's layout,
+    # not adopted yet) would be left out of the copy, which would still pass for whole.
+    refuse_unsafe_latest(app)
     if not as_tar and (dest is None or dest == "-"):
         raise click.UsageError("give DEST, a folder that does not exist yet (or use --tar -)")
     if dest is not None and dest != "-":
@@ -103,6 +114,10 @@ def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
     )
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the clean-up of what was made
+
+
 def _snapshot_tar(history: Path, dest: str) -> None:
     if dest == "-":
         if os.isatty(1):
@@ -114,30 +129,25 @@ def _snapshot_tar(history: Path, dest: str) -> None:
         path = Path(dest)
         if os.path.lexists(path):
             raise fail(f"{path} already exists; a snapshot never replaces anything")
+        # Written under a temp name beside FILE and renamed at the end (never over
+        # anything): a run killed midway leaves no cut-off archive under FILE's name.
         try:
-            out = path.open("xb")
-        except OSError as exc:
-            # StorageError's words name the file in the way for a "Not a directory".
-            raise fail(str(StorageError("create", path, exc))) from None
+            with durable.streamed_file(path, replace=False) as handle:
+                write_snapshot_tar(history, handle)
+        except FileExistsError:
+            raise fail(f"{path} appeared while the snapshot was taken; left alone") from None
+        except (SnapshotError, StorageError) as exc:
+            raise fail(str(exc)) from None
+        return
     try:
         with out:
             write_snapshot_tar(history, out)
     except SnapshotError as exc:
-        _discard_partial(dest)
         raise fail(str(exc)) from None
     except BrokenPipeError:
         raise fail("the reader of the tar stream went away before the end") from None
     except OSError as exc:
-        _discard_partial(dest)
-        raise fail(f"cannot write the tar stream to {dest}: {os_cause(exc)}") from None
-
-
-def _discard_partial(dest: str) -> None:
-    if dest != "-":
-        try:
-            durable.unlink_entry(dest)  # our own half-written archive, never anything else
-        except OSError:
-            pass
+        raise fail(f"cannot write the tar stream to standard output: {os_cause(exc)}") from None
 
 
 # -- schema ------------------------------------------------------------------------------

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -358,10 +360,14 @@ class HistoryStore:
             except OSError:
                 pass
             return f"does not resolve to {newest}"
-        if not link.exists():
-            return "missing"
         try:
-            same = link.read_bytes() == self.version_path(newest).read_bytes()
+            if not stat.S_ISREG(os.lstat(link).st_mode):
+                # A FIFO (or a socket, a device): never opened, since opening a FIFO
+                # waits for a writer, and it holds no snapshot a repair could lose.
+                return "a special file (not a link, not a regular file)"
+            same = _read_file(link) == self.version_path(newest).read_bytes()
+        except FileNotFoundError:
+            return "missing"
         except OSError as exc:
             return unreadable(exc)
         return None if same else f"a copy that is not {newest}"
@@ -646,3 +652,16 @@ class HistoryStore:
             mode=METADATA_MODE,
             replace=True,
         )
+
+
+def _read_file(path: Path) -> bytes:
+    """The bytes of the regular file at ``path``; ``OSError`` for anything else (a
+    symlink, or a FIFO put there since it was looked at, is refused, never waited on)."""
+    fd = os.open(path, durable.READ_NOFOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read()
+    finally:
+        os.close(fd)

@@ -62,7 +62,7 @@ from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import format_timestamp, is_version_name
 from ..history.retention import RetentionPolicy, plan_retention
 from ..runtime.notify import SystemdNotifier
-from .objectstore import Failure, MirrorTarget, S3Client, make_client
+from .objectstore import Failure, MirrorTarget, RemoteObject, S3Client, make_client
 from .s3_history import S3History
 from .state import (
     DEFAULT_HOLD_MAX,
@@ -178,6 +178,7 @@ class Mirror:
         self._names: list[str] = []  # the local versions at the last look
         self._last_listing = 0.0
         self._bad: dict[str, str] = {}  # names that cannot be mirrored, and why (logged once)
+        self._compared: dict[str, str] = {}  # name -> the ETag whose bytes proved ours
         self._stop = threading.Event()
         self._seen: tuple[tuple[int, int, int] | None, bool] = (None, False)
         self._problem: Failure | None = None
@@ -244,7 +245,14 @@ class Mirror:
             return None
 
     def _check_sizes(self, entries: list[VersionEntry]) -> None:
-        """After a listing: a remote version whose size differs from ours is reported."""
+        """After a listing: a remote version that is not ours byte for byte is reported
+        (and never counted as mirrored, so retention keeps our copy).
+
+        The sizes first; then the bytes, by the one rule for comparing them
+        (:func:`~ingester.mirror.s3_history.same_bytes`: the listing's ETag when it is
+        the bytes' MD5, else one ``HEAD`` for the SHA-256 stored with the object). Each
+        object is compared once per process while its ETag stays the same.
+        """
         known = self.remote().known or {}
         for entry in entries:
             name, size = entry.name, entry.size
@@ -255,8 +263,24 @@ class Mirror:
                 self._mark_bad(
                     name, f"the object store holds {remote.size} bytes, the history {size}"
                 )
-            else:
+            elif self._compared.get(name) != remote.etag:
+                try:
+                    data = self.local.read_version(name)
+                except (VersionNotFound, OSError):
+                    continue  # gone since the listing, or unreadable: uploading says why
+                if self._same_bytes(remote, data) is False:
+                    self._mark_bad(
+                        name,
+                        f"the object store holds other bytes under its name ({size} bytes, "
+                        "as ours)",
+                    )
+                    continue
+                self._compared[name] = remote.etag
                 self._bad.pop(name, None)
+
+    def _same_bytes(self, remote: RemoteObject, data: bytes) -> bool | None:
+        verdict: bool | None = self._call(lambda r: r.compare(remote, data))
+        return verdict
 
     def _mark_bad(self, name: str, why: str) -> None:
         if self._bad.get(name) != why:

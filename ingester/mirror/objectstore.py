@@ -29,10 +29,11 @@ import base64
 import hashlib
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ObjectStoreUnavailable
+from ..errors import BadEndpoint, ObjectStoreUnavailable
 
 S3Client = Any
 """A boto3 S3 client (boto3 ships no type hints of its own)."""
@@ -171,12 +172,35 @@ def make_client(endpoint_url: str | None = None, *, timeout: float = 10.0) -> S3
         max_pool_connections=16,
         user_agent_extra="console-usage-ingester",
     )
+    _check_endpoint(endpoint_url)
     session = boto3.session.Session()
     region = session.region_name or os.environ.get("AWS_REGION") or "us-east-1"
     client: S3Client = session.client(
         "s3", endpoint_url=endpoint_url or None, region_name=region, config=config
     )
     return client
+
+
+def _check_endpoint(endpoint_url: str | None) -> None:
+    """Refuse a malformed endpoint before botocore does (in its own words, as a crash)."""
+    for source, url in (
+        ("--endpoint-url", endpoint_url),
+        ("AWS_ENDPOINT_URL_S3", os.environ.get("AWS_ENDPOINT_URL_S3")),
+        ("AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL")),
+    ):
+        if not url:
+            continue
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError as exc:
+            raise BadEndpoint(f"{source}: {url!r} is not a URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadEndpoint(
+                f"{source}: {url!r} is not an http:// or https:// URL with a host "
+                "(e.g. http://127.0.0.1:9000)"
+            )
+        return  # the first one given is the one botocore uses
 
 
 @dataclass(frozen=True)

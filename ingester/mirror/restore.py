@@ -8,6 +8,10 @@ fsync the folder) under its own name, byte for byte and read-only. The writer's
 totals when the history had none) and points the latest link at the latest version, so
 the result passes ``ingester verify``.
 
+An object named as a version whose bytes the payload's gate refuses (not JSON, not a
+payload: placed there by something else) is not restored, and is listed in
+:attr:`RestoreResult.invalid`.
+
 A version already in the target history is left alone when its bytes are the same (a
 restore can be run again after an interruption and only fetches what is missing); one
 with other bytes is reported and never overwritten. Nothing is ever deleted.
@@ -26,10 +30,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import MetadataMissing, ObjectStoreError, RestoreError, StorageError, VersionExists
+from ..errors import (
+    MetadataMissing,
+    ObjectStoreError,
+    PayloadRejected,
+    RestoreError,
+    StorageError,
+    VersionExists,
+)
 from ..history.local import LocalWriter
 from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import is_version_name
+from ..payload.model import judge_payload
 from .objectstore import MirrorTarget, RemoteObject, S3Client
 from .s3_history import S3History
 
@@ -51,6 +63,9 @@ class RestoreResult:
     latest: str | None = None
     unverified: list[str] = field(default_factory=list)
     """Versions checked by size alone: stored without a checksum, ETag not their MD5."""
+    invalid: list[tuple[str, str]] = field(default_factory=list)
+    """Objects named as versions whose bytes the payload's gate refuses, with its reason:
+    not restored (the history would not pass ``verify``, nor its latest link name one)."""
 
 
 def restore_history(
@@ -107,6 +122,11 @@ def restore_history(
                 result.unverified.append(obj.name)
         # Downloads run ahead in parallel; writes stay in name order, one at a time.
         for obj, (data, checked) in zip(wanted, pool.map(fetch, wanted), strict=True):
+            try:
+                judge_payload(data)
+            except PayloadRejected as exc:
+                result.invalid.append((obj.name, exc.reason))
+                continue
             try:
                 writer.commit(writer.stage(data), obj.name)
             except VersionExists:  # written by another since the listing: never replaced

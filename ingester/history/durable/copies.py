@@ -22,6 +22,7 @@ from .steps import (
     _link_no_clobber,
     _temp_path,
     fsync_dir,
+    publish_new,
     write_all,
 )
 
@@ -92,15 +93,17 @@ def _copy_across(src: Path, dst: Path) -> None:
 
 
 @contextlib.contextmanager
-def streamed_file(final: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
+def streamed_file(final: Path, *, mode: int = 0o644, replace: bool = True) -> Iterator[BinaryIO]:
     """Write ``final`` in pieces through the recipe; it appears only once complete.
 
     Yields a buffered binary file open on a temp file beside ``final``. When the block
     ends normally the file is flushed, fsynced, renamed over ``final`` (replacing an
-    older one) and the folder fsynced. When the block raises, the temp file is removed
-    and ``final`` is left as it was. Memory use does not depend on the size written.
-    Raises :class:`StorageError` (naming the path and cause) for any failed step,
-    including a write inside the block (e.g. ENOSPC).
+    older one; with ``replace=False`` never: ``FileExistsError`` then, unwrapped) and the
+    folder fsynced. When the block raises, the temp file is removed and ``final`` is
+    left as it was; a process killed meanwhile leaves only the temp name
+    (:data:`WRITE_TEMP_PREFIX`), never a part under ``final``. Memory use does not
+    depend on the size written. Raises :class:`StorageError` (naming the path and
+    cause) for any failed step, including a write inside the block (e.g. ENOSPC).
     """
     directory = final.parent
     tmp = _temp_path(directory, WRITE_TEMP_PREFIX)
@@ -122,6 +125,9 @@ def streamed_file(final: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
         finally:
             with contextlib.suppress(OSError):
                 handle.close()  # a close after a failed flush may fail again
+        if not replace:
+            publish_new(tmp, final)  # fsyncs the folder itself
+            return
         try:
             os.replace(tmp, final)
         except OSError as exc:
