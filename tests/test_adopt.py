@@ -235,6 +235,24 @@ def test_a_snapshot_only_the_latest_file_holds_is_kept(root: Path) -> None:
     assert (root / LATEST).read_bytes() == o.latest  # it is the newest: the link shows it
 
 
+def test_a_kept_snapshot_with_an_old_mtime_stays_the_latest_and_survives_cleanup(
+    root: Path,
+) -> None:
+    # The original served the latest file as its newest snapshot: named after an mtime
+    # older than the newest version, it would lose the link, and the first cleanup of a
+    # full history would delete it.
+    o = original_history(root, latest="unique")
+    ten_days_ago = (datetime.now(UTC) - timedelta(days=10)).timestamp()
+    os.utime(root / LATEST, (ten_days_ago, ten_days_ago))
+    done = run_cli(root, "adopt")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (root / LATEST).read_bytes() == o.latest
+    cleanup = run_cli(root, "--max-versions", "1", "--retention-days", "0.0001", "cleanup")
+    assert cleanup.returncode == 0, cleanup.stdout + cleanup.stderr
+    assert (root / LATEST).read_bytes() == o.latest
+    assert [p.read_bytes() for p in o.history.glob("2*.json")] == [o.latest]
+
+
 def test_the_kept_version_is_counted_once_when_the_original_s_totals_agree(root: Path) -> None:
     # 5020 created - 3100 deleted = 1920 versions, in small: the totals match the files.
     o = original_history(root, latest="unique")

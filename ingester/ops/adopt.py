@@ -32,12 +32,12 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..errors import PERMISSION_ADVICE, PayloadRejected, StorageError, describe_os_error
 from ..history import durable
-from ..history.names import STAMP_FORMAT, is_version_name
+from ..history.names import STAMP_FORMAT, is_version_name, parse_timestamp_from_filename
 from ..history.store import VERSION_MODE, HistoryStore
 from ..payload.gate import check_payload
 
@@ -262,10 +262,23 @@ def nothing_to_adopt(root: Path, history_dir: Path, latest_path: Path) -> str | 
     )
 
 
-def _version_name_for(data: bytes, mtime_ns: int) -> str:
-    """A version name for a snapshot found in the latest file: its time, its bytes' hash."""
+def _version_name_for(data: bytes, mtime_ns: int, newest: str | None) -> str:
+    """A version name for a snapshot found in the latest file: its time, its bytes' hash.
+
+    The time is the file's, but never at or before the ``newest`` version's: the
+    original served that file as its newest snapshot, so it stays the latest (and the
+    newest for retention) even when its mtime is older (touched, or restored with an
+    old time).
+    """
     stamp = datetime.fromtimestamp(mtime_ns / 1e9, UTC)
-    return f"{stamp.strftime(STAMP_FORMAT)}-{hashlib.sha256(data).hexdigest()[:8]}.json"
+    suffix = hashlib.sha256(data).hexdigest()[:8]
+    name = f"{stamp.strftime(STAMP_FORMAT)}-{suffix}.json"
+    if newest is None or name > newest:
+        return name
+    after = parse_timestamp_from_filename(newest)
+    if after is not None:
+        name = f"{(after + timedelta(seconds=1)).strftime(STAMP_FORMAT)}-{suffix}.json"
+    return name
 
 
 def _keep_latest_snapshot(store: HistoryStore, data: bytes, max_bytes: int) -> str | None:
@@ -288,7 +301,7 @@ def _keep_latest_snapshot(store: HistoryStore, data: bytes, max_bytes: int) -> s
         mtime_ns = os.lstat(store.latest_path).st_mtime_ns
     except OSError as exc:
         raise StorageError("stat", store.latest_path, exc) from exc
-    name = _version_name_for(data, mtime_ns)
+    name = _version_name_for(data, mtime_ns, store.latest_version_name())
     try:
         durable.StagedFile(store.history_dir, data, VERSION_MODE, name=name).commit(name)
     except StorageError as exc:
