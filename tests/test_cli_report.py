@@ -871,3 +871,13 @@ def test_read_commands_never_follow_a_symlink_in_a_versions_place(
     assert "outside" not in exported
     checked = json.loads(run_cli(root, "check", "--max-age", "36500d", "--json").stdout)
     assert checked["latest"] == dated[-1]
+
+
+def test_status_with_a_corrupt_mirror_state_file_names_no_python_none(
+    root: Path, ingested: list[str]
+) -> None:
+    (root / HISTORY / "_mirror.json").write_text("{not json")
+    out = ok(run_cli(root, "status")).stdout
+    [line] = [x for x in out.splitlines() if x.startswith("mirror ")]
+    assert line.startswith("mirror       target unknown: ") and "None" not in line, line
+    assert "(state file corrupt)" in line

@@ -245,7 +245,8 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
 
 
 def _mirror_words(m: dict[str, Any], now: datetime) -> str:
-    words = f"{m['target']}: {m['waiting']} version(s) waiting"
+    target = m["target"] or "target unknown"  # a state file that cannot be read
+    words = f"{target}: {m['waiting']} version(s) waiting"
     oldest = parse_timestamp_from_filename(m["oldestWaiting"] or "")
     if oldest is not None:
         words += f" (oldest {relative_age(now - oldest)})"

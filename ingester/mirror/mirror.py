@@ -526,7 +526,17 @@ class Mirror:
             self._save_state()
             if self.options.once:
                 left = result.waiting
-                if left:
+                bad = min(len(self._bad), left)
+                if left and 0 < bad < left:
+                    # The watermark passes only a whole run of names: the ones after the
+                    # first that failed wait behind it, uploaded or not.
+                    log.error(
+                        "%d version(s) could not be mirrored (each said above); %d more "
+                        "are not counted as mirrored while an older one is not",
+                        bad,
+                        left - bad,
+                    )
+                elif left:
                     log.error("%d version(s) could not be mirrored", left)
                 return 1 if left else 0
             until_listing = self.options.reconcile_interval - (
