@@ -792,11 +792,16 @@ def test_an_object_that_is_no_valid_payload_is_not_restored(
         )
     junk = "2099-01-01T00-00-00-deadbeef.json"
     client.put_object(Bucket=bucket, Key=f"junk/{junk}", Body=b"this is not json")
+    big = "2098-01-01T00-00-00-0000b16b.json"
+    body = json.loads(store.version_path(names[0]).read_bytes())
+    body["padding"] = "x" * 2_000_000  # a payload, but over --max-bytes (1 MiB)
+    client.put_object(Bucket=bucket, Key=f"junk/{big}", Body=json.dumps(body).encode())
     env = s3_env(s3.endpoint, aws_files)
     target = tmp_path / "r"
     done = run_cli(tmp_path, "restore", f"s3://{bucket}/junk", "--root", str(target), **env)
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"error: {junk} in the object store is not a valid payload (not JSON" in done.stderr
+    assert f"error: {big} in the object store is not a valid payload (drop is" in done.stderr
     assert "Traceback" not in done.stderr
     assert sorted(p.name for p in (target / HISTORY).glob("2*.json")) == sorted(names)
     assert os.readlink(target / "console-usage-synced.json") == f"{HISTORY}/{max(names)}"

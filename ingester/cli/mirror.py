@@ -188,7 +188,7 @@ def restore(
         client = make_client(endpoint_url)
         store.history_dir.mkdir(parents=True, exist_ok=True)
         with HistoryLock(store.lock_path, "restore"):
-            result = restore_history(client, source, store)
+            result = restore_history(client, source, store, max_bytes=settings.max_bytes)
     except ObjectStoreUnavailable as exc:
         raise fail(str(exc)) from None
     except LockHeld as exc:

@@ -69,9 +69,17 @@ class RestoreResult:
 
 
 def restore_history(
-    client: S3Client, target: MirrorTarget, store: HistoryStore, *, concurrency: int = 8
+    client: S3Client,
+    target: MirrorTarget,
+    store: HistoryStore,
+    *,
+    concurrency: int = 8,
+    max_bytes: int | None = None,
 ) -> RestoreResult:
     """Restore every remote version into ``store`` (call with the history lock held).
+
+    ``max_bytes``: the largest payload the history takes (``--max-bytes``); a larger
+    object is not restored, as one that is no payload is not (``verify`` would refuse it).
 
     Raises :class:`RestoreError` (one line) when the object store cannot be read or a
     download is damaged, and :class:`~ingester.history.durable.StorageError` when the history
@@ -123,7 +131,7 @@ def restore_history(
         # Downloads run ahead in parallel; writes stay in name order, one at a time.
         for obj, (data, checked) in zip(wanted, pool.map(fetch, wanted), strict=True):
             try:
-                judge_payload(data)
+                judge_payload(data, max_bytes=max_bytes)
             except PayloadRejected as exc:
                 result.invalid.append((obj.name, exc.reason))
                 continue
