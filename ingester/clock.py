@@ -22,6 +22,7 @@ __all__ = [
     "ClockJump",
     "boot_clock",
     "iso_utc",
+    "offset_out_of_range",
     "parse_iso_time",
     "utc_now",
 ]
@@ -63,6 +64,15 @@ _OUT_OF_RANGE = re.compile(
 _WRITTEN_OFFSET = re.compile(r"[+-]\d{2}(?::?(\d{2}))?(?::?(\d{2})(?:\.\d+)?)?\Z")
 
 
+def offset_out_of_range(text: str) -> bool:
+    """Whether the UTC offset ``text`` ends with (``+05:99``, ``-0560``) has minutes or
+    seconds above 59. ``datetime.fromisoformat`` reads ``+05:99`` as 5 h 99 min, an
+    offset no clock shows. For a text known to end with an offset (a date alone ends in
+    ``-DD``, which would be read as one)."""
+    offset = _WRITTEN_OFFSET.search(text)
+    return offset is not None and any(int(part or 0) > 59 for part in offset.groups())
+
+
 def parse_iso_time(text: str) -> datetime:
     """An ISO-8601 time a user typed (an option, a query parameter); without an offset, UTC.
 
@@ -79,9 +89,7 @@ def parse_iso_time(text: str) -> datetime:
         if _OUT_OF_RANGE.fullmatch(str(exc)):
             raise ValueError(f"{text!r} is not a time that exists ({exc})") from None
         raise ValueError(f"{text!r} is not an ISO-8601 time (e.g. 2026-11-28T10:30:00Z)") from None
-    offset = _WRITTEN_OFFSET.search(value) if stamp.tzinfo is not None else None
-    if offset is not None and any(int(part or 0) > 59 for part in offset.groups()):
-        # fromisoformat reads "+05:99" as 5 h 99 min: an offset no clock shows.
+    if stamp.tzinfo is not None and offset_out_of_range(value):
         raise ValueError(
             f"{text!r} is not a time that exists (an offset's minutes run from 00 to 59)"
         )

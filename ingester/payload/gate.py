@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic_core import PydanticCustomError
 
+from ..clock import offset_out_of_range
 from ..errors import IngesterError, PayloadRejected
 
 if TYPE_CHECKING:
@@ -135,13 +136,6 @@ _PARTS = re.compile(
 )
 
 
-def _offset_out_of_range(value: str) -> bool:
-    """Whether the offset ``value`` (spelt as :data:`ISO_WITH_OFFSET`) is written with has
-    hours above 23 or minutes above 59."""
-    m = _PARTS.match(value)
-    return m is not None and m["off"] is not None and (int(m["oh"]) > 23 or int(m["om"]) > 59)
-
-
 def _nonexistent(value: str) -> str:
     """Which part of ``value`` (spelt as :data:`ISO_WITH_OFFSET`) names no real time.
 
@@ -182,7 +176,7 @@ def check_last_updated(value: Any) -> Any:
         raise PydanticCustomError(kind, words)
     try:
         stamp = datetime.fromisoformat(value.upper())
-        if _offset_out_of_range(value):
+        if offset_out_of_range(value):
             # fromisoformat takes "+05:99" as 5 h 99 min: an offset no clock shows.
             raise ValueError(value)
     except ValueError:
