@@ -361,13 +361,15 @@ class HistoryStore:
                 pass
             return f"does not resolve to {newest}"
         try:
-            if not stat.S_ISREG(os.lstat(link).st_mode):
-                # A FIFO (or a socket, a device): never opened, since opening a FIFO
-                # waits for a writer, and it holds no snapshot a repair could lose.
-                return "a special file (not a link, not a regular file)"
-            same = _read_file(link) == self.version_path(newest).read_bytes()
-        except FileNotFoundError:
-            return "missing"
+            # A FIFO, a socket or a device is never opened (a FIFO would wait for a
+            # writer); it holds no snapshot a repair could lose.
+            data = durable.read_regular(link) if stat.S_ISREG(os.lstat(link).st_mode) else None
+        except OSError as exc:
+            return "missing" if exc.errno == errno.ENOENT else unreadable(exc)
+        if data is None:
+            return "a special file (not a link, not a regular file)"
+        try:
+            same = data == self.version_path(newest).read_bytes()
         except OSError as exc:
             return unreadable(exc)
         return None if same else f"a copy that is not {newest}"
@@ -652,16 +654,3 @@ class HistoryStore:
             mode=METADATA_MODE,
             replace=True,
         )
-
-
-def _read_file(path: Path) -> bytes:
-    """The bytes of the regular file at ``path``; ``OSError`` for anything else (a
-    symlink, or a FIFO put there since it was looked at, is refused, never waited on)."""
-    fd = os.open(path, durable.READ_NOFOLLOW)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            return handle.read()
-    finally:
-        os.close(fd)

@@ -77,24 +77,14 @@ class AdoptReport:
 
 def _regular_latest(store: HistoryStore) -> bytes | None:
     """The bytes of the latest path when it is a regular file (not a link), else ``None``."""
-    path = store.latest_path
     try:
-        fd = os.open(path, durable.READ_NOFOLLOW)
-    except OSError as exc:
+        return durable.read_regular(store.latest_path)
+    except StorageError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
             # Absent (a folder on its path is missing or is not a folder, so no file
             # can be there), or a symbolic link: nothing a start could lose.
             return None
-        raise StorageError("open", path, exc) from exc
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise StorageError("read", path, exc) from exc
-    finally:
-        os.close(fd)
+        raise
 
 
 def _held_by_a_version(store: HistoryStore, data: bytes) -> str | None:

@@ -69,6 +69,29 @@ def _temp_path(directory: Path, prefix: str) -> Path:
     return directory / f"{prefix}{secrets.token_hex(6)}"
 
 
+def read_regular(path: StrPath) -> bytes | None:
+    """The bytes of the regular file at ``path``; ``None`` when something else is there
+    (a FIFO, a socket, a device, a folder).
+
+    Opened without following a symlink (ELOOP) and without waiting on a FIFO, for a
+    file someone else may have placed. Raises :class:`StorageError` (``open`` or
+    ``read``, naming ``path``), whose errno is the cause's: ENOENT when nothing is there.
+    """
+    try:
+        fd = os.open(path, READ_NOFOLLOW)
+    except OSError as exc:
+        raise StorageError("open", path, exc) from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise StorageError("read", path, exc) from exc
+    finally:
+        os.close(fd)
+
+
 def open_dir(directory: StrPath) -> int:
     """A descriptor on ``directory``, for fsyncing its names; :class:`StorageError` if not."""
     try:
