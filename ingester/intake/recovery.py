@@ -245,16 +245,13 @@ def _link_claims(claims: list[str], old: int, claimed: Path, left: ClaimsLeft) -
                 left.stuck.append((name, exc))
             else:
                 left.moved.append(name)
-        if not left.moved:
-            return
-        try:
-            durable.fsync_fd(new)
-        except OSError as exc:
-            # Not durable in their new place: the old names stay, so a crash now cannot
-            # take a claim's last name away.
-            raise StorageError("fsync", claimed, exc) from exc
     finally:
         os.close(new)
+    if not left.moved:
+        return
+    # Until this returns the new names may not survive a crash: a failure raises, and
+    # the old names stay, so no claim loses its last name.
+    durable.fsync_dir(claimed)
     for name in left.moved:
         with contextlib.suppress(OSError):  # a second name left behind is harmless
             durable.unlink_entry(name, dir_fd=old)
