@@ -309,23 +309,24 @@ def test_inotify_overflow_triggers_a_rescan(root: Path) -> None:
     assert "Traceback" not in w.log
 
 
+def _removed(folder: Path) -> bool:
+    """One try at removing ``folder`` from under a running watcher: False when rmtree
+    found it not empty (the watcher made something in it meanwhile: a file in the
+    history, the spool's lock file locked again), for ``wait_for`` to try again."""
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        if exc.errno != errno.ENOTEMPTY:
+            raise
+        return False
+    return True
+
+
 def test_observer_restarted_when_the_spool_is_removed(root: Path) -> None:
     with WatchProcess(root) as w:
-
-        def removed() -> bool:
-            # The watcher locks again a lock file removed under it (spool/.lock), so
-            # rmtree may find the folder not empty: again, until it is gone.
-            try:
-                shutil.rmtree(spool_of(root))
-            except FileNotFoundError:
-                return True
-            except OSError as exc:
-                if exc.errno != errno.ENOTEMPTY:
-                    raise
-                return False
-            return True
-
-        wait_for(removed, what="the spool removed")
+        wait_for(lambda: _removed(spool_of(root)), what="the spool removed")
         w.wait_log("restarting")
         wait_for(lambda: (spool_of(root) / ".claimed").is_dir(), what="spool recreated")
         drop(spool_of(root), "after.json", payload(1))
@@ -428,20 +429,7 @@ def test_a_drop_of_another_user_is_copied_and_the_version_is_ours(root: Path) ->
 def test_removing_the_history_under_a_watcher_stops_it(root: Path) -> None:
     with WatchProcess(root) as w:
         history = root / "console-usage-history"
-
-        def removed() -> bool:
-            # The watcher may write a file in it while rmtree runs ("not empty"): again.
-            try:
-                shutil.rmtree(history)
-            except FileNotFoundError:
-                return True
-            except OSError as exc:
-                if exc.errno != errno.ENOTEMPTY:
-                    raise
-                return False
-            return True
-
-        wait_for(removed, what="the history removed")
+        wait_for(lambda: _removed(history), what="the history removed")
         code = w.proc.wait(timeout=30)
         assert code != 0
         assert "was removed or replaced" in w.log
