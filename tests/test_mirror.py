@@ -798,6 +798,19 @@ def test_other_bytes_of_the_same_size_under_a_version_s_name_are_never_counted_m
     ) in done.stderr, done.stderr
     state = read_mirror_state(root / HISTORY)
     assert state is not None and state.mirrored_through is None  # held before the first
+    # The store answers, yet the mirror cannot move on: its state says so, not "ok", and
+    # check warns at once, lag or not.
+    assert state.state == "stuck", state
+    assert state.detail == (
+        f"{names[0]}: the object store holds other bytes under its name ({len(data)} bytes, "
+        "as ours)"
+    )
+    status = json.loads(run_cli(root, "status", "--json").stdout)["mirror"]
+    assert (status["state"], status["detail"]) == ("stuck", state.detail)
+    check = run_cli(root, "check", "--json")
+    item = {c["name"]: c for c in json.loads(check.stdout)["checks"]}["mirror_lag"]
+    assert item["status"] == "WARNING", item
+    assert f", but a version cannot be mirrored ({state.detail})" in item["message"]
     held = run_cli(
         root, "--max-versions", "1", "--retention-days", "0.0001", "cleanup", "--dry-run"
     )
