@@ -402,6 +402,31 @@ def test_mirror_once_uploads_each_version_and_restore_passes_verify(
     restore_and_verify(root, tmp_path, target, env)
 
 
+def test_a_restore_from_a_keep_mode_bucket_counts_what_it_brings_back_as_not_deleted(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """A bucket in keep mode holds versions local retention deleted. Restored, they are
+    on hand again: the totals stay exact (created as many as were ever made, deleted
+    only those not on hand), not the deleted counted on top of the versions."""
+    store = make_store(root, max_versions=3)
+    add_old_versions(store, 4)
+    add_versions(store, 2)
+    target = f"s3://{bucket}/k"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    cleanup = run_cli(root, "--max-versions", "3", "cleanup")
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    here = json.loads((root / HISTORY / "_metadata.json").read_bytes())
+    assert (here["totalVersionsCreated"], here["totalVersionsDeleted"]) == (6, 3)
+    restored = tmp_path / "restored"
+    result = run_cli(tmp_path, "restore", target, "--root", str(restored), **env)
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((restored / HISTORY / "_metadata.json").read_bytes())
+    assert meta["versionCount"] == 6
+    assert (meta["totalVersionsCreated"], meta["totalVersionsDeleted"]) == (6, 0), meta
+
+
 def test_mirror_follows_new_versions_and_retention_deletions(
     root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:
@@ -773,6 +798,19 @@ def test_other_bytes_of_the_same_size_under_a_version_s_name_are_never_counted_m
     ) in done.stderr, done.stderr
     state = read_mirror_state(root / HISTORY)
     assert state is not None and state.mirrored_through is None  # held before the first
+    # The store answers, yet the mirror cannot move on: its state says so, not "ok", and
+    # check warns at once, lag or not.
+    assert state.state == "stuck", state
+    assert state.detail == (
+        f"{names[0]}: the object store holds other bytes under its name ({len(data)} bytes, "
+        "as ours)"
+    )
+    status = json.loads(run_cli(root, "status", "--json").stdout)["mirror"]
+    assert (status["state"], status["detail"]) == ("stuck", state.detail)
+    check = run_cli(root, "check", "--json")
+    item = {c["name"]: c for c in json.loads(check.stdout)["checks"]}["mirror_lag"]
+    assert item["status"] == "WARNING", item
+    assert f", but a version cannot be mirrored ({state.detail})" in item["message"]
     held = run_cli(
         root, "--max-versions", "1", "--retention-days", "0.0001", "cleanup", "--dry-run"
     )

@@ -7,13 +7,22 @@ an unreachable store is one line (CRITICAL for ``check``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 from support import run_cli
 from support.s3server import SeaweedS3, free_ports
-from test_mirror import add_versions, aws_files, bucket, make_store, s3, s3_env  # noqa: F401
+from test_mirror import (  # noqa: F401
+    add_versions,
+    aws_files,
+    bucket,
+    client_for,
+    make_store,
+    s3,
+    s3_env,
+)
 
 from ingester.history.base import at_or_before
 
@@ -152,3 +161,38 @@ def test_from_takes_an_s3_address_only(tmp_path: Path, command: str) -> None:
     endpoint = run_cli(tmp_path, command, "--endpoint-url", "http://127.0.0.1:1")
     assert endpoint.returncode == 2
     assert "--endpoint-url is for --from" in endpoint.stderr
+
+
+def test_a_version_whose_bytes_do_not_match_its_stored_checksum_is_never_shown(
+    root: Path,
+    tmp_path: Path,
+    s3: SeaweedS3,  # noqa: F811
+    bucket: str,  # noqa: F811
+    mirrored: tuple[str, dict[str, str], list[str]],
+) -> None:
+    """Bytes changed in the store (a tampered or damaged object, its stored SHA-256 left
+    as it was) are refused by every reader, as ``restore`` refuses them."""
+    target, env, names = mirrored
+    data = (root / "console-usage-history" / names[-1]).read_bytes()
+    damaged = data.replace(b"1", b"2", 1)
+    assert len(damaged) == len(data) and damaged != data
+    client_for(s3.endpoint).put_object(
+        Bucket=bucket,
+        Key=f"usage/{names[-1]}",
+        Body=damaged,
+        Metadata={"sha256": hashlib.sha256(data).hexdigest()},
+    )
+    why = f"{names[-1]}: the bytes do not match the SHA-256 stored with the object"
+    for args in (("show",), ("show", names[-1])):
+        result = run_cli(tmp_path, *args, "--from", target, **env)
+        assert result.returncode == 1, (args, result.stdout)
+        assert result.stderr == f"error: {target}: damaged: {why} [EIO]\n", (args, result.stderr)
+        assert result.stdout == ""
+    # export leaves a damaged version out, saying so, as it does in a local history.
+    export = run_cli(tmp_path, "export", "--format", "jsonl", "--from", target, **env)
+    assert export.returncode == 0, export.stderr
+    assert f"warning: skipped damaged version {names[-1]}: " in export.stderr, export.stderr
+    assert [json.loads(line)["version"] for line in export.stdout.splitlines()] == names[:-1]
+    # An older version, untouched, is still read.
+    older = ok(run_cli(tmp_path, "show", names[1], "--from", target, **env))
+    assert older.encode() == (root / "console-usage-history" / names[1]).read_bytes()

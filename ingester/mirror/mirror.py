@@ -67,6 +67,7 @@ from .s3_history import S3History
 from .state import (
     DEFAULT_HOLD_MAX,
     MIRROR_LOCK_NAME,
+    STUCK,
     MirrorState,
     read_mirror_state,
     unmirrored,
@@ -390,6 +391,13 @@ class Mirror:
             "state": "ok" if problem is None else problem.kind,
             "detail": None if problem is None else problem.detail,
         }
+        stuck = self._stuck()
+        if problem is None and stuck:
+            # The store answers, but a version cannot be mirrored, and it holds the
+            # watermark: retrying will not move it, so the state says so rather than ok.
+            first = stuck[0]
+            more = f"; {len(stuck) - 1} more" if len(stuck) > 1 else ""
+            update.update(state=STUCK, detail=f"{first}: {self._bad[first]}{more}")
         state = self._state.model_copy(update=update)
         key = (state.mirrored_through, state.state, state.detail, state.waiting)
         if key == self._state_written and not force:
@@ -412,11 +420,17 @@ class Mirror:
         self._state_at = time.monotonic()
         self._notifier.status(self.describe())
 
+    def _stuck(self) -> list[str]:
+        """The history's versions that cannot be mirrored (oldest first)."""
+        return [name for name in self._names if name in self._bad] if self._bad else []
+
     def describe(self) -> str:
         """One line for ``STATUS=``: the state and the backlog."""
         state = self._state
         if self._problem is None:
-            return f"mirroring to {self.target}: {state.waiting} version(s) waiting"
+            stuck = len(self._stuck())
+            cannot = f", {stuck} cannot be mirrored" if stuck else ""
+            return f"mirroring to {self.target}: {state.waiting} version(s) waiting{cannot}"
         return (
             f"{_STATE_WORDS.get(self._problem.kind, self._problem.kind)}: {state.waiting} waiting"
         )

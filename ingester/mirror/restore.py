@@ -153,9 +153,25 @@ def restore_history(
             pass  # the totals are then what the files say
         except ObjectStoreError as exc:
             raise RestoreError(f"cannot download the metadata: {exc.detail}") from None
+        if base is not None:
+            base = _brought_back(base, len(writer.reader.list_versions()))
     # The metadata's counts and the latest link now follow the files on disk.
     writer.publish(base)
     result.metadata = base is not None
     store.initialize()
     result.latest = store.latest_version_name()
     return result
+
+
+def _brought_back(base: StorageMetadata, on_hand: int) -> StorageMetadata:
+    """``base`` (the bucket's metadata) for a restored history of ``on_hand`` versions.
+
+    A bucket in keep mode still holds versions local retention deleted, and the restore
+    brings them back: they are on hand again, so no longer counted deleted. Without
+    this, the totals would count them twice (created >= deleted + on hand).
+    """
+    back = base.total_versions_deleted + on_hand - base.total_versions_created
+    if back <= 0:
+        return base
+    deleted = max(0, base.total_versions_deleted - back)
+    return base.model_copy(update={"total_versions_deleted": deleted})

@@ -190,15 +190,23 @@ class S3History:
         return entries
 
     def read_version(self, name: str) -> bytes:
-        """One version's bytes; :class:`~ingester.errors.VersionNotFound` when there is none."""
+        """One version's bytes, checked as :meth:`fetch` checks them.
+
+        Raises :class:`~ingester.errors.VersionNotFound` when there is none, and
+        :class:`~ingester.errors.ObjectStoreError` (the kind ``damaged``) when the bytes
+        are not the ones stored under that name: a reader never serves them.
+        """
         if not is_version_name(name):
             raise VersionNotFound(name)
         try:
-            data: bytes = self._get(name)["Body"].read()
+            response = self._get(name)
+            data: bytes = response["Body"].read()
         except Exception as exc:
             if _missing(exc):
                 raise VersionNotFound(name) from None
             raise self._failed(exc) from None
+        etag = str(response.get("ETag", "")).strip('"')
+        self._checked(name, response, data, size=response.get("ContentLength"), etag=etag)
         return data
 
     def read_metadata(self) -> StorageMetadata:
@@ -231,17 +239,32 @@ class S3History:
             data: bytes = response["Body"].read()
         except Exception as exc:
             raise self._failed(exc) from None
+        return data, self._checked(obj.name, response, data, size=obj.size, etag=obj.etag)
+
+    def _checked(
+        self,
+        name: str,
+        response: dict[str, Any],
+        data: bytes,
+        *,
+        size: object,
+        etag: str,
+    ) -> bool:
+        """Whether ``data`` (a GET's body) proved to be the object's bytes by
+        :func:`same_bytes` (``False``: nothing could tell); raises
+        :class:`~ingester.errors.ObjectStoreError` (``damaged``) when they are not."""
         metadata = {str(k).lower(): str(v) for k, v in (response.get("Metadata") or {}).items()}
-        described = RemoteObject(obj.name, obj.size, obj.etag, metadata.get(SHA256_META))
+        expected = size if isinstance(size, int) else len(data)
+        described = RemoteObject(name, expected, etag, metadata.get(SHA256_META))
         verdict = same_bytes(described, data)
         if verdict is False:
             why = (
-                f"got {len(data)} bytes, the listing says {obj.size}"
-                if len(data) != obj.size
+                f"got {len(data)} bytes, the listing says {expected}"
+                if len(data) != expected
                 else "the bytes do not match the SHA-256 stored with the object"
             )
-            raise ObjectStoreError(self.location, "damaged", f"{obj.name}: {why}")
-        return data, verdict is True
+            raise ObjectStoreError(self.location, "damaged", f"{name}: {why}")
+        return verdict is True
 
     def compare(self, obj: RemoteObject, data: bytes) -> bool | None:
         """Whether ``data`` are ``obj``'s bytes (:func:`same_bytes`), asking the object's

@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_HOLD_MAX",
     "MIRROR_LOCK_NAME",
     "MIRROR_STATE_NAME",
+    "STUCK",
     "MirrorState",
     "deletable_count",
     "held_back",
@@ -48,6 +49,10 @@ __all__ = [
 ]
 
 MIRROR_LOCK_NAME = ".mirror.lock"
+
+STUCK = "stuck"
+"""The state while the store answers but a version cannot be mirrored (its object holds
+other bytes, or it cannot be read here): it holds the watermark until someone acts."""
 
 
 class MirrorState(BaseModel):
@@ -163,7 +168,7 @@ def mirror_status(
 
     ``waiting`` counts the local versions above the watermark, from the files as they
     are now; ``state`` is what the mirror last recorded (``ok``, ``unreachable``,
-    ``throttled``, ``server-error``, ``denied``, ``no-bucket``, ``rejected``).
+    ``throttled``, ``server-error``, ``denied``, ``no-bucket``, ``rejected``, ``stuck``).
     """
     state = read_mirror_state(history_dir)
     if state is None and configured is None:

@@ -59,6 +59,7 @@ from typing import Any
 
 from ..clock import iso_utc
 from ..errors import is_permission_problem
+from ..mirror.state import STUCK
 from ..runtime.logs import one_line
 from ..usage.forecast import CLOCK_AHEAD, NOTHING_TO_GO_BY, LimitForecast
 from ..usage.words import in_words, percent_words
@@ -569,6 +570,10 @@ def _judge_mirror(mirror: MirrorFacts, max_lag: float) -> Judgement:
         # Retrying does not fix credentials: someone has to, so say so now, lag or not.
         code = CRITICAL
         words += ", but the object store refuses the credentials"
+    elif mirror.state == STUCK:
+        # Retrying does not move the watermark past it either: someone has to look.
+        code = max(code, WARNING)
+        words += f", but a version cannot be mirrored ({mirror.detail})"
     elif mirror.state not in ("ok", "starting"):
         words += f" ({mirror.state})"
     if mirror.pid is None and mirror.backlog:
