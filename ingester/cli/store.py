@@ -134,7 +134,8 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
 
     Prints one line per file. Exits 1 if any file was rejected or unreadable; the
     valid ones are stored all the same. Once a file is stored, a failure of the caches
-    or of retention after it is a warning (exit 0): a retry would store it twice. Refuses while a watcher holds the history.
+    or of retention after it is a warning (exit 0): a retry would store it twice.
+    Refuses while a watcher holds the history.
     Creates the history in a root that exists; a root that does not exist is refused
     (exit 1, nothing created).
     """
