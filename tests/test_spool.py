@@ -137,6 +137,26 @@ def test_temp_files_of_killed_writers_are_swept_once_an_hour_old(
     ) in done.stderr
 
 
+@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+def test_a_submit_whose_spool_fsync_fails_takes_its_drop_back(root: Path, tmp_path: Path) -> None:
+    """The drop was published, then the spool's fsync failed: the writer is told it failed,
+    and retries. Left in the spool, the drop would then be stored twice."""
+    source = tmp_path / "snapshot.json"
+    source.write_bytes(payload(1))
+    assert run_cli(root, "init").returncode == 0
+    # The third fsync of a submit is the spool folder's, after the drop's rename into it.
+    inject = ("-f", "-qq", "-o", "/dev/null", "-e", "inject=fsync:error=EIO:when=3")
+    failed = run_cli(root, "submit", str(source), wrapper=(STRACE or "strace", *inject))
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert failed.stderr == (
+        f"error: cannot fsync folder {root / 'spool'}: Input/output error [EIO]\n"
+    ), failed.stderr
+    assert not [p for p in (root / "spool").iterdir() if p.suffix == ".json"]
+    assert run_cli(root, "submit", str(source)).returncode == 0  # the writer's retry
+    assert run_cli(root, "watch", "--once").returncode == 0
+    assert len(list((root / "console-usage-history").glob("2*.json"))) == 1
+
+
 WHY_NOT = other_user_problem()
 
 
