@@ -459,7 +459,11 @@ def _judge_usage(facts: Facts, limits: CheckLimits) -> list[Judgement]:
             pct = limit.percentage
             code = CRITICAL if pct >= critical else WARNING if pct >= warning else OK
             words = f"{limit.limit} {percent_words(pct, (warning, critical, 100.0))} used"
-            if code:
+            if limit.resets_at is not None and limit.resets_at <= facts.now:
+                # The window has reset since that reading: it says nothing of now.
+                code = OK
+                words += " (the reset has passed since)"
+            elif code:
                 words += f" (at or above {_threshold(critical if code == CRITICAL else warning)})"
             missing, words = _held(limit, result.as_of, limits.max_age, words)
             items.append(
