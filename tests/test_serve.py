@@ -322,6 +322,28 @@ def test_metrics_describe_history_spool_and_requests(root: Path, three, server):
     assert m["ingester_http_request_duration_seconds_count{route=/api/claude/console-usage}"] == 1
 
 
+def test_metrics_count_what_the_watcher_takes_and_leave_out_unknown_totals(
+    root: Path, three, server
+):
+    # A folder named like a drop is never taken: counted, it would age for ever and an
+    # alert on the oldest drop's age would never resolve.
+    spool = root / "spool"
+    spool.mkdir(exist_ok=True)
+    (spool / "folder.json").mkdir()
+    meta = root / "console-usage-history" / "_metadata.json"
+    meta.write_text(json.dumps({"totalVersionsCreated": 3, "totalVersionsDeleted": 0}))
+    m = metrics(server)
+    assert m["ingester_spool_backlog"] == 0
+    assert m["ingester_spool_oldest_drop_age_seconds"] == 0
+    assert m["ingester_versions_stored_total"] == 3
+    # Totals that cannot be read are unknown, not 0: Prometheus reads a drop to 0 as a
+    # counter reset, and rate() then as every version stored again.
+    meta.write_bytes(b"garbage")
+    m = metrics(server)
+    assert "ingester_versions_stored_total" not in m and "ingester_versions_deleted_total" not in m
+    assert m["ingester_versions"] == 3
+
+
 def test_lookups_do_not_list_the_history_per_request(root: Path, three, server):
     """The index is revalidated by a stat: many lookups, one listing per change."""
     server.get(API)
