@@ -272,6 +272,18 @@ def test_health_by_age(root: Path, age_min: int, status: str, code: int):
     assert body["latestVersion"] == version_name(T0)
 
 
+@pytest.mark.parametrize(("ahead_min", "status"), [(50, "healthy"), (120, "degraded")])
+def test_health_of_data_dated_ahead_of_the_clock(root: Path, ahead_min: int, status: str):
+    # Within the hour a clock may drift, fresh; beyond it the age cannot be told, as
+    # check says: called fresh, it would stay healthy however long the scraper stopped.
+    put_version(root, version_name(T0), fresh_payload(timedelta(minutes=-ahead_min)))
+    with ServeProcess(root) as server:
+        body = server.get("/api/health").json()
+    assert body["status"] == status, body
+    if status == "degraded":
+        assert " ahead of this clock: its age cannot be told" in body["reason"], body
+
+
 def test_health_unhealthy_without_data_or_history(root: Path, server):
     r = server.get("/api/health")
     assert (r.status_code, r.json()["status"]) == (503, "unhealthy")
@@ -653,10 +665,17 @@ def test_post_when_the_spool_cannot_be_written_is_503(root: Path, server):
         assert f" in {tmp}: " in lines[0]
         assert lines[0].endswith("Operation not permitted [EPERM]; answered 503")
         assert "Traceback" not in server.log
+        # Health says so at once: the data's age alone would stay healthy for minutes
+        # while every snapshot is refused.
+        health = server.get("/api/health").json()
+        assert health["status"] != "healthy", health  # unhealthy here: no data yet
+        assert "POSTed snapshots cannot be written to the spool since " in health["reason"]
+        assert health["spool"]["writeFault"]["cause"].endswith("[EPERM]"), health
     finally:
         subprocess.run(["chattr", "-i", str(tmp)], check=True)
     assert spool_drops(root) == []
     assert post(server, fresh_payload()).status_code == 202
+    assert "writeFault" not in server.get("/api/health").json()["spool"]
 
 
 # -- the command line ----------------------------------------------------------------------

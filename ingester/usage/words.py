@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, tzinfo
 
 from .forecast import LimitForecast
 
-__all__ = ["format_when", "in_words", "percent_words"]
+__all__ = ["format_when", "in_words", "percent_words", "seconds_words"]
 
 
 def percent_words(value: float, bounds: Iterable[float] = (100.0,)) -> str:
@@ -31,6 +31,18 @@ def percent_words(value: float, bounds: Iterable[float] = (100.0,)) -> str:
     if any((value >= bound) != (float(text) >= bound) for bound in bounds):
         text = repr(value)
     return text + " %"
+
+
+def seconds_words(seconds: float) -> str:
+    """A duration for a monitoring line: ``45 s``, ``12 min``, ``3.5 h``, ``2.1 days``
+    (whole seconds and minutes, cut down; one decimal above)."""
+    if seconds < 120:
+        return f"{int(seconds)} s"
+    if seconds < 7200:
+        return f"{int(seconds // 60)} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 def _duration_words(delta: timedelta) -> str:
