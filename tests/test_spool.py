@@ -94,6 +94,18 @@ def test_a_newline_in_a_drop_name_cannot_forge_a_log_line(root: Path) -> None:
     assert "evil\\n2026" in result.stderr
 
 
+def test_a_tab_in_a_drop_name_is_written_as_one(root: Path) -> None:
+    # Written as it is, a tab would read as spaces: the name in the log would not be
+    # the file's.
+    spool = root / "spool"
+    spool.mkdir()
+    (spool / "tab\tx.json").write_bytes(b"{")
+    result = run_cli(root, "watch", "--once")
+    assert result.returncode == 0, result.stderr
+    assert "rejected tab\\tx.json: " in result.stderr, result.stderr
+    assert "\t" not in result.stderr
+
+
 STRACE = shutil.which("strace")
 
 
