@@ -49,6 +49,11 @@ def _duration_words(delta: timedelta) -> str:
     minutes = max(0, round(delta.total_seconds() / 60))
     if minutes < 60:
         return f"{minutes} min"
+    if minutes < 600:
+        # Under ten hours the minutes matter: 1 h 12 min is not "1 h" to someone
+        # deciding whether to wait for the reset.
+        hours, rest = divmod(minutes, 60)
+        return f"{hours} h {rest} min" if rest else f"{hours} h"
     hours = round(minutes / 60)
     return f"{hours} h" if hours < 72 else f"{hours / 24:.1f} days"
 
