@@ -502,15 +502,25 @@ def resolve_settings(
             f"history {_named(history, real['h'])}, nor be or hold the spool "
             f"{_named(spool, real['s'])}",
         )
+    # The spool's own folders: a drop quarantined among the claims would be stored as a
+    # version by the next start, and writers' scratch files are swept.
+    for own in (".claimed", "tmp"):
+        if _overlaps(real["r"], real["s"] / own):
+            raise SettingError(
+                "--rejected-dir",
+                f"the quarantine {_named(rejected, real['r'])} must not be, hold or lie in "
+                f"the spool's own folder {real['s'] / own}",
+            )
     real_latest = Path(os.path.realpath(latest.parent)) / latest.name
-    if any(_inside(real_latest, real[k]) for k in ("s", "h", "r")):
-        raise SettingError(
-            "--latest-path", f"{latest} must not be inside the spool or the history folder"
-        )
-    if latest.parent == spool or _inside(latest, spool) or _inside(latest, history):
-        raise SettingError(
-            "--latest-path", f"{latest} must not be inside the spool or the history folder"
-        )
+    roles = ((spool, "s", "spool"), (history, "h", "history"), (rejected, "r", "quarantine"))
+    for path, key, role in roles:
+        # A link is one name: it cannot lie in a folder another role owns, nor be one of
+        # those folders or hold them (replacing it would replace the folder).
+        if _overlaps(real_latest, real[key]) or _overlaps(latest, path):
+            raise SettingError(
+                "--latest-path",
+                f"{latest} must not be, hold or lie in the {role} {_named(path, real[key])}",
+            )
     return Settings(
         root=root,
         spool_dir=spool,

@@ -379,3 +379,34 @@ def test_a_reading_short_of_a_bound_is_never_shown_at_or_over_it(
     rows = {row.split()[0]: row for row in table.stdout.splitlines()[1:]}
     assert " 99.97 % " in rows["currentSession"] + " "
     assert " 90.0 % " in rows["weeklyLimits.allModels"] + " "
+
+
+def test_a_limit_whose_reset_has_passed_since_its_reading_is_not_held_against_it(
+    root: Path, tmp_path: Path
+) -> None:
+    # At 100 % forty minutes ago, with five minutes to its reset then: the window has
+    # reset since, so the reading says nothing of now (the forecast item agrees).
+    then = datetime.now(UTC) - timedelta(minutes=40)
+    body = {
+        "currentSession": {"resetsIn": "5 min", "percentageUsed": 100},
+        "weeklyLimits": {
+            "allModels": {"resetsIn": "3 days", "percentageUsed": 95},
+            "sonnetOnly": {"resetsIn": "3 days", "percentageUsed": 12},
+        },
+        "lastUpdated": then.isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }
+    source = tmp_path / "old.json"
+    source.write_text(json.dumps(body))
+    assert run_cli(root, "ingest", str(source)).returncode == 0
+    code, line = check(root, "--max-age", "2h", "--usage-warning", "90")
+    assert code == 1, line  # the weekly limit at 95 % still holds
+    assert "currentSession 100 % used (the reset has passed since)" in line, line
+    assert "weeklyLimits.allModels 95 % used (at or above 90 %)" in line, line
+    items = {
+        c["name"]: c["status"]
+        for c in json.loads(
+            run_cli(root, "check", "--max-age", "2h", "--usage-warning", "90", "--json").stdout
+        )["checks"]
+    }
+    assert items["usage_currentSession"] == "OK", items
+    assert items["usage_weeklyLimits.allModels"] == "WARNING", items

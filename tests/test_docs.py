@@ -210,6 +210,17 @@ def example_python_api(code: str, tmp_path: Path) -> None:
     assert len(versions) == 1
     assert versions[0].read_bytes() == FULL_SAMPLE.read_bytes()
     assert (tmp_path / "console-usage-synced.json").resolve() == versions[0].resolve()
+    # Beside a running watcher it raises LockHeld having changed nothing: a temp file
+    # the watcher is writing stays (the store's start sweeps temp files).
+    with WatchProcess(tmp_path):
+        inflight = tmp_path / "console-usage-history" / ".tmp-w-inflight"
+        inflight.write_bytes(b"{")
+        refused = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert refused.returncode == 1 and "LockHeld" in refused.stderr, refused.stderr
+        assert inflight.exists()
+        inflight.unlink()
 
 
 def example_polars_read_back(code: str, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from ingester.usage.forecast import (
     BASIS,
+    LimitForecast,
     Observation,
     Point,
     Reading,
@@ -324,6 +325,25 @@ def test_a_reset_time_passed_splits_the_windows(values: list[float]) -> None:
 
 
 # -- the forecast over snapshots ------------------------------------------------------------
+
+
+def test_a_short_margin_before_the_reset_is_said_to_the_minute() -> None:
+    # 1 h 12 min is not "1 h" to someone deciding whether to wait for the reset.
+    limit = LimitForecast(
+        limit="currentSession",
+        percentage=50,
+        resets_in="3 hr",
+        resets_at=T0 + timedelta(hours=3),
+        rate_per_hour=27.0,
+        exhausts_at=T0 + timedelta(hours=1, minutes=48),
+        before_reset=True,
+        points=5,
+        since=T0 - timedelta(hours=1),
+        observed_at=T0,
+        in_newest=True,
+    )
+    words = in_words(limit, UTC, T0)
+    assert words == "at this rate 100 % by Fri 09:48, 1 h 12 min before the reset (Fri 11:00)"
 
 
 def test_known_rate_and_run_out_before_the_reset() -> None:

@@ -275,6 +275,22 @@ def test_a_reset_a_week_or_more_away_shows_its_date_in_the_table(
     assert "Fri 18 Dec 2026 14:05" in row, row
 
 
+def test_a_reset_that_has_passed_is_said_and_dated_from_now(root: Path, tmp_path: Path) -> None:
+    # Data eight days old: its reset lies a week behind the reader, so a weekday alone
+    # would name the coming one; and the reading no longer holds.
+    seen = (datetime.now(UTC) - timedelta(days=8)).replace(microsecond=0)
+    body = snapshot(0, seen)
+    body["currentSession"]["resetsIn"] = "4 hr"
+    drop = tmp_path / "old.json"
+    drop.write_text(json.dumps(body))
+    assert run_cli(root, "ingest", str(drop)).returncode == 0
+    table = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert table.returncode == 0, table.stderr
+    row = next(line for line in table.stdout.splitlines() if line.startswith("currentSession"))
+    assert (seen + timedelta(hours=4)).strftime("%a %d %b %Y %H:%M") in row, row
+    assert row.endswith(" (the reset has passed since)"), row
+
+
 def test_a_limit_last_read_a_week_or_more_ago_shows_its_date_under_the_table(
     root: Path, tmp_path: Path
 ) -> None:

@@ -390,6 +390,25 @@ def test_ingest_reports_a_committed_version_as_stored(
     assert len(versions(root)) == 1
 
 
+def test_ingest_whose_retention_fails_after_storing_still_reports_it_stored(
+    root: Path, tmp_path: Path, can_chattr: None
+) -> None:
+    """Retention runs after the versions are stored: its failure (the metadata cannot be
+    replaced, an expired version cannot be deleted) must not turn "stored" into exit 1,
+    which a script retries, storing the payload twice."""
+    src = tmp_path / "in.json"
+    src.write_bytes(payload(1))
+    assert run_cli(root, "ingest", str(src)).returncode == 0
+    src.write_bytes(payload(2))
+    with immutable(root / "console-usage-history" / "_metadata.json"):
+        done = run_cli(root, "ingest", str(src))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"stored {src} -> "), done.stdout
+    assert "error" not in done.stderr, done.stderr
+    assert "warning: stored, retention not applied: " in done.stderr, done.stderr
+    assert len(versions(root)) == 2
+
+
 def test_a_broken_latest_link_folder_does_not_stop_ingest(
     root: Path, tmp_path: Path, can_chattr: None
 ) -> None:

@@ -184,3 +184,67 @@ def test_every_series_the_docs_name_is_exported(serve_text: str, watch_text: str
     renamed = {"ingester_versions_created", "ingester_http_requests_created"}
     missing = {n: d for n, d in named.items() if n not in exported and n not in renamed}
     assert not missing, f"the docs name series no scrape has: {json.dumps(missing)}"
+
+
+@needs_promtool
+def test_the_docs_rules_warn_of_old_data_and_of_rejections(tmp_path: Path) -> None:
+    """The rules for what the watcher's freshness alone misses: versions keep coming but
+    carry old data, or some drops keep being refused (promtool's own rule tests)."""
+    files = []
+    for i, (_where, block) in enumerate(rules_blocks()):
+        if "ConsoleUsageStaleData" in block or "ConsoleUsageDropsRejected" in block:
+            files.append(tmp_path / f"rules{i}.yml")
+            files[-1].write_text(block)
+    assert len(files) == 2
+    stale = {"summary": "The newest console usage snapshot is over 10 minutes old"}
+    rejected = {
+        "summary": "More than 10 drops rejected in the last hour; see the spool's rejected/"
+    }
+    test = {
+        "rule_files": [str(f) for f in files],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    # Fresh for 10 minutes, then stale.
+                    {"series": "ingester_payload_stale", "values": "0x10 1x30"},
+                    # One schema rejection a minute; none of the other kind.
+                    {
+                        "series": 'ingester_watch_drops_rejected_total{reason="schema"}',
+                        "values": "0+1x40",
+                    },
+                    {
+                        "series": 'ingester_watch_drops_rejected_total{reason="not_json"}',
+                        "values": "0x40",
+                    },
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "13m", "alertname": "ConsoleUsageStaleData", "exp_alerts": []},
+                    {
+                        "eval_time": "20m",
+                        "alertname": "ConsoleUsageStaleData",
+                        "exp_alerts": [
+                            {"exp_labels": {"severity": "warning"}, "exp_annotations": stale}
+                        ],
+                    },
+                    {"eval_time": "5m", "alertname": "ConsoleUsageDropsRejected", "exp_alerts": []},
+                    {
+                        "eval_time": "30m",
+                        "alertname": "ConsoleUsageDropsRejected",
+                        "exp_alerts": [{"exp_labels": {}, "exp_annotations": rejected}],
+                    },
+                ],
+            }
+        ],
+    }
+    spec = tmp_path / "test.yml"
+    spec.write_text(json.dumps(test))
+    done = subprocess.run(
+        [PROMTOOL or "promtool", "test", "rules", str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

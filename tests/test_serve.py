@@ -272,6 +272,18 @@ def test_health_by_age(root: Path, age_min: int, status: str, code: int):
     assert body["latestVersion"] == version_name(T0)
 
 
+@pytest.mark.parametrize(("ahead_min", "status"), [(50, "healthy"), (120, "degraded")])
+def test_health_of_data_dated_ahead_of_the_clock(root: Path, ahead_min: int, status: str):
+    # Within the hour a clock may drift, fresh; beyond it the age cannot be told, as
+    # check says: called fresh, it would stay healthy however long the scraper stopped.
+    put_version(root, version_name(T0), fresh_payload(timedelta(minutes=-ahead_min)))
+    with ServeProcess(root) as server:
+        body = server.get("/api/health").json()
+    assert body["status"] == status, body
+    if status == "degraded":
+        assert " ahead of this clock: its age cannot be told" in body["reason"], body
+
+
 def test_health_unhealthy_without_data_or_history(root: Path, server):
     r = server.get("/api/health")
     assert (r.status_code, r.json()["status"]) == (503, "unhealthy")
@@ -320,6 +332,28 @@ def test_metrics_describe_history_spool_and_requests(root: Path, three, server):
         == 1
     )
     assert m["ingester_http_request_duration_seconds_count{route=/api/claude/console-usage}"] == 1
+
+
+def test_metrics_count_what_the_watcher_takes_and_leave_out_unknown_totals(
+    root: Path, three, server
+):
+    # A folder named like a drop is never taken: counted, it would age for ever and an
+    # alert on the oldest drop's age would never resolve.
+    spool = root / "spool"
+    spool.mkdir(exist_ok=True)
+    (spool / "folder.json").mkdir()
+    meta = root / "console-usage-history" / "_metadata.json"
+    meta.write_text(json.dumps({"totalVersionsCreated": 3, "totalVersionsDeleted": 0}))
+    m = metrics(server)
+    assert m["ingester_spool_backlog"] == 0
+    assert m["ingester_spool_oldest_drop_age_seconds"] == 0
+    assert m["ingester_versions_stored_total"] == 3
+    # Totals that cannot be read are unknown, not 0: Prometheus reads a drop to 0 as a
+    # counter reset, and rate() then as every version stored again.
+    meta.write_bytes(b"garbage")
+    m = metrics(server)
+    assert "ingester_versions_stored_total" not in m and "ingester_versions_deleted_total" not in m
+    assert m["ingester_versions"] == 3
 
 
 def test_lookups_do_not_list_the_history_per_request(root: Path, three, server):
@@ -631,10 +665,17 @@ def test_post_when_the_spool_cannot_be_written_is_503(root: Path, server):
         assert f" in {tmp}: " in lines[0]
         assert lines[0].endswith("Operation not permitted [EPERM]; answered 503")
         assert "Traceback" not in server.log
+        # Health says so at once: the data's age alone would stay healthy for minutes
+        # while every snapshot is refused.
+        health = server.get("/api/health").json()
+        assert health["status"] != "healthy", health  # unhealthy here: no data yet
+        assert "POSTed snapshots cannot be written to the spool since " in health["reason"]
+        assert health["spool"]["writeFault"]["cause"].endswith("[EPERM]"), health
     finally:
         subprocess.run(["chattr", "-i", str(tmp)], check=True)
     assert spool_drops(root) == []
     assert post(server, fresh_payload()).status_code == 202
+    assert "writeFault" not in server.get("/api/health").json()["spool"]
 
 
 # -- the command line ----------------------------------------------------------------------

@@ -565,7 +565,9 @@ def test_serve_alone_under_systemd_is_quiet_about_readiness(root: Path) -> None:
         assert listener.receive(0.3) is None
 
 
-def test_serve_watch_exits_0_on_sigint_too(root: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP], ids=["SIGINT", "SIGHUP"])
+def test_serve_watch_exits_0_on_sigint_and_sighup_too(root: Path, stop: signal.Signals) -> None:
+    # SIGHUP: the terminal it ran in was closed; its default would end it mid-answer.
     argv = ["serve", "--watch", "--listen", "127.0.0.1:0"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "ingester", "--root", str(root), *argv],
@@ -580,7 +582,7 @@ def test_serve_watch_exits_0_on_sigint_too(root: Path) -> None:
             lines.append(line)
             if b"serve --watch: ready" in line:
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         rest, _ = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:

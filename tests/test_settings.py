@@ -125,12 +125,26 @@ def test_a_float_where_a_whole_number_belongs_is_a_usage_error(root: Path) -> No
         ("--spool-dir", "console-usage-history"),
         ("--history-dir", "spool/history"),
         ("--latest-path", "spool/latest.json"),
+        # The latest link is one name: never one of the folders, nor a folder holding one.
+        ("--latest-path", "spool"),
+        ("--latest-path", "console-usage-history"),
+        ("--latest-path", "."),
+        ("--latest-path", ".."),
+        ("--latest-path", "spool/rejected"),
+        ("--latest-path", "spool/rejected/latest.json"),
+        # A quarantine among the claims would be stored by the next start.
+        ("--rejected-dir", "spool/.claimed"),
+        ("--rejected-dir", "spool/tmp"),
+        ("--rejected-dir", "spool/tmp/rejected"),
     ],
 )
 def test_overlapping_folders_are_a_usage_error(root: Path, args: tuple[str, str]) -> None:
     option, value = args
     result = run_cli(root, option, str(root / value), "init")
     assert result.returncode == 2, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("Error: ")] == [
+        result.stderr.splitlines()[-1]
+    ], result.stderr
     assert not (root / "spool").exists()
 
 

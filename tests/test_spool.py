@@ -94,6 +94,18 @@ def test_a_newline_in_a_drop_name_cannot_forge_a_log_line(root: Path) -> None:
     assert "evil\\n2026" in result.stderr
 
 
+def test_a_tab_in_a_drop_name_is_written_as_one(root: Path) -> None:
+    # Written as it is, a tab would read as spaces: the name in the log would not be
+    # the file's.
+    spool = root / "spool"
+    spool.mkdir()
+    (spool / "tab\tx.json").write_bytes(b"{")
+    result = run_cli(root, "watch", "--once")
+    assert result.returncode == 0, result.stderr
+    assert "rejected tab\\tx.json: " in result.stderr, result.stderr
+    assert "\t" not in result.stderr
+
+
 STRACE = shutil.which("strace")
 
 
@@ -135,6 +147,26 @@ def test_temp_files_of_killed_writers_are_swept_once_an_hour_old(
         f"removed 2 temp file(s) that writers left in {tmp} "
         "(over an hour old: their writers stopped before publishing them)"
     ) in done.stderr
+
+
+@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+def test_a_submit_whose_spool_fsync_fails_takes_its_drop_back(root: Path, tmp_path: Path) -> None:
+    """The drop was published, then the spool's fsync failed: the writer is told it failed,
+    and retries. Left in the spool, the drop would then be stored twice."""
+    source = tmp_path / "snapshot.json"
+    source.write_bytes(payload(1))
+    assert run_cli(root, "init").returncode == 0
+    # The third fsync of a submit is the spool folder's, after the drop's rename into it.
+    inject = ("-f", "-qq", "-o", "/dev/null", "-e", "inject=fsync:error=EIO:when=3")
+    failed = run_cli(root, "submit", str(source), wrapper=(STRACE or "strace", *inject))
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert failed.stderr == (
+        f"error: cannot fsync folder {root / 'spool'}: Input/output error [EIO]\n"
+    ), failed.stderr
+    assert not [p for p in (root / "spool").iterdir() if p.suffix == ".json"]
+    assert run_cli(root, "submit", str(source)).returncode == 0  # the writer's retry
+    assert run_cli(root, "watch", "--once").returncode == 0
+    assert len(list((root / "console-usage-history").glob("2*.json"))) == 1
 
 
 WHY_NOT = other_user_problem()

@@ -202,10 +202,14 @@ def test_sigterm_finishes_and_exits_zero_without_temp_files(root: Path) -> None:
     assert "stopped:" in w.log
 
 
-def test_sigint_also_stops_cleanly(root: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP], ids=["SIGINT", "SIGHUP"])
+def test_sigint_and_sighup_also_stop_cleanly(root: Path, stop: signal.Signals) -> None:
+    # SIGHUP: the terminal the watcher ran in was closed. By its default action the
+    # process would end at once, with no stop line and its claims left to the next start.
     with WatchProcess(root) as w:
-        w.proc.send_signal(signal.SIGINT)
+        w.proc.send_signal(stop)
         assert w.proc.wait(timeout=5) == 0
+        wait_for(lambda: "stopped:" in w.log, what="the stop line")
         assert "Traceback" not in w.log
 
 

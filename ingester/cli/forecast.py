@@ -41,8 +41,9 @@ def forecast(app: App, as_json: bool) -> None:
     settings = app.settings
     reader = open_history(settings)
     zone, zone_name = settings.console_zone()
+    now = utc_now()
     try:
-        answer = forecast_of(reader, zone, zone_name, utc_now())
+        answer = forecast_of(reader, zone, zone_name, now)
     except OSError as exc:
         raise fail(f"cannot read the history: {describe_os_error(exc)}") from None
     if answer is None:
@@ -62,25 +63,22 @@ def forecast(app: App, as_json: bool) -> None:
     )
     rows = [["limit", "used", "resets", "rate", "at this rate"]]
     for limit in result.limits:
+        # Times are dated when they lie a week or more from now, the reader's time: the
+        # newest data may itself be days old.
         resets = (
-            format_when(limit.resets_at, zone, result.as_of)
+            format_when(limit.resets_at, zone, now)
             if limit.resets_at is not None
             else f"? ({limit.resets_in})"
         )
-        rows.append(
-            [
-                limit.limit,
-                percent_words(limit.percentage),
-                resets,
-                _rate(limit),
-                in_words(limit, zone, result.as_of),
-            ]
-        )
+        words = in_words(limit, zone, now)
+        if limit.resets_at is not None and limit.resets_at <= now:
+            words += " (the reset has passed since)"  # as check says it
+        rows.append([limit.limit, percent_words(limit.percentage), resets, _rate(limit), words])
     for line in align(rows, right=(1, 3)):
         say(line)
     held = [limit for limit in result.limits if not limit.in_newest]
     for limit in held:
-        observed = format_when(limit.observed_at, zone, result.as_of)
+        observed = format_when(limit.observed_at, zone, now)
         say(
             f"{limit.limit}: last read {observed}; not in the newest snapshot "
             f"({limit.missing_reason})"

@@ -116,7 +116,7 @@ def watch(
     is idle (at most once a second during a burst). Invalid drops go to the
     rejected folder with a reason file. Holds the history's lock and the spool's:
     a second watcher of either exits 1 at once. Temp files killed writers left in
-    the spool's tmp/ are removed once an hour old. Stops on SIGTERM/SIGINT after
+    the spool's tmp/ are removed once an hour old. Stops on SIGTERM/SIGINT/SIGHUP after
     finishing the drop in hand (exit 0). Under systemd it reports readiness, status
     and watchdog pings.
     A malformed --metrics address exits 2; one that cannot be bound (in use, not

@@ -133,12 +133,14 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
     """Validate FILES and store each as a new version (the files are copied, not moved).
 
     Prints one line per file. Exits 1 if any file was rejected or unreadable; the
-    valid ones are stored all the same. Refuses while a watcher holds the history.
+    valid ones are stored all the same. Once a file is stored, a failure of the caches
+    or of retention after it is a warning (exit 0): a retry would store it twice.
+    Refuses while a watcher holds the history.
     Creates the history in a root that exists; a root that does not exist is refused
     (exit 1, nothing created).
     """
     s = app.settings
-    rejected = 0
+    rejected = stored = 0
     with writing_store(s, "ingest") as store:
         for path in files:
             try:
@@ -163,14 +165,20 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
                 # and a retry would store the same payload twice.
                 say(f"stored {path} -> {exc.version.name} ({len(data)} bytes)")
                 say(f"warning: stored, cache not refreshed: {exc}", err=True)
+                stored += 1
                 continue
             except StorageError as exc:
                 raise fail(f"{path} not stored: {exc}") from None
             say(f"stored {path} -> {version.name} ({len(data)} bytes)")
+            stored += 1
         try:
             store.cleanup_old_versions()
         except StorageError as exc:
-            raise fail(f"cleanup failed: {exc}") from None
+            if not stored:
+                raise fail(f"cleanup failed: {exc}") from None
+            # What was stored is stored: exit 1 would invite a retry that stores it twice.
+            # Retention runs again with the next write (or 'ingester cleanup').
+            say(f"warning: stored, retention not applied: {exc}", err=True)
     if rejected:
         raise click.exceptions.Exit(1)
 

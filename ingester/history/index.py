@@ -179,10 +179,10 @@ class HistoryIndex:
         self._bytes.put(name, data, len(data))
         return data
 
-    def read_metadata(self) -> StorageMetadata:
-        """The stored metadata, the defaults when it is missing or corrupt (not cached:
-        read for health and metrics only); ``OSError`` when it cannot be read."""
+    def read_metadata(self) -> StorageMetadata | None:
+        """The stored metadata, ``None`` when it is missing or corrupt (not cached: read
+        for metrics only); ``OSError`` when it cannot be read."""
         try:
             return self.reader.read_metadata()
         except (MetadataMissing, MetadataCorrupt):
-            return StorageMetadata()
+            return None

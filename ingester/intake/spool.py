@@ -451,17 +451,51 @@ class Spool:
         except StorageError as exc:
             # The staged name is ours: the error names the drop asked for, and the folder.
             raise StorageError(f"stage {name} in", self.tmp_dir, exc.cause) from exc
+        staged_stat: os.stat_result | None = None
         try:
             # Group-readable whatever the writer's umask: under systemd the watcher reads
             # drops through the spool's group.
-            durable.set_mode(staged, stat.S_IMODE(os.stat(staged).st_mode) | 0o040)
+            staged_stat = os.stat(staged)
+            durable.set_mode(staged, stat.S_IMODE(staged_stat.st_mode) | 0o040)
             durable.publish_new(staged, final)
         except FileExistsError:
             durable.remove_file(staged)
             raise
         except OSError as exc:
             durable.remove_file(staged)
+            if (
+                isinstance(exc, StorageError)
+                and exc.action == "fsync folder"
+                and staged_stat is not None
+                and not _taken_back(final, staged_stat)
+            ):
+                return final  # the watcher has it already, and makes it durable itself
             if isinstance(exc, StorageError):
                 raise
             raise StorageError("move into spool", final, exc) from exc
         return final
+
+
+def _taken_back(final: Path, staged: os.stat_result) -> bool:
+    """After a failure past publishing (a folder's fsync), withdraw the drop at ``final``
+    (the file ``staged`` was), so that the error said does not leave it to be stored:
+    the writer retries an error, and the drop would then be stored twice.
+
+    ``True`` when it was withdrawn, or cannot be (the error stands); ``False`` when the
+    watcher has taken it already: it is accepted, and stored durably by the watcher.
+    """
+    try:
+        now = os.lstat(final)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    if (now.st_dev, now.st_ino) != (staged.st_dev, staged.st_ino):
+        return False  # taken, and the name reused since: ours is the watcher's
+    try:
+        os.unlink(final)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass  # it stays, and may be stored: nothing better can be done now
+    return True

@@ -174,8 +174,10 @@ class Watcher:
             def handler(signum: int, frame: FrameType | None) -> None:
                 self.request_stop()
 
-            signal.signal(signal.SIGTERM, handler)
-            signal.signal(signal.SIGINT, handler)
+            # SIGHUP too: the terminal it ran in was closed. Its default would end the
+            # process at once, with no stop line and drops left claimed.
+            for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(stop, handler)
             # A read lease broken by a writer sends SIGIO, whose default is to terminate.
             signal.signal(signal.SIGIO, signal.SIG_IGN)
 

@@ -484,8 +484,9 @@ class Mirror:
             self.stop()
 
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, handler)
-            signal.signal(signal.SIGINT, handler)
+            # SIGHUP (a closed terminal) stops it the same way, not by its default.
+            for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(stop, handler)
 
     def run(self) -> int:
         """The service (or one pass with ``once``): exit status 0, or 1 on failure.

@@ -62,7 +62,7 @@ from ..errors import is_permission_problem
 from ..mirror.state import STUCK
 from ..runtime.logs import one_line
 from ..usage.forecast import CLOCK_AHEAD, NOTHING_TO_GO_BY, LimitForecast
-from ..usage.words import in_words, percent_words
+from ..usage.words import in_words, percent_words, seconds_words
 from .check_facts import Facts, MirrorFacts
 
 __all__ = [
@@ -157,16 +157,6 @@ def format_perfdata(
     while fields[-1] == "":
         fields.pop()
     return ";".join(fields)
-
-
-def _words(seconds: float) -> str:
-    if seconds < 120:
-        return f"{int(seconds)} s"
-    if seconds < 7200:
-        return f"{int(seconds // 60)} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 @dataclass(frozen=True)
@@ -342,17 +332,17 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
         # 0 s old would keep the check OK for as long as it is ahead, however long the
         # scraper has stopped.
         words = (
-            f"newest data dated {_words(ahead)} ahead of this clock: its age cannot be "
+            f"newest data dated {seconds_words(ahead)} ahead of this clock: its age cannot be "
             "told (the scraper's clock or this one is wrong)"
         )
         items.append(Judgement("age", WARNING, None, warn_age, crit_age, words))
     else:
         age = max(0.0, (facts.now - facts.last_updated).total_seconds())
         code = _over(age, warn_age)
-        words = f"newest data {_words(age)} old"
+        words = f"newest data {seconds_words(age)} old"
         if code:
             limit = crit_age if code == CRITICAL else warn_age
-            words += f" (more than {_words(limit)})"
+            words += f" (more than {seconds_words(limit)})"
         items.append(Judgement("age", code, round(age, 1), warn_age, crit_age, words, "s"))
 
     if facts.source is None:
@@ -388,7 +378,7 @@ def _judge_backlog(facts: Facts, limits: CheckLimits) -> Judgement:
     oldest = facts.oldest_drop_age
     if backlog and oldest is not None and oldest > limits.max_age:
         code = CRITICAL
-        words += f", oldest waiting {_words(oldest)} (nothing takes the drops?)"
+        words += f", oldest waiting {seconds_words(oldest)} (nothing takes the drops?)"
     elif code:
         words += f" (more than {crit if code == CRITICAL else warn})"
     if facts.backlog_problem is not None:
@@ -459,7 +449,11 @@ def _judge_usage(facts: Facts, limits: CheckLimits) -> list[Judgement]:
             pct = limit.percentage
             code = CRITICAL if pct >= critical else WARNING if pct >= warning else OK
             words = f"{limit.limit} {percent_words(pct, (warning, critical, 100.0))} used"
-            if code:
+            if limit.resets_at is not None and limit.resets_at <= facts.now:
+                # The window has reset since that reading: it says nothing of now.
+                code = OK
+                words += " (the reset has passed since)"
+            elif code:
                 words += f" (at or above {_threshold(critical if code == CRITICAL else warning)})"
             missing, words = _held(limit, result.as_of, limits.max_age, words)
             items.append(
@@ -490,12 +484,12 @@ def _lapsed(
     ``max_age``, however long ago that reading was."""
     missing = max(0.0, (as_of - observed_at).total_seconds())
     words = (
-        f"{limit} not in the newest snapshot, last read {_words(missing)} before it; "
+        f"{limit} not in the newest snapshot, last read {seconds_words(missing)} before it; "
         "its window has reset since, so its usage is unknown"
     )
     if missing > max_age:
         return Judgement(
-            item, WARNING, None, 0, 0, words + f" (not read for more than {_words(max_age)})"
+            item, WARNING, None, 0, 0, words + f" (not read for more than {seconds_words(max_age)})"
         )
     return Judgement(item, OK, None, 0, 0, words)
 
@@ -514,9 +508,9 @@ def _held(
         return OK, words
     missing = max(0.0, (as_of - limit.observed_at).total_seconds())
     if say_when:
-        words += f" (last read {_words(missing)} before the newest snapshot, which lacks it)"
+        words += f" (last read {seconds_words(missing)} before the newest snapshot, which lacks it)"
     if missing > max_age:
-        return WARNING, words + f" (not read for more than {_words(max_age)})"
+        return WARNING, words + f" (not read for more than {seconds_words(max_age)})"
     return OK, words
 
 
@@ -551,7 +545,7 @@ def _judge_forecast(
     elif left is not None and limit.before_reset is None and left < crit:
         code = CRITICAL  # no reset time to set against it: running out this soon is news
     if code == CRITICAL:
-        words += f" (within {_words(crit)})"
+        words += f" (within {seconds_words(crit)})"
     return Judgement(
         f"forecast_{limit.limit}", code, left, warn, crit_bound, words, "s", alert_below=True
     )
@@ -561,11 +555,11 @@ def _judge_mirror(mirror: MirrorFacts, max_lag: float) -> Judgement:
     lag = mirror.lag or 0.0
     code = _over(lag, max_lag)
     if mirror.backlog:
-        words = f"mirror {mirror.backlog} behind, oldest {_words(lag)} old"
+        words = f"mirror {mirror.backlog} behind, oldest {seconds_words(lag)} old"
     else:
         words = "mirror up to date"
     if code:
-        words += f" (more than {_words(max_lag * (2 if code == CRITICAL else 1))})"
+        words += f" (more than {seconds_words(max_lag * (2 if code == CRITICAL else 1))})"
     if mirror.state == "denied":
         # Retrying does not fix credentials: someone has to, so say so now, lag or not.
         code = CRITICAL

@@ -133,7 +133,9 @@ class OneLineFormatter(logging.Formatter):
     _second_text = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        return escape_text(one_line(super().format(record)))
+        # Every control character, the tab too: a name holding one must read as it is
+        # (a tab would look like spaces), and a log line has no columns of its own.
+        return escape_text(escape_controls(super().format(record)))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         """``logging.Formatter``'s own time text, its seconds part made once per second.

@@ -71,6 +71,10 @@ class ServeContext:
         default_factory=lambda: BoundedCache(1 << 20)
     )
     read_faults: ReadFaults = field(default_factory=ReadFaults)
+    # Why the last POST could not be written to the spool, and since when (ISO-8601 UTC);
+    # None once one is written again. Health says so: the data's age alone would stay
+    # healthy for ten minutes while every snapshot is refused.
+    spool_fault: tuple[str, str] | None = None
 
     @property
     def settings(self) -> Settings:

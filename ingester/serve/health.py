@@ -4,10 +4,12 @@ The verdict is the worse of two judgements (ages in whole minutes, rounded to th
 nearest as the original server rounded):
 
 * the data: the newest version's ``lastUpdated``; degraded beyond 10 minutes, unhealthy
-  beyond 30, and unhealthy with no data or an unreadable history;
+  beyond 30, and unhealthy with no data or an unreadable history; degraded when dated
+  more than an hour ahead of the clock (its age cannot be told);
 * the spool: drops waiting while no watcher runs are degraded, and unhealthy once the
   oldest has waited beyond 10 minutes; drops a running watcher has not taken for 10
-  minutes are degraded.
+  minutes are degraded; so is a spool the last POST could not be written to (until one
+  is written again).
 
 The body keeps every field the original sent, with its meaning: ``storage: {accessible,
 versionCount}`` and ``latestData: {ageMinutes, status, timestamp}``, where ``latestData``
@@ -24,6 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import VersionNotFound
+from ..usage.forecast import CLOCK_AHEAD
+from ..usage.words import seconds_words
 from .answers import STALE_AFTER_MINUTES, UNHEALTHY_AFTER_MINUTES, age_minutes, iso, json_answer
 from .backlog import SpoolState
 from .context import ServeContext
@@ -104,6 +108,10 @@ def health_facts(ctx: ServeContext) -> tuple[str, int, dict[str, Any]]:
     spool = _spool_judgement(state)
     if spool is not None:
         found.append(spool)
+    if ctx.spool_fault is not None:
+        cause, since = ctx.spool_fault
+        body["spool"]["writeFault"] = {"cause": cause, "since": since}
+        found.append((1, f"POSTed snapshots cannot be written to the spool since {since}: {cause}"))
     body["storage"] = storage
     body["latestData"] = latest_data
     body["staleAfterMinutes"] = STALE_AFTER_MINUTES
@@ -134,6 +142,16 @@ def _data_judgement(
     body["lastUpdated"] = iso(updated)
     body["ageSeconds"] = round(age, 3)
     body["ageMinutes"] = minutes
+    if -age > CLOCK_AHEAD.total_seconds():
+        # As check judges it: called fresh, it would stay healthy for as long as it is
+        # ahead, however long the scraper has stopped.
+        return [
+            (
+                1,
+                f"newest data dated {seconds_words(-age)} ahead of this clock: its age cannot be "
+                "told (the scraper's clock or this one is wrong)",
+            )
+        ]
     level = _by_age(minutes)
     if level == 2:
         return [(2, f"newest data is older than {UNHEALTHY_AFTER_MINUTES} minutes")]

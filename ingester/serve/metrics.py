@@ -4,6 +4,7 @@ history, its metadata and the spool at scrape time (a collector)."""
 from __future__ import annotations
 
 import logging
+import stat
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -145,6 +146,8 @@ class HistoryCollector(Collector):
             meta = ctx.index.read_metadata()
         except OSError:
             meta = None
+        # Missing, corrupt or unreadable, the totals are unknown: left out, not 0, which
+        # Prometheus would read as a counter reset (and rate() as thousands stored).
         if meta is not None:
             cleanup = parse_last_updated(meta.last_cleanup)
             if cleanup is not None:
@@ -165,7 +168,9 @@ class HistoryCollector(Collector):
                 meta.total_versions_deleted,
             )
         try:
-            drops = ctx.spool.scan()
+            # What the watcher takes: a folder named like a drop is never taken, and
+            # counted it would age for ever (and an alert on the age never resolve).
+            drops = [c for c in ctx.spool.scan() if stat.S_ISREG(c.mode)]
         except OSError:
             drops = None
         if drops is not None:

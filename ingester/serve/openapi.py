@@ -121,7 +121,11 @@ def openapi_document() -> dict[str, Any]:
                             "The stored version is not a JSON object (CorruptVersion); the "
                             "message says what is wrong with it, as ingester show does",
                         ),
-                        "503": unavailable,
+                        "503": _json_body(
+                            "Error",
+                            "The history cannot be read; or the chosen version was deleted by "
+                            "retention while being read (VersionGone, with Retry-After)",
+                        ),
                     },
                 },
                 "post": {

@@ -21,12 +21,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from ..clock import utc_now
 from ..errors import StorageError, describe_os_error
 from ..history.lock import HistoryHolder
 from ..intake.spool import Spool, drop_name_for_now
 from ..payload.model import PayloadRejected, judge_payload
 from ..runtime.admission import format_peer
-from .answers import ending_connection, post_answer
+from .answers import ending_connection, iso, post_answer
 from .auth import key_matches
 from .backlog import until_watched, why_unwatched
 from .body import Refused, is_json_type, read_body
@@ -175,6 +176,8 @@ async def post_console_usage(request: Request) -> Response:
         drop = await _submit_to_the_end(ctx.spool, body)
     except OSError as exc:
         ctx.posts.labels("spool_error").inc()
+        since = ctx.spool_fault[1] if ctx.spool_fault is not None else iso(utc_now())
+        ctx.spool_fault = (describe_os_error(exc), since)
         return refuse(
             request,
             503,
@@ -182,6 +185,7 @@ async def post_console_usage(request: Request) -> Response:
             cause=f"the spool cannot be written: {describe_os_error(exc)}",
         )
     ctx.posts.labels("accepted").inc()
+    ctx.spool_fault = None
     # Asked once the drop is durable: a watcher that stopped meanwhile will not take it.
     unwatched, elsewhere = _unwatched(ctx)
     if unwatched:

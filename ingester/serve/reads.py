@@ -137,11 +137,17 @@ def _choose(request: Request, snap: HistorySnapshot, now: datetime) -> int | Res
     return latest if latest is not None else 0
 
 
+_LOOKS = 5
+"""Looks at the history before a version deleted under a read is answered 503: with
+retention deleting the oldest at every ingest of a burst, ``?version=1`` can lose the
+race more than once."""
+
+
 def _locate(
     ctx: ServeContext, request: Request, now: datetime
 ) -> tuple[HistorySnapshot, int, dict[str, Any] | None, datetime | None] | Response:
     """The snapshot, the chosen position, its payload and lastUpdated; or the error answer."""
-    for attempt in range(2):
+    for attempt in range(_LOOKS):
         snap = snapshot_or_error(ctx, request)
         if isinstance(snap, Response):
             return snap
@@ -154,8 +160,10 @@ def _locate(
         except VersionNotFound:
             # Retention deleted it after the folder was last looked at; the folder has
             # changed since, so a second look sees the versions as they are now.
-            if attempt:
-                return error_answer(503, "VersionGone", "the version was just deleted; retry")
+            if attempt == _LOOKS - 1:
+                gone = error_answer(503, "VersionGone", "the version was just deleted; retry")
+                gone.headers["Retry-After"] = "1"
+                return gone
             continue
         except OSError as exc:
             ctx.read_faults.failed(request, version_fault(name), exc)

@@ -202,6 +202,9 @@ def serve(
     # place that re-raise is a no-op, so a SIGTERM/SIGINT stop exits 0 like the watcher.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _sig, _frame: None)
+    # uvicorn stops on SIGTERM and SIGINT only; SIGHUP (a closed terminal) would end the
+    # process at once by its default, cutting answers and the watcher's drops short.
+    signal.signal(signal.SIGHUP, lambda _sig, frame: server.handle_exit(signal.SIGTERM, frame))
 
     async def run() -> None:
         asyncio.get_running_loop().set_exception_handler(_loop_errors)

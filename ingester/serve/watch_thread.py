@@ -205,7 +205,7 @@ async def supervise(
         forced.set()
     previous = {
         sig: signal.signal(sig, lambda _sig, _frame: forced.set())
-        for sig in (signal.SIGTERM, signal.SIGINT)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     }
     try:
         if not watcher.ended():

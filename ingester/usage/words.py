@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, tzinfo
 
 from .forecast import LimitForecast
 
-__all__ = ["format_when", "in_words", "percent_words"]
+__all__ = ["format_when", "in_words", "percent_words", "seconds_words"]
 
 
 def percent_words(value: float, bounds: Iterable[float] = (100.0,)) -> str:
@@ -33,10 +33,27 @@ def percent_words(value: float, bounds: Iterable[float] = (100.0,)) -> str:
     return text + " %"
 
 
+def seconds_words(seconds: float) -> str:
+    """A duration for a monitoring line: ``45 s``, ``12 min``, ``3.5 h``, ``2.1 days``
+    (whole seconds and minutes, cut down; one decimal above)."""
+    if seconds < 120:
+        return f"{int(seconds)} s"
+    if seconds < 7200:
+        return f"{int(seconds // 60)} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 def _duration_words(delta: timedelta) -> str:
     minutes = max(0, round(delta.total_seconds() / 60))
     if minutes < 60:
         return f"{minutes} min"
+    if minutes < 600:
+        # Under ten hours the minutes matter: 1 h 12 min is not "1 h" to someone
+        # deciding whether to wait for the reset.
+        hours, rest = divmod(minutes, 60)
+        return f"{hours} h {rest} min" if rest else f"{hours} h"
     hours = round(minutes / 60)
     return f"{hours} h" if hours < 72 else f"{hours / 24:.1f} days"
 
