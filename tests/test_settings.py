@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -156,3 +157,16 @@ def test_an_overlap_through_a_symlink_says_where_the_link_leads(root: Path) -> N
     assert result.returncode == 2, result.stderr
     real = os.path.realpath(root / "console-usage-history")
     assert f"the spool {root / 'spool'} (which leads to {real}) and the history" in result.stderr
+
+
+def test_an_empty_environment_variable_counts_as_not_set(root: Path) -> None:
+    # As systemd's `Environment=INGESTER_MAX_VERSIONS=` leaves it; an empty option is
+    # still a usage error.
+    assert run_cli(root, "init").returncode == 0
+    shown = run_cli(root, "status", "--json", INGESTER_MAX_VERSIONS="", INGESTER_HISTORY_DIR="")
+    assert shown.returncode == 0, shown.stderr
+    settings = json.loads(shown.stdout)["settings"]
+    assert settings["max_versions"] == {"value": 100, "source": "default"}, settings
+    assert settings["history_dir"]["source"] == "default", settings
+    empty = run_cli(root, "--max-versions", "", "status")
+    assert empty.returncode == 2 and "--max-versions" in empty.stderr, empty.stderr
