@@ -134,8 +134,10 @@ def test_text_timestamps_match_logging_s_own_across_seconds_and_zone_changes() -
 def test_a_command_s_error_is_a_json_line_under_json_logs(tmp_path: Path) -> None:
     # A log shipper reading a service's stderr gets every line in one format.
     result = subprocess.run(
-        [sys.executable, "-m", "ingester", "--log-format", "json", "--root", str(tmp_path)]
-        + ["serve", "--api-key-file", str(tmp_path / "missing")],
+        [
+            *(sys.executable, "-m", "ingester", "--log-format", "json", "--root", str(tmp_path)),
+            *("serve", "--api-key-file", str(tmp_path / "missing")),
+        ],
         capture_output=True,
         text=True,
         env=cli_env(),
