@@ -227,6 +227,16 @@ def test_a_bad_duration_is_a_usage_error(root: Path) -> None:
     result = run_cli(root, "check", "--max-age", "soon")
     assert result.returncode == 2
     assert "is not a duration" in result.stderr
+    # A monitoring agent shows stdout only: the cause is there too, as the plugin's line.
+    assert result.stdout.startswith("INGESTER CRITICAL - usage error: Invalid value for ")
+    assert len(result.stdout.splitlines()) == 1 and "is not a duration" in result.stdout
+    as_json = run_cli(root, "check", "--json", "--usage-warning", "95", "--usage-critical", "9")
+    assert as_json.returncode == 2
+    assert json.loads(as_json.stdout) == {
+        "status": "CRITICAL",
+        "code": 2,
+        "summary": "usage error: --usage-warning 95 is above --usage-critical 9",
+    }
     result = run_cli(root, "check", "--max-mirror-lag", "0")
     assert result.returncode == 2
     assert "must be longer than 0" in result.stderr

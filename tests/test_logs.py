@@ -129,3 +129,23 @@ def test_text_timestamps_match_logging_s_own_across_seconds_and_zone_changes() -
     # A zone with daylight saving, spelled as a POSIX rule so no zone files are needed.
     result = run_snippet(TIMES, TZ="CET-1CEST,M3.5.0,M10.5.0/3")
     assert result.stdout.strip() == "same"
+
+
+def test_a_command_s_error_is_a_json_line_under_json_logs(tmp_path: Path) -> None:
+    # A log shipper reading a service's stderr gets every line in one format.
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "ingester", "--log-format", "json", "--root", str(tmp_path)),
+            *("serve", "--api-key-file", str(tmp_path / "missing")),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    entry = json.loads(line)
+    assert (entry["level"], entry["event"]) == ("error", "error"), entry
+    assert entry["msg"].startswith(f"cannot read --api-key-file {tmp_path / 'missing'}: "), entry

@@ -676,6 +676,10 @@ def test_post_when_the_spool_cannot_be_written_is_503(root: Path, server):
     assert spool_drops(root) == []
     assert post(server, fresh_payload()).status_code == 202
     assert "writeFault" not in server.get("/api/health").json()["spool"]
+    # The end of the fault is said too: the refusals stopping says nothing by itself.
+    wait_for(lambda: "the spool is written again: POSTs are accepted" in server.log, 5)
+    again = [line for line in server.log.splitlines() if "written again" in line]
+    assert len(again) == 1 and "Operation not permitted [EPERM])" in again[0], again
 
 
 # -- the command line ----------------------------------------------------------------------

@@ -94,6 +94,20 @@ def test_a_newline_in_a_drop_name_cannot_forge_a_log_line(root: Path) -> None:
     assert "evil\\n2026" in result.stderr
 
 
+def test_init_refuses_a_claim_folder_the_watcher_would_refuse(root: Path, tmp_path: Path) -> None:
+    # Saying all is well would leave the service to refuse to start.
+    (root / "spool").mkdir()
+    (root / "spool" / ".claimed").symlink_to(tmp_path)
+    done = run_cli(root, "init")
+    assert done.returncode == 1, done.stdout
+    assert done.stderr == (
+        f"error: cannot use the claim folder {root / 'spool' / '.claimed'}: unsafe: it is a "
+        "symlink, not a folder [EPERM]\n"
+    )
+    (root / "spool" / ".claimed").unlink()
+    assert run_cli(root, "init").returncode == 0
+
+
 def test_a_tab_in_a_drop_name_is_written_as_one(root: Path) -> None:
     # Written as it is, a tab would read as spaces: the name in the log would not be
     # the file's.

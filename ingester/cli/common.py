@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import math
 import os
 import stat
@@ -76,8 +77,17 @@ def say(line: str, *, err: bool = False) -> None:
 
 
 def fail(message: str, code: int = 1) -> click.exceptions.Exit:
-    """Print ``error: message`` to stderr and return the exit to raise."""
-    say(f"error: {message}", err=True)
+    """Print ``error: message`` to stderr and return the exit to raise.
+
+    Under ``--log-format json`` it is logged instead, as one JSON object at level ERROR:
+    a log shipper reading a service's stderr then gets every line in the one format.
+    """
+    ctx = click.get_current_context(silent=True)
+    app = ctx.find_object(App) if ctx is not None else None
+    if app is not None and app.log_format == "json":
+        logging.getLogger("ingester").error("%s", message, extra={"event": "error"})
+    else:
+        say(f"error: {message}", err=True)
     return click.exceptions.Exit(code)
 
 

@@ -28,6 +28,7 @@ from ..ops.snapshot import (
     write_snapshot_tar,
 )
 from ..payload.schema import payload_schema_text
+from ..runtime.logs import escape_text, one_line
 from .common import App, FiniteRange, PathParam, fail, history_source, s3_history, say
 from .service import refuse_unsafe_latest
 
@@ -168,6 +169,41 @@ def schema() -> None:
 # -- check -------------------------------------------------------------------------------
 
 
+class _PluginCommand(click.Command):
+    """``check``'s command: a usage error also gives the monitoring agent its one line on
+    stdout. Nagios shows a plugin's stdout only: exit 2 with nothing there reads as
+    "(No output)", which says nothing of the cause."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: object,
+    ) -> click.Context:
+        given = list(args)  # the parser consumes the list it is given
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            _usage_line(exc, given)
+            raise
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            _usage_line(exc, ctx.args + [a for a in ("--json",) if ctx.params.get("as_json")])
+            raise
+
+
+def _usage_line(exc: click.UsageError, args: list[str]) -> None:
+    summary = escape_text(one_line(f"usage error: {exc.format_message()}"))
+    if "--json" in args:
+        say(json.dumps({"status": "CRITICAL", "code": 2, "summary": summary}))
+    else:
+        say(f"INGESTER CRITICAL - {summary}")
+
+
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     try:
         return parse_duration(value)
@@ -175,7 +211,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
         raise click.BadParameter(str(exc), ctx, param) from None
 
 
-@click.command()
+@click.command(cls=_PluginCommand)
 @click.option(
     "--max-age",
     default="15m",

@@ -9,6 +9,7 @@ import contextlib
 import errno
 import json
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..clock import utc_now
 from ..errors import NotRegularFile, StorageError, os_cause
 from ..history.names import format_timestamp
 from ..history.store import CacheNotRefreshed, CleanupIncomplete
+from ..intake.spool import Spool
 from ..ops.queries import ReportError, open_store
 from ..payload.model import PayloadRejected, judge_payload
 from ..settings import Settings
@@ -37,6 +39,18 @@ def _make_spool_folders(s: Settings) -> None:
             raise fail(str(StorageError("create folder", exc.filename or folder, exc))) from None
 
 
+def _check_claim_folder(s: Settings, history_dir: Path) -> None:
+    """A ``.claimed/`` already there must be one the watcher will use (exit 1 naming
+    what is wrong), or init would say all is well and the service refuse to start."""
+    if not os.path.lexists(s.claimed_dir):
+        return  # the watcher makes it, as its own user
+    try:
+        st = os.stat(history_dir)
+        Spool(s.spool_dir, s.rejected_dir).check_claimed(None, (st.st_dev, st.st_ino))
+    except OSError as exc:
+        raise fail(str(exc)) from None
+
+
 @click.command()
 @click.pass_obj
 def init(app: App) -> None:
@@ -50,6 +64,7 @@ def init(app: App) -> None:
     _make_spool_folders(s)
     with writing_store(s, "init", creates="root") as store:
         meta = store.get_storage_metadata()
+        _check_claim_folder(s, store.history_dir)
     say(f"spool:   {s.spool_dir}")
     say(f"history: {store.history_dir} ({meta.version_count} versions)")
     say(f"latest:  {store.latest_path}")

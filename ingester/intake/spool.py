@@ -211,12 +211,13 @@ class Spool:
         with contextlib.suppress(OSError):
             self.rejected_dir.mkdir(parents=True, exist_ok=True)
 
-    def check_claimed(self, euid: int, history: tuple[int, int]) -> tuple[int, int]:
+    def check_claimed(self, euid: int | None, history: tuple[int, int]) -> tuple[int, int]:
         """Check that ``.claimed/`` is a real folder of ours; return its ``(st_dev, st_ino)``.
 
         Recovery removes a claim once its version is stored, so ``.claimed/`` must be
         what it claims to be: not a symlink (to the history, say), not the history
-        itself, and owned by this user. Raises
+        itself, and owned by this user (``euid``; ``None`` for a caller that sets up
+        folders for another user, ``init`` run as root). Raises
         :class:`StorageError` naming the folder and what is wrong with it.
         """
         folder = self.claimed_dir
@@ -229,7 +230,7 @@ class Spool:
             problem = f"it is a {_kind(st.st_mode)}, not a folder"
         elif (st.st_dev, st.st_ino) == history:
             problem = "it is the history folder"
-        elif st.st_uid != euid:
+        elif euid is not None and st.st_uid != euid:
             problem = (
                 f"it is owned by {_user(st.st_uid)}, not by this service ({_user(euid)}); "
                 "remove it and restart"

@@ -185,7 +185,15 @@ async def post_console_usage(request: Request) -> Response:
             cause=f"the spool cannot be written: {describe_os_error(exc)}",
         )
     ctx.posts.labels("accepted").inc()
-    ctx.spool_fault = None
+    if ctx.spool_fault is not None:
+        # The refusals were each logged; without this line the log would only stop
+        # saying them, and a reader could not tell the fault ended from no POSTs coming.
+        log.info(
+            "the spool is written again: POSTs are accepted (refused since %s: %s)",
+            ctx.spool_fault[1],
+            ctx.spool_fault[0],
+        )
+        ctx.spool_fault = None
     # Asked once the drop is durable: a watcher that stopped meanwhile will not take it.
     unwatched, elsewhere = _unwatched(ctx)
     if unwatched:

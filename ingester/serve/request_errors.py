@@ -49,7 +49,8 @@ async def _answer(send: Send, status: int, error: str, message: str, *, post: bo
         answer = post_body(False, message, error=error)
     else:
         answer = {"error": error, "message": message}
-    body = json.dumps(answer).encode()
+    # Compact, as every other answer is written (json_answer).
+    body = json.dumps(answer, separators=(",", ":"), ensure_ascii=False).encode()
     try:
         await _send_answer(send, status, body)
     except Exception:
