@@ -438,6 +438,33 @@ def test_a_stale_history_shows_the_stale_badge(
     assert watched.foreign == []
 
 
+def test_a_damaged_newest_version_is_said_and_the_rest_still_shown(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    # The server answers 502 for the latest (the version is damaged): the page must not
+    # call that an unreachable server and show nothing, while the forecast and the chart
+    # have every readable version to go by.
+    bodies = build_history(root, timedelta(minutes=2))
+    damaged = generate_version_filename(datetime.now(UTC), after=bodies[-1]["name"])
+    (root / HISTORY / damaged).write_bytes(b"\x00\xff")
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1")
+    page = watched.page
+    expect(page.locator("#fresh-badge")).to_have_text("Damaged", timeout=10_000)
+    assert f"The newest version cannot be read: version {damaged} is damaged" in page.inner_text(
+        "#freshness"
+    )
+    wait_points(page, IN_7D)
+    assert "1 damaged version(s) not drawn" in page.inner_text("#chart-summary")
+    assert not page.is_visible("#connection")
+    # The cards hold the newest readable reading (the forecast's).
+    newest = bodies[-1]
+    assert page.inner_text("#gauge-session .pct") == pct(newest["currentSession"]["percentageUsed"])
+    # The browser itself reports the 502 it was answered; nothing else went wrong.
+    assert [p for p in watched.problems if "502" not in p] == []
+    assert watched.foreign == []
+
+
 # -- observation times and the forecast ------------------------------------------------------
 
 

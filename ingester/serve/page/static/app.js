@@ -37,6 +37,7 @@
   const state = {
     latestTag: null,
     latest: null,
+    damaged: null, // why the newest version cannot be read (the server's message), or null
     newest: null, // file name of the newest version shown
     seriesTag: null,
     seriesKey: null, // the range the rows were fetched for
@@ -424,6 +425,18 @@
 
   function renderLatest() {
     const payload = state.latest;
+    if (!payload && state.damaged) {
+      $("fresh-badge").dataset.state = "stale";
+      setText("fresh-badge", "Damaged");
+      setText(
+        "freshness",
+        "The newest version cannot be read: " + state.damaged + ". The cards, the " +
+          "forecast and the chart come from the versions that can; 'ingester verify' " +
+          "names what is wrong.",
+      );
+      renderCards();
+      return;
+    }
     if (!payload) {
       $("fresh-badge").dataset.state = "unknown";
       setText("fresh-badge", "No data");
@@ -463,12 +476,25 @@
     if (answer.status === 404) {
       state.latest = null;
       state.latestTag = null;
+      state.damaged = null;
       renderLatest();
       return state.newest !== null ? ((state.newest = null), true) : false;
+    }
+    if (answer.status === 502 && answer.body && answer.body.error === "CorruptVersion") {
+      // The server answers, but its newest version is damaged: said as that, while the
+      // forecast and the chart go on from the readable versions.
+      state.latest = null;
+      state.latestTag = null;
+      state.damaged = String(answer.body.message);
+      renderLatest();
+      const changed = state.newest !== state.damaged;
+      state.newest = state.damaged;
+      return changed;
     }
     if (answer.status !== 200 || !answer.body) {
       throw new Error("the server answered " + answer.status);
     }
+    state.damaged = null;
     state.latestTag = answer.tag;
     state.latest = answer.body;
     renderLatest();
