@@ -465,6 +465,29 @@ def test_a_damaged_newest_version_is_said_and_the_rest_still_shown(
     assert watched.foreign == []
 
 
+def test_a_snapshot_dated_days_ahead_is_left_out_of_the_chart_as_of_the_cards(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    # A version stored and observed two days ahead (a clock set wrong): the cards and the
+    # forecast leave it out, so the chart must too, or its peak would contradict them.
+    bodies = build_history(root, timedelta(minutes=2))
+    ahead = datetime.now(UTC) + timedelta(days=2)
+    body = body_for(0, ahead)
+    body["currentSession"]["percentageUsed"] = 90
+    name = generate_version_filename(ahead, after=bodies[-1]["name"])
+    (root / HISTORY / name).write_text(json.dumps(body))
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1")
+    page = watched.page
+    wait_points(page, IN_7D)
+    summary = page.inner_text("#chart-summary")
+    assert "1 snapshot(s) dated ahead of the clock not drawn" in summary, summary
+    assert "peaked at 90" not in summary, summary
+    newest = bodies[-1]
+    assert page.inner_text("#gauge-session .pct") == pct(newest["currentSession"]["percentageUsed"])
+    assert watched.problems == []
+
+
 # -- observation times and the forecast ------------------------------------------------------
 
 
