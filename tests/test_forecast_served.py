@@ -210,6 +210,17 @@ def test_no_version_is_404_and_exit_1(root: Path) -> None:
     assert none.returncode == 1 and none.stderr.startswith("error: no version")
     missing = run_cli(root.parent / "nowhere", "forecast")
     assert missing.returncode == 1 and len(missing.stderr.splitlines()) == 1
+    # A history holding only a version dated days ahead holds a version: the words say
+    # why none is forecast from, as status names it.
+    ahead = datetime.now(UTC) + timedelta(days=3)
+    name = ahead.strftime("%Y-%m-%dT%H-%M-%S") + "-00000000.json"
+    (root / "console-usage-history" / name).write_text(json.dumps(snapshot(0, ahead)))
+    future = run_cli(root, "forecast")
+    assert future.returncode == 1
+    assert future.stderr == (
+        f"error: no version to forecast from in {root / 'console-usage-history'}: the 1 held "
+        "are dated more than a day ahead of this clock (see 'ingester status')\n"
+    )
 
 
 def test_a_history_with_no_snapshot_to_go_by_answers_alike_in_text_and_json(
