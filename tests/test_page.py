@@ -165,6 +165,15 @@ def test_series_rows_etag_and_range(root: Path, serve: Any) -> None:
     assert json.loads(raw)["count"] == IN_24H
     assert day_headers["etag"] != etag
 
+    # A start within a version's second takes it, as export --since does: names carry
+    # the second, so its 14 s stands for 14.5 s.
+    newest = bodies[-1]["name"]
+    within = newest[:10] + "T" + newest[11:19].replace("-", ":") + ".5Z"
+    status, _, raw = get(f"{server.url}/api/claude/console-usage/series?since={within}")
+    assert [row[-1] for row in json.loads(raw)["rows"]] == [newest], within
+    exported = run_cli(root, "export", "--format", "jsonl", "--since", within)
+    assert [json.loads(line)["version"] for line in exported.stdout.splitlines()] == [newest]
+
     for bad in ("last+tuesday", "0001-01-01T00:00%2B01:00"):
         status, _, raw = get(f"{server.url}/api/claude/console-usage/series?until={bad}")
         assert status == 400, bad
