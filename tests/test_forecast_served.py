@@ -271,6 +271,24 @@ def test_a_limit_named_with_control_characters_keeps_its_row_one_line(
     assert "\x1b" not in table.stdout
 
 
+def test_a_limit_named_with_a_bidi_control_cannot_reverse_its_line(
+    root: Path, tmp_path: Path
+) -> None:
+    # U+202E printed as itself makes a terminal show the rest of the line reversed,
+    # the numbers too: written escaped, as the other controls are.
+    body = snapshot(0, datetime.now(UTC) - timedelta(minutes=1))
+    body["odd"] = {"rtl\u202egnp": {"resetsIn": "2 hr", "percentageUsed": 3}}
+    drop = tmp_path / "rtl.json"
+    drop.write_text(json.dumps(body))
+    assert run_cli(root, "ingest", str(drop)).returncode == 0
+    table = run_cli(root, "forecast")
+    assert table.returncode == 0, table.stderr
+    assert "odd.rtl\\u202egnp  " in table.stdout, table.stdout
+    judged = run_cli(root, "check", "--forecast")
+    for out in (table.stdout, judged.stdout):
+        assert "\u202e" not in out, out
+
+
 def test_a_reset_a_week_or_more_away_shows_its_date_in_the_table(
     root: Path, tmp_path: Path
 ) -> None:
