@@ -691,6 +691,24 @@ def test_limits_whose_names_differ_only_beyond_ascii_get_a_card_each(
     assert watched.problems == []
 
 
+def test_a_very_long_limit_name_wraps_in_its_card(root: Path, serve: Any, open_page: Any) -> None:
+    # A window name the payload chose, 3,000 characters with no space: the page must not
+    # grow wider than the screen for it.
+    now = datetime.now(UTC).replace(microsecond=0)
+    body = {
+        "currentSession": {"resetsIn": "3 hr", "percentageUsed": 10},
+        "x" * 3000: {"resetsIn": "2 days", "percentageUsed": 5},
+    }
+    store(root, [(now - timedelta(minutes=31), body), (now - timedelta(minutes=1), body)])
+    server = serve()
+    for width in (390, 1300):
+        watched = open_page(server.url + "/", width=width)
+        page = watched.page
+        expect(page.locator('.gauge[data-extra="true"]')).to_have_count(1, timeout=10_000)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        assert watched.problems == []
+
+
 def test_a_reading_short_of_100_is_never_shown_as_100(
     root: Path, serve: Any, open_page: Any
 ) -> None:
