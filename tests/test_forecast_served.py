@@ -210,6 +210,17 @@ def test_no_version_is_404_and_exit_1(root: Path) -> None:
     assert none.returncode == 1 and none.stderr.startswith("error: no version")
     missing = run_cli(root.parent / "nowhere", "forecast")
     assert missing.returncode == 1 and len(missing.stderr.splitlines()) == 1
+    # A history holding only a version dated days ahead holds a version: the words say
+    # why none is forecast from, as status names it.
+    ahead = datetime.now(UTC) + timedelta(days=3)
+    name = ahead.strftime("%Y-%m-%dT%H-%M-%S") + "-00000000.json"
+    (root / "console-usage-history" / name).write_text(json.dumps(snapshot(0, ahead)))
+    future = run_cli(root, "forecast")
+    assert future.returncode == 1
+    assert future.stderr == (
+        f"error: no version to forecast from in {root / 'console-usage-history'}: the 1 held "
+        "are dated more than a day ahead of this clock (see 'ingester status')\n"
+    )
 
 
 def test_a_history_with_no_snapshot_to_go_by_answers_alike_in_text_and_json(
@@ -258,6 +269,24 @@ def test_a_limit_named_with_control_characters_keeps_its_row_one_line(
     assert len(lines) == 2 + 4  # the as-of line, the header, four limits
     assert lines[-1].startswith("odd.line\\nbreak\\x1b[31m  "), lines[-1]
     assert "\x1b" not in table.stdout
+
+
+def test_a_limit_named_with_a_bidi_control_cannot_reverse_its_line(
+    root: Path, tmp_path: Path
+) -> None:
+    # U+202E printed as itself makes a terminal show the rest of the line reversed,
+    # the numbers too: written escaped, as the other controls are.
+    body = snapshot(0, datetime.now(UTC) - timedelta(minutes=1))
+    body["odd"] = {"rtl\u202egnp": {"resetsIn": "2 hr", "percentageUsed": 3}}
+    drop = tmp_path / "rtl.json"
+    drop.write_text(json.dumps(body))
+    assert run_cli(root, "ingest", str(drop)).returncode == 0
+    table = run_cli(root, "forecast")
+    assert table.returncode == 0, table.stderr
+    assert "odd.rtl\\u202egnp  " in table.stdout, table.stdout
+    judged = run_cli(root, "check", "--forecast")
+    for out in (table.stdout, judged.stdout):
+        assert "\u202e" not in out, out
 
 
 def test_a_reset_a_week_or_more_away_shows_its_date_in_the_table(

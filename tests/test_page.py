@@ -165,6 +165,15 @@ def test_series_rows_etag_and_range(root: Path, serve: Any) -> None:
     assert json.loads(raw)["count"] == IN_24H
     assert day_headers["etag"] != etag
 
+    # A start within a version's second takes it, as export --since does: names carry
+    # the second, so its 14 s stands for 14.5 s.
+    newest = bodies[-1]["name"]
+    within = newest[:10] + "T" + newest[11:19].replace("-", ":") + ".5Z"
+    status, _, raw = get(f"{server.url}/api/claude/console-usage/series?since={within}")
+    assert [row[-1] for row in json.loads(raw)["rows"]] == [newest], within
+    exported = run_cli(root, "export", "--format", "jsonl", "--since", within)
+    assert [json.loads(line)["version"] for line in exported.stdout.splitlines()] == [newest]
+
     for bad in ("last+tuesday", "0001-01-01T00:00%2B01:00"):
         status, _, raw = get(f"{server.url}/api/claude/console-usage/series?until={bad}")
         assert status == 400, bad
@@ -438,6 +447,56 @@ def test_a_stale_history_shows_the_stale_badge(
     assert watched.foreign == []
 
 
+def test_a_damaged_newest_version_is_said_and_the_rest_still_shown(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    # The server answers 502 for the latest (the version is damaged): the page must not
+    # call that an unreachable server and show nothing, while the forecast and the chart
+    # have every readable version to go by.
+    bodies = build_history(root, timedelta(minutes=2))
+    damaged = generate_version_filename(datetime.now(UTC), after=bodies[-1]["name"])
+    (root / HISTORY / damaged).write_bytes(b"\x00\xff")
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1")
+    page = watched.page
+    expect(page.locator("#fresh-badge")).to_have_text("Damaged", timeout=10_000)
+    assert f"The newest version cannot be read: version {damaged} is damaged" in page.inner_text(
+        "#freshness"
+    )
+    wait_points(page, IN_7D)
+    assert "1 damaged version(s) not drawn" in page.inner_text("#chart-summary")
+    assert not page.is_visible("#connection")
+    # The cards hold the newest readable reading (the forecast's).
+    newest = bodies[-1]
+    assert page.inner_text("#gauge-session .pct") == pct(newest["currentSession"]["percentageUsed"])
+    # The browser itself reports the 502 it was answered; nothing else went wrong.
+    assert [p for p in watched.problems if "502" not in p] == []
+    assert watched.foreign == []
+
+
+def test_a_snapshot_dated_days_ahead_is_left_out_of_the_chart_as_of_the_cards(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    # A version stored and observed two days ahead (a clock set wrong): the cards and the
+    # forecast leave it out, so the chart must too, or its peak would contradict them.
+    bodies = build_history(root, timedelta(minutes=2))
+    ahead = datetime.now(UTC) + timedelta(days=2)
+    body = body_for(0, ahead)
+    body["currentSession"]["percentageUsed"] = 90
+    name = generate_version_filename(ahead, after=bodies[-1]["name"])
+    (root / HISTORY / name).write_text(json.dumps(body))
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1")
+    page = watched.page
+    wait_points(page, IN_7D)
+    summary = page.inner_text("#chart-summary")
+    assert "1 snapshot(s) dated ahead of the clock not drawn" in summary, summary
+    assert "peaked at 90" not in summary, summary
+    newest = bodies[-1]
+    assert page.inner_text("#gauge-session .pct") == pct(newest["currentSession"]["percentageUsed"])
+    assert watched.problems == []
+
+
 # -- observation times and the forecast ------------------------------------------------------
 
 
@@ -630,6 +689,24 @@ def test_limits_whose_names_differ_only_beyond_ascii_get_a_card_each(
     for name, value in extras.items():
         expect(shown[f"weekly.{name}"].locator(".pct")).to_have_text(pct(value))
     assert watched.problems == []
+
+
+def test_a_very_long_limit_name_wraps_in_its_card(root: Path, serve: Any, open_page: Any) -> None:
+    # A window name the payload chose, 3,000 characters with no space: the page must not
+    # grow wider than the screen for it.
+    now = datetime.now(UTC).replace(microsecond=0)
+    body = {
+        "currentSession": {"resetsIn": "3 hr", "percentageUsed": 10},
+        "x" * 3000: {"resetsIn": "2 days", "percentageUsed": 5},
+    }
+    store(root, [(now - timedelta(minutes=31), body), (now - timedelta(minutes=1), body)])
+    server = serve()
+    for width in (390, 1300):
+        watched = open_page(server.url + "/", width=width)
+        page = watched.page
+        expect(page.locator('.gauge[data-extra="true"]')).to_have_count(1, timeout=10_000)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        assert watched.problems == []
 
 
 def test_a_reading_short_of_100_is_never_shown_as_100(

@@ -47,6 +47,17 @@ def forecast(app: App, as_json: bool) -> None:
     except OSError as exc:
         raise fail(f"cannot read the history: {describe_os_error(exc)}") from None
     if answer is None:
+        try:
+            count = len(reader.list_versions())
+        except OSError:
+            count = 0
+        if count:
+            # Only "future" versions (dated more than a day ahead), which no reader takes
+            # as the latest: "no version" would contradict status and verify.
+            raise fail(
+                f"no version to forecast from in {reader.location}: the {count} held are dated "
+                "more than a day ahead of this clock (see 'ingester status')"
+            )
         raise fail(f"no version in {reader.location} yet")
     if as_json:
         echo_json(forecast_json(answer, zone_name))

@@ -44,6 +44,12 @@ _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127)} | {
     10: "\\n",
     13: "\\r",
 }
+# Unicode's bidirectional controls (Unicode TR 9): printed, one in a name reverses the
+# rest of the line on a terminal, numbers included. Written as Python writes them.
+_CONTROL_ESCAPES |= {
+    code: f"\\u{code:04x}"
+    for code in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}
 # A tab keeps a log line one line: it stays a tab there.
 _ESCAPES = {code: text for code, text in _CONTROL_ESCAPES.items() if code != 9}
 

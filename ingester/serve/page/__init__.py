@@ -217,7 +217,10 @@ class _Series:
             lo = 0 if early is None else bisect.bisect_left(times, early)
             hi = len(times)
         else:
-            lo = 0 if since is None else bisect.bisect_left(times, since.timestamp())
+            # To the second, as export's select_versions compares: a name's 14 s covers
+            # 14.5 s, so a start within the second still takes it.
+            first = None if since is None else since.replace(microsecond=0).timestamp()
+            lo = 0 if first is None else bisect.bisect_left(times, first)
             hi = len(times) if until is None else bisect.bisect_right(times, until.timestamp())
         selected = snap.entries[lo:hi] if lo < hi else ()
         # Versions are immutable, so their names stand for their rows: the same names

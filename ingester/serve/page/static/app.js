@@ -11,6 +11,9 @@
   // A snapshot dated up to this far past the server's clock is "just now": the clock
   // comes from the Date header (whole seconds) and a scraper's clock may run a little fast.
   const AHEAD_OK_MS = 2 * 60 * 1000;
+  // The forecast's tolerance for a clock that runs ahead: a snapshot observed later than
+  // this after it was stored, or after now, is left out of it, and so of the chart.
+  const CLOCK_AHEAD_MS = 60 * 60 * 1000;
   // A line breaks where its limit went unread for longer than GAP_FACTOR times the usual
   // interval between snapshots (the median), and never for less than GAP_FLOOR_S: no
   // snapshot for that long is the page's own "the scraper may have stopped" (STALE_AFTER).
@@ -37,6 +40,7 @@
   const state = {
     latestTag: null,
     latest: null,
+    damaged: null, // why the newest version cannot be read (the server's message), or null
     newest: null, // file name of the newest version shown
     seriesTag: null,
     seriesKey: null, // the range the rows were fetched for
@@ -46,6 +50,7 @@
     rows: [], // export rows, oldest first
     columns: [],
     skipped: 0,
+    ahead: 0, // rows in the range left out as dated ahead of the clock
     range: "7d",
     offsetMs: 0, // server clock minus ours, from the Date header
     chart: null,
@@ -424,6 +429,18 @@
 
   function renderLatest() {
     const payload = state.latest;
+    if (!payload && state.damaged) {
+      $("fresh-badge").dataset.state = "stale";
+      setText("fresh-badge", "Damaged");
+      setText(
+        "freshness",
+        "The newest version cannot be read: " + state.damaged + ". The cards, the " +
+          "forecast and the chart come from the versions that can; 'ingester verify' " +
+          "names what is wrong.",
+      );
+      renderCards();
+      return;
+    }
     if (!payload) {
       $("fresh-badge").dataset.state = "unknown";
       setText("fresh-badge", "No data");
@@ -463,12 +480,25 @@
     if (answer.status === 404) {
       state.latest = null;
       state.latestTag = null;
+      state.damaged = null;
       renderLatest();
       return state.newest !== null ? ((state.newest = null), true) : false;
+    }
+    if (answer.status === 502 && answer.body && answer.body.error === "CorruptVersion") {
+      // The server answers, but its newest version is damaged: said as that, while the
+      // forecast and the chart go on from the readable versions.
+      state.latest = null;
+      state.latestTag = null;
+      state.damaged = String(answer.body.message);
+      renderLatest();
+      const changed = state.newest !== state.damaged;
+      state.newest = state.damaged;
+      return changed;
     }
     if (answer.status !== 200 || !answer.body) {
       throw new Error("the server answered " + answer.status);
     }
+    state.damaged = null;
     state.latestTag = answer.tag;
     state.latest = answer.body;
     renderLatest();
@@ -523,10 +553,17 @@
   function chartData() {
     const col = (name) => state.columns.indexOf(name);
     const at = col("lastUpdated");
+    const stored = col("ingestedAt");
     const start = windowStart();
-    // Versions that slid out of the window since the rows were fetched are left out here.
-    const rows = state.rows
-      .filter((r) => start == null || Date.parse(r[at]) >= start)
+    const latest = serverNow() + CLOCK_AHEAD_MS;
+    const ahead = (r) =>
+      Date.parse(r[at]) > latest || Date.parse(r[at]) > Date.parse(r[stored]) + CLOCK_AHEAD_MS;
+    // Versions that slid out of the window since the rows were fetched are left out here,
+    // and those the forecast leaves out as dated ahead (the cards would not match them).
+    const inWindow = state.rows.filter((r) => start == null || Date.parse(r[at]) >= start);
+    state.ahead = inWindow.filter(ahead).length;
+    const rows = inWindow
+      .filter((r) => !ahead(r))
       .sort((a, b) => Date.parse(a[at]) - Date.parse(b[at]));
     const times = rows.map((r) => Date.parse(r[at]) / 1000);
     const values = WINDOWS.map((w) => {
@@ -816,6 +853,9 @@
       }
     }
     if (state.skipped) summary += " " + state.skipped + " damaged version(s) not drawn.";
+    if (state.ahead) {
+      summary += " " + state.ahead + " snapshot(s) dated ahead of the clock not drawn.";
+    }
     setText("chart-summary", summary);
   }
 
