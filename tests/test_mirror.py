@@ -817,6 +817,32 @@ def test_other_bytes_of_the_same_size_under_a_version_s_name_are_never_counted_m
     assert f"{names[0]}  keep" in held.stdout, held.stdout
 
 
+def test_a_stuck_mirror_goes_on_once_the_right_bytes_are_back(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """An operator puts our bytes back under the version's name: the running mirror must
+    see it at its next listing (their ETag is the one it compared good before)."""
+    store = make_store(root)
+    names = add_versions(store, 2)
+    data = store.version_path(names[0]).read_bytes()
+    prefix = "healed"
+    target = f"s3://{bucket}/{prefix}"
+    env = s3_env(s3.endpoint, aws_files)
+    client = client_for(s3.endpoint)
+    mirror = MirrorProcess(root, target, env, command_args=("--reconcile-interval", "1"))
+    try:
+        wait_mirrored(client, bucket, prefix, root)
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{names[0]}", Body=data + b" ")
+        stuck = lambda: (read_mirror_state(root / HISTORY) or MirrorState()).state == "stuck"  # noqa: E731
+        wait_for(stuck, 30, "the mirror to say it is stuck")
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{names[0]}", Body=data)
+        wait_for(lambda: not stuck(), 30, "the mirror to go on")
+        state = read_mirror_state(root / HISTORY)
+        assert state is not None and (state.state, state.mirrored_through) == ("ok", names[-1])
+    finally:
+        assert mirror.stop() == 0, mirror.log
+
+
 def test_an_object_that_is_no_valid_payload_is_not_restored(
     root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

@@ -196,3 +196,28 @@ def test_a_version_whose_bytes_do_not_match_its_stored_checksum_is_never_shown(
     # An older version, untouched, is still read.
     older = ok(run_cli(tmp_path, "show", names[1], "--from", target, **env))
     assert older.encode() == (root / "console-usage-history" / names[1]).read_bytes()
+
+
+def test_a_damaged_older_version_is_left_out_of_the_usage_judged_from_the_store(
+    root: Path,
+    tmp_path: Path,
+    s3: SeaweedS3,  # noqa: F811
+    bucket: str,  # noqa: F811
+    mirrored: tuple[str, dict[str, str], list[str]],
+) -> None:
+    """As in a local history: one damaged version does not make the usage unreadable."""
+    target, env, names = mirrored
+    data = (root / "console-usage-history" / names[1]).read_bytes()
+    client_for(s3.endpoint).put_object(
+        Bucket=bucket,
+        Key=f"usage/{names[1]}",
+        Body=data.replace(b"1", b"2", 1),
+        Metadata={"sha256": hashlib.sha256(data).hexdigest()},
+    )
+    judged = run_cli(
+        tmp_path, "check", "--max-age", "3650d", "--forecast", "--json", "--from", target, **env
+    )
+    answer = json.loads(judged.stdout)
+    assert "unreadable" not in answer["summary"], answer["summary"]
+    assert [c["name"] for c in answer["checks"] if c["name"].startswith("forecast_")], answer
+    assert f"{names[1]} is damaged (" in judged.stderr, judged.stderr

@@ -181,6 +181,13 @@ def test_a_submit_whose_spool_fsync_fails_takes_its_drop_back(root: Path, tmp_pa
     assert run_cli(root, "submit", str(source)).returncode == 0  # the writer's retry
     assert run_cli(root, "watch", "--once").returncode == 0
     assert len(list((root / "console-usage-history").glob("2*.json"))) == 1
+    # The fourth is the scratch folder's, after the spool's went through: the drop is
+    # durable, so it is accepted (taken back, a retry would never come).
+    inject = ("-f", "-qq", "-o", "/dev/null", "-e", "inject=fsync:error=EIO:when=4")
+    done = run_cli(root, "submit", str(source), wrapper=(STRACE or "strace", *inject))
+    assert done.returncode == 0, done.stderr
+    assert run_cli(root, "watch", "--once").returncode == 0
+    assert len(list((root / "console-usage-history").glob("2*.json"))) == 2
 
 
 WHY_NOT = other_user_problem()

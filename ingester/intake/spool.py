@@ -464,13 +464,13 @@ class Spool:
             raise
         except OSError as exc:
             durable.remove_file(staged)
-            if (
-                isinstance(exc, StorageError)
-                and exc.action == "fsync folder"
-                and staged_stat is not None
-                and not _taken_back(final, staged_stat)
-            ):
-                return final  # the watcher has it already, and makes it durable itself
+            if isinstance(exc, StorageError) and exc.action == "fsync folder":
+                if exc.path != final.parent:
+                    # The spool's fsync went through: the drop is durable. Only the
+                    # scratch folder's failed, where a leftover name is never a drop.
+                    return final
+                if staged_stat is not None and not _taken_back(final, staged_stat):
+                    return final  # the watcher has it already, and makes it durable
             if isinstance(exc, StorageError):
                 raise
             raise StorageError("move into spool", final, exc) from exc
@@ -491,7 +491,8 @@ def _taken_back(final: Path, staged: os.stat_result) -> bool:
         return False
     except OSError:
         return True
-    if (now.st_dev, now.st_ino) != (staged.st_dev, staged.st_ino):
+    same = (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns)
+    if same != (staged.st_dev, staged.st_ino, staged.st_size, staged.st_mtime_ns):
         return False  # taken, and the name reused since: ours is the watcher's
     try:
         os.unlink(final)

@@ -252,7 +252,8 @@ class Mirror:
         The sizes first; then the bytes, by the one rule for comparing them
         (:func:`~ingester.mirror.s3_history.same_bytes`: the listing's ETag when it is
         the bytes' MD5, else one ``HEAD`` for the SHA-256 stored with the object). Each
-        object is compared once per process while its ETag stays the same.
+        object is compared once per process while its ETag stays the same, except one
+        found bad, which is compared at every listing until it is ours again.
         """
         known = self.remote().known or {}
         for entry in entries:
@@ -264,7 +265,9 @@ class Mirror:
                 self._mark_bad(
                     name, f"the object store holds {remote.size} bytes, the history {size}"
                 )
-            elif self._compared.get(name) != remote.etag:
+            elif name in self._bad or self._compared.get(name) != remote.etag:
+                # A version found bad is compared at every listing: someone may have put
+                # the right bytes back (their ETag may be the one compared good before).
                 try:
                     data = self.local.read_version(name)
                 except (VersionNotFound, OSError):

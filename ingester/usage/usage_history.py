@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
-from ..errors import PayloadRejected, VersionNotFound
+from ..errors import ObjectStoreError, PayloadRejected, VersionNotFound
 from ..history.base import HistoryReader, VersionEntry
 from ..history.index import HistoryIndex, HistorySnapshot
 from ..payload.model import judge_payload
@@ -123,6 +123,31 @@ class UsageHistory:
         """Versions left out because they are no valid payload (each counted once)."""
         self._damaged: set[str] = set()
 
+    def _read(self, name: str) -> bytes | None:
+        """Version ``name``'s bytes; ``None`` when it is gone since the listing, or its
+        bytes are not the ones stored under its name (an object store's checksum says
+        so: damaged, left out as the gate's refusal is). Other faults raise ``OSError``."""
+        try:
+            return self.index.reader.read_version(name)
+        except VersionNotFound:
+            return None
+        except ObjectStoreError as exc:
+            if exc.kind != "damaged":
+                raise
+            self._left_out(name, exc.detail)
+            return None
+
+    def _left_out(self, name: str, reason: str) -> None:
+        if name not in self._damaged:
+            self._damaged.add(name)
+            self.damaged += 1
+            log.warning(
+                "%s is damaged (%s); the forecast leaves it out",
+                name,
+                reason,
+                extra={"event": DAMAGED_EVENT},
+            )
+
     def _judged(self, name: str, data: bytes) -> bool:
         """Whether the version ``name`` holding ``data`` passes the payload's gate.
 
@@ -133,25 +158,19 @@ class UsageHistory:
         try:
             judge_payload(data)
         except PayloadRejected as exc:
-            if name not in self._damaged:
-                self._damaged.add(name)
-                self.damaged += 1
-                log.warning(
-                    "%s is damaged (%s); the forecast leaves it out",
-                    name,
-                    exc.reason,
-                    extra={"event": DAMAGED_EVENT},
-                )
+            self._left_out(name, exc.reason)
             return False
         return True
 
     def _observation(self, name: str, stored_at: datetime) -> Observation | None:
         if name in self._observations:
             return self._observations[name]
-        try:
-            data = self.index.reader.read_version(name)
-        except VersionNotFound:
-            return None  # deleted since the listing: not part of the history any more
+        data = self._read(name)
+        if data is None:
+            # Deleted since the listing (not part of the history any more), or damaged.
+            if name in self._damaged:
+                self._observations[name] = None
+            return None
         self.reads += 1
         if not self._judged(name, data):
             self._observations[name] = None
@@ -237,10 +256,9 @@ class UsageHistory:
                         seen[reading.limit] = cached.observed_at
                         self._earlier[reading.limit] = (reading, cached.observed_at, entry.name)
                 continue
-            try:
-                data = self.index.reader.read_version(entry.name)
-            except VersionNotFound:
-                continue  # deleted since the listing
+            data = self._read(entry.name)
+            if data is None:
+                continue  # deleted since the listing, or damaged
             self.reads += 1
             try:
                 payload = json.loads(data)
