@@ -11,6 +11,8 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -20,6 +22,7 @@ from support import (
     INOTIFY_QUEUE_KNOB,
     IS_ROOT,
     VALID_SAMPLES,
+    cli_env,
     inotify_queue_limit,
     run_cli,
     wait_for,
@@ -211,6 +214,46 @@ def test_sigint_and_sighup_also_stop_cleanly(root: Path, stop: signal.Signals) -
         assert w.proc.wait(timeout=5) == 0
         wait_for(lambda: "stopped:" in w.log, what="the stop line")
         assert "Traceback" not in w.log
+
+
+@pytest.mark.skipif(
+    shutil.which("strace") is None or not IS_ROOT, reason="needs strace (and root to trace)"
+)
+def test_a_second_stop_signal_on_the_way_out_is_ignored(root: Path) -> None:
+    """A closed terminal may send SIGHUP twice. The watcher stops at the first; a second
+    arriving while the interpreter finalizes (here held there by strace, at its exit)
+    must not end the stopped process with 129 (Python puts the default action back)."""
+    log = root.parent / "watch.log"
+    with log.open("wb") as sink:
+        tracer = subprocess.Popen(
+            [
+                *(str(shutil.which("strace")), "-f", "-qq", "-o", "/dev/null"),
+                *("-e", "inject=exit_group:delay_enter=2000000"),
+                *(sys.executable, "-m", "ingester", "--root", str(root), "watch"),
+            ],
+            stderr=sink,
+            env=cli_env(),
+        )
+    try:
+        wait_for(lambda: "watching " in log.read_text(), 20, "the watcher to start")
+        children = Path(f"/proc/{tracer.pid}/task/{tracer.pid}/children").read_text().split()
+        pid = int(children[0])
+        os.kill(pid, signal.SIGHUP)
+        wait_for(lambda: "stopped:" in log.read_text(), 10, "the stop line")
+
+        def hup_ignored() -> bool:
+            status = Path(f"/proc/{pid}/status").read_text()
+            found = re.search(r"SigIgn:\s*([0-9a-f]+)", status)
+            assert found is not None, status
+            return bool(int(found.group(1), 16) & (1 << (signal.SIGHUP - 1)))
+
+        wait_for(hup_ignored, 10, "SIGHUP ignored on the way out")
+        os.kill(pid, signal.SIGHUP)
+        assert tracer.wait(timeout=20) == 0, log.read_text()
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
 
 
 def test_burst_does_not_clean_up_per_drop(root: Path) -> None:

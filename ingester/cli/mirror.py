@@ -24,6 +24,7 @@ from ..mirror.objectstore import (
     parse_target,
     require_boto3,
 )
+from ..runtime.signals import ignore_stop_signals
 from ..settings import SettingError, resolve_settings
 from .common import App, FiniteRange, PathParam, fail, say
 
@@ -138,6 +139,7 @@ def mirror(
     )
     try:
         code = Mirror(s.history_dir, options).run()
+        ignore_stop_signals()  # stopped: a second SIGHUP must not turn exit 0 into 129
     except LockHeld as exc:
         raise fail(f"{exc}: another mirror runs on this history") from None
     except (StorageError, ObjectStoreUnavailable) as exc:

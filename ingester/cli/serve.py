@@ -12,6 +12,7 @@ import click
 
 from ..errors import os_cause
 from ..runtime.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_CLIENT
+from ..runtime.signals import ignore_stop_signals
 from ..settings import DRAIN_S, WatchOptions
 from .common import App, FiniteRange, PathParam, fail
 from .service import refuse_unsafe_latest, serve_watch_loop_options
@@ -279,6 +280,7 @@ def serve(
         raise fail(f"socket activation: {exc}") from None
     except OSError as exc:
         raise fail(f"cannot listen on {listen_text}: {os_cause(exc)}") from None
+    ignore_stop_signals()  # stopped: a second SIGHUP must not turn exit 0 into 129
     raise click.exceptions.Exit(code)
 
 

@@ -15,6 +15,7 @@ import click
 from ..errors import PayloadRejected, StorageError, os_cause
 from ..intake.metrics import NO_METRICS, Metrics
 from ..payload.gate import check_payload
+from ..runtime.signals import ignore_stop_signals
 from ..settings import RESCAN_INTERVAL, RETRY_MAX, SETTLE, WatchOptions
 from .common import App, BoundedFloat, PathParam, fail, read_limited, read_stream, say
 
@@ -136,7 +137,9 @@ def watch(
         retry_max=retry_max,
         settle=settle,
     )
-    raise click.exceptions.Exit(Watcher(app.settings, options, metrics=metrics).run())
+    code = Watcher(app.settings, options, metrics=metrics).run()
+    ignore_stop_signals()  # stopped: a second SIGHUP must not turn exit 0 into 129
+    raise click.exceptions.Exit(code)
 
 
 def refuse_unsafe_latest(app: App) -> None:

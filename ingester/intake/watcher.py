@@ -38,6 +38,7 @@ from ..history.lock import WATCH, LockHeld, same_file
 from ..history.names import is_version_name
 from ..history.store import HistoryStore
 from ..runtime.notify import SystemdNotifier
+from ..runtime.signals import STOP_SIGNALS
 from ..settings import Settings, WatchOptions
 from .arrivals import (
     Arrival,
@@ -176,7 +177,7 @@ class Watcher:
 
             # SIGHUP too: the terminal it ran in was closed. Its default would end the
             # process at once, with no stop line and drops left claimed.
-            for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for stop in STOP_SIGNALS:
                 signal.signal(stop, handler)
             # A read lease broken by a writer sends SIGIO, whose default is to terminate.
             signal.signal(signal.SIGIO, signal.SIG_IGN)

@@ -62,6 +62,7 @@ from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import format_timestamp, is_version_name
 from ..history.retention import RetentionPolicy, plan_retention
 from ..runtime.notify import SystemdNotifier
+from ..runtime.signals import STOP_SIGNALS
 from .objectstore import Failure, MirrorTarget, RemoteObject, S3Client, make_client
 from .s3_history import S3History
 from .state import (
@@ -488,7 +489,7 @@ class Mirror:
 
         if threading.current_thread() is threading.main_thread():
             # SIGHUP (a closed terminal) stops it the same way, not by its default.
-            for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for stop in STOP_SIGNALS:
                 signal.signal(stop, handler)
 
     def run(self) -> int:

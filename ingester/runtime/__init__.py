@@ -2,7 +2,8 @@
 
 Owns logging (:mod:`.logs`: one line per event, text, journal or JSON), systemd's
 notify protocol (:mod:`.notify`), the metric naming rules and the small metrics server
-(:mod:`.metrics`) and which connections a server takes (:mod:`.admission`).
+(:mod:`.metrics`), which connections a server takes (:mod:`.admission`) and the
+signals that stop a service (:mod:`.signals`).
 
 May import: :mod:`ingester.errors` and :mod:`ingester.clock` only.
 """

@@ -48,6 +48,7 @@ from ..history.lock import SERVE_WATCH
 from ..intake.metrics import NO_METRICS, Metrics
 from ..intake.spool import Spool
 from ..intake.watcher import Watcher
+from ..runtime.signals import STOP_SIGNALS
 from ..settings import DRAIN_S, Settings, WatchOptions
 
 if TYPE_CHECKING:
@@ -203,10 +204,7 @@ async def supervise(
     forced = threading.Event()
     if server.force_exit:
         forced.set()
-    previous = {
-        sig: signal.signal(sig, lambda _sig, _frame: forced.set())
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    }
+    previous = {sig: signal.signal(sig, lambda _sig, _frame: forced.set()) for sig in STOP_SIGNALS}
     try:
         if not watcher.ended():
             await drain(watcher, drain_timeout, forced.is_set)
