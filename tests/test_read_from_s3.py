@@ -196,6 +196,19 @@ def test_a_version_whose_bytes_do_not_match_its_stored_checksum_is_never_shown(
     # An older version, untouched, is still read.
     older = ok(run_cli(tmp_path, "show", names[1], "--from", target, **env))
     assert older.encode() == (root / "console-usage-history" / names[1]).read_bytes()
+    # Bytes that are their own (checksum and all) but no payload: damaged, and the advice
+    # names a command that can look (verify has no --from).
+    junk = b"not a payload"
+    client_for(s3.endpoint).put_object(
+        Bucket=bucket,
+        Key=f"usage/{names[2]}",
+        Body=junk,
+        Metadata={"sha256": hashlib.sha256(junk).hexdigest()},
+    )
+    shown = run_cli(tmp_path, "show", names[2], "--from", target, **env)
+    assert shown.returncode == 1
+    assert shown.stderr.startswith(f"error: version {names[2]} is damaged: "), shown.stderr
+    assert shown.stderr.endswith("; run 'ingester verify' on the history the mirror copies\n")
 
 
 def test_a_damaged_older_version_is_left_out_of_the_usage_judged_from_the_store(

@@ -396,12 +396,20 @@ def list_versions(
         for line in align(rows, right=(3,)):
             say(line)
     if damaged:
-        say(f"warning: {damaged} damaged version(s) listed; run 'ingester verify'", err=True)
+        say(f"warning: {damaged} damaged version(s) listed; {_verify_advice(source)}", err=True)
     if denied:
         say(f"warning: {denied} version(s) listed unreadable: {PERMISSION_ADVICE}", err=True)
 
 
 # -- show --------------------------------------------------------------------------------
+
+
+def _verify_advice(source: str | None) -> str:
+    """What to run about a damaged version: ``verify`` checks a local history only; a
+    mirror's copy is checked by verifying the history it copies (and by ``restore``)."""
+    if source is None:
+        return "run 'ingester verify'"
+    return "run 'ingester verify' on the history the mirror copies"
 
 
 @click.command()
@@ -462,7 +470,7 @@ def show(
     # Judge the very bytes that are printed, so a damaged file never reaches stdout.
     problem = payload_problem(data)
     if problem is not None:
-        raise fail(f"version {name} is damaged: {problem}; run 'ingester verify'")
+        raise fail(f"version {name} is damaged: {problem}; {_verify_advice(source)}")
     click.echo(data, nl=False)
 
 
