@@ -61,8 +61,8 @@ from ..clock import iso_utc
 from ..errors import is_permission_problem
 from ..mirror.state import STUCK
 from ..runtime.logs import one_line
-from ..usage.forecast import CLOCK_AHEAD, NOTHING_TO_GO_BY, LimitForecast
-from ..usage.words import in_words, percent_words, seconds_words
+from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
+from ..usage.words import dated_ahead, in_words, percent_words, seconds_words
 from .check_facts import Facts, MirrorFacts
 
 __all__ = [
@@ -327,15 +327,8 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
                 else f"newest version {facts.latest} is damaged: {facts.latest_error}",
             )
         )
-    elif (ahead := (facts.last_updated - facts.now).total_seconds()) > CLOCK_AHEAD.total_seconds():
-        # Data dated ahead of this clock by more than the forecast tolerates: calling it
-        # 0 s old would keep the check OK for as long as it is ahead, however long the
-        # scraper has stopped.
-        words = (
-            f"newest data dated {seconds_words(ahead)} ahead of this clock: its age cannot be "
-            "told (the scraper's clock or this one is wrong)"
-        )
-        items.append(Judgement("age", WARNING, None, warn_age, crit_age, words))
+    elif (ahead := dated_ahead(facts.last_updated, facts.now)) is not None:
+        items.append(Judgement("age", WARNING, None, warn_age, crit_age, ahead))
     else:
         age = max(0.0, (facts.now - facts.last_updated).total_seconds())
         code = _over(age, warn_age)
