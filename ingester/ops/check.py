@@ -62,7 +62,7 @@ from ..errors import is_permission_problem
 from ..mirror.state import STUCK
 from ..runtime.logs import one_line
 from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
-from ..usage.words import dated_ahead, in_words, percent_words, seconds_words
+from ..usage.words import RESET_PASSED, dated_ahead, in_words, percent_words, seconds_words
 from .check_facts import Facts, MirrorFacts
 
 __all__ = [
@@ -445,7 +445,7 @@ def _judge_usage(facts: Facts, limits: CheckLimits) -> list[Judgement]:
             if limit.resets_at is not None and limit.resets_at <= facts.now:
                 # The window has reset since that reading: it says nothing of now.
                 code = OK
-                words += " (the reset has passed since)"
+                words += RESET_PASSED
             elif code:
                 words += f" (at or above {_threshold(critical if code == CRITICAL else warning)})"
             missing, words = _held(limit, result.as_of, limits.max_age, words)
@@ -532,7 +532,7 @@ def _judge_forecast(
     crit_bound = crit if until_reset is None else min(crit, until_reset)
     code = OK
     if left is not None and limit.resets_at is not None and limit.resets_at <= facts.now:
-        words += " (the reset has passed since)"
+        words += RESET_PASSED
     elif left is not None and limit.before_reset:
         code = CRITICAL if left < crit else WARNING
     elif left is not None and limit.before_reset is None and left < crit:

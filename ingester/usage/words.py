@@ -12,7 +12,17 @@ from datetime import datetime, timedelta, tzinfo
 
 from .forecast import CLOCK_AHEAD, LimitForecast
 
-__all__ = ["dated_ahead", "format_when", "in_words", "percent_words", "seconds_words"]
+__all__ = [
+    "RESET_PASSED",
+    "dated_ahead",
+    "format_when",
+    "in_words",
+    "percent_words",
+    "seconds_words",
+]
+
+RESET_PASSED = " (the reset has passed since)"
+"""Added to a reading, or its verdict, whose reset time has passed: it says nothing of now."""
 
 
 def percent_words(value: float, bounds: Iterable[float] = (100.0,)) -> str:
