@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import run_cli, wait_for
+from support import PROMTOOL, promtool, run_cli, wait_for
 from support.serveproc import ServeProcess, put_version, version_name
 
 REPO = Path(__file__).resolve().parents[1]
-PROMTOOL = shutil.which("promtool")
 FORECAST = "/api/claude/console-usage/forecast"
 
 # Evaluated at 10 minutes, so time() is 600. Each limit's series is constant.
@@ -112,26 +109,14 @@ def rules(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def promtool(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    assert PROMTOOL is not None
-    return subprocess.run(
-        [PROMTOOL, *args],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_the_documented_usage_rules_are_valid(rules: Path) -> None:
-    done = promtool(rules, "check", "rules", "rules.yml")
+    done = promtool("check", "rules", "rules.yml", cwd=rules)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS: 3 rules found" in done.stdout
 
 
 def test_the_documented_usage_rules_fire_when_they_should(rules: Path) -> None:
-    done = promtool(rules, "test", "rules", "tests.yml")
+    done = promtool("test", "rules", "tests.yml", cwd=rules)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -260,7 +245,7 @@ def test_the_rules_hold_through_a_partial_scrape_of_a_real_serve(rules: Path, ro
     }
     # JSON is YAML: promtool reads it as it is.
     (rules / "scrapes.yml").write_text(json.dumps(unit, indent=1))
-    done = promtool(rules, "test", "rules", "scrapes.yml")
+    done = promtool("test", "rules", "scrapes.yml", cwd=rules)
     assert done.returncode == 0, done.stdout + done.stderr
     # The partial steps held the weekly reading: the series were there, with its old time.
     for step in PARTIAL:

@@ -255,20 +255,26 @@ def test_a_history_with_no_snapshot_to_go_by_answers_alike_in_text_and_json(
     assert plain.stdout.startswith("INGESTER WARNING - newest data dated 3.0 h ahead of this clock")
 
 
-def test_a_limit_named_with_control_characters_keeps_its_row_one_line(
-    root: Path, tmp_path: Path
-) -> None:
+def forecast_with_a_limit_named(root: Path, tmp_path: Path, key: str) -> str:
+    """The forecast table of a fresh snapshot that also holds the window ``odd.KEY``."""
     body = snapshot(0, datetime.now(UTC) - timedelta(minutes=1))
-    body["odd"] = {"line\nbreak\x1b[31m": {"resetsIn": "2 hr", "percentageUsed": 3}}
+    body["odd"] = {key: {"resetsIn": "2 hr", "percentageUsed": 3}}
     drop = tmp_path / "odd.json"
     drop.write_text(json.dumps(body))
     assert run_cli(root, "ingest", str(drop)).returncode == 0
     table = run_cli(root, "forecast")
     assert table.returncode == 0, table.stderr
-    lines = table.stdout.splitlines()
+    return table.stdout
+
+
+def test_a_limit_named_with_control_characters_keeps_its_row_one_line(
+    root: Path, tmp_path: Path
+) -> None:
+    table = forecast_with_a_limit_named(root, tmp_path, "line\nbreak\x1b[31m")
+    lines = table.splitlines()
     assert len(lines) == 2 + 4  # the as-of line, the header, four limits
     assert lines[-1].startswith("odd.line\\nbreak\\x1b[31m  "), lines[-1]
-    assert "\x1b" not in table.stdout
+    assert "\x1b" not in table
 
 
 def test_a_limit_named_with_a_bidi_control_cannot_reverse_its_line(
@@ -276,16 +282,10 @@ def test_a_limit_named_with_a_bidi_control_cannot_reverse_its_line(
 ) -> None:
     # U+202E printed as itself makes a terminal show the rest of the line reversed,
     # the numbers too: written escaped, as the other controls are.
-    body = snapshot(0, datetime.now(UTC) - timedelta(minutes=1))
-    body["odd"] = {"rtl\u202egnp": {"resetsIn": "2 hr", "percentageUsed": 3}}
-    drop = tmp_path / "rtl.json"
-    drop.write_text(json.dumps(body))
-    assert run_cli(root, "ingest", str(drop)).returncode == 0
-    table = run_cli(root, "forecast")
-    assert table.returncode == 0, table.stderr
-    assert "odd.rtl\\u202egnp  " in table.stdout, table.stdout
+    table = forecast_with_a_limit_named(root, tmp_path, "rtl\u202egnp")
+    assert "odd.rtl\\u202egnp  " in table, table
     judged = run_cli(root, "check", "--forecast")
-    for out in (table.stdout, judged.stdout):
+    for out in (table, judged.stdout):
         assert "\u202e" not in out, out
 
 

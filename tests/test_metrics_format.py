@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,15 +21,16 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
-from support import VALID_SAMPLES, run_cli, wait_for
+from support import PROMTOOL, VALID_SAMPLES, promtool, run_cli, wait_for
 from support.serveproc import KEY, ServeProcess, fresh_payload
 from support.watchproc import WatchProcess, drop, payload
 
 REPO = Path(__file__).resolve().parents[1]
-PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool is not installed (Debian package prometheus)"
 )
+
+
 # Suffixes the exposition formats give a meaning to: a family may not end in one.
 RESERVED = ("_total", "_created", "_count", "_sum", "_bucket", "_info", "_gcount", "_gsum")
 SAMPLE_SUFFIXES = {
@@ -102,14 +101,7 @@ def families(text: str) -> dict[str, tuple[str, set[str]]]:
 @pytest.mark.parametrize("which", ["serve", "watch"])
 def test_promtool_finds_nothing_to_lint(which: str, request: pytest.FixtureRequest) -> None:
     text = request.getfixturevalue(f"{which}_text")
-    done = subprocess.run(
-        [PROMTOOL or "promtool", "check", "metrics"],
-        input=text,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = promtool("check", "metrics", given=text)
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), (
         done.stdout + done.stderr
     )
@@ -162,13 +154,7 @@ def rules_blocks() -> list[tuple[str, str]]:
 def test_the_docs_alert_rules_load(where: str, block: str, tmp_path: Path) -> None:
     rules = tmp_path / "rules.yml"
     rules.write_text(block)
-    done = subprocess.run(
-        [PROMTOOL or "promtool", "check", "rules", str(rules)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = promtool("check", "rules", str(rules))
     assert done.returncode == 0, f"{where}: {done.stdout}{done.stderr}"
 
 
@@ -240,11 +226,5 @@ def test_the_docs_rules_warn_of_old_data_and_of_rejections(tmp_path: Path) -> No
     }
     spec = tmp_path / "test.yml"
     spec.write_text(json.dumps(test))
-    done = subprocess.run(
-        [PROMTOOL or "promtool", "test", "rules", str(spec)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = promtool("test", "rules", str(spec))
     assert done.returncode == 0, done.stdout + done.stderr

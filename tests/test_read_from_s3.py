@@ -163,6 +163,27 @@ def test_from_takes_an_s3_address_only(tmp_path: Path, command: str) -> None:
     assert "--endpoint-url is for --from" in endpoint.stderr
 
 
+def put_object(endpoint: str, in_bucket: str, key: str, body: bytes, checksum_of: bytes) -> None:
+    """``body`` under ``key``, with the SHA-256 of ``checksum_of`` stored as the mirror
+    stores it: a tampered or damaged object keeps the checksum of what it was."""
+    client_for(endpoint).put_object(
+        Bucket=in_bucket,
+        Key=key,
+        Body=body,
+        Metadata={"sha256": hashlib.sha256(checksum_of).hexdigest()},
+    )
+
+
+def damage(root: Path, endpoint: str, in_bucket: str, name: str) -> bytes:
+    """Version ``name``'s object under ``usage/`` given other bytes of the same size, its
+    stored checksum left as it was; the damaged bytes."""
+    data = (root / "console-usage-history" / name).read_bytes()
+    damaged = data.replace(b"1", b"2", 1)
+    assert len(damaged) == len(data) and damaged != data
+    put_object(endpoint, in_bucket, f"usage/{name}", damaged, checksum_of=data)
+    return damaged
+
+
 def test_a_version_whose_bytes_do_not_match_its_stored_checksum_is_never_shown(
     root: Path,
     tmp_path: Path,
@@ -173,15 +194,7 @@ def test_a_version_whose_bytes_do_not_match_its_stored_checksum_is_never_shown(
     """Bytes changed in the store (a tampered or damaged object, its stored SHA-256 left
     as it was) are refused by every reader, as ``restore`` refuses them."""
     target, env, names = mirrored
-    data = (root / "console-usage-history" / names[-1]).read_bytes()
-    damaged = data.replace(b"1", b"2", 1)
-    assert len(damaged) == len(data) and damaged != data
-    client_for(s3.endpoint).put_object(
-        Bucket=bucket,
-        Key=f"usage/{names[-1]}",
-        Body=damaged,
-        Metadata={"sha256": hashlib.sha256(data).hexdigest()},
-    )
+    damage(root, s3.endpoint, bucket, names[-1])
     why = f"{names[-1]}: the bytes do not match the SHA-256 stored with the object"
     for args in (("show",), ("show", names[-1])):
         result = run_cli(tmp_path, *args, "--from", target, **env)
@@ -199,12 +212,7 @@ def test_a_version_whose_bytes_do_not_match_its_stored_checksum_is_never_shown(
     # Bytes that are their own (checksum and all) but no payload: damaged, and the advice
     # names a command that can look (verify has no --from).
     junk = b"not a payload"
-    client_for(s3.endpoint).put_object(
-        Bucket=bucket,
-        Key=f"usage/{names[2]}",
-        Body=junk,
-        Metadata={"sha256": hashlib.sha256(junk).hexdigest()},
-    )
+    put_object(s3.endpoint, bucket, f"usage/{names[2]}", junk, checksum_of=junk)
     shown = run_cli(tmp_path, "show", names[2], "--from", target, **env)
     assert shown.returncode == 1
     assert shown.stderr.startswith(f"error: version {names[2]} is damaged: "), shown.stderr
@@ -220,13 +228,7 @@ def test_a_damaged_older_version_is_left_out_of_the_usage_judged_from_the_store(
 ) -> None:
     """As in a local history: one damaged version does not make the usage unreadable."""
     target, env, names = mirrored
-    data = (root / "console-usage-history" / names[1]).read_bytes()
-    client_for(s3.endpoint).put_object(
-        Bucket=bucket,
-        Key=f"usage/{names[1]}",
-        Body=data.replace(b"1", b"2", 1),
-        Metadata={"sha256": hashlib.sha256(data).hexdigest()},
-    )
+    damage(root, s3.endpoint, bucket, names[1])
     judged = run_cli(
         tmp_path, "check", "--max-age", "3650d", "--forecast", "--json", "--from", target, **env
     )

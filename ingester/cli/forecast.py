@@ -13,7 +13,7 @@ from ..clock import utc_now
 from ..errors import describe_os_error
 from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
 from ..usage.usage_history import forecast_json, forecast_of
-from ..usage.words import format_when, in_words, percent_words
+from ..usage.words import RESET_PASSED, format_when, in_words, percent_words
 from .common import App, align, echo_json, fail, open_history, say
 
 __all__ = ["forecast"]
@@ -83,7 +83,7 @@ def forecast(app: App, as_json: bool) -> None:
         )
         words = in_words(limit, zone, now)
         if limit.resets_at is not None and limit.resets_at <= now:
-            words += " (the reset has passed since)"  # as check says it
+            words += RESET_PASSED  # as check says it
         rows.append([limit.limit, percent_words(limit.percentage), resets, _rate(limit), words])
     for line in align(rows, right=(1, 3)):
         say(line)

@@ -120,13 +120,7 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 
 
 def _snapshot_tar(history: Path, dest: str) -> None:
-    if dest == "-":
-        if os.isatty(1):
-            raise fail("refusing to write a tar stream to a terminal; redirect it or give a file")
-        # The descriptor itself, so that -q (which holds back stdout text) never swallows
-        # the archive.
-        out = os.fdopen(os.dup(1), "wb")
-    else:
+    if dest != "-":
         path = Path(dest)
         if os.path.lexists(path):
             raise fail(f"{path} already exists; a snapshot never replaces anything")
@@ -140,6 +134,11 @@ def _snapshot_tar(history: Path, dest: str) -> None:
         except (SnapshotError, StorageError) as exc:
             raise fail(str(exc)) from None
         return
+    if os.isatty(1):
+        raise fail("refusing to write a tar stream to a terminal; redirect it or give a file")
+    # The descriptor itself, so that -q (which holds back stdout text) never swallows the
+    # archive.
+    out = os.fdopen(os.dup(1), "wb")
     try:
         with out:
             write_snapshot_tar(history, out)
@@ -181,24 +180,24 @@ class _PluginCommand(click.Command):
         parent: click.Context | None = None,
         **extra: object,
     ) -> click.Context:
-        given = list(args)  # the parser consumes the list it is given
+        as_json = "--json" in args  # read first: the parser consumes the list
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as exc:
-            _usage_line(exc, given)
+            _usage_line(exc, as_json=as_json)
             raise
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
-            _usage_line(exc, ctx.args + [a for a in ("--json",) if ctx.params.get("as_json")])
+            _usage_line(exc, as_json=bool(ctx.params.get("as_json")))
             raise
 
 
-def _usage_line(exc: click.UsageError, args: list[str]) -> None:
+def _usage_line(exc: click.UsageError, *, as_json: bool) -> None:
     summary = escape_text(one_line(f"usage error: {exc.format_message()}"))
-    if "--json" in args:
+    if as_json:
         say(json.dumps({"status": "CRITICAL", "code": 2, "summary": summary}))
     else:
         say(f"INGESTER CRITICAL - {summary}")

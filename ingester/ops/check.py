@@ -61,8 +61,8 @@ from ..clock import iso_utc
 from ..errors import is_permission_problem
 from ..mirror.state import STUCK
 from ..runtime.logs import one_line
-from ..usage.forecast import CLOCK_AHEAD, NOTHING_TO_GO_BY, LimitForecast
-from ..usage.words import in_words, percent_words, seconds_words
+from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
+from ..usage.words import RESET_PASSED, dated_ahead, in_words, percent_words, seconds_words
 from .check_facts import Facts, MirrorFacts
 
 __all__ = [
@@ -327,15 +327,8 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
                 else f"newest version {facts.latest} is damaged: {facts.latest_error}",
             )
         )
-    elif (ahead := (facts.last_updated - facts.now).total_seconds()) > CLOCK_AHEAD.total_seconds():
-        # Data dated ahead of this clock by more than the forecast tolerates: calling it
-        # 0 s old would keep the check OK for as long as it is ahead, however long the
-        # scraper has stopped.
-        words = (
-            f"newest data dated {seconds_words(ahead)} ahead of this clock: its age cannot be "
-            "told (the scraper's clock or this one is wrong)"
-        )
-        items.append(Judgement("age", WARNING, None, warn_age, crit_age, words))
+    elif (ahead := dated_ahead(facts.last_updated, facts.now)) is not None:
+        items.append(Judgement("age", WARNING, None, warn_age, crit_age, ahead))
     else:
         age = max(0.0, (facts.now - facts.last_updated).total_seconds())
         code = _over(age, warn_age)
@@ -452,7 +445,7 @@ def _judge_usage(facts: Facts, limits: CheckLimits) -> list[Judgement]:
             if limit.resets_at is not None and limit.resets_at <= facts.now:
                 # The window has reset since that reading: it says nothing of now.
                 code = OK
-                words += " (the reset has passed since)"
+                words += RESET_PASSED
             elif code:
                 words += f" (at or above {_threshold(critical if code == CRITICAL else warning)})"
             missing, words = _held(limit, result.as_of, limits.max_age, words)
@@ -539,7 +532,7 @@ def _judge_forecast(
     crit_bound = crit if until_reset is None else min(crit, until_reset)
     code = OK
     if left is not None and limit.resets_at is not None and limit.resets_at <= facts.now:
-        words += " (the reset has passed since)"
+        words += RESET_PASSED
     elif left is not None and limit.before_reset:
         code = CRITICAL if left < crit else WARNING
     elif left is not None and limit.before_reset is None and left < crit:

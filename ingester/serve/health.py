@@ -26,8 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import VersionNotFound
-from ..usage.forecast import CLOCK_AHEAD
-from ..usage.words import seconds_words
+from ..usage.words import dated_ahead
 from .answers import STALE_AFTER_MINUTES, UNHEALTHY_AFTER_MINUTES, age_minutes, iso, json_answer
 from .backlog import SpoolState
 from .context import ServeContext
@@ -142,16 +141,9 @@ def _data_judgement(
     body["lastUpdated"] = iso(updated)
     body["ageSeconds"] = round(age, 3)
     body["ageMinutes"] = minutes
-    if -age > CLOCK_AHEAD.total_seconds():
-        # As check judges it: called fresh, it would stay healthy for as long as it is
-        # ahead, however long the scraper has stopped.
-        return [
-            (
-                1,
-                f"newest data dated {seconds_words(-age)} ahead of this clock: its age cannot be "
-                "told (the scraper's clock or this one is wrong)",
-            )
-        ]
+    ahead = dated_ahead(updated, now)
+    if ahead is not None:
+        return [(1, ahead)]  # as check judges it
     level = _by_age(minutes)
     if level == 2:
         return [(2, f"newest data is older than {UNHEALTHY_AFTER_MINUTES} minutes")]

@@ -10,9 +10,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta, tzinfo
 
-from .forecast import LimitForecast
+from .forecast import CLOCK_AHEAD, LimitForecast
 
-__all__ = ["format_when", "in_words", "percent_words", "seconds_words"]
+__all__ = [
+    "RESET_PASSED",
+    "dated_ahead",
+    "format_when",
+    "in_words",
+    "percent_words",
+    "seconds_words",
+]
+
+RESET_PASSED = " (the reset has passed since)"
+"""Added to a reading, or its verdict, whose reset time has passed: it says nothing of now."""
 
 
 def percent_words(value: float, bounds: Iterable[float] = (100.0,)) -> str:
@@ -43,6 +53,20 @@ def seconds_words(seconds: float) -> str:
     if seconds < 2 * 86400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
+
+
+def dated_ahead(updated: datetime, now: datetime) -> str | None:
+    """Why the age of data observed at ``updated`` cannot be told at ``now``: dated ahead
+    of this clock by more than :data:`~ingester.usage.forecast.CLOCK_AHEAD` (a clock's
+    drift); ``None`` when it can. Called fresh instead, such data would stay fresh for
+    as long as it is ahead, however long its scraper has stopped."""
+    ahead = (updated - now).total_seconds()
+    if ahead <= CLOCK_AHEAD.total_seconds():
+        return None
+    return (
+        f"newest data dated {seconds_words(ahead)} ahead of this clock: its age cannot be "
+        "told (the scraper's clock or this one is wrong)"
+    )
 
 
 def _duration_words(delta: timedelta) -> str:

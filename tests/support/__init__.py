@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -78,6 +79,25 @@ def run_cli(
         timeout=timeout,
         env=cli_env(**env),
         pass_fds=pass_fds,
+        check=False,
+    )
+
+
+PROMTOOL = shutil.which("promtool")
+"""Prometheus's own checker (Debian's ``prometheus`` package; ``.ci/run`` installs it)."""
+
+
+def promtool(
+    *args: str, cwd: Path | None = None, given: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``promtool ARGS`` run in ``cwd`` (``given`` on its standard input), output captured."""
+    return subprocess.run(
+        [PROMTOOL or "promtool", *args],
+        cwd=cwd,
+        input=given,
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=False,
     )
 
