@@ -36,7 +36,9 @@ class LoggedProcess:
             command,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=cli_env(**(env or {})),
+            # A process that does not stop is sent SIGABRT (see stop): faulthandler then
+            # writes every thread's stack into the log, which the failure shows.
+            env=cli_env(PYTHONFAULTHANDLER="1", **(env or {})),
             pass_fds=pass_fds,
         )
 
@@ -72,9 +74,16 @@ class LoggedProcess:
         try:
             code = self.proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
+            # Where it is stuck, for the failure: each thread's stack (faulthandler).
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
             self.kill()
             raise AssertionError(
-                f"{self.tag} did not stop within {limit:g} s of SIGTERM; its log:\n{self.log}"
+                f"{self.tag} did not stop within {limit:g} s of SIGTERM (its threads' "
+                f"stacks follow its log, sent SIGABRT then); its log:\n{self.log}"
             ) from None
         self._log.close()
         return code
