@@ -10,6 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +159,48 @@ def test_polling_reports_every_drop_as_one_to_let_settle(spool: Path) -> None:
     finally:
         arrivals.stop()
         arrivals.join(2)
+
+
+_WAITER = """
+import signal, sys
+from ingester.intake.arrivals import arrival_queue
+
+signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+events = arrival_queue()
+print("ready", flush=True)
+for _ in range(1500):
+    try:
+        events.get(timeout=0.001)
+    except Exception:
+        pass
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the ones still coming as it exits
+print("done", flush=True)
+"""
+
+
+def test_a_timed_wait_on_the_arrival_queue_ends_while_signals_keep_coming() -> None:
+    """The loop's wait for arrivals must end at its deadline even when a signal lands
+    at that deadline: a wait that does not would leave the watcher deaf to SIGTERM
+    until the next drop. Short waits and a signal every few hundred µs make that
+    instant come within a run (the queue it replaced hung in every run)."""
+
+    with subprocess.Popen(
+        [sys.executable, "-c", _WAITER], stdout=subprocess.PIPE, text=True
+    ) as child:
+        assert child.stdout is not None
+        try:
+            assert child.stdout.readline().strip() == "ready"
+            pacing = random.Random(7)
+            deadline = time.monotonic() + 30
+            while child.poll() is None and time.monotonic() < deadline:
+                child.send_signal(signal.SIGUSR1)
+                time.sleep(pacing.uniform(0, 0.001))  # paces the signals; waits on nothing
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pytest.fail("a timed get on the arrival queue still waits 10 s after the signals")
+            assert child.stdout.read().strip() == "done"
+            assert child.returncode == 0
+        finally:
+            if child.poll() is None:
+                child.kill()

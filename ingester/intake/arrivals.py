@@ -19,6 +19,7 @@ Leaving IN_MOVED_FROM out of the mask matters: watchdog's full observer holds ea
 from __future__ import annotations
 
 import os
+import queue
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -43,6 +44,7 @@ __all__ = [
     "How",
     "RescanNeeded",
     "SpoolGone",
+    "arrival_queue",
     "start_arrivals",
 ]
 
@@ -224,6 +226,19 @@ class _PollingArrivals(Arrivals):
 
     def is_alive(self) -> bool:
         return self._observer.is_alive() and all(e.is_alive() for e in self._observer.emitters)
+
+
+def arrival_queue() -> queue.Queue[Arrival]:
+    """A new, empty queue for a source's sink and the loop that waits on it.
+
+    ``queue.Queue``, not the faster ``queue.SimpleQueue``: a signal that interrupts
+    ``SimpleQueue.get(timeout=...)`` just after its deadline makes CPython (3.11 to 3.13)
+    wait again with the time left, which is then negative, and a negative wait has no
+    end. The loop then sleeps until the next arrival, deaf to the SIGTERM it was just
+    sent. ``Queue.get`` waits on a lock whose timed acquire treats time run out as a
+    timeout.
+    """
+    return queue.Queue()
 
 
 def start_arrivals(spool_dir: Path, sink: Sink, *, polling: bool, poll_interval: float) -> Arrivals:

@@ -48,6 +48,7 @@ from .arrivals import (
     How,
     RescanNeeded,
     SpoolGone,
+    arrival_queue,
     start_arrivals,
 )
 from .intake import Intake
@@ -145,7 +146,7 @@ class Watcher:
             clock_jump=self.clock_jump,
             retries=not options.once,
         )
-        self._events: queue.SimpleQueue[Arrival] = queue.SimpleQueue()
+        self._events = arrival_queue()
         self._pending: dict[str, How] = {}  # insertion order is arrival order
         self._deferred: dict[str, float] = {}  # name -> monotonic time to look again
         self._drop_waits = _DropWaits(options.retry_max)
