@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from support import cli_env, run_cli, wait_for
 from support.s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, SeaweedS3, free_ports, weed_binary
+from support.signals import storm
 from support.watchproc import WatchProcess, drop, payload
 
 from ingester.history.names import generate_version_filename
@@ -452,6 +453,21 @@ def test_mirror_follows_new_versions_and_retention_deletions(
     finally:
         assert mirror.stop() == 0, mirror.log
     restore_and_verify(root, tmp_path, target, env)
+
+
+def test_mirror_stops_once_and_cleanly_under_a_storm_of_stop_signals(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """A closed terminal's SIGHUPs, Ctrl-C pressed again and again: one stop, exit 0."""
+    store = make_store(root)
+    add_versions(store, 40)
+    mirror = MirrorProcess(root, f"s3://{bucket}/storm", s3_env(s3.endpoint, aws_files))
+    mirror.wait_log("mirroring ")
+    storm(mirror.proc.pid, 60, seed=11)
+    code = mirror.stop()
+    assert code == 0, mirror.log
+    assert mirror.log.count("mirror stopped;") == 1, mirror.log
+    assert "Traceback" not in mirror.log
 
 
 def test_object_store_killed_during_a_burst_then_back(

@@ -62,7 +62,7 @@ from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import format_timestamp, is_version_name
 from ..history.retention import RetentionPolicy, plan_retention
 from ..runtime.notify import SystemdNotifier
-from ..runtime.signals import STOP_SIGNALS
+from ..runtime.signals import STOP_SIGNALS, StopFlag
 from .objectstore import Failure, MirrorTarget, RemoteObject, S3Client, make_client
 from .s3_history import S3History
 from .state import (
@@ -181,7 +181,7 @@ class Mirror:
         self._last_listing = 0.0
         self._bad: dict[str, str] = {}  # names that cannot be mirrored, and why (logged once)
         self._compared: dict[str, str] = {}  # name -> the ETag whose bytes proved ours
-        self._stop = threading.Event()
+        self._stop = StopFlag()
         self._seen: tuple[tuple[int, int, int] | None, bool] = (None, False)
         self._problem: Failure | None = None
         self._problem_since = 0.0
