@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from support import cli_env, run_cli, wait_for
 from support.s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, SeaweedS3, free_ports, weed_binary
+from support.signals import storm
 from support.watchproc import WatchProcess, drop, payload
 
 from ingester.history.names import generate_version_filename
@@ -452,6 +453,58 @@ def test_mirror_follows_new_versions_and_retention_deletions(
     finally:
         assert mirror.stop() == 0, mirror.log
     restore_and_verify(root, tmp_path, target, env)
+
+
+def test_mirror_stops_once_and_cleanly_under_a_storm_of_stop_signals(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """A closed terminal's SIGHUPs, Ctrl-C pressed again and again: one stop, exit 0."""
+    store = make_store(root)
+    add_versions(store, 40)
+    mirror = MirrorProcess(root, f"s3://{bucket}/storm", s3_env(s3.endpoint, aws_files))
+    mirror.wait_log("mirroring ")
+    storm(mirror.proc.pid, 60, seed=11)
+    code = mirror.stop()
+    assert code == 0, mirror.log
+    assert mirror.log.count("mirror stopped;") == 1, mirror.log
+    assert "Traceback" not in mirror.log
+
+
+def test_a_stop_during_slow_uploads_begins_no_more_of_them(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """The uploads running when the stop comes finish; those not begun, the latest copy
+    and the metadata wait for the next start. A slow object store (1 s a request here)
+    held a stop up until every upload of the pass had been made."""
+    store = make_store(root)
+    names = set(add_versions(store, 32))
+    proxy = FaultProxy(s3.port)
+    proxy.fault, proxy.delay = "delay", 1.0
+    try:
+        env = s3_env(proxy.endpoint, aws_files)
+        mirror = MirrorProcess(
+            root, f"s3://{bucket}/slow", env, command_args=("--concurrency", "2")
+        )
+
+        def uploads() -> list[str]:
+            return [
+                path.rsplit("/", 1)[1]
+                for method, path in list(proxy.requests)
+                if method == "PUT" and path.rsplit("/", 1)[1] in names
+            ]
+
+        wait_for(lambda: uploads(), 60, "a first upload")
+        asked = len(proxy.requests)
+        mirror.proc.send_signal(signal.SIGTERM)
+        assert mirror.stop() == 0, mirror.log
+        wait_for(lambda: proxy.in_flight == 0, 10, "in-flight requests to land")
+        assert len(uploads()) < len(names), mirror.log
+        after = [path for method, path in proxy.requests[asked:] if method == "PUT"]
+        assert all(path.rsplit("/", 1)[1] in names for path in after), after
+        match = re.search(r"mirror stopped; (\d+) version\(s\) waiting", mirror.log)
+        assert match is not None and int(match[1]) > 0, mirror.log
+    finally:
+        proxy.close()
 
 
 def test_object_store_killed_during_a_burst_then_back(

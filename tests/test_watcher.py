@@ -389,6 +389,10 @@ def test_a_spool_moved_away_gives_back_the_drops_the_watcher_had_taken(root: Pat
     with WatchProcess(root) as w:
         drop(spool, "first.json", payload(1))
         wait_for(lambda: latest_bytes(root) == payload(1), what="the first drop stored")
+        # Its claim is released just after it is visible: a claim still there when the
+        # watcher is stopped would be brought back too.
+        claimed = spool / ".claimed"
+        wait_for(lambda: not any(claimed.iterdir()), what="the first drop's claim released")
         # Stopped, so the move and the claim land between two of its steps, as a move in
         # the middle of a group does: the claim is then in the folder moved away.
         w.proc.send_signal(signal.SIGSTOP)

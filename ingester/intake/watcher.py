@@ -38,7 +38,7 @@ from ..history.lock import WATCH, LockHeld, same_file
 from ..history.names import is_version_name
 from ..history.store import HistoryStore
 from ..runtime.notify import SystemdNotifier
-from ..runtime.signals import STOP_SIGNALS
+from ..runtime.signals import STOP_SIGNALS, StopFlag
 from ..settings import Settings, WatchOptions
 from .arrivals import (
     Arrival,
@@ -151,7 +151,7 @@ class Watcher:
         self._deferred: dict[str, float] = {}  # name -> monotonic time to look again
         self._drop_waits = _DropWaits(options.retry_max)
         self._logged: set[str] = set()
-        self._stop = threading.Event()
+        self._stop = StopFlag()
         self._arrivals: Arrivals | None = None
         self._backoff = Backoff(options.retry_max)  # the whole pipeline (history failures)
         self._failures = 0  # pipeline failures so far: did this group meet one?

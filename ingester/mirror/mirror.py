@@ -62,7 +62,7 @@ from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import format_timestamp, is_version_name
 from ..history.retention import RetentionPolicy, plan_retention
 from ..runtime.notify import SystemdNotifier
-from ..runtime.signals import STOP_SIGNALS
+from ..runtime.signals import STOP_SIGNALS, StopFlag
 from .objectstore import Failure, MirrorTarget, RemoteObject, S3Client, make_client
 from .s3_history import S3History
 from .state import (
@@ -82,6 +82,7 @@ log = logging.getLogger("ingester.mirror")
 _BACKOFF_START = 0.5
 _CHUNK = 32  # uploads in flight between progress checks (stop, state file, watchdog)
 _STATE_EVERY = 1.0  # seconds between state-file writes while a backlog drains
+_STOP_LOOK = 0.25  # seconds between looks for a stop while uploads run
 # After an event, wait this long before the pass: the watcher has finished publishing the
 # version by then (the pass never competes with that ingest for the CPU or the disk), and
 # a burst of drops becomes one pass.
@@ -181,7 +182,7 @@ class Mirror:
         self._last_listing = 0.0
         self._bad: dict[str, str] = {}  # names that cannot be mirrored, and why (logged once)
         self._compared: dict[str, str] = {}  # name -> the ETag whose bytes proved ours
-        self._stop = threading.Event()
+        self._stop = StopFlag()
         self._seen: tuple[tuple[int, int, int] | None, bool] = (None, False)
         self._problem: Failure | None = None
         self._problem_since = 0.0
@@ -232,6 +233,11 @@ class Mirror:
             self._upload(missing, result)
         finally:
             self._update_watermark(names)
+        if self._stop.is_set():
+            # Stopping: the latest copy, the metadata and deletions wait for the next
+            # start, as the uploads not begun do, rather than hold the stop up.
+            result.waiting = len(unmirrored(names, self._state))
+            return result
         base = self._local_metadata()
         self._call(lambda r: r.publish(base))
         if self.options.retention == "follow":
@@ -305,11 +311,15 @@ class Mirror:
                     pool.submit(self._put_version, name): name
                     for name in missing[first : first + _CHUNK]
                 }
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                self._wait_uploads(set(futures))
+                # All at once, before waiting on any: while this thread waits on one,
+                # the pool would start the next.
+                for future in futures:
+                    future.cancel()  # only one not started yet: it waits for the next pass
                 blocked: MirrorBlocked | None = None
                 for future in futures:
-                    if future not in done:
-                        future.cancel()
+                    if future.cancelled():
+                        continue
                     try:
                         size = future.result()
                     except MirrorBlocked as exc:
@@ -333,6 +343,16 @@ class Mirror:
                     time.monotonic() - started,
                     extra={"event": "mirrored", "versions": result.uploaded},
                 )
+
+    def _wait_uploads(self, futures: set[Future[int | None]]) -> None:
+        """Wait until every upload in ``futures`` is done, one has failed, or a stop is
+        asked; the uploads already running are then left to finish, each bounded by
+        the client's timeouts, and those not started are not started."""
+        pending = futures
+        while pending and not self._stop.is_set():
+            done, pending = wait(pending, timeout=_STOP_LOOK, return_when=FIRST_EXCEPTION)
+            if any(not f.cancelled() and f.exception() is not None for f in done):
+                return
 
     def _put_version(self, name: str) -> int | None:
         """Upload one version; its size, or None when it was not (gone, unreadable)."""

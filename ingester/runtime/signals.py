@@ -5,14 +5,54 @@ SIGTERM (``systemctl stop``, ``kill``), SIGINT (Ctrl-C) and SIGHUP (the terminal
 in was closed, which may send it twice). Once a command has stopped, a further one is
 ignored: Python puts each signal's default action back as it finalizes, and a signal
 arriving then would end a process that stopped cleanly with the signal's exit code.
+
+A handler only sets plain attributes (:class:`StopFlag`). Python runs it in the main
+thread between two bytecodes, which may be inside a ``threading`` call holding a lock:
+``Event.set`` and ``Event.wait`` hold their condition's lock, which one thread cannot
+take twice, so a handler calling ``Event.set`` there waits on itself for ever. Two
+signals a millisecond apart were enough.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 
-__all__ = ["STOP_SIGNALS", "ignore_stop_signals"]
+__all__ = ["STOP_SIGNALS", "StopFlag", "ignore_stop_signals"]
+
+_SLICE = 0.1  # seconds: how soon a wait sees a stop asked by a signal handler
+
+
+class StopFlag:
+    """A stop asked once, by a signal handler or by any thread; takes no lock.
+
+    :meth:`set` may run at any point of the thread it interrupts; the loops read
+    :meth:`is_set` at each step and sleep with :meth:`wait`, which sees a stop within
+    0.1 s.
+    """
+
+    def __init__(self) -> None:
+        self._asked = False
+
+    def set(self) -> None:
+        """Ask for the stop (safe in a signal handler, and from any thread)."""
+        self._asked = True
+
+    def is_set(self) -> bool:
+        """Whether a stop was asked."""
+        return self._asked
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep ``timeout`` seconds or until a stop is asked; whether one was."""
+        deadline = time.monotonic() + timeout
+        while not self._asked:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, _SLICE))
+        return self._asked
+
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 """What stops a service: each finishes what is in hand first."""

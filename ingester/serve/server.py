@@ -19,8 +19,10 @@ import os
 import signal
 from collections import Counter
 from collections.abc import Iterable, MutableMapping
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import uvicorn
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -31,6 +33,7 @@ from ..runtime.admission import (
     ConnectionLimits,
 )
 from ..runtime.logs import describe_exception
+from ..runtime.signals import STOP_SIGNALS
 from .app import create_app, log_configuration
 from .connections import ConnectionLayer
 from .context import ServeConfig
@@ -139,6 +142,25 @@ def _sample(ctx: Any, name: str, **labels: str) -> int:
     return int(value or 0)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, stopped the same way by each of the stop signals, at any time.
+
+    Its handler is in place from before the server starts: uvicorn installs its own
+    only once its loop runs, and a SIGTERM in between would otherwise be lost. A repeated
+    signal is counted (``serve --watch`` cuts its drain short after two) but never
+    forces uvicorn's exit: that skips the app's lifespan shutdown, whose cancellation
+    uvicorn then logs as an error with a traceback, and the graceful stop is bounded
+    already. Nothing is re-raised after the stop: the process exits 0 by itself.
+    """
+
+    stop_signals = 0
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Plain attributes only: this runs as a signal handler (see runtime.signals).
+        self.stop_signals += 1
+        self.should_exit = True
+
+
 def serve(
     config: ServeConfig,
     host: str,
@@ -170,8 +192,6 @@ def serve(
     :class:`ingester.serve.sockets.ActivationError` when a passed descriptor cannot be served
     and ``OSError`` when the address cannot be bound.
     """
-    import uvicorn
-
     environ = os.environ if environ is None else environ
     socks = listeners(host, port, environ, ipv6_loopback=ipv6_loopback)
     app = create_app(config)
@@ -194,17 +214,12 @@ def serve(
         timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=GRACE_S,
     )
-    server = uvicorn.Server(uv)
+    server = _Server(uv)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, server.handle_exit)
     _route_uvicorn_logs()
     _log_listening(socks, host, port, config)
     log_configuration(config, listen_source)
-    # uvicorn re-raises the stop signal once it has shut down; with these handlers in
-    # place that re-raise is a no-op, so a SIGTERM/SIGINT stop exits 0 like the watcher.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda _sig, _frame: None)
-    # uvicorn stops on SIGTERM and SIGINT only; SIGHUP (a closed terminal) would end the
-    # process at once by its default, cutting answers and the watcher's drops short.
-    signal.signal(signal.SIGHUP, lambda _sig, frame: server.handle_exit(signal.SIGTERM, frame))
 
     async def run() -> None:
         asyncio.get_running_loop().set_exception_handler(_loop_errors)

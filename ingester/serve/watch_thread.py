@@ -48,7 +48,7 @@ from ..history.lock import SERVE_WATCH
 from ..intake.metrics import NO_METRICS, Metrics
 from ..intake.spool import Spool
 from ..intake.watcher import Watcher
-from ..runtime.signals import STOP_SIGNALS
+from ..runtime.signals import STOP_SIGNALS, StopFlag
 from ..settings import DRAIN_S, Settings, WatchOptions
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class ThreadedWatcher:
 class _Server(Protocol):
     started: bool
     should_exit: bool
-    force_exit: bool
+    stop_signals: int
 
 
 def run_beside(
@@ -201,8 +201,8 @@ async def supervise(
         joint.tick()
         await asyncio.wait({http}, timeout=_TICK)
     # uvicorn's own handlers are gone with it: a second signal now cuts the drain short.
-    forced = threading.Event()
-    if server.force_exit:
+    forced = StopFlag()
+    if server.stop_signals > 1:
         forced.set()
     previous = {sig: signal.signal(sig, lambda _sig, _frame: forced.set()) for sig in STOP_SIGNALS}
     try:

@@ -1,0 +1,141 @@
+"""Stop signals at unlucky instants: many at once, or one before the server's loop runs.
+
+A long-running command must stop, exit 0 and say so, whatever the timing of the signals
+that stop it: a closed terminal may send SIGHUP twice, an impatient operator presses
+Ctrl-C repeatedly, and systemd sends SIGTERM the moment a start is cancelled.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import cli_env, wait_for
+from support.serveproc import ServeProcess
+from support.signals import pause, storm
+from support.watchproc import WatchProcess, drop, payload, stored_contents
+
+IS_ROOT = os.geteuid() == 0
+STRACE = shutil.which("strace")
+
+
+_FLAG_UNDER_FIRE = """
+import signal
+from ingester.runtime.signals import StopFlag
+
+stop = StopFlag()
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(sig, lambda signum, frame: stop.set())
+print("ready", flush=True)
+for _ in range(3000):
+    stop.wait(0.0005)
+    stop.is_set()
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(sig, signal.SIG_IGN)
+print("done", flush=True)
+"""
+
+
+def test_the_stop_flag_takes_signals_inside_its_own_calls() -> None:
+    """Handlers set the flag while the main thread is in the flag's own calls, and in
+    the handler before: a flag taking a lock there (``threading.Event``) waits on
+    itself for ever, or dies of the recursion, within a second of such a storm."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _FLAG_UNDER_FIRE], stdout=subprocess.PIPE, text=True
+    ) as child:
+        assert child.stdout is not None
+        try:
+            assert child.stdout.readline().strip() == "ready"
+            storm(child.pid, 3000, seed=3)
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the flag's process still runs 10 s after the signals")
+            assert child.stdout.read().strip() == "done"
+            assert child.returncode == 0
+        finally:
+            if child.poll() is None:
+                child.kill()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_watch_stops_once_and_cleanly_under_a_storm_of_stop_signals(root: Path, seed: int) -> None:
+    spool = root / "spool"
+    with WatchProcess(root) as w:
+        for i in range(20):
+            drop(spool, f"d{i}.json", payload(i))
+        storm(w.proc.pid, 60, seed)
+        code = w.stop(timeout=20)
+    assert code == 0, w.log
+    assert len(re.findall(r"INFO stopped: ", w.log)) == 1, w.log
+    assert "Traceback" not in w.log
+    # Nothing lost, nothing twice: what it left, the next run stores.
+    with WatchProcess(root) as again:
+        wait_for(lambda: sum(stored_contents(root).values()) == 20, 20, "all 20 stored")
+        assert again.stop() == 0
+    assert set(stored_contents(root).values()) == {1}
+
+
+@pytest.mark.parametrize("watch", [False, True], ids=["serve", "serve --watch"])
+def test_serve_stops_on_a_repeated_sigint_without_a_traceback(root: Path, watch: bool) -> None:
+    """uvicorn forces its exit on a second SIGINT, which skips the app's lifespan
+    shutdown, and then logs the lifespan's cancellation with a traceback."""
+    server = ServeProcess(root, *(["--watch"] if watch else [])).start()
+    server.wait_log("serve --watch: ready" if watch else "no watcher holds the history")
+    server.proc.send_signal(signal.SIGINT)
+    pause(0.005)  # two signals, not one: the first has been taken by then
+    server.proc.send_signal(signal.SIGINT)
+    code = server.stop(timeout=30)
+    assert code == 0, server.log
+    assert "Traceback" not in server.log
+    assert " ERROR " not in server.log, server.log
+    assert len(re.findall(r"INFO serve: stopped: ", server.log)) == 1, server.log
+
+
+@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("watch", [False, True], ids=["serve", "serve --watch"])
+def test_a_stop_signal_before_the_server_loop_runs_still_stops_it(
+    root: Path, stop: signal.Signals, watch: bool
+) -> None:
+    """uvicorn puts its handlers in place once its loop runs. A SIGTERM that came
+    between our start and that was lost: the server went on as if never told. The loop's
+    start is held here (each ``epoll_create1`` delayed 1.5 s) so the signal lands in
+    that gap every time."""
+    log = root.parent / "serve-early.log"
+    argv = ["serve", "--listen", "127.0.0.1:0", *(["--watch"] if watch else [])]
+    with log.open("wb") as sink:
+        tracer = subprocess.Popen(
+            [
+                *(str(STRACE), "-f", "-qq", "-o", "/dev/null"),
+                *("-e", "inject=epoll_create1:delay_enter=1500000"),
+                *(sys.executable, "-m", "ingester", "--root", str(root), *argv),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=cli_env(PYTHONFAULTHANDLER="1"),
+        )
+    try:
+        wait_for(lambda: "serve: listening on" in log.read_text(), 30, "the listening line")
+        children = Path(f"/proc/{tracer.pid}/task/{tracer.pid}/children").read_text().split()
+        os.kill(int(children[0]), stop)
+        try:
+            code = tracer.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(int(children[0]), signal.SIGABRT)  # faulthandler: the stacks, in the log
+            tracer.wait(timeout=10)
+            pytest.fail(f"serve went on after {stop.name}:\n{log.read_text()}")
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+    text = log.read_text()
+    assert code == 0, text
+    assert "INFO serve: stopped: " in text
+    assert "serve --watch: ready" not in text, text  # stopped before it was ready
