@@ -470,21 +470,23 @@ def test_mirror_stops_once_and_cleanly_under_a_storm_of_stop_signals(
     assert "Traceback" not in mirror.log
 
 
+@pytest.mark.parametrize("once", [False, True], ids=["service", "--once"])
 def test_a_stop_during_slow_uploads_begins_no_more_of_them(
-    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], once: bool
 ) -> None:
-    """The uploads running when the stop comes finish; those not begun, the latest copy
-    and the metadata wait for the next start. A slow object store (1 s a request here)
+    """The uploads running when the stop comes finish; those not begun wait for the next
+    start, as do the latest copy and the metadata (``--once`` makes those two all the
+    same, and exits 1: the copy is not whole). A slow object store (1 s a request here)
     held a stop up until every upload of the pass had been made."""
     store = make_store(root)
     names = set(add_versions(store, 32))
     proxy = FaultProxy(s3.port)
     proxy.fault, proxy.delay = "delay", 1.0
+    target = f"s3://{bucket}/slow"
     try:
         env = s3_env(proxy.endpoint, aws_files)
-        mirror = MirrorProcess(
-            root, f"s3://{bucket}/slow", env, command_args=("--concurrency", "2")
-        )
+        extra = ("--concurrency", "2", *(("--once",) if once else ()))
+        mirror = MirrorProcess(root, target, env, command_args=extra)
 
         def uploads() -> list[str]:
             return [
@@ -496,13 +498,23 @@ def test_a_stop_during_slow_uploads_begins_no_more_of_them(
         wait_for(lambda: uploads(), 60, "a first upload")
         asked = len(proxy.requests)
         mirror.proc.send_signal(signal.SIGTERM)
-        assert mirror.stop() == 0, mirror.log
+        assert mirror.stop() == (1 if once else 0), mirror.log
         wait_for(lambda: proxy.in_flight == 0, 10, "in-flight requests to land")
-        assert len(uploads()) < len(names), mirror.log
-        after = [path for method, path in proxy.requests[asked:] if method == "PUT"]
-        assert all(path.rsplit("/", 1)[1] in names for path in after), after
-        match = re.search(r"mirror stopped; (\d+) version\(s\) waiting", mirror.log)
-        assert match is not None and int(match[1]) > 0, mirror.log
+        first = uploads()
+        assert len(first) < len(names), mirror.log
+        after = {path.rsplit("/", 1)[1] for m, path in proxy.requests[asked:] if m == "PUT"}
+        if once:
+            assert {"_metadata.json", "console-usage-synced.json"} <= after, after
+            assert f"stopped before {len(names) - len(set(first))} version(s)" in mirror.log
+        else:
+            assert after <= names, after
+            match = re.search(r"mirror stopped; (\d+) version\(s\) waiting", mirror.log)
+            assert match is not None and int(match[1]) == len(names) - len(set(first))
+        # The next run uploads exactly what is missing: nothing twice, nothing skipped.
+        proxy.fault = None
+        again = run_cli(root, "mirror", target, "--once", **env)
+        assert again.returncode == 0, again.stderr
+        assert sorted(uploads()) == sorted(names)
     finally:
         proxy.close()
 

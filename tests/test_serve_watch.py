@@ -26,6 +26,7 @@ import pytest
 from support import cli_env, run_cli, wait_for
 from support.sdnotify import NotifyListener
 from support.serveproc import KEY, ServeProcess, fresh_payload
+from support.signals import pause
 from support.watchproc import WatchProcess, drop, payload
 
 from ingester.history.lock import HistoryHolder, HistoryLock
@@ -218,6 +219,28 @@ def test_a_second_signal_cuts_the_drain_short(root: Path, can_chattr: None) -> N
     assert "stop forced (a second signal)" in server.log
     match = STOP_LINE.search(server.log)
     assert match is not None and int(match[3]) == backlog(root) == 1
+
+
+@pytest.mark.parametrize("stop", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
+def test_a_signal_repeated_at_once_still_lets_the_drain_run(
+    root: Path, can_chattr: None, stop: signal.Signals
+) -> None:
+    """A closed terminal sends SIGHUP twice, a fraction of a millisecond apart: that is
+    one stop, and the drain runs (only a signal during it, or Ctrl-C twice, skips it)."""
+    stuck = drop(root / "spool", "stuck.json", payload(1))
+    subprocess.run(["chattr", "+i", str(stuck)], check=True)
+    try:
+        server = ServeProcess(root, "--watch", "--drain-timeout", "1").start()
+        server.wait_log("serve --watch: ready")
+        server.proc.send_signal(stop)
+        pause(0.0002)
+        server.proc.send_signal(stop)
+        code = server.stop(timeout=30)
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+    assert code == 0, server.log
+    assert "stop forced" not in server.log
+    assert "1 drop(s) still wait in the spool after 1 s" in server.log
 
 
 @pytest.fixture

@@ -233,9 +233,11 @@ class Mirror:
             self._upload(missing, result)
         finally:
             self._update_watermark(names)
-        if self._stop.is_set():
+        if self._stop.is_set() and not self.options.once:
             # Stopping: the latest copy, the metadata and deletions wait for the next
-            # start, as the uploads not begun do, rather than hold the stop up.
+            # start, as the uploads not begun do, rather than hold the stop up. A
+            # --once run has no next start to leave them to: its exit 0 says the copy
+            # is whole.
             result.waiting = len(unmirrored(names, self._state))
             return result
         base = self._local_metadata()
@@ -566,7 +568,9 @@ class Mirror:
             if self.options.once:
                 left = result.waiting
                 bad = min(len(self._bad), left)
-                if left and 0 < bad < left:
+                if left and self._stop.is_set():
+                    log.error("stopped before %d version(s) were mirrored", left)
+                elif left and 0 < bad < left:
                     # The watermark passes only a whole run of names: the ones after the
                     # first that failed wait behind it, uploaded or not.
                     log.error(

@@ -146,18 +146,20 @@ class _Server(uvicorn.Server):
     """uvicorn's server, stopped the same way by each of the stop signals, at any time.
 
     Its handler is in place from before the server starts: uvicorn installs its own
-    only once its loop runs, and a SIGTERM in between would otherwise be lost. A repeated
-    signal is counted (``serve --watch`` cuts its drain short after two) but never
-    forces uvicorn's exit: that skips the app's lifespan shutdown, whose cancellation
-    uvicorn then logs as an error with a traceback, and the graceful stop is bounded
-    already. Nothing is re-raised after the stop: the process exits 0 by itself.
+    only once its loop runs, and a SIGTERM in between would otherwise be lost. A second
+    Ctrl-C (SIGINT) is noted, as uvicorn notes it (``serve --watch`` then skips its
+    drain), but never forces uvicorn's exit: that skips the app's lifespan shutdown,
+    whose cancellation uvicorn then logs as an error with a traceback, and the graceful
+    stop is bounded already. Other repeats change nothing: a closed terminal sends
+    SIGHUP twice. Nothing is re-raised after the stop: the process exits 0 by itself.
     """
 
-    stop_signals = 0
+    interrupted_twice = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Plain attributes only: this runs as a signal handler (see runtime.signals).
-        self.stop_signals += 1
+        if self.should_exit and sig == signal.SIGINT:
+            self.interrupted_twice = True
         self.should_exit = True
 
 

@@ -17,15 +17,16 @@ One process, one voice towards systemd (:class:`.joint_notifier.JointNotifier`):
   ``stopping: ...``); ``STOPPING=1`` once, when the stop begins, with a status saying
   what the stop is doing (and a new ``STATUS=`` at each of its steps).
 
-One owner of the signals, the HTTP server's (uvicorn's handlers). A stop runs in this
-order, so that no answer ever promises what the stopped watcher cannot keep::
+One owner of the signals, the HTTP server's handler (``server._Server.handle_exit``),
+until the server has stopped; the drain's own after that. A stop runs in this order, so
+that no answer ever promises what the stopped watcher cannot keep::
 
-    SIGTERM/SIGINT -> STOPPING=1; the server stops accepting (its listeners close)
+    SIGTERM/SIGINT/SIGHUP -> STOPPING=1; the server stops accepting (its listeners close)
     requests in flight finish (at most the server's grace period), the watcher
         still running: a POST answered 202 "the watcher stores it" is then true
     the watcher takes what waits in the spool, for at most the drain budget
-        (a second signal skips this); what is left is logged, and stored at the
-        next start
+        (a signal meanwhile, or a second SIGINT before, skips this); what is left
+        is logged, and stored at the next start
     the watcher finishes the drop in hand and stops; its stop line counts the
         drops still in the spool; exit 0
 
@@ -118,7 +119,7 @@ class ThreadedWatcher:
 class _Server(Protocol):
     started: bool
     should_exit: bool
-    stop_signals: int
+    interrupted_twice: bool
 
 
 def run_beside(
@@ -130,8 +131,8 @@ def run_beside(
 ) -> int:
     """Run ``serving`` (the HTTP server ``server``'s coroutine) with the watcher beside it.
 
-    Call from the main thread. The server's own stop signals (uvicorn's handlers) start
-    the stop, in the order of the module doc: the server first, then what waits in the
+    Call from the main thread, with the server's stop handler in place: a stop signal
+    starts the stop, in the order of the module doc: the server first, then what waits in the
     spool (at most ``drain_timeout`` seconds), then the watcher. Returns the exit code:
     the watcher's (0 after a clean stop), or 1 when the watcher stopped on its own.
     """
@@ -171,8 +172,8 @@ async def supervise(
     once both are up, ping the watchdog while both are well; at a stop signal, stop them
     in the module doc's order; when the watcher stops on its own, stop the server too.
 
-    Runs in the server's event loop, so uvicorn's signal handlers are in place before
-    the watcher starts.
+    Runs in the server's event loop: the server's stop handler is in place before the
+    watcher starts.
     """
     joint = watcher.joint
     watcher.start()
@@ -200,11 +201,13 @@ async def supervise(
     while not http.done():  # uvicorn: listeners closed, requests in flight finishing
         joint.tick()
         await asyncio.wait({http}, timeout=_TICK)
-    # uvicorn's own handlers are gone with it: a second signal now cuts the drain short.
+    # The server has stopped: a signal from now on cuts the drain short, as does a
+    # second Ctrl-C before (a closed terminal's two SIGHUPs do not). The drain's handlers
+    # go in first, so that no signal falls between the two looks.
     forced = StopFlag()
-    if server.stop_signals > 1:
-        forced.set()
     previous = {sig: signal.signal(sig, lambda _sig, _frame: forced.set()) for sig in STOP_SIGNALS}
+    if server.interrupted_twice:
+        forced.set()
     try:
         if not watcher.ended():
             await drain(watcher, drain_timeout, forced.is_set)
