@@ -43,6 +43,7 @@ from ..history import durable
 from ..history.durable import SNAPSHOT_TEMP_PREFIX, StorageError
 from ..history.names import is_version_name
 from ..history.store import METADATA_NAME, HistoryStore
+from ..runtime.signals import stop_signals_held
 
 __all__ = [
     "SNAPSHOT_HISTORY",
@@ -208,8 +209,10 @@ def build_snapshot_tree(
 
 
 def _remove_tree(path: Path) -> None:
-    # Only our own half-made temp folder: hard links in it are just second names.
-    shutil.rmtree(path, ignore_errors=True)
+    # Only our own half-made temp folder: hard links in it are just second names. A stop
+    # (SIGTERM unwinds the command) waits until it is gone.
+    with stop_signals_held():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _as_asked(exc: StorageError, temp: Path, dest: Path) -> str:

@@ -15,11 +15,13 @@ signals a millisecond apart were enough.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
-__all__ = ["STOP_SIGNALS", "StopFlag", "ignore_stop_signals"]
+__all__ = ["STOP_SIGNALS", "StopFlag", "ignore_stop_signals", "stop_signals_held"]
 
 _SLICE = 0.1  # seconds: how soon a wait sees a stop asked by a signal handler
 
@@ -64,3 +66,20 @@ def ignore_stop_signals() -> None:
     if threading.current_thread() is threading.main_thread():
         for stop in STOP_SIGNALS:
             signal.signal(stop, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Hold :data:`STOP_SIGNALS` back while the block runs; one that came meanwhile is
+    delivered as it ends.
+
+    For a clean-up that a handler raising ``SystemExit`` (a one-shot command's stop)
+    must not cut in half: a stop during the removal of a temp tree left half of it. The
+    signal mask is the calling thread's: call it from the thread that runs the
+    handlers (the main one) of a process without others that take signals.
+    """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
