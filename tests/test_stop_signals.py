@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from support import cli_env, wait_for
 from support.serveproc import ServeProcess
-from support.signals import pause, storm
+from support.signals import STOPS, pause, storm, survives_a_storm
 from support.watchproc import WatchProcess, drop, payload, stored_contents
 
 IS_ROOT = os.geteuid() == 0
@@ -46,22 +46,7 @@ def test_the_stop_flag_takes_signals_inside_its_own_calls() -> None:
     """Handlers set the flag while the main thread is in the flag's own calls, and in
     the handler before: a flag taking a lock there (``threading.Event``) waits on
     itself for ever, or dies of the recursion, within a second of such a storm."""
-    with subprocess.Popen(
-        [sys.executable, "-c", _FLAG_UNDER_FIRE], stdout=subprocess.PIPE, text=True
-    ) as child:
-        assert child.stdout is not None
-        try:
-            assert child.stdout.readline().strip() == "ready"
-            storm(child.pid, 3000, seed=3)
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pytest.fail("the flag's process still runs 10 s after the signals")
-            assert child.stdout.read().strip() == "done"
-            assert child.returncode == 0
-        finally:
-            if child.poll() is None:
-                child.kill()
+    survives_a_storm(_FLAG_UNDER_FIRE, STOPS, 3000, 3, "the flag's process")
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -233,17 +233,14 @@ class Mirror:
             self._upload(missing, result)
         finally:
             self._update_watermark(names)
-        if self._stop.is_set() and not self.options.once:
-            # Stopping: the latest copy, the metadata and deletions wait for the next
-            # start, as the uploads not begun do, rather than hold the stop up. A
-            # --once run has no next start to leave them to: its exit 0 says the copy
-            # is whole.
-            result.waiting = len(unmirrored(names, self._state))
-            return result
-        base = self._local_metadata()
-        self._call(lambda r: r.publish(base))
-        if self.options.retention == "follow":
-            result.deleted = self._follow(names)
+        # Stopping: the latest copy, the metadata and deletions wait for the next start,
+        # as the uploads not begun do, rather than hold the stop up. A --once run has no
+        # next start to leave them to: its exit 0 says the copy is whole.
+        if not self._stop.is_set() or self.options.once:
+            base = self._local_metadata()
+            self._call(lambda r: r.publish(base))
+            if self.options.retention == "follow":
+                result.deleted = self._follow(names)
         result.waiting = len(unmirrored(names, self._state))
         return result
 
