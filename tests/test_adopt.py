@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, cli_env, run_cli, wait_for
+from support.capabilities import AS_OTHER, other_user_problem
 from support.watchproc import WatchProcess
 from test_crashpoints import DURABLE_OPS, Plan, SimulatedCrash, inject
 
@@ -37,7 +38,9 @@ from ingester.settings import resolve_settings
 HISTORY = "console-usage-history"
 LATEST = "console-usage-synced.json"
 STRACE = shutil.which("strace")
-SETPRIV = shutil.which("setpriv")
+# Root, setpriv, and an interpreter the other uid can run (one under a home folder closed
+# to others, as pyenv's under /root, cannot be): each test run as that uid needs all three.
+WHY_NOT = other_user_problem()
 
 
 @dataclass
@@ -357,7 +360,7 @@ def test_adopt_refuses_an_empty_folder(tmp_path: Path) -> None:
     assert os.listdir(root) == []
 
 
-@pytest.mark.skipif(not IS_ROOT or SETPRIV is None, reason="needs root and setpriv")
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 def test_files_of_another_user_stop_adopt_with_the_chown_advice() -> None:
     """Run as another uid on the original's files (as the service's user on files
     copied by root): the chmod is refused, and the one line says to chown first."""
@@ -372,7 +375,7 @@ def test_files_of_another_user_stop_adopt_with_the_chown_advice() -> None:
         done = run_cli(
             root,
             "adopt",
-            wrapper=(SETPRIV or "setpriv", "--reuid=4242", "--regid=4242", "--clear-groups"),
+            wrapper=tuple(AS_OTHER),
         )
         assert done.returncode == 1, done.stdout + done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -383,7 +386,7 @@ def test_files_of_another_user_stop_adopt_with_the_chown_advice() -> None:
         shutil.rmtree(work)
 
 
-@pytest.mark.skipif(not IS_ROOT or SETPRIV is None, reason="needs root and setpriv")
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 def test_a_history_it_cannot_list_is_named_so_not_called_empty() -> None:
     work = Path(tempfile.mkdtemp(prefix="adopt-", dir="/tmp"))
     try:
@@ -396,7 +399,7 @@ def test_a_history_it_cannot_list_is_named_so_not_called_empty() -> None:
         done = run_cli(
             root,
             "adopt",
-            wrapper=(SETPRIV or "setpriv", "--reuid=4242", "--regid=4242", "--clear-groups"),
+            wrapper=tuple(AS_OTHER),
         )
         assert done.returncode == 1, done.stdout + done.stderr
         assert done.stderr == (
@@ -408,11 +411,11 @@ def test_a_history_it_cannot_list_is_named_so_not_called_empty() -> None:
         shutil.rmtree(work)
 
 
-@pytest.mark.skipif(not IS_ROOT or SETPRIV is None, reason="needs root and setpriv")
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 def test_a_latest_file_it_cannot_read_is_never_replaced() -> None:
     """Run as the service's user on the original's history whose latest file is root's
     and unreadable: it may hold a snapshot no version holds, so nothing may replace it."""
-    as_other = (SETPRIV or "setpriv", "--reuid=4242", "--regid=4242", "--clear-groups")
+    as_other = tuple(AS_OTHER)
     work = Path(tempfile.mkdtemp(prefix="adopt-", dir="/tmp"))
     try:
         work.chmod(0o755)

@@ -153,8 +153,9 @@ def other_user_problem() -> str | None:
     )
     if probe.returncode != 0:
         return (
-            f"uid {OTHER_UID} cannot run {sys.executable} with the package "
-            f"(the venv or checkout is not world-readable): {probe.stderr.strip()[-200:]}"
+            f"uid {OTHER_UID} cannot run {sys.executable} with the package (the "
+            "interpreter, its libraries, the venv or the checkout are closed to that uid): "
+            f"{probe.stderr.strip()[-200:]}"
         )
     return None
 
