@@ -275,3 +275,36 @@ def test_read_only_tmpfs_history_erofs_then_heals(
             assert result.returncode == 0, result.stderr
 
         fault_then_heal(root, watcher, history, "EROFS", start, clear, "readonly")
+
+
+PRLIMIT = shutil.which("prlimit")
+# Low enough that a full group of 256 drops, each holding a descriptor until the group is
+# durable, runs out (as it did), high enough for the process itself to start and run.
+FEW_FILES = ("--nofile=64:64", "--")
+
+
+@pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
+def test_a_backlog_under_a_low_limit_on_open_files_is_stored_whole(root: Path) -> None:
+    """Each drop of a group keeps a descriptor open until the group is durable: groups are
+    sized to the limit on open files, so a backlog goes through instead of failing on
+    the same full group again and again."""
+    sent = drops_for("backlog", 300)
+    for name, data in sent.items():
+        drop(root / "spool", name, data)
+    done = run_cli(root, "watch", "--once", wrapper=(PRLIMIT or "prlimit", *FEW_FILES))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Too many open files" not in done.stderr
+    assert sorted(p.read_bytes() for p in versions(root)) == sorted(sent.values())
+    assert not [p for p in (root / "spool").iterdir() if p.suffix == ".json"]
+
+
+@pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
+def test_a_burst_under_a_low_limit_on_open_files_is_stored_whole(root: Path) -> None:
+    sent = drops_for("burst", 300)
+    with WatchProcess(root, *WATCH_ARGS, wrapper=(PRLIMIT or "prlimit", *FEW_FILES)) as watcher:
+        for name, data in sent.items():
+            drop(root / "spool", name, data)
+        wait_for(lambda: len(versions(root)) >= len(sent), 60, "every drop of the burst stored")
+        assert watcher.stop() == 0
+    assert "Too many open files" not in watcher.log
+    assert sorted(p.read_bytes() for p in versions(root)) == sorted(sent.values())
