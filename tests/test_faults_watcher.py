@@ -25,11 +25,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from support import run_cli, wait_for
-from support.capabilities import tmpfs
+from support import cli_env, run_cli, wait_for
+from support.capabilities import OTHER_UID, other_user_problem, others_folder, tmpfs
 from support.watchproc import WatchProcess, drop, payload, versions
 from test_crashpoints import Expect, final_problems, settings_for
 
@@ -308,3 +309,65 @@ def test_a_burst_under_a_low_limit_on_open_files_is_stored_whole(root: Path) -> 
         assert watcher.stop() == 0
     assert "Too many open files" not in watcher.log
     assert sorted(p.read_bytes() for p in versions(root)) == sorted(sent.values())
+
+
+# Its own uid: RLIMIT_NPROC counts every process and thread of the real uid, so tests
+# running as OTHER_UID meanwhile must not use up this one's threads.
+LIMITED_UID = OTHER_UID + 101
+WHY_NOT_AS_ANOTHER_USER = other_user_problem()
+
+
+def _limited(root: Path, threads: int, *args: str, timeout: float) -> tuple[int, str]:
+    """``ingester --root ROOT ARGS`` as :data:`LIMITED_UID`, allowed ``threads`` threads
+    (its main one included); its exit code and its stderr."""
+    done = subprocess.run(
+        [
+            *("setpriv", f"--reuid={LIMITED_UID}", f"--regid={LIMITED_UID}", "--clear-groups"),
+            *(PRLIMIT or "prlimit", f"--nproc={threads}:{threads}", "--"),
+            *(sys.executable, "-m", "ingester", "--root", str(root), *args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        cwd="/",
+        check=False,
+    )
+    return done.returncode, done.stderr
+
+
+@pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
+@pytest.mark.skipif(WHY_NOT_AS_ANOTHER_USER is not None, reason=WHY_NOT_AS_ANOTHER_USER or "")
+def test_a_backlog_is_stored_whole_where_no_thread_can_start() -> None:
+    """The group's fsyncs run on worker threads; where none can start, they run one after
+    the other on the loop's own: every drop stored once, exit 0, no traceback."""
+    sent = drops_for("threads", 20)
+    with others_folder("ingester-nproc-") as root:
+        os.chown(root, LIMITED_UID, LIMITED_UID)
+        for name, data in sent.items():
+            drop(root / "spool", name, data, owner=(LIMITED_UID, LIMITED_UID))
+        shutil.chown(root / "spool", LIMITED_UID, LIMITED_UID)
+        code, stderr = _limited(root, 1, "watch", "--once", timeout=60)
+        assert code == 0, stderr[-2000:]
+        assert "Traceback" not in stderr
+        assert sorted(p.read_bytes() for p in versions(root)) == sorted(sent.values())
+
+
+@pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
+@pytest.mark.skipif(WHY_NOT_AS_ANOTHER_USER is not None, reason=WHY_NOT_AS_ANOTHER_USER or "")
+def test_an_observer_that_cannot_start_its_thread_ends_the_watcher_in_lines() -> None:
+    """The inotify reader starts, then cannot start the thread it needs, and dies: each
+    death is one line, not a traceback, and after a few restarts within a minute the
+    watcher exits 1 (a service manager starts it afresh) instead of running deaf."""
+    with others_folder("ingester-nproc-") as root:
+        os.chown(root, LIMITED_UID, LIMITED_UID)
+        code, stderr = _limited(root, 2, "watch", timeout=60)
+    assert code == 1, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert "ERROR thread " in stderr and "can't start new thread" in stderr
+    assert stderr.count("the spool observer stopped; restarting it") == 5, stderr
+    last = stderr.rstrip().splitlines()[-1]
+    assert last.endswith(
+        "the spool observer stopped 6 times within a minute; exiting, for the service "
+        "manager to start it afresh"
+    ), stderr

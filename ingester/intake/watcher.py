@@ -79,6 +79,7 @@ log = logging.getLogger("ingester.watcher")
 _TICK = 0.25  # seconds, the longest wait: bounds the reaction to signals and liveness checks
 _GROUP_MAX = 256  # most versions linked before one fsync of the history makes them durable
 _GROUP_SECONDS = 1.0  # and at most this long, so the loop keeps pinging systemd
+_OBSERVER_RESTARTS = 5  # a dead observer restarted this often within a minute: give up
 
 
 def group_limit() -> int:
@@ -172,6 +173,7 @@ class Watcher:
         self._arrivals: Arrivals | None = None
         self._backoff = Backoff(options.retry_max)  # the whole pipeline (history failures)
         self._group_max = group_limit()
+        self._observer_restarts: list[float] = []  # when a dead observer was restarted
         self._failures = 0  # pipeline failures so far: did this group meet one?
         self._next_rescan = 0.0
         self._unscanned = False  # the last scan of the spool failed: it may hold drops
@@ -398,6 +400,16 @@ class Watcher:
         elif self._arrivals_alive():
             return
         else:
+            now = time.monotonic()
+            self._observer_restarts = [t for t in self._observer_restarts if now - t < 60]
+            self._observer_restarts.append(now)
+            if len(self._observer_restarts) > _OBSERVER_RESTARTS:
+                # Restarting at every tick would run deaf for ever: exit, and let the
+                # service manager start the whole process again (or say it cannot).
+                raise _Stop(
+                    f"the spool observer stopped {len(self._observer_restarts)} times "
+                    "within a minute; exiting, for the service manager to start it afresh"
+                )
             log.error("the spool observer stopped; restarting it")
         self._stop_arrivals()
         try:
