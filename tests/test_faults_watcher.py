@@ -317,14 +317,14 @@ LIMITED_UID = OTHER_UID + 101
 WHY_NOT_AS_ANOTHER_USER = other_user_problem()
 
 
-def _limited(root: Path, threads: int, *args: str, timeout: float) -> tuple[int, str]:
-    """``ingester --root ROOT ARGS`` as :data:`LIMITED_UID`, allowed ``threads`` threads
-    (its main one included); its exit code and its stderr."""
-    done = subprocess.run(
+def _python_limited(threads: int, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` as :data:`LIMITED_UID`, allowed ``threads`` threads (its main one
+    included)."""
+    return subprocess.run(
         [
             *("setpriv", f"--reuid={LIMITED_UID}", f"--regid={LIMITED_UID}", "--clear-groups"),
             *(PRLIMIT or "prlimit", f"--nproc={threads}:{threads}", "--"),
-            *(sys.executable, "-m", "ingester", "--root", str(root), *args),
+            *(sys.executable, *args),
         ],
         capture_output=True,
         text=True,
@@ -333,6 +333,12 @@ def _limited(root: Path, threads: int, *args: str, timeout: float) -> tuple[int,
         cwd="/",
         check=False,
     )
+
+
+def _limited(root: Path, threads: int, *args: str, timeout: float) -> tuple[int, str]:
+    """``ingester --root ROOT ARGS`` as :data:`LIMITED_UID`, allowed ``threads`` threads;
+    its exit code and its stderr."""
+    done = _python_limited(threads, "-m", "ingester", "--root", str(root), *args, timeout=timeout)
     return done.returncode, done.stderr
 
 
@@ -371,3 +377,45 @@ def test_an_observer_that_cannot_start_its_thread_ends_the_watcher_in_lines() ->
         "the spool observer stopped 6 times within a minute; exiting, for the service "
         "manager to start it afresh"
     ), stderr
+
+
+# The POSTs' writers: a thread pool whose submit queued the write, failed to start a
+# thread for it, raised (the POST was answered 500), and ran the write all the same on a
+# thread it had: the client's retry was stored twice. A started pool never starts one.
+STARTED_POOL = """
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from ingester.runtime.threads import started_pool
+
+writers = started_pool(4, "writers")
+plain, release, done = ThreadPoolExecutor(8), threading.Event(), []
+plain.submit(release.wait)  # its one thread (the last this process may have), kept busy
+try:
+    threading.Thread(target=print).start()
+except RuntimeError as exc:
+    print("no thread left:", exc)
+print("submitted:", sum(writers.submit(lambda n=n: n).result() for n in range(20)))
+try:
+    started_pool(4, "more")
+except RuntimeError as exc:
+    print("a second pool:", exc)
+try:
+    plain.submit(done.append, "the write")
+except RuntimeError:
+    release.set()
+    plain.shutdown(wait=True)
+    print("a plain pool raised, then ran:", done)
+"""
+
+
+@pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
+@pytest.mark.skipif(WHY_NOT_AS_ANOTHER_USER is not None, reason=WHY_NOT_AS_ANOTHER_USER or "")
+def test_a_started_pool_takes_work_where_no_thread_can_start() -> None:
+    done = _python_limited(6, "-c", STARTED_POOL, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "no thread left: can't start new thread",
+        "submitted: 190",
+        "a second pool: can't start new thread",
+        "a plain pool raised, then ran: ['the write']",
+    ], done.stdout + done.stderr
