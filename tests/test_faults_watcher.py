@@ -322,8 +322,11 @@ def _python_limited(threads: int, *args: str, timeout: float) -> subprocess.Comp
     included)."""
     return subprocess.run(
         [
-            *("setpriv", f"--reuid={LIMITED_UID}", f"--regid={LIMITED_UID}", "--clear-groups"),
+            # prlimit first: setpriv then runs the interpreter itself, as the other
+            # uids' tests do (an exec through another program may be refused where
+            # the interpreter lies under a folder closed to that uid).
             *(PRLIMIT or "prlimit", f"--nproc={threads}:{threads}", "--"),
+            *("setpriv", f"--reuid={LIMITED_UID}", f"--regid={LIMITED_UID}", "--clear-groups"),
             *(sys.executable, *args),
         ],
         capture_output=True,
