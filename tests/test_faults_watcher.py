@@ -25,11 +25,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from support import run_cli, wait_for
-from support.capabilities import tmpfs
+from support import cli_env, run_cli, wait_for
+from support.capabilities import OTHER_UID, other_user_problem, others_folder, tmpfs
 from support.watchproc import WatchProcess, drop, payload, versions
 from test_crashpoints import Expect, final_problems, settings_for
 
@@ -275,3 +276,149 @@ def test_read_only_tmpfs_history_erofs_then_heals(
             assert result.returncode == 0, result.stderr
 
         fault_then_heal(root, watcher, history, "EROFS", start, clear, "readonly")
+
+
+PRLIMIT = shutil.which("prlimit")
+# Low enough that a full group of 256 drops, each holding a descriptor until the group is
+# durable, runs out (as it did), high enough for the process itself to start and run.
+FEW_FILES = ("--nofile=64:64", "--")
+
+
+@pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
+def test_a_backlog_under_a_low_limit_on_open_files_is_stored_whole(root: Path) -> None:
+    """Each drop of a group keeps a descriptor open until the group is durable: groups are
+    sized to the limit on open files, so a backlog goes through instead of failing on
+    the same full group again and again."""
+    sent = drops_for("backlog", 300)
+    for name, data in sent.items():
+        drop(root / "spool", name, data)
+    done = run_cli(root, "watch", "--once", wrapper=(PRLIMIT or "prlimit", *FEW_FILES))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Too many open files" not in done.stderr
+    assert sorted(p.read_bytes() for p in versions(root)) == sorted(sent.values())
+    assert not [p for p in (root / "spool").iterdir() if p.suffix == ".json"]
+
+
+@pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
+def test_a_burst_under_a_low_limit_on_open_files_is_stored_whole(root: Path) -> None:
+    sent = drops_for("burst", 300)
+    with WatchProcess(root, *WATCH_ARGS, wrapper=(PRLIMIT or "prlimit", *FEW_FILES)) as watcher:
+        for name, data in sent.items():
+            drop(root / "spool", name, data)
+        wait_for(lambda: len(versions(root)) >= len(sent), 60, "every drop of the burst stored")
+        assert watcher.stop() == 0
+    assert "Too many open files" not in watcher.log
+    assert sorted(p.read_bytes() for p in versions(root)) == sorted(sent.values())
+
+
+# Its own uid: RLIMIT_NPROC counts every process and thread of the real uid, so tests
+# running as OTHER_UID meanwhile must not use up this one's threads.
+LIMITED_UID = OTHER_UID + 101
+WHY_NOT_AS_ANOTHER_USER = other_user_problem()
+
+
+def _python_limited(threads: int, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` as :data:`LIMITED_UID`, allowed ``threads`` threads (its main one
+    included)."""
+    return subprocess.run(
+        [
+            # prlimit first: setpriv then runs the interpreter itself, as the other
+            # uids' tests do (an exec through another program may be refused where
+            # the interpreter lies under a folder closed to that uid).
+            *(PRLIMIT or "prlimit", f"--nproc={threads}:{threads}", "--"),
+            *("setpriv", f"--reuid={LIMITED_UID}", f"--regid={LIMITED_UID}", "--clear-groups"),
+            *(sys.executable, *args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        cwd="/",
+        check=False,
+    )
+
+
+def _limited(root: Path, threads: int, *args: str, timeout: float) -> tuple[int, str]:
+    """``ingester --root ROOT ARGS`` as :data:`LIMITED_UID`, allowed ``threads`` threads;
+    its exit code and its stderr."""
+    done = _python_limited(threads, "-m", "ingester", "--root", str(root), *args, timeout=timeout)
+    return done.returncode, done.stderr
+
+
+@pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
+@pytest.mark.skipif(WHY_NOT_AS_ANOTHER_USER is not None, reason=WHY_NOT_AS_ANOTHER_USER or "")
+def test_a_backlog_is_stored_whole_where_no_thread_can_start() -> None:
+    """The group's fsyncs run on worker threads; where none can start, they run one after
+    the other on the loop's own: every drop stored once, exit 0, no traceback."""
+    sent = drops_for("threads", 20)
+    with others_folder("ingester-nproc-") as root:
+        os.chown(root, LIMITED_UID, LIMITED_UID)
+        for name, data in sent.items():
+            drop(root / "spool", name, data, owner=(LIMITED_UID, LIMITED_UID))
+        shutil.chown(root / "spool", LIMITED_UID, LIMITED_UID)
+        code, stderr = _limited(root, 1, "watch", "--once", timeout=60)
+        assert code == 0, stderr[-2000:]
+        assert "Traceback" not in stderr
+        assert sorted(p.read_bytes() for p in versions(root)) == sorted(sent.values())
+
+
+@pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
+@pytest.mark.skipif(WHY_NOT_AS_ANOTHER_USER is not None, reason=WHY_NOT_AS_ANOTHER_USER or "")
+def test_an_observer_that_cannot_start_its_thread_ends_the_watcher_in_lines() -> None:
+    """The inotify reader starts, then cannot start the thread it needs, and dies: each
+    death is one line, not a traceback, and after a few restarts within a minute the
+    watcher exits 1 (a service manager starts it afresh) instead of running deaf."""
+    with others_folder("ingester-nproc-") as root:
+        os.chown(root, LIMITED_UID, LIMITED_UID)
+        code, stderr = _limited(root, 2, "watch", timeout=60)
+    assert code == 1, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert "ERROR thread " in stderr and "can't start new thread" in stderr
+    assert stderr.count("the spool observer stopped; restarting it") == 5, stderr
+    last = stderr.rstrip().splitlines()[-1]
+    assert last.endswith(
+        "the spool observer stopped 6 times within a minute; exiting, for the service "
+        "manager to start it afresh"
+    ), stderr
+
+
+# The POSTs' writers: a thread pool whose submit queued the write, failed to start a
+# thread for it, raised (the POST was answered 500), and ran the write all the same on a
+# thread it had: the client's retry was stored twice. A started pool never starts one.
+STARTED_POOL = """
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from ingester.runtime.threads import started_pool
+
+writers = started_pool(4, "writers")
+plain, release, done = ThreadPoolExecutor(8), threading.Event(), []
+plain.submit(release.wait)  # its one thread (the last this process may have), kept busy
+try:
+    threading.Thread(target=print).start()
+except RuntimeError as exc:
+    print("no thread left:", exc)
+print("submitted:", sum(writers.submit(lambda n=n: n).result() for n in range(20)))
+try:
+    started_pool(4, "more")
+except RuntimeError as exc:
+    print("a second pool:", exc)
+try:
+    plain.submit(done.append, "the write")
+except RuntimeError:
+    release.set()
+    plain.shutdown(wait=True)
+    print("a plain pool raised, then ran:", done)
+"""
+
+
+@pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
+@pytest.mark.skipif(WHY_NOT_AS_ANOTHER_USER is not None, reason=WHY_NOT_AS_ANOTHER_USER or "")
+def test_a_started_pool_takes_work_where_no_thread_can_start() -> None:
+    done = _python_limited(6, "-c", STARTED_POOL, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "no thread left: can't start new thread",
+        "submitted: 190",
+        "a second pool: can't start new thread",
+        "a plain pool raised, then ran: ['the write']",
+    ], done.stdout + done.stderr

@@ -709,3 +709,47 @@ def test_sigterm_stops_it_with_0_and_a_stop_line(root: Path):
     assert server.stop() == 0
     last = server.log.strip().splitlines()[-1]
     assert " INFO serve: stopped: 1 requests answered, 0 POSTs accepted, " in last
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
+def test_a_server_out_of_descriptors_says_so_once_in_a_while_and_goes_on(tmp_path: Path) -> None:
+    """Connections held open past the limit on open files: asyncio reports every accept
+    that fails (here 200,000 in 10 s: each failure schedules another try). The log says
+    it in one line per 10 s, with how many more there were, never "please report"; the
+    server answers again once the connections are closed."""
+    root = tmp_path / "root"
+    root.mkdir()
+    wrapper = (shutil.which("prlimit") or "prlimit", "--nofile=30:30", "--")
+    server = ServeProcess(root, wrapper=wrapper).start()
+    began = time.monotonic()
+    held: list[socket.socket] = []
+    try:
+        wait_for(
+            lambda: (
+                held.append(socket.create_connection(("127.0.0.1", server.port)))
+                or "out of system resource" in server.log
+            ),
+            30,
+            "the listener out of descriptors",
+        )
+    finally:
+        for sock in held:
+            sock.close()
+    wait_for(lambda: _answers(server), 30, "an answer once the connections are closed")
+    lasted = time.monotonic() - began
+    assert server.stop() == 0
+    said = [line for line in server.log.splitlines() if "out of system resource" in line]
+    assert 1 <= len(said) <= 1 + lasted // 10, said
+    assert said[0].endswith(
+        "socket.accept() out of system resource: Too many open files [EMFILE]; the "
+        "server goes on, and accepts again once some are free (the limit on open "
+        "files: ulimit -n, the unit's LimitNOFILE=)"
+    ), said
+    assert "please report" not in server.log
+
+
+def _answers(server: ServeProcess) -> bool:
+    try:
+        return server.get("/api/health").status_code in (200, 503)
+    except httpx.HTTPError:
+        return False

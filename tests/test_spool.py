@@ -190,6 +190,58 @@ def test_a_submit_whose_spool_fsync_fails_takes_its_drop_back(root: Path, tmp_pa
     assert len(list((root / "console-usage-history").glob("2*.json"))) == 2
 
 
+def _openat_index(log: Path, path: Path) -> int:
+    """The 1-based place, among the traced ``openat`` calls, of the last one of ``path``
+    as a folder (``O_DIRECTORY``): what ``inject=openat:when=N`` needs for it."""
+    calls = [line for line in log.read_text().splitlines() if " openat(" in line]
+    marks = [
+        n for n, line in enumerate(calls, 1) if f'"{path}", ' in line and "O_DIRECTORY" in line
+    ]
+    assert marks, f"no openat of {path} traced"
+    return marks[-1]
+
+
+@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+def test_a_submit_that_cannot_open_the_spool_folder_leaves_nothing_in_it(
+    root: Path, tmp_path: Path
+) -> None:
+    """Out of file descriptors (EMFILE) when the spool folder is opened for its fsync: the
+    writer is told it failed, so nothing of it may be left to be stored (its retry would
+    be stored twice). The folder is opened before the drop is published."""
+    source = tmp_path / "snapshot.json"
+    source.write_bytes(payload(1))
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    trace = tmp_path / "openat.log"
+    for n in range(2):  # the second run's calls: no module compiled any more
+        (spool / f"warm-{n}.json").unlink(missing_ok=True)
+        traced = run_cli(
+            root,
+            "submit",
+            "--name",
+            f"warm-{n}.json",
+            str(source),
+            wrapper=(STRACE or "strace", "-f", "-qq", "-e", "trace=openat", "-o", str(trace)),
+        )
+        assert traced.returncode == 0, traced.stderr
+    for leftover in spool.glob("warm-*.json"):
+        leftover.unlink()
+    when = _openat_index(trace, spool)
+    inject = ("-f", "-qq", "-o", "/dev/null", "-e", f"inject=openat:error=EMFILE:when={when}")
+    failed = run_cli(
+        root, "submit", "--name", "warm-1.json", str(source), wrapper=(STRACE or "strace", *inject)
+    )
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert failed.stderr == (
+        f"error: cannot open folder {spool}: Too many open files [EMFILE]\n"
+    ), failed.stderr
+    assert not [p for p in spool.iterdir() if p.suffix == ".json"]
+    assert not list((spool / "tmp").iterdir())  # the staged copy is removed too
+    assert run_cli(root, "submit", str(source)).returncode == 0  # the writer's retry
+    assert run_cli(root, "watch", "--once").returncode == 0
+    assert len(list((root / "console-usage-history").glob("2*.json"))) == 1
+
+
 WHY_NOT = other_user_problem()
 
 

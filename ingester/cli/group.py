@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -152,11 +152,23 @@ class IngesterGroup(click.Group):
         except MemoryError:
             last_words("error: out of memory")
             sys.exit(1)
+        except RuntimeError as exc:
+            if str(exc) != "can't start new thread":
+                _internal_error(exc)
+            last_words(
+                "error: cannot start a thread: a limit on threads or memory is reached "
+                "(ulimit -u, systemd's TasksMax or MemoryMax)"
+            )
+            sys.exit(1)
         except Exception as exc:
-            detail = str(exc) or "no detail"
-            last_words(f"error: internal error: {type(exc).__name__}: {detail} (please report)")
-            sys.exit(EXIT_INTERNAL)
+            _internal_error(exc)
         sys.exit(0)  # pragma: no cover (click's standalone main always exits)
+
+
+def _internal_error(exc: Exception) -> NoReturn:
+    detail = str(exc) or "no detail"
+    last_words(f"error: internal error: {type(exc).__name__}: {detail} (please report)")
+    sys.exit(EXIT_INTERNAL)
 
 
 @contextmanager

@@ -20,10 +20,12 @@ signals and keeps systemd informed (READY, STATUS, WATCHDOG pings).
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
 import queue
+import resource
 import signal
 import stat
 import threading
@@ -77,6 +79,22 @@ log = logging.getLogger("ingester.watcher")
 _TICK = 0.25  # seconds, the longest wait: bounds the reaction to signals and liveness checks
 _GROUP_MAX = 256  # most versions linked before one fsync of the history makes them durable
 _GROUP_SECONDS = 1.0  # and at most this long, so the loop keeps pinging systemd
+_OBSERVER_RESTARTS = 5  # a dead observer restarted this often within a minute: give up
+
+
+def group_limit() -> int:
+    """The most drops one group may hold under this process's limit on open files.
+
+    Each drop of a group keeps a descriptor open until the group is durable (its claimed
+    inode, or its copy), so a group may use at most a quarter of ``RLIMIT_NOFILE``: the
+    rest is left to everything else the process holds open (the spool, the locks,
+    inotify, the HTTP connections of ``serve --watch``). Under systemd's default soft
+    limit (1,024) that is the full :data:`_GROUP_MAX`.
+    """
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return _GROUP_MAX
+    return max(1, min(_GROUP_MAX, soft // 4))
 
 
 @dataclass
@@ -154,6 +172,8 @@ class Watcher:
         self._stop = StopFlag()
         self._arrivals: Arrivals | None = None
         self._backoff = Backoff(options.retry_max)  # the whole pipeline (history failures)
+        self._group_max = group_limit()
+        self._observer_restarts: list[float] = []  # when a dead observer was restarted
         self._failures = 0  # pipeline failures so far: did this group meet one?
         self._next_rescan = 0.0
         self._unscanned = False  # the last scan of the spool failed: it may hold drops
@@ -380,6 +400,16 @@ class Watcher:
         elif self._arrivals_alive():
             return
         else:
+            now = time.monotonic()
+            self._observer_restarts = [t for t in self._observer_restarts if now - t < 60]
+            self._observer_restarts.append(now)
+            if len(self._observer_restarts) > _OBSERVER_RESTARTS:
+                # Restarting at every tick would run deaf for ever: exit, and let the
+                # service manager start the whole process again (or say it cannot).
+                raise _Stop(
+                    f"the spool observer stopped {len(self._observer_restarts)} times "
+                    "within a minute; exiting, for the service manager to start it afresh"
+                )
             log.error("the spool observer stopped; restarting it")
         self._stop_arrivals()
         try:
@@ -555,7 +585,7 @@ class Watcher:
         began = time.monotonic()
         # A slice, not the whole backlog: a hundred thousand drops waiting at start
         # must not be copied into a list for every group of 256.
-        for name, how in list(itertools.islice(self._pending.items(), 4 * _GROUP_MAX)):
+        for name, how in list(itertools.islice(self._pending.items(), 4 * self._group_max)):
             if self._stop.is_set():
                 break
             try:
@@ -569,7 +599,7 @@ class Watcher:
             if isinstance(outcome, Stored):
                 claimed[name] = how
             self._apply(outcome)
-            if len(claimed) >= _GROUP_MAX or time.monotonic() - began > _GROUP_SECONDS:
+            if len(claimed) >= self._group_max or time.monotonic() - began > _GROUP_SECONDS:
                 break  # publish this group; the rest waits one loop (watchdog pings)
         return progressed
 
@@ -644,6 +674,14 @@ class Watcher:
 
     def _fail(self, name: str | None, exc: StorageError) -> None:
         self._failures += 1
+        if exc.errno in (errno.EMFILE, errno.ENFILE) and self._group_max > 1:
+            # Out of descriptors: a group holds one per drop, so the same group again
+            # would fail the same way. Smaller groups from now on.
+            self._group_max //= 2
+            log.warning(
+                "out of file descriptors: groups of at most %d drop(s) from now on",
+                self._group_max,
+            )
         retry = self._backoff.failed()
         self.metrics.failed()
         what = f"cannot store drop {name}" if name else "cannot update the history"

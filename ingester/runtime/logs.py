@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from datetime import UTC, datetime
@@ -168,8 +169,19 @@ class JournalFormatter(OneLineFormatter):
         return f"<{prio}>{record.levelname.lower()}: {super().format(record)}"
 
 
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    """A thread ended by an exception: one log line, never Python's traceback."""
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    logging.getLogger("ingester").error(
+        "thread %s stopped: %s", name, describe_exception(args.exc_value)
+    )
+
+
 def setup_logging(verbose: int = 0, fmt: str = "text") -> None:
-    """Send the ``ingester`` loggers to stderr at INFO (``-v``: DEBUG)."""
+    """Send the ``ingester`` loggers to stderr at INFO (``-v``: DEBUG); a thread that
+    dies by an exception is one ERROR line there too, not a traceback."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -183,6 +195,7 @@ def setup_logging(verbose: int = 0, fmt: str = "text") -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None
+    threading.excepthook = _thread_died
     logger = logging.getLogger("ingester")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)

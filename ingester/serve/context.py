@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -75,6 +76,8 @@ class ServeContext:
     # None once one is written again. Health says so: the data's age alone would stay
     # healthy for ten minutes while every snapshot is refused.
     spool_fault: tuple[str, str] | None = None
+    # The POSTs' writer threads, started at the first POST (serve.posts).
+    writers: ThreadPoolExecutor | None = None
 
     @property
     def settings(self) -> Settings:

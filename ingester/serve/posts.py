@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -27,6 +28,7 @@ from ..history.lock import HistoryHolder
 from ..intake.spool import Spool, drop_name_for_now
 from ..payload.model import PayloadRejected, judge_payload
 from ..runtime.admission import format_peer
+from ..runtime.threads import started_pool
 from .answers import ending_connection, iso, post_answer
 from .auth import key_matches
 from .backlog import until_watched, why_unwatched
@@ -36,6 +38,8 @@ from .context import ServeContext
 __all__ = ["client_address", "key_refusal", "post_console_usage", "refuse", "submit_drop"]
 
 log = logging.getLogger("ingester.serve")
+
+_WRITERS = 8  # POSTs written at once; more wait for a free writer
 
 
 def client_address(request: Request) -> str:
@@ -97,7 +101,16 @@ def _unwatched(ctx: ServeContext) -> tuple[bool | None, HistoryHolder | None]:
     return (None if running is None else not running), elsewhere
 
 
-async def _submit_to_the_end(spool: Spool, data: bytes) -> str:
+def _writers(ctx: ServeContext) -> ThreadPoolExecutor:
+    """The POSTs' writer threads, all started at the first POST (none is started later:
+    :func:`~ingester.runtime.threads.started_pool` says why). Raises ``RuntimeError``
+    when they cannot be, with nothing written."""
+    if ctx.writers is None:
+        ctx.writers = started_pool(_WRITERS, "ingester-post")
+    return ctx.writers
+
+
+async def _submit_to_the_end(writers: ThreadPoolExecutor, spool: Spool, data: bytes) -> str:
     """:func:`submit_drop` in a worker thread, waited for even if this request is
     cancelled meanwhile (the stop's grace period ran out).
 
@@ -108,7 +121,7 @@ async def _submit_to_the_end(spool: Spool, data: bytes) -> str:
     """
     # A future of the executor, not a task: the loop's own end (asyncio.run cancels
     # every task left) cannot cancel the wait for it.
-    job = asyncio.get_running_loop().run_in_executor(None, submit_drop, spool, data)
+    job = asyncio.get_running_loop().run_in_executor(writers, submit_drop, spool, data)
     cancelled = 0
     while True:
         try:
@@ -173,7 +186,7 @@ async def post_console_usage(request: Request) -> Response:
             f"dropped; retry once {until_watched(elsewhere)}",
         )
     try:
-        drop = await _submit_to_the_end(ctx.spool, body)
+        drop = await _submit_to_the_end(_writers(ctx), ctx.spool, body)
     except OSError as exc:
         ctx.posts.labels("spool_error").inc()
         since = ctx.spool_fault[1] if ctx.spool_fault is not None else iso(utc_now())

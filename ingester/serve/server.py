@@ -14,9 +14,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import math
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import Iterable, MutableMapping
 from types import FrameType
@@ -26,6 +29,7 @@ import uvicorn
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..errors import describe_os_error
 from ..runtime.admission import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PER_CLIENT,
@@ -125,10 +129,34 @@ def _route_uvicorn_logs() -> None:
         logger.filters[:] = [_UvicornLines()]
 
 
+# A listener out of descriptors or memory: asyncio reports every accept that fails
+# (CPython 3.11 schedules another try for each failure of a wakeup, so there can be
+# thousands a second): one line in this many seconds says it, with how many more.
+_RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_RESOURCE_SAY_EVERY = 10.0
+_resource_said = {"at": -math.inf, "held": 0.0}
+
+
 def _loop_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """asyncio's "Fatal error on transport" and the like: one line, no traceback."""
     exc = context.get("exception")
     message = str(context.get("message") or "event loop error")
+    if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS:
+        now = time.monotonic()
+        if now - _resource_said["at"] < _RESOURCE_SAY_EVERY:
+            _resource_said["held"] += 1
+            return
+        held = int(_resource_said["held"])
+        _resource_said.update(at=now, held=0)
+        more = f" ({held} more since the last such line)" if held else ""
+        log.error(
+            "%s: %s; the server goes on, and accepts again once some are free (the "
+            "limit on open files: ulimit -n, the unit's LimitNOFILE=)%s",
+            message,
+            describe_os_error(exc),
+            more,
+        )
+        return
     if isinstance(exc, ConnectionError | TimeoutError):
         log.info("connection closed: %s: %s", message, exc)
     elif exc is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from ...errors import StorageError
 from .steps import StrPath, open_dir
@@ -68,8 +68,18 @@ def fsync_each(fds: Sequence[int]) -> list[OSError | None]:
         return [_fsync_or_error(fd) for fd in fds]
     shares = [list(fds[n::_FSYNC_WORKERS]) for n in range(min(len(fds), _FSYNC_WORKERS))]
     pool = _fsync_pool()
-    futures = [pool.submit(_fsync_share, share) for share in shares[1:]]
-    results = [_fsync_share(shares[0]), *(future.result() for future in futures)]
+    handed: list[Future[list[OSError | None]] | None] = []
+    for share in shares[1:]:
+        try:
+            handed.append(pool.submit(_fsync_share, share))
+        except RuntimeError:
+            # No thread could be started for it (a limit on threads or memory): this
+            # share is fsynced here instead, after the first. Slower, and as durable.
+            # (The pool may still run the task it queued; a second fsync changes nothing.)
+            handed.append(None)
+    results = [_fsync_share(shares[0])]
+    for share, future in zip(shares[1:], handed, strict=True):
+        results.append(_fsync_share(share) if future is None else future.result())
     # Back in the order given: descriptor i went to share i % n, as its (i // n)th.
     return [results[i % len(shares)][i // len(shares)] for i in range(len(fds))]
 

@@ -358,23 +358,40 @@ def publish_new(source: Path, final: Path) -> None:
     has one (so a watcher takes the file at once); otherwise a hard link, then the
     source name is removed; where hard links cannot be made either, a check then a
     rename. Both folders are fsynced; other failures raise :class:`StorageError`.
+
+    Both folders are opened before the name is published, so that once it is, only
+    their fsyncs can fail (``"fsync folder"``): a caller that takes a published name
+    back after a failed fsync (a writer's error must not leave a drop to be stored)
+    never meets another failure past publishing, such as a folder that cannot be
+    opened for want of a file descriptor.
     """
+    folders = [final.parent] if source.parent == final.parent else [final.parent, source.parent]
+    fds: list[int] = []
     try:
-        renamed = _rename_no_clobber(source, final)
+        for folder in folders:
+            fds.append(open_dir(folder))
+        try:
+            renamed = _rename_no_clobber(source, final)
+            if not renamed:
+                _link_no_clobber(source, final)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            raise StorageError("link", final, exc) from exc
         if not renamed:
-            _link_no_clobber(source, final)
-    except FileExistsError:
-        raise
-    except OSError as exc:
-        raise StorageError("link", final, exc) from exc
-    if not renamed:
-        # The new name is published and made durable below: a second name left behind
-        # in a writers' scratch folder is never read as a drop, so its removal may fail.
-        with contextlib.suppress(OSError):
-            os.unlink(source)
-    fsync_dir(final.parent)
-    if source.parent != final.parent:
-        fsync_dir(source.parent)
+            # The new name is published and made durable below: a second name left
+            # behind in a writers' scratch folder is never read as a drop, so its
+            # removal may fail.
+            with contextlib.suppress(OSError):
+                os.unlink(source)
+        for folder, fd in zip(folders, fds, strict=True):
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                raise StorageError("fsync folder", folder, exc) from exc
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def remove_stale_temps(
