@@ -388,7 +388,7 @@ def test_an_observer_that_cannot_start_its_thread_ends_the_watcher_in_lines() ->
 STARTED_POOL = """
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from ingester.runtime.threads import started_pool
+from ingester.threads import started_pool
 
 writers = started_pool(4, "writers")
 plain, release, done = ThreadPoolExecutor(8), threading.Event(), []

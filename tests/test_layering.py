@@ -27,6 +27,7 @@ PACKAGE = Path(ingester.__file__).parent
 TOP_ROOMS = {
     "ingester.errors": "foundation",
     "ingester.clock": "foundation",
+    "ingester.threads": "foundation",
     "ingester.settings": "settings",
     "ingester": "api",
     "ingester.__main__": "api",

@@ -172,7 +172,8 @@ class Watcher:
         self._stop = StopFlag()
         self._arrivals: Arrivals | None = None
         self._backoff = Backoff(options.retry_max)  # the whole pipeline (history failures)
-        self._group_max = group_limit()
+        self._group_limit = group_limit()
+        self._group_max = self._group_limit
         self._observer_restarts: list[float] = []  # when a dead observer was restarted
         self._failures = 0  # pipeline failures so far: did this group meet one?
         self._next_rescan = 0.0
@@ -417,7 +418,7 @@ class Watcher:
             if replaced:
                 self.locks.lock_spool()
             self._start_arrivals()
-        except (LockHeld, OSError, StorageError) as exc:
+        except (LockHeld, OSError, StorageError, RuntimeError) as exc:
             if old_spool is not None:
                 os.close(old_spool)  # its claims are never moved into another's spool
             if isinstance(exc, LockHeld):
@@ -559,6 +560,8 @@ class Watcher:
             # The whole group went through, its commit included: only then is the wait
             # reset. A drop claimed and staged proves nothing if its link then fails.
             self._backoff.succeeded()
+            # Smaller groups after running out of descriptors: grown back, step by step.
+            self._group_max = min(self._group_limit, 2 * self._group_max)
         if not stored:
             return
         for item in stored:

@@ -28,7 +28,7 @@ from ..history.lock import HistoryHolder
 from ..intake.spool import Spool, drop_name_for_now
 from ..payload.model import PayloadRejected, judge_payload
 from ..runtime.admission import format_peer
-from ..runtime.threads import started_pool
+from ..threads import started_pool
 from .answers import ending_connection, iso, post_answer
 from .auth import key_matches
 from .backlog import until_watched, why_unwatched
@@ -103,7 +103,7 @@ def _unwatched(ctx: ServeContext) -> tuple[bool | None, HistoryHolder | None]:
 
 def _writers(ctx: ServeContext) -> ThreadPoolExecutor:
     """The POSTs' writer threads, all started at the first POST (none is started later:
-    :func:`~ingester.runtime.threads.started_pool` says why). Raises ``RuntimeError``
+    :func:`~ingester.threads.started_pool` says why). Raises ``RuntimeError``
     when they cannot be, with nothing written."""
     if ctx.writers is None:
         ctx.writers = started_pool(_WRITERS, "ingester-post")
@@ -186,7 +186,20 @@ async def post_console_usage(request: Request) -> Response:
             f"dropped; retry once {until_watched(elsewhere)}",
         )
     try:
-        drop = await _submit_to_the_end(_writers(ctx), ctx.spool, body)
+        writers = _writers(ctx)
+    except RuntimeError:
+        ctx.posts.labels("spool_error").inc()
+        return refuse(
+            request,
+            503,
+            "cannot start a thread to write the snapshot: nothing was dropped; retry later",
+            cause=(
+                "cannot start a thread: a limit on threads or memory is reached (ulimit -u, "
+                "systemd's TasksMax or MemoryMax)"
+            ),
+        )
+    try:
+        drop = await _submit_to_the_end(writers, ctx.spool, body)
     except OSError as exc:
         ctx.posts.labels("spool_error").inc()
         since = ctx.spool_fault[1] if ctx.spool_fault is not None else iso(utc_now())

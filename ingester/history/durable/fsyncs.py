@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from ...errors import StorageError
+from ...threads import StartedPool, started_pool
 from .steps import StrPath, open_dir
 
 __all__ = ["FSYNC_THREAD_PREFIX", "fsync_dirs", "fsync_each"]
@@ -29,17 +29,23 @@ FSYNC_THREAD_PREFIX = "ingester-fsync"
 _FSYNC_WORKERS = 8
 
 
-_pool: ThreadPoolExecutor | None = None
+_pool: StartedPool | None = None
 
 
 _pool_lock = threading.Lock()
 
 
-def _fsync_pool() -> ThreadPoolExecutor:
+def _fsync_pool() -> StartedPool | None:
+    """The workers, all started (so a submit never fails past queueing its task, which
+    would then fsync the same descriptors beside the caller, or later other ones); None
+    while not even one thread can be started (tried again at the next call)."""
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(_FSYNC_WORKERS, thread_name_prefix=FSYNC_THREAD_PREFIX)
+            try:
+                _pool = started_pool(_FSYNC_WORKERS, FSYNC_THREAD_PREFIX)
+            except RuntimeError:
+                return None
         return _pool
 
 
@@ -66,20 +72,15 @@ def fsync_each(fds: Sequence[int]) -> list[OSError | None]:
     """
     if len(fds) <= 1:
         return [_fsync_or_error(fd) for fd in fds]
-    shares = [list(fds[n::_FSYNC_WORKERS]) for n in range(min(len(fds), _FSYNC_WORKERS))]
     pool = _fsync_pool()
-    handed: list[Future[list[OSError | None]] | None] = []
-    for share in shares[1:]:
-        try:
-            handed.append(pool.submit(_fsync_share, share))
-        except RuntimeError:
-            # No thread could be started for it (a limit on threads or memory): this
-            # share is fsynced here instead, after the first. Slower, and as durable.
-            # (The pool may still run the task it queued; a second fsync changes nothing.)
-            handed.append(None)
-    results = [_fsync_share(shares[0])]
-    for share, future in zip(shares[1:], handed, strict=True):
-        results.append(_fsync_share(share) if future is None else future.result())
+    if pool is None:
+        # No thread can be started (a limit on threads or memory): one after the
+        # other, here. Slower, and as durable.
+        return [_fsync_or_error(fd) for fd in fds]
+    workers = pool.workers
+    shares = [list(fds[n::workers]) for n in range(min(len(fds), workers))]
+    futures = [pool.submit(_fsync_share, share) for share in shares[1:]]
+    results = [_fsync_share(shares[0]), *(future.result() for future in futures)]
     # Back in the order given: descriptor i went to share i % n, as its (i // n)th.
     return [results[i % len(shares)][i // len(shares)] for i in range(len(fds))]
 

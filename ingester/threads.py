@@ -12,19 +12,38 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["started_pool"]
+__all__ = ["StartedPool", "started_pool"]
 
 _START_S = 10.0  # how long the threads may take to start, all together
 
 
-def started_pool(workers: int, name: str) -> ThreadPoolExecutor:
-    """A pool of ``workers`` threads (named ``name``), every one of them started now.
+class StartedPool(ThreadPoolExecutor):
+    """A thread pool whose ``workers`` threads are all running (:func:`started_pool`)."""
+
+    workers: int
+
+
+def started_pool(workers: int, name: str) -> StartedPool:
+    """A pool of up to ``workers`` threads (named ``name``), every one of them started now.
 
     Its ``submit`` then never starts a thread, so it can never fail past queueing its
-    task. Raises ``RuntimeError`` when the threads cannot all be started (the pool is
-    shut down first, its queued tasks cancelled).
+    task. Where not all can start (a limit on threads), half as many are tried, down to
+    one. Raises ``RuntimeError`` when not even one can be started.
     """
-    pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+    while True:
+        try:
+            return _all_started(workers, name)
+        except RuntimeError:
+            if workers == 1:
+                raise
+            workers //= 2
+
+
+def _all_started(workers: int, name: str) -> StartedPool:
+    """:func:`started_pool` of exactly ``workers`` threads; ``RuntimeError`` if not all
+    start (the pool shut down first, its queued tasks cancelled)."""
+    pool = StartedPool(workers, thread_name_prefix=name)
+    pool.workers = workers
     # Each thread waits here until all have started: a busy one is not reused, so every
     # submit below starts a new thread.
     gate = threading.Barrier(workers + 1)
