@@ -720,32 +720,33 @@ def test_a_server_out_of_descriptors_says_so_once_in_a_while_and_goes_on(tmp_pat
     root = tmp_path / "root"
     root.mkdir()
     wrapper = (shutil.which("prlimit") or "prlimit", "--nofile=30:30", "--")
-    server = ServeProcess(root, wrapper=wrapper).start()
-    began = time.monotonic()
-    held: list[socket.socket] = []
-    try:
-        wait_for(
-            lambda: (
-                held.append(socket.create_connection(("127.0.0.1", server.port)))
-                or "out of system resource" in server.log
-            ),
-            30,
-            "the listener out of descriptors",
-        )
-    finally:
-        for sock in held:
-            sock.close()
-    wait_for(lambda: _answers(server), 30, "an answer once the connections are closed")
-    lasted = time.monotonic() - began
-    assert server.stop() == 0
-    said = [line for line in server.log.splitlines() if "out of system resource" in line]
+    with ServeProcess(root, wrapper=wrapper) as server:  # stopped however the test ends
+        began = time.monotonic()
+        held: list[socket.socket] = []
+        try:
+            wait_for(
+                lambda: (
+                    held.append(socket.create_connection(("127.0.0.1", server.port)))
+                    or "out of system resource" in server.log
+                ),
+                30,
+                "the listener out of descriptors",
+            )
+        finally:
+            for sock in held:
+                sock.close()
+        wait_for(lambda: _answers(server), 30, "an answer once the connections are closed")
+        lasted = time.monotonic() - began
+        assert server.stop() == 0
+        log = server.log
+    said = [line for line in log.splitlines() if "out of system resource" in line]
     assert 1 <= len(said) <= 1 + lasted // 10, said
     assert said[0].endswith(
         "socket.accept() out of system resource: Too many open files [EMFILE]; the "
         "server goes on, and accepts again once some are free (the limit on open "
         "files: ulimit -n, the unit's LimitNOFILE=)"
     ), said
-    assert "please report" not in server.log
+    assert "please report" not in log
 
 
 def _answers(server: ServeProcess) -> bool:
