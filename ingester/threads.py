@@ -12,9 +12,20 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["StartedPool", "started_pool"]
+__all__ = ["THREAD_LIMIT", "StartedPool", "is_thread_limit", "started_pool"]
 
 _START_S = 10.0  # how long the threads may take to start, all together
+
+THREAD_LIMIT = (
+    "cannot start a thread: a limit on threads or memory is reached "
+    "(ulimit -u, systemd's TasksMax or MemoryMax)"
+)
+"""What a thread that cannot start means, in the words every command and answer use."""
+
+
+def is_thread_limit(exc: BaseException) -> bool:
+    """Whether ``exc`` is Python's failure to start a thread (the same words in 3.11-3.13)."""
+    return isinstance(exc, RuntimeError) and str(exc) == "can't start new thread"
 
 
 class StartedPool(ThreadPoolExecutor):

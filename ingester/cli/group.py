@@ -25,13 +25,14 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from ..errors import BadEndpoint
 from ..runtime.logs import LOG_FORMATS, escape_text, one_line, setup_logging
 from ..settings import SPECS, SettingError, resolve_settings
+from ..threads import THREAD_LIMIT, is_thread_limit
 from .common import App, PathParam, describe_os_error, last_words
 from .quiet import hold_output, output_was_fine
 
@@ -152,23 +153,14 @@ class IngesterGroup(click.Group):
         except MemoryError:
             last_words("error: out of memory")
             sys.exit(1)
-        except RuntimeError as exc:
-            if str(exc) != "can't start new thread":
-                _internal_error(exc)
-            last_words(
-                "error: cannot start a thread: a limit on threads or memory is reached "
-                "(ulimit -u, systemd's TasksMax or MemoryMax)"
-            )
-            sys.exit(1)
         except Exception as exc:
-            _internal_error(exc)
+            if is_thread_limit(exc):
+                last_words(f"error: {THREAD_LIMIT}")
+                sys.exit(1)
+            detail = str(exc) or "no detail"
+            last_words(f"error: internal error: {type(exc).__name__}: {detail} (please report)")
+            sys.exit(EXIT_INTERNAL)
         sys.exit(0)  # pragma: no cover (click's standalone main always exits)
-
-
-def _internal_error(exc: Exception) -> NoReturn:
-    detail = str(exc) or "no detail"
-    last_words(f"error: internal error: {type(exc).__name__}: {detail} (please report)")
-    sys.exit(EXIT_INTERNAL)
 
 
 @contextmanager

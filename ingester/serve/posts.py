@@ -28,7 +28,7 @@ from ..history.lock import HistoryHolder
 from ..intake.spool import Spool, drop_name_for_now
 from ..payload.model import PayloadRejected, judge_payload
 from ..runtime.admission import format_peer
-from ..threads import started_pool
+from ..threads import THREAD_LIMIT, started_pool
 from .answers import ending_connection, iso, post_answer
 from .auth import key_matches
 from .backlog import until_watched, why_unwatched
@@ -193,10 +193,7 @@ async def post_console_usage(request: Request) -> Response:
             request,
             503,
             "cannot start a thread to write the snapshot: nothing was dropped; retry later",
-            cause=(
-                "cannot start a thread: a limit on threads or memory is reached (ulimit -u, "
-                "systemd's TasksMax or MemoryMax)"
-            ),
+            cause=THREAD_LIMIT,
         )
     try:
         drop = await _submit_to_the_end(writers, ctx.spool, body)

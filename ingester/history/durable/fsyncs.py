@@ -76,7 +76,7 @@ def fsync_each(fds: Sequence[int]) -> list[OSError | None]:
     if pool is None:
         # No thread can be started (a limit on threads or memory): one after the
         # other, here. Slower, and as durable.
-        return [_fsync_or_error(fd) for fd in fds]
+        return _fsync_share(fds)
     workers = pool.workers
     shares = [list(fds[n::workers]) for n in range(min(len(fds), workers))]
     futures = [pool.submit(_fsync_share, share) for share in shares[1:]]
@@ -85,7 +85,7 @@ def fsync_each(fds: Sequence[int]) -> list[OSError | None]:
     return [results[i % len(shares)][i // len(shares)] for i in range(len(fds))]
 
 
-def _fsync_share(fds: list[int]) -> list[OSError | None]:
+def _fsync_share(fds: Sequence[int]) -> list[OSError | None]:
     return [_fsync_or_error(fd) for fd in fds]
 
 

@@ -104,11 +104,17 @@ def fsync_dir(directory: StrPath) -> None:
     """Make the names in ``directory`` durable."""
     fd = open_dir(directory)
     try:
+        _fsync_opened_dir(fd, directory)
+    finally:
+        os.close(fd)
+
+
+def _fsync_opened_dir(fd: int, directory: StrPath) -> None:
+    """:func:`fsync_dir` for ``directory`` already opened as ``fd`` (by :func:`open_dir`)."""
+    try:
         os.fsync(fd)
     except OSError as exc:
         raise StorageError("fsync folder", directory, exc) from exc
-    finally:
-        os.close(fd)
 
 
 def make_folders(folder: Path, mode: int = 0o777) -> list[Path]:
@@ -385,10 +391,7 @@ def publish_new(source: Path, final: Path) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(source)
         for folder, fd in zip(folders, fds, strict=True):
-            try:
-                os.fsync(fd)
-            except OSError as exc:
-                raise StorageError("fsync folder", folder, exc) from exc
+            _fsync_opened_dir(fd, folder)
     finally:
         for fd in fds:
             os.close(fd)
