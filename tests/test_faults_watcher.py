@@ -278,6 +278,45 @@ def test_read_only_tmpfs_history_erofs_then_heals(
         fault_then_heal(root, watcher, history, "EROFS", start, clear, "readonly")
 
 
+STRACE = shutil.which("strace")
+
+
+@pytest.mark.skipif(STRACE is None or os.geteuid() != 0, reason="needs strace (and root to trace)")
+@pytest.mark.parametrize(
+    ("call", "code", "words"),
+    [
+        (
+            "inotify_init,inotify_init1",
+            "EMFILE",
+            "out of inotify instances or open files [EMFILE]: raise the sysctl "
+            "fs.inotify.max_user_instances (or the open-files limit), or use --polling",
+        ),
+        (
+            "inotify_add_watch",
+            "ENOSPC",
+            "out of inotify watches [ENOSPC]: raise the sysctl fs.inotify.max_user_watches, "
+            "or use --polling",
+        ),
+    ],
+)
+def test_a_spool_that_cannot_be_watched_is_said_with_the_limit_to_raise(
+    root: Path, call: str, code: str, words: str
+) -> None:
+    """The user's inotify limits (instances, watches) are met when the watcher starts:
+    one line naming the limit and what to do, exit 1, and no drop touched."""
+    drop(root / "spool", "waiting.json", payload(1))
+    inject = ("-f", "-qq", "-o", "/dev/null", "-e", f"inject={call}:error={code}")
+    done = run_cli(root, "watch", wrapper=(STRACE or "strace", *inject))
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert errors == [errors[0]] and errors[0].endswith(
+        f"ERROR cannot watch {root / 'spool'}: {words}"
+    ), done.stderr
+    assert "Traceback" not in done.stderr and "[Errno" not in done.stderr
+    assert (root / "spool" / "waiting.json").read_bytes() == payload(1)
+    assert versions(root) == []
+
+
 PRLIMIT = shutil.which("prlimit")
 # Low enough that a full group of 256 drops, each holding a descriptor until the group is
 # durable, runs out (as it did), high enough for the process itself to start and run.

@@ -18,6 +18,7 @@ Leaving IN_MOVED_FROM out of the mask matters: watchdog's full observer holds ea
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 from collections.abc import Callable
@@ -36,6 +37,8 @@ from watchdog.observers.inotify_c import (
 )
 from watchdog.observers.polling import PollingObserver
 
+from ..errors import os_cause
+
 __all__ = [
     "Arrival",
     "Arrivals",
@@ -46,6 +49,7 @@ __all__ = [
     "SpoolGone",
     "arrival_queue",
     "start_arrivals",
+    "watch_problem",
 ]
 
 
@@ -254,3 +258,25 @@ def start_arrivals(spool_dir: Path, sink: Sink, *, polling: bool, poll_interval:
         arrivals = _InotifyArrivals(spool_dir, sink)
     arrivals.start()
     return arrivals
+
+
+def watch_problem(exc: OSError) -> str:
+    """Why :func:`start_arrivals` could not watch the spool: one line that says what to do.
+
+    Two of the kernel's limits are met here, and neither is said well by its errno alone
+    (inotify(7), "/proc interfaces"): EMFILE when the user has as many inotify instances
+    as ``fs.inotify.max_user_instances`` allows (128 by default; or the process is out
+    of descriptors), ENOSPC when the user has as many watches as
+    ``fs.inotify.max_user_watches`` allows. Polling needs neither.
+    """
+    if exc.errno == errno.EMFILE:
+        return (
+            "out of inotify instances or open files [EMFILE]: raise the sysctl "
+            "fs.inotify.max_user_instances (or the open-files limit), or use --polling"
+        )
+    if exc.errno == errno.ENOSPC:
+        return (
+            "out of inotify watches [ENOSPC]: raise the sysctl fs.inotify.max_user_watches, "
+            "or use --polling"
+        )
+    return os_cause(exc)

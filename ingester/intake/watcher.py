@@ -52,6 +52,7 @@ from .arrivals import (
     SpoolGone,
     arrival_queue,
     start_arrivals,
+    watch_problem,
 )
 from .intake import Intake
 from .locks import LocksLost, WatcherLocks, refused_words
@@ -243,7 +244,7 @@ class Watcher:
             try:
                 self._start_arrivals()
             except OSError as exc:
-                log.error("cannot watch %s: %s", self.spool.dir, exc)
+                log.error("cannot watch %s: %s", self.spool.dir, watch_problem(exc))
                 return 1
         log.info(
             "watching %s -> %s (%s)",
@@ -423,7 +424,11 @@ class Watcher:
                 os.close(old_spool)  # its claims are never moved into another's spool
             if isinstance(exc, LockHeld):
                 raise _Stop(refused_words(exc)) from exc
-            raise _Stop(f"cannot watch {self.spool.dir} any more: {exc}") from exc
+            if isinstance(exc, OSError) and not isinstance(exc, StorageError | LockHeld):
+                why = watch_problem(exc)  # the kernel's words, from watchdog
+            else:
+                why = str(exc)
+            raise _Stop(f"cannot watch {self.spool.dir} any more: {why}") from exc
         # The drops taken in a folder moved away are this watcher's to finish.
         left = None if old_spool is None else take_back_claims(old_spool, self.spool)
         if left is not None and left.moved:
