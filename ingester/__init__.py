@@ -17,69 +17,78 @@ holds nothing unless given a hold).
 
 Every error raised here derives from :class:`IngesterError`. The design (the pipeline of
 one drop and what a crash at each step leaves) is described in ``docs/design.md``.
+
+Each name is imported on first use: importing the package loads nothing else, so the
+``ingester`` command (which starts in this package) can take charge of Ctrl-C before
+it loads anything (:mod:`ingester.__main__`).
 """
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
-from .errors import (
-    CacheNotRefreshed,
-    IngesterError,
-    LockHeld,
-    PayloadRejected,
-    SettingError,
-    StorageError,
-)
-from .history.lock import HistoryLock
-from .history.metadata import StorageMetadata
-from .history.names import generate_version_filename, parse_timestamp_from_filename
-from .history.retention import Decision, RetentionPlan, RetentionPolicy, plan_retention
-from .history.store import CleanupIncomplete, CleanupResult, InitReport
-from .history.store import HistoryStore as _CoreStore
+from importlib import import_module
 
+# Not typing's: importing typing takes about 20 ms, all of it before the command can
+# hold Ctrl-C. Type checkers take any TYPE_CHECKING to be true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
+    from .api import HistoryStore
+    from .errors import (
+        CacheNotRefreshed,
+        IngesterError,
+        LockHeld,
+        PayloadRejected,
+        SettingError,
+        StorageError,
+    )
+    from .history.lock import HistoryLock
+    from .history.metadata import StorageMetadata
+    from .history.names import generate_version_filename, parse_timestamp_from_filename
+    from .history.retention import Decision, RetentionPlan, RetentionPolicy, plan_retention
+    from .history.store import CleanupIncomplete, CleanupResult, InitReport
     from .payload.model import ConsoleUsageDataSync, UsageWindow, WeeklyLimits, judge_payload
 
-
-def _mirror_hold(
-    history_dir: Path, sorted_names: Sequence[str], expired: int
-) -> tuple[int, str | None]:
-    # The commands' hold, imported at the first cleanup: importing the package stays light.
-    from .settings import mirror_hold_hook
-
-    return mirror_hold_hook(history_dir, sorted_names, expired)
-
-
-class HistoryStore(_CoreStore):
-    """The history as the Python API gives it: :class:`ingester.history.store.HistoryStore` whose
-    retention keeps back the versions a configured mirror has not uploaded yet, as the
-    commands' stores do (a store that deleted them would lose the only copy the mirror
-    was still to make). Pass ``hold=None`` for a store that holds nothing back, or a
-    hook of your own (:data:`ingester.history.store.RetentionHold`)."""
-
-    def __init__(
-        self,
-        history_dir: Path,
-        latest_path: Path,
-        policy: RetentionPolicy | None = None,
-        **options: Any,
-    ) -> None:
-        options.setdefault("hold", _mirror_hold)
-        super().__init__(history_dir, latest_path, policy, **options)
-
-
-# The payload model's classes are built on first use: building pydantic models loads
-# its schema generator, which a watcher (judging drops through ingester.payload.gate) never needs.
-_FROM_MODEL = ("ConsoleUsageDataSync", "UsageWindow", "WeeklyLimits", "judge_payload")
+# Where each public name lives. The payload model's classes are among them: building
+# pydantic models loads its schema generator, which a watcher (judging drops through
+# ingester.payload.gate) never needs.
+_HOMES = {
+    "CacheNotRefreshed": "errors",
+    "CleanupIncomplete": "history.store",
+    "CleanupResult": "history.store",
+    "ConsoleUsageDataSync": "payload.model",
+    "Decision": "history.retention",
+    "HistoryLock": "history.lock",
+    "HistoryStore": "api",
+    "IngesterError": "errors",
+    "InitReport": "history.store",
+    "LockHeld": "errors",
+    "PayloadRejected": "errors",
+    "RetentionPlan": "history.retention",
+    "RetentionPolicy": "history.retention",
+    "SettingError": "errors",
+    "StorageError": "errors",
+    "StorageMetadata": "history.metadata",
+    "UsageWindow": "payload.model",
+    "WeeklyLimits": "payload.model",
+    "generate_version_filename": "history.names",
+    "judge_payload": "payload.model",
+    "parse_timestamp_from_filename": "history.names",
+    "plan_retention": "history.retention",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _FROM_MODEL:
-        from .payload import model
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # found here directly from now on
+    return value
 
-        return getattr(model, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
 
 
 __all__ = [

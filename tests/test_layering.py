@@ -32,6 +32,7 @@ TOP_ROOMS = {
     "ingester": "api",
     "ingester.__main__": "api",
     "ingester.lock": "api",
+    "ingester.api": "api",
 }
 
 BELOW_SETTINGS = {"foundation", "payload", "history", "runtime", "usage", "mirror"}

@@ -127,3 +127,50 @@ def test_a_stop_signal_before_the_server_loop_runs_still_stops_it(
     assert code == 0, text
     assert "INFO serve: stopped: " in text
     assert "serve --watch: ready" not in text, text  # stopped before it was ready
+
+
+def _loaded_file(module: str) -> str:
+    """The file Python opens to load ``module``: its cached bytecode, else its source."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None
+    cached = importlib.util.cache_from_source(spec.origin)
+    return cached if os.path.exists(cached) else spec.origin
+
+
+@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+@pytest.mark.parametrize(
+    ("how", "module"),
+    [
+        ("-m", "click.core"),  # loaded by every command, with the command line
+        ("-m", "watchdog.observers.inotify_c"),  # loaded by watch alone
+        ("script", "click.core"),  # the installed ``ingester`` command
+    ],
+)
+def test_a_ctrl_c_while_the_commands_load_ends_the_run_in_one_line(
+    root: Path, how: str, module: str
+) -> None:
+    """Ctrl-C in the first tenth of a second, while the modules load: Python's own handler
+    printed a traceback from the middle of an import there. The signal is delivered the
+    instant the module named is opened (strace), then the run ends as click ends an
+    interrupted command, and nothing was done."""
+    if how == "script":
+        script = Path(sys.executable).parent / "ingester"
+        if not script.exists():
+            pytest.skip(f"the ingester command is not installed beside {sys.executable}")
+        command = [str(script)]
+    else:
+        command = [sys.executable, "-m", "ingester"]
+    strace = (STRACE or "strace", "-f", "-qq", "-o", os.devnull, "-P", _loaded_file(module))
+    inject = ("-e", "trace=openat", "-e", "inject=openat:signal=SIGINT:when=1")
+    done = subprocess.run(
+        [*strace, *inject, *command, "--root", str(root), "watch", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (1, "\nAborted!\n"), done.stderr[-3000:]
+    assert not root.exists() or not any(root.iterdir())
