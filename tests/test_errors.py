@@ -35,6 +35,7 @@ def test_storage_error_is_still_an_os_error_with_one_line() -> None:
 
 
 def test_the_public_api_is_exactly_what_all_names() -> None:
+    assert set(ingester._HOMES) == set(ingester.__all__)  # the names loaded on first use
     for name in ingester.__all__:
         assert hasattr(ingester, name), name
     for operation in ("initialize", "save_version", "cleanup_old_versions"):

@@ -130,47 +130,86 @@ def test_a_stop_signal_before_the_server_loop_runs_still_stops_it(
 
 
 def _loaded_file(module: str) -> str:
-    """The file Python opens to load ``module``: its cached bytecode, else its source."""
+    """The file Python opens first to load ``module``: its cached bytecode's (opened
+    whether or not it exists yet)."""
     import importlib.util
 
     spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin is not None
-    cached = importlib.util.cache_from_source(spec.origin)
-    return cached if os.path.exists(cached) else spec.origin
+    return importlib.util.cache_from_source(spec.origin)
 
 
-@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
-@pytest.mark.parametrize(
-    ("how", "module"),
-    [
-        ("-m", "click.core"),  # loaded by every command, with the command line
-        ("-m", "watchdog.observers.inotify_c"),  # loaded by watch alone
-        ("script", "click.core"),  # the installed ``ingester`` command
-    ],
-)
-def test_a_ctrl_c_while_the_commands_load_ends_the_run_in_one_line(
-    root: Path, how: str, module: str
-) -> None:
-    """Ctrl-C in the first tenth of a second, while the modules load: Python's own handler
-    printed a traceback from the middle of an import there. The signal is delivered the
-    instant the module named is opened (strace), then the run ends as click ends an
-    interrupted command, and nothing was done."""
-    if how == "script":
-        script = Path(sys.executable).parent / "ingester"
-        if not script.exists():
-            pytest.skip(f"the ingester command is not installed beside {sys.executable}")
-        command = [str(script)]
-    else:
-        command = [sys.executable, "-m", "ingester"]
-    strace = (STRACE or "strace", "-f", "-qq", "-o", os.devnull, "-P", _loaded_file(module))
-    inject = ("-e", "trace=openat", "-e", "inject=openat:signal=SIGINT:when=1")
-    done = subprocess.run(
-        [*strace, *inject, *command, "--root", str(root), "watch", "--once"],
+def _ingester(how: str) -> list[str]:
+    """``python -m ingester``, or the installed ``ingester`` command (skip if none)."""
+    if how == "-m":
+        return [sys.executable, "-m", "ingester"]
+    script = Path(sys.executable).parent / "ingester"
+    if not script.exists():
+        pytest.skip(f"the ingester command is not installed beside {sys.executable}")
+    return [str(script)]
+
+
+def _interrupted(root: Path, command: list[str], *trace: str) -> subprocess.CompletedProcess[str]:
+    """``command --root ROOT watch --once`` under strace with ``trace`` (its filter and
+    its SIGINT injection)."""
+    watch = ("--root", str(root), "watch", "--once")
+    return subprocess.run(
+        [STRACE or "strace", "-f", "-qq", "-o", os.devnull, *trace, *command, *watch],
         capture_output=True,
         text=True,
         timeout=60,
         env=cli_env(),
         check=False,
     )
+
+
+@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+@pytest.mark.parametrize(
+    ("how", "module"),
+    [
+        ("-m", "click.core"),  # the command line's own library
+        ("-m", "ingester.settings"),  # ours, loaded with the command line
+        ("script", "click.core"),  # the installed ``ingester`` command
+    ],
+)
+def test_a_ctrl_c_while_the_command_line_loads_ends_the_run_in_one_line(
+    root: Path, how: str, module: str
+) -> None:
+    """Ctrl-C in the first tenth of a second, while the command line loads: Python's own
+    handler printed a traceback from the middle of an import there. The signal is
+    delivered the instant the module named is opened (strace), then the run ends as
+    click ends an interrupted command, and nothing was done."""
+    path = _loaded_file(module)
+    inject = ("-P", path, "-e", "trace=openat", "-e", "inject=openat:signal=SIGINT:when=1")
+    done = _interrupted(root, _ingester(how), *inject)
+    assert (done.returncode, done.stderr) == (1, "\nAborted!\n"), done.stderr[-3000:]
+    assert not root.exists() or not any(root.iterdir())
+
+
+@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+def test_a_ctrl_c_as_the_handler_is_given_back_ends_the_run_in_one_line(
+    root: Path, tmp_path: Path
+) -> None:
+    """The signal delivered as the command gives Python's handler back, before click's
+    own catch is in place: the same one line."""
+    command = _ingester("-m")
+    log = tmp_path / "sigaction.log"
+    trace = ("-e", "trace=rt_sigaction", "-o", str(log))
+    watch = ("--root", str(tmp_path / "warm"), "watch", "--once")
+    traced = subprocess.run(
+        [STRACE or "strace", "-f", "-qq", *trace, *command, *watch],
+        capture_output=True,
+        timeout=60,
+        env=cli_env(),
+        check=False,
+    )
+    assert traced.returncode == 0, traced.stderr
+    calls = [line for line in log.read_text().splitlines() if " rt_sigaction(" in line]
+    # Setting SIGINT's handler: Python's own at start, the command's hold, then the
+    # hand-back (then the watcher's own handlers).
+    sets = [n for n, line in enumerate(calls, 1) if "rt_sigaction(SIGINT, {" in line]
+    assert len(sets) >= 3, calls
+    inject = ("-e", "trace=rt_sigaction", "-e", f"inject=rt_sigaction:signal=SIGINT:when={sets[2]}")
+    done = _interrupted(root, command, *inject)
     assert (done.returncode, done.stderr) == (1, "\nAborted!\n"), done.stderr[-3000:]
     assert not root.exists() or not any(root.iterdir())

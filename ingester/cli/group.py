@@ -286,7 +286,7 @@ COMMANDS = (
 
 
 def run() -> None:
-    """Entry point for ``python -m ingester``."""
+    """Run the command line as ``ingester`` (what :func:`ingester.__main__.main` calls)."""
     main(prog_name="ingester")
 
 

@@ -424,7 +424,7 @@ class Watcher:
                 os.close(old_spool)  # its claims are never moved into another's spool
             if isinstance(exc, LockHeld):
                 raise _Stop(refused_words(exc)) from exc
-            if isinstance(exc, OSError) and not isinstance(exc, StorageError | LockHeld):
+            if isinstance(exc, OSError) and not isinstance(exc, StorageError):
                 why = watch_problem(exc)  # the kernel's words, from watchdog
             else:
                 why = str(exc)
