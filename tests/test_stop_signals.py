@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,85 @@ def test_a_ctrl_c_as_the_handler_is_given_back_ends_the_run_in_one_line(
     done = _interrupted(root, command, *inject)
     assert (done.returncode, done.stderr) == (1, "\nAborted!\n"), done.stderr[-3000:]
     assert not root.exists() or not any(root.iterdir())
+
+
+def _ran_with_sigint_at_write(
+    root: Path, tmp_path: Path, args: list[str], said: str
+) -> subprocess.CompletedProcess[str]:
+    """``ingester --root ROOT ARGS`` with SIGINT delivered just after it writes the line
+    holding ``said`` to standard output (found by tracing a first run on a copy of the
+    root): where the command's work is done, and only its ending is left."""
+    log = tmp_path / "writes.log"
+    warm = tmp_path / "warm"
+    shutil.copytree(root, warm, symlinks=True)
+    command = [sys.executable, "-m", "ingester"]
+    trace = (STRACE or "strace", "-f", "-qq", "-s", "4096", "-e", "trace=write", "-o", str(log))
+    traced = subprocess.run(
+        [*trace, *command, "--root", str(warm), *args],
+        capture_output=True,
+        timeout=60,
+        env=cli_env(),
+        check=False,
+    )
+    assert traced.returncode == 0, traced.stderr
+    calls = [line for line in log.read_text().splitlines() if " write(" in line]
+    at = [n for n, line in enumerate(calls, 1) if " write(1, " in line and said in line]
+    assert len(at) == 1, calls
+    inject = ("-e", "trace=write", "-e", f"inject=write:signal=SIGINT:when={at[0]}")
+    quiet = (STRACE or "strace", "-f", "-qq", "-o", os.devnull)
+    return subprocess.run(
+        [*quiet, *inject, *command, "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        check=False,
+    )
+
+
+@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+def test_a_ctrl_c_after_a_submit_published_its_drop_does_not_say_it_failed(
+    root: Path, tmp_path: Path
+) -> None:
+    """The drop is published and its path printed when Ctrl-C comes: ending as a failure
+    (click's ``Aborted!``, or killed by the signal as Python finalizes) would have the
+    writer submit it again, and it would be stored twice."""
+    source = tmp_path / "snapshot.json"
+    source.write_bytes(payload(1))
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "ingester", "--root", str(root), "init"],
+            capture_output=True,
+            env=cli_env(),
+            check=False,
+        ).returncode
+        == 0
+    )
+    args = ["submit", "--name", "one.json", str(source)]
+    done = _ran_with_sigint_at_write(root, tmp_path, args, "one.json")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{root / 'spool' / 'one.json'}\n"
+    assert (root / "spool" / "one.json").read_bytes() == payload(1)
+
+
+@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+def test_ingest_stops_after_the_file_in_hand_and_says_which_were_not_stored(
+    root: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C as the first of three files is said stored: that one is stored and said,
+    the others neither, and the run names them. As the last is said stored, the run
+    ends as if no Ctrl-C had come: a retry of a run said failed would store all twice."""
+    files = []
+    for n in range(3):
+        files.append(tmp_path / f"in-{n}.json")
+        files[-1].write_bytes(payload(n))
+    args = ["ingest", *map(str, files)]
+    first = _ran_with_sigint_at_write(root, tmp_path, args, "in-0.json")
+    assert first.returncode == 1, first.stderr
+    assert first.stdout.count("\n") == 1 and "stored " + str(files[0]) in first.stdout
+    assert first.stderr.endswith(f"stopped: 2 file(s) not stored, from {files[1]} on\n")
+    assert stored_contents(root) == Counter([payload(0)])
+    shutil.rmtree(tmp_path / "warm")
+    last = _ran_with_sigint_at_write(root, tmp_path, args[:1] + args[2:], "in-2.json")
+    assert last.returncode == 0, last.stderr
+    assert stored_contents(root) == Counter([payload(0), payload(1), payload(2)])

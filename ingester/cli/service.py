@@ -231,6 +231,10 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     problem = root_problem(s, s.spool_dir)
     if problem is not None:
         raise fail(problem)
+    # From the publish on, the drop may be stored: a stop now would end the run as a
+    # failure, and the writer's retry would store the drop twice. The publish takes
+    # milliseconds; the run then ends saying what happened.
+    ignore_stop_signals()
     try:
         path = Spool(s.spool_dir, s.rejected_dir).submit(data, name or drop_name_for_now())
     except FileExistsError as exc:

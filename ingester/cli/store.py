@@ -23,6 +23,7 @@ from ..history.store import CacheNotRefreshed, CleanupIncomplete
 from ..intake.spool import Spool
 from ..ops.queries import ReportError, open_store
 from ..payload.model import PayloadRejected, judge_payload
+from ..runtime.signals import StopFlag, ask_stop_on_signals, ignore_stop_signals
 from ..settings import Settings
 from .common import App, PathParam, fail, make_folder, read_limited, say, writing_store
 from .quiet import SkipEvent
@@ -149,15 +150,32 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
 
     Prints one line per file. Exits 1 if any file was rejected or unreadable; the
     valid ones are stored all the same. Once a file is stored, a failure of the caches
-    or of retention after it is a warning (exit 0): a retry would store it twice.
+    or of retention after it is a warning (exit 0): a retry would store it twice. A stop
+    (Ctrl-C, SIGTERM, SIGHUP) ends the run after the file in hand, saying which were
+    not stored (exit 1); once the last file is stored, it changes nothing.
     Refuses while a watcher holds the history.
     Creates the history in a root that exists; a root that does not exist is refused
     (exit 1, nothing created).
     """
     s = app.settings
+    # A file is stored and said, or neither: a stop in between would leave one stored
+    # that the output does not name, and storing the files again would store it twice.
+    stop = StopFlag()
+    ask_stop_on_signals(stop)
+    try:
+        _ingest_files(s, files, stop)
+    finally:
+        ignore_stop_signals()
+
+
+def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
     rejected = stored = 0
     with writing_store(s, "ingest") as store:
-        for path in files:
+        for n, path in enumerate(files):
+            if stop.is_set():
+                left = len(files) - n
+                say(f"stopped: {left} file(s) not stored, from {path} on", err=True)
+                raise click.exceptions.Exit(1)
             try:
                 data = read_limited(path, s.max_bytes, regular_only=True)
                 judge_payload(data, max_bytes=s.max_bytes)

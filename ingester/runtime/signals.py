@@ -21,7 +21,13 @@ import threading
 import time
 from collections.abc import Iterator
 
-__all__ = ["STOP_SIGNALS", "StopFlag", "ignore_stop_signals", "stop_signals_held"]
+__all__ = [
+    "STOP_SIGNALS",
+    "StopFlag",
+    "ask_stop_on_signals",
+    "ignore_stop_signals",
+    "stop_signals_held",
+]
 
 _SLICE = 0.1  # seconds: how soon a wait sees a stop asked by a signal handler
 
@@ -58,6 +64,15 @@ class StopFlag:
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 """What stops a service: each finishes what is in hand first."""
+
+
+def ask_stop_on_signals(flag: StopFlag) -> None:
+    """From now on each of :data:`STOP_SIGNALS` only sets ``flag`` (a no-op off the main
+    thread). For a one-shot command that finishes the step in hand and looks at the
+    flag before the next; call :func:`ignore_stop_signals` on its way out."""
+    if threading.current_thread() is threading.main_thread():
+        for stop in STOP_SIGNALS:
+            signal.signal(stop, lambda _signum, _frame: flag.set())
 
 
 def ignore_stop_signals() -> None:
