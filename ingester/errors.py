@@ -149,6 +149,7 @@ class SettingError(IngesterError, ValueError):
     def __init__(self, setting: str, message: str) -> None:
         super().__init__(f"{setting}: {message}")
         self.setting = setting
+        self.message = message
 
 
 class LockHeld(IngesterError, RuntimeError):

@@ -47,6 +47,7 @@ __all__ = [
     "Settings",
     "Spec",
     "WatchOptions",
+    "check_layout",
     "resolve_settings",
 ]
 
@@ -433,6 +434,49 @@ def _named(path: Path, real: Path) -> str:
     return str(path) if real == path else f"{path} (which leads to {real})"
 
 
+def check_layout(spool: Path, history: Path, rejected: Path, latest: Path) -> None:
+    """Refuse folders that overlap: :class:`SettingError` naming the option and why.
+
+    Each pair is compared as real paths (a symlinked folder is the folder it names), so
+    it is checked again wherever a folder may have been replaced since (a watcher whose
+    spool was replaced by a link to its history would set up its folders in there).
+    """
+    real = {k: Path(os.path.realpath(v)) for k, v in (("s", spool), ("h", history))}
+    real["r"] = Path(os.path.realpath(rejected))
+    if _overlaps(real["s"], real["h"]):
+        raise SettingError(
+            "--spool-dir/--history-dir",
+            f"the spool {_named(spool, real['s'])} and the history "
+            f"{_named(history, real['h'])} overlap",
+        )
+    if _overlaps(real["r"], real["h"]) or real["r"] == real["s"] or _inside(real["s"], real["r"]):
+        raise SettingError(
+            "--rejected-dir",
+            f"the quarantine {_named(rejected, real['r'])} must not be, hold or lie in the "
+            f"history {_named(history, real['h'])}, nor be or hold the spool "
+            f"{_named(spool, real['s'])}",
+        )
+    # The spool's own folders: a drop quarantined among the claims would be stored as a
+    # version by the next start, and writers' scratch files are swept.
+    for own in (".claimed", "tmp"):
+        if _overlaps(real["r"], real["s"] / own):
+            raise SettingError(
+                "--rejected-dir",
+                f"the quarantine {_named(rejected, real['r'])} must not be, hold or lie in "
+                f"the spool's own folder {real['s'] / own}",
+            )
+    real_latest = Path(os.path.realpath(latest.parent)) / latest.name
+    roles = ((spool, "s", "spool"), (history, "h", "history"), (rejected, "r", "quarantine"))
+    for path, key, role in roles:
+        # A link is one name: it cannot lie in a folder another role owns, nor be one of
+        # those folders or hold them (replacing it would replace the folder).
+        if _overlaps(real_latest, real[key]) or _overlaps(latest, path):
+            raise SettingError(
+                "--latest-path",
+                f"{latest} must not be, hold or lie in the {role} {_named(path, real[key])}",
+            )
+
+
 def resolve_settings(
     options: Mapping[str, Any],
     environ: Mapping[str, str] | None = None,
@@ -486,41 +530,7 @@ def resolve_settings(
     history = values.get("history_dir", root / "console-usage-history")
     latest = values.get("latest_path", root / "console-usage-synced.json")
     rejected = values.get("rejected_dir", spool / "rejected")
-    # Compared as real paths (a symlinked folder is the folder it names), every pair.
-    real = {k: Path(os.path.realpath(v)) for k, v in (("s", spool), ("h", history))}
-    real["r"] = Path(os.path.realpath(rejected))
-    if _overlaps(real["s"], real["h"]):
-        raise SettingError(
-            "--spool-dir/--history-dir",
-            f"the spool {_named(spool, real['s'])} and the history "
-            f"{_named(history, real['h'])} overlap",
-        )
-    if _overlaps(real["r"], real["h"]) or real["r"] == real["s"] or _inside(real["s"], real["r"]):
-        raise SettingError(
-            "--rejected-dir",
-            f"the quarantine {_named(rejected, real['r'])} must not be, hold or lie in the "
-            f"history {_named(history, real['h'])}, nor be or hold the spool "
-            f"{_named(spool, real['s'])}",
-        )
-    # The spool's own folders: a drop quarantined among the claims would be stored as a
-    # version by the next start, and writers' scratch files are swept.
-    for own in (".claimed", "tmp"):
-        if _overlaps(real["r"], real["s"] / own):
-            raise SettingError(
-                "--rejected-dir",
-                f"the quarantine {_named(rejected, real['r'])} must not be, hold or lie in "
-                f"the spool's own folder {real['s'] / own}",
-            )
-    real_latest = Path(os.path.realpath(latest.parent)) / latest.name
-    roles = ((spool, "s", "spool"), (history, "h", "history"), (rejected, "r", "quarantine"))
-    for path, key, role in roles:
-        # A link is one name: it cannot lie in a folder another role owns, nor be one of
-        # those folders or hold them (replacing it would replace the folder).
-        if _overlaps(real_latest, real[key]) or _overlaps(latest, path):
-            raise SettingError(
-                "--latest-path",
-                f"{latest} must not be, hold or lie in the {role} {_named(path, real[key])}",
-            )
+    check_layout(spool, history, rejected, latest)
     return Settings(
         root=root,
         spool_dir=spool,

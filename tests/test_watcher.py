@@ -380,6 +380,28 @@ def test_observer_restarted_when_the_spool_is_removed(root: Path) -> None:
         wait_for(lambda: latest_bytes(root) == payload(1), what="drop after restart")
 
 
+def test_a_spool_replaced_by_a_link_to_the_history_ends_the_watcher_in_one_line(
+    root: Path,
+) -> None:
+    """What stands at the spool's path after it was replaced is checked as at start: a
+    link to the history is refused, and none of the spool's folders is made in there."""
+    spool = spool_of(root)
+    history = root / "console-usage-history"
+    with WatchProcess(root) as w:
+        w.wait_log("watching")
+        spool.rename(root / "spool.old")
+        spool.symlink_to(history)
+        wait_for(lambda: w.proc.poll() is not None, what="the watcher to exit")
+        code = w.stop()
+    assert code == 1, w.log
+    assert w.log.rstrip().endswith(
+        f"ERROR cannot watch {spool} any more: the spool {spool} (which leads to "
+        f"{history}) and the history {history} overlap"
+    ), w.log
+    assert sorted(os.listdir(history)) == [".lock", "_metadata.json"]
+    assert "Traceback" not in w.log
+
+
 def test_a_spool_moved_away_gives_back_the_drops_the_watcher_had_taken(root: Path) -> None:
     """A drop the watcher took (its claim in .claimed) and had not stored when the spool
     folder was moved away is the watcher's to finish: stored once, from where it went,

@@ -34,14 +34,14 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from ..clock import Backoff, ClockJump
-from ..errors import IngesterError, StorageError, describe_os_error
+from ..errors import IngesterError, SettingError, StorageError, describe_os_error
 from ..history.batch import Batch
 from ..history.lock import WATCH, LockHeld, same_file
 from ..history.names import is_version_name
 from ..history.store import HistoryStore
 from ..runtime.notify import SystemdNotifier
 from ..runtime.signals import STOP_SIGNALS, StopFlag
-from ..settings import Settings, WatchOptions
+from ..settings import Settings, WatchOptions, check_layout
 from .arrivals import (
     Arrival,
     Arrivals,
@@ -415,16 +415,23 @@ class Watcher:
             log.error("the spool observer stopped; restarting it")
         self._stop_arrivals()
         try:
+            if replaced:
+                # What stands at the spool's path now may be the history, or hold it:
+                # its folders must not be made in there.
+                s = self.settings
+                check_layout(s.spool_dir, s.history_dir, s.rejected_dir, s.latest_path)
             self.spool.ensure_folders()
             if replaced:
                 self.locks.lock_spool()
             self._start_arrivals()
-        except (LockHeld, OSError, StorageError, RuntimeError) as exc:
+        except (LockHeld, OSError, StorageError, RuntimeError, SettingError) as exc:
             if old_spool is not None:
                 os.close(old_spool)  # its claims are never moved into another's spool
             if isinstance(exc, LockHeld):
                 raise _Stop(refused_words(exc)) from exc
-            if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+            if isinstance(exc, SettingError):
+                why = exc.message  # the folders as they are now, not an option given
+            elif isinstance(exc, OSError) and not isinstance(exc, StorageError):
                 why = watch_problem(exc)  # the kernel's words, from watchdog
             else:
                 why = str(exc)
