@@ -402,6 +402,31 @@ def test_a_spool_replaced_by_a_link_to_the_history_ends_the_watcher_in_one_line(
     assert "Traceback" not in w.log
 
 
+def test_a_latest_link_kept_by_the_watcher_of_another_history_is_refused(
+    root: Path, tmp_path: Path
+) -> None:
+    """Two histories given one --latest-path: the second watcher would point the link at
+    its own versions, and the link would flip between the two. It is refused at start,
+    naming the other history and its watcher, and the link is left as it was."""
+    other = tmp_path / "other"
+    other.mkdir()
+    latest = tmp_path / "shared-latest.json"
+    shared = ("--latest-path", str(latest))
+    with WatchProcess(root, global_args=shared) as w:
+        drop(spool_of(root), "first.json", payload(1))
+        wait_for(lambda: latest.exists() and latest.read_bytes() == payload(1), what="the link")
+        target = os.readlink(latest)
+        done = run_cli(other, *shared, "watch", "--once")
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.rstrip().endswith(
+            f"ERROR cannot start: the latest link {latest} points into the history "
+            f"{root / 'console-usage-history'}, which pid {w.proc.pid} holds (a watcher "
+            "there keeps it); give each history its own --latest-path"
+        ), done.stderr
+        assert os.readlink(latest) == target
+        assert not (other / "console-usage-history").exists()
+
+
 def test_a_spool_moved_away_gives_back_the_drops_the_watcher_had_taken(root: Path) -> None:
     """A drop the watcher took (its claim in .claimed) and had not stored when the spool
     folder was moved away is the watcher's to finish: stored once, from where it went,

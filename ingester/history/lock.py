@@ -27,6 +27,7 @@ __all__ = [
     "LockHeld",
     "history_holder",
     "is_watcher",
+    "latest_link_holder",
     "lock_holder",
     "lock_owner",
     "lock_table_readable",
@@ -212,6 +213,25 @@ def lock_holder(path: Path, *, strict: bool = False) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def latest_link_holder(latest: Path, history: Path, lock_name: str) -> tuple[Path, int] | None:
+    """Whether the latest link ``latest`` is another history's, kept by a live process.
+
+    Returns the folder it points into and the pid holding that folder's lock
+    (``lock_name`` in it), when that folder is not ``history``; ``None`` otherwise (not a
+    link, a link into ``history``, or into a folder no one holds). Two watchers of two
+    histories given one latest link would each point it at their own newest version.
+    """
+    try:
+        target = os.readlink(latest)
+    except OSError:
+        return None
+    folder = Path(os.path.realpath(os.path.join(latest.parent, os.path.dirname(target))))
+    if folder == Path(os.path.realpath(history)):
+        return None
+    pid = lock_holder(folder / lock_name)
+    return None if pid is None or pid == os.getpid() else (folder, pid)
 
 
 def refusal(path: Path, what: str = "history") -> LockHeld | None:

@@ -36,7 +36,7 @@ from types import FrameType
 from ..clock import Backoff, ClockJump
 from ..errors import IngesterError, SettingError, StorageError, describe_os_error
 from ..history.batch import Batch
-from ..history.lock import WATCH, LockHeld, same_file
+from ..history.lock import WATCH, LockHeld, latest_link_holder, same_file
 from ..history.names import is_version_name
 from ..history.store import HistoryStore
 from ..runtime.notify import SystemdNotifier
@@ -209,6 +209,16 @@ class Watcher:
         """Take the history's lock and the spool's, recover, drain the backlog, then
         watch until stopped."""
         self._install_signals()
+        store = self.store
+        kept = latest_link_holder(store.latest_path, store.history_dir, store.lock_path.name)
+        if kept is not None:
+            log.error(
+                "cannot start: the latest link %s points into the history %s, which pid %d "
+                "holds (a watcher there keeps it); give each history its own --latest-path",
+                store.latest_path,
+                *kept,
+            )
+            return 1
         self.locks = WatcherLocks(self.store.lock_path, self.spool, self.lock_purpose)
         try:
             self.locks.take()
