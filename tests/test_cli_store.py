@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import INVALID_SAMPLES, VALID_SAMPLES, run_cli
+from support import INVALID_SAMPLES, VALID_SAMPLES, cli_env, run_cli
 from support.capabilities import other_user_problem, others_folder, run_as_other
 
 from ingester.history.lock import HistoryLock
@@ -461,3 +463,51 @@ def test_ingest_stores_what_it_may_read_and_names_what_it_may_not() -> None:
         assert stored.startswith(f"stored {good} -> ")
         assert rejected == f"rejected {secret}: cannot read: Permission denied [EACCES]"
         assert len(versions(root / "console-usage-history")) == 1
+
+
+def _run_into_full_stdout(root: Path, *args: str) -> tuple[int, str]:
+    """``ingester --root ROOT ARGS`` with its standard output on /dev/full (every write
+    fails with ENOSPC): its exit code and its stderr."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "ingester", "--root", str(root), *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env=cli_env(),
+            check=False,
+        )
+    return done.returncode, done.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_submit_whose_path_cannot_be_printed_still_says_it_dropped(root: Path) -> None:
+    """The drop is published before its path is printed: a failure said then would have
+    the writer submit it again, and it would be stored twice."""
+    assert run_cli(root, "init").returncode == 0
+    args = ("submit", "--name", "one.json", str(VALID_SAMPLES[0]))
+    code, stderr = _run_into_full_stdout(root, *args)
+    assert code == 0, stderr
+    assert stderr == (
+        f"warning: dropped {root / 'spool' / 'one.json'}, but its path could not be printed: "
+        "No space left on device [ENOSPC]\n"
+    )
+    assert (root / "spool" / "one.json").read_bytes() == VALID_SAMPLES[0].read_bytes()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_ingest_whose_output_fails_stops_and_says_what_it_stored(root: Path) -> None:
+    """The lines are the record of what was stored: once one cannot be printed, it is
+    said on stderr, and the run stops before the next file (it was called a failure to
+    create the history folder, with the files after it stored unsaid)."""
+    first, second = VALID_SAMPLES[0], VALID_SAMPLES[1]
+    code, stderr = _run_into_full_stdout(root, "ingest", str(first), str(second))
+    assert code == 1, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 2, stderr
+    assert lines[0].startswith(f"warning: stored {first} -> ")
+    assert lines[0].endswith(", but the output failed: No space left on device [ENOSPC]")
+    assert lines[1] == f"stopped: 1 file(s) not stored, from {second} on"
+    versions = [p for p in (root / "console-usage-history").iterdir() if is_version_name(p.name)]
+    assert [p.read_bytes() for p in versions] == [first.read_bytes()]

@@ -29,6 +29,7 @@ from support import (
 )
 from support.watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents, versions
 
+from ingester.history.lock import HistoryLock
 from ingester.payload.model import judge_payload
 
 
@@ -420,11 +421,17 @@ def test_a_latest_link_kept_by_the_watcher_of_another_history_is_refused(
         assert done.returncode == 1, done.stderr
         assert done.stderr.rstrip().endswith(
             f"ERROR cannot start: the latest link {latest} points into the history "
-            f"{root / 'console-usage-history'}, which pid {w.proc.pid} holds (a watcher "
-            "there keeps it); give each history its own --latest-path"
+            f"{root / 'console-usage-history'}, whose watcher (pid {w.proc.pid}) would point "
+            "it back at its own versions; give each history its own --latest-path (if that "
+            "watcher keeps another link now, remove this one)"
         ), done.stderr
         assert os.readlink(latest) == target
         assert not (other / "console-usage-history").exists()
+    # No watcher holds that history now; a command holding its lock for a moment (here
+    # an ingest's note) keeps no link: the link is taken over.
+    with HistoryLock(root / "console-usage-history" / ".lock", "ingest"):
+        assert run_cli(other, *shared, "watch", "--once").returncode == 0
+    assert not latest.exists()  # taken over: its history has no version to point at
 
 
 def test_a_spool_moved_away_gives_back_the_drops_the_watcher_had_taken(root: Path) -> None:

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import stat
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ __all__ = [
     "read_stream",
     "relative_age",
     "s3_reader",
+    "silence_stdout",
     "time_option",
     "writing_store",
 ]
@@ -74,6 +76,18 @@ def say(line: str, *, err: bool = False) -> None:
     where a script may want the name (as ``ls`` into a pipe)."""
     text = one_line(line)
     click.echo(escape_text(text) if err else text, err=err)
+
+
+def silence_stdout() -> None:
+    """Send what is still to be printed to /dev/null: nothing more can be shown (the
+    reader went away, or a write failed), and the flush at exit must not print
+    ``Exception ignored ... BrokenPipeError``."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno() if sys.stdout is not None else 1)
+        os.close(null)
+    except (OSError, ValueError):
+        pass
 
 
 def fail(message: str, code: int = 1) -> click.exceptions.Exit:
@@ -275,6 +289,7 @@ def writing_store(
         problem = None
     if problem is not None:
         raise fail(problem)
+    body_errors: list[OSError] = []
     try:
         make_folder(store.history_dir)
         with HistoryLock(store.lock_path, purpose):
@@ -285,13 +300,19 @@ def writing_store(
                 for error in store.initialize().cache_errors:
                     # The latest link and metadata are caches: say so, and go on.
                     say(f"warning: {error}", err=True)
-            yield store
+            try:
+                yield store
+            except OSError as exc:
+                body_errors.append(exc)  # the command's own: not a folder it could not make
+                raise
     except LockHeld as exc:
         hint = "; use 'ingester submit' to hand a watcher drops" if purpose == "ingest" else ""
         raise fail(f"{exc}{hint}") from None
     except StorageError as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
+        if exc in body_errors and not isinstance(exc, StorageError):
+            raise
         where = exc.filename or store.history_dir
         raise fail(str(StorageError("create folder", where, exc))) from None
 

@@ -33,7 +33,7 @@ from ..errors import BadEndpoint
 from ..runtime.logs import LOG_FORMATS, escape_text, one_line, setup_logging
 from ..settings import SPECS, SettingError, resolve_settings
 from ..threads import THREAD_LIMIT, is_thread_limit
-from .common import App, PathParam, describe_os_error, last_words
+from .common import App, PathParam, describe_os_error, last_words, silence_stdout
 from .quiet import hold_output, output_was_fine
 
 EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug, not something the user did
@@ -143,12 +143,12 @@ class IngesterGroup(click.Group):
             super().main(args, prog_name, **extra)
         except OSError as exc:
             if exc.errno == errno.EPIPE:
-                _silence_stdout()
+                silence_stdout()
                 sys.exit(1)
             last_words(f"error: {describe_os_error(exc)}")
             # Output a failed write left in stdout's buffer must not follow the error
             # line (nor fail again in the flush at exit).
-            _silence_stdout()
+            silence_stdout()
             sys.exit(1)
         except MemoryError:
             last_words("error: out of memory")
@@ -176,17 +176,6 @@ def _one_line_message() -> Iterator[None]:
     except BadEndpoint as exc:
         # Found where the client is made (a command's body, or its service loop).
         raise click.UsageError(escape_text(one_line(str(exc)))) from None
-
-
-def _silence_stdout() -> None:
-    # Nothing more can be shown (the reader went away, or the write failed), and the
-    # flush at exit must not print "Exception ignored ... BrokenPipeError".
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, sys.stdout.fileno() if sys.stdout is not None else 1)
-        os.close(null)
-    except (OSError, ValueError):
-        pass
 
 
 def _setting_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -17,7 +17,16 @@ from ..intake.metrics import NO_METRICS, Metrics
 from ..payload.gate import check_payload
 from ..runtime.signals import ignore_stop_signals
 from ..settings import RESCAN_INTERVAL, RETRY_MAX, SETTLE, WatchOptions
-from .common import App, BoundedFloat, PathParam, fail, read_limited, read_stream, say
+from .common import (
+    App,
+    BoundedFloat,
+    PathParam,
+    fail,
+    read_limited,
+    read_stream,
+    say,
+    silence_stdout,
+)
 
 __all__ = [
     "refuse_unsafe_latest",
@@ -241,4 +250,11 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
         raise fail(f"{exc.filename}: a drop of that name is still waiting") from None
     except StorageError as exc:
         raise fail(str(exc)) from None
-    say(str(path))
+    try:
+        say(str(path))
+    except OSError as exc:
+        # The drop is published and will be stored: a failure said now would have the
+        # writer submit it again.
+        silence_stdout()
+        cause = os_cause(exc)
+        say(f"warning: dropped {path}, but its path could not be printed: {cause}", err=True)

@@ -25,7 +25,16 @@ from ..ops.queries import ReportError, open_store
 from ..payload.model import PayloadRejected, judge_payload
 from ..runtime.signals import StopFlag, ask_stop_on_signals, ignore_stop_signals
 from ..settings import Settings
-from .common import App, PathParam, fail, make_folder, read_limited, say, writing_store
+from .common import (
+    App,
+    PathParam,
+    fail,
+    make_folder,
+    read_limited,
+    say,
+    silence_stdout,
+    writing_store,
+)
 from .quiet import SkipEvent
 
 __all__ = ["adopt", "cleanup", "ingest", "init"]
@@ -196,13 +205,13 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
             except CacheNotRefreshed as exc:
                 # Past the commit point: stored. Saying "not stored" would invite a retry,
                 # and a retry would store the same payload twice.
-                say(f"stored {path} -> {exc.version.name} ({len(data)} bytes)")
+                _say_stored(path, exc.version.name, len(data), stop)
                 say(f"warning: stored, cache not refreshed: {exc}", err=True)
                 stored += 1
                 continue
             except StorageError as exc:
                 raise fail(f"{path} not stored: {exc}") from None
-            say(f"stored {path} -> {version.name} ({len(data)} bytes)")
+            _say_stored(path, version.name, len(data), stop)
             stored += 1
         try:
             store.cleanup_old_versions()
@@ -214,6 +223,19 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
             say(f"warning: stored, retention not applied: {exc}", err=True)
     if rejected:
         raise click.exceptions.Exit(1)
+
+
+def _say_stored(path: Path, version: str, size: int, stop: StopFlag) -> None:
+    """The line of a file stored. Output that fails stops the run before the next file:
+    the lines are the record of what was stored, so the one that could not be printed
+    is said on stderr instead."""
+    try:
+        say(f"stored {path} -> {version} ({size} bytes)")
+    except OSError as exc:
+        silence_stdout()
+        cause = os_cause(exc)
+        say(f"warning: stored {path} -> {version}, but the output failed: {cause}", err=True)
+        stop.set()
 
 
 @click.command()

@@ -216,12 +216,14 @@ def lock_holder(path: Path, *, strict: bool = False) -> int | None:
 
 
 def latest_link_holder(latest: Path, history: Path, lock_name: str) -> tuple[Path, int] | None:
-    """Whether the latest link ``latest`` is another history's, kept by a live process.
+    """Whether the latest link ``latest`` points into another history a watcher runs on.
 
-    Returns the folder it points into and the pid holding that folder's lock
-    (``lock_name`` in it), when that folder is not ``history``; ``None`` otherwise (not a
-    link, a link into ``history``, or into a folder no one holds). Two watchers of two
-    histories given one latest link would each point it at their own newest version.
+    Returns the folder it points into and the pid of the watcher holding that folder's
+    lock (``lock_name`` in it), when that folder is not ``history``; ``None`` otherwise
+    (not a link, a link into ``history``, or into a folder no watcher holds: a command
+    such as ``ingest`` holds a lock only for a moment). Two watchers of two histories
+    given one latest link would each point it at their own newest version; the lock does
+    not say which link its watcher keeps, so the caller says what to do either way.
     """
     try:
         target = os.readlink(latest)
@@ -230,8 +232,10 @@ def latest_link_holder(latest: Path, history: Path, lock_name: str) -> tuple[Pat
     folder = Path(os.path.realpath(os.path.join(latest.parent, os.path.dirname(target))))
     if folder == Path(os.path.realpath(history)):
         return None
-    pid = lock_holder(folder / lock_name)
-    return None if pid is None or pid == os.getpid() else (folder, pid)
+    owner = lock_owner(folder / lock_name)
+    if owner is None or owner[0] == os.getpid() or not is_watcher(owner[1]):
+        return None
+    return folder, owner[0]
 
 
 def refusal(path: Path, what: str = "history") -> LockHeld | None:

@@ -213,8 +213,9 @@ class Watcher:
         kept = latest_link_holder(store.latest_path, store.history_dir, store.lock_path.name)
         if kept is not None:
             log.error(
-                "cannot start: the latest link %s points into the history %s, which pid %d "
-                "holds (a watcher there keeps it); give each history its own --latest-path",
+                "cannot start: the latest link %s points into the history %s, whose watcher "
+                "(pid %d) would point it back at its own versions; give each history its own "
+                "--latest-path (if that watcher keeps another link now, remove this one)",
                 store.latest_path,
                 *kept,
             )
