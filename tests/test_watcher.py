@@ -535,6 +535,9 @@ def test_removing_the_history_under_a_watcher_stops_it(root: Path) -> None:
     with WatchProcess(root) as w:
         history = root / "console-usage-history"
         wait_for(lambda: _removed(history), what="the history removed")
-        code = w.proc.wait(timeout=30)
+        try:
+            code = w.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the watcher ran on without its history; its log:\n{w.log}")
         assert code != 0
         assert "was removed or replaced" in w.log
