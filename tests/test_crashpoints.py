@@ -476,6 +476,20 @@ OWNERS = [
         marks=pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root"),
     ),
 ]
+# The EIO rounds of the copy path take half a minute; the default suite runs them for
+# the drop's own inode (the crash rounds cover both ways), the long mode for both.
+OWNERS_EIO = [
+    OWNERS[0],
+    pytest.param(
+        True,
+        id="foreign-drops",
+        marks=[
+            pytest.mark.slow,
+            skip_unless_long,
+            pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root"),
+        ],
+    ),
+]
 
 
 def build_scenario(
@@ -1016,7 +1030,7 @@ def known_bug(step: str) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("foreign", OWNERS)
+@pytest.mark.parametrize("foreign", OWNERS_EIO)
 def test_eio_at_every_step_of_a_live_ingest_is_logged_and_heals(
     tmp_path: Path, foreign: bool
 ) -> None:
@@ -1095,7 +1109,7 @@ def _live_group_round(base: Path, k: int, foreign: bool) -> LiveRound:
     return LiveRound(plan, problems, logs.text(), outcome.get("error"))
 
 
-@pytest.mark.parametrize("foreign", OWNERS)
+@pytest.mark.parametrize("foreign", OWNERS_EIO)
 def test_eio_at_every_step_of_a_group_heals(tmp_path: Path, foreign: bool) -> None:
     """EIO at any step of a group (its claims, seals, links, publication, releases): the
     watcher backs off, retries and ends with each drop stored exactly once."""
