@@ -223,15 +223,7 @@ def test_broken_pipe_on_stdout_is_quiet(root: Path) -> None:
         read_end, write_end = os.pipe()
         os.close(read_end)  # the reader is gone before anything is written
         try:
-            result = subprocess.run(
-                [sys.executable, "-m", "ingester", "--root", str(root), *args],
-                stdout=write_end,
-                stderr=subprocess.PIPE,
-                text=True,
-                timeout=60,
-                env=cli_env(),
-                check=False,
-            )
+            result = run_cli(root, *args, stdout=write_end)
         finally:
             os.close(write_end)
         assert "Traceback" not in result.stderr, result.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -14,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import INVALID_SAMPLES, VALID_SAMPLES, cli_env, run_cli
+from support import INVALID_SAMPLES, VALID_SAMPLES, run_cli
 from support.capabilities import other_user_problem, others_folder, run_as_other
 
 from ingester.history.lock import HistoryLock
@@ -469,15 +467,7 @@ def _run_into_full_stdout(root: Path, *args: str) -> tuple[int, str]:
     """``ingester --root ROOT ARGS`` with its standard output on /dev/full (every write
     fails with ENOSPC): its exit code and its stderr."""
     with open("/dev/full", "w") as full:
-        done = subprocess.run(
-            [sys.executable, "-m", "ingester", "--root", str(root), *args],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-            env=cli_env(),
-            check=False,
-        )
+        done = run_cli(root, *args, stdout=full)
     return done.returncode, done.stderr
 
 

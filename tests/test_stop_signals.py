@@ -14,10 +14,11 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from support import cli_env, wait_for
+from support import cli_env, run_cli, wait_for
 from support.serveproc import ServeProcess
 from support.signals import STOPS, pause, storm, survives_a_storm
 from support.watchproc import WatchProcess, drop, payload, stored_contents
@@ -150,18 +151,25 @@ def _ingester(how: str) -> list[str]:
     return [str(script)]
 
 
-def _interrupted(root: Path, command: list[str], *trace: str) -> subprocess.CompletedProcess[str]:
-    """``command --root ROOT watch --once`` under strace with ``trace`` (its filter and
-    its SIGINT injection)."""
-    watch = ("--root", str(root), "watch", "--once")
+def _under_strace(
+    command: list[str], root: Path, args: Sequence[str], *options: str
+) -> subprocess.CompletedProcess[str]:
+    """``COMMAND --root ROOT ARGS`` under ``strace -f -qq OPTIONS`` (a trace to a log, or
+    a SIGINT injected), its output captured."""
     return subprocess.run(
-        [STRACE or "strace", "-f", "-qq", "-o", os.devnull, *trace, *command, *watch],
+        [STRACE or "strace", "-f", "-qq", *options, *command, "--root", str(root), *args],
         capture_output=True,
         text=True,
         timeout=60,
         env=cli_env(),
         check=False,
     )
+
+
+def _interrupted(root: Path, command: list[str], *inject: str) -> subprocess.CompletedProcess[str]:
+    """``command --root ROOT watch --once`` under strace with ``inject`` (its filter and
+    its SIGINT injection)."""
+    return _under_strace(command, root, ("watch", "--once"), "-o", os.devnull, *inject)
 
 
 @pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
@@ -196,14 +204,7 @@ def test_a_ctrl_c_as_the_handler_is_given_back_ends_the_run_in_one_line(
     command = _ingester("-m")
     log = tmp_path / "sigaction.log"
     trace = ("-e", "trace=rt_sigaction", "-o", str(log))
-    watch = ("--root", str(tmp_path / "warm"), "watch", "--once")
-    traced = subprocess.run(
-        [STRACE or "strace", "-f", "-qq", *trace, *command, *watch],
-        capture_output=True,
-        timeout=60,
-        env=cli_env(),
-        check=False,
-    )
+    traced = _under_strace(command, tmp_path / "warm", ("watch", "--once"), *trace)
     assert traced.returncode == 0, traced.stderr
     calls = [line for line in log.read_text().splitlines() if " rt_sigaction(" in line]
     # Setting SIGINT's handler: Python's own at start, the command's hold, then the
@@ -225,29 +226,15 @@ def _ran_with_sigint_at_write(
     log = tmp_path / "writes.log"
     warm = tmp_path / "warm"
     shutil.copytree(root, warm, symlinks=True)
-    command = [sys.executable, "-m", "ingester"]
-    trace = (STRACE or "strace", "-f", "-qq", "-s", "4096", "-e", "trace=write", "-o", str(log))
-    traced = subprocess.run(
-        [*trace, *command, "--root", str(warm), *args],
-        capture_output=True,
-        timeout=60,
-        env=cli_env(),
-        check=False,
-    )
+    command = _ingester("-m")
+    trace = ("-s", "4096", "-e", "trace=write", "-o", str(log))
+    traced = _under_strace(command, warm, args, *trace)
     assert traced.returncode == 0, traced.stderr
     calls = [line for line in log.read_text().splitlines() if " write(" in line]
     at = [n for n, line in enumerate(calls, 1) if " write(1, " in line and said in line]
     assert len(at) == 1, calls
     inject = ("-e", "trace=write", "-e", f"inject=write:signal=SIGINT:when={at[0]}")
-    quiet = (STRACE or "strace", "-f", "-qq", "-o", os.devnull)
-    return subprocess.run(
-        [*quiet, *inject, *command, "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=cli_env(),
-        check=False,
-    )
+    return _under_strace(command, root, args, "-o", os.devnull, *inject)
 
 
 @pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
@@ -259,15 +246,7 @@ def test_a_ctrl_c_after_a_submit_published_its_drop_does_not_say_it_failed(
     writer submit it again, and it would be stored twice."""
     source = tmp_path / "snapshot.json"
     source.write_bytes(payload(1))
-    assert (
-        subprocess.run(
-            [sys.executable, "-m", "ingester", "--root", str(root), "init"],
-            capture_output=True,
-            env=cli_env(),
-            check=False,
-        ).returncode
-        == 0
-    )
+    assert run_cli(root, "init").returncode == 0
     args = ["submit", "--name", "one.json", str(source)]
     done = _ran_with_sigint_at_write(root, tmp_path, args, "one.json")
     assert done.returncode == 0, done.stderr

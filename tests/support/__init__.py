@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 # The project's own fixtures: tests never read anything outside the repository.
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -67,14 +68,17 @@ def run_cli(
     timeout: float = 60,
     wrapper: tuple[str, ...] = (),
     pass_fds: tuple[int, ...] = (),
+    stdout: int | IO[str] | None = None,
     **env: str,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``[WRAPPER...] ingester --root ROOT ARGS...`` in a subprocess (``pass_fds`` kept
-    open in it); return the completed process."""
+    open in it); return the completed process. Its output is captured, unless
+    ``stdout`` (a descriptor or a file) is where its standard output goes."""
     return subprocess.run(
         [*wrapper, sys.executable, "-m", "ingester", "--root", str(root), *args],
         input=input.decode() if input is not None else None,
-        capture_output=True,
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.PIPE,
         text=True,
         timeout=timeout,
         env=cli_env(**env),
