@@ -23,7 +23,7 @@ from ..history.store import CacheNotRefreshed, CleanupIncomplete
 from ..intake.spool import Spool
 from ..ops.queries import ReportError, open_store
 from ..payload.model import PayloadRejected, judge_payload
-from ..runtime.signals import StopFlag, ask_stop_on_signals, ignore_stop_signals
+from ..runtime.signals import StopFlag, ignore_stop_signals, on_stop_signals
 from ..settings import Settings
 from .common import (
     App,
@@ -170,7 +170,7 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
     # A file is stored and said, or neither: a stop in between would leave one stored
     # that the output does not name, and storing the files again would store it twice.
     stop = StopFlag()
-    ask_stop_on_signals(stop)
+    on_stop_signals(stop.set)
     try:
         _ingest_files(s, files, stop)
     finally:

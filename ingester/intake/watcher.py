@@ -31,7 +31,6 @@ import stat
 import threading
 import time
 from dataclasses import dataclass, field
-from types import FrameType
 
 from ..clock import Backoff, ClockJump
 from ..errors import IngesterError, SettingError, StorageError, describe_os_error
@@ -40,7 +39,7 @@ from ..history.lock import WATCH, LockHeld, latest_link_holder, same_file
 from ..history.names import is_version_name
 from ..history.store import HistoryStore
 from ..runtime.notify import SystemdNotifier
-from ..runtime.signals import STOP_SIGNALS, StopFlag
+from ..runtime.signals import StopFlag, on_stop_signals
 from ..settings import Settings, WatchOptions, check_layout
 from .arrivals import (
     Arrival,
@@ -193,15 +192,10 @@ class Watcher:
         self._stop.set()
 
     def _install_signals(self) -> None:
+        # SIGHUP too: the terminal it ran in was closed. Its default would end the
+        # process at once, with no stop line and drops left claimed.
+        on_stop_signals(self.request_stop)
         if threading.current_thread() is threading.main_thread():
-
-            def handler(signum: int, frame: FrameType | None) -> None:
-                self.request_stop()
-
-            # SIGHUP too: the terminal it ran in was closed. Its default would end the
-            # process at once, with no stop line and drops left claimed.
-            for stop in STOP_SIGNALS:
-                signal.signal(stop, handler)
             # A read lease broken by a writer sends SIGIO, whose default is to terminate.
             signal.signal(signal.SIGIO, signal.SIG_IGN)
 

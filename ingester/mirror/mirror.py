@@ -36,14 +36,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from ..clock import Backoff, utc_now
@@ -62,7 +59,7 @@ from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import format_timestamp, is_version_name
 from ..history.retention import RetentionPolicy, plan_retention
 from ..runtime.notify import SystemdNotifier
-from ..runtime.signals import STOP_SIGNALS, StopFlag
+from ..runtime.signals import StopFlag, on_stop_signals
 from .objectstore import Failure, MirrorTarget, RemoteObject, S3Client, make_client
 from .s3_history import S3History
 from .state import (
@@ -503,13 +500,8 @@ class Mirror:
             self._save_state(force=True)
 
     def _install_signals(self) -> None:
-        def handler(signum: int, frame: FrameType | None) -> None:
-            self.stop()
-
-        if threading.current_thread() is threading.main_thread():
-            # SIGHUP (a closed terminal) stops it the same way, not by its default.
-            for stop in STOP_SIGNALS:
-                signal.signal(stop, handler)
+        # SIGHUP (a closed terminal) stops it the same way, not by its default.
+        on_stop_signals(self.stop)
 
     def run(self) -> int:
         """The service (or one pass with ``once``): exit status 0, or 1 on failure.

@@ -19,13 +19,13 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 __all__ = [
     "STOP_SIGNALS",
     "StopFlag",
-    "ask_stop_on_signals",
     "ignore_stop_signals",
+    "on_stop_signals",
     "stop_signals_held",
 ]
 
@@ -66,13 +66,15 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 """What stops a service: each finishes what is in hand first."""
 
 
-def ask_stop_on_signals(flag: StopFlag) -> None:
-    """From now on each of :data:`STOP_SIGNALS` only sets ``flag`` (a no-op off the main
-    thread). For a one-shot command that finishes the step in hand and looks at the
-    flag before the next; call :func:`ignore_stop_signals` on its way out."""
+def on_stop_signals(ask: Callable[[], None]) -> None:
+    """From now on each of :data:`STOP_SIGNALS` only calls ``ask`` (a no-op off the main
+    thread, where no handler can be set): SIGHUP too, whose default would end the process
+    at once, mid-step. ``ask`` runs between two bytecodes of the main thread, so it only
+    sets plain attributes (:meth:`StopFlag.set`). Call :func:`ignore_stop_signals` on the
+    way out."""
     if threading.current_thread() is threading.main_thread():
         for stop in STOP_SIGNALS:
-            signal.signal(stop, lambda _signum, _frame: flag.set())
+            signal.signal(stop, lambda _signum, _frame: ask())
 
 
 def ignore_stop_signals() -> None:
