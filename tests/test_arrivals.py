@@ -13,10 +13,12 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from support import INOTIFY_QUEUE_KNOB, inotify_queue_limit, wait_for
+from support import INOTIFY_QUEUE_KNOB, IS_ROOT, inotify_queue_limit, wait_for
+from support.capabilities import tmpfs
 from support.signals import survives_a_storm
 
 from ingester.intake.arrivals import (
@@ -170,20 +172,61 @@ def test_a_timed_wait_for_arrivals_ends_while_signals_keep_coming(polling: bool)
     survives_a_storm(script, (signal.SIGUSR1,), 60_000, 7, "a timed wait for arrivals")
 
 
-def test_arrivals_come_in_order_and_a_burst_longer_than_one_read_is_whole(spool: Path) -> None:
-    """Every drop of a burst whose events fill several reads of the descriptor is
-    reported, complete, in the order they came."""
+def test_arrivals_come_in_order_many_reads_to_a_wait_and_a_long_queue_over_several(
+    spool: Path,
+) -> None:
+    """A burst whose events fill several reads of the descriptor is reported whole, in
+    the order it came: one wait takes several reads' worth, but not without end (the
+    loop must get back to its stop checks), and the next waits take the rest."""
     arrivals = start_arrivals(spool, polling=False, poll_interval=1.0)
-    events = Events(arrivals)
-    # Long names: about 270 bytes of event per drop, 2,000 drops: 540 KB to read.
-    names = [f"{i:05d}-{'x' * 240}.json" for i in range(2_000)]
+    # Long names: about 270 bytes of event per drop, 4,500 drops: 1.2 MB to read, more
+    # than one wait takes (1 MiB); one read takes 64 KiB, about 240 events.
+    names = [f"{i:05d}-{'x' * 240}.json" for i in range(4_500)]
     staged = spool.parent / "staged"
     try:
         for name in names:
             staged.write_bytes(b"{}")
             os.rename(staged, spool / name)
-        seen = events.until(DropSeen(names[-1], How.COMPLETE))
-        assert seen == [DropSeen(name, How.COMPLETE) for name in names]
+        first = arrivals.wait(5.0)  # every event is queued once its rename returned
+        assert 2_000 < len(first) < len(names)
+        seen = Events(arrivals)
+        seen.seen = first
+        assert seen.until(DropSeen(names[-1], How.COMPLETE)) == [
+            DropSeen(name, How.COMPLETE) for name in names
+        ]
+    finally:
+        arrivals.stop()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounting a tmpfs needs root")
+def test_a_spool_unmounted_from_under_its_watch_goes_deaf(tmp_path: Path) -> None:
+    """The kernel ends the watch (IN_UNMOUNT, then IN_IGNORED) with no event of the folder
+    itself: the source must say it is dead, for the watcher to restart it."""
+    with tmpfs(tmp_path / "spool") as spool:
+        arrivals = start_arrivals(spool, polling=False, poll_interval=1.0)
+    try:
+        wait_for(lambda: not (arrivals.wait(0.05) or arrivals.is_alive()), what="the source deaf")
+        assert arrivals.failure is None  # nothing failed: the watch ended
+    finally:
+        arrivals.stop()
+
+
+def test_a_failed_or_stopped_source_waits_out_its_deadline(spool: Path) -> None:
+    """A source that cannot read says why and is dead; waiting on it then sleeps until
+    the deadline, as a live one with nothing to report does: the loop, which checks its
+    source's liveness only once it is ready, must not spin on it before."""
+    arrivals = start_arrivals(spool, polling=False, poll_interval=1.0)
+    try:
+        (descriptor,) = [p for p in Path("/proc/self/fd").iterdir() if _is_inotify(p)]
+        os.close(int(descriptor.name))  # the descriptor lost from under it: EBADF
+        assert arrivals.wait(1.0) == []
+        assert not arrivals.is_alive()
+        assert arrivals.failure == "cannot read its inotify events: Bad file descriptor [EBADF]"
+        for source in (arrivals, start_arrivals(spool, polling=False, poll_interval=1.0)):
+            source.stop()
+            started = time.monotonic()
+            assert source.wait(0.2) == []
+            assert time.monotonic() - started >= 0.2
     finally:
         arrivals.stop()
 

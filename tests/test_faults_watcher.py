@@ -34,6 +34,8 @@ from support.capabilities import OTHER_UID, other_user_problem, others_folder, t
 from support.watchproc import WatchProcess, drop, payload, versions
 from test_crashpoints import Expect, final_problems, settings_for
 
+from ingester.threads import THREAD_LIMIT
+
 WATCH_ARGS = ("--retry-max", "0.5", "--rescan-interval", "1")
 
 
@@ -424,18 +426,32 @@ def test_the_inotify_watcher_needs_no_thread_but_its_own() -> None:
 
 @pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
 @pytest.mark.skipif(WHY_NOT_AS_ANOTHER_USER is not None, reason=WHY_NOT_AS_ANOTHER_USER or "")
-def test_polling_that_cannot_start_its_threads_is_one_line() -> None:
+@pytest.mark.parametrize(
+    ("threads", "args", "after"),
+    [
+        (2, ("watch", "--polling"), []),
+        (
+            # serve's main thread and the watcher's: the observer's are the ones refused.
+            4,
+            ("serve", "--watch", "--polling", "--listen", "127.0.0.1:0"),
+            ["the watcher stopped (exit 1): serve stops too, so that both restart together"],
+        ),
+    ],
+    ids=["watch", "serve-watch"],
+)
+def test_polling_that_cannot_start_its_threads_is_one_line(
+    threads: int, args: tuple[str, ...], after: list[str]
+) -> None:
     """watchdog's polling observer needs threads of its own: where none can start, the
-    watcher says so in one line and exits 1."""
+    watcher says so in one line naming the limit, and exits 1 (and serve with it)."""
     with others_folder("ingester-nproc-") as root:
         os.chown(root, LIMITED_UID, LIMITED_UID)
-        code, stderr = _limited(root, 2, "watch", "--polling", timeout=60)
+        code, stderr = _limited(root, threads, *args, timeout=60)
+        spool = root / "spool"
     assert code == 1, stderr[-2000:]
     assert "Traceback" not in stderr
-    assert stderr.rstrip().splitlines()[-1] == (
-        "error: cannot start a thread: a limit on threads or memory is reached "
-        "(ulimit -u, systemd's TasksMax or MemoryMax)"
-    ), stderr
+    errors = [line.split(" ERROR ", 1)[1] for line in stderr.splitlines() if " ERROR " in line]
+    assert errors == [f"cannot watch {spool}: {THREAD_LIMIT}", *after], stderr
 
 
 @pytest.mark.skipif(STRACE is None or os.geteuid() != 0, reason="needs strace (and root to trace)")

@@ -19,6 +19,7 @@ we claim makes one, and none says anything new.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -36,6 +37,7 @@ from watchdog.observers.inotify_c import InotifyConstants, inotify_add_watch, in
 from watchdog.observers.polling import PollingObserver
 
 from ..errors import os_cause
+from ..threads import THREAD_LIMIT, is_thread_limit
 
 __all__ = [
     "Arrival",
@@ -121,6 +123,9 @@ _EVENT = struct.Struct("iIII")
 # Room for at least one event with the longest name (NAME_MAX is 255), and for many:
 # a read returns only whole events, as many as fit.
 _READ_SIZE = 64 * 1024
+# At most this many reads per wait (1 MiB of events, 4,000 or more): a writer that keeps
+# the kernel's queue full must not keep the loop from its stop checks and pings.
+_READS_PER_WAIT = 16
 
 
 class _InotifyArrivals(Arrivals):
@@ -148,6 +153,8 @@ class _InotifyArrivals(Arrivals):
         try:
             # Not left to a program the process starts (a hook, a backup tool), and
             # never blocking: the wait blocks in poll(2) instead, with its deadline.
+            # (watchdog binds no inotify_init1 to make it so at once; the children
+            # started meanwhile, through subprocess, close what they inherit anyway.)
             os.set_inheritable(fd, False)
             os.set_blocking(fd, False)
             if inotify_add_watch(fd, os.fsencode(spool_dir), self.MASK) < 0:
@@ -168,18 +175,18 @@ class _InotifyArrivals(Arrivals):
             # time left, and treats time run out as a timeout.
             if not self._poll.poll(max(0.0, timeout) * 1000.0):
                 return found
-            while True:
+            for _ in range(_READS_PER_WAIT):
                 try:
                     buffer = os.read(self._fd, _READ_SIZE)
                 except BlockingIOError:
-                    return found
+                    break
                 self._parse(buffer, found)
                 if len(buffer) <= _READ_SIZE // 2:
-                    return found  # the kernel had no more than that: no second read
+                    break  # the kernel had no more than that: no second read
         except OSError as exc:
             # What was read is kept; a new source rescans for what was not.
             self.failure = f"cannot read its inotify events: {os_cause(exc)}"
-            return found
+        return found
 
     def _parse(self, buffer: bytes, found: list[Arrival]) -> None:
         offset = 0
@@ -215,7 +222,8 @@ class _InotifyArrivals(Arrivals):
     def stop(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
-            os.close(fd)
+            with contextlib.suppress(OSError):  # closed already: nothing is left to free
+                os.close(fd)
 
     def is_alive(self) -> bool:
         return self._fd >= 0 and not self._lost and self.failure is None
@@ -309,15 +317,18 @@ def start_arrivals(spool_dir: Path, *, polling: bool, poll_interval: float) -> A
     return _InotifyArrivals(spool_dir)
 
 
-def watch_problem(exc: OSError) -> str:
+def watch_problem(exc: OSError | RuntimeError) -> str:
     """Why :func:`start_arrivals` could not watch the spool: one line that says what to do.
 
     Two of the kernel's limits are met here, and neither is said well by its errno alone
     (inotify(7), "/proc interfaces"): EMFILE when the user has as many inotify instances
     as ``fs.inotify.max_user_instances`` allows (128 by default; or the process is out
     of descriptors), ENOSPC when the user has as many watches as
-    ``fs.inotify.max_user_watches`` allows. Polling needs neither.
+    ``fs.inotify.max_user_watches`` allows. Polling needs neither, but needs threads:
+    a ``RuntimeError`` is its observer's thread that could not start.
     """
+    if isinstance(exc, RuntimeError):
+        return THREAD_LIMIT if is_thread_limit(exc) else str(exc)
     if exc.errno == errno.EMFILE:
         return (
             "out of inotify instances or open files [EMFILE]: raise the sysctl "

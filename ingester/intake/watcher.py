@@ -245,7 +245,7 @@ class Watcher:
         if not self.options.once:
             try:
                 self._start_arrivals()
-            except OSError as exc:
+            except (OSError, RuntimeError) as exc:
                 log.error("cannot watch %s: %s", self.spool.dir, watch_problem(exc))
                 return 1
         log.info(
@@ -434,8 +434,10 @@ class Watcher:
                 raise _Stop(refused_words(exc)) from exc
             if isinstance(exc, SettingError):
                 why = exc.message  # the folders as they are now, not an option given
-            elif isinstance(exc, OSError) and not isinstance(exc, StorageError):
-                why = watch_problem(exc)  # the kernel's words, from watchdog
+            elif isinstance(exc, RuntimeError) or (
+                isinstance(exc, OSError) and not isinstance(exc, StorageError)
+            ):
+                why = watch_problem(exc)  # the kernel's limits, or a thread's
             else:
                 why = str(exc)
             raise _Stop(f"cannot watch {self.spool.dir} any more: {why}") from exc
