@@ -1,24 +1,26 @@
-"""How soon a drop renamed into the spool is seen: watchdog's reader against a plain read.
+"""How soon a drop renamed into the spool is seen: our source, watchdog's reader, a plain read.
 
-    python bench/arrival.py                # both, 150 renames each, in $TMPDIR or /tmp
+    python bench/arrival.py                # all three, 150 renames each, in $TMPDIR or /tmp
     python bench/arrival.py --renames 300 --dir /mnt/data
 
 A child process renames files into a folder, one at a time with an idle gap of 25-75
 ms before each (as bench_watch.py's latency rounds do), and notes the time of each
-rename. Two readers watch the folder for IN_MOVED_TO, one after the other:
+rename. Three readers watch the folder, one after the other:
 
-* **watchdog**: its ``InotifyFD`` reader, as ``ingester.intake.arrivals`` runs it (a
-  reader thread hands what it reads to a dispatcher thread, which calls our callback);
-  the time is taken in the callback.
+* **ours**: ``ingester.intake.arrivals``'s inotify source, waited on by the main thread
+  as the watcher's loop waits on it; the time is taken as ``wait`` returns.
+* **watchdog**: its ``InotifyFD`` reader, as the watcher ran it before (a reader thread
+  hands what it reads to a dispatcher thread, which calls a callback); the time is taken
+  in the callback. The watcher's loop then took it from a queue, one hand-off later
+  still (``bench/drop_timeline.py`` of then, "the loop takes it").
 * **plain**: the main thread blocked in ``read`` on an inotify descriptor of its own
   (``inotify_init1`` through ctypes, as ``bench/floor.py`` does); the time is taken as
   the read returns.
 
 Prints, for each, the median and the 90th percentile of the time from the rename to
 that first sight, in µs, leaving out the first five renames (warm-up). The clocks are
-the same: ``time.perf_counter`` is CLOCK_MONOTONIC in both processes. The watcher's own
-loop sees the drop one hand-off later still (``bench/drop_timeline.py``, "the loop
-takes it"). A measuring tool, not a test.
+the same: ``time.perf_counter`` is CLOCK_MONOTONIC in both processes. A measuring tool,
+not a test.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from watchdog.observers.inotify_c import CallbackId, InotifyConstants, InotifyFD, Mask
+
+from ingester.intake.arrivals import DropSeen, start_arrivals
 
 _RENAMER = """
 import os, random, sys, time
@@ -93,6 +97,23 @@ def watchdog_reader(tmp: Path, spool: Path, n: int) -> list[float]:
     return [seen.at[f"f{i}.json"] - float(t) for i, t in enumerate(renamed)]
 
 
+def our_reader(tmp: Path, spool: Path, n: int) -> list[float]:
+    source = start_arrivals(spool, polling=False, poll_interval=1.0)
+    seen: dict[str, float] = {}
+    child = _renames(tmp, spool, n)
+    try:
+        while len(seen) < n:
+            arrivals = source.wait(0.25)
+            now = time.perf_counter()
+            for arrival in arrivals:
+                if isinstance(arrival, DropSeen):
+                    seen.setdefault(arrival.name, now)
+        renamed = child.communicate()[0].split()
+    finally:
+        source.stop()
+    return [seen[f"f{i}.json"] - float(t) for i, t in enumerate(renamed)]
+
+
 def plain_reader(tmp: Path, spool: Path, n: int) -> list[float]:
     libc = ctypes.CDLL(None, use_errno=True)
     fd = libc.inotify_init1(os.O_CLOEXEC)
@@ -121,7 +142,8 @@ def main() -> None:
     parser.add_argument("--renames", type=int, default=150, help="renames per reader")
     parser.add_argument("--dir", type=Path, default=None, help="where to make the folders")
     args = parser.parse_args()
-    for name, reader in (("watchdog", watchdog_reader), ("plain", plain_reader)):
+    readers = (("ours", our_reader), ("watchdog", watchdog_reader), ("plain", plain_reader))
+    for name, reader in readers:
         with tempfile.TemporaryDirectory(dir=args.dir) as base:
             tmp, spool = Path(base, "tmp"), Path(base, "spool")
             tmp.mkdir()

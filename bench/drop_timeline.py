@@ -35,7 +35,7 @@ BENCH = REPO / "bench"
 
 # (module, attribute path, label): the drop path in the order a drop meets it.
 STEPS = [
-    ("ingester.intake.arrivals", "_InotifyArrivals.on_event", "inotify event (reader thread)"),
+    ("ingester.intake.arrivals", "_InotifyArrivals._parse", "inotify event (read by the loop)"),
     ("ingester.intake.watcher", "Watcher._absorb", "the loop takes it"),
     ("ingester.intake.watcher", "Watcher._process_batch", "the group"),
     ("ingester.intake.intake", "Intake.open_and_judge", "1-2 read and judge"),

@@ -1,9 +1,10 @@
 """The dependency policy (docs/testing.md, "Dependencies and their new releases").
 
 ``pyproject.toml`` gives users ranges with an upper bound; ``constraints.txt`` locks what
-CI installs. watchdog is the one dependency whose undocumented internals we use (its
-inotify reader, in ``ingester/intake/arrivals.py``), and those changed within 7.x: so the tests
-that pin down those internals, and ``mypy --strict``, run here against the lowest
+CI installs. watchdog is the one dependency whose undocumented parts we use (its inotify
+bindings and constants, in ``ingester/intake/arrivals.py``), and its inotify module changed
+within 7.x: so the tests that pin down what we use, and ``mypy --strict``, run here against
+the lowest
 watchdog the range allows and the locked one, each installed into a folder of its own
 (``pip install --target``) and put first on ``PYTHONPATH`` of a subprocess. The version
 the suite itself runs with is proven by the suite; ``.ci/run --newest`` makes that the
@@ -25,7 +26,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The tests that fail if watchdog's reader reports something else than we rely on.
+# The tests that fail if watchdog's bindings or observer do something else than we rely on.
 WATCHDOG_FACING_TESTS = [
     "tests/test_arrivals.py",
     "tests/test_watcher.py::test_inotify_overflow_triggers_a_rescan",

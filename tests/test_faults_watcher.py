@@ -34,6 +34,8 @@ from support.capabilities import OTHER_UID, other_user_problem, others_folder, t
 from support.watchproc import WatchProcess, drop, payload, versions
 from test_crashpoints import Expect, final_problems, settings_for
 
+from ingester.threads import THREAD_LIMIT
+
 WATCH_ARGS = ("--retry-max", "0.5", "--rescan-interval", "1")
 
 
@@ -403,22 +405,80 @@ def test_a_backlog_is_stored_whole_where_no_thread_can_start() -> None:
 
 @pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
 @pytest.mark.skipif(WHY_NOT_AS_ANOTHER_USER is not None, reason=WHY_NOT_AS_ANOTHER_USER or "")
-def test_an_observer_that_cannot_start_its_thread_ends_the_watcher_in_lines() -> None:
-    """The inotify reader starts, then cannot start the thread it needs, and dies: each
-    death is one line, not a traceback, and after a few restarts within a minute the
-    watcher exits 1 (a service manager starts it afresh) instead of running deaf."""
+def test_the_inotify_watcher_needs_no_thread_but_its_own() -> None:
+    """The spool's events are read on the loop's own thread: a watcher allowed one thread
+    stores drops as they come, and stops cleanly."""
+    sent = drops_for("one-thread", 5)
     with others_folder("ingester-nproc-") as root:
         os.chown(root, LIMITED_UID, LIMITED_UID)
-        code, stderr = _limited(root, 2, "watch", timeout=60)
+        limited = (
+            *(PRLIMIT or "prlimit", "--nproc=1:1", "--"),
+            *("setpriv", f"--reuid={LIMITED_UID}", f"--regid={LIMITED_UID}", "--clear-groups"),
+        )
+        with WatchProcess(root, wrapper=limited) as watcher:
+            for count, (name, data) in enumerate(sent.items(), 1):
+                drop(root / "spool", name, data, owner=(LIMITED_UID, LIMITED_UID))
+                wait_for(lambda n=count: len(versions(root)) == n, 30, f"{name} stored")
+            assert watcher.stop() == 0
+        assert "Traceback" not in watcher.log and " ERROR " not in watcher.log, watcher.log
+        assert sorted(p.read_bytes() for p in versions(root)) == sorted(sent.values())
+
+
+@pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
+@pytest.mark.skipif(WHY_NOT_AS_ANOTHER_USER is not None, reason=WHY_NOT_AS_ANOTHER_USER or "")
+@pytest.mark.parametrize(
+    ("threads", "args", "after"),
+    [
+        (2, ("watch", "--polling"), []),
+        (
+            # serve's main thread and the watcher's: the observer's are the ones refused.
+            4,
+            ("serve", "--watch", "--polling", "--listen", "127.0.0.1:0"),
+            ["the watcher stopped (exit 1): serve stops too, so that both restart together"],
+        ),
+    ],
+    ids=["watch", "serve-watch"],
+)
+def test_polling_that_cannot_start_its_threads_is_one_line(
+    threads: int, args: tuple[str, ...], after: list[str]
+) -> None:
+    """watchdog's polling observer needs threads of its own: where none can start, the
+    watcher says so in one line naming the limit, and exits 1 (and serve with it)."""
+    with others_folder("ingester-nproc-") as root:
+        os.chown(root, LIMITED_UID, LIMITED_UID)
+        code, stderr = _limited(root, threads, *args, timeout=60)
+        spool = root / "spool"
     assert code == 1, stderr[-2000:]
     assert "Traceback" not in stderr
-    assert "ERROR thread " in stderr and "can't start new thread" in stderr
-    assert stderr.count("the spool observer stopped; restarting it") == 5, stderr
-    last = stderr.rstrip().splitlines()[-1]
-    assert last.endswith(
-        "the spool observer stopped 6 times within a minute; exiting, for the service "
-        "manager to start it afresh"
-    ), stderr
+    errors = [line.split(" ERROR ", 1)[1] for line in stderr.splitlines() if " ERROR " in line]
+    assert errors == [f"cannot watch {spool}: {THREAD_LIMIT}", *after], stderr
+
+
+@pytest.mark.skipif(STRACE is None or os.geteuid() != 0, reason="needs strace (and root to trace)")
+def test_an_inotify_source_that_keeps_failing_ends_the_watcher_in_lines(root: Path) -> None:
+    """Every wait for the spool's events fails (strace makes ``poll`` fail with ENOMEM):
+    each time the source is restarted with one line saying why, not a traceback, and
+    after a few restarts within a minute the watcher exits 1 (a service manager starts
+    it afresh) instead of running deaf. The drop waiting at start is stored all the same."""
+    drop(root / "spool", "waiting.json", payload(1))
+    inject = ("-f", "-qq", "-o", "/dev/null", "-e", "inject=poll,ppoll:error=ENOMEM")
+    done = run_cli(root, "watch", wrapper=(STRACE or "strace", *inject))
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    restarted = (
+        "ERROR the spool observer stopped (cannot read its inotify events: Cannot allocate "
+        "memory [ENOMEM]); restarting it"
+    )
+    assert done.stderr.count(restarted) == 5, done.stderr
+    assert (
+        done.stderr.rstrip()
+        .splitlines()[-1]
+        .endswith(
+            "the spool observer stopped 6 times within a minute; exiting, for the service "
+            "manager to start it afresh"
+        )
+    ), done.stderr
+    assert [p.read_bytes() for p in versions(root)] == [payload(1)]
 
 
 # The POSTs' writers: a thread pool whose submit queued the write, failed to start a

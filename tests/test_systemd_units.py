@@ -396,9 +396,12 @@ def test_cli_and_libraries_work_under_mdwe(tmp_path: Path) -> None:
     result = under_mdwe(binary, "--root", str(tmp_path / "r"), "init")
     assert result.returncode == 0, result.stderr
     imports = (
-        "import ctypes, pydantic, pydantic_core, click\n"
-        "from watchdog.observers.inotify import InotifyObserver\n"
-        "from watchdog.observers.inotify_c import InotifyFD\n"
+        "import ctypes, pathlib, tempfile, pydantic, pydantic_core, click\n"
+        "from ingester.intake.arrivals import start_arrivals\n"
+        "spool = pathlib.Path(tempfile.mkdtemp())\n"
+        "start_arrivals(spool, polling=False, poll_interval=1.0).stop()\n"
+        "start_arrivals(spool, polling=True, poll_interval=1.0).stop()\n"
+        "spool.rmdir()\n"
         "from ingester.payload.model import judge_payload, PayloadRejected\n"
         "cb = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(lambda x: x + 1)\n"
         "assert cb(1) == 2\n"

@@ -24,7 +24,6 @@ import errno
 import itertools
 import logging
 import os
-import queue
 import resource
 import signal
 import stat
@@ -49,7 +48,6 @@ from .arrivals import (
     How,
     RescanNeeded,
     SpoolGone,
-    arrival_queue,
     start_arrivals,
     watch_problem,
 )
@@ -164,7 +162,6 @@ class Watcher:
             clock_jump=self.clock_jump,
             retries=not options.once,
         )
-        self._events = arrival_queue()
         self._pending: dict[str, How] = {}  # insertion order is arrival order
         self._deferred: dict[str, float] = {}  # name -> monotonic time to look again
         self._drop_waits = _DropWaits(options.retry_max)
@@ -248,7 +245,7 @@ class Watcher:
         if not self.options.once:
             try:
                 self._start_arrivals()
-            except OSError as exc:
+            except (OSError, RuntimeError) as exc:
                 log.error("cannot watch %s: %s", self.spool.dir, watch_problem(exc))
                 return 1
         log.info(
@@ -355,7 +352,6 @@ class Watcher:
     def _start_arrivals(self) -> None:
         self._arrivals = start_arrivals(
             self.spool.dir,
-            self._events.put,
             polling=self.options.polling,
             poll_interval=max(0.1, min(1.0, self.options.settle)),
         )
@@ -363,7 +359,6 @@ class Watcher:
     def _stop_arrivals(self) -> None:
         if self._arrivals is not None:
             self._arrivals.stop()
-            self._arrivals.join(timeout=2)
             self._arrivals = None
 
     def _arrivals_alive(self) -> bool:
@@ -417,7 +412,10 @@ class Watcher:
                     f"the spool observer stopped {len(self._observer_restarts)} times "
                     "within a minute; exiting, for the service manager to start it afresh"
                 )
-            log.error("the spool observer stopped; restarting it")
+            failure = self._arrivals.failure if self._arrivals is not None else None
+            log.error(
+                "the spool observer stopped%s; restarting it", f" ({failure})" if failure else ""
+            )
         self._stop_arrivals()
         try:
             if replaced:
@@ -436,8 +434,10 @@ class Watcher:
                 raise _Stop(refused_words(exc)) from exc
             if isinstance(exc, SettingError):
                 why = exc.message  # the folders as they are now, not an option given
-            elif isinstance(exc, OSError) and not isinstance(exc, StorageError):
-                why = watch_problem(exc)  # the kernel's words, from watchdog
+            elif isinstance(exc, RuntimeError) or (
+                isinstance(exc, OSError) and not isinstance(exc, StorageError)
+            ):
+                why = watch_problem(exc)  # the kernel's limits, or a thread's
             else:
                 why = str(exc)
             raise _Stop(f"cannot watch {self.spool.dir} any more: {why}") from exc
@@ -466,17 +466,11 @@ class Watcher:
 
     def _step(self) -> None:
         """Collect events, process what is due, keep the caches and systemd informed."""
-        try:
-            item = self._events.get(timeout=self._wait_time())
-        except queue.Empty:
-            pass
+        if self._arrivals is None:  # --once: nothing to wait for but the clock
+            self._stop.wait(self._wait_time())
         else:
-            self._absorb(item)
-            while True:
-                try:
-                    self._absorb(self._events.get_nowait())
-                except queue.Empty:
-                    break
+            for item in self._arrivals.wait(self._wait_time()):
+                self._absorb(item)
         now = time.monotonic()
         for name, due in list(self._deferred.items()):
             if due <= now:

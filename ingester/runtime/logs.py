@@ -8,7 +8,7 @@
 
 Both are valid UTF-8 whatever a drop's name holds: a name's undecodable bytes (which
 Python carries as lone surrogates) are written as ``\\xNN``. Records of other libraries
-(watchdog's "Inotify queue overflowed") go through the same handler, at WARNING and up.
+(uvicorn's, watchdog's polling observer's) go through the same handler, at WARNING and up.
 """
 
 from __future__ import annotations
