@@ -498,7 +498,8 @@ class Watcher:
         elif isinstance(item, FolderSeen):
             self._log_folder(item.name)
         elif isinstance(item, SpoolGone):
-            log.error("the spool folder %s was removed", self.spool.dir)
+            # Said once, as the liveness check finds the folder gone and watches anew.
+            log.debug("the kernel reports the spool folder %s removed or moved", self.spool.dir)
 
     def _log_folder(self, name: str) -> None:
         self._log_once(name, f"ignoring {self.spool.dir / name}: a folder, not a drop")
