@@ -220,3 +220,30 @@ def test_serve_says_only_what_the_locks_show_of_a_holder_that_left_no_note(root:
             assert said in accepted.json()["message"]
             health = server.get("/api/health").json()
             assert said in json.dumps(health)
+
+
+@pytest.mark.parametrize(
+    ("lock", "command"),
+    [
+        ("console-usage-history/.lock", ("watch", "--once")),
+        ("spool/.lock", ("watch", "--once")),
+        ("console-usage-history/.lock", ("cleanup",)),
+    ],
+)
+def test_a_lock_file_that_is_a_symlink_is_named_as_one(
+    root: Path, tmp_path: Path, lock: str, command: tuple[str, ...]
+) -> None:
+    """A lock file is never followed (a link could lead anywhere, and no process of ours
+    could have locked it through one): the line says what it is and what to do."""
+    assert run_cli(root, "init").returncode == 0
+    path = root / lock
+    path.unlink(missing_ok=True)
+    path.symlink_to(tmp_path / "elsewhere")
+    done = run_cli(root, *command)
+    assert done.returncode == 1, done.stderr
+    assert (
+        f"cannot open lock file {path}: a symbolic link, not a lock file: remove it [ELOOP]"
+        in done.stderr
+    ), done.stderr
+    assert "Too many levels" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "elsewhere").exists()

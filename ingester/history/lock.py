@@ -11,6 +11,7 @@ Read commands never take the lock. :func:`lock_holder` finds the holder through
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from dataclasses import dataclass
@@ -132,6 +133,12 @@ class HistoryLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP and os.path.islink(self.path):
+                # Never followed (it could lead anywhere), so never locked by any of
+                # our processes: the kernel's "Too many levels of symbolic links"
+                # would only hide that.
+                words = "a symbolic link, not a lock file: remove it"
+                exc = OSError(errno.ELOOP, words, os.fspath(self.path))
             raise StorageError("open lock file", self.path, exc) from exc
         _give_to_folder_owner(fd, self.path.parent)
         try:
