@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,57 +57,51 @@ def spool(tmp_path: Path) -> Path:
     return folder
 
 
-def test_a_rename_into_the_spool_is_complete_at_once(spool: Path) -> None:
+@pytest.fixture
+def inotify(spool: Path) -> Iterator[Arrivals]:
+    """The inotify source on ``spool``, stopped after the test."""
     arrivals = start_arrivals(spool, polling=False, poll_interval=1.0)
-    events = Events(arrivals)
-    try:
-        (spool.parent / "staged").write_bytes(b"{}")
-        os.rename(spool.parent / "staged", spool / "a.json")
-        assert events.until(DropSeen("a.json", How.COMPLETE)) == [DropSeen("a.json", How.COMPLETE)]
-    finally:
-        arrivals.stop()
+    yield arrivals
+    arrivals.stop()
 
 
-def test_a_write_in_place_is_created_then_complete_on_close(spool: Path) -> None:
-    arrivals = start_arrivals(spool, polling=False, poll_interval=1.0)
-    events = Events(arrivals)
-    try:
-        with (spool / "b.json").open("wb") as handle:
-            events.until(DropSeen("b.json", How.CREATED))
-            handle.write(b"{}")
-        seen = events.until(DropSeen("b.json", How.COMPLETE))
-        assert seen.index(DropSeen("b.json", How.CREATED)) < seen.index(
-            DropSeen("b.json", How.COMPLETE)
-        )
-    finally:
-        arrivals.stop()
+def test_a_rename_into_the_spool_is_complete_at_once(spool: Path, inotify: Arrivals) -> None:
+    events = Events(inotify)
+    (spool.parent / "staged").write_bytes(b"{}")
+    os.rename(spool.parent / "staged", spool / "a.json")
+    assert events.until(DropSeen("a.json", How.COMPLETE)) == [DropSeen("a.json", How.COMPLETE)]
 
 
-def test_only_published_names_are_reported(spool: Path) -> None:
-    arrivals = start_arrivals(spool, polling=False, poll_interval=1.0)
-    events = Events(arrivals)
-    try:
-        (spool / ".hidden.json").write_bytes(b"{}")
-        (spool / "notes.txt").write_bytes(b"x")
-        (spool / "folder.json").mkdir()
-        (spool / "last.json").write_bytes(b"{}")
-        seen = events.until(DropSeen("last.json", How.COMPLETE))
-        assert FolderSeen("folder.json") in seen
-        names = {getattr(e, "name", None) for e in seen}
-        assert names == {"folder.json", "last.json"}
-    finally:
-        arrivals.stop()
+def test_a_write_in_place_is_created_then_complete_on_close(spool: Path, inotify: Arrivals) -> None:
+    events = Events(inotify)
+    with (spool / "b.json").open("wb") as handle:
+        events.until(DropSeen("b.json", How.CREATED))
+        handle.write(b"{}")
+    seen = events.until(DropSeen("b.json", How.COMPLETE))
+    assert seen.index(DropSeen("b.json", How.CREATED)) < seen.index(
+        DropSeen("b.json", How.COMPLETE)
+    )
 
 
-def test_the_spool_removed_is_reported_and_the_source_goes_deaf(spool: Path) -> None:
-    arrivals = start_arrivals(spool, polling=False, poll_interval=1.0)
-    events = Events(arrivals)
-    try:
-        spool.rmdir()
-        events.until(SpoolGone())
-        assert not arrivals.is_alive()
-    finally:
-        arrivals.stop()
+def test_only_published_names_are_reported(spool: Path, inotify: Arrivals) -> None:
+    events = Events(inotify)
+    (spool / ".hidden.json").write_bytes(b"{}")
+    (spool / "notes.txt").write_bytes(b"x")
+    (spool / "folder.json").mkdir()
+    (spool / "last.json").write_bytes(b"{}")
+    seen = events.until(DropSeen("last.json", How.COMPLETE))
+    assert FolderSeen("folder.json") in seen
+    names = {getattr(e, "name", None) for e in seen}
+    assert names == {"folder.json", "last.json"}
+
+
+def test_the_spool_removed_is_reported_and_the_source_goes_deaf(
+    spool: Path, inotify: Arrivals
+) -> None:
+    events = Events(inotify)
+    spool.rmdir()
+    events.until(SpoolGone())
+    assert not inotify.is_alive()
 
 
 def test_one_overflow_asks_for_one_rescan(spool: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -231,22 +226,20 @@ def test_a_failed_or_stopped_source_waits_out_its_deadline(spool: Path) -> None:
         arrivals.stop()
 
 
-def test_the_inotify_descriptor_is_not_left_to_programs_the_watcher_starts(spool: Path) -> None:
+def test_the_inotify_descriptor_is_not_left_to_programs_the_watcher_starts(
+    spool: Path, inotify: Arrivals
+) -> None:
     """A hook or a backup tool the process starts must not keep the spool's watch."""
-    arrivals = start_arrivals(spool, polling=False, poll_interval=1.0)
-    try:
-        listing = subprocess.run(
-            ["find", "/proc/self/fd", "-lname", "anon_inode:inotify"],
-            close_fds=False,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        own = [p for p in Path("/proc/self/fd").iterdir() if _is_inotify(p)]
-        assert own, "the source holds no inotify descriptor: the test proves nothing"
-        assert listing.stdout == ""
-    finally:
-        arrivals.stop()
+    listing = subprocess.run(
+        ["find", "/proc/self/fd", "-lname", "anon_inode:inotify"],
+        close_fds=False,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    own = [p for p in Path("/proc/self/fd").iterdir() if _is_inotify(p)]
+    assert own, "the source holds no inotify descriptor: the test proves nothing"
+    assert listing.stdout == ""
 
 
 def _is_inotify(fd: Path) -> bool:

@@ -358,18 +358,21 @@ LIMITED_UID = OTHER_UID + 101
 WHY_NOT_AS_ANOTHER_USER = other_user_problem()
 
 
+def _as_limited(threads: int) -> tuple[str, ...]:
+    """The command prefix that runs a program as :data:`LIMITED_UID`, allowed ``threads``
+    threads (its main one included). prlimit first: setpriv then runs the program
+    itself, as the other uids' tests do (an exec through another program may be refused
+    where the interpreter lies under a folder closed to that uid)."""
+    return (
+        *(PRLIMIT or "prlimit", f"--nproc={threads}:{threads}", "--"),
+        *("setpriv", f"--reuid={LIMITED_UID}", f"--regid={LIMITED_UID}", "--clear-groups"),
+    )
+
+
 def _python_limited(threads: int, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """``python ARGS`` as :data:`LIMITED_UID`, allowed ``threads`` threads (its main one
-    included)."""
+    """``python ARGS`` as :data:`LIMITED_UID`, allowed ``threads`` threads."""
     return subprocess.run(
-        [
-            # prlimit first: setpriv then runs the interpreter itself, as the other
-            # uids' tests do (an exec through another program may be refused where
-            # the interpreter lies under a folder closed to that uid).
-            *(PRLIMIT or "prlimit", f"--nproc={threads}:{threads}", "--"),
-            *("setpriv", f"--reuid={LIMITED_UID}", f"--regid={LIMITED_UID}", "--clear-groups"),
-            *(sys.executable, *args),
-        ],
+        [*_as_limited(threads), sys.executable, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -411,11 +414,7 @@ def test_the_inotify_watcher_needs_no_thread_but_its_own() -> None:
     sent = drops_for("one-thread", 5)
     with others_folder("ingester-nproc-") as root:
         os.chown(root, LIMITED_UID, LIMITED_UID)
-        limited = (
-            *(PRLIMIT or "prlimit", "--nproc=1:1", "--"),
-            *("setpriv", f"--reuid={LIMITED_UID}", f"--regid={LIMITED_UID}", "--clear-groups"),
-        )
-        with WatchProcess(root, wrapper=limited) as watcher:
+        with WatchProcess(root, wrapper=_as_limited(1)) as watcher:
             for count, (name, data) in enumerate(sent.items(), 1):
                 drop(root / "spool", name, data, owner=(LIMITED_UID, LIMITED_UID))
                 wait_for(lambda n=count: len(versions(root)) == n, 30, f"{name} stored")

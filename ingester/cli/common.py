@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..clock import AHEAD_TOLERATED, JUST_NOW, parse_iso_time
-from ..errors import NotRegularFile, StorageError, describe_os_error
+from ..errors import NotRegularFile, StorageError, describe_os_error, os_cause
 from ..history.lock import HistoryLock, LockHeld
 from ..history.store import HistoryStore
 from ..runtime.logs import escape_controls, escape_text, one_line
@@ -52,6 +52,7 @@ __all__ = [
     "read_stream",
     "relative_age",
     "s3_reader",
+    "say_recorded",
     "silence_stdout",
     "time_option",
     "writing_store",
@@ -88,6 +89,22 @@ def silence_stdout() -> None:
         os.close(null)
     except (OSError, ValueError):
         pass
+
+
+def say_recorded(line: str, warning: str) -> bool:
+    """Print ``line``, the record of something done; whether it could be printed.
+
+    When stdout fails (a closed pipe, a full disk), what was done still stands: stdout
+    is silenced and ``warning: WARNING: CAUSE`` said on stderr instead, so that the
+    command can end without calling it a failure (which would invite a retry).
+    """
+    try:
+        say(line)
+    except OSError as exc:
+        silence_stdout()
+        say(f"warning: {warning}: {os_cause(exc)}", err=True)
+        return False
+    return True
 
 
 def fail(message: str, code: int = 1) -> click.exceptions.Exit:
@@ -289,7 +306,7 @@ def writing_store(
         problem = None
     if problem is not None:
         raise fail(problem)
-    body_errors: list[OSError] = []
+    in_body = False
     try:
         make_folder(store.history_dir)
         with HistoryLock(store.lock_path, purpose):
@@ -300,19 +317,16 @@ def writing_store(
                 for error in store.initialize().cache_errors:
                     # The latest link and metadata are caches: say so, and go on.
                     say(f"warning: {error}", err=True)
-            try:
-                yield store
-            except OSError as exc:
-                body_errors.append(exc)  # the command's own: not a folder it could not make
-                raise
+            in_body = True  # an OSError from now on is the command's own
+            yield store
     except LockHeld as exc:
         hint = "; use 'ingester submit' to hand a watcher drops" if purpose == "ingest" else ""
         raise fail(f"{exc}{hint}") from None
     except StorageError as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
-        if exc in body_errors and not isinstance(exc, StorageError):
-            raise
+        if in_body:
+            raise  # not a folder it could not make
         where = exc.filename or store.history_dir
         raise fail(str(StorageError("create folder", where, exc))) from None
 

@@ -25,7 +25,7 @@ from .common import (
     read_limited,
     read_stream,
     say,
-    silence_stdout,
+    say_recorded,
 )
 
 __all__ = [
@@ -250,11 +250,6 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
         raise fail(f"{exc.filename}: a drop of that name is still waiting") from None
     except StorageError as exc:
         raise fail(str(exc)) from None
-    try:
-        say(str(path))
-    except OSError as exc:
-        # The drop is published and will be stored: a failure said now would have the
-        # writer submit it again.
-        silence_stdout()
-        cause = os_cause(exc)
-        say(f"warning: dropped {path}, but its path could not be printed: {cause}", err=True)
+    # The drop is published and will be stored: a failure said now would have the
+    # writer submit it again.
+    say_recorded(str(path), f"dropped {path}, but its path could not be printed")

@@ -32,7 +32,7 @@ from .common import (
     make_folder,
     read_limited,
     say,
-    silence_stdout,
+    say_recorded,
     writing_store,
 )
 from .quiet import SkipEvent
@@ -229,12 +229,8 @@ def _say_stored(path: Path, version: str, size: int, stop: StopFlag) -> None:
     """The line of a file stored. Output that fails stops the run before the next file:
     the lines are the record of what was stored, so the one that could not be printed
     is said on stderr instead."""
-    try:
-        say(f"stored {path} -> {version} ({size} bytes)")
-    except OSError as exc:
-        silence_stdout()
-        cause = os_cause(exc)
-        say(f"warning: stored {path} -> {version}, but the output failed: {cause}", err=True)
+    line = f"stored {path} -> {version} ({size} bytes)"
+    if not say_recorded(line, f"stored {path} -> {version}, but the output failed"):
         stop.set()
 
 
