@@ -39,7 +39,6 @@ from typing import Any
 import pytest
 from support import INVALID_SAMPLES, VALID_SAMPLES, wait_for
 
-from ingester.history import durable
 from ingester.history.durable import FSYNC_THREAD_PREFIX
 from ingester.history.durable import fsyncs as durable_fsyncs
 from ingester.history.durable import steps as durable_steps
@@ -115,17 +114,9 @@ def _is_file_fd(fd: int) -> bool:
     return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
 
 
-def _fsync_in_order(fds: Sequence[int]) -> list[OSError | None]:
-    """``durable.fsync_each`` one descriptor after the other, on the calling thread."""
-    results: list[OSError | None] = []
-    for fd in fds:
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            results.append(exc)
-        else:
-            results.append(None)
-    return results
+def _each_in_order(step: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``durable``'s ``each_at_once`` one item after the other, on the calling thread."""
+    return [step(item) for item in items]
 
 
 @contextlib.contextmanager
@@ -134,10 +125,11 @@ def inject(
 ) -> Iterator[Plan]:
     """Patch the durable ``os`` functions (``ops``) for the duration; always restores them.
 
-    A group's fsyncs run one after the other in their given order unless ``concurrent``:
-    the same steps, counted in the same order every time, so that step k is always the
-    same step. (Each fsync's result is its own either way; concurrent rounds show that
-    which of a group's fsyncs were done when the crash came makes no difference.)
+    A group's fsyncs (and its claims' removals) run one after the other in their given
+    order unless ``concurrent``: the same steps, counted in the same order every time,
+    so that step k is always the same step. (Each step's result is its own either way;
+    concurrent rounds show that which of a group's steps were done when the crash came
+    makes no difference.)
     """
     originals = {name: getattr(os, name) for name in ops}
     if plan.thread is None:
@@ -145,7 +137,7 @@ def inject(
 
     def wrap(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
         def patched(*args: Any, **kwargs: Any) -> Any:
-            # The fsyncs of a group run on durable's worker threads, for the plan's thread.
+            # A group's fsyncs and removals run on durable's worker threads, for the plan's.
             ours = (
                 threading.get_ident() == plan.thread
                 or threading.current_thread().name.startswith(FSYNC_THREAD_PREFIX)
@@ -179,16 +171,16 @@ def inject(
 
     for name, real in originals.items():
         setattr(os, name, wrap(name, real))
-    real_fsync_each = durable.fsync_each
+    real_each_at_once = durable_fsyncs.each_at_once
     if not concurrent:
-        # Callers find it in the package, fsync_dirs in its own module: both run in order.
-        durable.fsync_each = durable_fsyncs.fsync_each = _fsync_in_order
+        # fsync_each, fsync_dirs and remove_each all deal their items through it.
+        durable_fsyncs.each_at_once = _each_in_order
     try:
         yield plan
     finally:
         for name, real in originals.items():
             setattr(os, name, real)
-        durable.fsync_each = durable_fsyncs.fsync_each = real_fsync_each
+        durable_fsyncs.each_at_once = real_each_at_once
 
 
 # -- the watcher, in process --------------------------------------------------------------

@@ -112,6 +112,24 @@ def test_fsync_each_gives_each_descriptor_its_own_result(
     assert isinstance(results[failing], OSError)
 
 
+@pytest.mark.parametrize(("count", "failing"), [(5, 2), (21, 13), (40, 0), (40, 39)])
+def test_remove_each_gives_each_path_its_own_result(
+    tmp_path: Path, count: int, failing: int
+) -> None:
+    """Several removals at once: a folder in the list fails alone, a missing file is gone."""
+    paths = [tmp_path / f"f{n}" for n in range(count)]
+    for n, path in enumerate(paths):
+        if n == failing:
+            path.mkdir()  # unlink refuses a folder (EISDIR): that path's error alone
+        elif n % 3:
+            path.write_bytes(b"x")  # every third is missing already: removed all the same
+    results = durable.remove_each(paths)
+    assert [r is None for r in results] == [n != failing for n in range(count)]
+    assert isinstance(results[failing], StorageError)
+    assert f"f{failing}" in str(results[failing])
+    assert sorted(os.listdir(tmp_path)) == [f"f{failing}"]
+
+
 def test_fsync_dirs_fsyncs_a_folder_named_twice_once_and_reports_each(tmp_path: Path) -> None:
     gone = tmp_path / "gone"
     results = durable.fsync_dirs([tmp_path, gone, tmp_path])

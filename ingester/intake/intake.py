@@ -292,7 +292,11 @@ class Intake:
                     staged.discard()
                     return self._changed(claim, path, name)
                 self._copied_claims[version] = seen
-                staged.start_writeback()
+                if not self._group:
+                    # The group's first copy: alone, its write is under way while the
+                    # loop looks for more. The rest start theirs in the group's fsyncs,
+                    # all at once; a hint each would cost the loop more than it saves.
+                    staged.start_writeback()
         except StorageError:
             self._undo(item)
             raise
@@ -438,32 +442,46 @@ class Intake:
 
     # -- step 8 ---------------------------------------------------------------------
 
-    def release(self, item: Stored) -> StorageError | None:
-        """Step 8, once the version's name is durable: remove the drop's claim.
+    def release(self, items: list[Stored]) -> list[StorageError | None]:
+        """Step 8, once the versions' names are durable: remove the drops' claims.
 
-        Returns the error when the claim could not be removed (recovery removes it
-        later: its version exists). A claim written to after its copy was stored goes
-        back to the spool as a new drop instead (or stays for recovery).
+        Returns each item's error, in order (None: released), for a claim that could
+        not be removed (recovery removes it later: its version exists). A claim written
+        to after its copy was stored goes back to the spool as a new drop instead (or
+        stays for recovery). The claims of copies are removed at once: removing one
+        frees its inode and blocks, which is most of a copied drop's removal.
         """
-        claim = os.path.join(self._claimed, item.version)
-        seen = self._copied_claims.pop(item.version, None)
-        try:
-            written = seen is not None and _written_since(claim, seen)
-        except OSError as exc:
-            # Cannot tell: the claim stays, and recovery compares its bytes with the
-            # version's (stores them anew if they differ).
-            return StorageError("check claim", claim, exc)
-        if written:
-            # A writer still holding the file added to it after its copy was stored:
-            # those bytes are not stored, so the claim is not deleted.
-            log.warning("%s was written to after it was stored; taking it again", item.drop)
-            self._unclaim(claim, os.path.join(self._spool, item.drop))
-            return None
-        try:
-            durable.remove_file(claim)
-        except StorageError as exc:
-            return exc
-        return None
+        errors: dict[str, StorageError] = {}
+        copies: list[tuple[str, str]] = []
+        for item in items:
+            claim = os.path.join(self._claimed, item.version)
+            seen = self._copied_claims.pop(item.version, None)
+            try:
+                written = seen is not None and _written_since(claim, seen)
+            except OSError as exc:
+                # Cannot tell: the claim stays, and recovery compares its bytes with the
+                # version's (stores them anew if they differ).
+                errors[item.version] = StorageError("check claim", claim, exc)
+                continue
+            if written:
+                # A writer still holding the file added to it after its copy was stored:
+                # those bytes are not stored, so the claim is not deleted.
+                log.warning("%s was written to after it was stored; taking it again", item.drop)
+                self._unclaim(claim, os.path.join(self._spool, item.drop))
+            elif seen is not None:
+                copies.append((item.version, claim))
+            else:
+                # The version is this very inode: removing the claim removes a name only,
+                # and the folder's lock would make the removals take turns anyway.
+                try:
+                    durable.remove_file(claim)
+                except StorageError as exc:
+                    errors[item.version] = exc
+        removed = durable.remove_each([claim for _, claim in copies])
+        for (version, _), error in zip(copies, removed, strict=True):
+            if error is not None:
+                errors[version] = error
+        return [errors.get(item.version) for item in items]
 
     def withdrawn(self, item: Stored) -> None:
         """The group's fsync failed: ``item``'s version was taken back; its claim stays."""

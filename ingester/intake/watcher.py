@@ -576,8 +576,7 @@ class Watcher:
             self._group_max = min(self._group_limit, 2 * self._group_max)
         if not stored:
             return
-        for item in stored:
-            error = self.intake.release(item)
+        for item, error in zip(stored, self.intake.release(stored), strict=True):
             if error is not None:
                 self._fail(None, error)  # recovery removes the claim later
             self._ingested(item)
