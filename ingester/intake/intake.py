@@ -1,12 +1,14 @@
 """One drop, exactly once: read, judge, claim, seal, link; release; and recovery.
 
 The steps and what a crash at each leaves are described in ``docs/design.md`` (its
-numbering is used here). :meth:`Intake.take` runs steps 1-6 for one drop and returns
-an :class:`Outcome`; it never reaches into the service loop's bookkeeping. The loop
-applies the outcome once: counts, logs, per-drop backoff, when to look again. Step 7
-(the group's latest link and history fsync) is the loop's; then :meth:`Intake.release`
-runs step 8 for each stored drop. :mod:`ingester.intake.recovery` finishes the claims a crash
-or a failure left, as a pure function of their names.
+numbering is used here). :meth:`Intake.take` runs steps 1-4 for one drop and returns
+an :class:`Outcome`; it never reaches into the service loop's bookkeeping, which
+applies the outcome once (:mod:`ingester.intake.groups`: counts, logs, per-drop
+backoff, when to look again). :meth:`Intake.commit_group` runs steps 5-6 for the drops
+claimed since; step 7 (the group's latest link and history fsync) is the group's
+batch; then :meth:`Intake.release` runs step 8 for the drops it stored.
+:mod:`ingester.intake.recovery` finishes the claims a crash or a failure left, as a
+pure function of their names.
 """
 
 from __future__ import annotations
