@@ -31,7 +31,7 @@ import time
 
 from ..clock import ClockJump
 from ..errors import IngesterError, SettingError, StorageError, describe_os_error
-from ..history.lock import WATCH, LockHeld, latest_link_holder, same_file
+from ..history.lock import WATCH, LockHeld, same_file
 from ..history.names import is_version_name
 from ..history.store import HistoryStore
 from ..runtime.notify import SystemdNotifier
@@ -49,7 +49,7 @@ from .arrivals import (
 )
 from .groups import Backlog
 from .intake import Intake
-from .locks import LocksLost, WatcherLocks, refused_words
+from .locks import LatestLinkKept, LocksLost, WatcherLocks, refused_words
 from .maintenance import Maintenance
 from .metrics import NO_METRICS, Metrics
 from .readiness import Readiness
@@ -143,22 +143,14 @@ class Watcher:
         """Take the history's lock and the spool's, recover, drain the backlog, then
         watch until stopped."""
         self._install_signals()
-        store = self.store
-        kept = latest_link_holder(store.latest_path, store.history_dir, store.lock_path.name)
-        if kept is not None:
-            log.error(
-                "cannot start: the latest link %s points into the history %s, whose watcher "
-                "(pid %d) would point it back at its own versions; give each history its own "
-                "--latest-path (if that watcher keeps another link now, remove this one)",
-                store.latest_path,
-                *kept,
-            )
-            return 1
-        self.locks = WatcherLocks(self.store.lock_path, self.spool, self.lock_purpose)
+        self.locks = WatcherLocks(self.store, self.spool, self.lock_purpose)
         try:
             self.locks.take()
         except LockHeld as exc:
             log.error("%s", refused_words(exc))
+            return 1
+        except LatestLinkKept as exc:
+            log.error("cannot start: %s", exc)
             return 1
         except OSError as exc:
             log.error("cannot start: %s", describe_os_error(exc))
