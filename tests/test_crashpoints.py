@@ -39,6 +39,7 @@ from typing import Any
 import pytest
 from support import INVALID_SAMPLES, VALID_SAMPLES, wait_for
 
+from ingester.history import durable
 from ingester.history.durable import FSYNC_THREAD_PREFIX
 from ingester.history.durable import fsyncs as durable_fsyncs
 from ingester.history.durable import steps as durable_steps
@@ -72,7 +73,7 @@ class Plan:
     at: int = 0
     mode: str = "crash"  # "crash": step k and all after raise SimulatedCrash; "eio": step k fails
     thread: int | None = None  # count only this thread's calls (None: the installing thread)
-    # (and those of durable's fsync workers, which run a group's fsyncs for it)
+    # (and those of durable's workers, which run a group's fsyncs and removals for it)
     calls: int = 0
     crashed: bool = False
     fired: str | None = None  # the step that failed, described
@@ -144,6 +145,10 @@ def inject(
             )
             if not ours:
                 return real(*args, **kwargs)
+            if not concurrent and threading.current_thread().name.startswith(FSYNC_THREAD_PREFIX):
+                # A round in order must count its steps in one order: a step on a worker
+                # means a caller reached durable's workers past the patch below.
+                raise AssertionError(f"{name} ran on a worker thread in a round in order")
             if plan.crashed:
                 raise SimulatedCrash(f"already dead, {name} never ran")
             if name in ("write", "fsync", "fchmod") and not _is_file_fd(args[0]):
@@ -173,14 +178,14 @@ def inject(
         setattr(os, name, wrap(name, real))
     real_each_at_once = durable_fsyncs.each_at_once
     if not concurrent:
-        # fsync_each, fsync_dirs and remove_each all deal their items through it.
-        durable_fsyncs.each_at_once = _each_in_order
+        # Callers find it in the package; fsync_each and fsync_dirs in its own module.
+        durable.each_at_once = durable_fsyncs.each_at_once = _each_in_order
     try:
         yield plan
     finally:
         for name, real in originals.items():
             setattr(os, name, real)
-        durable_fsyncs.each_at_once = real_each_at_once
+        durable.each_at_once = durable_fsyncs.each_at_once = real_each_at_once
 
 
 # -- the watcher, in process --------------------------------------------------------------

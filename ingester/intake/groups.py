@@ -147,7 +147,7 @@ class Backlog:
             self.pending[name] = How.SETTLE
 
     def due(self, now: float) -> None:
-        """Deferred drops whose time has come wait again (last, in arrival order)."""
+        """Deferred drops whose time has come wait again (last, in the order deferred)."""
         for name, until in list(self.deferred.items()):
             if until <= now:
                 del self.deferred[name]

@@ -21,7 +21,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import IngesterError, PayloadRejected, StorageError
 from ..history import durable
@@ -107,6 +107,7 @@ class Intake:
     copied: bool = False  # drops of another user seen: keep a spare temp file ready
     _copied_claims: dict[str, tuple[int, int]] = field(default_factory=dict)
     _group: list[_Claimed] = field(default_factory=list)
+    _group_copies: int = 0  # how many of _group are copies
     _spool: str = ""  # the spool and .claimed/ as strings: the drop path joins names to them
     _claimed: str = ""
 
@@ -294,7 +295,7 @@ class Intake:
                     staged.discard()
                     return self._changed(claim, path, name)
                 self._copied_claims[version] = seen
-                if not self._group:
+                if not self._group_copies:
                     # The group's first copy: alone, its write is under way while the
                     # loop looks for more. The rest start theirs in the group's fsyncs,
                     # all at once; a hint each would cost the loop more than it saves.
@@ -303,6 +304,7 @@ class Intake:
             self._undo(item)
             raise
         self._group.append(item)
+        self._group_copies += staged is not None
         return item
 
     # -- steps 5 and 6, once per group -------------------------------------------------
@@ -319,6 +321,7 @@ class Intake:
         :class:`StorageError`.
         """
         group, self._group = self._group, []
+        self._group_copies = 0
         error: GroupFailure | None = None
         synced: list[_Claimed] = []
         if not group:
@@ -450,39 +453,35 @@ class Intake:
         Returns each item's error, in order (None: released), for a claim that could
         not be removed (recovery removes it later: its version exists). A claim written
         to after its copy was stored goes back to the spool as a new drop instead (or
-        stays for recovery). The claims of copies are removed at once: removing one
-        frees its inode and blocks, which is most of a copied drop's removal.
+        stays for recovery). The claims of copies are released at once (each checked,
+        then removed, on durable's worker threads): removing one frees its inode and
+        blocks, most of a copied drop's release.
         """
         errors: dict[str, StorageError] = {}
-        copies: list[tuple[str, str]] = []
+        copies: list[Stored] = []
+        jobs: list[tuple[str, tuple[int, int]]] = []
         for item in items:
             claim = os.path.join(self._claimed, item.version)
             seen = self._copied_claims.pop(item.version, None)
-            try:
-                written = seen is not None and _written_since(claim, seen)
-            except OSError as exc:
-                # Cannot tell: the claim stays, and recovery compares its bytes with the
-                # version's (stores them anew if they differ).
-                errors[item.version] = StorageError("check claim", claim, exc)
+            if seen is not None:
+                copies.append(item)
+                jobs.append((claim, seen))
                 continue
-            if written:
+            # The version is this very inode: removing the claim removes a name only,
+            # and the folder's lock would make such removals take turns anyway.
+            try:
+                durable.remove_file(claim)
+            except StorageError as exc:
+                errors[item.version] = exc
+        released = durable.each_at_once(_release_copy, jobs)
+        for item, (claim, _), result in zip(copies, jobs, released, strict=True):
+            if result == _WRITTEN:
                 # A writer still holding the file added to it after its copy was stored:
-                # those bytes are not stored, so the claim is not deleted.
+                # those bytes are not stored, so the claim was kept.
                 log.warning("%s was written to after it was stored; taking it again", item.drop)
                 self._unclaim(claim, os.path.join(self._spool, item.drop))
-            elif seen is not None:
-                copies.append((item.version, claim))
-            else:
-                # The version is this very inode: removing the claim removes a name only,
-                # and the folder's lock would make the removals take turns anyway.
-                try:
-                    durable.remove_file(claim)
-                except StorageError as exc:
-                    errors[item.version] = exc
-        removed = durable.remove_each([claim for _, claim in copies])
-        for (version, _), error in zip(copies, removed, strict=True):
-            if error is not None:
-                errors[version] = error
+            elif isinstance(result, StorageError):
+                errors[item.version] = result
         return [errors.get(item.version) for item in items]
 
     def withdrawn(self, item: Stored) -> None:
@@ -547,6 +546,33 @@ def _written_since(claim: str, seen: tuple[int, int]) -> bool:
     except FileNotFoundError:
         return False
     return (st.st_size, st.st_mtime_ns) != seen
+
+
+_WRITTEN: Literal["written"] = "written"
+"""What :func:`_release_copy` returns for a claim written to since its copy was made."""
+
+
+def _release_copy(job: tuple[str, tuple[int, int]]) -> StorageError | Literal["written"] | None:
+    """Remove one copied claim, unless it was written to since its copy was made.
+
+    ``job`` is the claim's path and the (size, mtime) its copy was made from. Returns
+    None when removed, :data:`_WRITTEN` when kept (it goes back to the spool), or the
+    error. The check comes right before the removal, on the same thread, so that a
+    write in between has the least time to land.
+    """
+    claim, seen = job
+    try:
+        if _written_since(claim, seen):
+            return _WRITTEN
+    except OSError as exc:
+        # Cannot tell: the claim stays, and recovery compares its bytes with the
+        # version's (stores them anew if they differ).
+        return StorageError("check claim", claim, exc)
+    try:
+        durable.remove_file(claim)
+    except StorageError as exc:
+        return exc
+    return None
 
 
 def _open_claim(claim: str) -> int:

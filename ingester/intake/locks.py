@@ -90,8 +90,8 @@ class WatcherLocks:
         self.unchecked = Unchecked()
 
     def take(self) -> None:
-        """Take both, the spool's looked at first; raises ``LockHeld``, :class:`LatestLinkKept`
-        or ``OSError``.
+        """Take both, the latest link and the spool's looked at first; raises ``LockHeld``,
+        :class:`LatestLinkKept` or ``OSError``.
 
         A second watcher of the spool is refused before it makes anything (the taking
         stays the real test), and so is one whose latest link another watcher keeps. The

@@ -1,10 +1,11 @@
-"""Several fsyncs (or removals) at once: a group's files flushed together, each with its error.
+"""Several fsyncs (or other steps) at once: a group's files flushed together, each with its error.
 
-:func:`fsync_each` gives the device a group's writes together (a few worker threads
-named :data:`FSYNC_THREAD_PREFIX`; ``os.fsync`` releases the GIL), so the wait is for the
-slowest rather than the sum; :func:`fsync_dirs` does the same for folders, and
-:func:`remove_each` for files whose removal frees their inode. Each step is still its
-file's own: a failed one is a failed write (or removal) of that file alone.
+:func:`each_at_once` runs one step for each item of a group on a few worker threads
+named :data:`FSYNC_THREAD_PREFIX` (the system calls release the GIL), so the wait is for
+the slowest rather than the sum. :func:`fsync_each` gives the device a group's writes
+together that way, and :func:`fsync_dirs` does the same for folders; the watcher
+removes a group's copied claims through it too. Each step is still its file's own: a
+failed one is a failed write (or removal) of that file alone.
 """
 
 from __future__ import annotations
@@ -12,20 +13,21 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import wait
 from typing import TypeVar
 
 from ...errors import StorageError
 from ...threads import StartedPool, started_pool
-from .steps import StrPath, open_dir, remove_file
+from .steps import StrPath, open_dir
 
-__all__ = ["FSYNC_THREAD_PREFIX", "each_at_once", "fsync_dirs", "fsync_each", "remove_each"]
+__all__ = ["FSYNC_THREAD_PREFIX", "each_at_once", "fsync_dirs", "fsync_each"]
 
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
 
 
 FSYNC_THREAD_PREFIX = "ingester-fsync"
-"""The name of the threads that run :func:`fsync_each`'s fsyncs (tests count their steps)."""
+"""The name of the threads that run :func:`each_at_once`'s steps (tests count them)."""
 
 
 # Measured on ext4 on a virtio disk: 8 fresh files and their folder fsynced at once took
@@ -69,24 +71,28 @@ def each_at_once(step: Callable[[_Item], _Result], items: Sequence[_Item]) -> li
     takes the first share and the worker threads the others, each share one item after
     the other (the system calls release the GIL). One task per share, not per item: for
     a group of hundreds, handing each item to a thread cost more than the fsync of an
-    inode whose bytes were already on disk. ``step`` must return its error, not raise it.
-    Where no thread can be started, every item is done here, one after the other.
+    inode whose bytes were already on disk. ``step`` should return its error, not raise
+    it; if one raises all the same, every other step has ended before the exception is
+    raised here, so nothing still runs once the caller hears of it. Where no thread can
+    be started, every item is done here, one after the other.
     """
-    if len(items) <= 1:
-        return [step(item) for item in items]
-    pool = _fsync_pool()
-    if pool is None:
-        # No thread can be started (a limit on threads or memory): one after the
-        # other, here. Slower, and as durable.
-        return [step(item) for item in items]
-    workers = pool.workers
-    shares = [list(items[n::workers]) for n in range(min(len(items), workers))]
 
-    def run(share: list[_Item]) -> list[_Result]:
+    def run(share: Sequence[_Item]) -> list[_Result]:
         return [step(item) for item in share]
 
+    pool = _fsync_pool() if len(items) > 1 else None
+    if pool is None:
+        # One item, or no thread can be started (a limit on threads or memory): one
+        # after the other, here. Slower, and as durable.
+        return run(items)
+    workers = pool.workers
+    shares = [list(items[n::workers]) for n in range(min(len(items), workers))]
     futures = [pool.submit(run, share) for share in shares[1:]]
-    results = [run(shares[0]), *(future.result() for future in futures)]
+    try:
+        first = run(shares[0])
+    finally:
+        wait(futures)  # every step ended, whatever raised
+    results = [first, *(future.result() for future in futures)]
     # Back in the order given: item i went to share i % n, as its (i // n)th.
     return [results[i % len(shares)][i // len(shares)] for i in range(len(items))]
 
@@ -101,26 +107,6 @@ def fsync_each(fds: Sequence[int]) -> list[OSError | None]:
     stay open (the caller closes them).
     """
     return each_at_once(_fsync_or_error, fds)
-
-
-def _remove_or_error(path: StrPath) -> StorageError | None:
-    try:
-        remove_file(path)
-    except StorageError as exc:
-        return exc
-    return None
-
-
-def remove_each(paths: Sequence[StrPath]) -> list[StorageError | None]:
-    """:func:`remove_file` for every path at once (:func:`each_at_once`); each one's error.
-
-    None means gone (or already gone). Worth it where a removal frees the inode and its
-    blocks: the unlinks of one folder take its lock one at a time, but what the last
-    unlink of an inode then does (its blocks freed, discarded on a ``discard`` mount)
-    runs side by side. Measured on ext4 on a virtio disk: 2,000 files of 340 bytes
-    removed in 62 microseconds each one after the other, in 24 on 8 threads.
-    """
-    return each_at_once(_remove_or_error, paths)
 
 
 def fsync_dirs(directories: Sequence[StrPath]) -> list[StorageError | None]:
