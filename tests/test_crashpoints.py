@@ -73,7 +73,7 @@ class Plan:
     at: int = 0
     mode: str = "crash"  # "crash": step k and all after raise SimulatedCrash; "eio": step k fails
     thread: int | None = None  # count only this thread's calls (None: the installing thread)
-    # (and those of durable's fsync workers, which run a group's fsyncs for it)
+    # (and those of durable's workers, which run a group's fsyncs and removals for it)
     calls: int = 0
     crashed: bool = False
     fired: str | None = None  # the step that failed, described
@@ -115,17 +115,9 @@ def _is_file_fd(fd: int) -> bool:
     return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
 
 
-def _fsync_in_order(fds: Sequence[int]) -> list[OSError | None]:
-    """``durable.fsync_each`` one descriptor after the other, on the calling thread."""
-    results: list[OSError | None] = []
-    for fd in fds:
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            results.append(exc)
-        else:
-            results.append(None)
-    return results
+def _each_in_order(step: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``durable``'s ``each_at_once`` one item after the other, on the calling thread."""
+    return [step(item) for item in items]
 
 
 @contextlib.contextmanager
@@ -134,10 +126,11 @@ def inject(
 ) -> Iterator[Plan]:
     """Patch the durable ``os`` functions (``ops``) for the duration; always restores them.
 
-    A group's fsyncs run one after the other in their given order unless ``concurrent``:
-    the same steps, counted in the same order every time, so that step k is always the
-    same step. (Each fsync's result is its own either way; concurrent rounds show that
-    which of a group's fsyncs were done when the crash came makes no difference.)
+    A group's fsyncs (and its claims' removals) run one after the other in their given
+    order unless ``concurrent``: the same steps, counted in the same order every time,
+    so that step k is always the same step. (Each step's result is its own either way;
+    concurrent rounds show that which of a group's steps were done when the crash came
+    makes no difference.)
     """
     originals = {name: getattr(os, name) for name in ops}
     if plan.thread is None:
@@ -145,13 +138,17 @@ def inject(
 
     def wrap(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
         def patched(*args: Any, **kwargs: Any) -> Any:
-            # The fsyncs of a group run on durable's worker threads, for the plan's thread.
+            # A group's fsyncs and removals run on durable's worker threads, for the plan's.
             ours = (
                 threading.get_ident() == plan.thread
                 or threading.current_thread().name.startswith(FSYNC_THREAD_PREFIX)
             )
             if not ours:
                 return real(*args, **kwargs)
+            if not concurrent and threading.current_thread().name.startswith(FSYNC_THREAD_PREFIX):
+                # A round in order must count its steps in one order: a step on a worker
+                # means a caller reached durable's workers past the patch below.
+                raise AssertionError(f"{name} ran on a worker thread in a round in order")
             if plan.crashed:
                 raise SimulatedCrash(f"already dead, {name} never ran")
             if name in ("write", "fsync", "fchmod") and not _is_file_fd(args[0]):
@@ -179,16 +176,16 @@ def inject(
 
     for name, real in originals.items():
         setattr(os, name, wrap(name, real))
-    real_fsync_each = durable.fsync_each
+    real_each_at_once = durable_fsyncs.each_at_once
     if not concurrent:
-        # Callers find it in the package, fsync_dirs in its own module: both run in order.
-        durable.fsync_each = durable_fsyncs.fsync_each = _fsync_in_order
+        # Callers find it in the package; fsync_each and fsync_dirs in its own module.
+        durable.each_at_once = durable_fsyncs.each_at_once = _each_in_order
     try:
         yield plan
     finally:
         for name, real in originals.items():
             setattr(os, name, real)
-        durable.fsync_each = durable_fsyncs.fsync_each = real_fsync_each
+        durable.each_at_once = durable_fsyncs.each_at_once = real_each_at_once
 
 
 # -- the watcher, in process --------------------------------------------------------------

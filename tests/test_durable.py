@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from support import IS_ROOT
 
 from ingester.errors import StorageError
 from ingester.history import durable
+from ingester.history.durable import fsyncs
 
 
 def temps(folder: Path) -> list[str]:
@@ -110,6 +112,54 @@ def test_fsync_each_gives_each_descriptor_its_own_result(
                 os.close(fd)
     assert [r is None for r in results] == [n != failing for n in range(count)]
     assert isinstance(results[failing], OSError)
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 8, 9, 40])
+def test_each_at_once_gives_each_item_its_own_result_in_order(count: int) -> None:
+    """Items dealt into shares on worker threads come back in the order given."""
+    threads: set[str] = set()
+
+    def step(n: int) -> int:
+        threads.add(threading.current_thread().name)
+        return n * n
+
+    assert durable.each_at_once(step, list(range(count))) == [n * n for n in range(count)]
+    workers = {name for name in threads if name.startswith(durable.FSYNC_THREAD_PREFIX)}
+    assert bool(workers) == (count > 1)  # one item is done where it is asked for
+
+
+@pytest.mark.parametrize("where", ["the caller's share", "a worker's share"])
+def test_each_at_once_lets_every_step_end_before_it_raises(where: str) -> None:
+    """A step that raises leaves no other running once the exception comes out.
+
+    Every share has started when one step raises; the others wait, up to a deadline, for
+    the exception to have been caught (the shares after the raising one longest): had
+    it come out before they ended, some would still be running when it is.
+    """
+    pool = fsyncs._fsync_pool()
+    if pool is None or pool.workers < 4:
+        pytest.skip("needs durable's worker threads (a limit on threads here)")
+    workers = pool.workers
+    raising = 0 if where == "the caller's share" else workers - 3
+    all_started = threading.Barrier(workers)
+    caught = threading.Event()
+    started: list[int] = []
+    ended: list[int] = []
+
+    def step(n: int) -> None:
+        started.append(n)
+        if n < workers:  # the first step of each share
+            all_started.wait(10)
+        if n == raising:
+            raise ValueError(n)
+        caught.wait(0.5 if n % workers > raising else 0.1)
+        ended.append(n)
+
+    with pytest.raises(ValueError):
+        durable.each_at_once(step, list(range(2 * workers)))
+    still_running = len(started) - 1 - len(ended)
+    caught.set()
+    assert still_running == 0
 
 
 def test_fsync_dirs_fsyncs_a_folder_named_twice_once_and_reports_each(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -10,7 +12,13 @@ import pytest
 from support import IS_ROOT, run_cli, wait_for
 from support.watchproc import WatchProcess, drop, latest_bytes, payload, versions
 
+from ingester.intake.arrivals import How
+from ingester.intake.intake import Intake
+from ingester.intake.outcomes import Stored
+from ingester.intake.readiness import Readiness
+from ingester.intake.spool import Spool
 from ingester.payload.model import judge_payload
+from ingester.settings import resolve_settings
 
 
 def test_a_writer_holding_its_drop_open_cannot_change_the_version(root: Path) -> None:
@@ -57,3 +65,42 @@ def test_every_version_stored_from_a_mixed_burst_is_valid(root: Path) -> None:
         wait_for(lambda: len(versions(root)) == 13, what="13 valid drops")
     for version in versions(root):
         judge_payload(version.read_bytes())
+
+
+def test_a_claim_written_to_after_its_copy_was_stored_goes_back_to_the_spool(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Step 8 in a group of copies: the one whose writer added bytes after its copy was
+    stored is taken again as a new drop (its version keeps the bytes judged); the claims
+    of the others are removed."""
+    settings = resolve_settings({"root": str(tmp_path)}, environ={})
+    store = settings.store()
+    store.initialize()
+    spool = Spool(settings.spool_dir, settings.rejected_dir)
+    intake = Intake(store, spool, settings.max_bytes, Readiness(1.0, 30.0), settle=1.0)
+    intake.start()
+    names = ["a.json", "b.json", "c.json", "d.json"]
+    with contextlib.ExitStack() as writers:
+        handles = {}
+        for n, name in enumerate(names):
+            part = spool.tmp_dir / f".{name}.part"
+            handles[name] = writers.enter_context(part.open("wb"))
+            handles[name].write(payload(n))
+            handles[name].flush()
+            os.rename(part, spool.dir / name)  # renamed in, still open: stored as a copy
+        with store.batch() as batch:
+            for name in names:
+                assert isinstance(intake.take(name, How.COMPLETE, batch), Stored)
+            stored, failure = intake.commit_group(batch)
+        assert failure is None and [item.drop for item in stored] == names
+        handles["b.json"].write(b"\n")  # after its copy was stored: still valid, longer
+        handles["b.json"].flush()
+        with caplog.at_level(logging.WARNING, logger="ingester.watcher"):
+            assert intake.release(stored) == [None, None, None, None]
+    assert "b.json was written to after it was stored; taking it again" in caplog.text
+    assert os.listdir(spool.claimed_dir) == []
+    assert (spool.dir / "b.json").read_bytes() == payload(1) + b"\n"
+    assert sorted(os.listdir(spool.dir)) == [".claimed", "b.json", "rejected", "tmp"]
+    assert sorted(v.read_bytes() for v in versions(tmp_path)) == sorted(
+        payload(n) for n in range(4)
+    )

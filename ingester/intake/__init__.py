@@ -3,8 +3,9 @@
 Owns the spool folder (:mod:`.spool`), arrivals (:mod:`.arrivals`: inotify or polling),
 whether a drop is complete (:mod:`.readiness`), one drop's steps and its group's commit
 (:mod:`.intake`), what a crash left in ``.claimed/`` (:mod:`.recovery`), retention of
-quarantined drops (:mod:`.housekeeping`), the service loop (:mod:`.watcher`) and its
-metrics (:mod:`.metrics`). ``docs/design.md`` numbers the steps.
+quarantined drops (:mod:`.housekeeping`), the drops waiting and the groups they are
+taken in (:mod:`.groups`), the service loop (:mod:`.watcher`) and its metrics
+(:mod:`.metrics`). ``docs/design.md`` numbers the steps.
 
 May import: :mod:`ingester.errors`, :mod:`ingester.clock`, :mod:`ingester.settings`,
 :mod:`ingester.payload`, :mod:`ingester.history` and :mod:`ingester.runtime`. Nothing

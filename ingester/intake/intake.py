@@ -1,12 +1,14 @@
 """One drop, exactly once: read, judge, claim, seal, link; release; and recovery.
 
 The steps and what a crash at each leaves are described in ``docs/design.md`` (its
-numbering is used here). :meth:`Intake.take` runs steps 1-6 for one drop and returns
-an :class:`Outcome`; it never reaches into the service loop's bookkeeping. The loop
-applies the outcome once: counts, logs, per-drop backoff, when to look again. Step 7
-(the group's latest link and history fsync) is the loop's; then :meth:`Intake.release`
-runs step 8 for each stored drop. :mod:`ingester.intake.recovery` finishes the claims a crash
-or a failure left, as a pure function of their names.
+numbering is used here). :meth:`Intake.take` runs steps 1-4 for one drop and returns
+an :class:`Outcome`; it never reaches into the service loop's bookkeeping, which
+applies the outcome once (:mod:`ingester.intake.groups`: counts, logs, per-drop
+backoff, when to look again). :meth:`Intake.commit_group` runs steps 5-6 for the drops
+claimed since; step 7 (the group's latest link and history fsync) is the group's
+batch; then :meth:`Intake.release` runs step 8 for the drops it stored.
+:mod:`ingester.intake.recovery` finishes the claims a crash or a failure left, as a
+pure function of their names.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import IngesterError, PayloadRejected, StorageError
 from ..history import durable
@@ -105,6 +107,7 @@ class Intake:
     copied: bool = False  # drops of another user seen: keep a spare temp file ready
     _copied_claims: dict[str, tuple[int, int]] = field(default_factory=dict)
     _group: list[_Claimed] = field(default_factory=list)
+    _group_copies: int = 0  # how many of _group are copies
     _spool: str = ""  # the spool and .claimed/ as strings: the drop path joins names to them
     _claimed: str = ""
 
@@ -292,11 +295,16 @@ class Intake:
                     staged.discard()
                     return self._changed(claim, path, name)
                 self._copied_claims[version] = seen
-                staged.start_writeback()
+                if not self._group_copies:
+                    # The group's first copy: alone, its write is under way while the
+                    # loop looks for more. The rest start theirs in the group's fsyncs,
+                    # all at once; a hint each would cost the loop more than it saves.
+                    staged.start_writeback()
         except StorageError:
             self._undo(item)
             raise
         self._group.append(item)
+        self._group_copies += staged is not None
         return item
 
     # -- steps 5 and 6, once per group -------------------------------------------------
@@ -313,6 +321,7 @@ class Intake:
         :class:`StorageError`.
         """
         group, self._group = self._group, []
+        self._group_copies = 0
         error: GroupFailure | None = None
         synced: list[_Claimed] = []
         if not group:
@@ -438,32 +447,42 @@ class Intake:
 
     # -- step 8 ---------------------------------------------------------------------
 
-    def release(self, item: Stored) -> StorageError | None:
-        """Step 8, once the version's name is durable: remove the drop's claim.
+    def release(self, items: list[Stored]) -> list[StorageError | None]:
+        """Step 8, once the versions' names are durable: remove the drops' claims.
 
-        Returns the error when the claim could not be removed (recovery removes it
-        later: its version exists). A claim written to after its copy was stored goes
-        back to the spool as a new drop instead (or stays for recovery).
+        Returns each item's error, in order (None: released), for a claim that could
+        not be removed (recovery removes it later: its version exists). A claim written
+        to after its copy was stored goes back to the spool as a new drop instead (or
+        stays for recovery). The claims of copies are released at once (each checked,
+        then removed, on durable's worker threads): removing one frees its inode and
+        blocks, most of a copied drop's release.
         """
-        claim = os.path.join(self._claimed, item.version)
-        seen = self._copied_claims.pop(item.version, None)
-        try:
-            written = seen is not None and _written_since(claim, seen)
-        except OSError as exc:
-            # Cannot tell: the claim stays, and recovery compares its bytes with the
-            # version's (stores them anew if they differ).
-            return StorageError("check claim", claim, exc)
-        if written:
-            # A writer still holding the file added to it after its copy was stored:
-            # those bytes are not stored, so the claim is not deleted.
-            log.warning("%s was written to after it was stored; taking it again", item.drop)
-            self._unclaim(claim, os.path.join(self._spool, item.drop))
-            return None
-        try:
-            durable.remove_file(claim)
-        except StorageError as exc:
-            return exc
-        return None
+        errors: dict[str, StorageError] = {}
+        copies: list[Stored] = []
+        jobs: list[tuple[str, tuple[int, int]]] = []
+        for item in items:
+            claim = os.path.join(self._claimed, item.version)
+            seen = self._copied_claims.pop(item.version, None)
+            if seen is not None:
+                copies.append(item)
+                jobs.append((claim, seen))
+                continue
+            # The version is this very inode: removing the claim removes a name only,
+            # and the folder's lock would make such removals take turns anyway.
+            try:
+                durable.remove_file(claim)
+            except StorageError as exc:
+                errors[item.version] = exc
+        released = durable.each_at_once(_release_copy, jobs)
+        for item, (claim, _), result in zip(copies, jobs, released, strict=True):
+            if result == _WRITTEN:
+                # A writer still holding the file added to it after its copy was stored:
+                # those bytes are not stored, so the claim was kept.
+                log.warning("%s was written to after it was stored; taking it again", item.drop)
+                self._unclaim(claim, os.path.join(self._spool, item.drop))
+            elif isinstance(result, StorageError):
+                errors[item.version] = result
+        return [errors.get(item.version) for item in items]
 
     def withdrawn(self, item: Stored) -> None:
         """The group's fsync failed: ``item``'s version was taken back; its claim stays."""
@@ -527,6 +546,33 @@ def _written_since(claim: str, seen: tuple[int, int]) -> bool:
     except FileNotFoundError:
         return False
     return (st.st_size, st.st_mtime_ns) != seen
+
+
+_WRITTEN: Literal["written"] = "written"
+"""What :func:`_release_copy` returns for a claim written to since its copy was made."""
+
+
+def _release_copy(job: tuple[str, tuple[int, int]]) -> StorageError | Literal["written"] | None:
+    """Remove one copied claim, unless it was written to since its copy was made.
+
+    ``job`` is the claim's path and the (size, mtime) its copy was made from. Returns
+    None when removed, :data:`_WRITTEN` when kept (it goes back to the spool), or the
+    error. The check comes right before the removal, on the same thread, so that a
+    write in between has the least time to land.
+    """
+    claim, seen = job
+    try:
+        if _written_since(claim, seen):
+            return _WRITTEN
+    except OSError as exc:
+        # Cannot tell: the claim stays, and recovery compares its bytes with the
+        # version's (stores them anew if they differ).
+        return StorageError("check claim", claim, exc)
+    try:
+        durable.remove_file(claim)
+    except StorageError as exc:
+        return exc
+    return None
 
 
 def _open_claim(claim: str) -> int:

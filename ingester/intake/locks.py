@@ -1,4 +1,4 @@
-"""The two locks a watcher holds: its history's and its spool's.
+"""The two locks a watcher holds: its history's and its spool's; and what refuses a start.
 
 The history's lock keeps one writer per history. The spool's keeps one watcher per
 spool: claims are named after the claiming watcher's own versions, and recovery stores
@@ -11,6 +11,9 @@ even reported by the kernel while the lock file in it is open. So :meth:`Watcher
 check` is run every tick: it takes a lock again at once, or says the watcher must stop.
 A path that cannot be looked at (a folder on the way made unreadable) has not been
 replaced, for all one knows: the lock is kept, and the check tried again next tick.
+
+A latest link that points into another history, whose watcher runs, refuses the start
+too: the two watchers would each point it at their own newest version.
 """
 
 from __future__ import annotations
@@ -20,16 +23,21 @@ import os
 from pathlib import Path
 
 from ..errors import IngesterError, LockHeld, StorageError, describe_os_error
-from ..history.lock import HistoryLock, refusal, same_file
+from ..history.lock import HistoryLock, latest_link_holder, refusal, same_file
+from ..history.store import HistoryStore
 from .spool import Spool
 
-__all__ = ["LocksLost", "Unchecked", "WatcherLocks", "refused_words"]
+__all__ = ["LatestLinkKept", "LocksLost", "Unchecked", "WatcherLocks", "refused_words"]
 
 log = logging.getLogger("ingester.watcher")
 
 
 class LocksLost(IngesterError):
     """A lock could not be held again: the watcher must stop (the words say why)."""
+
+
+class LatestLinkKept(IngesterError):
+    """The latest link points into another history, whose watcher runs: no start."""
 
 
 class Unchecked:
@@ -67,11 +75,12 @@ def refused_words(exc: LockHeld) -> str:
 
 
 class WatcherLocks:
-    """The history's lock (``history_lock``, a path) and ``spool``'s, noted ``purpose``."""
+    """The lock of ``store``'s history and ``spool``'s, noted ``purpose``."""
 
-    def __init__(self, history_lock: Path, spool: Spool, purpose: str) -> None:
+    def __init__(self, store: HistoryStore, spool: Spool, purpose: str) -> None:
         self.spool = spool
-        self.history = HistoryLock(history_lock, purpose)
+        self.store = store
+        self.history = HistoryLock(store.lock_path, purpose)
         self._spool_lock: HistoryLock | None = None
         self._spool_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the locked spool
         # The locked spool folder itself, wherever it is moved: what it holds can still
@@ -81,11 +90,23 @@ class WatcherLocks:
         self.unchecked = Unchecked()
 
     def take(self) -> None:
-        """Take both, the spool's looked at first; raises ``LockHeld`` or ``OSError``.
+        """Take both, the latest link and the spool's looked at first; raises ``LockHeld``,
+        :class:`LatestLinkKept` or ``OSError``.
 
         A second watcher of the spool is refused before it makes anything (the taking
-        stays the real test). The history's folder and the spool's are made if missing.
+        stays the real test), and so is one whose latest link another watcher keeps. The
+        history's folder and the spool's are made if missing.
         """
+        store = self.store
+        kept = latest_link_holder(store.latest_path, store.history_dir, store.lock_path.name)
+        if kept is not None:
+            folder, pid = kept
+            raise LatestLinkKept(
+                f"the latest link {store.latest_path} points into the history {folder}, "
+                f"whose watcher (pid {pid}) would point it back at its own versions; give "
+                "each history its own --latest-path (if that watcher keeps another link "
+                "now, remove this one)"
+            )
         taken = refusal(self.spool.lock_path, "spool")
         if taken is not None:
             raise taken

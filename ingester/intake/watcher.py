@@ -7,34 +7,31 @@ described once, in ``docs/design.md``. The modules, in the order a drop meets th
 * :mod:`ingester.intake.readiness`: whether a drop is complete (close-write, lease, settle);
 * :mod:`ingester.intake.intake`: steps 1-4 for each drop, 5-6 for its group, and 8; it
   returns an outcome (stored, rejected, deferred, gone...);
+* :mod:`ingester.intake.groups`: the drops waiting, taken a group at a time, and what
+  became of each applied once;
 * :mod:`ingester.intake.recovery`: the claims a crash or a failure left;
 * :mod:`ingester.history.store`: the versioned history; a group of versions is made durable by
   one ``HistoryStore.batch()`` (step 7).
 
-This module is the loop around them: it collects events, decides what is due, applies
-each outcome once (counts, logs, per-drop waits), groups drops (at most 256 or one
-second per fsync of the history), runs maintenance (recovery, cleanup, metadata, the
-latest link's repair, the rejected folder's retention), backs off on failures, handles
-signals and keeps systemd informed (READY, STATUS, WATCHDOG pings).
+This module is the loop around them: it takes the locks, collects events, decides when
+a group is due, runs maintenance (recovery, cleanup, metadata, the latest link's
+repair, the rejected folder's retention), never runs deaf (a dead event source is
+restarted, a spool made anew watched anew), handles signals and keeps systemd informed
+(READY, STATUS, WATCHDOG pings).
 """
 
 from __future__ import annotations
 
-import errno
-import itertools
 import logging
 import os
-import resource
 import signal
 import stat
 import threading
 import time
-from dataclasses import dataclass, field
 
-from ..clock import Backoff, ClockJump
+from ..clock import ClockJump
 from ..errors import IngesterError, SettingError, StorageError, describe_os_error
-from ..history.batch import Batch
-from ..history.lock import WATCH, LockHeld, latest_link_holder, same_file
+from ..history.lock import WATCH, LockHeld, same_file
 from ..history.names import is_version_name
 from ..history.store import HistoryStore
 from ..runtime.notify import SystemdNotifier
@@ -45,80 +42,26 @@ from .arrivals import (
     Arrivals,
     DropSeen,
     FolderSeen,
-    How,
     RescanNeeded,
     SpoolGone,
     start_arrivals,
     watch_problem,
 )
+from .groups import Backlog
 from .intake import Intake
-from .locks import LocksLost, WatcherLocks, refused_words
+from .locks import LatestLinkKept, LocksLost, WatcherLocks, refused_words
 from .maintenance import Maintenance
 from .metrics import NO_METRICS, Metrics
-from .outcomes import (
-    Blocked,
-    Deferred,
-    Dropped,
-    GroupFailure,
-    Ignored,
-    Outcome,
-    Recovered,
-    Rejected,
-    Stored,
-)
 from .readiness import Readiness
 from .recovery import ClaimRecovery, take_back_claims
 from .spool import Spool
 
-__all__ = ["Backoff", "WatchOptions", "Watcher"]
+__all__ = ["WatchOptions", "Watcher"]
 
 log = logging.getLogger("ingester.watcher")
 
 _TICK = 0.25  # seconds, the longest wait: bounds the reaction to signals and liveness checks
-_GROUP_MAX = 256  # most versions linked before one fsync of the history makes them durable
-_GROUP_SECONDS = 1.0  # and at most this long, so the loop keeps pinging systemd
 _OBSERVER_RESTARTS = 5  # a dead observer restarted this often within a minute: give up
-
-
-def group_limit() -> int:
-    """The most drops one group may hold under this process's limit on open files.
-
-    Each drop of a group keeps a descriptor open until the group is durable (its claimed
-    inode, or its copy), so a group may use at most a quarter of ``RLIMIT_NOFILE``: the
-    rest is left to everything else the process holds open (the spool, the locks,
-    inotify, the HTTP connections of ``serve --watch``). Under systemd's default soft
-    limit (1,024) that is the full :data:`_GROUP_MAX`.
-    """
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return _GROUP_MAX
-    return max(1, min(_GROUP_MAX, soft // 4))
-
-
-@dataclass
-class _Counts:
-    ingested: int = 0
-    rejected: int = 0
-
-
-@dataclass
-class _DropWaits:
-    """Drops that cannot go on alone (claim or quarantine failures), each with its backoff."""
-
-    limit: float
-    claim: dict[str, Backoff] = field(default_factory=dict)
-    quarantine: dict[str, Backoff] = field(default_factory=dict)
-
-    def wait(self, outcome: Blocked) -> float:
-        waits = self.claim if outcome.step == "claim" else self.quarantine
-        return waits.setdefault(outcome.drop, Backoff(self.limit)).failed()
-
-    def forget(self, name: str) -> None:
-        self.claim.pop(name, None)
-        self.quarantine.pop(name, None)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.claim or name in self.quarantine
 
 
 class _Stop(IngesterError):
@@ -152,7 +95,6 @@ class Watcher:
         )
         self._recovery = ClaimRecovery(self.intake)
         self.clock_jump = ClockJump()
-        self.counts = _Counts()
         self.maintenance = Maintenance(
             self.store,
             self.spool,
@@ -162,25 +104,26 @@ class Watcher:
             clock_jump=self.clock_jump,
             retries=not options.once,
         )
-        self._pending: dict[str, How] = {}  # insertion order is arrival order
-        self._deferred: dict[str, float] = {}  # name -> monotonic time to look again
-        self._drop_waits = _DropWaits(options.retry_max)
         self._logged: set[str] = set()
         self._stop = StopFlag()
+        self.metrics = metrics
+        self.backlog = Backlog(
+            self.store,
+            self.intake,
+            self.maintenance,
+            metrics,
+            self._stop,
+            once=options.once,
+            retry_max=options.retry_max,
+            log_once=self._log_once,
+        )
         self._arrivals: Arrivals | None = None
-        self._backoff = Backoff(options.retry_max)  # the whole pipeline (history failures)
-        self._group_limit = group_limit()
-        self._group_max = self._group_limit
         self._observer_restarts: list[float] = []  # when a dead observer was restarted
-        self._failures = 0  # pipeline failures so far: did this group meet one?
         self._next_rescan = 0.0
         self._unscanned = False  # the last scan of the spool failed: it may hold drops
         self._next_ping = 0.0
         self._last_status = ""
-        self.metrics = metrics
-        self.metrics.watch(
-            lambda: len(self._pending) + len(self._deferred), lambda: self.maintenance.holding
-        )
+        self.metrics.watch(lambda: len(self.backlog), lambda: self.maintenance.holding)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -200,22 +143,14 @@ class Watcher:
         """Take the history's lock and the spool's, recover, drain the backlog, then
         watch until stopped."""
         self._install_signals()
-        store = self.store
-        kept = latest_link_holder(store.latest_path, store.history_dir, store.lock_path.name)
-        if kept is not None:
-            log.error(
-                "cannot start: the latest link %s points into the history %s, whose watcher "
-                "(pid %d) would point it back at its own versions; give each history its own "
-                "--latest-path (if that watcher keeps another link now, remove this one)",
-                store.latest_path,
-                *kept,
-            )
-            return 1
-        self.locks = WatcherLocks(self.store.lock_path, self.spool, self.lock_purpose)
+        self.locks = WatcherLocks(self.store, self.spool, self.lock_purpose)
         try:
             self.locks.take()
         except LockHeld as exc:
             log.error("%s", refused_words(exc))
+            return 1
+        except LatestLinkKept as exc:
+            log.error("cannot start: %s", exc)
             return 1
         except OSError as exc:
             log.error("cannot start: %s", describe_os_error(exc))
@@ -258,17 +193,18 @@ class Watcher:
         try:
             # Drops that keep changing must not hold READY (or --once) back for ever.
             settling_until = time.monotonic() + max(5.0, 3 * self.options.settle)
-            while self._pending or (
+            backlog = self.backlog
+            while backlog.pending or (
                 time.monotonic() < settling_until
                 and any(
-                    n not in self._drop_waits and not self.intake.readiness.is_unfinished(n)
-                    for n in self._deferred
+                    n not in backlog.drop_waits and not self.intake.readiness.is_unfinished(n)
+                    for n in backlog.deferred
                 )
             ):
                 self._step()
                 if self._stop.is_set():
                     break
-                if not self._backoff.due(time.monotonic()):
+                if not backlog.backoff.due(time.monotonic()):
                     # --once does not wait out the backoff: what is left is said at its
                     # end; a service reports ready all the same and retries in its loop.
                     break
@@ -297,17 +233,18 @@ class Watcher:
         the whole spool, and left no claim unfinished (each that it did not is said in
         one line: the run exits 1)."""
         finished = True
-        if self._pending:
+        backlog = self.backlog
+        if backlog.pending:
             log.error(
                 "%d drop(s) could not be stored: left in the spool for the next start",
-                len(self._pending),
+                len(backlog.pending),
             )
             finished = False
-        if self._drop_waits.quarantine:
-            log.error("%d drop(s) could not be set aside", len(self._drop_waits.quarantine))
+        if backlog.drop_waits.quarantine:
+            log.error("%d drop(s) could not be set aside", len(backlog.drop_waits.quarantine))
             finished = False
-        if self._drop_waits.claim:
-            log.error("%d drop(s) could not be taken", len(self._drop_waits.claim))
+        if backlog.drop_waits.claim:
+            log.error("%d drop(s) could not be taken", len(backlog.drop_waits.claim))
             finished = False
         if self._unscanned:
             log.error("the spool could not be scanned: drops it holds are left for the next start")
@@ -341,8 +278,8 @@ class Watcher:
             waiting = f"the drops waiting cannot be counted ({exc})"
         log.info(
             "stopped: %d ingested, %d rejected, %s",
-            self.counts.ingested,
-            self.counts.rejected,
+            self.backlog.counts.ingested,
+            self.backlog.counts.rejected,
             waiting,
         )
         return 0
@@ -455,14 +392,9 @@ class Watcher:
 
     def _wait_time(self) -> float:
         now = time.monotonic()
-        deadlines = [now + _TICK]
-        if self._pending and self._backoff.due(now):
-            return 0.0
-        if self._deferred:
-            deadlines.append(min(self._deferred.values()))
-        if self._pending:
-            deadlines.append(self._backoff.until)
-        return max(0.0, min(deadlines) - now)
+        due = self.backlog.next_look(now)
+        deadline = now + _TICK if due is None else min(now + _TICK, due)
+        return max(0.0, deadline - now)
 
     def _step(self) -> None:
         """Collect events, process what is due, keep the caches and systemd informed."""
@@ -472,26 +404,18 @@ class Watcher:
             for item in self._arrivals.wait(self._wait_time()):
                 self._absorb(item)
         now = time.monotonic()
-        for name, due in list(self._deferred.items()):
-            if due <= now:
-                del self._deferred[name]
-                self._pending.setdefault(name, How.SETTLE)
+        self.backlog.due(now)
         # Maintenance first: after a backoff, recovery and cleanup (which may free the
         # space a failing batch needs) must not wait behind that batch.
         self._maintain(force=False)
-        if self._pending and self._backoff.due(now):
-            self._process_batch()
+        if self.backlog.ready(now):
+            self.backlog.take_group()
             self._maintain(force=False)
         self._ping()
 
     def _absorb(self, item: Arrival) -> None:
         if isinstance(item, DropSeen):
-            if item.how is How.COMPLETE:
-                self.intake.readiness.completed(item.name)
-            current = self._pending.get(item.name)
-            if current is None or item.how is How.COMPLETE:
-                self._pending[item.name] = item.how
-            self._deferred.pop(item.name, None)
+            self.backlog.seen(item.name, item.how)
         elif isinstance(item, RescanNeeded):
             log.warning("rescanning the spool: %s", item.why)
             self._rescan(item.why)
@@ -522,216 +446,33 @@ class Watcher:
         for c in candidates:
             if stat.S_ISDIR(c.mode):
                 self._log_folder(c.name)
-            elif c.name not in self._pending and c.name not in self._deferred:
-                self._pending[c.name] = How.SETTLE
+            else:
+                self.backlog.found(c.name)
         # The history can change by hand too (a restored file): keep the index honest,
         # and repair the caches (a deleted metadata file or latest link) here rather
         # than on the next drop.
         if why != "start":
             self.maintenance.check_caches()
 
-    # -- a group of drops -------------------------------------------------------------
-
-    def _process_batch(self) -> None:
-        """Take the pending drops in arrival order; make each group durable at once.
-
-        Every drop of a group is claimed and staged first (steps 1-4); then the group's
-        bytes are fsynced, the claims made durable by one fsync of ``.claimed/``, and
-        the versions linked (steps 5-6, :meth:`Intake.commit_group`); then their names
-        are made durable by one fsync of the history, after the latest link moved (so
-        on one filesystem one journal commit carries both: step 7), and only then are
-        the claims released (step 8).
-        """
-        stored: list[Stored] = []
-        began = time.monotonic()
-        update_latest = self.maintenance.cache_backoff.due(began)
-        failure: GroupFailure | None = None
-        claimed: dict[str, How] = {}
-        failures_before = self._failures
-        progressed = False
-        try:
-            with self.store.batch(update_latest=update_latest) as batch:
-                try:
-                    progressed = self._claim_group(batch, claimed)
-                finally:
-                    stored, failure = self.intake.commit_group(batch)
-                batch.keep_spare = not self.intake.same_fs or self.intake.copied
-        except StorageError as exc:
-            # The group's fsync failed, so its names were taken back: a failed write.
-            # Their claims stay and are committed again after the backoff.
-            for item in stored:
-                self.intake.withdrawn(item)
-            self._fail(None, exc)
-            return
-        if failure is not None:
-            # Taken again first, as they came: their turn in arrival order is not lost.
-            returned = {name: claimed.get(name, How.SETTLE) for name in failure.returned}
-            self._pending = {**returned, **self._pending}
-            self._fail(failure.drop, failure.error)
-        if progressed and self._failures == failures_before:
-            # The whole group went through, its commit included: only then is the wait
-            # reset. A drop claimed and staged proves nothing if its link then fails.
-            self._backoff.succeeded()
-            # Smaller groups after running out of descriptors: grown back, step by step.
-            self._group_max = min(self._group_limit, 2 * self._group_max)
-        if not stored:
-            return
-        for item in stored:
-            error = self.intake.release(item)
-            if error is not None:
-                self._fail(None, error)  # recovery removes the claim later
-            self._ingested(item)
-        # After _ingested (which marks the link stale): the group moved it already.
-        if not update_latest:
-            self.maintenance.latest_dirty = True
-        elif batch.latest_error is not None:
-            self.maintenance.latest_failed(batch.latest_error)  # the versions are durable
-        else:
-            self.maintenance.latest_ok()
-
-    def _claim_group(self, batch: Batch, claimed: dict[str, How]) -> bool:
-        """Steps 1-4 for the pending drops, in arrival order, up to one group's worth.
-
-        Adds each drop claimed to ``claimed`` (with how it was seen). A store failure
-        stops the group (logged, and the pipeline backs off). Returns whether any drop
-        got anywhere (anything but a claim that could not be made).
-        """
-        progressed = False
-        began = time.monotonic()
-        # A slice, not the whole backlog: a hundred thousand drops waiting at start
-        # must not be copied into a list for every group of 256.
-        for name, how in list(itertools.islice(self._pending.items(), 4 * self._group_max)):
-            if self._stop.is_set():
-                break
-            try:
-                outcome = self.intake.take(name, how, batch)
-            except StorageError as exc:
-                self._fail(name, exc)
-                break
-            self._pending.pop(name, None)
-            if not (isinstance(outcome, Blocked) and outcome.step == "claim"):
-                progressed = True
-            if isinstance(outcome, Stored):
-                claimed[name] = how
-            self._apply(outcome)
-            if len(claimed) >= self._group_max or time.monotonic() - began > _GROUP_SECONDS:
-                break  # publish this group; the rest waits one loop (watchdog pings)
-        return progressed
-
-    def _apply(self, outcome: Outcome) -> None:
-        """Apply what became of one drop to the loop's bookkeeping (once)."""
-        if isinstance(outcome, Stored):
-            self._drop_waits.forget(outcome.drop)
-            if not outcome.pending:
-                self._ingested(outcome)
-        elif isinstance(outcome, Rejected):
-            self._drop_waits.forget(outcome.drop)
-            self.counts.rejected += 1
-            self.metrics.rejected(outcome.reason, outcome.kind)
-            log.warning(
-                "rejected %s: %s (moved to %s)",
-                outcome.drop,
-                outcome.reason,
-                self.spool.rejected_dir / outcome.where,
-                extra={"event": "rejected", "drop": outcome.drop, "reason": outcome.reason},
-            )
-        elif isinstance(outcome, Deferred):
-            if outcome.claim_left:
-                self._drop_waits.forget(outcome.drop)
-                self.maintenance.meta_dirty = True  # the next round finishes the claim left
-            if outcome.until is not None:
-                self._deferred[outcome.drop] = outcome.until
-        elif isinstance(outcome, Dropped):
-            self._drop_waits.forget(outcome.drop)
-        elif isinstance(outcome, Ignored):
-            self._log_once(outcome.key, outcome.message)
-        elif isinstance(outcome, Blocked):
-            retry = self._drop_waits.wait(outcome)
-            self._deferred[outcome.drop] = time.monotonic() + retry
-            if outcome.step == "claim":
-                self.metrics.failed()
-                log.error(
-                    "cannot take drop %s: %s; %s",
-                    outcome.drop,
-                    outcome.error,
-                    self._then(retry, "it"),
-                )
-            else:
-                log.error(
-                    "cannot set aside %s (%s): %s; %s",
-                    outcome.drop,
-                    outcome.reason,
-                    outcome.error,
-                    self._then(retry),
-                )
-        elif isinstance(outcome, Recovered):
-            self.maintenance.latest_dirty = self.maintenance.meta_dirty = True
-            log.info("%s was already stored; removed its claim", outcome.version)
-
-    def _ingested(self, item: Stored) -> None:
-        self.counts.ingested += 1
-        self.metrics.ingested(time.perf_counter() - item.started)
-        self.maintenance.latest_dirty = True
-        self.maintenance.meta_dirty = True
-        log.info(
-            "ingested %s -> %s (%d bytes, %.1f ms)",
-            item.drop,
-            item.version,
-            item.size,
-            (time.perf_counter() - item.started) * 1000,
-            extra={
-                "event": "ingested",
-                "drop": item.drop,
-                "version": item.version,
-                "bytes": item.size,
-            },
-        )
-
-    def _fail(self, name: str | None, exc: StorageError) -> None:
-        self._failures += 1
-        if exc.errno in (errno.EMFILE, errno.ENFILE) and self._group_max > 1:
-            # Out of descriptors: a group holds one per drop, so the same group again
-            # would fail the same way. Smaller groups from now on.
-            self._group_max //= 2
-            log.warning(
-                "out of file descriptors: groups of at most %d drop(s) from now on",
-                self._group_max,
-            )
-        retry = self._backoff.failed()
-        self.metrics.failed()
-        what = f"cannot store drop {name}" if name else "cannot update the history"
-        log.error("%s: %s; %s", what, exc, self._then(retry))
-        # Maintenance after the backoff also finishes any claim a failed commit left,
-        # and sweeps the temp files a failed step could not remove.
-        self.maintenance.after_failure(whole_group=name is None)
-
-    def _then(self, retry: float, it: str = "") -> str:
-        """What follows a failed step, for its log line: a service retries after
-        ``retry`` seconds; a ``--once`` run does not, and leaves the drop for the next."""
-        if self.options.once:
-            return "left in the spool for the next start"
-        return f"retrying {it + ' ' if it else ''}in {retry:.1f} s"
-
     # -- maintenance ------------------------------------------------------------------
 
     def _maintain(self, *, force: bool) -> None:
         """Latest link, cleanup and metadata: once per batch, not once per drop."""
         now = time.monotonic()
-        if not self._backoff.due(now) and not force:
+        if not self.backlog.backoff.due(now) and not force:
             return
-        self.maintenance.run(now, force=force, busy=bool(self._pending))
+        self.maintenance.run(now, force=force, busy=bool(self.backlog.pending))
 
     def _recover_claims(self) -> None:
         for outcome in self._recovery.recover():
-            self._apply(outcome)
+            self.backlog.apply(outcome)
 
     # -- systemd ------------------------------------------------------------------------
 
     def _status_text(self) -> str:
-        waiting = len(self._pending) + len(self._deferred)
-        return (
-            f"ingested {self.counts.ingested}, rejected {self.counts.rejected}, backlog {waiting}"
-        )
+        counts = self.backlog.counts
+        waiting = len(self.backlog)
+        return f"ingested {counts.ingested}, rejected {counts.rejected}, backlog {waiting}"
 
     def _ping(self) -> None:
         if not self.notifier.enabled:

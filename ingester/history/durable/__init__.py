@@ -13,13 +13,13 @@ error, so a later fsync could "succeed" with the data gone. Every failure is rai
 :class:`StorageError` naming the path and the cause, and leaves no partial file under a
 final name (the temp file is removed when possible; a leftover is swept on start).
 
-The steps are :mod:`.steps`; a file written whole is :mod:`.staged`; several fsyncs at
-once, :mod:`.fsyncs`; moves across filesystems and files written in pieces,
+The steps are :mod:`.steps`; a file written whole is :mod:`.staged`; several fsyncs (or
+other steps) at once, :mod:`.fsyncs`; moves across filesystems and files written in pieces,
 :mod:`.copies`. Import from this package: every name is here.
 """
 
 from .copies import move_file, streamed_file
-from .fsyncs import FSYNC_THREAD_PREFIX, fsync_dirs, fsync_each
+from .fsyncs import FSYNC_THREAD_PREFIX, each_at_once, fsync_dirs, fsync_each
 from .staged import SpareFile, StagedFile, link_file, replace_symlink, write_file
 from .steps import (
     LINK_TEMP_PREFIX,
@@ -60,6 +60,7 @@ __all__ = [
     "StorageError",
     "StrPath",
     "current_umask",
+    "each_at_once",
     "fsync_dir",
     "fsync_dirs",
     "fsync_each",

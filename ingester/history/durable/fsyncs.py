@@ -1,26 +1,33 @@
-"""Several fsyncs at once: a group's files and folders flushed together, each with its error.
+"""Several fsyncs (or other steps) at once: a group's files flushed together, each with its error.
 
-:func:`fsync_each` gives the device a group's writes together (a few worker threads
-named :data:`FSYNC_THREAD_PREFIX`; ``os.fsync`` releases the GIL), so the wait is for the
-slowest rather than the sum; :func:`fsync_dirs` does the same for folders. Each fsync is
-still its file's own: a failed one is a failed write of that file alone.
+:func:`each_at_once` runs one step for each item of a group on a few worker threads
+named :data:`FSYNC_THREAD_PREFIX` (the system calls release the GIL), so the wait is for
+the slowest rather than the sum. :func:`fsync_each` gives the device a group's writes
+together that way, and :func:`fsync_dirs` does the same for folders; the watcher
+removes a group's copied claims through it too. Each step is still its file's own: a
+failed one is a failed write (or removal) of that file alone.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import wait
+from typing import TypeVar
 
 from ...errors import StorageError
 from ...threads import StartedPool, started_pool
 from .steps import StrPath, open_dir
 
-__all__ = ["FSYNC_THREAD_PREFIX", "fsync_dirs", "fsync_each"]
+__all__ = ["FSYNC_THREAD_PREFIX", "each_at_once", "fsync_dirs", "fsync_each"]
+
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 FSYNC_THREAD_PREFIX = "ingester-fsync"
-"""The name of the threads that run :func:`fsync_each`'s fsyncs (tests count their steps)."""
+"""The name of the threads that run :func:`each_at_once`'s steps (tests count them)."""
 
 
 # Measured on ext4 on a virtio disk: 8 fresh files and their folder fsynced at once took
@@ -57,36 +64,49 @@ def _fsync_or_error(fd: int) -> OSError | None:
     return None
 
 
-def fsync_each(fds: Sequence[int]) -> list[OSError | None]:
-    """fsync every descriptor in ``fds`` at once; return each one's error (None: durable).
+def each_at_once(step: Callable[[_Item], _Result], items: Sequence[_Item]) -> list[_Result]:
+    """``step(item)`` for every item, at once; each one's result, in the order given.
 
-    The descriptors are dealt into up to :data:`_FSYNC_WORKERS` shares; the calling
-    thread fsyncs the first share and the worker threads the others, each share one
-    after the other (``os.fsync`` releases the GIL). The device is given the group's
-    writes together instead of one file's at a time, and the wait is for the slowest
-    share rather than the sum. One task per share, not per descriptor: for a group of
-    hundreds, handing each fsync to a thread cost more than the fsync of an inode whose
-    bytes were already on disk. Each fsync is still the file's own, and so is its
-    error: a failed one is a failed write of that file alone, which its caller handles;
-    the others stand. The descriptors stay open (the caller closes them).
+    The items are dealt into up to :data:`_FSYNC_WORKERS` shares; the calling thread
+    takes the first share and the worker threads the others, each share one item after
+    the other (the system calls release the GIL). One task per share, not per item: for
+    a group of hundreds, handing each item to a thread cost more than the fsync of an
+    inode whose bytes were already on disk. ``step`` should return its error, not raise
+    it; if one raises all the same, every other step has ended before the exception is
+    raised here, so nothing still runs once the caller hears of it. Where no thread can
+    be started, every item is done here, one after the other.
     """
-    if len(fds) <= 1:
-        return [_fsync_or_error(fd) for fd in fds]
-    pool = _fsync_pool()
+
+    def run(share: Sequence[_Item]) -> list[_Result]:
+        return [step(item) for item in share]
+
+    pool = _fsync_pool() if len(items) > 1 else None
     if pool is None:
-        # No thread can be started (a limit on threads or memory): one after the
-        # other, here. Slower, and as durable.
-        return _fsync_share(fds)
+        # One item, or no thread can be started (a limit on threads or memory): one
+        # after the other, here. Slower, and as durable.
+        return run(items)
     workers = pool.workers
-    shares = [list(fds[n::workers]) for n in range(min(len(fds), workers))]
-    futures = [pool.submit(_fsync_share, share) for share in shares[1:]]
-    results = [_fsync_share(shares[0]), *(future.result() for future in futures)]
-    # Back in the order given: descriptor i went to share i % n, as its (i // n)th.
-    return [results[i % len(shares)][i // len(shares)] for i in range(len(fds))]
+    shares = [list(items[n::workers]) for n in range(min(len(items), workers))]
+    futures = [pool.submit(run, share) for share in shares[1:]]
+    try:
+        first = run(shares[0])
+    finally:
+        wait(futures)  # every step ended, whatever raised
+    results = [first, *(future.result() for future in futures)]
+    # Back in the order given: item i went to share i % n, as its (i // n)th.
+    return [results[i % len(shares)][i // len(shares)] for i in range(len(items))]
 
 
-def _fsync_share(fds: Sequence[int]) -> list[OSError | None]:
-    return [_fsync_or_error(fd) for fd in fds]
+def fsync_each(fds: Sequence[int]) -> list[OSError | None]:
+    """fsync every descriptor in ``fds`` at once (:func:`each_at_once`); each one's error.
+
+    None means durable. The device is given the group's writes together instead of one
+    file's at a time, and the wait is for the slowest share rather than the sum. Each
+    fsync is still the file's own, and so is its error: a failed one is a failed write
+    of that file alone, which its caller handles; the others stand. The descriptors
+    stay open (the caller closes them).
+    """
+    return each_at_once(_fsync_or_error, fds)
 
 
 def fsync_dirs(directories: Sequence[StrPath]) -> list[StorageError | None]:

@@ -159,10 +159,11 @@ class StagedFile:
     def start_writeback(self) -> None:
         """Ask the kernel to start writing the bytes out now, without waiting (a hint).
 
-        A group of copies fsynced one after the other otherwise pays one device write
-        per fsync; started together, the writes are queued at once and the fsyncs
-        mostly wait for what is already under way. Durability still comes from
-        :meth:`sync` alone.
+        For a file fsynced a while later (the caller has other work first), the write is
+        under way meanwhile, and the fsync mostly waits for what has started. The call
+        itself costs about as much as starting the write (60 microseconds on a virtio disk), so
+        files fsynced together anyway (:func:`fsync_each`) are better left to their
+        fsyncs. Durability still comes from :meth:`sync` alone.
         """
         fd = self.unsynced()
         if fd is not None:
