@@ -37,7 +37,7 @@ BENCH = REPO / "bench"
 STEPS = [
     ("ingester.intake.arrivals", "_InotifyArrivals._parse", "inotify event (read by the loop)"),
     ("ingester.intake.watcher", "Watcher._absorb", "the loop takes it"),
-    ("ingester.intake.watcher", "Watcher._process_batch", "the group"),
+    ("ingester.intake.groups", "Backlog.take_group", "the group"),
     ("ingester.intake.intake", "Intake.open_and_judge", "1-2 read and judge"),
     ("ingester.intake.intake", "check_payload", "   the payload's check"),
     ("ingester.intake.intake", "Intake._claim", "3-4 name, claim, seal"),

@@ -66,3 +66,19 @@ def test_the_header_adds_nothing_for_a_device_the_kernel_does_not_list_as_ext4(
     watch_support: ModuleType,
 ) -> None:
     assert watch_support.ext4_journal("/dev/no-such-device") == ""
+
+
+def test_every_step_the_drop_timeline_times_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/drop_timeline.py wraps our functions by name: a rename in the code must be
+    followed there, or the bench stops at its start."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    timeline = importlib.import_module("drop_timeline")
+    missing = []
+    for module_name, path, label in timeline.STEPS:
+        owner: object = importlib.import_module(module_name)
+        for name in path.split("."):
+            if not hasattr(owner, name):
+                missing.append(f"{module_name}.{path} ({label.strip()})")
+                break
+            owner = getattr(owner, name)
+    assert missing == []
