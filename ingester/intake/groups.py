@@ -118,7 +118,7 @@ class Backlog:
         self.counts = Counts()
         self.pending: dict[str, How] = {}  # insertion order is arrival order
         self.deferred: dict[str, float] = {}  # name -> monotonic time to look again
-        self.drop_waits = _DropWaits(retry_max)
+        self._drop_waits = _DropWaits(retry_max)
         self.backoff = Backoff(retry_max)  # the whole pipeline (history failures)
         self._stop = stop
         self._log_once = log_once
@@ -156,6 +156,32 @@ class Backlog:
     def ready(self, now: float) -> bool:
         """Whether a group is due: drops waiting, and the pipeline not backing off."""
         return bool(self.pending) and self.backoff.due(now)
+
+    def settling(self) -> bool:
+        """Whether a deferred drop only waits to settle: not for its own retry after a
+        failure, nor for a writer that still has it open."""
+        return any(
+            n not in self._drop_waits and not self.intake.readiness.is_unfinished(n)
+            for n in self.deferred
+        )
+
+    def all_taken(self) -> bool:
+        """Whether every drop heard of was stored or set aside; each kind left is said in
+        one line (the end of ``watch --once``)."""
+        taken = True
+        if self.pending:
+            log.error(
+                "%d drop(s) could not be stored: left in the spool for the next start",
+                len(self.pending),
+            )
+            taken = False
+        if self._drop_waits.quarantine:
+            log.error("%d drop(s) could not be set aside", len(self._drop_waits.quarantine))
+            taken = False
+        if self._drop_waits.claim:
+            log.error("%d drop(s) could not be taken", len(self._drop_waits.claim))
+            taken = False
+        return taken
 
     def next_look(self, now: float) -> float | None:
         """The monotonic time something here is due (None: nothing is)."""
@@ -260,11 +286,11 @@ class Backlog:
     def apply(self, outcome: Outcome) -> None:
         """Apply what became of one drop to the bookkeeping (once)."""
         if isinstance(outcome, Stored):
-            self.drop_waits.forget(outcome.drop)
+            self._drop_waits.forget(outcome.drop)
             if not outcome.pending:
                 self._ingested(outcome)
         elif isinstance(outcome, Rejected):
-            self.drop_waits.forget(outcome.drop)
+            self._drop_waits.forget(outcome.drop)
             self.counts.rejected += 1
             self.metrics.rejected(outcome.reason, outcome.kind)
             log.warning(
@@ -276,16 +302,16 @@ class Backlog:
             )
         elif isinstance(outcome, Deferred):
             if outcome.claim_left:
-                self.drop_waits.forget(outcome.drop)
+                self._drop_waits.forget(outcome.drop)
                 self.maintenance.meta_dirty = True  # the next round finishes the claim left
             if outcome.until is not None:
                 self.deferred[outcome.drop] = outcome.until
         elif isinstance(outcome, Dropped):
-            self.drop_waits.forget(outcome.drop)
+            self._drop_waits.forget(outcome.drop)
         elif isinstance(outcome, Ignored):
             self._log_once(outcome.key, outcome.message)
         elif isinstance(outcome, Blocked):
-            retry = self.drop_waits.wait(outcome)
+            retry = self._drop_waits.wait(outcome)
             self.deferred[outcome.drop] = time.monotonic() + retry
             if outcome.step == "claim":
                 self.metrics.failed()

@@ -194,13 +194,7 @@ class Watcher:
             # Drops that keep changing must not hold READY (or --once) back for ever.
             settling_until = time.monotonic() + max(5.0, 3 * self.options.settle)
             backlog = self.backlog
-            while backlog.pending or (
-                time.monotonic() < settling_until
-                and any(
-                    n not in backlog.drop_waits and not self.intake.readiness.is_unfinished(n)
-                    for n in backlog.deferred
-                )
-            ):
+            while backlog.pending or (time.monotonic() < settling_until and backlog.settling()):
                 self._step()
                 if self._stop.is_set():
                     break
@@ -232,20 +226,7 @@ class Watcher:
         """Whether a ``--once`` run took and stored or set aside every drop it saw, saw
         the whole spool, and left no claim unfinished (each that it did not is said in
         one line: the run exits 1)."""
-        finished = True
-        backlog = self.backlog
-        if backlog.pending:
-            log.error(
-                "%d drop(s) could not be stored: left in the spool for the next start",
-                len(backlog.pending),
-            )
-            finished = False
-        if backlog.drop_waits.quarantine:
-            log.error("%d drop(s) could not be set aside", len(backlog.drop_waits.quarantine))
-            finished = False
-        if backlog.drop_waits.claim:
-            log.error("%d drop(s) could not be taken", len(backlog.drop_waits.claim))
-            finished = False
+        finished = self.backlog.all_taken()
         if self._unscanned:
             log.error("the spool could not be scanned: drops it holds are left for the next start")
             finished = False

@@ -161,9 +161,9 @@ class StagedFile:
 
         For a file fsynced a while later (the caller has other work first), the write is
         under way meanwhile, and the fsync mostly waits for what has started. The call
-        itself costs about as much as starting the write (60 microseconds on a virtio disk), so
-        files fsynced together anyway (:func:`fsync_each`) are better left to their
-        fsyncs. Durability still comes from :meth:`sync` alone.
+        itself costs about as much as starting the write (60 microseconds on a virtio
+        disk), so files fsynced together anyway (:func:`fsync_each`) are better left to
+        their fsyncs. Durability still comes from :meth:`sync` alone.
         """
         fd = self.unsynced()
         if fd is not None:
