@@ -139,13 +139,10 @@ def inject(
     def wrap(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
         def patched(*args: Any, **kwargs: Any) -> Any:
             # A group's fsyncs and removals run on durable's worker threads, for the plan's.
-            ours = (
-                threading.get_ident() == plan.thread
-                or threading.current_thread().name.startswith(FSYNC_THREAD_PREFIX)
-            )
-            if not ours:
+            on_worker = threading.current_thread().name.startswith(FSYNC_THREAD_PREFIX)
+            if not (on_worker or threading.get_ident() == plan.thread):
                 return real(*args, **kwargs)
-            if not concurrent and threading.current_thread().name.startswith(FSYNC_THREAD_PREFIX):
+            if on_worker and not concurrent:
                 # A round in order must count its steps in one order: a step on a worker
                 # means a caller reached durable's workers past the patch below.
                 raise AssertionError(f"{name} ran on a worker thread in a round in order")
