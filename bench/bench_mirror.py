@@ -47,8 +47,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
 
-from bench_watch import Run, machine, payload, percentile  # noqa: E402
-from support.s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3, free_ports, weed_binary  # noqa: E402
+from support.ports import free_ports  # noqa: E402
+from support.s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3, weed_binary  # noqa: E402
+from watch_support import Run, machine, payload, percentile  # noqa: E402
 
 SIDES = ("off", "healthy", "slow", "down")
 
@@ -100,11 +101,13 @@ def latency(args: argparse.Namespace, base: Path, server: SeaweedS3) -> dict[str
     proxy = subprocess.Popen(
         [
             sys.executable,
-            str(BENCH_DIR.parent / "tests" / "s3server.py"),
+            "-m",
+            "support.s3server",
             "proxy",
             str(server.port),
             "0.2",
         ],
+        cwd=BENCH_DIR.parent / "tests",
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -1,4 +1,5 @@
-"""The watcher bench's machine header, against real filesystems.
+"""The benches' own support: the watcher bench's machine header, against real
+filesystems; the drop timeline's steps; every script starting.
 
 The header names the bench folder's filesystem and, for ext4, whether it has a journal:
 without one, ext4 makes a file's creation dearer the more files were deleted lately, and
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -82,3 +85,26 @@ def test_every_step_the_drop_timeline_times_exists(monkeypatch: pytest.MonkeyPat
                 break
             owner = getattr(owner, name)
     assert missing == []
+
+
+# The scripts a reader runs by name, each with its options; the floors and the load
+# generator take bare positional arguments and stay that small on purpose.
+SCRIPTS = sorted(
+    path.name
+    for path in (REPO / "bench").glob("*.py")
+    if path.name not in ("watch_support.py", "floor.py", "floor_serve.py", "http_load.py")
+)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_bench_script_starts(script: str) -> None:
+    """A script whose imports went stale (a helper moved to another module) fails here,
+    not on the day someone runs it for the numbers the docs quote."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("usage:")

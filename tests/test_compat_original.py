@@ -18,7 +18,6 @@ Each test starts the server the way a user switching over would: the original's
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shlex
@@ -35,19 +34,13 @@ import httpx
 import pytest
 from support import run_cli, wait_for
 from support.capabilities import has_ipv6_loopback
+from support.ports import free_port
 from support.serveproc import ServeProcess, fresh_payload, put_version, version_name
 from support.watchproc import WatchProcess
 
 API = "/api/claude/console-usage"
 TRIGGER = f"{API}/trigger"
 SYNC_KEY = "original-sync-key-5f2c"  # the shared secret of the original's .env
-
-
-def free_port() -> int:
-    """A port no one listens on now (as the original's PORT would be)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def original_server(
@@ -596,15 +589,7 @@ def _answers(url: str) -> int | None:
 
 def free_ports() -> int:
     """A port free on both 127.0.0.1 and ::1 (the default binds both)."""
-    while True:
-        port = free_port()
-        try:
-            with socket.socket(socket.AF_INET6) as probe:
-                probe.bind(("::1", port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                continue
-        return port
+    return free_port(("127.0.0.1", "::1"))
 
 
 def test_the_port_variable_keeps_the_loopback_host(root: Path) -> None:

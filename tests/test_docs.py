@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 from support import cli_env, run_cli, wait_for
 from support.capabilities import other_user_problem
+from support.ports import free_port
 from support.watchproc import WatchProcess
 from test_mirror import aws_files, bucket, s3  # noqa: F401 - fixtures
 
@@ -500,14 +501,6 @@ def test_the_readme_names_every_command_that_refuses_while_a_watcher_runs() -> N
     assert {w for w in writers if f"`{w}`" not in sentence.group(1)} == set()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _run_block(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """``script`` run by bash in ``cwd``, without the caller's INGESTER_* variables."""
     return subprocess.run(
@@ -530,7 +523,7 @@ def _as_here(block: str) -> str:
 def test_the_readme_s_try_it_block_runs_as_the_original_s_clients_would(tmp_path: Path) -> None:
     block = example("readme-try-it")
     assert "PORT=4000 CLAUDE_SYNC_API_KEY=" in block and "serve --watch" in block
-    port = _free_port()
+    port = free_port()
     script = _as_here(block).replace("4000", str(port)).replace("/tmp/usage", str(tmp_path))
     done = _run_block(script, REPO)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -990,7 +983,7 @@ def test_the_serve_guide_s_blocks_serve_and_store(tmp_path: Path) -> None:
 
     one = tmp_path / "one"
     one.mkdir()
-    port = _free_port()
+    port = free_port()
     block = _as_here(example("serve-one-process")).replace("4000", str(port))
     with in_background(block, one, HOME=str(home)):
         base = f"http://127.0.0.1:{port}"
@@ -1006,7 +999,7 @@ def test_the_serve_guide_s_blocks_serve_and_store(tmp_path: Path) -> None:
     fresh.write_bytes(snapshot)
     assert run_cli(beside, "ingest", str(fresh)).returncode == 0
     (beside / "snapshot.json").write_bytes(snapshot)
-    port = _free_port()
+    port = free_port()
     block = _as_here(example("serve-beside-watcher")).replace("8080", str(port))
     with in_background(block, beside, HOME=str(home)):
         wait_for(lambda: _answers(f"http://127.0.0.1:{port}/api/health"), 60, "serve to listen")
@@ -1023,7 +1016,7 @@ def test_the_serve_guide_s_blocks_serve_and_store(tmp_path: Path) -> None:
         f"#!/bin/sh\necho scraped\ncat {shlex.quote(str(fresh))} | ingester submit -\n"
     )
     scraper.chmod(0o755)
-    port = _free_port()
+    port = free_port()
     block = substituted(example("serve-trigger"), {"/opt/scraper/bin/scrape": scraper})
     with in_background(block, trigger, PORT=str(port), CLAUDE_SYNC_API_KEY=key):
         base = f"http://127.0.0.1:{port}"
@@ -1193,7 +1186,7 @@ def test_the_check_transcript_of_a_mirror_behind_runs(tmp_path: Path) -> None:
     assert run_cli(root, "ingest", str(fresh)).returncode == 0
     assert run_cli(root, "verify", "--repair").returncode == 0
     store = {  # an object store nothing listens for
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_REGION": "us-east-1",

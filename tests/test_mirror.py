@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 from support import cli_env, run_cli, wait_for
-from support.s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, SeaweedS3, free_ports, weed_binary
+from support.ports import free_port
+from support.s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, SeaweedS3, weed_binary
 from support.signals import storm
 from support.watchproc import WatchProcess, drop, payload
 
@@ -394,7 +395,7 @@ def test_mirror_once_uploads_each_version_and_restore_passes_verify(
     assert mirror["target"] == target and mirror["waiting"] == 0, mirror
     # Started again while the store is unreachable: the old watermark stands (retention
     # keeps holding only what is really not mirrored) and the state says why.
-    dead = s3_env(f"http://127.0.0.1:{free_ports(1)[0]}", aws_files)
+    dead = s3_env(f"http://127.0.0.1:{free_port()}", aws_files)
     away = run_cli(root, "mirror", target, "--once", **dead)
     assert away.returncode == 1 and "object store unreachable" in away.stderr, away.stderr
     state = read_mirror_state(root / HISTORY)
@@ -978,13 +979,13 @@ def test_the_documented_serve_from_line_serves_the_mirror(
 ) -> None:
     """docs/mirror.md's mirror-serve-from block, run by bash with the bucket's name and a
     loopback address for the doc's (tests listen on loopback only)."""
-    from test_docs import _free_port, _http, example, in_background
+    from test_docs import _http, example, in_background
 
     store = make_store(root)
     names = add_versions(store, 2)
     env = s3_env(s3.endpoint, aws_files)
     assert run_cli(root, "mirror", f"s3://{bucket}/usage/prod", "--once", **env).returncode == 0
-    port = _free_port()
+    port = free_port()
     block = example("mirror-serve-from").replace("my-bucket", bucket)
     block = block.replace("0.0.0.0:8080", f"127.0.0.1:{port}")
     replica = tmp_path / "replica"  # no history there

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from support import run_cli
-from support.s3server import SeaweedS3, free_ports
+from support.ports import free_port
+from support.s3server import SeaweedS3
 from test_mirror import (  # noqa: F401
     add_versions,
     aws_files,
@@ -116,7 +117,7 @@ def test_an_unreachable_object_store_is_one_line(
     tmp_path: Path,
     aws_files: dict[str, str],  # noqa: F811
 ) -> None:
-    (port,) = free_ports(1)  # nothing listens there
+    port = free_port()  # nothing listens there
     env = s3_env(f"http://127.0.0.1:{port}", aws_files)
     target = "s3://nobody-here/usage"
     for args in (("list",), ("show",), ("export",)):

@@ -21,6 +21,7 @@ import pytest
 from support import listening_ports, run_cli, wait_for
 from support.activation import activation_wrapper
 from support.capabilities import has_ipv6_loopback
+from support.ports import free_port
 from support.serveproc import ServeProcess, fresh_payload, put_version, version_name
 
 from ingester.serve.sockets import activated_sockets
@@ -87,9 +88,7 @@ def test_a_passed_unix_socket_is_served(history: Path, tmp_path: Path) -> None:
     path = tmp_path / "serve.sock"
     sock = listening(socket.AF_UNIX, str(path))
     try:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         server = ServeProcess(
             history,
             wrapper=activation_wrapper([sock.fileno()]),

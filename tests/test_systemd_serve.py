@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support import cli_env, wait_for
+from support.ports import free_port
 from support.serveproc import KEY, ServeProcess, fresh_payload, version_name
 from test_systemd_units import (
     MAX_EXPOSURE,
@@ -151,11 +152,7 @@ def test_socket_activation_in_a_private_network(root: Path) -> None:
     """Two sockets in one unit (IPv4 and IPv6, as ListenStream= twice): both answer."""
     (root / "console-usage-history").mkdir()
     (root / "console-usage-history" / version_name(datetime.now(UTC))).write_bytes(fresh_payload())
-    ports = []
-    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
-        with socket.socket(family) as probe:  # a free port for systemd-socket-activate
-            probe.bind((host, 0))
-            ports.append(probe.getsockname()[1])
+    ports = [free_port(("127.0.0.1",)), free_port(("::1",))]  # for systemd-socket-activate
     log_path = root.parent / "activated.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support import cli_env
+from support.ports import free_port
 from support.sdnotify import NotifyListener
 from support.serveproc import KEY, ServeProcess, fresh_payload
 from test_systemd_units import (
@@ -84,9 +84,7 @@ def test_serve_watch_runs_under_mdwe_as_the_unit_starts_it(root: Path) -> None:
     """The unit's process: PORT from the environment, the key from the original's
     variable, READY after both halves, a POST stored, SIGTERM then exit 0."""
     with NotifyListener() as listener:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         env = cli_env(
             NOTIFY_SOCKET=listener.address,
             WATCHDOG_USEC="1000000",

