@@ -11,8 +11,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,8 @@ from ingester.intake.arrivals import (
     SpoolGone,
     start_arrivals,
 )
+
+STRACE = shutil.which("strace")
 
 
 class Events:
@@ -240,6 +244,29 @@ def test_the_inotify_descriptor_is_not_left_to_programs_the_watcher_starts(
     own = [p for p in Path("/proc/self/fd").iterdir() if _is_inotify(p)]
     assert own, "the source holds no inotify descriptor: the test proves nothing"
     assert listing.stdout == ""
+
+
+@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+def test_the_inotify_descriptor_is_close_on_exec_from_its_first_instant(spool: Path) -> None:
+    """Made close-on-exec in the call that makes it (inotify_init1), not by a second
+    call after it: a program another thread starts in between would keep the watch."""
+    code = (
+        "import sys; from pathlib import Path; "
+        "from ingester.intake.arrivals import start_arrivals; "
+        "start_arrivals(Path(sys.argv[1]), polling=False, poll_interval=1.0).stop()"
+    )
+    trace = [STRACE or "strace", "-f", "-e", "trace=inotify_init,inotify_init1"]
+    traced = subprocess.run(
+        [*trace, sys.executable, "-c", code, str(spool)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert traced.returncode == 0, traced.stderr[-2000:]
+    calls = [line for line in traced.stderr.splitlines() if "inotify_init" in line]
+    assert len(calls) == 1, calls
+    assert "inotify_init1(" in calls[0] and "IN_CLOEXEC" in calls[0], calls
+    assert "IN_NONBLOCK" in calls[0], calls
 
 
 def _is_inotify(fd: Path) -> bool:

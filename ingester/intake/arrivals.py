@@ -128,6 +128,33 @@ _READ_SIZE = 64 * 1024
 _READS_PER_WAIT = 16
 
 
+# watchdog binds inotify_init only. inotify_init1 (Linux 2.6.27, glibc 2.9) makes the
+# descriptor close-on-exec in the same call: a program that another thread starts at
+# that moment (a hook, a backup tool) can never inherit the spool's watch.
+_INOTIFY_INIT1: Callable[[int], int] | None = None
+with contextlib.suppress(AttributeError):
+    _INOTIFY_INIT1 = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, use_errno=True)(
+        ("inotify_init1", ctypes.CDLL(None))
+    )
+
+
+def _new_inotify() -> int:
+    """A new inotify descriptor, close-on-exec and non-blocking (the wait blocks in
+    poll(2) instead, with its deadline). Raises ``OSError`` (EMFILE: the per-user limit
+    of instances, ENFILE, ENOMEM) from the kernel."""
+    if _INOTIFY_INIT1 is not None:
+        fd = _INOTIFY_INIT1(os.O_CLOEXEC | os.O_NONBLOCK)
+        if fd < 0:
+            raise _kernel_error()
+        return fd
+    fd = inotify_init()  # a C library without inotify_init1: the flags one by one
+    if fd < 0:
+        raise _kernel_error()
+    os.set_inheritable(fd, False)
+    os.set_blocking(fd, False)
+    return fd
+
+
 class _InotifyArrivals(Arrivals):
     """The spool's inotify descriptor, read by whichever thread calls :meth:`wait`.
 
@@ -145,18 +172,10 @@ class _InotifyArrivals(Arrivals):
     )
 
     def __init__(self, spool_dir: Path) -> None:
-        fd = inotify_init()
-        if fd < 0:
-            raise _kernel_error()
+        fd = _new_inotify()
         self._fd = fd
         self._lost = False
         try:
-            # Not left to a program the process starts (a hook, a backup tool), and
-            # never blocking: the wait blocks in poll(2) instead, with its deadline.
-            # (watchdog binds no inotify_init1 to make it so at once; the children
-            # started meanwhile, through subprocess, close what they inherit anyway.)
-            os.set_inheritable(fd, False)
-            os.set_blocking(fd, False)
             if inotify_add_watch(fd, os.fsencode(spool_dir), self.MASK) < 0:
                 raise _kernel_error()
             self._poll = select.poll()
