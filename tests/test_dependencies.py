@@ -3,10 +3,10 @@
 ``pyproject.toml`` gives users ranges with an upper bound; ``constraints.txt`` locks what
 CI installs. watchdog is the one dependency whose undocumented parts we use (its inotify
 bindings and constants, in ``ingester/intake/arrivals.py``), and its inotify module changed
-within 7.x: so the tests that pin down what we use, and ``mypy --strict``, run here against
-the lowest
-watchdog the range allows and the locked one, each installed into a folder of its own
-(``pip install --target``) and put first on ``PYTHONPATH`` of a subprocess. The version
+within 7.x: so the tests that pin down what we use, and ``mypy --strict`` on the modules
+that import it, run here against the lowest watchdog the range allows and the locked
+one, each installed into a folder of its own (``pip install --target``) and put first on
+``PYTHONPATH`` of a subprocess. The version
 the suite itself runs with is proven by the suite; ``.ci/run --newest`` makes that the
 newest allowed.
 """
@@ -26,6 +26,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The modules that import watchdog: mypy checks them (and what they import) under each
+# watchdog; a test below keeps the list whole.
+WATCHDOG_IMPORTERS = ["ingester.intake.arrivals"]
 # The tests that fail if watchdog's bindings or observer do something else than we rely on.
 WATCHDOG_FACING_TESTS = [
     "tests/test_arrivals.py",
@@ -116,25 +119,40 @@ def test_watchdog_facing_tests_and_types_pass_under(wanted: str, tmp_path: Path)
     path = [str(target), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+    def start(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
             [sys.executable, *args],
             cwd=REPO,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
-            timeout=300,
             env=env,
-            check=False,
         )
 
-    loaded = run("-c", "import watchdog.version as v, sys; sys.stdout.write(v.VERSION_STRING)")
-    assert loaded.stdout == wanted, loaded.stderr
+    loaded = start("-c", "import watchdog.version as v, sys; sys.stdout.write(v.VERSION_STRING)")
+    assert loaded.communicate(timeout=300)[0] == wanted
+    # Both at once: they are independent, and this test is among the suite's longest.
+    # mypy checks the modules that import watchdog (and what they import).
+    runs = [
+        start("-m", "pytest", "-q", "-p", "no:cacheprovider", *WATCHDOG_FACING_TESTS),
+        start(
+            *("-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "mypy")),
+            *(arg for module in WATCHDOG_IMPORTERS for arg in ("-m", module)),
+        ),
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
     failed = [
-        f"{' '.join(r.args[1:])}\n{r.stdout}{r.stderr}"
-        for r in (
-            run("-m", "pytest", "-q", "-p", "no:cacheprovider", *WATCHDOG_FACING_TESTS),
-            run("-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "mypy"), "ingester"),
-        )
-        if r.returncode != 0
+        f"{' '.join(map(str, run.args[1:]))}\n{output}"
+        for run, output in zip(runs, outputs, strict=True)
+        if run.returncode != 0
     ]
     assert not failed, f"under watchdog {wanted}:\n" + "\n".join(failed)
+
+
+def test_the_modules_mypy_checks_under_each_watchdog_are_all_that_import_it() -> None:
+    importers = {
+        ".".join(path.relative_to(REPO).with_suffix("").parts)
+        for path in (REPO / "ingester").rglob("*.py")
+        if re.search(r"^\s*(from|import) watchdog\b", path.read_text(), re.MULTILINE)
+    }
+    assert importers == set(WATCHDOG_IMPORTERS)

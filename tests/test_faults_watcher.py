@@ -122,13 +122,13 @@ def test_a_failing_link_backs_off_doubling_up_to_retry_max(root: Path, can_chatt
     history = root / "console-usage-history"
     with contextlib.ExitStack() as stack:
         stack.callback(_run, "chattr", "-i", str(history))
-        watcher = stack.enter_context(WatchProcess(root, "--retry-max", "4"))
+        watcher = stack.enter_context(WatchProcess(root, "--retry-max", "2"))
         assert _run("chattr", "+i", str(history)).returncode == 0
         settings = settings_for(root, history_dir=str(history))
         drop(settings.spool_dir, "linked-late.json", payload(0, fault="link"))
         waits = re.compile(r"cannot store drop linked-late\.json: .*\[EPERM\]; retrying in (\S+) s")
-        wait_for(lambda: len(waits.findall(watcher.log)) >= 5, 30, "five failed rounds")
-        assert [float(w) for w in waits.findall(watcher.log)[:5]] == [0.5, 1.0, 2.0, 4.0, 4.0]
+        wait_for(lambda: len(waits.findall(watcher.log)) >= 4, 30, "four failed rounds")
+        assert [float(w) for w in waits.findall(watcher.log)[:4]] == [0.5, 1.0, 2.0, 2.0]
         assert _run("chattr", "-i", str(history)).returncode == 0
         wait_for(lambda: "ingested linked-late.json" in watcher.log, 30, "stored once healed")
         assert watcher.stop() == 0, watcher.log

@@ -23,6 +23,10 @@ from support.capabilities import AS_OTHER, OTHER_UID, other_user_problem, others
 from support.serveproc import KEY, ServeProcess, fresh_payload
 from support.watchproc import WatchProcess, drop, payload, versions
 
+from ingester.history.store import HistoryStore
+from ingester.intake.locks import WatcherLocks
+from ingester.intake.spool import Spool
+
 API = "/api/claude/console-usage"
 HEADERS = {"Content-Type": "application/json", "X-API-Key": KEY}
 
@@ -247,3 +251,39 @@ def test_a_lock_file_that_is_a_symlink_is_named_as_one(
     ), done.stderr
     assert "Too many levels" not in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("gone", ["moved", "removed"])
+def test_a_spool_that_goes_between_the_look_and_the_lock_check_is_watched_anew(
+    tmp_path: Path, gone: str
+) -> None:
+    """The watcher looks at the spool folder, then at its lock file. A folder moved or
+    removed in between leaves its lock file gone too: that is the folder gone, to be
+    watched anew (and what was taken in it brought back), never a lock lost, on which
+    the watcher would exit with the taken drops stranded in the moved folder."""
+    spool = Spool(tmp_path / "spool")
+    store = HistoryStore(tmp_path / "history", tmp_path / "latest.json")
+    locks = WatcherLocks(store, spool, "watch")
+    locks.take()
+    try:
+        looked = locks.spool_unchanged()
+        assert looked
+        if gone == "moved":
+            spool.dir.rename(tmp_path / "spool.old")
+        else:
+            shutil.rmtree(spool.dir)
+        with pytest.raises(OSError):
+            locks.lock_spool()  # nothing to lock there now; what was held is kept
+        assert locks.check(looked) is False  # never LocksLost
+        held = locks.detach_spool_folder()
+        assert held is not None  # the folder moved away is still reachable
+        try:
+            if gone == "moved":
+                assert os.fstat(held).st_ino == (tmp_path / "spool.old").stat().st_ino
+        finally:
+            os.close(held)
+        spool.ensure_folders()
+        locks.lock_spool()
+        assert locks.spool_unchanged() and locks.check(True) is True
+    finally:
+        locks.release()

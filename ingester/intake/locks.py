@@ -128,10 +128,12 @@ class WatcherLocks:
         self.history.release()
 
     def lock_spool(self) -> None:
-        """Hold the spool's lock (again, on a spool made anew); raises ``LockHeld``."""
-        self._unlock_spool()
+        """Hold the spool's lock (again, on a spool made anew); raises ``LockHeld`` or
+        ``OSError``, and then keeps what it held before: the folder held may have been
+        moved away with drops taken in it, which the caller still has to bring back."""
         lock = HistoryLock(self.spool.lock_path, self.purpose, what="spool")
         lock.acquire()
+        self._unlock_spool()
         self._spool_lock = lock
         try:
             fd = os.open(self.spool.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -168,12 +170,15 @@ class WatcherLocks:
         self.unchecked.passed("the spool folder", self.spool.dir)
         return same
 
-    def check(self, spool_unchanged: bool) -> None:
+    def check(self, spool_unchanged: bool) -> bool:
         """Lock again at once a lock file removed or replaced by hand (logged).
-        ``spool_unchanged``: :meth:`spool_unchanged` now (a spool made anew is locked
-        anew by whoever restarts its watch).
+        ``spool_unchanged``: :meth:`spool_unchanged` a moment ago (a spool made anew is
+        locked anew by whoever restarts its watch).
 
-        Raises :class:`LocksLost` when one cannot be held again.
+        Returns whether the spool folder is still the one locked: a spool lock file
+        found gone may have gone with its folder, moved or removed since
+        ``spool_unchanged`` was told, and then the folder is the caller's to watch anew,
+        its lock untouched. Raises :class:`LocksLost` when a lock cannot be held again.
         """
         if not self._still_held(self.history):
             log.error(
@@ -185,14 +190,20 @@ class WatcherLocks:
             except (LockHeld, OSError) as exc:
                 raise LocksLost(f"cannot hold the history any more: {exc}") from exc
         spool = self._spool_lock
-        if spool is not None and spool_unchanged and not self._still_held(spool):
-            log.error("the lock file %s was removed or replaced; locking it again", spool.path)
-            try:
-                self.lock_spool()
-            except LockHeld as exc:
-                raise LocksLost(refused_words(exc)) from exc
-            except OSError as exc:
-                raise LocksLost(f"cannot hold the spool any more: {exc}") from exc
+        if spool is None or not spool_unchanged or self._still_held(spool):
+            return spool_unchanged
+        if not self.spool_unchanged():
+            return False
+        log.error("the lock file %s was removed or replaced; locking it again", spool.path)
+        try:
+            self.lock_spool()
+        except LockHeld as exc:
+            raise LocksLost(refused_words(exc)) from exc
+        except OSError as exc:
+            if not self.spool_unchanged():
+                return False  # the folder went between the look and the lock
+            raise LocksLost(f"cannot hold the spool any more: {exc}") from exc
+        return True
 
     def _still_held(self, lock: HistoryLock) -> bool:
         """``lock.still_held()``, but ``True`` (logged once) when that cannot be told."""

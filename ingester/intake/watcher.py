@@ -305,7 +305,7 @@ class Watcher:
         # closed, so the spool's identity is checked here too.
         unchanged = self.locks.spool_unchanged()
         try:
-            self.locks.check(unchanged)
+            unchanged = self.locks.check(unchanged)
         except LocksLost as exc:
             raise _Stop(str(exc)) from exc
         replaced = not self.options.once and not unchanged
