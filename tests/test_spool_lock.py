@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import httpx
@@ -161,6 +162,36 @@ def test_a_lock_file_removed_by_hand_is_locked_again(root: Path, tmp_path: Path)
         assert writer.returncode == 1 and f"locked by pid {pid} watch" in writer.stderr
         assert first.stop() == 0
     assert not list((tmp_path / "other" / "history").glob("*.json"))
+
+
+STRACE = shutil.which("strace")
+
+
+@pytest.mark.skipif(STRACE is None or os.geteuid() != 0, reason="needs strace (and root)")
+@pytest.mark.parametrize("lock", ["spool/.lock", "console-usage-history/.lock"])
+def test_a_lock_file_removed_while_the_backlog_drains_is_locked_again_at_once(
+    root: Path, lock: str
+) -> None:
+    """A backlog after an outage can take minutes to drain: the locks are looked at
+    between its groups as in the loop after it. Every fsync is held up 20 ms (strace),
+    so that the drain of 600 drops (three groups) takes seconds on any machine."""
+    spool = root / "spool"
+    for n in range(600):
+        drop(spool, f"d{n:04d}.json", payload(n))
+    slow = ("-e", "trace=fsync,fdatasync", "-e", "inject=fsync,fdatasync:delay_enter=20000")
+    wrapper = (STRACE or "strace", "-f", "-o", os.devnull, *slow)
+    with WatchProcess(root, wrapper=wrapper) as watcher:
+        (root / lock).unlink()
+        watcher.wait_log(f"the lock file {root / lock} was removed or replaced", timeout=60)
+        waiting = list(spool.glob("d*.json"))
+        assert waiting, "the backlog had drained: the test proves nothing"
+        wait_for(lambda: not any(spool.glob("d*.json")), 120, "the backlog drained")
+        # SIGTERM to the watcher itself (strace, its parent, ends with it, and its code).
+        tracer = watcher.proc.pid
+        children = Path(f"/proc/{tracer}/task/{tracer}/children").read_text().split()
+        os.kill(int(children[0]), signal.SIGTERM)
+        assert watcher.proc.wait(60) == 0, watcher.log
+    assert len(versions(root)) == 600
 
 
 WHY_NOT = other_user_problem()

@@ -198,6 +198,11 @@ class Watcher:
                 self._step()
                 if self._stop.is_set():
                     break
+                # The locks are looked at as in the loop below: a backlog after an outage
+                # can take minutes, and a lock file removed meanwhile must not leave the
+                # history or the spool unguarded that long. The event source and a spool
+                # made anew wait for that loop: the backlog is drained first.
+                self._check_locks()
                 if not backlog.backoff.due(time.monotonic()):
                     # --once does not wait out the backoff: what is left is said at its
                     # end; a service reports ready all the same and retries in its loop.
@@ -284,12 +289,13 @@ class Watcher:
             return True
         return self._arrivals is not None and self._arrivals.is_alive()
 
-    def _check_arrivals(self) -> None:
-        """Never keep running deaf: restart a dead event source, or give up (exit 1).
+    def _check_locks(self) -> bool:
+        """Take a lock file removed by hand again at once; returns whether the spool
+        folder is still the one locked.
 
-        Also never keep running on a history that is not the one locked: if the folder
-        was removed or replaced, the lock guards nothing any more (a second watcher
-        could start), so exit and let systemd start afresh.
+        If the history folder was removed or replaced, its lock guards nothing any more
+        (a second watcher could start): raises :class:`_Stop`, to exit and let systemd
+        start afresh, as when a lock cannot be held again.
         """
         history = self.store.history_dir
         try:
@@ -305,9 +311,17 @@ class Watcher:
         # closed, so the spool's identity is checked here too.
         unchanged = self.locks.spool_unchanged()
         try:
-            unchanged = self.locks.check(unchanged)
+            return self.locks.check(unchanged)
         except LocksLost as exc:
             raise _Stop(str(exc)) from exc
+
+    def _check_arrivals(self) -> None:
+        """Never keep running deaf: restart a dead event source, or give up (exit 1).
+
+        Also never keep running on a history that is not the one locked (see
+        :meth:`_check_locks`).
+        """
+        unchanged = self._check_locks()
         replaced = not self.options.once and not unchanged
         old_spool: int | None = None
         if replaced:
