@@ -2,7 +2,8 @@
 and logs each client-caused event as one line naming the client, never a traceback.
 
 Every case is raw bytes on a real TCP connection to a real server process. Each
-connection has its own source port, so the log lines of one case are found by it.
+connection has its own source port, so the log lines of one case are found by it among
+those logged since the connection opened.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -67,8 +69,19 @@ def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess
         yield proc
 
 
-def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+def connect(port: int, source: str = "127.0.0.1", source_port: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(10)
+        # A port given again, as the kernel does with a closed connection's, is bound
+        # even while the server still remembers the old connection.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((source, source_port))
+        sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def read_all(sock: socket.socket, deadline_s: float = 10) -> bytes:
@@ -86,16 +99,34 @@ def read_all(sock: socket.socket, deadline_s: float = 10) -> bytes:
     return got
 
 
-def exchange(port: int, data: bytes, *, pieces: int = 1) -> tuple[bytes, int]:
-    """Send ``data`` (in ``pieces`` writes) on a new connection; the answer and our port."""
-    with connect(port) as sock:
+@dataclass(frozen=True)
+class Peer:
+    """Our end of one connection, as the server's log names it: its port, and how many
+    lines the log had before it opened. The kernel gives a closed connection's port to a
+    later one, so the port alone can name an earlier case's client too."""
+
+    port: int
+    since: int
+
+
+def log_mark(server: ServeProcess) -> int:
+    """How many lines the server has logged so far."""
+    return len(server.log.splitlines())
+
+
+def exchange(
+    server: ServeProcess, data: bytes, *, pieces: int = 1, source_port: int = 0
+) -> tuple[bytes, Peer]:
+    """Send ``data`` (in ``pieces`` writes) on a new connection; the answer and our end."""
+    since = log_mark(server)
+    with connect(server.port, source_port=source_port) as sock:
         step = -(-len(data) // pieces)
         try:
             for i in range(0, len(data), step):
                 sock.sendall(data[i : i + step])
         except (BrokenPipeError, ConnectionResetError):
             pass
-        return read_all(sock), sock.getsockname()[1]
+        return read_all(sock), Peer(sock.getsockname()[1], since)
 
 
 def status(answer: bytes) -> int:
@@ -104,8 +135,10 @@ def status(answer: bytes) -> int:
     return int(match[1])
 
 
-def lines_about(server: ServeProcess, port: int) -> list[str]:
-    return [x for x in server.log.splitlines() if f"client 127.0.0.1:{port}:" in x]
+def lines_about(server: ServeProcess, peer: Peer) -> list[str]:
+    """The lines the server logged about ``peer``'s connection."""
+    lines = server.log.splitlines()[peer.since :]
+    return [x for x in lines if f"client 127.0.0.1:{peer.port}:" in x]
 
 
 def assert_log_is_clean(server: ServeProcess) -> None:
@@ -151,13 +184,27 @@ FAULTS = {
 @pytest.mark.parametrize("case", list(FAULTS))
 def test_a_malformed_request_is_400_and_one_line(server: ServeProcess, case: str) -> None:
     data, words = FAULTS[case]
-    answer, port = exchange(server.port, data)
+    answer, peer = exchange(server, data)
     assert status(answer) == 400
-    line = wait_for(lambda: lines_about(server, port), 10, f"the line about {case}")
+    line = wait_for(lambda: lines_about(server, peer), 10, f"the line about {case}")
     assert len(line) == 1 and words in line[0] and " WARNING " in line[0], line
     assert "answered 400" in line[0]
     assert server.get(API).status_code == 200
     assert_log_is_clean(server)
+
+
+def test_a_client_port_given_again_is_told_from_its_earlier_connection(
+    server: ServeProcess,
+) -> None:
+    """Two cases from one source port, one after the other, as the kernel may give them:
+    each finds the one line of its own connection."""
+    first, second = FAULTS["malformed request line"], FAULTS["TLS on the plain port"]
+    _answer, peer = exchange(server, first[0])
+    wait_for(lambda: lines_about(server, peer), 10, "the first connection's line")
+    _answer, again = exchange(server, second[0], source_port=peer.port)
+    assert again.port == peer.port
+    line = wait_for(lambda: lines_about(server, again), 10, "the second connection's line")
+    assert len(line) == 1 and second[1] in line[0], line
 
 
 @pytest.mark.parametrize(
@@ -195,9 +242,9 @@ def test_a_refused_header_line_never_puts_the_key_in_the_log(
     server: ServeProcess, line: bytes
 ) -> None:
     head = f"POST {API} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
-    answer, port = exchange(server.port, head + line + b"\r\nContent-Length: 2\r\n\r\n{}")
+    answer, peer = exchange(server, head + line + b"\r\nContent-Length: 2\r\n\r\n{}")
     assert status(answer) == 400
-    [said] = wait_for(lambda: lines_about(server, port), 10, "the line about the client")
+    [said] = wait_for(lambda: lines_about(server, peer), 10, "the line about the client")
     assert "sent a malformed request" in said and "<left out>" in said, said
     for part in (KEY, KEY[3:], KEY[:3] + "\\x00"):
         assert part not in server.log, said
@@ -209,11 +256,11 @@ def test_a_refused_header_line_never_puts_the_key_in_the_log(
     [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9), b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"],
 )
 def test_another_http_version_is_505_and_one_line(server: ServeProcess, data: bytes) -> None:
-    answer, port = exchange(server.port, data)
+    answer, peer = exchange(server, data)
     assert status(answer) == 505
     # The answer says what is served, as the line does: HTTP/1.0 is served too.
     assert b"only HTTP/1.0 and 1.1 are served here" in answer
-    line = wait_for(lambda: lines_about(server, port), 10, "the line")
+    line = wait_for(lambda: lines_about(server, peer), 10, "the line")
     assert len(line) == 1 and "sent an HTTP/2.0 request line" in line[0], line
     assert "only HTTP/1.0 and 1.1 are served" in line[0]
     assert_log_is_clean(server)
@@ -221,9 +268,9 @@ def test_another_http_version_is_505_and_one_line(server: ServeProcess, data: by
 
 def test_a_head_over_the_limit_is_refused_in_one_line(server: ServeProcess) -> None:
     head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000
-    answer, port = exchange(server.port, head, pieces=10)
+    answer, peer = exchange(server, head, pieces=10)
     assert answer == b"" or status(answer) == 400
-    line = wait_for(lambda: lines_about(server, port), 10, "the line")
+    line = wait_for(lambda: lines_about(server, peer), 10, "the line")
     assert len(line) == 1 and "a request head over the 16 KiB limit" in line[0], line
     assert_log_is_clean(server)
 
@@ -234,10 +281,10 @@ def test_too_many_headers_are_431_and_one_line(server: ServeProcess, method: str
     # 431, and that refusal is logged like every other, naming the client.
     many = b"".join(b"X-H%d: v\r\n" % i for i in range(150))
     head = f"{method} {API} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n".encode()
-    answer, port = exchange(server.port, head + many + b"\r\n")
+    answer, peer = exchange(server, head + many + b"\r\n")
     assert status(answer) == 431
     assert b"\r\nconnection: close\r\n" in answer.lower()  # not kept on for another request
-    line = wait_for(lambda: lines_about(server, port), 10, "the line")
+    line = wait_for(lambda: lines_about(server, peer), 10, "the line")
     assert len(line) == 1 and " WARNING " in line[0], line
     assert f"{method} {API}: sent 152 headers, " in line[0]
     assert line[0].endswith("(the limits: 100 headers, 16384 bytes); answered 431")
@@ -288,21 +335,21 @@ def test_odd_requests_are_answered_without_a_traceback(server: ServeProcess, cas
     head, expected = ODD[case]
     if b"Host:" not in head:
         head += b"Host: x\r\n"
-    answer, port = exchange(server.port, head + b"Connection: close\r\n\r\n")
+    answer, peer = exchange(server, head + b"Connection: close\r\n\r\n")
     assert status(answer) == expected, answer[:300]
-    assert len(lines_about(server, port)) <= 1
+    assert len(lines_about(server, peer)) <= 1
     assert_log_is_clean(server)
 
 
 def test_an_upgrade_is_answered_as_http_1_1_in_one_line(server: ServeProcess) -> None:
     for protocol in (b"websocket", b"h2c"):
-        answer, port = exchange(
-            server.port,
+        answer, peer = exchange(
+            server,
             b"GET " + API.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\n"
             b"Upgrade: " + protocol + b"\r\n\r\n",
         )
         assert status(answer) == 200
-        line = wait_for(lambda port=port: lines_about(server, port), 10, "the line")
+        line = wait_for(lambda peer=peer: lines_about(server, peer), 10, "the line")
         assert len(line) == 1 and f"asked to switch to {protocol.decode()}" in line[0], line
     assert "pip install" not in server.log  # uvicorn's advice to its own users
     assert_log_is_clean(server)
@@ -311,10 +358,10 @@ def test_an_upgrade_is_answered_as_http_1_1_in_one_line(server: ServeProcess) ->
 def test_a_post_whose_body_never_arrives_is_408_and_one_line(impatient: ServeProcess) -> None:
     expect = POST_HEAD + b"Expect: 100-continue\r\n"
     for head in (POST_HEAD, expect, POST_HEAD.replace(b"Host: x", b"Host: [")):
-        answer, port = exchange(impatient.port, head + b"Content-Length: 400\r\n\r\n")
+        answer, peer = exchange(impatient, head + b"Content-Length: 400\r\n\r\n")
         assert b"HTTP/1.1 408 " in answer
         assert b"\r\nconnection: close\r\n" in answer.lower()  # not left open for the rest
-        line = wait_for(lambda port=port: lines_about(impatient, port), 10, "the line")
+        line = wait_for(lambda peer=peer: lines_about(impatient, peer), 10, "the line")
         assert len(line) == 1, line
         assert " WARNING " in line[0]
         assert f"POST {API}: body not received within 0.5 s (0 bytes came)" in line[0]
@@ -347,20 +394,20 @@ def test_a_refusal_before_the_body_ends_the_connection(
 ) -> None:
     # A refused client that says its body is a terabyte must not be read from until it
     # has sent it all: the answer ends the connection.
-    answer, _port = exchange(server.port, head + b"Content-Length: 1000000000000\r\n\r\n{")
+    answer, _peer = exchange(server, head + b"Content-Length: 1000000000000\r\n\r\n{")
     assert status(answer) == code
     assert b"\r\nconnection: close\r\n" in answer.lower()
 
 
 def test_a_client_that_leaves_mid_body_is_one_line(server: ServeProcess) -> None:
+    since = log_mark(server)
     with connect(server.port) as sock:
         sock.sendall(POST_HEAD + b"Content-Length: 400\r\n\r\n" + b'{"lastUpdated":')
-        port = sock.getsockname()[1]
-    line = wait_for(lambda: lines_about(server, port), 10, "the line")
+        peer = Peer(sock.getsockname()[1], since)
+    line = wait_for(lambda: lines_about(server, peer), 10, "the line")
     assert len(line) == 1
     assert f"closed the connection before its POST {API} body was complete" in line[0]
     assert "(Content-Length 400)" in line[0]
-    time.sleep(0)  # nothing else to wait for: the line above is the last this connection logs
     assert_log_is_clean(server)
 
 
@@ -495,9 +542,10 @@ def test_when_every_slot_is_taken_new_clients_are_refused_at_once(root: Path) ->
 def test_a_body_still_awaited_at_stop_is_one_line_and_a_503(root: Path) -> None:
     add_versions(root)
     server = ServeProcess(root, "--body-timeout", "60").start()
+    since = log_mark(server)
     with connect(server.port) as sock:
         sock.sendall(POST_HEAD + b"Content-Length: 400\r\n\r\n{")
-        port = sock.getsockname()[1]
+        peer = Peer(sock.getsockname()[1], since)
         # Open: this POST's connection and the scrape's own.
         opened = "ingester_http_connections_open"
         wait_for(lambda: sample(server.get("/metrics").text, opened) >= 2, 10, "the POST")
@@ -508,7 +556,7 @@ def test_a_body_still_awaited_at_stop_is_one_line_and_a_503(root: Path) -> None:
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert body["success"] is False and body["timestamp"].endswith("Z"), body
     assert body["message"] == "the server is stopping; retry"
-    line = lines_about(server, port)
+    line = lines_about(server, peer)
     assert len(line) == 1 and " WARNING " in line[0]
     assert f"POST {API} was still sending its request body when the server stopped" in line[0]
     assert " ERROR " not in server.log
