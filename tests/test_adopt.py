@@ -25,8 +25,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support import IS_ROOT, cli_env, run_cli, wait_for
-from support.capabilities import AS_OTHER, other_user_problem
+from support import cli_env, run_cli, wait_for
+from support.capabilities import AS_OTHER, STRACE, needs_strace_root, other_user_problem
 from support.watchproc import WatchProcess
 from test_crashpoints import DURABLE_OPS, Plan, SimulatedCrash, inject
 
@@ -37,7 +37,6 @@ from ingester.settings import resolve_settings
 
 HISTORY = "console-usage-history"
 LATEST = "console-usage-synced.json"
-STRACE = shutil.which("strace")
 # Root, setpriv, and an interpreter the other uid can run (one under a home folder closed
 # to others, as pyenv's under /root, cannot be): each test run as that uid needs all three.
 WHY_NOT = other_user_problem()
@@ -551,13 +550,13 @@ def test_a_crash_at_every_durable_step_is_finished_by_the_next_adopt(
     assert k > len(o.versions) * 2  # an fchmod and an fsync per version, at least
 
 
-@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+@needs_strace_root
 def test_kill_9_during_adopt_then_adopt_again(root: Path) -> None:
     o = original_history(root, count=40, latest="unique")
     # Each fchmod held up 50 ms: the run takes seconds, and is killed in the middle.
     proc = subprocess.Popen(
         [
-            STRACE or "strace",
+            STRACE,
             "-f",
             "-qq",
             "-o",

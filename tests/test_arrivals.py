@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from support import INOTIFY_QUEUE_KNOB, IS_ROOT, inotify_queue_limit, wait_for
-from support.capabilities import tmpfs
+from support.capabilities import STRACE, needs_strace_root, tmpfs
 from support.signals import survives_a_storm
 
 from ingester.intake.arrivals import (
@@ -34,8 +33,6 @@ from ingester.intake.arrivals import (
     SpoolGone,
     start_arrivals,
 )
-
-STRACE = shutil.which("strace")
 
 
 class Events:
@@ -246,7 +243,7 @@ def test_the_inotify_descriptor_is_not_left_to_programs_the_watcher_starts(
     assert listing.stdout == ""
 
 
-@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+@needs_strace_root
 def test_the_inotify_descriptor_is_close_on_exec_from_its_first_instant(spool: Path) -> None:
     """Made close-on-exec in the call that makes it (inotify_init1), not by a second
     call after it: a program another thread starts in between would keep the watch."""
@@ -255,7 +252,7 @@ def test_the_inotify_descriptor_is_close_on_exec_from_its_first_instant(spool: P
         "from ingester.intake.arrivals import start_arrivals; "
         "start_arrivals(Path(sys.argv[1]), polling=False, poll_interval=1.0).stop()"
     )
-    trace = [STRACE or "strace", "-f", "-e", "trace=inotify_init,inotify_init1"]
+    trace = [STRACE, "-f", "-e", "trace=inotify_init,inotify_init1"]
     traced = subprocess.run(
         [*trace, sys.executable, "-c", code, str(spool)],
         capture_output=True,

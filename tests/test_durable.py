@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
-from support import IS_ROOT
+from support.capabilities import STRACE, needs_strace_root
 
 from ingester.errors import StorageError
 from ingester.history import durable
@@ -179,10 +178,7 @@ def test_a_staged_file_whose_fsync_failed_is_discarded(tmp_path: Path) -> None:
     assert temps(tmp_path) == []
 
 
-STRACE = shutil.which("strace")
-
-
-@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+@needs_strace_root
 def test_make_folders_records_each_new_folder_in_its_parent(tmp_path: Path) -> None:
     """Each folder made is followed by an fsync of its parent, outermost first."""
     target = tmp_path / "a" / "b" / "c"
@@ -191,7 +187,7 @@ def test_make_folders_records_each_new_folder_in_its_parent(tmp_path: Path) -> N
         "print(*durable.make_folders(Path(sys.argv[1])), sep='\\n')"
     )
     trace = tmp_path / "trace"
-    tracer = [STRACE or "strace", "-f", "-qq", "-o", str(trace), "-e", "trace=mkdir,openat,fsync"]
+    tracer = [STRACE, "-f", "-qq", "-o", str(trace), "-e", "trace=mkdir,openat,fsync"]
     done = subprocess.run(
         [*tracer, sys.executable, "-c", script, str(target)],
         capture_output=True,

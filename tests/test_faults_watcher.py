@@ -30,7 +30,14 @@ from pathlib import Path
 
 import pytest
 from support import cli_env, run_cli, wait_for
-from support.capabilities import OTHER_UID, other_user_problem, others_folder, tmpfs
+from support.capabilities import (
+    OTHER_UID,
+    STRACE,
+    needs_strace_root,
+    other_user_problem,
+    others_folder,
+    tmpfs,
+)
 from support.watchproc import WatchProcess, drop, payload, versions
 from test_crashpoints import Expect, final_problems, settings_for
 
@@ -280,10 +287,7 @@ def test_read_only_tmpfs_history_erofs_then_heals(
         fault_then_heal(root, watcher, history, "EROFS", start, clear, "readonly")
 
 
-STRACE = shutil.which("strace")
-
-
-@pytest.mark.skipif(STRACE is None or os.geteuid() != 0, reason="needs strace (and root to trace)")
+@needs_strace_root
 @pytest.mark.parametrize(
     ("call", "code", "words"),
     [
@@ -308,7 +312,7 @@ def test_a_spool_that_cannot_be_watched_is_said_with_the_limit_to_raise(
     one line naming the limit and what to do, exit 1, and no drop touched."""
     drop(root / "spool", "waiting.json", payload(1))
     inject = ("-f", "-qq", "-o", "/dev/null", "-e", f"inject={call}:error={code}")
-    done = run_cli(root, "watch", wrapper=(STRACE or "strace", *inject))
+    done = run_cli(root, "watch", wrapper=(STRACE, *inject))
     assert done.returncode == 1, done.stderr
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
     assert errors == [errors[0]] and errors[0].endswith(
@@ -453,7 +457,7 @@ def test_polling_that_cannot_start_its_threads_is_one_line(
     assert errors == [f"cannot watch {spool}: {THREAD_LIMIT}", *after], stderr
 
 
-@pytest.mark.skipif(STRACE is None or os.geteuid() != 0, reason="needs strace (and root to trace)")
+@needs_strace_root
 def test_an_inotify_source_that_keeps_failing_ends_the_watcher_in_lines(root: Path) -> None:
     """Every wait for the spool's events fails (strace makes ``poll`` fail with ENOMEM):
     each time the source is restarted with one line saying why, not a traceback, and
@@ -461,7 +465,7 @@ def test_an_inotify_source_that_keeps_failing_ends_the_watcher_in_lines(root: Pa
     it afresh) instead of running deaf. The drop waiting at start is stored all the same."""
     drop(root / "spool", "waiting.json", payload(1))
     inject = ("-f", "-qq", "-o", "/dev/null", "-e", "inject=poll,ppoll:error=ENOMEM")
-    done = run_cli(root, "watch", wrapper=(STRACE or "strace", *inject))
+    done = run_cli(root, "watch", wrapper=(STRACE, *inject))
     assert done.returncode == 1, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     restarted = (

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, cli_env, run_cli, wait_for
-from support.capabilities import immutable
+from support.capabilities import STRACE, immutable, needs_strace, needs_strace_root
 from support.watchproc import WatchProcess, drop, payload, stored_contents, versions
 
 from ingester.history.store import HistoryStore
@@ -37,7 +37,6 @@ from ingester.intake.watcher import Watcher, WatchOptions
 from ingester.settings import resolve_settings
 
 SCRAPER_UID, SPOOL_GID = 4242, 4200
-STRACE = shutil.which("strace")
 SETPRIV = shutil.which("setpriv")
 TMPFILES = Path(__file__).resolve().parent.parent / "systemd" / "console-usage-ingester.tmpfiles"
 
@@ -103,13 +102,13 @@ def test_submit_takes_a_name_as_long_as_the_watcher_does(root: Path) -> None:
     assert os.listdir(root / "spool" / "tmp") == []
 
 
-@pytest.mark.skipif(STRACE is None, reason="strace is not installed")
+@needs_strace
 def test_submit_never_replaces_a_waiting_drop_of_the_same_name(root: Path) -> None:
     """The first writer is held between its check and its publish; the second wins."""
     (root / "spool" / "tmp").mkdir(parents=True)
     first = subprocess.Popen(
         [
-            STRACE or "strace",
+            STRACE,
             "-f",
             "-o",
             os.devnull,
@@ -259,7 +258,7 @@ def syscall_delayed(pid: int, syscall: str, microseconds: int) -> Iterator[None]
     """Hold up every ``syscall`` of process ``pid`` (strace attached) while inside."""
     tracer = subprocess.Popen(
         [
-            STRACE or "strace",
+            STRACE,
             "-p",
             str(pid),
             "-o",
@@ -290,10 +289,8 @@ def wait_in_syscall(pid: int, number: int, timeout: float = 20.0) -> None:
     wait_for(inside, timeout, f"pid {pid} inside syscall {number}")
 
 
-@pytest.mark.skipif(
-    STRACE is None or not IS_ROOT or os.uname().machine != "x86_64",
-    reason="needs strace, root (to attach) and x86_64 (syscall numbers)",
-)
+@needs_strace_root
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers are x86_64's")
 @pytest.mark.parametrize("owner", ["watcher", "scraper"])
 def test_what_is_claimed_is_what_is_stored(root: Path, owner: str) -> None:
     """The drop's bytes change under the same inode while its claim is held up: the
@@ -316,9 +313,7 @@ def test_what_is_claimed_is_what_is_stored(root: Path, owner: str) -> None:
     assert stored_contents(root) == {new: 1}, w.log
 
 
-@pytest.mark.skipif(
-    STRACE is None or not IS_ROOT, reason="needs strace and root (to attach, to chown)"
-)
+@needs_strace_root
 def test_bytes_written_after_a_copy_was_stored_are_never_deleted(root: Path) -> None:
     """A writer adds to another user's drop after its copy is linked, before its claim
     is released (every fsync held up 1 s): the claim is not deleted with those bytes."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import struct
@@ -26,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support import wait_for
+from support.capabilities import needs_strace_root
 from support.serveproc import KEY, ServeProcess, fresh_payload, put_version, version_name
 
 API = "/api/claude/console-usage"
@@ -564,9 +564,7 @@ def test_a_body_still_awaited_at_stop_is_one_line_and_a_503(root: Path) -> None:
     assert_log_is_clean(server)
 
 
-@pytest.mark.skipif(
-    shutil.which("strace") is None or os.geteuid() != 0, reason="needs strace, and root to attach"
-)
+@needs_strace_root
 def test_a_drop_still_being_written_when_the_grace_period_ends_is_answered_as_kept(
     root: Path,
 ) -> None:

@@ -17,6 +17,8 @@ from support import IS_ROOT, cli_env, run_cli, wait_for
 from support.capabilities import (
     AS_OTHER,
     OTHER_UID,
+    STRACE,
+    needs_strace_root,
     other_user_problem,
     others_folder,
     run_as_other,
@@ -120,10 +122,7 @@ def test_a_tab_in_a_drop_name_is_written_as_one(root: Path) -> None:
     assert "\t" not in result.stderr
 
 
-STRACE = shutil.which("strace")
-
-
-@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+@needs_strace_root
 def test_temp_files_of_killed_writers_are_swept_once_an_hour_old(
     root: Path, tmp_path: Path
 ) -> None:
@@ -140,7 +139,7 @@ def test_temp_files_of_killed_writers_are_swept_once_an_hour_old(
     for call, prefix in killed_at.items():
         before = set(os.listdir(tmp)) if tmp.is_dir() else set()
         inject = ("-f", "-qq", "-o", "/dev/null", "-e", f"inject={call}:signal=SIGKILL:when=1")
-        done = run_cli(root, "submit", str(source), wrapper=(STRACE or "strace", *inject))
+        done = run_cli(root, "submit", str(source), wrapper=(STRACE, *inject))
         assert done.returncode != 0, done.stdout
         left = set(os.listdir(tmp)) - before
         assert [n[: len(prefix)] for n in left] == [prefix], left
@@ -163,7 +162,7 @@ def test_temp_files_of_killed_writers_are_swept_once_an_hour_old(
     ) in done.stderr
 
 
-@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+@needs_strace_root
 def test_a_submit_whose_spool_fsync_fails_takes_its_drop_back(root: Path, tmp_path: Path) -> None:
     """The drop was published, then the spool's fsync failed: the writer is told it failed,
     and retries. Left in the spool, the drop would then be stored twice."""
@@ -172,7 +171,7 @@ def test_a_submit_whose_spool_fsync_fails_takes_its_drop_back(root: Path, tmp_pa
     assert run_cli(root, "init").returncode == 0
     # The third fsync of a submit is the spool folder's, after the drop's rename into it.
     inject = ("-f", "-qq", "-o", "/dev/null", "-e", "inject=fsync:error=EIO:when=3")
-    failed = run_cli(root, "submit", str(source), wrapper=(STRACE or "strace", *inject))
+    failed = run_cli(root, "submit", str(source), wrapper=(STRACE, *inject))
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert failed.stderr == (
         f"error: cannot fsync folder {root / 'spool'}: Input/output error [EIO]\n"
@@ -184,7 +183,7 @@ def test_a_submit_whose_spool_fsync_fails_takes_its_drop_back(root: Path, tmp_pa
     # The fourth is the scratch folder's, after the spool's went through: the drop is
     # durable, so it is accepted (taken back, a retry would never come).
     inject = ("-f", "-qq", "-o", "/dev/null", "-e", "inject=fsync:error=EIO:when=4")
-    done = run_cli(root, "submit", str(source), wrapper=(STRACE or "strace", *inject))
+    done = run_cli(root, "submit", str(source), wrapper=(STRACE, *inject))
     assert done.returncode == 0, done.stderr
     assert run_cli(root, "watch", "--once").returncode == 0
     assert len(list((root / "console-usage-history").glob("2*.json"))) == 2
@@ -201,7 +200,7 @@ def _openat_index(log: Path, path: Path) -> int:
     return marks[-1]
 
 
-@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+@needs_strace_root
 def test_a_submit_that_cannot_open_the_spool_folder_leaves_nothing_in_it(
     root: Path, tmp_path: Path
 ) -> None:
@@ -221,7 +220,7 @@ def test_a_submit_that_cannot_open_the_spool_folder_leaves_nothing_in_it(
             "--name",
             f"warm-{n}.json",
             str(source),
-            wrapper=(STRACE or "strace", "-f", "-qq", "-e", "trace=openat", "-o", str(trace)),
+            wrapper=(STRACE, "-f", "-qq", "-e", "trace=openat", "-o", str(trace)),
         )
         assert traced.returncode == 0, traced.stderr
     for leftover in spool.glob("warm-*.json"):
@@ -229,7 +228,7 @@ def test_a_submit_that_cannot_open_the_spool_folder_leaves_nothing_in_it(
     when = _openat_index(trace, spool)
     inject = ("-f", "-qq", "-o", "/dev/null", "-e", f"inject=openat:error=EMFILE:when={when}")
     failed = run_cli(
-        root, "submit", "--name", "warm-1.json", str(source), wrapper=(STRACE or "strace", *inject)
+        root, "submit", "--name", "warm-1.json", str(source), wrapper=(STRACE, *inject)
     )
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert failed.stderr == (

@@ -20,7 +20,14 @@ from pathlib import Path
 import httpx
 import pytest
 from support import run_cli, wait_for
-from support.capabilities import AS_OTHER, OTHER_UID, other_user_problem, others_folder
+from support.capabilities import (
+    AS_OTHER,
+    OTHER_UID,
+    STRACE,
+    needs_strace_root,
+    other_user_problem,
+    others_folder,
+)
 from support.serveproc import KEY, ServeProcess, fresh_payload
 from support.watchproc import WatchProcess, drop, payload, versions
 
@@ -164,10 +171,7 @@ def test_a_lock_file_removed_by_hand_is_locked_again(root: Path, tmp_path: Path)
     assert not list((tmp_path / "other" / "history").glob("*.json"))
 
 
-STRACE = shutil.which("strace")
-
-
-@pytest.mark.skipif(STRACE is None or os.geteuid() != 0, reason="needs strace (and root)")
+@needs_strace_root
 @pytest.mark.parametrize("lock", ["spool/.lock", "console-usage-history/.lock"])
 def test_a_lock_file_removed_while_the_backlog_drains_is_locked_again_at_once(
     root: Path, lock: str
@@ -179,7 +183,7 @@ def test_a_lock_file_removed_while_the_backlog_drains_is_locked_again_at_once(
     for n in range(600):
         drop(spool, f"d{n:04d}.json", payload(n))
     slow = ("-e", "trace=fsync,fdatasync", "-e", "inject=fsync,fdatasync:delay_enter=20000")
-    wrapper = (STRACE or "strace", "-f", "-o", os.devnull, *slow)
+    wrapper = (STRACE, "-f", "-o", os.devnull, *slow)
     with WatchProcess(root, wrapper=wrapper) as watcher:
         (root / lock).unlink()
         watcher.wait_log(f"the lock file {root / lock} was removed or replaced", timeout=60)

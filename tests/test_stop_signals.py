@@ -19,13 +19,10 @@ from pathlib import Path
 
 import pytest
 from support import cli_env, run_cli, wait_for
+from support.capabilities import STRACE, needs_strace_root
 from support.serveproc import ServeProcess
 from support.signals import STOPS, pause, storm, survives_a_storm
 from support.watchproc import WatchProcess, drop, payload, stored_contents
-
-IS_ROOT = os.geteuid() == 0
-STRACE = shutil.which("strace")
-
 
 _FLAG_UNDER_FIRE = """
 import signal
@@ -85,7 +82,7 @@ def test_serve_stops_on_a_repeated_sigint_without_a_traceback(root: Path, watch:
     assert len(re.findall(r"INFO serve: stopped: ", server.log)) == 1, server.log
 
 
-@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+@needs_strace_root
 @pytest.mark.parametrize(
     ("watch", "stop"),
     [(False, signal.SIGTERM), (True, signal.SIGINT)],
@@ -103,7 +100,7 @@ def test_a_stop_signal_before_the_server_loop_runs_still_stops_it(
     with log.open("wb") as sink:
         tracer = subprocess.Popen(
             [
-                *(str(STRACE), "-f", "-qq", "-o", "/dev/null"),
+                *(STRACE, "-f", "-qq", "-o", "/dev/null"),
                 *("-e", "inject=epoll_create1:delay_enter=800000"),
                 *(sys.executable, "-m", "ingester", "--root", str(root), *argv),
             ],
@@ -157,7 +154,7 @@ def _under_strace(
     """``COMMAND --root ROOT ARGS`` under ``strace -f -qq OPTIONS`` (a trace to a log, or
     a SIGINT injected), its output captured."""
     return subprocess.run(
-        [STRACE or "strace", "-f", "-qq", *options, *command, "--root", str(root), *args],
+        [STRACE, "-f", "-qq", *options, *command, "--root", str(root), *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -172,7 +169,7 @@ def _interrupted(root: Path, command: list[str], *inject: str) -> subprocess.Com
     return _under_strace(command, root, ("watch", "--once"), "-o", os.devnull, *inject)
 
 
-@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+@needs_strace_root
 @pytest.mark.parametrize(
     ("how", "module"),
     [
@@ -195,7 +192,7 @@ def test_a_ctrl_c_while_the_command_line_loads_ends_the_run_in_one_line(
     assert not root.exists() or not any(root.iterdir())
 
 
-@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+@needs_strace_root
 def test_a_ctrl_c_as_the_handler_is_given_back_ends_the_run_in_one_line(
     root: Path, tmp_path: Path
 ) -> None:
@@ -237,7 +234,7 @@ def _ran_with_sigint_at_write(
     return _under_strace(command, root, args, "-o", os.devnull, *inject)
 
 
-@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+@needs_strace_root
 def test_a_ctrl_c_after_a_submit_published_its_drop_does_not_say_it_failed(
     root: Path, tmp_path: Path
 ) -> None:
@@ -254,7 +251,7 @@ def test_a_ctrl_c_after_a_submit_published_its_drop_does_not_say_it_failed(
     assert (root / "spool" / "one.json").read_bytes() == payload(1)
 
 
-@pytest.mark.skipif(STRACE is None or not IS_ROOT, reason="needs strace (and root to trace)")
+@needs_strace_root
 def test_ingest_stops_after_the_file_in_hand_and_says_which_were_not_stored(
     root: Path, tmp_path: Path
 ) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from support import cli_env
+from support.capabilities import STRACE, strace_problem
 from support.sdnotify import NotifyListener
 from support.watchproc import drop, payload, versions
 
@@ -457,7 +458,6 @@ def test_watch_service_runs_under_mdwe(root: Path) -> None:
     assert "Traceback" not in log_path.read_text()
 
 
-STRACE = shutil.which("strace")
 SYSCALL_LINE = re.compile(r"^\d+\s+(?:<\.\.\. (\w+) resumed>|(\w+)\()")
 
 
@@ -469,8 +469,8 @@ def watch_argv(root: Path) -> list[str]:
 def service_trace(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """strace -f of a real watcher: start, backlog (valid + invalid), READY, one drop
     by event, the watchdog, SIGTERM. The lines of the trace."""
-    if STRACE is None:
-        pytest.skip("strace is not installed")
+    if problem := strace_problem(root=False):
+        pytest.skip(problem)
     work = tmp_path_factory.mktemp("trace")
     root = work / "root"
     spool = root / "spool"

@@ -27,6 +27,7 @@ from support import (
     run_cli,
     wait_for,
 )
+from support.capabilities import STRACE, needs_strace_root
 from support.watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents, versions
 
 from ingester.history.lock import HistoryLock
@@ -217,9 +218,7 @@ def test_sigint_and_sighup_also_stop_cleanly(root: Path, stop: signal.Signals) -
         assert "Traceback" not in w.log
 
 
-@pytest.mark.skipif(
-    shutil.which("strace") is None or not IS_ROOT, reason="needs strace (and root to trace)"
-)
+@needs_strace_root
 def test_a_second_stop_signal_on_the_way_out_is_ignored(root: Path) -> None:
     """A closed terminal may send SIGHUP twice. The watcher stops at the first; a second
     arriving while the interpreter finalizes (here held there by strace, at its exit)
@@ -228,7 +227,7 @@ def test_a_second_stop_signal_on_the_way_out_is_ignored(root: Path) -> None:
     with log.open("wb") as sink:
         tracer = subprocess.Popen(
             [
-                *(str(shutil.which("strace")), "-f", "-qq", "-o", "/dev/null"),
+                *(STRACE, "-f", "-qq", "-o", "/dev/null"),
                 *("-e", "inject=exit_group:delay_enter=2000000"),
                 *(sys.executable, "-m", "ingester", "--root", str(root), "watch"),
             ],

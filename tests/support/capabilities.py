@@ -5,7 +5,9 @@ Root ignores file permissions, so "permission denied" is made real with ``chattr
 CLI run as another uid through ``setpriv``. Each probe tries the fault once and returns
 why it cannot be made here (``None`` when it can), so a test skips saying why.
 The fixtures ``can_chattr`` and ``can_mount`` wrap the first two for a test module
-(import them into it).
+(import them into it). Where no real fault can be made at the right instant, strace
+injects one (a delay or an error in one system call): the ``needs_strace`` marks skip
+a test where it cannot run.
 """
 
 from __future__ import annotations
@@ -27,16 +29,20 @@ from . import IS_ROOT, cli_env
 __all__ = [
     "AS_OTHER",
     "OTHER_UID",
+    "STRACE",
     "can_chattr",
     "can_mount",
     "chattr_problem",
     "has_ipv6_loopback",
     "immutable",
     "mount_problem",
+    "needs_strace",
+    "needs_strace_root",
     "other_user_problem",
     "others_folder",
     "run_as_other",
     "run_tool",
+    "strace_problem",
     "tmpfs",
     "umount_all",
 ]
@@ -45,6 +51,30 @@ OTHER_UID = 4242
 """The uid (and gid) a test runs the CLI as, to be refused what root would be allowed."""
 
 AS_OTHER = ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups"]
+
+
+STRACE = shutil.which("strace") or "strace"
+"""The strace a test runs its commands under: a delay or a fault injected into one
+system call, or a trace of them. The bare name where it is missing (the test skips)."""
+
+
+def strace_problem(*, root: bool = True) -> str | None:
+    """Why a test cannot run a command under strace here. ``root``: the test also needs
+    root, to attach to a process it did not start or to trace another user's command."""
+    if shutil.which("strace") is None:
+        return "strace is not installed"
+    if root and not IS_ROOT:
+        return "tracing here needs root (strace attaches, or traces another user's command)"
+    return None
+
+
+needs_strace = pytest.mark.skipif(
+    strace_problem(root=False) is not None, reason=strace_problem(root=False) or ""
+)
+"""Skip unless strace runs the test's own commands here."""
+
+needs_strace_root = pytest.mark.skipif(strace_problem() is not None, reason=strace_problem() or "")
+"""Skip unless strace runs here, as root."""
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
