@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 from support import SAMPLES
 from support.capabilities import can_chattr, can_mount  # noqa: F401  (fixtures for every module)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The commands the tests start meet stop signals as at a terminal.
+
+    A suite started in the background by a shell without job control (as a CI runner may
+    start it) has SIGINT ignored, and one started under ``nohup`` SIGHUP. Every command a
+    test starts would inherit that, and our commands keep an ignored SIGINT ignored: each
+    test of a Ctrl-C would fail. So the defaults are put back in this process (Python's
+    own handler for SIGINT), and a command started from here begins with them.
+    """
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(stop) == signal.SIG_IGN:
+            default = signal.default_int_handler if stop == signal.SIGINT else signal.SIG_DFL
+            signal.signal(stop, default)
 
 
 @pytest.fixture

@@ -192,6 +192,44 @@ def test_a_ctrl_c_while_the_command_line_loads_ends_the_run_in_one_line(
     assert not root.exists() or not any(root.iterdir())
 
 
+def test_the_commands_tests_start_begin_with_the_stop_signals_defaults() -> None:
+    """However the suite was started (a background job of a shell without job control
+    ignores SIGINT, ``nohup`` SIGHUP), a command a test starts meets each stop signal as
+    at a terminal: the tests of a Ctrl-C or a hangup prove nothing otherwise."""
+    probe = (
+        "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, "
+        "signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGHUP) == signal.SIG_DFL)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert done.stdout == "True True\n", done.stderr
+
+
+_SIGINT_IGNORED = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+@needs_strace_root
+def test_a_ctrl_c_its_parent_ignores_is_ignored_while_the_command_line_loads(
+    root: Path,
+) -> None:
+    """A command started with SIGINT ignored (a background job of a shell without job
+    control) keeps it ignored: the same Ctrl-C as above changes nothing, and the run
+    does its work."""
+    (root / "spool").mkdir()
+    (root / "spool" / "a.json").write_bytes(payload(1))
+    inject = ("-P", _loaded_file("click.core"), "-e", "trace=openat")
+    inject += ("-e", "inject=openat:signal=SIGINT:when=1")
+    ignoring = [sys.executable, "-c", _SIGINT_IGNORED, *_ingester("-m")]
+    done = _interrupted(root, ignoring, *inject)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Aborted!" not in done.stderr
+    assert stored_contents(root) == {payload(1): 1}
+
+
 @needs_strace_root
 def test_a_ctrl_c_as_the_handler_is_given_back_ends_the_run_in_one_line(
     root: Path, tmp_path: Path
