@@ -38,6 +38,7 @@ from support.capabilities import (
     others_folder,
     tmpfs,
 )
+from support.serveproc import KEY, ServeProcess
 from support.watchproc import WatchProcess, drop, payload, versions
 from test_crashpoints import Expect, final_problems, settings_for
 
@@ -359,6 +360,8 @@ def test_a_burst_under_a_low_limit_on_open_files_is_stored_whole(root: Path) -> 
 # Its own uid: RLIMIT_NPROC counts every process and thread of the real uid, so tests
 # running as OTHER_UID meanwhile must not use up this one's threads.
 LIMITED_UID = OTHER_UID + 101
+API = "/api/claude/console-usage"
+POST_HEADERS = {"X-API-Key": KEY, "Content-Type": "application/json"}
 WHY_NOT_AS_ANOTHER_USER = other_user_problem()
 
 
@@ -434,8 +437,9 @@ def test_the_inotify_watcher_needs_no_thread_but_its_own() -> None:
     [
         (2, ("watch", "--polling"), []),
         (
-            # serve's main thread and the watcher's: the observer's are the ones refused.
-            4,
+            # serve's main thread and the watcher's, and one more: the observer needs two,
+            # whichever of serve's own threads (its spool checks) starts first.
+            3,
             ("serve", "--watch", "--polling", "--listen", "127.0.0.1:0"),
             ["the watcher stopped (exit 1): serve stops too, so that both restart together"],
         ),
@@ -455,6 +459,54 @@ def test_polling_that_cannot_start_its_threads_is_one_line(
     assert "Traceback" not in stderr
     errors = [line.split(" ERROR ", 1)[1] for line in stderr.splitlines() if " ERROR " in line]
     assert errors == [f"cannot watch {spool}: {THREAD_LIMIT}", *after], stderr
+
+
+@pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
+@pytest.mark.skipif(WHY_NOT_AS_ANOTHER_USER is not None, reason=WHY_NOT_AS_ANOTHER_USER or "")
+def test_serve_where_no_thread_can_start_answers_and_says_so_in_one_line() -> None:
+    """serve allowed only its main thread: it starts and says once that its spool checks
+    run on its own thread; what needs a worker thread (a POST's write, the metrics) is
+    answered 503 in one line naming the limit; the rest is served; SIGTERM stops it,
+    exit 0. Never a traceback, an exit 3 or a "please report"."""
+    with others_folder("ingester-nproc-") as root:
+        os.chown(root, LIMITED_UID, LIMITED_UID)
+        with ServeProcess(root, wrapper=_as_limited(1)) as server:
+            server.wait_log("the spool checks run on the server's own thread instead")
+            assert server.get("/api/health").status_code != 500
+            metrics = server.get("/metrics")
+            assert metrics.status_code == 503, metrics.text
+            assert metrics.json()["message"] == f"{THREAD_LIMIT}; retry"
+            posted = server.post(API, content=payload(1), headers=POST_HEADERS)
+            assert posted.status_code == 503, posted.text
+            assert server.stop() == 0
+        log = server.log
+    assert "Traceback" not in log and "please report" not in log, log
+    errors = [line.split(" ERROR ", 1)[1] for line in log.splitlines() if " ERROR " in line]
+    assert errors[0].startswith("client 127.0.0.1:") and errors[0].endswith(
+        f": GET /metrics: {THREAD_LIMIT}; answered 503"
+    ), log
+    assert len(errors) == 2 and f"POST {API}" in errors[1] and THREAD_LIMIT in errors[1], log
+
+
+@pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
+@pytest.mark.skipif(WHY_NOT_AS_ANOTHER_USER is not None, reason=WHY_NOT_AS_ANOTHER_USER or "")
+def test_serve_watch_with_no_thread_to_spare_stores_drops_and_stops_cleanly() -> None:
+    """serve --watch allowed its main thread and the watcher's only: drops are stored as
+    they come, and at SIGTERM the stop's count of what is left runs on the main thread.
+    Exit 0, one line about the limit, never a traceback."""
+    sent = drops_for("serve-watch", 3)
+    with others_folder("ingester-nproc-") as root:
+        os.chown(root, LIMITED_UID, LIMITED_UID)
+        with ServeProcess(root, "--watch", wrapper=_as_limited(2)) as server:
+            server.wait_log("serve --watch: ready")
+            for count, (name, data) in enumerate(sent.items(), 1):
+                drop(root / "spool", name, data, owner=(LIMITED_UID, LIMITED_UID))
+                wait_for(lambda n=count: len(versions(root)) == n, 30, f"{name} stored")
+            assert server.stop() == 0
+        log = server.log
+        assert sorted(p.read_bytes() for p in versions(root)) == sorted(sent.values())
+    assert "Traceback" not in log and " ERROR " not in log, log
+    assert log.count(THREAD_LIMIT) == 1, log
 
 
 @needs_strace_root

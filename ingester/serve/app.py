@@ -16,8 +16,10 @@ from starlette.routing import BaseRoute, Route
 from ..history.index import HistoryIndex
 from ..history.local import LocalHistory
 from ..intake.spool import Spool
+from ..runtime.admission import format_peer
 from ..runtime.metrics import MetricsRegistry
-from .answers import JSON, announces_body, ending_connection, json_answer
+from ..threads import THREAD_LIMIT, OffLoop, is_thread_limit
+from .answers import JSON, announces_body, ending_connection, json_answer, post_body
 from .backlog import BacklogWarnings, WatcherProbe
 from .context import ServeConfig, ServeContext
 from .forecast import install as install_forecast
@@ -93,6 +95,28 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return ending_connection(answer) if announces_body(request.headers) else answer
 
 
+async def _thread_limit(request: Request, exc: Exception) -> Response:
+    """A handler whose worker thread could not start (the metrics, a forecast): 503 and
+    one line naming the limit, where it would be a 500 and a traceback. Any other
+    ``RuntimeError`` goes on to the internal-error answer."""
+    if not is_thread_limit(exc):
+        raise exc
+    log.error(
+        "client %s: %s %s: %s; answered 503",
+        format_peer(request.scope.get("client")),
+        request.method,
+        request.url.path,
+        THREAD_LIMIT,
+    )
+    message = f"{THREAD_LIMIT}; retry"
+    if request.method == "POST":
+        body: dict[str, object] = post_body(False, message, error="ThreadLimit")
+    else:
+        body = {"error": "ThreadLimit", "message": message}
+    answer = json_answer(body, 503)
+    return ending_connection(answer) if announces_body(request.headers) else answer
+
+
 def log_configuration(config: ServeConfig, listen_source: str | None = None) -> None:
     """The start-up lines that say how the API is configured (never the key itself).
 
@@ -125,13 +149,18 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     if ctx.config.reader is not None:  # serving an object store: POSTs are not its job
         yield
         return
-    await asyncio.to_thread(ctx.warnings.at_start)
+    checks = OffLoop("ingester-checks")
+    if checks.inline:
+        log.warning(
+            "serve: %s; the spool checks run on the server's own thread instead", THREAD_LIMIT
+        )
+    await checks.run(ctx.warnings.at_start)
 
     async def keep_watching() -> None:
         while True:
             await asyncio.sleep(BACKLOG_CHECK_S)
             try:
-                await asyncio.to_thread(ctx.warnings.check)
+                await checks.run(ctx.warnings.check)
             except OSError as exc:  # pragma: no cover - the probe handles its own errors
                 log.debug("backlog check failed: %s", exc)
 
@@ -142,6 +171,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        checks.close()
 
 
 def create_app(config: ServeConfig, *, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
@@ -177,7 +207,9 @@ def create_app(config: ServeConfig, *, extra_routes: Sequence[BaseRoute] = ()) -
         routes.extend(build())
     routes.extend(extra_routes)
     app = Starlette(
-        routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=_lifespan
+        routes=routes,
+        exception_handlers={HTTPException: _http_error, RuntimeError: _thread_limit},
+        lifespan=_lifespan,
     )
     # A path with a trailing slash is another path: 404, not a bodyless redirect to a
     # URL built from the Host header (plain http behind a TLS proxy, where a client

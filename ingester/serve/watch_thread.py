@@ -41,7 +41,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import StorageError
@@ -51,6 +51,7 @@ from ..intake.spool import Spool
 from ..intake.watcher import Watcher
 from ..runtime.signals import STOP_SIGNALS, StopFlag
 from ..settings import DRAIN_S, Settings, WatchOptions
+from ..threads import OffLoop
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -229,12 +230,27 @@ async def drain(
     """Let the running watcher take what waits in the spool: until none is left, the
     watcher ends, ``budget`` seconds have passed, or ``forced()`` says to stop now.
     Logs what it left when the budget runs out."""
-    spool = watcher.watcher.spool
-    joint = watcher.joint
-    deadline = time.monotonic() + budget
     if forced():
         return
-    first = await asyncio.to_thread(_backlog, spool)
+    spool = watcher.watcher.spool
+    # The spool is listed off the loop, which still answers requests meanwhile.
+    counts = OffLoop("ingester-drain")
+    try:
+        await _drain(watcher, budget, forced, lambda: counts.run(lambda: _backlog(spool)))
+    finally:
+        counts.close()
+
+
+async def _drain(
+    watcher: ThreadedWatcher,
+    budget: float,
+    forced: Callable[[], bool],
+    backlog: Callable[[], Awaitable[int | None]],
+) -> None:
+    """:func:`drain`'s wait, ``backlog()`` counting what is left in the spool."""
+    joint = watcher.joint
+    deadline = time.monotonic() + budget
+    first = await backlog()
     if not first:
         return
     step = (
@@ -245,7 +261,7 @@ async def drain(
     joint.stop_step(step)
     while True:
         await asyncio.sleep(_TICK)
-        left = await asyncio.to_thread(_backlog, spool)
+        left = await backlog()
         if left is None:
             log.warning(
                 "serve --watch: the spool cannot be listed any more; the watcher stops now "
