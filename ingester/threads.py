@@ -12,12 +12,21 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
 
-__all__ = ["THREAD_LIMIT", "OffLoop", "StartedPool", "is_thread_limit", "started_pool"]
+__all__ = [
+    "THREAD_LIMIT",
+    "InlineExecutor",
+    "OffLoop",
+    "StartedPool",
+    "is_thread_limit",
+    "started_pool",
+    "workers_or_inline",
+]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 _START_S = 10.0  # how long the threads may take to start, all together
 
@@ -69,7 +78,9 @@ def _all_started(workers: int, name: str) -> StartedPool:
         gate.wait(_START_S)
     except BaseException:
         gate.abort()
-        pool.shutdown(wait=False, cancel_futures=True)
+        # Joined, not left to end on their own: a thread still ending counts against
+        # the same limit, and the smaller pool tried next would not start either.
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
     return pool
 
@@ -107,3 +118,32 @@ class OffLoop:
         """Let the thread go once its call in hand, if any, is done."""
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+
+
+class InlineExecutor(Executor):
+    """An executor without threads: each call runs as it is submitted, on the caller's
+    thread, and its future is done when ``submit`` returns. For where no thread can
+    start: the same work, one call after the other."""
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:  # the caller reads it from the future, as from a pool's
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+        return future
+
+
+def workers_or_inline(workers: int, name: str) -> tuple[Executor, int]:
+    """Up to ``workers`` started threads (:func:`started_pool`) or, where not even one
+    can start, an :class:`InlineExecutor`; and how many threads it has (0 for inline).
+    Raises ``RuntimeError`` for any other failure to start a thread."""
+    try:
+        pool = started_pool(workers, name)
+    except RuntimeError as exc:
+        if not is_thread_limit(exc):
+            raise
+        return InlineExecutor(), 0
+    return pool, pool.workers

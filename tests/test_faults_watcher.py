@@ -33,6 +33,7 @@ from support import cli_env, run_cli, wait_for
 from support.capabilities import (
     OTHER_UID,
     STRACE,
+    limited_threads,
     needs_strace_root,
     other_user_problem,
     others_folder,
@@ -357,8 +358,7 @@ def test_a_burst_under_a_low_limit_on_open_files_is_stored_whole(root: Path) -> 
     assert sorted(p.read_bytes() for p in versions(root)) == sorted(sent.values())
 
 
-# Its own uid: RLIMIT_NPROC counts every process and thread of the real uid, so tests
-# running as OTHER_UID meanwhile must not use up this one's threads.
+# Its own uid (see limited_threads).
 LIMITED_UID = OTHER_UID + 101
 API = "/api/claude/console-usage"
 POST_HEADERS = {"X-API-Key": KEY, "Content-Type": "application/json"}
@@ -366,14 +366,8 @@ WHY_NOT_AS_ANOTHER_USER = other_user_problem()
 
 
 def _as_limited(threads: int) -> tuple[str, ...]:
-    """The command prefix that runs a program as :data:`LIMITED_UID`, allowed ``threads``
-    threads (its main one included). prlimit first: setpriv then runs the program
-    itself, as the other uids' tests do (an exec through another program may be refused
-    where the interpreter lies under a folder closed to that uid)."""
-    return (
-        *(PRLIMIT or "prlimit", f"--nproc={threads}:{threads}", "--"),
-        *("setpriv", f"--reuid={LIMITED_UID}", f"--regid={LIMITED_UID}", "--clear-groups"),
-    )
+    """Run as :data:`LIMITED_UID`, allowed ``threads`` threads (its main one included)."""
+    return limited_threads(threads, LIMITED_UID)
 
 
 def _python_limited(threads: int, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -507,6 +501,16 @@ def test_serve_watch_with_no_thread_to_spare_stores_drops_and_stops_cleanly() ->
         assert sorted(p.read_bytes() for p in versions(root)) == sorted(sent.values())
     assert "Traceback" not in log and " ERROR " not in log, log
     assert log.count(THREAD_LIMIT) == 1, log
+
+
+@pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
+@pytest.mark.skipif(WHY_NOT_AS_ANOTHER_USER is not None, reason=WHY_NOT_AS_ANOTHER_USER or "")
+def test_a_started_pool_has_as_many_threads_as_can_start() -> None:
+    """Four asked, room for two besides the main thread: the pool has two, not one or
+    none (the threads of the pool that failed have ended before a smaller one is tried)."""
+    probe = "from ingester.threads import started_pool; print(started_pool(4, 'w').workers)"
+    done = _python_limited(3, "-c", probe, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "2\n"), done.stderr
 
 
 @needs_strace_root

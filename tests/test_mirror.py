@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 from support import cli_env, run_cli, wait_for
+from support.capabilities import OTHER_UID, limited_threads, other_user_problem, others_folder
 from support.ports import free_port
 from support.s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, SeaweedS3, weed_binary
 from support.signals import storm
@@ -569,6 +570,44 @@ def test_object_store_killed_during_a_burst_then_back(
     assert set(old) <= remote_names(client, bucket, "burst")
     restored = restore_and_verify(root, tmp_path, target, env)
     assert len(local_versions(restored)) == 3 + 30 + 1
+
+
+# Its own uid: the limit on threads counts every thread of the uid (see limited_threads).
+THREADS_UID = OTHER_UID + 102
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
+@pytest.mark.skipif(other_user_problem() is not None, reason=other_user_problem() or "")
+@pytest.mark.parametrize(
+    ("threads", "said"), [(1, "on the mirror's own thread"), (3, "on 2 thread(s)")]
+)
+def test_a_mirror_and_a_restore_where_few_threads_can_start_do_all_the_work(
+    s3: SeaweedS3, bucket: str, aws_files: dict[str, str], threads: int, said: str
+) -> None:
+    """Allowed fewer threads than --concurrency (4): the uploads run on those that start,
+    or on the command's own thread where none does, and the run says so in one line.
+    Every version is mirrored and restored, exit 0, no traceback."""
+    target = f"s3://{bucket}/few-threads"
+    env = s3_env(s3.endpoint, aws_files)
+    limited = limited_threads(threads, THREADS_UID)
+    with others_folder("ingester-mirror-nproc-") as root:
+        add_versions(make_store(root), 20)
+        restored = root.parent / "restored"
+        restored.mkdir()
+        subprocess.run(
+            ["chown", "-R", f"{THREADS_UID}:{THREADS_UID}", str(root.parent)], check=True
+        )
+        done = run_cli(root, "mirror", target, "--once", wrapper=limited, **env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr
+        warned = [line for line in done.stderr.splitlines() if " WARNING " in line]
+        assert len(warned) == 1 and warned[0].endswith(f"uploading {said} instead of 4"), warned
+        client = client_for(s3.endpoint)
+        assert mirrored_exactly(client, bucket, "few-threads", root, follow=True) is True
+        back = run_cli(root, "restore", target, "--root", str(restored), wrapper=limited, **env)
+        assert back.returncode == 0, back.stderr[-2000:]
+        assert "Traceback" not in back.stderr
+        assert local_versions(restored) == local_versions(root)
 
 
 def test_mirror_killed_during_uploads_reconciles_on_restart(

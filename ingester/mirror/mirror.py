@@ -38,7 +38,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Executor, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from ..history.names import format_timestamp, is_version_name
 from ..history.retention import RetentionPolicy, plan_retention
 from ..runtime.notify import SystemdNotifier
 from ..runtime.signals import StopFlag, on_stop_signals
+from ..threads import THREAD_LIMIT, workers_or_inline
 from .objectstore import Failure, MirrorTarget, RemoteObject, S3Client, make_client
 from .s3_history import S3History
 from .state import (
@@ -190,6 +191,7 @@ class Mirror:
         self._state_at = 0.0
         self._notifier = SystemdNotifier.from_environ()
         self._pinged = 0.0
+        self._upload_threads: int | None = None  # how many started, at the last pass
 
     # -- the object store ---------------------------------------------------------------
 
@@ -298,15 +300,21 @@ class Mirror:
         if not missing:
             return
         started = time.monotonic()
-        pool = ThreadPoolExecutor(max_workers=max(1, self.options.concurrency))
+        pool = self._uploaders()
         try:
             for first in range(0, len(missing), _CHUNK):
                 if self._stop.is_set():
                     break
-                futures: dict[Future[int | None], str] = {
-                    pool.submit(self._put_version, name): name
-                    for name in missing[first : first + _CHUNK]
-                }
+                futures: dict[Future[int | None], str] = {}
+                for name in missing[first : first + _CHUNK]:
+                    # Where no thread can start, each upload runs as it is submitted: a
+                    # stop or a failure ends the chunk there, as the wait below does.
+                    if self._stop.is_set():
+                        break
+                    future = pool.submit(self._put_version, name)
+                    futures[future] = name
+                    if future.done() and future.exception() is not None:
+                        break
                 self._wait_uploads(set(futures))
                 # All at once, before waiting on any: while this thread waits on one,
                 # the pool would start the next.
@@ -339,6 +347,23 @@ class Mirror:
                     time.monotonic() - started,
                     extra={"event": "mirrored", "versions": result.uploaded},
                 )
+
+    def _uploaders(self) -> Executor:
+        """The pass's upload threads, as many of ``--concurrency`` as can start (none: the
+        uploads run one after the other on this thread); a change in how many is said."""
+        wanted = max(1, self.options.concurrency)
+        pool, threads = workers_or_inline(wanted, "ingester-upload")
+        if threads < wanted and threads != self._upload_threads:
+            log.warning(
+                "%s: uploading on %s instead of %d",
+                THREAD_LIMIT,
+                f"{threads} thread(s)" if threads else "the mirror's own thread",
+                wanted,
+            )
+        elif threads == wanted and self._upload_threads not in (None, wanted):
+            log.info("uploading on %d threads again", wanted)
+        self._upload_threads = threads
+        return pool
 
     def _wait_uploads(self, futures: set[Future[int | None]]) -> None:
         """Wait until every upload in ``futures`` is done, one has failed, or a stop is

@@ -26,7 +26,6 @@ before the mirror stored checksums) is restored on its size alone and counted in
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -42,6 +41,7 @@ from ..history.local import LocalWriter
 from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import is_version_name
 from ..payload.model import judge_payload
+from ..threads import workers_or_inline
 from .objectstore import MirrorTarget, RemoteObject, S3Client
 from .s3_history import S3History
 
@@ -120,7 +120,9 @@ def restore_history(
                 raise RestoreError(exc.detail) from None
             raise RestoreError(f"cannot download {target.key(obj.name)}: {exc.detail}") from None
 
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+    # As many download threads as can start; none: one download after the other.
+    pool, _threads = workers_or_inline(max(1, concurrency), "ingester-restore")
+    with pool:
         for obj, verdict in zip(present, pool.map(compare, present), strict=True):
             if verdict is False:
                 result.conflicts.append(obj.name)

@@ -35,6 +35,7 @@ __all__ = [
     "chattr_problem",
     "has_ipv6_loopback",
     "immutable",
+    "limited_threads",
     "mount_problem",
     "needs_strace",
     "needs_strace_root",
@@ -75,6 +76,21 @@ needs_strace = pytest.mark.skipif(
 
 needs_strace_root = pytest.mark.skipif(strace_problem() is not None, reason=strace_problem() or "")
 """Skip unless strace runs here, as root."""
+
+
+def limited_threads(threads: int, uid: int) -> tuple[str, ...]:
+    """The command prefix that runs a program as ``uid`` (its gid the same), allowed
+    ``threads`` threads, its main one included (``prlimit --nproc``).
+
+    The limit counts every process and thread of the real uid, so each test that runs
+    under it needs a uid of its own: tests running as another uid meanwhile would use up
+    its threads. prlimit comes first: setpriv then runs the program itself, as the other
+    uids' tests do (an exec through another program may be refused where the
+    interpreter lies under a folder closed to that uid)."""
+    return (
+        *(shutil.which("prlimit") or "prlimit", f"--nproc={threads}:{threads}", "--"),
+        *("setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"),
+    )
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
