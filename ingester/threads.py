@@ -89,35 +89,24 @@ class OffLoop:
     """Blocking calls of an event loop's housekeeping, on one thread started up front.
 
     Where that thread cannot start (a limit on threads), every call runs on the loop's
-    own thread instead: the loop waits for it, and nothing fails. ``asyncio.to_thread``
-    would raise there, and the call it queued could still run later, a second time.
-    Raises ``RuntimeError`` for any other failure to start the thread.
+    own thread instead (:class:`InlineExecutor`): the loop waits for it, and nothing
+    fails. ``asyncio.to_thread`` would raise there, and the call it queued could still
+    run later, a second time. Raises ``RuntimeError`` for any other failure to start
+    the thread.
     """
 
     def __init__(self, name: str) -> None:
-        self._pool: StartedPool | None
-        try:
-            self._pool = started_pool(1, name)
-        except RuntimeError as exc:
-            if not is_thread_limit(exc):
-                raise
-            self._pool = None
-
-    @property
-    def inline(self) -> bool:
+        self._pool, threads = workers_or_inline(1, name)
+        self.inline = threads == 0
         """Whether the calls run on the loop's own thread (no thread could start)."""
-        return self._pool is None
 
     async def run(self, func: Callable[[], T]) -> T:
         """``func()``, on the thread or, without one, right here."""
-        if self._pool is None:
-            return func()
         return await asyncio.get_running_loop().run_in_executor(self._pool, func)
 
     def close(self) -> None:
         """Let the thread go once its call in hand, if any, is done."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
+        self._pool.shutdown(wait=False)
 
 
 class InlineExecutor(Executor):

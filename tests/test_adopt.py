@@ -26,7 +26,13 @@ from pathlib import Path
 
 import pytest
 from support import cli_env, run_cli, wait_for
-from support.capabilities import AS_OTHER, STRACE, needs_strace_root, other_user_problem
+from support.capabilities import (
+    AS_OTHER,
+    STRACE,
+    needs_strace_root,
+    other_user_problem,
+    traced_program,
+)
 from support.watchproc import WatchProcess
 from test_crashpoints import DURABLE_OPS, Plan, SimulatedCrash, inject
 
@@ -584,9 +590,7 @@ def test_kill_9_during_adopt_then_adopt_again(root: Path) -> None:
             )
 
         wait_for(lambda: read_only() >= 3, 60, "adopt to be under way")
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        assert len(children) == 1, children
-        os.kill(int(children[0]), signal.SIGKILL)
+        os.kill(traced_program(proc.pid), signal.SIGKILL)
         proc.wait(20)
     finally:
         if proc.poll() is None:

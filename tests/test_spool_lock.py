@@ -27,6 +27,7 @@ from support.capabilities import (
     needs_strace_root,
     other_user_problem,
     others_folder,
+    traced_program,
 )
 from support.serveproc import KEY, ServeProcess, fresh_payload
 from support.watchproc import WatchProcess, drop, payload, versions
@@ -191,9 +192,7 @@ def test_a_lock_file_removed_while_the_backlog_drains_is_locked_again_at_once(
         assert waiting, "the backlog had drained: the test proves nothing"
         wait_for(lambda: not any(spool.glob("d*.json")), 120, "the backlog drained")
         # SIGTERM to the watcher itself (strace, its parent, ends with it, and its code).
-        tracer = watcher.proc.pid
-        children = Path(f"/proc/{tracer}/task/{tracer}/children").read_text().split()
-        os.kill(int(children[0]), signal.SIGTERM)
+        os.kill(traced_program(watcher.proc.pid), signal.SIGTERM)
         assert watcher.proc.wait(60) == 0, watcher.log
     assert len(versions(root)) == 600
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import cli_env, run_cli, wait_for
-from support.capabilities import STRACE, needs_strace_root
+from support.capabilities import STRACE, needs_strace_root, traced_program
 from support.serveproc import ServeProcess
 from support.signals import STOPS, pause, storm, survives_a_storm
 from support.watchproc import WatchProcess, drop, payload, stored_contents
@@ -110,12 +110,12 @@ def test_a_stop_signal_before_the_server_loop_runs_still_stops_it(
         )
     try:
         wait_for(lambda: "serve: listening on" in log.read_text(), 30, "the listening line")
-        children = Path(f"/proc/{tracer.pid}/task/{tracer.pid}/children").read_text().split()
-        os.kill(int(children[0]), stop)
+        program = traced_program(tracer.pid)
+        os.kill(program, stop)
         try:
             code = tracer.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.kill(int(children[0]), signal.SIGABRT)  # faulthandler: the stacks, in the log
+            os.kill(program, signal.SIGABRT)  # faulthandler: the stacks, in the log
             tracer.wait(timeout=10)
             pytest.fail(f"serve went on after {stop.name}:\n{log.read_text()}")
     finally:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from support import cli_env
-from support.capabilities import STRACE, strace_problem
+from support.capabilities import STRACE, strace_problem, traced_program
 from support.sdnotify import NotifyListener
 from support.watchproc import drop, payload, versions
 
@@ -496,9 +496,7 @@ def service_trace(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
             )
             listener.wait_for(lambda m: "WATCHDOG" in m.fields, 5, "WATCHDOG=1", alive)
             # strace's child is the watcher; SIGTERM goes to it, strace exits with its code.
-            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-            assert len(children) == 1, children
-            os.kill(int(children[0]), signal.SIGTERM)
+            os.kill(traced_program(proc.pid), signal.SIGTERM)
             assert proc.wait(20) == 0
         finally:
             if proc.poll() is None:

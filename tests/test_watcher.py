@@ -27,7 +27,7 @@ from support import (
     run_cli,
     wait_for,
 )
-from support.capabilities import STRACE, needs_strace_root
+from support.capabilities import STRACE, needs_strace_root, traced_program
 from support.watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents, versions
 
 from ingester.history.lock import HistoryLock
@@ -236,8 +236,7 @@ def test_a_second_stop_signal_on_the_way_out_is_ignored(root: Path) -> None:
         )
     try:
         wait_for(lambda: "watching " in log.read_text(), 20, "the watcher to start")
-        children = Path(f"/proc/{tracer.pid}/task/{tracer.pid}/children").read_text().split()
-        pid = int(children[0])
+        pid = traced_program(tracer.pid)
         os.kill(pid, signal.SIGHUP)
         wait_for(lambda: "stopped:" in log.read_text(), 10, "the stop line")
 

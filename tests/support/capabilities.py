@@ -45,6 +45,7 @@ __all__ = [
     "run_tool",
     "strace_problem",
     "tmpfs",
+    "traced_program",
     "umount_all",
 ]
 
@@ -67,6 +68,14 @@ def strace_problem(*, root: bool = True) -> str | None:
     if root and not IS_ROOT:
         return "tracing here needs root (strace attaches, or traces another user's command)"
     return None
+
+
+def traced_program(tracer: int) -> int:
+    """The pid of the program strace (pid ``tracer``) runs: strace's one child. A signal
+    meant for the program goes there; strace then exits with its code."""
+    children = Path(f"/proc/{tracer}/task/{tracer}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
 
 
 needs_strace = pytest.mark.skipif(
