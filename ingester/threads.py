@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
@@ -20,12 +21,14 @@ __all__ = [
     "InlineExecutor",
     "OffLoop",
     "StartedPool",
+    "in_order",
     "is_thread_limit",
     "started_pool",
     "workers_or_inline",
 ]
 
 T = TypeVar("T")
+A = TypeVar("A")
 P = ParamSpec("P")
 
 _START_S = 10.0  # how long the threads may take to start, all together
@@ -136,3 +139,28 @@ def workers_or_inline(workers: int, name: str) -> tuple[Executor, int]:
             raise
         return InlineExecutor(), 0
     return pool, pool.workers
+
+
+def in_order(pool: Executor, fn: Callable[[A], T], items: Iterable[A], threads: int) -> Iterator[T]:
+    """``fn(item)`` for each of ``items``, run on ``pool``, yielded in the items' order.
+
+    Unlike ``Executor.map``, which submits every call before it yields the first result,
+    only a few calls run ahead of the one the caller reads: two per thread (one running,
+    one queued), or none where ``threads`` is 0 (an :class:`InlineExecutor`, whose calls
+    run as they are submitted). So the results held at once stay few however many items
+    there are, and when a call raises, the exception reaches the caller before more than
+    that few further calls have begun; those not begun are cancelled when the caller
+    stops reading.
+    """
+    ahead = max(1, 2 * threads)
+    pending: deque[Future[T]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()

@@ -610,6 +610,72 @@ def test_a_mirror_and_a_restore_where_few_threads_can_start_do_all_the_work(
         assert local_versions(restored) == local_versions(root)
 
 
+NEEDS_LIMITED_THREADS = [
+    pytest.mark.skipif(
+        shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed"
+    ),
+    pytest.mark.skipif(other_user_problem() is not None, reason=other_user_problem() or ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("threads", "ahead"),
+    [
+        pytest.param(None, 16, id="8 threads"),
+        pytest.param(1, 1, id="no thread", marks=NEEDS_LIMITED_THREADS),
+    ],
+)
+def test_a_failed_download_stops_the_restore_before_the_rest_are_fetched(
+    s3: SeaweedS3, bucket: str, aws_files: dict[str, str], threads: int | None, ahead: int
+) -> None:
+    """The third of 40 objects does not match its checksum: the restore ends with its one
+    line, having fetched at most the few downloads that run ahead of the one it writes
+    (two per thread; none where no thread can start), never the other 37."""
+    prefix = "damaged-third"
+    client = client_for(s3.endpoint)
+    proxy = FaultProxy(s3.port)
+    with others_folder("ingester-restore-stops-") as root:
+        store = make_store(root)
+        names = add_versions(store, 40)
+        for name in names:
+            data = store.version_path(name).read_bytes()
+            # The third is stored with other bytes of its size than its checksum names.
+            body = data.replace(b"1", b"2", 1) if name == names[2] else data
+            assert len(body) == len(data)
+            client.put_object(
+                Bucket=bucket,
+                Key=f"{prefix}/{name}",
+                Body=body,
+                Metadata={"sha256": hashlib.sha256(data).hexdigest()},
+            )
+        restored = root.parent / "restored"
+        restored.mkdir()
+        os.chown(restored, THREADS_UID, THREADS_UID)
+        wrapper = () if threads is None else limited_threads(threads, THREADS_UID)
+        try:
+            result = run_cli(
+                restored,
+                "restore",
+                f"s3://{bucket}/{prefix}",
+                wrapper=wrapper,
+                **s3_env(proxy.endpoint, aws_files),
+            )
+        finally:
+            proxy.close()
+        assert result.returncode == 1, result.stderr
+        assert result.stderr == (
+            f"error: {names[2]}: the bytes do not match the SHA-256 stored with the object\n"
+        )
+        fetched = {
+            path.split("?")[0].rsplit("/", 1)[1]
+            for method, path in proxy.requests
+            if method == "GET" and "list-type" not in path
+        }
+        assert names[2] in fetched
+        assert fetched <= set(names[: 2 + ahead]), sorted(set(fetched) - set(names[: 2 + ahead]))
+        assert sorted(p.name for p in (restored / HISTORY).glob("2*.json")) == names[:2]
+
+
 def test_mirror_killed_during_uploads_reconciles_on_restart(
     root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

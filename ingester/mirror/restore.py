@@ -41,7 +41,7 @@ from ..history.local import LocalWriter
 from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import is_version_name
 from ..payload.model import judge_payload
-from ..threads import workers_or_inline
+from ..threads import in_order, workers_or_inline
 from .objectstore import MirrorTarget, RemoteObject, S3Client
 from .s3_history import S3History
 
@@ -121,17 +121,19 @@ def restore_history(
             raise RestoreError(f"cannot download {target.key(obj.name)}: {exc.detail}") from None
 
     # As many download threads as can start; none: one download after the other.
-    pool, _threads = workers_or_inline(max(1, concurrency), "ingester-restore")
-    with pool:
-        for obj, verdict in zip(present, pool.map(compare, present), strict=True):
+    pool, threads = workers_or_inline(max(1, concurrency), "ingester-restore")
+    try:
+        for obj, verdict in zip(present, in_order(pool, compare, present, threads), strict=True):
             if verdict is False:
                 result.conflicts.append(obj.name)
                 continue
             result.present.append(obj.name)
             if verdict is None:
                 result.unverified.append(obj.name)
-        # Downloads run ahead in parallel; writes stay in name order, one at a time.
-        for obj, (data, checked) in zip(wanted, pool.map(fetch, wanted), strict=True):
+        # Downloads run a little ahead in parallel; writes stay in name order, one at a
+        # time. A failed download stops the restore before more than a few others begin.
+        fetched = in_order(pool, fetch, wanted, threads)
+        for obj, (data, checked) in zip(wanted, fetched, strict=True):
             try:
                 judge_payload(data, max_bytes=max_bytes)
             except PayloadRejected as exc:
@@ -146,6 +148,9 @@ def restore_history(
             result.bytes += len(data)
             if not checked:
                 result.unverified.append(obj.name)
+    finally:
+        # A failure ends the restore: the downloads queued behind it never start.
+        pool.shutdown(wait=True, cancel_futures=True)
 
     base: StorageMetadata | None = None
     if not had_metadata:
