@@ -391,6 +391,37 @@ def test_a_reading_short_of_a_bound_is_never_shown_at_or_over_it(
     assert " 90.0 % " in rows["weeklyLimits.allModels"] + " "
 
 
+def test_a_limit_inside_a_window_is_judged_too(root: Path, tmp_path: Path) -> None:
+    # weeklyLimits carries a window's two fields of its own (unknown fields are allowed):
+    # the limits inside it are still read, and the one at 97 % warns.
+    stamp = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    window = {"resetsIn": "3 days", "percentageUsed": 3}
+    body = {
+        "currentSession": {"resetsIn": "1 hr", "percentageUsed": 23},
+        "weeklyLimits": {
+            **window,
+            "allModels": {**window, "percentageUsed": 97},
+            "sonnetOnly": {**window, "percentageUsed": 7},
+        },
+        "lastUpdated": stamp,
+    }
+    source = tmp_path / "nested.json"
+    source.write_text(json.dumps(body))
+    assert run_cli(root, "ingest", str(source)).returncode == 0
+    code, line = check(root, "--usage-warning", "90")
+    assert code == 1, line
+    assert "weeklyLimits.allModels 97 % used (at or above 90 %)" in line, line
+    table = run_cli(root, "forecast")
+    assert table.returncode == 0, table.stderr
+    rows = [row.split()[0] for row in table.stdout.splitlines()[2:] if row.strip()]
+    assert rows[:4] == [
+        "currentSession",
+        "weeklyLimits.allModels",
+        "weeklyLimits.sonnetOnly",
+        "weeklyLimits",
+    ], table.stdout
+
+
 def test_a_limit_whose_reset_has_passed_since_its_reading_is_not_held_against_it(
     root: Path, tmp_path: Path
 ) -> None:

@@ -86,8 +86,44 @@ def test_every_window_in_the_payload_by_its_dotted_path() -> None:
     assert [r.limit for r in found.readings] == [p for p, _ in usage_windows(payload)]
     assert unreadable == [("weeklyLimits.opusOnly", "whenever")]
     result = forecast([found])
-    assert [limit.limit for limit in result.limits][-1] == "monthly.credits.api"
+    # The console's own three first, as it shows them; then the others by their paths.
+    assert [limit.limit for limit in result.limits] == [
+        "currentSession",
+        "weeklyLimits.allModels",
+        "weeklyLimits.sonnetOnly",
+        "monthly.credits.api",
+        "weeklyLimits.opusOnly",
+    ]
     assert all(limit.rate_per_hour is None for limit in result.limits)  # one snapshot
+
+
+def test_a_window_holding_windows_hides_none_of_them() -> None:
+    # Unknown fields are allowed, so a group may carry a window's two fields of its own.
+    payload = {
+        "currentSession": {"resetsIn": "4 hr", "percentageUsed": 23},
+        "weeklyLimits": {
+            "resetsIn": "Mon 8:59 AM",
+            "percentageUsed": 3,
+            "allModels": {"resetsIn": "Mon 8:59 AM", "percentageUsed": 97},
+            "sonnetOnly": {"resetsIn": "Mon 8:59 AM", "percentageUsed": 7},
+        },
+        "lastUpdated": "2026-11-27T14:05:00Z",
+    }
+    assert [path for path, _ in usage_windows(payload)] == [
+        "currentSession",
+        "weeklyLimits",
+        "weeklyLimits.allModels",
+        "weeklyLimits.sonnetOnly",
+    ]
+    found, _ = observe(payload, UTC)
+    assert found is not None
+    result = forecast([found])
+    assert [(x.limit, x.percentage) for x in result.limits] == [
+        ("currentSession", 23),
+        ("weeklyLimits.allModels", 97),
+        ("weeklyLimits.sonnetOnly", 7),
+        ("weeklyLimits", 3),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -476,9 +512,9 @@ def test_a_partial_snapshot_holds_the_limits_it_lacks_at_their_last_reading() ->
     result = forecast([*full, partial(6 * 60 + 5)])
     assert result.as_of == T0 + timedelta(hours=6, minutes=5)
     assert [limit.limit for limit in result.limits] == [
+        "currentSession",
         "weeklyLimits.allModels",
         "weeklyLimits.sonnetOnly",
-        "currentSession",
     ]
     weekly = limit_of(result)
     # The same answer as without the partial snapshot, marked as held.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -219,3 +221,46 @@ def test_a_limit_only_old_versions_hold_is_held_until_retention_deletes_them(
     assert answer is not None
     assert [x.limit for x in answer.forecast.limits] == ["currentSession"]
     assert answer.forecast.lapsed == ()
+
+
+def drifting_snapshot(rng: random.Random, stored: datetime) -> bytes:
+    """A snapshot as scrapers send them: mostly on time, some late (a backfill), some
+    from a clock running ahead (by minutes, hours or days), limits coming and going."""
+    lag = rng.choice(
+        [timedelta(seconds=-5)] * 6
+        + [timedelta(hours=-5), timedelta(minutes=50), timedelta(hours=2), timedelta(days=2)]
+    )
+    windows: dict[str, Any] = {}
+    if rng.random() < 0.8 or rng.random() < 0.5:
+        windows["currentSession"] = {"resetsIn": "4 hr", "percentageUsed": rng.randint(0, 100)}
+    if rng.random() < 0.6 or not windows:
+        windows["weeklyLimits"] = {
+            "allModels": {"resetsIn": "3 days", "percentageUsed": rng.choice([-0.0, 0, 40, 99])},
+            "sonnetOnly": {"resetsIn": "Mon 8:59 AM", "percentageUsed": rng.randint(0, 100)},
+        }
+    updated = (stored + lag).isoformat().replace("+00:00", "Z")
+    return json.dumps({**windows, "lastUpdated": updated}).encode()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_long_running_reader_answers_as_a_fresh_one(root: Path, seed: int) -> None:
+    """The answers ``serve`` keeps working out as versions arrive and retention deletes
+    the oldest are those a fresh process (``ingester forecast``) gives for the same
+    history at each step: over three days of snapshots from scrapers whose clocks drift."""
+    rng = random.Random(seed)
+    history = root / "console-usage-history"
+    usage = engine(root)
+    stored = NOW - timedelta(days=3)
+    for i in range(70):
+        stored += timedelta(minutes=rng.choice([5, 30, 90, 240]))
+        put_version(root, version_name(stored, i), drifting_snapshot(rng, stored))
+        held = sorted(history.glob("2*.json"))
+        if len(held) > 5 and rng.random() < 0.15:  # retention deletes the oldest
+            for old in held[: rng.randint(1, 3)]:
+                old.unlink()
+        now = stored + timedelta(seconds=5)
+        kept, fresh = usage.answer(now), engine(root).answer(now)
+        assert kept is not None and fresh is not None
+        assert repr(kept.forecast) == repr(fresh.forecast), f"step {i}"
+        for limit in kept.forecast.limits:
+            assert math.copysign(1, limit.percentage) == 1, limit  # never "-0 %"

@@ -70,6 +70,7 @@ __all__ = [
     "BASIS",
     "CLOCK_AHEAD",
     "HORIZON",
+    "LIMIT_ORDER",
     "MAX_FIT_POINTS",
     "MIN_SPAN",
     "NOTHING_TO_GO_BY",
@@ -84,6 +85,7 @@ __all__ = [
     "newer_readings",
     "observe",
     "parse_observed_at",
+    "ran_ahead",
     "split_windows",
     "usage_windows",
 ]
@@ -132,6 +134,10 @@ class Observation:
     stored_at: datetime | None = None
     partial: bool = False
     errors: tuple[tuple[str, str], ...] = ()
+
+    def ran_ahead(self, clock_ahead: timedelta = CLOCK_AHEAD) -> bool:
+        """Whether it is left out: see :func:`ran_ahead`."""
+        return ran_ahead(self.observed_at, self.stored_at, clock_ahead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +214,20 @@ class Forecast:
 # -- snapshots to readings ---------------------------------------------------------------
 
 
+def _percentage(window: Mapping[str, Any]) -> float:
+    # + 0.0 turns a -0.0 into 0.0, which would otherwise be shown as "-0 %".
+    return float(window["percentageUsed"]) + 0.0
+
+
+def ran_ahead(
+    observed_at: datetime, stored_at: datetime | None, clock_ahead: timedelta = CLOCK_AHEAD
+) -> bool:
+    """Whether a snapshot observed at ``observed_at`` claims a time more than
+    ``clock_ahead`` after it was stored (``stored_at``; ``None``: not known, never): its
+    scraper's clock ran ahead, so every reader leaves it out."""
+    return stored_at is not None and observed_at > stored_at + clock_ahead
+
+
 def parse_observed_at(value: object) -> datetime | None:
     """``lastUpdated`` as a UTC datetime, or ``None`` when it is not an ISO-8601 time."""
     if not isinstance(value, str):
@@ -275,13 +295,26 @@ def path_parts(path: str) -> list[str]:
 _JSON_STRING = json.JSONDecoder()
 
 
+LIMIT_ORDER = ("currentSession", "weeklyLimits.allModels", "weeklyLimits.sonnetOnly")
+"""The limits the payload model names, in the order the console shows them: every list
+of limits puts these first, in this order, then any other window by its path."""
+
+
+def _limit_order(limit: LimitForecast) -> tuple[int, str]:
+    name = limit.limit
+    if name in LIMIT_ORDER:
+        return LIMIT_ORDER.index(name), ""
+    return len(LIMIT_ORDER), name
+
+
 def usage_windows(payload: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """Every usage window in ``payload``, by dotted path, in the payload's order.
 
     A window is any object holding a non-empty string ``resetsIn`` and a number from 0 to
     100 ``percentageUsed`` (the payload model's rule for the windows it names), at any
     depth up to 8: ``currentSession``, ``weeklyLimits.allModels``,
-    ``weeklyLimits.sonnetOnly``, and whatever the console adds later. A key holding a
+    ``weeklyLimits.sonnetOnly``, and whatever the console adds later, a window inside
+    another included. A key holding a
     dot is quoted in the path (:func:`path_part`).
     """
     found: list[tuple[str, Mapping[str, Any]]] = []
@@ -293,7 +326,8 @@ def usage_windows(payload: Mapping[str, Any]) -> list[tuple[str, Mapping[str, An
             path = f"{prefix}{path_part(key)}"
             if _is_window(value):
                 found.append((path, value))
-            elif depth < _MAX_DEPTH:
+            # A window may hold others (extra fields beside a group's own): each counts.
+            if depth < _MAX_DEPTH:
                 walk(value, path + ".", depth + 1)
 
     walk(payload, "", 1)
@@ -321,8 +355,7 @@ def observe(
         if reset is None:
             unreadable.append((path, str(text)[:80]))
         words = text if isinstance(text, str) else None
-        # + 0.0 turns a -0.0 into 0.0, which would otherwise be shown as "-0 %".
-        readings.append(Reading(path, float(window["percentageUsed"]) + 0.0, words, reset))
+        readings.append(Reading(path, _percentage(window), words, reset))
     found = payload.get("extractionErrors")
     errors = (
         tuple(
@@ -355,7 +388,7 @@ def newer_readings(
     if not isinstance(payload, dict):
         return []
     observed_at = parse_observed_at(payload.get("lastUpdated"))
-    if observed_at is None or (stored_at is not None and observed_at > stored_at + clock_ahead):
+    if observed_at is None or ran_ahead(observed_at, stored_at, clock_ahead):
         return []
     found = []
     for path, window in usage_windows(payload):
@@ -364,9 +397,7 @@ def newer_readings(
             text = window.get("resetsIn")
             reset = parse_resets_in(text, observed_at, zone)
             words = text if isinstance(text, str) else None
-            found.append(
-                (Reading(path, float(window["percentageUsed"]), words, reset), observed_at)
-            )
+            found.append((Reading(path, _percentage(window), words, reset), observed_at))
     return found
 
 
@@ -499,9 +530,7 @@ LastReadings = dict[str, tuple[Reading, datetime]]
 
 
 def _usable(observations: Iterable[Observation], clock_ahead: timedelta) -> list[Observation]:
-    return [
-        o for o in observations if o.stored_at is None or o.observed_at <= o.stored_at + clock_ahead
-    ]
+    return [o for o in observations if not o.ran_ahead(clock_ahead)]
 
 
 def last_readings(
@@ -537,7 +566,8 @@ def forecast(
     The newest observation (by ``observed_at``; of equals, the last given) is ``as_of``.
     The rate uses the observations within ``basis`` before it. The limits are those read
     in any observation given or in ``earlier`` (the :func:`last_readings` of snapshots
-    not given, e.g. those stored before the basis), in the order first read; one the
+    not given, e.g. those stored before the basis), in :data:`LIMIT_ORDER`, then any
+    other by name; one the
     newest observation lacks is held at its last reading while its reset time has not
     come, and is in ``lapsed`` after (the module docstring's rules). Observations more
     than ``clock_ahead`` ahead of their ``stored_at`` are left out (the scraper's clock
@@ -573,4 +603,9 @@ def forecast(
         else:  # its window has reset since it was last read: the reading says nothing now
             lapsed.append((name, observed_at))
     lapsed.sort(key=lambda item: item[1])
+    # An order that follows from the history alone (not from which versions a
+    # long-running reader happened to read first), in which a limit keeps its row while a
+    # partial snapshot lacks it: the console's own limits as it shows them, then any
+    # other by name.
+    limits.sort(key=_limit_order)
     return Forecast(as_of, tuple(limits), tuple(lapsed))

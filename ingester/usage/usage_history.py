@@ -212,11 +212,7 @@ class UsageHistory:
                         fresh.append(obs)
                 observations = fresh + observations
                 lo = first
-            usable = [
-                o.observed_at
-                for o in observations
-                if o.stored_at is None or o.observed_at <= o.stored_at + CLOCK_AHEAD
-            ]
+            usable = [o.observed_at for o in observations if not o.ran_ahead()]
             if lo == 0:
                 break
             if not usable:  # nothing readable this recent: look further back
@@ -250,6 +246,8 @@ class UsageHistory:
         for entry in reversed(entries[first:lo]):
             cached = self._observations.get(entry.name)
             if cached is not None:  # left the basis since it was read
+                if cached.ran_ahead():
+                    continue  # left out, as the basis left it out
                 for reading in cached.readings:
                     before = seen.get(reading.limit)
                     if before is None or before < cached.observed_at:
