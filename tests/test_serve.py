@@ -212,8 +212,17 @@ def test_versions_listing_pages_newest_first(root: Path, server):
     assert seen == names[::-1]
     after = server.get(f"{API}/versions", params={"after": names[4]}).json()
     assert [v["name"] for v in after["versions"]] == [names[6], names[5]]
-    for bad in ({"limit": "0"}, {"limit": "1001"}, {"limit": "x"}, {"before": "nope.json"}):
-        assert server.get(f"{API}/versions", params=bad).status_code == 400
+    # Digits of other scripts (superscript two, fullwidth five) are no number here either.
+    odd = (
+        {"limit": "0"},
+        {"limit": "1001"},
+        {"limit": "x"},
+        {"limit": "\u00b2"},
+        {"limit": "\uff15"},
+    )
+    for bad in (*odd, {"before": "nope.json"}):
+        r = server.get(f"{API}/versions", params=bad)
+        assert r.status_code == 400, (bad, r.status_code, r.text)
 
 
 def test_version_bytes_are_exact_and_immutable(three, server):

@@ -43,7 +43,7 @@ def resolve_listen(listen: str | None, environ: dict[str, str]) -> tuple[str, st
     port = environ.get("PORT", "").strip()
     if not port:
         return DEFAULT_LISTEN, None
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError(f"PORT={port!r} is not a port number (0 to 65535)")
     return f"{DEFAULT_HOST}:{int(port)}", f"PORT={int(port)}; on the loopback addresses only"
 
