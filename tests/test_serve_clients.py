@@ -275,7 +275,7 @@ def test_a_head_over_the_limit_is_refused_in_one_line(server: ServeProcess) -> N
     assert_log_is_clean(server)
 
 
-@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize("method", ["GET", "POST", "MADEUP431"])
 def test_too_many_headers_are_431_and_one_line(server: ServeProcess, method: str) -> None:
     # Small enough for the head limit, too many for the header limit: the app answers
     # 431, and that refusal is logged like every other, naming the client.
@@ -288,6 +288,12 @@ def test_too_many_headers_are_431_and_one_line(server: ServeProcess, method: str
     assert len(line) == 1 and " WARNING " in line[0], line
     assert f"{method} {API}: sent 152 headers, " in line[0]
     assert line[0].endswith("(the limits: 100 headers, 16384 bytes); answered 431")
+    # Counted, under "other" for a method a client made up: a label value per made-up
+    # token would grow /metrics without bound.
+    counted = server.get("/metrics").text
+    label = "other" if method == "MADEUP431" else method
+    assert "MADEUP431" not in counted
+    assert f'ingester_http_requests_total{{method="{label}",route="other",status="431"}}' in counted
     assert_log_is_clean(server)
 
 
