@@ -111,7 +111,14 @@ def test_timestamp_picks_the_nearest_ingest_time(three: list[tuple[str, bytes]],
 
 
 @pytest.mark.parametrize(
-    "bad", ["yesterday", "2026-13-01T00:00:00Z", " ", "0001-01-01T00:00+01:00"]
+    "bad",
+    [
+        "yesterday",
+        "2026-13-01T00:00:00Z",
+        " ",
+        "0001-01-01T00:00+01:00",
+        "2026-11-01T12:00:00+05:99",  # datetime would read 5 h 99 min
+    ],
 )
 def test_bad_timestamp_is_400_with_an_example(three: list[tuple[str, bytes]], server, bad: str):
     r = server.get(API, params={"timestamp": bad})
