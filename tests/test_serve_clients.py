@@ -325,7 +325,13 @@ ODD = {
         POST_HEAD.replace(KEY.encode(), b"\xff\xfe") + b"Content-Length: 2\r\n",
         401,
     ),
-    "an absolute-form target": (b"GET http://x" + API.encode() + b" HTTP/1.1\r\n", 404),
+    # What a client sends to a proxy: RFC 9112 has every server accept it.
+    "an absolute-form target": (b"GET http://x" + API.encode() + b" HTTP/1.1\r\n", 200),
+    "an absolute-form target with a port and a query": (
+        b"GET HTTPS://x:4000" + API.encode() + b"?version=1 HTTP/1.1\r\n",
+        200,
+    ),
+    "an absolute-form target with no path": (b"GET http://x:4000 HTTP/1.1\r\n", 200),
     "a malformed Host": (b"GET " + API.encode() + b" HTTP/1.1\r\nHost: [\r\n", 200),
     "a malformed X-Forwarded-For": (
         b"GET " + API.encode() + b" HTTP/1.1\r\nX-Forwarded-For: [::1, ,,%%\r\n"

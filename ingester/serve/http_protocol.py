@@ -60,6 +60,21 @@ def _shorten(detail: str, limit: int = 120) -> str:
     return detail if len(detail) <= limit else detail[: limit - 3] + "..."
 
 
+_ABSOLUTE_FORM = re.compile(rb"(?i)https?://[^/?#]*")
+
+
+def _origin_form(target: bytes) -> bytes | None:
+    """The path and query of an absolute-form request target (``http://host/p?q``: what a
+    client sends to a proxy), ``None`` for any other form. RFC 9112 (3.2.2) has every
+    server accept the absolute form, as the original server's framework did; the routes
+    know only the path, so the scheme and authority are dropped."""
+    found = _ABSOLUTE_FORM.match(target)
+    if found is None:
+        return None
+    rest = target[found.end() :]
+    return rest if rest.startswith(b"/") else b"/" + rest
+
+
 class _RecordingConnection(h11.Connection):
     """h11's connection, remembering why it last refused the client's bytes."""
 
@@ -76,6 +91,14 @@ class _RecordingConnection(h11.Connection):
                     # refuse it, and has it close the connection whatever it answers.
                     raise h11.RemoteProtocolError(
                         "both Transfer-Encoding and Content-Length", error_status_hint=400
+                    )
+                origin = _origin_form(event.target)
+                if origin is not None:
+                    event = h11.Request(
+                        method=event.method,
+                        headers=event.headers,
+                        target=origin,
+                        http_version=event.http_version,
                     )
             return event
         except h11.RemoteProtocolError as exc:
