@@ -178,6 +178,7 @@ class ServeProtocol(H11Protocol):
         self._bytes_since_answer = 0
         self._half_closed = False  # the client ended its sending side after its request
         self._head_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
 
     # -- admission ----------------------------------------------------------------------
@@ -252,16 +253,34 @@ class ServeProtocol(H11Protocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        self._cancel_send_timer()
         self._report_unfinished()
         super().connection_lost(exc)
 
     def pause_writing(self) -> None:
         if self.admitted:
             super().pause_writing()
+            if self._send_timer is None:
+                self._send_timer = self.loop.call_later(self.layer.send_timeout, self._send_expired)
 
     def resume_writing(self) -> None:
         if self.admitted:
             super().resume_writing()
+            self._cancel_send_timer()
+
+    def _cancel_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_expired(self) -> None:
+        # The client has read nothing of its answer for the whole deadline: end the
+        # connection at once (a close would wait for the unread bytes to go out).
+        self._send_timer = None
+        if not self.transport.is_closing():
+            self.reported = True  # this line says why its answer was not sent
+            self.layer.send_timed_out(self.loop, self.key)
+            self.transport.abort()
 
     def shutdown(self) -> None:
         if self.admitted:
