@@ -567,11 +567,12 @@ def test_listen_and_ingester_listen_win_over_port(root: Path) -> None:
         assert "address from PORT" not in server.log
 
 
-@pytest.mark.parametrize("value", ["abc", "70000", "-1"])
+@pytest.mark.parametrize("value", ["abc", "70000", "-1", "\u00b2", "\uff18\uff10"])
 def test_a_bad_port_is_a_usage_error(root: Path, value: str) -> None:
     done = run_cli(root, "serve", PORT=value)
     assert done.returncode == 2
-    assert "PORT" in done.stderr and "Traceback" not in done.stderr
+    assert f"PORT={value!r} is not a port number" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 needs_ipv6_loopback = pytest.mark.skipif(

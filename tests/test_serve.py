@@ -111,7 +111,14 @@ def test_timestamp_picks_the_nearest_ingest_time(three: list[tuple[str, bytes]],
 
 
 @pytest.mark.parametrize(
-    "bad", ["yesterday", "2026-13-01T00:00:00Z", " ", "0001-01-01T00:00+01:00"]
+    "bad",
+    [
+        "yesterday",
+        "2026-13-01T00:00:00Z",
+        " ",
+        "0001-01-01T00:00+01:00",
+        "2026-11-01T12:00:00+05:99",  # datetime would read 5 h 99 min
+    ],
 )
 def test_bad_timestamp_is_400_with_an_example(three: list[tuple[str, bytes]], server, bad: str):
     r = server.get(API, params={"timestamp": bad})
@@ -212,8 +219,17 @@ def test_versions_listing_pages_newest_first(root: Path, server):
     assert seen == names[::-1]
     after = server.get(f"{API}/versions", params={"after": names[4]}).json()
     assert [v["name"] for v in after["versions"]] == [names[6], names[5]]
-    for bad in ({"limit": "0"}, {"limit": "1001"}, {"limit": "x"}, {"before": "nope.json"}):
-        assert server.get(f"{API}/versions", params=bad).status_code == 400
+    # Digits of other scripts (superscript two, fullwidth five) are no number here either.
+    odd = (
+        {"limit": "0"},
+        {"limit": "1001"},
+        {"limit": "x"},
+        {"limit": "\u00b2"},
+        {"limit": "\uff15"},
+    )
+    for bad in (*odd, {"before": "nope.json"}):
+        r = server.get(f"{API}/versions", params=bad)
+        assert r.status_code == 400, (bad, r.status_code, r.text)
 
 
 def test_version_bytes_are_exact_and_immutable(three, server):
@@ -597,6 +613,42 @@ def test_a_connection_flood_is_refused_then_cleared(root: Path, three):
         finally:
             for sock in idle:
                 sock.close()
+
+
+def test_a_client_that_reads_none_of_its_answers_is_cut_off(root: Path) -> None:
+    # Each asks for a large version five times over and reads nothing: once its socket's
+    # buffer and the server's are full, the answer waits on it. Two such clients held
+    # both slots for ever; at the send deadline their connections end and room returns.
+    name = version_name(datetime.now(UTC))
+    put_version(root, name, fresh_payload() + b" " * 900_000)
+    ask = f"GET {API}/versions/{name} HTTP/1.1\r\nHost: x\r\n\r\n".encode() * 5
+    args = ("--send-timeout", "1", "--max-connections", "2", "--head-timeout", "60")
+    with ServeProcess(root, *args) as server:
+        stuck = []
+        try:
+            for _ in range(2):
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.connect(("127.0.0.1", server.port))
+                sock.sendall(ask)
+                stuck.append(sock)
+            with httpx.Client(base_url=server.base, timeout=10) as fresh:
+                wait_for(lambda: fresh.get(API).status_code == 200, 20, "room again")
+            line = wait_for(
+                lambda: [x for x in server.log.splitlines() if "read nothing of its answer" in x],
+                15,
+                "the line",
+            )
+            assert " WARNING closed " in line[0], line
+            assert line[0].split(" WARNING ", 1)[1].startswith("closed ")
+            assert (
+                "whose client read nothing of its answer for 1 s; most from 127.0.0.1" in (line[0])
+            )
+        finally:
+            for sock in stuck:
+                sock.close()
+        assert server.stop() == 0
+    assert "Traceback" not in server.log
 
 
 def test_header_floods_are_refused_and_the_server_lives(three, server):

@@ -275,7 +275,7 @@ def test_a_head_over_the_limit_is_refused_in_one_line(server: ServeProcess) -> N
     assert_log_is_clean(server)
 
 
-@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize("method", ["GET", "POST", "MADEUP431"])
 def test_too_many_headers_are_431_and_one_line(server: ServeProcess, method: str) -> None:
     # Small enough for the head limit, too many for the header limit: the app answers
     # 431, and that refusal is logged like every other, naming the client.
@@ -288,6 +288,12 @@ def test_too_many_headers_are_431_and_one_line(server: ServeProcess, method: str
     assert len(line) == 1 and " WARNING " in line[0], line
     assert f"{method} {API}: sent 152 headers, " in line[0]
     assert line[0].endswith("(the limits: 100 headers, 16384 bytes); answered 431")
+    # Counted, under "other" for a method a client made up: a label value per made-up
+    # token would grow /metrics without bound.
+    counted = server.get("/metrics").text
+    label = "other" if method == "MADEUP431" else method
+    assert "MADEUP431" not in counted
+    assert f'ingester_http_requests_total{{method="{label}",route="other",status="431"}}' in counted
     assert_log_is_clean(server)
 
 
@@ -319,7 +325,13 @@ ODD = {
         POST_HEAD.replace(KEY.encode(), b"\xff\xfe") + b"Content-Length: 2\r\n",
         401,
     ),
-    "an absolute-form target": (b"GET http://x" + API.encode() + b" HTTP/1.1\r\n", 404),
+    # What a client sends to a proxy: RFC 9112 has every server accept it.
+    "an absolute-form target": (b"GET http://x" + API.encode() + b" HTTP/1.1\r\n", 200),
+    "an absolute-form target with a port and a query": (
+        b"GET HTTPS://x:4000" + API.encode() + b"?version=1 HTTP/1.1\r\n",
+        200,
+    ),
+    "an absolute-form target with no path": (b"GET http://x:4000 HTTP/1.1\r\n", 200),
     "a malformed Host": (b"GET " + API.encode() + b" HTTP/1.1\r\nHost: [\r\n", 200),
     "a malformed X-Forwarded-For": (
         b"GET " + API.encode() + b" HTTP/1.1\r\nX-Forwarded-For: [::1, ,,%%\r\n"

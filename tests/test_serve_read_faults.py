@@ -39,8 +39,13 @@ def test_an_unreadable_history_is_one_line_then_one_when_it_passes() -> None:
             assert server.get(API).status_code == 200
             history.chmod(0)
             try:
-                paths = [API, f"{API}/versions", f"{API}/forecast", API]
-                assert [server.get(p).status_code for p in paths] == [503] * 4
+                paths = [API, f"{API}/versions", f"{API}/forecast", f"{API}/series", API]
+                answers = [server.get(p) for p in paths]
+                assert [r.status_code for r in answers] == [503] * 5
+                # The cause, never the server's paths.
+                assert {r.json()["message"] for r in answers} == {
+                    "the history cannot be read: Permission denied"
+                }
             finally:
                 history.chmod(0o755)
             errors = _errors(server.log)
@@ -54,7 +59,7 @@ def test_an_unreadable_history_is_one_line_then_one_when_it_passes() -> None:
             assert server.get(API).status_code == 200
             assert (
                 "INFO reads go through again (last fault: the history cannot be read: "
-                f"cannot list {history}: Permission denied [EACCES]); 3 more read(s) were "
+                f"cannot list {history}: Permission denied [EACCES]); 4 more read(s) were "
                 "answered 503"
             ) in server.log
             # Another fault, one version's file: a line of its own, the same way, while

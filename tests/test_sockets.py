@@ -169,13 +169,15 @@ def test_a_passed_descriptor_that_cannot_be_served_is_one_line(
     assert "serve: listening on" not in done.stderr
 
 
-def test_malformed_listen_fds_is_one_line(history: Path) -> None:
+@pytest.mark.parametrize("count", ["two", "\u00b9"])
+def test_malformed_listen_fds_is_one_line(history: Path, count: str) -> None:
     good = listening(socket.AF_INET, ("127.0.0.1", 0))
     with good:
-        done = run_activated(history, [good.fileno()], count="two")
+        done = run_activated(history, [good.fileno()], count=count)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        "error: socket activation: LISTEN_FDS='two' is not a number of passed sockets (0 to 64)"
+        f"error: socket activation: LISTEN_FDS={count!r} is not a number of passed sockets "
+        "(0 to 64)"
     ]
 
 

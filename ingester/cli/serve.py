@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import os_cause
-from ..runtime.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_CLIENT
+from ..runtime.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_CLIENT, SEND_TIMEOUT_S
 from ..runtime.signals import ignore_stop_signals
 from ..settings import DRAIN_S, WatchOptions
 from .common import App, FiniteRange, PathParam, fail
@@ -43,7 +43,7 @@ def resolve_listen(listen: str | None, environ: dict[str, str]) -> tuple[str, st
     port = environ.get("PORT", "").strip()
     if not port:
         return DEFAULT_LISTEN, None
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError(f"PORT={port!r} is not a port number (0 to 65535)")
     return f"{DEFAULT_HOST}:{int(port)}", f"PORT={int(port)}; on the loopback addresses only"
 
@@ -133,6 +133,15 @@ def _find_program(name: str) -> str | None:
     "previous answer), else 408 and the connection is closed.",
 )
 @click.option(
+    "--send-timeout",
+    type=FiniteRange(min=0.1),
+    default=SEND_TIMEOUT_S,
+    show_default=True,
+    metavar="S",
+    help="A client that reads none of its answer for S seconds (its buffers full) has its "
+    "connection closed.",
+)
+@click.option(
     "--max-connections",
     type=click.IntRange(min=1),
     default=DEFAULT_MAX_CONNECTIONS,
@@ -180,6 +189,7 @@ def serve(
     trigger_timeout: float,
     body_timeout: float,
     head_timeout: float,
+    send_timeout: float,
     max_connections: int,
     max_per_client: int,
     source: str | None,
@@ -271,6 +281,7 @@ def serve(
             max_connections=max_connections,
             max_per_client=max_per_client,
             head_timeout=head_timeout,
+            send_timeout=send_timeout,
             watcher=threaded,
             drain_timeout=drain_timeout,
             listen_source=listen_source,

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_PER_CLIENT",
     "REFUSAL_REASONS",
+    "SEND_TIMEOUT_S",
     "ConnectionLimits",
     "EventTally",
     "client_key",
@@ -46,6 +47,11 @@ __all__ = [
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_MAX_PER_CLIENT = 32
 REFUSAL_REASONS = ("per_client", "total")
+
+# How long an answer may wait on a client that reads none of it (its socket's buffer and
+# the server's full) before the connection is ended. Without it such a client holds its
+# slot for ever: the head deadline starts only once an answer has gone out whole.
+SEND_TIMEOUT_S = 30.0
 
 
 def format_peer(peer: Any) -> str:

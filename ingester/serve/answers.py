@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from starlette.responses import Response
 
-from ..clock import utc_now
+from ..clock import parse_iso_time, utc_now
 from ..history.names import format_timestamp
 from ..usage.forecast import parse_observed_at
 from .routes import API_PATH, HEALTH_PATH, VERSIONS_PATH
@@ -113,12 +113,10 @@ reads it)."""
 
 
 def parse_instant(text: str) -> datetime | None:
-    """An ISO-8601 time (UTC when it has no offset), or ``None`` when it is not one."""
+    """An ISO-8601 time in UTC (UTC when it has no offset), or ``None`` when it is not one:
+    read as every time a user types is (:func:`~ingester.clock.parse_iso_time`), so an
+    offset no clock shows (``+05:99``) is refused here as in ``/series`` and ``export``."""
     try:
-        stamp = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-        if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=UTC)
-        stamp.astimezone(UTC).timestamp()
-        return stamp
-    except (ValueError, OverflowError, OSError):
+        return parse_iso_time(text)
+    except ValueError:
         return None

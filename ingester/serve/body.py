@@ -37,7 +37,7 @@ async def read_body(request: Request, max_bytes: int, timeout: float) -> bytes:
     """
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise Refused(400, "Content-Length is not a number")
         if int(declared) > max_bytes:
             raise Refused(413, f"body over the limit of {max_bytes} bytes")

@@ -4,7 +4,8 @@
 :class:`ingester.runtime.admission.ConnectionLimits` or refuses it at once: a short 503
 is written, our side is shut down, and whatever the client sends is read and dropped
 for at most :data:`LINGER_S` seconds, so the client reads the 503 instead of a reset.
-Refusals and head timeouts are summarised, one line per :data:`SUMMARY_INTERVAL_S`.
+Refusals, head timeouts and answers left unread past :data:`SEND_TIMEOUT_S` are
+summarised, one line per :data:`SUMMARY_INTERVAL_S`.
 The protocol that asks it for a slot is :mod:`ingester.serve.http_protocol`'s.
 """
 
@@ -18,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..runtime.admission import ConnectionLimits, EventTally, top_clients
+from ..runtime.admission import SEND_TIMEOUT_S, ConnectionLimits, EventTally, top_clients
 
 __all__ = ["LINGER_S", "SUMMARY_INTERVAL_S", "ConnectionLayer"]
 
@@ -58,6 +59,16 @@ def _describe_refusals(
     )
 
 
+def _describe_send_timeouts(
+    count: int, seconds: float, by_reason: Counter[str], by_client: Counter[str], timeout: float
+) -> str:
+    span = f" in {seconds:.0f} s" if seconds >= 1 else ""
+    return (
+        f"closed {count} connection{'s' if count != 1 else ''}{span} whose client read "
+        f"nothing of its answer for {timeout:g} s; most from {top_clients(by_client)}"
+    )
+
+
 def _describe_head_timeouts(
     count: int, seconds: float, by_reason: Counter[str], by_client: Counter[str], timeout: float
 ) -> str:
@@ -78,18 +89,21 @@ def _describe_head_timeouts(
 class ConnectionLayer:
     """What every connection of one server shares: the limits, the deadline, the tallies.
 
-    ``head_timeout`` in seconds. Build it, pass :func:`protocol_class` of it to uvicorn,
-    and call :meth:`close` once the server has stopped.
+    ``head_timeout`` and ``send_timeout`` in seconds. Build it, pass
+    :func:`protocol_class` of it to uvicorn, and call :meth:`close` once the server has
+    stopped.
     """
 
     limits: ConnectionLimits
     head_timeout: float = 10.0
+    send_timeout: float = SEND_TIMEOUT_S
     summary_interval: float = SUMMARY_INTERVAL_S
     clock: Callable[[], float] = time.monotonic
     head_timeouts: Counter[str] = field(default_factory=Counter)  # by kind, since start
     lingering: set[asyncio.Transport] = field(default_factory=set)
     _refusals: EventTally = field(init=False)
     _timeouts: EventTally = field(init=False)
+    _unread: EventTally = field(init=False)
     _timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -111,6 +125,14 @@ class ConnectionLayer:
             self.clock,
             self.summary_interval,
         )
+        self._unread = EventTally(
+            lambda n, span, _kinds, clients: _describe_send_timeouts(
+                n, span, _kinds, clients, self.send_timeout
+            ),
+            lambda line: log.warning("%s", line),
+            self.clock,
+            self.summary_interval,
+        )
 
     def refused(self, loop: asyncio.AbstractEventLoop, reason: str, key: str | None) -> None:
         """Count a refusal; its line comes now or with the next summary."""
@@ -123,6 +145,10 @@ class ConnectionLayer:
         kind = "partial" if partial else "silent"
         self.head_timeouts[kind] += 1
         self._note(loop, "timeouts", self._timeouts, kind, key)
+
+    def send_timed_out(self, loop: asyncio.AbstractEventLoop, key: str | None) -> None:
+        """Count a connection ended because its client read none of its answer."""
+        self._note(loop, "unread", self._unread, "unread", key)
 
     def _note(
         self,
@@ -149,6 +175,7 @@ class ConnectionLayer:
         self._timers.clear()
         self._refusals.flush()
         self._timeouts.flush()
+        self._unread.flush()
         for transport in list(self.lingering):
             transport.abort()
         self.lingering.clear()

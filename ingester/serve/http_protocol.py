@@ -60,6 +60,21 @@ def _shorten(detail: str, limit: int = 120) -> str:
     return detail if len(detail) <= limit else detail[: limit - 3] + "..."
 
 
+_ABSOLUTE_FORM = re.compile(rb"(?i)https?://[^/?#]*")
+
+
+def _origin_form(target: bytes) -> bytes | None:
+    """The path and query of an absolute-form request target (``http://host/p?q``: what a
+    client sends to a proxy), ``None`` for any other form. RFC 9112 (3.2.2) has every
+    server accept the absolute form, as the original server's framework did; the routes
+    know only the path, so the scheme and authority are dropped."""
+    found = _ABSOLUTE_FORM.match(target)
+    if found is None:
+        return None
+    rest = target[found.end() :]
+    return rest if rest.startswith(b"/") else b"/" + rest
+
+
 class _RecordingConnection(h11.Connection):
     """h11's connection, remembering why it last refused the client's bytes."""
 
@@ -76,6 +91,14 @@ class _RecordingConnection(h11.Connection):
                     # refuse it, and has it close the connection whatever it answers.
                     raise h11.RemoteProtocolError(
                         "both Transfer-Encoding and Content-Length", error_status_hint=400
+                    )
+                origin = _origin_form(event.target)
+                if origin is not None:
+                    event = h11.Request(
+                        method=event.method,
+                        headers=event.headers,
+                        target=origin,
+                        http_version=event.http_version,
                     )
             return event
         except h11.RemoteProtocolError as exc:
@@ -155,6 +178,7 @@ class ServeProtocol(H11Protocol):
         self._bytes_since_answer = 0
         self._half_closed = False  # the client ended its sending side after its request
         self._head_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
 
     # -- admission ----------------------------------------------------------------------
@@ -229,16 +253,34 @@ class ServeProtocol(H11Protocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        self._cancel_send_timer()
         self._report_unfinished()
         super().connection_lost(exc)
 
     def pause_writing(self) -> None:
         if self.admitted:
             super().pause_writing()
+            if self._send_timer is None:
+                self._send_timer = self.loop.call_later(self.layer.send_timeout, self._send_expired)
 
     def resume_writing(self) -> None:
         if self.admitted:
             super().resume_writing()
+            self._cancel_send_timer()
+
+    def _cancel_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_expired(self) -> None:
+        # The client has read nothing of its answer for the whole deadline: end the
+        # connection at once (a close would wait for the unread bytes to go out).
+        self._send_timer = None
+        if not self.transport.is_closing():
+            self.reported = True  # this line says why its answer was not sent
+            self.layer.send_timed_out(self.loop, self.key)
+            self.transport.abort()
 
     def shutdown(self) -> None:
         if self.admitted:

@@ -264,7 +264,7 @@ class MetricsMiddleware:
                     431,
                 )
             )(scope, receive, send)
-            self.ctx.requests.labels("other", scope["method"], "431").inc()
+            self._count("other", scope["method"], 431)
             return
 
         async def send_status(message: Message) -> None:
@@ -280,9 +280,13 @@ class MetricsMiddleware:
             if timer is None:
                 timer = self._timers[route] = self.ctx.latency.labels(route)
             timer.observe(time.perf_counter() - start)
-            method = scope["method"] if scope["method"] in _METHODS else "other"
-            key = (route, method, status[0])
-            counter = self._counters.get(key)
-            if counter is None:
-                counter = self._counters[key] = self.ctx.requests.labels(*map(str, key))
-            counter.inc()
+            self._count(route, scope["method"], status[0])
+
+    def _count(self, route: str, method: str, status: int) -> None:
+        # A method outside the standard few is counted as "other": a label value per
+        # token a client makes up would grow the registry (and /metrics) without bound.
+        key = (route, method if method in _METHODS else "other", status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.ctx.requests.labels(*map(str, key))
+        counter.inc()

@@ -215,7 +215,7 @@ async def list_versions(request: Request) -> Response:
     ctx: ServeContext = request.app.state.ctx
     params = request.query_params
     limit_text = params.get("limit", str(DEFAULT_PAGE))
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
+    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_PAGE:
         return error_answer(400, "InvalidLimit", f"limit must be an integer from 1 to {MAX_PAGE}")
     bounds: dict[str, str | None] = {}
     for key in ("before", "after"):

@@ -34,6 +34,7 @@ from ..runtime.admission import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PER_CLIENT,
     REFUSAL_REASONS,
+    SEND_TIMEOUT_S,
     ConnectionLimits,
 )
 from ..runtime.logs import describe_exception
@@ -199,6 +200,7 @@ def serve(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     max_per_client: int = DEFAULT_MAX_PER_CLIENT,
     head_timeout: float = 10.0,
+    send_timeout: float = SEND_TIMEOUT_S,
     environ: MutableMapping[str, str] | None = None,
     watcher: ThreadedWatcher | None = None,
     drain_timeout: float | None = None,
@@ -226,7 +228,9 @@ def serve(
     socks = listeners(host, port, environ, ipv6_loopback=ipv6_loopback)
     app = create_app(config)
     ctx = app.state.ctx
-    layer = ConnectionLayer(ConnectionLimits(max_connections, max_per_client), head_timeout)
+    layer = ConnectionLayer(
+        ConnectionLimits(max_connections, max_per_client), head_timeout, send_timeout
+    )
     ctx.registry.register(ConnectionCollector(layer))
     uv = uvicorn.Config(
         OneLineErrors(app, GRACE_S),

@@ -167,7 +167,7 @@ def activated_sockets(
         )
         return None
     text = count_text.strip()
-    if not text.isdigit() or int(text) > MAX_PASSED_FDS:
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_PASSED_FDS:
         raise ActivationError(
             f"LISTEN_FDS={count_text!r} is not a number of passed sockets (0 to {MAX_PASSED_FDS})"
         )

@@ -196,7 +196,7 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+        if not (entry.name.isascii() and entry.name.isdigit()):
             continue
         try:
             with open(f"/proc/{entry.name}/stat") as handle:

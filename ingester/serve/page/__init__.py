@@ -24,7 +24,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import logging
 import threading
 from collections.abc import Sequence
 from datetime import datetime, tzinfo
@@ -40,16 +39,17 @@ from starlette.staticfiles import StaticFiles
 from ...clock import parse_iso_time
 from ...errors import VersionNotFound
 from ...history.base import VersionEntry
-from ...history.index import HistoryIndex
+from ...history.index import HistoryIndex, HistorySnapshot
 from ...history.names import format_timestamp
 from ...payload.model import PayloadRejected
 from ...usage.export import COLUMNS, Row, inverted_bounds, row_from_bytes
 from ...usage.forecast import CLOCK_AHEAD
+from ..context import ServeContext
+from ..reads import snapshot_or_error
 from ..routes import SERIES_PATH
 
 __all__ = ["SERIES_PATH", "STATIC_DIR", "routes"]
 
-log = logging.getLogger("ingester.page")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 TIME_EXAMPLE = "2026-11-28T10:30:00Z"
@@ -144,7 +144,7 @@ class _Series:
         return result
 
     def _collect(
-        self, index: HistoryIndex, entries: Sequence[VersionEntry], held: int
+        self, index: HistoryIndex, entries: Sequence[VersionEntry], snap: HistorySnapshot
     ) -> tuple[list[Row], list[dict[str, str]]]:
         rows: list[Row] = []
         skipped: list[dict[str, str]] = []
@@ -157,8 +157,8 @@ class _Series:
             else:
                 rows.append(result)
         with self._lock:
-            if len(self._rows) > 2 * held + 1024:
-                keep = {e.name for e in index.snapshot().entries}
+            if len(self._rows) > 2 * len(snap) + 1024:
+                keep = {e.name for e in snap.entries}
                 self._rows = {k: v for k, v in self._rows.items() if k in keep}
         return rows, skipped
 
@@ -196,17 +196,14 @@ class _Series:
             return _json(
                 {"error": "InvalidRange", "message": inverted, "example": TIME_EXAMPLE}, 400
             )
-        index: HistoryIndex = request.app.state.ctx.index
+        ctx: ServeContext = request.app.state.ctx
         if self._zone is None:
-            self._zone = request.app.state.ctx.settings.console_zone()[0]
-        try:
-            snap = index.snapshot()
-        except OSError as exc:
-            log.error("history unreadable: %s", exc)
-            return _json(
-                {"error": "HistoryUnavailable", "message": f"the history cannot be read: {exc}"},
-                503,
-            )
+            self._zone = ctx.settings.console_zone()[0]
+        # As every other read: a fault that lasts is one line, and the answer names the
+        # cause, not the server's paths.
+        snap = snapshot_or_error(ctx, request)
+        if isinstance(snap, Response):
+            return snap
         since, until = bounds["since"], bounds["until"]
         times = snap.times
         if by == "lastUpdated":
@@ -232,7 +229,7 @@ class _Series:
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if _etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
-        rows, skipped = await run_in_threadpool(self._collect, index, selected, len(snap))
+        rows, skipped = await run_in_threadpool(self._collect, ctx.index, selected, snap)
         if by == "lastUpdated":
             low, high = format_timestamp(since), format_timestamp(until)
             # One spelling (ISO-8601 UTC, four-digit years): text order is time order.
