@@ -670,6 +670,11 @@
   }
 
   function drawForecast(u) {
+    // The ends of the time axis as drawn, for anyone checking what the chart shows.
+    const holder = $("chart");
+    const { min, max } = u.scales.x;
+    holder.dataset.xFrom = min == null ? "" : new Date(min * 1000).toISOString();
+    holder.dataset.xTo = max == null ? "" : new Date(max * 1000).toISOString();
     const { lines, resets } = projections();
     const ctx = u.ctx;
     const { left, top, width, height } = u.bbox;
