@@ -1075,3 +1075,144 @@ def test_time_labels_and_reset_labels_never_collide(
             path=str(artefact_dir(tmp_path) / f"page-ticks-{width}-{count}.png"), full_page=True
         )
     assert watched.problems == []
+
+
+# -- the time axis whatever the data in the range --------------------------------------------
+
+RANGE_HOURS = {"24 hours": 24, "7 days": 24 * 7}
+# Each snapshot's three resets, counted from its lastUpdated: the last two 48 minutes
+# apart, close enough on either range for their labels to meet unless one moves down a
+# row; the first with room for its label right of its mark.
+RESET_WORDS = {"currentSession": "1 hr", "allModels": "4 hr 12 min", "sonnetOnly": "5 hr"}
+RESETS_AFTER = [timedelta(hours=1), timedelta(hours=4, minutes=12), timedelta(hours=5)]
+
+
+def snapshots_for(case: str, hours: int, now: datetime) -> list[datetime]:
+    """When the snapshots of ``case`` were observed, for a range of ``hours``."""
+    span = timedelta(hours=hours)
+    return {
+        # The README's quick start: one snapshot, just submitted.
+        "one": [now - timedelta(minutes=1)],
+        # Several observed at one instant (stored one after another).
+        "one-instant": [now - timedelta(minutes=1)] * 3,
+        # Near both ends of the range, nothing between (ten minutes in, so the older
+        # one cannot slide out while the test runs).
+        "edges": [now - span + timedelta(minutes=10), now - timedelta(minutes=1)],
+        # Observed as the server starts, and 20 s ahead of its clock (a fast scraper).
+        "now": [now],
+        "ahead": [now + timedelta(seconds=20)],
+        # None in the range: the only snapshot is a day older than its start.
+        "none": [now - span - timedelta(days=1)],
+    }[case]
+
+
+def iso_instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.mark.parametrize("range_label", list(RANGE_HOURS))
+@pytest.mark.parametrize("case", ["one", "one-instant", "edges", "now", "ahead", "none"])
+def test_the_time_axis_spans_the_range_picked_whatever_the_data(
+    root: Path, serve: Any, open_page: Any, tmp_path: Path, case: str, range_label: str
+) -> None:
+    # The axis covers the range picked, reaching past now by at most half of it to show
+    # the resets; the reset labels never overprint, whether one snapshot lies in the
+    # range (a new user's state after the quick start), several at one instant, or none.
+    hours = RANGE_HOURS[range_label]
+    span = timedelta(hours=hours)
+    before = datetime.now(UTC)
+    times = snapshots_for(case, hours, before.replace(microsecond=0))
+    body = {
+        "currentSession": {"resetsIn": RESET_WORDS["currentSession"], "percentageUsed": 23},
+        "weeklyLimits": {
+            "allModels": {"resetsIn": RESET_WORDS["allModels"], "percentageUsed": 41},
+            "sonnetOnly": {"resetsIn": RESET_WORDS["sonnetOnly"], "percentageUsed": 7},
+        },
+    }
+    store(root, [(at, body) for at in times])
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1", init_script=RECORD_FRAME)
+    page = watched.page
+    page.get_by_role("radio", name=range_label, exact=True).check()
+    in_range = 0 if case == "none" else len(times)
+    wait_points(page, in_range)
+    chart = page.locator("#chart")
+    expect(chart).to_have_attribute("data-resets", "3", timeout=10_000)
+    expect(page.locator("#chart-summary")).to_contain_text(f"the last {range_label}")
+    resets = [times[-1] + delay for delay in RESETS_AFTER]
+    # The page redraws every second: a frame begun from here on is of this range.
+    page.evaluate("window.__frame = { texts: [], rings: [], before: true }")
+
+    # One frame drawn for this range, and the axis it was drawn with (set as it is drawn).
+    def drawn() -> tuple[dict[str, Any], datetime, datetime] | None:
+        frame = page.evaluate("window.__frame")
+        ends = chart.get_attribute("data-x-from"), chart.get_attribute("data-x-to")
+        if "before" in frame or not frame["texts"] or not all(ends):
+            return None
+        return frame, iso_instant(str(ends[0])), iso_instant(str(ends[1]))
+
+    found = wait_for(drawn, 10, "a frame of the chart with its axis")
+    assert isinstance(found, tuple)
+    frame, start, end = found
+    after = datetime.now(UTC)
+    where = f"{case}, {range_label}: axis {start:%Y-%m-%d %H:%M:%S} to {end:%Y-%m-%d %H:%M:%S}"
+    # From the range's start (the page's clock comes from the whole-second Date header)...
+    slack = timedelta(seconds=2)
+    assert before - span - slack <= start <= after - span + slack, where
+    # ... to now or the newest snapshot, and past it by at most half the range: here to
+    # the further reset, 5 hours on, within half of either range.
+    reach = max([before - slack, *(t for t in times if t >= start)])
+    assert reach <= end <= reach + span / 2 + slack, where
+    if case != "none":
+        assert end == max(resets), where
+
+    box = plot_box(page)
+    ticks = [t for t in frame["texts"] if t["t"] >= box["bottom"]]
+    assert len(ticks) >= 3, (where, ticks)
+    for i, a in enumerate(ticks):
+        for b in ticks[i + 1 :]:
+            assert not overlap(a, b), f"{where}: {a} and {b} collide"
+    # One whole label per reset the axis shows, inside the plot, no two meeting (a label
+    # wholly outside the plot is clipped away: not seen, so not counted); each right of
+    # its mark, or left of it where the plot ends first.
+    labels = [
+        t
+        for t in frame["texts"]
+        if t["text"] == "reset" and t["r"] > box["left"] and t["l"] < box["right"]
+    ]
+    shown = [r for r in resets if start <= r <= end]
+    assert len(labels) == len(shown), (where, labels)
+    plot = box["right"] - box["left"]
+    for i, (reset, a) in enumerate(zip(shown, labels, strict=True)):
+        assert box["left"] <= a["l"] and a["r"] <= box["right"], (where, a, box)
+        for b in labels[i + 1 :]:
+            assert not overlap(a, b), f"{where}: {a} and {b} overprint"
+        mark = box["left"] + (reset - start) / (end - start) * plot
+        if mark + 3 + (a["r"] - a["l"]) + 2 < box["right"]:
+            assert mark <= a["l"], f"{where}: {a} not right of its mark at {mark}"
+        else:
+            assert a["r"] <= mark or mark <= a["l"], f"{where}: {a} across its mark at {mark}"
+    name = f"page-axis-{case}-{hours}h.png"
+    page.screenshot(path=str(artefact_dir(tmp_path) / name), full_page=True)
+    assert watched.problems == []
+
+
+def test_all_the_history_at_one_instant_spans_the_hour_before_it(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    # All the history, one snapshot: an hour before it to a minute after, widened toward
+    # its resets by half that (not the thousand days uPlot gives one instant).
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    body = {"currentSession": {"resetsIn": "5 hr", "percentageUsed": 23}}
+    store(root, [(at, body)])
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1")
+    page = watched.page
+    page.get_by_role("radio", name="All", exact=True).check()
+    wait_points(page, 1)
+    chart = page.locator("#chart")
+    expect(chart).to_have_attribute("data-resets", "1", timeout=10_000)
+    expect(chart).to_have_attribute("data-x-from", iso_ms(at - timedelta(hours=1)))
+    widened = timedelta(minutes=1) + timedelta(minutes=61) / 2
+    expect(chart).to_have_attribute("data-x-to", iso_ms(at + widened))
+    assert watched.problems == []

@@ -47,6 +47,7 @@
     forecastTag: null,
     forecast: null, // the answer of the forecast endpoint, or null
     future: null, // seconds: the furthest projection end or reset the x axis shows
+    drawn: [null, null], // seconds: the first and last time of the points drawn
     rows: [], // export rows, oldest first
     columns: [],
     skipped: 0,
@@ -625,15 +626,26 @@
   // The x axis spans the whole range picked (up to now), not only the data in it, so
   // a gap in the history shows as a gap.
   // The projections and the resets ahead widen it, by at most half the span shown.
+  // Its ends come from the range and from the snapshots' own times (state.drawn), not
+  // from the min and max uPlot passes in: when every point is at one instant (a single
+  // snapshot, or several observed together) uPlot widens a time scale itself before
+  // asking, by 86400 / ms, which with times in seconds is a thousand days, and the
+  // axis then ran years past now with the point squeezed against its left edge. uPlot's
+  // values are kept only for all the history with points at more than one instant:
+  // there they are the points' own ends, or a stretch dragged out on the chart to zoom.
   function xRange(u, min, max) {
     const start = windowStart();
     const now = serverNow() / 1000;
+    const [first, last] = state.drawn;
     let lo, hi;
     if (start != null) {
-      [lo, hi] = [start / 1000, Math.max(now, max == null ? now : max)];
-    } else if (min == null || max == null || min === max) {
-      const at = max == null ? now : max;
+      // The newest snapshot may be dated a little after now (a clock running ahead).
+      [lo, hi] = [start / 1000, Math.max(now, last == null ? now : last)];
+    } else if (first == null || first === last) {
+      const at = last == null ? now : last;
       [lo, hi] = [at - 3600, at + 60];
+    } else if (min == null || max == null || !(max > min)) {
+      [lo, hi] = [first, last];
     } else {
       [lo, hi] = [min, max];
     }
@@ -670,6 +682,11 @@
   }
 
   function drawForecast(u) {
+    // The ends of the time axis as drawn, for anyone checking what the chart shows.
+    const holder = $("chart");
+    const { min, max } = u.scales.x;
+    holder.dataset.xFrom = min == null ? "" : new Date(min * 1000).toISOString();
+    holder.dataset.xTo = max == null ? "" : new Date(max * 1000).toISOString();
     const { lines, resets } = projections();
     const ctx = u.ctx;
     const { left, top, width, height } = u.bbox;
@@ -702,12 +719,21 @@
     ctx.fillStyle = "#57606a";
     ctx.lineWidth = ratio;
     ctx.font = 11 * ratio + "px system-ui, sans-serif";
+    // Set here, not inherited: the context keeps the alignment uPlot last drew with (its
+    // y axis' labels end at their x), and a label ending where it should start lands
+    // left of its mark, cut off at the plot's edge, while the room checked below for it
+    // lies right of the mark.
+    ctx.textAlign = "left";
+    ctx.textBaseline = "alphabetic";
     const label = "reset";
     const labelWidth = ctx.measureText(label).width;
     const line = 12 * ratio;
     const taken = []; // [row, from, to] of each label drawn so far
     resets.forEach((t) => {
       const x = u.valToPos(t, "x", true);
+      // A reset outside the axis has no mark to label: its label would stand for nothing
+      // the plot shows, and push the labels of the marks it does show down a row.
+      if (x < left - ratio || x > left + width + ratio) return;
       ctx.setLineDash([2 * ratio, 3 * ratio]);
       ctx.beginPath();
       ctx.moveTo(x, top);
@@ -819,6 +845,7 @@
     const { lines, resets } = projections();
     const ends = [...lines.map((p) => p.line[2]), ...resets];
     state.future = ends.length ? Math.max(...ends) : null;
+    state.drawn = times.length ? [times[0], times[times.length - 1]] : [null, null];
     if (state.chart === null) {
       state.chart = makeChart(data);
     } else {
