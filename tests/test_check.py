@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -98,6 +99,28 @@ def test_no_history_or_no_version_is_critical(root: Path) -> None:
     assert run_cli(root, "init").returncode == 0
     code, line = check(root)
     assert code == 2 and "no version yet" in line
+    # Only a version dated years ahead (a clock gone wrong): held, so never "no version".
+    history = root / "console-usage-history"
+    (history / "2199-12-31T23-00-00-0000abcd.json").write_bytes(snapshot_at(timedelta(0)))
+    code, line = check(root)
+    assert code == 2, line
+    assert "no version to judge: the 1 held are dated more than a day ahead of this clock" in (line)
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
+def test_a_version_too_large_to_hold_is_critical_not_an_error(root: Path, tmp_path: Path) -> None:
+    # A 2 GiB file named as the newest version (put there by hand): read under a limit on
+    # memory, the check cannot judge, which is CRITICAL with its line, never exit 1.
+    ingest(root, tmp_path, timedelta(minutes=1))
+    stamp = (datetime.now(UTC) + timedelta(minutes=1)).strftime("%Y-%m-%dT%H-%M-%S")
+    newest = root / "console-usage-history" / f"{stamp}-0000beef.json"
+    with newest.open("wb") as handle:
+        handle.truncate(2 << 30)  # sparse: no disk space taken
+    result = run_cli(root, "check", wrapper=("prlimit", f"--as={1 << 30}", "--"))
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout.startswith("INGESTER CRITICAL - "), result.stdout
+    assert "out of memory reading the history" in result.stdout
 
 
 def submit(root: Path, count: int) -> list[Path]:

@@ -1060,6 +1060,17 @@ def test_the_check_and_forecast_transcripts_run(tmp_path: Path) -> None:
     assert code == 0
 
 
+def test_every_key_check_json_prints_is_in_the_monitoring_table(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert run_cli(root, "init").returncode == 0
+    done = run_cli(root, "check", "--json")
+    keys = list(json.loads(done.stdout))
+    table = (REPO / "docs" / "monitoring.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    missing = [key for key in keys if not any(f"`{key}`" in row.split(" | ")[0] for row in rows)]
+    assert missing == [], f"docs/monitoring.md's check --json table lacks {missing}"
+
+
 def test_the_check_transcript_as_a_user_outside_the_groups_runs() -> None:
     # Root, setpriv, and an interpreter that uid can run (not one under a home folder
     # closed to others, as pyenv's under /root): else this skips, saying which.

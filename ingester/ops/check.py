@@ -313,7 +313,15 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
     if facts.history_problem is not None:
         items.append(Judgement("age", CRITICAL, None, warn_age, crit_age, facts.history_problem))
     elif facts.latest is None:
-        items.append(Judgement("age", CRITICAL, None, warn_age, crit_age, "no version yet"))
+        # Versions held but all dated ahead are no latest, yet "no version" would
+        # contradict status and verify, which list them.
+        none = (
+            f"no version to judge: the {facts.held} held are dated more than a day ahead of "
+            "this clock"
+            if facts.held
+            else "no version yet"
+        )
+        items.append(Judgement("age", CRITICAL, None, warn_age, crit_age, none))
     elif facts.latest_error is not None or facts.last_updated is None:
         items.append(
             Judgement(

@@ -84,6 +84,9 @@ class Facts:
     source: str | None = None
     """The history judged when it is not the local one (``--from``): its location. Then
     the spool, the rejections and the mirror are not judged."""
+    held: int = 0
+    """Versions in the history, those dated ahead of the clock included (``latest``
+    ``None`` with some held: every one is dated more than a day ahead)."""
 
 
 def _spool_backlog(
@@ -169,10 +172,10 @@ def gather_facts(
     The mirror is read only when one is configured and the history can be opened; the
     usage forecast only when ``usage`` is true. ``reader``: the history to judge when it
     is not the local one (see the module docstring); only its versions are read then.
-    Never raises ``OSError``: whatever this user may not read that the age item needs
-    (the root, the history, the newest version) becomes a ``history_problem`` or a
-    ``latest_error``, which :func:`judge` makes CRITICAL, so a check that cannot see
-    still alerts, with its plugin line.
+    Never raises ``OSError`` or ``MemoryError``: whatever this user may not read that the
+    age item needs (the root, the history, the newest version), or cannot hold in memory,
+    becomes a ``history_problem`` or a ``latest_error``, which :func:`judge` makes
+    CRITICAL, so a check that cannot see still alerts, with its plugin line.
     """
     now = now or utc_now()
     source = None if reader is None else reader.location
@@ -182,6 +185,12 @@ def gather_facts(
         return _gather(settings, now, usage, reader, intake)
     except OSError as exc:
         return Facts(now=now, history_problem=describe_os_error(exc), source=source, **intake)
+    except MemoryError:
+        # A file far larger than any version (put there by hand?) read whole: the check
+        # cannot judge, which is CRITICAL with its plugin line like any other blind spot.
+        return Facts(
+            now=now, history_problem="out of memory reading the history", source=source, **intake
+        )
 
 
 def _intake(settings: Settings, now: datetime) -> dict[str, Any]:
@@ -225,6 +234,7 @@ def _gather(
         common["mirror"] = mirror_facts(
             settings.history_dir, names, settings.mirror, now, settings.policy()
         )
+    common["held"] = len(names)
     name = latest_name(names, now)
     if name is None:
         return Facts(latest=None, watcher_pid=pid, **common)
