@@ -345,6 +345,36 @@ def test_an_unknown_console_time_zone_is_a_usage_error(root: Path) -> None:
     assert from_env.returncode == 2 and "INGESTER_CONSOLE_TIMEZONE" in from_env.stderr
 
 
+@pytest.mark.parametrize(
+    ("tz", "zone"),
+    [
+        ("CET-1CEST,M3.5.0,M10.5.0/3", None),  # a POSIX rule: no zone this can load
+        ("Nowhere/Atlantis", None),
+        ("Europe/Berlin", "Europe/Berlin"),
+        (":Europe/Berlin", "Europe/Berlin"),
+    ],
+)
+def test_a_tz_that_names_no_zone_is_utc_and_said_once(
+    root: Path, tmp_path: Path, tz: str, zone: str | None
+) -> None:
+    source = tmp_path / "one.json"
+    source.write_text(json.dumps(snapshot(0, datetime.now(UTC) - timedelta(minutes=5))))
+    assert run_cli(root, "ingest", str(source)).returncode == 0
+    done = run_cli(root, "forecast", TZ=tz)
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "names no time zone" in line]
+    if zone is None:
+        assert len(said) == 1, done.stderr
+        assert f" WARNING TZ={tz!r} names no time zone this can read " in said[0]
+        assert said[0].endswith(
+            "set --console-timezone (INGESTER_CONSOLE_TIMEZONE) to the console's zone"
+        )
+        assert "times in UTC" in done.stdout
+    else:
+        assert said == [], done.stderr
+        assert f"times in {zone}" in done.stdout
+
+
 def test_a_partial_scrape_keeps_every_limit_everywhere(
     root: Path, fed: tuple[ServeProcess, datetime]
 ) -> None:

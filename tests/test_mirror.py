@@ -1135,6 +1135,9 @@ def test_serve_from_the_object_store_on_a_machine_without_the_history(
             assert body["versionInfo"]["filename"] == names[-1]
             assert body["versionInfo"]["total"] == 4 and body["seq"] == 3
         assert answers[0].headers["etag"] == answers[1].headers["etag"]
+        # Its start names the bucket it serves, not local folders it never reads.
+        assert f"(history {target}, read only)" in servers[0].log, servers[0].log
+        assert str(replicas[0]) not in servers[0].log
         oldest = servers[0].get("/api/claude/console-usage", params={"version": "1"})
         assert oldest.json()["versionInfo"]["filename"] == names[0]
         health = servers[0].get("/api/health")

@@ -293,10 +293,9 @@ def _log_listening(socks: list[Listener], host: str, port: int, config: ServeCon
             f"{len(passed)} socket{'s' if len(passed) != 1 else ''} from systemd ({origin}; "
             f"--listen {shown} not used); "
         )
-    log.info(
-        "serve: listening on %s (%shistory %s, spool %s)",
-        urls,
-        where,
-        config.settings.history_dir,
-        config.settings.spool_dir,
-    )
+    if config.reader is not None:
+        # Serving an object store: no local folder is read or written.
+        served = f"history {config.reader.location}, read only"
+    else:
+        served = f"history {config.settings.history_dir}, spool {config.settings.spool_dir}"
+    log.info("serve: listening on %s (%s%s)", urls, where, served)

@@ -36,6 +36,7 @@ anything from 3 to 4 days, ``2 hr`` 2 to 3 hours, minutes a minute; the reset li
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -272,11 +273,19 @@ def _zone_name_from_link(path: str) -> str | None:
     return target.split(marker, 1)[1].removeprefix("posix/").removeprefix("right/")
 
 
+log = logging.getLogger("ingester.forecast")
+
+_UNREADABLE_TZ_SAID: set[str] = set()  # each $TZ said once per process
+
+
 def machine_zone() -> tuple[tzinfo, str]:
     """This machine's time zone and its name: ``$TZ``, else ``/etc/localtime``, else UTC.
 
     A name is needed, not just today's offset: a reset next week may fall on the other
-    side of a daylight-saving change.
+    side of a daylight-saving change. A ``$TZ`` that names no zone this can load (a POSIX
+    rule such as ``CET-1CEST,M3.5.0,M10.5.0/3``, or a misspelt name) is UTC, as the C
+    library takes an unknown name; since the reset times read in it may then be hours
+    off, that is said once, as a WARNING naming ``--console-timezone``.
     """
     candidates = []
     tz = os.environ.get("TZ", "").removeprefix(":")
@@ -296,4 +305,12 @@ def machine_zone() -> tuple[tzinfo, str]:
             return load_zone(name), name
         except ValueError:
             continue
+    if tz and tz not in _UNREADABLE_TZ_SAID:
+        _UNREADABLE_TZ_SAID.add(tz)
+        log.warning(
+            "TZ=%r names no time zone this can read (an IANA name such as Europe/Berlin, or "
+            "a zoneinfo file): reset times such as 'Mon 8:59 AM' are read in UTC; set "
+            "--console-timezone (INGESTER_CONSOLE_TIMEZONE) to the console's zone",
+            tz,
+        )
     return UTC, "UTC"
