@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -392,16 +393,43 @@ class Settings:
         return out
 
 
+def read_setting_file(path: Path, limit: int) -> bytes:
+    """The bytes of a file a setting names (the config, the API key file), at most
+    ``limit`` of them.
+
+    A FIFO is not waited on and nothing but a regular file is read, so a wrong path
+    (``/dev/zero``, a pipe) is an error at start, not a hang or a read that never ends.
+    Raises ``OSError`` when it cannot be read, ``ValueError`` (its words) when it is not
+    a regular file or is over ``limit`` bytes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError(f"over {limit} bytes")
+    return data
+
+
+CONFIG_MAX_BYTES = 1 << 20
+"""The largest config file read (a few settings take a few hundred bytes)."""
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
+        document = tomllib.loads(read_setting_file(path, CONFIG_MAX_BYTES).decode())
     except OSError as exc:
         raise SettingError("--config", f"cannot read {path}: {os_cause(exc)}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingError("--config", f"{path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise SettingError("--config", f"{path} is not UTF-8 (byte {exc.start})") from None
+    except ValueError as exc:  # not a regular file, or too large to be a config
+        raise SettingError("--config", f"cannot read {path}: {exc}") from None
     others = sorted(set(document) - {"ingester"})
     if others:
         # A misspelt table would otherwise leave every setting at its default, silently.

@@ -32,7 +32,7 @@ from . import durable
 from .base import VersionEntry, derive_metadata
 from .metadata import StorageMetadata
 from .names import is_version_name, parse_timestamp_from_filename
-from .store import METADATA_MODE, METADATA_NAME, VERSION_MODE, HistoryStore
+from .store import METADATA_MODE, METADATA_NAME, VERSION_MODE, HistoryStore, read_metadata_bytes
 
 __all__ = ["LocalHistory", "LocalWriter"]
 
@@ -135,11 +135,9 @@ class LocalHistory:
         none, :class:`~ingester.history.metadata.MetadataCorrupt` when it is not the metadata."""
         path = self.dir / METADATA_NAME
         try:
-            raw = path.read_bytes()
+            raw = read_metadata_bytes(path)
         except FileNotFoundError:
             raise MetadataMissing(f"no {path}") from None
-        except OSError as exc:
-            raise StorageError("read", path, exc) from exc
         return StorageMetadata.model_validate_json(raw)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ..errors import LockHeld, StorageError, describe_os_error
+from . import durable
 
 __all__ = [
     "SERVE_WATCH",
@@ -53,6 +54,22 @@ def is_watcher(purpose: str | None) -> bool:
     return purpose in (None, WATCH, SERVE_WATCH)
 
 
+def _note(path: Path) -> str | None:
+    """What the lock's holder wrote in it (its pid and command); ``None`` when it cannot
+    be read. Read as a file someone may have replaced: never waits on a FIFO, never
+    reads more than a note holds."""
+    try:
+        raw = durable.read_regular(path, _NOTE_MAX_BYTES)
+    except OSError:
+        return None
+    if raw is None:
+        return None
+    return raw[:_NOTE_MAX_BYTES].decode(errors="replace").strip()
+
+
+_NOTE_MAX_BYTES = 4096
+
+
 def lock_owner(path: Path) -> tuple[int, str | None] | None:
     """The pid holding the lock and the command it noted (``"watch"``, ``"ingest"``...).
 
@@ -62,9 +79,8 @@ def lock_owner(path: Path) -> tuple[int, str | None] | None:
     pid = lock_holder(path)
     if pid is None:
         return None
-    try:
-        note = path.read_text(errors="replace").strip()
-    except OSError:
+    note = _note(path)
+    if note is None:
         return pid, None
     noted_pid, _, command = note.partition(" ")
     return pid, (command or None) if noted_pid == str(pid) else None
@@ -89,10 +105,7 @@ def _describe_holder(path: Path) -> str:
     owner = lock_owner(path)
     if owner is None:
         # The kernel's lock table did not name a pid (e.g. no /proc): the note may.
-        try:
-            note = path.read_text(errors="replace").strip()
-        except OSError:
-            note = ""
+        note = _note(path) or ""
         return f"pid {note}" if note else "another process"
     pid, command = owner
     return f"pid {pid} {command}" if command else f"pid {pid}"

@@ -61,8 +61,35 @@ METADATA_NAME = "_metadata.json"
 LOCK_NAME = ".lock"
 VERSION_MODE = 0o444
 METADATA_MODE = 0o644
+METADATA_MAX_BYTES = 1 << 20
+"""The most of ``_metadata.json`` that is read: it is a few hundred bytes, so a file
+over this is not the metadata (something put in its place), and is never read whole."""
 LATEST_TEMP_PREFIXES = (durable.LINK_TEMP_PREFIX, durable.WRITE_TEMP_PREFIX)
 """Temp files the latest link's folder may hold (a link, or a copy where links fail)."""
+
+
+def read_metadata_bytes(path: Path) -> bytes:
+    """The bytes of the metadata file at ``path``, read as a file someone else may have
+    placed (:func:`~ingester.history.durable.read_regular`: no symlink followed, no FIFO
+    waited on, at most :data:`METADATA_MAX_BYTES` read).
+
+    Raises ``FileNotFoundError`` when there is none; :class:`MetadataCorrupt` when
+    something else is in its place (a symlink, a FIFO, a folder, a file over the limit);
+    :class:`StorageError` when it cannot be read.
+    """
+    try:
+        raw = durable.read_regular(path, METADATA_MAX_BYTES)
+    except StorageError as exc:
+        if exc.errno == errno.ENOENT:
+            raise FileNotFoundError(errno.ENOENT, "no metadata", os.fspath(path)) from None
+        if exc.errno == errno.ELOOP:
+            raise MetadataCorrupt("a symlink in the metadata's place") from None
+        raise
+    if raw is None:
+        raise MetadataCorrupt("not a regular file")
+    if len(raw) > METADATA_MAX_BYTES:
+        raise MetadataCorrupt(f"over {METADATA_MAX_BYTES} bytes: not the metadata")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -234,9 +261,11 @@ class HistoryStore:
         totals cannot be rebuilt, so nothing may replace it.
         """
         try:
-            raw = self.metadata_path.read_bytes()
+            raw = read_metadata_bytes(self.metadata_path)
         except FileNotFoundError:
             return StorageMetadata(), "missing"
+        except MetadataCorrupt:
+            return StorageMetadata(), "corrupt"
         except OSError as exc:
             raise MetadataUnreadable(self.metadata_path, exc) from exc
         try:
@@ -369,7 +398,7 @@ class HistoryStore:
         if data is None:
             return "a special file (not a link, not a regular file)"
         try:
-            same = data == self.version_path(newest).read_bytes()
+            same = data == durable.read_regular(self.version_path(newest))
         except OSError as exc:
             return unreadable(exc)
         return None if same else f"a copy that is not {newest}"
@@ -636,10 +665,10 @@ class HistoryStore:
         source = self.version_path(newest)
 
         def copy_of_newest() -> bytes:
-            try:
-                return source.read_bytes()
-            except OSError as exc:
-                raise StorageError("read", source, exc) from exc
+            data = durable.read_regular(source)
+            if data is None:  # a FIFO there would have held this up for ever
+                raise StorageError("read", source, OSError(errno.EINVAL, "not a regular file"))
+            return data
 
         durable.replace_symlink(
             self.latest_path, self.link_target(newest), fallback=copy_of_newest, sync_dir=sync

@@ -20,6 +20,7 @@ watcher can import it freely.
 from __future__ import annotations
 
 import bisect
+import errno
 import json
 import os
 from collections.abc import Sequence
@@ -76,6 +77,10 @@ class MirrorState(BaseModel):
         return (json.dumps(self.model_dump(by_alias=True), indent=2) + "\n").encode()
 
 
+STATE_MAX_BYTES = 1 << 20
+"""The most of the state file that is read: it is a few hundred bytes."""
+
+
 def read_mirror_state(history_dir: Path) -> MirrorState | None:
     """The state file, or ``None`` when there is none (no mirror configured).
 
@@ -84,11 +89,19 @@ def read_mirror_state(history_dir: Path) -> MirrorState | None:
     """
     path = history_dir / MIRROR_STATE_NAME
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return MirrorState(state="unknown", detail="state file unreadable")
+        # As a file anyone with write access may have replaced: a FIFO or an endless
+        # file there must not hold up retention, which reads this on every pass.
+        raw = durable.read_regular(path, STATE_MAX_BYTES)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        if exc.errno != errno.ELOOP:
+            return MirrorState(state="unknown", detail="state file unreadable")
+        raw = None
+    if raw is None:
+        return MirrorState(state="unknown", detail="state file is not a regular file")
+    if len(raw) > STATE_MAX_BYTES:
+        return MirrorState(state="unknown", detail="state file corrupt")
     try:
         return MirrorState.model_validate_json(raw)
     except ValidationError:

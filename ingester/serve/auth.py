@@ -12,10 +12,16 @@ import hmac
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..settings import read_setting_file
+
 __all__ = ["KEY_VARIABLES", "key_matches", "load_api_key"]
 
 KEY_VARIABLES = ("INGESTER_API_KEY", "CLAUDE_SYNC_API_KEY")
 """The environment variables that may hold the key, first found wins."""
+
+
+KEY_FILE_MAX_BYTES = 64 << 10
+"""The most of ``--api-key-file`` that is read: a key is a few dozen bytes."""
 
 
 def load_api_key(
@@ -29,7 +35,10 @@ def load_api_key(
     character: a line break, a NUL).
     """
     if key_file is not None:
-        key = key_file.read_bytes().strip()
+        try:
+            key = read_setting_file(key_file, KEY_FILE_MAX_BYTES).strip()
+        except ValueError as exc:  # a pipe, a device, a file far too large for a key
+            raise ValueError(f"--api-key-file: {key_file}: {exc}") from None
         if not key:
             raise ValueError(f"--api-key-file: {key_file} is empty")
         return _sendable(key, f"--api-key-file: {key_file}"), f"--api-key-file {key_file}"

@@ -69,13 +69,16 @@ def _temp_path(directory: Path, prefix: str) -> Path:
     return directory / f"{prefix}{secrets.token_hex(6)}"
 
 
-def read_regular(path: StrPath) -> bytes | None:
+def read_regular(path: StrPath, limit: int | None = None) -> bytes | None:
     """The bytes of the regular file at ``path``; ``None`` when something else is there
     (a FIFO, a socket, a device, a folder).
 
     Opened without following a symlink (ELOOP) and without waiting on a FIFO, for a
-    file someone else may have placed. Raises :class:`StorageError` (``open`` or
-    ``read``, naming ``path``), whose errno is the cause's: ENOENT when nothing is there.
+    file someone else may have placed. With ``limit``, at most ``limit + 1`` bytes are
+    read: a longer result says the file is over the limit, never read whole (a file
+    that never ends, a huge one, cannot fill the memory). Raises :class:`StorageError`
+    (``open`` or ``read``, naming ``path``), whose errno is the cause's: ENOENT when
+    nothing is there.
     """
     try:
         fd = os.open(path, READ_NOFOLLOW)
@@ -85,7 +88,7 @@ def read_regular(path: StrPath) -> bytes | None:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         with os.fdopen(os.dup(fd), "rb") as handle:
-            return handle.read()
+            return handle.read() if limit is None else handle.read(limit + 1)
     except OSError as exc:
         raise StorageError("read", path, exc) from exc
     finally:
