@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support import cli_env, run_cli, wait_for
+from support import SAMPLES, cli_env, run_cli, wait_for
 from support.capabilities import (
     AS_OTHER,
     STRACE,
@@ -241,6 +241,33 @@ def test_a_snapshot_only_the_latest_file_holds_is_kept(root: Path) -> None:
     status = json.loads(run_cli(root, "status", "--json").stdout)
     assert status["metadata"]["totalVersionsCreated"] == 2017, status
     assert (root / LATEST).read_bytes() == o.latest  # it is the newest: the link shows it
+
+
+def test_a_running_watcher_keeps_a_latest_file_put_in_by_hand(root: Path) -> None:
+    # While it runs, someone puts a file holding a snapshot no version holds in the
+    # latest link's place. As every writer refuses to start on it, the watcher never
+    # replaces it: drops are still stored, the link waits, and adopt keeps the snapshot.
+    assert run_cli(root, "init").returncode == 0
+    sample = (SAMPLES / "valid" / "full.json").read_bytes()
+    unique = sample.replace(b'"percentageUsed": 23', b'"percentageUsed": 66')
+    assert unique != sample
+    with WatchProcess(root) as watcher:
+        (root / "spool" / "first.json").write_bytes(sample)
+        watcher.wait_log("ingested first.json")
+        latest = root / LATEST
+        latest.unlink()
+        latest.write_bytes(unique)
+        (root / "spool" / "second.json").write_bytes(sample.replace(b"23", b"24", 1))
+        watcher.wait_log("ingested second.json")
+        watcher.wait_log("holding a snapshot that no version holds, so it is kept")
+        assert latest.read_bytes() == unique and not latest.is_symlink()
+        assert watcher.stop() == 0
+    assert "Traceback" not in watcher.log
+    assert latest.read_bytes() == unique
+    done = run_cli(root, "adopt")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert any(p.read_bytes() == unique for p in (root / "console-usage-history").glob("2*.json"))
+    assert run_cli(root, "verify").returncode == 0
 
 
 def test_a_kept_snapshot_with_an_old_mtime_stays_the_latest_and_survives_cleanup(

@@ -19,6 +19,7 @@ from ingester import (
     judge_payload,
     parse_timestamp_from_filename,
 )
+from ingester.errors import CacheNotRefreshed
 from ingester.history.names import format_timestamp, is_version_name
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -445,6 +446,29 @@ def test_stale_temp_files_are_swept_by_initialize(
     assert len(versions_on_disk(store)) == 1
 
 
+def test_a_latest_file_no_version_holds_is_never_replaced(
+    store: HistoryStore, make_store: Callable[..., HistoryStore], valid_payload: bytes
+) -> None:
+    """A file in the latest link's place holding bytes no version holds (the original
+    server's latest, one put there by hand) is kept: replacing it would lose them. The
+    store says so as a cache error; ``adopt`` is what keeps it as a version."""
+    store.save_version(valid_payload)
+    link = store.latest_path
+    link.unlink()
+    link.write_bytes(b'{"not": "a version"}')
+    again = make_store()
+    report = again.initialize()
+    assert report.latest_repaired is None
+    assert [e.errno for e in report.cache_errors] == [errno.EEXIST]
+    assert "holding a snapshot that no version holds, so it is kept" in str(report.cache_errors[0])
+    assert link.read_bytes() == b'{"not": "a version"}'
+    # A write after it: the version is stored for good, the link left as it is.
+    with pytest.raises(CacheNotRefreshed, match="no version holds") as raised:
+        again.save_version(valid_payload + b" ")
+    assert raised.value.version.read_bytes() == valid_payload + b" "
+    assert link.read_bytes() == b'{"not": "a version"}'
+
+
 @pytest.mark.parametrize("how", ["older", "dangling", "absolute", "missing", "regular file"])
 def test_wrong_latest_link_is_repaired(
     store: HistoryStore,
@@ -465,7 +489,7 @@ def test_wrong_latest_link_is_repaired(
     elif how == "absolute":
         link.symlink_to(second)  # right file, but not relative
     elif how == "regular file":
-        link.write_bytes(b"{}")
+        link.write_bytes(first.read_bytes())  # a stale copy, as where links fail
     again = make_store()
     report = again.initialize()
     assert report.latest_repaired is not None

@@ -658,6 +658,7 @@ class HistoryStore:
     # -- caches --------------------------------------------------------------------
 
     def _update_latest(self, *, sync: bool = True) -> None:
+        self._keep_unkept_latest()
         newest = self.latest_version_name()
         if newest is None:
             durable.remove_file(self.latest_path)
@@ -672,6 +673,43 @@ class HistoryStore:
 
         durable.replace_symlink(
             self.latest_path, self.link_target(newest), fallback=copy_of_newest, sync_dir=sync
+        )
+
+    def _keep_unkept_latest(self) -> None:
+        """Raise :class:`StorageError` (EEXIST) when the latest path is a regular file
+        holding a snapshot that no version holds: replacing it would lose that snapshot.
+
+        Such a file is the original server's latest, or one put there by hand while the
+        watcher runs; only ``adopt`` keeps it (as a version). A copy this store made where
+        links fail holds a version's bytes, so it is replaced as a link would be.
+        """
+        try:
+            if not stat.S_ISREG(os.lstat(self.latest_path).st_mode):
+                return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError("look at", self.latest_path, exc) from exc
+        data = durable.read_regular(self.latest_path)
+        if data is None:
+            return
+        for name in reversed(self._names):  # newest first: a copy holds a recent one
+            path = self.version_path(name)
+            try:
+                if os.stat(path).st_size == len(data) and durable.read_regular(path) == data:
+                    return
+            except FileNotFoundError:
+                continue  # deleted since the scan
+            except OSError as exc:
+                raise StorageError("read", path, exc) from exc
+        raise StorageError(
+            "replace",
+            self.latest_path,
+            FileExistsError(
+                errno.EEXIST,
+                "it is a file holding a snapshot that no version holds, so it is kept; stop "
+                "the watcher and run 'ingester adopt' to keep it as a version, or remove it",
+            ),
         )
 
     def _write_metadata(self) -> None:
