@@ -110,6 +110,29 @@ def test_init_refuses_a_claim_folder_the_watcher_would_refuse(root: Path, tmp_pa
     assert run_cli(root, "init").returncode == 0
 
 
+def test_a_claim_folder_others_may_write_in_is_refused(root: Path) -> None:
+    # Anyone who may write in .claimed/ could remove a claim in flight, or plant one
+    # that recovery would store as a version.
+    assert run_cli(root, "watch", "--once").returncode == 0  # makes .claimed/
+    claimed = root / "spool" / ".claimed"
+    for mode in (0o777, 0o770, 0o702):
+        claimed.chmod(mode)
+        for command in (("watch", "--once"), ("init",)):
+            done = run_cli(root, *command)
+            assert done.returncode == 1, (command, done.stderr)
+            assert (
+                done.stderr.strip()
+                .splitlines()[-1]
+                .endswith(
+                    f"cannot use the claim folder {claimed}: unsafe: others may write in it "
+                    f"(mode {mode:04o}); chmod 700 it and restart [EPERM]"
+                )
+            ), done.stderr
+            assert "Traceback" not in done.stderr
+    claimed.chmod(0o700)
+    assert run_cli(root, "watch", "--once").returncode == 0
+
+
 def test_a_tab_in_a_drop_name_is_written_as_one(root: Path) -> None:
     # Written as it is, a tab would read as spaces: the name in the log would not be
     # the file's.
