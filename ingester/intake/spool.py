@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import iso_utc, utc_now
-from ..errors import StorageError
+from ..errors import MovedNotDurable, StorageError
 from ..history import durable
 from ..history.names import STAMP_FORMAT
 
@@ -380,7 +380,11 @@ class Spool:
             mode=0o644,
             replace=True,
         )
-        durable.move_file(source, self.rejected_dir / target)
+        try:
+            durable.move_file(source, self.rejected_dir / target)
+        except MovedNotDurable as exc:
+            exc.moved_to = target
+            raise
         return target
 
     def rejected_count(self) -> int:
