@@ -20,6 +20,7 @@ __all__ = [
     "IngesterError",
     "LockHeld",
     "MetadataMissing",
+    "MovedNotDurable",
     "NotRegularFile",
     "ObjectStoreError",
     "ObjectStoreUnavailable",
@@ -87,6 +88,16 @@ def file_on_the_way(path: Path) -> Path | None:
         except OSError:
             return None
     return None
+
+
+class MovedNotDurable(StorageError):
+    """A move that was made, whose folder's fsync then failed: the entry is at its new
+    place now, but a crash may put it back. The cause is the failed fsync's
+    :class:`StorageError`; the caller tells the move as done, and says this as well."""
+
+    def __init__(self, cause: StorageError) -> None:
+        super().__init__(cause.action, cause.path, cause.cause)
+        self.moved_to = ""  # the name it was given, where the caller knows it
 
 
 class CacheNotRefreshed(StorageError):

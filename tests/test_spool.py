@@ -110,6 +110,29 @@ def test_init_refuses_a_claim_folder_the_watcher_would_refuse(root: Path, tmp_pa
     assert run_cli(root, "init").returncode == 0
 
 
+def test_a_claim_folder_others_may_write_in_is_refused(root: Path) -> None:
+    # Anyone who may write in .claimed/ could remove a claim in flight, or plant one
+    # that recovery would store as a version.
+    assert run_cli(root, "watch", "--once").returncode == 0  # makes .claimed/
+    claimed = root / "spool" / ".claimed"
+    for mode in (0o777, 0o770, 0o702):
+        claimed.chmod(mode)
+        for command in (("watch", "--once"), ("init",)):
+            done = run_cli(root, *command)
+            assert done.returncode == 1, (command, done.stderr)
+            assert (
+                done.stderr.strip()
+                .splitlines()[-1]
+                .endswith(
+                    f"cannot use the claim folder {claimed}: unsafe: others may write in it "
+                    f"(mode {mode:04o}); chmod 700 it and restart [EPERM]"
+                )
+            ), done.stderr
+            assert "Traceback" not in done.stderr
+    claimed.chmod(0o700)
+    assert run_cli(root, "watch", "--once").returncode == 0
+
+
 def test_a_tab_in_a_drop_name_is_written_as_one(root: Path) -> None:
     # Written as it is, a tab would read as spaces: the name in the log would not be
     # the file's.
@@ -187,6 +210,45 @@ def test_a_submit_whose_spool_fsync_fails_takes_its_drop_back(root: Path, tmp_pa
     assert done.returncode == 0, done.stderr
     assert run_cli(root, "watch", "--once").returncode == 0
     assert len(list((root / "console-usage-history").glob("2*.json"))) == 2
+
+
+@needs_strace_root
+def test_a_drop_set_aside_whose_folder_fsync_fails_is_told_set_aside(
+    root: Path, tmp_path: Path
+) -> None:
+    """The move into rejected/ is made, then that folder's fsync fails: the drop is
+    there, so it is told set aside (with an ERROR that a crash may undo it), never
+    "retrying" a move that nothing is left to make, and it counts as rejected."""
+    assert run_cli(root, "init").returncode == 0
+    spool, rejected = root / "spool", root / "spool" / "rejected"
+    trace = tmp_path / "fsync.log"
+    for n in range(2):  # the second run's calls: the first one also writes the metadata
+        (spool / f"warm-{n}.json").write_bytes(b'{"x": 1}')
+        traced = run_cli(
+            root,
+            *("watch", "--once"),
+            wrapper=(STRACE, "-f", "-qq", "-y", "-e", "trace=fsync", "-o", str(trace)),
+        )
+        assert traced.returncode == 0, traced.stderr
+    calls = [line for line in trace.read_text().splitlines() if " fsync(" in line]
+    of_rejected = [
+        n
+        for n, line in enumerate(calls, 1)
+        if line.rstrip().split("<", 1)[-1].startswith(f"{rejected}>")
+    ]
+    assert len(of_rejected) == 2, calls  # after the reason file, then after the move
+    (spool / "bad.json").write_bytes(b'{"x": 1}')
+    inject = ("-f", "-qq", "-o", "/dev/null", "-e", f"inject=fsync:error=EIO:when={of_rejected[1]}")
+    done = run_cli(root, "watch", "--once", wrapper=(STRACE, *inject))
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert (rejected / "bad.json").exists() and not (spool / "bad.json").exists()
+    assert (
+        "ERROR bad.json is set aside as bad.json, but a crash may put it back in the spool: "
+        f"cannot fsync folder {rejected}: Input/output error [EIO]"
+    ) in done.stderr, done.stderr
+    assert "retrying" not in done.stderr, done.stderr
+    assert "stopped: 0 ingested, 1 rejected, 0 waiting" in done.stderr, done.stderr
 
 
 def _openat_index(log: Path, path: Path) -> int:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import IngesterError, PayloadRejected, StorageError
+from ..errors import IngesterError, MovedNotDurable, PayloadRejected, StorageError
 from ..history import durable
 from ..history.batch import Batch
 from ..history.store import VERSION_MODE, HistoryStore
@@ -522,6 +522,16 @@ class Intake:
     ) -> Rejected | Blocked:
         try:
             where = self.spool.quarantine(Path(path), name, reason, errors or [{"msg": reason}])
+        except MovedNotDurable as exc:
+            # It is in rejected/ (so nothing is left to retry), but a crash may put it
+            # back in the spool, where it would be judged and set aside again.
+            where = exc.moved_to
+            log.error(
+                "%s is set aside as %s, but a crash may put it back in the spool: %s",
+                name,
+                where,
+                exc,
+            )
         except StorageError as exc:
             # A problem of this drop (or of the rejected folder), not of the history:
             # it waits on its own, and the valid drops behind it go on.

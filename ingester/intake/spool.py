@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import iso_utc, utc_now
-from ..errors import StorageError
+from ..errors import MovedNotDurable, StorageError
 from ..history import durable
 from ..history.names import STAMP_FORMAT
 
@@ -216,8 +216,9 @@ class Spool:
 
         Recovery removes a claim once its version is stored, so ``.claimed/`` must be
         what it claims to be: not a symlink (to the history, say), not the history
-        itself, and owned by this user (``euid``; ``None`` for a caller that sets up
-        folders for another user, ``init`` run as root). Raises
+        itself, writable by no one else (group and others), and owned by this user
+        (``euid``; ``None`` for a caller that sets up folders for another user, ``init``
+        run as root). Raises
         :class:`StorageError` naming the folder and what is wrong with it.
         """
         folder = self.claimed_dir
@@ -234,6 +235,13 @@ class Spool:
             problem = (
                 f"it is owned by {_user(st.st_uid)}, not by this service ({_user(euid)}); "
                 "remove it and restart"
+            )
+        elif st.st_mode & 0o022:
+            # Others who may write in it could remove a claim in flight or plant one,
+            # which recovery would then store as a version.
+            problem = (
+                f"others may write in it (mode {stat.S_IMODE(st.st_mode):04o}); "
+                "chmod 700 it and restart"
             )
         if problem is not None:
             raise StorageError(
@@ -372,7 +380,11 @@ class Spool:
             mode=0o644,
             replace=True,
         )
-        durable.move_file(source, self.rejected_dir / target)
+        try:
+            durable.move_file(source, self.rejected_dir / target)
+        except MovedNotDurable as exc:
+            exc.moved_to = target
+            raise
         return target
 
     def rejected_count(self) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ...errors import StorageError
+from ...errors import MovedNotDurable, StorageError
 from .steps import (
     READ_NOFOLLOW,
     WRITE_TEMP_PREFIX,
@@ -34,6 +34,8 @@ def move_file(src: Path, dst: Path) -> None:
 
     The entry itself is moved, never what a symlink points at. Within a filesystem this
     is one rename; across filesystems a regular file is copied durably, then removed.
+    Raises :class:`StorageError` when the move fails, and :class:`MovedNotDurable` when
+    it was made but the fsync of a folder then failed.
     """
     try:
         os.rename(src, dst)
@@ -41,9 +43,12 @@ def move_file(src: Path, dst: Path) -> None:
         if exc.errno != errno.EXDEV:
             raise StorageError("move", src, exc) from exc
         _copy_across(src, dst)
-    fsync_dir(dst.parent)
-    if src.parent != dst.parent:
-        fsync_dir(src.parent)
+    try:
+        fsync_dir(dst.parent)
+        if src.parent != dst.parent:
+            fsync_dir(src.parent)
+    except StorageError as exc:
+        raise MovedNotDurable(exc) from exc
 
 
 def _stream_copy(src: Path, dst: Path, mode: int) -> None:
