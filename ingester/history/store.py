@@ -86,6 +86,14 @@ def read_metadata_bytes(path: Path) -> bytes:
             raise MetadataCorrupt("a symlink in the metadata's place") from None
         raise
     if raw is None:
+        try:
+            folder = stat.S_ISDIR(os.lstat(path).st_mode)
+        except OSError:
+            folder = False
+        if folder:
+            # No file can be renamed over a folder: its totals cannot be rebuilt in its
+            # place, so it is a file that cannot be read, not a corrupt one.
+            raise StorageError("read", path, IsADirectoryError(errno.EISDIR, "Is a directory"))
         raise MetadataCorrupt("not a regular file")
     if len(raw) > METADATA_MAX_BYTES:
         raise MetadataCorrupt(f"over {METADATA_MAX_BYTES} bytes: not the metadata")
