@@ -698,6 +698,30 @@ def test_a_restore_never_replaces_a_latest_file_no_version_holds(
     assert not list((other / HISTORY).glob("2*.json"))
 
 
+def test_a_version_dated_ahead_never_lifts_the_hold_from_the_ones_after_it(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """A version named years ahead (a clock that ran ahead, then was set right) sorts
+    above every version the clock names next. Mirrored, it must not become the
+    watermark: the versions after it would count as mirrored and retention, holding
+    nothing back for them, would delete them before they reach the object store."""
+    store = make_store(root)
+    old = add_old_versions(store, 4, days_ago=30)
+    ahead = "2099-01-01T00-00-00-0000abcd.json"
+    store.write_version(ahead, payload(500))
+    target = f"s3://{bucket}/ahead"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    state = json.loads((root / HISTORY / MIRROR_STATE_NAME).read_bytes())
+    assert state["mirroredThrough"] == old[-1], state
+    fresh = add_versions(store, 3)  # not mirrored: the mirror did not run since
+    done = run_cli(root, "--max-versions", "1", "--retention-days", "1", "cleanup")
+    assert done.returncode == 0, done.stderr
+    assert all((root / HISTORY / name).exists() for name in fresh)
+    assert not any((root / HISTORY / name).exists() for name in old)  # mirrored: they go
+    assert (root / HISTORY / ahead).exists()  # dated ahead: retention keeps it
+
+
 def test_mirror_killed_during_uploads_reconciles_on_restart(
     root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:
