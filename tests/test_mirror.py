@@ -676,6 +676,52 @@ def test_a_failed_download_stops_the_restore_before_the_rest_are_fetched(
         assert sorted(p.name for p in (restored / HISTORY).glob("2*.json")) == names[:2]
 
 
+def test_a_restore_never_replaces_a_latest_file_no_version_holds(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """Into an original server's history not yet adopted: its latest file holds a
+    snapshot no version holds, which the restore's new link would lose. Refused, as every
+    other writer refuses it, before anything is written."""
+    add_versions(make_store(root), 3)
+    target = f"s3://{bucket}/unadopted"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    other = tmp_path / "original"
+    (other / HISTORY).mkdir(parents=True)
+    unique = payload(99)
+    (other / "console-usage-synced.json").write_bytes(unique)
+    done = run_cli(other, "restore", target, **env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "run 'ingester adopt' first" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert (other / "console-usage-synced.json").read_bytes() == unique
+    assert not list((other / HISTORY).glob("2*.json"))
+
+
+def test_a_version_dated_ahead_never_lifts_the_hold_from_the_ones_after_it(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """A version named years ahead (a clock that ran ahead, then was set right) sorts
+    above every version the clock names next. Mirrored, it must not become the
+    watermark: the versions after it would count as mirrored and retention, holding
+    nothing back for them, would delete them before they reach the object store."""
+    store = make_store(root)
+    old = add_old_versions(store, 4, days_ago=30)
+    ahead = "2099-01-01T00-00-00-0000abcd.json"
+    store.write_version(ahead, payload(500))
+    target = f"s3://{bucket}/ahead"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    state = json.loads((root / HISTORY / MIRROR_STATE_NAME).read_bytes())
+    assert state["mirroredThrough"] == old[-1], state
+    fresh = add_versions(store, 3)  # not mirrored: the mirror did not run since
+    done = run_cli(root, "--max-versions", "1", "--retention-days", "1", "cleanup")
+    assert done.returncode == 0, done.stderr
+    assert all((root / HISTORY / name).exists() for name in fresh)
+    assert not any((root / HISTORY / name).exists() for name in old)  # mirrored: they go
+    assert (root / HISTORY / ahead).exists()  # dated ahead: retention keeps it
+
+
 def test_mirror_killed_during_uploads_reconciles_on_restart(
     root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

@@ -172,6 +172,7 @@ def restore(
     is not restored (exit 1, each named). Refuses while a watcher holds the history.
     """
     from ..mirror.restore import RestoreError, restore_history
+    from ..ops.adopt import unsafe_latest
 
     app: App = ctx.obj
     settings = app.settings
@@ -190,6 +191,11 @@ def restore(
         client = make_client(endpoint_url)
         store.history_dir.mkdir(parents=True, exist_ok=True)
         with HistoryLock(store.lock_path, "restore"):
+            # A restore ends by pointing the latest link at the newest version: a file
+            # there holding a snapshot no version holds would be lost.
+            unsafe = unsafe_latest(store)
+            if unsafe is not None:
+                raise fail(unsafe)
             result = restore_history(client, source, store, max_bytes=settings.max_bytes)
     except ObjectStoreUnavailable as exc:
         raise fail(str(exc)) from None

@@ -52,7 +52,7 @@ from ..errors import (
     VersionExists,
     VersionNotFound,
 )
-from ..history.base import VersionEntry
+from ..history.base import VersionEntry, is_future
 from ..history.local import LocalHistory
 from ..history.lock import HistoryLock
 from ..history.metadata import MetadataCorrupt, StorageMetadata
@@ -419,7 +419,13 @@ class Mirror:
     def _update_watermark(self, names: Iterable[str]) -> None:
         remote = (self._remote.known if self._remote is not None else None) or {}
         through: str | None = None
+        now = utc_now()
         for name in names:
+            if is_future(name, now):
+                # Dated ahead of the clock, it sorts above the names the clock gives next:
+                # a watermark past it would count them mirrored before they are, and let
+                # retention delete them. Retention keeps such a version anyway.
+                continue
             if name not in remote or name in self._bad:
                 break
             through = name

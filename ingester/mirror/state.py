@@ -24,12 +24,15 @@ import errno
 import json
 import os
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..clock import utc_now
 from ..history import durable
+from ..history.base import is_future
 from ..history.lock import lock_holder
 from ..history.names import MIRROR_STATE_NAME
 from ..history.retention import DEFAULT_HOLD_MAX
@@ -118,11 +121,22 @@ def write_mirror_state(history_dir: Path, state: MirrorState) -> None:
     )
 
 
-def unmirrored(sorted_names: Sequence[str], state: MirrorState) -> list[str]:
-    """The names above the watermark (oldest first): not known to be mirrored."""
-    if state.mirrored_through is None:
-        return list(sorted_names)
-    return list(sorted_names[bisect.bisect_right(sorted_names, state.mirrored_through) :])
+def unmirrored(
+    sorted_names: Sequence[str], state: MirrorState, now: datetime | None = None
+) -> list[str]:
+    """The names above the watermark (oldest first): not known to be mirrored.
+
+    Names dated more than a day ahead of ``now`` (default: the clock) are left out: the
+    watermark never passes them (it would pass the names the clock gives next, which
+    sort below them), and retention keeps them whatever the mirror has done.
+    """
+    now = now or utc_now()
+    start = (
+        0
+        if state.mirrored_through is None
+        else bisect.bisect_right(sorted_names, state.mirrored_through)
+    )
+    return [name for name in sorted_names[start:] if not is_future(name, now)]
 
 
 def held_back(sorted_names: Sequence[str], expired: int, state: MirrorState | None) -> int:
