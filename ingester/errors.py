@@ -224,7 +224,9 @@ class ObjectStoreError(IngesterError, OSError):
 
 
 class ObjectStoreUnavailable(IngesterError, RuntimeError):
-    """boto3 is not installed; ``str()`` says which extra to install."""
+    """The object store cannot be used at all: boto3 is not installed (``str()`` says which
+    extra to install), or no client can be made (a missing profile, a config that does
+    not parse, a bad region, a failing credential process; ``str()`` says which)."""
 
 
 class BadEndpoint(IngesterError, ValueError):

@@ -1270,6 +1270,50 @@ def test_object_store_errors_are_one_line(
     assert "Traceback" not in once.stderr
 
 
+@pytest.mark.parametrize(
+    "case", ["a profile that does not exist", "a bad region", "a failing credential process"]
+)
+def test_a_client_botocore_cannot_make_is_one_line_everywhere(
+    root: Path, tmp_path: Path, aws_files: dict[str, str], case: str
+) -> None:
+    """botocore refuses to make the client itself (it never reaches the store): each
+    command says why in one line, and check is CRITICAL, never an internal error."""
+    env = {**aws_files, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    if case == "a profile that does not exist":
+        env["AWS_PROFILE"] = "nope"
+        why = "The config profile (nope) could not be found"
+    elif case == "a bad region":
+        env.update(
+            AWS_DEFAULT_REGION="bad/region!", AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s"
+        )
+        del env["AWS_ENDPOINT_URL"]  # AWS's own endpoints: the region is checked first
+        why = "Provided region_name 'bad/region!' doesn't match a supported format."
+    else:
+        failing = tmp_path / "credentials.sh"
+        failing.write_text("#!/bin/sh\nexit 1\n")
+        failing.chmod(0o755)
+        config = tmp_path / "aws-config-process"
+        config.write_text(f"[default]\ncredential_process = {failing}\n")
+        env["AWS_CONFIG_FILE"] = str(config)
+        why = "cannot fetch credentials: Error when retrieving credentials from custom-process:"
+    make_store(root)
+    said = f"cannot make an S3 client: {why}"
+    target = "s3://some-bucket/p"
+    for args, code in (
+        (("list", "--from", target), 1),
+        (("restore", target, "--root", str(tmp_path / "r")), 1),
+        (("mirror", target, "--once"), 1),
+        (("serve", "--from", target, "--listen", "127.0.0.1:0"), 1),
+    ):
+        done = run_cli(root, *args, **env)
+        assert done.returncode == code, (args, done.stderr)
+        assert done.stderr.strip().splitlines()[-1] == f"error: {said}", (args, done.stderr)
+        assert "Traceback" not in done.stderr and "please report" not in done.stderr
+    check = run_cli(root, "check", "--from", target, **env)
+    assert check.returncode == 2, check.stdout + check.stderr
+    assert check.stdout.startswith(f"INGESTER CRITICAL - {target}: {said}"), check.stdout
+
+
 def test_without_boto3_the_error_names_the_extra(root: Path) -> None:
     make_store(root)
     code = (

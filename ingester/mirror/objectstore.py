@@ -155,7 +155,8 @@ def make_client(endpoint_url: str | None = None, *, timeout: float = 10.0) -> S3
     A fresh client re-reads the credential chain, so a fixed credentials file takes
     effect without a restart. Retries are ours (the mirror's backoff), not botocore's,
     so an outage is seen and logged once instead of hidden behind silent retries.
-    Raises :class:`ObjectStoreUnavailable` when boto3 is not installed.
+    Raises :class:`ObjectStoreUnavailable` when boto3 is not installed, or when botocore
+    cannot make the client (its reason in one line).
     """
     require_boto3()
     import boto3
@@ -173,11 +174,19 @@ def make_client(endpoint_url: str | None = None, *, timeout: float = 10.0) -> S3
         user_agent_extra="console-usage-ingester",
     )
     _check_endpoint(endpoint_url)
-    session = boto3.session.Session()
-    region = session.region_name or os.environ.get("AWS_REGION") or "us-east-1"
-    client: S3Client = session.client(
-        "s3", endpoint_url=endpoint_url or None, region_name=region, config=config
-    )
+    try:
+        session = boto3.session.Session()
+        region = session.region_name or os.environ.get("AWS_REGION") or "us-east-1"
+        client: S3Client = session.client(
+            "s3", endpoint_url=endpoint_url or None, region_name=region, config=config
+        )
+    except Exception as exc:
+        # A profile that does not exist, a config that does not parse, a bad region, a
+        # credential process that fails: botocore says so while making the client.
+        failure = classify(exc)
+        if failure is None:
+            raise
+        raise ObjectStoreUnavailable(f"cannot make an S3 client: {failure.detail}") from None
     return client
 
 
@@ -323,7 +332,11 @@ def classify(exc: BaseException) -> Failure | None:
     if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError):
         return Failure("denied", f"no usable credentials ({type(exc).__name__})")
     if isinstance(exc, bex.CredentialRetrievalError | bex.TokenRetrievalError):
-        return Failure("denied", "cannot fetch credentials")
+        return Failure("denied", f"cannot fetch credentials: {' '.join(str(exc).split())}")
+    if isinstance(exc, RuntimeError) and "credentials" in str(exc).lower():
+        # botocore's own words for credentials a refresh brought back already expired:
+        # a plain RuntimeError, yet a matter of credentials like the ones above.
+        return Failure("denied", " ".join(str(exc).split()))
     if isinstance(
         exc,
         bex.EndpointConnectionError
