@@ -10,6 +10,7 @@ mode), and a restore into a fresh root passes ``verify``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,9 +21,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -1312,6 +1315,56 @@ def test_a_client_botocore_cannot_make_is_one_line_everywhere(
     check = run_cli(root, "check", "--from", target, **env)
     assert check.returncode == 2, check.stdout + check.stderr
     assert check.stdout.startswith(f"INGESTER CRITICAL - {target}: {said}"), check.stdout
+
+
+@contextlib.contextmanager
+def not_an_s3_store() -> Iterator[str]:
+    """A web server on loopback that answers every request 200 with a page (a wrong
+    endpoint, a captive portal, a default backend): yields its URL."""
+
+    class Page(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            body = b"<html><body>Welcome</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_that_is_no_s3_store_never_counts_a_version_mirrored(
+    root: Path, aws_files: dict[str, str]
+) -> None:
+    add_versions(make_store(root), 3)
+    env = {**aws_files, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    with not_an_s3_store() as url:
+        done = run_cli(root, "mirror", "s3://some-bucket/p", "--once", "--endpoint-url", url, **env)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "has no ETag: not an S3 store (check the endpoint)" in done.stderr, done.stderr
+    assert "mirrored 3 version(s)" not in done.stderr
+    state = json.loads((root / HISTORY / MIRROR_STATE_NAME).read_bytes())
+    assert state["mirroredThrough"] is None, state
+    assert state["waiting"] == 3, state
 
 
 def test_without_boto3_the_error_names_the_extra(root: Path) -> None:

@@ -294,7 +294,18 @@ class S3History:
                 self.conditional = False
                 return self._put(name, data, copies=copies, new=new)
             raise failed from None
-        return str(response.get("ETag", "")).strip('"')
+        etag = str(response.get("ETag") or "").strip('"')
+        if not etag:
+            # Every S3 store names what it stored by an ETag. A 2xx without one is some
+            # other server answering (a wrong endpoint, a portal, a default backend):
+            # counting the object stored would let retention delete our only copy.
+            raise ObjectStoreError(
+                self.location,
+                "rejected",
+                f"the answer to PUT {self.target.key(name)} has no ETag: not an S3 store "
+                "(check the endpoint)",
+            )
+        return etag
 
     def commit(self, staged: StagedObject, name: str) -> None:
         """One conditional ``PutObject`` of the staged bytes as version ``name``.
