@@ -215,6 +215,20 @@ def test_closed_stdout_is_not_a_traceback(root: Path) -> None:
             assert b"spool" not in path.read_bytes()
 
 
+@pytest.mark.parametrize(
+    ("tail", "what"), [("export", "the export"), ("snapshot --tar -", "the tar stream")]
+)
+def test_a_result_for_a_closed_stdout_is_refused_not_lost(root: Path, tail: str, what: str) -> None:
+    # The output is the command's result: exit 0 with it written into nothing would
+    # pass for an export or a backup that was never made.
+    make_history(root / "r")
+    result = _shell_cli(root / "r", f"{tail} >&-")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        f"error: standard output is closed: {what} would go nowhere; redirect it or give a file\n"
+    )
+
+
 def test_broken_pipe_on_stdout_is_quiet(root: Path) -> None:
     assert run_cli(root, "init").returncode == 0
     for _ in range(3):

@@ -107,6 +107,19 @@ def say_recorded(line: str, warning: str) -> bool:
     return True
 
 
+CLOSED_AT_START: set[int] = set()
+"""The standard descriptors (0, 1, 2) that were closed when the command started (now on
+/dev/null): a command whose output is its result must not report success into nothing."""
+
+
+def refuse_closed_stdout(what: str) -> None:
+    """Exit 1 when standard output was closed at start: ``what`` would be lost unseen."""
+    if 1 in CLOSED_AT_START:
+        raise fail(
+            f"standard output is closed: {what} would go nowhere; redirect it or give a file"
+        )
+
+
 def fail(message: str, code: int = 1) -> click.exceptions.Exit:
     """Print ``error: message`` to stderr and return the exit to raise.
 

@@ -28,7 +28,16 @@ from ..usage.export import (
     select_versions,
     write_rows,
 )
-from .common import App, PathParam, fail, history_source, open_history, say, time_option
+from .common import (
+    App,
+    PathParam,
+    fail,
+    history_source,
+    open_history,
+    refuse_closed_stdout,
+    say,
+    time_option,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -142,6 +151,7 @@ def _kind(mode: int) -> str:
 
 
 def _to_stdout(rows: Iterator[Row], fmt: str) -> None:
+    refuse_closed_stdout("the export")
     try:
         write_rows(rows, sys.stdout.buffer, fmt)
         sys.stdout.flush()

@@ -33,7 +33,14 @@ from ..errors import BadEndpoint
 from ..runtime.logs import LOG_FORMATS, escape_text, one_line, setup_logging
 from ..settings import SPECS, SettingError, resolve_settings
 from ..threads import THREAD_LIMIT, is_thread_limit
-from .common import App, PathParam, describe_os_error, last_words, silence_stdout
+from .common import (
+    CLOSED_AT_START,
+    App,
+    PathParam,
+    describe_os_error,
+    last_words,
+    silence_stdout,
+)
 from .quiet import hold_output, output_was_fine
 
 EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug, not something the user did
@@ -52,6 +59,7 @@ def _guard_standard_streams() -> None:
         try:
             os.fstat(fd)
         except OSError:
+            CLOSED_AT_START.add(fd)
             try:
                 null = os.open(os.devnull, os.O_RDWR)
             except OSError:

@@ -29,7 +29,16 @@ from ..ops.snapshot import (
 )
 from ..payload.schema import payload_schema_text
 from ..runtime.logs import escape_text, one_line
-from .common import App, FiniteRange, PathParam, fail, history_source, s3_history, say
+from .common import (
+    App,
+    FiniteRange,
+    PathParam,
+    fail,
+    history_source,
+    refuse_closed_stdout,
+    s3_history,
+    say,
+)
 from .service import refuse_unsafe_latest
 
 __all__ = ["check", "schema", "snapshot"]
@@ -134,6 +143,7 @@ def _snapshot_tar(history: Path, dest: str) -> None:
         except (SnapshotError, StorageError) as exc:
             raise fail(str(exc)) from None
         return
+    refuse_closed_stdout("the tar stream")
     if os.isatty(1):
         raise fail("refusing to write a tar stream to a terminal; redirect it or give a file")
     # The descriptor itself, so that -q (which holds back stdout text) never swallows the
