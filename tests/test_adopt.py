@@ -288,6 +288,23 @@ def test_a_kept_snapshot_with_an_old_mtime_stays_the_latest_and_survives_cleanup
     assert [p.read_bytes() for p in o.history.glob("2*.json")] == [o.latest]
 
 
+def test_a_kept_snapshot_with_an_mtime_ahead_of_the_clock_is_named_now(root: Path) -> None:
+    # Touched with a wrong date, years ahead: named after it, the version would be dated
+    # more than a day ahead, no latest at all, and the link would go to an older one.
+    o = original_history(root, latest="unique")
+    ahead = datetime(2099, 1, 1, tzinfo=UTC).timestamp()
+    os.utime(root / LATEST, (ahead, ahead))
+    before = datetime.now(UTC).replace(microsecond=0)
+    done = run_cli(root, "adopt")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (root / LATEST).read_bytes() == o.latest  # still the latest
+    [kept] = [p for p in o.history.glob("2*.json") if p.read_bytes() == o.latest]
+    assert not kept.name.startswith("2099"), kept.name
+    stamp = datetime.strptime(kept.name[:19], "%Y-%m-%dT%H-%M-%S").replace(tzinfo=UTC)
+    assert before <= stamp <= datetime.now(UTC)
+    assert run_cli(root, "verify").returncode == 0
+
+
 def test_the_kept_version_is_counted_once_when_the_original_s_totals_agree(root: Path) -> None:
     # 5020 created - 3100 deleted = 1920 versions, in small: the totals match the files.
     o = original_history(root, latest="unique")

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from ..clock import utc_now
 from ..errors import PERMISSION_ADVICE, PayloadRejected, StorageError, describe_os_error
 from ..history import durable
 from ..history.names import STAMP_FORMAT, is_version_name, parse_timestamp_from_filename
@@ -252,15 +253,16 @@ def nothing_to_adopt(root: Path, history_dir: Path, latest_path: Path) -> str | 
     )
 
 
-def _version_name_for(data: bytes, mtime_ns: int, newest: str | None) -> str:
+def _version_name_for(data: bytes, mtime_ns: int, newest: str | None, now: datetime) -> str:
     """A version name for a snapshot found in the latest file: its time, its bytes' hash.
 
-    The time is the file's, but never at or before the ``newest`` version's: the
-    original served that file as its newest snapshot, so it stays the latest (and the
-    newest for retention) even when its mtime is older (touched, or restored with an
-    old time).
+    The time is the file's, but never after ``now`` (an mtime ahead of the clock was
+    set by hand, and a name dated more than a day ahead would be no latest at all) and
+    never at or before the ``newest`` version's: the original served that file as its
+    newest snapshot, so it stays the latest (and the newest for retention) even when its
+    mtime is older (touched, or restored with an old time).
     """
-    stamp = datetime.fromtimestamp(mtime_ns / 1e9, UTC)
+    stamp = min(datetime.fromtimestamp(mtime_ns / 1e9, UTC), now)
     suffix = hashlib.sha256(data).hexdigest()[:8]
     name = f"{stamp.strftime(STAMP_FORMAT)}-{suffix}.json"
     if newest is None or name > newest:
@@ -291,7 +293,7 @@ def _keep_latest_snapshot(store: HistoryStore, data: bytes, max_bytes: int) -> s
         mtime_ns = os.lstat(store.latest_path).st_mtime_ns
     except OSError as exc:
         raise StorageError("stat", store.latest_path, exc) from exc
-    name = _version_name_for(data, mtime_ns, store.latest_version_name())
+    name = _version_name_for(data, mtime_ns, store.latest_version_name(), utc_now())
     try:
         durable.StagedFile(store.history_dir, data, VERSION_MODE, name=name).commit(name)
     except StorageError as exc:
