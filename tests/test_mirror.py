@@ -725,6 +725,26 @@ def test_a_version_dated_ahead_never_lifts_the_hold_from_the_ones_after_it(
     assert (root / HISTORY / ahead).exists()  # dated ahead: retention keeps it
 
 
+def test_restore_root_is_that_root_whatever_the_environment_names(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """``restore --root B`` restores into B's history and latest link, even where the
+    environment names another history folder for the global root."""
+    names = add_versions(make_store(root), 2)
+    target = f"s3://{bucket}/own-root"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    elsewhere, into = tmp_path / "elsewhere", tmp_path / "into"
+    done = run_cli(
+        tmp_path, "restore", target, "--root", str(into), INGESTER_HISTORY_DIR=str(elsewhere), **env
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (into / HISTORY).glob("2*.json")) == sorted(names)
+    assert not elsewhere.exists()
+    assert os.readlink(into / LATEST) == f"{HISTORY}/{max(names)}"
+    assert run_cli(into, "verify").returncode == 0
+
+
 def test_mirror_killed_during_uploads_reconciles_on_restart(
     root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

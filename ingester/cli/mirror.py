@@ -11,6 +11,7 @@ stderr); 2 a usage error.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -182,6 +183,11 @@ def restore(
             k: v for k, v in parent.items() if k not in ("config_path", "verbose", "log_format")
         }
         options["root"] = restore_root
+        # That root's own history and latest link, whatever the environment or a config
+        # file name for the global root's.
+        root = Path(restore_root)
+        options["history_dir"] = str(root / "console-usage-history")
+        options["latest_path"] = str(root / "console-usage-synced.json")
         try:
             settings = resolve_settings(options, config_path=parent.get("config_path"))
         except SettingError as exc:
