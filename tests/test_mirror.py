@@ -1083,6 +1083,33 @@ def test_a_stuck_mirror_goes_on_once_the_right_bytes_are_back(
         assert mirror.stop() == 0, mirror.log
 
 
+def test_an_object_that_is_no_valid_payload_never_becomes_the_mirror_s_latest(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    # Another writer put junk under a version's name, newer than ours: the mirror's
+    # latest copy and metadata name our newest version, and the junk is said once.
+    store = make_store(root)
+    names = add_versions(store, 3)
+    env = s3_env(s3.endpoint, aws_files)
+    target = f"s3://{bucket}/foreign"
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    stamp = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H-%M-%S")
+    junk = f"{stamp}-0000dead.json"
+    client = client_for(s3.endpoint)
+    client.put_object(Bucket=bucket, Key=f"foreign/{junk}", Body=b"hello, not json")
+    store.save_version(payload(50))  # a new version: the latest copy is due again
+    done = run_cli(root, "mirror", target, "--once", **env)
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if junk in line]
+    assert len(warned) == 1 and "is no valid payload (not JSON" in warned[0], done.stderr
+    newest = max(local_versions(root))
+    assert newest not in names  # the one saved after the junk appeared
+    latest = client.get_object(Bucket=bucket, Key=f"foreign/{LATEST}")["Body"].read()
+    assert latest == (root / HISTORY / newest).read_bytes()
+    meta = json.loads(client.get_object(Bucket=bucket, Key="foreign/_metadata.json")["Body"].read())
+    assert meta["latestVersion"] == newest, meta
+
+
 def test_an_object_that_is_no_valid_payload_is_not_restored(
     root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

@@ -48,6 +48,7 @@ from ..errors import (
     IngesterError,
     MetadataMissing,
     ObjectStoreError,
+    PayloadRejected,
     StorageError,
     VersionExists,
     VersionNotFound,
@@ -58,6 +59,7 @@ from ..history.lock import HistoryLock
 from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import format_timestamp, is_version_name
 from ..history.retention import RetentionPolicy, plan_retention
+from ..payload.model import judge_payload
 from ..runtime.notify import SystemdNotifier
 from ..runtime.signals import StopFlag, on_stop_signals
 from ..threads import THREAD_LIMIT, workers_or_inline
@@ -237,11 +239,26 @@ class Mirror:
         # next start to leave them to: its exit 0 says the copy is whole.
         if not self._stop.is_set() or self.options.once:
             base = self._local_metadata()
-            self._call(lambda r: r.publish(base))
+            self._call(lambda r: r.publish(base, self._payload_or_said))
             if self.options.retention == "follow":
                 result.deleted = self._follow(names)
         result.waiting = len(unmirrored(names, self._state))
         return result
+
+    def _payload_or_said(self, name: str, data: bytes) -> bool:
+        """Whether object ``name`` may be the latest copy: a valid payload. Another
+        writer's junk under a version's name is said once and never published."""
+        try:
+            judge_payload(data)
+        except PayloadRejected as exc:
+            log.warning(
+                "%s in %s is no valid payload (%s): never the latest copy; remove it",
+                name,
+                self.target,
+                exc.reason,
+            )
+            return False
+        return True
 
     def _local_metadata(self) -> StorageMetadata | None:
         """The history's metadata (its totals go with the copy); ``None`` if unusable."""

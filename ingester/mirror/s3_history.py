@@ -134,6 +134,7 @@ class S3History:
         self._token: Hashable | None = None
         self._token_at = float("-inf")
         self._newest: tuple[str, bytes] | None = None  # the newest version committed here
+        self._refused: set[str] = set()  # names publish's ``accept`` refused: skipped
 
     def _failed(self, exc: Exception) -> ObjectStoreError:
         failure = classify(exc)
@@ -386,25 +387,38 @@ class S3History:
             return newest[1]
         return self.read_version(name)
 
-    def publish(self, base: StorageMetadata | None = None) -> None:
+    def publish(
+        self,
+        base: StorageMetadata | None = None,
+        accept: Callable[[str, bytes], bool] | None = None,
+    ) -> None:
         """Point the latest copy at the latest version and rewrite the metadata object,
         each only when what the store holds differs (compared by SHA-256).
 
         The versions are those of the last :meth:`refresh` and the commits since (a
         listing first when there was none); the totals come from ``base`` (the mirror
-        gives the local history's), else from the stored metadata object.
+        gives the local history's), else from the stored metadata object. ``accept``
+        (name, bytes) may refuse a version as the latest copy (the mirror refuses what
+        is no valid payload): it is then left out, of the metadata too, and the next
+        newest is taken.
         """
         if self.known is None:
             self.refresh()
         assert self.known is not None
         now = self.wall_clock()
-        names = sorted(n for n in self.known if is_version_name(n))
-        newest = latest_name(names, now)
-        if newest is not None:
+        names = sorted(n for n in self.known if is_version_name(n) and n not in self._refused)
+        while (newest := latest_name(names, now)) is not None:
             digest = self._digest(newest)
             current = self._current(LATEST_KEY)
-            if current is None or (current.version, current.sha256) != (newest, digest):
-                self._put_fixed(LATEST_KEY, self._version_bytes(newest), copies=newest)
+            if current is not None and (current.version, current.sha256) == (newest, digest):
+                break
+            data = self._version_bytes(newest)
+            if accept is not None and not accept(newest, data):
+                self._refused.add(newest)
+                names.remove(newest)
+                continue
+            self._put_fixed(LATEST_KEY, data, copies=newest)
+            break
         stored = StorageMetadata()
         if base is None:
             try:
