@@ -8,6 +8,7 @@ import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import INVALID_SAMPLES, run_cli
@@ -27,8 +28,13 @@ def snapshot_at(age: timedelta) -> bytes:
 
 
 def ingest(root: Path, tmp_path: Path, age: timedelta) -> None:
+    ingest_payload(root, tmp_path, snapshot_at(age))
+
+
+def ingest_payload(root: Path, tmp_path: Path, data: bytes | dict[str, Any]) -> None:
+    """Store ``data`` (bytes, or a payload to write as JSON) as a version of ``root``."""
     source = tmp_path / f"in-{time.monotonic_ns()}.json"
-    source.write_bytes(snapshot_at(age))
+    source.write_bytes(data if isinstance(data, bytes) else json.dumps(data).encode())
     result = run_cli(root, "ingest", str(source))
     assert result.returncode == 0, result.stderr
 
@@ -284,9 +290,7 @@ def test_quiet_leaves_out_the_word_on_an_unreadable_reset(root: Path, tmp_path: 
         "currentSession": {"resetsIn": "whenever it likes", "percentageUsed": 50},
         "lastUpdated": iso_utc(datetime.now(UTC)),
     }
-    source = tmp_path / "odd.json"
-    source.write_text(json.dumps(body))
-    assert run_cli(root, "ingest", str(source)).returncode == 0
+    ingest_payload(root, tmp_path, body)
     loud = run_cli(root, "forecast")
     assert loud.returncode == 0 and "no wording this version reads" in loud.stderr
     for args in (("forecast",), ("check", "--forecast"), ("check", "--usage-warning", "90")):
@@ -398,9 +402,7 @@ def test_a_reading_short_of_a_bound_is_never_shown_at_or_over_it(
         },
         "lastUpdated": stamp,
     }
-    source = tmp_path / "near.json"
-    source.write_text(json.dumps(body))
-    assert run_cli(root, "ingest", str(source)).returncode == 0
+    ingest_payload(root, tmp_path, body)
     code, line = check(root, "--usage-warning", "90")
     assert code == 1, line
     assert "currentSession 99.97 % used (at or above 90 %)" in line
@@ -428,9 +430,7 @@ def test_a_limit_inside_a_window_is_judged_too(root: Path, tmp_path: Path) -> No
         },
         "lastUpdated": stamp,
     }
-    source = tmp_path / "nested.json"
-    source.write_text(json.dumps(body))
-    assert run_cli(root, "ingest", str(source)).returncode == 0
+    ingest_payload(root, tmp_path, body)
     code, line = check(root, "--usage-warning", "90")
     assert code == 1, line
     assert "weeklyLimits.allModels 97 % used (at or above 90 %)" in line, line
@@ -459,9 +459,7 @@ def test_a_limit_whose_reset_has_passed_since_its_reading_is_not_held_against_it
         },
         "lastUpdated": then.isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
-    source = tmp_path / "old.json"
-    source.write_text(json.dumps(body))
-    assert run_cli(root, "ingest", str(source)).returncode == 0
+    ingest_payload(root, tmp_path, body)
     code, line = check(root, "--max-age", "2h", "--usage-warning", "90")
     assert code == 1, line  # the weekly limit at 95 % still holds
     assert "currentSession 100 % used (the reset has passed since)" in line, line

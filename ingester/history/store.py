@@ -683,42 +683,59 @@ class HistoryStore:
             self.latest_path, self.link_target(newest), fallback=copy_of_newest, sync_dir=sync
         )
 
-    def _keep_unkept_latest(self) -> None:
-        """Raise :class:`StorageError` (EEXIST) when the latest path is a regular file
-        holding a snapshot that no version holds: replacing it would lose that snapshot.
-
-        Such a file is the original server's latest, or one put there by hand while the
-        watcher runs; only ``adopt`` keeps it (as a version). A copy this store made where
-        links fail holds a version's bytes, so it is replaced as a link would be.
-        """
+    def regular_latest(self) -> bytes | None:
+        """The bytes of the latest path when it is a regular file (not a link), else
+        ``None``. Raises :class:`StorageError` when it is one that cannot be read."""
         try:
-            if not stat.S_ISREG(os.lstat(self.latest_path).st_mode):
-                return
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise StorageError("look at", self.latest_path, exc) from exc
-        data = durable.read_regular(self.latest_path)
-        if data is None:
-            return
-        for name in reversed(self._names):  # newest first: a copy holds a recent one
-            path = self.version_path(name)
+            return durable.read_regular(self.latest_path)
+        except StorageError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                # Absent (a folder on its path is missing or is not a folder, so no file
+                # can be there), or a symbolic link: no snapshot of its own.
+                return None
+            raise
+
+    def version_holding(self, data: bytes) -> str | None:
+        """The newest version whose bytes are ``data``, or ``None`` (newest first: the
+        usual hit). Raises :class:`StorageError` when a version cannot be read."""
+        for path in self.list_versions():
             try:
                 if os.stat(path).st_size == len(data) and durable.read_regular(path) == data:
-                    return
+                    return path.name
             except FileNotFoundError:
                 continue  # deleted since the scan
+            except StorageError:
+                raise
             except OSError as exc:
                 raise StorageError("read", path, exc) from exc
-        raise StorageError(
-            "replace",
-            self.latest_path,
-            FileExistsError(
-                errno.EEXIST,
-                "it is a file holding a snapshot that no version holds, so it is kept; stop "
-                "the watcher and run 'ingester adopt' to keep it as a version, or remove it",
-            ),
-        )
+        return None
+
+    def unkept_latest(self) -> bool:
+        """Whether the latest path is a regular file holding a snapshot that no version
+        holds: replacing it (a start, a repair, a new link) would lose that snapshot.
+
+        Such a file is the original server's latest, or one put there by hand; only
+        ``adopt`` keeps it (as a version). A copy this store made where links fail holds
+        a version's bytes. Raises :class:`StorageError` when that cannot be told: a file
+        one cannot read may hold such a snapshot, so it is never taken for one that
+        does not.
+        """
+        data = self.regular_latest()
+        return data is not None and self.version_holding(data) is None
+
+    def _keep_unkept_latest(self) -> None:
+        """Raise :class:`StorageError` (EEXIST) when :meth:`unkept_latest`: it is kept."""
+        if self.unkept_latest():
+            raise StorageError(
+                "replace",
+                self.latest_path,
+                FileExistsError(
+                    errno.EEXIST,
+                    "it is a file holding a snapshot that no version holds, so it is kept; "
+                    "stop the watcher and run 'ingester adopt' to keep it as a version, or "
+                    "remove it",
+                ),
+            )
 
     def _write_metadata(self) -> None:
         self._meta = self._derive(self._meta)

@@ -49,7 +49,6 @@ __all__ = [
     "adopt_history",
     "latest_is_a_file",
     "nothing_to_adopt",
-    "unkept_latest",
     "unsafe_latest",
 ]
 
@@ -76,31 +75,6 @@ class AdoptReport:
         )
 
 
-def _regular_latest(store: HistoryStore) -> bytes | None:
-    """The bytes of the latest path when it is a regular file (not a link), else ``None``."""
-    try:
-        return durable.read_regular(store.latest_path)
-    except StorageError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-            # Absent (a folder on its path is missing or is not a folder, so no file
-            # can be there), or a symbolic link: nothing a start could lose.
-            return None
-        raise
-
-
-def _held_by_a_version(store: HistoryStore, data: bytes) -> str | None:
-    """The newest version whose bytes are ``data``, or ``None`` (newest first: the usual hit)."""
-    for path in store.list_versions():
-        try:
-            if path.stat().st_size == len(data) and path.read_bytes() == data:
-                return path.name
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise StorageError("read", path, exc) from exc
-    return None
-
-
 ADOPT_ADVICE = "run 'ingester adopt', which makes it this tool's (see docs/migrating.md)"
 """What ``verify`` and ``status`` advise for a history laid out as the original left it."""
 
@@ -115,20 +89,9 @@ def latest_is_a_file(store: HistoryStore) -> bool:
         return False
 
 
-def unkept_latest(store: HistoryStore) -> bool:
-    """Whether the latest path is a file holding a snapshot that no version holds (one
-    that starting, or ``verify --repair``, would lose). Reads only.
-
-    Raises :class:`StorageError` when that cannot be told: the latest path is a file
-    that cannot be read, or a version cannot be read to compare it with. A file one
-    cannot read may hold such a snapshot, so it must never be taken for one that does not.
-    """
-    data = _regular_latest(store)
-    return data is not None and _held_by_a_version(store, data) is None
-
-
 def unknown_latest(store: HistoryStore, exc: StorageError) -> str:
-    """Why a start must not replace a latest file :func:`unkept_latest` could not judge."""
+    """Why a start must not replace a latest file
+    :meth:`~ingester.history.store.HistoryStore.unkept_latest` could not judge."""
     advice = (
         PERMISSION_ADVICE
         if exc.errno in (errno.EACCES, errno.EPERM)
@@ -156,7 +119,7 @@ def unsafe_latest(store: HistoryStore) -> str | None:
     (:func:`unknown_latest`). Reads only; never raises.
     """
     try:
-        unkept = unkept_latest(store)
+        unkept = store.unkept_latest()
     except StorageError as exc:
         return unknown_latest(store, exc)
     return f"{store.latest_path} is {UNKEPT_LATEST}" if unkept else None
@@ -275,7 +238,7 @@ def _version_name_for(data: bytes, mtime_ns: int, newest: str | None, now: datet
 
 def _keep_latest_snapshot(store: HistoryStore, data: bytes, max_bytes: int) -> str | None:
     """Store the latest file's snapshot as a version unless one holds it; the name made."""
-    if _held_by_a_version(store, data) is not None:
+    if store.version_holding(data) is not None:
         return None
     try:
         check_payload(data, max_bytes=max_bytes)
@@ -341,7 +304,7 @@ def adopt_history(store: HistoryStore, max_bytes: int) -> AdoptReport:
         store.history_dir.mkdir(parents=True, exist_ok=True)
     store.scan()
     counted, _problem = store.metadata_to_carry()
-    copy = _regular_latest(store)
+    copy = store.regular_latest()
     if copy is not None:
         report.kept_latest = _keep_latest_snapshot(store, copy, max_bytes)
         report.latest_was = "a regular file (a copy)"
@@ -354,7 +317,7 @@ def adopt_history(store: HistoryStore, max_bytes: int) -> AdoptReport:
     if report.kept_latest is not None:
         # A version like any other: the totals count it (the original's file does not).
         store.write_metadata(created_at_least=counted.total_versions_created + 1)
-    if _regular_latest(store) is not None:
+    if store.regular_latest() is not None:
         # A copy equal to the newest version is no problem to initialize(): make it a link.
         store.update_latest()
     if report.latest_was is None and init.latest_repaired:

@@ -32,7 +32,7 @@ from ..history.lock import lock_holder
 from ..history.names import is_version_name, looks_like_version_name
 from ..history.store import LATEST_TEMP_PREFIXES, METADATA_NAME, HistoryStore
 from ..payload.model import PayloadRejected, judge_payload
-from .adopt import UNKEPT_LATEST, latest_is_a_file, unkept_latest, unknown_latest
+from .adopt import UNKEPT_LATEST, latest_is_a_file, unknown_latest
 
 __all__ = [
     "Finding",
@@ -233,7 +233,7 @@ def _latest_finding(store: HistoryStore, is_a_file: bool) -> Finding | None:
     :func:`~ingester.ops.adopt.latest_is_a_file`)."""
     subject = os.fspath(store.latest_path)
     try:
-        unkept = is_a_file and unkept_latest(store)
+        unkept = is_a_file and store.unkept_latest()
     except StorageError as exc:
         # The file may hold what no version holds: never for verify --repair.
         return Finding("latest-link", subject, unknown_latest(store, exc))

@@ -111,27 +111,31 @@ class ConnectionLayer:
             f"at most {self.limits.per_client} per client address "
             f"and {self.limits.max_total} in all"
         )
-        self._refusals = EventTally(
+        self._refusals = self._tally(
             lambda n, span, reasons, clients: _describe_refusals(n, span, reasons, clients, limits),
-            lambda line: log.warning("%s", line),
-            self.clock,
-            self.summary_interval,
+            log.warning,
         )
-        self._timeouts = EventTally(
+        self._timeouts = self._tally(
             lambda n, span, kinds, clients: _describe_head_timeouts(
                 n, span, kinds, clients, self.head_timeout
             ),
-            lambda line: log.info("%s", line),
-            self.clock,
-            self.summary_interval,
+            log.info,
         )
-        self._unread = EventTally(
-            lambda n, span, _kinds, clients: _describe_send_timeouts(
-                n, span, _kinds, clients, self.send_timeout
+        self._unread = self._tally(
+            lambda n, span, kinds, clients: _describe_send_timeouts(
+                n, span, kinds, clients, self.send_timeout
             ),
-            lambda line: log.warning("%s", line),
-            self.clock,
-            self.summary_interval,
+            log.warning,
+        )
+
+    def _tally(
+        self,
+        describe: Callable[[int, float, Counter[str], Counter[str]], str],
+        level: Callable[..., None],
+    ) -> EventTally:
+        """A tally of one kind of event, summarised at ``level`` once per interval."""
+        return EventTally(
+            describe, lambda line: level("%s", line), self.clock, self.summary_interval
         )
 
     def refused(self, loop: asyncio.AbstractEventLoop, reason: str, key: str | None) -> None:
@@ -173,9 +177,8 @@ class ConnectionLayer:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        self._refusals.flush()
-        self._timeouts.flush()
-        self._unread.flush()
+        for tally in (self._refusals, self._timeouts, self._unread):
+            tally.flush()
         for transport in list(self.lingering):
             transport.abort()
         self.lingering.clear()
