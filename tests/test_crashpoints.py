@@ -707,7 +707,9 @@ def test_a_groups_versions_are_named_only_once_all_its_fsyncs_returned(
         assert run_once(settings) == 0
     assert not final_problems(scenario.expect)
     assert order.links == 8
-    assert order.on_workers >= 8  # the group's fsyncs did run at once
+    # The group's nine fsyncs (eight drops' bytes and .claimed/) ran at once: every share
+    # but the caller's on a worker.
+    assert order.on_workers >= 7
     assert not order.violations, order.violations
 
 
