@@ -35,6 +35,7 @@ from .outcomes import (
     Outcome,
     Recovered,
     Rejected,
+    SecondName,
     Stored,
 )
 
@@ -332,6 +333,14 @@ class Backlog:
         elif isinstance(outcome, Recovered):
             self.maintenance.latest_dirty = self.maintenance.meta_dirty = True
             log.info("%s was already stored; removed its claim", outcome.version)
+        elif isinstance(outcome, SecondName):
+            self._drop_waits.forget(outcome.drop)
+            log.warning(
+                "%s is version %s itself (the same file under a second name, as a power "
+                "cut can leave it): removed it from the spool, not stored twice",
+                outcome.drop,
+                outcome.version,
+            )
 
     def _ingested(self, item: Stored) -> None:
         self.counts.ingested += 1

@@ -29,8 +29,19 @@ from ..history.batch import Batch
 from ..history.store import VERSION_MODE, HistoryStore
 from ..payload.gate import check_payload
 from .arrivals import How
-from .outcomes import Blocked, Deferred, Dropped, GroupFailure, Ignored, Outcome, Rejected, Stored
+from .outcomes import (
+    Blocked,
+    Deferred,
+    Dropped,
+    GroupFailure,
+    Ignored,
+    Outcome,
+    Rejected,
+    SecondName,
+    Stored,
+)
 from .readiness import Folder, Gone, Readiness, Wait, writers_present
+from .second_names import version_named_by
 from .spool import Opened, Spool, open_entry
 
 __all__ = ["Intake"]
@@ -160,6 +171,10 @@ class Intake:
         opened = self.open_and_judge(path, name, may_be_open=ready.may_be_open)
         if not isinstance(opened, Opened):
             return opened
+        if opened.nlink > 1 and self.same_fs:
+            second = self._second_name(path, name, opened)
+            if second is not None:
+                return second
         # 3. stage. Zero-copy when the drop is ours alone and on the history's
         # filesystem: its own inode becomes the version (as a rename would), made
         # read-only and fsynced. Otherwise (another user's file, other filesystem)
@@ -538,6 +553,22 @@ class Intake:
             return Blocked(name, "quarantine", exc, reason)
         self._done(Dropped(name))
         return Rejected(name, reason, where, kind)
+
+    def _second_name(self, path: str, name: str, opened: Opened) -> Outcome | None:
+        """A drop that is a version's own file: its spool name removed (None: it is not).
+
+        Only a drop with more than one link can be one, so the history is listed for
+        those alone. The name is removed, not the file: the version keeps its bytes.
+        """
+        try:
+            version = version_named_by(self.store.history_dir, opened.dev, opened.ino)
+            if version is None:
+                return None
+            durable.remove_file(path)
+        except StorageError as exc:
+            return Blocked(name, "claim", exc)
+        self._done(Dropped(name))
+        return SecondName(name, version)
 
     def _done(self, outcome: Dropped) -> Dropped:
         self.readiness.forget(outcome.drop)

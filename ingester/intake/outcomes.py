@@ -2,8 +2,9 @@
 
 Each is a frozen dataclass the service loop applies once (counts, logs, per-drop waits,
 when to look again): :class:`Stored`, :class:`Rejected`, :class:`Deferred`,
-:class:`Dropped`, :class:`Ignored`, :class:`Blocked` and :class:`Recovered` (a claim
-found already stored), together :data:`Outcome`; :class:`GroupFailure` is a group's
+:class:`Dropped`, :class:`Ignored`, :class:`Blocked`, :class:`Recovered` (a claim
+found already stored) and :class:`SecondName` (a drop found to be a stored version's own
+file), together :data:`Outcome`; :class:`GroupFailure` is a group's
 commit stopped at one drop (``docs/design.md``, "One drop").
 """
 
@@ -22,6 +23,7 @@ __all__ = [
     "Outcome",
     "Recovered",
     "Rejected",
+    "SecondName",
     "Stored",
 ]
 
@@ -112,4 +114,16 @@ class Recovered:
     version: str
 
 
-Outcome = Stored | Rejected | Deferred | Dropped | Ignored | Blocked | Recovered
+@dataclass(frozen=True)
+class SecondName:
+    """The drop was ``version``'s own file under a second name: removed from the spool.
+
+    Its bytes are stored already (a crash lost the spool's side of its claim, or an
+    operator linked a version into the spool); storing it again would store it twice.
+    """
+
+    drop: str
+    version: str
+
+
+Outcome = Stored | Rejected | Deferred | Dropped | Ignored | Blocked | Recovered | SecondName

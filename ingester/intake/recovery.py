@@ -4,7 +4,8 @@ A claim's name is the version name it was given before it was claimed, so what i
 after a crash at any step is decided from names alone (``docs/design.md``, "Crashes"):
 
 * a claim whose version exists with the same bytes: its version is adopted (its name
-  made durable) and the claim removed;
+  made durable) and the claim removed, with any second name of the claimed drop back in
+  the spool (a power cut can lose the spool's side of the claim's rename);
 * a claim whose version name is taken by other bytes: stored anew under a new name;
 * a claim that is a second name of a drop back in the spool: the claim is removed;
 * otherwise: the claimed bytes are judged and stored as their version.
@@ -102,6 +103,17 @@ class ClaimRecovery:
                 # The version's name durable before its claim goes; and it may be new to
                 # this process too (its claim could not be removed at once).
                 batch.adopt(version)
+                for name in self._spool_names_of(claim):
+                    # The claimed drop itself, back in the spool: its bytes are
+                    # stored, so it must not be taken again. Its claim still holds
+                    # them until this is done.
+                    durable.remove_file(self.spool.dir / name)
+                    log.warning(
+                        "%s is the drop claimed as %s, stored already (a power cut can "
+                        "leave it in the spool): removed it from the spool",
+                        name,
+                        version,
+                    )
                 durable.remove_file(claim)
                 return Recovered(version)
             # Its name is taken by other bytes: nothing claimed is deleted unless its
@@ -130,17 +142,24 @@ class ClaimRecovery:
         cannot be looked at): storing the claim then could store a drop the spool
         still holds, so the claim waits for the next round.
         """
+        return bool(self._spool_names_of(claim))
+
+    def _spool_names_of(self, claim: durable.StrPath) -> list[str]:
+        """The spool's drop names that are the claimed inode itself (none: one link).
+
+        Raises :class:`StorageError` when the claim or the spool cannot be looked at.
+        """
         try:
             st = os.lstat(claim)
         except OSError as exc:
             raise StorageError("stat claim", claim, exc) from exc
         if st.st_nlink < 2:
-            return False
-        return any(
-            (c.ino, c.dev) == (st.st_ino, st.st_dev)
+            return []
+        return [
+            c.name
             for c in self.spool.scan()
-            if stat.S_ISREG(c.mode)
-        )
+            if stat.S_ISREG(c.mode) and (c.ino, c.dev) == (st.st_ino, st.st_dev)
+        ]
 
 
 @dataclass

@@ -1,0 +1,111 @@
+"""A drop that is a stored version's own file under a second name is never stored again.
+
+The claim of a drop is a rename out of the spool, and the spool folder is not fsynced:
+on a filesystem without a journal a power cut can lose the spool's side of that rename
+while the version's name, fsynced, survives. The drop is then back in the spool, as a
+second name of the version's inode (stored without a copy) or of its claim's (stored as
+a copy, the claim not yet removed). A power cut cannot be made here, so each test builds
+the state one leaves on disk, with hard links, and runs the real CLI or a real watcher.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from support import run_cli, wait_for
+from support.watchproc import WatchProcess, drop, payload, stored_contents, versions
+
+SECOND_NAME = "(the same file under a second name, as a power cut can leave it)"
+
+
+def _one_version(root: Path, data: bytes) -> Path:
+    drop(root / "spool", "first.json", data)
+    done = run_cli(root, "watch", "--once")
+    assert done.returncode == 0, done.stderr
+    [version] = versions(root)
+    return version
+
+
+def _drops(root: Path) -> list[str]:
+    return sorted(n for n in os.listdir(root / "spool") if n.endswith(".json"))
+
+
+def test_a_drop_that_is_a_versions_own_file_is_removed_not_stored_twice(root: Path) -> None:
+    data = payload(1)
+    version = _one_version(root, data)
+    # A power cut after the version was made durable, before the spool's side of its
+    # claim was written: the drop is back, and it is the version's own inode.
+    os.link(version, root / "spool" / "first.json")
+    done = run_cli(root, "watch", "--once")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert stored_contents(root) == {data: 1}
+    assert _drops(root) == []
+    assert os.stat(version).st_nlink == 1  # the version keeps its bytes and its name
+    warned = [ln for ln in done.stderr.splitlines() if SECOND_NAME in ln]
+    assert len(warned) == 1, done.stderr
+    assert f"first.json is version {version.name} itself" in warned[0]
+    assert " WARNING " in warned[0]
+    assert "stopped: 0 ingested, 0 rejected" in done.stderr
+
+
+def test_the_claimed_drop_back_beside_its_stored_copy_is_removed_with_its_claim(
+    root: Path,
+) -> None:
+    # Stored as a copy (another user's drop): the version is another inode. A power cut
+    # before the claim was removed, the spool's side of the claim's rename lost: the
+    # drop is in the spool and in .claimed/ (one inode), and its copy is the version.
+    data = payload(2)
+    stored = _one_version(root, payload(1))
+    spool = root / "spool"
+    name = "2026-12-06T10-00-00-0000abcd.json"
+    back = drop(spool, "again.json", data)
+    os.link(back, spool / ".claimed" / name)
+    copy = stored.parent / name
+    copy.write_bytes(data)
+    copy.chmod(0o444)
+    done = run_cli(root, "watch", "--once")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert stored_contents(root) == {payload(1): 1, data: 1}
+    assert _drops(root) == []
+    assert os.listdir(spool / ".claimed") == []
+    assert (
+        f"again.json is the drop claimed as {name}, stored already (a power cut can leave "
+        "it in the spool): removed it from the spool"
+    ) in done.stderr
+
+
+def test_a_running_watcher_removes_a_versions_second_name_dropped_in(root: Path) -> None:
+    data = payload(3)
+    version = _one_version(root, data)
+    spool = root / "spool"
+    with WatchProcess(root) as watcher:
+        (spool / "tmp").mkdir(exist_ok=True)
+        os.link(version, spool / "tmp" / "linked.json")
+        os.rename(spool / "tmp" / "linked.json", spool / "linked.json")
+        drop(spool, "next.json", payload(4))
+        watcher.wait_log("ingested next.json")
+        wait_for(lambda: _drops(root) == [], what="the second name removed")
+        assert watcher.log.count(SECOND_NAME) == 1, watcher.log
+    assert stored_contents(root) == {data: 1, payload(4): 1}
+
+
+def test_a_drop_with_another_link_outside_the_history_is_stored(root: Path) -> None:
+    # A writer that keeps a hard link to each drop (an archive of its own) makes drops
+    # with two links that are no version: they are stored (as copies), and the
+    # writer's link is left alone.
+    _one_version(root, payload(1))
+    archive = root / "archive"
+    archive.mkdir()
+    (archive / "kept.json").write_bytes(payload(5))
+    (root / "spool" / "tmp").mkdir(exist_ok=True)
+    os.link(archive / "kept.json", root / "spool" / "tmp" / "kept.json")
+    os.rename(root / "spool" / "tmp" / "kept.json", root / "spool" / "kept.json")
+    done = run_cli(root, "watch", "--once")
+    assert done.returncode == 0, done.stderr
+    assert stored_contents(root) == {payload(1): 1, payload(5): 1}
+    assert SECOND_NAME not in done.stderr
+    assert (archive / "kept.json").read_bytes() == payload(5)
+    assert os.stat(archive / "kept.json").st_nlink == 1
