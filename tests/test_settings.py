@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from support import SAMPLES, cli_env, run_cli
+from support.capabilities import bind_mount
 
 SAMPLE = SAMPLES / "valid" / "full.json"
 
@@ -157,6 +158,55 @@ def test_an_overlap_through_a_symlink_says_where_the_link_leads(root: Path) -> N
     assert result.returncode == 2, result.stderr
     real = os.path.realpath(root / "console-usage-history")
     assert f"the spool {root / 'spool'} (which leads to {real}) and the history" in result.stderr
+
+
+BIND_HINT = "(one folder under two paths: a bind mount?)"
+
+
+@pytest.mark.usefixtures("can_mount")
+@pytest.mark.parametrize(
+    ("option", "shown", "seen_at"),
+    [
+        # The spool is the history itself, seen through a bind mount.
+        ("--spool-dir", "console-usage-history", "mnt/spool"),
+        # The spool is a folder that holds the history.
+        ("--spool-dir", ".", "mnt/spool"),
+        # The quarantine is the history.
+        ("--rejected-dir", "console-usage-history", "mnt/rejected"),
+    ],
+)
+def test_an_overlap_through_a_bind_mount_is_a_usage_error(
+    tmp_path: Path, option: str, shown: str, seen_at: str
+) -> None:
+    # Names alone cannot show it: the folder's identity (device and inode) does.
+    root = tmp_path / "root"
+    (root / "console-usage-history").mkdir(parents=True)
+    with bind_mount(root / shown, tmp_path / seen_at) as other:
+        result = run_cli(root, option, str(other), "init")
+        made = sorted(os.listdir(other))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert error == result.stderr.splitlines()[-1], result.stderr
+    if option == "--spool-dir":
+        assert error.endswith(f"overlap {BIND_HINT}"), error
+    else:
+        assert "the quarantine" in error and "must not be, hold or lie in" in error, error
+    assert "tmp" not in made and ".claimed" not in made and "rejected" not in made, made
+
+
+@pytest.mark.usefixtures("can_mount")
+def test_two_folders_side_by_side_under_a_bind_mount_are_no_overlap(tmp_path: Path) -> None:
+    # A bind-mounted data folder holding both, apart: nothing overlaps.
+    data = tmp_path / "data"
+    (data / "spool").mkdir(parents=True)
+    (data / "history").mkdir()
+    with bind_mount(data, tmp_path / "mnt") as mnt:
+        root = tmp_path / "root"
+        root.mkdir()
+        args = ("--spool-dir", str(mnt / "spool"), "--history-dir", str(data / "history"))
+        result = run_cli(root, *args, "init")
+    assert result.returncode == 0, result.stderr
 
 
 def test_an_empty_environment_variable_counts_as_not_set(root: Path) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "AS_OTHER",
     "OTHER_UID",
     "STRACE",
+    "bind_mount",
     "can_chattr",
     "can_mount",
     "chattr_problem",
@@ -242,13 +243,39 @@ def immutable(path: Path) -> Iterator[None]:
         run_tool("chattr", "-i", str(path))
 
 
+def _mounted_on(path: Path) -> bool:
+    """Whether something is mounted on ``path``: a bind mount of a folder of the same
+    filesystem is one too, which ``os.path.ismount`` (a change of device) cannot see."""
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as table:
+            points = [line.split()[4] for line in table]
+    except OSError:
+        return os.path.ismount(path)
+    # mountinfo escapes a space, tab, newline and backslash in octal.
+    escaped = "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in target)
+    return escaped in points
+
+
 def umount_all(path: Path) -> None:
     """Undo every mount stacked on ``path`` (lazily where one is busy)."""
     for _ in range(5):
-        if not os.path.ismount(path):
+        if not _mounted_on(path):
             return
         if run_tool("umount", str(path)).returncode != 0:
             run_tool("umount", "-l", str(path))
+
+
+@contextlib.contextmanager
+def bind_mount(source: Path, target: Path) -> Iterator[Path]:
+    """``source`` also seen at ``target`` (a bind mount) for the block, always unmounted after."""
+    target.mkdir(parents=True, exist_ok=True)
+    done = run_tool("mount", "--bind", str(source), str(target))
+    assert done.returncode == 0, done.stderr
+    try:
+        yield target
+    finally:
+        umount_all(target)
 
 
 @contextlib.contextmanager
