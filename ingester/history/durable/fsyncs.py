@@ -77,9 +77,10 @@ def each_at_once(step: Callable[[_Item], _Result], items: Sequence[_Item]) -> li
     """``step(item)`` for every item, at once; each one's result, in the order given.
 
     Up to :data:`_ONE_AFTER_THE_OTHER_UP_TO` items are done here, one after the other
-    (cheaper than any handoff). More are dealt into up to :data:`_FSYNC_WORKERS` shares; the calling thread
-    takes the first share and the worker threads the others, each share one item after
-    the other (the system calls release the GIL). One task per share, not per item: for
+    (cheaper than any handoff). More are dealt into up to :data:`_FSYNC_WORKERS` shares;
+    the calling thread takes the first share and the worker threads the others, each
+    share one item after the other (the system calls release the GIL). One task per
+    share, not per item: for
     a group of hundreds, handing each item to a thread cost more than the fsync of an
     inode whose bytes were already on disk. ``step`` should return its error, not raise
     it; if one raises all the same, every other step has ended before the exception is
