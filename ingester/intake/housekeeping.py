@@ -155,7 +155,8 @@ def prune_rejected(
             if rejected_at is None:
                 continue  # not a reason file of ours: never touched
             if rejected_at >= cutoff:
-                result.kept += 1
+                if _is_drop(dir_fd, reason[: -len(REASON_SUFFIX)]):
+                    result.kept += 1  # a reason file alone is no drop kept
                 continue
             result.expired_pairs += 1
             drop = reason[: -len(REASON_SUFFIX)]
@@ -173,11 +174,22 @@ def prune_rejected(
     return result
 
 
+def _is_drop(dir_fd: int, name: str) -> bool:
+    """Whether ``name`` in the folder is an entry other than a folder (a set-aside drop)."""
+    try:
+        return not stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return False
+
+
 def rejected_since(folder: Path, since: datetime) -> int:
-    """How many reason files in ``folder`` were written at or after ``since`` (by mtime).
+    """How many drops in ``folder`` were set aside at or after ``since``: reason files
+    written since then (by mtime) with their drop beside them.
 
     A reason file is written when its drop is rejected, so this counts rejections in a
-    window without reading any file. 0 when the folder is missing or unreadable
+    window without reading any file. One alone is not counted: its drop was never set
+    aside (a process killed between the two steps of a quarantine leaves one), or was
+    taken out since. 0 when the folder is missing or unreadable
     (:func:`count_rejected_since` tells the two apart).
     """
     try:
@@ -201,7 +213,11 @@ def count_rejected_since(folder: Path, since: datetime) -> int:
                     continue
                 with contextlib.suppress(OSError):
                     st = entry.stat(follow_symlinks=False)
-                    if stat.S_ISREG(st.st_mode) and st.st_mtime >= threshold:
+                    if (
+                        stat.S_ISREG(st.st_mode)
+                        and st.st_mtime >= threshold
+                        and _is_drop(dir_fd, entry.name[: -len(REASON_SUFFIX)])
+                    ):
                         count += 1
         return count
     except OSError as exc:

@@ -360,10 +360,18 @@ class Spool:
     def quarantine(self, source: Path, name: str, reason: str, errors: list[dict[str, Any]]) -> str:
         """Move ``source`` (the entry itself, never a link's target) to ``rejected/``.
 
-        The reason file is written first: if we die between the two steps the drop is
-        still in the spool, and rejecting it again rewrites the same reason file.
+        The reason file is written first, so a drop in ``rejected/`` always has its
+        reason, even after a crash. A move that fails takes the reason file back: the
+        drop stays in the spool, and ``rejected/`` shows nothing of it. Only a process
+        killed between the two steps leaves a reason file alone; the drop is then still
+        in the spool, and setting it aside again rewrites that same reason file. Counts
+        of rejections therefore count drops (or reason files with their drop beside
+        them), never reason files alone.
+
         Returns the name it was given in ``rejected/``. Raises :class:`StorageError`
-        when ``rejected/`` cannot be made, is not a real folder, or the move fails.
+        when ``rejected/`` cannot be made, is not a real folder, or the move fails
+        (``ENOSPC`` when the drop's data cannot fit there: see
+        :func:`ingester.history.durable.move_file`).
         """
         self._check_rejected_dir()
         target = self._free_rejected_name(name)
@@ -373,7 +381,7 @@ class Spool:
             "reason": reason,
             "errors": errors,
         }
-        durable.write_file(
+        reason_file = durable.write_file(
             self.rejected_dir,
             target + REASON_SUFFIX,
             (json.dumps(record, indent=2, default=str) + "\n").encode(),
@@ -384,6 +392,13 @@ class Spool:
             durable.move_file(source, self.rejected_dir / target)
         except MovedNotDurable as exc:
             exc.moved_to = target
+            raise
+        except StorageError:
+            # Left behind, it would say a drop was set aside that never was. If it
+            # cannot be removed either, it is still counted nowhere (see above).
+            with contextlib.suppress(StorageError):
+                durable.remove_file(reason_file)
+                durable.fsync_dir(self.rejected_dir)
             raise
         return target
 

@@ -1,8 +1,9 @@
 """Moves across filesystems, and files written in pieces: the recipe where size or place vary.
 
 :func:`move_file` moves an entry durably (one rename within a filesystem; across
-filesystems a durable copy, then the source removed); :func:`streamed_file` writes a
-file of any size in pieces into a temp file that appears under its name only complete.
+filesystems a durable copy that keeps holes as holes, then the source removed);
+:func:`streamed_file` writes a file of any size in pieces into a temp file that appears
+under its name only complete.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import errno
 import os
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -33,9 +35,15 @@ def move_file(src: Path, dst: Path) -> None:
     """Move ``src`` to ``dst`` (which must not exist) durably, across filesystems too.
 
     The entry itself is moved, never what a symlink points at. Within a filesystem this
-    is one rename; across filesystems a regular file is copied durably, then removed.
-    Raises :class:`StorageError` when the move fails, and :class:`MovedNotDurable` when
-    it was made but the fsync of a folder then failed.
+    is one rename; across filesystems a regular file is copied durably (its holes kept
+    as holes, see :func:`_copy_regular`), then removed. A move that fails leaves
+    ``src`` where it was and nothing at ``dst``: a copy made before the source could
+    not be removed is taken back (unless the source vanished meanwhile: the copy is
+    then the only one, and the move counts as made).
+
+    Raises :class:`StorageError` when the move fails (``ENOSPC`` before a byte is
+    written when the data cannot fit in ``dst``'s filesystem), and
+    :class:`MovedNotDurable` when it was made but the fsync of a folder then failed.
     """
     try:
         os.rename(src, dst)
@@ -51,15 +59,103 @@ def move_file(src: Path, dst: Path) -> None:
         raise MovedNotDurable(exc) from exc
 
 
-def _stream_copy(src: Path, dst: Path, mode: int) -> None:
-    """Copy a regular file of any size in chunks, by the recipe (temp, fsync, link, fsync)."""
+_SEND_MAX = 1 << 30
+"""Most bytes one ``sendfile`` call is asked for (the kernel caps one call near 2 GiB)."""
+_CHUNK = 1 << 20
+"""Bytes read and written at a time where ``sendfile`` cannot copy between the two files."""
+
+
+def _data_ranges(fd: int) -> Iterator[tuple[int, int]]:
+    """The ``[start, end)`` ranges of the open file ``fd`` that hold data, in order.
+
+    Holes are skipped (``SEEK_DATA``/``SEEK_HOLE``): a sparse file of gigabytes may
+    hold no data at all. Where the filesystem cannot tell, the whole file is one range
+    that ends at its end of file, whatever its size by then. A file that grows while
+    the ranges are taken yields its new data too.
+    """
+    pos = 0
+    while True:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return  # no data at or after pos: only a hole, up to the end of file
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP) or pos:
+                raise
+            yield 0, sys.maxsize
+            return
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        if end <= start:
+            return
+        yield start, end
+        pos = end
+
+
+def _copy_range(fd_in: int, fd_out: int, start: int, end: int, *, send: bool) -> bool:
+    """Copy bytes ``start`` to ``end`` (or to the end of file) of ``fd_in`` to the same
+    offsets of ``fd_out``; the data stays in the kernel (``sendfile``) unless ``send``
+    is false or ``sendfile`` cannot join these files. Memory use is at most
+    :data:`_CHUNK`. Returns whether ``sendfile`` may be used for the next range."""
+    os.lseek(fd_out, start, os.SEEK_SET)
+    offset = start
+    while offset < end:
+        if send:
+            try:
+                sent = os.sendfile(fd_out, fd_in, offset, min(end - offset, _SEND_MAX))
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                send = False
+                continue
+        else:
+            chunk = os.pread(fd_in, min(end - offset, _CHUNK), offset)
+            write_all(fd_out, chunk)
+            sent = len(chunk)
+        if sent == 0:
+            break  # the end of the file came before the end of the range
+        offset += sent
+    return send
+
+
+def _check_room(fd_in: int, fd_out: int, folder: Path) -> None:
+    """Raise ``ENOSPC`` when the data of ``fd_in`` cannot fit beside ``fd_out``.
+
+    Counted before a byte is written, so that a copy bound to fail never fills the
+    target filesystem on its way (others write there too), only to be removed. The
+    blocks kept for root are left out, even when we run as root.
+    """
+    size = os.fstat(fd_in).st_size
+    need = sum(min(end, size) - start for start, end in _data_ranges(fd_in) if start < size)
+    st = os.fstatvfs(fd_out)
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise OSError(
+            errno.ENOSPC,
+            f"{os.strerror(errno.ENOSPC)}: {need} bytes of data to copy, {free} free",
+        )
+
+
+def _copy_regular(src: Path, dst: Path, mode: int) -> None:
+    """Copy a regular file of any size by the recipe (temp, fsync, link; the caller
+    fsyncs the folder).
+
+    Only its data is copied; its holes stay holes (the copy gets the source's size
+    by a truncate), so a sparse file of gigabytes costs what it holds. Memory use does
+    not depend on the size. The temp file is removed on any failure; a process killed
+    meanwhile leaves only the temp name (:data:`WRITE_TEMP_PREFIX`), swept on start.
+    Raises ``OSError`` unwrapped: the caller names the move.
+    """
     tmp = _temp_path(dst.parent, WRITE_TEMP_PREFIX)
     fd_in = os.open(src, READ_NOFOLLOW)
     try:
         fd_out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            while chunk := os.read(fd_in, 1 << 20):
-                write_all(fd_out, chunk)
+            _check_room(fd_in, fd_out, dst.parent)
+            send = True
+            for start, end in _data_ranges(fd_in):
+                send = _copy_range(fd_in, fd_out, start, end, send=send)
+            # The size after the data: a hole at the end is kept as one, not written.
+            os.ftruncate(fd_out, os.fstat(fd_in).st_size)
             os.fchmod(fd_out, mode)
             os.fsync(fd_out)
         except OSError:
@@ -75,25 +171,40 @@ def _stream_copy(src: Path, dst: Path, mode: int) -> None:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-    fsync_dir(dst.parent)
 
 
 def _copy_across(src: Path, dst: Path) -> None:
-    """Move across filesystems: never open anything but a regular file (no FIFO reads)."""
+    """Move across filesystems: never open anything but a regular file (no FIFO reads).
+
+    The copy's name is durable before the source is removed, so a crash between the
+    two leaves both, never neither. When the source cannot be removed (made immutable,
+    say), or that fsync fails, the copy is taken back: the source alone holds the entry.
+    """
     try:
         st = os.lstat(src)
         if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(src), dst)
         elif stat.S_ISREG(st.st_mode):
-            _stream_copy(src, dst, stat.S_IMODE(st.st_mode))
+            _copy_regular(src, dst, stat.S_IMODE(st.st_mode))
         else:
             # A FIFO or socket is recreated as such (no privilege needed); a device
             # needs CAP_MKNOD and otherwise fails here, naming the path.
             os.mknod(dst, st.st_mode, st.st_rdev)
-        os.unlink(src)
-    except StorageError:
-        raise
     except OSError as exc:
+        raise StorageError(f"copy {src} into", dst.parent, exc) from exc
+    try:
+        fsync_dir(dst.parent)
+        os.unlink(src)
+    except FileNotFoundError:
+        return  # removed by someone else meanwhile: the copy is all there is, and stays
+    except OSError as exc:
+        # Kept, the copy would stand beside its source, and each retry would add one
+        # more under a new name: the move is undone, and the source stays the one.
+        with contextlib.suppress(OSError):
+            os.unlink(dst)
+            fsync_dir(dst.parent)
+        if isinstance(exc, StorageError):
+            raise
         raise StorageError("move", src, exc) from exc
 
 

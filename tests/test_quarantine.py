@@ -1,0 +1,251 @@
+"""Quarantine: a drop set aside is there with its reason file, or neither is.
+
+The quarantine (``--rejected-dir``) is put on a small tmpfs, another filesystem than the
+spool's, so a drop is set aside by a copy: a sparse drop of gigabytes must not cost
+gigabytes, and a full filesystem (ENOSPC, real) or an immutable drop (``chattr +i``:
+EPERM even for root) must leave the drop in the spool, with nothing of it in the
+quarantine and nothing counted as rejected, until the fault clears. A watcher killed
+(SIGKILL, through strace) between the reason file and the move must not leave a
+rejection counted either.
+
+Skipped, with the reason, when not root or when chattr/mount/strace do not work here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import filecmp
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import run_cli, wait_for
+from support.capabilities import STRACE, immutable, needs_strace_root, tmpfs
+from support.watchproc import WatchProcess, drop, payload, stored_contents
+
+GIB = 1 << 30
+MIB = 1 << 20
+REASON = ".reason.json"
+
+
+@pytest.fixture
+def quarantine(tmp_path: Path, can_mount: None) -> Iterator[Path]:
+    """``--rejected-dir``, on a 4 MiB tmpfs of its own (unmounted after the test)."""
+    with tmpfs(tmp_path / "other-fs", size="4m") as fs:
+        yield fs / "rejected"
+
+
+def sparse_drop(spool: Path, name: str, size: int, data: dict[int, bytes]) -> Path:
+    """A drop of ``size`` bytes that holds only ``data`` (offset -> bytes), the rest holes;
+    written in ``tmp/`` and renamed in, as a writer would."""
+    staged = spool / "tmp" / f".{name}.part"
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    with staged.open("wb") as handle:
+        handle.truncate(size)
+        for offset, chunk in data.items():
+            handle.seek(offset)
+            handle.write(chunk)
+    final = spool / name
+    os.rename(staged, final)
+    return final
+
+
+def rejected_counts(root: Path, where: Path) -> tuple[int, int]:
+    """``status --json``'s ``rejected.count`` and ``check --json``'s ``rejectedLastHour``."""
+    status = run_cli(root, "--rejected-dir", str(where), "status", "--json")
+    assert status.returncode == 0, status.stderr
+    check = run_cli(root, "--rejected-dir", str(where), "check", "--json")
+    assert "Traceback" not in check.stderr, check.stderr
+    return json.loads(status.stdout)["rejected"]["count"], json.loads(check.stdout)[
+        "rejectedLastHour"
+    ]
+
+
+def once(root: Path, where: Path, *wrapper: str) -> tuple[int, str]:
+    done = run_cli(root, "--rejected-dir", str(where), "watch", "--once", wrapper=wrapper)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode, done.stderr
+
+
+def errors_about(log: str, name: str) -> list[str]:
+    return [line for line in log.splitlines() if " ERROR " in line and f" {name} " in line]
+
+
+def test_a_sparse_drop_of_gigabytes_is_set_aside_as_it_is_without_writing_its_holes(
+    root: Path, quarantine: Path
+) -> None:
+    spool = root / "spool"
+    sparse_drop(spool, "big.json", 3 * GIB, {})
+    marked = {0: b"HEAD", 40 * MIB: b"MIDDLE", 64 * MIB - 4: b"TAIL"}
+    original = sparse_drop(spool, "marked.json", 64 * MIB, marked)
+    kept = root / "marked.orig"  # same filesystem: a rename keeps it as it is
+    os.link(original, kept)
+    drop(spool, "zz-good.json", payload(1))
+
+    code, log = once(root, quarantine)
+
+    assert code == 0, log
+    assert stored_contents(root) == {payload(1): 1}, log
+    assert not (spool / "big.json").exists() and not (spool / "marked.json").exists()
+    big = os.stat(quarantine / "big.json")
+    assert big.st_size == 3 * GIB
+    assert big.st_blocks * 512 <= 64 * 1024, big  # the holes were not written
+    assert filecmp.cmp(kept, quarantine / "marked.json", shallow=False)
+    assert os.stat(quarantine / "marked.json").st_blocks * 512 <= 1 * MIB
+    for name in ("big.json", "marked.json"):
+        record = json.loads((quarantine / f"{name}{REASON}").read_text())
+        assert record["file"] == name and "over the limit" in record["reason"], record
+    assert rejected_counts(root, quarantine) == (2, 2)
+
+
+def test_a_drop_the_quarantine_has_no_room_for_waits_in_the_spool_until_room_returns(
+    root: Path, quarantine: Path
+) -> None:
+    spool = root / "spool"
+    quarantine.mkdir()
+    filler = quarantine.parent / "filler"
+    filler.write_bytes(b"\1" * (3 * MIB + MIB // 2))  # room for a reason file, not the drop
+    data = os.urandom(2 * MIB)  # over --max-bytes, and no holes to skip
+    drop(spool, "huge.json", data)
+
+    code, log = once(root, quarantine)
+
+    assert code == 1, log
+    assert (spool / "huge.json").read_bytes() == data
+    assert os.listdir(quarantine) == []  # no reason file, no copy, no temp file
+    assert rejected_counts(root, quarantine) == (0, 0)
+    [error] = errors_about(log, "huge.json")
+    said = re.escape(
+        f"cannot copy {spool / 'huge.json'} into {quarantine}: No space left on device: "
+        f"{2 * MIB} bytes of data to copy, "
+    )
+    assert re.search(
+        f"{said}[0-9]+ free \\[ENOSPC\\]; left in the spool for the next start$", error
+    ), error
+
+    with WatchProcess(
+        root, "--retry-max", "0.5", global_args=("--rejected-dir", str(quarantine))
+    ) as watcher:
+        watcher.wait_log("cannot set aside huge.json", count=2)  # retried, still no room
+        drop(spool, "good.json", payload(2))  # the drop waiting holds nothing else up
+        wait_for(lambda: stored_contents(root) == {payload(2): 1}, what="good drop stored")
+        assert rejected_counts(root, quarantine) == (0, 0)
+        filler.unlink()
+        wait_for(lambda: not (spool / "huge.json").exists(), what="huge.json set aside")
+        assert watcher.stop() == 0, watcher.log
+    assert (quarantine / "huge.json").read_bytes() == data
+    assert json.loads((quarantine / f"huge.json{REASON}").read_text())["file"] == "huge.json"
+    assert sorted(os.listdir(quarantine)) == ["huge.json", f"huge.json{REASON}"]
+    assert rejected_counts(root, quarantine) == (1, 1)
+
+
+@pytest.mark.parametrize("where", ["other-fs", "spool"])
+def test_an_immutable_drop_is_set_aside_once_when_it_can_be_moved(
+    root: Path, tmp_path: Path, where: str, can_chattr: None, can_mount: None
+) -> None:
+    """Across filesystems the copy is made, then the drop cannot be removed: the copy is
+    taken back (kept, each retry would add one more under a new name). Within one, the
+    rename fails. Either way nothing of it is in the quarantine, nor counted."""
+    spool = root / "spool"
+    with contextlib.ExitStack() as stack:
+        if where == "other-fs":
+            quarantine = stack.enter_context(tmpfs(tmp_path / "other-fs")) / "rejected"
+        else:
+            quarantine = spool / "rejected"
+        bad = drop(spool, "bad.json", b"{not json")
+        with immutable(bad):
+            for _ in range(2):
+                code, log = once(root, quarantine)
+                assert code == 1, log
+                [error] = errors_about(log, "bad.json")
+                assert error.endswith(
+                    f"cannot move {bad}: Operation not permitted [EPERM]; "
+                    "left in the spool for the next start"
+                ), error
+            assert [p for p in os.listdir(quarantine) if not p.startswith(".")] == []
+            assert rejected_counts(root, quarantine) == (0, 0)
+        code, log = once(root, quarantine)
+        assert code == 0, log
+        assert sorted(os.listdir(quarantine)) == ["bad.json", f"bad.json{REASON}"]
+        assert (quarantine / "bad.json").read_bytes() == b"{not json"
+        assert rejected_counts(root, quarantine) == (1, 1)
+
+
+def _fsyncs_of(trace: Path, folder: Path) -> list[int]:
+    """The 1-based places, among the traced ``fsync`` calls, of those of ``folder``."""
+    calls = [line for line in trace.read_text().splitlines() if " fsync(" in line]
+    return [
+        n
+        for n, line in enumerate(calls, 1)
+        if line.rstrip().split("<", 1)[-1].startswith(f"{folder}>")
+    ]
+
+
+@needs_strace_root
+def test_a_watcher_killed_between_the_reason_file_and_the_move_counts_no_rejection(
+    root: Path, tmp_path: Path
+) -> None:
+    """SIGKILL right after the reason file is in place (at the quarantine folder's
+    fsync), before the drop is moved: the reason file stands alone, and no count takes
+    it for a rejection. The next run sets the drop aside once, under that same name."""
+    assert run_cli(root, "init").returncode == 0
+    spool, quarantine = root / "spool", root / "spool" / "rejected"
+    trace = tmp_path / "fsync.log"
+    for n in range(2):  # the second run's calls: the first one also writes the metadata
+        (spool / f"warm-{n}.json").write_bytes(b"{not json")
+        traced = run_cli(
+            root,
+            *("watch", "--once"),
+            wrapper=(STRACE, "-f", "-qq", "-y", "-e", "trace=fsync", "-o", str(trace)),
+        )
+        assert traced.returncode == 0, traced.stderr
+    after_reason, _after_move = _fsyncs_of(trace, quarantine)
+    (spool / "bad.json").write_bytes(b"{not json")
+    inject = (
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        f"inject=fsync:signal=SIGKILL:when={after_reason}",
+    )
+
+    code, log = once(root, quarantine, STRACE, *inject)
+
+    assert code != 0, log  # killed
+    assert (quarantine / f"bad.json{REASON}").exists() and not (quarantine / "bad.json").exists()
+    assert (spool / "bad.json").exists()
+    assert rejected_counts(root, quarantine) == (2, 2)  # the two warm-up drops only
+    code, log = once(root, quarantine)
+    assert code == 0, log
+    assert (quarantine / "bad.json").read_bytes() == b"{not json"
+    assert not [p for p in os.listdir(quarantine) if p.startswith("bad-")]
+    assert rejected_counts(root, quarantine) == (3, 3)
+
+
+@needs_strace_root
+def test_a_watcher_killed_amid_the_copy_into_another_filesystem_leaves_no_part_visible(
+    root: Path, quarantine: Path
+) -> None:
+    """SIGKILL amid the copy (its bytes written, not yet fsynced nor named: at the copy's
+    one ``fchmod``): a temp file (hidden, never counted) and the reason file alone are
+    left; the next start sweeps the temp file and sets the drop aside, whole, once."""
+    spool = root / "spool"
+    data = os.urandom(2 * MIB)
+    drop(spool, "huge.json", data)
+    inject = ("-f", "-qq", "-o", "/dev/null", "-e", "inject=fchmod:signal=SIGKILL:when=1")
+
+    code, log = once(root, quarantine, STRACE, *inject)
+
+    assert code != 0, log  # killed amid the copy
+    assert [p for p in os.listdir(quarantine) if not p.startswith(".")] == [f"huge.json{REASON}"]
+    assert (spool / "huge.json").read_bytes() == data
+    assert rejected_counts(root, quarantine) == (0, 0)
+    code, log = once(root, quarantine)
+    assert code == 0, log
+    assert sorted(os.listdir(quarantine)) == ["huge.json", f"huge.json{REASON}"]
+    assert (quarantine / "huge.json").read_bytes() == data
+    assert rejected_counts(root, quarantine) == (1, 1)
