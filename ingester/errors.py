@@ -32,6 +32,7 @@ __all__ = [
     "StorageError",
     "VersionExists",
     "VersionNotFound",
+    "VersionTooLarge",
     "describe_os_error",
     "file_on_the_way",
     "is_permission_problem",
@@ -179,6 +180,32 @@ class LockHeld(IngesterError, RuntimeError):
 
 class VersionNotFound(IngesterError, LookupError):
     """The named version is not in the history (never was, or retention deleted it)."""
+
+
+class VersionTooLarge(IngesterError, OSError):
+    """A version larger than any drop can be, found before it was read whole.
+
+    No drop is larger than the payload gate's limit, and versions are drops stored byte
+    for byte, so such a file was put in the history by other means (by hand, a sparse
+    file, a failing disk): it is damaged. ``name`` is the version, ``where`` the
+    history's location, ``size`` its size in bytes (``None`` when only "over the limit"
+    is known), ``limit`` the most a version may hold in bytes. ``reason`` says it the
+    way the gate's refusals read (for "version NAME is damaged: REASON"); ``str()`` names
+    the file. ``errno`` is ``EFBIG``, so a caller that only knows ``OSError`` reports it
+    as a version it cannot read.
+    """
+
+    def __init__(self, name: str, where: str, size: int | None, limit: int) -> None:
+        said = f"{size} bytes" if size is not None else f"over {limit} bytes"
+        self.reason = f"larger than any drop: {said}, the limit is {limit}"
+        OSError.__init__(self, errno.EFBIG, self.reason, f"{where}/{name}")
+        self.name = name
+        self.where = where
+        self.size = size
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"{self.where}/{self.name} is {self.reason}"
 
 
 class VersionExists(IngesterError):

@@ -30,6 +30,7 @@ from .history.retention import (
     RetentionPolicy,
 )
 from .history.store import HistoryStore
+from .payload.gate import MAX_DROP_BYTES
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -116,8 +117,9 @@ MAX_VERSIONS = Bounds(1, 1_000_000, whole=True)
 """The store keeps every version name in memory; a million is far past any real need."""
 RETENTION_DAYS = Bounds(0, 36_500, above=True, unit="days")
 """A hundred years: ``now - retention_days`` must stay a date."""
-MAX_BYTES = Bounds(1, 256 << 20, whole=True, unit="bytes")
-"""A drop is read into memory and parsed whole; a snapshot is about a kilobyte."""
+MAX_BYTES = Bounds(1, MAX_DROP_BYTES, whole=True, unit="bytes")
+"""A drop is read into memory and parsed whole; a snapshot is about a kilobyte. The
+readers of the history rely on this bound (see :data:`MAX_DROP_BYTES`)."""
 RESCAN_INTERVAL = Bounds(0.1, 86_400, unit="seconds")
 """At least one full rescan of the spool a day."""
 DRAIN_S = 10.0

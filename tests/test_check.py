@@ -115,8 +115,8 @@ def test_no_history_or_no_version_is_critical(root: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
 def test_a_version_too_large_to_hold_is_critical_not_an_error(root: Path, tmp_path: Path) -> None:
-    # A 2 GiB file named as the newest version (put there by hand): read under a limit on
-    # memory, the check cannot judge, which is CRITICAL with its line, never exit 1.
+    # A 2 GiB file named as the newest version (put there by hand): never read whole, it
+    # is a damaged newest version, which is CRITICAL with its line, never exit 1.
     ingest(root, tmp_path, timedelta(minutes=1))
     stamp = (datetime.now(UTC) + timedelta(minutes=1)).strftime("%Y-%m-%dT%H-%M-%S")
     newest = root / "console-usage-history" / f"{stamp}-0000beef.json"
@@ -126,7 +126,9 @@ def test_a_version_too_large_to_hold_is_critical_not_an_error(root: Path, tmp_pa
     assert "Traceback" not in result.stderr
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stdout.startswith("INGESTER CRITICAL - "), result.stdout
-    assert "out of memory reading the history" in result.stdout
+    assert f"newest version {newest.name} is damaged: larger than any drop: {2 << 30} bytes" in (
+        result.stdout
+    )
 
 
 def submit(root: Path, count: int) -> list[Path]:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from test_mirror import bucket, client_for, s3  # noqa: F401
 
-from ingester.errors import MetadataMissing, VersionExists, VersionNotFound
+from ingester.errors import MetadataMissing, VersionExists, VersionNotFound, VersionTooLarge
 from ingester.history.base import (
     FUTURE_SLACK,
     HistoryReader,
@@ -134,6 +134,29 @@ def test_an_empty_history_has_no_versions_and_no_metadata(backing: Backing) -> N
         backing.reader.read_metadata()
     with pytest.raises(VersionNotFound):
         backing.reader.read_version(name_at(START))
+
+
+def test_a_version_over_the_reader_s_limit_is_refused_never_read_whole(backing: Backing) -> None:
+    # Every reader refuses what no drop could be before reading it (a small limit here,
+    # the largest --max-bytes in use); the versions within it read back as ever.
+    names = three(backing)
+    largest = len(payload(2))
+    backing.reader.max_version_bytes = largest - 1
+    with pytest.raises(VersionTooLarge) as caught:
+        backing.reader.read_version(names[2])
+    assert isinstance(caught.value, OSError)  # a caller knowing only OSError reports it
+    assert (caught.value.name, caught.value.size, caught.value.limit) == (
+        names[2],
+        largest,
+        largest - 1,
+    )
+    assert (
+        caught.value.reason == f"larger than any drop: {largest} bytes, the limit is {largest - 1}"
+    )
+    assert str(caught.value) == f"{backing.reader.location}/{names[2]} is {caught.value.reason}"
+    assert [backing.reader.read_version(n) for n in names[:2]] == [payload(0), payload(1)]
+    backing.reader.max_version_bytes = largest
+    assert backing.reader.read_version(names[2]) == payload(2)
 
 
 def test_versions_are_listed_in_order_and_read_back_byte_for_byte(backing: Backing) -> None:

@@ -7,14 +7,19 @@ an unreachable store is one line (CRITICAL for ``check``).
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
+import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from support import run_cli
 from support.ports import free_port
 from support.s3server import SeaweedS3
+from support.serveproc import version_name
 from test_mirror import (  # noqa: F401
     add_versions,
     aws_files,
@@ -26,6 +31,11 @@ from test_mirror import (  # noqa: F401
 )
 
 from ingester.history.base import at_or_before
+from ingester.settings import MAX_BYTES
+
+S3_MEMORY = 400 << 20
+"""A limit on memory (bytes of address space) a reader of the bucket works within, and
+that downloading an object of the largest drop's size whole breaks."""
 
 
 @pytest.fixture
@@ -237,3 +247,83 @@ def test_a_damaged_older_version_is_left_out_of_the_usage_judged_from_the_store(
     assert "unreadable" not in answer["summary"], answer["summary"]
     assert [c["name"] for c in answer["checks"] if c["name"].startswith("forecast_")], answer
     assert f"{names[1]} is damaged (" in judged.stderr, judged.stderr
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
+def test_an_object_larger_than_any_drop_is_damaged_and_never_downloaded(
+    tmp_path: Path,
+    s3: SeaweedS3,  # noqa: F811
+    bucket: str,  # noqa: F811
+    mirrored: tuple[str, dict[str, str], list[str]],
+) -> None:
+    # One byte over the largest --max-bytes, put in the bucket by other means, as the
+    # newest version: its size is told by the GET's Content-Length, so its body is never
+    # read, under a limit on memory that reading it whole would break.
+    target, env, names = mirrored
+    limit = int(MAX_BYTES.high)
+    huge = version_name(datetime.now(UTC) + timedelta(minutes=1), 0xDEADBEEF)
+    client_for(s3.endpoint).put_object(Bucket=bucket, Key=f"usage/{huge}", Body=bytes(limit + 1))
+    reason = f"larger than any drop: {limit + 1} bytes, the limit is {limit}"
+    elsewhere = tmp_path / "elsewhere"
+    wrapper = ("prlimit", f"--as={S3_MEMORY}", "--")
+
+    def limited(*args: str) -> tuple[int, str, str]:
+        result = run_cli(elsewhere, *args, "--from", target, wrapper=wrapper, **env)
+        assert "Traceback" not in result.stderr, result.stderr
+        return result.returncode, result.stdout, result.stderr
+
+    code, out, err = limited("list", "--json")
+    assert code == 0, err
+    listed = {entry["name"]: entry["error"] for entry in json.loads(out)}
+    assert listed == {huge: reason, **dict.fromkeys(names)}
+    code, out, err = limited("show")
+    assert (code, out) == (1, ""), err
+    assert err == (
+        f"error: version {huge} is damaged: {reason}; "
+        "run 'ingester verify' on the history the mirror copies\n"
+    )
+    code, out, err = limited("export")
+    assert code == 0, err
+    assert err == f"warning: skipped damaged version {huge}: {reason}\n"
+    assert [row["version"] for row in csv.DictReader(io.StringIO(out))] == names
+    # restore: refused from its listed size, never downloaded; the rest restored.
+    restored = tmp_path / "restored"
+    back = run_cli(tmp_path, "restore", target, "--root", str(restored), wrapper=wrapper, **env)
+    assert "Traceback" not in back.stderr, back.stderr
+    assert back.returncode == 1, back.stdout + back.stderr
+    assert back.stderr == (
+        f"error: {huge} in the object store is not a valid payload (drop is over the limit "
+        "of 1048576 bytes); not restored\n"
+    )
+    history = restored / "console-usage-history"
+    assert sorted(p.name for p in history.glob("*T*.json")) == names
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
+def test_the_mirror_never_uploads_a_file_larger_than_any_drop(
+    root: Path,
+    s3: SeaweedS3,  # noqa: F811
+    bucket: str,  # noqa: F811
+    mirrored: tuple[str, dict[str, str], list[str]],
+) -> None:
+    # A sparse 3 GiB file in the history as the newest version: refused in one line,
+    # never read whole nor uploaded in part; the versions beside it are mirrored as ever.
+    target, env, names = mirrored
+    huge = version_name(datetime.now(UTC) + timedelta(minutes=1), 0xDEADBEEF)
+    path = root / "console-usage-history" / huge
+    with path.open("wb") as handle:
+        handle.truncate(3 << 30)
+    path.chmod(0o444)
+    later = add_versions(make_store(root), 1, start=5)
+    # More room than the readers: the mirror's upload threads reserve address space.
+    wrapper = ("prlimit", f"--as={1 << 30}", "--")
+    result = run_cli(root, "mirror", target, "--once", wrapper=wrapper, **env)
+    assert "Traceback" not in result.stderr, result.stderr
+    said = [line for line in result.stderr.splitlines() if huge in line]
+    assert len(said) == 1, result.stderr
+    assert f"cannot mirror version {huge}: " in said[0], said
+    assert f"larger than any drop: {3 << 30} bytes" in said[0], said
+    listing = client_for(s3.endpoint).list_objects_v2(Bucket=bucket, Prefix="usage/")
+    keys = {item["Key"].removeprefix("usage/") for item in listing.get("Contents", [])}
+    assert huge not in keys
+    assert set(names + later) <= keys, result.stderr

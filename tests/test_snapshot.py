@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,6 +133,28 @@ def test_copy_mode_copies_bytes_and_modes(root: Path, history: list[str], tmp_pa
         assert copy.read_bytes() == live.read_bytes()
         assert copy.stat().st_mode == live.stat().st_mode
     ok(run_cli(dest, "verify"))
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
+def test_copy_mode_streams_a_file_larger_than_the_memory_it_may_use(
+    root: Path, history: list[str], tmp_path: Path
+) -> None:
+    # A file under a version's name far larger than any drop (put there by hand): a
+    # backup takes the history as it is, a chunk at a time, as a hard link would.
+    size = 768 << 20
+    huge = root / HISTORY / "2026-01-01T00-00-00-deadbeef.json"
+    with huge.open("wb") as handle:
+        handle.truncate(size)  # sparse here; the copy is not
+    huge.chmod(0o444)
+    dest = tmp_path / "snap"
+    result = run_cli(
+        root, "snapshot", "--copy", str(dest), wrapper=("prlimit", f"--as={1 << 30}", "--")
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"(0 linked, {len(history) + 1} copied)" in ok(result).stdout
+    assert (dest / HISTORY / huge.name).stat().st_size == size
+    for name in history:
+        assert (dest / HISTORY / name).read_bytes() == (root / HISTORY / name).read_bytes()
 
 
 def test_tar_stream_extracts_to_a_root_that_verifies(

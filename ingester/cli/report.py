@@ -23,6 +23,7 @@ from ..errors import (
     PERMISSION_ADVICE,
     StorageError,
     VersionNotFound,
+    VersionTooLarge,
     describe_os_error,
     is_permission_problem,
 )
@@ -465,6 +466,8 @@ def show(
         data = reader.read_version(name)
     except VersionNotFound:
         raise fail(f"no version {name} in {reader.location} (deleted meanwhile)") from None
+    except VersionTooLarge as exc:  # never read whole, so never printed in part
+        raise fail(f"version {name} is damaged: {exc.reason}; {_verify_advice(source)}") from None
     except OSError as exc:
         raise fail(describe_os_error(exc)) from None
     # Judge the very bytes that are printed, so a damaged file never reaches stdout.

@@ -22,7 +22,10 @@ The rules every backing shares, defined once here:
   the clock (a version from a clock that ran ahead must not hide the real newest);
 * **at or before T** is the newest version whose ingest time is at or before T;
 * a version's ingest time is the time in its name, to the second, so the times never
-  decrease along the sorted names, and both rules are a bisection.
+  decrease along the sorted names, and both rules are a bisection;
+* a version holds at most :data:`~ingester.payload.gate.MAX_DROP_BYTES` (versions are
+  drops): a larger one is damaged, and is never read whole
+  (:class:`~ingester.errors.VersionTooLarge`).
 """
 
 from __future__ import annotations
@@ -212,12 +215,19 @@ class HistoryReader(Protocol):
         """
         ...
 
+    max_version_bytes: int
+    """The most a version holds, in bytes: :data:`~ingester.payload.gate.MAX_DROP_BYTES`
+    unless a test asks for less."""
+
     def read_version(self, name: str) -> bytes:
         """The bytes of version ``name``.
 
         Raises :class:`~ingester.errors.VersionNotFound` when there is none (never was,
         deleted since, not a version name, or not a plain object: a symlink is never
-        followed).
+        followed), and :class:`~ingester.errors.VersionTooLarge` (an ``OSError``) when it
+        holds more than :attr:`max_version_bytes`: at most one byte more is read, so a
+        file larger than any drop never fills the memory. Nothing that copies versions
+        byte for byte (the mirror, ``restore``) gets a truncated version this way.
         """
         ...
 

@@ -27,7 +27,14 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MetadataMissing, StorageError, VersionExists, VersionNotFound
+from ..errors import (
+    MetadataMissing,
+    StorageError,
+    VersionExists,
+    VersionNotFound,
+    VersionTooLarge,
+)
+from ..payload.gate import MAX_DROP_BYTES
 from . import durable
 from .base import VersionEntry, derive_metadata
 from .metadata import StorageMetadata
@@ -54,12 +61,18 @@ class LocalHistory:
     nothing, so it is listed again on every look until its times are settled. Two changes
     within the file system's timestamp granularity (a clock tick) could leave the same
     mtime; once the last change is older than a few ticks, the next one moves it.
+
+    ``max_version_bytes``: the most a version holds, in bytes (a larger file is never
+    read whole: :class:`~ingester.errors.VersionTooLarge`).
     """
 
-    def __init__(self, history_dir: Path, *, settle: float = 0.05) -> None:
+    def __init__(
+        self, history_dir: Path, *, settle: float = 0.05, max_version_bytes: int = MAX_DROP_BYTES
+    ) -> None:
         self.dir = Path(os.path.abspath(history_dir))
         self.location = os.fspath(self.dir)
         self.settle = settle
+        self.max_version_bytes = max_version_bytes
         # Version files never change, so a size once read stays true while the name exists.
         self._sizes: dict[str, int] = {}
 
@@ -110,7 +123,11 @@ class LocalHistory:
         return out
 
     def read_version(self, name: str) -> bytes:
-        """The version file's bytes (never follows a symlink, never reads a non-file)."""
+        """The version file's bytes (never follows a symlink, never reads a non-file).
+
+        Raises :class:`~ingester.errors.VersionTooLarge` for a file over
+        ``max_version_bytes``, having read at most one byte more.
+        """
         if not is_version_name(name):
             raise VersionNotFound(name)
         path = self.dir / name
@@ -124,11 +141,21 @@ class LocalHistory:
             raise StorageError("open", path, exc) from exc
         try:
             with os.fdopen(fd, "rb") as handle:
-                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                st = os.fstat(handle.fileno())
+                if not stat.S_ISREG(st.st_mode):
                     raise VersionNotFound(name)
-                return handle.read()
+                limit = self.max_version_bytes
+                if st.st_size > limit:
+                    raise VersionTooLarge(name, self.location, st.st_size, limit)
+                # Bounded even so: a file that grew since the fstat is not read whole.
+                data = handle.read(limit + 1)
+        except VersionTooLarge:
+            raise
         except OSError as exc:
             raise StorageError("read", path, exc) from exc
+        if len(data) > limit:
+            raise VersionTooLarge(name, self.location, None, limit)
+        return data
 
     def read_metadata(self) -> StorageMetadata:
         """``_metadata.json``: :class:`~ingester.errors.MetadataMissing` when there is
@@ -176,6 +203,8 @@ class LocalWriter:
         try:
             return self.reader.read_version(name) == data
         except VersionNotFound:  # a symlink or a folder in the version's place
+            return False
+        except VersionTooLarge:  # larger than any drop, so not ``data``
             return False
 
     def commit(self, staged: _StagedLocal, name: str) -> None:

@@ -13,7 +13,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ..errors import MetadataMissing, VersionExists, VersionNotFound
+from ..errors import MetadataMissing, VersionExists, VersionNotFound, VersionTooLarge
+from ..payload.gate import MAX_DROP_BYTES
 from .base import VersionEntry, derive_metadata, latest_name
 from .metadata import StorageMetadata
 from .names import is_version_name, parse_timestamp_from_filename
@@ -35,12 +36,19 @@ class MemoryHistory:
 
     ``clock`` says what "now" is for the latest (the future slack); ``latest`` and
     ``metadata_bytes`` are what :meth:`publish` left, as a store would hold them.
+    ``max_version_bytes``: the most a version may hold to be read back, in bytes (as
+    the other backings refuse a larger one).
     """
 
     def __init__(
-        self, *, clock: Callable[[], datetime] | None = None, location: str = "memory:"
+        self,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        location: str = "memory:",
+        max_version_bytes: int = MAX_DROP_BYTES,
     ) -> None:
         self.location = location
+        self.max_version_bytes = max_version_bytes
         self._clock = clock
         self._versions: dict[str, bytes] = {}
         self._metadata: bytes | None = None
@@ -70,11 +78,14 @@ class MemoryHistory:
         return out
 
     def read_version(self, name: str) -> bytes:
-        """A version's bytes; :class:`~ingester.errors.VersionNotFound` when there is none."""
+        """A version's bytes; :class:`~ingester.errors.VersionNotFound` when there is none,
+        :class:`~ingester.errors.VersionTooLarge` when it is over ``max_version_bytes``."""
         with self._lock:
             data = self._versions.get(name)
         if data is None:
             raise VersionNotFound(name)
+        if len(data) > self.max_version_bytes:
+            raise VersionTooLarge(name, self.location, len(data), self.max_version_bytes)
         return data
 
     def read_metadata(self) -> StorageMetadata:

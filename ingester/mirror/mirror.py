@@ -399,6 +399,9 @@ class Mirror:
         except VersionNotFound:
             return None  # deleted by retention since the listing
         except OSError as exc:
+            # Unreadable, or larger than any drop (VersionTooLarge, never read whole):
+            # refused with its one line, never uploaded in part. Streaming it whole
+            # instead would copy gigabytes of what no drop could be into every bucket.
             self._mark_bad(name, str(exc))
             return None
         try:

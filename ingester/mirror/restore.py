@@ -36,10 +36,12 @@ from ..errors import (
     RestoreError,
     StorageError,
     VersionExists,
+    VersionTooLarge,
 )
 from ..history.local import LocalWriter
 from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import is_version_name
+from ..payload.gate import MAX_DROP_BYTES
 from ..payload.model import judge_payload
 from ..threads import in_order, workers_or_inline
 from .objectstore import MirrorTarget, RemoteObject, S3Client
@@ -102,11 +104,28 @@ def restore_history(
     writer = LocalWriter(store)
     result = RestoreResult()
     have = {entry.name for entry in writer.reader.list_versions()}
-    wanted = [listing[name] for name in versions if name not in have]
+    # An object larger than the history takes is refused from its listed size, never
+    # downloaded: restored it could not be (the gate refuses it), and cut short it
+    # would be another version under its name.
+    limit = min(max_bytes or MAX_DROP_BYTES, MAX_DROP_BYTES)
+    wanted = []
+    for name in versions:
+        obj = listing[name]
+        if name in have:
+            continue
+        if obj.size > limit:
+            result.invalid.append((name, f"drop is over the limit of {limit} bytes"))
+        else:
+            wanted.append(obj)
     present = [listing[name] for name in versions if name in have]
 
     def compare(obj: RemoteObject) -> bool | None:
-        local = writer.reader.read_version(obj.name)
+        try:
+            local = writer.reader.read_version(obj.name)
+        except VersionTooLarge as exc:
+            # Ours is larger than any drop: other bytes, unless the object is as large
+            # (then neither can be read to tell, and ours is left as it is).
+            return None if exc.size == obj.size else False
         try:
             return remote.compare(obj, local)
         except ObjectStoreError as exc:
@@ -115,6 +134,8 @@ def restore_history(
     def fetch(obj: RemoteObject) -> tuple[bytes, bool]:
         try:
             return remote.fetch(obj)
+        except VersionTooLarge as exc:  # larger than it was listed: not the object listed
+            raise RestoreError(str(exc)) from None
         except ObjectStoreError as exc:
             if exc.kind == "damaged":
                 raise RestoreError(exc.detail) from None

@@ -27,6 +27,11 @@ that, the ETag only when it *equals* the MD5 of the bytes (a single-part upload
 without SSE-KMS or SSE-C). The ETag's shape is never trusted: under SSE-KMS it looks
 like an MD5 and is not one.
 
+A version object larger than any drop (:data:`~ingester.payload.gate.MAX_DROP_BYTES`)
+is never read whole: the GET's ``Content-Length`` says so before its body is read (and
+the body is read no further than one byte past the limit whatever it says), raising
+:class:`~ingester.errors.VersionTooLarge`.
+
 Every failure to reach the store is raised as :class:`~ingester.errors.ObjectStoreError`
 (an ``OSError``) whose ``str()`` is one line: the target, the kind and the service's
 error code, never a credential.
@@ -43,10 +48,17 @@ from datetime import datetime
 from typing import Any
 
 from ..clock import utc_now
-from ..errors import MetadataMissing, ObjectStoreError, VersionExists, VersionNotFound
+from ..errors import (
+    MetadataMissing,
+    ObjectStoreError,
+    VersionExists,
+    VersionNotFound,
+    VersionTooLarge,
+)
 from ..history.base import VersionEntry, derive_metadata, latest_name
 from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import is_version_name, parse_timestamp_from_filename
+from ..payload.gate import MAX_DROP_BYTES
 from .objectstore import (
     LATEST_KEY,
     METADATA_KEY,
@@ -105,7 +117,8 @@ class S3History:
 
     ``token_ttl`` and ``relist_every`` (seconds) pace the change token; ``clock`` is
     monotonic seconds for that, ``wall_clock`` the UTC time that decides the latest.
-    Thread-safe: the mirror commits from several threads.
+    ``max_version_bytes``: the most a version object holds, in bytes (a larger one is
+    never read whole). Thread-safe: the mirror commits from several threads.
     """
 
     def __init__(
@@ -117,8 +130,10 @@ class S3History:
         relist_every: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = utc_now,
+        max_version_bytes: int = MAX_DROP_BYTES,
     ) -> None:
         self.client = client
+        self.max_version_bytes = max_version_bytes
         self.target = target
         self.location = str(target)
         self.token_ttl = token_ttl
@@ -147,6 +162,25 @@ class S3History:
             Bucket=self.target.bucket, Key=self.target.key(name)
         )
         return response
+
+    def _version_body(self, name: str, response: dict[str, Any]) -> bytes:
+        """The body of a GET of version ``name``, read no further than one byte past
+        :attr:`max_version_bytes`; :class:`~ingester.errors.VersionTooLarge` when over.
+
+        The body is closed either way: an object left half read is never read on.
+        """
+        limit = self.max_version_bytes
+        declared = response.get("ContentLength")
+        body = response["Body"]
+        try:
+            if isinstance(declared, int) and declared > limit:
+                raise VersionTooLarge(name, self.location, declared, limit)
+            data: bytes = body.read(limit + 1)
+        finally:
+            body.close()
+        if len(data) > limit:  # a store that sent more than it declared
+            raise VersionTooLarge(name, self.location, None, limit)
+        return data
 
     # -- reading -----------------------------------------------------------------------
 
@@ -193,7 +227,9 @@ class S3History:
     def read_version(self, name: str) -> bytes:
         """One version's bytes, checked as :meth:`fetch` checks them.
 
-        Raises :class:`~ingester.errors.VersionNotFound` when there is none, and
+        Raises :class:`~ingester.errors.VersionNotFound` when there is none,
+        :class:`~ingester.errors.VersionTooLarge` when it holds more than
+        :attr:`max_version_bytes` (its body not read), and
         :class:`~ingester.errors.ObjectStoreError` (the kind ``damaged``) when the bytes
         are not the ones stored under that name: a reader never serves them.
         """
@@ -201,7 +237,9 @@ class S3History:
             raise VersionNotFound(name)
         try:
             response = self._get(name)
-            data: bytes = response["Body"].read()
+            data = self._version_body(name, response)
+        except VersionTooLarge:
+            raise
         except Exception as exc:
             if _missing(exc):
                 raise VersionNotFound(name) from None
@@ -233,11 +271,15 @@ class S3History:
         object says of itself; and whether that proved them (``False``: size alone).
 
         Raises :class:`~ingester.errors.ObjectStoreError` when the bytes are not the
-        object's (the kind ``damaged``), or when the store cannot be read.
+        object's (the kind ``damaged``), or when the store cannot be read, and
+        :class:`~ingester.errors.VersionTooLarge` when the object holds more than
+        :attr:`max_version_bytes` (its body not read).
         """
         try:
             response = self._get(obj.name)
-            data: bytes = response["Body"].read()
+            data = self._version_body(obj.name, response)
+        except VersionTooLarge:
+            raise
         except Exception as exc:
             raise self._failed(exc) from None
         return data, self._checked(obj.name, response, data, size=obj.size, etag=obj.etag)
@@ -400,7 +442,7 @@ class S3History:
         gives the local history's), else from the stored metadata object. ``accept``
         (name, bytes) may refuse a version as the latest copy (the mirror refuses what
         is no valid payload): it is then left out, of the metadata too, and the next
-        newest is taken.
+        newest is taken. So is a version larger than :attr:`max_version_bytes`.
         """
         if self.known is None:
             self.refresh()
@@ -408,12 +450,18 @@ class S3History:
         now = self.wall_clock()
         names = sorted(n for n in self.known if is_version_name(n) and n not in self._refused)
         while (newest := latest_name(names, now)) is not None:
-            digest = self._digest(newest)
-            current = self._current(LATEST_KEY)
-            if current is not None and (current.version, current.sha256) == (newest, digest):
-                break
-            data = self._version_bytes(newest)
-            if accept is not None and not accept(newest, data):
+            data: bytes | None
+            try:
+                digest = self._digest(newest)
+                current = self._current(LATEST_KEY)
+                if current is not None and (current.version, current.sha256) == (newest, digest):
+                    break
+                data = self._version_bytes(newest)
+            except VersionTooLarge:
+                # Put in the bucket by other means (no drop is so large): no latest copy
+                # can be made of it, as of a version ``accept`` refuses.
+                data = None
+            if data is None or (accept is not None and not accept(newest, data)):
                 self._refused.add(newest)
                 names.remove(newest)
                 continue

@@ -186,8 +186,9 @@ def gather_facts(
     except OSError as exc:
         return Facts(now=now, history_problem=describe_os_error(exc), source=source, **intake)
     except MemoryError:
-        # A file far larger than any version (put there by hand?) read whole: the check
-        # cannot judge, which is CRITICAL with its plugin line like any other blind spot.
+        # Versions are read only up to the largest a drop can be, but one near that size
+        # parsed under a tight limit on memory may still not fit: the check cannot judge,
+        # which is CRITICAL with its plugin line like any other blind spot.
         return Facts(
             now=now, history_problem="out of memory reading the history", source=source, **intake
         )

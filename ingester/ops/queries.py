@@ -22,6 +22,7 @@ from typing import Any
 from ..errors import (
     ReportError,
     VersionNotFound,
+    VersionTooLarge,
     describe_os_error,
     file_on_the_way,
     missing_root,
@@ -162,6 +163,8 @@ def read_version(reader: HistoryReader, name: str, now: datetime) -> VersionInfo
         data = reader.read_version(name)
     except VersionNotFound:
         return VersionInfo(name, ingested, None, None, None, future, "gone (deleted meanwhile)")
+    except VersionTooLarge as exc:  # damaged, as a file the gate refuses
+        return VersionInfo(name, ingested, exc.size, None, None, future, exc.reason)
     except OSError as exc:
         return VersionInfo(name, ingested, None, None, None, future, unreadable(exc))
     try:

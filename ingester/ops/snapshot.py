@@ -105,22 +105,43 @@ def list_versions_once(history_dir: Path) -> list[str]:
     return sorted(names)
 
 
-def _write_scratch(folder: Path, name: str, data: bytes, mode: int) -> None:
+_CHUNK = 1 << 20
+"""Bytes read and written at a time when a version is copied."""
+
+
+def _pour(fd: int, source: Path, out: BinaryIO) -> None:
+    """Write everything left in the open file ``fd`` (``source``) to ``out``, a chunk at a
+    time; a failed read raises :class:`StorageError` naming ``source``."""
+    while True:
+        try:
+            chunk = os.read(fd, _CHUNK)
+        except OSError as exc:
+            raise StorageError("read", source, exc) from exc
+        if not chunk:
+            return
+        out.write(chunk)
+
+
+def _write_scratch(path: Path, fd: int, source: Path, mode: int) -> None:
     # Scratch for the tar stream, removed once the stream is written: durability would
     # only cost an fsync per version (20,000 of them on a large history).
-    path = folder / name
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            durable.write_all(fd, data)
-        finally:
-            os.close(fd)
+        out_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        with os.fdopen(out_fd, "wb") as out:
+            _pour(fd, source, out)
+    except StorageError:
+        raise
     except OSError as exc:
         raise StorageError("write", path, exc) from exc
 
 
 def _copy_version(source: Path, folder: Path, name: str, *, scratch: bool) -> bool:
-    """Copy one version (durably unless ``scratch``), keeping its mode; False when gone."""
+    """Copy one version (durably unless ``scratch``), keeping its mode; False when gone.
+
+    Streamed, never held whole. A snapshot is a backup of the history as it is, so a
+    file larger than any drop (damaged: ``verify`` names it) is taken as a hard link
+    takes it: neither left out nor cut short, and without filling the memory.
+    """
     try:
         fd = os.open(source, durable.READ_NOFOLLOW)
     except FileNotFoundError:
@@ -128,20 +149,20 @@ def _copy_version(source: Path, folder: Path, name: str, *, scratch: bool) -> bo
     except OSError as exc:
         raise StorageError("open", source, exc) from exc
     try:
-        st = os.fstat(fd)
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise StorageError("read", source, exc) from exc
         if not stat.S_ISREG(st.st_mode):
             return False  # replaced by something else since the listing: not a version
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-    except OSError as exc:
-        raise StorageError("read", source, exc) from exc
+        mode = stat.S_IMODE(st.st_mode)
+        if scratch:
+            _write_scratch(folder / name, fd, source, mode)
+        else:
+            with durable.streamed_file(folder / name, mode=mode, replace=False) as out:
+                _pour(fd, source, out)
     finally:
         os.close(fd)
-    if scratch:
-        _write_scratch(folder, name, b"".join(chunks), stat.S_IMODE(st.st_mode))
-    else:
-        durable.write_file(folder, name, b"".join(chunks), mode=stat.S_IMODE(st.st_mode))
     return True
 
 

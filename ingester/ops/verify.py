@@ -20,6 +20,7 @@ from pathlib import Path
 from ..errors import (
     PERMISSION_ADVICE,
     VersionNotFound,
+    VersionTooLarge,
     file_on_the_way,
     is_permission_problem,
     unreadable,
@@ -127,21 +128,25 @@ def _version_findings(reader: LocalHistory, names: list[str]) -> list[Finding]:
     problems: list[Finding] = []
     for name in names:
         path = reader.dir / name
+        data: bytes | None = None
         try:
             st = path.lstat()
             data = reader.read_version(name)
         except (FileNotFoundError, VersionNotFound):
             continue  # deleted by retention since the listing
+        except VersionTooLarge as exc:  # never read whole: invalid, as the gate would say
+            problems.append(Finding("invalid-version", name, exc.reason))
         except OSError as exc:
             problem = unreadable(exc)
             if is_permission_problem(problem):
                 problem += f": {PERMISSION_ADVICE}"
             problems.append(Finding("unreadable-version", name, problem))
             continue
-        try:
-            judge_payload(data)
-        except PayloadRejected as exc:
-            problems.append(Finding("invalid-version", name, exc.reason))
+        if data is not None:
+            try:
+                judge_payload(data)
+            except PayloadRejected as exc:
+                problems.append(Finding("invalid-version", name, exc.reason))
         if st.st_mode & 0o222:
             problems.append(
                 Finding(

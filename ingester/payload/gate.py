@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LAST_UPDATED_RANGE",
+    "MAX_DROP_BYTES",
     "MAX_NESTING",
     "MISSING_SECTION",
     "check_last_updated",
@@ -47,6 +48,16 @@ __all__ = [
     "check_sections",
     "judge",
 ]
+
+MAX_DROP_BYTES = 256 << 20
+"""The largest drop there can be, in bytes (256 MiB): ``--max-bytes`` goes up to this and
+no further, as a drop is read into memory and parsed whole.
+
+Versions are drops stored byte for byte (``restore`` and ``adopt`` pass the same gate),
+so no version is larger either: every reader of a version reads at most this many bytes
+and one more (:class:`~ingester.errors.VersionTooLarge`), and a larger file in the
+history is damaged, never read whole.
+"""
 
 MAX_NESTING = 128
 """Deepest nesting of objects and arrays a drop may have (the payload itself needs 3)."""

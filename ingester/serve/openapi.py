@@ -118,8 +118,9 @@ def openapi_document() -> dict[str, Any]:
                         "404": _json_body("NoVersions", "No versions stored yet"),
                         "502": _json_body(
                             "Error",
-                            "The stored version is not a JSON object (CorruptVersion); the "
-                            "message says what is wrong with it, as ingester show does",
+                            "The stored version is not a JSON object, or is larger than any "
+                            "drop (CorruptVersion); the message says what is wrong with it, "
+                            "as ingester show does",
                         ),
                         "503": _json_body(
                             "Error",
@@ -228,6 +229,11 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "304": {"description": "Not modified"},
                         "404": _json_body("Error", "No such version"),
+                        "502": _json_body(
+                            "Error",
+                            "The file under the version's name is larger than any drop "
+                            "(CorruptVersion): refused, never sent in part",
+                        ),
                         "503": unavailable,
                     },
                 },

@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import VersionNotFound
+from ..errors import VersionNotFound, VersionTooLarge
 from ..history.index import HistorySnapshot
 from ..history.names import is_version_name
 from ..payload.model import PayloadRejected, judge_payload
@@ -48,12 +48,18 @@ def read_payload(ctx: ServeContext, name: str) -> tuple[dict[str, Any] | None, d
     """A version's payload as a dict (``None`` if it is not a JSON object) and lastUpdated.
 
     Raises :class:`VersionNotFound` when the version is gone and ``OSError`` when it
-    cannot be read.
+    cannot be read. A version larger than any drop is no JSON object here: damaged.
     """
     hit = ctx.parsed.get(name)
     if hit is not None:
         return hit
-    data = ctx.index.read_version(name)
+    try:
+        data = ctx.index.read_version(name)
+    except VersionTooLarge:
+        # Never read whole: a file so large is damaged, as one that is no JSON is, and
+        # answered so (the verdict remembered: versions never change).
+        ctx.parsed.put(name, (None, None), len(name))
+        return None, None
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError):  # a file someone else put in the history
@@ -69,7 +75,7 @@ def _damage(ctx: ServeContext, name: str) -> str:
     as ``ingester show`` says it; read again, as only the verdict was kept."""
     try:
         judge_payload(ctx.index.read_version(name))
-    except PayloadRejected as exc:
+    except (PayloadRejected, VersionTooLarge) as exc:
         return f"version {name} is damaged: {exc.reason}"
     except (OSError, VersionNotFound):
         pass  # gone or unreadable since: what is known still holds
@@ -257,6 +263,12 @@ async def get_version(request: Request) -> Response:
         data = ctx.index.read_version(name)
     except VersionNotFound:
         return error_answer(404, "NotFound", f"no version {name} (never stored, or deleted)")
+    except VersionTooLarge as exc:
+        # Refused, not streamed: no drop is so large, so these bytes are no version any
+        # client could use, and streaming them would hand out gigabytes of what was put
+        # in the history by other means. Answered as the latest route answers a damaged
+        # version (never a truncated body under a 200).
+        return error_answer(502, "CorruptVersion", f"version {name} is damaged: {exc.reason}")
     except OSError as exc:
         ctx.read_faults.failed(request, version_fault(name), exc)
         return error_answer(503, "HistoryUnavailable", f"version unreadable: {exc.strerror}")

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import BinaryIO, Final
 
-from ..errors import VersionNotFound
+from ..errors import VersionNotFound, VersionTooLarge
 from ..history.base import HistoryReader
 from ..history.names import format_timestamp, parse_timestamp_from_filename
 from ..payload.model import ConsoleUsageDataSync, PayloadRejected, UsageWindow, judge_payload
@@ -203,6 +203,10 @@ def export_rows(
             data = reader.read_version(name)
         except VersionNotFound:
             log.debug("version %s deleted while exporting; left out", name)
+            continue
+        except VersionTooLarge as exc:  # damaged, as a file the gate refuses
+            if on_skip is not None:
+                on_skip(Skipped(name, exc.reason))
             continue
         except OSError as exc:
             if on_skip is not None:

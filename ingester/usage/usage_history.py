@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
-from ..errors import ObjectStoreError, PayloadRejected, VersionNotFound
+from ..errors import ObjectStoreError, PayloadRejected, VersionNotFound, VersionTooLarge
 from ..history.base import HistoryReader, VersionEntry
 from ..history.index import HistoryIndex, HistorySnapshot
 from ..payload.model import judge_payload
@@ -124,12 +124,16 @@ class UsageHistory:
         self._damaged: set[str] = set()
 
     def _read(self, name: str) -> bytes | None:
-        """Version ``name``'s bytes; ``None`` when it is gone since the listing, or its
-        bytes are not the ones stored under its name (an object store's checksum says
-        so: damaged, left out as the gate's refusal is). Other faults raise ``OSError``."""
+        """Version ``name``'s bytes; ``None`` when it is gone since the listing, larger
+        than any drop, or its bytes are not the ones stored under its name (an object
+        store's checksum says so): damaged, left out as the gate's refusal is. Other
+        faults raise ``OSError``."""
         try:
             return self.index.reader.read_version(name)
         except VersionNotFound:
+            return None
+        except VersionTooLarge as exc:  # never read whole: damaged, as the gate's refusals
+            self._left_out(name, exc.reason)
             return None
         except ObjectStoreError as exc:
             if exc.kind != "damaged":

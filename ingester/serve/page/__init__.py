@@ -37,7 +37,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ...clock import parse_iso_time
-from ...errors import VersionNotFound
+from ...errors import VersionNotFound, VersionTooLarge
 from ...history.base import VersionEntry
 from ...history.index import HistoryIndex, HistorySnapshot
 from ...history.names import format_timestamp
@@ -131,6 +131,10 @@ class _Series:
             data = index.reader.read_version(name)
         except VersionNotFound:
             return None  # deleted since the listing: no longer part of the history
+        except VersionTooLarge as exc:  # damaged for good, as the gate's refusals are
+            with self._lock:
+                self._rows[name] = exc.reason
+            return exc.reason
         except OSError as exc:
             return f"unreadable: {exc.strerror}"  # may pass: not remembered
         result: Row | str
