@@ -286,3 +286,17 @@ def test_a_symlink_in_a_versions_place_is_never_followed(tmp_path: Path) -> None
     with pytest.raises(VersionExists):
         put(backing, name, b"{}")
     assert outside.read_bytes() == b'{"secret": 1}'
+
+
+def test_a_folder_in_a_versions_place_is_no_version_and_never_replaced(tmp_path: Path) -> None:
+    # A folder is no version: reading it says so (it is not a read failure to retry),
+    # and storing under its name is a conflict, as for any entry that is not the bytes.
+    backing = _local(tmp_path, [START])
+    name = name_at(START + timedelta(hours=1))
+    folder = tmp_path / "console-usage-history" / name
+    folder.mkdir()
+    with pytest.raises(VersionNotFound):
+        backing.reader.read_version(name)
+    with pytest.raises(VersionExists):
+        put(backing, name, payload(1))
+    assert folder.is_dir()

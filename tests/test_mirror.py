@@ -1139,6 +1139,30 @@ def test_an_object_that_is_no_valid_payload_is_not_restored(
     assert run_cli(target, "verify").returncode == 0
 
 
+def test_a_folder_named_like_a_version_in_the_target_is_left_and_the_rest_restored(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    # A folder in a version's place is no version: a conflict, said in one line, every
+    # run; the other versions are restored all the same.
+    store = make_store(root)
+    names = add_versions(store, 3)
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", f"s3://{bucket}/p", "--once", **env).returncode == 0
+    target = tmp_path / "r"
+    (target / HISTORY / names[1]).mkdir(parents=True)
+    for _ in range(2):
+        done = run_cli(tmp_path, "restore", f"s3://{bucket}/p", "--root", str(target), **env)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+        assert errors == [
+            f"error: {names[1]} differs from the object store's copy; left as it is"
+        ], done.stderr
+        restored = sorted(p.name for p in (target / HISTORY).glob("2*.json") if p.is_file())
+        assert restored == [names[0], names[2]]
+    assert (target / HISTORY / names[1]).is_dir()
+
+
 def test_the_documented_aws_cli_look_at_the_bucket(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

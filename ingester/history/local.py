@@ -140,10 +140,17 @@ class LocalHistory:
                 raise VersionNotFound(name) from None
             raise StorageError("open", path, exc) from exc
         try:
+            # Judged before the descriptor becomes a file object, which refuses a folder
+            # with its own error (EISDIR): a folder in a version's place is no version.
+            st = os.fstat(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError("stat", path, exc) from exc
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise VersionNotFound(name)
+        try:
             with os.fdopen(fd, "rb") as handle:
-                st = os.fstat(handle.fileno())
-                if not stat.S_ISREG(st.st_mode):
-                    raise VersionNotFound(name)
                 limit = self.max_version_bytes
                 if st.st_size > limit:
                     raise VersionTooLarge(name, self.location, st.st_size, limit)
