@@ -66,6 +66,11 @@ METADATA_MAX_BYTES = 1 << 20
 over this is not the metadata (something put in its place), and is never read whole."""
 LATEST_TEMP_PREFIXES = (durable.LINK_TEMP_PREFIX, durable.WRITE_TEMP_PREFIX)
 """Temp files the latest link's folder may hold (a link, or a copy where links fail)."""
+LATEST_IS_A_FOLDER = (
+    "it is a folder, which no link can replace: move it away by hand, and the link is "
+    "made on the next try"
+)
+"""Why a folder at the latest path stays, and what to do (its error's words)."""
 
 
 def read_metadata_bytes(path: Path) -> bytes:
@@ -140,13 +145,19 @@ class CleanupIncomplete(StorageError):
 
 @dataclass
 class InitReport:
-    """What :meth:`HistoryStore.initialize` found and repaired."""
+    """What :meth:`HistoryStore.initialize` found and repaired.
+
+    ``cache_errors`` lists every cache that could not be written; ``metadata_error`` and
+    ``latest_error`` are the same errors by cache (``None`` where it was written).
+    """
 
     removed_temps: list[str] = field(default_factory=list)
     metadata_rebuilt: str | None = None
     metadata_created: bool = False
     latest_repaired: str | None = None
     cache_errors: list[StorageError] = field(default_factory=list)
+    metadata_error: StorageError | None = None
+    latest_error: StorageError | None = None
 
 
 RetentionHold = Callable[[Path, Sequence[str], int], tuple[int, str | None]]
@@ -308,7 +319,7 @@ class HistoryStore:
         try:
             self.latest_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            report.cache_errors.append(StorageError("create folder", self.latest_path.parent, exc))
+            report.latest_error = StorageError("create folder", self.latest_path.parent, exc)
         report.removed_temps += durable.remove_stale_temps(self.history_dir)
         for prefix in LATEST_TEMP_PREFIXES:
             with contextlib.suppress(StorageError):  # a cache's folder: never blocks a start
@@ -327,14 +338,16 @@ class HistoryStore:
             try:
                 self._write_metadata()
             except StorageError as exc:
-                report.cache_errors.append(exc)
-        try:
-            latest_problem = self.latest_problem()
-            if latest_problem is not None:
-                self._update_latest()
-                report.latest_repaired = latest_problem  # only once it really was
-        except StorageError as exc:
-            report.cache_errors.append(exc)
+                report.metadata_error = exc
+        if report.latest_error is None:  # else the link's folder is what is wrong
+            try:
+                latest_problem = self.latest_problem()
+                if latest_problem is not None:
+                    self._update_latest()
+                    report.latest_repaired = latest_problem  # only once it really was
+            except StorageError as exc:
+                report.latest_error = exc
+        report.cache_errors += [e for e in (report.metadata_error, report.latest_error) if e]
         return report
 
     def cache_problems(self) -> tuple[str | None, str | None]:
@@ -384,7 +397,13 @@ class HistoryStore:
             # Said first: with no version left, a folder points at nothing either.
             return "a folder, not a link"
         if newest is None:
-            return "points at a version that is gone" if os.path.lexists(link) else None
+            try:
+                mode = os.lstat(link).st_mode
+            except FileNotFoundError:
+                return None
+            if not (stat.S_ISLNK(mode) or stat.S_ISREG(mode)):
+                return "a special file (not a link, not a regular file)"
+            return "points at a version that is gone"
         if link.is_symlink():
             target = os.readlink(link)
             if target != self.link_target(newest):
@@ -679,9 +698,21 @@ class HistoryStore:
                 raise StorageError("read", source, OSError(errno.EINVAL, "not a regular file"))
             return data
 
-        durable.replace_symlink(
-            self.latest_path, self.link_target(newest), fallback=copy_of_newest, sync_dir=sync
-        )
+        try:
+            durable.replace_symlink(
+                self.latest_path, self.link_target(newest), fallback=copy_of_newest, sync_dir=sync
+            )
+        except StorageError as exc:
+            folder = self.latest_path.parent
+            if exc.errno not in (errno.EACCES, errno.EPERM) or exc.path.parent != folder:
+                raise
+            # Refused in the link's folder (its owner or mode, an immutable folder): the
+            # kernel's words name no fix, and the file named may not even exist yet.
+            words = (
+                f"{exc.strerror}; this user may not make the link in {folder}: check its "
+                "owner, mode and attributes (ls -ld, lsattr -d)"
+            )
+            raise StorageError(exc.action, exc.path, OSError(exc.errno, words)) from exc
 
     def regular_latest(self) -> bytes | None:
         """The bytes of the latest path when it is a regular file (not a link), else
@@ -724,8 +755,39 @@ class HistoryStore:
         return data is not None and self.version_holding(data) is None
 
     def _keep_unkept_latest(self) -> None:
-        """Raise :class:`StorageError` (EEXIST) when :meth:`unkept_latest`: it is kept."""
-        if self.unkept_latest():
+        """Raise :class:`StorageError` when what is at the latest path must stay: a
+        folder (EISDIR: no rename puts a link in its place, and removing it would lose
+        what it holds) or a file that :meth:`unkept_latest` (EEXIST: it is kept).
+
+        Either is said as a ``replace`` that cannot be made, with what to do, the same
+        whether the link was to move or to go (no version left)."""
+        try:
+            mode: int | None = os.lstat(self.latest_path).st_mode
+        except OSError:
+            mode = None  # absent, or its folder cannot be searched: unkept_latest says
+        if mode is not None and stat.S_ISDIR(mode):
+            raise StorageError(
+                "replace", self.latest_path, IsADirectoryError(errno.EISDIR, LATEST_IS_A_FOLDER)
+            )
+        if mode is not None and not stat.S_ISREG(mode):
+            return  # a link, a FIFO, a socket: no snapshot of its own to keep
+        try:
+            unkept = self.unkept_latest()
+        except StorageError as exc:
+            # A file that cannot be read may hold a snapshot no version holds: kept, and
+            # said with what to do, as a start says it.
+            advice = (
+                "give what it names to the service's user (chown), then stop the watcher "
+                "and run 'ingester adopt' (or remove the file)"
+                if exc.errno in (errno.EACCES, errno.EPERM)
+                else "fix that, then run 'ingester adopt' if it holds a snapshot no version holds"
+            )
+            words = (
+                f"cannot tell whether it holds a snapshot that no version holds ({exc}), so "
+                f"it is kept; {advice}"
+            )
+            raise StorageError("replace", self.latest_path, OSError(exc.errno, words)) from exc
+        if unkept:
             raise StorageError(
                 "replace",
                 self.latest_path,
@@ -737,7 +799,22 @@ class HistoryStore:
                 ),
             )
 
+    def _keep_unreadable_metadata(self) -> None:
+        """Raise :class:`MetadataUnreadable` when a metadata file is there that cannot be
+        read (another user's, a folder, a failing disk): it is left as it is, as at a
+        start. A missing or corrupt one may be replaced."""
+        try:
+            read_metadata_bytes(self.metadata_path)
+        except (FileNotFoundError, MetadataCorrupt):
+            return
+        except OSError as exc:
+            raise MetadataUnreadable(self.metadata_path, exc) from exc
+
     def _write_metadata(self) -> None:
+        # A running writer reads before it replaces, as a start does: a file put there
+        # since that it cannot read (root's, mode 0600) may be an operator's, and
+        # replacing it would hide the permission problem that the next start stops on.
+        self._keep_unreadable_metadata()
         self._meta = self._derive(self._meta)
         durable.write_file(
             self.history_dir,
