@@ -11,6 +11,7 @@ What is true, and what is derived:
   modified. Their names sort in ingestion order.
 * The **latest link** and **metadata** are caches of that truth: cheap to rebuild from a
   scan, and rebuilt by :meth:`HistoryStore.initialize` whenever they disagree with it.
+  The link's upkeep is :class:`~ingester.history.latest.LatestLink`'s.
   Only the two totals (created/deleted) cannot be derived; after a crash they are best
   effort and never decrease.
 * The store keeps the sorted list of version names in memory, loaded by one scan, so a
@@ -43,6 +44,8 @@ from .names import format_timestamp, generate_version_filename, is_version_name
 if TYPE_CHECKING:
     from ..payload.model import ConsoleUsageDataSync
 from .batch import Batch
+from .latest import LATEST_TEMP_PREFIXES as LATEST_TEMP_PREFIXES
+from .latest import LatestLink
 from .metadata import MetadataCorrupt, StorageMetadata
 from .retention import (
     Decision,
@@ -64,13 +67,6 @@ METADATA_MODE = 0o644
 METADATA_MAX_BYTES = 1 << 20
 """The most of ``_metadata.json`` that is read: it is a few hundred bytes, so a file
 over this is not the metadata (something put in its place), and is never read whole."""
-LATEST_TEMP_PREFIXES = (durable.LINK_TEMP_PREFIX, durable.WRITE_TEMP_PREFIX)
-"""Temp files the latest link's folder may hold (a link, or a copy where links fail)."""
-LATEST_IS_A_FOLDER = (
-    "it is a folder, which no link can replace: move it away by hand, and the link is "
-    "made on the next try"
-)
-"""Why a folder at the latest path stays, and what to do (its error's words)."""
 
 
 def read_metadata_bytes(path: Path) -> bytes:
@@ -196,7 +192,7 @@ class HistoryStore:
         self._spare: durable.SpareFile | None = None
         self._floor: str | None = None  # the highest name withdrawn
         self._given: str | None = None  # the last name next_version_name gave
-        self._link_folder: str | None = None  # see link_target
+        self._latest = LatestLink(self.latest_path, self.history_dir, self.list_versions)
 
     # -- paths -------------------------------------------------------------------
 
@@ -215,36 +211,9 @@ class HistoryStore:
         return self.history_dir / name
 
     def link_target(self, name: str) -> str:
-        """The relative target of the latest link for version ``name``.
-
-        The kernel follows a relative target from the link's real folder, so ``..`` in
-        it climbs out of the real folder, not the one named. The history is named as
-        logically as still resolves from there: through its own path when that works
-        (``console-usage-history/<v>.json`` even when that folder is a symlink to
-        another disk, so a copy of the root holds a link into its own history), else
-        through its real parent folder, else through its real path.
-        """
-        if self._link_folder is None:
-            self._link_folder = self._find_link_folder()
-        return os.path.join(self._link_folder, name)
-
-    def _find_link_folder(self) -> str:
-        # Resolving the folders costs a dozen stats: done once, and again after each
-        # scan of the history (a rescan), not on every move of the link.
-        link_dir = os.path.realpath(self.latest_path.parent)
-        history = os.fspath(self.history_dir)
-        real_history = os.path.realpath(history)
-        candidates = (
-            os.path.relpath(history, self.latest_path.parent),
-            os.path.relpath(
-                os.path.join(os.path.realpath(os.path.dirname(history)), self.history_dir.name),
-                link_dir,
-            ),
-        )
-        for folder in candidates:
-            if os.path.realpath(os.path.join(link_dir, folder)) == real_history:
-                return folder
-        return os.path.relpath(real_history, link_dir)
+        """The relative target of the latest link for version ``name``
+        (:meth:`LatestLink.target <ingester.history.latest.LatestLink.target>`)."""
+        return self._latest.target(name)
 
     # -- loading -----------------------------------------------------------------
 
@@ -262,7 +231,7 @@ class HistoryStore:
         names.sort()
         self._names = names
         self._loaded = True
-        self._link_folder = None
+        self._latest.forget_folder()
         return list(names)
 
     def read_metadata_file(self) -> tuple[StorageMetadata, str | None]:
@@ -391,44 +360,7 @@ class HistoryStore:
     def latest_problem(self) -> str | None:
         """Why the latest link does not name the newest version, or ``None`` if it does."""
         self._ensure_loaded()
-        newest = self.latest_version_name()
-        link = self.latest_path
-        if link.is_dir() and not link.is_symlink():
-            # Said first: with no version left, a folder points at nothing either.
-            return "a folder, not a link"
-        if newest is None:
-            try:
-                mode = os.lstat(link).st_mode
-            except FileNotFoundError:
-                return None
-            if not (stat.S_ISLNK(mode) or stat.S_ISREG(mode)):
-                return "a special file (not a link, not a regular file)"
-            return "points at a version that is gone"
-        if link.is_symlink():
-            target = os.readlink(link)
-            if target != self.link_target(newest):
-                if not os.path.exists(link):
-                    return f"points at {target}, which is missing (the newest is {newest})"
-                return f"points at {target}, not {newest}"
-            try:
-                if os.path.samefile(link, self.version_path(newest)):
-                    return None
-            except OSError:
-                pass
-            return f"does not resolve to {newest}"
-        try:
-            # A FIFO, a socket or a device is never opened (a FIFO would wait for a
-            # writer); it holds no snapshot a repair could lose.
-            data = durable.read_regular(link) if stat.S_ISREG(os.lstat(link).st_mode) else None
-        except OSError as exc:
-            return "missing" if exc.errno == errno.ENOENT else unreadable(exc)
-        if data is None:
-            return "a special file (not a link, not a regular file)"
-        try:
-            same = data == durable.read_regular(self.version_path(newest))
-        except OSError as exc:
-            return unreadable(exc)
-        return None if same else f"a copy that is not {newest}"
+        return self._latest.problem(self.latest_version_name())
 
     # -- the public operations ------------------------------------------------------
 
@@ -685,119 +617,23 @@ class HistoryStore:
     # -- caches --------------------------------------------------------------------
 
     def _update_latest(self, *, sync: bool = True) -> None:
-        self._keep_unkept_latest()
-        newest = self.latest_version_name()
-        if newest is None:
-            durable.remove_file(self.latest_path)
-            return
-        source = self.version_path(newest)
-
-        def copy_of_newest() -> bytes:
-            data = durable.read_regular(source)
-            if data is None:  # a FIFO there would have held this up for ever
-                raise StorageError("read", source, OSError(errno.EINVAL, "not a regular file"))
-            return data
-
-        try:
-            durable.replace_symlink(
-                self.latest_path, self.link_target(newest), fallback=copy_of_newest, sync_dir=sync
-            )
-        except StorageError as exc:
-            folder = self.latest_path.parent
-            if exc.errno not in (errno.EACCES, errno.EPERM) or exc.path.parent != folder:
-                raise
-            # Refused in the link's folder (its owner or mode, an immutable folder): the
-            # kernel's words name no fix, and the file named may not even exist yet.
-            words = (
-                f"{exc.strerror}; this user may not make the link in {folder}: check its "
-                "owner, mode and attributes (ls -ld, lsattr -d)"
-            )
-            raise StorageError(exc.action, exc.path, OSError(exc.errno, words)) from exc
+        self._latest.update(self.latest_version_name(), sync=sync)
 
     def regular_latest(self) -> bytes | None:
         """The bytes of the latest path when it is a regular file (not a link), else
         ``None``. Raises :class:`StorageError` when it is one that cannot be read."""
-        try:
-            return durable.read_regular(self.latest_path)
-        except StorageError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                # Absent (a folder on its path is missing or is not a folder, so no file
-                # can be there), or a symbolic link: no snapshot of its own.
-                return None
-            raise
+        return self._latest.regular()
 
     def version_holding(self, data: bytes) -> str | None:
         """The newest version whose bytes are ``data``, or ``None`` (newest first: the
         usual hit). Raises :class:`StorageError` when a version cannot be read."""
-        for path in self.list_versions():
-            try:
-                if os.stat(path).st_size == len(data) and durable.read_regular(path) == data:
-                    return path.name
-            except FileNotFoundError:
-                continue  # deleted since the scan
-            except StorageError:
-                raise
-            except OSError as exc:
-                raise StorageError("read", path, exc) from exc
-        return None
+        return self._latest.version_holding(data)
 
     def unkept_latest(self) -> bool:
         """Whether the latest path is a regular file holding a snapshot that no version
-        holds: replacing it (a start, a repair, a new link) would lose that snapshot.
-
-        Such a file is the original server's latest, or one put there by hand; only
-        ``adopt`` keeps it (as a version). A copy this store made where links fail holds
-        a version's bytes. Raises :class:`StorageError` when that cannot be told: a file
-        one cannot read may hold such a snapshot, so it is never taken for one that
-        does not.
-        """
-        data = self.regular_latest()
-        return data is not None and self.version_holding(data) is None
-
-    def _keep_unkept_latest(self) -> None:
-        """Raise :class:`StorageError` when what is at the latest path must stay: a
-        folder (EISDIR: no rename puts a link in its place, and removing it would lose
-        what it holds) or a file that :meth:`unkept_latest` (EEXIST: it is kept).
-
-        Either is said as a ``replace`` that cannot be made, with what to do, the same
-        whether the link was to move or to go (no version left)."""
-        try:
-            mode: int | None = os.lstat(self.latest_path).st_mode
-        except OSError:
-            mode = None  # absent, or its folder cannot be searched: unkept_latest says
-        if mode is not None and stat.S_ISDIR(mode):
-            raise StorageError(
-                "replace", self.latest_path, IsADirectoryError(errno.EISDIR, LATEST_IS_A_FOLDER)
-            )
-        if mode is not None and not stat.S_ISREG(mode):
-            return  # a link, a FIFO, a socket: no snapshot of its own to keep
-        try:
-            unkept = self.unkept_latest()
-        except StorageError as exc:
-            # A file that cannot be read may hold a snapshot no version holds: kept, and
-            # said with what to do, as a start says it.
-            advice = (
-                "give what it names to the service's user (chown), then stop the watcher "
-                "and run 'ingester adopt' (or remove the file)"
-                if exc.errno in (errno.EACCES, errno.EPERM)
-                else "fix that, then run 'ingester adopt' if it holds a snapshot no version holds"
-            )
-            words = (
-                f"cannot tell whether it holds a snapshot that no version holds ({exc}), so "
-                f"it is kept; {advice}"
-            )
-            raise StorageError("replace", self.latest_path, OSError(exc.errno, words)) from exc
-        if unkept:
-            raise StorageError(
-                "replace",
-                self.latest_path,
-                FileExistsError(
-                    errno.EEXIST,
-                    "it is a file holding a snapshot that no version holds, so it is kept; "
-                    "stop the watcher and run 'ingester adopt' to keep it as a version, or "
-                    "remove it",
-                ),
-            )
+        holds (:meth:`LatestLink.unkept <ingester.history.latest.LatestLink.unkept>`):
+        only ``adopt`` keeps it. Raises :class:`StorageError` when that cannot be told."""
+        return self._latest.unkept()
 
     def _keep_unreadable_metadata(self) -> None:
         """Raise :class:`MetadataUnreadable` when a metadata file is there that cannot be
