@@ -124,8 +124,15 @@ class MetadataUnreadable(StorageError):
         super().__init__("read", path, cause)
 
     def __str__(self) -> str:
+        if self.errno == errno.EISDIR:
+            # A folder holds no totals to keep; it only cannot be replaced.
+            return (
+                f"{super().__str__()}: a folder in the metadata's place is left as it is; "
+                "move it away by hand (the metadata is then rebuilt from the versions, its "
+                "lifetime totals counted afresh)"
+            )
         advice = (
-            PERMISSION_ADVICE
+            f"{PERMISSION_ADVICE}, or chown the file to that user"
             if self.errno in _PERMISSION_ERRNOS
             else "fix the cause (or move the file away to count afresh), then run again"
         )

@@ -4,12 +4,12 @@ Owns what a history *is*, wherever it is kept, and the one way it is written. Th
 interfaces (:mod:`.base`): the reader and writer protocols, the version entry, the one
 definition of "latest" and of "at or before T". The local backing: its reader
 (:mod:`.local`, which follows no symlink) and its store (:mod:`.store`: versions, the
-latest link, ``_metadata.json`` (:mod:`.metadata`), retention; a group of versions made
-durable by one fsync, :mod:`.batch`). A backing in memory (:mod:`.memory`), the sorted
-index ``serve`` answers from (:mod:`.index`), version names (:mod:`.names`), the
-retention rule (:mod:`.retention`), the one-writer lock (:mod:`.lock`) and durable
-writes (:mod:`.durable`: temp file, fsync, rename or link, fsync the folder). The
-object-store backing is the mirror's (:mod:`ingester.mirror.s3_history`).
+latest link (:mod:`.latest`), ``_metadata.json`` (:mod:`.metadata`), retention; a group
+of versions made durable by one fsync, :mod:`.batch`). A backing in memory
+(:mod:`.memory`), the sorted index ``serve`` answers from (:mod:`.index`), version
+names (:mod:`.names`), the retention rule (:mod:`.retention`), the one-writer lock
+(:mod:`.lock`) and durable writes (:mod:`.durable`: temp file, fsync, rename or link,
+fsync the folder). The object-store backing is the mirror's (:mod:`ingester.mirror.s3_history`).
 
 May import: :mod:`ingester.errors`, :mod:`ingester.clock` and :mod:`ingester.payload`.
 Nothing that watches, serves, mirrors, reports or runs commands.

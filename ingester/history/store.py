@@ -11,6 +11,7 @@ What is true, and what is derived:
   modified. Their names sort in ingestion order.
 * The **latest link** and **metadata** are caches of that truth: cheap to rebuild from a
   scan, and rebuilt by :meth:`HistoryStore.initialize` whenever they disagree with it.
+  The link's upkeep is :class:`~ingester.history.latest.LatestLink`'s.
   Only the two totals (created/deleted) cannot be derived; after a crash they are best
   effort and never decrease.
 * The store keeps the sorted list of version names in memory, loaded by one scan, so a
@@ -43,6 +44,8 @@ from .names import format_timestamp, generate_version_filename, is_version_name
 if TYPE_CHECKING:
     from ..payload.model import ConsoleUsageDataSync
 from .batch import Batch
+from .latest import LATEST_TEMP_PREFIXES as LATEST_TEMP_PREFIXES
+from .latest import LatestLink
 from .metadata import MetadataCorrupt, StorageMetadata
 from .retention import (
     Decision,
@@ -64,8 +67,6 @@ METADATA_MODE = 0o644
 METADATA_MAX_BYTES = 1 << 20
 """The most of ``_metadata.json`` that is read: it is a few hundred bytes, so a file
 over this is not the metadata (something put in its place), and is never read whole."""
-LATEST_TEMP_PREFIXES = (durable.LINK_TEMP_PREFIX, durable.WRITE_TEMP_PREFIX)
-"""Temp files the latest link's folder may hold (a link, or a copy where links fail)."""
 
 
 def read_metadata_bytes(path: Path) -> bytes:
@@ -140,13 +141,19 @@ class CleanupIncomplete(StorageError):
 
 @dataclass
 class InitReport:
-    """What :meth:`HistoryStore.initialize` found and repaired."""
+    """What :meth:`HistoryStore.initialize` found and repaired.
+
+    ``cache_errors`` lists every cache that could not be written; ``metadata_error`` and
+    ``latest_error`` are the same errors by cache (``None`` where it was written).
+    """
 
     removed_temps: list[str] = field(default_factory=list)
     metadata_rebuilt: str | None = None
     metadata_created: bool = False
     latest_repaired: str | None = None
     cache_errors: list[StorageError] = field(default_factory=list)
+    metadata_error: StorageError | None = None
+    latest_error: StorageError | None = None
 
 
 RetentionHold = Callable[[Path, Sequence[str], int], tuple[int, str | None]]
@@ -185,7 +192,7 @@ class HistoryStore:
         self._spare: durable.SpareFile | None = None
         self._floor: str | None = None  # the highest name withdrawn
         self._given: str | None = None  # the last name next_version_name gave
-        self._link_folder: str | None = None  # see link_target
+        self._latest = LatestLink(self.latest_path, self.history_dir, self.list_versions)
 
     # -- paths -------------------------------------------------------------------
 
@@ -204,36 +211,9 @@ class HistoryStore:
         return self.history_dir / name
 
     def link_target(self, name: str) -> str:
-        """The relative target of the latest link for version ``name``.
-
-        The kernel follows a relative target from the link's real folder, so ``..`` in
-        it climbs out of the real folder, not the one named. The history is named as
-        logically as still resolves from there: through its own path when that works
-        (``console-usage-history/<v>.json`` even when that folder is a symlink to
-        another disk, so a copy of the root holds a link into its own history), else
-        through its real parent folder, else through its real path.
-        """
-        if self._link_folder is None:
-            self._link_folder = self._find_link_folder()
-        return os.path.join(self._link_folder, name)
-
-    def _find_link_folder(self) -> str:
-        # Resolving the folders costs a dozen stats: done once, and again after each
-        # scan of the history (a rescan), not on every move of the link.
-        link_dir = os.path.realpath(self.latest_path.parent)
-        history = os.fspath(self.history_dir)
-        real_history = os.path.realpath(history)
-        candidates = (
-            os.path.relpath(history, self.latest_path.parent),
-            os.path.relpath(
-                os.path.join(os.path.realpath(os.path.dirname(history)), self.history_dir.name),
-                link_dir,
-            ),
-        )
-        for folder in candidates:
-            if os.path.realpath(os.path.join(link_dir, folder)) == real_history:
-                return folder
-        return os.path.relpath(real_history, link_dir)
+        """The relative target of the latest link for version ``name``
+        (:meth:`LatestLink.target <ingester.history.latest.LatestLink.target>`)."""
+        return self._latest.target(name)
 
     # -- loading -----------------------------------------------------------------
 
@@ -251,7 +231,7 @@ class HistoryStore:
         names.sort()
         self._names = names
         self._loaded = True
-        self._link_folder = None
+        self._latest.forget_folder()
         return list(names)
 
     def read_metadata_file(self) -> tuple[StorageMetadata, str | None]:
@@ -308,7 +288,7 @@ class HistoryStore:
         try:
             self.latest_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            report.cache_errors.append(StorageError("create folder", self.latest_path.parent, exc))
+            report.latest_error = StorageError("create folder", self.latest_path.parent, exc)
         report.removed_temps += durable.remove_stale_temps(self.history_dir)
         for prefix in LATEST_TEMP_PREFIXES:
             with contextlib.suppress(StorageError):  # a cache's folder: never blocks a start
@@ -327,14 +307,16 @@ class HistoryStore:
             try:
                 self._write_metadata()
             except StorageError as exc:
-                report.cache_errors.append(exc)
-        try:
-            latest_problem = self.latest_problem()
-            if latest_problem is not None:
-                self._update_latest()
-                report.latest_repaired = latest_problem  # only once it really was
-        except StorageError as exc:
-            report.cache_errors.append(exc)
+                report.metadata_error = exc
+        if report.latest_error is None:  # else the link's folder is what is wrong
+            try:
+                latest_problem = self.latest_problem()
+                if latest_problem is not None:
+                    self._update_latest()
+                    report.latest_repaired = latest_problem  # only once it really was
+            except StorageError as exc:
+                report.latest_error = exc
+        report.cache_errors += [e for e in (report.metadata_error, report.latest_error) if e]
         return report
 
     def cache_problems(self) -> tuple[str | None, str | None]:
@@ -378,38 +360,7 @@ class HistoryStore:
     def latest_problem(self) -> str | None:
         """Why the latest link does not name the newest version, or ``None`` if it does."""
         self._ensure_loaded()
-        newest = self.latest_version_name()
-        link = self.latest_path
-        if link.is_dir() and not link.is_symlink():
-            # Said first: with no version left, a folder points at nothing either.
-            return "a folder, not a link"
-        if newest is None:
-            return "points at a version that is gone" if os.path.lexists(link) else None
-        if link.is_symlink():
-            target = os.readlink(link)
-            if target != self.link_target(newest):
-                if not os.path.exists(link):
-                    return f"points at {target}, which is missing (the newest is {newest})"
-                return f"points at {target}, not {newest}"
-            try:
-                if os.path.samefile(link, self.version_path(newest)):
-                    return None
-            except OSError:
-                pass
-            return f"does not resolve to {newest}"
-        try:
-            # A FIFO, a socket or a device is never opened (a FIFO would wait for a
-            # writer); it holds no snapshot a repair could lose.
-            data = durable.read_regular(link) if stat.S_ISREG(os.lstat(link).st_mode) else None
-        except OSError as exc:
-            return "missing" if exc.errno == errno.ENOENT else unreadable(exc)
-        if data is None:
-            return "a special file (not a link, not a regular file)"
-        try:
-            same = data == durable.read_regular(self.version_path(newest))
-        except OSError as exc:
-            return unreadable(exc)
-        return None if same else f"a copy that is not {newest}"
+        return self._latest.problem(self.latest_version_name())
 
     # -- the public operations ------------------------------------------------------
 
@@ -666,78 +617,40 @@ class HistoryStore:
     # -- caches --------------------------------------------------------------------
 
     def _update_latest(self, *, sync: bool = True) -> None:
-        self._keep_unkept_latest()
-        newest = self.latest_version_name()
-        if newest is None:
-            durable.remove_file(self.latest_path)
-            return
-        source = self.version_path(newest)
-
-        def copy_of_newest() -> bytes:
-            data = durable.read_regular(source)
-            if data is None:  # a FIFO there would have held this up for ever
-                raise StorageError("read", source, OSError(errno.EINVAL, "not a regular file"))
-            return data
-
-        durable.replace_symlink(
-            self.latest_path, self.link_target(newest), fallback=copy_of_newest, sync_dir=sync
-        )
+        self._latest.update(self.latest_version_name(), sync=sync)
 
     def regular_latest(self) -> bytes | None:
         """The bytes of the latest path when it is a regular file (not a link), else
         ``None``. Raises :class:`StorageError` when it is one that cannot be read."""
-        try:
-            return durable.read_regular(self.latest_path)
-        except StorageError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                # Absent (a folder on its path is missing or is not a folder, so no file
-                # can be there), or a symbolic link: no snapshot of its own.
-                return None
-            raise
+        return self._latest.regular()
 
     def version_holding(self, data: bytes) -> str | None:
         """The newest version whose bytes are ``data``, or ``None`` (newest first: the
         usual hit). Raises :class:`StorageError` when a version cannot be read."""
-        for path in self.list_versions():
-            try:
-                if os.stat(path).st_size == len(data) and durable.read_regular(path) == data:
-                    return path.name
-            except FileNotFoundError:
-                continue  # deleted since the scan
-            except StorageError:
-                raise
-            except OSError as exc:
-                raise StorageError("read", path, exc) from exc
-        return None
+        return self._latest.version_holding(data)
 
     def unkept_latest(self) -> bool:
         """Whether the latest path is a regular file holding a snapshot that no version
-        holds: replacing it (a start, a repair, a new link) would lose that snapshot.
+        holds (:meth:`LatestLink.unkept <ingester.history.latest.LatestLink.unkept>`):
+        only ``adopt`` keeps it. Raises :class:`StorageError` when that cannot be told."""
+        return self._latest.unkept()
 
-        Such a file is the original server's latest, or one put there by hand; only
-        ``adopt`` keeps it (as a version). A copy this store made where links fail holds
-        a version's bytes. Raises :class:`StorageError` when that cannot be told: a file
-        one cannot read may hold such a snapshot, so it is never taken for one that
-        does not.
-        """
-        data = self.regular_latest()
-        return data is not None and self.version_holding(data) is None
-
-    def _keep_unkept_latest(self) -> None:
-        """Raise :class:`StorageError` (EEXIST) when :meth:`unkept_latest`: it is kept."""
-        if self.unkept_latest():
-            raise StorageError(
-                "replace",
-                self.latest_path,
-                FileExistsError(
-                    errno.EEXIST,
-                    "it is a file holding a snapshot that no version holds, so it is kept; "
-                    "stop the watcher and run 'ingester adopt' to keep it as a version, or "
-                    "remove it",
-                ),
-            )
+    def _keep_unreadable_metadata(self) -> None:
+        """Raise :class:`MetadataUnreadable` when a metadata file is there that cannot be
+        read (another user's, a folder, a failing disk): it is left as it is, as at a
+        start. A missing or corrupt one may be replaced."""
+        try:
+            read_metadata_bytes(self.metadata_path)
+        except (FileNotFoundError, MetadataCorrupt):
+            return
+        except OSError as exc:
+            raise MetadataUnreadable(self.metadata_path, exc) from exc
 
     def _write_metadata(self) -> None:
+        # A running writer reads before it replaces, as a start does: a file put there
+        # since that it cannot read (root's, mode 0600) may be an operator's, and
+        # replacing it would hide the permission problem that the next start stops on.
+        self._keep_unreadable_metadata()
         self._meta = self._derive(self._meta)
         durable.write_file(
             self.history_dir,

@@ -30,6 +30,10 @@ log = logging.getLogger("ingester.watcher")
 MAINTENANCE_EVERY = 1.0  # seconds between cleanup/metadata rounds while drops keep coming
 
 
+ROUND_FAILED = "cannot finish claims, clean up or write the metadata"
+"""What a failed round says before its error (recovery, cleanup and the metadata are one
+round, and the metadata's write at a start is its first try)."""
+
 STUCK_SAY_EVERY = 3600.0
 """Seconds between two ERROR lines for the same expired versions retention cannot delete."""
 
@@ -69,7 +73,7 @@ class Maintenance:
         self.meta_dirty = True
         self.sweep_needed = False
         self._last_round = 0.0
-        self._cache_reported: set[str] = set()
+        self._repairing: dict[str, str] = {}  # a cache found wrong while running: why
         self.holding = False  # automatic deletions held back after a wall-clock jump
         self._next_writer_sweep = 0.0  # monotonic
         self._stuck: tuple[str, ...] = ()  # expired versions retention could not delete
@@ -85,14 +89,24 @@ class Maintenance:
             log.warning("metadata rebuilt from a scan (it was %s)", report.metadata_rebuilt)
         if report.latest_repaired:
             log.warning("latest link repaired (%s)", report.latest_repaired)
-        for error in report.cache_errors:
-            # Caches never gate ingest: logged, and retried by the maintenance rounds.
-            log.error("cannot refresh a cache (drops are still stored): %s", error)
-            self.latest_dirty = self.meta_dirty = True
+        # Caches never gate ingest. A start's failed write is its cache's first failed
+        # try: said as a round says it, and retried when its backoff says, not again at
+        # once by the round after the backlog (one cause, one line).
+        if report.latest_error is not None:
+            self.latest_failed(report.latest_error)
+        if report.metadata_error is not None:
+            self.meta_dirty = True
+            self._report(ROUND_FAILED, report.metadata_error, self._backoff.failed())
 
     def run(self, now: float, *, force: bool, busy: bool) -> None:
-        """One round if due at ``now`` (monotonic); ``busy``: drops are waiting."""
-        if self.latest_dirty and (force or self.cache_backoff.due(now)):
+        """One round if due at ``now`` (monotonic); ``busy``: drops are waiting.
+
+        ``force`` runs it even while drops keep coming; a cache that failed is still
+        tried again only when its backoff is due, except in the last round (once
+        ``retries`` is False), whose failure waits for the next start.
+        """
+        last = force and not self.retries
+        if self.latest_dirty and (last or self.cache_backoff.due(now)):
             try:
                 self.store.update_latest()
                 self.latest_ok()
@@ -102,9 +116,9 @@ class Maintenance:
         self.sweep_writer_temps(now)
         if not self.meta_dirty:
             return
-        if not force and (
-            not self._backoff.due(now) or (busy and now - self._last_round < MAINTENANCE_EVERY)
-        ):
+        if not (last or self._backoff.due(now)):
+            return
+        if not force and busy and now - self._last_round < MAINTENANCE_EVERY:
             return
         if self.sweep_needed:
             self.sweep_needed = False
@@ -118,24 +132,28 @@ class Maintenance:
         try:
             self._recover()
             self.store.cleanup_old_versions(hold_deletions=self.clock_jumped())
-            self._cache_reported.discard("metadata")
+            self._metadata_written()
             self._stuck = ()
         except CleanupIncomplete as exc:
             # Everything else went through, the metadata included: the versions that
             # would not go are tried with the next drops, not on a retry timer, and said
             # again only when they change or an hour on (an ERROR every few seconds for
             # one immutable file would bury the log).
-            self._cache_reported.discard("metadata")
+            self._metadata_written()
             self._say_stuck(exc, now)
         except StorageError as exc:
             # The metadata and retention are not on the ingest path: they back off on
             # their own, and drops go on being stored meanwhile.
-            retry = self._backoff.failed()
-            self._report("cannot finish claims, clean up or write the metadata", exc, retry)
+            self._report(ROUND_FAILED, exc, self._backoff.failed())
             return
         self._backoff.succeeded()
         self.meta_dirty = False
         self._last_round = now
+
+    def _metadata_written(self) -> None:
+        problem = self._repairing.pop("metadata", None)
+        if problem is not None:
+            log.warning("metadata rebuilt from a scan (it was %s)", problem)
 
     def _say_stuck(self, exc: CleanupIncomplete, now: float) -> None:
         names = tuple(sorted(f.path.name for f in exc.failures))
@@ -191,7 +209,9 @@ class Maintenance:
     def latest_ok(self) -> None:
         self.latest_dirty = False
         self.cache_backoff.succeeded()
-        self._cache_reported.discard("latest")
+        problem = self._repairing.pop("latest", None)
+        if problem is not None:
+            log.warning("latest link repaired (%s)", problem)
 
     def latest_failed(self, exc: StorageError) -> None:
         """The latest link could not be written: log it, retry later; ingest goes on."""
@@ -213,7 +233,9 @@ class Maintenance:
         """Repair a metadata file or latest link changed by hand, rather than on a drop.
 
         The history can change by hand too (a restored file): the store's index is
-        rescanned, and a cache found wrong is marked for the next round.
+        rescanned, and a cache found wrong is marked for the next round. What was wrong
+        is said once the round has repaired it (as a start says it), or by the round's
+        ERROR when it cannot: one line for one cause, never a promise, then a failure.
         """
         try:
             self.store.scan()
@@ -227,10 +249,7 @@ class Maintenance:
         ):
             if problem is None or dirty:
                 continue  # fine, or about to be rewritten anyway (drops are coming in)
-            if key not in self._cache_reported:
-                self._cache_reported.add(key)
-                what = "the metadata" if key == "metadata" else "the latest link"
-                log.warning("%s needs repair (%s); rewriting it", what, problem)
+            self._repairing.setdefault(key, problem)
             self.meta_dirty = True
             if key == "latest":
                 self.latest_dirty = True
