@@ -150,3 +150,21 @@ def test_serve_answers_it_as_a_damaged_version(root: Path, history: tuple[list[s
         assert forecast.json()["asOf"] is not None
         assert server.stop() == 0
     assert "Traceback" not in server.log and "MemoryError" not in server.log, server.log
+
+
+def test_a_huge_file_in_the_latest_links_place_is_kept_not_read_whole(root: Path) -> None:
+    # No version holds more than any drop, so such a file is nobody's copy: the watcher
+    # keeps it and names adopt, and adopt refuses it as over the limit.
+    assert run_cli(root, "init").returncode == 0
+    latest = root / "console-usage-synced.json"
+    latest.unlink(missing_ok=True)
+    with latest.open("wb") as handle:
+        handle.truncate(HUGE)
+    code, _out, err = limited(root, "watch", "--once")
+    assert code == 1, err
+    assert "holding a snapshot that no version holds" in err, err
+    assert "run 'ingester adopt' first" in err, err
+    code, _out, err = limited(root, "adopt")
+    assert code == 1, err
+    assert "holds a snapshot no version holds, and it is not valid (drop is" in err, err
+    assert latest.stat().st_size == HUGE

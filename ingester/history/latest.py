@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import StorageError, unreadable
+from ..payload.gate import MAX_DROP_BYTES
 from . import durable
 
 __all__ = ["LATEST_IS_A_FOLDER", "LATEST_TEMP_PREFIXES", "LatestLink"]
@@ -133,9 +134,13 @@ class LatestLink:
         source = self.history_dir / newest
 
         def copy_of_newest() -> bytes:
-            data = durable.read_regular(source)
+            data = durable.read_regular(source, MAX_DROP_BYTES)
             if data is None:  # a FIFO there would have held this up for ever
                 raise StorageError("read", source, OSError(errno.EINVAL, "not a regular file"))
+            if len(data) > MAX_DROP_BYTES:  # put there by hand: no drop is that large
+                raise StorageError(
+                    "read", source, OSError(errno.EFBIG, "larger than any drop, not copied")
+                )
             return data
 
         try:
@@ -156,9 +161,12 @@ class LatestLink:
 
     def regular(self) -> bytes | None:
         """The bytes of the latest path when it is a regular file (not a link), else
-        ``None``. Raises :class:`StorageError` when it is one that cannot be read."""
+        ``None``: at most one byte more than :data:`MAX_DROP_BYTES` (a longer result is
+        a file larger than any drop). Raises :class:`StorageError` when it is one that
+        cannot be read."""
         try:
-            return durable.read_regular(self.path)
+            # One byte over any drop's size says enough: no version holds such a file.
+            return durable.read_regular(self.path, MAX_DROP_BYTES)
         except StorageError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 # Absent (a folder on its path is missing or is not a folder, so no file
@@ -171,7 +179,8 @@ class LatestLink:
         usual hit). Raises :class:`StorageError` when a version cannot be read."""
         for path in self._versions():
             try:
-                if os.stat(path).st_size == len(data) and durable.read_regular(path) == data:
+                same_size = os.stat(path).st_size == len(data)
+                if same_size and durable.read_regular(path, len(data)) == data:
                     return path.name
             except FileNotFoundError:
                 continue  # deleted since the scan
@@ -192,7 +201,10 @@ class LatestLink:
         does not.
         """
         data = self.regular()
-        return data is not None and self.version_holding(data) is None
+        if data is None:
+            return False
+        # No version holds more than any drop: a larger file is nobody's copy.
+        return len(data) > MAX_DROP_BYTES or self.version_holding(data) is None
 
     def keep_unkept(self) -> None:
         """Raise :class:`StorageError` when what is at the latest path must stay: a

@@ -261,7 +261,8 @@ def _keep_latest_snapshot(store: HistoryStore, data: bytes, max_bytes: int) -> s
         durable.StagedFile(store.history_dir, data, VERSION_MODE, name=name).commit(name)
     except StorageError as exc:
         # The same name holds the same bytes: a run that crashed after this step.
-        if exc.errno != errno.EEXIST or store.version_path(name).read_bytes() != data:
+        held = durable.read_regular(store.version_path(name), len(data))
+        if exc.errno != errno.EEXIST or held != data:
             raise
     store.scan()
     return name
