@@ -327,3 +327,27 @@ def test_the_mirror_never_uploads_a_file_larger_than_any_drop(
     keys = {item["Key"].removeprefix("usage/") for item in listing.get("Contents", [])}
     assert huge not in keys
     assert set(names + later) <= keys, result.stderr
+
+
+def test_a_metadata_object_over_a_mebibyte_is_not_the_metadata(
+    tmp_path: Path,
+    s3: SeaweedS3,  # noqa: F811
+    bucket: str,  # noqa: F811
+    mirrored: tuple[str, dict[str, str], list[str]],
+) -> None:
+    # The metadata is a few hundred bytes: an object over the limit in its place is
+    # another writer's, never read whole nor believed, however well it parses. A
+    # restore then counts the totals from the versions it brings back.
+    target, env, names = mirrored
+    client = client_for(s3.endpoint)
+    key = "usage/_metadata.json"
+    meta = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    meta["totalVersionsCreated"] = 900
+    meta["padding"] = "x" * (1 << 20)
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(meta).encode())
+    restored = tmp_path / "restored"
+    back = run_cli(tmp_path, "restore", target, "--root", str(restored), **env)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "Traceback" not in back.stderr
+    written = json.loads((restored / "console-usage-history" / "_metadata.json").read_bytes())
+    assert written["totalVersionsCreated"] == len(names)

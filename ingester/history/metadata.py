@@ -14,11 +14,17 @@ from typing import Any
 
 from ..errors import IngesterError
 
-__all__ = ["MetadataCorrupt", "StorageMetadata"]
+__all__ = ["METADATA_MAX_BYTES", "MetadataCorrupt", "StorageMetadata"]
 
 
 class MetadataCorrupt(IngesterError, ValueError):
     """``_metadata.json`` does not hold the metadata: not JSON, or a key of the wrong type."""
+
+
+METADATA_MAX_BYTES = 1 << 20
+"""The most of the metadata that is read, from a file or an object: it is a few hundred
+bytes, so anything over this is not the metadata (something put in its place), and is
+never read whole."""
 
 
 def _key(alias: str, default: int | None) -> Any:

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 from .batch import Batch
 from .latest import LATEST_TEMP_PREFIXES as LATEST_TEMP_PREFIXES
 from .latest import LatestLink
-from .metadata import MetadataCorrupt, StorageMetadata
+from .metadata import METADATA_MAX_BYTES, MetadataCorrupt, StorageMetadata
 from .retention import (
     Decision,
     RetentionPlan,
@@ -64,9 +64,6 @@ METADATA_NAME = "_metadata.json"
 LOCK_NAME = ".lock"
 VERSION_MODE = 0o444
 METADATA_MODE = 0o644
-METADATA_MAX_BYTES = 1 << 20
-"""The most of ``_metadata.json`` that is read: it is a few hundred bytes, so a file
-over this is not the metadata (something put in its place), and is never read whole."""
 
 
 def read_metadata_bytes(path: Path) -> bytes:

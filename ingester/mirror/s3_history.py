@@ -56,7 +56,7 @@ from ..errors import (
     VersionTooLarge,
 )
 from ..history.base import VersionEntry, derive_metadata, latest_name
-from ..history.metadata import MetadataCorrupt, StorageMetadata
+from ..history.metadata import METADATA_MAX_BYTES, MetadataCorrupt, StorageMetadata
 from ..history.names import is_version_name, parse_timestamp_from_filename
 from ..payload.gate import MAX_DROP_BYTES
 from .objectstore import (
@@ -252,11 +252,22 @@ class S3History:
         """The metadata object: :class:`~ingester.errors.MetadataMissing` when there is
         none, :class:`~ingester.history.metadata.MetadataCorrupt` when it is not the metadata."""
         try:
-            raw: bytes = self._get(METADATA_KEY)["Body"].read()
+            response = self._get(METADATA_KEY)
+            declared = response.get("ContentLength")
+            body = response["Body"]
+            try:
+                # Another writer's object in its place is never read whole: a declared
+                # size over the limit is not read at all.
+                over = isinstance(declared, int) and declared > METADATA_MAX_BYTES
+                raw = b"" if over else body.read(METADATA_MAX_BYTES + 1)
+            finally:
+                body.close()
         except Exception as exc:
             if _missing(exc):
                 raise MetadataMissing(f"no {self.target.key(METADATA_KEY)}") from None
             raise self._failed(exc) from None
+        if over or len(raw) > METADATA_MAX_BYTES:
+            raise MetadataCorrupt(f"over {METADATA_MAX_BYTES} bytes: not the metadata")
         return StorageMetadata.model_validate_json(raw)
 
     def head(self, name: str) -> RemoteObject | None:
