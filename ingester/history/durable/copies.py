@@ -228,7 +228,19 @@ def streamed_file(final: Path, *, mode: int = 0o644, replace: bool = True) -> It
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     except OSError as exc:
         raise StorageError("create", final, exc) from exc
-    handle = os.fdopen(fd, "wb")
+    except BaseException:
+        # A stop signal's exception as the file was made: it may exist already, under
+        # the temp name alone (the open refuses any file that was there before).
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    try:
+        handle = os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     try:
         try:
             yield handle
