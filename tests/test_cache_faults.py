@@ -249,3 +249,22 @@ def test_a_latest_file_the_running_watcher_cannot_read_is_kept_and_said() -> Non
         assert said[-1] == f"{line}; left for the next start", w.log
         assert_one_line_a_try(said[:-1], line)
         assert sorted(p.read_bytes() for p in versions(root)) == sorted([payload(1), payload(2)])
+
+
+def test_totals_written_by_other_means_while_it_runs_never_decrease(root: Path) -> None:
+    # A metadata file restored from a backup while the watcher runs holds larger totals
+    # than the watcher counted: the next write keeps the larger ones.
+    spool = root / "spool"
+    with WatchProcess(root, *WATCH_ARGS) as watcher:
+        drop(spool, "a.json", payload(1))
+        watcher.wait_log("ingested a.json")
+        wait_for(lambda: meta_of(root).get("versionCount") == 1, what="the metadata written")
+        restored = {**meta_of(root), "totalVersionsCreated": 900, "totalVersionsDeleted": 800}
+        staged = root / HISTORY / ".tmp-restored"
+        staged.write_text(json.dumps(restored))
+        os.replace(staged, root / HISTORY / "_metadata.json")
+        drop(spool, "b.json", payload(2))
+        watcher.wait_log("ingested b.json")
+        wait_for(lambda: meta_of(root).get("versionCount") == 2, what="the metadata rewritten")
+    meta = meta_of(root)
+    assert (meta["totalVersionsCreated"], meta["totalVersionsDeleted"]) == (900, 800), meta

@@ -632,23 +632,34 @@ class HistoryStore:
         only ``adopt`` keeps it. Raises :class:`StorageError` when that cannot be told."""
         return self._latest.unkept()
 
-    def _keep_unreadable_metadata(self) -> None:
-        """Raise :class:`MetadataUnreadable` when a metadata file is there that cannot be
-        read (another user's, a folder, a failing disk): it is left as it is, as at a
-        start. A missing or corrupt one may be replaced."""
-        try:
-            read_metadata_bytes(self.metadata_path)
-        except (FileNotFoundError, MetadataCorrupt):
-            return
-        except OSError as exc:
-            raise MetadataUnreadable(self.metadata_path, exc) from exc
+    def _metadata_on_disk(self) -> StorageMetadata | None:
+        """The metadata file's contents, or None when it is missing or corrupt (then it
+        may be replaced). Raises :class:`MetadataUnreadable` when a file is there that
+        cannot be read (another user's, a folder, a failing disk): it is left as it is,
+        as at a start."""
+        stored, problem = self.metadata_to_carry()
+        return None if problem is not None else stored
 
     def _write_metadata(self) -> None:
         # A running writer reads before it replaces, as a start does: a file put there
         # since that it cannot read (root's, mode 0600) may be an operator's, and
         # replacing it would hide the permission problem that the next start stops on.
-        self._keep_unreadable_metadata()
-        self._meta = self._derive(self._meta)
+        on_disk = self._metadata_on_disk()
+        base = self._meta
+        if on_disk is not None:
+            # The totals never decrease: a file written since by other means (restored
+            # from a backup while the watcher ran) keeps the larger of its and ours.
+            base = base.model_copy(
+                update={
+                    "total_versions_created": max(
+                        base.total_versions_created, on_disk.total_versions_created
+                    ),
+                    "total_versions_deleted": max(
+                        base.total_versions_deleted, on_disk.total_versions_deleted
+                    ),
+                }
+            )
+        self._meta = self._derive(base)
         durable.write_file(
             self.history_dir,
             METADATA_NAME,
