@@ -13,8 +13,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from support import run_cli, wait_for
+from support.capabilities import needs_strace_root
 from support.watchproc import WatchProcess, drop, payload, stored_contents, versions
+from test_integrity import syscall_delayed
 
 SECOND_NAME = "(the same file under a second name, as a power cut can leave it)"
 
@@ -109,3 +112,59 @@ def test_a_drop_with_another_link_outside_the_history_is_stored(root: Path) -> N
     assert SECOND_NAME not in done.stderr
     assert (archive / "kept.json").read_bytes() == payload(5)
     assert os.stat(archive / "kept.json").st_nlink == 1
+
+
+@needs_strace_root
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers are x86_64's")
+def test_a_new_drop_renamed_onto_a_second_name_as_it_is_removed_is_stored(root: Path) -> None:
+    # The second name is looked up, then taken away: a writer may rename a new drop onto
+    # that name in between (held open here by holding up the watcher's renames and
+    # unlinks). The new drop must be stored, never removed in the second name's place.
+    first, new = payload(10), payload(11)
+    version = _one_version(root, first)
+    spool = root / "spool"
+    with WatchProcess(root, global_args=("-v",)) as watcher:
+        watcher.wait_log("cleanup deleted 0")  # idle: its start-up writes are done
+        with syscall_delayed(watcher.proc.pid, "rename,unlink", 2_000_000):
+            os.link(version, spool / "tmp" / "linked.json")
+            os.rename(spool / "tmp" / "linked.json", spool / "second.json")
+            wait_in_one_of(watcher.proc.pid, {RENAME, UNLINK})
+            drop(spool, "second.json", new)  # onto the name being taken away
+            wait_for(lambda: stored_contents(root) == {first: 1, new: 1}, 30, "the new drop")
+        wait_for(lambda: _drops(root) == [], what="the spool emptied")
+        assert watcher.stop() == 0
+    assert stored_contents(root) == {first: 1, new: 1}
+
+
+def test_two_names_of_one_claimed_drop_left_by_a_crash_are_stored_once(root: Path) -> None:
+    # A crash while a second name of a claimed drop was being set aside leaves the drop
+    # claimed under two names (its claim, and the fresh name it was moved to): it is
+    # finished once, under its first name.
+    stored = _one_version(root, payload(1))
+    data = payload(12)
+    claimed = root / "spool" / ".claimed"
+    name = "2026-12-06T10-00-00-0000abcd.json"
+    (claimed / name).write_bytes(data)
+    os.link(claimed / name, claimed / "2026-12-06T10-00-01-0000abce.json")
+    copy = stored.parent / name
+    copy.write_bytes(data)
+    copy.chmod(0o444)
+    done = run_cli(root, "watch", "--once")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert stored_contents(root) == {payload(1): 1, data: 1}
+    assert os.listdir(claimed) == []
+
+
+RENAME, UNLINK = 82, 87  # x86_64
+
+
+def wait_in_one_of(pid: int, numbers: set[int], timeout: float = 20.0) -> None:
+    def inside() -> bool:
+        try:
+            first = (Path(f"/proc/{pid}/syscall").read_text().split() or [""])[0]
+        except OSError:
+            return False
+        return first in {str(n) for n in numbers}
+
+    wait_for(inside, timeout, f"pid {pid} inside one of the syscalls {sorted(numbers)}")

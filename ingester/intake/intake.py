@@ -558,15 +558,38 @@ class Intake:
         """A drop that is a version's own file: its spool name removed (None: it is not).
 
         Only a drop with more than one link can be one, so the history is listed for
-        those alone. The name is removed, not the file: the version keeps its bytes.
+        those alone. The name is never removed as a name: a writer may have renamed a
+        new drop onto it since it was looked at. It is taken as that version's claim
+        (a rename), and the claim removed only once it is seen to be the version's own
+        inode; anything else goes back to the spool (or stays for recovery, which
+        judges its bytes). A crash between leaves a claim that is the version itself,
+        which recovery removes.
         """
         try:
             version = version_named_by(self.store.history_dir, opened.dev, opened.ino)
             if version is None:
                 return None
-            durable.remove_file(path)
+            self.check_claimed()
+            claim = os.path.join(self._claimed, version)
+            if os.path.lexists(claim):
+                # The version's own claim still waits for recovery: after it, this one.
+                return Deferred(name, time.monotonic() + self.settle)
+            durable.rename_entry(path, claim)
+        except FileNotFoundError:
+            return self._done(Dropped(name))  # taken or removed meanwhile
         except StorageError as exc:
             return Blocked(name, "claim", exc)
+        except OSError as exc:
+            return Blocked(name, "claim", StorageError("claim", path, exc))
+        try:
+            st = os.lstat(claim)
+            if (st.st_dev, st.st_ino) != (opened.dev, opened.ino):
+                return self._changed(claim, path, name)
+            durable.remove_file(claim)
+        except OSError:
+            # Left as a claim: recovery finishes it (the version's own inode is removed
+            # as stored; anything else is judged and stored).
+            return Deferred(name, None, claim_left=True)
         self._done(Dropped(name))
         return SecondName(name, version)
 

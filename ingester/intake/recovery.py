@@ -44,6 +44,9 @@ class ClaimRecovery:
         self.intake = intake
         self.store = intake.store
         self.spool = intake.spool
+        # What finishing one claim finished besides (a new drop found where a second
+        # name of it was), for recover() to report with it.
+        self._more: list[Outcome] = []
 
     def recover(self) -> list[Outcome]:
         """Finish every claim left by a crash or a failure (with the history lock held).
@@ -54,12 +57,41 @@ class ClaimRecovery:
         names = self.spool.claimed()
         if names:
             self.intake.check_claimed()
+            names = self._one_name_each(names)
         with self.store.batch(update_latest=False) as batch:
             for version in names:
                 outcome = self._recover_claim(version, batch)
                 if outcome is not None:
                     outcomes.append(outcome)
+                outcomes.extend(self._more)
+                self._more.clear()
         return outcomes
+
+    def _one_name_each(self, names: list[str]) -> list[str]:
+        """``names`` with every claim that is another claim's file under a second name
+        removed (the first name of each file kept). A crash while a second name of a
+        claimed drop was being set aside (:meth:`_set_aside`) leaves one: finished as
+        its own claim, the drop would be stored twice. Raises :class:`StorageError`
+        when one cannot be removed."""
+        first: dict[tuple[int, int], str] = {}
+        kept = []
+        for version in names:
+            claim = self.spool.claimed_dir / version
+            try:
+                st = os.lstat(claim)
+            except OSError:
+                kept.append(version)  # gone, or said when it is finished
+                continue
+            key = (st.st_dev, st.st_ino)
+            if is_version_name(version) and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                if key in first:
+                    durable.remove_file(claim)
+                    said = "%s was a second name of the claim %s; removed it"
+                    log.info(said, version, first[key])
+                    continue
+                first[key] = version
+            kept.append(version)
+        return kept
 
     def _stored_as(self, claim: Path, version: str) -> bool:
         """Whether the claim's bytes are stored as ``version`` (so the claim may go).
@@ -107,13 +139,7 @@ class ClaimRecovery:
                     # The claimed drop itself, back in the spool: its bytes are
                     # stored, so it must not be taken again. Its claim still holds
                     # them until this is done.
-                    durable.remove_file(self.spool.dir / name)
-                    log.warning(
-                        "%s is the drop claimed as %s, stored already (a power cut can "
-                        "leave it in the spool): removed it from the spool",
-                        name,
-                        version,
-                    )
+                    self._set_aside(name, claim, version, batch)
                 durable.remove_file(claim)
                 return Recovered(version)
             # Its name is taken by other bytes: nothing claimed is deleted unless its
@@ -134,6 +160,40 @@ class ClaimRecovery:
         self.store.write_version(target, opened.data)
         durable.remove_file(claim)
         return Stored(version, target, len(opened.data), started, pending=False)
+
+    def _set_aside(self, name: str, claim: Path, version: str, batch: Batch) -> None:
+        """Remove the spool's ``name``, a second name of the stored ``claim``.
+
+        Never removed as a name: a writer may have renamed a new drop onto it since the
+        spool was listed. It is taken as a claim of its own under a fresh name first,
+        and removed only once it is seen to be the claim's file; anything else is a drop
+        like any other, finished at once as its claim. A crash between leaves two names
+        of one claimed file, which :meth:`_one_name_each` reduces to one.
+        """
+        fresh = self.store.next_version_name()
+        taken = self.spool.claimed_dir / fresh
+        try:
+            durable.rename_entry(self.spool.dir / name, taken)
+        except FileNotFoundError:
+            return  # gone meanwhile
+        except OSError as exc:
+            raise StorageError("claim", self.spool.dir / name, exc) from exc
+        try:
+            same = os.path.samestat(os.lstat(taken), os.lstat(claim))
+        except OSError as exc:
+            raise StorageError("stat claim", taken, exc) from exc
+        if not same:
+            outcome = self._recover_claim(fresh, batch)
+            if outcome is not None:
+                self._more.append(outcome)
+            return
+        durable.remove_file(taken)
+        log.warning(
+            "%s is the drop claimed as %s, stored already (a power cut can leave it in "
+            "the spool): removed it from the spool",
+            name,
+            version,
+        )
 
     def _back_in_spool(self, claim: durable.StrPath) -> bool:
         """Whether a spool entry is the claimed inode itself (see :meth:`Intake._unclaim`).
