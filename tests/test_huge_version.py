@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from support import run_cli
 from support.serveproc import ServeProcess, fresh_payload, put_version, version_name
+from support.watchproc import WatchProcess
 
 from ingester.serve.routes import API_PATH, FORECAST_PATH, SERIES_PATH, VERSIONS_PATH
 from ingester.settings import MAX_BYTES
@@ -167,4 +168,25 @@ def test_a_huge_file_in_the_latest_links_place_is_kept_not_read_whole(root: Path
     code, _out, err = limited(root, "adopt")
     assert code == 1, err
     assert "holds a snapshot no version holds, and it is not valid (drop is" in err, err
+    assert latest.stat().st_size == HUGE
+
+
+def test_a_huge_file_put_in_the_latest_links_place_while_it_runs(root: Path) -> None:
+    # Found by a rescan of the running watcher, and by status: never read whole.
+    assert run_cli(root, "init").returncode == 0
+    sample = root.parent / "one.json"
+    sample.write_bytes(fresh_payload(timedelta(minutes=5)))
+    assert run_cli(root, "ingest", str(sample)).returncode == 0
+    latest = root / "console-usage-synced.json"
+    with WatchProcess(root, "--rescan-interval", "0.3", wrapper=LIMITED) as watcher:
+        latest.unlink()
+        with latest.open("wb") as handle:
+            handle.truncate(HUGE)
+        watcher.wait_log("holding a snapshot that no version holds")
+        _code, out, err = limited(root, "status")
+        assert "out of memory" not in err, err
+        assert "a file larger than any drop" in out + err, out + err
+        assert watcher.proc.poll() is None, watcher.log
+        assert watcher.stop() == 0, watcher.log
+    assert "out of memory" not in watcher.log
     assert latest.stat().st_size == HUGE

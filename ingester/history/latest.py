@@ -111,13 +111,17 @@ class LatestLink:
         try:
             # A FIFO, a socket or a device is never opened (a FIFO would wait for a
             # writer); it holds no snapshot a repair could lose.
-            data = durable.read_regular(link) if stat.S_ISREG(os.lstat(link).st_mode) else None
+            # Read no further than one byte past any drop: a longer file is no copy.
+            regular = stat.S_ISREG(os.lstat(link).st_mode)
+            data = durable.read_regular(link, MAX_DROP_BYTES) if regular else None
         except OSError as exc:
             return "missing" if exc.errno == errno.ENOENT else unreadable(exc)
         if data is None:
             return "a special file (not a link, not a regular file)"
+        if len(data) > MAX_DROP_BYTES:
+            return f"a file larger than any drop, not a copy of {newest}"
         try:
-            same = data == durable.read_regular(self.history_dir / newest)
+            same = data == durable.read_regular(self.history_dir / newest, len(data))
         except OSError as exc:
             return unreadable(exc)
         return None if same else f"a copy that is not {newest}"
