@@ -25,6 +25,7 @@ import pytest
 from support import run_cli, wait_for
 from support.capabilities import STRACE, immutable, needs_strace_root, tmpfs
 from support.watchproc import WatchProcess, drop, payload, stored_contents
+from test_integrity import syscall_delayed, wait_in_syscall
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -249,3 +250,39 @@ def test_a_watcher_killed_amid_the_copy_into_another_filesystem_leaves_no_part_v
     assert sorted(os.listdir(quarantine)) == ["huge.json", f"huge.json{REASON}"]
     assert (quarantine / "huge.json").read_bytes() == data
     assert rejected_counts(root, quarantine) == (1, 1)
+
+
+SENDFILE, RENAME = 40, 82  # x86_64
+
+
+@needs_strace_root
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers are x86_64's")
+@pytest.mark.parametrize("where", ["other-fs", "spool"])
+def test_a_drop_renamed_onto_the_name_of_one_being_set_aside_is_stored(
+    root: Path, quarantine: Path, where: str
+) -> None:
+    # A writer renames its next snapshot onto the name of an invalid drop while that one
+    # is being set aside (its copy, or its move, held up here): the new snapshot is
+    # neither removed nor set aside in its place. Across filesystems the invalid one was
+    # copied before it was replaced, and is kept; within one, the writer's rename
+    # replaced it before it was moved, as the drop protocol lets a writer replace a
+    # drop still waiting, so nothing of it is left to keep.
+    rejected = quarantine if where == "other-fs" else root / "spool" / "rejected"
+    spool = root / "spool"
+    bad, good = b'{"broken": ', payload(21)
+    args = ("--rejected-dir", str(rejected))
+    with WatchProcess(root, global_args=("-v", *args)) as watcher:
+        watcher.wait_log("cleanup deleted 0")  # idle: its start-up writes are done
+        held = "sendfile" if where == "other-fs" else "rename"
+        with syscall_delayed(watcher.proc.pid, held, 2_000_000):
+            drop(spool, "scrape.json", bad)
+            wait_in_syscall(watcher.proc.pid, SENDFILE if where == "other-fs" else RENAME)
+            drop(spool, "scrape.json", good)  # onto the name being set aside
+            wait_for(lambda: stored_contents(root) == {good: 1}, 30, "the new snapshot stored")
+        assert watcher.stop() == 0
+    kept = {p.name: p.read_bytes() for p in rejected.iterdir()}
+    if where == "other-fs":
+        assert kept.pop("scrape.json") == bad
+        assert json.loads(kept.pop("scrape.json" + REASON))["file"] == "scrape.json"
+    assert kept == {}
+    assert not (spool / "scrape.json").exists()

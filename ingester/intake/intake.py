@@ -246,7 +246,9 @@ class Intake:
                 until = self.readiness.still_being_written(name, may_be_open)
                 if until is not None:
                     return Deferred(name, until)
-            return self._reject(path, name, exc.reason, exc.errors, exc.kind)
+            return self._reject(
+                path, name, exc.reason, exc.errors, exc.kind, expect=(opened.dev, opened.ino)
+            )
         return opened
 
     def _claim(
@@ -534,9 +536,15 @@ class Intake:
         reason: str,
         errors: list[dict[str, Any]] | None = None,
         kind: str | None = None,
+        *,
+        expect: tuple[int, int] | None = None,
     ) -> Rejected | Blocked:
+        """Set ``path`` aside with ``reason``; ``expect``: the identity of what was judged
+        (see :meth:`Spool.quarantine`)."""
         try:
-            where = self.spool.quarantine(Path(path), name, reason, errors or [{"msg": reason}])
+            where = self.spool.quarantine(
+                Path(path), name, reason, errors or [{"msg": reason}], expect=expect
+            )
         except MovedNotDurable as exc:
             # It is in rejected/ (so nothing is left to retry), but a crash may put it
             # back in the spool, where it would be judged and set aside again.

@@ -357,7 +357,15 @@ class Spool:
                 OSError(errno.ENOTDIR, f"unsafe: it is a {_kind(st.st_mode)}, not a folder"),
             )
 
-    def quarantine(self, source: Path, name: str, reason: str, errors: list[dict[str, Any]]) -> str:
+    def quarantine(
+        self,
+        source: Path,
+        name: str,
+        reason: str,
+        errors: list[dict[str, Any]],
+        *,
+        expect: tuple[int, int] | None = None,
+    ) -> str:
         """Move ``source`` (the entry itself, never a link's target) to ``rejected/``.
 
         The reason file is written first, so a drop in ``rejected/`` always has its
@@ -367,6 +375,9 @@ class Spool:
         in the spool, and setting it aside again rewrites that same reason file. Counts
         of rejections therefore count drops (or reason files with their drop beside
         them), never reason files alone.
+
+        ``expect``: the ``(st_dev, st_ino)`` of the drop judged, so that a new drop a
+        writer renamed onto its name meanwhile is never set aside in its place.
 
         Returns the name it was given in ``rejected/``. Raises :class:`StorageError`
         when ``rejected/`` cannot be made, is not a real folder, or the move fails
@@ -389,7 +400,7 @@ class Spool:
             replace=True,
         )
         try:
-            durable.move_file(source, self.rejected_dir / target)
+            durable.move_file(source, self.rejected_dir / target, expect=expect)
         except MovedNotDurable as exc:
             exc.moved_to = target
             raise

@@ -31,8 +31,28 @@ from .steps import (
 __all__ = ["move_file", "streamed_file"]
 
 
-def move_file(src: Path, dst: Path) -> None:
+_REPLACED = "replaced by another file while being moved; left as it is now"
+
+
+def _replaced(src: Path) -> StorageError:
+    return StorageError("move", src, OSError(errno.ESTALE, _REPLACED))
+
+
+def _is(st: os.stat_result, expect: tuple[int, int] | None) -> bool:
+    return expect is None or (st.st_dev, st.st_ino) == expect
+
+
+def move_file(src: Path, dst: Path, *, expect: tuple[int, int] | None = None) -> None:
     """Move ``src`` to ``dst`` (which must not exist) durably, across filesystems too.
+
+    ``expect``: the ``(st_dev, st_ino)`` the entry at ``src`` must have, for a caller
+    that judged it before: another file renamed onto that name meanwhile is never
+    moved in its place, nor removed. Such a move fails (``ESTALE``), leaving both
+    files where they were: within a filesystem the entry moved by mistake is put back
+    under ``src`` (unless that name is taken again: it then stays at ``dst``, said in
+    the error); across filesystems the identity is checked when the copy is opened and
+    again right before the source is removed (a file found there then is left alone,
+    and the copy of the one judged stays: the move counts as made).
 
     The entry itself is moved, never what a symlink points at. Within a filesystem this
     is one rename; across filesystems a regular file is copied durably (its holes kept
@@ -50,13 +70,41 @@ def move_file(src: Path, dst: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise StorageError("move", src, exc) from exc
-        _copy_across(src, dst)
+        _copy_across(src, dst, expect)
+    else:
+        if expect is not None:
+            _put_back_unless(src, dst, expect)
     try:
         fsync_dir(dst.parent)
         if src.parent != dst.parent:
             fsync_dir(src.parent)
     except StorageError as exc:
         raise MovedNotDurable(exc) from exc
+
+
+def _put_back_unless(src: Path, dst: Path, expect: tuple[int, int]) -> None:
+    """After a rename of ``src`` to ``dst``: raise (and put the entry back) unless it is
+    the file ``expect`` names."""
+    try:
+        moved = os.lstat(dst)
+    except OSError as exc:
+        raise StorageError("stat", dst, exc) from exc
+    if _is(moved, expect):
+        return
+    try:
+        os.link(dst, src, follow_symlinks=False)  # never over a newer file of that name
+        os.unlink(dst)
+    except OSError:
+        raise StorageError(
+            "move",
+            src,
+            OSError(
+                errno.ESTALE,
+                f"replaced by another file while being moved, which is now {dst}: "
+                f"move it back to {src} by hand",
+            ),
+        ) from None
+    raise _replaced(src)
 
 
 _SEND_MAX = 1 << 30
@@ -135,7 +183,7 @@ def _check_room(fd_in: int, fd_out: int, folder: Path) -> None:
         )
 
 
-def _copy_regular(src: Path, dst: Path, mode: int) -> None:
+def _copy_regular(src: Path, dst: Path, mode: int, expect: tuple[int, int] | None) -> None:
     """Copy a regular file of any size by the recipe (temp, fsync, link; the caller
     fsyncs the folder).
 
@@ -148,6 +196,8 @@ def _copy_regular(src: Path, dst: Path, mode: int) -> None:
     tmp = _temp_path(dst.parent, WRITE_TEMP_PREFIX)
     fd_in = os.open(src, READ_NOFOLLOW)
     try:
+        if not _is(os.fstat(fd_in), expect):
+            raise _replaced(src)
         fd_out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             _check_room(fd_in, fd_out, dst.parent)
@@ -173,7 +223,7 @@ def _copy_regular(src: Path, dst: Path, mode: int) -> None:
             os.unlink(tmp)
 
 
-def _copy_across(src: Path, dst: Path) -> None:
+def _copy_across(src: Path, dst: Path, expect: tuple[int, int] | None) -> None:
     """Move across filesystems: never open anything but a regular file (no FIFO reads).
 
     The copy's name is durable before the source is removed, so a crash between the
@@ -182,18 +232,28 @@ def _copy_across(src: Path, dst: Path) -> None:
     """
     try:
         st = os.lstat(src)
+        if not _is(st, expect):
+            raise _replaced(src)
+        expect = (st.st_dev, st.st_ino)  # what is copied is what may be removed
         if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(src), dst)
         elif stat.S_ISREG(st.st_mode):
-            _copy_regular(src, dst, stat.S_IMODE(st.st_mode))
+            _copy_regular(src, dst, stat.S_IMODE(st.st_mode), expect)
         else:
             # A FIFO or socket is recreated as such (no privilege needed); a device
             # needs CAP_MKNOD and otherwise fails here, naming the path.
             os.mknod(dst, st.st_mode, st.st_rdev)
+    except StorageError:
+        raise
     except OSError as exc:
         raise StorageError(f"copy {src} into", dst.parent, exc) from exc
     try:
         fsync_dir(dst.parent)
+        # Checked right before the removal: a file renamed onto the name during the
+        # copy (seconds, for a large one) is not the one copied, and must stay. The
+        # one copied then lives on as the copy alone, as when it vanished.
+        if not _is(os.lstat(src), expect):
+            return
         os.unlink(src)
     except FileNotFoundError:
         return  # removed by someone else meanwhile: the copy is all there is, and stays
