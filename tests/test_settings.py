@@ -209,6 +209,31 @@ def test_two_folders_side_by_side_under_a_bind_mount_are_no_overlap(tmp_path: Pa
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.usefixtures("can_mount")
+def test_a_spool_mounted_apart_from_the_history_on_one_filesystem_stores_its_drops(
+    tmp_path: Path,
+) -> None:
+    # One filesystem (one st_dev) through two mounts, as a container's bind mounts give
+    # it: no link crosses them (EXDEV), so the watcher's own drops are stored as copies,
+    # not retried for ever.
+    from support.watchproc import drop, payload, stored_contents
+
+    data = tmp_path / "data"
+    (data / "spool").mkdir(parents=True)
+    root = tmp_path / "root"
+    root.mkdir()
+    with bind_mount(data, tmp_path / "mnt") as mnt:
+        spool = mnt / "spool"
+        assert os.stat(spool).st_dev == os.stat(root).st_dev
+        drop(spool, "a.json", payload(1))
+        done = run_cli(root, "--spool-dir", str(spool), "watch", "--once")
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
+        assert " ERROR " not in done.stderr, done.stderr
+        assert stored_contents(root) == {payload(1): 1}
+        assert not (spool / "a.json").exists()
+
+
 def test_an_empty_environment_variable_counts_as_not_set(root: Path) -> None:
     # As systemd's `Environment=INGESTER_MAX_VERSIONS=` leaves it; an empty option is
     # still a usage error.

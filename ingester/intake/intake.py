@@ -134,7 +134,9 @@ class Intake:
         history = os.stat(self.store.history_dir)
         self.history_id = (history.st_dev, history.st_ino)
         claimed = self.spool.check_claimed(self.euid, self.history_id)
-        self.same_fs = claimed[0] == history.st_dev
+        self.same_fs = claimed[0] == history.st_dev and _links_reach(
+            self.spool.claimed_dir, self.store.history_dir
+        )
 
     def check_claimed(self) -> None:
         """Every use of ``.claimed/`` checks it is still our own real folder.
@@ -379,6 +381,20 @@ class Intake:
                 else:
                     batch.commit(item.staged, item.stored.version)
             except StorageError as exc:
+                if item.staged is None and exc.errno == errno.EXDEV:
+                    # One filesystem (one st_dev) seen through two mounts (a container's
+                    # bind mounts): no link crosses them. Copies from now on; this drop
+                    # and those after it are taken again as copies.
+                    self.same_fs = False
+                    exc = StorageError(
+                        "link",
+                        self.store.history_dir,
+                        OSError(
+                            errno.EXDEV,
+                            "the spool and the history are mounted apart (no link crosses "
+                            "two mounts): storing copies from now on",
+                        ),
+                    )
                 error = GroupFailure(item.stored.drop, exc, self._undo_all(synced[n:]))
                 break
             committed.append(item.stored)
@@ -604,6 +620,29 @@ class Intake:
     def _done(self, outcome: Dropped) -> Dropped:
         self.readiness.forget(outcome.drop)
         return outcome
+
+
+def _links_reach(source: Path, target: Path) -> bool:
+    """Whether a file made in ``source`` can be linked into ``target`` (both on one
+    filesystem): not when they are that filesystem seen through two mounts (a
+    container's bind mounts), where every link fails with EXDEV. Tried with an unnamed
+    file, so that nothing is left by a crash but a temp name in ``target`` (swept on
+    start). Where that cannot be tried, True: a link that fails later says so then.
+    """
+    try:
+        fd = os.open(source, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return True
+    probe = target / f"{durable.TEMP_PREFIX}probe-{os.urandom(4).hex()}"
+    try:
+        os.link(f"/proc/self/fd/{fd}", probe, follow_symlinks=True)
+    except OSError as exc:
+        return exc.errno != errno.EXDEV
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return True
 
 
 def _folder(name: str, spool_dir: Path) -> Ignored:
