@@ -623,26 +623,33 @@ class Intake:
 
 
 def _links_reach(source: Path, target: Path) -> bool:
-    """Whether a file made in ``source`` can be linked into ``target`` (both on one
+    """Whether a file in ``source`` can be linked into ``target`` (both on one
     filesystem): not when they are that filesystem seen through two mounts (a
-    container's bind mounts), where every link fails with EXDEV. Tried with an unnamed
-    file, so that nothing is left by a crash but a temp name in ``target`` (swept on
-    start). Where that cannot be tried, True: a link that fails later says so then.
+    container's bind mounts), where every link fails with EXDEV. Told by the mounts'
+    ids (``/proc/self/fdinfo``), so nothing is written to find out; where they cannot
+    be read, True: a link that fails later says so then.
     """
+    source_mount, target_mount = _mount_id(source), _mount_id(target)
+    return source_mount is None or target_mount is None or source_mount == target_mount
+
+
+def _mount_id(folder: Path) -> int | None:
+    """The id of the mount ``folder`` is reached through, or None when it cannot be told."""
     try:
-        fd = os.open(source, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
-        return True
-    probe = target / f"{durable.TEMP_PREFIX}probe-{os.urandom(4).hex()}"
+        return None
     try:
-        os.link(f"/proc/self/fd/{fd}", probe, follow_symlinks=True)
-    except OSError as exc:
-        return exc.errno != errno.EXDEV
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key == "mnt_id" and value.strip().isdigit():
+                    return int(value)
+    except (OSError, ValueError):
+        return None
     finally:
         os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
-    return True
+    return None
 
 
 def _folder(name: str, spool_dir: Path) -> Ignored:
