@@ -18,6 +18,8 @@ import contextlib
 import json
 import os
 import re
+import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -268,3 +270,38 @@ def test_totals_written_by_other_means_while_it_runs_never_decrease(root: Path) 
         wait_for(lambda: meta_of(root).get("versionCount") == 2, what="the metadata rewritten")
     meta = meta_of(root)
     assert (meta["totalVersionsCreated"], meta["totalVersionsDeleted"]) == (900, 800), meta
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+def test_a_special_file_made_at_the_metadata_path_is_replaced_and_said_once(
+    root: Path, kind: str
+) -> None:
+    # Neither holds any totals: both are replaced as a corrupt file is, with one line
+    # (a socket was kept before, with an ERROR on every try: it cannot be opened).
+    with WatchProcess(root, *WATCH_ARGS, "--rescan-interval", "0.3") as w:
+        drop(root / "spool", "a.json", payload(1))
+        w.wait_log("ingested a.json")
+        wait_for(lambda: meta_of(root).get("versionCount") == 1, what="the metadata written")
+        meta = root / HISTORY / "_metadata.json"
+        meta.unlink()
+        if kind == "fifo":
+            os.mkfifo(meta)
+        else:
+            # Bound where the path is short enough for AF_UNIX, then moved into place
+            # (the socket file stays once it is closed).
+            short = Path(tempfile.mkdtemp(dir="/tmp")) / "s"
+            with socket.socket(socket.AF_UNIX) as listener:
+                listener.bind(str(short))
+            try:
+                os.rename(short, meta)
+            except OSError as exc:
+                pytest.skip(f"cannot move a socket from /tmp next to the metadata: {exc}")
+            finally:
+                with contextlib.suppress(OSError):
+                    short.unlink()
+                short.parent.rmdir()
+        wait_for(lambda: meta.is_file() and not meta.is_socket(), what="the metadata rebuilt")
+        assert w.stop() == 0
+    said = lines_about(w.log, "metadata")
+    assert said == ["WARNING metadata rebuilt from a scan (it was corrupt)"], w.log
+    assert meta_of(root).get("versionCount") == 1

@@ -83,6 +83,8 @@ def read_regular(path: StrPath, limit: int | None = None) -> bytes | None:
     try:
         fd = os.open(path, READ_NOFOLLOW)
     except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return None  # a socket (or a device with no driver): nothing to read there
         raise StorageError("open", path, exc) from exc
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
