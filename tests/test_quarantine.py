@@ -274,7 +274,7 @@ def test_a_drop_renamed_onto_the_name_of_one_being_set_aside_is_stored(
     with WatchProcess(root, global_args=("-v", *args)) as watcher:
         watcher.wait_log("cleanup deleted 0")  # idle: its start-up writes are done
         held = "sendfile" if where == "other-fs" else "rename"
-        with syscall_delayed(watcher.proc.pid, held, 2_000_000):
+        with syscall_delayed(watcher.proc.pid, held, 1_000_000):
             drop(spool, "scrape.json", bad)
             wait_in_syscall(watcher.proc.pid, SENDFILE if where == "other-fs" else RENAME)
             drop(spool, "scrape.json", good)  # onto the name being set aside

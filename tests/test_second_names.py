@@ -125,7 +125,7 @@ def test_a_new_drop_renamed_onto_a_second_name_as_it_is_removed_is_stored(root: 
     spool = root / "spool"
     with WatchProcess(root, global_args=("-v",)) as watcher:
         watcher.wait_log("cleanup deleted 0")  # idle: its start-up writes are done
-        with syscall_delayed(watcher.proc.pid, "rename,unlink", 2_000_000):
+        with syscall_delayed(watcher.proc.pid, "rename,unlink", 1_000_000):
             os.link(version, spool / "tmp" / "linked.json")
             os.rename(spool / "tmp" / "linked.json", spool / "second.json")
             wait_in_one_of(watcher.proc.pid, {RENAME, UNLINK})
