@@ -9,7 +9,6 @@ done while the caller was told it failed.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -105,6 +104,11 @@ class OffLoop:
 
     async def run(self, func: Callable[[], T]) -> T:
         """``func()``, on the thread or, without one, right here."""
+        # Imported here: only an event loop's caller gets here, and the watcher, which
+        # imports this module for its fsyncs, would otherwise load asyncio (and ssl)
+        # for nothing: 2.5 MB of its peak memory.
+        import asyncio
+
         return await asyncio.get_running_loop().run_in_executor(self._pool, func)
 
     def close(self) -> None:

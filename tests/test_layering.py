@@ -229,3 +229,20 @@ def test_the_rules_can_fail() -> None:
     """A core module importing the intake is caught (the check is not vacuous)."""
     bad = Import("ingester.history.store", "ingester.intake.spool", "Spool", 1)
     assert room(bad.target) not in ALLOWED[room(bad.importer)]
+
+
+def test_the_watcher_loads_no_event_loop() -> None:
+    """``watch`` never runs an event loop: importing its path must not load asyncio (nor
+    the ssl it brings), 2.5 MB of a watcher whose peak memory the bench holds to a goal.
+    Only the HTTP face and the mirror's callers need them, and import them themselves."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, ingester.cli.group, ingester.intake.watcher; "
+        "print(sorted(m for m in ('asyncio', 'ssl') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
