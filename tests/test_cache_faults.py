@@ -56,6 +56,14 @@ def assert_one_line_a_try(said: list[str], line: str) -> None:
     assert waits == [0.5 * 2**i for i in range(len(waits))], said
 
 
+def assert_tries_then_left(log: str, about: str, line: str) -> None:
+    """The log's lines about ``about``: ``line`` once a try (:func:`assert_one_line_a_try`),
+    then once more from the last round at the stop, as left for the next start."""
+    said = lines_about(log, about)
+    assert said[-1] == f"{line}; left for the next start", log
+    assert_one_line_a_try(said[:-1], line)
+
+
 def meta_of(root: Path) -> dict[str, object]:
     try:
         loaded: dict[str, object] = json.loads((root / HISTORY / "_metadata.json").read_bytes())
@@ -88,10 +96,7 @@ def test_a_folder_at_the_latest_path_is_one_line_a_try_saying_what_to_do(
         f"{latest}: it is a folder, which no link can replace: move it away by hand, and "
         "the link is made on the next try [EISDIR]"
     )
-    said = lines_about(w.log, str(latest))
-    # The last round at the stop says it once more, as left for the next start.
-    assert said[-1] == f"{line}; left for the next start", w.log
-    assert_one_line_a_try(said[:-1], line)
+    assert_tries_then_left(w.log, str(latest), line)
     assert (latest / "kept.txt").read_text() == "an operator's file"
     assert meta_of(root)["versionCount"] == (1 if history == "empty" else 2)
     # Moved away, the next run makes the link.
@@ -140,9 +145,7 @@ def test_an_immutable_root_is_one_line_a_try_naming_the_folder_to_check(
         f"{latest}: Operation not permitted; this user may not make the link in {root}: "
         "check its owner, mode and attributes (ls -ld, lsattr -d) [EPERM]"
     )
-    said = lines_about(w.log, str(latest))
-    assert said[-1] == f"{line}; left for the next start", w.log
-    assert_one_line_a_try(said[:-1], line)
+    assert_tries_then_left(w.log, str(latest), line)
     assert [p.read_bytes() for p in versions(root)] == [payload(1)]
 
 
@@ -247,9 +250,7 @@ def test_a_latest_file_the_running_watcher_cannot_read_is_kept_and_said() -> Non
             "to the service's user (chown), then stop the watcher and run 'ingester adopt' "
             "(or remove the file) [EACCES]"
         )
-        said = lines_about(w.log, f"{latest}")
-        assert said[-1] == f"{line}; left for the next start", w.log
-        assert_one_line_a_try(said[:-1], line)
+        assert_tries_then_left(w.log, str(latest), line)
         assert sorted(p.read_bytes() for p in versions(root)) == sorted([payload(1), payload(2)])
 
 

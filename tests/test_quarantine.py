@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from support import run_cli, wait_for
-from support.capabilities import STRACE, immutable, needs_strace_root, tmpfs
+from support.capabilities import STRACE, immutable, needs_strace_root, quarantine_fsyncs, tmpfs
 from support.watchproc import WatchProcess, drop, payload, stored_contents
 from test_integrity import syscall_delayed, wait_in_syscall
 
@@ -175,16 +175,6 @@ def test_an_immutable_drop_is_set_aside_once_when_it_can_be_moved(
         assert rejected_counts(root, quarantine) == (1, 1)
 
 
-def _fsyncs_of(trace: Path, folder: Path) -> list[int]:
-    """The 1-based places, among the traced ``fsync`` calls, of those of ``folder``."""
-    calls = [line for line in trace.read_text().splitlines() if " fsync(" in line]
-    return [
-        n
-        for n, line in enumerate(calls, 1)
-        if line.rstrip().split("<", 1)[-1].startswith(f"{folder}>")
-    ]
-
-
 @needs_strace_root
 def test_a_watcher_killed_between_the_reason_file_and_the_move_counts_no_rejection(
     root: Path, tmp_path: Path
@@ -194,16 +184,7 @@ def test_a_watcher_killed_between_the_reason_file_and_the_move_counts_no_rejecti
     it for a rejection. The next run sets the drop aside once, under that same name."""
     assert run_cli(root, "init").returncode == 0
     spool, quarantine = root / "spool", root / "spool" / "rejected"
-    trace = tmp_path / "fsync.log"
-    for n in range(2):  # the second run's calls: the first one also writes the metadata
-        (spool / f"warm-{n}.json").write_bytes(b"{not json")
-        traced = run_cli(
-            root,
-            *("watch", "--once"),
-            wrapper=(STRACE, "-f", "-qq", "-y", "-e", "trace=fsync", "-o", str(trace)),
-        )
-        assert traced.returncode == 0, traced.stderr
-    after_reason, _after_move = _fsyncs_of(trace, quarantine)
+    after_reason, _after_move = quarantine_fsyncs(root, tmp_path / "fsync.log", b"{not json")
     (spool / "bad.json").write_bytes(b"{not json")
     inject = (
         "-f",

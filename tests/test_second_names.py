@@ -30,6 +30,13 @@ def _one_version(root: Path, data: bytes) -> Path:
     return version
 
 
+def _copy_as_version(history: Path, name: str, data: bytes) -> None:
+    """``data`` stored as version ``name`` by a copy (another inode), read-only."""
+    copy = history / name
+    copy.write_bytes(data)
+    copy.chmod(0o444)
+
+
 def _drops(root: Path) -> list[str]:
     return sorted(n for n in os.listdir(root / "spool") if n.endswith(".json"))
 
@@ -65,9 +72,7 @@ def test_the_claimed_drop_back_beside_its_stored_copy_is_removed_with_its_claim(
     name = "2026-12-06T10-00-00-0000abcd.json"
     back = drop(spool, "again.json", data)
     os.link(back, spool / ".claimed" / name)
-    copy = stored.parent / name
-    copy.write_bytes(data)
-    copy.chmod(0o444)
+    _copy_as_version(stored.parent, name, data)
     done = run_cli(root, "watch", "--once")
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
@@ -146,9 +151,7 @@ def test_two_names_of_one_claimed_drop_left_by_a_crash_are_stored_once(root: Pat
     name = "2026-12-06T10-00-00-0000abcd.json"
     (claimed / name).write_bytes(data)
     os.link(claimed / name, claimed / "2026-12-06T10-00-01-0000abce.json")
-    copy = stored.parent / name
-    copy.write_bytes(data)
-    copy.chmod(0o444)
+    _copy_as_version(stored.parent, name, data)
     done = run_cli(root, "watch", "--once")
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr

@@ -21,6 +21,7 @@ from support.capabilities import (
     needs_strace_root,
     other_user_problem,
     others_folder,
+    quarantine_fsyncs,
     run_as_other,
 )
 from support.serveproc import ServeProcess
@@ -222,21 +223,8 @@ def test_a_drop_set_aside_whose_folder_fsync_fails_is_told_set_aside(
     assert run_cli(root, "init").returncode == 0
     spool, rejected = root / "spool", root / "spool" / "rejected"
     trace = tmp_path / "fsync.log"
-    for n in range(2):  # the second run's calls: the first one also writes the metadata
-        (spool / f"warm-{n}.json").write_bytes(b'{"x": 1}')
-        traced = run_cli(
-            root,
-            *("watch", "--once"),
-            wrapper=(STRACE, "-f", "-qq", "-y", "-e", "trace=fsync", "-o", str(trace)),
-        )
-        assert traced.returncode == 0, traced.stderr
-    calls = [line for line in trace.read_text().splitlines() if " fsync(" in line]
-    of_rejected = [
-        n
-        for n, line in enumerate(calls, 1)
-        if line.rstrip().split("<", 1)[-1].startswith(f"{rejected}>")
-    ]
-    assert len(of_rejected) == 2, calls  # after the reason file, then after the move
+    of_rejected = quarantine_fsyncs(root, trace, b'{"x": 1}')
+    assert len(of_rejected) == 2, trace.read_text()  # after the reason file, after the move
     (spool / "bad.json").write_bytes(b'{"x": 1}')
     inject = ("-f", "-qq", "-o", "/dev/null", "-e", f"inject=fsync:error=EIO:when={of_rejected[1]}")
     done = run_cli(root, "watch", "--once", wrapper=(STRACE, *inject))

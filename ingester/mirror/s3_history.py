@@ -112,6 +112,23 @@ class StagedObject:
         self.data = None
 
 
+def _body_within(response: dict[str, Any], limit: int) -> bytes | None:
+    """The body of a GET, read no further than one byte past ``limit`` bytes; ``None``
+    when the object holds more (a declared size over the limit is not read at all).
+
+    The body is closed either way: an object left half read is never read on.
+    """
+    declared = response.get("ContentLength")
+    body = response["Body"]
+    try:
+        if isinstance(declared, int) and declared > limit:
+            return None
+        data: bytes = body.read(limit + 1)
+    finally:
+        body.close()
+    return None if len(data) > limit else data
+
+
 class S3History:
     """The history under ``target`` in the object store ``client`` reaches.
 
@@ -170,16 +187,12 @@ class S3History:
         The body is closed either way: an object left half read is never read on.
         """
         limit = self.max_version_bytes
-        declared = response.get("ContentLength")
-        body = response["Body"]
-        try:
-            if isinstance(declared, int) and declared > limit:
-                raise VersionTooLarge(name, self.location, declared, limit)
-            data: bytes = body.read(limit + 1)
-        finally:
-            body.close()
-        if len(data) > limit:  # a store that sent more than it declared
-            raise VersionTooLarge(name, self.location, None, limit)
+        data = _body_within(response, limit)
+        if data is None:
+            declared = response.get("ContentLength")
+            # The size when the store declared it; else it sent more than it declared.
+            size = declared if isinstance(declared, int) and declared > limit else None
+            raise VersionTooLarge(name, self.location, size, limit)
         return data
 
     # -- reading -----------------------------------------------------------------------
@@ -252,21 +265,13 @@ class S3History:
         """The metadata object: :class:`~ingester.errors.MetadataMissing` when there is
         none, :class:`~ingester.history.metadata.MetadataCorrupt` when it is not the metadata."""
         try:
-            response = self._get(METADATA_KEY)
-            declared = response.get("ContentLength")
-            body = response["Body"]
-            try:
-                # Another writer's object in its place is never read whole: a declared
-                # size over the limit is not read at all.
-                over = isinstance(declared, int) and declared > METADATA_MAX_BYTES
-                raw = b"" if over else body.read(METADATA_MAX_BYTES + 1)
-            finally:
-                body.close()
+            # Another writer's object in its place is never read whole.
+            raw = _body_within(self._get(METADATA_KEY), METADATA_MAX_BYTES)
         except Exception as exc:
             if _missing(exc):
                 raise MetadataMissing(f"no {self.target.key(METADATA_KEY)}") from None
             raise self._failed(exc) from None
-        if over or len(raw) > METADATA_MAX_BYTES:
+        if raw is None:
             raise MetadataCorrupt(f"over {METADATA_MAX_BYTES} bytes: not the metadata")
         return StorageMetadata.model_validate_json(raw)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from . import IS_ROOT, cli_env
+from . import IS_ROOT, cli_env, run_cli
 
 __all__ = [
     "AS_OTHER",
@@ -42,6 +42,7 @@ __all__ = [
     "needs_strace_root",
     "other_user_problem",
     "others_folder",
+    "quarantine_fsyncs",
     "run_as_other",
     "run_tool",
     "strace_problem",
@@ -101,6 +102,29 @@ def limited_threads(threads: int, uid: int) -> tuple[str, ...]:
         *(shutil.which("prlimit") or "prlimit", f"--nproc={threads}:{threads}", "--"),
         *("setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"),
     )
+
+
+def quarantine_fsyncs(root: Path, trace: Path, junk: bytes) -> list[int]:
+    """Where the quarantine folder's fsyncs fall in ``watch --once`` setting one drop of
+    ``junk`` aside: their 1-based places among all its ``fsync`` calls (what
+    ``inject=fsync:when=N`` needs), traced into ``trace`` by strace. Two such runs are
+    made and the second counts: the first one also writes the metadata."""
+    spool = root / "spool"
+    for n in range(2):
+        (spool / f"warm-{n}.json").write_bytes(junk)
+        traced = run_cli(
+            root,
+            *("watch", "--once"),
+            wrapper=(STRACE, "-f", "-qq", "-y", "-e", "trace=fsync", "-o", str(trace)),
+        )
+        assert traced.returncode == 0, traced.stderr
+    calls = [line for line in trace.read_text().splitlines() if " fsync(" in line]
+    folder = spool / "rejected"
+    return [
+        n
+        for n, line in enumerate(calls, 1)
+        if line.rstrip().split("<", 1)[-1].startswith(f"{folder}>")
+    ]
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
