@@ -135,7 +135,14 @@ def test_a_spool_made_anew_is_locked_anew(root: Path, tmp_path: Path, how: str) 
     # The lock on a removed spool guards nothing: the watcher locks the new one.
     with WatchProcess(root) as first:
         if how == "removed":
-            shutil.rmtree(root / "spool")
+            # Removed as one step, as the watcher sees it: a watcher running between
+            # rmtree's unlink of the lock file and its rmdir rightly locks the folder
+            # still there again, and the rmdir then fails (ENOTEMPTY).
+            os.kill(first.proc.pid, signal.SIGSTOP)
+            try:
+                shutil.rmtree(root / "spool")
+            finally:
+                os.kill(first.proc.pid, signal.SIGCONT)
         else:
             (root / "spool").rename(tmp_path / "old-spool")
         first.wait_log("was removed or replaced; restarting its watch")
