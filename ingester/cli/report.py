@@ -348,7 +348,8 @@ def list_versions(
     """List versions, newest first: name, ingest time, size, lastUpdated, isPartial.
 
     Each listed file is read; a damaged one is shown with an error marker (and a
-    warning on stderr) instead of its fields. Never takes the lock. With --from, the
+    warning on stderr) instead of its fields. One that retention deletes meanwhile is
+    left out: it is no longer in the history. Never takes the lock. With --from, the
     versions of the mirror in an object store.
     """
     now = utc_now()
