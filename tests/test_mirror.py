@@ -31,7 +31,14 @@ from typing import Any
 
 import pytest
 from support import cli_env, run_cli, wait_for
-from support.capabilities import OTHER_UID, limited_threads, other_user_problem, others_folder
+from support.capabilities import (
+    OTHER_UID,
+    limited_threads,
+    needs_strace,
+    other_user_problem,
+    others_folder,
+    run_held_after,
+)
 from support.ports import free_port
 from support.s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, SeaweedS3, weed_binary
 from support.signals import storm
@@ -723,6 +730,36 @@ def test_a_version_dated_ahead_never_lifts_the_hold_from_the_ones_after_it(
     assert all((root / HISTORY / name).exists() for name in fresh)
     assert not any((root / HISTORY / name).exists() for name in old)  # mirrored: they go
     assert (root / HISTORY / ahead).exists()  # dated ahead: retention keeps it
+
+
+@needs_strace
+def test_a_version_retention_deletes_before_its_upload_is_not_waited_for(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """Listed, then deleted by retention before its upload: no longer in the history,
+    so ``--once`` does not count it as not mirrored (exit 0), the watermark does not
+    stop below it, and no remote copy goes for it."""
+    store = make_store(root)
+    old = add_old_versions(store, 3, days_ago=30)
+    new = add_versions(store, 2)
+    target = f"s3://{bucket}/gone"
+    env = s3_env(s3.endpoint, aws_files)
+
+    def cleanup() -> None:
+        done = run_cli(root, "--max-versions", "2", "cleanup")
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    # One upload at a time, oldest first: stopped as the first is opened, the next two
+    # are deleted before theirs (no hold: retention would keep them, not uploaded yet).
+    args = ("--mirror-hold", "0", "mirror", target, "--once", "--concurrency", "1")
+    done = run_held_after(root, args, root / HISTORY / old[0], "openat", cleanup, **env)
+    assert done.returncode == 0, done.stderr
+    assert "could not be mirrored" not in done.stderr and "ERROR" not in done.stderr
+    assert sorted(local_versions(root)) == new
+    client = client_for(s3.endpoint)
+    assert remote_names(client, bucket, "gone") >= {old[0], *new}
+    state = read_mirror_state(root / HISTORY)
+    assert state is not None and state.waiting == 0 and state.mirrored_through == new[-1]
 
 
 def test_restore_root_is_that_root_whatever_the_environment_names(

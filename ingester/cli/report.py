@@ -27,7 +27,7 @@ from ..errors import (
     describe_os_error,
     is_permission_problem,
 )
-from ..history.base import at_or_before, latest_name
+from ..history.base import HistoryReader, at_or_before, latest_name
 from ..history.names import format_timestamp, parse_timestamp_from_filename
 from ..history.store import HistoryStore
 from ..ops.adopt import ADOPT_ADVICE
@@ -348,7 +348,8 @@ def list_versions(
     """List versions, newest first: name, ingest time, size, lastUpdated, isPartial.
 
     Each listed file is read; a damaged one is shown with an error marker (and a
-    warning on stderr) instead of its fields. Never takes the lock. With --from, the
+    warning on stderr) instead of its fields. One that retention deletes meanwhile is
+    left out: it is no longer in the history. Never takes the lock. With --from, the
     versions of the mirror in an object store.
     """
     now = utc_now()
@@ -413,6 +414,60 @@ def _verify_advice(source: str | None) -> str:
     return "run 'ingester verify' on the history the mirror copies"
 
 
+_LOOKS = 3
+"""Listings ``show`` takes before a version it chose (not one named) that retention
+deletes each time under the read is an error: retention deletes the oldest versions, so
+the next choice is newer, or none is left."""
+
+
+def _chosen(reader: HistoryReader, name: str | None, at: datetime | None, now: datetime) -> str:
+    """The version ``show`` prints: ``name``, else the newest at ``at``, else the
+    latest, from one listing. Raises the one-line error when there is none."""
+    try:
+        names = [entry.name for entry in reader.list_versions()]
+    except OSError as exc:
+        raise fail(describe_os_error(exc)) from None
+    if at is not None:
+        chosen = at_or_before(names, at)
+        if chosen is None:
+            raise fail(f"no version at or before {human_time(at)} UTC")
+        return chosen
+    if name is None:
+        chosen = latest_name(names, now)
+        if chosen is None:
+            raise fail(f"no versions yet in {reader.location}")
+        return chosen
+    if name not in set(names):
+        raise fail(f"no version {name} in {reader.location}")
+    return name
+
+
+def _read_chosen(
+    reader: HistoryReader, name: str | None, at: datetime | None, now: datetime, source: str | None
+) -> tuple[str, bytes]:
+    """The name and the bytes of the version ``show`` prints (see :func:`_chosen`).
+
+    Raises the one-line error when there is none or it cannot be read.
+    """
+    for look in range(1, _LOOKS + 1):
+        chosen = _chosen(reader, name, at, now)
+        try:
+            return chosen, reader.read_version(chosen)
+        except VersionNotFound:
+            # Deleted since the listing (retention). One named is then gone; one chosen
+            # (the latest, or the newest at TIME) is chosen again from the history as it
+            # now is.
+            if name is None and look < _LOOKS:
+                continue
+            raise fail(f"no version {chosen} in {reader.location} (deleted meanwhile)") from None
+        except VersionTooLarge as exc:  # never read whole, so never printed in part
+            advice = _verify_advice(source)
+            raise fail(f"version {chosen} is damaged: {exc.reason}; {advice}") from None
+        except OSError as exc:
+            raise fail(describe_os_error(exc)) from None
+    raise AssertionError("unreachable")
+
+
 @click.command()
 @click.argument("version", required=False, metavar="[VERSION|latest]")
 @click.option(
@@ -448,28 +503,7 @@ def show(
             raise click.BadParameter(str(exc), param_hint="VERSION") from None
     now = utc_now()
     reader = open_history(app.settings, source, endpoint_url)
-    try:
-        names = [entry.name for entry in reader.list_versions()]
-    except OSError as exc:
-        raise fail(describe_os_error(exc)) from None
-    if at is not None:
-        name = at_or_before(names, at)
-        if name is None:
-            raise fail(f"no version at or before {human_time(at)} UTC")
-    elif name is None:
-        name = latest_name(names, now)
-        if name is None:
-            raise fail(f"no versions yet in {reader.location}")
-    elif name not in set(names):
-        raise fail(f"no version {name} in {reader.location}")
-    try:
-        data = reader.read_version(name)
-    except VersionNotFound:
-        raise fail(f"no version {name} in {reader.location} (deleted meanwhile)") from None
-    except VersionTooLarge as exc:  # never read whole, so never printed in part
-        raise fail(f"version {name} is damaged: {exc.reason}; {_verify_advice(source)}") from None
-    except OSError as exc:
-        raise fail(describe_os_error(exc)) from None
+    name, data = _read_chosen(reader, name, at, now, source)
     # Judge the very bytes that are printed, so a damaged file never reaches stdout.
     problem = payload_problem(data)
     if problem is not None:

@@ -179,6 +179,7 @@ class Mirror:
         self._factory = client_factory
         self._remote: S3History | None = None
         self._names: list[str] = []  # the local versions at the last look
+        self._gone: set[str] = set()  # of those, the ones deleted before their upload
         self._last_listing = 0.0
         self._bad: dict[str, str] = {}  # names that cannot be mirrored, and why (logged once)
         self._compared: dict[str, str] = {}  # name -> the ETag whose bytes proved ours
@@ -221,7 +222,8 @@ class Mirror:
         """
         result = PassResult()
         entries = self.local.list_versions()
-        names = self._names = [e.name for e in entries]
+        listed = names = self._names = [e.name for e in entries]
+        self._gone = set()
         remote = self.remote()
         if full or remote.known is None:
             self._call(lambda r: r.refresh())
@@ -233,6 +235,10 @@ class Mirror:
         try:
             self._upload(missing, result)
         finally:
+            if self._gone:
+                # Deleted by retention between the listing and their upload: no longer in
+                # the history, so neither waiting nor holding the watermark below them.
+                names = self._names = [n for n in names if n not in self._gone]
             self._update_watermark(names)
         # Stopping: the latest copy, the metadata and deletions wait for the next start,
         # as the uploads not begun do, rather than hold the stop up. A --once run has no
@@ -241,7 +247,9 @@ class Mirror:
             base = self._local_metadata()
             self._call(lambda r: r.publish(base, self._payload_or_said))
             if self.options.retention == "follow":
-                result.deleted = self._follow(names)
+                # The listing as taken: a version that vanished under its upload is
+                # never what lets a remote copy go.
+                result.deleted = self._follow(listed)
         result.waiting = len(unmirrored(names, self._state))
         return result
 
@@ -397,7 +405,8 @@ class Mirror:
         try:
             data = self.local.read_version(name)
         except VersionNotFound:
-            return None  # deleted by retention since the listing
+            self._gone.add(name)  # deleted by retention since the listing
+            return None
         except OSError as exc:
             # Unreadable, or larger than any drop (VersionTooLarge, never read whole):
             # refused with its one line, never uploaded in part. Streaming it whole

@@ -55,6 +55,7 @@ __all__ = [
     "list_report",
     "open_store",
     "payload_problem",
+    "read_listed",
     "read_version",
     "resolve_version_name",
     "root_problem",
@@ -156,13 +157,29 @@ class VersionInfo:
 
 
 def read_version(reader: HistoryReader, name: str, now: datetime) -> VersionInfo:
-    """Read and judge one version; a damaged or unreadable file gives ``error``, not a raise."""
+    """Read and judge one version; a damaged or unreadable file gives ``error``, not a raise.
+
+    For a version asked for by name (the latest, which retention never deletes): one
+    that is gone gives ``error`` too (``"gone (deleted meanwhile)"``). The versions of
+    a listing go through :func:`read_listed`, which leaves such a one out.
+    """
+    info = read_listed(reader, name, now)
+    if info is None:
+        stamp = parse_timestamp_from_filename(name)
+        gone = "gone (deleted meanwhile)"
+        return VersionInfo(name, stamp, None, None, None, is_future(name, now), gone)
+    return info
+
+
+def read_listed(reader: HistoryReader, name: str, now: datetime) -> VersionInfo | None:
+    """:func:`read_version` for a version taken from a listing: ``None`` when it is gone
+    since (retention deleted it), as it is then no longer part of the history."""
     ingested = parse_timestamp_from_filename(name)
     future = is_future(name, now)
     try:
         data = reader.read_version(name)
     except VersionNotFound:
-        return VersionInfo(name, ingested, None, None, None, future, "gone (deleted meanwhile)")
+        return None
     except VersionTooLarge as exc:  # damaged, as a file the gate refuses
         return VersionInfo(name, ingested, exc.size, None, None, future, exc.reason)
     except OSError as exc:
@@ -190,11 +207,19 @@ def payload_problem(data: bytes) -> str | None:
 def list_report(reader: HistoryReader, limit: int | None, now: datetime) -> list[VersionInfo]:
     """The newest ``limit`` versions (all when ``None``), newest first, each read and judged.
 
-    Raises ``OSError`` when the history cannot be listed.
+    A listed version deleted before it is read (retention) is left out, and the next
+    older one taken in its place: the report is the history as it stands, ``limit``
+    versions long while that many remain. Raises ``OSError`` when the history cannot be
+    listed.
     """
-    entries = reader.list_versions()
-    chosen = entries[::-1] if limit is None else entries[: -limit - 1 : -1]
-    return [read_version(reader, entry.name, now) for entry in chosen]
+    infos: list[VersionInfo] = []
+    for entry in reversed(reader.list_versions()):
+        if limit is not None and len(infos) >= limit:
+            break
+        info = read_listed(reader, entry.name, now)
+        if info is not None:
+            infos.append(info)
+    return infos
 
 
 def resolve_version_name(text: str) -> str:

@@ -124,8 +124,11 @@ def _metadata_findings(reader: HistoryReader, names: list[str], now: datetime) -
     return []
 
 
-def _version_findings(reader: LocalHistory, names: list[str]) -> list[Finding]:
+def _version_findings(reader: LocalHistory, names: list[str]) -> tuple[list[Finding], set[str]]:
+    """What is wrong with the versions ``names``, and which of them are gone since the
+    listing (deleted by retention: no longer versions, so neither judged nor counted)."""
     problems: list[Finding] = []
+    gone: set[str] = set()
     for name in names:
         path = reader.dir / name
         data: bytes | None = None
@@ -133,7 +136,8 @@ def _version_findings(reader: LocalHistory, names: list[str]) -> list[Finding]:
             st = path.lstat()
             data = reader.read_version(name)
         except (FileNotFoundError, VersionNotFound):
-            continue  # deleted by retention since the listing
+            gone.add(name)
+            continue
         except VersionTooLarge as exc:  # never read whole: invalid, as the gate would say
             problems.append(Finding("invalid-version", name, exc.reason))
         except OSError as exc:
@@ -156,7 +160,7 @@ def _version_findings(reader: LocalHistory, names: list[str]) -> list[Finding]:
                     True,
                 )
             )
-    return problems
+    return problems, gone
 
 
 def _odd_entries(store: HistoryStore, names: set[str]) -> list[Finding]:
@@ -179,6 +183,12 @@ def _odd_entries(store: HistoryStore, names: set[str]) -> list[Finding]:
     return sorted(found, key=lambda f: f.subject)
 
 
+def _writer(store: HistoryStore) -> int | None:
+    """The pid of another process holding the history lock; ``None`` when none does."""
+    pid = lock_holder(store.lock_path)
+    return None if pid == os.getpid() else pid
+
+
 def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
     """Check the local history: its versions (read through its reader), its metadata,
     its latest link, modes and temp files; never writes. Raises ``OSError`` when the
@@ -188,14 +198,24 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
     files may be mid-update, so what is found about them is a warning, not a problem;
     an empty ``.tmp-w-`` file is then the watcher's spare for its next copy, not even
     that. When this process holds the lock (``verify --repair``) nothing is in flight.
+    A version deleted since the listing (retention) is no longer in the history: it is
+    neither checked nor counted; the metadata is judged against a listing taken after
+    the versions are read.
     """
     reader = LocalHistory(store.history_dir)
     names = [entry.name for entry in reader.list_versions()]
-    pid = lock_holder(store.lock_path)
-    if pid == os.getpid():
-        pid = None
+    pid = _writer(store)
+    findings, gone = _version_findings(reader, names)
+    names = [name for name in names if name not in gone]
+    # Reading the versions takes a while: retention may have deleted some of them
+    # meanwhile, read or not, and its writer may be updating the metadata and the link
+    # still. So the lock is looked at again: held, what the caches say is a warning; let
+    # go, the writer has finished them, and they are judged against the history as it
+    # now is.
+    pid = pid or _writer(store)
+    now_listed = [entry.name for entry in reader.list_versions()]
     report = VerifyReport(store.history_dir, store.latest_path, len(names), writer_pid=pid)
-    report.problems += _version_findings(reader, names)
+    report.problems += findings
 
     caches: list[Finding] = []
     for temp in _temps(store.history_dir, (TEMP_PREFIX,)):
@@ -210,7 +230,7 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
             caches.append(
                 Finding("stale-temp", os.fspath(link_dir / temp), "leftover temp file", True)
             )
-    caches += _metadata_findings(reader, names, now)
+    caches += _metadata_findings(reader, now_listed, now)
     report.adopt_advised = latest_is_a_file(store)
     link = _latest_finding(store, report.adopt_advised)
     if link is not None:

@@ -15,16 +15,17 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from . import IS_ROOT, cli_env, run_cli
+from . import IS_ROOT, cli_env, run_cli, wait_for
 
 __all__ = [
     "AS_OTHER",
@@ -44,6 +45,7 @@ __all__ = [
     "others_folder",
     "quarantine_fsyncs",
     "run_as_other",
+    "run_held_after",
     "run_tool",
     "strace_problem",
     "tmpfs",
@@ -78,6 +80,54 @@ def traced_program(tracer: int) -> int:
     children = Path(f"/proc/{tracer}/task/{tracer}/children").read_text().split()
     assert len(children) == 1, children
     return int(children[0])
+
+
+def run_held_after(
+    root: Path,
+    args: tuple[str, ...],
+    path: Path,
+    syscall: str,
+    meanwhile: Callable[[], object],
+    **env: str,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``ingester --root ROOT ARGS`` under strace, stopped (SIGSTOP, every thread)
+    as the first ``syscall`` naming ``path`` returns; call ``meanwhile`` while it is
+    stopped, then let it go on; return it completed, its output captured.
+
+    The stop is seen in strace's own trace (``stopped by SIGSTOP``), never guessed from
+    time: what ``meanwhile`` does (a deletion) falls exactly between that call and the
+    command's next one.
+    """
+    trace = root.parent / f"held-{os.urandom(3).hex()}.trace"
+    command = [
+        *(STRACE, "-f", "-qq", "-o", str(trace), "-P", str(path), "-e", f"trace={syscall}"),
+        *("-e", f"inject={syscall}:signal=SIGSTOP:when=1"),
+        *(sys.executable, "-m", "ingester", "--root", str(root), *args),
+    ]
+    tracer = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(**env),
+    )
+    try:
+
+        def stopped() -> bool:
+            return trace.exists() and "stopped by SIGSTOP" in trace.read_text()
+
+        wait_for(lambda: stopped() or tracer.poll() is not None, 30, f"{syscall} {path}")
+        if tracer.poll() is not None:
+            _out, err = tracer.communicate()
+            raise AssertionError(f"{args} ended before its {syscall} of {path}: {err}")
+        meanwhile()
+        os.kill(traced_program(tracer.pid), signal.SIGCONT)
+        out, err = tracer.communicate(timeout=60)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.communicate()
+    return subprocess.CompletedProcess(command, tracer.returncode, out, err)
 
 
 needs_strace = pytest.mark.skipif(

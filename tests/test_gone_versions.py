@@ -1,0 +1,148 @@
+"""Versions retention deletes while a reader reads the history.
+
+Every reader lists the history, then reads each version; retention (the watcher's, or
+``ingester cleanup``) may delete a listed version in between. Such a version is not
+damaged: it is no longer in the history, so a report is the history as it stands. The
+reader is stopped by strace right after one of its calls on a version file, the
+deletion is made while it is stopped (``cleanup``, for real), and only then does it go on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from support import run_cli
+from support.capabilities import needs_strace, run_held_after
+from support.watchproc import payload
+
+from ingester.history.names import generate_version_filename, parse_timestamp_from_filename
+from ingester.history.store import HistoryStore
+
+pytestmark = needs_strace
+
+HISTORY = "console-usage-history"
+
+
+def make_history(root: Path) -> list[str]:
+    """Five versions, oldest first: three of 30 days ago (expired but for the newest-N
+    rule), then two of a minute ago."""
+    init = run_cli(root, "init")
+    assert init.returncode == 0, init.stderr
+    store = HistoryStore(root / HISTORY, root / "console-usage-synced.json")
+    store.load()
+    now = datetime.now(UTC)
+    times = [now - timedelta(days=30) + timedelta(seconds=i) for i in range(3)]
+    times += [now - timedelta(seconds=60 - i) for i in range(2)]
+    names: list[str] = []
+    for i, when in enumerate(times):
+        name = generate_version_filename(when, after=names[-1] if names else None)
+        store.write_version(name, payload(i))
+        names.append(name)
+    store.publish()
+    return names
+
+
+def cleanup(root: Path) -> Callable[[], None]:
+    """Retention keeping the newest two: the three old versions go, metadata updated."""
+
+    def run() -> None:
+        done = run_cli(root, "cleanup", INGESTER_MAX_VERSIONS="2")
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    return run
+
+
+def _rows(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The version names ``list`` printed, in its order."""
+    return [line.split()[0] for line in result.stdout.splitlines()[1:]]
+
+
+def _at(name: str) -> str:
+    stamp = parse_timestamp_from_filename(name)
+    assert stamp is not None
+    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# Each case: the command, which version's call it is stopped after (its index, oldest
+# first; the first it reads, so the ones deleted are read after), and that call.
+CASES = {
+    "list": (("list",), 4, "openat"),
+    "list --json": (("list", "--json"), 4, "openat"),
+    "export": (("export", "--format", "jsonl"), 0, "openat"),
+    "forecast": (("forecast",), 4, "openat"),
+    "verify": (("verify",), 0, "openat"),
+    # The ones deleted were read already: the metadata is what then tells of it.
+    "verify, deleted once read": (("verify",), 3, "openat"),
+    "snapshot": (("snapshot", "SNAP"), 0, "link"),
+    # Stopped as the listing looks at the version: it is listed, then deleted.
+    "show NAME": (("show", "NAME"), 1, "%%stat"),
+    "show --at": (("show", "--at", "AT"), 1, "%%stat"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_version_retention_deletes_under_a_reader_is_left_out_not_called_damaged(
+    root: Path, case: str
+) -> None:
+    names = make_history(root)
+    args, stop, call = CASES[case]
+    snap = root.parent / "snap"
+    named = {"SNAP": str(snap), "NAME": names[1], "AT": _at(names[1])}
+    args = tuple(named.get(arg, arg) for arg in args)
+    done = run_held_after(root, args, root / HISTORY / names[stop], call, cleanup(root))
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in (root / HISTORY).glob("2*.json")) == names[3:]
+    if case.startswith("show"):
+        # A version named that is gone is one line; one chosen (--at) is chosen again
+        # from what is left: nothing at or before that time any more.
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stdout == ""
+        if case == "show NAME":
+            assert done.stderr == (
+                f"error: no version {names[1]} in {root / HISTORY} (deleted meanwhile)\n"
+            )
+        else:
+            assert done.stderr.startswith("error: no version at or before "), done.stderr
+            assert done.stderr.count("\n") == 1, done.stderr
+        return
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "damaged" not in done.stdout + done.stderr
+    if case == "list":
+        assert done.stderr == ""
+        assert _rows(done) == [names[4], names[3]]
+    elif case == "list --json":
+        assert [v["name"] for v in json.loads(done.stdout)] == [names[4], names[3]]
+    elif case == "export":
+        assert done.stderr == ""
+        rows = [json.loads(line)["version"] for line in done.stdout.splitlines()]
+        assert rows == [names[0], names[3], names[4]]  # the first was open already
+    elif case == "forecast":
+        assert "WARNING" not in done.stderr, done.stderr
+    elif case.startswith("verify"):
+        # Those it read are checked; the metadata is judged against what is left.
+        checked = 3 if stop == 0 else 5
+        assert done.stdout.splitlines()[0].startswith(f"checked {checked} version(s) in ")
+        assert done.stdout.splitlines()[-1] == "ok", done.stdout
+    elif case == "snapshot":
+        assert sorted(p.name for p in (snap / HISTORY).iterdir()) == sorted(
+            [names[0], *names[3:], "_metadata.json"]
+        )
+        # Its metadata and latest link are those of the versions it holds: no hole.
+        checked = run_cli(snap, "verify")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_list_limit_shows_n_versions_while_n_remain(root: Path) -> None:
+    """One of the newest N deleted under ``list --limit N`` (by hand here: retention
+    deletes the oldest): the next older one is shown in its place."""
+    names = make_history(root)
+    newest, next_one = (root / HISTORY / name for name in (names[4], names[3]))
+    done = run_held_after(root, ("list", "--limit", "3"), newest, "openat", next_one.unlink)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr == ""
+    assert _rows(done) == [names[4], names[2], names[1]]
