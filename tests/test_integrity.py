@@ -279,14 +279,16 @@ def syscall_delayed(pid: int, syscall: str, microseconds: int) -> Iterator[None]
         tracer.wait(timeout=10)
 
 
-def wait_in_syscall(pid: int, number: int, timeout: float = 20.0) -> None:
-    def inside() -> bool:
-        try:
-            return (Path(f"/proc/{pid}/syscall").read_text().split() or [""])[0] == str(number)
-        except OSError:
-            return False
+def in_syscall(pid: int, number: int) -> bool:
+    """Whether process ``pid`` is inside system call ``number`` now (held up by strace)."""
+    try:
+        return (Path(f"/proc/{pid}/syscall").read_text().split() or [""])[0] == str(number)
+    except OSError:
+        return False
 
-    wait_for(inside, timeout, f"pid {pid} inside syscall {number}")
+
+def wait_in_syscall(pid: int, number: int, timeout: float = 20.0) -> None:
+    wait_for(lambda: in_syscall(pid, number), timeout, f"pid {pid} inside syscall {number}")
 
 
 @needs_strace_root

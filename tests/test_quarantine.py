@@ -6,7 +6,8 @@ gigabytes, and a full filesystem (ENOSPC, real) or an immutable drop (``chattr +
 EPERM even for root) must leave the drop in the spool, with nothing of it in the
 quarantine and nothing counted as rejected, until the fault clears. A watcher killed
 (SIGKILL, through strace) between the reason file and the move must not leave a
-rejection counted either.
+rejection counted either. A copy of many pieces (slowed by strace) keeps systemd's
+watchdog fed, piece by piece, and the watcher goes on after it.
 
 Skipped, with the reason, when not root or when chattr/mount/strace do not work here.
 """
@@ -18,14 +19,16 @@ import filecmp
 import json
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from support import run_cli, wait_for
 from support.capabilities import STRACE, immutable, needs_strace_root, quarantine_fsyncs, tmpfs
+from support.sdnotify import NotifyListener
 from support.watchproc import WatchProcess, drop, payload, stored_contents
-from test_integrity import syscall_delayed, wait_in_syscall
+from test_integrity import in_syscall, syscall_delayed, wait_in_syscall
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -267,3 +270,109 @@ def test_a_drop_renamed_onto_the_name_of_one_being_set_aside_is_stored(
         assert json.loads(kept.pop("scrape.json" + REASON))["file"] == "scrape.json"
     assert kept == {}
     assert not (spool / "scrape.json").exists()
+
+
+def listening_until(
+    listener: NotifyListener, condition: Callable[[], object], what: str, timeout: float = 20.0
+) -> None:
+    """Wait until ``condition()`` holds, reading the notify socket meanwhile (its queue
+    is short: a full one would hold the watcher's next message back)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        listener.receive(0.01)
+
+
+@needs_strace_root
+def test_a_long_copy_into_another_filesystem_keeps_the_watchdog_fed_and_the_watcher_going(
+    root: Path, tmp_path: Path, can_mount: None
+) -> None:
+    """An over-limit drop of 192 MiB of data, no holes, set aside across filesystems with
+    every ``sendfile`` held up 0.25 s (a slow disk): the watchdog hears from the copy
+    itself, piece by piece, while it is under way (the loop alone would be silent until
+    it ends), and the watcher stores the next drop after it. The copy is whole."""
+    spool = root / "spool"
+    piece = 16 * MIB  # the copy's piece: one sendfile, one fdatasync, one report
+    block = os.urandom(MIB + 7)  # never a whole number of pieces: a misplaced one shows
+    data = (block * (12 * piece // len(block) + 1))[: 12 * piece]
+    staged = spool / "tmp" / ".big.json.part"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(data)
+    kept = root / "big.orig"  # the same file, by a name the watcher never looks at
+    os.link(staged, kept)
+    del data, block
+    with tmpfs(tmp_path / "other-fs", size="256m") as fs:
+        quarantine = fs / "rejected"
+        with (
+            NotifyListener() as listener,
+            WatchProcess(
+                root,
+                global_args=("--rejected-dir", str(quarantine)),
+                env={"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "400000"},
+            ) as watcher,
+        ):
+            alive = lambda: watcher.proc.poll() is None  # noqa: E731
+            listener.wait_for(lambda m: "READY" in m.fields, 30, "READY=1", alive)
+
+            def copying() -> bool:
+                # The reason file is named before the copy begins; the copy's temp file
+                # is named only once it is whole.
+                names = os.listdir(quarantine)
+                return f"big.json{REASON}" in names and any(n.startswith(".tmp-") for n in names)
+
+            with syscall_delayed(watcher.proc.pid, "sendfile", 250_000):
+                os.rename(staged, spool / "big.json")
+                listening_until(listener, copying, "the copy under way")
+                # What was sent before the copy began is not heard as sent during it.
+                while listener.receive(0.001) is not None:
+                    pass
+                for n in range(1, 4):
+                    listener.wait_for(lambda m: "WATCHDOG" in m.fields, 10, f"ping {n}", alive)
+                    assert copying(), f"ping {n} came after the copy, not during it"
+            gone = lambda: not (spool / "big.json").exists()  # noqa: E731
+            listening_until(listener, gone, "big.json set aside")
+            drop(spool, "next.json", payload(7))
+            stored = lambda: stored_contents(root) == {payload(7): 1}  # noqa: E731
+            listening_until(listener, stored, "next.json stored")
+            assert watcher.stop() == 0, watcher.log
+        log = watcher.log
+        said = f"INFO setting aside big.json (192.0 MiB) across filesystems, into {quarantine}"
+        assert said in log, log
+        assert "rejected big.json: drop is 201326592 bytes, over the limit" in log, log
+        assert "Traceback" not in log and "cannot notify" not in log, log
+        assert sorted(os.listdir(quarantine)) == ["big.json", f"big.json{REASON}"]
+        assert filecmp.cmp(kept, quarantine / "big.json", shallow=False)
+
+
+@needs_strace_root
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers are x86_64's")
+def test_a_copy_into_another_filesystem_that_makes_no_progress_lets_the_watchdog_fire(
+    root: Path, quarantine: Path
+) -> None:
+    """A copy of one piece whose ``sendfile`` hangs 1.2 s (a hung disk, three times the
+    watchdog's timeout): not one ping while it hangs, so systemd would kill the watcher.
+    Liveness follows progress; it is never faked by a timer."""
+    with (
+        NotifyListener() as listener,
+        WatchProcess(
+            root,
+            global_args=("--rejected-dir", str(quarantine)),
+            env={"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "400000"},
+        ) as watcher,
+    ):
+        pid = watcher.proc.pid
+        alive = lambda: watcher.proc.poll() is None  # noqa: E731
+        listener.wait_for(lambda m: "READY" in m.fields, 30, "READY=1", alive)
+        with syscall_delayed(pid, "sendfile", 1_200_000):
+            drop(root / "spool", "stuck.json", os.urandom(2 * MIB))  # one piece, one call
+            listening_until(listener, lambda: in_syscall(pid, SENDFILE), "the copy hung")
+            while listener.receive(0.001) is not None:
+                pass  # sent before it hung
+            while in_syscall(pid, SENDFILE):
+                message = listener.receive(0.01)
+                if message is not None and "WATCHDOG" in message.fields:
+                    assert not in_syscall(pid, SENDFILE), "a ping while the copy hung"
+        listening_until(listener, lambda: (quarantine / "stuck.json").exists(), "stuck.json")
+        assert watcher.stop() == 0, watcher.log
+    assert "Traceback" not in watcher.log, watcher.log

@@ -19,6 +19,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +48,14 @@ from .spool import Opened, Spool, open_entry
 __all__ = ["Intake"]
 
 log = logging.getLogger("ingester.watcher")
+
+_SAY_COPY_BYTES = 64 << 20
+"""A copy into the quarantine of more data than this says so as it begins: a runaway
+writer's gigabytes may take minutes, during which the loop takes no other drop."""
+
+
+def _no_one_listens() -> None:
+    """The default :attr:`Intake.alive`: no loop to keep informed."""
 
 
 @dataclass
@@ -104,6 +113,9 @@ class Intake:
 
     ``settle`` (seconds) is how long a drop found changed waits before another look.
     Store failures of the history raise :class:`StorageError`; the loop backs off.
+    ``alive`` is called from inside a step that may last long (a drop copied into a
+    quarantine on another filesystem) each time it has put another piece on disk: the
+    loop's liveness (its watchdog pings) follows the progress of such a step.
     """
 
     store: HistoryStore
@@ -111,6 +123,7 @@ class Intake:
     max_bytes: int
     readiness: Readiness
     settle: float
+    alive: Callable[[], None] = _no_one_listens
     euid: int = field(default_factory=os.geteuid)
     umask: int = field(default_factory=durable.current_umask)
     same_fs: bool = False
@@ -559,7 +572,12 @@ class Intake:
         (see :meth:`Spool.quarantine`)."""
         try:
             where = self.spool.quarantine(
-                Path(path), name, reason, errors or [{"msg": reason}], expect=expect
+                Path(path),
+                name,
+                reason,
+                errors or [{"msg": reason}],
+                expect=expect,
+                progress=self._copy_progress(name),
             )
         except MovedNotDurable as exc:
             # It is in rejected/ (so nothing is left to retry), but a crash may put it
@@ -577,6 +595,24 @@ class Intake:
             return Blocked(name, "quarantine", exc, reason)
         self._done(Dropped(name))
         return Rejected(name, reason, where, kind)
+
+    def _copy_progress(self, name: str) -> durable.CopyProgress:
+        """What a copy of drop ``name`` into the quarantine on another filesystem tells:
+        its start, said in the log when it is large (the loop takes nothing else until it
+        ends), then each piece on disk, passed on to :attr:`alive`."""
+
+        def progress(done: int, total: int) -> None:
+            if done:
+                self.alive()
+            elif total > _SAY_COPY_BYTES:
+                log.info(
+                    "setting aside %s (%s) across filesystems, into %s",
+                    name,
+                    _size_words(total),
+                    self.spool.rejected_dir,
+                )
+
+        return progress
 
     def _second_name(self, path: str, name: str, opened: Opened) -> Outcome | None:
         """A drop that is a version's own file: its spool name removed (None: it is not).
@@ -650,6 +686,13 @@ def _mount_id(folder: Path) -> int | None:
     finally:
         os.close(fd)
     return None
+
+
+def _size_words(size: int) -> str:
+    """A large size (bytes) as an operator reads it: ``80.0 MiB``, ``3.2 GiB``."""
+    if size >= 1 << 30:
+        return f"{size / (1 << 30):.1f} GiB"
+    return f"{size / (1 << 20):.1f} MiB"
 
 
 def _folder(name: str, spool_dir: Path) -> Ignored:

@@ -365,6 +365,7 @@ class Spool:
         errors: list[dict[str, Any]],
         *,
         expect: tuple[int, int] | None = None,
+        progress: durable.CopyProgress | None = None,
     ) -> str:
         """Move ``source`` (the entry itself, never a link's target) to ``rejected/``.
 
@@ -378,6 +379,8 @@ class Spool:
 
         ``expect``: the ``(st_dev, st_ino)`` of the drop judged, so that a new drop a
         writer renamed onto its name meanwhile is never set aside in its place.
+        ``progress``: told how a copy into a ``rejected/`` on another filesystem goes
+        (see :data:`ingester.history.durable.CopyProgress`); never called for a rename.
 
         Returns the name it was given in ``rejected/``. Raises :class:`StorageError`
         when ``rejected/`` cannot be made, is not a real folder, or the move fails
@@ -400,7 +403,7 @@ class Spool:
             replace=True,
         )
         try:
-            durable.move_file(source, self.rejected_dir / target, expect=expect)
+            durable.move_file(source, self.rejected_dir / target, expect=expect, progress=progress)
         except MovedNotDurable as exc:
             exc.moved_to = target
             raise

@@ -92,6 +92,7 @@ class Watcher:
             max_bytes=settings.max_bytes,
             readiness=Readiness(options.settle, options.rescan_interval),
             settle=options.settle,
+            alive=self._alive,
         )
         self._recovery = ClaimRecovery(self.intake)
         self.clock_jump = ClockJump()
@@ -472,12 +473,30 @@ class Watcher:
     def _ping(self) -> None:
         if not self.notifier.enabled:
             return
-        now = time.monotonic()
-        interval = self.notifier.watchdog_interval
-        if interval is not None and now >= self._next_ping and self._arrivals_alive():
-            self.notifier.watchdog()
-            self._next_ping = now + interval
+        if self._arrivals_alive():
+            self._watchdog_due()
         text = self._status_text()
         if text != self._last_status:
             self.notifier.status(text)
             self._last_status = text
+
+    def _alive(self) -> None:
+        """A long step of the loop (a drop copied into a quarantine on another
+        filesystem) put another piece on disk: ping the watchdog if a ping is due, as
+        between steps.
+
+        A step that makes no progress (a hung disk) never calls this, so the watchdog
+        still fires on it. The observer is not looked at here: the loop looks at it (and
+        restarts it) as soon as the step ends, and the rescan that follows a restart
+        finds what it missed.
+        """
+        if self.notifier.enabled:
+            self._watchdog_due()
+
+    def _watchdog_due(self) -> None:
+        """``WATCHDOG=1`` if one is due (every ``watchdog_interval`` seconds)."""
+        now = time.monotonic()
+        interval = self.notifier.watchdog_interval
+        if interval is not None and now >= self._next_ping:
+            self.notifier.watchdog()
+            self._next_ping = now + interval
