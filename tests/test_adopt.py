@@ -255,8 +255,12 @@ def test_a_running_watcher_keeps_a_latest_file_put_in_by_hand(root: Path) -> Non
         (root / "spool" / "first.json").write_bytes(sample)
         watcher.wait_log("ingested first.json")
         latest = root / LATEST
-        latest.unlink()
-        latest.write_bytes(unique)
+        # Written beside it, then moved into its place in one step: a rescan between an
+        # unlink of the link and the write rightly makes the link again, and the write
+        # would then go through it into the version it names.
+        staged = root.parent / "latest-by-hand"
+        staged.write_bytes(unique)
+        os.replace(staged, latest)
         (root / "spool" / "second.json").write_bytes(sample.replace(b"23", b"24", 1))
         watcher.wait_log("ingested second.json")
         watcher.wait_log("holding a snapshot that no version holds, so it is kept")

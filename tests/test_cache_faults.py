@@ -160,8 +160,12 @@ def test_a_folder_made_at_the_metadata_path_is_one_line_a_try_and_drops_go_on(
         drop(root / "spool", "a.json", payload(1))
         w.wait_log("ingested a.json")
         wait_for(lambda: meta_of(root).get("versionCount") == 1, what="metadata written")
-        meta.unlink()
-        meta.mkdir()  # while idle: the rescan's look at the caches finds it
+        # While idle: the rescan's look at the caches finds it. Put in place as one
+        # step, the watcher held: a rescan between the unlink and the mkdir rightly
+        # writes the missing metadata again, and the mkdir then fails (EEXIST).
+        with w.held():
+            meta.unlink()
+            meta.mkdir()
         w.wait_log("retrying in 1.0 s")
         drop(root / "spool", "b.json", payload(2))
         w.wait_log("ingested b.json")
@@ -284,23 +288,27 @@ def test_a_special_file_made_at_the_metadata_path_is_replaced_and_said_once(
         w.wait_log("ingested a.json")
         wait_for(lambda: meta_of(root).get("versionCount") == 1, what="the metadata written")
         meta = root / HISTORY / "_metadata.json"
-        meta.unlink()
-        if kind == "fifo":
-            os.mkfifo(meta)
-        else:
-            # Bound where the path is short enough for AF_UNIX, then moved into place
-            # (the socket file stays once it is closed).
-            short = Path(tempfile.mkdtemp(dir="/tmp")) / "s"
-            with socket.socket(socket.AF_UNIX) as listener:
-                listener.bind(str(short))
-            try:
-                os.rename(short, meta)
-            except OSError as exc:
-                pytest.skip(f"cannot move a socket from /tmp next to the metadata: {exc}")
-            finally:
-                with contextlib.suppress(OSError):
-                    short.unlink()
-                short.parent.rmdir()
+        # Put in place as one step, the watcher held: a rescan (every 0.3 s) between
+        # the unlink and the special file's making rightly writes the missing metadata
+        # again ("missing" said too), and the mkfifo then fails (EEXIST).
+        with w.held():
+            meta.unlink()
+            if kind == "fifo":
+                os.mkfifo(meta)
+            else:
+                # Bound where the path is short enough for AF_UNIX, then moved into
+                # place (the socket file stays once it is closed).
+                short = Path(tempfile.mkdtemp(dir="/tmp")) / "s"
+                with socket.socket(socket.AF_UNIX) as listener:
+                    listener.bind(str(short))
+                try:
+                    os.rename(short, meta)
+                except OSError as exc:
+                    pytest.skip(f"cannot move a socket from /tmp next to the metadata: {exc}")
+                finally:
+                    with contextlib.suppress(OSError):
+                        short.unlink()
+                    short.parent.rmdir()
         wait_for(lambda: meta.is_file() and not meta.is_socket(), what="the metadata rebuilt")
         assert w.stop() == 0
     said = lines_about(w.log, "metadata")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -179,9 +180,13 @@ def test_a_huge_file_put_in_the_latest_links_place_while_it_runs(root: Path) -> 
     assert run_cli(root, "ingest", str(sample)).returncode == 0
     latest = root / "console-usage-synced.json"
     with WatchProcess(root, "--rescan-interval", "0.3", wrapper=LIMITED) as watcher:
-        latest.unlink()
-        with latest.open("wb") as handle:
+        # Made beside it, then moved into its place in one step: a rescan between an
+        # unlink of the link and the file's creation rightly makes the link again, and
+        # opening the path would then follow it and truncate the version it names.
+        staged = root.parent / "huge-latest"
+        with staged.open("wb") as handle:
             handle.truncate(HUGE)
+        os.replace(staged, latest)
         watcher.wait_log("holding a snapshot that no version holds")
         _code, out, err = limited(root, "status")
         assert "out of memory" not in err, err

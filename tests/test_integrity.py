@@ -500,8 +500,12 @@ def test_valid_drops_never_depend_on_the_quarantine_folder(root: Path) -> None:
 def test_a_running_watchers_rescans_never_depend_on_the_quarantine_folder(root: Path) -> None:
     with WatchProcess(root, "--rescan-interval", "0.2", global_args=("-v",)) as w:
         rejected = root / "spool" / "rejected"
-        shutil.rmtree(rejected)
-        rejected.write_bytes(b"a file where the folder should be")
+        # Replaced as one step, the watcher held: a rescan (every 0.2 s) between the
+        # removal and the file's making rightly makes the folder again, and the write
+        # then fails (EISDIR).
+        with w.held():
+            shutil.rmtree(rejected)
+            rejected.write_bytes(b"a file where the folder should be")
         mark = w.log.count("rescanned the spool (interval)")
         w.wait_log("rescanned the spool (interval)", count=mark + 2)
         drop(root / "spool", "a.json", payload(1))

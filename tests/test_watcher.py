@@ -386,8 +386,12 @@ def test_a_spool_replaced_by_a_link_to_the_history_ends_the_watcher_in_one_line(
     history = root / "console-usage-history"
     with WatchProcess(root) as w:
         w.wait_log("watching")
-        spool.rename(root / "spool.old")
-        spool.symlink_to(history)
+        # Replaced in one step, as the watcher sees it: woken by the move, a watcher
+        # looking before the link is made rightly makes the spool anew there, and the
+        # link then cannot be made (EEXIST).
+        with w.held():
+            spool.rename(root / "spool.old")
+            spool.symlink_to(history)
         wait_for(lambda: w.proc.poll() is not None, what="the watcher to exit")
         code = w.stop()
     assert code == 1, w.log

@@ -3,9 +3,11 @@ the watcher and server wrappers (start, read the log, stop, kill)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -59,6 +61,25 @@ class LoggedProcess:
 
         wait_for(seen, timeout, f"{text!r} in the {self.tag} log")
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The process stopped (SIGSTOP) for the body, continued (SIGCONT) after it.
+
+        What the body does to the files the process keeps (several steps) then reaches
+        it as one change: it cannot act between two of the steps, as it rightly may
+        while it runs. Entered only once every thread of it has stopped (a signal is
+        delivered asynchronously: a thread in the middle of a system call finishes
+        that call first). The process must be the program itself, not a wrapper that
+        forks it (strace); one that execs it (setpriv) is the program.
+        """
+        pid = self.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: _all_stopped(pid), 15, f"the {self.tag} (pid {pid}) stopped")
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
     def _release(self) -> None:
         """What a subclass holds besides the process (a client), let go before it ends."""
 
@@ -106,3 +127,15 @@ class LoggedProcess:
             self.kill()
         else:
             self._log.close()
+
+
+def _all_stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (state T in /proc)."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            # The state follows the command name, which is in parentheses.
+            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+    if not states:
+        raise AssertionError(f"process {pid} has no threads left")
+    return all(state == "T" for state in states)
