@@ -13,6 +13,7 @@ import errno
 import itertools
 import logging
 import resource
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,10 +127,27 @@ class Backlog:
         self._group_limit = group_limit()
         self._group_max = self._group_limit
         self._failures = 0  # pipeline failures so far: did this group meet one?
+        # Drops of the group under way, out of ``pending`` and not yet stored, and claims
+        # a failed commit of the history left for recovery: still the backlog. The
+        # metrics count it from their own thread, so a drop's move between two of these
+        # is made under the lock, never seen in both or in neither.
+        self._in_hand: dict[str, How] = {}
+        self._left_claimed = 0
+        self._counting = threading.Lock()
 
     def __len__(self) -> int:
-        """Drops waiting or deferred: what systemd's status and the metrics call the backlog."""
-        return len(self.pending) + len(self.deferred)
+        """Drops seen and not yet stored or set aside: waiting, deferred, in the group
+        under way, or claimed by a group whose commit failed (until recovery finishes
+        them). What systemd's status and the metrics call the backlog."""
+        with self._counting:
+            return (
+                len(self.pending) + len(self.deferred) + len(self._in_hand) + self._left_claimed
+            )
+
+    def claims_finished(self) -> None:
+        """Recovery finished every claim left in ``.claimed/``: none waits any more."""
+        with self._counting:
+            self._left_claimed = 0
 
     # -- what is waiting ------------------------------------------------------------
 
@@ -211,7 +229,7 @@ class Backlog:
         began = time.monotonic()
         update_latest = self.maintenance.cache_backoff.due(began)
         failure: GroupFailure | None = None
-        claimed: dict[str, How] = {}
+        claimed = self._in_hand
         failures_before = self._failures
         progressed = False
         try:
@@ -226,12 +244,19 @@ class Backlog:
             # Their claims stay and are committed again after the backoff.
             for item in stored:
                 self.intake.withdrawn(item)
+            with self._counting:
+                self._left_claimed += len(stored)
+                self._in_hand = {}
             self.fail(None, exc)
             return
+        returned = {}
         if failure is not None:
             # Taken again first, as they came: their turn in arrival order is not lost.
             returned = {name: claimed.get(name, How.SETTLE) for name in failure.returned}
+        with self._counting:
             self.pending = {**returned, **self.pending}
+            self._in_hand = {}
+        if failure is not None:
             self.fail(failure.drop, failure.error)
         if progressed and self._failures == failures_before:
             # The whole group went through, its commit included: only then is the wait
@@ -272,11 +297,12 @@ class Backlog:
             except StorageError as exc:
                 self.fail(name, exc)
                 break
-            self.pending.pop(name, None)
+            with self._counting:
+                self.pending.pop(name, None)
+                if isinstance(outcome, Stored):
+                    claimed[name] = how  # staged: stored once the group commits
             if not (isinstance(outcome, Blocked) and outcome.step == "claim"):
                 progressed = True
-            if isinstance(outcome, Stored):
-                claimed[name] = how
             self.apply(outcome)
             if len(claimed) >= self._group_max or time.monotonic() - began > _GROUP_SECONDS:
                 break  # publish this group; the rest waits one loop (watchdog pings)

@@ -462,6 +462,7 @@ class Watcher:
     def _recover_claims(self) -> None:
         for outcome in self._recovery.recover():
             self.backlog.apply(outcome)
+        self.backlog.claims_finished()  # recover() raises while any claim is left
 
     # -- systemd ------------------------------------------------------------------------
 
