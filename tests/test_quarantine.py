@@ -7,7 +7,8 @@ EPERM even for root) must leave the drop in the spool, with nothing of it in the
 quarantine and nothing counted as rejected, until the fault clears. A watcher killed
 (SIGKILL, through strace) between the reason file and the move must not leave a
 rejection counted either. A copy of many pieces (slowed by strace) keeps systemd's
-watchdog fed, piece by piece, and the watcher goes on after it.
+watchdog fed, piece by piece, and the watcher goes on after it; a stop amid it gives the
+copy up at its next piece, and leaves the drop in the spool for the next start.
 
 Skipped, with the reason, when not root or when chattr/mount/strace do not work here.
 """
@@ -16,16 +17,26 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
+import hashlib
 import json
 import os
 import re
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from support import run_cli, wait_for
-from support.capabilities import STRACE, immutable, needs_strace_root, quarantine_fsyncs, tmpfs
+from support.capabilities import (
+    STRACE,
+    immutable,
+    needs_strace_root,
+    quarantine_fsyncs,
+    tmpfs,
+    traced_program,
+)
 from support.sdnotify import NotifyListener
 from support.watchproc import WatchProcess, drop, payload, stored_contents
 from test_integrity import in_syscall, syscall_delayed, wait_in_syscall
@@ -343,6 +354,95 @@ def test_a_long_copy_into_another_filesystem_keeps_the_watchdog_fed_and_the_watc
         assert "Traceback" not in log and "cannot notify" not in log, log
         assert sorted(os.listdir(quarantine)) == ["big.json", f"big.json{REASON}"]
         assert filecmp.cmp(kept, quarantine / "big.json", shallow=False)
+
+
+@needs_strace_root
+@pytest.mark.parametrize("run", ["service", "once"])
+def test_a_stop_amid_a_long_copy_into_another_filesystem_leaves_the_drop_in_the_spool(
+    root: Path, tmp_path: Path, can_mount: None, run: str
+) -> None:
+    """SIGTERM while an over-limit drop of 12 pieces of data is being copied across
+    filesystems, every ``sendfile`` (one a piece) held up 0.5 s: the copy is given up at
+    its next piece, and the watcher stops as it always does, not minutes later: a
+    service exits 0 with its stop line; ``--once`` as when a stop leaves drops in the
+    spool (exit 1, saying so). Nothing of the drop is left in the quarantine (no temp
+    file, no reason file), the drop waits in the spool untouched, and the valid drop
+    claimed before it in the same group is stored. The next start sets it aside, whole."""
+    spool = root / "spool"
+    piece, pieces, delay = 16 * MIB, 12, 1.0  # the copy's piece; one sendfile each
+    block = os.urandom(MIB + 7)
+    data = (block * (pieces * piece // len(block) + 1))[: pieces * piece]
+    digest = hashlib.sha256(data).digest()
+    staged = spool / "tmp" / ".big.json.part"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(data)
+    del data, block
+    kept = root / "big.orig"  # the same inode, by a name the watcher never looks at
+    os.link(staged, kept)
+    # Both wait when the watcher starts, the valid one older: one group, taken in that
+    # order, and both long settled.
+    good = drop(spool, "good.json", payload(3))
+    os.utime(good, (time.time() - 120,) * 2)
+    os.rename(staged, spool / "big.json")
+    os.utime(spool / "big.json", (time.time() - 60,) * 2)
+    held = ("-f", "-qq", "-o", os.devnull, "-e", "trace=sendfile")
+    held += ("-e", f"inject=sendfile:delay_enter={int(delay * 1e6)}")
+    with tmpfs(tmp_path / "other-fs", size="256m") as fs:
+        quarantine = fs / "rejected"
+        with WatchProcess(
+            root,
+            *(("--once",) if run == "once" else ()),
+            global_args=("--rejected-dir", str(quarantine)),
+            wrapper=(STRACE, *held),
+        ) as watcher:
+            program = traced_program(watcher.proc.pid)
+            try:
+
+                def copying() -> bool:
+                    return quarantine.is_dir() and any(
+                        n.startswith(".tmp-") for n in os.listdir(quarantine)
+                    )
+
+                wait_for(copying, 20, "the copy under way")
+                os.kill(program, signal.SIGTERM)
+                # The old way finished the copy first: at least 11 more held-up pieces,
+                # 11 s. Given up at the next piece, the stop takes one piece (1 s) and
+                # the usual stop (well under a second): 8 s leaves room for a busy
+                # machine, and still fails a stop that waits for the whole copy.
+                try:
+                    code = watcher.proc.wait(timeout=(pieces - 1) * delay - 3)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"the stop waited for the copy:\n{watcher.log}") from None
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(program, signal.SIGKILL)
+        log = watcher.log
+        assert "Traceback" not in log, log
+        errors = [line for line in log.splitlines() if " ERROR " in line]
+        if run == "once":
+            left = "ERROR 1 drop(s) could not be stored: left in the spool for the next start"
+            assert (code, len(errors)) == (1, 1) and left in errors[0], log
+        else:
+            assert (code, errors) == (0, []), log
+        said = f"INFO stopping: the copy of big.json into {quarantine} abandoned ("
+        assert log.count(said) == 1, log
+        assert "; set aside at the next start" in log, log
+        assert "stopped: 1 ingested, 0 rejected, 1 waiting" in log, log
+        assert os.listdir(quarantine) == [], "nothing of it in the quarantine"
+        big = spool / "big.json"
+        assert os.path.samestat(os.lstat(big), os.lstat(kept)), "the drop itself, untouched"
+        with big.open("rb") as handle:
+            assert hashlib.file_digest(handle, "sha256").digest() == digest
+        assert stored_contents(root) == {payload(3): 1}
+
+        code, log = once(root, quarantine)
+
+        assert code == 0, log
+        assert "abandoned" not in log, log
+        assert sorted(os.listdir(quarantine)) == ["big.json", f"big.json{REASON}"]
+        assert filecmp.cmp(kept, quarantine / "big.json", shallow=False)
+        assert not big.exists()
+        assert rejected_counts(root, quarantine) == (1, 1)
 
 
 @needs_strace_root

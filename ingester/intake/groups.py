@@ -24,10 +24,11 @@ from ..history.batch import Batch
 from ..history.store import HistoryStore
 from ..runtime.signals import StopFlag
 from .arrivals import How
-from .intake import Intake
+from .intake import Intake, size_words
 from .maintenance import Maintenance
 from .metrics import Metrics
 from .outcomes import (
+    Abandoned,
     Blocked,
     Deferred,
     Dropped,
@@ -140,9 +141,7 @@ class Backlog:
         under way, or claimed by a group whose commit failed (until recovery finishes
         them). What systemd's status and the metrics call the backlog."""
         with self._counting:
-            return (
-                len(self.pending) + len(self.deferred) + len(self._in_hand) + self._left_claimed
-            )
+            return len(self.pending) + len(self.deferred) + len(self._in_hand) + self._left_claimed
 
     def claims_finished(self) -> None:
         """Recovery finished every claim left in ``.claimed/``: none waits any more."""
@@ -297,6 +296,12 @@ class Backlog:
             except StorageError as exc:
                 self.fail(name, exc)
                 break
+            if isinstance(outcome, Abandoned):
+                # A stop gave its copy up: it is still in the spool, so it stays waiting
+                # (a --once run counts it as left), and the drops claimed before it are
+                # committed as the group ends, as at any stop between two drops.
+                self.apply(outcome)
+                break
             with self._counting:
                 self.pending.pop(name, None)
                 if isinstance(outcome, Stored):
@@ -356,6 +361,16 @@ class Backlog:
                     outcome.error,
                     self._then(retry),
                 )
+        elif isinstance(outcome, Abandoned):
+            log.info(
+                "stopping: the copy of %s into %s abandoned (%s of %s copied); set aside "
+                "at the next start",
+                outcome.drop,
+                outcome.into,
+                size_words(outcome.done),
+                size_words(outcome.total),
+                extra={"event": "abandoned", "drop": outcome.drop},
+            )
         elif isinstance(outcome, Recovered):
             self.maintenance.latest_dirty = self.maintenance.meta_dirty = True
             log.info("%s was already stored; removed its claim", outcome.version)

@@ -29,8 +29,10 @@ from ..history import durable
 from ..history.batch import Batch
 from ..history.store import VERSION_MODE, HistoryStore
 from ..payload.gate import check_payload
+from ..runtime.signals import StopFlag
 from .arrivals import How
 from .outcomes import (
+    Abandoned,
     Blocked,
     Deferred,
     Dropped,
@@ -45,7 +47,7 @@ from .readiness import Folder, Gone, Readiness, Wait, writers_present
 from .second_names import version_named_by
 from .spool import Opened, Spool, open_entry
 
-__all__ = ["Intake"]
+__all__ = ["Intake", "size_words"]
 
 log = logging.getLogger("ingester.watcher")
 
@@ -115,7 +117,9 @@ class Intake:
     Store failures of the history raise :class:`StorageError`; the loop backs off.
     ``alive`` is called from inside a step that may last long (a drop copied into a
     quarantine on another filesystem) each time it has put another piece on disk: the
-    loop's liveness (its watchdog pings) follows the progress of such a step.
+    loop's liveness (its watchdog pings) follows the progress of such a step. ``stop`` is
+    the loop's stop flag: once it is set, such a copy is given up at its next piece
+    (:class:`Abandoned`), so that a stop never waits for the rest of it.
     """
 
     store: HistoryStore
@@ -124,6 +128,7 @@ class Intake:
     readiness: Readiness
     settle: float
     alive: Callable[[], None] = _no_one_listens
+    stop: StopFlag = field(default_factory=StopFlag)
     euid: int = field(default_factory=os.geteuid)
     umask: int = field(default_factory=durable.current_umask)
     same_fs: bool = False
@@ -230,9 +235,10 @@ class Intake:
 
         Returns what was read when it is a valid payload; otherwise what became of it:
         set aside in quarantine (invalid, not a regular file, or a mode we cannot read),
-        gone, a folder, or (``may_be_open``: judged complete by stability alone) left to
-        its writer a while longer. A ``claimed`` file is our own: one we cannot read is
-        a storage failure to retry, never a reason to set it aside.
+        gone, a folder, (``may_be_open``: judged complete by stability alone) left to
+        its writer a while longer, or left where it is by a stop asked amid its copy
+        into the quarantine (:class:`Abandoned`). A ``claimed`` file is our own: one we
+        cannot read is a storage failure to retry, never a reason to set it aside.
         """
         # 1. read
         try:
@@ -567,9 +573,10 @@ class Intake:
         kind: str | None = None,
         *,
         expect: tuple[int, int] | None = None,
-    ) -> Rejected | Blocked:
+    ) -> Rejected | Blocked | Abandoned:
         """Set ``path`` aside with ``reason``; ``expect``: the identity of what was judged
-        (see :meth:`Spool.quarantine`)."""
+        (see :meth:`Spool.quarantine`). :class:`Abandoned` when a stop was asked amid its
+        copy into the quarantine (see :meth:`_copy_progress`): ``path`` is left as it was."""
         try:
             where = self.spool.quarantine(
                 Path(path),
@@ -593,22 +600,34 @@ class Intake:
             # A problem of this drop (or of the rejected folder), not of the history:
             # it waits on its own, and the valid drops behind it go on.
             return Blocked(name, "quarantine", exc, reason)
+        except durable.CopyAbandoned as exc:
+            # Nothing failed: the drop is as it was before the copy began, to be judged
+            # again at the next start.
+            return Abandoned(name, self.spool.rejected_dir, exc.done, exc.total)
         self._done(Dropped(name))
         return Rejected(name, reason, where, kind)
 
     def _copy_progress(self, name: str) -> durable.CopyProgress:
         """What a copy of drop ``name`` into the quarantine on another filesystem tells:
         its start, said in the log when it is large (the loop takes nothing else until it
-        ends), then each piece on disk, passed on to :attr:`alive`."""
+        ends), then each piece on disk, passed on to :attr:`alive`.
+
+        Once :attr:`stop` is set, the next piece on disk gives the copy up (raises
+        :class:`~ingester.history.durable.CopyAbandoned`) unless its data is all copied:
+        a runaway writer's gigabytes would hold a stop for minutes, past systemd's
+        ``TimeoutStopSec``, and the drop loses nothing by waiting in the spool.
+        """
 
         def progress(done: int, total: int) -> None:
             if done:
+                if self.stop.is_set() and done < total:
+                    raise durable.CopyAbandoned(done, total)
                 self.alive()
             elif total > _SAY_COPY_BYTES:
                 log.info(
                     "setting aside %s (%s) across filesystems, into %s",
                     name,
-                    _size_words(total),
+                    size_words(total),
                     self.spool.rejected_dir,
                 )
 
@@ -688,7 +707,7 @@ def _mount_id(folder: Path) -> int | None:
     return None
 
 
-def _size_words(size: int) -> str:
+def size_words(size: int) -> str:
     """A large size (bytes) as an operator reads it: ``80.0 MiB``, ``3.2 GiB``."""
     if size >= 1 << 30:
         return f"{size / (1 << 30):.1f} GiB"

@@ -2,19 +2,22 @@
 
 Each is a frozen dataclass the service loop applies once (counts, logs, per-drop waits,
 when to look again): :class:`Stored`, :class:`Rejected`, :class:`Deferred`,
-:class:`Dropped`, :class:`Ignored`, :class:`Blocked`, :class:`Recovered` (a claim
-found already stored) and :class:`SecondName` (a drop found to be a stored version's own
-file), together :data:`Outcome`; :class:`GroupFailure` is a group's
+:class:`Dropped`, :class:`Ignored`, :class:`Blocked`, :class:`Abandoned` (a drop's
+copy into the quarantine given up at a stop), :class:`Recovered` (a claim found already
+stored) and :class:`SecondName` (a drop found to be a stored version's own file),
+together :data:`Outcome`; :class:`GroupFailure` is a group's
 commit stopped at one drop (``docs/design.md``, "One drop").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import StorageError
 
 __all__ = [
+    "Abandoned",
     "Blocked",
     "Deferred",
     "Dropped",
@@ -96,6 +99,22 @@ class Blocked:
 
 
 @dataclass(frozen=True)
+class Abandoned:
+    """A stop was asked while ``drop`` was being copied into the quarantine on another
+    filesystem (``into``): the copy was given up after ``done`` of ``total`` bytes of
+    data, its temp file and reason file removed, and the drop left where it was, to be
+    set aside at the next start.
+
+    Not a failure: nothing is retried, and the loop stops.
+    """
+
+    drop: str
+    into: Path
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class GroupFailure:
     """What stopped a group: the ``error``, and the ``drop`` it hit (None: the group's).
 
@@ -126,4 +145,6 @@ class SecondName:
     version: str
 
 
-Outcome = Stored | Rejected | Deferred | Dropped | Ignored | Blocked | Recovered | SecondName
+Outcome = (
+    Stored | Rejected | Deferred | Dropped | Ignored | Blocked | Abandoned | Recovered | SecondName
+)

@@ -385,7 +385,9 @@ class Spool:
         Returns the name it was given in ``rejected/``. Raises :class:`StorageError`
         when ``rejected/`` cannot be made, is not a real folder, or the move fails
         (``ENOSPC`` when the drop's data cannot fit there: see
-        :func:`ingester.history.durable.move_file`).
+        :func:`ingester.history.durable.move_file`), and what ``progress`` raised
+        (:class:`ingester.history.durable.CopyAbandoned`) when it gave the copy up: the
+        reason file is taken back in each case, as for a failed move.
         """
         self._check_rejected_dir()
         target = self._free_rejected_name(name)
@@ -407,7 +409,7 @@ class Spool:
         except MovedNotDurable as exc:
             exc.moved_to = target
             raise
-        except StorageError:
+        except (StorageError, durable.CopyAbandoned):
             # Left behind, it would say a drop was set aside that never was. If it
             # cannot be removed either, it is still counted nowhere (see above).
             with contextlib.suppress(StorageError):

@@ -86,6 +86,7 @@ class Watcher:
         self.store: HistoryStore = settings.store()
         self.spool = Spool(settings.spool_dir, settings.rejected_dir)
         self.locks: WatcherLocks  # made by run(), with the purpose of the moment
+        self._stop = StopFlag()
         self.intake = Intake(
             store=self.store,
             spool=self.spool,
@@ -93,6 +94,7 @@ class Watcher:
             readiness=Readiness(options.settle, options.rescan_interval),
             settle=options.settle,
             alive=self._alive,
+            stop=self._stop,
         )
         self._recovery = ClaimRecovery(self.intake)
         self.clock_jump = ClockJump()
@@ -106,7 +108,6 @@ class Watcher:
             retries=not options.once,
         )
         self._logged: set[str] = set()
-        self._stop = StopFlag()
         self.metrics = metrics
         self.backlog = Backlog(
             self.store,
@@ -129,7 +130,8 @@ class Watcher:
     # -- lifecycle ----------------------------------------------------------------
 
     def request_stop(self, *_: object) -> None:
-        """Finish the drop in hand, then stop (signal handler)."""
+        """Finish the drop in hand, then stop (signal handler); a drop being copied into a
+        quarantine on another filesystem is left in the spool at the copy's next piece."""
         self._stop.set()
 
     def _install_signals(self) -> None:

@@ -18,7 +18,7 @@ other steps) at once, :mod:`.fsyncs`; moves across filesystems and files written
 :mod:`.copies`. Import from this package: every name is here.
 """
 
-from .copies import CopyProgress, move_file, streamed_file
+from .copies import CopyAbandoned, CopyProgress, move_file, streamed_file
 from .fsyncs import FSYNC_THREAD_PREFIX, each_at_once, fsync_dirs, fsync_each
 from .staged import SpareFile, StagedFile, link_file, replace_symlink, write_file
 from .steps import (
@@ -55,6 +55,7 @@ __all__ = [
     "SUBMIT_TEMP_PREFIX",
     "TEMP_PREFIX",
     "WRITE_TEMP_PREFIX",
+    "CopyAbandoned",
     "CopyProgress",
     "SpareFile",
     "StagedFile",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
-from ...errors import MovedNotDurable, StorageError
+from ...errors import IngesterError, MovedNotDurable, StorageError
 from .steps import (
     READ_NOFOLLOW,
     WRITE_TEMP_PREFIX,
@@ -28,7 +28,7 @@ from .steps import (
     write_all,
 )
 
-__all__ = ["CopyProgress", "move_file", "streamed_file"]
+__all__ = ["CopyAbandoned", "CopyProgress", "move_file", "streamed_file"]
 
 
 CopyProgress: TypeAlias = Callable[[int, int], None]
@@ -37,7 +37,25 @@ of data (holes not counted). Called once with ``done == 0`` when the copy begins
 room for it checked), then each time another :data:`_STEP` bytes are on disk, never
 while a piece is still under way: a copy that makes no progress calls nothing. ``done``
 may pass ``total`` when the file grows meanwhile. Whatever it raises ends the copy
-(its temp file removed)."""
+(its temp file removed, the source untouched), and is raised by :func:`move_file` as it
+is: a caller that must give up on a long copy (a stop asked) raises
+:class:`CopyAbandoned`. It is called only before the copy is named (linked into
+place): a copy that was named is never given up."""
+
+
+class CopyAbandoned(IngesterError):
+    """What a :data:`CopyProgress` raises to give up the copy under way: ``done`` of
+    ``total`` bytes of data were copied (and are now thrown away).
+
+    Not an ``OSError``: nothing failed, so no caller may take it for a failed write (to
+    be logged as one, and retried after a backoff). :func:`move_file` raises it unwrapped,
+    the temp file removed and the source where it was, as if the move had not begun.
+    """
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"copy abandoned after {done} of {total} bytes")
+        self.done = done
+        self.total = total
 
 
 _REPLACED = "replaced by another file while being moved; left as it is now"
@@ -82,6 +100,8 @@ def move_file(
     Raises :class:`StorageError` when the move fails (``ENOSPC`` before a byte is
     written when the data cannot fit in ``dst``'s filesystem), and
     :class:`MovedNotDurable` when it was made but the fsync of a folder then failed.
+    What ``progress`` raises (:class:`CopyAbandoned`) is raised as it is, the move not
+    made: ``src`` where it was, nothing at ``dst``.
     """
     try:
         os.rename(src, dst)
