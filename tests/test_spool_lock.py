@@ -138,11 +138,8 @@ def test_a_spool_made_anew_is_locked_anew(root: Path, tmp_path: Path, how: str) 
             # Removed as one step, as the watcher sees it: a watcher running between
             # rmtree's unlink of the lock file and its rmdir rightly locks the folder
             # still there again, and the rmdir then fails (ENOTEMPTY).
-            os.kill(first.proc.pid, signal.SIGSTOP)
-            try:
+            with first.held():
                 shutil.rmtree(root / "spool")
-            finally:
-                os.kill(first.proc.pid, signal.SIGCONT)
         else:
             (root / "spool").rename(tmp_path / "old-spool")
         first.wait_log("was removed or replaced; restarting its watch")
