@@ -415,6 +415,51 @@ def test_mirror_once_uploads_each_version_and_restore_passes_verify(
     restore_and_verify(root, tmp_path, target, env)
 
 
+@pytest.mark.parametrize("kms", [False, True], ids=["plain", "sse-kms"])
+def test_versions_deleted_from_the_bucket_during_a_restore_are_not_its_fault(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], kms: bool
+) -> None:
+    """A follow-mode mirror deletes the oldest objects while a restore runs: listed, then
+    gone before their download (or before an ETag that proves nothing is looked into).
+    They are no longer in the mirror: not restored, said, exit 0. The deletion is made
+    by the proxy as the listing is answered, so it falls between the listing and the
+    downloads every time."""
+    store = make_store(root)
+    names = add_versions(store, 5)
+    target = f"s3://{bucket}/gone"
+    mirrored = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert mirrored.returncode == 0, mirrored.stderr
+    restored = tmp_path / "restored"
+    # One version is there already: with SSE-KMS ETags only the stored checksum's HEAD
+    # could prove its bytes, and that finds the object gone.
+    (restored / HISTORY).mkdir(parents=True)
+    shutil.copy2(root / HISTORY / names[0], restored / HISTORY / names[0])
+    client = client_for(s3.endpoint)
+    proxy = FaultProxy(s3.port)
+    proxy.kms_etags = kms
+
+    def retention(method: str, path: str) -> None:
+        if method == "GET" and "list-type=2" in path:
+            for name in names[:2]:
+                client.delete_object(Bucket=bucket, Key=f"gone/{name}")
+
+    proxy.answered = retention
+    try:
+        env = s3_env(proxy.endpoint, aws_files)
+        done = run_cli(tmp_path, "restore", target, "--root", str(restored), **env)
+    finally:
+        proxy.close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "error" not in done.stderr, done.stderr
+    assert done.stdout.splitlines()[0].endswith(
+        "; 1 already present; 1 deleted from the object store since its listing (the "
+        "mirror's retention), not restored"
+    ), done.stdout
+    assert sorted(local_versions(restored)) == [names[0], *names[2:]]
+    check = run_cli(restored, "verify")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_a_restore_from_a_keep_mode_bucket_counts_what_it_brings_back_as_not_deleted(
     root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

@@ -217,6 +217,12 @@ def restore(
         f"restored {len(result.restored)} version(s) ({result.bytes} bytes) from {source} "
         f"into {store.history_dir}"
         + (f"; {len(result.present)} already present" if result.present else "")
+        + (
+            f"; {len(result.gone)} deleted from the object store since its listing (the "
+            "mirror's retention), not restored"
+            if result.gone
+            else ""
+        )
     )
     say(f"latest:  {store.latest_path} -> {result.latest}")
     if result.unverified:

@@ -36,6 +36,7 @@ from ..errors import (
     RestoreError,
     StorageError,
     VersionExists,
+    VersionNotFound,
     VersionTooLarge,
 )
 from ..history.local import LocalWriter
@@ -68,6 +69,10 @@ class RestoreResult:
     invalid: list[tuple[str, str]] = field(default_factory=list)
     """Objects named as versions whose bytes the payload's gate refuses, with its reason:
     not restored (the history would not pass ``verify``, nor its latest link name one)."""
+    gone: list[str] = field(default_factory=list)
+    """Versions listed, then deleted from the object store before their download (a
+    mirror's ``follow`` retention, running meanwhile): no longer in the mirror, so not
+    restored, and no fault of the restore."""
 
 
 def restore_history(
@@ -127,13 +132,21 @@ def restore_history(
             # (then neither can be read to tell, and ours is left as it is).
             return None if exc.size == obj.size else False
         try:
-            return remote.compare(obj, local)
+            verdict = remote.compare(obj, local)
+            if verdict is False and remote.head(obj.name) is None:
+                # Not other bytes: the object is gone since the listing (the mirror's
+                # retention). Ours is then simply present, and stays as it is.
+                return True
+            return verdict
         except ObjectStoreError as exc:
             raise RestoreError(f"cannot read {target.key(obj.name)}: {exc.detail}") from None
 
-    def fetch(obj: RemoteObject) -> tuple[bytes, bool]:
+    def fetch(obj: RemoteObject) -> tuple[bytes, bool] | None:
+        """``obj``'s bytes and whether they were proved; ``None``: gone since the listing."""
         try:
             return remote.fetch(obj)
+        except VersionNotFound:
+            return None
         except VersionTooLarge as exc:  # larger than it was listed: not the object listed
             raise RestoreError(str(exc)) from None
         except ObjectStoreError as exc:
@@ -154,7 +167,11 @@ def restore_history(
         # Downloads run a little ahead in parallel; writes stay in name order, one at a
         # time. A failed download stops the restore before more than a few others begin.
         fetched = in_order(pool, fetch, wanted, threads)
-        for obj, (data, checked) in zip(wanted, fetched, strict=True):
+        for obj, got in zip(wanted, fetched, strict=True):
+            if got is None:
+                result.gone.append(obj.name)
+                continue
+            data, checked = got
             try:
                 judge_payload(data, max_bytes=max_bytes)
             except PayloadRejected as exc:

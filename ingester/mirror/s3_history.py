@@ -287,7 +287,9 @@ class S3History:
         object says of itself; and whether that proved them (``False``: size alone).
 
         Raises :class:`~ingester.errors.ObjectStoreError` when the bytes are not the
-        object's (the kind ``damaged``), or when the store cannot be read, and
+        object's (the kind ``damaged``), or when the store cannot be read,
+        :class:`~ingester.errors.VersionNotFound` when the object is gone since the
+        listing (the mirror's retention deleted it), and
         :class:`~ingester.errors.VersionTooLarge` when the object holds more than
         :attr:`max_version_bytes` (its body not read).
         """
@@ -297,6 +299,8 @@ class S3History:
         except VersionTooLarge:
             raise
         except Exception as exc:
+            if _missing(exc):
+                raise VersionNotFound(obj.name) from None
             raise self._failed(exc) from None
         return data, self._checked(obj.name, response, data, size=obj.size, etag=obj.etag)
 

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -241,6 +242,9 @@ class FaultProxy:
     ``kms_etags`` makes every ETag it passes on (headers and listings) what an SSE-KMS
     bucket gives: 32 hex digits that are not the MD5 of the bytes, the same for the same
     stored object. ``requests`` records each forwarded request as ``(method, path)``.
+    ``answered``, when set, is called with ``(method, path)`` of each forwarded request
+    once the server has answered it and before the client hears the answer: what it
+    does to the store falls exactly between that answer and the client's next request.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -252,6 +256,7 @@ class FaultProxy:
         self.in_flight = 0
         self.kms_etags = False
         self.requests: list[tuple[str, str]] = []
+        self.answered: Callable[[str, str], None] | None = None
         self._lock = threading.Lock()
         proxy = self
 
@@ -310,6 +315,8 @@ class FaultProxy:
                 with proxy._lock:
                     proxy.forwarded += 1
                     proxy.requests.append((self.command, self.path))
+                if proxy.answered is not None:
+                    proxy.answered(self.command, self.path)
                 if proxy.kms_etags:
                     data = _KMS_ETAG_IN_XML.sub(
                         lambda m: m[1] + kms_etag(m[2]) + m[3], data.decode("utf-8", "replace")
