@@ -132,7 +132,8 @@ def test_the_scraper_syncs_with_the_original_port_and_key(root: Path) -> None:
     port = free_port()
     with original_server(root, "--watch", port=port) as server:
         assert server.port == port
-        assert "POST key from CLAUDE_SYNC_API_KEY" in server.log
+        # The configuration's lines follow the listening line that start() waits for.
+        server.wait_log("POST key from CLAUDE_SYNC_API_KEY")
         assert SYNC_KEY not in server.log
         data = snapshot()
         sync = scraper_sync(server.base, SYNC_KEY, data)
@@ -553,7 +554,8 @@ def test_every_refused_post_is_one_log_line_without_key_material(root: Path) -> 
 def test_ingester_api_key_wins_over_the_original_variable(root: Path) -> None:
     server = original_server(root, INGESTER_API_KEY="ours-first")
     with server:
-        assert "POST key from INGESTER_API_KEY" in server.log
+        # The configuration's lines follow the listening line that start() waits for.
+        server.wait_log("POST key from INGESTER_API_KEY")
         assert scraper_sync(server.base, "ours-first", snapshot()).category == "ok"
         assert scraper_sync(server.base, SYNC_KEY, snapshot()).category == "AUTH"
         assert "ours-first" not in server.log
@@ -564,6 +566,10 @@ def test_listen_and_ingester_listen_win_over_port(root: Path) -> None:
     server = original_server(root, port=other, INGESTER_LISTEN=f"127.0.0.1:{port}")
     with server:
         assert server.port == port
+        # Answered, so every start-up line is written: the listening line that start()
+        # waits for comes before the configuration's, this one's place among them.
+        assert server.get("/api/health").status_code == 503
+        assert "POST key from " in server.log
         assert "address from PORT" not in server.log
 
 
@@ -597,7 +603,8 @@ def test_the_port_variable_keeps_the_loopback_host(root: Path) -> None:
     port = both_loopbacks_port()
     with original_server(root, port=port) as server:
         assert f"listening on http://127.0.0.1:{port}" in server.log
-        assert f"address from PORT={port}; on the loopback addresses only" in server.log
+        # The configuration's lines follow the listening line that start() waits for.
+        server.wait_log(f"address from PORT={port}; on the loopback addresses only")
         assert server.get("/api/health").status_code == 503  # it answers: no data yet
     listening = server.log.split("listening on ", 1)[1].split(" (", 1)[0]
     assert "0.0.0.0" not in listening and "[::]" not in listening

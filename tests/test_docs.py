@@ -972,6 +972,12 @@ def _answers(url: str) -> bool:
     return _http("GET", url)[0] != 0
 
 
+def _watched(health: str) -> bool:
+    """Whether the server answering ``health`` sees a watcher that takes its spool."""
+    watcher = _http("GET", health)[1].get("watcher")
+    return isinstance(watcher, dict) and watcher.get("running") is True
+
+
 def test_the_serve_guide_s_blocks_serve_and_store(tmp_path: Path) -> None:
     """One process, then beside a watcher with the guide's two curl calls, then with a
     trigger command: each serves the original's endpoints and stores what is POSTed."""
@@ -1002,7 +1008,12 @@ def test_the_serve_guide_s_blocks_serve_and_store(tmp_path: Path) -> None:
     port = free_port()
     block = _as_here(example("serve-beside-watcher")).replace("8080", str(port))
     with in_background(block, beside, HOME=str(home)):
-        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/api/health"), 60, "serve to listen")
+        health = f"http://127.0.0.1:{port}/api/health"
+        wait_for(lambda: _answers(health), 60, "serve to listen")
+        # The block starts the watcher and serve side by side: serve may answer before
+        # the watcher holds the locks, and the POST shown is answered "the watcher
+        # stores it" only once serve sees one.
+        wait_for(lambda: _watched(health), 60, "serve to see the watcher")
         address = {"127.0.0.1:8080": f"127.0.0.1:{port}"}
         run_transcript("serve-curl", beside, address, KEY=key)
         wait_for(lambda: len(_versions(beside)) == 2, 30, "the watcher storing the POST")

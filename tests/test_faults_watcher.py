@@ -95,8 +95,21 @@ def fault_then_heal(
     count = len(pattern.findall(watcher.log))
     wait_for(lambda: len(pattern.findall(watcher.log)) > count, 15, "a retry")
     assert watcher.proc.poll() is None, watcher.log
-    for name, data in during.items():
-        assert (settings.spool_dir / name).read_bytes() == data, f"{name} was touched"
+
+    # Each retry may claim the drops (a rename into .claimed/) before its step fails and
+    # puts them back: a look that falls within the next retry, on a busy machine, finds
+    # a drop gone for that moment. Waited for, then: every drop back in the spool with
+    # its bytes (other bytes fail at once).
+    def untouched() -> bool:
+        for name, data in during.items():
+            try:
+                seen = (settings.spool_dir / name).read_bytes()
+            except FileNotFoundError:
+                return False  # claimed by the retry under way
+            assert seen == data, f"{name} was touched"
+        return True
+
+    wait_for(untouched, 15, "the drops back in the spool between two retries")
     clear_fault()  # type: ignore[operator]
     expect = Expect(settings, [*before.values(), *during.values()], {})
     # While it runs, an empty spare temp file for the next copy may be there.
