@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import IngesterError, MovedNotDurable, PayloadRejected, StorageError
+from ..errors import IngesterError, PayloadRejected, StorageError
 from ..history import durable
 from ..history.batch import Batch
 from ..history.store import VERSION_MODE, HistoryStore
@@ -45,15 +45,12 @@ from .outcomes import (
 )
 from .readiness import Folder, Gone, Readiness, Wait, writers_present
 from .second_names import version_named_by
+from .set_aside import SetAside
 from .spool import Opened, Spool, open_entry
 
-__all__ = ["Intake", "size_words"]
+__all__ = ["Intake"]
 
 log = logging.getLogger("ingester.watcher")
-
-_SAY_COPY_BYTES = 64 << 20
-"""A copy into the quarantine of more data than this says so as it begins: a runaway
-writer's gigabytes may take minutes, during which the loop takes no other drop."""
 
 
 def _no_one_listens() -> None:
@@ -119,7 +116,9 @@ class Intake:
     quarantine on another filesystem) each time it has put another piece on disk: the
     loop's liveness (its watchdog pings) follows the progress of such a step. ``stop`` is
     the loop's stop flag: once it is set, such a copy is given up at its next piece
-    (:class:`Abandoned`), so that a stop never waits for the rest of it.
+    (:class:`Abandoned`), so that a stop never waits for the rest of it. Both are handed
+    to the set-aside path (:class:`~ingester.intake.set_aside.SetAside`) as the intake is
+    made.
     """
 
     store: HistoryStore
@@ -141,6 +140,7 @@ class Intake:
     _claimed: str = ""
 
     def __post_init__(self) -> None:
+        self._set_aside = SetAside(self.spool, self.alive, self.stop)
         self._spool = os.fspath(self.spool.dir)
         self._claimed = os.fspath(self.spool.claimed_dir)
 
@@ -574,64 +574,11 @@ class Intake:
         *,
         expect: tuple[int, int] | None = None,
     ) -> Rejected | Blocked | Abandoned:
-        """Set ``path`` aside with ``reason``; ``expect``: the identity of what was judged
-        (see :meth:`Spool.quarantine`). :class:`Abandoned` when a stop was asked amid its
-        copy into the quarantine (see :meth:`_copy_progress`): ``path`` is left as it was."""
-        try:
-            where = self.spool.quarantine(
-                Path(path),
-                name,
-                reason,
-                errors or [{"msg": reason}],
-                expect=expect,
-                progress=self._copy_progress(name),
-            )
-        except MovedNotDurable as exc:
-            # It is in rejected/ (so nothing is left to retry), but a crash may put it
-            # back in the spool, where it would be judged and set aside again.
-            where = exc.moved_to
-            log.error(
-                "%s is set aside as %s, but a crash may put it back in the spool: %s",
-                name,
-                where,
-                exc,
-            )
-        except StorageError as exc:
-            # A problem of this drop (or of the rejected folder), not of the history:
-            # it waits on its own, and the valid drops behind it go on.
-            return Blocked(name, "quarantine", exc, reason)
-        except durable.CopyAbandoned as exc:
-            # Nothing failed: the drop is as it was before the copy began, to be judged
-            # again at the next start.
-            return Abandoned(name, self.spool.rejected_dir, exc.done, exc.total)
-        self._done(Dropped(name))
-        return Rejected(name, reason, where, kind)
-
-    def _copy_progress(self, name: str) -> durable.CopyProgress:
-        """What a copy of drop ``name`` into the quarantine on another filesystem tells:
-        its start, said in the log when it is large (the loop takes nothing else until it
-        ends), then each piece on disk, passed on to :attr:`alive`.
-
-        Once :attr:`stop` is set, the next piece on disk gives the copy up (raises
-        :class:`~ingester.history.durable.CopyAbandoned`) unless its data is all copied:
-        a runaway writer's gigabytes would hold a stop for minutes, past systemd's
-        ``TimeoutStopSec``, and the drop loses nothing by waiting in the spool.
-        """
-
-        def progress(done: int, total: int) -> None:
-            if done:
-                if self.stop.is_set() and done < total:
-                    raise durable.CopyAbandoned(done, total)
-                self.alive()
-            elif total > _SAY_COPY_BYTES:
-                log.info(
-                    "setting aside %s (%s) across filesystems, into %s",
-                    name,
-                    size_words(total),
-                    self.spool.rejected_dir,
-                )
-
-        return progress
+        """Set ``path`` aside (see :meth:`SetAside.drop`); once set aside, it is done."""
+        outcome = self._set_aside.drop(path, name, reason, errors, kind, expect=expect)
+        if isinstance(outcome, Rejected):
+            self._done(Dropped(name))
+        return outcome
 
     def _second_name(self, path: str, name: str, opened: Opened) -> Outcome | None:
         """A drop that is a version's own file: its spool name removed (None: it is not).
@@ -705,13 +652,6 @@ def _mount_id(folder: Path) -> int | None:
     finally:
         os.close(fd)
     return None
-
-
-def size_words(size: int) -> str:
-    """A large size (bytes) as an operator reads it: ``80.0 MiB``, ``3.2 GiB``."""
-    if size >= 1 << 30:
-        return f"{size / (1 << 30):.1f} GiB"
-    return f"{size / (1 << 20):.1f} MiB"
 
 
 def _folder(name: str, spool_dir: Path) -> Ignored:
