@@ -22,15 +22,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..errors import IngesterError, PayloadRejected, StorageError
 from ..history import durable
 from ..history.batch import Batch
-from ..history.store import VERSION_MODE, HistoryStore
+from ..history.store import HistoryStore
 from ..payload.gate import check_payload
 from ..runtime.signals import StopFlag
 from .arrivals import How
+from .claims import (
+    WRITTEN,
+    claim_changed,
+    claim_holds,
+    links_reach,
+    release_copy,
+    seal_claim,
+    unclaim,
+)
 from .outcomes import (
     Abandoned,
     Blocked,
@@ -43,7 +52,7 @@ from .outcomes import (
     SecondName,
     Stored,
 )
-from .readiness import Folder, Gone, Readiness, Wait, writers_present
+from .readiness import Folder, Gone, Readiness, Wait
 from .second_names import version_named_by
 from .set_aside import SetAside
 from .spool import Opened, Spool, open_entry
@@ -152,7 +161,7 @@ class Intake:
         history = os.stat(self.store.history_dir)
         self.history_id = (history.st_dev, history.st_ino)
         claimed = self.spool.check_claimed(self.euid, self.history_id)
-        self.same_fs = claimed[0] == history.st_dev and _links_reach(
+        self.same_fs = claimed[0] == history.st_dev and links_reach(
             self.spool.claimed_dir, self.store.history_dir
         )
 
@@ -314,24 +323,24 @@ class Intake:
         # against the claim. The fsyncs wait for the rest of the group.
         try:
             if staged is None:
-                sealed = self._seal(claim, opened)
+                sealed = seal_claim(claim, opened, self.umask)
                 if isinstance(sealed, int):
                     item.fd = sealed
                 else:
                     with contextlib.suppress(OSError):
                         durable.set_mode(claim, stat.S_IMODE(opened.mode))
                     if sealed != "copy":
-                        return self._changed(claim, path, name)
+                        return claim_changed(claim, path, name, self.settle)
                     # Someone may still hold it open for writing, or leases are not
                     # offered here: store a copy of the bytes judged (the claim's own,
                     # compared below), never the inode itself.
                     item.staged = staged = batch.stage(opened.data)
                     self.copied = True
             if staged is not None:
-                seen = self._holds(claim, opened.data)
+                seen = claim_holds(claim, opened.data)
                 if seen is None:
                     staged.discard()
-                    return self._changed(claim, path, name)
+                    return claim_changed(claim, path, name, self.settle)
                 self._copied_claims[version] = seen
                 if not self._group_copies:
                     # The group's first copy: alone, its write is under way while the
@@ -438,64 +447,7 @@ class Intake:
         if item.staged is None:
             with contextlib.suppress(OSError):
                 durable.set_mode(item.claim, stat.S_IMODE(item.opened.mode))
-        self._unclaim(item.claim, item.path)
-
-    def _changed(self, claim: str, path: str, name: str) -> Deferred:
-        """The claimed file is not the one judged: another file, or other bytes.
-
-        Nothing is stored and nothing is deleted: the claim goes back to the spool as
-        it is (or, if its name is taken meanwhile, stays for recovery, which judges
-        the claimed bytes), and the drop is looked at again.
-        """
-        log.warning("%s changed while being taken; looking at it again", name)
-        self._unclaim(claim, path)
-        return Deferred(name, time.monotonic() + self.settle, claim_left=True)
-
-    def _holds(self, claim: str, data: bytes) -> tuple[int, int] | None:
-        """The claim's ``(st_size, st_mtime_ns)`` if it holds exactly ``data``, else None.
-
-        Read without following links. The stat lets the release see a later write.
-        """
-        fd = _open_claim(claim)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or os.pread(fd, len(data) + 1, 0) != data:
-                return None
-            return st.st_size, st.st_mtime_ns
-        except OSError as exc:
-            raise StorageError("read claim", claim, exc) from exc
-        finally:
-            os.close(fd)
-
-    def _seal(self, claim: str, opened: Opened) -> int | str:
-        """Make the claimed drop's own inode a version: read-only (less the umask).
-
-        Returns its open descriptor, for :meth:`commit_group` to fsync; or, with nothing
-        sealed: ``"changed"`` (another file, another link to it, or bytes other than
-        those judged), ``"copy"`` (the bytes judged, but someone may hold it open for
-        writing: a read lease is refused or not offered).
-        """
-        fd = _open_claim(claim)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or (st.st_ino, st.st_nlink, st.st_size) != (
-                opened.ino,
-                1,
-                len(opened.data),
-            ):
-                os.close(fd)
-                return "changed"
-            durable.set_fd_mode(fd, VERSION_MODE & ~self.umask)
-            if writers_present(fd) is not False:
-                os.close(fd)
-                return "copy"  # the copy path compares the claim's bytes first
-            if os.pread(fd, len(opened.data) + 1, 0) != opened.data:
-                os.close(fd)
-                return "changed"
-        except OSError as exc:
-            os.close(fd)
-            raise StorageError("seal", claim, exc) from exc
-        return fd
+        unclaim(item.claim, item.path)
 
     # -- step 8 ---------------------------------------------------------------------
 
@@ -525,13 +477,13 @@ class Intake:
                 durable.remove_file(claim)
             except StorageError as exc:
                 errors[item.version] = exc
-        released = durable.each_at_once(_release_copy, jobs)
+        released = durable.each_at_once(release_copy, jobs)
         for item, (claim, _), result in zip(copies, jobs, released, strict=True):
-            if result == _WRITTEN:
+            if result == WRITTEN:
                 # A writer still holding the file added to it after its copy was stored:
                 # those bytes are not stored, so the claim was kept.
                 log.warning("%s was written to after it was stored; taking it again", item.drop)
-                self._unclaim(claim, os.path.join(self._spool, item.drop))
+                unclaim(claim, os.path.join(self._spool, item.drop))
             elif isinstance(result, StorageError):
                 errors[item.version] = result
         return [errors.get(item.version) for item in items]
@@ -540,29 +492,7 @@ class Intake:
         """The group's fsync failed: ``item``'s version was taken back; its claim stays."""
         self._copied_claims.pop(item.version, None)
 
-    # -- putting a claim back ---------------------------------------------------------
-
-    def _unclaim(self, claim: durable.StrPath, path: durable.StrPath) -> None:
-        """Put a claimed drop back in the spool, untouched, after a failure to store it.
-
-        If that fails too (or the name was reused meanwhile), the claim stays and is
-        finished by the recovery path once the fault clears: nothing is lost either way.
-        """
-        folder, claim_name = os.path.split(claim)
-        try:
-            durable.link_entry(claim, path)  # never clobbers a new drop of the same name
-        except OSError as exc:
-            log.warning("%s stays in %s for now: %s", claim_name, folder, exc.strerror)
-            return
-        try:
-            durable.unlink_entry(claim)
-        except OSError as exc:
-            # Both names now hold the drop: keep the claim only, or it would be stored twice.
-            log.warning("%s stays in %s for now: %s", claim_name, folder, exc.strerror)
-            try:
-                durable.unlink_entry(path)
-            except OSError:
-                log.error("%s is both in the spool and claimed; remove one by hand", path)
+    # -- a drop set aside, a second name --------------------------------------------
 
     def _reject(
         self,
@@ -610,7 +540,7 @@ class Intake:
         try:
             st = os.lstat(claim)
             if (st.st_dev, st.st_ino) != (opened.dev, opened.ino):
-                return self._changed(claim, path, name)
+                return claim_changed(claim, path, name, self.settle)
             durable.remove_file(claim)
         except OSError:
             # Left as a claim: recovery finishes it (the version's own inode is removed
@@ -624,81 +554,5 @@ class Intake:
         return outcome
 
 
-def _links_reach(source: Path, target: Path) -> bool:
-    """Whether a file in ``source`` can be linked into ``target`` (both on one
-    filesystem): not when they are that filesystem seen through two mounts (a
-    container's bind mounts), where every link fails with EXDEV. Told by the mounts'
-    ids (``/proc/self/fdinfo``), so nothing is written to find out; where they cannot
-    be read, True: a link that fails later says so then.
-    """
-    source_mount, target_mount = _mount_id(source), _mount_id(target)
-    return source_mount is None or target_mount is None or source_mount == target_mount
-
-
-def _mount_id(folder: Path) -> int | None:
-    """The id of the mount ``folder`` is reached through, or None when it cannot be told."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
-            for line in info:
-                key, _, value = line.partition(":")
-                if key == "mnt_id" and value.strip().isdigit():
-                    return int(value)
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
-    return None
-
-
 def _folder(name: str, spool_dir: Path) -> Ignored:
     return Ignored(name, name, f"ignoring {spool_dir / name}: a folder, not a drop")
-
-
-def _written_since(claim: str, seen: tuple[int, int]) -> bool:
-    """Whether the claim's ``(size, mtime_ns)`` moved from ``seen``; ``False`` when it
-    is gone. Raises ``OSError`` when it cannot be looked at."""
-    try:
-        st = os.lstat(claim)
-    except FileNotFoundError:
-        return False
-    return (st.st_size, st.st_mtime_ns) != seen
-
-
-_WRITTEN: Literal["written"] = "written"
-"""What :func:`_release_copy` returns for a claim written to since its copy was made."""
-
-
-def _release_copy(job: tuple[str, tuple[int, int]]) -> StorageError | Literal["written"] | None:
-    """Remove one copied claim, unless it was written to since its copy was made.
-
-    ``job`` is the claim's path and the (size, mtime) its copy was made from. Returns
-    None when removed, :data:`_WRITTEN` when kept (it goes back to the spool), or the
-    error. The check comes right before the removal, on the same thread, so that a
-    write in between has the least time to land.
-    """
-    claim, seen = job
-    try:
-        if _written_since(claim, seen):
-            return _WRITTEN
-    except OSError as exc:
-        # Cannot tell: the claim stays, and recovery compares its bytes with the
-        # version's (stores them anew if they differ).
-        return StorageError("check claim", claim, exc)
-    try:
-        durable.remove_file(claim)
-    except StorageError as exc:
-        return exc
-    return None
-
-
-def _open_claim(claim: str) -> int:
-    """A descriptor on the claimed drop, for reading, without following a link (a link
-    put in its place is refused: ELOOP); :class:`StorageError` if it cannot be opened."""
-    try:
-        return os.open(claim, durable.READ_NOFOLLOW)
-    except OSError as exc:
-        raise StorageError("open claim", claim, exc) from exc
