@@ -7,8 +7,9 @@ operations on that one file: open it, compare it with the bytes judged, make its
 a version (read-only, no writer), put it back in the spool after a failure, remove it
 once stored unless written to since; and, at start, whether a claim can be linked into
 the history at all. They hold no state of the drop path: :mod:`.intake` decides when
-each is done, in the order of the steps. Apart, each reads as the check it is, and the
-steps read as their order.
+each is done, in the order of the steps (and :mod:`.second_names` puts back a claim
+that is not the version it named). Apart, each reads as the check it is, and the steps
+read as their order.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ claimed since; step 7 (the group's latest link and history fsync) is the group's
 batch; then :meth:`Intake.release` runs step 8 for the drops it stored.
 :mod:`ingester.intake.recovery` finishes the claims a crash or a failure left, as a
 pure function of their names.
+
+This module orders the steps and holds what they remember between them. What is done
+to a claimed drop's own file (:mod:`.claims`), a drop set aside in the quarantine
+(:mod:`.set_aside`) and a drop that is a stored version under a second name
+(:mod:`.second_names`) each live in a module of their own.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from .outcomes import (
     Stored,
 )
 from .readiness import Folder, Gone, Readiness, Wait
-from .second_names import version_named_by
+from .second_names import remove_second_name
 from .set_aside import SetAside
 from .spool import Opened, Spool, open_entry
 
@@ -511,43 +516,20 @@ class Intake:
         return outcome
 
     def _second_name(self, path: str, name: str, opened: Opened) -> Outcome | None:
-        """A drop that is a version's own file: its spool name removed (None: it is not).
-
-        Only a drop with more than one link can be one, so the history is listed for
-        those alone. The name is never removed as a name: a writer may have renamed a
-        new drop onto it since it was looked at. It is taken as that version's claim
-        (a rename), and the claim removed only once it is seen to be the version's own
-        inode; anything else goes back to the spool (or stays for recovery, which
-        judges its bytes). A crash between leaves a claim that is the version itself,
-        which recovery removes.
-        """
-        try:
-            version = version_named_by(self.store.history_dir, opened.dev, opened.ino)
-            if version is None:
-                return None
-            self.check_claimed()
-            claim = os.path.join(self._claimed, version)
-            if os.path.lexists(claim):
-                # The version's own claim still waits for recovery: after it, this one.
-                return Deferred(name, time.monotonic() + self.settle)
-            durable.rename_entry(path, claim)
-        except FileNotFoundError:
-            return self._done(Dropped(name))  # taken or removed meanwhile
-        except StorageError as exc:
-            return Blocked(name, "claim", exc)
-        except OSError as exc:
-            return Blocked(name, "claim", StorageError("claim", path, exc))
-        try:
-            st = os.lstat(claim)
-            if (st.st_dev, st.st_ino) != (opened.dev, opened.ino):
-                return claim_changed(claim, path, name, self.settle)
-            durable.remove_file(claim)
-        except OSError:
-            # Left as a claim: recovery finishes it (the version's own inode is removed
-            # as stored; anything else is judged and stored).
-            return Deferred(name, None, claim_left=True)
-        self._done(Dropped(name))
-        return SecondName(name, version)
+        """A drop that is a version's own file: its spool name removed (None: it is not;
+        see :func:`remove_second_name`). Once removed, or gone, it is done."""
+        outcome = remove_second_name(
+            path,
+            name,
+            opened,
+            history_dir=self.store.history_dir,
+            claimed_dir=self._claimed,
+            check_claimed=self.check_claimed,
+            settle=self.settle,
+        )
+        if isinstance(outcome, Dropped | SecondName):
+            self._done(Dropped(name))
+        return outcome
 
     def _done(self, outcome: Dropped) -> Dropped:
         self.readiness.forget(outcome.drop)
