@@ -1,8 +1,8 @@
 """A claimed drop's own file in ``.claimed/``: checked, sealed, put back, released.
 
 A claim (``<spool>/.claimed/<version>.json``) is the drop itself, renamed out of the
-spool; what is stored must be what was judged, so each use of the claim's file checks
-it by descriptor, never by name alone, and never through a link. These are the
+spool, and what is stored must be what was judged: the claim is opened without following
+a link, and compared through that descriptor with what was read. These are the
 operations on that one file: open it, compare it with the bytes judged, make its inode
 a version (read-only, no writer), put it back in the spool after a failure, remove it
 once stored unless written to since; and, at start, whether a claim can be linked into

@@ -14,8 +14,8 @@ Such a drop is found, and removed from the spool, here rather than among the dro
 steps (:mod:`.intake`): only a drop with more than one link can be one, which no drop
 written by the drop protocol has, and the care its removal takes (the name taken as the
 version's claim first, never removed as a name) concerns this case alone. The steps
-call :func:`remove_second_name` once a drop is judged, and store the drop if it is not
-one.
+call :func:`remove_second_name` for a judged drop with more than one link, and store it
+if it is no version's file.
 """
 
 from __future__ import annotations
