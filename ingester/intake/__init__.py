@@ -2,10 +2,13 @@
 
 Owns the spool folder (:mod:`.spool`), arrivals (:mod:`.arrivals`: inotify or polling),
 whether a drop is complete (:mod:`.readiness`), one drop's steps and its group's commit
-(:mod:`.intake`), what a crash left in ``.claimed/`` (:mod:`.recovery`), retention of
-quarantined drops (:mod:`.housekeeping`), the drops waiting and the groups they are
-taken in (:mod:`.groups`), the service loop (:mod:`.watcher`) and its metrics
-(:mod:`.metrics`). ``docs/design.md`` numbers the steps.
+(:mod:`.intake`), the checks and moves of a claimed drop's file (:mod:`.claims`), a drop
+set aside in the quarantine (:mod:`.set_aside`), a drop that is a stored version under a
+second name (:mod:`.second_names`), what a crash left in ``.claimed/``
+(:mod:`.recovery`), retention of quarantined drops (:mod:`.housekeeping`), the drops
+waiting and the groups they are taken in (:mod:`.groups`), the service loop
+(:mod:`.watcher`) and its metrics (:mod:`.metrics`). ``docs/design.md`` numbers the
+steps.
 
 May import: :mod:`ingester.errors`, :mod:`ingester.clock`, :mod:`ingester.settings`,
 :mod:`ingester.payload`, :mod:`ingester.history` and :mod:`ingester.runtime`. Nothing

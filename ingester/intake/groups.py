@@ -24,7 +24,7 @@ from ..history.batch import Batch
 from ..history.store import HistoryStore
 from ..runtime.signals import StopFlag
 from .arrivals import How
-from .intake import Intake, size_words
+from .intake import Intake
 from .maintenance import Maintenance
 from .metrics import Metrics
 from .outcomes import (
@@ -40,6 +40,7 @@ from .outcomes import (
     SecondName,
     Stored,
 )
+from .set_aside import size_words
 
 __all__ = ["Backlog", "Counts", "group_limit"]
 

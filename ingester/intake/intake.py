@@ -9,6 +9,11 @@ claimed since; step 7 (the group's latest link and history fsync) is the group's
 batch; then :meth:`Intake.release` runs step 8 for the drops it stored.
 :mod:`ingester.intake.recovery` finishes the claims a crash or a failure left, as a
 pure function of their names.
+
+This module orders the steps and holds what they remember between them. What is done
+to a claimed drop's own file (:mod:`.claims`), a drop set aside in the quarantine
+(:mod:`.set_aside`) and a drop that is a stored version under a second name
+(:mod:`.second_names`) each live in a module of their own.
 """
 
 from __future__ import annotations
@@ -22,15 +27,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from ..errors import IngesterError, MovedNotDurable, PayloadRejected, StorageError
+from ..errors import IngesterError, PayloadRejected, StorageError
 from ..history import durable
 from ..history.batch import Batch
-from ..history.store import VERSION_MODE, HistoryStore
+from ..history.store import HistoryStore
 from ..payload.gate import check_payload
 from ..runtime.signals import StopFlag
 from .arrivals import How
+from .claims import (
+    WRITTEN,
+    claim_changed,
+    claim_holds,
+    links_reach,
+    release_copy,
+    seal_claim,
+    unclaim,
+)
 from .outcomes import (
     Abandoned,
     Blocked,
@@ -43,17 +57,14 @@ from .outcomes import (
     SecondName,
     Stored,
 )
-from .readiness import Folder, Gone, Readiness, Wait, writers_present
-from .second_names import version_named_by
+from .readiness import Folder, Gone, Readiness, Wait
+from .second_names import remove_second_name
+from .set_aside import SetAside
 from .spool import Opened, Spool, open_entry
 
-__all__ = ["Intake", "size_words"]
+__all__ = ["Intake"]
 
 log = logging.getLogger("ingester.watcher")
-
-_SAY_COPY_BYTES = 64 << 20
-"""A copy into the quarantine of more data than this says so as it begins: a runaway
-writer's gigabytes may take minutes, during which the loop takes no other drop."""
 
 
 def _no_one_listens() -> None:
@@ -119,7 +130,9 @@ class Intake:
     quarantine on another filesystem) each time it has put another piece on disk: the
     loop's liveness (its watchdog pings) follows the progress of such a step. ``stop`` is
     the loop's stop flag: once it is set, such a copy is given up at its next piece
-    (:class:`Abandoned`), so that a stop never waits for the rest of it.
+    (:class:`Abandoned`), so that a stop never waits for the rest of it. Both are handed
+    to the set-aside path (:class:`~ingester.intake.set_aside.SetAside`) as the intake is
+    made.
     """
 
     store: HistoryStore
@@ -141,6 +154,7 @@ class Intake:
     _claimed: str = ""
 
     def __post_init__(self) -> None:
+        self._set_aside = SetAside(self.spool, self.alive, self.stop)
         self._spool = os.fspath(self.spool.dir)
         self._claimed = os.fspath(self.spool.claimed_dir)
 
@@ -152,7 +166,7 @@ class Intake:
         history = os.stat(self.store.history_dir)
         self.history_id = (history.st_dev, history.st_ino)
         claimed = self.spool.check_claimed(self.euid, self.history_id)
-        self.same_fs = claimed[0] == history.st_dev and _links_reach(
+        self.same_fs = claimed[0] == history.st_dev and links_reach(
             self.spool.claimed_dir, self.store.history_dir
         )
 
@@ -314,24 +328,24 @@ class Intake:
         # against the claim. The fsyncs wait for the rest of the group.
         try:
             if staged is None:
-                sealed = self._seal(claim, opened)
+                sealed = seal_claim(claim, opened, self.umask)
                 if isinstance(sealed, int):
                     item.fd = sealed
                 else:
                     with contextlib.suppress(OSError):
                         durable.set_mode(claim, stat.S_IMODE(opened.mode))
                     if sealed != "copy":
-                        return self._changed(claim, path, name)
+                        return claim_changed(claim, path, name, self.settle)
                     # Someone may still hold it open for writing, or leases are not
                     # offered here: store a copy of the bytes judged (the claim's own,
                     # compared below), never the inode itself.
                     item.staged = staged = batch.stage(opened.data)
                     self.copied = True
             if staged is not None:
-                seen = self._holds(claim, opened.data)
+                seen = claim_holds(claim, opened.data)
                 if seen is None:
                     staged.discard()
-                    return self._changed(claim, path, name)
+                    return claim_changed(claim, path, name, self.settle)
                 self._copied_claims[version] = seen
                 if not self._group_copies:
                     # The group's first copy: alone, its write is under way while the
@@ -438,64 +452,7 @@ class Intake:
         if item.staged is None:
             with contextlib.suppress(OSError):
                 durable.set_mode(item.claim, stat.S_IMODE(item.opened.mode))
-        self._unclaim(item.claim, item.path)
-
-    def _changed(self, claim: str, path: str, name: str) -> Deferred:
-        """The claimed file is not the one judged: another file, or other bytes.
-
-        Nothing is stored and nothing is deleted: the claim goes back to the spool as
-        it is (or, if its name is taken meanwhile, stays for recovery, which judges
-        the claimed bytes), and the drop is looked at again.
-        """
-        log.warning("%s changed while being taken; looking at it again", name)
-        self._unclaim(claim, path)
-        return Deferred(name, time.monotonic() + self.settle, claim_left=True)
-
-    def _holds(self, claim: str, data: bytes) -> tuple[int, int] | None:
-        """The claim's ``(st_size, st_mtime_ns)`` if it holds exactly ``data``, else None.
-
-        Read without following links. The stat lets the release see a later write.
-        """
-        fd = _open_claim(claim)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or os.pread(fd, len(data) + 1, 0) != data:
-                return None
-            return st.st_size, st.st_mtime_ns
-        except OSError as exc:
-            raise StorageError("read claim", claim, exc) from exc
-        finally:
-            os.close(fd)
-
-    def _seal(self, claim: str, opened: Opened) -> int | str:
-        """Make the claimed drop's own inode a version: read-only (less the umask).
-
-        Returns its open descriptor, for :meth:`commit_group` to fsync; or, with nothing
-        sealed: ``"changed"`` (another file, another link to it, or bytes other than
-        those judged), ``"copy"`` (the bytes judged, but someone may hold it open for
-        writing: a read lease is refused or not offered).
-        """
-        fd = _open_claim(claim)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or (st.st_ino, st.st_nlink, st.st_size) != (
-                opened.ino,
-                1,
-                len(opened.data),
-            ):
-                os.close(fd)
-                return "changed"
-            durable.set_fd_mode(fd, VERSION_MODE & ~self.umask)
-            if writers_present(fd) is not False:
-                os.close(fd)
-                return "copy"  # the copy path compares the claim's bytes first
-            if os.pread(fd, len(opened.data) + 1, 0) != opened.data:
-                os.close(fd)
-                return "changed"
-        except OSError as exc:
-            os.close(fd)
-            raise StorageError("seal", claim, exc) from exc
-        return fd
+        unclaim(item.claim, item.path)
 
     # -- step 8 ---------------------------------------------------------------------
 
@@ -525,13 +482,13 @@ class Intake:
                 durable.remove_file(claim)
             except StorageError as exc:
                 errors[item.version] = exc
-        released = durable.each_at_once(_release_copy, jobs)
+        released = durable.each_at_once(release_copy, jobs)
         for item, (claim, _), result in zip(copies, jobs, released, strict=True):
-            if result == _WRITTEN:
+            if result == WRITTEN:
                 # A writer still holding the file added to it after its copy was stored:
                 # those bytes are not stored, so the claim was kept.
                 log.warning("%s was written to after it was stored; taking it again", item.drop)
-                self._unclaim(claim, os.path.join(self._spool, item.drop))
+                unclaim(claim, os.path.join(self._spool, item.drop))
             elif isinstance(result, StorageError):
                 errors[item.version] = result
         return [errors.get(item.version) for item in items]
@@ -540,29 +497,7 @@ class Intake:
         """The group's fsync failed: ``item``'s version was taken back; its claim stays."""
         self._copied_claims.pop(item.version, None)
 
-    # -- putting a claim back ---------------------------------------------------------
-
-    def _unclaim(self, claim: durable.StrPath, path: durable.StrPath) -> None:
-        """Put a claimed drop back in the spool, untouched, after a failure to store it.
-
-        If that fails too (or the name was reused meanwhile), the claim stays and is
-        finished by the recovery path once the fault clears: nothing is lost either way.
-        """
-        folder, claim_name = os.path.split(claim)
-        try:
-            durable.link_entry(claim, path)  # never clobbers a new drop of the same name
-        except OSError as exc:
-            log.warning("%s stays in %s for now: %s", claim_name, folder, exc.strerror)
-            return
-        try:
-            durable.unlink_entry(claim)
-        except OSError as exc:
-            # Both names now hold the drop: keep the claim only, or it would be stored twice.
-            log.warning("%s stays in %s for now: %s", claim_name, folder, exc.strerror)
-            try:
-                durable.unlink_entry(path)
-            except OSError:
-                log.error("%s is both in the spool and claimed; remove one by hand", path)
+    # -- a drop set aside, a second name --------------------------------------------
 
     def _reject(
         self,
@@ -574,191 +509,32 @@ class Intake:
         *,
         expect: tuple[int, int] | None = None,
     ) -> Rejected | Blocked | Abandoned:
-        """Set ``path`` aside with ``reason``; ``expect``: the identity of what was judged
-        (see :meth:`Spool.quarantine`). :class:`Abandoned` when a stop was asked amid its
-        copy into the quarantine (see :meth:`_copy_progress`): ``path`` is left as it was."""
-        try:
-            where = self.spool.quarantine(
-                Path(path),
-                name,
-                reason,
-                errors or [{"msg": reason}],
-                expect=expect,
-                progress=self._copy_progress(name),
-            )
-        except MovedNotDurable as exc:
-            # It is in rejected/ (so nothing is left to retry), but a crash may put it
-            # back in the spool, where it would be judged and set aside again.
-            where = exc.moved_to
-            log.error(
-                "%s is set aside as %s, but a crash may put it back in the spool: %s",
-                name,
-                where,
-                exc,
-            )
-        except StorageError as exc:
-            # A problem of this drop (or of the rejected folder), not of the history:
-            # it waits on its own, and the valid drops behind it go on.
-            return Blocked(name, "quarantine", exc, reason)
-        except durable.CopyAbandoned as exc:
-            # Nothing failed: the drop is as it was before the copy began, to be judged
-            # again at the next start.
-            return Abandoned(name, self.spool.rejected_dir, exc.done, exc.total)
-        self._done(Dropped(name))
-        return Rejected(name, reason, where, kind)
-
-    def _copy_progress(self, name: str) -> durable.CopyProgress:
-        """What a copy of drop ``name`` into the quarantine on another filesystem tells:
-        its start, said in the log when it is large (the loop takes nothing else until it
-        ends), then each piece on disk, passed on to :attr:`alive`.
-
-        Once :attr:`stop` is set, the next piece on disk gives the copy up (raises
-        :class:`~ingester.history.durable.CopyAbandoned`) unless its data is all copied:
-        a runaway writer's gigabytes would hold a stop for minutes, past systemd's
-        ``TimeoutStopSec``, and the drop loses nothing by waiting in the spool.
-        """
-
-        def progress(done: int, total: int) -> None:
-            if done:
-                if self.stop.is_set() and done < total:
-                    raise durable.CopyAbandoned(done, total)
-                self.alive()
-            elif total > _SAY_COPY_BYTES:
-                log.info(
-                    "setting aside %s (%s) across filesystems, into %s",
-                    name,
-                    size_words(total),
-                    self.spool.rejected_dir,
-                )
-
-        return progress
+        """Set ``path`` aside (see :meth:`SetAside.drop`); once set aside, it is done."""
+        outcome = self._set_aside.drop(path, name, reason, errors, kind, expect=expect)
+        if isinstance(outcome, Rejected):
+            self._done(Dropped(name))
+        return outcome
 
     def _second_name(self, path: str, name: str, opened: Opened) -> Outcome | None:
-        """A drop that is a version's own file: its spool name removed (None: it is not).
-
-        Only a drop with more than one link can be one, so the history is listed for
-        those alone. The name is never removed as a name: a writer may have renamed a
-        new drop onto it since it was looked at. It is taken as that version's claim
-        (a rename), and the claim removed only once it is seen to be the version's own
-        inode; anything else goes back to the spool (or stays for recovery, which
-        judges its bytes). A crash between leaves a claim that is the version itself,
-        which recovery removes.
-        """
-        try:
-            version = version_named_by(self.store.history_dir, opened.dev, opened.ino)
-            if version is None:
-                return None
-            self.check_claimed()
-            claim = os.path.join(self._claimed, version)
-            if os.path.lexists(claim):
-                # The version's own claim still waits for recovery: after it, this one.
-                return Deferred(name, time.monotonic() + self.settle)
-            durable.rename_entry(path, claim)
-        except FileNotFoundError:
-            return self._done(Dropped(name))  # taken or removed meanwhile
-        except StorageError as exc:
-            return Blocked(name, "claim", exc)
-        except OSError as exc:
-            return Blocked(name, "claim", StorageError("claim", path, exc))
-        try:
-            st = os.lstat(claim)
-            if (st.st_dev, st.st_ino) != (opened.dev, opened.ino):
-                return self._changed(claim, path, name)
-            durable.remove_file(claim)
-        except OSError:
-            # Left as a claim: recovery finishes it (the version's own inode is removed
-            # as stored; anything else is judged and stored).
-            return Deferred(name, None, claim_left=True)
-        self._done(Dropped(name))
-        return SecondName(name, version)
+        """A drop that is a version's own file: its spool name removed (None: it is not;
+        see :func:`remove_second_name`). Once removed, or gone, it is done."""
+        outcome = remove_second_name(
+            path,
+            name,
+            opened,
+            history_dir=self.store.history_dir,
+            claimed_dir=self._claimed,
+            check_claimed=self.check_claimed,
+            settle=self.settle,
+        )
+        if isinstance(outcome, Dropped | SecondName):
+            self._done(Dropped(name))
+        return outcome
 
     def _done(self, outcome: Dropped) -> Dropped:
         self.readiness.forget(outcome.drop)
         return outcome
 
 
-def _links_reach(source: Path, target: Path) -> bool:
-    """Whether a file in ``source`` can be linked into ``target`` (both on one
-    filesystem): not when they are that filesystem seen through two mounts (a
-    container's bind mounts), where every link fails with EXDEV. Told by the mounts'
-    ids (``/proc/self/fdinfo``), so nothing is written to find out; where they cannot
-    be read, True: a link that fails later says so then.
-    """
-    source_mount, target_mount = _mount_id(source), _mount_id(target)
-    return source_mount is None or target_mount is None or source_mount == target_mount
-
-
-def _mount_id(folder: Path) -> int | None:
-    """The id of the mount ``folder`` is reached through, or None when it cannot be told."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
-            for line in info:
-                key, _, value = line.partition(":")
-                if key == "mnt_id" and value.strip().isdigit():
-                    return int(value)
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
-    return None
-
-
-def size_words(size: int) -> str:
-    """A large size (bytes) as an operator reads it: ``80.0 MiB``, ``3.2 GiB``."""
-    if size >= 1 << 30:
-        return f"{size / (1 << 30):.1f} GiB"
-    return f"{size / (1 << 20):.1f} MiB"
-
-
 def _folder(name: str, spool_dir: Path) -> Ignored:
     return Ignored(name, name, f"ignoring {spool_dir / name}: a folder, not a drop")
-
-
-def _written_since(claim: str, seen: tuple[int, int]) -> bool:
-    """Whether the claim's ``(size, mtime_ns)`` moved from ``seen``; ``False`` when it
-    is gone. Raises ``OSError`` when it cannot be looked at."""
-    try:
-        st = os.lstat(claim)
-    except FileNotFoundError:
-        return False
-    return (st.st_size, st.st_mtime_ns) != seen
-
-
-_WRITTEN: Literal["written"] = "written"
-"""What :func:`_release_copy` returns for a claim written to since its copy was made."""
-
-
-def _release_copy(job: tuple[str, tuple[int, int]]) -> StorageError | Literal["written"] | None:
-    """Remove one copied claim, unless it was written to since its copy was made.
-
-    ``job`` is the claim's path and the (size, mtime) its copy was made from. Returns
-    None when removed, :data:`_WRITTEN` when kept (it goes back to the spool), or the
-    error. The check comes right before the removal, on the same thread, so that a
-    write in between has the least time to land.
-    """
-    claim, seen = job
-    try:
-        if _written_since(claim, seen):
-            return _WRITTEN
-    except OSError as exc:
-        # Cannot tell: the claim stays, and recovery compares its bytes with the
-        # version's (stores them anew if they differ).
-        return StorageError("check claim", claim, exc)
-    try:
-        durable.remove_file(claim)
-    except StorageError as exc:
-        return exc
-    return None
-
-
-def _open_claim(claim: str) -> int:
-    """A descriptor on the claimed drop, for reading, without following a link (a link
-    put in its place is refused: ELOOP); :class:`StorageError` if it cannot be opened."""
-    try:
-        return os.open(claim, durable.READ_NOFOLLOW)
-    except OSError as exc:
-        raise StorageError("open claim", claim, exc) from exc

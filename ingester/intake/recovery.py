@@ -196,7 +196,7 @@ class ClaimRecovery:
         )
 
     def _back_in_spool(self, claim: durable.StrPath) -> bool:
-        """Whether a spool entry is the claimed inode itself (see :meth:`Intake._unclaim`).
+        """Whether a spool entry is the claimed inode itself (see :func:`.claims.unclaim`).
 
         Raises :class:`StorageError` when that cannot be told (the claim or the spool
         cannot be looked at): storing the claim then could store a drop the spool

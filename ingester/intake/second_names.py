@@ -9,18 +9,31 @@ and is the version's very inode (stored without a copy), or its claim's (stored 
 copy, the claim not yet removed). Both are second names of bytes already stored: taking
 them again would store the drop twice. An operator's hard link of a version into the
 spool is the same thing and is treated the same way.
+
+Such a drop is found, and removed from the spool, here rather than among the drop's
+steps (:mod:`.intake`): only a drop with more than one link can be one, which no drop
+written by the drop protocol has, and the care its removal takes (the name taken as the
+version's claim first, never removed as a name) concerns this case alone. The steps
+call :func:`remove_second_name` for a judged drop with more than one link, and store it
+if it is no version's file.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import StorageError
+from ..history import durable
 from ..history.names import is_version_name
+from .claims import claim_changed
+from .outcomes import Blocked, Deferred, Dropped, SecondName
+from .spool import Opened
 
-__all__ = ["version_named_by"]
+__all__ = ["remove_second_name", "version_named_by"]
 
 
 def version_named_by(history_dir: Path, dev: int, ino: int) -> str | None:
@@ -44,3 +57,59 @@ def version_named_by(history_dir: Path, dev: int, ino: int) -> str | None:
         if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (dev, ino):
             return name
     return None
+
+
+def remove_second_name(
+    path: str,
+    name: str,
+    opened: Opened,
+    *,
+    history_dir: Path,
+    claimed_dir: str,
+    check_claimed: Callable[[], None],
+    settle: float,
+) -> Blocked | Deferred | Dropped | SecondName | None:
+    """A drop that is a version's own file: its spool name removed (None: it is not).
+
+    ``path`` is the spool's drop ``name``, ``opened`` what was read and judged of it;
+    ``claimed_dir`` is ``.claimed/``, ``check_claimed`` checks it is still our own
+    folder (raising :class:`StorageError`), ``settle`` (seconds) is how long a drop
+    waits before another look. Only a drop with more than one link can be one, so the
+    history is listed for those alone. The name is never removed as a name: a writer
+    may have renamed a new drop onto it since it was looked at. It is taken as that
+    version's claim (a rename), and the claim removed only once it is seen to be the
+    version's own inode; anything else goes back to the spool (or stays for recovery,
+    which judges its bytes). A crash between leaves a claim that is the version itself,
+    which recovery removes.
+
+    Returns :class:`SecondName` (removed), :class:`Dropped` (gone meanwhile),
+    :class:`Deferred` (the version's own claim waits for recovery, the file changed,
+    or its claim left for recovery) or :class:`Blocked` (it cannot be claimed); never
+    raises :class:`StorageError`.
+    """
+    try:
+        version = version_named_by(history_dir, opened.dev, opened.ino)
+        if version is None:
+            return None
+        check_claimed()
+        claim = os.path.join(claimed_dir, version)
+        if os.path.lexists(claim):
+            # The version's own claim still waits for recovery: after it, this one.
+            return Deferred(name, time.monotonic() + settle)
+        durable.rename_entry(path, claim)
+    except FileNotFoundError:
+        return Dropped(name)  # taken or removed meanwhile
+    except StorageError as exc:
+        return Blocked(name, "claim", exc)
+    except OSError as exc:
+        return Blocked(name, "claim", StorageError("claim", path, exc))
+    try:
+        st = os.lstat(claim)
+        if (st.st_dev, st.st_ino) != (opened.dev, opened.ino):
+            return claim_changed(claim, path, name, settle)
+        durable.remove_file(claim)
+    except OSError:
+        # Left as a claim: recovery finishes it (the version's own inode is removed
+        # as stored; anything else is judged and stored).
+        return Deferred(name, None, claim_left=True)
+    return SecondName(name, version)
