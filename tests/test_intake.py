@@ -104,3 +104,28 @@ def test_a_claim_written_to_after_its_copy_was_stored_goes_back_to_the_spool(
     assert sorted(v.read_bytes() for v in versions(tmp_path)) == sorted(
         payload(n) for n in range(4)
     )
+
+
+@pytest.mark.parametrize("done", [0, 16 << 20, 48 << 20], ids=["at its start", "midway", "past"])
+def test_a_stop_gives_up_a_copy_into_the_quarantine_at_its_next_word_of_progress(
+    tmp_path: Path, done: int
+) -> None:
+    """Once a stop is asked, a copy into a quarantine on another filesystem is given up at
+    its next piece, its start included, and also past the data counted when it began (a
+    drop still growing has no end to wait for); never a ping after the stop."""
+    from ingester.history.durable import CopyAbandoned
+    from ingester.intake.set_aside import SetAside
+    from ingester.runtime.signals import StopFlag
+
+    pings: list[int] = []
+    stop = StopFlag()
+    progress = SetAside(Spool(tmp_path / "spool"), lambda: pings.append(1), stop)._copy_progress(
+        "big.json"
+    )
+    progress(16 << 20, 32 << 20)  # no stop yet: the loop hears of the piece
+    assert pings == [1]
+    stop.set()
+    with pytest.raises(CopyAbandoned) as abandoned:
+        progress(done, 32 << 20)
+    assert (abandoned.value.done, abandoned.value.total) == (done, 32 << 20)
+    assert pings == [1]

@@ -452,12 +452,43 @@ def test_versions_deleted_from_the_bucket_during_a_restore_are_not_its_fault(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stderr and "error" not in done.stderr, done.stderr
     assert done.stdout.splitlines()[0].endswith(
-        "; 1 already present; 1 deleted from the object store since its listing (the "
-        "mirror's retention), not restored"
+        "; 1 already present; 1 deleted from the object store since its listing, not restored"
     ), done.stdout
     assert sorted(local_versions(restored)) == [names[0], *names[2:]]
     check = run_cli(restored, "verify")
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_restore_whose_every_listed_version_went_restores_nothing_and_says_so(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """The prefix emptied between the listing and the downloads: nothing to restore, so
+    no history is made with a latest link to nothing: one line, exit 1."""
+    names = add_versions(make_store(root), 3)
+    target = f"s3://{bucket}/emptied"
+    mirrored = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert mirrored.returncode == 0, mirrored.stderr
+    client = client_for(s3.endpoint)
+    proxy = FaultProxy(s3.port)
+
+    def emptied(method: str, path: str) -> None:
+        if method == "GET" and "list-type=2" in path:
+            for name in names:
+                client.delete_object(Bucket=bucket, Key=f"emptied/{name}")
+
+    proxy.answered = emptied
+    restored = tmp_path / "restored"
+    try:
+        env = s3_env(proxy.endpoint, aws_files)
+        done = run_cli(tmp_path, "restore", target, "--root", str(restored), **env)
+    finally:
+        proxy.close()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr == (
+        f"error: no versions at {target}: the 3 listed were deleted before their download\n"
+    )
+    assert not (restored / "console-usage-synced.json").exists()
+    assert not list((restored / HISTORY).glob("*.json"))
 
 
 def test_a_restore_from_a_keep_mode_bucket_counts_what_it_brings_back_as_not_deleted(

@@ -218,8 +218,7 @@ def restore(
         f"into {store.history_dir}"
         + (f"; {len(result.present)} already present" if result.present else "")
         + (
-            f"; {len(result.gone)} deleted from the object store since its listing (the "
-            "mirror's retention), not restored"
+            f"; {len(result.gone)} deleted from the object store since its listing, not restored"
             if result.gone
             else ""
         )

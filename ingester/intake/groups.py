@@ -130,12 +130,13 @@ class Backlog:
         self._group_max = self._group_limit
         self._failures = 0  # pipeline failures so far: did this group meet one?
         # Drops of the group under way, out of ``pending`` and not yet stored, and claims
-        # a failed commit of the history left for recovery: still the backlog. The
-        # metrics count it from their own thread, so a drop's move between two of these
-        # is made under the lock, never seen in both or in neither.
+        # left in .claimed/ for recovery: still the backlog. The metrics count it from
+        # their own thread, so a drop's move between two of these (or between ``pending``
+        # and ``deferred``) is made under the lock, never seen in both or in neither.
+        # Reentrant: what becomes of a drop is applied under it.
         self._in_hand: dict[str, How] = {}
         self._left_claimed = 0
-        self._counting = threading.Lock()
+        self._counting = threading.RLock()
 
     def __len__(self) -> int:
         """Drops seen and not yet stored or set aside: waiting, deferred, in the group
@@ -144,10 +145,10 @@ class Backlog:
         with self._counting:
             return len(self.pending) + len(self.deferred) + len(self._in_hand) + self._left_claimed
 
-    def claims_finished(self) -> None:
-        """Recovery finished every claim left in ``.claimed/``: none waits any more."""
+    def claims_left(self, count: int) -> None:
+        """``count`` claims wait in ``.claimed/`` for recovery, as it last found them."""
         with self._counting:
-            self._left_claimed = 0
+            self._left_claimed = count
 
     # -- what is waiting ------------------------------------------------------------
 
@@ -155,10 +156,11 @@ class Backlog:
         """A drop heard of by an event: waiting now (a close-write upgrades how it was seen)."""
         if how is How.COMPLETE:
             self.intake.readiness.completed(name)
-        current = self.pending.get(name)
-        if current is None or how is How.COMPLETE:
-            self.pending[name] = how
-        self.deferred.pop(name, None)
+        with self._counting:
+            current = self.pending.get(name)
+            if current is None or how is How.COMPLETE:
+                self.pending[name] = how
+            self.deferred.pop(name, None)
 
     def found(self, name: str) -> None:
         """A drop found by a scan: waiting, unless it is already known."""
@@ -169,8 +171,9 @@ class Backlog:
         """Deferred drops whose time has come wait again (last, in the order deferred)."""
         for name, until in list(self.deferred.items()):
             if until <= now:
-                del self.deferred[name]
-                self.pending.setdefault(name, How.SETTLE)
+                with self._counting:
+                    del self.deferred[name]
+                    self.pending.setdefault(name, How.SETTLE)
 
     def ready(self, now: float) -> bool:
         """Whether a group is due: drops waiting, and the pipeline not backing off."""
@@ -244,9 +247,16 @@ class Backlog:
             # Their claims stay and are committed again after the backoff.
             for item in stored:
                 self.intake.withdrawn(item)
+            # Drops a failed step of the group put back in the spool wait again, first.
+            returned = {}
+            if failure is not None:
+                returned = {name: claimed.get(name, How.SETTLE) for name in failure.returned}
             with self._counting:
                 self._left_claimed += len(stored)
+                self.pending = {**returned, **self.pending}
                 self._in_hand = {}
+            if failure is not None:
+                self.fail(failure.drop, failure.error)
             self.fail(None, exc)
             return
         returned = {}
@@ -307,9 +317,9 @@ class Backlog:
                 self.pending.pop(name, None)
                 if isinstance(outcome, Stored):
                     claimed[name] = how  # staged: stored once the group commits
+                self.apply(outcome)  # a drop deferred is never out of every count
             if not (isinstance(outcome, Blocked) and outcome.step == "claim"):
                 progressed = True
-            self.apply(outcome)
             if len(claimed) >= self._group_max or time.monotonic() - began > _GROUP_SECONDS:
                 break  # publish this group; the rest waits one loop (watchdog pings)
         return progressed

@@ -102,16 +102,18 @@ class SetAside:
         its start, said in the log when it is large (the loop takes nothing else until it
         ends), then each piece on disk, passed on to :attr:`alive`.
 
-        Once :attr:`stop` is set, the next piece on disk gives the copy up (raises
-        :class:`~ingester.history.durable.CopyAbandoned`) unless its data is all copied:
-        a runaway writer's gigabytes would hold a stop for minutes, past systemd's
-        ``TimeoutStopSec``, and the drop loses nothing by waiting in the spool.
+        Once :attr:`stop` is set, the next word of progress (its start included) gives
+        the copy up (raises :class:`~ingester.history.durable.CopyAbandoned`): a runaway
+        writer's gigabytes would hold a stop for minutes, past systemd's
+        ``TimeoutStopSec``, and the drop loses nothing by waiting in the spool. Even a
+        copy past its counted ``total`` is given up: a file still growing has no end to
+        wait for, and nothing is named before the last word of progress.
         """
 
         def progress(done: int, total: int) -> None:
+            if self.stop.is_set():
+                raise durable.CopyAbandoned(done, total)
             if done:
-                if self.stop.is_set() and done < total:
-                    raise durable.CopyAbandoned(done, total)
                 self.alive()
             elif total > _SAY_COPY_BYTES:
                 log.info(

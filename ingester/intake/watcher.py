@@ -22,6 +22,7 @@ restarted, a spool made anew watched anew), handles signals and keeps systemd in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -462,9 +463,16 @@ class Watcher:
         self.maintenance.run(now, force=force, busy=bool(self.backlog.pending))
 
     def _recover_claims(self) -> None:
-        for outcome in self._recovery.recover():
-            self.backlog.apply(outcome)
-        self.backlog.claims_finished()  # recover() raises while any claim is left
+        try:
+            for outcome in self._recovery.recover():
+                self.backlog.apply(outcome)
+        finally:
+            # What is left, counted as it stands: a recovery that stopped midway had
+            # finished some, and one that returned may have left a claim it could not
+            # take (set aside later, or a stop amid its copy).
+            with contextlib.suppress(StorageError):
+                left = [n for n in self.spool.claimed() if is_version_name(n)]
+                self.backlog.claims_left(len(left))
 
     # -- systemd ------------------------------------------------------------------------
 

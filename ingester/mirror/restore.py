@@ -71,8 +71,8 @@ class RestoreResult:
     not restored (the history would not pass ``verify``, nor its latest link name one)."""
     gone: list[str] = field(default_factory=list)
     """Versions listed, then deleted from the object store before their download (a
-    mirror's ``follow`` retention, running meanwhile): no longer in the mirror, so not
-    restored, and no fault of the restore."""
+    mirror's ``follow`` retention running meanwhile, say): no longer in the mirror, so
+    not restored, and no fault of the restore, while others were there to restore."""
 
 
 def restore_history(
@@ -190,6 +190,12 @@ def restore_history(
         # A failure ends the restore: the downloads queued behind it never start.
         pool.shutdown(wait=True, cancel_futures=True)
 
+    if result.gone and not (result.restored or result.present):
+        # Not a history to point a latest link at: the prefix was emptied meanwhile.
+        raise RestoreError(
+            f"no versions at {target}: the {len(result.gone)} listed were deleted before "
+            "their download"
+        )
     base: StorageMetadata | None = None
     if not had_metadata:
         try:

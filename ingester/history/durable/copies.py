@@ -297,7 +297,10 @@ def _copy_regular(
             os.fchmod(fd_out, mode)
             os.fsync(fd_out)
         except BaseException:
-            os.close(fd_out)
+            # The temp file goes whatever ends the copy, and what ended it is what the
+            # caller hears: a failing close here must not take its place.
+            with contextlib.suppress(OSError):
+                os.close(fd_out)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
