@@ -240,6 +240,29 @@ def test_a_claim_whose_version_name_holds_other_bytes_is_stored_not_deleted(root
     assert os.listdir(claimed) == []
 
 
+def test_claims_recovered_before_one_that_cannot_be_are_said_and_counted(
+    root: Path, can_chattr: None
+) -> None:
+    """Recovery finishes the claims a crash left one by one: the ones finished before a
+    claim that cannot be finished (its removal refused: immutable) are stored, and so
+    said ("ingested") and counted, as they are finished, not lost with the failure."""
+    from ingester.history.names import generate_version_filename
+
+    claimed = root / "spool" / ".claimed"
+    claimed.mkdir(parents=True)
+    first = generate_version_filename(datetime.now(UTC) - timedelta(seconds=2))
+    second = generate_version_filename(datetime.now(UTC), after=first)
+    (claimed / first).write_bytes(payload(1))
+    (claimed / second).write_bytes(payload(2))
+    with immutable(claimed / second):
+        done = run_cli(root, "watch", "--once")
+    assert done.returncode == 1, done.stderr
+    assert f"ingested {first} -> " in done.stderr, done.stderr
+    assert "stopped: 1 ingested, 0 rejected" in done.stderr.splitlines()[-1], done.stderr
+    assert "Traceback" not in done.stderr
+    assert stored_contents(root) == {payload(1): 1, payload(2): 1}
+
+
 def test_temp_sweeps_never_follow_a_symlinked_folder(root: Path, tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

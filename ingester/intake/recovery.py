@@ -21,6 +21,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,24 +49,33 @@ class ClaimRecovery:
         # name of it was), for recover() to report with it.
         self._more: list[Outcome] = []
 
-    def recover(self) -> list[Outcome]:
-        """Finish every claim left by a crash or a failure (with the history lock held).
+    def recover(self, finished: Callable[[Outcome], None]) -> None:
+        """Finish every claim left by a crash or a failure (with the history lock held);
+        ``finished`` hears what became of each, as it is finished.
 
-        Raises :class:`StorageError` when a claim cannot be finished yet.
+        Raises :class:`StorageError` when a claim cannot be finished yet; those finished
+        before it have been told already (each is stored, and its "ingested" line and
+        count must not wait for the one that cannot be).
         """
-        outcomes: list[Outcome] = []
         names = self.spool.claimed()
         if names:
             self.intake.check_claimed()
             names = self._one_name_each(names)
         with self.store.batch(update_latest=False) as batch:
             for version in names:
-                outcome = self._recover_claim(version, batch)
+                try:
+                    outcome = self._recover_claim(version, batch)
+                except BaseException:
+                    self._tell_more(finished)  # a drop found and finished on the way
+                    raise
                 if outcome is not None:
-                    outcomes.append(outcome)
-                outcomes.extend(self._more)
-                self._more.clear()
-        return outcomes
+                    finished(outcome)
+                self._tell_more(finished)
+
+    def _tell_more(self, finished: Callable[[Outcome], None]) -> None:
+        more, self._more = self._more, []
+        for outcome in more:
+            finished(outcome)
 
     def _one_name_each(self, names: list[str]) -> list[str]:
         """``names`` with every claim that is another claim's file under a second name

@@ -464,8 +464,7 @@ class Watcher:
 
     def _recover_claims(self) -> None:
         try:
-            for outcome in self._recovery.recover():
-                self.backlog.apply(outcome)
+            self._recovery.recover(self.backlog.apply)
         finally:
             # What is left, counted as it stands: a recovery that stopped midway had
             # finished some, and one that returned may have left a claim it could not
