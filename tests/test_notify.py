@@ -76,6 +76,8 @@ def test_each_message_arrives_as_one_datagram(listener: NotifyListener) -> None:
     assert next_raw(listener) == b"STATUS=ingested 4, rejected 1, backlog 2"
     notifier.watchdog()
     assert next_raw(listener) == b"WATCHDOG=1"
+    notifier.extend_timeout(45)
+    assert next_raw(listener) == b"EXTEND_TIMEOUT_USEC=45000000"
     notifier.stopping()
     assert next_raw(listener) == b"STOPPING=1"
     notifier.stopping("stopping after 4")
@@ -125,6 +127,7 @@ def test_without_notify_socket_nothing_happens(monkeypatch: pytest.MonkeyPatch) 
         notifier.ready("x")
         notifier.status("x")
         notifier.watchdog()
+        notifier.extend_timeout(60)
         notifier.stopping("x")
         notifier.close()
 
@@ -171,6 +174,26 @@ def test_watchdog_interval(usec: str | None, pid: str | None, interval: float | 
     elif pid is not None:
         environ["WATCHDOG_PID"] = pid
     assert SystemdNotifier.from_environ(environ).watchdog_interval == interval
+
+
+@pytest.mark.parametrize(
+    ("usec", "extension"), [("30000000", 45.0), ("400000", 0.6), (None, 60.0), ("0", 60.0)]
+)
+def test_a_timeout_extension_is_three_ping_intervals_or_a_minute_without_a_watchdog(
+    listener: NotifyListener, usec: str | None, extension: float
+) -> None:
+    """What a long step's progress asks for: one and a half times ``WatchdogSec=``,
+    60 s without one; sent in whole microseconds, never as 0 (which means nothing)."""
+    environ = {"NOTIFY_SOCKET": listener.address}
+    if usec is not None:
+        environ["WATCHDOG_USEC"] = usec
+    notifier = SystemdNotifier.from_environ(environ)
+    assert notifier.timeout_extension == pytest.approx(extension)
+    notifier.extend_timeout(notifier.timeout_extension)
+    assert next_raw(listener) == f"EXTEND_TIMEOUT_USEC={round(extension * 1e6)}".encode()
+    notifier.extend_timeout(0.0000001)
+    assert next_raw(listener) == b"EXTEND_TIMEOUT_USEC=1"
+    notifier.close()
 
 
 def test_a_dead_socket_is_logged_once_and_never_raises(tmp_path: Path, notify_log: Records) -> None:

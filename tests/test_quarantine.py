@@ -7,8 +7,9 @@ EPERM even for root) must leave the drop in the spool, with nothing of it in the
 quarantine and nothing counted as rejected, until the fault clears. A watcher killed
 (SIGKILL, through strace) between the reason file and the move must not leave a
 rejection counted either. A copy of many pieces (slowed by strace) keeps systemd's
-watchdog fed, piece by piece, and the watcher goes on after it; a stop amid it gives the
-copy up at its next piece, and leaves the drop in the spool for the next start.
+watchdog fed, piece by piece, and the watcher goes on after it; one in the backlog taken
+before READY=1 extends the start-up timeout the same way; a stop amid it gives the copy
+up at its next piece, and leaves the drop in the spool for the next start.
 
 Skipped, with the reason, when not root or when chattr/mount/strace do not work here.
 """
@@ -353,6 +354,85 @@ def test_a_long_copy_into_another_filesystem_keeps_the_watchdog_fed_and_the_watc
         assert "rejected big.json: drop is 201326592 bytes, over the limit" in log, log
         assert "Traceback" not in log and "cannot notify" not in log, log
         assert sorted(os.listdir(quarantine)) == ["big.json", f"big.json{REASON}"]
+        assert filecmp.cmp(kept, quarantine / "big.json", shallow=False)
+        # Once running, there is no start-up timeout left to extend.
+        assert not any("EXTEND_TIMEOUT_USEC" in m.fields for m in listener.messages)
+
+
+@needs_strace_root
+def test_a_long_copy_before_ready_extends_the_start_up_timeout_piece_by_piece(
+    root: Path, tmp_path: Path, can_mount: None
+) -> None:
+    """An over-limit drop of 5 pieces of data waits in the spool at the start, the
+    quarantine on another filesystem, every ``sendfile`` (one a piece) held up 0.3 s: it
+    is set aside in the backlog taken before ``READY=1``, while systemd's watchdog is not
+    armed yet and its start-up timeout runs, which ``WATCHDOG=1`` does not extend. The
+    copy's pieces send ``EXTEND_TIMEOUT_USEC=`` (three ping intervals) while its temp
+    file is there, and ``READY=1`` comes once it is set aside whole; none after it."""
+    spool = root / "spool"
+    piece, pieces, delay = 16 * MIB, 5, 0.3
+    block = os.urandom(MIB + 7)
+    data = (block * (pieces * piece // len(block) + 1))[: pieces * piece]
+    staged = spool / "tmp" / ".big.json.part"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(data)
+    del data, block
+    kept = root / "big.orig"  # the same inode, by a name the watcher never looks at
+    os.link(staged, kept)
+    os.rename(staged, spool / "big.json")
+    os.utime(spool / "big.json", (time.time() - 60,) * 2)  # long settled
+    held = ("-f", "-qq", "-o", os.devnull, "-e", "trace=sendfile")
+    held += ("-e", f"inject=sendfile:delay_enter={int(delay * 1e6)}")
+    with tmpfs(tmp_path / "other-fs", size="128m") as fs:
+        quarantine = fs / "rejected"
+
+        def copying() -> bool:
+            return quarantine.is_dir() and any(
+                n.startswith(".tmp-") for n in os.listdir(quarantine)
+            )
+
+        with (
+            NotifyListener() as listener,
+            WatchProcess(
+                root,
+                global_args=("--rejected-dir", str(quarantine)),
+                env={"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "400000"},
+                wrapper=(STRACE, *held),
+            ) as watcher,
+        ):
+            program = traced_program(watcher.proc.pid)
+            try:
+                extended_while_copying = 0
+                deadline = time.monotonic() + 20
+                while True:
+                    message = listener.receive(0.01)
+                    assert time.monotonic() < deadline, f"no READY=1: {listener.messages}"
+                    assert watcher.proc.poll() is None, watcher.log
+                    if message is None:
+                        continue
+                    extension = message.fields.get("EXTEND_TIMEOUT_USEC")
+                    if extension is not None:
+                        assert extension == "600000", message  # 3 x 0.2 s
+                        extended_while_copying += copying()
+                    if "READY" in message.fields:
+                        assert not copying(), "READY=1 while the copy was under way"
+                        break
+                assert sorted(os.listdir(quarantine)) == ["big.json", f"big.json{REASON}"]
+                assert extended_while_copying >= 2, listener.messages
+                ready_at = len(listener.messages)
+                os.kill(program, signal.SIGTERM)
+                code = watcher.proc.wait(timeout=10)
+                while listener.receive(0.01) is not None:
+                    pass
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(program, signal.SIGKILL)
+        log = watcher.log
+        assert code == 0, log
+        after = listener.messages[ready_at:]
+        assert not any("EXTEND_TIMEOUT_USEC" in m.fields for m in after), after
+        assert "rejected big.json: drop is 83886080 bytes, over the limit" in log, log
+        assert "Traceback" not in log and "cannot notify" not in log, log
         assert filecmp.cmp(kept, quarantine / "big.json", shallow=False)
 
 

@@ -352,6 +352,40 @@ def test_the_watchdog_waits_for_the_watcher_s_own_pings() -> None:
         joint.close()
 
 
+def test_the_watcher_s_extensions_reach_systemd_only_while_the_process_starts() -> None:
+    """In process, on a real notify socket: the watcher's ``EXTEND_TIMEOUT_USEC=`` (a
+    long copy in the backlog) goes out before ``READY=1``, measured by the real watchdog
+    (the watcher's own reports come more often); once ready, or once a stop began, it
+    would extend another timeout, and is dropped."""
+    with NotifyListener() as listener:
+        notifier = SystemdNotifier(listener.address, watchdog_usec=30_000_000)
+        joint = JointNotifier(notifier)
+        view = joint.watcher_view()
+        assert view.watchdog_interval == 1.0  # its reports, not the process's pings
+        assert view.timeout_extension == notifier.timeout_extension == 45.0
+        view.extend_timeout(view.timeout_extension)
+        sent = listener.wait_for(lambda m: True, 2, "the extension")
+        assert sent.raw == b"EXTEND_TIMEOUT_USEC=45000000"
+        view.ready("ingested 0, rejected 1, backlog 0")
+        joint.server_ready("http://127.0.0.1:4000")
+        listener.wait_for(lambda m: "READY" in m.fields, 2, "READY=1")
+        view.extend_timeout(45.0)
+        assert listener.receive(0.1) is None, "an extension after READY=1"
+        joint.stopping("no new connections; finishing the requests in flight")
+        listener.wait_for(lambda m: "STOPPING" in m.fields, 2, "STOPPING=1")
+        view.extend_timeout(45.0)
+        assert listener.receive(0.1) is None, "an extension during the stop"
+        joint.close()
+
+    with NotifyListener() as listener:  # a stop before READY=1: no extension either
+        joint = JointNotifier(SystemdNotifier(listener.address))
+        joint.stopping("no new connections; finishing the requests in flight")
+        listener.wait_for(lambda m: "STOPPING" in m.fields, 2, "STOPPING=1")
+        joint.watcher_view().extend_timeout(60.0)
+        assert listener.receive(0.1) is None, "an extension during the stop"
+        joint.close()
+
+
 def test_a_second_watcher_is_refused_at_start(root: Path) -> None:
     with WatchProcess(root):
         done = run_cli(root, "serve", "--watch", "--listen", "127.0.0.1:0")

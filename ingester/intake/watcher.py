@@ -17,7 +17,8 @@ This module is the loop around them: it takes the locks, collects events, decide
 a group is due, runs maintenance (recovery, cleanup, metadata, the latest link's
 repair, the rejected folder's retention), never runs deaf (a dead event source is
 restarted, a spool made anew watched anew), handles signals and keeps systemd informed
-(READY, STATUS, WATCHDOG pings).
+(READY, STATUS, WATCHDOG pings, and EXTEND_TIMEOUT_USEC while a long copy before READY
+makes progress).
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ class Watcher:
         self._next_rescan = 0.0
         self._unscanned = False  # the last scan of the spool failed: it may hold drops
         self._next_ping = 0.0
+        self._next_extension = 0.0
+        self._ready_said = False  # READY=1 sent: systemd's start-up timeout is over
         self._last_status = ""
         self.metrics.watch(lambda: len(self.backlog), lambda: self.maintenance.holding)
 
@@ -218,6 +221,7 @@ class Watcher:
                 code = self._shutdown()
                 return 1 if left else code
             self.notifier.ready(self._status_text())
+            self._ready_said = True
             self._next_rescan = time.monotonic() + self.options.rescan_interval
             while not self._stop.is_set():
                 self._step()
@@ -493,15 +497,18 @@ class Watcher:
     def _alive(self) -> None:
         """A long step of the loop (a drop copied into a quarantine on another
         filesystem) put another piece on disk: ping the watchdog if a ping is due, as
-        between steps.
+        between steps, and before ``READY=1`` extend the start-up timeout too.
 
         A step that makes no progress (a hung disk) never calls this, so the watchdog
-        still fires on it. The observer is not looked at here: the loop looks at it (and
-        restarts it) as soon as the step ends, and the rescan that follows a restart
-        finds what it missed.
+        still fires on it, and before ``READY=1`` the start-up timeout does once the
+        last extension has run out. The observer is not looked at here: the loop looks
+        at it (and restarts it) as soon as the step ends, and the rescan that follows a
+        restart finds what it missed.
         """
         if self.notifier.enabled:
             self._watchdog_due()
+            if not self._ready_said and not self._stop.is_set():
+                self._extension_due()
 
     def _watchdog_due(self) -> None:
         """``WATCHDOG=1`` if one is due (every ``watchdog_interval`` seconds)."""
@@ -510,3 +517,21 @@ class Watcher:
         if interval is not None and now >= self._next_ping:
             self.notifier.watchdog()
             self._next_ping = now + interval
+
+    def _extension_due(self) -> None:
+        """``EXTEND_TIMEOUT_USEC`` if one is due: as often as the pings, or every quarter
+        of the extension when there is no watchdog.
+
+        Before ``READY=1`` systemd's watchdog is not armed: its start-up timeout runs,
+        and the pings do not extend it. A backlog that holds a copy of gigabytes (one a
+        stop gave up, set aside at the next start) could outlast it, and every restart
+        would begin the copy anew. Once a stop was asked no copy needs more time: it is
+        given up at its next piece.
+        """
+        now = time.monotonic()
+        if now < self._next_extension:
+            return
+        extension = self.notifier.timeout_extension
+        interval = self.notifier.watchdog_interval
+        self.notifier.extend_timeout(extension)
+        self._next_extension = now + (interval if interval is not None else extension / 4)

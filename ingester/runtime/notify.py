@@ -7,6 +7,11 @@ assignments (``READY=1``, ``STATUS=...``, ``WATCHDOG=1``, ``STOPPING=1``). A lea
 With ``WatchdogSec=`` systemd also passes ``WATCHDOG_USEC`` (and ``WATCHDOG_PID``, the
 process that is meant to ping); the service pings at half that interval.
 
+The watchdog is armed only once ``READY=1`` is sent: before it, the start-up timeout
+(``TimeoutStartSec=``) runs, and ``WATCHDOG=1`` does not extend it.
+``EXTEND_TIMEOUT_USEC=`` (systemd 236 and later) does: a step that makes progress says
+so to keep a start from being killed while it is still getting somewhere.
+
 Nothing here ever raises to the caller: the service must keep working when the notify
 socket is gone or refuses a message. The first failure is logged as a warning on the
 ``ingester.runtime.notify`` logger, later ones at debug level. Without ``NOTIFY_SOCKET`` every
@@ -29,6 +34,10 @@ log = logging.getLogger("ingester.notify")
 # A send that cannot complete within this time (systemd's queue full) is dropped and
 # logged rather than left to stall the pipeline.
 _SEND_TIMEOUT = 1.0
+
+# With no watchdog to take a measure from, how long each extension of a timeout lasts:
+# long enough for a piece of work on a slow disk, short enough that a hang still ends.
+_EXTENSION_WITHOUT_WATCHDOG = 60.0
 
 
 def _socket_address(raw: str) -> bytes | None:
@@ -124,6 +133,17 @@ class SystemdNotifier:
             return None
         return self._watchdog_usec / 2 / 1e6
 
+    @property
+    def timeout_extension(self) -> float:
+        """Seconds each :meth:`extend_timeout` from a long step's progress asks for.
+
+        Three ping intervals (one and a half ``WatchdogSec=``) when there is a watchdog,
+        so that progress keeps a start alive on the terms the watchdog keeps a running
+        service alive, with room for one late report; 60 s without one.
+        """
+        interval = self.watchdog_interval
+        return 3 * interval if interval is not None else _EXTENSION_WITHOUT_WATCHDOG
+
     def ready(self, status: str | None = None) -> None:
         """``READY=1``: start-up is complete (and ``STATUS=status`` if given)."""
         self._send("READY=1", status)
@@ -135,6 +155,18 @@ class SystemdNotifier:
     def watchdog(self) -> None:
         """``WATCHDOG=1``: the service is alive and well (call every watchdog_interval)."""
         self._send("WATCHDOG=1", None)
+
+    def extend_timeout(self, seconds: float) -> None:
+        """``EXTEND_TIMEOUT_USEC=``: ``seconds`` more for the timeout of the current state.
+
+        See ``sd_notify(3)`` (systemd 236 and later; older ones ignore it): before
+        ``READY=1`` it extends ``TimeoutStartSec=``, after ``STOPPING=1``
+        ``TimeoutStopSec=``, in between ``RuntimeMaxSec=``. systemd then waits
+        ``seconds`` from now for the next message, and only a state that has outlasted
+        its own timeout is cut short, so an extension never shortens one. ``seconds``
+        is rounded to whole microseconds, at least 1.
+        """
+        self._send(f"EXTEND_TIMEOUT_USEC={max(1, round(seconds * 1e6))}", None)
 
     def stopping(self, status: str | None = None) -> None:
         """``STOPPING=1``: shutdown has begun (and ``STATUS=status`` if given)."""

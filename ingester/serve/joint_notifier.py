@@ -3,8 +3,10 @@
 The server and the watcher of one process share one :class:`SystemdNotifier`.
 ``READY=1`` is sent once both are up; ``WATCHDOG=1`` only while both are healthy (the
 server's event loop pings, and only while the watcher's own pings keep coming, which it
-makes only while its observer is alive); ``STATUS=`` carries both halves' words. The
-watcher speaks through a view of it that records its pings instead of sending them.
+makes only while its observer is alive); ``STATUS=`` carries both halves' words;
+``EXTEND_TIMEOUT_USEC=`` passes on the watcher's, while the process has not said
+``READY=1`` (a long copy in the backlog it takes first). The watcher speaks through a
+view of it that records its pings instead of sending them.
 """
 
 from __future__ import annotations
@@ -68,6 +70,19 @@ class JointNotifier:
                 self._watcher_seen = time.monotonic()
             else:
                 self._watcher_status = status
+
+    def watcher_extends(self, seconds: float) -> None:
+        """The watcher's long step made progress while it takes its backlog: ask systemd
+        for ``seconds`` more of its start-up timeout (``EXTEND_TIMEOUT_USEC=``).
+
+        Passed on only while the process is starting (no ``READY=1``, no stop begun):
+        later, it would extend the timeout of another state, which a copy does not need
+        (at a stop it is given up at its next piece).
+        """
+        with self._lock:
+            starting = not self._ready_sent and self._stop_step is None
+        if starting:
+            self.notifier.extend_timeout(seconds)
 
     def server_ready(self, url: str) -> None:
         """The server listens at ``url``."""
@@ -174,8 +189,17 @@ class _WatcherView(SystemdNotifier):
         interval = self._joint.notifier.watchdog_interval
         return None if interval is None else _view_interval(interval)
 
+    @property
+    def timeout_extension(self) -> float:
+        # The watcher reports more often than the process pings: its extension is still
+        # measured by the real watchdog, not by these reports.
+        return self._joint.notifier.timeout_extension
+
     def ready(self, status: str | None = None) -> None:
         self._joint.watcher_ready(status)
+
+    def extend_timeout(self, seconds: float) -> None:
+        self._joint.watcher_extends(seconds)
 
     def status(self, text: str) -> None:
         self._joint.watcher_alive(text)

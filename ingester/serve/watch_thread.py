@@ -13,6 +13,9 @@ One process, one voice towards systemd (:class:`.joint_notifier.JointNotifier`):
 * ``WATCHDOG=1`` only while both are healthy: the server's event loop sends the pings,
   and only while the watcher's own pings (which it makes only while its observer is
   alive) keep coming;
+* ``EXTEND_TIMEOUT_USEC=`` from the watcher while it takes the backlog, before
+  ``READY=1``: a long copy into a quarantine on another filesystem that makes progress
+  is not cut short by ``TimeoutStartSec=`` (the watchdog is not armed yet);
 * ``STATUS=`` with both halves' words (``starting: ...``, ``serving URL; watcher ...``,
   ``stopping: ...``); ``STOPPING=1`` once, when the stop begins, with a status saying
   what the stop is doing (and a new ``STATUS=`` at each of its steps).
