@@ -15,7 +15,8 @@ from support import INVALID_SAMPLES, run_cli
 from support.plugin_output import perfdata_problems
 
 from ingester.clock import iso_utc
-from ingester.mirror.state import MirrorState, write_mirror_state
+from ingester.mirror.state import write_mirror_state
+from ingester.mirror.state_model import MirrorState
 
 HISTORY = "console-usage-history"
 

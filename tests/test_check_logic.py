@@ -16,7 +16,8 @@ from support.plugin_output import perfdata_problems
 
 from ingester.history.names import generate_version_filename
 from ingester.intake.housekeeping import prune_rejected
-from ingester.mirror.state import MirrorState, write_mirror_state
+from ingester.mirror.state import write_mirror_state
+from ingester.mirror.state_model import MirrorState
 from ingester.ops.check import (
     CRITICAL,
     OK,

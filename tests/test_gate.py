@@ -236,3 +236,29 @@ def test_the_spool_s_reason_files_hold_our_words(root: Path) -> None:
         for problem in record.get("errors", []):
             assert_our_words(problem["msg"])
     assert_our_words(done.stderr)
+
+
+def _fields(payload: Any) -> Any:
+    """What readers take from a valid payload: every field, a time with its offset."""
+    when = payload.lastUpdated
+    return (when.isoformat(), when.utcoffset(), payload.isPartial, payload.extractionErrors)
+
+
+@given(_payloads)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_gate_reads_the_models_values(doc: dict[str, Any]) -> None:
+    """``read_payload`` (what status, list and show read a version with) gives the
+    model's verdict, and for a valid payload the model's values."""
+    data = json.dumps(doc).encode()
+    assert verdict(gate.read_payload, data) == verdict(judge_payload, data)
+    try:
+        model = judge_payload(data)
+    except PayloadRejected:
+        return
+    assert _fields(gate.read_payload(data)) == _fields(model)
+
+
+def test_the_gate_reads_the_samples_values() -> None:
+    for path in VALID_SAMPLES:
+        data = path.read_bytes()
+        assert _fields(gate.read_payload(data)) == _fields(judge_payload(data)), path.name

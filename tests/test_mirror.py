@@ -49,12 +49,12 @@ from ingester.history.retention import RetentionPolicy
 from ingester.history.store import HistoryStore
 from ingester.mirror.state import (
     MIRROR_STATE_NAME,
-    MirrorState,
     deletable_count,
     mirror_hold,
     read_mirror_state,
     write_mirror_state,
 )
+from ingester.mirror.state_model import MirrorState
 
 boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[s3]')")
 

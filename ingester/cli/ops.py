@@ -27,7 +27,6 @@ from ..ops.snapshot import (
     take_snapshot,
     write_snapshot_tar,
 )
-from ..payload.schema import payload_schema_text
 from ..runtime.logs import escape_text, one_line
 from .common import (
     App,
@@ -172,6 +171,10 @@ def schema() -> None:
     approximated by a schema (no NaN, UTF-8 without BOM, the size limit): use
     'ingester submit --dry-run FILE' for the exact verdict.
     """
+    # Here, not at the top: the schema is the model's, and pydantic's model machinery
+    # would cost check and snapshot some 50 ms of their start.
+    from ..payload.schema import payload_schema_text
+
     click.echo(payload_schema_text(), nl=False)
 
 

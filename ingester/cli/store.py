@@ -17,12 +17,12 @@ from pathlib import Path
 import click
 
 from ..clock import utc_now
-from ..errors import NotRegularFile, StorageError, os_cause
+from ..errors import NotRegularFile, PayloadRejected, StorageError, os_cause
 from ..history.names import format_timestamp
 from ..history.store import CacheNotRefreshed, CleanupIncomplete
 from ..intake.spool import Spool
 from ..ops.queries import ReportError, open_store
-from ..payload.model import PayloadRejected, judge_payload
+from ..payload.gate import check_payload
 from ..runtime.signals import StopFlag, ignore_stop_signals, on_stop_signals
 from ..settings import Settings
 from .common import (
@@ -187,7 +187,9 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
                 raise click.exceptions.Exit(1)
             try:
                 data = read_limited(path, s.max_bytes, regular_only=True)
-                judge_payload(data, max_bytes=s.max_bytes)
+                # The gate, not the model: the same verdict, without loading pydantic's model
+                # machinery at start-up (about 50 ms; tests/test_gate.py holds the two together).
+                check_payload(data, max_bytes=s.max_bytes)
             except NotRegularFile as exc:
                 rejected += 1
                 say(f"rejected {path}: {exc.strerror}")

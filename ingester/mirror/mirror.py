@@ -69,11 +69,11 @@ from .state import (
     DEFAULT_HOLD_MAX,
     MIRROR_LOCK_NAME,
     STUCK,
-    MirrorState,
     read_mirror_state,
     unmirrored,
     write_mirror_state,
 )
+from .state_model import MirrorState
 
 __all__ = ["Mirror", "MirrorBlocked", "MirrorOptions", "PassResult"]
 

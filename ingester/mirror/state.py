@@ -14,21 +14,19 @@ oldest go first): a mirror that is down for ever cannot fill the disk. Removing 
 file (when a mirror is retired) ends the hold.
 
 Pure apart from the two small file functions; no boto3 here, so the store and the
-watcher can import it freely.
+watcher can import it freely. The file's model, :class:`~.state_model.MirrorState`
+(pydantic), is loaded only where a state file is read or written.
 """
 
 from __future__ import annotations
 
 import bisect
 import errno
-import json
 import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import TYPE_CHECKING, Any
 
 from ..clock import utc_now
 from ..history import durable
@@ -37,12 +35,14 @@ from ..history.lock import lock_holder
 from ..history.names import MIRROR_STATE_NAME
 from ..history.retention import DEFAULT_HOLD_MAX
 
+if TYPE_CHECKING:
+    from .state_model import MirrorState
+
 __all__ = [
     "DEFAULT_HOLD_MAX",
     "MIRROR_LOCK_NAME",
     "MIRROR_STATE_NAME",
     "STUCK",
-    "MirrorState",
     "deletable_count",
     "held_back",
     "mirror_hold",
@@ -59,27 +59,6 @@ STUCK = "stuck"
 other bytes, or it cannot be read here): it holds the watermark until someone acts."""
 
 
-class MirrorState(BaseModel):
-    """``_mirror.json``: the mirror's watermark, its hold bound and how it is doing."""
-
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
-
-    target: str = ""
-    mirrored_through: str | None = Field(None, alias="mirroredThrough")
-    hold_max: int = Field(DEFAULT_HOLD_MAX, alias="holdMax", ge=0)
-    retention: str = "keep"
-    state: str = "starting"
-    detail: str | None = None
-    since: str | None = None
-    updated_at: str | None = Field(None, alias="updatedAt")
-    last_success_at: str | None = Field(None, alias="lastSuccessAt")
-    waiting: int = Field(0, ge=0)
-
-    def to_json_bytes(self) -> bytes:
-        """The file's bytes."""
-        return (json.dumps(self.model_dump(by_alias=True), indent=2) + "\n").encode()
-
-
 STATE_MAX_BYTES = 1 << 20
 """The most of the state file that is read: it is a few hundred bytes."""
 
@@ -91,6 +70,7 @@ def read_mirror_state(history_dir: Path) -> MirrorState | None:
     state with no watermark, so retention holds (bounded) rather than deletes.
     """
     path = history_dir / MIRROR_STATE_NAME
+    unreadable = False
     try:
         # As a file anyone with write access may have replaced: a FIFO or an endless
         # file there must not hold up retention, which reads this on every pass.
@@ -98,9 +78,16 @@ def read_mirror_state(history_dir: Path) -> MirrorState | None:
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             return None
-        if exc.errno != errno.ELOOP:
-            return MirrorState(state="unknown", detail="state file unreadable")
+        unreadable = exc.errno != errno.ELOOP
         raw = None
+    # Only now the file's model (pydantic): without a mirror, status, check and
+    # retention never load it (some 50 ms of a command's start).
+    from pydantic import ValidationError
+
+    from .state_model import MirrorState
+
+    if unreadable:
+        return MirrorState(state="unknown", detail="state file unreadable")
     if raw is None:
         return MirrorState(state="unknown", detail="state file is not a regular file")
     if len(raw) > STATE_MAX_BYTES:

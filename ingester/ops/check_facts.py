@@ -25,7 +25,7 @@ from ..history.names import parse_timestamp_from_filename
 from ..history.retention import RetentionPolicy, expired_prefix
 from ..intake.housekeeping import count_rejected_since
 from ..intake.spool import Spool
-from ..mirror.state import MirrorState, held_back, mirror_status
+from ..mirror.state import held_back, mirror_status
 from ..settings import Settings
 from ..usage.forecast import Forecast
 from ..usage.usage_history import forecast_of
@@ -138,6 +138,9 @@ def mirror_facts(
     status = mirror_status(history_dir, names, configured)
     if status is None:
         return None
+    # Here, not at the top: pydantic (the model's) only where there is a mirror.
+    from ..mirror.state_model import MirrorState
+
     hold_max: int | None = status["holdMax"]
     expired = expired_prefix(names, now, policy or RetentionPolicy())
     recorded = MirrorState(mirrored_through=status["mirroredThrough"], hold_max=hold_max or 0)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import (
     PERMISSION_ADVICE,
+    PayloadRejected,
     VersionNotFound,
     VersionTooLarge,
     file_on_the_way,
@@ -32,7 +33,7 @@ from ..history.local import LocalHistory
 from ..history.lock import lock_holder
 from ..history.names import is_version_name, looks_like_version_name
 from ..history.store import LATEST_TEMP_PREFIXES, METADATA_NAME, HistoryStore
-from ..payload.model import PayloadRejected, judge_payload
+from ..payload.gate import check_payload
 from .adopt import UNKEPT_LATEST, latest_is_a_file, unknown_latest
 
 __all__ = [
@@ -148,7 +149,9 @@ def _version_findings(reader: LocalHistory, names: list[str]) -> tuple[list[Find
             continue
         if data is not None:
             try:
-                judge_payload(data)
+                # The gate, not the model: the same verdict, without loading pydantic's model
+                # machinery at start-up (about 50 ms; tests/test_gate.py holds the two together).
+                check_payload(data)
             except PayloadRejected as exc:
                 problems.append(Finding("invalid-version", name, exc.reason))
         if st.st_mode & 0o222:

@@ -37,10 +37,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import BinaryIO, Final
 
-from ..errors import VersionNotFound, VersionTooLarge
+from ..errors import PayloadRejected, VersionNotFound, VersionTooLarge
 from ..history.base import HistoryReader
 from ..history.names import format_timestamp, parse_timestamp_from_filename
-from ..payload.model import ConsoleUsageDataSync, PayloadRejected, UsageWindow, judge_payload
+from ..payload.gate import ConsoleUsageDataSync, UsageWindow, read_payload
 from .resets import parse_resets_in
 
 __all__ = [
@@ -168,6 +168,9 @@ def _window(
 def flatten(name: str, payload: ConsoleUsageDataSync, zone: tzinfo) -> Row:
     """One row (see :data:`COLUMNS`) for version ``name`` holding ``payload``.
 
+    ``payload``: as the gate reads it (:func:`~ingester.payload.gate.read_payload`: the
+    model's values, without pydantic's model machinery).
+
     ``zone`` is the console's time zone, for absolute ``resetsIn`` wordings.
     """
     weekly = payload.weeklyLimits
@@ -226,7 +229,9 @@ def row_from_bytes(name: str, data: bytes, zone: tzinfo) -> Row:
 
     ``zone``: the console's time zone (for ``resetsAt``).
     """
-    return flatten(name, judge_payload(data), zone)
+    # The gate, not the model: the same verdict and values, without loading pydantic's model
+    # machinery at start-up (about 50 ms; tests/test_gate.py holds the two together).
+    return flatten(name, read_payload(data), zone)
 
 
 def _csv_cell(value: Cell) -> str:

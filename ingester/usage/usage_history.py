@@ -45,7 +45,7 @@ from datetime import datetime, timedelta, tzinfo
 from ..errors import ObjectStoreError, PayloadRejected, VersionNotFound, VersionTooLarge
 from ..history.base import HistoryReader, VersionEntry
 from ..history.index import HistoryIndex, HistorySnapshot
-from ..payload.model import judge_payload
+from ..payload.gate import check_payload
 from .forecast import (
     BASIS,
     CLOCK_AHEAD,
@@ -160,7 +160,9 @@ class UsageHistory:
         named once in the log).
         """
         try:
-            judge_payload(data)
+            # The gate, not the model: the same verdict, without loading pydantic's model
+            # machinery at start-up (about 50 ms; tests/test_gate.py holds the two together).
+            check_payload(data)
         except PayloadRejected as exc:
             self._left_out(name, exc.reason)
             return False
