@@ -415,6 +415,37 @@ def test_mirror_once_uploads_each_version_and_restore_passes_verify(
     restore_and_verify(root, tmp_path, target, env)
 
 
+def restore_deleting(
+    s3: SeaweedS3,
+    bucket: str,
+    aws_files: dict[str, str],
+    target: str,
+    restored: Path,
+    names: list[str],
+    *,
+    kms: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """``restore TARGET --root RESTORED`` through a proxy that deletes the objects of
+    ``names`` from the bucket as it answers the listing: between the listing and the
+    downloads, every time. ``kms``: the proxy shows SSE-KMS ETags."""
+    client = client_for(s3.endpoint)
+    prefix = target.removeprefix(f"s3://{bucket}/")
+    proxy = FaultProxy(s3.port)
+    proxy.kms_etags = kms
+
+    def delete(method: str, path: str) -> None:
+        if method == "GET" and "list-type=2" in path:
+            for name in names:
+                client.delete_object(Bucket=bucket, Key=f"{prefix}/{name}")
+
+    proxy.answered = delete
+    try:
+        env = s3_env(proxy.endpoint, aws_files)
+        return run_cli(restored.parent, "restore", target, "--root", str(restored), **env)
+    finally:
+        proxy.close()
+
+
 @pytest.mark.parametrize("kms", [False, True], ids=["plain", "sse-kms"])
 def test_versions_deleted_from_the_bucket_during_a_restore_are_not_its_fault(
     root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], kms: bool
@@ -434,21 +465,7 @@ def test_versions_deleted_from_the_bucket_during_a_restore_are_not_its_fault(
     # could prove its bytes, and that finds the object gone.
     (restored / HISTORY).mkdir(parents=True)
     shutil.copy2(root / HISTORY / names[0], restored / HISTORY / names[0])
-    client = client_for(s3.endpoint)
-    proxy = FaultProxy(s3.port)
-    proxy.kms_etags = kms
-
-    def retention(method: str, path: str) -> None:
-        if method == "GET" and "list-type=2" in path:
-            for name in names[:2]:
-                client.delete_object(Bucket=bucket, Key=f"gone/{name}")
-
-    proxy.answered = retention
-    try:
-        env = s3_env(proxy.endpoint, aws_files)
-        done = run_cli(tmp_path, "restore", target, "--root", str(restored), **env)
-    finally:
-        proxy.close()
+    done = restore_deleting(s3, bucket, aws_files, target, restored, names[:2], kms=kms)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stderr and "error" not in done.stderr, done.stderr
     assert done.stdout.splitlines()[0].endswith(
@@ -468,21 +485,8 @@ def test_a_restore_whose_every_listed_version_went_restores_nothing_and_says_so(
     target = f"s3://{bucket}/emptied"
     mirrored = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
     assert mirrored.returncode == 0, mirrored.stderr
-    client = client_for(s3.endpoint)
-    proxy = FaultProxy(s3.port)
-
-    def emptied(method: str, path: str) -> None:
-        if method == "GET" and "list-type=2" in path:
-            for name in names:
-                client.delete_object(Bucket=bucket, Key=f"emptied/{name}")
-
-    proxy.answered = emptied
     restored = tmp_path / "restored"
-    try:
-        env = s3_env(proxy.endpoint, aws_files)
-        done = run_cli(tmp_path, "restore", target, "--root", str(restored), **env)
-    finally:
-        proxy.close()
+    done = restore_deleting(s3, bucket, aws_files, target, restored, names)
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stderr == (
         f"error: no versions at {target}: the 3 listed were deleted before their download\n"

@@ -296,6 +296,34 @@ def listening_until(
         listener.receive(0.01)
 
 
+PIECE = 16 * MIB  # a copy across filesystems goes one sendfile, one fdatasync, at a time
+
+
+def big_drop(root: Path, pieces: int) -> tuple[Path, Path]:
+    """An over-limit drop of ``pieces`` pieces of data, no holes, staged in the spool's
+    ``tmp/`` (``.big.json.part``), for the test to rename in when it wants; and the same
+    inode by a name the watcher never looks at (``ROOT/big.orig``), to compare with."""
+    block = os.urandom(MIB + 7)  # never a whole number of pieces: a misplaced one shows
+    data = (block * (pieces * PIECE // len(block) + 1))[: pieces * PIECE]
+    staged = root / "spool" / "tmp" / ".big.json.part"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(data)
+    kept = root / "big.orig"
+    os.link(staged, kept)
+    return staged, kept
+
+
+def sendfile_held(seconds: float) -> tuple[str, ...]:
+    """strace's arguments that hold up every ``sendfile`` (one a piece) ``seconds``."""
+    held = ("-f", "-qq", "-o", os.devnull, "-e", "trace=sendfile")
+    return (*held, "-e", f"inject=sendfile:delay_enter={int(seconds * 1e6)}")
+
+
+def copy_under_way(quarantine: Path) -> bool:
+    """Whether a copy's temp file is in ``quarantine`` (it is named only once whole)."""
+    return quarantine.is_dir() and any(n.startswith(".tmp-") for n in os.listdir(quarantine))
+
+
 @needs_strace_root
 def test_a_long_copy_into_another_filesystem_keeps_the_watchdog_fed_and_the_watcher_going(
     root: Path, tmp_path: Path, can_mount: None
@@ -305,15 +333,7 @@ def test_a_long_copy_into_another_filesystem_keeps_the_watchdog_fed_and_the_watc
     itself, piece by piece, while it is under way (the loop alone would be silent until
     it ends), and the watcher stores the next drop after it. The copy is whole."""
     spool = root / "spool"
-    piece = 16 * MIB  # the copy's piece: one sendfile, one fdatasync, one report
-    block = os.urandom(MIB + 7)  # never a whole number of pieces: a misplaced one shows
-    data = (block * (12 * piece // len(block) + 1))[: 12 * piece]
-    staged = spool / "tmp" / ".big.json.part"
-    staged.parent.mkdir(parents=True)
-    staged.write_bytes(data)
-    kept = root / "big.orig"  # the same file, by a name the watcher never looks at
-    os.link(staged, kept)
-    del data, block
+    staged, kept = big_drop(root, 12)
     with tmpfs(tmp_path / "other-fs", size="256m") as fs:
         quarantine = fs / "rejected"
         with (
@@ -328,10 +348,9 @@ def test_a_long_copy_into_another_filesystem_keeps_the_watchdog_fed_and_the_watc
             listener.wait_for(lambda m: "READY" in m.fields, 30, "READY=1", alive)
 
             def copying() -> bool:
-                # The reason file is named before the copy begins; the copy's temp file
-                # is named only once it is whole.
-                names = os.listdir(quarantine)
-                return f"big.json{REASON}" in names and any(n.startswith(".tmp-") for n in names)
+                # The reason file is named before the copy begins.
+                reason = f"big.json{REASON}" in os.listdir(quarantine)
+                return reason and copy_under_way(quarantine)
 
             with syscall_delayed(watcher.proc.pid, "sendfile", 250_000):
                 os.rename(staged, spool / "big.json")
@@ -370,26 +389,14 @@ def test_a_long_copy_before_ready_extends_the_start_up_timeout_piece_by_piece(
     copy's pieces send ``EXTEND_TIMEOUT_USEC=`` (three ping intervals) while its temp
     file is there, and ``READY=1`` comes once it is set aside whole; none after it."""
     spool = root / "spool"
-    piece, pieces, delay = 16 * MIB, 5, 0.3
-    block = os.urandom(MIB + 7)
-    data = (block * (pieces * piece // len(block) + 1))[: pieces * piece]
-    staged = spool / "tmp" / ".big.json.part"
-    staged.parent.mkdir(parents=True)
-    staged.write_bytes(data)
-    del data, block
-    kept = root / "big.orig"  # the same inode, by a name the watcher never looks at
-    os.link(staged, kept)
+    staged, kept = big_drop(root, 5)
     os.rename(staged, spool / "big.json")
     os.utime(spool / "big.json", (time.time() - 60,) * 2)  # long settled
-    held = ("-f", "-qq", "-o", os.devnull, "-e", "trace=sendfile")
-    held += ("-e", f"inject=sendfile:delay_enter={int(delay * 1e6)}")
     with tmpfs(tmp_path / "other-fs", size="128m") as fs:
         quarantine = fs / "rejected"
 
         def copying() -> bool:
-            return quarantine.is_dir() and any(
-                n.startswith(".tmp-") for n in os.listdir(quarantine)
-            )
+            return copy_under_way(quarantine)
 
         with (
             NotifyListener() as listener,
@@ -397,7 +404,7 @@ def test_a_long_copy_before_ready_extends_the_start_up_timeout_piece_by_piece(
                 root,
                 global_args=("--rejected-dir", str(quarantine)),
                 env={"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "400000"},
-                wrapper=(STRACE, *held),
+                wrapper=(STRACE, *sendfile_held(0.3)),
             ) as watcher,
         ):
             program = traced_program(watcher.proc.pid)
@@ -442,48 +449,34 @@ def test_a_stop_amid_a_long_copy_into_another_filesystem_leaves_the_drop_in_the_
     root: Path, tmp_path: Path, can_mount: None, run: str
 ) -> None:
     """SIGTERM while an over-limit drop of 12 pieces of data is being copied across
-    filesystems, every ``sendfile`` (one a piece) held up 0.5 s: the copy is given up at
+    filesystems, every ``sendfile`` (one a piece) held up 1 s: the copy is given up at
     its next piece, and the watcher stops as it always does, not minutes later: a
     service exits 0 with its stop line; ``--once`` as when a stop leaves drops in the
     spool (exit 1, saying so). Nothing of the drop is left in the quarantine (no temp
     file, no reason file), the drop waits in the spool untouched, and the valid drop
     claimed before it in the same group is stored. The next start sets it aside, whole."""
     spool = root / "spool"
-    piece, pieces, delay = 16 * MIB, 12, 1.0  # the copy's piece; one sendfile each
-    block = os.urandom(MIB + 7)
-    data = (block * (pieces * piece // len(block) + 1))[: pieces * piece]
-    digest = hashlib.sha256(data).digest()
-    staged = spool / "tmp" / ".big.json.part"
-    staged.parent.mkdir(parents=True)
-    staged.write_bytes(data)
-    del data, block
-    kept = root / "big.orig"  # the same inode, by a name the watcher never looks at
-    os.link(staged, kept)
+    pieces, delay = 12, 1.0
+    staged, kept = big_drop(root, pieces)
+    with kept.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").digest()
     # Both wait when the watcher starts, the valid one older: one group, taken in that
     # order, and both long settled.
     good = drop(spool, "good.json", payload(3))
     os.utime(good, (time.time() - 120,) * 2)
     os.rename(staged, spool / "big.json")
     os.utime(spool / "big.json", (time.time() - 60,) * 2)
-    held = ("-f", "-qq", "-o", os.devnull, "-e", "trace=sendfile")
-    held += ("-e", f"inject=sendfile:delay_enter={int(delay * 1e6)}")
     with tmpfs(tmp_path / "other-fs", size="256m") as fs:
         quarantine = fs / "rejected"
         with WatchProcess(
             root,
             *(("--once",) if run == "once" else ()),
             global_args=("--rejected-dir", str(quarantine)),
-            wrapper=(STRACE, *held),
+            wrapper=(STRACE, *sendfile_held(delay)),
         ) as watcher:
             program = traced_program(watcher.proc.pid)
             try:
-
-                def copying() -> bool:
-                    return quarantine.is_dir() and any(
-                        n.startswith(".tmp-") for n in os.listdir(quarantine)
-                    )
-
-                wait_for(copying, 20, "the copy under way")
+                wait_for(lambda: copy_under_way(quarantine), 20, "the copy under way")
                 os.kill(program, signal.SIGTERM)
                 # The old way finished the copy first: at least 11 more held-up pieces,
                 # 11 s. Given up at the next piece, the stop takes one piece (1 s) and
