@@ -109,7 +109,8 @@ def mirror(
     chain, never from the command line. Stops on SIGTERM/SIGINT/SIGHUP (exit 0); exits 1 when
     another mirror runs on this history. See docs/mirror.md.
     """
-    from ..mirror.mirror import Mirror, MirrorOptions
+    from ..mirror.mirror import Mirror
+    from ..mirror.options import MirrorOptions
     from ..ops.queries import history_problem
 
     s = app.settings
