@@ -47,7 +47,8 @@ from ingester.history.names import format_timestamp, is_version_name, parse_time
 from ingester.history.retention import FUTURE_SLACK, RetentionPolicy
 from ingester.history.store import HistoryStore
 from ingester.runtime.notify import SystemdNotifier
-from ingester.settings import Settings, resolve_settings
+from ingester.settings.resolved import Settings
+from ingester.settings.sources import resolve_settings
 
 LONG = os.environ.get("INGESTER_LONG_TESTS") == "1"
 skip_unless_long = pytest.mark.skipif(not LONG, reason="long mode: set INGESTER_LONG_TESTS=1")

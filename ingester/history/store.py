@@ -164,7 +164,7 @@ class HistoryStore:
     """The history folder and its latest link, and the operations on them.
 
     ``hold``: retention's hold (:data:`RetentionHold`); without one, retention deletes
-    all the policy lets it. :meth:`ingester.settings.Settings.store` passes the
+    all the policy lets it. :meth:`ingester.settings.resolved.Settings.store` passes the
     mirror's, which reads its state file in the history when there is one.
     """
 

@@ -26,7 +26,7 @@ from ..history.retention import RetentionPolicy, expired_prefix
 from ..intake.housekeeping import count_rejected_since
 from ..intake.spool import Spool
 from ..mirror.state import held_back, mirror_status
-from ..settings import Settings
+from ..settings.resolved import Settings
 from ..usage.forecast import Forecast
 from ..usage.usage_history import forecast_of
 from .queries import history_problem, read_version

@@ -40,7 +40,7 @@ from ..history.store import HistoryStore
 from ..intake.spool import Candidate, Spool
 from ..mirror.state import mirror_status
 from ..payload.gate import check_payload, read_payload
-from ..settings import Settings
+from ..settings.resolved import Settings
 from .adopt import latest_is_a_file
 
 __all__ = [
