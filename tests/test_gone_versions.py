@@ -1,15 +1,18 @@
-"""Versions retention deletes while a reader reads the history.
+"""Versions deleted while a reader reads the history.
 
 Every reader lists the history, then reads each version; retention (the watcher's, or
-``ingester cleanup``) may delete a listed version in between. Such a version is not
-damaged: it is no longer in the history, so a report is the history as it stands. The
-reader is stopped by strace right after one of its calls on a version file, the
-deletion is made while it is stopped (``cleanup``, for real), and only then does it go on.
+``ingester cleanup``) may delete a listed version in between, and an operator's ``rm``
+may delete any, the latest too. Such a version is not damaged: it is no longer in the
+history, so a report is the history as it stands, and a reader that chose the latest
+chooses again. The reader is stopped by strace right after one of its calls on a
+version file, the deletion is made while it is stopped (``cleanup``, for real, or an
+unlink), and only then does it go on.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -18,9 +21,14 @@ from pathlib import Path
 import pytest
 from support import run_cli
 from support.capabilities import needs_strace, run_held_after
+from support.serveproc import fresh_payload
 from support.watchproc import payload
 
-from ingester.history.names import generate_version_filename, parse_timestamp_from_filename
+from ingester.history.names import (
+    format_timestamp,
+    generate_version_filename,
+    parse_timestamp_from_filename,
+)
 from ingester.history.store import HistoryStore
 
 pytestmark = needs_strace
@@ -146,3 +154,90 @@ def test_list_limit_shows_n_versions_while_n_remain(root: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stderr == ""
     assert _rows(done) == [names[4], names[2], names[1]]
+
+
+def fresh_history(root: Path, count: int) -> list[str]:
+    """``count`` versions of the last minutes, oldest first, each one's ``lastUpdated``
+    its ingest time (so ``check`` finds the newest data fresh)."""
+    init = run_cli(root, "init")
+    assert init.returncode == 0, init.stderr
+    store = HistoryStore(root / HISTORY, root / "console-usage-synced.json")
+    store.load()
+    now = datetime.now(UTC)
+    names: list[str] = []
+    for i in range(count):
+        age = timedelta(seconds=60 * (count - i))
+        name = generate_version_filename(now - age, after=names[-1] if names else None)
+        store.write_version(name, fresh_payload(age, seq=i))
+        names.append(name)
+    store.publish()
+    return names
+
+
+def latest_deleted_under(root: Path, args: tuple[str, ...], newest: str) -> str:
+    """Run ``args`` held as its listing looks at the latest, ``newest``, which is deleted
+    by hand meanwhile (retention never deletes it; an operator may): it is listed, then
+    gone when read. Return its stdout, once seen to be a success without a traceback."""
+    path = root / HISTORY / newest
+    done = run_held_after(root, args, path, "%%stat", path.unlink)
+    assert "Traceback" not in done.stderr
+    assert not path.exists()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr == ""
+    return done.stdout
+
+
+def _status_rows(out: str) -> dict[str, str]:
+    """The rows of ``status`` above its settings, by their label."""
+    head = out.split("\nsettings:", 1)[0]
+    return dict(
+        re.split(r"\s{2,}", line, maxsplit=1) for line in head.splitlines() if line[:1] != " "
+    )
+
+
+def test_status_chooses_again_when_the_latest_is_deleted_under_it(root: Path) -> None:
+    names = fresh_history(root, 3)
+    out = latest_deleted_under(root, ("status",), names[2])
+    rows = _status_rows(out)
+    assert rows["latest"].startswith(f"{names[1]} (ingested "), out
+    assert "DAMAGED" not in out and "gone" not in out, out
+    assert rows["versions"].startswith("2 ("), out
+    # The link still names the deleted one until a watcher or a repair moves it: said so.
+    assert rows["latest link"].endswith(f"which is missing (the newest is {names[1]})"), out
+
+
+def test_status_json_chooses_again_when_the_latest_is_deleted_under_it(root: Path) -> None:
+    names = fresh_history(root, 3)
+    report = json.loads(latest_deleted_under(root, ("status", "--json"), names[2]))
+    assert report["latest"]["name"] == names[1]
+    assert report["latest"]["error"] is None
+    assert report["latest"]["lastUpdated"] is not None
+    assert report["metadata"]["versionCount"] == 2
+    newest = parse_timestamp_from_filename(names[1])
+    assert report["metadata"]["newestTimestamp"] == format_timestamp(newest)
+    assert names[1] in report["latestLink"]["problem"]
+
+
+def test_status_with_its_only_version_deleted_under_it_has_none(root: Path) -> None:
+    names = fresh_history(root, 1)
+    out = latest_deleted_under(root, ("status",), names[0])
+    assert _status_rows(out)["latest"] == "none yet", out
+    assert "DAMAGED" not in out, out
+
+
+def test_check_chooses_again_when_the_latest_is_deleted_under_it(root: Path) -> None:
+    names = fresh_history(root, 3)
+    out = latest_deleted_under(root, ("check", "--json"), names[2])
+    result = json.loads(out)
+    assert result["status"] == "OK", result
+    assert result["latest"] == names[1]
+    assert result["checks"][0]["message"].startswith("newest data "), result
+
+
+def test_check_with_its_only_version_deleted_under_it_says_none_is_left(root: Path) -> None:
+    names = fresh_history(root, 1)
+    path = root / HISTORY / names[0]
+    done = run_held_after(root, ("check",), path, "%%stat", path.unlink)
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout.startswith("INGESTER CRITICAL - no version yet"), done.stdout
