@@ -12,16 +12,20 @@ unlink), and only then does it go on.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
-from support import run_cli
-from support.capabilities import needs_strace, run_held_after
-from support.serveproc import fresh_payload
+from support import run_cli, wait_for
+from support.capabilities import STRACE, needs_strace, needs_strace_root, run_held_after
+from support.serveproc import ServeProcess, fresh_payload
 from support.watchproc import payload
 
 from ingester.history.names import (
@@ -241,3 +245,75 @@ def test_check_with_its_only_version_deleted_under_it_says_none_is_left(root: Pa
     assert "Traceback" not in done.stderr
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stdout.startswith("INGESTER CRITICAL - no version yet"), done.stdout
+
+
+def serve_get_held(server: ServeProcess, url: str, path: Path) -> httpx.Response:
+    """``GET url`` of ``server``, held (strace attached, SIGSTOP) as its listing looks at
+    ``path``, which is deleted by hand meanwhile; the answer once it went on."""
+    pid = server.proc.pid
+    trace = server.root.parent / f"held-{os.urandom(3).hex()}.trace"
+    tracer = subprocess.Popen(
+        [
+            *(STRACE, "-f", "-qq", "-p", str(pid), "-o", str(trace), "-P", str(path)),
+            *("-e", "trace=%%stat", "-e", "inject=%%stat:signal=SIGSTOP:when=1"),
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    answers: list[httpx.Response] = []
+
+    def get() -> None:
+        with httpx.Client(base_url=server.base, timeout=60) as client:
+            answers.append(client.get(url))
+
+    getter = threading.Thread(target=get)
+    try:
+        status = Path(f"/proc/{pid}/status")
+        wait_for(lambda: "TracerPid:\t0\n" not in status.read_text(), 20, "strace attached")
+        getter.start()
+
+        def stopped() -> bool:
+            return trace.exists() and "stopped by SIGSTOP" in trace.read_text()
+
+        wait_for(stopped, 30, f"serve held as it looks at {path.name}")
+        path.unlink()
+        os.kill(pid, signal.SIGCONT)
+        getter.join(60)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+    assert answers, server.log
+    return answers[0]
+
+
+@needs_strace_root
+@pytest.mark.parametrize("url", ["/api/health", "/metrics", "/api/claude/console-usage"])
+def test_serve_chooses_again_when_the_latest_is_deleted_under_a_request(
+    root: Path, url: str
+) -> None:
+    """The health verdict, the payload gauges and the latest itself are those of the
+    newest version left, never "unreadable" (or a gauge missing) for the one deleted."""
+    names = fresh_history(root, 2)
+    with ServeProcess(root) as server:
+        # Added once it serves: the held request is then the first to look at it.
+        store = HistoryStore(root / HISTORY, root / "console-usage-synced.json")
+        store.load()
+        newest = generate_version_filename(datetime.now(UTC), after=names[-1])
+        store.write_version(newest, fresh_payload(seq=9))
+        answer = serve_get_held(server, url, root / HISTORY / newest)
+        assert server.stop() == 0, server.log
+    assert "Traceback" not in server.log
+    if url == "/metrics":
+        assert answer.status_code == 200, answer.text
+        assert "\ningester_payload_stale 0.0\n" in answer.text, answer.text
+        assert "\ningester_versions 2.0\n" in answer.text, answer.text
+        return
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    if url == "/api/health":
+        assert body["status"] == "healthy", body
+        assert body["latestVersion"] == names[1], body
+        assert body["versionCount"] == 2, body
+    else:
+        assert body["versionInfo"]["filename"] == names[1], body
+        assert body["versionInfo"]["total"] == 2, body
