@@ -317,3 +317,44 @@ def test_serve_chooses_again_when_the_latest_is_deleted_under_a_request(
     else:
         assert body["versionInfo"]["filename"] == names[1], body
         assert body["versionInfo"]["total"] == 2, body
+
+
+LATEST_READERS = {
+    "show": ("show",),
+    "forecast --json": ("forecast", "--json"),
+    "export": ("export", "--format", "jsonl"),
+    "check --forecast": ("check", "--json", "--forecast"),
+}
+
+
+@pytest.mark.parametrize("case", LATEST_READERS)
+def test_other_readers_of_the_latest_go_on_from_the_one_left(root: Path, case: str) -> None:
+    """Readers that chose the latest already chose again (``show``) or read every
+    version and leave a gone one out (the forecast, ``export``): kept so."""
+    names = fresh_history(root, 3)
+    out = latest_deleted_under(root, LATEST_READERS[case], names[2])
+    if case == "show":
+        assert json.loads(out)["seq"] == 1
+    elif case == "forecast --json":
+        # Its lastUpdated is the second-earliest's ingest time, to the millisecond.
+        newest = format_timestamp(parse_timestamp_from_filename(names[1]))
+        body = json.loads(out)
+        assert body["asOf"][:19] == newest[:19], out
+        assert body["limits"][0]["basis"]["points"] == 2, out
+    elif case == "export":
+        rows = [json.loads(line)["version"] for line in out.splitlines()]
+        assert rows == names[:2]
+    else:
+        result = json.loads(out)
+        assert result["status"] == "OK" and result["latest"] == names[1], result
+
+
+def test_forecast_with_its_only_version_deleted_under_it_has_none(root: Path) -> None:
+    """Not "no snapshot to forecast from" (versions there, none to go by): none is left."""
+    names = fresh_history(root, 1)
+    path = root / HISTORY / names[0]
+    done = run_held_after(root, ("forecast",), path, "%%stat", path.unlink)
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert done.stderr == f"error: no version in {root / HISTORY} yet\n"
