@@ -452,9 +452,10 @@ def test_a_stop_amid_a_long_copy_into_another_filesystem_leaves_the_drop_in_the_
     filesystems, every ``sendfile`` (one a piece) held up 1 s: the copy is given up at
     its next piece, and the watcher stops as it always does, not minutes later: a
     service exits 0 with its stop line; ``--once`` as when a stop leaves drops in the
-    spool (exit 1, saying so). Nothing of the drop is left in the quarantine (no temp
-    file, no reason file), the drop waits in the spool untouched, and the valid drop
-    claimed before it in the same group is stored. The next start sets it aside, whole."""
+    spool (exit 1, saying so: a drop not set aside, not one not stored). Nothing of the
+    drop is left in the quarantine (no temp file, no reason file), the drop waits in the
+    spool untouched, and the valid drop claimed before it in the same group is stored.
+    The next start sets it aside, whole."""
     spool = root / "spool"
     pieces, delay = 12, 1.0
     staged, kept = big_drop(root, pieces)
@@ -493,7 +494,11 @@ def test_a_stop_amid_a_long_copy_into_another_filesystem_leaves_the_drop_in_the_
         assert "Traceback" not in log, log
         errors = [line for line in log.splitlines() if " ERROR " in line]
         if run == "once":
-            left = "ERROR 1 drop(s) could not be stored: left in the spool for the next start"
+            # Said for what it is: a drop to be set aside, not one to be stored.
+            left = (
+                "ERROR 1 drop(s) could not be set aside before the stop: left in the spool "
+                "for the next start"
+            )
             assert (code, len(errors)) == (1, 1) and left in errors[0], log
         else:
             assert (code, errors) == (0, []), log
