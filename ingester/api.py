@@ -16,7 +16,7 @@ def _mirror_hold(
     history_dir: Path, sorted_names: Sequence[str], expired: int
 ) -> tuple[int, str | None]:
     # The commands' hold, imported at the first cleanup: importing the store stays light.
-    from .settings import mirror_hold_hook
+    from .settings.resolved import mirror_hold_hook
 
     return mirror_hold_hook(history_dir, sorted_names, expired)
 

@@ -39,7 +39,7 @@ from test_crashpoints import DURABLE_OPS, Plan, SimulatedCrash, inject
 from ingester.history.lock import HistoryLock
 from ingester.ops.adopt import adopt_history
 from ingester.ops.verify import verify_history
-from ingester.settings import resolve_settings
+from ingester.settings.sources import resolve_settings
 
 HISTORY = "console-usage-history"
 LATEST = "console-usage-synced.json"

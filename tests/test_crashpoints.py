@@ -47,7 +47,8 @@ from ingester.history.names import format_timestamp, is_version_name, parse_time
 from ingester.history.retention import FUTURE_SLACK, RetentionPolicy
 from ingester.history.store import HistoryStore
 from ingester.runtime.notify import SystemdNotifier
-from ingester.settings import Settings, resolve_settings
+from ingester.settings.resolved import Settings
+from ingester.settings.sources import resolve_settings
 
 LONG = os.environ.get("INGESTER_LONG_TESTS") == "1"
 skip_unless_long = pytest.mark.skipif(not LONG, reason="long mode: set INGESTER_LONG_TESTS=1")
@@ -613,8 +614,10 @@ class DurabilityOrder:
     Each change to an inode (a write, an fchmod) and each claim (a rename into
     ``.claimed/``) is stamped; so are the start and the return of every fsync. When a
     file is linked as a version, its last change must be covered by an fsync of it that
-    started after that change and has returned, and so must the last claim by an fsync
-    of ``.claimed/``: what a power cut right after the link would need.
+    started after that change and has returned, and so must (for a copy, linked from
+    anywhere but ``.claimed/``) the last claim by an fsync of ``.claimed/``: what a power
+    cut right after the link would need. A zero-copy version is its claim's own inode, so
+    a claim lost to a power cut leaves the drop a second name of it, never a new drop.
     """
 
     def __init__(self, history: Path, claimed: Path, slow: float = 0.02) -> None:
@@ -669,10 +672,10 @@ class DurabilityOrder:
             name = os.fsdecode(dst)
             if os.path.dirname(name) == self.history and is_version_name(os.path.basename(name)):
                 self.links += 1
-                for what, key in (
-                    ("its bytes", self._key(os.stat(src))),
-                    (".claimed/", self._key(os.stat(self.claimed))),
-                ):
+                needed = [("its bytes", self._key(os.stat(src)))]
+                if os.path.dirname(os.fsdecode(src)) != self.claimed:
+                    needed.append((".claimed/", self._key(os.stat(self.claimed))))
+                for what, key in needed:
                     change = self.changed.get(key, 0)
                     if change and self.durable.get(key, 0) < change:
                         self.violations.append(f"{os.path.basename(name)}: {what} not durable")
@@ -699,7 +702,7 @@ def test_a_groups_versions_are_named_only_once_all_its_fsyncs_returned(
     tmp_path: Path, foreign: bool
 ) -> None:
     """The group's fsyncs run concurrently (on durable's worker threads): every version's
-    bytes and every claim must still be durable before the first name appears."""
+    bytes, and every copy's claim, must still be durable before the first name appears."""
     scenario = build_scenario(tmp_path / "r", valid_count=8, invalid_count=1, foreign=foreign)
     settings = scenario.settings
     order = DurabilityOrder(settings.history_dir, settings.spool_dir / ".claimed")
@@ -707,8 +710,8 @@ def test_a_groups_versions_are_named_only_once_all_its_fsyncs_returned(
         assert run_once(settings) == 0
     assert not final_problems(scenario.expect)
     assert order.links == 8
-    # The group's nine fsyncs (eight drops' bytes and .claimed/) ran at once: every share
-    # but the caller's on a worker.
+    # The group's eight or nine fsyncs (eight drops' bytes, and .claimed/ for copies) ran
+    # at once: every share but the caller's on a worker.
     assert order.on_workers >= 7
     assert not order.violations, order.violations
 

@@ -20,7 +20,7 @@ from support.serveproc import ServeProcess, fresh_payload, put_version, version_
 from support.watchproc import WatchProcess
 
 from ingester.serve.routes import API_PATH, FORECAST_PATH, SERIES_PATH, VERSIONS_PATH
-from ingester.settings import MAX_BYTES
+from ingester.settings.bounds import MAX_BYTES
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed"

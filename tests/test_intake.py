@@ -18,7 +18,7 @@ from ingester.intake.outcomes import Stored
 from ingester.intake.readiness import Readiness
 from ingester.intake.spool import Spool
 from ingester.payload.model import judge_payload
-from ingester.settings import resolve_settings
+from ingester.settings.sources import resolve_settings
 
 
 def test_a_writer_holding_its_drop_open_cannot_change_the_version(root: Path) -> None:

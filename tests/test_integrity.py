@@ -34,7 +34,7 @@ from support.watchproc import WatchProcess, drop, payload, stored_contents, vers
 
 from ingester.history.store import HistoryStore
 from ingester.intake.watcher import Watcher, WatchOptions
-from ingester.settings import resolve_settings
+from ingester.settings.sources import resolve_settings
 
 SCRAPER_UID, SPOOL_GID = 4242, 4200
 SETPRIV = shutil.which("setpriv")

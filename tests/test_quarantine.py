@@ -35,6 +35,7 @@ from support.capabilities import (
     immutable,
     needs_strace_root,
     quarantine_fsyncs,
+    run_held_after,
     tmpfs,
     traced_program,
 )
@@ -284,6 +285,178 @@ def test_a_drop_renamed_onto_the_name_of_one_being_set_aside_is_stored(
     assert not (spool / "scrape.json").exists()
 
 
+def killed_as_it_leaves_the_spool(path: Path, signal_name: str = "SIGKILL") -> tuple[str, ...]:
+    """strace's arguments that send ``signal_name`` as the drop ``path``, copied into a
+    quarantine on another filesystem, is about to leave the spool: on entering the call
+    that removes it (an ``unlink``) or takes it out of the spool first (the second
+    ``rename`` naming it; the first is the one refused across filesystems)."""
+    return (
+        *("-f", "-qq", "-o", os.devnull, "-P", str(path), "-e", "trace=rename,unlink"),
+        *("-e", f"inject=rename:signal={signal_name}:when=2"),
+        *("-e", f"inject=unlink:signal={signal_name}:when=1"),
+    )
+
+
+@needs_strace_root
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="rename and unlink are x86_64's")
+def test_a_watcher_killed_after_the_copy_is_named_sets_the_drop_aside_once(
+    root: Path, quarantine: Path
+) -> None:
+    """SIGKILL once the drop's copy into the quarantine on another filesystem is named
+    (the pair is there), before the drop leaves the spool: the next start sees that the
+    drop is set aside already (a copy under its name, with its reason file, its size,
+    its modification time and its bytes) and only removes it from the spool, instead of
+    setting it aside a second time as ``bad-1.json``."""
+    spool = root / "spool"
+    bad = drop(spool, "bad.json", b"{not json")
+
+    code, log = once(root, quarantine, STRACE, *killed_as_it_leaves_the_spool(bad))
+
+    assert code != 0, log  # killed
+    assert sorted(os.listdir(quarantine)) == ["bad.json", f"bad.json{REASON}"]
+    assert bad.read_bytes() == b"{not json"
+    code, log = once(root, quarantine)
+    assert code == 0, log
+    assert f"bad.json was set aside already as {quarantine / 'bad.json'}" in log, log
+    assert sorted(os.listdir(quarantine)) == ["bad.json", f"bad.json{REASON}"]
+    assert (quarantine / "bad.json").read_bytes() == b"{not json"
+    assert not bad.exists()
+    assert os.listdir(spool / ".claimed") == []
+    assert rejected_counts(root, quarantine) == (1, 1)
+
+
+def test_a_new_drop_with_the_bytes_of_one_set_aside_before_is_set_aside_as_itself(
+    root: Path, quarantine: Path
+) -> None:
+    """Only the very file copied is taken for set aside already: a writer that sends the
+    same invalid bytes again under the same name (an error page, an empty file) has each
+    drop counted, as a pair of its own."""
+    spool = root / "spool"
+    for _ in range(2):
+        drop(spool, "bad.json", b"{not json")
+        code, log = once(root, quarantine)
+        assert code == 0, log
+        assert "set aside already" not in log, log
+    assert sorted(os.listdir(quarantine)) == [
+        "bad-1.json",
+        f"bad-1.json{REASON}",
+        "bad.json",
+        f"bad.json{REASON}",
+    ]
+    assert rejected_counts(root, quarantine) == (2, 2)
+
+
+@needs_strace_root
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="unlink is x86_64's")
+def test_a_watcher_killed_with_the_copied_drop_taken_out_of_the_spool_finishes_it_once(
+    root: Path, quarantine: Path
+) -> None:
+    """SIGKILL between the copied drop's taking out of the spool (into ``.claimed/``)
+    and its removal: the next start removes what was taken, as the copy holds its
+    bytes; nothing is set aside twice, nothing is put back in the spool."""
+    spool = root / "spool"
+    drop(spool, "bad.json", b"{not json")
+    taken = spool / ".claimed" / ".set-aside-bad.json"
+    kill = ("-f", "-qq", "-o", os.devnull, "-P", str(taken), "-e", "trace=unlink")
+
+    code, log = once(root, quarantine, STRACE, *kill, "-e", "inject=unlink:signal=SIGKILL")
+
+    assert code != 0, log  # killed
+    assert taken.read_bytes() == b"{not json"
+    assert not (spool / "bad.json").exists()
+    code, log = once(root, quarantine)
+    assert code == 0, log
+    assert f"a drop set aside as {quarantine / 'bad.json'} was still in the spool" in log, log
+    assert os.listdir(spool / ".claimed") == []
+    assert [p.name for p in spool.glob("*.json")] == []
+    assert sorted(os.listdir(quarantine)) == ["bad.json", f"bad.json{REASON}"]
+    assert rejected_counts(root, quarantine) == (1, 1)
+
+
+def test_a_new_drop_left_taken_out_of_the_spool_is_put_back_and_stored(
+    root: Path, quarantine: Path
+) -> None:
+    """What a crash leaves taken out of the spool under a name of the quarantine whose
+    copy holds other bytes (a writer's new drop, renamed onto the name during the copy,
+    and taken by mistake) is a drop like any other: put back in the spool under a name
+    of its own, and stored."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    quarantine.mkdir()
+    (quarantine / "scrape.json").write_bytes(b"{not json")
+    (spool / ".claimed").mkdir(mode=0o700, parents=True, exist_ok=True)
+    taken = spool / ".claimed" / ".set-aside-scrape.json"
+    taken.write_bytes(payload(23))
+
+    code, log = once(root, quarantine)
+
+    assert code == 0, log
+    assert "is not the one set aside as" in log, log
+    assert stored_contents(root) == {payload(23): 1}
+    assert os.listdir(spool / ".claimed") == []
+    assert (quarantine / "scrape.json").read_bytes() == b"{not json"
+
+
+def _stats_before_leaving(root: Path, quarantine: Path, path: Path) -> int:
+    """How many ``newfstatat`` calls naming ``path`` (by name or descriptor) the thread
+    that then removes the drop ``path`` (or takes it out of the spool) makes before it,
+    in ``watch --once`` setting ``path`` aside across filesystems: the last one is the
+    last look at it before it leaves. Traced by strace; the run is undone after (the
+    quarantine emptied), so that the next run makes the same calls."""
+    trace = root.parent / f"leaving-{os.urandom(3).hex()}.trace"
+    done = run_cli(
+        root,
+        *("--rejected-dir", str(quarantine), "watch", "--once"),
+        wrapper=(STRACE, "-f", "-qq", "-o", str(trace), "-P", str(path)),
+    )
+    assert done.returncode == 0, done.stderr
+    calls = trace.read_text().splitlines()
+    leaving = next(
+        n
+        for n, line in enumerate(calls)
+        if re.match(r"\d+ (unlink|rename)\(", line) and line.rstrip().endswith("= 0")
+    )
+    thread = calls[leaving].split()[0]
+    for entry in quarantine.iterdir():
+        entry.unlink()
+    return sum(1 for line in calls[:leaving] if line.startswith(f"{thread} newfstatat("))
+
+
+@needs_strace_root
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="newfstatat is x86_64's")
+def test_a_drop_renamed_onto_the_name_of_one_copied_at_its_last_look_is_stored(
+    root: Path, quarantine: Path
+) -> None:
+    """The watcher is held right after its last look at a drop copied into the
+    quarantine on another filesystem, before the drop leaves the spool, and a writer
+    renames its next snapshot onto that name meanwhile: the snapshot is not removed in
+    the copied drop's place. The name is taken first, and the file taken is seen not to
+    be the one copied: it goes back to the spool, and is stored."""
+    spool = root / "spool"
+    path = spool / "scrape.json"
+    bad, good = b'{"broken": ', payload(22)
+    drop(spool, "scrape.json", bad)
+    looks = _stats_before_leaving(root, quarantine, path)
+    drop(spool, "scrape.json", bad)
+
+    held = run_held_after(
+        root,
+        ("--rejected-dir", str(quarantine), "watch", "--once"),
+        path,
+        "newfstatat",
+        lambda: drop(spool, "scrape.json", good),
+        when={"newfstatat": looks},
+    )
+
+    assert "Traceback" not in held.stderr, held.stderr
+    code, log = once(root, quarantine)
+    assert code == 0, log
+    assert stored_contents(root) == {good: 1}, held.stderr + log
+    assert sorted(os.listdir(quarantine)) == ["scrape.json", f"scrape.json{REASON}"]
+    assert (quarantine / "scrape.json").read_bytes() == bad
+    assert not path.exists()
+
+
 def listening_until(
     listener: NotifyListener, condition: Callable[[], object], what: str, timeout: float = 20.0
 ) -> None:
@@ -452,9 +625,10 @@ def test_a_stop_amid_a_long_copy_into_another_filesystem_leaves_the_drop_in_the_
     filesystems, every ``sendfile`` (one a piece) held up 1 s: the copy is given up at
     its next piece, and the watcher stops as it always does, not minutes later: a
     service exits 0 with its stop line; ``--once`` as when a stop leaves drops in the
-    spool (exit 1, saying so). Nothing of the drop is left in the quarantine (no temp
-    file, no reason file), the drop waits in the spool untouched, and the valid drop
-    claimed before it in the same group is stored. The next start sets it aside, whole."""
+    spool (exit 1, saying so: a drop not set aside, not one not stored). Nothing of the
+    drop is left in the quarantine (no temp file, no reason file), the drop waits in the
+    spool untouched, and the valid drop claimed before it in the same group is stored.
+    The next start sets it aside, whole."""
     spool = root / "spool"
     pieces, delay = 12, 1.0
     staged, kept = big_drop(root, pieces)
@@ -493,7 +667,11 @@ def test_a_stop_amid_a_long_copy_into_another_filesystem_leaves_the_drop_in_the_
         assert "Traceback" not in log, log
         errors = [line for line in log.splitlines() if " ERROR " in line]
         if run == "once":
-            left = "ERROR 1 drop(s) could not be stored: left in the spool for the next start"
+            # Said for what it is: a drop to be set aside, not one to be stored.
+            left = (
+                "ERROR 1 drop(s) could not be set aside before the stop: left in the spool "
+                "for the next start"
+            )
             assert (code, len(errors)) == (1, 1) and left in errors[0], log
         else:
             assert (code, errors) == (0, []), log

@@ -31,7 +31,7 @@ from test_mirror import (  # noqa: F401
 )
 
 from ingester.history.base import at_or_before
-from ingester.settings import MAX_BYTES
+from ingester.settings.bounds import MAX_BYTES
 
 S3_MEMORY = 400 << 20
 """A limit on memory (bytes of address space) a reader of the bucket works within, and

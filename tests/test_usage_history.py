@@ -176,7 +176,7 @@ def test_serve_reads_no_version_until_asked(root: Path) -> None:
     # history (a slow start, or a failing one over an unreachable object store).
     from ingester.serve.app import create_app
     from ingester.serve.context import ServeConfig
-    from ingester.settings import resolve_settings
+    from ingester.settings.sources import resolve_settings
 
     for i in range(3):
         at = NOW - timedelta(minutes=10 * i)

@@ -155,13 +155,13 @@ def test_store_failures_are_counted_then_the_drop_is_ingested(root: Path, can_ch
 @needs_strace_root
 def test_a_drop_in_the_group_under_way_is_still_the_backlog(root: Path) -> None:
     """Taken out of the waiting drops, a drop is in the backlog until its version is
-    stored: a scrape while its group is under way counts it. The fsync of ``.claimed/``
-    is held up 2 s (strace), so the scrape falls between its claim and its version,
-    and the test checks that it did."""
+    stored: a scrape while its group is under way counts it. The link that names the
+    version (the watcher's only ``link`` call) is held up 2 s (strace), so the scrape
+    falls between its claim and its version, and the test checks that it did."""
     spool = root / "spool"
     claimed = spool / ".claimed"
     claimed.mkdir(parents=True)
-    slow = ("-P", str(claimed), "-e", "trace=fsync", "-e", "inject=fsync:delay_enter=2000000")
+    slow = ("-e", "trace=link,linkat", "-e", "inject=link,linkat:delay_enter=2000000")
     wrapper = (STRACE, "-f", "-o", os.devnull, *slow)
     with WatchProcess(root, "--metrics", "127.0.0.1:0", wrapper=wrapper) as watcher:
         port = metrics_port(watcher)

@@ -28,7 +28,8 @@ from ..errors import NotRegularFile, StorageError, describe_os_error, os_cause
 from ..history.lock import HistoryLock, LockHeld
 from ..history.store import HistoryStore
 from ..runtime.logs import escape_controls, escape_text, one_line
-from ..settings import Bounds, Settings
+from ..settings.bounds import Bounds
+from ..settings.resolved import Settings
 
 if TYPE_CHECKING:
     from ..history.base import HistoryReader
@@ -143,7 +144,7 @@ def last_words(line: str) -> None:
 
 
 class BoundedFloat(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
-    """A click option type for a number within :class:`ingester.settings.Bounds`."""
+    """A click option type for a number within :class:`ingester.settings.bounds.Bounds`."""
 
     name = "number"
 

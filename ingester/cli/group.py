@@ -29,9 +29,10 @@ from typing import Any
 
 import click
 
-from ..errors import BadEndpoint
+from ..errors import BadEndpoint, SettingError
 from ..runtime.logs import LOG_FORMATS, escape_text, one_line, setup_logging
-from ..settings import SPECS, SettingError, resolve_settings
+from ..settings.sources import resolve_settings
+from ..settings.table import SPECS
 from ..threads import THREAD_LIMIT, is_thread_limit
 from .common import (
     CLOSED_AT_START,

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from ..errors import StorageError
+from ..errors import SettingError, StorageError
 from ..history.lock import HistoryLock, LockHeld
 from ..mirror.objectstore import (
     MirrorTarget,
@@ -26,7 +26,7 @@ from ..mirror.objectstore import (
     require_boto3,
 )
 from ..runtime.signals import ignore_stop_signals
-from ..settings import SettingError, resolve_settings
+from ..settings.sources import resolve_settings
 from .common import App, FiniteRange, PathParam, fail, say
 
 __all__ = ["mirror", "restore"]
@@ -109,7 +109,8 @@ def mirror(
     chain, never from the command line. Stops on SIGTERM/SIGINT/SIGHUP (exit 0); exits 1 when
     another mirror runs on this history. See docs/mirror.md.
     """
-    from ..mirror.mirror import Mirror, MirrorOptions
+    from ..mirror.mirror import Mirror
+    from ..mirror.options import MirrorOptions
     from ..ops.queries import history_problem
 
     s = app.settings

@@ -43,7 +43,7 @@ from ..ops.queries import (
 )
 from ..ops.queries import status as status_query
 from ..ops.verify import Finding, VerifyReport, repair_modes, repaired_between, verify_history
-from ..settings import Settings
+from ..settings.resolved import Settings
 from .common import (
     App,
     align,

@@ -13,7 +13,7 @@ import click
 from ..errors import os_cause
 from ..runtime.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_CLIENT, SEND_TIMEOUT_S
 from ..runtime.signals import ignore_stop_signals
-from ..settings import DRAIN_S, WatchOptions
+from ..settings.watch import DRAIN_S, WatchOptions
 from .common import App, FiniteRange, PathParam, fail
 from .service import refuse_unsafe_latest, serve_watch_loop_options
 

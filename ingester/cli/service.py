@@ -16,7 +16,8 @@ from ..errors import PayloadRejected, StorageError, os_cause
 from ..intake.metrics import NO_METRICS, Metrics
 from ..payload.gate import check_payload
 from ..runtime.signals import ignore_stop_signals
-from ..settings import RESCAN_INTERVAL, RETRY_MAX, SETTLE, WatchOptions
+from ..settings.bounds import RESCAN_INTERVAL, RETRY_MAX, SETTLE
+from ..settings.watch import WatchOptions
 from .common import (
     App,
     BoundedFloat,

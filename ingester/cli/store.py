@@ -24,7 +24,7 @@ from ..intake.spool import Spool
 from ..ops.queries import ReportError, open_store
 from ..payload.gate import check_payload
 from ..runtime.signals import StopFlag, ignore_stop_signals, on_stop_signals
-from ..settings import Settings
+from ..settings.resolved import Settings
 from .common import (
     App,
     PathParam,

@@ -164,7 +164,7 @@ class HistoryStore:
     """The history folder and its latest link, and the operations on them.
 
     ``hold``: retention's hold (:data:`RetentionHold`); without one, retention deletes
-    all the policy lets it. :meth:`ingester.settings.Settings.store` passes the
+    all the policy lets it. :meth:`ingester.settings.resolved.Settings.store` passes the
     mirror's, which reads its state file in the history when there is one.
     """
 
@@ -354,10 +354,16 @@ class HistoryStore:
         """The newest version that is not future-dated: what the latest link names."""
         return latest_name(self._names, now or self.clock())
 
-    def latest_problem(self) -> str | None:
-        """Why the latest link does not name the newest version, or ``None`` if it does."""
+    def latest_problem(self, names: Sequence[str] | None = None) -> str | None:
+        """Why the latest link does not name the newest version, or ``None`` if it does.
+
+        ``names``: the versions as a reader listed them after the store was loaded, the
+        newest chosen from them (a reader's report then judges the link by the latest it
+        shows, not by one its own listing found deleted); the store's scan by default.
+        """
         self._ensure_loaded()
-        return self._latest.problem(self.latest_version_name())
+        newest = self.latest_version_name() if names is None else latest_name(names, self.clock())
+        return self._latest.problem(newest)
 
     # -- the public operations ------------------------------------------------------
 

@@ -135,6 +135,9 @@ class Backlog:
         # and ``deferred``) is made under the lock, never seen in both or in neither.
         # Reentrant: what becomes of a drop is applied under it.
         self._in_hand: dict[str, How] = {}
+        # Drops whose copy into the quarantine a stop gave up: still waiting, not to be
+        # stored but to be set aside (the end of ``watch --once`` says which).
+        self._abandoned: set[str] = set()
         self._left_claimed = 0
         self._counting = threading.RLock()
 
@@ -191,10 +194,18 @@ class Backlog:
         """Whether every drop heard of was stored or set aside; each kind left is said in
         one line (the end of ``watch --once``)."""
         taken = True
-        if self.pending:
+        aside = sum(1 for name in self.pending if name in self._abandoned)
+        if len(self.pending) > aside:
             log.error(
                 "%d drop(s) could not be stored: left in the spool for the next start",
-                len(self.pending),
+                len(self.pending) - aside,
+            )
+            taken = False
+        if aside:
+            log.error(
+                "%d drop(s) could not be set aside before the stop: left in the spool "
+                "for the next start",
+                aside,
             )
             taken = False
         if self._drop_waits.quarantine:
@@ -373,6 +384,7 @@ class Backlog:
                     self._then(retry),
                 )
         elif isinstance(outcome, Abandoned):
+            self._abandoned.add(outcome.drop)
             log.info(
                 "stopping: the copy of %s into %s abandoned (%s of %s copied); set aside "
                 "at the next start",

@@ -154,7 +154,7 @@ class Intake:
     _claimed: str = ""
 
     def __post_init__(self) -> None:
-        self._set_aside = SetAside(self.spool, self.alive, self.stop)
+        self._set_aside = SetAside(self.spool, self.alive, self.stop, self.check_claimed)
         self._spool = os.fspath(self.spool.dir)
         self._claimed = os.fspath(self.spool.claimed_dir)
 
@@ -364,8 +364,9 @@ class Intake:
     def commit_group(self, batch: Batch) -> tuple[list[Stored], GroupFailure | None]:
         """Steps 5 and 6 for every drop claimed since the last call.
 
-        Each drop's bytes (its copy, or its own inode) and ``.claimed/`` are fsynced,
-        all at once: every claim is durable before any of the group's versions is named.
+        Each drop's bytes (its copy, or its own inode) are fsynced, and ``.claimed/``
+        where the group holds a copy, all at once: every copy's claim is durable before
+        any of the group's versions is named.
         Then each version is linked into ``batch`` (the commit point; its name is made
         durable when the batch ends). Returns the drops committed, and the error that
         stopped the group, if one did: the drop it hit and those after it are put back
@@ -378,18 +379,31 @@ class Intake:
         synced: list[_Claimed] = []
         if not group:
             return [], None
-        # 5. seal: every drop's bytes and .claimed/ fsynced at once (each its own fsync,
-        # each error its own file's); all of them done before the first link.
-        try:
-            folder = durable.open_dir(self.spool.claimed_dir)
-        except StorageError as exc:
-            return [], GroupFailure(None, exc, self._undo_all(group))
+        # 5. seal: every drop's bytes fsynced, and .claimed/ where the group holds a copy
+        # (each its own fsync, each error its own file's); all done before the first link.
+        folder: int | None = None
+        if any(item.staged is not None for item in group):
+            # A copy's claim is the drop's own inode and the version another: were the
+            # claim's rename lost to a power cut while the version's name survived, the
+            # drop would be back in the spool with one link, like a new drop, and stored
+            # twice. Made durable first, the claim keeps it a second name of a stored
+            # version (intake/second_names.py). A zero-copy claim needs no fsync: its
+            # version is the drop's own inode, so a drop found back in the spool beside
+            # it is always such a second name, and on a filesystem with a journal the
+            # history's fsync commits the claim's earlier rename with the version's name.
+            try:
+                folder = durable.open_dir(self.spool.claimed_dir)
+            except StorageError as exc:
+                return [], GroupFailure(None, exc, self._undo_all(group))
         fds = [item.unsynced() for item in group]
         try:
-            results = durable.fsync_each([*(fd for fd in fds if fd is not None), folder])
+            results = durable.fsync_each(
+                [*(fd for fd in fds if fd is not None), *([] if folder is None else [folder])]
+            )
         finally:
-            os.close(folder)
-        claimed_error = results.pop()
+            if folder is not None:
+                os.close(folder)
+        claimed_error = results.pop() if folder is not None else None
         each = iter(results)
         for n, item in enumerate(group):
             try:

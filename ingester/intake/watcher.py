@@ -38,7 +38,9 @@ from ..history.names import is_version_name
 from ..history.store import HistoryStore
 from ..runtime.notify import SystemdNotifier
 from ..runtime.signals import StopFlag, on_stop_signals
-from ..settings import Settings, WatchOptions, check_layout
+from ..settings.layout import check_layout
+from ..settings.resolved import Settings
+from ..settings.watch import WatchOptions
 from .arrivals import (
     Arrival,
     Arrivals,

@@ -2,9 +2,11 @@
 
 Owns the object store client and what its failures mean (:mod:`.objectstore`), the
 object-store backing of the history (:mod:`.s3_history`: its reader, the mirror's writer
-and restore's fetch, with one checksum rule), the mirror that copies versions out
-(:mod:`.mirror`) with its progress file and the hold it puts on local retention
-(:mod:`.state`), and ``restore`` (:mod:`.restore`).
+and restore's fetch, with one checksum rule), the mirror that copies versions out: the
+service (:mod:`.mirror`), its options (:mod:`.options`), one pass of uploads, checks and
+deletions (:mod:`.sync`) and its progress, the watermark and the state file
+(:mod:`.progress`), with the state file's format and the hold it puts on local
+retention (:mod:`.state`), and ``restore`` (:mod:`.restore`).
 
 May import: :mod:`ingester.errors`, :mod:`ingester.clock`, :mod:`ingester.payload`,
 :mod:`ingester.runtime` and the history's interfaces (:mod:`ingester.history`): it reads

@@ -155,7 +155,7 @@ def mirror_hold(
 ) -> tuple[int, str | None]:
     """Retention's hold for a configured mirror: the hook
     :class:`~ingester.history.store.HistoryStore` is given (``hold=``) by
-    :meth:`ingester.settings.Settings.store`.
+    :meth:`ingester.settings.resolved.Settings.store`.
 
     ``sorted_names``: every version, oldest first; ``expired``: how many of the oldest
     the policy would delete. Returns how many may go now (:func:`deletable_count` with

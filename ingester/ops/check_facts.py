@@ -18,7 +18,7 @@ from typing import Any
 
 from ..clock import utc_now
 from ..errors import StorageError, describe_os_error
-from ..history.base import HistoryReader, latest_name
+from ..history.base import HistoryReader
 from ..history.local import LocalHistory
 from ..history.lock import history_holder
 from ..history.names import parse_timestamp_from_filename
@@ -26,10 +26,10 @@ from ..history.retention import RetentionPolicy, expired_prefix
 from ..intake.housekeeping import count_rejected_since
 from ..intake.spool import Spool
 from ..mirror.state import held_back, mirror_status
-from ..settings import Settings
+from ..settings.resolved import Settings
 from ..usage.forecast import Forecast
 from ..usage.usage_history import forecast_of
-from .queries import history_problem, read_version
+from .queries import history_problem, read_latest
 
 __all__ = ["Facts", "MirrorFacts", "gather_facts", "mirror_facts"]
 
@@ -226,7 +226,9 @@ def _gather(
         if problem is not None:
             return Facts(history_problem=problem, **common)
     history = reader or LocalHistory(settings.history_dir)
-    names = [entry.name for entry in history.list_versions()]
+    # The latest first: the mirror's backlog and the count are then those of the listing
+    # it was chosen from, the last one if it was chosen again.
+    names, info = read_latest(history, now)
     pid = None
     if reader is None:
         # A watcher of this history counts only if it also reads this spool.
@@ -239,14 +241,12 @@ def _gather(
             settings.history_dir, names, settings.mirror, now, settings.policy()
         )
     common["held"] = len(names)
-    name = latest_name(names, now)
-    if name is None:
+    if info is None:
         return Facts(latest=None, watcher_pid=pid, **common)
-    info = read_version(history, name, now)
     if usage:
         common.update(_usage_facts(settings, history, now))
     return Facts(
-        latest=name,
+        latest=info.name,
         last_updated=info.last_updated,
         latest_error=info.error,
         watcher_pid=pid if pid != os.getpid() else None,

@@ -40,7 +40,7 @@ from ..history.store import HistoryStore
 from ..intake.spool import Candidate, Spool
 from ..mirror.state import mirror_status
 from ..payload.gate import check_payload, read_payload
-from ..settings import Settings
+from ..settings.resolved import Settings
 from .adopt import latest_is_a_file
 
 __all__ = [
@@ -56,8 +56,8 @@ __all__ = [
     "list_report",
     "open_store",
     "payload_problem",
+    "read_latest",
     "read_listed",
-    "read_version",
     "resolve_version_name",
     "root_problem",
     "status",
@@ -157,24 +157,42 @@ class VersionInfo:
     error: str | None = None
 
 
-def read_version(reader: HistoryReader, name: str, now: datetime) -> VersionInfo:
-    """Read and judge one version; a damaged or unreadable file gives ``error``, not a raise.
+_LOOKS = 3
+"""Listings :func:`read_latest` takes before a latest it chose that is deleted each
+time under the read is reported gone: each look finds one version fewer, so the next
+choice is another one, or none is left."""
 
-    For a version asked for by name (the latest, which retention never deletes): one
-    that is gone gives ``error`` too (``"gone (deleted meanwhile)"``). The versions of
-    a listing go through :func:`read_listed`, which leaves such a one out.
+
+def read_latest(reader: HistoryReader, now: datetime) -> tuple[list[str], VersionInfo | None]:
+    """The names of one listing and its latest version read and judged (``None`` when it
+    has none); a damaged or unreadable latest gives ``error``, not a raise.
+
+    The latest is chosen, not named: one deleted between the listing and its read (by
+    hand, as retention never deletes it) is no longer the history's latest, so the
+    history is listed again and the latest chosen from what is left, up to three
+    listings. Only one deleted under every read gives ``error``
+    (``"gone (deleted meanwhile)"``). Raises ``OSError`` when the history cannot be listed.
     """
-    info = read_listed(reader, name, now)
-    if info is None:
-        stamp = parse_timestamp_from_filename(name)
-        gone = "gone (deleted meanwhile)"
-        return VersionInfo(name, stamp, None, None, None, is_future(name, now), gone)
-    return info
+    for look in range(1, _LOOKS + 1):
+        names = [entry.name for entry in reader.list_versions()]
+        newest = latest_name(names, now)
+        if newest is None:
+            return names, None
+        info = read_listed(reader, newest, now)
+        if info is not None:
+            return names, info
+        if look == _LOOKS:
+            stamp = parse_timestamp_from_filename(newest)
+            gone = "gone (deleted meanwhile)"
+            future = is_future(newest, now)
+            return names, VersionInfo(newest, stamp, None, None, None, future, gone)
+    raise AssertionError("unreachable")
 
 
 def read_listed(reader: HistoryReader, name: str, now: datetime) -> VersionInfo | None:
-    """:func:`read_version` for a version taken from a listing: ``None`` when it is gone
-    since (retention deleted it), as it is then no longer part of the history."""
+    """Read and judge one version taken from a listing; a damaged or unreadable file
+    gives ``error``, not a raise. ``None`` when it is gone since (retention deleted it,
+    or an operator), as it is then no longer part of the history."""
     ingested = parse_timestamp_from_filename(name)
     future = is_future(name, now)
     try:
@@ -424,16 +442,16 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
     Raises ``OSError`` when the history cannot be listed.
     """
     reader = LocalHistory(store.history_dir)
-    names = [entry.name for entry in reader.list_versions()]
+    # The latest first: the count, the metadata's judgement and the link's are then those
+    # of the listing it was chosen from, the last one if it was chosen again.
+    names, info = read_latest(reader, now)
     stored, meta_problem = stored_metadata(reader)
     meta = derive_metadata(names, now, stored)
     if meta_problem is None and stored.scan_facts() != meta.scan_facts():
         meta_problem = "out of date"
 
     latest: LatestVersion | None = None
-    newest = latest_name(names, now)
-    if newest is not None:
-        info = read_version(reader, newest, now)
+    if info is not None:
         latest = LatestVersion(
             info,
             (now - info.ingested_at).total_seconds() if info.ingested_at else None,
@@ -462,7 +480,7 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
         metadata_problem=meta_problem,
         latest=latest,
         latest_link=store.latest_path,
-        latest_link_problem=store.latest_problem(),
+        latest_link_problem=store.latest_problem(names),
         adopt_advised=latest_is_a_file(store),
         spool=_spool_state(settings, len(waiting), len(claimed), oldest_at),
         rejected=_rejected_state(settings, spool),

@@ -12,7 +12,7 @@ import hmac
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..settings import read_setting_file
+from ..settings.sources import read_setting_file
 
 __all__ = ["KEY_VARIABLES", "key_matches", "load_api_key"]
 

@@ -14,7 +14,7 @@ from ..clock import utc_now
 from ..history.base import HistoryReader
 from ..history.index import BoundedCache, HistoryIndex
 from ..intake.spool import Spool
-from ..settings import Settings
+from ..settings.resolved import Settings
 from .backlog import BacklogWarnings, WatcherProbe
 from .read_faults import ReadFaults
 from .trigger_command import TriggerCommand, TriggerRunner

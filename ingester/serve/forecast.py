@@ -38,7 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..history.index import HistoryIndex
-from ..settings import Settings
+from ..settings.resolved import Settings
 from ..usage.usage_history import UsageHistory, forecast_json
 from .read_faults import HISTORY, ReadFaults
 from .routes import FORECAST_PATH

@@ -30,7 +30,7 @@ from ..usage.words import dated_ahead
 from .answers import STALE_AFTER_MINUTES, UNHEALTHY_AFTER_MINUTES, age_minutes, iso, json_answer
 from .backlog import SpoolState
 from .context import ServeContext
-from .reads import read_payload
+from .reads import latest_snapshot, read_payload
 
 __all__ = ["LEVELS", "get_health", "health_facts"]
 
@@ -72,7 +72,7 @@ def health_facts(ctx: ServeContext) -> tuple[str, int, dict[str, Any]]:
     latest_data: dict[str, Any] = {"ageMinutes": None, "status": "unhealthy", "timestamp": None}
     storage: dict[str, Any] = {"accessible": False, "versionCount": 0}
     try:
-        snap = ctx.index.snapshot()
+        snap, pos = latest_snapshot(ctx, now)
     except OSError as exc:
         found.append((2, f"history unreadable: {exc.strerror}"))
         snap = None
@@ -83,7 +83,6 @@ def health_facts(ctx: ServeContext) -> tuple[str, int, dict[str, Any]]:
         storage["accessible"] = ctx.config.reader is not None or os.path.isdir(
             ctx.settings.history_dir
         )
-        pos = snap.latest_position(now)
         if pos is None:
             found.append((2, "no data stored yet"))
         else:

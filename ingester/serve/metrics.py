@@ -28,7 +28,7 @@ from .answers import (
     parse_last_updated,
 )
 from .context import ServeContext
-from .reads import read_payload
+from .reads import latest_snapshot, read_payload
 from .routes import (
     API_PATH,
     FORECAST_PATH,
@@ -105,7 +105,7 @@ class HistoryCollector(Collector):
             "ingester_history_readable", "1 when the history folder can be read"
         )
         try:
-            snap = ctx.index.snapshot()
+            snap, pos = latest_snapshot(ctx, now)
         except OSError:
             readable.add_metric([], 0)
             yield readable
@@ -118,7 +118,6 @@ class HistoryCollector(Collector):
             "Times serve listed the history folder (once per change, not per request)",
             ctx.index.relists,
         )
-        pos = snap.latest_position(now)
         if pos is not None:
             entry = snap.entries[pos]
             yield GaugeMetricFamily(

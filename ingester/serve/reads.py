@@ -35,7 +35,14 @@ from .conditional import cache_control, etag_matches, http_date, not_modified
 from .context import ServeContext
 from .read_faults import HISTORY, version_fault
 
-__all__ = ["get_console_usage", "get_version", "list_versions", "read_payload", "snapshot_or_error"]
+__all__ = [
+    "get_console_usage",
+    "get_version",
+    "latest_snapshot",
+    "list_versions",
+    "read_payload",
+    "snapshot_or_error",
+]
 
 log = logging.getLogger("ingester.serve")
 
@@ -147,6 +154,31 @@ _LOOKS = 5
 """Looks at the history before a version deleted under a read is answered 503: with
 retention deleting the oldest at every ingest of a burst, ``?version=1`` can lose the
 race more than once."""
+
+
+def latest_snapshot(ctx: ServeContext, now: datetime) -> tuple[HistorySnapshot, int | None]:
+    """The history as it is now and the position of its latest at ``now`` (``None``:
+    none), whose payload is then read (:func:`read_payload`'s cache answers the caller).
+
+    A latest deleted since the history was last looked at (by hand: retention never
+    deletes it) is no longer the latest: the history is looked at again and the latest
+    chosen from what is left, so a caller judges the newest data there is, never a gone
+    version as unreadable. After :data:`_LOOKS` looks the last choice stands. Raises
+    ``OSError`` when the history cannot be looked at.
+    """
+    for look in range(1, _LOOKS + 1):
+        snap = ctx.index.snapshot()
+        pos = snap.latest_position(now)
+        if pos is None or look == _LOOKS:
+            return snap, pos
+        try:
+            read_payload(ctx, snap.entries[pos].name)
+        except VersionNotFound:
+            continue
+        except OSError:
+            pass  # not gone: the caller's own read meets the fault and says it
+        return snap, pos
+    raise AssertionError("unreachable")
 
 
 def _locate(

@@ -216,7 +216,7 @@ def serve(
     (:func:`ingester.serve.watch_thread.run_beside`): a stop signal stops the server first
     (requests in flight finish), then lets the watcher take what waits in the spool for
     at most ``drain_timeout`` seconds (default
-    :data:`~ingester.settings.DRAIN_S`), then stops it; the exit code is the
+    :data:`~ingester.settings.watch.DRAIN_S`), then stops it; the exit code is the
     watcher's (1 when it stopped on its own, which stops the server too).
     ``listen_source`` names where the address came from, for the log. With
     ``ipv6_loopback`` (no address named: ``host`` is ``127.0.0.1``) ``[::1]`` on the same
@@ -266,7 +266,7 @@ def serve(
     if watcher is None:
         asyncio.run(run())
     else:
-        from ..settings import DRAIN_S
+        from ..settings.watch import DRAIN_S
         from .watch_thread import run_beside
 
         budget = DRAIN_S if drain_timeout is None else drain_timeout

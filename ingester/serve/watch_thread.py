@@ -53,7 +53,8 @@ from ..intake.metrics import NO_METRICS, Metrics
 from ..intake.spool import Spool
 from ..intake.watcher import Watcher
 from ..runtime.signals import STOP_SIGNALS, StopFlag
-from ..settings import DRAIN_S, Settings, WatchOptions
+from ..settings.resolved import Settings
+from ..settings.watch import DRAIN_S, WatchOptions
 from ..threads import OffLoop
 
 if TYPE_CHECKING:

@@ -70,6 +70,10 @@ log = logging.getLogger("ingester.forecast")
 
 _REMEMBERED_WORDINGS = 64  # distinct unreadable resetsIn texts logged once each
 
+_LOOKS = 3
+"""Looks at the history before an answer whose latest was deleted under each read
+stands as computed from the others."""
+
 DAMAGED_EVENT = "damaged-version"
 """The ``event`` of the warning on a version the forecast leaves out as damaged."""
 
@@ -122,6 +126,7 @@ class UsageHistory:
         self.damaged = 0
         """Versions left out because they are no valid payload (each counted once)."""
         self._damaged: set[str] = set()
+        self._gone: set[str] = set()  # found deleted since the listing, in this answer
 
     def _read(self, name: str) -> bytes | None:
         """Version ``name``'s bytes; ``None`` when it is gone since the listing, larger
@@ -131,6 +136,7 @@ class UsageHistory:
         try:
             return self.index.reader.read_version(name)
         except VersionNotFound:
+            self._gone.add(name)
             return None
         except VersionTooLarge as exc:  # never read whole: damaged, as the gate's refusals
             self._left_out(name, exc.reason)
@@ -296,21 +302,33 @@ class UsageHistory:
         ``now`` decides which versions count (one dated more than a day ahead of it is
         "future", as for the latest). Raises ``OSError`` when the history cannot be read.
         """
-        snap = self.index.snapshot()
-        newest = snap.latest_position(now)
-        if newest is None:
-            return None
-        with self._lock:
-            cached = self._answer
-            if cached is not None and cached[0] is snap and cached[1] == newest:
-                return cached[2]
-            result = self._compute(snap, newest)
-            digest = hashlib.sha256(self.zone_name.encode())
-            digest.update(f"\n{self.basis}\n{snap.entries[newest].name}\n{newest}\n".encode())
-            digest.update(snap.entries[0].name.encode())
-            answer = ForecastAnswer(result, 'W/"f-' + digest.hexdigest()[:24] + '"', newest + 1)
-            self._answer = (snap, newest, answer)
-            return answer
+        for look in range(1, _LOOKS + 1):
+            snap = self.index.snapshot()
+            newest = snap.latest_position(now)
+            if newest is None:
+                return None
+            with self._lock:
+                cached = self._answer
+                if cached is not None and cached[0] is snap and cached[1] == newest:
+                    return cached[2]
+                self._gone.clear()
+                result = self._compute(snap, newest)
+                if snap.entries[newest].name in self._gone and look < _LOOKS:
+                    # The latest was deleted under the read (by hand: retention never
+                    # deletes it): answered from the history as it now is, which may
+                    # hold no version at all, never as if one were there to go by.
+                    continue
+                return self._answered(snap, newest, result)
+        raise AssertionError("unreachable")
+
+    def _answered(self, snap: HistorySnapshot, newest: int, result: Forecast) -> ForecastAnswer:
+        """The answer of ``result``, tagged and kept for the next call (lock held)."""
+        digest = hashlib.sha256(self.zone_name.encode())
+        digest.update(f"\n{self.basis}\n{snap.entries[newest].name}\n{newest}\n".encode())
+        digest.update(snap.entries[0].name.encode())
+        answer = ForecastAnswer(result, 'W/"f-' + digest.hexdigest()[:24] + '"', newest + 1)
+        self._answer = (snap, newest, answer)
+        return answer
 
 
 def forecast_of(

@@ -1,0 +1,161 @@
+"""The mirror's progress: the watermark, the versions that cannot be mirrored, the state
+the object store is in, and the state file (``_mirror.json``) that records them.
+
+Local retention holds back every version above the watermark
+(:func:`ingester.mirror.state.mirror_hold`), so the watermark only ever passes a whole
+run of names found in the object store, and a state file that cannot be written leaves
+the older, lower one standing: retention then holds more, never less.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..clock import utc_now
+from ..errors import StorageError
+from ..history.base import is_future
+from ..history.names import format_timestamp
+from ..runtime.notify import SystemdNotifier
+from .objectstore import Failure, RemoteObject
+from .options import MirrorOptions
+from .state import STUCK, read_mirror_state, unmirrored, write_mirror_state
+from .state_model import MirrorState
+
+__all__ = ["STATE_WORDS", "MirrorProgress"]
+
+log = logging.getLogger("ingester.mirror")
+
+STATE_WORDS = {
+    "unreachable": "object store unreachable",
+    "throttled": "object store throttling (slow down)",
+    "server-error": "object store failing (server error)",
+    "denied": "object store refused the credentials",
+    "no-bucket": "bucket does not exist",
+    "rejected": "object store refused a request",
+}
+"""Each problem state (a :class:`~ingester.mirror.objectstore.Failure`'s ``kind``) in words."""
+
+
+class MirrorProgress:
+    """The progress of a mirror of ``history_dir`` to ``options.target``.
+
+    ``names`` holds the local versions at the last look (oldest first), ``bad`` the ones
+    that cannot be mirrored and why (each said once), ``problem`` why the object store
+    cannot be used now (``None`` while it can); :meth:`save` writes them to the state
+    file and to systemd's ``STATUS=`` when they change.
+    """
+
+    def __init__(
+        self, history_dir: Path, options: MirrorOptions, notifier: SystemdNotifier
+    ) -> None:
+        self.history_dir = history_dir
+        self.target = options.target
+        self.state = MirrorState(
+            target=str(self.target), hold_max=options.hold_max, retention=options.retention
+        )
+        self.names: list[str] = []
+        self.bad: dict[str, str] = {}
+        self.problem: Failure | None = None
+        self.saved_at = 0.0  # time.monotonic() of the last write of the state file
+        self._written: tuple[Any, ...] | None = None
+        self._notifier = notifier
+
+    def resume(self) -> None:
+        """Take up the watermark of the state file a previous run left for this target.
+
+        It stands until the first listing recomputes it: a restart while the store is
+        away must not hold back what was mirrored before.
+        """
+        previous = read_mirror_state(self.history_dir)
+        if previous is not None and previous.target == str(self.target):
+            self.state = self.state.model_copy(
+                update={"mirrored_through": previous.mirrored_through}
+            )
+
+    def waiting(self) -> int:
+        """How many of :attr:`names` are not counted as mirrored."""
+        return len(unmirrored(self.names, self.state))
+
+    def mark_bad(self, name: str, why: str) -> None:
+        """Version ``name`` cannot be mirrored, for ``why`` (logged when it changes)."""
+        if self.bad.get(name) != why:
+            log.error("cannot mirror version %s: %s", name, why)
+        self.bad[name] = why
+
+    def update_watermark(self, names: Iterable[str], remote: Mapping[str, RemoteObject]) -> None:
+        """Move the watermark through the run of ``names`` (oldest first) that ``remote``
+        (the object store's versions as listed) holds and none of them bad; then save."""
+        through: str | None = None
+        now = utc_now()
+        for name in names:
+            if is_future(name, now):
+                # Dated ahead of the clock, it sorts above the names the clock gives next:
+                # a watermark past it would count them mirrored before they are, and let
+                # retention delete them. Retention keeps such a version anyway.
+                continue
+            if name not in remote or name in self.bad:
+                break
+            through = name
+        else:
+            through = through or self.state.mirrored_through
+        self.state = self.state.model_copy(update={"mirrored_through": through})
+        self.save()
+
+    def save(self, *, force: bool = False) -> None:
+        """Write the state file (and ``STATUS=``) if what it says changed, or ``force``.
+
+        A write that fails is logged, never raised: retention then goes by the older
+        watermark.
+        """
+        waiting = self.waiting()
+        problem = self.problem
+        update: dict[str, Any] = {
+            "waiting": waiting,
+            "state": "ok" if problem is None else problem.kind,
+            "detail": None if problem is None else problem.detail,
+        }
+        stuck = self.stuck()
+        if problem is None and stuck:
+            # The store answers, but a version cannot be mirrored, and it holds the
+            # watermark: retrying will not move it, so the state says so rather than ok.
+            first = stuck[0]
+            more = f"; {len(stuck) - 1} more" if len(stuck) > 1 else ""
+            update.update(state=STUCK, detail=f"{first}: {self.bad[first]}{more}")
+        state = self.state.model_copy(update=update)
+        key = (state.mirrored_through, state.state, state.detail, state.waiting)
+        if key == self._written and not force:
+            self.state = state
+            return
+        now = format_timestamp(utc_now())
+        if state.state != self.state.state or state.since is None:
+            state = state.model_copy(update={"since": now})
+        if problem is None:
+            state = state.model_copy(update={"last_success_at": now})
+        state = state.model_copy(update={"updated_at": now})
+        self.state = state
+        try:
+            write_mirror_state(self.history_dir, state)
+        except StorageError as exc:
+            # Retention then goes by the older watermark: it holds more, never less.
+            log.warning("cannot record the mirror's progress: %s", exc)
+            return
+        self._written = key
+        self.saved_at = time.monotonic()
+        self._notifier.status(self.describe())
+
+    def stuck(self) -> list[str]:
+        """The history's versions that cannot be mirrored (oldest first)."""
+        return [name for name in self.names if name in self.bad] if self.bad else []
+
+    def describe(self) -> str:
+        """One line for ``STATUS=``: the state and the backlog."""
+        state = self.state
+        if self.problem is None:
+            stuck = len(self.stuck())
+            cannot = f", {stuck} cannot be mirrored" if stuck else ""
+            return f"mirroring to {self.target}: {state.waiting} version(s) waiting{cannot}"
+        return f"{STATE_WORDS.get(self.problem.kind, self.problem.kind)}: {state.waiting} waiting"

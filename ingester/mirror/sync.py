@@ -1,0 +1,356 @@
+"""One pass of the mirror: upload what the object store lacks, refresh the latest copy
+and the metadata, follow retention's deletions (``--mirror-retention follow``).
+
+Each version is uploaded once, whole and checked, by the object-store backing's writer
+(:class:`~ingester.mirror.s3_history.S3History`), several at a time. A remote version
+that is not ours byte for byte is reported and never counted as mirrored. What a pass
+did is its :class:`PassResult`; an object store that cannot be used ends it with
+:class:`MirrorBlocked`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Executor, Future, wait
+from dataclasses import dataclass
+from typing import Any
+
+from ..clock import utc_now
+from ..errors import (
+    IngesterError,
+    MetadataMissing,
+    ObjectStoreError,
+    PayloadRejected,
+    VersionExists,
+    VersionNotFound,
+)
+from ..history.base import VersionEntry
+from ..history.local import LocalHistory
+from ..history.metadata import MetadataCorrupt, StorageMetadata
+from ..history.names import is_version_name
+from ..history.retention import plan_retention
+from ..payload.model import judge_payload
+from ..runtime.signals import StopFlag
+from ..threads import THREAD_LIMIT, workers_or_inline
+from .objectstore import Failure, RemoteObject, S3Client
+from .options import MirrorOptions
+from .progress import MirrorProgress
+from .s3_history import S3History
+
+__all__ = ["MirrorBlocked", "MirrorSync", "PassResult"]
+
+log = logging.getLogger("ingester.mirror")
+
+_CHUNK = 32  # uploads in flight between progress checks (stop, state file, watchdog)
+_STATE_EVERY = 1.0  # seconds between state-file writes while a backlog drains
+_STOP_LOOK = 0.25  # seconds between looks for a stop while uploads run
+
+
+class MirrorBlocked(IngesterError):
+    """A pass stopped: the object store cannot be used right now (``failure`` says why)."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(f"{failure.kind}: {failure.detail}")
+        self.failure = failure
+
+
+@dataclass
+class PassResult:
+    """What one pass did."""
+
+    uploaded: int = 0
+    bytes: int = 0
+    deleted: int = 0
+    waiting: int = 0
+    listed: bool = False
+
+
+class MirrorSync:
+    """The passes that copy the history ``local`` to ``options.target``.
+
+    ``client_factory(endpoint_url, timeout=...)`` makes the S3 client; ``progress`` is
+    told each version uploaded or refused and moves the watermark; ``stop`` ends a pass
+    between uploads; ``alive`` is called between chunks of uploads (the watchdog's ping).
+    """
+
+    def __init__(
+        self,
+        local: LocalHistory,
+        options: MirrorOptions,
+        progress: MirrorProgress,
+        *,
+        client_factory: Callable[..., S3Client],
+        stop: StopFlag,
+        alive: Callable[[], None],
+    ) -> None:
+        self.local = local
+        self.options = options
+        self.target = options.target
+        self.policy = options.policy
+        self.progress = progress
+        self.last_listing = 0.0  # time.monotonic() of the last listing of the prefix
+        self._factory = client_factory
+        self._stop = stop
+        self._alive = alive
+        self._remote: S3History | None = None
+        self._gone: set[str] = set()  # of the names, the ones deleted before their upload
+        self._compared: dict[str, str] = {}  # name -> the ETag whose bytes proved ours
+        self._upload_threads: int | None = None  # how many started, at the last pass
+
+    # -- the object store ---------------------------------------------------------------
+
+    def remote(self) -> S3History:
+        """The copy's backing, made on first use (and again after rejected credentials,
+        with a new client, or after an outage, so that it lists again)."""
+        if self._remote is None:
+            client = self._factory(self.options.endpoint_url, timeout=self.options.timeout)
+            self._remote = S3History(client, self.target)
+        return self._remote
+
+    def known(self) -> dict[str, RemoteObject]:
+        """The remote versions as last listed (and uploaded since); empty when unknown."""
+        return (self._remote.known if self._remote is not None else None) or {}
+
+    def forget(self, failure: Failure) -> None:
+        """After ``failure``: rejected credentials drop the client (a new one re-reads the
+        credential chain); anything else drops what is known of the remote (list again)."""
+        remote = self._remote
+        if failure.kind == "denied":
+            self._remote = None
+        elif remote is not None:
+            remote.known = None
+
+    def _call(self, what: Callable[[S3History], Any]) -> Any:
+        try:
+            return what(self.remote())
+        except ObjectStoreError as exc:
+            raise MirrorBlocked(Failure(exc.kind, exc.detail)) from None
+
+    # -- one pass -----------------------------------------------------------------------
+
+    def sync(self, *, full: bool = False) -> PassResult:
+        """One pass: upload what is missing, refresh latest and metadata, follow deletions.
+
+        ``full`` lists the remote prefix first (also done when nothing is known yet).
+        Raises :class:`MirrorBlocked` when the object store cannot be used.
+        """
+        result = PassResult()
+        progress = self.progress
+        entries = self.local.list_versions()
+        listed = names = progress.names = [e.name for e in entries]
+        self._gone = set()
+        remote = self.remote()
+        if full or remote.known is None:
+            self._call(lambda r: r.refresh())
+            self.last_listing = time.monotonic()
+            result.listed = True
+            self._check_sizes(entries)
+        known = remote.known or {}
+        missing = [n for n in names if n not in known]
+        try:
+            self._upload(missing, result)
+        finally:
+            if self._gone:
+                # Deleted by retention between the listing and their upload: no longer in
+                # the history, so neither waiting nor holding the watermark below them.
+                names = progress.names = [n for n in names if n not in self._gone]
+            progress.update_watermark(names, self.known())
+        # Stopping: the latest copy, the metadata and deletions wait for the next start,
+        # as the uploads not begun do, rather than hold the stop up. A --once run has no
+        # next start to leave them to: its exit 0 says the copy is whole.
+        if not self._stop.is_set() or self.options.once:
+            base = self._local_metadata()
+            self._call(lambda r: r.publish(base, self._payload_or_said))
+            if self.options.retention == "follow":
+                # The listing as taken: a version that vanished under its upload is
+                # never what lets a remote copy go.
+                result.deleted = self._follow(listed)
+        result.waiting = progress.waiting()
+        return result
+
+    def _payload_or_said(self, name: str, data: bytes) -> bool:
+        """Whether object ``name`` may be the latest copy: a valid payload. Another
+        writer's junk under a version's name is said once and never published."""
+        try:
+            judge_payload(data)
+        except PayloadRejected as exc:
+            log.warning(
+                "%s in %s is no valid payload (%s): never the latest copy; remove it",
+                name,
+                self.target,
+                exc.reason,
+            )
+            return False
+        return True
+
+    def _local_metadata(self) -> StorageMetadata | None:
+        """The history's metadata (its totals go with the copy); ``None`` if unusable."""
+        try:
+            return self.local.read_metadata()
+        except (MetadataMissing, MetadataCorrupt, OSError):
+            return None
+
+    def _check_sizes(self, entries: list[VersionEntry]) -> None:
+        """After a listing: a remote version that is not ours byte for byte is reported
+        (and never counted as mirrored, so retention keeps our copy).
+
+        The sizes first; then the bytes, by the one rule for comparing them
+        (:func:`~ingester.mirror.s3_history.same_bytes`: the listing's ETag when it is
+        the bytes' MD5, else one ``HEAD`` for the SHA-256 stored with the object). Each
+        object is compared once per process while its ETag stays the same, except one
+        found bad, which is compared at every listing until it is ours again.
+        """
+        known = self.remote().known or {}
+        for entry in entries:
+            name, size = entry.name, entry.size
+            remote = known.get(name)
+            if remote is None:
+                continue
+            if size != remote.size:
+                self.progress.mark_bad(
+                    name, f"the object store holds {remote.size} bytes, the history {size}"
+                )
+            elif name in self.progress.bad or self._compared.get(name) != remote.etag:
+                # A version found bad is compared at every listing: someone may have put
+                # the right bytes back (their ETag may be the one compared good before).
+                try:
+                    data = self.local.read_version(name)
+                except (VersionNotFound, OSError):
+                    continue  # gone since the listing, or unreadable: uploading says why
+                if self._same_bytes(remote, data) is False:
+                    self.progress.mark_bad(
+                        name,
+                        f"the object store holds other bytes under its name ({size} bytes, "
+                        "as ours)",
+                    )
+                    continue
+                self._compared[name] = remote.etag
+                self.progress.bad.pop(name, None)
+
+    def _same_bytes(self, remote: RemoteObject, data: bytes) -> bool | None:
+        verdict: bool | None = self._call(lambda r: r.compare(remote, data))
+        return verdict
+
+    def _upload(self, missing: list[str], result: PassResult) -> None:
+        if not missing:
+            return
+        started = time.monotonic()
+        pool = self._uploaders()
+        try:
+            for first in range(0, len(missing), _CHUNK):
+                if self._stop.is_set():
+                    break
+                futures: dict[Future[int | None], str] = {}
+                for name in missing[first : first + _CHUNK]:
+                    # Where no thread can start, each upload runs as it is submitted: a
+                    # stop or a failure ends the chunk there, as the wait below does.
+                    if self._stop.is_set():
+                        break
+                    future = pool.submit(self._put_version, name)
+                    futures[future] = name
+                    if future.done() and future.exception() is not None:
+                        break
+                self._wait_uploads(set(futures))
+                # All at once, before waiting on any: while this thread waits on one,
+                # the pool would start the next.
+                for future in futures:
+                    future.cancel()  # only one not started yet: it waits for the next pass
+                blocked: MirrorBlocked | None = None
+                for future in futures:
+                    if future.cancelled():
+                        continue
+                    try:
+                        size = future.result()
+                    except MirrorBlocked as exc:
+                        blocked = blocked or exc
+                        continue
+                    if size is not None:
+                        result.uploaded += 1
+                        result.bytes += size
+                if blocked is not None:
+                    raise blocked
+                self._alive()
+                if time.monotonic() - self.progress.saved_at >= _STATE_EVERY:
+                    self.progress.update_watermark(self.progress.names, self.known())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            if result.uploaded:
+                log.info(
+                    "mirrored %d version(s), %d bytes, in %.2f s",
+                    result.uploaded,
+                    result.bytes,
+                    time.monotonic() - started,
+                    extra={"event": "mirrored", "versions": result.uploaded},
+                )
+
+    def _uploaders(self) -> Executor:
+        """The pass's upload threads, as many of ``--concurrency`` as can start (none: the
+        uploads run one after the other on this thread); a change in how many is said."""
+        wanted = max(1, self.options.concurrency)
+        pool, threads = workers_or_inline(wanted, "ingester-upload")
+        if threads < wanted and threads != self._upload_threads:
+            log.warning(
+                "%s: uploading on %s instead of %d",
+                THREAD_LIMIT,
+                f"{threads} thread(s)" if threads else "the mirror's own thread",
+                wanted,
+            )
+        elif threads == wanted and self._upload_threads not in (None, wanted):
+            log.info("uploading on %d threads again", wanted)
+        self._upload_threads = threads
+        return pool
+
+    def _wait_uploads(self, futures: set[Future[int | None]]) -> None:
+        """Wait until every upload in ``futures`` is done, one has failed, or a stop is
+        asked; the uploads already running are then left to finish, each bounded by
+        the client's timeouts, and those not started are not started."""
+        pending = futures
+        while pending and not self._stop.is_set():
+            done, pending = wait(pending, timeout=_STOP_LOOK, return_when=FIRST_EXCEPTION)
+            if any(not f.cancelled() and f.exception() is not None for f in done):
+                return
+
+    def _put_version(self, name: str) -> int | None:
+        """Upload one version; its size, or None when it was not (gone, unreadable)."""
+        try:
+            data = self.local.read_version(name)
+        except VersionNotFound:
+            self._gone.add(name)  # deleted by retention since the listing
+            return None
+        except OSError as exc:
+            # Unreadable, or larger than any drop (VersionTooLarge, never read whole):
+            # refused with its one line, never uploaded in part. Streaming it whole
+            # instead would copy gigabytes of what no drop could be into every bucket.
+            self.progress.mark_bad(name, str(exc))
+            return None
+        try:
+            self._call(lambda r: r.commit(r.stage(data), name))
+        except VersionExists:
+            self.progress.mark_bad(name, "the object store holds other bytes under its name")
+            return None
+        self.progress.bad.pop(name, None)
+        return len(data)
+
+    def _follow(self, names: list[str]) -> int:
+        """Delete remote versions local retention deleted; see the module docstring."""
+        if not names:
+            return 0
+        known = self.remote().known or {}
+        remote_versions = sorted(n for n in known if is_version_name(n))
+        plan = plan_retention(remote_versions, utc_now(), self.policy)
+        local = set(names)
+        doomed = [n for n in plan.delete if n not in local and n < names[0]]
+        for name in doomed:
+            self._remove(name)
+        if doomed:
+            log.info(
+                "mirror deleted %d remote version(s) that retention deleted locally",
+                len(doomed),
+                extra={"event": "mirror-deleted", "versions": len(doomed)},
+            )
+        return len(doomed)
+
+    def _remove(self, name: str) -> None:
+        self._call(lambda r: r.remove(name))

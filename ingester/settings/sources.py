@@ -1,0 +1,155 @@
+"""Where each setting's value comes from: the command line, the environment, a config file.
+
+Precedence: command-line option > ``INGESTER_*`` environment > ``--config`` TOML file
+(table ``[ingester]``) > default. Each value remembers where it came from (``status``
+shows it). A bad value raises :class:`SettingError` naming the setting, before anything
+on disk is touched.
+
+Relative paths are taken from the current directory, except in a config file, where
+they are taken from the file's folder (so a config file can travel with its tree).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import SettingError, os_cause
+from .layout import check_layout
+from .resolved import Settings
+from .table import DEFAULTS, SETTING_NAMES, SPECS
+
+__all__ = ["CONFIG_MAX_BYTES", "read_setting_file", "resolve_settings"]
+
+
+def read_setting_file(path: Path, limit: int) -> bytes:
+    """The bytes of a file a setting names (the config, the API key file), at most
+    ``limit`` of them.
+
+    A FIFO is not waited on and nothing but a regular file is read, so a wrong path
+    (``/dev/zero``, a pipe) is an error at start, not a hang or a read that never ends.
+    Raises ``OSError`` when it cannot be read, ``ValueError`` (its words) when it is not
+    a regular file or is over ``limit`` bytes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError(f"over {limit} bytes")
+    return data
+
+
+CONFIG_MAX_BYTES = 1 << 20
+"""The largest config file read (a few settings take a few hundred bytes)."""
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        document = tomllib.loads(read_setting_file(path, CONFIG_MAX_BYTES).decode())
+    except OSError as exc:
+        raise SettingError("--config", f"cannot read {path}: {os_cause(exc)}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingError("--config", f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SettingError("--config", f"{path} is not UTF-8 (byte {exc.start})") from None
+    except ValueError as exc:  # not a regular file, or too large to be a config
+        raise SettingError("--config", f"cannot read {path}: {exc}") from None
+    others = sorted(set(document) - {"ingester"})
+    if others:
+        # A misspelt table would otherwise leave every setting at its default, silently.
+        raise SettingError(
+            "--config", f"{path}: unknown table or key(s) {', '.join(others)}; expected [ingester]"
+        )
+    table = document.get("ingester", {})
+    if not isinstance(table, dict):
+        raise SettingError("--config", f"{path}: [ingester] must be a table")
+    unknown = sorted(set(table) - set(SETTING_NAMES))
+    if unknown:
+        raise SettingError(
+            "--config",
+            f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(SETTING_NAMES)}",
+        )
+    return table
+
+
+def resolve_settings(
+    options: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Resolve every setting from options, the environment, a config file and defaults.
+
+    ``options`` maps setting names to command-line values (``None`` when not given).
+    """
+    environ = os.environ if environ is None else environ
+    if cwd is None:
+        try:
+            cwd = Path.cwd()
+        except OSError as exc:
+            raise SettingError(
+                "--root",
+                f"the current folder cannot be used ({os_cause(exc)}); run from another folder",
+            ) from None
+    cwd = Path(os.path.abspath(cwd))
+    if config_path is None and environ.get("INGESTER_CONFIG"):
+        config_path = Path(environ["INGESTER_CONFIG"])
+    config = _read_config(config_path) if config_path is not None else {}
+    config_dir = Path(os.path.abspath(config_path)).parent if config_path is not None else cwd
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for spec in SPECS:
+        raw: Any
+        base = cwd
+        if options.get(spec.name) is not None:
+            raw, where, label = options[spec.name], "option", spec.option
+        elif environ.get(spec.env):
+            raw, where, label = environ[spec.env], f"env {spec.env}", spec.env
+        elif spec.name in config:
+            raw, where = config[spec.name], f"config {config_path}"
+            label, base = f"{spec.option} (config {spec.name})", config_dir
+        else:
+            continue
+        try:
+            value = spec.parse(raw)
+        except ValueError as exc:
+            raise SettingError(label, str(exc)) from None
+        if spec.is_path:
+            value = Path(os.path.abspath(base / Path(value).expanduser()))
+        values[spec.name] = value
+        sources[spec.name] = where
+
+    root = values.get("root", cwd)
+    spool = values.get("spool_dir", root / "spool")
+    history = values.get("history_dir", root / "console-usage-history")
+    latest = values.get("latest_path", root / "console-usage-synced.json")
+    rejected = values.get("rejected_dir", spool / "rejected")
+    check_layout(spool, history, rejected, latest)
+    return Settings(
+        root=root,
+        spool_dir=spool,
+        rejected_dir=rejected,
+        history_dir=history,
+        latest_path=latest,
+        max_versions=values.get("max_versions", DEFAULTS["max_versions"]),
+        retention_days=values.get("retention_days", DEFAULTS["retention_days"]),
+        max_bytes=values.get("max_bytes", DEFAULTS["max_bytes"]),
+        rejected_retention_days=values.get(
+            "rejected_retention_days", DEFAULTS["rejected_retention_days"]
+        ),
+        mirror=values.get("mirror", DEFAULTS["mirror"]),
+        mirror_retention=values.get("mirror_retention", DEFAULTS["mirror_retention"]),
+        mirror_hold=values.get("mirror_hold", DEFAULTS["mirror_hold"]),
+        console_timezone=values.get("console_timezone"),
+        sources=sources,
+    )
