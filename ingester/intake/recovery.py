@@ -61,6 +61,11 @@ class ClaimRecovery:
         if names:
             self.intake.check_claimed()
             names = self._one_name_each(names)
+            # A process killed before its group's fsyncs leaves claims that may not be
+            # on disk yet (a zero-copy group's are never fsynced). Stored below as a
+            # copy, a claim must be durable before its version: lost to a power cut, it
+            # would leave the drop back in the spool with one link, like a new drop.
+            durable.fsync_dir(self.spool.claimed_dir)
         with self.store.batch(update_latest=False) as batch:
             for version in names:
                 try:
