@@ -318,7 +318,7 @@ def test_an_unexpected_error_is_one_line_and_exit_70(root: Path, tmp_path: Path)
         "def boom(*a, **k):\n"
         "    raise ZeroDivisionError('boom')\n"
         "r.list_report = boom\n"
-        "import ingester.cli.report as c\n"
+        "import ingester.cli.versions as c\n"
         "c.list_report = boom\n"
     )
     assert run_cli(root, "init").returncode == 0

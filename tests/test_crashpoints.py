@@ -716,6 +716,24 @@ def test_a_groups_versions_are_named_only_once_all_its_fsyncs_returned(
     assert not order.violations, order.violations
 
 
+def test_a_claim_recovery_stores_is_durable_before_its_copy_is_named(tmp_path: Path) -> None:
+    """A claim left by a process killed before its group's fsyncs (a zero-copy group's
+    claims are never fsynced) may not be on disk: recovery stores it as a copy, so the
+    claim must be made durable before the copy's name appears."""
+    scenario = build_scenario(tmp_path / "r", valid_count=1, invalid_count=0)
+    settings = scenario.settings
+    claimed = settings.spool_dir / ".claimed"
+    claimed.mkdir(mode=0o700, exist_ok=True)
+    order = DurabilityOrder(settings.history_dir, claimed)
+    with order.watching():
+        # The claim as the killed process made it: a rename, and nothing fsynced after.
+        os.rename(settings.spool_dir / "good-0.json", claimed / "2026-01-02T00-00-00-00000000.json")
+        assert run_once(settings) == 0
+    assert not final_problems(scenario.expect)
+    assert order.links == 1
+    assert not order.violations, order.violations
+
+
 def _group_trace(base: Path, foreign: bool) -> list[str]:
     scenario = build_scenario(base, valid_count=6, invalid_count=1, foreign=foreign)
     plan = Plan(at=0)

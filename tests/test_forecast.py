@@ -10,20 +10,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from ingester.usage.forecast import (
-    BASIS,
-    LimitForecast,
-    Observation,
-    Point,
-    Reading,
-    burn_rate,
-    forecast,
-    last_readings,
-    observe,
-    path_parts,
-    split_windows,
-    usage_windows,
-)
+from ingester.usage.burn_rate import Point, burn_rate, split_windows
+from ingester.usage.forecast import BASIS, LimitForecast, forecast, last_readings
+from ingester.usage.readings import Observation, Reading, observe, path_parts, usage_windows
 from ingester.usage.resets import ResetTime
 from ingester.usage.words import in_words, percent_words
 

@@ -1,6 +1,6 @@
 """What every command module shares: the app object, one-line failures, the lock for
-writers, the history a read command reads (``--from``), reading a drop from a file or
-stdin, and the text helpers of the output.
+writers, the history a read command reads (``--from``, or the local store loaded),
+reading a drop from a file or stdin, and the text helpers of the output.
 
 Command modules import from here, never from :mod:`ingester.cli.group` (which imports them).
 """
@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..clock import AHEAD_TOLERATED, JUST_NOW, parse_iso_time
-from ..errors import NotRegularFile, StorageError, describe_os_error, os_cause
+from ..errors import NotRegularFile, ReportError, StorageError, describe_os_error, os_cause
 from ..history.lock import HistoryLock, LockHeld
 from ..history.store import HistoryStore
 from ..runtime.logs import escape_controls, escape_text, one_line
@@ -51,6 +51,7 @@ __all__ = [
     "open_history",
     "read_limited",
     "read_stream",
+    "reading_store",
     "relative_age",
     "s3_reader",
     "say_recorded",
@@ -289,6 +290,20 @@ def open_history(
     if problem is not None:
         raise fail(problem)
     return LocalHistory(settings.history_dir)
+
+
+def reading_store(settings: Settings) -> HistoryStore:
+    """The local history, scanned and loaded without writing anything or taking the lock.
+
+    A history that cannot be reached or listed is the command's one-line failure (exit
+    1, or the code its :class:`~ingester.errors.ReportError` carries).
+    """
+    from ..ops.queries import open_store
+
+    try:
+        return open_store(settings)
+    except ReportError as exc:
+        raise fail(str(exc), exc.code) from None
 
 
 @contextmanager

@@ -1,7 +1,8 @@
 """The ``ingester`` command line: the command group, its global options, and every command.
 
 The commands live in their own modules of this package (:mod:`.store`, ``service``,
-``serve``, ``report``, ``ops``, ``export``, ``forecast``, ``mirror``), each a
+``serve``, ``status``, ``versions``, ``verify``, ``ops``, ``export``, ``forecast``,
+``mirror``), each a
 ``click.Command`` registered below in one list; what they share is in
 :mod:`ingester.cli.common`. A command's module is imported when that command runs (or
 ``--help`` lists them all), so ``watch`` loads neither the HTTP server nor the report
@@ -268,10 +269,10 @@ COMMANDS = (
     ("watch", "service", "watch"),
     ("submit", "service", "submit"),
     ("serve", "serve", "serve"),
-    ("status", "report", "status"),
-    ("list", "report", "list_versions"),
-    ("show", "report", "show"),
-    ("verify", "report", "verify"),
+    ("status", "status", "status"),
+    ("list", "versions", "list_versions"),
+    ("show", "versions", "show"),
+    ("verify", "verify", "verify"),
     ("snapshot", "ops", "snapshot"),
     ("schema", "ops", "schema"),
     ("check", "ops", "check"),

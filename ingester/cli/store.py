@@ -99,7 +99,7 @@ def adopt(app: App) -> None:
     """
     from ..ops.adopt import adopt_history, nothing_to_adopt
     from ..ops.verify import verify_history
-    from .report import summed
+    from .verify import summed
 
     s = app.settings
     # Before anything is created: the wrong folder is refused, not made a new history.

@@ -154,7 +154,7 @@ class Intake:
     _claimed: str = ""
 
     def __post_init__(self) -> None:
-        self._set_aside = SetAside(self.spool, self.alive, self.stop, self.check_claimed)
+        self._set_aside = SetAside(self.spool, self.alive, self.stop)
         self._spool = os.fspath(self.spool.dir)
         self._claimed = os.fspath(self.spool.claimed_dir)
 

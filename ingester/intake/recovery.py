@@ -31,7 +31,7 @@ from ..history.batch import Batch
 from ..history.names import is_version_name
 from .intake import Intake
 from .outcomes import Dropped, Ignored, Outcome, Recovered, Stored
-from .spool import SET_ASIDE_PREFIX, Opened, Spool, is_drop_name, open_entry
+from .spool import Opened, Spool, is_drop_name, open_entry
 
 __all__ = ["ClaimRecovery", "ClaimsLeft", "take_back_claims"]
 
@@ -61,6 +61,11 @@ class ClaimRecovery:
         if names:
             self.intake.check_claimed()
             names = self._one_name_each(names)
+            # A process killed before its group's fsyncs leaves claims that may not be
+            # on disk yet (a zero-copy group's are never fsynced). Stored below as a
+            # copy, a claim must be durable before its version: lost to a power cut, it
+            # would leave the drop back in the spool with one link, like a new drop.
+            durable.fsync_dir(self.spool.claimed_dir)
         with self.store.batch(update_latest=False) as batch:
             for version in names:
                 try:
@@ -135,9 +140,6 @@ class ClaimRecovery:
 
     def _recover_claim(self, version: str, batch: Batch) -> Outcome | None:
         claim = self.spool.claimed_dir / version
-        if version.startswith(SET_ASIDE_PREFIX):
-            self._finish_taken(version)
-            return None
         if not is_version_name(version):
             return Ignored(
                 version, claim.name, f"ignoring {claim}: not a name this watcher gives claims"
@@ -173,22 +175,6 @@ class ClaimRecovery:
         self.store.write_version(target, opened.data)
         durable.remove_file(claim)
         return Stored(version, target, len(opened.data), started, pending=False)
-
-    def _finish_taken(self, entry: str) -> None:
-        """A drop taken out of the spool once copied into the quarantine, left by a crash
-        before its removal (see :meth:`Spool.take_copied`). Raises :class:`StorageError`
-        when it can be neither removed nor put back."""
-        copied = self.spool.rejected_dir / entry.removeprefix(SET_ASIDE_PREFIX)
-        put_back = self.spool.finish_taken(entry)
-        if put_back is None:
-            log.info("a drop set aside as %s was still in the spool; removed it", copied)
-        else:
-            log.warning(
-                "a drop taken out of the spool is not the one set aside as %s; "
-                "put it back in the spool as %s",
-                copied,
-                put_back,
-            )
 
     def _set_aside(self, name: str, claim: Path, version: str, batch: Batch) -> None:
         """Remove the spool's ``name``, a second name of the stored ``claim``.

@@ -45,9 +45,6 @@ class SetAside:
     spool: Spool
     alive: Callable[[], None]
     stop: StopFlag
-    check_claimed: Callable[[], None] | None = None
-    """Checks ``.claimed/`` is our own folder, through which a drop copied into the
-    quarantine is taken out of the spool (:meth:`Spool.take_copied`)."""
 
     def drop(
         self,
@@ -71,19 +68,15 @@ class SetAside:
         behind it go on), or :class:`Abandoned` when a stop was asked amid its copy into
         the quarantine (see :meth:`_copy_progress`): ``path`` is then left as it was.
         """
-        progress = self._copy_progress(name)
         try:
-            where = self._copied_before(Path(path), name, expect, progress)
-            if where is None:
-                where = self.spool.quarantine(
-                    Path(path),
-                    name,
-                    reason,
-                    errors or [{"msg": reason}],
-                    expect=expect,
-                    progress=progress,
-                    check_claimed=self.check_claimed,
-                )
+            where = self.spool.quarantine(
+                Path(path),
+                name,
+                reason,
+                errors or [{"msg": reason}],
+                expect=expect,
+                progress=self._copy_progress(name),
+            )
         except MovedNotDurable as exc:
             # It is in rejected/ (so nothing is left to retry), but a crash may put it
             # back in the spool, where it would be judged and set aside again.
@@ -103,43 +96,6 @@ class SetAside:
             # again at the next start.
             return Abandoned(name, self.spool.rejected_dir, exc.done, exc.total)
         return Rejected(name, reason, where, kind)
-
-    def _copied_before(
-        self,
-        path: Path,
-        name: str,
-        expect: tuple[int, int] | None,
-        progress: durable.CopyProgress,
-    ) -> str | None:
-        """Where drop ``name`` is set aside already, now removed from the spool (None:
-        it is not).
-
-        A process killed after the drop's copy into a quarantine on another filesystem
-        was named, before the drop left the spool, leaves both; set aside again, the
-        drop would be in the quarantine twice (:meth:`Spool.set_aside_already` says how
-        that copy is told from a new drop with the same bytes). Raises
-        :class:`StorageError` when the drop cannot be taken out of the spool.
-        """
-        if expect is None or self.check_claimed is None:
-            return None
-        where = self.spool.set_aside_already(path, name, expect=expect, progress=progress)
-        if where is None:
-            return None
-        try:
-            self.spool.take_copied(path, where, expect, self.check_claimed)
-        except FileNotFoundError:
-            pass  # gone meanwhile: its copy is all there is, and stays
-        except StorageError:
-            raise
-        except OSError as exc:
-            raise StorageError("remove", path, exc) from exc
-        log.warning(
-            "%s was set aside already as %s (its copy was made before a crash); "
-            "removed it from the spool",
-            name,
-            self.spool.rejected_dir / where,
-        )
-        return where
 
     def _copy_progress(self, name: str) -> durable.CopyProgress:
         """What a copy of drop ``name`` into the quarantine on another filesystem tells:

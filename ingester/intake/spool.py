@@ -5,9 +5,7 @@ Layout under ``<spool>/``:
 * ``*.json`` (not dot-files): drops. Only the watcher removes them.
 * ``tmp/``: writers' scratch space. Never read here.
 * ``rejected/``: quarantined drops, each with ``<name>.reason.json`` (movable apart).
-* ``.claimed/``: the watcher's in-flight folder, see :mod:`ingester.intake.watcher`;
-  there too, for an instant, a drop copied into a ``rejected/`` on another filesystem,
-  taken out of the spool before its removal (``.set-aside-<its name in rejected/>``).
+* ``.claimed/``: the watcher's in-flight folder, see :mod:`ingester.intake.watcher`.
 
 Everything else (dot-files, ``*.tmp``, ``*.part``, other sub-folders) is never touched.
 
@@ -26,7 +24,6 @@ import os
 import pwd
 import secrets
 import stat
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,14 +43,6 @@ __all__ = [
 ]
 
 REASON_SUFFIX = ".reason.json"
-
-SET_ASIDE_PREFIX = ".set-aside-"
-"""A drop copied into a ``rejected/`` on another filesystem is taken out of the spool
-into ``.claimed/`` under this prefix and its name in ``rejected/`` (at most 243 bytes:
-the name fits), then removed: a crash between leaves it there, for recovery to finish
-by that name (:meth:`Spool.finish_taken`)."""
-
-_NO_REASON = object()
 
 WRITER_TEMP_STALE_S = 3600.0
 """Seconds after its last change that a submit's temp file in ``tmp/`` counts as left by
@@ -311,20 +300,6 @@ class Spool:
         except OSError as exc:
             raise StorageError("list", self.claimed_dir, exc) from exc
 
-    def _candidates(self, name: str) -> Iterator[str]:
-        """The names drop ``name`` may have in ``rejected/``, in the order tried: its own
-        (shortened when too long to carry ``.reason.json``, with a digest so that two
-        long names stay apart), then ``stem-1.ext``, ``stem-2.ext``, ... without end."""
-        name = _fit_name(name)
-        stem, dot, ext = name.rpartition(".")
-        if not dot:
-            stem, ext = name, ""
-        yield name
-        n = 0
-        while True:
-            n += 1
-            yield f"{stem}-{n}.{ext}" if ext else f"{stem}-{n}"
-
     def _free_rejected_name(self, name: str) -> str:
         """A name in ``rejected/`` for drop ``name``: kept when free, else ``stem-N.ext``.
 
@@ -332,181 +307,40 @@ class Spool:
         gets a name ending in ``.reason.json`` (that is a collision too), and a name
         is free only when neither it nor its reason file is taken. A reason file for
         this same drop name without its drop is free: a crash between the two steps
-        of :meth:`quarantine` left it, and the same drop comes again. The reason file
-        keeps the original name when the drop's is shortened.
+        of :meth:`quarantine` left it, and the same drop comes again. Names too long
+        to carry ``.reason.json`` are shortened (with a digest, so two long names stay
+        apart); the reason file keeps the original name.
         """
-        return next(c for c in self._candidates(name) if self._is_free(c, name))
+        original = name
+        name = _fit_name(name)
+        stem, dot, ext = name.rpartition(".")
+        if not dot:
+            stem, ext = name, ""
+        candidate, n = name, 0
+        while not self._is_free(candidate, original):
+            n += 1
+            candidate = f"{stem}-{n}.{ext}" if ext else f"{stem}-{n}"
+        return candidate
 
     def _is_free(self, candidate: str, original: str) -> bool:
         if candidate.endswith(REASON_SUFFIX) or os.path.lexists(self.rejected_dir / candidate):
             return False
-        recorded = self._recorded_file(candidate)
-        return recorded is _NO_REASON or recorded == original
-
-    def _recorded_file(self, candidate: str) -> object:
-        """The drop name (``file``) that ``candidate``'s reason file records: None when it
-        cannot be read or is not one of ours, :data:`_NO_REASON` when there is none."""
         reason = self.rejected_dir / (candidate + REASON_SUFFIX)
         try:
             fd = os.open(reason, durable.READ_NOFOLLOW)
         except FileNotFoundError:
-            return _NO_REASON
+            return True
         except OSError:
-            return None
+            return False
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
+                return False
             record = json.loads(os.read(fd, 1 << 20))
         except (OSError, ValueError):
-            return None
+            return False
         finally:
             os.close(fd)
-        return record.get("file") if isinstance(record, dict) else None
-
-    def set_aside_already(
-        self,
-        source: Path,
-        name: str,
-        *,
-        expect: tuple[int, int] | None = None,
-        progress: durable.CopyProgress | None = None,
-    ) -> str | None:
-        """The name in ``rejected/`` of a whole copy of the drop ``source`` (the spool's
-        ``name``, the file ``expect`` when given) set aside before, or None.
-
-        A process killed after its copy into a ``rejected/`` on another filesystem was
-        named, before the drop left the spool, leaves both: set aside again, the drop
-        would be there twice. The copy is under one of the names :meth:`quarantine`
-        gives ``name``, with a reason file for ``name``, the drop's size and its
-        modification time (the copy keeps it, as a rename does), and the drop's bytes,
-        compared last (in pieces, told to ``progress``: see
-        :func:`ingester.history.durable.same_data`). A new drop that only holds the same
-        bytes as one set aside before has a modification time of its own, and is set
-        aside as itself. Only the names taken in a row are looked at, each with one
-        ``lstat``; the reason file is read and the bytes compared only where size and
-        time agree. Nothing can be told is no copy (None).
-        """
-        try:
-            fd = os.open(source, durable.READ_NOFOLLOW)
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or (
-                expect is not None and (st.st_dev, st.st_ino) != expect
-            ):
-                return None
-            for candidate in self._candidates(name):
-                if candidate.endswith(REASON_SUFFIX):
-                    continue
-                path = self.rejected_dir / candidate
-                try:
-                    kept = os.lstat(path)
-                except OSError:
-                    return None  # the first name not taken: no copy after it either
-                if (
-                    stat.S_ISREG(kept.st_mode)
-                    and (kept.st_size, kept.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
-                    and self._recorded_file(candidate) == name
-                    and _same_data(fd, path, progress)
-                ):
-                    return candidate
-            return None  # never reached: the names go on until one is not taken
-        except OSError:
-            return None  # unreadable: then it is set aside as any drop, or fails so
-        finally:
-            os.close(fd)
-
-    def take_copied(
-        self,
-        source: Path,
-        copied: str,
-        expect: tuple[int, int],
-        check_claimed: Callable[[], None],
-    ) -> None:
-        """Remove the spool's ``source``, the file ``expect``, once copied into
-        ``rejected/`` as ``copied``; a :data:`ingester.history.durable.RemoveSource`.
-
-        Never removed as a name: a writer may have renamed a new drop onto it during the
-        copy, or after a check. It is taken first, renamed into ``.claimed/`` (checked
-        to be our own folder by ``check_claimed``) as ``.set-aside-<copied>``; only the
-        file ``expect`` is then removed, and anything else goes back to the spool under
-        its name, as the new drop it is. A crash between leaves it there, and
-        :meth:`finish_taken` finishes it. Raises ``FileNotFoundError`` when the name is
-        gone, and ``OSError`` (:class:`StorageError`) when it cannot be taken.
-        """
-        check_claimed()
-        taken = self.claimed_dir / (SET_ASIDE_PREFIX + copied)
-        if os.path.lexists(taken):
-            # Only this process writes in .claimed/: one left by a crash is finished by
-            # recovery first, and is never replaced.
-            raise StorageError("take", taken, FileExistsError(errno.EEXIST, "left by a crash"))
-        try:
-            durable.rename_entry(source, taken)
-        except FileNotFoundError as exc:
-            if os.path.lexists(source):  # .claimed/ removed meanwhile: not the drop gone
-                raise StorageError("take", source, exc) from exc
-            raise
-        st = os.lstat(taken)
-        if (st.st_dev, st.st_ino) != expect:
-            self._put_back(taken, source)
-            return
-        durable.remove_file(taken)
-
-    def _put_back(self, taken: Path, path: Path) -> None:
-        """A file taken out of the spool by mistake (a writer's new drop) goes back under
-        its name ``path``, never over a newer one (then under a fresh drop name); if it
-        cannot, it stays taken, for recovery (:meth:`finish_taken`)."""
-        for name in (path, self.dir / drop_name_for_now()):
-            try:
-                durable.link_entry(taken, name)
-            except FileExistsError:
-                continue
-            except OSError:
-                return
-            try:
-                durable.unlink_entry(taken)
-            except OSError:
-                # Under both names, recovery would put it back once more: one stays.
-                with contextlib.suppress(OSError):
-                    durable.unlink_entry(name)
-            return
-
-    def finish_taken(self, entry: str) -> str | None:
-        """Finish ``.claimed/<entry>``, a drop taken out of the spool after its copy into
-        ``rejected/`` (see :meth:`take_copied`), left by a crash: removed when that copy
-        holds its bytes (None), otherwise put back in the spool as a new drop (its name
-        there returned). Raises :class:`StorageError` when it can be neither."""
-        taken = self.claimed_dir / entry
-        copy = self.rejected_dir / entry.removeprefix(SET_ASIDE_PREFIX)
-        try:
-            fd = os.open(taken, durable.READ_NOFOLLOW)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise StorageError("open", taken, exc) from exc
-        try:
-            same = stat.S_ISREG(os.fstat(fd).st_mode) and _same_data(fd, copy, None)
-        except OSError as exc:
-            raise StorageError("read", taken, exc) from exc
-        finally:
-            os.close(fd)
-        if same:
-            durable.remove_file(taken)
-            return None
-        name = drop_name_for_now()
-        try:
-            durable.link_entry(taken, self.dir / name)  # never over a drop of that name
-        except OSError as exc:
-            raise StorageError("put back", taken, exc) from exc
-        try:
-            durable.unlink_entry(taken)
-        except OSError as exc:
-            # Under both names, the next round would put it back once more.
-            with contextlib.suppress(OSError):
-                durable.unlink_entry(self.dir / name)
-            raise StorageError("put back", taken, exc) from exc
-        return name
+        return isinstance(record, dict) and record.get("file") == original
 
     def _check_rejected_dir(self) -> None:
         """``rejected/`` must be a real folder: never quarantine through a symlink."""
@@ -532,7 +366,6 @@ class Spool:
         *,
         expect: tuple[int, int] | None = None,
         progress: durable.CopyProgress | None = None,
-        check_claimed: Callable[[], None] | None = None,
     ) -> str:
         """Move ``source`` (the entry itself, never a link's target) to ``rejected/``.
 
@@ -548,9 +381,6 @@ class Spool:
         writer renamed onto its name meanwhile is never set aside in its place.
         ``progress``: told how a copy into a ``rejected/`` on another filesystem goes
         (see :data:`ingester.history.durable.CopyProgress`); never called for a rename.
-        ``check_claimed``: checks that ``.claimed/`` is our own folder; given, a drop
-        copied is taken out of the spool through it before its removal
-        (:meth:`take_copied`), so that a new drop renamed onto its name is never removed.
 
         Returns the name it was given in ``rejected/``. Raises :class:`StorageError`
         when ``rejected/`` cannot be made, is not a real folder, or the move fails
@@ -574,20 +404,8 @@ class Spool:
             mode=0o644,
             replace=True,
         )
-        remove_source: durable.RemoveSource | None = None
-        if check_claimed is not None:
-
-            def remove_source(src: Path, copied: tuple[int, int]) -> None:
-                self.take_copied(src, target, copied, check_claimed)
-
         try:
-            durable.move_file(
-                source,
-                self.rejected_dir / target,
-                expect=expect,
-                progress=progress,
-                remove_source=remove_source,
-            )
+            durable.move_file(source, self.rejected_dir / target, expect=expect, progress=progress)
         except MovedNotDurable as exc:
             exc.moved_to = target
             raise
@@ -700,20 +518,6 @@ class Spool:
                 raise
             raise StorageError("move into spool", final, exc) from exc
         return final
-
-
-def _same_data(fd: int, other: Path, progress: durable.CopyProgress | None) -> bool:
-    """Whether the regular file ``other`` holds the bytes of the open file ``fd``."""
-    try:
-        fd_other = os.open(other, durable.READ_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        if not stat.S_ISREG(os.fstat(fd_other).st_mode):
-            return False
-        return durable.same_data(fd, fd_other, progress)
-    finally:
-        os.close(fd_other)
 
 
 def _taken_back(final: Path, staged: os.stat_result) -> bool:

@@ -2,7 +2,7 @@
 :mod:`ingester.ops.verify`'s).
 
 Each query returns dataclasses; rendering them (aligned text, JSON) is the CLI's job, in
-:mod:`ingester.cli.report`.
+:mod:`ingester.cli.status` and :mod:`ingester.cli.versions`.
 
 Versions and the metadata are read through a
 :class:`~ingester.history.base.HistoryReader` (``list`` and ``show`` read any backing;

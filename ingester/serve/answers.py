@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from ..clock import parse_iso_time, utc_now
 from ..history.names import format_timestamp
-from ..usage.forecast import parse_observed_at
+from ..usage.readings import parse_observed_at
 from .routes import API_PATH, HEALTH_PATH, VERSIONS_PATH
 
 __all__ = [

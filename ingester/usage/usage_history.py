@@ -4,12 +4,12 @@
 :class:`~ingester.history.index.HistoryIndex` (a local folder or an object store) and
 keeps what it read:
 
-* each version's :class:`~ingester.usage.forecast.Observation`, by version name (versions
+* each version's :class:`~ingester.usage.readings.Observation`, by version name (versions
   never change, so one read is enough for the life of the process);
 * the last answer, for as long as the set of versions stays the same.
 
 Only the versions that can hold the basis are read. A snapshot is observed before it
-is stored (its ``lastUpdated`` is at most :data:`~ingester.usage.forecast.CLOCK_AHEAD` after
+is stored (its ``lastUpdated`` is at most :data:`~ingester.usage.readings.CLOCK_AHEAD` after
 the ingest time in its version name), so::
 
     start = newest ingest time - BASIS - CLOCK_AHEAD
@@ -46,16 +46,8 @@ from ..errors import ObjectStoreError, PayloadRejected, VersionNotFound, Version
 from ..history.base import HistoryReader, VersionEntry
 from ..history.index import HistoryIndex, HistorySnapshot
 from ..payload.gate import check_payload
-from .forecast import (
-    BASIS,
-    CLOCK_AHEAD,
-    Forecast,
-    Observation,
-    Reading,
-    forecast,
-    newer_readings,
-    observe,
-)
+from .forecast import BASIS, Forecast, forecast
+from .readings import CLOCK_AHEAD, Observation, Reading, newer_readings, observe
 
 __all__ = [
     "DAMAGED_EVENT",

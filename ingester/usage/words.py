@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta, tzinfo
 
-from .forecast import CLOCK_AHEAD, LimitForecast
+from .forecast import LimitForecast
+from .readings import CLOCK_AHEAD
 
 __all__ = [
     "RESET_PASSED",
@@ -57,7 +58,7 @@ def seconds_words(seconds: float) -> str:
 
 def dated_ahead(updated: datetime, now: datetime) -> str | None:
     """Why the age of data observed at ``updated`` cannot be told at ``now``: dated ahead
-    of this clock by more than :data:`~ingester.usage.forecast.CLOCK_AHEAD` (a clock's
+    of this clock by more than :data:`~ingester.usage.readings.CLOCK_AHEAD` (a clock's
     drift); ``None`` when it can. Called fresh instead, such data would stay fresh for
     as long as it is ahead, however long its scraper has stopped."""
     ahead = (updated - now).total_seconds()

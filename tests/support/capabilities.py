@@ -88,26 +88,20 @@ def run_held_after(
     path: Path,
     syscall: str,
     meanwhile: Callable[[], object],
-    *,
-    when: dict[str, int] | None = None,
     **env: str,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``ingester --root ROOT ARGS`` under strace, stopped (SIGSTOP, every thread)
     as the first ``syscall`` naming ``path`` returns; call ``meanwhile`` while it is
-    stopped, then let it go on; return it completed, its output captured. ``when``
-    stops it instead as it enters the Nth call naming ``path`` of any of several system
-    calls (``{"rename": 2, "unlink": 1}``: the second rename or the first unlink).
+    stopped, then let it go on; return it completed, its output captured.
 
     The stop is seen in strace's own trace (``stopped by SIGSTOP``), never guessed from
     time: what ``meanwhile`` does (a deletion) falls exactly between that call and the
     command's next one.
     """
     trace = root.parent / f"held-{os.urandom(3).hex()}.trace"
-    stops = when or {syscall: 1}
     command = [
-        *(STRACE, "-f", "-qq", "-o", str(trace), "-P", str(path)),
-        *("-e", f"trace={','.join(stops)}"),
-        *(a for call, n in stops.items() for a in ("-e", f"inject={call}:signal=SIGSTOP:when={n}")),
+        *(STRACE, "-f", "-qq", "-o", str(trace), "-P", str(path), "-e", f"trace={syscall}"),
+        *("-e", f"inject={syscall}:signal=SIGSTOP:when=1"),
         *(sys.executable, "-m", "ingester", "--root", str(root), *args),
     ]
     tracer = subprocess.Popen(

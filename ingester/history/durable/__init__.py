@@ -18,14 +18,7 @@ other steps) at once, :mod:`.fsyncs`; moves across filesystems and files written
 :mod:`.copies`. Import from this package: every name is here.
 """
 
-from .copies import (
-    CopyAbandoned,
-    CopyProgress,
-    RemoveSource,
-    move_file,
-    same_data,
-    streamed_file,
-)
+from .copies import CopyAbandoned, CopyProgress, move_file, streamed_file
 from .fsyncs import FSYNC_THREAD_PREFIX, each_at_once, fsync_dirs, fsync_each
 from .staged import SpareFile, StagedFile, link_file, replace_symlink, write_file
 from .steps import (
@@ -64,7 +57,6 @@ __all__ = [
     "WRITE_TEMP_PREFIX",
     "CopyAbandoned",
     "CopyProgress",
-    "RemoveSource",
     "SpareFile",
     "StagedFile",
     "StorageError",
@@ -86,7 +78,6 @@ __all__ = [
     "remove_stale_temps",
     "rename_entry",
     "replace_symlink",
-    "same_data",
     "set_fd_mode",
     "set_mode",
     "streamed_file",

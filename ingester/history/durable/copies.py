@@ -28,14 +28,7 @@ from .steps import (
     write_all,
 )
 
-__all__ = [
-    "CopyAbandoned",
-    "CopyProgress",
-    "RemoveSource",
-    "move_file",
-    "same_data",
-    "streamed_file",
-]
+__all__ = ["CopyAbandoned", "CopyProgress", "move_file", "streamed_file"]
 
 
 CopyProgress: TypeAlias = Callable[[int, int], None]
@@ -65,15 +58,6 @@ class CopyAbandoned(IngesterError):
         self.total = total
 
 
-RemoveSource: TypeAlias = Callable[[Path, tuple[int, int]], None]
-"""How a move across filesystems removes its source once the copy is named: given the
-source's path and the ``(st_dev, st_ino)`` of the file copied. It must never remove
-another file found under that name (a writer may have renamed a new one onto it
-during the copy): that one stays, and the call returns as if done. It raises
-``FileNotFoundError`` when the name is gone, and ``OSError`` when the file copied
-cannot be removed (the copy is then taken back)."""
-
-
 _REPLACED = "replaced by another file while being moved; left as it is now"
 
 
@@ -91,7 +75,6 @@ def move_file(
     *,
     expect: tuple[int, int] | None = None,
     progress: CopyProgress | None = None,
-    remove_source: RemoveSource | None = None,
 ) -> None:
     """Move ``src`` to ``dst`` (which must not exist) durably, across filesystems too.
 
@@ -102,11 +85,7 @@ def move_file(
     under ``src`` (unless that name is taken again: it then stays at ``dst``, said in
     the error); across filesystems the identity is checked when the copy is opened and
     again right before the source is removed (a file found there then is left alone,
-    and the copy of the one judged stays: the move counts as made). ``remove_source``
-    removes the source once copied (see :data:`RemoveSource`); without it the name is
-    checked, then unlinked, which leaves a new file renamed onto it between the two
-    to be removed: a caller whose writers rename onto its names passes one that takes
-    the name first.
+    and the copy of the one judged stays: the move counts as made).
 
     The entry itself is moved, never what a symlink points at. Within a filesystem this
     is one rename; across filesystems a regular file is copied durably (its holes kept
@@ -129,7 +108,7 @@ def move_file(
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise StorageError("move", src, exc) from exc
-        _copy_across(src, dst, expect, progress, remove_source or _unlink_if_same)
+        _copy_across(src, dst, expect, progress)
     else:
         if expect is not None:
             _put_back_unless(src, dst, expect)
@@ -314,12 +293,8 @@ def _copy_regular(
             for start, end in _data_ranges(fd_in):
                 send = _copy_range(fd_in, pieces, start, end, send=send)
             # The size after the data: a hole at the end is kept as one, not written.
-            last = os.fstat(fd_in)
-            os.ftruncate(fd_out, last.st_size)
+            os.ftruncate(fd_out, os.fstat(fd_in).st_size)
             os.fchmod(fd_out, mode)
-            # Its modification time too, as a rename keeps it: with the size, what tells
-            # the copy of this very file from a new drop that only holds the same bytes.
-            os.utime(fd_out, ns=(last.st_atime_ns, last.st_mtime_ns))
             os.fsync(fd_out)
         except BaseException:
             # The temp file goes whatever ends the copy, and what ended it is what the
@@ -339,18 +314,8 @@ def _copy_regular(
             os.unlink(tmp)
 
 
-def _unlink_if_same(src: Path, expect: tuple[int, int]) -> None:
-    """The plain :data:`RemoveSource`: the name checked right before its removal."""
-    if _is(os.lstat(src), expect):
-        os.unlink(src)
-
-
 def _copy_across(
-    src: Path,
-    dst: Path,
-    expect: tuple[int, int] | None,
-    progress: CopyProgress | None,
-    remove_source: RemoveSource,
+    src: Path, dst: Path, expect: tuple[int, int] | None, progress: CopyProgress | None
 ) -> None:
     """Move across filesystems: never open anything but a regular file (no FIFO reads).
 
@@ -377,10 +342,12 @@ def _copy_across(
         raise StorageError(f"copy {src} into", dst.parent, exc) from exc
     try:
         fsync_dir(dst.parent)
-        # A file renamed onto the name during the copy (seconds, for a large one) is
-        # not the one copied, and must stay. The one copied then lives on as the copy
-        # alone, as when it vanished.
-        remove_source(src, expect)
+        # Checked right before the removal: a file renamed onto the name during the
+        # copy (seconds, for a large one) is not the one copied, and must stay. The
+        # one copied then lives on as the copy alone, as when it vanished.
+        if not _is(os.lstat(src), expect):
+            return
+        os.unlink(src)
     except FileNotFoundError:
         return  # removed by someone else meanwhile: the copy is all there is, and stays
     except OSError as exc:
@@ -392,31 +359,6 @@ def _copy_across(
         if isinstance(exc, StorageError):
             raise
         raise StorageError("move", src, exc) from exc
-
-
-def same_data(fd_a: int, fd_b: int, progress: CopyProgress | None = None) -> bool:
-    """Whether the open regular files ``fd_a`` and ``fd_b`` hold the same bytes.
-
-    Read in pieces (memory use does not depend on the size), each told to ``progress``
-    as a copy's are (``(done, total)``, from ``(0, total)``), so a caller may show it
-    is alive or give up; what ``progress`` raises is raised as it is. Raises
-    ``OSError`` when either cannot be read.
-    """
-    size = os.fstat(fd_a).st_size
-    if os.fstat(fd_b).st_size != size:
-        return False
-    if progress is not None:
-        progress(0, size)
-    offset = 0
-    while offset < size:
-        want = min(_CHUNK, size - offset)
-        a, b = os.pread(fd_a, want, offset), os.pread(fd_b, want, offset)
-        if a != b or not a:
-            return False
-        offset += len(a)
-        if progress is not None and offset % _STEP == 0:
-            progress(offset, size)
-    return os.fstat(fd_a).st_size == os.fstat(fd_b).st_size == size
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ from ...history.index import HistoryIndex, HistorySnapshot
 from ...history.names import format_timestamp
 from ...payload.model import PayloadRejected
 from ...usage.export import COLUMNS, Row, inverted_bounds, row_from_bytes
-from ...usage.forecast import CLOCK_AHEAD
+from ...usage.readings import CLOCK_AHEAD
 from ..context import ServeContext
 from ..reads import snapshot_or_error
 from ..routes import SERIES_PATH

@@ -1,0 +1,106 @@
+"""Where a limit's usage reset, and how fast it rises since: its windows and burn rate (pure).
+
+A limit's readings are points on the time axis (:class:`Point`: POSIX seconds, percentage
+used, the reading's reset time), oldest first.
+
+**A reset**, between two readings in time order, is one of:
+
+* the reset time of the previous reading has passed (its ``resetsAt`` plus the precision
+  of its wording: ``2 hr`` may mean up to 2 h 59 min), or
+* a drop in ``percentageUsed`` that the following reading confirms (it is below the old
+  level too), or that is the newest reading (nothing can confirm it yet).
+
+Within a window usage only rises, so a lone dip that the next reading does not confirm (a
+scraper that read 0 for a moment) and a lone spike that the next reading falls back from
+(to no less than the reading before the spike) are left out of the window as outliers.
+
+**The rate** is the Theil-Sen estimator: the median of the slopes between every pair of
+readings (at most :data:`MAX_FIT_POINTS`, spread evenly over the window when it holds more).
+With five readings or more, one reading however wrong cannot move it off the slope the
+others agree on; least squares would follow the outlier.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from .resets import ResetTime
+
+__all__ = ["MAX_FIT_POINTS", "MIN_SPAN", "Point", "burn_rate", "split_windows"]
+
+MIN_SPAN = timedelta(minutes=10)
+"""No rate from readings spanning less than this: two readings a minute apart say little."""
+MAX_FIT_POINTS = 120
+"""At most this many readings enter the pairwise slopes (7,140 pairs): the cost stays flat
+however often the scraper runs."""
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One reading on the time axis: POSIX seconds, percentage, reset time."""
+
+    t: float
+    pct: float
+    reset: ResetTime | None = None
+
+
+def _reset_passed(before: Point, after: Point) -> bool:
+    reset = before.reset
+    return reset is not None and after.t >= (reset.at + reset.within).timestamp()
+
+
+def split_windows(points: Sequence[Point]) -> list[list[Point]]:
+    """``points`` (oldest first) split at each reset, outliers left out; oldest window first.
+
+    The rules are the module docstring's. Every point is in exactly one window or is an
+    outlier; the newest point is never an outlier.
+    """
+    if not points:
+        return []
+    windows: list[list[Point]] = []
+    current = [points[0]]
+    for i in range(1, len(points)):
+        point, level = points[i], current[-1]
+        if _reset_passed(level, point):
+            windows.append(current)
+            current = [point]
+        elif point.pct < level.pct:
+            if len(current) >= 2 and point.pct >= current[-2].pct:
+                current[-1] = point  # the level was a spike: this point carries on from before
+                continue
+            following = points[i + 1] if i + 1 < len(points) else None
+            if following is None or following.pct < level.pct:
+                windows.append(current)
+                current = [point]
+            # else: a dip the next reading does not confirm; left out
+        else:
+            current.append(point)
+    windows.append(current)
+    return windows
+
+
+def _spread(points: Sequence[Point], most: int) -> Sequence[Point]:
+    if len(points) <= most:
+        return points
+    step = (len(points) - 1) / (most - 1)
+    return [points[round(k * step)] for k in range(most)]
+
+
+def burn_rate(points: Sequence[Point]) -> float | None:
+    """Percent per hour over ``points`` (one window, oldest first): the Theil-Sen slope.
+
+    ``None`` with fewer than 2 points or when they span less than :data:`MIN_SPAN`.
+    """
+    if len(points) < 2 or points[-1].t - points[0].t < MIN_SPAN.total_seconds():
+        return None
+    sample = _spread(points, MAX_FIT_POINTS)
+    slopes = [
+        (b.pct - a.pct) / (b.t - a.t)
+        for i, a in enumerate(sample)
+        for b in sample[i + 1 :]
+        if b.t > a.t
+    ]
+    return statistics.median(slopes) * 3600 if slopes else None
