@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -147,6 +148,35 @@ def test_a_version_retention_deletes_under_a_reader_is_left_out_not_called_damag
         # Its metadata and latest link are those of the versions it holds: no hole.
         checked = run_cli(snap, "verify")
         assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_verify_judges_the_metadata_by_the_history_it_read_it_beside(root: Path) -> None:
+    """A cleanup run after verify's last listing, before its read of the metadata: the
+    metadata then tells of the history as it is after, the listing of it as it was.
+    verify is stopped as that listing's last ``getdents64`` returns (found by a first,
+    traced run: the last listing before the metadata is opened)."""
+    names = make_history(root)
+    history = root / HISTORY
+    trace = root.parent / "dry.trace"
+    dry = subprocess.run(
+        [
+            *(STRACE, "-f", "-qq", "-o", str(trace), "-P", str(history)),
+            *("-P", str(history / "_metadata.json"), "-e", "trace=getdents64,openat"),
+            *(sys.executable, "-m", "ingester", "--root", str(root), "verify"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    calls = trace.read_text().splitlines()
+    metadata_read = max(n for n, line in enumerate(calls) if "_metadata.json" in line)
+    listed = sum(1 for line in calls[:metadata_read] if "getdents64(" in line)
+    done = run_held_after(root, ("verify",), history, "getdents64", cleanup(root), when=listed)
+    assert sorted(p.name for p in history.glob("2*.json")) == names[3:]
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == "ok", done.stdout
+    assert done.stderr == "", done.stderr
 
 
 def test_list_limit_shows_n_versions_while_n_remain(root: Path) -> None:

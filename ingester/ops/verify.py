@@ -99,6 +99,11 @@ def _temps(folder: Path, prefixes: tuple[str, ...]) -> list[str]:
         return []
 
 
+_LOOKS = 3
+"""Listings verify takes again when the metadata disagrees with the one before it and
+the history has changed since (see :func:`verify_history`)."""
+
+
 def _metadata_findings(reader: HistoryReader, names: list[str], now: datetime) -> list[Finding]:
     stored, problem = stored_metadata(reader)
     if is_permission_problem(problem):
@@ -203,7 +208,8 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
     that. When this process holds the lock (``verify --repair``) nothing is in flight.
     A version deleted since the listing (retention) is no longer in the history: it is
     neither checked nor counted; the metadata is judged against a listing taken after
-    the versions are read.
+    the versions are read, and where they disagree and the history has changed since
+    that listing, against a new one (up to three).
     """
     reader = LocalHistory(store.history_dir)
     names = [entry.name for entry in reader.list_versions()]
@@ -233,7 +239,18 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
             caches.append(
                 Finding("stale-temp", os.fspath(link_dir / temp), "leftover temp file", True)
             )
-    caches += _metadata_findings(reader, now_listed, now)
+    metadata = _metadata_findings(reader, now_listed, now)
+    for _ in range(_LOOKS):
+        # The metadata is read after that listing: a writer that changed the history in
+        # between (a one-shot cleanup) left a metadata file that tells of the history
+        # after it. Judged again by a new listing, as long as the history keeps moving.
+        listed = [entry.name for entry in reader.list_versions()] if metadata else now_listed
+        if listed == now_listed:
+            break
+        now_listed = listed
+        pid = pid or _writer(store)
+        metadata = _metadata_findings(reader, now_listed, now)
+    caches += metadata
     report.adopt_advised = latest_is_a_file(store)
     link = _latest_finding(store, report.adopt_advised)
     if link is not None:
