@@ -88,11 +88,14 @@ def run_held_after(
     path: Path,
     syscall: str,
     meanwhile: Callable[[], object],
+    *,
+    when: int = 1,
     **env: str,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``ingester --root ROOT ARGS`` under strace, stopped (SIGSTOP, every thread)
-    as the first ``syscall`` naming ``path`` returns; call ``meanwhile`` while it is
-    stopped, then let it go on; return it completed, its output captured.
+    as the ``when``-th ``syscall`` naming ``path`` (the first by default) returns; call
+    ``meanwhile`` while it is stopped, then let it go on; return it completed, its
+    output captured.
 
     The stop is seen in strace's own trace (``stopped by SIGSTOP``), never guessed from
     time: what ``meanwhile`` does (a deletion) falls exactly between that call and the
@@ -101,7 +104,7 @@ def run_held_after(
     trace = root.parent / f"held-{os.urandom(3).hex()}.trace"
     command = [
         *(STRACE, "-f", "-qq", "-o", str(trace), "-P", str(path), "-e", f"trace={syscall}"),
-        *("-e", f"inject={syscall}:signal=SIGSTOP:when=1"),
+        *("-e", f"inject={syscall}:signal=SIGSTOP:when={when}"),
         *(sys.executable, "-m", "ingester", "--root", str(root), *args),
     ]
     tracer = subprocess.Popen(
