@@ -35,6 +35,7 @@ from support.capabilities import (
     immutable,
     needs_strace_root,
     quarantine_fsyncs,
+    run_held_after,
     tmpfs,
     traced_program,
 )
@@ -282,6 +283,84 @@ def test_a_drop_renamed_onto_the_name_of_one_being_set_aside_is_stored(
         assert json.loads(kept.pop("scrape.json" + REASON))["file"] == "scrape.json"
     assert kept == {}
     assert not (spool / "scrape.json").exists()
+
+
+def freed_number_given_again(staging: Path) -> bool:
+    """Whether the filesystem of ``staging`` gives the number of a freed inode to the
+    next file made there at once (ext4 does), in the steps a writer takes: a file
+    replaced by a rename (freed), then a new one written."""
+    old, new, after = staging / ".reuse-old", staging / ".reuse-new", staging / ".reuse-after"
+    old.write_bytes(b"old")
+    number = os.stat(old).st_ino
+    new.write_bytes(b"new")
+    os.rename(new, old)
+    after.write_bytes(b"after")
+    reused = os.stat(after).st_ino == number
+    old.unlink()
+    after.unlink()
+    return reused
+
+
+@needs_strace_root
+def test_a_drop_that_gets_the_number_of_the_one_copied_into_the_quarantine_is_stored(
+    root: Path, quarantine: Path
+) -> None:
+    """Held after an invalid drop A was copied into the quarantine, before it leaves the
+    spool: a writer renames B onto its name (A's last name), then C. Were A no longer
+    open, its inode would be freed, and C, made next, would get its number (ext4 gives
+    it out again at once): C would look like A at the removal's check, and be removed
+    unseen. A is held open until its removal, so C keeps a number of its own, stays,
+    and is stored."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    path = spool / "scrape.json"
+    bad = b'{"broken": '
+    quarantine.mkdir()
+    folder = os.path.realpath(quarantine)
+
+    # Where the quarantine folder's fsync before the removal falls: the last of its
+    # fsyncs before the drop's unlink, in a run that sets the same drop aside.
+    drop(spool, "scrape.json", bad)
+    trace = root.parent / "dry.trace"
+    dry = (STRACE, "-f", "-qq", "-y", "-o", str(trace), "-P", str(quarantine), "-P", str(path))
+    code, log = once(root, quarantine, *dry)
+    assert code == 0, log
+    calls = trace.read_text().splitlines()
+    removal = next(
+        n
+        for n, line in enumerate(calls)
+        if re.search(rf"unlink(at)?\(.*\"{re.escape(str(path))}\"", line)
+    )
+    held_at = re.compile(rf"\bfsync\(\d+<{re.escape(folder)}>")
+    fsyncs = sum(1 for line in calls[:removal] if held_at.search(line))
+    assert fsyncs >= 1, calls
+    for entry in quarantine.iterdir():
+        entry.unlink()
+
+    if not freed_number_given_again(spool / "tmp"):
+        pytest.skip("this filesystem does not give a freed inode number out again at once")
+    a = drop(spool, "scrape.json", bad)
+    a_number = os.stat(a).st_ino
+    c_number: list[int] = []
+
+    def writer() -> None:
+        assert (quarantine / "scrape.json").read_bytes() == bad  # copied and named
+        assert os.lstat(path).st_ino == a_number  # and not removed yet
+        drop(spool, "scrape.json", payload(30))  # B: A's last name goes
+        drop(spool, "scrape.json", payload(31))  # C
+        c_number.append(os.lstat(path).st_ino)
+
+    args = ("--rejected-dir", str(quarantine), "watch", "--once")
+    held = run_held_after(root, args, quarantine, "fsync", writer, when=fsyncs)
+    assert "Traceback" not in held.stderr, held.stderr
+    code, log = once(root, quarantine)
+    assert code == 0, log
+
+    reused = "got" if c_number == [a_number] else "did not get"
+    assert stored_contents(root) == {payload(31): 1}, f"C {reused} A's number\n{held.stderr}{log}"
+    assert not path.exists()
+    assert sorted(os.listdir(quarantine)) == ["scrape.json", f"scrape.json{REASON}"]
+    assert (quarantine / "scrape.json").read_bytes() == bad
 
 
 def listening_until(

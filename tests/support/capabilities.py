@@ -88,12 +88,14 @@ def run_held_after(
     path: Path,
     syscall: str,
     meanwhile: Callable[[], object],
+    *,
     when: int = 1,
     **env: str,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``ingester --root ROOT ARGS`` under strace, stopped (SIGSTOP, every thread)
-    as the ``when``-th ``syscall`` naming ``path`` returns; call ``meanwhile`` while it
-    is stopped, then let it go on; return it completed, its output captured.
+    as the ``when``-th ``syscall`` naming ``path`` (the first by default) returns; call
+    ``meanwhile`` while it is stopped, then let it go on; return it completed, its
+    output captured.
 
     The stop is seen in strace's own trace (``stopped by SIGSTOP``), never guessed from
     time: what ``meanwhile`` does (a deletion) falls exactly between that call and the

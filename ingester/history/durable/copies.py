@@ -83,9 +83,10 @@ def move_file(
     moved in its place, nor removed. Such a move fails (``ESTALE``), leaving both
     files where they were: within a filesystem the entry moved by mistake is put back
     under ``src`` (unless that name is taken again: it then stays at ``dst``, said in
-    the error); across filesystems the identity is checked when the copy is opened and
-    again right before the source is removed (a file found there then is left alone,
-    and the copy of the one judged stays: the move counts as made).
+    the error); across filesystems the identity is checked when the source is opened,
+    which stays open until it is removed, and right before the removal the name is
+    compared with that open file (another file found there then is left alone, and the
+    copy of the one judged stays: the move counts as made).
 
     The entry itself is moved, never what a symlink points at. Within a filesystem this
     is one rename; across filesystems a regular file is copied durably (its holes kept
@@ -262,14 +263,13 @@ def _check_room(fd_in: int, fd_out: int) -> int:
 
 
 def _copy_regular(
-    src: Path,
+    fd_in: int,
     dst: Path,
     mode: int,
-    expect: tuple[int, int] | None,
     progress: CopyProgress | None,
 ) -> None:
-    """Copy a regular file of any size by the recipe (temp, fsync, link; the caller
-    fsyncs the folder).
+    """Copy the regular file open as ``fd_in`` (left open) by the recipe (temp, fsync,
+    link; the caller fsyncs the folder).
 
     Only its data is copied; its holes stay holes (the copy gets the source's size
     by a truncate), so a sparse file of gigabytes costs what it holds. Memory use does
@@ -280,33 +280,27 @@ def _copy_regular(
     caller names the move.
     """
     tmp = _temp_path(dst.parent, WRITE_TEMP_PREFIX)
-    fd_in = os.open(src, READ_NOFOLLOW)
+    fd_out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        if not _is(os.fstat(fd_in), expect):
-            raise _replaced(src)
-        fd_out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            pieces = _Pieces(fd_out, _check_room(fd_in, fd_out), progress)
-            if progress is not None:
-                progress(0, pieces.total)
-            send = True
-            for start, end in _data_ranges(fd_in):
-                send = _copy_range(fd_in, pieces, start, end, send=send)
-            # The size after the data: a hole at the end is kept as one, not written.
-            os.ftruncate(fd_out, os.fstat(fd_in).st_size)
-            os.fchmod(fd_out, mode)
-            os.fsync(fd_out)
-        except BaseException:
-            # The temp file goes whatever ends the copy, and what ended it is what the
-            # caller hears: a failing close here must not take its place.
-            with contextlib.suppress(OSError):
-                os.close(fd_out)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        os.close(fd_out)
-    finally:
-        os.close(fd_in)
+        pieces = _Pieces(fd_out, _check_room(fd_in, fd_out), progress)
+        if progress is not None:
+            progress(0, pieces.total)
+        send = True
+        for start, end in _data_ranges(fd_in):
+            send = _copy_range(fd_in, pieces, start, end, send=send)
+        # The size after the data: a hole at the end is kept as one, not written.
+        os.ftruncate(fd_out, os.fstat(fd_in).st_size)
+        os.fchmod(fd_out, mode)
+        os.fsync(fd_out)
+    except BaseException:
+        # The temp file goes whatever ends the copy, and what ended it is what the
+        # caller hears: a failing close here must not take its place.
+        with contextlib.suppress(OSError):
+            os.close(fd_out)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd_out)
     try:
         _link_no_clobber(tmp, dst)
     finally:
@@ -314,24 +308,60 @@ def _copy_regular(
             os.unlink(tmp)
 
 
+_HOLD = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+"""``os.open`` flags that hold an entry that is not a regular file without opening it
+for reading or writing: a FIFO's open never waits for a writer, a device's driver is
+never called, a symlink is held itself."""
+
+
 def _copy_across(
     src: Path, dst: Path, expect: tuple[int, int] | None, progress: CopyProgress | None
 ) -> None:
-    """Move across filesystems: never open anything but a regular file (no FIFO reads).
+    """Move across filesystems: never open anything but a regular file for reading (no
+    FIFO reads).
 
-    The copy's name is durable before the source is removed, so a crash between the
-    two leaves both, never neither. When the source cannot be removed (made immutable,
-    say), or that fsync fails, the copy is taken back: the source alone holds the entry.
+    The source stays open from before the copy until its removal is done: a file still
+    open cannot be freed, so no other file can get its inode number meanwhile, and a
+    name found with that number right before the removal is the file copied, not a
+    new one that got the number of a freed one (ext4 gives a freed number out again at
+    once). The copy's name is durable before the source is removed, so a crash between
+    the two leaves both, never neither. When the source cannot be removed (made
+    immutable, say), or that fsync fails, the copy is taken back: the source alone holds
+    the entry.
     """
     try:
         st = os.lstat(src)
         if not _is(st, expect):
             raise _replaced(src)
         expect = (st.st_dev, st.st_ino)  # what is copied is what may be removed
+        fd = os.open(src, READ_NOFOLLOW if stat.S_ISREG(st.st_mode) else _HOLD)
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"copy {src} into", dst.parent, exc) from exc
+    try:
+        _copy_held(fd, src, dst, expect, progress)
+        _remove_held(fd, src, dst)
+    finally:
+        os.close(fd)
+
+
+def _copy_held(
+    fd: int,
+    src: Path,
+    dst: Path,
+    expect: tuple[int, int],
+    progress: CopyProgress | None,
+) -> None:
+    """Copy the entry open as ``fd`` (opened at ``src``) to ``dst``, if it is ``expect``."""
+    try:
+        st = os.fstat(fd)
+        if not _is(st, expect):
+            raise _replaced(src)
         if stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(src), dst)
+            os.symlink(os.readlink("", dir_fd=fd), dst)  # the link held, by its fd
         elif stat.S_ISREG(st.st_mode):
-            _copy_regular(src, dst, stat.S_IMODE(st.st_mode), expect, progress)
+            _copy_regular(fd, dst, stat.S_IMODE(st.st_mode), progress)
         else:
             # A FIFO or socket is recreated as such (no privilege needed); a device
             # needs CAP_MKNOD and otherwise fails here, naming the path.
@@ -340,12 +370,21 @@ def _copy_across(
         raise
     except OSError as exc:
         raise StorageError(f"copy {src} into", dst.parent, exc) from exc
+
+
+def _remove_held(fd: int, src: Path, dst: Path) -> None:
+    """Once ``dst`` holds the copy of the entry open as ``fd``, remove that entry from
+    ``src``: only if it is still the one there."""
     try:
         fsync_dir(dst.parent)
         # Checked right before the removal: a file renamed onto the name during the
         # copy (seconds, for a large one) is not the one copied, and must stay. The
-        # one copied then lives on as the copy alone, as when it vanished.
-        if not _is(os.lstat(src), expect):
+        # one copied then lives on as the copy alone, as when it vanished. Compared
+        # with the file held open, whose inode number no other file can have; a file
+        # renamed onto the name between this look and the unlink (microseconds) would
+        # still be removed: a window no check followed by an unlink can close.
+        now, held = os.lstat(src), os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
             return
         os.unlink(src)
     except FileNotFoundError:
