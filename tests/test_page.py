@@ -289,6 +289,14 @@ def open_page(browser: Any) -> Iterator[Any]:
         context.close()
 
 
+def pick_range(page: Any, label: str) -> None:
+    """Pick the chart's range as a user would: once the page has shown its first answer
+    (``<main aria-busy="false">``). Until then the cards above the picker fill in and
+    push it down, and a click that lands mid-move misses it."""
+    expect(page.locator("main")).to_have_attribute("aria-busy", "false", timeout=10_000)
+    page.get_by_role("radio", name=label, exact=True).check()
+
+
 def artefact_dir(tmp_path: Path) -> Path:
     base = os.environ.get("INGESTER_TEST_ARTIFACTS")
     folder = Path(base) if base else tmp_path / "artefacts"
@@ -355,7 +363,7 @@ def test_page_shows_the_newest_snapshot_and_the_history(
     assert page.inner_text("#errors-badge") == "1 extraction error"
     assert newest["name"] in page.inner_text("#version-info")
 
-    page.get_by_role("radio", name="24 hours", exact=True).check()
+    pick_range(page, "24 hours")
     wait_points(page, IN_24H)
     # Hovering the chart's right edge reads out the newest values (the next point is an
     # hour older, tens of pixels away at this range).
@@ -365,7 +373,7 @@ def test_page_shows_the_newest_snapshot_and_the_history(
     assert f"Current session {pct(newest['currentSession']['percentageUsed'])}" in readout
     sonnet = newest["weeklyLimits"]["sonnetOnly"]["percentageUsed"]
     assert f"Weekly, Sonnet only {pct(sonnet)}" in readout
-    page.get_by_role("radio", name="All", exact=True).check()
+    pick_range(page, "All")
     wait_points(page, len(AGES_H))
 
     folder = artefact_dir(tmp_path)
@@ -544,7 +552,7 @@ def test_backfilled_versions_draw_at_their_own_times_with_the_forecast(
     page = watched.page
     chart = page.locator("#chart")
     for label in ("24 hours", "7 days", "All"):
-        page.get_by_role("radio", name=label, exact=True).check()
+        pick_range(page, label)
         wait_points(page, 8)
         # One point per snapshot, each at its own lastUpdated (not eight at one second).
         expect(chart).to_have_attribute("data-distinct-times", "8")
@@ -575,7 +583,7 @@ def test_backfilled_versions_draw_at_their_own_times_with_the_forecast(
     # Dashed projections for the two rising limits; the resets (two instants) marked.
     assert chart.get_attribute("data-projections") == "2"
     assert chart.get_attribute("data-resets") == "2"
-    page.get_by_role("radio", name="24 hours", exact=True).check()
+    pick_range(page, "24 hours")
     wait_points(page, 8)
     page.screenshot(path=str(artefact_dir(tmp_path) / "page-forecast.png"), full_page=True)
     assert watched.problems == []
@@ -820,7 +828,7 @@ def test_a_reset_mark_at_the_right_edge_keeps_its_whole_label(
     server = serve()
     watched = open_page(server.url + "/?refresh=1", init_script=RECORD_TEXT)
     page = watched.page
-    page.get_by_role("radio", name="24 hours", exact=True).check()
+    pick_range(page, "24 hours")
     wait_points(page, 4)
     expect(page.locator("#chart")).to_have_attribute("data-resets", "1", timeout=10_000)
     box = plot_box(page)
@@ -905,7 +913,7 @@ def test_lines_break_across_a_gap_in_the_data_and_not_for_a_partial_snapshot(
     server = serve()
     watched = open_page(server.url + "/?refresh=1")
     page = watched.page
-    page.get_by_role("radio", name="All", exact=True).check()
+    pick_range(page, "All")
     wait_points(page, len(times))
     chart = page.locator("#chart")
     expect(chart).to_have_attribute("data-gaps", "1")
@@ -1040,7 +1048,7 @@ def test_time_labels_and_reset_labels_never_collide(
     )
     page = watched.page
     for label, count in (("7 days", 48), ("24 hours", 24)):
-        page.get_by_role("radio", name=label, exact=True).check()
+        pick_range(page, label)
         wait_points(page, count)
         expect(page.locator("#chart")).to_have_attribute("data-resets", "2", timeout=10_000)
         box = plot_box(page)
@@ -1133,7 +1141,7 @@ def test_the_time_axis_spans_the_range_picked_whatever_the_data(
     server = serve()
     watched = open_page(server.url + "/?refresh=1", init_script=RECORD_FRAME)
     page = watched.page
-    page.get_by_role("radio", name=range_label, exact=True).check()
+    pick_range(page, range_label)
     in_range = 0 if case == "none" else len(times)
     wait_points(page, in_range)
     chart = page.locator("#chart")
@@ -1208,7 +1216,7 @@ def test_all_the_history_at_one_instant_spans_the_hour_before_it(
     server = serve()
     watched = open_page(server.url + "/?refresh=1")
     page = watched.page
-    page.get_by_role("radio", name="All", exact=True).check()
+    pick_range(page, "All")
     wait_points(page, 1)
     chart = page.locator("#chart")
     expect(chart).to_have_attribute("data-resets", "1", timeout=10_000)

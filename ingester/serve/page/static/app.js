@@ -902,6 +902,9 @@
         renderFreshness();
         renderCards(); // "in 41 h" and "last read 12 min ago" move on with the clock
         showConnection(null);
+        // The first answer is on the page: the cards have their heights, so what lies
+        // below them (the range picker) no longer moves as they fill in.
+        document.querySelector("main").setAttribute("aria-busy", "false");
       }
     } catch (err) {
       showConnection("Cannot reach the server (" + err.message + "); retrying.");
