@@ -734,6 +734,79 @@ def test_a_claim_recovery_stores_is_durable_before_its_copy_is_named(tmp_path: P
     assert not order.violations, order.violations
 
 
+def test_a_claim_recovery_makes_itself_is_durable_before_its_copy_is_named(
+    tmp_path: Path,
+) -> None:
+    """Recovery takes a spool drop that is a stored copy's claim under a second name as a
+    claim of its own. A writer that renamed a new drop onto that name just before makes
+    the new claim another file, stored as a copy: that claim must be durable before the
+    copy's name appears, as any claim recovery stores."""
+    scenario = build_scenario(tmp_path / "r", valid_count=2, invalid_count=0)
+    settings = scenario.settings
+    spool, history = settings.spool_dir, settings.history_dir
+    claimed = spool / ".claimed"
+    claimed.mkdir(mode=0o700, exist_ok=True)
+    version = "2026-01-02T00-00-00-00000000.json"
+    old, new = (spool / "good-0.json").read_bytes(), (spool / "good-1.json").read_bytes()
+    # A copy stored, its claim not yet released, and the drop back in the spool (a power
+    # cut on a disk without a journal): the claim's second name.
+    (history / version).write_bytes(old)
+    os.chmod(history / version, 0o444)
+    os.link(spool / "good-0.json", claimed / version)
+    real_rename = durable.rename_entry
+    swapped: list[bool] = []
+
+    def rename_entry(src: Any, dst: Any) -> None:
+        if os.path.basename(os.fspath(src)) == "good-0.json" and not swapped:
+            os.rename(spool / "good-1.json", spool / "good-0.json")  # the writer's
+            swapped.append(True)
+        real_rename(src, dst)
+
+    order = DurabilityOrder(history, claimed)
+    durable.rename_entry = rename_entry
+    try:
+        with order.watching():
+            assert run_once(settings) == 0
+    finally:
+        durable.rename_entry = real_rename
+    assert swapped, "the second name was never taken as a claim"
+    stored = [p.read_bytes() for p in history.glob("2*.json")]
+    assert stored.count(new) == 1 and stored.count(old) == 1
+    assert not order.violations, order.violations
+
+
+def test_a_claim_already_stored_is_finished_whatever_claimed_s_fsync_does(
+    tmp_path: Path,
+) -> None:
+    """A claim whose version is its own inode (killed between the link and the release)
+    needs no fsync to be finished: one of ``.claimed/`` that fails (EIO) holds nothing
+    up."""
+    scenario = build_scenario(tmp_path / "r", valid_count=1, invalid_count=0)
+    settings = scenario.settings
+    spool, history = settings.spool_dir, settings.history_dir
+    claimed = spool / ".claimed"
+    claimed.mkdir(mode=0o700, exist_ok=True)
+    version = "2026-01-02T00-00-00-00000000.json"
+    os.rename(spool / "good-0.json", claimed / version)
+    os.chmod(claimed / version, 0o444)
+    os.link(claimed / version, history / version)
+    real = durable.fsync_dir
+
+    def failing(folder: Any) -> None:
+        if Path(folder) == claimed:
+            raise durable.StorageError("fsync folder", folder, OSError(errno.EIO, "I/O error"))
+        real(folder)
+
+    durable.fsync_dir = failing
+    try:
+        with capture_logs() as logs:
+            assert run_once(settings) == 0
+    finally:
+        durable.fsync_dir = real
+    assert not (claimed / version).exists(), logs.text()
+    assert not final_problems(scenario.expect)
+
+
 def _group_trace(base: Path, foreign: bool) -> list[str]:
     scenario = build_scenario(base, valid_count=6, invalid_count=1, foreign=foreign)
     plan = Plan(at=0)

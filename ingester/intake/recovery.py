@@ -61,11 +61,6 @@ class ClaimRecovery:
         if names:
             self.intake.check_claimed()
             names = self._one_name_each(names)
-            # A process killed before its group's fsyncs leaves claims that may not be
-            # on disk yet (a zero-copy group's are never fsynced). Stored below as a
-            # copy, a claim must be durable before its version: lost to a power cut, it
-            # would leave the drop back in the spool with one link, like a new drop.
-            durable.fsync_dir(self.spool.claimed_dir)
         with self.store.batch(update_latest=False) as batch:
             for version in names:
                 try:
@@ -172,6 +167,12 @@ class ClaimRecovery:
             return None
         if not isinstance(opened, Opened):
             return opened
+        # A claim may not be on disk yet: a process killed before its group's fsyncs
+        # left it (a zero-copy group's claims are never fsynced), or this recovery made
+        # it (a second name taken as a claim). Stored as a copy, it must be durable
+        # before its version: lost to a power cut, it would leave the drop back in the
+        # spool with one link, like a new drop. Only a claim stored so needs it.
+        durable.fsync_dir(self.spool.claimed_dir)
         self.store.write_version(target, opened.data)
         durable.remove_file(claim)
         return Stored(version, target, len(opened.data), started, pending=False)
