@@ -609,7 +609,9 @@ def test_crash_amid_a_groups_concurrent_fsyncs_then_restart(tmp_path: Path, fore
 
 
 class DurabilityOrder:
-    """Checks, on every thread, that nothing is named a version before it is durable.
+    """Checks, on every thread, that nothing is named a version before it is durable, and
+    that no claim that is its drop's last name is removed before the spool's side of its
+    rename is.
 
     Each change to an inode (a write, an fchmod) and each claim (a rename into
     ``.claimed/``) is stamped; so are the start and the return of every fsync. When a
@@ -628,7 +630,9 @@ class DurabilityOrder:
         self.clock = 0
         self.changed: dict[tuple[int, int], int] = {}
         self.durable: dict[tuple[int, int], int] = {}
+        self.spool = os.path.dirname(self.claimed)
         self.links = 0
+        self.last_names_removed = 0  # claims removed that were their file's last name
         self.on_workers = 0  # fsyncs run on durable's worker threads
         self.violations: list[str] = []
 
@@ -643,7 +647,10 @@ class DurabilityOrder:
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[DurabilityOrder]:
-        real = {name: getattr(os, name) for name in ("write", "fchmod", "fsync", "rename", "link")}
+        real = {
+            name: getattr(os, name)
+            for name in ("write", "fchmod", "fsync", "rename", "link", "unlink")
+        }
 
         def changed_fd(name: str) -> Callable[..., Any]:
             def patched(fd: int, *args: Any) -> Any:
@@ -667,6 +674,21 @@ class DurabilityOrder:
             real["rename"](src, dst, **kwargs)
             if os.path.dirname(os.fsdecode(dst)) == self.claimed:
                 self.changed[self._key(os.stat(self.claimed))] = self._tick()
+                if os.path.dirname(os.fsdecode(src)) == self.spool:
+                    self.changed[self._key(os.stat(self.spool))] = self._tick()
+
+        def unlink(path: Any, **kwargs: Any) -> None:
+            name = os.fsdecode(path)
+            if os.path.dirname(name) == self.claimed and is_version_name(os.path.basename(name)):
+                with contextlib.suppress(OSError):
+                    if os.lstat(name).st_nlink == 1:
+                        # The drop's last name: the spool's side of its claim must be on
+                        # disk, or a power cut could bring the drop back as a new one.
+                        self.last_names_removed += 1
+                        key = self._key(os.stat(self.spool))
+                        if self.durable.get(key, 0) < self.changed.get(key, 0):
+                            self.violations.append(f"{os.path.basename(name)}: spool not durable")
+            real["unlink"](path, **kwargs)
 
         def link(src: Any, dst: Any, **kwargs: Any) -> None:
             name = os.fsdecode(dst)
@@ -687,6 +709,7 @@ class DurabilityOrder:
             "fsync": fsync,
             "rename": rename,
             "link": link,
+            "unlink": unlink,
         }
         for name, patched in patches.items():
             setattr(os, name, patched)
@@ -710,6 +733,7 @@ def test_a_groups_versions_are_named_only_once_all_its_fsyncs_returned(
         assert run_once(settings) == 0
     assert not final_problems(scenario.expect)
     assert order.links == 8
+    assert order.last_names_removed == (8 if foreign else 0)
     # The group's eight or nine fsyncs (eight drops' bytes, and .claimed/ for copies) ran
     # at once: every share but the caller's on a worker.
     assert order.on_workers >= 7
