@@ -609,7 +609,9 @@ def test_crash_amid_a_groups_concurrent_fsyncs_then_restart(tmp_path: Path, fore
 
 
 class DurabilityOrder:
-    """Checks, on every thread, that nothing is named a version before it is durable.
+    """Checks, on every thread, that nothing is named a version before it is durable, and
+    that no claim that is its drop's last name is removed before the spool's side of its
+    rename is.
 
     Each change to an inode (a write, an fchmod) and each claim (a rename into
     ``.claimed/``) is stamped; so are the start and the return of every fsync. When a
@@ -628,7 +630,9 @@ class DurabilityOrder:
         self.clock = 0
         self.changed: dict[tuple[int, int], int] = {}
         self.durable: dict[tuple[int, int], int] = {}
+        self.spool = os.path.dirname(self.claimed)
         self.links = 0
+        self.last_names_removed = 0  # claims removed that were their file's last name
         self.on_workers = 0  # fsyncs run on durable's worker threads
         self.violations: list[str] = []
 
@@ -643,7 +647,10 @@ class DurabilityOrder:
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[DurabilityOrder]:
-        real = {name: getattr(os, name) for name in ("write", "fchmod", "fsync", "rename", "link")}
+        real = {
+            name: getattr(os, name)
+            for name in ("write", "fchmod", "fsync", "rename", "link", "unlink")
+        }
 
         def changed_fd(name: str) -> Callable[..., Any]:
             def patched(fd: int, *args: Any) -> Any:
@@ -667,6 +674,21 @@ class DurabilityOrder:
             real["rename"](src, dst, **kwargs)
             if os.path.dirname(os.fsdecode(dst)) == self.claimed:
                 self.changed[self._key(os.stat(self.claimed))] = self._tick()
+                if os.path.dirname(os.fsdecode(src)) == self.spool:
+                    self.changed[self._key(os.stat(self.spool))] = self._tick()
+
+        def unlink(path: Any, **kwargs: Any) -> None:
+            name = os.fsdecode(path)
+            if os.path.dirname(name) == self.claimed and is_version_name(os.path.basename(name)):
+                with contextlib.suppress(OSError):
+                    if os.lstat(name).st_nlink == 1:
+                        # The drop's last name: the spool's side of its claim must be on
+                        # disk, or a power cut could bring the drop back as a new one.
+                        self.last_names_removed += 1
+                        key = self._key(os.stat(self.spool))
+                        if self.durable.get(key, 0) < self.changed.get(key, 0):
+                            self.violations.append(f"{os.path.basename(name)}: spool not durable")
+            real["unlink"](path, **kwargs)
 
         def link(src: Any, dst: Any, **kwargs: Any) -> None:
             name = os.fsdecode(dst)
@@ -687,6 +709,7 @@ class DurabilityOrder:
             "fsync": fsync,
             "rename": rename,
             "link": link,
+            "unlink": unlink,
         }
         for name, patched in patches.items():
             setattr(os, name, patched)
@@ -710,6 +733,7 @@ def test_a_groups_versions_are_named_only_once_all_its_fsyncs_returned(
         assert run_once(settings) == 0
     assert not final_problems(scenario.expect)
     assert order.links == 8
+    assert order.last_names_removed == (8 if foreign else 0)
     # The group's eight or nine fsyncs (eight drops' bytes, and .claimed/ for copies) ran
     # at once: every share but the caller's on a worker.
     assert order.on_workers >= 7
@@ -732,6 +756,79 @@ def test_a_claim_recovery_stores_is_durable_before_its_copy_is_named(tmp_path: P
     assert not final_problems(scenario.expect)
     assert order.links == 1
     assert not order.violations, order.violations
+
+
+def test_a_claim_recovery_makes_itself_is_durable_before_its_copy_is_named(
+    tmp_path: Path,
+) -> None:
+    """Recovery takes a spool drop that is a stored copy's claim under a second name as a
+    claim of its own. A writer that renamed a new drop onto that name just before makes
+    the new claim another file, stored as a copy: that claim must be durable before the
+    copy's name appears, as any claim recovery stores."""
+    scenario = build_scenario(tmp_path / "r", valid_count=2, invalid_count=0)
+    settings = scenario.settings
+    spool, history = settings.spool_dir, settings.history_dir
+    claimed = spool / ".claimed"
+    claimed.mkdir(mode=0o700, exist_ok=True)
+    version = "2026-01-02T00-00-00-00000000.json"
+    old, new = (spool / "good-0.json").read_bytes(), (spool / "good-1.json").read_bytes()
+    # A copy stored, its claim not yet released, and the drop back in the spool (a power
+    # cut on a disk without a journal): the claim's second name.
+    (history / version).write_bytes(old)
+    os.chmod(history / version, 0o444)
+    os.link(spool / "good-0.json", claimed / version)
+    real_rename = durable.rename_entry
+    swapped: list[bool] = []
+
+    def rename_entry(src: Any, dst: Any) -> None:
+        if os.path.basename(os.fspath(src)) == "good-0.json" and not swapped:
+            os.rename(spool / "good-1.json", spool / "good-0.json")  # the writer's
+            swapped.append(True)
+        real_rename(src, dst)
+
+    order = DurabilityOrder(history, claimed)
+    durable.rename_entry = rename_entry
+    try:
+        with order.watching():
+            assert run_once(settings) == 0
+    finally:
+        durable.rename_entry = real_rename
+    assert swapped, "the second name was never taken as a claim"
+    stored = [p.read_bytes() for p in history.glob("2*.json")]
+    assert stored.count(new) == 1 and stored.count(old) == 1
+    assert not order.violations, order.violations
+
+
+def test_a_claim_already_stored_is_finished_whatever_claimed_s_fsync_does(
+    tmp_path: Path,
+) -> None:
+    """A claim whose version is its own inode (killed between the link and the release)
+    needs no fsync to be finished: one of ``.claimed/`` that fails (EIO) holds nothing
+    up."""
+    scenario = build_scenario(tmp_path / "r", valid_count=1, invalid_count=0)
+    settings = scenario.settings
+    spool, history = settings.spool_dir, settings.history_dir
+    claimed = spool / ".claimed"
+    claimed.mkdir(mode=0o700, exist_ok=True)
+    version = "2026-01-02T00-00-00-00000000.json"
+    os.rename(spool / "good-0.json", claimed / version)
+    os.chmod(claimed / version, 0o444)
+    os.link(claimed / version, history / version)
+    real = durable.fsync_dir
+
+    def failing(folder: Any) -> None:
+        if Path(folder) == claimed:
+            raise durable.StorageError("fsync folder", folder, OSError(errno.EIO, "I/O error"))
+        real(folder)
+
+    durable.fsync_dir = failing
+    try:
+        with capture_logs() as logs:
+            assert run_once(settings) == 0
+    finally:
+        durable.fsync_dir = real
+    assert not (claimed / version).exists(), logs.text()
+    assert not final_problems(scenario.expect)
 
 
 def _group_trace(base: Path, foreign: bool) -> list[str]:

@@ -268,11 +268,21 @@ def test_check_chooses_again_when_the_latest_is_deleted_under_it(root: Path) -> 
     assert result["checks"][0]["message"].startswith("newest data "), result
 
 
-def test_check_with_its_only_version_deleted_under_it_says_none_is_left(root: Path) -> None:
-    names = fresh_history(root, 1)
-    path = root / HISTORY / names[0]
-    done = run_held_after(root, ("check",), path, "%%stat", path.unlink)
+def only_version_deleted_under(
+    root: Path, args: tuple[str, ...]
+) -> subprocess.CompletedProcess[str]:
+    """Run ``args`` on a history of one version, held as its listing looks at it, which
+    is deleted by hand meanwhile: none is left when it is read. Returned once seen to
+    end without a traceback."""
+    path = root / HISTORY / fresh_history(root, 1)[0]
+    done = run_held_after(root, args, path, "%%stat", path.unlink)
     assert "Traceback" not in done.stderr
+    assert not path.exists()
+    return done
+
+
+def test_check_with_its_only_version_deleted_under_it_says_none_is_left(root: Path) -> None:
+    done = only_version_deleted_under(root, ("check",))
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stdout.startswith("INGESTER CRITICAL - no version yet"), done.stdout
 
@@ -381,10 +391,7 @@ def test_other_readers_of_the_latest_go_on_from_the_one_left(root: Path, case: s
 
 def test_forecast_with_its_only_version_deleted_under_it_has_none(root: Path) -> None:
     """Not "no snapshot to forecast from" (versions there, none to go by): none is left."""
-    names = fresh_history(root, 1)
-    path = root / HISTORY / names[0]
-    done = run_held_after(root, ("forecast",), path, "%%stat", path.unlink)
-    assert "Traceback" not in done.stderr
+    done = only_version_deleted_under(root, ("forecast",))
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout == ""
     assert done.stderr == f"error: no version in {root / HISTORY} yet\n"

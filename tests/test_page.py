@@ -431,6 +431,28 @@ def test_a_new_drop_appears_without_a_reload(
     assert watcher.returncode == 0, watch_log.read_text()
 
 
+def test_a_page_whose_first_answer_fails_is_not_left_busy(
+    root: Path, serve: Any, browser: Any
+) -> None:
+    """``<main>`` is ``aria-busy`` while the first answer fills in, then not, whatever
+    that answer was: a forecast the server fails (500) must not leave the page hidden
+    from assistive technology as busy for ever."""
+    build_history(root, timedelta(minutes=2))
+    server = serve()
+    context = browser.new_context(timezone_id="UTC", locale="en-GB")
+    try:
+        page = context.new_page()
+        page.route(
+            "**/api/claude/console-usage/forecast",
+            lambda route: route.fulfill(status=500, content_type="application/json", body="{}"),
+        )
+        page.goto(server.url + "/?refresh=1")
+        expect(page.locator("#connection")).to_contain_text("answered 500", timeout=10_000)
+        expect(page.locator("main")).to_have_attribute("aria-busy", "false", timeout=10_000)
+    finally:
+        context.close()
+
+
 def test_a_stale_history_shows_the_stale_badge(
     root: Path, serve: Any, open_page: Any, tmp_path: Path
 ) -> None:

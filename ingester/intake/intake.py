@@ -496,6 +496,20 @@ class Intake:
                 durable.remove_file(claim)
             except StorageError as exc:
                 errors[item.version] = exc
+        if jobs:
+            # A copy's claim is the drop's last name: removed, it frees the drop. The
+            # spool's side of the claim's rename must be on disk first, or a power cut
+            # on a disk without a journal could keep the drop's spool name and lose the
+            # claim's: the drop back with one link, like a new drop, stored twice. Once
+            # per group, after the versions are visible; the spool folder is fsynced
+            # nowhere on a drop's path.
+            try:
+                durable.fsync_dir(self._spool)
+            except StorageError as exc:
+                # The claims stay: recovery removes them once the folder is written.
+                for item in copies:
+                    errors[item.version] = exc
+                copies, jobs = [], []
         released = durable.each_at_once(release_copy, jobs)
         for item, (claim, _), result in zip(copies, jobs, released, strict=True):
             if result == WRITTEN:

@@ -48,6 +48,7 @@ class ClaimRecovery:
         # What finishing one claim finished besides (a new drop found where a second
         # name of it was), for recover() to report with it.
         self._more: list[Outcome] = []
+        self._spool_synced = False  # in this recovery, before a stored claim is removed
 
     def recover(self, finished: Callable[[Outcome], None]) -> None:
         """Finish every claim left by a crash or a failure (with the history lock held);
@@ -57,15 +58,11 @@ class ClaimRecovery:
         before it have been told already (each is stored, and its "ingested" line and
         count must not wait for the one that cannot be).
         """
+        self._spool_synced = False
         names = self.spool.claimed()
         if names:
             self.intake.check_claimed()
             names = self._one_name_each(names)
-            # A process killed before its group's fsyncs leaves claims that may not be
-            # on disk yet (a zero-copy group's are never fsynced). Stored below as a
-            # copy, a claim must be durable before its version: lost to a power cut, it
-            # would leave the drop back in the spool with one link, like a new drop.
-            durable.fsync_dir(self.spool.claimed_dir)
         with self.store.batch(update_latest=False) as batch:
             for version in names:
                 try:
@@ -155,7 +152,7 @@ class ClaimRecovery:
                     # stored, so it must not be taken again. Its claim still holds
                     # them until this is done.
                     self._set_aside(name, claim, version, batch)
-                durable.remove_file(claim)
+                self._remove_stored(claim)
                 return Recovered(version)
             # Its name is taken by other bytes: nothing claimed is deleted unless its
             # bytes are stored, so it is stored under a new name.
@@ -172,9 +169,25 @@ class ClaimRecovery:
             return None
         if not isinstance(opened, Opened):
             return opened
+        # A claim may not be on disk yet: a process killed before its group's fsyncs
+        # left it (a zero-copy group's claims are never fsynced), or this recovery made
+        # it (a second name taken as a claim). Stored as a copy, it must be durable
+        # before its version: lost to a power cut, it would leave the drop back in the
+        # spool with one link, like a new drop. Only a claim stored so needs it.
+        durable.fsync_dir(self.spool.claimed_dir)
         self.store.write_version(target, opened.data)
-        durable.remove_file(claim)
+        self._remove_stored(claim)
         return Stored(version, target, len(opened.data), started, pending=False)
+
+    def _remove_stored(self, claim: Path) -> None:
+        """Remove ``claim``, its bytes stored. It may be the drop's last name (a copy's
+        claim): the spool's side of its rename is made durable first, once per recovery
+        (see :meth:`Intake.release <ingester.intake.intake.Intake.release>`). Raises
+        :class:`StorageError`."""
+        if not self._spool_synced:
+            durable.fsync_dir(self.spool.dir)
+            self._spool_synced = True
+        durable.remove_file(claim)
 
     def _set_aside(self, name: str, claim: Path, version: str, batch: Batch) -> None:
         """Remove the spool's ``name``, a second name of the stored ``claim``.

@@ -902,9 +902,6 @@
         renderFreshness();
         renderCards(); // "in 41 h" and "last read 12 min ago" move on with the clock
         showConnection(null);
-        // The first answer is on the page: the cards have their heights, so what lies
-        // below them (the range picker) no longer moves as they fill in.
-        document.querySelector("main").setAttribute("aria-busy", "false");
       }
     } catch (err) {
       showConnection("Cannot reach the server (" + err.message + "); retrying.");
@@ -931,7 +928,12 @@
         if (state.chart) state.chart.setSize({ width: chartWidth(), height: chartHeight() });
       });
     }).observe($("chart"));
-    tick();
+    // Busy while the first answer fills in (the cards grow, and push what lies below
+    // them, the range picker, down), then not, whatever that answer was: a page whose
+    // first look failed says so in the header and must not stay hidden as busy.
+    const main = document.querySelector("main");
+    main.setAttribute("aria-busy", "true");
+    tick().finally(() => main.setAttribute("aria-busy", "false"));
   }
 
   if (document.readyState === "loading") {
