@@ -42,11 +42,12 @@ if TYPE_CHECKING:
         SettingError,
         StorageError,
     )
+    from .history.cleanup import CleanupIncomplete, CleanupResult
     from .history.lock import HistoryLock
     from .history.metadata import StorageMetadata
     from .history.names import generate_version_filename, parse_timestamp_from_filename
     from .history.retention import Decision, RetentionPlan, RetentionPolicy, plan_retention
-    from .history.store import CleanupIncomplete, CleanupResult, InitReport
+    from .history.store import InitReport
     from .payload.model import ConsoleUsageDataSync, UsageWindow, WeeklyLimits, judge_payload
 
 # Where each public name lives. The payload model's classes are among them: building
@@ -54,8 +55,8 @@ if TYPE_CHECKING:
 # ingester.payload.gate) never needs.
 _HOMES = {
     "CacheNotRefreshed": "errors",
-    "CleanupIncomplete": "history.store",
-    "CleanupResult": "history.store",
+    "CleanupIncomplete": "history.cleanup",
+    "CleanupResult": "history.cleanup",
     "ConsoleUsageDataSync": "payload.model",
     "Decision": "history.retention",
     "HistoryLock": "history.lock",

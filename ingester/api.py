@@ -26,7 +26,7 @@ class HistoryStore(_CoreStore):
     retention keeps back the versions a configured mirror has not uploaded yet, as the
     commands' stores do (a store that deleted them would lose the only copy the mirror
     was still to make). Pass ``hold=None`` for a store that holds nothing back, or a
-    hook of your own (:data:`ingester.history.store.RetentionHold`)."""
+    hook of your own (:data:`ingester.history.cleanup.RetentionHold`)."""
 
     def __init__(
         self,

@@ -58,7 +58,12 @@ ALLOWED: dict[str, set[str]] = {
 # the base protocol, the local and in-memory readers, the index), so that they read a
 # folder and a bucket alike, with the reader's rules (no symlink followed). A type may
 # still name the store it is handed (an import for type checking only).
-LOCAL_STORE = {"ingester.history.store", "ingester.history.batch", "ingester.history.latest"}
+LOCAL_STORE = {
+    "ingester.history.store",
+    "ingester.history.batch",
+    "ingester.history.latest",
+    "ingester.history.cleanup",
+}
 READS_THROUGH_INTERFACE = {"serve", "mirror"}
 
 

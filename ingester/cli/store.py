@@ -18,8 +18,9 @@ import click
 
 from ..clock import utc_now
 from ..errors import NotRegularFile, PayloadRejected, StorageError, os_cause
+from ..history.cleanup import CleanupIncomplete
 from ..history.names import format_timestamp
-from ..history.store import CacheNotRefreshed, CleanupIncomplete
+from ..history.store import CacheNotRefreshed
 from ..intake.spool import Spool
 from ..ops.queries import ReportError, open_store
 from ..payload.gate import check_payload

@@ -4,8 +4,9 @@ Owns what a history *is*, wherever it is kept, and the one way it is written. Th
 interfaces (:mod:`.base`): the reader and writer protocols, the version entry, the one
 definition of "latest" and of "at or before T". The local backing: its reader
 (:mod:`.local`, which follows no symlink) and its store (:mod:`.store`: versions, the
-latest link (:mod:`.latest`), ``_metadata.json`` (:mod:`.metadata`), retention; a group
-of versions made durable by one fsync, :mod:`.batch`). A backing in memory
+latest link (:mod:`.latest`), ``_metadata.json`` (its model :mod:`.metadata`, the file
+:mod:`.metadata_file`), retention applied (:mod:`.cleanup`); a group of versions made
+durable by one fsync, :mod:`.batch`). A backing in memory
 (:mod:`.memory`), the sorted index ``serve`` answers from (:mod:`.index`), version
 names (:mod:`.names`), the retention rule (:mod:`.retention`), the one-writer lock
 (:mod:`.lock`) and durable writes (:mod:`.durable`: temp file, fsync, rename or link,

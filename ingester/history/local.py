@@ -38,8 +38,9 @@ from ..payload.gate import MAX_DROP_BYTES
 from . import durable
 from .base import VersionEntry, derive_metadata
 from .metadata import StorageMetadata
+from .metadata_file import METADATA_NAME, read_metadata_bytes, write_metadata_file
 from .names import is_version_name, parse_timestamp_from_filename
-from .store import METADATA_MODE, METADATA_NAME, VERSION_MODE, HistoryStore, read_metadata_bytes
+from .store import VERSION_MODE, HistoryStore
 
 __all__ = ["LocalHistory", "LocalWriter"]
 
@@ -239,9 +240,7 @@ class LocalWriter:
         names = store.scan()
         stored, _problem = store.metadata_to_carry()
         meta = derive_metadata(names, store.clock(), stored, base)
-        durable.write_file(
-            store.history_dir, METADATA_NAME, meta.to_json_bytes(), mode=METADATA_MODE, replace=True
-        )
+        write_metadata_file(store.history_dir, meta)
         store.load()
         store.update_latest()
 

@@ -11,11 +11,14 @@ What is true, and what is derived:
   modified. Their names sort in ingestion order.
 * The **latest link** and **metadata** are caches of that truth: cheap to rebuild from a
   scan, and rebuilt by :meth:`HistoryStore.initialize` whenever they disagree with it.
-  The link's upkeep is :class:`~ingester.history.latest.LatestLink`'s.
+  The link's upkeep is :class:`~ingester.history.latest.LatestLink`'s; the metadata
+  file's reading and replacing, :mod:`~ingester.history.metadata_file`'s.
   Only the two totals (created/deleted) cannot be derived; after a crash they are best
   effort and never decrease.
 * The store keeps the sorted list of version names in memory, loaded by one scan, so a
   save and its cleanup cost the same with 20,000 versions as with 100.
+* Retention's rule is :mod:`~ingester.history.retention`'s (pure); the hold on it and
+  the deletions it makes, :mod:`~ingester.history.cleanup`'s.
 
 A ``HistoryStore`` assumes it is the only writer of its history; the caller makes that
 so with :class:`ingester.history.lock.HistoryLock`.
@@ -25,10 +28,8 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import errno
 import logging
 import os
-import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,96 +45,35 @@ from .names import format_timestamp, generate_version_filename, is_version_name
 if TYPE_CHECKING:
     from ..payload.model import ConsoleUsageDataSync
 from .batch import Batch
+from .cleanup import CleanupIncomplete as CleanupIncomplete
+from .cleanup import CleanupResult as CleanupResult
+from .cleanup import RetentionHold as RetentionHold
+from .cleanup import allowed_deletions, held_back, log_cleanup, remove_expired
 from .latest import LATEST_TEMP_PREFIXES as LATEST_TEMP_PREFIXES
 from .latest import LatestLink
-from .metadata import METADATA_MAX_BYTES, MetadataCorrupt, StorageMetadata
-from .retention import (
-    Decision,
-    RetentionPlan,
-    RetentionPolicy,
-    expired_prefix,
-    future_suffix,
-    plan_retention,
+from .metadata import StorageMetadata
+from .metadata_file import (
+    METADATA_NAME,
+    carried_metadata,
+    metadata_problem,
+    with_larger_totals,
+    write_metadata_file,
 )
+from .retention import RetentionPlan, RetentionPolicy, expired_prefix, future_suffix, plan_retention
 
-__all__ = ["CacheNotRefreshed", "CleanupResult", "HistoryStore", "InitReport"]
+__all__ = [
+    "CacheNotRefreshed",
+    "CleanupIncomplete",
+    "CleanupResult",
+    "HistoryStore",
+    "InitReport",
+    "RetentionHold",
+]
 
 log = logging.getLogger("ingester.store")
 
-METADATA_NAME = "_metadata.json"
 LOCK_NAME = ".lock"
 VERSION_MODE = 0o444
-METADATA_MODE = 0o644
-
-
-def read_metadata_bytes(path: Path) -> bytes:
-    """The bytes of the metadata file at ``path``, read as a file someone else may have
-    placed (:func:`~ingester.history.durable.read_regular`: no symlink followed, no FIFO
-    waited on, at most :data:`METADATA_MAX_BYTES` read).
-
-    Raises ``FileNotFoundError`` when there is none; :class:`MetadataCorrupt` when
-    something else is in its place (a symlink, a FIFO, a folder, a file over the limit);
-    :class:`StorageError` when it cannot be read.
-    """
-    try:
-        raw = durable.read_regular(path, METADATA_MAX_BYTES)
-    except StorageError as exc:
-        if exc.errno == errno.ENOENT:
-            raise FileNotFoundError(errno.ENOENT, "no metadata", os.fspath(path)) from None
-        if exc.errno == errno.ELOOP:
-            raise MetadataCorrupt("a symlink in the metadata's place") from None
-        raise
-    if raw is None:
-        try:
-            folder = stat.S_ISDIR(os.lstat(path).st_mode)
-        except OSError:
-            folder = False
-        if folder:
-            # No file can be renamed over a folder: its totals cannot be rebuilt in its
-            # place, so it is a file that cannot be read, not a corrupt one.
-            raise StorageError("read", path, IsADirectoryError(errno.EISDIR, "Is a directory"))
-        raise MetadataCorrupt("not a regular file")
-    if len(raw) > METADATA_MAX_BYTES:
-        raise MetadataCorrupt(f"over {METADATA_MAX_BYTES} bytes: not the metadata")
-    return raw
-
-
-@dataclass(frozen=True)
-class CleanupResult:
-    """What one cleanup did."""
-
-    deleted: list[str]
-    retained: int
-    future: int
-    at: datetime
-
-
-class CleanupIncomplete(StorageError):
-    """Retention deleted what it could, but some expired versions would not go.
-
-    Raised by :meth:`HistoryStore.cleanup_old_versions` after it has tried every expired
-    version, so one version that cannot be deleted (an immutable file, say) does not keep
-    the newer expired ones too. ``failures`` are the errors, oldest version first (the
-    first also gives this error's ``action``, ``path`` and ``errno``); ``result`` is what
-    the cleanup did do, its ``deleted`` and ``retained`` counts included.
-    """
-
-    def __init__(self, result: CleanupResult, failures: Sequence[StorageError]) -> None:
-        first = failures[0]
-        super().__init__(first.action, first.path, first.cause)
-        self.result = result
-        self.failures = list(failures)
-
-    def __str__(self) -> str:
-        failed, deleted = len(self.failures), len(self.result.deleted)
-        if not deleted:
-            what = "1 expired version" if failed == 1 else f"{failed} expired versions"
-            return f"could not delete {what}: {super().__str__()}"
-        others = "the other one is" if deleted == 1 else f"the other {deleted} are"
-        return (
-            f"could not delete {failed} of {failed + deleted} expired versions "
-            f"({others} deleted): {super().__str__()}"
-        )
 
 
 @dataclass
@@ -151,13 +91,6 @@ class InitReport:
     cache_errors: list[StorageError] = field(default_factory=list)
     metadata_error: StorageError | None = None
     latest_error: StorageError | None = None
-
-
-RetentionHold = Callable[[Path, Sequence[str], int], tuple[int, str | None]]
-"""Something that may keep expired versions from retention (the mirror, until it has
-uploaded them): given the history folder, every version name (oldest first) and how
-many of the oldest the policy would delete, it returns how many may go now and a
-warning for the log (or ``None``). See :func:`ingester.mirror.state.mirror_hold`."""
 
 
 class HistoryStore:
@@ -245,18 +178,7 @@ class HistoryStore:
         Raises :class:`MetadataUnreadable` when the file exists but cannot be read: its
         totals cannot be rebuilt, so nothing may replace it.
         """
-        try:
-            raw = read_metadata_bytes(self.metadata_path)
-        except FileNotFoundError:
-            return StorageMetadata(), "missing"
-        except MetadataCorrupt:
-            return StorageMetadata(), "corrupt"
-        except OSError as exc:
-            raise MetadataUnreadable(self.metadata_path, exc) from exc
-        try:
-            return StorageMetadata.model_validate_json(raw), None
-        except MetadataCorrupt:
-            return StorageMetadata(), "corrupt"
+        return carried_metadata(self.metadata_path)
 
     def load(self) -> None:
         """Scan the history and read the metadata, without writing anything."""
@@ -293,8 +215,7 @@ class HistoryStore:
         self.scan()
         stored, problem = self.metadata_to_carry()
         self._meta = self._derive(stored)
-        if problem is None and stored.scan_facts() != self._meta.scan_facts():
-            problem = "out of date"
+        problem = metadata_problem(stored, problem, self._meta)
         if problem is not None:
             # A new history's first metadata is no repair.
             if problem == "missing" and not self._names:
@@ -324,8 +245,7 @@ class HistoryStore:
         """
         self._ensure_loaded()
         stored, meta_problem = self.read_metadata_file()
-        if meta_problem is None and stored.scan_facts() != self._derive(stored).scan_facts():
-            meta_problem = "out of date"
+        meta_problem = metadata_problem(stored, meta_problem, self._derive(stored))
         try:
             latest_problem = self.latest_problem()
         except OSError as exc:
@@ -534,25 +454,12 @@ class HistoryStore:
         """The retention decision for every version; changes nothing."""
         self._ensure_loaded()
         plan = plan_retention(self._names, now or self.clock(), self.policy)
-        return self._hold_for_mirror(plan)
+        # The deletions a configured mirror has not caught up with are kept.
+        allowed, _warning = self._deletable(len(plan.delete))
+        return held_back(plan, allowed)
 
     def _deletable(self, expired: int) -> tuple[int, str | None]:
-        if self.hold is None:
-            return expired, None
-        return self.hold(self.history_dir, self._names, expired)
-
-    def _hold_for_mirror(self, plan: RetentionPlan) -> RetentionPlan:
-        """``plan`` with the deletions a configured mirror has not caught up with kept."""
-        expired = len(plan.delete)
-        allowed, _warning = self._deletable(expired)
-        if allowed == expired:
-            return plan
-        held = set(plan.delete[allowed:])
-        decisions = tuple(
-            Decision(d.name, d.timestamp, "keep", "not-mirrored") if d.name in held else d
-            for d in plan.decisions
-        )
-        return RetentionPlan(decisions, plan.now, plan.policy)
+        return allowed_deletions(self.hold, self.history_dir, self._names, expired)
 
     def cleanup_old_versions(
         self, now: datetime | None = None, *, hold_deletions: bool = False
@@ -574,22 +481,9 @@ class HistoryStore:
         count = expired_prefix(self._names, now, self.policy)
         # A configured mirror holds back what it has not uploaded yet (bounded).
         count, warning = (0, None) if hold_deletions else self._deletable(count)
-        doomed = self._names[:count]
         if warning is not None:
             log.warning("%s", warning)
-        deleted: list[str] = []
-        failures: list[StorageError] = []
-        # Every expired version is tried: one that will not go (an immutable file) must
-        # not keep the newer expired ones with it.
-        for name in doomed:
-            try:
-                durable.remove_file(self.version_path(name))
-            except StorageError as exc:
-                failures.append(exc)
-                continue
-            deleted.append(name)
-        gone = set(deleted)
-        self._names[:count] = [name for name in doomed if name not in gone]
+        deleted, failures = remove_expired(self.history_dir, self._names, count)
         updates: dict[str, Any] = {
             "total_versions_deleted": self._meta.total_versions_deleted + len(deleted)
         }
@@ -607,14 +501,7 @@ class HistoryStore:
         )
         if failures:
             raise CleanupIncomplete(result, failures)
-        log.log(
-            logging.INFO if deleted else logging.DEBUG,
-            "cleanup deleted %d, retained %d%s",
-            len(deleted),
-            result.retained,
-            f" ({result.future} future-dated)" if result.future else "",
-            extra={"event": "cleanup", "deleted": len(deleted), "retained": result.retained},
-        )
+        log_cleanup(result)
         return result
 
     # -- caches --------------------------------------------------------------------
@@ -651,25 +538,6 @@ class HistoryStore:
         # since that it cannot read (root's, mode 0600) may be an operator's, and
         # replacing it would hide the permission problem that the next start stops on.
         on_disk = self._metadata_on_disk()
-        base = self._meta
-        if on_disk is not None:
-            # The totals never decrease: a file written since by other means (restored
-            # from a backup while the watcher ran) keeps the larger of its and ours.
-            base = base.model_copy(
-                update={
-                    "total_versions_created": max(
-                        base.total_versions_created, on_disk.total_versions_created
-                    ),
-                    "total_versions_deleted": max(
-                        base.total_versions_deleted, on_disk.total_versions_deleted
-                    ),
-                }
-            )
+        base = self._meta if on_disk is None else with_larger_totals(self._meta, on_disk)
         self._meta = self._derive(base)
-        durable.write_file(
-            self.history_dir,
-            METADATA_NAME,
-            self._meta.to_json_bytes(),
-            mode=METADATA_MODE,
-            replace=True,
-        )
+        write_metadata_file(self.history_dir, self._meta)

@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 from ..clock import Backoff, ClockJump
 from ..errors import StorageError, describe_os_error
-from ..history.store import CleanupIncomplete, HistoryStore, InitReport
+from ..history.cleanup import CleanupIncomplete
+from ..history.store import HistoryStore, InitReport
 from ..settings.resolved import Settings
 from .housekeeping import PRUNE_EVERY, RejectedRetention
 from .spool import Spool

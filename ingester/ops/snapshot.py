@@ -41,8 +41,9 @@ from typing import BinaryIO
 from ..errors import SnapshotError, os_cause
 from ..history import durable
 from ..history.durable import SNAPSHOT_TEMP_PREFIX, StorageError
+from ..history.metadata_file import METADATA_NAME, write_metadata_file
 from ..history.names import is_version_name
-from ..history.store import METADATA_NAME, HistoryStore
+from ..history.store import HistoryStore
 from ..runtime.signals import stop_signals_held
 
 __all__ = [
@@ -216,7 +217,7 @@ def build_snapshot_tree(
     durable.fsync_dir(folder)
     # The live totals and lastCleanup carry over; every key a scan can derive is then
     # rebuilt from the files actually taken, by the code the watcher itself uses.
-    durable.write_file(folder, METADATA_NAME, stored.to_json_bytes(), mode=0o644, replace=True)
+    write_metadata_file(folder, stored)
     store = HistoryStore(folder, tree / SNAPSHOT_LATEST)
     store.initialize()
     return SnapshotResult(

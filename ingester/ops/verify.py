@@ -29,10 +29,12 @@ from ..errors import (
 from ..history import durable
 from ..history.base import HistoryReader, derive_metadata, is_future, stored_metadata
 from ..history.durable import TEMP_PREFIX, StorageError
+from ..history.latest import LATEST_TEMP_PREFIXES
 from ..history.local import LocalHistory
 from ..history.lock import lock_holder
+from ..history.metadata_file import METADATA_NAME
 from ..history.names import is_version_name, looks_like_version_name
-from ..history.store import LATEST_TEMP_PREFIXES, METADATA_NAME, HistoryStore
+from ..history.store import HistoryStore
 from ..payload.gate import check_payload
 from .adopt import UNKEPT_LATEST, latest_is_a_file, unknown_latest
 
