@@ -740,18 +740,28 @@ def test_a_groups_versions_are_named_only_once_all_its_fsyncs_returned(
     assert not order.violations, order.violations
 
 
+LEFT_CLAIM = "2026-01-02T00-00-00-00000000.json"
+
+
+def with_claimed(tmp_path: Path, valid_count: int) -> tuple[Scenario, Path]:
+    """A scenario of ``valid_count`` valid drops, and its ``.claimed/`` made (where a
+    test leaves a claim as a killed process would, under :data:`LEFT_CLAIM`)."""
+    scenario = build_scenario(tmp_path / "r", valid_count=valid_count, invalid_count=0)
+    claimed = scenario.settings.spool_dir / ".claimed"
+    claimed.mkdir(mode=0o700, exist_ok=True)
+    return scenario, claimed
+
+
 def test_a_claim_recovery_stores_is_durable_before_its_copy_is_named(tmp_path: Path) -> None:
     """A claim left by a process killed before its group's fsyncs (a zero-copy group's
     claims are never fsynced) may not be on disk: recovery stores it as a copy, so the
     claim must be made durable before the copy's name appears."""
-    scenario = build_scenario(tmp_path / "r", valid_count=1, invalid_count=0)
+    scenario, claimed = with_claimed(tmp_path, 1)
     settings = scenario.settings
-    claimed = settings.spool_dir / ".claimed"
-    claimed.mkdir(mode=0o700, exist_ok=True)
     order = DurabilityOrder(settings.history_dir, claimed)
     with order.watching():
         # The claim as the killed process made it: a rename, and nothing fsynced after.
-        os.rename(settings.spool_dir / "good-0.json", claimed / "2026-01-02T00-00-00-00000000.json")
+        os.rename(settings.spool_dir / "good-0.json", claimed / LEFT_CLAIM)
         assert run_once(settings) == 0
     assert not final_problems(scenario.expect)
     assert order.links == 1
@@ -765,12 +775,9 @@ def test_a_claim_recovery_makes_itself_is_durable_before_its_copy_is_named(
     claim of its own. A writer that renamed a new drop onto that name just before makes
     the new claim another file, stored as a copy: that claim must be durable before the
     copy's name appears, as any claim recovery stores."""
-    scenario = build_scenario(tmp_path / "r", valid_count=2, invalid_count=0)
+    scenario, claimed = with_claimed(tmp_path, 2)
     settings = scenario.settings
-    spool, history = settings.spool_dir, settings.history_dir
-    claimed = spool / ".claimed"
-    claimed.mkdir(mode=0o700, exist_ok=True)
-    version = "2026-01-02T00-00-00-00000000.json"
+    spool, history, version = settings.spool_dir, settings.history_dir, LEFT_CLAIM
     old, new = (spool / "good-0.json").read_bytes(), (spool / "good-1.json").read_bytes()
     # A copy stored, its claim not yet released, and the drop back in the spool (a power
     # cut on a disk without a journal): the claim's second name.
@@ -805,12 +812,9 @@ def test_a_claim_already_stored_is_finished_whatever_claimed_s_fsync_does(
     """A claim whose version is its own inode (killed between the link and the release)
     needs no fsync to be finished: one of ``.claimed/`` that fails (EIO) holds nothing
     up."""
-    scenario = build_scenario(tmp_path / "r", valid_count=1, invalid_count=0)
+    scenario, claimed = with_claimed(tmp_path, 1)
     settings = scenario.settings
-    spool, history = settings.spool_dir, settings.history_dir
-    claimed = spool / ".claimed"
-    claimed.mkdir(mode=0o700, exist_ok=True)
-    version = "2026-01-02T00-00-00-00000000.json"
+    spool, history, version = settings.spool_dir, settings.history_dir, LEFT_CLAIM
     os.rename(spool / "good-0.json", claimed / version)
     os.chmod(claimed / version, 0o444)
     os.link(claimed / version, history / version)
