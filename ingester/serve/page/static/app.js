@@ -70,6 +70,10 @@
     if (!Number.isNaN(date)) state.offsetMs = date - Date.now();
   }
 
+  // An answer the page cannot use (its status said); anything else thrown is a
+  // request that got no answer at all.
+  class ServerAnswer extends Error {}
+
   async function conditionalGet(url, tag) {
     // no-store keeps the browser's own cache out of it, so a 304 reaches us as a 304.
     const headers = tag ? { "If-None-Match": tag } : {};
@@ -402,7 +406,7 @@
       state.forecast = null;
       state.forecastTag = null;
     } else if (answer.status !== 200 || !answer.body) {
-      throw new Error("the server answered " + answer.status + " for the forecast");
+      throw new ServerAnswer("answered " + answer.status + " for the forecast");
     } else {
       state.forecast = answer.body;
       state.forecastTag = answer.tag;
@@ -497,7 +501,7 @@
       return changed;
     }
     if (answer.status !== 200 || !answer.body) {
-      throw new Error("the server answered " + answer.status);
+      throw new ServerAnswer("answered " + answer.status + " for the newest snapshot");
     }
     state.damaged = null;
     state.latestTag = answer.tag;
@@ -528,7 +532,7 @@
     // A range picked meanwhile has its own request: this answer is for the old one.
     if (answer.status === 304 || state.range !== range) return;
     if (answer.status !== 200 || !answer.body) {
-      throw new Error("the server answered " + answer.status + " for the series");
+      throw new ServerAnswer("answered " + answer.status + " for the history");
     }
     state.seriesTag = answer.tag;
     state.seriesKey = range;
@@ -890,23 +894,38 @@
 
   async function tick() {
     clearTimeout(state.timer);
-    try {
-      if (!document.hidden) {
-        const changed = await refreshLatest();
-        if (changed || state.forecastTag === null) await refreshForecast();
-        if (changed || state.seriesKey !== state.range) {
-          await refreshSeries();
-        } else if (state.chart !== null) {
-          drawChart(); // the window moves on even when nothing new arrives
+    if (!document.hidden) {
+      // Each part goes on whatever another did: a forecast the server fails still
+      // leaves the newest snapshot and the chart to show. The first failure is said.
+      let problem = null;
+      const attempt = async (part) => {
+        try {
+          return await part();
+        } catch (err) {
+          if (problem === null) problem = err;
+          return false;
         }
+      };
+      const changed = await attempt(refreshLatest);
+      if (changed || state.forecastTag === null) await attempt(refreshForecast);
+      if (changed || state.seriesKey !== state.range) {
+        await attempt(refreshSeries);
+      } else if (state.chart !== null) {
+        await attempt(async () => drawChart()); // the window moves on with the clock
+      }
+      await attempt(async () => {
         renderFreshness();
         renderCards(); // "in 41 h" and "last read 12 min ago" move on with the clock
-        showConnection(null);
-      }
-    } catch (err) {
-      showConnection("Cannot reach the server (" + err.message + "); retrying.");
+      });
+      showConnection(problem === null ? null : failureWords(problem));
     }
     state.timer = setTimeout(tick, refreshMs);
+  }
+
+  // A server that answered with an error is not an unreachable one: said as it is.
+  function failureWords(err) {
+    if (err instanceof ServerAnswer) return "The server " + err.message + "; retrying.";
+    return "Cannot reach the server (" + err.message + "); retrying.";
   }
 
   function start() {
