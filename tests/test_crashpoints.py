@@ -835,6 +835,98 @@ def test_a_claim_already_stored_is_finished_whatever_claimed_s_fsync_does(
     assert not final_problems(scenario.expect)
 
 
+@contextlib.contextmanager
+def spool_fsync_failing(spool: Path, times: int) -> Iterator[list[int]]:
+    """The spool folder's fsync fails (EIO) its first ``times`` calls; yields the
+    number of calls so far (one item)."""
+    real = durable.fsync_dir
+    calls = [0]
+
+    def fsync_dir(folder: Any) -> None:
+        if Path(folder) == spool:
+            calls[0] += 1
+            if calls[0] <= times:
+                raise durable.StorageError("fsync folder", folder, OSError(errno.EIO, "I/O error"))
+        real(folder)
+
+    durable.fsync_dir = fsync_dir
+    try:
+        yield calls
+    finally:
+        durable.fsync_dir = real
+
+
+def two_copies_back_in_the_spool(tmp_path: Path) -> tuple[Scenario, list[bytes]]:
+    """A group of two copies stored, their claims not yet released, and (a power cut on
+    a disk without a journal) both drops back in the spool: each claim's second name."""
+    scenario, claimed = with_claimed(tmp_path, 2)
+    spool, history = scenario.settings.spool_dir, scenario.settings.history_dir
+    payloads = []
+    for i, version in enumerate([LEFT_CLAIM, LEFT_CLAIM.replace("00000000", "00000001")]):
+        drop = spool / f"good-{i}.json"
+        payloads.append(drop.read_bytes())
+        (history / version).write_bytes(drop.read_bytes())
+        os.chmod(history / version, 0o444)
+        os.link(drop, claimed / version)
+    return scenario, payloads
+
+
+def test_each_copys_claim_recovery_removes_waits_for_the_spool_it_changed(
+    tmp_path: Path,
+) -> None:
+    """Recovery takes each claim's second name out of the spool, then removes the claim,
+    its last name: after every such change of the spool, not only the first, the
+    spool must be durable before the claim goes."""
+    scenario, _ = two_copies_back_in_the_spool(tmp_path)
+    settings = scenario.settings
+    order = DurabilityOrder(settings.history_dir, settings.spool_dir / ".claimed")
+    with order.watching():
+        assert run_once(settings) == 0
+    assert order.last_names_removed == 2
+    assert not final_problems(scenario.expect)
+    assert not order.violations, order.violations
+
+
+def test_a_spool_that_cannot_be_fsynced_stores_no_drop_twice(tmp_path: Path) -> None:
+    """The spool's fsync failing for good: the claims stay (their removal waits for it),
+    but the drops back in the spool beside them are still set aside, each stored once;
+    a claim that is its version's own inode needs no such fsync and is finished."""
+    scenario, payloads = two_copies_back_in_the_spool(tmp_path)
+    settings = scenario.settings
+    spool, history, claimed = (
+        settings.spool_dir,
+        settings.history_dir,
+        settings.spool_dir / ".claimed",
+    )
+    own = LEFT_CLAIM.replace("00000000", "00000002")
+    (spool / "own.json").write_bytes(_payloads(3)[2])
+    os.rename(spool / "own.json", claimed / own)
+    os.chmod(claimed / own, 0o444)
+    os.link(claimed / own, history / own)
+    with spool_fsync_failing(spool, 10**6), capture_logs() as logs:
+        run_once(settings)
+    stored = [p.read_bytes() for p in history.glob("2*.json")]
+    assert [stored.count(p) for p in payloads] == [1, 1], logs.text()
+    assert not [n for n in os.listdir(spool) if n.endswith(".json")], logs.text()
+    assert not (claimed / own).exists(), logs.text()
+    assert "Traceback" not in logs.text()
+
+
+def test_one_failed_release_of_a_groups_copies_is_one_error(tmp_path: Path) -> None:
+    """A group of eight copies whose step-8 spool fsync fails once: one ERROR line that
+    says they are stored, one step of backoff, and the claims removed later."""
+    scenario = build_scenario(tmp_path / "r", valid_count=8, invalid_count=0, foreign=True)
+    settings = scenario.settings
+    with spool_fsync_failing(settings.spool_dir, 1) as calls, capture_logs() as logs:
+        assert run_once(settings) == 0
+    assert calls[0] >= 2
+    errors = [r.getMessage() for r in logs.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("8 drop(s) stored, but their claims could not be removed: ")
+    assert not os.listdir(settings.spool_dir / ".claimed")
+    assert not final_problems(scenario.expect)
+
+
 def _group_trace(base: Path, foreign: bool) -> list[str]:
     scenario = build_scenario(base, valid_count=6, invalid_count=1, foreign=foreign)
     plan = Plan(at=0)

@@ -287,10 +287,15 @@ class Backlog:
             self._group_max = min(self._group_limit, 2 * self._group_max)
         if not stored:
             return
+        kept: dict[int, tuple[StorageError, int]] = {}
         for item, error in zip(stored, self.intake.release(stored), strict=True):
             if error is not None:
-                self.fail(None, error)  # recovery removes the claim later
+                # One fault may keep a whole group's claims (the spool's fsync): said,
+                # and backed off, once.
+                kept[id(error)] = (error, kept.get(id(error), (error, 0))[1] + 1)
             self._ingested(item)
+        for error, count in kept.values():
+            self._release_failed(error, count)
         # After _ingested (which marks the link stale): the group moved it already.
         if not update_latest:
             self.maintenance.latest_dirty = True
@@ -444,6 +449,22 @@ class Backlog:
         # Maintenance after the backoff also finishes any claim a failed commit left,
         # and sweeps the temp files a failed step could not remove.
         self.maintenance.after_failure(whole_group=name is None)
+
+    def _release_failed(self, exc: StorageError, count: int) -> None:
+        """``count`` stored drops whose claims could not be removed (step 8): logged once,
+        and the pipeline backs off; recovery removes the claims in a later round."""
+        self._failures += 1
+        retry = self.backoff.failed()
+        self.metrics.failed()
+        later = (
+            "the next start removes them"
+            if self.once
+            else f"recovery removes them (retrying in {retry:.1f} s)"
+        )
+        log.error(
+            "%d drop(s) stored, but their claims could not be removed: %s; %s", count, exc, later
+        )
+        self.maintenance.after_failure(whole_group=False)
 
     def _then(self, retry: float, it: str = "") -> str:
         """What follows a failed step, for its log line: a service retries after

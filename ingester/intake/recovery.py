@@ -48,7 +48,12 @@ class ClaimRecovery:
         # What finishing one claim finished besides (a new drop found where a second
         # name of it was), for recover() to report with it.
         self._more: list[Outcome] = []
-        self._spool_synced = False  # in this recovery, before a stored claim is removed
+        # Whether the spool may have changed since its last fsync: a claim that is its
+        # drop's last name is removed only once it has not (see _remove_stored).
+        self._spool_changed = True
+        # A claim kept because the spool could not be fsynced: the rest go on, and
+        # this is raised once they are done.
+        self._kept: StorageError | None = None
 
     def recover(self, finished: Callable[[Outcome], None]) -> None:
         """Finish every claim left by a crash or a failure (with the history lock held);
@@ -56,9 +61,12 @@ class ClaimRecovery:
 
         Raises :class:`StorageError` when a claim cannot be finished yet; those finished
         before it have been told already (each is stored, and its "ingested" line and
-        count must not wait for the one that cannot be).
+        count must not wait for the one that cannot be). A stored claim kept only
+        because the spool could not be fsynced holds nothing up: the others are
+        finished first (their second names in the spool set aside, so none is taken as
+        a new drop meanwhile), then its error is raised.
         """
-        self._spool_synced = False
+        self._spool_changed, self._kept = True, None
         names = self.spool.claimed()
         if names:
             self.intake.check_claimed()
@@ -73,6 +81,8 @@ class ClaimRecovery:
                 if outcome is not None:
                     finished(outcome)
                 self._tell_more(finished)
+        if self._kept is not None:
+            raise self._kept
 
     def _tell_more(self, finished: Callable[[Outcome], None]) -> None:
         more, self._more = self._more, []
@@ -152,7 +162,7 @@ class ClaimRecovery:
                     # stored, so it must not be taken again. Its claim still holds
                     # them until this is done.
                     self._set_aside(name, claim, version, batch)
-                self._remove_stored(claim)
+                self._remove_stored(claim, version)
                 return Recovered(version)
             # Its name is taken by other bytes: nothing claimed is deleted unless its
             # bytes are stored, so it is stored under a new name.
@@ -176,17 +186,37 @@ class ClaimRecovery:
         # spool with one link, like a new drop. Only a claim stored so needs it.
         durable.fsync_dir(self.spool.claimed_dir)
         self.store.write_version(target, opened.data)
-        self._remove_stored(claim)
+        self._remove_stored(claim, target)
         return Stored(version, target, len(opened.data), started, pending=False)
 
-    def _remove_stored(self, claim: Path) -> None:
-        """Remove ``claim``, its bytes stored. It may be the drop's last name (a copy's
-        claim): the spool's side of its rename is made durable first, once per recovery
-        (see :meth:`Intake.release <ingester.intake.intake.Intake.release>`). Raises
-        :class:`StorageError`."""
-        if not self._spool_synced:
-            durable.fsync_dir(self.spool.dir)
-            self._spool_synced = True
+    def _remove_stored(self, claim: Path, stored_as: str) -> None:
+        """Remove ``claim``, its bytes stored as version ``stored_as``. Where it is the
+        drop's last name (a copy's claim), the spool's side of its rename is made durable
+        first (see :meth:`Intake.release <ingester.intake.intake.Intake.release>`); if
+        that fails the claim is kept for a later round, under its version's name (which
+        that round then finds stored), and the error raised at the end of
+        :meth:`recover`. Raises :class:`StorageError` when it cannot be removed."""
+        try:
+            last = os.lstat(claim).st_nlink == 1
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError("stat claim", claim, exc) from exc
+        if last and self._spool_changed:
+            try:
+                durable.fsync_dir(self.spool.dir)
+            except StorageError as exc:
+                self._kept = self._kept or exc
+                if claim.name != stored_as:
+                    # Stored under a new name (its own was taken by other bytes): kept
+                    # under that one, or the next round would store it once more.
+                    renamed = self.spool.claimed_dir / stored_as
+                    try:
+                        durable.rename_entry(claim, renamed)
+                    except OSError as move:
+                        raise StorageError("rename claim", claim, move) from move
+                return
+            self._spool_changed = False
         durable.remove_file(claim)
 
     def _set_aside(self, name: str, claim: Path, version: str, batch: Batch) -> None:
@@ -206,6 +236,7 @@ class ClaimRecovery:
             return  # gone meanwhile
         except OSError as exc:
             raise StorageError("claim", self.spool.dir / name, exc) from exc
+        self._spool_changed = True
         try:
             same = os.path.samestat(os.lstat(taken), os.lstat(claim))
         except OSError as exc:

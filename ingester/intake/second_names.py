@@ -1,8 +1,9 @@
 """Drops that are a stored version's own file under a second name: removed, never stored again.
 
-A drop's claim is a rename out of the spool, and the spool folder itself is never
-fsynced: its fsync would sit on every drop's path, and on a filesystem with a journal
-the claim's rename is made durable by the fsyncs the claim already gets. On one without
+A drop's claim is a rename out of the spool, and the spool folder is fsynced on no
+drop's path (only before a group's copied claims are removed, after its versions are
+visible): its fsync would sit on every drop's path, and on a filesystem with a journal
+the claim's rename is made durable by the fsyncs that follow it. On one without
 a journal (ext2, ext4 made without one) a power cut can lose the spool's side of the
 rename while the version's name, fsynced, survives. The drop is then back in the spool
 and is the version's very inode (stored without a copy), or its claim's (stored as a
