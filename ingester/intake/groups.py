@@ -292,7 +292,8 @@ class Backlog:
             if error is not None:
                 # One fault may keep a whole group's claims (the spool's fsync): said,
                 # and backed off, once.
-                kept[id(error)] = (error, kept.get(id(error), (error, 0))[1] + 1)
+                _, count = kept.get(id(error), (error, 0))
+                kept[id(error)] = (error, count + 1)
             self._ingested(item)
         for error, count in kept.values():
             self._release_failed(error, count)
