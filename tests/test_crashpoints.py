@@ -912,6 +912,29 @@ def test_a_spool_that_cannot_be_fsynced_stores_no_drop_twice(tmp_path: Path) -> 
     assert "Traceback" not in logs.text()
 
 
+def test_a_claim_stored_under_a_new_name_is_kept_under_it_when_the_spool_fails(
+    tmp_path: Path,
+) -> None:
+    """A left claim whose name another version holds (other bytes) is stored under a new
+    name. When the spool's fsync then fails, the claim is kept under that new name, so
+    the next run finds it stored and removes it, rather than storing it once more."""
+    scenario, claimed = with_claimed(tmp_path, 1)
+    settings = scenario.settings
+    spool, history = settings.spool_dir, settings.history_dir
+    data = (spool / "good-0.json").read_bytes()
+    (history / LEFT_CLAIM).write_bytes(_payloads(2)[1])  # the name taken by other bytes
+    os.chmod(history / LEFT_CLAIM, 0o444)
+    os.rename(spool / "good-0.json", claimed / LEFT_CLAIM)
+    with spool_fsync_failing(spool, 10**6), capture_logs() as logs:
+        run_once(settings)
+    kept = os.listdir(claimed)
+    assert len(kept) == 1 and kept[0] != LEFT_CLAIM, logs.text()
+    assert (history / kept[0]).read_bytes() == data
+    assert run_once(settings) == 0
+    assert not os.listdir(claimed)
+    assert [p.read_bytes() for p in history.glob("2*.json")].count(data) == 1
+
+
 def test_one_failed_release_of_a_groups_copies_is_one_error(tmp_path: Path) -> None:
     """A group of eight copies whose step-8 spool fsync fails once: one ERROR line that
     says they are stored, one step of backoff, and the claims removed later."""
