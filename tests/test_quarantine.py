@@ -403,6 +403,24 @@ def copy_under_way(quarantine: Path) -> bool:
     return quarantine.is_dir() and any(n.startswith(".tmp-") for n in os.listdir(quarantine))
 
 
+@contextlib.contextmanager
+def pinged_watcher(
+    root: Path, quarantine: Path, wrapper: tuple[str, ...] = ()
+) -> Iterator[tuple[NotifyListener, WatchProcess]]:
+    """A watcher setting drops aside into ``quarantine``, its notifications to systemd
+    (a 0.4 s watchdog) heard by a listener; yields both."""
+    with (
+        NotifyListener() as listener,
+        WatchProcess(
+            root,
+            global_args=("--rejected-dir", str(quarantine)),
+            env={"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "400000"},
+            wrapper=wrapper,
+        ) as watcher,
+    ):
+        yield listener, watcher
+
+
 @needs_strace_root
 def test_a_long_copy_into_another_filesystem_keeps_the_watchdog_fed_and_the_watcher_going(
     root: Path, tmp_path: Path, can_mount: None
@@ -415,14 +433,7 @@ def test_a_long_copy_into_another_filesystem_keeps_the_watchdog_fed_and_the_watc
     staged, kept = big_drop(root, 12)
     with tmpfs(tmp_path / "other-fs", size="256m") as fs:
         quarantine = fs / "rejected"
-        with (
-            NotifyListener() as listener,
-            WatchProcess(
-                root,
-                global_args=("--rejected-dir", str(quarantine)),
-                env={"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "400000"},
-            ) as watcher,
-        ):
+        with pinged_watcher(root, quarantine) as (listener, watcher):
             alive = lambda: watcher.proc.poll() is None  # noqa: E731
             listener.wait_for(lambda m: "READY" in m.fields, 30, "READY=1", alive)
 
@@ -477,15 +488,7 @@ def test_a_long_copy_before_ready_extends_the_start_up_timeout_piece_by_piece(
         def copying() -> bool:
             return copy_under_way(quarantine)
 
-        with (
-            NotifyListener() as listener,
-            WatchProcess(
-                root,
-                global_args=("--rejected-dir", str(quarantine)),
-                env={"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "400000"},
-                wrapper=(STRACE, *sendfile_held(0.3)),
-            ) as watcher,
-        ):
+        with pinged_watcher(root, quarantine, (STRACE, *sendfile_held(0.3))) as (listener, watcher):
             program = traced_program(watcher.proc.pid)
             try:
                 extended_while_copying = 0
@@ -610,14 +613,7 @@ def test_a_copy_into_another_filesystem_that_makes_no_progress_lets_the_watchdog
     """A copy of one piece whose ``sendfile`` hangs 1.2 s (a hung disk, three times the
     watchdog's timeout): not one ping while it hangs, so systemd would kill the watcher.
     Liveness follows progress; it is never faked by a timer."""
-    with (
-        NotifyListener() as listener,
-        WatchProcess(
-            root,
-            global_args=("--rejected-dir", str(quarantine)),
-            env={"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "400000"},
-        ) as watcher,
-    ):
+    with pinged_watcher(root, quarantine) as (listener, watcher):
         pid = watcher.proc.pid
         alive = lambda: watcher.proc.poll() is None  # noqa: E731
         listener.wait_for(lambda m: "READY" in m.fields, 30, "READY=1", alive)
