@@ -61,12 +61,13 @@ def version_named_by(history_dir: Path, dev: int, ino: int) -> str | None:
 
 
 def claim_named_by(claimed_dir: str, dev: int, ino: int) -> bool:
-    """Whether a claim in ``claimed_dir`` is the file ``(dev, ino)``: one listing, then an
-    ``lstat`` of each entry of that inode number. Called only for a drop with more than
+    """Whether a claim in ``claimed_dir`` (a version-named entry, as recovery finishes) is
+    the file ``(dev, ino)``: one listing, then an ``lstat`` of each entry of that inode
+    number. Called only for a drop with more than
     one link. Raises :class:`StorageError` when the folder cannot be listed."""
     try:
         with os.scandir(claimed_dir) as entries:
-            matches = [e.path for e in entries if e.inode() == ino]
+            matches = [e.path for e in entries if e.inode() == ino and is_version_name(e.name)]
     except OSError as exc:
         raise StorageError("list", claimed_dir, exc) from exc
     for path in matches:
