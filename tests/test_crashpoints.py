@@ -611,10 +611,11 @@ def test_crash_amid_a_groups_concurrent_fsyncs_then_restart(tmp_path: Path, fore
 class DurabilityOrder:
     """Checks, on every thread, that nothing is named a version before it is durable, and
     that no claim that is its drop's last name is removed before the spool's side of its
-    rename is.
+    rename is, nor one whose drop was put back in the spool before that name is.
 
-    Each change to an inode (a write, an fchmod) and each claim (a rename into
-    ``.claimed/``) is stamped; so are the start and the return of every fsync. When a
+    Each change to an inode (a write, an fchmod), each claim (a rename into
+    ``.claimed/``) and each link into the spool is stamped; so are the start and the
+    return of every fsync. When a
     file is linked as a version, its last change must be covered by an fsync of it that
     started after that change and has returned, and so must (for a copy, linked from
     anywhere but ``.claimed/``) the last claim by an fsync of ``.claimed/``: what a power
@@ -633,6 +634,7 @@ class DurabilityOrder:
         self.spool = os.path.dirname(self.claimed)
         self.links = 0
         self.last_names_removed = 0  # claims removed that were their file's last name
+        self.put_back = 0  # claims removed that left their file's name in the spool
         self.on_workers = 0  # fsyncs run on durable's worker threads
         self.violations: list[str] = []
 
@@ -644,6 +646,10 @@ class DurabilityOrder:
     @staticmethod
     def _key(st: os.stat_result) -> tuple[int, int]:
         return st.st_dev, st.st_ino
+
+    def _in_spool(self, st: os.stat_result) -> bool:
+        with os.scandir(self.spool) as entries:
+            return any(e.inode() == st.st_ino and e.is_file(follow_symlinks=False) for e in entries)
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[DurabilityOrder]:
@@ -681,10 +687,15 @@ class DurabilityOrder:
             name = os.fsdecode(path)
             if os.path.dirname(name) == self.claimed and is_version_name(os.path.basename(name)):
                 with contextlib.suppress(OSError):
-                    if os.lstat(name).st_nlink == 1:
-                        # The drop's last name: the spool's side of its claim must be on
-                        # disk, or a power cut could bring the drop back as a new one.
-                        self.last_names_removed += 1
+                    st = os.lstat(name)
+                    last = st.st_nlink == 1
+                    # The drop's last name, or one leaving a name in the spool as its last
+                    # (a failed drop put back): the spool's side must be on disk, or a
+                    # power cut could bring the drop back as a new one, or lose it.
+                    back = not last and self._in_spool(st)
+                    if last or back:
+                        self.last_names_removed += last
+                        self.put_back += back
                         key = self._key(os.stat(self.spool))
                         if self.durable.get(key, 0) < self.changed.get(key, 0):
                             self.violations.append(f"{os.path.basename(name)}: spool not durable")
@@ -692,6 +703,10 @@ class DurabilityOrder:
 
         def link(src: Any, dst: Any, **kwargs: Any) -> None:
             name = os.fsdecode(dst)
+            if os.path.dirname(name) == self.spool:
+                real["link"](src, dst, **kwargs)
+                self.changed[self._key(os.stat(self.spool))] = self._tick()
+                return
             if os.path.dirname(name) == self.history and is_version_name(os.path.basename(name)):
                 self.links += 1
                 needed = [("its bytes", self._key(os.stat(src)))]
@@ -947,6 +962,116 @@ def test_one_failed_release_of_a_groups_copies_is_one_error(tmp_path: Path) -> N
     assert len(errors) == 1, errors
     assert errors[0].startswith("8 drop(s) stored, but their claims could not be removed: ")
     assert not os.listdir(settings.spool_dir / ".claimed")
+    assert not final_problems(scenario.expect)
+
+
+def test_a_drop_put_back_is_durable_in_the_spool_before_its_claim_goes(tmp_path: Path) -> None:
+    """A drop that changed while being taken goes back to the spool (a link) before its
+    claim is removed: that name must be on disk first, or a power cut on a disk without
+    a journal could keep the removal and lose the drop."""
+    scenario, _claimed = with_claimed(tmp_path, 2)
+    settings = scenario.settings
+    spool, history = settings.spool_dir, settings.history_dir
+    new = (spool / "good-1.json").read_bytes()
+    real_rename = durable.rename_entry
+    swapped: list[bool] = []
+
+    def rename_entry(src: Any, dst: Any) -> None:
+        if os.path.basename(os.fspath(src)) == "good-0.json" and not swapped:
+            os.rename(spool / "good-1.json", spool / "good-0.json")  # the writer's, mid-take
+            swapped.append(True)
+        real_rename(src, dst)
+
+    order = DurabilityOrder(history, spool / ".claimed")
+    durable.rename_entry = rename_entry
+    try:
+        with order.watching(), capture_logs() as logs:
+            assert run_once(settings) == 0
+    finally:
+        durable.rename_entry = real_rename
+    assert swapped and "good-0.json changed while being taken" in logs.text()
+    assert order.put_back == 1, logs.text()
+    assert [p.read_bytes() for p in history.glob("2*.json")].count(new) == 1
+    assert not order.violations, order.violations
+
+
+def test_a_drop_put_back_where_the_spool_cannot_be_fsynced_is_stored_once(
+    tmp_path: Path,
+) -> None:
+    """The spool's fsync failing as a drop is put back: its claim stays beside it, said
+    in one line; the drop waits for recovery to remove the claim, then is stored once."""
+    scenario, claimed = with_claimed(tmp_path, 2)
+    settings = scenario.settings
+    spool, history = settings.spool_dir, settings.history_dir
+    new = (spool / "good-1.json").read_bytes()
+    real_rename = durable.rename_entry
+
+    def rename_entry(src: Any, dst: Any) -> None:
+        if os.path.basename(os.fspath(src)) == "good-0.json" and not os.listdir(claimed):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(spool / "good-1.json", spool / "good-0.json")  # the writer's
+        real_rename(src, dst)
+
+    durable.rename_entry = rename_entry
+    try:
+        with spool_fsync_failing(spool, 1) as calls, capture_logs() as logs:
+            assert run_once(settings) == 0
+    finally:
+        durable.rename_entry = real_rename
+    assert calls[0] >= 2, logs.text()
+    assert "(its drop is back in the spool, and waits for it): I/O error" in logs.text()
+    assert [p.read_bytes() for p in history.glob("2*.json")].count(new) == 1, logs.text()
+    assert not os.listdir(claimed) and "Traceback" not in logs.text()
+
+
+def put_back_at_a_crash(scenario: Scenario, version: str = LEFT_CLAIM) -> Path:
+    """``good-0.json`` as a process killed while putting it back in the spool left it:
+    claimed as ``version``, linked back into the spool, the claim not removed."""
+    spool = scenario.settings.spool_dir
+    claim = spool / ".claimed" / version
+    os.rename(spool / "good-0.json", claim)
+    os.link(claim, spool / "good-0.json")
+    return claim
+
+
+def test_recovery_makes_a_drop_put_back_durable_before_its_claim_goes(tmp_path: Path) -> None:
+    """The claim left beside a drop put back is removed by recovery, leaving the spool's
+    name the drop's last: the spool's side must be on disk first."""
+    scenario, _claimed = with_claimed(tmp_path, 1)
+    settings = scenario.settings
+    order = DurabilityOrder(settings.history_dir, settings.spool_dir / ".claimed")
+    with order.watching(), capture_logs() as logs:
+        claim = put_back_at_a_crash(scenario)
+        assert run_once(settings) == 0
+    assert f"{LEFT_CLAIM} is back in the spool; removed its claim" in logs.text()
+    assert order.put_back == 1 and not claim.exists()
+    assert not final_problems(scenario.expect)
+    assert not order.violations, order.violations
+
+
+@pytest.mark.parametrize("failing", ["spool", ".claimed"])
+def test_a_drop_whose_claim_recovery_has_not_removed_waits_for_it(
+    tmp_path: Path, failing: str
+) -> None:
+    """A drop put back in the spool beside its claim is a second name of that claim. A
+    recovery that stops before removing the claim (the spool's fsync fails, or one of
+    ``.claimed/`` for a claim before it) leaves both, and the drop must wait for the
+    claim: stored meanwhile, it is stored again once recovery takes the claim for a
+    drop of its own."""
+    scenario, claimed = with_claimed(tmp_path, 2)
+    settings = scenario.settings
+    spool, history = settings.spool_dir, settings.history_dir
+    os.rename(spool / "good-1.json", claimed / LEFT_CLAIM)  # stored by recovery first
+    data = (spool / "good-0.json").read_bytes()
+    claim = put_back_at_a_crash(scenario, LEFT_CLAIM.replace("00000000", "00000001"))
+    folder = spool if failing == "spool" else claimed
+    with spool_fsync_failing(folder, 2) as calls, capture_logs() as logs:
+        run_once(settings)
+        assert calls[0] >= 1, logs.text()
+        run_once(settings)
+    stored = [p.read_bytes() for p in history.glob("2*.json")]
+    assert stored.count(data) == 1, logs.text()
+    assert not claim.exists() and "Traceback" not in logs.text()
     assert not final_problems(scenario.expect)
 
 

@@ -106,9 +106,11 @@ def unclaim(claim: durable.StrPath, path: durable.StrPath) -> None:
     """Put a claimed drop back in the spool (as ``path``), untouched, after a failure to
     store it.
 
-    If that fails too (or the name was reused meanwhile), the claim stays and is
-    finished by the recovery path once the fault clears: nothing is lost either way.
-    Never raises; what could not be done is logged.
+    The spool's name is made durable (its folder fsynced) before the claim goes. If
+    any of that fails (or the name was reused meanwhile), the claim stays and is
+    finished by the recovery path once the fault clears: nothing is lost either way,
+    and a drop back in the spool waits for its claim to go. Never raises; what could
+    not be done is logged.
     """
     folder, claim_name = os.path.split(claim)
     try:
@@ -117,14 +119,20 @@ def unclaim(claim: durable.StrPath, path: durable.StrPath) -> None:
         log.warning("%s stays in %s for now: %s", claim_name, folder, exc.strerror)
         return
     try:
+        # The spool's new name on disk before the claim goes: without a journal, a
+        # power cut could keep the removal and lose the name, and the drop with it.
+        durable.fsync_dir(os.path.dirname(path))
         durable.unlink_entry(claim)
     except OSError as exc:
-        # Both names now hold the drop: keep the claim only, or it would be stored twice.
-        log.warning("%s stays in %s for now: %s", claim_name, folder, exc.strerror)
-        try:
-            durable.unlink_entry(path)
-        except OSError:
-            log.error("%s is both in the spool and claimed; remove one by hand", path)
+        # Both names hold the drop now. The spool's waits while the claim is there
+        # (remove_second_name), and recovery removes the claim once it can; removing
+        # the spool's name instead could remove a new drop a writer renamed onto it.
+        log.warning(
+            "%s stays in %s for now (its drop is back in the spool, and waits for it): %s",
+            claim_name,
+            folder,
+            exc.strerror,
+        )
 
 
 def claim_changed(claim: str, path: str, name: str, settle: float) -> Deferred:

@@ -205,7 +205,7 @@ class Intake:
         opened = self.open_and_judge(path, name, may_be_open=ready.may_be_open)
         if not isinstance(opened, Opened):
             return opened
-        if opened.nlink > 1 and self.same_fs:
+        if opened.nlink > 1:
             second = self._second_name(path, name, opened)
             if second is not None:
                 return second
@@ -545,7 +545,8 @@ class Intake:
 
     def _second_name(self, path: str, name: str, opened: Opened) -> Outcome | None:
         """A drop that is a version's own file: its spool name removed (None: it is not;
-        see :func:`remove_second_name`). Once removed, or gone, it is done."""
+        a claim's file waits; see :func:`remove_second_name`). Once removed, or gone, it
+        is done."""
         outcome = remove_second_name(
             path,
             name,

@@ -169,7 +169,17 @@ class ClaimRecovery:
             target = self.store.next_version_name()
         elif self._back_in_spool(claim):
             # A crash while putting a failed drop back: the spool has it again, as a
-            # drop like any other; the claim is only a second name for it.
+            # drop like any other; the claim is only a second name for it. Once the
+            # claim goes the spool's name is its last, so that name is made durable
+            # first (the crash may have come before its folder's fsync). If it cannot
+            # be, the claim stays for a later round (and the drop waits for it).
+            if self._spool_changed:
+                try:
+                    durable.fsync_dir(self.spool.dir)
+                except StorageError as exc:
+                    self._kept = self._kept or exc
+                    return None
+                self._spool_changed = False
             durable.remove_file(claim)
             log.info("%s is back in the spool; removed its claim", version)
             return None

@@ -60,6 +60,26 @@ def version_named_by(history_dir: Path, dev: int, ino: int) -> str | None:
     return None
 
 
+def claim_named_by(claimed_dir: str, dev: int, ino: int) -> bool:
+    """Whether a claim in ``claimed_dir`` (a version-named entry, as recovery finishes) is
+    the file ``(dev, ino)``: one listing, then an ``lstat`` of each entry of that inode
+    number. Called only for a drop with more than
+    one link. Raises :class:`StorageError` when the folder cannot be listed."""
+    try:
+        with os.scandir(claimed_dir) as entries:
+            matches = [e.path for e in entries if e.inode() == ino and is_version_name(e.name)]
+    except OSError as exc:
+        raise StorageError("list", claimed_dir, exc) from exc
+    for path in matches:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue  # finished meanwhile
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            return True
+    return False
+
+
 def remove_second_name(
     path: str,
     name: str,
@@ -83,16 +103,24 @@ def remove_second_name(
     which judges its bytes). A crash between leaves a claim that is the version itself,
     which recovery removes.
 
+    A drop that is no version's file but a claim's (a failed drop put back in the
+    spool, its claim not removed yet) waits until recovery has removed that claim:
+    stored now, it would be stored once more by recovery.
+
     Returns :class:`SecondName` (removed), :class:`Dropped` (gone meanwhile),
-    :class:`Deferred` (the version's own claim waits for recovery, the file changed,
-    or its claim left for recovery) or :class:`Blocked` (it cannot be claimed); never
-    raises :class:`StorageError`.
+    :class:`Deferred` (the version's own claim waits for recovery, the file is a claim's,
+    the file changed, or its claim left for recovery) or :class:`Blocked` (it cannot be
+    claimed); never raises :class:`StorageError`.
     """
     try:
         version = version_named_by(history_dir, opened.dev, opened.ino)
-        if version is None:
-            return None
         check_claimed()
+        if version is None:
+            if claim_named_by(claimed_dir, opened.dev, opened.ino):
+                # A claim not finished yet (a failed drop put back, its claim not yet
+                # removed): stored now, the drop would be stored again by recovery.
+                return Deferred(name, time.monotonic() + settle, claim_left=True)
+            return None
         claim = os.path.join(claimed_dir, version)
         if os.path.lexists(claim):
             # The version's own claim still waits for recovery: after it, this one.
