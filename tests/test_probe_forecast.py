@@ -76,46 +76,6 @@ def forecast_json(root: Path) -> dict[str, dict[str, Any]]:
     return {limit["limit"]: limit for limit in json.loads(done.stdout)["limits"]}
 
 
-# -- the burn rate of bursty use ------------------------------------------------------------
-
-
-def test_a_working_day_of_use_after_a_night_idle_runs_out_before_the_weekly_reset(
-    root: Path,
-) -> None:
-    """FAULT: the burn rate is 0 for usage that rises by day and rests by night.
-
-    A weekly limit read every 5 minutes for 24 hours: flat at 40 % for 18 hours (night,
-    a day off), then rising 3 %/h for the last 6 hours (a working day), to 58 %. The reset
-    is 3 days away. Usage rose 18 points in the last 24 hours, so at that pace the limit
-    reaches 58 + 3 x 18 = 112 % before the reset (at the hourly rate of the working hours,
-    sooner still): it runs out before it resets, which is the one question the forecast is
-    for.
-
-    ``ingester forecast`` says ``+0.00 %/h  resets before the limit`` (JSON
-    ``ratePerHour: 0.0, beforeReset: false``), so ``check --forecast`` is OK and the
-    Prometheus rule stays silent. The rate is the median of the pairwise slopes
-    (``burn_rate.burn_rate``): with more than ~71 % of the readings flat, more than half of
-    the pairs have slope 0 and the median is 0 (16 h flat / 8 h active still gives
-    0.36 %/h where the day's average is 1 %/h, again "resets before the limit"). The
-    module's own reason for the 24-hour basis, "a weekly limit's day-and-night rhythm
-    averages out" (``usage/forecast.py``), does not hold for a median: it takes the
-    rhythm's rest as the rate.
-    """
-    now = minute_now()
-    reset = now + timedelta(days=3)
-    start = now - timedelta(hours=24)
-    for i in range(24 * 12 + 1):
-        observed = start + timedelta(minutes=5 * i)
-        active = max(0.0, (observed - (now - timedelta(hours=6))).total_seconds() / 3600)
-        pct = round(40 + 3 * active, 4)
-        place(root, observed, weekly(observed, pct, until_words(reset, observed)), i)
-    limit = forecast_json(root)["weeklyLimits.allModels"]
-    assert limit["percentageUsed"] == 58
-    assert limit["resetsAt"] == iso(reset)
-    assert limit["ratePerHour"] > 0.5, limit  # 18 % in the last 24 h is 0.75 %/h on average
-    assert limit["beforeReset"] is True, limit
-
-
 # -- a limit at 100 % for longer than the basis ----------------------------------------------
 
 
