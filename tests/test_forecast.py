@@ -431,6 +431,10 @@ def test_words_for_each_case() -> None:
         "at this rate 100 % by Fri 17:00 (reset time unknown)"
     )
     assert limit_of(unknown).before_reset is None
+    crawling = forecast([obs(120 * i, 10 + 0.018 * i, "whenever") for i in range(13)])
+    assert in_words(limit_of(crawling), UTC, crawling.as_of) == "100 % not within a year"
+    still = forecast([obs(120 * i, 10, "whenever") for i in range(13)])
+    assert in_words(limit_of(still), UTC, still.as_of) == "not rising"
 
 
 def test_percent_words_never_round_across_what_the_reading_is_judged_by() -> None:

