@@ -9,15 +9,11 @@ named by the time each snapshot was observed, as a watcher would have stored the
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-from support import IS_ROOT, run_cli, wait_for
+from support import run_cli, wait_for
 from support.serveproc import ServeProcess, version_name
 
 HISTORY = "console-usage-history"
@@ -101,85 +97,6 @@ def test_a_limit_at_100_for_30_hours_says_when_it_reached_100(root: Path) -> Non
     assert limit["percentageUsed"] == 100
     assert limit["beforeReset"] is True
     assert limit["exhaustsAt"] == iso(reached), limit
-
-
-# -- one version this user may not read -------------------------------------------------------
-
-
-@pytest.fixture
-def shared_root() -> Iterator[Path]:
-    """A root under a folder every user may enter (pytest's tmp_path is 0700, root's)."""
-    top = Path(tempfile.mkdtemp(prefix="probe-forecast-"))
-    top.chmod(0o755)
-    root = top / "root"
-    root.mkdir()
-    root.chmod(0o755)
-    try:
-        yield root
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
-
-
-NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
-
-
-def _history_with_one_unreadable_old_version(root: Path) -> str:
-    now = minute_now()
-    names = []
-    for i in range(7):
-        observed = now - timedelta(minutes=10 * (6 - i))
-        payload = weekly(observed, 40 + i, "Mon 8:59 AM")
-        payload["currentSession"] = {"resetsIn": "3 hr", "percentageUsed": 20 + 5 * i}
-        names.append(place(root, observed, payload, i))
-    history = root / HISTORY
-    history.chmod(0o755)
-    (history / names[1]).chmod(0)  # put there by hand as root, mode 0600 or worse
-    return names[1]
-
-
-@pytest.mark.skipif(not IS_ROOT or shutil.which("setpriv") is None, reason="needs root and setpriv")
-def test_one_unreadable_old_version_does_not_blind_the_forecast(shared_root: Path) -> None:
-    """FAULT (inconsistency): one version this user may not read makes ``forecast`` fail.
-
-    A reader of the history (the read-only group, a dashboard's user) meets one old version
-    it may not read (placed by hand as root). ``export`` skips it with one warning line and
-    exits 0, ``list`` lists it as ``unreadable (Permission denied)``, and
-    docs/troubleshooting.md calls it "a permissions problem, not damage". But ``forecast``
-    exits 1 with ``error: cannot read the history: cannot open ...`` and ``check
-    --forecast`` turns CRITICAL ``usage unreadable: ...``, although every other version,
-    the newest included, reads fine: ``UsageHistory._read`` lets any ``OSError`` of one
-    version abort the whole answer (its docstring: "Other faults raise OSError").
-    """
-    unreadable = _history_with_one_unreadable_old_version(shared_root)
-    export = run_cli(shared_root, "export", wrapper=NOBODY, INGESTER_CONSOLE_TIMEZONE="UTC")
-    assert export.returncode == 0, export.stderr
-    assert unreadable in export.stderr  # skipped, said once
-    done = run_cli(
-        shared_root, "forecast", "--json", wrapper=NOBODY, INGESTER_CONSOLE_TIMEZONE="UTC"
-    )
-    assert "Traceback" not in done.stderr
-    assert done.returncode == 0, done.stderr
-    limits = {limit["limit"]: limit for limit in json.loads(done.stdout)["limits"]}
-    assert limits["currentSession"]["percentageUsed"] == 50
-
-
-@pytest.mark.skipif(not IS_ROOT or shutil.which("setpriv") is None, reason="needs root and setpriv")
-def test_one_unreadable_old_version_does_not_make_the_served_forecast_503(
-    shared_root: Path,
-) -> None:
-    """FAULT (inconsistency, the HTTP side of the test above): ``serve`` run by a user who
-    may not read one old version answers every ``GET .../forecast`` 503
-    ``HistoryUnavailable``, and ``/metrics`` loses every ``ingester_usage_*`` series, while
-    the latest, the versions list and the series endpoint go on answering."""
-    _history_with_one_unreadable_old_version(shared_root)
-    with ServeProcess(shared_root, wrapper=NOBODY, env=UTC_ZONE) as server:
-        latest = server.get("/api/claude/console-usage")
-        assert latest.status_code == 200, latest.text
-        answer = server.get(FORECAST)
-        assert answer.status_code == 200, answer.text
-        metrics = server.get("/metrics").text
-        assert 'ingester_usage_percent{limit="currentSession"}' in metrics
-    assert "Traceback" not in server.log
 
 
 # -- a version deleted by hand under a running serve --------------------------------------------
