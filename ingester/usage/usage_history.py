@@ -28,7 +28,9 @@ reading there (:func:`~ingester.usage.forecast.last_readings`), so a limit the r
 lack is still held. They are read once each, newest first (``resetsIn`` parsed only for
 a reading newer than the one found), when the first answer is made, and folded in from
 the kept observations as versions leave the basis; a reading whose version retention
-has deleted is dropped.
+has deleted is dropped, and when one deleted by hand from among the others held a
+limit's last reading, the versions before the basis are folded again from the start
+(so a long-running reader answers as a fresh one does).
 """
 
 from __future__ import annotations
@@ -125,7 +127,8 @@ class UsageHistory:
         """``resetsIn`` texts read that gave no reset time (each version counted once)."""
         self.reads = 0
         """Versions read and parsed (each once, unless a backfill brings it back into the
-        basis after it was folded in)."""
+        basis after it was folded in, or a version deleted by hand makes the ones before
+        the basis be folded again)."""
         self.damaged = 0
         """Versions left out because they are no valid payload (each counted once)."""
         self._damaged: set[str] = set()
@@ -270,11 +273,17 @@ class UsageHistory:
     def _fold(self, entries: Sequence[VersionEntry], lo: int) -> None:
         """Fold the versions before position ``lo`` not folded yet into ``_earlier``.
 
-        Versions that could not be read are tried again.
+        A reading whose version is no longer listed goes: one retention deleted (it
+        sorts before the oldest version left, as every older one does) simply goes; for
+        one deleted from among the others (by hand) the versions before the basis are
+        folded again from the start, since another of them may hold the limit's last
+        reading now. Versions that could not be read are tried again.
         """
         if entries and self._earlier:
-            oldest = entries[0].name  # readings from versions retention deleted go
+            oldest = entries[0].name
             self._earlier = {k: v for k, v in self._earlier.items() if v[2] >= oldest}
+            if any(_entry(entries, v[2]) is None for v in self._earlier.values()):
+                self._earlier, self._folded, self._unfolded = {}, None, set()
         first = 0
         if self._folded is not None:
             first = bisect.bisect_right(entries, self._folded, key=lambda e: e.name)
