@@ -425,6 +425,9 @@ def test_words_for_each_case() -> None:
     assert in_words(limit_of(one), UTC, one.as_of) == "not enough data"
     full = forecast([obs(0, 90), obs(30, 100), obs(60, 100)])
     assert in_words(limit_of(full), UTC, full.as_of) == "at the limit since Fri 08:30"
+    # At 100 % in the first reading already: reached then or before.
+    before = forecast([obs(0, 100), obs(30, 100)])
+    assert in_words(limit_of(before), UTC, before.as_of) == "at the limit since at least Fri 08:00"
     assert limit_of(full).before_reset is True
     unknown = forecast([obs(60 * i, 10 + 10 * i, "whenever") for i in range(4)])
     assert in_words(limit_of(unknown), UTC, unknown.as_of) == (

@@ -572,3 +572,25 @@ def test_a_version_deleted_by_hand_leaves_the_served_forecast(root: Path) -> Non
         assert cli_limits(root)["weeklyLimits.allModels"]["percentageUsed"] == 40
         wait_for(lambda: served() == 40, 10, "serve to leave out the deleted version")
     assert "Traceback" not in server.log
+
+
+def test_a_limit_at_100_for_longer_than_the_basis_is_at_the_limit_since_at_least(
+    root: Path,
+) -> None:
+    """At 90 % until 30 hours ago and at 100 % since, read every 30 minutes over two days:
+    the first reading of the 24-hour basis is at 100 % already, so when it was reached is
+    not known, only that it was by then. ``exhaustsAt`` is that reading (the basis'
+    ``since``), and the words say ``since at least``, not a time it was reached."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    reset = now + timedelta(days=3)
+    reached = now - timedelta(hours=30)
+    for i in range(48 * 2 + 1):
+        observed = now - timedelta(hours=48) + timedelta(minutes=30 * i)
+        place_weekly(root, observed, 100 if observed >= reached else 90, reset, i)
+    limit = cli_limits(root)["weeklyLimits.allModels"]
+    assert (limit["percentageUsed"], limit["beforeReset"]) == (100, True)
+    assert limit["exhaustsAt"] == limit["basis"]["since"] == iso(now - timedelta(hours=24))
+    table = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    row = next(line for line in table.stdout.splitlines() if "allModels" in line)
+    since = (now - timedelta(hours=24)).strftime("%a %H:%M")
+    assert row.endswith(f"at the limit since at least {since}"), row

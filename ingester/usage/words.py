@@ -101,7 +101,8 @@ def in_words(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
     """The forecast of ``limit`` as a sentence, times in ``zone``.
 
     ``at this rate 100 % by Sat 14:00, 41 h before the reset (Mon 08:59)``,
-    ``resets before the limit``, ``not enough data``, ``at the limit since ...``,
+    ``resets before the limit``, ``not enough data``, ``at the limit since ...`` (``since
+    at least ...`` when the first reading of the basis is at 100 % already),
     ``at this rate 100 % by ... (reset time unknown)``, ``100 % not within a year`` (a
     rising rate, the reset time unknown, 100 % beyond
     :data:`~ingester.usage.forecast.HORIZON`) or ``not rising`` (a rate of 0 or less, the
@@ -119,7 +120,11 @@ def in_words(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
 
 def _verdict(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
     if limit.percentage >= 100 and limit.exhausts_at is not None:
-        return f"at the limit since {format_when(limit.exhausts_at, zone, as_of)}"
+        # Already at 100 % in the first reading the basis holds of its window: reached
+        # then or before, and the versions before the basis keep no more than each
+        # limit's last reading to tell when.
+        at_least = " at least" if limit.exhausts_at <= limit.since else ""
+        return f"at the limit since{at_least} {format_when(limit.exhausts_at, zone, as_of)}"
     if limit.rate_per_hour is None:
         return "not enough data"
     if limit.exhausts_at is None:

@@ -297,7 +297,10 @@
     const exhausts = limit.exhaustsAt ? Date.parse(limit.exhaustsAt) : null;
     const resets = limit.resetsAt ? Date.parse(limit.resetsAt) : null;
     if (limit.percentageUsed >= 100 && exhausts != null) {
-      return ["exhausts", "at the limit since " + when(exhausts)];
+      // At 100 % in the first reading of the basis already: reached then or before.
+      const since = limit.basis ? Date.parse(limit.basis.since) : null;
+      const atLeast = since != null && exhausts <= since ? "at least " : "";
+      return ["exhausts", "at the limit since " + atLeast + when(exhausts)];
     }
     if (limit.ratePerHour == null) return ["unknown", "not enough data"];
     if (exhausts == null) {
