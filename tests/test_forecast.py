@@ -248,9 +248,24 @@ def test_rate_is_percent_per_hour() -> None:
     assert burn_rate(pts(10, 10, 10, step=HOUR)) == 0
 
 
+def test_the_rate_is_the_net_pace_idle_hours_included() -> None:
+    # Flat at 40 % for 18 hours, then 3 %/h for 6, read every 10 minutes: 18 points in a
+    # day is 0.75 %/h, though most readings lie on the flat stretch.
+    day = [40 + 3 * max(0.0, i / 6 - 18) for i in range(24 * 6 + 1)]
+    assert burn_rate(pts(*day)) == pytest.approx(0.75, abs=0.02)
+    # One wrong reading at either end, where the pace is read, is outvoted.
+    for where in (0, 1, -2, -1):
+        wrong = list(day)
+        wrong[where] = 99 if where < 0 else 0
+        assert burn_rate(pts(*wrong)) == pytest.approx(0.75, abs=0.02), where
+    # A session used in a burst, then idle: 60 % in its first hour, none in the next 3.
+    session = [min(60.0, 10.0 * i) for i in range(25)]
+    assert 12 < (burn_rate(pts(*session)) or 0) <= 15
+
+
 @settings(max_examples=300, deadline=None)
 @given(
-    n=st.integers(5, 200),  # beyond MAX_FIT_POINTS too: the spread sample keeps the rule
+    n=st.integers(5, 200),
     rate=st.floats(0, 50, allow_nan=False),
     gaps=st.lists(st.floats(150, 7200, allow_nan=False), min_size=200, max_size=200),
     where=st.integers(0, 199),
@@ -410,12 +425,19 @@ def test_words_for_each_case() -> None:
     assert in_words(limit_of(one), UTC, one.as_of) == "not enough data"
     full = forecast([obs(0, 90), obs(30, 100), obs(60, 100)])
     assert in_words(limit_of(full), UTC, full.as_of) == "at the limit since Fri 08:30"
+    # At 100 % in the first reading already: reached then or before.
+    before = forecast([obs(0, 100), obs(30, 100)])
+    assert in_words(limit_of(before), UTC, before.as_of) == "at the limit since at least Fri 08:00"
     assert limit_of(full).before_reset is True
     unknown = forecast([obs(60 * i, 10 + 10 * i, "whenever") for i in range(4)])
     assert in_words(limit_of(unknown), UTC, unknown.as_of) == (
         "at this rate 100 % by Fri 17:00 (reset time unknown)"
     )
     assert limit_of(unknown).before_reset is None
+    crawling = forecast([obs(120 * i, 10 + 0.018 * i, "whenever") for i in range(13)])
+    assert in_words(limit_of(crawling), UTC, crawling.as_of) == "100 % not within a year"
+    still = forecast([obs(120 * i, 10, "whenever") for i in range(13)])
+    assert in_words(limit_of(still), UTC, still.as_of) == "not rising"
 
 
 def test_percent_words_never_round_across_what_the_reading_is_judged_by() -> None:

@@ -27,7 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import run_cli, wait_for
 from support.plugin_output import perfdata_problems
-from support.serveproc import KEY, ServeProcess
+from support.serveproc import KEY, ServeProcess, put_version, version_name
 from support.watchproc import WatchProcess, versions
 
 ZONE = "America/New_York"
@@ -72,6 +72,42 @@ def fed(root: Path) -> Iterator[tuple[ServeProcess, datetime]]:
 
 def limits_of(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {limit["limit"]: limit for limit in body["limits"]}
+
+
+def until_words(reset: datetime, observed: datetime) -> str:
+    """``reset`` as the console words it when seen at ``observed``: ``2 days 3 hr 4 min``."""
+    minutes = int((reset - observed).total_seconds() // 60)
+    days, rest = divmod(minutes, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    words = [f"{days} days"] if days else []
+    if hours:
+        words.append(f"{hours} hr")
+    return " ".join([*words, f"{mins} min"])
+
+
+def place_weekly(
+    root: Path, observed: datetime, all_models: float, reset: datetime, seq: int
+) -> str:
+    """A version placed by hand, named for when it was observed (as a watcher stores it),
+    whose ``weeklyLimits.allModels`` is ``all_models`` % and resets at ``reset``."""
+    words = until_words(reset, observed)
+    body = {
+        "currentSession": {"resetsIn": "4 hr 59 min", "percentageUsed": 0},
+        "weeklyLimits": {
+            "allModels": {"resetsIn": words, "percentageUsed": all_models},
+            "sonnetOnly": {"resetsIn": words, "percentageUsed": 1},
+        },
+        "lastUpdated": iso(observed),
+    }
+    name = version_name(observed, seq)
+    put_version(root, name, json.dumps(body).encode())
+    return name
+
+
+def cli_limits(root: Path) -> dict[str, dict[str, Any]]:
+    done = run_cli(root, "forecast", "--json", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert done.returncode == 0, done.stderr
+    return limits_of(json.loads(done.stdout))
 
 
 def expect_known_answer(body: dict[str, Any], last: datetime) -> None:
@@ -457,3 +493,104 @@ def test_a_partial_scrape_keeps_every_limit_everywhere(
     only_forecast = run_cli(root, "check", "--forecast", "--max-age", "110s", **env)
     assert only_forecast.returncode == 1, only_forecast.stdout
     assert "not in the newest snapshot (not read for more than 110 s)" in only_forecast.stdout
+
+
+def test_a_working_day_after_a_night_idle_runs_out_at_the_days_pace(root: Path) -> None:
+    """A weekly limit read every 5 minutes for a day: flat at 40 % for 18 hours (a night,
+    a day off), then 3 %/h for the last 6 (a working day), to 58 %, the reset 3 days away.
+    18 points a day from 58 % reach 100 % in about 56 h, before the reset: the rate is the day's
+    net pace (0.75 %/h), not the flat stretch most readings lie on, and ``check`` says so."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    reset = now + timedelta(days=3)
+    start = now - timedelta(hours=24)
+    for i in range(24 * 12 + 1):
+        observed = start + timedelta(minutes=5 * i)
+        working = max(0.0, (observed - (now - timedelta(hours=6))).total_seconds() / 3600)
+        place_weekly(root, observed, round(40 + 3 * working, 4), reset, i)
+    limit = cli_limits(root)["weeklyLimits.allModels"]
+    assert (limit["percentageUsed"], limit["resetsAt"]) == (58, iso(reset))
+    assert limit["ratePerHour"] == pytest.approx(0.75, abs=0.01), limit
+    runs_out = datetime.fromisoformat(limit["exhaustsAt"].replace("Z", "+00:00"))
+    assert abs(runs_out - (now + timedelta(hours=56))) < timedelta(hours=1), limit
+    assert limit["beforeReset"] is True, limit
+    judged = run_cli(root, "check", "--forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert judged.returncode == 1, judged.stdout
+    assert "weeklyLimits.allModels: at this rate 100 % by " in judged.stdout
+
+
+def test_a_rise_too_slow_to_project_is_not_called_not_rising(root: Path) -> None:
+    """A limit rising 0.009 %/h from 10 % (100 % in some 10,000 h, beyond the year a
+    projection reaches), its reset wording one the tool does not read: the table's row
+    shows ``+0.01 %/h`` and, beside it, that 100 % is not within a year, not ``not
+    rising``; ``check --forecast`` words it alike."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    for i in range(13):
+        observed = now - timedelta(hours=2 * (12 - i))
+        body = snapshot(0, observed)
+        body["weeklyLimits"]["allModels"] = {
+            "resetsIn": "when the week ends",
+            "percentageUsed": 10 + 0.018 * i,
+        }
+        put_version(root, version_name(observed, i), json.dumps(body).encode())
+    done = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if "allModels" in line)
+    assert row.endswith("+0.01 %/h  100 % not within a year"), row
+    judged = run_cli(root, "check", "--forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert "weeklyLimits.allModels: 100 % not within a year" in judged.stdout, judged.stdout
+    assert "not rising" not in judged.stdout
+
+
+def test_a_version_deleted_by_hand_leaves_the_served_forecast(root: Path) -> None:
+    """The weekly limits were last read 30 hours ago, wrongly (99 %; 40 % an hour before),
+    and every snapshot since is a partial scrape without them, so the forecast holds
+    them at their last reading. Deleted by hand, the wrong version leaves the answer of a
+    running ``serve`` as it leaves that of ``ingester forecast --json``: both hold 40 %."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    reset = now + timedelta(days=4)
+    first, second = now - timedelta(hours=31), now - timedelta(hours=30)
+    place_weekly(root, first, 40, reset, 0)
+    wrong = place_weekly(root, second, 99, reset, 1)
+    for i in range(1, 40):
+        observed = second + timedelta(minutes=45 * i)
+        partial = {
+            "currentSession": {"resetsIn": "3 hr", "percentageUsed": 10},
+            "lastUpdated": iso(observed),
+            "isPartial": True,
+            "extractionErrors": {"weeklyLimits": "selector not found"},
+        }
+        put_version(root, version_name(observed, i + 1), json.dumps(partial).encode())
+
+    def served() -> float:
+        answer = server.get(FORECAST)
+        assert answer.status_code == 200, answer.text
+        return float(limits_of(answer.json())["weeklyLimits.allModels"]["percentageUsed"])
+
+    with ServeProcess(root, env={"INGESTER_CONSOLE_TIMEZONE": "UTC"}) as server:
+        assert served() == 99
+        (root / "console-usage-history" / wrong).unlink()
+        assert cli_limits(root)["weeklyLimits.allModels"]["percentageUsed"] == 40
+        wait_for(lambda: served() == 40, 10, "serve to leave out the deleted version")
+    assert "Traceback" not in server.log
+
+
+def test_a_limit_at_100_for_longer_than_the_basis_is_at_the_limit_since_at_least(
+    root: Path,
+) -> None:
+    """At 90 % until 30 hours ago and at 100 % since, read every 30 minutes over two days:
+    the first reading of the 24-hour basis is at 100 % already, so when it was reached is
+    not known, only that it was by then. ``exhaustsAt`` is that reading (the basis'
+    ``since``), and the words say ``since at least``, not a time it was reached."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    reset = now + timedelta(days=3)
+    reached = now - timedelta(hours=30)
+    for i in range(48 * 2 + 1):
+        observed = now - timedelta(hours=48) + timedelta(minutes=30 * i)
+        place_weekly(root, observed, 100 if observed >= reached else 90, reset, i)
+    limit = cli_limits(root)["weeklyLimits.allModels"]
+    assert (limit["percentageUsed"], limit["beforeReset"]) == (100, True)
+    assert limit["exhaustsAt"] == limit["basis"]["since"] == iso(now - timedelta(hours=24))
+    table = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    row = next(line for line in table.stdout.splitlines() if "allModels" in line)
+    since = (now - timedelta(hours=24)).strftime("%a %H:%M")
+    assert row.endswith(f"at the limit since at least {since}"), row

@@ -4,22 +4,30 @@ A dashboard and a Prometheus server polling ``serve`` while its history cannot b
 would otherwise write an ERROR line per request. The first read to meet the fault logs
 it, naming the client, the request and the cause; the reads meeting it after that are
 counted and said once a minute; the first read that goes through again says so.
+
+One version among many that this user may not read is no fault of the history: the
+forecast leaves it out, as ``export`` does, says so once, and counts it once it can.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.requests import Request
+from support import wait_for
 from support.capabilities import AS_OTHER, other_user_problem, others_folder, run_as_other
 from support.serveproc import KEY, ServeProcess, fresh_payload, put_version, version_name
 
 from ingester.serve.read_faults import ReadFaults
 
 API = "/api/claude/console-usage"
+FORECAST = f"{API}/forecast"
 WHY_NOT = other_user_problem()
 
 
@@ -143,3 +151,64 @@ def test_a_lock_file_it_cannot_look_at_is_named_as_why_it_cannot_tell() -> None:
                     "Permission denied [EACCES])"
                 ) in message, message
                 assert server.stop() == 0
+
+
+def _put_session(root: Path, observed: datetime, seq: int, pct: float) -> str:
+    """A version observed (and stored) at ``observed`` whose ``currentSession`` is ``pct``."""
+    body = {
+        "currentSession": {"resetsIn": "3 hr", "percentageUsed": pct},
+        "lastUpdated": observed.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
+    name = version_name(observed, seq)
+    put_version(root, name, json.dumps(body).encode())
+    return name
+
+
+def _session(body: dict[str, Any]) -> dict[str, Any]:
+    return next(limit for limit in body["limits"] if limit["limit"] == "currentSession")
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_one_version_it_may_not_read_is_left_out_of_the_forecast() -> None:
+    """A version placed by hand as root, mode 0, among seven: ``forecast``, ``check
+    --forecast``, the served forecast and ``/metrics`` answer from the other six (as
+    ``export`` skips it), the log says it once however many requests meet it, and once
+    its mode is put right it counts again."""
+    with others_folder("ingester-forecast-unreadable-") as root:
+        assert run_as_other(root, "init").returncode == 0
+        now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+        start = now - timedelta(minutes=60)
+        names = [
+            _put_session(root, start + timedelta(minutes=10 * i), i, 20 + 5 * i) for i in range(7)
+        ]
+        unreadable = root / "console-usage-history" / names[1]
+        unreadable.chmod(0)
+        export = run_as_other(root, "export")
+        assert export.returncode == 0, export.stderr
+        assert names[1] in export.stderr
+        done = run_as_other(root, "forecast", "--json")
+        assert done.returncode == 0, done.stderr
+        session = _session(json.loads(done.stdout))
+        assert (session["percentageUsed"], session["basis"]["points"]) == (50, 6), session
+        said = [line for line in done.stderr.splitlines() if "cannot be read" in line]
+        assert len(said) == 1 and f"{names[1]} cannot be read (" in said[0], done.stderr
+        judged = run_as_other(root, "check", "--forecast")
+        assert judged.returncode in (0, 1), judged.stdout
+        assert "unreadable" not in judged.stdout, judged.stdout
+        with ServeProcess(root, wrapper=tuple(AS_OTHER)) as server:
+            for _ in range(3):
+                answer = server.get(FORECAST)
+                assert answer.status_code == 200, answer.text
+                assert _session(answer.json())["basis"]["points"] == 6
+                metrics = server.get("/metrics").text
+                assert 'ingester_usage_percent{limit="currentSession"} 50.0' in metrics
+            unreadable.chmod(0o644)
+            _put_session(root, now + timedelta(seconds=30), 7, 55)
+
+            def points() -> object:
+                return _session(server.get(FORECAST).json())["basis"]["points"]
+
+            wait_for(lambda: points() == 8, 10, "the version counted once it can be read")
+            assert server.stop() == 0
+        assert server.log.count(f"{names[1]} cannot be read (") == 1, server.log
+        assert "Traceback" not in server.log

@@ -244,9 +244,10 @@ def drifting_snapshot(rng: random.Random, stored: datetime) -> bytes:
 
 @pytest.mark.parametrize("seed", range(12))
 def test_a_long_running_reader_answers_as_a_fresh_one(root: Path, seed: int) -> None:
-    """The answers ``serve`` keeps working out as versions arrive and retention deletes
-    the oldest are those a fresh process (``ingester forecast``) gives for the same
-    history at each step: over three days of snapshots from scrapers whose clocks drift."""
+    """The answers ``serve`` keeps working out as versions arrive, retention deletes the
+    oldest and a hand deletes one from among the others are those a fresh process
+    (``ingester forecast``) gives for the same history at each step: over three days of
+    snapshots from scrapers whose clocks drift."""
     rng = random.Random(seed)
     history = root / "console-usage-history"
     usage = engine(root)
@@ -258,6 +259,8 @@ def test_a_long_running_reader_answers_as_a_fresh_one(root: Path, seed: int) -> 
         if len(held) > 5 and rng.random() < 0.15:  # retention deletes the oldest
             for old in held[: rng.randint(1, 3)]:
                 old.unlink()
+        elif len(held) > 5 and rng.random() < 0.1:  # one deleted by hand, not the newest
+            held[rng.randrange(1, len(held) - 1)].unlink()
         now = stored + timedelta(seconds=5)
         kept, fresh = usage.answer(now), engine(root).answer(now)
         assert kept is not None and fresh is not None

@@ -32,8 +32,9 @@ def forecast(app: App, as_json: bool) -> None:
     One row per limit (currentSession, weeklyLimits.allModels, weeklyLimits.sonnetOnly
     and any other); a limit the newest snapshot lacks (a partial scrape) shows its last
     reading, said so, until it is read again or its reset time comes, however old.
-    The rate is the median slope over the
-    current window (since the last reset, its last 24 hours); no rate from fewer than
+    The rate is the net pace over the current window (since the last reset, its last 24
+    hours; idle hours count): the median slope from its first 3 snapshots to its last 3;
+    no rate from fewer than
     2 snapshots or less than 10 minutes. Absolute reset times ('Mon 8:59 AM') are read
     in --console-timezone, and times are shown in it. Reads only; never takes the lock.
     Exits 0, or 1 when there is no history or no version. See docs/operations.md.

@@ -14,10 +14,16 @@ Within a window usage only rises, so a lone dip that the next reading does not c
 scraper that read 0 for a moment) and a lone spike that the next reading falls back from
 (to no less than the reading before the spike) are left out of the window as outliers.
 
-**The rate** is the Theil-Sen estimator: the median of the slopes between every pair of
-readings (at most :data:`MAX_FIT_POINTS`, spread evenly over the window when it holds more).
-With five readings or more, one reading however wrong cannot move it off the slope the
-others agree on; least squares would follow the outlier.
+**The rate** is the net pace over the window: the median of the slopes from each of its
+first :data:`END_READINGS` readings to each of its last (a pair counted once, the older
+reading first). Usage that rests for hours (a night, a day off) and rises for a few
+counts as what it is: so many points over so many hours, the idle ones included, which
+is the pace at which the limit comes nearer. A slope fitted through every reading would
+not: the median of the pairwise slopes (Theil-Sen) is 0 once most readings lie on a flat
+stretch, and least squares weighs the shape of the day, not where it ends. A median of
+slopes still guards against a wrong reading: with five readings or more, one reading
+however wrong cannot move the rate off the slope the others agree on (a wrong one among
+the first or last three is outvoted by the other two, and one in between plays no part).
 """
 
 from __future__ import annotations
@@ -29,13 +35,13 @@ from datetime import timedelta
 
 from .resets import ResetTime
 
-__all__ = ["MAX_FIT_POINTS", "MIN_SPAN", "Point", "burn_rate", "split_windows"]
+__all__ = ["END_READINGS", "MIN_SPAN", "Point", "burn_rate", "split_windows"]
 
 MIN_SPAN = timedelta(minutes=10)
 """No rate from readings spanning less than this: two readings a minute apart say little."""
-MAX_FIT_POINTS = 120
-"""At most this many readings enter the pairwise slopes (7,140 pairs): the cost stays flat
-however often the scraper runs."""
+END_READINGS = 3
+"""The readings at each end of a window whose slopes make the rate: the fewest of which a
+median outvotes one wrong reading (9 slopes, whatever the number of readings)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,25 +88,21 @@ def split_windows(points: Sequence[Point]) -> list[list[Point]]:
     return windows
 
 
-def _spread(points: Sequence[Point], most: int) -> Sequence[Point]:
-    if len(points) <= most:
-        return points
-    step = (len(points) - 1) / (most - 1)
-    return [points[round(k * step)] for k in range(most)]
-
-
 def burn_rate(points: Sequence[Point]) -> float | None:
-    """Percent per hour over ``points`` (one window, oldest first): the Theil-Sen slope.
+    """Percent per hour over ``points`` (one window, oldest first): the median of the
+    slopes from each of the first :data:`END_READINGS` points to each of the last (the
+    module docstring says why); with fewer than 2 x END_READINGS points, every pair.
 
     ``None`` with fewer than 2 points or when they span less than :data:`MIN_SPAN`.
     """
     if len(points) < 2 or points[-1].t - points[0].t < MIN_SPAN.total_seconds():
         return None
-    sample = _spread(points, MAX_FIT_POINTS)
+    last = len(points) - 1
     slopes = [
-        (b.pct - a.pct) / (b.t - a.t)
-        for i, a in enumerate(sample)
-        for b in sample[i + 1 :]
-        if b.t > a.t
+        (points[j].pct - points[i].pct) / (points[j].t - points[i].t)
+        for i in range(min(END_READINGS, last))
+        for j in range(max(i + 1, len(points) - END_READINGS), len(points))
+        if points[j].t > points[i].t
     ]
-    return statistics.median(slopes) * 3600 if slopes else None
+    # The pair of the first and the last point is always there: they span MIN_SPAN.
+    return statistics.median(slopes) * 3600

@@ -12,15 +12,16 @@ limit resets? In pseudo-code::
         points  = its readings observed in the BASIS before as_of, oldest first
         windows = points split where the limit reset  # split_windows()
         window  = the last of them: usage since the last reset
-        rate    = median of the pairwise slopes of window, in %/hour   # burn_rate()
+        rate    = median of the slopes from each of window's first 3 points to
+                  each of its last 3, in %/hour: its net pace   # burn_rate()
                   (none from fewer than 2 points or less than 10 minutes of data)
         exhausts_at  = newest time + (100 - newest %) / rate, when rate > 0
         before_reset = exhausts_at < resets_at
 
 A snapshot's readings are :mod:`ingester.usage.readings`'s; what counts as a reset, which
 readings are outliers and the rate are :mod:`ingester.usage.burn_rate`'s. The basis is
-the window's last :data:`BASIS` (24 hours: a weekly limit's day-and-night rhythm averages
-out, and a session shorter than that counts whole).
+the window's last :data:`BASIS` (24 hours: a weekly limit's pace over a whole day and
+night, its idle hours included, and a session shorter than that counts whole).
 
 The newest reading anchors the projection: it is what the console shows now.
 

@@ -28,7 +28,9 @@ reading there (:func:`~ingester.usage.forecast.last_readings`), so a limit the r
 lack is still held. They are read once each, newest first (``resetsIn`` parsed only for
 a reading newer than the one found), when the first answer is made, and folded in from
 the kept observations as versions leave the basis; a reading whose version retention
-has deleted is dropped.
+has deleted is dropped, and when one deleted by hand from among the others held a
+limit's last reading, the versions before the basis are folded again from the start
+(so a long-running reader answers as a fresh one does).
 """
 
 from __future__ import annotations
@@ -42,7 +44,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
-from ..errors import ObjectStoreError, PayloadRejected, VersionNotFound, VersionTooLarge
+from ..errors import (
+    ObjectStoreError,
+    PayloadRejected,
+    VersionNotFound,
+    VersionTooLarge,
+    describe_os_error,
+)
 from ..history.base import HistoryReader, VersionEntry
 from ..history.index import HistoryIndex, HistorySnapshot
 from ..payload.gate import check_payload
@@ -52,6 +60,7 @@ from .readings import CLOCK_AHEAD, Observation, Reading, newer_readings, observe
 __all__ = [
     "DAMAGED_EVENT",
     "RESETS_UNREAD_EVENT",
+    "UNREADABLE_EVENT",
     "ForecastAnswer",
     "UsageHistory",
     "forecast_json",
@@ -68,6 +77,10 @@ stands as computed from the others."""
 
 DAMAGED_EVENT = "damaged-version"
 """The ``event`` of the warning on a version the forecast leaves out as damaged."""
+
+UNREADABLE_EVENT = "unreadable-version"
+"""The ``event`` of the warning on a version the forecast leaves out because it cannot be
+read (this user may not, an I/O error): said once per version, tried again each answer."""
 
 RESETS_UNREAD_EVENT = "resets-unread"
 """The ``event`` of the warning on a ``resetsIn`` this version cannot read (``-q`` leaves
@@ -114,19 +127,30 @@ class UsageHistory:
         """``resetsIn`` texts read that gave no reset time (each version counted once)."""
         self.reads = 0
         """Versions read and parsed (each once, unless a backfill brings it back into the
-        basis after it was folded in)."""
+        basis after it was folded in, or a version deleted by hand makes the ones before
+        the basis be folded again)."""
         self.damaged = 0
         """Versions left out because they are no valid payload (each counted once)."""
         self._damaged: set[str] = set()
         self._gone: set[str] = set()  # found deleted since the listing, in this answer
+        # Versions that could not be read (said once each). Those before the basis are
+        # tried again at each fold: a file whose mode is put right counts from then on.
+        self._unreadable: set[str] = set()
+        self._unfolded: set[str] = set()
 
     def _read(self, name: str) -> bytes | None:
         """Version ``name``'s bytes; ``None`` when it is gone since the listing, larger
         than any drop, or its bytes are not the ones stored under its name (an object
-        store's checksum says so): damaged, left out as the gate's refusal is. Other
-        faults raise ``OSError``."""
+        store's checksum says so): damaged, left out as the gate's refusal is; ``None``
+        too when this one file cannot be read (``EACCES``, ``EIO``, ...): left out, as
+        ``export`` skips it, said once, and not taken as damaged (it is tried again).
+
+        Raises ``ObjectStoreError`` when the object store fails other than on the
+        version's own bytes (unreachable, throttled, denied): that is the store, not
+        the version, and leaving out every version would answer as if there were none.
+        """
         try:
-            return self.index.reader.read_version(name)
+            data = self.index.reader.read_version(name)
         except VersionNotFound:
             self._gone.add(name)
             return None
@@ -138,6 +162,18 @@ class UsageHistory:
                 raise
             self._left_out(name, exc.detail)
             return None
+        except OSError as exc:
+            if name not in self._unreadable:
+                self._unreadable.add(name)
+                log.warning(
+                    "%s cannot be read (%s); the forecast leaves it out while it cannot",
+                    name,
+                    describe_os_error(exc),
+                    extra={"event": UNREADABLE_EVENT},
+                )
+            return None
+        self._unreadable.discard(name)
+        return data
 
     def _left_out(self, name: str, reason: str) -> None:
         if name not in self._damaged:
@@ -235,19 +271,35 @@ class UsageHistory:
         return forecast(observations, basis=self.basis, earlier=earlier)
 
     def _fold(self, entries: Sequence[VersionEntry], lo: int) -> None:
-        """Fold the versions before position ``lo`` not folded yet into ``_earlier``."""
+        """Fold the versions before position ``lo`` not folded yet into ``_earlier``.
+
+        A reading whose version is no longer listed goes: one retention deleted (it
+        sorts before the oldest version left, as every older one does) simply goes; for
+        one deleted from among the others (by hand) the versions before the basis are
+        folded again from the start, since another of them may hold the limit's last
+        reading now. Versions that could not be read are tried again.
+        """
         if entries and self._earlier:
-            oldest = entries[0].name  # readings from versions retention deleted go
+            oldest = entries[0].name
             self._earlier = {k: v for k, v in self._earlier.items() if v[2] >= oldest}
+            if any(_entry(entries, v[2]) is None for v in self._earlier.values()):
+                self._earlier, self._folded, self._unfolded = {}, None, set()
         first = 0
         if self._folded is not None:
             first = bisect.bisect_right(entries, self._folded, key=lambda e: e.name)
-        if first >= lo:
+        seen = {limit: held[1] for limit, held in self._earlier.items()}
+        # The unreadable ones folded already (before ``first``) and still before the
+        # basis; one after those is read in its turn.
+        bound = entries[min(first, lo)].name if lo else ""
+        found = (_entry(entries, name) for name in self._unfolded if name < bound)
+        retry = sorted((e for e in found if e is not None), key=lambda e: e.name)
+        unfolded: set[str] = set()
+        if first >= lo and not retry:
+            self._unfolded = unfolded
             return
         # Newest first: a limit's last reading is then found early, and the older
         # versions only need looking at (their resetsIn is parsed only when newer).
-        seen = {limit: held[1] for limit, held in self._earlier.items()}
-        for entry in reversed(entries[first:lo]):
+        for entry in reversed([*retry, *entries[first:lo]]):
             cached = self._observations.get(entry.name)
             if cached is not None:  # left the basis since it was read
                 if cached.ran_ahead():
@@ -260,7 +312,9 @@ class UsageHistory:
                 continue
             data = self._read(entry.name)
             if data is None:
-                continue  # deleted since the listing, or damaged
+                if entry.name in self._unreadable:
+                    unfolded.add(entry.name)
+                continue  # deleted since the listing, damaged, or unreadable for now
             self.reads += 1
             try:
                 payload = json.loads(data)
@@ -274,7 +328,9 @@ class UsageHistory:
             for reading, at in taken:
                 seen[reading.limit] = at
                 self._earlier[reading.limit] = (reading, at, entry.name)
-        self._folded = entries[lo - 1].name
+        if first < lo:
+            self._folded = entries[lo - 1].name
+        self._unfolded = unfolded
 
     def cached(self, now: datetime) -> ForecastAnswer | None:
         """The last answer while the versions are the same as for it, else ``None``.
@@ -321,6 +377,13 @@ class UsageHistory:
         answer = ForecastAnswer(result, 'W/"f-' + digest.hexdigest()[:24] + '"', newest + 1)
         self._answer = (snap, newest, answer)
         return answer
+
+
+def _entry(entries: Sequence[VersionEntry], name: str) -> VersionEntry | None:
+    """The entry of version ``name`` in ``entries`` (sorted by name); ``None`` when not
+    listed."""
+    i = bisect.bisect_left(entries, name, key=lambda e: e.name)
+    return entries[i] if i < len(entries) and entries[i].name == name else None
 
 
 def forecast_of(

@@ -14,6 +14,7 @@ from .forecast import LimitForecast
 from .readings import CLOCK_AHEAD
 
 __all__ = [
+    "NOT_WITHIN_HORIZON",
     "RESET_PASSED",
     "dated_ahead",
     "format_when",
@@ -21,6 +22,10 @@ __all__ = [
     "percent_words",
     "seconds_words",
 ]
+
+NOT_WITHIN_HORIZON = "100 % not within a year"
+"""The verdict of a limit rising too slowly to reach 100 % within
+:data:`~ingester.usage.forecast.HORIZON` (366 days), its reset time unknown."""
 
 RESET_PASSED = " (the reset has passed since)"
 """Added to a reading, or its verdict, whose reset time has passed: it says nothing of now."""
@@ -96,8 +101,12 @@ def in_words(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
     """The forecast of ``limit`` as a sentence, times in ``zone``.
 
     ``at this rate 100 % by Sat 14:00, 41 h before the reset (Mon 08:59)``,
-    ``resets before the limit``, ``not enough data``, ``at the limit since ...``,
-    ``at this rate 100 % by ... (reset time unknown)`` or ``not rising``; for a held
+    ``resets before the limit``, ``not enough data``, ``at the limit since ...`` (``since
+    at least ...`` when the first reading of the basis is at 100 % already),
+    ``at this rate 100 % by ... (reset time unknown)``, ``100 % not within a year`` (a
+    rising rate, the reset time unknown, 100 % beyond
+    :data:`~ingester.usage.forecast.HORIZON`) or ``not rising`` (a rate of 0 or less, the
+    reset time unknown); for a held
     limit (not in the newest snapshot) followed by ``; last read Fri 07:15, not in the
     newest snapshot``.
     """
@@ -111,11 +120,19 @@ def in_words(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
 
 def _verdict(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
     if limit.percentage >= 100 and limit.exhausts_at is not None:
-        return f"at the limit since {format_when(limit.exhausts_at, zone, as_of)}"
+        # Already at 100 % in the first reading the basis holds of its window: reached
+        # then or before, and the versions before the basis keep no more than each
+        # limit's last reading to tell when.
+        at_least = " at least" if limit.exhausts_at <= limit.since else ""
+        return f"at the limit since{at_least} {format_when(limit.exhausts_at, zone, as_of)}"
     if limit.rate_per_hour is None:
         return "not enough data"
     if limit.exhausts_at is None:
-        return "resets before the limit" if limit.resets_at is not None else "not rising"
+        if limit.resets_at is not None:
+            return "resets before the limit"
+        # A rise too slow to project (past HORIZON) is still a rise: "not rising" beside
+        # its own positive rate would contradict the row it stands in.
+        return "not rising" if limit.rate_per_hour <= 0 else NOT_WITHIN_HORIZON
     by = f"at this rate 100 % by {format_when(limit.exhausts_at, zone, as_of)}"
     if limit.resets_at is None:
         return by + " (reset time unknown)"

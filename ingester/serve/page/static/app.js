@@ -297,11 +297,16 @@
     const exhausts = limit.exhaustsAt ? Date.parse(limit.exhaustsAt) : null;
     const resets = limit.resetsAt ? Date.parse(limit.resetsAt) : null;
     if (limit.percentageUsed >= 100 && exhausts != null) {
-      return ["exhausts", "at the limit since " + when(exhausts)];
+      // At 100 % in the first reading of the basis already: reached then or before.
+      const since = limit.basis ? Date.parse(limit.basis.since) : null;
+      const atLeast = since != null && exhausts <= since ? "at least " : "";
+      return ["exhausts", "at the limit since " + atLeast + when(exhausts)];
     }
     if (limit.ratePerHour == null) return ["unknown", "not enough data"];
     if (exhausts == null) {
-      return resets != null ? ["resets", "resets before the limit"] : ["unknown", "not rising"];
+      if (resets != null) return ["resets", "resets before the limit"];
+      // Too slow a rise to project is still a rise, whatever the rate column shows.
+      return ["unknown", limit.ratePerHour > 0 ? "100\u00a0% not within a year" : "not rising"];
     }
     const by = "at this rate 100\u00a0% by " + when(exhausts);
     if (resets == null) return ["exhausts", by + " (reset time unknown)"];
