@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import run_cli, wait_for
+from support import cli_env, run_cli, wait_for
 from support.capabilities import STRACE, needs_strace, needs_strace_root, run_held_after
 from support.serveproc import ServeProcess, fresh_payload
 from support.watchproc import payload
@@ -266,6 +266,49 @@ def test_check_chooses_again_when_the_latest_is_deleted_under_it(root: Path) -> 
     assert result["status"] == "OK", result
     assert result["latest"] == names[1]
     assert result["checks"][0]["message"].startswith("newest data "), result
+
+
+def latest_gone_under_every_read(root: Path, args: tuple[str, ...]) -> str:
+    """Run ``args`` on a history of four versions whose newest three each answer every
+    open with ENOENT (strace's fault injection: what a read finds of a version deleted
+    under it, again at each look). Return its stdout, once seen to end without a
+    traceback."""
+    names = fresh_history(root, 4)
+    filters = [arg for name in names[1:] for arg in ("-P", str(root / HISTORY / name))]
+    done = subprocess.run(
+        [
+            *(STRACE, "-f", "-qq", "-o", "/dev/null", *filters),
+            *("-e", "trace=openat", "-e", "inject=openat:error=ENOENT"),
+            *(sys.executable, "-m", "ingester", "--root", str(root), *args),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+    )
+    assert "Traceback" not in done.stderr
+    assert done.stderr == "", done.stderr
+    return done.stdout
+
+
+@needs_strace
+def test_status_says_a_latest_gone_under_every_read_is_gone_not_damaged(root: Path) -> None:
+    out = latest_gone_under_every_read(root, ("status",))
+    assert "DAMAGED" not in out, out
+    assert (
+        "GONE: deleted while being read, 3 times in a row (something is deleting versions); "
+        "run status again"
+    ) in out, out
+
+
+@needs_strace
+def test_check_says_a_latest_gone_under_every_read_is_gone_not_damaged(root: Path) -> None:
+    result = json.loads(latest_gone_under_every_read(root, ("check", "--json")))
+    assert result["status"] == "CRITICAL", result
+    message = result["checks"][0]["message"]
+    assert message.endswith(
+        "is gone: deleted while being read, 3 times in a row (something is deleting versions)"
+    ), message
 
 
 def only_version_deleted_under(

@@ -20,7 +20,7 @@ from ..clock import parse_iso_time, utc_now
 from ..errors import PERMISSION_ADVICE, describe_os_error, is_permission_problem
 from ..history.names import format_timestamp, parse_timestamp_from_filename
 from ..ops.adopt import ADOPT_ADVICE
-from ..ops.queries import STALE_AFTER, Status
+from ..ops.queries import GONE_UNDER_READS, STALE_AFTER, Status
 from ..ops.queries import status as status_query
 from .common import App, align, echo_json, fail, reading_store, relative_age, say
 
@@ -104,6 +104,8 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
         rows.append(["latest", f"{info.name} (ingested {_age_words(info.ingested_at, now)})"])
         if is_permission_problem(info.error):
             rows.append(["", f"{info.error}: {PERMISSION_ADVICE}"])
+        elif info.error == GONE_UNDER_READS:
+            rows.append(["", f"GONE: {info.error}; run status again"])
         elif info.error:
             rows.append(["", f"DAMAGED: {info.error}"])
         else:

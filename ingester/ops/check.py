@@ -64,6 +64,7 @@ from ..runtime.logs import one_line
 from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
 from ..usage.words import RESET_PASSED, dated_ahead, in_words, percent_words, seconds_words
 from .check_facts import Facts, MirrorFacts
+from .queries import GONE_UNDER_READS
 
 __all__ = [
     "CRITICAL",
@@ -306,6 +307,16 @@ def _over(value: float, warning: float) -> int:
     return WARNING if value > warning else OK
 
 
+def _latest_problem(name: str | None, error: str | None) -> str:
+    """Why the newest version gives no age: this user may not read it, it was deleted
+    under every read, or it is damaged."""
+    if is_permission_problem(error):
+        return f"newest version {name} is {error}"
+    if error == GONE_UNDER_READS:
+        return f"newest version {name} is gone: {error}"
+    return f"newest version {name} is damaged: {error}"
+
+
 def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
     """Judge ``facts`` against ``limits`` (pure: no I/O)."""
     items: list[Judgement] = []
@@ -330,9 +341,7 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
                 None,
                 warn_age,
                 crit_age,
-                f"newest version {facts.latest} is {facts.latest_error}"
-                if is_permission_problem(facts.latest_error)
-                else f"newest version {facts.latest} is damaged: {facts.latest_error}",
+                _latest_problem(facts.latest, facts.latest_error),
             )
         )
     elif (ahead := dated_ahead(facts.last_updated, facts.now)) is not None:

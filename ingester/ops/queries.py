@@ -44,6 +44,7 @@ from ..settings.resolved import Settings
 from .adopt import latest_is_a_file
 
 __all__ = [
+    "GONE_UNDER_READS",
     "STALE_AFTER",
     "LatestVersion",
     "LockState",
@@ -162,6 +163,12 @@ _LOOKS = 3
 time under the read is reported gone: each look finds one version fewer, so the next
 choice is another one, or none is left."""
 
+GONE_UNDER_READS = (
+    f"deleted while being read, {_LOOKS} times in a row (something is deleting versions)"
+)
+"""The ``error`` of a latest that :func:`read_latest` saw deleted under each of its
+reads: no fault of the file, which is gone, so never called damaged."""
+
 
 def read_latest(reader: HistoryReader, now: datetime) -> tuple[list[str], VersionInfo | None]:
     """The names of one listing and its latest version read and judged (``None`` when it
@@ -171,7 +178,7 @@ def read_latest(reader: HistoryReader, now: datetime) -> tuple[list[str], Versio
     hand, as retention never deletes it) is no longer the history's latest, so the
     history is listed again and the latest chosen from what is left, up to three
     listings. Only one deleted under every read gives ``error``
-    (``"gone (deleted meanwhile)"``). Raises ``OSError`` when the history cannot be listed.
+    (:data:`GONE_UNDER_READS`). Raises ``OSError`` when the history cannot be listed.
     """
     for look in range(1, _LOOKS + 1):
         names = [entry.name for entry in reader.list_versions()]
@@ -183,9 +190,8 @@ def read_latest(reader: HistoryReader, now: datetime) -> tuple[list[str], Versio
             return names, info
         if look == _LOOKS:
             stamp = parse_timestamp_from_filename(newest)
-            gone = "gone (deleted meanwhile)"
             future = is_future(newest, now)
-            return names, VersionInfo(newest, stamp, None, None, None, future, gone)
+            return names, VersionInfo(newest, stamp, None, None, None, future, GONE_UNDER_READS)
     raise AssertionError("unreachable")
 
 
