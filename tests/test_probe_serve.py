@@ -1,0 +1,210 @@
+"""Probes of ``ingester serve`` (``--watch`` included) found by an adversarial review.
+
+Each test runs a real server on 127.0.0.1 in a subprocess over a real folder and fails
+on the code it was written against; each docstring says which promise it holds the
+server to. Those marked DOUBTFUL show behaviour that is arguably wrong rather than a
+broken promise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from support import wait_for
+from support.serveproc import KEY, ServeProcess, fresh_payload, put_version, version_name
+
+API = "/api/claude/console-usage"
+
+
+def _strict_json(text: str) -> object:
+    """``text`` parsed as a browser's ``JSON.parse`` would: no NaN or Infinity."""
+
+    def refuse(word: str) -> object:
+        raise ValueError(f"not JSON: {word}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _post(server: ServeProcess, body: bytes) -> int:
+    r = server.post(
+        API, content=body, headers={"X-API-Key": KEY, "Content-Type": "application/json"}
+    )
+    return r.status_code
+
+
+def test_an_accepted_number_that_overflows_a_float_is_served_back_as_valid_json(
+    root: Path,
+) -> None:
+    """A POST whose extra field holds ``1e400`` (valid JSON: a number too large for a
+    double) is accepted and stored; GET latest then answers ``"extra":Infinity``, which
+    no JSON parser takes (the card's ``response.json()`` throws), until a newer version
+    comes. The gate refuses the literals ``NaN``/``Infinity`` (payload.schema: "The file
+    is UTF-8 JSON without a byte order mark, NaN or Infinity") but not a number that
+    *becomes* infinite; the original server (JSON.parse, JSON.stringify) served ``null``.
+    """
+    body = fresh_payload()[:-1] + b', "extra": 1e400}'
+    with ServeProcess(root, "--watch") as server:
+        assert _post(server, body) == 202
+        wait_for(lambda: server.get(API).status_code == 200, 10, "the version stored")
+        r = server.get(API)
+        assert r.status_code == 200
+        _strict_json(r.text)  # fails: not JSON: Infinity
+
+
+def test_a_version_holding_a_lone_surrogate_escape_is_answered_502_not_500(root: Path) -> None:
+    """A version whose JSON holds ``"\\ud83d"`` (half a surrogate pair, escaped: what
+    the original server's ``JSON.stringify`` writes for a string cut in the middle of
+    an emoji, so an adopted history may hold it; or a file put there by hand) makes GET
+    latest a bare ``500 Internal Server Error`` in text/plain and an ``ERROR internal
+    error ... UnicodeEncodeError ... (please report)`` line. docs/serve.md promises:
+    "The chosen version's file is not a JSON object (damaged, or put there by hand) ...
+    → 502 {"error": "CorruptVersion", "message"}" (and the forecast already calls the
+    same file damaged)."""
+    name = "2026-01-01T00-00-00-0000beef.json"
+    put_version(
+        root,
+        name,
+        b'{"currentSession":{"resetsIn":"4 hr","percentageUsed":12},'
+        b'"lastUpdated":"2026-01-01T00:00:00Z","note":"cut \\ud83d"}',
+    )
+    with ServeProcess(root) as server:
+        r = server.get(API)
+        assert r.status_code in (200, 502), (r.status_code, r.text, server.log)
+        answer = r.json()
+        if r.status_code == 502:
+            assert answer["error"] == "CorruptVersion"
+
+
+def test_a_malformed_chunked_body_after_the_answer_is_a_warning_not_a_bug_line(
+    root: Path,
+) -> None:
+    """A client sends a chunked body to a route that answers without reading it (here
+    GET /api/health; the trigger's 200 does the same), reads the answer, then sends
+    bytes that are no chunk. uvicorn then tries to answer 400 on a connection whose
+    answer already went out, and the server logs ``ERROR Fatal error:
+    protocol.data_received() call failed.: LocalProtocolError: can't handle event type
+    Response when role=SERVER and state=MUST_CLOSE ... (please report)``, after a
+    WARNING that says "answered 400" (no 400 went out). docs/serve.md, What it logs:
+    "a client's doing is at most a WARNING and never a traceback"."""
+    with ServeProcess(root) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            conn.sendall(
+                b"GET /api/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                got = conn.recv(65536)
+                assert got, "closed before the answer"
+                head += got
+            conn.sendall(b"zz\r\n")
+            conn.settimeout(10)
+            with contextlib.suppress(OSError):
+                while conn.recv(65536):
+                    pass  # until the server closes
+        server.wait_log("sent a malformed request")
+        server.stop()  # the bug line, if any, follows the warning in the same call
+        assert "please report" not in server.log, server.log
+        assert "ERROR" not in server.log, server.log
+
+
+def _raw_post(port: int, key: bytes, body: bytes) -> int:
+    """A POST whose ``X-API-Key`` header is ``key``'s bytes as they are on the wire."""
+    head = (
+        b"POST " + API.encode() + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nX-API-Key: " + key + b"\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head + body)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_a_key_with_a_byte_that_is_not_utf8_in_the_environment_is_one_clear_line(
+    root: Path,
+) -> None:
+    """``CLAUDE_SYNC_API_KEY`` holding a byte that is not UTF-8 (a ``.env`` saved in
+    Latin-1: ``clé`` as ``cl\\xe9``) stops the start with ``error: 'utf-8' codec can't
+    encode character '\\udce9' in position 2: surrogates not allowed``: it names neither
+    the variable nor what to do. The same bytes in ``--api-key-file`` are taken as the
+    key (auth.py: the file is read as bytes, the variable's text is ``.encode()``d).
+    The promise: every error one clear line (and auth.py's own control-character
+    refusal names its source). Either the key is taken as its bytes, as from the file,
+    or the line names the variable."""
+    env = {"CLAUDE_SYNC_API_KEY": os.fsdecode(b"cl\xe9-key")}
+    server = ServeProcess(root, key=None, env=env)
+    try:
+        server.start()
+    except AssertionError:
+        server.stop()
+        assert "CLAUDE_SYNC_API_KEY" in server.log, server.log
+        return
+    try:
+        assert _raw_post(server.port, b"cl\xe9-key", fresh_payload()) == 202
+    finally:
+        server.stop()
+
+
+def test_doubtful_a_latin1_key_a_node_client_sends_is_refused(root: Path) -> None:
+    """DOUBTFUL (compatibility): a key with a non-ASCII Latin-1 character (``clé``),
+    set in ``CLAUDE_SYNC_API_KEY`` (UTF-8, as every ``.env`` is), sent by a Node.js
+    scraper: Node writes header values as Latin-1 (one byte, ``0xE9``) and the original
+    Express server read them back as Latin-1 and compared the strings, so it matched.
+    Here the header's Latin-1 bytes are compared with the key's UTF-8 bytes
+    (``auth.key_matches``), so the same scraper and the same ``.env`` get 401. README:
+    "answering the original's requests with the original's answers ... the scraper's and
+    the card's configuration stay as they are"."""
+    with ServeProcess(root, key="clé-key", key_variable="CLAUDE_SYNC_API_KEY") as server:
+        status = _raw_post(server.port, "clé-key".encode("latin-1"), fresh_payload())
+        assert status == 202, server.log
+
+
+def test_doubtful_health_says_no_data_while_the_latest_serves_a_future_dated_version(
+    root: Path,
+) -> None:
+    """DOUBTFUL: the history holds only versions named more than a day ahead of the clock
+    (stored before the clock was set back by more than a day: docs/serve.md names the
+    case). GET latest serves the oldest of them, with fresh data (docs/serve.md: "Only
+    future-dated versions: the oldest of them"); /api/health answers 503 ``"reason": "no
+    data stored yet"``, ``latestData`` all null, beside ``"versionCount": 1``. The reason
+    is untrue (and the card shows data the health calls absent); it should name the
+    future-dated version (as check's ``dated_ahead`` words do), not "no data"."""
+    ahead = datetime.now(UTC) + timedelta(days=3)
+    put_version(root, version_name(ahead), fresh_payload())
+    with ServeProcess(root) as server:
+        latest = server.get(API)
+        assert latest.status_code == 200 and latest.json()["isStale"] is False
+        health = server.get("/api/health").json()
+        assert health["versionCount"] == 1
+        assert "no data stored yet" not in health["reason"], health
+
+
+def test_doubtful_serve_over_an_unadopted_history_hides_the_newest_snapshot_silently(
+    root: Path,
+) -> None:
+    """DOUBTFUL: a history as the original server left it, whose
+    ``console-usage-synced.json`` is a regular file holding a newer snapshot than any
+    version (docs/migrating.md: "the original served the file as its newest snapshot").
+    ``serve --watch``, ``watch``, ``init``... refuse with "run 'ingester adopt' first";
+    ``serve`` alone (the two-process form's HTTP half) starts without a word and answers
+    the card the older version, while /api/health calls the data over 30 minutes old.
+    The original's clients get another latest than the original gave them, and nothing
+    says why: at least a start-up WARNING naming ``ingester adopt`` (as ``status`` and
+    ``verify`` give) is expected."""
+    put_version(
+        root,
+        version_name(datetime.now(UTC) - timedelta(hours=1)),
+        fresh_payload(timedelta(hours=1)),
+    )
+    (root / "console-usage-synced.json").write_bytes(fresh_payload())
+    with ServeProcess(root) as server:
+        latest = server.get(API).json()
+        server.stop()
+        assert latest["isStale"] is False or "adopt" in server.log, (latest, server.log)
