@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -462,9 +463,9 @@ def test_lookups_do_not_list_the_history_per_request(root: Path, three, server):
 # -- POST: key, types, limits -------------------------------------------------------------
 
 
-def post(server: ServeProcess, data: bytes, key: str | None = KEY, **headers: str):
-    """POST ``data`` as JSON with ``key``."""
-    h = {"Content-Type": "application/json", **headers}
+def post(server: ServeProcess, data: bytes, key: str | bytes | None = KEY, **headers: str):
+    """POST ``data`` as JSON with ``key`` (bytes: sent as they are)."""
+    h: dict[str, str | bytes] = {"Content-Type": "application/json", **headers}
     if key is not None:
         h["X-API-Key"] = key
     return server.post(API, content=data, headers=h)
@@ -510,6 +511,21 @@ def test_api_key_file_is_read_and_wins(root: Path, tmp_path: Path):
     with ServeProcess(root, "--api-key-file", str(key_file)) as server:
         assert post(server, fresh_payload(), key="from-the-file").status_code == 202
         assert post(server, fresh_payload(), key=KEY).status_code == 401
+
+
+def test_a_key_variable_that_is_not_utf8_is_taken_as_its_bytes(root: Path, tmp_path: Path):
+    """A ``.env`` saved in Latin-1 puts a byte that is not UTF-8 in the variable (``clé``
+    as ``cl\\xe9``): the key is those bytes, as ``--api-key-file`` takes a file's."""
+    key = b"cl\xe9-key"
+    env = {"CLAUDE_SYNC_API_KEY": os.fsdecode(key)}
+    with ServeProcess(root, key=None, env=env) as server:
+        assert post(server, fresh_payload(), key=key).status_code == 202, server.log
+        assert post(server, fresh_payload(), key=b"cl-key").status_code == 401
+        assert "POST key from CLAUDE_SYNC_API_KEY" in server.log
+    key_file = tmp_path / "key"
+    key_file.write_bytes(key + b"\n")
+    with ServeProcess(root, "--api-key-file", str(key_file), key=None) as server:
+        assert post(server, fresh_payload(), key=key).status_code == 202
 
 
 @pytest.mark.parametrize(
