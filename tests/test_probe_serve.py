@@ -16,26 +16,6 @@ from support.serveproc import ServeProcess, fresh_payload, put_version, version_
 API = "/api/claude/console-usage"
 
 
-def test_doubtful_health_says_no_data_while_the_latest_serves_a_future_dated_version(
-    root: Path,
-) -> None:
-    """DOUBTFUL: the history holds only versions named more than a day ahead of the clock
-    (stored before the clock was set back by more than a day: docs/serve.md names the
-    case). GET latest serves the oldest of them, with fresh data (docs/serve.md: "Only
-    future-dated versions: the oldest of them"); /api/health answers 503 ``"reason": "no
-    data stored yet"``, ``latestData`` all null, beside ``"versionCount": 1``. The reason
-    is untrue (and the card shows data the health calls absent); it should name the
-    future-dated version (as check's ``dated_ahead`` words do), not "no data"."""
-    ahead = datetime.now(UTC) + timedelta(days=3)
-    put_version(root, version_name(ahead), fresh_payload())
-    with ServeProcess(root) as server:
-        latest = server.get(API)
-        assert latest.status_code == 200 and latest.json()["isStale"] is False
-        health = server.get("/api/health").json()
-        assert health["versionCount"] == 1
-        assert "no data stored yet" not in health["reason"], health
-
-
 def test_doubtful_serve_over_an_unadopted_history_hides_the_newest_snapshot_silently(
     root: Path,
 ) -> None:

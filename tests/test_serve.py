@@ -362,6 +362,27 @@ def test_health_by_age(root: Path, age_min: int, status: str, code: int):
     assert body["latestVersion"] == version_name(T0)
 
 
+def test_health_over_only_future_dated_versions_judges_what_get_serves(root: Path):
+    """Every version named more than a day ahead of the clock (stored before it was set
+    back): none is the latest, and GET serves the oldest of them. The health judges that
+    one too, degraded, with a reason naming the versions ahead, never "no data"."""
+    name = version_name(datetime.now(UTC) + timedelta(days=3))
+    put_version(root, name, fresh_payload())
+    with ServeProcess(root) as server:
+        latest = server.get(API)
+        assert latest.status_code == 200 and latest.json()["versionInfo"]["filename"] == name
+        r = server.get("/api/health")
+    health = r.json()
+    assert r.status_code == 200 and health["status"] == "degraded", health
+    assert health["versionCount"] == 1 and health["latestVersion"] == name
+    assert health["reason"] == (
+        "the one version held is dated more than a day ahead of this clock (set back "
+        f"since?), so none is the latest; the oldest, {name}, is served in its place"
+    )
+    assert health["latestData"]["status"] == "degraded"
+    assert health["ageMinutes"] == 0
+
+
 @pytest.mark.parametrize(("ahead_min", "status"), [(50, "healthy"), (120, "degraded")])
 def test_health_of_data_dated_ahead_of_the_clock(root: Path, ahead_min: int, status: str):
     # Within the hour a clock may drift, fresh; beyond it the age cannot be told, as
