@@ -33,6 +33,7 @@ from support.capabilities import (
     other_user_problem,
     traced_program,
 )
+from support.serveproc import ServeProcess
 from support.watchproc import WatchProcess
 from test_crashpoints import DURABLE_OPS, Plan, SimulatedCrash, inject
 
@@ -538,6 +539,39 @@ def test_a_snapshot_only_the_latest_file_holds_is_a_problem_only_adopt_fixes(roo
     assert finding["repairable"] is False  # verify --repair refuses: it would lose it
     status = run_cli(root, "status").stdout
     assert "verify --repair" not in status and "(run 'ingester adopt')" in status
+
+
+@pytest.mark.parametrize("latest", ["unique", "copy"])
+def test_serve_alone_over_the_original_s_history_says_to_adopt_it(
+    tmp_path: Path, latest: str
+) -> None:
+    """``serve --watch``, ``watch`` and ``init`` refuse a history as the original left
+    it; ``serve`` alone only reads, so it starts, and says at start what ``status`` and
+    ``verify`` say: a latest file holding a snapshot no version holds is answered from
+    the versions alone until ``ingester adopt`` keeps it. Once adopted, not a word."""
+    root = tmp_path / latest
+    root.mkdir()
+    o = original_history(root, latest=latest)
+    marker = "WARNING serve: the history is laid out as the original server left it: "
+    with ServeProcess(root) as server:
+        server.wait_log("ingester adopt")
+        served = server.get("/api/claude/console-usage").json()
+    (line,) = [x for x in server.log.splitlines() if "ingester adopt" in x]
+    assert marker in line and str(root / LATEST) in line, line
+    if latest == "unique":
+        assert "holding a snapshot that no version holds" in line, line
+        assert line.endswith("until then GET answers from the versions alone"), line
+        assert served["versionInfo"]["filename"] == max(o.versions)
+    else:
+        assert line.endswith(
+            "is a file, not a link: run 'ingester adopt', which makes it this tool's "
+            "(see docs/migrating.md); until then GET answers from the versions alone"
+        ), line
+    assert run_cli(root, "adopt").returncode == 0
+    with ServeProcess(root) as server:
+        assert server.get("/api/health").status_code in (200, 503)
+        server.stop()
+    assert "adopt" not in server.log and "original server" not in server.log, server.log
 
 
 def test_a_few_identical_problems_are_listed_one_by_one(root: Path) -> None:

@@ -561,6 +561,28 @@ def test_ingester_api_key_wins_over_the_original_variable(root: Path) -> None:
         assert "ours-first" not in server.log
 
 
+def test_a_non_ascii_key_matches_as_node_clients_send_it(root: Path) -> None:
+    """Node.js writes a header's value one byte a character (Latin-1: ``clé`` as
+    ``cl\\xe9``), and the original server read it back the same way and compared the
+    text; so a key with such a character, in the original's UTF-8 ``.env``, worked from
+    the scraper. It still does, and from clients that send its UTF-8 bytes (curl)."""
+    key = "clé-" + SYNC_KEY
+    with ServeProcess(root, key=key, key_variable="CLAUDE_SYNC_API_KEY") as server:
+        for sent, expected in (
+            (key.encode("latin-1"), 202),
+            (key.encode(), 202),
+            (("cle-" + SYNC_KEY).encode(), 401),
+            (key.encode("latin-1")[:-1], 401),
+        ):
+            r = server.post(
+                API,
+                content=json.dumps(snapshot()).encode(),
+                headers={"X-API-Key": sent, "Content-Type": "application/json"},
+            )
+            assert r.status_code == expected, (sent, r.text)
+        assert SYNC_KEY not in server.log
+
+
 def test_listen_and_ingester_listen_win_over_port(root: Path) -> None:
     port, other = free_port(), free_port()
     server = original_server(root, port=other, INGESTER_LISTEN=f"127.0.0.1:{port}")

@@ -190,6 +190,29 @@ def test_the_words_say_what_and_where() -> None:
     )
 
 
+def test_a_number_beyond_a_double_s_range_is_refused_in_one_reason() -> None:
+    """A number that reads as infinite (valid JSON text, but no double holds it) is
+    refused as the literal Infinity is, by both gates and wherever it stands: stored,
+    it would be served back as ``Infinity``, which no JSON reader takes."""
+    valid = json.loads(VALID_SAMPLES[0].read_bytes())
+    for number, shown in (
+        ("1e400", "1e400"),
+        ("-1.5E+309", "-1.5E+309"),
+        ("9" * 400 + ".0", "9" * 20 + "..."),
+    ):
+        for where in ("extra", "currentSession"):
+            payload = json.dumps({**valid, where: "HERE"}).replace('"HERE"', number)
+            expected = (
+                f"not JSON: the number {shown} is beyond a double's range (about ±1.8e308): "
+                "it reads as infinite"
+            )
+            for judge_it in (judge_payload, gate.check_payload):
+                assert verdict(judge_it, payload.encode())[0] == expected, number
+    # Tiny numbers round to zero, as every reader rounds them: they stay valid.
+    tiny = json.dumps({**valid, "extra": "HERE"}).replace('"HERE"', "1e-400").encode()
+    assert verdict(gate.check_payload, tiny) == verdict(judge_payload, tiny) == "valid"
+
+
 _valid_text = (SAMPLES / "valid" / "full.json").read_bytes()
 
 

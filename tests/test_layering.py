@@ -28,6 +28,7 @@ TOP_ROOMS = {
     "ingester.errors": "foundation",
     "ingester.clock": "foundation",
     "ingester.threads": "foundation",
+    "ingester.json_text": "foundation",
     "ingester.settings": "settings",
     "ingester": "api",
     "ingester.__main__": "api",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -269,6 +270,79 @@ def test_legacy_version_names_count(root: Path, server):
     assert "Traceback" not in server.log
 
 
+def strict_json(text: str) -> object:
+    """``text`` parsed as a browser's ``JSON.parse`` parses it: ``NaN`` and ``Infinity``
+    are no JSON there."""
+
+    def refuse(word: str) -> object:
+        raise ValueError(f"not JSON: {word}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_number_beyond_a_double_is_refused_by_post_and_never_served_as_infinity(
+    root: Path, server
+):
+    """``1e400`` is JSON text no double holds: read, it is infinite, and written back it
+    is ``Infinity``, which the card's ``response.json()`` throws on. A POST holding it
+    is refused as the literal would be; a version holding it (placed by hand, or stored
+    by an older gate) is damaged, answered 502 in valid JSON, as ``show`` words it."""
+    body = fresh_payload()[:-1] + b', "extra": 1e400}'
+    r = server.post(
+        API, content=body, headers={"X-API-Key": KEY, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 400, r.text
+    assert "1e400" in r.json()["message"] and "infinite" in r.json()["message"]
+    assert spool_drops(root) == []
+    for i, value in enumerate((b"1e400", b"-1e999", b"NaN")):
+        name = version_name(T0 + timedelta(minutes=i), i)
+        put_version(root, name, fresh_payload()[:-1] + b', "extra": ' + value + b"}")
+        r = wait_for(
+            lambda name=name: (r := server.get(API)).status_code == 502 and name in r.text and r,
+            5,
+        )
+        answer = strict_json(r.text)
+        assert isinstance(answer, dict) and answer["error"] == "CorruptVersion", r.text
+        shown = run_cli(root, "show", name)
+        said = shown.stderr.strip().removeprefix("error: ").removesuffix("; run 'ingester verify'")
+        assert answer["message"] == said, (answer, shown.stderr)
+        health = server.get("/api/health")
+        strict_json(health.text)
+    assert "ERROR" not in server.log, server.log
+
+
+def test_a_version_holding_a_lone_surrogate_escape_is_served_as_valid_json(root: Path, server):
+    """The original server's ``JSON.stringify`` writes a string cut in the middle of an
+    emoji as ``"cut \\ud83d"``: valid JSON text, so an adopted history may hold it. It
+    has no UTF-8 form as a character, so the answer writes it back as the escape it came
+    as (and every other character as an escape too), never a 500."""
+    name = version_name(T0)
+    put_version(
+        root,
+        name,
+        b'{"currentSession":{"resetsIn":"4 hr","percentageUsed":12},'
+        b'"lastUpdated":"2026-11-01T12:00:00Z","note":"cut \\ud83d","city":"Z\xc3\xbcrich"}',
+    )
+    r = server.get(API)
+    assert r.status_code == 200, (r.text, server.log)
+    answer = strict_json(r.text)
+    assert isinstance(answer, dict)
+    assert answer["note"] == "cut \ud83d" and answer["city"] == "Z\u00fcrich"
+    assert answer["versionInfo"]["filename"] == name
+    assert r.content.isascii()
+    # The version's own bytes are served as they are; the health and the page's series
+    # answer in valid JSON beside it.
+    assert (
+        server.get(f"{API}/versions/{name}").content
+        == (root / "console-usage-history" / name).read_bytes()
+    )
+    for path in ("/api/health", f"{API}/series", f"{API}/forecast"):
+        got = server.get(path)
+        assert got.status_code in (200, 404, 503), (path, got.status_code, got.text)
+        strict_json(got.text)
+    assert "ERROR" not in server.log and "please report" not in server.log, server.log
+
+
 # -- health ---------------------------------------------------------------------------------
 
 
@@ -286,6 +360,27 @@ def test_health_by_age(root: Path, age_min: int, status: str, code: int):
     assert body["ageMinutes"] == age_min
     assert body["versionCount"] == 1
     assert body["latestVersion"] == version_name(T0)
+
+
+def test_health_over_only_future_dated_versions_judges_what_get_serves(root: Path):
+    """Every version named more than a day ahead of the clock (stored before it was set
+    back): none is the latest, and GET serves the oldest of them. The health judges that
+    one too, degraded, with a reason naming the versions ahead, never "no data"."""
+    name = version_name(datetime.now(UTC) + timedelta(days=3))
+    put_version(root, name, fresh_payload())
+    with ServeProcess(root) as server:
+        latest = server.get(API)
+        assert latest.status_code == 200 and latest.json()["versionInfo"]["filename"] == name
+        r = server.get("/api/health")
+    health = r.json()
+    assert r.status_code == 200 and health["status"] == "degraded", health
+    assert health["versionCount"] == 1 and health["latestVersion"] == name
+    assert health["reason"] == (
+        "the one version held is dated more than a day ahead of this clock (set back "
+        f"since?), so none is the latest; the oldest, {name}, is served in its place"
+    )
+    assert health["latestData"]["status"] == "degraded"
+    assert health["ageMinutes"] == 0
 
 
 @pytest.mark.parametrize(("ahead_min", "status"), [(50, "healthy"), (120, "degraded")])
@@ -389,9 +484,9 @@ def test_lookups_do_not_list_the_history_per_request(root: Path, three, server):
 # -- POST: key, types, limits -------------------------------------------------------------
 
 
-def post(server: ServeProcess, data: bytes, key: str | None = KEY, **headers: str):
-    """POST ``data`` as JSON with ``key``."""
-    h = {"Content-Type": "application/json", **headers}
+def post(server: ServeProcess, data: bytes, key: str | bytes | None = KEY, **headers: str):
+    """POST ``data`` as JSON with ``key`` (bytes: sent as they are)."""
+    h: dict[str, str | bytes] = {"Content-Type": "application/json", **headers}
     if key is not None:
         h["X-API-Key"] = key
     return server.post(API, content=data, headers=h)
@@ -437,6 +532,21 @@ def test_api_key_file_is_read_and_wins(root: Path, tmp_path: Path):
     with ServeProcess(root, "--api-key-file", str(key_file)) as server:
         assert post(server, fresh_payload(), key="from-the-file").status_code == 202
         assert post(server, fresh_payload(), key=KEY).status_code == 401
+
+
+def test_a_key_variable_that_is_not_utf8_is_taken_as_its_bytes(root: Path, tmp_path: Path):
+    """A ``.env`` saved in Latin-1 puts a byte that is not UTF-8 in the variable (``clé``
+    as ``cl\\xe9``): the key is those bytes, as ``--api-key-file`` takes a file's."""
+    key = b"cl\xe9-key"
+    env = {"CLAUDE_SYNC_API_KEY": os.fsdecode(key)}
+    with ServeProcess(root, key=None, env=env) as server:
+        assert post(server, fresh_payload(), key=key).status_code == 202, server.log
+        assert post(server, fresh_payload(), key=b"cl-key").status_code == 401
+        assert "POST key from CLAUDE_SYNC_API_KEY" in server.log
+    key_file = tmp_path / "key"
+    key_file.write_bytes(key + b"\n")
+    with ServeProcess(root, "--api-key-file", str(key_file), key=None) as server:
+        assert post(server, fresh_payload(), key=key).status_code == 202
 
 
 @pytest.mark.parametrize(

@@ -8,13 +8,16 @@ those logged since the connection opened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -409,6 +412,42 @@ def test_a_refusal_before_the_body_ends_the_connection(
     answer, _peer = exchange(server, head + b"Content-Length: 1000000000000\r\n\r\n{")
     assert status(answer) == code
     assert b"\r\nconnection: close\r\n" in answer.lower()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\n",
+        TRIGGER_HEAD.replace(b"Content-Type: application/json\r\n", b""),
+    ],
+    ids=["health", "trigger"],
+)
+def test_an_answer_given_before_the_body_is_read_ends_the_connection(
+    root: Path, head: bytes
+) -> None:
+    """A route that answers without reading the body its request announces (the health;
+    the trigger, which ignores any body) ends the connection with that answer. Kept
+    open, the rest of the body would be read after the answer, where a fault in it
+    (bytes that are no chunk) can get no answer of its own: nothing the client sends
+    then may end in a line of the server's own fault, or a line saying it answered."""
+    put_version(root, version_name(datetime.now(UTC)), fresh_payload())  # healthy: 200
+    command = f"{shlex.quote(sys.executable)} -c pass"
+    with ServeProcess(root, "--trigger-command", command) as server:
+        with connect(server.port) as sock:
+            sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                got = sock.recv(65536)
+                assert got, f"closed before the answer: {answer!r}"
+                answer += got
+            with contextlib.suppress(OSError):
+                sock.sendall(b"zz\r\n")  # no chunk size
+            answer += read_all(sock)  # until the server closes
+        server.stop()
+    assert status(answer) == 200, answer
+    assert "ERROR" not in server.log and "answered 400" not in server.log, server.log
+    assert_log_is_clean(server)
+    assert b"\r\nconnection: close\r\n" in answer.lower(), answer
 
 
 def test_a_client_that_leaves_mid_body_is_one_line(server: ServeProcess) -> None:

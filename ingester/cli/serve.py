@@ -3,6 +3,7 @@ watcher in the same process (a one-process deployment, like the original server'
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -262,6 +263,8 @@ def serve(
                 "--require-watcher: cannot tell whether a watcher runs (the kernel's lock "
                 "table, /proc/locks, is not readable here)"
             )
+    if not run_watcher and reader is None:
+        _warn_not_adopted(app)
     config = ServeConfig(
         app.settings,
         api_key=key,
@@ -293,6 +296,22 @@ def serve(
         raise fail(f"cannot listen on {listen_text}: {os_cause(exc)}") from None
     ignore_stop_signals()  # stopped: a second SIGHUP must not turn exit 0 into 129
     raise click.exceptions.Exit(code)
+
+
+def _warn_not_adopted(app: App) -> None:
+    """One warning when the history is laid out as the original server left it. A
+    watcher refuses to start on it (``--watch`` too); ``serve`` alone only reads, so it
+    starts, but would answer from the versions without a word about that file."""
+    from ..ops.adopt import not_adopted
+
+    problem = not_adopted(app.settings.store())
+    if problem is not None:
+        logging.getLogger("ingester.serve").warning(
+            "serve: the history is laid out as the original server left it: %s; until "
+            "then GET answers from the versions alone",
+            problem,
+            extra={"event": "not-adopted"},
+        )
 
 
 def _threaded_watcher(

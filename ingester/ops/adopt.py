@@ -48,6 +48,7 @@ __all__ = [
     "AdoptReport",
     "adopt_history",
     "latest_is_a_file",
+    "not_adopted",
     "nothing_to_adopt",
     "unsafe_latest",
 ]
@@ -123,6 +124,18 @@ def unsafe_latest(store: HistoryStore) -> str | None:
     except StorageError as exc:
         return unknown_latest(store, exc)
     return f"{store.latest_path} is {UNKEPT_LATEST}" if unkept else None
+
+
+def not_adopted(store: HistoryStore) -> str | None:
+    """Why ``store``'s history is still laid out as the original server left it (its
+    latest path a regular file, which :func:`latest_is_a_file` tells ``status`` and
+    ``verify``), with what to do; ``None`` when it is not. Reads only; never raises."""
+    if not latest_is_a_file(store):
+        return None
+    problem = unsafe_latest(store)
+    if problem is not None:
+        return problem
+    return f"{store.latest_path} is a file, not a link: {ADOPT_ADVICE}"
 
 
 def _holds_versions(folder: Path) -> bool:

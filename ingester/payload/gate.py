@@ -1,10 +1,11 @@
 """The gate every drop passes: its bytes judged by pydantic, without the model classes.
 
 :func:`check_payload` is what the watcher calls for each drop. It applies the byte rules
-(UTF-8 without a BOM, JSON without NaN, nesting at most :data:`MAX_NESTING`), then the
-payload's schema with pydantic's own validator (``pydantic_core``), built once, on first
-use, from the core schema written out below. That schema is the one pydantic generates
-for :class:`ingester.payload.model.ConsoleUsageDataSync`, and the two validators are one gate:
+(UTF-8 without a BOM, JSON without NaN or a number beyond a double's range, nesting at
+most :data:`MAX_NESTING`), then the payload's schema with pydantic's own validator
+(``pydantic_core``), built once, on first use, from the core schema written out below.
+That schema is the one pydantic generates for
+:class:`ingester.payload.model.ConsoleUsageDataSync`, and the two validators are one gate:
 ``tests/test_gate.py`` checks that the schemas are equal and, with hypothesis, that
 every payload gets the same answer and the same errors from both.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -47,6 +49,7 @@ __all__ = [
     "check_payload",
     "check_sections",
     "judge",
+    "load_json",
     "read_payload",
 ]
 
@@ -227,6 +230,28 @@ def _refuse_constant(name: str) -> Any:
     raise _OurWords(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    """``text``, a JSON number with a fraction or an exponent, as a float; ``_OurWords``
+    when it is beyond the largest double (``1e400``): it would read as infinite, and be
+    served back as ``Infinity``, which no JSON reader takes."""
+    value = float(text)
+    if math.isinf(value):
+        shown = text if len(text) <= 24 else f"{text[:20]}..."
+        raise _OurWords(
+            f"the number {shown} is beyond a double's range (about ±1.8e308): it reads as infinite"
+        )
+    return value
+
+
+def load_json(text: str | bytes) -> Any:
+    """``text`` parsed as the gate parses it: the literals ``NaN`` and ``Infinity``, and
+    numbers beyond the largest double, refused with a ``ValueError`` whose words
+    :func:`json_problem` gives; ``RecursionError`` for nesting deeper than Python can
+    parse. What it returns can be written back as JSON with ``allow_nan=False``."""
+    # Python's json takes NaN and Infinity by default, and reads 1e400 as infinite.
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 # Python's json messages (the part before the position), in a scraper author's words.
 _JSON_WORDS: tuple[tuple[str, str], ...] = (
     ("Expecting value", "a value was expected"),
@@ -322,8 +347,7 @@ def _parse(data: bytes, max_bytes: int | None) -> tuple[dict[str, Any], str]:
         what = "no bytes" if not data else "only whitespace"
         raise PayloadRejected(f"not JSON: empty ({what}); a payload is one JSON object")
     try:
-        # parse_constant refuses NaN/Infinity, which Python's json accepts by default.
-        obj = json.loads(text, parse_constant=_refuse_constant)
+        obj = load_json(text)
     except RecursionError:
         raise PayloadRejected(_TOO_DEEP) from None
     except ValueError as exc:

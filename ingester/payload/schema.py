@@ -11,7 +11,8 @@ accepted it; so the schema gives no ``format: date-time``, which means RFC 3339 
 would refuse ``2026-11-27T14:05Z`` in a validator that checks formats.
 
 What no JSON Schema can say, and ``judge_payload`` still refuses: bytes that are not
-UTF-8, a byte order mark, ``NaN``/``Infinity``, absurd nesting, a drop over
+UTF-8, a byte order mark, ``NaN``/``Infinity`` or a number beyond a double's range
+(``1e400``, which reads as infinite), absurd nesting, a drop over
 ``--max-bytes``, and a date-time that matches the pattern but does not exist
 (``2026-02-30``). ``ingester submit --dry-run FILE`` gives the exact verdict.
 """
@@ -35,7 +36,8 @@ _RULES = (
     "and sonnetOnly; every window has a non-empty resetsIn string and a percentageUsed JSON "
     "number from 0 to 100 (not a string, not a boolean); isPartial is a boolean; "
     "extractionErrors maps names to strings. Unknown fields are allowed at every level and "
-    "kept. The file is UTF-8 JSON without a byte order mark, NaN or Infinity."
+    "kept. The file is UTF-8 JSON without a byte order mark, NaN, Infinity or a number "
+    "beyond a double's range (1e400)."
 )
 
 

@@ -1,6 +1,7 @@
 """The API's paths and limits, and the shapes of its JSON answers.
 
-Every JSON answer is rendered here: compact, UTF-8, ``application/json``. Errors of the
+Every JSON answer is rendered here: compact, UTF-8, ``application/json``, and valid JSON
+whatever a version holds (:func:`~ingester.json_text.json_bytes`). Errors of the
 read side are ``{"error", "message", ...}``; answers to the POST endpoints are
 ``{"success", "message", "timestamp", ...}``, as the original sync server's clients
 expect.
@@ -8,7 +9,6 @@ expect.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from datetime import datetime
@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from ..clock import parse_iso_time, utc_now
 from ..history.names import format_timestamp
+from ..json_text import json_bytes
 from ..usage.readings import parse_observed_at
 from .routes import API_PATH, HEALTH_PATH, VERSIONS_PATH
 
@@ -70,7 +71,7 @@ def age_minutes(seconds: float) -> int:
 def json_answer(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """``body`` as compact JSON."""
     return Response(
-        json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+        json_bytes(body),
         status_code=status,
         media_type=JSON,
         headers=headers,

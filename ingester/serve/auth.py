@@ -3,11 +3,17 @@
 The key is never a command-line value (a command line is visible to every user of the
 machine). In order: ``--api-key-file FILE``, then ``INGESTER_API_KEY``, then the
 original server's ``CLAUDE_SYNC_API_KEY`` (so the original's ``.env`` works as it is).
-An empty value counts as not given.
+An empty value counts as not given. The key is bytes, from the file or the variable
+alike: a value that is not UTF-8 (a ``.env`` saved in Latin-1) is its bytes as they are.
+
+``X-API-Key`` matches when it carries the key's bytes, or, for a key whose every
+character fits in Latin-1, those characters one byte each: what Node.js clients send
+for a header (the original server read headers back as Latin-1 and compared the text).
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,7 +51,9 @@ def load_api_key(
     for name in KEY_VARIABLES:
         value = environ.get(name, "").strip()
         if value:
-            return _sendable(value.encode(), name), name
+            # The environment's bytes, as the file's are taken: Python hands a byte that
+            # is not UTF-8 over as a surrogate, which surrogateescape gives back.
+            return _sendable(value.encode("utf-8", "surrogateescape"), name), name
     return None, None
 
 
@@ -61,9 +69,26 @@ def _sendable(key: bytes, source: str) -> bytes:
     return key
 
 
+@functools.lru_cache(maxsize=4)
+def _forms(key: bytes) -> tuple[bytes, bytes]:
+    """The header values that carry ``key``: its bytes, and its text one byte a character
+    (Latin-1) when it is UTF-8 text that fits; the bytes twice when there is no such
+    second form, so that every check makes the same two comparisons."""
+    try:
+        latin1 = key.decode("utf-8").encode("latin-1")
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        latin1 = key
+    return key, latin1
+
+
 def key_matches(given: str | None, expected: bytes | None) -> bool:
-    """Constant-time comparison of the ``X-API-Key`` header with the configured key."""
+    """Whether the ``X-API-Key`` header ``given`` (as Starlette decodes it, Latin-1)
+    carries the configured key ``expected``: its bytes, or its text in Latin-1 (see
+    the module's docstring). Both forms are compared in constant time, every time."""
     if expected is None or given is None:
         return False
     # Starlette decodes header bytes as latin-1: encoding back gives the bytes sent.
-    return hmac.compare_digest(given.encode("latin-1"), expected)
+    sent = given.encode("latin-1")
+    as_bytes, as_latin1 = _forms(expected)
+    # Both comparisons made whatever the first says: "|" does not short-circuit.
+    return hmac.compare_digest(sent, as_bytes) | hmac.compare_digest(sent, as_latin1)

@@ -24,7 +24,6 @@ so they work the same over a local folder and over an object store (``serve --fr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
@@ -38,6 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..history.index import HistoryIndex
+from ..json_text import json_bytes
 from ..settings.resolved import Settings
 from ..usage.usage_history import UsageHistory, forecast_json
 from .read_faults import HISTORY, ReadFaults
@@ -47,7 +47,7 @@ __all__ = ["FORECAST_PATH", "UsageCollector", "install"]
 
 
 def _json(body: object, status: int, headers: dict[str, str] | None = None) -> Response:
-    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    data = json_bytes(body)
     return Response(data, status_code=status, media_type="application/json", headers=headers)
 
 
@@ -99,7 +99,7 @@ class _ForecastRoute:
         cached = self._body
         if cached is None or cached[0] != answer.tag:
             body = forecast_json(answer, self.usage.zone_name)
-            cached = (answer.tag, json.dumps(body, separators=(",", ":")).encode())
+            cached = (answer.tag, json_bytes(body))
             self._body = cached
         return Response(cached[1], media_type="application/json", headers=headers)
 

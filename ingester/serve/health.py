@@ -5,7 +5,9 @@ nearest as the original server rounded):
 
 * the data: the newest version's ``lastUpdated``; degraded beyond 10 minutes, unhealthy
   beyond 30, and unhealthy with no data or an unreadable history; degraded when dated
-  more than an hour ahead of the clock (its age cannot be told);
+  more than an hour ahead of the clock (its age cannot be told), and when every version
+  is named more than a day ahead of it (none is the latest: the oldest of them, which
+  ``GET`` serves in its place, is judged);
 * the spool: drops waiting while no watcher runs are degraded, and unhealthy once the
   oldest has waited beyond 10 minutes; drops a running watcher has not taken for 10
   minutes are degraded; so is a spool the last POST could not be written to (until one
@@ -83,6 +85,12 @@ def health_facts(ctx: ServeContext) -> tuple[str, int, dict[str, Any]]:
         storage["accessible"] = ctx.config.reader is not None or os.path.isdir(
             ctx.settings.history_dir
         )
+        all_ahead = pos is None and len(snap) > 0
+        if all_ahead:
+            # Every version is future-dated: GET serves the oldest of them, so that
+            # one is judged, and the reason says why it is not the latest.
+            pos = 0
+            found.append((1, _all_ahead(len(snap), snap.entries[0].name)))
         if pos is None:
             found.append((2, "no data stored yet"))
         else:
@@ -91,6 +99,8 @@ def health_facts(ctx: ServeContext) -> tuple[str, int, dict[str, Any]]:
             body["latestIngestedAt"] = iso(entry.ingested_at)
             stored_minutes = age_minutes((now - entry.ingested_at).total_seconds())
             stored_level = _by_age(stored_minutes)
+            if all_ahead:
+                stored_level = max(stored_level, 1)  # its age, negative, says nothing
             latest_data = {
                 "ageMinutes": stored_minutes,
                 "status": LEVELS[stored_level],
@@ -123,6 +133,15 @@ def health_facts(ctx: ServeContext) -> tuple[str, int, dict[str, Any]]:
     body["status"] = status
     body["reason"] = "; ".join(reasons)
     return status, 503 if level == 2 else 200, body
+
+
+def _all_ahead(count: int, oldest: str) -> str:
+    """Why no version is the latest: all ``count`` are named ahead of this clock."""
+    held = "the one version held is" if count == 1 else f"all {count} versions held are"
+    return (
+        f"{held} dated more than a day ahead of this clock (set back since?), so none is "
+        f"the latest; the oldest, {oldest}, is served in its place"
+    )
 
 
 def _data_judgement(

@@ -17,7 +17,10 @@ uvicorn is pinned below 1.0):
   request received." without saying who sent what; here each such line names the
   client and the fault (a malformed head, a head over the size limit, TLS or HTTP/2
   spoken to the plain HTTP/1.1 port, bad chunked encoding), and a client that goes away
-  in the middle of sending a body is one line too.
+  in the middle of sending a body is one line too. An answer given before its request's
+  body was read whole ends the connection (``Connection: close``), so no fault in the
+  rest of that body comes after an answer; should one come while an answer is going
+  out, the connection just ends, as no 400 can follow.
 """
 
 from __future__ import annotations
@@ -75,10 +78,32 @@ def _origin_form(target: bytes) -> bytes | None:
     return rest if rest.startswith(b"/") else b"/" + rest
 
 
+_ANSWER_SENT = (h11.SEND_BODY, h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
+"""Our states once an answer's head has gone out: no other answer can follow it."""
+
+
 class _RecordingConnection(h11.Connection):
-    """h11's connection, remembering why it last refused the client's bytes."""
+    """h11's connection, remembering why it last refused the client's bytes, and ending
+    the connection after an answer given before the request's body was read whole."""
 
     last_error: str | None = None
+
+    def send_with_data_passthrough(self, event: h11.Event) -> list[bytes] | None:
+        if isinstance(event, h11.Response) and self.their_state is h11.SEND_BODY:
+            # The rest of the body would be read as the connection's next bytes after
+            # the answer, where nothing can be said about a fault in it any more (its
+            # request is answered), and waiting for it holds the slot: close instead.
+            closing = any(
+                name == b"connection" and b"close" in value.lower() for name, value in event.headers
+            )
+            if not closing:
+                event = h11.Response(
+                    status_code=event.status_code,
+                    headers=[*event.headers, (b"connection", b"close")],
+                    reason=event.reason,
+                    http_version=event.http_version,
+                )
+        return super().send_with_data_passthrough(event)
 
     def next_event(self) -> Any:
         try:
@@ -120,7 +145,9 @@ class _ClientLog:
         text = (msg % args if args else msg).strip()
         if text.startswith("Invalid HTTP request"):
             p.reported = True
-            level, text = logging.WARNING, f"{p.fault()}; answered 400 and closed"
+            after = p.answer_under_way()
+            ending = "answered 400 and closed" if after is None else f"{after}; closed"
+            level, text = logging.WARNING, f"{p.fault()}; {ending}"
         elif text.startswith("Unsupported upgrade request"):
             wanted = p.upgrade_wanted()
             level = logging.INFO
@@ -331,10 +358,28 @@ class ServeProtocol(H11Protocol):
         detail = _shorten(self.recording.last_error or "unparsable")
         if detail.startswith("Receive buffer too long"):
             return "sent a request head over the 16 KiB limit"
-        if self.cycle is not None and not self.cycle.response_complete:
+        if self.cycle is not None and (
+            not self.cycle.response_complete or self.answer_under_way() is not None
+        ):
             scope = self.scope
             return f"sent a malformed body for {scope['method']} {scope['path']} ({detail})"
         return f"sent a malformed request ({detail})"
+
+    def answer_under_way(self) -> str | None:
+        """How far the answer to the request in hand has gone, in words for the log
+        (``"after its answer"``), or ``None`` while an answer can still be given."""
+        state = self.conn.our_state
+        if state not in _ANSWER_SENT:
+            return None
+        return "while its answer was being sent" if state is h11.SEND_BODY else "after its answer"
+
+    def send_400_response(self, msg: str) -> None:
+        if self.answer_under_way() is None:
+            super().send_400_response(msg)
+            return
+        # Its answer has gone out (or is going out): a second one cannot follow, so the
+        # connection just ends; the line before says so.
+        self.transport.close()
 
     def upgrade_wanted(self) -> str:
         """The protocol named in the request's ``Upgrade`` header, for the log."""

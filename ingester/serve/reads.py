@@ -7,7 +7,6 @@ the watcher stays its single writer.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from datetime import datetime
@@ -19,6 +18,8 @@ from starlette.responses import Response
 from ..errors import VersionNotFound, VersionTooLarge
 from ..history.index import HistorySnapshot
 from ..history.names import is_version_name
+from ..json_text import json_bytes
+from ..payload.gate import load_json
 from ..payload.model import PayloadRejected, judge_payload
 from .answers import (
     JSON,
@@ -68,7 +69,9 @@ def read_payload(ctx: ServeContext, name: str) -> tuple[dict[str, Any] | None, d
         ctx.parsed.put(name, (None, None), len(name))
         return None, None
     try:
-        obj = json.loads(data)
+        # As the gate reads it: a NaN or a number beyond a double (1e400) would be
+        # rendered back as NaN or Infinity, which no client parses.
+        obj = load_json(data)
     except (ValueError, RecursionError):  # a file someone else put in the history
         obj = None
     payload = obj if isinstance(obj, dict) else None
@@ -243,7 +246,7 @@ async def get_console_usage(request: Request) -> Response:
             "timestamp": iso(entry.ingested_at),
             "filename": entry.name,
         }
-        body = json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
+        body = json_bytes(out)
         ctx.rendered.put(key, body, len(body))
     return Response(body, media_type=JSON, headers=headers)
 

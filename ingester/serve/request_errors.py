@@ -17,12 +17,12 @@ Nothing propagates to uvicorn, so it never logs a traceback.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..json_text import json_bytes
 from ..runtime.admission import format_peer
 from ..runtime.logs import describe_exception
 from .answers import SERVED_VERSIONS, post_body
@@ -50,7 +50,7 @@ async def _answer(send: Send, status: int, error: str, message: str, *, post: bo
     else:
         answer = {"error": error, "message": message}
     # Compact, as every other answer is written (json_answer).
-    body = json.dumps(answer, separators=(",", ":"), ensure_ascii=False).encode()
+    body = json_bytes(answer)
     try:
         await _send_answer(send, status, body)
     except Exception:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import bisect
 import csv
 import io
-import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,6 +39,7 @@ from typing import BinaryIO, Final
 from ..errors import PayloadRejected, VersionNotFound, VersionTooLarge
 from ..history.base import HistoryReader
 from ..history.names import format_timestamp, parse_timestamp_from_filename
+from ..json_text import json_text
 from ..payload.gate import ConsoleUsageDataSync, UsageWindow, read_payload
 from .resets import parse_resets_in
 
@@ -265,7 +265,7 @@ def write_rows(rows: Iterable[Row], out: BinaryIO, fmt: str) -> int:
                 count += 1
         else:
             for row in rows:
-                text.write(json.dumps(dict(zip(COLUMNS, row, strict=True)), ensure_ascii=False))
+                text.write(json_text(dict(zip(COLUMNS, row, strict=True)), separators=None))
                 text.write("\n")
                 count += 1
         text.flush()

@@ -40,6 +40,7 @@ HOSTILE: dict[str, bytes] = {
     "unterminated": b'{"a": "b',
     "lone surrogate": b'{"a": "\\ud800"}',
     "NaN": b'{"a": NaN}',
+    "number beyond a double": b'{"a": 1e400}',
     "5000 digits": b'{"a": ' + b"9" * 5000 + b"}",
     "binary": bytes(range(1, 40)),
     **{

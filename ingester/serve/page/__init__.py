@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 import threading
 from collections.abc import Sequence
 from datetime import datetime, tzinfo
@@ -41,6 +40,7 @@ from ...errors import VersionNotFound, VersionTooLarge
 from ...history.base import VersionEntry
 from ...history.index import HistoryIndex, HistorySnapshot
 from ...history.names import format_timestamp
+from ...json_text import json_bytes
 from ...payload.model import PayloadRejected
 from ...usage.export import COLUMNS, Row, inverted_bounds, row_from_bytes
 from ...usage.readings import CLOCK_AHEAD
@@ -79,7 +79,7 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+        json_bytes(body),
         status_code=status,
         media_type="application/json",
         headers=headers,
