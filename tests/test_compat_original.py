@@ -152,6 +152,33 @@ def test_the_scraper_syncs_with_the_original_port_and_key(root: Path) -> None:
         assert server.stop() == 0
 
 
+def test_a_snapshot_with_a_string_cut_mid_emoji_is_stored_as_sent(root: Path) -> None:
+    """The scraper's ``JSON.stringify`` writes a string cut in the middle of an emoji
+    (an extraction error's message cut short, say) with half a surrogate pair as an
+    escape: JSON, and stored by the original. Taken, stored byte for byte as sent, and
+    read back with U+FFFD in its place, by the card and by every command."""
+    cut = {"resetsIn": "3 hr \ud83d", "percentageUsed": 42}
+    data = snapshot(currentSession=cut, extractionErrors={"weekly": "cut \ud83d"})
+    body = json.dumps(data, ensure_ascii=True)
+    assert "\\ud83d" in body
+    with original_server(root, "--watch") as server:
+        sync = scraper_sync(server.base, SYNC_KEY, body.encode())
+        assert sync.category == "ok", sync
+        wait_for(lambda: stored(root) == [body.encode()], 10, "the snapshot stored")
+        card = server.get(API)
+        assert card.status_code == 200, card.text
+        assert card.json()["extractionErrors"] == {"weekly": "cut \ufffd"}
+        assert server.stop() == 0
+    for args in (("status",), ("forecast",), ("export",), ("export", "--format", "jsonl")):
+        done = run_cli(root, *args)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr
+        if args[0] == "export":
+            assert "3 hr \ufffd" in done.stdout, done.stdout
+    done = run_cli(root, "verify")
+    assert done.returncode == 0 and "damaged" not in done.stdout, done.stdout + done.stderr
+
+
 @pytest.mark.parametrize(
     ("data", "words"),
     [

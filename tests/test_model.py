@@ -202,7 +202,6 @@ HOSTILE = {
     "trailing garbage": VALID_TEXT.encode() + b" x",
     "two objects": VALID_TEXT.encode() * 2,
     "huge integer": payload().replace(b"}", b', "x": ' + b"9" * 5000 + b"}", 1),
-    "lone surrogate": VALID_TEXT.replace("1 hr", "\\ud800").encode(),
 }
 
 
@@ -212,6 +211,24 @@ def test_hostile_bytes_are_rejected(data: bytes) -> None:
         judge_payload(data)
     assert caught.value.reason
     assert caught.value.errors
+
+
+@pytest.mark.parametrize(
+    "escape",
+    ["\\ud800", "\\uDFFF", "\\ud83d\\ud83d", "x\\ude00"],
+    ids=["high", "low", "two", "low after"],
+)
+def test_a_lone_half_of_a_surrogate_pair_reads_as_the_replacement_character(escape: str) -> None:
+    """JSON's grammar admits an escape of half a surrogate pair (JavaScript writes one for
+    a string cut in the middle of an emoji): the payload passes, read with U+FFFD in its
+    place, and a whole pair or an escaped backslash before ``u`` is left as it is."""
+    model = judge_payload(VALID_TEXT.replace("1 hr", f"1 hr {escape}").encode())
+    assert model.currentSession is not None
+    read = model.currentSession.resetsIn
+    assert "\ufffd" in read and read.encode("utf-8")
+    whole = judge_payload(VALID_TEXT.replace("1 hr", "1 hr \\ud83d\\ude00 \\\\ud800").encode())
+    assert whole.currentSession is not None
+    assert whole.currentSession.resetsIn == "1 hr \U0001f600 \\ud800"
 
 
 def test_over_max_bytes_is_rejected_before_parsing() -> None:

@@ -51,6 +51,7 @@ __all__ = [
     "judge",
     "load_json",
     "read_payload",
+    "whole_characters",
 ]
 
 MAX_DROP_BYTES = 256 << 20
@@ -243,13 +244,48 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# Every escape in a JSON text, from its backslash (so an escaped backslash is taken whole
+# and never starts another): a surrogate pair, a lone half of one (group 1), or any other.
+_ESCAPE = re.compile(
+    r"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    r"|(u[dD][89a-fA-F][0-9a-fA-F]{2})|.)",
+    re.DOTALL,
+)
+
+
+def _lone_half(match: re.Match[str]) -> str:
+    return "\\ufffd" if match[1] else match[0]
+
+
+def whole_characters(text: str) -> str:
+    """``text``, a JSON text, with each escape of a lone half of a surrogate pair
+    (``"\\ud83d"``) replaced by U+FFFD's, every other escape as it was.
+
+    JSON's grammar admits such an escape, and JavaScript's ``JSON.stringify`` writes one
+    for a string cut in the middle of an emoji (the original server took them), but it
+    is no character: pydantic's parser refuses it, and Python's makes a string that no
+    UTF-8 output can hold. Read this way, a payload's strings are whole characters
+    everywhere, and the replacement character is what a browser's decoder shows for it.
+    The drop's bytes are stored as they came all the same.
+    """
+    if "\\ud" not in text and "\\uD" not in text:
+        return text  # no surrogate escape at all: the usual case, in one scan
+    return _ESCAPE.sub(_lone_half, text)
+
+
 def load_json(text: str | bytes) -> Any:
     """``text`` parsed as the gate parses it: the literals ``NaN`` and ``Infinity``, and
     numbers beyond the largest double, refused with a ``ValueError`` whose words
-    :func:`json_problem` gives; ``RecursionError`` for nesting deeper than Python can
-    parse. What it returns can be written back as JSON with ``allow_nan=False``."""
+    :func:`json_problem` gives (bytes that are not UTF-8 too); ``RecursionError`` for
+    nesting deeper than Python can parse; a lone half of a surrogate pair read as
+    U+FFFD (:func:`whole_characters`). What it returns can be written back as JSON with
+    ``allow_nan=False``, and every string in it encoded as UTF-8."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
     # Python's json takes NaN and Infinity by default, and reads 1e400 as infinite.
-    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    return json.loads(
+        whole_characters(text), parse_constant=_refuse_constant, parse_float=_finite_float
+    )
 
 
 # Python's json messages (the part before the position), in a scraper author's words.
@@ -346,6 +382,7 @@ def _parse(data: bytes, max_bytes: int | None) -> tuple[dict[str, Any], str]:
     if not text.strip():
         what = "no bytes" if not data else "only whitespace"
         raise PayloadRejected(f"not JSON: empty ({what}); a payload is one JSON object")
+    text = whole_characters(text)
     try:
         obj = load_json(text)
     except RecursionError:

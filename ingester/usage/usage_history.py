@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -53,7 +52,7 @@ from ..errors import (
 )
 from ..history.base import HistoryReader, VersionEntry
 from ..history.index import HistoryIndex, HistorySnapshot
-from ..payload.gate import check_payload
+from ..payload.gate import check_payload, load_json
 from .forecast import BASIS, Forecast, forecast
 from .readings import CLOCK_AHEAD, Observation, Reading, newer_readings, observe
 
@@ -216,7 +215,7 @@ class UsageHistory:
             self._observations[name] = None
             return None
         try:
-            payload = json.loads(data)
+            payload = load_json(data)
         except (ValueError, RecursionError):  # what the gate's parser and json's differ on
             payload = None
         observation, unreadable = observe(payload, self.zone, stored_at)
@@ -317,7 +316,7 @@ class UsageHistory:
                 continue  # deleted since the listing, damaged, or unreadable for now
             self.reads += 1
             try:
-                payload = json.loads(data)
+                payload = load_json(data)
             except (ValueError, RecursionError):
                 continue
             taken = list(newer_readings(payload, self.zone, seen, entry.ingested_at))
