@@ -1,0 +1,186 @@
+"""Adversarial probes of the watcher (``watch``, ``watch --once``, ``submit``).
+
+Each test here failed on the code it was written against and shows a fault (or, where
+its docstring says so, doubtful behaviour) of the promise: nothing lost, nothing
+ingested twice, nothing half-written ever visible, one clear line per error, the
+watcher going on for other drops. Real CLI and watcher processes on a real filesystem;
+waits are on conditions with deadlines.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import IS_ROOT, cli_env, run_cli
+from support.watchproc import WatchProcess, drop, payload
+
+SETPRIV = shutil.which("setpriv")
+SCRAPER_UID = 4242
+
+needs_two_users = pytest.mark.skipif(
+    not IS_ROOT or SETPRIV is None, reason="needs root and setpriv for the two-user layout"
+)
+
+# The watcher as under systemd: root's files are its own, but no CAP_LEASE, so it cannot
+# ask whether the scraper's file is still open for writing (tests/test_integrity.py).
+NO_LEASE = ("--bounding-set", "-lease", "--inh-caps", "-lease", "--")
+
+
+def ingester_cmd(root: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "ingester", "--root", str(root), *args]
+
+
+def run_no_lease(root: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SETPRIV or "setpriv", *NO_LEASE, *ingester_cmd(root, *args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        check=False,
+    )
+
+
+@pytest.fixture
+def open_root() -> Iterator[Path]:
+    """A root another uid can reach (pytest's own temp folders are 0700)."""
+    work = Path(tempfile.mkdtemp(prefix="probe-core-", dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        (work / "root").mkdir(mode=0o755)
+        yield work / "root"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def renamed_in(spool: Path, name: str, data: bytes, *, uid: int, age_s: float = 0) -> Path:
+    """A drop written in ``<spool>/tmp/`` by ``uid`` and renamed in (the drop protocol),
+    its mtime ``age_s`` seconds in the past."""
+    tmp = spool / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    staged = tmp / f".{name}.part"
+    staged.write_bytes(data)
+    os.chown(staged, uid, uid)
+    if age_s:
+        then = time.time() - age_s
+        os.utime(staged, (then, then))
+    final = spool / name
+    os.rename(staged, final)
+    return final
+
+
+# -- watch --once and the scraper's invalid drops ----------------------------------------
+
+
+@needs_two_users
+def test_once_sets_aside_an_old_invalid_drop_of_the_scraper(open_root: Path) -> None:
+    """DOUBTFUL (contract of ``--once``): ``watch --once`` never quarantines an invalid
+    drop of another user when it cannot take a read lease (as under systemd).
+
+    The drop was renamed in by the protocol two days ago and nobody holds it open. Every
+    drop ``--once`` sees is found by a scan, judged by stability alone, and an invalid
+    one "may still be written": it waits 300 s *from when this process first saw it*.
+    ``--once`` exits at once with the drop "waiting", and exit 0, so no number of runs
+    ever sets it aside. SPEC: "``--once`` drains the backlog and exits"; README/--help:
+    "0, or 1 when anything is left for the next start (a drop that cannot be ... set
+    aside ...)"; SPEC section 4: an invalid drop "is rejected: moved to <rejected>/".
+    """
+    spool = open_root / "spool"
+    spool.mkdir()
+    renamed_in(spool, "bad.json", b'{"bad": 1}', uid=SCRAPER_UID, age_s=2 * 86400)
+    for _ in range(2):
+        done = run_no_lease(open_root, "watch", "--once", "--settle", "0")
+        assert "Traceback" not in done.stderr, done.stderr
+        left = (spool / "bad.json").exists()
+        assert not (left and done.returncode == 0), (
+            "an invalid two-day-old drop stays in the spool and --once exits 0:\n" + done.stderr
+        )
+    assert (spool / "rejected" / "bad.json").read_bytes() == b'{"bad": 1}'
+
+
+# -- a drop with very many problems ------------------------------------------------------
+
+
+def many_problems(limit: int = 1 << 20) -> bytes:
+    """A drop under the default --max-bytes whose every one of ~130,000 extraction
+    errors is a problem of its own (each value a number, where a string is asked)."""
+    chars = string.ascii_letters + string.digits
+    parts: list[str] = []
+    size = len('{"extractionErrors":{}}')
+    for n in (1, 2, 3):
+        for letters in itertools.product(chars, repeat=n):
+            part = f'"{"".join(letters)}":1'
+            if size + len(part) + 1 > limit:
+                break
+            parts.append(part)
+            size += len(part) + 1
+    data = ('{"extractionErrors":{' + ",".join(parts) + "}}").encode()
+    assert len(data) <= limit
+    return data
+
+
+def test_a_drop_with_many_problems_is_rejected_in_one_bounded_line(root: Path) -> None:
+    """One 1 MiB drop is rejected in a log line of some 5 MB (and a reason file of some
+    20 MB, 300 MB of memory).
+
+    Every problem pydantic finds goes into the one "rejected" line, unbounded. README /
+    troubleshooting: "Every error is one line on stderr, or in the journal"; journald
+    cuts a line at LineMax (48 KiB by default) into many entries, so the operator gets
+    hundreds of journal entries, not one clear line. SPEC section 4: "Nothing a drop
+    contains can crash, hang or slow the watcher for other drops."
+    """
+    spool = root / "spool"
+    with WatchProcess(root) as watcher:
+        drop(spool, "amp.json", many_problems())
+        watcher.wait_log("rejected amp.json", timeout=60)
+        drop(spool, "after.json", payload(1))
+        watcher.wait_log("ingested after.json", timeout=30)
+        longest = max(len(line) for line in watcher.log.splitlines())
+        assert longest <= 48 * 1024, f"a log line of {longest} characters for one rejection"
+
+
+def test_quarantine_retention_removes_a_pair_whose_reason_file_is_large(root: Path) -> None:
+    """A hostile drop's pair in the quarantine is never removed by its retention.
+
+    The reason file the watcher writes for a 1 MiB drop with many problems is some
+    20 MB: over the 4 MiB ``housekeeping._REASON_MAX`` above which a reason file "is
+    not one of ours and is not read", so retention (the watcher's and ``cleanup``'s)
+    keeps that pair forever, and a writer can grow ``rejected/`` twenty times faster
+    than it writes. housekeeping.py: "``spool/rejected/`` does not grow forever"; SPEC
+    section 2 / --rejected-retention-days: rejected drops "are removed after D days".
+    """
+    spool = root / "spool"
+    drop(spool, "amp.json", many_problems())
+    drop(spool, "small.json", b'{"bad": 1}')
+    done = run_cli(root, "watch", "--once", "--settle", "0")
+    assert done.returncode == 0, done.stderr
+    rejected = spool / "rejected"
+    for name in ("amp.json", "small.json"):
+        reason = rejected / f"{name}.reason.json"
+        text = reason.read_bytes()
+        # The same rejection, dated 60 days back (both reason files alike).
+        head, _, tail = text.partition(b'"rejectedAt": "')
+        reason.write_bytes(head + b'"rejectedAt": "2020-01-01T00:00:00.000Z' + tail[24:])
+        assert json.loads(reason.read_bytes())["rejectedAt"].startswith("2020-01-01")
+    done = run_cli(root, "cleanup")
+    assert done.returncode == 0, done.stderr
+    assert not (rejected / "small.json").exists(), done.stdout + done.stderr
+    size = (
+        (rejected / "amp.json.reason.json").stat().st_size
+        if (rejected / "amp.json.reason.json").exists()
+        else 0
+    )
+    assert not (rejected / "amp.json").exists(), (
+        f"the expired pair with a {size}-byte reason file is kept: {done.stdout}"
+    )
