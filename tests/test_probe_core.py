@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, cli_env, run_cli
+from support.capabilities import STRACE, needs_strace
 from support.watchproc import WatchProcess, drop, payload
 
 SETPRIV = shutil.which("setpriv")
@@ -184,3 +185,41 @@ def test_quarantine_retention_removes_a_pair_whose_reason_file_is_large(root: Pa
     assert not (rejected / "amp.json").exists(), (
         f"the expired pair with a {size}-byte reason file is kept: {done.stdout}"
     )
+
+
+# -- the log stream itself failing -------------------------------------------------------
+
+
+@needs_strace
+def test_a_failed_write_of_a_log_line_is_no_traceback(root: Path, tmp_path: Path) -> None:
+    """One write of a log line that fails (a log file on a disk that is full or failing:
+    ENOSPC, EIO) puts Python's ``--- Logging error ---`` and a 50-line traceback into
+    the log, with the line itself lost.
+
+    Only that one write fails (strace injects EIO into the third write to the log file:
+    after "new history" and "watching"), as when space comes and goes on a full disk.
+    The promise: "every error one clear line in the log, never a traceback"
+    (troubleshooting: "Every error is one line on stderr"). The logging handler keeps
+    ``logging.raiseExceptions`` (Handler.handleError prints the traceback).
+    """
+    spool = root / "spool"
+    drop(spool, "bad.json", b'{"bad": 1}')
+    drop(spool, "good.json", payload(1))
+    log_path = tmp_path / "watch.log"
+    with log_path.open("wb") as log:
+        done = subprocess.run(
+            [
+                *(STRACE, "-f", "-qq", "-o", os.devnull, "-P", str(log_path)),
+                *("-e", "trace=write", "-e", "inject=write:error=EIO:when=3"),
+                *ingester_cmd(root, "watch", "--once", "--settle", "0"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=cli_env(),
+            timeout=60,
+            check=False,
+        )
+    text = log_path.read_text(errors="replace")
+    assert done.returncode == 0, text
+    assert (root / "spool" / "rejected" / "bad.json").exists(), text
+    assert "Traceback" not in text and "Logging error" not in text, text
