@@ -9,6 +9,7 @@ waits are on conditions with deadlines.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import IS_ROOT, cli_env, run_cli
+from support import IS_ROOT, cli_env, run_cli, wait_for
 from support.capabilities import STRACE, needs_strace
 from support.watchproc import WatchProcess, drop, payload
 
@@ -223,3 +224,47 @@ def test_a_failed_write_of_a_log_line_is_no_traceback(root: Path, tmp_path: Path
     assert done.returncode == 0, text
     assert (root / "spool" / "rejected" / "bad.json").exists(), text
     assert "Traceback" not in text and "Logging error" not in text, text
+
+
+# -- a drop hard-linked in while its writer still writes -------------------------------------
+
+
+def test_a_drop_hard_linked_in_is_not_taken_while_still_open_for_writing(root: Path) -> None:
+    """A drop that appears by a hard link (its writer's own name kept, as ``ln`` or
+    ``link(2)`` publishing does) is judged at once, with no lease check and no settle
+    time: a writer still writing it has it set aside as invalid, and its remaining
+    bytes then complete the file in the quarantine, where it is never stored.
+
+    ``readiness.check`` returns ``Ready()`` for every regular file with more than one
+    link before it asks for a read lease. design.md: "a file still open for writing (a
+    read lease is refused) waits for its close-write; anything else waits until it has
+    settled"; readiness.py: "A hard link makes IN_CREATE and no close-write: taken once
+    it has settled"; troubleshooting: a drop "hard-linked in (inotify sees only a
+    creation) ... is taken once it has settled (``--settle``, 1 s)".
+    """
+    spool = root / "spool"
+    (spool / "tmp").mkdir(parents=True)
+    first, rest = payload(1)[:40], payload(1)[40:]
+    partial = spool / "tmp" / "x.part"
+    args = ("--settle", "2", "--rescan-interval", "1")
+    with WatchProcess(root, *args) as watcher, partial.open("wb") as writer:
+        writer.write(first)
+        writer.flush()
+        os.link(partial, spool / "x.json")
+        # The writer still has it open: no lease can be had, so nothing may be taken.
+        # Watched for a second (half the settle time), on the log and the folders.
+        with contextlib.suppress(AssertionError):
+            wait_for(
+                lambda: (spool / "rejected" / "x.json").exists() or "x.json ->" in watcher.log,
+                timeout=1.0,
+            )
+        taken_early = (spool / "rejected" / "x.json").exists() or "x.json ->" in watcher.log
+        writer.write(rest)
+        writer.close()
+        partial.unlink()
+        assert not taken_early, (
+            f"taken while its writer still wrote it ({len(first)} of {len(payload(1))} "
+            f"bytes):\n{watcher.log}"
+        )
+        watcher.wait_log("ingested x.json", timeout=30)
+    assert not (spool / "rejected" / "x.json").exists()
