@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, cli_env, wait_for
-from support.capabilities import STRACE, needs_strace
-from support.watchproc import WatchProcess, drop, payload
+from support.watchproc import WatchProcess, payload
 
 SETPRIV = shutil.which("setpriv")
 SCRAPER_UID = 4242
@@ -106,44 +105,6 @@ def test_once_sets_aside_an_old_invalid_drop_of_the_scraper(open_root: Path) -> 
             "an invalid two-day-old drop stays in the spool and --once exits 0:\n" + done.stderr
         )
     assert (spool / "rejected" / "bad.json").read_bytes() == b'{"bad": 1}'
-
-
-# -- the log stream itself failing -------------------------------------------------------
-
-
-@needs_strace
-def test_a_failed_write_of_a_log_line_is_no_traceback(root: Path, tmp_path: Path) -> None:
-    """One write of a log line that fails (a log file on a disk that is full or failing:
-    ENOSPC, EIO) puts Python's ``--- Logging error ---`` and a 50-line traceback into
-    the log, with the line itself lost.
-
-    Only that one write fails (strace injects EIO into the third write to the log file:
-    after "new history" and "watching"), as when space comes and goes on a full disk.
-    The promise: "every error one clear line in the log, never a traceback"
-    (troubleshooting: "Every error is one line on stderr"). The logging handler keeps
-    ``logging.raiseExceptions`` (Handler.handleError prints the traceback).
-    """
-    spool = root / "spool"
-    drop(spool, "bad.json", b'{"bad": 1}')
-    drop(spool, "good.json", payload(1))
-    log_path = tmp_path / "watch.log"
-    with log_path.open("wb") as log:
-        done = subprocess.run(
-            [
-                *(STRACE, "-f", "-qq", "-o", os.devnull, "-P", str(log_path)),
-                *("-e", "trace=write", "-e", "inject=write:error=EIO:when=3"),
-                *ingester_cmd(root, "watch", "--once", "--settle", "0"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            env=cli_env(),
-            timeout=60,
-            check=False,
-        )
-    text = log_path.read_text(errors="replace")
-    assert done.returncode == 0, text
-    assert (root / "spool" / "rejected" / "bad.json").exists(), text
-    assert "Traceback" not in text and "Logging error" not in text, text
 
 
 # -- a drop hard-linked in while its writer still writes -------------------------------------
