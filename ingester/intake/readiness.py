@@ -208,8 +208,15 @@ class Readiness:
         or pauses mid-file, leaves a partial file that looks stable. Rejecting it would
         move an inode the writer still holds into quarantine, where it finishes writing.
         So it waits: for its close-write (then it is judged as complete), or until it
-        has been unchanged for :data:`UNFINISHED_PATIENCE` (None: reject it now).
+        has been unchanged for :data:`UNFINISHED_PATIENCE` (None: reject it now). Its
+        mtime tells how long that has been before this process first saw it: a file
+        last written longer ago than that is rejected at once, so that a drop left for
+        days is not waited for again by every run (``watch --once`` above all, which
+        never waits that long).
         """
+        if time.time() - st.st_mtime_ns / 1e9 >= UNFINISHED_PATIENCE:
+            self._unfinished.pop(name, None)
+            return None
         seen = (st.st_ino, st.st_size, st.st_mtime_ns)
         now = time.monotonic()
         first = self._unfinished.get(name)
