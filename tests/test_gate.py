@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import INVALID_SAMPLES, SAMPLES, VALID_SAMPLES, run_cli
-from support.hostile import HOSTILE, STAMPED, assert_our_words
+from support.hostile import HOSTILE, STAMPED, assert_our_words, many_problems
 
 from ingester.errors import PayloadRejected
 from ingester.payload import gate
@@ -285,3 +285,28 @@ def test_the_gate_reads_the_samples_values() -> None:
     for path in VALID_SAMPLES:
         data = path.read_bytes()
         assert _fields(gate.read_payload(data)) == _fields(judge_payload(data)), path.name
+
+
+def test_a_payload_with_very_many_problems_names_the_first_and_counts_the_rest() -> None:
+    """Up to ``MAX_PROBLEMS`` problems are listed (the payload's own rule among them),
+    then one entry counting the rest; the one-line reason says the same, and a key as
+    long as the drop is cut in the field's path."""
+    for judge in (gate.check_payload, judge_payload):
+        with pytest.raises(PayloadRejected) as caught:
+            judge(many_problems())
+        errors = caught.value.errors
+        assert len(errors) == gate.MAX_PROBLEMS + 1
+        assert errors[-2]["type"] == gate.MISSING_SECTION
+        more = errors[-1]
+        assert more["type"] == gate.MORE_PROBLEMS and more["field"] == "(payload)"
+        assert more["count"] > 100_000
+        assert caught.value.reason.endswith(f"; … and {more['count']} more problems")
+        assert len(caught.value.reason) < 8 * 1024
+    one_more = {"lastUpdated": "x", "extractionErrors": {str(i): 1 for i in range(19)}}
+    with pytest.raises(PayloadRejected) as caught:
+        gate.check_payload(json.dumps(one_more).encode())
+    assert caught.value.errors[-1]["msg"] == "… and 1 more problem"
+    long_key = json.dumps({"extractionErrors": {"k" * 100_000: 1}}).encode()
+    with pytest.raises(PayloadRejected) as caught:
+        gate.check_payload(long_key)
+    assert len(caught.value.reason) < 1024

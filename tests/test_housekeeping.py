@@ -73,6 +73,35 @@ def test_nothing_but_pairs_is_ever_touched(rejected: Path, tmp_path: Path) -> No
     assert left == sorted([*keep, "fake.json", "folder.json", "folder.json.reason.json"])
 
 
+def test_a_reason_file_too_large_to_read_is_dated_by_its_head(rejected: Path) -> None:
+    """A reason file over 4 MiB (an older version listed every one of a drop's problems,
+    some 20 bytes of it per byte of drop) is dated by its first bytes when they begin as
+    the watcher writes them: its pair is removed once expired, and kept and counted
+    until then. A large file that does not begin so is not ours, and stays."""
+    problems = [
+        {"field": f"extractionErrors.k{i}", "type": "string_type", "msg": "must be a string"}
+        for i in range(80_000)
+    ]
+    for name, age in (("old.json", 31), ("new.json", 29)):
+        record = {
+            "file": name,
+            "rejectedAt": (NOW - timedelta(days=age)).isoformat().replace("+00:00", "Z"),
+            "reason": "many problems",
+            "errors": problems,
+        }
+        (rejected / name).write_bytes(b"{bad")
+        (rejected / f"{name}.reason.json").write_text(json.dumps(record, indent=2) + "\n")
+        assert (rejected / f"{name}.reason.json").stat().st_size > 4 << 20
+    theirs = {"errors": problems, "rejectedAt": "2000-01-01T00:00:00Z", "file": "notes.json"}
+    (rejected / "notes.json").write_bytes(b"an operator's")
+    (rejected / "notes.json.reason.json").write_text(json.dumps(theirs))
+    result = prune_rejected(rejected, 30, NOW)
+    assert sorted(result.removed) == ["old.json", "old.json.reason.json"]
+    assert (result.expired_pairs, result.kept) == (1, 1)
+    left = sorted(p.name for p in rejected.iterdir())
+    assert left == ["new.json", "new.json.reason.json", "notes.json", "notes.json.reason.json"]
+
+
 def test_a_reason_file_left_alone_by_a_crash_is_removed_later(rejected: Path) -> None:
     (rejected / "x.json.reason.json").write_bytes(reason_bytes("x.json", NOW - timedelta(days=40)))
     assert prune_rejected(rejected, 30, NOW).removed == ["x.json.reason.json"]

@@ -616,6 +616,55 @@ def test_a_slow_in_place_writer_is_not_taken_for_a_bad_drop(open_root: Path) -> 
     assert "rejected slow.json" not in w.log
 
 
+def watch_once_without_lease(root: Path) -> subprocess.CompletedProcess[str]:
+    """``watch --once`` as root without CAP_LEASE (as under systemd)."""
+    cmd = ["--bounding-set", "-lease", "--inh-caps", "-lease", "--"]
+    return subprocess.run(
+        [SETPRIV or "setpriv", *cmd, *ingester_cmd(root, "watch", "--once", "--settle", "0")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        check=False,
+    )
+
+
+def scrapers_drop(spool: Path, name: str, data: bytes, *, age_s: float) -> Path:
+    """A drop of the scraper's, renamed in from ``tmp/``, last written ``age_s`` ago."""
+    staged = spool / "tmp" / f".{name}.part"
+    staged.parent.mkdir(exist_ok=True)
+    staged.write_bytes(data)
+    os.chown(staged, SCRAPER_UID, SPOOL_GID)
+    then = time.time() - age_s
+    os.utime(staged, (then, then))
+    return staged.rename(spool / name)
+
+
+@needs_two_users
+def test_once_sets_aside_an_invalid_drop_of_the_scraper_last_written_long_ago(
+    open_root: Path,
+) -> None:
+    """Without a lease, an invalid drop judged by stability alone may be a writer's
+    pause, so it waits 300 s unchanged; its mtime counts toward them. One written two
+    days ago is set aside by ``watch --once`` (which never waits that long); one
+    written just now is left, and the run says so and exits 1."""
+    root = open_root
+    spool = two_user_spool(root)
+    scrapers_drop(spool, "old.json", b'{"bad": 1}', age_s=2 * 86400)
+    done = watch_once_without_lease(root)
+    assert done.returncode == 0, done.stderr
+    assert (spool / "rejected" / "old.json").read_bytes() == b'{"bad": 1}'
+    scrapers_drop(spool, "new.json", b'{"bad": 2}', age_s=0)
+    done = watch_once_without_lease(root)
+    assert done.returncode == 1, done.stderr
+    assert (spool / "new.json").exists()
+    assert (
+        "1 drop(s) may still be written (open for writing, changing, or not valid yet): "
+        "left in the spool for the next start" in done.stderr
+    ), done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # -- caches repaired while running; logs -----------------------------------------------
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from support import SAMPLES, cli_env
+from support.capabilities import STRACE, needs_strace
 
 VALID = SAMPLES / "valid" / "full.json"
 INVALID = SAMPLES / "invalid" / "not-json.json"
@@ -149,3 +150,43 @@ def test_a_command_s_error_is_a_json_line_under_json_logs(tmp_path: Path) -> Non
     entry = json.loads(line)
     assert (entry["level"], entry["event"]) == ("error", "error"), entry
     assert entry["msg"].startswith(f"cannot read --api-key-file {tmp_path / 'missing'}: "), entry
+
+
+@needs_strace
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_log_line_that_cannot_be_written_is_one_line_not_a_traceback(
+    root: Path, tmp_path: Path, fmt: str
+) -> None:
+    """One write of a log line fails (a log file on a full or failing disk: EIO is
+    injected into the third write to it, after "new history" and "watching"): that line
+    is lost and one line in the log's own format says so; no traceback, and the run
+    does its work and exits 0."""
+    spool = root / "spool"
+    spool.mkdir(parents=True)
+    (spool / "bad.json").write_bytes(INVALID.read_bytes())
+    (spool / "good.json").write_bytes(VALID.read_bytes())
+    log_path = tmp_path / "watch.log"
+    with log_path.open("wb") as log:
+        done = subprocess.run(
+            [
+                *(STRACE, "-f", "-qq", "-o", os.devnull, "-P", str(log_path)),
+                *("-e", "trace=write", "-e", "inject=write:error=EIO:when=3"),
+                *(sys.executable, "-m", "ingester", "--root", str(root), "--log-format", fmt),
+                *("watch", "--once", "--settle", "0"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=cli_env(),
+            timeout=60,
+            check=False,
+        )
+    text = log_path.read_text()
+    assert done.returncode == 0, text
+    assert (spool / "rejected" / "bad.json").exists(), text
+    assert "Traceback" not in text and "Logging error" not in text, text
+    lost = [line for line in text.splitlines() if "a log line could not be written" in line]
+    assert len(lost) == 1, text
+    assert "Input/output error [EIO]" in lost[0]
+    if fmt == "json":
+        for line in text.splitlines():
+            json.loads(line)

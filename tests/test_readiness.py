@@ -39,6 +39,30 @@ def test_rescan_never_takes_a_file_still_being_written_in_place(root: Path) -> N
     assert not list((root / "spool" / "rejected").iterdir())
 
 
+def test_a_drop_hard_linked_in_waits_while_its_writer_still_writes_it(root: Path) -> None:
+    """A drop published by a hard link (``ln``, ``link(2)``), its writer keeping its
+    own name and still writing: inotify says only that it was created, and its
+    close-write comes under the writer's name. It is not taken (nor set aside as the
+    partial payload it is) while open for writing, and is stored once closed."""
+    spool = root / "spool"
+    (spool / "tmp").mkdir(parents=True)
+    data = payload(1)
+    partial = spool / "tmp" / "x.part"
+    args = ("--settle", "0.1", "--rescan-interval", "0.2")
+    with WatchProcess(root, *args, global_args=("-v",)) as w, partial.open("wb") as writer:
+        writer.write(data[:40])
+        writer.flush()
+        seen = w.log.count("rescanned the spool")
+        os.link(partial, spool / "x.json")
+        # Its creation, then three rescans, go by while the writer holds it open.
+        w.wait_log("rescanned the spool", count=seen + 3)
+        assert (spool / "x.json").exists(), f"taken while still being written:\n{w.log}"
+        writer.write(data[40:])
+        writer.close()
+        wait_for(lambda: latest_bytes(root) == data, what="stored after close")
+    assert not list((spool / "rejected").iterdir())
+
+
 def test_a_file_open_for_writing_at_start_waits_for_its_writer(root: Path) -> None:
     spool = root / "spool"
     spool.mkdir()

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import IS_ROOT, run_cli, wait_for
-from support.hostile import HOSTILE, assert_our_words
+from support.hostile import HOSTILE, assert_our_words, many_problems
 from support.serveproc import KEY, ServeProcess, fresh_payload, put_version, version_name
 
 API = "/api/claude/console-usage"
@@ -915,3 +915,17 @@ def _answers(server: ServeProcess) -> bool:
         return server.get("/api/health").status_code in (200, 503)
     except httpx.HTTPError:
         return False
+
+
+def test_a_post_with_very_many_problems_is_a_short_400(root: Path, server):
+    """A body of 1 MiB with some 130,000 problems: the answer lists the first ones and
+    counts the rest, in a body and a log line a few KiB long."""
+    r = post(server, many_problems())
+    assert r.status_code == 400
+    assert len(r.content) < 16 * 1024
+    body = r.json()
+    assert body["errors"][-1]["type"] == "more_problems"
+    assert body["errors"][-1]["count"] > 100_000
+    wait_for(lambda: "answered 400" in server.log, what="the refusal's line")
+    assert max(len(line) for line in server.log.splitlines()) < 16 * 1024
+    assert spool_drops(root) == []

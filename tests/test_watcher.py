@@ -28,6 +28,7 @@ from support import (
     wait_for,
 )
 from support.capabilities import STRACE, needs_strace_root, traced_program
+from support.hostile import many_problems
 from support.watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents, versions
 
 from ingester.history.lock import HistoryLock
@@ -301,6 +302,29 @@ def test_submit_drops_atomically_and_refuses_invalid(root: Path) -> None:
 
     with WatchProcess(root):
         wait_for(lambda: len(versions(root)) == 2, what="submitted drops stored")
+
+
+def test_a_drop_with_very_many_problems_is_rejected_in_one_short_line(root: Path) -> None:
+    """A 1 MiB drop with some 130,000 problems: the watcher's ``rejected`` line, the
+    reason file and ``submit``'s refusal each name the first problems and count the
+    rest, a few KiB in all (one journal entry), and the next drop is stored."""
+    spool = spool_of(root)
+    refused = run_cli(root, "submit", "-", input=many_problems())
+    assert refused.returncode == 1
+    [line] = refused.stderr.splitlines()
+    assert len(line) < 16 * 1024 and line.endswith("more problems"), line[-200:]
+    with WatchProcess(root) as watcher:
+        drop(spool, "many.json", many_problems())
+        watcher.wait_log("rejected many.json", timeout=60)
+        drop(spool, "after.json", payload(1))
+        watcher.wait_log("ingested after.json", timeout=30)
+        assert max(len(line) for line in watcher.log.splitlines()) < 16 * 1024
+    reason = spool / "rejected" / "many.json.reason.json"
+    assert reason.stat().st_size < 16 * 1024
+    record = json.loads(reason.read_bytes())
+    assert record["errors"][-1]["type"] == "more_problems"
+    assert record["errors"][-1]["count"] + len(record["errors"]) - 1 > 100_000
+    assert (spool / "rejected" / "many.json").read_bytes() == many_problems()
 
 
 def test_polling_observer_takes_renamed_and_in_place_drops(root: Path) -> None:

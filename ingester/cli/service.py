@@ -98,8 +98,9 @@ def _loop_options(note: str) -> list[Callable[[Callable[..., Any]], Callable[...
     "--once",
     is_flag=True,
     help="Drain the backlog already in the spool, then exit: 0, or 1 when anything is left "
-    "for the next start (a drop that cannot be stored, taken or set aside, a spool that "
-    "cannot be listed, a claim that cannot be finished), each said in one line.",
+    "for the next start (a drop that cannot be stored, taken or set aside, a drop its "
+    "writer may still be writing, a spool that cannot be listed, a claim that cannot be "
+    "finished), each said in one line.",
 )
 @watch_loop_options
 @click.option(

@@ -138,6 +138,9 @@ class Backlog:
         # Drops whose copy into the quarantine a stop gave up: still waiting, not to be
         # stored but to be set aside (the end of ``watch --once`` says which).
         self._abandoned: set[str] = set()
+        # Drops of a --once run left to a writer that still has them open (looked at
+        # again on an event, which such a run never hears): still in the spool.
+        self._held_open: set[str] = set()
         self._left_claimed = 0
         self._counting = threading.RLock()
 
@@ -206,6 +209,17 @@ class Backlog:
                 "%d drop(s) could not be set aside before the stop: left in the spool "
                 "for the next start",
                 aside,
+            )
+            taken = False
+        # Deferred for their writer (still open, still changing, or an invalid payload
+        # its writer may yet finish): not failures, but left all the same.
+        writing = self._held_open.union(self.deferred).difference(self.pending)
+        writing = {name for name in writing if name not in self._drop_waits}
+        if writing:
+            log.error(
+                "%d drop(s) may still be written (open for writing, changing, or not "
+                "valid yet): left in the spool for the next start",
+                len(writing),
             )
             taken = False
         if self._drop_waits.quarantine:
@@ -366,6 +380,8 @@ class Backlog:
                 self.maintenance.meta_dirty = True  # the next round finishes the claim left
             if outcome.until is not None:
                 self.deferred[outcome.drop] = outcome.until
+            elif self.once and not outcome.claim_left:
+                self._held_open.add(outcome.drop)
         elif isinstance(outcome, Dropped):
             self._drop_waits.forget(outcome.drop)
         elif isinstance(outcome, Ignored):

@@ -9,8 +9,10 @@ drop without its reason.
 What is never touched, whatever its age:
 
 * any name that is not a reason file written by the watcher (a regular file named
-  ``*.reason.json`` holding a JSON object with a parsable ``rejectedAt``), or the drop
-  such a file names; so an operator's notes, temp files and folders stay;
+  ``*.reason.json`` holding a JSON object with a parsable ``rejectedAt``; one over
+  4 MiB, which is not read whole, must begin with ``"file"`` then ``"rejectedAt"``, as
+  the watcher writes them), or the drop such a file names; so an operator's notes,
+  temp files and folders stay;
 * folders (a quarantined entry that is a directory is skipped);
 * anything outside the rejected folder: it is opened with ``O_NOFOLLOW`` (a symlink
   in its place is refused) and every name is removed relative to that descriptor, so
@@ -25,6 +27,7 @@ import errno
 import json
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Callable
@@ -47,9 +50,16 @@ __all__ = [
 
 log = logging.getLogger("ingester.housekeeping")
 
-# A reason file holds a reason and the validation errors; far below this. Anything
-# larger is not one of ours and is not read.
+# A reason file holds a reason and the validation errors; far below this. A larger one
+# (an older version listed every problem of a drop, some 20 bytes of reason file for
+# each byte of drop) is not read whole: only its head, for the date.
 _REASON_MAX = 4 << 20
+# Our reason files begin with "file" (a name of at most 255 bytes, each escaped as at
+# most six characters) and then "rejectedAt": all within this many bytes.
+_REASON_HEAD = 4096
+_HEAD = re.compile(
+    rb'\A\{\s*"file"\s*:\s*"(?:[^"\\]|\\.)*"\s*,\s*"rejectedAt"\s*:\s*("(?:[^"\\]|\\.)*")'
+)
 # How often the watcher looks (its maintenance calls in far more often).
 PRUNE_EVERY = 600.0
 
@@ -76,25 +86,39 @@ def _open_folder(folder: Path) -> int | None:
 
 
 def _rejected_at(dir_fd: int, name: str) -> datetime | None:
-    """``rejectedAt`` of the reason file ``name``, or None when it is not one of ours."""
+    """``rejectedAt`` of the reason file ``name``, or None when it is not one of ours.
+
+    One over :data:`_REASON_MAX` bytes is ours when it begins as ours do (``{"file":
+    ..., "rejectedAt": ...``): its date is read from its first :data:`_REASON_HEAD`
+    bytes, and nothing more of it is read.
+    """
     try:
         fd = os.open(name, durable.READ_NOFOLLOW, dir_fd=dir_fd)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > _REASON_MAX:
+        if not stat.S_ISREG(st.st_mode):
             return None
+        large = st.st_size > _REASON_MAX
         chunks = []
-        while chunk := os.read(fd, 1 << 20):
+        while chunk := os.read(fd, _REASON_HEAD if large else 1 << 20):
             chunks.append(chunk)
+            if large and sum(map(len, chunks)) >= _REASON_HEAD:
+                break
     except OSError:
         return None
     finally:
         os.close(fd)
     try:
-        record = json.loads(b"".join(chunks))
-        stamp = datetime.fromisoformat(record["rejectedAt"].replace("Z", "+00:00"))
+        if large:
+            head = _HEAD.match(b"".join(chunks))
+            if head is None:
+                return None
+            when = json.loads(head[1])
+        else:
+            when = json.loads(b"".join(chunks))["rejectedAt"]
+        stamp = datetime.fromisoformat(when.replace("Z", "+00:00"))
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
     return stamp if stamp.tzinfo is not None else None

@@ -5,16 +5,19 @@ complete. Anything else (created in place, found by a scan, seen by polling) is 
 here:
 
 * someone has it open for writing (a read lease is refused): not yet; its close-write
-  will come;
-* we may not ask (another user's file, no CAP_LEASE): an empty file inotify saw created
-  is taken to be in the writing; anything else must stay unchanged for the settle time,
-  and for much longer (``patient``) when inotify saw it created in place;
+  will come (a file with several names, hard-linked in, is looked at again instead:
+  its writer's close-write comes under the writer's name, elsewhere);
+* we may not ask (another user's file, no CAP_LEASE): a file inotify saw created in
+  place is taken to be in the writing; anything else must stay unchanged for the
+  settle time, and for much longer (``patient``) when inotify saw it created in place;
 * otherwise it is complete once its mtime is ``settle`` seconds old, or once its size
   and mtime have not changed for ``settle`` seconds (a writer's clock may be ahead).
 
 An invalid drop judged by stability alone may be a slow writer pausing mid-file, so it
 waits (up to :data:`UNFINISHED_PATIENCE` seconds unchanged) before it is rejected.
-All times are seconds; deadlines are on the monotonic clock.
+A regular file with several names (hard-linked in, or a version's own file under a
+second name) passes the same checks; whether it is a version's is asked later
+(:mod:`.second_names`). All times are seconds; deadlines are on the monotonic clock.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ log = logging.getLogger("ingester.watcher")
 UNFINISHED_PATIENCE = 300.0
 """Seconds an invalid drop that may still be written must stay unchanged to be rejected."""
 _UNFINISHED_RECHECK = 5.0  # seconds between looks at such a drop
+_LINKED_RECHECK = 1.0  # seconds between looks at a hard-linked drop open for writing
 
 
 def writers_present(fd: int) -> bool | None:
@@ -143,11 +147,16 @@ class Readiness:
             raise StorageError("stat drop", path, exc) from exc
         if stat.S_ISDIR(st.st_mode):
             return Folder()
-        if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1):
-            return Ready()  # judged (and rejected, or copied) as it is
-        # A hard link makes IN_CREATE and no close-write: taken once it has settled.
+        if not stat.S_ISREG(st.st_mode):
+            return Ready()  # judged (and rejected) as it is, never opened
+        # A hard link makes IN_CREATE and no close-write here (its writer's name is
+        # elsewhere): its creation says nothing of a writer, and a writer that still has
+        # it open is looked for again, as no event will say when it is done.
+        linked = st.st_nlink > 1
         busy = open_for_writing(path)
-        if busy or (busy is None and how is How.CREATED):
+        if busy and linked:
+            return Wait(time.monotonic() + max(self.settle, _LINKED_RECHECK))
+        if busy or (busy is None and how is How.CREATED and not linked):
             self._writing.add(name)
             return Wait(None)
         may_be_open = None
@@ -199,8 +208,15 @@ class Readiness:
         or pauses mid-file, leaves a partial file that looks stable. Rejecting it would
         move an inode the writer still holds into quarantine, where it finishes writing.
         So it waits: for its close-write (then it is judged as complete), or until it
-        has been unchanged for :data:`UNFINISHED_PATIENCE` (None: reject it now).
+        has been unchanged for :data:`UNFINISHED_PATIENCE` (None: reject it now). Its
+        mtime tells how long that has been before this process first saw it: a file
+        last written longer ago than that is rejected at once, so that a drop left for
+        days is not waited for again by every run (``watch --once`` above all, which
+        never waits that long).
         """
+        if time.time() - st.st_mtime_ns / 1e9 >= UNFINISHED_PATIENCE:
+            self._unfinished.pop(name, None)
+            return None
         seen = (st.st_ino, st.st_size, st.st_mtime_ns)
         now = time.monotonic()
         first = self._unfinished.get(name)

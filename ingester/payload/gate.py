@@ -44,7 +44,9 @@ __all__ = [
     "LAST_UPDATED_RANGE",
     "MAX_DROP_BYTES",
     "MAX_NESTING",
+    "MAX_PROBLEMS",
     "MISSING_SECTION",
+    "MORE_PROBLEMS",
     "check_last_updated",
     "check_payload",
     "check_sections",
@@ -66,6 +68,27 @@ history is damaged, never read whole.
 
 MAX_NESTING = 128
 """Deepest nesting of objects and arrays a drop may have (the payload itself needs 3)."""
+
+MAX_PROBLEMS = 20
+"""Most problems one rejection lists; the rest are counted in a last entry.
+
+Every problem a payload can have outside the values of ``extractionErrors`` fits: at
+most nine fields (the three windows' two each, ``lastUpdated``, ``isPartial``,
+``extractionErrors`` itself) and the rule about the sections. Only that map is
+unbounded: a drop of 1 MiB can hold 130,000 bad values, and listing each would make a
+5 MB log line (the journal cuts a line at 48 KiB, its ``LineMax``), a 20 MB reason
+file and a 5 MB refusal. Twenty show the pattern; with at most :data:`_FIELD_MAX`
+characters of path and our own words each, the one-line reason stays under 8 KiB.
+"""
+
+MORE_PROBLEMS = "more_problems"
+"""The ``type`` of the last entry of a rejection's ``errors`` when more than
+:data:`MAX_PROBLEMS` problems were found: ``{"field": "(payload)", "type":
+"more_problems", "msg": "… and K more problem(s)", "count": K}``."""
+
+_FIELD_MAX = 200
+"""Longest field path said, in characters: a key of ``extractionErrors`` may be as long
+as the drop; longer paths are cut and end in ``…``."""
 
 LAST_UPDATED_RANGE = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
 """``lastUpdated`` must fall in ``[start, end)`` once converted to UTC.
@@ -412,7 +435,8 @@ def _json_kind(value: Any) -> str:
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(payload)"
+    path = ".".join(str(part) for part in loc) or "(payload)"
+    return path if len(path) <= _FIELD_MAX else path[: _FIELD_MAX - 1] + "…"
 
 
 # pydantic's words for its own checks, as a scraper author would say them; the rest
@@ -453,9 +477,15 @@ def judge(data: bytes, max_bytes: int | None, validate: Callable[[str], T]) -> T
     """The one flow of the gate: the byte rules, then ``validate`` (pydantic, JSON mode).
 
     Returns what ``validate`` returns. Raises :class:`PayloadRejected` with every
-    problem: pydantic stops at field errors before the payload's own rule (a section
-    is required), so that rule is judged here too, on the parsed object, and a bad
-    ``lastUpdated`` does not hide a missing section.
+    problem, up to :data:`MAX_PROBLEMS` (then the first ones, and a last entry of type
+    :data:`MORE_PROBLEMS` counting the rest): pydantic stops at field errors before the
+    payload's own rule (a section is required), so that rule is judged here too, on the
+    parsed object, and a bad ``lastUpdated`` does not hide a missing section.
+
+    pydantic cannot be told to stop after a number of errors (its ``fail_fast`` stops a
+    container at its first, and needs a newer pydantic than this package's floor), so
+    a drop with very many problems still has all of them found once; only what is said
+    of them is bounded.
     """
     from pydantic_core import ValidationError
 
@@ -469,15 +499,30 @@ def judge(data: bytes, max_bytes: int | None, validate: Callable[[str], T]) -> T
         for err in errors:
             if err["type"] == "json_invalid":  # what Python's parser let through
                 raise PayloadRejected(_parser_problem(str(err["msg"]))) from None
-        problems = [
-            {"field": _field_path(err["loc"]), "type": err["type"], "msg": _author_words(err)}
-            for err in errors
-            if err["type"] != MISSING_SECTION
-        ]
+        found = [err for err in errors if err["type"] != MISSING_SECTION]
+        del errors
     except RecursionError:
         raise PayloadRejected(_TOO_DEEP) from None
+    ours = []
     if all(obj.get(section) is None for section in ("currentSession", "weeklyLimits")):
-        problems.append({"field": "(payload)", "type": MISSING_SECTION, "msg": _NO_SECTION})
+        ours.append({"field": "(payload)", "type": MISSING_SECTION, "msg": _NO_SECTION})
+    # The payload's own rule is always said; pydantic's problems fill the rest.
+    room = MAX_PROBLEMS - len(ours)
+    problems = [
+        {"field": _field_path(err["loc"]), "type": err["type"], "msg": _author_words(err)}
+        for err in found[:room]
+    ]
+    problems += ours
+    more = len(found) - room
+    if more > 0:
+        problems.append(
+            {
+                "field": "(payload)",
+                "type": MORE_PROBLEMS,
+                "msg": f"… and {more} more problem{'s' if more != 1 else ''}",
+                "count": more,
+            }
+        )
     raise PayloadRejected(_summary(problems), problems, kind="schema")
 
 

@@ -13,6 +13,7 @@ Python carries as lone surrogates) are written as ``\\xNN``. Records of other li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import iso_utc
+from ..errors import describe_os_error
 
 __all__ = [
     "LOG_FORMATS",
@@ -179,10 +181,33 @@ def _thread_died(args: threading.ExceptHookArgs) -> None:
     )
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """``logging.StreamHandler`` whose failed write is one short line, never a traceback.
+
+    A log on a full or failing disk (ENOSPC, EIO) makes a write fail. Python's own
+    handler then prints ``--- Logging error ---`` and the whole traceback into that same
+    stream. Here the line is lost, and one line in the stream's format says so, if the
+    stream takes it; if it fails too, nothing more is tried (there is nowhere else to
+    say it), and the program goes on.
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        _kind, exc, _tb = sys.exc_info()
+        cause = describe_os_error(exc) if isinstance(exc, OSError) else type(exc).__name__
+        lost = logging.LogRecord(
+            "ingester", logging.ERROR, "", 0, "a log line could not be written: %s", (cause,), None
+        )
+        # The stream is failing: if this line fails too, silence is all that is left.
+        with contextlib.suppress(Exception):
+            self.stream.write(self.format(lost) + self.terminator)
+            self.flush()
+
+
 def setup_logging(verbose: int = 0, fmt: str = "text") -> None:
     """Send the ``ingester`` loggers to stderr at INFO (``-v``: DEBUG); a thread that
-    dies by an exception is one ERROR line there too, not a traceback."""
-    handler = logging.StreamHandler(sys.stderr)
+    dies by an exception is one ERROR line there too, not a traceback, and so is a log
+    line that cannot be written (see :class:`_StderrHandler`)."""
+    handler = _StderrHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     elif os.environ.get("JOURNAL_STREAM"):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import string
+
 # Phrases of Python's json, datetime and int parsers and of pydantic's JSON parser: a
 # scraper's author reads "field: words", not the state of a parser.
 PYTHON_PHRASES = (
@@ -67,3 +70,20 @@ HOSTILE: dict[str, bytes] = {
 def assert_our_words(reason: str) -> None:
     leaked = [phrase for phrase in PYTHON_PHRASES if phrase in reason]
     assert not leaked, f"{leaked} in {reason!r}"
+
+
+def many_problems(limit: int = 1 << 20) -> bytes:
+    """A payload of at most ``limit`` bytes (default: the default ``--max-bytes``) in
+    which every value of ``extractionErrors`` is a number where a string is asked: some
+    130,000 problems of its own in 1 MiB."""
+    chars = string.ascii_letters + string.digits
+    parts: list[str] = []
+    size = len('{"extractionErrors":{}}')
+    for n in (1, 2, 3):
+        for letters in itertools.product(chars, repeat=n):
+            part = f'"{"".join(letters)}":1'
+            if size + len(part) + 1 > limit:
+                break
+            parts.append(part)
+            size += len(part) + 1
+    return ('{"extractionErrors":{' + ",".join(parts) + "}}").encode()
