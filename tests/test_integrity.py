@@ -641,13 +641,45 @@ def scrapers_drop(spool: Path, name: str, data: bytes, *, age_s: float) -> Path:
 
 
 @needs_two_users
+def test_a_paused_writer_whose_mtimes_lag_our_clock_is_not_set_aside(open_root: Path) -> None:
+    """No lease (the scraper's file, as under systemd): a writer pauses mid-file on a
+    filesystem whose clock is 10 minutes behind the watcher's, so its mtime says 10
+    minutes ago. Judged by stability alone it may be a writer's pause: it waits 5
+    minutes from when the watcher first saw it, not from that mtime, and is stored
+    whole once finished."""
+    root = open_root
+    spool = two_user_spool(root)
+    data = payload(1, pad="x" * 200)
+    writer = slow_writer(spool / "slow.json", data, 8)
+    try:
+        head = spool / "slow.json"
+        wait_for(lambda: head.exists() and head.stat().st_size == 60, what="first 60 bytes")
+        behind = time.time() - 600  # as the filesystem's clock stamps it
+        os.utime(head, (behind, behind))
+        with NoLeaseWatch(root, "--settle", "0.2") as w:
+            assert writer.wait(timeout=30) == 0
+            wait_for(
+                lambda: stored_contents(root) or "rejected slow.json" in w.log,
+                timeout=20,
+                what="the finished drop stored (or set aside)",
+            )
+            assert w.stop() == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            writer.kill()
+    assert "rejected slow.json" not in w.log, w.log
+    assert stored_contents(root) == {data: 1}, w.log
+
+
+@needs_two_users
 def test_once_sets_aside_an_invalid_drop_of_the_scraper_last_written_long_ago(
     open_root: Path,
 ) -> None:
     """Without a lease, an invalid drop judged by stability alone may be a writer's
-    pause, so it waits 300 s unchanged; its mtime counts toward them. One written two
-    days ago is set aside by ``watch --once`` (which never waits that long); one
-    written just now is left, and the run says so and exits 1."""
+    pause, so it waits 300 s unchanged. One last written more than a day ago is no
+    pause whatever the clocks: one written two days ago is set aside by ``watch
+    --once`` (which never waits that long); one written just now is left, and the run
+    says so and exits 1."""
     root = open_root
     spool = two_user_spool(root)
     scrapers_drop(spool, "old.json", b'{"bad": 1}', age_s=2 * 86400)

@@ -10,14 +10,26 @@ the state one leaves on disk, with hard links, and runs the real CLI or a real w
 
 from __future__ import annotations
 
+import errno
 import os
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import run_cli, wait_for
 from support.capabilities import needs_strace_root
 from support.watchproc import WatchProcess, drop, payload, stored_contents, versions
 from test_integrity import syscall_delayed
+
+from ingester.history import durable
+from ingester.intake.arrivals import How
+from ingester.intake.intake import Intake
+from ingester.intake.outcomes import Stored
+from ingester.intake.readiness import Readiness
+from ingester.intake.spool import Spool
+from ingester.settings.sources import resolve_settings
 
 SECOND_NAME = "(the same file under a second name, as a power cut can leave it)"
 
@@ -171,3 +183,89 @@ def wait_in_one_of(pid: int, numbers: set[int], timeout: float = 20.0) -> None:
         return first in {str(n) for n in numbers}
 
     wait_for(inside, timeout, f"pid {pid} inside one of the syscalls {sorted(numbers)}")
+
+
+# -- a copy's claim written to since, put back beside its version -----------------------
+
+
+def _version_name(ago: timedelta) -> str:
+    return (datetime.now(UTC) - ago).strftime("%Y-%m-%dT%H-%M-%S-") + "0000abcd.json"
+
+
+def test_a_written_claim_put_back_beside_its_stored_copy_is_stored_once(
+    root: Path,
+) -> None:
+    """What a kill -9 inside release's put-back leaves (or a failed spool fsync or claim
+    removal there): the copy of the drop's first bytes is version V; the drop, written
+    to since, is claimed as V and linked back into the spool. Its new bytes are stored
+    once, from the spool's name, and never from the claim as well."""
+    assert run_cli(root, "init").returncode == 0
+    spool, history = root / "spool", root / "console-usage-history"
+    old = payload(1)
+    new = old + b"\n"  # the writer's later bytes: still a valid payload
+    name = _version_name(timedelta(minutes=5))
+    (history / name).write_bytes(old)
+    (history / name).chmod(0o444)
+    claimed = spool / ".claimed"
+    claimed.mkdir(mode=0o700, exist_ok=True)
+    claim = claimed / name
+    claim.write_bytes(new)
+    os.link(claim, spool / "b.json")  # put back: linked into the spool, claim not removed
+    then = time.time() - 60
+    os.utime(spool / "b.json", (then, then))
+    done = run_cli(root, "watch", "--once")
+    assert "Traceback" not in done.stderr
+    stored = stored_contents(root)
+    assert stored[old] == 1, done.stderr
+    assert stored[new] == 1, f"stored {stored[new]} times:\n{done.stderr}"
+    assert not claim.exists() and not (spool / "b.json").exists(), done.stderr
+
+
+def test_a_put_back_whose_spool_fsync_fails_is_stored_once(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, made by ``unclaim``: the release of a copy finds its claim written to
+    since, and the spool's fsync fails as the drop is put back (EIO), so both names
+    stay. The next run stores the new bytes once."""
+    settings = resolve_settings({"root": str(root)}, environ={})
+    store = settings.store()
+    store.initialize()
+    spool = Spool(settings.spool_dir, settings.rejected_dir)
+    intake = Intake(store, spool, settings.max_bytes, Readiness(1.0, 30.0), settle=1.0)
+    intake.start()
+    old = payload(2)
+    new = old + b"\n"
+    real = durable.fsync_dir
+    calls = [0]
+
+    def fsync_dir(folder: Any) -> None:
+        if Path(folder) == spool.dir:
+            calls[0] += 1
+            if calls[0] == 2:  # release's own fsync passes; the put-back's fails
+                raise durable.StorageError("fsync folder", folder, OSError(errno.EIO, "I/O error"))
+        real(folder)
+
+    part = spool.tmp_dir / ".b.json.part"
+    with part.open("wb") as handle:
+        handle.write(old)
+        handle.flush()
+        os.rename(part, spool.dir / "b.json")  # renamed in, still open: stored as a copy
+        with store.batch() as batch:
+            assert isinstance(intake.take("b.json", How.COMPLETE, batch), Stored)
+            stored, failure = intake.commit_group(batch)
+        assert failure is None and len(stored) == 1
+        handle.write(b"\n")  # after its copy was stored
+        handle.flush()
+        with monkeypatch.context() as patched:
+            patched.setattr(durable, "fsync_dir", fsync_dir)
+            intake.release(stored)
+    assert calls[0] == 2
+    assert (spool.dir / "b.json").exists() and os.listdir(spool.claimed_dir)
+    then = time.time() - 60
+    os.utime(spool.dir / "b.json", (then, then))
+    store.close()
+    done = run_cli(root, "watch", "--once")
+    assert "Traceback" not in done.stderr
+    contents = stored_contents(root)
+    assert contents[old] == 1, done.stderr
+    assert contents[new] == 1, f"stored {contents[new]} times:\n{done.stderr}"

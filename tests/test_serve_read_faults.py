@@ -212,3 +212,32 @@ def test_one_version_it_may_not_read_is_left_out_of_the_forecast() -> None:
             assert server.stop() == 0
         assert server.log.count(f"{names[1]} cannot be read (") == 1, server.log
         assert "Traceback" not in server.log
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_a_history_it_may_read_no_version_of_is_one_line_and_many_are_named_few() -> None:
+    """A user who may list the history but read none of its versions (root's files,
+    mode 0600: a restore made as root): the history's fault, said in one line, exit 1,
+    as before any version could be left out. Once the newest can be read, the forecast
+    goes on from it, naming the first few it may not read and the rest in one line."""
+    with others_folder("ingester-forecast-none-readable-") as root:
+        assert run_as_other(root, "init").returncode == 0
+        now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+        names = [
+            _put_session(root, now - timedelta(minutes=10 * (59 - i)), i, 20) for i in range(60)
+        ]
+        history = root / "console-usage-history"
+        for name in names:
+            os.chown(history / name, 0, 0)
+            (history / name).chmod(0o600)
+        done = run_as_other(root, "forecast")
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 1, done.stdout
+        assert len(lines) == 1 and "Permission denied" in lines[0], done.stderr
+        (history / names[-1]).chmod(0o644)
+        done = run_as_other(root, "forecast", "--json")
+        assert done.returncode == 0, done.stderr
+        said = [line for line in done.stderr.splitlines() if "cannot be read" in line]
+        assert len(said) == 6, done.stderr
+        assert " WARNING more versions cannot be read (" in said[-1], said[-1]
+        assert _session(json.loads(done.stdout))["percentageUsed"] == 20

@@ -49,6 +49,10 @@ log = logging.getLogger("ingester.watcher")
 
 UNFINISHED_PATIENCE = 300.0
 """Seconds an invalid drop that may still be written must stay unchanged to be rejected."""
+LONG_AGO = 86400.0
+"""Seconds since its mtime after which an invalid drop is no writer's pause, whatever this
+process saw of it: a day, as no clock a writer or a file server keeps is that far off
+(five minutes, the patience, is: the mtime is the writer's clock, not ours)."""
 _UNFINISHED_RECHECK = 5.0  # seconds between looks at such a drop
 _LINKED_RECHECK = 1.0  # seconds between looks at a hard-linked drop open for writing
 
@@ -208,13 +212,14 @@ class Readiness:
         or pauses mid-file, leaves a partial file that looks stable. Rejecting it would
         move an inode the writer still holds into quarantine, where it finishes writing.
         So it waits: for its close-write (then it is judged as complete), or until it
-        has been unchanged for :data:`UNFINISHED_PATIENCE` (None: reject it now). Its
-        mtime tells how long that has been before this process first saw it: a file
-        last written longer ago than that is rejected at once, so that a drop left for
+        has been unchanged for :data:`UNFINISHED_PATIENCE` (None: reject it now),
+        counted from when this process first saw it: the mtime is the writer's clock
+        (or a file server's), which may be minutes off ours. Only a file last written
+        more than :data:`LONG_AGO` before is rejected at once, so that a drop left for
         days is not waited for again by every run (``watch --once`` above all, which
         never waits that long).
         """
-        if time.time() - st.st_mtime_ns / 1e9 >= UNFINISHED_PATIENCE:
+        if time.time() - st.st_mtime_ns / 1e9 >= LONG_AGO:
             self._unfinished.pop(name, None)
             return None
         seen = (st.st_ino, st.st_size, st.st_mtime_ns)

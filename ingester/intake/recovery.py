@@ -164,24 +164,19 @@ class ClaimRecovery:
                     self._set_aside(name, claim, version, batch)
                 self._remove_stored(claim, version)
                 return Recovered(version)
+            if self._back_in_spool(claim):
+                # A copy's claim written to since its copy was made, put back in the
+                # spool (by a release) when a crash or a fault stopped it: the spool's
+                # name takes the new bytes, once, as a new drop.
+                self._put_back(claim, version)
+                return None
             # Its name is taken by other bytes: nothing claimed is deleted unless its
             # bytes are stored, so it is stored under a new name.
             target = self.store.next_version_name()
         elif self._back_in_spool(claim):
             # A crash while putting a failed drop back: the spool has it again, as a
-            # drop like any other; the claim is only a second name for it. Once the
-            # claim goes the spool's name is its last, so that name is made durable
-            # first (the crash may have come before its folder's fsync). If it cannot
-            # be, the claim stays for a later round (and the drop waits for it).
-            if self._spool_changed:
-                try:
-                    durable.fsync_dir(self.spool.dir)
-                except StorageError as exc:
-                    self._kept = self._kept or exc
-                    return None
-                self._spool_changed = False
-            durable.remove_file(claim)
-            log.info("%s is back in the spool; removed its claim", version)
+            # drop like any other; the claim is only a second name for it.
+            self._put_back(claim, version)
             return None
         started = time.perf_counter()
         opened = self.intake.open_and_judge(claim, version, claimed=True)
@@ -198,6 +193,24 @@ class ClaimRecovery:
         self.store.write_version(target, opened.data)
         self._remove_stored(claim, target)
         return Stored(version, target, len(opened.data), started, pending=False)
+
+    def _put_back(self, claim: Path, version: str) -> None:
+        """Remove ``claim``, a second name of a drop back in the spool, which is then
+        taken as a drop like any other. Once the claim goes the spool's name is the
+        drop's last, so that name is made durable first (the drop was put back by a
+        process that may have stopped before its folder's fsync); if it cannot be, the
+        claim stays for a later round (and the drop waits for it), the error raised at
+        the end of :meth:`recover`. Raises :class:`StorageError` when the claim cannot
+        be removed."""
+        if self._spool_changed:
+            try:
+                durable.fsync_dir(self.spool.dir)
+            except StorageError as exc:
+                self._kept = self._kept or exc
+                return
+            self._spool_changed = False
+        durable.remove_file(claim)
+        log.info("%s is back in the spool; removed its claim", version)
 
     def _remove_stored(self, claim: Path, stored_as: str) -> None:
         """Remove ``claim``, its bytes stored as version ``stored_as``. Where it is the

@@ -36,6 +36,7 @@ limit's last reading, the versions before the basis are folded again from the st
 from __future__ import annotations
 
 import bisect
+import errno
 import hashlib
 import logging
 import threading
@@ -69,6 +70,14 @@ __all__ = [
 log = logging.getLogger("ingester.forecast")
 
 _REMEMBERED_WORDINGS = 64  # distinct unreadable resetsIn texts logged once each
+
+_NAMED_UNREADABLE = 5
+"""Versions named one by one as unreadable, per reader; more are said in one line: a
+history of thousands that this user may not read is the history's fault, not theirs."""
+
+_PROCESS_FAULTS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+"""Read faults of the process, not of a version (out of descriptors or memory): the
+history cannot be read now, and leaving each version out would answer as if it held none."""
 
 _LOOKS = 3
 """Looks at the history before an answer whose latest was deleted under each read
@@ -135,6 +144,7 @@ class UsageHistory:
         # Versions that could not be read (said once each). Those before the basis are
         # tried again at each fold: a file whose mode is put right counts from then on.
         self._unreadable: set[str] = set()
+        self._unread: dict[str, OSError] = {}  # this answer's, said once it is made
         self._unfolded: set[str] = set()
 
     def _read(self, name: str) -> bytes | None:
@@ -142,10 +152,12 @@ class UsageHistory:
         than any drop, or its bytes are not the ones stored under its name (an object
         store's checksum says so): damaged, left out as the gate's refusal is; ``None``
         too when this one file cannot be read (``EACCES``, ``EIO``, ...): left out, as
-        ``export`` skips it, said once, and not taken as damaged (it is tried again).
+        ``export`` skips it, said once the answer is made (:meth:`_say_unreadable`),
+        and not taken as damaged (it is tried again).
 
         Raises ``ObjectStoreError`` when the object store fails other than on the
-        version's own bytes (unreachable, throttled, denied): that is the store, not
+        version's own bytes (unreachable, throttled, denied), and ``OSError`` when the
+        process is out of descriptors or memory: that is the store, or the process, not
         the version, and leaving out every version would answer as if there were none.
         """
         try:
@@ -162,17 +174,35 @@ class UsageHistory:
             self._left_out(name, exc.detail)
             return None
         except OSError as exc:
-            if name not in self._unreadable:
-                self._unreadable.add(name)
+            if exc.errno in _PROCESS_FAULTS:
+                raise
+            self._unread.setdefault(name, exc)
+            return None
+        self._unreadable.discard(name)
+        return data
+
+    def _say_unreadable(self) -> None:
+        """Name each version this answer could not read, once while it cannot (the first
+        :data:`_NAMED_UNREADABLE`; one line for the rest)."""
+        for name, exc in self._unread.items():
+            if name in self._unreadable:
+                continue
+            self._unreadable.add(name)
+            if len(self._unreadable) <= _NAMED_UNREADABLE:
                 log.warning(
                     "%s cannot be read (%s); the forecast leaves it out while it cannot",
                     name,
                     describe_os_error(exc),
                     extra={"event": UNREADABLE_EVENT},
                 )
-            return None
-        self._unreadable.discard(name)
-        return data
+            elif len(self._unreadable) == _NAMED_UNREADABLE + 1:
+                log.warning(
+                    "more versions cannot be read (%s, for one: %s); the forecast leaves "
+                    "them out while it cannot, and names no more of them",
+                    name,
+                    describe_os_error(exc),
+                    extra={"event": UNREADABLE_EVENT},
+                )
 
     def _left_out(self, name: str, reason: str) -> None:
         if name not in self._damaged:
@@ -266,6 +296,10 @@ class UsageHistory:
         held = {e.name for e in entries[lo:]}
         if len(self._observations) > len(held):
             self._observations = {k: v for k, v in self._observations.items() if k in held}
+        if self._unread and not observations and not self._earlier:
+            # Not one version could be read: the history's fault (its files' owner or
+            # mode, a failing disk), said as such, not a forecast from nothing.
+            raise next(iter(self._unread.values()))
         earlier = {limit: (r, at) for limit, (r, at, _) in self._earlier.items()}
         return forecast(observations, basis=self.basis, earlier=earlier)
 
@@ -311,7 +345,7 @@ class UsageHistory:
                 continue
             data = self._read(entry.name)
             if data is None:
-                if entry.name in self._unreadable:
+                if entry.name in self._unread:
                     unfolded.add(entry.name)
                 continue  # deleted since the listing, damaged, or unreadable for now
             self.reads += 1
@@ -359,7 +393,9 @@ class UsageHistory:
                 if cached is not None and cached[0] is snap and cached[1] == newest:
                     return cached[2]
                 self._gone.clear()
+                self._unread = {}
                 result = self._compute(snap, newest)
+                self._say_unreadable()
                 if snap.entries[newest].name in self._gone and look < _LOOKS:
                     # The latest was deleted under the read (by hand: retention never
                     # deletes it): answered from the history as it now is, which may
