@@ -1034,19 +1034,64 @@ def put_back_at_a_crash(scenario: Scenario, version: str = LEFT_CLAIM) -> Path:
     return claim
 
 
-def test_recovery_makes_a_drop_put_back_durable_before_its_claim_goes(tmp_path: Path) -> None:
-    """The claim left beside a drop put back is removed by recovery, leaving the spool's
-    name the drop's last: the spool's side must be on disk first."""
+def test_recovery_takes_a_drop_put_back_out_of_the_spool_and_stores_it_once(
+    tmp_path: Path,
+) -> None:
+    """The claim left beside a drop put back: recovery takes the spool's name out (never
+    removing the claim first, which a writer's rename onto that name could leave the
+    drop no name for), stores the claim, and removes it, its last name, only once the
+    spool's side is on disk."""
     scenario, _claimed = with_claimed(tmp_path, 1)
     settings = scenario.settings
     order = DurabilityOrder(settings.history_dir, settings.spool_dir / ".claimed")
     with order.watching(), capture_logs() as logs:
         claim = put_back_at_a_crash(scenario)
         assert run_once(settings) == 0
-    assert f"{LEFT_CLAIM} is back in the spool; removed its claim" in logs.text()
-    assert order.put_back == 1 and not claim.exists()
+    assert (
+        f"good-0.json is the drop claimed as {LEFT_CLAIM}, put back in the spool by a step "
+        "that stopped: taken from the spool, stored from its claim"
+    ) in logs.text()
+    assert order.put_back == 0 and order.last_names_removed == 1 and not claim.exists()
     assert not final_problems(scenario.expect)
     assert not order.violations, order.violations
+
+
+def test_a_new_drop_renamed_onto_a_put_back_drops_name_costs_neither(tmp_path: Path) -> None:
+    """A writer renames a new drop onto the name of a drop put back in the spool just as
+    recovery finishes the put-back drop's claim. Removing the claim first would leave
+    the put-back drop no name (its spool name now the new drop's): both are stored once,
+    whichever step the rename falls before."""
+    scenario, _claimed = with_claimed(tmp_path, 2)
+    settings = scenario.settings
+    spool = settings.spool_dir
+    claim = put_back_at_a_crash(scenario)
+    swapped: list[bool] = []
+
+    def writer_renames() -> None:
+        if not swapped:
+            os.rename(spool / "good-1.json", spool / "good-0.json")
+            swapped.append(True)
+
+    real_rename, real_remove = durable.rename_entry, durable.remove_file
+
+    def rename_entry(src: Any, dst: Any) -> None:
+        if Path(src) == spool / "good-0.json":
+            writer_renames()
+        real_rename(src, dst)
+
+    def remove_file(path: Any) -> None:
+        if Path(path) == claim:
+            writer_renames()
+        real_remove(path)
+
+    durable.rename_entry, durable.remove_file = rename_entry, remove_file
+    try:
+        with capture_logs() as logs:
+            assert run_once(settings) == 0
+    finally:
+        durable.rename_entry, durable.remove_file = real_rename, real_remove
+    assert swapped, logs.text()
+    assert not final_problems(scenario.expect), logs.text()
 
 
 @pytest.mark.parametrize("failing", ["spool", ".claimed"])

@@ -379,7 +379,10 @@ def test_a_claim_back_in_a_spool_it_cannot_list_is_left_not_stored(service_root:
     assert versions(service_root) == []
     again = run_as_other(service_root, "watch", "--once")
     assert again.returncode == 0, again.stderr
-    assert "is back in the spool; removed its claim" in again.stderr
+    assert (
+        "x.json is the drop claimed as 2026-12-05T06-00-00-00000001.json, put back in the "
+        "spool by a step that stopped: taken from the spool, stored from its claim"
+    ) in again.stderr
     assert [p.read_bytes() for p in versions(service_root)] == [payload(6)]
     assert os.listdir(claimed) == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from support.serveproc import put_version, version_name
+from support.watchproc import payload
 
 from ingester.history.index import HistoryIndex
 from ingester.history.local import LocalHistory
@@ -267,3 +269,126 @@ def test_a_long_running_reader_answers_as_a_fresh_one(root: Path, seed: int) -> 
         assert repr(kept.forecast) == repr(fresh.forecast), f"step {i}"
         for limit in kept.forecast.limits:
             assert math.copysign(1, limit.percentage) == 1, limit  # never "-0 %"
+
+
+def test_a_history_of_no_readable_version_is_one_fault_however_many_versions_come(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``serve`` as a user who may list the history but read none of its versions (the
+    watcher's umask 077, or a restore made as root: EACCES on each file, injected here
+    as the tests run as root). The fault is the history's, in words that stay the same
+    as versions come (not the first version's, which changes with each new one once
+    the history spans more than the basis): one line, then at most one a minute.
+
+    A scraper every 30 s and a dashboard polling every 15 s, for 10 minutes."""
+    import errno as _errno
+
+    from starlette.requests import Request
+
+    from ingester.history.index import HistoryIndex
+    from ingester.history.local import LocalHistory
+    from ingester.serve.read_faults import HISTORY, ReadFaults
+    from ingester.usage.usage_history import UsageHistory
+
+    history = tmp_path / "console-usage-history"
+    history.mkdir()
+    now = datetime.now(UTC).replace(microsecond=0)
+    base = now - timedelta(hours=27)
+    step = timedelta(seconds=30)
+    data = payload(1)
+
+    def put(at: datetime, seq: int) -> None:
+        name = f"{at.strftime('%Y-%m-%dT%H-%M-%S')}-{seq:08x}.json"
+        (history / name).write_bytes(data)
+
+    count = int(timedelta(hours=26) / step)
+    for i in range(count):
+        put(base + i * step, i)
+    reader = LocalHistory(history, settle=0.0)
+
+    def denied(name: str) -> bytes:
+        raise PermissionError(_errno.EACCES, "Permission denied", str(history / name))
+
+    monkeypatch.setattr(reader, "read_version", denied)
+    usage = UsageHistory(HistoryIndex(reader), UTC, "UTC")
+    clock = [0.0]
+    faults = ReadFaults(clock=lambda: clock[0])
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/api/claude/console-usage/forecast",
+        "headers": [],
+        "client": ("127.0.0.1", 4000),
+        "query_string": b"",
+    }
+    with caplog.at_level(logging.INFO, logger="ingester.serve"):
+        for k in range(20):  # 10 minutes: a version each 30 s, two requests between
+            put(base + (count + k) * step, count + k)
+            for _ in range(2):
+                try:
+                    usage.answer(now)
+                except OSError as exc:
+                    faults.failed(Request(scope), HISTORY, exc)
+                else:
+                    pytest.fail("a history with no readable version gave an answer")
+                clock[0] += 15.0
+    lines = [r.getMessage() for r in caplog.records if r.name == "ingester.serve"]
+    # One line, then at most one a minute while the fault lasts: 10 minutes, 11 lines.
+    assert len(lines) <= 11, f"{len(lines)} lines for 40 requests in 10 minutes:\n" + "\n".join(
+        lines[:6]
+    )
+
+
+def test_versions_deleted_while_unreadable_do_not_silence_a_new_unreadable_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A long-running reader (serve) met six versions it could not read (named five,
+    then "more versions ... names no more of them"); retention (or an operator) then
+    deleted them. A version whose read fails later (EIO: a bad sector) is still named:
+    the first five are counted among the versions still listed, not for the life of
+    the process."""
+    import errno as _errno
+
+    from ingester.history.index import HistoryIndex
+    from ingester.history.local import LocalHistory
+    from ingester.usage.usage_history import UNREADABLE_EVENT, UsageHistory
+
+    history = tmp_path / "console-usage-history"
+    history.mkdir()
+    now = datetime.now(UTC).replace(microsecond=0)
+    names = []
+    for i in range(10):
+        at = now - timedelta(minutes=10 * (10 - i))
+        name = f"{at.strftime('%Y-%m-%dT%H-%M-%S')}-{i:08x}.json"
+        (history / name).write_bytes(payload(i))
+        names.append(name)
+    reader = LocalHistory(history, settle=0.0)
+    real = reader.read_version
+    bad: dict[str, int] = dict.fromkeys(names[:6], _errno.EACCES)
+
+    def read_version(name: str) -> bytes:
+        if name in bad:
+            raise OSError(bad[name], os.strerror(bad[name]), str(history / name))
+        return real(name)
+
+    monkeypatch.setattr(reader, "read_version", read_version)
+    usage = UsageHistory(HistoryIndex(reader), UTC, "UTC")
+    with caplog.at_level(logging.WARNING, logger="ingester.forecast"):
+        assert usage.answer(now) is not None
+        first = [r for r in caplog.records if getattr(r, "event", None) == UNREADABLE_EVENT]
+        assert len(first) == 6
+        caplog.clear()
+        for name in names[:6]:  # deleted by retention, or by hand
+            (history / name).unlink()
+            del bad[name]
+        assert usage.answer(now) is not None
+        # Later: a new version whose read fails (EIO: a bad sector).
+        at = now - timedelta(minutes=1)
+        late = f"{at.strftime('%Y-%m-%dT%H-%M-%S')}-000000ff.json"
+        (history / late).write_bytes(payload(99))
+        bad[late] = _errno.EIO
+        assert usage.answer(now) is not None
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == UNREADABLE_EVENT]
+    assert any(late in line for line in said), (
+        f"{late} is left out of the forecast (EIO) without a line: {said}"
+    )

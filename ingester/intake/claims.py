@@ -125,8 +125,9 @@ def unclaim(claim: durable.StrPath, path: durable.StrPath) -> None:
         durable.unlink_entry(claim)
     except OSError as exc:
         # Both names hold the drop now. The spool's waits while the claim is there
-        # (remove_second_name), and recovery removes the claim once it can; removing
-        # the spool's name instead could remove a new drop a writer renamed onto it.
+        # (remove_second_name), and recovery takes it out of the spool and stores the
+        # claim; removing the spool's name here could remove a new drop a writer
+        # renamed onto it.
         log.warning(
             "%s stays in %s for now (its drop is back in the spool, and waits for it): %s",
             claim_name,

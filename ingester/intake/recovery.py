@@ -7,7 +7,8 @@ after a crash at any step is decided from names alone (``docs/design.md``, "Cras
   made durable) and the claim removed, with any second name of the claimed drop back in
   the spool (a power cut can lose the spool's side of the claim's rename);
 * a claim whose version name is taken by other bytes: stored anew under a new name;
-* a claim that is a second name of a drop back in the spool: the claim is removed;
+* a claim whose drop is back in the spool as well (put back by a step that stopped
+  before removing the claim): the spool's name taken out, and the claim stored as below;
 * otherwise: the claimed bytes are judged and stored as their version.
 
 Run on start with the history lock held, and in the maintenance rounds after a failure.
@@ -164,20 +165,14 @@ class ClaimRecovery:
                     self._set_aside(name, claim, version, batch)
                 self._remove_stored(claim, version)
                 return Recovered(version)
-            if self._back_in_spool(claim):
-                # A copy's claim written to since its copy was made, put back in the
-                # spool (by a release) when a crash or a fault stopped it: the spool's
-                # name takes the new bytes, once, as a new drop.
-                self._put_back(claim, version)
-                return None
-            # Its name is taken by other bytes: nothing claimed is deleted unless its
-            # bytes are stored, so it is stored under a new name.
+            # Its name is taken by other bytes (or the claim was written to since its
+            # copy was made): nothing claimed is deleted unless its bytes are stored, so
+            # it is stored under a new name.
             target = self.store.next_version_name()
-        elif self._back_in_spool(claim):
-            # A crash while putting a failed drop back: the spool has it again, as a
-            # drop like any other; the claim is only a second name for it.
-            self._put_back(claim, version)
-            return None
+        # A drop put back in the spool by a step that stopped before its claim was
+        # removed (a crash, a failed fsync) is still the claim's file there: taken out,
+        # so that the claim alone holds it and it is stored once, from here.
+        self._take_back(claim, version, batch)
         started = time.perf_counter()
         opened = self.intake.open_and_judge(claim, version, claimed=True)
         if isinstance(opened, Dropped):
@@ -193,24 +188,6 @@ class ClaimRecovery:
         self.store.write_version(target, opened.data)
         self._remove_stored(claim, target)
         return Stored(version, target, len(opened.data), started, pending=False)
-
-    def _put_back(self, claim: Path, version: str) -> None:
-        """Remove ``claim``, a second name of a drop back in the spool, which is then
-        taken as a drop like any other. Once the claim goes the spool's name is the
-        drop's last, so that name is made durable first (the drop was put back by a
-        process that may have stopped before its folder's fsync); if it cannot be, the
-        claim stays for a later round (and the drop waits for it), the error raised at
-        the end of :meth:`recover`. Raises :class:`StorageError` when the claim cannot
-        be removed."""
-        if self._spool_changed:
-            try:
-                durable.fsync_dir(self.spool.dir)
-            except StorageError as exc:
-                self._kept = self._kept or exc
-                return
-            self._spool_changed = False
-        durable.remove_file(claim)
-        log.info("%s is back in the spool; removed its claim", version)
 
     def _remove_stored(self, claim: Path, stored_as: str) -> None:
         """Remove ``claim``, its bytes stored as version ``stored_as``. Where it is the
@@ -242,8 +219,26 @@ class ClaimRecovery:
             self._spool_changed = False
         durable.remove_file(claim)
 
-    def _set_aside(self, name: str, claim: Path, version: str, batch: Batch) -> None:
-        """Remove the spool's ``name``, a second name of the stored ``claim``.
+    def _take_back(self, claim: Path, version: str, batch: Batch) -> None:
+        """Take each spool name of ``claim``'s file out of the spool (:meth:`_set_aside`):
+        a drop put back there by a step that stopped before removing its claim (see
+        :func:`.claims.unclaim`), which the claim, stored from here, then holds alone.
+
+        Storing it from the spool instead would need the claim removed first, and a
+        writer renaming a new drop onto that name in between would leave the put-back
+        drop with no name at all. Raises :class:`StorageError` when the spool or the
+        claim cannot be looked at, or a name cannot be taken: the claim then waits for
+        the next round (and the drop in the spool with it, see
+        :func:`.second_names.remove_second_name`).
+        """
+        for name in self._spool_names_of(claim):
+            self._set_aside(name, claim, version, batch, stored=False)
+
+    def _set_aside(
+        self, name: str, claim: Path, version: str, batch: Batch, *, stored: bool = True
+    ) -> None:
+        """Remove the spool's ``name``, a second name of ``claim`` (stored already, or
+        about to be, ``stored=False``).
 
         Never removed as a name: a writer may have renamed a new drop onto it since the
         spool was listed. It is taken as a claim of its own under a fresh name first,
@@ -270,21 +265,20 @@ class ClaimRecovery:
                 self._more.append(outcome)
             return
         durable.remove_file(taken)
+        if not stored:
+            log.info(
+                "%s is the drop claimed as %s, put back in the spool by a step that "
+                "stopped: taken from the spool, stored from its claim",
+                name,
+                version,
+            )
+            return
         log.warning(
             "%s is the drop claimed as %s, stored already (a power cut can leave it in "
             "the spool): removed it from the spool",
             name,
             version,
         )
-
-    def _back_in_spool(self, claim: durable.StrPath) -> bool:
-        """Whether a spool entry is the claimed inode itself (see :func:`.claims.unclaim`).
-
-        Raises :class:`StorageError` when that cannot be told (the claim or the spool
-        cannot be looked at): storing the claim then could store a drop the spool
-        still holds, so the claim waits for the next round.
-        """
-        return bool(self._spool_names_of(claim))
 
     def _spool_names_of(self, claim: durable.StrPath) -> list[str]:
         """The spool's drop names that are the claimed inode itself (none: one link).

@@ -104,8 +104,8 @@ def remove_second_name(
     which recovery removes.
 
     A drop that is no version's file but a claim's (a failed drop put back in the
-    spool, its claim not removed yet) waits until recovery has removed that claim:
-    stored now, it would be stored once more by recovery.
+    spool, its claim not removed yet) waits for recovery, which takes it out of the
+    spool and stores it from that claim: stored now, it would be stored twice.
 
     Returns :class:`SecondName` (removed), :class:`Dropped` (gone meanwhile),
     :class:`Deferred` (the version's own claim waits for recovery, the file is a claim's,

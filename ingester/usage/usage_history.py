@@ -47,6 +47,7 @@ from datetime import datetime, timedelta, tzinfo
 from ..errors import (
     ObjectStoreError,
     PayloadRejected,
+    StorageError,
     VersionNotFound,
     VersionTooLarge,
     describe_os_error,
@@ -181,9 +182,11 @@ class UsageHistory:
         self._unreadable.discard(name)
         return data
 
-    def _say_unreadable(self) -> None:
+    def _say_unreadable(self, entries: Sequence[VersionEntry]) -> None:
         """Name each version this answer could not read, once while it cannot (the first
-        :data:`_NAMED_UNREADABLE`; one line for the rest)."""
+        :data:`_NAMED_UNREADABLE` still listed in ``entries``; one line for the rest)."""
+        # Versions deleted while unreadable no longer count against the first few.
+        self._unreadable = {n for n in self._unreadable if _entry(entries, n) is not None}
         for name, exc in self._unread.items():
             if name in self._unreadable:
                 continue
@@ -298,8 +301,11 @@ class UsageHistory:
             self._observations = {k: v for k, v in self._observations.items() if k in held}
         if self._unread and not observations and not self._earlier:
             # Not one version could be read: the history's fault (its files' owner or
-            # mode, a failing disk), said as such, not a forecast from nothing.
-            raise next(iter(self._unread.values()))
+            # mode, a failing disk), said as such, not a forecast from nothing, in words
+            # that stay the same as versions come (a server says a lasting fault once).
+            fault = next(iter(self._unread.values()))
+            cause = OSError(fault.errno, fault.strerror or describe_os_error(fault))
+            raise StorageError("read any version of", self.index.reader.location, cause)
         earlier = {limit: (r, at) for limit, (r, at, _) in self._earlier.items()}
         return forecast(observations, basis=self.basis, earlier=earlier)
 
@@ -395,7 +401,7 @@ class UsageHistory:
                 self._gone.clear()
                 self._unread = {}
                 result = self._compute(snap, newest)
-                self._say_unreadable()
+                self._say_unreadable(snap.entries)
                 if snap.entries[newest].name in self._gone and look < _LOOKS:
                     # The latest was deleted under the read (by hand: retention never
                     # deletes it): answered from the history as it now is, which may
