@@ -995,6 +995,42 @@ def test_a_drop_put_back_is_durable_in_the_spool_before_its_claim_goes(tmp_path:
     assert not order.violations, order.violations
 
 
+def test_a_new_drop_renamed_onto_a_drop_being_put_back_costs_neither(tmp_path: Path) -> None:
+    """To its writer a claimed drop looks taken, so a new drop may be renamed onto its
+    name just as a failed step puts it back there, between the link and the claim's
+    removal. The put-back bytes must then not go with the claim: both drops stored."""
+    scenario, claimed = with_claimed(tmp_path, 3)
+    settings = scenario.settings
+    spool, history = settings.spool_dir, settings.history_dir
+    changed, late = (spool / "good-1.json").read_bytes(), (spool / "good-2.json").read_bytes()
+    real_rename, real_unlink = durable.rename_entry, durable.unlink_entry
+    swapped: list[str] = []
+
+    def rename_entry(src: Any, dst: Any) -> None:
+        if os.path.basename(os.fspath(src)) == "good-0.json" and not swapped:
+            os.rename(spool / "good-1.json", spool / "good-0.json")  # mid-take: it changed
+            swapped.append("changed")
+        real_rename(src, dst)
+
+    def unlink_entry(path: Any, **kwargs: Any) -> None:
+        if Path(path).parent == claimed and swapped == ["changed"]:
+            os.rename(spool / "good-2.json", spool / "good-0.json")  # as it goes back
+            swapped.append("replaced")
+        real_unlink(path, **kwargs)
+
+    durable.rename_entry, durable.unlink_entry = rename_entry, unlink_entry
+    try:
+        with capture_logs() as logs:
+            assert run_once(settings) == 0
+    finally:
+        durable.rename_entry, durable.unlink_entry = real_rename, real_unlink
+    assert swapped == ["changed", "replaced"], logs.text()
+    assert "good-0.json was replaced in the spool as it was put back" in logs.text()
+    stored = [p.read_bytes() for p in history.glob("2*.json")]
+    assert (stored.count(changed), stored.count(late)) == (1, 1), logs.text()
+    assert not os.listdir(claimed) and "Traceback" not in logs.text()
+
+
 def test_a_drop_put_back_where_the_spool_cannot_be_fsynced_is_stored_once(
     tmp_path: Path,
 ) -> None:

@@ -14,6 +14,7 @@ read as their order.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -122,7 +123,15 @@ def unclaim(claim: durable.StrPath, path: durable.StrPath) -> None:
         # The spool's new name on disk before the claim goes: without a journal, a
         # power cut could keep the removal and lose the name, and the drop with it.
         durable.fsync_dir(os.path.dirname(path))
-        durable.unlink_entry(claim)
+        # Held open across the removal: to its writer the drop looked taken, so a new
+        # drop may be renamed onto its name at any moment, and then the claim is the
+        # last name of these bytes.
+        fd = open_claim(os.fspath(claim))
+        try:
+            durable.unlink_entry(claim)
+        except OSError:
+            os.close(fd)
+            raise
     except OSError as exc:
         # Both names hold the drop now. The spool's waits while the claim is there
         # (remove_second_name), and recovery takes it out of the spool and stores the
@@ -134,6 +143,41 @@ def unclaim(claim: durable.StrPath, path: durable.StrPath) -> None:
             folder,
             exc.strerror,
         )
+        return
+    try:
+        _kept_if_replaced(fd, claim, path)
+    except OSError as exc:
+        log.error(
+            "%s was replaced in the spool as it was put back, and its bytes could not be "
+            "kept as the claim %s: %s",
+            os.path.basename(path),
+            claim_name,
+            exc.strerror,
+        )
+    finally:
+        os.close(fd)
+
+
+def _kept_if_replaced(fd: int, claim: durable.StrPath, path: durable.StrPath) -> None:
+    """After a put-back drop's claim was removed: unless ``path`` is still that file
+    (open as ``fd``), its bytes are written back as ``claim``, durably, for recovery to
+    store: a new drop renamed onto ``path`` meanwhile left it no name. Raises
+    ``OSError`` when they cannot be (said by the caller; the drop is then lost)."""
+    held = os.fstat(fd)
+    try:
+        if os.path.samestat(os.lstat(path), held):
+            return
+    except FileNotFoundError:
+        pass  # removed meanwhile: its bytes kept all the same, never lost here
+    data = b"".join(iter(functools.partial(os.read, fd, 1 << 20), b""))
+    folder, name = os.path.split(os.fspath(claim))
+    durable.write_file(Path(folder), name, data, mode=stat.S_IMODE(held.st_mode))
+    log.warning(
+        "%s was replaced in the spool as it was put back (a new drop renamed onto it): "
+        "its bytes are kept as the claim %s, for recovery to store",
+        os.path.basename(path),
+        name,
+    )
 
 
 def claim_changed(claim: str, path: str, name: str, settle: float) -> Deferred:
