@@ -995,15 +995,23 @@ def test_a_drop_put_back_is_durable_in_the_spool_before_its_claim_goes(tmp_path:
     assert not order.violations, order.violations
 
 
-def test_a_new_drop_renamed_onto_a_drop_being_put_back_costs_neither(tmp_path: Path) -> None:
+@pytest.mark.parametrize("when", ["before the claim goes", "as the claim goes"])
+def test_a_new_drop_renamed_onto_a_drop_being_put_back_costs_neither(
+    tmp_path: Path, when: str
+) -> None:
     """To its writer a claimed drop looks taken, so a new drop may be renamed onto its
-    name just as a failed step puts it back there, between the link and the claim's
-    removal. The put-back bytes must then not go with the claim: both drops stored."""
+    name just as a failed step puts it back there: after the link, before the claim's
+    removal (the claim then stays, the last name of those bytes) or in the two calls of
+    the removal itself (the bytes are written back as the claim). Both drops stored."""
     scenario, claimed = with_claimed(tmp_path, 3)
     settings = scenario.settings
     spool, history = settings.spool_dir, settings.history_dir
     changed, late = (spool / "good-1.json").read_bytes(), (spool / "good-2.json").read_bytes()
-    real_rename, real_unlink = durable.rename_entry, durable.unlink_entry
+    real_rename, real_unlink, real_fsync = (
+        durable.rename_entry,
+        durable.unlink_entry,
+        durable.fsync_dir,
+    )
     swapped: list[str] = []
 
     def rename_entry(src: Any, dst: Any) -> None:
@@ -1012,20 +1020,41 @@ def test_a_new_drop_renamed_onto_a_drop_being_put_back_costs_neither(tmp_path: P
             swapped.append("changed")
         real_rename(src, dst)
 
-    def unlink_entry(path: Any, **kwargs: Any) -> None:
-        if Path(path).parent == claimed and swapped == ["changed"]:
+    def replaced(at: str) -> None:
+        if swapped == ["changed"] and at == when:
             os.rename(spool / "good-2.json", spool / "good-0.json")  # as it goes back
             swapped.append("replaced")
+
+    def fsync_dir(folder: Any) -> None:
+        real_fsync(folder)
+        if Path(folder) == spool:
+            replaced("before the claim goes")
+
+    def unlink_entry(path: Any, **kwargs: Any) -> None:
+        if Path(path).parent == claimed:
+            replaced("as the claim goes")
         real_unlink(path, **kwargs)
 
-    durable.rename_entry, durable.unlink_entry = rename_entry, unlink_entry
+    durable.rename_entry, durable.unlink_entry, durable.fsync_dir = (
+        rename_entry,
+        unlink_entry,
+        fsync_dir,
+    )
     try:
         with capture_logs() as logs:
             assert run_once(settings) == 0
     finally:
-        durable.rename_entry, durable.unlink_entry = real_rename, real_unlink
+        durable.rename_entry, durable.unlink_entry, durable.fsync_dir = (
+            real_rename,
+            real_unlink,
+            real_fsync,
+        )
     assert swapped == ["changed", "replaced"], logs.text()
+    said = "it stays in" if when == "before the claim goes" else "its bytes are kept as"
     assert "good-0.json was replaced in the spool as it was put back" in logs.text()
+    # Never a claim removed that was already the bytes' last name: a crash right after
+    # would lose them, and so would a failing write-back.
+    assert said in logs.text(), logs.text()
     stored = [p.read_bytes() for p in history.glob("2*.json")]
     assert (stored.count(changed), stored.count(late)) == (1, 1), logs.text()
     assert not os.listdir(claimed) and "Traceback" not in logs.text()

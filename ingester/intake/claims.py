@@ -128,7 +128,9 @@ def unclaim(claim: durable.StrPath, path: durable.StrPath) -> None:
         # last name of these bytes.
         fd = open_claim(os.fspath(claim))
         try:
-            durable.unlink_entry(claim)
+            replaced = not _still_named(fd, path)
+            if not replaced:
+                durable.unlink_entry(claim)
         except OSError:
             os.close(fd)
             raise
@@ -142,6 +144,18 @@ def unclaim(claim: durable.StrPath, path: durable.StrPath) -> None:
             claim_name,
             folder,
             exc.strerror,
+        )
+        return
+    if replaced:
+        # The claim is the last name of these bytes already: it stays, for recovery to
+        # store them (nothing to copy, nothing that can fail).
+        os.close(fd)
+        log.warning(
+            "%s was replaced in the spool as it was put back (a new drop renamed onto it): "
+            "it stays in %s as %s, for recovery to store",
+            os.path.basename(path),
+            folder,
+            claim_name,
         )
         return
     try:
@@ -158,17 +172,23 @@ def unclaim(claim: durable.StrPath, path: durable.StrPath) -> None:
         os.close(fd)
 
 
+def _still_named(fd: int, path: durable.StrPath) -> bool:
+    """Whether ``path`` is still the file open as ``fd`` (``False`` when it is gone)."""
+    try:
+        return os.path.samestat(os.lstat(path), os.fstat(fd))
+    except FileNotFoundError:
+        return False
+
+
 def _kept_if_replaced(fd: int, claim: durable.StrPath, path: durable.StrPath) -> None:
     """After a put-back drop's claim was removed: unless ``path`` is still that file
     (open as ``fd``), its bytes are written back as ``claim``, durably, for recovery to
-    store: a new drop renamed onto ``path`` meanwhile left it no name. Raises
-    ``OSError`` when they cannot be (said by the caller; the drop is then lost)."""
+    store: a new drop renamed onto ``path`` in the two calls between the last look and
+    the removal left it no name. Raises ``OSError`` when they cannot be (said by the
+    caller; the drop is then lost)."""
+    if _still_named(fd, path):
+        return
     held = os.fstat(fd)
-    try:
-        if os.path.samestat(os.lstat(path), held):
-            return
-    except FileNotFoundError:
-        pass  # removed meanwhile: its bytes kept all the same, never lost here
     data = b"".join(iter(functools.partial(os.read, fd, 1 << 20), b""))
     folder, name = os.path.split(os.fspath(claim))
     durable.write_file(Path(folder), name, data, mode=stat.S_IMODE(held.st_mode))
