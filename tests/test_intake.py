@@ -12,6 +12,7 @@ import pytest
 from support import IS_ROOT, run_cli, wait_for
 from support.watchproc import WatchProcess, drop, latest_bytes, payload, versions
 
+from ingester.history.store import HistoryStore
 from ingester.intake.arrivals import How
 from ingester.intake.intake import Intake
 from ingester.intake.outcomes import Stored
@@ -67,18 +68,25 @@ def test_every_version_stored_from_a_mixed_burst_is_valid(root: Path) -> None:
         judge_payload(version.read_bytes())
 
 
+def started_intake(root: Path) -> tuple[HistoryStore, Spool, Intake]:
+    """The watcher's drop steps on ``root``'s default layout, started, without its loop:
+    for a test to take and release drops one step at a time."""
+    settings = resolve_settings({"root": str(root)}, environ={})
+    store = settings.store()
+    store.initialize()
+    spool = Spool(settings.spool_dir, settings.rejected_dir)
+    intake = Intake(store, spool, settings.max_bytes, Readiness(1.0, 30.0), settle=1.0)
+    intake.start()
+    return store, spool, intake
+
+
 def test_a_claim_written_to_after_its_copy_was_stored_goes_back_to_the_spool(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Step 8 in a group of copies: the one whose writer added bytes after its copy was
     stored is taken again as a new drop (its version keeps the bytes judged); the claims
     of the others are removed."""
-    settings = resolve_settings({"root": str(tmp_path)}, environ={})
-    store = settings.store()
-    store.initialize()
-    spool = Spool(settings.spool_dir, settings.rejected_dir)
-    intake = Intake(store, spool, settings.max_bytes, Readiness(1.0, 30.0), settle=1.0)
-    intake.start()
+    store, spool, intake = started_intake(tmp_path)
     names = ["a.json", "b.json", "c.json", "d.json"]
     with contextlib.ExitStack() as writers:
         handles = {}

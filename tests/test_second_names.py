@@ -21,15 +21,12 @@ import pytest
 from support import run_cli, wait_for
 from support.capabilities import needs_strace_root
 from support.watchproc import WatchProcess, drop, payload, stored_contents, versions
+from test_intake import started_intake
 from test_integrity import syscall_delayed
 
 from ingester.history import durable
 from ingester.intake.arrivals import How
-from ingester.intake.intake import Intake
 from ingester.intake.outcomes import Stored
-from ingester.intake.readiness import Readiness
-from ingester.intake.spool import Spool
-from ingester.settings.sources import resolve_settings
 
 SECOND_NAME = "(the same file under a second name, as a power cut can leave it)"
 
@@ -227,12 +224,7 @@ def test_a_put_back_whose_spool_fsync_fails_is_stored_once(
     """The same, made by ``unclaim``: the release of a copy finds its claim written to
     since, and the spool's fsync fails as the drop is put back (EIO), so both names
     stay. The next run stores the new bytes once."""
-    settings = resolve_settings({"root": str(root)}, environ={})
-    store = settings.store()
-    store.initialize()
-    spool = Spool(settings.spool_dir, settings.rejected_dir)
-    intake = Intake(store, spool, settings.max_bytes, Readiness(1.0, 30.0), settle=1.0)
-    intake.start()
+    store, spool, intake = started_intake(root)
     old = payload(2)
     new = old + b"\n"
     real = durable.fsync_dir

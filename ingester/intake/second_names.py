@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import StorageError
@@ -37,47 +37,43 @@ from .spool import Opened
 __all__ = ["remove_second_name", "version_named_by"]
 
 
+def _version_names_of(folder: durable.StrPath, dev: int, ino: int) -> Iterator[str]:
+    """The version-named entries of ``folder`` that are the regular file ``(dev, ino)``.
+
+    One listing of the folder (the inode numbers come with it, no ``stat`` per entry),
+    then, as the caller asks for them, an ``lstat`` of each entry of that inode number,
+    for its device. Raises :class:`StorageError` when the folder cannot be listed.
+    """
+    try:
+        with os.scandir(folder) as entries:
+            matches = [e.name for e in entries if e.inode() == ino and is_version_name(e.name)]
+    except OSError as exc:
+        raise StorageError("list", folder, exc) from exc
+    return (name for name in matches if _is_file(os.path.join(folder, name), dev, ino))
+
+
+def _is_file(path: str, dev: int, ino: int) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False  # removed meanwhile (retention, a finished claim): not its name now
+    return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (dev, ino)
+
+
 def version_named_by(history_dir: Path, dev: int, ino: int) -> str | None:
     """The name of the version in ``history_dir`` that is the file ``(dev, ino)``, or None.
 
-    One listing of the folder (the inode numbers come with it, no ``stat`` per entry),
-    then an ``lstat`` of the one that matches, for its device. Called only for a drop
-    with more than one link, which no drop written by the drop protocol has. Raises
-    :class:`StorageError` when the history cannot be listed.
+    Called only for a drop with more than one link, which no drop written by the drop
+    protocol has. Raises :class:`StorageError` when the history cannot be listed.
     """
-    try:
-        with os.scandir(history_dir) as entries:
-            matches = [e.name for e in entries if e.inode() == ino and is_version_name(e.name)]
-    except OSError as exc:
-        raise StorageError("list", history_dir, exc) from exc
-    for name in matches:
-        try:
-            st = os.lstat(history_dir / name)
-        except OSError:
-            continue  # removed by retention meanwhile: not this file's name any more
-        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (dev, ino):
-            return name
-    return None
+    return next(_version_names_of(history_dir, dev, ino), None)
 
 
 def claim_named_by(claimed_dir: str, dev: int, ino: int) -> bool:
     """Whether a claim in ``claimed_dir`` (a version-named entry, as recovery finishes) is
-    the file ``(dev, ino)``: one listing, then an ``lstat`` of each entry of that inode
-    number. Called only for a drop with more than
-    one link. Raises :class:`StorageError` when the folder cannot be listed."""
-    try:
-        with os.scandir(claimed_dir) as entries:
-            matches = [e.path for e in entries if e.inode() == ino and is_version_name(e.name)]
-    except OSError as exc:
-        raise StorageError("list", claimed_dir, exc) from exc
-    for path in matches:
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue  # finished meanwhile
-        if (st.st_dev, st.st_ino) == (dev, ino):
-            return True
-    return False
+    the file ``(dev, ino)``. Called only for a drop with more than one link. Raises
+    :class:`StorageError` when the folder cannot be listed."""
+    return next(_version_names_of(claimed_dir, dev, ino), None) is not None
 
 
 def remove_second_name(

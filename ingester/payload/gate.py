@@ -305,10 +305,13 @@ def load_json(text: str | bytes) -> Any:
     ``allow_nan=False``, and every string in it encoded as UTF-8."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")
+    return _loads(whole_characters(text))
+
+
+def _loads(text: str) -> Any:
+    """:func:`load_json` of a text :func:`whole_characters` has been applied to."""
     # Python's json takes NaN and Infinity by default, and reads 1e400 as infinite.
-    return json.loads(
-        whole_characters(text), parse_constant=_refuse_constant, parse_float=_finite_float
-    )
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 # Python's json messages (the part before the position), in a scraper author's words.
@@ -405,9 +408,9 @@ def _parse(data: bytes, max_bytes: int | None) -> tuple[dict[str, Any], str]:
     if not text.strip():
         what = "no bytes" if not data else "only whitespace"
         raise PayloadRejected(f"not JSON: empty ({what}); a payload is one JSON object")
-    text = whole_characters(text)
+    text = whole_characters(text)  # also the text the schema's validator is given
     try:
-        obj = load_json(text)
+        obj = _loads(text)
     except RecursionError:
         raise PayloadRejected(_TOO_DEEP) from None
     except ValueError as exc:
