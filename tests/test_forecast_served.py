@@ -574,6 +574,43 @@ def test_a_version_deleted_by_hand_leaves_the_served_forecast(root: Path) -> Non
     assert "Traceback" not in server.log
 
 
+def test_a_version_restored_among_the_old_ones_joins_the_served_forecast(root: Path) -> None:
+    """The weekly limits were read 32 hours ago (40 %), and every snapshot since is a
+    partial scrape without them. A version of 31 hours ago (70 %) is then restored by
+    hand among the old ones, renamed in whole as a restore does: a running ``serve``
+    takes it, as ``ingester forecast --json`` does, though it sorts before every version
+    the server has already read."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    reset = now + timedelta(days=4)
+    place_weekly(root, now - timedelta(hours=32), 40, reset, 0)
+    for i in range(1, 40):
+        observed = now - timedelta(hours=30) + timedelta(minutes=45 * i)
+        partial = {
+            "currentSession": {"resetsIn": "3 hr", "percentageUsed": 10},
+            "lastUpdated": iso(observed),
+            "isPartial": True,
+            "extractionErrors": {"weeklyLimits": "selector not found"},
+        }
+        put_version(root, version_name(observed, i + 1), json.dumps(partial).encode())
+    elsewhere = root / "restored"
+    elsewhere.mkdir()
+    # Made beside the history, then renamed in whole.
+    name = place_weekly(elsewhere, now - timedelta(hours=31), 70, reset, 99)
+    made = elsewhere / "console-usage-history" / name
+
+    def served() -> float:
+        answer = server.get(FORECAST)
+        assert answer.status_code == 200, answer.text
+        return float(limits_of(answer.json())["weeklyLimits.allModels"]["percentageUsed"])
+
+    with ServeProcess(root, env={"INGESTER_CONSOLE_TIMEZONE": "UTC"}) as server:
+        assert served() == 40
+        made.rename(root / "console-usage-history" / name)
+        assert cli_limits(root)["weeklyLimits.allModels"]["percentageUsed"] == 70
+        wait_for(lambda: served() == 70, 10, "serve to take the restored version")
+    assert "Traceback" not in server.log
+
+
 def test_a_limit_at_100_for_longer_than_the_basis_is_at_the_limit_since_at_least(
     root: Path,
 ) -> None:

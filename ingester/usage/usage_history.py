@@ -132,6 +132,9 @@ class UsageHistory:
         # name; the newest version folded in so far (by name, as the history sorts).
         self._earlier: dict[str, tuple[Reading, datetime, str]] = {}
         self._folded: str | None = None
+        # The names listed up to ``_folded`` when it was folded: a name that sorts among
+        # them and was not there then (a version restored by hand) is folded in late.
+        self._folded_names: frozenset[str] = frozenset()
         self.unparsable = 0
         """``resetsIn`` texts read that gave no reset time (each version counted once)."""
         self.reads = 0
@@ -316,7 +319,9 @@ class UsageHistory:
         sorts before the oldest version left, as every older one does) simply goes; for
         one deleted from among the others (by hand) the versions before the basis are
         folded again from the start, since another of them may hold the limit's last
-        reading now. Versions that could not be read are tried again.
+        reading now. Versions that could not be read are tried again, and so are
+        versions listed now among those folded that were not listed when they were (put
+        back by hand: a version's name says when it was stored, not when it came).
         """
         if entries and self._earlier:
             oldest = entries[0].name
@@ -328,10 +333,14 @@ class UsageHistory:
             first = bisect.bisect_right(entries, self._folded, key=lambda e: e.name)
         seen = {limit: held[1] for limit, held in self._earlier.items()}
         # The unreadable ones folded already (before ``first``) and still before the
-        # basis; one after those is read in its turn.
+        # basis, and the ones come since among those folded; one after those is read in
+        # its turn.
         bound = entries[min(first, lo)].name if lo else ""
         found = (_entry(entries, name) for name in self._unfolded if name < bound)
-        retry = sorted((e for e in found if e is not None), key=lambda e: e.name)
+        late = [e for e in entries[:first] if e.name < bound and e.name not in self._folded_names]
+        retry = sorted(
+            {e.name: e for e in (*found, *late) if e is not None}.values(), key=lambda e: e.name
+        )
         unfolded: set[str] = set()
         if first >= lo and not retry:
             self._unfolded = unfolded
@@ -367,8 +376,10 @@ class UsageHistory:
             for reading, at in taken:
                 seen[reading.limit] = at
                 self._earlier[reading.limit] = (reading, at, entry.name)
-        if first < lo:
-            self._folded = entries[lo - 1].name
+        if first < lo or late:
+            if first < lo:
+                self._folded = entries[lo - 1].name
+            self._folded_names = frozenset(e.name for e in entries[: max(first, lo)])
         self._unfolded = unfolded
 
     def cached(self, now: datetime) -> ForecastAnswer | None:
