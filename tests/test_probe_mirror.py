@@ -357,3 +357,154 @@ def test_the_watchdog_is_pinged_while_a_listing_is_compared_under_sse_kms(
         f"{max(gaps):.1f} s without WATCHDOG=1 (timeout {usec / 1e6:.0f} s) while the "
         f"mirror compared the listing ({heads} HEADs)"
     )
+
+
+def test_a_stop_during_the_first_listing_s_comparison_is_prompt(
+    root: Path,
+    s3: SeaweedS3,  # noqa: F811
+    bucket: str,  # noqa: F811
+    aws_files: dict[str, str],  # noqa: F811
+) -> None:
+    """docs/mirror.md, Stopping: on SIGTERM "the uploads already running finish (each
+    bounded by the client's timeouts), and those not begun, the latest copy and the
+    metadata wait for the next start"; the unit gives it ``TimeoutStopSec=30s``.
+
+    In an SSE-KMS bucket the first listing after a start compares every local version
+    already in the bucket by one ``HEAD`` each, one after the other. Here 150 versions
+    behind a KMS-ETag proxy adding 50 ms a request; SIGTERM once a few HEADs are done.
+
+    Observed: the mirror goes on with every remaining HEAD before it stops (seconds
+    here; 2,016 versions at a 30 ms round trip is a minute, past ``TimeoutStopSec``, so
+    systemd SIGKILLs it). ``ingester/mirror/sync.py`` ``MirrorSync._check_sizes`` never
+    looks at the stop flag.
+
+    Expected: a stop is honoured between requests, as between uploads: the mirror exits
+    0 within about one request's time.
+    """
+    store = make_store(root)
+    add_versions(store, 150)
+    target = f"s3://{bucket}/kmsstop"
+    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert first.returncode == 0, first.stderr
+    proxy = FaultProxy(s3.port)
+    proxy.kms_etags = True
+    proxy.fault, proxy.delay = "delay", 0.05
+    try:
+        mirror = MirrorProcess(root, target, s3_env(proxy.endpoint, aws_files))
+        heads = lambda: sum(1 for method, _ in proxy.requests if method == "HEAD")  # noqa: E731
+        wait_for(lambda: heads() >= 10, 30, "the comparison's HEADs to begin")
+        asked = time.monotonic()
+        code = mirror.stop()
+        took = time.monotonic() - asked
+        done = heads()
+    finally:
+        proxy.close()
+    assert code == 0, mirror.log
+    assert took < 2.0, (
+        f"SIGTERM took {took:.1f} s: the mirror made {done} HEADs in all, most after the stop"
+    )
+
+
+# -- the words of --once's failure ------------------------------------------------------------
+
+
+def test_mirror_once_does_not_say_it_retries_when_it_exits(
+    root: Path,
+    aws_files: dict[str, str],  # noqa: F811
+) -> None:
+    """``mirror --once``: "One pass (list, upload what is missing), then exit: 0 when every
+    version is mirrored, 1 otherwise" (``--help``); docs/mirror.md: exit 1 "the object
+    store ... could not be used ... (one line on stderr)", an error "one clear line".
+
+    Observed: against an unreachable store, ``--once`` exits 1 at once, yet its error line
+    says ``...; 3 version(s) waiting; retrying with backoff up to 30 s``: no retry
+    follows, the process has ended. A cron job's mail reads as if the mirror were still
+    at it. (``ingester/mirror/mirror.py`` ``Mirror._blocked`` logs the service's words
+    before ``_loop`` returns 1 for ``once``.)
+
+    Expected: the one line says what happened (the store could not be used, N versions
+    not mirrored) and claims no retry that never comes.
+    """
+    store = make_store(root)
+    add_versions(store, 3)
+    dead = s3_env(f"http://127.0.0.1:{free_port()}", aws_files)
+    once = run_cli(root, "mirror", f"s3://t-{free_port()}x/p", "--once", **dead)
+    assert once.returncode == 1, once.stderr
+    assert "object store unreachable" in once.stderr, once.stderr
+    assert "retrying" not in once.stderr, once.stderr
+
+
+# -- --concurrency over its whole documented range ------------------------------------------
+
+
+def test_the_documented_concurrency_range_logs_no_connection_pool_warnings(
+    root: Path,
+    s3: SeaweedS3,  # noqa: F811
+    bucket: str,  # noqa: F811
+    aws_files: dict[str, str],  # noqa: F811
+) -> None:
+    """``mirror --concurrency N`` takes 1 to 32 (``--help``: "Uploads in flight while a
+    backlog drains"); docs/mirror.md promises one log line per change of state, and every
+    line the product's own.
+
+    Observed: with ``--concurrency`` above 16 a backlog's drain logs dozens of urllib3
+    lines, ``WARNING Connection pool is full, discarding connection: 127.0.0.1.
+    Connection pool size: 16`` (15 to 30 of them for 300 versions at 32 here), and each
+    discarded connection is a new TCP (and, on AWS, TLS) handshake for the next upload.
+    ``ingester/mirror/objectstore.py`` ``make_client`` fixes ``max_pool_connections=16``
+    whatever ``--concurrency`` the mirror runs with (``ingester/cli/mirror.py`` allows 32).
+
+    Expected: the client's pool holds as many connections as uploads may be in flight,
+    so no such warning appears (none does at 16).
+    """
+    store = make_store(root)
+    add_versions(store, 300)
+    env = s3_env(s3.endpoint, aws_files)
+    done = run_cli(root, "mirror", f"s3://{bucket}/pool", "--once", "--concurrency", "32", **env)
+    assert done.returncode == 0, done.stderr
+    noise = [line for line in done.stderr.splitlines() if "Connection pool is full" in line]
+    assert not noise, f"{len(noise)} lines like: {noise[0]}"
+
+
+def test_a_damaged_latest_copy_is_repaired_by_the_next_pass(
+    root: Path,
+    s3: SeaweedS3,  # noqa: F811
+    bucket: str,  # noqa: F811
+    aws_files: dict[str, str],  # noqa: F811
+) -> None:
+    """docs/mirror.md: ``PREFIX/console-usage-synced.json`` is "a copy of the newest
+    version"; "A reader of the bucket therefore finds the newest snapshot at a fixed
+    name"; "the mirror knows _metadata.json and the latest copy are current by the same
+    checksum (one HEAD each after a listing)".
+
+    Here the latest copy is overwritten with an older snapshot's bytes while its user
+    metadata (``version``, ``sha256`` of the newest) is kept, as a tool that rewrites an
+    object and copies its metadata leaves it. In this plain bucket the listing's ETag
+    (the MD5 of what the object holds) differs from the MD5 of the newest version.
+
+    Observed: a new ``mirror --once`` (a fresh listing) exits 0 and leaves the latest
+    copy as it is: readers of the fixed name get the older snapshot (whose bytes do not
+    match the SHA-256 the object carries) until a newer version is mirrored.
+    (``ingester/mirror/s3_history.py`` ``S3History.publish``/``_current``: the stored
+    metadata alone is compared, never the object's bytes or its ETag.)
+
+    Expected: a pass that lists the prefix notices that the latest copy does not hold the
+    newest version's bytes and puts it again.
+    """
+    store = make_store(root)
+    names = add_versions(store, 3)
+    prefix = "latest-damaged"
+    target = f"s3://{bucket}/{prefix}"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    client = client_for(s3.endpoint)
+    key = f"{prefix}/console-usage-synced.json"
+    metadata = client.head_object(Bucket=bucket, Key=key)["Metadata"]
+    newest = (root / HISTORY / names[-1]).read_bytes()
+    older = (root / HISTORY / names[0]).read_bytes()
+    assert older != newest and metadata["version"] == names[-1]
+    client.put_object(Bucket=bucket, Key=key, Body=older, Metadata=metadata)
+    again = run_cli(root, "mirror", target, "--once", **env)
+    assert again.returncode == 0, again.stderr
+    held = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert held == newest, "the latest copy still holds an older snapshot"
