@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import itertools
 import json
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from support import run_cli, wait_for
@@ -66,9 +66,9 @@ class DenyProxy:
                 if self.command in proxy.deny:
                     proxy.denied.append((self.command, self.path))
                     payload = (
-                        '<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied'
-                        "</Code><Message>Access Denied</Message></Error>"
-                    ).encode()
+                        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied'
+                        b"</Code><Message>Access Denied</Message></Error>"
+                    )
                     self.send_response(403)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))
@@ -123,9 +123,8 @@ def deny_delete(s3: SeaweedS3) -> Iterator[DenyProxy]:  # noqa: F811 - the fixtu
 
 
 def state_of(root: Path) -> MirrorState:
-    state = read_mirror_state(root / HISTORY)
-    assert state is not None
-    return state
+    """The mirror's state file (a blank state while there is none yet)."""
+    return read_mirror_state(root / HISTORY) or MirrorState()
 
 
 # -- follow mode against a bucket that refuses deletes ---------------------------------------
@@ -165,9 +164,7 @@ def test_follow_mode_whose_deletes_are_refused_is_not_reported_as_rejected_crede
     assert not any((root / HISTORY / n).exists() for n in old)
     add_versions(store, 1, start=50)
     env = s3_env(deny_delete.endpoint, aws_files)
-    mirror = MirrorProcess(
-        root, target, env, "--max-versions", "2", "--mirror-retention", "follow"
-    )
+    mirror = MirrorProcess(root, target, env, "--max-versions", "2", "--mirror-retention", "follow")
     try:
         wait_for(lambda: deny_delete.denied, 30, "the mirror to try a DELETE")
         wait_for(
@@ -210,7 +207,9 @@ def test_mirror_hold_zero_given_to_cleanup_turns_the_hold_off(root: Path) -> Non
     add_versions(store, 2)
     # A mirror that has uploaded nothing yet, started with the default bound.
     write_mirror_state(root / HISTORY, MirrorState(mirrored_through=None, hold_max=10_000))
-    plan = run_cli(root, "--max-versions", "2", "--mirror-hold", "0", "cleanup", "--dry-run", "--json")
+    plan = run_cli(
+        root, "--max-versions", "2", "--mirror-hold", "0", "cleanup", "--dry-run", "--json"
+    )
     assert plan.returncode == 0, plan.stderr
     reasons = {d["name"]: d["reason"] for d in json.loads(plan.stdout)}
     done = run_cli(root, "--max-versions", "2", "cleanup", INGESTER_MIRROR_HOLD="0")
@@ -274,9 +273,7 @@ def test_other_bytes_carrying_our_checksum_are_never_counted_mirrored(
     cleaned = run_cli(root, "--max-versions", "1", "cleanup")
     assert cleaned.returncode == 0, cleaned.stderr
     kept = (root / HISTORY / old[0]).exists()
-    restored = run_cli(
-        tmp_path, "restore", target, "--root", str(tmp_path / "restored"), **env
-    )
+    restored = run_cli(tmp_path, "restore", target, "--root", str(tmp_path / "restored"), **env)
     assert kept or restored.returncode == 0, (
         f"{old[0]} deleted locally and unrecoverable from the bucket: mirror said "
         f"{done.returncode} {done.stderr!r}, watermark {state.mirrored_through}; "
@@ -336,9 +333,13 @@ def test_the_watchdog_is_pinged_while_a_listing_is_compared_under_sse_kms(
             listener.wait_for(lambda m: m.fields.get("READY") == "1", 20, "READY=1")
             # The first pass: a listing, then a HEAD per version (150 x >= 40 ms).
             listener.wait_for(
-                lambda m: proxy.forwarded >= 150 and "0 version(s) waiting" in m.fields.get(
-                    "STATUS", ""
-                ) or (proxy.forwarded >= 152 and m.fields.get("WATCHDOG") == "1"),
+                lambda m: (
+                    (
+                        proxy.forwarded >= 150
+                        and "0 version(s) waiting" in m.fields.get("STATUS", "")
+                    )
+                    or (proxy.forwarded >= 152 and m.fields.get("WATCHDOG") == "1")
+                ),
                 60,
                 "the first pass to end",
                 alive=lambda: mirror.proc.poll() is None,
@@ -350,8 +351,12 @@ def test_the_watchdog_is_pinged_while_a_listing_is_compared_under_sse_kms(
             mirror.stop()
             proxy.close()
         heads = sum(1 for method, _ in proxy.requests if method == "HEAD")
-        beats = [m.at for m in listener.messages if m.fields.get("READY") == "1" or m.fields.get("WATCHDOG") == "1"]
-    gaps = [b - a for a, b in zip(beats, beats[1:], strict=False)]
+        beats = [
+            m.at
+            for m in listener.messages
+            if m.fields.get("READY") == "1" or m.fields.get("WATCHDOG") == "1"
+        ]
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
     assert heads >= 100, f"only {heads} HEADs: the comparison did not run"
     assert max(gaps) <= usec / 1e6, (
         f"{max(gaps):.1f} s without WATCHDOG=1 (timeout {usec / 1e6:.0f} s) while the "
@@ -508,3 +513,60 @@ def test_a_damaged_latest_copy_is_repaired_by_the_next_pass(
     assert again.returncode == 0, again.stderr
     held = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     assert held == newest, "the latest copy still holds an older snapshot"
+
+
+# -- the bucket is gone: the watermark still says the versions are in it ---------------------
+
+
+def test_retention_holds_once_the_store_says_the_bucket_is_gone(
+    root: Path,
+    s3: SeaweedS3,  # noqa: F811
+    bucket: str,  # noqa: F811
+    aws_files: dict[str, str],  # noqa: F811
+) -> None:
+    """docs/mirror.md: "Local retention never deletes what is not mirrored yet"; the
+    watermark means "every version whose name sorts at or below it is in the object
+    store"; "A backlog, not a loss".
+
+    The bucket is deleted (by mistake, by an account clean-up). The
+    store then answers every request with ``404 NoSuchBucket``: not an outage but a
+    definite answer that none of the versions is in the object store any more.
+
+    Observed: the mirror records state ``no-bucket`` and keeps the old watermark, so
+    ``cleanup`` deletes the expired versions as "mirrored": they are then nowhere, not on
+    disk and not in any bucket. (``ingester/mirror/mirror.py`` ``Mirror._blocked`` and
+    ``ingester/mirror/sync.py`` ``MirrorSync.forget`` leave
+    ``MirrorProgress.state.mirrored_through`` as it was for every kind of failure, and
+    ``MirrorProgress.resume`` takes it up at a start.) Shown here with a cron-style
+    ``--once`` after the deletion; a running mirror keeps its watermark the same way on
+    AWS (SeaweedFS re-creates a bucket on the next PUT, so the running case cannot be
+    shown against it).
+
+    Expected: once the store says the bucket does not exist, nothing counts as mirrored
+    (the watermark is dropped), so retention holds the versions (bounded by
+    ``--mirror-hold``) until a bucket holds them again.
+    """
+    store = make_store(root, max_versions=1)
+    old = add_old_versions(store, 3)
+    add_versions(store, 1)
+    target = f"s3://{bucket}/gone-bucket"
+    env = s3_env(s3.endpoint, aws_files)
+    client = client_for(s3.endpoint)
+    first = run_cli(root, "mirror", target, "--once", **env)
+    assert first.returncode == 0, first.stderr
+    # The bucket goes: every object, then the bucket itself.
+    for name in remote_names(client, bucket, "gone-bucket"):
+        client.delete_object(Bucket=bucket, Key=f"gone-bucket/{name}")
+    client.delete_bucket(Bucket=bucket)
+    # The mirror's next pass (here a cron-style --once) meets the missing bucket.
+    again = run_cli(root, "mirror", target, "--once", **env)
+    assert again.returncode == 1 and "bucket does not exist" in again.stderr, again.stderr
+    state = state_of(root)
+    assert state.state == "no-bucket", state
+    cleaned = run_cli(root, "--max-versions", "1", "cleanup")
+    assert cleaned.returncode == 0, cleaned.stderr
+    lost = [n for n in old if not (root / HISTORY / n).exists()]
+    assert not lost, (
+        f"with the bucket gone (state {state.state}, watermark still {state.mirrored_through}) "
+        f"cleanup deleted {len(lost)} version(s) that are now nowhere: {cleaned.stdout.strip()}"
+    )
