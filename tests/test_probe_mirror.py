@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from support import run_cli, wait_for
 from support.ports import free_port
-from support.s3server import FaultProxy, SeaweedS3
+from support.s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, SeaweedS3
 from support.sdnotify import NotifyListener
 from test_mirror import (  # the fixtures and helpers of the mirror's own tests
     HISTORY,
@@ -570,3 +570,75 @@ def test_retention_holds_once_the_store_says_the_bucket_is_gone(
         f"with the bucket gone (state {state.state}, watermark still {state.mirrored_through}) "
         f"cleanup deleted {len(lost)} version(s) that are now nowhere: {cleaned.stdout.strip()}"
     )
+
+
+# -- credentials that cannot be fetched for a moment, while the mirror retries ---------------
+
+
+def test_a_credential_process_failing_for_a_moment_is_retried_not_fatal(
+    root: Path,
+    tmp_path: Path,
+    s3: SeaweedS3,  # noqa: F811
+    bucket: str,  # noqa: F811
+) -> None:
+    """docs/mirror.md: "rejected credentials (403) ... stop the pass; it is retried with
+    backoff"; "After rejected credentials each retry builds a new client, which re-reads
+    the credential chain: a corrected credentials file (or a refreshed instance role) is
+    picked up without a restart"; a mirror is "A backlog, not a loss".
+
+    The mirror runs with a wrong secret (denied, retrying). Meanwhile the operator moves
+    the profile to a ``credential_process`` helper (SSO, aws-vault, a vault agent) that
+    fails for a moment (its IdP unreachable), then fixes the credentials.
+
+    Observed: at the next retry the new client cannot be made (botocore runs the helper
+    while making the client: ``CredentialRetrievalError``), and the mirror *exits 1*
+    (``error: cannot make an S3 client: cannot fetch credentials: ...``) instead of
+    retrying: the fixed credentials are never picked up, the backlog waits for a restart.
+    (``ingester/mirror/sync.py`` ``MirrorSync.sync`` calls ``self.remote()``, which calls
+    the client factory outside ``_call``, so ``ObjectStoreUnavailable`` from
+    ``ingester/mirror/objectstore.py`` ``make_client`` is not a ``MirrorBlocked`` and
+    leaves ``Mirror._loop``; ``ingester/cli/mirror.py`` ``mirror`` turns it into exit 1.)
+
+    Expected: a credential chain that fails while making a new client is one more
+    "credentials refused" retry with backoff; the mirror drains once they work again.
+    """
+    store = make_store(root)
+    add_versions(store, 3)
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\nregion = us-east-1\n")
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text(
+        f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = wrong-secret\n"
+    )
+    env = {
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ENDPOINT_URL": s3.endpoint,
+    }
+    target = f"s3://{bucket}/helper"
+    mirror = MirrorProcess(root, target, env)
+    client = client_for(s3.endpoint)
+    try:
+        mirror.wait_log("object store refused the credentials")
+        # The profile now gets its keys from a helper, which fails for now.
+        credentials.write_text("[default]\n")
+        config.write_text("[default]\nregion = us-east-1\ncredential_process = /bin/false\n")
+        time.sleep(3)  # a few retries (--retry-max 0.5)
+        # The helper works again (here: the keys are back in the credentials file).
+        config.write_text("[default]\nregion = us-east-1\n")
+        credentials.write_text(
+            f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        )
+        wait_for(
+            lambda: (
+                mirror.proc.poll() is not None
+                or len([n for n in remote_names(client, bucket, "helper") if n[:1] == "2"]) == 3
+            ),
+            30,
+            "the mirror to drain (or end)",
+        )
+        running = mirror.proc.poll() is None
+    finally:
+        code = mirror.stop()
+    assert running, f"the mirror ended (exit {code}) instead of retrying:\n{mirror.log}"
