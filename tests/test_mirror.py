@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -971,6 +972,71 @@ def test_wrong_credentials_then_fixed_without_a_restart(
     assert run_cli(root, "--max-versions", "1", "cleanup").returncode == 0
     assert [n for n in old if (root / HISTORY / n).exists()] == old[-1:]  # the newest stays
     restore_and_verify(root, tmp_path, target, s3_env(s3.endpoint, aws_files))
+
+
+def test_a_credential_chain_failing_for_a_moment_is_retried_not_fatal(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str
+) -> None:
+    """A new client is made at each retry after refused credentials; when botocore cannot
+    make it (a ``credential_process`` helper failing for a moment: its IdP unreachable),
+    that is one more "credentials refused" retry with backoff, never the end of the
+    service: once the credentials work again, the backlog drains without a restart."""
+    store = make_store(root)
+    add_versions(store, 3)
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\nregion = us-east-1\n")
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text(
+        f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = wrong-secret\n"
+    )
+    env = {
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ENDPOINT_URL": s3.endpoint,
+    }
+    target = f"s3://{bucket}/helper"
+    mirror = MirrorProcess(root, target, env)
+    client = client_for(s3.endpoint)
+    try:
+        mirror.wait_log("object store refused the credentials")
+        # The profile now gets its keys from a helper, which fails for now.
+        credentials.write_text("[default]\n")
+        config.write_text("[default]\nregion = us-east-1\ncredential_process = /bin/false\n")
+        time.sleep(3)  # a few retries (--retry-max 0.5)
+        # The helper works again (here: the keys are back in the credentials file).
+        config.write_text("[default]\nregion = us-east-1\n")
+        credentials.write_text(
+            f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        )
+        wait_for(
+            lambda: (
+                mirror.proc.poll() is not None
+                or len([n for n in remote_names(client, bucket, "helper") if n[:1] == "2"]) == 3
+            ),
+            30,
+            "the mirror to drain (or end)",
+        )
+        running = mirror.proc.poll() is None
+    finally:
+        code = mirror.stop()
+    assert running, f"the mirror ended (exit {code}) instead of retrying:\n{mirror.log}"
+    assert code == 0 and "Traceback" not in mirror.log, mirror.log
+
+
+def test_the_whole_concurrency_range_logs_no_connection_pool_warnings(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """``--concurrency`` up to 32: the client's connection pool holds as many connections
+    as uploads may be in flight, so none is discarded (urllib3's "Connection pool is
+    full" warnings, and a new handshake for the next upload)."""
+    store = make_store(root)
+    add_versions(store, 300)
+    env = s3_env(s3.endpoint, aws_files)
+    done = run_cli(root, "mirror", f"s3://{bucket}/pool", "--once", "--concurrency", "32", **env)
+    assert done.returncode == 0, done.stderr
+    noise = [line for line in done.stderr.splitlines() if "Connection pool is full" in line]
+    assert not noise, f"{len(noise)} lines like: {noise[0]}"
 
 
 # -- what an object is, and how it is checked: never by the ETag's shape ---------------------

@@ -34,7 +34,7 @@ from ..history.retention import plan_retention
 from ..payload.model import judge_payload
 from ..runtime.signals import StopFlag
 from ..threads import THREAD_LIMIT, workers_or_inline
-from .objectstore import Failure, RemoteObject, S3Client
+from .objectstore import ClientNotMade, Failure, RemoteObject, S3Client
 from .options import MirrorOptions
 from .progress import MirrorProgress
 from .s3_history import S3History
@@ -70,9 +70,10 @@ class PassResult:
 class MirrorSync:
     """The passes that copy the history ``local`` to ``options.target``.
 
-    ``client_factory(endpoint_url, timeout=...)`` makes the S3 client; ``progress`` is
-    told each version uploaded or refused and moves the watermark; ``stop`` ends a pass
-    between uploads; ``alive`` is called between chunks of uploads (the watchdog's ping).
+    ``client_factory(endpoint_url, timeout=..., concurrency=...)`` makes the S3 client;
+    ``progress`` is told each version uploaded or refused and moves the watermark;
+    ``stop`` ends a pass between requests; ``alive`` is called between them (the
+    watchdog's ping).
     """
 
     def __init__(
@@ -103,9 +104,23 @@ class MirrorSync:
 
     def remote(self) -> S3History:
         """The copy's backing, made on first use (and again after rejected credentials,
-        with a new client, or after an outage, so that it lists again)."""
+        with a new client, or after an outage, so that it lists again).
+
+        A client botocore cannot make (a credential process failing for a moment) ends
+        the pass like a failed request, so the service waits and tries again; a
+        ``--once`` run has nothing to wait for and reports it as it is.
+        """
         if self._remote is None:
-            client = self._factory(self.options.endpoint_url, timeout=self.options.timeout)
+            try:
+                client = self._factory(
+                    self.options.endpoint_url,
+                    timeout=self.options.timeout,
+                    concurrency=max(1, self.options.concurrency),
+                )
+            except ClientNotMade as exc:
+                if self.options.once:
+                    raise
+                raise MirrorBlocked(exc.failure) from None
             self._remote = S3History(client, self.target)
         return self._remote
 
