@@ -1024,6 +1024,50 @@ def test_a_credential_chain_failing_for_a_moment_is_retried_not_fatal(
     assert code == 0 and "Traceback" not in mirror.log, mirror.log
 
 
+def state_of(root: Path) -> MirrorState:
+    """The mirror's state file (a blank state while there is none yet)."""
+    return read_mirror_state(root / HISTORY) or MirrorState()
+
+
+def test_retention_holds_once_the_store_says_the_bucket_is_gone(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """The bucket is deleted (by mistake, by an account clean-up): the store answers
+    ``404 NoSuchBucket``, not an outage but a definite answer that none of the versions
+    is in it any more. Nothing counts as mirrored from then on (the watermark is
+    dropped), so retention holds the expired versions (bounded by ``--mirror-hold``)
+    until a bucket holds them again. Shown with a cron-style ``--once`` after the
+    deletion (SeaweedFS re-creates a bucket on the next PUT, so a running mirror would
+    put it back at once; on AWS it stays gone)."""
+    store = make_store(root, max_versions=1)
+    old = add_old_versions(store, 3)
+    add_versions(store, 1)
+    target = f"s3://{bucket}/gone-bucket"
+    env = s3_env(s3.endpoint, aws_files)
+    client = client_for(s3.endpoint)
+    first = run_cli(root, "mirror", target, "--once", **env)
+    assert first.returncode == 0, first.stderr
+    assert state_of(root).mirrored_through is not None
+    # The bucket goes: every object, then the bucket itself.
+    for name in remote_names(client, bucket, "gone-bucket"):
+        client.delete_object(Bucket=bucket, Key=f"gone-bucket/{name}")
+    client.delete_bucket(Bucket=bucket)
+    again = run_cli(root, "mirror", target, "--once", **env)
+    assert again.returncode == 1 and "bucket does not exist" in again.stderr, again.stderr
+    state = state_of(root)
+    assert (state.state, state.mirrored_through, state.waiting) == ("no-bucket", None, 4), state
+    cleaned = run_cli(root, "--max-versions", "1", "cleanup")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert all((root / HISTORY / n).exists() for n in old), cleaned.stdout
+    # A bucket again: everything is uploaded, and retention applies once it is.
+    client.create_bucket(Bucket=bucket)
+    back = run_cli(root, "mirror", target, "--once", **env)
+    assert back.returncode == 0, back.stderr
+    assert mirrored_exactly(client, bucket, "gone-bucket", root, follow=False) is True
+    assert run_cli(root, "--max-versions", "1", "cleanup").returncode == 0
+    assert not any((root / HISTORY / n).exists() for n in old)
+
+
 def test_the_whole_concurrency_range_logs_no_connection_pool_warnings(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

@@ -25,7 +25,8 @@ What it keeps true, and how:
   ``--retry-max``) and logs one line when the state changes, not one per retry. After
   rejected credentials each retry builds a new client, so a fixed credentials file (or a
   refreshed instance role) is picked up without a restart. Meanwhile local retention
-  holds back every version above the mirror's watermark (:mod:`ingester.mirror.state`).
+  holds back every version above the mirror's watermark (:mod:`ingester.mirror.state`);
+  a missing bucket drops the watermark, so that it holds back every version.
 * **Deletions** (``--mirror-retention follow``): remote versions that the retention
   policy deletes when applied to the remote listing, that are gone locally and older
   than the oldest local version, are deleted. Never the newest, never anything while
@@ -144,6 +145,10 @@ class Mirror:
     def _blocked(self, failure: Failure, backoff: float) -> None:
         """Enter (or stay in) a problem state; one log line per change of state."""
         progress = self.progress
+        if failure.kind == "no-bucket":
+            # Not an outage but the store's answer that the bucket, and every version in
+            # it, is gone: nothing counts as mirrored, so retention holds (bounded).
+            progress.forget_watermark()
         if progress.problem is None or progress.problem.kind != failure.kind:
             self._problem_since = time.monotonic()
             log.error(

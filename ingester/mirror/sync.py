@@ -130,8 +130,12 @@ class MirrorSync:
 
     def forget(self, failure: Failure) -> None:
         """After ``failure``: rejected credentials drop the client (a new one re-reads the
-        credential chain); anything else drops what is known of the remote (list again)."""
+        credential chain); anything else drops what is known of the remote (list again).
+        A missing bucket also drops what was compared: whatever a bucket of that name
+        holds later is compared again."""
         remote = self._remote
+        if failure.kind == "no-bucket":
+            self._compared.clear()
         if failure.kind == "denied":
             self._remote = None
         elif remote is not None:
