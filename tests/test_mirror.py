@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -42,6 +43,7 @@ from support.capabilities import (
 )
 from support.ports import free_port
 from support.s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, SeaweedS3, weed_binary
+from support.sdnotify import NotifyListener
 from support.signals import storm
 from support.watchproc import WatchProcess, drop, payload
 
@@ -1083,6 +1085,104 @@ def test_the_whole_concurrency_range_logs_no_connection_pool_warnings(
     assert not noise, f"{len(noise)} lines like: {noise[0]}"
 
 
+def version_reads(proxy: FaultProxy) -> int:
+    """How many requests for a single object (not listings) ``proxy`` forwarded."""
+    return sum(1 for m, p in list(proxy.requests) if m in ("GET", "HEAD") and "list-type" not in p)
+
+
+def test_the_watchdog_is_pinged_while_a_listing_is_compared_under_sse_kms(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """In an SSE-KMS bucket (ETags that are not MD5s) the first listing after a start
+    proves each version already in the bucket by a request of its own, one after the
+    other: 2,016 versions at a 30 ms round trip is a minute. The watchdog (the unit's
+    ``WatchdogSec``) is pinged within its interval all along. Scaled down here: 150
+    versions, 40 ms a request, ``WATCHDOG_USEC`` of 3 s."""
+    store = make_store(root)
+    add_versions(store, 150)
+    target = f"s3://{bucket}/kmsdog"
+    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert first.returncode == 0, first.stderr
+    proxy = FaultProxy(s3.port)
+    proxy.kms_etags = True
+    proxy.fault, proxy.delay = "delay", 0.04
+    usec = 3_000_000
+    with NotifyListener() as listener:
+        env = s3_env(
+            proxy.endpoint, aws_files, NOTIFY_SOCKET=listener.address, WATCHDOG_USEC=str(usec)
+        )
+        mirror = MirrorProcess(root, target, env, command_args=("--reconcile-interval", "600"))
+        try:
+            listener.wait_for(lambda m: m.fields.get("READY") == "1", 20, "READY=1")
+            # The first pass: a listing, then a request per version (150 x >= 40 ms).
+            listener.wait_for(
+                lambda m: (
+                    (
+                        proxy.forwarded >= 150
+                        and "0 version(s) waiting" in m.fields.get("STATUS", "")
+                    )
+                    or (proxy.forwarded >= 152 and m.fields.get("WATCHDOG") == "1")
+                ),
+                60,
+                "the first pass to end",
+                alive=lambda: mirror.proc.poll() is None,
+            )
+            end = time.monotonic() + 3
+            while time.monotonic() < end:
+                listener.receive(0.25)
+        finally:
+            assert mirror.stop() == 0, mirror.log
+            proxy.close()
+        reads = version_reads(proxy)
+        beats = [
+            m.at
+            for m in listener.messages
+            if m.fields.get("READY") == "1" or m.fields.get("WATCHDOG") == "1"
+        ]
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
+    assert reads >= 100, f"only {reads} reads: the comparison did not run"
+    assert max(gaps) <= usec / 1e6, (
+        f"{max(gaps):.1f} s without WATCHDOG=1 (timeout {usec / 1e6:.0f} s) while the "
+        f"mirror compared the listing ({reads} reads)"
+    )
+
+
+def test_a_stop_during_the_first_listing_s_comparison_is_prompt_and_counts_nothing(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """SIGTERM while the first listing is compared one request per version (SSE-KMS,
+    150 versions, 50 ms a request) is honoured between requests, as between uploads: the
+    mirror exits 0 within about one request's time (the unit's ``TimeoutStopSec`` is
+    30 s; a minute of comparison would end in SIGKILL). The versions not compared yet
+    are counted on nothing: the watermark the previous run left stands."""
+    store = make_store(root)
+    add_versions(store, 150)
+    target = f"s3://{bucket}/kmsstop"
+    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert first.returncode == 0, first.stderr
+    # The previous run's watermark, lowered: the comparison alone could raise it.
+    names = sorted(local_versions(root))
+    write_mirror_state(
+        root / HISTORY, state_of(root).model_copy(update={"mirrored_through": names[4]})
+    )
+    proxy = FaultProxy(s3.port)
+    proxy.kms_etags = True
+    proxy.fault, proxy.delay = "delay", 0.05
+    try:
+        mirror = MirrorProcess(root, target, s3_env(proxy.endpoint, aws_files))
+        wait_for(lambda: version_reads(proxy) >= 10, 30, "the comparison's requests to begin")
+        asked = time.monotonic()
+        code = mirror.stop()
+        took = time.monotonic() - asked
+        done = version_reads(proxy)
+    finally:
+        proxy.close()
+    assert code == 0, mirror.log
+    assert took < 2.0, f"SIGTERM took {took:.1f} s: {done} requests in all, most after the stop"
+    assert done < 150, done
+    assert state_of(root).mirrored_through == names[4]
+
+
 # -- what an object is, and how it is checked: never by the ETag's shape ---------------------
 
 
@@ -1242,9 +1342,8 @@ def test_other_bytes_of_the_same_size_under_a_version_s_name_are_never_counted_m
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:
     """Retention deletes what the watermark has passed: a remote object that is not our
-    version, though as long, must hold the watermark, or our only copy goes. (Without a
-    stored SHA-256, and an ETag that is not our bytes' MD5, nothing can tell: the size
-    decides then, as for restore.)"""
+    version, though as long, must hold the watermark, or our only copy goes. (Its ETag is
+    not our bytes' MD5, so the mirror reads it back: other bytes.)"""
     store = make_store(root)
     names = add_versions(store, 3)
     data = store.version_path(names[0]).read_bytes()
@@ -1282,6 +1381,46 @@ def test_other_bytes_of_the_same_size_under_a_version_s_name_are_never_counted_m
         root, "--max-versions", "1", "--retention-days", "0.0001", "cleanup", "--dry-run"
     )
     assert f"{names[0]}  keep" in held.stdout, held.stdout
+
+
+def test_other_bytes_under_our_stored_checksum_are_never_counted_mirrored(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """The object under an expired version's name holds other bytes of the same size,
+    carrying *our* bytes' SHA-256 in its metadata (what a tool that rewrites an object
+    and copies its metadata leaves). Stored metadata proves nothing of the bytes: the
+    listing's ETag is not our MD5, so the mirror reads the object, finds other bytes,
+    reports the version and never counts it mirrored; retention keeps the local copy,
+    the one copy left (restore refuses the object)."""
+    store = make_store(root, max_versions=1)
+    old = add_old_versions(store, 3)
+    add_versions(store, 1)
+    data = (root / HISTORY / old[0]).read_bytes()
+    other = data.replace(b"1", b"2", 1)
+    assert len(other) == len(data) and other != data
+    prefix = "ours-sha"
+    client = client_for(s3.endpoint)
+    client.put_object(
+        Bucket=bucket,
+        Key=f"{prefix}/{old[0]}",
+        Body=other,
+        Metadata={"sha256": hashlib.sha256(data).hexdigest()},
+    )
+    target = f"s3://{bucket}/{prefix}"
+    env = s3_env(s3.endpoint, aws_files)
+    done = run_cli(root, "mirror", target, "--once", **env)
+    assert done.returncode == 1, done.stderr
+    assert (
+        f"cannot mirror version {old[0]}: the object store holds other bytes under its name"
+    ) in done.stderr, done.stderr
+    state = state_of(root)
+    assert (state.state, state.mirrored_through) == ("stuck", None), state
+    assert run_cli(root, "--max-versions", "1", "cleanup").returncode == 0
+    assert (root / HISTORY / old[0]).read_bytes() == data
+    restored = run_cli(tmp_path, "restore", target, "--root", str(tmp_path / "restored"), **env)
+    assert restored.returncode == 1, restored.stderr  # the object is not our version
+    # Never overwritten: the object still holds what was put there.
+    assert client.get_object(Bucket=bucket, Key=f"{prefix}/{old[0]}")["Body"].read() == other
 
 
 def test_a_stuck_mirror_goes_on_once_the_right_bytes_are_back(

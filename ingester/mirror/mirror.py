@@ -13,11 +13,14 @@ What it keeps true, and how:
   newest version: object stores have no symlinks) are small single PUTs too. Every
   object carries the SHA-256 of its bytes in its metadata (the latest copy also the
   version it copies): that, never the ETag (not an MD5 under SSE-KMS), is how restore
-  checks a download and how the mirror knows the two fixed objects are current (one
-  ``HEAD`` each after a listing, then what it uploaded itself).
+  checks a download. The mirror counts an object as its copy (a version, or a fixed
+  object as current) only on proof of its bytes (an ETag equal to their MD5, else the
+  bytes read back), never on that metadata, which a tool may copy along with other
+  bytes.
 * **No journal of its own.** On start, after any outage, and every
   ``--reconcile-interval`` seconds it lists the remote prefix and uploads exactly what
-  the local history has and the listing lacks. Between listings it trusts what it has
+  the local history has and the listing lacks (and reports a remote version not
+  proven to hold our bytes). Between listings it trusts what it has
   uploaded itself, and learns of new versions by looking at the history folder's mtime
   twice a second (one ``stat``), with a full pass every ``--rescan-interval`` seconds.
 * **A backlog, not a loss.** An outage, throttling (503 SlowDown), 5xx answers or

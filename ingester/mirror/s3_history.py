@@ -20,12 +20,19 @@ with ``Content-MD5`` (the server refuses bytes that do not match) and ``If-None-
 A single PUT is atomic: a killed upload leaves no partial object. The writer trusts what
 it uploaded itself between listings (:meth:`S3History.refresh`).
 
-**One checksum rule** (:func:`same_bytes`), for every question "are these the bytes of
-that object?": the sizes first, then the SHA-256 the writer stored with the object in
-user metadata (``x-amz-meta-sha256``), computed by us and never by the store; failing
-that, the ETag only when it *equals* the MD5 of the bytes (a single-part upload
-without SSE-KMS or SSE-C). The ETag's shape is never trusted: under SSE-KMS it looks
-like an MD5 and is not one.
+**One checksum rule** (:func:`same_bytes`), for every question "are these bytes the
+object's?" (a download checked, a file restore finds present): the sizes first, then
+the SHA-256 the writer stored with the object in user metadata (``x-amz-meta-sha256``),
+computed by us and never by the store; failing that, the ETag only when it *equals*
+the MD5 of the bytes (a single-part upload without SSE-KMS or SSE-C). The ETag's shape
+is never trusted: under SSE-KMS it looks like an MD5 and is not one.
+
+**Proof that the store holds our bytes** (:meth:`S3History.proves`), asked before the
+mirror counts an object as its copy (and so lets retention delete the local one): the
+size, then the ETag where it equals our bytes' MD5, else the object's bytes themselves
+(one ``GET``). Never the stored SHA-256 alone: it is metadata, which a tool that
+rewrites an object may carry over unchanged, so it says what the bytes should be, not
+what they are.
 
 A version object larger than any drop (:data:`~ingester.payload.gate.MAX_DROP_BYTES`)
 is never read whole: the GET's ``Content-Length`` says so before its body is read (and
@@ -80,11 +87,12 @@ log = logging.getLogger("ingester.objectstore")
 
 
 def same_bytes(obj: RemoteObject, data: bytes) -> bool | None:
-    """Whether ``data`` are the bytes of ``obj``: ``True`` proven, ``False`` proven not,
-    ``None`` when nothing but the size can tell (no stored SHA-256, an ETag that is not
-    the bytes' MD5).
+    """Whether ``data`` are the bytes of ``obj`` by what it says of itself: ``True``
+    they match, ``False`` they do not, ``None`` when nothing but the size can tell (no
+    stored SHA-256, an ETag that is not the bytes' MD5).
 
-    The one rule for comparing local bytes with an object (see the module docstring).
+    The one rule for checking bytes against an object's own description (see the
+    module docstring); whether the object *holds* given bytes is :meth:`S3History.proves`.
     """
     if len(data) != obj.size:
         return False
@@ -329,6 +337,33 @@ class S3History:
             raise ObjectStoreError(self.location, "damaged", f"{name}: {why}")
         return verdict is True
 
+    def proves(self, obj: RemoteObject, data: bytes) -> bool:
+        """Whether ``obj`` (as listed) is proven to hold exactly ``data``: its size, then
+        its ETag where that is the MD5 of ``data`` (nothing else has it), else its bytes
+        (one ``GET``). ``False`` also for an object gone since the listing, and for one
+        whose stored SHA-256 is not that of ``data`` (restore would refuse it)."""
+        if len(data) != obj.size:
+            return False
+        if obj.sha256 is not None and obj.sha256.lower() != sha256_hex(data):
+            return False
+        if obj.etag and content_md5(data)[1] == obj.etag:
+            return True
+        return self._read_holds(obj.name, data)
+
+    def _read_holds(self, name: str, data: bytes) -> bool:
+        """Whether the object ``name`` holds ``data``, by its bytes (one ``GET``, read no
+        further than one byte past ``len(data)``) and the SHA-256 stored with it, if any."""
+        try:
+            response = self._get(name)
+            body = _body_within(response, len(data))
+        except Exception as exc:
+            if _missing(exc):
+                return False
+            raise self._failed(exc) from None
+        metadata = {str(k).lower(): str(v) for k, v in (response.get("Metadata") or {}).items()}
+        stored = metadata.get(SHA256_META)
+        return body == data and (stored is None or stored.lower() == sha256_hex(data))
+
     def compare(self, obj: RemoteObject, data: bytes) -> bool | None:
         """Whether ``data`` are ``obj``'s bytes (:func:`same_bytes`), asking the object's
         stored checksum (one ``HEAD``) when the listing alone cannot tell."""
@@ -373,9 +408,9 @@ class S3History:
     def commit(self, staged: StagedObject, name: str) -> None:
         """One conditional ``PutObject`` of the staged bytes as version ``name``.
 
-        A name the store already holds is compared by :func:`same_bytes` (a ``HEAD``;
-        a ``GET`` when the object carries no checksum): the same bytes are no error,
-        other bytes raise :class:`~ingester.errors.VersionExists`.
+        A name the store already holds is read back (one ``GET``; its stored checksum
+        proves nothing, see :meth:`proves`): the same bytes are no error, other bytes
+        raise :class:`~ingester.errors.VersionExists`.
         """
         data = staged.data
         if data is None:
@@ -387,7 +422,7 @@ class S3History:
         except ObjectStoreError as exc:
             if exc.kind != "exists":
                 raise
-            if not self._holds(name, data):
+            if not self._read_holds(name, data):
                 raise VersionExists(name, self.location) from None
             etag = ""
         staged.data = None
@@ -396,18 +431,6 @@ class S3History:
                 self.known[name] = RemoteObject(name, len(data), etag, staged.sha256)
             if self._newest is None or name > self._newest[0]:
                 self._newest = (name, data)
-
-    def _holds(self, name: str, data: bytes) -> bool:
-        described = self.head(name)
-        if described is None:
-            return False
-        verdict = same_bytes(described, data)
-        if verdict is None:  # stored without a checksum: compare the bytes themselves
-            try:
-                return bool(self._get(name)["Body"].read() == data)
-            except Exception as exc:
-                raise self._failed(exc) from None
-        return verdict
 
     def _current(self, name: str) -> RemoteObject | None:
         """One of the two fixed objects as the store holds it, its checksum known (a

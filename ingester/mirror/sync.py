@@ -3,7 +3,7 @@ and the metadata, follow retention's deletions (``--mirror-retention follow``).
 
 Each version is uploaded once, whole and checked, by the object-store backing's writer
 (:class:`~ingester.mirror.s3_history.S3History`), several at a time. A remote version
-that is not ours byte for byte is reported and never counted as mirrored. What a pass
+not proven to hold our bytes is reported and never counted as mirrored. What a pass
 did is its :class:`PassResult`; an object store that cannot be used ends it with
 :class:`MirrorBlocked`.
 """
@@ -165,7 +165,13 @@ class MirrorSync:
             self._call(lambda r: r.refresh())
             self.last_listing = time.monotonic()
             result.listed = True
-            self._check_sizes(entries)
+            if not self._check_sizes(entries):
+                # Stopped before every listed version was compared: none is counted on
+                # the listing's word alone, so the watermark stays where it was and the
+                # next start lists and compares again.
+                remote.known = None
+                result.waiting = progress.waiting()
+                return result
         known = remote.known or {}
         missing = [n for n in names if n not in known]
         try:
@@ -211,18 +217,24 @@ class MirrorSync:
         except (MetadataMissing, MetadataCorrupt, OSError):
             return None
 
-    def _check_sizes(self, entries: list[VersionEntry]) -> None:
-        """After a listing: a remote version that is not ours byte for byte is reported
-        (and never counted as mirrored, so retention keeps our copy).
+    def _check_sizes(self, entries: list[VersionEntry]) -> bool:
+        """After a listing: a remote version not proven to hold our bytes is reported
+        (and never counted as mirrored, so retention keeps our copy). ``False`` when a
+        stop ended the comparison before every version was compared.
 
-        The sizes first; then the bytes, by the one rule for comparing them
-        (:func:`~ingester.mirror.s3_history.same_bytes`: the listing's ETag when it is
-        the bytes' MD5, else one ``HEAD`` for the SHA-256 stored with the object). Each
-        object is compared once per process while its ETag stays the same, except one
-        found bad, which is compared at every listing until it is ours again.
+        The sizes first; then the bytes, proven as
+        :meth:`~ingester.mirror.s3_history.S3History.proves` proves them: the listing's
+        ETag when it is their MD5, else the object's bytes (one ``GET``). Each object is
+        compared once per process while its ETag stays the same (one this process
+        uploaded is known by the ETag its upload got), except one found bad, which is
+        compared at every listing until it is ours again. Between objects the watchdog
+        is pinged and a stop is honoured: under SSE-KMS this is a request per version.
         """
         known = self.remote().known or {}
         for entry in entries:
+            if self._stop.is_set():
+                return False
+            self._alive()
             name, size = entry.name, entry.size
             remote = known.get(name)
             if remote is None:
@@ -238,7 +250,7 @@ class MirrorSync:
                     data = self.local.read_version(name)
                 except (VersionNotFound, OSError):
                     continue  # gone since the listing, or unreadable: uploading says why
-                if self._same_bytes(remote, data) is False:
+                if not self._proves(remote, data):
                     self.progress.mark_bad(
                         name,
                         f"the object store holds other bytes under its name ({size} bytes, "
@@ -247,9 +259,10 @@ class MirrorSync:
                     continue
                 self._compared[name] = remote.etag
                 self.progress.bad.pop(name, None)
+        return True
 
-    def _same_bytes(self, remote: RemoteObject, data: bytes) -> bool | None:
-        verdict: bool | None = self._call(lambda r: r.compare(remote, data))
+    def _proves(self, remote: RemoteObject, data: bytes) -> bool:
+        verdict: bool = self._call(lambda r: r.proves(remote, data))
         return verdict
 
     def _upload(self, missing: list[str], result: PassResult) -> None:
@@ -349,6 +362,11 @@ class MirrorSync:
         except VersionExists:
             self.progress.mark_bad(name, "the object store holds other bytes under its name")
             return None
+        uploaded = self.known().get(name)
+        if uploaded is not None and uploaded.etag:
+            # The store accepted these bytes (Content-MD5) under this ETag: the next
+            # listing showing it needs no request to prove them again.
+            self._compared[name] = uploaded.etag
         self.progress.bad.pop(name, None)
         return len(data)
 
