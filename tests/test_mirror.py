@@ -1238,8 +1238,8 @@ def test_an_sse_kms_bucket_restores_and_is_not_rewritten_every_pass(
             if name in local:
                 md5 = hashlib.md5(local[name], usedforsecurity=False).hexdigest()
                 assert len(item["ETag"].strip('"')) == 32 and item["ETag"].strip('"') != md5
-        # Passes after a listing put nothing: the fixed objects are compared by the
-        # checksum stored with them (one HEAD each), not by their ETags.
+        # Passes after a listing put nothing: the fixed objects are compared by their
+        # bytes (one GET each), not by their ETags.
         for _ in range(2):
             before = len(proxy.requests)
             again = run_cli(root, "mirror", target, "--once", **env)
@@ -1421,6 +1421,49 @@ def test_other_bytes_under_our_stored_checksum_are_never_counted_mirrored(
     assert restored.returncode == 1, restored.stderr  # the object is not our version
     # Never overwritten: the object still holds what was put there.
     assert client.get_object(Bucket=bucket, Key=f"{prefix}/{old[0]}")["Body"].read() == other
+
+
+def test_a_damaged_latest_copy_is_repaired_by_the_next_pass(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """The latest copy is overwritten with an older snapshot's bytes while its metadata
+    (``version`` and ``sha256`` of the newest) is kept. A pass that lists the prefix
+    reads the copy (its stored checksum says what the bytes should be, not what they
+    are), finds other bytes and puts the newest version's again; a pass after it, which
+    finds the copy it put, reads nothing and puts nothing."""
+    store = make_store(root)
+    names = add_versions(store, 3)
+    prefix = "latest-damaged"
+    target = f"s3://{bucket}/{prefix}"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    client = client_for(s3.endpoint)
+    key = f"{prefix}/{LATEST}"
+    metadata = client.head_object(Bucket=bucket, Key=key)["Metadata"]
+    newest = (root / HISTORY / names[-1]).read_bytes()
+    older = (root / HISTORY / names[0]).read_bytes()
+    assert older != newest and metadata["version"] == names[-1]
+    client.put_object(Bucket=bucket, Key=key, Body=older, Metadata=metadata)
+    again = run_cli(root, "mirror", target, "--once", **env)
+    assert again.returncode == 0, again.stderr
+    held = client.get_object(Bucket=bucket, Key=key)
+    assert held["Body"].read() == newest, "the latest copy still holds an older snapshot"
+    assert held["Metadata"] == metadata
+    # A running mirror's next listings find the object it put: no read, no PUT.
+    proxy = FaultProxy(s3.port)
+    mirror = MirrorProcess(
+        root, target, s3_env(proxy.endpoint, aws_files), command_args=("--reconcile-interval", "1")
+    )
+    try:
+        wait_for(lambda: state_of(root).state == "ok", 20, "the first pass")
+        wait_for(lambda: sum(m == "GET" and "list-type" in p for m, p in proxy.requests) >= 3, 20)
+        requests = list(proxy.requests)
+    finally:
+        assert mirror.stop() == 0, mirror.log
+        proxy.close()
+    reads = [p for m, p in requests if m in ("GET", "HEAD") and "list-type" not in p]
+    assert [p for p in reads if p.endswith(LATEST)] == [f"/{bucket}/{key}"], reads
+    assert not [r for r in requests if r[0] == "PUT"], requests
 
 
 def test_a_stuck_mirror_goes_on_once_the_right_bytes_are_back(

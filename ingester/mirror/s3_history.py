@@ -32,7 +32,7 @@ mirror counts an object as its copy (and so lets retention delete the local one)
 size, then the ETag where it equals our bytes' MD5, else the object's bytes themselves
 (one ``GET``). Never the stored SHA-256 alone: it is metadata, which a tool that
 rewrites an object may carry over unchanged, so it says what the bytes should be, not
-what they are.
+what they are. The two fixed objects are checked the same way after each listing.
 
 A version object larger than any drop (:data:`~ingester.payload.gate.MAX_DROP_BYTES`)
 is never read whole: the GET's ``Content-Length`` says so before its body is read (and
@@ -70,6 +70,7 @@ from .objectstore import (
     LATEST_KEY,
     METADATA_KEY,
     SHA256_META,
+    VERSION_META,
     MirrorTarget,
     RemoteObject,
     S3Client,
@@ -175,6 +176,7 @@ class S3History:
         self._token_at = float("-inf")
         self._newest: tuple[str, bytes] | None = None  # the newest version committed here
         self._refused: set[str] = set()  # names publish's ``accept`` refused: skipped
+        self._fixed: dict[str, RemoteObject] = {}  # each fixed object as last put or proven
 
     def _failed(self, exc: Exception) -> ObjectStoreError:
         failure = classify(exc)
@@ -433,23 +435,45 @@ class S3History:
                 self._newest = (name, data)
 
     def _current(self, name: str) -> RemoteObject | None:
-        """One of the two fixed objects as the store holds it, its checksum known (a
-        ``HEAD`` the first time after a listing, which gives none)."""
+        """One of the two fixed objects as the store holds it, with the SHA-256 of the
+        bytes it *holds* (its stored checksum is only what they should be): the object
+        put or read here last when the listing shows its ETag and size, else its bytes,
+        one ``GET`` after the listing. One whose stored checksum is not that of its bytes
+        (damaged, or written by other means) gets ``""``, so that it is put again."""
         assert self.known is not None
         current = self.known.get(name)
-        if current is not None and current.sha256 is None:
-            current = self.head(name)
-            if current is None:
-                self.known.pop(name, None)
-            else:
-                self.known[name] = current
+        if current is None or current.sha256 is not None:
+            return current
+        put = self._fixed.get(name)
+        if put is not None and (put.etag, put.size) == (current.etag, current.size):
+            # The object we put or read: any write since would show another ETag (a
+            # new one per write under SSE-KMS, the MD5 of other bytes in a plain bucket).
+            self.known[name] = put
+            return put
+        limit = METADATA_MAX_BYTES if name == METADATA_KEY else self.max_version_bytes
+        try:
+            response = self._get(name)
+            body = _body_within(response, limit)
+        except Exception as exc:
+            if not _missing(exc):
+                raise self._failed(exc) from None
+            self.known.pop(name, None)
+            return None
+        metadata = {str(k).lower(): str(v) for k, v in (response.get("Metadata") or {}).items()}
+        stored = (metadata.get(SHA256_META) or "").lower()
+        held = "" if body is None or sha256_hex(body) != stored else stored
+        current = replace(current, sha256=held, version=metadata.get(VERSION_META))
+        self.known[name] = current
+        if held:
+            self._fixed[name] = current  # proven: the next listing showing it needs no read
         return current
 
     def _put_fixed(self, name: str, data: bytes, copies: str | None = None) -> None:
         """Replace a fixed object (one PUT: a reader sees the old or the new, whole)."""
         etag = self._put(name, data, copies=copies, new=False)
         assert self.known is not None
-        self.known[name] = RemoteObject(name, len(data), etag, sha256_hex(data), copies)
+        self.known[name] = put = RemoteObject(name, len(data), etag, sha256_hex(data), copies)
+        self._fixed[name] = put
 
     def _digest(self, name: str) -> str:
         """The SHA-256 of version ``name``'s bytes: as committed here, else as stored with
