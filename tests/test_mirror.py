@@ -1026,6 +1026,52 @@ def test_a_credential_chain_failing_for_a_moment_is_retried_not_fatal(
     assert code == 0 and "Traceback" not in mirror.log, mirror.log
 
 
+def test_follow_mode_whose_deletes_are_refused_says_so_not_refused_credentials(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """A ``follow`` mirror whose policy lacks ``s3:DeleteObject``: its uploads work, its
+    deletion of an expired remote version gets 403. That is said once, naming the refused
+    deletion, never as refused credentials: the state stays ``ok`` (``status`` and
+    ``check`` do not say the credentials are refused), the uploads go on, and the remote
+    versions stay as in ``keep`` mode."""
+    store = make_store(root, max_versions=2)
+    old = add_old_versions(store, 3)
+    add_versions(store, 2)
+    target = f"s3://{bucket}/follow-denied"
+    client = client_for(s3.endpoint)
+    # First, with a store that allows everything, the five versions are mirrored.
+    full = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert full.returncode == 0, full.stderr
+    # Local retention deletes the three old ones (mirrored, so not held).
+    assert run_cli(root, "--max-versions", "2", "cleanup").returncode == 0
+    assert not any((root / HISTORY / n).exists() for n in old)
+    add_versions(store, 1, start=50)
+    proxy = FaultProxy(s3.port)
+    proxy.deny = {"DELETE"}
+    env = s3_env(proxy.endpoint, aws_files)
+    mirror = MirrorProcess(root, target, env, "--max-versions", "2", "--mirror-retention", "follow")
+    try:
+        wait_for(lambda: proxy.faulted, 30, "the mirror to try a DELETE")
+        remote = lambda: remote_names(client, bucket, "follow-denied")  # noqa: E731
+        versions = lambda: [n for n in remote() if n[:1] == "2"]  # noqa: E731
+        wait_for(lambda: len(versions()) == 6, 30, "the new version uploaded")
+        wait_for(lambda: state_of(root).state != "starting", 10, "a state recorded")
+        faulted = proxy.faulted
+        wait_for(lambda: proxy.faulted > faulted, 10, "a later pass to try again")
+        log = mirror.log
+        state = state_of(root)
+        status = run_cli(root, "status")
+    finally:
+        assert mirror.stop() == 0, mirror.log
+        proxy.close()
+    assert "refused the credentials" not in log, log
+    assert log.count(f"object store refused to delete remote version {old[0]}") == 1, log
+    assert "s3:DeleteObject" in log, log
+    assert state.state == "ok", state
+    assert "refused the credentials" not in status.stdout, status.stdout
+    assert len(versions()) == 6
+
+
 def state_of(root: Path) -> MirrorState:
     """The mirror's state file (a blank state while there is none yet)."""
     return read_mirror_state(root / HISTORY) or MirrorState()

@@ -99,6 +99,7 @@ class MirrorSync:
         self._gone: set[str] = set()  # of the names, the ones deleted before their upload
         self._compared: dict[str, str] = {}  # name -> the ETag whose bytes proved ours
         self._upload_threads: int | None = None  # how many started, at the last pass
+        self._delete_refused: str | None = None  # why deletions were refused, once said
 
     # -- the object store ---------------------------------------------------------------
 
@@ -379,15 +380,41 @@ class MirrorSync:
         plan = plan_retention(remote_versions, utc_now(), self.policy)
         local = set(names)
         doomed = [n for n in plan.delete if n not in local and n < names[0]]
+        deleted = 0
         for name in doomed:
-            self._remove(name)
-        if doomed:
+            if not self._remove(name):
+                break
+            deleted += 1
+        if deleted:
             log.info(
                 "mirror deleted %d remote version(s) that retention deleted locally",
-                len(doomed),
-                extra={"event": "mirror-deleted", "versions": len(doomed)},
+                deleted,
+                extra={"event": "mirror-deleted", "versions": deleted},
             )
-        return len(doomed)
+        return deleted
 
-    def _remove(self, name: str) -> None:
-        self._call(lambda r: r.remove(name))
+    def _remove(self, name: str) -> bool:
+        """Delete one remote version; ``False`` when the store refuses the deletion.
+
+        A refused deletion (403: a policy without ``s3:DeleteObject``) is no refusal of
+        the credentials, which list and upload: it is said once, in its own words, and
+        the versions stay remote (as in ``keep`` mode) while uploads go on.
+        """
+        try:
+            self._call(lambda r: r.remove(name))
+        except MirrorBlocked as exc:
+            if exc.failure.kind != "denied":
+                raise
+            if self._delete_refused != exc.failure.detail:
+                log.error(
+                    "object store refused to delete remote version %s (%s): "
+                    "--mirror-retention follow needs s3:DeleteObject; remote versions "
+                    "stay until it is granted",
+                    name,
+                    exc.failure.detail,
+                    extra={"event": "mirror-delete-refused"},
+                )
+            self._delete_refused = exc.failure.detail
+            return False
+        self._delete_refused = None
+        return True
