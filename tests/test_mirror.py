@@ -383,6 +383,37 @@ def test_retention_keeps_what_the_mirror_has_not_uploaded(root: Path) -> None:
     assert not any((history / n).exists() for n in old)
 
 
+def test_a_mirror_hold_given_to_the_command_that_runs_retention_bounds_its_hold(
+    root: Path,
+) -> None:
+    """``--mirror-hold`` (and ``INGESTER_MIRROR_HOLD``) given to ``cleanup`` bounds that
+    cleanup's hold in place of the bound the mirror recorded in its state file: ``0``
+    turns the hold off there, in the plan (``--dry-run``) as in what is deleted, and a
+    bound given to cleanup is the one its warning names."""
+    store = make_store(root, max_versions=2)
+    old = add_old_versions(store, 4)
+    add_versions(store, 2)
+    # A mirror that has uploaded nothing yet, started with the default bound.
+    write_mirror_state(root / HISTORY, MirrorState(mirrored_through=None, hold_max=10_000))
+    plan = run_cli(
+        root, "--max-versions", "2", "--mirror-hold", "0", "cleanup", "--dry-run", "--json"
+    )
+    assert plan.returncode == 0, plan.stderr
+    reasons = {d["name"]: d["reason"] for d in json.loads(plan.stdout)}
+    assert [reasons[n] for n in old] == ["expired"] * 4, reasons
+    # Without the setting, the mirror's own bound holds them all.
+    held = run_cli(root, "--max-versions", "2", "cleanup", "--dry-run", "--json")
+    reasons = {d["name"]: d["reason"] for d in json.loads(held.stdout)}
+    assert [reasons[n] for n in old] == ["not-mirrored"] * 4, reasons
+    bounded = run_cli(root, "--max-versions", "2", "cleanup", INGESTER_MIRROR_HOLD="3")
+    assert bounded.returncode == 0, bounded.stderr
+    assert [n for n in old if (root / HISTORY / n).exists()] == old[1:]
+    assert "more than 3 (--mirror-hold) were waiting" in bounded.stderr, bounded.stderr
+    done = run_cli(root, "--max-versions", "2", "cleanup", INGESTER_MIRROR_HOLD="0")
+    assert done.returncode == 0, done.stderr
+    assert [n for n in old if (root / HISTORY / n).exists()] == []
+
+
 # -- the mirror against the real server ------------------------------------------------------
 
 
