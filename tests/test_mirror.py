@@ -1147,6 +1147,28 @@ def test_retention_holds_once_the_store_says_the_bucket_is_gone(
     assert not any((root / HISTORY / n).exists() for n in old)
 
 
+def test_mirror_once_says_what_is_left_and_the_service_its_true_backoff(
+    root: Path, aws_files: dict[str, str]
+) -> None:
+    """``--once`` against an unreachable store exits 1 with one line that says the store
+    could not be used and how many versions are not mirrored, and promises no retry; the
+    service says it retries, with ``--retry-max`` as given (0.5 s, not "0 s")."""
+    store = make_store(root)
+    add_versions(store, 3)
+    dead = s3_env(f"http://127.0.0.1:{free_port()}", aws_files)
+    target = f"s3://t-{free_port()}x/p"
+    once = run_cli(root, "mirror", target, "--once", **dead)
+    assert once.returncode == 1, once.stderr
+    assert "object store unreachable" in once.stderr, once.stderr
+    assert "; 3 version(s) not mirrored" in once.stderr, once.stderr
+    assert "retrying" not in once.stderr, once.stderr
+    mirror = MirrorProcess(root, target, dead)  # --retry-max 0.5
+    try:
+        mirror.wait_log("3 version(s) waiting; retrying with backoff up to 0.5 s")
+    finally:
+        assert mirror.stop() == 0, mirror.log
+
+
 def test_the_whole_concurrency_range_logs_no_connection_pool_warnings(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

@@ -154,12 +154,18 @@ class Mirror:
             progress.forget_watermark()
         if progress.problem is None or progress.problem.kind != failure.kind:
             self._problem_since = time.monotonic()
+            # A --once run ends here: it says what is left, and promises no retry.
+            then = (
+                "not mirrored"
+                if self.options.once
+                else f"waiting; retrying with backoff up to {self.options.retry_max:g} s"
+            )
             log.error(
-                "%s (%s); %d version(s) waiting; retrying with backoff up to %.0f s",
+                "%s (%s); %d version(s) %s",
                 STATE_WORDS.get(failure.kind, failure.kind),
                 failure.detail,
                 progress.waiting(),
-                self.options.retry_max,
+                then,
                 extra={"event": "mirror-blocked", "kind": failure.kind},
             )
         else:
