@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -22,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -41,6 +43,7 @@ from support.capabilities import (
 )
 from support.ports import free_port
 from support.s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, SeaweedS3, weed_binary
+from support.sdnotify import NotifyListener
 from support.signals import storm
 from support.watchproc import WatchProcess, drop, payload
 
@@ -378,6 +381,37 @@ def test_retention_keeps_what_the_mirror_has_not_uploaded(root: Path) -> None:
     (history / MIRROR_STATE_NAME).unlink()
     assert run_cli(root, "--max-versions", "2", "cleanup").returncode == 0
     assert not any((history / n).exists() for n in old)
+
+
+def test_a_mirror_hold_given_to_the_command_that_runs_retention_bounds_its_hold(
+    root: Path,
+) -> None:
+    """``--mirror-hold`` (and ``INGESTER_MIRROR_HOLD``) given to ``cleanup`` bounds that
+    cleanup's hold in place of the bound the mirror recorded in its state file: ``0``
+    turns the hold off there, in the plan (``--dry-run``) as in what is deleted, and a
+    bound given to cleanup is the one its warning names."""
+    store = make_store(root, max_versions=2)
+    old = add_old_versions(store, 4)
+    add_versions(store, 2)
+    # A mirror that has uploaded nothing yet, started with the default bound.
+    write_mirror_state(root / HISTORY, MirrorState(mirrored_through=None, hold_max=10_000))
+    plan = run_cli(
+        root, "--max-versions", "2", "--mirror-hold", "0", "cleanup", "--dry-run", "--json"
+    )
+    assert plan.returncode == 0, plan.stderr
+    reasons = {d["name"]: d["reason"] for d in json.loads(plan.stdout)}
+    assert [reasons[n] for n in old] == ["expired"] * 4, reasons
+    # Without the setting, the mirror's own bound holds them all.
+    held = run_cli(root, "--max-versions", "2", "cleanup", "--dry-run", "--json")
+    reasons = {d["name"]: d["reason"] for d in json.loads(held.stdout)}
+    assert [reasons[n] for n in old] == ["not-mirrored"] * 4, reasons
+    bounded = run_cli(root, "--max-versions", "2", "cleanup", INGESTER_MIRROR_HOLD="3")
+    assert bounded.returncode == 0, bounded.stderr
+    assert [n for n in old if (root / HISTORY / n).exists()] == old[1:]
+    assert "more than 3 (--mirror-hold) were waiting" in bounded.stderr, bounded.stderr
+    done = run_cli(root, "--max-versions", "2", "cleanup", INGESTER_MIRROR_HOLD="0")
+    assert done.returncode == 0, done.stderr
+    assert [n for n in old if (root / HISTORY / n).exists()] == []
 
 
 # -- the mirror against the real server ------------------------------------------------------
@@ -973,6 +1007,281 @@ def test_wrong_credentials_then_fixed_without_a_restart(
     restore_and_verify(root, tmp_path, target, s3_env(s3.endpoint, aws_files))
 
 
+def test_a_credential_chain_failing_for_a_moment_is_retried_not_fatal(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str
+) -> None:
+    """A new client is made at each retry after refused credentials; when botocore cannot
+    make it (a ``credential_process`` helper failing for a moment: its IdP unreachable),
+    that is one more "credentials refused" retry with backoff, never the end of the
+    service: once the credentials work again, the backlog drains without a restart."""
+    store = make_store(root)
+    add_versions(store, 3)
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\nregion = us-east-1\n")
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text(
+        f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = wrong-secret\n"
+    )
+    env = {
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ENDPOINT_URL": s3.endpoint,
+    }
+    target = f"s3://{bucket}/helper"
+    mirror = MirrorProcess(root, target, env)
+    client = client_for(s3.endpoint)
+    try:
+        mirror.wait_log("object store refused the credentials")
+        # The profile now gets its keys from a helper, which fails for now.
+        credentials.write_text("[default]\n")
+        config.write_text("[default]\nregion = us-east-1\ncredential_process = /bin/false\n")
+        time.sleep(3)  # a few retries (--retry-max 0.5)
+        # The helper works again (here: the keys are back in the credentials file).
+        config.write_text("[default]\nregion = us-east-1\n")
+        credentials.write_text(
+            f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        )
+        wait_for(
+            lambda: (
+                mirror.proc.poll() is not None
+                or len([n for n in remote_names(client, bucket, "helper") if n[:1] == "2"]) == 3
+            ),
+            30,
+            "the mirror to drain (or end)",
+        )
+        running = mirror.proc.poll() is None
+    finally:
+        code = mirror.stop()
+    assert running, f"the mirror ended (exit {code}) instead of retrying:\n{mirror.log}"
+    assert code == 0 and "Traceback" not in mirror.log, mirror.log
+
+
+def test_follow_mode_whose_deletes_are_refused_says_so_not_refused_credentials(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """A ``follow`` mirror whose policy lacks ``s3:DeleteObject``: its uploads work, its
+    deletion of an expired remote version gets 403. That is said once, naming the refused
+    deletion, never as refused credentials: the state stays ``ok`` (``status`` and
+    ``check`` do not say the credentials are refused), the uploads go on, and the remote
+    versions stay as in ``keep`` mode."""
+    store = make_store(root, max_versions=2)
+    old = add_old_versions(store, 3)
+    add_versions(store, 2)
+    target = f"s3://{bucket}/follow-denied"
+    client = client_for(s3.endpoint)
+    # First, with a store that allows everything, the five versions are mirrored.
+    full = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert full.returncode == 0, full.stderr
+    # Local retention deletes the three old ones (mirrored, so not held).
+    assert run_cli(root, "--max-versions", "2", "cleanup").returncode == 0
+    assert not any((root / HISTORY / n).exists() for n in old)
+    add_versions(store, 1, start=50)
+    proxy = FaultProxy(s3.port)
+    proxy.deny = {"DELETE"}
+    env = s3_env(proxy.endpoint, aws_files)
+    mirror = MirrorProcess(root, target, env, "--max-versions", "2", "--mirror-retention", "follow")
+    try:
+        wait_for(lambda: proxy.faulted, 30, "the mirror to try a DELETE")
+        remote = lambda: remote_names(client, bucket, "follow-denied")  # noqa: E731
+        versions = lambda: [n for n in remote() if n[:1] == "2"]  # noqa: E731
+        wait_for(lambda: len(versions()) == 6, 30, "the new version uploaded")
+        wait_for(lambda: state_of(root).state != "starting", 10, "a state recorded")
+        faulted = proxy.faulted
+        wait_for(lambda: proxy.faulted > faulted, 10, "a later pass to try again")
+        log = mirror.log
+        state = state_of(root)
+        status = run_cli(root, "status")
+    finally:
+        assert mirror.stop() == 0, mirror.log
+        proxy.close()
+    assert "refused the credentials" not in log, log
+    assert log.count(f"object store refused to delete remote version {old[0]}") == 1, log
+    assert "s3:DeleteObject" in log, log
+    assert state.state == "ok", state
+    assert "refused the credentials" not in status.stdout, status.stdout
+    assert len(versions()) == 6
+
+
+def state_of(root: Path) -> MirrorState:
+    """The mirror's state file (a blank state while there is none yet)."""
+    return read_mirror_state(root / HISTORY) or MirrorState()
+
+
+def test_retention_holds_once_the_store_says_the_bucket_is_gone(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """The bucket is deleted (by mistake, by an account clean-up): the store answers
+    ``404 NoSuchBucket``, not an outage but a definite answer that none of the versions
+    is in it any more. Nothing counts as mirrored from then on (the watermark is
+    dropped), so retention holds the expired versions (bounded by ``--mirror-hold``)
+    until a bucket holds them again. Shown with a cron-style ``--once`` after the
+    deletion (SeaweedFS re-creates a bucket on the next PUT, so a running mirror would
+    put it back at once; on AWS it stays gone)."""
+    store = make_store(root, max_versions=1)
+    old = add_old_versions(store, 3)
+    add_versions(store, 1)
+    target = f"s3://{bucket}/gone-bucket"
+    env = s3_env(s3.endpoint, aws_files)
+    client = client_for(s3.endpoint)
+    first = run_cli(root, "mirror", target, "--once", **env)
+    assert first.returncode == 0, first.stderr
+    assert state_of(root).mirrored_through is not None
+    # The bucket goes: every object, then the bucket itself.
+    for name in remote_names(client, bucket, "gone-bucket"):
+        client.delete_object(Bucket=bucket, Key=f"gone-bucket/{name}")
+    client.delete_bucket(Bucket=bucket)
+    again = run_cli(root, "mirror", target, "--once", **env)
+    assert again.returncode == 1 and "bucket does not exist" in again.stderr, again.stderr
+    state = state_of(root)
+    assert (state.state, state.mirrored_through, state.waiting) == ("no-bucket", None, 4), state
+    cleaned = run_cli(root, "--max-versions", "1", "cleanup")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert all((root / HISTORY / n).exists() for n in old), cleaned.stdout
+    # A bucket again: everything is uploaded, and retention applies once it is.
+    client.create_bucket(Bucket=bucket)
+    back = run_cli(root, "mirror", target, "--once", **env)
+    assert back.returncode == 0, back.stderr
+    assert mirrored_exactly(client, bucket, "gone-bucket", root, follow=False) is True
+    assert run_cli(root, "--max-versions", "1", "cleanup").returncode == 0
+    assert not any((root / HISTORY / n).exists() for n in old)
+
+
+def test_mirror_once_says_what_is_left_and_the_service_its_true_backoff(
+    root: Path, aws_files: dict[str, str]
+) -> None:
+    """``--once`` against an unreachable store exits 1 with one line that says the store
+    could not be used and how many versions are not mirrored, and promises no retry; the
+    service says it retries, with ``--retry-max`` as given (0.5 s, not "0 s")."""
+    store = make_store(root)
+    add_versions(store, 3)
+    dead = s3_env(f"http://127.0.0.1:{free_port()}", aws_files)
+    target = f"s3://t-{free_port()}x/p"
+    once = run_cli(root, "mirror", target, "--once", **dead)
+    assert once.returncode == 1, once.stderr
+    assert "object store unreachable" in once.stderr, once.stderr
+    assert "; 3 version(s) not mirrored" in once.stderr, once.stderr
+    assert "retrying" not in once.stderr, once.stderr
+    mirror = MirrorProcess(root, target, dead)  # --retry-max 0.5
+    try:
+        mirror.wait_log("3 version(s) waiting; retrying with backoff up to 0.5 s")
+    finally:
+        assert mirror.stop() == 0, mirror.log
+
+
+def test_the_whole_concurrency_range_logs_no_connection_pool_warnings(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """``--concurrency`` up to 32: the client's connection pool holds as many connections
+    as uploads may be in flight, so none is discarded (urllib3's "Connection pool is
+    full" warnings, and a new handshake for the next upload)."""
+    store = make_store(root)
+    add_versions(store, 300)
+    env = s3_env(s3.endpoint, aws_files)
+    done = run_cli(root, "mirror", f"s3://{bucket}/pool", "--once", "--concurrency", "32", **env)
+    assert done.returncode == 0, done.stderr
+    noise = [line for line in done.stderr.splitlines() if "Connection pool is full" in line]
+    assert not noise, f"{len(noise)} lines like: {noise[0]}"
+
+
+def version_reads(proxy: FaultProxy) -> int:
+    """How many requests for a single object (not listings) ``proxy`` forwarded."""
+    return sum(1 for m, p in list(proxy.requests) if m in ("GET", "HEAD") and "list-type" not in p)
+
+
+def test_the_watchdog_is_pinged_while_a_listing_is_compared_under_sse_kms(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """In an SSE-KMS bucket (ETags that are not MD5s) the first listing after a start
+    proves each version already in the bucket by a request of its own, one after the
+    other: 2,016 versions at a 30 ms round trip is a minute. The watchdog (the unit's
+    ``WatchdogSec``) is pinged within its interval all along. Scaled down here: 150
+    versions, 40 ms a request, ``WATCHDOG_USEC`` of 3 s."""
+    store = make_store(root)
+    add_versions(store, 150)
+    target = f"s3://{bucket}/kmsdog"
+    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert first.returncode == 0, first.stderr
+    proxy = FaultProxy(s3.port)
+    proxy.kms_etags = True
+    proxy.fault, proxy.delay = "delay", 0.04
+    usec = 3_000_000
+    with NotifyListener() as listener:
+        env = s3_env(
+            proxy.endpoint, aws_files, NOTIFY_SOCKET=listener.address, WATCHDOG_USEC=str(usec)
+        )
+        mirror = MirrorProcess(root, target, env, command_args=("--reconcile-interval", "600"))
+        try:
+            listener.wait_for(lambda m: m.fields.get("READY") == "1", 20, "READY=1")
+            # The first pass: a listing, then a request per version (150 x >= 40 ms).
+            listener.wait_for(
+                lambda m: (
+                    (
+                        proxy.forwarded >= 150
+                        and "0 version(s) waiting" in m.fields.get("STATUS", "")
+                    )
+                    or (proxy.forwarded >= 152 and m.fields.get("WATCHDOG") == "1")
+                ),
+                60,
+                "the first pass to end",
+                alive=lambda: mirror.proc.poll() is None,
+            )
+            end = time.monotonic() + 3
+            while time.monotonic() < end:
+                listener.receive(0.25)
+        finally:
+            assert mirror.stop() == 0, mirror.log
+            proxy.close()
+        reads = version_reads(proxy)
+        beats = [
+            m.at
+            for m in listener.messages
+            if m.fields.get("READY") == "1" or m.fields.get("WATCHDOG") == "1"
+        ]
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
+    assert reads >= 100, f"only {reads} reads: the comparison did not run"
+    assert max(gaps) <= usec / 1e6, (
+        f"{max(gaps):.1f} s without WATCHDOG=1 (timeout {usec / 1e6:.0f} s) while the "
+        f"mirror compared the listing ({reads} reads)"
+    )
+
+
+def test_a_stop_during_the_first_listing_s_comparison_is_prompt_and_counts_nothing(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """SIGTERM while the first listing is compared one request per version (SSE-KMS,
+    150 versions, 50 ms a request) is honoured between requests, as between uploads: the
+    mirror exits 0 within about one request's time (the unit's ``TimeoutStopSec`` is
+    30 s; a minute of comparison would end in SIGKILL). The versions not compared yet
+    are counted on nothing: the watermark the previous run left stands."""
+    store = make_store(root)
+    add_versions(store, 150)
+    target = f"s3://{bucket}/kmsstop"
+    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert first.returncode == 0, first.stderr
+    # The previous run's watermark, lowered: the comparison alone could raise it.
+    names = sorted(local_versions(root))
+    write_mirror_state(
+        root / HISTORY, state_of(root).model_copy(update={"mirrored_through": names[4]})
+    )
+    proxy = FaultProxy(s3.port)
+    proxy.kms_etags = True
+    proxy.fault, proxy.delay = "delay", 0.05
+    try:
+        mirror = MirrorProcess(root, target, s3_env(proxy.endpoint, aws_files))
+        wait_for(lambda: version_reads(proxy) >= 10, 30, "the comparison's requests to begin")
+        asked = time.monotonic()
+        code = mirror.stop()
+        took = time.monotonic() - asked
+        done = version_reads(proxy)
+    finally:
+        proxy.close()
+    assert code == 0, mirror.log
+    assert took < 2.0, f"SIGTERM took {took:.1f} s: {done} requests in all, most after the stop"
+    assert done < 150, done
+    assert state_of(root).mirrored_through == names[4]
+
+
 # -- what an object is, and how it is checked: never by the ETag's shape ---------------------
 
 
@@ -1028,8 +1337,8 @@ def test_an_sse_kms_bucket_restores_and_is_not_rewritten_every_pass(
             if name in local:
                 md5 = hashlib.md5(local[name], usedforsecurity=False).hexdigest()
                 assert len(item["ETag"].strip('"')) == 32 and item["ETag"].strip('"') != md5
-        # Passes after a listing put nothing: the fixed objects are compared by the
-        # checksum stored with them (one HEAD each), not by their ETags.
+        # Passes after a listing put nothing: the fixed objects are compared by their
+        # bytes (one GET each), not by their ETags.
         for _ in range(2):
             before = len(proxy.requests)
             again = run_cli(root, "mirror", target, "--once", **env)
@@ -1132,9 +1441,8 @@ def test_other_bytes_of_the_same_size_under_a_version_s_name_are_never_counted_m
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:
     """Retention deletes what the watermark has passed: a remote object that is not our
-    version, though as long, must hold the watermark, or our only copy goes. (Without a
-    stored SHA-256, and an ETag that is not our bytes' MD5, nothing can tell: the size
-    decides then, as for restore.)"""
+    version, though as long, must hold the watermark, or our only copy goes. (Its ETag is
+    not our bytes' MD5, so the mirror reads it back: other bytes.)"""
     store = make_store(root)
     names = add_versions(store, 3)
     data = store.version_path(names[0]).read_bytes()
@@ -1172,6 +1480,89 @@ def test_other_bytes_of_the_same_size_under_a_version_s_name_are_never_counted_m
         root, "--max-versions", "1", "--retention-days", "0.0001", "cleanup", "--dry-run"
     )
     assert f"{names[0]}  keep" in held.stdout, held.stdout
+
+
+def test_other_bytes_under_our_stored_checksum_are_never_counted_mirrored(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """The object under an expired version's name holds other bytes of the same size,
+    carrying *our* bytes' SHA-256 in its metadata (what a tool that rewrites an object
+    and copies its metadata leaves). Stored metadata proves nothing of the bytes: the
+    listing's ETag is not our MD5, so the mirror reads the object, finds other bytes,
+    reports the version and never counts it mirrored; retention keeps the local copy,
+    the one copy left (restore refuses the object)."""
+    store = make_store(root, max_versions=1)
+    old = add_old_versions(store, 3)
+    add_versions(store, 1)
+    data = (root / HISTORY / old[0]).read_bytes()
+    other = data.replace(b"1", b"2", 1)
+    assert len(other) == len(data) and other != data
+    prefix = "ours-sha"
+    client = client_for(s3.endpoint)
+    client.put_object(
+        Bucket=bucket,
+        Key=f"{prefix}/{old[0]}",
+        Body=other,
+        Metadata={"sha256": hashlib.sha256(data).hexdigest()},
+    )
+    target = f"s3://{bucket}/{prefix}"
+    env = s3_env(s3.endpoint, aws_files)
+    done = run_cli(root, "mirror", target, "--once", **env)
+    assert done.returncode == 1, done.stderr
+    assert (
+        f"cannot mirror version {old[0]}: the object store holds other bytes under its name"
+    ) in done.stderr, done.stderr
+    state = state_of(root)
+    assert (state.state, state.mirrored_through) == ("stuck", None), state
+    assert run_cli(root, "--max-versions", "1", "cleanup").returncode == 0
+    assert (root / HISTORY / old[0]).read_bytes() == data
+    restored = run_cli(tmp_path, "restore", target, "--root", str(tmp_path / "restored"), **env)
+    assert restored.returncode == 1, restored.stderr  # the object is not our version
+    # Never overwritten: the object still holds what was put there.
+    assert client.get_object(Bucket=bucket, Key=f"{prefix}/{old[0]}")["Body"].read() == other
+
+
+def test_a_damaged_latest_copy_is_repaired_by_the_next_pass(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """The latest copy is overwritten with an older snapshot's bytes while its metadata
+    (``version`` and ``sha256`` of the newest) is kept. A pass that lists the prefix
+    reads the copy (its stored checksum says what the bytes should be, not what they
+    are), finds other bytes and puts the newest version's again; a pass after it, which
+    finds the copy it put, reads nothing and puts nothing."""
+    store = make_store(root)
+    names = add_versions(store, 3)
+    prefix = "latest-damaged"
+    target = f"s3://{bucket}/{prefix}"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    client = client_for(s3.endpoint)
+    key = f"{prefix}/{LATEST}"
+    metadata = client.head_object(Bucket=bucket, Key=key)["Metadata"]
+    newest = (root / HISTORY / names[-1]).read_bytes()
+    older = (root / HISTORY / names[0]).read_bytes()
+    assert older != newest and metadata["version"] == names[-1]
+    client.put_object(Bucket=bucket, Key=key, Body=older, Metadata=metadata)
+    again = run_cli(root, "mirror", target, "--once", **env)
+    assert again.returncode == 0, again.stderr
+    held = client.get_object(Bucket=bucket, Key=key)
+    assert held["Body"].read() == newest, "the latest copy still holds an older snapshot"
+    assert held["Metadata"] == metadata
+    # A running mirror's next listings find the object it put: no read, no PUT.
+    proxy = FaultProxy(s3.port)
+    mirror = MirrorProcess(
+        root, target, s3_env(proxy.endpoint, aws_files), command_args=("--reconcile-interval", "1")
+    )
+    try:
+        wait_for(lambda: state_of(root).state == "ok", 20, "the first pass")
+        wait_for(lambda: sum(m == "GET" and "list-type" in p for m, p in proxy.requests) >= 3, 20)
+        requests = list(proxy.requests)
+    finally:
+        assert mirror.stop() == 0, mirror.log
+        proxy.close()
+    reads = [p for m, p in requests if m in ("GET", "HEAD") and "list-type" not in p]
+    assert [p for p in reads if p.endswith(LATEST)] == [f"/{bucket}/{key}"], reads
+    assert not [r for r in requests if r[0] == "PUT"], requests
 
 
 def test_a_stuck_mirror_goes_on_once_the_right_bytes_are_back(

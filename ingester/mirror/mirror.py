@@ -13,11 +13,14 @@ What it keeps true, and how:
   newest version: object stores have no symlinks) are small single PUTs too. Every
   object carries the SHA-256 of its bytes in its metadata (the latest copy also the
   version it copies): that, never the ETag (not an MD5 under SSE-KMS), is how restore
-  checks a download and how the mirror knows the two fixed objects are current (one
-  ``HEAD`` each after a listing, then what it uploaded itself).
+  checks a download. The mirror counts an object as its copy (a version, or a fixed
+  object as current) only on proof of its bytes (an ETag equal to their MD5, else the
+  bytes read back), never on that metadata, which a tool may copy along with other
+  bytes.
 * **No journal of its own.** On start, after any outage, and every
   ``--reconcile-interval`` seconds it lists the remote prefix and uploads exactly what
-  the local history has and the listing lacks. Between listings it trusts what it has
+  the local history has and the listing lacks (and reports a remote version not
+  proven to hold our bytes). Between listings it trusts what it has
   uploaded itself, and learns of new versions by looking at the history folder's mtime
   twice a second (one ``stat``), with a full pass every ``--rescan-interval`` seconds.
 * **A backlog, not a loss.** An outage, throttling (503 SlowDown), 5xx answers or
@@ -25,7 +28,8 @@ What it keeps true, and how:
   ``--retry-max``) and logs one line when the state changes, not one per retry. After
   rejected credentials each retry builds a new client, so a fixed credentials file (or a
   refreshed instance role) is picked up without a restart. Meanwhile local retention
-  holds back every version above the mirror's watermark (:mod:`ingester.mirror.state`).
+  holds back every version above the mirror's watermark (:mod:`ingester.mirror.state`);
+  a missing bucket drops the watermark, so that it holds back every version.
 * **Deletions** (``--mirror-retention follow``): remote versions that the retention
   policy deletes when applied to the remote listing, that are gone locally and older
   than the oldest local version, are deleted. Never the newest, never anything while
@@ -144,14 +148,24 @@ class Mirror:
     def _blocked(self, failure: Failure, backoff: float) -> None:
         """Enter (or stay in) a problem state; one log line per change of state."""
         progress = self.progress
+        if failure.kind == "no-bucket":
+            # Not an outage but the store's answer that the bucket, and every version in
+            # it, is gone: nothing counts as mirrored, so retention holds (bounded).
+            progress.forget_watermark()
         if progress.problem is None or progress.problem.kind != failure.kind:
             self._problem_since = time.monotonic()
+            # A --once run ends here: it says what is left, and promises no retry.
+            then = (
+                "not mirrored"
+                if self.options.once
+                else f"waiting; retrying with backoff up to {self.options.retry_max:g} s"
+            )
             log.error(
-                "%s (%s); %d version(s) waiting; retrying with backoff up to %.0f s",
+                "%s (%s); %d version(s) %s",
                 STATE_WORDS.get(failure.kind, failure.kind),
                 failure.detail,
                 progress.waiting(),
-                self.options.retry_max,
+                then,
                 extra={"event": "mirror-blocked", "kind": failure.kind},
             )
         else:

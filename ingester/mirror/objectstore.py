@@ -43,6 +43,7 @@ __all__ = [
     "METADATA_KEY",
     "SHA256_META",
     "VERSION_META",
+    "ClientNotMade",
     "Failure",
     "MirrorTarget",
     "ObjectStoreUnavailable",
@@ -148,15 +149,33 @@ def require_boto3() -> None:
         ) from None
 
 
-def make_client(endpoint_url: str | None = None, *, timeout: float = 10.0) -> S3Client:
+class ClientNotMade(ObjectStoreUnavailable):
+    """botocore could not make the client (``str()`` says why in one line); ``failure``
+    is what that means, as for a failed request (a credential process that fails is
+    ``denied``): the mirror service waits and tries again, a command reports it."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(f"cannot make an S3 client: {failure.detail}")
+        self.failure = Failure(failure.kind, str(self))
+
+
+_MIN_POOL = 16  # connections the client keeps open; more when more requests run at once
+
+
+def make_client(
+    endpoint_url: str | None = None, *, timeout: float = 10.0, concurrency: int = 1
+) -> S3Client:
     """A new S3 client: credentials from the standard chain, endpoint from the option,
     else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (read by botocore itself).
 
     A fresh client re-reads the credential chain, so a fixed credentials file takes
     effect without a restart. Retries are ours (the mirror's backoff), not botocore's,
     so an outage is seen and logged once instead of hidden behind silent retries.
-    Raises :class:`ObjectStoreUnavailable` when boto3 is not installed, or when botocore
-    cannot make the client (its reason in one line).
+    ``concurrency``: how many requests may run at once on the client's threads; its
+    connection pool holds that many (at least 16), so none is closed after its request
+    for want of room and opened again for the next.
+    Raises :class:`ObjectStoreUnavailable` when boto3 is not installed, and
+    :class:`ClientNotMade` when botocore cannot make the client (its reason in one line).
     """
     require_boto3()
     import boto3
@@ -170,7 +189,8 @@ def make_client(endpoint_url: str | None = None, *, timeout: float = 10.0) -> S3
         # default trailing CRC32 (aws-chunked) is not understood by all of them.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        max_pool_connections=16,
+        # One more than the threads: the mirror's own thread asks too (listing, publish).
+        max_pool_connections=max(_MIN_POOL, concurrency + 1),
         user_agent_extra="console-usage-ingester",
     )
     _check_endpoint(endpoint_url)
@@ -186,7 +206,7 @@ def make_client(endpoint_url: str | None = None, *, timeout: float = 10.0) -> S3
         failure = classify(exc)
         if failure is None:
             raise
-        raise ObjectStoreUnavailable(f"cannot make an S3 client: {failure.detail}") from None
+        raise ClientNotMade(failure) from None
     return client
 
 

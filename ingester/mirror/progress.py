@@ -76,6 +76,11 @@ class MirrorProgress:
                 update={"mirrored_through": previous.mirrored_through}
             )
 
+    def forget_watermark(self) -> None:
+        """Count nothing as mirrored (the store says the bucket does not exist): retention
+        holds every version until a listing finds them in the store again."""
+        self.state = self.state.model_copy(update={"mirrored_through": None})
+
     def waiting(self) -> int:
         """How many of :attr:`names` are not counted as mirrored."""
         return len(unmirrored(self.names, self.state))

@@ -20,12 +20,19 @@ with ``Content-MD5`` (the server refuses bytes that do not match) and ``If-None-
 A single PUT is atomic: a killed upload leaves no partial object. The writer trusts what
 it uploaded itself between listings (:meth:`S3History.refresh`).
 
-**One checksum rule** (:func:`same_bytes`), for every question "are these the bytes of
-that object?": the sizes first, then the SHA-256 the writer stored with the object in
-user metadata (``x-amz-meta-sha256``), computed by us and never by the store; failing
-that, the ETag only when it *equals* the MD5 of the bytes (a single-part upload
-without SSE-KMS or SSE-C). The ETag's shape is never trusted: under SSE-KMS it looks
-like an MD5 and is not one.
+**One checksum rule** (:func:`same_bytes`), for every question "are these bytes the
+object's?" (a download checked, a file restore finds present): the sizes first, then
+the SHA-256 the writer stored with the object in user metadata (``x-amz-meta-sha256``),
+computed by us and never by the store; failing that, the ETag only when it *equals*
+the MD5 of the bytes (a single-part upload without SSE-KMS or SSE-C). The ETag's shape
+is never trusted: under SSE-KMS it looks like an MD5 and is not one.
+
+**Proof that the store holds our bytes** (:meth:`S3History.proves`), asked before the
+mirror counts an object as its copy (and so lets retention delete the local one): the
+size, then the ETag where it equals our bytes' MD5, else the object's bytes themselves
+(one ``GET``). Never the stored SHA-256 alone: it is metadata, which a tool that
+rewrites an object may carry over unchanged, so it says what the bytes should be, not
+what they are. The two fixed objects are checked the same way after each listing.
 
 A version object larger than any drop (:data:`~ingester.payload.gate.MAX_DROP_BYTES`)
 is never read whole: the GET's ``Content-Length`` says so before its body is read (and
@@ -63,6 +70,7 @@ from .objectstore import (
     LATEST_KEY,
     METADATA_KEY,
     SHA256_META,
+    VERSION_META,
     MirrorTarget,
     RemoteObject,
     S3Client,
@@ -80,11 +88,12 @@ log = logging.getLogger("ingester.objectstore")
 
 
 def same_bytes(obj: RemoteObject, data: bytes) -> bool | None:
-    """Whether ``data`` are the bytes of ``obj``: ``True`` proven, ``False`` proven not,
-    ``None`` when nothing but the size can tell (no stored SHA-256, an ETag that is not
-    the bytes' MD5).
+    """Whether ``data`` are the bytes of ``obj`` by what it says of itself: ``True``
+    they match, ``False`` they do not, ``None`` when nothing but the size can tell (no
+    stored SHA-256, an ETag that is not the bytes' MD5).
 
-    The one rule for comparing local bytes with an object (see the module docstring).
+    The one rule for checking bytes against an object's own description (see the
+    module docstring); whether the object *holds* given bytes is :meth:`S3History.proves`.
     """
     if len(data) != obj.size:
         return False
@@ -167,6 +176,7 @@ class S3History:
         self._token_at = float("-inf")
         self._newest: tuple[str, bytes] | None = None  # the newest version committed here
         self._refused: set[str] = set()  # names publish's ``accept`` refused: skipped
+        self._fixed: dict[str, RemoteObject] = {}  # each fixed object as last put or proven
 
     def _failed(self, exc: Exception) -> ObjectStoreError:
         failure = classify(exc)
@@ -329,6 +339,33 @@ class S3History:
             raise ObjectStoreError(self.location, "damaged", f"{name}: {why}")
         return verdict is True
 
+    def proves(self, obj: RemoteObject, data: bytes) -> bool:
+        """Whether ``obj`` (as listed) is proven to hold exactly ``data``: its size, then
+        its ETag where that is the MD5 of ``data`` (nothing else has it), else its bytes
+        (one ``GET``). ``False`` also for an object gone since the listing, and for one
+        whose stored SHA-256 is not that of ``data`` (restore would refuse it)."""
+        if len(data) != obj.size:
+            return False
+        if obj.sha256 is not None and obj.sha256.lower() != sha256_hex(data):
+            return False
+        if obj.etag and content_md5(data)[1] == obj.etag:
+            return True
+        return self._read_holds(obj.name, data)
+
+    def _read_holds(self, name: str, data: bytes) -> bool:
+        """Whether the object ``name`` holds ``data``, by its bytes (one ``GET``, read no
+        further than one byte past ``len(data)``) and the SHA-256 stored with it, if any."""
+        try:
+            response = self._get(name)
+            body = _body_within(response, len(data))
+        except Exception as exc:
+            if _missing(exc):
+                return False
+            raise self._failed(exc) from None
+        metadata = {str(k).lower(): str(v) for k, v in (response.get("Metadata") or {}).items()}
+        stored = metadata.get(SHA256_META)
+        return body == data and (stored is None or stored.lower() == sha256_hex(data))
+
     def compare(self, obj: RemoteObject, data: bytes) -> bool | None:
         """Whether ``data`` are ``obj``'s bytes (:func:`same_bytes`), asking the object's
         stored checksum (one ``HEAD``) when the listing alone cannot tell."""
@@ -373,9 +410,9 @@ class S3History:
     def commit(self, staged: StagedObject, name: str) -> None:
         """One conditional ``PutObject`` of the staged bytes as version ``name``.
 
-        A name the store already holds is compared by :func:`same_bytes` (a ``HEAD``;
-        a ``GET`` when the object carries no checksum): the same bytes are no error,
-        other bytes raise :class:`~ingester.errors.VersionExists`.
+        A name the store already holds is read back (one ``GET``; its stored checksum
+        proves nothing, see :meth:`proves`): the same bytes are no error, other bytes
+        raise :class:`~ingester.errors.VersionExists`.
         """
         data = staged.data
         if data is None:
@@ -387,7 +424,7 @@ class S3History:
         except ObjectStoreError as exc:
             if exc.kind != "exists":
                 raise
-            if not self._holds(name, data):
+            if not self._read_holds(name, data):
                 raise VersionExists(name, self.location) from None
             etag = ""
         staged.data = None
@@ -397,36 +434,46 @@ class S3History:
             if self._newest is None or name > self._newest[0]:
                 self._newest = (name, data)
 
-    def _holds(self, name: str, data: bytes) -> bool:
-        described = self.head(name)
-        if described is None:
-            return False
-        verdict = same_bytes(described, data)
-        if verdict is None:  # stored without a checksum: compare the bytes themselves
-            try:
-                return bool(self._get(name)["Body"].read() == data)
-            except Exception as exc:
-                raise self._failed(exc) from None
-        return verdict
-
     def _current(self, name: str) -> RemoteObject | None:
-        """One of the two fixed objects as the store holds it, its checksum known (a
-        ``HEAD`` the first time after a listing, which gives none)."""
+        """One of the two fixed objects as the store holds it, with the SHA-256 of the
+        bytes it *holds* (its stored checksum is only what they should be): the object
+        put or read here last when the listing shows its ETag and size, else its bytes,
+        one ``GET`` after the listing. One whose stored checksum is not that of its bytes
+        (damaged, or written by other means) gets ``""``, so that it is put again."""
         assert self.known is not None
         current = self.known.get(name)
-        if current is not None and current.sha256 is None:
-            current = self.head(name)
-            if current is None:
-                self.known.pop(name, None)
-            else:
-                self.known[name] = current
+        if current is None or current.sha256 is not None:
+            return current
+        put = self._fixed.get(name)
+        if put is not None and (put.etag, put.size) == (current.etag, current.size):
+            # The object we put or read: any write since would show another ETag (a
+            # new one per write under SSE-KMS, the MD5 of other bytes in a plain bucket).
+            self.known[name] = put
+            return put
+        limit = METADATA_MAX_BYTES if name == METADATA_KEY else self.max_version_bytes
+        try:
+            response = self._get(name)
+            body = _body_within(response, limit)
+        except Exception as exc:
+            if not _missing(exc):
+                raise self._failed(exc) from None
+            self.known.pop(name, None)
+            return None
+        metadata = {str(k).lower(): str(v) for k, v in (response.get("Metadata") or {}).items()}
+        stored = (metadata.get(SHA256_META) or "").lower()
+        held = "" if body is None or sha256_hex(body) != stored else stored
+        current = replace(current, sha256=held, version=metadata.get(VERSION_META))
+        self.known[name] = current
+        if held:
+            self._fixed[name] = current  # proven: the next listing showing it needs no read
         return current
 
     def _put_fixed(self, name: str, data: bytes, copies: str | None = None) -> None:
         """Replace a fixed object (one PUT: a reader sees the old or the new, whole)."""
         etag = self._put(name, data, copies=copies, new=False)
         assert self.known is not None
-        self.known[name] = RemoteObject(name, len(data), etag, sha256_hex(data), copies)
+        self.known[name] = put = RemoteObject(name, len(data), etag, sha256_hex(data), copies)
+        self._fixed[name] = put
 
     def _digest(self, name: str) -> str:
         """The SHA-256 of version ``name``'s bytes: as committed here, else as stored with

@@ -138,39 +138,52 @@ def held_back(sorted_names: Sequence[str], expired: int, state: MirrorState | No
     return expired - bisect.bisect_right(sorted_names, state.mirrored_through, 0, expired)
 
 
-def deletable_count(sorted_names: Sequence[str], expired: int, state: MirrorState | None) -> int:
+def deletable_count(
+    sorted_names: Sequence[str],
+    expired: int,
+    state: MirrorState | None,
+    hold_max: int | None = None,
+) -> int:
     """How many of the ``expired`` oldest names retention may delete, given the mirror.
 
     Without a state file, all of them. With one, those at or below the watermark, plus
-    the oldest of the rest where more than ``hold_max`` of them would be held.
+    the oldest of the rest where more than ``hold_max`` of them would be held (default:
+    the state file's bound).
     """
     if state is None or expired <= 0:
         return expired
+    bound = state.hold_max if hold_max is None else hold_max
     held = held_back(sorted_names, expired, state)
-    return expired - held + max(0, held - state.hold_max)
+    return expired - held + max(0, held - bound)
 
 
 def mirror_hold(
-    history_dir: Path, sorted_names: Sequence[str], expired: int
+    history_dir: Path,
+    sorted_names: Sequence[str],
+    expired: int,
+    hold_max: int | None = None,
 ) -> tuple[int, str | None]:
     """Retention's hold for a configured mirror: the hook
     :class:`~ingester.history.store.HistoryStore` is given (``hold=``) by
     :meth:`ingester.settings.resolved.Settings.store`.
 
     ``sorted_names``: every version, oldest first; ``expired``: how many of the oldest
-    the policy would delete. Returns how many may go now (:func:`deletable_count` with
-    the state file; all of them without one) and a warning for the log when that
-    includes versions the mirror has not uploaded (the hold was full).
+    the policy would delete; ``hold_max``: the bound the command running retention was
+    given (``--mirror-hold``), else the one the mirror recorded in its state file.
+    Returns how many may go now (:func:`deletable_count` with the state file; all of
+    them without one) and a warning for the log when that includes versions the mirror
+    has not uploaded (the hold was full).
     """
     if not os.path.lexists(history_dir / MIRROR_STATE_NAME):
         return expired, None
     state = read_mirror_state(history_dir)
-    allowed = deletable_count(sorted_names, expired, state)
+    allowed = deletable_count(sorted_names, expired, state, hold_max)
     warning = None
     if state is not None and allowed and sorted_names[allowed - 1] > (state.mirrored_through or ""):
+        bound = state.hold_max if hold_max is None else hold_max
         warning = (
             "cleanup deletes versions the mirror has not uploaded: more than "
-            f"{state.hold_max} (--mirror-hold) were waiting"
+            f"{bound} (--mirror-hold) were waiting"
         )
     return allowed, warning
 

@@ -3,7 +3,7 @@ and the metadata, follow retention's deletions (``--mirror-retention follow``).
 
 Each version is uploaded once, whole and checked, by the object-store backing's writer
 (:class:`~ingester.mirror.s3_history.S3History`), several at a time. A remote version
-that is not ours byte for byte is reported and never counted as mirrored. What a pass
+not proven to hold our bytes is reported and never counted as mirrored. What a pass
 did is its :class:`PassResult`; an object store that cannot be used ends it with
 :class:`MirrorBlocked`.
 """
@@ -34,7 +34,7 @@ from ..history.retention import plan_retention
 from ..payload.model import judge_payload
 from ..runtime.signals import StopFlag
 from ..threads import THREAD_LIMIT, workers_or_inline
-from .objectstore import Failure, RemoteObject, S3Client
+from .objectstore import ClientNotMade, Failure, RemoteObject, S3Client
 from .options import MirrorOptions
 from .progress import MirrorProgress
 from .s3_history import S3History
@@ -70,9 +70,10 @@ class PassResult:
 class MirrorSync:
     """The passes that copy the history ``local`` to ``options.target``.
 
-    ``client_factory(endpoint_url, timeout=...)`` makes the S3 client; ``progress`` is
-    told each version uploaded or refused and moves the watermark; ``stop`` ends a pass
-    between uploads; ``alive`` is called between chunks of uploads (the watchdog's ping).
+    ``client_factory(endpoint_url, timeout=..., concurrency=...)`` makes the S3 client;
+    ``progress`` is told each version uploaded or refused and moves the watermark;
+    ``stop`` ends a pass between requests; ``alive`` is called between them (the
+    watchdog's ping).
     """
 
     def __init__(
@@ -98,14 +99,29 @@ class MirrorSync:
         self._gone: set[str] = set()  # of the names, the ones deleted before their upload
         self._compared: dict[str, str] = {}  # name -> the ETag whose bytes proved ours
         self._upload_threads: int | None = None  # how many started, at the last pass
+        self._delete_refused: str | None = None  # why deletions were refused, once said
 
     # -- the object store ---------------------------------------------------------------
 
     def remote(self) -> S3History:
         """The copy's backing, made on first use (and again after rejected credentials,
-        with a new client, or after an outage, so that it lists again)."""
+        with a new client, or after an outage, so that it lists again).
+
+        A client botocore cannot make (a credential process failing for a moment) ends
+        the pass like a failed request, so the service waits and tries again; a
+        ``--once`` run has nothing to wait for and reports it as it is.
+        """
         if self._remote is None:
-            client = self._factory(self.options.endpoint_url, timeout=self.options.timeout)
+            try:
+                client = self._factory(
+                    self.options.endpoint_url,
+                    timeout=self.options.timeout,
+                    concurrency=max(1, self.options.concurrency),
+                )
+            except ClientNotMade as exc:
+                if self.options.once:
+                    raise
+                raise MirrorBlocked(exc.failure) from None
             self._remote = S3History(client, self.target)
         return self._remote
 
@@ -115,8 +131,12 @@ class MirrorSync:
 
     def forget(self, failure: Failure) -> None:
         """After ``failure``: rejected credentials drop the client (a new one re-reads the
-        credential chain); anything else drops what is known of the remote (list again)."""
+        credential chain); anything else drops what is known of the remote (list again).
+        A missing bucket also drops what was compared: whatever a bucket of that name
+        holds later is compared again."""
         remote = self._remote
+        if failure.kind == "no-bucket":
+            self._compared.clear()
         if failure.kind == "denied":
             self._remote = None
         elif remote is not None:
@@ -146,7 +166,13 @@ class MirrorSync:
             self._call(lambda r: r.refresh())
             self.last_listing = time.monotonic()
             result.listed = True
-            self._check_sizes(entries)
+            if not self._check_sizes(entries):
+                # Stopped before every listed version was compared: none is counted on
+                # the listing's word alone, so the watermark stays where it was and the
+                # next start lists and compares again.
+                remote.known = None
+                result.waiting = progress.waiting()
+                return result
         known = remote.known or {}
         missing = [n for n in names if n not in known]
         try:
@@ -192,18 +218,24 @@ class MirrorSync:
         except (MetadataMissing, MetadataCorrupt, OSError):
             return None
 
-    def _check_sizes(self, entries: list[VersionEntry]) -> None:
-        """After a listing: a remote version that is not ours byte for byte is reported
-        (and never counted as mirrored, so retention keeps our copy).
+    def _check_sizes(self, entries: list[VersionEntry]) -> bool:
+        """After a listing: a remote version not proven to hold our bytes is reported
+        (and never counted as mirrored, so retention keeps our copy). ``False`` when a
+        stop ended the comparison before every version was compared.
 
-        The sizes first; then the bytes, by the one rule for comparing them
-        (:func:`~ingester.mirror.s3_history.same_bytes`: the listing's ETag when it is
-        the bytes' MD5, else one ``HEAD`` for the SHA-256 stored with the object). Each
-        object is compared once per process while its ETag stays the same, except one
-        found bad, which is compared at every listing until it is ours again.
+        The sizes first; then the bytes, proven as
+        :meth:`~ingester.mirror.s3_history.S3History.proves` proves them: the listing's
+        ETag when it is their MD5, else the object's bytes (one ``GET``). Each object is
+        compared once per process while its ETag stays the same (one this process
+        uploaded is known by the ETag its upload got), except one found bad, which is
+        compared at every listing until it is ours again. Between objects the watchdog
+        is pinged and a stop is honoured: under SSE-KMS this is a request per version.
         """
         known = self.remote().known or {}
         for entry in entries:
+            if self._stop.is_set():
+                return False
+            self._alive()
             name, size = entry.name, entry.size
             remote = known.get(name)
             if remote is None:
@@ -219,7 +251,7 @@ class MirrorSync:
                     data = self.local.read_version(name)
                 except (VersionNotFound, OSError):
                     continue  # gone since the listing, or unreadable: uploading says why
-                if self._same_bytes(remote, data) is False:
+                if not self._proves(remote, data):
                     self.progress.mark_bad(
                         name,
                         f"the object store holds other bytes under its name ({size} bytes, "
@@ -228,9 +260,10 @@ class MirrorSync:
                     continue
                 self._compared[name] = remote.etag
                 self.progress.bad.pop(name, None)
+        return True
 
-    def _same_bytes(self, remote: RemoteObject, data: bytes) -> bool | None:
-        verdict: bool | None = self._call(lambda r: r.compare(remote, data))
+    def _proves(self, remote: RemoteObject, data: bytes) -> bool:
+        verdict: bool = self._call(lambda r: r.proves(remote, data))
         return verdict
 
     def _upload(self, missing: list[str], result: PassResult) -> None:
@@ -330,6 +363,11 @@ class MirrorSync:
         except VersionExists:
             self.progress.mark_bad(name, "the object store holds other bytes under its name")
             return None
+        uploaded = self.known().get(name)
+        if uploaded is not None and uploaded.etag:
+            # The store accepted these bytes (Content-MD5) under this ETag: the next
+            # listing showing it needs no request to prove them again.
+            self._compared[name] = uploaded.etag
         self.progress.bad.pop(name, None)
         return len(data)
 
@@ -342,15 +380,41 @@ class MirrorSync:
         plan = plan_retention(remote_versions, utc_now(), self.policy)
         local = set(names)
         doomed = [n for n in plan.delete if n not in local and n < names[0]]
+        deleted = 0
         for name in doomed:
-            self._remove(name)
-        if doomed:
+            if not self._remove(name):
+                break
+            deleted += 1
+        if deleted:
             log.info(
                 "mirror deleted %d remote version(s) that retention deleted locally",
-                len(doomed),
-                extra={"event": "mirror-deleted", "versions": len(doomed)},
+                deleted,
+                extra={"event": "mirror-deleted", "versions": deleted},
             )
-        return len(doomed)
+        return deleted
 
-    def _remove(self, name: str) -> None:
-        self._call(lambda r: r.remove(name))
+    def _remove(self, name: str) -> bool:
+        """Delete one remote version; ``False`` when the store refuses the deletion.
+
+        A refused deletion (403: a policy without ``s3:DeleteObject``) is no refusal of
+        the credentials, which list and upload: it is said once, in its own words, and
+        the versions stay remote (as in ``keep`` mode) while uploads go on.
+        """
+        try:
+            self._call(lambda r: r.remove(name))
+        except MirrorBlocked as exc:
+            if exc.failure.kind != "denied":
+                raise
+            if self._delete_refused != exc.failure.detail:
+                log.error(
+                    "object store refused to delete remote version %s (%s): "
+                    "--mirror-retention follow needs s3:DeleteObject; remote versions "
+                    "stay until it is granted",
+                    name,
+                    exc.failure.detail,
+                    extra={"event": "mirror-delete-refused"},
+                )
+            self._delete_refused = exc.failure.detail
+            return False
+        self._delete_refused = None
+        return True

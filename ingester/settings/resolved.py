@@ -4,6 +4,7 @@ value with where it came from; and the store they describe.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,18 +31,20 @@ __all__ = ["Settings", "mirror_hold_hook"]
 
 
 def mirror_hold_hook(
-    history_dir: Path, sorted_names: Sequence[str], expired: int
+    history_dir: Path, sorted_names: Sequence[str], expired: int, hold_max: int | None = None
 ) -> tuple[int, str | None]:
     """Retention's hold for the stores the commands and the Python API make:
     :func:`ingester.mirror.state.mirror_hold` where a mirror keeps its state file in the
-    history, else every expired version may go. The mirror's module (and pydantic with
-    it) is loaded only where there is a state file, so a watcher without a mirror never
-    loads it."""
+    history, else every expired version may go. ``hold_max``: a ``--mirror-hold`` given
+    to the command that runs retention, which bounds the hold in place of the mirror's
+    own (``None``: the mirror's, from its state file). The mirror's module (and pydantic
+    with it) is loaded only where there is a state file, so a watcher without a mirror
+    never loads it."""
     if not os.path.lexists(history_dir / MIRROR_STATE_NAME):
         return expired, None
     from ..mirror.state import mirror_hold
 
-    return mirror_hold(history_dir, sorted_names, expired)
+    return mirror_hold(history_dir, sorted_names, expired, hold_max)
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,15 @@ class Settings:
 
     def store(self) -> HistoryStore:
         """A store on these settings' history (not yet loaded), its retention held for a
-        configured mirror (:func:`ingester.mirror.state.mirror_hold`)."""
-        return HistoryStore(
-            self.history_dir, self.latest_path, self.policy(), hold=mirror_hold_hook
-        )
+        configured mirror (:func:`ingester.mirror.state.mirror_hold`), bounded by
+        ``mirror_hold`` where it was given (an option, the environment or a config file),
+        else by the mirror's own bound from its state file."""
+        hold = mirror_hold_hook
+        if "mirror_hold" in self.sources:
+            # The state file holds the bound the mirror was started with; a bound given
+            # to the command that runs retention is what its user asked of it.
+            hold = functools.partial(mirror_hold_hook, hold_max=self.mirror_hold)
+        return HistoryStore(self.history_dir, self.latest_path, self.policy(), hold=hold)
 
     def console_zone(self) -> tuple[tzinfo, str]:
         """The console's time zone and its name: the setting, else this machine's zone.

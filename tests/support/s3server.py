@@ -233,7 +233,10 @@ class FaultProxy:
 
     ``fault`` picks what it does to each request: ``None`` forwards it; ``"slowdown"``
     answers 503 SlowDown; ``"error"`` answers 500 InternalError; ``"delay"`` waits
-    ``delay`` seconds, then forwards. ``faulted`` counts the requests it answered itself.
+    ``delay`` seconds, then forwards. ``deny`` is a set of methods it answers with 403
+    AccessDenied whatever ``fault`` says, as S3 does when a policy lacks their action
+    (``{"DELETE"}``: no ``s3:DeleteObject``). ``faulted`` counts the requests it answered
+    itself.
     ``in_flight`` counts the requests taken for forwarding (their delay included) whose
     answer has not come back from upstream: the fault a request gets and its place in
     that count are decided together, so once ``fault`` is an error and ``in_flight`` is
@@ -251,6 +254,7 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.fault: str | None = None
         self.delay = 0.0
+        self.deny: set[str] = set()
         self.faulted = 0
         self.forwarded = 0
         self.in_flight = 0
@@ -273,15 +277,17 @@ class FaultProxy:
                     self.close_connection = True  # the client is gone: nothing to forward
                     return
                 with proxy._lock:
-                    fault = proxy.fault
-                    if fault in ("slowdown", "error"):
+                    fault = "deny" if self.command in proxy.deny else proxy.fault
+                    if fault in ("slowdown", "error", "deny"):
                         proxy.faulted += 1
                     else:
                         proxy.in_flight += 1
-                if fault in ("slowdown", "error"):
-                    status, code = (
-                        (503, "SlowDown") if fault == "slowdown" else (500, "InternalError")
-                    )
+                if fault in ("slowdown", "error", "deny"):
+                    status, code = {
+                        "slowdown": (503, "SlowDown"),
+                        "error": (500, "InternalError"),
+                        "deny": (403, "AccessDenied"),
+                    }[fault]
                     payload = (
                         '<?xml version="1.0" encoding="UTF-8"?>'
                         f"<Error><Code>{code}</Code><Message>injected by the test proxy"
