@@ -1,0 +1,190 @@
+"""Probes of the operator commands run beside a live history: each case here FAILS on
+the current code, because the product breaks a promise of its own docs or ``--help``.
+
+Every case is end to end: the real CLI in a subprocess, real folders, faults made by
+real means (a small tmpfs, ``strace`` delaying a system call).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli, wait_for
+
+HISTORY = "console-usage-history"
+LATEST = "console-usage-synced.json"
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def _versions(history: Path) -> list[str]:
+    return sorted(p.name for p in history.iterdir() if p.name[:1].isdigit())
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on the new folder ``where`` (unmounted after)."""
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+# -- ingest ------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounting a small tmpfs needs root")
+def test_ingest_storage_failure_says_nothing_of_the_files_after_it(tmp_path: Path) -> None:
+    """``ingest A BIG C`` on a history that has no room for BIG: A is stored and said,
+    BIG fails with one ``error:`` line, and C, which fits, is neither stored nor named.
+
+    docs/operations.md: "``ingest FILE...`` validates and stores files directly ...,
+    one line per file", and for a stop "``stopped: N file(s) not stored, from FILE on``
+    names the rest". On a storage failure (ingester/cli/store.py, ``_ingest_files``:
+    ``raise fail(f"{path} not stored: {exc}")``) the loop is left at once: the files
+    after the failing one get no line at all, so an operator reading the output cannot
+    tell that C was never stored (and C would have fitted). Expected: every file is
+    accounted for, either tried (C stored, as the valid ones are "stored all the
+    same") or named as not stored, as the stop does.
+    """
+    big = json.loads(VALID_SAMPLES[0].read_bytes())
+    big["padding"] = "x" * 150_000
+    big_file = tmp_path / "big.json"
+    big_file.write_text(json.dumps(big))
+    first, last = VALID_SAMPLES[0], VALID_SAMPLES[1]
+    with small_tmpfs(tmp_path / "small", "100k") as small:
+        root = small / "root"
+        root.mkdir()
+        ok(run_cli(root, "init"))
+        done = run_cli(root, "ingest", str(first), str(big_file), str(last))
+        assert "Traceback" not in done.stderr
+        assert done.returncode == 1
+        stored = _versions(root / HISTORY)
+        out = done.stdout + done.stderr
+        # The last file is accounted for: stored, or named as not stored.
+        assert len(stored) == 2 or str(last) in out, (
+            f"{last} neither stored nor named; versions {stored}; output:\n{out}"
+        )
+
+
+# -- snapshot ----------------------------------------------------------------------------
+
+
+def test_a_copied_snapshot_of_a_history_with_a_writable_version_fails_verify(
+    root: Path, tmp_path: Path
+) -> None:
+    """``snapshot --copy`` keeps a version's write bits, so the snapshot fails ``verify``.
+
+    ``snapshot --help``: "'ingester --root DEST verify' passes on it"; docs/backup.md:
+    "A snapshot passes ``ingester verify`` as it is, and so does every restore of it"
+    and "On a restore of a snapshot it always passes". A version restored or copied
+    without its mode (docs/troubleshooting.md: "a version was copied or restored
+    without its mode") is writable in the live history; ``--copy`` (and any copy
+    across filesystems, and the tar form) writes its own new file for it, yet gives it
+    the live file's mode (ingester/ops/snapshot.py, ``_copy_version``: ``mode =
+    stat.S_IMODE(st.st_mode)``), so ``verify`` on the snapshot fails with
+    ``writable-version``. Expected: a copy the snapshot makes is read-only, as every
+    version must be, and the snapshot verifies.
+    """
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
+    history = root / HISTORY
+    one = history / _versions(history)[0]
+    one.chmod(0o644)  # as a copy without its mode leaves it
+    dest = tmp_path / "snap"
+    ok(run_cli(root, "snapshot", "--copy", str(dest)))
+    checked = run_cli(dest, "verify")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_snapshot_tar_file_does_not_make_the_missing_folders_above_it(
+    root: Path, tmp_path: Path
+) -> None:
+    """``snapshot --tar FILE`` into a folder that does not exist yet fails (ENOENT).
+
+    ``snapshot --help``: "DEST must not exist (missing folders above it are made), nor
+    be in the history, the spool or the rejected folder (with --tar too)"; with
+    ``--tar`` the DEST is FILE. docs/backup.md says the same ("(for ``--tar FILE``
+    too); missing folders above it are created (as ``mkdir -p``...)"). The folder form
+    makes them (ingester/ops/snapshot.py, ``take_snapshot``: ``durable.make_folders``);
+    the tar form does not (ingester/cli/ops.py, ``_snapshot_tar``: straight into
+    ``durable.streamed_file(path, ...)``), so ``--tar /backups/new/usage.tar`` exits 1
+    with ``cannot create ...: No such file or directory [ENOENT]``. Expected: the
+    missing folders are made, as for the folder form.
+    """
+    ok(run_cli(root, "ingest", str(VALID_SAMPLES[0])))
+    target = tmp_path / "backups" / "new" / "usage.tar"
+    done = run_cli(root, "snapshot", "--tar", str(target))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert target.is_file()
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_snapshot_replaces_an_empty_folder_made_at_dest_while_it_ran(
+    root: Path, tmp_path: Path
+) -> None:
+    """A folder made at DEST while the snapshot is built is silently replaced.
+
+    docs/troubleshooting.md: "a snapshot never replaces anything"; ingester/ops/
+    snapshot.py, ``take_snapshot`` even checks ``os.path.lexists(dest)`` once more and
+    says "DEST appeared while the snapshot was taken; left alone". But the final step is
+    a plain ``rename(2)`` (``durable.move_file`` -> ``os.rename``), which replaces an
+    empty folder that appeared after that check: the other party's folder (its mode,
+    owner, its very inode) is gone and the snapshot exits 0. Here ``strace`` holds the
+    final rename for 3 s and a folder is made at DEST meanwhile (another job, an
+    operator's ``mkdir``). Expected: the rename never replaces anything
+    (``renameat2(RENAME_NOREPLACE)``), and the snapshot exits 1 leaving that folder
+    alone.
+    """
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
+    dest = tmp_path / "out" / "snap"
+    dest.parent.mkdir()
+    command = [
+        "strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=rename",
+        "-e", "inject=rename:delay_enter=3000000:when=3",
+        sys.executable, "-m", "ingester", "--root", str(root), "snapshot", str(dest),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        # The snapshot's own temp folder is complete (metadata and link renamed in)
+        # once its latest link exists; the third rename (into DEST) is then held.
+        wait_for(
+            lambda: any(dest.parent.glob(f".tmp-snapshot-*/{LATEST}")),
+            30,
+            "the snapshot built under its temp name",
+        )
+        time.sleep(0.5)
+        dest.mkdir()
+        dest.chmod(0o700)
+        theirs = os.stat(dest)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    now = os.stat(dest)
+    assert (now.st_ino, stat.S_IMODE(now.st_mode)) == (theirs.st_ino, 0o700), (
+        f"the folder made at DEST was replaced (exit {proc.returncode}): {out}{err}"
+    )
+    assert proc.returncode == 1, out + err
