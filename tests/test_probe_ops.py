@@ -188,3 +188,105 @@ def test_snapshot_replaces_an_empty_folder_made_at_dest_while_it_ran(
         f"the folder made at DEST was replaced (exit {proc.returncode}): {out}{err}"
     )
     assert proc.returncode == 1, out + err
+
+
+# -- cleanup and verify --repair: a failure part-way hides what was done ----------------
+
+
+def _chattr(path: Path, flag: str) -> None:
+    done = subprocess.run(["chattr", flag, str(path)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"chattr {flag} does not work here: {done.stderr.decode().strip()}")
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="chattr +i needs root")
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_cleanup_that_cannot_prune_rejected_drops_hides_the_versions_it_deleted(
+    root: Path, as_json: bool
+) -> None:
+    """``cleanup`` deletes expired versions, then fails on the quarantine: what it
+    deleted is never said, and ``--json`` prints no object at all.
+
+    docs/operations.md: "``cleanup`` prints what it did, then ``error: ...``" (exit 1)
+    when part of retention fails, and "``cleanup --json`` is one object" with
+    ``deleted``, the names of the versions deleted. ingester/cli/store.py,
+    ``cleanup``: ``pruned = prune(False)`` runs after ``store.cleanup_old_versions()``
+    has deleted the versions, and ``prune`` ends the command with ``raise
+    fail(f"rejected drops: {exc}")`` before either output is written. Here the
+    quarantine is immutable (``chattr +i``): two versions are gone, stdout is empty
+    (the text form also filters out the store's own log line of the result, so nothing
+    at all says they were deleted; with ``--json`` only that log line, without names).
+    Expected: the result (``cleanup deleted 2, retained 1`` / the JSON object with
+    ``deleted``) is printed, then the one error line about the rejected drops.
+    """
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES[:3])))
+    history = root / HISTORY
+    before = _versions(history)
+    ok(run_cli(root, "init"))
+    rejected = root / "spool" / "rejected"
+    drop = rejected / "bad.json"
+    drop.write_text("{}")
+    reason = rejected / "bad.json.reason.json"
+    reason.write_text(json.dumps({"rejectedAt": "2020-01-01T00:00:00Z", "errors": []}))
+    old = time.time() - 400 * 86400
+    for path in (drop, reason):
+        os.utime(path, (old, old))
+    _chattr(rejected, "+i")
+    try:
+        done = run_cli(
+            root,
+            "--max-versions",
+            "1",
+            "--retention-days",
+            "0.000001",
+            "--rejected-retention-days",
+            "1",
+            "cleanup",
+            *(["--json"] if as_json else []),
+        )
+    finally:
+        _chattr(rejected, "-i")
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
+    gone = sorted(set(before) - set(_versions(history)))
+    assert len(gone) == 2  # retention did delete them
+    if as_json:
+        assert done.stdout.strip(), f"no JSON object on stdout; stderr: {done.stderr}"
+        assert sorted(json.loads(done.stdout)["deleted"]) == gone
+    else:
+        assert "cleanup deleted 2, retained 1" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="chattr +i needs root")
+def test_verify_repair_stops_at_the_first_version_it_cannot_make_read_only(root: Path) -> None:
+    """``verify --repair`` gives up at the first writable version it cannot chmod: the
+    other writable versions stay writable, and what it did repair is never reported.
+
+    docs/operations.md, ``verify --repair``: it "removes the write bits of writable
+    version files ... Afterwards ``verify`` runs again and reports what is left", and
+    ``verify --json`` is "One object" with ``repaired``. ingester/ops/verify.py,
+    ``repair_modes``, raises on the first ``chmod`` that fails, and
+    ingester/cli/verify.py, ``_repair``, turns that into ``raise fail(str(exc))``:
+    the versions after it keep their write bits, the temp file it removed and the
+    latest link it rebuilt go unsaid, and no report (text or JSON) is printed. (Compare
+    ``cleanup``, which deletes every other expired version past one it cannot delete
+    and prints what it did.) Expected: every other writable version made read-only,
+    the report printed with the stuck one as a PROBLEM, exit 1.
+    """
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES[:3])))
+    history = root / HISTORY
+    names = _versions(history)
+    for name in names:
+        (history / name).chmod(0o644)
+    stuck = history / names[0]
+    _chattr(stuck, "+i")
+    try:
+        done = run_cli(root, "verify", "--repair", "--json")
+    finally:
+        _chattr(stuck, "-i")
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
+    still_writable = [n for n in names[1:] if (history / n).stat().st_mode & 0o222]
+    assert still_writable == [], f"left writable: {still_writable}; stderr: {done.stderr}"
+    report = json.loads(done.stdout)
+    assert [p["subject"] for p in report["problems"]] == [names[0]]
