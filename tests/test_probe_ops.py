@@ -290,3 +290,48 @@ def test_verify_repair_stops_at_the_first_version_it_cannot_make_read_only(root:
     assert still_writable == [], f"left writable: {still_writable}; stderr: {done.stderr}"
     report = json.loads(done.stdout)
     assert [p["subject"] for p in report["problems"]] == [names[0]]
+
+
+# -- export -o into the root: its temp file is taken for a leftover of the history's ----
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_export_into_the_root_is_broken_by_a_writer_sweeping_its_temp_file(root: Path) -> None:
+    """``export -o ROOT/usage.csv`` (docs/page.md's own example: ``ingester export ...
+    --output usage.csv`` -> ``exported ... to /srv/usage/usage.csv``, in the root) is
+    written as ``ROOT/.tmp-w-*`` (ingester/history/durable/copies.py,
+    ``streamed_file``), the very prefix the history's writers sweep "beside the latest
+    link" at every start, with no age limit (ingester/history/store.py,
+    ``HistoryStore.initialize``: ``remove_stale_temps(self.latest_path.parent,
+    prefix)`` for ``LATEST_TEMP_PREFIXES``). So an ``ingest``, ``cleanup``, ``init``,
+    ``verify --repair`` or a watcher (re)start while the export runs deletes the
+    export's file under it, and the export fails at its last step (``error: cannot
+    replace ROOT/usage.csv: No such file or directory [ENOENT]``). Meanwhile a plain
+    ``verify`` calls it a PROBLEM (``leftover temp file``, exit 1) and advises
+    ``--repair``. docs/operations.md: export is a read command that runs "beside a
+    watcher"; the sweep is for "temp files of writes in progress" of the history's own.
+    Here ``strace`` holds the export's final rename for 3 s while an ``ingest`` runs.
+    Expected: the export is written (its temp is not one of the history's), exit 0.
+    """
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
+    target = root / "usage.csv"
+    command = [
+        "strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=rename",
+        "-e", "inject=rename:delay_enter=3000000",
+        sys.executable, "-m", "ingester", "--root", str(root), "export", "-o", str(target),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(lambda: any(root.glob(".tmp-w-*")), 30, "the export's temp file")
+        checked = run_cli(root, "verify")
+        stored = run_cli(root, "ingest", str(VALID_SAMPLES[0]))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    ok(stored)
+    assert proc.returncode == 0 and target.is_file(), (
+        f"export exit {proc.returncode}: {out}{err}\n(verify meanwhile said:\n"
+        f"{checked.stdout})"
+    )
