@@ -382,3 +382,57 @@ def test_check_with_a_bad_setting_prints_no_plugin_line(
         assert done.stdout.startswith("INGESTER CRITICAL - usage error: "), (
             f"stdout {done.stdout!r}; stderr: {done.stderr}"
         )
+
+
+# -- snapshot: the last fsync fails ------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_snapshot_that_fails_its_last_fsync_exits_1_and_leaves_dest_behind(
+    root: Path, tmp_path: Path
+) -> None:
+    """The fsync of DEST's folder after the final rename fails (EIO): the snapshot says
+    ``error: cannot fsync folder ...`` and exits 1, yet DEST is there, complete.
+
+    docs/backup.md: "Exit 0 when the snapshot is complete, 1 when it could not be
+    taken (one line on stderr, nothing left behind)"; ``snapshot --help``: "1 when it
+    could not be taken (nothing is left behind then)". ``durable.move_file`` raises
+    :class:`MovedNotDurable` once the rename is made ("the caller tells the move as
+    done, and says this as well", ingester/errors.py), but ingester/ops/snapshot.py,
+    ``take_snapshot``, treats it as any :class:`StorageError`: it removes the temp
+    folder (gone already: it is DEST now) and fails. A backup job sees exit 1 next to
+    a DEST that is left in place (the next plain run: "already exists"). Here ``strace``
+    makes the last fsync of the run fail with EIO. Expected: exit 1 with nothing at
+    DEST (the snapshot removed, as its own), or exit 0 with a warning that it is not
+    durable yet; not a failure with the snapshot left behind.
+    """
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
+    trace = tmp_path / "fsyncs.txt"
+    probe_dest = tmp_path / "probe"
+    base = [sys.executable, "-m", "ingester", "--root", str(root), "snapshot"]
+    subprocess.run(
+        ["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=fsync", *base, str(probe_dest)],
+        env=cli_env(),
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    fsyncs = sum(1 for line in trace.read_text().splitlines() if "fsync(" in line)
+    assert fsyncs > 0
+    dest = tmp_path / "snap"
+    done = subprocess.run(
+        [
+            "strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync",
+            "-e", f"inject=fsync:error=EIO:when={fsyncs}", *base, str(dest),
+        ],  # fmt: skip
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in done.stderr
+    if done.returncode == 1:
+        assert not os.path.lexists(dest), f"exit 1 ({done.stderr.strip()}) but {dest} is left"
+    else:
+        assert done.returncode == 0, done.stdout + done.stderr
