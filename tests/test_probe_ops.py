@@ -388,8 +388,9 @@ def test_check_with_a_bad_setting_prints_no_plugin_line(
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+@pytest.mark.parametrize("form", ["folder", "tar"])
 def test_snapshot_that_fails_its_last_fsync_exits_1_and_leaves_dest_behind(
-    root: Path, tmp_path: Path
+    root: Path, tmp_path: Path, form: str
 ) -> None:
     """The fsync of DEST's folder after the final rename fails (EIO): the snapshot says
     ``error: cannot fsync folder ...`` and exits 1, yet DEST is there, complete.
@@ -404,12 +405,16 @@ def test_snapshot_that_fails_its_last_fsync_exits_1_and_leaves_dest_behind(
     a DEST that is left in place (the next plain run: "already exists"). Here ``strace``
     makes the last fsync of the run fail with EIO. Expected: exit 1 with nothing at
     DEST (the snapshot removed, as its own), or exit 0 with a warning that it is not
-    durable yet; not a failure with the snapshot left behind.
+    durable yet; not a failure with the snapshot left behind. ``--tar FILE`` does the
+    same (ingester/cli/ops.py, ``_snapshot_tar``, through ``durable.streamed_file``):
+    exit 1, and the complete archive left at FILE.
     """
     ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
     trace = tmp_path / "fsyncs.txt"
     probe_dest = tmp_path / "probe"
     base = [sys.executable, "-m", "ingester", "--root", str(root), "snapshot"]
+    if form == "tar":
+        base.append("--tar")
     subprocess.run(
         ["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=fsync", *base, str(probe_dest)],
         env=cli_env(),
