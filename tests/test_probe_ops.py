@@ -154,8 +154,9 @@ def test_snapshot_replaces_an_empty_folder_made_at_dest_while_it_ran(
     owner, its very inode) is gone and the snapshot exits 0. Here ``strace`` holds the
     final rename for 3 s and a folder is made at DEST meanwhile (another job, an
     operator's ``mkdir``). Expected: the rename never replaces anything
-    (``renameat2(RENAME_NOREPLACE)``), and the snapshot exits 1 leaving that folder
-    alone.
+    (``renameat2(RENAME_NOREPLACE)``, which ``snapshot --tar FILE`` already uses for its
+    file through ``durable.streamed_file(..., replace=False)``), and the snapshot exits
+    1 leaving that folder alone.
     """
     ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
     dest = tmp_path / "out" / "snap"
@@ -296,7 +297,14 @@ def test_verify_repair_stops_at_the_first_version_it_cannot_make_read_only(root:
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
-def test_export_into_the_root_is_broken_by_a_writer_sweeping_its_temp_file(root: Path) -> None:
+@pytest.mark.parametrize(
+    ("command_args", "rename"),
+    [(("export", "-o"), "rename"), (("snapshot", "--tar"), "renameat2")],
+    ids=["export", "snapshot-tar"],
+)
+def test_export_into_the_root_is_broken_by_a_writer_sweeping_its_temp_file(
+    root: Path, command_args: tuple[str, str], rename: str
+) -> None:
     """``export -o ROOT/usage.csv`` (docs/page.md's own example: ``ingester export ...
     --output usage.csv`` -> ``exported ... to /srv/usage/usage.csv``, in the root) is
     written as ``ROOT/.tmp-w-*`` (ingester/history/durable/copies.py,
@@ -312,13 +320,15 @@ def test_export_into_the_root_is_broken_by_a_writer_sweeping_its_temp_file(root:
     watcher"; the sweep is for "temp files of writes in progress" of the history's own.
     Here ``strace`` holds the export's final rename for 3 s while an ``ingest`` runs.
     Expected: the export is written (its temp is not one of the history's), exit 0.
+    ``snapshot --tar ROOT/backup.tar`` (ingester/cli/ops.py, ``_snapshot_tar``, also
+    through ``streamed_file``) is broken the same way.
     """
     ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
-    target = root / "usage.csv"
+    target = root / ("usage.csv" if command_args[0] == "export" else "backup.tar")
     command = [
-        "strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=rename",
-        "-e", "inject=rename:delay_enter=3000000",
-        sys.executable, "-m", "ingester", "--root", str(root), "export", "-o", str(target),
+        "strace", "-f", "-qq", "-o", os.devnull, "-e", f"trace={rename}",
+        "-e", f"inject={rename}:delay_enter=3000000",
+        sys.executable, "-m", "ingester", "--root", str(root), *command_args, str(target),
     ]  # fmt: skip
     proc = subprocess.Popen(
         command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -332,7 +342,7 @@ def test_export_into_the_root_is_broken_by_a_writer_sweeping_its_temp_file(root:
         proc.kill()
     ok(stored)
     assert proc.returncode == 0 and target.is_file(), (
-        f"export exit {proc.returncode}: {out}{err}\n(verify meanwhile said:\n"
+        f"{command_args[0]} exit {proc.returncode}: {out}{err}\n(verify meanwhile said:\n"
         f"{checked.stdout})"
     )
 
