@@ -399,8 +399,9 @@ def test_check_with_a_bad_setting_prints_no_plugin_line(
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 @pytest.mark.parametrize("form", ["folder", "tar"])
+@pytest.mark.parametrize("fault", ["error=EIO", "signal=SIGTERM"], ids=["eio", "sigterm"])
 def test_snapshot_that_fails_its_last_fsync_exits_1_and_leaves_dest_behind(
-    root: Path, tmp_path: Path, form: str
+    root: Path, tmp_path: Path, form: str, fault: str
 ) -> None:
     """The fsync of DEST's folder after the final rename fails (EIO): the snapshot says
     ``error: cannot fsync folder ...`` and exits 1, yet DEST is there, complete.
@@ -418,6 +419,12 @@ def test_snapshot_that_fails_its_last_fsync_exits_1_and_leaves_dest_behind(
     durable yet; not a failure with the snapshot left behind. ``--tar FILE`` does the
     same (ingester/cli/ops.py, ``_snapshot_tar``, through ``durable.streamed_file``):
     exit 1, and the complete archive left at FILE.
+
+    The same with a stop: a SIGTERM (``systemctl stop`` of the backup job, a timeout)
+    that lands on that last fsync ends the run with exit 143 and DEST in place, while
+    docs/backup.md says "A snapshot that fails or is killed never appears as ``DEST``"
+    (ingester/cli/ops.py, ``_exit_on_signal`` raises ``SystemExit`` into
+    ``take_snapshot``'s ``except BaseException``, which only removes the temp name).
     """
     ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
     trace = tmp_path / "fsyncs.txt"
@@ -438,7 +445,7 @@ def test_snapshot_that_fails_its_last_fsync_exits_1_and_leaves_dest_behind(
     done = subprocess.run(
         [
             "strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync",
-            "-e", f"inject=fsync:error=EIO:when={fsyncs}", *base, str(dest),
+            "-e", f"inject=fsync:{fault}:when={fsyncs}", *base, str(dest),
         ],  # fmt: skip
         env=cli_env(),
         capture_output=True,
@@ -447,10 +454,10 @@ def test_snapshot_that_fails_its_last_fsync_exits_1_and_leaves_dest_behind(
         check=False,
     )
     assert "Traceback" not in done.stderr
-    if done.returncode == 1:
-        assert not os.path.lexists(dest), f"exit 1 ({done.stderr.strip()}) but {dest} is left"
-    else:
-        assert done.returncode == 0, done.stdout + done.stderr
+    if done.returncode != 0:
+        assert not os.path.lexists(dest), (
+            f"exit {done.returncode} ({done.stderr.strip()}) but {dest} is left"
+        )
 
 
 # -- settings: where a value came from ----------------------------------------------------
