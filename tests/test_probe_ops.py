@@ -400,7 +400,7 @@ def test_check_with_a_bad_setting_prints_no_plugin_line(
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 @pytest.mark.parametrize("form", ["folder", "tar"])
 @pytest.mark.parametrize("fault", ["error=EIO", "signal=SIGTERM"], ids=["eio", "sigterm"])
-def test_snapshot_that_fails_its_last_fsync_exits_1_and_leaves_dest_behind(
+def test_snapshot_failed_or_stopped_at_its_last_fsync_leaves_dest_behind(
     root: Path, tmp_path: Path, form: str, fault: str
 ) -> None:
     """The fsync of DEST's folder after the final rename fails (EIO): the snapshot says
