@@ -444,9 +444,18 @@ def test_snapshot_failed_or_stopped_at_its_last_fsync_leaves_dest_behind(
     dest = tmp_path / "snap"
     done = subprocess.run(
         [
-            "strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync",
-            "-e", f"inject=fsync:{fault}:when={fsyncs}", *base, str(dest),
-        ],  # fmt: skip
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            os.devnull,
+            "-e",
+            "trace=fsync",
+            "-e",
+            f"inject=fsync:{fault}:when={fsyncs}",
+            *base,
+            str(dest),
+        ],
         env=cli_env(),
         capture_output=True,
         text=True,
@@ -547,7 +556,9 @@ def test_export_output_onto_a_version_replaces_the_stored_snapshot(root: Path) -
     before = newest.read_bytes()
     done = run_cli(root, "export", "-o", str(newest))
     assert "Traceback" not in done.stderr
-    assert newest.read_bytes() == before, f"version replaced (exit {done.returncode}): {done.stdout}"
+    assert newest.read_bytes() == before, (
+        f"version replaced (exit {done.returncode}): {done.stdout}"
+    )
     assert done.returncode == 1
 
 
@@ -606,7 +617,7 @@ def _closed_stdout_run(root: Path, *args: str) -> subprocess.CompletedProcess[st
         [sys.executable, "-m", "ingester", "--root", str(root), *args],
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        preexec_fn=lambda: os.close(1),  # noqa: PLW1509 - the child's own descriptor
+        preexec_fn=lambda: os.close(1),
         text=True,
         env=cli_env(),
         timeout=60,
