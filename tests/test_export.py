@@ -400,6 +400,33 @@ def test_errors_are_one_line(root: Path, tmp_path: Path) -> None:
     assert "Traceback" not in missing_folder.stderr + backwards.stderr + bad_time.stderr
 
 
+def test_output_into_the_history_or_the_spool_is_refused_and_the_version_kept(
+    root: Path,
+) -> None:
+    """``-o`` naming a version (or any path in the history, the spool or the rejected
+    folder) is refused with one line, as a snapshot's destination is: the export is
+    renamed over its path, and a version there (read-only, which ``rename(2)`` ignores)
+    would be lost for good; the version stays byte for byte.
+    """
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
+    history = root / HISTORY
+    newest = history / sorted(p.name for p in history.iterdir() if p.name[:1].isdigit())[-1]
+    before = newest.read_bytes()
+    for target, what in (
+        (newest, "history"),
+        (history / "usage.csv", "history"),
+        (root / "spool" / "usage.json", "spool"),
+        (root / "spool" / "rejected" / "usage.csv", "spool"),
+    ):
+        refused = export_cli(root, "-o", str(target))
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert refused.stderr.startswith(f"error: {target} is inside the {what} "), refused.stderr
+        assert len(refused.stderr.splitlines()) == 1
+    assert newest.read_bytes() == before
+    assert not (history / "usage.csv").exists()
+    assert not (root / "spool" / "usage.json").exists()
+
+
 def test_full_disk_leaves_the_previous_export_whole(root: Path, tmpfs: Path) -> None:  # noqa: F811
     build_history(root)
     out = tmpfs / "usage.csv"

