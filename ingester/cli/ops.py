@@ -72,13 +72,15 @@ def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
     'ingester --root DEST verify' passes on it.
     Versions are hard-linked where DEST is on the history's filesystem (no space
     used), copied otherwise. It is built in DEST's folder under a .tmp-snapshot-* name
-    and renamed to DEST at the end, so a half-made snapshot never appears as DEST.
+    and renamed to DEST at the end (never over anything), so a half-made snapshot
+    never appears as DEST.
 
     With --tar the same tree is written as a tar stream (DEST '-' or omitted: standard
     output), built first in $TMPDIR; 'tar -xf' into an empty folder gives the root.
 
     Takes no lock; never writes to the history. Exits 0 when the snapshot is complete,
-    1 when it could not be taken (nothing is left behind then), or when the history is
+    1 when it could not be taken (nothing is left behind then, DEST included when the
+    failure came right after it was put in place), or when the history is
     the original server's, not adopted yet (run 'ingester adopt' first: the latest file
     may hold a snapshot no version holds).
     """

@@ -43,6 +43,7 @@ from .steps import (
     rename_entry,
     set_fd_mode,
     set_mode,
+    take_back,
     unlink_entry,
     write_all,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "set_fd_mode",
     "set_mode",
     "streamed_file",
+    "take_back",
     "unlink_entry",
     "write_all",
     "write_file",
