@@ -90,32 +90,6 @@ def test_ingest_storage_failure_says_nothing_of_the_files_after_it(tmp_path: Pat
 # -- snapshot ----------------------------------------------------------------------------
 
 
-def test_a_copied_snapshot_of_a_history_with_a_writable_version_fails_verify(
-    root: Path, tmp_path: Path
-) -> None:
-    """``snapshot --copy`` keeps a version's write bits, so the snapshot fails ``verify``.
-
-    ``snapshot --help``: "'ingester --root DEST verify' passes on it"; docs/backup.md:
-    "A snapshot passes ``ingester verify`` as it is, and so does every restore of it"
-    and "On a restore of a snapshot it always passes". A version restored or copied
-    without its mode (docs/troubleshooting.md: "a version was copied or restored
-    without its mode") is writable in the live history; ``--copy`` (and any copy
-    across filesystems, and the tar form) writes its own new file for it, yet gives it
-    the live file's mode (ingester/ops/snapshot.py, ``_copy_version``: ``mode =
-    stat.S_IMODE(st.st_mode)``), so ``verify`` on the snapshot fails with
-    ``writable-version``. Expected: a copy the snapshot makes is read-only, as every
-    version must be, and the snapshot verifies.
-    """
-    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
-    history = root / HISTORY
-    one = history / _versions(history)[0]
-    one.chmod(0o644)  # as a copy without its mode leaves it
-    dest = tmp_path / "snap"
-    ok(run_cli(root, "snapshot", "--copy", str(dest)))
-    checked = run_cli(dest, "verify")
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-
-
 def test_snapshot_tar_file_does_not_make_the_missing_folders_above_it(
     root: Path, tmp_path: Path
 ) -> None:

@@ -137,6 +137,35 @@ def test_copy_mode_copies_bytes_and_modes(root: Path, history: list[str], tmp_pa
     ok(run_cli(dest, "verify"))
 
 
+@pytest.mark.parametrize("form", ["link", "copy", "tar"])
+def test_a_writable_live_version_is_taken_read_only_and_the_snapshot_verifies(
+    root: Path, history: list[str], tmp_path: Path, form: str
+) -> None:
+    """A live version left writable (copied or restored without its mode) is taken as a
+    read-only copy, by every form (a hard link would share its writable inode): the
+    snapshot, or the extracted tar, passes ``verify`` as the help promises, and the
+    live file is not touched."""
+    live = root / HISTORY / history[0]
+    live.chmod(0o644)
+    dest = tmp_path / "snap"
+    if form == "tar":
+        archive = tmp_path / "snap.tar"
+        ok(run_cli(root, "snapshot", "--tar", str(archive)))
+        dest.mkdir()
+        subprocess.run(["tar", "-xf", str(archive), "-C", str(dest)], check=True)
+    else:
+        ok(run_cli(root, "snapshot", *(["--copy"] if form == "copy" else []), str(dest)))
+    taken = dest / HISTORY / history[0]
+    assert taken.stat().st_mode & 0o222 == 0
+    assert taken.read_bytes() == live.read_bytes()
+    assert taken.stat().st_ino != live.stat().st_ino
+    assert live.stat().st_mode & 0o777 == 0o644
+    ok(run_cli(dest, "verify"))
+    if form == "link":  # the others, read-only already, are still linked
+        second = dest / HISTORY / history[1]
+        assert second.stat().st_ino == (root / HISTORY / history[1]).stat().st_ino
+
+
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
 def test_copy_mode_streams_a_file_larger_than_the_memory_it_may_use(
     root: Path, history: list[str], tmp_path: Path

@@ -71,7 +71,8 @@ def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
     and DEST/console-usage-synced.json (a relative link to the newest of them).
     'ingester --root DEST verify' passes on it.
     Versions are hard-linked where DEST is on the history's filesystem (no space
-    used), copied otherwise. It is built in DEST's folder under a .tmp-snapshot-* name
+    used), copied otherwise (read-only; a live version left writable is copied, not
+    linked). It is built in DEST's folder under a .tmp-snapshot-* name
     and renamed to DEST at the end (never over anything), so a half-made snapshot
     never appears as DEST.
 

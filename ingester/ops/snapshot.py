@@ -108,6 +108,16 @@ def list_versions_once(history_dir: Path) -> list[str]:
 
 _CHUNK = 1 << 20
 """Bytes read and written at a time when a version is copied."""
+_WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+
+
+def _writable_link(path: Path) -> bool:
+    """Whether the version just linked at ``path`` shares a writable inode (a live version
+    copied in without its mode): the snapshot then takes a read-only copy instead."""
+    try:
+        return bool(os.lstat(path).st_mode & _WRITE_BITS)
+    except OSError:
+        return False
 
 
 def _pour(fd: int, source: Path, out: BinaryIO) -> None:
@@ -137,7 +147,7 @@ def _write_scratch(path: Path, fd: int, source: Path, mode: int) -> None:
 
 
 def _copy_version(source: Path, folder: Path, name: str, *, scratch: bool) -> bool:
-    """Copy one version (durably unless ``scratch``), keeping its mode; False when gone.
+    """Copy one version (durably unless ``scratch``), read-only; False when gone.
 
     Streamed, never held whole. A snapshot is a backup of the history as it is, so a
     file larger than any drop (damaged: ``verify`` names it) is taken as a hard link
@@ -156,7 +166,9 @@ def _copy_version(source: Path, folder: Path, name: str, *, scratch: bool) -> bo
             raise StorageError("read", source, exc) from exc
         if not stat.S_ISREG(st.st_mode):
             return False  # replaced by something else since the listing: not a version
-        mode = stat.S_IMODE(st.st_mode)
+        # Read-only whatever the live file's mode: every version must be, and a live
+        # one copied in without its mode would make the snapshot fail verify.
+        mode = stat.S_IMODE(st.st_mode) & ~_WRITE_BITS
         if scratch:
             _write_scratch(folder / name, fd, source, mode)
         else:
@@ -201,8 +213,10 @@ def build_snapshot_tree(
         if link:
             try:
                 durable.link_file(source, folder / name)
-                linked += 1
-                continue
+                if not _writable_link(folder / name):
+                    linked += 1
+                    continue
+                durable.remove_file(folder / name)
             except StorageError as exc:
                 if exc.errno == errno.ENOENT:
                     vanished += 1
