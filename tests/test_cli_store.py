@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import INVALID_SAMPLES, VALID_SAMPLES, run_cli
-from support.capabilities import other_user_problem, others_folder, run_as_other
+from support import INVALID_SAMPLES, IS_ROOT, VALID_SAMPLES, run_cli
+from support.capabilities import other_user_problem, others_folder, run_as_other, tmpfs
 
 from ingester.history.lock import HistoryLock
 from ingester.history.names import format_timestamp, is_version_name, parse_timestamp_from_filename
@@ -180,6 +180,34 @@ def test_ingest_applies_retention(root: Path, valid_payload: bytes) -> None:
     meta = metadata(history)
     assert meta["totalVersionsDeleted"] == 2
     assert meta["versionCount"] == 2
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounting a small tmpfs needs root")
+def test_ingest_that_cannot_store_a_file_names_it_and_every_file_after_it(
+    tmp_path: Path,
+) -> None:
+    """``ingest A BIG C`` on a history with no room for BIG: A is stored and said, and
+    one error line names BIG, the cause, and C as not stored (C is not tried): every file
+    is accounted for, and the run can be resumed from BIG."""
+    big = json.loads(VALID_SAMPLES[0].read_bytes())
+    big["padding"] = "x" * 150_000
+    big_file = tmp_path / "big.json"
+    big_file.write_text(json.dumps(big))
+    first, last = VALID_SAMPLES[0], VALID_SAMPLES[1]
+    with tmpfs(tmp_path / "small", "100k") as small:
+        root = small / "root"
+        root.mkdir()
+        assert run_cli(root, "init").returncode == 0
+        done = run_cli(root, "ingest", str(first), str(big_file), str(last))
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stdout.startswith(f"stored {first} -> ")
+        assert len(done.stdout.splitlines()) == 1
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"error: {big_file} not stored: cannot write "), lines[0]
+        assert lines[0].endswith(f"[ENOSPC]; 1 more file(s) not stored, from {last} on")
+        assert len(versions(root / "console-usage-history")) == 1
 
 
 def test_second_writer_is_refused_naming_the_holder(root: Path, valid_payload: bytes) -> None:

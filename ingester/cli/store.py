@@ -162,7 +162,9 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
     valid ones are stored all the same. Once a file is stored, a failure of the caches
     or of retention after it is a warning (exit 0): a retry would store it twice. A stop
     (Ctrl-C, SIGTERM, SIGHUP) ends the run after the file in hand, saying which were
-    not stored (exit 1); once the last file is stored, it changes nothing.
+    not stored (exit 1); once the last file is stored, it changes nothing. A file the
+    history cannot store (a full disk) ends the run too: one error line names it and
+    the files after it, none of which is tried (exit 1).
     Refuses while a watcher holds the history.
     Creates the history in a root that exists; a root that does not exist is refused
     (exit 1, nothing created).
@@ -213,7 +215,12 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
                 stored += 1
                 continue
             except StorageError as exc:
-                raise fail(f"{path} not stored: {exc}") from None
+                # The history failed (a full disk, an I/O error): the files after this one
+                # are not tried, and are named, so that the output accounts for every file
+                # and the run can be resumed from the one that failed.
+                rest = files[n + 1 :]
+                more = f"; {len(rest)} more file(s) not stored, from {rest[0]} on" if rest else ""
+                raise fail(f"{path} not stored: {exc}{more}") from None
             _say_stored(path, version.name, len(data), stop)
             stored += 1
         try:
