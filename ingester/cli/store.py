@@ -259,17 +259,9 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
     refused (exit 1) and nothing is created. An expired version that cannot be
     deleted is kept and named (exit 1); the others are still deleted.
     """
-    from ..intake.housekeeping import PruneResult, prune_rejected
+    from ..intake.housekeeping import PruneIncomplete, PruneResult, prune_rejected
 
     s = app.settings
-
-    def prune(dry: bool) -> PruneResult:
-        # Removal runs with the lock held: only the lock holder quarantines drops, so a
-        # pair cannot be half-replaced under us.
-        try:
-            return prune_rejected(s.rejected_dir, s.rejected_retention_days, utc_now(), dry_run=dry)
-        except StorageError as exc:
-            raise fail(f"rejected drops: {exc}") from None
 
     if dry_run:
         try:
@@ -318,6 +310,7 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
     # The text result is the log line's words: printed on stdout, not logged a second time.
     quiet = contextlib.nullcontext() if as_json else _result_printed_here("cleanup")
     incomplete: CleanupIncomplete | None = None
+    not_pruned: str | None = None
     with writing_store(s, "cleanup", creates="nothing") as store, quiet:
         try:
             result = store.cleanup_old_versions()
@@ -326,7 +319,15 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
             result, incomplete = exc.result, exc
         except StorageError as exc:
             raise fail(str(exc)) from None
-        pruned = prune(False)
+        # Removal runs with the lock held: only the lock holder quarantines drops, so a
+        # pair cannot be half-replaced under us. Versions may be deleted already: a
+        # failure here is said after the result, never in its place.
+        try:
+            pruned = prune_rejected(s.rejected_dir, s.rejected_retention_days, utc_now())
+        except PruneIncomplete as exc:
+            pruned, not_pruned = exc.result, f"rejected drops: {exc}"
+        except StorageError as exc:
+            pruned, not_pruned = PruneResult(), f"rejected drops: {exc}"
     if as_json:
         click.echo(
             json.dumps(
@@ -347,8 +348,10 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
         say(f"cleanup deleted {len(result.deleted)}, retained {result.retained}")
         if pruned.expired_pairs or pruned.kept:
             say(f"rejected: removed {pruned.expired_pairs}, kept {pruned.kept}")
-    if incomplete is not None:
-        raise fail(str(incomplete))
+    if incomplete is not None and not_pruned is not None:
+        raise fail(f"{incomplete}; and {not_pruned}")
+    if incomplete is not None or not_pruned is not None:
+        raise fail(str(incomplete or not_pruned))
 
 
 @contextmanager
