@@ -67,7 +67,9 @@ PRUNE_EVERY = 600.0
 
 @dataclass
 class PruneResult:
-    """What one pass did: ``removed`` names (drops and reason files), pairs ``kept``."""
+    """What one pass did: ``removed`` names (drops and reason files), pairs ``kept``,
+    and ``expired_pairs``, the expired drops removed (or, in a dry run, that would be)
+    with their reason files: a reason file alone is removed but not counted."""
 
     removed: list[str] = field(default_factory=list)
     kept: int = 0
@@ -220,8 +222,11 @@ def _prune_pairs(
             if _is_drop(dir_fd, reason[: -len(REASON_SUFFIX)]):
                 result.kept += 1  # a reason file alone is no drop kept
             continue
-        result.expired_pairs += 1
         drop = reason[: -len(REASON_SUFFIX)]
+        # A drop is counted when it is (or would be) removed: a reason file whose drop
+        # is gone is removed too, but no drop goes with it.
+        if dry_run and _is_drop(dir_fd, drop):
+            result.expired_pairs += 1
         for name in (drop, reason):  # the drop first: never a drop without its reason
             if dry_run:
                 with contextlib.suppress(OSError):
@@ -229,6 +234,8 @@ def _prune_pairs(
                     result.removed.append(name)
             elif _remove(dir_fd, name, folder):
                 result.removed.append(name)
+                if name == drop:
+                    result.expired_pairs += 1
 
 
 def _is_drop(dir_fd: int, name: str) -> bool:
@@ -327,7 +334,7 @@ class RejectedRetention:
         except StorageError as exc:
             log.error("cannot apply the retention of rejected drops: %s", exc)
             return None
-        if result.removed:
+        if result.expired_pairs:
             log.info(
                 "removed %d rejected drop(s) older than %g days, kept %d",
                 result.expired_pairs,
