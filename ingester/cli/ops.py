@@ -40,7 +40,7 @@ from .common import (
 )
 from .service import refuse_unsafe_latest
 
-__all__ = ["check", "schema", "snapshot"]
+__all__ = ["check", "plugin_usage_line", "schema", "snapshot"]
 
 
 # -- snapshot ----------------------------------------------------------------------------
@@ -200,18 +200,20 @@ class _PluginCommand(click.Command):
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as exc:
-            _usage_line(exc, as_json=as_json)
+            plugin_usage_line(exc, as_json=as_json)
             raise
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
-            _usage_line(exc, as_json=bool(ctx.params.get("as_json")))
+            plugin_usage_line(exc, as_json=bool(ctx.params.get("as_json")))
             raise
 
 
-def _usage_line(exc: click.UsageError, *, as_json: bool) -> None:
+def plugin_usage_line(exc: click.UsageError, *, as_json: bool) -> None:
+    """``check``'s answer to a usage error, on stdout: its plugin line, or with ``as_json``
+    its JSON object (CRITICAL, code 2), so that a monitoring agent shows the cause."""
     summary = escape_text(one_line(f"usage error: {exc.format_message()}"))
     if as_json:
         say(json.dumps({"status": "CRITICAL", "code": 2, "summary": summary}))
