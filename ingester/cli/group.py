@@ -165,20 +165,20 @@ class IngesterGroup(click.Group):
             if exc.errno == errno.EPIPE:
                 silence_stdout()
                 sys.exit(1)
-            last_words(f"error: {describe_os_error(exc)}")
+            last_words(describe_os_error(exc))
             # Output a failed write left in stdout's buffer must not follow the error
             # line (nor fail again in the flush at exit).
             silence_stdout()
             sys.exit(1)
         except MemoryError:
-            last_words("error: out of memory")
+            last_words("out of memory")
             sys.exit(1)
         except Exception as exc:
             if is_thread_limit(exc):
-                last_words(f"error: {THREAD_LIMIT}")
+                last_words(THREAD_LIMIT)
                 sys.exit(1)
             detail = str(exc) or "no detail"
-            last_words(f"error: internal error: {type(exc).__name__}: {detail} (please report)")
+            last_words(f"internal error: {type(exc).__name__}: {detail} (please report)")
             sys.exit(EXIT_INTERNAL)
         sys.exit(0)  # pragma: no cover (click's standalone main always exits)
 
