@@ -55,28 +55,6 @@ def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
 # -- snapshot ----------------------------------------------------------------------------
 
 
-def test_snapshot_tar_file_does_not_make_the_missing_folders_above_it(
-    root: Path, tmp_path: Path
-) -> None:
-    """``snapshot --tar FILE`` into a folder that does not exist yet fails (ENOENT).
-
-    ``snapshot --help``: "DEST must not exist (missing folders above it are made), nor
-    be in the history, the spool or the rejected folder (with --tar too)"; with
-    ``--tar`` the DEST is FILE. docs/backup.md says the same ("(for ``--tar FILE``
-    too); missing folders above it are created (as ``mkdir -p``...)"). The folder form
-    makes them (ingester/ops/snapshot.py, ``take_snapshot``: ``durable.make_folders``);
-    the tar form does not (ingester/cli/ops.py, ``_snapshot_tar``: straight into
-    ``durable.streamed_file(path, ...)``), so ``--tar /backups/new/usage.tar`` exits 1
-    with ``cannot create ...: No such file or directory [ENOENT]``. Expected: the
-    missing folders are made, as for the folder form.
-    """
-    ok(run_cli(root, "ingest", str(VALID_SAMPLES[0])))
-    target = tmp_path / "backups" / "new" / "usage.tar"
-    done = run_cli(root, "snapshot", "--tar", str(target))
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert target.is_file()
-
-
 # -- cleanup and verify --repair: a failure part-way hides what was done ----------------
 
 

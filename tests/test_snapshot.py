@@ -234,9 +234,24 @@ def test_tar_to_a_file_under_a_file_names_the_file_in_the_way(
     target = blocker / "deeper" / "snap.tar"
     _one_error(
         run_cli(root, "snapshot", "--tar", str(target)),
-        f"cannot create {target}: {blocker} is not a folder [ENOTDIR]",
+        f"cannot create folder {blocker}: exists and is not a folder [ENOTDIR]",
     )
     assert blocker.read_text() == "mine"
+
+
+def test_tar_to_a_file_makes_the_missing_folders_above_it(
+    root: Path, history: list[str], tmp_path: Path
+) -> None:
+    """As for the folder form, missing folders above ``--tar FILE`` are made (as
+    ``mkdir -p``), and the archive extracts to a root that verifies."""
+    target = tmp_path / "backups" / "new" / "usage.tar"
+    ok(run_cli(root, "snapshot", "--tar", str(target)))
+    assert target.is_file()
+    assert [p.name for p in target.parent.iterdir()] == ["usage.tar"]
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    subprocess.run(["tar", "-xf", str(target), "-C", str(restored)], check=True)
+    ok(run_cli(restored, "verify"))
 
 
 def test_a_tar_snapshot_stopped_midway_leaves_nothing_under_its_name(

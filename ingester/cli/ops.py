@@ -138,6 +138,7 @@ def _snapshot_tar(history: Path, dest: str) -> None:
         # Written under a temp name beside FILE and renamed at the end (never over
         # anything): a run killed midway leaves no cut-off archive under FILE's name.
         try:
+            durable.make_folders(Path(os.path.abspath(path)).parent)  # as for a folder DEST
             with durable.streamed_file(path, replace=False) as handle:
                 write_snapshot_tar(history, handle)
         except FileExistsError:
