@@ -114,12 +114,14 @@ CLOSED_AT_START: set[int] = set()
 /dev/null): a command whose output is its result must not report success into nothing."""
 
 
-def refuse_closed_stdout(what: str) -> None:
-    """Exit 1 when standard output was closed at start: ``what`` would be lost unseen."""
+def refuse_closed_stdout(what: str, remedy: str = "redirect it or give a file") -> None:
+    """Exit 1 when standard output was closed at start: ``what`` would be lost unseen.
+
+    Call it before anything is done: a closed stdout is given /dev/null at start, which
+    takes every line without an error, so nothing later would notice the loss.
+    """
     if 1 in CLOSED_AT_START:
-        raise fail(
-            f"standard output is closed: {what} would go nowhere; redirect it or give a file"
-        )
+        raise fail(f"standard output is closed: {what} would go nowhere; {remedy}")
 
 
 def fail(message: str, code: int = 1) -> click.exceptions.Exit:

@@ -32,6 +32,7 @@ from .common import (
     fail,
     make_folder,
     read_limited,
+    refuse_closed_stdout,
     say,
     say_recorded,
     writing_store,
@@ -169,6 +170,9 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
     Creates the history in a root that exists; a root that does not exist is refused
     (exit 1, nothing created).
     """
+    # The lines are the record of what was stored: with nowhere to say them, nothing is
+    # stored (a retry could not tell what is stored already, and would store it twice).
+    refuse_closed_stdout("the lines saying what is stored", "redirect it")
     s = app.settings
     # A file is stored and said, or neither: a stop in between would leave one stored
     # that the output does not name, and storing the files again would store it twice.
