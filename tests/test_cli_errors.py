@@ -651,7 +651,6 @@ def test_an_error_from_the_system_names_its_errno(root: Path, tmp_path: Path) ->
     make_history(root / "r")
     gone = tmp_path / "no-such-folder"
     cases: dict[tuple[str, ...], str] = {
-        ("snapshot", "--tar", f"{gone}/s.tar"): f"error: cannot create {gone}/s.tar: ",
         ("submit", f"{gone}/d.json"): f"error: cannot read {gone}/d.json: ",
         ("--config", f"{gone}/c.toml", "status"): f"cannot read {gone}/c.toml: ",
         ("serve", "--api-key-file", f"{gone}/key"): f"cannot read --api-key-file {gone}/key: ",
