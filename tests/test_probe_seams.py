@@ -1,0 +1,122 @@
+"""Probes of the seams between processes around the watcher (adversarial tests).
+
+Each test here FAILS on the code it was written against: it shows a drop lost, stored
+twice, a half-written file visible, a traceback or multi-line error, or a promise of the
+docs that does not hold, at a seam between processes (a watcher and another watcher,
+``serve``, ``submit`` or a writer of the spool). Real CLI processes, real files, real
+signals; every wait is on a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from support import wait_for
+from support.watchproc import WatchProcess, drop, payload, versions
+
+
+def _valid(seq: int) -> bytes:
+    return payload(seq)
+
+
+def test_polling_takes_an_in_place_drop_soon_after_its_writer_closes_it(root: Path) -> None:
+    """``--polling``: a drop written in place whose writer keeps it open a little while
+    (it wrote everything, then closed it a few seconds later) is taken only at the next
+    full rescan (``--rescan-interval``, 30 s by default; here an hour), not once it has
+    settled after the close.
+
+    docs/operations.md (``--polling``: "files written in place are taken once their size
+    and mtime are --settle s old") and SPEC section 3 ("with the polling observer, once
+    its size and mtime have been stable for the settle time") promise it is taken within
+    about ``--settle`` of being finished. What happens: ``Readiness.check``
+    (ingester/intake/readiness.py) finds the file open for writing (a read lease is
+    refused) and returns ``Wait(None)``, "look again when an event says so", which is
+    right for inotify (its close-write comes) but the polling observer reports no event
+    for a close that changes neither size nor mtime; the drop is left out of
+    ``pending`` and ``deferred`` (``Backlog.apply``, ingester/intake/groups.py) until a
+    rescan finds it. Expected: under polling, a drop found open for writing is looked at
+    again after ``--settle`` (as a hard-linked one is), and taken within seconds of the
+    close.
+    """
+    spool = root / "spool"
+    with WatchProcess(root, "--polling", "--settle", "0.5", "--rescan-interval", "3600") as w:
+        path = spool / "inplace.json"
+        with path.open("wb") as writer:
+            writer.write(_valid(1))
+            writer.flush()
+            # Everything is written; the writer holds the file a little longer, past the
+            # settle time and several polls, then closes it. (This pause is the writer's
+            # behaviour under test, not a synchronisation.)
+            time.sleep(2.0)
+        closed = time.monotonic()
+        try:
+            wait_for(lambda: len(versions(root)) == 1, 15, "the drop stored after its close")
+        except AssertionError:
+            raise AssertionError(
+                f"the in-place drop is still waiting {time.monotonic() - closed:.0f} s after "
+                f"its writer closed it (settle 0.5 s, polling); spool: "
+                f"{sorted(os.listdir(spool))}; log:\n{w.log}"
+            ) from None
+        assert w.stop() == 0
+
+
+def test_a_second_watcher_sharing_the_latest_link_is_refused_even_before_it_exists(
+    tmp_path: Path,
+) -> None:
+    """Two histories given one ``--latest-path``, the first watcher started while its
+    history is still empty (so the shared link does not exist yet): the second watcher
+    starts all the same, and the two then fight over the link. The first points it at
+    its version; the second, at each rescan, finds it "points at a version that is gone"
+    (not one of its own history) and removes it; the first puts it back a second later,
+    and so on: the dashboard reading the latest link finds it missing half the time.
+
+    docs/operations.md ("Nor may two histories share a latest link: a watcher whose
+    --latest-path points into another history a running watcher holds exits 1 at
+    start") and the design promise one keeper per link. The refusal in
+    ``WatcherLocks.take`` (ingester/intake/locks.py, ``latest_link_holder`` in
+    ingester/history/lock.py) looks only at a link that already exists, once, at start:
+    nothing holds the latest link's path, and the caches' repair
+    (``Maintenance.check_caches`` / the latest link's upkeep in
+    ingester/history/latest.py) removes a link into another history as "gone". Expected:
+    the second watcher refuses to start (a lock tied to the latest path, not to the
+    link's current target), or at least never removes a link into a history another
+    running watcher holds.
+    """
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    latest = tmp_path / "shared-latest.json"
+    shared = ("--latest-path", str(latest), "--rescan-interval", "0.5")
+    with WatchProcess(first, global_args=shared[:2], *shared[2:]) as a:
+        with WatchProcess(second, global_args=shared[:2], *shared[2:]) as b:
+            drop(first / "spool", "one.json", _valid(1))
+            wait_for(lambda: len(versions(first)) == 1, 10, "the first watcher to store it")
+            wait_for(lambda: latest.exists(), 10, "the shared link")
+            target = os.readlink(latest)
+
+            def trouble() -> str | None:
+                if b.proc.poll() is not None:
+                    return "second exited"
+                try:
+                    now = os.readlink(latest)
+                except OSError:
+                    return "the latest link is missing"
+                if now != target:
+                    return f"the latest link now points at {now}"
+                return None
+
+            # Either the second watcher gives up, or it gets to the link within a few
+            # rescans of its own.
+            seen = None
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline and seen is None:
+                seen = trouble()
+                time.sleep(0.005)
+            assert seen == "second exited" and b.proc.returncode == 1, (
+                f"two watchers share one latest link: {seen or 'both still run'}; "
+                f"first's log:\n{a.log}\nsecond's log:\n{b.log}"
+            )
+    assert json.loads((first / "console-usage-history" / "_metadata.json").read_text())
