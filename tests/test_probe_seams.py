@@ -14,7 +14,8 @@ import os
 import time
 from pathlib import Path
 
-from support import wait_for
+import pytest
+from support import run_cli, wait_for
 from support.watchproc import WatchProcess, drop, payload, versions
 
 
@@ -120,3 +121,48 @@ def test_a_second_watcher_sharing_the_latest_link_is_refused_even_before_it_exis
                 f"first's log:\n{a.log}\nsecond's log:\n{b.log}"
             )
     assert json.loads((first / "console-usage-history" / "_metadata.json").read_text())
+
+
+@pytest.mark.parametrize("command", [("init",), ("verify", "--repair")])
+def test_a_writing_command_on_another_history_leaves_a_running_watchers_latest_link(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """A running watcher keeps the latest link of its history; a writing command
+    (``init``, ``verify --repair``) run on another, empty history given the same
+    ``--latest-path`` removes that link ("points at a version that is gone"), exit 0:
+    the dashboard reading the link finds nothing until the watcher's next ingest or
+    rescan. (``ingest`` there re-points it at its own history's version.)
+
+    The watcher itself is refused such a start (docs/operations.md: "Nor may two
+    histories share a latest link"; ``WatcherLocks.take`` in ingester/intake/locks.py),
+    and SPEC section 8 says the commands that write "either coordinate with a running
+    watcher safely or refuse with a message naming it; they never race it". But
+    ``writing_store`` (ingester/cli/common.py) takes only its own history's lock and
+    runs ``HistoryStore.initialize`` / the repair, whose latest-link check
+    (``LatestLink.problem`` in ingester/history/latest.py: with no version of its own,
+    any link is "a version that is gone") removes a link into another history that a
+    running watcher holds. Expected: refused, exit 1, naming the watcher (as ``watch``
+    is, through ``latest_link_holder``), the link left as it was.
+    """
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    latest = tmp_path / "shared-latest.json"
+    shared = ("--latest-path", str(latest))
+    with WatchProcess(first, global_args=shared) as w:
+        drop(first / "spool", "one.json", _valid(1))
+        wait_for(lambda: len(versions(first)) == 1 and latest.exists(), 10, "the link")
+        target = os.readlink(latest)
+        # The other history exists (made with its own latest link), empty.
+        assert run_cli(second, "init").returncode == 0
+        done = run_cli(second, *shared, *command)
+        try:
+            now: str | None = os.readlink(latest)
+        except OSError:
+            now = None
+        assert done.returncode == 1 and now == target, (
+            f"{' '.join(command)} on another history exited {done.returncode} and left the "
+            f"running watcher's latest link {'missing' if now is None else 'at ' + now} "
+            f"(it pointed at {target}); its output: {done.stdout}{done.stderr}; "
+            f"the watcher's log:\n{w.log}"
+        )
