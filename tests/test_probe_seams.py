@@ -230,3 +230,55 @@ def test_two_watchers_sharing_a_quarantine_never_overwrite_each_others_rejected_
             f"two invalid drops set aside, {len(kept)} in the shared quarantine: "
             f"{sorted(os.listdir(quarantine))}, holding {kept}; logs:\n{a.log}\n{b.log}"
         )
+
+
+def test_a_drop_linked_in_by_a_writer_that_then_drops_its_own_name_is_taken_after_its_close(
+    root: Path,
+) -> None:
+    """A writer publishes with ``link(2)`` (the no-clobber way FIELD-NOTES recommends:
+    link, then unlink the temp name) while it still holds the file open, and finishes
+    writing and closes it a moment later. Its close-write comes under the name it was
+    opened by, in ``spool/tmp/`` (not watched); the spool hears only the link's
+    IN_CREATE. The drop is taken only at the next full rescan (``--rescan-interval``,
+    30 s by default; here an hour): seconds after its close, it still waits.
+
+    docs/design.md: a file "still open for writing ... waits for its close-write (one
+    hard-linked in, whose close-write comes under its writer's name elsewhere, is looked
+    at again after --settle s)". ``Readiness.check`` (ingester/intake/readiness.py,
+    ``linked = st.st_nlink > 1``) tells a hard-linked drop by its link count at the
+    moment it looks; once the writer has removed its temp name the count is 1, so the
+    drop is taken for one written in place and left to wait for a close-write in the
+    spool (``Wait(None)``, which ``Backlog.apply`` in ingester/intake/groups.py keeps
+    neither pending nor deferred) that never comes. Expected: a drop that inotify saw
+    created by a link (or any drop found open for writing) is looked at again after
+    ``--settle``, and stored within seconds of its close.
+    """
+    spool = root / "spool"
+    with WatchProcess(root, "--settle", "0.5", "--rescan-interval", "3600") as w:
+        data = _valid(7)
+        temp = spool / "tmp" / "writer.part"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, data[:10])
+            os.link(temp, spool / "linked.json")  # published, no-clobber
+            os.unlink(temp)  # the temp name goes, as the recipe says
+            # The writer is a second slower than that (its pause is the behaviour under
+            # test, not a synchronisation): the watcher hears of the link meanwhile and
+            # finds the file open for writing. Had it not looked by then, it would take
+            # the closed file at once and this test would pass: never a false failure.
+            time.sleep(1.0)
+            os.write(fd, data[10:])
+        finally:
+            os.close(fd)
+        closed = time.monotonic()
+        try:
+            wait_for(lambda: len(versions(root)) == 1, 10, "the drop stored after its close")
+        except AssertionError:
+            raise AssertionError(
+                f"the drop is still waiting {time.monotonic() - closed:.0f} s after its "
+                f"writer closed it (settle 0.5 s); spool: {sorted(os.listdir(spool))}; "
+                f"log:\n{w.log}"
+            ) from None
+        assert versions(root)[0].read_bytes() == data
+        assert w.stop() == 0
+
