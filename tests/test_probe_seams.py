@@ -80,9 +80,11 @@ def test_a_second_watcher_sharing_the_latest_link_is_refused_even_before_it_exis
     start") and the design promise one keeper per link. The refusal in
     ``WatcherLocks.take`` (ingester/intake/locks.py, ``latest_link_holder`` in
     ingester/history/lock.py) looks only at a link that already exists, once, at start:
-    nothing holds the latest link's path, and the caches' repair
-    (``Maintenance.check_caches`` / the latest link's upkeep in
-    ingester/history/latest.py) removes a link into another history as "gone". Expected:
+    nothing holds the latest link's path, and the caches' repair at each rescan
+    (``Maintenance.check_caches``, ingester/intake/maintenance.py) takes a link into
+    another history for one that "points at a version that is gone"
+    (``LatestLink.problem``, ingester/history/latest.py, with no version of its own)
+    and removes it. Expected:
     the second watcher refuses to start (a lock tied to the latest path, not to the
     link's current target), or at least never removes a link into a history another
     running watcher holds.
@@ -91,36 +93,39 @@ def test_a_second_watcher_sharing_the_latest_link_is_refused_even_before_it_exis
     first.mkdir()
     second.mkdir()
     latest = tmp_path / "shared-latest.json"
-    shared = ("--latest-path", str(latest), "--rescan-interval", "0.5")
-    with WatchProcess(first, global_args=shared[:2], *shared[2:]) as a:
-        with WatchProcess(second, global_args=shared[:2], *shared[2:]) as b:
-            drop(first / "spool", "one.json", _valid(1))
-            wait_for(lambda: len(versions(first)) == 1, 10, "the first watcher to store it")
-            wait_for(lambda: latest.exists(), 10, "the shared link")
-            target = os.readlink(latest)
+    shared = ("--latest-path", str(latest))
+    often = ("--rescan-interval", "0.5")
+    with (
+        WatchProcess(first, *often, global_args=shared) as a,
+        WatchProcess(second, *often, global_args=shared) as b,
+    ):
+        drop(first / "spool", "one.json", _valid(1))
+        wait_for(lambda: len(versions(first)) == 1, 10, "the first watcher to store it")
+        wait_for(lambda: latest.exists(), 10, "the shared link")
+        target = os.readlink(latest)
 
-            def trouble() -> str | None:
-                if b.proc.poll() is not None:
-                    return "second exited"
-                try:
-                    now = os.readlink(latest)
-                except OSError:
-                    return "the latest link is missing"
-                if now != target:
-                    return f"the latest link now points at {now}"
-                return None
+        def trouble() -> str | None:
+            if b.proc.poll() is not None:
+                return "second exited"
+            try:
+                now = os.readlink(latest)
+            except OSError:
+                return "the latest link is missing"
+            if now != target:
+                return f"the latest link now points at {now}"
+            return None
 
-            # Either the second watcher gives up, or it gets to the link within a few
-            # rescans of its own.
-            seen = None
-            deadline = time.monotonic() + 6
-            while time.monotonic() < deadline and seen is None:
-                seen = trouble()
-                time.sleep(0.005)
-            assert seen == "second exited" and b.proc.returncode == 1, (
-                f"two watchers share one latest link: {seen or 'both still run'}; "
-                f"first's log:\n{a.log}\nsecond's log:\n{b.log}"
-            )
+        # Either the second watcher gives up, or it gets to the link within a few
+        # rescans of its own (0.5 s apart): a condition polled until its deadline.
+        seen = None
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline and seen is None:
+            seen = trouble()
+            time.sleep(0.005)
+        assert seen == "second exited" and b.proc.returncode == 1, (
+            f"two watchers share one latest link: {seen or 'both still run'}; "
+            f"first's log:\n{a.log}\nsecond's log:\n{b.log}"
+        )
     assert json.loads((first / "console-usage-history" / "_metadata.json").read_text())
 
 
@@ -281,4 +286,3 @@ def test_a_drop_linked_in_by_a_writer_that_then_drops_its_own_name_is_taken_afte
             ) from None
         assert versions(root)[0].read_bytes() == data
         assert w.stop() == 0
-
