@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from support import run_cli, wait_for
 from support.capabilities import STRACE, strace_problem
-from support.serveproc import ServeProcess
+from support.serveproc import KEY, ServeProcess, fresh_payload
 from support.watchproc import WatchProcess, drop, payload, versions
 
 
@@ -333,4 +333,46 @@ def test_a_watcher_started_under_nohup_survives_its_terminal_closing(
         assert not gone, (
             f"under nohup, {command} stopped on SIGHUP (exit {proc.proc.returncode}): no "
             f"watcher runs any more; its log:\n{proc.log}"
+        )
+
+
+def test_serve_never_promises_a_post_to_a_watch_once_that_will_not_take_it(root: Path) -> None:
+    """Two processes: ``serve`` alone takes POSTs, and ``watch --once`` (say, from cron)
+    drains the spool. A POST that arrives while the ``--once`` run drains its backlog
+    is answered 202 ``"waitingForWatcher": false``, "...; the watcher stores it". But a
+    ``--once`` run takes only what its start-up scan found: it exits with the drop
+    still in the spool ("stopped: N ingested, 0 rejected, 1 waiting"), and nothing stores
+    it until some later run.
+
+    docs/serve.md ("One process or two": a POST is "stored within milliseconds while the
+    watcher runs; waits in the spool while it does not (and every answer, the log and
+    /api/health say so)"; "Without a running watcher, serve never answers a silent
+    2xx"). ``WatcherProbe.look`` (ingester/serve/backlog.py) counts any holder that
+    noted the purpose ``watch`` and holds the spool's lock as a watcher that will take
+    the drop, and ``watch --once`` notes the same ``watch`` (``Watcher.lock_purpose``,
+    ingester/intake/watcher.py; ``is_watcher`` in ingester/history/lock.py).
+    Expected: a ``--once`` run notes a purpose of its own that ``serve`` does not count
+    as a watcher of new drops (the answer then says the drop waits), or the answer's
+    promise is kept.
+    """
+    spool = root / "spool"
+    for i in range(1500):  # a backlog of a second or two for the --once run
+        drop(spool, f"b{i:05}.json", _valid(i))
+    with ServeProcess(root) as server, WatchProcess(root, "--once") as once:
+        once.wait_log("ingested ")  # its start-up scan is behind it: it drains now
+        with once.held():  # still running (its lock held) while the POST is answered
+            body = fresh_payload(marker="posted during --once")
+            answer = server.post(
+                "/api/claude/console-usage",
+                content=body,
+                headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+            )
+        assert answer.status_code == 202, answer.text
+        promised = answer.json()["waitingForWatcher"] is False
+        assert once.proc.wait(60) == 0, once.log
+        stored = any(p.read_bytes() == body for p in versions(root))
+        assert stored or not promised, (
+            f"the POST was answered {answer.json()!r}, yet the watch --once run it counted "
+            f"on exited without it ({once.log.splitlines()[-1]}); spool: "
+            f"{sorted(n for n in os.listdir(spool) if n.endswith('.json'))}"
         )
