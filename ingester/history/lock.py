@@ -30,6 +30,8 @@ __all__ = [
     "history_holder",
     "is_watcher",
     "latest_link_holder",
+    "latest_link_lock",
+    "latest_link_refused",
     "lock_holder",
     "lock_owner",
     "lock_table_readable",
@@ -256,6 +258,27 @@ def latest_link_holder(latest: Path, history: Path, lock_name: str) -> tuple[Pat
     if owner is None or owner[0] == os.getpid() or not is_watcher(owner[1]):
         return None
     return folder, owner[0]
+
+
+def latest_link_lock(latest: Path, purpose: str) -> HistoryLock:
+    """The lock that keeps one history per latest link: ``.<name>.lock`` beside the link
+    ``latest``, taken by a watcher for its whole run and by a writing command for its
+    own, after its history's lock.
+
+    It is tied to the link's path, not to where the link points: a second history
+    given the same ``--latest-path`` is refused even before the link exists, when
+    there is nothing yet to point into the first history.
+    """
+    return HistoryLock(latest.parent / f".{latest.name}.lock", purpose, what="latest link")
+
+
+def latest_link_refused(latest: Path, exc: LockHeld) -> str:
+    """The one line for a command refused ``latest``'s lock (see :func:`latest_link_lock`):
+    who keeps the link, and what to do."""
+    return (
+        f"the latest link {latest} is kept by {exc.holder}, for another history "
+        f"({exc.path}); give each history its own --latest-path"
+    )
 
 
 def refusal(path: Path, what: str = "history") -> LockHeld | None:
