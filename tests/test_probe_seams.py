@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
-from support import wait_for
 from support.capabilities import STRACE, strace_problem, traced_program
 from support.serveproc import KEY, ServeProcess, fresh_payload
 from support.watchproc import WatchProcess, drop, payload, versions
@@ -23,98 +21,6 @@ from support.watchproc import WatchProcess, drop, payload, versions
 
 def _valid(seq: int) -> bytes:
     return payload(seq)
-
-
-def test_polling_takes_an_in_place_drop_soon_after_its_writer_closes_it(root: Path) -> None:
-    """``--polling``: a drop written in place whose writer keeps it open a little while
-    (it wrote everything, then closed it a few seconds later) is taken only at the next
-    full rescan (``--rescan-interval``, 30 s by default; here an hour), not once it has
-    settled after the close.
-
-    docs/operations.md (``--polling``: "files written in place are taken once their size
-    and mtime are --settle s old") and SPEC section 3 ("with the polling observer, once
-    its size and mtime have been stable for the settle time") promise it is taken within
-    about ``--settle`` of being finished. What happens: ``Readiness.check``
-    (ingester/intake/readiness.py) finds the file open for writing (a read lease is
-    refused) and returns ``Wait(None)``, "look again when an event says so", which is
-    right for inotify (its close-write comes) but the polling observer reports no event
-    for a close that changes neither size nor mtime; the drop is left out of
-    ``pending`` and ``deferred`` (``Backlog.apply``, ingester/intake/groups.py) until a
-    rescan finds it. Expected: under polling, a drop found open for writing is looked at
-    again after ``--settle`` (as a hard-linked one is), and taken within seconds of the
-    close.
-    """
-    spool = root / "spool"
-    with WatchProcess(root, "--polling", "--settle", "0.5", "--rescan-interval", "3600") as w:
-        path = spool / "inplace.json"
-        with path.open("wb") as writer:
-            writer.write(_valid(1))
-            writer.flush()
-            # Everything is written; the writer holds the file a little longer, past the
-            # settle time and several polls, then closes it. (This pause is the writer's
-            # behaviour under test, not a synchronisation.)
-            time.sleep(2.0)
-        closed = time.monotonic()
-        try:
-            wait_for(lambda: len(versions(root)) == 1, 15, "the drop stored after its close")
-        except AssertionError:
-            raise AssertionError(
-                f"the in-place drop is still waiting {time.monotonic() - closed:.0f} s after "
-                f"its writer closed it (settle 0.5 s, polling); spool: "
-                f"{sorted(os.listdir(spool))}; log:\n{w.log}"
-            ) from None
-        assert w.stop() == 0
-
-
-def test_a_drop_linked_in_by_a_writer_that_then_drops_its_own_name_is_taken_after_its_close(
-    root: Path,
-) -> None:
-    """A writer publishes with ``link(2)`` (the no-clobber way FIELD-NOTES recommends:
-    link, then unlink the temp name) while it still holds the file open, and finishes
-    writing and closes it a moment later. Its close-write comes under the name it was
-    opened by, in ``spool/tmp/`` (not watched); the spool hears only the link's
-    IN_CREATE. The drop is taken only at the next full rescan (``--rescan-interval``,
-    30 s by default; here an hour): seconds after its close, it still waits.
-
-    docs/design.md: a file "still open for writing ... waits for its close-write (one
-    hard-linked in, whose close-write comes under its writer's name elsewhere, is looked
-    at again after --settle s)". ``Readiness.check`` (ingester/intake/readiness.py,
-    ``linked = st.st_nlink > 1``) tells a hard-linked drop by its link count at the
-    moment it looks; once the writer has removed its temp name the count is 1, so the
-    drop is taken for one written in place and left to wait for a close-write in the
-    spool (``Wait(None)``, which ``Backlog.apply`` in ingester/intake/groups.py keeps
-    neither pending nor deferred) that never comes. Expected: a drop that inotify saw
-    created by a link (or any drop found open for writing) is looked at again after
-    ``--settle``, and stored within seconds of its close.
-    """
-    spool = root / "spool"
-    with WatchProcess(root, "--settle", "0.5", "--rescan-interval", "3600") as w:
-        data = _valid(7)
-        temp = spool / "tmp" / "writer.part"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, data[:10])
-            os.link(temp, spool / "linked.json")  # published, no-clobber
-            os.unlink(temp)  # the temp name goes, as the recipe says
-            # The writer is a second slower than that (its pause is the behaviour under
-            # test, not a synchronisation): the watcher hears of the link meanwhile and
-            # finds the file open for writing. Had it not looked by then, it would take
-            # the closed file at once and this test would pass: never a false failure.
-            time.sleep(1.0)
-            os.write(fd, data[10:])
-        finally:
-            os.close(fd)
-        closed = time.monotonic()
-        try:
-            wait_for(lambda: len(versions(root)) == 1, 10, "the drop stored after its close")
-        except AssertionError:
-            raise AssertionError(
-                f"the drop is still waiting {time.monotonic() - closed:.0f} s after its "
-                f"writer closed it (settle 0.5 s); spool: {sorted(os.listdir(spool))}; "
-                f"log:\n{w.log}"
-            ) from None
-        assert versions(root)[0].read_bytes() == data
-        assert w.stop() == 0
 
 
 def test_serve_never_promises_a_post_to_a_watch_once_that_will_not_take_it(root: Path) -> None:
