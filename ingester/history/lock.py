@@ -23,7 +23,9 @@ from . import durable
 
 __all__ = [
     "SERVE_WATCH",
+    "STOPPING",
     "WATCH",
+    "WATCH_ONCE",
     "HistoryHolder",
     "HistoryLock",
     "LockHeld",
@@ -48,8 +50,17 @@ SERVE_WATCH = "serve --watch"
 """The purpose noted by the watcher that ``serve --watch`` runs in its own process."""
 
 
+WATCH_ONCE = "watch --once"
+"""The purpose noted by ``ingester watch --once``: it takes what its start found, then
+exits; a drop made meanwhile waits for the next run, so it is no watcher of new drops."""
+STOPPING = " (stopping)"
+"""Added to its purpose by a watcher that has begun to stop: it takes no drop any more,
+though it still holds its locks while it finishes (see :meth:`HistoryLock.renote`)."""
+
+
 def is_watcher(purpose: str | None) -> bool:
-    """Whether a lock holder that noted ``purpose`` is a watcher (one that takes drops).
+    """Whether a lock holder that noted ``purpose`` is a watcher (one that takes drops,
+    new ones too: not a ``watch --once`` run, nor a watcher that is stopping).
 
     A holder that left no readable note (``None``) is given the benefit of the doubt.
     """
@@ -164,12 +175,23 @@ class HistoryLock:
         except OSError as exc:
             os.close(fd)
             raise StorageError("lock", self.path, exc) from exc
+        self._fd = fd
+        self._write_note()
+
+    def _write_note(self) -> None:
+        if self._fd is None:
+            return
         try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {self.purpose}\n".encode(), 0)
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()} {self.purpose}\n".encode(), 0)
         except OSError:
             pass  # the note is a courtesy; the flock is what counts
-        self._fd = fd
+
+    def renote(self, purpose: str) -> None:
+        """Note ``purpose`` in the lock file held (nothing when not held): what its holder
+        does now, for whoever looks (``serve`` asks whether a watcher will take a POST)."""
+        self.purpose = purpose
+        self._write_note()
 
     def still_held(self) -> bool:
         """Whether the lock is held and its path still names the file that is locked.

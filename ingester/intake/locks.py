@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..errors import IngesterError, LockHeld, StorageError, describe_os_error
 from ..history.lock import (
+    STOPPING,
     HistoryLock,
     latest_link_holder,
     latest_link_lock,
@@ -145,6 +146,15 @@ class WatcherLocks:
             raise LatestLinkKept(latest_link_refused(latest, exc)) from None
         except StorageError as exc:
             log.debug("the latest link %s is not locked: %s", latest, exc)
+
+    def note_stopping(self) -> None:
+        """Say in each lock file held that this watcher is stopping: it takes no drop
+        any more, though it holds its locks until it has finished."""
+        stopping = self.purpose + STOPPING
+        self.purpose = stopping
+        for lock in (self.history, self._spool_lock, self.latest):
+            if lock is not None:
+                lock.renote(stopping)
 
     def release(self) -> None:
         """Drop both (harmless when not held)."""
