@@ -190,8 +190,8 @@ def _fit_name(name: str) -> str:
 def _held_lock(path: Path) -> int:
     """A descriptor on ``path`` holding an exclusive ``flock`` (see ``Spool._reserve``).
 
-    A filesystem without ``flock`` leaves the descriptor unlocked: a reason file there
-    is never taken for a leftover by anyone who can lock, and nobody else can."""
+    On a filesystem without ``flock`` the descriptor is left unlocked: no process can
+    lock a reason file there either, so none is ever taken for a leftover."""
     try:
         fd = os.open(path, durable.READ_NOFOLLOW)
     except OSError as exc:
@@ -534,11 +534,15 @@ class Spool:
                 # cannot be removed either, it is still counted nowhere (see above).
                 _take_back(reason_file)
                 raise
+            else:
+                if not moved:
+                    # The name was taken meanwhile: on to the next. Taken back while
+                    # still locked, so no one takes it for a leftover and writes over it.
+                    _take_back(reason_file)
             finally:
                 os.close(held)
             if moved:
                 return target
-            _take_back(reason_file)  # the name was taken meanwhile: the next one
         raise AssertionError("unreachable: the names tried never end")
 
     def rejected_count(self) -> int:
