@@ -85,7 +85,7 @@ def refused_words(exc: LockHeld) -> str:
 
 
 class WatcherLocks:
-    """The lock of ``store``'s history and ``spool``'s, noted ``purpose``."""
+    """The locks of ``store``'s history, ``spool``'s and the latest link, noted ``purpose``."""
 
     def __init__(self, store: HistoryStore, spool: Spool, purpose: str) -> None:
         self.spool = spool
@@ -101,8 +101,8 @@ class WatcherLocks:
         self.unchecked = Unchecked()
 
     def take(self) -> None:
-        """Take both, then the latest link's, the latest link and the spool's looked at
-        first; raises ``LockHeld``, :class:`LatestLinkKept` or ``OSError``.
+        """Take both, then the latest link's (the latest link and the spool's lock looked
+        at first); raises ``LockHeld``, :class:`LatestLinkKept` or ``OSError``.
 
         A second watcher of the spool is refused before it makes anything (the taking
         stays the real test), and so is one whose latest link another watcher keeps. The
@@ -157,7 +157,7 @@ class WatcherLocks:
                 lock.renote(stopping)
 
     def release(self) -> None:
-        """Drop both (harmless when not held)."""
+        """Drop all three (harmless when not held)."""
         self._unlock_spool()
         self.latest.release()
         self.history.release()
