@@ -11,14 +11,72 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import SAMPLES, run_cli
+from support import SAMPLES, run_cli, wait_for
 from support.capabilities import OTHER_UID, others_folder, run_as_other
+from support.watchproc import WatchProcess, drop, payload, versions
 from test_cli_errors import WHY_NOT
 
 from ingester.history.lock import HistoryLock
 
 HISTORY = "console-usage-history"
 SAMPLE = SAMPLES / "valid" / "full.json"
+
+
+@pytest.mark.parametrize(
+    "command", [("init",), ("verify", "--repair"), ("ingest", str(SAMPLE))], ids=" ".join
+)
+def test_a_writing_command_on_another_history_is_refused_the_latest_link_a_watcher_keeps(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """A running watcher keeps its history's latest link; a writing command run on
+    another history given the same --latest-path is refused (exit 1, one line naming
+    the watcher) before it touches anything: it would remove that link (its own history
+    has no version to point at) or re-point it at its own versions. The link stays."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    latest = tmp_path / "shared-latest.json"
+    shared = ("--latest-path", str(latest))
+    with WatchProcess(first, global_args=shared) as w:
+        drop(first / "spool", "one.json", payload(1))
+        wait_for(lambda: len(versions(first)) == 1 and latest.exists(), 10, "the link")
+        target = os.readlink(latest)
+        assert run_cli(second, "init").returncode == 0  # with a latest link of its own
+        done = run_cli(second, *shared, *command)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stderr.strip() == (
+            f"error: the latest link {latest} is kept by pid {w.proc.pid} watch, for "
+            f"another history ({tmp_path / '.shared-latest.json.lock'}); give each history "
+            "its own --latest-path"
+        ), done.stderr
+        assert os.readlink(latest) == target
+        assert versions(second) == []
+        assert w.stop() == 0, w.log
+
+
+def test_a_link_into_the_history_of_a_running_watcher_is_not_removed_as_gone(
+    tmp_path: Path,
+) -> None:
+    """A latest link that points into another history whose watcher runs (made by hand,
+    or by a version of this tool without the latest link's lock) is that watcher's, not
+    a link to a version that is gone: a repair of an empty history given it leaves it."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    with WatchProcess(first) as w:
+        drop(first / "spool", "one.json", payload(1))
+        wait_for(lambda: (first / "console-usage-synced.json").exists(), 10, "the link")
+        shared = second / "elsewhere.json"
+        shared.symlink_to(
+            os.readlink(first / "console-usage-synced.json").replace(
+                "console-usage-history", str(first / "console-usage-history"), 1
+            )
+        )
+        assert run_cli(second, "init").returncode == 0
+        done = run_cli(second, "--latest-path", str(shared), "verify", "--repair")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert shared.is_symlink() and shared.read_bytes() == payload(1)
+        assert w.stop() == 0, w.log
 
 
 def test_ingest_refuses_a_fifo_without_blocking(root: Path, tmp_path: Path) -> None:

@@ -174,6 +174,11 @@ def inject(
 
     for name, real in originals.items():
         setattr(os, name, wrap(name, real))
+    # A rename that never replaces is a call through libc (renameat2), past the os
+    # functions: counted as the rename step it is.
+    real_no_clobber = durable_steps._rename_no_clobber
+    if "rename" in ops:
+        durable_steps._rename_no_clobber = wrap("rename", real_no_clobber)
     real_each_at_once = durable_fsyncs.each_at_once
     if not concurrent:
         # Callers find it in the package; fsync_each and fsync_dirs in its own module.
@@ -183,6 +188,7 @@ def inject(
     finally:
         for name, real in originals.items():
             setattr(os, name, real)
+        durable_steps._rename_no_clobber = real_no_clobber
         durable.each_at_once = durable_fsyncs.each_at_once = real_each_at_once
 
 

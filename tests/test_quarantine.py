@@ -225,6 +225,54 @@ def test_a_watcher_killed_between_the_reason_file_and_the_move_counts_no_rejecti
 
 
 @needs_strace_root
+def test_two_watchers_sharing_a_quarantine_keep_both_of_their_rejected_drops(
+    tmp_path: Path,
+) -> None:
+    """Two watchers (two histories, two spools) given one ``--rejected-dir`` each set
+    aside an invalid drop of the same name at the same moment: both drops are kept,
+    one as ``bad.json`` and the other under a numeric suffix, each with its own reason
+    file. Nothing set aside replaces anything: a reason file whose move is under way
+    is never taken for one a crash left alone. strace's delay of each rename (200 ms,
+    as a slow disk would) widens the window between the reason file and the move so
+    that the two meet in it."""
+    shared_quarantine = tmp_path / "shared-rejected"
+    shared_quarantine.mkdir()
+    roots = [tmp_path / "first", tmp_path / "second"]
+    slow_renames = (
+        STRACE, "-f", "-qq", "-o", "/dev/null",
+        "-e", "inject=rename,renameat,renameat2:delay_enter=200000", "--",
+    )  # fmt: skip
+    shared = ("--rejected-dir", str(shared_quarantine))
+    with (
+        WatchProcess(roots[0], global_args=shared, wrapper=slow_renames) as a,
+        WatchProcess(roots[1], global_args=shared, wrapper=slow_renames) as b,
+    ):
+        sent = []
+        for root, who in zip(roots, ("first", "second"), strict=True):
+            data = json.dumps({"bad": who}).encode()
+            (root / "spool" / "tmp" / ".bad.part").write_bytes(data)
+            sent.append(data)
+        for root in roots:  # both published within microseconds of each other
+            os.rename(root / "spool" / "tmp" / ".bad.part", root / "spool" / "bad.json")
+
+        def both_set_aside() -> bool:
+            return all("rejected bad.json" in w.log for w in (a, b)) and not any(
+                (root / "spool" / "bad.json").exists() for root in roots
+            )
+
+        wait_for(both_set_aside, 30, "both watchers to set their drop aside")
+    drops = {
+        p.name: p.read_bytes()
+        for p in shared_quarantine.iterdir()
+        if p.is_file() and not p.name.startswith(".") and not p.name.endswith(REASON)
+    }
+    assert sorted(drops.values()) == sorted(sent), sorted(os.listdir(shared_quarantine))
+    assert sorted(drops) == ["bad-1.json", "bad.json"]
+    for name in drops:
+        assert json.loads((shared_quarantine / f"{name}{REASON}").read_text())["file"] == "bad.json"
+
+
+@needs_strace_root
 def test_a_watcher_killed_amid_the_copy_into_another_filesystem_leaves_no_part_visible(
     root: Path, quarantine: Path
 ) -> None:
@@ -249,7 +297,7 @@ def test_a_watcher_killed_amid_the_copy_into_another_filesystem_leaves_no_part_v
     assert rejected_counts(root, quarantine) == (1, 1)
 
 
-SENDFILE, RENAME = 40, 82  # x86_64
+SENDFILE, RENAMEAT2 = 40, 316  # x86_64
 
 
 @needs_strace_root
@@ -270,10 +318,11 @@ def test_a_drop_renamed_onto_the_name_of_one_being_set_aside_is_stored(
     args = ("--rejected-dir", str(rejected))
     with WatchProcess(root, global_args=("-v", *args)) as watcher:
         watcher.wait_log("cleanup deleted 0")  # idle: its start-up writes are done
-        held = "sendfile" if where == "other-fs" else "rename"
+        # Within one filesystem the drop is moved by a rename that never replaces.
+        held = "sendfile" if where == "other-fs" else "renameat2"
         with syscall_delayed(watcher.proc.pid, held, 1_000_000):
             drop(spool, "scrape.json", bad)
-            wait_in_syscall(watcher.proc.pid, SENDFILE if where == "other-fs" else RENAME)
+            wait_in_syscall(watcher.proc.pid, SENDFILE if where == "other-fs" else RENAMEAT2)
             drop(spool, "scrape.json", good)  # onto the name being set aside
             wait_for(lambda: stored_contents(root) == {good: 1}, 30, "the new snapshot stored")
         assert watcher.stop() == 0

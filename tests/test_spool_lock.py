@@ -325,3 +325,55 @@ def test_a_spool_that_goes_between_the_look_and_the_lock_check_is_watched_anew(
         assert locks.spool_unchanged() and locks.check(True) is True
     finally:
         locks.release()
+
+
+def test_serve_never_promises_a_post_to_a_watch_once_that_will_not_take_it(root: Path) -> None:
+    """``serve`` alone, and ``watch --once`` (from cron, say) draining the spool: a
+    ``--once`` run takes only what its start-up scan found, and notes so in its lock
+    files (``watch --once``). A POST answered while it drains is told it waits for a
+    watcher (``"waitingForWatcher": true``), and indeed waits in the spool after the
+    run, never promised to it."""
+    spool = root / "spool"
+    for i in range(2500):  # a backlog of a few seconds for the --once run
+        drop(spool, f"b{i:05}.json", payload(i))
+    with ServeProcess(root) as server, WatchProcess(root, "--once") as once:
+        once.wait_log("ingested ")  # its start-up scan is behind it: it drains now
+        with once.held():  # still running (its lock held) while the POST is answered
+            body = fresh_payload(marker="posted during --once")
+            answer = server.post(
+                "/api/claude/console-usage",
+                content=body,
+                headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+            )
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["waitingForWatcher"] is True, answer.json()
+        assert once.proc.wait(60) == 0, once.log
+    assert not any(p.read_bytes() == body for p in versions(root))
+    assert len([n for n in os.listdir(spool) if n.endswith(".json")]) == 1
+
+
+@needs_strace_root
+def test_serve_never_promises_a_post_to_a_watcher_that_is_stopping(root: Path) -> None:
+    """``watch`` and ``serve``; the watcher is sent SIGTERM. From the moment it stops
+    taking drops, it notes in its lock files that it is stopping, though it holds them
+    until it has finished (its last maintenance; here strace holds up the spool lock's
+    ``close`` by 3 s): a POST answered meanwhile is told it waits for a watcher
+    (``"waitingForWatcher": true``), never promised to the one that is leaving."""
+    (root / "spool").mkdir()
+    lock = root / "spool" / ".lock"
+    slow_release = (
+        STRACE, "-f", "-qq", "-o", "/dev/null", "-P", str(lock),
+        "-e", "trace=close", "-e", "inject=close:delay_enter=3000000", "--",
+    )  # fmt: skip
+    with ServeProcess(root) as server, WatchProcess(root, wrapper=slow_release) as w:
+        os.kill(traced_program(w.proc.pid), signal.SIGTERM)
+        w.wait_log("stopped: ")  # it takes no drop any more, its locks still held
+        body = fresh_payload(marker="posted while the watcher stops")
+        answer = server.post(
+            "/api/claude/console-usage",
+            content=body,
+            headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+        )
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["waitingForWatcher"] is True, answer.json()
+        assert w.proc.wait(30) == 0, w.log

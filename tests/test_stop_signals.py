@@ -310,3 +310,39 @@ def test_ingest_stops_after_the_file_in_hand_and_says_which_were_not_stored(
     last = _ran_with_sigint_at_write(root, tmp_path, args[:1] + args[2:], "in-2.json")
     assert last.returncode == 0, last.stderr
     assert stored_contents(root) == Counter([payload(0), payload(1), payload(2)])
+
+
+@pytest.mark.parametrize("command", ["watch", "serve --watch"])
+def test_a_watcher_started_under_nohup_survives_its_terminal_closing(
+    root: Path, command: str
+) -> None:
+    """``nohup ingester watch &`` (or ``serve --watch``): nohup starts it with SIGHUP
+    ignored, so that the terminal closing does not stop it. That SIGHUP stays ignored
+    for the whole run: the process keeps taking drops, and SIGTERM still stops it,
+    exit 0."""
+    nohup = shutil.which("nohup")
+    if nohup is None:
+        pytest.skip("nohup is not installed")
+    started: WatchProcess | ServeProcess
+    if command == "watch":
+        started = WatchProcess(root, wrapper=(nohup,))
+    else:
+        started = ServeProcess(root, "--watch", wrapper=(nohup,))
+    with started as proc:
+        proc.wait_log("ingested 0, rejected 0" if command != "watch" else "watching ")
+        # Its handlers are in place by now: SIGHUP is still ignored, not caught.
+        assert ignored_signals(proc.proc.pid) & (1 << (signal.SIGHUP - 1)), proc.log
+        proc.proc.send_signal(signal.SIGHUP)  # the terminal it was started from closed
+        drop(root / "spool", "after.json", payload(9))
+        wait_for(lambda: len(stored_contents(root)) == 1, 10, "the drop stored")
+        assert proc.proc.poll() is None, proc.log
+        assert proc.stop() == 0, proc.log
+    assert "stopped: 1 ingested" in proc.log, proc.log
+
+
+def ignored_signals(pid: int) -> int:
+    """The mask of signals process ``pid`` ignores (``SigIgn`` in its status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no SigIgn in /proc/{pid}/status")

@@ -458,6 +458,35 @@ def test_a_latest_link_kept_by_the_watcher_of_another_history_is_refused(
     assert not latest.exists()  # taken over: its history has no version to point at
 
 
+def test_a_second_history_given_the_latest_link_of_a_running_watcher_is_refused_before_it_exists(
+    root: Path, tmp_path: Path
+) -> None:
+    """Two histories given one --latest-path, the first watcher started on an empty
+    history (so the link does not exist yet, and points nowhere): the second watcher is
+    refused at start all the same, naming the first's watcher, because the lock is tied
+    to the latest link's path. The first keeps the link; a rescan of its own never
+    finds it gone."""
+    other = tmp_path / "other"
+    other.mkdir()
+    latest = tmp_path / "shared-latest.json"
+    shared = ("--latest-path", str(latest))
+    with WatchProcess(root, "--rescan-interval", "0.5", global_args=shared) as w:
+        assert not latest.exists()
+        done = run_cli(other, *shared, "watch")
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.rstrip().endswith(
+            f"ERROR cannot start: the latest link {latest} is kept by pid {w.proc.pid} watch, "
+            f"for another history ({tmp_path / '.shared-latest.json.lock'}); give each "
+            "history its own --latest-path"
+        ), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        drop(spool_of(root), "first.json", payload(1))
+        wait_for(lambda: latest.exists() and latest.read_bytes() == payload(1), what="the link")
+        assert w.stop() == 0, w.log
+    assert latest.read_bytes() == payload(1)
+    assert "latest link repaired" not in w.log, w.log
+
+
 def test_a_spool_moved_away_gives_back_the_drops_the_watcher_had_taken(root: Path) -> None:
     """A drop the watcher took (its claim in .claimed) and had not stored when the spool
     folder was moved away is the watcher's to finish: stored once, from where it went,

@@ -25,7 +25,7 @@ import click
 
 from ..clock import AHEAD_TOLERATED, JUST_NOW, parse_iso_time
 from ..errors import NotRegularFile, ReportError, StorageError, describe_os_error, os_cause
-from ..history.lock import HistoryLock, LockHeld
+from ..history.lock import HistoryLock, LockHeld, latest_link_lock, latest_link_refused
 from ..history.store import HistoryStore
 from ..runtime.logs import escape_controls, escape_text, logs_as_json, one_line
 from ..settings.bounds import Bounds
@@ -346,7 +346,7 @@ def writing_store(
     in_body = False
     try:
         make_folder(store.history_dir)
-        with HistoryLock(store.lock_path, purpose):
+        with HistoryLock(store.lock_path, purpose), _latest_link_kept(store, purpose):
             if initialize:
                 problem = unsafe_latest(store)
                 if problem is not None:
@@ -366,6 +366,30 @@ def writing_store(
             raise  # not a folder it could not make
         where = exc.filename or store.history_dir
         raise fail(str(StorageError("create folder", where, exc))) from None
+
+
+@contextmanager
+def _latest_link_kept(store: HistoryStore, purpose: str) -> Iterator[None]:
+    """Hold the latest link's lock (taken after the history's) while a command writes.
+
+    Refused, in one line naming the holder, when a process of another history given
+    the same latest path holds it: this command would repair, remove or re-point the
+    link that process keeps. A lock file that cannot be made (the link's folder missing
+    or not writable) is no refusal: the link is a cache, and its folder's problem is
+    said as the command's warning.
+    """
+    lock = latest_link_lock(store.latest_path, purpose)
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        raise fail(latest_link_refused(store.latest_path, exc)) from None
+    except StorageError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def read_stream(handle: IO[bytes], max_bytes: int) -> bytes:

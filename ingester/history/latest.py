@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import StorageError, unreadable
 from ..payload.gate import MAX_DROP_BYTES
 from . import durable
+from .lock import latest_link_holder
 
 __all__ = ["LATEST_IS_A_FOLDER", "LATEST_TEMP_PREFIXES", "LatestLink"]
 
@@ -29,6 +30,8 @@ LATEST_IS_A_FOLDER = (
     "made on the next try"
 )
 """Why a folder at the latest path stays, and what to do (its error's words)."""
+HISTORY_LOCK_NAME = ".lock"
+"""The one-writer lock in a history folder (``HistoryStore.lock_path``'s name)."""
 
 
 class LatestLink:
@@ -95,6 +98,10 @@ class LatestLink:
                 return None
             if not (stat.S_ISLNK(mode) or stat.S_ISREG(mode)):
                 return "a special file (not a link, not a regular file)"
+            if stat.S_ISLNK(mode) and self._kept_by_another_watcher():
+                # Not one of ours that is gone: another history's watcher keeps it,
+                # and a removal would only have it put back (the link missing meanwhile).
+                return None
             return "points at a version that is gone"
         if link.is_symlink():
             target = os.readlink(link)
@@ -125,6 +132,10 @@ class LatestLink:
         except OSError as exc:
             return unreadable(exc)
         return None if same else f"a copy that is not {newest}"
+
+    def _kept_by_another_watcher(self) -> bool:
+        """Whether the link points into another history whose watcher runs."""
+        return latest_link_holder(self.path, self.history_dir, HISTORY_LOCK_NAME) is not None
 
     def update(self, newest: str | None, *, sync: bool = True) -> None:
         """Point the link at ``newest`` (remove it when ``None``), atomically: a symlink,

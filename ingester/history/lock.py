@@ -23,13 +23,17 @@ from . import durable
 
 __all__ = [
     "SERVE_WATCH",
+    "STOPPING",
     "WATCH",
+    "WATCH_ONCE",
     "HistoryHolder",
     "HistoryLock",
     "LockHeld",
     "history_holder",
     "is_watcher",
     "latest_link_holder",
+    "latest_link_lock",
+    "latest_link_refused",
     "lock_holder",
     "lock_owner",
     "lock_table_readable",
@@ -46,8 +50,17 @@ SERVE_WATCH = "serve --watch"
 """The purpose noted by the watcher that ``serve --watch`` runs in its own process."""
 
 
+WATCH_ONCE = "watch --once"
+"""The purpose noted by ``ingester watch --once``: it takes what its start found, then
+exits; a drop made meanwhile waits for the next run, so it is no watcher of new drops."""
+STOPPING = " (stopping)"
+"""Added to its purpose by a watcher that has begun to stop: it takes no drop any more,
+though it still holds its locks while it finishes (see :meth:`HistoryLock.renote`)."""
+
+
 def is_watcher(purpose: str | None) -> bool:
-    """Whether a lock holder that noted ``purpose`` is a watcher (one that takes drops).
+    """Whether a lock holder that noted ``purpose`` is a watcher (one that takes drops,
+    new ones too: not a ``watch --once`` run, nor a watcher that is stopping).
 
     A holder that left no readable note (``None``) is given the benefit of the doubt.
     """
@@ -162,12 +175,23 @@ class HistoryLock:
         except OSError as exc:
             os.close(fd)
             raise StorageError("lock", self.path, exc) from exc
+        self._fd = fd
+        self._write_note()
+
+    def _write_note(self) -> None:
+        if self._fd is None:
+            return
         try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {self.purpose}\n".encode(), 0)
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()} {self.purpose}\n".encode(), 0)
         except OSError:
             pass  # the note is a courtesy; the flock is what counts
-        self._fd = fd
+
+    def renote(self, purpose: str) -> None:
+        """Note ``purpose`` in the lock file held (nothing when not held): what its holder
+        does now, for whoever looks (``serve`` asks whether a watcher will take a POST)."""
+        self.purpose = purpose
+        self._write_note()
 
     def still_held(self) -> bool:
         """Whether the lock is held and its path still names the file that is locked.
@@ -256,6 +280,27 @@ def latest_link_holder(latest: Path, history: Path, lock_name: str) -> tuple[Pat
     if owner is None or owner[0] == os.getpid() or not is_watcher(owner[1]):
         return None
     return folder, owner[0]
+
+
+def latest_link_lock(latest: Path, purpose: str) -> HistoryLock:
+    """The lock that keeps one history per latest link: ``.<name>.lock`` beside the link
+    ``latest``, taken by a watcher for its whole run and by a writing command for its
+    own, after its history's lock.
+
+    It is tied to the link's path, not to where the link points: a second history
+    given the same ``--latest-path`` is refused even before the link exists, when
+    there is nothing yet to point into the first history.
+    """
+    return HistoryLock(latest.parent / f".{latest.name}.lock", purpose, what="latest link")
+
+
+def latest_link_refused(latest: Path, exc: LockHeld) -> str:
+    """The one line for a command refused ``latest``'s lock (see :func:`latest_link_lock`):
+    who keeps the link, and what to do."""
+    return (
+        f"the latest link {latest} is kept by {exc.holder}, for another history "
+        f"({exc.path}); give each history its own --latest-path"
+    )
 
 
 def refusal(path: Path, what: str = "history") -> LockHeld | None:

@@ -13,7 +13,9 @@ A path that cannot be looked at (a folder on the way made unreadable) has not be
 replaced, for all one knows: the lock is kept, and the check tried again next tick.
 
 A latest link that points into another history, whose watcher runs, refuses the start
-too: the two watchers would each point it at their own newest version.
+too: the two watchers would each point it at their own newest version. So does the
+latest link's own lock (:func:`~ingester.history.lock.latest_link_lock`) held by
+another history's watcher or writing command, even before the link exists.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ import os
 from pathlib import Path
 
 from ..errors import IngesterError, LockHeld, StorageError, describe_os_error
-from ..history.lock import HistoryLock, latest_link_holder, refusal, same_file
+from ..history.lock import (
+    STOPPING,
+    HistoryLock,
+    latest_link_holder,
+    latest_link_lock,
+    latest_link_refused,
+    refusal,
+    same_file,
+)
 from ..history.store import HistoryStore
 from .spool import Spool
 
@@ -75,12 +85,13 @@ def refused_words(exc: LockHeld) -> str:
 
 
 class WatcherLocks:
-    """The lock of ``store``'s history and ``spool``'s, noted ``purpose``."""
+    """The locks of ``store``'s history, ``spool``'s and the latest link, noted ``purpose``."""
 
     def __init__(self, store: HistoryStore, spool: Spool, purpose: str) -> None:
         self.spool = spool
         self.store = store
         self.history = HistoryLock(store.lock_path, purpose)
+        self.latest = latest_link_lock(store.latest_path, purpose)
         self._spool_lock: HistoryLock | None = None
         self._spool_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the locked spool
         # The locked spool folder itself, wherever it is moved: what it holds can still
@@ -90,8 +101,8 @@ class WatcherLocks:
         self.unchecked = Unchecked()
 
     def take(self) -> None:
-        """Take both, the latest link and the spool's looked at first; raises ``LockHeld``,
-        :class:`LatestLinkKept` or ``OSError``.
+        """Take both, then the latest link's (the latest link and the spool's lock looked
+        at first); raises ``LockHeld``, :class:`LatestLinkKept` or ``OSError``.
 
         A second watcher of the spool is refused before it makes anything (the taking
         stays the real test), and so is one whose latest link another watcher keeps. The
@@ -118,13 +129,37 @@ class WatcherLocks:
         try:
             self.spool.ensure_folders()
             self.lock_spool()
+            self._lock_latest()
         except BaseException:
             self.release()
             raise
 
+    def _lock_latest(self) -> None:
+        """Hold the latest link's lock; raises :class:`LatestLinkKept` when another
+        history's process holds it. A lock file that cannot be made (the link's folder
+        missing or not writable) is no refusal: the link is a cache, and its folder's
+        problem is said when the link is made."""
+        latest = self.store.latest_path
+        try:
+            self.latest.acquire()
+        except LockHeld as exc:
+            raise LatestLinkKept(latest_link_refused(latest, exc)) from None
+        except StorageError as exc:
+            log.debug("the latest link %s is not locked: %s", latest, exc)
+
+    def note_stopping(self) -> None:
+        """Say in each lock file held that this watcher is stopping: it takes no drop
+        any more, though it holds its locks until it has finished."""
+        stopping = self.purpose + STOPPING
+        self.purpose = stopping
+        for lock in (self.history, self._spool_lock, self.latest):
+            if lock is not None:
+                lock.renote(stopping)
+
     def release(self) -> None:
-        """Drop both (harmless when not held)."""
+        """Drop all three (harmless when not held)."""
         self._unlock_spool()
+        self.latest.release()
         self.history.release()
 
     def lock_spool(self) -> None:

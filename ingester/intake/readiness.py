@@ -4,9 +4,10 @@ A drop renamed into the spool, or closed after writing (inotify's close-write), 
 complete. Anything else (created in place, found by a scan, seen by polling) is judged
 here:
 
-* someone has it open for writing (a read lease is refused): not yet; its close-write
-  will come (a file with several names, hard-linked in, is looked at again instead:
-  its writer's close-write comes under the writer's name, elsewhere);
+* someone has it open for writing (a read lease is refused): not yet; it is looked at
+  again at its close-write, and after the settle time (a second at the least) too, as
+  that close-write may never come to the spool (a file hard-linked in has it under its
+  writer's name, elsewhere; the polling observer reports no close);
 * we may not ask (another user's file, no CAP_LEASE): a file inotify saw created in
   place is taken to be in the writing; anything else must stay unchanged for the
   settle time, and for much longer (``patient``) when inotify saw it created in place;
@@ -54,7 +55,7 @@ LONG_AGO = 86400.0
 process saw of it: a day, as no clock a writer or a file server keeps is that far off
 (five minutes, the patience, is: the mtime is the writer's clock, not ours)."""
 _UNFINISHED_RECHECK = 5.0  # seconds between looks at such a drop
-_LINKED_RECHECK = 1.0  # seconds between looks at a hard-linked drop open for writing
+_OPEN_RECHECK = 1.0  # seconds, at the least, between looks at a drop open for writing
 
 
 def writers_present(fd: int) -> bool | None:
@@ -154,13 +155,18 @@ class Readiness:
         if not stat.S_ISREG(st.st_mode):
             return Ready()  # judged (and rejected) as it is, never opened
         # A hard link makes IN_CREATE and no close-write here (its writer's name is
-        # elsewhere): its creation says nothing of a writer, and a writer that still has
-        # it open is looked for again, as no event will say when it is done.
+        # elsewhere): its creation says nothing of a writer.
         linked = st.st_nlink > 1
         busy = open_for_writing(path)
-        if busy and linked:
-            return Wait(time.monotonic() + max(self.settle, _LINKED_RECHECK))
-        if busy or (busy is None and how is How.CREATED and not linked):
+        if busy:
+            # Still open for writing: its close-write may never come here. A drop linked
+            # in has it under its writer's name elsewhere (even once that name is gone
+            # and one link is left), and the polling observer reports no close at all.
+            # So it is looked at again after the settle time, as well as at any event.
+            if not linked:
+                self._writing.add(name)
+            return Wait(time.monotonic() + max(self.settle, _OPEN_RECHECK))
+        if busy is None and how is How.CREATED and not linked:
             self._writing.add(name)
             return Wait(None)
         may_be_open = None

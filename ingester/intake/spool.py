@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import pwd
 import secrets
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,6 +187,50 @@ def _fit_name(name: str) -> str:
     return f"{os.fsdecode(cut)}-{digest}.json"
 
 
+def _held_lock(path: Path) -> int:
+    """A descriptor on ``path`` holding an exclusive ``flock`` (see ``Spool._reserve``).
+
+    On a filesystem without ``flock`` the descriptor is left unlocked: no process can
+    lock a reason file there either, so none is ever taken for a leftover."""
+    try:
+        fd = os.open(path, durable.READ_NOFOLLOW)
+    except OSError as exc:
+        raise StorageError("open", path, exc) from exc
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _take_back(reason_file: Path) -> None:
+    """Remove a reason file whose drop was not moved beside it (best effort: alone, it
+    is counted nowhere)."""
+    with contextlib.suppress(StorageError):
+        durable.remove_file(reason_file)
+        durable.fsync_dir(reason_file.parent)
+
+
+def _put_back_unless(src: Path, dst: Path, expect: tuple[int, int]) -> None:
+    """After a move of ``src`` to ``dst``: unless ``dst`` is the file ``expect`` names (a
+    writer renamed a new drop onto the name meanwhile), put it back and raise."""
+    try:
+        moved = os.lstat(dst)
+    except OSError as exc:
+        raise StorageError("stat", dst, exc) from exc
+    if (moved.st_dev, moved.st_ino) == expect:
+        return
+    try:
+        durable.link_entry(dst, src)  # never over a newer file of that name
+        durable.unlink_entry(dst)
+    except OSError:
+        words = (
+            f"replaced by another file while being moved, which is now {dst}: "
+            f"move it back to {src} by hand"
+        )
+        raise StorageError("move", src, OSError(errno.ESTALE, words)) from None
+    words = "replaced by another file while being moved; left as it is now"
+    raise StorageError("move", src, OSError(errno.ESTALE, words))
+
+
 class Spool:
     """The drop folder and its sub-folders."""
 
@@ -300,47 +346,118 @@ class Spool:
         except OSError as exc:
             raise StorageError("list", self.claimed_dir, exc) from exc
 
-    def _free_rejected_name(self, name: str) -> str:
-        """A name in ``rejected/`` for drop ``name``: kept when free, else ``stem-N.ext``.
+    def _rejected_names(self, name: str) -> Iterator[str]:
+        """Names in ``rejected/`` for drop ``name``, in the order they are tried: the
+        name kept, then ``stem-1.ext``, ``stem-2.ext`` and so on.
 
         Quarantine names and reason-file names never meet: a quarantined drop never
-        gets a name ending in ``.reason.json`` (that is a collision too), and a name
-        is free only when neither it nor its reason file is taken. A reason file for
-        this same drop name without its drop is free: a crash between the two steps
-        of :meth:`quarantine` left it, and the same drop comes again. Names too long
-        to carry ``.reason.json`` are shortened (with a digest, so two long names stay
-        apart); the reason file keeps the original name.
+        gets a name ending in ``.reason.json``. Names too long to carry
+        ``.reason.json`` are shortened (with a digest, so two long names stay apart);
+        the reason file keeps the original name.
         """
-        original = name
         name = _fit_name(name)
         stem, dot, ext = name.rpartition(".")
         if not dot:
             stem, ext = name, ""
-        candidate, n = name, 0
-        while not self._is_free(candidate, original):
+        yield name
+        n = 0
+        while True:
             n += 1
-            candidate = f"{stem}-{n}.{ext}" if ext else f"{stem}-{n}"
-        return candidate
+            yield f"{stem}-{n}.{ext}" if ext else f"{stem}-{n}"
 
-    def _is_free(self, candidate: str, original: str) -> bool:
+    def _reserve(self, candidate: str, original: str, data: bytes) -> tuple[Path, int] | None:
+        """Write ``data`` as ``candidate``'s reason file, unless the name is taken.
+
+        Returns the reason file and a descriptor holding an exclusive ``flock`` on it,
+        taken before the file got its name: another process setting a drop aside into
+        the same folder (two watchers may share one ``--rejected-dir``) can then tell
+        a reason file whose move is under way (locked) from one left alone by a process
+        killed between the two steps of :meth:`quarantine` (unlocked). Only the latter,
+        naming this same drop and with no drop beside it, is replaced: the same drop
+        has come again. Returns None when the name is taken (a drop, another drop's
+        reason file, or a name another process took meanwhile).
+        """
         if candidate.endswith(REASON_SUFFIX) or os.path.lexists(self.rejected_dir / candidate):
-            return False
-        reason = self.rejected_dir / (candidate + REASON_SUFFIX)
+            return None
+        reason_name = candidate + REASON_SUFFIX
+        leftover = self._lock_leftover(self.rejected_dir / reason_name, original)
+        if leftover is False:
+            return None
+        try:
+            if os.path.lexists(self.rejected_dir / candidate):
+                return None  # a drop came meanwhile: that reason file was no leftover
+            staged = durable.StagedFile(self.rejected_dir, data, 0o644, name=reason_name)
+            with staged:
+                assert staged.temp is not None  # a named temp file: one can be opened
+                held = _held_lock(staged.temp)
+                try:
+                    path = staged.commit(reason_name, replace=leftover is not None)
+                except StorageError as exc:
+                    os.close(held)
+                    if exc.errno == errno.EEXIST:
+                        return None  # another process took the name meanwhile
+                    raise
+            return path, held
+        finally:
+            if isinstance(leftover, int):
+                os.close(leftover)
+
+    def _lock_leftover(self, reason: Path, original: str) -> int | bool | None:
+        """What stands at ``reason``: None when nothing does; a descriptor holding the
+        lock of a reason file for drop ``original`` that no process holds (left by a
+        crash); False for anything else (the name is taken)."""
         try:
             fd = os.open(reason, durable.READ_NOFOLLOW)
         except FileNotFoundError:
-            return True
+            return None
         except OSError:
             return False
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return False
+                raise OSError(errno.EEXIST, "not a reason file")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a move is under way
             record = json.loads(os.read(fd, 1 << 20))
+            if not isinstance(record, dict) or record.get("file") != original:
+                raise OSError(errno.EEXIST, "another drop's reason file")
         except (OSError, ValueError):
-            return False
-        finally:
             os.close(fd)
-        return isinstance(record, dict) and record.get("file") == original
+            return False
+        return fd
+
+    def _move_new(
+        self,
+        source: Path,
+        target: Path,
+        expect: tuple[int, int] | None,
+        progress: durable.CopyProgress | None,
+    ) -> bool:
+        """Move ``source`` to the new name ``target`` durably; False when ``target`` is
+        taken (nothing moved). Never replaces anything: the quarantine is shared by
+        every watcher given the same ``--rejected-dir``. See :meth:`quarantine`."""
+        try:
+            durable.rename_new(source, target)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise StorageError("move", source, exc) from exc
+            try:
+                # Across filesystems the copy is linked into place, which never replaces.
+                durable.move_file(source, target, expect=expect, progress=progress)
+            except StorageError as failed:
+                if failed.errno == errno.EEXIST:
+                    return False
+                raise
+            return True
+        if expect is not None:
+            _put_back_unless(source, target, expect)
+        try:
+            durable.fsync_dir(target.parent)
+            if source.parent != target.parent:
+                durable.fsync_dir(source.parent)
+        except StorageError as exc:
+            raise MovedNotDurable(exc) from exc
+        return True
 
     def _check_rejected_dir(self) -> None:
         """``rejected/`` must be a real folder: never quarantine through a symlink."""
@@ -377,6 +494,11 @@ class Spool:
         of rejections therefore count drops (or reason files with their drop beside
         them), never reason files alone.
 
+        Nothing in ``rejected/`` is ever replaced, not even by another watcher sharing
+        the folder: the reason file and the drop each take a name that is free by a
+        step that never replaces (a link, a no-replace rename), and a name found taken
+        meanwhile sends both on to the next numeric suffix.
+
         ``expect``: the ``(st_dev, st_ino)`` of the drop judged, so that a new drop a
         writer renamed onto its name meanwhile is never set aside in its place.
         ``progress``: told how a copy into a ``rejected/`` on another filesystem goes
@@ -390,33 +512,38 @@ class Spool:
         reason file is taken back in each case, as for a failed move.
         """
         self._check_rejected_dir()
-        target = self._free_rejected_name(name)
         record = {
             "file": name,
             "rejectedAt": iso_utc(utc_now()),
             "reason": reason,
             "errors": errors,
         }
-        reason_file = durable.write_file(
-            self.rejected_dir,
-            target + REASON_SUFFIX,
-            (json.dumps(record, indent=2, default=str) + "\n").encode(),
-            mode=0o644,
-            replace=True,
-        )
-        try:
-            durable.move_file(source, self.rejected_dir / target, expect=expect, progress=progress)
-        except MovedNotDurable as exc:
-            exc.moved_to = target
-            raise
-        except (StorageError, durable.CopyAbandoned):
-            # Left behind, it would say a drop was set aside that never was. If it
-            # cannot be removed either, it is still counted nowhere (see above).
-            with contextlib.suppress(StorageError):
-                durable.remove_file(reason_file)
-                durable.fsync_dir(self.rejected_dir)
-            raise
-        return target
+        data = (json.dumps(record, indent=2, default=str) + "\n").encode()
+        for target in self._rejected_names(name):
+            reserved = self._reserve(target, name, data)
+            if reserved is None:
+                continue
+            reason_file, held = reserved
+            try:
+                moved = self._move_new(source, self.rejected_dir / target, expect, progress)
+            except MovedNotDurable as exc:
+                exc.moved_to = target
+                raise
+            except (StorageError, durable.CopyAbandoned):
+                # Left behind, it would say a drop was set aside that never was. If it
+                # cannot be removed either, it is still counted nowhere (see above).
+                _take_back(reason_file)
+                raise
+            else:
+                if not moved:
+                    # The name was taken meanwhile: on to the next. Taken back while
+                    # still locked, so no one takes it for a leftover and writes over it.
+                    _take_back(reason_file)
+            finally:
+                os.close(held)
+            if moved:
+                return target
+        raise AssertionError("unreachable: the names tried never end")
 
     def rejected_count(self) -> int:
         """How many quarantined drops there are (not reason notes, temp files or folders):

@@ -33,7 +33,7 @@ import time
 
 from ..clock import ClockJump
 from ..errors import IngesterError, SettingError, StorageError, describe_os_error
-from ..history.lock import WATCH, LockHeld, same_file
+from ..history.lock import WATCH, WATCH_ONCE, LockHeld, same_file
 from ..history.names import is_version_name
 from ..history.store import HistoryStore
 from ..runtime.notify import SystemdNotifier
@@ -152,7 +152,10 @@ class Watcher:
         """Take the history's lock and the spool's, recover, drain the backlog, then
         watch until stopped."""
         self._install_signals()
-        self.locks = WatcherLocks(self.store, self.spool, self.lock_purpose)
+        # A --once run takes only what its start finds: noted as such, so that serve
+        # never counts on it for a drop made meanwhile.
+        purpose = WATCH_ONCE if self.options.once else self.lock_purpose
+        self.locks = WatcherLocks(self.store, self.spool, purpose)
         try:
             self.locks.take()
         except LockHeld as exc:
@@ -260,6 +263,8 @@ class Watcher:
         return finished
 
     def _shutdown(self) -> int:
+        # It takes no drop from now on: said where serve looks before a promise.
+        self.locks.note_stopping()
         self.notifier.stopping(self._status_text())
         self.notifier.close()
         self.store.close()

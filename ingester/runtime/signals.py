@@ -2,7 +2,8 @@
 
 ``watch``, ``serve`` and ``mirror`` stop cleanly on each of :data:`STOP_SIGNALS`:
 SIGTERM (``systemctl stop``, ``kill``), SIGINT (Ctrl-C) and SIGHUP (the terminal they ran
-in was closed, which may send it twice). Once a command has stopped, a further one is
+in was closed, which may send it twice), unless started with it ignored (``nohup``
+ignores SIGHUP): that one stays ignored. Once a command has stopped, a further one is
 ignored: Python puts each signal's default action back as it finalizes, and a signal
 arriving then would end a process that stopped cleanly with the signal's exit code.
 
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator
 __all__ = [
     "STOP_SIGNALS",
     "StopFlag",
+    "handled_stop_signals",
     "ignore_stop_signals",
     "on_stop_signals",
     "stop_signals_held",
@@ -65,15 +67,28 @@ class StopFlag:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 """What stops a service: each finishes what is in hand first."""
 
+_IGNORED_AT_START = frozenset(s for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_IGN)
+# Looked at once, as the package loads: a parent that started us with a stop signal
+# ignored (nohup: SIGHUP; a shell without job control: SIGINT for a background job)
+# asked that it not stop us, and our own SIG_IGN on the way out must not count as theirs.
+
+
+def handled_stop_signals() -> tuple[signal.Signals, ...]:
+    """:data:`STOP_SIGNALS` less those the process was started with ignored: those stay
+    ignored for the whole run, as the parent asked (``nohup ingester watch &`` survives
+    its terminal closing)."""
+    return tuple(s for s in STOP_SIGNALS if s not in _IGNORED_AT_START)
+
 
 def on_stop_signals(ask: Callable[[], None]) -> None:
     """From now on each of :data:`STOP_SIGNALS` only calls ``ask`` (a no-op off the main
     thread, where no handler can be set): SIGHUP too, whose default would end the process
-    at once, mid-step. ``ask`` runs between two bytecodes of the main thread, so it only
-    sets plain attributes (:meth:`StopFlag.set`). Call :func:`ignore_stop_signals` on the
-    way out."""
+    at once, mid-step; one the process was started with ignored stays ignored
+    (:func:`handled_stop_signals`). ``ask`` runs between two bytecodes of the main
+    thread, so it only sets plain attributes (:meth:`StopFlag.set`). Call
+    :func:`ignore_stop_signals` on the way out."""
     if threading.current_thread() is threading.main_thread():
-        for stop in STOP_SIGNALS:
+        for stop in handled_stop_signals():
             signal.signal(stop, lambda _signum, _frame: ask())
 
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import math
@@ -21,7 +22,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ from ..runtime.admission import (
     ConnectionLimits,
 )
 from ..runtime.logs import describe_exception
-from ..runtime.signals import STOP_SIGNALS
+from ..runtime.signals import handled_stop_signals
 from .app import create_app, log_configuration
 from .connections import ConnectionLayer
 from .context import ServeConfig
@@ -185,6 +186,12 @@ class _Server(uvicorn.Server):
 
     interrupted_twice = False
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Our handler is in place for every stop signal before the server starts (see
+        # above); uvicorn's own would also replace a SIGINT the parent had ignored.
+        yield
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Plain attributes only: this runs as a signal handler (see runtime.signals).
         if self.should_exit and sig == signal.SIGINT:
@@ -249,7 +256,7 @@ def serve(
         timeout_graceful_shutdown=GRACE_S,
     )
     server = _Server(uv)
-    for sig in STOP_SIGNALS:
+    for sig in handled_stop_signals():
         signal.signal(sig, server.handle_exit)
     _route_uvicorn_logs()
     _log_listening(socks, host, port, config)

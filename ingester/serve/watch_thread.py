@@ -52,7 +52,7 @@ from ..history.lock import SERVE_WATCH
 from ..intake.metrics import NO_METRICS, Metrics
 from ..intake.spool import Spool
 from ..intake.watcher import Watcher
-from ..runtime.signals import STOP_SIGNALS, StopFlag
+from ..runtime.signals import StopFlag, handled_stop_signals
 from ..settings.resolved import Settings
 from ..settings.watch import DRAIN_S, WatchOptions
 from ..threads import OffLoop
@@ -210,7 +210,9 @@ async def supervise(
     # second Ctrl-C before (a closed terminal's two SIGHUPs do not). The drain's handlers
     # go in first, so that no signal falls between the two looks.
     forced = StopFlag()
-    previous = {sig: signal.signal(sig, lambda _sig, _frame: forced.set()) for sig in STOP_SIGNALS}
+    previous = {
+        sig: signal.signal(sig, lambda _sig, _frame: forced.set()) for sig in handled_stop_signals()
+    }
     if server.interrupted_twice:
         forced.set()
     try:

@@ -39,6 +39,7 @@ __all__ = [
     "remove_file",
     "remove_stale_temps",
     "rename_entry",
+    "rename_new",
     "set_fd_mode",
     "set_mode",
     "take_back",
@@ -366,6 +367,35 @@ def _rename_no_clobber(source: Path, final: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
         return False
     raise OSError(err, os.strerror(err), os.fspath(final))
+
+
+def rename_new(src: StrPath, dst: StrPath) -> None:
+    """Rename the entry ``src`` (never what a symlink points at) to the new name ``dst``
+    within one filesystem; never replaces anything.
+
+    ``renameat2(RENAME_NOREPLACE)`` where the system has it; otherwise a hard link,
+    then ``src`` unlinked (the link taken back if that fails); where hard links cannot
+    be made either, a check then a rename. Raises ``FileExistsError`` when ``dst``
+    exists, ``OSError`` (``EXDEV`` across filesystems) for other failures, unwrapped:
+    the caller names the step. No folder is fsynced.
+    """
+    if _rename_no_clobber(Path(src), Path(dst)):
+        return
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "File exists", os.fspath(dst)) from exc
+        os.rename(src, dst)
+        return
+    try:
+        os.unlink(src)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(dst)
+        raise
 
 
 def publish_new(source: Path, final: Path) -> None:
