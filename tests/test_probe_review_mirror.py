@@ -249,3 +249,39 @@ def test_probe_once_stopped_mid_comparison_after_a_bad_version_exits_0(
     finally:
         proxy.close()
     assert code == 1, mirror.log
+
+
+def test_probe_check_says_ok_while_the_hold_retention_runs_by_is_full(root: Path) -> None:
+    """Since this change a ``--mirror-hold`` given to the command that runs retention
+    (``watch``/``cleanup``; option, ``INGESTER_MIRROR_HOLD`` or a config key) bounds its
+    hold in place of the mirror's (settings/resolved.py 83-93). ``check``, given the very
+    same setting (monitoring.md: "give it the watcher's --config"), still judges
+    ``mirror_held`` by the state file's ``holdMax`` (check_facts.py 144-162,
+    check.py ``_judge_hold``).
+
+    Observed: the mirror recorded 10000, the watcher's config says 3; retention has
+    already deleted 2 versions never uploaded ("more than 3 (--mirror-hold) were
+    waiting"), and ``check`` with the same setting says ``mirror_held`` OK, "3 of 10000
+    expired versions kept". monitoring.md's "The hold item warns before that bound
+    bites" is then untrue: the bound that bites is never judged.
+
+    Expected: where ``check`` is given a ``--mirror-hold``, the item judges by it (the
+    bound retention on that config uses): CRITICAL here, the hold being full.
+    """
+    import json
+
+    from ingester.mirror.state import write_mirror_state
+    from ingester.mirror.state_model import MirrorState
+
+    store = make_store(root, max_versions=1)
+    add_old_versions(store, 5)
+    add_versions(store, 1)
+    write_mirror_state(
+        root / HISTORY, MirrorState(target="s3://b/p", mirrored_through=None, hold_max=10_000)
+    )
+    env = {"INGESTER_MIRROR_HOLD": "3", "INGESTER_MAX_VERSIONS": "1"}
+    cleaned = run_cli(root, "cleanup", **env)
+    assert cleaned.returncode == 0 and "more than 3 (--mirror-hold)" in cleaned.stderr
+    check = run_cli(root, "check", "--json", **env)
+    items = {c["name"]: c for c in json.loads(check.stdout)["checks"]}
+    assert items["mirror_held"]["status"] == "CRITICAL", items["mirror_held"]
