@@ -274,6 +274,42 @@ def test_a_bad_duration_is_a_usage_error(root: Path) -> None:
     assert "must be longer than 0" in result.stderr
 
 
+@pytest.mark.parametrize("how", ["option", "environment", "config", "missing-config"])
+@pytest.mark.parametrize("as_json", [False, True], ids=["line", "json"])
+def test_a_bad_global_setting_still_gives_the_plugin_line(
+    root: Path, tmp_path: Path, how: str, as_json: bool
+) -> None:
+    """A bad setting read before ``check`` runs (a global option, an ``INGESTER_*``
+    variable, a config key or file), the likeliest way for a check to break, alerts with
+    its cause on stdout: the plugin line, or the JSON object (exit 2)."""
+    ingest(root, tmp_path, timedelta(minutes=1))
+    extra: dict[str, str] = {}
+    args: list[str] = []
+    if how == "option":
+        args, words = ["--max-versions", "0"], "--max-versions: must be at least 1"
+    elif how == "environment":
+        extra, words = {"INGESTER_MAX_VERSIONS": "abc"}, "INGESTER_MAX_VERSIONS"
+    elif how == "config":
+        config = tmp_path / "ingester.toml"
+        config.write_text("[ingester]\nmax_version = 100\n")  # misspelt key
+        args, words = ["--config", str(config)], "max_version"
+    else:
+        args, words = ["--config", str(tmp_path / "none.toml")], "--config: cannot read"
+    done = run_cli(root, *args, "check", *(["--json"] if as_json else []), **extra)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "Usage:" in done.stderr
+    if as_json:
+        answer = json.loads(done.stdout)
+        assert (answer["status"], answer["code"]) == ("CRITICAL", 2)
+        assert answer["summary"].startswith("usage error: ") and words in answer["summary"]
+    else:
+        assert done.stdout.startswith("INGESTER CRITICAL - usage error: "), done.stdout
+        assert len(done.stdout.splitlines()) == 1 and words in done.stdout
+    other = run_cli(root, *args, "status", **extra)
+    assert (other.returncode, other.stdout) == (2, "")  # other commands: stderr only
+
+
 def test_quiet_prints_nothing_when_ok_and_everything_on_failure(root: Path, tmp_path: Path) -> None:
     ingest(root, tmp_path, timedelta(minutes=20))
     fine = run_cli(root, "-q", "check", "--max-age", "1h")

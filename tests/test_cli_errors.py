@@ -229,6 +229,30 @@ def test_a_result_for_a_closed_stdout_is_refused_not_lost(root: Path, tail: str,
     )
 
 
+def test_show_with_a_closed_stdout_is_refused(root: Path) -> None:
+    """``show`` is its output: exit 0 with the version written into nothing would pass
+    for a version saved by a wrapper (``show > "$f"`` gone wrong)."""
+    make_history(root / "r")
+    result = _shell_cli(root / "r", "show >&-")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        "error: standard output is closed: the version would go nowhere; redirect it\n"
+    )
+
+
+def test_ingest_with_a_closed_stdout_stores_nothing(root: Path) -> None:
+    """``ingest``'s lines are the one record of which versions it made: with nowhere to
+    say them it stores nothing, rather than versions no output names."""
+    assert run_cli(root, "init").returncode == 0
+    result = _shell_cli(root, f'ingest "{SAMPLE}" >&-')
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        "error: standard output is closed: the lines saying what is stored would go "
+        "nowhere; redirect it\n"
+    )
+    assert [p.name for p in (root / HISTORY).iterdir() if p.name[:1].isdigit()] == []
+
+
 def test_broken_pipe_on_stdout_is_quiet(root: Path) -> None:
     assert run_cli(root, "init").returncode == 0
     for _ in range(3):
@@ -627,7 +651,6 @@ def test_an_error_from_the_system_names_its_errno(root: Path, tmp_path: Path) ->
     make_history(root / "r")
     gone = tmp_path / "no-such-folder"
     cases: dict[tuple[str, ...], str] = {
-        ("snapshot", "--tar", f"{gone}/s.tar"): f"error: cannot create {gone}/s.tar: ",
         ("submit", f"{gone}/d.json"): f"error: cannot read {gone}/d.json: ",
         ("--config", f"{gone}/c.toml", "status"): f"cannot read {gone}/c.toml: ",
         ("serve", "--api-key-file", f"{gone}/key"): f"cannot read --api-key-file {gone}/key: ",

@@ -6,12 +6,13 @@ import json
 import os
 import re
 import shutil
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import VALID_SAMPLES, run_cli
+from support import IS_ROOT, VALID_SAMPLES, run_cli
 
 from ingester.history.lock import HistoryLock
 
@@ -796,6 +797,47 @@ def test_verify_repair_of_a_copy_without_latest_link(root: Path, tmp_path: Path)
     ok(run_cli(restored, "verify", "--repair"))
     assert (restored / LATEST).read_bytes() == VALID_SAMPLES[1].read_bytes()
     assert not (restored / "spool").exists()  # repair does not create the spool
+
+
+def _chattr(path: Path, flag: str) -> None:
+    done = subprocess.run(["chattr", flag, str(path)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"chattr {flag} does not work here: {done.stderr.decode().strip()}")
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="chattr +i needs root")
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_verify_repair_makes_every_other_version_read_only_past_one_it_cannot(
+    root: Path, as_json: bool
+) -> None:
+    """A writable version ``--repair`` cannot chmod (immutable) does not stop it: the
+    other writable versions are made read-only and reported repaired, the stuck one is
+    the one problem left, and one error line on stderr says why (exit 1). The report
+    (``--json``: the object) is printed all the same."""
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES[:3])))
+    history = root / HISTORY
+    names = sorted(p.name for p in history.iterdir() if p.name[:1].isdigit())
+    for name in names:
+        (history / name).chmod(0o644)
+    stuck = history / names[0]
+    _chattr(stuck, "+i")
+    try:
+        done = run_cli(root, "verify", "--repair", *(["--json"] if as_json else []))
+    finally:
+        _chattr(stuck, "-i")
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
+    still_writable = [n for n in names[1:] if (history / n).stat().st_mode & 0o222]
+    assert still_writable == [], f"left writable: {still_writable}; stderr: {done.stderr}"
+    assert done.stderr == f"error: cannot chmod {stuck}: Operation not permitted [EPERM]\n"
+    if as_json:
+        report = json.loads(done.stdout)
+        assert [p["subject"] for p in report["problems"]] == [names[0]]
+        assert sorted(p["subject"] for p in report["repaired"]) == names[1:]
+    else:
+        lines = done.stdout.splitlines()
+        assert [line.split()[1] for line in lines if line.startswith("repaired")] == names[1:]
+        assert [line.split()[1] for line in lines if line.startswith("PROBLEM")] == [names[0]]
 
 
 def test_verify_without_history(root: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -12,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import INVALID_SAMPLES, VALID_SAMPLES, run_cli
-from support.capabilities import other_user_problem, others_folder, run_as_other
+from support import INVALID_SAMPLES, IS_ROOT, VALID_SAMPLES, run_cli
+from support.capabilities import other_user_problem, others_folder, run_as_other, tmpfs
 
 from ingester.history.lock import HistoryLock
 from ingester.history.names import format_timestamp, is_version_name, parse_timestamp_from_filename
@@ -182,6 +183,34 @@ def test_ingest_applies_retention(root: Path, valid_payload: bytes) -> None:
     assert meta["versionCount"] == 2
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="mounting a small tmpfs needs root")
+def test_ingest_that_cannot_store_a_file_names_it_and_every_file_after_it(
+    tmp_path: Path,
+) -> None:
+    """``ingest A BIG C`` on a history with no room for BIG: A is stored and said, and
+    one error line names BIG, the cause, and C as not stored (C is not tried): every file
+    is accounted for, and the run can be resumed from BIG."""
+    big = json.loads(VALID_SAMPLES[0].read_bytes())
+    big["padding"] = "x" * 150_000
+    big_file = tmp_path / "big.json"
+    big_file.write_text(json.dumps(big))
+    first, last = VALID_SAMPLES[0], VALID_SAMPLES[1]
+    with tmpfs(tmp_path / "small", "100k") as small:
+        root = small / "root"
+        root.mkdir()
+        assert run_cli(root, "init").returncode == 0
+        done = run_cli(root, "ingest", str(first), str(big_file), str(last))
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stdout.startswith(f"stored {first} -> ")
+        assert len(done.stdout.splitlines()) == 1
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"error: {big_file} not stored: cannot write "), lines[0]
+        assert lines[0].endswith(f"[ENOSPC]; 1 more file(s) not stored, from {last} on")
+        assert len(versions(root / "console-usage-history")) == 1
+
+
 def test_second_writer_is_refused_naming_the_holder(root: Path, valid_payload: bytes) -> None:
     assert run_cli(root, "init").returncode == 0
     history = root / "console-usage-history"
@@ -260,6 +289,60 @@ def write_config(path: Path, **values: Any) -> Path:
         lines.append(f"{key} = {json.dumps(value)}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _chattr(path: Path, flag: str) -> None:
+    done = subprocess.run(["chattr", flag, str(path)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"chattr {flag} does not work here: {done.stderr.decode().strip()}")
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="chattr +i needs root")
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_cleanup_that_cannot_prune_rejected_drops_still_says_what_it_deleted(
+    root: Path, as_json: bool
+) -> None:
+    """Retention deletes two versions, then the quarantine cannot be pruned (immutable):
+    the result is printed all the same (the line, or the object with ``deleted``), then
+    one error line about the rejected drops (exit 1)."""
+    assert run_cli(root, "ingest", *map(str, VALID_SAMPLES[:3])).returncode == 0
+    history = root / "console-usage-history"
+    before = versions(history)
+    rejected = root / "spool" / "rejected"
+    rejected.mkdir(parents=True, exist_ok=True)
+    drop = rejected / "bad.json"
+    drop.write_text("{}")
+    reason = rejected / "bad.json.reason.json"
+    reason.write_text(json.dumps({"rejectedAt": "2020-01-01T00:00:00Z", "errors": []}))
+    _chattr(rejected, "+i")
+    try:
+        done = run_cli(
+            root,
+            "--max-versions",
+            "1",
+            "--retention-days",
+            "0.000001",
+            "--rejected-retention-days",
+            "1",
+            "cleanup",
+            *(["--json"] if as_json else []),
+        )
+    finally:
+        _chattr(rejected, "-i")
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
+    gone = sorted(set(before) - set(versions(history)))
+    assert len(gone) == 2
+    assert done.stderr.splitlines()[-1].startswith(
+        f"error: rejected drops: cannot remove {drop}: Operation not permitted [EPERM]"
+    ), done.stderr
+    if as_json:
+        answer = json.loads(done.stdout)
+        assert sorted(answer["deleted"]) == gone
+        assert answer["rejectedRemoved"] == []
+    else:
+        assert done.stdout.splitlines()[0] == "cleanup deleted 2, retained 1", done.stdout
+    assert drop.exists() and reason.exists()
 
 
 def test_max_versions_precedence(root: Path, tmp_path: Path, valid_payload: bytes) -> None:

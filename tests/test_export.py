@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import VALID_SAMPLES, cli_env, run_cli
+from support import VALID_SAMPLES, cli_env, run_cli, wait_for
 from test_durable_faults import tmpfs  # noqa: F401 - a fixture
 
 from ingester.history.names import generate_version_filename
@@ -398,6 +399,72 @@ def test_errors_are_one_line(root: Path, tmp_path: Path) -> None:
     assert "is not a time that exists in UTC" in beyond.stderr
     assert "Traceback" not in beyond.stderr
     assert "Traceback" not in missing_folder.stderr + backwards.stderr + bad_time.stderr
+
+
+def test_output_into_the_history_or_the_spool_is_refused_and_the_version_kept(
+    root: Path,
+) -> None:
+    """``-o`` naming a version (or any path in the history, the spool or the rejected
+    folder) is refused with one line, as a snapshot's destination is: the export is
+    renamed over its path, and a version there (read-only, which ``rename(2)`` ignores)
+    would be lost for good; the version stays byte for byte.
+    """
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
+    history = root / HISTORY
+    newest = history / sorted(p.name for p in history.iterdir() if p.name[:1].isdigit())[-1]
+    before = newest.read_bytes()
+    for target, what in (
+        (newest, "history"),
+        (history / "usage.csv", "history"),
+        (root / "spool" / "usage.json", "spool"),
+        (root / "spool" / "rejected" / "usage.csv", "spool"),
+    ):
+        refused = export_cli(root, "-o", str(target))
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert refused.stderr.startswith(f"error: {target} is inside the {what} "), refused.stderr
+        assert len(refused.stderr.splitlines()) == 1
+    assert newest.read_bytes() == before
+    assert not (history / "usage.csv").exists()
+    assert not (root / "spool" / "usage.json").exists()
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+@pytest.mark.parametrize(
+    ("command_args", "rename"),
+    [(("export", "-o"), "rename"), (("snapshot", "--tar"), "renameat2")],
+    ids=["export", "snapshot-tar"],
+)
+def test_an_output_beside_the_latest_link_is_no_writer_leftover(
+    root: Path, command_args: tuple[str, str], rename: str
+) -> None:
+    """``export -o ROOT/usage.csv`` (and ``snapshot --tar ROOT/backup.tar``) is written
+    beside the latest link under a temp name of its own: a writer that starts meanwhile
+    (here an ``ingest``) sweeps only the history's temp files there, so the output is
+    written (exit 0), and ``verify`` meanwhile finds no leftover temp file.
+
+    ``strace`` holds the output's final rename for 3 s while ``verify`` and ``ingest`` run.
+    """
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
+    target = root / ("usage.csv" if command_args[0] == "export" else "backup.tar")
+    command = [
+        "strace", "-f", "-qq", "-o", os.devnull, "-e", f"trace={rename}",
+        "-e", f"inject={rename}:delay_enter=3000000",
+        sys.executable, "-m", "ingester", "--root", str(root), *command_args, str(target),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(lambda: any(root.glob(".tmp-*")), 30, "the output's temp file")
+        checked = run_cli(root, "verify")
+        stored = run_cli(root, "ingest", str(VALID_SAMPLES[0]))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    ok(stored)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert proc.returncode == 0 and target.is_file(), f"exit {proc.returncode}: {out}{err}"
+    assert not list(root.glob(".tmp-*"))
 
 
 def test_full_disk_leaves_the_previous_export_whole(root: Path, tmpfs: Path) -> None:  # noqa: F811

@@ -107,6 +107,45 @@ def test_a_reason_file_left_alone_by_a_crash_is_removed_later(rejected: Path) ->
     assert prune_rejected(rejected, 30, NOW).removed == ["x.json.reason.json"]
 
 
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "removal"])
+def test_a_lone_reason_file_is_removed_but_not_counted_as_a_drop(
+    rejected: Path, dry_run: bool
+) -> None:
+    pair(rejected, "old.json", 31)
+    (rejected / "gone.json.reason.json").write_bytes(
+        reason_bytes("gone.json", NOW - timedelta(days=40))
+    )
+    result = prune_rejected(rejected, 30, NOW, dry_run=dry_run)
+    assert sorted(result.removed) == ["gone.json.reason.json", "old.json", "old.json.reason.json"]
+    assert (result.expired_pairs, result.kept) == (1, 0)
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "cleanup"])
+def test_cleanup_counts_the_drops_it_removes_not_lone_reason_files(
+    root: Path, dry_run: bool
+) -> None:
+    """One expired drop with its reason file, and one expired reason file whose drop was
+    taken out by hand: ``cleanup`` (and its dry run) counts one drop, as ``status`` and
+    ``rejectedKept`` count drops, not reason files."""
+    assert run_cli(root, "init").returncode == 0
+    rejected = root / "spool" / "rejected"
+    note = json.dumps({"rejectedAt": "2020-01-01T00:00:00Z", "errors": []})
+    (rejected / "bad.json").write_text("{}")
+    (rejected / "bad.json.reason.json").write_text(note)
+    (rejected / "gone.json.reason.json").write_text(note)
+    done = run_cli(
+        root, "--rejected-retention-days", "1", "cleanup", *(["--dry-run"] if dry_run else [])
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = done.stdout.strip().splitlines()[-1]
+    assert line == (
+        "rejected: would remove 1 drop(s) older than 1 days, keep 0"
+        if dry_run
+        else "rejected: removed 1, kept 0"
+    )
+    assert (list(rejected.iterdir()) == []) != dry_run
+
+
 def test_dry_run_removes_nothing(rejected: Path) -> None:
     pair(rejected, "old.json", 31)
     result = prune_rejected(rejected, 30, NOW, dry_run=True)

@@ -152,6 +152,36 @@ def test_a_command_s_error_is_a_json_line_under_json_logs(tmp_path: Path) -> Non
     assert entry["msg"].startswith(f"cannot read --api-key-file {tmp_path / 'missing'}: "), entry
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [("status",), ("cleanup", "--dry-run"), ("verify",)])
+def test_an_error_caught_after_the_command_is_a_json_line_under_json_logs(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """A read command whose stdout is full (``> /dev/full``) fails once the command has
+    ended (the error is caught at the top, as out of memory and an internal error are):
+    under ``--log-format json`` that last line is a JSON object too, not plain text."""
+    base = [sys.executable, "-m", "ingester", "--root", str(tmp_path)]
+    stored = subprocess.run(
+        [*base, "ingest", str(VALID)], capture_output=True, env=cli_env(), timeout=60, check=False
+    )
+    assert stored.returncode == 0, stored.stderr
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [*base[:3], "--log-format", "json", *base[3:], *command],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    entry = json.loads(result.stderr.strip().splitlines()[-1])
+    assert (entry["level"], entry["event"]) == ("error", "error"), entry
+    assert entry["msg"] == "No space left on device [ENOSPC]", entry
+
+
 @needs_strace
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_a_log_line_that_cannot_be_written_is_one_line_not_a_traceback(

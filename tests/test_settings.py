@@ -101,6 +101,26 @@ def test_a_large_max_bytes_is_never_allocated_up_front(root: Path, source: str) 
     assert b"Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_status_names_a_config_file_given_relative_by_its_absolute_path(
+    root: Path, tmp_path: Path, how: str
+) -> None:
+    """A value's source is ``config /abs/path.toml`` whatever way the file was named:
+    read later, from another folder, a relative name would not tell which file it was."""
+    assert run_cli(root, "init").returncode == 0
+    config = tmp_path / "ingester.toml"
+    config.write_text("[ingester]\nmax_versions = 7\n")
+    given = ["--config", "ingester.toml"] if how == "option" else []
+    env = {**cli_env(), "INGESTER_CONFIG": "ingester.toml"} if how == "environment" else cli_env()
+    done = subprocess.run(
+        [sys.executable, "-m", "ingester", "--root", str(root), *given, "status", "--json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    setting = json.loads(done.stdout)["settings"]["max_versions"]
+    assert setting == {"value": 7, "source": f"config {config}"}
+
+
 def test_a_config_file_that_is_not_utf8_is_a_usage_error(root: Path) -> None:
     config = root.parent / "ingester.toml"
     config.write_bytes(b'[ingester]\nroot = "\xff"\n')

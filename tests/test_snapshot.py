@@ -6,8 +6,10 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -135,6 +137,35 @@ def test_copy_mode_copies_bytes_and_modes(root: Path, history: list[str], tmp_pa
     ok(run_cli(dest, "verify"))
 
 
+@pytest.mark.parametrize("form", ["link", "copy", "tar"])
+def test_a_writable_live_version_is_taken_read_only_and_the_snapshot_verifies(
+    root: Path, history: list[str], tmp_path: Path, form: str
+) -> None:
+    """A live version left writable (copied or restored without its mode) is taken as a
+    read-only copy, by every form (a hard link would share its writable inode): the
+    snapshot, or the extracted tar, passes ``verify`` as the help promises, and the
+    live file is not touched."""
+    live = root / HISTORY / history[0]
+    live.chmod(0o644)
+    dest = tmp_path / "snap"
+    if form == "tar":
+        archive = tmp_path / "snap.tar"
+        ok(run_cli(root, "snapshot", "--tar", str(archive)))
+        dest.mkdir()
+        subprocess.run(["tar", "-xf", str(archive), "-C", str(dest)], check=True)
+    else:
+        ok(run_cli(root, "snapshot", *(["--copy"] if form == "copy" else []), str(dest)))
+    taken = dest / HISTORY / history[0]
+    assert taken.stat().st_mode & 0o222 == 0
+    assert taken.read_bytes() == live.read_bytes()
+    assert taken.stat().st_ino != live.stat().st_ino
+    assert live.stat().st_mode & 0o777 == 0o644
+    ok(run_cli(dest, "verify"))
+    if form == "link":  # the others, read-only already, are still linked
+        second = dest / HISTORY / history[1]
+        assert second.stat().st_ino == (root / HISTORY / history[1]).stat().st_ino
+
+
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
 def test_copy_mode_streams_a_file_larger_than_the_memory_it_may_use(
     root: Path, history: list[str], tmp_path: Path
@@ -203,9 +234,24 @@ def test_tar_to_a_file_under_a_file_names_the_file_in_the_way(
     target = blocker / "deeper" / "snap.tar"
     _one_error(
         run_cli(root, "snapshot", "--tar", str(target)),
-        f"cannot create {target}: {blocker} is not a folder [ENOTDIR]",
+        f"cannot create folder {blocker}: exists and is not a folder [ENOTDIR]",
     )
     assert blocker.read_text() == "mine"
+
+
+def test_tar_to_a_file_makes_the_missing_folders_above_it(
+    root: Path, history: list[str], tmp_path: Path
+) -> None:
+    """As for the folder form, missing folders above ``--tar FILE`` are made (as
+    ``mkdir -p``), and the archive extracts to a root that verifies."""
+    target = tmp_path / "backups" / "new" / "usage.tar"
+    ok(run_cli(root, "snapshot", "--tar", str(target)))
+    assert target.is_file()
+    assert [p.name for p in target.parent.iterdir()] == ["usage.tar"]
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    subprocess.run(["tar", "-xf", str(target), "-C", str(restored)], check=True)
+    ok(run_cli(restored, "verify"))
 
 
 def test_a_tar_snapshot_stopped_midway_leaves_nothing_under_its_name(
@@ -264,6 +310,87 @@ def test_a_snapshot_that_fails_midway_leaves_nothing(root: Path, tmp_path: Path)
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+@pytest.mark.parametrize("form", ["folder", "tar"])
+@pytest.mark.parametrize("fault", ["error=EIO", "signal=SIGTERM"], ids=["eio", "sigterm"])
+def test_a_snapshot_that_fails_or_is_stopped_at_its_last_fsync_takes_dest_back(
+    root: Path, history: list[str], tmp_path: Path, form: str, fault: str
+) -> None:
+    """The fsync of DEST's folder right after DEST was put in place fails (EIO), or a
+    stop (SIGTERM) lands on it: the run does not end 0, and then nothing is at DEST.
+
+    A non-zero exit next to a complete DEST would tell a backup job the snapshot failed
+    while the next plain run says "already exists"; DEST is still the one this run made,
+    so it is taken back, for the folder and for ``--tar FILE`` alike. ``strace`` counts
+    the fsyncs of a run that succeeds, then makes the last one of another run fail.
+    """
+    trace = tmp_path / "fsyncs.txt"
+    base = [sys.executable, "-m", "ingester", "--root", str(root), "snapshot"]
+    if form == "tar":
+        base.append("--tar")
+    subprocess.run(
+        ["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=fsync", *base,
+         str(tmp_path / "probe")],
+        env=cli_env(), capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    fsyncs = sum(1 for line in trace.read_text().splitlines() if "fsync(" in line)
+    assert fsyncs > 0
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "snap"
+    done = subprocess.run(
+        ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync",
+         "-e", f"inject=fsync:{fault}:when={fsyncs}", *base, str(dest)],
+        env=cli_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr
+    expected = 1 if fault == "error=EIO" else 128 + signal.SIGTERM
+    assert done.returncode == expected, done.stdout + done.stderr
+    assert list(out.iterdir()) == [], f"left behind: {list(out.iterdir())}; {done.stderr}"
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_a_folder_made_at_dest_while_the_snapshot_ran_is_left_alone(
+    root: Path, history: list[str], tmp_path: Path
+) -> None:
+    """An empty folder made at DEST while the snapshot is built (another job, an
+    operator's ``mkdir``) is never replaced: the rename into place is a no-replace one,
+    so the run exits 1 saying DEST appeared, and that folder keeps its inode and mode.
+
+    ``strace`` holds the rename into place (the run's one ``renameat2``) for 3 s, once
+    the temp folder is complete, and the folder is made at DEST meanwhile.
+    """
+    dest = tmp_path / "out" / "snap"
+    dest.parent.mkdir()
+    command = [
+        "strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=renameat2",
+        "-e", "inject=renameat2:delay_enter=3000000:when=1",
+        sys.executable, "-m", "ingester", "--root", str(root), "snapshot", str(dest),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(
+            lambda: any(dest.parent.glob(f".tmp-snapshot-*/{LATEST}")),
+            30,
+            "the snapshot built under its temp name",
+        )
+        time.sleep(0.5)
+        dest.mkdir()
+        dest.chmod(0o700)
+        theirs = os.stat(dest)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    now = os.stat(dest)
+    assert (now.st_ino, stat.S_IMODE(now.st_mode)) == (theirs.st_ino, 0o700), out + err
+    assert list(dest.iterdir()) == []
+    assert proc.returncode == 1, out + err
+    assert "appeared while the snapshot was taken; left alone" in err
+    assert [p.name for p in dest.parent.iterdir()] == ["snap"]  # no temp folder left
 
 
 def test_verify_says_when_the_latest_link_names_a_missing_version(

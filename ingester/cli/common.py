@@ -27,7 +27,7 @@ from ..clock import AHEAD_TOLERATED, JUST_NOW, parse_iso_time
 from ..errors import NotRegularFile, ReportError, StorageError, describe_os_error, os_cause
 from ..history.lock import HistoryLock, LockHeld
 from ..history.store import HistoryStore
-from ..runtime.logs import escape_controls, escape_text, one_line
+from ..runtime.logs import escape_controls, escape_text, logs_as_json, one_line
 from ..settings.bounds import Bounds
 from ..settings.resolved import Settings
 
@@ -114,12 +114,14 @@ CLOSED_AT_START: set[int] = set()
 /dev/null): a command whose output is its result must not report success into nothing."""
 
 
-def refuse_closed_stdout(what: str) -> None:
-    """Exit 1 when standard output was closed at start: ``what`` would be lost unseen."""
+def refuse_closed_stdout(what: str, remedy: str = "redirect it or give a file") -> None:
+    """Exit 1 when standard output was closed at start: ``what`` would be lost unseen.
+
+    Call it before anything is done: a closed stdout is given /dev/null at start, which
+    takes every line without an error, so nothing later would notice the loss.
+    """
     if 1 in CLOSED_AT_START:
-        raise fail(
-            f"standard output is closed: {what} would go nowhere; redirect it or give a file"
-        )
+        raise fail(f"standard output is closed: {what} would go nowhere; {remedy}")
 
 
 def fail(message: str, code: int = 1) -> click.exceptions.Exit:
@@ -137,9 +139,15 @@ def fail(message: str, code: int = 1) -> click.exceptions.Exit:
     return click.exceptions.Exit(code)
 
 
-def last_words(line: str) -> None:
+def last_words(message: str) -> None:
+    """Say ``error: message`` on stderr for an error caught once the command has ended
+    (no context left to ask for the log format): as a JSON object under ``--log-format
+    json``, as :func:`fail` does. Never raises."""
     try:
-        say(line, err=True)
+        if logs_as_json():
+            logging.getLogger("ingester").error("%s", message, extra={"event": "error"})
+        else:
+            say(f"error: {message}", err=True)
     except (OSError, ValueError):
         pass  # stderr itself is gone: the exit code is all that is left
 

@@ -19,6 +19,7 @@ import click
 
 from ..errors import StorageError, describe_os_error, os_cause
 from ..history.durable import streamed_file
+from ..ops.snapshot import SnapshotError, refuse_live_destination
 from ..usage.export import (
     FORMATS,
     Row,
@@ -79,7 +80,7 @@ def _warn(skipped: Skipped) -> None:
     show_default=True,
     help="Where to write; '-' is standard output. A FILE appears only once complete "
     "(written beside it under a temp name, fsynced, renamed over it); it must be a "
-    "regular file or new.",
+    "regular file or new, and outside the history, the spool and the rejected folder.",
 )
 @history_source
 @click.pass_obj
@@ -121,6 +122,15 @@ def export(
         _to_stdout(rows, fmt)
         return
     target = Path(os.path.abspath(output))
+    settings = app.settings
+    try:
+        # Renamed over the path: a version there would be lost, a file in the spool
+        # would be taken for a drop. The same rule as for a snapshot's destination.
+        refuse_live_destination(
+            target, settings.history_dir, spool=settings.spool_dir, rejected=settings.rejected_dir
+        )
+    except SnapshotError as exc:
+        raise fail(str(exc)) from None
     try:
         mode = os.lstat(target).st_mode
     except OSError:

@@ -46,6 +46,7 @@ from .common import (
 from .quiet import hold_output, output_was_fine
 
 EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug, not something the user did
+_COMMAND_ARGS = "ingester.command_args"  # ctx.meta key: the arguments after the command
 
 __all__ = ["COMMANDS", "main", "run"]
 
@@ -137,6 +138,15 @@ class IngesterGroup(click.Group):
         with _one_line_message():
             return super().make_context(info_name, args, parent, **extra)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        # Kept for the group's own callback, which runs before the command parses them:
+        # a bad setting found there still gives 'check' its plugin line (--json or not).
+        ctx.meta[_COMMAND_ARGS] = list(rest)
+        return name, command, rest
+
     def invoke(self, ctx: click.Context) -> Any:
         with _one_line_message():
             return super().invoke(ctx)
@@ -155,20 +165,20 @@ class IngesterGroup(click.Group):
             if exc.errno == errno.EPIPE:
                 silence_stdout()
                 sys.exit(1)
-            last_words(f"error: {describe_os_error(exc)}")
+            last_words(describe_os_error(exc))
             # Output a failed write left in stdout's buffer must not follow the error
             # line (nor fail again in the flush at exit).
             silence_stdout()
             sys.exit(1)
         except MemoryError:
-            last_words("error: out of memory")
+            last_words("out of memory")
             sys.exit(1)
         except Exception as exc:
             if is_thread_limit(exc):
-                last_words(f"error: {THREAD_LIMIT}")
+                last_words(THREAD_LIMIT)
                 sys.exit(1)
             detail = str(exc) or "no detail"
-            last_words(f"error: internal error: {type(exc).__name__}: {detail} (please report)")
+            last_words(f"internal error: {type(exc).__name__}: {detail} (please report)")
             sys.exit(EXIT_INTERNAL)
         sys.exit(0)  # pragma: no cover (click's standalone main always exits)
 
@@ -248,7 +258,14 @@ def main(
     try:
         settings = resolve_settings(options, config_path=config_path)
     except SettingError as exc:
-        raise click.UsageError(str(exc), ctx) from None
+        error = click.UsageError(str(exc), ctx)
+        if ctx.invoked_subcommand == "check":
+            # A monitoring agent shows the plugin's stdout only: a bad setting in its
+            # environment or the shared config file must alert with its cause too.
+            from .ops import plugin_usage_line
+
+            plugin_usage_line(error, as_json="--json" in ctx.meta.get(_COMMAND_ARGS, []))
+        raise error from None
     setup_logging(verbose, log_format)
     if quiet:
         hold_output(ctx)

@@ -40,7 +40,7 @@ from .common import (
 )
 from .service import refuse_unsafe_latest
 
-__all__ = ["check", "schema", "snapshot"]
+__all__ = ["check", "plugin_usage_line", "schema", "snapshot"]
 
 
 # -- snapshot ----------------------------------------------------------------------------
@@ -71,14 +71,17 @@ def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
     and DEST/console-usage-synced.json (a relative link to the newest of them).
     'ingester --root DEST verify' passes on it.
     Versions are hard-linked where DEST is on the history's filesystem (no space
-    used), copied otherwise. It is built in DEST's folder under a .tmp-snapshot-* name
-    and renamed to DEST at the end, so a half-made snapshot never appears as DEST.
+    used), copied otherwise (read-only; a live version left writable is copied, not
+    linked). It is built in DEST's folder under a .tmp-snapshot-* name
+    and renamed to DEST at the end (never over anything), so a half-made snapshot
+    never appears as DEST.
 
     With --tar the same tree is written as a tar stream (DEST '-' or omitted: standard
     output), built first in $TMPDIR; 'tar -xf' into an empty folder gives the root.
 
     Takes no lock; never writes to the history. Exits 0 when the snapshot is complete,
-    1 when it could not be taken (nothing is left behind then), or when the history is
+    1 when it could not be taken (nothing is left behind then, DEST included when the
+    failure came right after it was put in place), or when the history is
     the original server's, not adopted yet (run 'ingester adopt' first: the latest file
     may hold a snapshot no version holds).
     """
@@ -135,6 +138,7 @@ def _snapshot_tar(history: Path, dest: str) -> None:
         # Written under a temp name beside FILE and renamed at the end (never over
         # anything): a run killed midway leaves no cut-off archive under FILE's name.
         try:
+            durable.make_folders(Path(os.path.abspath(path)).parent)  # as for a folder DEST
             with durable.streamed_file(path, replace=False) as handle:
                 write_snapshot_tar(history, handle)
         except FileExistsError:
@@ -197,18 +201,20 @@ class _PluginCommand(click.Command):
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as exc:
-            _usage_line(exc, as_json=as_json)
+            plugin_usage_line(exc, as_json=as_json)
             raise
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
-            _usage_line(exc, as_json=bool(ctx.params.get("as_json")))
+            plugin_usage_line(exc, as_json=bool(ctx.params.get("as_json")))
             raise
 
 
-def _usage_line(exc: click.UsageError, *, as_json: bool) -> None:
+def plugin_usage_line(exc: click.UsageError, *, as_json: bool) -> None:
+    """``check``'s answer to a usage error, on stdout: its plugin line, or with ``as_json``
+    its JSON object (CRITICAL, code 2), so that a monitoring agent shows the cause."""
     summary = escape_text(one_line(f"usage error: {exc.format_message()}"))
     if as_json:
         say(json.dumps({"status": "CRITICAL", "code": 2, "summary": summary}))

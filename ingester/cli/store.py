@@ -32,6 +32,7 @@ from .common import (
     fail,
     make_folder,
     read_limited,
+    refuse_closed_stdout,
     say,
     say_recorded,
     writing_store,
@@ -162,11 +163,16 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
     valid ones are stored all the same. Once a file is stored, a failure of the caches
     or of retention after it is a warning (exit 0): a retry would store it twice. A stop
     (Ctrl-C, SIGTERM, SIGHUP) ends the run after the file in hand, saying which were
-    not stored (exit 1); once the last file is stored, it changes nothing.
+    not stored (exit 1); once the last file is stored, it changes nothing. A file the
+    history cannot store (a full disk) ends the run too: one error line names it and
+    the files after it, none of which is tried (exit 1).
     Refuses while a watcher holds the history.
     Creates the history in a root that exists; a root that does not exist is refused
     (exit 1, nothing created).
     """
+    # The lines are the record of what was stored: with nowhere to say them, nothing is
+    # stored (a retry could not tell what is stored already, and would store it twice).
+    refuse_closed_stdout("the lines saying what is stored", "redirect it")
     s = app.settings
     # A file is stored and said, or neither: a stop in between would leave one stored
     # that the output does not name, and storing the files again would store it twice.
@@ -213,7 +219,12 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
                 stored += 1
                 continue
             except StorageError as exc:
-                raise fail(f"{path} not stored: {exc}") from None
+                # The history failed (a full disk, an I/O error): the files after this one
+                # are not tried, and are named, so that the output accounts for every file
+                # and the run can be resumed from the one that failed.
+                rest = files[n + 1 :]
+                more = f"; {len(rest)} more file(s) not stored, from {rest[0]} on" if rest else ""
+                raise fail(f"{path} not stored: {exc}{more}") from None
             _say_stored(path, version.name, len(data), stop)
             stored += 1
         try:
@@ -252,17 +263,9 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
     refused (exit 1) and nothing is created. An expired version that cannot be
     deleted is kept and named (exit 1); the others are still deleted.
     """
-    from ..intake.housekeeping import PruneResult, prune_rejected
+    from ..intake.housekeeping import PruneIncomplete, PruneResult, prune_rejected
 
     s = app.settings
-
-    def prune(dry: bool) -> PruneResult:
-        # Removal runs with the lock held: only the lock holder quarantines drops, so a
-        # pair cannot be half-replaced under us.
-        try:
-            return prune_rejected(s.rejected_dir, s.rejected_retention_days, utc_now(), dry_run=dry)
-        except StorageError as exc:
-            raise fail(f"rejected drops: {exc}") from None
 
     if dry_run:
         try:
@@ -311,6 +314,7 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
     # The text result is the log line's words: printed on stdout, not logged a second time.
     quiet = contextlib.nullcontext() if as_json else _result_printed_here("cleanup")
     incomplete: CleanupIncomplete | None = None
+    not_pruned: str | None = None
     with writing_store(s, "cleanup", creates="nothing") as store, quiet:
         try:
             result = store.cleanup_old_versions()
@@ -319,7 +323,15 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
             result, incomplete = exc.result, exc
         except StorageError as exc:
             raise fail(str(exc)) from None
-        pruned = prune(False)
+        # Removal runs with the lock held: only the lock holder quarantines drops, so a
+        # pair cannot be half-replaced under us. Versions may be deleted already: a
+        # failure here is said after the result, never in its place.
+        try:
+            pruned = prune_rejected(s.rejected_dir, s.rejected_retention_days, utc_now())
+        except PruneIncomplete as exc:
+            pruned, not_pruned = exc.result, f"rejected drops: {exc}"
+        except StorageError as exc:
+            pruned, not_pruned = PruneResult(), f"rejected drops: {exc}"
     if as_json:
         click.echo(
             json.dumps(
@@ -340,8 +352,10 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
         say(f"cleanup deleted {len(result.deleted)}, retained {result.retained}")
         if pruned.expired_pairs or pruned.kept:
             say(f"rejected: removed {pruned.expired_pairs}, kept {pruned.kept}")
-    if incomplete is not None:
-        raise fail(str(incomplete))
+    if incomplete is not None and not_pruned is not None:
+        raise fail(f"{incomplete}; and {not_pruned}")
+    if incomplete is not None or not_pruned is not None:
+        raise fail(str(incomplete or not_pruned))
 
 
 @contextmanager

@@ -48,29 +48,31 @@ def verify(app: App, repair: bool, as_json: bool) -> None:
         report = verify_history(store, utc_now())
     except OSError as exc:
         raise fail(describe_os_error(exc)) from None
+    failures: list[StorageError] = []
     if repair:
-        report = _repair(app.settings, report)
+        report, failures = _repair(app.settings, report)
     if as_json:
         echo_json(verify_json(report))
     else:
         for line in _verify_lines(report):
             say(line)
+    if failures:
+        # After the report: what was repaired is said, then why the rest was not.
+        more = f" (and {len(failures) - 1} more version(s) like it)" if len(failures) > 1 else ""
+        raise fail(f"{failures[0]}{more}")
     if not report.ok:
         raise click.exceptions.Exit(1)
 
 
-def _repair(settings: Settings, before: VerifyReport) -> VerifyReport:
+def _repair(settings: Settings, before: VerifyReport) -> tuple[VerifyReport, list[StorageError]]:
     # writing_store takes the lock (or refuses, naming the holder) and runs
     # HistoryStore.initialize: temps swept, metadata and latest link rebuilt.
     with writing_store(settings, "verify --repair", creates="nothing") as store:
-        try:
-            repair_modes(store, before.problems)
-        except StorageError as exc:
-            raise fail(str(exc)) from None
+        failures = repair_modes(store, before.problems)
         store.load()
         after = verify_history(store, utc_now())
     after.repaired = repaired_between(before, after)
-    return after
+    return after, failures
 
 
 SUMMED_FROM = 4

@@ -36,6 +36,7 @@ from .common import (
     human_size,
     human_time,
     open_history,
+    refuse_closed_stdout,
     relative_age,
     say,
     time_option,
@@ -224,6 +225,7 @@ def show(
             name = resolve_version_name(version)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="VERSION") from None
+    refuse_closed_stdout("the version", "redirect it")
     now = utc_now()
     reader = open_history(app.settings, source, endpoint_url)
     name, data = _read_chosen(reader, name, at, now, source)

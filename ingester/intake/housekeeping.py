@@ -42,6 +42,7 @@ from .spool import REASON_SUFFIX
 
 __all__ = [
     "REASON_SUFFIX",
+    "PruneIncomplete",
     "PruneResult",
     "RejectedRetention",
     "prune_rejected",
@@ -66,11 +67,23 @@ PRUNE_EVERY = 600.0
 
 @dataclass
 class PruneResult:
-    """What one pass did: ``removed`` names (drops and reason files), pairs ``kept``."""
+    """What one pass did: ``removed`` names (drops and reason files), pairs ``kept``,
+    and ``expired_pairs``, the expired drops removed (or, in a dry run, that would be)
+    with their reason files: a reason file alone is removed but not counted."""
 
     removed: list[str] = field(default_factory=list)
     kept: int = 0
     expired_pairs: int = 0
+
+
+class PruneIncomplete(StorageError):
+    """A pass that stopped at an entry it could not read or remove (or at the folder's
+    fsync): ``result`` is what it did until then, which stays done. The error's words
+    are the cause's."""
+
+    def __init__(self, result: PruneResult, cause: StorageError) -> None:
+        super().__init__(cause.action, cause.path, cause.cause)
+        self.result = result
 
 
 def _open_folder(folder: Path) -> int | None:
@@ -161,41 +174,68 @@ def prune_rejected(
     """Remove the pairs in ``folder`` rejected more than ``retention_days`` before ``now``.
 
     With ``dry_run`` nothing is removed; ``removed`` lists what would be. Raises
-    :class:`StorageError` when the folder cannot be read or an entry cannot be removed
-    (what was removed until then stays removed).
+    :class:`StorageError` when the folder cannot be opened, and :class:`PruneIncomplete`
+    when it cannot be listed or an entry cannot be removed (what was removed until then
+    stays removed, and is its ``result``: a caller can still say what was done).
     """
     result = PruneResult()
     dir_fd = _open_folder(folder)
     if dir_fd is None:
         return result
     try:
-        try:
-            reasons = _reason_names(dir_fd)
-        except OSError as exc:
-            raise StorageError("list", folder, exc) from exc
-        cutoff = now - timedelta(days=retention_days)
-        for reason in reasons:
-            rejected_at = _rejected_at(dir_fd, reason)
-            if rejected_at is None:
-                continue  # not a reason file of ours: never touched
-            if rejected_at >= cutoff:
-                if _is_drop(dir_fd, reason[: -len(REASON_SUFFIX)]):
-                    result.kept += 1  # a reason file alone is no drop kept
-                continue
-            result.expired_pairs += 1
-            drop = reason[: -len(REASON_SUFFIX)]
-            for name in (drop, reason):  # the drop first: never a drop without its reason
-                if dry_run:
-                    with contextlib.suppress(OSError):
-                        os.lstat(name, dir_fd=dir_fd)
-                        result.removed.append(name)
-                elif _remove(dir_fd, name, folder):
-                    result.removed.append(name)
+        _prune_pairs(dir_fd, folder, retention_days, now, dry_run, result)
+    except StorageError as exc:
+        if result.removed and not dry_run:
+            with contextlib.suppress(StorageError):
+                fsync_dir(folder)
+        raise PruneIncomplete(result, exc) from exc
     finally:
         os.close(dir_fd)
     if result.removed and not dry_run:
-        fsync_dir(folder)
+        try:
+            fsync_dir(folder)
+        except StorageError as exc:
+            raise PruneIncomplete(result, exc) from exc
     return result
+
+
+def _prune_pairs(
+    dir_fd: int,
+    folder: Path,
+    retention_days: float,
+    now: datetime,
+    dry_run: bool,
+    result: PruneResult,
+) -> None:
+    """:func:`prune_rejected`'s pass over the open folder, recording into ``result`` as
+    it goes (so that what was done before a failure is known)."""
+    try:
+        reasons = _reason_names(dir_fd)
+    except OSError as exc:
+        raise StorageError("list", folder, exc) from exc
+    cutoff = now - timedelta(days=retention_days)
+    for reason in reasons:
+        rejected_at = _rejected_at(dir_fd, reason)
+        if rejected_at is None:
+            continue  # not a reason file of ours: never touched
+        if rejected_at >= cutoff:
+            if _is_drop(dir_fd, reason[: -len(REASON_SUFFIX)]):
+                result.kept += 1  # a reason file alone is no drop kept
+            continue
+        drop = reason[: -len(REASON_SUFFIX)]
+        # A drop is counted when it is (or would be) removed: a reason file whose drop
+        # is gone is removed too, but no drop goes with it.
+        if dry_run and _is_drop(dir_fd, drop):
+            result.expired_pairs += 1
+        for name in (drop, reason):  # the drop first: never a drop without its reason
+            if dry_run:
+                with contextlib.suppress(OSError):
+                    os.lstat(name, dir_fd=dir_fd)
+                    result.removed.append(name)
+            elif _remove(dir_fd, name, folder):
+                result.removed.append(name)
+                if name == drop:
+                    result.expired_pairs += 1
 
 
 def _is_drop(dir_fd: int, name: str) -> bool:
@@ -294,7 +334,7 @@ class RejectedRetention:
         except StorageError as exc:
             log.error("cannot apply the retention of rejected drops: %s", exc)
             return None
-        if result.removed:
+        if result.expired_pairs:
             log.info(
                 "removed %d rejected drop(s) older than %g days, kept %d",
                 result.expired_pairs,

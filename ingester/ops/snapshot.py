@@ -108,6 +108,16 @@ def list_versions_once(history_dir: Path) -> list[str]:
 
 _CHUNK = 1 << 20
 """Bytes read and written at a time when a version is copied."""
+_WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+
+
+def _writable_link(path: Path) -> bool:
+    """Whether the version just linked at ``path`` shares a writable inode (a live version
+    copied in without its mode): the snapshot then takes a read-only copy instead."""
+    try:
+        return bool(os.lstat(path).st_mode & _WRITE_BITS)
+    except OSError:
+        return False
 
 
 def _pour(fd: int, source: Path, out: BinaryIO) -> None:
@@ -137,7 +147,7 @@ def _write_scratch(path: Path, fd: int, source: Path, mode: int) -> None:
 
 
 def _copy_version(source: Path, folder: Path, name: str, *, scratch: bool) -> bool:
-    """Copy one version (durably unless ``scratch``), keeping its mode; False when gone.
+    """Copy one version (durably unless ``scratch``), read-only; False when gone.
 
     Streamed, never held whole. A snapshot is a backup of the history as it is, so a
     file larger than any drop (damaged: ``verify`` names it) is taken as a hard link
@@ -156,7 +166,9 @@ def _copy_version(source: Path, folder: Path, name: str, *, scratch: bool) -> bo
             raise StorageError("read", source, exc) from exc
         if not stat.S_ISREG(st.st_mode):
             return False  # replaced by something else since the listing: not a version
-        mode = stat.S_IMODE(st.st_mode)
+        # Read-only whatever the live file's mode: every version must be, and a live
+        # one copied in without its mode would make the snapshot fail verify.
+        mode = stat.S_IMODE(st.st_mode) & ~_WRITE_BITS
         if scratch:
             _write_scratch(folder / name, fd, source, mode)
         else:
@@ -201,8 +213,10 @@ def build_snapshot_tree(
         if link:
             try:
                 durable.link_file(source, folder / name)
-                linked += 1
-                continue
+                if not _writable_link(folder / name):
+                    linked += 1
+                    continue
+                durable.remove_file(folder / name)
             except StorageError as exc:
                 if exc.errno == errno.ENOENT:
                     vanished += 1
@@ -271,9 +285,11 @@ def refuse_live_destination(dest: Path, history_dir: Path, **others: Path) -> No
 def take_snapshot(history_dir: Path, dest: Path, *, link: bool = True) -> SnapshotResult:
     """Snapshot ``history_dir`` into the new root folder ``dest`` (which must not exist).
 
-    Built in ``.tmp-snapshot-*`` beside ``dest`` and renamed into place at the end.
-    Raises :class:`SnapshotError` with a one-line message on any failure (the temp
-    folder is removed then).
+    Built in ``.tmp-snapshot-*`` beside ``dest`` and renamed into place at the end,
+    never over anything (a no-replace rename). Raises :class:`SnapshotError` with a
+    one-line message on any failure; what it made is removed then, ``dest`` too when
+    the failure (or a stop) came after the rename, as long as ``dest`` is still the
+    folder it made.
     """
     history_dir = Path(os.path.abspath(history_dir))
     dest = Path(os.path.abspath(dest))
@@ -288,22 +304,40 @@ def take_snapshot(history_dir: Path, dest: Path, *, link: bool = True) -> Snapsh
     temp = dest.parent / f"{SNAPSHOT_TEMP_PREFIX}{secrets.token_hex(6)}"
     try:
         temp.mkdir(mode=0o750)
+        st = os.lstat(temp)
     except OSError as exc:
         raise SnapshotError(str(StorageError("create folder", dest, exc))) from None
+    ident = (st.st_dev, st.st_ino)
     try:
         result = build_snapshot_tree(history_dir, temp, names, link=link)
-        if os.path.lexists(dest):
-            raise SnapshotError(f"{dest} appeared while the snapshot was taken; left alone")
-        durable.move_file(temp, dest)
+        try:
+            # A plain rename would replace an empty folder made at DEST meanwhile.
+            durable.publish_new(temp, dest)
+        except FileExistsError:
+            raise SnapshotError(
+                f"{dest} appeared while the snapshot was taken; left alone"
+            ) from None
     except StorageError as exc:
-        _remove_tree(temp)
+        _take_back(temp, dest, ident)
         raise SnapshotError(_as_asked(exc, temp, dest)) from None
     except BaseException:
-        _remove_tree(temp)
+        _take_back(temp, dest, ident)
         raise
     return SnapshotResult(
         dest, result.versions, result.linked, result.copied, result.vanished, result.latest
     )
+
+
+def _take_back(temp: Path, dest: Path, ident: tuple[int, int]) -> None:
+    """Remove what a snapshot that did not complete made: its temp folder, and DEST when
+    the rename into place was made (the fsync after it failed, or a stop came) and DEST
+    is still that folder. A failed snapshot must not look like a finished one to the
+    next run ("already exists") or to a backup job reading DEST anyway."""
+    with stop_signals_held():
+        aside = durable.take_back(dest, ident, SNAPSHOT_TEMP_PREFIX)
+        for tree in (temp, aside):
+            if tree is not None:
+                shutil.rmtree(tree, ignore_errors=True)
 
 
 def _tar_entry(archive: tarfile.TarFile, path: Path, arcname: str) -> None:

@@ -315,11 +315,14 @@ def _unreplaceable(path: Path) -> str | None:
 _BY_HAND = "move it away by hand, then run 'ingester verify --repair'"
 
 
-def repair_modes(store: HistoryStore, findings: Iterable[Finding]) -> None:
+def repair_modes(store: HistoryStore, findings: Iterable[Finding]) -> list[StorageError]:
     """Remove the write bits of writable versions (the bytes are never touched).
 
-    Call with the history lock held.
+    Call with the history lock held. A version that cannot be changed (immutable,
+    another owner) does not stop the others: its failure is returned, one per version,
+    and the finding stays for the next ``verify`` to report.
     """
+    failures: list[StorageError] = []
     for finding in findings:
         if finding.kind != "writable-version":
             continue
@@ -329,7 +332,8 @@ def repair_modes(store: HistoryStore, findings: Iterable[Finding]) -> None:
             # Only regular files count as versions (the scan does not follow links).
             durable.set_mode(path, mode & ~0o222)
         except OSError as exc:
-            raise StorageError("chmod", path, exc) from exc
+            failures.append(StorageError("chmod", path, exc))
+    return failures
 
 
 def repaired_between(before: VerifyReport, after: VerifyReport) -> list[Finding]:

@@ -33,6 +33,7 @@ __all__ = [
     "describe_exception",
     "escape_controls",
     "escape_text",
+    "logs_as_json",
     "one_line",
     "setup_logging",
 ]
@@ -201,6 +202,16 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         with contextlib.suppress(Exception):
             self.stream.write(self.format(lost) + self.terminator)
             self.flush()
+
+
+def logs_as_json() -> bool:
+    """Whether :func:`setup_logging` made the ``ingester`` logger write JSON: what an
+    error found once the command's context is gone is written as, to stay in the one
+    format a log shipper reads."""
+    return any(
+        isinstance(handler.formatter, JsonFormatter)
+        for handler in logging.getLogger("ingester").handlers
+    )
 
 
 def setup_logging(verbose: int = 0, fmt: str = "text") -> None:

@@ -104,7 +104,10 @@ def resolve_settings(
     if config_path is None and environ.get("INGESTER_CONFIG"):
         config_path = Path(environ["INGESTER_CONFIG"])
     config = _read_config(config_path) if config_path is not None else {}
-    config_dir = Path(os.path.abspath(config_path)).parent if config_path is not None else cwd
+    # Named by its absolute path where a value's source is said: read later (status,
+    # from another folder), a relative name would not tell which file it was.
+    config_file = Path(os.path.abspath(cwd / config_path)) if config_path is not None else None
+    config_dir = config_file.parent if config_file is not None else cwd
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -116,7 +119,7 @@ def resolve_settings(
         elif environ.get(spec.env):
             raw, where, label = environ[spec.env], f"env {spec.env}", spec.env
         elif spec.name in config:
-            raw, where = config[spec.name], f"config {config_path}"
+            raw, where = config[spec.name], f"config {config_file}"
             label, base = f"{spec.option} (config {spec.name})", config_dir
         else:
             continue

@@ -23,6 +23,7 @@ from .fsyncs import FSYNC_THREAD_PREFIX, each_at_once, fsync_dirs, fsync_each
 from .staged import SpareFile, StagedFile, link_file, replace_symlink, write_file
 from .steps import (
     LINK_TEMP_PREFIX,
+    OUTPUT_TEMP_PREFIX,
     READ_NOFOLLOW,
     SNAPSHOT_TEMP_PREFIX,
     SUBMIT_TEMP_PREFIX,
@@ -43,6 +44,7 @@ from .steps import (
     rename_entry,
     set_fd_mode,
     set_mode,
+    take_back,
     unlink_entry,
     write_all,
 )
@@ -50,6 +52,7 @@ from .steps import (
 __all__ = [
     "FSYNC_THREAD_PREFIX",
     "LINK_TEMP_PREFIX",
+    "OUTPUT_TEMP_PREFIX",
     "READ_NOFOLLOW",
     "SNAPSHOT_TEMP_PREFIX",
     "SUBMIT_TEMP_PREFIX",
@@ -81,6 +84,7 @@ __all__ = [
     "set_fd_mode",
     "set_mode",
     "streamed_file",
+    "take_back",
     "unlink_entry",
     "write_all",
     "write_file",

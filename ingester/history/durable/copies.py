@@ -19,12 +19,14 @@ from typing import BinaryIO, TypeAlias
 
 from ...errors import IngesterError, MovedNotDurable, StorageError
 from .steps import (
+    OUTPUT_TEMP_PREFIX,
     READ_NOFOLLOW,
     WRITE_TEMP_PREFIX,
     _link_no_clobber,
     _temp_path,
     fsync_dir,
     publish_new,
+    take_back,
     write_all,
 )
 
@@ -408,13 +410,17 @@ def streamed_file(final: Path, *, mode: int = 0o644, replace: bool = True) -> It
     ends normally the file is flushed, fsynced, renamed over ``final`` (replacing an
     older one; with ``replace=False`` never: ``FileExistsError`` then, unwrapped) and the
     folder fsynced. When the block raises, the temp file is removed and ``final`` is
-    left as it was; a process killed meanwhile leaves only the temp name
-    (:data:`WRITE_TEMP_PREFIX`), never a part under ``final``. Memory use does not
-    depend on the size written. Raises :class:`StorageError` (naming the path and
-    cause) for any failed step, including a write inside the block (e.g. ENOSPC).
+    left as it was; with ``replace=False`` also when the folder's fsync fails after the
+    new name was given, or an exception (a stop) comes meanwhile: the name is taken
+    back (:func:`take_back`) while it still holds this file. A process killed meanwhile
+    leaves only the temp name (:data:`OUTPUT_TEMP_PREFIX`, which no sweep takes: it is
+    a command's output, which may sit beside the latest link while a writer starts),
+    never a part under ``final``. Memory use does not depend on the size written. Raises
+    :class:`StorageError` (naming the path and cause) for any failed step, including a
+    write inside the block (e.g. ENOSPC).
     """
     directory = final.parent
-    tmp = _temp_path(directory, WRITE_TEMP_PREFIX)
+    tmp = _temp_path(directory, OUTPUT_TEMP_PREFIX)
     try:
         # The mode is given at creation so the umask applies, as for any new file.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -427,6 +433,8 @@ def streamed_file(final: Path, *, mode: int = 0o644, replace: bool = True) -> It
             os.unlink(tmp)
         raise
     try:
+        st = os.fstat(fd)
+        ident = (st.st_dev, st.st_ino)
         handle = os.fdopen(fd, "wb")
     except BaseException:
         os.close(fd)
@@ -455,5 +463,13 @@ def streamed_file(final: Path, *, mode: int = 0o644, replace: bool = True) -> It
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if not replace:
+            # Published, then its folder's fsync failed or a stop came: a new name
+            # replaced nothing, so taking it back leaves the folder as it was, and the
+            # caller's failure is true of what is there.
+            aside = take_back(final, ident, OUTPUT_TEMP_PREFIX)
+            if aside is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(aside)
         raise
     fsync_dir(directory)

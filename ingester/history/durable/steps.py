@@ -23,6 +23,7 @@ from ...errors import StorageError
 
 __all__ = [
     "LINK_TEMP_PREFIX",
+    "OUTPUT_TEMP_PREFIX",
     "SNAPSHOT_TEMP_PREFIX",
     "SUBMIT_TEMP_PREFIX",
     "TEMP_PREFIX",
@@ -40,6 +41,7 @@ __all__ = [
     "rename_entry",
     "set_fd_mode",
     "set_mode",
+    "take_back",
     "unlink_entry",
     "write_all",
 ]
@@ -50,6 +52,11 @@ WRITE_TEMP_PREFIX = TEMP_PREFIX + "w-"
 """A file's bytes before its final name (also the empty spare a watcher keeps ready)."""
 LINK_TEMP_PREFIX = TEMP_PREFIX + "link-"
 """A symbolic link before it replaces the latest link."""
+OUTPUT_TEMP_PREFIX = TEMP_PREFIX + "out-"
+"""A command's output file (an export, a tar snapshot) before its final name. Not a
+writer's temp name: it may sit beside the latest link (an export into the root) while a
+writer starts, and a writer's sweep takes only its own kinds, or it would delete an
+output still being written. No sweep takes it; one left by a ``kill -9`` can be removed."""
 SNAPSHOT_TEMP_PREFIX = TEMP_PREFIX + "snapshot-"
 """A snapshot (or its tar stream's staging folder) before it gets its final name."""
 SUBMIT_TEMP_PREFIX = ".submit-"
@@ -362,7 +369,8 @@ def _rename_no_clobber(source: Path, final: Path) -> bool:
 
 
 def publish_new(source: Path, final: Path) -> None:
-    """Give the fsynced file ``source`` the new name ``final`` and drop ``source``'s name.
+    """Give the fsynced file (or folder) ``source`` the new name ``final`` and drop
+    ``source``'s name.
 
     Never replaces anything: ``FileExistsError`` (unwrapped, so callers can say what
     the name is taken by) when ``final`` exists. A no-clobber rename where the system
@@ -400,6 +408,45 @@ def publish_new(source: Path, final: Path) -> None:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def take_back(final: Path, ident: tuple[int, int], prefix: str) -> Path | None:
+    """Take the name ``final`` back from the entry ``ident`` (its ``(st_dev, st_ino)``)
+    that this process published there, for a caller that must not leave it behind
+    (the step after publishing failed, or a stop came).
+
+    The entry is renamed to a new temp name ``prefix*`` beside ``final``, which is
+    returned for the caller to remove (a folder's removal is not atomic; under the temp
+    name a half-removed tree is never seen as ``final``). Whatever else holds the name
+    now (someone who took it after a failed or refused publish) is never moved for
+    good: it is looked at before the rename and again after it, and put back under its
+    name if it is not ours. Returns ``None`` when ``final`` is not ours (or gone, or
+    cannot be moved). Raises nothing: the folder's fsync is tried, and a crash before
+    it succeeds may bring the name back (the entry was complete when published).
+    """
+    aside = _temp_path(final.parent, prefix)
+    try:
+        st = os.lstat(final)
+        if (st.st_dev, st.st_ino) != ident:
+            return None
+        os.rename(final, aside)
+    except OSError:
+        return None
+    try:
+        st = os.lstat(aside)
+        ours = (st.st_dev, st.st_ino) == ident
+    except OSError:
+        return None
+    if not ours:
+        # Another entry took the name between the look and the rename: it goes back,
+        # never over a newer one.
+        with contextlib.suppress(OSError):
+            if not _rename_no_clobber(aside, final) and not os.path.lexists(final):
+                os.rename(aside, final)
+        return None
+    with contextlib.suppress(StorageError):
+        fsync_dir(final.parent)
+    return aside
 
 
 def remove_stale_temps(
