@@ -65,6 +65,7 @@ class PassResult:
     deleted: int = 0
     waiting: int = 0
     listed: bool = False
+    compared: bool = True  # False: a stop cut the comparison after a listing short
 
 
 class MirrorSync:
@@ -166,11 +167,18 @@ class MirrorSync:
             self._call(lambda r: r.refresh())
             self.last_listing = time.monotonic()
             result.listed = True
-            if not self._check_sizes(entries):
+            try:
+                compared = self._check_sizes(entries)
+            except MirrorBlocked:
+                self._compared_only(names)
+                raise
+            if not compared:
                 # Stopped before every listed version was compared: none is counted on
-                # the listing's word alone, so the watermark stays where it was and the
+                # the listing's word alone (nor on a previous run's watermark), and the
                 # next start lists and compares again.
+                self._compared_only(names)
                 remote.known = None
+                result.compared = False
                 result.waiting = progress.waiting()
                 return result
         known = remote.known or {}
@@ -195,6 +203,17 @@ class MirrorSync:
                 result.deleted = self._follow(listed)
         result.waiting = progress.waiting()
         return result
+
+    def _compared_only(self, names: list[str]) -> None:
+        """A comparison cut short: the watermark stands no higher than the run of
+        ``names`` proven ours in this process (compared, or uploaded, under the ETag the
+        store shows now)."""
+        proven = {
+            name: obj
+            for name, obj in self.known().items()
+            if obj.etag and self._compared.get(name) == obj.etag
+        }
+        self.progress.limit_watermark([n for n in names if n not in self._gone], proven)
 
     def _payload_or_said(self, name: str, data: bytes) -> bool:
         """Whether object ``name`` may be the latest copy: a valid payload. Another
@@ -249,8 +268,14 @@ class MirrorSync:
                 # the right bytes back (their ETag may be the one compared good before).
                 try:
                     data = self.local.read_version(name)
-                except (VersionNotFound, OSError):
-                    continue  # gone since the listing, or unreadable: uploading says why
+                except VersionNotFound:
+                    self._gone.add(name)  # deleted by retention since the listing
+                    continue
+                except OSError as exc:
+                    # Not compared, so not proven: it holds the watermark until it can
+                    # be read (it is compared again at every listing meanwhile).
+                    self.progress.mark_bad(name, f"cannot compare it: {exc}")
+                    continue
                 if not self._proves(remote, data):
                     self.progress.mark_bad(
                         name,
