@@ -1637,6 +1637,45 @@ def test_once_stopped_during_the_comparison_exits_1(
     assert "stopped before every version was compared with the object store" in mirror.log
 
 
+def test_objects_that_cannot_be_read_back_are_said_and_missing_versions_still_uploaded(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """Under SSE-KMS ETags the first listing reads back every listed version; a policy
+    that lists and uploads but may not read (403 on GET: no kms:Decrypt) leaves those
+    objects unproven. Each is reported in those words (not as refused credentials) and
+    not counted as mirrored, while the versions the listing lacks are uploaded."""
+    store = make_store(root)
+    add_versions(store, 3)
+    prefix = "get-refused"
+    target = f"s3://{bucket}/{prefix}"
+    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert first.returncode == 0, first.stderr
+    fresh = add_versions(store, 2, start=50)
+    proxy = FaultProxy(s3.port)
+    proxy.kms_etags = True
+
+    def after(method: str, path: str) -> None:
+        if method == "GET" and "list-type=2" in path:
+            proxy.deny = {"GET"}  # reading objects back is refused from now on
+
+    proxy.answered = after
+    try:
+        done = run_cli(root, "mirror", target, "--once", **s3_env(proxy.endpoint, aws_files))
+    finally:
+        proxy.close()
+    client = client_for(s3.endpoint)
+    keys = {
+        o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")["Contents"]
+    }
+    assert all(f"{prefix}/{n}" in keys for n in fresh), done.stderr
+    assert done.returncode == 1, done.stderr
+    assert "object store refused to read back" in done.stderr, done.stderr
+    assert "refused the credentials" not in done.stderr, done.stderr
+    assert done.stderr.count("object store refused to read back") == 1, done.stderr
+    state = state_of(root)
+    assert (state.state, state.mirrored_through) == ("stuck", None), state
+
+
 def test_a_damaged_latest_copy_is_repaired_by_the_next_pass(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

@@ -451,14 +451,20 @@ class S3History:
             self.known[name] = put
             return put
         limit = METADATA_MAX_BYTES if name == METADATA_KEY else self.max_version_bytes
+        response: dict[str, Any]
         try:
             response = self._get(name)
             body = _body_within(response, limit)
         except Exception as exc:
-            if not _missing(exc):
-                raise self._failed(exc) from None
-            self.known.pop(name, None)
-            return None
+            if _missing(exc):
+                self.known.pop(name, None)
+                return None
+            failed = self._failed(exc)
+            if failed.kind != "denied":
+                raise failed from None
+            # Not to be read here (a policy without s3:GetObject or kms:Decrypt): not
+            # proven current, so it is put again, as a damaged one is.
+            response, body = {}, None
         metadata = {str(k).lower(): str(v) for k, v in (response.get("Metadata") or {}).items()}
         stored = (metadata.get(SHA256_META) or "").lower()
         held = "" if body is None or sha256_hex(body) != stored else stored

@@ -101,6 +101,7 @@ class MirrorSync:
         self._compared: dict[str, str] = {}  # name -> the ETag whose bytes proved ours
         self._upload_threads: int | None = None  # how many started, at the last pass
         self._delete_refused: str | None = None  # why deletions were refused, once said
+        self._get_refused: str | None = None  # why reading objects back was refused, once said
 
     # -- the object store ---------------------------------------------------------------
 
@@ -276,7 +277,16 @@ class MirrorSync:
                     # be read (it is compared again at every listing meanwhile).
                     self.progress.mark_bad(name, f"cannot compare it: {exc}")
                     continue
-                if not self._proves(remote, data):
+                try:
+                    proven = self._proves(remote, data)
+                except MirrorBlocked as exc:
+                    if exc.failure.kind != "denied":
+                        raise
+                    self._read_refused(name, exc.failure.detail)
+                    continue
+                if proven:
+                    self._get_refused = None
+                else:
                     self.progress.mark_bad(
                         name,
                         f"the object store holds other bytes under its name ({size} bytes, "
@@ -286,6 +296,26 @@ class MirrorSync:
                 self._compared[name] = remote.etag
                 self.progress.bad.pop(name, None)
         return True
+
+    def _read_refused(self, name: str, detail: str) -> None:
+        """The store refused to let object ``name`` be read back (403: a policy without
+        ``s3:GetObject`` or ``kms:Decrypt``, an object another account wrote). That is no
+        refusal of the credentials, which list and upload: it is said once in its own
+        words, and the version, not proven, holds the watermark while the versions the
+        listing lacks are still uploaded."""
+        if self._get_refused != detail:
+            log.error(
+                "object store refused to read back %s (%s): a version is counted as "
+                "mirrored only once its bytes are proven; grant s3:GetObject (and "
+                "kms:Decrypt under SSE-KMS)",
+                self.target.key(name),
+                detail,
+                extra={"event": "mirror-read-refused"},
+            )
+        self._get_refused = detail
+        self.progress.mark_bad(
+            name, f"the object store refused to read it back ({detail})", said=True
+        )
 
     def _proves(self, remote: RemoteObject, data: bytes) -> bool:
         verdict: bool = self._call(lambda r: r.proves(remote, data))
