@@ -1676,6 +1676,36 @@ def test_objects_that_cannot_be_read_back_are_said_and_missing_versions_still_up
     assert (state.state, state.mirrored_through) == ("stuck", None), state
 
 
+def test_a_newest_version_found_not_ours_is_never_the_latest_copy(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """The object under the newest version's name holds other bytes carrying our SHA-256
+    in its metadata. The version is reported and is no candidate for the latest copy:
+    the newest version proven ours is published instead, the pass completes (no
+    ``damaged`` state), and the state says ``stuck`` naming the version."""
+    store = make_store(root)
+    names = add_versions(store, 3)
+    data = (root / HISTORY / names[-1]).read_bytes()
+    prefix = "newest-tampered"
+    client = client_for(s3.endpoint)
+    client.put_object(
+        Bucket=bucket,
+        Key=f"{prefix}/{names[-1]}",
+        Body=_other_bytes(data),
+        Metadata={"sha256": hashlib.sha256(data).hexdigest()},
+    )
+    target = f"s3://{bucket}/{prefix}"
+    done = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert done.returncode == 1, done.stderr
+    assert f"cannot mirror version {names[-1]}" in done.stderr, done.stderr
+    assert "damaged" not in done.stderr, done.stderr
+    state = state_of(root)
+    assert state.state == "stuck" and (state.detail or "").startswith(names[-1]), state
+    latest = client.get_object(Bucket=bucket, Key=f"{prefix}/{LATEST}")
+    assert latest["Body"].read() == (root / HISTORY / names[-2]).read_bytes()
+    assert latest["Metadata"].get("version") == names[-2], latest["Metadata"]
+
+
 def test_a_damaged_latest_copy_is_repaired_by_the_next_pass(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

@@ -38,6 +38,7 @@ STATE_WORDS = {
     "denied": "object store refused the credentials",
     "no-bucket": "bucket does not exist",
     "rejected": "object store refused a request",
+    "damaged": "object store holds an object whose bytes are not the ones stored with it",
 }
 """Each problem state (a :class:`~ingester.mirror.objectstore.Failure`'s ``kind``) in words."""
 

@@ -101,6 +101,7 @@ class MirrorSync:
         self._compared: dict[str, str] = {}  # name -> the ETag whose bytes proved ours
         self._upload_threads: int | None = None  # how many started, at the last pass
         self._delete_refused: str | None = None  # why deletions were refused, once said
+        self._last_ours: tuple[tuple[str, str], bytes] | None = None  # (name, ETag), bytes
         self._get_refused: str | None = None  # why reading objects back was refused, once said
 
     # -- the object store ---------------------------------------------------------------
@@ -197,7 +198,8 @@ class MirrorSync:
         # next start to leave them to: its exit 0 says the copy is whole.
         if not self._stop.is_set() or self.options.once:
             base = self._local_metadata()
-            self._call(lambda r: r.publish(base, self._payload_or_said))
+            unproven = set(progress.bad)
+            self._call(lambda r: r.publish(base, self._payload_or_said, self._ours, unproven))
             if self.options.retention == "follow":
                 # The listing as taken: a version that vanished under its upload is
                 # never what lets a remote copy go.
@@ -215,6 +217,26 @@ class MirrorSync:
             if obj.etag and self._compared.get(name) == obj.etag
         }
         self.progress.limit_watermark([n for n in names if n not in self._gone], proven)
+
+    def _ours(self, name: str) -> bytes | None:
+        """Our bytes of version ``name`` when its object is proven to hold them (compared,
+        or uploaded, under the ETag the store shows now), else ``None``. The latest copy
+        is made from these: the checksum stored with an object says what its bytes
+        should be, not what they are. The last ones read are kept for the next pass."""
+        obj = self.known().get(name)
+        if obj is None or not obj.etag or self._compared.get(name) != obj.etag:
+            return None
+        if name in self.progress.bad:
+            return None
+        last = self._last_ours
+        if last is not None and last[0] == (name, obj.etag):
+            return last[1]
+        try:
+            data = self.local.read_version(name)
+        except (VersionNotFound, OSError):
+            return None
+        self._last_ours = ((name, obj.etag), data)
+        return data
 
     def _payload_or_said(self, name: str, data: bytes) -> bool:
         """Whether object ``name`` may be the latest copy: a valid payload. Another
