@@ -1706,6 +1706,32 @@ def test_a_newest_version_found_not_ours_is_never_the_latest_copy(
     assert latest["Metadata"].get("version") == names[-2], latest["Metadata"]
 
 
+def test_what_was_proven_of_versions_gone_from_the_history_is_let_go(
+    root: Path,
+    s3: SeaweedS3,
+    bucket: str,
+    aws_files: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long-running mirror remembers, per version, the ETag that proved it ours; at a
+    listing it lets go of the versions the history no longer holds (retention deleted
+    them), so what it remembers stays the size of the history, not of its life."""
+    from ingester.mirror.mirror import Mirror
+    from ingester.mirror.objectstore import parse_target
+    from ingester.mirror.options import MirrorOptions
+
+    for key, value in s3_env(s3.endpoint, aws_files).items():
+        monkeypatch.setenv(key, value)
+    store = make_store(root)
+    names = add_versions(store, 3)
+    mirror = Mirror(root / HISTORY, MirrorOptions(parse_target(f"s3://{bucket}/prune")))
+    mirror.sync(full=True)
+    assert set(mirror.passes._compared) == set(names)
+    (root / HISTORY / names[0]).unlink()
+    mirror.sync(full=True)
+    assert set(mirror.passes._compared) == set(names[1:])
+
+
 def test_a_damaged_latest_copy_is_repaired_by_the_next_pass(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

@@ -169,6 +169,10 @@ class MirrorSync:
             self._call(lambda r: r.refresh())
             self.last_listing = time.monotonic()
             result.listed = True
+            # What was proven of versions no longer in the history is never asked again:
+            # kept, it would grow for the life of the process.
+            local = set(names)
+            self._compared = {n: tag for n, tag in self._compared.items() if n in local}
             try:
                 compared = self._check_sizes(entries)
             except MirrorBlocked:
