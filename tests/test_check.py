@@ -511,3 +511,25 @@ def test_a_limit_whose_reset_has_passed_since_its_reading_is_not_held_against_it
     }
     assert items["usage_currentSession"] == "OK", items
     assert items["usage_weeklyLimits.allModels"] == "WARNING", items
+
+
+def test_the_hold_item_judges_by_the_mirror_hold_check_is_given(root: Path, tmp_path: Path) -> None:
+    """A --mirror-hold given to the command that runs retention bounds its hold in place
+    of the one the mirror recorded; check given the same setting judges the hold item by
+    it (CRITICAL: full), and by the mirror's bound only when it is given none."""
+    ingest(root, tmp_path, timedelta(0))
+    history = root / HISTORY
+    for seq in range(5):
+        old_version(root, timedelta(days=8, minutes=seq), 100 + seq)
+    write_mirror_state(history, MirrorState(target="s3://b/p", hold_max=10_000))
+    policy = ("--max-versions", "1")
+
+    def item(*given: str) -> dict[str, Any]:
+        result = run_cli(root, *policy, *given, "check", "--json")
+        items = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+        return items["mirror_held"]
+
+    assert item()["status"] == "OK"
+    held = item("--mirror-hold", "3")
+    assert (held["status"], held["value"], held["critical"]) == ("CRITICAL", 5, 3), held
+    assert "mirror hold full (5 of 3 expired versions kept" in held["message"], held

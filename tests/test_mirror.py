@@ -1522,6 +1522,216 @@ def test_other_bytes_under_our_stored_checksum_are_never_counted_mirrored(
     assert client.get_object(Bucket=bucket, Key=f"{prefix}/{old[0]}")["Body"].read() == other
 
 
+def _other_bytes(data: bytes) -> bytes:
+    """Other bytes as long as ``data``."""
+    other = data.replace(b"1", b"2", 1)
+    assert len(other) == len(data) and other != data
+    return other
+
+
+def test_a_version_found_not_ours_drops_a_previous_run_s_watermark_at_once(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """A previous run mirrored everything; then an expired version's object is replaced
+    by other bytes. The next run reports it, and the store throttles the read-back after
+    it: the pass ends blocked, but the watermark the previous run left was lowered below
+    the version the moment it was found not ours, so retention keeps its local copy (the
+    only good one)."""
+    store = make_store(root, max_versions=1)
+    old = add_old_versions(store, 3)
+    add_versions(store, 1)
+    prefix = "bad-under-watermark"
+    target = f"s3://{bucket}/{prefix}"
+    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert first.returncode == 0 and state_of(root).mirrored_through is not None
+    data = (root / HISTORY / old[0]).read_bytes()
+    client_for(s3.endpoint).put_object(
+        Bucket=bucket, Key=f"{prefix}/{old[0]}", Body=_other_bytes(data)
+    )
+    proxy = FaultProxy(s3.port)
+    proxy.kms_etags = True
+
+    def after(method: str, path: str) -> None:
+        if method == "GET" and "list-type" not in path:
+            proxy.fault = "slowdown"  # the store throttles after the first read-back
+
+    proxy.answered = after
+    try:
+        done = run_cli(root, "mirror", target, "--once", **s3_env(proxy.endpoint, aws_files))
+    finally:
+        proxy.close()
+    assert done.returncode == 1, done.stderr
+    assert f"cannot mirror version {old[0]}" in done.stderr, done.stderr
+    state = state_of(root)
+    assert state.mirrored_through is None or state.mirrored_through < old[0], state
+    assert state.waiting >= 1, state
+    cleaned = run_cli(root, "--max-versions", "1", "cleanup")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert (root / HISTORY / old[0]).read_bytes() == data, (state, cleaned.stdout)
+
+
+def test_a_stop_after_a_version_was_found_not_ours_leaves_it_and_the_uncompared_uncounted(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """The service is stopped during the comparison of its first listing, after it
+    reported a version whose object holds other bytes. The state the stop leaves counts
+    neither that version nor those not yet compared as mirrored (a previous run's
+    watermark above them is lowered), and retention keeps the local copy."""
+    store = make_store(root, max_versions=1)
+    old = add_old_versions(store, 100)
+    add_versions(store, 1)
+    prefix = "bad-then-stop"
+    target = f"s3://{bucket}/{prefix}"
+    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert first.returncode == 0, first.stderr
+    data = (root / HISTORY / old[0]).read_bytes()
+    client_for(s3.endpoint).put_object(
+        Bucket=bucket, Key=f"{prefix}/{old[0]}", Body=_other_bytes(data)
+    )
+    proxy = FaultProxy(s3.port)
+    proxy.kms_etags = True
+    proxy.fault, proxy.delay = "delay", 0.05
+    try:
+        mirror = MirrorProcess(root, target, s3_env(proxy.endpoint, aws_files))
+        mirror.wait_log(f"cannot mirror version {old[0]}")
+        code = mirror.stop()
+    finally:
+        proxy.close()
+    assert code == 0, mirror.log
+    state = state_of(root)
+    assert state.mirrored_through is None, state  # the bad one is the oldest
+    assert (state.state, state.waiting) == ("stuck", 101), state
+    cleaned = run_cli(root, "--max-versions", "1", "cleanup")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert (root / HISTORY / old[0]).exists(), (state, cleaned.stdout)
+
+
+def test_once_stopped_during_the_comparison_exits_1(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """``mirror --once`` stopped while it compares its listing, after it reported a
+    version whose object holds other bytes, cannot say the copy is whole: it exits 1
+    with a line that says the comparison was cut short."""
+    store = make_store(root)
+    names = add_versions(store, 100)
+    prefix = "once-stop"
+    target = f"s3://{bucket}/{prefix}"
+    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert first.returncode == 0, first.stderr
+    data = (root / HISTORY / names[0]).read_bytes()
+    client_for(s3.endpoint).put_object(
+        Bucket=bucket, Key=f"{prefix}/{names[0]}", Body=_other_bytes(data)
+    )
+    proxy = FaultProxy(s3.port)
+    proxy.kms_etags = True
+    proxy.fault, proxy.delay = "delay", 0.05
+    try:
+        mirror = MirrorProcess(
+            root, target, s3_env(proxy.endpoint, aws_files), command_args=("--once",)
+        )
+        mirror.wait_log(f"cannot mirror version {names[0]}")
+        code = mirror.stop()
+    finally:
+        proxy.close()
+    assert code == 1, mirror.log
+    assert "stopped before every version was compared with the object store" in mirror.log
+
+
+def test_objects_that_cannot_be_read_back_are_said_and_missing_versions_still_uploaded(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """Under SSE-KMS ETags the first listing reads back every listed version; a policy
+    that lists and uploads but may not read (403 on GET: no kms:Decrypt) leaves those
+    objects unproven. Each is reported in those words (not as refused credentials) and
+    not counted as mirrored, while the versions the listing lacks are uploaded."""
+    store = make_store(root)
+    add_versions(store, 3)
+    prefix = "get-refused"
+    target = f"s3://{bucket}/{prefix}"
+    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert first.returncode == 0, first.stderr
+    fresh = add_versions(store, 2, start=50)
+    proxy = FaultProxy(s3.port)
+    proxy.kms_etags = True
+
+    def after(method: str, path: str) -> None:
+        if method == "GET" and "list-type=2" in path:
+            proxy.deny = {"GET"}  # reading objects back is refused from now on
+
+    proxy.answered = after
+    try:
+        done = run_cli(root, "mirror", target, "--once", **s3_env(proxy.endpoint, aws_files))
+    finally:
+        proxy.close()
+    client = client_for(s3.endpoint)
+    keys = {
+        o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")["Contents"]
+    }
+    assert all(f"{prefix}/{n}" in keys for n in fresh), done.stderr
+    assert done.returncode == 1, done.stderr
+    assert "object store refused to read back" in done.stderr, done.stderr
+    assert "refused the credentials" not in done.stderr, done.stderr
+    assert done.stderr.count("object store refused to read back") == 1, done.stderr
+    state = state_of(root)
+    assert (state.state, state.mirrored_through) == ("stuck", None), state
+
+
+def test_a_newest_version_found_not_ours_is_never_the_latest_copy(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """The object under the newest version's name holds other bytes carrying our SHA-256
+    in its metadata. The version is reported and is no candidate for the latest copy:
+    the newest version proven ours is published instead, the pass completes (no
+    ``damaged`` state), and the state says ``stuck`` naming the version."""
+    store = make_store(root)
+    names = add_versions(store, 3)
+    data = (root / HISTORY / names[-1]).read_bytes()
+    prefix = "newest-tampered"
+    client = client_for(s3.endpoint)
+    client.put_object(
+        Bucket=bucket,
+        Key=f"{prefix}/{names[-1]}",
+        Body=_other_bytes(data),
+        Metadata={"sha256": hashlib.sha256(data).hexdigest()},
+    )
+    target = f"s3://{bucket}/{prefix}"
+    done = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert done.returncode == 1, done.stderr
+    assert f"cannot mirror version {names[-1]}" in done.stderr, done.stderr
+    assert "damaged" not in done.stderr, done.stderr
+    state = state_of(root)
+    assert state.state == "stuck" and (state.detail or "").startswith(names[-1]), state
+    latest = client.get_object(Bucket=bucket, Key=f"{prefix}/{LATEST}")
+    assert latest["Body"].read() == (root / HISTORY / names[-2]).read_bytes()
+    assert latest["Metadata"].get("version") == names[-2], latest["Metadata"]
+
+
+def test_what_was_proven_of_versions_gone_from_the_history_is_let_go(
+    root: Path,
+    s3: SeaweedS3,
+    bucket: str,
+    aws_files: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long-running mirror remembers, per version, the ETag that proved it ours; at a
+    listing it lets go of the versions the history no longer holds (retention deleted
+    them), so what it remembers stays the size of the history, not of its life."""
+    from ingester.mirror.mirror import Mirror
+    from ingester.mirror.objectstore import parse_target
+    from ingester.mirror.options import MirrorOptions
+
+    for key, value in s3_env(s3.endpoint, aws_files).items():
+        monkeypatch.setenv(key, value)
+    store = make_store(root)
+    names = add_versions(store, 3)
+    mirror = Mirror(root / HISTORY, MirrorOptions(parse_target(f"s3://{bucket}/prune")))
+    mirror.sync(full=True)
+    assert set(mirror.passes._compared) == set(names)
+    (root / HISTORY / names[0]).unlink()
+    mirror.sync(full=True)
+    assert set(mirror.passes._compared) == set(names[1:])
+
+
 def test_a_damaged_latest_copy_is_repaired_by_the_next_pass(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

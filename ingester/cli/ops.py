@@ -273,8 +273,9 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     type=FiniteRange(min=0, max=100),
     metavar="PERCENT",
     help="Only with a mirror: WARNING when the expired versions retention keeps back for "
-    "it fill this share of its --mirror-hold; CRITICAL when they fill all of it (retention "
-    "then deletes versions that were never uploaded).",
+    "it fill this share of the --mirror-hold (the one given to check, else the mirror's); "
+    "CRITICAL when they fill all of it (retention then deletes versions that were never "
+    "uploaded).",
 )
 @click.option(
     "--usage-warning",

@@ -234,8 +234,18 @@ class Mirror:
             self._recovered()
             self.progress.save()
             if self.options.once:
-                left = result.waiting
-                bad = min(len(self.progress.bad), left)
+                # Its exit 0 says every version is proven mirrored: a version found not
+                # ours, or a comparison a stop cut short, is never that, whatever the
+                # watermark says.
+                left = max(result.waiting, len(self.progress.stuck()))
+                bad = min(len(self.progress.stuck()), left)
+                if not result.compared:
+                    log.error(
+                        "stopped before every version was compared with the object store; "
+                        "%d version(s) not counted as mirrored",
+                        left,
+                    )
+                    return 1
                 if left and self._stop.is_set():
                     log.error("stopped before %d version(s) were mirrored", left)
                 elif left and 0 < bad < left:

@@ -9,7 +9,9 @@ the older, lower one standing: retention then holds more, never less.
 
 from __future__ import annotations
 
+import bisect
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -36,6 +38,7 @@ STATE_WORDS = {
     "denied": "object store refused the credentials",
     "no-bucket": "bucket does not exist",
     "rejected": "object store refused a request",
+    "damaged": "object store holds an object whose bytes are not the ones stored with it",
 }
 """Each problem state (a :class:`~ingester.mirror.objectstore.Failure`'s ``kind``) in words."""
 
@@ -63,6 +66,8 @@ class MirrorProgress:
         self.saved_at = 0.0  # time.monotonic() of the last write of the state file
         self._written: tuple[Any, ...] | None = None
         self._notifier = notifier
+        # Uploads mark versions bad from their own threads: one writer of the file at once.
+        self._lock = threading.RLock()
 
     def resume(self) -> None:
         """Take up the watermark of the state file a previous run left for this target.
@@ -85,30 +90,68 @@ class MirrorProgress:
         """How many of :attr:`names` are not counted as mirrored."""
         return len(unmirrored(self.names, self.state))
 
-    def mark_bad(self, name: str, why: str) -> None:
-        """Version ``name`` cannot be mirrored, for ``why`` (logged when it changes)."""
-        if self.bad.get(name) != why:
-            log.error("cannot mirror version %s: %s", name, why)
-        self.bad[name] = why
+    def mark_bad(self, name: str, why: str, *, said: bool = False) -> None:
+        """Version ``name`` cannot be mirrored, for ``why`` (logged when it changes,
+        unless ``said`` already in other words).
+
+        A watermark at or above ``name`` (a previous run's, or this one's) drops below it
+        and is written at once: whatever ends the pass after this, retention must not
+        take the local copy of a version whose remote object is not ours.
+        """
+        with self._lock:
+            if self.bad.get(name) != why and not said:
+                log.error("cannot mirror version %s: %s", name, why)
+            self.bad[name] = why
+            through = self.state.mirrored_through
+            if through is None or name > through:
+                return
+            below = bisect.bisect_left(self.names, name)
+            lowered = self.names[below - 1] if below else None
+            self.state = self.state.model_copy(update={"mirrored_through": lowered})
+            self.save()
+
+    def limit_watermark(self, names: Iterable[str], proven: Mapping[str, RemoteObject]) -> None:
+        """After a comparison cut short: the watermark stands no higher than the run of
+        ``names`` (oldest first) that ``proven`` holds (objects proven ours in this
+        process), so no version left uncompared counts as mirrored on an older word."""
+        with self._lock:
+            through = self.state.mirrored_through
+            if through is None:
+                return
+            now = utc_now()
+            run: str | None = None
+            for name in names:
+                if name > through:
+                    return  # every version up to the watermark is proven
+                if is_future(name, now):
+                    continue
+                if name not in proven or name in self.bad:
+                    break
+                run = name
+            else:
+                return
+            self.state = self.state.model_copy(update={"mirrored_through": run})
+            self.save()
 
     def update_watermark(self, names: Iterable[str], remote: Mapping[str, RemoteObject]) -> None:
         """Move the watermark through the run of ``names`` (oldest first) that ``remote``
         (the object store's versions as listed) holds and none of them bad; then save."""
-        through: str | None = None
-        now = utc_now()
-        for name in names:
-            if is_future(name, now):
-                # Dated ahead of the clock, it sorts above the names the clock gives next:
-                # a watermark past it would count them mirrored before they are, and let
-                # retention delete them. Retention keeps such a version anyway.
-                continue
-            if name not in remote or name in self.bad:
-                break
-            through = name
-        else:
-            through = through or self.state.mirrored_through
-        self.state = self.state.model_copy(update={"mirrored_through": through})
-        self.save()
+        with self._lock:
+            through: str | None = None
+            now = utc_now()
+            for name in names:
+                if is_future(name, now):
+                    # Dated ahead of the clock, it sorts above the names the clock gives
+                    # next: a watermark past it would count them mirrored before they are,
+                    # and let retention delete them. Retention keeps such a version anyway.
+                    continue
+                if name not in remote or name in self.bad:
+                    break
+                through = name
+            else:
+                through = through or self.state.mirrored_through
+            self.state = self.state.model_copy(update={"mirrored_through": through})
+            self.save()
 
     def save(self, *, force: bool = False) -> None:
         """Write the state file (and ``STATUS=``) if what it says changed, or ``force``.
@@ -116,6 +159,10 @@ class MirrorProgress:
         A write that fails is logged, never raised: retention then goes by the older
         watermark.
         """
+        with self._lock:
+            self._save(force=force)
+
+    def _save(self, *, force: bool) -> None:
         waiting = self.waiting()
         problem = self.problem
         update: dict[str, Any] = {

@@ -49,7 +49,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Container, Hashable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -451,14 +451,20 @@ class S3History:
             self.known[name] = put
             return put
         limit = METADATA_MAX_BYTES if name == METADATA_KEY else self.max_version_bytes
+        response: dict[str, Any]
         try:
             response = self._get(name)
             body = _body_within(response, limit)
         except Exception as exc:
-            if not _missing(exc):
-                raise self._failed(exc) from None
-            self.known.pop(name, None)
-            return None
+            if _missing(exc):
+                self.known.pop(name, None)
+                return None
+            failed = self._failed(exc)
+            if failed.kind != "denied":
+                raise failed from None
+            # Not to be read here (a policy without s3:GetObject or kms:Decrypt): not
+            # proven current, so it is put again, as a damaged one is.
+            response, body = {}, None
         metadata = {str(k).lower(): str(v) for k, v in (response.get("Metadata") or {}).items()}
         stored = (metadata.get(SHA256_META) or "").lower()
         held = "" if body is None or sha256_hex(body) != stored else stored
@@ -500,6 +506,8 @@ class S3History:
         self,
         base: StorageMetadata | None = None,
         accept: Callable[[str, bytes], bool] | None = None,
+        ours: Callable[[str], bytes | None] | None = None,
+        unproven: Container[str] = (),
     ) -> None:
         """Point the latest copy at the latest version and rewrite the metadata object,
         each only when what the store holds differs (compared by SHA-256).
@@ -510,23 +518,41 @@ class S3History:
         (name, bytes) may refuse a version as the latest copy (the mirror refuses what
         is no valid payload): it is then left out, of the metadata too, and the next
         newest is taken. So is a version larger than :attr:`max_version_bytes`.
+
+        ``ours`` (name) gives the writer's own bytes of a version proven to be in the
+        store (the mirror's, compared or uploaded), which the latest copy is then made
+        of and compared by; other versions are read from the store and checked.
+        ``unproven`` are versions whose objects were found not to hold the writer's
+        bytes: never the latest copy, and left out of the metadata, until proven.
         """
         if self.known is None:
             self.refresh()
         assert self.known is not None
         now = self.wall_clock()
-        names = sorted(n for n in self.known if is_version_name(n) and n not in self._refused)
+        names = sorted(
+            n
+            for n in self.known
+            if is_version_name(n) and n not in self._refused and n not in unproven
+        )
         while (newest := latest_name(names, now)) is not None:
             data: bytes | None
             try:
-                digest = self._digest(newest)
+                mine = ours(newest) if ours is not None else None
+                digest = sha256_hex(mine) if mine is not None else self._digest(newest)
                 current = self._current(LATEST_KEY)
                 if current is not None and (current.version, current.sha256) == (newest, digest):
                     break
-                data = self._version_bytes(newest)
+                data = mine if mine is not None else self._version_bytes(newest)
             except VersionTooLarge:
                 # Put in the bucket by other means (no drop is so large): no latest copy
                 # can be made of it, as of a version ``accept`` refuses.
+                data = None
+            except ObjectStoreError as exc:
+                if exc.kind != "damaged":
+                    raise
+                # Its bytes are not the ones stored with it: no latest copy is made of
+                # what may not be the version (restore would refuse it too).
+                log.warning("%s: never the latest copy; remove or replace it", exc)
                 data = None
             if data is None or (accept is not None and not accept(newest, data)):
                 self._refused.add(newest)

@@ -65,6 +65,7 @@ class PassResult:
     deleted: int = 0
     waiting: int = 0
     listed: bool = False
+    compared: bool = True  # False: a stop cut the comparison after a listing short
 
 
 class MirrorSync:
@@ -100,6 +101,8 @@ class MirrorSync:
         self._compared: dict[str, str] = {}  # name -> the ETag whose bytes proved ours
         self._upload_threads: int | None = None  # how many started, at the last pass
         self._delete_refused: str | None = None  # why deletions were refused, once said
+        self._last_ours: tuple[tuple[str, str], bytes] | None = None  # (name, ETag), bytes
+        self._get_refused: str | None = None  # why reading objects back was refused, once said
 
     # -- the object store ---------------------------------------------------------------
 
@@ -166,11 +169,22 @@ class MirrorSync:
             self._call(lambda r: r.refresh())
             self.last_listing = time.monotonic()
             result.listed = True
-            if not self._check_sizes(entries):
+            # What was proven of versions no longer in the history is never asked again:
+            # kept, it would grow for the life of the process.
+            local = set(names)
+            self._compared = {n: tag for n, tag in self._compared.items() if n in local}
+            try:
+                compared = self._check_sizes(entries)
+            except MirrorBlocked:
+                self._compared_only(names)
+                raise
+            if not compared:
                 # Stopped before every listed version was compared: none is counted on
-                # the listing's word alone, so the watermark stays where it was and the
+                # the listing's word alone (nor on a previous run's watermark), and the
                 # next start lists and compares again.
+                self._compared_only(names)
                 remote.known = None
+                result.compared = False
                 result.waiting = progress.waiting()
                 return result
         known = remote.known or {}
@@ -188,13 +202,45 @@ class MirrorSync:
         # next start to leave them to: its exit 0 says the copy is whole.
         if not self._stop.is_set() or self.options.once:
             base = self._local_metadata()
-            self._call(lambda r: r.publish(base, self._payload_or_said))
+            unproven = set(progress.bad)
+            self._call(lambda r: r.publish(base, self._payload_or_said, self._ours, unproven))
             if self.options.retention == "follow":
                 # The listing as taken: a version that vanished under its upload is
                 # never what lets a remote copy go.
                 result.deleted = self._follow(listed)
         result.waiting = progress.waiting()
         return result
+
+    def _compared_only(self, names: list[str]) -> None:
+        """A comparison cut short: the watermark stands no higher than the run of
+        ``names`` proven ours in this process (compared, or uploaded, under the ETag the
+        store shows now)."""
+        proven = {
+            name: obj
+            for name, obj in self.known().items()
+            if obj.etag and self._compared.get(name) == obj.etag
+        }
+        self.progress.limit_watermark([n for n in names if n not in self._gone], proven)
+
+    def _ours(self, name: str) -> bytes | None:
+        """Our bytes of version ``name`` when its object is proven to hold them (compared,
+        or uploaded, under the ETag the store shows now), else ``None``. The latest copy
+        is made from these: the checksum stored with an object says what its bytes
+        should be, not what they are. The last ones read are kept for the next pass."""
+        obj = self.known().get(name)
+        if obj is None or not obj.etag or self._compared.get(name) != obj.etag:
+            return None
+        if name in self.progress.bad:
+            return None
+        last = self._last_ours
+        if last is not None and last[0] == (name, obj.etag):
+            return last[1]
+        try:
+            data = self.local.read_version(name)
+        except (VersionNotFound, OSError):
+            return None
+        self._last_ours = ((name, obj.etag), data)
+        return data
 
     def _payload_or_said(self, name: str, data: bytes) -> bool:
         """Whether object ``name`` may be the latest copy: a valid payload. Another
@@ -249,9 +295,24 @@ class MirrorSync:
                 # the right bytes back (their ETag may be the one compared good before).
                 try:
                     data = self.local.read_version(name)
-                except (VersionNotFound, OSError):
-                    continue  # gone since the listing, or unreadable: uploading says why
-                if not self._proves(remote, data):
+                except VersionNotFound:
+                    self._gone.add(name)  # deleted by retention since the listing
+                    continue
+                except OSError as exc:
+                    # Not compared, so not proven: it holds the watermark until it can
+                    # be read (it is compared again at every listing meanwhile).
+                    self.progress.mark_bad(name, f"cannot compare it: {exc}")
+                    continue
+                try:
+                    proven = self._proves(remote, data)
+                except MirrorBlocked as exc:
+                    if exc.failure.kind != "denied":
+                        raise
+                    self._read_refused(name, exc.failure.detail)
+                    continue
+                if proven:
+                    self._get_refused = None
+                else:
                     self.progress.mark_bad(
                         name,
                         f"the object store holds other bytes under its name ({size} bytes, "
@@ -261,6 +322,26 @@ class MirrorSync:
                 self._compared[name] = remote.etag
                 self.progress.bad.pop(name, None)
         return True
+
+    def _read_refused(self, name: str, detail: str) -> None:
+        """The store refused to let object ``name`` be read back (403: a policy without
+        ``s3:GetObject`` or ``kms:Decrypt``, an object another account wrote). That is no
+        refusal of the credentials, which list and upload: it is said once in its own
+        words, and the version, not proven, holds the watermark while the versions the
+        listing lacks are still uploaded."""
+        if self._get_refused != detail:
+            log.error(
+                "object store refused to read back %s (%s): a version is counted as "
+                "mirrored only once its bytes are proven; grant s3:GetObject (and "
+                "kms:Decrypt under SSE-KMS)",
+                self.target.key(name),
+                detail,
+                extra={"event": "mirror-read-refused"},
+            )
+        self._get_refused = detail
+        self.progress.mark_bad(
+            name, f"the object store refused to read it back ({detail})", said=True
+        )
 
     def _proves(self, remote: RemoteObject, data: bytes) -> bool:
         verdict: bool = self._call(lambda r: r.proves(remote, data))

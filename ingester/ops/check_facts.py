@@ -126,6 +126,7 @@ def mirror_facts(
     configured: str | None,
     now: datetime,
     policy: RetentionPolicy | None = None,
+    hold_max: int | None = None,
 ) -> MirrorFacts | None:
     """The mirror's backlog and lag over ``names`` (sorted), or ``None`` without a mirror.
 
@@ -134,6 +135,9 @@ def mirror_facts(
     the oldest version above the watermark, in seconds (never negative). ``held`` counts
     the versions ``policy`` (the retention settings; the defaults when ``None``) expires
     at ``now`` that are above the watermark: what retention keeps back for the mirror.
+    ``hold_max``: the bound retention on these settings runs by (``--mirror-hold`` given
+    to it), which the held versions are then judged against in place of the bound the
+    mirror recorded; there is a hold only where the mirror has its state file.
     """
     status = mirror_status(history_dir, names, configured)
     if status is None:
@@ -141,7 +145,11 @@ def mirror_facts(
     # Here, not at the top: pydantic (the model's) only where there is a mirror.
     from ..mirror.state_model import MirrorState
 
-    hold_max: int | None = status["holdMax"]
+    recorded_max: int | None = status["holdMax"]
+    if recorded_max is not None and hold_max is not None:
+        # Retention run with this bound deletes past it, whatever the mirror recorded.
+        recorded_max = hold_max
+    hold_max = recorded_max
     expired = expired_prefix(names, now, policy or RetentionPolicy())
     recorded = MirrorState(mirrored_through=status["mirroredThrough"], hold_max=hold_max or 0)
     oldest = status["oldestWaiting"]
@@ -237,8 +245,9 @@ def _gather(
         except OSError:
             holder = None  # cannot be told: no pid is named
         pid = holder.pid if holder is not None and holder.watches_spool else None
+        given = settings.mirror_hold if "mirror_hold" in settings.sources else None
         common["mirror"] = mirror_facts(
-            settings.history_dir, names, settings.mirror, now, settings.policy()
+            settings.history_dir, names, settings.mirror, now, settings.policy(), given
         )
     common["held"] = len(names)
     if info is None:
