@@ -106,7 +106,8 @@ def mirror(
     object store is away, a backlog waits and local retention keeps what is not yet
     mirrored (at most --mirror-hold versions). --mirror-retention follow also deletes
     remote versions that local retention deleted. Credentials from the standard AWS
-    chain, never from the command line. Stops on SIGTERM/SIGINT/SIGHUP (exit 0); exits 1 when
+    chain, never from the command line. Stops on SIGTERM/SIGINT/SIGHUP (exit 0; one ignored at its
+    start, as under nohup, stays ignored); exits 1 when
     another mirror runs on this history. See docs/mirror.md.
     """
     from ..mirror.mirror import Mirror

@@ -204,9 +204,10 @@ def serve(
     stores it: with --watch, the one in this process. Without a watcher, each POST's
     answer, the log and /api/health say that drops wait. POST
     /api/claude/console-usage/trigger runs --trigger-command. Exits 0 on SIGTERM/SIGINT/SIGHUP
-    (requests in flight and the drop in hand finished), 1 when the address cannot be
-    bound, the sockets systemd passes cannot be served, the key file cannot be read or
-    the watcher cannot start. See docs/serve.md.
+    (one ignored at its start, as under nohup, stays ignored; requests in flight and the
+    drop in hand finished), 1 when the address cannot be bound, the sockets systemd
+    passes cannot be served, the key file cannot be read or the watcher cannot start.
+    See docs/serve.md.
     """
     from ..serve.auth import load_api_key
     from ..serve.context import ServeConfig

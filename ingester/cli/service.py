@@ -129,7 +129,8 @@ def watch(
     rejected folder with a reason file. Holds the history's lock and the spool's:
     a second watcher of either exits 1 at once. Temp files killed writers left in
     the spool's tmp/ are removed once an hour old. Stops on SIGTERM/SIGINT/SIGHUP after
-    finishing the drop in hand (exit 0). Under systemd it reports readiness, status
+    finishing the drop in hand (exit 0); one ignored at its start, as under nohup, stays
+    ignored. Under systemd it reports readiness, status
     and watchdog pings.
     A malformed --metrics address exits 2; one that cannot be bound (in use, not
     local) exits 1, before the spool is touched.
