@@ -1,0 +1,217 @@
+"""Review probes for the operator-command change (cbef3ad..498143c): each fails on the
+current code. Real CLI subprocesses, real filesystem, faults by real means."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli
+from support.capabilities import run_tool
+
+HISTORY = "console-usage-history"
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture
+def history(root: Path) -> Path:
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
+    return root / HISTORY
+
+
+def _versions(history: Path) -> list[str]:
+    return sorted(p.name for p in history.iterdir() if p.name.startswith("2"))
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="a bind mount needs root")
+def test_export_output_refusal_is_bypassed_through_a_bind_mount_of_the_history(
+    history: Path, tmp_path: Path
+) -> None:
+    """``export -o`` is refused inside the history, but the check is by path only
+    (``refuse_live_destination``: abspath/realpath, ingester/ops/snapshot.py ~266-282).
+    The same folder reached through a bind mount is not seen: the export is written into
+    the live history (observed: exit 0, ``out.csv`` among the versions). The refusal
+    should compare the folder itself (st_dev/st_ino of DEST's parent and its ancestors
+    against the history's, spool's and rejected folder's), and refuse (exit 1, one line,
+    nothing written into the history)."""
+    view = tmp_path / "view"
+    view.mkdir()
+    done = run_tool("mount", "--bind", str(history), str(view))
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+    try:
+        result = run_cli(history.parent, "export", "-o", str(view / "out.csv"))
+    finally:
+        run_tool("umount", str(view))
+    written = (history / "out.csv").exists()
+    (history / "out.csv").unlink(missing_ok=True)
+    assert result.returncode == 1 and "inside the history" in result.stderr, (
+        result.stdout + result.stderr
+    )
+    assert not written, "the export was written into the live history"
+
+
+def test_check_with_a_bad_global_choice_option_prints_no_plugin_line(root: Path) -> None:
+    """docs/monitoring.md: a usage error from 'a bad global setting: an option before
+    ``check``' gives the plugin line ``INGESTER CRITICAL - usage error: ...`` on stdout.
+    A bad value for a global option that click itself converts (``--log-format xml``; an
+    unknown global option ``--bogus`` the same) fails in the group's parsing, before
+    ``main`` (ingester/cli/group.py ~258-268, the only place that calls
+    ``plugin_usage_line`` for global settings) runs: stdout is empty, so a monitoring
+    agent shows an alert with no cause. Expected: the plugin line on stdout, exit 2."""
+    result = run_cli(root, "--log-format", "xml", "check")
+    assert result.returncode == 2
+    assert result.stdout.startswith("INGESTER CRITICAL - usage error:"), (
+        f"stdout={result.stdout!r} stderr={result.stderr!r}"
+    )
+
+
+def test_check_json_with_a_bad_global_choice_option_prints_no_object(root: Path) -> None:
+    """As above with ``check --json``: the documented object
+    ``{"status": "CRITICAL", "code": 2, "summary": "usage error: ..."}`` is missing from
+    stdout (observed: empty stdout, exit 2)."""
+    result = run_cli(root, "--log-format", "xml", "check", "--json")
+    assert result.returncode == 2
+    assert result.stdout.strip(), f"stdout empty; stderr={result.stderr!r}"
+    assert json.loads(result.stdout)["status"] == "CRITICAL"
+
+
+def _strace() -> str:
+    path = shutil.which("strace")
+    if path is None:
+        pytest.skip("strace is not installed")
+    return path
+
+
+def _count_fsyncs(args: list[str], cwd: Path, syscall: str = "fsync") -> list[str]:
+    trace = cwd / "trace.txt"
+    subprocess.run(
+        [_strace(), "-f", "-qq", "-o", str(trace), "-e", f"trace={syscall}", *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        check=False,
+    )
+    return [line for line in trace.read_text().splitlines() if f"{syscall}(" in line]
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="strace fault injection is run as root here")
+def test_failed_tar_snapshot_leaves_the_folders_it_made(history: Path, tmp_path: Path) -> None:
+    """``snapshot --tar FILE`` now makes FILE's missing folders (ingester/cli/ops.py ~141,
+    ``durable.make_folders``) before anything can fail, and never removes them: a run
+    that fails (here: EIO on the fsync of the archive) leaves ``out/a/b`` behind, while
+    docs/backup.md says a failure leaves 'nothing left behind' ('a failure or a stop
+    removes it as the folder form removes DEST'). Expected: exit 1, one line, and no
+    new folder (or the docs saying the folders stay)."""
+    root = history.parent
+    base = [sys.executable, "-m", "ingester", "--root", str(root), "snapshot", "--tar"]
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    fsyncs = _count_fsyncs([*base, str(probe / "x" / "y" / "f.tar")], probe)
+    # The archive's own fsync is the one before the last (the last is its folder's).
+    n = len(fsyncs) - 1
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "a" / "b" / "f.tar"
+    done = subprocess.run(
+        [_strace(), "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync",
+         "-e", f"inject=fsync:error=EIO:when={n}", *base, str(target)],
+        env=cli_env(), capture_output=True, text=True, check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "EIO" in done.stderr
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert left == [], f"left behind after a failed snapshot: {left}"
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="strace fault injection is run as root here")
+def test_failed_tar_snapshot_removes_another_jobs_file_by_a_recycled_inode(
+    history: Path, tmp_path: Path
+) -> None:
+    """``durable.streamed_file(replace=False)`` (ingester/history/durable/copies.py
+    ~463-473) on failure first unlinks its temp file, freeing its inode, and only then
+    calls ``take_back(final, ident)``, which trusts (st_dev, st_ino) alone
+    (ingester/history/durable/steps.py ~413-449). A file another process makes at FILE
+    in between is given the freed inode number (ext4 reuses it at once), matches the
+    stale ident, and is renamed aside and deleted.
+
+    Made real here: EIO on the archive's fsync (the write fails before FILE was ever
+    published), the ``unlink`` of the temp delayed 2 s by strace, and another backup job
+    writing FILE meanwhile. Observed: the other job's FILE is deleted by the failed
+    snapshot. Expected: a snapshot that never published FILE never touches it (take the
+    name back before the temp's inode is freed, or only after publishing, keeping the
+    descriptor open so the inode cannot be reused)."""
+    root = history.parent
+    base = [sys.executable, "-m", "ingester", "--root", str(root), "snapshot", "--tar"]
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    n = len(_count_fsyncs([*base, str(probe / "f.tar")], probe)) - 1
+    # The temp's unlink on the failure path: the unlinks before it (tempfile's probe of
+    # $TMPDIR) are counted on a run that fails the same way.
+    failing = ["-e", f"inject=fsync:error=EIO:when={n}"]
+    unlinks = _count_fsyncs([*failing, *base, str(probe / "g.tar")], probe, "unlink")
+    k = 1 + next(i for i, line in enumerate(unlinks) if ".tmp-out-" in line)
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "f.tar"
+    seen: dict[str, object] = {}
+
+    def other_job() -> None:
+        deadline = time.monotonic() + 30
+        while not any(p.name.startswith(".tmp-out-") for p in out.iterdir()):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.002)
+        seen["temp_ino"] = next(
+            p.lstat().st_ino for p in out.iterdir() if p.name.startswith(".tmp-out-")
+        )
+        while any(p.name.startswith(".tmp-out-") for p in out.iterdir()):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.002)
+        # The other job writes its archive under a temp name of its own, then renames it
+        # to FILE; its scratch files take the lowest free inodes first.
+        scratch = []
+        t0 = time.monotonic()
+        for i in range(5000):
+            part = out / f"other-{i}.part"
+            part.write_text("another job's archive\n")
+            if part.lstat().st_ino == seen["temp_ino"]:
+                part.rename(target)
+                break
+            scratch.append(part)
+        seen["tries"] = i
+        seen["t"] = time.monotonic() - t0
+        for part in scratch:
+            part.unlink()
+        if target.exists():
+            seen["other_ino"] = target.lstat().st_ino
+
+    job = threading.Thread(target=other_job)
+    job.start()
+    done = subprocess.run(
+        [_strace(), "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync,unlink",
+         "-e", f"inject=fsync:error=EIO:when={n}",
+         "-e", f"inject=unlink:delay_exit=3000000:when={k}",
+         *base, str(target)],
+        env=cli_env(), capture_output=True, text=True, check=False,
+    )
+    job.join()
+    assert done.returncode == 1, done.stdout + done.stderr
+    if seen.get("other_ino") != seen.get("temp_ino"):
+        pytest.skip(f"the filesystem gave the other file a new inode here: {seen}")
+    assert target.exists(), (
+        f"the failed snapshot deleted another job's {target.name} (inode {seen}); "
+        f"stderr: {done.stderr.strip()}"
+    )
