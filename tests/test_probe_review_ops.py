@@ -265,3 +265,30 @@ def test_check_bad_global_setting_with_a_failing_stderr_exits_1_under_a_critical
         )
     assert result.stdout.startswith("INGESTER CRITICAL - usage error:"), result.stdout
     assert result.returncode == 2, f"exit {result.returncode} under {result.stdout!r}"
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="chattr +i needs root")
+def test_one_immutable_version_makes_the_snapshot_copy_every_version(
+    history: Path, tmp_path: Path
+) -> None:
+    """One version made immutable (``chattr +i``, an operator protecting it) cannot be
+    hard-linked (EPERM). ``build_snapshot_tree`` (ingester/ops/snapshot.py ~212-228)
+    takes any EPERM as "this user may not link here" (``_COPY_INSTEAD``, line ~68) and
+    sets ``link = False`` for every version after it: observed ``0 linked, 4 copied``
+    on the history's own filesystem, where three links would do (docs/backup.md: copies
+    only on another filesystem, for a user who may not link, or with ``--copy``; 57 s
+    instead of 1 s for 20,000 versions). Pre-existing, but it is the cost the read-only
+    copy path was to avoid. Expected: only the version that cannot be linked is copied
+    (``3 linked, 1 copied``), or a second EPERM before giving up on links."""
+    names = _versions(history)
+    oldest = history / names[0]
+    done = run_tool("chattr", "+i", str(oldest))
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i does not work here: {done.stderr.strip()}")
+    try:
+        result = run_cli(history.parent, "snapshot", str(tmp_path / "snap"))
+    finally:
+        run_tool("chattr", "-i", str(oldest))
+    assert result.returncode == 0, result.stdout + result.stderr
+    n = len(names)
+    assert f"({n - 1} linked, 1 copied)" in result.stdout, result.stdout
