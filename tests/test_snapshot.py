@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -349,6 +350,84 @@ def test_a_snapshot_that_fails_or_is_stopped_at_its_last_fsync_takes_dest_back(
     expected = 1 if fault == "error=EIO" else 128 + signal.SIGTERM
     assert done.returncode == expected, done.stdout + done.stderr
     assert list(out.iterdir()) == [], f"left behind: {list(out.iterdir())}; {done.stderr}"
+
+
+def _traced(args: list[str], cwd: Path, syscalls: str, name: str) -> list[str]:
+    """The lines of ``strace -e trace=SYSCALLS`` for a run of ``args`` naming ``name(``."""
+    trace = cwd / "trace.txt"
+    subprocess.run(
+        ["strace", "-f", "-qq", "-o", str(trace), "-e", f"trace={syscalls}", *args],
+        cwd=cwd, env=cli_env(), capture_output=True, check=False, timeout=60,
+    )  # fmt: skip
+    return [line for line in trace.read_text().splitlines() if f"{name}(" in line]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_a_tar_snapshot_that_failed_before_publishing_never_removes_a_file_made_at_file(
+    root: Path, history: list[str], tmp_path: Path
+) -> None:
+    """``snapshot --tar FILE`` whose write fails (EIO on the archive's fsync) never gave
+    FILE its name, so a file another job puts at FILE meanwhile stays, even where the
+    filesystem hands out the inode number of the failed archive's temp file again.
+
+    ``strace`` holds the unlink of the temp file for 3 s; the other job writes scratch
+    files, hunting for that inode number, and renames one of them to FILE.
+    """
+    base = [sys.executable, "-m", "ingester", "--root", str(root), "snapshot", "--tar"]
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    # The archive's own fsync is the one before the last (the last is its folder's).
+    n = len(_traced([*base, str(probe / "f.tar")], probe, "fsync", "fsync")) - 1
+    failing = ["-e", f"inject=fsync:error=EIO:when={n}"]
+    unlinks = _traced([*failing, *base, str(probe / "g.tar")], probe, "fsync,unlink", "unlink")
+    k = 1 + next(i for i, line in enumerate(unlinks) if ".tmp-out-" in line)
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "f.tar"
+    seen: dict[str, object] = {}
+
+    def temps() -> list[Path]:
+        return [p for p in out.iterdir() if p.name.startswith(".tmp-out-")]
+
+    def other_job() -> None:
+        deadline = time.monotonic() + 30
+        while not temps():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.002)
+        seen["temp_ino"] = temps()[0].lstat().st_ino
+        while temps():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.002)
+        # Scratch files take the lowest free inode numbers first: the freed one, if
+        # it is free, goes to one of these. The other job's archive is the one that
+        # got it, else the last.
+        scratch = []
+        for i in range(5000):
+            part = out / f"other-{i}.part"
+            part.write_text("another job's archive\n")
+            scratch.append(part)
+            if part.lstat().st_ino == seen["temp_ino"]:
+                break
+        part = scratch.pop()
+        part.rename(target)
+        seen["other_ino"] = target.lstat().st_ino
+        for part in scratch:
+            part.unlink()
+
+    job = threading.Thread(target=other_job)
+    job.start()
+    done = subprocess.run(
+        ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync,unlink", *failing,
+         "-e", f"inject=unlink:delay_exit=3000000:when={k}", *base, str(target)],
+        env=cli_env(), capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    job.join()
+    assert done.returncode == 1 and "EIO" in done.stderr, done.stdout + done.stderr
+    assert "other_ino" in seen, f"the temp file was never seen: {seen}"
+    assert target.exists(), f"another job's {target.name} was removed ({seen}); {done.stderr}"
+    assert target.read_text() == "another job's archive\n"
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")

@@ -304,37 +304,51 @@ def take_snapshot(history_dir: Path, dest: Path, *, link: bool = True) -> Snapsh
     temp = dest.parent / f"{SNAPSHOT_TEMP_PREFIX}{secrets.token_hex(6)}"
     try:
         temp.mkdir(mode=0o750)
-        st = os.lstat(temp)
     except OSError as exc:
         raise SnapshotError(str(StorageError("create folder", dest, exc))) from None
+    try:
+        # Held open until the end: while it is, the folder's inode number cannot pass to
+        # another folder made at DEST, so DEST is only ever taken back if it is ours.
+        pin = durable.open_dir(temp)
+        st = os.fstat(pin)
+    except BaseException as exc:
+        _take_back(temp, dest, None)
+        if isinstance(exc, StorageError):
+            raise SnapshotError(_as_asked(exc, temp, dest)) from None
+        raise
     ident = (st.st_dev, st.st_ino)
+    published = None  # the ident to take DEST back by, once its rename was tried
     try:
         result = build_snapshot_tree(history_dir, temp, names, link=link)
         try:
             # A plain rename would replace an empty folder made at DEST meanwhile.
+            published = ident
             durable.publish_new(temp, dest)
         except FileExistsError:
             raise SnapshotError(
                 f"{dest} appeared while the snapshot was taken; left alone"
             ) from None
     except StorageError as exc:
-        _take_back(temp, dest, ident)
+        _take_back(temp, dest, published)
         raise SnapshotError(_as_asked(exc, temp, dest)) from None
     except BaseException:
-        _take_back(temp, dest, ident)
+        _take_back(temp, dest, published)
         raise
+    finally:
+        os.close(pin)
     return SnapshotResult(
         dest, result.versions, result.linked, result.copied, result.vanished, result.latest
     )
 
 
-def _take_back(temp: Path, dest: Path, ident: tuple[int, int]) -> None:
+def _take_back(temp: Path, dest: Path, ident: tuple[int, int] | None) -> None:
     """Remove what a snapshot that did not complete made: its temp folder, and DEST when
-    the rename into place was made (the fsync after it failed, or a stop came) and DEST
-    is still that folder. A failed snapshot must not look like a finished one to the
-    next run ("already exists") or to a backup job reading DEST anyway."""
+    the rename into place was tried (``ident`` given: the fsync after it failed, or a
+    stop came) and DEST is still that folder. A failed snapshot must not look like a
+    finished one to the next run ("already exists") or to a backup job reading DEST
+    anyway."""
     with stop_signals_held():
-        aside = durable.take_back(dest, ident, SNAPSHOT_TEMP_PREFIX)
+        aside = None if ident is None else durable.take_back(dest, ident, SNAPSHOT_TEMP_PREFIX)
         for tree in (temp, aside):
             if tree is not None:
                 shutil.rmtree(tree, ignore_errors=True)
