@@ -273,13 +273,29 @@ def refuse_live_destination(dest: Path, history_dir: Path, **others: Path) -> No
     """
     dest = Path(os.path.abspath(dest))
     real = Path(os.path.realpath(dest.parent)) / dest.name
+    # The same folder can have other paths than its own (a bind mount, a second mount
+    # of the filesystem): what is compared in the end is the folder itself.
+    above = {_folder_id(p) for p in (dest, *dest.parents, real, *real.parents)}
     for what, folder in {"history": history_dir, **others}.items():
         folder = Path(os.path.abspath(folder))
         real_folder = Path(os.path.realpath(folder))
-        if dest.is_relative_to(folder) or real.is_relative_to(real_folder):
+        if (
+            dest.is_relative_to(folder)
+            or real.is_relative_to(real_folder)
+            or _folder_id(folder) in above - {None}
+        ):
             raise SnapshotError(
                 f"{dest} is inside the {what} {folder}; give a destination outside it"
             )
+
+
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    """``path``'s (st_dev, st_ino) when it is a folder (through symlinks), else None."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 def take_snapshot(history_dir: Path, dest: Path, *, link: bool = True) -> SnapshotResult:
