@@ -42,6 +42,7 @@ __all__ = [
     "align",
     "describe_os_error",
     "echo_json",
+    "exit_announced",
     "fail",
     "history_source",
     "human_size",
@@ -49,6 +50,7 @@ __all__ = [
     "last_words",
     "make_folder",
     "open_history",
+    "plugin_usage_line",
     "read_limited",
     "read_stream",
     "reading_store",
@@ -107,6 +109,28 @@ def say_recorded(line: str, warning: str) -> bool:
         say(f"warning: {warning}: {os_cause(exc)}", err=True)
         return False
     return True
+
+
+_ANNOUNCED: list[int] = []
+"""The exit code a line already on stdout gave (``check``'s plugin line), if any."""
+
+
+def plugin_usage_line(exc: click.UsageError, *, as_json: bool) -> None:
+    """``check``'s answer to a usage error, on stdout: its plugin line, or with ``as_json``
+    its JSON object (CRITICAL, code 2), so that a monitoring agent shows the cause."""
+    summary = escape_text(one_line(f"usage error: {exc.format_message()}"))
+    # Recorded first: the monitoring agent reads the exit code beside the line, and must
+    # read CRITICAL even when the usage text on stderr cannot be written after it.
+    _ANNOUNCED.append(2)
+    if as_json:
+        say(json.dumps({"status": "CRITICAL", "code": 2, "summary": summary}))
+    else:
+        say(f"INGESTER CRITICAL - {summary}")
+
+
+def exit_announced(default: int) -> int:
+    """The exit code a line on stdout already gave, else ``default``."""
+    return _ANNOUNCED[-1] if _ANNOUNCED else default
 
 
 CLOSED_AT_START: set[int] = set()

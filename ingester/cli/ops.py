@@ -27,20 +27,20 @@ from ..ops.snapshot import (
     take_snapshot,
     write_snapshot_tar,
 )
-from ..runtime.logs import escape_text, one_line
 from .common import (
     App,
     FiniteRange,
     PathParam,
     fail,
     history_source,
+    plugin_usage_line,
     refuse_closed_stdout,
     s3_history,
     say,
 )
 from .service import refuse_unsafe_latest
 
-__all__ = ["check", "plugin_usage_line", "schema", "snapshot"]
+__all__ = ["check", "schema", "snapshot"]
 
 
 # -- snapshot ----------------------------------------------------------------------------
@@ -210,16 +210,6 @@ class _PluginCommand(click.Command):
         except click.UsageError as exc:
             plugin_usage_line(exc, as_json=bool(ctx.params.get("as_json")))
             raise
-
-
-def plugin_usage_line(exc: click.UsageError, *, as_json: bool) -> None:
-    """``check``'s answer to a usage error, on stdout: its plugin line, or with ``as_json``
-    its JSON object (CRITICAL, code 2), so that a monitoring agent shows the cause."""
-    summary = escape_text(one_line(f"usage error: {exc.format_message()}"))
-    if as_json:
-        say(json.dumps({"status": "CRITICAL", "code": 2, "summary": summary}))
-    else:
-        say(f"INGESTER CRITICAL - {summary}")
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
