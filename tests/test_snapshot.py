@@ -316,11 +316,12 @@ def test_a_snapshot_that_fails_midway_leaves_nothing(root: Path, tmp_path: Path)
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 @pytest.mark.parametrize("form", ["folder", "tar"])
 @pytest.mark.parametrize("fault", ["error=EIO", "signal=SIGTERM"], ids=["eio", "sigterm"])
-def test_a_snapshot_that_fails_or_is_stopped_at_its_last_fsync_takes_dest_back(
+def test_a_snapshot_that_fails_or_is_stopped_at_its_last_fsync_takes_back_all_it_made(
     root: Path, history: list[str], tmp_path: Path, form: str, fault: str
 ) -> None:
     """The fsync of DEST's folder right after DEST was put in place fails (EIO), or a
-    stop (SIGTERM) lands on it: the run does not end 0, and then nothing is at DEST.
+    stop (SIGTERM) lands on it: the run does not end 0, and then nothing is at DEST, nor
+    the folders above DEST that the run made.
 
     A non-zero exit next to a complete DEST would tell a backup job the snapshot failed
     while the next plain run says "already exists"; DEST is still the one this run made,
@@ -331,16 +332,17 @@ def test_a_snapshot_that_fails_or_is_stopped_at_its_last_fsync_takes_dest_back(
     base = [sys.executable, "-m", "ingester", "--root", str(root), "snapshot"]
     if form == "tar":
         base.append("--tar")
+    (tmp_path / "probe").mkdir()
     subprocess.run(
         ["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=fsync", *base,
-         str(tmp_path / "probe")],
+         str(tmp_path / "probe" / "x" / "y" / "snap")],
         env=cli_env(), capture_output=True, check=True, timeout=60,
     )  # fmt: skip
     fsyncs = sum(1 for line in trace.read_text().splitlines() if "fsync(" in line)
     assert fsyncs > 0
     out = tmp_path / "out"
     out.mkdir()
-    dest = out / "snap"
+    dest = out / "a" / "b" / "snap"
     done = subprocess.run(
         ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync",
          "-e", f"inject=fsync:{fault}:when={fsyncs}", *base, str(dest)],

@@ -24,6 +24,7 @@ from ..ops.queries import history_problem
 from ..ops.snapshot import (
     SnapshotError,
     refuse_live_destination,
+    remove_made_folders,
     take_snapshot,
     write_snapshot_tar,
 )
@@ -137,14 +138,18 @@ def _snapshot_tar(history: Path, dest: str) -> None:
             raise fail(f"{path} already exists; a snapshot never replaces anything")
         # Written under a temp name beside FILE and renamed at the end (never over
         # anything): a run killed midway leaves no cut-off archive under FILE's name.
+        made: list[Path] = []
         try:
-            durable.make_folders(Path(os.path.abspath(path)).parent)  # as for a folder DEST
+            made = durable.make_folders(Path(os.path.abspath(path)).parent)  # as for a folder
             with durable.streamed_file(path, replace=False) as handle:
                 write_snapshot_tar(history, handle)
-        except FileExistsError:
-            raise fail(f"{path} appeared while the snapshot was taken; left alone") from None
-        except (SnapshotError, StorageError) as exc:
-            raise fail(str(exc)) from None
+        except BaseException as exc:
+            remove_made_folders(made)
+            if isinstance(exc, FileExistsError):
+                raise fail(f"{path} appeared while the snapshot was taken; left alone") from None
+            if isinstance(exc, SnapshotError | StorageError):
+                raise fail(str(exc)) from None
+            raise
         return
     refuse_closed_stdout("the tar stream")
     if os.isatty(1):

@@ -27,6 +27,7 @@ can read the history.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -54,6 +55,7 @@ __all__ = [
     "build_snapshot_tree",
     "list_versions_once",
     "refuse_live_destination",
+    "remove_made_folders",
     "take_snapshot",
     "write_snapshot_tar",
 ]
@@ -314,9 +316,33 @@ def take_snapshot(history_dir: Path, dest: Path, *, link: bool = True) -> Snapsh
     refuse_live_destination(dest, history_dir)
     names = list_versions_once(history_dir)
     try:
-        durable.make_folders(dest.parent)
+        made = durable.make_folders(dest.parent)
     except StorageError as exc:
         raise SnapshotError(str(exc)) from None
+    try:
+        return _take_snapshot(history_dir, dest, names, link=link)
+    except BaseException:
+        remove_made_folders(made)
+        raise
+
+
+def remove_made_folders(made: list[Path]) -> None:
+    """Remove the folders ``made`` (outermost first, as :func:`durable.make_folders`
+    returns them) that are still empty, innermost first: a run that failed leaves no
+    trace of itself, and never removes anything another made in them meanwhile."""
+    with stop_signals_held():
+        for folder in reversed(made):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                return  # not empty (someone else's now), or gone: the rest hold it
+            with contextlib.suppress(StorageError):
+                durable.fsync_dir(folder.parent)
+
+
+def _take_snapshot(
+    history_dir: Path, dest: Path, names: list[str], *, link: bool
+) -> SnapshotResult:
     temp = dest.parent / f"{SNAPSHOT_TEMP_PREFIX}{secrets.token_hex(6)}"
     try:
         temp.mkdir(mode=0o750)
