@@ -126,6 +126,28 @@ def test_a_version_deleted_after_the_listing_is_left_out_and_the_rest_agrees(
     ok(run_cli(tree, "verify"))
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="chattr +i needs root")
+def test_a_version_that_cannot_be_linked_is_copied_alone(
+    root: Path, history: list[str], tmp_path: Path
+) -> None:
+    """A version made immutable (``chattr +i``) cannot be hard-linked (EPERM): it alone
+    is copied, and every other version is still linked, sharing its inode."""
+    live = root / HISTORY
+    oldest = live / history[0]
+    done = subprocess.run(["chattr", "+i", str(oldest)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i does not work here: {done.stderr.decode().strip()}")
+    try:
+        result = run_cli(root, "snapshot", str(tmp_path / "snap"))
+    finally:
+        subprocess.run(["chattr", "-i", str(oldest)], check=True)
+    assert f"({len(history) - 1} linked, 1 copied)" in ok(result).stdout, result.stdout
+    taken = tmp_path / "snap" / HISTORY
+    assert not (taken / history[0]).samefile(oldest)
+    assert all((taken / name).samefile(live / name) for name in history[1:])
+    ok(run_cli(tmp_path / "snap", "verify"))
+
+
 def test_copy_mode_copies_bytes_and_modes(root: Path, history: list[str], tmp_path: Path) -> None:
     dest = tmp_path / "snap"
     out = ok(run_cli(root, "snapshot", "--copy", str(dest))).stdout

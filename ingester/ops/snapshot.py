@@ -65,9 +65,13 @@ SNAPSHOT_HISTORY = "console-usage-history"
 SNAPSHOT_LATEST = "console-usage-synced.json"
 """The latest link's name inside a snapshot (the default layout)."""
 
-# A hard link cannot be made here; a copy can: another filesystem, a file of another
-# user under fs.protected_hardlinks, a filesystem without links, too many links.
-_COPY_INSTEAD = frozenset({errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
+# No hard link can be made here at all; a copy can: another filesystem, a filesystem
+# without links. Every version after the first such failure is copied.
+_COPY_ALL = frozenset({errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP})
+# This file cannot be linked, while the next may be: an immutable version, one of
+# another user under fs.protected_hardlinks, too many links. It alone is copied; a link
+# that fails costs next to nothing beside a copy (an fsync each), so the next is tried.
+_COPY_THIS = frozenset({errno.EPERM, errno.EMLINK})
 
 
 @dataclass(frozen=True)
@@ -223,9 +227,10 @@ def build_snapshot_tree(
                 if exc.errno == errno.ENOENT:
                     vanished += 1
                     continue
-                if exc.errno not in _COPY_INSTEAD:
+                if exc.errno in _COPY_ALL:
+                    link = False  # the next link would fail the same way: copy the rest
+                elif exc.errno not in _COPY_THIS:
                     raise
-                link = False  # the next link would fail the same way: copy the rest
         if _copy_version(source, folder, name, scratch=scratch):
             copied += 1
         else:
