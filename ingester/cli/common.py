@@ -44,6 +44,7 @@ __all__ = [
     "echo_json",
     "exit_announced",
     "fail",
+    "forget_announced",
     "history_source",
     "human_size",
     "human_time",
@@ -129,8 +130,14 @@ def plugin_usage_line(exc: click.UsageError, *, as_json: bool) -> None:
 
 
 def exit_announced(default: int) -> int:
-    """The exit code a line on stdout already gave, else ``default``."""
+    """The exit code a line on stdout already gave in this run, else ``default``."""
     return _ANNOUNCED[-1] if _ANNOUNCED else default
+
+
+def forget_announced() -> None:
+    """Start a run: an exit code announced by an earlier one (in the same process,
+    as in tests) is no longer this run's."""
+    _ANNOUNCED.clear()
 
 
 CLOSED_AT_START: set[int] = set()

@@ -41,6 +41,7 @@ from .common import (
     PathParam,
     describe_os_error,
     exit_announced,
+    forget_announced,
     last_words,
     plugin_usage_line,
     silence_stdout,
@@ -187,6 +188,7 @@ class IngesterGroup(click.Group):
         if extra.get("standalone_mode") is False:
             # Called from Python (tests, embedding): the caller handles what is raised.
             return super().main(args, prog_name, **extra)
+        forget_announced()
         _guard_standard_streams()
         _tolerant_stdout()
         try:
