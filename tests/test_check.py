@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import INVALID_SAMPLES, run_cli
+from support import INVALID_SAMPLES, cli_env, run_cli
 from support.plugin_output import perfdata_problems
 
 from ingester.clock import iso_utc
@@ -274,19 +276,26 @@ def test_a_bad_duration_is_a_usage_error(root: Path) -> None:
     assert "must be longer than 0" in result.stderr
 
 
-@pytest.mark.parametrize("how", ["option", "environment", "config", "missing-config"])
+@pytest.mark.parametrize(
+    "how", ["option", "choice", "unknown-option", "environment", "config", "missing-config"]
+)
 @pytest.mark.parametrize("as_json", [False, True], ids=["line", "json"])
 def test_a_bad_global_setting_still_gives_the_plugin_line(
     root: Path, tmp_path: Path, how: str, as_json: bool
 ) -> None:
-    """A bad setting read before ``check`` runs (a global option, an ``INGESTER_*``
-    variable, a config key or file), the likeliest way for a check to break, alerts with
-    its cause on stdout: the plugin line, or the JSON object (exit 2)."""
+    """A bad setting read before ``check`` runs (a global option, also one click itself
+    rejects as it parses the options before the command, an ``INGESTER_*`` variable, a
+    config key or file), the likeliest way for a check to break, alerts with its cause
+    on stdout: the plugin line, or the JSON object (exit 2)."""
     ingest(root, tmp_path, timedelta(minutes=1))
     extra: dict[str, str] = {}
     args: list[str] = []
     if how == "option":
         args, words = ["--max-versions", "0"], "--max-versions: must be at least 1"
+    elif how == "choice":
+        args, words = ["--log-format", "xml"], "'xml' is not one of"
+    elif how == "unknown-option":
+        args, words = ["--bogus"], "No such option '--bogus'"
     elif how == "environment":
         extra, words = {"INGESTER_MAX_VERSIONS": "abc"}, "INGESTER_MAX_VERSIONS"
     elif how == "config":
@@ -308,6 +317,33 @@ def test_a_bad_global_setting_still_gives_the_plugin_line(
         assert len(done.stdout.splitlines()) == 1 and words in done.stdout
     other = run_cli(root, *args, "status", **extra)
     assert (other.returncode, other.stdout) == (2, "")  # other commands: stderr only
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        (["check"], {"INGESTER_RETENTION_DAYS": "abc"}),
+        (["--log-format", "xml", "check"], {}),
+        (["check", "--max-age", "soon"], {}),
+    ],
+    ids=["environment", "global-option", "check-option"],
+)
+def test_a_usage_error_exits_critical_even_when_stderr_cannot_be_written(
+    root: Path, args: list[str], extra: dict[str, str]
+) -> None:
+    """The plugin line says CRITICAL, so the exit is 2 (CRITICAL to the agent) also when
+    click's usage text after it fails on a full stderr; never 1, which reads WARNING."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "ingester", "--root", str(root), *args],
+            env=cli_env(**extra),
+            stdout=subprocess.PIPE,
+            stderr=full,
+            text=True,
+            check=False,
+        )
+    assert done.stdout.startswith("INGESTER CRITICAL - usage error:"), done.stdout
+    assert done.returncode == 2, f"exit {done.returncode} under {done.stdout!r}"
 
 
 def test_quiet_prints_nothing_when_ok_and_everything_on_failure(root: Path, tmp_path: Path) -> None:

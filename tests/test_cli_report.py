@@ -813,7 +813,8 @@ def test_verify_repair_makes_every_other_version_read_only_past_one_it_cannot(
     """A writable version ``--repair`` cannot chmod (immutable) does not stop it: the
     other writable versions are made read-only and reported repaired, the stuck one is
     the one problem left, and one error line on stderr says why (exit 1). The report
-    (``--json``: the object) is printed all the same."""
+    (``--json``: the object) is printed all the same, and no longer offers ``--repair``
+    for the version it just failed on (``repairable`` false): it needs a hand."""
     ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES[:3])))
     history = root / HISTORY
     names = sorted(p.name for p in history.iterdir() if p.name[:1].isdigit())
@@ -833,11 +834,13 @@ def test_verify_repair_makes_every_other_version_read_only_past_one_it_cannot(
     if as_json:
         report = json.loads(done.stdout)
         assert [p["subject"] for p in report["problems"]] == [names[0]]
+        assert [p["repairable"] for p in report["problems"]] == [False]
         assert sorted(p["subject"] for p in report["repaired"]) == names[1:]
     else:
         lines = done.stdout.splitlines()
         assert [line.split()[1] for line in lines if line.startswith("repaired")] == names[1:]
         assert [line.split()[1] for line in lines if line.startswith("PROBLEM")] == [names[0]]
+        assert lines[-1] == "1 problem(s)", done.stdout
 
 
 def test_verify_without_history(root: Path) -> None:

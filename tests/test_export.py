@@ -19,7 +19,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import VALID_SAMPLES, cli_env, run_cli, wait_for
+from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli, wait_for
+from support.capabilities import run_tool
 from test_durable_faults import tmpfs  # noqa: F401 - a fixture
 
 from ingester.history.names import generate_version_filename
@@ -426,6 +427,39 @@ def test_output_into_the_history_or_the_spool_is_refused_and_the_version_kept(
     assert newest.read_bytes() == before
     assert not (history / "usage.csv").exists()
     assert not (root / "spool" / "usage.json").exists()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="a bind mount needs root")
+@pytest.mark.parametrize(
+    "command_args",
+    [("export", "-o"), ("snapshot", "--tar"), ("snapshot",)],
+    ids=["export", "snapshot-tar", "snapshot"],
+)
+def test_an_output_in_the_history_reached_through_a_bind_mount_is_refused(
+    root: Path, tmp_path: Path, command_args: tuple[str, ...]
+) -> None:
+    """The history is the same folder under any path: ``-o VIEW/out.csv`` where VIEW is
+    a bind mount of the history (the spool the same) is refused with one line, as its
+    own path is, and nothing is written into it."""
+    ok(run_cli(root, "ingest", *map(str, VALID_SAMPLES)))
+    (root / "spool").mkdir(exist_ok=True)
+    for folder, what in ((root / HISTORY, "history"), (root / "spool", "spool")):
+        before = sorted(p.name for p in folder.iterdir())
+        view = tmp_path / f"view-{what}"
+        view.mkdir()
+        mounted = run_tool("mount", "--bind", str(folder), str(view))
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot bind-mount here: {mounted.stderr.strip()}")
+        try:
+            # A snapshot makes DEST's missing folders: they would be made in there too.
+            inside = view / "out" if command_args[0] == "export" else view / "sub" / "out"
+            refused = run_cli(root, *command_args, str(inside))
+        finally:
+            run_tool("umount", str(view))
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert f"is inside the {what} " in refused.stderr, refused.stderr
+        assert len(refused.stderr.splitlines()) == 1
+        assert sorted(p.name for p in folder.iterdir()) == before
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")

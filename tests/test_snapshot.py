@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -123,6 +124,28 @@ def test_a_version_deleted_after_the_listing_is_left_out_and_the_rest_agrees(
     assert meta["versionCount"] == len(history) - 1
     assert meta["latestVersion"] == history[-2]
     ok(run_cli(tree, "verify"))
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="chattr +i needs root")
+def test_a_version_that_cannot_be_linked_is_copied_alone(
+    root: Path, history: list[str], tmp_path: Path
+) -> None:
+    """A version made immutable (``chattr +i``) cannot be hard-linked (EPERM): it alone
+    is copied, and every other version is still linked, sharing its inode."""
+    live = root / HISTORY
+    oldest = live / history[0]
+    done = subprocess.run(["chattr", "+i", str(oldest)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i does not work here: {done.stderr.decode().strip()}")
+    try:
+        result = run_cli(root, "snapshot", str(tmp_path / "snap"))
+    finally:
+        subprocess.run(["chattr", "-i", str(oldest)], check=True)
+    assert f"({len(history) - 1} linked, 1 copied)" in ok(result).stdout, result.stdout
+    taken = tmp_path / "snap" / HISTORY
+    assert not (taken / history[0]).samefile(oldest)
+    assert all((taken / name).samefile(live / name) for name in history[1:])
+    ok(run_cli(tmp_path / "snap", "verify"))
 
 
 def test_copy_mode_copies_bytes_and_modes(root: Path, history: list[str], tmp_path: Path) -> None:
@@ -315,11 +338,12 @@ def test_a_snapshot_that_fails_midway_leaves_nothing(root: Path, tmp_path: Path)
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 @pytest.mark.parametrize("form", ["folder", "tar"])
 @pytest.mark.parametrize("fault", ["error=EIO", "signal=SIGTERM"], ids=["eio", "sigterm"])
-def test_a_snapshot_that_fails_or_is_stopped_at_its_last_fsync_takes_dest_back(
+def test_a_snapshot_that_fails_or_is_stopped_at_its_last_fsync_takes_back_all_it_made(
     root: Path, history: list[str], tmp_path: Path, form: str, fault: str
 ) -> None:
     """The fsync of DEST's folder right after DEST was put in place fails (EIO), or a
-    stop (SIGTERM) lands on it: the run does not end 0, and then nothing is at DEST.
+    stop (SIGTERM) lands on it: the run does not end 0, and then nothing is at DEST, nor
+    the folders above DEST that the run made.
 
     A non-zero exit next to a complete DEST would tell a backup job the snapshot failed
     while the next plain run says "already exists"; DEST is still the one this run made,
@@ -330,16 +354,17 @@ def test_a_snapshot_that_fails_or_is_stopped_at_its_last_fsync_takes_dest_back(
     base = [sys.executable, "-m", "ingester", "--root", str(root), "snapshot"]
     if form == "tar":
         base.append("--tar")
+    (tmp_path / "probe").mkdir()
     subprocess.run(
         ["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=fsync", *base,
-         str(tmp_path / "probe")],
+         str(tmp_path / "probe" / "x" / "y" / "snap")],
         env=cli_env(), capture_output=True, check=True, timeout=60,
     )  # fmt: skip
     fsyncs = sum(1 for line in trace.read_text().splitlines() if "fsync(" in line)
     assert fsyncs > 0
     out = tmp_path / "out"
     out.mkdir()
-    dest = out / "snap"
+    dest = out / "a" / "b" / "snap"
     done = subprocess.run(
         ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync",
          "-e", f"inject=fsync:{fault}:when={fsyncs}", *base, str(dest)],
@@ -349,6 +374,84 @@ def test_a_snapshot_that_fails_or_is_stopped_at_its_last_fsync_takes_dest_back(
     expected = 1 if fault == "error=EIO" else 128 + signal.SIGTERM
     assert done.returncode == expected, done.stdout + done.stderr
     assert list(out.iterdir()) == [], f"left behind: {list(out.iterdir())}; {done.stderr}"
+
+
+def _traced(args: list[str], cwd: Path, syscalls: str, name: str) -> list[str]:
+    """The lines of ``strace -e trace=SYSCALLS`` for a run of ``args`` naming ``name(``."""
+    trace = cwd / "trace.txt"
+    subprocess.run(
+        ["strace", "-f", "-qq", "-o", str(trace), "-e", f"trace={syscalls}", *args],
+        cwd=cwd, env=cli_env(), capture_output=True, check=False, timeout=60,
+    )  # fmt: skip
+    return [line for line in trace.read_text().splitlines() if f"{name}(" in line]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_a_tar_snapshot_that_failed_before_publishing_never_removes_a_file_made_at_file(
+    root: Path, history: list[str], tmp_path: Path
+) -> None:
+    """``snapshot --tar FILE`` whose write fails (EIO on the archive's fsync) never gave
+    FILE its name, so a file another job puts at FILE meanwhile stays, even where the
+    filesystem hands out the inode number of the failed archive's temp file again.
+
+    ``strace`` holds the unlink of the temp file for 3 s; the other job writes scratch
+    files, hunting for that inode number, and renames one of them to FILE.
+    """
+    base = [sys.executable, "-m", "ingester", "--root", str(root), "snapshot", "--tar"]
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    # The archive's own fsync is the one before the last (the last is its folder's).
+    n = len(_traced([*base, str(probe / "f.tar")], probe, "fsync", "fsync")) - 1
+    failing = ["-e", f"inject=fsync:error=EIO:when={n}"]
+    unlinks = _traced([*failing, *base, str(probe / "g.tar")], probe, "fsync,unlink", "unlink")
+    k = 1 + next(i for i, line in enumerate(unlinks) if ".tmp-out-" in line)
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "f.tar"
+    seen: dict[str, object] = {}
+
+    def temps() -> list[Path]:
+        return [p for p in out.iterdir() if p.name.startswith(".tmp-out-")]
+
+    def other_job() -> None:
+        deadline = time.monotonic() + 30
+        while not temps():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.002)
+        seen["temp_ino"] = temps()[0].lstat().st_ino
+        while temps():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.002)
+        # Scratch files take the lowest free inode numbers first: the freed one, if
+        # it is free, goes to one of these. The other job's archive is the one that
+        # got it, else the last.
+        scratch = []
+        for i in range(5000):
+            part = out / f"other-{i}.part"
+            part.write_text("another job's archive\n")
+            scratch.append(part)
+            if part.lstat().st_ino == seen["temp_ino"]:
+                break
+        part = scratch.pop()
+        part.rename(target)
+        seen["other_ino"] = target.lstat().st_ino
+        for part in scratch:
+            part.unlink()
+
+    job = threading.Thread(target=other_job)
+    job.start()
+    done = subprocess.run(
+        ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync,unlink", *failing,
+         "-e", f"inject=unlink:delay_exit=3000000:when={k}", *base, str(target)],
+        env=cli_env(), capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    job.join()
+    assert done.returncode == 1 and "EIO" in done.stderr, done.stdout + done.stderr
+    assert "other_ino" in seen, f"the temp file was never seen: {seen}"
+    assert target.exists(), f"another job's {target.name} was removed ({seen}); {done.stderr}"
+    assert target.read_text() == "another job's archive\n"
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")

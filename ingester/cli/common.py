@@ -42,13 +42,16 @@ __all__ = [
     "align",
     "describe_os_error",
     "echo_json",
+    "exit_announced",
     "fail",
+    "forget_announced",
     "history_source",
     "human_size",
     "human_time",
     "last_words",
     "make_folder",
     "open_history",
+    "plugin_usage_line",
     "read_limited",
     "read_stream",
     "reading_store",
@@ -107,6 +110,34 @@ def say_recorded(line: str, warning: str) -> bool:
         say(f"warning: {warning}: {os_cause(exc)}", err=True)
         return False
     return True
+
+
+_ANNOUNCED: list[int] = []
+"""The exit code a line already on stdout gave (``check``'s plugin line), if any."""
+
+
+def plugin_usage_line(exc: click.UsageError, *, as_json: bool) -> None:
+    """``check``'s answer to a usage error, on stdout: its plugin line, or with ``as_json``
+    its JSON object (CRITICAL, code 2), so that a monitoring agent shows the cause."""
+    summary = escape_text(one_line(f"usage error: {exc.format_message()}"))
+    # Recorded first: the monitoring agent reads the exit code beside the line, and must
+    # read CRITICAL even when the usage text on stderr cannot be written after it.
+    _ANNOUNCED.append(2)
+    if as_json:
+        say(json.dumps({"status": "CRITICAL", "code": 2, "summary": summary}))
+    else:
+        say(f"INGESTER CRITICAL - {summary}")
+
+
+def exit_announced(default: int) -> int:
+    """The exit code a line on stdout already gave in this run, else ``default``."""
+    return _ANNOUNCED[-1] if _ANNOUNCED else default
+
+
+def forget_announced() -> None:
+    """Start a run: an exit code announced by an earlier one (in the same process,
+    as in tests) is no longer this run's."""
+    _ANNOUNCED.clear()
 
 
 CLOSED_AT_START: set[int] = set()

@@ -40,7 +40,10 @@ from .common import (
     App,
     PathParam,
     describe_os_error,
+    exit_announced,
+    forget_announced,
     last_words,
+    plugin_usage_line,
     silence_stdout,
 )
 from .quiet import hold_output, output_was_fine
@@ -135,8 +138,36 @@ class IngesterGroup(click.Group):
         parent: click.Context | None = None,
         **extra: Any,
     ) -> click.Context:
-        with _one_line_message():
-            return super().make_context(info_name, args, parent, **extra)
+        command_args = self._command_args(list(args))  # read first: parsing consumes it
+        try:
+            with _one_line_message():
+                return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            # A bad global option (an unknown one, a value click rejects) fails here,
+            # before any command runs: 'check' still owes its agent the plugin line.
+            if command_args[:1] == ["check"]:
+                plugin_usage_line(exc, as_json="--json" in command_args[1:])
+            raise
+
+    def _command_args(self, args: list[str]) -> list[str]:
+        """The command's name and the arguments after it, as the group's parser would
+        split ``args``: each of the group's options that takes a value skips it (when
+        not given as ``--option=value``); an unknown option is taken to take none."""
+        takes_value = {
+            name
+            for param in self.params
+            if isinstance(param, click.Option) and not param.is_flag and not param.count
+            for name in param.opts
+        }
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--":
+                return args[i + 1 :]
+            if not arg.startswith("-") or arg == "-":
+                return args[i:]
+            i += 2 if arg in takes_value else 1
+        return []
 
     def resolve_command(
         self, ctx: click.Context, args: list[str]
@@ -157,19 +188,22 @@ class IngesterGroup(click.Group):
         if extra.get("standalone_mode") is False:
             # Called from Python (tests, embedding): the caller handles what is raised.
             return super().main(args, prog_name, **extra)
+        forget_announced()
         _guard_standard_streams()
         _tolerant_stdout()
         try:
             super().main(args, prog_name, **extra)
         except OSError as exc:
+            # A CRITICAL line already printed keeps its exit code when what follows it
+            # (the usage text on stderr) cannot be written: the agent reads both.
             if exc.errno == errno.EPIPE:
                 silence_stdout()
-                sys.exit(1)
+                sys.exit(exit_announced(1))
             last_words(describe_os_error(exc))
             # Output a failed write left in stdout's buffer must not follow the error
             # line (nor fail again in the flush at exit).
             silence_stdout()
-            sys.exit(1)
+            sys.exit(exit_announced(1))
         except MemoryError:
             last_words("out of memory")
             sys.exit(1)
@@ -262,8 +296,6 @@ def main(
         if ctx.invoked_subcommand == "check":
             # A monitoring agent shows the plugin's stdout only: a bad setting in its
             # environment or the shared config file must alert with its cause too.
-            from .ops import plugin_usage_line
-
             plugin_usage_line(error, as_json="--json" in ctx.meta.get(_COMMAND_ARGS, []))
         raise error from None
     setup_logging(verbose, log_format)

@@ -24,23 +24,24 @@ from ..ops.queries import history_problem
 from ..ops.snapshot import (
     SnapshotError,
     refuse_live_destination,
+    remove_made_folders,
     take_snapshot,
     write_snapshot_tar,
 )
-from ..runtime.logs import escape_text, one_line
 from .common import (
     App,
     FiniteRange,
     PathParam,
     fail,
     history_source,
+    plugin_usage_line,
     refuse_closed_stdout,
     s3_history,
     say,
 )
 from .service import refuse_unsafe_latest
 
-__all__ = ["check", "plugin_usage_line", "schema", "snapshot"]
+__all__ = ["check", "schema", "snapshot"]
 
 
 # -- snapshot ----------------------------------------------------------------------------
@@ -137,14 +138,18 @@ def _snapshot_tar(history: Path, dest: str) -> None:
             raise fail(f"{path} already exists; a snapshot never replaces anything")
         # Written under a temp name beside FILE and renamed at the end (never over
         # anything): a run killed midway leaves no cut-off archive under FILE's name.
+        made: list[Path] = []
         try:
-            durable.make_folders(Path(os.path.abspath(path)).parent)  # as for a folder DEST
+            made = durable.make_folders(Path(os.path.abspath(path)).parent)  # as for a folder
             with durable.streamed_file(path, replace=False) as handle:
                 write_snapshot_tar(history, handle)
-        except FileExistsError:
-            raise fail(f"{path} appeared while the snapshot was taken; left alone") from None
-        except (SnapshotError, StorageError) as exc:
-            raise fail(str(exc)) from None
+        except BaseException as exc:
+            remove_made_folders(made)
+            if isinstance(exc, FileExistsError):
+                raise fail(f"{path} appeared while the snapshot was taken; left alone") from None
+            if isinstance(exc, SnapshotError | StorageError):
+                raise fail(str(exc)) from None
+            raise
         return
     refuse_closed_stdout("the tar stream")
     if os.isatty(1):
@@ -210,16 +215,6 @@ class _PluginCommand(click.Command):
         except click.UsageError as exc:
             plugin_usage_line(exc, as_json=bool(ctx.params.get("as_json")))
             raise
-
-
-def plugin_usage_line(exc: click.UsageError, *, as_json: bool) -> None:
-    """``check``'s answer to a usage error, on stdout: its plugin line, or with ``as_json``
-    its JSON object (CRITICAL, code 2), so that a monitoring agent shows the cause."""
-    summary = escape_text(one_line(f"usage error: {exc.format_message()}"))
-    if as_json:
-        say(json.dumps({"status": "CRITICAL", "code": 2, "summary": summary}))
-    else:
-        say(f"INGESTER CRITICAL - {summary}")
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:

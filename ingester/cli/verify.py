@@ -12,6 +12,7 @@ left; 2 a usage error.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -72,6 +73,13 @@ def _repair(settings: Settings, before: VerifyReport) -> tuple[VerifyReport, lis
         store.load()
         after = verify_history(store, utc_now())
     after.repaired = repaired_between(before, after)
+    # A version --repair just failed on (immutable, another owner's) is not offered the
+    # same repair again: the error line after the report says why, and it needs a hand.
+    failed = {failure.path.name for failure in failures}
+    after.problems = [
+        replace(f, repairable=False) if f.kind == "writable-version" and f.subject in failed else f
+        for f in after.problems
+    ]
     return after, failures
 
 

@@ -27,6 +27,7 @@ can read the history.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -54,6 +55,7 @@ __all__ = [
     "build_snapshot_tree",
     "list_versions_once",
     "refuse_live_destination",
+    "remove_made_folders",
     "take_snapshot",
     "write_snapshot_tar",
 ]
@@ -63,9 +65,13 @@ SNAPSHOT_HISTORY = "console-usage-history"
 SNAPSHOT_LATEST = "console-usage-synced.json"
 """The latest link's name inside a snapshot (the default layout)."""
 
-# A hard link cannot be made here; a copy can: another filesystem, a file of another
-# user under fs.protected_hardlinks, a filesystem without links, too many links.
-_COPY_INSTEAD = frozenset({errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
+# No hard link can be made here at all; a copy can: another filesystem, a filesystem
+# without links. Every version after the first such failure is copied.
+_COPY_ALL = frozenset({errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP})
+# This file cannot be linked, while the next may be: an immutable version, one of
+# another user under fs.protected_hardlinks, too many links. It alone is copied; a link
+# that fails costs next to nothing beside a copy (an fsync each), so the next is tried.
+_COPY_THIS = frozenset({errno.EPERM, errno.EMLINK})
 
 
 @dataclass(frozen=True)
@@ -221,9 +227,10 @@ def build_snapshot_tree(
                 if exc.errno == errno.ENOENT:
                     vanished += 1
                     continue
-                if exc.errno not in _COPY_INSTEAD:
+                if exc.errno in _COPY_ALL:
+                    link = False  # the next link would fail the same way: copy the rest
+                elif exc.errno not in _COPY_THIS:
                     raise
-                link = False  # the next link would fail the same way: copy the rest
         if _copy_version(source, folder, name, scratch=scratch):
             copied += 1
         else:
@@ -273,13 +280,29 @@ def refuse_live_destination(dest: Path, history_dir: Path, **others: Path) -> No
     """
     dest = Path(os.path.abspath(dest))
     real = Path(os.path.realpath(dest.parent)) / dest.name
+    # The same folder can have other paths than its own (a bind mount, a second mount
+    # of the filesystem): what is compared in the end is the folder itself.
+    above = {_folder_id(p) for p in (dest, *dest.parents, real, *real.parents)}
     for what, folder in {"history": history_dir, **others}.items():
         folder = Path(os.path.abspath(folder))
         real_folder = Path(os.path.realpath(folder))
-        if dest.is_relative_to(folder) or real.is_relative_to(real_folder):
+        if (
+            dest.is_relative_to(folder)
+            or real.is_relative_to(real_folder)
+            or _folder_id(folder) in above - {None}
+        ):
             raise SnapshotError(
                 f"{dest} is inside the {what} {folder}; give a destination outside it"
             )
+
+
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    """``path``'s (st_dev, st_ino) when it is a folder (through symlinks), else None."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 def take_snapshot(history_dir: Path, dest: Path, *, link: bool = True) -> SnapshotResult:
@@ -298,43 +321,81 @@ def take_snapshot(history_dir: Path, dest: Path, *, link: bool = True) -> Snapsh
     refuse_live_destination(dest, history_dir)
     names = list_versions_once(history_dir)
     try:
-        durable.make_folders(dest.parent)
+        made = durable.make_folders(dest.parent)
     except StorageError as exc:
         raise SnapshotError(str(exc)) from None
+    try:
+        return _take_snapshot(history_dir, dest, names, link=link)
+    except BaseException:
+        remove_made_folders(made)
+        raise
+
+
+def remove_made_folders(made: list[Path]) -> None:
+    """Remove the folders ``made`` (outermost first, as :func:`durable.make_folders`
+    returns them) that are still empty, innermost first: a run that failed leaves no
+    trace of itself, and never removes anything another made in them meanwhile."""
+    with stop_signals_held():
+        for folder in reversed(made):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                return  # not empty (someone else's now), or gone: the rest hold it
+            with contextlib.suppress(StorageError):
+                durable.fsync_dir(folder.parent)
+
+
+def _take_snapshot(
+    history_dir: Path, dest: Path, names: list[str], *, link: bool
+) -> SnapshotResult:
     temp = dest.parent / f"{SNAPSHOT_TEMP_PREFIX}{secrets.token_hex(6)}"
     try:
         temp.mkdir(mode=0o750)
-        st = os.lstat(temp)
     except OSError as exc:
         raise SnapshotError(str(StorageError("create folder", dest, exc))) from None
+    try:
+        # Held open until the end: while it is, the folder's inode number cannot pass to
+        # another folder made at DEST, so DEST is only ever taken back if it is ours.
+        pin = durable.open_dir(temp)
+        st = os.fstat(pin)
+    except BaseException as exc:
+        _take_back(temp, dest, None)
+        if isinstance(exc, StorageError):
+            raise SnapshotError(_as_asked(exc, temp, dest)) from None
+        raise
     ident = (st.st_dev, st.st_ino)
+    published = None  # the ident to take DEST back by, once its rename was tried
     try:
         result = build_snapshot_tree(history_dir, temp, names, link=link)
         try:
             # A plain rename would replace an empty folder made at DEST meanwhile.
+            published = ident
             durable.publish_new(temp, dest)
         except FileExistsError:
             raise SnapshotError(
                 f"{dest} appeared while the snapshot was taken; left alone"
             ) from None
     except StorageError as exc:
-        _take_back(temp, dest, ident)
+        _take_back(temp, dest, published)
         raise SnapshotError(_as_asked(exc, temp, dest)) from None
     except BaseException:
-        _take_back(temp, dest, ident)
+        _take_back(temp, dest, published)
         raise
+    finally:
+        os.close(pin)
     return SnapshotResult(
         dest, result.versions, result.linked, result.copied, result.vanished, result.latest
     )
 
 
-def _take_back(temp: Path, dest: Path, ident: tuple[int, int]) -> None:
+def _take_back(temp: Path, dest: Path, ident: tuple[int, int] | None) -> None:
     """Remove what a snapshot that did not complete made: its temp folder, and DEST when
-    the rename into place was made (the fsync after it failed, or a stop came) and DEST
-    is still that folder. A failed snapshot must not look like a finished one to the
-    next run ("already exists") or to a backup job reading DEST anyway."""
+    the rename into place was tried (``ident`` given: the fsync after it failed, or a
+    stop came) and DEST is still that folder. A failed snapshot must not look like a
+    finished one to the next run ("already exists") or to a backup job reading DEST
+    anyway."""
     with stop_signals_held():
-        aside = durable.take_back(dest, ident, SNAPSHOT_TEMP_PREFIX)
+        aside = None if ident is None else durable.take_back(dest, ident, SNAPSHOT_TEMP_PREFIX)
         for tree in (temp, aside):
             if tree is not None:
                 shutil.rmtree(tree, ignore_errors=True)

@@ -432,15 +432,24 @@ def streamed_file(final: Path, *, mode: int = 0o644, replace: bool = True) -> It
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    pin = -1
     try:
         st = os.fstat(fd)
         ident = (st.st_dev, st.st_ino)
+        # A second descriptor, kept until the end: while it is open the file's inode
+        # number cannot be given to another file, so a file found under ``final`` with
+        # that number is this one and no other (the temp name alone does not hold it:
+        # it is removed on failure before the name is taken back).
+        pin = os.dup(fd)
         handle = os.fdopen(fd, "wb")
     except BaseException:
         os.close(fd)
+        if pin >= 0:
+            os.close(pin)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    publishing = False
     try:
         try:
             yield handle
@@ -454,6 +463,7 @@ def streamed_file(final: Path, *, mode: int = 0o644, replace: bool = True) -> It
             with contextlib.suppress(OSError):
                 handle.close()  # a close after a failed flush may fail again
         if not replace:
+            publishing = True
             publish_new(tmp, final)  # fsyncs the folder itself
             return
         try:
@@ -463,13 +473,16 @@ def streamed_file(final: Path, *, mode: int = 0o644, replace: bool = True) -> It
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if not replace:
+        if publishing:
             # Published, then its folder's fsync failed or a stop came: a new name
             # replaced nothing, so taking it back leaves the folder as it was, and the
-            # caller's failure is true of what is there.
+            # caller's failure is true of what is there. Before the publish began,
+            # ``final`` was never this run's, whatever is there now.
             aside = take_back(final, ident, OUTPUT_TEMP_PREFIX)
             if aside is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(aside)
         raise
+    finally:
+        os.close(pin)
     fsync_dir(directory)

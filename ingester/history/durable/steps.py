@@ -445,6 +445,10 @@ def take_back(final: Path, ident: tuple[int, int], prefix: str) -> Path | None:
     that this process published there, for a caller that must not leave it behind
     (the step after publishing failed, or a stop came).
 
+    The caller must still hold that entry open (a descriptor on the file or folder),
+    and call this only once it began to publish: the match is by inode number, which
+    an entry freed meanwhile could pass on to another process's new file at ``final``.
+
     The entry is renamed to a new temp name ``prefix*`` beside ``final``, which is
     returned for the caller to remove (a folder's removal is not atomic; under the temp
     name a half-removed tree is never seen as ``final``). Whatever else holds the name
