@@ -459,6 +459,33 @@ class Spool:
             raise MovedNotDurable(exc) from exc
         return True
 
+    def _finish_linked_move(self, source: Path, target: Path) -> bool:
+        """Whether ``target`` already is the drop ``source`` (one file under both names),
+        its move then finished: the spool's name removed.
+
+        Where no rename can refuse to replace, :func:`durable.rename_new` moves by a
+        link then an unlink; a process killed between the two leaves the drop in the
+        spool as well as beside its reason file in ``rejected/``. Set aside again under
+        a new name, it would be there twice."""
+        try:
+            src, dst = os.lstat(source), os.lstat(target)
+        except OSError:
+            return False
+        if not stat.S_ISREG(src.st_mode) or (src.st_dev, src.st_ino) != (dst.st_dev, dst.st_ino):
+            return False
+        durable.fsync_dir(target.parent)  # the link may never have been made durable
+        try:
+            durable.unlink_entry(source)
+        except OSError as exc:
+            raise StorageError("move", source, exc) from exc
+        try:
+            durable.fsync_dir(source.parent)
+        except StorageError as exc:
+            moved = MovedNotDurable(exc)
+            moved.moved_to = target.name
+            raise moved from exc
+        return True
+
     def _check_rejected_dir(self) -> None:
         """``rejected/`` must be a real folder: never quarantine through a symlink."""
         folder = self.rejected_dir
@@ -522,6 +549,8 @@ class Spool:
         for target in self._rejected_names(name):
             reserved = self._reserve(target, name, data)
             if reserved is None:
+                if self._finish_linked_move(source, self.rejected_dir / target):
+                    return target
                 continue
             reason_file, held = reserved
             try:
