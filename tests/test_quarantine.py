@@ -255,6 +255,35 @@ def test_a_watcher_killed_between_the_link_and_the_unlink_of_a_move_sets_the_dro
 
 
 @needs_strace_root
+def test_a_watcher_killed_between_a_copy_to_another_filesystem_and_the_unlink_sets_it_aside_once(
+    root: Path, quarantine: Path
+) -> None:
+    """Into a quarantine on another filesystem the drop is copied, the copy given its
+    name beside the reason file, and the spool's name then removed. SIGKILL at that
+    removal leaves the drop in both places. The next run finds its copy complete beside
+    a reason file no process holds, naming it: it removes the spool's name, and sets
+    nothing aside a second time."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    (spool / "bad.json").write_bytes(b"{not json")
+    inject = (
+        "-f", "-qq", "-o", "/dev/null", "-P", str(spool / "bad.json"),
+        "-e", "inject=unlink,unlinkat:signal=SIGKILL",
+    )  # fmt: skip
+
+    code, log = once(root, quarantine, STRACE, *inject)
+
+    assert code != 0, log  # killed
+    assert (spool / "bad.json").exists() and (quarantine / "bad.json").exists(), log
+    code, log = once(root, quarantine)
+    assert code == 0, log
+    assert not (spool / "bad.json").exists(), log
+    assert sorted(os.listdir(quarantine)) == ["bad.json", f"bad.json{REASON}"], log
+    assert (quarantine / "bad.json").read_bytes() == b"{not json"
+    assert rejected_counts(root, quarantine) == (1, 1)
+
+
+@needs_strace_root
 def test_two_watchers_sharing_a_quarantine_keep_both_of_their_rejected_drops(
     tmp_path: Path,
 ) -> None:
