@@ -155,7 +155,9 @@ class WatcherLocks:
 
     def note_stopping(self) -> None:
         """Say in each lock file held that this watcher is stopping: it takes no drop
-        any more, though it holds its locks until it has finished."""
+        any more, though it holds its locks until it has finished. Said once."""
+        if self.purpose.endswith(STOPPING):
+            return
         stopping = self.purpose + STOPPING
         self.purpose = stopping
         for lock in (self.history, self._spool_lock, self.latest):
