@@ -225,6 +225,65 @@ def test_a_watcher_killed_between_the_reason_file_and_the_move_counts_no_rejecti
 
 
 @needs_strace_root
+def test_a_watcher_killed_between_the_link_and_the_unlink_of_a_move_sets_the_drop_aside_once(
+    root: Path,
+) -> None:
+    """Where the kernel or filesystem has no no-replace rename (NFS: strace answers
+    ``renameat2`` with ENOSYS), the drop is moved by a hard link into the quarantine and
+    then the unlink of its spool name. SIGKILL at that unlink leaves one file under both
+    names. The next run finishes that move: the drop is set aside once, under its name,
+    never a second time as ``bad-1.json``."""
+    assert run_cli(root, "init").returncode == 0
+    spool, quarantine = root / "spool", root / "spool" / "rejected"
+    (spool / "bad.json").write_bytes(b"{not json")
+    inject = (
+        "-f", "-qq", "-o", "/dev/null", "-P", str(spool / "bad.json"),
+        "-e", "inject=renameat2:error=ENOSYS",
+        "-e", "inject=unlink,unlinkat:signal=SIGKILL",
+    )  # fmt: skip
+
+    code, log = once(root, quarantine, STRACE, *inject)
+
+    assert code != 0, log  # killed
+    assert os.path.samefile(spool / "bad.json", quarantine / "bad.json"), log
+    code, log = once(root, quarantine)
+    assert code == 0, log
+    assert not (spool / "bad.json").exists(), log
+    assert sorted(os.listdir(quarantine)) == ["bad.json", f"bad.json{REASON}"], log
+    assert (quarantine / "bad.json").read_bytes() == b"{not json"
+    assert rejected_counts(root, quarantine) == (1, 1)
+
+
+@needs_strace_root
+def test_a_watcher_killed_between_a_copy_to_another_filesystem_and_the_unlink_sets_it_aside_once(
+    root: Path, quarantine: Path
+) -> None:
+    """Into a quarantine on another filesystem the drop is copied, the copy given its
+    name beside the reason file, and the spool's name then removed. SIGKILL at that
+    removal leaves the drop in both places. The next run finds its copy complete beside
+    a reason file no process holds, naming it: it removes the spool's name, and sets
+    nothing aside a second time."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    (spool / "bad.json").write_bytes(b"{not json")
+    inject = (
+        "-f", "-qq", "-o", "/dev/null", "-P", str(spool / "bad.json"),
+        "-e", "inject=unlink,unlinkat:signal=SIGKILL",
+    )  # fmt: skip
+
+    code, log = once(root, quarantine, STRACE, *inject)
+
+    assert code != 0, log  # killed
+    assert (spool / "bad.json").exists() and (quarantine / "bad.json").exists(), log
+    code, log = once(root, quarantine)
+    assert code == 0, log
+    assert not (spool / "bad.json").exists(), log
+    assert sorted(os.listdir(quarantine)) == ["bad.json", f"bad.json{REASON}"], log
+    assert (quarantine / "bad.json").read_bytes() == b"{not json"
+    assert rejected_counts(root, quarantine) == (1, 1)
+
+
+@needs_strace_root
 def test_two_watchers_sharing_a_quarantine_keep_both_of_their_rejected_drops(
     tmp_path: Path,
 ) -> None:

@@ -181,3 +181,21 @@ def test_a_drop_linked_in_by_a_writer_that_then_drops_its_own_name_is_taken_afte
         wait_for(lambda: latest_bytes(root) == data, 10, "the drop stored after its close")
         assert w.stop() == 0, w.log
     assert not list((spool / "rejected").iterdir())
+
+
+def test_watch_once_leaves_a_drop_open_for_writing_without_waiting_out_the_settle_time(
+    root: Path,
+) -> None:
+    """``watch --once --settle 3600`` finds a drop a writer still holds open: it leaves
+    it for the next start at once (exit 1, saying so), as it does a drop whose writer is
+    not done; it does not hold on for three settle times (hours here), as it would for
+    a drop that only settles. The run's own deadline (a minute) is the check."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    with (spool / "open.json").open("wb") as writer:
+        writer.write(payload(1)[:20])
+        writer.flush()
+        done = run_cli(root, "watch", "--once", "--settle", "3600", timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "1 drop(s) may still be written" in done.stderr, done.stderr
+    assert (spool / "open.json").exists()

@@ -377,3 +377,53 @@ def test_serve_never_promises_a_post_to_a_watcher_that_is_stopping(root: Path) -
         assert answer.status_code == 202, answer.text
         assert answer.json()["waitingForWatcher"] is True, answer.json()
         assert w.proc.wait(30) == 0, w.log
+
+
+@needs_strace_root
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers are x86_64's")
+def test_serve_never_promises_a_post_to_a_watcher_stopped_amid_its_backlog(root: Path) -> None:
+    """``watch`` stopped while it takes the backlog it found at start (its claim of the
+    drop held up by strace): it finishes that drop and takes no other, and says so in
+    its lock files before its last upkeep (the metadata written anew, its rename held
+    up 5 s here), not only once that is done: a POST answered meanwhile is told it
+    waits for a watcher (``"waitingForWatcher": true``), never promised to the one
+    that is leaving."""
+    from test_integrity import in_syscall
+
+    assert run_cli(root, "init").returncode == 0
+    drop(root / "spool", "first.json", payload(1))
+    history = root / "console-usage-history"
+    slow_renames = (
+        STRACE, "-f", "-qq", "-o", "/dev/null", "-e", "trace=rename",
+        "-e", "inject=rename:delay_enter=5000000", "--",
+    )  # fmt: skip
+    rename = 82
+
+    def in_metadata_rename(pid: int) -> bool:
+        # The metadata's temp file is there only until that rename is done; the one
+        # after the drop's claim (not the start's) once the drop has left the spool.
+        return (
+            in_syscall(pid, rename)
+            and any(history.glob(".tmp-w-*"))
+            and not (root / "spool" / "first.json").exists()
+        )
+
+    def in_claim(pid: int) -> bool:
+        return in_syscall(pid, rename) and not any(history.glob(".tmp-w-*"))
+
+    with ServeProcess(root) as server, WatchProcess(root, wrapper=slow_renames) as w:
+        program = traced_program(w.proc.pid)
+        wait_for(lambda: in_claim(program), 30, "the drop's claim, held up")
+        os.kill(program, signal.SIGTERM)
+        wait_for(lambda: in_metadata_rename(program), 30, "its last upkeep")
+        body = fresh_payload(marker="posted while the watcher stops")
+        answer = server.post(
+            "/api/claude/console-usage",
+            content=body,
+            headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+        )
+        assert in_metadata_rename(program), w.log  # answered amid that upkeep
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["waitingForWatcher"] is True, answer.json()
+        assert w.proc.wait(30) == 0, w.log
+    assert "stopped: 1 ingested" in w.log, w.log

@@ -487,6 +487,30 @@ def test_a_second_history_given_the_latest_link_of_a_running_watcher_is_refused_
     assert "latest link repaired" not in w.log, w.log
 
 
+def test_a_latest_link_whose_folder_is_made_by_the_first_watcher_is_locked_by_it(
+    root: Path, tmp_path: Path
+) -> None:
+    """The shared latest link's folder does not exist yet when the first watcher starts
+    (on an empty history): that watcher makes the folder, and holds the link's lock in
+    it for its whole run, so a second history's watcher given the same --latest-path is
+    refused at start as before, not let in because the lock file could not be made a
+    moment earlier."""
+    other = tmp_path / "other"
+    other.mkdir()
+    latest = tmp_path / "links" / "shared-latest.json"
+    shared = ("--latest-path", str(latest))
+    with WatchProcess(root, global_args=shared) as w:
+        wait_for(latest.parent.is_dir, what="the latest link's folder")
+        done = run_cli(other, *shared, "watch", timeout=30)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.rstrip().endswith(
+            f"ERROR cannot start: the latest link {latest} is kept by pid {w.proc.pid} watch, "
+            f"for another history ({latest.parent / '.shared-latest.json.lock'}); give each "
+            "history its own --latest-path"
+        ), done.stderr
+        assert w.stop() == 0, w.log
+
+
 def test_a_spool_moved_away_gives_back_the_drops_the_watcher_had_taken(root: Path) -> None:
     """A drop the watcher took (its claim in .claimed) and had not stored when the spool
     folder was moved away is the watcher's to finish: stored once, from where it went,

@@ -188,8 +188,11 @@ class Backlog:
     def settling(self) -> bool:
         """Whether a deferred drop only waits to settle: not for its own retry after a
         failure, nor for a writer that still has it open."""
+        readiness = self.intake.readiness
         return any(
-            n not in self._drop_waits and not self.intake.readiness.is_unfinished(n)
+            n not in self._drop_waits
+            and not readiness.is_unfinished(n)
+            and not readiness.is_open(n)
             for n in self.deferred
         )
 

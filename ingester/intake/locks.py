@@ -20,6 +20,7 @@ another history's watcher or writing command, even before the link exists.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -137,9 +138,14 @@ class WatcherLocks:
     def _lock_latest(self) -> None:
         """Hold the latest link's lock; raises :class:`LatestLinkKept` when another
         history's process holds it. A lock file that cannot be made (the link's folder
-        missing or not writable) is no refusal: the link is a cache, and its folder's
-        problem is said when the link is made."""
+        cannot be made, or is not writable) is no refusal: the link is a cache, and its
+        folder's problem is said when the link is made."""
         latest = self.store.latest_path
+        # Made now rather than by the start's recovery a moment later: a lock skipped
+        # for a folder not there yet would stay skipped for the whole run, and let a
+        # second history given this latest path in.
+        with contextlib.suppress(OSError):
+            latest.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.latest.acquire()
         except LockHeld as exc:
@@ -149,7 +155,9 @@ class WatcherLocks:
 
     def note_stopping(self) -> None:
         """Say in each lock file held that this watcher is stopping: it takes no drop
-        any more, though it holds its locks until it has finished."""
+        any more, though it holds its locks until it has finished. Said once."""
+        if self.purpose.endswith(STOPPING):
+            return
         stopping = self.purpose + STOPPING
         self.purpose = stopping
         for lock in (self.history, self._spool_lock, self.latest):

@@ -120,17 +120,26 @@ class Readiness:
         self._writing: set[str] = set()  # created in place, close-write not seen yet
         self._watched: dict[str, tuple[tuple[int, int, int], float]] = {}  # settle checks
         self._unfinished: dict[str, tuple[tuple[int, int, int], float]] = {}
+        # Found open for writing at the last look: they wait for their writer, not to
+        # settle, and hold neither READY nor a --once run's end back.
+        self._open: set[str] = set()
 
     def completed(self, name: str) -> None:
         """An event said ``name`` is complete (renamed in, or closed after writing)."""
         self._writing.discard(name)
         self._watched.pop(name, None)
+        self._open.discard(name)
 
     def forget(self, name: str) -> None:
         """Drop what is remembered about a name that is gone or taken."""
         self._unfinished.pop(name, None)
         self._watched.pop(name, None)
         self._writing.discard(name)
+        self._open.discard(name)
+
+    def is_open(self, name: str) -> bool:
+        """Whether ``name`` was open for writing when last looked at."""
+        return name in self._open
 
     def is_unfinished(self, name: str) -> bool:
         """Whether ``name`` is an invalid drop waiting to be finished by its writer."""
@@ -158,7 +167,9 @@ class Readiness:
         # elsewhere): its creation says nothing of a writer.
         linked = st.st_nlink > 1
         busy = open_for_writing(path)
+        self._open.discard(name)
         if busy:
+            self._open.add(name)
             # Still open for writing: its close-write may never come here. A drop linked
             # in has it under its writer's name elsewhere (even once that name is gone
             # and one link is left), and the polling observer reports no close at all.

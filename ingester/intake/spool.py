@@ -209,6 +209,48 @@ def _take_back(reason_file: Path) -> None:
         durable.fsync_dir(reason_file.parent)
 
 
+def _left_reason(reason: Path, original: str) -> bool:
+    """Whether ``reason`` is a reason file for drop ``original`` that no process holds
+    locked (see ``Spool._reserve``): not one whose move is under way."""
+    try:
+        fd = os.open(reason, durable.READ_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        record = json.loads(os.read(fd, 1 << 20))
+    except (OSError, ValueError):
+        return False
+    finally:
+        os.close(fd)
+    return isinstance(record, dict) and record.get("file") == original
+
+
+def _same_bytes(source: Path, copy: Path, ident: tuple[int, int]) -> bool:
+    """Whether the file ``source`` (still the one ``ident`` names) and ``copy`` hold the
+    same bytes."""
+    fds: list[int] = []
+    try:
+        for path in (source, copy):
+            fds.append(os.open(path, durable.READ_NOFOLLOW))
+        st = os.fstat(fds[0])
+        if (st.st_dev, st.st_ino) != ident or not stat.S_ISREG(os.fstat(fds[1]).st_mode):
+            return False
+        while True:
+            one, two = os.read(fds[0], 1 << 20), os.read(fds[1], 1 << 20)
+            if one != two:
+                return False
+            if not one:
+                return True
+    except OSError:
+        return False
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def _put_back_unless(src: Path, dst: Path, expect: tuple[int, int]) -> None:
     """After a move of ``src`` to ``dst``: unless ``dst`` is the file ``expect`` names (a
     writer renamed a new drop onto the name meanwhile), put it back and raise."""
@@ -459,6 +501,46 @@ class Spool:
             raise MovedNotDurable(exc) from exc
         return True
 
+    def _finish_cut_move(self, source: Path, target: Path, original: str) -> bool:
+        """Whether ``target`` already holds the drop ``source``, whose move was cut short
+        before the spool's name was removed; the move then finished (that name removed).
+
+        Two moves leave such a pair when their process is killed before the last step:
+        where no rename can refuse to replace, :func:`durable.rename_new` links then
+        unlinks (one file under both names); into another filesystem, the copy is given
+        its name, then the spool's is removed (the same bytes twice). Set aside again
+        under a new name, the drop would be there twice. A copy counts only beside a
+        reason file no process holds (its move is not under way) naming this drop, and
+        only with the same bytes."""
+        try:
+            src, dst = os.lstat(source), os.lstat(target)
+        except OSError:
+            return False
+        if not (stat.S_ISREG(src.st_mode) and stat.S_ISREG(dst.st_mode)):
+            return False
+        same_file = (src.st_dev, src.st_ino) == (dst.st_dev, dst.st_ino)
+        if not same_file and not (
+            src.st_dev != dst.st_dev
+            and src.st_size == dst.st_size
+            and _left_reason(target.parent / (target.name + REASON_SUFFIX), original)
+            and _same_bytes(source, target, (src.st_dev, src.st_ino))
+        ):
+            return False
+        durable.fsync_dir(target.parent)  # the last step may never have been made durable
+        try:
+            durable.unlink_entry(source)
+        except FileNotFoundError:
+            return False  # taken meanwhile: not ours to finish
+        except OSError as exc:
+            raise StorageError("move", source, exc) from exc
+        try:
+            durable.fsync_dir(source.parent)
+        except StorageError as exc:
+            moved = MovedNotDurable(exc)
+            moved.moved_to = target.name
+            raise moved from exc
+        return True
+
     def _check_rejected_dir(self) -> None:
         """``rejected/`` must be a real folder: never quarantine through a symlink."""
         folder = self.rejected_dir
@@ -522,6 +604,8 @@ class Spool:
         for target in self._rejected_names(name):
             reserved = self._reserve(target, name, data)
             if reserved is None:
+                if self._finish_cut_move(source, self.rejected_dir / target, name):
+                    return target
                 continue
             reason_file, held = reserved
             try:

@@ -468,6 +468,11 @@ class Watcher:
 
     def _maintain(self, *, force: bool) -> None:
         """Latest link, cleanup and metadata: once per batch, not once per drop."""
+        if self._stop.is_set():
+            # Stopped amid a group: it takes no drop from now on. Said before this
+            # upkeep (the latest link, cleanup, the metadata: seconds on a slow disk),
+            # not only once it is done.
+            self.locks.note_stopping()
         now = time.monotonic()
         if not self.backlog.backoff.due(now) and not force:
             return
