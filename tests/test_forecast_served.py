@@ -541,6 +541,26 @@ def test_a_rise_too_slow_to_project_is_not_called_not_rising(root: Path) -> None
     assert "not rising" not in judged.stdout
 
 
+def place_partials(root: Path, after: datetime) -> None:
+    """39 partial scrapes without the weekly limits, one every 45 minutes after ``after``."""
+    for i in range(1, 40):
+        observed = after + timedelta(minutes=45 * i)
+        partial = {
+            "currentSession": {"resetsIn": "3 hr", "percentageUsed": 10},
+            "lastUpdated": iso(observed),
+            "isPartial": True,
+            "extractionErrors": {"weeklyLimits": "selector not found"},
+        }
+        put_version(root, version_name(observed, i + 1), json.dumps(partial).encode())
+
+
+def served_all_models(server: ServeProcess) -> float:
+    """``weeklyLimits.allModels``' percentage in the served forecast."""
+    answer = server.get(FORECAST)
+    assert answer.status_code == 200, answer.text
+    return float(limits_of(answer.json())["weeklyLimits.allModels"]["percentageUsed"])
+
+
 def test_a_version_deleted_by_hand_leaves_the_served_forecast(root: Path) -> None:
     """The weekly limits were last read 30 hours ago, wrongly (99 %; 40 % an hour before),
     and every snapshot since is a partial scrape without them, so the forecast holds
@@ -551,26 +571,15 @@ def test_a_version_deleted_by_hand_leaves_the_served_forecast(root: Path) -> Non
     first, second = now - timedelta(hours=31), now - timedelta(hours=30)
     place_weekly(root, first, 40, reset, 0)
     wrong = place_weekly(root, second, 99, reset, 1)
-    for i in range(1, 40):
-        observed = second + timedelta(minutes=45 * i)
-        partial = {
-            "currentSession": {"resetsIn": "3 hr", "percentageUsed": 10},
-            "lastUpdated": iso(observed),
-            "isPartial": True,
-            "extractionErrors": {"weeklyLimits": "selector not found"},
-        }
-        put_version(root, version_name(observed, i + 1), json.dumps(partial).encode())
-
-    def served() -> float:
-        answer = server.get(FORECAST)
-        assert answer.status_code == 200, answer.text
-        return float(limits_of(answer.json())["weeklyLimits.allModels"]["percentageUsed"])
+    place_partials(root, second)
 
     with ServeProcess(root, env={"INGESTER_CONSOLE_TIMEZONE": "UTC"}) as server:
-        assert served() == 99
+        assert served_all_models(server) == 99
         (root / "console-usage-history" / wrong).unlink()
         assert cli_limits(root)["weeklyLimits.allModels"]["percentageUsed"] == 40
-        wait_for(lambda: served() == 40, 10, "serve to leave out the deleted version")
+        wait_for(
+            lambda: served_all_models(server) == 40, 10, "serve to leave out the deleted version"
+        )
     assert "Traceback" not in server.log
 
 
@@ -583,31 +592,18 @@ def test_a_version_restored_among_the_old_ones_joins_the_served_forecast(root: P
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     reset = now + timedelta(days=4)
     place_weekly(root, now - timedelta(hours=32), 40, reset, 0)
-    for i in range(1, 40):
-        observed = now - timedelta(hours=30) + timedelta(minutes=45 * i)
-        partial = {
-            "currentSession": {"resetsIn": "3 hr", "percentageUsed": 10},
-            "lastUpdated": iso(observed),
-            "isPartial": True,
-            "extractionErrors": {"weeklyLimits": "selector not found"},
-        }
-        put_version(root, version_name(observed, i + 1), json.dumps(partial).encode())
+    place_partials(root, now - timedelta(hours=30))
     elsewhere = root / "restored"
     elsewhere.mkdir()
     # Made beside the history, then renamed in whole.
     name = place_weekly(elsewhere, now - timedelta(hours=31), 70, reset, 99)
     made = elsewhere / "console-usage-history" / name
 
-    def served() -> float:
-        answer = server.get(FORECAST)
-        assert answer.status_code == 200, answer.text
-        return float(limits_of(answer.json())["weeklyLimits.allModels"]["percentageUsed"])
-
     with ServeProcess(root, env={"INGESTER_CONSOLE_TIMEZONE": "UTC"}) as server:
-        assert served() == 40
+        assert served_all_models(server) == 40
         made.rename(root / "console-usage-history" / name)
         assert cli_limits(root)["weeklyLimits.allModels"]["percentageUsed"] == 70
-        wait_for(lambda: served() == 70, 10, "serve to take the restored version")
+        wait_for(lambda: served_all_models(server) == 70, 10, "serve to take the restored version")
     assert "Traceback" not in server.log
 
 

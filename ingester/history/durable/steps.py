@@ -323,9 +323,12 @@ def current_umask() -> int:
     return mask
 
 
-def _link_no_clobber(tmp: Path, final: Path) -> None:
+def _link_no_clobber(tmp: Path, final: Path) -> bool:
+    """Hard-link the entry ``tmp`` (never what a symlink points at) as ``final``: True.
+    Where hard links cannot be made, a check then a rename: False (``tmp`` is gone).
+    Raises ``FileExistsError`` when ``final`` exists, ``OSError`` for other failures."""
     try:
-        os.link(tmp, final)
+        os.link(tmp, final, follow_symlinks=False)
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
@@ -333,6 +336,8 @@ def _link_no_clobber(tmp: Path, final: Path) -> None:
         if os.path.lexists(final):
             raise FileExistsError(errno.EEXIST, "File exists", os.fspath(final)) from exc
         os.replace(tmp, final)
+        return False
+    return True
 
 
 _RENAME_NOREPLACE = 1  # from <linux/fs.h>
@@ -381,15 +386,8 @@ def rename_new(src: StrPath, dst: StrPath) -> None:
     """
     if _rename_no_clobber(Path(src), Path(dst)):
         return
-    try:
-        os.link(src, dst, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, "File exists", os.fspath(dst)) from exc
-        os.rename(src, dst)
-        return
+    if not _link_no_clobber(Path(src), Path(dst)):
+        return  # renamed: nothing left under ``src``
     try:
         os.unlink(src)
     except OSError:
