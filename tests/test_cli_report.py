@@ -6,13 +6,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import IS_ROOT, VALID_SAMPLES, run_cli
+from support.capabilities import immutable
 
 from ingester.history.lock import HistoryLock
 
@@ -799,16 +799,10 @@ def test_verify_repair_of_a_copy_without_latest_link(root: Path, tmp_path: Path)
     assert not (restored / "spool").exists()  # repair does not create the spool
 
 
-def _chattr(path: Path, flag: str) -> None:
-    done = subprocess.run(["chattr", flag, str(path)], capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"chattr {flag} does not work here: {done.stderr.decode().strip()}")
-
-
 @pytest.mark.skipif(not IS_ROOT, reason="chattr +i needs root")
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 def test_verify_repair_makes_every_other_version_read_only_past_one_it_cannot(
-    root: Path, as_json: bool
+    root: Path, as_json: bool, can_chattr: None
 ) -> None:
     """A writable version ``--repair`` cannot chmod (immutable) does not stop it: the
     other writable versions are made read-only and reported repaired, the stuck one is
@@ -821,11 +815,8 @@ def test_verify_repair_makes_every_other_version_read_only_past_one_it_cannot(
     for name in names:
         (history / name).chmod(0o644)
     stuck = history / names[0]
-    _chattr(stuck, "+i")
-    try:
+    with immutable(stuck):
         done = run_cli(root, "verify", "--repair", *(["--json"] if as_json else []))
-    finally:
-        _chattr(stuck, "-i")
     assert "Traceback" not in done.stderr
     assert done.returncode == 1, done.stdout + done.stderr
     still_writable = [n for n in names[1:] if (history / n).stat().st_mode & 0o222]

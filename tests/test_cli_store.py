@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 from support import INVALID_SAMPLES, IS_ROOT, VALID_SAMPLES, run_cli
-from support.capabilities import other_user_problem, others_folder, run_as_other, tmpfs
+from support.capabilities import immutable, other_user_problem, others_folder, run_as_other, tmpfs
 
 from ingester.history.lock import HistoryLock
 from ingester.history.names import format_timestamp, is_version_name, parse_timestamp_from_filename
@@ -291,16 +290,10 @@ def write_config(path: Path, **values: Any) -> Path:
     return path
 
 
-def _chattr(path: Path, flag: str) -> None:
-    done = subprocess.run(["chattr", flag, str(path)], capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"chattr {flag} does not work here: {done.stderr.decode().strip()}")
-
-
 @pytest.mark.skipif(not IS_ROOT, reason="chattr +i needs root")
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 def test_cleanup_that_cannot_prune_rejected_drops_still_says_what_it_deleted(
-    root: Path, as_json: bool
+    root: Path, as_json: bool, can_chattr: None
 ) -> None:
     """Retention deletes two versions, then the quarantine cannot be pruned (immutable):
     the result is printed all the same (the line, or the object with ``deleted``), then
@@ -314,8 +307,7 @@ def test_cleanup_that_cannot_prune_rejected_drops_still_says_what_it_deleted(
     drop.write_text("{}")
     reason = rejected / "bad.json.reason.json"
     reason.write_text(json.dumps({"rejectedAt": "2020-01-01T00:00:00Z", "errors": []}))
-    _chattr(rejected, "+i")
-    try:
+    with immutable(rejected):
         done = run_cli(
             root,
             "--max-versions",
@@ -327,8 +319,6 @@ def test_cleanup_that_cannot_prune_rejected_drops_still_says_what_it_deleted(
             "cleanup",
             *(["--json"] if as_json else []),
         )
-    finally:
-        _chattr(rejected, "-i")
     assert "Traceback" not in done.stderr
     assert done.returncode == 1, done.stdout + done.stderr
     gone = sorted(set(before) - set(versions(history)))
