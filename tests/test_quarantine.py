@@ -224,6 +224,17 @@ def test_a_watcher_killed_between_the_reason_file_and_the_move_counts_no_rejecti
     assert rejected_counts(root, quarantine) == (3, 3)
 
 
+def rerun_sets_it_aside_once(root: Path, quarantine: Path) -> None:
+    """The run after a kill amid ``bad.json``'s move finishes it: the drop is gone from
+    the spool and set aside once, under its own name, beside its one reason file."""
+    code, log = once(root, quarantine)
+    assert code == 0, log
+    assert not (root / "spool" / "bad.json").exists(), log
+    assert sorted(os.listdir(quarantine)) == ["bad.json", f"bad.json{REASON}"], log
+    assert (quarantine / "bad.json").read_bytes() == b"{not json"
+    assert rejected_counts(root, quarantine) == (1, 1)
+
+
 @needs_strace_root
 def test_a_watcher_killed_between_the_link_and_the_unlink_of_a_move_sets_the_drop_aside_once(
     root: Path,
@@ -246,12 +257,7 @@ def test_a_watcher_killed_between_the_link_and_the_unlink_of_a_move_sets_the_dro
 
     assert code != 0, log  # killed
     assert os.path.samefile(spool / "bad.json", quarantine / "bad.json"), log
-    code, log = once(root, quarantine)
-    assert code == 0, log
-    assert not (spool / "bad.json").exists(), log
-    assert sorted(os.listdir(quarantine)) == ["bad.json", f"bad.json{REASON}"], log
-    assert (quarantine / "bad.json").read_bytes() == b"{not json"
-    assert rejected_counts(root, quarantine) == (1, 1)
+    rerun_sets_it_aside_once(root, quarantine)
 
 
 @needs_strace_root
@@ -275,12 +281,7 @@ def test_a_watcher_killed_between_a_copy_to_another_filesystem_and_the_unlink_se
 
     assert code != 0, log  # killed
     assert (spool / "bad.json").exists() and (quarantine / "bad.json").exists(), log
-    code, log = once(root, quarantine)
-    assert code == 0, log
-    assert not (spool / "bad.json").exists(), log
-    assert sorted(os.listdir(quarantine)) == ["bad.json", f"bad.json{REASON}"], log
-    assert (quarantine / "bad.json").read_bytes() == b"{not json"
-    assert rejected_counts(root, quarantine) == (1, 1)
+    rerun_sets_it_aside_once(root, quarantine)
 
 
 @needs_strace_root
