@@ -340,11 +340,7 @@ def test_serve_never_promises_a_post_to_a_watch_once_that_will_not_take_it(root:
         once.wait_log("ingested ")  # its start-up scan is behind it: it drains now
         with once.held():  # still running (its lock held) while the POST is answered
             body = fresh_payload(marker="posted during --once")
-            answer = server.post(
-                "/api/claude/console-usage",
-                content=body,
-                headers={"X-API-Key": KEY, "Content-Type": "application/json"},
-            )
+            answer = server.post(API, content=body, headers=HEADERS)
         assert answer.status_code == 202, answer.text
         assert answer.json()["waitingForWatcher"] is True, answer.json()
         assert once.proc.wait(60) == 0, once.log
@@ -369,11 +365,7 @@ def test_serve_never_promises_a_post_to_a_watcher_that_is_stopping(root: Path) -
         os.kill(traced_program(w.proc.pid), signal.SIGTERM)
         w.wait_log("stopped: ")  # it takes no drop any more, its locks still held
         body = fresh_payload(marker="posted while the watcher stops")
-        answer = server.post(
-            "/api/claude/console-usage",
-            content=body,
-            headers={"X-API-Key": KEY, "Content-Type": "application/json"},
-        )
+        answer = server.post(API, content=body, headers=HEADERS)
         assert answer.status_code == 202, answer.text
         assert answer.json()["waitingForWatcher"] is True, answer.json()
         assert w.proc.wait(30) == 0, w.log
@@ -417,11 +409,7 @@ def test_serve_never_promises_a_post_to_a_watcher_stopped_amid_its_backlog(root:
         os.kill(program, signal.SIGTERM)
         wait_for(lambda: in_metadata_rename(program), 30, "its last upkeep")
         body = fresh_payload(marker="posted while the watcher stops")
-        answer = server.post(
-            "/api/claude/console-usage",
-            content=body,
-            headers={"X-API-Key": KEY, "Content-Type": "application/json"},
-        )
+        answer = server.post(API, content=body, headers=HEADERS)
         assert in_metadata_rename(program), w.log  # answered amid that upkeep
         assert answer.status_code == 202, answer.text
         assert answer.json()["waitingForWatcher"] is True, answer.json()
