@@ -474,17 +474,23 @@ def test_a_second_history_given_the_latest_link_of_a_running_watcher_is_refused_
         assert not latest.exists()
         done = run_cli(other, *shared, "watch")
         assert done.returncode == 1, done.stderr
-        assert done.stderr.rstrip().endswith(
-            f"ERROR cannot start: the latest link {latest} is kept by pid {w.proc.pid} watch, "
-            f"for another history ({tmp_path / '.shared-latest.json.lock'}); give each "
-            "history its own --latest-path"
-        ), done.stderr
+        assert done.stderr.rstrip().endswith(link_kept_by(latest, w.proc.pid)), done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         drop(spool_of(root), "first.json", payload(1))
         wait_for(lambda: latest.exists() and latest.read_bytes() == payload(1), what="the link")
         assert w.stop() == 0, w.log
     assert latest.read_bytes() == payload(1)
     assert "latest link repaired" not in w.log, w.log
+
+
+def link_kept_by(latest: Path, pid: int) -> str:
+    """The line that refuses a second history's watcher the latest link ``latest`` that
+    the watcher ``pid`` keeps (its lock file beside the link)."""
+    lock = latest.parent / f".{latest.name}.lock"
+    return (
+        f"ERROR cannot start: the latest link {latest} is kept by pid {pid} watch, "
+        f"for another history ({lock}); give each history its own --latest-path"
+    )
 
 
 def test_a_latest_link_whose_folder_is_made_by_the_first_watcher_is_locked_by_it(
@@ -503,11 +509,7 @@ def test_a_latest_link_whose_folder_is_made_by_the_first_watcher_is_locked_by_it
         wait_for(latest.parent.is_dir, what="the latest link's folder")
         done = run_cli(other, *shared, "watch", timeout=30)
         assert done.returncode == 1, done.stderr
-        assert done.stderr.rstrip().endswith(
-            f"ERROR cannot start: the latest link {latest} is kept by pid {w.proc.pid} watch, "
-            f"for another history ({latest.parent / '.shared-latest.json.lock'}); give each "
-            "history its own --latest-path"
-        ), done.stderr
+        assert done.stderr.rstrip().endswith(link_kept_by(latest, w.proc.pid)), done.stderr
         assert w.stop() == 0, w.log
 
 
