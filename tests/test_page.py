@@ -765,6 +765,54 @@ def test_a_reading_short_of_100_is_never_shown_as_100(
     assert watched.problems == []
 
 
+def test_the_cards_and_ingester_forecast_round_a_half_alike(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    # Halves at each place a number is rounded for people: 12.25 % and 7.25 % to one
+    # decimal, and a margin of 78 h (3.25 days) before the reset. Python's own rounding
+    # (half to even) would make the command line say 12.2 % and 3.2 days where the page
+    # says 12.3 % and 3.3 days, from one and the same forecast.
+    last = (datetime.now(UTC) - timedelta(minutes=2)).replace(second=30, microsecond=0)
+
+    def body(all_models: float, resets_in: str) -> dict[str, Any]:
+        return {
+            "currentSession": {"resetsIn": "3 hr", "percentageUsed": 12.25},
+            "weeklyLimits": {
+                "allModels": {"resetsIn": resets_in, "percentageUsed": all_models},
+                "sonnetOnly": {"resetsIn": "2 days", "percentageUsed": 7.25},
+            },
+        }
+
+    # allModels rises 10 %/h: 100 % 7 h after the newest, 85 h before its reset.
+    store(
+        root,
+        [
+            (last - timedelta(hours=1), body(20, "3 days 14 hr")),
+            (last, body(30, "3 days 13 hr")),
+        ],
+    )
+    day_time = "%a %H:%M"  # en-GB, UTC: the page's context, and the command's below
+    words = (
+        f"at this rate 100 % by {(last + timedelta(hours=7)).strftime(day_time)}, 3.3 days "
+        f"before the reset ({(last + timedelta(hours=85)).strftime(day_time)})"
+    )
+    server = serve()
+    watched = open_page(server.url + "/")
+    page = watched.page
+    expect(page.locator("#gauge-all .forecast")).to_have_text(
+        words.replace(" %", "\u00a0%"), timeout=10_000
+    )
+    assert page.inner_text("#gauge-session .pct") == "12.3\u00a0%"
+    assert page.inner_text("#gauge-sonnet .pct") == "7.3\u00a0%"
+    shown = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split()[0]: line for line in shown.stdout.splitlines()[2:]}
+    assert rows["weeklyLimits.allModels"].endswith(words), shown.stdout
+    assert " 12.3 % " in rows["currentSession"], shown.stdout
+    assert " 7.3 % " in rows["weeklyLimits.sonnetOnly"], shown.stdout
+    assert watched.problems == []
+
+
 def test_a_limit_keyed_with_a_dot_is_read_from_the_newest_snapshot(
     root: Path, serve: Any, open_page: Any
 ) -> None:
