@@ -259,6 +259,32 @@ def test_no_version_is_404_and_exit_1(root: Path) -> None:
     )
 
 
+def test_a_history_of_versions_dated_days_ahead_is_not_called_empty_over_http(
+    root: Path,
+) -> None:
+    # Two versions named three days ahead of the clock (a clock set back since): none is
+    # the latest, so there is nothing to forecast from, but the history is not empty, as
+    # the data's own answer (it serves the oldest of them) and the command line say: the
+    # message says why, not "nothing stored yet".
+    assert run_cli(root, "init").returncode == 0
+    ahead = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
+    for seq in range(2):
+        put_version(root, version_name(ahead, seq), json.dumps(snapshot(seq, ahead)).encode())
+    with ServeProcess(root) as server:
+        data = server.get(API)
+        assert data.status_code == 200
+        assert data.json()["versionInfo"]["total"] == 2
+        answer = server.get(FORECAST)
+        assert answer.status_code == 404
+        assert answer.json() == {
+            "error": "NotFound",
+            "message": "no version to forecast from: the 2 held are dated more than a day "
+            "ahead of this server's clock",
+            "versionsAvailable": 0,  # to forecast from (the schema's NoVersions)
+        }
+        assert "Traceback" not in server.log
+
+
 def test_a_history_with_no_snapshot_to_go_by_answers_alike_in_text_and_json(
     root: Path, tmp_path: Path
 ) -> None:

@@ -703,6 +703,55 @@ def test_a_partial_snapshot_keeps_the_weekly_cards_and_their_projection(
     assert watched.problems == []
 
 
+def test_a_card_shows_one_reading_when_the_version_stored_last_was_observed_first(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    # 60 % and 70 %, observed 40 and 20 minutes ago, then a snapshot observed three hours
+    # ago stored last (a scraper sending what it had queued): 20 %, resetting in 5 hr.
+    # The forecast goes by the newest observation, 70 %: rising 18.75 %/h over the three
+    # (the median of the slopes 40/2.333 h, 50/2.667 h and 10/0.333 h), so 100 % 96 min
+    # after it, 1 h 24 min before its reset (3 hr after it). The card must say 70 %
+    # beside those words, as `ingester forecast` does, not the 20 % stored last.
+    now = (datetime.now(UTC) - timedelta(minutes=1)).replace(second=30, microsecond=0)
+
+    def session(used: float, resets_in: str) -> dict[str, Any]:
+        return {"currentSession": {"resetsIn": resets_in, "percentageUsed": used}}
+
+    store(
+        root,
+        [
+            (now - timedelta(minutes=40), session(60, "3 hr 20 min")),
+            (now - timedelta(minutes=20), session(70, "3 hr")),
+        ],
+    )
+    queued = now - timedelta(hours=3)
+    last = max(p.name for p in (root / HISTORY).glob("2*.json"))
+    name = generate_version_filename(now, after=last)
+    (root / HISTORY / name).write_text(
+        json.dumps({**session(20, "5 hr"), "lastUpdated": iso_ms(queued)})
+    )
+    newest = now - timedelta(minutes=20)
+    day_time = "%a %H:%M"  # en-GB, UTC: the page's context, and the command's below
+    words = (
+        f"at this rate 100 % by {(newest + timedelta(minutes=96)).strftime(day_time)}, "
+        f"1 h 24 min before the reset ({(newest + timedelta(hours=3)).strftime(day_time)})"
+    )
+    server = serve()
+    watched = open_page(server.url + "/")
+    page = watched.page
+    wait_points(page, 3)
+    card = page.locator("#gauge-session")
+    expect(card.locator(".forecast")).to_have_text(words.replace(" %", "\u00a0%"), timeout=10_000)
+    assert card.locator(".pct").inner_text() == pct(70)
+    assert card.get_attribute("data-held") == "false"
+    shown = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert shown.returncode == 0, shown.stderr
+    row = shown.stdout.splitlines()[2]
+    assert row.split()[:3] == ["currentSession", "70", "%"], shown.stdout
+    assert row.endswith(words), shown.stdout
+    assert watched.problems == []
+
+
 def test_limits_whose_names_differ_only_beyond_ascii_get_a_card_each(
     root: Path, serve: Any, open_page: Any
 ) -> None:
@@ -762,6 +811,54 @@ def test_a_reading_short_of_100_is_never_shown_as_100(
     expect(page.locator("#gauge-session .pct")).to_have_text("99.97\u00a0%", timeout=10_000)
     expect(page.locator("#gauge-all .pct")).to_have_text("99.9\u00a0%")
     expect(page.locator("#gauge-sonnet .pct")).to_have_text("100\u00a0%")
+    assert watched.problems == []
+
+
+def test_the_cards_and_ingester_forecast_round_a_half_alike(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    # Halves at each place a number is rounded for people: 12.25 % and 7.25 % to one
+    # decimal, and a margin of 78 h (3.25 days) before the reset. Python's own rounding
+    # (half to even) would make the command line say 12.2 % and 3.2 days where the page
+    # says 12.3 % and 3.3 days, from one and the same forecast.
+    last = (datetime.now(UTC) - timedelta(minutes=2)).replace(second=30, microsecond=0)
+
+    def body(all_models: float, resets_in: str) -> dict[str, Any]:
+        return {
+            "currentSession": {"resetsIn": "3 hr", "percentageUsed": 12.25},
+            "weeklyLimits": {
+                "allModels": {"resetsIn": resets_in, "percentageUsed": all_models},
+                "sonnetOnly": {"resetsIn": "2 days", "percentageUsed": 7.25},
+            },
+        }
+
+    # allModels rises 10 %/h: 100 % 7 h after the newest, 85 h before its reset.
+    store(
+        root,
+        [
+            (last - timedelta(hours=1), body(20, "3 days 14 hr")),
+            (last, body(30, "3 days 13 hr")),
+        ],
+    )
+    day_time = "%a %H:%M"  # en-GB, UTC: the page's context, and the command's below
+    words = (
+        f"at this rate 100 % by {(last + timedelta(hours=7)).strftime(day_time)}, 3.3 days "
+        f"before the reset ({(last + timedelta(hours=85)).strftime(day_time)})"
+    )
+    server = serve()
+    watched = open_page(server.url + "/")
+    page = watched.page
+    expect(page.locator("#gauge-all .forecast")).to_have_text(
+        words.replace(" %", "\u00a0%"), timeout=10_000
+    )
+    assert page.inner_text("#gauge-session .pct") == "12.3\u00a0%"
+    assert page.inner_text("#gauge-sonnet .pct") == "7.3\u00a0%"
+    shown = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split()[0]: line for line in shown.stdout.splitlines()[2:]}
+    assert rows["weeklyLimits.allModels"].endswith(words), shown.stdout
+    assert " 12.3 % " in rows["currentSession"], shown.stdout
+    assert " 7.3 % " in rows["weeklyLimits.sonnetOnly"], shown.stdout
     assert watched.problems == []
 
 

@@ -7,8 +7,9 @@
   {"points", "since"}, "observedAt", "inNewest", "missingReason"}]}``
   (:meth:`ingester.usage.forecast.Forecast.to_json`), with a weak
   ``ETag`` naming the versions it came from (a repeated request with ``If-None-Match``
-  is a 304), 404 ``{"error", "message", "versionsAvailable": 0}`` without versions and
-  503 when the history cannot be read, like the other reads;
+  is a 304), 404 ``{"error", "message", "versionsAvailable": 0}`` without a version to
+  forecast from (none stored, or all dated more than a day ahead, which the message
+  says) and 503 when the history cannot be read, like the other reads;
 * the collector exports, per limit (label ``limit``, the dotted path):
   ``ingester_usage_percent``, ``ingester_usage_resets_at_seconds``,
   ``ingester_usage_rate_percent_per_hour`` and ``ingester_usage_exhausts_at_seconds``,
@@ -69,11 +70,16 @@ class _ForecastRoute:
         self.faults = faults
         self._body: tuple[str, bytes] | None = None
 
+    def _held(self) -> int:
+        """How many versions the history holds (``OSError`` when it cannot be listed)."""
+        return len(self.usage.index.snapshot())
+
     async def handle(self, request: Request) -> Response:
         now = self.clock()
         try:
             # The answer kept while nothing changed is at hand without a worker thread.
             answer = self.usage.cached(now) or await run_in_threadpool(self.usage.answer, now)
+            held = 0 if answer is not None else await run_in_threadpool(self._held)
         except OSError as exc:
             self.faults.failed(request, HISTORY, exc)
             return _json(
@@ -85,14 +91,17 @@ class _ForecastRoute:
             )
         self.faults.passed(HISTORY)
         if answer is None:
-            return _json(
-                {
-                    "error": "NotFound",
-                    "message": "No console usage data has been stored yet",
-                    "versionsAvailable": 0,
-                },
-                404,
+            # Versions held that are all dated more than a day ahead (none is the
+            # latest, so none is available to forecast from): said as such, as `ingester
+            # forecast` says it, not as an empty history, which the data's own answer and
+            # /api/health would contradict.
+            message = (
+                f"no version to forecast from: the {held} held are dated more than a day "
+                "ahead of this server's clock"
+                if held
+                else "No console usage data has been stored yet"
             )
+            return _json({"error": "NotFound", "message": message, "versionsAvailable": 0}, 404)
         headers = {"ETag": answer.tag, "Cache-Control": "no-cache"}
         if _matches(request.headers.get("if-none-match"), answer.tag):
             return Response(status_code=304, headers=headers)

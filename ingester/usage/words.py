@@ -8,7 +8,8 @@ the perfdata carry them exactly.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
+from decimal import ROUND_HALF_UP, Decimal
 
 from .forecast import LimitForecast
 from .readings import CLOCK_AHEAD
@@ -39,14 +40,21 @@ def percent_words(value: float, bounds: Iterable[float] = (100.0,)) -> str:
     reached; a check's thresholds): 99.97 is shown as ``"99.97 %"``, not ``"100.0 %"``,
     which would say the limit is reached. Then the shortest text that reads back as the
     exact value is shown. The exact value is always in the JSON, metrics and perfdata.
+
+    The decimal is rounded half up from the exact value, as the page's cards round it
+    (JavaScript's ``toFixed``): 12.25 is ``"12.3 %"`` on both, not ``"12.2 %"`` (Python's
+    rounding, half to even).
     """
     value = float(value)
     if value.is_integer():
         return f"{value:g} %"
-    text = f"{value:.1f}"
+    text = str(Decimal(value).quantize(_TENTH, rounding=ROUND_HALF_UP))
     if any((value >= bound) != (float(text) >= bound) for bound in bounds):
         text = repr(value)
     return text + " %"
+
+
+_TENTH = Decimal("0.1")
 
 
 def seconds_words(seconds: float) -> str:
@@ -75,8 +83,21 @@ def dated_ahead(updated: datetime, now: datetime) -> str | None:
     )
 
 
-def _duration_words(delta: timedelta) -> str:
-    minutes = max(0, round(delta.total_seconds() / 60))
+def _millis(stamp: datetime) -> int:
+    """``stamp`` in whole milliseconds since the epoch, cut down, as the JSON carries it."""
+    return (stamp - _EPOCH) // timedelta(milliseconds=1)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _duration_words(start: datetime, end: datetime) -> str:
+    """From ``start`` to ``end`` in words, worked out as the page's cards work it out (from
+    the times as the JSON carries them, to the millisecond; each step rounded half up, as
+    JavaScript's ``Math.round`` and ``toFixed`` round), so both say the same:
+    ``42 min``, ``1 h 12 min``, ``11 h``, ``3.3 days``."""
+    millis = max(0, _millis(end) - _millis(start))
+    minutes = (millis + 30_000) // 60_000
     if minutes < 60:
         return f"{minutes} min"
     if minutes < 600:
@@ -84,8 +105,11 @@ def _duration_words(delta: timedelta) -> str:
         # deciding whether to wait for the reset.
         hours, rest = divmod(minutes, 60)
         return f"{hours} h {rest} min" if rest else f"{hours} h"
-    hours = round(minutes / 60)
-    return f"{hours} h" if hours < 72 else f"{hours / 24:.1f} days"
+    hours = (minutes + 30) // 60
+    if hours < 72:
+        return f"{hours} h"
+    tenths = (hours * 20 + 24) // 48  # hours / 24 to one decimal, half up
+    return f"{tenths // 10}.{tenths % 10} days"
 
 
 def format_when(stamp: datetime, zone: tzinfo, near: datetime) -> str:
@@ -137,6 +161,6 @@ def _verdict(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
     if limit.resets_at is None:
         return by + " (reset time unknown)"
     if limit.before_reset:
-        ahead = _duration_words(limit.resets_at - limit.exhausts_at)
+        ahead = _duration_words(limit.exhausts_at, limit.resets_at)
         return f"{by}, {ahead} before the reset ({format_when(limit.resets_at, zone, as_of)})"
     return "resets before the limit"

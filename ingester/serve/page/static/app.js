@@ -211,16 +211,25 @@
 
   // -- the newest snapshot ----------------------------------------------------------------
 
-  // What a card shows: the newest snapshot's reading, or, when that snapshot lacks the
-  // limit (a partial scrape), the last reading the forecast holds, said to be held.
+  // What a card shows: the reading the forecast goes by, so that the percentage, the
+  // reset and the verdict on a card are one reading's. That is the newest snapshot's (by
+  // lastUpdated: a version stored last may have been observed hours before the others,
+  // a scraper sending what it queued), or, when that snapshot lacks the limit (a partial
+  // scrape), the last reading the forecast holds, said to be held. The latest version's
+  // own reading only where the forecast has none (not loaded yet).
   function reading(key) {
-    const section = state.latest ? pick(state.latest, key) : null;
     const limit = forecastFor(key);
-    if (section && typeof section.percentageUsed === "number") {
-      return { pct: section.percentageUsed, resetsIn: section.resetsIn, limit, held: false };
-    }
     if (limit) {
-      return { pct: limit.percentageUsed, resetsIn: limit.resetsIn, limit, held: true };
+      return {
+        pct: limit.percentageUsed,
+        resetsIn: limit.resetsIn,
+        limit,
+        held: limit.inNewest === false,
+      };
+    }
+    const section = state.latest ? pick(state.latest, key) : null;
+    if (section && typeof section.percentageUsed === "number") {
+      return { pct: section.percentageUsed, resetsIn: section.resetsIn, limit: null, held: false };
     }
     return null;
   }
