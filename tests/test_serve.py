@@ -10,6 +10,7 @@ import email.utils
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -880,19 +881,11 @@ def test_a_server_out_of_descriptors_says_so_once_in_a_while_and_goes_on(tmp_pat
     server answers again once the connections are closed."""
     root = tmp_path / "root"
     root.mkdir()
-    wrapper = (shutil.which("prlimit") or "prlimit", "--nofile=30:30", "--")
-    with ServeProcess(root, wrapper=wrapper) as server:  # stopped however the test ends
+    with ServeProcess(root, wrapper=_FEW_FILES) as server:  # stopped however the test ends
         began = time.monotonic()
         held: list[socket.socket] = []
         try:
-            wait_for(
-                lambda: (
-                    held.append(socket.create_connection(("127.0.0.1", server.port)))
-                    or "out of system resource" in server.log
-                ),
-                30,
-                "the listener out of descriptors",
-            )
+            _hold_until_out_of_descriptors(server, held)
         finally:
             for sock in held:
                 sock.close()
@@ -908,6 +901,53 @@ def test_a_server_out_of_descriptors_says_so_once_in_a_while_and_goes_on(tmp_pat
         "files: ulimit -n, the unit's LimitNOFILE=)"
     ), said
     assert "please report" not in log
+
+
+_FEW_FILES = (shutil.which("prlimit") or "prlimit", "--nofile=30:30", "--")
+
+
+def _hold_until_out_of_descriptors(server: ServeProcess, held: list[socket.socket]) -> None:
+    """Open connections to ``server`` (kept in ``held``) until it says it cannot accept."""
+    wait_for(
+        lambda: (
+            held.append(socket.create_connection(("127.0.0.1", server.port)))
+            or "out of system resource" in server.log
+        ),
+        30,
+        "the listener out of descriptors",
+    )
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
+def test_a_stop_while_out_of_descriptors_says_nothing_of_the_accepts_it_no_longer_needs(
+    tmp_path: Path,
+) -> None:
+    """A stop while the listener is out of descriptors, with a request still in flight:
+    the accepts asyncio scheduled again for a second later fail on the closed listener
+    while the stop waits for that request. They are no fault of anyone's (there is
+    nothing left to accept), so no line says "please report"."""
+    root = tmp_path / "root"
+    root.mkdir()
+    with ServeProcess(root, wrapper=_FEW_FILES) as server:  # stopped however the test ends
+        in_flight = socket.create_connection(("127.0.0.1", server.port))
+        held = [in_flight]
+        try:
+            # A body still to come keeps the stop waiting for its grace period.
+            in_flight.sendall(
+                b"POST /api/claude/console-usage HTTP/1.1\r\nHost: test\r\n"
+                b"Content-Type: application/json\r\nX-API-Key: "
+                + KEY.encode()
+                + b"\r\nContent-Length: 100\r\n\r\n{"
+            )
+            _hold_until_out_of_descriptors(server, held)
+            server.proc.send_signal(signal.SIGTERM)
+            assert server.proc.wait(60) == 0
+        finally:
+            for sock in held:
+                sock.close()
+        log = server.log
+    assert "was still sending its request body when the server stopped" in log
+    assert "please report" not in log, log[-2000:]
 
 
 def _answers(server: ServeProcess) -> bool:

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, MutableMapping
@@ -143,6 +144,8 @@ def _loop_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> No
     """asyncio's "Fatal error on transport" and the like: one line, no traceback."""
     exc = context.get("exception")
     message = str(context.get("message") or "event loop error")
+    if _accept_retry_after_close(context):
+        return
     if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS:
         now = time.monotonic()
         if now - _resource_said["at"] < _RESOURCE_SAY_EVERY:
@@ -165,6 +168,25 @@ def _loop_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> No
         log.error("%s: %s (please report)", message, describe_exception(exc))
     else:
         log.warning("%s", message)
+
+
+def _accept_retry_after_close(context: dict[str, Any]) -> bool:
+    """Whether ``context`` is an accept retried on a listener that was closed meanwhile.
+
+    A listener out of descriptors stops accepting and schedules a retry a second later
+    (many of them, one per failed wakeup); a stop in that second closes the listener,
+    and each retry then fails on its closed socket (``ValueError: Invalid file
+    descriptor: -1``) while the stop waits for requests still in flight. There is
+    nothing left to accept, so these say nothing.
+    """
+    handle = context.get("handle")
+    callback = getattr(handle, "_callback", None)
+    if getattr(callback, "__name__", None) != "_start_serving":
+        return False
+    if not isinstance(context.get("exception"), ValueError):
+        return False
+    args = getattr(handle, "_args", None) or ()
+    return any(isinstance(arg, socket.socket) and arg.fileno() == -1 for arg in args)
 
 
 def _sample(ctx: Any, name: str, **labels: str) -> int:
