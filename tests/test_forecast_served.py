@@ -653,3 +653,32 @@ def test_a_limit_at_100_for_longer_than_the_basis_is_at_the_limit_since_at_least
     row = next(line for line in table.stdout.splitlines() if "allModels" in line)
     since = (now - timedelta(hours=24)).strftime("%a %H:%M")
     assert row.endswith(f"at the limit since at least {since}"), row
+
+
+def test_a_version_swapped_in_the_middle_by_hand_gives_the_forecast_a_new_tag(root: Path) -> None:
+    """A version deleted by hand and another put among the old ones, between two requests:
+    the newest, the oldest and the count stay as they were, but the forecast is another
+    (a limit read only in the swapped-in version). A running ``serve`` answers the new
+    forecast, under a new tag: a client's old tag must not match, and the server must
+    not serve the body it kept under that tag."""
+    last = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    seen = [last - timedelta(minutes=30 * (12 - i)) for i in range(13)]
+    for i, observed in enumerate(seen):
+        put_version(root, version_name(observed, i), json.dumps(snapshot(i, observed)).encode())
+    with ServeProcess(root, env={"INGESTER_CONSOLE_TIMEZONE": ZONE}) as server:
+        first = server.get(FORECAST)
+        assert first.status_code == 200, first.text
+        assert "legacy" not in limits_of(first.json())
+        swapped = snapshot(6, seen[6])
+        swapped["legacy"] = {"resetsIn": "60 days", "percentageUsed": 42}
+        put_version(root, version_name(seen[6], 0x600), json.dumps(swapped).encode())
+        (root / "console-usage-history" / version_name(seen[6], 6)).unlink()
+        wait_for(
+            lambda: "legacy" in limits_of(server.get(FORECAST).json()),
+            20,
+            "the forecast of the swapped history",
+        )
+        again = server.get(FORECAST, headers={"If-None-Match": first.headers["etag"]})
+        assert again.status_code == 200, again.headers
+        assert again.headers["etag"] != first.headers["etag"]
+        assert "legacy" in limits_of(again.json())
