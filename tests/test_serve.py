@@ -516,6 +516,26 @@ def test_post_with_a_missing_or_wrong_key_is_401(root: Path, server, key: str | 
     assert spool_drops(root) == []
 
 
+@pytest.mark.parametrize("keys", [(KEY, "wrong"), ("wrong", KEY), (KEY, KEY)])
+def test_a_post_with_x_api_key_twice_is_401_whichever_comes_first(
+    root: Path, server, keys: tuple[str, str]
+):
+    """Two ``X-API-Key`` lines are one list-valued field (RFC 9110 5.3), as the original
+    server read them (``"k1, k2"``, never the key): refused, however they are ordered,
+    and for the refresh button as for the upload."""
+    headers = [("Content-Type", "application/json"), *(("X-API-Key", k) for k in keys)]
+    r = server.post(API, content=fresh_payload(), headers=headers)
+    assert r.status_code == 401, r.text
+    assert r.json()["success"] is False
+    assert r.json()["message"] == "X-API-Key sent 2 times: send it once"
+    assert spool_drops(root) == []
+    refused = [x for x in server.log.splitlines() if "X-API-Key sent 2 times" in x]
+    assert len(refused) == 1 and refused[0].endswith("answered 401"), server.log
+    assert KEY not in server.log
+    trigger = server.post(f"{API}/trigger", headers=headers)
+    assert trigger.status_code == 401, trigger.text
+
+
 def test_without_a_configured_key_every_post_is_401(root: Path, three):
     with ServeProcess(root, key=None) as server:
         assert post(server, fresh_payload(), key="").status_code == 401

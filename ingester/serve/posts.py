@@ -72,8 +72,15 @@ def refuse(
 
 
 def key_refusal(request: Request, expected: bytes | None) -> str | None:
-    """Why the request's ``X-API-Key`` is refused (the words for a 401), or ``None``."""
-    given = request.headers.get("x-api-key")
+    """Why the request's ``X-API-Key`` is refused (the words for a 401), or ``None``.
+
+    A key sent on more than one header line is refused whatever the lines hold: they
+    are one field, ``"k1, k2"`` (RFC 9110 5.3), as the original server read them, and
+    judging by one line alone would let a proxy's added line, or a client's stale one,
+    decide.
+    """
+    sent = request.headers.getlist("x-api-key")
+    given = sent[0] if len(sent) == 1 else None
     if key_matches(given, expected):
         return None
     if expected is None:
@@ -81,6 +88,8 @@ def key_refusal(request: Request, expected: bytes | None) -> str | None:
             "no API key is configured on this server (INGESTER_API_KEY, CLAUDE_SYNC_API_KEY "
             "or --api-key-file): every POST is refused"
         )
+    if len(sent) > 1:
+        return f"X-API-Key sent {len(sent)} times: send it once"
     return "missing X-API-Key header" if given is None else "wrong X-API-Key"
 
 
