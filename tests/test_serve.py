@@ -199,6 +199,25 @@ def test_conditional_requests_answer_304(three, server):
     assert old.status_code == 200
 
 
+def test_conditional_headers_on_several_lines_are_read_as_one_field(three, server):
+    """A cache or proxy may send a list field on several lines: RFC 9110 (5.3) makes them
+    one field, ``"a", "b"``, so a tag on the second line is as current as on the first,
+    and two ``If-Modified-Since`` dates are no valid date (13.1.3: ignored)."""
+    r = server.get(API)
+    etag, modified = r.headers["etag"], r.headers["last-modified"]
+    lines = [("If-None-Match", '"other"'), ("If-None-Match", etag)]
+    hit = server.get(API, headers=lines)
+    assert hit.status_code == 304, hit.text
+    assert hit.headers["etag"] == etag
+    name = r.json()["versionInfo"]["filename"]
+    strong = server.get(f"{API}/versions/{name}").headers["etag"]
+    bytes_hit = server.get(f"{API}/versions/{name}", headers=[lines[0], ("If-None-Match", strong)])
+    assert bytes_hit.status_code == 304, bytes_hit.text
+    earlier = email.utils.format_datetime(datetime(2020, 1, 1, tzinfo=UTC), usegmt=True)
+    dates = [("If-Modified-Since", modified), ("If-Modified-Since", earlier)]
+    assert server.get(API, headers=dates).status_code == 200
+
+
 # -- versions listing and bytes ------------------------------------------------------------
 
 
