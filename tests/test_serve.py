@@ -649,6 +649,25 @@ def test_a_compressed_post_is_415_naming_its_encoding(root: Path, server, encodi
     assert len(spool_drops(root)) == 1
 
 
+def test_a_content_encoding_on_a_second_line_is_415_too(root: Path, server):
+    """The lines of a list field are one field (RFC 9110 5.3): ``identity`` then ``gzip``
+    says the body is gzip, and it is refused as such, not judged as JSON."""
+    import gzip
+
+    headers = [
+        ("Content-Type", "application/json"),
+        ("X-API-Key", KEY),
+        ("Content-Encoding", "identity"),
+        ("Content-Encoding", "gzip"),
+    ]
+    r = server.post(API, content=gzip.compress(fresh_payload()), headers=headers)
+    assert r.status_code == 415, r.text
+    assert r.json()["message"] == (
+        "Content-Encoding 'identity, gzip' is not supported: send the JSON uncompressed"
+    )
+    assert spool_drops(root) == []
+
+
 @pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded"])
 def test_post_not_json_is_415(root: Path, server, ctype: str | None):
     headers = {"X-API-Key": KEY}

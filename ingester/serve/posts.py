@@ -159,8 +159,10 @@ async def post_console_usage(request: Request) -> Response:
     if not is_json_type(request.headers.get("content-type")):
         ctx.posts.labels("unsupported").inc()
         return ending_connection(refuse(request, 415, "Content-Type must be application/json"))
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    if encoding not in ("", "identity"):
+    # Every line of it: lines of a list field are one field (RFC 9110 5.3), so
+    # "identity" on one line and "gzip" on the next says the body is gzip.
+    encoding = ", ".join(request.headers.getlist("content-encoding")).strip().lower()
+    if any(coding.strip() not in ("", "identity") for coding in encoding.split(",")):
         # Never decompressed (nor was it by the original server): a compressed body would
         # otherwise be judged as JSON and refused in words that do not say why.
         ctx.posts.labels("unsupported").inc()
