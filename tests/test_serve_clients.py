@@ -196,6 +196,32 @@ def test_a_malformed_request_is_400_and_one_line(server: ServeProcess, case: str
     assert_log_is_clean(server)
 
 
+def json_of(answer: bytes) -> object:
+    """The body of one HTTP/1.1 answer, checked to be declared and parsed as JSON."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert re.search(rb"(?im)^content-type: application/json\r?$", head), answer[:300]
+    return json.loads(body)
+
+
+@pytest.mark.parametrize("case", [c for c in FAULTS if c != "TLS on the plain port"])
+def test_a_malformed_request_is_answered_in_json_saying_why(
+    server: ServeProcess, case: str
+) -> None:
+    """Every answer is JSON, the 400 for bytes HTTP/1.1 refuses too, and its message says
+    what was wrong; a POST whose body broke gets the upload's own shape."""
+    answer, _peer = exchange(server, FAULTS[case][0])
+    assert status(answer) == 400
+    body = json_of(answer)
+    assert isinstance(body, dict) and body["error"] == "MalformedRequest", body
+    assert body["message"].startswith("malformed "), body
+    assert "Invalid HTTP request" not in body["message"]
+    if case == "both Transfer-Encoding and Content-Length":
+        assert "both Transfer-Encoding and Content-Length" in body["message"]
+    if case == "bad chunked encoding":
+        assert body["success"] is False and body["timestamp"], body
+        assert body["message"].startswith(f"malformed body for POST {API} ("), body
+
+
 def test_a_client_port_given_again_is_told_from_its_earlier_connection(
     server: ServeProcess,
 ) -> None:
