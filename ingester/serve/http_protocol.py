@@ -384,7 +384,7 @@ class ServeProtocol(H11Protocol):
         # "Invalid HTTP request received." as text; a POST whose body broke gets the
         # upload's shape, which the scraper reads.
         fault = self.fault()
-        message = fault.removeprefix("sent a ").removeprefix("sent ")
+        message = fault.removeprefix("sent a ").removeprefix("sent ").removeprefix("spoke ")
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete and self.scope["method"] == "POST":
             answer: dict[str, object] = post_body(False, message, error="MalformedRequest")
