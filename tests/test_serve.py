@@ -609,6 +609,27 @@ def test_a_key_no_header_can_carry_is_refused_at_start(
     assert "which no X-API-Key header can carry" in line
 
 
+@pytest.mark.parametrize(
+    "content", [b"CLAUDE_SYNC_API_KEY=abc\n", b"export INGESTER_API_KEY='abc'\n"]
+)
+def test_a_key_file_holding_the_variable_s_assignment_is_refused_at_start(
+    root: Path, tmp_path: Path, content: bytes
+) -> None:
+    """The original's ``.env`` line given as ``--api-key-file`` would make the whole line
+    the key, and every POST a 401 that the scraper does not retry: said at start."""
+    key_file = tmp_path / "key"
+    key_file.write_bytes(content)
+    done = run_cli(root, "serve", "--listen", "127.0.0.1:0", "--api-key-file", str(key_file))
+    assert done.returncode == 1, done.stdout + done.stderr
+    [line] = done.stderr.splitlines()
+    name = content.split(b"=")[0].split()[-1].decode()
+    assert line == (
+        f"error: --api-key-file: {key_file} holds the assignment {name}=…, not a key: "
+        "put the key alone in it (the value, without quotes)"
+    ), line
+    assert "abc" not in line
+
+
 def test_post_invalid_payload_is_400_with_errors(root: Path, server):
     bad = json.dumps({"currentSession": {"resetsIn": "", "percentageUsed": "40"}}).encode()
     r = post(server, bad)
