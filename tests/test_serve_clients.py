@@ -200,6 +200,7 @@ def json_of(answer: bytes) -> object:
     """The body of one HTTP/1.1 answer, checked to be declared and parsed as JSON."""
     head, _, body = answer.partition(b"\r\n\r\n")
     assert re.search(rb"(?im)^content-type: application/json\r?$", head), answer[:300]
+    assert re.search(rb"(?im)^date: ", head), answer[:300]
     return json.loads(body)
 
 

@@ -394,6 +394,7 @@ class ServeProtocol(H11Protocol):
         head = h11.Response(
             status_code=400,
             headers=[
+                *self.server_state.default_headers,  # the Date every other answer has
                 (b"content-type", JSON.encode()),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
