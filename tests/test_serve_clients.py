@@ -509,7 +509,13 @@ def test_heads_cut_off_at_the_deadline_are_summarised(impatient: ServeProcess) -
     partial.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
     try:
         for sock in (silent, partial):
-            assert read_all(sock).startswith(b"HTTP/1.1 408 ")
+            answer = read_all(sock)
+            assert answer.startswith(b"HTTP/1.1 408 ")
+            # A 4xx like any other: JSON, and dated (RFC 9110 6.6.1).
+            assert json_of(answer) == {
+                "error": "RequestTimeout",
+                "message": "request head not received within 3 s",
+            }
     finally:
         silent.close()
         partial.close()
