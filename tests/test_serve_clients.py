@@ -259,6 +259,28 @@ def test_a_client_that_half_closes_after_its_post_still_gets_the_answer(
     assert_log_is_clean(server)
 
 
+def test_a_client_that_pipelines_posts_then_half_closes_gets_every_answer(
+    server: ServeProcess,
+) -> None:
+    """Two POSTs sent at once, then the sending side shut: each is answered before the
+    connection ends. A drop stored while its connection is closed under it is a 202
+    never read, and the snapshot sent again is stored twice."""
+    spool = server.root / "spool"
+    before = {p.name for p in spool.glob("*.json")}
+    posts = b"".join(
+        POST_HEAD + f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+        for data in (fresh_payload(seq=1), fresh_payload(seq=2))
+    )
+    with connect(server.port) as sock:
+        sock.sendall(posts)
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_all(sock)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"202", b"202"], answer
+    added = {p.name for p in spool.glob("*.json")} - before
+    assert len(added) == 2
+    assert_log_is_clean(server)
+
+
 @pytest.mark.parametrize(
     "line",
     [

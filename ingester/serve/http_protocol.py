@@ -317,9 +317,19 @@ class ServeProtocol(H11Protocol):
     # -- the head deadline --------------------------------------------------------------
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        answered = self.cycle
+        super().on_response_complete()  # starts the next pipelined request, if one came
         if self._half_closed:
-            self.transport.close()  # nothing more can come from the client
+            following = self.cycle
+            if following is not answered and following is not None and not following.more_body:
+                # A whole request sent before the client's EOF, pipelined behind the one
+                # just answered, is under way: answered too, then the connection ends (a
+                # drop stored under a closed connection is a 202 the client never reads,
+                # and its snapshot would come again).
+                return
+            # Nothing more can come from the client: a request it began but cut short
+            # by its EOF can never end, and meets a closed connection.
+            self.transport.close()
             return
         self._bytes_since_answer = 0
         self._arm_head_timer()
