@@ -200,6 +200,25 @@ def test_conditional_requests_answer_304(three, server):
     assert old.status_code == 200
 
 
+def test_conditional_headers_on_several_lines_are_read_as_one_field(three, server):
+    """A cache or proxy may send a list field on several lines: RFC 9110 (5.3) makes them
+    one field, ``"a", "b"``, so a tag on the second line is as current as on the first,
+    and two ``If-Modified-Since`` dates are no valid date (13.1.3: ignored)."""
+    r = server.get(API)
+    etag, modified = r.headers["etag"], r.headers["last-modified"]
+    lines = [("If-None-Match", '"other"'), ("If-None-Match", etag)]
+    hit = server.get(API, headers=lines)
+    assert hit.status_code == 304, hit.text
+    assert hit.headers["etag"] == etag
+    name = r.json()["versionInfo"]["filename"]
+    strong = server.get(f"{API}/versions/{name}").headers["etag"]
+    bytes_hit = server.get(f"{API}/versions/{name}", headers=[lines[0], ("If-None-Match", strong)])
+    assert bytes_hit.status_code == 304, bytes_hit.text
+    earlier = email.utils.format_datetime(datetime(2020, 1, 1, tzinfo=UTC), usegmt=True)
+    dates = [("If-Modified-Since", modified), ("If-Modified-Since", earlier)]
+    assert server.get(API, headers=dates).status_code == 200
+
+
 # -- versions listing and bytes ------------------------------------------------------------
 
 
@@ -517,6 +536,26 @@ def test_post_with_a_missing_or_wrong_key_is_401(root: Path, server, key: str | 
     assert spool_drops(root) == []
 
 
+@pytest.mark.parametrize("keys", [(KEY, "wrong"), ("wrong", KEY), (KEY, KEY)])
+def test_a_post_with_x_api_key_twice_is_401_whichever_comes_first(
+    root: Path, server, keys: tuple[str, str]
+):
+    """Two ``X-API-Key`` lines are one list-valued field (RFC 9110 5.3), as the original
+    server read them (``"k1, k2"``, never the key): refused, however they are ordered,
+    and for the refresh button as for the upload."""
+    headers = [("Content-Type", "application/json"), *(("X-API-Key", k) for k in keys)]
+    r = server.post(API, content=fresh_payload(), headers=headers)
+    assert r.status_code == 401, r.text
+    assert r.json()["success"] is False
+    assert r.json()["message"] == "X-API-Key sent 2 times: send it once"
+    assert spool_drops(root) == []
+    refused = [x for x in server.log.splitlines() if "X-API-Key sent 2 times" in x]
+    assert len(refused) == 1 and refused[0].endswith("answered 401"), server.log
+    assert KEY not in server.log
+    trigger = server.post(f"{API}/trigger", headers=headers)
+    assert trigger.status_code == 401, trigger.text
+
+
 def test_without_a_configured_key_every_post_is_401(root: Path, three):
     with ServeProcess(root, key=None) as server:
         assert post(server, fresh_payload(), key="").status_code == 401
@@ -571,6 +610,27 @@ def test_a_key_no_header_can_carry_is_refused_at_start(
     assert "which no X-API-Key header can carry" in line
 
 
+@pytest.mark.parametrize(
+    "content", [b"CLAUDE_SYNC_API_KEY=abc\n", b"export INGESTER_API_KEY='abc'\n"]
+)
+def test_a_key_file_holding_the_variable_s_assignment_is_refused_at_start(
+    root: Path, tmp_path: Path, content: bytes
+) -> None:
+    """The original's ``.env`` line given as ``--api-key-file`` would make the whole line
+    the key, and every POST a 401 that the scraper does not retry: said at start."""
+    key_file = tmp_path / "key"
+    key_file.write_bytes(content)
+    done = run_cli(root, "serve", "--listen", "127.0.0.1:0", "--api-key-file", str(key_file))
+    assert done.returncode == 1, done.stdout + done.stderr
+    [line] = done.stderr.splitlines()
+    name = content.split(b"=")[0].split()[-1].decode()
+    assert line == (
+        f"error: --api-key-file: {key_file} holds the assignment {name}=…, not a key: "
+        "put the key alone in it (the value, without quotes)"
+    ), line
+    assert "abc" not in line
+
+
 def test_post_invalid_payload_is_400_with_errors(root: Path, server):
     bad = json.dumps({"currentSession": {"resetsIn": "", "percentageUsed": "40"}}).encode()
     r = post(server, bad)
@@ -609,6 +669,25 @@ def test_a_compressed_post_is_415_naming_its_encoding(root: Path, server, encodi
     )
     assert post(server, fresh_payload(), **{"Content-Encoding": "identity"}).status_code == 202
     assert len(spool_drops(root)) == 1
+
+
+def test_a_content_encoding_on_a_second_line_is_415_too(root: Path, server):
+    """The lines of a list field are one field (RFC 9110 5.3): ``identity`` then ``gzip``
+    says the body is gzip, and it is refused as such, not judged as JSON."""
+    import gzip
+
+    headers = [
+        ("Content-Type", "application/json"),
+        ("X-API-Key", KEY),
+        ("Content-Encoding", "identity"),
+        ("Content-Encoding", "gzip"),
+    ]
+    r = server.post(API, content=gzip.compress(fresh_payload()), headers=headers)
+    assert r.status_code == 415, r.text
+    assert r.json()["message"] == (
+        "Content-Encoding 'identity, gzip' is not supported: send the JSON uncompressed"
+    )
+    assert spool_drops(root) == []
 
 
 @pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded"])

@@ -196,6 +196,33 @@ def test_a_malformed_request_is_400_and_one_line(server: ServeProcess, case: str
     assert_log_is_clean(server)
 
 
+def json_of(answer: bytes) -> object:
+    """The body of one HTTP/1.1 answer, checked to be declared and parsed as JSON."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert re.search(rb"(?im)^content-type: application/json\r?$", head), answer[:300]
+    assert re.search(rb"(?im)^date: ", head), answer[:300]
+    return json.loads(body)
+
+
+@pytest.mark.parametrize("case", [c for c in FAULTS if c != "TLS on the plain port"])
+def test_a_malformed_request_is_answered_in_json_saying_why(
+    server: ServeProcess, case: str
+) -> None:
+    """Every answer is JSON, the 400 for bytes HTTP/1.1 refuses too, and its message says
+    what was wrong; a POST whose body broke gets the upload's own shape."""
+    answer, _peer = exchange(server, FAULTS[case][0])
+    assert status(answer) == 400
+    body = json_of(answer)
+    assert isinstance(body, dict) and body["error"] == "MalformedRequest", body
+    assert body["message"].startswith("malformed "), body
+    assert "Invalid HTTP request" not in body["message"]
+    if case == "both Transfer-Encoding and Content-Length":
+        assert "both Transfer-Encoding and Content-Length" in body["message"]
+    if case == "bad chunked encoding":
+        assert body["success"] is False and body["timestamp"], body
+        assert body["message"].startswith(f"malformed body for POST {API} ("), body
+
+
 def test_a_client_port_given_again_is_told_from_its_earlier_connection(
     server: ServeProcess,
 ) -> None:
@@ -229,6 +256,28 @@ def test_a_client_that_half_closes_after_its_post_still_gets_the_answer(
     assert status(answer) == expected, answer[:300]
     added = {p.name for p in spool.glob("*.json")} - before
     assert len(added) == (1 if expected == 202 else 0)
+    assert_log_is_clean(server)
+
+
+def test_a_client_that_pipelines_posts_then_half_closes_gets_every_answer(
+    server: ServeProcess,
+) -> None:
+    """Two POSTs sent at once, then the sending side shut: each is answered before the
+    connection ends. A drop stored while its connection is closed under it is a 202
+    never read, and the snapshot sent again is stored twice."""
+    spool = server.root / "spool"
+    before = {p.name for p in spool.glob("*.json")}
+    posts = b"".join(
+        POST_HEAD + f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+        for data in (fresh_payload(seq=1), fresh_payload(seq=2))
+    )
+    with connect(server.port) as sock:
+        sock.sendall(posts)
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_all(sock)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"202", b"202"], answer
+    added = {p.name for p in spool.glob("*.json")} - before
+    assert len(added) == 2
     assert_log_is_clean(server)
 
 
@@ -482,7 +531,13 @@ def test_heads_cut_off_at_the_deadline_are_summarised(impatient: ServeProcess) -
     partial.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
     try:
         for sock in (silent, partial):
-            assert read_all(sock).startswith(b"HTTP/1.1 408 ")
+            answer = read_all(sock)
+            assert answer.startswith(b"HTTP/1.1 408 ")
+            # A 4xx like any other: JSON, and dated (RFC 9110 6.6.1).
+            assert json_of(answer) == {
+                "error": "RequestTimeout",
+                "message": "request head not received within 3 s",
+            }
     finally:
         silent.close()
         partial.close()

@@ -3,8 +3,10 @@
 The key is never a command-line value (a command line is visible to every user of the
 machine). In order: ``--api-key-file FILE``, then ``INGESTER_API_KEY``, then the
 original server's ``CLAUDE_SYNC_API_KEY`` (so the original's ``.env`` works as it is).
-An empty value counts as not given. The key is bytes, from the file or the variable
-alike: a value that is not UTF-8 (a ``.env`` saved in Latin-1) is its bytes as they are.
+An empty value counts as not given, and a key file holding a variable's assignment
+(``CLAUDE_SYNC_API_KEY=…``, the original's ``.env`` line) is refused. The key is bytes,
+from the file or the variable alike: a value that is not UTF-8 (a ``.env`` saved in
+Latin-1) is its bytes as they are.
 
 ``X-API-Key`` matches when it carries the key's bytes, or, for a key whose every
 character fits in Latin-1, those characters one byte each: what Node.js clients send
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -29,6 +32,9 @@ KEY_VARIABLES = ("INGESTER_API_KEY", "CLAUDE_SYNC_API_KEY")
 KEY_FILE_MAX_BYTES = 64 << 10
 """The most of ``--api-key-file`` that is read: a key is a few dozen bytes."""
 
+_ASSIGNMENT = re.compile(rb"(?:export\s+)?(%s)\s*=" % "|".join(KEY_VARIABLES).encode())
+"""A key file that holds ``NAME=value`` (a ``.env`` line) for one of the key's variables."""
+
 
 def load_api_key(
     environ: Mapping[str, str], key_file: Path | None
@@ -37,8 +43,8 @@ def load_api_key(
 
     ``(None, None)`` when no source holds one. Surrounding whitespace (a trailing
     newline) is not part of the key. Raises ``OSError`` when the file cannot be read and
-    ``ValueError`` when it holds no key, or one no header can carry (a control
-    character: a line break, a NUL).
+    ``ValueError`` when it holds no key, a variable's assignment (``NAME=value``) in
+    place of one, or one no header can carry (a control character: a line break, a NUL).
     """
     if key_file is not None:
         try:
@@ -47,6 +53,15 @@ def load_api_key(
             raise ValueError(f"--api-key-file: {key_file}: {exc}") from None
         if not key:
             raise ValueError(f"--api-key-file: {key_file} is empty")
+        assigned = _ASSIGNMENT.match(key)
+        if assigned is not None:
+            # The original's .env line: taken whole, it would be a key no client sends,
+            # and every POST a 401, which the scraper does not retry. The value is not
+            # shown: it is the secret.
+            raise ValueError(
+                f"--api-key-file: {key_file} holds the assignment {assigned[1].decode()}=…, "
+                "not a key: put the key alone in it (the value, without quotes)"
+            )
         return _sendable(key, f"--api-key-file: {key_file}"), f"--api-key-file {key_file}"
     for name in KEY_VARIABLES:
         value = environ.get(name, "").strip()

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from starlette.requests import Request
 
-__all__ = ["cache_control", "etag_matches", "http_date", "not_modified"]
+__all__ = ["cache_control", "etag_matches", "http_date", "if_none_match", "not_modified"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -39,16 +39,28 @@ def etag_matches(header: str, etag: str) -> bool:
     return False
 
 
+def if_none_match(request: Request) -> str | None:
+    """``request``'s ``If-None-Match`` as one value, or ``None`` when it sent none.
+
+    A list field sent on several lines is one field, its lines joined by commas (RFC
+    9110 5.3): a tag on any line counts, not only on the first.
+    """
+    lines = request.headers.getlist("if-none-match")
+    return ", ".join(lines) if lines else None
+
+
 def not_modified(request: Request, etag: str, modified: datetime | None) -> bool:
     """Whether ``request``'s conditions say the client's copy is current (answer 304).
 
     ``If-None-Match`` decides when present; otherwise ``If-Modified-Since`` at or after
-    ``modified`` (to the second).
+    ``modified`` (to the second). ``If-Modified-Since`` on more than one line is no valid
+    date, and is ignored (RFC 9110 13.1.3).
     """
-    inm = request.headers.get("if-none-match")
+    inm = if_none_match(request)
     if inm is not None:
         return etag_matches(inm, etag)
-    ims = request.headers.get("if-modified-since")
+    dates = request.headers.getlist("if-modified-since")
+    ims = dates[0] if len(dates) == 1 else None
     if ims is not None and modified is not None:
         try:
             since = email.utils.parsedate_to_datetime(ims)

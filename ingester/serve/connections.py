@@ -12,6 +12,7 @@ The protocol that asks it for a slot is :mod:`ingester.serve.http_protocol`'s.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
 import time
@@ -36,9 +37,12 @@ SUMMARY_INTERVAL_S = 10.0
 
 
 def _answer(status: int, reason: str, error: str, message: str, extra: str = "") -> bytes:
+    """A whole answer written straight to the socket (no request was read, or none will
+    be answered): JSON, dated like every other answer, and ending the connection."""
     body = json.dumps({"error": error, "message": message}).encode()
     head = (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"HTTP/1.1 {status} {reason}\r\ndate: {email.utils.formatdate(usegmt=True)}\r\n"
+        "content-type: application/json\r\n"
         f"connection: close\r\n{extra}content-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body

@@ -35,8 +35,9 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
+from ..json_text import json_bytes
 from ..runtime.admission import client_key, format_peer
-from .answers import SERVED_VERSIONS
+from .answers import JSON, SERVED_VERSIONS, post_body
 from .connections import LINGER_S, ConnectionLayer, _answer
 
 __all__ = ["ServeProtocol", "protocol_class"]
@@ -316,9 +317,19 @@ class ServeProtocol(H11Protocol):
     # -- the head deadline --------------------------------------------------------------
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        answered = self.cycle
+        super().on_response_complete()  # starts the next pipelined request, if one came
         if self._half_closed:
-            self.transport.close()  # nothing more can come from the client
+            following = self.cycle
+            if following is not answered and following is not None and not following.more_body:
+                # A whole request sent before the client's EOF, pipelined behind the one
+                # just answered, is under way: answered too, then the connection ends (a
+                # drop stored under a closed connection is a 202 the client never reads,
+                # and its snapshot would come again).
+                return
+            # Nothing more can come from the client: a request it began but cut short
+            # by its EOF can never end, and meets a closed connection.
+            self.transport.close()
             return
         self._bytes_since_answer = 0
         self._arm_head_timer()
@@ -374,11 +385,34 @@ class ServeProtocol(H11Protocol):
         return "while its answer was being sent" if state is h11.SEND_BODY else "after its answer"
 
     def send_400_response(self, msg: str) -> None:
-        if self.answer_under_way() is None:
-            super().send_400_response(msg)
+        if self.answer_under_way() is not None:
+            # Its answer has gone out (or is going out): a second one cannot follow, so
+            # the connection just ends; the line before says so.
+            self.transport.close()
             return
-        # Its answer has gone out (or is going out): a second one cannot follow, so the
-        # connection just ends; the line before says so.
+        # JSON as every other answer, saying what was wrong, where uvicorn would send
+        # "Invalid HTTP request received." as text; a POST whose body broke gets the
+        # upload's shape, which the scraper reads.
+        fault = self.fault()
+        message = fault.removeprefix("sent a ").removeprefix("sent ").removeprefix("spoke ")
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and self.scope["method"] == "POST":
+            answer: dict[str, object] = post_body(False, message, error="MalformedRequest")
+        else:
+            answer = {"error": "MalformedRequest", "message": message}
+        body = json_bytes(answer)
+        head = h11.Response(
+            status_code=400,
+            headers=[
+                *self.server_state.default_headers,  # the Date every other answer has
+                (b"content-type", JSON.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+            reason=b"Bad Request",
+        )
+        for event in (head, h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event) or b"")
         self.transport.close()
 
     def upgrade_wanted(self) -> str:

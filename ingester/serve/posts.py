@@ -72,8 +72,15 @@ def refuse(
 
 
 def key_refusal(request: Request, expected: bytes | None) -> str | None:
-    """Why the request's ``X-API-Key`` is refused (the words for a 401), or ``None``."""
-    given = request.headers.get("x-api-key")
+    """Why the request's ``X-API-Key`` is refused (the words for a 401), or ``None``.
+
+    A key sent on more than one header line is refused whatever the lines hold: they
+    are one field, ``"k1, k2"`` (RFC 9110 5.3), as the original server read them, and
+    judging by one line alone would let a proxy's added line, or a client's stale one,
+    decide.
+    """
+    sent = request.headers.getlist("x-api-key")
+    given = sent[0] if len(sent) == 1 else None
     if key_matches(given, expected):
         return None
     if expected is None:
@@ -81,6 +88,8 @@ def key_refusal(request: Request, expected: bytes | None) -> str | None:
             "no API key is configured on this server (INGESTER_API_KEY, CLAUDE_SYNC_API_KEY "
             "or --api-key-file): every POST is refused"
         )
+    if len(sent) > 1:
+        return f"X-API-Key sent {len(sent)} times: send it once"
     return "missing X-API-Key header" if given is None else "wrong X-API-Key"
 
 
@@ -150,8 +159,10 @@ async def post_console_usage(request: Request) -> Response:
     if not is_json_type(request.headers.get("content-type")):
         ctx.posts.labels("unsupported").inc()
         return ending_connection(refuse(request, 415, "Content-Type must be application/json"))
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    if encoding not in ("", "identity"):
+    # Every line of it: lines of a list field are one field (RFC 9110 5.3), so
+    # "identity" on one line and "gzip" on the next says the body is gzip.
+    encoding = ", ".join(request.headers.getlist("content-encoding")).strip().lower()
+    if any(coding.strip() not in ("", "identity") for coding in encoding.split(",")):
         # Never decompressed (nor was it by the original server): a compressed body would
         # otherwise be judged as JSON and refused in words that do not say why.
         ctx.posts.labels("unsupported").inc()

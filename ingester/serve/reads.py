@@ -32,7 +32,7 @@ from .answers import (
     parse_instant,
     parse_last_updated,
 )
-from .conditional import cache_control, etag_matches, http_date, not_modified
+from .conditional import cache_control, etag_matches, http_date, if_none_match, not_modified
 from .context import ServeContext
 from .read_faults import HISTORY, version_fault
 
@@ -293,7 +293,7 @@ async def get_version(request: Request) -> Response:
         return error_answer(404, "NotFound", "no such version")
     etag = f'"{name.removesuffix(".json")}"'
     headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
-    inm = request.headers.get("if-none-match")
+    inm = if_none_match(request)
     try:
         data = ctx.index.read_version(name)
     except VersionNotFound:
