@@ -207,6 +207,25 @@ def test_clock_stepped_back_still_sorts_above(
     assert os.readlink(store.latest_path).endswith(second)
 
 
+def test_a_clock_set_back_days_during_a_run_names_new_versions_by_the_clock_again(
+    store: HistoryStore, clock: Clock, valid_payload: bytes
+) -> None:
+    """Versions stored while the clock ran days ahead are future once it is set right; the
+    next ones follow the clock, as after a restart, and the latest link follows them."""
+    before = store.save_version(valid_payload).name
+    clock.now = NOW + timedelta(days=3)
+    ahead = store.save_version(valid_payload).name
+    clock.now = NOW + timedelta(minutes=1)
+    after = store.save_version(valid_payload).name
+    assert before < after < ahead
+    assert parse_timestamp_from_filename(after) == NOW + timedelta(minutes=1)
+    assert os.readlink(store.latest_path).endswith(after)
+    meta = read_metadata(store)
+    assert meta["latestVersion"] == after
+    assert meta["futureVersions"] == 1
+    assert_consistent(store)
+
+
 # -- metadata -----------------------------------------------------------------------------
 
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from ..clock import utc_now
 from ..errors import CacheNotRefreshed, MetadataUnreadable, StorageError, unreadable
 from . import durable
-from .base import derive_metadata, latest_name
+from .base import derive_metadata, is_future, latest_name
 from .names import format_timestamp, generate_version_filename, is_version_name
 
 if TYPE_CHECKING:
@@ -304,20 +304,25 @@ class HistoryStore:
         return list(self._names)
 
     def next_version_name(self) -> str:
-        """A fresh name that sorts above every non-future version and every name given before."""
+        """A fresh name that sorts above every non-future version, and above every name
+        given before that is not future by now (those are never given again)."""
         self._ensure_loaded()
         now = self.clock()
         # A name taken back stays used (its claim may wait), and so does one handed out
-        # for a version not linked yet (a group links its versions together).
-        given = self._given
+        # for a version not linked yet (a group links its versions together). Unless it
+        # is future by now (the clock was set back more than a day since): names above
+        # it would be future too, so no new version would become the latest until the
+        # clock caught up, where a restart names them by the clock again.
+        given = None if self._given is None or is_future(self._given, now) else self._given
+        floor = None if self._floor is None or is_future(self._floor, now) else self._floor
         if given is not None and (not self._names or given >= self._names[-1]):
             after: str | None = given  # every version sorts at or below it: no search
         else:
             after = self.latest_version_name(now)
             if given is not None and (after is None or given > after):
                 after = given
-        if self._floor is not None and (after is None or self._floor > after):
-            after = self._floor
+        if floor is not None and (after is None or floor > after):
+            after = floor
         name = generate_version_filename(now, after=after)
         self._given = name
         return name
