@@ -226,6 +226,22 @@ def test_a_clock_set_back_days_during_a_run_names_new_versions_by_the_clock_agai
     assert_consistent(store)
 
 
+def test_a_name_handed_out_before_a_clock_jump_stays_below_every_later_name(
+    store: HistoryStore, clock: Clock
+) -> None:
+    """A group hands out its names before linking any. One handed out days ahead and
+    passed over once the clock is set right must not lower the bar set by one handed out
+    before it (still to be linked): later names sort above that one, below the future one."""
+    first = store.next_version_name()
+    clock.now = NOW + timedelta(days=3)
+    ahead = store.next_version_name()
+    clock.now = NOW + timedelta(minutes=1) - timedelta(hours=12)  # back, and then some
+    later = store.next_version_name()
+    assert first < later < ahead
+    clock.now = NOW + timedelta(minutes=1)
+    assert later < store.next_version_name() < ahead
+
+
 # -- metadata -----------------------------------------------------------------------------
 
 

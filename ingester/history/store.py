@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from ..clock import utc_now
 from ..errors import CacheNotRefreshed, MetadataUnreadable, StorageError, unreadable
 from . import durable
-from .base import derive_metadata, is_future, latest_name
+from .base import derive_metadata, latest_name
 from .names import format_timestamp, generate_version_filename, is_version_name
 
 if TYPE_CHECKING:
@@ -120,8 +120,9 @@ class HistoryStore:
         self._meta = StorageMetadata()
         self._loaded = False
         self._spare: durable.SpareFile | None = None
-        self._floor: str | None = None  # the highest name withdrawn
-        self._given: str | None = None  # the last name next_version_name gave
+        # Names handed out and not linked yet, and names taken back (sorted): each stays
+        # used, as its claim may still wait.
+        self._handed: list[str] = []
         self._latest = LatestLink(self.latest_path, self.history_dir, self.list_versions)
 
     # -- paths -------------------------------------------------------------------
@@ -305,27 +306,29 @@ class HistoryStore:
 
     def next_version_name(self) -> str:
         """A fresh name that sorts above every non-future version, and above every name
-        given before that is not future by now (those are never given again)."""
+        handed out before that is not future by now; never one handed out before."""
         self._ensure_loaded()
         now = self.clock()
         # A name taken back stays used (its claim may wait), and so does one handed out
-        # for a version not linked yet (a group links its versions together). Unless it
-        # is future by now (the clock was set back more than a day since): names above
-        # it would be future too, so no new version would become the latest until the
-        # clock caught up, where a restart names them by the clock again.
-        given = None if self._given is None or is_future(self._given, now) else self._given
-        floor = None if self._floor is None or is_future(self._floor, now) else self._floor
-        if given is not None and (not self._names or given >= self._names[-1]):
-            after: str | None = given  # every version sorts at or below it: no search
-        else:
-            after = self.latest_version_name(now)
-            if given is not None and (after is None or given > after):
-                after = given
-        if floor is not None and (after is None or floor > after):
-            after = floor
+        # for a version not linked yet (a group links its versions together). One dated
+        # more than a day ahead (the clock was set back since) is passed over: names
+        # above it would be future too, so no new version would become the latest until
+        # the clock caught up, where a restart names them by the clock again.
+        after = self.latest_version_name(now)
+        handed = latest_name(self._handed, now)
+        if handed is not None and (after is None or handed > after):
+            after = handed
         name = generate_version_filename(now, after=after)
-        self._given = name
+        while self._used(name):  # a name passed over can lie just above the clock's
+            name = generate_version_filename(now, after=name)
+        bisect.insort(self._handed, name)
         return name
+
+    def _used(self, name: str) -> bool:
+        return any(
+            (i := bisect.bisect_left(names, name)) < len(names) and names[i] == name
+            for names in (self._names, self._handed)
+        )
 
     def write_version(self, name: str, data: bytes) -> Path:
         """Durably store ``data`` as version ``name``; the latest link and metadata wait.
@@ -397,6 +400,9 @@ class HistoryStore:
 
     def _counted(self, name: str) -> None:
         bisect.insort(self._names, name)
+        index = bisect.bisect_left(self._handed, name)
+        if index < len(self._handed) and self._handed[index] == name:
+            del self._handed[index]  # linked: the versions keep it used now
         self._meta = self._meta.model_copy(
             update={"total_versions_created": self._meta.total_versions_created + 1}
         )
@@ -412,8 +418,9 @@ class HistoryStore:
 
         The name is never given again (its claim may still be waiting).
         """
-        if self._floor is None or name > self._floor:
-            self._floor = name
+        index = bisect.bisect_left(self._handed, name)
+        if index == len(self._handed) or self._handed[index] != name:
+            self._handed.insert(index, name)
         with contextlib.suppress(OSError):
             durable.unlink_entry(self.version_path(name))
         index = bisect.bisect_left(self._names, name)
