@@ -135,7 +135,7 @@ def test_a_link_to_a_version_dated_days_ahead_is_said_so_not_called_gone(tmp_pat
     (root / LATEST).symlink_to(f"{HISTORY}/{version}")
     why = (
         f"points at {HISTORY}/{version}, but every version is dated more than a day ahead "
-        "of the clock (none is the latest)"
+        "of the clock, so none is the latest"
     )
     found = run_cli(root, "verify")
     assert found.returncode == 1

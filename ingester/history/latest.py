@@ -113,7 +113,7 @@ class LatestLink:
                         what = "is a link"
                 return (
                     f"{what}, but every version is dated more than a day ahead of the "
-                    "clock (none is the latest)"
+                    "clock, so none is the latest"
                 )
             return "points at a version that is gone"
         if link.is_symlink():
