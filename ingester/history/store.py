@@ -120,9 +120,10 @@ class HistoryStore:
         self._meta = StorageMetadata()
         self._loaded = False
         self._spare: durable.SpareFile | None = None
-        # Names handed out and not linked yet, and names taken back (sorted): each stays
-        # used, as its claim may still wait.
+        # Names handed out and not linked yet, and names taken back (each sorted): each
+        # stays used, as its claim may still wait.
         self._handed: list[str] = []
+        self._withdrawn: list[str] = []
         self._latest = LatestLink(self.latest_path, self.history_dir, self.list_versions)
 
     # -- paths -------------------------------------------------------------------
@@ -315,9 +316,14 @@ class HistoryStore:
         # above it would be future too, so no new version would become the latest until
         # the clock caught up, where a restart names them by the clock again.
         after = self.latest_version_name(now)
-        handed = latest_name(self._handed, now)
-        if handed is not None and (after is None or handed > after):
-            after = handed
+        if after is not None:
+            # Handed out at or below a version linked since: linked in turn, or given
+            # up (a drop that waits hands out a name on every try), never waited on.
+            del self._handed[: bisect.bisect_right(self._handed, after)]
+        for used in (self._handed, self._withdrawn):
+            above = latest_name(used, now)
+            if above is not None and (after is None or above > after):
+                after = above
         name = generate_version_filename(now, after=after)
         while self._used(name):  # a name passed over can lie just above the clock's
             name = generate_version_filename(now, after=name)
@@ -327,7 +333,7 @@ class HistoryStore:
     def _used(self, name: str) -> bool:
         return any(
             (i := bisect.bisect_left(names, name)) < len(names) and names[i] == name
-            for names in (self._names, self._handed)
+            for names in (self._names, self._handed, self._withdrawn)
         )
 
     def write_version(self, name: str, data: bytes) -> Path:
@@ -418,9 +424,9 @@ class HistoryStore:
 
         The name is never given again (its claim may still be waiting).
         """
-        index = bisect.bisect_left(self._handed, name)
-        if index == len(self._handed) or self._handed[index] != name:
-            self._handed.insert(index, name)
+        index = bisect.bisect_left(self._withdrawn, name)
+        if index == len(self._withdrawn) or self._withdrawn[index] != name:
+            self._withdrawn.insert(index, name)
         with contextlib.suppress(OSError):
             durable.unlink_entry(self.version_path(name))
         index = bisect.bisect_left(self._names, name)
