@@ -306,8 +306,8 @@ class HistoryStore:
         return list(self._names)
 
     def next_version_name(self) -> str:
-        """A fresh name that sorts above every non-future version, and above every name
-        handed out before that is not future by now; never one handed out before."""
+        """A fresh name that sorts above every non-future version and every non-future
+        name handed out and not linked yet or taken back; never one of those names."""
         self._ensure_loaded()
         now = self.clock()
         # A name taken back stays used (its claim may wait), and so does one handed out
