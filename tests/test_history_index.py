@@ -114,6 +114,29 @@ def test_index_lists_again_only_when_the_folder_changes(tmp_path: Path) -> None:
         raise AssertionError("a missing version was found")
 
 
+def test_a_folder_dated_ahead_of_a_clock_set_back_is_not_listed_on_every_look(
+    tmp_path: Path,
+) -> None:
+    """A folder last changed while the clock ran a day ahead: once set back, its times lie
+    in the future, and a lookup still costs a stat, not a listing."""
+    history = tmp_path / "history"
+    history.mkdir()
+    name = f"{T0.strftime('%Y-%m-%dT%H-%M-%S')}-00000000.json"
+    (history / name).write_bytes(b"{}")
+    ahead = time.time_ns() + 86_400 * 10**9
+    os.utime(history, ns=(ahead, ahead))
+    wait_for(lambda: time.time() - os.stat(history).st_ctime > 0.1, 5, "the folder to settle")
+    index = HistoryIndex(LocalHistory(history, settle=0.05))
+    assert [e.name for e in index.snapshot().entries] == [name]
+    listed = index.relists
+    for _ in range(20):
+        index.snapshot()
+    assert index.relists == listed
+    (history / "notes.txt").write_text("not a version")  # a change now is still seen
+    index.snapshot()
+    assert index.relists == listed + 1
+
+
 def test_a_fresh_change_is_not_trusted(tmp_path: Path) -> None:
     """Two changes within the timestamp granularity must not hide the second one."""
     history = tmp_path / "history"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from support import SAMPLES, run_cli
@@ -120,3 +121,27 @@ def test_latest_link_resolves_through_a_symlinked_folder(root: Path, tmp_path: P
     assert latest.read_bytes() == sample
     check = run_cli(root, "--latest-path", str(latest), "verify")
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_link_to_a_version_dated_days_ahead_is_said_so_not_called_gone(tmp_path: Path) -> None:
+    """The clock set back days (or a version placed by hand): every version is future, so
+    the link goes, and what is said names why, never that a version is gone."""
+    root = tmp_path / "root"
+    (root / HISTORY).mkdir(parents=True)
+    ahead = datetime.now(UTC) + timedelta(days=3)
+    version = f"{ahead:%Y-%m-%dT%H-%M-%S}-00000000.json"
+    (root / HISTORY / version).write_bytes(SAMPLE.read_bytes())
+    (root / HISTORY / version).chmod(0o444)
+    (root / LATEST).symlink_to(f"{HISTORY}/{version}")
+    why = (
+        f"points at {HISTORY}/{version}, but every version is dated more than a day ahead "
+        "of the clock, so none is the latest"
+    )
+    found = run_cli(root, "verify")
+    assert found.returncode == 1
+    assert f"latest link {why}" in found.stdout, found.stdout
+    repaired = run_cli(root, "verify", "--repair")
+    assert f"was: latest link {why}" in repaired.stdout, repaired.stdout
+    assert "gone" not in found.stdout + repaired.stdout + repaired.stderr
+    assert not os.path.lexists(root / LATEST)
+    assert (root / HISTORY / version).read_bytes() == SAMPLE.read_bytes()

@@ -207,6 +207,41 @@ def test_clock_stepped_back_still_sorts_above(
     assert os.readlink(store.latest_path).endswith(second)
 
 
+def test_a_clock_set_back_days_during_a_run_names_new_versions_by_the_clock_again(
+    store: HistoryStore, clock: Clock, valid_payload: bytes
+) -> None:
+    """Versions stored while the clock ran days ahead are future once it is set right; the
+    next ones follow the clock, as after a restart, and the latest link follows them."""
+    before = store.save_version(valid_payload).name
+    clock.now = NOW + timedelta(days=3)
+    ahead = store.save_version(valid_payload).name
+    clock.now = NOW + timedelta(minutes=1)
+    after = store.save_version(valid_payload).name
+    assert before < after < ahead
+    assert parse_timestamp_from_filename(after) == NOW + timedelta(minutes=1)
+    assert os.readlink(store.latest_path).endswith(after)
+    meta = read_metadata(store)
+    assert meta["latestVersion"] == after
+    assert meta["futureVersions"] == 1
+    assert_consistent(store)
+
+
+def test_a_name_handed_out_before_a_clock_jump_stays_below_every_later_name(
+    store: HistoryStore, clock: Clock
+) -> None:
+    """A group hands out its names before linking any. One handed out days ahead and
+    passed over once the clock is set right must not lower the bar set by one handed out
+    before it (still to be linked): later names sort above that one, below the future one."""
+    first = store.next_version_name()
+    clock.now = NOW + timedelta(days=3)
+    ahead = store.next_version_name()
+    clock.now = NOW + timedelta(minutes=1) - timedelta(hours=12)  # back, and then some
+    later = store.next_version_name()
+    assert first < later < ahead
+    clock.now = NOW + timedelta(minutes=1)
+    assert later < store.next_version_name() < ahead
+
+
 # -- metadata -----------------------------------------------------------------------------
 
 

@@ -102,6 +102,19 @@ class LatestLink:
                 # Not one of ours that is gone: another history's watcher keeps it,
                 # and a removal would only have it put back (the link missing meanwhile).
                 return None
+            if self._versions():
+                # None is gone: every version is dated ahead of a clock set back, so
+                # none may be named. "Gone" would read as versions lost.
+                what = "is a file"
+                if stat.S_ISLNK(mode):
+                    try:
+                        what = f"points at {os.readlink(link)}"
+                    except OSError:
+                        what = "is a link"
+                return (
+                    f"{what}, but every version is dated more than a day ahead of the "
+                    "clock, so none is the latest"
+                )
             return "points at a version that is gone"
         if link.is_symlink():
             target = os.readlink(link)

@@ -9,7 +9,8 @@ Its change token is the folder's ``(st_ino, st_mtime_ns, st_ctime_ns)``: every v
 added or deleted, and every replacement of ``_metadata.json``, is an entry created or
 removed in the folder, which moves the folder's mtime (a folder changed within the last
 50 ms is listed again on every look, as a second change within one clock tick may not
-move it again). Version files are immutable, so a size once read stays true.
+move it again; times ahead of a clock set back since are no such change). Version files
+are immutable, so a size once read stays true.
 
 Its writer, :class:`LocalWriter`, writes through :class:`ingester.history.store.HistoryStore`
 (the one owner of the folder's format) and :mod:`ingester.history.durable`'s recipe: what
@@ -85,7 +86,12 @@ class LocalHistory:
             return "missing"
         except OSError as exc:
             raise StorageError("stat", self.dir, exc) from exc
-        if time.time() - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 <= self.settle:
+        now = time.time()
+        # Only a change near now may be followed by one the same tick hides. Times ahead
+        # of the clock (it was set back since) are no such change: the next change moves
+        # them back to now, so the token stays trusted rather than listing on every look
+        # until the clock catches up.
+        if any(abs(now - t / 1e9) <= self.settle for t in (st.st_mtime_ns, st.st_ctime_ns)):
             return _Unsettled()
         return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 

@@ -120,8 +120,10 @@ class HistoryStore:
         self._meta = StorageMetadata()
         self._loaded = False
         self._spare: durable.SpareFile | None = None
-        self._floor: str | None = None  # the highest name withdrawn
-        self._given: str | None = None  # the last name next_version_name gave
+        # Names handed out and not linked yet, and names taken back (each sorted): each
+        # stays used, as its claim may still wait.
+        self._handed: list[str] = []
+        self._withdrawn: list[str] = []
         self._latest = LatestLink(self.latest_path, self.history_dir, self.list_versions)
 
     # -- paths -------------------------------------------------------------------
@@ -304,23 +306,35 @@ class HistoryStore:
         return list(self._names)
 
     def next_version_name(self) -> str:
-        """A fresh name that sorts above every non-future version and every name given before."""
+        """A fresh name that sorts above every non-future version and every non-future
+        name handed out and not linked yet or taken back; never one of those names."""
         self._ensure_loaded()
         now = self.clock()
         # A name taken back stays used (its claim may wait), and so does one handed out
-        # for a version not linked yet (a group links its versions together).
-        given = self._given
-        if given is not None and (not self._names or given >= self._names[-1]):
-            after: str | None = given  # every version sorts at or below it: no search
-        else:
-            after = self.latest_version_name(now)
-            if given is not None and (after is None or given > after):
-                after = given
-        if self._floor is not None and (after is None or self._floor > after):
-            after = self._floor
+        # for a version not linked yet (a group links its versions together). One dated
+        # more than a day ahead (the clock was set back since) is passed over: names
+        # above it would be future too, so no new version would become the latest until
+        # the clock caught up, where a restart names them by the clock again.
+        after = self.latest_version_name(now)
+        if after is not None:
+            # Handed out at or below a version linked since: linked in turn, or given
+            # up (a drop that waits hands out a name on every try), never waited on.
+            del self._handed[: bisect.bisect_right(self._handed, after)]
+        for used in (self._handed, self._withdrawn):
+            above = latest_name(used, now)
+            if above is not None and (after is None or above > after):
+                after = above
         name = generate_version_filename(now, after=after)
-        self._given = name
+        while self._used(name):  # a name passed over can lie just above the clock's
+            name = generate_version_filename(now, after=name)
+        bisect.insort(self._handed, name)
         return name
+
+    def _used(self, name: str) -> bool:
+        return any(
+            (i := bisect.bisect_left(names, name)) < len(names) and names[i] == name
+            for names in (self._names, self._handed, self._withdrawn)
+        )
 
     def write_version(self, name: str, data: bytes) -> Path:
         """Durably store ``data`` as version ``name``; the latest link and metadata wait.
@@ -392,6 +406,9 @@ class HistoryStore:
 
     def _counted(self, name: str) -> None:
         bisect.insort(self._names, name)
+        index = bisect.bisect_left(self._handed, name)
+        if index < len(self._handed) and self._handed[index] == name:
+            del self._handed[index]  # linked: the versions keep it used now
         self._meta = self._meta.model_copy(
             update={"total_versions_created": self._meta.total_versions_created + 1}
         )
@@ -407,8 +424,9 @@ class HistoryStore:
 
         The name is never given again (its claim may still be waiting).
         """
-        if self._floor is None or name > self._floor:
-            self._floor = name
+        index = bisect.bisect_left(self._withdrawn, name)
+        if index == len(self._withdrawn) or self._withdrawn[index] != name:
+            self._withdrawn.insert(index, name)
         with contextlib.suppress(OSError):
             durable.unlink_entry(self.version_path(name))
         index = bisect.bisect_left(self._names, name)
