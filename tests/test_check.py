@@ -346,6 +346,39 @@ def test_a_usage_error_exits_critical_even_when_stderr_cannot_be_written(
     assert done.returncode == 2, f"exit {done.returncode} under {done.stdout!r}"
 
 
+@pytest.mark.parametrize("tail", [(), ("--json",)], ids=["line", "json"])
+@pytest.mark.parametrize("stdout", ["full", "reader-gone"])
+def test_a_critical_check_exits_critical_even_when_stdout_cannot_be_written(
+    root: Path, tmp_path: Path, tail: tuple[str, ...], stdout: str
+) -> None:
+    """A check whose output lands on a full disk (``check >> log`` on the disk that
+    filled) or in a pipe its reader closed still exits 2: its judgement is the exit
+    code, and 1 would read WARNING to an agent or a script that pages on CRITICAL only.
+    A full disk is said in one line; a reader that went away, as for every command, is
+    not said at all."""
+    ingest(root, tmp_path, timedelta(minutes=40))
+    if stdout == "full":
+        sink = os.open("/dev/full", os.O_WRONLY)
+        said = "error: No space left on device [ENOSPC]\n"
+    else:
+        reader, sink = os.pipe()
+        os.close(reader)
+        said = ""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ingester", "--root", str(root), "check", *tail],
+            env=cli_env(),
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    finally:
+        os.close(sink)
+    assert done.stderr == said, done.stderr
+    assert done.returncode == 2
+
+
 def test_quiet_prints_nothing_when_ok_and_everything_on_failure(root: Path, tmp_path: Path) -> None:
     ingest(root, tmp_path, timedelta(minutes=20))
     fine = run_cli(root, "-q", "check", "--max-age", "1h")

@@ -180,7 +180,15 @@ class IngesterGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         with _one_line_message():
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except OSError as exc:
+                if exc.errno != errno.EPIPE:
+                    raise
+                # The reader went away: a quiet exit, as click makes it, but with the
+                # code a line already given announced (check's verdict), not always 1.
+                silence_stdout()
+                raise click.exceptions.Exit(exit_announced(1)) from None
 
     def main(  # type: ignore[override]
         self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any

@@ -32,6 +32,7 @@ from .common import (
     App,
     FiniteRange,
     PathParam,
+    announce_exit,
     fail,
     history_source,
     plugin_usage_line,
@@ -366,6 +367,10 @@ def check(
     else:
         facts = gather_facts(app.settings, usage=limits.judges_usage)
     result = judge(facts, limits)
+    if result.code > 1:
+        # The verdict is the exit code: a line that cannot be written (stdout on a full
+        # disk) must not turn CRITICAL into the 1 of a failed write, which reads WARNING.
+        announce_exit(result.code)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
