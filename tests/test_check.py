@@ -277,16 +277,26 @@ def test_a_bad_duration_is_a_usage_error(root: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "how", ["option", "choice", "unknown-option", "environment", "config", "missing-config"]
+    "how",
+    [
+        "option",
+        "choice",
+        "unknown-option",
+        "misplaced-check-option",
+        "environment",
+        "config",
+        "missing-config",
+    ],
 )
 @pytest.mark.parametrize("as_json", [False, True], ids=["line", "json"])
 def test_a_bad_global_setting_still_gives_the_plugin_line(
     root: Path, tmp_path: Path, how: str, as_json: bool
 ) -> None:
     """A bad setting read before ``check`` runs (a global option, also one click itself
-    rejects as it parses the options before the command, an ``INGESTER_*`` variable, a
-    config key or file), the likeliest way for a check to break, alerts with its cause
-    on stdout: the plugin line, or the JSON object (exit 2)."""
+    rejects as it parses the options before the command, such as check's own option
+    with its value put before ``check``, an ``INGESTER_*`` variable, a config key or
+    file), the likeliest way for a check to break, alerts with its cause on stdout: the
+    plugin line, or the JSON object (exit 2)."""
     ingest(root, tmp_path, timedelta(minutes=1))
     extra: dict[str, str] = {}
     args: list[str] = []
@@ -296,6 +306,9 @@ def test_a_bad_global_setting_still_gives_the_plugin_line(
         args, words = ["--log-format", "xml"], "'xml' is not one of"
     elif how == "unknown-option":
         args, words = ["--bogus"], "No such option '--bogus'"
+    elif how == "misplaced-check-option":
+        # check's own option with its value, put before the command by mistake
+        args, words = ["--max-age", "15m"], "No such option '--max-age'"
     elif how == "environment":
         extra, words = {"INGESTER_MAX_VERSIONS": "abc"}, "INGESTER_MAX_VERSIONS"
     elif how == "config":

@@ -152,13 +152,17 @@ class IngesterGroup(click.Group):
     def _command_args(self, args: list[str]) -> list[str]:
         """The command's name and the arguments after it, as the group's parser would
         split ``args``: each of the group's options that takes a value skips it (when
-        not given as ``--option=value``); an unknown option is taken to take none."""
+        not given as ``--option=value``). An unknown option takes the argument after it
+        unless that is an option or a command's name: a command's own option put before
+        the command (``--max-age 15m check``) comes with its value."""
+        known = {name for param in self.params for name in param.opts + param.secondary_opts}
         takes_value = {
             name
             for param in self.params
             if isinstance(param, click.Option) and not param.is_flag and not param.count
             for name in param.opts
         }
+        names = {name for name, _module, _attr in COMMANDS}
         i = 0
         while i < len(args):
             arg = args[i]
@@ -166,7 +170,12 @@ class IngesterGroup(click.Group):
                 return args[i + 1 :]
             if not arg.startswith("-") or arg == "-":
                 return args[i:]
-            i += 2 if arg in takes_value else 1
+            after = args[i + 1] if i + 1 < len(args) else "-"
+            unknown = arg not in known and "=" not in arg
+            if arg in takes_value or (unknown and not after.startswith("-") and after not in names):
+                i += 2
+            else:
+                i += 1
         return []
 
     def resolve_command(
