@@ -333,6 +333,34 @@ def test_a_bad_global_setting_still_gives_the_plugin_line(
 
 
 @pytest.mark.parametrize(
+    ("args", "extra", "words"),
+    [
+        (["--endpoint-url", "not a url"], {}, "--endpoint-url: 'not a url' is not"),
+        ([], {"AWS_ENDPOINT_URL": "bogus"}, "AWS_ENDPOINT_URL: 'bogus' is not"),
+    ],
+    ids=["option", "environment"],
+)
+@pytest.mark.parametrize("as_json", [False, True], ids=["line", "json"])
+def test_a_malformed_endpoint_for_from_gives_the_plugin_line(
+    root: Path, args: list[str], extra: dict[str, str], words: str, as_json: bool
+) -> None:
+    """A malformed endpoint URL for ``--from`` is a usage error (exit 2) like any bad
+    option of ``check``: the monitoring agent gets the plugin line with its cause, not
+    nothing on stdout."""
+    tail = ["--json"] if as_json else []
+    done = run_cli(root, "check", "--from", "s3://usage-bucket/prod", *args, *tail, **extra)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    if as_json:
+        answer = json.loads(done.stdout)
+        assert (answer["status"], answer["code"]) == ("CRITICAL", 2)
+        assert answer["summary"].startswith("usage error: ") and words in answer["summary"]
+    else:
+        assert done.stdout.startswith("INGESTER CRITICAL - usage error: "), done.stdout
+        assert len(done.stdout.splitlines()) == 1 and words in done.stdout
+
+
+@pytest.mark.parametrize(
     ("args", "extra"),
     [
         (["check"], {"INGESTER_RETENTION_DAYS": "abc"}),
