@@ -265,3 +265,27 @@ def test_an_empty_environment_variable_counts_as_not_set(root: Path) -> None:
     assert settings["history_dir"]["source"] == "default", settings
     empty = run_cli(root, "--max-versions", "", "status")
     assert empty.returncode == 2 and "--max-versions" in empty.stderr, empty.stderr
+
+
+@pytest.mark.parametrize("command", ["watch", "check", "status", "submit"])
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        ((), {"INGESTER_MAX_VERSIONS": "abc"}),
+        ((), {"INGESTER_CONFIG": "/nonexistent/ingester.toml"}),
+        (("--max-bytes", "0"), {}),
+    ],
+    ids=["environment", "config-file", "option"],
+)
+def test_a_bad_setting_does_not_keep_a_command_from_showing_its_help(
+    root: Path, command: str, args: tuple[str, ...], extra: dict[str, str]
+) -> None:
+    """``ingester COMMAND --help`` shows the help (exit 0) whatever the settings: it is
+    how an operator finds out what a service with a broken setting should be given, and
+    ``ingester --help`` shows it too. Without ``--help`` the bad setting is refused."""
+    shown = run_cli(root, *args, command, "--help", **extra)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"Usage: ingester {command} [OPTIONS]"), shown.stdout
+    assert shown.stderr == ""
+    refused = run_cli(root, *args, command, **extra)
+    assert refused.returncode == 2, refused.stderr

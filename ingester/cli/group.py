@@ -309,6 +309,8 @@ def main(
     try:
         settings = resolve_settings(options, config_path=config_path)
     except SettingError as exc:
+        if _asks_for_help(ctx):
+            return  # the command shows its help and exits before it would need them
         error = click.UsageError(str(exc), ctx)
         if ctx.invoked_subcommand == "check":
             # A monitoring agent shows the plugin's stdout only: a bad setting in its
@@ -319,6 +321,24 @@ def main(
     if quiet:
         hold_output(ctx)
     ctx.obj = App(settings, log_format)
+
+
+def _asks_for_help(ctx: click.Context) -> bool:
+    """Whether the command about to run was given ``--help`` (or ``-h``), as its own
+    parser reads its arguments: it then only shows its help, which needs no settings.
+    Arguments its parser refuses are no request for help."""
+    name = ctx.invoked_subcommand
+    command = main.get_command(ctx, name) if name is not None else None
+    help_option = command.get_help_option(ctx) if command is not None else None
+    if command is None or help_option is None:
+        return False
+    try:
+        opts, _args, _order = command.make_parser(ctx).parse_args(
+            list(ctx.meta.get(_COMMAND_ARGS, []))
+        )
+    except click.ClickException:
+        return False
+    return bool(opts.get(help_option.name))
 
 
 @main.result_callback()
