@@ -277,16 +277,26 @@ def test_a_bad_duration_is_a_usage_error(root: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "how", ["option", "choice", "unknown-option", "environment", "config", "missing-config"]
+    "how",
+    [
+        "option",
+        "choice",
+        "unknown-option",
+        "misplaced-check-option",
+        "environment",
+        "config",
+        "missing-config",
+    ],
 )
 @pytest.mark.parametrize("as_json", [False, True], ids=["line", "json"])
 def test_a_bad_global_setting_still_gives_the_plugin_line(
     root: Path, tmp_path: Path, how: str, as_json: bool
 ) -> None:
     """A bad setting read before ``check`` runs (a global option, also one click itself
-    rejects as it parses the options before the command, an ``INGESTER_*`` variable, a
-    config key or file), the likeliest way for a check to break, alerts with its cause
-    on stdout: the plugin line, or the JSON object (exit 2)."""
+    rejects as it parses the options before the command, such as check's own option
+    with its value put before ``check``, an ``INGESTER_*`` variable, a config key or
+    file), the likeliest way for a check to break, alerts with its cause on stdout: the
+    plugin line, or the JSON object (exit 2)."""
     ingest(root, tmp_path, timedelta(minutes=1))
     extra: dict[str, str] = {}
     args: list[str] = []
@@ -296,6 +306,9 @@ def test_a_bad_global_setting_still_gives_the_plugin_line(
         args, words = ["--log-format", "xml"], "'xml' is not one of"
     elif how == "unknown-option":
         args, words = ["--bogus"], "No such option '--bogus'"
+    elif how == "misplaced-check-option":
+        # check's own option with its value, put before the command by mistake
+        args, words = ["--max-age", "15m"], "No such option '--max-age'"
     elif how == "environment":
         extra, words = {"INGESTER_MAX_VERSIONS": "abc"}, "INGESTER_MAX_VERSIONS"
     elif how == "config":
@@ -317,6 +330,34 @@ def test_a_bad_global_setting_still_gives_the_plugin_line(
         assert len(done.stdout.splitlines()) == 1 and words in done.stdout
     other = run_cli(root, *args, "status", **extra)
     assert (other.returncode, other.stdout) == (2, "")  # other commands: stderr only
+
+
+@pytest.mark.parametrize(
+    ("args", "extra", "words"),
+    [
+        (["--endpoint-url", "not a url"], {}, "--endpoint-url: 'not a url' is not"),
+        ([], {"AWS_ENDPOINT_URL": "bogus"}, "AWS_ENDPOINT_URL: 'bogus' is not"),
+    ],
+    ids=["option", "environment"],
+)
+@pytest.mark.parametrize("as_json", [False, True], ids=["line", "json"])
+def test_a_malformed_endpoint_for_from_gives_the_plugin_line(
+    root: Path, args: list[str], extra: dict[str, str], words: str, as_json: bool
+) -> None:
+    """A malformed endpoint URL for ``--from`` is a usage error (exit 2) like any bad
+    option of ``check``: the monitoring agent gets the plugin line with its cause, not
+    nothing on stdout."""
+    tail = ["--json"] if as_json else []
+    done = run_cli(root, "check", "--from", "s3://usage-bucket/prod", *args, *tail, **extra)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    if as_json:
+        answer = json.loads(done.stdout)
+        assert (answer["status"], answer["code"]) == ("CRITICAL", 2)
+        assert answer["summary"].startswith("usage error: ") and words in answer["summary"]
+    else:
+        assert done.stdout.startswith("INGESTER CRITICAL - usage error: "), done.stdout
+        assert len(done.stdout.splitlines()) == 1 and words in done.stdout
 
 
 @pytest.mark.parametrize(
@@ -344,6 +385,39 @@ def test_a_usage_error_exits_critical_even_when_stderr_cannot_be_written(
         )
     assert done.stdout.startswith("INGESTER CRITICAL - usage error:"), done.stdout
     assert done.returncode == 2, f"exit {done.returncode} under {done.stdout!r}"
+
+
+@pytest.mark.parametrize("tail", [(), ("--json",)], ids=["line", "json"])
+@pytest.mark.parametrize("stdout", ["full", "reader-gone"])
+def test_a_critical_check_exits_critical_even_when_stdout_cannot_be_written(
+    root: Path, tmp_path: Path, tail: tuple[str, ...], stdout: str
+) -> None:
+    """A check whose output lands on a full disk (``check >> log`` on the disk that
+    filled) or in a pipe its reader closed still exits 2: its judgement is the exit
+    code, and 1 would read WARNING to an agent or a script that pages on CRITICAL only.
+    A full disk is said in one line; a reader that went away, as for every command, is
+    not said at all."""
+    ingest(root, tmp_path, timedelta(minutes=40))
+    if stdout == "full":
+        sink = os.open("/dev/full", os.O_WRONLY)
+        said = "error: No space left on device [ENOSPC]\n"
+    else:
+        reader, sink = os.pipe()
+        os.close(reader)
+        said = ""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ingester", "--root", str(root), "check", *tail],
+            env=cli_env(),
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    finally:
+        os.close(sink)
+    assert done.stderr == said, done.stderr
+    assert done.returncode == 2
 
 
 def test_quiet_prints_nothing_when_ok_and_everything_on_failure(root: Path, tmp_path: Path) -> None:

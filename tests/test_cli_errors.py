@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -797,3 +798,24 @@ def test_a_number_option_refuses_what_is_not_a_finite_number(
     assert "Traceback" not in done.stderr
     [error] = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert error.startswith(f"Error: Invalid value for '{option}'"), error
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [(("watch", "--metrics"), " for --metrics"), (("serve", "--listen"), "")],
+    ids=["watch-metrics", "serve"],
+)
+def test_an_address_in_use_is_said_with_its_errno_name(
+    root: Path, args: tuple[str, ...], what: str
+) -> None:
+    """The watcher's metrics address and the server's are refused in the same words: the
+    cause and its errno's name, as every error says it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run_cli(root, *args, f"127.0.0.1:{port}")
+    assert busy.returncode == 1, busy.stderr
+    assert busy.stderr == (
+        f"error: cannot listen on 127.0.0.1:{port}{what}: Address already in use [EADDRINUSE]\n"
+    )

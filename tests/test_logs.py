@@ -88,10 +88,48 @@ def run_snippet(code: str, *args: str, **env: str) -> subprocess.CompletedProces
     return result
 
 
+def stderr_to_pipe(
+    args: list[str], *, journal: str | None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``args`` with stderr a pipe of our own, ``JOURNAL_STREAM`` naming that pipe
+    (``journal="same"``, as systemd sets it for a service whose stderr is the journal),
+    another stream (``"other"``: inherited from a parent whose stderr was the journal),
+    or unset (None). The pipe's text is the result's ``stderr``."""
+    reader, writer = os.pipe()
+    try:
+        st = os.fstat(writer)
+        if journal is not None:
+            ino = st.st_ino if journal == "same" else st.st_ino + 1
+            env = {**env, "JOURNAL_STREAM": f"{st.st_dev}:{ino}"}
+        result = subprocess.run(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=writer,
+            text=True,
+            timeout=60,
+            env=cli_env(**env),
+            check=False,
+        )
+        os.close(writer)
+        writer = -1
+        with os.fdopen(reader, "r", encoding="utf-8") as text:
+            reader = -1
+            result.stderr = text.read()
+    finally:
+        for fd in (reader, writer):
+            if fd >= 0:
+                os.close(fd)
+    return result
+
+
 @pytest.mark.parametrize("fmt", ["json", "text", "journal"])
 def test_third_party_records_go_through_our_handler(fmt: str) -> None:
-    env = {"JOURNAL_STREAM": "8:1234"} if fmt == "journal" else {}
-    result = run_snippet(SNIPPET, "text" if fmt == "journal" else fmt, **env)
+    if fmt == "journal":
+        code = [sys.executable, "-c", SNIPPET, "text"]
+        result = stderr_to_pipe(code, journal="same")
+        assert result.returncode == 0, result.stderr
+    else:
+        result = run_snippet(SNIPPET, fmt)
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr  # the INFO record is below the library threshold
     if fmt == "json":
@@ -220,3 +258,20 @@ def test_a_log_line_that_cannot_be_written_is_one_line_not_a_traceback(
     if fmt == "json":
         for line in text.splitlines():
             json.loads(line)
+
+
+@pytest.mark.parametrize("journal", ["same", "other"])
+def test_lines_are_journal_lines_only_when_stderr_is_the_journal(root: Path, journal: str) -> None:
+    """``JOURNAL_STREAM`` is inherited by whatever a service starts, and by a terminal's
+    shells under a desktop that runs it as a service: it means the journal only when it
+    names stderr's own stream (as systemd.exec(5) says to check). Else, as in a log file
+    a unit's shell line writes to, every line keeps its timestamp and no ``<N>``."""
+    (root / "spool").mkdir()
+    args = [sys.executable, "-m", "ingester", "--root", str(root), "watch", "--once"]
+    result = stderr_to_pipe(args, journal=journal)
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stderr.splitlines() if "watching " in x)
+    if journal == "same":
+        assert line.startswith("<6>info: watching "), line
+    else:
+        assert line[:4].isdigit() and " INFO watching " in line, line

@@ -336,3 +336,26 @@ def test_watcher_without_notify_socket_runs_as_before(root: Path) -> None:
     assert len(versions(root)) == 1
     assert "cannot notify" not in result.stderr, result.stderr
     assert "NOTIFY_SOCKET" not in result.stderr, result.stderr
+
+
+def test_a_notify_socket_that_is_gone_is_said_once_with_its_errno_name(root: Path) -> None:
+    """A unit's NOTIFY_SOCKET left pointing at a socket that is gone (systemd restarted
+    with another runtime folder, a copied environment): the watcher works on, and the
+    one warning names the address and the cause in the words of every other error."""
+    (root / "spool").mkdir()
+    drop(root / "spool", "a.json", payload(1))
+    gone = root / "no-notify-socket"
+    result = subprocess.run(
+        [sys.executable, "-m", "ingester", "--root", str(root), "watch", "--once"],
+        capture_output=True,
+        text=True,
+        env=cli_env(NOTIFY_SOCKET=str(gone)),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(versions(root)) == 1
+    said = [line for line in result.stderr.splitlines() if "cannot notify" in line]
+    assert len(said) == 1, result.stderr
+    assert f"cannot notify systemd at {gone} (" in said[0]
+    assert "No such file or directory [ENOENT]" in said[0], said[0]
+    assert "Errno" not in said[0], said[0]

@@ -265,3 +265,62 @@ def test_an_empty_environment_variable_counts_as_not_set(root: Path) -> None:
     assert settings["history_dir"]["source"] == "default", settings
     empty = run_cli(root, "--max-versions", "", "status")
     assert empty.returncode == 2 and "--max-versions" in empty.stderr, empty.stderr
+
+
+@pytest.mark.parametrize("command", ["watch", "check", "status", "submit"])
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        ((), {"INGESTER_MAX_VERSIONS": "abc"}),
+        ((), {"INGESTER_CONFIG": "/nonexistent/ingester.toml"}),
+        (("--max-bytes", "0"), {}),
+    ],
+    ids=["environment", "config-file", "option"],
+)
+def test_a_bad_setting_does_not_keep_a_command_from_showing_its_help(
+    root: Path, command: str, args: tuple[str, ...], extra: dict[str, str]
+) -> None:
+    """``ingester COMMAND --help`` shows the help (exit 0) whatever the settings: it is
+    how an operator finds out what a service with a broken setting should be given, and
+    ``ingester --help`` shows it too. Without ``--help`` the bad setting is refused."""
+    shown = run_cli(root, *args, command, "--help", **extra)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"Usage: ingester {command} [OPTIONS]"), shown.stdout
+    assert shown.stderr == ""
+    refused = run_cli(root, *args, command, **extra)
+    assert refused.returncode == 2, refused.stderr
+
+
+def _run_in_a_removed_folder(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ingester ARGS`` run from a folder removed after the shell entered it."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = "import os, sys, runpy; os.rmdir(sys.argv[1]); sys.argv[1:2] = []; " + (
+        "runpy.run_module('ingester', run_name='__main__')"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(gone), *args],
+        cwd=gone,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_removed_current_folder_matters_only_to_a_relative_path(
+    root: Path, tmp_path: Path
+) -> None:
+    """Every path given absolute, the current folder is never used: its removal (a shell
+    left in a folder a deploy replaced) refuses nothing. A relative path, which is taken
+    from it, is refused in one line naming the setting."""
+    assert run_cli(root, "init").returncode == 0
+    fine = _run_in_a_removed_folder(tmp_path, "--root", str(root), "status", "--json")
+    assert fine.returncode == 0, fine.stderr
+    assert json.loads(fine.stdout)["settings"]["root"]["value"] == str(root)
+    relative = _run_in_a_removed_folder(tmp_path, "--root", str(root), "--spool-dir", "s", "status")
+    assert_usage_error(relative, "--spool-dir")
+    assert "the current folder cannot be used" in relative.stderr
+    default = _run_in_a_removed_folder(tmp_path, "status")
+    assert_usage_error(default, "--root")

@@ -40,6 +40,7 @@ __all__ = [
     "BoundedFloat",
     "PathParam",
     "align",
+    "announce_exit",
     "describe_os_error",
     "echo_json",
     "exit_announced",
@@ -122,11 +123,17 @@ def plugin_usage_line(exc: click.UsageError, *, as_json: bool) -> None:
     summary = escape_text(one_line(f"usage error: {exc.format_message()}"))
     # Recorded first: the monitoring agent reads the exit code beside the line, and must
     # read CRITICAL even when the usage text on stderr cannot be written after it.
-    _ANNOUNCED.append(2)
+    announce_exit(2)
     if as_json:
         say(json.dumps({"status": "CRITICAL", "code": 2, "summary": summary}))
     else:
         say(f"INGESTER CRITICAL - {summary}")
+
+
+def announce_exit(code: int) -> None:
+    """Record ``code`` as the exit the line about to be written on stdout gives (a
+    monitoring verdict), so that the run exits with it even when that write fails."""
+    _ANNOUNCED.append(code)
 
 
 def exit_announced(default: int) -> int:

@@ -152,13 +152,17 @@ class IngesterGroup(click.Group):
     def _command_args(self, args: list[str]) -> list[str]:
         """The command's name and the arguments after it, as the group's parser would
         split ``args``: each of the group's options that takes a value skips it (when
-        not given as ``--option=value``); an unknown option is taken to take none."""
+        not given as ``--option=value``). An unknown option takes the argument after it
+        unless that is an option or a command's name: a command's own option put before
+        the command (``--max-age 15m check``) comes with its value."""
+        known = {name for param in self.params for name in param.opts + param.secondary_opts}
         takes_value = {
             name
             for param in self.params
             if isinstance(param, click.Option) and not param.is_flag and not param.count
             for name in param.opts
         }
+        names = {name for name, _module, _attr in COMMANDS}
         i = 0
         while i < len(args):
             arg = args[i]
@@ -166,7 +170,12 @@ class IngesterGroup(click.Group):
                 return args[i + 1 :]
             if not arg.startswith("-") or arg == "-":
                 return args[i:]
-            i += 2 if arg in takes_value else 1
+            after = args[i + 1] if i + 1 < len(args) else "-"
+            unknown = arg not in known and "=" not in arg
+            if arg in takes_value or (unknown and not after.startswith("-") and after not in names):
+                i += 2
+            else:
+                i += 1
         return []
 
     def resolve_command(
@@ -180,7 +189,15 @@ class IngesterGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         with _one_line_message():
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except OSError as exc:
+                if exc.errno != errno.EPIPE:
+                    raise
+                # The reader went away: a quiet exit, as click makes it, but with the
+                # code a line already given announced (check's verdict), not always 1.
+                silence_stdout()
+                raise click.exceptions.Exit(exit_announced(1)) from None
 
     def main(  # type: ignore[override]
         self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
@@ -292,6 +309,8 @@ def main(
     try:
         settings = resolve_settings(options, config_path=config_path)
     except SettingError as exc:
+        if _asks_for_help(ctx):
+            return  # the command shows its help and exits before it would need them
         error = click.UsageError(str(exc), ctx)
         if ctx.invoked_subcommand == "check":
             # A monitoring agent shows the plugin's stdout only: a bad setting in its
@@ -302,6 +321,24 @@ def main(
     if quiet:
         hold_output(ctx)
     ctx.obj = App(settings, log_format)
+
+
+def _asks_for_help(ctx: click.Context) -> bool:
+    """Whether the command about to run was given ``--help`` (or ``-h``), as its own
+    parser reads its arguments: it then only shows its help, which needs no settings.
+    Arguments its parser refuses are no request for help."""
+    name = ctx.invoked_subcommand
+    command = main.get_command(ctx, name) if name is not None else None
+    help_option = command.get_help_option(ctx) if command is not None else None
+    if command is None or help_option is None:
+        return False
+    try:
+        opts, _args, _order = command.make_parser(ctx).parse_args(
+            list(ctx.meta.get(_COMMAND_ARGS, []))
+        )
+    except click.ClickException:
+        return False
+    return bool(opts.get(help_option.name))
 
 
 @main.result_callback()

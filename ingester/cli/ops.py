@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from ..clock import utc_now
-from ..errors import ObjectStoreUnavailable, StorageError, os_cause
+from ..errors import BadEndpoint, ObjectStoreUnavailable, StorageError, os_cause
 from ..history import durable
 from ..ops.check import CheckLimits, judge, parse_duration
 from ..ops.check_facts import Facts, gather_facts
@@ -28,10 +28,12 @@ from ..ops.snapshot import (
     take_snapshot,
     write_snapshot_tar,
 )
+from ..runtime.logs import escape_text, one_line
 from .common import (
     App,
     FiniteRange,
     PathParam,
+    announce_exit,
     fail,
     history_source,
     plugin_usage_line,
@@ -215,6 +217,12 @@ class _PluginCommand(click.Command):
         except click.UsageError as exc:
             plugin_usage_line(exc, as_json=bool(ctx.params.get("as_json")))
             raise
+        except BadEndpoint as exc:
+            # Found only where --from's client is made, in the command's body: a usage
+            # error all the same, which the agent must see the cause of.
+            error = click.UsageError(escape_text(one_line(str(exc))), ctx)
+            plugin_usage_line(error, as_json=bool(ctx.params.get("as_json")))
+            raise error from None
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
@@ -366,6 +374,10 @@ def check(
     else:
         facts = gather_facts(app.settings, usage=limits.judges_usage)
     result = judge(facts, limits)
+    if result.code > 1:
+        # The verdict is the exit code: a line that cannot be written (stdout on a full
+        # disk) must not turn CRITICAL into the 1 of a failed write, which reads WARNING.
+        announce_exit(result.code)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:

@@ -183,7 +183,7 @@ def _start_watch_metrics(listen: str) -> Metrics:
     try:
         bound = metrics.start(host, port)
     except OSError as exc:
-        raise fail(f"cannot listen on {listen} for --metrics: {exc.strerror or exc}") from None
+        raise fail(f"cannot listen on {listen} for --metrics: {os_cause(exc)}") from None
     logging.getLogger("ingester.watcher").info(
         "metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, bound
     )

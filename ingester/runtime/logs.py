@@ -1,8 +1,9 @@
 """Logging to stderr, one line per event, in a form that suits where it goes.
 
 * ``text`` on a terminal: ``2026-11-29 10:30:00,412 INFO ingested ...``.
-* ``text`` under systemd (``JOURNAL_STREAM`` is set): no timestamp, since the journal
-  stamps every line itself, and a ``<N>`` syslog priority prefix that journald reads.
+* ``text`` under systemd (``JOURNAL_STREAM`` names stderr's stream): no timestamp, since
+  the journal stamps every line itself, and a ``<N>`` syslog priority prefix that
+  journald reads.
 * ``json``: one object per line (``ts``, ``level``, ``logger``, ``msg`` and the event's
   fields), for log shippers.
 
@@ -214,6 +215,23 @@ def logs_as_json() -> bool:
     )
 
 
+def _stderr_is_the_journal() -> bool:
+    """Whether stderr is the journal's stream: ``JOURNAL_STREAM`` (``DEV:INODE``) names it.
+
+    systemd sets the variable for a service whose output goes to the journal, and every
+    process started from there inherits it, whatever its own stderr has become (a file a
+    shell line sends it to, a terminal under a desktop run as a service); systemd.exec(5)
+    says to compare it with the stream itself.
+    """
+    dev, _colon, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        named = (int(dev), int(ino))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == named
+
+
 def setup_logging(verbose: int = 0, fmt: str = "text") -> None:
     """Send the ``ingester`` loggers to stderr at INFO (``-v``: DEBUG); a thread that
     dies by an exception is one ERROR line there too, not a traceback, and so is a log
@@ -221,7 +239,7 @@ def setup_logging(verbose: int = 0, fmt: str = "text") -> None:
     handler = _StderrHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
-    elif os.environ.get("JOURNAL_STREAM"):
+    elif _stderr_is_the_journal():
         handler.setFormatter(JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(message)s"))

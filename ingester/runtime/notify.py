@@ -27,6 +27,8 @@ import threading
 from collections.abc import Mapping
 from types import TracebackType
 
+from ..errors import os_cause
+
 __all__ = ["SystemdNotifier"]
 
 log = logging.getLogger("ingester.notify")
@@ -223,7 +225,7 @@ class SystemdNotifier:
                 "cannot notify systemd at %s (%s): %s; further failures are logged at debug level",
                 os.fsdecode(address),
                 first_line,
-                exc,
+                os_cause(exc),
             )
         else:
-            log.debug("cannot notify systemd (%s): %s", first_line, exc)
+            log.debug("cannot notify systemd (%s): %s", first_line, os_cause(exc))

@@ -92,35 +92,44 @@ def resolve_settings(
     ``options`` maps setting names to command-line values (``None`` when not given).
     """
     environ = os.environ if environ is None else environ
-    if cwd is None:
+    # The current folder is looked up only where a path is taken from it: with every
+    # path absolute, a folder removed under the shell refuses nothing.
+    known_cwd = Path(os.path.abspath(cwd)) if cwd is not None else None
+
+    def current(label: str) -> Path:
+        if known_cwd is not None:
+            return known_cwd
         try:
-            cwd = Path.cwd()
+            return Path(os.path.abspath(Path.cwd()))
         except OSError as exc:
             raise SettingError(
-                "--root",
-                f"the current folder cannot be used ({os_cause(exc)}); run from another folder",
+                label,
+                f"the current folder cannot be used ({os_cause(exc)}); run from another "
+                "folder, or give the path absolute",
             ) from None
-    cwd = Path(os.path.abspath(cwd))
+
     if config_path is None and environ.get("INGESTER_CONFIG"):
         config_path = Path(environ["INGESTER_CONFIG"])
     config = _read_config(config_path) if config_path is not None else {}
     # Named by its absolute path where a value's source is said: read later (status,
     # from another folder), a relative name would not tell which file it was.
-    config_file = Path(os.path.abspath(cwd / config_path)) if config_path is not None else None
-    config_dir = config_file.parent if config_file is not None else cwd
+    config_file: Path | None = None
+    if config_path is not None:
+        given = config_path if config_path.is_absolute() else current("--config") / config_path
+        config_file = Path(os.path.abspath(given))
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for spec in SPECS:
         raw: Any
-        base = cwd
+        base: Path | None = None  # None: the current folder
         if options.get(spec.name) is not None:
             raw, where, label = options[spec.name], "option", spec.option
         elif environ.get(spec.env):
             raw, where, label = environ[spec.env], f"env {spec.env}", spec.env
-        elif spec.name in config:
+        elif spec.name in config and config_file is not None:
             raw, where = config[spec.name], f"config {config_file}"
-            label, base = f"{spec.option} (config {spec.name})", config_dir
+            label, base = f"{spec.option} (config {spec.name})", config_file.parent
         else:
             continue
         try:
@@ -128,11 +137,14 @@ def resolve_settings(
         except ValueError as exc:
             raise SettingError(label, str(exc)) from None
         if spec.is_path:
-            value = Path(os.path.abspath(base / Path(value).expanduser()))
+            path = Path(value).expanduser()
+            if not path.is_absolute():
+                path = (base if base is not None else current(label)) / path
+            value = Path(os.path.abspath(path))
         values[spec.name] = value
         sources[spec.name] = where
 
-    root = values.get("root", cwd)
+    root = values["root"] if "root" in values else current("--root")
     spool = values.get("spool_dir", root / "spool")
     history = values.get("history_dir", root / "console-usage-history")
     latest = values.get("latest_path", root / "console-usage-synced.json")
