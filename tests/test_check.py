@@ -400,7 +400,7 @@ def test_a_critical_check_exits_critical_even_when_stdout_cannot_be_written(
     ingest(root, tmp_path, timedelta(minutes=40))
     if stdout == "full":
         sink = os.open("/dev/full", os.O_WRONLY)
-        said = "error: No space left on device [ENOSPC]\n"
+        said = "error: cannot write to standard output: No space left on device [ENOSPC]\n"
     else:
         reader, sink = os.pipe()
         os.close(reader)

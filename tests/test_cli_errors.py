@@ -230,14 +230,23 @@ def test_a_result_for_a_closed_stdout_is_refused_not_lost(root: Path, tail: str,
     )
 
 
-def test_show_with_a_closed_stdout_is_refused(root: Path) -> None:
-    """``show`` is its output: exit 0 with the version written into nothing would pass
-    for a version saved by a wrapper (``show > "$f"`` gone wrong)."""
+@pytest.mark.parametrize(
+    ("tail", "what"),
+    [
+        ("show", "the version"),
+        ("list", "the list"),
+        ("status --json", "the status"),
+        ("forecast", "the forecast"),
+    ],
+)
+def test_a_report_for_a_closed_stdout_is_refused(root: Path, tail: str, what: str) -> None:
+    """These commands are their output: exit 0 with it written into nothing would pass
+    for a version saved or a report read by a wrapper (``show > "$f"`` gone wrong)."""
     make_history(root / "r")
-    result = _shell_cli(root / "r", "show >&-")
+    result = _shell_cli(root / "r", f"{tail} >&-")
     assert result.returncode == 1, result.stderr
     assert result.stderr == (
-        "error: standard output is closed: the version would go nowhere; redirect it\n"
+        f"error: standard output is closed: {what} would go nowhere; redirect it\n"
     )
 
 
@@ -331,7 +340,10 @@ def test_a_full_disk_under_stdout_is_an_error(
             check=False,
         )
     assert result.returncode == 1, result.stderr
-    assert result.stderr.strip() == "error: No space left on device [ENOSPC]"
+    assert (
+        result.stderr.strip()
+        == "error: cannot write to standard output: No space left on device [ENOSPC]"
+    )
 
 
 def test_an_unexpected_error_is_one_line_and_exit_70(root: Path, tmp_path: Path) -> None:
@@ -426,13 +438,17 @@ def test_a_name_holding_a_control_character_stays_one_line(root: Path, tmp_path:
     assert error.startswith("Error: --config: ") and escaped in error, usage.stderr
 
 
-def test_a_full_stdout_is_one_line(root: Path) -> None:
+def test_a_full_stdout_is_one_line_that_names_it(root: Path) -> None:
+    """A full disk under ``> file`` is said to be standard output's, not left to be
+    taken for the history's."""
     assert run_cli(root, "ingest", str(SAMPLE)).returncode == 0
-    for tail in ("status > /dev/full", "show > /dev/full", "list --json > /dev/full"):
-        result = _shell_cli(root, tail)
+    for command in ("status", "show", "list --json", "forecast", "verify", "init"):
+        result = _shell_cli(root, f"{command} > /dev/full")
         assert "Traceback" not in result.stderr, result.stderr
-        assert result.returncode == 1
-        assert result.stderr.strip() == "error: No space left on device [ENOSPC]", result.stderr
+        assert result.returncode == 1, command
+        assert result.stderr == (
+            "error: cannot write to standard output: No space left on device [ENOSPC]\n"
+        ), command
 
 
 def test_submit_to_a_root_that_does_not_exist_is_refused(tmp_path: Path) -> None:

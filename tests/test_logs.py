@@ -217,7 +217,7 @@ def test_an_error_caught_after_the_command_is_a_json_line_under_json_logs(
     assert "Traceback" not in result.stderr
     entry = json.loads(result.stderr.strip().splitlines()[-1])
     assert (entry["level"], entry["event"]) == ("error", "error"), entry
-    assert entry["msg"] == "No space left on device [ENOSPC]", entry
+    assert entry["msg"] == "cannot write to standard output: No space left on device [ENOSPC]"
 
 
 @needs_strace

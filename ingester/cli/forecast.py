@@ -14,7 +14,7 @@ from ..errors import describe_os_error
 from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
 from ..usage.usage_history import forecast_json, forecast_of
 from ..usage.words import RESET_PASSED, format_when, in_words, percent_words
-from .common import App, align, echo_json, fail, open_history, say
+from .common import App, align, echo_json, fail, open_history, refuse_closed_stdout, say
 
 __all__ = ["forecast"]
 
@@ -39,6 +39,7 @@ def forecast(app: App, as_json: bool) -> None:
     in --console-timezone, and times are shown in it. Reads only; never takes the lock.
     Exits 0, or 1 when there is no history or no version. See docs/operations.md.
     """
+    refuse_closed_stdout("the forecast", "redirect it")
     settings = app.settings
     reader = open_history(settings)
     zone, zone_name = settings.console_zone()

@@ -76,7 +76,8 @@ def _guard_standard_streams() -> None:
 
 
 def _tolerant_stdout() -> None:
-    """Make stdout write whole and carry file names that are not UTF-8 (as ``ls`` does).
+    """Make stdout write whole, carry file names that are not UTF-8 (as ``ls`` does), and
+    name itself in its write errors.
 
     Outside the C locale Python's stdout is strict: printing such a name (a path given
     on the command line) would fail after the work was done. And with
@@ -84,26 +85,75 @@ def _tolerant_stdout() -> None:
     whose short write (a reader that went away mid-write, a full disk) it takes as
     complete: the rest of the output would be lost without an error and the command
     would exit 0. A buffered layer between them retries the rest, so that the fault is
-    raised. Each ``click.echo`` still flushes at once.
+    raised. Each ``click.echo`` still flushes at once. A write that fails raises
+    :class:`StandardOutputError`, so the error line says where the fault is (a full
+    disk under ``> file`` is not the history's).
     """
     stream = sys.stdout
     if not isinstance(stream, io.TextIOWrapper):
         return
     try:
-        if isinstance(stream.buffer, io.RawIOBase):
-            stream.flush()
-            _ORIGINAL_STREAMS.append(stream)  # closing it would close the descriptor's file
-            sys.stdout = io.TextIOWrapper(
-                io.BufferedWriter(stream.buffer),
-                encoding=stream.encoding,
-                errors="surrogateescape",
-                line_buffering=stream.line_buffering,
-                write_through=True,
-            )
-        else:
+        stream.flush()
+        raw = stream.buffer
+        if isinstance(raw, io.BufferedWriter):
+            raw = raw.raw
+        if not isinstance(raw, io.RawIOBase):
             stream.reconfigure(errors="surrogateescape")
+            return
+        _ORIGINAL_STREAMS.append(stream)  # closing it would close the descriptor's file
+        sys.stdout = _StandardOutput(
+            _StandardOutputBuffer(raw),
+            encoding=stream.encoding,
+            errors="surrogateescape",
+            line_buffering=stream.line_buffering,
+            write_through=True,
+        )
     except (OSError, ValueError):
         pass
+
+
+class StandardOutputError(OSError):
+    """A write to standard output failed (not ``EPIPE``: a reader going away stays a
+    quiet exit); its ``errno`` and ``strerror`` are the write's."""
+
+
+class _StandardOutputBuffer(io.BufferedWriter):
+    """stdout's bytes (what ``show`` and ``export`` write), raising
+    :class:`StandardOutputError` where a write or flush fails."""
+
+    def write(self, data: Any) -> int:
+        try:
+            return super().write(data)
+        except OSError as exc:
+            raise _named(exc) from None
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as exc:
+            raise _named(exc) from None
+
+
+class _StandardOutput(io.TextIOWrapper):
+    """stdout, raising :class:`StandardOutputError` where a write or flush fails."""
+
+    def write(self, text: str) -> int:
+        try:
+            return super().write(text)
+        except OSError as exc:
+            raise _named(exc) from None
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as exc:
+            raise _named(exc) from None
+
+
+def _named(exc: OSError) -> OSError:
+    if exc.errno == errno.EPIPE or isinstance(exc, StandardOutputError):
+        return exc
+    return StandardOutputError(exc.errno, exc.strerror)
 
 
 _ORIGINAL_STREAMS: list[io.TextIOWrapper] = []
@@ -216,7 +266,10 @@ class IngesterGroup(click.Group):
             if exc.errno == errno.EPIPE:
                 silence_stdout()
                 sys.exit(exit_announced(1))
-            last_words(describe_os_error(exc))
+            said = describe_os_error(exc)
+            if isinstance(exc, StandardOutputError):
+                said = f"cannot write to standard output: {said}"
+            last_words(said)
             # Output a failed write left in stdout's buffer must not follow the error
             # line (nor fail again in the flush at exit).
             silence_stdout()

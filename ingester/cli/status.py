@@ -22,7 +22,16 @@ from ..history.names import format_timestamp, parse_timestamp_from_filename
 from ..ops.adopt import ADOPT_ADVICE
 from ..ops.queries import GONE_UNDER_READS, STALE_AFTER, Status
 from ..ops.queries import status as status_query
-from .common import App, align, echo_json, fail, reading_store, relative_age, say
+from .common import (
+    App,
+    align,
+    echo_json,
+    fail,
+    reading_store,
+    refuse_closed_stdout,
+    relative_age,
+    say,
+)
 
 __all__ = ["status", "status_json"]
 
@@ -45,6 +54,7 @@ def status(app: App, as_json: bool) -> None:
     Never takes the lock and never writes. Exits 1 when there is no history yet
     (run 'ingester init').
     """
+    refuse_closed_stdout("the status", "redirect it")
     now = utc_now()
     store = reading_store(app.settings)
     try:

@@ -71,6 +71,7 @@ def list_versions(
     left out: it is no longer in the history. Never takes the lock. With --from, the
     versions of the mirror in an object store.
     """
+    refuse_closed_stdout("the list", "redirect it")
     now = utc_now()
     reader = open_history(app.settings, source, endpoint_url)
     try:
