@@ -120,6 +120,8 @@ def test_timestamp_picks_the_nearest_ingest_time(three: list[tuple[str, bytes]],
         " ",
         "0001-01-01T00:00+01:00",
         "2026-11-01T12:00:00+05:99",  # datetime would read 5 h 99 min
+        "2026-11-01T12:00:00Z\x00junk",  # datetime would read up to the NUL
+        "2026-11-01T12:00:00+01:00\x00",
     ],
 )
 def test_bad_timestamp_is_400_with_an_example(three: list[tuple[str, bytes]], server, bad: str):
