@@ -281,6 +281,46 @@ def test_a_client_that_pipelines_posts_then_half_closes_gets_every_answer(
     assert_log_is_clean(server)
 
 
+SECRET = "not-to-be-echoed-0451"
+
+
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [
+        # The key under a name padded past any length a pattern for it allows.
+        (b"X-API-Key" + b" " * 20 + b": " + SECRET.encode(), "illegal header line: b'X-API-Key"),
+        # The key after its name without a colon.
+        (b"X-API-Key " + SECRET.encode(), "illegal header line: b'X-API-Key <left out>'"),
+        # A secret under a name no list of secret headers holds.
+        (b"X-Vault-Token: " + SECRET.encode() + b"\x00", "b'X-Vault-Token: <left out>'"),
+        # The body's bytes where a chunk's size was due, or its ending CRLF.
+        (
+            b"Transfer-Encoding: chunked\r\n\r\n" + SECRET.encode(),
+            "illegal chunk header: not a chunk size",
+        ),
+        (
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}" + SECRET.encode(),
+            "malformed chunk footer: no CRLF where the chunk's size ended it",
+        ),
+    ],
+)
+def test_a_refused_request_shows_no_header_value_and_no_body_byte_in_the_log_or_its_answer(
+    server: ServeProcess, sent: bytes, shown: str
+) -> None:
+    """What broke is named (the header's name, the chunk's fault) in the one line and
+    in the 400's message alike; any header's value and the body's bytes are neither."""
+    answer, peer = exchange(server, POST_HEAD + sent + b"\r\n\r\n")
+    assert status(answer) == 400
+    body = json_of(answer)
+    assert isinstance(body, dict)
+    message = body["message"]
+    [said] = wait_for(lambda: lines_about(server, peer), 10, "the line about the client")
+    assert shown in said and shown in message, (said, message)
+    assert SECRET not in said and SECRET not in message
+    assert SECRET[:8] not in server.log and SECRET[:8].encode() not in answer
+    assert_log_is_clean(server)
+
+
 @pytest.mark.parametrize(
     "line",
     [
