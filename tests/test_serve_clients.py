@@ -175,6 +175,10 @@ FAULTS = {
         POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n",
         f"sent a malformed body for POST {API}",
     ),
+    "a chunk's size line over the head's limit": (
+        POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + b"a" * 20_000,
+        f"sent a malformed body for POST {API} (a chunk's size line or trailer over the 16 KiB",
+    ),
     "both Transfer-Encoding and Content-Length": (
         POST_HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 7\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
         "sent a malformed request (both Transfer-Encoding and Content-Length)",

@@ -397,11 +397,16 @@ class ServeProtocol(H11Protocol):
         if first.startswith(b"PRI * HTTP/2.0"):
             return f"spoke HTTP/2 without an upgrade; only {SERVED_VERSIONS} are served"
         detail = _shorten(self.recording.last_error or "unparsable")
-        if detail.startswith("Receive buffer too long"):
-            return "sent a request head over the 16 KiB limit"
-        if self.cycle is not None and (
+        in_body = self.cycle is not None and (
             not self.cycle.response_complete or self.answer_under_way() is not None
-        ):
+        )
+        if detail.startswith("Receive buffer too long"):
+            if not in_body:
+                return "sent a request head over the 16 KiB limit"
+            # Within a body only a chunked one's lines are held whole: a chunk's size
+            # line (or a trailer) that never ended, not the request's head.
+            detail = "a chunk's size line or trailer over the 16 KiB limit"
+        if in_body:
             scope = self.scope
             return f"sent a malformed body for {scope['method']} {scope['path']} ({detail})"
         return f"sent a malformed request ({detail})"
