@@ -325,6 +325,37 @@ def test_a_refused_request_shows_no_header_value_and_no_body_byte_in_the_log_or_
     assert_log_is_clean(server)
 
 
+def test_a_pipelined_post_cut_short_by_the_clients_eof_is_never_stored(
+    server: ServeProcess,
+) -> None:
+    """A whole POST, then one whose body the client's EOF cut short: the first is
+    answered and stored, the second can never end, so it is neither stored nor left
+    waiting for its body; one line says so."""
+    spool = server.root / "spool"
+    before = {p.name for p in spool.glob("*.json")}
+    whole, cut = fresh_payload(seq=1), fresh_payload(seq=2)
+    posts = (
+        POST_HEAD + f"Content-Length: {len(whole)}\r\n\r\n".encode() + whole
+        + POST_HEAD + f"Content-Length: {len(cut)}\r\n\r\n".encode() + cut[:-5]
+    )  # fmt: skip
+    with connect(server.port) as sock:
+        port = sock.getsockname()[1]
+        since = log_mark(server)
+        sock.sendall(posts)
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_all(sock)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"202"], answer
+    added = {p.name for p in spool.glob("*.json")} - before
+    assert len(added) == 1
+    [said] = wait_for(
+        lambda: [x for x in lines_about(server, Peer(port, since)) if "before its POST" in x],
+        10,
+        "the line about the body cut short",
+    )
+    assert "nothing was done with it" in said
+    assert_log_is_clean(server)
+
+
 @pytest.mark.parametrize(
     "line",
     [
