@@ -798,3 +798,55 @@ def test_a_drop_still_being_written_when_the_grace_period_ends_is_answered_as_ke
     assert answer[0].json()["drop"] == drops[0]
     assert "was being written when the server stopped; it is kept" in server.log
     assert_log_is_clean(server)
+
+
+@needs_strace_root
+def test_pipelined_posts_then_a_half_close_then_a_stop_store_exactly_what_is_answered(
+    root: Path,
+) -> None:
+    """Two whole POSTs sent at once, the client's sending side shut, and a stop while the
+    first's drop is being made durable (every fsync held up 1 s by strace): each drop
+    stored is answered 202, and each 202 names a drop stored. A POST stored without its
+    answer would be sent again and stored twice; one answered and not stored is lost."""
+    add_versions(root)
+    server = ServeProcess(root).start()
+    spool, staged = root / "spool", root / "spool" / "tmp"
+    tracer = subprocess.Popen(
+        [
+            "strace",
+            "-f",
+            "-p",
+            str(server.proc.pid),
+            "-o",
+            os.devnull,
+            "-e",
+            "trace=fsync",
+            "-e",
+            "inject=fsync:delay_enter=1000000",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        status_file = Path(f"/proc/{server.proc.pid}/status")
+        wait_for(lambda: "TracerPid:\t0\n" not in status_file.read_text(), 20, "strace attached")
+        posts = b"".join(
+            POST_HEAD + f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+            for data in (fresh_payload(seq=1), fresh_payload(seq=2))
+        )
+        with connect(server.port) as sock:
+            sock.sendall(posts)
+            sock.shutdown(socket.SHUT_WR)
+            wait_for(lambda: staged.is_dir() and any(staged.iterdir()), 30, "a drop written")
+            server.proc.send_signal(signal.SIGTERM)
+            answer = read_all(sock, 60)
+        assert server.proc.wait(60) == 0, server.log
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+        server.stop()
+    stored = sorted(p.name for p in spool.glob("*.json"))
+    answered = re.findall(rb'"drop":"([^"]+)"', answer)
+    assert sorted(name.decode() for name in answered) == stored, (answer, server.log)
+    assert stored, server.log  # the first, under way at the stop, is seen through
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer).count(b"202") == len(stored)
+    assert_log_is_clean(server)
