@@ -76,9 +76,15 @@ def offset_out_of_range(text: str) -> bool:
 def parse_iso_time(text: str) -> datetime:
     """An ISO-8601 time a user typed (an option, a query parameter); without an offset, UTC.
 
-    Raises ``ValueError`` with a message fit for the user.
+    Surrounding whitespace is ignored. Raises ``ValueError`` with a message fit for the
+    user, also for a text holding anything after the time (a NUL and more included).
     """
     value = text.strip()
+    if not (value.isascii() and value.isprintable()):
+        # datetime's parser reads its text only up to a NUL, so "…Z\x00junk" would pass
+        # as the time before it; no ISO-8601 time holds a control character or one
+        # beyond ASCII, so such a text is refused whole, as any other malformed one.
+        raise ValueError(f"{text!r} is not an ISO-8601 time (e.g. 2026-11-28T10:30:00Z)")
     if value.endswith(("Z", "z")):
         value = value[:-1] + "+00:00"
     try:

@@ -69,6 +69,26 @@ def test_a_time_typed_wrong_is_named_for_what_is_wrong(text: str, words: str) ->
     assert str(caught.value) == words
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-02-28T10:30:00Z\x00junk",
+        "2026-02-28T10:30:00Z\x00",
+        "2026-02-28T10:30\x00",
+        "2026-02-28T10:30+01:00\x00junk",
+        "2026-02-28T10:30:00\x1b[0m",
+        "2026-02-28T1\u0660:30",
+    ],
+)
+def test_a_typed_time_with_anything_after_a_nul_or_a_control_character_is_refused(
+    text: str,
+) -> None:
+    """datetime's parser stops at a NUL: what follows it must not pass unseen."""
+    with pytest.raises(ValueError) as caught:
+        parse_iso_time(text)
+    assert str(caught.value) == f"{text!r} is not an ISO-8601 time (e.g. 2026-11-28T10:30:00Z)"
+
+
 def test_a_typed_time_without_an_offset_is_utc() -> None:
     assert parse_iso_time("2026-02-28T10:30") == datetime(2026, 2, 28, 10, 30, tzinfo=UTC)
     assert parse_iso_time("2026-02-28T11:30+01:00") == datetime(2026, 2, 28, 10, 30, tzinfo=UTC)

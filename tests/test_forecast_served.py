@@ -136,6 +136,18 @@ def expect_known_answer(body: dict[str, Any], last: datetime) -> None:
     assert timedelta(0) < resets - last <= timedelta(days=7)
 
 
+def test_the_forecasts_tag_on_a_second_if_none_match_line_answers_304(
+    fed: tuple[ServeProcess, datetime],
+) -> None:
+    """A proxy may send a list field on several lines: they are one field (RFC 9110
+    5.3), so the current tag on the second line is as good as on the first."""
+    server, _ = fed
+    etag = server.get(FORECAST).headers["etag"]
+    lines = [("If-None-Match", '"other"'), ("If-None-Match", etag)]
+    assert server.get(FORECAST, headers=lines).status_code == 304
+    assert server.get(FORECAST, headers=lines[:1]).status_code == 200
+
+
 def test_forecast_over_http_cli_metrics_and_check(
     root: Path, fed: tuple[ServeProcess, datetime]
 ) -> None:

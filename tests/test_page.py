@@ -8,6 +8,7 @@ temp folder) and their paths printed.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -216,6 +217,50 @@ def test_page_and_assets_are_served_from_the_package(root: Path, serve: Any) -> 
     # No snapshot yet: the series is empty, not an error.
     status, _, raw = get(server.url + "/api/claude/console-usage/series")
     assert (status, json.loads(raw)["rows"]) == (200, [])
+
+
+def get_with_lines(url: str, lines: list[tuple[str, str]]) -> int:
+    """The status of a GET of ``url`` sending ``lines`` as they are, a name repeated on
+    several lines where it is (which ``urllib`` cannot)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.netloc, timeout=10)
+    try:
+        conn.putrequest("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
+        for name, value in lines:
+            conn.putheader(name, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_a_tag_on_the_second_if_none_match_line_answers_304_on_every_page_route(
+    root: Path, serve: Any
+) -> None:
+    """A proxy may send a list field on several lines: they are one field (RFC 9110 5.3),
+    so the current tag on the second line is as good as on the first, for the page, its
+    series and its assets as for the API; two ``If-Modified-Since`` lines are no date."""
+    build_history(root, timedelta(minutes=1))
+    server = serve()
+    status, headers, html = get(server.url + "/")
+    asset = next(a.decode() for a in re.findall(rb'(?:src|href)="(page/[^"]+)"', html))
+    for url in (
+        server.url + "/",
+        f"{server.url}/api/claude/console-usage/series",
+        f"{server.url}/{asset}",
+    ):
+        status, headers, _ = get(url)
+        assert status == 200, url
+        lines = [("If-None-Match", '"other"'), ("If-None-Match", headers["etag"])]
+        assert get_with_lines(url, lines) == 304, url
+        assert get_with_lines(url, [("If-None-Match", '"other"')]) == 200, url
+    modified = get(f"{server.url}/{asset}")[1]["last-modified"]
+    assert get_with_lines(f"{server.url}/{asset}", [("If-Modified-Since", modified)]) == 304
+    earlier = "Wed, 01 Jan 2020 00:00:00 GMT"
+    dates = [("If-Modified-Since", modified), ("If-Modified-Since", earlier)]
+    assert get_with_lines(f"{server.url}/{asset}", dates) == 200
 
 
 # -- in the browser ------------------------------------------------------------------------

@@ -120,6 +120,8 @@ def test_timestamp_picks_the_nearest_ingest_time(three: list[tuple[str, bytes]],
         " ",
         "0001-01-01T00:00+01:00",
         "2026-11-01T12:00:00+05:99",  # datetime would read 5 h 99 min
+        "2026-11-01T12:00:00Z\x00junk",  # datetime would read up to the NUL
+        "2026-11-01T12:00:00+01:00\x00",
     ],
 )
 def test_bad_timestamp_is_400_with_an_example(three: list[tuple[str, bytes]], server, bad: str):
@@ -629,6 +631,23 @@ def test_a_key_file_holding_the_variable_s_assignment_is_refused_at_start(
         "put the key alone in it (the value, without quotes)"
     ), line
     assert "abc" not in line
+
+
+def test_a_key_file_saved_with_a_byte_order_mark_holds_the_key_alone(
+    root: Path, tmp_path: Path
+) -> None:
+    """A key file some Windows editors save begins with a UTF-8 byte order mark: it marks
+    the encoding and is no part of the key, so a client sending the key is let in (and
+    the original's ``.env`` line saved so is still refused)."""
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"\xef\xbb\xbf" + KEY.encode() + b"\r\n")
+    with ServeProcess(root, "--api-key-file", str(key_file), key=None) as server:
+        r = post(server, fresh_payload())
+        assert r.status_code == 202, r.text
+    key_file.write_bytes(b"\xef\xbb\xbfCLAUDE_SYNC_API_KEY=abc\n")
+    done = run_cli(root, "serve", "--listen", "127.0.0.1:0", "--api-key-file", str(key_file))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "holds the assignment CLAUDE_SYNC_API_KEY=…" in done.stderr
 
 
 def test_post_invalid_payload_is_400_with_errors(root: Path, server):

@@ -175,6 +175,10 @@ FAULTS = {
         POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n",
         f"sent a malformed body for POST {API}",
     ),
+    "a chunk's size line over the head's limit": (
+        POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + b"a" * 20_000,
+        f"sent a malformed body for POST {API} (a chunk's size line or trailer over the 16 KiB",
+    ),
     "both Transfer-Encoding and Content-Length": (
         POST_HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 7\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
         "sent a malformed request (both Transfer-Encoding and Content-Length)",
@@ -278,6 +282,77 @@ def test_a_client_that_pipelines_posts_then_half_closes_gets_every_answer(
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"202", b"202"], answer
     added = {p.name for p in spool.glob("*.json")} - before
     assert len(added) == 2
+    assert_log_is_clean(server)
+
+
+SECRET = "not-to-be-echoed-0451"
+
+
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [
+        # The key under a name padded past any length a pattern for it allows.
+        (b"X-API-Key" + b" " * 20 + b": " + SECRET.encode(), "illegal header line: b'X-API-Key"),
+        # The key after its name without a colon.
+        (b"X-API-Key " + SECRET.encode(), "illegal header line: b'X-API-Key <left out>'"),
+        # A secret under a name no list of secret headers holds.
+        (b"X-Vault-Token: " + SECRET.encode() + b"\x00", "b'X-Vault-Token: <left out>'"),
+        # The body's bytes where a chunk's size was due, or its ending CRLF.
+        (
+            b"Transfer-Encoding: chunked\r\n\r\n" + SECRET.encode(),
+            "illegal chunk header: not a chunk size",
+        ),
+        (
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}" + SECRET.encode(),
+            "malformed chunk footer: no CRLF where the chunk's size ended it",
+        ),
+    ],
+)
+def test_a_refused_request_shows_no_header_value_and_no_body_byte_in_the_log_or_its_answer(
+    server: ServeProcess, sent: bytes, shown: str
+) -> None:
+    """What broke is named (the header's name, the chunk's fault) in the one line and
+    in the 400's message alike; any header's value and the body's bytes are neither."""
+    answer, peer = exchange(server, POST_HEAD + sent + b"\r\n\r\n")
+    assert status(answer) == 400
+    body = json_of(answer)
+    assert isinstance(body, dict)
+    message = body["message"]
+    [said] = wait_for(lambda: lines_about(server, peer), 10, "the line about the client")
+    assert shown in said and shown in message, (said, message)
+    assert SECRET not in said and SECRET not in message
+    assert SECRET[:8] not in server.log and SECRET[:8].encode() not in answer
+    assert_log_is_clean(server)
+
+
+def test_a_pipelined_post_cut_short_by_the_clients_eof_is_never_stored(
+    server: ServeProcess,
+) -> None:
+    """A whole POST, then one whose body the client's EOF cut short: the first is
+    answered and stored, the second can never end, so it is neither stored nor left
+    waiting for its body; one line says so."""
+    spool = server.root / "spool"
+    before = {p.name for p in spool.glob("*.json")}
+    whole, cut = fresh_payload(seq=1), fresh_payload(seq=2)
+    posts = (
+        POST_HEAD + f"Content-Length: {len(whole)}\r\n\r\n".encode() + whole
+        + POST_HEAD + f"Content-Length: {len(cut)}\r\n\r\n".encode() + cut[:-5]
+    )  # fmt: skip
+    with connect(server.port) as sock:
+        port = sock.getsockname()[1]
+        since = log_mark(server)
+        sock.sendall(posts)
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_all(sock)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"202"], answer
+    added = {p.name for p in spool.glob("*.json")} - before
+    assert len(added) == 1
+    [said] = wait_for(
+        lambda: [x for x in lines_about(server, Peer(port, since)) if "before its POST" in x],
+        10,
+        "the line about the body cut short",
+    )
+    assert "nothing was done with it" in said
     assert_log_is_clean(server)
 
 
@@ -722,4 +797,56 @@ def test_a_drop_still_being_written_when_the_grace_period_ends_is_answered_as_ke
     assert answer and answer[0].status_code == 202, (answer, server.log)
     assert answer[0].json()["drop"] == drops[0]
     assert "was being written when the server stopped; it is kept" in server.log
+    assert_log_is_clean(server)
+
+
+@needs_strace_root
+def test_pipelined_posts_then_a_half_close_then_a_stop_store_exactly_what_is_answered(
+    root: Path,
+) -> None:
+    """Two whole POSTs sent at once, the client's sending side shut, and a stop while the
+    first's drop is being made durable (every fsync held up 1 s by strace): each drop
+    stored is answered 202, and each 202 names a drop stored. A POST stored without its
+    answer would be sent again and stored twice; one answered and not stored is lost."""
+    add_versions(root)
+    server = ServeProcess(root).start()
+    spool, staged = root / "spool", root / "spool" / "tmp"
+    tracer = subprocess.Popen(
+        [
+            "strace",
+            "-f",
+            "-p",
+            str(server.proc.pid),
+            "-o",
+            os.devnull,
+            "-e",
+            "trace=fsync",
+            "-e",
+            "inject=fsync:delay_enter=1000000",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        status_file = Path(f"/proc/{server.proc.pid}/status")
+        wait_for(lambda: "TracerPid:\t0\n" not in status_file.read_text(), 20, "strace attached")
+        posts = b"".join(
+            POST_HEAD + f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+            for data in (fresh_payload(seq=1), fresh_payload(seq=2))
+        )
+        with connect(server.port) as sock:
+            sock.sendall(posts)
+            sock.shutdown(socket.SHUT_WR)
+            wait_for(lambda: staged.is_dir() and any(staged.iterdir()), 30, "a drop written")
+            server.proc.send_signal(signal.SIGTERM)
+            answer = read_all(sock, 60)
+        assert server.proc.wait(60) == 0, server.log
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+        server.stop()
+    stored = sorted(p.name for p in spool.glob("*.json"))
+    answered = re.findall(rb'"drop":"([^"]+)"', answer)
+    assert sorted(name.decode() for name in answered) == stored, (answer, server.log)
+    assert stored, server.log  # the first, under way at the stop, is seen through
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer).count(b"202") == len(stored)
     assert_log_is_clean(server)

@@ -42,13 +42,17 @@ def load_api_key(
     """The POST key and where it came from (``"--api-key-file PATH"`` or a variable name).
 
     ``(None, None)`` when no source holds one. Surrounding whitespace (a trailing
-    newline) is not part of the key. Raises ``OSError`` when the file cannot be read and
-    ``ValueError`` when it holds no key, a variable's assignment (``NAME=value``) in
-    place of one, or one no header can carry (a control character: a line break, a NUL).
+    newline), and a file's leading UTF-8 byte order mark, are not part of the key. Raises
+    ``OSError`` when the file cannot be read and ``ValueError`` when it holds no key, a
+    variable's assignment (``NAME=value``) in place of one, or one no header can carry
+    (a control character: a line break, a NUL).
     """
     if key_file is not None:
         try:
-            key = read_setting_file(key_file, KEY_FILE_MAX_BYTES).strip()
+            data = read_setting_file(key_file, KEY_FILE_MAX_BYTES)
+            # A UTF-8 byte order mark (what some Windows editors put first) marks the
+            # encoding and is no part of the text: kept, it would be a key no client sends.
+            key = data.removeprefix(b"\xef\xbb\xbf").strip()
         except ValueError as exc:  # a pipe, a device, a file far too large for a key
             raise ValueError(f"--api-key-file: {key_file}: {exc}") from None
         if not key:

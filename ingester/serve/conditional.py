@@ -11,9 +11,17 @@ import email.utils
 import functools
 from datetime import UTC, datetime
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
 
-__all__ = ["cache_control", "etag_matches", "http_date", "if_none_match", "not_modified"]
+__all__ = [
+    "cache_control",
+    "etag_matches",
+    "http_date",
+    "if_none_match",
+    "not_modified",
+    "not_modified_headers",
+]
 
 
 @functools.lru_cache(maxsize=256)
@@ -39,13 +47,16 @@ def etag_matches(header: str, etag: str) -> bool:
     return False
 
 
-def if_none_match(request: Request) -> str | None:
-    """``request``'s ``If-None-Match`` as one value, or ``None`` when it sent none.
+def if_none_match(request: Request | Headers) -> str | None:
+    """The ``If-None-Match`` of ``request`` (or of its headers) as one value, or ``None``
+    when it sent none.
 
     A list field sent on several lines is one field, its lines joined by commas (RFC
-    9110 5.3): a tag on any line counts, not only on the first.
+    9110 5.3): a tag on any line counts, not only on the first. Every route that reads
+    the header reads it here, so none judges by its first line alone.
     """
-    lines = request.headers.getlist("if-none-match")
+    headers = request.headers if isinstance(request, Request) else request
+    lines = headers.getlist("if-none-match")
     return ", ".join(lines) if lines else None
 
 
@@ -56,10 +67,15 @@ def not_modified(request: Request, etag: str, modified: datetime | None) -> bool
     ``modified`` (to the second). ``If-Modified-Since`` on more than one line is no valid
     date, and is ignored (RFC 9110 13.1.3).
     """
-    inm = if_none_match(request)
+    return not_modified_headers(request.headers, etag, modified)
+
+
+def not_modified_headers(headers: Headers, etag: str, modified: datetime | None) -> bool:
+    """:func:`not_modified`, for a request's ``headers`` (what static files are given)."""
+    inm = if_none_match(headers)
     if inm is not None:
         return etag_matches(inm, etag)
-    dates = request.headers.getlist("if-modified-since")
+    dates = headers.getlist("if-modified-since")
     ims = dates[0] if len(dates) == 1 else None
     if ims is not None and modified is not None:
         try:

@@ -41,6 +41,7 @@ from ..history.index import HistoryIndex
 from ..json_text import json_bytes
 from ..settings.resolved import Settings
 from ..usage.usage_history import UsageHistory, forecast_json
+from .conditional import etag_matches, if_none_match
 from .read_faults import HISTORY, ReadFaults
 from .routes import FORECAST_PATH
 
@@ -50,13 +51,6 @@ __all__ = ["FORECAST_PATH", "UsageCollector", "install"]
 def _json(body: object, status: int, headers: dict[str, str] | None = None) -> Response:
     data = json_bytes(body)
     return Response(data, status_code=status, media_type="application/json", headers=headers)
-
-
-def _matches(header: str | None, etag: str) -> bool:
-    if header is None:
-        return False
-    mine = etag.removeprefix("W/")
-    return any(c.strip() == "*" or c.strip().removeprefix("W/") == mine for c in header.split(","))
 
 
 class _ForecastRoute:
@@ -103,7 +97,8 @@ class _ForecastRoute:
             )
             return _json({"error": "NotFound", "message": message, "versionsAvailable": 0}, 404)
         headers = {"ETag": answer.tag, "Cache-Control": "no-cache"}
-        if _matches(request.headers.get("if-none-match"), answer.tag):
+        inm = if_none_match(request)
+        if inm is not None and etag_matches(inm, answer.tag):
             return Response(status_code=304, headers=headers)
         cached = self._body
         if cached is None or cached[0] != answer.tag:

@@ -54,13 +54,43 @@ _SECRET_HEADER = re.compile(
 )
 
 
+# A refused header line, as h11 quotes it once the bytearray is unwrapped: its name (the
+# token characters it begins with), then what broke it (the colon after any whitespace,
+# or one character, escaped or not), then the rest: the value, never shown.
+_HEADER_LINE = re.compile(
+    r"(illegal header line: b)(['\"])([-!#$%&*+.^_`|~0-9A-Za-z]{0,64})"
+    r"(\s*:|\\x[0-9a-f]{2}|\\.|.)?(.*)\2$",
+    re.DOTALL,
+)
+# h11's reasons for a broken chunk quote the bytes where a chunk's size or its ending
+# CRLF was due: the client's body, which is never shown.
+_CHUNK_FAULTS = {
+    "illegal chunk header": "illegal chunk header: not a chunk size",
+    "malformed chunk footer": "malformed chunk footer: no CRLF where the chunk's size ended it",
+}
+
+
 def _shorten(detail: str, limit: int = 120) -> str:
     """h11's reason, with the client's bytes shown briefly (a head can be 16 KiB), and
-    everything from a secret header's name on left out."""
+    neither any header's value nor any of the body's bytes shown: a refused header line
+    is its name, a broken chunk is named without its bytes, and everything from a secret
+    header's name on is left out. The log and the 400's message both hold it."""
+    for prefix, words in _CHUNK_FAULTS.items():
+        if detail.startswith(prefix):
+            return words
     match = _BYTES_REPR.search(detail)
     if match:
         detail = detail[: match.start()] + match[1]
-    detail = _SECRET_HEADER.sub(r"\1: <left out>", detail)
+    line = _HEADER_LINE.match(detail)
+    if line is not None:
+        # Any header may carry a secret (a key under a name of its own, a token), so a
+        # value is left out whatever its name; the name and what broke the line stay.
+        sep = line[4] or ""
+        broke = sep if ":" in sep else sep.strip()
+        value = " <left out>" if line[5] or (line[4] and not broke) else ""
+        detail = f"{line[1]}{line[2]}{line[3]}{broke}{value}{line[2]}"
+    else:
+        detail = _SECRET_HEADER.sub(r"\1: <left out>", detail)
     return detail if len(detail) <= limit else detail[: limit - 3] + "..."
 
 
@@ -367,11 +397,16 @@ class ServeProtocol(H11Protocol):
         if first.startswith(b"PRI * HTTP/2.0"):
             return f"spoke HTTP/2 without an upgrade; only {SERVED_VERSIONS} are served"
         detail = _shorten(self.recording.last_error or "unparsable")
-        if detail.startswith("Receive buffer too long"):
-            return "sent a request head over the 16 KiB limit"
-        if self.cycle is not None and (
+        in_body = self.cycle is not None and (
             not self.cycle.response_complete or self.answer_under_way() is not None
-        ):
+        )
+        if detail.startswith("Receive buffer too long"):
+            if not in_body:
+                return "sent a request head over the 16 KiB limit"
+            # Within a body only a chunked one's lines are held whole: a chunk's size
+            # line (or a trailer) that never ended, not the request's head.
+            detail = "a chunk's size line or trailer over the 16 KiB limit"
+        if in_body:
             scope = self.scope
             return f"sent a malformed body for {scope['method']} {scope['path']} ({detail})"
         return f"sent a malformed request ({detail})"

@@ -22,6 +22,7 @@ Content-Security-Policy allows requests to its own origin only.
 from __future__ import annotations
 
 import bisect
+import email.utils
 import hashlib
 import threading
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -44,6 +46,7 @@ from ...json_text import json_bytes
 from ...payload.model import PayloadRejected
 from ...usage.export import COLUMNS, Row, inverted_bounds, row_from_bytes
 from ...usage.readings import CLOCK_AHEAD
+from ..conditional import etag_matches, if_none_match, not_modified_headers
 from ..context import ServeContext
 from ..reads import snapshot_or_error
 from ..routes import SERIES_PATH
@@ -69,14 +72,6 @@ PAGE_HEADERS = {
 }
 
 
-def _etag_matches(header: str | None, etag: str) -> bool:
-    """Weak comparison, as If-None-Match asks (``W/`` ignored on both sides)."""
-    if header is None:
-        return False
-    mine = etag.removeprefix("W/")
-    return any(c.strip() == "*" or c.strip().removeprefix("W/") == mine for c in header.split(","))
-
-
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
         json_bytes(body),
@@ -86,8 +81,26 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
+def _etag_matches(request: Request, etag: str) -> bool:
+    """Whether ``request``'s ``If-None-Match``, on any of its lines, names ``etag`` (weak
+    comparison, as it asks)."""
+    header = if_none_match(request)
+    return header is not None and etag_matches(header, etag)
+
+
 class _RevalidatedFiles(StaticFiles):
     """Static files that the browser revalidates on every use (an ETag hit is a 304)."""
+
+    def is_not_modified(self, response_headers: Headers, request_headers: Headers) -> bool:
+        """Whether the request's conditions say its copy is current: judged as every
+        other route judges them (``If-None-Match`` on any of its lines)."""
+        try:
+            modified: datetime | None = email.utils.parsedate_to_datetime(
+                response_headers.get("last-modified", "")
+            )
+        except (TypeError, ValueError, IndexError, OverflowError):
+            modified = None
+        return not_modified_headers(request_headers, response_headers["etag"], modified)
 
     def file_response(self, *args: Any, **kwargs: Any) -> Response:
         response = super().file_response(*args, **kwargs)
@@ -105,7 +118,7 @@ class _Page:
 
     async def handle(self, request: Request) -> Response:
         headers = {**PAGE_HEADERS, "ETag": self.etag}
-        if _etag_matches(request.headers.get("if-none-match"), self.etag):
+        if _etag_matches(request, self.etag):
             return Response(status_code=304, headers=headers)
         return Response(self.body, media_type="text/html; charset=utf-8", headers=headers)
 
@@ -231,7 +244,7 @@ class _Series:
             digest.update(entry.name.encode() + b"\n")
         etag = 'W/"' + digest.hexdigest()[:24] + '"'
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
-        if _etag_matches(request.headers.get("if-none-match"), etag):
+        if _etag_matches(request, etag):
             return Response(status_code=304, headers=headers)
         rows, skipped = await run_in_threadpool(self._collect, ctx.index, selected, snap)
         if by == "lastUpdated":
