@@ -710,7 +710,7 @@ def test_verify_many_problems_at_once(root: Path, ingested: list[str]) -> None:
     assert (root / HISTORY / ingested[1]).exists()  # the corrupt version stays
 
 
-def test_verify_says_missing_for_a_metadata_value_that_is_null(
+def test_verify_says_null_for_a_metadata_value_that_is_null(
     root: Path, ingested: list[str]
 ) -> None:
     path = root / HISTORY / "_metadata.json"
@@ -720,10 +720,24 @@ def test_verify_says_missing_for_a_metadata_value_that_is_null(
     path.write_text(json.dumps(meta))
     result = run_cli(root, "verify")
     assert result.returncode == 1
-    assert f"latestVersion is missing, the files say '{ingested[-1]}'" in result.stdout, (
-        result.stdout
-    )
-    assert "None" not in result.stdout
+    assert f"latestVersion is null, the files say '{ingested[-1]}'" in result.stdout, result.stdout
+    assert "None" not in result.stdout and "missing" not in result.stdout
+
+
+def test_verify_says_missing_for_a_metadata_key_the_file_does_not_hold(
+    root: Path, ingested: list[str]
+) -> None:
+    path = root / HISTORY / "_metadata.json"
+    meta = json.loads(path.read_text())
+    del meta["latestVersion"], meta["futureVersions"]  # as the original server wrote it
+    meta["versionCount"] = 0
+    path.chmod(0o644)
+    path.write_text(json.dumps(meta))
+    result = run_cli(root, "verify")
+    assert result.returncode == 1
+    said = f"versionCount is 0, the files say {len(ingested)}; latestVersion is missing, "
+    assert f"{said}the files say '{ingested[-1]}'" in result.stdout, result.stdout
+    assert "futureVersions" not in result.stdout  # absent, and 0 is right
 
 
 def test_verify_future_version_is_a_warning(root: Path, dated: list[str]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import IngesterError
 
@@ -47,12 +47,16 @@ class StorageMetadata:
     total_versions_deleted: int = _key("totalVersionsDeleted", 0)
     latest_version: str | None = _key("latestVersion", None)
     future_versions: int = _key("futureVersions", 0)
+    # The camelCase keys the file read did not hold (their defaults stand in): null and
+    # absent read alike, and a report that quotes the file must tell them apart.
+    absent: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def model_validate_json(cls, raw: bytes | str) -> StorageMetadata:
         """Read the file's bytes: camelCase keys (or the field names); others ignored.
 
-        Raises :class:`MetadataCorrupt` (a ``ValueError``) naming the first problem.
+        ``absent`` then names the keys the file did not hold. Raises
+        :class:`MetadataCorrupt` (a ``ValueError``) naming the first problem.
         """
         try:
             doc = json.loads(raw)
@@ -73,7 +77,12 @@ class StorageMetadata:
             elif value is not None and not isinstance(value, str):
                 raise MetadataCorrupt(f"{alias} must be a string or null")
             values[item.name] = value
-        return cls(**values)
+        meta = cls(**values)
+        held = {f.metadata["alias"] for f in fields(cls) if f.name in values}
+        object.__setattr__(
+            meta, "absent", frozenset(f.metadata["alias"] for f in fields(cls)) - held
+        )
+        return meta
 
     def model_copy(self, *, update: dict[str, Any] | None = None) -> StorageMetadata:
         """A copy, with the fields in ``update`` (by field name) changed."""

@@ -123,7 +123,8 @@ def _metadata_findings(reader: HistoryReader, names: list[str], now: datetime) -
     scanned_json = scanned.model_dump(by_alias=True)
     keys = ("versionCount", "oldestTimestamp", "newestTimestamp", "latestVersion", "futureVersions")
     wrong = [
-        f"{key} is {_said(stored_json[key])}, the files say {_said(scanned_json[key])}"
+        f"{key} is {'missing' if key in stored.absent else _said(stored_json[key])}, "
+        f"the files say {_said(scanned_json[key])}"
         for key in keys
         if stored_json[key] != scanned_json[key]
     ]
@@ -343,5 +344,5 @@ def repaired_between(before: VerifyReport, after: VerifyReport) -> list[Finding]
 
 
 def _said(value: object) -> str:
-    """A metadata value as a finding quotes it: ``'text'``, ``3``, or ``missing`` for null."""
-    return "missing" if value is None else repr(value)
+    """A metadata value as a finding quotes it: ``'text'``, ``3``, or ``null``."""
+    return "null" if value is None else repr(value)
