@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, run_cli, wait_for
+from support.capabilities import immutable
 from support.watchproc import WatchProcess, drop, latest_bytes, payload, versions
 
 from ingester.history.store import HistoryStore
@@ -137,3 +138,21 @@ def test_a_stop_gives_up_a_copy_into_the_quarantine_at_its_next_word_of_progress
         progress(done, 32 << 20)
     assert (abandoned.value.done, abandoned.value.total) == (done, 32 << 20)
     assert pings == [1]
+
+
+def test_a_drop_that_cannot_be_claimed_keeps_no_name_from_later_drops(
+    tmp_path: Path, can_chattr: None
+) -> None:
+    """A drop that cannot be moved (immutable) is tried again and again, each try with a
+    fresh version name. A name no claim was made under is given back: kept, they would
+    pile up for as long as the drop waits (one per retry, for days)."""
+    store, spool, intake = started_intake(tmp_path)
+    stuck = drop(spool.dir, "stuck.json", payload(1))
+    with immutable(stuck):
+        for _ in range(50):
+            with store.batch() as batch:
+                assert not isinstance(intake.take("stuck.json", How.COMPLETE, batch), Stored)
+        assert store._handed == []  # what the store keeps from later names
+    with store.batch() as batch:
+        taken = intake.take("stuck.json", How.COMPLETE, batch)
+    assert isinstance(taken, Stored)  # taken once it can be moved

@@ -94,6 +94,29 @@ def test_the_claimed_drop_back_beside_its_stored_copy_is_removed_with_its_claim(
     ) in done.stderr
 
 
+def test_setting_a_stored_drop_aside_never_replaces_another_claim_waiting(root: Path) -> None:
+    """Two claims left by a crash: the first stored already, its drop back in the spool;
+    the second not stored yet. Their names run just ahead of the clock (names go up by
+    one within a second, or the clock was set back), so the fresh name the first's drop
+    is set aside under is the second claim's: renamed onto it, it would destroy the
+    second drop. Both must be stored once, nothing else."""
+    first, second = payload(5), payload(6)
+    stored = _one_version(root, payload(1))
+    spool = root / "spool"
+    ahead = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H-%M-%S")
+    one, two = f"{ahead}-00000010.json", f"{ahead}-00000011.json"
+    _copy_as_version(stored.parent, one, first)
+    back = drop(spool, "again.json", first)
+    os.link(back, spool / ".claimed" / one)
+    (spool / ".claimed" / two).write_bytes(second)
+    done = run_cli(root, "watch", "--once")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert stored_contents(root) == {payload(1): 1, first: 1, second: 1}
+    assert _drops(root) == []
+    assert os.listdir(spool / ".claimed") == []
+
+
 def test_a_running_watcher_removes_a_versions_second_name_dropped_in(root: Path) -> None:
     data = payload(3)
     version = _one_version(root, data)

@@ -30,7 +30,7 @@ import bisect
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -329,6 +329,23 @@ class HistoryStore:
             name = generate_version_filename(now, after=name)
         bisect.insort(self._handed, name)
         return name
+
+    def reserve_names(self, names: Iterable[str]) -> None:
+        """Never hand out any of ``names``: claims found waiting on disk (a crash or a
+        failure left them) that keep their names until they are stored. Names that are
+        not version names are ignored."""
+        self._ensure_loaded()
+        for name in names:
+            if is_version_name(name) and not self._used(name):
+                bisect.insort(self._handed, name)
+
+    def give_back(self, name: str) -> None:
+        """``name``, handed out by :meth:`next_version_name`, was never used (its drop
+        could not be claimed): it need not be kept from later names. A drop that waits
+        asks for a name on every try, so names kept for nothing would pile up."""
+        index = bisect.bisect_left(self._handed, name)
+        if index < len(self._handed) and self._handed[index] == name:
+            del self._handed[index]
 
     def _used(self, name: str) -> bool:
         return any(

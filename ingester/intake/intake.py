@@ -313,12 +313,16 @@ class Intake:
         try:
             durable.rename_entry(path, claim)
         except FileNotFoundError as exc:
+            # Nothing is claimed under the name: free for later drops (a drop that
+            # waits would otherwise keep one more name from them on every try).
+            self.store.give_back(version)
             if not os.path.lexists(path):
                 return None  # taken or removed meanwhile
             # .claimed/ is gone (removed by hand?): make it again, and retry the drop.
             self.spool.ensure_folders()
             raise StorageError("claim", path, exc) from exc
         except OSError as exc:
+            self.store.give_back(version)
             # The drop itself cannot be moved (made immutable, say): it waits alone.
             raise _DropWaits(StorageError("claim", path, exc)) from exc
         item = _Claimed(

@@ -39,6 +39,11 @@ __all__ = ["ClaimRecovery", "ClaimsLeft", "take_back_claims"]
 log = logging.getLogger("ingester.watcher")
 
 
+_FRESH_NAME_TRIES = 100
+"""How many fresh names setting a drop aside tries before it gives up for this round:
+each one taken is a claim on disk the store did not know of."""
+
+
 class ClaimRecovery:
     """The recovery of the claims left in ``intake``'s ``.claimed/``."""
 
@@ -72,6 +77,10 @@ class ClaimRecovery:
         if names:
             self.intake.check_claimed()
             names = self._one_name_each(names)
+            # A fresh name drawn while these are finished (a drop set aside, a claim
+            # stored anew) must be none of theirs: names run ahead of the clock after a
+            # burst or a clock set back, so the store's next name can be a waiting one.
+            self.store.reserve_names(names)
         with self.store.batch(update_latest=False) as batch:
             for version in names:
                 try:
@@ -212,7 +221,7 @@ class ClaimRecovery:
                     # under that one, or the next round would store it once more.
                     renamed = self.spool.claimed_dir / stored_as
                     try:
-                        durable.rename_entry(claim, renamed)
+                        durable.rename_new(claim, renamed)  # never onto a waiting claim
                     except OSError as move:
                         raise StorageError("rename claim", claim, move) from move
                 return
@@ -246,14 +255,26 @@ class ClaimRecovery:
         like any other, finished at once as its claim. A crash between leaves two names
         of one claimed file, which :meth:`_one_name_each` reduces to one.
         """
-        fresh = self.store.next_version_name()
-        taken = self.spool.claimed_dir / fresh
-        try:
-            durable.rename_entry(self.spool.dir / name, taken)
-        except FileNotFoundError:
-            return  # gone meanwhile
-        except OSError as exc:
-            raise StorageError("claim", self.spool.dir / name, exc) from exc
+        for _ in range(_FRESH_NAME_TRIES):
+            fresh = self.store.next_version_name()
+            taken = self.spool.claimed_dir / fresh
+            try:
+                # Never onto a claim that waits: its drop would have no name left.
+                durable.rename_new(self.spool.dir / name, taken)
+            except FileExistsError:
+                self.store.reserve_names([fresh])
+                continue
+            except FileNotFoundError:
+                self.store.give_back(fresh)
+                return  # gone meanwhile
+            except OSError as exc:
+                self.store.give_back(fresh)
+                raise StorageError("claim", self.spool.dir / name, exc) from exc
+            break
+        else:
+            raise StorageError(
+                "claim", self.spool.dir / name, OSError(errno.EEXIST, "every fresh name is taken")
+            )
         self._spool_changed = True
         try:
             same = os.path.samestat(os.lstat(taken), os.lstat(claim))
