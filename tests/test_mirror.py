@@ -1893,6 +1893,15 @@ def test_an_object_that_is_no_valid_payload_is_not_restored(
     assert sorted(p.name for p in (target / HISTORY).glob("2*.json")) == sorted(names)
     assert os.readlink(target / "console-usage-synced.json") == f"{HISTORY}/{max(names)}"
     assert run_cli(target, "verify").returncode == 0
+    # Under --log-format json each of those errors is a JSON object, as every error is.
+    again = tmp_path / "r2"
+    args = ("--log-format", "json", "restore", f"s3://{bucket}/junk", "--root", str(again))
+    logged = run_cli(tmp_path, *args, **env)
+    assert logged.returncode == 1, logged.stderr
+    errors = [json.loads(line) for line in logged.stderr.splitlines()]
+    said = [e["msg"] for e in errors if e["level"] == "error"]
+    assert any(m.startswith(f"{junk} in the object store is not a valid payload") for m in said)
+    assert any(m.startswith(f"{big} in the object store is not a valid payload") for m in said)
 
 
 def test_a_folder_named_like_a_version_in_the_target_is_left_and_the_rest_restored(

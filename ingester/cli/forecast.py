@@ -76,7 +76,7 @@ def forecast(app: App, as_json: bool) -> None:
     )
     rows = [["limit", "used", "resets", "rate", "at this rate"]]
     for limit in result.limits:
-        # Times are dated when they lie a week or more from now, the reader's time: the
+        # Times are dated when they lie 6 days or more from now, the reader's time: the
         # newest data may itself be days old.
         resets = (
             format_when(limit.resets_at, zone, now)

@@ -233,12 +233,10 @@ def restore(
             "are not MD5s (SSE-KMS); 'ingester verify' checks that they parse and validate",
             err=True,
         )
+    # Said as fail() says an error: a JSON object each under --log-format json.
     for name, reason in result.invalid:
-        say(
-            f"error: {name} in the object store is not a valid payload ({reason}); not restored",
-            err=True,
-        )
+        fail(f"{name} in the object store is not a valid payload ({reason}); not restored")
     for name in result.conflicts:
-        say(f"error: {name} differs from the object store's copy; left as it is", err=True)
+        fail(f"{name} differs from the object store's copy; left as it is")
     if result.conflicts or result.invalid:
         raise click.exceptions.Exit(1)

@@ -256,7 +256,8 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
     """Apply retention now: keep the newest N versions or anything within D days.
 
     With --dry-run nothing changes (and no lock is taken): every version is listed
-    with keep/delete and the reason: newest-N, within-D-days, future, expired.
+    with keep/delete and the reason: newest-N, within-D-days, future, expired, or
+    not-mirrored (kept back for a mirror that has not uploaded it yet).
 
     Also removes rejected drops (with their reason files) older than
     --rejected-retention-days; --dry-run counts them. A missing root or history is
