@@ -376,6 +376,33 @@ def test_a_snapshot_that_fails_or_is_stopped_at_its_last_fsync_takes_back_all_it
     assert list(out.iterdir()) == [], f"left behind: {list(out.iterdir())}; {done.stderr}"
 
 
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+@pytest.mark.parametrize("form", ["folder", "tar"])
+def test_a_snapshot_whose_latest_link_cannot_be_made_fails_and_leaves_nothing(
+    root: Path, history: list[str], tmp_path: Path, form: str
+) -> None:
+    """The latest link is part of the root a snapshot promises: when its temp symlink
+    cannot be made (EIO, the run's one ``symlink``), the run exits 1 with one line
+    naming the link (for ``--tar``, the scratch folder), and nothing is at DEST.
+    Ending 0 without it would hand a backup job a root that fails ``verify``; the next
+    run then takes a whole snapshot."""
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / ("snap.tar" if form == "tar" else "snap")
+    args = ["snapshot", *(["--tar"] if form == "tar" else []), str(dest)]
+    wrapper = ("strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=symlink")
+    done = run_cli(root, *args, wrapper=(*wrapper, "-e", "inject=symlink:error=EIO:when=1"))
+    # A tar's tree is scratch in $TMPDIR: its error names that, the place to fix.
+    _one_error(done, "$TMPDIR" if form == "tar" else LATEST, "EIO")
+    assert list(out.iterdir()) == [], f"left behind: {list(out.iterdir())}"
+    ok(run_cli(root, *args))
+    if form == "tar":
+        (out / "x").mkdir()
+        subprocess.run(["tar", "-xf", str(dest), "-C", str(out / "x")], check=True)
+        dest = out / "x"
+    ok(run_cli(dest, "verify"))
+
+
 def _traced(args: list[str], cwd: Path, syscalls: str, name: str) -> list[str]:
     """The lines of ``strace -e trace=SYSCALLS`` for a run of ``args`` naming ``name(``."""
     trace = cwd / "trace.txt"

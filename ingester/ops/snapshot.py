@@ -198,7 +198,8 @@ def build_snapshot_tree(
     ``names`` is the listing to take (default: :func:`list_versions_once`); a listed
     version that is gone by the time it is taken is left out. With ``link=False``
     every version is copied. ``scratch=True`` skips the fsync of each copy (for a tree
-    that is read once and removed). Raises :class:`StorageError` when a write fails.
+    that is read once and removed). Raises :class:`StorageError` when a write fails,
+    the metadata's and the latest link's included.
     """
     history_dir = Path(os.path.abspath(history_dir))
     if names is None:
@@ -240,7 +241,12 @@ def build_snapshot_tree(
     # rebuilt from the files actually taken, by the code the watcher itself uses.
     write_metadata_file(folder, stored)
     store = HistoryStore(folder, tree / SNAPSHOT_LATEST)
-    store.initialize()
+    # In a live history the metadata and the latest link are caches a start rebuilds;
+    # in a snapshot they are part of what was promised (a root that verifies as it is),
+    # so one that could not be written fails the snapshot.
+    report = store.initialize()
+    if report.cache_errors:
+        raise report.cache_errors[0]
     return SnapshotResult(
         tree,
         store.version_names(),
