@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from support import run_cli
-from support.capabilities import immutable
+from support.capabilities import STRACE, immutable, needs_strace_root
 from support.capabilities import tmpfs as mounted_tmpfs
 
 from ingester import HistoryStore, RetentionPolicy, StorageError
@@ -290,3 +290,58 @@ def test_failed_replace_of_the_latest_link(
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
     monkeypatch.undo()
     assert_recovers(tmp_path, valid_payload, expected_versions=3)
+
+
+# -- commands whose job is the write: a failed fsync fails them ----------------------------
+
+
+def _fsync_places(root: Path, args: tuple[str, ...], folder: Path, trace: Path) -> list[int]:
+    """Where the fsyncs of ``folder`` fall (1-based, as ``inject=fsync:when=N`` counts)
+    among all the fsyncs of ``ingester --root ROOT ARGS``, traced by strace into ``trace``."""
+    traced = run_cli(
+        root, *args, wrapper=(STRACE, "-f", "-qq", "-y", "-e", "trace=fsync", "-o", str(trace))
+    )
+    assert traced.returncode == 0, traced.stdout + traced.stderr
+    calls = [line for line in trace.read_text().splitlines() if " fsync(" in line]
+    return [n for n, line in enumerate(calls, 1) if line.split("<", 1)[-1].startswith(f"{folder}>")]
+
+
+@needs_strace_root
+@pytest.mark.parametrize("cache", ["metadata", "latest link"])
+def test_verify_repair_whose_rewrite_cannot_be_made_durable_fails_and_says_why(
+    tmp_path: Path, valid_payload: bytes, cache: str
+) -> None:
+    """``verify --repair`` rewrites a missing cache; the fsync of its folder after the
+    rename fails (EIO). The file reads back right, but a crash may undo it: the repair
+    failed, so the report does not say ``ok`` nor call it repaired, one error line names
+    the folder and the cause, exit 1; the next ``--repair`` finishes with exit 0."""
+    sample = tmp_path / "drop.json"
+    sample.write_bytes(valid_payload)
+    roots = []
+    for name in ("counted", "failing"):
+        root = tmp_path / name
+        root.mkdir()
+        assert run_cli(root, "ingest", str(sample)).returncode == 0
+        if cache == "metadata":
+            (root / "console-usage-history" / "_metadata.json").unlink()
+        else:
+            (root / "console-usage-synced.json").unlink()
+        roots.append(root)
+    counted, failing = roots
+    folder = "console-usage-history" if cache == "metadata" else "."
+    args = ("verify", "--repair")
+    places = _fsync_places(counted, args, (counted / folder).resolve(), tmp_path / "trace")
+    assert places, "the repair fsyncs the folder"
+    inject = f"inject=fsync:error=EIO:when={places[-1]}"
+    done = run_cli(failing, *args, wrapper=(STRACE, "-f", "-qq", "-o", os.devnull, "-e", inject))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    target = (failing / folder).resolve()
+    assert done.stderr.splitlines() == [
+        f"error: cannot fsync folder {target}: Input/output error [EIO]"
+    ], done.stderr
+    assert "repaired" not in done.stdout and "\nok\n" not in done.stdout, done.stdout
+    assert "not durably" in done.stdout
+    again = run_cli(failing, *args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert run_cli(failing, "verify").returncode == 0
