@@ -311,6 +311,44 @@ def test_a_tar_snapshot_stopped_midway_leaves_nothing_under_its_name(
     assert list(out.iterdir()) == [] and list(scratch.iterdir()) == []
 
 
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+@pytest.mark.parametrize("form", ["folder", "tar"])
+def test_a_snapshot_killed_midway_leaves_only_its_temp_names_and_the_next_one_is_whole(
+    root: Path, history: list[str], tmp_path: Path, form: str
+) -> None:
+    """What docs/backup.md says a ``kill -9`` leaves: nothing under DEST's name; the
+    ``.tmp-snapshot-*`` folder beside DEST (folder form), or the ``.tmp-out-*`` file
+    beside FILE and the scratch folder in $TMPDIR (``--tar FILE``). The next run
+    neither takes nor removes them, and its snapshot is whole. The kill lands on the
+    second version's hard link (strace ``signal=SIGKILL``)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    dest = out / ("snap.tar" if form == "tar" else "snap")
+    args = ["snapshot", *(["--tar"] if form == "tar" else []), str(dest)]
+    kill = ("-e", "trace=link", "-e", "inject=link:signal=SIGKILL:when=2")
+    killed = run_cli(
+        root, *args, wrapper=("strace", "-f", "-qq", "-o", os.devnull, *kill), TMPDIR=str(scratch)
+    )
+    assert killed.returncode != 0, killed.stdout + killed.stderr
+    assert not dest.exists()
+    left = sorted(p.name for p in out.iterdir())
+    if form == "tar":
+        assert [n[:9] for n in left] == [".tmp-out-"], left
+        assert [p.name[:14] for p in scratch.iterdir()] == [".tmp-snapshot-"]
+    else:
+        assert [n[:14] for n in left] == [".tmp-snapshot-"], left
+    ok(run_cli(root, *args, TMPDIR=str(scratch)))
+    assert sorted(p.name for p in out.iterdir()) == sorted([*left, dest.name])
+    if form == "tar":
+        (tmp_path / "x").mkdir()
+        subprocess.run(["tar", "-xf", str(dest), "-C", str(tmp_path / "x")], check=True)
+        dest = tmp_path / "x"
+    ok(run_cli(dest, "verify"))
+    assert list_versions_once(dest / HISTORY) == history
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="mounting a small tmpfs needs root")
 def test_a_snapshot_that_fails_midway_leaves_nothing(root: Path, tmp_path: Path) -> None:
     big = json.loads(VALID_SAMPLES[0].read_bytes())
