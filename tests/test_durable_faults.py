@@ -345,3 +345,30 @@ def test_verify_repair_whose_rewrite_cannot_be_made_durable_fails_and_says_why(
     again = run_cli(failing, *args)
     assert again.returncode == 0, again.stdout + again.stderr
     assert run_cli(failing, "verify").returncode == 0
+
+
+@needs_strace_root
+def test_verify_repair_whose_new_mode_of_a_version_cannot_be_made_durable_fails(
+    tmp_path: Path, valid_payload: bytes
+) -> None:
+    """``verify --repair`` takes the write bits off a version and fsyncs it, as adopt
+    does: that fsync fails (EIO, strace on that file alone), so the repair failed: one
+    error line names the version and the cause, the report does not call it repaired,
+    exit 1. Its bytes are never touched."""
+    sample = tmp_path / "drop.json"
+    sample.write_bytes(valid_payload)
+    root = tmp_path / "root"
+    root.mkdir()
+    assert run_cli(root, "ingest", str(sample)).returncode == 0
+    (version,) = (p for p in (root / "console-usage-history").iterdir() if is_version_name(p.name))
+    version.chmod(0o644)
+    inject = ("-P", str(version), "-e", "trace=fsync", "-e", "inject=fsync:error=EIO:when=1")
+    done = run_cli(
+        root, "verify", "--repair", wrapper=(STRACE, "-f", "-qq", "-o", os.devnull, *inject)
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"error: cannot fsync {version}: Input/output error [EIO]"
+    ], done.stderr
+    assert "repaired" not in done.stdout and "not durably" in done.stdout, done.stdout
+    assert version.read_bytes() == valid_payload

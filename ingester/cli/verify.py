@@ -20,6 +20,7 @@ import click
 from ..clock import utc_now
 from ..errors import StorageError, describe_os_error
 from ..history.metadata_file import METADATA_NAME
+from ..history.names import is_version_name
 from ..ops.adopt import ADOPT_ADVICE, unsafe_latest
 from ..ops.verify import Finding, VerifyReport, repair_modes, repaired_between, verify_history
 from ..settings.resolved import Settings
@@ -76,7 +77,8 @@ def _repair(settings: Settings, before: VerifyReport) -> tuple[VerifyReport, lis
         if problem is not None:
             raise fail(problem)
         init = store.initialize()
-        failures = init.cache_errors + repair_modes(store, before.problems)
+        modes = repair_modes(store, before.problems)
+        failures = init.cache_errors + modes
         store.load()
         after = verify_history(store, utc_now())
     # A cache that reads back right after a write whose fsync failed is not repaired:
@@ -86,6 +88,11 @@ def _repair(settings: Settings, before: VerifyReport) -> tuple[VerifyReport, lis
         undurable.append(Finding("metadata", METADATA_NAME, _NOT_DURABLE, True))
     if init.latest_error is not None:
         undurable.append(Finding("latest-link", os.fspath(store.latest_path), _NOT_DURABLE, True))
+    undurable += [
+        Finding("writable-version", f.path.name, _NOT_DURABLE_MODE)
+        for f in modes
+        if f.action == "fsync"
+    ]
     left = {f.key for f in after.problems}
     after.problems += [f for f in undurable if f.key not in left]
     after.repaired = repaired_between(before, after)
@@ -100,13 +107,14 @@ def _repair(settings: Settings, before: VerifyReport) -> tuple[VerifyReport, lis
 
 
 _NOT_DURABLE = "rewritten, but not durably (see the error line): a crash may undo it"
+_NOT_DURABLE_MODE = "made read-only, but not durably (see the error line): a crash may undo it"
 
 
 def _more(failures: list[StorageError]) -> str:
     """The end of the one error line that names ``failures[0]``: how many more failed."""
     if len(failures) < 2:
         return ""
-    if all(f.action == "chmod" for f in failures):
+    if all(is_version_name(f.path.name) for f in failures):
         return f" (and {len(failures) - 1} more version(s) like it)"
     return f" (and {len(failures) - 1} more failed repair(s))"
 
