@@ -333,7 +333,13 @@ def repair_modes(store: HistoryStore, findings: Iterable[Finding]) -> list[Stora
         action = "chmod"
         try:
             # Only regular files count as versions (the scan does not follow links).
-            fd = os.open(path, durable.READ_NOFOLLOW)
+            try:
+                fd = os.open(path, durable.READ_NOFOLLOW)
+            except PermissionError:
+                # One this user may not read (mode 0200) can still lose its write bits,
+                # as before: without an fsync, which needs it open.
+                durable.set_mode(path, stat.S_IMODE(path.lstat().st_mode) & ~0o222)
+                continue
             try:
                 st = os.fstat(fd)
                 if stat.S_ISREG(st.st_mode):
