@@ -349,6 +349,51 @@ def test_a_snapshot_killed_midway_leaves_only_its_temp_names_and_the_next_one_is
     assert list_versions_once(dest / HISTORY) == history
 
 
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+@pytest.mark.parametrize("to", ["file", "stdout"])
+def test_a_tar_snapshot_whose_scratch_copy_cannot_be_read_says_so_not_the_output(
+    root: Path, history: list[str], tmp_path: Path, to: str
+) -> None:
+    """Reading a version's scratch copy into the archive fails (EIO): the one error line
+    names the scratch copy in $TMPDIR, where the fault is, never the archive's output
+    (a FILE or standard output, whose disk is fine), and nothing is left at FILE.
+
+    strace counts the reads of a run that succeeds (the second of two: the first may
+    compile bytecode), up to the first of a scratch version, then fails that one."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    trace = tmp_path / "reads.txt"
+    for n in range(2):
+        counted = run_cli(
+            root,
+            *("snapshot", "--tar", str(tmp_path / f"counted-{n}.tar")),
+            wrapper=("strace", "-f", "-qq", "-y", "-o", str(trace), "-e", "trace=read"),
+            TMPDIR=str(scratch),
+        )
+        ok(counted)
+    reads = [line for line in trace.read_text().splitlines() if " read(" in line]
+    place = next(
+        i
+        for i, line in enumerate(reads, 1)
+        if f"<{scratch}/.tmp-snapshot-" in line and f"/{HISTORY}/{history[0]}>" in line
+    )
+    inject = ("-e", "trace=read", "-e", f"inject=read:error=EIO:when={place}")
+    target = out / "snap.tar"
+    with open(tmp_path / "stream.tar", "wb") as stream:
+        done = run_cli(
+            root,
+            *("snapshot", "--tar", str(target) if to == "file" else "-"),
+            wrapper=("strace", "-f", "-qq", "-o", os.devnull, *inject),
+            stdout=stream.fileno() if to == "stdout" else None,
+            TMPDIR=str(scratch),
+        )
+    _one_error(done, f"scratch copy in {scratch} ($TMPDIR)", "EIO")
+    assert "standard output" not in done.stderr and str(target) not in done.stderr
+    assert list(out.iterdir()) == [] and list(scratch.iterdir()) == []
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="mounting a small tmpfs needs root")
 def test_a_snapshot_that_fails_midway_leaves_nothing(root: Path, tmp_path: Path) -> None:
     big = json.loads(VALID_SAMPLES[0].read_bytes())
