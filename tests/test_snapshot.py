@@ -311,6 +311,89 @@ def test_a_tar_snapshot_stopped_midway_leaves_nothing_under_its_name(
     assert list(out.iterdir()) == [] and list(scratch.iterdir()) == []
 
 
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+@pytest.mark.parametrize("form", ["folder", "tar"])
+def test_a_snapshot_killed_midway_leaves_only_its_temp_names_and_the_next_one_is_whole(
+    root: Path, history: list[str], tmp_path: Path, form: str
+) -> None:
+    """What docs/backup.md says a ``kill -9`` leaves: nothing under DEST's name; the
+    ``.tmp-snapshot-*`` folder beside DEST (folder form), or the ``.tmp-out-*`` file
+    beside FILE and the scratch folder in $TMPDIR (``--tar FILE``). The next run
+    neither takes nor removes them, and its snapshot is whole. The kill lands on the
+    second version's hard link (strace ``signal=SIGKILL``)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    dest = out / ("snap.tar" if form == "tar" else "snap")
+    args = ["snapshot", *(["--tar"] if form == "tar" else []), str(dest)]
+    kill = ("-e", "trace=link", "-e", "inject=link:signal=SIGKILL:when=2")
+    killed = run_cli(
+        root, *args, wrapper=("strace", "-f", "-qq", "-o", os.devnull, *kill), TMPDIR=str(scratch)
+    )
+    assert killed.returncode != 0, killed.stdout + killed.stderr
+    assert not dest.exists()
+    left = sorted(p.name for p in out.iterdir())
+    if form == "tar":
+        assert [n[:9] for n in left] == [".tmp-out-"], left
+        assert [p.name[:14] for p in scratch.iterdir()] == [".tmp-snapshot-"]
+    else:
+        assert [n[:14] for n in left] == [".tmp-snapshot-"], left
+    ok(run_cli(root, *args, TMPDIR=str(scratch)))
+    assert sorted(p.name for p in out.iterdir()) == sorted([*left, dest.name])
+    if form == "tar":
+        (tmp_path / "x").mkdir()
+        subprocess.run(["tar", "-xf", str(dest), "-C", str(tmp_path / "x")], check=True)
+        dest = tmp_path / "x"
+    ok(run_cli(dest, "verify"))
+    assert list_versions_once(dest / HISTORY) == history
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+@pytest.mark.parametrize("to", ["file", "stdout"])
+def test_a_tar_snapshot_whose_scratch_copy_cannot_be_read_says_so_not_the_output(
+    root: Path, history: list[str], tmp_path: Path, to: str
+) -> None:
+    """Reading a version's scratch copy into the archive fails (EIO): the one error line
+    names the scratch copy in $TMPDIR, where the fault is, never the archive's output
+    (a FILE or standard output, whose disk is fine), and nothing is left at FILE.
+
+    strace counts the reads of a run that succeeds (the second of two: the first may
+    compile bytecode), up to the first of a scratch version, then fails that one."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    trace = tmp_path / "reads.txt"
+    for n in range(2):
+        counted = run_cli(
+            root,
+            *("snapshot", "--tar", str(tmp_path / f"counted-{n}.tar")),
+            wrapper=("strace", "-f", "-qq", "-y", "-o", str(trace), "-e", "trace=read"),
+            TMPDIR=str(scratch),
+        )
+        ok(counted)
+    reads = [line for line in trace.read_text().splitlines() if " read(" in line]
+    place = next(
+        i
+        for i, line in enumerate(reads, 1)
+        if f"<{scratch}/.tmp-snapshot-" in line and f"/{HISTORY}/{history[0]}>" in line
+    )
+    inject = ("-e", "trace=read", "-e", f"inject=read:error=EIO:when={place}")
+    target = out / "snap.tar"
+    with open(tmp_path / "stream.tar", "wb") as stream:
+        done = run_cli(
+            root,
+            *("snapshot", "--tar", str(target) if to == "file" else "-"),
+            wrapper=("strace", "-f", "-qq", "-o", os.devnull, *inject),
+            stdout=stream.fileno() if to == "stdout" else None,
+            TMPDIR=str(scratch),
+        )
+    _one_error(done, f"scratch copy in {scratch} ($TMPDIR)", "EIO")
+    assert "standard output" not in done.stderr and str(target) not in done.stderr
+    assert list(out.iterdir()) == [] and list(scratch.iterdir()) == []
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="mounting a small tmpfs needs root")
 def test_a_snapshot_that_fails_midway_leaves_nothing(root: Path, tmp_path: Path) -> None:
     big = json.loads(VALID_SAMPLES[0].read_bytes())
@@ -374,6 +457,33 @@ def test_a_snapshot_that_fails_or_is_stopped_at_its_last_fsync_takes_back_all_it
     expected = 1 if fault == "error=EIO" else 128 + signal.SIGTERM
     assert done.returncode == expected, done.stdout + done.stderr
     assert list(out.iterdir()) == [], f"left behind: {list(out.iterdir())}; {done.stderr}"
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+@pytest.mark.parametrize("form", ["folder", "tar"])
+def test_a_snapshot_whose_latest_link_cannot_be_made_fails_and_leaves_nothing(
+    root: Path, history: list[str], tmp_path: Path, form: str
+) -> None:
+    """The latest link is part of the root a snapshot promises: when its temp symlink
+    cannot be made (EIO, the run's one ``symlink``), the run exits 1 with one line
+    naming the link (for ``--tar``, the scratch folder), and nothing is at DEST.
+    Ending 0 without it would hand a backup job a root that fails ``verify``; the next
+    run then takes a whole snapshot."""
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / ("snap.tar" if form == "tar" else "snap")
+    args = ["snapshot", *(["--tar"] if form == "tar" else []), str(dest)]
+    wrapper = ("strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=symlink")
+    done = run_cli(root, *args, wrapper=(*wrapper, "-e", "inject=symlink:error=EIO:when=1"))
+    # A tar's tree is scratch in $TMPDIR: its error names that, the place to fix.
+    _one_error(done, "$TMPDIR" if form == "tar" else LATEST, "EIO")
+    assert list(out.iterdir()) == [], f"left behind: {list(out.iterdir())}"
+    ok(run_cli(root, *args))
+    if form == "tar":
+        (out / "x").mkdir()
+        subprocess.run(["tar", "-xf", str(dest), "-C", str(out / "x")], check=True)
+        dest = out / "x"
+    ok(run_cli(dest, "verify"))
 
 
 def _traced(args: list[str], cwd: Path, syscalls: str, name: str) -> list[str]:

@@ -19,7 +19,9 @@ import click
 
 from ..clock import utc_now
 from ..errors import StorageError, describe_os_error
-from ..ops.adopt import ADOPT_ADVICE
+from ..history.metadata_file import METADATA_NAME
+from ..history.names import is_version_name
+from ..ops.adopt import ADOPT_ADVICE, unsafe_latest
 from ..ops.verify import Finding, VerifyReport, repair_modes, repaired_between, verify_history
 from ..settings.resolved import Settings
 from .common import App, align, echo_json, fail, reading_store, say, writing_store
@@ -59,19 +61,40 @@ def verify(app: App, repair: bool, as_json: bool) -> None:
             say(line)
     if failures:
         # After the report: what was repaired is said, then why the rest was not.
-        more = f" (and {len(failures) - 1} more version(s) like it)" if len(failures) > 1 else ""
-        raise fail(f"{failures[0]}{more}")
+        raise fail(f"{failures[0]}{_more(failures)}")
     if not report.ok:
         raise click.exceptions.Exit(1)
 
 
 def _repair(settings: Settings, before: VerifyReport) -> tuple[VerifyReport, list[StorageError]]:
-    # writing_store takes the lock (or refuses, naming the holder) and runs
-    # HistoryStore.initialize: temps swept, metadata and latest link rebuilt.
-    with writing_store(settings, "verify --repair", creates="nothing") as store:
-        failures = repair_modes(store, before.problems)
+    # writing_store takes the lock (or refuses, naming the holder); the store is then
+    # initialized here: temps swept, metadata and latest link rebuilt. A command that
+    # only uses the caches may go on when they cannot be written; for this one writing
+    # them is the job, and a write whose fsync failed is a failed write (exit 1), even
+    # where the file already reads back as repaired.
+    with writing_store(settings, "verify --repair", creates="nothing", initialize=False) as store:
+        problem = unsafe_latest(store)
+        if problem is not None:
+            raise fail(problem)
+        init = store.initialize()
+        modes = repair_modes(store, before.problems)
+        failures = init.cache_errors + modes
         store.load()
         after = verify_history(store, utc_now())
+    # A cache that reads back right after a write whose fsync failed is not repaired:
+    # a crash may undo it. It stays a problem, so the report never says "ok" for it.
+    undurable = []
+    if init.metadata_error is not None:
+        undurable.append(Finding("metadata", METADATA_NAME, _NOT_DURABLE, True))
+    if init.latest_error is not None:
+        undurable.append(Finding("latest-link", os.fspath(store.latest_path), _NOT_DURABLE, True))
+    undurable += [
+        Finding("writable-version", f.path.name, _NOT_DURABLE_MODE)
+        for f in modes
+        if f.action == "fsync"
+    ]
+    left = {f.key for f in after.problems}
+    after.problems += [f for f in undurable if f.key not in left]
     after.repaired = repaired_between(before, after)
     # A version --repair just failed on (immutable, another owner's) is not offered the
     # same repair again: the error line after the report says why, and it needs a hand.
@@ -81,6 +104,19 @@ def _repair(settings: Settings, before: VerifyReport) -> tuple[VerifyReport, lis
         for f in after.problems
     ]
     return after, failures
+
+
+_NOT_DURABLE = "rewritten, but not durably (see the error line): a crash may undo it"
+_NOT_DURABLE_MODE = "made read-only, but not durably (see the error line): a crash may undo it"
+
+
+def _more(failures: list[StorageError]) -> str:
+    """The end of the one error line that names ``failures[0]``: how many more failed."""
+    if len(failures) < 2:
+        return ""
+    if all(is_version_name(f.path.name) for f in failures):
+        return f" (and {len(failures) - 1} more version(s) like it)"
+    return f" (and {len(failures) - 1} more failed repair(s))"
 
 
 SUMMED_FROM = 4

@@ -178,7 +178,14 @@ def restore_history(
                 result.invalid.append((obj.name, exc.reason))
                 continue
             try:
-                writer.commit(writer.stage(data), obj.name)
+                staged = writer.stage(data)
+            except StorageError as exc:
+                # Staged under a temp name of no meaning to the user (and gone by now):
+                # the error names the version that could not be restored instead.
+                action = exc.action.removesuffix(" a file in")
+                raise StorageError(action, store.version_path(obj.name), exc.cause) from None
+            try:
+                writer.commit(staged, obj.name)
             except VersionExists:  # written by another since the listing: never replaced
                 result.conflicts.append(obj.name)
                 continue

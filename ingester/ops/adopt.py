@@ -273,9 +273,16 @@ def _keep_latest_snapshot(store: HistoryStore, data: bytes, max_bytes: int) -> s
     try:
         durable.StagedFile(store.history_dir, data, VERSION_MODE, name=name).commit(name)
     except StorageError as exc:
-        # The same name holds the same bytes: a run that crashed after this step.
-        held = durable.read_regular(store.version_path(name), len(data))
-        if exc.errno != errno.EEXIST or held != data:
+        # Only a name already taken can be this step done by a run that crashed after
+        # it (the same bytes there); any other failure is said as itself, never as the
+        # missing file a look at that name would meet.
+        if exc.errno != errno.EEXIST:
+            raise
+        try:
+            held = durable.read_regular(store.version_path(name), len(data))
+        except StorageError:
+            raise exc from None
+        if held != data:
             raise
     store.scan()
     return name

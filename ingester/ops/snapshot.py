@@ -198,7 +198,8 @@ def build_snapshot_tree(
     ``names`` is the listing to take (default: :func:`list_versions_once`); a listed
     version that is gone by the time it is taken is left out. With ``link=False``
     every version is copied. ``scratch=True`` skips the fsync of each copy (for a tree
-    that is read once and removed). Raises :class:`StorageError` when a write fails.
+    that is read once and removed). Raises :class:`StorageError` when a write fails,
+    the metadata's and the latest link's included.
     """
     history_dir = Path(os.path.abspath(history_dir))
     if names is None:
@@ -240,7 +241,12 @@ def build_snapshot_tree(
     # rebuilt from the files actually taken, by the code the watcher itself uses.
     write_metadata_file(folder, stored)
     store = HistoryStore(folder, tree / SNAPSHOT_LATEST)
-    store.initialize()
+    # In a live history the metadata and the latest link are caches a start rebuilds;
+    # in a snapshot they are part of what was promised (a root that verifies as it is),
+    # so one that could not be written fails the snapshot.
+    report = store.initialize()
+    if report.cache_errors:
+        raise report.cache_errors[0]
     return SnapshotResult(
         tree,
         store.version_names(),
@@ -401,13 +407,33 @@ def _take_back(temp: Path, dest: Path, ident: tuple[int, int] | None) -> None:
                 shutil.rmtree(tree, ignore_errors=True)
 
 
+class _Named:
+    """A file read into the archive whose failed read raises :class:`StorageError`
+    naming it: an ``OSError`` from ``addfile`` could be the archive's write as well,
+    and a read error said as the output's would send the user to the wrong disk."""
+
+    def __init__(self, handle: BinaryIO, path: Path) -> None:
+        self._handle = handle
+        self._path = path
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._handle.read(size)
+        except OSError as exc:
+            raise StorageError("read", self._path, exc) from exc
+
+
 def _tar_entry(archive: tarfile.TarFile, path: Path, arcname: str) -> None:
-    info = archive.gettarinfo(os.fspath(path), arcname)
-    if info.isreg():
-        with path.open("rb") as handle:
-            archive.addfile(info, handle)
-    else:
+    try:
+        info = archive.gettarinfo(os.fspath(path), arcname)
+        handle = path.open("rb") if info.isreg() else None
+    except OSError as exc:
+        raise StorageError("read", path, exc) from exc
+    if handle is None:
         archive.addfile(info)
+        return
+    with handle:
+        archive.addfile(info, _Named(handle, path))
 
 
 def write_snapshot_tar(
@@ -429,6 +455,13 @@ def write_snapshot_tar(
     try:
         try:
             result = build_snapshot_tree(history_dir, temp, scratch=True)
+            with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
+                folder = temp / SNAPSHOT_HISTORY
+                _tar_entry(archive, folder, SNAPSHOT_HISTORY)
+                for name in [*result.versions, METADATA_NAME]:
+                    _tar_entry(archive, folder / name, f"{SNAPSHOT_HISTORY}/{name}")
+                if os.path.lexists(temp / SNAPSHOT_LATEST):
+                    _tar_entry(archive, temp / SNAPSHOT_LATEST, SNAPSHOT_LATEST)
         except StorageError as exc:
             if exc.path == temp or exc.path.is_relative_to(temp):
                 # The scratch copy is ours; where it lives ($TMPDIR) is what the user can fix.
@@ -437,13 +470,6 @@ def write_snapshot_tar(
                     f"($TMPDIR): {exc.strerror} [{exc.cause_name}]"
                 ) from None
             raise SnapshotError(str(exc)) from None
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
-            folder = temp / SNAPSHOT_HISTORY
-            _tar_entry(archive, folder, SNAPSHOT_HISTORY)
-            for name in [*result.versions, METADATA_NAME]:
-                _tar_entry(archive, folder / name, f"{SNAPSHOT_HISTORY}/{name}")
-            if os.path.lexists(temp / SNAPSHOT_LATEST):
-                _tar_entry(archive, temp / SNAPSHOT_LATEST, SNAPSHOT_LATEST)
         out.flush()
     finally:
         _remove_tree(temp)

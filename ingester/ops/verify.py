@@ -319,21 +319,37 @@ _BY_HAND = "move it away by hand, then run 'ingester verify --repair'"
 def repair_modes(store: HistoryStore, findings: Iterable[Finding]) -> list[StorageError]:
     """Remove the write bits of writable versions (the bytes are never touched).
 
-    Call with the history lock held. A version that cannot be changed (immutable,
-    another owner) does not stop the others: its failure is returned, one per version,
-    and the finding stays for the next ``verify`` to report.
+    Call with the history lock held. Each new mode is fsynced, as adopt does: a repair
+    a crash may undo is no repair, so a failed fsync is a failure (action ``fsync``).
+    A version that cannot be changed (immutable, another owner) does not stop the
+    others: its failure is returned, one per version, and the finding stays for the
+    next ``verify`` to report.
     """
     failures: list[StorageError] = []
     for finding in findings:
         if finding.kind != "writable-version":
             continue
         path = store.version_path(finding.subject)
+        action = "chmod"
         try:
-            mode = stat.S_IMODE(path.lstat().st_mode)
             # Only regular files count as versions (the scan does not follow links).
-            durable.set_mode(path, mode & ~0o222)
+            try:
+                fd = os.open(path, durable.READ_NOFOLLOW)
+            except PermissionError:
+                # One this user may not read (mode 0200) can still lose its write bits,
+                # as before: without an fsync, which needs it open.
+                durable.set_mode(path, stat.S_IMODE(path.lstat().st_mode) & ~0o222)
+                continue
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode):
+                    durable.set_fd_mode(fd, stat.S_IMODE(st.st_mode) & ~0o222)
+                    action = "fsync"
+                    durable.fsync_fd(fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
-            failures.append(StorageError("chmod", path, exc))
+            failures.append(StorageError(action, path, exc))
     return failures
 
 
