@@ -27,6 +27,7 @@ from support import run_cli
 from support.capabilities import STRACE, immutable, needs_strace_root
 from support.capabilities import tmpfs as mounted_tmpfs
 from support.s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3, weed_binary
+from test_retention_faults import OLD, old_history
 
 from ingester import HistoryStore, RetentionPolicy, StorageError
 from ingester.history.names import format_timestamp, is_version_name, parse_timestamp_from_filename
@@ -305,6 +306,60 @@ def _fsync_places(root: Path, args: tuple[str, ...], folder: Path, trace: Path) 
     assert traced.returncode == 0, traced.stdout + traced.stderr
     calls = [line for line in trace.read_text().splitlines() if " fsync(" in line]
     return [n for n, line in enumerate(calls, 1) if line.split("<", 1)[-1].startswith(f"{folder}>")]
+
+
+@needs_strace_root
+def test_an_init_whose_metadata_cannot_be_made_durable_fails(tmp_path: Path) -> None:
+    """``init``'s job is the metadata: an EIO from the fsync that makes it durable is a
+    failed init, one line naming the folder and the cause, exit 1 (it said a warning
+    and exited 0). The next ``init`` finishes it."""
+    counted, failing = tmp_path / "counted", tmp_path / "failing"
+    history = "console-usage-history"
+    places = _fsync_places(counted, ("init",), (counted / history).resolve(), tmp_path / "trace")
+    assert places, "init fsyncs the history folder"
+    inject = f"inject=fsync:error=EIO:when={places[-1]}"
+    done = run_cli(failing, "init", wrapper=(STRACE, "-f", "-qq", "-o", os.devnull, "-e", inject))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"error: cannot fsync folder {(failing / history).resolve()}: Input/output error [EIO]"
+    ], done.stderr
+    again = run_cli(failing, "init")
+    assert again.returncode == 0, again.stderr
+    assert (failing / history / "_metadata.json").is_file()
+
+
+@needs_strace_root
+def test_a_cleanup_whose_deletions_cannot_be_made_durable_still_counts_them(
+    tmp_path: Path,
+) -> None:
+    """The history's fsync after retention's deletions fails (EIO): the cleanup fails in
+    one line, exit 1, but the deletions are done (every reader sees them), so the
+    metadata counts them: no later run could (a rebuild sees only what is left)."""
+    policy = ("--max-versions", "2", "--retention-days", "1")
+    roots = []
+    for name in ("counted", "failing"):
+        root = tmp_path / name
+        old_history(root)
+        assert run_cli(root, *policy, "init").returncode == 0
+        roots.append(root)
+    counted, failing = roots
+    history = "console-usage-history"
+    args = (*policy, "cleanup")
+    places = _fsync_places(counted, args, (counted / history).resolve(), tmp_path / "trace")
+    assert len(places) >= 2, "the deletions' fsync, then the metadata's"
+    inject = f"inject=fsync:error=EIO:when={places[0]}"
+    done = run_cli(failing, *args, wrapper=(STRACE, "-f", "-qq", "-o", os.devnull, "-e", inject))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"error: cannot fsync folder {(failing / history).resolve()}: Input/output error [EIO]"
+    ], done.stderr
+    meta = json.loads((failing / history / "_metadata.json").read_bytes())
+    assert meta["totalVersionsDeleted"] == OLD, meta
+    assert run_cli(failing, *args).returncode == 0
+    assert (
+        json.loads((failing / history / "_metadata.json").read_bytes())["totalVersionsDeleted"]
+        == OLD
+    )
 
 
 @needs_strace_root

@@ -354,7 +354,12 @@ def reading_store(settings: Settings) -> HistoryStore:
 
 @contextmanager
 def writing_store(
-    settings: Settings, purpose: str, *, initialize: bool = True, creates: str = "history"
+    settings: Settings,
+    purpose: str,
+    *,
+    initialize: bool = True,
+    creates: str = "history",
+    caches_required: bool = False,
 ) -> Iterator[HistoryStore]:
     """The store with the history lock held; clear errors instead of tracebacks.
 
@@ -367,7 +372,9 @@ def writing_store(
     With ``initialize`` (the default) the store is initialized first (temps swept,
     metadata and latest link repaired), unless the latest path is a file holding a
     snapshot no version holds: that would be lost, so the command is refused with a
-    pointer to ``ingester adopt``.
+    pointer to ``ingester adopt``. A latest link or metadata that cannot be repaired is
+    a warning (they are caches), unless ``caches_required`` (init, whose job they are):
+    then the command fails with that error.
     """
     from ..ops.adopt import unsafe_latest
     from ..ops.queries import history_problem, root_problem
@@ -389,7 +396,10 @@ def writing_store(
                 problem = unsafe_latest(store)
                 if problem is not None:
                     raise fail(problem)
-                for error in store.initialize().cache_errors:
+                errors = store.initialize().cache_errors
+                if errors and caches_required:
+                    raise errors[0]
+                for error in errors:
                     # The latest link and metadata are caches: say so, and go on.
                     say(f"warning: {error}", err=True)
             in_body = True  # an OSError from now on is the command's own

@@ -74,7 +74,7 @@ def init(app: App) -> None:
     """
     s = app.settings
     _make_spool_folders(s)
-    with writing_store(s, "init", creates="root") as store:
+    with writing_store(s, "init", creates="root", caches_required=True) as store:
         meta = store.get_storage_metadata()
         _check_claim_folder(s, store.history_dir)
     say(f"spool:   {s.spool_dir}")

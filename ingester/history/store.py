@@ -509,7 +509,9 @@ class HistoryStore:
 
         Raises :class:`CleanupIncomplete` (a :class:`StorageError`) when some expired
         versions could not be deleted, after every other one is deleted and the metadata
-        is written; :class:`StorageError` when the metadata cannot be written.
+        is written; :class:`StorageError` when the metadata cannot be written, or when the
+        folder cannot be fsynced after the deletions (raised once they are counted in the
+        metadata).
         """
         self._ensure_loaded()
         now = now or self.clock()
@@ -525,9 +527,18 @@ class HistoryStore:
         if not failures and not hold_deletions:
             updates["last_cleanup"] = format_timestamp(now)
         self._meta = self._meta.model_copy(update=updates)
+        unsynced: StorageError | None = None
         if deleted:
-            durable.fsync_dir(self.history_dir)
+            try:
+                durable.fsync_dir(self.history_dir)
+            except StorageError as exc:
+                # The deletions are done all the same (every reader sees them): they
+                # are counted before the error is raised, or no later run would count
+                # them (a rebuild from the versions left cannot see what went).
+                unsynced = exc
         self._write_metadata()
+        if unsynced is not None:
+            raise unsynced
         result = CleanupResult(
             deleted=deleted,
             retained=len(self._names),
