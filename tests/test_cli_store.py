@@ -574,3 +574,32 @@ def test_ingest_whose_output_fails_stops_and_says_what_it_stored(root: Path) -> 
     assert lines[1] == f"stopped: 1 file(s) not stored, from {second} on"
     versions = [p for p in (root / "console-usage-history").iterdir() if is_version_name(p.name)]
     assert [p.read_bytes() for p in versions] == [first.read_bytes()]
+
+
+# -- submit -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("encoding", "words"),
+    [
+        ("utf-16", "UTF-16LE text, with a byte order mark"),  # Windows PowerShell 5.1's `>`
+        ("utf-16-le", "UTF-16LE text"),
+        ("utf-16-be", "UTF-16BE text"),
+        ("utf-32", "UTF-32LE text, with a byte order mark"),
+        ("utf-32-be", "UTF-32BE text"),
+    ],
+)
+def test_submit_names_utf16_and_utf32_text_for_what_it_is(
+    root: Path, encoding: str, words: str
+) -> None:
+    """A payload in UTF-16 or UTF-32 is refused saying so (it was 'not valid UTF-8 (byte
+    0)', or without a byte order mark a property name expected at column 2: the text's
+    every other byte is a NUL, valid UTF-8 but no JSON)."""
+    snapshot = root / "snapshot.json"
+    snapshot.write_bytes(VALID_SAMPLES[0].read_text().encode(encoding))
+    done = run_cli(root, "submit", str(snapshot))
+    assert done.returncode == 1, done.stdout
+    assert done.stderr == (
+        f"refused {snapshot}: not valid UTF-8: it is {words}; a payload is UTF-8 without a BOM\n"
+    )
+    assert not (root / "spool").exists() or not list((root / "spool").glob("*.json"))
