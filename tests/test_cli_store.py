@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -12,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import INVALID_SAMPLES, IS_ROOT, VALID_SAMPLES, run_cli
+from support import INVALID_SAMPLES, IS_ROOT, VALID_SAMPLES, cli_env, run_cli, wait_for
 from support.capabilities import immutable, other_user_problem, others_folder, run_as_other, tmpfs
 
 from ingester.history.lock import HistoryLock
@@ -603,3 +606,43 @@ def test_submit_names_utf16_and_utf32_text_for_what_it_is(
         f"refused {snapshot}: not valid UTF-8: it is {words}; a payload is UTF-8 without a BOM\n"
     )
     assert not (root / "spool").exists() or not list((root / "spool").glob("*.json"))
+
+
+def _waiting_for_input(pid: int) -> bool:
+    """Whether process ``pid`` sleeps in select or poll (the kernel's wait for input)."""
+    try:
+        with open(f"/proc/{pid}/wchan") as wchan:
+            where = wchan.read()
+    except OSError:
+        return False
+    return "poll" in where or "select" in where
+
+
+def test_submit_from_a_non_blocking_stdin_waits_for_the_payload(root: Path) -> None:
+    """Standard input left non-blocking by whoever shares it answers 'nothing yet' while
+    the writer is still to write: the payload is waited for, not judged empty (it was
+    refused as 'not JSON: empty (no bytes)', and a half-written one as cut short)."""
+    payload = VALID_SAMPLES[0].read_bytes()
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.write(write_end, payload[:10])
+    with subprocess.Popen(
+        [sys.executable, "-m", "ingester", "--root", str(root), "submit", "--name", "a.json", "-"],
+        stdin=read_end,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    ) as proc:
+        os.close(read_end)
+        try:
+            # Until the command waits for more, or ends having judged what it read.
+            wait_for(lambda: proc.poll() is not None or _waiting_for_input(proc.pid), 60)
+            with contextlib.suppress(BrokenPipeError):
+                os.write(write_end, payload[10:])
+        finally:
+            os.close(write_end)
+        out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (0, ""), err
+    assert out == f"{root / 'spool' / 'a.json'}\n"
+    assert (root / "spool" / "a.json").read_bytes() == payload

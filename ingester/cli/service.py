@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 import logging
+import select
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import click
 
@@ -225,7 +226,7 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
         if source == "-":
             if sys.stdin is None:
                 raise fail("cannot read standard input: it is closed")
-            data = read_stream(sys.stdin.buffer, s.max_bytes)
+            data = read_stream(_waiting(sys.stdin.buffer), s.max_bytes)
         else:
             data = read_limited(Path(source), s.max_bytes)
     except OSError as exc:
@@ -256,3 +257,33 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     # The drop is published and will be stored: a failure said now would have the
     # writer submit it again.
     say_recorded(str(path), f"dropped {path}, but its path could not be printed")
+
+
+class _Waiting:
+    """A binary stream whose reads wait for input, on a descriptor set non-blocking.
+
+    Non-blocking mode belongs to the open file, shared with whoever else holds it (a
+    terminal, a pipe another program made non-blocking): its read then answers ``None``
+    while the writer has not written yet, which a read loop takes for the end of the
+    input, so a payload still being written was judged cut short or empty.
+    """
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes, ``b""`` at the end of the input; raises ``OSError``."""
+        while True:
+            try:
+                chunk: bytes | None = self._handle.read(size)
+            except BlockingIOError:  # what io's documentation allows in place of None
+                chunk = None
+            if chunk is not None:
+                return chunk
+            select.select([self._handle], [], [])
+
+
+def _waiting(handle: IO[bytes]) -> IO[bytes]:
+    """``handle`` read as :func:`read_stream` reads it, waiting for input that is late."""
+    # read_stream calls read() alone: _Waiting has all of IO[bytes] it uses.
+    return cast(IO[bytes], _Waiting(handle))
