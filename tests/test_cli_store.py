@@ -562,6 +562,23 @@ def test_a_submit_whose_path_cannot_be_printed_still_says_it_dropped(root: Path)
     assert (root / "spool" / "one.json").read_bytes() == VALID_SAMPLES[0].read_bytes()
 
 
+def test_a_submit_started_with_stdout_closed_says_its_path_could_not_be_printed(
+    root: Path,
+) -> None:
+    """The drop is made (the scraper's aim), and the path that had nowhere to go is said
+    on stderr, as for a pipe closed by its reader (it went into /dev/null unsaid)."""
+    assert run_cli(root, "init").returncode == 0
+    closed = ("sh", "-c", 'exec "$@" >&-', "sh")
+    args = ("submit", "--name", "one.json", str(VALID_SAMPLES[0]))
+    done = run_cli(root, *args, wrapper=closed)
+    assert (done.returncode, done.stdout) == (0, ""), done.stderr
+    assert done.stderr == (
+        f"warning: dropped {root / 'spool' / 'one.json'}, but its path could not be printed: "
+        "standard output is closed\n"
+    )
+    assert (root / "spool" / "one.json").read_bytes() == VALID_SAMPLES[0].read_bytes()
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_ingest_whose_output_fails_stops_and_says_what_it_stored(root: Path) -> None:
     """The lines are the record of what was stored: once one cannot be printed, it is

@@ -20,6 +20,7 @@ from ..runtime.signals import ignore_stop_signals
 from ..settings.bounds import RESCAN_INTERVAL, RETRY_MAX, SETTLE
 from ..settings.watch import WatchOptions
 from .common import (
+    CLOSED_AT_START,
     App,
     BoundedFloat,
     PathParam,
@@ -256,7 +257,13 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
         raise fail(str(exc)) from None
     # The drop is published and will be stored: a failure said now would have the
     # writer submit it again.
-    say_recorded(str(path), f"dropped {path}, but its path could not be printed")
+    unprinted = f"dropped {path}, but its path could not be printed"
+    if 1 in CLOSED_AT_START:
+        # Given /dev/null at start, stdout takes the path without an error: said here, as
+        # a pipe closed by its reader has it said.
+        say(f"warning: {unprinted}: standard output is closed", err=True)
+        return
+    say_recorded(str(path), unprinted)
 
 
 class _Waiting:
