@@ -161,6 +161,33 @@ def test_ingest_exits_1_listing_each_rejection(root: Path) -> None:
     assert len(versions(root / "console-usage-history")) == 1
 
 
+def test_ingest_stores_a_file_named_twice_once(root: Path, tmp_path: Path) -> None:
+    """A file given again, by the same path or through a link, is the same snapshot:
+    stored once and said 'skipped' after (it was stored as a second version); a copy of
+    it is a file of its own, and an invalid file named again is rejected again."""
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_bytes(VALID_SAMPLES[0].read_bytes())
+    bad.write_bytes(INVALID_SAMPLES[0].read_bytes())
+    link, copy = tmp_path / "link.json", tmp_path / "copy.json"
+    link.symlink_to(good)
+    copy.write_bytes(good.read_bytes())
+    done = run_cli(root, "ingest", str(good), str(bad), str(good), str(link), str(bad), str(copy))
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(" ")[0] for line in lines] == [
+        "stored",
+        "rejected",
+        "skipped",
+        "skipped",
+        "rejected",
+        "stored",
+    ], lines
+    first = versions(root / "console-usage-history")[0]
+    assert lines[2] == f"skipped {good}: the same file as {good}, stored as {first}"
+    assert lines[3] == f"skipped {link}: the same file as {good}, stored as {first}"
+    assert len(versions(root / "console-usage-history")) == 2
+
+
 def test_ingest_missing_file_and_over_max_bytes(root: Path, valid_payload: bytes) -> None:
     big = root / "big.json"
     big.write_bytes(valid_payload)
