@@ -662,6 +662,28 @@ def _waiting_for_input(pid: int) -> bool:
     return "poll" in where or "select" in where
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="mounting a tmpfs needs root")
+def test_submit_into_a_spool_whose_tmp_is_a_mount_says_why_it_cannot(
+    root: Path, valid_payload: bytes
+) -> None:
+    """A drop is written in SPOOL/tmp/ and renamed in: with another filesystem mounted
+    there no rename can cross, and the refusal says so (it was the rename's EXDEV
+    alone); nothing is left in the spool or its tmp/."""
+    snapshot = root / "snapshot.json"
+    snapshot.write_bytes(valid_payload)
+    spool = root / "spool"
+    with tmpfs(spool / "tmp"):
+        done = run_cli(root, "submit", "--name", "one.json", str(snapshot))
+        assert done.returncode == 1, done.stdout
+        assert done.stderr == (
+            f"error: cannot link {spool / 'one.json'}: Invalid cross-device link [EXDEV] "
+            f"({spool / 'tmp'}, where a drop is written before it is renamed in, is another "
+            "filesystem than the spool: make it a plain folder)\n"
+        )
+        assert os.listdir(spool / "tmp") == []
+    assert os.listdir(spool) == ["tmp"]
+
+
 def test_submit_from_a_non_blocking_stdin_waits_for_the_payload(root: Path) -> None:
     """Standard input left non-blocking by whoever shares it answers 'nothing yet' while
     the writer is still to write: the payload is waited for, not judged empty (it was

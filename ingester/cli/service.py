@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import select
 import sys
@@ -254,6 +255,12 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     except FileExistsError as exc:
         raise fail(f"{exc.filename}: a drop of that name is still waiting") from None
     except StorageError as exc:
+        if exc.errno == errno.EXDEV:
+            # A mount on SPOOL/tmp (a tmpfs, say): no drop staged there can be renamed in.
+            raise fail(
+                f"{exc} ({s.spool_dir / 'tmp'}, where a drop is written before it is renamed "
+                "in, is another filesystem than the spool: make it a plain folder)"
+            ) from None
         raise fail(str(exc)) from None
     # The drop is published and will be stored: a failure said now would have the
     # writer submit it again.
