@@ -19,7 +19,12 @@ from support import INVALID_SAMPLES, IS_ROOT, VALID_SAMPLES, cli_env, run_cli, w
 from support.capabilities import immutable, other_user_problem, others_folder, run_as_other, tmpfs
 
 from ingester.history.lock import HistoryLock
-from ingester.history.names import format_timestamp, is_version_name, parse_timestamp_from_filename
+from ingester.history.names import (
+    format_timestamp,
+    generate_version_filename,
+    is_version_name,
+    parse_timestamp_from_filename,
+)
 
 SIX_KEYS = [
     "versionCount",
@@ -186,6 +191,33 @@ def test_ingest_stores_a_file_named_twice_once(root: Path, tmp_path: Path) -> No
     assert lines[2] == f"skipped {good}: the same file as {good}, stored as {first}"
     assert lines[3] == f"skipped {link}: the same file as {good}, stored as {first}"
     assert len(versions(root / "console-usage-history")) == 2
+
+
+def test_ingest_rejects_a_drop_still_waiting_in_the_spool(root: Path, tmp_path: Path) -> None:
+    """A drop waiting in the spool (or claimed by a watcher that stopped) is stored by the
+    watcher's next start: ingested by hand as well, by any path, it was stored twice. A
+    file there that is no drop, and one in the quarantine, are ingested as any other."""
+    payload = VALID_SAMPLES[0].read_bytes()
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    # A claim is named as the version it becomes.
+    drop, claimed = spool / "a.json", spool / ".claimed" / generate_version_filename()
+    claimed.parent.mkdir(exist_ok=True)
+    for path in (drop, claimed, spool / "notes.txt", spool / "rejected" / "fixed.json"):
+        path.write_bytes(payload)
+    (tmp_path / "spool-link").symlink_to(spool)
+    (tmp_path / "drop-link.json").symlink_to(drop)
+    through = [tmp_path / "spool-link" / "a.json", tmp_path / "drop-link.json"]
+    args = [drop, *through, claimed, spool / "notes.txt", spool / "rejected" / "fixed.json"]
+    done = run_cli(root, "ingest", *map(str, args))
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    for path, line in zip(args[:4], lines, strict=False):
+        assert line == f"rejected {path}: a drop waiting in {spool}; the watcher takes it"
+    assert [line.split(" ")[0] for line in lines[4:]] == ["stored", "stored"], lines
+    assert run_cli(root, "watch", "--once").returncode == 0
+    # The two drops stored once each, by the watcher; the two other files by ingest.
+    assert len(versions(root / "console-usage-history")) == 4
 
 
 def test_ingest_missing_file_and_over_max_bytes(root: Path, valid_payload: bytes) -> None:

@@ -10,6 +10,7 @@ import errno
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ from ..errors import NotRegularFile, PayloadRejected, StorageError, os_cause
 from ..history.cleanup import CleanupIncomplete
 from ..history.names import format_timestamp
 from ..history.store import CacheNotRefreshed
-from ..intake.spool import Spool
+from ..intake.spool import Spool, is_drop_name
 from ..ops.queries import ReportError, open_store
 from ..payload.gate import check_payload
 from ..runtime.signals import StopFlag, ignore_stop_signals, on_stop_signals
@@ -161,7 +162,8 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
 
     Prints one line per file. Exits 1 if any file was rejected or unreadable; the
     valid ones are stored all the same. A file named again (by any path) is stored
-    once, and said 'skipped' the second time. Once a file is stored, a failure of the caches
+    once, and said 'skipped' the second time. A drop waiting in the spool is rejected:
+    the watcher takes it. Once a file is stored, a failure of the caches
     or of retention after it is a warning (exit 0): a retry would store it twice. A stop
     (Ctrl-C, SIGTERM, SIGHUP) ends the run after the file in hand, saying which were
     not stored (exit 1); once the last file is stored, it changes nothing. A file the
@@ -190,12 +192,19 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
     # The files stored, by identity: one named twice (by the same path or another, a
     # link) is one snapshot, and a second version of it would be an ingest twice.
     seen: dict[tuple[int, int, int, int], tuple[Path, str]] = {}
+    spool = Spool(s.spool_dir, s.rejected_dir)
     with writing_store(s, "ingest") as store:
         for n, path in enumerate(files):
             if stop.is_set():
                 left = len(files) - n
                 say(f"stopped: {left} file(s) not stored, from {path} on", err=True)
                 raise click.exceptions.Exit(1)
+            if _waiting_drop(path, spool):
+                # The watcher stores it at its next start: ingested as well, it would be
+                # stored twice.
+                rejected += 1
+                say(f"rejected {path}: a drop waiting in {spool.dir}; the watcher takes it")
+                continue
             try:
                 data = read_limited(path, s.max_bytes, regular_only=True)
                 # The gate, not the model: the same verdict, without loading pydantic's model
@@ -250,6 +259,28 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
             say(f"warning: stored, retention not applied: {exc}", err=True)
     if rejected:
         raise click.exceptions.Exit(1)
+
+
+def _waiting_drop(path: Path, spool: Spool) -> bool:
+    """Whether ``path`` (by any path to it) is a drop in ``spool`` or one its watcher
+    has claimed and not stored yet."""
+    real = Path(os.path.realpath(path))
+    folder = _folder_id(real.parent)
+    if folder is None:
+        return False
+    if folder == _folder_id(spool.claimed_dir):
+        return True
+    return folder == _folder_id(spool.dir) and is_drop_name(real.name)
+
+
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    """The folder ``path`` as (device, inode), whatever path reaches it; ``None`` when it
+    is no folder that can be looked at."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
