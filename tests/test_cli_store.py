@@ -658,6 +658,30 @@ def test_ingest_whose_output_fails_stops_and_says_what_it_stored(root: Path) -> 
 # -- submit -------------------------------------------------------------------------------
 
 
+def test_submit_under_the_name_of_a_folder_in_the_spool_says_it_is_a_folder(
+    root: Path, valid_payload: bytes
+) -> None:
+    """The watcher leaves a folder named ``*.json`` where it is: the name never comes
+    free, and the refusal says why (it said a drop of that name was still waiting, to be
+    waited for in vain). A drop that waits is still said as one."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    (spool / "d.json").mkdir()
+    (spool / "w.json").write_bytes(valid_payload)
+    snapshot = root / "snapshot.json"
+    snapshot.write_bytes(valid_payload)
+    folder = run_cli(root, "submit", "--name", "d.json", str(snapshot))
+    assert (folder.returncode, folder.stdout) == (1, "")
+    assert folder.stderr == (
+        f"error: {spool / 'd.json'}: a folder has that name (never a drop, never taken); "
+        "choose another name\n"
+    )
+    waiting = run_cli(root, "submit", "--name", "w.json", str(snapshot))
+    assert waiting.returncode == 1
+    assert waiting.stderr == f"error: {spool / 'w.json'}: a drop of that name is still waiting\n"
+    assert sorted(os.listdir(spool / "d.json")) == []
+
+
 @pytest.mark.parametrize(
     ("encoding", "words"),
     [

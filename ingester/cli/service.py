@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import select
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -253,7 +255,7 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     try:
         path = Spool(s.spool_dir, s.rejected_dir).submit(data, name or drop_name_for_now())
     except FileExistsError as exc:
-        raise fail(f"{exc.filename}: a drop of that name is still waiting") from None
+        raise fail(_name_taken(exc.filename)) from None
     except StorageError as exc:
         if exc.errno == errno.EXDEV:
             # A mount on SPOOL/tmp (a tmpfs, say): no drop staged there can be renamed in.
@@ -271,6 +273,18 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
         say(f"warning: {unprinted}: standard output is closed", err=True)
         return
     say_recorded(str(path), unprinted)
+
+
+def _name_taken(path: str) -> str:
+    """Why the drop name ``path`` is not free: a drop still waiting, or a folder, which
+    the watcher leaves where it is, so that the name never comes free by waiting."""
+    try:
+        is_folder = stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        is_folder = False
+    if is_folder:
+        return f"{path}: a folder has that name (never a drop, never taken); choose another name"
+    return f"{path}: a drop of that name is still waiting"
 
 
 class _Waiting:
