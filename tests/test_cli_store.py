@@ -658,6 +658,27 @@ def test_ingest_whose_output_fails_stops_and_says_what_it_stored(root: Path) -> 
 # -- submit -------------------------------------------------------------------------------
 
 
+def test_submit_of_a_drop_still_waiting_in_the_spool_is_refused(
+    root: Path, tmp_path: Path, valid_payload: bytes
+) -> None:
+    """Submitting a waiting drop again (by its path or through a link) made a second drop
+    of it, and both were stored. Refused, nothing dropped; --dry-run still judges it."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    (spool / "a.json").write_bytes(valid_payload)
+    (tmp_path / "link.json").symlink_to(spool / "a.json")
+    for given in (spool / "a.json", tmp_path / "link.json"):
+        done = run_cli(root, "submit", str(given))
+        assert (done.returncode, done.stdout) == (1, ""), done.stderr
+        assert done.stderr == (
+            f"error: {given} is a drop waiting in {spool}; the watcher takes it "
+            "(dropped again, it would be stored twice)\n"
+        )
+    judged = run_cli(root, "submit", "--dry-run", str(spool / "a.json"))
+    assert (judged.returncode, judged.stdout) == (0, f"valid {spool / 'a.json'}\n")
+    assert sorted(p.name for p in spool.glob("*.json")) == ["a.json"]
+
+
 def test_submit_under_the_name_of_a_folder_in_the_spool_says_it_is_a_folder(
     root: Path, valid_payload: bytes
 ) -> None:

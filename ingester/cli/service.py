@@ -38,6 +38,7 @@ __all__ = [
     "refuse_unsafe_latest",
     "serve_watch_loop_options",
     "submit",
+    "waiting_drop",
     "watch",
     "watch_loop_options",
 ]
@@ -226,6 +227,11 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
         raise click.BadParameter(
             "must end in .json, not start with '.', and contain no '/'", param_hint="--name"
         )
+    if not dry_run and source != "-" and waiting_drop(Path(source), s.spool_dir):
+        raise fail(
+            f"{source} is a drop waiting in {s.spool_dir}; the watcher takes it "
+            "(dropped again, it would be stored twice)"
+        )
     try:
         if source == "-":
             if sys.stdin is None:
@@ -273,6 +279,32 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
         say(f"warning: {unprinted}: standard output is closed", err=True)
         return
     say_recorded(str(path), unprinted)
+
+
+def waiting_drop(path: Path, spool_dir: Path) -> bool:
+    """Whether ``path`` (by any path to it: a symlink, a bind mount) is a drop waiting in
+    the spool ``spool_dir``, or one its watcher has claimed and not stored yet: the
+    watcher stores it, and a copy stored or dropped besides would store it twice."""
+    from ..intake.spool import Spool, is_drop_name
+
+    real = Path(os.path.realpath(path))
+    folder = _folder_id(real.parent)
+    if folder is None:
+        return False
+    spool = Spool(spool_dir)
+    if folder == _folder_id(spool.claimed_dir):
+        return True
+    return folder == _folder_id(spool.dir) and is_drop_name(real.name)
+
+
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    """The folder ``path`` as (device, inode), whatever path reaches it; ``None`` when it
+    is no folder that can be looked at."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 def _name_taken(path: str) -> str:

@@ -10,7 +10,6 @@ import errno
 import json
 import logging
 import os
-import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ from ..errors import NotRegularFile, PayloadRejected, StorageError, os_cause
 from ..history.cleanup import CleanupIncomplete
 from ..history.names import format_timestamp
 from ..history.store import CacheNotRefreshed
-from ..intake.spool import Spool, is_drop_name
+from ..intake.spool import Spool
 from ..ops.queries import ReportError, open_store
 from ..payload.gate import check_payload
 from ..runtime.signals import StopFlag, ignore_stop_signals, on_stop_signals
@@ -39,6 +38,7 @@ from .common import (
     writing_store,
 )
 from .quiet import SkipEvent
+from .service import waiting_drop
 
 __all__ = ["adopt", "cleanup", "ingest", "init"]
 
@@ -199,7 +199,7 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
                 left = len(files) - n
                 say(f"stopped: {left} file(s) not stored, from {path} on", err=True)
                 raise click.exceptions.Exit(1)
-            if _waiting_drop(path, spool):
+            if waiting_drop(path, spool.dir):
                 # The watcher stores it at its next start: ingested as well, it would be
                 # stored twice.
                 rejected += 1
@@ -259,28 +259,6 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
             say(f"warning: stored, retention not applied: {exc}", err=True)
     if rejected:
         raise click.exceptions.Exit(1)
-
-
-def _waiting_drop(path: Path, spool: Spool) -> bool:
-    """Whether ``path`` (by any path to it) is a drop in ``spool`` or one its watcher
-    has claimed and not stored yet."""
-    real = Path(os.path.realpath(path))
-    folder = _folder_id(real.parent)
-    if folder is None:
-        return False
-    if folder == _folder_id(spool.claimed_dir):
-        return True
-    return folder == _folder_id(spool.dir) and is_drop_name(real.name)
-
-
-def _folder_id(path: Path) -> tuple[int, int] | None:
-    """The folder ``path`` as (device, inode), whatever path reaches it; ``None`` when it
-    is no folder that can be looked at."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
