@@ -216,7 +216,8 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     The payload is validated first: an invalid one is refused with the reasons (exit 1)
     and nothing is dropped. The file is written into SPOOL/tmp/, fsynced, then linked
     into the spool, so the watcher never sees a partial drop. A drop of the same name
-    still waiting is never replaced: that is refused (exit 1). With --dry-run the payload
+    still waiting is never replaced: that is refused (exit 1), and so is a FILE that is
+    itself a drop still waiting in the spool. With --dry-run the payload
     is only judged (a scraper's CI can check its output): nothing is dropped.
     """
     from ..intake.spool import Spool, drop_name_for_now, is_drop_name
