@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -12,11 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import INVALID_SAMPLES, IS_ROOT, VALID_SAMPLES, run_cli
+from support import INVALID_SAMPLES, IS_ROOT, VALID_SAMPLES, cli_env, run_cli, wait_for
 from support.capabilities import immutable, other_user_problem, others_folder, run_as_other, tmpfs
 
 from ingester.history.lock import HistoryLock
-from ingester.history.names import format_timestamp, is_version_name, parse_timestamp_from_filename
+from ingester.history.names import (
+    format_timestamp,
+    generate_version_filename,
+    is_version_name,
+    parse_timestamp_from_filename,
+)
 
 SIX_KEYS = [
     "versionCount",
@@ -156,6 +164,60 @@ def test_ingest_exits_1_listing_each_rejection(root: Path) -> None:
     assert "lastUpdated" in done.stdout
     # The valid one is stored all the same.
     assert len(versions(root / "console-usage-history")) == 1
+
+
+def test_ingest_stores_a_file_named_twice_once(root: Path, tmp_path: Path) -> None:
+    """A file given again, by the same path or through a link, is the same snapshot:
+    stored once and said 'skipped' after (it was stored as a second version); a copy of
+    it is a file of its own, and an invalid file named again is rejected again."""
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_bytes(VALID_SAMPLES[0].read_bytes())
+    bad.write_bytes(INVALID_SAMPLES[0].read_bytes())
+    link, copy = tmp_path / "link.json", tmp_path / "copy.json"
+    link.symlink_to(good)
+    copy.write_bytes(good.read_bytes())
+    done = run_cli(root, "ingest", str(good), str(bad), str(good), str(link), str(bad), str(copy))
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(" ")[0] for line in lines] == [
+        "stored",
+        "rejected",
+        "skipped",
+        "skipped",
+        "rejected",
+        "stored",
+    ], lines
+    first = versions(root / "console-usage-history")[0]
+    assert lines[2] == f"skipped {good}: the same file as {good}, stored as {first}"
+    assert lines[3] == f"skipped {link}: the same file as {good}, stored as {first}"
+    assert len(versions(root / "console-usage-history")) == 2
+
+
+def test_ingest_rejects_a_drop_still_waiting_in_the_spool(root: Path, tmp_path: Path) -> None:
+    """A drop waiting in the spool (or claimed by a watcher that stopped) is stored by the
+    watcher's next start: ingested by hand as well, by any path, it was stored twice. A
+    file there that is no drop, and one in the quarantine, are ingested as any other."""
+    payload = VALID_SAMPLES[0].read_bytes()
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    # A claim is named as the version it becomes.
+    drop, claimed = spool / "a.json", spool / ".claimed" / generate_version_filename()
+    claimed.parent.mkdir(exist_ok=True)
+    for path in (drop, claimed, spool / "notes.txt", spool / "rejected" / "fixed.json"):
+        path.write_bytes(payload)
+    (tmp_path / "spool-link").symlink_to(spool)
+    (tmp_path / "drop-link.json").symlink_to(drop)
+    through = [tmp_path / "spool-link" / "a.json", tmp_path / "drop-link.json"]
+    args = [drop, *through, claimed, spool / "notes.txt", spool / "rejected" / "fixed.json"]
+    done = run_cli(root, "ingest", *map(str, args))
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    for path, line in zip(args[:4], lines, strict=False):
+        assert line == f"rejected {path}: a drop waiting in {spool}; the watcher takes it"
+    assert [line.split(" ")[0] for line in lines[4:]] == ["stored", "stored"], lines
+    assert run_cli(root, "watch", "--once").returncode == 0
+    # The two drops stored once each, by the watcher; the two other files by ingest.
+    assert len(versions(root / "console-usage-history")) == 4
 
 
 def test_ingest_missing_file_and_over_max_bytes(root: Path, valid_payload: bytes) -> None:
@@ -559,6 +621,23 @@ def test_a_submit_whose_path_cannot_be_printed_still_says_it_dropped(root: Path)
     assert (root / "spool" / "one.json").read_bytes() == VALID_SAMPLES[0].read_bytes()
 
 
+def test_a_submit_started_with_stdout_closed_says_its_path_could_not_be_printed(
+    root: Path,
+) -> None:
+    """The drop is made (the scraper's aim), and the path that had nowhere to go is said
+    on stderr, as for a pipe closed by its reader (it went into /dev/null unsaid)."""
+    assert run_cli(root, "init").returncode == 0
+    closed = ("sh", "-c", 'exec "$@" >&-', "sh")
+    args = ("submit", "--name", "one.json", str(VALID_SAMPLES[0]))
+    done = run_cli(root, *args, wrapper=closed)
+    assert (done.returncode, done.stdout) == (0, ""), done.stderr
+    assert done.stderr == (
+        f"warning: dropped {root / 'spool' / 'one.json'}, but its path could not be printed: "
+        "standard output is closed\n"
+    )
+    assert (root / "spool" / "one.json").read_bytes() == VALID_SAMPLES[0].read_bytes()
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_ingest_whose_output_fails_stops_and_says_what_it_stored(root: Path) -> None:
     """The lines are the record of what was stored: once one cannot be printed, it is
@@ -574,3 +653,139 @@ def test_ingest_whose_output_fails_stops_and_says_what_it_stored(root: Path) -> 
     assert lines[1] == f"stopped: 1 file(s) not stored, from {second} on"
     versions = [p for p in (root / "console-usage-history").iterdir() if is_version_name(p.name)]
     assert [p.read_bytes() for p in versions] == [first.read_bytes()]
+
+
+# -- submit -------------------------------------------------------------------------------
+
+
+def test_submit_of_a_drop_still_waiting_in_the_spool_is_refused(
+    root: Path, tmp_path: Path, valid_payload: bytes
+) -> None:
+    """Submitting a waiting drop again (by its path or through a link) made a second drop
+    of it, and both were stored. Refused, nothing dropped; --dry-run still judges it."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    (spool / "a.json").write_bytes(valid_payload)
+    (tmp_path / "link.json").symlink_to(spool / "a.json")
+    for given in (spool / "a.json", tmp_path / "link.json"):
+        done = run_cli(root, "submit", str(given))
+        assert (done.returncode, done.stdout) == (1, ""), done.stderr
+        assert done.stderr == (
+            f"error: {given} is a drop waiting in {spool}; the watcher takes it "
+            "(dropped again, it would be stored twice)\n"
+        )
+    judged = run_cli(root, "submit", "--dry-run", str(spool / "a.json"))
+    assert (judged.returncode, judged.stdout) == (0, f"valid {spool / 'a.json'}\n")
+    assert sorted(p.name for p in spool.glob("*.json")) == ["a.json"]
+
+
+def test_submit_under_the_name_of_a_folder_in_the_spool_says_it_is_a_folder(
+    root: Path, valid_payload: bytes
+) -> None:
+    """The watcher leaves a folder named ``*.json`` where it is: the name never comes
+    free, and the refusal says why (it said a drop of that name was still waiting, to be
+    waited for in vain). A drop that waits is still said as one."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    (spool / "d.json").mkdir()
+    (spool / "w.json").write_bytes(valid_payload)
+    snapshot = root / "snapshot.json"
+    snapshot.write_bytes(valid_payload)
+    folder = run_cli(root, "submit", "--name", "d.json", str(snapshot))
+    assert (folder.returncode, folder.stdout) == (1, "")
+    assert folder.stderr == (
+        f"error: {spool / 'd.json'}: a folder has that name (never a drop, never taken); "
+        "choose another name\n"
+    )
+    waiting = run_cli(root, "submit", "--name", "w.json", str(snapshot))
+    assert waiting.returncode == 1
+    assert waiting.stderr == f"error: {spool / 'w.json'}: a drop of that name is still waiting\n"
+    assert sorted(os.listdir(spool / "d.json")) == []
+
+
+@pytest.mark.parametrize(
+    ("encoding", "words"),
+    [
+        ("utf-16", "UTF-16LE text, with a byte order mark"),  # Windows PowerShell 5.1's `>`
+        ("utf-16-le", "UTF-16LE text"),
+        ("utf-16-be", "UTF-16BE text"),
+        ("utf-32", "UTF-32LE text, with a byte order mark"),
+        ("utf-32-be", "UTF-32BE text"),
+    ],
+)
+def test_submit_names_utf16_and_utf32_text_for_what_it_is(
+    root: Path, encoding: str, words: str
+) -> None:
+    """A payload in UTF-16 or UTF-32 is refused saying so (it was 'not valid UTF-8 (byte
+    0)', or without a byte order mark a property name expected at column 2: the text's
+    every other byte is a NUL, valid UTF-8 but no JSON)."""
+    snapshot = root / "snapshot.json"
+    snapshot.write_bytes(VALID_SAMPLES[0].read_text().encode(encoding))
+    done = run_cli(root, "submit", str(snapshot))
+    assert done.returncode == 1, done.stdout
+    assert done.stderr == (
+        f"refused {snapshot}: not valid UTF-8: it is {words}; a payload is UTF-8 without a BOM\n"
+    )
+    assert not (root / "spool").exists() or not list((root / "spool").glob("*.json"))
+
+
+def _waiting_for_input(pid: int) -> bool:
+    """Whether process ``pid`` sleeps in select or poll (the kernel's wait for input)."""
+    try:
+        with open(f"/proc/{pid}/wchan") as wchan:
+            where = wchan.read()
+    except OSError:
+        return False
+    return "poll" in where or "select" in where
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounting a tmpfs needs root")
+def test_submit_into_a_spool_whose_tmp_is_a_mount_says_why_it_cannot(
+    root: Path, valid_payload: bytes
+) -> None:
+    """A drop is written in SPOOL/tmp/ and renamed in: with another filesystem mounted
+    there no rename can cross, and the refusal says so (it was the rename's EXDEV
+    alone); nothing is left in the spool or its tmp/."""
+    snapshot = root / "snapshot.json"
+    snapshot.write_bytes(valid_payload)
+    spool = root / "spool"
+    with tmpfs(spool / "tmp"):
+        done = run_cli(root, "submit", "--name", "one.json", str(snapshot))
+        assert done.returncode == 1, done.stdout
+        assert done.stderr == (
+            f"error: cannot link {spool / 'one.json'}: Invalid cross-device link [EXDEV] "
+            f"({spool / 'tmp'}, where a drop is written before it is renamed in, is another "
+            "filesystem than the spool: make it a plain folder)\n"
+        )
+        assert os.listdir(spool / "tmp") == []
+    assert os.listdir(spool) == ["tmp"]
+
+
+def test_submit_from_a_non_blocking_stdin_waits_for_the_payload(root: Path) -> None:
+    """Standard input left non-blocking by whoever shares it answers 'nothing yet' while
+    the writer is still to write: the payload is waited for, not judged empty (it was
+    refused as 'not JSON: empty (no bytes)', and a half-written one as cut short)."""
+    payload = VALID_SAMPLES[0].read_bytes()
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.write(write_end, payload[:10])
+    with subprocess.Popen(
+        [sys.executable, "-m", "ingester", "--root", str(root), "submit", "--name", "a.json", "-"],
+        stdin=read_end,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    ) as proc:
+        os.close(read_end)
+        try:
+            # Until the command waits for more, or ends having judged what it read.
+            wait_for(lambda: proc.poll() is not None or _waiting_for_input(proc.pid), 60)
+            with contextlib.suppress(BrokenPipeError):
+                os.write(write_end, payload[10:])
+        finally:
+            os.close(write_end)
+        out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (0, ""), err
+    assert out == f"{root / 'spool' / 'a.json'}\n"
+    assert (root / "spool" / "a.json").read_bytes() == payload

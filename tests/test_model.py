@@ -214,6 +214,24 @@ def test_hostile_bytes_are_rejected(data: bytes) -> None:
 
 
 @pytest.mark.parametrize(
+    ("given", "words"),
+    [
+        (VALID_TEXT, "not str: encode the text as UTF-8 first"),
+        (memoryview(VALID_TEXT.encode()), "not memoryview"),
+        (None, "not NoneType"),
+    ],
+    ids=["text", "memoryview", "None"],
+)
+def test_judge_payload_given_anything_but_bytes_says_it_takes_bytes(given: Any, words: str) -> None:
+    """The documented call is ``judge_payload(bytes)``; text read with ``read_text()``
+    was a TypeError about ``startswith`` (or an AttributeError), naming nothing of it."""
+    with pytest.raises(TypeError) as caught:
+        judge_payload(given)
+    assert str(caught.value) == f"judge_payload takes the payload's bytes, {words}"
+    assert judge_payload(bytearray(VALID_TEXT.encode())).lastUpdated
+
+
+@pytest.mark.parametrize(
     "escape",
     ["\\ud800", "\\uDFFF", "\\ud83d\\ud83d", "x\\ude00"],
     ids=["high", "low", "two", "low after"],

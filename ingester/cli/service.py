@@ -4,11 +4,15 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import select
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import click
 
@@ -19,6 +23,7 @@ from ..runtime.signals import ignore_stop_signals
 from ..settings.bounds import RESCAN_INTERVAL, RETRY_MAX, SETTLE
 from ..settings.watch import WatchOptions
 from .common import (
+    CLOSED_AT_START,
     App,
     BoundedFloat,
     PathParam,
@@ -33,6 +38,7 @@ __all__ = [
     "refuse_unsafe_latest",
     "serve_watch_loop_options",
     "submit",
+    "waiting_drop",
     "watch",
     "watch_loop_options",
 ]
@@ -210,7 +216,8 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     The payload is validated first: an invalid one is refused with the reasons (exit 1)
     and nothing is dropped. The file is written into SPOOL/tmp/, fsynced, then linked
     into the spool, so the watcher never sees a partial drop. A drop of the same name
-    still waiting is never replaced: that is refused (exit 1). With --dry-run the payload
+    still waiting is never replaced: that is refused (exit 1), and so is a FILE that is
+    itself a drop still waiting in the spool. With --dry-run the payload
     is only judged (a scraper's CI can check its output): nothing is dropped.
     """
     from ..intake.spool import Spool, drop_name_for_now, is_drop_name
@@ -221,11 +228,16 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
         raise click.BadParameter(
             "must end in .json, not start with '.', and contain no '/'", param_hint="--name"
         )
+    if not dry_run and source != "-" and waiting_drop(Path(source), s.spool_dir):
+        raise fail(
+            f"{source} is a drop waiting in {s.spool_dir}; the watcher takes it "
+            "(dropped again, it would be stored twice)"
+        )
     try:
         if source == "-":
             if sys.stdin is None:
                 raise fail("cannot read standard input: it is closed")
-            data = read_stream(sys.stdin.buffer, s.max_bytes)
+            data = read_stream(_waiting(sys.stdin.buffer), s.max_bytes)
         else:
             data = read_limited(Path(source), s.max_bytes)
     except OSError as exc:
@@ -250,9 +262,89 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     try:
         path = Spool(s.spool_dir, s.rejected_dir).submit(data, name or drop_name_for_now())
     except FileExistsError as exc:
-        raise fail(f"{exc.filename}: a drop of that name is still waiting") from None
+        raise fail(_name_taken(exc.filename)) from None
     except StorageError as exc:
+        if exc.errno == errno.EXDEV:
+            # A mount on SPOOL/tmp (a tmpfs, say): no drop staged there can be renamed in.
+            raise fail(
+                f"{exc} ({s.spool_dir / 'tmp'}, where a drop is written before it is renamed "
+                "in, is another filesystem than the spool: make it a plain folder)"
+            ) from None
         raise fail(str(exc)) from None
     # The drop is published and will be stored: a failure said now would have the
     # writer submit it again.
-    say_recorded(str(path), f"dropped {path}, but its path could not be printed")
+    unprinted = f"dropped {path}, but its path could not be printed"
+    if 1 in CLOSED_AT_START:
+        # Given /dev/null at start, stdout takes the path without an error: said here, as
+        # a pipe closed by its reader has it said.
+        say(f"warning: {unprinted}: standard output is closed", err=True)
+        return
+    say_recorded(str(path), unprinted)
+
+
+def waiting_drop(path: Path, spool_dir: Path) -> bool:
+    """Whether ``path`` (by any path to it: a symlink, a bind mount) is a drop waiting in
+    the spool ``spool_dir``, or one its watcher has claimed and not stored yet: the
+    watcher stores it, and a copy stored or dropped besides would store it twice."""
+    from ..intake.spool import Spool, is_drop_name
+
+    real = Path(os.path.realpath(path))
+    folder = _folder_id(real.parent)
+    if folder is None:
+        return False
+    spool = Spool(spool_dir)
+    if folder == _folder_id(spool.claimed_dir):
+        return True
+    return folder == _folder_id(spool.dir) and is_drop_name(real.name)
+
+
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    """The folder ``path`` as (device, inode), whatever path reaches it; ``None`` when it
+    is no folder that can be looked at."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+def _name_taken(path: str) -> str:
+    """Why the drop name ``path`` is not free: a drop still waiting, or a folder, which
+    the watcher leaves where it is, so that the name never comes free by waiting."""
+    try:
+        is_folder = stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        is_folder = False
+    if is_folder:
+        return f"{path}: a folder has that name (never a drop, never taken); choose another name"
+    return f"{path}: a drop of that name is still waiting"
+
+
+class _Waiting:
+    """A binary stream whose reads wait for input, on a descriptor set non-blocking.
+
+    Non-blocking mode belongs to the open file, shared with whoever else holds it (a
+    terminal, a pipe another program made non-blocking): its read then answers ``None``
+    while the writer has not written yet, which a read loop takes for the end of the
+    input, so a payload still being written was judged cut short or empty.
+    """
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes, ``b""`` at the end of the input; raises ``OSError``."""
+        while True:
+            try:
+                chunk: bytes | None = self._handle.read(size)
+            except BlockingIOError:  # what io's documentation allows in place of None
+                chunk = None
+            if chunk is not None:
+                return chunk
+            select.select([self._handle], [], [])
+
+
+def _waiting(handle: IO[bytes]) -> IO[bytes]:
+    """``handle`` read as :func:`read_stream` reads it, waiting for input that is late."""
+    # read_stream calls read() alone: _Waiting has all of IO[bytes] it uses.
+    return cast(IO[bytes], _Waiting(handle))

@@ -38,6 +38,7 @@ from .common import (
     writing_store,
 )
 from .quiet import SkipEvent
+from .service import waiting_drop
 
 __all__ = ["adopt", "cleanup", "ingest", "init"]
 
@@ -160,7 +161,9 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
     """Validate FILES and store each as a new version (the files are copied, not moved).
 
     Prints one line per file. Exits 1 if any file was rejected or unreadable; the
-    valid ones are stored all the same. Once a file is stored, a failure of the caches
+    valid ones are stored all the same. A file named again (by any path) is stored
+    once, and said 'skipped' the second time. A drop waiting in the spool is rejected:
+    the watcher takes it. Once a file is stored, a failure of the caches
     or of retention after it is a warning (exit 0): a retry would store it twice. A stop
     (Ctrl-C, SIGTERM, SIGHUP) ends the run after the file in hand, saying which were
     not stored (exit 1); once the last file is stored, it changes nothing. A file the
@@ -186,12 +189,22 @@ def ingest(app: App, files: tuple[Path, ...]) -> None:
 
 def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
     rejected = stored = 0
+    # The files stored, by identity: one named twice (by the same path or another, a
+    # link) is one snapshot, and a second version of it would be an ingest twice.
+    seen: dict[tuple[int, int, int, int], tuple[Path, str]] = {}
+    spool = Spool(s.spool_dir, s.rejected_dir)
     with writing_store(s, "ingest") as store:
         for n, path in enumerate(files):
             if stop.is_set():
                 left = len(files) - n
                 say(f"stopped: {left} file(s) not stored, from {path} on", err=True)
                 raise click.exceptions.Exit(1)
+            if waiting_drop(path, spool.dir):
+                # The watcher stores it at its next start: ingested as well, it would be
+                # stored twice.
+                rejected += 1
+                say(f"rejected {path}: a drop waiting in {spool.dir}; the watcher takes it")
+                continue
             try:
                 data = read_limited(path, s.max_bytes, regular_only=True)
                 # The gate, not the model: the same verdict, without loading pydantic's model
@@ -209,11 +222,19 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
                 rejected += 1
                 say(f"rejected {path}: {exc.reason}")
                 continue
+            same = _identity(path)
+            if same in seen:
+                first, name = seen[same]
+                line = f"skipped {path}: the same file as {first}, stored as {name}"
+                if not say_recorded(line, f"skipped {path}, but the output failed"):
+                    stop.set()
+                continue
             try:
                 version = store.save_version(data)
             except CacheNotRefreshed as exc:
                 # Past the commit point: stored. Saying "not stored" would invite a retry,
                 # and a retry would store the same payload twice.
+                _remember(seen, same, path, exc.version.name)
                 _say_stored(path, exc.version.name, len(data), stop)
                 say(f"warning: stored, cache not refreshed: {exc}", err=True)
                 stored += 1
@@ -225,6 +246,7 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
                 rest = files[n + 1 :]
                 more = f"; {len(rest)} more file(s) not stored, from {rest[0]} on" if rest else ""
                 raise fail(f"{path} not stored: {exc}{more}") from None
+            _remember(seen, same, path, version.name)
             _say_stored(path, version.name, len(data), stop)
             stored += 1
         try:
@@ -237,6 +259,26 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
             say(f"warning: stored, retention not applied: {exc}", err=True)
     if rejected:
         raise click.exceptions.Exit(1)
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """``path``'s file as (device, inode, size, mtime in ns); ``None`` if it cannot be
+    told (then it is never taken for another)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _remember(
+    seen: dict[tuple[int, int, int, int], tuple[Path, str]],
+    same: tuple[int, int, int, int] | None,
+    path: Path,
+    version: str,
+) -> None:
+    if same is not None:
+        seen[same] = (path, version)
 
 
 def _say_stored(path: Path, version: str, size: int, stop: StopFlag) -> None:

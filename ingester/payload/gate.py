@@ -390,6 +390,41 @@ def _depth_over(obj: Any, limit: int) -> bool:
     return False
 
 
+def _wide_encoding(data: bytes) -> str | None:
+    """What ``data`` is when it is UTF-16 or UTF-32 text (``"UTF-16LE text, with a byte
+    order mark"``), else ``None``.
+
+    JSON text never holds a NUL byte, and its first character is ASCII: the NULs among
+    the first four bytes tell the encoding (RFC 4627, section 3), with or without a
+    byte order mark. Windows PowerShell 5.1 writes UTF-16LE with a mark by default (its
+    ``>`` and ``Out-File``), and that text is mostly valid UTF-8 too, so without these
+    words its author reads about a property name at column 2, or about byte 0.
+    """
+    for mark, name in _WIDE_MARKS:
+        if data.startswith(mark):
+            return f"{name} text, with a byte order mark"
+    head = data[:4]
+    if len(head) < 4 or b"\x00" not in head:
+        return None
+    found = _WIDE_PATTERNS.get(tuple(byte == 0 for byte in head))
+    return None if found is None else f"{found} text"
+
+
+# Longest first: the UTF-32LE mark begins with the UTF-16LE one.
+_WIDE_MARKS = (
+    (b"\xff\xfe\x00\x00", "UTF-32LE"),
+    (b"\x00\x00\xfe\xff", "UTF-32BE"),
+    (b"\xff\xfe", "UTF-16LE"),
+    (b"\xfe\xff", "UTF-16BE"),
+)
+_WIDE_PATTERNS: dict[tuple[bool, ...], str] = {
+    (True, True, True, False): "UTF-32BE",
+    (False, True, True, True): "UTF-32LE",
+    (True, False, True, False): "UTF-16BE",
+    (False, True, False, True): "UTF-16LE",
+}
+
+
 def _parse(data: bytes, max_bytes: int | None) -> tuple[dict[str, Any], str]:
     """The byte rules: ``data`` as text holding one JSON object, not too deep.
 
@@ -399,6 +434,9 @@ def _parse(data: bytes, max_bytes: int | None) -> tuple[dict[str, Any], str]:
         raise PayloadRejected(f"drop is over the limit of {max_bytes} bytes")
     if data.startswith(_GZIP_MAGIC):
         raise PayloadRejected("not JSON: gzip-compressed bytes; send the JSON uncompressed")
+    wide = _wide_encoding(data)
+    if wide is not None:
+        raise PayloadRejected(f"not valid UTF-8: it is {wide}; a payload is UTF-8 without a BOM")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

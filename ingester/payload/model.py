@@ -99,6 +99,10 @@ def judge_payload(data: bytes, *, max_bytes: int | None = None) -> ConsoleUsageD
     """Validate ``data`` as a drop; raise :class:`PayloadRejected` naming what is wrong.
 
     The gate's rules and words (:func:`ingester.payload.gate.judge`), returning the model.
-    Raises nothing else, whatever the bytes hold.
+    Raises nothing else, whatever the bytes hold; ``TypeError`` for anything but bytes
+    (the rules are about bytes: UTF-8, no byte order mark, the size).
     """
+    if not isinstance(data, bytes | bytearray):
+        hint = ": encode the text as UTF-8 first" if isinstance(data, str) else ""
+        raise TypeError(f"judge_payload takes the payload's bytes, not {type(data).__name__}{hint}")
     return judge(data, max_bytes, ConsoleUsageDataSync.model_validate_json)
