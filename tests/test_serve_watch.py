@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -420,6 +421,43 @@ def test_when_the_watcher_stops_on_its_own_serve_stops_with_1(root: Path) -> Non
         code = server.proc.wait(30)
     assert code == 1
     assert "serve stops too" in server.log
+
+
+def test_a_watcher_that_stops_on_its_own_sends_stopping_before_the_server_winds_down(
+    root: Path,
+) -> None:
+    """The stop begins when the watcher ends: systemd hears ``STOPPING=1`` (and why) then,
+    not only once the requests in flight have finished, up to the grace period later."""
+    with NotifyListener() as listener:
+        env = {"NOTIFY_SOCKET": listener.address}
+        server = ServeProcess(root, "--watch", "--body-timeout", "60", env=env)
+        try:
+            alive = lambda: server.proc.poll() is None  # noqa: E731
+            listener.wait_for(lambda m: "READY" in m.fields, 60, "READY=1", alive)
+            server.start()
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as held:
+                # A POST whose body never comes whole: in flight until the grace ends.
+                held.sendall(
+                    f"POST {API} HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 400\r\n\r\n{".encode()
+                )
+                wait_for(
+                    lambda: "ingester_http_connections_open 2.0" in server.get("/metrics").text,
+                    10,
+                    "the held POST",
+                )
+                (root / "console-usage-history").rename(root / "moved-away")
+                stopping = listener.wait_for(
+                    lambda m: "STOPPING" in m.fields, 30, "STOPPING=1", alive
+                )
+                held.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    held.recv(1)  # still unanswered: the server is winding down
+            assert "the watcher stopped" in stopping.fields["STATUS"], stopping.fields
+            assert server.proc.wait(30) == 1
+        finally:
+            server.kill()
+    assert sum("STOPPING" in m.fields for m in listener.messages) == 1
 
 
 WATCH_ONLY = ("--polling", "--rescan-interval", "--retry-max", "--settle", "--drain-timeout")
