@@ -474,6 +474,18 @@ def test_watch_options_need_watch_and_their_help_says_so(root: Path) -> None:
         assert "[with --watch only]" in " ".join(entry.split()), entry
 
 
+def test_serve_help_names_every_stop_signal_and_the_watcher_stopping_on_its_own(
+    root: Path,
+) -> None:
+    """What the help says of the stop and the exit codes is what serve does (and what
+    docs/serve.md says): SIGHUP starts the drain as SIGTERM does, and a watcher that stops
+    on its own ends the process with 1."""
+    text = " ".join(run_cli(root, "serve", "--help").stdout.split())
+    drain = text.split("--drain-timeout S", 1)[1].split(" --", 1)[0]
+    assert "SIGTERM/SIGINT/SIGHUP" in drain, drain
+    assert "stops on its own" in text.split("Options:", 1)[0], text
+
+
 def test_serve_watch_with_polling_stores_a_post(root: Path) -> None:
     with ServeProcess(root, "--watch", "--polling", "--settle", "0.2") as server:
         r = server.post(API, content=fresh_payload(seq=5), headers=HEADERS)
