@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -422,6 +423,43 @@ def test_when_the_watcher_stops_on_its_own_serve_stops_with_1(root: Path) -> Non
     assert "serve stops too" in server.log
 
 
+def test_a_watcher_that_stops_on_its_own_sends_stopping_before_the_server_winds_down(
+    root: Path,
+) -> None:
+    """The stop begins when the watcher ends: systemd hears ``STOPPING=1`` (and why) then,
+    not only once the requests in flight have finished, up to the grace period later."""
+    with NotifyListener() as listener:
+        env = {"NOTIFY_SOCKET": listener.address}
+        server = ServeProcess(root, "--watch", "--body-timeout", "60", env=env)
+        try:
+            alive = lambda: server.proc.poll() is None  # noqa: E731
+            listener.wait_for(lambda m: "READY" in m.fields, 60, "READY=1", alive)
+            server.start()
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as held:
+                # A POST whose body never comes whole: in flight until the grace ends.
+                held.sendall(
+                    f"POST {API} HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 400\r\n\r\n{".encode()
+                )
+                wait_for(
+                    lambda: "ingester_http_connections_open 2.0" in server.get("/metrics").text,
+                    10,
+                    "the held POST",
+                )
+                (root / "console-usage-history").rename(root / "moved-away")
+                stopping = listener.wait_for(
+                    lambda m: "STOPPING" in m.fields, 30, "STOPPING=1", alive
+                )
+                held.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    held.recv(1)  # still unanswered: the server is winding down
+            assert "the watcher stopped" in stopping.fields["STATUS"], stopping.fields
+            assert server.proc.wait(30) == 1
+        finally:
+            server.kill()
+    assert sum("STOPPING" in m.fields for m in listener.messages) == 1
+
+
 WATCH_ONLY = ("--polling", "--rescan-interval", "--retry-max", "--settle", "--drain-timeout")
 
 
@@ -434,6 +472,18 @@ def test_watch_options_need_watch_and_their_help_says_so(root: Path) -> None:
     for option in WATCH_ONLY:
         entry = text.split(f"  {option}", 1)[1].split("\n  --", 1)[0]
         assert "[with --watch only]" in " ".join(entry.split()), entry
+
+
+def test_serve_help_names_every_stop_signal_and_the_watcher_stopping_on_its_own(
+    root: Path,
+) -> None:
+    """What the help says of the stop and the exit codes is what serve does (and what
+    docs/serve.md says): SIGHUP starts the drain as SIGTERM does, and a watcher that stops
+    on its own ends the process with 1."""
+    text = " ".join(run_cli(root, "serve", "--help").stdout.split())
+    drain = text.split("--drain-timeout S", 1)[1].split(" --", 1)[0]
+    assert "SIGTERM/SIGINT/SIGHUP" in drain, drain
+    assert "stops on its own" in text.split("Options:", 1)[0], text
 
 
 def test_serve_watch_with_polling_stores_a_post(root: Path) -> None:

@@ -89,7 +89,7 @@ def _find_program(name: str) -> str | None:
     default=DRAIN_S,
     show_default=True,
     metavar="S",
-    help="At SIGTERM/SIGINT, once the server has stopped taking requests, the watcher "
+    help="At SIGTERM/SIGINT/SIGHUP, once the server has stopped taking requests, the watcher "
     "stores what waits in the spool for at most S seconds before it stops; what is left "
     "is stored at the next start. [with --watch only]",
 )
@@ -206,8 +206,8 @@ def serve(
     /api/claude/console-usage/trigger runs --trigger-command. Exits 0 on SIGTERM/SIGINT/SIGHUP
     (one ignored at its start, as under nohup, stays ignored; requests in flight and the
     drop in hand finished), 1 when the address cannot be bound, the sockets systemd
-    passes cannot be served, the key file cannot be read or the watcher cannot start.
-    See docs/serve.md.
+    passes cannot be served, the key file cannot be read, or (with --watch) the watcher
+    cannot start or stops on its own (the server stops with it). See docs/serve.md.
     """
     from ..serve.auth import load_api_key
     from ..serve.context import ServeConfig

@@ -193,6 +193,12 @@ async def supervise(
                 watcher.code,
             )
             server.should_exit = True
+            # The stop begins now, not once the requests in flight have finished (up
+            # to the server's grace period later): systemd is told so at once.
+            joint.stopping(
+                f"the watcher stopped (exit {watcher.code}); no new connections; "
+                "finishing the requests in flight"
+            )
             return
         joint.tick()
         await asyncio.sleep(_TICK)
