@@ -450,6 +450,7 @@ def test_a_submit_name_holding_a_control_character_is_refused_as_a_usage_error(
         ("a\nb.json", "U+000A"),
         ("a\x1b[2Jb.json", "U+001B"),
         ("a\x85.json", "U+0085"),
+        ("a\u202eb.json", "U+202E"),
     ):
         result = run_cli(root, "submit", "--name", odd, str(valid))
         assert result.returncode == 2, result
@@ -458,6 +459,10 @@ def test_a_submit_name_holding_a_control_character_is_refused_as_a_usage_error(
         assert "--name" in line and code in line and "control character" in line, result.stderr
         assert "\x1b" not in result.stderr, result.stderr
         assert not spool.exists() or not [p for p in spool.iterdir() if p.suffix == ".json"]
+    kept = run_cli(root, "submit", "--name", "café\tné.json", str(valid))
+    assert (kept.returncode, kept.stdout) == (2, ""), kept.stderr
+    plain = run_cli(root, "submit", "--name", "café.json", str(valid))
+    assert (plain.returncode, plain.stdout) == (0, f"{spool / 'café.json'}\n"), plain.stderr
 
 
 def test_a_full_stdout_is_one_line_that_names_it(root: Path) -> None:

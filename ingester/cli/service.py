@@ -297,9 +297,13 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
 
 
 def _control_character(text: str) -> str | None:
-    """The first control character (Unicode category Cc: C0, DEL, C1) in ``text``, or
-    ``None``."""
-    return next((c for c in text if unicodedata.category(c) == "Cc"), None)
+    """The first control character in ``text`` (Unicode category Cc: C0, DEL, C1; or a
+    bidirectional control, which the output escapes as well), or ``None``."""
+    from ..runtime.logs import escape_controls
+
+    return next(
+        (c for c in text if unicodedata.category(c) == "Cc" or escape_controls(c) != c), None
+    )
 
 
 def waiting_drop(path: Path, spool_dir: Path) -> bool:
