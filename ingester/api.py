@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .history.retention import RetentionPolicy
 from .history.store import HistoryStore as _CoreStore
+
+if TYPE_CHECKING:
+    from .payload.model import ConsoleUsageDataSync
 
 __all__ = ["HistoryStore"]
 
@@ -37,3 +40,24 @@ class HistoryStore(_CoreStore):
     ) -> None:
         options.setdefault("hold", _mirror_hold)
         super().__init__(history_dir, latest_path, policy, **options)
+
+    def save_version(self, data: bytes | ConsoleUsageDataSync) -> Path:
+        """As :meth:`ingester.history.store.HistoryStore.save_version`: ``data`` is the
+        payload's bytes (``bytearray`` too) or a model. Raises ``TypeError`` for anything
+        else (text included), before anything is written."""
+        if isinstance(data, bytearray):
+            data = bytes(data)
+        elif not isinstance(data, bytes) and not _is_model(data):
+            hint = ": encode the text as UTF-8 first" if isinstance(data, str) else ""
+            raise TypeError(
+                "save_version takes the payload's bytes or a ConsoleUsageDataSync, "
+                f"not {type(data).__name__}{hint}"
+            )
+        return super().save_version(data)
+
+
+def _is_model(data: object) -> bool:
+    # Imported only for what is not bytes: importing the store stays light (no pydantic).
+    from .payload.model import ConsoleUsageDataSync
+
+    return isinstance(data, ConsoleUsageDataSync)

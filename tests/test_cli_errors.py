@@ -419,7 +419,6 @@ def test_a_name_holding_a_control_character_stays_one_line(root: Path, tmp_path:
         (("submit", str(invalid)), 1, "stderr"),
         (("submit", "--dry-run", str(invalid)), 1, "stderr"),
         (("submit", "--dry-run", str(valid)), 0, "stdout"),
-        (("submit", "--name", f"{odd}.json", str(valid)), 0, "stdout"),
         (("submit", str(tmp_path / f"{odd}-missing.json")), 1, "stderr"),
         (("ingest", str(invalid)), 1, "stdout"),
         (("ingest", str(valid)), 0, "stdout"),
@@ -436,6 +435,34 @@ def test_a_name_holding_a_control_character_stays_one_line(root: Path, tmp_path:
     assert usage.returncode == 2, usage.stderr
     (error,) = [line for line in usage.stderr.splitlines() if "toml" in line]
     assert error.startswith("Error: --config: ") and escaped in error, usage.stderr
+
+
+def test_a_submit_name_holding_a_control_character_is_refused_as_a_usage_error(
+    root: Path, tmp_path: Path
+) -> None:
+    # The name is the caller's to choose, and the path printed is what a script keeps:
+    # printed escaped, it would not be the drop's path. Names a writer gave its drops in
+    # the spool are still said escaped, on one line (the test above).
+    valid = tmp_path / "valid.json"
+    valid.write_bytes(SAMPLE.read_bytes())
+    spool = root / "spool"
+    for odd, code in (
+        ("a\nb.json", "U+000A"),
+        ("a\x1b[2Jb.json", "U+001B"),
+        ("a\x85.json", "U+0085"),
+        ("a\u202eb.json", "U+202E"),
+    ):
+        result = run_cli(root, "submit", "--name", odd, str(valid))
+        assert result.returncode == 2, result
+        assert result.stdout == "", result
+        (line,) = result.stderr.strip().splitlines()[-1:]
+        assert "--name" in line and code in line and "control character" in line, result.stderr
+        assert "\x1b" not in result.stderr, result.stderr
+        assert not spool.exists() or not [p for p in spool.iterdir() if p.suffix == ".json"]
+    kept = run_cli(root, "submit", "--name", "café\tné.json", str(valid))
+    assert (kept.returncode, kept.stdout) == (2, ""), kept.stderr
+    plain = run_cli(root, "submit", "--name", "café.json", str(valid))
+    assert (plain.returncode, plain.stdout) == (0, f"{spool / 'café.json'}\n"), plain.stderr
 
 
 def test_a_full_stdout_is_one_line_that_names_it(root: Path) -> None:

@@ -220,6 +220,30 @@ def test_ingest_rejects_a_drop_still_waiting_in_the_spool(root: Path, tmp_path: 
     assert len(versions(root / "console-usage-history")) == 4
 
 
+def test_ingest_rejects_a_hard_link_to_a_drop_still_waiting_or_claimed(
+    root: Path, tmp_path: Path
+) -> None:
+    """A hard link to a waiting drop, or to a claim, is that drop by another name: the
+    watcher stores it, and ingested as well it was stored twice."""
+    payload = VALID_SAMPLES[0].read_bytes()
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    drop, claimed = spool / "a.json", spool / ".claimed" / generate_version_filename()
+    claimed.parent.mkdir(exist_ok=True)
+    for path in (drop, claimed):
+        path.write_bytes(payload)
+    os.link(drop, tmp_path / "out.json")
+    os.link(claimed, tmp_path / "claim.json")
+    args = [tmp_path / "out.json", tmp_path / "claim.json"]
+    done = run_cli(root, "ingest", *map(str, args))
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines() == [
+        f"rejected {path}: a drop waiting in {spool}; the watcher takes it" for path in args
+    ]
+    assert run_cli(root, "watch", "--once").returncode == 0
+    assert len(versions(root / "console-usage-history")) == 2
+
+
 def test_ingest_missing_file_and_over_max_bytes(root: Path, valid_payload: bytes) -> None:
     big = root / "big.json"
     big.write_bytes(valid_payload)
@@ -677,6 +701,38 @@ def test_submit_of_a_drop_still_waiting_in_the_spool_is_refused(
     judged = run_cli(root, "submit", "--dry-run", str(spool / "a.json"))
     assert (judged.returncode, judged.stdout) == (0, f"valid {spool / 'a.json'}\n")
     assert sorted(p.name for p in spool.glob("*.json")) == ["a.json"]
+
+
+def test_submit_of_a_waiting_drop_by_a_hard_link_or_on_standard_input_is_refused(
+    root: Path, tmp_path: Path, valid_payload: bytes
+) -> None:
+    """A hard link to a waiting drop (a scraper that links its output into the spool) or
+    the drop given on standard input is the drop all the same: dropped again, it would be
+    stored twice. A hard-linked file that is no drop is submitted as any other."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    (spool / "a.json").write_bytes(valid_payload)
+    os.link(spool / "a.json", tmp_path / "out.json")
+    (tmp_path / "kept.json").write_bytes(valid_payload)
+    os.link(tmp_path / "kept.json", tmp_path / "kept-too.json")
+    done = run_cli(root, "submit", str(tmp_path / "out.json"))
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert done.stderr == (
+        f"error: {tmp_path / 'out.json'} is a drop waiting in {spool}; the watcher takes it "
+        "(dropped again, it would be stored twice)\n"
+    )
+    redirected = ("sh", "-c", 'exec "$@" < "$0"', str(spool / "a.json"))
+    done = run_cli(root, "submit", "-", wrapper=redirected)
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert done.stderr == (
+        f"error: standard input is a drop waiting in {spool}; the watcher takes it "
+        "(dropped again, it would be stored twice)\n"
+    )
+    assert sorted(p.name for p in spool.glob("*.json")) == ["a.json"]
+    kept = run_cli(root, "submit", "--name", "k.json", str(tmp_path / "kept.json"))
+    assert (kept.returncode, kept.stdout) == (0, f"{spool / 'k.json'}\n"), kept.stderr
+    piped = run_cli(root, "submit", "--name", "p.json", "-", input=valid_payload)
+    assert (piped.returncode, piped.stdout) == (0, f"{spool / 'p.json'}\n"), piped.stderr
 
 
 def test_submit_under_the_name_of_a_folder_in_the_spool_says_it_is_a_folder(

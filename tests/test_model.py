@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import INVALID_SAMPLES, VALID_SAMPLES
 
-from ingester import ConsoleUsageDataSync, PayloadRejected, judge_payload
+from ingester import ConsoleUsageDataSync, HistoryStore, PayloadRejected, judge_payload
 
 # The field each invalid sample gets wrong: the reason must name it.
 EXPECTED_FIELD = {
@@ -229,6 +229,25 @@ def test_judge_payload_given_anything_but_bytes_says_it_takes_bytes(given: Any, 
         judge_payload(given)
     assert str(caught.value) == f"judge_payload takes the payload's bytes, {words}"
     assert judge_payload(bytearray(VALID_TEXT.encode())).lastUpdated
+
+
+def test_the_api_store_given_text_says_it_takes_bytes_and_stores_nothing(tmp_path: Path) -> None:
+    """``save_version(str)``, a payload read with ``read_text()``, was an AttributeError
+    about ``model_dump_json``; a bytearray, which ``judge_payload`` takes, was one too."""
+    store = HistoryStore(tmp_path / "history", tmp_path / "latest.json")
+    store.initialize()
+    for text, words in (
+        (VALID_TEXT, "not str: encode the text as UTF-8 first"),
+        (None, "not NoneType"),
+    ):
+        with pytest.raises(TypeError) as caught:
+            store.save_version(text)  # type: ignore[arg-type]
+        assert str(caught.value) == (
+            f"save_version takes the payload's bytes or a ConsoleUsageDataSync, {words}"
+        )
+    assert store.list_versions() == []
+    saved = store.save_version(bytearray(VALID_TEXT.encode()))
+    assert saved.read_bytes() == VALID_TEXT.encode()
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import os
 import select
 import stat
 import sys
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, cast
@@ -39,6 +40,7 @@ __all__ = [
     "serve_watch_loop_options",
     "submit",
     "waiting_drop",
+    "waiting_file",
     "watch",
     "watch_loop_options",
 ]
@@ -201,7 +203,7 @@ def _start_watch_metrics(listen: str) -> Metrics:
 @click.option(
     "--name",
     metavar="NAME",
-    help="Name of the drop (ends in .json, no leading dot, no '/'). "
+    help="Name of the drop (ends in .json, no leading dot, no '/', no control character). "
     "Default: the UTC time and a random part.",
 )
 @click.option(
@@ -217,8 +219,9 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     and nothing is dropped. The file is written into SPOOL/tmp/, fsynced, then linked
     into the spool, so the watcher never sees a partial drop. A drop of the same name
     still waiting is never replaced: that is refused (exit 1), and so is a FILE that is
-    itself a drop still waiting in the spool. With --dry-run the payload
-    is only judged (a scraper's CI can check its output): nothing is dropped.
+    itself a drop still waiting in the spool (by any path, or on standard input). With
+    --dry-run the payload is only judged (a scraper's CI can check its output): nothing
+    is dropped.
     """
     from ..intake.spool import Spool, drop_name_for_now, is_drop_name
     from ..ops.queries import root_problem
@@ -227,6 +230,12 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     if name is not None and not is_drop_name(name):
         raise click.BadParameter(
             "must end in .json, not start with '.', and contain no '/'", param_hint="--name"
+        )
+    if name is not None and (bad := _control_character(name)) is not None:
+        # The path printed is the record a script keeps: a newline or an escape in it
+        # would be printed escaped, and that escaped path is not the drop's.
+        raise click.BadParameter(
+            f"must hold no control character (it holds U+{ord(bad):04X})", param_hint="--name"
         )
     if not dry_run and source != "-" and waiting_drop(Path(source), s.spool_dir):
         raise fail(
@@ -237,6 +246,11 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
         if source == "-":
             if sys.stdin is None:
                 raise fail("cannot read standard input: it is closed")
+            if not dry_run and _stdin_waiting(s.spool_dir):
+                raise fail(
+                    f"standard input is a drop waiting in {s.spool_dir}; the watcher takes "
+                    "it (dropped again, it would be stored twice)"
+                )
             data = read_stream(_waiting(sys.stdin.buffer), s.max_bytes)
         else:
             data = read_limited(Path(source), s.max_bytes)
@@ -282,20 +296,78 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     say_recorded(str(path), unprinted)
 
 
+def _control_character(text: str) -> str | None:
+    """The first control character in ``text`` (Unicode category Cc: C0, DEL, C1; or a
+    bidirectional control, which the output escapes as well), or ``None``."""
+    from ..runtime.logs import escape_controls
+
+    return next(
+        (c for c in text if unicodedata.category(c) == "Cc" or escape_controls(c) != c), None
+    )
+
+
 def waiting_drop(path: Path, spool_dir: Path) -> bool:
-    """Whether ``path`` (by any path to it: a symlink, a bind mount) is a drop waiting in
-    the spool ``spool_dir``, or one its watcher has claimed and not stored yet: the
-    watcher stores it, and a copy stored or dropped besides would store it twice."""
+    """Whether ``path`` (by any path to it: a symlink, a bind mount, a hard link) is a
+    drop waiting in the spool ``spool_dir``, or one its watcher has claimed and not
+    stored yet: the watcher stores it, and a copy stored or dropped besides would store
+    it twice."""
     from ..intake.spool import Spool, is_drop_name
 
+    spool = Spool(spool_dir)
     real = Path(os.path.realpath(path))
     folder = _folder_id(real.parent)
-    if folder is None:
+    if folder is not None:
+        if folder == _folder_id(spool.claimed_dir):
+            return True
+        if folder == _folder_id(spool.dir) and is_drop_name(real.name):
+            return True
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    # Its own name was looked at above: only another link can be a drop.
+    return waiting_file(st, spool_dir, other_links=True)
+
+
+def waiting_file(st: os.stat_result, spool_dir: Path, *, other_links: bool = False) -> bool:
+    """Whether the file of ``st`` (a path's stat, or an open descriptor's fstat) is a
+    drop waiting in the spool ``spool_dir`` or claimed there, under a name of its own.
+    Only a regular file is looked for; with ``other_links`` (the name at hand is known to
+    be none of those) only one with more than one link, so that the spool is listed
+    only then. A folder that cannot be listed (``.claimed/`` is the service's own) is
+    taken to hold none."""
+    from ..intake.spool import Spool, is_drop_name
+
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink < (2 if other_links else 1):
         return False
     spool = Spool(spool_dir)
-    if folder == _folder_id(spool.claimed_dir):
-        return True
-    return folder == _folder_id(spool.dir) and is_drop_name(real.name)
+    # The spool before .claimed/: a drop the watcher claims while it is looked for
+    # leaves the one for the other, and is found in the second.
+    for folder, drops_only in ((spool.dir, True), (spool.claimed_dir, False)):
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.inode() != st.st_ino or (drops_only and not is_drop_name(entry.name)):
+                        continue
+                    try:
+                        found = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if (found.st_dev, found.st_ino) == (st.st_dev, st.st_ino):
+                        return True
+        except OSError:
+            continue
+    return False
+
+
+def _stdin_waiting(spool_dir: Path) -> bool:
+    """Whether standard input is a file that is a drop waiting in ``spool_dir``
+    (``submit - < SPOOL/x.json``); ``False`` when it has no descriptor to look at."""
+    try:
+        st = os.fstat(sys.stdin.fileno())
+    except (OSError, ValueError):
+        return False
+    return waiting_file(st, spool_dir)
 
 
 def _folder_id(path: Path) -> tuple[int, int] | None:
