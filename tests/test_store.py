@@ -599,3 +599,14 @@ def test_a_group_whose_fsync_fails_is_taken_back_and_its_names_never_given_again
     assert store.version_names() == [first.name]
     # Its claim may still wait under that name: a new version never takes it.
     assert store.next_version_name() > name
+
+
+@pytest.mark.parametrize("limit", [0, -1, -5, True, 1.5])
+def test_list_versions_refuses_a_limit_that_is_not_a_positive_whole_number(
+    store: HistoryStore, valid_payload: bytes, limit: object
+) -> None:
+    for i in range(3):
+        store.save_version(valid_payload + b" " * i)
+    with pytest.raises(ValueError, match="positive whole number"):
+        store.list_versions(limit=limit)  # type: ignore[arg-type]
+    assert len(store.list_versions(limit=5)) == 3

@@ -295,7 +295,15 @@ class HistoryStore:
         return self._meta.model_copy()
 
     def list_versions(self, limit: int | None = None) -> list[Path]:
-        """Version paths, newest first, at most ``limit`` of them."""
+        """Version paths, newest first, at most ``limit`` of them (every one if ``None``).
+
+        Raises :class:`ValueError` when ``limit`` is not a positive whole number.
+        """
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            # A slice would read a zero or negative count as "all but so many".
+            raise ValueError(f"limit must be a positive whole number or None, not {limit!r}")
         self._ensure_loaded()
         names = self._names[::-1] if limit is None else self._names[: -limit - 1 : -1]
         return [self.version_path(n) for n in names]
