@@ -258,12 +258,16 @@ class ClaimRecovery:
         for _ in range(_FRESH_NAME_TRIES):
             fresh = self.store.next_version_name()
             taken = self.spool.claimed_dir / fresh
-            try:
-                # Never onto a claim that waits: its drop would have no name left.
-                durable.rename_new(self.spool.dir / name, taken)
-            except FileExistsError:
+            if os.path.lexists(taken):
+                # Never onto a claim that waits: its drop would have no name left. Only
+                # this process writes in .claimed/, so the check cannot race.
                 self.store.reserve_names([fresh])
                 continue
+            try:
+                # One rename, never a link then an unlink of the spool's name (where no
+                # no-replace rename exists): a writer may rename a new drop onto that
+                # name in between, and the unlink would remove it.
+                durable.rename_entry(self.spool.dir / name, taken)
             except FileNotFoundError:
                 self.store.give_back(fresh)
                 return  # gone meanwhile
