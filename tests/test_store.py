@@ -242,6 +242,24 @@ def test_a_name_handed_out_before_a_clock_jump_stays_below_every_later_name(
     assert later < store.next_version_name() < ahead
 
 
+def test_a_waiting_claims_name_stays_below_every_later_name_after_a_version_above_it_goes_future(
+    store: HistoryStore, clock: Clock, valid_payload: bytes
+) -> None:
+    """A claim found waiting keeps its name, reserved, until it is stored. A version
+    linked above it since, then left more than a day ahead by a clock set back, must not
+    free that name: later names sort above the waiting claim, below the future version."""
+    clock.now = NOW + timedelta(hours=2)
+    waiting = store.next_version_name()  # its drop claimed under it, then left waiting
+    store.give_back(waiting)
+    store.reserve_names([waiting])  # as recovery does with the claims it finds
+    clock.now = NOW + timedelta(days=3)
+    ahead = store.save_version(valid_payload).name
+    store.next_version_name()  # a name drawn while the version is the latest
+    clock.now = NOW
+    later = store.next_version_name()
+    assert waiting < later < ahead
+
+
 # -- metadata -----------------------------------------------------------------------------
 
 

@@ -77,10 +77,11 @@ class ClaimRecovery:
         if names:
             self.intake.check_claimed()
             names = self._one_name_each(names)
-            # A fresh name drawn while these are finished (a drop set aside, a claim
-            # stored anew) must be none of theirs: names run ahead of the clock after a
-            # burst or a clock set back, so the store's next name can be a waiting one.
-            self.store.reserve_names(names)
+        # A fresh name drawn while these are finished (a drop set aside, a claim stored
+        # anew) must be none of theirs: names run ahead of the clock after a burst or a
+        # clock set back, so the store's next name can be a waiting one. Those of the
+        # claims found last time and gone since are free again.
+        self.store.reserve_names(names, replace=True)
         with self.store.batch(update_latest=False) as batch:
             for version in names:
                 try:
