@@ -157,6 +157,36 @@ def test_a_new_drop_renamed_onto_a_second_name_recovery_sets_aside_without_renam
     assert os.listdir(claimed) == []
 
 
+@needs_strace_root
+def test_a_claim_stored_anew_and_kept_under_its_new_name_is_stored_once_after_a_kill_there(
+    root: Path,
+) -> None:
+    """A claim whose name is taken by another version's bytes is stored under a new name;
+    when the spool cannot be fsynced (EIO) it is kept for a later round under that new
+    name. Where there is no no-replace rename (``renameat2`` ENOSYS) that must still be
+    one rename: a link then an unlink, killed between (SIGKILL at the unlink), leaves the
+    claim under both names, and the next start, keeping the first, stores it again."""
+    held, data = payload(15), payload(16)
+    _one_version(root, payload(1))
+    history, claimed = root / "console-usage-history", root / "spool" / ".claimed"
+    name = _version_name(timedelta(minutes=5))
+    _copy_as_version(history, name, held)
+    (claimed / name).write_bytes(data)
+    inject = (
+        "-f", "-qq", "-o", "/dev/null", "-P", str(root / "spool"), "-P", str(claimed / name),
+        "-e", "inject=fsync:error=EIO:when=1",
+        "-e", "inject=renameat2:error=ENOSYS",
+        "-e", "inject=unlink,unlinkat:signal=SIGKILL",
+    )  # fmt: skip
+    first = run_cli(root, "watch", "--once", wrapper=(STRACE, *inject))
+    assert "Traceback" not in first.stderr
+    done = run_cli(root, "watch", "--once")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert stored_contents(root) == {payload(1): 1, held: 1, data: 1}, first.stderr + done.stderr
+    assert os.listdir(claimed) == []
+
+
 def test_a_running_watcher_removes_a_versions_second_name_dropped_in(root: Path) -> None:
     data = payload(3)
     version = _one_version(root, data)

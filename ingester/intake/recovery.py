@@ -222,7 +222,13 @@ class ClaimRecovery:
                     # under that one, or the next round would store it once more.
                     renamed = self.spool.claimed_dir / stored_as
                     try:
-                        durable.rename_new(claim, renamed)  # never onto a waiting claim
+                        # Never onto a waiting claim (only this process writes here, so
+                        # the check cannot race), and by one rename: a link then an
+                        # unlink, cut by a crash, would leave two names of the claim,
+                        # and the first, kept, would store the drop once more.
+                        if os.path.lexists(renamed):
+                            raise FileExistsError(errno.EEXIST, "a claim waits there")
+                        durable.rename_entry(claim, renamed)
                     except OSError as move:
                         raise StorageError("rename claim", claim, move) from move
                 return
