@@ -805,22 +805,22 @@ def test_a_claim_recovery_makes_itself_is_durable_before_its_copy_is_named(
     (history / version).write_bytes(old)
     os.chmod(history / version, 0o444)
     os.link(spool / "good-0.json", claimed / version)
-    real_rename = durable.rename_new  # how recovery takes a second name (never replacing)
+    real_rename = durable.rename_entry  # how recovery takes a second name
     swapped: list[bool] = []
 
-    def rename_new(src: Any, dst: Any) -> None:
+    def rename_entry(src: Any, dst: Any) -> None:
         if os.path.basename(os.fspath(src)) == "good-0.json" and not swapped:
             os.rename(spool / "good-1.json", spool / "good-0.json")  # the writer's
             swapped.append(True)
         real_rename(src, dst)
 
     order = DurabilityOrder(history, claimed)
-    durable.rename_new = rename_new
+    durable.rename_entry = rename_entry
     try:
         with order.watching():
             assert run_once(settings) == 0
     finally:
-        durable.rename_new = real_rename
+        durable.rename_entry = real_rename
     assert swapped, "the second name was never taken as a claim"
     stored = [p.read_bytes() for p in history.glob("2*.json")]
     assert stored.count(new) == 1 and stored.count(old) == 1

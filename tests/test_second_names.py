@@ -13,13 +13,14 @@ from __future__ import annotations
 import errno
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import run_cli, wait_for
-from support.capabilities import needs_strace_root
+from support.capabilities import STRACE, needs_strace_root
 from support.watchproc import WatchProcess, drop, payload, stored_contents, versions
 from test_intake import started_intake
 from test_integrity import syscall_delayed
@@ -115,6 +116,75 @@ def test_setting_a_stored_drop_aside_never_replaces_another_claim_waiting(root: 
     assert stored_contents(root) == {payload(1): 1, first: 1, second: 1}
     assert _drops(root) == []
     assert os.listdir(spool / ".claimed") == []
+
+
+@needs_strace_root
+def test_a_new_drop_renamed_onto_a_second_name_recovery_sets_aside_without_renameat2_is_kept(
+    root: Path,
+) -> None:
+    """Where there is no no-replace rename (strace answers ``renameat2`` with ENOSYS, as
+    NFS does), setting a stored drop's second name aside must still move the name
+    whole: a hard link then an unlink of the spool's name would remove a new drop a
+    writer renamed onto that name in between (held open here by holding up the unlink).
+    The new drop is stored or still waits: never lost."""
+    first, new = payload(13), payload(14)
+    stored = _one_version(root, payload(1))
+    spool, claimed = root / "spool", root / "spool" / ".claimed"
+    one = _version_name(timedelta(minutes=5))
+    _copy_as_version(stored.parent, one, first)
+    back = drop(spool, "again.json", first)
+    os.link(back, claimed / one)
+    inject = (
+        "-f", "-qq", "-o", "/dev/null", "-P", str(back),
+        "-e", "inject=renameat2:error=ENOSYS",
+        "-e", "inject=unlink,unlinkat:delay_enter=5000000",
+    )  # fmt: skip
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(run_cli, root, "watch", "--once", wrapper=(STRACE, *inject))
+        # Setting aside has begun: the name is linked as a fresh claim (its unlink held
+        # up), or moved there whole.
+        wait_for(
+            lambda: len(os.listdir(claimed)) > 1 or not os.path.lexists(back) or run.done(),
+            what="the second name being set aside",
+        )
+        drop(spool, "again.json", new)  # the writer's: onto the name being taken away
+        done = run.result()
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    waiting = [(spool / n).read_bytes() for n in _drops(root)]
+    assert waiting in ([], [new]), done.stderr
+    assert stored_contents(root) == {payload(1): 1, first: 1, **({} if waiting else {new: 1})}
+    assert os.listdir(claimed) == []
+
+
+@needs_strace_root
+def test_a_claim_stored_anew_and_kept_under_its_new_name_is_stored_once_after_a_kill_there(
+    root: Path,
+) -> None:
+    """A claim whose name is taken by another version's bytes is stored under a new name;
+    when the spool cannot be fsynced (EIO) it is kept for a later round under that new
+    name. Where there is no no-replace rename (``renameat2`` ENOSYS) that must still be
+    one rename: a link then an unlink, killed between (SIGKILL at the unlink), leaves the
+    claim under both names, and the next start, keeping the first, stores it again."""
+    held, data = payload(15), payload(16)
+    _one_version(root, payload(1))
+    history, claimed = root / "console-usage-history", root / "spool" / ".claimed"
+    name = _version_name(timedelta(minutes=5))
+    _copy_as_version(history, name, held)
+    (claimed / name).write_bytes(data)
+    inject = (
+        "-f", "-qq", "-o", "/dev/null", "-P", str(root / "spool"), "-P", str(claimed / name),
+        "-e", "inject=fsync:error=EIO:when=1",
+        "-e", "inject=renameat2:error=ENOSYS",
+        "-e", "inject=unlink,unlinkat:signal=SIGKILL",
+    )  # fmt: skip
+    first = run_cli(root, "watch", "--once", wrapper=(STRACE, *inject))
+    assert "Traceback" not in first.stderr
+    done = run_cli(root, "watch", "--once")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert stored_contents(root) == {payload(1): 1, held: 1, data: 1}, first.stderr + done.stderr
+    assert os.listdir(claimed) == []
 
 
 def test_a_running_watcher_removes_a_versions_second_name_dropped_in(root: Path) -> None:

@@ -242,6 +242,24 @@ def test_a_name_handed_out_before_a_clock_jump_stays_below_every_later_name(
     assert later < store.next_version_name() < ahead
 
 
+def test_a_waiting_claims_name_stays_below_every_later_name_after_a_version_above_it_goes_future(
+    store: HistoryStore, clock: Clock, valid_payload: bytes
+) -> None:
+    """A claim found waiting keeps its name, reserved, until it is stored. A version
+    linked above it since, then left more than a day ahead by a clock set back, must not
+    free that name: later names sort above the waiting claim, below the future version."""
+    clock.now = NOW + timedelta(hours=2)
+    waiting = store.next_version_name()  # its drop claimed under it, then left waiting
+    store.give_back(waiting)
+    store.reserve_names([waiting])  # as recovery does with the claims it finds
+    clock.now = NOW + timedelta(days=3)
+    ahead = store.save_version(valid_payload).name
+    store.next_version_name()  # a name drawn while the version is the latest
+    clock.now = NOW
+    later = store.next_version_name()
+    assert waiting < later < ahead
+
+
 # -- metadata -----------------------------------------------------------------------------
 
 
@@ -599,3 +617,14 @@ def test_a_group_whose_fsync_fails_is_taken_back_and_its_names_never_given_again
     assert store.version_names() == [first.name]
     # Its claim may still wait under that name: a new version never takes it.
     assert store.next_version_name() > name
+
+
+@pytest.mark.parametrize("limit", [0, -1, -5, True, 1.5])
+def test_list_versions_refuses_a_limit_that_is_not_a_positive_whole_number(
+    store: HistoryStore, valid_payload: bytes, limit: object
+) -> None:
+    for i in range(3):
+        store.save_version(valid_payload + b" " * i)
+    with pytest.raises(ValueError, match="positive whole number"):
+        store.list_versions(limit=limit)  # type: ignore[arg-type]
+    assert len(store.list_versions(limit=5)) == 3

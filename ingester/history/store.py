@@ -124,6 +124,9 @@ class HistoryStore:
         # stays used, as its claim may still wait.
         self._handed: list[str] = []
         self._withdrawn: list[str] = []
+        # Names of claims found waiting on disk (sorted): kept until each is linked or
+        # the next set of waiting claims replaces them, never passed by a later version.
+        self._reserved: list[str] = []
         self._latest = LatestLink(self.latest_path, self.history_dir, self.list_versions)
 
     # -- paths -------------------------------------------------------------------
@@ -295,7 +298,15 @@ class HistoryStore:
         return self._meta.model_copy()
 
     def list_versions(self, limit: int | None = None) -> list[Path]:
-        """Version paths, newest first, at most ``limit`` of them."""
+        """Version paths, newest first, at most ``limit`` of them (every one if ``None``).
+
+        Raises :class:`ValueError` when ``limit`` is not a positive whole number.
+        """
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            # A slice would read a zero or negative count as "all but so many".
+            raise ValueError(f"limit must be a positive whole number or None, not {limit!r}")
         self._ensure_loaded()
         names = self._names[::-1] if limit is None else self._names[: -limit - 1 : -1]
         return [self.version_path(n) for n in names]
@@ -318,9 +329,11 @@ class HistoryStore:
         after = self.latest_version_name(now)
         if after is not None:
             # Handed out at or below a version linked since: linked in turn, or given
-            # up (a drop that waits hands out a name on every try), never waited on.
+            # up (a drop that waits hands out a name on every try), never waited on. A
+            # claim known to wait is reserved apart, and stays: that version may go
+            # future (the clock set back) and no longer hold later names above it.
             del self._handed[: bisect.bisect_right(self._handed, after)]
-        for used in (self._handed, self._withdrawn):
+        for used in (self._handed, self._reserved, self._withdrawn):
             above = latest_name(used, now)
             if above is not None and (after is None or above > after):
                 after = above
@@ -330,14 +343,19 @@ class HistoryStore:
         bisect.insort(self._handed, name)
         return name
 
-    def reserve_names(self, names: Iterable[str]) -> None:
-        """Never hand out any of ``names``: claims found waiting on disk (a crash or a
-        failure left them) that keep their names until they are stored. Names that are
-        not version names are ignored."""
+    def reserve_names(self, names: Iterable[str], *, replace: bool = False) -> None:
+        """Never hand out any of ``names``, and hand out none below those not dated more
+        than a day ahead: claims found waiting on disk (a crash or a failure left them)
+        that keep their names until they are stored. With ``replace``, ``names`` are
+        every claim waiting now, and the names reserved before are released (their
+        claims are gone), so the reserved names never outnumber the claims. Names that
+        are not version names are ignored."""
         self._ensure_loaded()
+        if replace:
+            self._reserved = []
         for name in names:
             if is_version_name(name) and not self._used(name):
-                bisect.insort(self._handed, name)
+                bisect.insort(self._reserved, name)
 
     def give_back(self, name: str) -> None:
         """``name``, handed out by :meth:`next_version_name`, was never used (its drop
@@ -350,7 +368,7 @@ class HistoryStore:
     def _used(self, name: str) -> bool:
         return any(
             (i := bisect.bisect_left(names, name)) < len(names) and names[i] == name
-            for names in (self._names, self._handed, self._withdrawn)
+            for names in (self._names, self._handed, self._reserved, self._withdrawn)
         )
 
     def write_version(self, name: str, data: bytes) -> Path:
@@ -423,9 +441,10 @@ class HistoryStore:
 
     def _counted(self, name: str) -> None:
         bisect.insort(self._names, name)
-        index = bisect.bisect_left(self._handed, name)
-        if index < len(self._handed) and self._handed[index] == name:
-            del self._handed[index]  # linked: the versions keep it used now
+        for kept in (self._handed, self._reserved):
+            index = bisect.bisect_left(kept, name)
+            if index < len(kept) and kept[index] == name:
+                del kept[index]  # linked: the versions keep it used now
         self._meta = self._meta.model_copy(
             update={"total_versions_created": self._meta.total_versions_created + 1}
         )

@@ -77,10 +77,11 @@ class ClaimRecovery:
         if names:
             self.intake.check_claimed()
             names = self._one_name_each(names)
-            # A fresh name drawn while these are finished (a drop set aside, a claim
-            # stored anew) must be none of theirs: names run ahead of the clock after a
-            # burst or a clock set back, so the store's next name can be a waiting one.
-            self.store.reserve_names(names)
+        # A fresh name drawn while these are finished (a drop set aside, a claim stored
+        # anew) must be none of theirs: names run ahead of the clock after a burst or a
+        # clock set back, so the store's next name can be a waiting one. Those of the
+        # claims found last time and gone since are free again.
+        self.store.reserve_names(names, replace=True)
         with self.store.batch(update_latest=False) as batch:
             for version in names:
                 try:
@@ -221,7 +222,13 @@ class ClaimRecovery:
                     # under that one, or the next round would store it once more.
                     renamed = self.spool.claimed_dir / stored_as
                     try:
-                        durable.rename_new(claim, renamed)  # never onto a waiting claim
+                        # Never onto a waiting claim (only this process writes here, so
+                        # the check cannot race), and by one rename: a link then an
+                        # unlink, cut by a crash, would leave two names of the claim,
+                        # and the first, kept, would store the drop once more.
+                        if os.path.lexists(renamed):
+                            raise FileExistsError(errno.EEXIST, "a claim waits there")
+                        durable.rename_entry(claim, renamed)
                     except OSError as move:
                         raise StorageError("rename claim", claim, move) from move
                 return
@@ -258,12 +265,16 @@ class ClaimRecovery:
         for _ in range(_FRESH_NAME_TRIES):
             fresh = self.store.next_version_name()
             taken = self.spool.claimed_dir / fresh
-            try:
-                # Never onto a claim that waits: its drop would have no name left.
-                durable.rename_new(self.spool.dir / name, taken)
-            except FileExistsError:
+            if os.path.lexists(taken):
+                # Never onto a claim that waits: its drop would have no name left. Only
+                # this process writes in .claimed/, so the check cannot race.
                 self.store.reserve_names([fresh])
                 continue
+            try:
+                # One rename, never a link then an unlink of the spool's name (where no
+                # no-replace rename exists): a writer may rename a new drop onto that
+                # name in between, and the unlink would remove it.
+                durable.rename_entry(self.spool.dir / name, taken)
             except FileNotFoundError:
                 self.store.give_back(fresh)
                 return  # gone meanwhile
