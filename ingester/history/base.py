@@ -85,9 +85,14 @@ def at_or_before_position(
 ) -> int | None:
     """The position of the newest version ingested at or before ``when``, or ``None``.
 
-    ``versions``: version names or entries, sorted (oldest first). A bisection: it
-    reads about log2(n) names, however long the history.
+    ``versions``: version names or entries, sorted (oldest first). It reads one name
+    when the newest is at or before ``when`` (the usual case), else it bisects: about
+    log2(n) names, however long the history.
     """
+    if not versions:
+        return None
+    if _time_of(versions[-1]) <= when:
+        return len(versions) - 1  # the usual case, asked on every drop: one name read
     i = bisect.bisect_right(versions, when, key=_time_of)
     return i - 1 if i > 0 else None
 
