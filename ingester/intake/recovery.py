@@ -102,11 +102,13 @@ class ClaimRecovery:
 
     def _one_name_each(self, names: list[str]) -> list[str]:
         """``names`` with every claim that is another claim's file under a second name
-        removed (the first name of each file kept). A crash while a second name of a
-        claimed drop was being set aside (:meth:`_set_aside`) leaves one: finished as
-        its own claim, the drop would be stored twice. Raises :class:`StorageError`
-        when one cannot be removed."""
-        first: dict[tuple[int, int], str] = {}
+        removed. A crash while a second name of a claimed drop was being set aside
+        (:meth:`_set_aside`) leaves one: finished as its own claim, the drop would be
+        stored twice. The name kept is one whose version exists (the drop is stored as
+        it), else the first: the fresh name sorts below the claim's when that was dated
+        ahead of a clock set back since, and kept, it would store the drop once more.
+        Raises :class:`StorageError` when one cannot be removed."""
+        files: dict[tuple[int, int], list[str]] = {}
         kept = []
         for version in names:
             claim = self.spool.claimed_dir / version
@@ -115,15 +117,19 @@ class ClaimRecovery:
             except OSError:
                 kept.append(version)  # gone, or said when it is finished
                 continue
-            key = (st.st_dev, st.st_ino)
             if is_version_name(version) and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                if key in first:
-                    durable.remove_file(claim)
-                    said = "%s was a second name of the claim %s; removed it"
-                    log.info(said, version, first[key])
-                    continue
-                first[key] = version
+                files.setdefault((st.st_dev, st.st_ino), []).append(version)
             kept.append(version)
+        for same in files.values():
+            if len(same) < 2:
+                continue
+            first = next((v for v in same if self.store.has_version(v)), same[0])
+            for version in same:
+                if version == first:
+                    continue
+                durable.remove_file(self.spool.claimed_dir / version)
+                kept.remove(version)
+                log.info("%s was a second name of the claim %s; removed it", version, first)
         return kept
 
     def _stored_as(self, claim: Path, version: str) -> bool:
