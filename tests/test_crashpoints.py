@@ -956,6 +956,39 @@ def test_a_claim_stored_under_a_new_name_is_kept_under_it_when_the_spool_fails(
     assert [p.read_bytes() for p in history.glob("2*.json")].count(data) == 1
 
 
+def test_a_claim_stored_under_a_new_name_is_stored_once_through_a_crash_at_every_step(
+    tmp_path: Path,
+) -> None:
+    """A left claim whose name another version holds (other bytes) is stored under a new
+    name. Killed at any durable step of that, then restarted, the drop is stored exactly
+    once: never once under the new name and again from the claim still under its old one."""
+    data = b""
+    k = 0
+    while True:
+        k += 1
+        scenario, claimed = with_claimed(tmp_path / f"k{k:03d}", 1)
+        settings = scenario.settings
+        spool, history = settings.spool_dir, settings.history_dir
+        data = (spool / "good-0.json").read_bytes()
+        (history / LEFT_CLAIM).write_bytes(_payloads(2)[1])  # the name taken by other bytes
+        os.chmod(history / LEFT_CLAIM, 0o444)
+        os.rename(spool / "good-0.json", claimed / LEFT_CLAIM)
+        plan = Plan(at=k, mode="crash")
+        with inject(plan):
+            try:
+                run_once(settings)
+            except SimulatedCrash:
+                pass
+        if not plan.reached:
+            break
+        assert run_once(settings) == 0, f"restart after a crash at {plan.fired} failed"
+        stored = [p.read_bytes() for p in history.glob("2*.json")]
+        assert stored.count(data) == 1, f"crash at step {k} {plan.fired}"
+        assert not os.listdir(claimed), f"crash at step {k} {plan.fired}"
+        assert k < 200, "the run never ends"
+    assert k > 2
+
+
 def test_one_failed_release_of_a_groups_copies_is_one_error(tmp_path: Path) -> None:
     """A group of eight copies whose step-8 spool fsync fails once: one ERROR line that
     says they are stored, one step of backoff, and the claims removed later."""

@@ -261,6 +261,29 @@ def test_two_names_of_one_claimed_drop_left_by_a_crash_are_stored_once(root: Pat
     assert os.listdir(claimed) == []
 
 
+def test_two_names_of_one_stored_claim_are_stored_once_when_the_fresh_one_sorts_first(
+    root: Path,
+) -> None:
+    """The same crash, the claim's version dated more than a day ahead (the clock set
+    back since): the fresh name, drawn from the clock, sorts below the claim's. The
+    drop is stored as that version already, so it is the name kept: keeping the fresh
+    one would store the drop a second time under it."""
+    stored = _one_version(root, payload(1))
+    data = payload(13)
+    claimed = root / "spool" / ".claimed"
+    ahead = (datetime.now(UTC) + timedelta(days=3)).strftime("%Y-%m-%dT%H-%M-%S")
+    name = f"{ahead}-0000abcd.json"
+    fresh = (datetime.now(UTC) + timedelta(minutes=1)).strftime("%Y-%m-%dT%H-%M-%S-0000abce.json")
+    (claimed / name).write_bytes(data)
+    os.link(claimed / name, claimed / fresh)
+    _copy_as_version(stored.parent, name, data)
+    done = run_cli(root, "watch", "--once")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert stored_contents(root) == {payload(1): 1, data: 1}
+    assert os.listdir(claimed) == []
+
+
 RENAME, UNLINK = 82, 87  # x86_64
 
 

@@ -260,6 +260,23 @@ def test_a_waiting_claims_name_stays_below_every_later_name_after_a_version_abov
     assert waiting < later < ahead
 
 
+def test_a_claim_left_waiting_under_a_name_this_store_handed_out_keeps_it_reserved(
+    store: HistoryStore, clock: Clock, valid_payload: bytes
+) -> None:
+    """A drop claimed by this process and left waiting by a failure still holds the name
+    handed out for it: recovery reserves it all the same, so a version linked above it,
+    then left more than a day ahead by a clock set back, does not free it."""
+    clock.now = NOW + timedelta(hours=2)
+    waiting = store.next_version_name()  # claimed under it; its store failed
+    store.reserve_names([waiting], replace=True)  # as recovery does with the claims it finds
+    clock.now = NOW + timedelta(days=3)
+    ahead = store.save_version(valid_payload).name
+    store.next_version_name()  # a name drawn while the version is the latest
+    clock.now = NOW
+    later = store.next_version_name()
+    assert waiting < later < ahead
+
+
 # -- metadata -----------------------------------------------------------------------------
 
 

@@ -354,8 +354,13 @@ class HistoryStore:
         if replace:
             self._reserved = []
         for name in names:
-            if is_version_name(name) and not self._used(name):
-                bisect.insort(self._reserved, name)
+            # Reserved even when handed out by this process: a handed-out name is
+            # dropped once a version is linked above it, and a claim that waits under it
+            # must keep it through that version going future (the clock set back).
+            index = bisect.bisect_left(self._reserved, name)
+            taken = index < len(self._reserved) and self._reserved[index] == name
+            if is_version_name(name) and not taken and not self.has_version(name):
+                self._reserved.insert(index, name)
 
     def give_back(self, name: str) -> None:
         """``name``, handed out by :meth:`next_version_name`, was never used (its drop

@@ -102,11 +102,13 @@ class ClaimRecovery:
 
     def _one_name_each(self, names: list[str]) -> list[str]:
         """``names`` with every claim that is another claim's file under a second name
-        removed (the first name of each file kept). A crash while a second name of a
-        claimed drop was being set aside (:meth:`_set_aside`) leaves one: finished as
-        its own claim, the drop would be stored twice. Raises :class:`StorageError`
-        when one cannot be removed."""
-        first: dict[tuple[int, int], str] = {}
+        removed. A crash while a second name of a claimed drop was being set aside
+        (:meth:`_set_aside`) leaves one: finished as its own claim, the drop would be
+        stored twice. The name kept is one whose version exists (the drop is stored as
+        it), else the first: the fresh name sorts below the claim's when that was dated
+        ahead of a clock set back since, and kept, it would store the drop once more.
+        Raises :class:`StorageError` when one cannot be removed."""
+        files: dict[tuple[int, int], list[str]] = {}
         kept = []
         for version in names:
             claim = self.spool.claimed_dir / version
@@ -115,15 +117,19 @@ class ClaimRecovery:
             except OSError:
                 kept.append(version)  # gone, or said when it is finished
                 continue
-            key = (st.st_dev, st.st_ino)
             if is_version_name(version) and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                if key in first:
-                    durable.remove_file(claim)
-                    said = "%s was a second name of the claim %s; removed it"
-                    log.info(said, version, first[key])
-                    continue
-                first[key] = version
+                files.setdefault((st.st_dev, st.st_ino), []).append(version)
             kept.append(version)
+        for same in files.values():
+            if len(same) < 2:
+                continue
+            first = next((v for v in same if self.store.has_version(v)), same[0])
+            for version in same:
+                if version == first:
+                    continue
+                durable.remove_file(self.spool.claimed_dir / version)
+                kept.remove(version)
+                log.info("%s was a second name of the claim %s; removed it", version, first)
         return kept
 
     def _stored_as(self, claim: Path, version: str) -> bool:
@@ -177,8 +183,15 @@ class ClaimRecovery:
                 return Recovered(version)
             # Its name is taken by other bytes (or the claim was written to since its
             # copy was made): nothing claimed is deleted unless its bytes are stored, so
-            # it is stored under a new name.
+            # it is stored under a new name. The claim takes that name first (made
+            # durable below, before its version): killed once the version is written,
+            # a claim still under its old name would be stored once more.
             target = self.store.next_version_name()
+            try:
+                claim = self._rename_claim(claim, target)
+            except StorageError:
+                self.store.give_back(target)  # nothing holds it
+                raise
         # A drop put back in the spool by a step that stopped before its claim was
         # removed (a crash, a failed fsync) is still the claim's file there: taken out,
         # so that the claim alone holds it and it is stored once, from here.
@@ -216,24 +229,28 @@ class ClaimRecovery:
             try:
                 durable.fsync_dir(self.spool.dir)
             except StorageError as exc:
+                # Kept under its version's name, which the next round finds stored.
                 self._kept = self._kept or exc
-                if claim.name != stored_as:
-                    # Stored under a new name (its own was taken by other bytes): kept
-                    # under that one, or the next round would store it once more.
-                    renamed = self.spool.claimed_dir / stored_as
-                    try:
-                        # Never onto a waiting claim (only this process writes here, so
-                        # the check cannot race), and by one rename: a link then an
-                        # unlink, cut by a crash, would leave two names of the claim,
-                        # and the first, kept, would store the drop once more.
-                        if os.path.lexists(renamed):
-                            raise FileExistsError(errno.EEXIST, "a claim waits there")
-                        durable.rename_entry(claim, renamed)
-                    except OSError as move:
-                        raise StorageError("rename claim", claim, move) from move
                 return
             self._spool_changed = False
         durable.remove_file(claim)
+
+    def _rename_claim(self, claim: Path, name: str) -> Path:
+        """``claim`` renamed to ``name`` in ``.claimed/`` (not durable yet); its path.
+
+        Never onto a waiting claim (only this process writes there, so the check cannot
+        race), and by one rename: a link then an unlink, cut by a crash, would leave two
+        names of the claim, each stored. Raises :class:`StorageError` when it cannot be
+        renamed; the claim then waits under its own name for the next round.
+        """
+        renamed = self.spool.claimed_dir / name
+        try:
+            if os.path.lexists(renamed):
+                raise FileExistsError(errno.EEXIST, "a claim waits there")
+            durable.rename_entry(claim, renamed)
+        except OSError as exc:
+            raise StorageError("rename claim", claim, exc) from exc
+        return renamed
 
     def _take_back(self, claim: Path, version: str, batch: Batch) -> None:
         """Take each spool name of ``claim``'s file out of the spool (:meth:`_set_aside`):
