@@ -8,6 +8,7 @@ temp folder) and their paths printed.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -500,6 +501,60 @@ def test_a_forecast_the_server_fails_leaves_the_rest_shown_and_the_page_not_busy
         wait_points(page, IN_7D)
     finally:
         context.close()
+
+
+def test_a_server_that_holds_the_pages_requests_is_said_out_of_reach(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    """A server (or a proxy) that takes the page's requests and never answers: each
+    request gives up after 15 s and the page says the server is out of reach, where it
+    sat on its last look, "Fresh", for as long as the requests were held. Once answers
+    come again the line goes."""
+    build_history(root, timedelta(minutes=2))
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1")
+    page = watched.page
+    expect(page.locator("#fresh-badge")).to_have_attribute("data-state", "fresh", timeout=10_000)
+    held: list[Any] = []
+
+    def hold(route: Any) -> None:
+        held.append(route)  # taken, never answered
+
+    page.route("**/api/**", hold)
+    expect(page.locator("#connection")).to_have_text(
+        "Cannot reach the server (no answer in 15 s); retrying.", timeout=45_000
+    )
+    page.unroute("**/api/**")
+    for route in held:
+        with contextlib.suppress(Exception):  # the page gave up on it already
+            route.abort()
+    expect(page.locator("#connection")).to_be_hidden(timeout=30_000)
+    assert watched.foreign == []
+
+
+RECORD_DELAYS = """
+(() => {
+  window.__delays = [];
+  const later = window.setTimeout;
+  window.setTimeout = function (callback, delay, ...rest) {
+    window.__delays.push(Number(delay) || 0);
+    return later.call(this, callback, delay, ...rest);
+  };
+})();
+"""
+
+
+def test_a_refresh_beyond_a_day_is_read_as_a_day(root: Path, serve: Any, open_page: Any) -> None:
+    """``?refresh=N`` past what setTimeout's 32 bits hold (about 24.8 days) would fire at
+    once, and the page would ask the server as fast as it answers: N is read as at most
+    a day."""
+    build_history(root, timedelta(minutes=2))
+    server = serve()
+    watched = open_page(server.url + "/?refresh=2592000", init_script=RECORD_DELAYS)
+    page = watched.page
+    expect(page.locator("#fresh-badge")).to_have_attribute("data-state", "fresh", timeout=10_000)
+    wait_for(lambda: 86_400_000 in page.evaluate("window.__delays"), 10, "the next look set")
+    assert max(page.evaluate("window.__delays")) <= 2**31 - 1
 
 
 def test_a_stale_history_shows_the_stale_badge(

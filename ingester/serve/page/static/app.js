@@ -35,7 +35,15 @@
   const MARKERS = ["solid", "solid", "dashed", "dotted"]; // per series, time first
 
   const params = new URLSearchParams(window.location.search);
-  const refreshMs = Math.max(1, Number(params.get("refresh")) || 30) * 1000;
+  // At most a day: a longer delay overflows setTimeout's 32 bits, which then fires at
+  // once, and the page would ask the server as fast as it answers.
+  const REFRESH_MAX_S = 86400;
+  const refreshMs =
+    Math.min(REFRESH_MAX_S, Math.max(1, Number(params.get("refresh")) || 30)) * 1000;
+  // A server (or a proxy before it) that takes a request and never answers would hold
+  // the page on its last look, "Fresh" for ever: each request gives up after this long,
+  // said as a server out of reach, and the next look comes as usual.
+  const REQUEST_TIMEOUT_S = 15;
 
   const state = {
     latestTag: null,
@@ -77,11 +85,20 @@
   async function conditionalGet(url, tag) {
     // no-store keeps the browser's own cache out of it, so a 304 reaches us as a 304.
     const headers = tag ? { "If-None-Match": tag } : {};
-    const response = await fetch(url, { headers, cache: "no-store" });
-    noteServerTime(response);
-    if (response.status === 304) return { status: 304 };
-    const body = await response.json().catch(() => null);
-    return { status: response.status, tag: response.headers.get("ETag"), body };
+    const signal = AbortSignal.timeout(REQUEST_TIMEOUT_S * 1000);
+    try {
+      const response = await fetch(url, { headers, cache: "no-store", signal });
+      noteServerTime(response);
+      if (response.status === 304) return { status: 304 };
+      const body = await response.json().catch((err) => {
+        if (signal.aborted) throw err; // the body never came: no answer, not a bad one
+        return null;
+      });
+      return { status: response.status, tag: response.headers.get("ETag"), body };
+    } catch (err) {
+      if (signal.aborted) throw new Error("no answer in " + REQUEST_TIMEOUT_S + " s");
+      throw err;
+    }
   }
 
   // The keys of a limit's dotted path: a key holding a dot (or starting with a quote)
