@@ -346,3 +346,17 @@ def ignored_signals(pid: int) -> int:
         if line.startswith("SigIgn:"):
             return int(line.split()[1], 16)
     raise AssertionError(f"no SigIgn in /proc/{pid}/status")
+
+
+@needs_strace_root
+def test_a_watcher_run_under_strace_stops_with_the_test(root: Path) -> None:
+    """The suite's own harness: stopping a watcher it started under strace (to delay or
+    fail calls) stops the watcher itself. strace given the SIGTERM would detach and exit
+    0, and the watcher would run on after the test, unseen."""
+    wrapper = (STRACE, "-f", "-qq", "-o", os.devnull, "-e", "trace=none", "--")
+    watcher = WatchProcess(root, wrapper=wrapper)
+    watcher.wait_log("watching ")
+    program = traced_program(watcher.proc.pid)
+    assert watcher.stop() == 0, watcher.log
+    assert "stopped: " in watcher.log
+    wait_for(lambda: not os.path.exists(f"/proc/{program}"), 10, "the watcher gone")

@@ -90,7 +90,7 @@ class LoggedProcess:
         """
         self._release()
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            _signal_program(self.proc.pid, signal.SIGTERM)
         limit = self.stop_timeout if timeout is None else timeout
         try:
             code = self.proc.wait(timeout=limit)
@@ -113,7 +113,9 @@ class LoggedProcess:
         """SIGKILL: the crash."""
         self._release()
         if self.proc.poll() is None:
-            self.proc.kill()
+            _signal_program(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()  # strace, had it not ended with its program
         self.proc.wait(timeout=10)
         self._log.close()
 
@@ -139,3 +141,20 @@ def _all_stopped(pid: int) -> bool:
     if not states:
         raise AssertionError(f"process {pid} has no threads left")
     return all(state == "T" for state in states)
+
+
+def _signal_program(pid: int, signum: int) -> None:
+    """Send ``signum`` to the program process ``pid`` runs: ``pid`` itself, or, where
+    ``pid`` is strace (a wrapper that forks), its one child. strace given a SIGTERM
+    detaches and exits 0, leaving the program running on after the test; signalled
+    itself, the program stops as it would unwrapped, and strace ends with its code."""
+    target = pid
+    try:
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "strace":
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            if len(children) == 1:
+                target = int(children[0])
+    except OSError:
+        pass  # gone already, or no /proc: the process itself
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(target, signum)
