@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shlex
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -30,6 +28,7 @@ import pytest
 from support import wait_for
 from support.capabilities import needs_strace_root
 from support.serveproc import KEY, ServeProcess, fresh_payload, put_version, version_name
+from test_integrity import syscall_delayed
 
 API = "/api/claude/console-usage"
 T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
@@ -757,40 +756,24 @@ def test_a_drop_still_being_written_when_the_grace_period_ends_is_answered_as_ke
     server = ServeProcess(root, "--body-timeout", "60").start()
     staged = root / "spool" / "tmp"
     answer: list[httpx.Response] = []
-    tracer = subprocess.Popen(
-        [
-            "strace",
-            "-f",
-            "-p",
-            str(server.proc.pid),
-            "-o",
-            os.devnull,
-            "-e",
-            "trace=fsync",
-            "-e",
-            "inject=fsync:delay_enter=4000000",
-        ],
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        status_file = Path(f"/proc/{server.proc.pid}/status")
-        wait_for(lambda: "TracerPid:\t0\n" not in status_file.read_text(), 20, "strace attached")
-        data = fresh_payload(seq=9)
+        with syscall_delayed(server.proc.pid, "fsync", 4_000_000, every_thread=True):
+            data = fresh_payload(seq=9)
 
-        def post() -> None:
-            headers = {"Content-Type": "application/json", "X-API-Key": KEY}
-            with httpx.Client(base_url=server.base, timeout=120) as client:
-                answer.append(client.post(API, content=data, headers=headers))
+            def post() -> None:
+                headers = {"Content-Type": "application/json", "X-API-Key": KEY}
+                with httpx.Client(base_url=server.base, timeout=120) as client:
+                    answer.append(client.post(API, content=data, headers=headers))
 
-        poster = threading.Thread(target=post)
-        poster.start()
-        wait_for(lambda: staged.is_dir() and any(staged.iterdir()), 30, "the drop being written")
-        server.proc.send_signal(signal.SIGTERM)
-        poster.join(120)
-        assert server.proc.wait(120) == 0, server.log
+            poster = threading.Thread(target=post)
+            poster.start()
+            wait_for(
+                lambda: staged.is_dir() and any(staged.iterdir()), 30, "the drop being written"
+            )
+            server.proc.send_signal(signal.SIGTERM)
+            poster.join(120)
+            assert server.proc.wait(120) == 0, server.log
     finally:
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(30)
         server.stop()
     drops = sorted(p.name for p in (root / "spool").glob("*.json"))
     assert len(drops) == 1, server.log  # the write went through
@@ -811,38 +794,20 @@ def test_pipelined_posts_then_a_half_close_then_a_stop_store_exactly_what_is_ans
     add_versions(root)
     server = ServeProcess(root).start()
     spool, staged = root / "spool", root / "spool" / "tmp"
-    tracer = subprocess.Popen(
-        [
-            "strace",
-            "-f",
-            "-p",
-            str(server.proc.pid),
-            "-o",
-            os.devnull,
-            "-e",
-            "trace=fsync",
-            "-e",
-            "inject=fsync:delay_enter=1000000",
-        ],
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        status_file = Path(f"/proc/{server.proc.pid}/status")
-        wait_for(lambda: "TracerPid:\t0\n" not in status_file.read_text(), 20, "strace attached")
-        posts = b"".join(
-            POST_HEAD + f"Content-Length: {len(data)}\r\n\r\n".encode() + data
-            for data in (fresh_payload(seq=1), fresh_payload(seq=2))
-        )
-        with connect(server.port) as sock:
-            sock.sendall(posts)
-            sock.shutdown(socket.SHUT_WR)
-            wait_for(lambda: staged.is_dir() and any(staged.iterdir()), 30, "a drop written")
-            server.proc.send_signal(signal.SIGTERM)
-            answer = read_all(sock, 60)
-        assert server.proc.wait(60) == 0, server.log
+        with syscall_delayed(server.proc.pid, "fsync", 1_000_000, every_thread=True):
+            posts = b"".join(
+                POST_HEAD + f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+                for data in (fresh_payload(seq=1), fresh_payload(seq=2))
+            )
+            with connect(server.port) as sock:
+                sock.sendall(posts)
+                sock.shutdown(socket.SHUT_WR)
+                wait_for(lambda: staged.is_dir() and any(staged.iterdir()), 30, "a drop written")
+                server.proc.send_signal(signal.SIGTERM)
+                answer = read_all(sock, 60)
+            assert server.proc.wait(60) == 0, server.log
     finally:
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(30)
         server.stop()
     stored = sorted(p.name for p in spool.glob("*.json"))
     answered = re.findall(rb'"drop":"([^"]+)"', answer)
