@@ -41,6 +41,16 @@ POST_HEAD = (
 TRIGGER_HEAD = POST_HEAD.replace(API.encode(), f"{API}/trigger".encode())
 
 
+def whole_post(data: bytes) -> bytes:
+    """A whole POST of ``data`` (its Content-Length given), as one client would send it."""
+    return POST_HEAD + f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+
+
+def two_posts() -> bytes:
+    """Two whole POSTs of fresh payloads, back to back: pipelined."""
+    return whole_post(fresh_payload(seq=1)) + whole_post(fresh_payload(seq=2))
+
+
 def add_versions(root: Path) -> None:
     for i in range(3):
         put_version(root, version_name(T0 + timedelta(minutes=i), i), fresh_payload(seq=i))
@@ -253,7 +263,7 @@ def test_a_client_that_half_closes_after_its_post_still_gets_the_answer(
     before = {p.name for p in spool.glob("*.json")}
     data = fresh_payload() if body is None else body
     with connect(server.port) as sock:
-        sock.sendall(POST_HEAD + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        sock.sendall(whole_post(data))
         sock.shutdown(socket.SHUT_WR)
         answer = read_all(sock)
     assert status(answer) == expected, answer[:300]
@@ -270,12 +280,8 @@ def test_a_client_that_pipelines_posts_then_half_closes_gets_every_answer(
     never read, and the snapshot sent again is stored twice."""
     spool = server.root / "spool"
     before = {p.name for p in spool.glob("*.json")}
-    posts = b"".join(
-        POST_HEAD + f"Content-Length: {len(data)}\r\n\r\n".encode() + data
-        for data in (fresh_payload(seq=1), fresh_payload(seq=2))
-    )
     with connect(server.port) as sock:
-        sock.sendall(posts)
+        sock.sendall(two_posts())
         sock.shutdown(socket.SHUT_WR)
         answer = read_all(sock)
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"202", b"202"], answer
@@ -333,10 +339,7 @@ def test_a_pipelined_post_cut_short_by_the_clients_eof_is_never_stored(
     spool = server.root / "spool"
     before = {p.name for p in spool.glob("*.json")}
     whole, cut = fresh_payload(seq=1), fresh_payload(seq=2)
-    posts = (
-        POST_HEAD + f"Content-Length: {len(whole)}\r\n\r\n".encode() + whole
-        + POST_HEAD + f"Content-Length: {len(cut)}\r\n\r\n".encode() + cut[:-5]
-    )  # fmt: skip
+    posts = whole_post(whole) + whole_post(cut)[:-5]  # the second one's end never sent
     with connect(server.port) as sock:
         port = sock.getsockname()[1]
         since = log_mark(server)
@@ -796,12 +799,8 @@ def test_pipelined_posts_then_a_half_close_then_a_stop_store_exactly_what_is_ans
     spool, staged = root / "spool", root / "spool" / "tmp"
     try:
         with syscall_delayed(server.proc.pid, "fsync", 1_000_000, every_thread=True):
-            posts = b"".join(
-                POST_HEAD + f"Content-Length: {len(data)}\r\n\r\n".encode() + data
-                for data in (fresh_payload(seq=1), fresh_payload(seq=2))
-            )
             with connect(server.port) as sock:
-                sock.sendall(posts)
+                sock.sendall(two_posts())
                 sock.shutdown(socket.SHUT_WR)
                 wait_for(lambda: staged.is_dir() and any(staged.iterdir()), 30, "a drop written")
                 server.proc.send_signal(signal.SIGTERM)
