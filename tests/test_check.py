@@ -276,6 +276,22 @@ def test_a_bad_duration_is_a_usage_error(root: Path) -> None:
     assert "must be longer than 0" in result.stderr
 
 
+def assert_usage_plugin_line(
+    done: subprocess.CompletedProcess[str], words: str, as_json: bool
+) -> None:
+    """``check`` refused a usage error as a plugin: exit 2, no traceback, and on stdout the
+    CRITICAL line (or JSON object) naming it with ``words``."""
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    if as_json:
+        answer = json.loads(done.stdout)
+        assert (answer["status"], answer["code"]) == ("CRITICAL", 2)
+        assert answer["summary"].startswith("usage error: ") and words in answer["summary"]
+    else:
+        assert done.stdout.startswith("INGESTER CRITICAL - usage error: "), done.stdout
+        assert len(done.stdout.splitlines()) == 1 and words in done.stdout
+
+
 @pytest.mark.parametrize(
     "how",
     [
@@ -318,16 +334,8 @@ def test_a_bad_global_setting_still_gives_the_plugin_line(
     else:
         args, words = ["--config", str(tmp_path / "none.toml")], "--config: cannot read"
     done = run_cli(root, *args, "check", *(["--json"] if as_json else []), **extra)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "Traceback" not in done.stderr
     assert "Usage:" in done.stderr
-    if as_json:
-        answer = json.loads(done.stdout)
-        assert (answer["status"], answer["code"]) == ("CRITICAL", 2)
-        assert answer["summary"].startswith("usage error: ") and words in answer["summary"]
-    else:
-        assert done.stdout.startswith("INGESTER CRITICAL - usage error: "), done.stdout
-        assert len(done.stdout.splitlines()) == 1 and words in done.stdout
+    assert_usage_plugin_line(done, words, as_json)
     other = run_cli(root, *args, "status", **extra)
     assert (other.returncode, other.stdout) == (2, "")  # other commands: stderr only
 
@@ -349,15 +357,7 @@ def test_a_malformed_endpoint_for_from_gives_the_plugin_line(
     nothing on stdout."""
     tail = ["--json"] if as_json else []
     done = run_cli(root, "check", "--from", "s3://usage-bucket/prod", *args, *tail, **extra)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "Traceback" not in done.stderr
-    if as_json:
-        answer = json.loads(done.stdout)
-        assert (answer["status"], answer["code"]) == ("CRITICAL", 2)
-        assert answer["summary"].startswith("usage error: ") and words in answer["summary"]
-    else:
-        assert done.stdout.startswith("INGESTER CRITICAL - usage error: "), done.stdout
-        assert len(done.stdout.splitlines()) == 1 and words in done.stdout
+    assert_usage_plugin_line(done, words, as_json)
 
 
 @pytest.mark.parametrize(

@@ -933,19 +933,27 @@ def test_a_spool_that_cannot_be_fsynced_stores_no_drop_twice(tmp_path: Path) -> 
     assert "Traceback" not in logs.text()
 
 
+def _claim_whose_name_other_bytes_hold(tmp_path: Path) -> tuple[Settings, Path, bytes]:
+    """A claim left under ``LEFT_CLAIM``, a name a version of other bytes holds: the
+    settings, ``.claimed/`` and the claim's bytes."""
+    scenario, claimed = with_claimed(tmp_path, 1)
+    settings = scenario.settings
+    spool, history = settings.spool_dir, settings.history_dir
+    data = (spool / "good-0.json").read_bytes()
+    (history / LEFT_CLAIM).write_bytes(_payloads(2)[1])
+    os.chmod(history / LEFT_CLAIM, 0o444)
+    os.rename(spool / "good-0.json", claimed / LEFT_CLAIM)
+    return settings, claimed, data
+
+
 def test_a_claim_stored_under_a_new_name_is_kept_under_it_when_the_spool_fails(
     tmp_path: Path,
 ) -> None:
     """A left claim whose name another version holds (other bytes) is stored under a new
     name. When the spool's fsync then fails, the claim is kept under that new name, so
     the next run finds it stored and removes it, rather than storing it once more."""
-    scenario, claimed = with_claimed(tmp_path, 1)
-    settings = scenario.settings
+    settings, claimed, data = _claim_whose_name_other_bytes_hold(tmp_path)
     spool, history = settings.spool_dir, settings.history_dir
-    data = (spool / "good-0.json").read_bytes()
-    (history / LEFT_CLAIM).write_bytes(_payloads(2)[1])  # the name taken by other bytes
-    os.chmod(history / LEFT_CLAIM, 0o444)
-    os.rename(spool / "good-0.json", claimed / LEFT_CLAIM)
     with spool_fsync_failing(spool, 10**6), capture_logs() as logs:
         run_once(settings)
     kept = os.listdir(claimed)
@@ -966,13 +974,8 @@ def test_a_claim_stored_under_a_new_name_is_stored_once_through_a_crash_at_every
     k = 0
     while True:
         k += 1
-        scenario, claimed = with_claimed(tmp_path / f"k{k:03d}", 1)
-        settings = scenario.settings
-        spool, history = settings.spool_dir, settings.history_dir
-        data = (spool / "good-0.json").read_bytes()
-        (history / LEFT_CLAIM).write_bytes(_payloads(2)[1])  # the name taken by other bytes
-        os.chmod(history / LEFT_CLAIM, 0o444)
-        os.rename(spool / "good-0.json", claimed / LEFT_CLAIM)
+        settings, claimed, data = _claim_whose_name_other_bytes_hold(tmp_path / f"k{k:03d}")
+        history = settings.history_dir
         plan = Plan(at=k, mode="crash")
         with inject(plan):
             try:

@@ -277,11 +277,15 @@ def test_temp_sweeps_never_follow_a_symlinked_folder(root: Path, tmp_path: Path)
 
 
 @contextlib.contextmanager
-def syscall_delayed(pid: int, syscall: str, microseconds: int) -> Iterator[None]:
-    """Hold up every ``syscall`` of process ``pid`` (strace attached) while inside."""
+def syscall_delayed(
+    pid: int, syscall: str, microseconds: int, *, every_thread: bool = False
+) -> Iterator[None]:
+    """Hold up every ``syscall`` of process ``pid`` (strace attached) while inside: of
+    its main thread, or with ``every_thread`` of all its threads (a server's workers)."""
     tracer = subprocess.Popen(
         [
             STRACE,
+            *(["-f"] if every_thread else []),
             "-p",
             str(pid),
             "-o",
@@ -295,7 +299,12 @@ def syscall_delayed(pid: int, syscall: str, microseconds: int) -> Iterator[None]
     )
     try:
         status = Path(f"/proc/{pid}/status")
-        wait_for(lambda: "TracerPid:\t0\n" not in status.read_text(), what="strace attached")
+        # Attaching to every thread of a busy server takes longer.
+        wait_for(
+            lambda: "TracerPid:\t0\n" not in status.read_text(),
+            20 if every_thread else 10,
+            "strace attached",
+        )
         yield
     finally:
         tracer.send_signal(signal.SIGINT)

@@ -1567,6 +1567,21 @@ def _other_bytes(data: bytes) -> bytes:
     return other
 
 
+def _mirrored_then_replaced(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], prefix: str, name: str
+) -> str:
+    """Mirror ``root`` once to ``s3://bucket/prefix``, then put other bytes (as long)
+    in place of version ``name``'s object; returns that target."""
+    target = f"s3://{bucket}/{prefix}"
+    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert first.returncode == 0, first.stderr
+    data = (root / HISTORY / name).read_bytes()
+    client_for(s3.endpoint).put_object(
+        Bucket=bucket, Key=f"{prefix}/{name}", Body=_other_bytes(data)
+    )
+    return target
+
+
 def test_a_version_found_not_ours_drops_a_previous_run_s_watermark_at_once(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:
@@ -1578,14 +1593,9 @@ def test_a_version_found_not_ours_drops_a_previous_run_s_watermark_at_once(
     store = make_store(root, max_versions=1)
     old = add_old_versions(store, 3)
     add_versions(store, 1)
-    prefix = "bad-under-watermark"
-    target = f"s3://{bucket}/{prefix}"
-    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
-    assert first.returncode == 0 and state_of(root).mirrored_through is not None
     data = (root / HISTORY / old[0]).read_bytes()
-    client_for(s3.endpoint).put_object(
-        Bucket=bucket, Key=f"{prefix}/{old[0]}", Body=_other_bytes(data)
-    )
+    target = _mirrored_then_replaced(root, s3, bucket, aws_files, "bad-under-watermark", old[0])
+    assert state_of(root).mirrored_through is not None
     proxy = FaultProxy(s3.port)
     proxy.kms_etags = True
 
@@ -1618,14 +1628,7 @@ def test_a_stop_after_a_version_was_found_not_ours_leaves_it_and_the_uncompared_
     store = make_store(root, max_versions=1)
     old = add_old_versions(store, 100)
     add_versions(store, 1)
-    prefix = "bad-then-stop"
-    target = f"s3://{bucket}/{prefix}"
-    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
-    assert first.returncode == 0, first.stderr
-    data = (root / HISTORY / old[0]).read_bytes()
-    client_for(s3.endpoint).put_object(
-        Bucket=bucket, Key=f"{prefix}/{old[0]}", Body=_other_bytes(data)
-    )
+    target = _mirrored_then_replaced(root, s3, bucket, aws_files, "bad-then-stop", old[0])
     proxy = FaultProxy(s3.port)
     proxy.kms_etags = True
     proxy.fault, proxy.delay = "delay", 0.05
@@ -1652,14 +1655,7 @@ def test_once_stopped_during_the_comparison_exits_1(
     with a line that says the comparison was cut short."""
     store = make_store(root)
     names = add_versions(store, 100)
-    prefix = "once-stop"
-    target = f"s3://{bucket}/{prefix}"
-    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
-    assert first.returncode == 0, first.stderr
-    data = (root / HISTORY / names[0]).read_bytes()
-    client_for(s3.endpoint).put_object(
-        Bucket=bucket, Key=f"{prefix}/{names[0]}", Body=_other_bytes(data)
-    )
+    target = _mirrored_then_replaced(root, s3, bucket, aws_files, "once-stop", names[0])
     proxy = FaultProxy(s3.port)
     proxy.kms_etags = True
     proxy.fault, proxy.delay = "delay", 0.05

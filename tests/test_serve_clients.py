@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shlex
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -30,6 +28,7 @@ import pytest
 from support import wait_for
 from support.capabilities import needs_strace_root
 from support.serveproc import KEY, ServeProcess, fresh_payload, put_version, version_name
+from test_integrity import syscall_delayed
 
 API = "/api/claude/console-usage"
 T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
@@ -40,6 +39,16 @@ POST_HEAD = (
 ).encode()
 
 TRIGGER_HEAD = POST_HEAD.replace(API.encode(), f"{API}/trigger".encode())
+
+
+def whole_post(data: bytes) -> bytes:
+    """A whole POST of ``data`` (its Content-Length given), as one client would send it."""
+    return POST_HEAD + f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+
+
+def two_posts() -> bytes:
+    """Two whole POSTs of fresh payloads, back to back: pipelined."""
+    return whole_post(fresh_payload(seq=1)) + whole_post(fresh_payload(seq=2))
 
 
 def add_versions(root: Path) -> None:
@@ -254,7 +263,7 @@ def test_a_client_that_half_closes_after_its_post_still_gets_the_answer(
     before = {p.name for p in spool.glob("*.json")}
     data = fresh_payload() if body is None else body
     with connect(server.port) as sock:
-        sock.sendall(POST_HEAD + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        sock.sendall(whole_post(data))
         sock.shutdown(socket.SHUT_WR)
         answer = read_all(sock)
     assert status(answer) == expected, answer[:300]
@@ -271,12 +280,8 @@ def test_a_client_that_pipelines_posts_then_half_closes_gets_every_answer(
     never read, and the snapshot sent again is stored twice."""
     spool = server.root / "spool"
     before = {p.name for p in spool.glob("*.json")}
-    posts = b"".join(
-        POST_HEAD + f"Content-Length: {len(data)}\r\n\r\n".encode() + data
-        for data in (fresh_payload(seq=1), fresh_payload(seq=2))
-    )
     with connect(server.port) as sock:
-        sock.sendall(posts)
+        sock.sendall(two_posts())
         sock.shutdown(socket.SHUT_WR)
         answer = read_all(sock)
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"202", b"202"], answer
@@ -334,10 +339,7 @@ def test_a_pipelined_post_cut_short_by_the_clients_eof_is_never_stored(
     spool = server.root / "spool"
     before = {p.name for p in spool.glob("*.json")}
     whole, cut = fresh_payload(seq=1), fresh_payload(seq=2)
-    posts = (
-        POST_HEAD + f"Content-Length: {len(whole)}\r\n\r\n".encode() + whole
-        + POST_HEAD + f"Content-Length: {len(cut)}\r\n\r\n".encode() + cut[:-5]
-    )  # fmt: skip
+    posts = whole_post(whole) + whole_post(cut)[:-5]  # the second one's end never sent
     with connect(server.port) as sock:
         port = sock.getsockname()[1]
         since = log_mark(server)
@@ -757,40 +759,24 @@ def test_a_drop_still_being_written_when_the_grace_period_ends_is_answered_as_ke
     server = ServeProcess(root, "--body-timeout", "60").start()
     staged = root / "spool" / "tmp"
     answer: list[httpx.Response] = []
-    tracer = subprocess.Popen(
-        [
-            "strace",
-            "-f",
-            "-p",
-            str(server.proc.pid),
-            "-o",
-            os.devnull,
-            "-e",
-            "trace=fsync",
-            "-e",
-            "inject=fsync:delay_enter=4000000",
-        ],
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        status_file = Path(f"/proc/{server.proc.pid}/status")
-        wait_for(lambda: "TracerPid:\t0\n" not in status_file.read_text(), 20, "strace attached")
-        data = fresh_payload(seq=9)
+        with syscall_delayed(server.proc.pid, "fsync", 4_000_000, every_thread=True):
+            data = fresh_payload(seq=9)
 
-        def post() -> None:
-            headers = {"Content-Type": "application/json", "X-API-Key": KEY}
-            with httpx.Client(base_url=server.base, timeout=120) as client:
-                answer.append(client.post(API, content=data, headers=headers))
+            def post() -> None:
+                headers = {"Content-Type": "application/json", "X-API-Key": KEY}
+                with httpx.Client(base_url=server.base, timeout=120) as client:
+                    answer.append(client.post(API, content=data, headers=headers))
 
-        poster = threading.Thread(target=post)
-        poster.start()
-        wait_for(lambda: staged.is_dir() and any(staged.iterdir()), 30, "the drop being written")
-        server.proc.send_signal(signal.SIGTERM)
-        poster.join(120)
-        assert server.proc.wait(120) == 0, server.log
+            poster = threading.Thread(target=post)
+            poster.start()
+            wait_for(
+                lambda: staged.is_dir() and any(staged.iterdir()), 30, "the drop being written"
+            )
+            server.proc.send_signal(signal.SIGTERM)
+            poster.join(120)
+            assert server.proc.wait(120) == 0, server.log
     finally:
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(30)
         server.stop()
     drops = sorted(p.name for p in (root / "spool").glob("*.json"))
     assert len(drops) == 1, server.log  # the write went through
@@ -811,38 +797,16 @@ def test_pipelined_posts_then_a_half_close_then_a_stop_store_exactly_what_is_ans
     add_versions(root)
     server = ServeProcess(root).start()
     spool, staged = root / "spool", root / "spool" / "tmp"
-    tracer = subprocess.Popen(
-        [
-            "strace",
-            "-f",
-            "-p",
-            str(server.proc.pid),
-            "-o",
-            os.devnull,
-            "-e",
-            "trace=fsync",
-            "-e",
-            "inject=fsync:delay_enter=1000000",
-        ],
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        status_file = Path(f"/proc/{server.proc.pid}/status")
-        wait_for(lambda: "TracerPid:\t0\n" not in status_file.read_text(), 20, "strace attached")
-        posts = b"".join(
-            POST_HEAD + f"Content-Length: {len(data)}\r\n\r\n".encode() + data
-            for data in (fresh_payload(seq=1), fresh_payload(seq=2))
-        )
-        with connect(server.port) as sock:
-            sock.sendall(posts)
-            sock.shutdown(socket.SHUT_WR)
-            wait_for(lambda: staged.is_dir() and any(staged.iterdir()), 30, "a drop written")
-            server.proc.send_signal(signal.SIGTERM)
-            answer = read_all(sock, 60)
-        assert server.proc.wait(60) == 0, server.log
+        with syscall_delayed(server.proc.pid, "fsync", 1_000_000, every_thread=True):
+            with connect(server.port) as sock:
+                sock.sendall(two_posts())
+                sock.shutdown(socket.SHUT_WR)
+                wait_for(lambda: staged.is_dir() and any(staged.iterdir()), 30, "a drop written")
+                server.proc.send_signal(signal.SIGTERM)
+                answer = read_all(sock, 60)
+            assert server.proc.wait(60) == 0, server.log
     finally:
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(30)
         server.stop()
     stored = sorted(p.name for p in spool.glob("*.json"))
     answered = re.findall(rb'"drop":"([^"]+)"', answer)

@@ -242,6 +242,19 @@ def test_a_name_handed_out_before_a_clock_jump_stays_below_every_later_name(
     assert later < store.next_version_name() < ahead
 
 
+def assert_later_names_stay_above(
+    waiting: str, store: HistoryStore, clock: Clock, payload: bytes
+) -> None:
+    """A version linked above the claim name ``waiting``, then left more than a day ahead
+    by a clock set back: a name drawn after sorts above ``waiting``, below that version."""
+    clock.now = NOW + timedelta(days=3)
+    ahead = store.save_version(payload).name
+    store.next_version_name()  # a name drawn while the version is the latest
+    clock.now = NOW
+    later = store.next_version_name()
+    assert waiting < later < ahead
+
+
 def test_a_waiting_claims_name_stays_below_every_later_name_after_a_version_above_it_goes_future(
     store: HistoryStore, clock: Clock, valid_payload: bytes
 ) -> None:
@@ -252,12 +265,7 @@ def test_a_waiting_claims_name_stays_below_every_later_name_after_a_version_abov
     waiting = store.next_version_name()  # its drop claimed under it, then left waiting
     store.give_back(waiting)
     store.reserve_names([waiting])  # as recovery does with the claims it finds
-    clock.now = NOW + timedelta(days=3)
-    ahead = store.save_version(valid_payload).name
-    store.next_version_name()  # a name drawn while the version is the latest
-    clock.now = NOW
-    later = store.next_version_name()
-    assert waiting < later < ahead
+    assert_later_names_stay_above(waiting, store, clock, valid_payload)
 
 
 def test_a_claim_left_waiting_under_a_name_this_store_handed_out_keeps_it_reserved(
@@ -269,12 +277,7 @@ def test_a_claim_left_waiting_under_a_name_this_store_handed_out_keeps_it_reserv
     clock.now = NOW + timedelta(hours=2)
     waiting = store.next_version_name()  # claimed under it; its store failed
     store.reserve_names([waiting], replace=True)  # as recovery does with the claims it finds
-    clock.now = NOW + timedelta(days=3)
-    ahead = store.save_version(valid_payload).name
-    store.next_version_name()  # a name drawn while the version is the latest
-    clock.now = NOW
-    later = store.next_version_name()
-    assert waiting < later < ahead
+    assert_later_names_stay_above(waiting, store, clock, valid_payload)
 
 
 # -- metadata -----------------------------------------------------------------------------

@@ -101,7 +101,9 @@ def _tolerant_stdout() -> None:
             stream.reconfigure(errors="surrogateescape")
             return
         _ORIGINAL_STREAMS.append(stream)  # closing it would close the descriptor's file
-        sys.stdout = _StandardOutput(
+        # The text layer writes and flushes through this buffer, so its faults are
+        # named there, for text and bytes alike.
+        sys.stdout = io.TextIOWrapper(
             _StandardOutputBuffer(raw),
             encoding=stream.encoding,
             errors="surrogateescape",
@@ -118,28 +120,12 @@ class StandardOutputError(OSError):
 
 
 class _StandardOutputBuffer(io.BufferedWriter):
-    """stdout's bytes (what ``show`` and ``export`` write), raising
-    :class:`StandardOutputError` where a write or flush fails."""
+    """stdout's bytes (what ``show`` and ``export`` write, and what its text layer
+    writes), raising :class:`StandardOutputError` where a write or flush fails."""
 
     def write(self, data: Any) -> int:
         try:
             return super().write(data)
-        except OSError as exc:
-            raise _named(exc) from None
-
-    def flush(self) -> None:
-        try:
-            super().flush()
-        except OSError as exc:
-            raise _named(exc) from None
-
-
-class _StandardOutput(io.TextIOWrapper):
-    """stdout, raising :class:`StandardOutputError` where a write or flush fails."""
-
-    def write(self, text: str) -> int:
-        try:
-            return super().write(text)
         except OSError as exc:
             raise _named(exc) from None
 
