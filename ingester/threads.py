@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
@@ -145,7 +145,9 @@ def workers_or_inline(workers: int, name: str) -> tuple[Executor, int]:
     return pool, pool.workers
 
 
-def in_order(pool: Executor, fn: Callable[[A], T], items: Iterable[A], threads: int) -> Iterator[T]:
+def in_order(
+    pool: Executor, fn: Callable[[A], T], items: Iterable[A], threads: int
+) -> Generator[T, None, None]:
     """``fn(item)`` for each of ``items``, run on ``pool``, yielded in the items' order.
 
     Unlike ``Executor.map``, which submits every call before it yields the first result,

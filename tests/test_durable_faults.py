@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from support import run_cli
-from support.capabilities import STRACE, immutable, needs_strace_root
+from support.capabilities import STRACE, fill, immutable, needs_strace_root
 from support.capabilities import tmpfs as mounted_tmpfs
 from support.s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3, weed_binary
 from test_retention_faults import OLD, old_history
@@ -171,19 +171,6 @@ def test_a_file_without_a_name_yet_is_not_called_the_folder(
 
 
 # -- ENOSPC: a full tmpfs ---------------------------------------------------------------
-
-
-def fill(folder: Path) -> Path:
-    """Write into ``folder`` until the filesystem is full; return the filler file."""
-    filler = folder / "filler"
-    with open(filler, "wb", buffering=0) as handle:
-        for size in (65536, 4096, 512, 1):  # big chunks first, then fill the last page
-            try:
-                while True:
-                    handle.write(b"\0" * size)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-    return filler
 
 
 def test_full_disk_enospc(tmpfs: Path, valid_payload: bytes) -> None:

@@ -20,7 +20,6 @@ Skipped, with the reason, when not root or when chattr/mount do not work here.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import shutil
@@ -33,6 +32,7 @@ from support import cli_env, run_cli, wait_for
 from support.capabilities import (
     OTHER_UID,
     STRACE,
+    fill,
     limited_threads,
     needs_strace_root,
     other_user_problem,
@@ -223,19 +223,6 @@ def test_a_failure_at_stop_is_left_for_the_next_start(root: Path, can_chattr: No
     assert [p.read_bytes() for p in versions(root)] == [payload(0, fault="stop")]
 
 
-def _fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    chunk = b"\0" * (64 * 1024)
-    with filler.open("wb") as handle:
-        try:
-            while True:
-                handle.write(chunk)
-                handle.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
-    return filler
-
-
 def test_full_tmpfs_history_enospc_then_heals(root: Path, tmp_path: Path, can_mount: None) -> None:
     fs = tmp_path / "fs"
     history = fs / "history"
@@ -257,7 +244,7 @@ def test_full_tmpfs_history_enospc_then_heals(root: Path, tmp_path: Path, can_mo
 
         def start() -> None:
             with contextlib.suppress(OSError):
-                filler.append(_fill(fs))
+                filler.append(fill(fs))
             if not filler:  # the close may fail too; the file is there all the same
                 filler.append(fs / "filler")
 

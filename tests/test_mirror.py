@@ -35,11 +35,13 @@ import pytest
 from support import cli_env, run_cli, wait_for
 from support.capabilities import (
     OTHER_UID,
+    fill,
     limited_threads,
     needs_strace,
     other_user_problem,
     others_folder,
     run_held_after,
+    tmpfs,
 )
 from support.ports import free_port
 from support.s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, SeaweedS3, weed_binary
@@ -1227,6 +1229,40 @@ def version_reads(proxy: FaultProxy) -> int:
     return sum(1 for m, p in list(proxy.requests) if m in ("GET", "HEAD") and "list-type" not in p)
 
 
+def test_the_first_listing_under_sse_kms_reads_objects_back_several_at_once(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """Under SSE-KMS the first listing after a start reads back every version the bucket
+    holds. Those reads run ``--concurrency`` at once, not one round trip after another,
+    and each is still judged: every version proven, the state ``ok``."""
+    store = make_store(root)
+    names = add_versions(store, 24)
+    target = f"s3://{bucket}/kms-several"
+    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert first.returncode == 0, first.stderr
+    proxy = FaultProxy(s3.port)
+    proxy.kms_etags = True
+    proxy.fault, proxy.delay = "delay", 0.1
+    try:
+        done = run_cli(
+            root,
+            "mirror",
+            target,
+            "--once",
+            "--concurrency",
+            "4",
+            **s3_env(proxy.endpoint, aws_files),
+        )
+    finally:
+        proxy.close()
+    assert done.returncode == 0, done.stderr
+    reads = [p for m, p in proxy.requests if m == "GET" and "list-type" not in p]
+    assert all(any(p.endswith(f"/{name}") for p in reads) for name in names), reads
+    assert proxy.most_in_flight > 1, proxy.requests
+    state = state_of(root)
+    assert (state.state, state.mirrored_through, state.waiting) == ("ok", names[-1], 0), state
+
+
 def test_the_watchdog_is_pinged_while_a_listing_is_compared_under_sse_kms(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:
@@ -1586,8 +1622,8 @@ def test_a_version_found_not_ours_drops_a_previous_run_s_watermark_at_once(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:
     """A previous run mirrored everything; then an expired version's object is replaced
-    by other bytes. The next run reports it, and the store throttles the read-back after
-    it: the pass ends blocked, but the watermark the previous run left was lowered below
+    by other bytes. The next run reports it, and the store throttles the read-backs after
+    its own: the pass ends blocked, but the watermark the previous run left was lowered below
     the version the moment it was found not ours, so retention keeps its local copy (the
     only good one)."""
     store = make_store(root, max_versions=1)
@@ -1600,8 +1636,8 @@ def test_a_version_found_not_ours_drops_a_previous_run_s_watermark_at_once(
     proxy.kms_etags = True
 
     def after(method: str, path: str) -> None:
-        if method == "GET" and "list-type" not in path:
-            proxy.fault = "slowdown"  # the store throttles after the first read-back
+        if method == "GET" and path.endswith(f"/{old[0]}"):
+            proxy.fault = "slowdown"  # the store throttles after the bad one's read-back
 
     proxy.answered = after
     try:
@@ -1616,6 +1652,35 @@ def test_a_version_found_not_ours_drops_a_previous_run_s_watermark_at_once(
     cleaned = run_cli(root, "--max-versions", "1", "cleanup")
     assert cleaned.returncode == 0, cleaned.stderr
     assert (root / HISTORY / old[0]).read_bytes() == data, (state, cleaned.stdout)
+
+
+def test_a_watermark_lowered_on_a_full_disk_still_keeps_retention_off_the_version(
+    tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], can_mount: None
+) -> None:
+    """As above, but the history's disk is full when the version is found not ours, so
+    the state file cannot be replaced by one with the lowered watermark. The previous
+    run's file, whose watermark counts the version as mirrored, must not stand: once the
+    disk has room again, retention still keeps the local copy (the only good one)."""
+    with tmpfs(tmp_path / "fs", "8m") as root:
+        store = make_store(root, max_versions=1)
+        old = add_old_versions(store, 3)
+        add_versions(store, 1)
+        data = (root / HISTORY / old[0]).read_bytes()
+        target = _mirrored_then_replaced(root, s3, bucket, aws_files, "bad-disk-full", old[0])
+        assert state_of(root).mirrored_through is not None
+        filler = fill(root)
+        done = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+        filler.unlink()
+        assert f"cannot mirror version {old[0]}" in done.stderr, done.stderr
+        said = [line for line in done.stderr.splitlines() if "mirror's progress" in line]
+        assert any("emptied the state file" in line for line in said), done.stderr
+        cleaned = run_cli(root, "--max-versions", "1", "cleanup")
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert (root / HISTORY / old[0]).read_bytes() == data, (state_of(root), cleaned.stdout)
+        again = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+        assert f"cannot mirror version {old[0]}" in again.stderr, again.stderr
+        state = state_of(root)
+        assert (state.state, state.mirrored_through) == ("stuck", None), state
 
 
 def test_a_stop_after_a_version_was_found_not_ours_leaves_it_and_the_uncompared_uncounted(

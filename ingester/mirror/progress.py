@@ -19,12 +19,19 @@ from typing import Any
 
 from ..clock import utc_now
 from ..errors import StorageError
+from ..history import durable
 from ..history.base import is_future
 from ..history.names import format_timestamp
 from ..runtime.notify import SystemdNotifier
 from .objectstore import Failure, RemoteObject
 from .options import MirrorOptions
-from .state import STUCK, read_mirror_state, unmirrored, write_mirror_state
+from .state import (
+    MIRROR_STATE_NAME,
+    STUCK,
+    read_mirror_state,
+    unmirrored,
+    write_mirror_state,
+)
 from .state_model import MirrorState
 
 __all__ = ["STATE_WORDS", "MirrorProgress"]
@@ -192,12 +199,41 @@ class MirrorProgress:
         try:
             write_mirror_state(self.history_dir, state)
         except StorageError as exc:
-            # Retention then goes by the older watermark: it holds more, never less.
-            log.warning("cannot record the mirror's progress: %s", exc)
+            log.warning("cannot record the mirror's progress: %s%s", exc, self._unsaid(state))
             return
         self._written = key
         self.saved_at = time.monotonic()
         self._notifier.status(self.describe())
+
+    def _unsaid(self, state: MirrorState) -> str:
+        """After a failed write of ``state``: make sure the state file left in place
+        counts no version as mirrored that ``state`` does not; returns what was done, in
+        words to end the log line with.
+
+        A higher watermark left standing is retention's licence to delete versions the
+        mirror has since found not ours (or lost with their bucket), so it must not stand:
+        the file is cut to nothing, which reads as a mirror with no watermark (retention
+        holds, bounded by the default hold). A lower or equal one left standing only makes
+        retention hold more, which is safe until the next write succeeds.
+        """
+        left = read_mirror_state(self.history_dir)
+        through = None if left is None else left.mirrored_through
+        if through is None or (
+            state.mirrored_through is not None and state.mirrored_through >= through
+        ):
+            return ""
+        try:
+            durable.empty_file(self.history_dir / MIRROR_STATE_NAME)
+        except StorageError as exc:
+            return (
+                f"; its older watermark ({through}) could not be withdrawn either ({exc}),"
+                " so retention may delete versions no longer counted as mirrored"
+            )
+        self._written = None
+        return (
+            "; emptied the state file, so retention counts no version as mirrored"
+            " until it is written again"
+        )
 
     def stuck(self) -> list[str]:
         """The history's versions that cannot be mirrored (oldest first)."""

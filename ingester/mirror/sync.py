@@ -33,7 +33,7 @@ from ..history.names import is_version_name
 from ..history.retention import plan_retention
 from ..payload.model import judge_payload
 from ..runtime.signals import StopFlag
-from ..threads import THREAD_LIMIT, workers_or_inline
+from ..threads import THREAD_LIMIT, InlineExecutor, in_order, workers_or_inline
 from .objectstore import ClientNotMade, Failure, RemoteObject, S3Client
 from .options import MirrorOptions
 from .progress import MirrorProgress
@@ -54,6 +54,16 @@ class MirrorBlocked(IngesterError):
     def __init__(self, failure: Failure) -> None:
         super().__init__(f"{failure.kind}: {failure.detail}")
         self.failure = failure
+
+
+@dataclass(frozen=True)
+class _Compared:
+    """What comparing one version with its object found: ``kind`` is ``proven``,
+    ``other`` (other bytes), ``gone`` (deleted since the listing), ``unreadable`` (our
+    copy, ``detail`` says why) or ``refused`` (the store refused the read, ``detail``)."""
+
+    kind: str
+    detail: str = ""
 
 
 @dataclass
@@ -275,53 +285,85 @@ class MirrorSync:
         compared once per process while its ETag stays the same (one this process
         uploaded is known by the ETag its upload got), except one found bad, which is
         compared at every listing until it is ours again. Between objects the watchdog
-        is pinged and a stop is honoured: under SSE-KMS this is a request per version.
+        is pinged and a stop is honoured: under SSE-KMS this is a request per version,
+        ``--concurrency`` of them in flight (each answer judged in the listing's order).
         """
         known = self.remote().known or {}
-        for entry in entries:
-            if self._stop.is_set():
-                return False
-            self._alive()
-            name, size = entry.name, entry.size
-            remote = known.get(name)
-            if remote is None:
-                continue
-            if size != remote.size:
-                self.progress.mark_bad(
-                    name, f"the object store holds {remote.size} bytes, the history {size}"
-                )
-            elif name in self.progress.bad or self._compared.get(name) != remote.etag:
-                # A version found bad is compared at every listing: someone may have put
-                # the right bytes back (their ETag may be the one compared good before).
-                try:
-                    data = self.local.read_version(name)
-                except VersionNotFound:
-                    self._gone.add(name)  # deleted by retention since the listing
-                    continue
-                except OSError as exc:
-                    # Not compared, so not proven: it holds the watermark until it can
-                    # be read (it is compared again at every listing meanwhile).
-                    self.progress.mark_bad(name, f"cannot compare it: {exc}")
-                    continue
-                try:
-                    proven = self._proves(remote, data)
-                except MirrorBlocked as exc:
-                    if exc.failure.kind != "denied":
-                        raise
-                    self._read_refused(name, exc.failure.detail)
-                    continue
-                if proven:
-                    self._get_refused = None
-                else:
+        listed = [(e.name, e.size, known[e.name]) for e in entries if e.name in known]
+        # Decided before any answer comes: each name is judged by itself, so no answer
+        # changes which other objects must be read.
+        to_read = [
+            (name, remote)
+            for name, size, remote in listed
+            if size == remote.size
+            and (name in self.progress.bad or self._compared.get(name) != remote.etag)
+        ]
+        # Under SSE-KMS every object is read back: a few reads run ahead of the one
+        # judged, so a history of thousands is not compared one round trip at a time.
+        # No threads where there is nothing to read: they would still be exiting when
+        # the uploads' threads start, and count against a limit on threads.
+        wanted = min(self.options.concurrency, len(to_read))
+        pool, threads = (
+            workers_or_inline(wanted, "ingester-compare") if wanted > 1 else (InlineExecutor(), 0)
+        )
+        verdicts = in_order(pool, self._compare_one, to_read, threads)
+        read = 0  # how many of to_read were judged
+        try:
+            for name, size, remote in listed:
+                if self._stop.is_set():
+                    return False
+                self._alive()
+                if size != remote.size:
                     self.progress.mark_bad(
-                        name,
-                        f"the object store holds other bytes under its name ({size} bytes, "
-                        "as ours)",
+                        name, f"the object store holds {remote.size} bytes, the history {size}"
                     )
                     continue
-                self._compared[name] = remote.etag
-                self.progress.bad.pop(name, None)
+                if read == len(to_read) or to_read[read][0] != name:
+                    continue
+                read += 1
+                self._judge(name, size, remote, next(verdicts))
+        finally:
+            verdicts.close()
+            pool.shutdown(wait=True, cancel_futures=True)
         return True
+
+    def _compare_one(self, item: tuple[str, RemoteObject]) -> _Compared:
+        """Read our bytes of one version and prove them against its object (on a compare
+        thread); what came of it, for :meth:`_judge` to act on in the listing's order.
+        Raises :class:`MirrorBlocked` when the store cannot be used, except for a refused
+        read, which is an answer."""
+        name, remote = item
+        try:
+            data = self.local.read_version(name)
+        except VersionNotFound:
+            return _Compared("gone")
+        except OSError as exc:
+            return _Compared("unreadable", str(exc))
+        try:
+            return _Compared("proven" if self._proves(remote, data) else "other")
+        except MirrorBlocked as exc:
+            if exc.failure.kind != "denied":
+                raise
+            return _Compared("refused", exc.failure.detail)
+
+    def _judge(self, name: str, size: int, remote: RemoteObject, found: _Compared) -> None:
+        """Act on what comparing version ``name`` with its object found."""
+        if found.kind == "gone":
+            self._gone.add(name)  # deleted by retention since the listing
+        elif found.kind == "unreadable":
+            # Not compared, so not proven: it holds the watermark until it can be read
+            # (it is compared again at every listing meanwhile).
+            self.progress.mark_bad(name, f"cannot compare it: {found.detail}")
+        elif found.kind == "refused":
+            self._read_refused(name, found.detail)
+        elif found.kind == "other":
+            self.progress.mark_bad(
+                name, f"the object store holds other bytes under its name ({size} bytes, as ours)"
+            )
+        else:
+            self._get_refused = None
+            self._compared[name] = remote.etag
+            self.progress.bad.pop(name, None)
 
     def _read_refused(self, name: str, detail: str) -> None:
         """The store refused to let object ``name`` be read back (403: a policy without

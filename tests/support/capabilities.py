@@ -13,6 +13,7 @@ a test where it cannot run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -35,6 +36,7 @@ __all__ = [
     "can_chattr",
     "can_mount",
     "chattr_problem",
+    "fill",
     "has_ipv6_loopback",
     "immutable",
     "limited_threads",
@@ -365,3 +367,17 @@ def tmpfs(path: Path, size: str = "4m", mode: str = "0755") -> Iterator[Path]:
         yield path
     finally:
         umount_all(path)
+
+
+def fill(folder: Path) -> Path:
+    """Write into ``folder`` until its filesystem is full (ENOSPC); return the filler
+    file, whose removal gives the room back."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        for size in (65536, 4096, 512, 1):  # big chunks first, then fill the last page
+            try:
+                while True:
+                    handle.write(b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    return filler

@@ -254,7 +254,8 @@ class FaultProxy:
     ``in_flight`` counts the requests taken for forwarding (their delay included) whose
     answer has not come back from upstream: the fault a request gets and its place in
     that count are decided together, so once ``fault`` is an error and ``in_flight`` is
-    0, nothing more reaches the server. A request whose body stops short (its client was
+    0, nothing more reaches the server. ``most_in_flight`` is the most that ever were at
+    once. A request whose body stops short (its client was
     killed mid-upload) is never forwarded, as a real server would discard it.
     ``kms_etags`` makes every ETag it passes on (headers and listings) what an SSE-KMS
     bucket gives: 32 hex digits that are not the MD5 of the bytes, the same for the same
@@ -272,6 +273,7 @@ class FaultProxy:
         self.faulted = 0
         self.forwarded = 0
         self.in_flight = 0
+        self.most_in_flight = 0
         self.kms_etags = False
         self.requests: list[tuple[str, str]] = []
         self.answered: Callable[[str, str], None] | None = None
@@ -296,6 +298,7 @@ class FaultProxy:
                         proxy.faulted += 1
                     else:
                         proxy.in_flight += 1
+                        proxy.most_in_flight = max(proxy.most_in_flight, proxy.in_flight)
                 if fault in ("slowdown", "error", "deny"):
                     status, code = {
                         "slowdown": (503, "SlowDown"),

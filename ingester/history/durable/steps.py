@@ -173,6 +173,26 @@ def remove_file(path: StrPath) -> None:
         raise StorageError("remove", path, exc) from exc
 
 
+def empty_file(path: StrPath) -> None:
+    """Cut the regular file ``path`` to no bytes, in place, and fsync it.
+
+    For a file whose replacement failed (a full disk) and whose old bytes must not stand:
+    cutting needs no new block where writing a replacement does. Never creates ``path``
+    and never follows a symlink. Raises :class:`StorageError` if the file cannot be
+    opened, cut or fsynced (a failed fsync is a failed write).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageError("open", path, exc) from exc
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise StorageError("fsync", path, exc) from exc
+    finally:
+        os.close(fd)
+
+
 # -- single steps ------------------------------------------------------------------------
 # The claim (a drop's rename into .claimed/, its seal and its way back to the spool) and
 # the housekeeping take their steps one at a time, because each step's failure means
