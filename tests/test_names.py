@@ -1,4 +1,5 @@
-"""Version names: format, parsing, and ingestion order under any clock."""
+"""Version names: format, parsing, ingestion order under any clock, and the names a store
+has promised (its ledger)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingester import generate_version_filename, parse_timestamp_from_filename
+from ingester.history.name_ledger import NameLedger
 from ingester.history.names import format_timestamp, is_version_name
 
 GENERATED = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-[0-9a-f]{8}\.json$")
@@ -194,3 +196,114 @@ def test_timestamps_never_decrease_along_sorted_names(items: list[tuple[datetime
     stamps = [parse_timestamp_from_filename(n) for n in names]
     assert all(s is not None for s in stamps)
     assert stamps == sorted(stamps)  # type: ignore[type-var]
+
+
+# -- the naming ledger ------------------------------------------------------------------
+
+
+def named(stamp: datetime, suffix: str) -> str:
+    """The version name of ``stamp`` (to the second) with ``suffix``."""
+    return f"{stamp:%Y-%m-%dT%H-%M-%S}-{suffix}.json"
+
+
+def never_stored(name: str) -> bool:
+    return False
+
+
+# Dated after the clock (NOW), not a day ahead: every name is derived from one above it,
+# so each is known in advance.
+STORED = [named(NOW + timedelta(minutes=1), "00000000")]
+
+
+def test_a_ledger_hands_out_names_in_a_row_each_above_the_last_and_every_version() -> None:
+    ledger = NameLedger()
+    first = ledger.next_name(STORED, NOW)
+    second = ledger.next_name(STORED, NOW)
+    assert first == named(NOW + timedelta(minutes=1), "00000001")
+    assert STORED[-1] < first < second
+    assert ledger.handed == [first, second]
+
+
+def test_a_ledger_s_names_stay_unique_and_in_order_under_a_clock_set_back() -> None:
+    ledger = NameLedger()
+    names = [
+        ledger.next_name([], clock)
+        for clock in (NOW, NOW - timedelta(hours=1), NOW - timedelta(hours=23), NOW)
+    ]
+    assert names == sorted(names)
+    assert len(set(names)) == len(names)
+
+
+def test_a_name_handed_out_days_ahead_is_passed_over_by_the_clock_but_never_handed_again() -> None:
+    ledger = NameLedger()
+    ahead = ledger.next_name([], NOW + timedelta(days=3))
+    later = ledger.next_name([], NOW)  # the clock set back: named by the clock again
+    assert parse_timestamp_from_filename(later) == NOW.replace(microsecond=0)
+    assert later < ahead
+    assert ledger.handed == [later, ahead]
+
+
+def test_a_reserved_name_is_never_handed_out_and_later_names_sort_above_it() -> None:
+    ledger = NameLedger()
+    waiting = named(NOW + timedelta(hours=1), "00000005")
+    ledger.reserve([waiting], replace=True, stored=never_stored)
+    assert ledger.next_name([], NOW) == named(NOW + timedelta(hours=1), "00000006")
+    ledger.give_back(waiting)  # never handed out: it stays reserved
+    assert ledger.next_name([], NOW) > waiting
+
+
+def test_a_reserved_name_a_day_ahead_is_never_handed_out_even_where_the_next_name_is_it() -> None:
+    ledger = NameLedger()
+    legacy = named(NOW + timedelta(days=1), "test")  # not future: dated to the second
+    # The name after it, one second on, is future: passed over, and still not given.
+    waiting = named(NOW + timedelta(days=1, seconds=1), "00000000")
+    ledger.reserve([waiting], replace=True, stored=never_stored)
+    assert ledger.next_name([legacy], NOW) == named(NOW + timedelta(days=1, seconds=1), "00000001")
+
+
+def test_reserving_again_with_replace_releases_the_names_reserved_before() -> None:
+    ledger = NameLedger()
+    ledger.reserve([named(NOW + timedelta(hours=2), "00000000")], replace=True, stored=never_stored)
+    waiting = named(NOW + timedelta(hours=1), "00000000")
+    stored = named(NOW + timedelta(hours=3), "00000000")  # its claim's version is on disk
+    ledger.reserve(
+        [waiting, "_metadata.json", stored], replace=True, stored=lambda name: name == stored
+    )
+    assert ledger.next_name([], NOW) == named(NOW + timedelta(hours=1), "00000001")
+
+
+def test_a_name_given_back_may_be_handed_out_again() -> None:
+    ledger = NameLedger()
+    given = ledger.next_name(STORED, NOW)
+    ledger.give_back(given)
+    assert ledger.handed == []
+    assert ledger.next_name(STORED, NOW) == given
+
+
+def test_a_name_taken_back_is_never_handed_out_again() -> None:
+    ledger = NameLedger()
+    name = ledger.next_name(STORED, NOW)
+    ledger.linked(name)
+    ledger.withdraw(name)  # its version gone again, its claim may wait under it
+    ledger.give_back(name)
+    assert ledger.next_name(STORED, NOW) > name
+
+
+def test_a_linked_name_is_left_to_the_versions_to_keep() -> None:
+    ledger = NameLedger()
+    waiting = named(NOW + timedelta(hours=1), "00000000")
+    ledger.reserve([waiting], replace=False, stored=never_stored)
+    name = ledger.next_name(STORED, NOW)
+    ledger.linked(name)
+    ledger.linked(waiting)
+    assert ledger.handed == []
+    # Neither is kept any more: without the versions, the clock names the next one.
+    assert parse_timestamp_from_filename(ledger.next_name([], NOW)) == NOW.replace(microsecond=0)
+
+
+def test_names_handed_out_below_a_version_linked_since_are_no_longer_kept() -> None:
+    ledger = NameLedger()
+    handed = ledger.next_name([], NOW)  # its drop given up, never given back
+    later = ledger.next_name(STORED, NOW)  # a version above it was linked meanwhile
+    assert handed < STORED[-1] < later
+    assert ledger.handed == [later]

@@ -40,7 +40,8 @@ from ..clock import utc_now
 from ..errors import CacheNotRefreshed, MetadataUnreadable, StorageError, unreadable
 from . import durable
 from .base import derive_metadata, latest_name
-from .names import format_timestamp, generate_version_filename, is_version_name
+from .name_ledger import NameLedger
+from .names import format_timestamp, is_version_name
 
 if TYPE_CHECKING:
     from ..payload.model import ConsoleUsageDataSync
@@ -120,13 +121,7 @@ class HistoryStore:
         self._meta = StorageMetadata()
         self._loaded = False
         self._spare: durable.SpareFile | None = None
-        # Names handed out and not linked yet, and names taken back (each sorted): each
-        # stays used, as its claim may still wait.
-        self._handed: list[str] = []
-        self._withdrawn: list[str] = []
-        # Names of claims found waiting on disk (sorted): kept until each is linked or
-        # the next set of waiting claims replaces them, never passed by a later version.
-        self._reserved: list[str] = []
+        self._ledger = NameLedger()
         self._latest = LatestLink(self.latest_path, self.history_dir, self.list_versions)
 
     # -- paths -------------------------------------------------------------------
@@ -318,30 +313,10 @@ class HistoryStore:
 
     def next_version_name(self) -> str:
         """A fresh name that sorts above every non-future version and every non-future
-        name handed out and not linked yet or taken back; never one of those names."""
+        name handed out and not linked yet or taken back; never one of those names
+        (:meth:`NameLedger.next_name <ingester.history.name_ledger.NameLedger.next_name>`)."""
         self._ensure_loaded()
-        now = self.clock()
-        # A name taken back stays used (its claim may wait), and so does one handed out
-        # for a version not linked yet (a group links its versions together). One dated
-        # more than a day ahead (the clock was set back since) is passed over: names
-        # above it would be future too, so no new version would become the latest until
-        # the clock caught up, where a restart names them by the clock again.
-        after = self.latest_version_name(now)
-        if after is not None:
-            # Handed out at or below a version linked since: linked in turn, or given
-            # up (a drop that waits hands out a name on every try), never waited on. A
-            # claim known to wait is reserved apart, and stays: that version may go
-            # future (the clock set back) and no longer hold later names above it.
-            del self._handed[: bisect.bisect_right(self._handed, after)]
-        for used in (self._handed, self._reserved, self._withdrawn):
-            above = latest_name(used, now)
-            if above is not None and (after is None or above > after):
-                after = above
-        name = generate_version_filename(now, after=after)
-        while self._used(name):  # a name passed over can lie just above the clock's
-            name = generate_version_filename(now, after=name)
-        bisect.insort(self._handed, name)
-        return name
+        return self._ledger.next_name(self._names, self.clock())
 
     def reserve_names(self, names: Iterable[str], *, replace: bool = False) -> None:
         """Never hand out any of ``names``, and hand out none below those not dated more
@@ -351,30 +326,19 @@ class HistoryStore:
         claims are gone), so the reserved names never outnumber the claims. Names that
         are not version names are ignored."""
         self._ensure_loaded()
-        if replace:
-            self._reserved = []
-        for name in names:
-            # Reserved even when handed out by this process: a handed-out name is
-            # dropped once a version is linked above it, and a claim that waits under it
-            # must keep it through that version going future (the clock set back).
-            index = bisect.bisect_left(self._reserved, name)
-            taken = index < len(self._reserved) and self._reserved[index] == name
-            if is_version_name(name) and not taken and not self.has_version(name):
-                self._reserved.insert(index, name)
+        self._ledger.reserve(names, replace=replace, stored=self.has_version)
 
     def give_back(self, name: str) -> None:
         """``name``, handed out by :meth:`next_version_name`, was never used (its drop
         could not be claimed): it need not be kept from later names. A drop that waits
         asks for a name on every try, so names kept for nothing would pile up."""
-        index = bisect.bisect_left(self._handed, name)
-        if index < len(self._handed) and self._handed[index] == name:
-            del self._handed[index]
+        self._ledger.give_back(name)
 
-    def _used(self, name: str) -> bool:
-        return any(
-            (i := bisect.bisect_left(names, name)) < len(names) and names[i] == name
-            for names in (self._names, self._handed, self._reserved, self._withdrawn)
-        )
+    @property
+    def _handed(self) -> list[str]:
+        """The names handed out and not linked or given back yet (sorted, a copy): what
+        the store keeps from later names for drops still on their way to a version."""
+        return self._ledger.handed
 
     def write_version(self, name: str, data: bytes) -> Path:
         """Durably store ``data`` as version ``name``; the latest link and metadata wait.
@@ -446,10 +410,7 @@ class HistoryStore:
 
     def _counted(self, name: str) -> None:
         bisect.insort(self._names, name)
-        for kept in (self._handed, self._reserved):
-            index = bisect.bisect_left(kept, name)
-            if index < len(kept) and kept[index] == name:
-                del kept[index]  # linked: the versions keep it used now
+        self._ledger.linked(name)
         self._meta = self._meta.model_copy(
             update={"total_versions_created": self._meta.total_versions_created + 1}
         )
@@ -465,9 +426,7 @@ class HistoryStore:
 
         The name is never given again (its claim may still be waiting).
         """
-        index = bisect.bisect_left(self._withdrawn, name)
-        if index == len(self._withdrawn) or self._withdrawn[index] != name:
-            self._withdrawn.insert(index, name)
+        self._ledger.withdraw(name)
         with contextlib.suppress(OSError):
             durable.unlink_entry(self.version_path(name))
         index = bisect.bisect_left(self._names, name)

@@ -29,12 +29,12 @@ from ..errors import PayloadRejected
 from .gate import (
     ISO_WITH_OFFSET,
     LAST_UPDATED_RANGE,
-    MAX_NESTING,
     MISSING_SECTION,
     check_last_updated,
     check_sections,
     judge,
 )
+from .json_reading import MAX_NESTING
 
 __all__ = [
     "LAST_UPDATED_RANGE",
