@@ -152,7 +152,7 @@ def test_a_drop_that_cannot_be_claimed_keeps_no_name_from_later_drops(
         for _ in range(50):
             with store.batch() as batch:
                 assert not isinstance(intake.take("stuck.json", How.COMPLETE, batch), Stored)
-        assert store._handed == []  # what the store keeps from later names
+        assert store._ledger.handed == []  # what the store keeps from later names
     with store.batch() as batch:
         taken = intake.take("stuck.json", How.COMPLETE, batch)
     assert isinstance(taken, Stored)  # taken once it can be moved

@@ -334,12 +334,6 @@ class HistoryStore:
         asks for a name on every try, so names kept for nothing would pile up."""
         self._ledger.give_back(name)
 
-    @property
-    def _handed(self) -> list[str]:
-        """The names handed out and not linked or given back yet (sorted, a copy): what
-        the store keeps from later names for drops still on their way to a version."""
-        return self._ledger.handed
-
     def write_version(self, name: str, data: bytes) -> Path:
         """Durably store ``data`` as version ``name``; the latest link and metadata wait.
 
