@@ -32,32 +32,32 @@ tests:
       - series: 'ingester_usage_percent{job="u", limit="currentSession"}'
         values: '40x10'
       # runs out in an hour, reset next week: fires
-      - series: 'ingester_usage_exhausts_at_seconds{job="u", limit="soon"}'
+      - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="soon"}'
         values: '4200x10'
-      - series: 'ingester_usage_resets_at_seconds{job="u", limit="soon"}'
+      - series: 'ingester_usage_resets_timestamp_seconds{job="u", limit="soon"}'
         values: '605400x10'
       # runs out in an hour, but the reset comes first: silent
-      - series: 'ingester_usage_exhausts_at_seconds{job="u", limit="resetFirst"}'
+      - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="resetFirst"}'
         values: '4200x10'
-      - series: 'ingester_usage_resets_at_seconds{job="u", limit="resetFirst"}'
+      - series: 'ingester_usage_resets_timestamp_seconds{job="u", limit="resetFirst"}'
         values: '3000x10'
       # runs out in three hours: silent
-      - series: 'ingester_usage_exhausts_at_seconds{job="u", limit="later"}'
+      - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="later"}'
         values: '11400x10'
-      - series: 'ingester_usage_resets_at_seconds{job="u", limit="later"}'
+      - series: 'ingester_usage_resets_timestamp_seconds{job="u", limit="later"}'
         values: '605400x10'
       # the reset has passed since the newest snapshot: silent
-      - series: 'ingester_usage_exhausts_at_seconds{job="u", limit="stale"}'
+      - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="stale"}'
         values: '300x10'
-      - series: 'ingester_usage_resets_at_seconds{job="u", limit="stale"}'
+      - series: 'ingester_usage_resets_timestamp_seconds{job="u", limit="stale"}'
         values: '400x10'
       # at 100 % since 5 min, reset next week: fires, in words (its time left is negative)
-      - series: 'ingester_usage_exhausts_at_seconds{job="u", limit="full"}'
+      - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="full"}'
         values: '300x10'
-      - series: 'ingester_usage_resets_at_seconds{job="u", limit="full"}'
+      - series: 'ingester_usage_resets_timestamp_seconds{job="u", limit="full"}'
         values: '605400x10'
       # no reset time known: fires
-      - series: 'ingester_usage_exhausts_at_seconds{job="u", limit="noReset"}'
+      - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="noReset"}'
         values: '1800x10'
       # read at 0 s and never since: an hour old at 60 min (fires), not at 59
       - series: 'ingester_usage_observed_timestamp_seconds{job="u", limit="unread"}'
@@ -126,9 +126,9 @@ STEPS = 12  # scrapes, one a minute of promtool's time
 PARTIAL = (6, 7)  # the steps whose snapshot lacks weeklyLimits
 FAMILIES = (
     "ingester_usage_percent",
-    "ingester_usage_resets_at_seconds",
+    "ingester_usage_resets_timestamp_seconds",
     "ingester_usage_rate_percent_per_hour",
-    "ingester_usage_exhausts_at_seconds",
+    "ingester_usage_exhausts_timestamp_seconds",
     "ingester_usage_observed_timestamp_seconds",
 )
 TIMES = {name for name in FAMILIES if name.endswith("_seconds")}
@@ -211,7 +211,7 @@ def test_the_rules_hold_through_a_partial_scrape_of_a_real_serve(rules: Path, ro
     for minute in range(5, STEPS):
         scrape = scrapes[minute]
         pct = scrape[("ingester_usage_percent", weekly)]
-        left = scrape[("ingester_usage_exhausts_at_seconds", weekly)] - base - 60 * minute
+        left = scrape[("ingester_usage_exhausts_timestamp_seconds", weekly)] - base - 60 * minute
         tests += [
             {
                 "eval_time": f"{minute}m",

@@ -180,10 +180,10 @@ def test_forecast_over_http_cli_metrics_and_check(
     assert samples[("ingester_usage_percent", weekly)] == 52
     assert samples[("ingester_usage_rate_percent_per_hour", weekly)] == 2.0
     exhausts = (last + timedelta(hours=24)).timestamp()
-    assert samples[("ingester_usage_exhausts_at_seconds", weekly)] == pytest.approx(exhausts)
+    assert samples[("ingester_usage_exhausts_timestamp_seconds", weekly)] == pytest.approx(exhausts)
     resets = (last + timedelta(days=3)).timestamp()
-    assert samples[("ingester_usage_resets_at_seconds", weekly)] == pytest.approx(resets)
-    assert ("ingester_usage_exhausts_at_seconds", "weeklyLimits.sonnetOnly") not in samples
+    assert samples[("ingester_usage_resets_timestamp_seconds", weekly)] == pytest.approx(resets)
+    assert ("ingester_usage_exhausts_timestamp_seconds", "weeklyLimits.sonnetOnly") not in samples
     assert samples[("ingester_usage_rate_percent_per_hour", "weeklyLimits.sonnetOnly")] == 0
     assert samples[("ingester_usage_resets_unparsable_total", None)] == 0
 
@@ -504,7 +504,7 @@ def test_a_partial_scrape_keeps_every_limit_everywhere(
     }
     weekly = "weeklyLimits.allModels"
     assert samples[("ingester_usage_percent", weekly)] == 52
-    assert samples[("ingester_usage_exhausts_at_seconds", weekly)] == pytest.approx(
+    assert samples[("ingester_usage_exhausts_timestamp_seconds", weekly)] == pytest.approx(
         (last + timedelta(hours=24)).timestamp()
     )
     assert samples[("ingester_usage_observed_timestamp_seconds", weekly)] == last.timestamp()

@@ -11,8 +11,8 @@
   forecast from (none stored, or all dated more than a day ahead, which the message
   says) and 503 when the history cannot be read, like the other reads;
 * the collector exports, per limit (label ``limit``, the dotted path):
-  ``ingester_usage_percent``, ``ingester_usage_resets_at_seconds``,
-  ``ingester_usage_rate_percent_per_hour`` and ``ingester_usage_exhausts_at_seconds``,
+  ``ingester_usage_percent``, ``ingester_usage_resets_timestamp_seconds``,
+  ``ingester_usage_rate_percent_per_hour`` and ``ingester_usage_exhausts_timestamp_seconds``,
   each absent where the forecast has no value, and
   ``ingester_usage_observed_timestamp_seconds`` (when its reading was observed: older
   than the newest snapshot for a limit held through a partial scrape, so the series
@@ -164,7 +164,7 @@ class UsageCollector(Collector):
                 labels=["limit"],
             ),
             "resets": GaugeMetricFamily(
-                "ingester_usage_resets_at_seconds",
+                "ingester_usage_resets_timestamp_seconds",
                 "When each limit resets (Unix seconds; absent when resetsIn is unreadable)",
                 labels=["limit"],
             ),
@@ -174,7 +174,7 @@ class UsageCollector(Collector):
                 labels=["limit"],
             ),
             "exhausts": GaugeMetricFamily(
-                "ingester_usage_exhausts_at_seconds",
+                "ingester_usage_exhausts_timestamp_seconds",
                 "When each limit reaches 100 % at its burn rate (Unix seconds; absent when "
                 "there is no projection)",
                 labels=["limit"],
