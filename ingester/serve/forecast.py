@@ -16,7 +16,8 @@
   each absent where the forecast has no value, and
   ``ingester_usage_observed_timestamp_seconds`` (when its reading was observed: older
   than the newest snapshot for a limit held through a partial scrape, so the series
-  stay put and alerts on them do not resolve and fire again); and
+  stay put and alerts on them do not resolve and fire again; kept, alone, for a limit
+  whose window reset since, as long as the history holds its last reading); and
   ``ingester_usage_resets_unparsable_total``.
 
 Both read the history through the app's :class:`~ingester.history.index.HistoryIndex`,
@@ -147,6 +148,11 @@ class UsageCollector(Collector):
                 families["rate"].add_metric(label, limit.rate_per_hour)
             if limit.exhausts_at is not None:
                 families["exhausts"].add_metric(label, limit.exhausts_at.timestamp())
+        # A limit whose window reset since its last reading has no value to show, but the
+        # scraper still misses it: its reading's time stays, so an alert on how long a
+        # limit has gone unread keeps firing instead of resolving at the reset.
+        for name, observed_at in answer.forecast.lapsed:
+            families["observed"].add_metric([name], observed_at.timestamp())
         yield from families.values()
 
     @staticmethod
