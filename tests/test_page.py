@@ -115,8 +115,8 @@ def serve(root: Path) -> Iterator[Any]:
     """Start ``ingester serve`` on a free loopback port; stopped after the test."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def launch() -> Server:
-        proc, log = start(root, "serve", "--listen", "127.0.0.1:0", log_name="serve.log")
+    def launch(listen: str = "127.0.0.1:0") -> Server:
+        proc, log = start(root, "serve", "--listen", listen, log_name="serve.log")
         procs.append(proc)
 
         def listening() -> str | None:
@@ -475,6 +475,49 @@ def test_a_new_drop_appears_without_a_reload(
     finally:
         stop(watcher)
     assert watcher.returncode == 0, watch_log.read_text()
+
+
+def test_an_open_page_follows_retention_deleting_old_versions(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    # The newest version stays the same; what changes is how many are held: the count
+    # and the chart follow without a reload.
+    bodies = build_history(root, timedelta(minutes=1))
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1")
+    page = watched.page
+    pick_range(page, "All")
+    wait_points(page, len(AGES_H))
+    info = page.locator("#version-info")
+    expect(info).to_contain_text(f"Version {len(AGES_H)} of {len(AGES_H)}")
+    done = run_cli(root, "--max-versions", str(IN_24H), "--retention-days", "1", "cleanup")
+    assert done.returncode == 0, done.stderr
+    expect(info).to_contain_text(f"Version {IN_24H} of {IN_24H}", timeout=10_000)
+    wait_points(page, IN_24H)
+    assert bodies[-1]["name"] in info.inner_text()
+    assert watched.problems == []
+
+
+def test_an_open_page_follows_a_history_emptied_across_a_restart(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    bodies = build_history(root, timedelta(minutes=1))
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1")
+    page = watched.page
+    pick_range(page, "All")
+    wait_points(page, len(AGES_H))
+    stop(server.proc)
+    for body in bodies:
+        (root / HISTORY / body["name"]).unlink()
+    serve(server.url.removeprefix("http://"))
+    expect(page.locator("#fresh-badge")).to_have_text("No data", timeout=15_000)
+    wait_points(page, 0)
+    expect(page.locator("#version-info")).to_have_text("")
+    expect(page.locator("#connection")).to_be_hidden()
+    # The browser reports the answers the server gave while the history was empty (404)
+    # and those it could not get while the server was down; nothing else went wrong.
+    assert [p for p in watched.problems if not re.search(r"404|Failed to load", p)] == []
 
 
 def test_a_forecast_the_server_fails_leaves_the_rest_shown_and_the_page_not_busy(
