@@ -27,11 +27,15 @@ from urllib.parse import urlsplit
 
 import pytest
 from support import cli_env, run_cli, wait_for
+from support.capabilities import AS_OTHER, other_user_problem, others_folder, run_as_other
+from support.serveproc import ServeProcess
 
 from ingester.history.names import generate_version_filename
 from ingester.usage.export import COLUMNS
 
 HISTORY = "console-usage-history"
+SERIES = "/api/claude/console-usage/series"
+WHY_NOT_OTHER = other_user_problem()
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -782,6 +786,38 @@ def test_series_by_observation_time(root: Path, serve: Any) -> None:
 
 
 # -- partial scrapes, clocks, gaps and the reset marks -----------------------------------------
+
+
+@pytest.mark.skipif(WHY_NOT_OTHER is not None, reason=WHY_NOT_OTHER or "")
+def test_a_version_the_series_could_not_read_is_drawn_once_it_can() -> None:
+    """Served by another user, one version (mode 0) is skipped as unreadable; once its mode
+    is put right the same request with the tag it was given gets the row, not a 304
+    that keeps it out until some other version is stored."""
+    with others_folder("ingester-series-unreadable-") as root:
+        assert run_as_other(root, "init").returncode == 0
+        now = datetime.now(UTC) - timedelta(minutes=30)
+        names = []
+        for i in range(3):
+            body = body_for(i, now + timedelta(minutes=i))
+            names.append(generate_version_filename(now + timedelta(minutes=i)))
+            (root / HISTORY / names[-1]).write_text(json.dumps(body))
+        unreadable = root / HISTORY / names[1]
+        unreadable.chmod(0)
+        with ServeProcess(root, wrapper=tuple(AS_OTHER)) as server:
+            first = server.get(SERIES)
+            assert first.status_code == 200, first.text
+            assert first.json()["count"] == 2
+            [skipped] = first.json()["skipped"]
+            assert skipped["version"] == names[1] and "unreadable" in skipped["reason"]
+            still = server.get(SERIES, headers={"If-None-Match": first.headers["etag"]})
+            assert still.status_code == 304  # nothing changed: still one it cannot read
+            unreadable.chmod(0o644)
+            after = server.get(SERIES, headers={"If-None-Match": first.headers["etag"]})
+            assert after.status_code == 200, after.headers
+            assert (after.json()["count"], after.json()["skipped"]) == (3, [])
+            again = server.get(SERIES, headers={"If-None-Match": after.headers["etag"]})
+            assert again.status_code == 304
+            assert server.stop() == 0
 
 
 def store(root: Path, snapshots: list[tuple[datetime, dict[str, Any]]]) -> None:
