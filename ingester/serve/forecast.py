@@ -6,10 +6,11 @@
   "resetsIn", "resetsAt", "ratePerHour", "exhaustsAt", "beforeReset", "basis":
   {"points", "since"}, "observedAt", "inNewest", "missingReason"}]}``
   (:meth:`ingester.usage.forecast.Forecast.to_json`), with a weak
-  ``ETag`` naming the versions it came from (a repeated request with ``If-None-Match``
-  is a 304), 404 ``{"error", "message", "versionsAvailable": 0}`` without a version to
-  forecast from (none stored, or all dated more than a day ahead, which the message
-  says) and 503 when the history cannot be read, like the other reads;
+  ``ETag`` naming the versions it came from and those it could not read (a repeated
+  request with ``If-None-Match`` is a 304), 404 ``{"error", "message",
+  "versionsAvailable": 0}`` without a version to forecast from (none stored, or all
+  dated more than a day ahead, which the message says) and 503 when the history cannot
+  be read, like the other reads;
 * the collector exports, per limit (label ``limit``, the dotted path):
   ``ingester_usage_percent``, ``ingester_usage_resets_timestamp_seconds``,
   ``ingester_usage_rate_percent_per_hour`` and ``ingester_usage_exhausts_timestamp_seconds``,
