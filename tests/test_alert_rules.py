@@ -32,32 +32,32 @@ tests:
       - series: 'ingester_usage_percent{job="u", limit="currentSession"}'
         values: '40x10'
       # runs out in an hour, reset next week: fires
-      - series: 'ingester_usage_exhausts_at_seconds{job="u", limit="soon"}'
+      - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="soon"}'
         values: '4200x10'
-      - series: 'ingester_usage_resets_at_seconds{job="u", limit="soon"}'
+      - series: 'ingester_usage_resets_timestamp_seconds{job="u", limit="soon"}'
         values: '605400x10'
       # runs out in an hour, but the reset comes first: silent
-      - series: 'ingester_usage_exhausts_at_seconds{job="u", limit="resetFirst"}'
+      - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="resetFirst"}'
         values: '4200x10'
-      - series: 'ingester_usage_resets_at_seconds{job="u", limit="resetFirst"}'
+      - series: 'ingester_usage_resets_timestamp_seconds{job="u", limit="resetFirst"}'
         values: '3000x10'
       # runs out in three hours: silent
-      - series: 'ingester_usage_exhausts_at_seconds{job="u", limit="later"}'
+      - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="later"}'
         values: '11400x10'
-      - series: 'ingester_usage_resets_at_seconds{job="u", limit="later"}'
+      - series: 'ingester_usage_resets_timestamp_seconds{job="u", limit="later"}'
         values: '605400x10'
       # the reset has passed since the newest snapshot: silent
-      - series: 'ingester_usage_exhausts_at_seconds{job="u", limit="stale"}'
+      - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="stale"}'
         values: '300x10'
-      - series: 'ingester_usage_resets_at_seconds{job="u", limit="stale"}'
+      - series: 'ingester_usage_resets_timestamp_seconds{job="u", limit="stale"}'
         values: '400x10'
       # at 100 % since 5 min, reset next week: fires, in words (its time left is negative)
-      - series: 'ingester_usage_exhausts_at_seconds{job="u", limit="full"}'
+      - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="full"}'
         values: '300x10'
-      - series: 'ingester_usage_resets_at_seconds{job="u", limit="full"}'
+      - series: 'ingester_usage_resets_timestamp_seconds{job="u", limit="full"}'
         values: '605400x10'
       # no reset time known: fires
-      - series: 'ingester_usage_exhausts_at_seconds{job="u", limit="noReset"}'
+      - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="noReset"}'
         values: '1800x10'
       # read at 0 s and never since: an hour old at 60 min (fires), not at 59
       - series: 'ingester_usage_observed_timestamp_seconds{job="u", limit="unread"}'
@@ -126,9 +126,9 @@ STEPS = 12  # scrapes, one a minute of promtool's time
 PARTIAL = (6, 7)  # the steps whose snapshot lacks weeklyLimits
 FAMILIES = (
     "ingester_usage_percent",
-    "ingester_usage_resets_at_seconds",
+    "ingester_usage_resets_timestamp_seconds",
     "ingester_usage_rate_percent_per_hour",
-    "ingester_usage_exhausts_at_seconds",
+    "ingester_usage_exhausts_timestamp_seconds",
     "ingester_usage_observed_timestamp_seconds",
 )
 TIMES = {name for name in FAMILIES if name.endswith("_seconds")}
@@ -168,6 +168,32 @@ def humanize_duration(value: float) -> str:
     return f"{minutes}m {seconds}s"
 
 
+def usage_scrape(server: ServeProcess) -> dict[tuple[str, str], float]:
+    """The usage series of one scrape of ``server``'s ``/metrics``: (name, limit) -> value."""
+    text = server.get("/metrics").text
+    return {
+        (s.name, s.labels["limit"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name in FAMILIES
+    }
+
+
+def input_series(scrapes: list[dict[tuple[str, str], float]], base: float) -> list[dict[str, str]]:
+    """``scrapes`` as promtool's ``input_series``, one value per scrape; times made relative
+    to ``base`` (promtool's 0 s)."""
+    keys = sorted({key for scrape in scrapes for key in scrape})
+    series = []
+    for name, limit in keys:
+        cells = []
+        for scrape in scrapes:
+            value = scrape.get((name, limit))
+            # A series missing from a scrape is marked stale, as Prometheus marks it.
+            cells.append("stale" if value is None else repr(value - (base if name in TIMES else 0)))
+        series.append({"series": f'{name}{{job="u", limit="{limit}"}}', "values": " ".join(cells)})
+    return series
+
+
 def test_the_rules_hold_through_a_partial_scrape_of_a_real_serve(rules: Path, root: Path) -> None:
     t0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=30)
     assert run_cli(root, "init").returncode == 0
@@ -185,33 +211,17 @@ def test_the_rules_hold_through_a_partial_scrape_of_a_real_serve(rules: Path, ro
                 20,
                 f"the snapshot of step {step} in the forecast",
             )
-            text = server.get("/metrics").text
-            scrapes.append(
-                {
-                    (s.name, s.labels["limit"]): s.value
-                    for family in text_string_to_metric_families(text)
-                    for s in family.samples
-                    if s.name in FAMILIES
-                }
-            )
+            scrapes.append(usage_scrape(server))
     # Times as promtool's clock reads them: t0 is its 0 s, one scrape a minute.
     base = t0.timestamp()
-    keys = sorted({key for scrape in scrapes for key in scrape})
-    series = []
-    for name, limit in keys:
-        cells = []
-        for scrape in scrapes:
-            value = scrape.get((name, limit))
-            # A series missing from a scrape is marked stale, as Prometheus marks it.
-            cells.append("stale" if value is None else repr(value - (base if name in TIMES else 0)))
-        series.append({"series": f'{name}{{job="u", limit="{limit}"}}', "values": " ".join(cells)})
+    series = input_series(scrapes, base)
 
     weekly = "weeklyLimits.allModels"
     tests = []
     for minute in range(5, STEPS):
         scrape = scrapes[minute]
         pct = scrape[("ingester_usage_percent", weekly)]
-        left = scrape[("ingester_usage_exhausts_at_seconds", weekly)] - base - 60 * minute
+        left = scrape[("ingester_usage_exhausts_timestamp_seconds", weekly)] - base - 60 * minute
         tests += [
             {
                 "eval_time": f"{minute}m",
@@ -251,3 +261,70 @@ def test_the_rules_hold_through_a_partial_scrape_of_a_real_serve(rules: Path, ro
     for step in PARTIAL:
         observed = scrapes[step][("ingester_usage_observed_timestamp_seconds", weekly)]
         assert observed == (t0 + timedelta(minutes=PARTIAL[0] - 1)).timestamp()
+
+
+def test_a_limit_the_scraper_keeps_missing_stays_unread_after_its_reset(
+    rules: Path, root: Path
+) -> None:
+    """The weekly limit is read once, its window resetting 40 minutes later, and every
+    snapshot after lacks it: past its reset it has no percentage to show, but the scraper
+    still misses it, so the unread alert fires at the hour and goes on firing."""
+    t0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=30)
+    assert run_cli(root, "init").returncode == 0
+    weekly = "weeklyLimits.allModels"
+    scrapes: list[dict[tuple[str, str], float]] = []
+    with ServeProcess(root) as server:
+        for step in range(20):  # one scrape every 5 minutes, 95 minutes in all
+            at = t0 + timedelta(minutes=5 * step)
+            body: dict[str, Any] = {
+                "currentSession": {"resetsIn": "3 hr", "percentageUsed": 20},
+                "lastUpdated": iso(at),
+            }
+            if step == 0:
+                window = {"resetsIn": "40 min", "percentageUsed": 50}
+                body["weeklyLimits"] = {"allModels": window, "sonnetOnly": window}
+            else:
+                body["isPartial"] = True
+                body["extractionErrors"] = {"weeklyLimits": "selector 'Weekly limits' not found"}
+            put_version(root, version_name(at), json.dumps(body).encode())
+            wait_for(
+                lambda at=at: server.get(FORECAST).json()["asOf"] == iso(at),
+                20,
+                f"the snapshot of step {step} in the forecast",
+            )
+            scrapes.append(usage_scrape(server))
+    assert ("ingester_usage_percent", weekly) not in scrapes[-1]  # its window has reset
+    tests: list[dict[str, Any]] = [
+        {"eval_time": f"{minute}m", "alertname": "ConsoleUsageLimitUnread", "exp_alerts": []}
+        for minute in (30, 55)
+    ]
+    for minute in (65, 80, 95):
+        tests.append(
+            {
+                "eval_time": f"{minute}m",
+                "alertname": "ConsoleUsageLimitUnread",
+                "exp_alerts": [
+                    {
+                        "exp_labels": {"severity": "warning", "job": "u", "limit": limit},
+                        "exp_annotations": {
+                            "summary": f"{limit} last read {humanize_duration(60 * minute)} ago"
+                        },
+                    }
+                    for limit in (weekly, "weeklyLimits.sonnetOnly")
+                ],
+            }
+        )
+    unit = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "5m",
+                "input_series": input_series(scrapes, t0.timestamp()),
+                "alert_rule_test": tests,
+            }
+        ],
+    }
+    (rules / "unread.yml").write_text(json.dumps(unit, indent=1))
+    done = promtool("test", "rules", "unread.yml", cwd=rules)
+    assert done.returncode == 0, done.stdout + done.stderr

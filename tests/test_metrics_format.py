@@ -122,6 +122,20 @@ def test_names_follow_the_rules(which: str, request: pytest.FixtureRequest) -> N
             assert not name.endswith("_total")
 
 
+@pytest.mark.parametrize("which", ["serve", "watch"])
+def test_every_unix_time_is_named_timestamp_seconds(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    """A family whose help says it holds a Unix time ends in ``_timestamp_seconds``, the
+    rule the docs state, so ``time() - x_timestamp_seconds`` reads as an age everywhere."""
+    text = request.getfixturevalue(f"{which}_text")
+    unix = re.compile(r"\bUnix (seconds|time)\b")
+    times = [f for f in text_string_to_metric_families(text) if unix.search(f.documentation)]
+    assert times
+    wrong = [f.name for f in times if not f.name.endswith("_timestamp_seconds")]
+    assert not wrong, f"Unix times not named *_timestamp_seconds: {wrong}"
+
+
 def test_metadata_totals_are_counters(serve_text: str, tmp_path: Path) -> None:
     found = families(serve_text)
     assert found["ingester_versions_stored"] == ("counter", {"ingester_versions_stored_total"})
@@ -167,7 +181,12 @@ def test_every_series_the_docs_name_is_exported(serve_text: str, watch_text: str
         for token in re.findall(r"\bingester_[a-z_]+[a-z]\b", doc.read_text()):
             named.setdefault(token, doc.name)
     # Names the docs give as the old ones, on purpose.
-    renamed = {"ingester_versions_created", "ingester_http_requests_created"}
+    renamed = {
+        "ingester_versions_created",
+        "ingester_http_requests_created",
+        "ingester_usage_resets_at_seconds",
+        "ingester_usage_exhausts_at_seconds",
+    }
     missing = {n: d for n, d in named.items() if n not in exported and n not in renamed}
     assert not missing, f"the docs name series no scrape has: {json.dumps(missing)}"
 

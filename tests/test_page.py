@@ -27,11 +27,15 @@ from urllib.parse import urlsplit
 
 import pytest
 from support import cli_env, run_cli, wait_for
+from support.capabilities import AS_OTHER, other_user_problem, others_folder, run_as_other
+from support.serveproc import ServeProcess
 
 from ingester.history.names import generate_version_filename
 from ingester.usage.export import COLUMNS
 
 HISTORY = "console-usage-history"
+SERIES = "/api/claude/console-usage/series"
+WHY_NOT_OTHER = other_user_problem()
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -115,8 +119,8 @@ def serve(root: Path) -> Iterator[Any]:
     """Start ``ingester serve`` on a free loopback port; stopped after the test."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def launch() -> Server:
-        proc, log = start(root, "serve", "--listen", "127.0.0.1:0", log_name="serve.log")
+    def launch(listen: str = "127.0.0.1:0") -> Server:
+        proc, log = start(root, "serve", "--listen", listen, log_name="serve.log")
         procs.append(proc)
 
         def listening() -> str | None:
@@ -477,6 +481,49 @@ def test_a_new_drop_appears_without_a_reload(
     assert watcher.returncode == 0, watch_log.read_text()
 
 
+def test_an_open_page_follows_retention_deleting_old_versions(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    # The newest version stays the same; what changes is how many are held: the count
+    # and the chart follow without a reload.
+    bodies = build_history(root, timedelta(minutes=1))
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1")
+    page = watched.page
+    pick_range(page, "All")
+    wait_points(page, len(AGES_H))
+    info = page.locator("#version-info")
+    expect(info).to_contain_text(f"Version {len(AGES_H)} of {len(AGES_H)}")
+    done = run_cli(root, "--max-versions", str(IN_24H), "--retention-days", "1", "cleanup")
+    assert done.returncode == 0, done.stderr
+    expect(info).to_contain_text(f"Version {IN_24H} of {IN_24H}", timeout=10_000)
+    wait_points(page, IN_24H)
+    assert bodies[-1]["name"] in info.inner_text()
+    assert watched.problems == []
+
+
+def test_an_open_page_follows_a_history_emptied_across_a_restart(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    bodies = build_history(root, timedelta(minutes=1))
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1")
+    page = watched.page
+    pick_range(page, "All")
+    wait_points(page, len(AGES_H))
+    stop(server.proc)
+    for body in bodies:
+        (root / HISTORY / body["name"]).unlink()
+    serve(server.url.removeprefix("http://"))
+    expect(page.locator("#fresh-badge")).to_have_text("No data", timeout=15_000)
+    wait_points(page, 0)
+    expect(page.locator("#version-info")).to_have_text("")
+    expect(page.locator("#connection")).to_be_hidden()
+    # The browser reports the answers the server gave while the history was empty (404)
+    # and those it could not get while the server was down; nothing else went wrong.
+    assert [p for p in watched.problems if not re.search(r"404|Failed to load", p)] == []
+
+
 def test_a_forecast_the_server_fails_leaves_the_rest_shown_and_the_page_not_busy(
     root: Path, serve: Any, browser: Any
 ) -> None:
@@ -739,6 +786,38 @@ def test_series_by_observation_time(root: Path, serve: Any) -> None:
 
 
 # -- partial scrapes, clocks, gaps and the reset marks -----------------------------------------
+
+
+@pytest.mark.skipif(WHY_NOT_OTHER is not None, reason=WHY_NOT_OTHER or "")
+def test_a_version_the_series_could_not_read_is_drawn_once_it_can() -> None:
+    """Served by another user, one version (mode 0) is skipped as unreadable; once its mode
+    is put right the same request with the tag it was given gets the row, not a 304
+    that keeps it out until some other version is stored."""
+    with others_folder("ingester-series-unreadable-") as root:
+        assert run_as_other(root, "init").returncode == 0
+        now = datetime.now(UTC) - timedelta(minutes=30)
+        names = []
+        for i in range(3):
+            body = body_for(i, now + timedelta(minutes=i))
+            names.append(generate_version_filename(now + timedelta(minutes=i)))
+            (root / HISTORY / names[-1]).write_text(json.dumps(body))
+        unreadable = root / HISTORY / names[1]
+        unreadable.chmod(0)
+        with ServeProcess(root, wrapper=tuple(AS_OTHER)) as server:
+            first = server.get(SERIES)
+            assert first.status_code == 200, first.text
+            assert first.json()["count"] == 2
+            [skipped] = first.json()["skipped"]
+            assert skipped["version"] == names[1] and "unreadable" in skipped["reason"]
+            still = server.get(SERIES, headers={"If-None-Match": first.headers["etag"]})
+            assert still.status_code == 304  # nothing changed: still one it cannot read
+            unreadable.chmod(0o644)
+            after = server.get(SERIES, headers={"If-None-Match": first.headers["etag"]})
+            assert after.status_code == 200, after.headers
+            assert (after.json()["count"], after.json()["skipped"]) == (3, [])
+            again = server.get(SERIES, headers={"If-None-Match": after.headers["etag"]})
+            assert again.status_code == 304
+            assert server.stop() == 0
 
 
 def store(root: Path, snapshots: list[tuple[datetime, dict[str, Any]]]) -> None:

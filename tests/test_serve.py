@@ -221,6 +221,38 @@ def test_conditional_headers_on_several_lines_are_read_as_one_field(three, serve
     assert server.get(API, headers=dates).status_code == 200
 
 
+def test_the_latest_gets_a_new_etag_when_retention_changes_its_version_info(
+    root: Path, three, server
+):
+    """The same newest version, but retention deleted the oldest: ``versionInfo`` counts
+    one fewer, so a client revalidating its copy gets the new body, not a 304."""
+    first = server.get(API)
+    etag = first.headers["etag"]
+    assert first.json()["versionInfo"]["total"] == 3
+    assert server.get(API, headers={"If-None-Match": etag}).status_code == 304
+    done = run_cli(root, "--max-versions", "2", "--retention-days", "0.0001", "cleanup")
+    assert done.returncode == 0, done.stderr
+    after = server.get(API, headers={"If-None-Match": etag})
+    assert after.status_code == 200, after.headers
+    assert after.json()["versionInfo"] == {**first.json()["versionInfo"], "current": 2, "total": 2}
+    assert after.headers["etag"] != etag
+    # Unchanged since: the new tag is stable and answers 304.
+    again = server.get(API, headers={"If-None-Match": after.headers["etag"]})
+    assert again.status_code == 304 and again.headers["etag"] == after.headers["etag"]
+
+
+def test_the_latest_gets_a_new_etag_when_its_age_moves_on(root: Path, server):
+    """``ageMinutes`` (and in time ``isStale``) is part of the body: a client that sends
+    its tag back must see the age move on, not keep a copy that says the data is fresh."""
+    put_version(root, version_name(T0), fresh_payload(timedelta(seconds=80)))
+    first = wait_for(lambda: (r := server.get(API)).status_code == 200 and r, 10)
+    assert first.json()["ageMinutes"] == 1
+    later = wait_for(lambda: (r := server.get(API)).json()["ageMinutes"] == 2 and r, 30)
+    assert later.headers["etag"] != first.headers["etag"]
+    answer = server.get(API, headers={"If-None-Match": first.headers["etag"]})
+    assert answer.status_code == 200 and answer.json()["ageMinutes"] == 2
+
+
 # -- versions listing and bytes ------------------------------------------------------------
 
 

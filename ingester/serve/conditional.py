@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import hashlib
 from datetime import UTC, datetime
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
 
 __all__ = [
+    "body_etag",
     "cache_control",
     "etag_matches",
     "http_date",
@@ -28,6 +30,12 @@ __all__ = [
 def http_date(stamp: datetime) -> str:
     """``stamp`` as an HTTP date (RFC 9110 5.6.7)."""
     return email.utils.format_datetime(stamp, usegmt=True)
+
+
+def body_etag(body: bytes) -> str:
+    """A strong ``ETag`` for ``body``: its SHA-256, 24 hex digits, quoted. The same bytes
+    always get the same tag (across restarts and replicas), other bytes another."""
+    return '"' + hashlib.sha256(body).hexdigest()[:24] + '"'
 
 
 def cache_control(age_minutes: int | None) -> str:

@@ -6,17 +6,19 @@
   "resetsIn", "resetsAt", "ratePerHour", "exhaustsAt", "beforeReset", "basis":
   {"points", "since"}, "observedAt", "inNewest", "missingReason"}]}``
   (:meth:`ingester.usage.forecast.Forecast.to_json`), with a weak
-  ``ETag`` naming the versions it came from (a repeated request with ``If-None-Match``
-  is a 304), 404 ``{"error", "message", "versionsAvailable": 0}`` without a version to
-  forecast from (none stored, or all dated more than a day ahead, which the message
-  says) and 503 when the history cannot be read, like the other reads;
+  ``ETag`` naming the versions it came from and those it could not read (a repeated
+  request with ``If-None-Match`` is a 304), 404 ``{"error", "message",
+  "versionsAvailable": 0}`` without a version to forecast from (none stored, or all
+  dated more than a day ahead, which the message says) and 503 when the history cannot
+  be read, like the other reads;
 * the collector exports, per limit (label ``limit``, the dotted path):
-  ``ingester_usage_percent``, ``ingester_usage_resets_at_seconds``,
-  ``ingester_usage_rate_percent_per_hour`` and ``ingester_usage_exhausts_at_seconds``,
+  ``ingester_usage_percent``, ``ingester_usage_resets_timestamp_seconds``,
+  ``ingester_usage_rate_percent_per_hour`` and ``ingester_usage_exhausts_timestamp_seconds``,
   each absent where the forecast has no value, and
   ``ingester_usage_observed_timestamp_seconds`` (when its reading was observed: older
   than the newest snapshot for a limit held through a partial scrape, so the series
-  stay put and alerts on them do not resolve and fire again); and
+  stay put and alerts on them do not resolve and fire again; kept, alone, for a limit
+  whose window reset since, as long as the history holds its last reading); and
   ``ingester_usage_resets_unparsable_total``.
 
 Both read the history through the app's :class:`~ingester.history.index.HistoryIndex`,
@@ -147,6 +149,11 @@ class UsageCollector(Collector):
                 families["rate"].add_metric(label, limit.rate_per_hour)
             if limit.exhausts_at is not None:
                 families["exhausts"].add_metric(label, limit.exhausts_at.timestamp())
+        # A limit whose window reset since its last reading has no value to show, but the
+        # scraper still misses it: its reading's time stays, so an alert on how long a
+        # limit has gone unread keeps firing instead of resolving at the reset.
+        for name, observed_at in answer.forecast.lapsed:
+            families["observed"].add_metric([name], observed_at.timestamp())
         yield from families.values()
 
     @staticmethod
@@ -164,7 +171,7 @@ class UsageCollector(Collector):
                 labels=["limit"],
             ),
             "resets": GaugeMetricFamily(
-                "ingester_usage_resets_at_seconds",
+                "ingester_usage_resets_timestamp_seconds",
                 "When each limit resets (Unix seconds; absent when resetsIn is unreadable)",
                 labels=["limit"],
             ),
@@ -174,7 +181,7 @@ class UsageCollector(Collector):
                 labels=["limit"],
             ),
             "exhausts": GaugeMetricFamily(
-                "ingester_usage_exhausts_at_seconds",
+                "ingester_usage_exhausts_timestamp_seconds",
                 "When each limit reaches 100 % at its burn rate (Unix seconds; absent when "
                 "there is no projection)",
                 labels=["limit"],

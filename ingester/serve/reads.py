@@ -32,7 +32,14 @@ from .answers import (
     parse_instant,
     parse_last_updated,
 )
-from .conditional import cache_control, etag_matches, http_date, if_none_match, not_modified
+from .conditional import (
+    body_etag,
+    cache_control,
+    etag_matches,
+    http_date,
+    if_none_match,
+    not_modified,
+)
 from .context import ServeContext
 from .read_faults import HISTORY, version_fault
 
@@ -226,12 +233,6 @@ async def get_console_usage(request: Request) -> Response:
     if payload is None:
         return error_answer(502, "CorruptVersion", _damage(ctx, entry.name))
     minutes = age_minutes((now - updated).total_seconds()) if updated is not None else None
-    etag = f'W/"{entry.name.removesuffix(".json")}"'
-    headers = {"ETag": etag, "Cache-Control": cache_control(minutes)}
-    if updated is not None:
-        headers["Last-Modified"] = http_date(updated)
-    if not_modified(request, etag, updated):
-        return Response(status_code=304, headers=headers)
     stale = minutes is None or minutes > STALE_AFTER_MINUTES
     key = (entry.name, chosen, len(snap), minutes, stale)
     body = ctx.rendered.get(key)
@@ -248,6 +249,15 @@ async def get_console_usage(request: Request) -> Response:
         }
         body = json_bytes(out)
         ctx.rendered.put(key, body, len(body))
+    # The tag is the body's own digest: the version's name alone would stay the same while
+    # retention changes versionInfo or the age moves on, and a client revalidating by it
+    # would keep showing a count of versions, or an age, that no longer holds.
+    etag = body_etag(body)
+    headers = {"ETag": etag, "Cache-Control": cache_control(minutes)}
+    if updated is not None:
+        headers["Last-Modified"] = http_date(updated)
+    if not_modified(request, etag, updated):
+        return Response(status_code=304, headers=headers)
     return Response(body, media_type=JSON, headers=headers)
 
 

@@ -98,7 +98,8 @@ it out)."""
 
 @dataclass(frozen=True)
 class ForecastAnswer:
-    """A forecast and the tag that names the versions it came from (for ``ETag``)."""
+    """A forecast and the tag that names the versions it came from, and those of them it
+    could not read (for ``ETag``)."""
 
     forecast: Forecast
     tag: str
@@ -428,6 +429,10 @@ class UsageHistory:
         # (about 1 ms per 20,000 names, once per new listing).
         digest = hashlib.sha256(f"{self.zone_name}\n{self.basis}\n".encode())
         digest.update("\n".join(e.name for e in snap.entries[: newest + 1]).encode())
+        if self._unread:
+            # Left out only while they cannot be read: the same names with them counted
+            # (their mode put right, then another answer or a restart) are another body.
+            digest.update(("\nunreadable\n" + "\n".join(sorted(self._unread))).encode())
         answer = ForecastAnswer(result, 'W/"f-' + digest.hexdigest()[:24] + '"', newest + 1)
         self._answer = (snap, newest, answer)
         return answer

@@ -11,9 +11,10 @@ Routes (see :func:`routes`):
   observation) is within ``[since, until]`` as export rows (:mod:`ingester.usage.export`):
   ``{"columns": [...], "rows": [[...], ...], "count": N, "skipped": [{"version",
   "reason"}], "since", "until", "by"}``, oldest first by that time. ``ETag`` names the
-  versions selected, so a poll that finds nothing new is answered 304 without reading a
-  file. 400 with ``error``, ``message`` and ``example`` for a time that is not ISO-8601
-  or an unknown ``by``; 503 when the history cannot be read.
+  versions selected (and those of them it could not read), so a poll that finds nothing
+  new is answered 304 without reading a file. 400 with ``error``, ``message`` and
+  ``example`` for a time that is not ISO-8601 or an unknown ``by``; 503 when the history
+  cannot be read.
 
 The page needs nothing from outside the server: no CDN, no fonts, no build step. Its
 Content-Security-Policy allows requests to its own origin only.
@@ -58,6 +59,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 TIME_EXAMPLE = "2026-11-28T10:30:00Z"
 SELECT_BY = ("ingestedAt", "lastUpdated")
 _OBSERVED = COLUMNS.index("lastUpdated")
+_UNREADABLE = "unreadable: "
+"""How the reason of a version skipped because it could not be read this time begins."""
 
 # The page loads from its own origin only (no inline script or style either), so a
 # server with no internet shows it whole and injected markup cannot run.
@@ -149,7 +152,7 @@ class _Series:
                 self._rows[name] = exc.reason
             return exc.reason
         except OSError as exc:
-            return f"unreadable: {exc.strerror}"  # may pass: not remembered
+            return f"{_UNREADABLE}{exc.strerror}"  # may pass: not remembered
         result: Row | str
         try:
             assert self._zone is not None
@@ -247,6 +250,15 @@ class _Series:
         if _etag_matches(request, etag):
             return Response(status_code=304, headers=headers)
         rows, skipped = await run_in_threadpool(self._collect, ctx.index, selected, snap)
+        unread = [s["version"] for s in skipped if s["reason"].startswith(_UNREADABLE)]
+        if unread:
+            # A version it could not read this time may be read the next: the body left
+            # it out, so its tag must differ from the one of the body that has it.
+            digest.update(("unreadable\n" + "\n".join(unread)).encode())
+            etag = 'W/"' + digest.hexdigest()[:24] + '"'
+            headers["ETag"] = etag
+            if _etag_matches(request, etag):
+                return Response(status_code=304, headers=headers)
         if by == "lastUpdated":
             low, high = format_timestamp(since), format_timestamp(until)
             # One spelling (ISO-8601 UTC, four-digit years): text order is time order.

@@ -1,5 +1,6 @@
 // The usage page: the newest snapshot and the history as a chart, kept current by polling
-// with conditional GETs (an unchanged history costs one 304 per poll). No build step;
+// with conditional GETs (an unchanged history costs one 304 per poll, and the newest
+// snapshot's body once a minute, as its age moves on). No build step;
 // uPlot is loaded before this file. Every request goes to this page's own server.
 "use strict";
 
@@ -49,7 +50,7 @@
     latestTag: null,
     latest: null,
     damaged: null, // why the newest version cannot be read (the server's message), or null
-    newest: null, // file name of the newest version shown
+    newest: null, // the newest version shown, and its place among the versions held
     seriesTag: null,
     seriesKey: null, // the range the rows were fetched for
     forecastTag: null,
@@ -466,6 +467,7 @@
   function renderLatest() {
     const payload = state.latest;
     if (!payload && state.damaged) {
+      setText("version-info", "");
       $("fresh-badge").dataset.state = "stale";
       setText("fresh-badge", "Damaged");
       setText(
@@ -478,6 +480,7 @@
       return;
     }
     if (!payload) {
+      setText("version-info", "");
       $("fresh-badge").dataset.state = "unknown";
       setText("fresh-badge", "No data");
       setText("freshness", "No snapshot has been stored yet.");
@@ -538,9 +541,12 @@
     state.latestTag = answer.tag;
     state.latest = answer.body;
     renderLatest();
-    const name = answer.body.versionInfo ? answer.body.versionInfo.filename : null;
-    const changed = name !== state.newest;
-    state.newest = name;
+    // The versions held, not only the newest: retention deleting old ones changes the
+    // chart's rows and the forecast as much as a new version does.
+    const info = answer.body.versionInfo;
+    const held = info ? info.filename + " " + info.current + "/" + info.total : null;
+    const changed = held !== state.newest;
+    state.newest = held;
     return changed;
   }
 
