@@ -245,7 +245,7 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
                 # and the run can be resumed from the one that failed.
                 rest = files[n + 1 :]
                 more = f"; {len(rest)} more file(s) not stored, from {rest[0]} on" if rest else ""
-                raise fail(f"{path} not stored: {exc}{more}") from None
+                raise _NotStored(exc, f"{path} not stored: {exc}{more}") from None
             _remember(seen, same, path, version.name)
             _say_stored(path, version.name, len(data), stop)
             stored += 1
@@ -259,6 +259,17 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
             say(f"warning: stored, retention not applied: {exc}", err=True)
     if rejected:
         raise click.exceptions.Exit(1)
+
+
+class _NotStored(StorageError):
+    """The history's failure to store a file, said as ``line`` (by ``writing_store``)."""
+
+    def __init__(self, exc: StorageError, line: str) -> None:
+        super().__init__(exc.action, exc.path, exc.cause)
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.line
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
@@ -364,8 +375,7 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
         except CleanupIncomplete as exc:
             # The rest of retention was applied: say what was done, then what was not.
             result, incomplete = exc.result, exc
-        except StorageError as exc:
-            raise fail(str(exc)) from None
+        # Any other StorageError is said by writing_store, in one line with its warnings.
         # Removal runs with the lock held: only the lock holder quarantines drops, so a
         # pair cannot be half-replaced under us. Versions may be deleted already: a
         # failure here is said after the result, never in its place.
