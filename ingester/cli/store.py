@@ -38,7 +38,7 @@ from .common import (
     writing_store,
 )
 from .quiet import SkipEvent
-from .service import waiting_drop
+from .service import SpoolLinks, waiting_drop
 
 __all__ = ["adopt", "cleanup", "ingest", "init"]
 
@@ -193,13 +193,14 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
     # link) is one snapshot, and a second version of it would be an ingest twice.
     seen: dict[tuple[int, int, int, int], tuple[Path, str]] = {}
     spool = Spool(s.spool_dir, s.rejected_dir)
+    links = SpoolLinks(spool.dir)  # listed once, at the first file with another link
     with writing_store(s, "ingest") as store:
         for n, path in enumerate(files):
             if stop.is_set():
                 left = len(files) - n
                 say(f"stopped: {left} file(s) not stored, from {path} on", err=True)
                 raise click.exceptions.Exit(1)
-            if waiting_drop(path, spool.dir):
+            if waiting_drop(path, spool.dir, links):
                 # The watcher stores it at its next start: ingested as well, it would be
                 # stored twice.
                 rejected += 1
