@@ -206,6 +206,8 @@ def restore(
     the same bytes are skipped (run it again to finish an interrupted restore); nothing
     is overwritten or deleted. An object named as a version that is not a valid payload
     is not restored (exit 1, each named). Refuses while a watcher holds the history.
+    One that fails before it writes a version takes away what it made itself (the
+    root, the history folder and its lock file), nothing else.
     """
     from ..mirror.restore import RestoreError, restore_history
     from ..ops.adopt import unsafe_latest
