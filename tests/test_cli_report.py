@@ -848,6 +848,33 @@ def test_verify_repair_makes_every_other_version_read_only_past_one_it_cannot(
         assert lines[-1] == "1 problem(s)", done.stdout
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="chattr +i needs root")
+def test_verify_repair_that_cannot_write_the_metadata_does_not_offer_itself_again(
+    root: Path, can_chattr: None
+) -> None:
+    """The history folder immutable, its metadata missing: ``--repair`` fails to write
+    it, says why in one line, and its report does not then advise ``verify --repair``
+    (the command that just failed) for it: it needs a hand."""
+    ok(run_cli(root, "ingest", str(VALID_SAMPLES[0])))
+    history = root / HISTORY
+    (history / "_metadata.json").unlink()
+    with immutable(history):
+        done = run_cli(root, "verify", "--repair")
+        as_json = run_cli(root, "verify", "--repair", "--json")
+    metadata = history / "_metadata.json"
+    for run in (done, as_json):
+        assert run.returncode == 1, run.stdout + run.stderr
+        assert run.stderr == (
+            f"error: cannot create {metadata}: Operation not permitted [EPERM]\n"
+        ), run.stderr
+    assert done.stdout.splitlines()[-1] == "1 problem(s)", done.stdout
+    [problem] = json.loads(as_json.stdout)["problems"]
+    assert (problem["kind"], problem["repairable"]) == ("metadata", False), problem
+    # Once the folder takes writes again, it is repaired as ever.
+    assert "can be fixed with 'ingester verify --repair'" in run_cli(root, "verify").stdout
+    ok(run_cli(root, "verify", "--repair"))
+
+
 def test_verify_without_history(root: Path) -> None:
     one_line_error(run_cli(root, "verify"), 1, "no history at")
     one_line_error(run_cli(root, "verify", "--repair"), 1, "no history at")

@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 from support import INVALID_SAMPLES, IS_ROOT, VALID_SAMPLES, cli_env, run_cli, wait_for
-from support.capabilities import immutable, other_user_problem, others_folder, run_as_other, tmpfs
+from support.capabilities import (
+    STRACE,
+    immutable,
+    needs_strace_root,
+    other_user_problem,
+    others_folder,
+    run_as_other,
+    tmpfs,
+)
 
 from ingester.history.lock import HistoryLock
 from ingester.history.names import (
@@ -242,6 +250,40 @@ def test_ingest_rejects_a_hard_link_to_a_drop_still_waiting_or_claimed(
     ]
     assert run_cli(root, "watch", "--once").returncode == 0
     assert len(versions(root / "console-usage-history")) == 2
+
+
+@needs_strace_root
+def test_ingest_lists_the_spool_once_for_many_files_with_other_links(
+    root: Path, tmp_path: Path
+) -> None:
+    """Files with other hard links (a backup made with ``cp -al``, say) are each looked
+    for among the spool's drops; a spool of thousands is listed once for the run, not
+    once per file, and a drop among them is still found."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    files = []
+    for n, sample in enumerate(VALID_SAMPLES[:3]):
+        files.append(tmp_path / f"in-{n}.json")
+        files[-1].write_bytes(sample.read_bytes())
+        os.link(files[-1], tmp_path / f"backup-{n}.json")
+    os.link(files[1], spool / "waiting.json")
+    trace = tmp_path / "opens.log"
+    done = run_cli(
+        root,
+        "ingest",
+        *map(str, files),
+        wrapper=(STRACE, "-f", "-qq", "-o", str(trace), "-e", "trace=openat", "-P", str(spool)),
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines()[1] == (
+        f"rejected {files[1]}: a drop waiting in {spool}; the watcher takes it"
+    )
+    assert [line.split(" ")[0] for line in done.stdout.splitlines()] == [
+        "stored",
+        "rejected",
+        "stored",
+    ]
+    assert trace.read_text().count("openat(") == 1, trace.read_text()
 
 
 def test_ingest_missing_file_and_over_max_bytes(root: Path, valid_payload: bytes) -> None:

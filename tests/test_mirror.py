@@ -569,6 +569,34 @@ def test_a_restore_whose_every_listed_version_went_restores_nothing_and_says_so(
     assert not list((restored / HISTORY).glob("*.json"))
 
 
+def test_a_restore_that_fails_before_any_version_leaves_nothing_it_made(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """An empty prefix, an object store that cannot be reached: the restore ends with its
+    one line, and the root it was to make (with its history folder and lock file) is not
+    left behind for a retry or 'init' to meet. A folder that was there stays."""
+    env = s3_env(s3.endpoint, aws_files)
+    empty = f"s3://{bucket}/nothing-here"
+    into = tmp_path / "new" / "root"
+    done = run_cli(tmp_path, "restore", empty, "--root", str(into), **env)
+    assert (done.returncode, done.stderr) == (1, f"error: no versions at {empty}\n")
+    assert not (tmp_path / "new").exists()
+    unreachable = s3_env(f"http://127.0.0.1:{free_port()}", aws_files)
+    done = run_cli(root / "global", "restore", empty, **unreachable)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: cannot list {empty}: "), done.stderr
+    assert not (root / "global").exists()
+    root.mkdir(exist_ok=True)
+    done = run_cli(root, "restore", empty, **env)
+    assert done.returncode == 1, done.stderr
+    assert root.is_dir() and not any(root.iterdir())
+    # The retry, once there is something to restore, makes the root afresh.
+    add_versions(make_store(tmp_path / "source"), 1)
+    assert run_cli(tmp_path / "source", "mirror", empty, "--once", **env).returncode == 0
+    assert run_cli(tmp_path, "restore", empty, "--root", str(into), **env).returncode == 0
+    assert run_cli(into, "verify").returncode == 0
+
+
 def test_a_restore_from_a_keep_mode_bucket_counts_what_it_brings_back_as_not_deleted(
     root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

@@ -125,6 +125,26 @@ def test_store_says_one_other_deleted_in_the_singular(root: Path, can_chattr: No
     )
 
 
+def test_writers_on_a_history_that_refuses_every_write_say_it_in_one_line(
+    root: Path, tmp_path: Path, can_chattr: None
+) -> None:
+    """The history folder immutable, its metadata to be rebuilt: the cache that cannot be
+    repaired and the command's failure are one fault, said once (not a warning and then
+    the same words as an error)."""
+    old_history(root)
+    assert run_cli(root, *POLICY, "init").returncode == 0
+    (root / "console-usage-history" / "_metadata.json").unlink()
+    extra = tmp_path / "extra.json"
+    extra.write_bytes(payload(99))
+    with immutable_files(root / "console-usage-history"):
+        for args in (("cleanup",), ("cleanup", "--json"), ("ingest", str(extra))):
+            done = run_cli(root, *POLICY, *args)
+            assert done.returncode == 1, done.stderr
+            lines = done.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: "), (args, done.stderr)
+            assert "[EPERM]" in lines[0], done.stderr
+
+
 def test_cleanup_command_reports_what_it_did_and_what_it_could_not(
     root: Path, can_chattr: None
 ) -> None:

@@ -330,6 +330,30 @@ def test_a_refused_request_shows_no_header_value_and_no_body_byte_in_the_log_or_
     assert_log_is_clean(server)
 
 
+def test_a_body_sent_past_its_content_length_is_never_quoted_as_a_request_line(
+    server: ServeProcess,
+) -> None:
+    """The bytes after a body's Content-Length are read as the next request line: there
+    they are the client's payload, not a request. The 400 and its line name the fault,
+    and show a request line's method at most, never the rest of its bytes."""
+    body = b'{"lastUpdated": "2026-12-07T10:00:00.000Z",\n'
+    body += b'  "note": "' + SECRET.encode() + b'"}\r\n\r\n'
+    head = f"GET {API} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n".encode()
+    answer, peer = exchange(server, head + body)
+    refusal = answer[answer.rindex(b"HTTP/1.1 ") :]  # after the GET's own answer
+    assert status(refusal) == 400, answer
+    assert SECRET.encode() not in refusal and b"2026-12-07T10" not in refusal, refusal
+    [said] = wait_for(lambda: lines_about(server, peer), 10, "the line about the client")
+    assert "sent a malformed request (illegal request line: b'<left out>')" in said, said
+    assert SECRET not in server.log and "note" not in said
+    answer, peer = exchange(server, b"GET /a b " + SECRET.encode() + b" HTTP/1.1\r\n\r\n")
+    assert status(answer) == 400 and SECRET.encode() not in answer
+    [said] = wait_for(lambda: lines_about(server, peer), 10, "the line about the client")
+    assert "(illegal request line: b'GET <left out>')" in said, said
+    assert SECRET not in server.log
+    assert_log_is_clean(server)
+
+
 def test_a_pipelined_post_cut_short_by_the_clients_eof_is_never_stored(
     server: ServeProcess,
 ) -> None:

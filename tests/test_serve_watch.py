@@ -423,6 +423,41 @@ def test_when_the_watcher_stops_on_its_own_serve_stops_with_1(root: Path) -> Non
     assert "serve stops too" in server.log
 
 
+def test_a_watcher_that_dies_of_a_bug_ends_serve_with_70_as_its_help_and_docs_say(
+    root: Path, tmp_path: Path
+) -> None:
+    """A bug in the watcher (a module that fails as none expects stands in for one) ends
+    the process with 70, every command's code for a bug, in one reportable line; the
+    POSTed drop waits in the spool, and the single unit restarts on 70."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import ingester.intake.watcher as w\n"
+        "def boom(*a, **k):\n"
+        "    raise ZeroDivisionError('boom')\n"
+        "w.Watcher._absorb = boom\n"
+    )
+    path = os.pathsep.join(filter(None, (str(shim), os.environ.get("PYTHONPATH"))))
+    with ServeProcess(root, "--watch", env={"PYTHONPATH": path}) as server:
+        server.wait_log("serve --watch: ready")
+        assert server.post(API, content=fresh_payload(), headers=HEADERS).status_code == 202
+        wait_for(lambda: server.proc.poll() is not None, 30, "serve to end with its watcher")
+        code = server.stop()
+    assert code == 70, server.log
+    assert "the watcher stopped on an internal error: ZeroDivisionError: boom (please report)" in (
+        server.log
+    )
+    assert "Traceback" not in server.log
+    assert len(spool_drops(root)) == 1 and not stored(root)
+    help_text = " ".join(run_cli(root, "serve", "--help").stdout.split())
+    assert "70 when the watcher stops on an internal error" in help_text, help_text
+    docs = " ".join((Path(__file__).parents[1] / "docs" / "serve.md").read_text().split())
+    assert "70 when the watcher stops on an internal error" in docs
+    unit = Path(__file__).parents[1] / "systemd" / "console-usage-ingester-single.service"
+    service = unit.read_text()
+    assert "Restart=on-failure" in service and "RestartPreventExitStatus" not in service
+
+
 def test_a_watcher_that_stops_on_its_own_sends_stopping_before_the_server_winds_down(
     root: Path,
 ) -> None:

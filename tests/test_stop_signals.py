@@ -192,6 +192,42 @@ def test_a_ctrl_c_while_the_command_line_loads_ends_the_run_in_one_line(
     assert not root.exists() or not any(root.iterdir())
 
 
+@needs_strace_root
+@pytest.mark.parametrize(
+    ("args", "module", "stop", "said"),
+    [
+        (("serve", "--watch"), "click.core", signal.SIGTERM, "serve --watch: stopped"),
+        (("serve", "--watch"), "ingester.serve.server", signal.SIGTERM, "serve --watch: stopped"),
+        (("serve", "--watch"), "ingester.serve.server", signal.SIGHUP, "serve --watch: stopped"),
+        (("serve",), "ingester.serve.server", signal.SIGTERM, "INFO serve: stopped: "),
+        (("watch",), "click.core", signal.SIGTERM, "stopped: 0 ingested"),
+        (("watch",), "ingester.intake.watcher", signal.SIGTERM, "stopped: 0 ingested"),
+    ],
+    ids=[
+        "serve --watch-loading",
+        "serve --watch-starting",
+        "serve --watch-starting-SIGHUP",
+        "serve-starting",
+        "watch-loading",
+        "watch-starting",
+    ],
+)
+def test_a_stop_signal_while_a_service_loads_is_its_clean_stop(
+    root: Path, args: tuple[str, ...], module: str, stop: signal.Signals, said: str
+) -> None:
+    """``systemctl stop`` just after ``start``: the signal comes while the command loads
+    (delivered the instant the module named is opened, by strace), before the service's
+    own handlers are in. It is the documented clean stop all the same (its stop line,
+    exit 0), not an end by the signal (143, a failure in systemd's eyes)."""
+    assert run_cli(root, "init").returncode == 0
+    listen = ("--listen", "127.0.0.1:0") if args[0] == "serve" else ()
+    inject = ("-P", _loaded_file(module), "-e", "trace=openat")
+    inject += ("-e", f"inject=openat:signal={stop.name}:when=1")
+    done = _under_strace(_ingester("-m"), root, (*args, *listen), "-o", os.devnull, *inject)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert said in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
 def test_the_commands_tests_start_begin_with_the_stop_signals_defaults() -> None:
     """However the suite was started (a background job of a shell without job control
     ignores SIGINT, ``nohup`` SIGHUP), a command a test starts meets each stop signal as

@@ -10,6 +10,24 @@ cleanup), :mod:`.service` (watch, submit), :mod:`.serve`, :mod:`.status`,
 May import any room's public names; nothing private (no ``_name``) of another module.
 """
 
-from .group import COMMANDS, main, run
+import sys
+
+from ..runtime.signals import hold_stop_signals
+
+
+def _as_the_program() -> bool:
+    """Whether this process is the ``ingester`` command (``python -m ingester`` or the
+    script), not a program that imports the package."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return "ingester.__main__" in sys.modules or getattr(spec, "name", None) == "ingester.__main__"
+
+
+if _as_the_program():
+    # Loading the commands takes a good part of a second: a SIGTERM then (systemctl stop
+    # of a service just started) must still be the clean stop its handlers make of it.
+    hold_stop_signals()
+
+from .group import COMMANDS, main, run  # noqa: E402  (after the hold: loading is the slow part)
 
 __all__ = ["COMMANDS", "main", "run"]

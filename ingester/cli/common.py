@@ -380,6 +380,7 @@ def writing_store(
     from ..ops.queries import history_problem, root_problem
 
     store = settings.store()
+    errors: list[StorageError] = []
     if creates == "nothing":
         problem = history_problem(settings)
     elif creates == "history":
@@ -399,11 +400,20 @@ def writing_store(
                 errors = store.initialize().cache_errors
                 if errors and caches_required:
                     raise errors[0]
-                for error in errors:
-                    # The latest link and metadata are caches: say so, and go on.
-                    say(f"warning: {error}", err=True)
             in_body = True  # an OSError from now on is the command's own
-            yield store
+            failure: StorageError | None = None
+            try:
+                yield store
+            except StorageError as exc:
+                failure = exc
+                raise
+            finally:
+                for error in errors:
+                    # The latest link and metadata are caches: say so, and go on; said
+                    # once the command is done, and not at all when its failure is the
+                    # same fault (one folder refusing one way): one fault, one line.
+                    if failure is None or not _same_fault(error, failure):
+                        say(f"warning: {error}", err=True)
     except LockHeld as exc:
         hint = "; use 'ingester submit' to hand a watcher drops" if purpose == "ingest" else ""
         raise fail(f"{exc}{hint}") from None
@@ -414,6 +424,11 @@ def writing_store(
             raise  # not a folder it could not make
         where = exc.filename or store.history_dir
         raise fail(str(StorageError("create folder", where, exc))) from None
+
+
+def _same_fault(warning: StorageError, failure: StorageError) -> bool:
+    """Whether ``warning`` and ``failure`` are one fault: the same cause in one folder."""
+    return warning.errno == failure.errno and warning.path.parent == failure.path.parent
 
 
 @contextmanager

@@ -32,6 +32,7 @@ import click
 
 from ..errors import BadEndpoint, SettingError
 from ..runtime.logs import LOG_FORMATS, escape_text, one_line, setup_logging
+from ..runtime.signals import release_held_stops
 from ..settings.sources import resolve_settings
 from ..settings.table import SPECS
 from ..threads import THREAD_LIMIT, is_thread_limit
@@ -218,6 +219,9 @@ class IngesterGroup(click.Group):
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
         name, command, rest = super().resolve_command(ctx, args)
+        if name not in STOPS_CLEANLY:
+            # A stop signal held while the commands loaded ends this one as it always did.
+            release_held_stops()
         # Kept for the group's own callback, which runs before the command parses them:
         # a bad setting found there still gives 'check' its plugin line (--json or not).
         ctx.meta[_COMMAND_ARGS] = list(rest)
@@ -407,6 +411,11 @@ COMMANDS = (
     ("restore", "mirror", "restore"),
 )
 """Every command: its name, and the module and ``click.Command`` that define it."""
+
+STOPS_CLEANLY = frozenset({"watch", "serve", "mirror", "ingest"})
+"""The commands that stop cleanly on SIGTERM and SIGHUP: one that came while the command
+line loaded (held, :func:`ingester.runtime.signals.hold_stop_signals`) is their clean
+stop too, once their handlers are in."""
 
 
 def run() -> None:

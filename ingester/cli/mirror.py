@@ -11,8 +11,9 @@ stderr); 2 a usage error.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -28,6 +29,9 @@ from ..mirror.objectstore import (
 from ..runtime.signals import ignore_stop_signals
 from ..settings.sources import resolve_settings
 from .common import App, FiniteRange, PathParam, fail, say
+
+if TYPE_CHECKING:
+    from ..history.store import HistoryStore
 
 __all__ = ["mirror", "restore"]
 
@@ -150,6 +154,35 @@ def mirror(
     raise click.exceptions.Exit(code)
 
 
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if os.path.lexists(path):
+            break
+        missing.append(path)
+    return missing
+
+
+def _unmake(store: HistoryStore, made: list[Path]) -> None:
+    """Take away the folders of ``made`` (made by this restore), as long as they hold
+    nothing but the history's lock file (still held: unlinked, it guards nothing more,
+    and the folder it guarded is going). Anything else in them (a version written, a
+    file another put there) keeps them, and the lock file, as they are. Best effort:
+    the restore's own error is what is said."""
+    if not made:
+        return
+    try:
+        if store.history_dir in made:
+            if os.listdir(store.history_dir) != [store.lock_path.name]:
+                return
+            store.lock_path.unlink()
+        for folder in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
+            folder.rmdir()
+    except OSError:
+        return
+
+
 @click.command()
 @click.argument("source", metavar="s3://BUCKET/PREFIX", callback=_target)
 @click.option(
@@ -173,6 +206,8 @@ def restore(
     the same bytes are skipped (run it again to finish an interrupted restore); nothing
     is overwritten or deleted. An object named as a version that is not a valid payload
     is not restored (exit 1, each named). Refuses while a watcher holds the history.
+    One that fails before it writes a version takes away what it made itself (the
+    root, the history folder and its lock file), nothing else.
     """
     from ..mirror.restore import RestoreError, restore_history
     from ..ops.adopt import unsafe_latest
@@ -195,16 +230,24 @@ def restore(
         except SettingError as exc:
             raise click.UsageError(str(exc), ctx) from None
     store = settings.store()
+    # The folders this restore makes (the history's, the root and its parents, the
+    # latest link's), for a restore that fails before any version is written to take
+    # away again: a retry, or 'init', then meets the state before it.
+    made = _missing_folders(store.history_dir) + _missing_folders(store.latest_path.parent)
     try:
         client = make_client(endpoint_url)
         store.history_dir.mkdir(parents=True, exist_ok=True)
         with HistoryLock(store.lock_path, "restore"):
-            # A restore ends by pointing the latest link at the newest version: a file
-            # there holding a snapshot no version holds would be lost.
-            unsafe = unsafe_latest(store)
-            if unsafe is not None:
-                raise fail(unsafe)
-            result = restore_history(client, source, store, max_bytes=settings.max_bytes)
+            try:
+                # A restore ends by pointing the latest link at the newest version: a
+                # file there holding a snapshot no version holds would be lost.
+                unsafe = unsafe_latest(store)
+                if unsafe is not None:
+                    raise fail(unsafe)
+                result = restore_history(client, source, store, max_bytes=settings.max_bytes)
+            except BaseException:
+                _unmake(store, made)
+                raise
     except ObjectStoreUnavailable as exc:
         raise fail(str(exc)) from None
     except LockHeld as exc:

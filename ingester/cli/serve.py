@@ -207,7 +207,8 @@ def serve(
     (one ignored at its start, as under nohup, stays ignored; requests in flight and the
     drop in hand finished), 1 when the address cannot be bound, the sockets systemd
     passes cannot be served, the key file cannot be read, or (with --watch) the watcher
-    cannot start or stops on its own (the server stops with it). See docs/serve.md.
+    cannot start or stops on its own (the server stops with it); 70 when the watcher
+    stops on an internal error (a bug: please report the line). See docs/serve.md.
     """
     from ..serve.auth import load_api_key
     from ..serve.context import ServeConfig

@@ -36,6 +36,7 @@ from .common import (
 )
 
 __all__ = [
+    "SpoolLinks",
     "refuse_unsafe_latest",
     "serve_watch_loop_options",
     "submit",
@@ -306,11 +307,12 @@ def _control_character(text: str) -> str | None:
     )
 
 
-def waiting_drop(path: Path, spool_dir: Path) -> bool:
+def waiting_drop(path: Path, spool_dir: Path, links: SpoolLinks | None = None) -> bool:
     """Whether ``path`` (by any path to it: a symlink, a bind mount, a hard link) is a
     drop waiting in the spool ``spool_dir``, or one its watcher has claimed and not
     stored yet: the watcher stores it, and a copy stored or dropped besides would store
-    it twice."""
+    it twice. ``links``: the spool's listing to look a hard link up in, for a command
+    given many files (else the spool is listed for each file with more than one link)."""
     from ..intake.spool import Spool, is_drop_name
 
     spool = Spool(spool_dir)
@@ -326,7 +328,58 @@ def waiting_drop(path: Path, spool_dir: Path) -> bool:
     except OSError:
         return False
     # Its own name was looked at above: only another link can be a drop.
+    if links is not None:
+        return links.holds(st)
     return waiting_file(st, spool_dir, other_links=True)
+
+
+class SpoolLinks:
+    """The names in a spool (drops) and in its ``.claimed/`` by inode, listed once, when
+    first needed: ``ingest`` given many files with other hard links looks each up here
+    rather than list a spool of thousands once per file.
+
+    A name found by its inode is checked with a ``stat`` as it is looked up: one gone
+    since the listing (the watcher claimed or stored it) sends that file to a fresh
+    look (:func:`waiting_file`), so that a drop claimed meanwhile is still found.
+    """
+
+    def __init__(self, spool_dir: Path) -> None:
+        self.spool_dir = spool_dir
+        self._by_inode: dict[int, list[str]] | None = None
+
+    def _listing(self) -> dict[int, list[str]]:
+        from ..intake.spool import Spool, is_drop_name
+
+        if self._by_inode is None:
+            by_inode: dict[int, list[str]] = {}
+            spool = Spool(self.spool_dir)
+            # The spool before .claimed/, as waiting_file looks.
+            for folder, drops_only in ((spool.dir, True), (spool.claimed_dir, False)):
+                try:
+                    with os.scandir(folder) as entries:
+                        for entry in entries:
+                            if not drops_only or is_drop_name(entry.name):
+                                by_inode.setdefault(entry.inode(), []).append(entry.path)
+                except OSError:
+                    continue
+            self._by_inode = by_inode
+        return self._by_inode
+
+    def holds(self, st: os.stat_result) -> bool:
+        """Whether the file of ``st`` is, under another name, a drop waiting in the spool or
+        claimed there (as :func:`waiting_file` with ``other_links``)."""
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
+            return False
+        named = self._listing().get(st.st_ino, [])
+        for path in named:
+            try:
+                found = os.stat(path, follow_symlinks=False)
+            except OSError:
+                # Gone since the listing: claimed, or stored, meanwhile. Look afresh.
+                return waiting_file(st, self.spool_dir, other_links=True)
+            if (found.st_dev, found.st_ino) == (st.st_dev, st.st_ino):
+                return True
+        return False
 
 
 def waiting_file(st: os.stat_result, spool_dir: Path, *, other_links: bool = False) -> bool:

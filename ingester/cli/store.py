@@ -38,7 +38,7 @@ from .common import (
     writing_store,
 )
 from .quiet import SkipEvent
-from .service import waiting_drop
+from .service import SpoolLinks, waiting_drop
 
 __all__ = ["adopt", "cleanup", "ingest", "init"]
 
@@ -193,13 +193,14 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
     # link) is one snapshot, and a second version of it would be an ingest twice.
     seen: dict[tuple[int, int, int, int], tuple[Path, str]] = {}
     spool = Spool(s.spool_dir, s.rejected_dir)
+    links = SpoolLinks(spool.dir)  # listed once, at the first file with another link
     with writing_store(s, "ingest") as store:
         for n, path in enumerate(files):
             if stop.is_set():
                 left = len(files) - n
                 say(f"stopped: {left} file(s) not stored, from {path} on", err=True)
                 raise click.exceptions.Exit(1)
-            if waiting_drop(path, spool.dir):
+            if waiting_drop(path, spool.dir, links):
                 # The watcher stores it at its next start: ingested as well, it would be
                 # stored twice.
                 rejected += 1
@@ -245,7 +246,7 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
                 # and the run can be resumed from the one that failed.
                 rest = files[n + 1 :]
                 more = f"; {len(rest)} more file(s) not stored, from {rest[0]} on" if rest else ""
-                raise fail(f"{path} not stored: {exc}{more}") from None
+                raise _NotStored(exc, f"{path} not stored: {exc}{more}") from None
             _remember(seen, same, path, version.name)
             _say_stored(path, version.name, len(data), stop)
             stored += 1
@@ -259,6 +260,17 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
             say(f"warning: stored, retention not applied: {exc}", err=True)
     if rejected:
         raise click.exceptions.Exit(1)
+
+
+class _NotStored(StorageError):
+    """The history's failure to store a file, said as ``line`` (by ``writing_store``)."""
+
+    def __init__(self, exc: StorageError, line: str) -> None:
+        super().__init__(exc.action, exc.path, exc.cause)
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.line
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
@@ -364,8 +376,7 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
         except CleanupIncomplete as exc:
             # The rest of retention was applied: say what was done, then what was not.
             result, incomplete = exc.result, exc
-        except StorageError as exc:
-            raise fail(str(exc)) from None
+        # Any other StorageError is said by writing_store, in one line with its warnings.
         # Removal runs with the lock held: only the lock holder quarantines drops, so a
         # pair cannot be half-replaced under us. Versions may be deleted already: a
         # failure here is said after the result, never in its place.

@@ -93,16 +93,24 @@ def _repair(settings: Settings, before: VerifyReport) -> tuple[VerifyReport, lis
         for f in modes
         if f.action == "fsync"
     ]
+    # A version --repair just failed on (immutable, another owner's), or a cache it
+    # could not write (a history folder that refuses writes), is not offered the same
+    # repair again: the error line after the report says why, and it needs a hand.
+    failed = {failure.path.name for failure in failures}
+    caches_failed = {
+        "metadata": init.metadata_error is not None,
+        "latest-link": init.latest_error is not None,
+    }
+    after.problems = [
+        replace(f, repairable=False)
+        if (f.kind == "writable-version" and f.subject in failed) or caches_failed.get(f.kind)
+        else f
+        for f in after.problems
+    ]
+    # Rewritten but not durably (a failed fsync) is offered again: that write may succeed.
     left = {f.key for f in after.problems}
     after.problems += [f for f in undurable if f.key not in left]
     after.repaired = repaired_between(before, after)
-    # A version --repair just failed on (immutable, another owner's) is not offered the
-    # same repair again: the error line after the report says why, and it needs a hand.
-    failed = {failure.path.name for failure in failures}
-    after.problems = [
-        replace(f, repairable=False) if f.kind == "writable-version" and f.subject in failed else f
-        for f in after.problems
-    ]
     return after, failures
 
 

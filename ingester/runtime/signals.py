@@ -26,9 +26,12 @@ __all__ = [
     "STOP_SIGNALS",
     "StopFlag",
     "handled_stop_signals",
+    "hold_stop_signals",
     "ignore_stop_signals",
     "on_stop_signals",
+    "release_held_stops",
     "stop_signals_held",
+    "take_held_stops",
 ]
 
 _SLICE = 0.1  # seconds: how soon a wait sees a stop asked by a signal handler
@@ -80,16 +83,66 @@ def handled_stop_signals() -> tuple[signal.Signals, ...]:
     return tuple(s for s in STOP_SIGNALS if s not in _IGNORED_AT_START)
 
 
+_held: list[int] = []  # the held stop signals that came, in order (signal numbers)
+_holding = False
+
+
+def _note(signum: int, _frame: object) -> None:
+    _held.append(signum)
+
+
+def hold_stop_signals() -> None:
+    """From now on SIGTERM and SIGHUP (those the process was not started with ignored)
+    are only noted, until the command takes them (:func:`on_stop_signals`,
+    :func:`take_held_stops`) or lets them go (:func:`release_held_stops`). SIGINT is
+    left to :mod:`ingester.__main__`, whose Ctrl-C while loading ends in click's words.
+    A no-op off the main thread, where no handler can be set."""
+    global _holding
+    if threading.current_thread() is threading.main_thread():
+        for stop in handled_stop_signals():
+            if stop != signal.SIGINT:
+                signal.signal(stop, _note)
+        _holding = True
+
+
+def take_held_stops() -> tuple[int, ...]:
+    """The held stop signals that came (signal numbers, in order), taken: the caller,
+    whose own handlers are now in place, acts on them as if they came now."""
+    global _holding
+    _holding = False
+    came = tuple(_held)
+    _held.clear()
+    return came
+
+
+def release_held_stops() -> None:
+    """For a command that does not stop cleanly: the held signals get their default
+    action back, and one that came meanwhile ends the process now, as it would have
+    without the hold. A no-op when none are held."""
+    global _holding
+    if not _holding:
+        return
+    _holding = False
+    for stop in STOP_SIGNALS:
+        if signal.getsignal(stop) is _note:
+            signal.signal(stop, signal.SIG_DFL)
+    for came in take_held_stops():
+        signal.raise_signal(came)
+
+
 def on_stop_signals(ask: Callable[[], None]) -> None:
     """From now on each of :data:`STOP_SIGNALS` only calls ``ask`` (a no-op off the main
     thread, where no handler can be set): SIGHUP too, whose default would end the process
     at once, mid-step; one the process was started with ignored stays ignored
-    (:func:`handled_stop_signals`). ``ask`` runs between two bytecodes of the main
-    thread, so it only sets plain attributes (:meth:`StopFlag.set`). Call
+    (:func:`handled_stop_signals`). One held while the command started
+    (:func:`hold_stop_signals`) calls ``ask`` now. ``ask`` runs between two bytecodes of
+    the main thread, so it only sets plain attributes (:meth:`StopFlag.set`). Call
     :func:`ignore_stop_signals` on the way out."""
     if threading.current_thread() is threading.main_thread():
         for stop in handled_stop_signals():
             signal.signal(stop, lambda _signum, _frame: ask())
+        if take_held_stops():
+            ask()
 
 
 def ignore_stop_signals() -> None:

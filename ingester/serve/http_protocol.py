@@ -62,6 +62,10 @@ _HEADER_LINE = re.compile(
     r"(\s*:|\\x[0-9a-f]{2}|\\.|.)?(.*)\2$",
     re.DOTALL,
 )
+# A refused request line, as h11 quotes it once the bytearray is unwrapped: only a method
+# (a word in capitals, then a space) is shown, never the rest. The line may be no request
+# at all but the body of the one before, sent past its Content-Length: a usage payload.
+_REQUEST_LINE = re.compile(r"(illegal request line: b)(['\"])(?:([A-Z]{1,16}) )?(.*)\2$", re.DOTALL)
 # h11's reasons for a broken chunk quote the bytes where a chunk's size or its ending
 # CRLF was due: the client's body, which is never shown.
 _CHUNK_FAULTS = {
@@ -72,15 +76,21 @@ _CHUNK_FAULTS = {
 
 def _shorten(detail: str, limit: int = 120) -> str:
     """h11's reason, with the client's bytes shown briefly (a head can be 16 KiB), and
-    neither any header's value nor any of the body's bytes shown: a refused header line
-    is its name, a broken chunk is named without its bytes, and everything from a secret
-    header's name on is left out. The log and the 400's message both hold it."""
+    neither any header's value nor any of the body's bytes shown: a refused request line
+    is its method, a refused header line its name, a broken chunk is named without its
+    bytes, and everything from a secret header's name on is left out. The log and the
+    400's message both hold it."""
     for prefix, words in _CHUNK_FAULTS.items():
         if detail.startswith(prefix):
             return words
     match = _BYTES_REPR.search(detail)
     if match:
         detail = detail[: match.start()] + match[1]
+    request = _REQUEST_LINE.match(detail)
+    if request is not None:
+        method = f"{request[3]} " if request[3] else ""
+        rest = "<left out>" if request[4] else ""
+        return f"{request[1]}{request[2]}{method}{rest}{request[2]}"
     line = _HEADER_LINE.match(detail)
     if line is not None:
         # Any header may carry a secret (a key under a name of its own, a token), so a

@@ -40,7 +40,7 @@ from ..runtime.admission import (
     ConnectionLimits,
 )
 from ..runtime.logs import describe_exception
-from ..runtime.signals import handled_stop_signals
+from ..runtime.signals import handled_stop_signals, take_held_stops
 from .app import create_app, log_configuration
 from .connections import ConnectionLayer
 from .context import ServeConfig
@@ -280,6 +280,8 @@ def serve(
     server = _Server(uv)
     for sig in handled_stop_signals():
         signal.signal(sig, server.handle_exit)
+    for came in take_held_stops():  # while the command started: the same stop
+        server.handle_exit(came, None)
     _route_uvicorn_logs()
     _log_listening(socks, host, port, config)
     log_configuration(config, listen_source)

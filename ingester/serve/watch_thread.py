@@ -34,7 +34,9 @@ that no answer ever promises what the stopped watcher cannot keep::
         drops still in the spool; exit 0
 
 If the watcher stops on its own (it cannot lock the history, or the history folder was
-replaced), the server stops too and the process exits 1, so a supervisor restarts both.
+replaced), the server stops too and the process exits 1, so a supervisor restarts both;
+on an internal error (a bug), 70 (sysexits' EX_SOFTWARE, as any command's bug), which
+``Restart=on-failure`` restarts all the same.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ __all__ = ["ThreadedWatcher", "drain", "run_beside", "supervise"]
 
 log = logging.getLogger("ingester.serve")
 
+_EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug, the code every command exits with for one
 _TICK = 0.1  # seconds between the supervisor's looks (a stop, watchdog, the watcher)
 
 
@@ -92,8 +95,12 @@ class ThreadedWatcher:
         try:
             self.code = self.watcher.run()
         except BaseException as exc:  # a bug: the process must not go on without its writer
-            log.error("the watcher stopped on an internal error: %s: %s", type(exc).__name__, exc)
-            self.code = 70
+            log.error(
+                "the watcher stopped on an internal error: %s: %s (please report)",
+                type(exc).__name__,
+                str(exc) or "no detail",
+            )
+            self.code = _EXIT_INTERNAL
 
     def start(self) -> None:
         """Start the watcher's thread."""
@@ -139,7 +146,8 @@ def run_beside(
     Call from the main thread, with the server's stop handler in place: a stop signal
     starts the stop, in the order of the module doc: the server first, then what waits in the
     spool (at most ``drain_timeout`` seconds), then the watcher. Returns the exit code:
-    the watcher's (0 after a clean stop), or 1 when the watcher stopped on its own.
+    the watcher's (0 after a clean stop), 1 when the watcher stopped on its own, 70 when it
+    stopped on an internal error.
     """
     # A read lease (the watcher's test for a drop still being written) is broken with
     # SIGIO, whose default action ends the process.
