@@ -36,6 +36,7 @@ from support import cli_env, run_cli, wait_for
 from support.capabilities import (
     OTHER_UID,
     fill,
+    immutable,
     limited_threads,
     needs_strace,
     other_user_problem,
@@ -1721,6 +1722,30 @@ def test_a_watermark_lowered_on_a_full_disk_still_keeps_retention_off_the_versio
         assert f"cannot mirror version {old[0]}" in again.stderr, again.stderr
         state = state_of(root)
         assert (state.state, state.mirrored_through) == ("stuck", None), state
+
+
+def test_a_state_file_the_mirror_emptied_is_said_to_be_empty_not_corrupt(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], can_chattr: None
+) -> None:
+    """As above, but the history's folder takes no new file at all (immutable): the
+    mirror empties its old state file and can write no other. ``status`` says what that
+    file is, an empty one, not a corrupt one (which invites its removal, and with it the
+    end of the hold); once the folder takes files again, retention keeps the version."""
+    store = make_store(root, max_versions=1)
+    old = add_old_versions(store, 3)
+    add_versions(store, 1)
+    data = (root / HISTORY / old[0]).read_bytes()
+    target = _mirrored_then_replaced(root, s3, bucket, aws_files, "bad-immutable", old[0])
+    with immutable(root / HISTORY):
+        done = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+        assert f"cannot mirror version {old[0]}" in done.stderr, done.stderr
+        assert "emptied the state file" in done.stderr, done.stderr
+        status = json.loads(run_cli(root, "status", "--json").stdout)["mirror"]
+    cleaned = run_cli(root, "--max-versions", "1", "cleanup")
+    assert (status["mirroredThrough"], status["state"]) == (None, "unknown"), status
+    assert status["detail"].startswith("state file empty"), status
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert (root / HISTORY / old[0]).read_bytes() == data, cleaned.stdout
 
 
 def test_a_stop_after_a_version_was_found_not_ours_leaves_it_and_the_uncompared_uncounted(
