@@ -36,6 +36,7 @@ from support import cli_env, run_cli, wait_for
 from support.capabilities import (
     OTHER_UID,
     fill,
+    immutable,
     limited_threads,
     needs_strace,
     other_user_problem,
@@ -1291,6 +1292,46 @@ def test_the_first_listing_under_sse_kms_reads_objects_back_several_at_once(
     assert (state.state, state.mirrored_through, state.waiting) == ("ok", names[-1], 0), state
 
 
+# Its own uid, as THREADS_UID: the limit on threads counts every thread of the uid.
+READ_BACK_UID = OTHER_UID + 103
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
+@pytest.mark.skipif(other_user_problem() is not None, reason=other_user_problem() or "")
+def test_read_backs_where_few_threads_can_start_run_on_those_and_say_so_in_one_line(
+    s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """Under SSE-KMS the first listing after a start reads every object back,
+    ``--concurrency`` (4) at once. Allowed fewer threads, the reads run on those that
+    start and the run says so in one WARNING line, as uploads do, also when nothing is
+    left to upload. Every version is proven, exit 0."""
+    target = f"s3://{bucket}/few-read-threads"
+    limited = limited_threads(3, READ_BACK_UID)
+    with others_folder("ingester-mirror-reads-nproc-") as root:
+        names = add_versions(make_store(root), 8)
+        owner = f"{READ_BACK_UID}:{READ_BACK_UID}"
+        subprocess.run(["chown", "-R", owner, str(root.parent)], check=True)
+        env = s3_env(s3.endpoint, aws_files)
+        first = run_cli(root, "mirror", target, "--once", wrapper=limited, **env)
+        assert first.returncode == 0, first.stderr[-2000:]
+        proxy = FaultProxy(s3.port)
+        proxy.kms_etags = True
+        try:
+            env = s3_env(proxy.endpoint, aws_files)
+            done = run_cli(root, "mirror", target, "--once", wrapper=limited, **env)
+        finally:
+            proxy.close()
+        state = state_of(root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    reads = [p for m, p in proxy.requests if m == "GET" and "list-type" not in p]
+    assert all(any(p.endswith(f"/{name}") for p in reads) for name in names), reads
+    warned = [line for line in done.stderr.splitlines() if " WARNING " in line]
+    assert len(warned) == 1, warned
+    assert warned[0].endswith("reading objects back on 2 thread(s) instead of 4"), warned
+    assert (state.state, state.mirrored_through, state.waiting) == ("ok", names[-1], 0), state
+
+
 def test_the_watchdog_is_pinged_while_a_listing_is_compared_under_sse_kms(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:
@@ -1709,6 +1750,30 @@ def test_a_watermark_lowered_on_a_full_disk_still_keeps_retention_off_the_versio
         assert f"cannot mirror version {old[0]}" in again.stderr, again.stderr
         state = state_of(root)
         assert (state.state, state.mirrored_through) == ("stuck", None), state
+
+
+def test_a_state_file_the_mirror_emptied_is_said_to_be_empty_not_corrupt(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], can_chattr: None
+) -> None:
+    """As above, but the history's folder takes no new file at all (immutable): the
+    mirror empties its old state file and can write no other. ``status`` says what that
+    file is, an empty one, not a corrupt one (which invites its removal, and with it the
+    end of the hold); once the folder takes files again, retention keeps the version."""
+    store = make_store(root, max_versions=1)
+    old = add_old_versions(store, 3)
+    add_versions(store, 1)
+    data = (root / HISTORY / old[0]).read_bytes()
+    target = _mirrored_then_replaced(root, s3, bucket, aws_files, "bad-immutable", old[0])
+    with immutable(root / HISTORY):
+        done = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+        assert f"cannot mirror version {old[0]}" in done.stderr, done.stderr
+        assert "emptied the state file" in done.stderr, done.stderr
+        status = json.loads(run_cli(root, "status", "--json").stdout)["mirror"]
+    cleaned = run_cli(root, "--max-versions", "1", "cleanup")
+    assert (status["mirroredThrough"], status["state"]) == (None, "unknown"), status
+    assert status["detail"].startswith("state file empty"), status
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert (root / HISTORY / old[0]).read_bytes() == data, cleaned.stdout
 
 
 def test_a_stop_after_a_version_was_found_not_ours_leaves_it_and_the_uncompared_uncounted(

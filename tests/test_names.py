@@ -252,13 +252,21 @@ def test_a_reserved_name_is_never_handed_out_and_later_names_sort_above_it() -> 
     assert ledger.next_name([], NOW) > waiting
 
 
-def test_a_reserved_name_a_day_ahead_is_never_handed_out_even_where_the_next_name_is_it() -> None:
+@pytest.mark.parametrize("held", ["handed out", "reserved", "stored", "taken back"])
+def test_a_name_a_day_ahead_is_never_handed_out_even_where_the_next_name_is_it(held: str) -> None:
     ledger = NameLedger()
     legacy = named(NOW + timedelta(days=1), "test")  # not future: dated to the second
-    # The name after it, one second on, is future: passed over, and still not given.
-    waiting = named(NOW + timedelta(days=1, seconds=1), "00000000")
-    ledger.reserve([waiting], replace=True, stored=never_stored)
-    assert ledger.next_name([legacy], NOW) == named(NOW + timedelta(days=1, seconds=1), "00000001")
+    # The name after it, one second on, is future: passed over, and still not given,
+    # whether a drop on its way, a waiting claim, a version or one taken back holds it.
+    ahead = named(NOW + timedelta(days=1, seconds=1), "00000000")
+    versions = [legacy, ahead] if held == "stored" else [legacy]
+    if held == "handed out":
+        assert ledger.next_name(versions, NOW) == ahead
+    elif held == "reserved":
+        ledger.reserve([ahead], replace=True, stored=never_stored)
+    elif held == "taken back":
+        ledger.withdraw(ahead)
+    assert ledger.next_name(versions, NOW) == named(NOW + timedelta(days=1, seconds=1), "00000001")
 
 
 def test_reserving_again_with_replace_releases_the_names_reserved_before() -> None:
@@ -278,6 +286,17 @@ def test_a_name_given_back_may_be_handed_out_again() -> None:
     ledger.give_back(given)
     assert ledger.handed == []
     assert ledger.next_name(STORED, NOW) == given
+
+
+@pytest.mark.parametrize("held", ["reserved", "taken back"])
+def test_names_sort_above_a_name_reserved_or_taken_back_above_every_version(held: str) -> None:
+    ledger = NameLedger()
+    kept = named(NOW + timedelta(hours=1), "00000000")
+    if held == "reserved":
+        ledger.reserve([kept], replace=True, stored=never_stored)
+    else:
+        ledger.withdraw(kept)
+    assert ledger.next_name(STORED, NOW) == named(NOW + timedelta(hours=1), "00000001")
 
 
 def test_a_name_taken_back_is_never_handed_out_again() -> None:

@@ -3,8 +3,9 @@ the object store is in, and the state file (``_mirror.json``) that records them.
 
 Local retention holds back every version above the watermark
 (:func:`ingester.mirror.state.mirror_hold`), so the watermark only ever passes a whole
-run of names found in the object store, and a state file that cannot be written leaves
-the older, lower one standing: retention then holds more, never less.
+run of names found in the object store. A state file that cannot be written leaves the
+older watermark standing where it is no higher (retention then holds more, never less);
+one higher than the watermark that failed to be written is emptied instead.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ class MirrorProgress:
         """Write the state file (and ``STATUS=``) if what it says changed, or ``force``.
 
         A write that fails is logged, never raised: retention then goes by the older
-        watermark.
+        watermark, or by none where that one was higher (the file emptied).
         """
         with self._lock:
             self._save(force=force)

@@ -63,11 +63,16 @@ STATE_MAX_BYTES = 1 << 20
 """The most of the state file that is read: it is a few hundred bytes."""
 
 
+EMPTY_DETAIL = "state file empty: no version counts as mirrored until the mirror writes it"
+"""The ``detail`` of an empty state file: one the mirror emptied because it could not
+replace it with a lower watermark (:class:`~ingester.mirror.progress.MirrorProgress`)."""
+
+
 def read_mirror_state(history_dir: Path) -> MirrorState | None:
     """The state file, or ``None`` when there is none (no mirror configured).
 
-    An unreadable or corrupt file still means "a mirror is configured": it reads as a
-    state with no watermark, so retention holds (bounded) rather than deletes.
+    An unreadable, empty or corrupt file still means "a mirror is configured": it reads
+    as a state with no watermark, so retention holds (bounded) rather than deletes.
     """
     path = history_dir / MIRROR_STATE_NAME
     unreadable = False
@@ -92,6 +97,10 @@ def read_mirror_state(history_dir: Path) -> MirrorState | None:
         return MirrorState(state="unknown", detail="state file is not a regular file")
     if len(raw) > STATE_MAX_BYTES:
         return MirrorState(state="unknown", detail="state file corrupt")
+    if not raw:
+        # What the mirror leaves where it cannot replace the file with a lower watermark
+        # (a full disk): no damage, and no reason to remove it, which would end the hold.
+        return MirrorState(state="unknown", detail=EMPTY_DETAIL)
     try:
         return MirrorState.model_validate_json(raw)
     except ValidationError:

@@ -110,6 +110,7 @@ class MirrorSync:
         self._gone: set[str] = set()  # of the names, the ones deleted before their upload
         self._compared: dict[str, str] = {}  # name -> the ETag whose bytes proved ours
         self._upload_threads: int | None = None  # how many started, at the last pass
+        self._read_threads: int | None = None  # how many started for the last read-backs
         self._delete_refused: str | None = None  # why deletions were refused, once said
         self._last_ours: tuple[tuple[str, str], bytes] | None = None  # (name, ETag), bytes
         self._get_refused: str | None = None  # why reading objects back was refused, once said
@@ -303,9 +304,11 @@ class MirrorSync:
         # No threads where there is nothing to read: they would still be exiting when
         # the uploads' threads start, and count against a limit on threads.
         wanted = min(self.options.concurrency, len(to_read))
-        pool, threads = (
-            workers_or_inline(wanted, "ingester-compare") if wanted > 1 else (InlineExecutor(), 0)
-        )
+        if wanted > 1:
+            pool, threads = self._workers(wanted, "read", self._read_threads)
+            self._read_threads = threads
+        else:
+            pool, threads = InlineExecutor(), 0
         verdicts = in_order(pool, self._compare_one, to_read, threads)
         read = 0  # how many of to_read were judged
         try:
@@ -445,18 +448,27 @@ class MirrorSync:
         """The pass's upload threads, as many of ``--concurrency`` as can start (none: the
         uploads run one after the other on this thread); a change in how many is said."""
         wanted = max(1, self.options.concurrency)
-        pool, threads = workers_or_inline(wanted, "ingester-upload")
-        if threads < wanted and threads != self._upload_threads:
+        pool, self._upload_threads = self._workers(wanted, "upload", self._upload_threads)
+        return pool
+
+    def _workers(self, wanted: int, work: str, before: int | None) -> tuple[Executor, int]:
+        """Up to ``wanted`` threads for ``work`` (``upload`` or ``read``), as many as can
+        start (none: an :class:`InlineExecutor`), and how many; fewer than ``wanted`` is
+        said in one WARNING line unless ``before`` (how many the last pool for it had) is
+        the same, and all of them after fewer before in one INFO line."""
+        doing = {"upload": "uploading", "read": "reading objects back"}[work]
+        pool, threads = workers_or_inline(wanted, f"ingester-{work}")
+        if threads < wanted and threads != before:
             log.warning(
-                "%s: uploading on %s instead of %d",
+                "%s: %s on %s instead of %d",
                 THREAD_LIMIT,
+                doing,
                 f"{threads} thread(s)" if threads else "the mirror's own thread",
                 wanted,
             )
-        elif threads == wanted and self._upload_threads not in (None, wanted):
-            log.info("uploading on %d threads again", wanted)
-        self._upload_threads = threads
-        return pool
+        elif threads == wanted and before not in (None, wanted):
+            log.info("%s on %d threads again", doing, wanted)
+        return pool, threads
 
     def _wait_uploads(self, futures: set[Future[int | None]]) -> None:
         """Wait until every upload in ``futures`` is done, one has failed, or a stop is
