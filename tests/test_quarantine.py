@@ -26,6 +26,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -236,28 +237,74 @@ def rerun_sets_it_aside_once(root: Path, quarantine: Path) -> None:
 
 
 @needs_strace_root
-def test_a_watcher_killed_between_the_link_and_the_unlink_of_a_move_sets_the_drop_aside_once(
-    root: Path,
+@pytest.mark.parametrize("killed", ["claimed", "linked"])
+def test_a_watcher_killed_amid_a_move_without_renameat2_sets_the_drop_aside_once(
+    root: Path, killed: str
 ) -> None:
     """Where the kernel or filesystem has no no-replace rename (NFS: strace answers
-    ``renameat2`` with ENOSYS), the drop is moved by a hard link into the quarantine and
-    then the unlink of its spool name. SIGKILL at that unlink leaves one file under both
-    names. The next run finishes that move: the drop is set aside once, under its name,
-    never a second time as ``bad-1.json``."""
+    ``renameat2`` with ENOSYS), the drop leaves the spool by a rename into ``.claimed/``,
+    is linked from there into the quarantine, and its claim is unlinked. SIGKILL before
+    the link (the drop claimed alone) or before the unlink (one file under both names)
+    leaves a claim on its way to the quarantine. The next run finishes it: the drop is
+    set aside once, under its name, never a second time as ``bad-1.json``."""
     assert run_cli(root, "init").returncode == 0
     spool, quarantine = root / "spool", root / "spool" / "rejected"
+    claim = spool / ".claimed" / "rejecting.bad.json"
     (spool / "bad.json").write_bytes(b"{not json")
+    at = {"claimed": ("link,linkat", quarantine / "bad.json"), "linked": ("unlink,unlinkat", claim)}
+    calls, path = at[killed]
     inject = (
-        "-f", "-qq", "-o", "/dev/null", "-P", str(spool / "bad.json"),
+        "-f", "-qq", "-o", "/dev/null", "-P", str(path),
         "-e", "inject=renameat2:error=ENOSYS",
-        "-e", "inject=unlink,unlinkat:signal=SIGKILL",
+        "-e", f"inject={calls}:signal=SIGKILL",
     )  # fmt: skip
 
     code, log = once(root, quarantine, STRACE, *inject)
 
     assert code != 0, log  # killed
-    assert os.path.samefile(spool / "bad.json", quarantine / "bad.json"), log
+    assert not (spool / "bad.json").exists(), log
+    if killed == "claimed":
+        assert claim.exists() and not (quarantine / "bad.json").exists(), log
+    else:
+        assert os.path.samefile(claim, quarantine / "bad.json"), log
     rerun_sets_it_aside_once(root, quarantine)
+    assert os.listdir(spool / ".claimed") == []
+
+
+@needs_strace_root
+def test_a_drop_renamed_onto_the_name_of_one_set_aside_without_renameat2_is_kept(
+    root: Path,
+) -> None:
+    """Where there is no no-replace rename (NFS: strace answers ``renameat2`` with
+    ENOSYS), an invalid drop must still leave the spool by one rename: were it linked
+    into the quarantine and its spool name then unlinked, a writer renaming its next
+    snapshot onto that name in between (held open here by holding up every unlink of
+    the name) would lose it to the unlink. The new snapshot is stored, or still waits:
+    never lost; the invalid one is set aside once."""
+    assert run_cli(root, "init").returncode == 0
+    spool, quarantine = root / "spool", root / "spool" / "rejected"
+    bad, good = b"{not json", payload(31)
+    drop(spool, "scrape.json", bad)
+    inject = (
+        "-f", "-qq", "-o", "/dev/null", "-P", str(spool / "scrape.json"),
+        "-e", "inject=renameat2:error=ENOSYS",
+        "-e", "inject=unlink,unlinkat:delay_enter=5000000",
+    )  # fmt: skip
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(once, root, quarantine, STRACE, *inject)
+        wait_for(
+            lambda: os.path.lexists(quarantine / "scrape.json") or run.done(),
+            what="the invalid drop linked into the quarantine",
+        )
+        drop(spool, "scrape.json", good)  # the writer's: onto the name being set aside
+        code, log = run.result()
+    assert code == 0, log
+    code, log = once(root, quarantine)  # what still waits is taken now
+    assert code == 0, log
+    assert stored_contents(root) == {good: 1}, log
+    assert not (spool / "scrape.json").exists(), log
+    assert sorted(os.listdir(quarantine)) == ["scrape.json", f"scrape.json{REASON}"], log
+    assert (quarantine / "scrape.json").read_bytes() == bad
 
 
 @needs_strace_root
@@ -368,17 +415,16 @@ def test_a_drop_renamed_onto_the_name_of_one_being_set_aside_is_stored(
 ) -> None:
     # A writer renames its next snapshot onto the name of an invalid drop while that one
     # is being set aside (its copy, or its move, held up here): the new snapshot is
-    # neither removed nor set aside in its place. Across filesystems the invalid one was
-    # copied before it was replaced, and is kept; within one, the writer's rename
-    # replaced it before it was moved, as the drop protocol lets a writer replace a
-    # drop still waiting, so nothing of it is left to keep.
+    # neither removed nor set aside in its place, and the invalid one is kept. Across
+    # filesystems it was copied before it was replaced; within one, it had left the
+    # spool's name for its claim before its move into the quarantine.
     rejected = quarantine if where == "other-fs" else root / "spool" / "rejected"
     spool = root / "spool"
     bad, good = b'{"broken": ', payload(21)
     args = ("--rejected-dir", str(rejected))
     with WatchProcess(root, global_args=("-v", *args)) as watcher:
         watcher.wait_log("cleanup deleted 0")  # idle: its start-up writes are done
-        # Within one filesystem the drop is moved by a rename that never replaces.
+        # Within one filesystem the claim is moved on by a rename that never replaces.
         held = "sendfile" if where == "other-fs" else "renameat2"
         with syscall_delayed(watcher.proc.pid, held, 1_000_000):
             drop(spool, "scrape.json", bad)
@@ -387,9 +433,8 @@ def test_a_drop_renamed_onto_the_name_of_one_being_set_aside_is_stored(
             wait_for(lambda: stored_contents(root) == {good: 1}, 30, "the new snapshot stored")
         assert watcher.stop() == 0
     kept = {p.name: p.read_bytes() for p in rejected.iterdir()}
-    if where == "other-fs":
-        assert kept.pop("scrape.json") == bad
-        assert json.loads(kept.pop("scrape.json" + REASON))["file"] == "scrape.json"
+    assert kept.pop("scrape.json") == bad
+    assert json.loads(kept.pop("scrape.json" + REASON))["file"] == "scrape.json"
     assert kept == {}
     assert not (spool / "scrape.json").exists()
 

@@ -15,7 +15,9 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +26,26 @@ from typing import Any
 from ..clock import iso_utc, utc_now
 from ..errors import MovedNotDurable, StorageError
 from ..history import durable
+from .outcomes import Rejected
 
-__all__ = ["REASON_SUFFIX", "Quarantine", "entry_kind"]
+__all__ = ["CLAIM_PREFIX", "REASON_SUFFIX", "Quarantine", "entry_kind", "is_set_aside_claim"]
+
+log = logging.getLogger("ingester.watcher")
 
 REASON_SUFFIX = ".reason.json"
+
+CLAIM_PREFIX = "rejecting."
+"""How a drop on its way from the spool to the quarantine is named in ``.claimed/``:
+this, then the name it is given in ``rejected/``. Never a version's name, so recovery
+tells it from a drop claimed to be stored, and knows where it was going."""
+
+_PUT_BACK_TRIES = 100
+"""How many fresh spool names a drop put back tries when its own is taken."""
+
+
+def is_set_aside_claim(name: str) -> bool:
+    """Whether ``name`` in ``.claimed/`` is a drop on its way to the quarantine."""
+    return name.startswith(CLAIM_PREFIX) and len(name) > len(CLAIM_PREFIX)
 
 
 def entry_kind(mode: int) -> str:
@@ -150,11 +168,44 @@ def _put_back_unless(src: Path, dst: Path, expect: tuple[int, int]) -> None:
     raise StorageError("move", src, OSError(errno.ESTALE, words))
 
 
-class Quarantine:
-    """The quarantine folder ``folder``: drops set aside there, and their count."""
+def _record_of(reason: Path) -> dict[str, Any] | None:
+    """What the reason file ``reason`` says, or None when it cannot be read as one."""
+    try:
+        fd = os.open(reason, durable.READ_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        record = json.loads(os.read(fd, 1 << 20))
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    return record if isinstance(record, dict) else None
 
-    def __init__(self, folder: Path) -> None:
+
+def _fresh_names(name: str) -> Iterator[str]:
+    """``name``, then names beside it a drop put back may take when it is taken:
+    ``stem-<random>.json``, as short as a quarantine name."""
+    yield name
+    stem, dot, ext = _fit_name(name).rpartition(".")
+    if not dot:
+        stem, ext = ext, "json"
+    for _ in range(_PUT_BACK_TRIES):
+        yield f"{stem}-{secrets.token_hex(4)}.{ext}"
+
+
+class Quarantine:
+    """The quarantine folder ``folder``: drops set aside there, and their count.
+
+    ``claimed_dir`` is the spool's ``.claimed/``, where only the watcher writes: a drop
+    leaves the spool for it by one rename before it is moved on (see :meth:`set_aside`).
+    """
+
+    def __init__(self, folder: Path, claimed_dir: Path) -> None:
         self.rejected_dir = folder
+        self.claimed_dir = claimed_dir
 
     def _rejected_names(self, name: str) -> Iterator[str]:
         """Names in ``rejected/`` for drop ``name``, in the order they are tried: the
@@ -309,8 +360,9 @@ class Quarantine:
             raise moved from exc
         return True
 
-    def _check_rejected_dir(self) -> None:
-        """``rejected/`` must be a real folder: never quarantine through a symlink."""
+    def _check_rejected_dir(self) -> int:
+        """``rejected/`` must be a real folder: never quarantine through a symlink.
+        Returns its ``st_dev``."""
         folder = self.rejected_dir
         try:
             folder.mkdir(parents=True, exist_ok=True)  # removed by hand?
@@ -323,6 +375,19 @@ class Quarantine:
                 folder,
                 OSError(errno.ENOTDIR, f"unsafe: it is a {entry_kind(st.st_mode)}, not a folder"),
             )
+        return st.st_dev
+
+    def _by_claim(self, source: Path, rejected_dev: int) -> bool:
+        """Whether ``source`` leaves for ``rejected/`` through a claim (see :meth:`_claim`):
+        a spool's drop, where ``rejected/`` is on the spool's filesystem. Into another
+        filesystem the drop is copied, and its spool name removed only once that name is
+        seen to be the file copied (:func:`ingester.history.durable.move_file`)."""
+        if source.parent == self.claimed_dir:
+            return False
+        try:
+            return os.lstat(self.claimed_dir).st_dev == rejected_dev
+        except OSError:
+            return False  # no .claimed/ to go through: moved as it is
 
     def set_aside(
         self,
@@ -349,6 +414,14 @@ class Quarantine:
         step that never replaces (a link, a no-replace rename), and a name found taken
         meanwhile sends both on to the next numeric suffix.
 
+        Within the spool's filesystem the drop first leaves the spool by one rename, into
+        ``.claimed/`` as ``rejecting.<its name in rejected/>``, then moves on from
+        there: where no rename can refuse to replace (NFS, CIFS, some FUSE mounts) that
+        last move is a link then an unlink, and only the claim's name, which no writer
+        can take, is unlinked. A move that fails, or is found to have taken a new drop
+        a writer renamed onto the name, puts the claim back in the spool (see
+        :meth:`put_back`); one a crash cut short is finished by :meth:`finish_claim`.
+
         ``expect``: the ``(st_dev, st_ino)`` of the drop judged, so that a new drop a
         writer renamed onto its name meanwhile is never set aside in its place.
         ``progress``: told how a copy into a ``rejected/`` on another filesystem goes
@@ -361,7 +434,7 @@ class Quarantine:
         (:class:`ingester.history.durable.CopyAbandoned`) when it gave the copy up: the
         reason file is taken back in each case, as for a failed move.
         """
-        self._check_rejected_dir()
+        by_claim = self._by_claim(source, self._check_rejected_dir())
         record = {
             "file": name,
             "rejectedAt": iso_utc(utc_now()),
@@ -369,15 +442,26 @@ class Quarantine:
             "errors": errors,
         }
         data = (json.dumps(record, indent=2, default=str) + "\n").encode()
+        claim: Path | None = None
         for target in self._rejected_names(name):
             reserved = self._reserve(target, name, data)
             if reserved is None:
-                if self._finish_cut_move(source, self.rejected_dir / target, name):
+                if claim is None and self._finish_cut_move(
+                    source, self.rejected_dir / target, name
+                ):
                     return target
                 continue
             reason_file, held = reserved
             try:
-                moved = self._move_new(source, self.rejected_dir / target, expect, progress)
+                if by_claim:
+                    # Out of the spool first, by one rename (see _claim).
+                    moving = self._claim(claim or source, target, source, expect)
+                    claim = moving or claim
+                    moved = moving is not None and self._move_claim(
+                        moving, target, source, progress
+                    )
+                else:
+                    moved = self._move_new(source, self.rejected_dir / target, expect, progress)
             except MovedNotDurable as exc:
                 exc.moved_to = target
                 raise
@@ -385,6 +469,8 @@ class Quarantine:
                 # Left behind, it would say a drop was set aside that never was. If it
                 # cannot be removed either, it is still counted nowhere (see above).
                 _take_back(reason_file)
+                if claim is not None:
+                    self._give_back(claim, source)
                 raise
             else:
                 if not moved:
@@ -394,8 +480,168 @@ class Quarantine:
             finally:
                 os.close(held)
             if moved:
+                if claim is not None:
+                    self._spool_written(source, target)
                 return target
         raise AssertionError("unreachable: the names tried never end")
+
+    def _claim(
+        self, current: Path, target: str, source: Path, expect: tuple[int, int] | None
+    ) -> Path | None:
+        """The drop at ``current`` (the spool's ``source``, or its claim already)
+        renamed to its claim for ``rejected/``'s ``target``; None when that claim's name
+        is taken (a claim recovery has not finished: the next name is tried).
+
+        One rename, never a link then an unlink of the spool's name (where no rename can
+        refuse to replace): a writer may rename a new drop onto that name in between,
+        and the unlink would remove it. Once the drop is in ``.claimed/``, where only
+        the watcher writes, it is moved on by whatever step the folders allow. A drop
+        found to be another file than ``expect`` is put back at once. Raises
+        :class:`StorageError` when it cannot be renamed, or was another file.
+        """
+        claim = self.claimed_dir / (CLAIM_PREFIX + target)
+        if os.path.lexists(claim):
+            # Only this process writes in .claimed/, so the check cannot race.
+            return None
+        try:
+            durable.rename_entry(current, claim)
+        except OSError as exc:
+            raise StorageError("move", source, exc) from exc
+        if current != source or expect is None:
+            return claim
+        try:
+            st = os.lstat(claim)
+        except OSError as exc:
+            raise StorageError("stat", claim, exc) from exc
+        if (st.st_dev, st.st_ino) == expect:
+            return claim
+        # A writer renamed a new drop onto the name after it was judged: not this one
+        # to set aside. Put back (under a name of its own if its own is taken again),
+        # it is judged as it is now.
+        self._give_back(claim, source)
+        words = "replaced by another file while being moved; left as it is now"
+        raise StorageError("move", source, OSError(errno.ESTALE, words))
+
+    def _move_claim(
+        self, claim: Path, target: str, source: Path, progress: durable.CopyProgress | None
+    ) -> bool:
+        """:meth:`_move_new` of ``claim`` (the spool's ``source``) to ``target``: a
+        failure names the spool's drop, the claim being the watcher's own business."""
+        try:
+            return self._move_new(claim, self.rejected_dir / target, None, progress)
+        except MovedNotDurable:
+            raise
+        except StorageError as exc:
+            raise StorageError(exc.action, source, exc.cause) from exc
+
+    def _give_back(self, claim: Path, source: Path) -> None:
+        """Put ``claim`` back in the spool as ``source`` (see :meth:`put_back`) after a
+        move that did not go through; where it cannot be, it waits for recovery, which
+        puts it back. Never raises: the error of the move is the one to say."""
+        try:
+            self.put_back(claim, source)
+        except StorageError as exc:
+            log.warning(
+                "%s stays in %s until the watcher puts it back in the spool: %s",
+                claim.name,
+                claim.parent,
+                exc,
+            )
+
+    def put_back(self, claim: Path, source: Path) -> str:
+        """Move ``claim`` back into the spool as ``source``, never over anything: a
+        writer may have taken that name since, and the claim then takes a fresh name
+        beside it (``stem-<random>.json``). The spool is fsynced before the claim's
+        folder, so the drop has a name in one of them whatever is lost. Returns the
+        name it took. Raises :class:`StorageError` when it cannot be moved or made
+        durable."""
+        for name in _fresh_names(source.name):
+            try:
+                # Where no rename can refuse to replace, a link then the unlink of the
+                # claim: its name is the watcher's alone, so nothing else is unlinked.
+                durable.rename_new(claim, source.parent / name)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise StorageError("put back", claim, exc) from exc
+            durable.fsync_dir(source.parent)
+            durable.fsync_dir(claim.parent)
+            return name
+        raise StorageError("put back", claim, OSError(errno.EEXIST, "every name tried is taken"))
+
+    def _spool_written(self, source: Path, target: str) -> None:
+        """The spool's side of a claim's rename made durable, once the drop is in
+        ``rejected/`` as ``target``: lost to a power cut, it would bring the drop back.
+        Raises :class:`MovedNotDurable` when the spool cannot be fsynced."""
+        try:
+            durable.fsync_dir(source.parent)
+        except StorageError as exc:
+            moved = MovedNotDurable(exc)
+            moved.moved_to = target
+            raise moved from exc
+
+    def finish_claim(self, name: str, spool_dir: Path) -> Rejected | str | None:
+        """Finish the claim ``name`` (see :func:`is_set_aside_claim`) that a stop (a
+        crash, a failure) left in ``.claimed/`` on its way to the quarantine.
+
+        Where ``rejected/`` holds it already (its own inode, or across filesystems a copy
+        of the same bytes beside a reason file no process holds), the move had reached
+        its last step: the claim is removed, and the drop counts as set aside
+        (:class:`Rejected`, with the reason its reason file gives). Otherwise it goes
+        back to the spool, under the drop's name its reason file gives (or a fresh one
+        beside it, see :meth:`put_back`), to be judged again and set aside once: the
+        name it is put back as is returned. None when the claim is gone. Raises
+        :class:`StorageError` when it cannot be finished yet.
+        """
+        claim = self.claimed_dir / name
+        target = name[len(CLAIM_PREFIX) :]
+        reason = self.rejected_dir / (target + REASON_SUFFIX)
+        record = _record_of(reason) or {}
+        original = record.get("file")
+        if not (
+            isinstance(original, str)
+            and original.endswith(".json")
+            and not original.startswith(".")
+            and "/" not in original
+        ):
+            original = target
+        try:
+            mine = os.lstat(claim)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError("stat claim", claim, exc) from exc
+        if self._holds(claim, mine, self.rejected_dir / target, original):
+            durable.fsync_dir(self.rejected_dir)  # its last step may not be durable yet
+            durable.remove_file(claim)
+            durable.fsync_dir(spool_dir)
+            return Rejected(original, str(record.get("reason", "set aside")), target)
+        back = spool_dir / original
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.lstat(back), mine):
+                # Put back by a link whose unlink of the claim was cut short.
+                durable.fsync_dir(spool_dir)
+                durable.remove_file(claim)
+                return original
+        return self.put_back(claim, back)
+
+    def _holds(self, claim: Path, mine: os.stat_result, target: Path, original: str) -> bool:
+        """Whether ``target`` in ``rejected/`` is the claim's drop: its own inode, or (into
+        another filesystem) a copy of the same bytes beside its unlocked reason file."""
+        try:
+            there = os.lstat(target)
+        except OSError:
+            return False
+        if os.path.samestat(mine, there):
+            return True
+        return (
+            mine.st_dev != there.st_dev
+            and stat.S_ISREG(mine.st_mode)
+            and stat.S_ISREG(there.st_mode)
+            and mine.st_size == there.st_size
+            and _left_reason(target.parent / (target.name + REASON_SUFFIX), original)
+            and _same_bytes(claim, target, (mine.st_dev, mine.st_ino))
+        )
 
     def count(self) -> int:
         """How many quarantined drops there are (not reason notes, temp files or folders):

@@ -11,6 +11,11 @@ after a crash at any step is decided from names alone (``docs/design.md``, "Cras
   before removing the claim): the spool's name taken out, and the claim stored as below;
 * otherwise: the claimed bytes are judged and stored as their version.
 
+A claim named ``rejecting.<name>`` is a drop on its way to the quarantine as ``<name>``:
+finished first, by :meth:`Quarantine.finish_claim <.quarantine.Quarantine.finish_claim>`
+(removed where ``rejected/`` holds it already, else put back in the spool to be judged
+again), never stored.
+
 Run on start with the history lock held, and in the maintenance rounds after a failure.
 """
 
@@ -31,7 +36,8 @@ from ..history import durable
 from ..history.batch import Batch
 from ..history.names import is_version_name
 from .intake import Intake
-from .outcomes import Dropped, Ignored, Outcome, Recovered, Stored
+from .outcomes import Dropped, Ignored, Outcome, Recovered, Rejected, Stored
+from .quarantine import CLAIM_PREFIX, is_set_aside_claim
 from .spool import Opened, Spool, is_drop_name, open_entry
 
 __all__ = ["ClaimRecovery", "ClaimsLeft", "take_back_claims"]
@@ -76,6 +82,9 @@ class ClaimRecovery:
         names = self.spool.claimed()
         if names:
             self.intake.check_claimed()
+            for name in [n for n in names if is_set_aside_claim(n)]:
+                names.remove(name)
+                self._finish_set_aside(name, finished)
             names = self._one_name_each(names)
         # A fresh name drawn while these are finished (a drop set aside, a claim stored
         # anew) must be none of theirs: names run ahead of the clock after a burst or a
@@ -94,6 +103,24 @@ class ClaimRecovery:
                 self._tell_more(finished)
         if self._kept is not None:
             raise self._kept
+
+    def _finish_set_aside(self, name: str, finished: Callable[[Outcome], None]) -> None:
+        """Finish a drop's way to the quarantine, cut short in ``.claimed/`` as ``name``
+        (see :meth:`Quarantine.finish_claim <.quarantine.Quarantine.finish_claim>`):
+        ``finished`` hears of one found set aside; one put back in the spool is said in
+        the log, and judged again as it comes. Raises :class:`StorageError` when it
+        cannot be finished yet."""
+        done = self.spool.rejected.finish_claim(name, self.spool.dir)
+        self._spool_changed = True
+        if isinstance(done, Rejected):
+            finished(done)
+        elif done is not None:
+            log.warning(
+                "%s was on its way to the quarantine when the watcher stopped: put back "
+                "in the spool as %s, to be judged again",
+                name.removeprefix(CLAIM_PREFIX),
+                done,
+            )
 
     def _tell_more(self, finished: Callable[[Outcome], None]) -> None:
         more, self._more = self._more, []
@@ -429,7 +456,9 @@ def _take_back(old_spool: int, spool: Spool) -> ClaimsLeft:
     except OSError:
         return left  # removed, or nothing was ever taken there
     try:
-        claims = sorted(name for name in os.listdir(old) if is_version_name(name))
+        claims = sorted(
+            name for name in os.listdir(old) if is_version_name(name) or is_set_aside_claim(name)
+        )
         if claims:
             _link_claims(claims, old, spool.claimed_dir, left)
     except (OSError, StorageError) as exc:

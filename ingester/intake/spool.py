@@ -162,7 +162,7 @@ class Spool:
         self.claimed_dir = self.dir / ".claimed"
         # A watcher holds an flock on it while it reads this spool (see the watcher).
         self.lock_path = self.dir / ".lock"
-        self.rejected = Quarantine(self.rejected_dir)
+        self.rejected = Quarantine(self.rejected_dir, self.claimed_dir)
 
     def ensure_folders(self) -> None:
         """Create the spool, ``tmp/`` and ``.claimed/`` if missing; ``rejected/`` if possible.
