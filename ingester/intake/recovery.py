@@ -66,6 +66,9 @@ class ClaimRecovery:
         # A claim kept because the spool could not be fsynced: the rest go on, and
         # this is raised once they are done.
         self._kept: StorageError | None = None
+        # The spool's drop names by inode number, from one listing per recovery (see
+        # _spool_names_of); None until a claim first needs it.
+        self._spool_inodes: dict[int, list[str]] | None = None
 
     def recover(self, finished: Callable[[Outcome], None]) -> None:
         """Finish every claim left by a crash or a failure (with the history lock held);
@@ -78,7 +81,7 @@ class ClaimRecovery:
         finished first (their second names in the spool set aside, so none is taken as
         a new drop meanwhile), then its error is raised.
         """
-        self._spool_changed, self._kept = True, None
+        self._spool_changed, self._kept, self._spool_inodes = True, None, None
         names = self.spool.claimed()
         if names:
             self.intake.check_claimed()
@@ -359,6 +362,11 @@ class ClaimRecovery:
     def _spool_names_of(self, claim: durable.StrPath) -> list[str]:
         """The spool's drop names that are the claimed inode itself (none: one link).
 
+        The spool is listed once per recovery, however many claims ask (a backlog of
+        100,000 drops listed once per claim made a restart take minutes), and each name
+        of the inode number asked for is checked by ``lstat`` as it is asked: a name
+        taken away since is no longer one. A name made meanwhile cannot be one either:
+        only the watcher links a claimed file into the spool, and it is recovering.
         Raises :class:`StorageError` when the claim or the spool cannot be looked at.
         """
         try:
@@ -367,11 +375,35 @@ class ClaimRecovery:
             raise StorageError("stat claim", claim, exc) from exc
         if st.st_nlink < 2:
             return []
-        return [
-            c.name
-            for c in self.spool.scan()
-            if stat.S_ISREG(c.mode) and (c.ino, c.dev) == (st.st_ino, st.st_dev)
-        ]
+        if self._spool_inodes is None:
+            self._spool_inodes = self._list_spool()
+        names = []
+        for name in self._spool_inodes.get(st.st_ino, []):
+            try:
+                found = os.lstat(self.spool.dir / name)
+            except FileNotFoundError:
+                continue  # taken away since the listing
+            except OSError as exc:
+                raise StorageError("stat", self.spool.dir / name, exc) from exc
+            if stat.S_ISREG(found.st_mode) and os.path.samestat(found, st):
+                names.append(name)
+        return names
+
+    def _list_spool(self) -> dict[int, list[str]]:
+        """The spool's drop names by inode number (from the listing: no ``stat`` of
+        each), each number's names in order. Raises :class:`StorageError` when the spool
+        cannot be listed."""
+        inodes: dict[int, list[str]] = {}
+        try:
+            with os.scandir(self.spool.dir) as entries:
+                for entry in entries:
+                    if is_drop_name(entry.name):
+                        inodes.setdefault(entry.inode(), []).append(entry.name)
+        except OSError as exc:
+            raise StorageError("list", self.spool.dir, exc) from exc
+        for names in inodes.values():
+            names.sort()
+        return inodes
 
 
 @dataclass
