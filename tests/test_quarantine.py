@@ -37,6 +37,7 @@ from support.capabilities import (
     needs_strace_root,
     quarantine_fsyncs,
     run_held_after,
+    strace_problem,
     tmpfs,
     traced_program,
 )
@@ -223,6 +224,65 @@ def test_a_watcher_killed_between_the_reason_file_and_the_move_counts_no_rejecti
     assert (quarantine / "bad.json").read_bytes() == b"{not json"
     assert not [p for p in os.listdir(quarantine) if p.startswith("bad-")]
     assert rejected_counts(root, quarantine) == (3, 3)
+
+
+@pytest.mark.parametrize("run", ["at once", "killed amid its move"])
+def test_a_drop_whose_name_is_not_utf8_has_it_in_its_reason_file_as_the_log_says_it(
+    root: Path, run: str
+) -> None:
+    """A drop named with a byte that is not UTF-8 keeps that very name in the
+    quarantine, and its reason file names it as the log does, each such byte as
+    ``\\xNN``: never ``\\udcff``, which names no byte. Set aside again after a kill
+    amid its move (SIGKILL as it is linked in, where no rename refuses to replace), it
+    is found for the same drop: set aside once, under its name."""
+    assert run_cli(root, "init").returncode == 0
+    spool, quarantine = root / "spool", root / "spool" / "rejected"
+    name = os.fsdecode(b"bad\xff.json")
+    (spool / name).write_bytes(b"{not json")
+    if run != "at once":
+        inject = (
+            "-f", "-qq", "-o", "/dev/null", "-P", str(quarantine / name),
+            "-e", "inject=renameat2:error=ENOSYS",
+            "-e", "inject=link,linkat:signal=SIGKILL",
+        )  # fmt: skip
+        if strace_problem() is not None:
+            pytest.skip(strace_problem() or "")
+        code, log = once(root, quarantine, STRACE, *inject)
+        assert code != 0, log  # killed
+
+    code, log = once(root, quarantine)
+
+    assert code == 0, log
+    assert "rejected bad\\xff.json: " in log
+    assert sorted(os.listdir(os.fsencode(quarantine))) == [
+        b"bad\xff.json",
+        b"bad\xff.json" + REASON.encode(),
+    ]
+    text = (quarantine / (name + REASON)).read_text()
+    assert json.loads(text)["file"] == "bad\\xff.json", text
+    assert "\\udc" not in text, text
+    assert (quarantine / name).read_bytes() == b"{not json"
+    assert os.listdir(spool / ".claimed") == []
+
+
+def test_a_drop_name_too_long_for_its_reason_file_is_shortened_in_the_quarantine_as_documented(
+    root: Path,
+) -> None:
+    """A name over 235 bytes leaves no room for ``.reason.json`` in a file name: in the
+    quarantine it is its first 217 bytes (never half a UTF-8 character), ``-``, 12 hex
+    digits of the whole name's SHA-256, ``.json``; the reason file keeps the whole name."""
+    assert run_cli(root, "init").returncode == 0
+    spool, quarantine = root / "spool", root / "spool" / "rejected"
+    name = "é" * 120 + ".json"  # 245 bytes, two to a character: byte 217 splits one
+    drop(spool, name, b"{not json")
+
+    code, log = once(root, quarantine)
+
+    assert code == 0, log
+    raw = name.encode()
+    short = raw[:216].decode() + "-" + hashlib.sha256(raw).hexdigest()[:12] + ".json"
+    assert sorted(os.listdir(quarantine)) == [short, short + REASON], log
+    assert json.loads((quarantine / (short + REASON)).read_text())["file"] == name
 
 
 def rerun_sets_it_aside_once(root: Path, quarantine: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 from ..clock import iso_utc, utc_now
 from ..errors import MovedNotDurable, StorageError
 from ..history import durable
+from ..runtime.logs import escape_text
 from .outcomes import Rejected
 
 __all__ = ["CLAIM_PREFIX", "REASON_SUFFIX", "Quarantine", "entry_kind", "is_set_aside_claim"]
@@ -435,8 +436,11 @@ class Quarantine:
         reason file is taken back in each case, as for a failed move.
         """
         by_claim = self._by_claim(source, self._check_rejected_dir())
+        # Said as the log says it: a byte that is not UTF-8 as \xNN, never as the lone
+        # surrogate Python carries it as (a JSON "\udcff" names no byte).
+        shown = escape_text(name)
         record = {
-            "file": name,
+            "file": shown,
             "rejectedAt": iso_utc(utc_now()),
             "reason": reason,
             "errors": errors,
@@ -444,10 +448,10 @@ class Quarantine:
         data = (json.dumps(record, indent=2, default=str) + "\n").encode()
         claim: Path | None = None
         for target in self._rejected_names(name):
-            reserved = self._reserve(target, name, data)
+            reserved = self._reserve(target, shown, data)
             if reserved is None:
                 if claim is None and self._finish_cut_move(
-                    source, self.rejected_dir / target, name
+                    source, self.rejected_dir / target, shown
                 ):
                     return target
                 continue
@@ -597,21 +601,27 @@ class Quarantine:
         target = name[len(CLAIM_PREFIX) :]
         reason = self.rejected_dir / (target + REASON_SUFFIX)
         record = _record_of(reason) or {}
-        original = record.get("file")
-        if not (
-            isinstance(original, str)
-            and original.endswith(".json")
-            and not original.startswith(".")
-            and "/" not in original
+        said = record.get("file")
+        original = target
+        if (
+            isinstance(said, str)
+            and said != escape_text(target)
+            and said.endswith(".json")
+            and not said.startswith(".")
+            and "/" not in said
+            and "\\x" not in said
         ):
-            original = target
+            # A name shortened or given a suffix in rejected/: the drop's own is the one
+            # the reason file says, unless it had bytes that are not UTF-8, which the
+            # reason file says as \xNN (no name to give back: the target's is).
+            original = said
         try:
             mine = os.lstat(claim)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StorageError("stat claim", claim, exc) from exc
-        if self._holds(claim, mine, self.rejected_dir / target, original):
+        if self._holds(claim, mine, self.rejected_dir / target, escape_text(original)):
             durable.fsync_dir(self.rejected_dir)  # its last step may not be durable yet
             durable.remove_file(claim)
             durable.fsync_dir(spool_dir)
