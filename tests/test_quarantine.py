@@ -26,7 +26,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -285,6 +284,28 @@ def test_a_drop_name_too_long_for_its_reason_file_is_shortened_in_the_quarantine
     assert json.loads((quarantine / (short + REASON)).read_text())["file"] == name
 
 
+def test_an_invalid_drop_is_never_moved_through_a_claim_folder_put_in_place_of_ours(
+    root: Path, tmp_path: Path
+) -> None:
+    """Someone who may write in the spool swaps ``.claimed/`` for a symlink to a folder of
+    theirs while the watcher runs: the invalid drop is not renamed into it on its way to
+    the quarantine. It waits in the spool, the folder named as unsafe, and nothing of it
+    reaches that folder; valid drops stop at their own check of the folder the same way."""
+    spool, elsewhere = root / "spool", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with WatchProcess(root) as watcher:
+        os.rename(spool / ".claimed", tmp_path / "ours")
+        (spool / ".claimed").symlink_to(elsewhere)
+        drop(spool, "bad.json", b"{not json")
+        watcher.wait_log("cannot set aside bad.json")
+        assert watcher.stop() == 0, watcher.log
+    [error] = errors_about(watcher.log, "bad.json")
+    assert f"cannot use the claim folder {spool / '.claimed'}: unsafe: it is a symlink" in error
+    assert (spool / "bad.json").read_bytes() == b"{not json"
+    assert os.listdir(elsewhere) == []
+    assert [p for p in os.listdir(spool / "rejected") if not p.startswith(".")] == []
+
+
 def rerun_sets_it_aside_once(root: Path, quarantine: Path) -> None:
     """The run after a kill amid ``bad.json``'s move finishes it: the drop is gone from
     the spool and set aside once, under its own name, beside its one reason file."""
@@ -332,38 +353,45 @@ def test_a_watcher_killed_amid_a_move_without_renameat2_sets_the_drop_aside_once
 
 
 @needs_strace_root
-def test_a_drop_renamed_onto_the_name_of_one_set_aside_without_renameat2_is_kept(
-    root: Path,
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers are x86_64's")
+@pytest.mark.parametrize("where", ["spool without renameat2", "other-fs"])
+def test_a_drop_renamed_onto_the_name_of_one_set_aside_as_that_name_goes_is_kept(
+    root: Path, quarantine: Path, where: str
 ) -> None:
-    """Where there is no no-replace rename (NFS: strace answers ``renameat2`` with
-    ENOSYS), an invalid drop must still leave the spool by one rename: were it linked
-    into the quarantine and its spool name then unlinked, a writer renaming its next
-    snapshot onto that name in between (held open here by holding up every unlink of
-    the name) would lose it to the unlink. The new snapshot is stored, or still waits:
-    never lost; the invalid one is set aside once."""
-    assert run_cli(root, "init").returncode == 0
-    spool, quarantine = root / "spool", root / "spool" / "rejected"
+    """An invalid drop must leave the spool by one rename, never by an unlink of its
+    spool name once it is in the quarantine: a writer renaming its next snapshot onto
+    that name just before the unlink (held open here by holding up every unlink of the
+    name) would lose it. Where there is no no-replace rename (NFS: strace answers
+    ``renameat2`` with ENOSYS) the drop would be linked into the quarantine first; on
+    another filesystem, copied there first, its name compared with the file copied
+    right before the unlink, which no look can keep a rename out of. The new snapshot
+    is stored, or still waits: never lost; the invalid one is set aside once."""
+    spool = root / "spool"
+    if where != "other-fs":
+        quarantine = spool / "rejected"
     bad, good = b"{not json", payload(31)
-    drop(spool, "scrape.json", bad)
-    inject = (
-        "-f", "-qq", "-o", "/dev/null", "-P", str(spool / "scrape.json"),
+    held = (
+        STRACE, "-f", "-qq", "-o", "/dev/null", "-P", str(spool / "scrape.json"),
         "-e", "inject=renameat2:error=ENOSYS",
-        "-e", "inject=unlink,unlinkat:delay_enter=5000000",
+        "-e", "inject=unlink,unlinkat:delay_enter=5000000", "--",
     )  # fmt: skip
-    with ThreadPoolExecutor(1) as pool:
-        run = pool.submit(once, root, quarantine, STRACE, *inject)
-        wait_for(
-            lambda: os.path.lexists(quarantine / "scrape.json") or run.done(),
-            what="the invalid drop linked into the quarantine",
-        )
-        drop(spool, "scrape.json", good)  # the writer's: onto the name being set aside
-        code, log = run.result()
-    assert code == 0, log
-    code, log = once(root, quarantine)  # what still waits is taken now
-    assert code == 0, log
-    assert stored_contents(root) == {good: 1}, log
-    assert not (spool / "scrape.json").exists(), log
-    assert sorted(os.listdir(quarantine)) == ["scrape.json", f"scrape.json{REASON}"], log
+    args = ("--rejected-dir", str(quarantine))
+    with WatchProcess(root, global_args=args, wrapper=held) as watcher:
+        program = traced_program(watcher.proc.pid)
+        drop(spool, "scrape.json", bad)
+
+        def name_going() -> bool:
+            # Inside the unlink of the spool's name, or out of the spool by its claim.
+            inside = in_syscall(program, UNLINK) or in_syscall(program, UNLINKAT)
+            gone = not os.path.lexists(spool / "scrape.json")
+            return inside or (gone and os.path.lexists(quarantine / "scrape.json"))
+
+        wait_for(name_going, 20, "the invalid drop's spool name being taken away")
+        drop(spool, "scrape.json", good)  # the writer's: onto the name being taken away
+        wait_for(lambda: stored_contents(root) == {good: 1}, 30, "the new snapshot stored")
+        assert watcher.stop() == 0, watcher.log
+    assert not (spool / "scrape.json").exists(), watcher.log
+    assert sorted(os.listdir(quarantine)) == ["scrape.json", f"scrape.json{REASON}"]
     assert (quarantine / "scrape.json").read_bytes() == bad
 
 
@@ -371,24 +399,27 @@ def test_a_drop_renamed_onto_the_name_of_one_set_aside_without_renameat2_is_kept
 def test_a_watcher_killed_between_a_copy_to_another_filesystem_and_the_unlink_sets_it_aside_once(
     root: Path, quarantine: Path
 ) -> None:
-    """Into a quarantine on another filesystem the drop is copied, the copy given its
-    name beside the reason file, and the spool's name then removed. SIGKILL at that
-    removal leaves the drop in both places. The next run finds its copy complete beside
-    a reason file no process holds, naming it: it removes the spool's name, and sets
-    nothing aside a second time."""
+    """Into a quarantine on another filesystem the drop is claimed (renamed into
+    ``.claimed/``), copied, the copy given its name beside the reason file, and the
+    claim then removed. SIGKILL at that removal leaves the drop in both places. The
+    next run finds its copy complete beside a reason file no process holds, naming it:
+    it removes the claim, and sets nothing aside a second time."""
     assert run_cli(root, "init").returncode == 0
     spool = root / "spool"
+    claim = spool / ".claimed" / "rejecting.bad.json"
     (spool / "bad.json").write_bytes(b"{not json")
     inject = (
-        "-f", "-qq", "-o", "/dev/null", "-P", str(spool / "bad.json"),
+        "-f", "-qq", "-o", "/dev/null", "-P", str(claim),
         "-e", "inject=unlink,unlinkat:signal=SIGKILL",
     )  # fmt: skip
 
     code, log = once(root, quarantine, STRACE, *inject)
 
     assert code != 0, log  # killed
-    assert (spool / "bad.json").exists() and (quarantine / "bad.json").exists(), log
+    assert claim.exists() and (quarantine / "bad.json").exists(), log
+    assert not (spool / "bad.json").exists(), log
     rerun_sets_it_aside_once(root, quarantine)
+    assert os.listdir(spool / ".claimed") == []
 
 
 @needs_strace_root
@@ -445,7 +476,8 @@ def test_a_watcher_killed_amid_the_copy_into_another_filesystem_leaves_no_part_v
 ) -> None:
     """SIGKILL amid the copy (its bytes written, not yet fsynced nor named: at the copy's
     one ``fchmod``): a temp file (hidden, never counted) and the reason file alone are
-    left; the next start sweeps the temp file and sets the drop aside, whole, once."""
+    left in the quarantine, the drop in ``.claimed/``; the next start sweeps the temp
+    file, puts the drop back in the spool and sets it aside, whole, once."""
     spool = root / "spool"
     data = os.urandom(2 * MIB)
     drop(spool, "huge.json", data)
@@ -455,16 +487,18 @@ def test_a_watcher_killed_amid_the_copy_into_another_filesystem_leaves_no_part_v
 
     assert code != 0, log  # killed amid the copy
     assert [p for p in os.listdir(quarantine) if not p.startswith(".")] == [f"huge.json{REASON}"]
-    assert (spool / "huge.json").read_bytes() == data
+    assert (spool / ".claimed" / "rejecting.huge.json").read_bytes() == data
     assert rejected_counts(root, quarantine) == (0, 0)
     code, log = once(root, quarantine)
     assert code == 0, log
+    assert "put back in the spool as huge.json, to be judged again" in log
+    assert os.listdir(spool / ".claimed") == []
     assert sorted(os.listdir(quarantine)) == ["huge.json", f"huge.json{REASON}"]
     assert (quarantine / "huge.json").read_bytes() == data
     assert rejected_counts(root, quarantine) == (1, 1)
 
 
-SENDFILE, RENAMEAT2 = 40, 316  # x86_64
+SENDFILE, RENAMEAT2, UNLINK, UNLINKAT = 40, 316, 87, 263  # x86_64
 
 
 @needs_strace_root
@@ -519,12 +553,12 @@ def freed_number_given_again(staging: Path) -> bool:
 def test_a_drop_that_gets_the_number_of_the_one_copied_into_the_quarantine_is_stored(
     root: Path, quarantine: Path
 ) -> None:
-    """Held after an invalid drop A was copied into the quarantine, before it leaves the
-    spool: a writer renames B onto its name (A's last name), then C. Were A no longer
-    open, its inode would be freed, and C, made next, would get its number (ext4 gives
-    it out again at once): C would look like A at the removal's check, and be removed
-    unseen. A is held open until its removal, so C keeps a number of its own, stays,
-    and is stored."""
+    """Held after an invalid drop A was copied into the quarantine, before its claim is
+    removed: a writer renames B onto the spool name A had, then C. Were A's name in the
+    spool still the one removed, and A no longer open, its inode would be freed, and C,
+    made next, would get its number (ext4 gives it out again at once): C would look
+    like A at the removal's check, and be removed unseen. A left the spool by its claim
+    before its copy, and only the claim is removed: C stays, and is stored."""
     assert run_cli(root, "init").returncode == 0
     spool = root / "spool"
     path = spool / "scrape.json"
@@ -533,17 +567,18 @@ def test_a_drop_that_gets_the_number_of_the_one_copied_into_the_quarantine_is_st
     folder = os.path.realpath(quarantine)
 
     # Where the quarantine folder's fsync before the removal falls: the last of its
-    # fsyncs before the drop's unlink, in a run that sets the same drop aside.
+    # fsyncs before the unlink of the drop's claim, in a run that sets it aside.
+    claim = spool / ".claimed" / "rejecting.scrape.json"
     drop(spool, "scrape.json", bad)
     trace = root.parent / "dry.trace"
-    dry = (STRACE, "-f", "-qq", "-y", "-o", str(trace), "-P", str(quarantine), "-P", str(path))
+    dry = (STRACE, "-f", "-qq", "-y", "-o", str(trace), "-P", str(quarantine), "-P", str(claim))
     code, log = once(root, quarantine, *dry)
     assert code == 0, log
     calls = trace.read_text().splitlines()
     removal = next(
         n
         for n, line in enumerate(calls)
-        if re.search(rf"unlink(at)?\(.*\"{re.escape(str(path))}\"", line)
+        if re.search(rf"unlink(at)?\(.*\"{re.escape(str(claim))}\"", line)
     )
     held_at = re.compile(rf"\bfsync\(\d+<{re.escape(folder)}>")
     fsyncs = sum(1 for line in calls[:removal] if held_at.search(line))
@@ -559,7 +594,7 @@ def test_a_drop_that_gets_the_number_of_the_one_copied_into_the_quarantine_is_st
 
     def writer() -> None:
         assert (quarantine / "scrape.json").read_bytes() == bad  # copied and named
-        assert os.lstat(path).st_ino == a_number  # and not removed yet
+        assert os.lstat(claim).st_ino == a_number  # and not removed yet
         drop(spool, "scrape.json", payload(30))  # B: A's last name goes
         drop(spool, "scrape.json", payload(31))  # C
         c_number.append(os.lstat(path).st_ino)

@@ -19,7 +19,7 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,12 +201,17 @@ class Quarantine:
     """The quarantine folder ``folder``: drops set aside there, and their count.
 
     ``claimed_dir`` is the spool's ``.claimed/``, where only the watcher writes: a drop
-    leaves the spool for it by one rename before it is moved on (see :meth:`set_aside`).
+    leaves the spool for it by one rename before it is moved on (see :meth:`set_aside`),
+    once ``check_claimed`` (raising :class:`StorageError`) has found it still the
+    watcher's own real folder.
     """
 
-    def __init__(self, folder: Path, claimed_dir: Path) -> None:
+    def __init__(
+        self, folder: Path, claimed_dir: Path, check_claimed: Callable[[], object]
+    ) -> None:
         self.rejected_dir = folder
         self.claimed_dir = claimed_dir
+        self._check_claimed = check_claimed
 
     def _rejected_names(self, name: str) -> Iterator[str]:
         """Names in ``rejected/`` for drop ``name``, in the order they are tried: the
@@ -361,9 +366,8 @@ class Quarantine:
             raise moved from exc
         return True
 
-    def _check_rejected_dir(self) -> int:
-        """``rejected/`` must be a real folder: never quarantine through a symlink.
-        Returns its ``st_dev``."""
+    def _check_rejected_dir(self) -> None:
+        """``rejected/`` must be a real folder: never quarantine through a symlink."""
         folder = self.rejected_dir
         try:
             folder.mkdir(parents=True, exist_ok=True)  # removed by hand?
@@ -376,17 +380,14 @@ class Quarantine:
                 folder,
                 OSError(errno.ENOTDIR, f"unsafe: it is a {entry_kind(st.st_mode)}, not a folder"),
             )
-        return st.st_dev
 
-    def _by_claim(self, source: Path, rejected_dev: int) -> bool:
-        """Whether ``source`` leaves for ``rejected/`` through a claim (see :meth:`_claim`):
-        a spool's drop, where ``rejected/`` is on the spool's filesystem. Into another
-        filesystem the drop is copied, and its spool name removed only once that name is
-        seen to be the file copied (:func:`ingester.history.durable.move_file`)."""
+    def _by_claim(self, source: Path) -> bool:
+        """Whether ``source`` leaves the spool through a claim (see :meth:`_claim`): a
+        spool's drop, with a ``.claimed/`` on its filesystem to be renamed into."""
         if source.parent == self.claimed_dir:
             return False
         try:
-            return os.lstat(self.claimed_dir).st_dev == rejected_dev
+            return os.lstat(self.claimed_dir).st_dev == os.lstat(source.parent).st_dev
         except OSError:
             return False  # no .claimed/ to go through: moved as it is
 
@@ -415,13 +416,14 @@ class Quarantine:
         step that never replaces (a link, a no-replace rename), and a name found taken
         meanwhile sends both on to the next numeric suffix.
 
-        Within the spool's filesystem the drop first leaves the spool by one rename, into
-        ``.claimed/`` as ``rejecting.<its name in rejected/>``, then moves on from
-        there: where no rename can refuse to replace (NFS, CIFS, some FUSE mounts) that
-        last move is a link then an unlink, and only the claim's name, which no writer
-        can take, is unlinked. A move that fails, or is found to have taken a new drop
-        a writer renamed onto the name, puts the claim back in the spool (see
-        :meth:`put_back`); one a crash cut short is finished by :meth:`finish_claim`.
+        The drop first leaves the spool by one rename, into ``.claimed/`` as
+        ``rejecting.<its name in rejected/>``, then moves on from there: where no
+        rename can refuse to replace (NFS, CIFS, some FUSE mounts) that last move is a
+        link then an unlink, and into another filesystem a copy then an unlink; either
+        way only the claim's name, which no writer can take, is unlinked. A move that
+        fails, or is found to have taken a new drop a writer renamed onto the name, puts
+        the claim back in the spool (see :meth:`put_back`); one a crash cut short is
+        finished by :meth:`finish_claim`.
 
         ``expect``: the ``(st_dev, st_ino)`` of the drop judged, so that a new drop a
         writer renamed onto its name meanwhile is never set aside in its place.
@@ -435,7 +437,8 @@ class Quarantine:
         (:class:`ingester.history.durable.CopyAbandoned`) when it gave the copy up: the
         reason file is taken back in each case, as for a failed move.
         """
-        by_claim = self._by_claim(source, self._check_rejected_dir())
+        self._check_rejected_dir()
+        by_claim = self._by_claim(source)
         # Said as the log says it: a byte that is not UTF-8 as \xNN, never as the lone
         # surrogate Python carries it as (a JSON "\udcff" names no byte).
         shown = escape_text(name)
@@ -501,8 +504,10 @@ class Quarantine:
         and the unlink would remove it. Once the drop is in ``.claimed/``, where only
         the watcher writes, it is moved on by whatever step the folders allow. A drop
         found to be another file than ``expect`` is put back at once. Raises
-        :class:`StorageError` when it cannot be renamed, or was another file.
+        :class:`StorageError` when ``.claimed/`` is no longer the watcher's own folder,
+        when the drop cannot be renamed, or was another file.
         """
+        self._check_claimed()  # never through a folder put in its place
         claim = self.claimed_dir / (CLAIM_PREFIX + target)
         if os.path.lexists(claim):
             # Only this process writes in .claimed/, so the check cannot race.
@@ -536,7 +541,9 @@ class Quarantine:
         except MovedNotDurable:
             raise
         except StorageError as exc:
-            raise StorageError(exc.action, source, exc.cause) from exc
+            action = exc.action.replace(os.fspath(claim), os.fspath(source))
+            path = source if exc.path == claim else exc.path
+            raise StorageError(action, path, exc.cause) from exc
 
     def _give_back(self, claim: Path, source: Path) -> None:
         """Put ``claim`` back in the spool as ``source`` (see :meth:`put_back`) after a

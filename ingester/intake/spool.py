@@ -162,7 +162,10 @@ class Spool:
         self.claimed_dir = self.dir / ".claimed"
         # A watcher holds an flock on it while it reads this spool (see the watcher).
         self.lock_path = self.dir / ".lock"
-        self.rejected = Quarantine(self.rejected_dir, self.claimed_dir)
+        # Who .claimed/ was last found to be checked for (see check_claimed), so that
+        # the quarantine, which moves a drop through it, checks it the same way.
+        self._checked_for: tuple[int | None, tuple[int, int] | None] = (os.geteuid(), None)
+        self.rejected = Quarantine(self.rejected_dir, self.claimed_dir, self._check_claimed_again)
 
     def ensure_folders(self) -> None:
         """Create the spool, ``tmp/`` and ``.claimed/`` if missing; ``rejected/`` if possible.
@@ -179,15 +182,15 @@ class Spool:
         with contextlib.suppress(OSError):
             self.rejected_dir.mkdir(parents=True, exist_ok=True)
 
-    def check_claimed(self, euid: int | None, history: tuple[int, int]) -> tuple[int, int]:
+    def check_claimed(self, euid: int | None, history: tuple[int, int] | None) -> tuple[int, int]:
         """Check that ``.claimed/`` is a real folder of ours; return its ``(st_dev, st_ino)``.
 
         Recovery removes a claim once its version is stored, so ``.claimed/`` must be
         what it claims to be: not a symlink (to the history, say), not the history
-        itself, writable by no one else (group and others), and owned by this user
-        (``euid``; ``None`` for a caller that sets up folders for another user, ``init``
-        run as root). Raises
-        :class:`StorageError` naming the folder and what is wrong with it.
+        itself (``history``, its ``(st_dev, st_ino)``; ``None`` where it is not known),
+        writable by no one else (group and others), and owned by this user (``euid``;
+        ``None`` for a caller that sets up folders for another user, ``init`` run as
+        root). Raises :class:`StorageError` naming the folder and what is wrong with it.
         """
         folder = self.claimed_dir
         try:
@@ -197,7 +200,7 @@ class Spool:
         problem = None
         if not stat.S_ISDIR(st.st_mode):
             problem = f"it is a {_kind(st.st_mode)}, not a folder"
-        elif (st.st_dev, st.st_ino) == history:
+        elif history is not None and (st.st_dev, st.st_ino) == history:
             problem = "it is the history folder"
         elif euid is not None and st.st_uid != euid:
             problem = (
@@ -215,7 +218,13 @@ class Spool:
             raise StorageError(
                 "use the claim folder", folder, OSError(errno.EPERM, f"unsafe: {problem}")
             )
+        self._checked_for = (euid, history)
         return st.st_dev, st.st_ino
+
+    def _check_claimed_again(self) -> None:
+        """:meth:`check_claimed` for the user and history it was last asked for (this
+        user, history unknown, before that)."""
+        self.check_claimed(*self._checked_for)
 
     def scan(self, folder: Path | None = None) -> list[Candidate]:
         """Drop candidates in ``folder`` (default: the spool), oldest mtime first, then name."""
