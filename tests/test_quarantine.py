@@ -306,6 +306,31 @@ def test_an_invalid_drop_is_never_moved_through_a_claim_folder_put_in_place_of_o
     assert [p for p in os.listdir(spool / "rejected") if not p.startswith(".")] == []
 
 
+def test_a_drop_on_its_way_to_the_quarantine_when_the_spool_is_moved_away_is_set_aside_once(
+    root: Path,
+) -> None:
+    """An invalid drop the watcher had taken out of the spool on its way to the
+    quarantine (``.claimed/rejecting.bad.json``) when the spool folder was moved away is
+    the watcher's to finish, like any drop it had taken: brought back, put in the new
+    spool, and set aside there once; nothing is left in the folder moved away."""
+    spool, moved = root / "spool", root / "spool.old"
+    with WatchProcess(root) as watcher:
+        # Stopped, so that the move lands between two of its steps.
+        watcher.proc.send_signal(signal.SIGSTOP)
+        try:
+            (spool / ".claimed" / "rejecting.bad.json").write_bytes(b"{not json")
+            spool.rename(moved)
+        finally:
+            watcher.proc.send_signal(signal.SIGCONT)
+        watcher.wait_log("brought 1 taken drop(s) back")
+        wait_for(lambda: (spool / "rejected" / "bad.json").exists(), what="bad.json set aside")
+        assert watcher.stop() == 0, watcher.log
+    assert list((moved / ".claimed").iterdir()) == []
+    assert (spool / "rejected" / "bad.json").read_bytes() == b"{not json"
+    assert not (spool / "bad.json").exists()
+    assert os.listdir(spool / ".claimed") == []
+
+
 def rerun_sets_it_aside_once(root: Path, quarantine: Path) -> None:
     """The run after a kill amid ``bad.json``'s move finishes it: the drop is gone from
     the spool and set aside once, under its own name, beside its one reason file."""
