@@ -152,7 +152,8 @@ def test_a_drop_the_quarantine_has_no_room_for_waits_in_the_spool_until_room_ret
         wait_for(lambda: stored_contents(root) == {payload(2): 1}, what="good drop stored")
         assert rejected_counts(root, quarantine) == (0, 0)
         filler.unlink()
-        wait_for(lambda: not (spool / "huge.json").exists(), what="huge.json set aside")
+        # Not its name leaving the spool: it leaves by its claim before the copy begins.
+        wait_for(lambda: "rejected huge.json" in watcher.log, what="huge.json set aside")
         assert watcher.stop() == 0, watcher.log
     assert (quarantine / "huge.json").read_bytes() == data
     assert json.loads((quarantine / f"huge.json{REASON}").read_text())["file"] == "huge.json"
@@ -323,7 +324,7 @@ def test_a_drop_on_its_way_to_the_quarantine_when_the_spool_is_moved_away_is_set
         finally:
             watcher.proc.send_signal(signal.SIGCONT)
         watcher.wait_log("brought 1 taken drop(s) back")
-        wait_for(lambda: (spool / "rejected" / "bad.json").exists(), what="bad.json set aside")
+        wait_for(lambda: "rejected bad.json" in watcher.log, what="bad.json set aside")
         assert watcher.stop() == 0, watcher.log
     assert list((moved / ".claimed").iterdir()) == []
     assert (spool / "rejected" / "bad.json").read_bytes() == b"{not json"
@@ -725,7 +726,7 @@ def test_a_long_copy_into_another_filesystem_keeps_the_watchdog_fed_and_the_watc
                 for n in range(1, 4):
                     listener.wait_for(lambda m: "WATCHDOG" in m.fields, 10, f"ping {n}", alive)
                     assert copying(), f"ping {n} came after the copy, not during it"
-            gone = lambda: not (spool / "big.json").exists()  # noqa: E731
+            gone = lambda: "rejected big.json" in watcher.log  # noqa: E731
             listening_until(listener, gone, "big.json set aside")
             drop(spool, "next.json", payload(7))
             stored = lambda: stored_contents(root) == {payload(7): 1}  # noqa: E731
