@@ -38,6 +38,7 @@ from typing import Any
 
 import pytest
 from support import INVALID_SAMPLES, VALID_SAMPLES, wait_for
+from support.capabilities import tmpfs
 
 from ingester.history import durable
 from ingester.history.durable import FSYNC_THREAD_PREFIX
@@ -494,10 +495,15 @@ OWNERS_EIO = [
 
 
 def build_scenario(
-    root: Path, valid_count: int = 3, invalid_count: int = 2, foreign: bool = False
+    root: Path,
+    valid_count: int = 3,
+    invalid_count: int = 2,
+    foreign: bool = False,
+    rejected: Path | None = None,
 ) -> Scenario:
-    """Seed one version (so the latest link and metadata exist), then queue the backlog."""
-    settings = settings_for(root)
+    """Seed one version (so the latest link and metadata exist), then queue the backlog.
+    ``rejected``: the ``--rejected-dir`` (default: the spool's ``rejected/``)."""
+    settings = settings_for(root, **({} if rejected is None else {"rejected_dir": str(rejected)}))
     seed = json.dumps(
         {
             "currentSession": {"resetsIn": "1 hr", "percentageUsed": 1},
@@ -535,8 +541,10 @@ def _crash_round(
     invalid_count: int,
     foreign: bool = False,
     concurrent: bool = False,
+    rejected_base: Path | None = None,
 ) -> tuple[Plan, list[str]]:
-    scenario = build_scenario(base / f"k{k:03d}", valid_count, invalid_count, foreign)
+    rejected = None if rejected_base is None else rejected_base / f"k{k:03d}" / "rejected"
+    scenario = build_scenario(base / f"k{k:03d}", valid_count, invalid_count, foreign, rejected)
     plan = Plan(at=k, mode="crash")
     with inject(plan, concurrent=concurrent):
         try:
@@ -558,12 +566,17 @@ def crash_at_every_step(
     invalid_count: int,
     foreign: bool = False,
     concurrent: bool = False,
+    rejected_base: Path | None = None,
 ) -> int:
+    """Crash at each step k of a run in turn, restart, check; the number of steps.
+    ``rejected_base``: a folder each round's ``--rejected-dir`` is made in."""
     failures = []
     k = 0
     while True:
         k += 1
-        plan, problems = _crash_round(base, k, valid_count, invalid_count, foreign, concurrent)
+        plan, problems = _crash_round(
+            base, k, valid_count, invalid_count, foreign, concurrent, rejected_base
+        )
         if not plan.reached:
             break
         if problems:
@@ -591,7 +604,12 @@ def test_crash_at_every_durable_step_of_a_group_then_restart(tmp_path: Path, for
     trace = _group_trace(tmp_path / "trace", foreign)
     # One group: every claim comes before the first link into the history, and the
     # history is fsynced once for the six (the seed's start aside).
-    claims = [i for i, t in enumerate(trace) if t.startswith("rename(") and ".claimed/" in t]
+    # (The invalid drop's way into the quarantine through .claimed/ is no claim of it.)
+    claims = [
+        i
+        for i, t in enumerate(trace)
+        if t.startswith("rename(") and ".claimed/" in t and "rejecting." not in t
+    ]
     links = [i for i, t in enumerate(trace) if t.startswith("link(") and "history/" in t]
     assert len(claims) == 6 and len(links) == 6, trace
     assert max(claims) < min(links), trace
@@ -612,6 +630,72 @@ def test_crash_amid_a_groups_concurrent_fsyncs_then_restart(tmp_path: Path, fore
         tmp_path, valid_count=6, invalid_count=1, foreign=foreign, concurrent=True
     )
     assert steps >= 6 * 4
+
+
+@contextlib.contextmanager
+def without_renameat2() -> Iterator[None]:
+    """As on NFS, CIFS or some FUSE mounts, where no rename can refuse to replace: the
+    no-replace rename answers that it cannot, so ``durable`` moves a name by a link
+    then an unlink. (strace's ENOSYS for ``renameat2`` cannot reach a run in process.)"""
+    real = durable_steps._rename_no_clobber
+    durable_steps._rename_no_clobber = lambda source, final: False
+    try:
+        yield
+    finally:
+        durable_steps._rename_no_clobber = real
+
+
+def test_crash_at_every_step_of_a_quarantine_without_renameat2_then_restart(
+    tmp_path: Path,
+) -> None:
+    """Without a no-replace rename each invalid drop leaves the spool by one rename into
+    ``.claimed/``, is linked into ``rejected/``, and its claim unlinked; a valid drop
+    behind it takes its usual steps. After a crash at any of those steps and a restart,
+    each invalid drop is in ``rejected/`` once, with its reason, and each valid drop
+    stored once."""
+    with without_renameat2():
+        probe = build_scenario(tmp_path / "probe", valid_count=1, invalid_count=2)
+        plan = Plan(at=0)
+        with inject(plan):
+            assert run_once(probe.settings) == 0
+        steps = crash_at_every_step(tmp_path / "rounds", valid_count=1, invalid_count=2)
+    assert steps == plan.calls
+    for name in ("bad-0.json", "bad-1.json"):
+        claim = f".claimed/rejecting.{name}"
+        moves = [
+            f"rename(spool/{name}, {claim})",
+            f"link({claim}, rejected/{name})",
+            f"unlink({claim})",
+        ]
+        at = [plan.trace.index(step) for step in moves]  # every one is a step crashed at
+        assert at == sorted(at), plan.trace
+    assert not any(t.startswith("unlink(spool/bad-") for t in plan.trace), plan.trace
+
+
+def test_crash_at_every_step_of_a_quarantine_on_another_filesystem_then_restart(
+    tmp_path: Path, can_mount: None
+) -> None:
+    """Into a quarantine on another filesystem each invalid drop leaves the spool by one
+    rename into ``.claimed/``, is copied into ``rejected/`` (a temp file, fsynced, then
+    linked under its name), and its claim unlinked. After a crash at any of those steps
+    and a restart, each invalid drop is in ``rejected/`` once, with its reason, and each
+    valid drop stored once."""
+    with tmpfs(tmp_path / "other-fs", size="16m") as other:
+        probe = build_scenario(tmp_path / "probe", 1, 2, rejected=other / "probe" / "rejected")
+        plan = Plan(at=0)
+        with inject(plan):
+            assert run_once(probe.settings) == 0
+        steps = crash_at_every_step(
+            tmp_path / "rounds", valid_count=1, invalid_count=2, rejected_base=other
+        )
+    assert steps == plan.calls
+    for name in ("bad-0.json", "bad-1.json"):
+        claim = f".claimed/rejecting.{name}"
+        moves = [f"rename(spool/{name}, {claim})", f"unlink({claim})"]
+        at = [plan.trace.index(step) for step in moves]  # every one is a step crashed at
+        named = [i for i, t in enumerate(plan.trace) if t.endswith(f", rejected/{name})")]
+        assert at[0] < min(named) and max(named) < at[1], plan.trace
+    assert not any(t.startswith("unlink(spool/bad-") for t in plan.trace), plan.trace
 
 
 class DurabilityOrder:

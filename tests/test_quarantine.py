@@ -36,6 +36,7 @@ from support.capabilities import (
     needs_strace_root,
     quarantine_fsyncs,
     run_held_after,
+    strace_problem,
     tmpfs,
     traced_program,
 )
@@ -151,7 +152,8 @@ def test_a_drop_the_quarantine_has_no_room_for_waits_in_the_spool_until_room_ret
         wait_for(lambda: stored_contents(root) == {payload(2): 1}, what="good drop stored")
         assert rejected_counts(root, quarantine) == (0, 0)
         filler.unlink()
-        wait_for(lambda: not (spool / "huge.json").exists(), what="huge.json set aside")
+        # Not its name leaving the spool: it leaves by its claim before the copy begins.
+        wait_for(lambda: "rejected huge.json" in watcher.log, what="huge.json set aside")
         assert watcher.stop() == 0, watcher.log
     assert (quarantine / "huge.json").read_bytes() == data
     assert json.loads((quarantine / f"huge.json{REASON}").read_text())["file"] == "huge.json"
@@ -224,6 +226,112 @@ def test_a_watcher_killed_between_the_reason_file_and_the_move_counts_no_rejecti
     assert rejected_counts(root, quarantine) == (3, 3)
 
 
+@pytest.mark.parametrize("run", ["at once", "killed amid its move"])
+def test_a_drop_whose_name_is_not_utf8_has_it_in_its_reason_file_as_the_log_says_it(
+    root: Path, run: str
+) -> None:
+    """A drop named with a byte that is not UTF-8 keeps that very name in the
+    quarantine, and its reason file names it as the log does, each such byte as
+    ``\\xNN``: never ``\\udcff``, which names no byte. Set aside again after a kill
+    amid its move (SIGKILL as it is linked in, where no rename refuses to replace), it
+    is found for the same drop: set aside once, under its name."""
+    assert run_cli(root, "init").returncode == 0
+    spool, quarantine = root / "spool", root / "spool" / "rejected"
+    name = os.fsdecode(b"bad\xff.json")
+    (spool / name).write_bytes(b"{not json")
+    if run != "at once":
+        inject = (
+            "-f", "-qq", "-o", "/dev/null", "-P", str(quarantine / name),
+            "-e", "inject=renameat2:error=ENOSYS",
+            "-e", "inject=link,linkat:signal=SIGKILL",
+        )  # fmt: skip
+        if strace_problem() is not None:
+            pytest.skip(strace_problem() or "")
+        code, log = once(root, quarantine, STRACE, *inject)
+        assert code != 0, log  # killed
+
+    code, log = once(root, quarantine)
+
+    assert code == 0, log
+    assert "rejected bad\\xff.json: " in log
+    assert sorted(os.listdir(os.fsencode(quarantine))) == [
+        b"bad\xff.json",
+        b"bad\xff.json" + REASON.encode(),
+    ]
+    text = (quarantine / (name + REASON)).read_text()
+    assert json.loads(text)["file"] == "bad\\xff.json", text
+    assert "\\udc" not in text, text
+    assert (quarantine / name).read_bytes() == b"{not json"
+    assert os.listdir(spool / ".claimed") == []
+
+
+def test_a_drop_name_too_long_for_its_reason_file_is_shortened_in_the_quarantine_as_documented(
+    root: Path,
+) -> None:
+    """A name over 235 bytes leaves no room for ``.reason.json`` in a file name: in the
+    quarantine it is its first 217 bytes (never half a UTF-8 character), ``-``, 12 hex
+    digits of the whole name's SHA-256, ``.json``; the reason file keeps the whole name."""
+    assert run_cli(root, "init").returncode == 0
+    spool, quarantine = root / "spool", root / "spool" / "rejected"
+    name = "é" * 120 + ".json"  # 245 bytes, two to a character: byte 217 splits one
+    drop(spool, name, b"{not json")
+
+    code, log = once(root, quarantine)
+
+    assert code == 0, log
+    raw = name.encode()
+    short = raw[:216].decode() + "-" + hashlib.sha256(raw).hexdigest()[:12] + ".json"
+    assert sorted(os.listdir(quarantine)) == [short, short + REASON], log
+    assert json.loads((quarantine / (short + REASON)).read_text())["file"] == name
+
+
+def test_an_invalid_drop_is_never_moved_through_a_claim_folder_put_in_place_of_ours(
+    root: Path, tmp_path: Path
+) -> None:
+    """Someone who may write in the spool swaps ``.claimed/`` for a symlink to a folder of
+    theirs while the watcher runs: the invalid drop is not renamed into it on its way to
+    the quarantine. It waits in the spool, the folder named as unsafe, and nothing of it
+    reaches that folder; valid drops stop at their own check of the folder the same way."""
+    spool, elsewhere = root / "spool", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with WatchProcess(root) as watcher:
+        os.rename(spool / ".claimed", tmp_path / "ours")
+        (spool / ".claimed").symlink_to(elsewhere)
+        drop(spool, "bad.json", b"{not json")
+        watcher.wait_log("cannot set aside bad.json")
+        assert watcher.stop() == 0, watcher.log
+    [error] = errors_about(watcher.log, "bad.json")
+    assert f"cannot use the claim folder {spool / '.claimed'}: unsafe: it is a symlink" in error
+    assert (spool / "bad.json").read_bytes() == b"{not json"
+    assert os.listdir(elsewhere) == []
+    assert [p for p in os.listdir(spool / "rejected") if not p.startswith(".")] == []
+
+
+def test_a_drop_on_its_way_to_the_quarantine_when_the_spool_is_moved_away_is_set_aside_once(
+    root: Path,
+) -> None:
+    """An invalid drop the watcher had taken out of the spool on its way to the
+    quarantine (``.claimed/rejecting.bad.json``) when the spool folder was moved away is
+    the watcher's to finish, like any drop it had taken: brought back, put in the new
+    spool, and set aside there once; nothing is left in the folder moved away."""
+    spool, moved = root / "spool", root / "spool.old"
+    with WatchProcess(root) as watcher:
+        # Stopped, so that the move lands between two of its steps.
+        watcher.proc.send_signal(signal.SIGSTOP)
+        try:
+            (spool / ".claimed" / "rejecting.bad.json").write_bytes(b"{not json")
+            spool.rename(moved)
+        finally:
+            watcher.proc.send_signal(signal.SIGCONT)
+        watcher.wait_log("brought 1 taken drop(s) back")
+        wait_for(lambda: "rejected bad.json" in watcher.log, what="bad.json set aside")
+        assert watcher.stop() == 0, watcher.log
+    assert list((moved / ".claimed").iterdir()) == []
+    assert (spool / "rejected" / "bad.json").read_bytes() == b"{not json"
+    assert not (spool / "bad.json").exists()
+    assert os.listdir(spool / ".claimed") == []
+
+
 def rerun_sets_it_aside_once(root: Path, quarantine: Path) -> None:
     """The run after a kill amid ``bad.json``'s move finishes it: the drop is gone from
     the spool and set aside once, under its own name, beside its one reason file."""
@@ -236,52 +344,108 @@ def rerun_sets_it_aside_once(root: Path, quarantine: Path) -> None:
 
 
 @needs_strace_root
-def test_a_watcher_killed_between_the_link_and_the_unlink_of_a_move_sets_the_drop_aside_once(
-    root: Path,
+@pytest.mark.parametrize("killed", ["claimed", "linked"])
+def test_a_watcher_killed_amid_a_move_without_renameat2_sets_the_drop_aside_once(
+    root: Path, killed: str
 ) -> None:
     """Where the kernel or filesystem has no no-replace rename (NFS: strace answers
-    ``renameat2`` with ENOSYS), the drop is moved by a hard link into the quarantine and
-    then the unlink of its spool name. SIGKILL at that unlink leaves one file under both
-    names. The next run finishes that move: the drop is set aside once, under its name,
-    never a second time as ``bad-1.json``."""
+    ``renameat2`` with ENOSYS), the drop leaves the spool by a rename into ``.claimed/``,
+    is linked from there into the quarantine, and its claim is unlinked. SIGKILL before
+    the link (the drop claimed alone) or before the unlink (one file under both names)
+    leaves a claim on its way to the quarantine. The next run finishes it: the drop is
+    set aside once, under its name, never a second time as ``bad-1.json``."""
     assert run_cli(root, "init").returncode == 0
     spool, quarantine = root / "spool", root / "spool" / "rejected"
+    claim = spool / ".claimed" / "rejecting.bad.json"
     (spool / "bad.json").write_bytes(b"{not json")
+    at = {"claimed": ("link,linkat", quarantine / "bad.json"), "linked": ("unlink,unlinkat", claim)}
+    calls, path = at[killed]
     inject = (
-        "-f", "-qq", "-o", "/dev/null", "-P", str(spool / "bad.json"),
+        "-f", "-qq", "-o", "/dev/null", "-P", str(path),
         "-e", "inject=renameat2:error=ENOSYS",
-        "-e", "inject=unlink,unlinkat:signal=SIGKILL",
+        "-e", f"inject={calls}:signal=SIGKILL",
     )  # fmt: skip
 
     code, log = once(root, quarantine, STRACE, *inject)
 
     assert code != 0, log  # killed
-    assert os.path.samefile(spool / "bad.json", quarantine / "bad.json"), log
+    assert not (spool / "bad.json").exists(), log
+    if killed == "claimed":
+        assert claim.exists() and not (quarantine / "bad.json").exists(), log
+    else:
+        assert os.path.samefile(claim, quarantine / "bad.json"), log
     rerun_sets_it_aside_once(root, quarantine)
+    assert os.listdir(spool / ".claimed") == []
+
+
+@needs_strace_root
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers are x86_64's")
+@pytest.mark.parametrize("where", ["spool without renameat2", "other-fs"])
+def test_a_drop_renamed_onto_the_name_of_one_set_aside_as_that_name_goes_is_kept(
+    root: Path, quarantine: Path, where: str
+) -> None:
+    """An invalid drop must leave the spool by one rename, never by an unlink of its
+    spool name once it is in the quarantine: a writer renaming its next snapshot onto
+    that name just before the unlink (held open here by holding up every unlink of the
+    name) would lose it. Where there is no no-replace rename (NFS: strace answers
+    ``renameat2`` with ENOSYS) the drop would be linked into the quarantine first; on
+    another filesystem, copied there first, its name compared with the file copied
+    right before the unlink, which no look can keep a rename out of. The new snapshot
+    is stored, or still waits: never lost; the invalid one is set aside once."""
+    spool = root / "spool"
+    if where != "other-fs":
+        quarantine = spool / "rejected"
+    bad, good = b"{not json", payload(31)
+    held = (
+        STRACE, "-f", "-qq", "-o", "/dev/null", "-P", str(spool / "scrape.json"),
+        "-e", "inject=renameat2:error=ENOSYS",
+        "-e", "inject=unlink,unlinkat:delay_enter=5000000", "--",
+    )  # fmt: skip
+    args = ("--rejected-dir", str(quarantine))
+    with WatchProcess(root, global_args=args, wrapper=held) as watcher:
+        program = traced_program(watcher.proc.pid)
+        drop(spool, "scrape.json", bad)
+
+        def name_going() -> bool:
+            # Inside the unlink of the spool's name, or out of the spool by its claim.
+            inside = in_syscall(program, UNLINK) or in_syscall(program, UNLINKAT)
+            gone = not os.path.lexists(spool / "scrape.json")
+            return inside or (gone and os.path.lexists(quarantine / "scrape.json"))
+
+        wait_for(name_going, 20, "the invalid drop's spool name being taken away")
+        drop(spool, "scrape.json", good)  # the writer's: onto the name being taken away
+        wait_for(lambda: stored_contents(root) == {good: 1}, 30, "the new snapshot stored")
+        assert watcher.stop() == 0, watcher.log
+    assert not (spool / "scrape.json").exists(), watcher.log
+    assert sorted(os.listdir(quarantine)) == ["scrape.json", f"scrape.json{REASON}"]
+    assert (quarantine / "scrape.json").read_bytes() == bad
 
 
 @needs_strace_root
 def test_a_watcher_killed_between_a_copy_to_another_filesystem_and_the_unlink_sets_it_aside_once(
     root: Path, quarantine: Path
 ) -> None:
-    """Into a quarantine on another filesystem the drop is copied, the copy given its
-    name beside the reason file, and the spool's name then removed. SIGKILL at that
-    removal leaves the drop in both places. The next run finds its copy complete beside
-    a reason file no process holds, naming it: it removes the spool's name, and sets
-    nothing aside a second time."""
+    """Into a quarantine on another filesystem the drop is claimed (renamed into
+    ``.claimed/``), copied, the copy given its name beside the reason file, and the
+    claim then removed. SIGKILL at that removal leaves the drop in both places. The
+    next run finds its copy complete beside a reason file no process holds, naming it:
+    it removes the claim, and sets nothing aside a second time."""
     assert run_cli(root, "init").returncode == 0
     spool = root / "spool"
+    claim = spool / ".claimed" / "rejecting.bad.json"
     (spool / "bad.json").write_bytes(b"{not json")
     inject = (
-        "-f", "-qq", "-o", "/dev/null", "-P", str(spool / "bad.json"),
+        "-f", "-qq", "-o", "/dev/null", "-P", str(claim),
         "-e", "inject=unlink,unlinkat:signal=SIGKILL",
     )  # fmt: skip
 
     code, log = once(root, quarantine, STRACE, *inject)
 
     assert code != 0, log  # killed
-    assert (spool / "bad.json").exists() and (quarantine / "bad.json").exists(), log
+    assert claim.exists() and (quarantine / "bad.json").exists(), log
+    assert not (spool / "bad.json").exists(), log
     rerun_sets_it_aside_once(root, quarantine)
+    assert os.listdir(spool / ".claimed") == []
 
 
 @needs_strace_root
@@ -338,7 +502,8 @@ def test_a_watcher_killed_amid_the_copy_into_another_filesystem_leaves_no_part_v
 ) -> None:
     """SIGKILL amid the copy (its bytes written, not yet fsynced nor named: at the copy's
     one ``fchmod``): a temp file (hidden, never counted) and the reason file alone are
-    left; the next start sweeps the temp file and sets the drop aside, whole, once."""
+    left in the quarantine, the drop in ``.claimed/``; the next start sweeps the temp
+    file, puts the drop back in the spool and sets it aside, whole, once."""
     spool = root / "spool"
     data = os.urandom(2 * MIB)
     drop(spool, "huge.json", data)
@@ -348,16 +513,18 @@ def test_a_watcher_killed_amid_the_copy_into_another_filesystem_leaves_no_part_v
 
     assert code != 0, log  # killed amid the copy
     assert [p for p in os.listdir(quarantine) if not p.startswith(".")] == [f"huge.json{REASON}"]
-    assert (spool / "huge.json").read_bytes() == data
+    assert (spool / ".claimed" / "rejecting.huge.json").read_bytes() == data
     assert rejected_counts(root, quarantine) == (0, 0)
     code, log = once(root, quarantine)
     assert code == 0, log
+    assert "put back in the spool as huge.json, to be judged again" in log
+    assert os.listdir(spool / ".claimed") == []
     assert sorted(os.listdir(quarantine)) == ["huge.json", f"huge.json{REASON}"]
     assert (quarantine / "huge.json").read_bytes() == data
     assert rejected_counts(root, quarantine) == (1, 1)
 
 
-SENDFILE, RENAMEAT2 = 40, 316  # x86_64
+SENDFILE, RENAMEAT2, UNLINK, UNLINKAT = 40, 316, 87, 263  # x86_64
 
 
 @needs_strace_root
@@ -368,17 +535,16 @@ def test_a_drop_renamed_onto_the_name_of_one_being_set_aside_is_stored(
 ) -> None:
     # A writer renames its next snapshot onto the name of an invalid drop while that one
     # is being set aside (its copy, or its move, held up here): the new snapshot is
-    # neither removed nor set aside in its place. Across filesystems the invalid one was
-    # copied before it was replaced, and is kept; within one, the writer's rename
-    # replaced it before it was moved, as the drop protocol lets a writer replace a
-    # drop still waiting, so nothing of it is left to keep.
+    # neither removed nor set aside in its place, and the invalid one is kept. Across
+    # filesystems it was copied before it was replaced; within one, it had left the
+    # spool's name for its claim before its move into the quarantine.
     rejected = quarantine if where == "other-fs" else root / "spool" / "rejected"
     spool = root / "spool"
     bad, good = b'{"broken": ', payload(21)
     args = ("--rejected-dir", str(rejected))
     with WatchProcess(root, global_args=("-v", *args)) as watcher:
         watcher.wait_log("cleanup deleted 0")  # idle: its start-up writes are done
-        # Within one filesystem the drop is moved by a rename that never replaces.
+        # Within one filesystem the claim is moved on by a rename that never replaces.
         held = "sendfile" if where == "other-fs" else "renameat2"
         with syscall_delayed(watcher.proc.pid, held, 1_000_000):
             drop(spool, "scrape.json", bad)
@@ -387,9 +553,8 @@ def test_a_drop_renamed_onto_the_name_of_one_being_set_aside_is_stored(
             wait_for(lambda: stored_contents(root) == {good: 1}, 30, "the new snapshot stored")
         assert watcher.stop() == 0
     kept = {p.name: p.read_bytes() for p in rejected.iterdir()}
-    if where == "other-fs":
-        assert kept.pop("scrape.json") == bad
-        assert json.loads(kept.pop("scrape.json" + REASON))["file"] == "scrape.json"
+    assert kept.pop("scrape.json") == bad
+    assert json.loads(kept.pop("scrape.json" + REASON))["file"] == "scrape.json"
     assert kept == {}
     assert not (spool / "scrape.json").exists()
 
@@ -414,12 +579,12 @@ def freed_number_given_again(staging: Path) -> bool:
 def test_a_drop_that_gets_the_number_of_the_one_copied_into_the_quarantine_is_stored(
     root: Path, quarantine: Path
 ) -> None:
-    """Held after an invalid drop A was copied into the quarantine, before it leaves the
-    spool: a writer renames B onto its name (A's last name), then C. Were A no longer
-    open, its inode would be freed, and C, made next, would get its number (ext4 gives
-    it out again at once): C would look like A at the removal's check, and be removed
-    unseen. A is held open until its removal, so C keeps a number of its own, stays,
-    and is stored."""
+    """Held after an invalid drop A was copied into the quarantine, before its claim is
+    removed: a writer renames B onto the spool name A had, then C. Were A's name in the
+    spool still the one removed, and A no longer open, its inode would be freed, and C,
+    made next, would get its number (ext4 gives it out again at once): C would look
+    like A at the removal's check, and be removed unseen. A left the spool by its claim
+    before its copy, and only the claim is removed: C stays, and is stored."""
     assert run_cli(root, "init").returncode == 0
     spool = root / "spool"
     path = spool / "scrape.json"
@@ -428,17 +593,18 @@ def test_a_drop_that_gets_the_number_of_the_one_copied_into_the_quarantine_is_st
     folder = os.path.realpath(quarantine)
 
     # Where the quarantine folder's fsync before the removal falls: the last of its
-    # fsyncs before the drop's unlink, in a run that sets the same drop aside.
+    # fsyncs before the unlink of the drop's claim, in a run that sets it aside.
+    claim = spool / ".claimed" / "rejecting.scrape.json"
     drop(spool, "scrape.json", bad)
     trace = root.parent / "dry.trace"
-    dry = (STRACE, "-f", "-qq", "-y", "-o", str(trace), "-P", str(quarantine), "-P", str(path))
+    dry = (STRACE, "-f", "-qq", "-y", "-o", str(trace), "-P", str(quarantine), "-P", str(claim))
     code, log = once(root, quarantine, *dry)
     assert code == 0, log
     calls = trace.read_text().splitlines()
     removal = next(
         n
         for n, line in enumerate(calls)
-        if re.search(rf"unlink(at)?\(.*\"{re.escape(str(path))}\"", line)
+        if re.search(rf"unlink(at)?\(.*\"{re.escape(str(claim))}\"", line)
     )
     held_at = re.compile(rf"\bfsync\(\d+<{re.escape(folder)}>")
     fsyncs = sum(1 for line in calls[:removal] if held_at.search(line))
@@ -454,7 +620,7 @@ def test_a_drop_that_gets_the_number_of_the_one_copied_into_the_quarantine_is_st
 
     def writer() -> None:
         assert (quarantine / "scrape.json").read_bytes() == bad  # copied and named
-        assert os.lstat(path).st_ino == a_number  # and not removed yet
+        assert os.lstat(claim).st_ino == a_number  # and not removed yet
         drop(spool, "scrape.json", payload(30))  # B: A's last name goes
         drop(spool, "scrape.json", payload(31))  # C
         c_number.append(os.lstat(path).st_ino)
@@ -560,7 +726,7 @@ def test_a_long_copy_into_another_filesystem_keeps_the_watchdog_fed_and_the_watc
                 for n in range(1, 4):
                     listener.wait_for(lambda m: "WATCHDOG" in m.fields, 10, f"ping {n}", alive)
                     assert copying(), f"ping {n} came after the copy, not during it"
-            gone = lambda: not (spool / "big.json").exists()  # noqa: E731
+            gone = lambda: "rejected big.json" in watcher.log  # noqa: E731
             listening_until(listener, gone, "big.json set aside")
             drop(spool, "next.json", payload(7))
             stored = lambda: stored_contents(root) == {payload(7): 1}  # noqa: E731

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from support import run_cli, wait_for
-from support.capabilities import STRACE, needs_strace_root
+from support.capabilities import STRACE, needs_strace, needs_strace_root
 from support.watchproc import WatchProcess, drop, payload, stored_contents, versions
 from test_intake import started_intake
 from test_integrity import syscall_delayed
@@ -377,3 +377,41 @@ def test_a_put_back_whose_spool_fsync_fails_is_stored_once(
     contents = stored_contents(root)
     assert contents[old] == 1, done.stderr
     assert contents[new] == 1, f"stored {contents[new]} times:\n{done.stderr}"
+
+
+def _spool_listings(root: Path, claims: int) -> int:
+    """How many ``getdents64`` calls on the spool folder a restart makes that finds
+    ``claims`` claims that are their versions' own files (a kill -9 between a group's
+    links and its releases leaves them), with a few drops waiting."""
+    first = [payload(100 + n) for n in range(claims)]
+    for n, data in enumerate(first):
+        drop(root / "spool", f"first-{n}.json", data)
+    assert run_cli(root, "watch", "--once").returncode == 0
+    for version in versions(root):
+        os.link(version, root / "spool" / ".claimed" / version.name)
+    waiting = [payload(200 + n) for n in range(3)]
+    for n, data in enumerate(waiting):
+        drop(root / "spool", f"next-{n}.json", data)
+    trace = root.parent / f"listings-{claims}.trace"
+    listed = ("-f", "-qq", "-o", str(trace), "-P", str(root / "spool"), "-e", "trace=getdents64")
+    done = run_cli(root, "watch", "--once", wrapper=(STRACE, *listed))
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert stored_contents(root) == dict.fromkeys(first + waiting, 1), done.stderr
+    assert os.listdir(root / "spool" / ".claimed") == []
+    return sum(1 for line in trace.read_text().splitlines() if " getdents64(" in line)
+
+
+@needs_strace
+def test_a_restart_lists_the_spool_as_often_with_many_stored_claims_as_with_one(
+    tmp_path: Path,
+) -> None:
+    """Each claim that is its version's own file has two links, so recovery looks for a
+    second name of it in the spool; with a large backlog, one listing of the spool per
+    claim made a restart after kill -9 take half a minute (50 claims, 100,000 drops).
+    The spool is listed as often for eight such claims as for one, and every claim is
+    finished as before: nothing stored twice, the drops waiting stored."""
+    roots = [tmp_path / "one", tmp_path / "eight"]
+    for root in roots:
+        assert run_cli(root, "init").returncode == 0
+    assert _spool_listings(roots[0], 1) == _spool_listings(roots[1], 8)

@@ -11,6 +11,11 @@ after a crash at any step is decided from names alone (``docs/design.md``, "Cras
   before removing the claim): the spool's name taken out, and the claim stored as below;
 * otherwise: the claimed bytes are judged and stored as their version.
 
+A claim named ``rejecting.<name>`` is a drop on its way to the quarantine as ``<name>``:
+finished first, by :meth:`Quarantine.finish_claim <.quarantine.Quarantine.finish_claim>`
+(removed where ``rejected/`` holds it already, else put back in the spool to be judged
+again), never stored.
+
 Run on start with the history lock held, and in the maintenance rounds after a failure.
 """
 
@@ -31,7 +36,8 @@ from ..history import durable
 from ..history.batch import Batch
 from ..history.names import is_version_name
 from .intake import Intake
-from .outcomes import Dropped, Ignored, Outcome, Recovered, Stored
+from .outcomes import Dropped, Ignored, Outcome, Recovered, Rejected, Stored
+from .quarantine import CLAIM_PREFIX, is_set_aside_claim
 from .spool import Opened, Spool, is_drop_name, open_entry
 
 __all__ = ["ClaimRecovery", "ClaimsLeft", "take_back_claims"]
@@ -60,6 +66,9 @@ class ClaimRecovery:
         # A claim kept because the spool could not be fsynced: the rest go on, and
         # this is raised once they are done.
         self._kept: StorageError | None = None
+        # The spool's drop names by inode number, from one listing per recovery (see
+        # _spool_names_of); None until a claim first needs it.
+        self._spool_inodes: dict[int, list[str]] | None = None
 
     def recover(self, finished: Callable[[Outcome], None]) -> None:
         """Finish every claim left by a crash or a failure (with the history lock held);
@@ -72,10 +81,13 @@ class ClaimRecovery:
         finished first (their second names in the spool set aside, so none is taken as
         a new drop meanwhile), then its error is raised.
         """
-        self._spool_changed, self._kept = True, None
+        self._spool_changed, self._kept, self._spool_inodes = True, None, None
         names = self.spool.claimed()
         if names:
             self.intake.check_claimed()
+            for name in [n for n in names if is_set_aside_claim(n)]:
+                names.remove(name)
+                self._finish_set_aside(name, finished)
             names = self._one_name_each(names)
         # A fresh name drawn while these are finished (a drop set aside, a claim stored
         # anew) must be none of theirs: names run ahead of the clock after a burst or a
@@ -94,6 +106,24 @@ class ClaimRecovery:
                 self._tell_more(finished)
         if self._kept is not None:
             raise self._kept
+
+    def _finish_set_aside(self, name: str, finished: Callable[[Outcome], None]) -> None:
+        """Finish a drop's way to the quarantine, cut short in ``.claimed/`` as ``name``
+        (see :meth:`Quarantine.finish_claim <.quarantine.Quarantine.finish_claim>`):
+        ``finished`` hears of one found set aside; one put back in the spool is said in
+        the log, and judged again as it comes. Raises :class:`StorageError` when it
+        cannot be finished yet."""
+        done = self.spool.rejected.finish_claim(name, self.spool.dir)
+        self._spool_changed = True
+        if isinstance(done, Rejected):
+            finished(done)
+        elif done is not None:
+            log.warning(
+                "%s was on its way to the quarantine when the watcher stopped: put back "
+                "in the spool as %s, to be judged again",
+                name.removeprefix(CLAIM_PREFIX),
+                done,
+            )
 
     def _tell_more(self, finished: Callable[[Outcome], None]) -> None:
         more, self._more = self._more, []
@@ -332,6 +362,11 @@ class ClaimRecovery:
     def _spool_names_of(self, claim: durable.StrPath) -> list[str]:
         """The spool's drop names that are the claimed inode itself (none: one link).
 
+        The spool is listed once per recovery, however many claims ask (a backlog of
+        100,000 drops listed once per claim made a restart take minutes), and each name
+        of the inode number asked for is checked by ``lstat`` as it is asked: a name
+        taken away since is no longer one. A name made meanwhile cannot be one either:
+        only the watcher links a claimed file into the spool, and it is recovering.
         Raises :class:`StorageError` when the claim or the spool cannot be looked at.
         """
         try:
@@ -340,11 +375,35 @@ class ClaimRecovery:
             raise StorageError("stat claim", claim, exc) from exc
         if st.st_nlink < 2:
             return []
-        return [
-            c.name
-            for c in self.spool.scan()
-            if stat.S_ISREG(c.mode) and (c.ino, c.dev) == (st.st_ino, st.st_dev)
-        ]
+        if self._spool_inodes is None:
+            self._spool_inodes = self._list_spool()
+        names = []
+        for name in self._spool_inodes.get(st.st_ino, []):
+            try:
+                found = os.lstat(self.spool.dir / name)
+            except FileNotFoundError:
+                continue  # taken away since the listing
+            except OSError as exc:
+                raise StorageError("stat", self.spool.dir / name, exc) from exc
+            if stat.S_ISREG(found.st_mode) and os.path.samestat(found, st):
+                names.append(name)
+        return names
+
+    def _list_spool(self) -> dict[int, list[str]]:
+        """The spool's drop names by inode number (from the listing: no ``stat`` of
+        each), each number's names in order. Raises :class:`StorageError` when the spool
+        cannot be listed."""
+        inodes: dict[int, list[str]] = {}
+        try:
+            with os.scandir(self.spool.dir) as entries:
+                for entry in entries:
+                    if is_drop_name(entry.name):
+                        inodes.setdefault(entry.inode(), []).append(entry.name)
+        except OSError as exc:
+            raise StorageError("list", self.spool.dir, exc) from exc
+        for names in inodes.values():
+            names.sort()
+        return inodes
 
 
 @dataclass
@@ -429,7 +488,9 @@ def _take_back(old_spool: int, spool: Spool) -> ClaimsLeft:
     except OSError:
         return left  # removed, or nothing was ever taken there
     try:
-        claims = sorted(name for name in os.listdir(old) if is_version_name(name))
+        claims = sorted(
+            name for name in os.listdir(old) if is_version_name(name) or is_set_aside_claim(name)
+        )
         if claims:
             _link_claims(claims, old, spool.claimed_dir, left)
     except (OSError, StorageError) as exc:
