@@ -2376,3 +2376,25 @@ def test_soak_kill_mirror_and_store_in_rounds(
         assert watcher.stop() == 0
         assert mirror.stop() == 0, mirror.log
     restore_and_verify(root, tmp_path, target, env)
+
+
+def test_a_failed_restore_with_its_latest_path_in_a_folder_of_its_own_leaves_nothing_it_made(
+    tmp_path: Path, aws_files: dict[str, str]
+) -> None:
+    """--latest-path in a folder that does not exist (deeper than the history): the
+    restore fails before it makes that folder, and the root, history folder and lock file
+    it did make are taken away all the same, not left because that folder was never made."""
+    unreachable = s3_env(f"http://127.0.0.1:{free_port()}", aws_files)
+    root = tmp_path / "new-root"
+    latest = tmp_path / "links" / "web" / "site" / "data" / "console-usage-synced.json"
+    done = run_cli(
+        root,
+        "--latest-path",
+        str(latest),
+        "restore",
+        "s3://bucket/prefix",
+        **unreachable,
+    )
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert not root.exists(), sorted(map(str, root.rglob("*")))
+    assert not (tmp_path / "links").exists()

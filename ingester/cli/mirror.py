@@ -11,6 +11,7 @@ stderr); 2 a usage error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -177,10 +178,13 @@ def _unmake(store: HistoryStore, made: list[Path]) -> None:
             if os.listdir(store.history_dir) != [store.lock_path.name]:
                 return
             store.lock_path.unlink()
-        for folder in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
-            folder.rmdir()
     except OSError:
         return
+    for folder in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
+        # Each on its own: the latest link's folder, never made when the restore failed
+        # first, must not keep the history's from going. Only an empty folder goes.
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 @click.command()
