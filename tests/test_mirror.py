@@ -2398,3 +2398,28 @@ def test_a_failed_restore_with_its_latest_path_in_a_folder_of_its_own_leaves_not
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert not root.exists(), sorted(map(str, root.rglob("*")))
     assert not (tmp_path / "links").exists()
+
+
+@needs_strace
+def test_a_failed_restore_keeps_a_root_another_made_while_it_started(
+    tmp_path: Path, aws_files: dict[str, str]
+) -> None:
+    """The root did not exist when the restore started; someone else made it while the
+    restore loaded its object store client (held there, by strace): the restore fails, and
+    takes away only what it made itself (the history folder and lock file), not that root."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("botocore.client")
+    assert spec is not None and spec.origin is not None
+    loading = Path(importlib.util.cache_from_source(spec.origin))
+    unreachable = s3_env(f"http://127.0.0.1:{free_port()}", aws_files)
+    root = tmp_path / "state"
+
+    def made_by_another() -> None:
+        root.mkdir()
+
+    done = run_held_after(
+        root, ("restore", "s3://bucket/prefix"), loading, "openat", made_by_another, **unreachable
+    )
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert root.is_dir() and not any(root.iterdir())
