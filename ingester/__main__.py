@@ -13,9 +13,11 @@ def main() -> None:
     handler would raise ``KeyboardInterrupt`` in the middle of some import: a traceback,
     and now and then a run that went on after it as if no Ctrl-C had come. So the
     signal is only noted while it loads; then the run ends as click ends an interrupted
-    command (``Aborted!``, exit 1), as a Ctrl-C a moment later would. The same holds
-    between the handler given back and click's own catch. A SIGINT ignored by the
-    parent (a background job of a shell without job control) stays ignored.
+    command (``Aborted!``, exit 1), as a Ctrl-C a moment later would, until the command
+    is read (watch, serve, mirror and ingest then hold it for their own clean stop:
+    :func:`ingester.runtime.signals.hold_interrupt`). The same holds between the handler
+    given back and click's own catch. A SIGINT ignored by the parent (a background job
+    of a shell without job control) stays ignored.
     """
     noted: list[int] = []
     held = signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -29,6 +29,7 @@ from support import SAMPLES, cli_env, run_cli, wait_for
 from support.capabilities import (
     AS_OTHER,
     STRACE,
+    immutable,
     needs_strace_root,
     other_user_problem,
     traced_program,
@@ -438,6 +439,24 @@ def test_files_of_another_user_stop_adopt_with_the_chown_advice() -> None:
         assert done.stderr.rstrip().endswith("then run adopt again)")
     finally:
         shutil.rmtree(work)
+
+
+def test_an_immutable_history_stops_adopt_with_its_cause_not_the_chown_advice(
+    root: Path, can_chattr: None
+) -> None:
+    """Root owns every file: the folder refuses because it is immutable, so the line
+    names that (and chattr -i), never an owner to chown to."""
+    assert run_cli(root, "init").returncode == 0
+    assert run_cli(root, "ingest", str(SAMPLES / "valid" / "full.json")).returncode == 0
+    history = root / "console-usage-history"
+    (history / "_metadata.json").unlink()
+    with immutable(history):
+        done = run_cli(root, "adopt")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "[EPERM]" in done.stderr
+    assert "chown" not in done.stderr and "another user" not in done.stderr
+    assert f"{history} is immutable: chattr -i it, then run adopt again" in done.stderr
 
 
 @pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")

@@ -23,6 +23,7 @@ from support.capabilities import (
     other_user_problem,
     others_folder,
     run_as_other,
+    run_held_after,
     tmpfs,
 )
 
@@ -284,6 +285,34 @@ def test_ingest_lists_the_spool_once_for_many_files_with_other_links(
         "stored",
     ]
     assert trace.read_text().count("openat(") == 1, trace.read_text()
+
+
+@needs_strace_root
+def test_ingest_finds_a_drop_linked_into_the_spool_after_its_listing(
+    root: Path, tmp_path: Path
+) -> None:
+    """The spool is listed at the first file with another link; a later file hard-linked
+    into the spool after that listing (a scraper's drop) is found all the same: stored
+    by ingest too, the watcher's next start would store it a second time."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    files = []
+    for n, sample in enumerate(VALID_SAMPLES[:2]):
+        files.append(tmp_path / f"in-{n}.json")
+        files[-1].write_bytes(sample.read_bytes())
+        os.link(files[-1], tmp_path / f"backup-{n}.json")
+
+    def drop_the_second() -> None:
+        os.link(files[1], spool / "late.json")
+
+    # Held as the listing's last read of the spool returns (nothing more to list).
+    args = ("ingest", *map(str, files))
+    done = run_held_after(root, args, spool, "getdents64", drop_the_second, when=2)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines()[1] == (
+        f"rejected {files[1]}: a drop waiting in {spool}; the watcher takes it"
+    ), done.stdout
+    assert len(versions(root / "console-usage-history")) == 1
 
 
 def test_ingest_missing_file_and_over_max_bytes(root: Path, valid_payload: bytes) -> None:

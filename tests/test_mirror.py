@@ -2441,3 +2441,50 @@ def test_soak_kill_mirror_and_store_in_rounds(
         assert watcher.stop() == 0
         assert mirror.stop() == 0, mirror.log
     restore_and_verify(root, tmp_path, target, env)
+
+
+def test_a_failed_restore_with_its_latest_path_in_a_folder_of_its_own_leaves_nothing_it_made(
+    tmp_path: Path, aws_files: dict[str, str]
+) -> None:
+    """--latest-path in a folder that does not exist (deeper than the history): the
+    restore fails before it makes that folder, and the root, history folder and lock file
+    it did make are taken away all the same, not left because that folder was never made."""
+    unreachable = s3_env(f"http://127.0.0.1:{free_port()}", aws_files)
+    root = tmp_path / "new-root"
+    latest = tmp_path / "links" / "web" / "site" / "data" / "console-usage-synced.json"
+    done = run_cli(
+        root,
+        "--latest-path",
+        str(latest),
+        "restore",
+        "s3://bucket/prefix",
+        **unreachable,
+    )
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert not root.exists(), sorted(map(str, root.rglob("*")))
+    assert not (tmp_path / "links").exists()
+
+
+@needs_strace
+def test_a_failed_restore_keeps_a_root_another_made_while_it_started(
+    tmp_path: Path, aws_files: dict[str, str]
+) -> None:
+    """The root did not exist when the restore started; someone else made it while the
+    restore loaded its object store client (held there, by strace): the restore fails, and
+    takes away only what it made itself (the history folder and lock file), not that root."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("botocore.client")
+    assert spec is not None and spec.origin is not None
+    loading = Path(importlib.util.cache_from_source(spec.origin))
+    unreachable = s3_env(f"http://127.0.0.1:{free_port()}", aws_files)
+    root = tmp_path / "state"
+
+    def made_by_another() -> None:
+        root.mkdir()
+
+    done = run_held_after(
+        root, ("restore", "s3://bucket/prefix"), loading, "openat", made_by_another, **unreachable
+    )
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert root.is_dir() and not any(root.iterdir())

@@ -4,7 +4,9 @@ and the committed OpenAPI description (checked by schemathesis against the runni
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -220,3 +222,39 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(root: Path):
         )
         assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
         assert "Traceback" not in server.log
+
+
+def test_a_long_trigger_s_output_is_logged_as_it_comes_and_kept_when_serve_stops(
+    root: Path, tmp_path: Path
+) -> None:
+    """A trigger that prints, then runs on: its lines reach the log while it runs, and
+    what it printed (a last line without its end too) is logged when serve stops it."""
+    printed = tmp_path / "printed"
+    script = tmp_path / "scrape.py"
+    script.write_text(
+        "import pathlib, sys, time\n"
+        "print('started', flush=True)\n"
+        "sys.stdout.write('half a line'); sys.stdout.flush()\n"
+        f"pathlib.Path({str(printed)!r}).touch()\n"
+        "time.sleep(30)\n"
+    )
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
+    server = ServeProcess(root, "--trigger-command", command).start()
+    answers: list[int] = []
+
+    def press() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            answers.append(server.post(f"{API}/trigger", headers=HEADERS, timeout=60).status_code)
+
+    button = threading.Thread(target=press, daemon=True)
+    button.start()
+    try:
+        server.wait_log(": | started")
+        wait_for(printed.exists, 15, "the trigger to print its half line")
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    button.join(timeout=15)
+    log = server.log
+    assert ": | started" in log and ": | half a line" in log, log
+    assert "Traceback" not in log, log

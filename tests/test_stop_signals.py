@@ -228,6 +228,44 @@ def test_a_stop_signal_while_a_service_loads_is_its_clean_stop(
     assert said in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
 
 
+@needs_strace_root
+@pytest.mark.parametrize(
+    ("args", "module", "said"),
+    [
+        (("serve", "--watch"), "ingester.serve.server", "serve --watch: stopped"),
+        (("serve",), "ingester.serve.server", "INFO serve: stopped: "),
+        (("watch",), "ingester.intake.watcher", "stopped: 0 ingested"),
+    ],
+    ids=["serve --watch", "serve", "watch"],
+)
+def test_a_ctrl_c_once_a_service_is_named_is_its_clean_stop(
+    root: Path, args: tuple[str, ...], module: str, said: str
+) -> None:
+    """Ctrl-C in the moment after the command line has loaded and named the service,
+    while the service itself loads and starts (delivered the instant the module named is
+    opened, by strace), before its own handlers are in: the clean stop that --help and
+    the docs promise for SIGINT (its stop line, exit 0), not ``Aborted!`` and exit 1."""
+    assert run_cli(root, "init").returncode == 0
+    listen = ("--listen", "127.0.0.1:0") if args[0] == "serve" else ()
+    inject = ("-P", _loaded_file(module), "-e", "trace=openat")
+    inject += ("-e", "inject=openat:signal=SIGINT:when=1")
+    done = _under_strace(_ingester("-m"), root, (*args, *listen), "-o", os.devnull, *inject)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert said in done.stderr, done.stderr[-3000:]
+    assert "Aborted!" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+@needs_strace_root
+def test_a_ctrl_c_once_a_one_shot_command_is_named_still_ends_it_at_once(root: Path) -> None:
+    """A command that does not stop cleanly on Ctrl-C (verify here) ends as click ends
+    an interrupted command, as before: the hold is the services' alone."""
+    assert run_cli(root, "init").returncode == 0
+    inject = ("-P", _loaded_file("ingester.ops.verify"), "-e", "trace=openat")
+    inject += ("-e", "inject=openat:signal=SIGINT:when=1")
+    done = _under_strace(_ingester("-m"), root, ("verify",), "-o", os.devnull, *inject)
+    assert (done.returncode, done.stderr) == (1, "\nAborted!\n"), done.stderr[-3000:]
+
+
 def test_the_commands_tests_start_begin_with_the_stop_signals_defaults() -> None:
     """However the suite was started (a background job of a shell without job control
     ignores SIGINT, ``nohup`` SIGHUP), a command a test starts meets each stop signal as

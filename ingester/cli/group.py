@@ -32,7 +32,7 @@ import click
 
 from ..errors import BadEndpoint, SettingError
 from ..runtime.logs import LOG_FORMATS, escape_text, one_line, setup_logging
-from ..runtime.signals import release_held_stops
+from ..runtime.signals import hold_interrupt, release_held_stops
 from ..settings.sources import resolve_settings
 from ..settings.table import SPECS
 from ..threads import THREAD_LIMIT, is_thread_limit
@@ -218,6 +218,10 @@ class IngesterGroup(click.Group):
     def resolve_command(
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] in STOPS_CLEANLY:
+            # Named: from here on (its module loading, its start) a Ctrl-C is its clean
+            # stop too, as a SIGTERM is, once its handlers are in.
+            hold_interrupt()
         name, command, rest = super().resolve_command(ctx, args)
         if name not in STOPS_CLEANLY:
             # A stop signal held while the commands loaded ends this one as it always did.
@@ -413,9 +417,11 @@ COMMANDS = (
 """Every command: its name, and the module and ``click.Command`` that define it."""
 
 STOPS_CLEANLY = frozenset({"watch", "serve", "mirror", "ingest"})
-"""The commands that stop cleanly on SIGTERM and SIGHUP: one that came while the command
-line loaded (held, :func:`ingester.runtime.signals.hold_stop_signals`) is their clean
-stop too, once their handlers are in."""
+"""The commands that stop cleanly on SIGTERM, SIGINT and SIGHUP: a SIGTERM or SIGHUP that
+came while the command line loaded (held, :func:`ingester.runtime.signals.hold_stop_signals`)
+is their clean stop too, once their handlers are in, and so is a Ctrl-C from the moment
+the command is named (:func:`ingester.runtime.signals.hold_interrupt`); one before that
+ends the run at once (``Aborted!``, exit 1), as for any command."""
 
 
 def run() -> None:

@@ -11,6 +11,7 @@ stderr); 2 a usage error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,33 +155,55 @@ def mirror(
     raise click.exceptions.Exit(code)
 
 
-def _missing_folders(folder: Path) -> list[Path]:
-    """``folder`` and those of its parents that do not exist yet, deepest first."""
+def _make_folders(folder: Path) -> list[Path]:
+    """Make ``folder`` and its missing parents, one at a time (shallowest first); return
+    those this call made, deepest first. One that someone else made meanwhile (it exists
+    when its turn comes) is not counted: it is not this command's to take away. Raises
+    ``OSError`` when one cannot be made, after taking away those it made."""
     missing = []
     for path in (folder, *folder.parents):
         if os.path.lexists(path):
             break
         missing.append(path)
-    return missing
+    made: list[Path] = []
+    try:
+        for path in reversed(missing):
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                continue
+            made.insert(0, path)
+    except OSError:
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+    return made
 
 
-def _unmake(store: HistoryStore, made: list[Path]) -> None:
+def _unmake(store: HistoryStore, made: list[Path], *, locked: bool) -> None:
     """Take away the folders of ``made`` (made by this restore), as long as they hold
-    nothing but the history's lock file (still held: unlinked, it guards nothing more,
-    and the folder it guarded is going). Anything else in them (a version written, a
-    file another put there) keeps them, and the lock file, as they are. Best effort:
-    the restore's own error is what is said."""
+    nothing, or (``locked``: this restore holds the history's lock) nothing but the
+    lock file (still held: unlinked, it guards nothing more, and the folder it guarded
+    is going). Anything else in them (a version written, a file another put there, a
+    lock file another holds) keeps them as they are. Best effort: the restore's own
+    error is what is said."""
     if not made:
         return
-    try:
-        if store.history_dir in made:
-            if os.listdir(store.history_dir) != [store.lock_path.name]:
+    if store.history_dir in made:
+        try:
+            left = os.listdir(store.history_dir)
+            if left not in ([], [store.lock_path.name] if locked else []):
                 return
-            store.lock_path.unlink()
-        for folder in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
+            if left:
+                store.lock_path.unlink()
+        except OSError:
+            return
+    for folder in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
+        # Each on its own: only an empty folder goes, and one that will not (another
+        # put something in it) keeps its parents too.
+        with contextlib.suppress(OSError):
             folder.rmdir()
-    except OSError:
-        return
 
 
 @click.command()
@@ -230,24 +253,33 @@ def restore(
         except SettingError as exc:
             raise click.UsageError(str(exc), ctx) from None
     store = settings.store()
-    # The folders this restore makes (the history's, the root and its parents, the
-    # latest link's), for a restore that fails before any version is written to take
-    # away again: a retry, or 'init', then meets the state before it.
-    made = _missing_folders(store.history_dir) + _missing_folders(store.latest_path.parent)
+    # The folders this restore makes itself (the history's, the root and its parents,
+    # the latest link's), for a restore that fails before any version is written to take
+    # away again: a retry, or 'init', then meets the state before it. Made here, one by
+    # one, so that one made by another meanwhile is never counted as this restore's.
+    made: list[Path] = []
     try:
         client = make_client(endpoint_url)
-        store.history_dir.mkdir(parents=True, exist_ok=True)
-        with HistoryLock(store.lock_path, "restore"):
-            try:
-                # A restore ends by pointing the latest link at the newest version: a
-                # file there holding a snapshot no version holds would be lost.
-                unsafe = unsafe_latest(store)
-                if unsafe is not None:
-                    raise fail(unsafe)
-                result = restore_history(client, source, store, max_bytes=settings.max_bytes)
-            except BaseException:
-                _unmake(store, made)
-                raise
+        made += _make_folders(store.history_dir)
+        locked = False
+        try:
+            made += _make_folders(store.latest_path.parent)
+            with HistoryLock(store.lock_path, "restore"):
+                locked = True
+                try:
+                    # A restore ends by pointing the latest link at the newest version:
+                    # a file there holding a snapshot no version holds would be lost.
+                    unsafe = unsafe_latest(store)
+                    if unsafe is not None:
+                        raise fail(unsafe)
+                    result = restore_history(client, source, store, max_bytes=settings.max_bytes)
+                except BaseException:
+                    _unmake(store, made, locked=True)
+                    raise
+        except BaseException:
+            if not locked:
+                _unmake(store, made, locked=False)
+            raise
     except ObjectStoreUnavailable as exc:
         raise fail(str(exc)) from None
     except LockHeld as exc:

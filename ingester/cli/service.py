@@ -340,17 +340,40 @@ class SpoolLinks:
 
     A name found by its inode is checked with a ``stat`` as it is looked up: one gone
     since the listing (the watcher claimed or stored it) sends that file to a fresh
-    look (:func:`waiting_file`), so that a drop claimed meanwhile is still found.
+    look (:func:`waiting_file`), so that a drop claimed meanwhile is still found. A
+    folder changed since the listing (its modification time: a drop linked or renamed
+    in) is listed again, so that a drop put there meanwhile is found too.
     """
 
     def __init__(self, spool_dir: Path) -> None:
         self.spool_dir = spool_dir
         self._by_inode: dict[int, list[str]] | None = None
+        self._listed: tuple[tuple[int, int, int, int] | None, ...] = ()
+
+    def _folders(self) -> tuple[tuple[int, int, int, int] | None, ...]:
+        """The spool and its ``.claimed/`` as (device, inode, mtime, ctime in ns), or
+        ``None`` for one that cannot be looked at: any name added, removed or renamed
+        in a folder changes its times."""
+        from ..intake.spool import Spool
+
+        spool = Spool(self.spool_dir)
+        states: list[tuple[int, int, int, int] | None] = []
+        for folder in (spool.dir, spool.claimed_dir):
+            try:
+                st = os.stat(folder)
+            except OSError:
+                states.append(None)
+                continue
+            states.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+        return tuple(states)
 
     def _listing(self) -> dict[int, list[str]]:
         from ..intake.spool import Spool, is_drop_name
 
-        if self._by_inode is None:
+        folders = self._folders()
+        if self._by_inode is None or folders != self._listed:
+            # Looked at before the listing: a change during it shows at the next look.
+            self._listed = folders
             by_inode: dict[int, list[str]] = {}
             spool = Spool(self.spool_dir)
             # The spool before .claimed/, as waiting_file looks.

@@ -145,10 +145,9 @@ def adopt(app: App) -> None:
 def _adopt_advice(exc: StorageError) -> str:
     """What to do after a failed step of adopt (what was done before it is kept)."""
     if exc.errno in (errno.EPERM, errno.EACCES):
-        return (
-            "what was done is kept; the files belong to another user: chown -R them to "
-            "the user that runs adopt (the service's), then run adopt again"
-        )
+        from ..ops.adopt import refused_advice
+
+        return f"what was done is kept; {refused_advice(exc.path)}"
     if exc.errno == errno.EINVAL:
         return "what was done is kept"  # the message itself says what to do
     return "what was done is kept; run adopt again"

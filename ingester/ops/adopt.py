@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import stat
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,6 +52,7 @@ __all__ = [
     "latest_is_a_file",
     "not_adopted",
     "nothing_to_adopt",
+    "refused_advice",
     "unsafe_latest",
 ]
 
@@ -136,6 +139,57 @@ def not_adopted(store: HistoryStore) -> str | None:
     if problem is not None:
         return problem
     return f"{store.latest_path} is a file, not a link: {ADOPT_ADVICE}"
+
+
+_FS_IOC_GETFLAGS = 0x80086601  # Linux's _IOR('f', 1, long): a file's attributes (lsattr)
+_ATTRIBUTES = ((0x10, "immutable", "chattr -i"), (0x20, "append-only", "chattr -a"))
+# FS_IMMUTABLE_FL and FS_APPEND_FL: either makes a chmod, a create or a rename fail with
+# EPERM, for root too, whoever owns the file.
+
+
+def _attribute(path: Path) -> tuple[str, str] | None:
+    """The attribute of ``path`` that refuses changes (its word, and the command that
+    clears it), or ``None`` (none, or it cannot be told). Never raises."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        flags = int.from_bytes(fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8))[:4], sys.byteorder)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    for bit, word, clear in _ATTRIBUTES:
+        if flags & bit:
+            return word, clear
+    return None
+
+
+def refused_advice(path: Path) -> str:
+    """What to do when adopt was refused (EPERM, EACCES) a change of ``path``, by its
+    cause: an attribute of ``path`` or of its folder (immutable, append-only: root is
+    refused too), files of another user (to ``chown``), or else the owner, mode and
+    attributes to look at. One clause, ending ``then run adopt again``. Never raises."""
+    for where in (path, path.parent):
+        attribute = _attribute(where)
+        if attribute is not None:
+            word, clear = attribute
+            return f"{where} is {word}: {clear} it, then run adopt again"
+    me = os.geteuid()
+    owners = set()
+    for where in (path, path.parent):
+        with contextlib.suppress(OSError):
+            owners.add(os.lstat(where).st_uid)
+    if me != 0 and owners - {me}:
+        return (
+            "the files belong to another user: chown -R them to the user that runs adopt "
+            "(the service's), then run adopt again"
+        )
+    return (
+        "this user may not change it: check the owner, mode and attributes of it and its "
+        "folder (ls -ld, lsattr -d), then run adopt again"
+    )
 
 
 def _holds_versions(folder: Path) -> bool:

@@ -26,6 +26,7 @@ __all__ = [
     "STOP_SIGNALS",
     "StopFlag",
     "handled_stop_signals",
+    "hold_interrupt",
     "hold_stop_signals",
     "ignore_stop_signals",
     "on_stop_signals",
@@ -95,7 +96,8 @@ def hold_stop_signals() -> None:
     """From now on SIGTERM and SIGHUP (those the process was not started with ignored)
     are only noted, until the command takes them (:func:`on_stop_signals`,
     :func:`take_held_stops`) or lets them go (:func:`release_held_stops`). SIGINT is
-    left to :mod:`ingester.__main__`, whose Ctrl-C while loading ends in click's words.
+    left to :mod:`ingester.__main__`, whose Ctrl-C while loading ends in click's words,
+    until a command that stops cleanly on it is named (:func:`hold_interrupt`).
     A no-op off the main thread, where no handler can be set."""
     global _holding
     if threading.current_thread() is threading.main_thread():
@@ -103,6 +105,22 @@ def hold_stop_signals() -> None:
             if stop != signal.SIGINT:
                 signal.signal(stop, _note)
         _holding = True
+
+
+def hold_interrupt() -> None:
+    """While stop signals are held (:func:`hold_stop_signals`), hold Ctrl-C (SIGINT) as
+    well, from now on: for a command that stops cleanly on it, named on the command line
+    and about to load and start. Before that, a Ctrl-C ends the run at once, as
+    :mod:`ingester.__main__` makes it. A no-op when nothing is held (a program that
+    imports the package), off the main thread, and when SIGINT is not Python's own
+    handler (one the process was started with ignored stays ignored)."""
+    if (
+        _holding
+        and threading.current_thread() is threading.main_thread()
+        and signal.SIGINT in handled_stop_signals()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+        signal.signal(signal.SIGINT, _note)
 
 
 def take_held_stops() -> tuple[int, ...]:
@@ -125,7 +143,9 @@ def release_held_stops() -> None:
     _holding = False
     for stop in STOP_SIGNALS:
         if signal.getsignal(stop) is _note:
-            signal.signal(stop, signal.SIG_DFL)
+            # SIGINT's own is Python's handler (KeyboardInterrupt, click's Aborted!).
+            default = signal.default_int_handler if stop == signal.SIGINT else signal.SIG_DFL
+            signal.signal(stop, default)
     for came in take_held_stops():
         signal.raise_signal(came)
 

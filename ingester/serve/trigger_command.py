@@ -13,8 +13,10 @@ run without a shell, so nothing a request sends ever reaches a command line.
 * 200 ``{success, message, timestamp, requestId}`` when it exits 0; 500 with the reason
   otherwise (exit status, signal, timeout, cannot start); 501 with a how-to when no
   command is configured.
-* Its output (stdout and stderr together) goes to the log, one line per line, cut
-  after ``OUTPUT_CAP`` bytes; the rest is read and counted, never kept.
+* Its output (stdout and stderr together) goes to the log as it comes, one line per
+  line (a line over ``LINE_CAP`` bytes in pieces), cut after ``OUTPUT_CAP`` bytes; the
+  rest is read and counted, never kept. What it printed is logged however the run
+  ends, the server stopping it included.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ import signal
 import time
 from dataclasses import dataclass
 
-__all__ = ["OUTPUT_CAP", "TriggerCommand", "TriggerResult", "TriggerRunner"]
+__all__ = ["LINE_CAP", "OUTPUT_CAP", "TriggerCommand", "TriggerResult", "TriggerRunner"]
 
 log = logging.getLogger("ingester.serve")
 
 OUTPUT_CAP = 16 * 1024  # bytes of a run's output that reach the log
+LINE_CAP = 4096  # bytes of one log line of it; a longer line is logged in pieces
 KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a run past its timeout
 
 
@@ -118,15 +121,11 @@ class TriggerRunner:
         pipe, _ = await asyncio.get_running_loop().connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_end, "rb", 0)
         )
-        kept = bytearray()
-        dropped = 0
+        said = _OutputLog(request_id)
 
         async def drain() -> None:
-            nonlocal dropped
             while chunk := await output.read(65536):
-                room = OUTPUT_CAP - len(kept)
-                kept.extend(chunk[:room])
-                dropped += max(0, len(chunk) - room)
+                said.feed(chunk)
 
         reader = asyncio.create_task(drain())
         timed_out = False
@@ -145,12 +144,16 @@ class TriggerRunner:
             except TimeoutError:
                 reader.cancel()
         finally:
-            if proc.returncode is None:  # cancelled (the server stops): leave nothing behind
-                await asyncio.shield(_end(proc))
-            reader.cancel()
-            pipe.close()
+            try:
+                if proc.returncode is None:  # cancelled (the server stops): leave nothing behind
+                    await asyncio.shield(_end(proc))
+            finally:
+                reader.cancel()
+                pipe.close()
+                # What it printed is said however the run ends: a last line without its
+                # end, and what was cut, even when the server stops it mid-run.
+                said.close()
         took = time.monotonic() - started
-        _log_output(request_id, bytes(kept), dropped)
         if timed_out:
             message = f"the trigger command timed out after {cmd.timeout:g} s and was stopped"
         elif code == 0:
@@ -215,14 +218,49 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _log_output(request_id: str, data: bytes, dropped: int) -> None:
-    for line in data.decode("utf-8", "replace").splitlines():
-        if line.strip():
-            log.info("%s: | %s", request_id, line)
-    if dropped:
-        log.info(
-            "%s: output cut after %d bytes (%d more not logged)",
-            request_id,
-            OUTPUT_CAP,
-            dropped,
-        )
+class _OutputLog:
+    """A run's output, logged a line at a time as it comes: one line at most
+    :data:`LINE_CAP` bytes (a longer one is logged in pieces of that size), and
+    :data:`OUTPUT_CAP` bytes in all per run; the rest is counted, never kept."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.pending = bytearray()  # the start of a line whose end has not come yet
+        self.taken = 0  # bytes under the cap: logged, or pending
+        self.dropped = 0
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next bytes the command wrote; log each line they complete."""
+        room = OUTPUT_CAP - self.taken
+        self.pending += chunk[:room]
+        self.taken += min(room, len(chunk))
+        self.dropped += max(0, len(chunk) - room)
+        end = max(self.pending.rfind(b"\n"), self.pending.rfind(b"\r"))
+        if end >= 0:
+            self._say(bytes(self.pending[: end + 1]))
+            del self.pending[: end + 1]
+        while len(self.pending) > LINE_CAP:
+            cut = LINE_CAP
+            while cut > LINE_CAP - 3 and self.pending[cut] & 0xC0 == 0x80:
+                cut -= 1  # not inside a character: each piece decodes whole
+            self._say(bytes(self.pending[:cut]))
+            del self.pending[:cut]
+
+    def close(self) -> None:
+        """Log what is left (a last line without its end) and how much was cut."""
+        if self.pending:
+            self._say(bytes(self.pending))
+            self.pending.clear()
+        if self.dropped:
+            log.info(
+                "%s: output cut after %d bytes (%d more not logged)",
+                self.request_id,
+                OUTPUT_CAP,
+                self.dropped,
+            )
+            self.dropped = 0
+
+    def _say(self, data: bytes) -> None:
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                log.info("%s: | %s", self.request_id, line)
