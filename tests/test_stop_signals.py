@@ -230,6 +230,30 @@ def test_a_stop_signal_while_a_service_loads_is_its_clean_stop(
 
 @needs_strace_root
 @pytest.mark.parametrize(
+    ("once", "code", "said"),
+    [
+        ((), 0, "INFO mirror stopped; 0 version(s) waiting"),
+        (("--once",), 1, "ERROR stopped before its pass; no version was mirrored or compared"),
+    ],
+    ids=["service", "once"],
+)
+def test_a_stop_while_the_mirror_starts_is_its_stop_and_never_a_whole_copy(
+    root: Path, once: tuple[str, ...], code: int, said: str
+) -> None:
+    """A SIGTERM while ``mirror`` loads (delivered the instant its module is opened, by
+    strace) is the service's clean stop, exit 0; but ``mirror --once``, whose exit 0
+    says every version is in the object store, has mirrored nothing: exit 1, said."""
+    assert run_cli(root, "init").returncode == 0
+    args = ("mirror", "s3://bucket/usage", "--endpoint-url", "http://127.0.0.1:9", *once)
+    inject = ("-P", _loaded_file("ingester.mirror.mirror"), "-e", "trace=openat")
+    inject += ("-e", "inject=openat:signal=SIGTERM:when=1")
+    done = _under_strace(_ingester("-m"), root, args, "-o", os.devnull, *inject)
+    assert done.returncode == code, done.stderr[-3000:]
+    assert said in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+@needs_strace_root
+@pytest.mark.parametrize(
     ("args", "module", "said"),
     [
         (("serve", "--watch"), "ingester.serve.server", "serve --watch: stopped"),

@@ -264,6 +264,10 @@ class Mirror:
                 time.monotonic() - self.passes.last_listing
             )
             self._sleep(max(0.0, min(self.options.rescan_interval, until_listing)), wake=True)
+        if self.options.once:
+            # Stopped before its one pass began: its exit 0 would say the copy is whole.
+            log.error("stopped before its pass; no version was mirrored or compared")
+            return 1
         log.info("mirror stopped; %d version(s) waiting", self.progress.state.waiting)
         return 0
 
