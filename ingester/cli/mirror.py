@@ -90,7 +90,8 @@ def _target(ctx: click.Context, param: click.Parameter, value: str | None) -> Mi
     default=4,
     show_default=True,
     metavar="N",
-    help="Uploads in flight while a backlog drains.",
+    help="Uploads in flight while a backlog drains, and objects read back at once while a"
+    " listing is compared.",
 )
 @click.pass_obj
 def mirror(
