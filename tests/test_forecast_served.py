@@ -647,6 +647,47 @@ def test_a_version_restored_among_the_old_ones_joins_the_served_forecast(root: P
     assert "Traceback" not in server.log
 
 
+def test_a_damaged_version_put_right_from_a_backup_counts_in_the_served_forecast(
+    root: Path,
+) -> None:
+    """troubleshooting.md's repair for a damaged version: its file restored from a backup
+    (``cp`` writes over it in place: the names, and the folder, stay the same). A running
+    ``serve`` then counts it, whether it is within the basis or before it (the only
+    reading of the weekly limits, 30 hours ago), under a new tag: the client's old tag
+    gets the forecast with it, not a 304."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    reset = now + timedelta(days=4)
+    old = (
+        root / "console-usage-history" / place_weekly(root, now - timedelta(hours=31), 70, reset, 0)
+    )
+    place_partials(root, now - timedelta(hours=30))
+    recent = [now - timedelta(minutes=30 * (4 - i)) for i in range(5)]
+    names = [version_name(at, 0x100 + i) for i, at in enumerate(recent)]
+    for name, at in zip(names, recent, strict=True):
+        partial = {"currentSession": {"resetsIn": "2 hr", "percentageUsed": 20}, "isPartial": True}
+        put_version(root, name, json.dumps({**partial, "lastUpdated": iso(at)}).encode())
+    inside = root / "console-usage-history" / names[2]
+    backups = {path: path.read_bytes() for path in (old, inside)}
+    for path in backups:
+        path.write_bytes(b"{damaged")
+    with ServeProcess(root, env={"INGESTER_CONSOLE_TIMEZONE": "UTC"}) as server:
+        first = server.get(FORECAST)
+        assert first.status_code == 200, first.text
+        assert "weeklyLimits.allModels" not in limits_of(first.json())
+        points = limits_of(first.json())["currentSession"]["basis"]["points"]
+        still = server.get(FORECAST, headers={"If-None-Match": first.headers["etag"]})
+        assert still.status_code == 304  # nothing changed: both still damaged
+        for path, data in backups.items():
+            path.write_bytes(data)
+        again = server.get(FORECAST, headers={"If-None-Match": first.headers["etag"]})
+        assert again.status_code == 200, again.headers
+        assert limits_of(again.json())["currentSession"]["basis"]["points"] == points + 1
+        assert limits_of(again.json())["weeklyLimits.allModels"]["percentageUsed"] == 70
+        same = server.get(FORECAST, headers={"If-None-Match": again.headers["etag"]})
+        assert same.status_code == 304
+    assert "Traceback" not in server.log
+
+
 def test_a_limit_at_100_for_longer_than_the_basis_is_at_the_limit_since_at_least(
     root: Path,
 ) -> None:

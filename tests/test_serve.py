@@ -301,6 +301,35 @@ def test_version_bytes_are_exact_and_immutable(three, server):
     assert server.get(f"{API}/versions/..%2F..%2Fetc%2Fpasswd").status_code == 404
 
 
+def test_a_damaged_version_restored_in_place_is_served_without_a_restart(root: Path, server):
+    """The repair troubleshooting.md gives for a damaged version: put the good file back
+    under its name. The next request serves it, and the bytes route's tag follows the
+    bytes, so a client holding the damaged copy gets the good one, not a 304."""
+    name = version_name(T0, 1)
+    good = fresh_payload(seq=1)
+    path = put_version(root, name, b"{damaged")
+    r = wait_for(lambda: (r := server.get(API)).status_code == 502 and r, 10)
+    assert r.json()["error"] == "CorruptVersion"
+    damaged = server.get(f"{API}/versions/{name}")
+    assert damaged.content == b"{damaged"
+    backup = root / "backup.json"
+    backup.write_bytes(good)
+    os.replace(backup, path)
+    restored = server.get(API)
+    assert restored.status_code == 200, restored.text
+    assert restored.json()["seq"] == 1
+    again = server.get(f"{API}/versions/{name}", headers={"If-None-Match": damaged.headers["etag"]})
+    assert again.status_code == 200 and again.content == good
+    assert again.headers["etag"] != damaged.headers["etag"]
+    # Rewritten in place (the same inode, the same size) is no other case.
+    os.chmod(path, 0o644)
+    same_size = good.replace(b'"seq": 1', b'"seq": 7')
+    assert len(same_size) == len(good) and same_size != good
+    path.write_bytes(same_size)
+    assert server.get(API).json()["seq"] == 7
+    assert server.get(f"{API}/versions/{name}").content == same_size
+
+
 def test_legacy_version_names_count(root: Path, server):
     put_version(root, "2026-01-05T00-00-00-test5.json", fresh_payload(seq=5))
     put_version(root, "notes.json", b"{}")

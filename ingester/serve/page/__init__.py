@@ -26,7 +26,7 @@ import bisect
 import email.utils
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
@@ -130,26 +130,41 @@ class _Series:
     """``GET /api/claude/console-usage/series``, with the rows of versions already read.
 
     Versions never change, so a row once made is good while its version exists; rows of
-    versions that retention deleted are dropped when the cache outgrows the history.
+    versions that retention deleted are dropped when the cache outgrows the history. A
+    version found damaged is judged again once its file is another
+    (:meth:`~ingester.history.index.HistoryIndex.version_stamp`): put right from a
+    backup, its row is drawn without a restart.
     """
 
     def __init__(self) -> None:
         self._rows: dict[str, Row | str] = {}  # a row, or why the version was skipped
+        # The stamp of each damaged version's file when it was judged so.
+        self._damaged: dict[str, Hashable | None] = {}
         self._lock = threading.Lock()
         self._zone: tzinfo | None = None  # the console's, read from the settings once
 
     def _row(self, index: HistoryIndex, name: str) -> Row | str | None:
+        stamp: Hashable | None = None
         with self._lock:
             hit = self._rows.get(name)
-        if hit is not None:
+            damaged = name in self._damaged
+            held = self._damaged.get(name)
+        if hit is not None and damaged:
+            stamp = index.version_stamp(name)
+            if stamp is not None and stamp == held:
+                return hit
+        elif hit is not None:
             return hit
+        else:
+            stamp = index.version_stamp(name)  # before the read: a later change is seen
         try:
             data = index.reader.read_version(name)
         except VersionNotFound:
             return None  # deleted since the listing: no longer part of the history
-        except VersionTooLarge as exc:  # damaged for good, as the gate's refusals are
+        except VersionTooLarge as exc:  # damaged, as the gate's refusals are
             with self._lock:
                 self._rows[name] = exc.reason
+                self._damaged[name] = stamp
             return exc.reason
         except OSError as exc:
             return f"{_UNREADABLE}{exc.strerror}"  # may pass: not remembered
@@ -161,7 +176,34 @@ class _Series:
             result = exc.reason
         with self._lock:
             self._rows[name] = result
+            if isinstance(result, str):
+                self._damaged[name] = stamp
+            else:
+                self._damaged.pop(name, None)
         return result
+
+    def _tag(
+        self,
+        index: HistoryIndex,
+        head: str,
+        selected: Sequence[VersionEntry],
+        unread: Sequence[str] = (),
+    ) -> str:
+        """The weak tag of an answer over ``selected``: their names, the stamp of each one
+        known damaged (its file put right is another answer), and ``unread``, the ones
+        this answer could not read. One ``lstat`` per damaged version, none otherwise."""
+        digest = hashlib.sha256(head.encode())
+        for entry in selected:
+            digest.update(entry.name.encode() + b"\n")
+        with self._lock:
+            damaged = [e.name for e in selected if e.name in self._damaged] if self._damaged else []
+        for name in damaged:
+            digest.update(f"damaged {name} {index.version_stamp(name)}\n".encode())
+        if unread:
+            # A version it could not read this time may be read the next: the body left
+            # it out, so its tag must differ from the one of the body that has it.
+            digest.update(("unreadable\n" + "\n".join(unread)).encode())
+        return 'W/"' + digest.hexdigest()[:24] + '"'
 
     def _collect(
         self, index: HistoryIndex, entries: Sequence[VersionEntry], snap: HistorySnapshot
@@ -180,6 +222,7 @@ class _Series:
             if len(self._rows) > 2 * len(snap) + 1024:
                 keep = {e.name for e in snap.entries}
                 self._rows = {k: v for k, v in self._rows.items() if k in keep}
+                self._damaged = {k: v for k, v in self._damaged.items() if k in keep}
         return rows, skipped
 
     async def handle(self, request: Request) -> Response:
@@ -242,21 +285,17 @@ class _Series:
         selected = snap.entries[lo:hi] if lo < hi else ()
         # Versions are immutable, so their names stand for their rows: the same names
         # give the same tag and a 304, without reading a file.
-        digest = hashlib.sha256(f"{by}\n{since}\n{until}\n".encode())
-        for entry in selected:
-            digest.update(entry.name.encode() + b"\n")
-        etag = 'W/"' + digest.hexdigest()[:24] + '"'
+        head = f"{by}\n{since}\n{until}\n"
+        etag = self._tag(ctx.index, head, selected)
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if _etag_matches(request, etag):
             return Response(status_code=304, headers=headers)
         rows, skipped = await run_in_threadpool(self._collect, ctx.index, selected, snap)
         unread = [s["version"] for s in skipped if s["reason"].startswith(_UNREADABLE)]
-        if unread:
-            # A version it could not read this time may be read the next: the body left
-            # it out, so its tag must differ from the one of the body that has it.
-            digest.update(("unreadable\n" + "\n".join(unread)).encode())
-            etag = 'W/"' + digest.hexdigest()[:24] + '"'
-            headers["ETag"] = etag
+        # Read now: the versions found damaged (or put right) by this answer count too.
+        after = self._tag(ctx.index, head, selected, unread)
+        if after != etag:
+            etag = headers["ETag"] = after
             if _etag_matches(request, etag):
                 return Response(status_code=304, headers=headers)
         if by == "lastUpdated":
