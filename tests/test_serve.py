@@ -7,6 +7,7 @@ folder whose versions are written straight to disk, as the watcher leaves them.
 from __future__ import annotations
 
 import email.utils
+import importlib
 import json
 import os
 import shutil
@@ -251,6 +252,25 @@ def test_the_latest_gets_a_new_etag_when_its_age_moves_on(root: Path, server):
     assert later.headers["etag"] != first.headers["etag"]
     answer = server.get(API, headers={"If-None-Match": first.headers["etag"]})
     assert answer.status_code == 200 and answer.json()["ageMinutes"] == 2
+
+
+def test_the_serve_bench_revalidates_with_the_tag_it_was_last_given(
+    root: Path, server, monkeypatch: pytest.MonkeyPatch
+):
+    """bench/bench_serve.py times the latest's 304s. The tag changes as the age moves on
+    (here within the run: 88 s old, ``ageMinutes`` 2 from 90 s on), so a bench that sent
+    the tag it read at the start would time 200s as 304s. Its load sends back the last
+    tag it was given, as a client does, and counts the 304s it got."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    bench = importlib.import_module("bench_serve")
+    put_version(root, version_name(T0), fresh_payload(timedelta(seconds=88)))
+    first = wait_for(lambda: (r := server.get(API)).status_code == 200 and r, 10)
+    request = bench.get(API, f"If-None-Match: {first.headers['etag']}\r\n")
+    load = bench._client(server.port, [request], 4.0, 2, True)
+    assert server.get(API).json()["ageMinutes"] == 2  # the age moved on: a new tag
+    # One 200 per connection for each new tag (the one at the start may be stale too).
+    assert len(load.latencies) - load.not_modified <= 4, (len(load.latencies), load)
+    assert load.not_modified > 0
 
 
 # -- versions listing and bytes ------------------------------------------------------------
