@@ -165,7 +165,9 @@ def test_cache_control_follows_freshness(root: Path, age_min: int, cache: str, s
     )
 
 
-def test_etag_changes_exactly_when_the_version_does(root: Path, three, server):
+def test_the_latests_tag_is_the_same_for_the_same_answer_and_new_for_another_version(
+    root: Path, three, server
+):
     first = server.get(API).headers["etag"]
     assert server.get(API).headers["etag"] == first
     assert server.get(API, params={"version": "-1"}).headers["etag"] == first
