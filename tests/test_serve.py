@@ -275,6 +275,25 @@ def test_the_serve_bench_revalidates_with_the_tag_it_was_last_given(
     assert load.not_modified > 0
 
 
+def test_the_openapi_description_says_of_each_tag_whether_it_is_weak_as_served(three, server):
+    """A client generated from /openapi.json compares tags as it says: the latest's is the
+    body's digest (strong) now, the bytes' too, the series' and the forecast's weak."""
+    doc = server.get("/openapi.json").json()
+    name = three[-1][0]
+    for path, route in (
+        (API, API),
+        (f"{API}/versions/{name}", f"{API}/versions/{{name}}"),
+        (f"{API}/series", f"{API}/series"),
+        (f"{API}/forecast", f"{API}/forecast"),
+    ):
+        served = server.get(path)
+        assert served.status_code == 200, (path, served.text)
+        for status in ("200", "304"):
+            said = doc["paths"][route]["get"]["responses"][status]["headers"]["ETag"]
+            weak = said["description"].lower().startswith("weak")
+            assert weak == served.headers["etag"].startswith("W/"), (path, said)
+
+
 # -- versions listing and bytes ------------------------------------------------------------
 
 
