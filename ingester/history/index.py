@@ -191,7 +191,7 @@ class HistoryIndex:
         if not isinstance(reader, LocalHistory):
             return ()
         try:
-            st = os.lstat(os.path.join(reader.location, name))
+            st = os.lstat(reader.location + os.sep + name)
         except (OSError, ValueError):
             return None
         if not stat.S_ISREG(st.st_mode):
