@@ -847,6 +847,29 @@ def test_a_damaged_version_put_right_from_a_backup_is_drawn_without_a_restart(ro
         assert again.status_code == 304
 
 
+def test_the_series_tag_changes_with_the_console_time_zone(root: Path) -> None:
+    """troubleshooting.md's fix for reset times hours off: set ``--console-timezone`` and
+    restart. The rows' ``resetsAt`` of a "Mon 8:59 AM" wording then differ, so the tag a
+    page kept from before must not get a 304 that keeps the old reset marks."""
+    assert run_cli(root, "init").returncode == 0
+    now = datetime.now(UTC) - timedelta(minutes=30)
+    for i in range(2):
+        name = generate_version_filename(now + timedelta(minutes=i))
+        (root / HISTORY / name).write_text(json.dumps(body_for(i, now + timedelta(minutes=i))))
+    column = COLUMNS.index("weeklyLimits.allModels.resetsAt")
+    with ServeProcess(root, env={"INGESTER_CONSOLE_TIMEZONE": "America/New_York"}) as server:
+        before = server.get(SERIES)
+        assert before.status_code == 200, before.text
+        assert server.stop() == 0
+    with ServeProcess(root, env={"INGESTER_CONSOLE_TIMEZONE": "UTC"}) as server:
+        after = server.get(SERIES, headers={"If-None-Match": before.headers["etag"]})
+        assert after.status_code == 200, after.headers
+        assert after.json()["rows"][0][column] != before.json()["rows"][0][column]
+        again = server.get(SERIES, headers={"If-None-Match": after.headers["etag"]})
+        assert again.status_code == 304
+        assert server.stop() == 0
+
+
 def store(root: Path, snapshots: list[tuple[datetime, dict[str, Any]]]) -> None:
     """A new history of ``snapshots``, each ``(lastUpdated, body)``, stored at that time."""
     assert run_cli(root, "init").returncode == 0

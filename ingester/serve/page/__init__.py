@@ -11,7 +11,8 @@ Routes (see :func:`routes`):
   observation) is within ``[since, until]`` as export rows (:mod:`ingester.usage.export`):
   ``{"columns": [...], "rows": [[...], ...], "count": N, "skipped": [{"version",
   "reason"}], "since", "until", "by"}``, oldest first by that time. ``ETag`` names the
-  versions selected (and those of them it could not read), so a poll that finds nothing
+  versions selected (and those of them it could not read or found damaged) and the
+  console's time zone, so a poll that finds nothing
   new is answered 304 without reading a file. 400 with ``error``, ``message`` and
   ``example`` for a time that is not ISO-8601 or an unknown ``by``; 503 when the history
   cannot be read.
@@ -142,6 +143,7 @@ class _Series:
         self._damaged: dict[str, Hashable | None] = {}
         self._lock = threading.Lock()
         self._zone: tzinfo | None = None  # the console's, read from the settings once
+        self._zone_name = ""
 
     def _row(self, index: HistoryIndex, name: str) -> Row | str | None:
         stamp: Hashable | None = None
@@ -261,7 +263,7 @@ class _Series:
             )
         ctx: ServeContext = request.app.state.ctx
         if self._zone is None:
-            self._zone = ctx.settings.console_zone()[0]
+            self._zone, self._zone_name = ctx.settings.console_zone()
         # As every other read: a fault that lasts is one line, and the answer names the
         # cause, not the server's paths.
         snap = snapshot_or_error(ctx, request)
@@ -284,8 +286,9 @@ class _Series:
             hi = len(times) if until is None else bisect.bisect_right(times, until.timestamp())
         selected = snap.entries[lo:hi] if lo < hi else ()
         # Versions are immutable, so their names stand for their rows: the same names
-        # give the same tag and a 304, without reading a file.
-        head = f"{by}\n{since}\n{until}\n"
+        # give the same tag and a 304, without reading a file. The rows' reset times are
+        # read in the console's zone: another zone (set after a restart) is another body.
+        head = f"{by}\n{since}\n{until}\n{self._zone_name}\n"
         etag = self._tag(ctx.index, head, selected)
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if _etag_matches(request, etag):
