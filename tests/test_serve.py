@@ -371,6 +371,25 @@ def test_a_damaged_version_restored_in_place_is_served_without_a_restart(root: P
     assert server.get(f"{API}/versions/{name}").content == same_size
 
 
+def test_a_damaged_versions_bytes_are_revalidated_not_kept_as_immutable(root: Path, server):
+    """Bytes under a version's name that are no snapshot will be put right from a backup
+    (troubleshooting.md): a client told they are immutable for a year would never ask
+    again. A good version's bytes stay immutable."""
+    good, damaged = version_name(T0, 1), version_name(T0 + timedelta(seconds=1), 2)
+    put_version(root, good, fresh_payload(seq=1))
+    put_version(root, damaged, b"[1, 2]")
+    kept = server.get(f"{API}/versions/{good}")
+    assert "immutable" in kept.headers["cache-control"]
+    answer = server.get(f"{API}/versions/{damaged}")
+    assert answer.status_code == 200 and answer.content == b"[1, 2]"
+    assert answer.headers["cache-control"] == "no-cache"
+    revalidated = server.get(
+        f"{API}/versions/{damaged}", headers={"If-None-Match": answer.headers["etag"]}
+    )
+    assert revalidated.status_code == 304
+    assert revalidated.headers["cache-control"] == "no-cache"
+
+
 def test_legacy_version_names_count(root: Path, server):
     put_version(root, "2026-01-05T00-00-00-test5.json", fresh_payload(seq=5))
     put_version(root, "notes.json", b"{}")

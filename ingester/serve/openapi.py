@@ -60,7 +60,8 @@ _VERSION_HEADERS = {
         "schema": {"type": "string"},
     },
     "Cache-Control": {
-        "description": "public, max-age=31536000, immutable",
+        "description": "public, max-age=31536000, immutable; no-cache for bytes that are "
+        "no JSON object (damaged: they may be put right from a backup)",
         "schema": {"type": "string"},
     },
 }

@@ -317,7 +317,8 @@ async def list_versions(request: Request) -> Response:
 
 
 async def get_version(request: Request) -> Response:
-    """One version's bytes, exactly as stored; immutable."""
+    """One version's bytes, exactly as stored; immutable unless they are no JSON object
+    (damaged: revalidated at each use, as they may be put right)."""
     ctx: ServeContext = request.app.state.ctx
     name = request.path_params["name"]
     if not is_version_name(name):
@@ -339,9 +340,15 @@ async def get_version(request: Request) -> Response:
     ctx.read_faults.passed(version_fault(name))
     # The digest of the bytes, not the name: a damaged version put right from a backup
     # holds other bytes under the same name, and a client's copy of the damaged ones
-    # must not be confirmed by a 304.
+    # must not be confirmed by a 304. For the same reason bytes that are no snapshot are
+    # revalidated at each use, not kept for a year.
     etag = body_etag(data)
-    headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
+    try:
+        damaged = read_payload(ctx, name)[0] is None
+    except (OSError, VersionNotFound):
+        damaged = True  # replaced or gone since the read: nothing to promise of them
+    cache = "no-cache" if damaged else "public, max-age=31536000, immutable"
+    headers = {"ETag": etag, "Cache-Control": cache}
     if inm is not None and etag_matches(inm, etag):
         return Response(status_code=304, headers=headers)
     return Response(data, media_type=JSON, headers=headers)
