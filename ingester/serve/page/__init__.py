@@ -141,6 +141,7 @@ class _Series:
         self._rows: dict[str, Row | str] = {}  # a row, or why the version was skipped
         # The stamp of each damaged version's file when it was judged so.
         self._damaged: dict[str, Hashable | None] = {}
+        self._reads = 0  # files read so far: none read, no verdict changed
         self._lock = threading.Lock()
         self._zone: tzinfo | None = None  # the console's, read from the settings once
         self._zone_name = ""
@@ -159,6 +160,8 @@ class _Series:
             return hit
         else:
             stamp = index.version_stamp(name)  # before the read: a later change is seen
+        with self._lock:
+            self._reads += 1
         try:
             data = index.reader.read_version(name)
         except VersionNotFound:
@@ -293,10 +296,14 @@ class _Series:
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if _etag_matches(request, etag):
             return Response(status_code=304, headers=headers)
+        reads = self._reads
         rows, skipped = await run_in_threadpool(self._collect, ctx.index, selected, snap)
         unread = [s["version"] for s in skipped if s["reason"].startswith(_UNREADABLE)]
-        # Read now: the versions found damaged (or put right) by this answer count too.
-        after = self._tag(ctx.index, head, selected, unread)
+        # The versions this answer found damaged (or put right) count too: tagged again
+        # when it read a file, never on the rows of the cache alone.
+        after = (
+            self._tag(ctx.index, head, selected, unread) if unread or self._reads != reads else etag
+        )
         if after != etag:
             etag = headers["ETag"] = after
             if _etag_matches(request, etag):
