@@ -10,8 +10,12 @@ limit                      rises         resetsIn    forecast
 =========================  ============  ==========  =======================================
 currentSession             20 % + 5 %/h  ``2 hr``    100 % in 10 h, after the reset (2 h)
 weeklyLimits.allModels     40 % + 2 %/h  ``3 days``  100 % in 24 h, 48 h before the reset
-weeklyLimits.sonnetOnly    5 % flat      ``Mon ...`` never
+weeklyLimits.sonnetOnly    5 % flat      ``DAY ...`` never
 =========================  ============  ==========  =======================================
+
+``DAY 8:59 AM`` names the weekday three days from now in the console's zone, so the
+limit's reset never falls within the six hours (a fixed ``Mon`` would reset it midway
+on a Monday morning, and the rate would be unknown).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ ZONE = "America/New_York"
 FORECAST = "/api/claude/console-usage/forecast"
 API = "/api/claude/console-usage"
 WHY_NOT_OTHER = other_user_problem()
+RESET_DAY = (datetime.now(ZoneInfo(ZONE)) + timedelta(days=3)).strftime("%a")
+"""The weekday of the weekly sonnet reset: three days ahead, whatever today is."""
 
 
 def iso(stamp: datetime) -> str:
@@ -46,7 +52,7 @@ def snapshot(i: int, updated: datetime) -> dict[str, Any]:
         "currentSession": {"resetsIn": "2 hr", "percentageUsed": 20 + 2.5 * i},
         "weeklyLimits": {
             "allModels": {"resetsIn": "3 days", "percentageUsed": 40 + i},
-            "sonnetOnly": {"resetsIn": "Mon 8:59 AM", "percentageUsed": 5},
+            "sonnetOnly": {"resetsIn": f"{RESET_DAY} 8:59 AM", "percentageUsed": 5},
         },
         "lastUpdated": iso(updated),
     }
@@ -131,10 +137,10 @@ def expect_known_answer(body: dict[str, Any], last: datetime) -> None:
     assert session["beforeReset"] is False
     sonnet = limits["weeklyLimits.sonnetOnly"]
     assert (sonnet["ratePerHour"], sonnet["exhaustsAt"], sonnet["beforeReset"]) == (0, None, False)
-    # Monday 8:59 in New York, whatever zone this machine is in.
+    # That weekday at 8:59 in New York, whatever zone this machine is in.
     resets = datetime.fromisoformat(sonnet["resetsAt"].replace("Z", "+00:00"))
     local = resets.astimezone(ZoneInfo(ZONE))
-    assert (local.strftime("%a"), local.hour, local.minute) == ("Mon", 8, 59)
+    assert (local.strftime("%a"), local.hour, local.minute) == (RESET_DAY, 8, 59)
     assert timedelta(0) < resets - last <= timedelta(days=7)
 
 
