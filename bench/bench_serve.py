@@ -15,7 +15,9 @@ Three servers run side by side, each a real process on 127.0.0.1:
 Three requests are measured on each: ``GET /api/claude/console-usage`` (latest),
 ``GET ...?timestamp=T`` cycling through 100 instants spread over the history (so both
 histories answer from 100 distinct versions), and the latest with ``If-None-Match``
-(a 304 revalidation). The load comes from ``--clients`` processes, each holding
+(a 304 revalidation: each connection sends back the last tag it was given, as a client
+does, since the latest's tag changes as its age moves on; the share of answers that were
+304s is printed). The load comes from ``--clients`` processes, each holding
 ``--connections`` keep-alive connections and sending the next request as soon as an
 answer is complete. Targets and requests are interleaved over ``--rounds`` rounds of
 ``--seconds`` each, so drift in the machine hits all alike; the medians of the rounds
@@ -132,9 +134,34 @@ class Server:
 # -- the load generator: raw HTTP/1.1 keep-alive over asyncio streams ----------------------
 
 
+@dataclass
+class Load:
+    """What one client's connections measured: each answer's latency (seconds) and how
+    many answers were 304s."""
+
+    latencies: list[float]
+    not_modified: int = 0
+
+
+def _with_tag(request: bytes, tag: bytes) -> bytes:
+    """``request`` (a bodiless GET) with ``If-None-Match: tag`` in place of its own."""
+    head = b"\r\n".join(
+        line
+        for line in request.removesuffix(b"\r\n\r\n").split(b"\r\n")
+        if not line.lower().startswith(b"if-none-match:")
+    )
+    return head + b"\r\nIf-None-Match: " + tag + b"\r\n\r\n"
+
+
 async def _connection(
-    port: int, requests: list[bytes], offset: int, until: float, lat: list[float]
+    port: int, requests: list[bytes], offset: int, until: float, load: Load, follow: bool
 ) -> None:
+    """Send ``requests`` in turn over one keep-alive connection until ``until``.
+
+    ``follow``: revalidate as a client does, sending back the ``ETag`` of the last
+    answer: the latest's tag changes as its age moves on, and a tag read once at the
+    start would turn every later "304" request into a 200.
+    """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     i = offset
     try:
@@ -146,26 +173,39 @@ async def _connection(
             head = await reader.readuntil(b"\r\n\r\n")
             status = head[9:12]
             length = 0
+            tag = None
             for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
+                lower = line[:15].lower()
+                if lower == b"content-length:":
                     length = int(line[15:])
+                elif lower.startswith(b"etag:"):
+                    tag = line[5:].strip()
             if length:
                 await reader.readexactly(length)
-            lat.append(time.perf_counter() - start)
-            if status not in (b"200", b"304"):
+            load.latencies.append(time.perf_counter() - start)
+            if status == b"304":
+                load.not_modified += 1
+            elif status != b"200":
                 raise SystemExit(f"unexpected answer: {head[:200]!r}")
+            elif follow and tag is not None:
+                requests = [_with_tag(r, tag) for r in requests]
     finally:
         writer.close()
 
 
-def _client(port: int, requests: list[bytes], seconds: float, connections: int) -> list[float]:
-    async def run() -> list[float]:
-        lat: list[float] = []
+def _client(
+    port: int, requests: list[bytes], seconds: float, connections: int, follow: bool = False
+) -> Load:
+    """One load process: ``connections`` connections for ``seconds`` (see
+    :func:`_connection` for ``follow``)."""
+
+    async def run() -> Load:
+        load = Load([])
         until = time.perf_counter() + seconds
         await asyncio.gather(
-            *(_connection(port, requests, k * 7, until, lat) for k in range(connections))
+            *(_connection(port, requests, k * 7, until, load, follow) for k in range(connections))
         )
-        return lat
+        return load
 
     return asyncio.run(run())
 
@@ -176,6 +216,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     cpu_us: float = 0.0  # server CPU time per request: what other load cannot inflate
+    not_modified: float = 0.0  # the share of answers that were 304s
 
 
 def median_result(rs: list[Result]) -> Result:
@@ -185,6 +226,7 @@ def median_result(rs: list[Result]) -> Result:
         statistics.median(r.p50_ms for r in rs),
         statistics.median(r.p99_ms for r in rs),
         statistics.median(r.cpu_us for r in rs),
+        statistics.median(r.not_modified for r in rs),
     )
 
 
@@ -195,29 +237,29 @@ def measure(
     seconds: float,
     connections: int,
     clients: int,
+    follow: bool = False,
 ) -> Result:
+    """``clients`` load processes of ``connections`` connections each sending
+    ``requests`` to ``server`` for ``seconds`` (after a short warm-up); ``follow``: each
+    connection sends back the last ``ETag`` it was given (:func:`_connection`)."""
     port = server.port
+    ports, reqs, follows = [port] * clients, [requests] * clients, [follow] * clients
     # A short warm-up (connections, caches), then the measured run.
-    list(pool.map(_client, [port] * clients, [requests] * clients, [0.2] * clients, [2] * clients))
+    list(pool.map(_client, ports, reqs, [0.2] * clients, [2] * clients, follows))
     cpu_before = server.cpu_seconds()
     start = time.perf_counter()
     parts = list(
-        pool.map(
-            _client,
-            [port] * clients,
-            [requests] * clients,
-            [seconds] * clients,
-            [connections] * clients,
-        )
+        pool.map(_client, ports, reqs, [seconds] * clients, [connections] * clients, follows)
     )
     elapsed = time.perf_counter() - start
     cpu = server.cpu_seconds() - cpu_before
-    lat = sorted(x for part in parts for x in part)
+    lat = sorted(x for part in parts for x in part.latencies)
     return Result(
         rps=len(lat) / elapsed,
         p50_ms=lat[len(lat) // 2] * 1000,
         p99_ms=lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
         cpu_us=cpu / len(lat) * 1e6,
+        not_modified=sum(part.not_modified for part in parts) / len(lat),
     )
 
 
@@ -282,15 +324,16 @@ def main() -> None:
             if kind == "latest":
                 return [get(API)]
             if kind == "304":
-                tag = etag if server is floor else servers_etag[server.name]
+                # The tag as of now: the latest's changes as its age moves on, and each
+                # measurement opens new connections.
+                tag = etag if server is floor else current_tag(server)
                 return [get(API, f"If-None-Match: {tag}\r\n")]
             count = args.small if server.name in ("floor", f"serve-{args.small}") else args.big
             return timestamps(count)
 
-        servers_etag = {}
-        for server in servers[1:]:
+        def current_tag(server: Server) -> str:
             with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{API}") as answer:
-                servers_etag[server.name] = answer.headers["ETag"]
+                return str(answer.headers["ETag"])
 
         kinds = ("latest", "timestamp", "304")
         results: dict[tuple[str, str], list[Result]] = {}
@@ -309,6 +352,7 @@ def main() -> None:
                         args.seconds,
                         args.connections,
                         args.clients,
+                        follow=kind == "304",
                     )
                     results.setdefault((server.name, kind), []).append(r)
 
@@ -322,14 +366,14 @@ def main() -> None:
         )
         print(
             f"{'request':<10} {'server':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-            f"{'CPU us/req':>10}"
+            f"{'CPU us/req':>10} {'304 %':>6}"
         )
         for kind in kinds:
             for server in servers:
                 r = med(server.name, kind)
                 print(
                     f"{kind:<10} {server.name:<12} {r.rps:>8.0f} {r.p50_ms:>8.2f} "
-                    f"{r.p99_ms:>8.2f} {r.cpu_us:>10.0f}"
+                    f"{r.p99_ms:>8.2f} {r.cpu_us:>10.0f} {100 * r.not_modified:>6.1f}"
                 )
         print()
         small, big = f"serve-{args.small}", f"serve-{args.big}"

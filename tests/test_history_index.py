@@ -146,3 +146,40 @@ def test_a_fresh_change_is_not_trusted(tmp_path: Path) -> None:
     first = index.relists
     index.snapshot()
     assert index.relists == first + 1  # listed again: the token was too fresh to trust
+
+
+def test_a_version_file_put_back_in_place_is_read_again_not_taken_from_the_cache(
+    tmp_path: Path,
+) -> None:
+    """A damaged version's repair is its file put back from a backup: renamed over it, or
+    written over it in place (``cp``), even at the same size. Each read after that gets
+    the new bytes, and one after the file is deleted finds no version."""
+    history = tmp_path / "history"
+    history.mkdir()
+    name = f"{T0.strftime('%Y-%m-%dT%H-%M-%S')}-00000000.json"
+    path = history / name
+    path.write_bytes(b"{damaged")
+    index = HistoryIndex(LocalHistory(history, settle=0.05))
+
+    def settled() -> bool:
+        st = os.stat(path)
+        return time.time() - max(st.st_mtime, st.st_ctime) > 0.1
+
+    wait_for(settled, 5, "the file to settle")
+    assert index.read_version(name) == b"{damaged"
+    assert index.read_version(name) == b"{damaged"  # settled: the cache may answer
+    backup = tmp_path / "backup.json"
+    backup.write_bytes(b'{"a": 1}')
+    os.replace(backup, path)
+    assert index.read_version(name) == b'{"a": 1}'
+    wait_for(settled, 5, "the file to settle")
+    assert index.read_version(name) == b'{"a": 1}'
+    path.write_bytes(b'{"a": 2}')  # in place, the same size
+    assert index.read_version(name) == b'{"a": 2}'
+    path.unlink()
+    try:
+        index.read_version(name)
+    except VersionNotFound:
+        pass
+    else:
+        raise AssertionError("a deleted version was read from the cache")

@@ -820,6 +820,56 @@ def test_a_version_the_series_could_not_read_is_drawn_once_it_can() -> None:
             assert server.stop() == 0
 
 
+def test_a_damaged_version_put_right_from_a_backup_is_drawn_without_a_restart(root: Path) -> None:
+    """troubleshooting.md's repair for a damaged version: its file restored from a backup
+    (``cp`` writes over it in place, the names stay the same). The same request with the
+    tag it was given then gets the row, not a 304 that keeps it out until a restart."""
+    assert run_cli(root, "init").returncode == 0
+    now = datetime.now(UTC) - timedelta(minutes=30)
+    names = [generate_version_filename(now + timedelta(minutes=i)) for i in range(3)]
+    for i, name in enumerate(names):
+        (root / HISTORY / name).write_text(json.dumps(body_for(i, now + timedelta(minutes=i))))
+    damaged = root / HISTORY / names[1]
+    good = damaged.read_bytes()
+    damaged.write_bytes(b"{damaged")
+    with ServeProcess(root) as server:
+        first = server.get(SERIES)
+        assert first.json()["count"] == 2
+        [skipped] = first.json()["skipped"]
+        assert skipped["version"] == names[1] and "not JSON" in skipped["reason"]
+        still = server.get(SERIES, headers={"If-None-Match": first.headers["etag"]})
+        assert still.status_code == 304  # nothing changed: still damaged
+        damaged.write_bytes(good)
+        after = server.get(SERIES, headers={"If-None-Match": first.headers["etag"]})
+        assert after.status_code == 200, after.headers
+        assert (after.json()["count"], after.json()["skipped"]) == (3, [])
+        again = server.get(SERIES, headers={"If-None-Match": after.headers["etag"]})
+        assert again.status_code == 304
+
+
+def test_the_series_tag_changes_with_the_console_time_zone(root: Path) -> None:
+    """troubleshooting.md's fix for reset times hours off: set ``--console-timezone`` and
+    restart. The rows' ``resetsAt`` of a "Mon 8:59 AM" wording then differ, so the tag a
+    page kept from before must not get a 304 that keeps the old reset marks."""
+    assert run_cli(root, "init").returncode == 0
+    now = datetime.now(UTC) - timedelta(minutes=30)
+    for i in range(2):
+        name = generate_version_filename(now + timedelta(minutes=i))
+        (root / HISTORY / name).write_text(json.dumps(body_for(i, now + timedelta(minutes=i))))
+    column = COLUMNS.index("weeklyLimits.allModels.resetsAt")
+    with ServeProcess(root, env={"INGESTER_CONSOLE_TIMEZONE": "America/New_York"}) as server:
+        before = server.get(SERIES)
+        assert before.status_code == 200, before.text
+        assert server.stop() == 0
+    with ServeProcess(root, env={"INGESTER_CONSOLE_TIMEZONE": "UTC"}) as server:
+        after = server.get(SERIES, headers={"If-None-Match": before.headers["etag"]})
+        assert after.status_code == 200, after.headers
+        assert after.json()["rows"][0][column] != before.json()["rows"][0][column]
+        again = server.get(SERIES, headers={"If-None-Match": after.headers["etag"]})
+        assert again.status_code == 304
+        assert server.stop() == 0
+
+
 def store(root: Path, snapshots: list[tuple[datetime, dict[str, Any]]]) -> None:
     """A new history of ``snapshots``, each ``(lastUpdated, body)``, stored at that time."""
     assert run_cli(root, "init").returncode == 0

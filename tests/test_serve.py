@@ -7,6 +7,7 @@ folder whose versions are written straight to disk, as the watcher leaves them.
 from __future__ import annotations
 
 import email.utils
+import importlib
 import json
 import os
 import shutil
@@ -164,7 +165,9 @@ def test_cache_control_follows_freshness(root: Path, age_min: int, cache: str, s
     )
 
 
-def test_etag_changes_exactly_when_the_version_does(root: Path, three, server):
+def test_the_latests_tag_is_the_same_for_the_same_answer_and_new_for_another_version(
+    root: Path, three, server
+):
     first = server.get(API).headers["etag"]
     assert server.get(API).headers["etag"] == first
     assert server.get(API, params={"version": "-1"}).headers["etag"] == first
@@ -253,6 +256,44 @@ def test_the_latest_gets_a_new_etag_when_its_age_moves_on(root: Path, server):
     assert answer.status_code == 200 and answer.json()["ageMinutes"] == 2
 
 
+def test_the_serve_bench_revalidates_with_the_tag_it_was_last_given(
+    root: Path, server, monkeypatch: pytest.MonkeyPatch
+):
+    """bench/bench_serve.py times the latest's 304s. The tag changes as the age moves on
+    (here within the run: 88 s old, ``ageMinutes`` 2 from 90 s on), so a bench that sent
+    the tag it read at the start would time 200s as 304s. Its load sends back the last
+    tag it was given, as a client does, and counts the 304s it got."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    bench = importlib.import_module("bench_serve")
+    put_version(root, version_name(T0), fresh_payload(timedelta(seconds=88)))
+    first = wait_for(lambda: (r := server.get(API)).status_code == 200 and r, 10)
+    request = bench.get(API, f"If-None-Match: {first.headers['etag']}\r\n")
+    load = bench._client(server.port, [request], 4.0, 2, True)
+    assert server.get(API).json()["ageMinutes"] == 2  # the age moved on: a new tag
+    # One 200 per connection for each new tag (the one at the start may be stale too).
+    assert len(load.latencies) - load.not_modified <= 4, (len(load.latencies), load)
+    assert load.not_modified > 0
+
+
+def test_the_openapi_description_says_of_each_tag_whether_it_is_weak_as_served(three, server):
+    """A client generated from /openapi.json compares tags as it says: the latest's is the
+    body's digest (strong) now, the bytes' too, the series' and the forecast's weak."""
+    doc = server.get("/openapi.json").json()
+    name = three[-1][0]
+    for path, route in (
+        (API, API),
+        (f"{API}/versions/{name}", f"{API}/versions/{{name}}"),
+        (f"{API}/series", f"{API}/series"),
+        (f"{API}/forecast", f"{API}/forecast"),
+    ):
+        served = server.get(path)
+        assert served.status_code == 200, (path, served.text)
+        for status in ("200", "304"):
+            said = doc["paths"][route]["get"]["responses"][status]["headers"]["ETag"]
+            weak = said["description"].lower().startswith("weak")
+            assert weak == served.headers["etag"].startswith("W/"), (path, said)
+
+
 # -- versions listing and bytes ------------------------------------------------------------
 
 
@@ -299,6 +340,54 @@ def test_version_bytes_are_exact_and_immutable(three, server):
     assert server.get(f"{API}/versions/2026-01-01T00-00-00-nothere.json").status_code == 404
     assert server.get(f"{API}/versions/_metadata.json").status_code == 404
     assert server.get(f"{API}/versions/..%2F..%2Fetc%2Fpasswd").status_code == 404
+
+
+def test_a_damaged_version_restored_in_place_is_served_without_a_restart(root: Path, server):
+    """The repair troubleshooting.md gives for a damaged version: put the good file back
+    under its name. The next request serves it, and the bytes route's tag follows the
+    bytes, so a client holding the damaged copy gets the good one, not a 304."""
+    name = version_name(T0, 1)
+    good = fresh_payload(seq=1)
+    path = put_version(root, name, b"{damaged")
+    r = wait_for(lambda: (r := server.get(API)).status_code == 502 and r, 10)
+    assert r.json()["error"] == "CorruptVersion"
+    damaged = server.get(f"{API}/versions/{name}")
+    assert damaged.content == b"{damaged"
+    backup = root / "backup.json"
+    backup.write_bytes(good)
+    os.replace(backup, path)
+    restored = server.get(API)
+    assert restored.status_code == 200, restored.text
+    assert restored.json()["seq"] == 1
+    again = server.get(f"{API}/versions/{name}", headers={"If-None-Match": damaged.headers["etag"]})
+    assert again.status_code == 200 and again.content == good
+    assert again.headers["etag"] != damaged.headers["etag"]
+    # Rewritten in place (the same inode, the same size) is no other case.
+    os.chmod(path, 0o644)
+    same_size = good.replace(b'"seq": 1', b'"seq": 7')
+    assert len(same_size) == len(good) and same_size != good
+    path.write_bytes(same_size)
+    assert server.get(API).json()["seq"] == 7
+    assert server.get(f"{API}/versions/{name}").content == same_size
+
+
+def test_a_damaged_versions_bytes_are_revalidated_not_kept_as_immutable(root: Path, server):
+    """Bytes under a version's name that are no snapshot will be put right from a backup
+    (troubleshooting.md): a client told they are immutable for a year would never ask
+    again. A good version's bytes stay immutable."""
+    good, damaged = version_name(T0, 1), version_name(T0 + timedelta(seconds=1), 2)
+    put_version(root, good, fresh_payload(seq=1))
+    put_version(root, damaged, b"[1, 2]")
+    kept = server.get(f"{API}/versions/{good}")
+    assert "immutable" in kept.headers["cache-control"]
+    answer = server.get(f"{API}/versions/{damaged}")
+    assert answer.status_code == 200 and answer.content == b"[1, 2]"
+    assert answer.headers["cache-control"] == "no-cache"
+    revalidated = server.get(
+        f"{API}/versions/{damaged}", headers={"If-None-Match": answer.headers["etag"]}
+    )
+    assert revalidated.status_code == 304
+    assert revalidated.headers["cache-control"] == "no-cache"
 
 
 def test_legacy_version_names_count(root: Path, server):

@@ -4,12 +4,16 @@
 sorted list of versions in memory and revalidates it with the reader's change token
 (one ``stat`` on local disk, one ``HEAD`` a second on an object store) per lookup, so
 ``?version=N`` and ``?timestamp=`` cost a bisection, not a listing, however long the
-history is. Versions never change, so their bytes are cached too.
+history is. Their bytes are cached too, each checked against the file it came from (one
+``lstat`` on local disk): versions never change, but an operator may put a good copy
+back in a damaged one's place, and that copy is served at once.
 """
 
 from __future__ import annotations
 
 import bisect
+import os
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -20,6 +24,7 @@ from typing import Generic, TypeVar
 
 from ..errors import MetadataMissing
 from .base import HistoryReader, VersionEntry, latest_position
+from .local import LocalHistory
 from .metadata import MetadataCorrupt, StorageMetadata
 
 __all__ = ["BoundedCache", "HistoryIndex", "HistorySnapshot"]
@@ -148,7 +153,7 @@ class HistoryIndex:
         self._snap = _snapshot(())
         self._token: Hashable | None = None
         self._listed_at = float("-inf")
-        self._bytes: BoundedCache[str, bytes] = BoundedCache(cache_bytes)
+        self._bytes: BoundedCache[str, tuple[Hashable, bytes]] = BoundedCache(cache_bytes)
         self.relists = 0  # how many times the versions were listed (for metrics and tests)
 
     def snapshot(self) -> HistorySnapshot:
@@ -170,13 +175,48 @@ class HistoryIndex:
             self.relists += 1
             return self._snap
 
+    def version_stamp(self, name: str) -> Hashable | None:
+        """What identifies the bytes held under version ``name`` now, for caches of what
+        was made of them: equal stamps, the same bytes.
+
+        On local disk the file's inode, size, mtime and ctime (ns), from one ``lstat``: a
+        file put back in place (``os.replace``, ``cp``) or rewritten differs in one of
+        them. ``None`` when that cannot be told now, so nothing cached may stand for the
+        file: it changed within the reader's ``settle`` seconds (a second change the same
+        clock tick could leave the same times), or the ``lstat`` failed (the read then
+        says why). Other readers give ``()``: an object store proves each object's bytes
+        as it reads them, so a name stands for its bytes.
+        """
+        reader = self.reader
+        if not isinstance(reader, LocalHistory):
+            return ()
+        try:
+            st = os.lstat(reader.location + os.sep + name)
+        except (OSError, ValueError):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        now = time.time()
+        if any(abs(now - t / 1e9) <= reader.settle for t in (st.st_mtime_ns, st.st_ctime_ns)):
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
     def read_version(self, name: str) -> bytes:
-        """A version's bytes, from a cache of at most ``cache_bytes`` (versions never change)."""
-        cached = self._bytes.get(name)
-        if cached is not None:
-            return cached
+        """A version's bytes, from a cache of at most ``cache_bytes`` bytes, each entry
+        good while the file's :meth:`version_stamp` is the one it was read under.
+
+        Raises what the reader raises (``VersionNotFound``, ``VersionTooLarge``,
+        ``OSError``)."""
+        stamp = self.version_stamp(name)
+        if stamp is not None:
+            cached = self._bytes.get(name)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
         data = self.reader.read_version(name)
-        self._bytes.put(name, data, len(data))
+        if stamp is not None:
+            # Stamped before the read: bytes that changed in between are kept under the
+            # old stamp, which the next look no longer matches.
+            self._bytes.put(name, (stamp, data), len(data))
         return data
 
     def read_metadata(self) -> StorageMetadata | None:

@@ -32,7 +32,9 @@ def _json_body(schema: str, description: str) -> dict[str, Any]:
 
 _CACHE_HEADERS = {
     "ETag": {
-        "description": "Weak tag naming the served version; changes exactly when it does.",
+        "description": "Strong tag, the digest of the body served: the same for the same "
+        "bytes, new whenever any of them changes (another version, its versionInfo, its "
+        "ageMinutes).",
         "schema": {"type": "string"},
     },
     "Cache-Control": {
@@ -52,9 +54,23 @@ _IF_NONE_MATCH = {
     "schema": {"type": "string"},
 }
 
+_VERSION_HEADERS = {
+    "ETag": {
+        "description": "Strong tag, the digest of the bytes served.",
+        "schema": {"type": "string"},
+    },
+    "Cache-Control": {
+        "description": "public, max-age=31536000, immutable; no-cache for bytes that are "
+        "no JSON object (damaged: they may be put right from a backup)",
+        "schema": {"type": "string"},
+    },
+}
+
 _SERIES_HEADERS = {
     "ETag": {
-        "description": "Weak tag naming the versions selected; changes exactly when they do.",
+        "description": "Weak tag naming the versions the answer came from, and those of "
+        "them left out as unreadable or damaged: the same request with it is a 304 while "
+        "they stay so.",
         "schema": {"type": "string"},
     },
     "Cache-Control": {"description": "no-cache", "schema": {"type": "string"}},
@@ -220,14 +236,16 @@ def openapi_document() -> dict[str, Any]:
                             "in": "path",
                             "required": True,
                             "schema": {"type": "string"},
-                        }
+                        },
+                        _IF_NONE_MATCH,
                     ],
                     "responses": {
                         "200": {
                             "description": "The stored bytes",
                             "content": {"application/json": {"schema": {}}},
+                            "headers": _VERSION_HEADERS,
                         },
-                        "304": {"description": "Not modified"},
+                        "304": {"description": "Not modified", "headers": _VERSION_HEADERS},
                         "404": _json_body("Error", "No such version"),
                         "502": _json_body(
                             "Error",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Hashable
 from datetime import datetime
 from typing import Any
 
@@ -65,16 +66,32 @@ def read_payload(ctx: ServeContext, name: str) -> tuple[dict[str, Any] | None, d
     Raises :class:`VersionNotFound` when the version is gone and ``OSError`` when it
     cannot be read. A version larger than any drop is no JSON object here: damaged.
     """
-    hit = ctx.parsed.get(name)
+    _file, payload, updated = _read_stamped(ctx, name)
+    return payload, updated
+
+
+def _read_stamped(
+    ctx: ServeContext, name: str
+) -> tuple[Hashable | None, dict[str, Any] | None, datetime | None]:
+    """:func:`read_payload`, and the file's stamp it was read under
+    (:meth:`~ingester.history.index.HistoryIndex.version_stamp`; ``None``: not cached)."""
+    # A verdict is good while the file is the one it was made of: a damaged version put
+    # right from a backup is served at the next request, not after a restart.
+    stamp = ctx.index.version_stamp(name)
+    # The stamp is part of the key: an entry of the file's former bytes is never found
+    # again, and leaves the cache as the least recently used.
+    key = f"{name} {stamp}" if stamp is not None else None
+    hit = ctx.parsed.get(key) if key is not None else None
     if hit is not None:
-        return hit
+        return stamp, hit[0], hit[1]
     try:
         data = ctx.index.read_version(name)
     except VersionTooLarge:
         # Never read whole: a file so large is damaged, as one that is no JSON is, and
-        # answered so (the verdict remembered: versions never change).
-        ctx.parsed.put(name, (None, None), len(name))
-        return None, None
+        # answered so.
+        if key is not None:
+            ctx.parsed.put(key, (None, None), len(key))
+        return stamp, None, None
     try:
         # As the gate reads it: a NaN or a number beyond a double (1e400) would be
         # rendered back as NaN or Infinity, which no client parses.
@@ -82,9 +99,10 @@ def read_payload(ctx: ServeContext, name: str) -> tuple[dict[str, Any] | None, d
     except (ValueError, RecursionError):  # a file someone else put in the history
         obj = None
     payload = obj if isinstance(obj, dict) else None
-    stamp = parse_last_updated(payload.get("lastUpdated")) if payload else None
-    ctx.parsed.put(name, (payload, stamp), len(data))
-    return payload, stamp
+    updated = parse_last_updated(payload.get("lastUpdated")) if payload else None
+    if key is not None:
+        ctx.parsed.put(key, (payload, updated), len(data))
+    return stamp, payload, updated
 
 
 def _damage(ctx: ServeContext, name: str) -> str:
@@ -193,8 +211,11 @@ def latest_snapshot(ctx: ServeContext, now: datetime) -> tuple[HistorySnapshot, 
 
 def _locate(
     ctx: ServeContext, request: Request, now: datetime
-) -> tuple[HistorySnapshot, int, dict[str, Any] | None, datetime | None] | Response:
-    """The snapshot, the chosen position, its payload and lastUpdated; or the error answer."""
+) -> (
+    tuple[HistorySnapshot, int, Hashable | None, dict[str, Any] | None, datetime | None] | Response
+):
+    """The snapshot, the chosen position, its file's stamp, its payload and lastUpdated;
+    or the error answer."""
     for attempt in range(_LOOKS):
         snap = snapshot_or_error(ctx, request)
         if isinstance(snap, Response):
@@ -204,7 +225,7 @@ def _locate(
             return chosen
         name = snap.entries[chosen].name
         try:
-            payload, updated = read_payload(ctx, name)
+            stamp, payload, updated = _read_stamped(ctx, name)
         except VersionNotFound:
             # Retention deleted it after the folder was last looked at; the folder has
             # changed since, so a second look sees the versions as they are now.
@@ -217,7 +238,7 @@ def _locate(
             ctx.read_faults.failed(request, version_fault(name), exc)
             return error_answer(503, "HistoryUnavailable", f"version unreadable: {exc.strerror}")
         ctx.read_faults.passed(version_fault(name))
-        return snap, chosen, payload, updated
+        return snap, chosen, stamp, payload, updated
     raise AssertionError("unreachable")
 
 
@@ -228,14 +249,14 @@ async def get_console_usage(request: Request) -> Response:
     found = _locate(ctx, request, now)
     if isinstance(found, Response):
         return found
-    snap, chosen, payload, updated = found
+    snap, chosen, stamp, payload, updated = found
     entry = snap.entries[chosen]
     if payload is None:
         return error_answer(502, "CorruptVersion", _damage(ctx, entry.name))
     minutes = age_minutes((now - updated).total_seconds()) if updated is not None else None
     stale = minutes is None or minutes > STALE_AFTER_MINUTES
-    key = (entry.name, chosen, len(snap), minutes, stale)
-    body = ctx.rendered.get(key)
+    key = (entry.name, stamp, chosen, len(snap), minutes, stale)
+    body = ctx.rendered.get(key) if stamp is not None else None
     if body is None:
         out = dict(payload)
         out["isStale"] = stale
@@ -296,13 +317,12 @@ async def list_versions(request: Request) -> Response:
 
 
 async def get_version(request: Request) -> Response:
-    """One version's bytes, exactly as stored; immutable."""
+    """One version's bytes, exactly as stored; immutable unless they are no JSON object
+    (damaged: revalidated at each use, as they may be put right)."""
     ctx: ServeContext = request.app.state.ctx
     name = request.path_params["name"]
     if not is_version_name(name):
         return error_answer(404, "NotFound", "no such version")
-    etag = f'"{name.removesuffix(".json")}"'
-    headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
     inm = if_none_match(request)
     try:
         data = ctx.index.read_version(name)
@@ -318,6 +338,17 @@ async def get_version(request: Request) -> Response:
         ctx.read_faults.failed(request, version_fault(name), exc)
         return error_answer(503, "HistoryUnavailable", f"version unreadable: {exc.strerror}")
     ctx.read_faults.passed(version_fault(name))
+    # The digest of the bytes, not the name: a damaged version put right from a backup
+    # holds other bytes under the same name, and a client's copy of the damaged ones
+    # must not be confirmed by a 304. For the same reason bytes that are no snapshot are
+    # revalidated at each use, not kept for a year.
+    etag = body_etag(data)
+    try:
+        damaged = read_payload(ctx, name)[0] is None
+    except (OSError, VersionNotFound):
+        damaged = True  # replaced or gone since the read: nothing to promise of them
+    cache = "no-cache" if damaged else "public, max-age=31536000, immutable"
+    headers = {"ETag": etag, "Cache-Control": cache}
     if inm is not None and etag_matches(inm, etag):
         return Response(status_code=304, headers=headers)
     return Response(data, media_type=JSON, headers=headers)

@@ -5,7 +5,8 @@
 keeps what it read:
 
 * each version's :class:`~ingester.usage.readings.Observation`, by version name (versions
-  never change, so one read is enough for the life of the process);
+  never change, so one read is enough for the life of the process; one found damaged is
+  read again once its file is another, put right from a backup);
 * the last answer, for as long as the set of versions stays the same.
 
 Only the versions that can hold the basis are read. A snapshot is observed before it
@@ -40,7 +41,7 @@ import errno
 import hashlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
@@ -145,6 +146,11 @@ class UsageHistory:
         self.damaged = 0
         """Versions left out because they are no valid payload (each counted once)."""
         self._damaged: set[str] = set()
+        # The stamp of each damaged version's file when it was read (the index's
+        # version_stamp): another stamp since, and it is read again, so a version put
+        # right from a backup counts without a restart.
+        self._damaged_stamps: dict[str, Hashable | None] = {}
+        self._read_stamp: tuple[str, Hashable | None] = ("", None)  # of the last read
         self._gone: set[str] = set()  # found deleted since the listing, in this answer
         # Versions that could not be read (said once each). Those before the basis are
         # tried again at each fold: a file whose mode is put right counts from then on.
@@ -165,6 +171,7 @@ class UsageHistory:
         process is out of descriptors or memory: that is the store, or the process, not
         the version, and leaving out every version would answer as if there were none.
         """
+        self._read_stamp = (name, self.index.version_stamp(name))
         try:
             data = self.index.reader.read_version(name)
         except VersionNotFound:
@@ -212,6 +219,8 @@ class UsageHistory:
                 )
 
     def _left_out(self, name: str, reason: str) -> None:
+        read, stamp = self._read_stamp
+        self._damaged_stamps[name] = stamp if read == name else None
         if name not in self._damaged:
             self._damaged.add(name)
             self.damaged += 1
@@ -368,6 +377,9 @@ class UsageHistory:
             try:
                 payload = load_json(data)
             except (ValueError, RecursionError):
+                # Damaged (the gate says how): named once, and read again once its file
+                # is put right.
+                self._judged(entry.name, data)
                 continue
             taken = list(newer_readings(payload, self.zone, seen, entry.ingested_at))
             # The gate's check costs more than the parse: made only for a version that
@@ -386,14 +398,33 @@ class UsageHistory:
     def cached(self, now: datetime) -> ForecastAnswer | None:
         """The last answer while the versions are the same as for it, else ``None``.
 
-        Costs what looking up the latest costs (the index's change check), reads no
-        version: the caller may call it where blocking is not welcome.
+        Costs what looking up the latest costs (the index's change check, and one
+        ``lstat`` per version found damaged), reads no version: the caller may call it
+        where blocking is not welcome.
         """
         snap = self.index.snapshot()
         held = self._answer
         if held is not None and held[0] is snap and held[1] == snap.latest_position(now):
-            return held[2]
+            return None if self._replaced() else held[2]
         return None
+
+    def _replaced(self) -> list[str]:
+        """The versions found damaged whose file is another since (put right from a
+        backup, or gone), or could not be told apart when read: one ``lstat`` each."""
+        held = list(self._damaged_stamps.items())
+        return [n for n, st in held if st is None or self.index.version_stamp(n) != st]
+
+    def _forget_replaced(self) -> None:
+        """Forget the verdicts of :meth:`_replaced` versions, so the next answer reads
+        them again, within the basis or before it (lock held)."""
+        replaced = self._replaced()
+        for name in replaced:
+            del self._damaged_stamps[name]
+            self._damaged.discard(name)
+            self._observations.pop(name, None)
+            self._unfolded.add(name)
+        if replaced:
+            self._answer = None
 
     def answer(self, now: datetime) -> ForecastAnswer | None:
         """The forecast as of the newest version; ``None`` when there is no version.
@@ -407,6 +438,7 @@ class UsageHistory:
             if newest is None:
                 return None
             with self._lock:
+                self._forget_replaced()
                 cached = self._answer
                 if cached is not None and cached[0] is snap and cached[1] == newest:
                     return cached[2]
@@ -433,6 +465,14 @@ class UsageHistory:
             # Left out only while they cannot be read: the same names with them counted
             # (their mode put right, then another answer or a restart) are another body.
             digest.update(("\nunreadable\n" + "\n".join(sorted(self._unread))).encode())
+        newest_name = snap.entries[newest].name
+        damaged = sorted(
+            n for n in self._damaged_stamps if n <= newest_name and snap.position(n) is not None
+        )
+        if damaged:
+            # Left out while damaged: the same names with one of them put right (its file
+            # restored from a backup) are another body.
+            digest.update(("\ndamaged\n" + "\n".join(damaged)).encode())
         answer = ForecastAnswer(result, 'W/"f-' + digest.hexdigest()[:24] + '"', newest + 1)
         self._answer = (snap, newest, answer)
         return answer

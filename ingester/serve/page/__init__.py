@@ -11,7 +11,8 @@ Routes (see :func:`routes`):
   observation) is within ``[since, until]`` as export rows (:mod:`ingester.usage.export`):
   ``{"columns": [...], "rows": [[...], ...], "count": N, "skipped": [{"version",
   "reason"}], "since", "until", "by"}``, oldest first by that time. ``ETag`` names the
-  versions selected (and those of them it could not read), so a poll that finds nothing
+  versions selected (and those of them it could not read or found damaged) and the
+  console's time zone, so a poll that finds nothing
   new is answered 304 without reading a file. 400 with ``error``, ``message`` and
   ``example`` for a time that is not ISO-8601 or an unknown ``by``; 503 when the history
   cannot be read.
@@ -26,7 +27,7 @@ import bisect
 import email.utils
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
@@ -130,26 +131,45 @@ class _Series:
     """``GET /api/claude/console-usage/series``, with the rows of versions already read.
 
     Versions never change, so a row once made is good while its version exists; rows of
-    versions that retention deleted are dropped when the cache outgrows the history.
+    versions that retention deleted are dropped when the cache outgrows the history. A
+    version found damaged is judged again once its file is another
+    (:meth:`~ingester.history.index.HistoryIndex.version_stamp`): put right from a
+    backup, its row is drawn without a restart.
     """
 
     def __init__(self) -> None:
         self._rows: dict[str, Row | str] = {}  # a row, or why the version was skipped
+        # The stamp of each damaged version's file when it was judged so.
+        self._damaged: dict[str, Hashable | None] = {}
+        self._reads = 0  # files read so far: none read, no verdict changed
         self._lock = threading.Lock()
         self._zone: tzinfo | None = None  # the console's, read from the settings once
+        self._zone_name = ""
 
     def _row(self, index: HistoryIndex, name: str) -> Row | str | None:
+        stamp: Hashable | None = None
         with self._lock:
             hit = self._rows.get(name)
-        if hit is not None:
+            damaged = name in self._damaged
+            held = self._damaged.get(name)
+        if hit is not None and damaged:
+            stamp = index.version_stamp(name)
+            if stamp is not None and stamp == held:
+                return hit
+        elif hit is not None:
             return hit
+        else:
+            stamp = index.version_stamp(name)  # before the read: a later change is seen
+        with self._lock:
+            self._reads += 1
         try:
             data = index.reader.read_version(name)
         except VersionNotFound:
             return None  # deleted since the listing: no longer part of the history
-        except VersionTooLarge as exc:  # damaged for good, as the gate's refusals are
+        except VersionTooLarge as exc:  # damaged, as the gate's refusals are
             with self._lock:
                 self._rows[name] = exc.reason
+                self._damaged[name] = stamp
             return exc.reason
         except OSError as exc:
             return f"{_UNREADABLE}{exc.strerror}"  # may pass: not remembered
@@ -161,7 +181,34 @@ class _Series:
             result = exc.reason
         with self._lock:
             self._rows[name] = result
+            if isinstance(result, str):
+                self._damaged[name] = stamp
+            else:
+                self._damaged.pop(name, None)
         return result
+
+    def _tag(
+        self,
+        index: HistoryIndex,
+        head: str,
+        selected: Sequence[VersionEntry],
+        unread: Sequence[str] = (),
+    ) -> str:
+        """The weak tag of an answer over ``selected``: their names, the stamp of each one
+        known damaged (its file put right is another answer), and ``unread``, the ones
+        this answer could not read. One ``lstat`` per damaged version, none otherwise."""
+        digest = hashlib.sha256(head.encode())
+        for entry in selected:
+            digest.update(entry.name.encode() + b"\n")
+        with self._lock:
+            damaged = [e.name for e in selected if e.name in self._damaged] if self._damaged else []
+        for name in damaged:
+            digest.update(f"damaged {name} {index.version_stamp(name)}\n".encode())
+        if unread:
+            # A version it could not read this time may be read the next: the body left
+            # it out, so its tag must differ from the one of the body that has it.
+            digest.update(("unreadable\n" + "\n".join(unread)).encode())
+        return 'W/"' + digest.hexdigest()[:24] + '"'
 
     def _collect(
         self, index: HistoryIndex, entries: Sequence[VersionEntry], snap: HistorySnapshot
@@ -180,6 +227,7 @@ class _Series:
             if len(self._rows) > 2 * len(snap) + 1024:
                 keep = {e.name for e in snap.entries}
                 self._rows = {k: v for k, v in self._rows.items() if k in keep}
+                self._damaged = {k: v for k, v in self._damaged.items() if k in keep}
         return rows, skipped
 
     async def handle(self, request: Request) -> Response:
@@ -218,7 +266,7 @@ class _Series:
             )
         ctx: ServeContext = request.app.state.ctx
         if self._zone is None:
-            self._zone = ctx.settings.console_zone()[0]
+            self._zone, self._zone_name = ctx.settings.console_zone()
         # As every other read: a fault that lasts is one line, and the answer names the
         # cause, not the server's paths.
         snap = snapshot_or_error(ctx, request)
@@ -241,22 +289,23 @@ class _Series:
             hi = len(times) if until is None else bisect.bisect_right(times, until.timestamp())
         selected = snap.entries[lo:hi] if lo < hi else ()
         # Versions are immutable, so their names stand for their rows: the same names
-        # give the same tag and a 304, without reading a file.
-        digest = hashlib.sha256(f"{by}\n{since}\n{until}\n".encode())
-        for entry in selected:
-            digest.update(entry.name.encode() + b"\n")
-        etag = 'W/"' + digest.hexdigest()[:24] + '"'
+        # give the same tag and a 304, without reading a file. The rows' reset times are
+        # read in the console's zone: another zone (set after a restart) is another body.
+        head = f"{by}\n{since}\n{until}\n{self._zone_name}\n"
+        etag = self._tag(ctx.index, head, selected)
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if _etag_matches(request, etag):
             return Response(status_code=304, headers=headers)
+        reads = self._reads
         rows, skipped = await run_in_threadpool(self._collect, ctx.index, selected, snap)
         unread = [s["version"] for s in skipped if s["reason"].startswith(_UNREADABLE)]
-        if unread:
-            # A version it could not read this time may be read the next: the body left
-            # it out, so its tag must differ from the one of the body that has it.
-            digest.update(("unreadable\n" + "\n".join(unread)).encode())
-            etag = 'W/"' + digest.hexdigest()[:24] + '"'
-            headers["ETag"] = etag
+        # The versions this answer found damaged (or put right) count too: tagged again
+        # when it read a file, never on the rows of the cache alone.
+        after = (
+            self._tag(ctx.index, head, selected, unread) if unread or self._reads != reads else etag
+        )
+        if after != etag:
+            etag = headers["ETag"] = after
             if _etag_matches(request, etag):
                 return Response(status_code=304, headers=headers)
         if by == "lastUpdated":
