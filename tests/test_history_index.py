@@ -148,6 +148,21 @@ def test_a_fresh_change_is_not_trusted(tmp_path: Path) -> None:
     assert index.relists == first + 1  # listed again: the token was too fresh to trust
 
 
+def test_a_version_put_back_by_a_rename_is_listed_with_its_own_size(tmp_path: Path) -> None:
+    """A damaged version put back from a backup by a rename (a new file under the old
+    name) is listed with the backup's size, not the size the damaged file had."""
+    history = tmp_path / "history"
+    history.mkdir()
+    name = f"{T0.strftime('%Y-%m-%dT%H-%M-%S')}-00000000.json"
+    (history / name).write_bytes(b"{damaged")
+    local = LocalHistory(history)
+    assert [(e.name, e.size) for e in local.list_versions()] == [(name, 8)]
+    backup = tmp_path / "backup.json"
+    backup.write_bytes(b'{"put": "back"}')
+    os.replace(backup, history / name)
+    assert [(e.name, e.size) for e in local.list_versions()] == [(name, 15)]
+
+
 def test_a_version_file_put_back_in_place_is_read_again_not_taken_from_the_cache(
     tmp_path: Path,
 ) -> None:

@@ -10,7 +10,8 @@ added or deleted, and every replacement of ``_metadata.json``, is an entry creat
 removed in the folder, which moves the folder's mtime (a folder changed within the last
 50 ms is listed again on every look, as a second change within one clock tick may not
 move it again; times ahead of a clock set back since are no such change). Version files
-are immutable, so a size once read stays true.
+are immutable, so a size once read stays true while the name holds the same inode (a
+version put back from a backup by a rename is a new one, seen in the listing itself).
 
 Its writer, :class:`LocalWriter`, writes through :class:`ingester.history.store.HistoryStore`
 (the one owner of the folder's format) and :mod:`ingester.history.durable`'s recipe: what
@@ -75,8 +76,9 @@ class LocalHistory:
         self.location = os.fspath(self.dir)
         self.settle = settle
         self.max_version_bytes = max_version_bytes
-        # Version files never change, so a size once read stays true while the name exists.
-        self._sizes: dict[str, int] = {}
+        # Version files never change, so a size once read stays true while the name holds
+        # the same inode; the listing gives the inode without a stat.
+        self._sizes: dict[str, tuple[int, int]] = {}  # name -> (inode, size)
 
     def change_token(self) -> Hashable | None:
         """The folder's inode, mtime and ctime (in ns); ``"missing"`` while there is none."""
@@ -100,7 +102,7 @@ class LocalHistory:
 
         A missing folder is an empty history (nothing was ever stored).
         """
-        sizes: dict[str, int] = {}
+        sizes: dict[str, tuple[int, int]] = {}
         if not os.path.lexists(self.dir):
             self._sizes = {}
             return []
@@ -110,7 +112,7 @@ class LocalHistory:
                     if not is_version_name(entry.name):
                         continue
                     known = self._sizes.get(entry.name)
-                    if known is not None:
+                    if known is not None and known[0] == entry.inode():
                         sizes[entry.name] = known
                         continue
                     try:
@@ -118,7 +120,7 @@ class LocalHistory:
                     except FileNotFoundError:  # deleted by retention meanwhile
                         continue
                     if stat.S_ISREG(st.st_mode):  # regular files only
-                        sizes[entry.name] = st.st_size
+                        sizes[entry.name] = (st.st_ino, st.st_size)
         except OSError as exc:
             raise StorageError("list", self.dir, exc) from exc
         self._sizes = sizes
@@ -126,7 +128,7 @@ class LocalHistory:
         for name in sorted(sizes):
             stamp = parse_timestamp_from_filename(name)
             if stamp is not None:
-                out.append(VersionEntry(name, stamp, sizes[name]))
+                out.append(VersionEntry(name, stamp, sizes[name][1]))
         return out
 
     def read_version(self, name: str) -> bytes:
