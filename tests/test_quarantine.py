@@ -559,6 +559,59 @@ def test_a_drop_renamed_onto_the_name_of_one_being_set_aside_is_stored(
     assert not (spool / "scrape.json").exists()
 
 
+RENAME = 82  # x86_64
+
+
+@needs_strace_root
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers are x86_64's")
+def test_a_drop_put_back_where_names_cannot_be_taken_safely_never_replaces_a_writers_drop(
+    root: Path,
+) -> None:
+    """A drop on its way to the quarantine when the watcher stopped is put back in the
+    spool on start. Where there is no no-replace rename (NFS: strace answers
+    ``renameat2`` with ENOSYS) and the claim cannot be linked (``fs.protected_hardlinks``
+    on another user's file: EPERM), the drop's own name cannot be taken without a look
+    then a rename, and a writer renaming its next snapshot onto that name in between
+    (the rename held up here) would lose it. The snapshot is stored; the drop put back
+    under a fresh name of its own is set aside once."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    quarantine = spool / "rejected"
+    bad, good = b"{not json", payload(41)
+    claim = spool / ".claimed" / "rejecting.scrape.json"
+    claim.parent.mkdir(exist_ok=True)
+    claim.write_bytes(bad)
+    held = (
+        STRACE, "-f", "-qq", "-o", "/dev/null", "-P", str(claim), "-P", str(spool / "scrape.json"),
+        "-e", "inject=renameat2:error=ENOSYS",
+        "-e", "inject=link,linkat:error=EPERM",
+        "-e", "inject=rename:delay_enter=2000000", "--",
+    )  # fmt: skip
+    # Not waited for as it starts: the drop is put back before it watches.
+    with contextlib.ExitStack() as stack:
+        watcher = stack.push(WatchProcess(root, wrapper=held))
+        tracer = watcher.proc.pid
+        wait_for(lambda: Path(f"/proc/{tracer}/task/{tracer}/children").read_text(), 10)
+        program = traced_program(tracer)
+
+        def putting_back() -> bool:
+            # Inside the rename onto the drop's name (in whichever thread recovers), or
+            # put back elsewhere already.
+            threads = os.listdir(f"/proc/{program}/task")
+            inside = any(in_syscall(int(thread), RENAME) for thread in threads)
+            return inside or not os.listdir(spool / ".claimed")
+
+        wait_for(putting_back, 20, "the claim being put back in the spool")
+        drop(spool, "scrape.json", good)  # the writer's: onto the name being taken
+        wait_for(lambda: stored_contents(root) == {good: 1}, 30, "the new snapshot stored")
+        wait_for(lambda: len(os.listdir(quarantine)) == 2, 30, "the old drop set aside")
+        assert watcher.stop() == 0, watcher.log
+    kept = [p.read_bytes() for p in quarantine.iterdir() if not p.name.endswith(REASON)]
+    assert kept == [bad], watcher.log
+    assert not (spool / "scrape.json").exists()
+    assert os.listdir(spool / ".claimed") == []
+
+
 def freed_number_given_again(staging: Path) -> bool:
     """Whether the filesystem of ``staging`` gives the number of a freed inode to the
     next file made there at once (ext4 does), in the steps a writer takes: a file

@@ -564,16 +564,24 @@ class Quarantine:
         writer may have taken that name since, and the claim then takes a fresh name
         beside it (``stem-<random>.json``). The spool is fsynced before the claim's
         folder, so the drop has a name in one of them whatever is lost. Returns the
-        name it took. Raises :class:`StorageError` when it cannot be moved or made
+        name it took. Where no step can take a name without a look then a rename (no
+        no-replace rename, no hard link), the drop's own name is never taken, and a
+        fresh one is. Raises :class:`StorageError` when it cannot be moved or made
         durable."""
         for name in _fresh_names(source.name):
+            own = name == source.name
             try:
                 # Where no rename can refuse to replace, a link then the unlink of the
                 # claim: its name is the watcher's alone, so nothing else is unlinked.
-                durable.rename_new(claim, source.parent / name)
+                # Where no link can be made either, only a look then a rename is left,
+                # and a writer renaming its next drop onto the drop's own name in
+                # between would lose it: a random fresh name is one no writer takes.
+                durable.rename_new(claim, source.parent / name, look_first=not own)
             except FileExistsError:
                 continue
             except OSError as exc:
+                if own and exc.errno == errno.ENOTSUP:
+                    continue
                 raise StorageError("put back", claim, exc) from exc
             durable.fsync_dir(source.parent)
             durable.fsync_dir(claim.parent)
