@@ -265,6 +265,44 @@ def test_a_drop_whose_name_is_not_utf8_has_it_in_its_reason_file_as_the_log_says
     assert os.listdir(spool / ".claimed") == []
 
 
+@needs_strace_root
+def test_a_drop_not_named_in_utf8_killed_before_its_claim_goes_is_set_aside_once_beside_a_namesake(
+    root: Path, quarantine: Path
+) -> None:
+    """A drop whose name is not UTF-8, set aside into a quarantine on another
+    filesystem that holds a drop of that name already (from an earlier day), is given
+    ``bad\xff-1.json`` there; its reason file names it as ``bad\xff.json``. Killed
+    once its copy has its name, before its claim is removed, the next run must find
+    the copy its own by that reason file: set aside once, never again as
+    ``bad\xff-1-1.json``."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    name = os.fsdecode(b"bad\xff.json")
+    quarantine.mkdir()
+    (quarantine / name).write_bytes(b'{"earlier": ')
+    (spool / name).write_bytes(b"{not json")
+    claim = spool / ".claimed" / ("rejecting." + os.fsdecode(b"bad\xff-1.json"))
+    inject = (
+        "-f", "-qq", "-o", "/dev/null", "-P", str(claim),
+        "-e", "inject=unlink,unlinkat:signal=SIGKILL",
+    )  # fmt: skip
+
+    code, log = once(root, quarantine, STRACE, *inject)
+
+    assert code != 0, log  # killed
+    assert claim.exists(), log
+    code, log = once(root, quarantine)
+    assert code == 0, log
+    assert sorted(os.listdir(os.fsencode(quarantine))) == [
+        b"bad\xff-1.json",
+        b"bad\xff-1.json" + REASON.encode(),
+        b"bad\xff.json",
+    ], log
+    assert (quarantine / os.fsdecode(b"bad\xff-1.json")).read_bytes() == b"{not json"
+    assert os.listdir(spool / ".claimed") == []
+    assert not [n for n in os.listdir(spool) if n.endswith(".json")], log
+
+
 def test_a_drop_name_too_long_for_its_reason_file_is_shortened_in_the_quarantine_as_documented(
     root: Path,
 ) -> None:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable, Iterator
@@ -81,6 +82,26 @@ def _fit_name(name: str) -> str:
     if cut and cut[-1] >= 0xC0:
         cut = cut[:-1]
     return f"{os.fsdecode(cut)}-{digest}.json"
+
+
+def _may_name(said: str, target: str) -> bool:
+    """Whether ``said``, a reason file's ``file`` (a name as the log says it, see
+    :func:`escape_text`), can be the drop given ``target`` in ``rejected/``: ``target``
+    said so is ``said``, or ``said`` with a numeric suffix (its name was taken there), or
+    a shortened name (``said`` too long to be kept, see :func:`_fit_name`).
+
+    The name to compare is what the reason file says, never ``target`` said again: a
+    byte that is not UTF-8 is said as ``\\xNN``, which a real name may spell too, so no
+    name is read back from it."""
+    shown = escape_text(target)
+    if shown == said:
+        return True
+    stem, dot, ext = said.rpartition(".")
+    if dot and re.fullmatch(re.escape(stem) + r"-[1-9][0-9]*" + re.escape(dot + ext), shown):
+        return True
+    return len(os.fsencode(said)) > _REJECTED_NAME_MAX and bool(
+        re.search(r"-[0-9a-f]{12}(-[1-9][0-9]*)?\.json$", shown)
+    )
 
 
 def _held_lock(path: Path) -> int:
@@ -636,7 +657,10 @@ class Quarantine:
             return None
         except OSError as exc:
             raise StorageError("stat claim", claim, exc) from exc
-        if self._holds(claim, mine, self.rejected_dir / target, escape_text(original)):
+        # The drop the reason file names, as it names it: where the drop's own name
+        # cannot be read back from it (\xNN), the target's is no stand-in for it.
+        shown = said if isinstance(said, str) and _may_name(said, target) else escape_text(original)
+        if self._holds(claim, mine, self.rejected_dir / target, shown):
             durable.fsync_dir(self.rejected_dir)  # its last step may not be durable yet
             durable.remove_file(claim)
             durable.fsync_dir(spool_dir)
