@@ -417,6 +417,44 @@ def test_a_watcher_killed_amid_a_move_without_renameat2_sets_the_drop_aside_once
 
 
 @needs_strace_root
+def test_a_drop_put_back_under_a_fresh_name_by_a_run_killed_before_its_claim_went_is_set_aside_once(
+    root: Path,
+) -> None:
+    """A drop on its way to the quarantine when the watcher stopped is put back in the
+    spool on start; its name taken by the writer's next snapshot, it takes a fresh one.
+    Where no rename refuses to replace (NFS: strace answers ``renameat2`` with ENOSYS)
+    that is a link then the unlink of its claim, and a SIGKILL between leaves one file
+    under both names. The next run must find the drop in the spool already, not put it
+    back a second time under another fresh name: set aside once, the snapshot stored
+    once."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    quarantine = spool / "rejected"
+    bad, good = b"{not json", payload(43)
+    claim = spool / ".claimed" / "rejecting.scrape.json"
+    claim.parent.mkdir(exist_ok=True)
+    claim.write_bytes(bad)
+    drop(spool, "scrape.json", good)
+    inject = (
+        "-f", "-qq", "-o", "/dev/null", "-P", str(claim),
+        "-e", "inject=renameat2:error=ENOSYS",
+        "-e", "inject=unlink,unlinkat:signal=SIGKILL",
+    )  # fmt: skip
+
+    code, log = once(root, quarantine, STRACE, *inject)
+
+    assert code != 0, log  # killed
+    assert claim.stat().st_nlink == 2, log
+    code, log = once(root, quarantine)
+    assert code == 0, log
+    assert stored_contents(root) == {good: 1}, log
+    kept = [p.read_bytes() for p in quarantine.iterdir() if not p.name.endswith(REASON)]
+    assert kept == [bad], log
+    assert not [n for n in os.listdir(spool) if n.endswith(".json")], log
+    assert os.listdir(spool / ".claimed") == []
+
+
+@needs_strace_root
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers are x86_64's")
 @pytest.mark.parametrize("where", ["spool without renameat2", "other-fs"])
 def test_a_drop_renamed_onto_the_name_of_one_set_aside_as_that_name_goes_is_kept(

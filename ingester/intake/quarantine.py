@@ -620,7 +620,9 @@ class Quarantine:
             moved.moved_to = target
             raise moved from exc
 
-    def finish_claim(self, name: str, spool_dir: Path) -> Rejected | str | None:
+    def finish_claim(
+        self, name: str, spool_dir: Path, spool_names_of: Callable[[Path], list[str]]
+    ) -> Rejected | str | None:
         """Finish the claim ``name`` (see :func:`is_set_aside_claim`) that a stop (a
         crash, a failure) left in ``.claimed/`` on its way to the quarantine.
 
@@ -630,8 +632,11 @@ class Quarantine:
         (:class:`Rejected`, with the reason its reason file gives). Otherwise it goes
         back to the spool, under the drop's name its reason file gives (or a fresh one
         beside it, see :meth:`put_back`), to be judged again and set aside once: the
-        name it is put back as is returned. None when the claim is gone. Raises
-        :class:`StorageError` when it cannot be finished yet.
+        name it is put back as is returned. ``spool_names_of(claim)`` gives the spool's
+        names that are the claim's very file (a put-back cut short between its link and
+        the claim's unlink): the drop is back under that name already, and only the
+        claim goes. None when the claim is gone. Raises :class:`StorageError` when it
+        cannot be finished yet.
         """
         claim = self.claimed_dir / name
         target = name[len(CLAIM_PREFIX) :]
@@ -666,12 +671,14 @@ class Quarantine:
             durable.fsync_dir(spool_dir)
             return Rejected(original, str(record.get("reason", "set aside")), target)
         back = spool_dir / original
-        with contextlib.suppress(OSError):
-            if os.path.samestat(os.lstat(back), mine):
-                # Put back by a link whose unlink of the claim was cut short.
-                durable.fsync_dir(spool_dir)
-                durable.remove_file(claim)
-                return original
+        # Put back by a link whose unlink of the claim was cut short: under the drop's
+        # own name, or a fresh one if a writer had taken it, which only a look at every
+        # name of the file finds. Put back again, it would be in the spool twice.
+        there = spool_names_of(claim) if mine.st_nlink > 1 else []
+        if there:
+            durable.fsync_dir(spool_dir)
+            durable.remove_file(claim)
+            return original if original in there else there[0]
         return self.put_back(claim, back)
 
     def _holds(self, claim: Path, mine: os.stat_result, target: Path, original: str) -> bool:
