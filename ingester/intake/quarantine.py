@@ -410,7 +410,11 @@ class Quarantine:
         try:
             return os.lstat(self.claimed_dir).st_dev == os.lstat(source.parent).st_dev
         except OSError:
-            return False  # no .claimed/ to go through: moved as it is
+            # No .claimed/ to go through: moved as it is, by a no-replace rename or, into
+            # another filesystem, a copy whose source name is compared with the file
+            # copied right before its removal (see durable.move_file), the one window
+            # left where a writer's rename onto the name could be removed with it.
+            return False
 
     def set_aside(
         self,
