@@ -10,14 +10,10 @@ move in progress from one a crash cut short.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
-import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import stat
 from collections.abc import Callable, Iterator
@@ -29,12 +25,19 @@ from ..errors import MovedNotDurable, StorageError
 from ..history import durable
 from ..runtime.logs import escape_text
 from .outcomes import Rejected
+from .reasons import (
+    REASON_SUFFIX,
+    fit_name,
+    left_reason,
+    may_name,
+    record_of,
+    reserve,
+    take_back,
+)
 
 __all__ = ["CLAIM_PREFIX", "REASON_SUFFIX", "Quarantine", "entry_kind", "is_set_aside_claim"]
 
 log = logging.getLogger("ingester.watcher")
-
-REASON_SUFFIX = ".reason.json"
 
 CLAIM_PREFIX = "rejecting."
 """How a drop on its way from the spool to the quarantine is named in ``.claimed/``:
@@ -63,86 +66,6 @@ def entry_kind(mode: int) -> str:
         if test(mode):
             return name
     return "special file"
-
-
-_NAME_MAX = 255
-# Room for the reason suffix and a collision counter such as "-12".
-_REJECTED_NAME_MAX = _NAME_MAX - len(REASON_SUFFIX) - 8
-
-
-def _fit_name(name: str) -> str:
-    raw = os.fsencode(name)
-    if len(raw) <= _REJECTED_NAME_MAX:
-        return name
-    digest = hashlib.sha256(raw).hexdigest()[:12]
-    keep = _REJECTED_NAME_MAX - len(digest) - len("-.json")
-    cut = raw[:keep]
-    while cut and cut[-1] & 0xC0 == 0x80:  # never split a UTF-8 character
-        cut = cut[:-1]
-    if cut and cut[-1] >= 0xC0:
-        cut = cut[:-1]
-    return f"{os.fsdecode(cut)}-{digest}.json"
-
-
-def _may_name(said: str, target: str) -> bool:
-    """Whether ``said``, a reason file's ``file`` (a name as the log says it, see
-    :func:`escape_text`), can be the drop given ``target`` in ``rejected/``: ``target``
-    said so is ``said``, or ``said`` with a numeric suffix (its name was taken there), or
-    a shortened name (``said`` too long to be kept, see :func:`_fit_name`).
-
-    The name to compare is what the reason file says, never ``target`` said again: a
-    byte that is not UTF-8 is said as ``\\xNN``, which a real name may spell too, so no
-    name is read back from it."""
-    shown = escape_text(target)
-    if shown == said:
-        return True
-    stem, dot, ext = said.rpartition(".")
-    if dot and re.fullmatch(re.escape(stem) + r"-[1-9][0-9]*" + re.escape(dot + ext), shown):
-        return True
-    return len(os.fsencode(said)) > _REJECTED_NAME_MAX and bool(
-        re.search(r"-[0-9a-f]{12}(-[1-9][0-9]*)?\.json$", shown)
-    )
-
-
-def _held_lock(path: Path) -> int:
-    """A descriptor on ``path`` holding an exclusive ``flock`` (see ``Quarantine._reserve``).
-
-    On a filesystem without ``flock`` the descriptor is left unlocked: no process can
-    lock a reason file there either, so none is ever taken for a leftover."""
-    try:
-        fd = os.open(path, durable.READ_NOFOLLOW)
-    except OSError as exc:
-        raise StorageError("open", path, exc) from exc
-    with contextlib.suppress(OSError):
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return fd
-
-
-def _take_back(reason_file: Path) -> None:
-    """Remove a reason file whose drop was not moved beside it (best effort: alone, it
-    is counted nowhere)."""
-    with contextlib.suppress(StorageError):
-        durable.remove_file(reason_file)
-        durable.fsync_dir(reason_file.parent)
-
-
-def _left_reason(reason: Path, original: str) -> bool:
-    """Whether ``reason`` is a reason file for drop ``original`` that no process holds
-    locked (see ``Quarantine._reserve``): not one whose move is under way."""
-    try:
-        fd = os.open(reason, durable.READ_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        record = json.loads(os.read(fd, 1 << 20))
-    except (OSError, ValueError):
-        return False
-    finally:
-        os.close(fd)
-    return isinstance(record, dict) and record.get("file") == original
 
 
 def _same_bytes(source: Path, copy: Path, ident: tuple[int, int]) -> bool:
@@ -190,28 +113,11 @@ def _put_back_unless(src: Path, dst: Path, expect: tuple[int, int]) -> None:
     raise StorageError("move", src, OSError(errno.ESTALE, words))
 
 
-def _record_of(reason: Path) -> dict[str, Any] | None:
-    """What the reason file ``reason`` says, or None when it cannot be read as one."""
-    try:
-        fd = os.open(reason, durable.READ_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        record = json.loads(os.read(fd, 1 << 20))
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
-    return record if isinstance(record, dict) else None
-
-
 def _fresh_names(name: str) -> Iterator[str]:
     """``name``, then names beside it a drop put back may take when it is taken:
     ``stem-<random>.json``, as short as a quarantine name."""
     yield name
-    stem, dot, ext = _fit_name(name).rpartition(".")
+    stem, dot, ext = fit_name(name).rpartition(".")
     if not dot:
         stem, ext = ext, "json"
     for _ in range(_PUT_BACK_TRIES):
@@ -243,7 +149,7 @@ class Quarantine:
         ``.reason.json`` are shortened (with a digest, so two long names stay apart);
         the reason file keeps the original name.
         """
-        name = _fit_name(name)
+        name = fit_name(name)
         stem, dot, ext = name.rpartition(".")
         if not dot:
             stem, ext = name, ""
@@ -252,65 +158,6 @@ class Quarantine:
         while True:
             n += 1
             yield f"{stem}-{n}.{ext}" if ext else f"{stem}-{n}"
-
-    def _reserve(self, candidate: str, original: str, data: bytes) -> tuple[Path, int] | None:
-        """Write ``data`` as ``candidate``'s reason file, unless the name is taken.
-
-        Returns the reason file and a descriptor holding an exclusive ``flock`` on it,
-        taken before the file got its name: another process setting a drop aside into
-        the same folder (two watchers may share one ``--rejected-dir``) can then tell
-        a reason file whose move is under way (locked) from one left alone by a process
-        killed between the two steps of :meth:`set_aside` (unlocked). Only the latter,
-        naming this same drop and with no drop beside it, is replaced: the same drop
-        has come again. Returns None when the name is taken (a drop, another drop's
-        reason file, or a name another process took meanwhile).
-        """
-        if candidate.endswith(REASON_SUFFIX) or os.path.lexists(self.rejected_dir / candidate):
-            return None
-        reason_name = candidate + REASON_SUFFIX
-        leftover = self._lock_leftover(self.rejected_dir / reason_name, original)
-        if leftover is False:
-            return None
-        try:
-            if os.path.lexists(self.rejected_dir / candidate):
-                return None  # a drop came meanwhile: that reason file was no leftover
-            staged = durable.StagedFile(self.rejected_dir, data, 0o644, name=reason_name)
-            with staged:
-                assert staged.temp is not None  # a named temp file: one can be opened
-                held = _held_lock(staged.temp)
-                try:
-                    path = staged.commit(reason_name, replace=leftover is not None)
-                except StorageError as exc:
-                    os.close(held)
-                    if exc.errno == errno.EEXIST:
-                        return None  # another process took the name meanwhile
-                    raise
-            return path, held
-        finally:
-            if isinstance(leftover, int):
-                os.close(leftover)
-
-    def _lock_leftover(self, reason: Path, original: str) -> int | bool | None:
-        """What stands at ``reason``: None when nothing does; a descriptor holding the
-        lock of a reason file for drop ``original`` that no process holds (left by a
-        crash); False for anything else (the name is taken)."""
-        try:
-            fd = os.open(reason, durable.READ_NOFOLLOW)
-        except FileNotFoundError:
-            return None
-        except OSError:
-            return False
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EEXIST, "not a reason file")
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a move is under way
-            record = json.loads(os.read(fd, 1 << 20))
-            if not isinstance(record, dict) or record.get("file") != original:
-                raise OSError(errno.EEXIST, "another drop's reason file")
-        except (OSError, ValueError):
-            os.close(fd)
-            return False
-        return fd
 
     def _move_new(
         self,
@@ -368,7 +215,7 @@ class Quarantine:
         if not same_file and not (
             src.st_dev != dst.st_dev
             and src.st_size == dst.st_size
-            and _left_reason(target.parent / (target.name + REASON_SUFFIX), original)
+            and left_reason(target.parent / (target.name + REASON_SUFFIX), original)
             and _same_bytes(source, target, (src.st_dev, src.st_ino))
         ):
             return False
@@ -476,7 +323,7 @@ class Quarantine:
         data = (json.dumps(record, indent=2, default=str) + "\n").encode()
         claim: Path | None = None
         for target in self._rejected_names(name):
-            reserved = self._reserve(target, shown, data)
+            reserved = reserve(self.rejected_dir, target, shown, data)
             if reserved is None:
                 if claim is None and self._finish_cut_move(
                     source, self.rejected_dir / target, shown
@@ -500,7 +347,7 @@ class Quarantine:
             except (StorageError, durable.CopyAbandoned):
                 # Left behind, it would say a drop was set aside that never was. If it
                 # cannot be removed either, it is still counted nowhere (see above).
-                _take_back(reason_file)
+                take_back(reason_file)
                 if claim is not None:
                     self._give_back(claim, source)
                 raise
@@ -508,7 +355,7 @@ class Quarantine:
                 if not moved:
                     # The name was taken meanwhile: on to the next. Taken back while
                     # still locked, so no one takes it for a leftover and writes over it.
-                    _take_back(reason_file)
+                    take_back(reason_file)
             finally:
                 os.close(held)
             if moved:
@@ -645,7 +492,7 @@ class Quarantine:
         claim = self.claimed_dir / name
         target = name[len(CLAIM_PREFIX) :]
         reason = self.rejected_dir / (target + REASON_SUFFIX)
-        record = _record_of(reason) or {}
+        record = record_of(reason) or {}
         said = record.get("file")
         original = target
         if (
@@ -668,7 +515,7 @@ class Quarantine:
             raise StorageError("stat claim", claim, exc) from exc
         # The drop the reason file names, as it names it: where the drop's own name
         # cannot be read back from it (\xNN), the target's is no stand-in for it.
-        shown = said if isinstance(said, str) and _may_name(said, target) else escape_text(original)
+        shown = said if isinstance(said, str) and may_name(said, target) else escape_text(original)
         if self._holds(claim, mine, self.rejected_dir / target, shown):
             durable.fsync_dir(self.rejected_dir)  # its last step may not be durable yet
             durable.remove_file(claim)
@@ -699,7 +546,7 @@ class Quarantine:
             and stat.S_ISREG(mine.st_mode)
             and stat.S_ISREG(there.st_mode)
             and mine.st_size == there.st_size
-            and _left_reason(target.parent / (target.name + REASON_SUFFIX), original)
+            and left_reason(target.parent / (target.name + REASON_SUFFIX), original)
             and _same_bytes(claim, target, (mine.st_dev, mine.st_ino))
         )
 
