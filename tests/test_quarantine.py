@@ -17,6 +17,7 @@ Skipped, with the reason, when not root or when chattr/mount/strace do not work 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import filecmp
 import hashlib
 import json
@@ -686,6 +687,58 @@ def test_a_drop_put_back_where_names_cannot_be_taken_safely_never_replaces_a_wri
     assert kept == [bad], watcher.log
     assert not (spool / "scrape.json").exists()
     assert os.listdir(spool / ".claimed") == []
+
+
+@needs_strace_root
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers are x86_64's")
+def test_a_reason_file_another_watcher_writes_as_ours_is_named_where_links_are_refused_is_kept(
+    root: Path,
+) -> None:
+    """Two watchers may share one quarantine. Where it refuses hard links (vfat, some
+    FUSE or SMB mounts: strace answers ``linkat`` with EPERM), a reason file must still
+    take its name by a step that never replaces: a look then a rename would replace the
+    reason file another watcher wrote under that name in between (written here while
+    every rename is held up), and its drop would be left without its reason. Ours takes
+    the next name; theirs is kept as it was."""
+    assert run_cli(root, "init").returncode == 0
+    spool, quarantine = root / "spool", root / "spool" / "rejected"
+    quarantine.mkdir(exist_ok=True)
+    theirs = quarantine / f"scrape.json{REASON}"
+    record = json.dumps({"file": "scrape.json", "reason": "the other watcher's"}).encode()
+    (spool / "scrape.json").write_bytes(b"{not json")
+    held = (
+        STRACE, "-f", "-qq", "-o", "/dev/null",
+        "-e", "inject=link,linkat:error=EPERM",
+        "-e", "inject=rename,renameat2:delay_enter=1000000", "--",
+    )  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        watcher = stack.push(WatchProcess(root, "--once", wrapper=held))
+        tracer = watcher.proc.pid
+        wait_for(lambda: Path(f"/proc/{tracer}/task/{tracer}/children").read_text(), 10)
+        program = traced_program(tracer)
+
+        def naming_ours() -> bool:
+            # A temp reason file in the quarantine, and a rename held up.
+            assert watcher.proc.poll() is None, watcher.log
+            temps = [n for n in os.listdir(quarantine) if n.startswith(".")]
+            threads = os.listdir(f"/proc/{program}/task")
+            renaming = any(
+                in_syscall(int(t), RENAME) or in_syscall(int(t), RENAMEAT2) for t in threads
+            )
+            return bool(temps) and renaming
+
+        wait_for(naming_ours, 30, "our reason file being named")
+        fd = os.open(theirs, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # their move is under way
+            os.write(fd, record)
+            assert watcher.proc.wait(timeout=60) == 0, watcher.log
+        finally:
+            os.close(fd)
+    assert theirs.read_bytes() == record, watcher.log
+    assert (quarantine / "scrape-1.json").read_bytes() == b"{not json", watcher.log
+    said = json.loads((quarantine / f"scrape-1.json{REASON}").read_text())
+    assert said["file"] == "scrape.json"
 
 
 def freed_number_given_again(staging: Path) -> bool:

@@ -345,18 +345,23 @@ def current_umask() -> int:
 
 def _link_no_clobber(tmp: Path, final: Path, *, look_first: bool = True) -> bool:
     """Hard-link the entry ``tmp`` (never what a symlink points at) as ``final``: True.
-    Where hard links cannot be made, a check then a rename: False (``tmp`` is gone);
-    without ``look_first``, ``OSError`` (``ENOTSUP``) there instead, nothing done.
+    Where hard links cannot be made, a no-replace rename (``renameat2``), else a check
+    then a rename: False (``tmp`` is gone); without ``look_first``, ``OSError``
+    (``ENOTSUP``) instead of the check then the rename, nothing done.
     Raises ``FileExistsError`` when ``final`` exists, ``OSError`` for other failures."""
     try:
         os.link(tmp, final, follow_symlinks=False)
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
+        # No hard links here (vfat, some FUSE or SMB mounts), or none of another user's
+        # file: a rename that never replaces where there is one, since a check then a
+        # rename replaces what another process names so in between.
+        if _rename_no_clobber(tmp, final):
+            return False
         if not look_first:
             words = "no step here can take a name without risk of replacing a file"
             raise OSError(errno.ENOTSUP, words, os.fspath(final)) from exc
-        # No hard links here (e.g. some FUSE or SMB mounts): check, then rename.
         if os.path.lexists(final):
             raise FileExistsError(errno.EEXIST, "File exists", os.fspath(final)) from exc
         os.replace(tmp, final)
