@@ -304,6 +304,33 @@ def test_a_drop_not_named_in_utf8_killed_before_its_claim_goes_is_set_aside_once
     assert not [n for n in os.listdir(spool) if n.endswith(".json")], log
 
 
+@pytest.mark.parametrize("said", ["a\u0000.json", "other.json"])
+def test_a_drop_on_its_way_whose_reason_file_names_another_drop_is_put_back_to_be_judged(
+    root: Path, said: str
+) -> None:
+    """A claim on its way to the quarantine as ``x-1.json`` is put back in the spool on
+    start under the drop's own name, which its reason file gives; a reason file that
+    names no drop that could have been given ``x-1.json`` (edited by hand, or holding a
+    NUL, which no file name can) gives no name: put back as ``x-1.json``, the drop is
+    judged again and set aside once, never left under a name no one judges."""
+    assert run_cli(root, "init").returncode == 0
+    spool, quarantine = root / "spool", root / "spool" / "rejected"
+    claim = spool / ".claimed" / "rejecting.x-1.json"
+    claim.parent.mkdir(exist_ok=True)
+    claim.write_bytes(b"{not json")
+    quarantine.mkdir(exist_ok=True)
+    (quarantine / f"x-1.json{REASON}").write_text(json.dumps({"file": said}))
+
+    code, log = once(root, quarantine)
+
+    assert code == 0, log
+    assert "put back in the spool as x-1.json" in log, log
+    kept = [p.read_bytes() for p in quarantine.iterdir() if not p.name.endswith(REASON)]
+    assert kept == [b"{not json"], log
+    assert os.listdir(spool / ".claimed") == []
+    assert not [n for n in os.listdir(spool) if n not in {".claimed", ".lock", "rejected", "tmp"}]
+
+
 def test_a_drop_name_too_long_for_its_reason_file_is_shortened_in_the_quarantine_as_documented(
     root: Path,
 ) -> None:

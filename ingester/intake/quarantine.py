@@ -502,10 +502,14 @@ class Quarantine:
             and not said.startswith(".")
             and "/" not in said
             and "\\x" not in said
+            and "\0" not in said
+            and may_name(said, target)
         ):
             # A name shortened or given a suffix in rejected/: the drop's own is the one
             # the reason file says, unless it had bytes that are not UTF-8, which the
-            # reason file says as \xNN (no name to give back: the target's is).
+            # reason file says as \xNN (no name to give back: the target's is). A name
+            # that cannot be the target's drop (a reason file edited, or another's) is
+            # not taken: the drop would be put back under a name never judged.
             original = said
         try:
             mine = os.lstat(claim)
