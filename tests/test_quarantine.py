@@ -17,6 +17,7 @@ Skipped, with the reason, when not root or when chattr/mount/strace do not work 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import filecmp
 import hashlib
 import json
@@ -265,6 +266,71 @@ def test_a_drop_whose_name_is_not_utf8_has_it_in_its_reason_file_as_the_log_says
     assert os.listdir(spool / ".claimed") == []
 
 
+@needs_strace_root
+def test_a_drop_not_named_in_utf8_killed_before_its_claim_goes_is_set_aside_once_beside_a_namesake(
+    root: Path, quarantine: Path
+) -> None:
+    """A drop whose name is not UTF-8, set aside into a quarantine on another
+    filesystem that holds a drop of that name already (from an earlier day), is given
+    ``bad\xff-1.json`` there; its reason file names it as ``bad\xff.json``. Killed
+    once its copy has its name, before its claim is removed, the next run must find
+    the copy its own by that reason file: set aside once, never again as
+    ``bad\xff-1-1.json``."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    name = os.fsdecode(b"bad\xff.json")
+    quarantine.mkdir()
+    (quarantine / name).write_bytes(b'{"earlier": ')
+    (spool / name).write_bytes(b"{not json")
+    claim = spool / ".claimed" / ("rejecting." + os.fsdecode(b"bad\xff-1.json"))
+    inject = (
+        "-f", "-qq", "-o", "/dev/null", "-P", str(claim),
+        "-e", "inject=unlink,unlinkat:signal=SIGKILL",
+    )  # fmt: skip
+
+    code, log = once(root, quarantine, STRACE, *inject)
+
+    assert code != 0, log  # killed
+    assert claim.exists(), log
+    code, log = once(root, quarantine)
+    assert code == 0, log
+    assert sorted(os.listdir(os.fsencode(quarantine))) == [
+        b"bad\xff-1.json",
+        b"bad\xff-1.json" + REASON.encode(),
+        b"bad\xff.json",
+    ], log
+    assert (quarantine / os.fsdecode(b"bad\xff-1.json")).read_bytes() == b"{not json"
+    assert os.listdir(spool / ".claimed") == []
+    assert not [n for n in os.listdir(spool) if n.endswith(".json")], log
+
+
+@pytest.mark.parametrize("said", ["a\u0000.json", "other.json"])
+def test_a_drop_on_its_way_whose_reason_file_names_another_drop_is_put_back_to_be_judged(
+    root: Path, said: str
+) -> None:
+    """A claim on its way to the quarantine as ``x-1.json`` is put back in the spool on
+    start under the drop's own name, which its reason file gives; a reason file that
+    names no drop that could have been given ``x-1.json`` (edited by hand, or holding a
+    NUL, which no file name can) gives no name: put back as ``x-1.json``, the drop is
+    judged again and set aside once, never left under a name no one judges."""
+    assert run_cli(root, "init").returncode == 0
+    spool, quarantine = root / "spool", root / "spool" / "rejected"
+    claim = spool / ".claimed" / "rejecting.x-1.json"
+    claim.parent.mkdir(exist_ok=True)
+    claim.write_bytes(b"{not json")
+    quarantine.mkdir(exist_ok=True)
+    (quarantine / f"x-1.json{REASON}").write_text(json.dumps({"file": said}))
+
+    code, log = once(root, quarantine)
+
+    assert code == 0, log
+    assert "put back in the spool as x-1.json" in log, log
+    kept = [p.read_bytes() for p in quarantine.iterdir() if not p.name.endswith(REASON)]
+    assert kept == [b"{not json"], log
+    assert os.listdir(spool / ".claimed") == []
+    assert not [n for n in os.listdir(spool) if n not in {".claimed", ".lock", "rejected", "tmp"}]
+
+
 def test_a_drop_name_too_long_for_its_reason_file_is_shortened_in_the_quarantine_as_documented(
     root: Path,
 ) -> None:
@@ -375,6 +441,44 @@ def test_a_watcher_killed_amid_a_move_without_renameat2_sets_the_drop_aside_once
     else:
         assert os.path.samefile(claim, quarantine / "bad.json"), log
     rerun_sets_it_aside_once(root, quarantine)
+    assert os.listdir(spool / ".claimed") == []
+
+
+@needs_strace_root
+def test_a_drop_put_back_under_a_fresh_name_by_a_run_killed_before_its_claim_went_is_set_aside_once(
+    root: Path,
+) -> None:
+    """A drop on its way to the quarantine when the watcher stopped is put back in the
+    spool on start; its name taken by the writer's next snapshot, it takes a fresh one.
+    Where no rename refuses to replace (NFS: strace answers ``renameat2`` with ENOSYS)
+    that is a link then the unlink of its claim, and a SIGKILL between leaves one file
+    under both names. The next run must find the drop in the spool already, not put it
+    back a second time under another fresh name: set aside once, the snapshot stored
+    once."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    quarantine = spool / "rejected"
+    bad, good = b"{not json", payload(43)
+    claim = spool / ".claimed" / "rejecting.scrape.json"
+    claim.parent.mkdir(exist_ok=True)
+    claim.write_bytes(bad)
+    drop(spool, "scrape.json", good)
+    inject = (
+        "-f", "-qq", "-o", "/dev/null", "-P", str(claim),
+        "-e", "inject=renameat2:error=ENOSYS",
+        "-e", "inject=unlink,unlinkat:signal=SIGKILL",
+    )  # fmt: skip
+
+    code, log = once(root, quarantine, STRACE, *inject)
+
+    assert code != 0, log  # killed
+    assert claim.stat().st_nlink == 2, log
+    code, log = once(root, quarantine)
+    assert code == 0, log
+    assert stored_contents(root) == {good: 1}, log
+    kept = [p.read_bytes() for p in quarantine.iterdir() if not p.name.endswith(REASON)]
+    assert kept == [bad], log
+    assert not [n for n in os.listdir(spool) if n.endswith(".json")], log
     assert os.listdir(spool / ".claimed") == []
 
 
@@ -557,6 +661,111 @@ def test_a_drop_renamed_onto_the_name_of_one_being_set_aside_is_stored(
     assert json.loads(kept.pop("scrape.json" + REASON))["file"] == "scrape.json"
     assert kept == {}
     assert not (spool / "scrape.json").exists()
+
+
+RENAME = 82  # x86_64
+
+
+@needs_strace_root
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers are x86_64's")
+def test_a_drop_put_back_where_names_cannot_be_taken_safely_never_replaces_a_writers_drop(
+    root: Path,
+) -> None:
+    """A drop on its way to the quarantine when the watcher stopped is put back in the
+    spool on start. Where there is no no-replace rename (NFS: strace answers
+    ``renameat2`` with ENOSYS) and the claim cannot be linked (``fs.protected_hardlinks``
+    on another user's file: EPERM), the drop's own name cannot be taken without a look
+    then a rename, and a writer renaming its next snapshot onto that name in between
+    (the rename held up here) would lose it. The snapshot is stored; the drop put back
+    under a fresh name of its own is set aside once."""
+    assert run_cli(root, "init").returncode == 0
+    spool = root / "spool"
+    quarantine = spool / "rejected"
+    bad, good = b"{not json", payload(41)
+    claim = spool / ".claimed" / "rejecting.scrape.json"
+    claim.parent.mkdir(exist_ok=True)
+    claim.write_bytes(bad)
+    held = (
+        STRACE, "-f", "-qq", "-o", "/dev/null", "-P", str(claim), "-P", str(spool / "scrape.json"),
+        "-e", "inject=renameat2:error=ENOSYS",
+        "-e", "inject=link,linkat:error=EPERM",
+        "-e", "inject=rename:delay_enter=2000000", "--",
+    )  # fmt: skip
+    # Not waited for as it starts: the drop is put back before it watches.
+    with contextlib.ExitStack() as stack:
+        watcher = stack.push(WatchProcess(root, wrapper=held))
+        tracer = watcher.proc.pid
+        wait_for(lambda: Path(f"/proc/{tracer}/task/{tracer}/children").read_text(), 10)
+        program = traced_program(tracer)
+
+        def putting_back() -> bool:
+            # Inside the rename onto the drop's name (in whichever thread recovers), or
+            # put back elsewhere already.
+            threads = os.listdir(f"/proc/{program}/task")
+            inside = any(in_syscall(int(thread), RENAME) for thread in threads)
+            return inside or not os.listdir(spool / ".claimed")
+
+        wait_for(putting_back, 20, "the claim being put back in the spool")
+        drop(spool, "scrape.json", good)  # the writer's: onto the name being taken
+        wait_for(lambda: stored_contents(root) == {good: 1}, 30, "the new snapshot stored")
+        wait_for(lambda: len(os.listdir(quarantine)) == 2, 30, "the old drop set aside")
+        assert watcher.stop() == 0, watcher.log
+    kept = [p.read_bytes() for p in quarantine.iterdir() if not p.name.endswith(REASON)]
+    assert kept == [bad], watcher.log
+    assert not (spool / "scrape.json").exists()
+    assert os.listdir(spool / ".claimed") == []
+
+
+@needs_strace_root
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers are x86_64's")
+def test_a_reason_file_another_watcher_writes_as_ours_is_named_where_links_are_refused_is_kept(
+    root: Path,
+) -> None:
+    """Two watchers may share one quarantine. Where it refuses hard links (vfat, some
+    FUSE or SMB mounts: strace answers ``linkat`` with EPERM), a reason file must still
+    take its name by a step that never replaces: a look then a rename would replace the
+    reason file another watcher wrote under that name in between (written here while
+    every rename is held up), and its drop would be left without its reason. Ours takes
+    the next name; theirs is kept as it was."""
+    assert run_cli(root, "init").returncode == 0
+    spool, quarantine = root / "spool", root / "spool" / "rejected"
+    quarantine.mkdir(exist_ok=True)
+    theirs = quarantine / f"scrape.json{REASON}"
+    record = json.dumps({"file": "scrape.json", "reason": "the other watcher's"}).encode()
+    (spool / "scrape.json").write_bytes(b"{not json")
+    held = (
+        STRACE, "-f", "-qq", "-o", "/dev/null",
+        "-e", "inject=link,linkat:error=EPERM",
+        "-e", "inject=rename,renameat2:delay_enter=1000000", "--",
+    )  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        watcher = stack.push(WatchProcess(root, "--once", wrapper=held))
+        tracer = watcher.proc.pid
+        wait_for(lambda: Path(f"/proc/{tracer}/task/{tracer}/children").read_text(), 10)
+        program = traced_program(tracer)
+
+        def naming_ours() -> bool:
+            # A temp reason file in the quarantine, and a rename held up.
+            assert watcher.proc.poll() is None, watcher.log
+            temps = [n for n in os.listdir(quarantine) if n.startswith(".")]
+            threads = os.listdir(f"/proc/{program}/task")
+            renaming = any(
+                in_syscall(int(t), RENAME) or in_syscall(int(t), RENAMEAT2) for t in threads
+            )
+            return bool(temps) and renaming
+
+        wait_for(naming_ours, 30, "our reason file being named")
+        fd = os.open(theirs, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # their move is under way
+            os.write(fd, record)
+            assert watcher.proc.wait(timeout=60) == 0, watcher.log
+        finally:
+            os.close(fd)
+    assert theirs.read_bytes() == record, watcher.log
+    assert (quarantine / "scrape-1.json").read_bytes() == b"{not json", watcher.log
+    said = json.loads((quarantine / f"scrape-1.json{REASON}").read_text())
+    assert said["file"] == "scrape.json"
 
 
 def freed_number_given_again(staging: Path) -> bool:

@@ -415,3 +415,43 @@ def test_a_restart_lists_the_spool_as_often_with_many_stored_claims_as_with_one(
     for root in roots:
         assert run_cli(root, "init").returncode == 0
     assert _spool_listings(roots[0], 1) == _spool_listings(roots[1], 8)
+
+
+def _history_listings(root: Path, drops: int) -> int:
+    """How many ``getdents64`` calls on the history a restart makes that finds ``drops``
+    drops in the spool that are stored versions' own files (a power cut on a filesystem
+    without a journal can lose the spool's side of their claims), with a few drops
+    waiting."""
+    first = [payload(300 + n) for n in range(drops)]
+    for n, data in enumerate(first):
+        drop(root / "spool", f"first-{n}.json", data)
+    assert run_cli(root, "watch", "--once").returncode == 0
+    for n, version in enumerate(versions(root)):
+        os.link(version, root / "spool" / f"again-{n}.json")
+    waiting = [payload(400 + n) for n in range(3)]
+    for n, data in enumerate(waiting):
+        drop(root / "spool", f"next-{n}.json", data)
+    history = root / "console-usage-history"
+    trace = root.parent / f"history-listings-{drops}.trace"
+    listed = ("-f", "-qq", "-o", str(trace), "-P", str(history), "-e", "trace=getdents64")
+    done = run_cli(root, "watch", "--once", wrapper=(STRACE, *listed))
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert stored_contents(root) == dict.fromkeys(first + waiting, 1), done.stderr
+    assert not [n for n in os.listdir(root / "spool") if n.endswith(".json")], done.stderr
+    return sum(1 for line in trace.read_text().splitlines() if " getdents64(" in line)
+
+
+@needs_strace
+def test_a_restart_lists_the_history_as_often_with_many_drops_that_are_versions_as_with_one(
+    tmp_path: Path,
+) -> None:
+    """A drop in the spool with two links may be a stored version's own file, so the
+    history is looked in for it; after a power cut that left many such drops, one
+    listing of a large history per drop made a restart take minutes. The history is
+    listed as often for eight such drops as for one, and each is still removed from the
+    spool, never stored twice, the drops waiting stored."""
+    roots = [tmp_path / "one", tmp_path / "eight"]
+    for root in roots:
+        assert run_cli(root, "init").returncode == 0
+    assert _history_listings(roots[0], 1) == _history_listings(roots[1], 8)

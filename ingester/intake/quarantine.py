@@ -10,10 +10,7 @@ move in progress from one a crash cut short.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -28,12 +25,19 @@ from ..errors import MovedNotDurable, StorageError
 from ..history import durable
 from ..runtime.logs import escape_text
 from .outcomes import Rejected
+from .reasons import (
+    REASON_SUFFIX,
+    fit_name,
+    left_reason,
+    may_name,
+    record_of,
+    reserve,
+    take_back,
+)
 
 __all__ = ["CLAIM_PREFIX", "REASON_SUFFIX", "Quarantine", "entry_kind", "is_set_aside_claim"]
 
 log = logging.getLogger("ingester.watcher")
-
-REASON_SUFFIX = ".reason.json"
 
 CLAIM_PREFIX = "rejecting."
 """How a drop on its way from the spool to the quarantine is named in ``.claimed/``:
@@ -62,66 +66,6 @@ def entry_kind(mode: int) -> str:
         if test(mode):
             return name
     return "special file"
-
-
-_NAME_MAX = 255
-# Room for the reason suffix and a collision counter such as "-12".
-_REJECTED_NAME_MAX = _NAME_MAX - len(REASON_SUFFIX) - 8
-
-
-def _fit_name(name: str) -> str:
-    raw = os.fsencode(name)
-    if len(raw) <= _REJECTED_NAME_MAX:
-        return name
-    digest = hashlib.sha256(raw).hexdigest()[:12]
-    keep = _REJECTED_NAME_MAX - len(digest) - len("-.json")
-    cut = raw[:keep]
-    while cut and cut[-1] & 0xC0 == 0x80:  # never split a UTF-8 character
-        cut = cut[:-1]
-    if cut and cut[-1] >= 0xC0:
-        cut = cut[:-1]
-    return f"{os.fsdecode(cut)}-{digest}.json"
-
-
-def _held_lock(path: Path) -> int:
-    """A descriptor on ``path`` holding an exclusive ``flock`` (see ``Quarantine._reserve``).
-
-    On a filesystem without ``flock`` the descriptor is left unlocked: no process can
-    lock a reason file there either, so none is ever taken for a leftover."""
-    try:
-        fd = os.open(path, durable.READ_NOFOLLOW)
-    except OSError as exc:
-        raise StorageError("open", path, exc) from exc
-    with contextlib.suppress(OSError):
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return fd
-
-
-def _take_back(reason_file: Path) -> None:
-    """Remove a reason file whose drop was not moved beside it (best effort: alone, it
-    is counted nowhere)."""
-    with contextlib.suppress(StorageError):
-        durable.remove_file(reason_file)
-        durable.fsync_dir(reason_file.parent)
-
-
-def _left_reason(reason: Path, original: str) -> bool:
-    """Whether ``reason`` is a reason file for drop ``original`` that no process holds
-    locked (see ``Quarantine._reserve``): not one whose move is under way."""
-    try:
-        fd = os.open(reason, durable.READ_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        record = json.loads(os.read(fd, 1 << 20))
-    except (OSError, ValueError):
-        return False
-    finally:
-        os.close(fd)
-    return isinstance(record, dict) and record.get("file") == original
 
 
 def _same_bytes(source: Path, copy: Path, ident: tuple[int, int]) -> bool:
@@ -169,28 +113,11 @@ def _put_back_unless(src: Path, dst: Path, expect: tuple[int, int]) -> None:
     raise StorageError("move", src, OSError(errno.ESTALE, words))
 
 
-def _record_of(reason: Path) -> dict[str, Any] | None:
-    """What the reason file ``reason`` says, or None when it cannot be read as one."""
-    try:
-        fd = os.open(reason, durable.READ_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        record = json.loads(os.read(fd, 1 << 20))
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
-    return record if isinstance(record, dict) else None
-
-
 def _fresh_names(name: str) -> Iterator[str]:
     """``name``, then names beside it a drop put back may take when it is taken:
     ``stem-<random>.json``, as short as a quarantine name."""
     yield name
-    stem, dot, ext = _fit_name(name).rpartition(".")
+    stem, dot, ext = fit_name(name).rpartition(".")
     if not dot:
         stem, ext = ext, "json"
     for _ in range(_PUT_BACK_TRIES):
@@ -222,7 +149,7 @@ class Quarantine:
         ``.reason.json`` are shortened (with a digest, so two long names stay apart);
         the reason file keeps the original name.
         """
-        name = _fit_name(name)
+        name = fit_name(name)
         stem, dot, ext = name.rpartition(".")
         if not dot:
             stem, ext = name, ""
@@ -231,65 +158,6 @@ class Quarantine:
         while True:
             n += 1
             yield f"{stem}-{n}.{ext}" if ext else f"{stem}-{n}"
-
-    def _reserve(self, candidate: str, original: str, data: bytes) -> tuple[Path, int] | None:
-        """Write ``data`` as ``candidate``'s reason file, unless the name is taken.
-
-        Returns the reason file and a descriptor holding an exclusive ``flock`` on it,
-        taken before the file got its name: another process setting a drop aside into
-        the same folder (two watchers may share one ``--rejected-dir``) can then tell
-        a reason file whose move is under way (locked) from one left alone by a process
-        killed between the two steps of :meth:`set_aside` (unlocked). Only the latter,
-        naming this same drop and with no drop beside it, is replaced: the same drop
-        has come again. Returns None when the name is taken (a drop, another drop's
-        reason file, or a name another process took meanwhile).
-        """
-        if candidate.endswith(REASON_SUFFIX) or os.path.lexists(self.rejected_dir / candidate):
-            return None
-        reason_name = candidate + REASON_SUFFIX
-        leftover = self._lock_leftover(self.rejected_dir / reason_name, original)
-        if leftover is False:
-            return None
-        try:
-            if os.path.lexists(self.rejected_dir / candidate):
-                return None  # a drop came meanwhile: that reason file was no leftover
-            staged = durable.StagedFile(self.rejected_dir, data, 0o644, name=reason_name)
-            with staged:
-                assert staged.temp is not None  # a named temp file: one can be opened
-                held = _held_lock(staged.temp)
-                try:
-                    path = staged.commit(reason_name, replace=leftover is not None)
-                except StorageError as exc:
-                    os.close(held)
-                    if exc.errno == errno.EEXIST:
-                        return None  # another process took the name meanwhile
-                    raise
-            return path, held
-        finally:
-            if isinstance(leftover, int):
-                os.close(leftover)
-
-    def _lock_leftover(self, reason: Path, original: str) -> int | bool | None:
-        """What stands at ``reason``: None when nothing does; a descriptor holding the
-        lock of a reason file for drop ``original`` that no process holds (left by a
-        crash); False for anything else (the name is taken)."""
-        try:
-            fd = os.open(reason, durable.READ_NOFOLLOW)
-        except FileNotFoundError:
-            return None
-        except OSError:
-            return False
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EEXIST, "not a reason file")
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a move is under way
-            record = json.loads(os.read(fd, 1 << 20))
-            if not isinstance(record, dict) or record.get("file") != original:
-                raise OSError(errno.EEXIST, "another drop's reason file")
-        except (OSError, ValueError):
-            os.close(fd)
-            return False
-        return fd
 
     def _move_new(
         self,
@@ -347,7 +215,7 @@ class Quarantine:
         if not same_file and not (
             src.st_dev != dst.st_dev
             and src.st_size == dst.st_size
-            and _left_reason(target.parent / (target.name + REASON_SUFFIX), original)
+            and left_reason(target.parent / (target.name + REASON_SUFFIX), original)
             and _same_bytes(source, target, (src.st_dev, src.st_ino))
         ):
             return False
@@ -389,7 +257,11 @@ class Quarantine:
         try:
             return os.lstat(self.claimed_dir).st_dev == os.lstat(source.parent).st_dev
         except OSError:
-            return False  # no .claimed/ to go through: moved as it is
+            # No .claimed/ to go through: moved as it is, by a no-replace rename or, into
+            # another filesystem, a copy whose source name is compared with the file
+            # copied right before its removal (see durable.move_file), the one window
+            # left where a writer's rename onto the name could be removed with it.
+            return False
 
     def set_aside(
         self,
@@ -451,7 +323,7 @@ class Quarantine:
         data = (json.dumps(record, indent=2, default=str) + "\n").encode()
         claim: Path | None = None
         for target in self._rejected_names(name):
-            reserved = self._reserve(target, shown, data)
+            reserved = reserve(self.rejected_dir, target, shown, data)
             if reserved is None:
                 if claim is None and self._finish_cut_move(
                     source, self.rejected_dir / target, shown
@@ -475,7 +347,7 @@ class Quarantine:
             except (StorageError, durable.CopyAbandoned):
                 # Left behind, it would say a drop was set aside that never was. If it
                 # cannot be removed either, it is still counted nowhere (see above).
-                _take_back(reason_file)
+                take_back(reason_file)
                 if claim is not None:
                     self._give_back(claim, source)
                 raise
@@ -483,7 +355,7 @@ class Quarantine:
                 if not moved:
                     # The name was taken meanwhile: on to the next. Taken back while
                     # still locked, so no one takes it for a leftover and writes over it.
-                    _take_back(reason_file)
+                    take_back(reason_file)
             finally:
                 os.close(held)
             if moved:
@@ -564,16 +436,24 @@ class Quarantine:
         writer may have taken that name since, and the claim then takes a fresh name
         beside it (``stem-<random>.json``). The spool is fsynced before the claim's
         folder, so the drop has a name in one of them whatever is lost. Returns the
-        name it took. Raises :class:`StorageError` when it cannot be moved or made
+        name it took. Where no step can take a name without a look then a rename (no
+        no-replace rename, no hard link), the drop's own name is never taken, and a
+        fresh one is. Raises :class:`StorageError` when it cannot be moved or made
         durable."""
         for name in _fresh_names(source.name):
+            own = name == source.name
             try:
                 # Where no rename can refuse to replace, a link then the unlink of the
                 # claim: its name is the watcher's alone, so nothing else is unlinked.
-                durable.rename_new(claim, source.parent / name)
+                # Where no link can be made either, only a look then a rename is left,
+                # and a writer renaming its next drop onto the drop's own name in
+                # between would lose it: a random fresh name is one no writer takes.
+                durable.rename_new(claim, source.parent / name, look_first=not own)
             except FileExistsError:
                 continue
             except OSError as exc:
+                if own and exc.errno == errno.ENOTSUP:
+                    continue
                 raise StorageError("put back", claim, exc) from exc
             durable.fsync_dir(source.parent)
             durable.fsync_dir(claim.parent)
@@ -591,7 +471,9 @@ class Quarantine:
             moved.moved_to = target
             raise moved from exc
 
-    def finish_claim(self, name: str, spool_dir: Path) -> Rejected | str | None:
+    def finish_claim(
+        self, name: str, spool_dir: Path, spool_names_of: Callable[[Path], list[str]]
+    ) -> Rejected | str | None:
         """Finish the claim ``name`` (see :func:`is_set_aside_claim`) that a stop (a
         crash, a failure) left in ``.claimed/`` on its way to the quarantine.
 
@@ -601,13 +483,16 @@ class Quarantine:
         (:class:`Rejected`, with the reason its reason file gives). Otherwise it goes
         back to the spool, under the drop's name its reason file gives (or a fresh one
         beside it, see :meth:`put_back`), to be judged again and set aside once: the
-        name it is put back as is returned. None when the claim is gone. Raises
-        :class:`StorageError` when it cannot be finished yet.
+        name it is put back as is returned. ``spool_names_of(claim)`` gives the spool's
+        names that are the claim's very file (a put-back cut short between its link and
+        the claim's unlink): the drop is back under that name already, and only the
+        claim goes. None when the claim is gone. Raises :class:`StorageError` when it
+        cannot be finished yet.
         """
         claim = self.claimed_dir / name
         target = name[len(CLAIM_PREFIX) :]
         reason = self.rejected_dir / (target + REASON_SUFFIX)
-        record = _record_of(reason) or {}
+        record = record_of(reason) or {}
         said = record.get("file")
         original = target
         if (
@@ -617,10 +502,14 @@ class Quarantine:
             and not said.startswith(".")
             and "/" not in said
             and "\\x" not in said
+            and "\0" not in said
+            and may_name(said, target)
         ):
             # A name shortened or given a suffix in rejected/: the drop's own is the one
             # the reason file says, unless it had bytes that are not UTF-8, which the
-            # reason file says as \xNN (no name to give back: the target's is).
+            # reason file says as \xNN (no name to give back: the target's is). A name
+            # that cannot be the target's drop (a reason file edited, or another's) is
+            # not taken: the drop would be put back under a name never judged.
             original = said
         try:
             mine = os.lstat(claim)
@@ -628,18 +517,23 @@ class Quarantine:
             return None
         except OSError as exc:
             raise StorageError("stat claim", claim, exc) from exc
-        if self._holds(claim, mine, self.rejected_dir / target, escape_text(original)):
+        # The drop the reason file names, as it names it: where the drop's own name
+        # cannot be read back from it (\xNN), the target's is no stand-in for it.
+        shown = said if isinstance(said, str) and may_name(said, target) else escape_text(original)
+        if self._holds(claim, mine, self.rejected_dir / target, shown):
             durable.fsync_dir(self.rejected_dir)  # its last step may not be durable yet
             durable.remove_file(claim)
             durable.fsync_dir(spool_dir)
             return Rejected(original, str(record.get("reason", "set aside")), target)
         back = spool_dir / original
-        with contextlib.suppress(OSError):
-            if os.path.samestat(os.lstat(back), mine):
-                # Put back by a link whose unlink of the claim was cut short.
-                durable.fsync_dir(spool_dir)
-                durable.remove_file(claim)
-                return original
+        # Put back by a link whose unlink of the claim was cut short: under the drop's
+        # own name, or a fresh one if a writer had taken it, which only a look at every
+        # name of the file finds. Put back again, it would be in the spool twice.
+        there = spool_names_of(claim) if mine.st_nlink > 1 else []
+        if there:
+            durable.fsync_dir(spool_dir)
+            durable.remove_file(claim)
+            return original if original in there else there[0]
         return self.put_back(claim, back)
 
     def _holds(self, claim: Path, mine: os.stat_result, target: Path, original: str) -> bool:
@@ -656,7 +550,7 @@ class Quarantine:
             and stat.S_ISREG(mine.st_mode)
             and stat.S_ISREG(there.st_mode)
             and mine.st_size == there.st_size
-            and _left_reason(target.parent / (target.name + REASON_SUFFIX), original)
+            and left_reason(target.parent / (target.name + REASON_SUFFIX), original)
             and _same_bytes(claim, target, (mine.st_dev, mine.st_ino))
         )
 

@@ -113,7 +113,7 @@ class ClaimRecovery:
         ``finished`` hears of one found set aside; one put back in the spool is said in
         the log, and judged again as it comes. Raises :class:`StorageError` when it
         cannot be finished yet."""
-        done = self.spool.rejected.finish_claim(name, self.spool.dir)
+        done = self.spool.rejected.finish_claim(name, self.spool.dir, self._spool_names_of)
         self._spool_changed = True
         if isinstance(done, Rejected):
             finished(done)

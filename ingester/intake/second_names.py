@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import StorageError
@@ -37,19 +37,42 @@ from .spool import Opened
 __all__ = ["remove_second_name", "version_named_by"]
 
 
-def _version_names_of(folder: durable.StrPath, dev: int, ino: int) -> Iterator[str]:
-    """The version-named entries of ``folder`` that are the regular file ``(dev, ino)``.
+_listings: dict[str, dict[int, list[str]]] = {}
+"""The last listing of each folder looked in, its version-named entries by inode number:
+after a power cut many drops in the spool can be versions' files, and one listing of a
+history of 100,000 versions per drop made a restart take minutes."""
 
-    One listing of the folder (the inode numbers come with it, no ``stat`` per entry),
-    then, as the caller asks for them, an ``lstat`` of each entry of that inode number,
-    for its device. Raises :class:`StorageError` when the folder cannot be listed.
-    """
+
+def _list_versions(folder: str) -> dict[int, list[str]]:
+    inodes: dict[int, list[str]] = {}
     try:
         with os.scandir(folder) as entries:
-            matches = [e.name for e in entries if e.inode() == ino and is_version_name(e.name)]
+            for entry in entries:
+                if is_version_name(entry.name):
+                    inodes.setdefault(entry.inode(), []).append(entry.name)
     except OSError as exc:
         raise StorageError("list", folder, exc) from exc
-    return (name for name in matches if _is_file(os.path.join(folder, name), dev, ino))
+    _listings[folder] = inodes
+    return inodes
+
+
+def _version_names_of(folder: durable.StrPath, dev: int, ino: int) -> list[str]:
+    """The version-named entries of ``folder`` that are the regular file ``(dev, ino)``.
+
+    The folder's last listing answers (the inode numbers come with it, no ``stat`` per
+    entry), each name of that inode number checked by ``lstat``, for its device: a name
+    removed or given to another file since is no longer one. A name made since is not in
+    it, so a listing that finds none is taken again before the answer is none. Raises
+    :class:`StorageError` when the folder cannot be listed.
+    """
+    key = os.fspath(folder)
+    listing = _listings.get(key)
+    if listing is not None:
+        found = [n for n in listing.get(ino, []) if _is_file(os.path.join(key, n), dev, ino)]
+        if found:
+            return found
+    listing = _list_versions(key)
+    return [n for n in listing.get(ino, []) if _is_file(os.path.join(key, n), dev, ino)]
 
 
 def _is_file(path: str, dev: int, ino: int) -> bool:
@@ -66,14 +89,14 @@ def version_named_by(history_dir: Path, dev: int, ino: int) -> str | None:
     Called only for a drop with more than one link, which no drop written by the drop
     protocol has. Raises :class:`StorageError` when the history cannot be listed.
     """
-    return next(_version_names_of(history_dir, dev, ino), None)
+    return next(iter(_version_names_of(history_dir, dev, ino)), None)
 
 
 def claim_named_by(claimed_dir: str, dev: int, ino: int) -> bool:
     """Whether a claim in ``claimed_dir`` (a version-named entry, as recovery finishes) is
     the file ``(dev, ino)``. Called only for a drop with more than one link. Raises
     :class:`StorageError` when the folder cannot be listed."""
-    return next(_version_names_of(claimed_dir, dev, ino), None) is not None
+    return bool(_version_names_of(claimed_dir, dev, ino))
 
 
 def remove_second_name(

@@ -88,7 +88,11 @@ def move_file(
     the error); across filesystems the identity is checked when the source is opened,
     which stays open until it is removed, and right before the removal the name is
     compared with that open file (another file found there then is left alone, and the
-    copy of the one judged stays: the move counts as made).
+    copy of the one judged stays: the move counts as made). No look can keep a rename
+    out of the instant between that comparison and the removal: a file renamed onto
+    ``src`` then is removed with it. A caller whose ``src`` another process may rename
+    onto (a spool's drop name) therefore first renames the entry to a name no other
+    process uses and moves it from there, as the quarantine does (its claim).
 
     The entry itself is moved, never what a symlink points at. Within a filesystem this
     is one rename; across filesystems a regular file is copied durably (its holes kept

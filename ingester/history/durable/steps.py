@@ -343,16 +343,25 @@ def current_umask() -> int:
     return mask
 
 
-def _link_no_clobber(tmp: Path, final: Path) -> bool:
+def _link_no_clobber(tmp: Path, final: Path, *, look_first: bool = True) -> bool:
     """Hard-link the entry ``tmp`` (never what a symlink points at) as ``final``: True.
-    Where hard links cannot be made, a check then a rename: False (``tmp`` is gone).
+    Where hard links cannot be made, a no-replace rename (``renameat2``), else a check
+    then a rename: False (``tmp`` is gone); without ``look_first``, ``OSError``
+    (``ENOTSUP``) instead of the check then the rename, nothing done.
     Raises ``FileExistsError`` when ``final`` exists, ``OSError`` for other failures."""
     try:
         os.link(tmp, final, follow_symlinks=False)
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
-        # No hard links here (e.g. some FUSE or SMB mounts): check, then rename.
+        # No hard links here (vfat, some FUSE or SMB mounts), or none of another user's
+        # file: a rename that never replaces where there is one, since a check then a
+        # rename replaces what another process names so in between.
+        if _rename_no_clobber(tmp, final):
+            return False
+        if not look_first:
+            words = "no step here can take a name without risk of replacing a file"
+            raise OSError(errno.ENOTSUP, words, os.fspath(final)) from exc
         if os.path.lexists(final):
             raise FileExistsError(errno.EEXIST, "File exists", os.fspath(final)) from exc
         os.replace(tmp, final)
@@ -394,19 +403,23 @@ def _rename_no_clobber(source: Path, final: Path) -> bool:
     raise OSError(err, os.strerror(err), os.fspath(final))
 
 
-def rename_new(src: StrPath, dst: StrPath) -> None:
+def rename_new(src: StrPath, dst: StrPath, *, look_first: bool = True) -> None:
     """Rename the entry ``src`` (never what a symlink points at) to the new name ``dst``
     within one filesystem; never replaces anything.
 
     ``renameat2(RENAME_NOREPLACE)`` where the system has it; otherwise a hard link,
     then ``src`` unlinked (the link taken back if that fails); where hard links cannot
-    be made either, a check then a rename. Raises ``FileExistsError`` when ``dst``
-    exists, ``OSError`` (``EXDEV`` across filesystems) for other failures, unwrapped:
-    the caller names the step. No folder is fsynced.
+    be made either (no hard links there, or ``fs.protected_hardlinks`` refusing another
+    user's file), a check then a rename, which replaces a file given the name between
+    the two. A caller whose ``dst`` another process may be renaming onto (a spool's
+    drop name) passes ``look_first=False``: ``OSError`` (``ENOTSUP``) there instead,
+    nothing moved. Raises ``FileExistsError`` when ``dst`` exists, ``OSError``
+    (``EXDEV`` across filesystems) for other failures, unwrapped: the caller names the
+    step. No folder is fsynced.
     """
     if _rename_no_clobber(Path(src), Path(dst)):
         return
-    if not _link_no_clobber(Path(src), Path(dst)):
+    if not _link_no_clobber(Path(src), Path(dst), look_first=look_first):
         return  # renamed: nothing left under ``src``
     try:
         os.unlink(src)
