@@ -736,7 +736,7 @@ def test_a_reason_file_another_watcher_writes_as_ours_is_named_where_links_are_r
     held = (
         STRACE, "-f", "-qq", "-o", "/dev/null",
         "-e", "inject=link,linkat:error=EPERM",
-        "-e", "inject=rename,renameat2:delay_enter=1000000", "--",
+        "-e", "inject=rename,renameat2:delay_enter=2000000", "--",
     )  # fmt: skip
     with contextlib.ExitStack() as stack:
         watcher = stack.push(WatchProcess(root, "--once", wrapper=held))
