@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -24,7 +26,9 @@ from support.capabilities import (
     others_folder,
     run_as_other,
     run_held_after,
+    run_tool,
     tmpfs,
+    umount_all,
 )
 
 from ingester.history.lock import HistoryLock
@@ -268,6 +272,11 @@ def test_ingest_lists_the_spool_once_for_many_files_with_other_links(
         files[-1].write_bytes(sample.read_bytes())
         os.link(files[-1], tmp_path / f"backup-{n}.json")
     os.link(files[1], spool / "waiting.json")
+    # Settled: a spool changed within the last seconds is listed again for each file.
+    hour_ago = time.time_ns() - 3600 * 10**9
+    for folder in (spool, spool / ".claimed"):
+        if folder.exists():
+            os.utime(folder, ns=(hour_ago, hour_ago))
     trace = tmp_path / "opens.log"
     done = run_cli(
         root,
@@ -313,6 +322,75 @@ def test_ingest_finds_a_drop_linked_into_the_spool_after_its_listing(
         f"rejected {files[1]}: a drop waiting in {spool}; the watcher takes it"
     ), done.stdout
     assert len(versions(root / "console-usage-history")) == 1
+
+
+@contextmanager
+def whole_second_times(tmp_path: Path) -> Iterator[Path]:
+    """A fresh ext4 whose times count whole seconds (128-byte inodes), loop-mounted for
+    the block and unmounted after; skips where that cannot be made."""
+    if shutil.which("mkfs.ext4") is None:
+        pytest.skip("mkfs.ext4 (e2fsprogs) is not installed")
+    image = tmp_path / "seconds.img"
+    with image.open("wb") as f:
+        f.truncate(16 << 20)
+    made = run_tool("mkfs.ext4", "-q", "-F", "-I", "128", str(image))
+    assert made.returncode == 0, made.stderr
+    point = tmp_path / "seconds"
+    point.mkdir()
+    mounted = run_tool("mount", "-o", "loop", str(image), str(point))
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot loop-mount an image here: {mounted.stderr.strip()}")
+    try:
+        yield point
+    finally:
+        umount_all(point)
+
+
+@needs_strace_root
+def test_ingest_finds_a_drop_linked_into_the_spool_in_the_second_of_its_listing(
+    tmp_path: Path,
+) -> None:
+    """Where a folder's times count whole seconds, a drop linked into the spool in the
+    same second as ingest's listing leaves the spool's times as they were; it is found
+    all the same, not stored by ingest and again by the watcher."""
+    with whole_second_times(tmp_path) as point:
+        for attempt in range(20):
+            root = point / f"root-{attempt}"
+            root.mkdir()
+            assert run_cli(root, "init").returncode == 0
+            spool = root / "spool"
+            files = []
+            for n, sample in enumerate(VALID_SAMPLES[:2]):
+                files.append(root / f"in-{n}.json")
+                files[-1].write_bytes(sample.read_bytes())
+                os.link(files[-1], root / f"backup-{n}.json")
+            unmoved: list[bool] = []
+
+            def drop_the_second(
+                spool: Path = spool, late: Path = files[1], unmoved: list[bool] = unmoved
+            ) -> None:
+                before = os.stat(spool)
+                os.link(late, spool / "late.json")
+                after = os.stat(spool)
+                unmoved.append(
+                    (before.st_mtime_ns, before.st_ctime_ns)
+                    == (after.st_mtime_ns, after.st_ctime_ns)
+                )
+
+            # A drop just taken by the watcher: the spool changed this second.
+            (spool / "taken.json").touch()
+            (spool / "taken.json").unlink()
+            args = ("ingest", *map(str, files))
+            done = run_held_after(root, args, spool, "getdents64", drop_the_second, when=2)
+            if not unmoved[0]:
+                continue  # a new second began meanwhile: the link moved its times; again
+            assert done.returncode == 1, done.stderr
+            assert done.stdout.splitlines()[1] == (
+                f"rejected {files[1]}: a drop waiting in {spool}; the watcher takes it"
+            ), done.stdout
+            assert len(versions(root / "console-usage-history")) == 1
+            return
+        pytest.fail("every link fell in a new second: the case was never made")
 
 
 def test_ingest_missing_file_and_over_max_bytes(root: Path, valid_payload: bytes) -> None:

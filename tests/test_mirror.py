@@ -2488,3 +2488,25 @@ def test_a_failed_restore_keeps_a_root_another_made_while_it_started(
     )
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert root.is_dir() and not any(root.iterdir())
+
+
+def test_a_restore_that_finds_no_valid_version_leaves_no_history_behind(
+    tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """Every object named as a version is no payload: nothing is restored, each is named,
+    exit 1, and the root it made is taken away (a retry or 'init' meets what was
+    there), never a history of no version with a latest link to nothing."""
+    client = client_for(s3.endpoint)
+    junk = "2099-01-01T00-00-00-deadbeef.json"
+    client.put_object(Bucket=bucket, Key=f"none/{junk}", Body=b"this is not json")
+    env = s3_env(s3.endpoint, aws_files)
+    target = tmp_path / "r"
+    done = run_cli(tmp_path, "restore", f"s3://{bucket}/none", "--root", str(target), **env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"error: {junk} in the object store is not a valid payload (not JSON" in done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"error: no valid version at s3://{bucket}/none: of the 1 listed, 1 not a valid "
+        "payload (each said above); nothing restored"
+    ), done.stderr
+    assert "None" not in done.stdout + done.stderr, done.stdout + done.stderr
+    assert not target.exists(), sorted(p.name for p in target.rglob("*"))

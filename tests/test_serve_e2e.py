@@ -258,3 +258,37 @@ def test_a_long_trigger_s_output_is_logged_as_it_comes_and_kept_when_serve_stops
     log = server.log
     assert ": | started" in log and ": | half a line" in log, log
     assert "Traceback" not in log, log
+
+
+def test_a_job_the_trigger_leaves_running_may_still_print_after_the_run(
+    root: Path, tmp_path: Path
+) -> None:
+    """A wrapper that starts the scraper in the background and exits 0: the job keeps
+    the output pipe, and a line it prints once the run is over is not logged, but
+    neither does it kill the job (SIGPIPE, or a broken pipe), as a closed pipe would."""
+    finished = tmp_path / "finished"
+    job = (
+        "import os, select, sys\n"
+        "print('job started', flush=True)\n"
+        # Until serve stops reading the pipe (its end shows an error), 10 s at most.
+        "poll = select.poll(); poll.register(1, 0)\n"
+        "poll.poll(10_000)\n"
+        "print('job done', flush=True)\n"
+        f"open({str(finished)!r}, 'w').close()\n"
+    )
+    script = tmp_path / "job.py"
+    script.write_text(job)
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(
+        "import subprocess, sys\n"
+        f"subprocess.Popen([sys.executable, {str(script)!r}])\n"
+        "print('wrapper done', flush=True)\n"
+    )
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(wrapper))}"
+    with ServeProcess(root, "--trigger-command", command) as server:
+        r = server.post(f"{API}/trigger", headers=HEADERS, timeout=60)
+        assert r.status_code == 200, r.text
+        wait_for(finished.exists, 30, "the job to print its last line and finish")
+        log = server.log
+    assert ": | wrapper done" in log, log
+    assert ": | job done" not in log, log

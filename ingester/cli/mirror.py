@@ -233,7 +233,7 @@ def restore(
     One that fails before it writes a version takes away what it made itself (the
     root, the history folder and its lock file), nothing else.
     """
-    from ..mirror.restore import RestoreError, restore_history
+    from ..mirror.restore import NothingRestored, RestoreError, restore_history
     from ..ops.adopt import unsafe_latest
 
     app: App = ctx.obj
@@ -286,6 +286,9 @@ def restore(
     except LockHeld as exc:
         raise fail(f"{exc}; stop the watcher before restoring into its history") from None
     except RestoreError as exc:
+        if isinstance(exc, NothingRestored):
+            for name, reason in exc.invalid:
+                fail(f"{name} in the object store is not a valid payload ({reason}); not restored")
         raise fail(str(exc)) from None
     except StorageError as exc:
         raise fail(str(exc)) from None

@@ -10,6 +10,7 @@ import os
 import select
 import stat
 import sys
+import time
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -333,6 +334,11 @@ def waiting_drop(path: Path, spool_dir: Path, links: SpoolLinks | None = None) -
     return waiting_file(st, spool_dir, other_links=True)
 
 
+_SETTLE_NS = 2_000_000_000
+# A folder's times move by a clock tick, on some filesystems by whole seconds: one
+# modified within this of a look may be modified again without its times moving.
+
+
 class SpoolLinks:
     """The names in a spool (drops) and in its ``.claimed/`` by inode, listed once, when
     first needed: ``ingest`` given many files with other hard links looks each up here
@@ -342,38 +348,46 @@ class SpoolLinks:
     since the listing (the watcher claimed or stored it) sends that file to a fresh
     look (:func:`waiting_file`), so that a drop claimed meanwhile is still found. A
     folder changed since the listing (its modification time: a drop linked or renamed
-    in) is listed again, so that a drop put there meanwhile is found too.
+    in) is listed again, so that a drop put there meanwhile is found too; so is one
+    that changed within :data:`_SETTLE_NS` of its look, however it looks now: on a
+    filesystem whose times count whole seconds (ext4 with 128-byte inodes, an NFS
+    server's), a drop linked in the same second leaves them as they were.
     """
 
     def __init__(self, spool_dir: Path) -> None:
         self.spool_dir = spool_dir
         self._by_inode: dict[int, list[str]] | None = None
         self._listed: tuple[tuple[int, int, int, int] | None, ...] = ()
+        self._settled = False  # no folder changed within _SETTLE_NS of the listing's look
 
-    def _folders(self) -> tuple[tuple[int, int, int, int] | None, ...]:
+    def _folders(self) -> tuple[tuple[tuple[int, int, int, int] | None, ...], bool]:
         """The spool and its ``.claimed/`` as (device, inode, mtime, ctime in ns), or
         ``None`` for one that cannot be looked at: any name added, removed or renamed
-        in a folder changes its times."""
+        in a folder changes its times. And whether both are settled: neither modified
+        within :data:`_SETTLE_NS` of now, so that a change from now on moves its time."""
         from ..intake.spool import Spool
 
         spool = Spool(self.spool_dir)
         states: list[tuple[int, int, int, int] | None] = []
+        settled = True
         for folder in (spool.dir, spool.claimed_dir):
+            now = time.time_ns()
             try:
                 st = os.stat(folder)
             except OSError:
                 states.append(None)
                 continue
             states.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
-        return tuple(states)
+            settled = settled and now - st.st_mtime_ns > _SETTLE_NS
+        return tuple(states), settled
 
     def _listing(self) -> dict[int, list[str]]:
         from ..intake.spool import Spool, is_drop_name
 
-        folders = self._folders()
-        if self._by_inode is None or folders != self._listed:
+        folders, settled = self._folders()
+        if self._by_inode is None or not self._settled or folders != self._listed:
             # Looked at before the listing: a change during it shows at the next look.
-            self._listed = folders
+            self._listed, self._settled = folders, settled
             by_inode: dict[int, list[str]] = {}
             spool = Spool(self.spool_dir)
             # The spool before .claimed/, as waiting_file looks.

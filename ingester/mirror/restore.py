@@ -51,7 +51,17 @@ from .s3_history import S3History
 if TYPE_CHECKING:
     from ..history.store import HistoryStore
 
-__all__ = ["RestoreError", "RestoreResult", "restore_history"]
+__all__ = ["NothingRestored", "RestoreError", "RestoreResult", "restore_history"]
+
+
+class NothingRestored(RestoreError):
+    """No version is in the history after the restore: every object listed as one was no
+    valid payload (``invalid``: each name and why, for the caller to say) or was deleted
+    before its download. Nothing was written."""
+
+    def __init__(self, message: str, invalid: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.invalid = invalid
 
 
 @dataclass
@@ -89,8 +99,10 @@ def restore_history(
     object is not restored, as one that is no payload is not (``verify`` would refuse it).
 
     Raises :class:`RestoreError` (one line) when the object store cannot be read or a
-    download is damaged, and :class:`~ingester.history.durable.StorageError` when the history
-    cannot be written. What was written before an error stays: run it again to finish.
+    download is damaged, :class:`NothingRestored` when no version is in the history
+    after all (nothing written), and :class:`~ingester.history.durable.StorageError`
+    when the history cannot be written. What was written before an error stays: run it
+    again to finish.
     """
     remote = S3History(client, target)
     try:
@@ -197,11 +209,21 @@ def restore_history(
         # A failure ends the restore: the downloads queued behind it never start.
         pool.shutdown(wait=True, cancel_futures=True)
 
-    if result.gone and not (result.restored or result.present):
+    if result.gone and not (result.restored or result.present or result.invalid):
         # Not a history to point a latest link at: the prefix was emptied meanwhile.
-        raise RestoreError(
+        raise NothingRestored(
             f"no versions at {target}: the {len(result.gone)} listed were deleted before "
-            "their download"
+            "their download",
+            [],
+        )
+    if result.invalid and not (result.restored or result.present or writer.reader.list_versions()):
+        # Nor is one of no valid version: its metadata and latest link are not written.
+        gone = f", {len(result.gone)} deleted before their download" if result.gone else ""
+        raise NothingRestored(
+            f"no valid version at {target}: of the {len(versions)} listed, "
+            f"{len(result.invalid)} not a valid payload (each said above){gone}; nothing "
+            "restored",
+            result.invalid,
         )
     base: StorageMetadata | None = None
     if not had_metadata:

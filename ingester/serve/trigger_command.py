@@ -16,7 +16,8 @@ run without a shell, so nothing a request sends ever reaches a command line.
 * Its output (stdout and stderr together) goes to the log as it comes, one line per
   line (a line over ``LINE_CAP`` bytes in pieces), cut after ``OUTPUT_CAP`` bytes; the
   rest is read and counted, never kept. What it printed is logged however the run
-  ends, the server stopping it included.
+  ends, the server stopping it included. A job it leaves running keeps the pipe: what
+  it writes after the run is read and let go, never logged, until it closes it.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class TriggerRunner:
     def __init__(self, command: TriggerCommand) -> None:
         self.command = command
         self._running: asyncio.Task[TriggerResult] | None = None
+        # Reading on after a run, unlogged, while a job it left running holds its pipe.
+        self._reading_on: set[asyncio.Task[None]] = set()
 
     async def run(self) -> tuple[TriggerResult, bool]:
         """The result of a run, and whether this call joined one already under way."""
@@ -129,6 +132,7 @@ class TriggerRunner:
 
         reader = asyncio.create_task(drain())
         timed_out = False
+        held_open = False
         try:
             try:
                 async with asyncio.timeout(cmd.timeout):
@@ -137,22 +141,27 @@ class TriggerRunner:
                 timed_out = True
                 code = await _end(proc)
             # What it wrote before it ended is in the pipe; a child it left running may
-            # hold the pipe open, so the reading ends soon after the command does.
-            try:
-                async with asyncio.timeout(1.0):
-                    await reader
-            except TimeoutError:
-                reader.cancel()
+            # hold the pipe open, so the logging ends soon after the command does.
+            done, _ = await asyncio.wait({reader}, timeout=1.0)
+            held_open = not done
         finally:
             try:
                 if proc.returncode is None:  # cancelled (the server stops): leave nothing behind
                     await asyncio.shield(_end(proc))
             finally:
-                reader.cancel()
-                pipe.close()
                 # What it printed is said however the run ends: a last line without its
                 # end, and what was cut, even when the server stops it mid-run.
                 said.close()
+                if held_open and proc.returncode is not None:
+                    # A job it left running still writes there: its pipe closed, its next
+                    # line would kill it (SIGPIPE). Read on, logging nothing, until it
+                    # closes its end (or the server stops).
+                    rest = asyncio.create_task(_read_on(reader, pipe))
+                    self._reading_on.add(rest)
+                    rest.add_done_callback(self._reading_on.discard)
+                else:
+                    reader.cancel()
+                    pipe.close()
         took = time.monotonic() - started
         if timed_out:
             message = f"the trigger command timed out after {cmd.timeout:g} s and was stopped"
@@ -165,6 +174,15 @@ class TriggerRunner:
         level = logging.INFO if code == 0 and not timed_out else logging.ERROR
         log.log(level, "%s: %s", request_id, message)
         return TriggerResult(code == 0 and not timed_out, message, request_id)
+
+
+async def _read_on(reader: asyncio.Task[None], pipe: asyncio.BaseTransport) -> None:
+    """Wait for ``reader`` to reach the end of ``pipe`` (or be cancelled), then close it."""
+    try:
+        await reader
+    finally:
+        reader.cancel()
+        pipe.close()
 
 
 async def _end(proc: asyncio.subprocess.Process) -> int:
@@ -228,9 +246,13 @@ class _OutputLog:
         self.pending = bytearray()  # the start of a line whose end has not come yet
         self.taken = 0  # bytes under the cap: logged, or pending
         self.dropped = 0
+        self.closed = False
 
     def feed(self, chunk: bytes) -> None:
-        """Take the next bytes the command wrote; log each line they complete."""
+        """Take the next bytes the command wrote; log each line they complete (none once
+        :meth:`close` was called: what a job left running writes after its run)."""
+        if self.closed:
+            return
         room = OUTPUT_CAP - self.taken
         self.pending += chunk[:room]
         self.taken += min(room, len(chunk))
@@ -247,7 +269,9 @@ class _OutputLog:
             del self.pending[:cut]
 
     def close(self) -> None:
-        """Log what is left (a last line without its end) and how much was cut."""
+        """Log what is left (a last line without its end) and how much was cut; what
+        comes after is not logged."""
+        self.closed = True
         if self.pending:
             self._say(bytes(self.pending))
             self.pending.clear()
