@@ -270,9 +270,10 @@ def test_a_job_the_trigger_leaves_running_may_still_print_after_the_run(
     job = (
         "import os, select, sys\n"
         "print('job started', flush=True)\n"
-        # Until serve stops reading the pipe (its end shows an error), 10 s at most.
+        # Until serve stops reading the pipe (its end then shows an error), 4 s at most:
+        # a server that closed it a second after the run would show it well before.
         "poll = select.poll(); poll.register(1, 0)\n"
-        "poll.poll(10_000)\n"
+        "poll.poll(4_000)\n"
         "print('job done', flush=True)\n"
         f"open({str(finished)!r}, 'w').close()\n"
     )
