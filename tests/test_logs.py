@@ -55,6 +55,20 @@ def test_json_logs_are_valid_utf8_with_the_bytes_escaped(root: Path) -> None:
     assert "\\udc" not in text
 
 
+def test_json_logs_write_a_bidirectional_control_as_an_escape(root: Path) -> None:
+    """A drop name holding a right-to-left override (U+202E) would reverse the rest of a
+    JSON line on a terminal or in a log viewer, as it would a text line: the JSON line
+    writes it as ``\\u202e``, which parses back to the name as it is."""
+    spool = root / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    (spool / "evil\u202enosj.json").write_bytes(INVALID.read_bytes())
+    text = watch_once(root, "--log-format", "json").decode("utf-8")
+    assert "\u202e" not in text, text
+    assert "\\u202e" in text, text
+    entries = [json.loads(line) for line in text.splitlines()]
+    assert "evil\u202enosj.json" in {e.get("drop") for e in entries}, text
+
+
 def test_text_logs_escape_the_bytes_the_same_way(root: Path) -> None:
     put_drops(root)
     text = watch_once(root).decode("utf-8")

@@ -50,11 +50,13 @@ _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127)} | {
     13: "\\r",
 }
 # Unicode's bidirectional controls (Unicode TR 9): printed, one in a name reverses the
-# rest of the line on a terminal, numbers included. Written as Python writes them.
-_CONTROL_ESCAPES |= {
+# rest of the line on a terminal, numbers included. Written as Python writes them, which
+# is also how JSON escapes a character in a string (so a JSON line parses back to it).
+_BIDI_ESCAPES = {
     code: f"\\u{code:04x}"
     for code in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
 }
+_CONTROL_ESCAPES |= _BIDI_ESCAPES
 # A tab keeps a log line one line: it stays a tab there.
 _ESCAPES = {code: text for code, text in _CONTROL_ESCAPES.items() if code != 9}
 
@@ -134,7 +136,10 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(_clean(entry), default=lambda v: escape_text(str(v)), ensure_ascii=False)
+        line = json.dumps(_clean(entry), default=lambda v: escape_text(str(v)), ensure_ascii=False)
+        # JSON leaves these raw (ensure_ascii=False keeps names readable), and a log viewer
+        # shows them as the text log would without its escapes.
+        return line.translate(_BIDI_ESCAPES)
 
 
 class OneLineFormatter(logging.Formatter):
