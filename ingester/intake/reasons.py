@@ -105,24 +105,18 @@ def take_back(reason_file: Path) -> None:
 def left_reason(reason: Path, original: str) -> bool:
     """Whether ``reason`` is a reason file for drop ``original`` that no process holds
     locked (see :func:`reserve`): not one whose move is under way."""
-    try:
-        fd = os.open(reason, durable.READ_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        record = json.loads(os.read(fd, 1 << 20))
-    except (OSError, ValueError):
-        return False
-    finally:
-        os.close(fd)
-    return isinstance(record, dict) and record.get("file") == original
+    record = _read_record(reason, unlocked=True)
+    return record is not None and record.get("file") == original
 
 
 def record_of(reason: Path) -> dict[str, Any] | None:
     """What the reason file ``reason`` says, or None when it cannot be read as one."""
+    return _read_record(reason, unlocked=False)
+
+
+def _read_record(reason: Path, *, unlocked: bool) -> dict[str, Any] | None:
+    """The JSON object the regular file ``reason`` holds (a symlink is not followed), or
+    None; with ``unlocked``, also None while another process holds it locked."""
     try:
         fd = os.open(reason, durable.READ_NOFOLLOW)
     except OSError:
@@ -130,6 +124,8 @@ def record_of(reason: Path) -> dict[str, Any] | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
+        if unlocked:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         record = json.loads(os.read(fd, 1 << 20))
     except (OSError, ValueError):
         return None
