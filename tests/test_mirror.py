@@ -2145,6 +2145,34 @@ def test_the_documented_serve_from_line_serves_the_mirror(
 # -- serving from the object store ---------------------------------------------------------
 
 
+def test_serve_from_the_object_store_refuses_posts_and_drops_nothing(
+    root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """A read-only instance has no watcher to store a POST into the object store: a
+    snapshot POSTed to it is a 503 that says where to send it, and no spool is made (a
+    202 would tell the scraper it was kept when it never reaches the history served)."""
+    from support.serveproc import KEY, ServeProcess, fresh_payload
+
+    store = make_store(root)
+    store.save_version(fresh_payload(seq=0))
+    target = f"s3://{bucket}/served-read-only"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    replica = tmp_path / "replica"
+    replica.mkdir()
+    with ServeProcess(replica, "--from", target, env=env) as server:
+        answer = server.post(
+            "/api/claude/console-usage",
+            content=fresh_payload(seq=1),
+            headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+        )
+        assert answer.status_code == 503, answer.text
+        assert f"serves {target} read only (--from)" in answer.json()["message"], answer.text
+        health = server.get("/api/health").json()
+    assert list(replica.iterdir()) == [], list(replica.iterdir())
+    assert "waits in the spool" not in json.dumps(health), health
+
+
 def test_serve_from_the_object_store_on_a_machine_without_the_history(
     root: Path, tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

@@ -231,7 +231,7 @@ def restore(
     is overwritten or deleted. An object named as a version that is not a valid payload
     is not restored (exit 1, each named). Refuses while a watcher holds the history.
     One that fails before it writes a version takes away what it made itself (the
-    root, the history folder and its lock file), nothing else.
+    root and any parents it made, the history folder and its lock file), nothing else.
     """
     from ..mirror.restore import NothingRestored, RestoreError, restore_history
     from ..ops.adopt import unsafe_latest

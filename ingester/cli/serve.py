@@ -166,7 +166,8 @@ def _find_program(name: str) -> str | None:
     "source",
     metavar="s3://BUCKET/PREFIX",
     help="Serve the history that 'ingester mirror' keeps in an object store instead of the "
-    "local one (read-only instances on any machine; see docs/mirror.md).",
+    "local one (read-only instances on any machine: POSTs are answered 503; see "
+    "docs/mirror.md).",
 )
 @click.option(
     "--endpoint-url",
@@ -277,6 +278,7 @@ def serve(
         watcher_running=threaded.running if threaded is not None else None,
         trigger=trigger,
         watcher_metrics=threaded.metrics_registry if threaded is not None else None,
+        read_only=source,
     )
     try:
         code = run_server(

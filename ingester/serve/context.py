@@ -34,6 +34,8 @@ class ServeConfig:
     runs (otherwise the history lock tells whether one runs elsewhere).
     ``trigger``: the command the trigger endpoint runs (``None``: it answers 501).
     ``watcher_metrics``: the in-process watcher's own metrics, served in ``/metrics`` too.
+    ``read_only``: where the history served comes from when it is not the local one
+    (``serve --from``); POSTs are then refused (503), as no watcher here stores them there.
     """
 
     settings: Settings
@@ -46,6 +48,7 @@ class ServeConfig:
     watcher_running: Callable[[], bool] | None = None
     trigger: TriggerCommand | None = None
     watcher_metrics: CollectorRegistry | None = None
+    read_only: str | None = None
 
 
 @dataclass

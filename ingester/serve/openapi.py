@@ -170,8 +170,9 @@ def openapi_document() -> dict[str, Any]:
                         ),
                         "503": _json_body(
                             "PostResult",
-                            "The spool cannot be written, or (--require-watcher) no watcher "
-                            "runs; nothing was dropped",
+                            "The spool cannot be written, (--require-watcher) no watcher "
+                            "runs, or the server serves an object store read only (--from); "
+                            "nothing was dropped",
                         ),
                     },
                 },

@@ -156,6 +156,18 @@ async def post_console_usage(request: Request) -> Response:
     if denied is not None:
         ctx.posts.labels("unauthorized").inc()
         return ending_connection(refuse(request, 401, denied))
+    if ctx.config.read_only is not None:
+        # A drop in a local spool would never reach the history served: no watcher here
+        # stores into the object store, and a scraper told 202 would not send it again.
+        ctx.posts.labels("no_watcher").inc()
+        return ending_connection(
+            refuse(
+                request,
+                503,
+                f"this server serves {ctx.config.read_only} read only (--from): nothing was "
+                "dropped; send snapshots to the server beside the watcher",
+            )
+        )
     if not is_json_type(request.headers.get("content-type")):
         ctx.posts.labels("unsupported").inc()
         return ending_connection(refuse(request, 415, "Content-Type must be application/json"))
