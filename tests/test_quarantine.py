@@ -701,7 +701,14 @@ def test_a_drop_put_back_where_names_cannot_be_taken_safely_never_replaces_a_wri
         def putting_back() -> bool:
             # Inside the rename onto the drop's name (in whichever thread recovers), or
             # put back elsewhere already.
-            threads = os.listdir(f"/proc/{program}/task")
+            try:
+                threads = os.listdir(f"/proc/{program}/task")
+            except FileNotFoundError:
+                now = Path(f"/proc/{tracer}/task/{tracer}/children").read_text()
+                raise AssertionError(
+                    f"program {program} gone; strace's children now {now!r}; "
+                    f"strace alive {watcher.proc.poll() is None}; log {watcher.log!r}"
+                ) from None
             inside = any(in_syscall(int(thread), RENAME) for thread in threads)
             return inside or not os.listdir(spool / ".claimed")
 
