@@ -11,7 +11,6 @@ one made with a journal and one without. Skipped, with the reason, where root,
 from __future__ import annotations
 
 import importlib
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from types import ModuleType
 
 import pytest
 from support import IS_ROOT
-from support.capabilities import run_tool
+from support.capabilities import loop_ext4
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,23 +36,9 @@ def test_the_header_says_whether_an_ext4_has_a_journal(
 ) -> None:
     if not IS_ROOT:
         pytest.skip("loop-mounting an image needs root")
-    if shutil.which("mkfs.ext4") is None:
-        pytest.skip("mkfs.ext4 (e2fsprogs) is not installed")
-    image = tmp_path / "ext4.img"
-    with image.open("wb") as f:
-        f.truncate(16 << 20)
     features = [] if journal else ["-O", "^has_journal"]
-    made = run_tool("mkfs.ext4", "-q", "-F", *features, str(image))
-    assert made.returncode == 0, made.stderr
-    point = tmp_path / "mnt"
-    point.mkdir()
-    mounted = run_tool("mount", "-o", "loop", str(image), str(point))
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot loop-mount an image here: {mounted.stderr.strip()}")
-    try:
+    with loop_ext4(tmp_path, *features) as point:
         shown = watch_support.filesystem_of(point)
-    finally:
-        run_tool("umount", str(point))
     assert shown.startswith("ext4 (/dev/loop"), shown
     assert shown.endswith(f" on {point}, journal)" if journal else f" on {point}, no journal)")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -21,14 +20,13 @@ from support import INVALID_SAMPLES, IS_ROOT, VALID_SAMPLES, cli_env, run_cli, w
 from support.capabilities import (
     STRACE,
     immutable,
+    loop_ext4,
     needs_strace_root,
     other_user_problem,
     others_folder,
     run_as_other,
     run_held_after,
-    run_tool,
     tmpfs,
-    umount_all,
 )
 
 from ingester.history.lock import HistoryLock
@@ -257,6 +255,17 @@ def test_ingest_rejects_a_hard_link_to_a_drop_still_waiting_or_claimed(
     assert len(versions(root / "console-usage-history")) == 2
 
 
+def files_with_other_links(folder: Path, count: int) -> list[Path]:
+    """``count`` valid samples written in ``folder``, each with a second name there (a
+    backup made with ``cp -al``, say)."""
+    files = []
+    for n, sample in enumerate(VALID_SAMPLES[:count]):
+        files.append(folder / f"in-{n}.json")
+        files[-1].write_bytes(sample.read_bytes())
+        os.link(files[-1], folder / f"backup-{n}.json")
+    return files
+
+
 @needs_strace_root
 def test_ingest_lists_the_spool_once_for_many_files_with_other_links(
     root: Path, tmp_path: Path
@@ -266,11 +275,7 @@ def test_ingest_lists_the_spool_once_for_many_files_with_other_links(
     once per file, and a drop among them is still found."""
     assert run_cli(root, "init").returncode == 0
     spool = root / "spool"
-    files = []
-    for n, sample in enumerate(VALID_SAMPLES[:3]):
-        files.append(tmp_path / f"in-{n}.json")
-        files[-1].write_bytes(sample.read_bytes())
-        os.link(files[-1], tmp_path / f"backup-{n}.json")
+    files = files_with_other_links(tmp_path, 3)
     os.link(files[1], spool / "waiting.json")
     # Settled: a spool changed within the last seconds is listed again for each file.
     hour_ago = time.time_ns() - 3600 * 10**9
@@ -305,11 +310,7 @@ def test_ingest_finds_a_drop_linked_into_the_spool_after_its_listing(
     by ingest too, the watcher's next start would store it a second time."""
     assert run_cli(root, "init").returncode == 0
     spool = root / "spool"
-    files = []
-    for n, sample in enumerate(VALID_SAMPLES[:2]):
-        files.append(tmp_path / f"in-{n}.json")
-        files[-1].write_bytes(sample.read_bytes())
-        os.link(files[-1], tmp_path / f"backup-{n}.json")
+    files = files_with_other_links(tmp_path, 2)
 
     def drop_the_second() -> None:
         os.link(files[1], spool / "late.json")
@@ -324,28 +325,6 @@ def test_ingest_finds_a_drop_linked_into_the_spool_after_its_listing(
     assert len(versions(root / "console-usage-history")) == 1
 
 
-@contextmanager
-def whole_second_times(tmp_path: Path) -> Iterator[Path]:
-    """A fresh ext4 whose times count whole seconds (128-byte inodes), loop-mounted for
-    the block and unmounted after; skips where that cannot be made."""
-    if shutil.which("mkfs.ext4") is None:
-        pytest.skip("mkfs.ext4 (e2fsprogs) is not installed")
-    image = tmp_path / "seconds.img"
-    with image.open("wb") as f:
-        f.truncate(16 << 20)
-    made = run_tool("mkfs.ext4", "-q", "-F", "-I", "128", str(image))
-    assert made.returncode == 0, made.stderr
-    point = tmp_path / "seconds"
-    point.mkdir()
-    mounted = run_tool("mount", "-o", "loop", str(image), str(point))
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot loop-mount an image here: {mounted.stderr.strip()}")
-    try:
-        yield point
-    finally:
-        umount_all(point)
-
-
 @needs_strace_root
 def test_ingest_finds_a_drop_linked_into_the_spool_in_the_second_of_its_listing(
     tmp_path: Path,
@@ -353,17 +332,13 @@ def test_ingest_finds_a_drop_linked_into_the_spool_in_the_second_of_its_listing(
     """Where a folder's times count whole seconds, a drop linked into the spool in the
     same second as ingest's listing leaves the spool's times as they were; it is found
     all the same, not stored by ingest and again by the watcher."""
-    with whole_second_times(tmp_path) as point:
+    with loop_ext4(tmp_path, "-I", "128") as point:
         for attempt in range(20):
             root = point / f"root-{attempt}"
             root.mkdir()
             assert run_cli(root, "init").returncode == 0
             spool = root / "spool"
-            files = []
-            for n, sample in enumerate(VALID_SAMPLES[:2]):
-                files.append(root / f"in-{n}.json")
-                files[-1].write_bytes(sample.read_bytes())
-                os.link(files[-1], root / f"backup-{n}.json")
+            files = files_with_other_links(root, 2)
             unmoved: list[bool] = []
 
             def drop_the_second(

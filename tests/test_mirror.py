@@ -1258,20 +1258,34 @@ def version_reads(proxy: FaultProxy) -> int:
     return sum(1 for m, p in list(proxy.requests) if m in ("GET", "HEAD") and "list-type" not in p)
 
 
+def _mirrored_behind_slow_kms(
+    root: Path,
+    s3: SeaweedS3,
+    bucket: str,
+    aws_files: dict[str, str],
+    count: int,
+    delay: float,
+) -> tuple[list[str], str, FaultProxy]:
+    """``count`` versions mirrored once to a fresh prefix, then a proxy in front of the
+    store that gives SSE-KMS ETags and holds each request ``delay`` seconds: (the
+    versions' names, the target, the proxy, to close)."""
+    names = add_versions(make_store(root), count)
+    target = f"s3://{bucket}/kms-{uuid.uuid4().hex[:8]}"
+    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert first.returncode == 0, first.stderr
+    proxy = FaultProxy(s3.port)
+    proxy.kms_etags = True
+    proxy.fault, proxy.delay = "delay", delay
+    return names, target, proxy
+
+
 def test_the_first_listing_under_sse_kms_reads_objects_back_several_at_once(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:
     """Under SSE-KMS the first listing after a start reads back every version the bucket
     holds. Those reads run ``--concurrency`` at once, not one round trip after another,
     and each is still judged: every version proven, the state ``ok``."""
-    store = make_store(root)
-    names = add_versions(store, 24)
-    target = f"s3://{bucket}/kms-several"
-    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
-    assert first.returncode == 0, first.stderr
-    proxy = FaultProxy(s3.port)
-    proxy.kms_etags = True
-    proxy.fault, proxy.delay = "delay", 0.1
+    names, target, proxy = _mirrored_behind_slow_kms(root, s3, bucket, aws_files, 24, 0.1)
     try:
         done = run_cli(
             root,
@@ -1336,18 +1350,11 @@ def test_the_watchdog_is_pinged_while_a_listing_is_compared_under_sse_kms(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:
     """In an SSE-KMS bucket (ETags that are not MD5s) the first listing after a start
-    proves each version already in the bucket by a request of its own, one after the
-    other: 2,016 versions at a 30 ms round trip is a minute. The watchdog (the unit's
+    proves each version already in the bucket by a request of its own (``--concurrency``
+    at once): 2,016 versions at a 30 ms round trip is seconds to a minute. The watchdog (the unit's
     ``WatchdogSec``) is pinged within its interval all along. Scaled down here: 150
     versions, 40 ms a request, ``WATCHDOG_USEC`` of 3 s."""
-    store = make_store(root)
-    add_versions(store, 150)
-    target = f"s3://{bucket}/kmsdog"
-    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
-    assert first.returncode == 0, first.stderr
-    proxy = FaultProxy(s3.port)
-    proxy.kms_etags = True
-    proxy.fault, proxy.delay = "delay", 0.04
+    _names, target, proxy = _mirrored_behind_slow_kms(root, s3, bucket, aws_files, 150, 0.04)
     usec = 3_000_000
     with NotifyListener() as listener:
         env = s3_env(

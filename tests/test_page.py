@@ -481,17 +481,24 @@ def test_a_new_drop_appears_without_a_reload(
     assert watcher.returncode == 0, watch_log.read_text()
 
 
+def _open_on_every_version(root: Path, serve: Any, open_page: Any) -> tuple[Any, Any, Any]:
+    """A history of every age in AGES_H, served, open in a page polling every second with
+    the whole range drawn: (the versions' bodies, the server, the watched page)."""
+    bodies = build_history(root, timedelta(minutes=1))
+    server = serve()
+    watched = open_page(server.url + "/?refresh=1")
+    pick_range(watched.page, "All")
+    wait_points(watched.page, len(AGES_H))
+    return bodies, server, watched
+
+
 def test_an_open_page_follows_retention_deleting_old_versions(
     root: Path, serve: Any, open_page: Any
 ) -> None:
     # The newest version stays the same; what changes is how many are held: the count
     # and the chart follow without a reload.
-    bodies = build_history(root, timedelta(minutes=1))
-    server = serve()
-    watched = open_page(server.url + "/?refresh=1")
+    bodies, _server, watched = _open_on_every_version(root, serve, open_page)
     page = watched.page
-    pick_range(page, "All")
-    wait_points(page, len(AGES_H))
     info = page.locator("#version-info")
     expect(info).to_contain_text(f"Version {len(AGES_H)} of {len(AGES_H)}")
     done = run_cli(root, "--max-versions", str(IN_24H), "--retention-days", "1", "cleanup")
@@ -505,12 +512,8 @@ def test_an_open_page_follows_retention_deleting_old_versions(
 def test_an_open_page_follows_a_history_emptied_across_a_restart(
     root: Path, serve: Any, open_page: Any
 ) -> None:
-    bodies = build_history(root, timedelta(minutes=1))
-    server = serve()
-    watched = open_page(server.url + "/?refresh=1")
+    bodies, server, watched = _open_on_every_version(root, serve, open_page)
     page = watched.page
-    pick_range(page, "All")
-    wait_points(page, len(AGES_H))
     stop(server.proc)
     for body in bodies:
         (root / HISTORY / body["name"]).unlink()

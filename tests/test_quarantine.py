@@ -283,15 +283,7 @@ def test_a_drop_not_named_in_utf8_killed_before_its_claim_goes_is_set_aside_once
     (quarantine / name).write_bytes(b'{"earlier": ')
     (spool / name).write_bytes(b"{not json")
     claim = spool / ".claimed" / ("rejecting." + os.fsdecode(b"bad\xff-1.json"))
-    inject = (
-        "-f", "-qq", "-o", "/dev/null", "-P", str(claim),
-        "-e", "inject=unlink,unlinkat:signal=SIGKILL",
-    )  # fmt: skip
-
-    code, log = once(root, quarantine, STRACE, *inject)
-
-    assert code != 0, log  # killed
-    assert claim.exists(), log
+    killed_at_the_claims_unlink(root, quarantine, claim)
     code, log = once(root, quarantine)
     assert code == 0, log
     assert sorted(os.listdir(os.fsencode(quarantine))) == [
@@ -398,6 +390,18 @@ def test_a_drop_on_its_way_to_the_quarantine_when_the_spool_is_moved_away_is_set
     assert os.listdir(spool / ".claimed") == []
 
 
+def killed_at_the_claims_unlink(root: Path, quarantine: Path, claim: Path, *more: str) -> str:
+    """Run ``watch --once`` under strace, killed (SIGKILL) as it unlinks ``claim``, with
+    the ``more`` strace injections for that path too; its log. The claim is still there."""
+    inject = ("-f", "-qq", "-o", "/dev/null", "-P", str(claim))
+    inject += tuple(arg for given in more for arg in ("-e", given))
+    inject += ("-e", "inject=unlink,unlinkat:signal=SIGKILL")
+    code, log = once(root, quarantine, STRACE, *inject)
+    assert code != 0, log  # killed
+    assert claim.exists(), log
+    return log
+
+
 def rerun_sets_it_aside_once(root: Path, quarantine: Path) -> None:
     """The run after a kill amid ``bad.json``'s move finishes it: the drop is gone from
     the spool and set aside once, under its own name, beside its one reason file."""
@@ -463,15 +467,7 @@ def test_a_drop_put_back_under_a_fresh_name_by_a_run_killed_before_its_claim_wen
     claim.parent.mkdir(exist_ok=True)
     claim.write_bytes(bad)
     drop(spool, "scrape.json", good)
-    inject = (
-        "-f", "-qq", "-o", "/dev/null", "-P", str(claim),
-        "-e", "inject=renameat2:error=ENOSYS",
-        "-e", "inject=unlink,unlinkat:signal=SIGKILL",
-    )  # fmt: skip
-
-    code, log = once(root, quarantine, STRACE, *inject)
-
-    assert code != 0, log  # killed
+    log = killed_at_the_claims_unlink(root, quarantine, claim, "inject=renameat2:error=ENOSYS")
     assert claim.stat().st_nlink == 2, log
     code, log = once(root, quarantine)
     assert code == 0, log
@@ -538,15 +534,8 @@ def test_a_watcher_killed_between_a_copy_to_another_filesystem_and_the_unlink_se
     spool = root / "spool"
     claim = spool / ".claimed" / "rejecting.bad.json"
     (spool / "bad.json").write_bytes(b"{not json")
-    inject = (
-        "-f", "-qq", "-o", "/dev/null", "-P", str(claim),
-        "-e", "inject=unlink,unlinkat:signal=SIGKILL",
-    )  # fmt: skip
-
-    code, log = once(root, quarantine, STRACE, *inject)
-
-    assert code != 0, log  # killed
-    assert claim.exists() and (quarantine / "bad.json").exists(), log
+    log = killed_at_the_claims_unlink(root, quarantine, claim)
+    assert (quarantine / "bad.json").exists(), log
     assert not (spool / "bad.json").exists(), log
     rerun_sets_it_aside_once(root, quarantine)
     assert os.listdir(spool / ".claimed") == []

@@ -247,18 +247,9 @@ def test_two_names_of_one_claimed_drop_left_by_a_crash_are_stored_once(root: Pat
     # A crash while a second name of a claimed drop was being set aside leaves the drop
     # claimed under two names (its claim, and the fresh name it was moved to): it is
     # finished once, under its first name.
-    stored = _one_version(root, payload(1))
-    data = payload(12)
-    claimed = root / "spool" / ".claimed"
-    name = "2026-12-06T10-00-00-0000abcd.json"
-    (claimed / name).write_bytes(data)
-    os.link(claimed / name, claimed / "2026-12-06T10-00-01-0000abce.json")
-    _copy_as_version(stored.parent, name, data)
-    done = run_cli(root, "watch", "--once")
-    assert done.returncode == 0, done.stderr
-    assert "Traceback" not in done.stderr
-    assert stored_contents(root) == {payload(1): 1, data: 1}
-    assert os.listdir(claimed) == []
+    _stored_claim_under_two_names_is_stored_once(
+        root, payload(12), "2026-12-06T10-00-00-0000abcd.json", "2026-12-06T10-00-01-0000abce.json"
+    )
 
 
 def test_two_names_of_one_stored_claim_are_stored_once_when_the_fresh_one_sorts_first(
@@ -268,14 +259,21 @@ def test_two_names_of_one_stored_claim_are_stored_once_when_the_fresh_one_sorts_
     back since): the fresh name, drawn from the clock, sorts below the claim's. The
     drop is stored as that version already, so it is the name kept: keeping the fresh
     one would store the drop a second time under it."""
-    stored = _one_version(root, payload(1))
-    data = payload(13)
-    claimed = root / "spool" / ".claimed"
     ahead = (datetime.now(UTC) + timedelta(days=3)).strftime("%Y-%m-%dT%H-%M-%S")
-    name = f"{ahead}-0000abcd.json"
     fresh = (datetime.now(UTC) + timedelta(minutes=1)).strftime("%Y-%m-%dT%H-%M-%S-0000abce.json")
+    _stored_claim_under_two_names_is_stored_once(root, payload(13), f"{ahead}-0000abcd.json", fresh)
+
+
+def _stored_claim_under_two_names_is_stored_once(
+    root: Path, data: bytes, name: str, second: str
+) -> None:
+    """A claim ``name`` holding ``data``, already stored as that version, with a second
+    name ``second`` in ``.claimed/`` (a set-aside cut short): one ``watch --once``
+    stores nothing more and leaves ``.claimed/`` empty."""
+    stored = _one_version(root, payload(1))
+    claimed = root / "spool" / ".claimed"
     (claimed / name).write_bytes(data)
-    os.link(claimed / name, claimed / fresh)
+    os.link(claimed / name, claimed / second)
     _copy_as_version(stored.parent, name, data)
     done = run_cli(root, "watch", "--once")
     assert done.returncode == 0, done.stderr

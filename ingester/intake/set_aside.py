@@ -1,7 +1,7 @@
 """Setting one drop aside in the quarantine, and what a long copy there tells the loop.
 
 A drop that cannot be stored (invalid bytes, not a regular file, a mode we cannot read)
-leaves the spool for ``rejected/`` with its reason (:meth:`Spool.quarantine`). This is
+leaves the spool for ``rejected/`` with its reason (:meth:`Quarantine.set_aside`). This is
 apart from the drop's steps (:mod:`.intake`) because it is the one step that may last
 minutes: a ``rejected/`` on another filesystem takes a copy, and a runaway writer's
 gigabytes take a while. During it the loop must still ping its watchdog, say in the log
@@ -60,7 +60,7 @@ class SetAside:
 
         ``errors``: the gate's findings, written to the reason file (default: the reason
         alone); ``kind``: the kind of rejection, for the metrics; ``expect``: the
-        ``(st_dev, st_ino)`` of what was judged (see :meth:`Spool.quarantine`).
+        ``(st_dev, st_ino)`` of what was judged (see :meth:`Quarantine.set_aside`).
 
         Returns :class:`Rejected` (set aside; a move that may not survive a crash is
         logged, and counts as set aside), :class:`Blocked` when it cannot be set aside
@@ -69,7 +69,7 @@ class SetAside:
         the quarantine (see :meth:`_copy_progress`): ``path`` is then left as it was.
         """
         try:
-            where = self.spool.quarantine(
+            where = self.spool.rejected.set_aside(
                 Path(path),
                 name,
                 reason,

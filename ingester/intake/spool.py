@@ -25,7 +25,6 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..clock import utc_now
 from ..errors import StorageError
@@ -171,7 +170,7 @@ class Spool:
         """Create the spool, ``tmp/`` and ``.claimed/`` if missing; ``rejected/`` if possible.
 
         Valid drops never depend on the quarantine folder: a ``rejected/`` that cannot be
-        made (a file in its place, a read-only mount) is left to :meth:`quarantine`,
+        made (a file in its place, a read-only mount) is left to :meth:`Quarantine.set_aside`,
         which fails for the invalid drop alone.
         """
         for folder, mode in ((self.dir, 0o777), (self.tmp_dir, 0o777), (self.claimed_dir, 0o700)):
@@ -276,21 +275,6 @@ class Spool:
             return []
         except OSError as exc:
             raise StorageError("list", self.claimed_dir, exc) from exc
-
-    def quarantine(
-        self,
-        source: Path,
-        name: str,
-        reason: str,
-        errors: list[dict[str, Any]],
-        *,
-        expect: tuple[int, int] | None = None,
-        progress: durable.CopyProgress | None = None,
-    ) -> str:
-        """Move ``source`` to ``rejected/`` with its reason: see :meth:`Quarantine.set_aside`."""
-        return self.rejected.set_aside(
-            source, name, reason, errors, expect=expect, progress=progress
-        )
 
     def rejected_count(self) -> int:
         """How many drops are quarantined: see :meth:`Quarantine.count`."""

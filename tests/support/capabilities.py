@@ -40,6 +40,7 @@ __all__ = [
     "has_ipv6_loopback",
     "immutable",
     "limited_threads",
+    "loop_ext4",
     "mount_problem",
     "needs_strace",
     "needs_strace_root",
@@ -381,3 +382,25 @@ def fill(folder: Path) -> Path:
             except OSError as exc:
                 assert exc.errno == errno.ENOSPC, exc
     return filler
+
+
+@contextlib.contextmanager
+def loop_ext4(folder: Path, *mkfs_options: str) -> Iterator[Path]:
+    """A fresh 16 MiB ext4 made with ``mkfs_options``, loop-mounted on ``folder/mnt`` for
+    the block and always unmounted after; skips where it cannot be made or mounted."""
+    if shutil.which("mkfs.ext4") is None:
+        pytest.skip("mkfs.ext4 (e2fsprogs) is not installed")
+    image = folder / "ext4.img"
+    with image.open("wb") as f:
+        f.truncate(16 << 20)
+    made = run_tool("mkfs.ext4", "-q", "-F", *mkfs_options, str(image))
+    assert made.returncode == 0, made.stderr
+    point = folder / "mnt"
+    point.mkdir()
+    mounted = run_tool("mount", "-o", "loop", str(image), str(point))
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot loop-mount an image here: {mounted.stderr.strip()}")
+    try:
+        yield point
+    finally:
+        umount_all(point)
