@@ -684,7 +684,6 @@ def test_a_drop_put_back_where_names_cannot_be_taken_safely_never_replaces_a_wri
     with contextlib.ExitStack() as stack:
         watcher = stack.push(WatchProcess(root, wrapper=held))
         tracer = watcher.proc.pid
-        wait_for(lambda: Path(f"/proc/{tracer}/task/{tracer}/children").read_text(), 10)
         program = traced_program(tracer)
 
         def putting_back() -> bool:
@@ -737,7 +736,6 @@ def test_a_reason_file_another_watcher_writes_as_ours_is_named_where_links_are_r
     with contextlib.ExitStack() as stack:
         watcher = stack.push(WatchProcess(root, "--once", wrapper=held))
         tracer = watcher.proc.pid
-        wait_for(lambda: Path(f"/proc/{tracer}/task/{tracer}/children").read_text(), 10)
         program = traced_program(tracer)
 
         def naming_ours() -> bool:

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from . import IS_ROOT, cli_env, run_cli, wait_for
+from .process import program_of_strace
 
 __all__ = [
     "AS_OTHER",
@@ -77,12 +78,18 @@ def strace_problem(*, root: bool = True) -> str | None:
     return None
 
 
-def traced_program(tracer: int) -> int:
-    """The pid of the program strace (pid ``tracer``) runs: strace's one child. A signal
-    meant for the program goes there; strace then exits with its code."""
-    children = Path(f"/proc/{tracer}/task/{tracer}/children").read_text().split()
-    assert len(children) == 1, children
-    return int(children[0])
+def traced_program(tracer: int, timeout: float = 10.0) -> int:
+    """The pid of the program strace (pid ``tracer``) runs, waited for up to ``timeout``
+    seconds (see :func:`.process.program_of_strace`). A signal meant for the program goes
+    there; strace then exits with its code."""
+
+    def program() -> int | None:
+        assert Path(f"/proc/{tracer}").exists(), f"strace {tracer} has exited"
+        return program_of_strace(tracer)
+
+    found = wait_for(program, timeout, f"the program strace {tracer} runs")
+    assert isinstance(found, int)
+    return found
 
 
 def run_held_after(

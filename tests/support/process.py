@@ -149,12 +149,22 @@ def _signal_program(pid: int, signum: int) -> None:
     detaches and exits 0, leaving the program running on after the test; signalled
     itself, the program stops as it would unwrapped, and strace ends with its code."""
     target = pid
-    try:
+    with contextlib.suppress(OSError):  # gone already, or no /proc: the process itself
         if Path(f"/proc/{pid}/comm").read_text().strip() == "strace":
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            if len(children) == 1:
-                target = int(children[0])
-    except OSError:
-        pass  # gone already, or no /proc: the process itself
+            target = program_of_strace(pid) or pid
     with contextlib.suppress(ProcessLookupError):
         os.kill(target, signum)
+
+
+def program_of_strace(tracer: int) -> int | None:
+    """The pid of the program strace (pid ``tracer``) runs once it runs it, else None.
+
+    strace's children are not all the program: as it starts, strace forks children of
+    its own that probe what ptrace can do and exit at once, and the program's child runs
+    strace's binary until its exec. The program is the child running another binary."""
+    own = os.readlink(f"/proc/{tracer}/exe")
+    for child in Path(f"/proc/{tracer}/task/{tracer}/children").read_text().split():
+        with contextlib.suppress(OSError):  # a probe that exited as it was looked at
+            if os.readlink(f"/proc/{child}/exe") != own:
+                return int(child)
+    return None
