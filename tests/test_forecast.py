@@ -440,6 +440,43 @@ def test_words_for_each_case() -> None:
     assert in_words(limit_of(still), UTC, still.as_of) == "not rising"
 
 
+def test_a_limit_held_at_100_is_rated_by_its_rise_to_it_not_by_the_cap() -> None:
+    # 40 % rising 10 %/h to 100 % in 6 hours, then held there (the console shows no more)
+    # for 12 hours: the pace is the rise, not diluted by the hours at the cap.
+    rising = [obs(30 * i, min(100, 40 + 5 * i)) for i in range(37)]
+    weekly = limit_of(forecast(rising))
+    assert weekly.rate_per_hour == pytest.approx(10)
+    assert weekly.exhausts_at == T0 + timedelta(hours=6)
+    assert (weekly.before_reset, weekly.points) == (True, 37)
+    # At 100 % from the first reading on: no pace to be known.
+    pinned = limit_of(forecast([obs(30 * i, 100) for i in range(5)]))
+    assert (pinned.rate_per_hour, pinned.exhausts_at, pinned.before_reset) == (None, T0, True)
+    assert in_words(pinned, UTC, T0) == "at the limit since at least Fri 08:00"
+
+
+@pytest.mark.parametrize(
+    ("hours", "before", "words"),
+    [
+        (1.5, True, "30 min before the reset (Fri 12:00)"),
+        (2, None, "about when it resets (Fri 12:00 at the earliest)"),
+        (2.5, None, "about when it resets (Fri 12:00 at the earliest)"),
+        (3, False, "resets before the limit"),
+    ],
+)
+def test_a_reset_given_to_the_hour_judges_a_run_out_in_that_hour_neither_way(
+    hours: float, before: bool | None, words: str
+) -> None:
+    # "2 hr" seen at 10:00: the reset comes from 12:00 to 12:59.
+    newest = 120
+    start = 60 - 40 / hours  # 60 % at 10:00, rising to 100 % in ``hours``
+    seen = [obs(newest - 60, start, "3 hr"), obs(newest, 60, "2 hr")]
+    weekly = limit_of(forecast(seen))
+    assert weekly.resets_at == T0 + timedelta(hours=4)
+    assert weekly.exhausts_at == T0 + timedelta(hours=2 + hours)
+    assert weekly.before_reset is before
+    assert in_words(weekly, UTC, T0).endswith(words)
+
+
 def test_percent_words_never_round_across_what_the_reading_is_judged_by() -> None:
     assert percent_words(42) == "42 %"
     assert percent_words(100.0) == "100 %"
