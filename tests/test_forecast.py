@@ -477,6 +477,29 @@ def test_a_reset_given_to_the_hour_judges_a_run_out_in_that_hour_neither_way(
     assert in_words(weekly, UTC, T0).endswith(words)
 
 
+def test_a_reset_at_a_wall_time_the_fall_back_hour_shows_twice_waits_for_the_second() -> None:
+    # New York falls back on 2027-11-07: 1:30 AM is 5:30 UTC (EDT), then 6:30 UTC (EST).
+    # A session read from 4:00 UTC rises 30 %/h; each reading says "Sun 1:30 AM". The
+    # reading at 5:40 UTC is still before the second 1:30: no reset has been seen, so
+    # the window goes on, and 100 % at 6:00 UTC comes before the reset at 6:30.
+    zone = ZoneInfo("America/New_York")
+    seen = []
+    for minutes, pct in ((0, 40), (30, 55), (60, 70), (100, 90)):
+        stamp = datetime(2027, 11, 7, 4, 0, tzinfo=UTC) + timedelta(minutes=minutes)
+        payload = {
+            "currentSession": {"resetsIn": "Sun 1:30 AM", "percentageUsed": pct},
+            "lastUpdated": stamp.isoformat(),
+        }
+        found, _ = observe(payload, zone, stamp)
+        assert found is not None
+        seen.append(found)
+    session = limit_of(forecast(seen), "currentSession")
+    assert (session.points, session.rate_per_hour) == (4, pytest.approx(30))
+    assert session.resets_at == datetime(2027, 11, 7, 6, 30, tzinfo=UTC)
+    assert session.exhausts_at == datetime(2027, 11, 7, 6, 0, tzinfo=UTC)
+    assert session.before_reset is True
+
+
 def test_percent_words_never_round_across_what_the_reading_is_judged_by() -> None:
     assert percent_words(42) == "42 %"
     assert percent_words(100.0) == "100 %"
