@@ -14,7 +14,7 @@ from ingester.usage.burn_rate import Point, burn_rate, split_windows
 from ingester.usage.forecast import BASIS, LimitForecast, forecast, last_readings
 from ingester.usage.readings import Observation, Reading, observe, path_parts, usage_windows
 from ingester.usage.resets import ResetTime
-from ingester.usage.words import in_words, percent_words
+from ingester.usage.words import in_words, percent_words, reset_words
 
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)  # a Friday
 HOUR = 3600.0
@@ -498,6 +498,10 @@ def test_a_reset_at_a_wall_time_the_fall_back_hour_shows_twice_waits_for_the_sec
     assert session.resets_at == datetime(2027, 11, 7, 6, 30, tzinfo=UTC)
     assert session.exhausts_at == datetime(2027, 11, 7, 6, 0, tzinfo=UTC)
     assert session.before_reset is True
+    # Read before the first 1:30, the reset is either: both are named, with their zones.
+    early = limit_of(forecast(seen[:1]), "currentSession")
+    near = seen[0].observed_at
+    assert reset_words(early, zone, near) == "Sun 01:30 EDT to Sun 01:30 EST"
 
 
 def test_percent_words_never_round_across_what_the_reading_is_judged_by() -> None:

@@ -736,13 +736,13 @@ def test_a_reset_worded_to_the_hour_or_the_day_is_never_judged_to_the_minute(roo
         return (newest + delta).strftime("%a %H:%M")
 
     rows = {line.split()[0]: line for line in table.stdout.splitlines()[2:]}
-    hour = f"{hm(timedelta(hours=2))} to {hm(timedelta(hours=3))}"
+    hour = f"{hm(timedelta(hours=2))} to {hm(timedelta(hours=2, minutes=59))}"
     assert hour in rows["currentSession"], rows
     assert rows["currentSession"].endswith(
         f"at this rate 100 % by {hm(timedelta(hours=2.5))}, about when it resets "
         f"({hm(timedelta(hours=2))} at the earliest)"
     ), rows
-    days = f"{hm(timedelta(days=3))} to {hm(timedelta(days=4))}"
+    days = f"{hm(timedelta(days=3))} to {hm(timedelta(days=4, minutes=-1))}"
     assert days in rows["weeklyLimits.allModels"], rows
     judged = run_cli(
         root, "check", "--forecast-critical", "3", "--json", INGESTER_CONSOLE_TIMEZONE="UTC"

@@ -124,8 +124,10 @@ def format_when(stamp: datetime, zone: tzinfo, near: datetime) -> str:
 
 def reset_words(limit: LimitForecast, zone: tzinfo, near: datetime) -> str:
     """When ``limit`` resets, as :func:`format_when` says it (``Mon 08:59``), or, for words
-    less precise than a minute (``2 hr``, ``3 days``), the span they allow: ``Fri 10:30 to
-    Fri 11:30``, so no time is shown to the minute that the console gave to the hour.
+    less precise than a minute (``2 hr``, ``3 days``), the span they allow, from its first
+    minute to its last: ``Fri 10:30 to Fri 11:29``, so no time is shown to the minute that
+    the console gave to the hour. Across a change of UTC offset each end names its zone
+    (``Sun 01:30 EDT to Sun 01:30 EST``: a wall time a fall-back hour shows twice).
     ``ValueError`` when its reset time is unknown."""
     if limit.resets_at is None:
         raise ValueError(f"{limit.limit} has no reset time")
@@ -133,7 +135,13 @@ def reset_words(limit: LimitForecast, zone: tzinfo, near: datetime) -> str:
     within = limit.resets_within
     if within is None or within <= _MINUTE:
         return at
-    return f"{at} to {format_when(limit.resets_at + within, zone, near)}"
+    end = limit.resets_at + within - _MINUTE
+    until = format_when(end, zone, near)
+    first, last = limit.resets_at.astimezone(zone), end.astimezone(zone)
+    if first.utcoffset() != last.utcoffset():
+        # The wall times alone would hide the hour between them.
+        at, until = f"{at} {first.strftime('%Z')}", f"{until} {last.strftime('%Z')}"
+    return f"{at} to {until}"
 
 
 _MINUTE = timedelta(minutes=1)
