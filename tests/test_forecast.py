@@ -14,7 +14,7 @@ from ingester.usage.burn_rate import Point, burn_rate, split_windows
 from ingester.usage.forecast import BASIS, LimitForecast, forecast, last_readings
 from ingester.usage.readings import Observation, Reading, observe, path_parts, usage_windows
 from ingester.usage.resets import ResetTime
-from ingester.usage.words import in_words, percent_words
+from ingester.usage.words import in_words, percent_words, reset_words
 
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)  # a Friday
 HOUR = 3600.0
@@ -438,6 +438,70 @@ def test_words_for_each_case() -> None:
     assert in_words(limit_of(crawling), UTC, crawling.as_of) == "100 % not within a year"
     still = forecast([obs(120 * i, 10, "whenever") for i in range(13)])
     assert in_words(limit_of(still), UTC, still.as_of) == "not rising"
+
+
+def test_a_limit_held_at_100_is_rated_by_its_rise_to_it_not_by_the_cap() -> None:
+    # 40 % rising 10 %/h to 100 % in 6 hours, then held there (the console shows no more)
+    # for 12 hours: the pace is the rise, not diluted by the hours at the cap.
+    rising = [obs(30 * i, min(100, 40 + 5 * i)) for i in range(37)]
+    weekly = limit_of(forecast(rising))
+    assert weekly.rate_per_hour == pytest.approx(10)
+    assert weekly.exhausts_at == T0 + timedelta(hours=6)
+    assert (weekly.before_reset, weekly.points) == (True, 37)
+    # At 100 % from the first reading on: no pace to be known.
+    pinned = limit_of(forecast([obs(30 * i, 100) for i in range(5)]))
+    assert (pinned.rate_per_hour, pinned.exhausts_at, pinned.before_reset) == (None, T0, True)
+    assert in_words(pinned, UTC, T0) == "at the limit since at least Fri 08:00"
+
+
+@pytest.mark.parametrize(
+    ("hours", "before", "words"),
+    [
+        (1.5, True, "30 min before the reset (Fri 12:00)"),
+        (2, None, "about when it resets (Fri 12:00 at the earliest)"),
+        (2.5, None, "about when it resets (Fri 12:00 at the earliest)"),
+        (3, False, "resets before the limit"),
+    ],
+)
+def test_a_reset_given_to_the_hour_judges_a_run_out_in_that_hour_neither_way(
+    hours: float, before: bool | None, words: str
+) -> None:
+    # "2 hr" seen at 10:00: the reset comes from 12:00 to 12:59.
+    newest = 120
+    start = 60 - 40 / hours  # 60 % at 10:00, rising to 100 % in ``hours``
+    seen = [obs(newest - 60, start, "3 hr"), obs(newest, 60, "2 hr")]
+    weekly = limit_of(forecast(seen))
+    assert weekly.resets_at == T0 + timedelta(hours=4)
+    assert weekly.exhausts_at == T0 + timedelta(hours=2 + hours)
+    assert weekly.before_reset is before
+    assert in_words(weekly, UTC, T0).endswith(words)
+
+
+def test_a_reset_at_a_wall_time_the_fall_back_hour_shows_twice_waits_for_the_second() -> None:
+    # New York falls back on 2027-11-07: 1:30 AM is 5:30 UTC (EDT), then 6:30 UTC (EST).
+    # A session read from 4:00 UTC rises 30 %/h; each reading says "Sun 1:30 AM". The
+    # reading at 5:40 UTC is still before the second 1:30: no reset has been seen, so
+    # the window goes on, and 100 % at 6:00 UTC comes before the reset at 6:30.
+    zone = ZoneInfo("America/New_York")
+    seen = []
+    for minutes, pct in ((0, 40), (30, 55), (60, 70), (100, 90)):
+        stamp = datetime(2027, 11, 7, 4, 0, tzinfo=UTC) + timedelta(minutes=minutes)
+        payload = {
+            "currentSession": {"resetsIn": "Sun 1:30 AM", "percentageUsed": pct},
+            "lastUpdated": stamp.isoformat(),
+        }
+        found, _ = observe(payload, zone, stamp)
+        assert found is not None
+        seen.append(found)
+    session = limit_of(forecast(seen), "currentSession")
+    assert (session.points, session.rate_per_hour) == (4, pytest.approx(30))
+    assert session.resets_at == datetime(2027, 11, 7, 6, 30, tzinfo=UTC)
+    assert session.exhausts_at == datetime(2027, 11, 7, 6, 0, tzinfo=UTC)
+    assert session.before_reset is True
+    # Read before the first 1:30, the reset is either: both are named, with their zones.
+    early = limit_of(forecast(seen[:1]), "currentSession")
+    near = seen[0].observed_at
+    assert reset_words(early, zone, near) == "Sun 01:30 EDT to Sun 01:30 EST"
 
 
 def test_percent_words_never_round_across_what_the_reading_is_judged_by() -> None:

@@ -675,6 +675,84 @@ def test_a_limit_at_100_for_longer_than_the_basis_is_at_the_limit_since_at_least
     assert row.endswith(f"at the limit since at least {since}"), row
 
 
+def test_a_limit_at_100_for_longer_than_the_basis_claims_no_rate(root: Path) -> None:
+    """At 100 % through the whole 24-hour basis: the console shows no more than 100 %, so
+    the flat readings say nothing of how fast it is used, and no rate is claimed (no
+    ``+0.00 %/h``, which reads as "not rising"): ``ratePerHour`` null, ``-`` in the table,
+    no rate in ``/metrics``; it is still at the limit, before its reset."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    reset = now + timedelta(days=3)
+    for i in range(30 * 2 + 1):
+        observed = now - timedelta(hours=30) + timedelta(minutes=30 * i)
+        place_weekly(root, observed, 100, reset, i)
+    limit = cli_limits(root)["weeklyLimits.allModels"]
+    assert (limit["percentageUsed"], limit["ratePerHour"], limit["beforeReset"]) == (
+        100,
+        None,
+        True,
+    )
+    assert limit["exhaustsAt"] == limit["basis"]["since"]
+    table = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    row = next(line for line in table.stdout.splitlines() if "allModels" in line)
+    assert " - " in row and "%/h" not in row.split("100 %", 1)[1].split("at the limit")[0], row
+    with ServeProcess(root, env={"INGESTER_CONSOLE_TIMEZONE": "UTC"}) as server:
+        text = server.get("/metrics").text
+    rates = {
+        s.labels.get("limit")
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "ingester_usage_rate_percent_per_hour"
+    }
+    assert "weeklyLimits.allModels" not in rates and "weeklyLimits.sonnetOnly" in rates
+    assert "Traceback" not in server.log
+
+
+def test_a_reset_worded_to_the_hour_or_the_day_is_never_judged_to_the_minute(root: Path) -> None:
+    """``2 hr`` means a reset 2 to 3 hours away, ``3 days`` 3 to 4 days: the forecast
+    says no more than that. The session, 100 % in 2.5 hours, runs out within the hour its
+    reset may come in: neither before nor after (``beforeReset`` null, "about when it
+    resets"; the table shows the reset's hour as a span), never "resets before the
+    limit", and ``check`` still judges it a run-out. The weekly limit's reset, of which
+    only the day is known, is shown as the day-long span it allows."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    newest = now - timedelta(minutes=1)
+    for i in range(13):
+        observed = newest - timedelta(minutes=10 * (12 - i))
+        body = snapshot(0, observed)
+        body["currentSession"] = {"resetsIn": "2 hr", "percentageUsed": 10 + 40 * i / 12}
+        body["weeklyLimits"]["allModels"] = {"resetsIn": "3 days", "percentageUsed": 40 + i / 2}
+        put_version(root, version_name(observed, i), json.dumps(body).encode())
+    limits = cli_limits(root)
+    session = limits["currentSession"]
+    assert session["ratePerHour"] == pytest.approx(20)
+    assert session["exhaustsAt"] == iso(newest + timedelta(hours=2.5))
+    assert session["resetsAt"] == iso(newest + timedelta(hours=2))
+    assert session["beforeReset"] is None, session
+    assert limits["weeklyLimits.allModels"]["beforeReset"] is True
+    table = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert table.returncode == 0, table.stderr
+
+    def hm(delta: timedelta) -> str:
+        return (newest + delta).strftime("%a %H:%M")
+
+    rows = {line.split()[0]: line for line in table.stdout.splitlines()[2:]}
+    hour = f"{hm(timedelta(hours=2))} to {hm(timedelta(hours=2, minutes=59))}"
+    assert hour in rows["currentSession"], rows
+    assert rows["currentSession"].endswith(
+        f"at this rate 100 % by {hm(timedelta(hours=2.5))}, about when it resets "
+        f"({hm(timedelta(hours=2))} at the earliest)"
+    ), rows
+    days = f"{hm(timedelta(days=3))} to {hm(timedelta(days=4, minutes=-1))}"
+    assert days in rows["weeklyLimits.allModels"], rows
+    judged = run_cli(
+        root, "check", "--forecast-critical", "3", "--json", INGESTER_CONSOLE_TIMEZONE="UTC"
+    )
+    checks = {c["name"]: c for c in json.loads(judged.stdout)["checks"]}
+    session_check = checks["forecast_currentSession"]
+    assert session_check["status"] == "CRITICAL", session_check
+    assert "about when it resets" in json.dumps(session_check), session_check
+
+
 def test_a_version_swapped_in_the_middle_by_hand_gives_the_forecast_a_new_tag(root: Path) -> None:
     """A version deleted by hand and another put among the old ones, between two requests:
     the newest, the oldest and the count stay as they were, but the forecast is another

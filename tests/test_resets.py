@@ -140,6 +140,23 @@ def test_a_wall_time_that_happens_twice_is_the_first_not_yet_past(text: str) -> 
     assert at(text, utc(2026, 10, 25, 0, 15)) == utc(2026, 10, 25, 0, 30)
 
 
+def test_a_wall_time_that_happens_twice_is_precise_only_to_the_second_of_the_two() -> None:
+    # 1:30 on 2027-11-07 in New York is 5:30 UTC (EDT) and again 6:30 UTC (EST): the
+    # console's "Sun 1:30 AM" fits both, so the reset lies anywhere from the first to the
+    # minute of the second.
+    friday = utc(2027, 11, 5, 12, 0)
+    found = parse_resets_in("Sun 1:30 AM", friday, NEW_YORK)
+    assert found == ResetTime(utc(2027, 11, 7, 5, 30), timedelta(hours=1) + MINUTE)
+    # Seen between the two, only the second is left: to the minute.
+    between = parse_resets_in("Sun 1:30 AM", utc(2027, 11, 7, 5, 45), NEW_YORK)
+    assert between == ResetTime(utc(2027, 11, 7, 6, 30), MINUTE)
+    # Any other wall time, a spring-forward gap's included, is to the minute.
+    later = parse_resets_in("Sun 3:30 AM", friday, NEW_YORK)
+    assert later == ResetTime(utc(2027, 11, 7, 8, 30), MINUTE)
+    gap = parse_resets_in("Sun 2:30 AM", utc(2027, 3, 12, 12, 0), NEW_YORK)
+    assert gap == ResetTime(utc(2027, 3, 14, 7, 30), MINUTE)
+
+
 def test_year_boundaries_are_the_console_zone_s() -> None:
     auckland = ZoneInfo("Pacific/Auckland")
     # 20:30 UTC on New Year's Eve is 09:30 on January 1 in Auckland (NZDT, UTC+13).

@@ -13,7 +13,7 @@ from ..clock import utc_now
 from ..errors import describe_os_error
 from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
 from ..usage.usage_history import forecast_json, forecast_of
-from ..usage.words import RESET_PASSED, format_when, in_words, percent_words
+from ..usage.words import RESET_PASSED, format_when, in_words, percent_words, reset_words
 from .common import App, align, echo_json, fail, open_history, refuse_closed_stdout, say
 
 __all__ = ["forecast"]
@@ -34,9 +34,11 @@ def forecast(app: App, as_json: bool) -> None:
     reading, said so, until it is read again or its reset time comes, however old.
     The rate is the net pace over the current window (since the last reset, its last 24
     hours; idle hours count): the median slope from its first 3 snapshots to its last 3;
-    no rate from fewer than
-    2 snapshots or less than 10 minutes. Absolute reset times ('Mon 8:59 AM') are read
-    in --console-timezone, and times are shown in it. Reads only; never takes the lock.
+    no rate from fewer than 2 snapshots or less than 10 minutes, and for a limit at 100 %
+    only the rise up to its first reading there. Absolute reset times ('Mon 8:59 AM') are
+    read in --console-timezone, and times are shown in it; a reset worded to the hour or
+    day ('2 hr', '3 days') is shown as the span it allows, and a run-out within that span
+    is said to come about when it resets. Reads only; never takes the lock.
     Exits 0, or 1 when there is no history or no version. See docs/operations.md.
     """
     refuse_closed_stdout("the forecast", "redirect it")
@@ -79,7 +81,7 @@ def forecast(app: App, as_json: bool) -> None:
         # Times are dated when they lie 6 days or more from now, the reader's time: the
         # newest data may itself be days old.
         resets = (
-            format_when(limit.resets_at, zone, now)
+            reset_words(limit, zone, now)
             if limit.resets_at is not None
             else f"? ({limit.resets_in})"
         )

@@ -15,8 +15,17 @@ limit resets? In pseudo-code::
         rate    = median of the slopes from each of window's first 3 points to
                   each of its last 3, in %/hour: its net pace   # burn_rate()
                   (none from fewer than 2 points or less than 10 minutes of data)
-        exhausts_at  = newest time + (100 - newest %) / rate, when rate > 0
-        before_reset = exhausts_at < resets_at
+        if the newest % is 100:                       # at the limit
+            exhausts_at = the window's first point at 100 %
+            rate        = that of the window up to that point (none when it is the
+                          first: readings held at 100 % show no pace, only the cap)
+            before_reset = true
+        else:
+            exhausts_at  = newest time + (100 - newest %) / rate, when rate > 0
+            before_reset = true when exhausts_at < resets_at (the earliest the reset's
+                           words allow), false when at or after resets_at + within (the
+                           latest they allow), none in between: which comes first,
+                           words such as "2 hr" or "3 days" do not tell
 
 A snapshot's readings are :mod:`ingester.usage.readings`'s; what counts as a reset, which
 readings are outliers and the rate are :mod:`ingester.usage.burn_rate`'s. The basis is
@@ -52,6 +61,7 @@ from typing import Any
 from ..history.names import format_timestamp
 from .burn_rate import Point, burn_rate, split_windows
 from .readings import CLOCK_AHEAD, Observation, Reading, path_parts
+from .resets import ResetTime
 
 __all__ = [
     "BASIS",
@@ -84,7 +94,9 @@ class LimitForecast:
     ``observed_at`` is the ``lastUpdated`` of the snapshot its reading comes from: the
     newest snapshot's, unless that one lacks the limit (``in_newest`` false: the reading is
     held, and ``missing_reason`` says why it is missing, in the newest snapshot's words
-    where it has any).
+    where it has any). ``resets_within`` is how precise ``resets_at`` is (the reset lies in
+    ``[resets_at, resets_at + resets_within)``: an hour for ``2 hr``); ``None`` when the
+    reset time is unknown, or taken as exact.
     """
 
     limit: str
@@ -99,6 +111,7 @@ class LimitForecast:
     observed_at: datetime
     in_newest: bool = True
     missing_reason: str | None = None
+    resets_within: timedelta | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The limit as the API spells it (times ISO-8601 UTC; the rate to 4 decimals)."""
@@ -166,20 +179,27 @@ def _limit_forecast(
 ) -> LimitForecast:
     window = split_windows(points)[-1]
     newest = window[-1]
-    resets_at = reading.reset.at if reading.reset is not None else None
-    rate = burn_rate(window)
+    reset = reading.reset
+    resets_at = reset.at if reset is not None else None
     exhausts_at: datetime | None = None
     before: bool | None = None
     if newest.pct >= 100:
-        exhausts_at = _at(next(p.t for p in window if p.pct >= 100))
+        reached = next(i for i, p in enumerate(window) if p.pct >= 100)
+        # The console shows no more than 100 %: readings held there say nothing of the
+        # pace, so the rate is the rise to the first of them (none when that is the
+        # window's first reading in the basis: at the limit since then or before).
+        rate = burn_rate(window[: reached + 1])
+        exhausts_at = _at(window[reached].t)
         before = True  # reached already, so before the next reset
-    elif rate is not None:
-        hours = (100 - newest.pct) / rate if rate > 0 else math.inf
-        if hours <= HORIZON / timedelta(hours=1):
-            exhausts_at = _at(newest.t + hours * 3600)
-            before = None if resets_at is None else exhausts_at < resets_at
-        else:
-            before = None if resets_at is None else False
+    else:
+        rate = burn_rate(window)
+        if rate is not None:
+            hours = (100 - newest.pct) / rate if rate > 0 else math.inf
+            if hours <= HORIZON / timedelta(hours=1):
+                exhausts_at = _at(newest.t + hours * 3600)
+                before = None if reset is None else _before_reset(exhausts_at, reset)
+            else:
+                before = None if reset is None else False
     return LimitForecast(
         limit=reading.limit,
         percentage=reading.percentage,
@@ -193,7 +213,19 @@ def _limit_forecast(
         observed_at=observed_at,
         in_newest=missing_reason is None,
         missing_reason=missing_reason,
+        resets_within=reset.within if reset is not None else None,
     )
+
+
+def _before_reset(exhausts_at: datetime, reset: ResetTime) -> bool | None:
+    """Whether 100 % at ``exhausts_at`` comes before ``reset``: ``None`` when it falls in
+    the span the reset's words leave open (``2 hr``: any time in that hour), where the
+    answer either way would claim more than the console said."""
+    if exhausts_at < reset.at:
+        return True
+    if exhausts_at >= reset.at + reset.within:
+        return False
+    return None
 
 
 def _missing_reason(limit: str, newest: Observation) -> str:

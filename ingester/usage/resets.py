@@ -21,7 +21,7 @@ How an absolute form becomes an instant::
         if instant >= reference: that is the reset
     (a wall time that does not exist, in a spring-forward gap, is read with the offset
     before the change; one that happens twice, in a fall-back hour, is the first of
-    the two that is not before the reference)
+    the two that is not before the reference, precise only to the second of them)
     ``today`` and ``tomorrow`` name their date; ``today`` at a time before the
     reference is no reset time (the words cannot hold in that zone)
 
@@ -30,8 +30,9 @@ So ``Mon 8:59 AM`` seen on a Monday at 9:30 is next Monday (the console names th
 comes every four years (``Feb 29``) is the next one that exists.
 
 Each answer says how precise the wording is (:attr:`ResetTime.within`): ``3 days`` is
-anything from 3 to 4 days, ``2 hr`` 2 to 3 hours, minutes a minute; the reset lies in
-``[at, at + within)``. :attr:`ResetTime.at` is the earliest instant the words allow.
+anything from 3 to 4 days, ``2 hr`` 2 to 3 hours, minutes a minute (and a wall time a
+fall-back hour shows twice, from the first of the two to the minute of the second); the
+reset lies in ``[at, at + within)``. :attr:`ResetTime.at` is the earliest instant the words allow.
 """
 
 from __future__ import annotations
@@ -187,11 +188,13 @@ def _instants(day: date, at: time, zone: tzinfo) -> tuple[datetime, ...]:
 
 def _first_from(days: list[date], at: time, zone: tzinfo, reference: datetime) -> ResetTime | None:
     """The first instant of ``days`` at wall time ``at`` in ``zone`` that is not before
-    ``reference``."""
+    ``reference``; precise to the minute, or, when it is the first of the two a fall-back
+    hour names, to the minute of the second (the words fit both)."""
     for day in days:
-        for instant in _instants(day, at, zone):
+        instants = _instants(day, at, zone)
+        for instant in instants:
             if instant >= reference:
-                return ResetTime(instant, _MINUTE)
+                return ResetTime(instant, instants[-1] - instant + _MINUTE)
     return None
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "format_when",
     "in_words",
     "percent_words",
+    "reset_words",
     "seconds_words",
 ]
 
@@ -121,10 +122,38 @@ def format_when(stamp: datetime, zone: tzinfo, near: datetime) -> str:
     return local.strftime("%a %d %b %Y %H:%M")
 
 
+def reset_words(limit: LimitForecast, zone: tzinfo, near: datetime) -> str:
+    """When ``limit`` resets, as :func:`format_when` says it (``Mon 08:59``), or, for words
+    less precise than a minute (``2 hr``, ``3 days``), the span they allow, from its first
+    minute to its last: ``Fri 10:30 to Fri 11:29``, so no time is shown to the minute that
+    the console gave to the hour. Across a change of UTC offset each end names its zone
+    (``Sun 01:30 EDT to Sun 01:30 EST``: a wall time a fall-back hour shows twice).
+    ``ValueError`` when its reset time is unknown."""
+    if limit.resets_at is None:
+        raise ValueError(f"{limit.limit} has no reset time")
+    at = format_when(limit.resets_at, zone, near)
+    within = limit.resets_within
+    if within is None or within <= _MINUTE:
+        return at
+    end = limit.resets_at + within - _MINUTE
+    until = format_when(end, zone, near)
+    first, last = limit.resets_at.astimezone(zone), end.astimezone(zone)
+    if first.utcoffset() != last.utcoffset():
+        # The wall times alone would hide the hour between them.
+        at, until = f"{at} {first.strftime('%Z')}", f"{until} {last.strftime('%Z')}"
+    return f"{at} to {until}"
+
+
+_MINUTE = timedelta(minutes=1)
+
+
 def in_words(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
     """The forecast of ``limit`` as a sentence, times in ``zone``.
 
-    ``at this rate 100 % by Sat 14:00, 41 h before the reset (Mon 08:59)``,
+    ``at this rate 100 % by Sat 14:00, 41 h before the reset (Mon 08:59)`` (to the
+    earliest instant the reset's words allow), ``at this rate 100 % by Fri 10:45, about
+    when it resets (Fri 10:30 at the earliest)`` (100 % within the span those words allow,
+    an hour for ``2 hr``: which comes first is not known),
     ``resets before the limit``, ``not enough data``, ``at the limit since ...`` (``since
     at least ...`` when the first reading of the basis is at 100 % already),
     ``at this rate 100 % by ... (reset time unknown)``, ``100 % not within a year`` (a
@@ -160,7 +189,12 @@ def _verdict(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
     by = f"at this rate 100 % by {format_when(limit.exhausts_at, zone, as_of)}"
     if limit.resets_at is None:
         return by + " (reset time unknown)"
+    resets = format_when(limit.resets_at, zone, as_of)
+    if limit.before_reset is None:
+        # 100 % falls in the span the reset's words allow (an hour for "2 hr"): either
+        # order may come true. Said from what the JSON carries, as the page says it.
+        return f"{by}, about when it resets ({resets} at the earliest)"
     if limit.before_reset:
         ahead = _duration_words(limit.exhausts_at, limit.resets_at)
-        return f"{by}, {ahead} before the reset ({format_when(limit.resets_at, zone, as_of)})"
+        return f"{by}, {ahead} before the reset ({resets})"
     return "resets before the limit"
