@@ -611,6 +611,36 @@ def test_metrics_describe_history_spool_and_requests(root: Path, three, server):
     assert m["ingester_http_request_duration_seconds_count{route=/api/claude/console-usage}"] == 1
 
 
+@pytest.mark.parametrize(
+    "newest",
+    [
+        json.dumps({"currentSession": {"percentageUsed": 5, "resetsIn": "2 hr"}, "lastUpdated": 5}),
+        "{not json",
+    ],
+    ids=["no time in lastUpdated", "not JSON"],
+)
+def test_a_newest_version_without_a_readable_last_updated_is_stale_in_metrics_as_in_the_api(
+    root: Path, three, server, newest: str
+):
+    """The API calls data whose age cannot be told stale (``isStale: true``) and health
+    unhealthy; ``ingester_payload_stale`` says 1 with them, so the documented
+    ConsoleUsageStaleData rule fires, rather than leaving the series out, which no rule
+    on ``== 1`` ever sees."""
+    name = version_name(T0 + timedelta(minutes=3), 9)
+    put_version(root, name, newest.encode())
+    latest = server.get(API)
+    if latest.status_code == 200:
+        assert latest.json()["versionInfo"]["filename"] == name
+        assert latest.json()["isStale"] is True and latest.json()["ageMinutes"] is None
+    else:
+        assert latest.json()["error"] == "CorruptVersion"
+    assert server.get("/api/health").json()["status"] == "unhealthy"
+    m = metrics(server)
+    assert m["ingester_newest_version_timestamp_seconds"] == (T0 + timedelta(minutes=3)).timestamp()
+    assert m["ingester_payload_stale"] == 1
+    assert "ingester_payload_age_seconds" not in m
+
+
 def test_metrics_count_what_the_watcher_takes_and_leave_out_unknown_totals(
     root: Path, three, server
 ):
