@@ -435,9 +435,12 @@ def test_a_command_past_its_timeout_is_stopped_with_its_children(
         wait_for(lambda: gone(pid), 10, "the command's child to be stopped")
 
 
-def test_a_command_that_starts_a_job_and_exits_0_is_200_at_once(root: Path, tmp_path: Path) -> None:
+def test_a_command_that_starts_a_job_and_exits_0_is_200_at_once_saying_the_job_runs_on(
+    root: Path, tmp_path: Path
+) -> None:
     # A wrapper that starts the scraper in the background and returns: its child keeps
-    # the output pipe open, which must not hold the answer back until the timeout.
+    # the output pipe open, which must not hold the answer back until the timeout. The
+    # answer says the run ended with a job left running, not a plain "finished".
     job_pid = tmp_path / "job.pid"
     command = py_command(
         "import subprocess, sys; "
@@ -447,8 +450,11 @@ def test_a_command_that_starts_a_job_and_exits_0_is_200_at_once(root: Path, tmp_
     with original_server(root, "--trigger-command", command, "--trigger-timeout", "30") as server:
         r = card_refresh(server.base, SYNC_KEY)
         assert r.status_code == 200, r.text
-        assert r.json()["message"].startswith("the trigger command finished in ")
+        message = r.json()["message"]
+        assert message.startswith("the trigger command finished in "), message
+        assert message.endswith("; a process it started runs on (what it prints is not logged)")
         server.wait_log("| started")
+        server.wait_log(message)
         pid = int(job_pid.read_text())
         os.kill(pid, 0)  # the job it started was left running, not stopped as a timeout
         os.kill(pid, signal.SIGKILL)

@@ -305,9 +305,10 @@ def open_page(browser: Any) -> Iterator[Any]:
         height: int = 900,
         locale: str = "en-GB",
         init_script: str | None = None,
+        timezone: str = "UTC",
     ) -> Watched:
         context = browser.new_context(
-            viewport={"width": width, "height": height}, timezone_id="UTC", locale=locale
+            viewport={"width": width, "height": height}, timezone_id=timezone, locale=locale
         )
         contexts.append(context)
         page = context.new_page()
@@ -655,6 +656,57 @@ def test_a_damaged_newest_version_is_said_and_the_rest_still_shown(
     assert page.inner_text("#gauge-session .pct") == pct(newest["currentSession"]["percentageUsed"])
     # The browser itself reports the 502 it was answered; nothing else went wrong.
     assert [p for p in watched.problems if "502" not in p] == []
+    assert watched.foreign == []
+
+
+def newest_with_last_updated(root: Path, updated: object) -> str:
+    """A readable history, then a newest version whose lastUpdated is ``updated`` (put in
+    by hand, or adopted from the original's history: the judge would refuse it)."""
+    build_history(root, timedelta(minutes=2))
+    name = generate_version_filename(datetime.now(UTC))
+    body = {"currentSession": {"percentageUsed": 10, "resetsIn": "2 hr"}, "lastUpdated": updated}
+    (root / HISTORY / name).write_text(json.dumps(body))
+    return name
+
+
+def test_a_newest_last_updated_the_server_reads_as_no_time_is_shown_as_such_and_stale(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    """The API answers ``ageMinutes: null`` and ``isStale: true`` for a lastUpdated that
+    is no date-time; the page agrees, never a date of the browser's own reading (it
+    reads the number 5 as a day in 2001)."""
+    name = newest_with_last_updated(root, 5)
+    server = serve()
+    answer = json.loads(get(server.url + "/api/claude/console-usage")[2])
+    assert answer["versionInfo"]["filename"] == name
+    assert answer["ageMinutes"] is None and answer["isStale"] is True
+    watched = open_page(server.url + "/?refresh=1")
+    page = watched.page
+    expect(page.locator("#fresh-badge")).to_have_attribute("data-state", "stale", timeout=10_000)
+    freshness = page.inner_text("#freshness")
+    assert freshness.startswith("Last updated an unreadable time (?)"), freshness
+    assert watched.problems == []
+    assert watched.foreign == []
+
+
+def test_a_newest_last_updated_without_an_offset_is_read_as_utc_as_the_server_reads_it(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    """A lastUpdated naming no offset is UTC to the server (``ageMinutes``, ``isStale``,
+    health); a browser an hour east of UTC must not read it as its own time, an hour
+    older, and call fresh data stale."""
+    taken = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=90)
+    newest_with_last_updated(root, taken.strftime("%Y-%m-%dT%H:%M:%S"))
+    server = serve()
+    answer = json.loads(get(server.url + "/api/claude/console-usage")[2])
+    assert answer["isStale"] is False and answer["ageMinutes"] < 10
+    watched = open_page(server.url + "/?refresh=1", timezone="Europe/Berlin")
+    page = watched.page
+    expect(page.locator("#fresh-badge")).to_have_attribute("data-state", "fresh", timeout=10_000)
+    freshness = page.inner_text("#freshness")
+    assert freshness.endswith(" min ago)."), freshness
+    assert " h " not in freshness, freshness
+    assert watched.problems == []
     assert watched.foreign == []
 
 

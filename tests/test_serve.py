@@ -191,15 +191,15 @@ def test_conditional_requests_answer_304(three, server):
     assert server.get(API, headers={"If-None-Match": "*"}).status_code == 304
     assert server.get(API, headers={"If-None-Match": '"other"'}).status_code == 200
 
-    assert server.get(API, headers={"If-Modified-Since": modified}).status_code == 304
+    # A date alone never confirms the latest: its body moves on after lastUpdated.
     later = email.utils.format_datetime(datetime.now(UTC), usegmt=True)
-    assert server.get(API, headers={"If-Modified-Since": later}).status_code == 304
-    earlier = email.utils.format_datetime(datetime(2020, 1, 1, tzinfo=UTC), usegmt=True)
-    assert server.get(API, headers={"If-Modified-Since": earlier}).status_code == 200
-    assert server.get(API, headers={"If-Modified-Since": "garbage"}).status_code == 200
-    # If-None-Match decides when both are given.
-    both = {"If-None-Match": '"other"', "If-Modified-Since": modified}
-    assert server.get(API, headers=both).status_code == 200
+    for since in (modified, later, "garbage"):
+        assert server.get(API, headers={"If-Modified-Since": since}).status_code == 200
+    # The tag decides when both are given.
+    other = {"If-None-Match": '"other"', "If-Modified-Since": modified}
+    assert server.get(API, headers=other).status_code == 200
+    mine = {"If-None-Match": etag, "If-Modified-Since": "garbage"}
+    assert server.get(API, headers=mine).status_code == 304
     # Another version has another tag.
     old = server.get(API, params={"version": "1"}, headers={"If-None-Match": etag})
     assert old.status_code == 200
@@ -207,10 +207,9 @@ def test_conditional_requests_answer_304(three, server):
 
 def test_conditional_headers_on_several_lines_are_read_as_one_field(three, server):
     """A cache or proxy may send a list field on several lines: RFC 9110 (5.3) makes them
-    one field, ``"a", "b"``, so a tag on the second line is as current as on the first,
-    and two ``If-Modified-Since`` dates are no valid date (13.1.3: ignored)."""
+    one field, ``"a", "b"``, so a tag on the second line is as current as on the first."""
     r = server.get(API)
-    etag, modified = r.headers["etag"], r.headers["last-modified"]
+    etag = r.headers["etag"]
     lines = [("If-None-Match", '"other"'), ("If-None-Match", etag)]
     hit = server.get(API, headers=lines)
     assert hit.status_code == 304, hit.text
@@ -219,9 +218,6 @@ def test_conditional_headers_on_several_lines_are_read_as_one_field(three, serve
     strong = server.get(f"{API}/versions/{name}").headers["etag"]
     bytes_hit = server.get(f"{API}/versions/{name}", headers=[lines[0], ("If-None-Match", strong)])
     assert bytes_hit.status_code == 304, bytes_hit.text
-    earlier = email.utils.format_datetime(datetime(2020, 1, 1, tzinfo=UTC), usegmt=True)
-    dates = [("If-Modified-Since", modified), ("If-Modified-Since", earlier)]
-    assert server.get(API, headers=dates).status_code == 200
 
 
 def test_the_latest_gets_a_new_etag_when_retention_changes_its_version_info(
@@ -242,6 +238,34 @@ def test_the_latest_gets_a_new_etag_when_retention_changes_its_version_info(
     # Unchanged since: the new tag is stable and answers 304.
     again = server.get(API, headers={"If-None-Match": after.headers["etag"]})
     assert again.status_code == 304 and again.headers["etag"] == after.headers["etag"]
+
+
+def test_a_client_revalidating_by_date_alone_gets_the_body_that_changed_since(
+    root: Path, three, server
+):
+    """``If-Modified-Since`` alone cannot tell whether the answer changed: ``lastUpdated``
+    stays while retention changes ``versionInfo`` (and the clock ``ageMinutes``). A
+    client revalidating by the ``Last-Modified`` it was given (here as Node's fetch
+    sends it, the dashboard card's runtime) gets the new body, never a 304 for an old
+    count."""
+    first = server.get(API)
+    assert first.json()["versionInfo"]["total"] == 3
+    card = {
+        "accept": "*/*",
+        "accept-language": "*",
+        "sec-fetch-mode": "cors",
+        "user-agent": "node",
+        "If-Modified-Since": first.headers["last-modified"],
+    }
+    done = run_cli(root, "--max-versions", "2", "--retention-days", "0.0001", "cleanup")
+    assert done.returncode == 0, done.stderr
+    after = server.get(API, headers=card)
+    assert after.status_code == 200, after.headers
+    assert after.json()["versionInfo"]["total"] == 2
+    assert after.headers["last-modified"] == first.headers["last-modified"]
+    # A tag decides as before: it names the body it was given.
+    again = server.get(API, headers={"If-None-Match": after.headers["etag"]})
+    assert again.status_code == 304
 
 
 def test_the_latest_gets_a_new_etag_when_its_age_moves_on(root: Path, server):
@@ -585,6 +609,36 @@ def test_metrics_describe_history_spool_and_requests(root: Path, three, server):
         == 1
     )
     assert m["ingester_http_request_duration_seconds_count{route=/api/claude/console-usage}"] == 1
+
+
+@pytest.mark.parametrize(
+    "newest",
+    [
+        json.dumps({"currentSession": {"percentageUsed": 5, "resetsIn": "2 hr"}, "lastUpdated": 5}),
+        "{not json",
+    ],
+    ids=["no time in lastUpdated", "not JSON"],
+)
+def test_a_newest_version_without_a_readable_last_updated_is_stale_in_metrics_as_in_the_api(
+    root: Path, three, server, newest: str
+):
+    """The API calls data whose age cannot be told stale (``isStale: true``) and health
+    unhealthy; ``ingester_payload_stale`` says 1 with them, so the documented
+    ConsoleUsageStaleData rule fires, rather than leaving the series out, which no rule
+    on ``== 1`` ever sees."""
+    name = version_name(T0 + timedelta(minutes=3), 9)
+    put_version(root, name, newest.encode())
+    latest = server.get(API)
+    if latest.status_code == 200:
+        assert latest.json()["versionInfo"]["filename"] == name
+        assert latest.json()["isStale"] is True and latest.json()["ageMinutes"] is None
+    else:
+        assert latest.json()["error"] == "CorruptVersion"
+    assert server.get("/api/health").json()["status"] == "unhealthy"
+    m = metrics(server)
+    assert m["ingester_newest_version_timestamp_seconds"] == (T0 + timedelta(minutes=3)).timestamp()
+    assert m["ingester_payload_stale"] == 1
+    assert "ingester_payload_age_seconds" not in m
 
 
 def test_metrics_count_what_the_watcher_takes_and_leave_out_unknown_totals(

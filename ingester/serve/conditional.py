@@ -21,7 +21,6 @@ __all__ = [
     "etag_matches",
     "http_date",
     "if_none_match",
-    "not_modified",
     "not_modified_headers",
 ]
 
@@ -68,18 +67,15 @@ def if_none_match(request: Request | Headers) -> str | None:
     return ", ".join(lines) if lines else None
 
 
-def not_modified(request: Request, etag: str, modified: datetime | None) -> bool:
-    """Whether ``request``'s conditions say the client's copy is current (answer 304).
+def not_modified_headers(headers: Headers, etag: str, modified: datetime | None) -> bool:
+    """Whether a request's ``headers`` say the client's copy of a file that changes only
+    when it is modified (``modified``, its mtime) is current: answer 304.
 
     ``If-None-Match`` decides when present; otherwise ``If-Modified-Since`` at or after
     ``modified`` (to the second). ``If-Modified-Since`` on more than one line is no valid
-    date, and is ignored (RFC 9110 13.1.3).
+    date, and is ignored (RFC 9110 13.1.3). Not for an answer that moves on by itself
+    (the latest's age): a date cannot say that it did.
     """
-    return not_modified_headers(request.headers, etag, modified)
-
-
-def not_modified_headers(headers: Headers, etag: str, modified: datetime | None) -> bool:
-    """:func:`not_modified`, for a request's ``headers`` (what static files are given)."""
     inm = if_none_match(headers)
     if inm is not None:
         return etag_matches(inm, etag)

@@ -128,18 +128,21 @@ class HistoryCollector(Collector):
             try:
                 _obj, updated = read_payload(ctx, entry.name)
             except (OSError, VersionNotFound):
-                updated = None
-            if updated is not None:
-                age = (now - updated).total_seconds()
-                yield GaugeMetricFamily(
-                    "ingester_payload_age_seconds",
-                    "Seconds since the newest version's lastUpdated",
-                    age,
-                )
+                pass  # not read this time: its age is unknown, not old
+            else:
+                stale = 1  # no time in it (damaged): stale, as the API's isStale says
+                if updated is not None:
+                    age = (now - updated).total_seconds()
+                    stale = 1 if age_minutes(age) > STALE_AFTER_MINUTES else 0
+                    yield GaugeMetricFamily(
+                        "ingester_payload_age_seconds",
+                        "Seconds since the newest version's lastUpdated",
+                        age,
+                    )
                 yield GaugeMetricFamily(
                     "ingester_payload_stale",
-                    "1 when the newest lastUpdated is older than 10 minutes",
-                    1 if age_minutes(age) > STALE_AFTER_MINUTES else 0,
+                    "1 when the newest lastUpdated is older than 10 minutes, or cannot be read",
+                    stale,
                 )
         try:
             meta = ctx.index.read_metadata()

@@ -42,7 +42,8 @@ _CACHE_HEADERS = {
         "schema": {"type": "string"},
     },
     "Last-Modified": {
-        "description": "The payload's lastUpdated as an HTTP date.",
+        "description": "The payload's lastUpdated as an HTTP date (no validator: the "
+        "answer's age and versionInfo move on after it).",
         "schema": {"type": "string"},
     },
 }
@@ -121,6 +122,8 @@ def openapi_document() -> dict[str, Any]:
                             "name": "If-Modified-Since",
                             "in": "header",
                             "required": False,
+                            "description": "Never a 304 on its own: the answer's age and "
+                            "versionInfo move on after lastUpdated. Send If-None-Match.",
                             "schema": {"type": "string"},
                         },
                     ],

@@ -140,6 +140,8 @@ class TriggerRunner:
             except TimeoutError:
                 timed_out = True
                 code = await _end(proc)
+            # Timed here: the wait for its output below is no part of the run.
+            took = time.monotonic() - started
             # What it wrote before it ended is in the pipe; a child it left running may
             # hold the pipe open, so the logging ends soon after the command does.
             done, _ = await asyncio.wait({reader}, timeout=1.0)
@@ -162,11 +164,12 @@ class TriggerRunner:
                 else:
                     reader.cancel()
                     pipe.close()
-        took = time.monotonic() - started
         if timed_out:
             message = f"the trigger command timed out after {cmd.timeout:g} s and was stopped"
         elif code == 0:
             message = f"the trigger command finished in {took:.1f} s"
+            if held_open:
+                message += "; a process it started runs on (what it prints is not logged)"
         elif code < 0:
             message = f"the trigger command was killed by {_signal_name(-code)}"
         else:

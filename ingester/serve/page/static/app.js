@@ -447,11 +447,25 @@
     return true;
   }
 
+  // When the newest snapshot was taken, as the server reads its lastUpdated (so that the
+  // page, the answer's ageMinutes and isStale, and /api/health agree): an ISO 8601
+  // date-time, UTC when it names no offset (the browser would take its own zone); NaN
+  // when the server found no time in it (a number, words), whatever Date.parse makes of
+  // that. A form the browser cannot parse goes by the server's age in minutes.
+  function observedAt(payload) {
+    const text = payload.lastUpdated;
+    if (typeof text !== "string" || typeof payload.ageMinutes !== "number") return NaN;
+    const upper = text.toUpperCase();
+    const zoned = /[T ]\d\d(:?\d\d)*(\.\d+)?$/.test(upper) ? upper + "Z" : upper;
+    const parsed = Date.parse(zoned);
+    return Number.isNaN(parsed) ? serverNow() - payload.ageMinutes * 60000 : parsed;
+  }
+
   function renderFreshness() {
     const badge = $("fresh-badge");
     const payload = state.latest;
     if (!payload) return;
-    const updated = Date.parse(payload.lastUpdated);
+    const updated = observedAt(payload);
     const age = serverNow() - updated;
     const stale = Number.isNaN(updated) || age > STALE_AFTER_MS;
     badge.dataset.state = stale ? "stale" : "fresh";
