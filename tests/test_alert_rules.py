@@ -36,26 +36,43 @@ tests:
         values: '4200x10'
       - series: 'ingester_usage_resets_timestamp_seconds{job="u", limit="soon"}'
         values: '605400x10'
+      - series: 'ingester_usage_resets_latest_timestamp_seconds{job="u", limit="soon"}'
+        values: '605460x10'
       # runs out in an hour, but the reset comes first: silent
       - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="resetFirst"}'
         values: '4200x10'
       - series: 'ingester_usage_resets_timestamp_seconds{job="u", limit="resetFirst"}'
         values: '3000x10'
+      - series: 'ingester_usage_resets_latest_timestamp_seconds{job="u", limit="resetFirst"}'
+        values: '3060x10'
       # runs out in three hours: silent
       - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="later"}'
         values: '11400x10'
       - series: 'ingester_usage_resets_timestamp_seconds{job="u", limit="later"}'
         values: '605400x10'
+      - series: 'ingester_usage_resets_latest_timestamp_seconds{job="u", limit="later"}'
+        values: '605460x10'
       # the reset has passed since the newest snapshot: silent
       - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="stale"}'
         values: '300x10'
       - series: 'ingester_usage_resets_timestamp_seconds{job="u", limit="stale"}'
         values: '400x10'
+      - series: 'ingester_usage_resets_latest_timestamp_seconds{job="u", limit="stale"}'
+        values: '460x10'
       # at 100 % since 5 min, reset next week: fires, in words (its time left is negative)
       - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="full"}'
         values: '300x10'
       - series: 'ingester_usage_resets_timestamp_seconds{job="u", limit="full"}'
         values: '605400x10'
+      - series: 'ingester_usage_resets_latest_timestamp_seconds{job="u", limit="full"}'
+        values: '605460x10'
+      # runs out in an hour, within the hour its reset is worded to ("2 hr"): fires
+      - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="aboutReset"}'
+        values: '4200x10'
+      - series: 'ingester_usage_resets_timestamp_seconds{job="u", limit="aboutReset"}'
+        values: '3600x10'
+      - series: 'ingester_usage_resets_latest_timestamp_seconds{job="u", limit="aboutReset"}'
+        values: '7200x10'
       # no reset time known: fires
       - series: 'ingester_usage_exhausts_timestamp_seconds{job="u", limit="noReset"}'
         values: '1800x10'
@@ -77,11 +94,21 @@ tests:
         alertname: ConsoleUsageRunsOutBeforeReset
         exp_alerts:
           - exp_labels: {severity: critical, job: u, limit: soon}
-            exp_annotations: {summary: "soon runs out in 1h 0m 0s, before it resets"}
+            exp_annotations:
+              summary: "soon runs out in 1h 0m 0s,
+                before it resets or about when it does"
+          - exp_labels: {severity: critical, job: u, limit: aboutReset}
+            exp_annotations:
+              summary: "aboutReset runs out in 1h 0m 0s,
+                before it resets or about when it does"
           - exp_labels: {severity: critical, job: u, limit: noReset}
-            exp_annotations: {summary: "noReset runs out in 20m 0s, before it resets"}
+            exp_annotations:
+              summary: "noReset runs out in 20m 0s,
+                before it resets or about when it does"
           - exp_labels: {severity: critical, job: u, limit: full}
-            exp_annotations: {summary: "full is at 100 %, or due there by now, before it resets"}
+            exp_annotations:
+              summary: "full is at 100 %, or due there by now,
+                before it resets or about when it does"
       - eval_time: 59m
         alertname: ConsoleUsageLimitUnread
         exp_alerts: []
@@ -127,6 +154,7 @@ PARTIAL = (6, 7)  # the steps whose snapshot lacks weeklyLimits
 FAMILIES = (
     "ingester_usage_percent",
     "ingester_usage_resets_timestamp_seconds",
+    "ingester_usage_resets_latest_timestamp_seconds",
     "ingester_usage_rate_percent_per_hour",
     "ingester_usage_exhausts_timestamp_seconds",
     "ingester_usage_observed_timestamp_seconds",
@@ -241,7 +269,7 @@ def test_the_rules_hold_through_a_partial_scrape_of_a_real_serve(rules: Path, ro
                         "exp_labels": {"severity": "critical", "job": "u", "limit": weekly},
                         "exp_annotations": {
                             "summary": f"{weekly} runs out in {humanize_duration(left)}, "
-                            "before it resets"
+                            "before it resets or about when it does"
                         },
                     }
                 ],

@@ -191,6 +191,9 @@ def test_forecast_over_http_cli_metrics_and_check(
     assert samples[("ingester_usage_exhausts_timestamp_seconds", weekly)] == pytest.approx(exhausts)
     resets = (last + timedelta(days=3)).timestamp()
     assert samples[("ingester_usage_resets_timestamp_seconds", weekly)] == pytest.approx(resets)
+    # "3 days" is 3 to 4 days away: the latest the reset may come is a day after the first.
+    latest = samples[("ingester_usage_resets_latest_timestamp_seconds", weekly)]
+    assert latest == pytest.approx(resets + 86400)
     assert ("ingester_usage_exhausts_timestamp_seconds", "weeklyLimits.sonnetOnly") not in samples
     assert samples[("ingester_usage_rate_percent_per_hour", "weeklyLimits.sonnetOnly")] == 0
     assert samples[("ingester_usage_resets_unparsable_total", None)] == 0

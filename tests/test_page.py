@@ -934,6 +934,37 @@ def store(root: Path, snapshots: list[tuple[datetime, dict[str, Any]]]) -> None:
         (root / HISTORY / after).write_text(json.dumps({**body, "lastUpdated": iso_ms(at)}))
 
 
+def test_a_run_out_within_the_hour_a_reset_is_worded_to_is_said_about_when_it_resets(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    # The session rises 20 %/h to 50 % with its reset "2 hr" away (2 to 3 hours): 100 %
+    # in 2.5 h falls within that hour, so which comes first is not known. The card must
+    # not say "resets before the limit"; it says what `ingester forecast` says.
+    newest = (datetime.now(UTC) - timedelta(minutes=1)).replace(second=0, microsecond=0)
+    store(
+        root,
+        [
+            (
+                newest - timedelta(minutes=10 * (12 - i)),
+                {"currentSession": {"resetsIn": "2 hr", "percentageUsed": 10 + 40 * i / 12}},
+            )
+            for i in range(13)
+        ],
+    )
+    day_time = "%a %H:%M"  # en-GB, UTC: the page's context
+    words = (
+        f"at this rate 100 % by {(newest + timedelta(hours=2.5)).strftime(day_time)}, "
+        f"about when it resets ({(newest + timedelta(hours=2)).strftime(day_time)} "
+        "at the earliest)"
+    )
+    server = serve()
+    page = open_page(server.url + "/").page
+    wait_points(page, 13)
+    card = page.locator("#gauge-session")
+    expect(card.locator(".forecast")).to_have_text(words.replace(" %", "\u00a0%"), timeout=10_000)
+    assert card.locator(".forecast").get_attribute("data-verdict") == "exhausts"
+
+
 def test_a_partial_snapshot_keeps_the_weekly_cards_and_their_projection(
     root: Path, serve: Any, open_page: Any, tmp_path: Path
 ) -> None:

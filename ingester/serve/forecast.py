@@ -12,8 +12,10 @@
   dated more than a day ahead, which the message says) and 503 when the history cannot
   be read, like the other reads;
 * the collector exports, per limit (label ``limit``, the dotted path):
-  ``ingester_usage_percent``, ``ingester_usage_resets_timestamp_seconds``,
-  ``ingester_usage_rate_percent_per_hour`` and ``ingester_usage_exhausts_timestamp_seconds``,
+  ``ingester_usage_percent``, ``ingester_usage_resets_timestamp_seconds`` and
+  ``ingester_usage_resets_latest_timestamp_seconds`` (the earliest and the latest instant
+  the reset's words allow), ``ingester_usage_rate_percent_per_hour`` and
+  ``ingester_usage_exhausts_timestamp_seconds``,
   each absent where the forecast has no value, and
   ``ingester_usage_observed_timestamp_seconds`` (when its reading was observed: older
   than the newest snapshot for a limit held through a partial scrape, so the series
@@ -28,7 +30,7 @@ so they work the same over a local folder and over an object store (``serve --fr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -145,6 +147,8 @@ class UsageCollector(Collector):
             families["observed"].add_metric(label, limit.observed_at.timestamp())
             if limit.resets_at is not None:
                 families["resets"].add_metric(label, limit.resets_at.timestamp())
+                latest = limit.resets_at + (limit.resets_within or timedelta(0))
+                families["resets_latest"].add_metric(label, latest.timestamp())
             if limit.rate_per_hour is not None:
                 families["rate"].add_metric(label, limit.rate_per_hour)
             if limit.exhausts_at is not None:
@@ -173,6 +177,12 @@ class UsageCollector(Collector):
             "resets": GaugeMetricFamily(
                 "ingester_usage_resets_timestamp_seconds",
                 "When each limit resets (Unix seconds; absent when resetsIn is unreadable)",
+                labels=["limit"],
+            ),
+            "resets_latest": GaugeMetricFamily(
+                "ingester_usage_resets_latest_timestamp_seconds",
+                "The latest each limit may reset as its resetsIn words allow (Unix seconds; "
+                "'2 hr' is 2 to 3 hours away: the reset lies from the resets series to this)",
                 labels=["limit"],
             ),
             "rate": GaugeMetricFamily(

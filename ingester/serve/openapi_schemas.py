@@ -222,7 +222,8 @@ SCHEMAS: dict[str, Any] = {
             "ratePerHour": {
                 "type": ["number", "null"],
                 "description": "percent per hour; null from fewer than 2 snapshots or less "
-                "than 10 minutes",
+                "than 10 minutes; at 100 %, the rise to the first reading there (null when "
+                "that is the window's first reading in the basis)",
             },
             "exhaustsAt": {
                 "type": ["string", "null"],
@@ -231,8 +232,9 @@ SCHEMAS: dict[str, Any] = {
             },
             "beforeReset": {
                 "type": ["boolean", "null"],
-                "description": "whether exhaustsAt comes before resetsAt; null when either "
-                "is unknown",
+                "description": "true when exhaustsAt comes before resetsAt (the earliest "
+                "the reset's words allow), false at or after the latest they allow ('2 hr': "
+                "2 to 3 hours away); null in between, or when either is unknown",
             },
             "basis": {
                 "type": "object",

@@ -337,6 +337,11 @@
     }
     const by = "at this rate 100\u00a0% by " + when(exhausts);
     if (resets == null) return ["exhausts", by + " (reset time unknown)"];
+    // 100 % within the span the reset's words allow ("2 hr": that hour): either may come
+    // first, so neither is said, as `ingester forecast` says it.
+    if (limit.beforeReset == null) {
+      return ["exhausts", by + ", about when it resets (" + when(resets) + " at the earliest)"];
+    }
     if (limit.beforeReset) {
       return [
         "exhausts",
