@@ -205,6 +205,19 @@ def test_conditional_requests_answer_304(three, server):
     assert old.status_code == 200
 
 
+def test_a_latest_observed_ahead_of_the_servers_clock_is_never_last_modified_after_the_date(
+    root: Path, server: ServeProcess
+) -> None:
+    """A scraper whose clock runs ahead writes a ``lastUpdated`` in the server's future.
+    RFC 9110 (8.8.2.1): a server with a clock never sends a ``Last-Modified`` later than
+    its ``Date``; a cache would otherwise take the answer as modified in the future."""
+    put_version(root, version_name(T0), fresh_payload(timedelta(hours=-6)))
+    answer = server.get(API)
+    assert answer.status_code == 200, answer.text
+    modified = email.utils.parsedate_to_datetime(answer.headers["last-modified"])
+    assert modified <= email.utils.parsedate_to_datetime(answer.headers["date"])
+
+
 def test_conditional_headers_on_several_lines_are_read_as_one_field(three, server):
     """A cache or proxy may send a list field on several lines: RFC 9110 (5.3) makes them
     one field, ``"a", "b"``, so a tag on the second line is as current as on the first."""

@@ -275,7 +275,9 @@ async def get_console_usage(request: Request) -> Response:
     etag = body_etag(body)
     headers = {"ETag": etag, "Cache-Control": cache_control(minutes)}
     if updated is not None:
-        headers["Last-Modified"] = http_date(updated)
+        # Never later than the answer's Date (RFC 9110 8.8.2.1): a scraper whose clock runs
+        # ahead of ours would otherwise date the answer in the future of every cache.
+        headers["Last-Modified"] = http_date(min(updated, now))
     # The tag alone decides: the body moves on after lastUpdated (ageMinutes with the
     # clock, versionInfo as retention deletes), at moments no date sent back can show, so
     # a 304 judged by If-Modified-Since would confirm a count or an age that is gone.
