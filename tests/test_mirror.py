@@ -35,6 +35,7 @@ import pytest
 from support import cli_env, run_cli, wait_for
 from support.capabilities import (
     OTHER_UID,
+    STRACE,
     fill,
     immutable,
     limited_threads,
@@ -1680,12 +1681,20 @@ def _other_bytes(data: bytes) -> bytes:
 
 
 def _mirrored_then_replaced(
-    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], prefix: str, name: str
+    root: Path,
+    s3: SeaweedS3,
+    bucket: str,
+    aws_files: dict[str, str],
+    prefix: str,
+    name: str,
+    *options: str,
 ) -> str:
-    """Mirror ``root`` once to ``s3://bucket/prefix``, then put other bytes (as long)
-    in place of version ``name``'s object; returns that target."""
+    """Mirror ``root`` once to ``s3://bucket/prefix`` (global ``options`` given first),
+    then put other bytes (as long) in place of version ``name``'s object; returns that
+    target."""
     target = f"s3://{bucket}/{prefix}"
-    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    env = s3_env(s3.endpoint, aws_files)
+    first = run_cli(root, *options, "mirror", target, "--once", **env)
     assert first.returncode == 0, first.stderr
     data = (root / HISTORY / name).read_bytes()
     client_for(s3.endpoint).put_object(
@@ -1779,6 +1788,64 @@ def test_a_state_file_the_mirror_emptied_is_said_to_be_empty_not_corrupt(
     cleaned = run_cli(root, "--max-versions", "1", "cleanup")
     assert (status["mirroredThrough"], status["state"]) == (None, "unknown"), status
     assert status["detail"].startswith("state file empty"), status
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert (root / HISTORY / old[0]).read_bytes() == data, cleaned.stdout
+
+
+def test_a_state_file_the_mirror_emptied_still_bounds_the_hold_by_its_mirror_hold(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], can_chattr: None
+) -> None:
+    """As above, with the mirror run as ``--mirror-hold 2``. What it leaves of its state
+    file counts no version as mirrored and still says its bound: ``status`` shows it, and
+    a cleanup given no bound of its own holds 2 expired versions, not the default 10,000
+    (which, for a mirror gone for good, is the disk the operator's bound was to spare)."""
+    store = make_store(root, max_versions=1)
+    old = add_old_versions(store, 4)
+    new = add_versions(store, 1)
+    target = _mirrored_then_replaced(
+        root, s3, bucket, aws_files, "bad-kept-hold", old[3], "--mirror-hold", "2"
+    )
+    env = s3_env(s3.endpoint, aws_files)
+    with immutable(root / HISTORY):
+        done = run_cli(root, "--mirror-hold", "2", "mirror", target, "--once", **env)
+        assert f"cannot mirror version {old[3]}" in done.stderr, done.stderr
+        assert "the state file" in done.stderr, done.stderr
+        status = json.loads(run_cli(root, "status", "--json").stdout)["mirror"]
+    assert (status["mirroredThrough"], status["holdMax"]) == (None, 2), status
+    assert status["detail"].startswith("state file empty"), status
+    cleaned = run_cli(root, "--max-versions", "1", "cleanup")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "more than 2 (--mirror-hold) were waiting" in cleaned.stderr, cleaned.stderr
+    assert sorted(local_versions(root)) == [*old[2:], *new], cleaned.stdout
+
+
+@needs_strace
+def test_a_cut_of_the_state_file_the_disk_fails_to_confirm_is_said_as_made_not_refused(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], can_chattr: None
+) -> None:
+    """As above, but the fsync of the cut fails (EIO). The cut is made (every reader sees
+    no watermark, and retention keeps the version): the line says so, and that only the
+    disk may not hold it, not that the older watermark still stands for retention."""
+    store = make_store(root, max_versions=1)
+    old = add_old_versions(store, 3)
+    add_versions(store, 1)
+    data = (root / HISTORY / old[0]).read_bytes()
+    target = _mirrored_then_replaced(root, s3, bucket, aws_files, "bad-cut-eio", old[0])
+    through = state_of(root).mirrored_through
+    # The folder takes no new file, so the cut's fsync is the run's first.
+    eio = (STRACE, "-f", "-qq", "-o", os.devnull, "-e", "inject=fsync:error=EIO:when=1")
+    with immutable(root / HISTORY):
+        done = run_cli(
+            root, "mirror", target, "--once", wrapper=eio, **s3_env(s3.endpoint, aws_files)
+        )
+        status = json.loads(run_cli(root, "status", "--json").stdout)["mirror"]
+    said = [line for line in done.stderr.splitlines() if "older watermark" in line]
+    assert len(said) == 1, done.stderr
+    assert "emptied the state file" in said[0] and "[EIO]" in said[0], said
+    assert f"after a crash its older watermark ({through}) may be back" in said[0], said
+    assert "could not be withdrawn" not in said[0], said
+    assert (status["mirroredThrough"], status["detail"][:16]) == (None, "state file empty")
+    cleaned = run_cli(root, "--max-versions", "1", "cleanup")
     assert cleaned.returncode == 0, cleaned.stderr
     assert (root / HISTORY / old[0]).read_bytes() == data, cleaned.stdout
 

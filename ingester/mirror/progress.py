@@ -20,17 +20,16 @@ from typing import Any
 
 from ..clock import utc_now
 from ..errors import StorageError
-from ..history import durable
 from ..history.base import is_future
 from ..history.names import format_timestamp
 from ..runtime.notify import SystemdNotifier
 from .objectstore import Failure, RemoteObject
 from .options import MirrorOptions
 from .state import (
-    MIRROR_STATE_NAME,
     STUCK,
     read_mirror_state,
     unmirrored,
+    withdraw_watermark,
     write_mirror_state,
 )
 from .state_model import MirrorState
@@ -213,9 +212,10 @@ class MirrorProgress:
 
         A higher watermark left standing is retention's licence to delete versions the
         mirror has since found not ours (or lost with their bucket), so it must not stand:
-        the file is cut to nothing, which reads as a mirror with no watermark (retention
-        holds, bounded by the default hold). A lower or equal one left standing only makes
-        retention hold more, which is safe until the next write succeeds.
+        the file is cut to its hold bound (:func:`~.state.withdraw_watermark`), which reads
+        as a mirror with no watermark (retention holds, bounded by ``--mirror-hold``). A
+        lower or equal one left standing only makes retention hold more, which is safe
+        until the next write succeeds.
         """
         left = read_mirror_state(self.history_dir)
         through = None if left is None else left.mirrored_through
@@ -224,8 +224,16 @@ class MirrorProgress:
         ):
             return ""
         try:
-            durable.empty_file(self.history_dir / MIRROR_STATE_NAME)
+            withdraw_watermark(self.history_dir)
         except StorageError as exc:
+            if exc.action == "fsync":
+                # The cut is what every reader sees now; only the disk may not hold it.
+                self._written = None
+                return (
+                    f"; emptied the state file, so retention counts no version as mirrored,"
+                    f" but the disk may not hold that ({exc}): after a crash its older"
+                    f" watermark ({through}) may be back"
+                )
             return (
                 f"; its older watermark ({through}) could not be withdrawn either ({exc}),"
                 " so retention may delete versions no longer counted as mirrored"
