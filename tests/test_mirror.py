@@ -1850,6 +1850,40 @@ def test_a_cut_of_the_state_file_the_disk_fails_to_confirm_is_said_as_made_not_r
     assert (root / HISTORY / old[0]).read_bytes() == data, cleaned.stdout
 
 
+def test_a_watermark_the_history_refuses_to_record_is_said_once_and_uploaded_once(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], can_chattr: None
+) -> None:
+    """New versions are uploaded while the history's folder takes no new file, so the
+    raised watermark cannot be recorded. That is one line, saying that retention goes by
+    the older watermark the state file keeps; so it does (it holds the new versions, and
+    never deletes one the bucket lacks), and the next run uploads none of them again."""
+    store = make_store(root, max_versions=1)
+    old = add_old_versions(store, 2)
+    target = f"s3://{bucket}/raise-refused"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    assert state_of(root).mirrored_through == old[-1]
+    new = add_old_versions(store, 3, days_ago=20)
+    proxy = FaultProxy(s3.port)
+    try:
+        with immutable(root / HISTORY):
+            done = run_cli(root, "mirror", target, "--once", **s3_env(proxy.endpoint, aws_files))
+        said = [line for line in done.stderr.splitlines() if "mirror's progress" in line]
+        assert len(said) == 1, done.stderr
+        assert f"as it stands (mirrored through {old[-1]})" in said[0], said
+        assert state_of(root).mirrored_through == old[-1]
+        cleaned = run_cli(root, "--max-versions", "1", "cleanup")
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert sorted(local_versions(root)) == new, cleaned.stdout
+        proxy.requests.clear()
+        again = run_cli(root, "mirror", target, "--once", **s3_env(proxy.endpoint, aws_files))
+    finally:
+        proxy.close()
+    assert again.returncode == 0, again.stderr
+    assert not [path for method, path in proxy.requests if method == "PUT" and "/20" in path]
+    assert state_of(root).mirrored_through == new[-1]
+
+
 def test_a_stop_after_a_version_was_found_not_ours_leaves_it_and_the_uncompared_uncounted(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

@@ -72,6 +72,7 @@ class MirrorProgress:
         self.problem: Failure | None = None
         self.saved_at = 0.0  # time.monotonic() of the last write of the state file
         self._written: tuple[Any, ...] | None = None
+        self._failed: tuple[str, str] | None = None  # the last failed write, as said
         self._notifier = notifier
         # Uploads mark versions bad from their own threads: one writer of the file at once.
         self._lock = threading.RLock()
@@ -199,11 +200,34 @@ class MirrorProgress:
         try:
             write_mirror_state(self.history_dir, state)
         except StorageError as exc:
-            log.warning("cannot record the mirror's progress: %s%s", exc, self._unsaid(state))
+            done = self._unsaid(state)
+            # Said once while the same cause leaves the same file standing: a full disk
+            # fails every write of every pass, and the line would fill the journal.
+            said = (str(exc), done or self._standing())
+            if done or said != self._failed:
+                log.warning("cannot record the mirror's progress: %s%s", exc, said[1])
+            # After a cut, what stands is the cut file: the next failure has nothing new to say.
+            self._failed = (said[0], self._standing()) if done else said
             return
+        if self._failed is not None:
+            log.info("recorded the mirror's progress again")
+            self._failed = None
         self._written = key
         self.saved_at = time.monotonic()
         self._notifier.status(self.describe())
+
+    def _standing(self) -> str:
+        """What retention goes by while the state file cannot be written: the file as it
+        stands, in words to end the log line with."""
+        left = read_mirror_state(self.history_dir)
+        if left is None:
+            return "; there is no state file, so retention does not wait for the mirror"
+        if left.mirrored_through is None:
+            return "; the state file counts no version as mirrored until a write succeeds"
+        return (
+            "; retention goes by the state file as it stands (mirrored through"
+            f" {left.mirrored_through}) until a write succeeds"
+        )
 
     def _unsaid(self, state: MirrorState) -> str:
         """After a failed write of ``state``: make sure the state file left in place
