@@ -1397,6 +1397,43 @@ def test_the_watchdog_is_pinged_while_a_listing_is_compared_under_sse_kms(
     )
 
 
+def test_the_service_status_follows_the_backlog_while_its_state_file_cannot_be_written(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], can_chattr: None
+) -> None:
+    """The service waits out a failing object store with 3 versions waiting (``STATUS=``
+    says so); then the history's folder takes no new file, and the store comes back. The
+    backlog drains, and ``STATUS=`` says so, and that the progress is not recorded, not
+    the failure and the backlog that are gone."""
+    add_versions(make_store(root), 3)
+    proxy = FaultProxy(s3.port)
+    proxy.fault = "error"
+    target = f"s3://{bucket}/status-unrecorded"
+    client = client_for(s3.endpoint)
+    with NotifyListener() as listener:
+        env = s3_env(proxy.endpoint, aws_files, NOTIFY_SOCKET=listener.address)
+        mirror = MirrorProcess(root, target, env)
+        try:
+            listener.wait_for(
+                lambda m: "3 waiting" in m.fields.get("STATUS", ""),
+                20,
+                "STATUS= with the backlog",
+                alive=lambda: mirror.proc.poll() is None,
+            )
+            with immutable(root / HISTORY):
+                proxy.fault = None
+                wait_mirrored(client, bucket, "status-unrecorded", root)
+                said = listener.wait_for(
+                    lambda m: "0 version(s) waiting" in m.fields.get("STATUS", ""),
+                    20,
+                    "STATUS= with the backlog drained",
+                    alive=lambda: mirror.proc.poll() is None,
+                )
+        finally:
+            assert mirror.stop() == 0, mirror.log
+            proxy.close()
+    assert "progress not recorded" in said.fields["STATUS"], said
+
+
 def test_a_stop_during_the_first_listing_s_comparison_is_prompt_and_counts_nothing(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:

@@ -208,6 +208,9 @@ class MirrorProgress:
                 log.warning("cannot record the mirror's progress: %s%s", exc, said[1])
             # After a cut, what stands is the cut file: the next failure has nothing new to say.
             self._failed = (said[0], self._standing()) if done else said
+            # The service's own state all the same: the backlog it has, not the last one
+            # recorded (which may be a failure long gone).
+            self._notifier.status(self.describe())
             return
         if self._failed is not None:
             log.info("recorded the mirror's progress again")
@@ -275,8 +278,13 @@ class MirrorProgress:
     def describe(self) -> str:
         """One line for ``STATUS=``: the state and the backlog."""
         state = self.state
+        unrecorded = "; progress not recorded (see the log)" if self._failed else ""
         if self.problem is None:
             stuck = len(self.stuck())
             cannot = f", {stuck} cannot be mirrored" if stuck else ""
-            return f"mirroring to {self.target}: {state.waiting} version(s) waiting{cannot}"
-        return f"{STATE_WORDS.get(self.problem.kind, self.problem.kind)}: {state.waiting} waiting"
+            return (
+                f"mirroring to {self.target}: {state.waiting} version(s) waiting"
+                f"{cannot}{unrecorded}"
+            )
+        words = STATE_WORDS.get(self.problem.kind, self.problem.kind)
+        return f"{words}: {state.waiting} waiting{unrecorded}"
