@@ -2436,6 +2436,27 @@ def test_object_store_errors_are_one_line(
     assert "Traceback" not in once.stderr
 
 
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+@pytest.mark.skipif(not FAKETIME.exists(), reason="libfaketime is not installed")
+def test_a_clock_off_from_the_store_s_is_said_as_the_clock_not_the_credentials(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """This machine's clock runs an hour ahead of the object store's (libfaketime): the
+    store refuses every signed request (``RequestTimeTooSkewed``). The mirror's line says
+    the clock is off, not that the credentials were refused, which sends the operator to
+    rotate keys that are fine."""
+    add_versions(make_store(root), 2)
+    env = s3_env(s3.endpoint, aws_files, LD_PRELOAD=str(FAKETIME), FAKETIME="+1h")
+    done = run_cli(root, "mirror", f"s3://{bucket}/skewed", "--once", **env)
+    assert done.returncode == 1, done.stderr
+    said = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(said) == 1, done.stderr
+    assert "clock" in said[0] and "RequestTimeTooSkewed" in said[0], said
+    assert "credentials" not in said[0], said
+
+
 @pytest.mark.parametrize(
     "case", ["a profile that does not exist", "a bad region", "a failing credential process"]
 )

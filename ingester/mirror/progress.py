@@ -34,7 +34,7 @@ from .state import (
 )
 from .state_model import MirrorState
 
-__all__ = ["STATE_WORDS", "MirrorProgress"]
+__all__ = ["STATE_WORDS", "MirrorProgress", "failure_words"]
 
 log = logging.getLogger("ingester.mirror")
 
@@ -48,6 +48,18 @@ STATE_WORDS = {
     "damaged": "object store holds an object whose bytes are not the ones stored with it",
 }
 """Each problem state (a :class:`~ingester.mirror.objectstore.Failure`'s ``kind``) in words."""
+
+_SKEWED = "RequestTimeTooSkewed"
+"""The store's code for a request signed at a time too far from its own clock."""
+
+
+def failure_words(failure: Failure) -> str:
+    """``failure`` in words: its kind's (:data:`STATE_WORDS`), except a request refused
+    for its time. That is a ``denied`` to the state file and ``check`` (someone has to
+    act), but the credentials are fine: the clock is what needs setting right."""
+    if failure.detail.startswith(_SKEWED):
+        return "object store refused the request time: this machine's clock is off from the store's"
+    return STATE_WORDS.get(failure.kind, failure.kind)
 
 
 class MirrorProgress:
@@ -286,5 +298,4 @@ class MirrorProgress:
                 f"mirroring to {self.target}: {state.waiting} version(s) waiting"
                 f"{cannot}{unrecorded}"
             )
-        words = STATE_WORDS.get(self.problem.kind, self.problem.kind)
-        return f"{words}: {state.waiting} waiting{unrecorded}"
+        return f"{failure_words(self.problem)}: {state.waiting} waiting{unrecorded}"
