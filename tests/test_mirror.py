@@ -35,6 +35,7 @@ import pytest
 from support import cli_env, run_cli, wait_for
 from support.capabilities import (
     OTHER_UID,
+    STRACE,
     fill,
     immutable,
     limited_threads,
@@ -1396,6 +1397,43 @@ def test_the_watchdog_is_pinged_while_a_listing_is_compared_under_sse_kms(
     )
 
 
+def test_the_service_status_follows_the_backlog_while_its_state_file_cannot_be_written(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], can_chattr: None
+) -> None:
+    """The service waits out a failing object store with 3 versions waiting (``STATUS=``
+    says so); then the history's folder takes no new file, and the store comes back. The
+    backlog drains, and ``STATUS=`` says so, and that the progress is not recorded, not
+    the failure and the backlog that are gone."""
+    add_versions(make_store(root), 3)
+    proxy = FaultProxy(s3.port)
+    proxy.fault = "error"
+    target = f"s3://{bucket}/status-unrecorded"
+    client = client_for(s3.endpoint)
+    with NotifyListener() as listener:
+        env = s3_env(proxy.endpoint, aws_files, NOTIFY_SOCKET=listener.address)
+        mirror = MirrorProcess(root, target, env)
+        try:
+            listener.wait_for(
+                lambda m: "3 waiting" in m.fields.get("STATUS", ""),
+                20,
+                "STATUS= with the backlog",
+                alive=lambda: mirror.proc.poll() is None,
+            )
+            with immutable(root / HISTORY):
+                proxy.fault = None
+                wait_mirrored(client, bucket, "status-unrecorded", root)
+                said = listener.wait_for(
+                    lambda m: "0 version(s) waiting" in m.fields.get("STATUS", ""),
+                    20,
+                    "STATUS= with the backlog drained",
+                    alive=lambda: mirror.proc.poll() is None,
+                )
+        finally:
+            assert mirror.stop() == 0, mirror.log
+            proxy.close()
+    assert "progress not recorded" in said.fields["STATUS"], said
+
+
 def test_a_stop_during_the_first_listing_s_comparison_is_prompt_and_counts_nothing(
     root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
 ) -> None:
@@ -1680,12 +1718,20 @@ def _other_bytes(data: bytes) -> bytes:
 
 
 def _mirrored_then_replaced(
-    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], prefix: str, name: str
+    root: Path,
+    s3: SeaweedS3,
+    bucket: str,
+    aws_files: dict[str, str],
+    prefix: str,
+    name: str,
+    *options: str,
 ) -> str:
-    """Mirror ``root`` once to ``s3://bucket/prefix``, then put other bytes (as long)
-    in place of version ``name``'s object; returns that target."""
+    """Mirror ``root`` once to ``s3://bucket/prefix`` (global ``options`` given first),
+    then put other bytes (as long) in place of version ``name``'s object; returns that
+    target."""
     target = f"s3://{bucket}/{prefix}"
-    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    env = s3_env(s3.endpoint, aws_files)
+    first = run_cli(root, *options, "mirror", target, "--once", **env)
     assert first.returncode == 0, first.stderr
     data = (root / HISTORY / name).read_bytes()
     client_for(s3.endpoint).put_object(
@@ -1781,6 +1827,98 @@ def test_a_state_file_the_mirror_emptied_is_said_to_be_empty_not_corrupt(
     assert status["detail"].startswith("state file empty"), status
     assert cleaned.returncode == 0, cleaned.stderr
     assert (root / HISTORY / old[0]).read_bytes() == data, cleaned.stdout
+
+
+def test_a_state_file_the_mirror_emptied_still_bounds_the_hold_by_its_mirror_hold(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], can_chattr: None
+) -> None:
+    """As above, with the mirror run as ``--mirror-hold 2``. What it leaves of its state
+    file counts no version as mirrored and still says its bound: ``status`` shows it, and
+    a cleanup given no bound of its own holds 2 expired versions, not the default 10,000
+    (which, for a mirror gone for good, is the disk the operator's bound was to spare)."""
+    store = make_store(root, max_versions=1)
+    old = add_old_versions(store, 4)
+    new = add_versions(store, 1)
+    target = _mirrored_then_replaced(
+        root, s3, bucket, aws_files, "bad-kept-hold", old[3], "--mirror-hold", "2"
+    )
+    env = s3_env(s3.endpoint, aws_files)
+    with immutable(root / HISTORY):
+        done = run_cli(root, "--mirror-hold", "2", "mirror", target, "--once", **env)
+        assert f"cannot mirror version {old[3]}" in done.stderr, done.stderr
+        assert "the state file" in done.stderr, done.stderr
+        status = json.loads(run_cli(root, "status", "--json").stdout)["mirror"]
+    assert (status["mirroredThrough"], status["holdMax"]) == (None, 2), status
+    assert status["detail"].startswith("state file empty"), status
+    cleaned = run_cli(root, "--max-versions", "1", "cleanup")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "more than 2 (--mirror-hold) were waiting" in cleaned.stderr, cleaned.stderr
+    assert sorted(local_versions(root)) == [*old[2:], *new], cleaned.stdout
+
+
+@needs_strace
+def test_a_cut_of_the_state_file_the_disk_fails_to_confirm_is_said_as_made_not_refused(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], can_chattr: None
+) -> None:
+    """As above, but the fsync of the cut fails (EIO). The cut is made (every reader sees
+    no watermark, and retention keeps the version): the line says so, and that only the
+    disk may not hold it, not that the older watermark still stands for retention."""
+    store = make_store(root, max_versions=1)
+    old = add_old_versions(store, 3)
+    add_versions(store, 1)
+    data = (root / HISTORY / old[0]).read_bytes()
+    target = _mirrored_then_replaced(root, s3, bucket, aws_files, "bad-cut-eio", old[0])
+    through = state_of(root).mirrored_through
+    # The folder takes no new file, so the cut's fsync is the run's first.
+    eio = (STRACE, "-f", "-qq", "-o", os.devnull, "-e", "inject=fsync:error=EIO:when=1")
+    with immutable(root / HISTORY):
+        done = run_cli(
+            root, "mirror", target, "--once", wrapper=eio, **s3_env(s3.endpoint, aws_files)
+        )
+        status = json.loads(run_cli(root, "status", "--json").stdout)["mirror"]
+    said = [line for line in done.stderr.splitlines() if "older watermark" in line]
+    assert len(said) == 1, done.stderr
+    assert "emptied the state file" in said[0] and "[EIO]" in said[0], said
+    assert f"after a crash its older watermark ({through}) may be back" in said[0], said
+    assert "could not be withdrawn" not in said[0], said
+    assert (status["mirroredThrough"], status["detail"][:16]) == (None, "state file empty")
+    cleaned = run_cli(root, "--max-versions", "1", "cleanup")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert (root / HISTORY / old[0]).read_bytes() == data, cleaned.stdout
+
+
+def test_a_watermark_the_history_refuses_to_record_is_said_once_and_uploaded_once(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], can_chattr: None
+) -> None:
+    """New versions are uploaded while the history's folder takes no new file, so the
+    raised watermark cannot be recorded. That is one line, saying that retention goes by
+    the older watermark the state file keeps; so it does (it holds the new versions, and
+    never deletes one the bucket lacks), and the next run uploads none of them again."""
+    store = make_store(root, max_versions=1)
+    old = add_old_versions(store, 2)
+    target = f"s3://{bucket}/raise-refused"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    assert state_of(root).mirrored_through == old[-1]
+    new = add_old_versions(store, 3, days_ago=20)
+    proxy = FaultProxy(s3.port)
+    try:
+        with immutable(root / HISTORY):
+            done = run_cli(root, "mirror", target, "--once", **s3_env(proxy.endpoint, aws_files))
+        said = [line for line in done.stderr.splitlines() if "mirror's progress" in line]
+        assert len(said) == 1, done.stderr
+        assert f"as it stands (mirrored through {old[-1]})" in said[0], said
+        assert state_of(root).mirrored_through == old[-1]
+        cleaned = run_cli(root, "--max-versions", "1", "cleanup")
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert sorted(local_versions(root)) == new, cleaned.stdout
+        proxy.requests.clear()
+        again = run_cli(root, "mirror", target, "--once", **s3_env(proxy.endpoint, aws_files))
+    finally:
+        proxy.close()
+    assert again.returncode == 0, again.stderr
+    assert not [path for method, path in proxy.requests if method == "PUT" and "/20" in path]
+    assert state_of(root).mirrored_through == new[-1]
 
 
 def test_a_stop_after_a_version_was_found_not_ours_leaves_it_and_the_uncompared_uncounted(
@@ -2296,6 +2434,27 @@ def test_object_store_errors_are_one_line(
     once = run_cli(root, "mirror", "s3://no-such-bucket-here/x", "--once", **env)
     assert once.returncode == 1 and "bucket does not exist" in once.stderr, once.stderr
     assert "Traceback" not in once.stderr
+
+
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+@pytest.mark.skipif(not FAKETIME.exists(), reason="libfaketime is not installed")
+def test_a_clock_off_from_the_store_s_is_said_as_the_clock_not_the_credentials(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """This machine's clock runs an hour ahead of the object store's (libfaketime): the
+    store refuses every signed request (``RequestTimeTooSkewed``). The mirror's line says
+    the clock is off, not that the credentials were refused, which sends the operator to
+    rotate keys that are fine."""
+    add_versions(make_store(root), 2)
+    env = s3_env(s3.endpoint, aws_files, LD_PRELOAD=str(FAKETIME), FAKETIME="+1h")
+    done = run_cli(root, "mirror", f"s3://{bucket}/skewed", "--once", **env)
+    assert done.returncode == 1, done.stderr
+    said = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(said) == 1, done.stderr
+    assert "clock" in said[0] and "RequestTimeTooSkewed" in said[0], said
+    assert "credentials" not in said[0], said
 
 
 @pytest.mark.parametrize(

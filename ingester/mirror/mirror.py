@@ -51,7 +51,7 @@ from ..runtime.notify import SystemdNotifier
 from ..runtime.signals import StopFlag, on_stop_signals
 from .objectstore import Failure, S3Client, make_client
 from .options import MirrorOptions
-from .progress import STATE_WORDS, MirrorProgress
+from .progress import MirrorProgress, failure_words
 from .state import MIRROR_LOCK_NAME
 from .sync import MirrorBlocked, MirrorSync, PassResult
 
@@ -162,7 +162,7 @@ class Mirror:
             )
             log.error(
                 "%s (%s); %d version(s) %s",
-                STATE_WORDS.get(failure.kind, failure.kind),
+                failure_words(failure),
                 failure.detail,
                 progress.waiting(),
                 then,

@@ -20,22 +20,21 @@ from typing import Any
 
 from ..clock import utc_now
 from ..errors import StorageError
-from ..history import durable
 from ..history.base import is_future
 from ..history.names import format_timestamp
 from ..runtime.notify import SystemdNotifier
 from .objectstore import Failure, RemoteObject
 from .options import MirrorOptions
 from .state import (
-    MIRROR_STATE_NAME,
     STUCK,
     read_mirror_state,
     unmirrored,
+    withdraw_watermark,
     write_mirror_state,
 )
 from .state_model import MirrorState
 
-__all__ = ["STATE_WORDS", "MirrorProgress"]
+__all__ = ["STATE_WORDS", "MirrorProgress", "failure_words"]
 
 log = logging.getLogger("ingester.mirror")
 
@@ -49,6 +48,18 @@ STATE_WORDS = {
     "damaged": "object store holds an object whose bytes are not the ones stored with it",
 }
 """Each problem state (a :class:`~ingester.mirror.objectstore.Failure`'s ``kind``) in words."""
+
+_SKEWED = "RequestTimeTooSkewed"
+"""The store's code for a request signed at a time too far from its own clock."""
+
+
+def failure_words(failure: Failure) -> str:
+    """``failure`` in words: its kind's (:data:`STATE_WORDS`), except a request refused
+    for its time. That is a ``denied`` to the state file and ``check`` (someone has to
+    act), but the credentials are fine: the clock is what needs setting right."""
+    if failure.detail.startswith(_SKEWED):
+        return "object store refused the request time: this machine's clock is off from the store's"
+    return STATE_WORDS.get(failure.kind, failure.kind)
 
 
 class MirrorProgress:
@@ -73,6 +84,7 @@ class MirrorProgress:
         self.problem: Failure | None = None
         self.saved_at = 0.0  # time.monotonic() of the last write of the state file
         self._written: tuple[Any, ...] | None = None
+        self._failed: tuple[str, str] | None = None  # the last failed write, as said
         self._notifier = notifier
         # Uploads mark versions bad from their own threads: one writer of the file at once.
         self._lock = threading.RLock()
@@ -200,11 +212,37 @@ class MirrorProgress:
         try:
             write_mirror_state(self.history_dir, state)
         except StorageError as exc:
-            log.warning("cannot record the mirror's progress: %s%s", exc, self._unsaid(state))
+            done = self._unsaid(state)
+            # Said once while the same cause leaves the same file standing: a full disk
+            # fails every write of every pass, and the line would fill the journal.
+            said = (str(exc), done or self._standing())
+            if done or said != self._failed:
+                log.warning("cannot record the mirror's progress: %s%s", exc, said[1])
+            # After a cut, what stands is the cut file: the next failure has nothing new to say.
+            self._failed = (said[0], self._standing()) if done else said
+            # The service's own state all the same: the backlog it has, not the last one
+            # recorded (which may be a failure long gone).
+            self._notifier.status(self.describe())
             return
+        if self._failed is not None:
+            log.info("recorded the mirror's progress again")
+            self._failed = None
         self._written = key
         self.saved_at = time.monotonic()
         self._notifier.status(self.describe())
+
+    def _standing(self) -> str:
+        """What retention goes by while the state file cannot be written: the file as it
+        stands, in words to end the log line with."""
+        left = read_mirror_state(self.history_dir)
+        if left is None:
+            return "; there is no state file, so retention does not wait for the mirror"
+        if left.mirrored_through is None:
+            return "; the state file counts no version as mirrored until a write succeeds"
+        return (
+            "; retention goes by the state file as it stands (mirrored through"
+            f" {left.mirrored_through}) until a write succeeds"
+        )
 
     def _unsaid(self, state: MirrorState) -> str:
         """After a failed write of ``state``: make sure the state file left in place
@@ -213,9 +251,10 @@ class MirrorProgress:
 
         A higher watermark left standing is retention's licence to delete versions the
         mirror has since found not ours (or lost with their bucket), so it must not stand:
-        the file is cut to nothing, which reads as a mirror with no watermark (retention
-        holds, bounded by the default hold). A lower or equal one left standing only makes
-        retention hold more, which is safe until the next write succeeds.
+        the file is cut to its hold bound (:func:`~.state.withdraw_watermark`), which reads
+        as a mirror with no watermark (retention holds, bounded by ``--mirror-hold``). A
+        lower or equal one left standing only makes retention hold more, which is safe
+        until the next write succeeds.
         """
         left = read_mirror_state(self.history_dir)
         through = None if left is None else left.mirrored_through
@@ -224,8 +263,16 @@ class MirrorProgress:
         ):
             return ""
         try:
-            durable.empty_file(self.history_dir / MIRROR_STATE_NAME)
+            withdraw_watermark(self.history_dir)
         except StorageError as exc:
+            if exc.action == "fsync":
+                # The cut is what every reader sees now; only the disk may not hold it.
+                self._written = None
+                return (
+                    f"; emptied the state file, so retention counts no version as mirrored,"
+                    f" but the disk may not hold that ({exc}): after a crash its older"
+                    f" watermark ({through}) may be back"
+                )
             return (
                 f"; its older watermark ({through}) could not be withdrawn either ({exc}),"
                 " so retention may delete versions no longer counted as mirrored"
@@ -243,8 +290,12 @@ class MirrorProgress:
     def describe(self) -> str:
         """One line for ``STATUS=``: the state and the backlog."""
         state = self.state
+        unrecorded = "; progress not recorded (see the log)" if self._failed else ""
         if self.problem is None:
             stuck = len(self.stuck())
             cannot = f", {stuck} cannot be mirrored" if stuck else ""
-            return f"mirroring to {self.target}: {state.waiting} version(s) waiting{cannot}"
-        return f"{STATE_WORDS.get(self.problem.kind, self.problem.kind)}: {state.waiting} waiting"
+            return (
+                f"mirroring to {self.target}: {state.waiting} version(s) waiting"
+                f"{cannot}{unrecorded}"
+            )
+        return f"{failure_words(self.problem)}: {state.waiting} waiting{unrecorded}"

@@ -23,12 +23,15 @@ from __future__ import annotations
 import bisect
 import errno
 import os
+import re
+import stat
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..clock import utc_now
+from ..errors import StorageError
 from ..history import durable
 from ..history.base import is_future
 from ..history.lock import lock_holder
@@ -49,6 +52,7 @@ __all__ = [
     "mirror_status",
     "read_mirror_state",
     "unmirrored",
+    "withdraw_watermark",
     "write_mirror_state",
 ]
 
@@ -64,8 +68,12 @@ STATE_MAX_BYTES = 1 << 20
 
 
 EMPTY_DETAIL = "state file empty: no version counts as mirrored until the mirror writes it"
-"""The ``detail`` of an empty state file: one the mirror emptied because it could not
-replace it with a lower watermark (:class:`~ingester.mirror.progress.MirrorProgress`)."""
+"""The ``detail`` of an empty state file, or one cut to its hold bound: what the mirror
+leaves where it cannot replace the file with a lower watermark
+(:func:`withdraw_watermark`)."""
+
+_HOLD_ONLY = re.compile(rb'\{\n  "holdMax": ([0-9]{1,18}),\n')
+"""The state file cut to its first two lines: the opening brace and the hold bound."""
 
 
 def read_mirror_state(history_dir: Path) -> MirrorState | None:
@@ -101,6 +109,11 @@ def read_mirror_state(history_dir: Path) -> MirrorState | None:
         # What the mirror leaves where it cannot replace the file with a lower watermark
         # (a full disk): no damage, and no reason to remove it, which would end the hold.
         return MirrorState(state="unknown", detail=EMPTY_DETAIL)
+    cut = _HOLD_ONLY.fullmatch(raw)
+    if cut is not None:
+        # The same, where the file still began with the mirror's bound: it keeps bounding
+        # the hold, so a mirror gone for good fills no more disk than its operator allowed.
+        return MirrorState(state="unknown", detail=EMPTY_DETAIL, hold_max=int(cut[1]))
     try:
         return MirrorState.model_validate_json(raw)
     except ValidationError:
@@ -115,6 +128,38 @@ def write_mirror_state(history_dir: Path, state: MirrorState) -> None:
     durable.write_file(
         history_dir, MIRROR_STATE_NAME, state.to_json_bytes(), mode=0o644, replace=True
     )
+
+
+def withdraw_watermark(history_dir: Path) -> None:
+    """Cut the state file, in place, to its first two lines (``{`` and its ``holdMax``),
+    or to nothing where it does not begin so; then fsync it.
+
+    For a state file whose watermark must not stand and whose replacement failed (a full
+    disk): a cut needs no new block where a replacement does. What is left reads as a
+    mirror with no watermark, still bounded by the mirror's ``--mirror-hold``
+    (:func:`read_mirror_state`). Never creates the file, never follows a symlink.
+    Raises :class:`~ingester.history.durable.StorageError`: action ``cut`` when the file
+    was left as it was, ``fsync`` when the cut is made but may not be on the disk.
+    """
+    path = history_dir / MIRROR_STATE_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise StorageError("cut", path, exc) from exc
+    try:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            keep = _HOLD_ONLY.match(os.pread(fd, 64, 0))
+            os.ftruncate(fd, 0 if keep is None else keep.end())
+        except OSError as exc:
+            raise StorageError("cut", path, exc) from exc
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise StorageError("fsync", path, exc) from exc
+    finally:
+        os.close(fd)
 
 
 def unmirrored(

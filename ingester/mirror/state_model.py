@@ -21,9 +21,11 @@ class MirrorState(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
 
+    # The bound first: the file's first two lines are what the mirror cuts it to where it
+    # cannot replace it (:func:`~.state.withdraw_watermark`), and the hold must survive.
+    hold_max: int = Field(DEFAULT_HOLD_MAX, alias="holdMax", ge=0)
     target: str = ""
     mirrored_through: str | None = Field(None, alias="mirroredThrough")
-    hold_max: int = Field(DEFAULT_HOLD_MAX, alias="holdMax", ge=0)
     retention: str = "keep"
     state: str = "starting"
     detail: str | None = None
