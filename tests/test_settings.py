@@ -324,3 +324,20 @@ def test_a_removed_current_folder_matters_only_to_a_relative_path(
     assert "the current folder cannot be used" in relative.stderr
     default = _run_in_a_removed_folder(tmp_path, "status")
     assert_usage_error(default, "--root")
+
+
+def test_a_path_under_the_home_of_a_user_who_does_not_exist_is_a_usage_error(
+    root: Path,
+) -> None:
+    """``~name`` is expanded as a shell would; a ``name`` the system does not know (a
+    typo, a service user not made yet) is refused naming the setting, before anything is
+    touched, from the command line, the environment and a config file alike."""
+    missing = "~no-such-user-of-this-system/history"
+    assert_usage_error(run_cli(root, "--history-dir", missing, "init"), "--history-dir")
+    assert_usage_error(run_cli(root, "init", INGESTER_SPOOL_DIR=missing), "INGESTER_SPOOL_DIR")
+    config = root.parent / "ingester.toml"
+    config.write_text(f'[ingester]\nrejected_dir = "{missing}"\n')
+    refused = run_cli(root, "--config", str(config), "init")
+    assert_usage_error(refused, "--rejected-dir")
+    assert "no-such-user-of-this-system" in refused.stderr
+    assert list(root.iterdir()) == []

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SettingError, os_cause
+from .bounds import shown
 from .layout import check_layout
 from .resolved import Settings
 from .table import DEFAULTS, SETTING_NAMES, SPECS
@@ -137,7 +138,15 @@ def resolve_settings(
         except ValueError as exc:
             raise SettingError(label, str(exc)) from None
         if spec.is_path:
-            path = Path(value).expanduser()
+            try:
+                path = Path(value).expanduser()
+            except RuntimeError:
+                # ``~name`` of a user this system does not know (or ``~`` with no home
+                # to be found): no folder to take it for.
+                head = os.fspath(value).split("/", 1)[0]
+                raise SettingError(
+                    label, f"{shown(os.fspath(value))}: {head} is no home folder of this system"
+                ) from None
             if not path.is_absolute():
                 path = (base if base is not None else current(label)) / path
             value = Path(os.path.abspath(path))
