@@ -289,3 +289,26 @@ def test_lines_are_journal_lines_only_when_stderr_is_the_journal(root: Path, jou
         assert line.startswith("<6>info: watching "), line
     else:
         assert line[:4].isdigit() and " INFO watching " in line, line
+
+
+def test_a_name_holding_a_c1_control_or_a_line_separator_stays_on_its_one_line(
+    root: Path,
+) -> None:
+    """NEL (U+0085) and the line and paragraph separators (U+2028, U+2029) end a line
+    for many readers of a log (Python's ``splitlines``, editors, log viewers), and the
+    C1 controls (CSI, U+009B) drive a terminal as ESC does: in a drop's name each is
+    escaped in the text lines, and the JSON lines write each as a ``\\u`` escape that
+    parses back to the name as it is."""
+    name = "a\x85b\x9b31mc\u2028d\u2029e.json"
+    for fmt, escaped in (("text", "a\\x85b\\x9b31mc\\u2028d\\u2029e.json"), ("json", None)):
+        spool = root / "spool"
+        spool.mkdir(parents=True, exist_ok=True)
+        (spool / name).write_bytes(INVALID.read_bytes())
+        text = watch_once(root, "--log-format", fmt).decode("utf-8")
+        assert text.splitlines() == text.split("\n")[:-1], text
+        assert not {"\x85", "\x9b", "\u2028", "\u2029"} & set(text), ascii(text)
+        if escaped is not None:
+            assert f"rejected {escaped}" in text, text
+        else:
+            entries = [json.loads(line) for line in text.splitlines()]
+            assert name in {e.get("drop") for e in entries}, text

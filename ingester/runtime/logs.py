@@ -56,7 +56,16 @@ _BIDI_ESCAPES = {
     code: f"\\u{code:04x}"
     for code in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
 }
+# The C1 controls drive a terminal as the C0 ones do (U+009B is CSI, ESC [), and NEL
+# (U+0085) with the line and paragraph separators ends a line for many readers of a log
+# (Python's splitlines, editors, viewers): a name holding one must stay on its one line.
+_C1 = range(0x80, 0xA0)
+_SEPARATORS = (0x2028, 0x2029)
+_CONTROL_ESCAPES |= {code: f"\\x{code:02x}" for code in _C1}
+_CONTROL_ESCAPES |= {code: f"\\u{code:04x}" for code in _SEPARATORS}
 _CONTROL_ESCAPES |= _BIDI_ESCAPES
+# What JSON with ensure_ascii=False leaves raw of these, as JSON escapes them.
+_JSON_ESCAPES = _BIDI_ESCAPES | {code: f"\\u{code:04x}" for code in (*_C1, *_SEPARATORS)}
 # A tab keeps a log line one line: it stays a tab there.
 _ESCAPES = {code: text for code, text in _CONTROL_ESCAPES.items() if code != 9}
 
@@ -139,7 +148,7 @@ class JsonFormatter(logging.Formatter):
         line = json.dumps(_clean(entry), default=lambda v: escape_text(str(v)), ensure_ascii=False)
         # JSON leaves these raw (ensure_ascii=False keeps names readable), and a log viewer
         # shows them as the text log would without its escapes.
-        return line.translate(_BIDI_ESCAPES)
+        return line.translate(_JSON_ESCAPES)
 
 
 class OneLineFormatter(logging.Formatter):
