@@ -177,7 +177,7 @@ class IngesterGroup(click.Group):
     ) -> click.Context:
         command_args = self._command_args(list(args))  # read first: parsing consumes it
         try:
-            with _one_line_message():
+            with _one_line_message(command_args[0] if command_args else None):
                 return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as exc:
             # A bad global option (an unknown one, a value click rejects) fails here,
@@ -282,11 +282,21 @@ class IngesterGroup(click.Group):
 
 
 @contextmanager
-def _one_line_message() -> Iterator[None]:
+def _one_line_message(command: str | None = None) -> Iterator[None]:
     """A usage error's message, which may quote a path or a value given, kept to its one
-    ``Error:`` line: a newline or an escape in it is written escaped, as ``say`` does."""
+    ``Error:`` line: a newline or an escape in it is written escaped, as ``say`` does.
+    An option refused on one side of the command that exists on the other (``command``:
+    the name given after the group's options, if any) is told where it belongs."""
     try:
         yield
+    except click.NoSuchOption as exc:
+        where = _where_it_belongs(exc, command)
+        if where:
+            # The option exists: a close match among the others would send the user astray.
+            exc.message = f"{exc.message.rstrip('.')} here: {where}"  # type: ignore[misc]
+            exc.possibilities = None  # type: ignore[misc]
+        exc.message = escape_text(one_line(exc.message))  # type: ignore[misc]
+        raise
     except click.ClickException as exc:
         # Rewritten in place, so a bad parameter keeps its option's name and its context.
         exc.message = escape_text(one_line(exc.message))  # type: ignore[misc]
@@ -294,6 +304,33 @@ def _one_line_message() -> Iterator[None]:
     except BadEndpoint as exc:
         # Found where the client is made (a command's body, or its service loop).
         raise click.UsageError(escape_text(one_line(str(exc)))) from None
+
+
+def _where_it_belongs(exc: click.NoSuchOption, command: str | None) -> str:
+    """Where the option ``exc`` refuses belongs: before the command for an option of the
+    group given after it, after the command for one of ``command``'s given before it;
+    ``""`` for an option neither has.
+
+    Most tools take their options anywhere (``ingester watch --root DIR``): "No such
+    option" alone would say that an option ``ingester --help`` lists does not exist.
+    """
+    name, ctx = exc.option_name, exc.ctx
+    if ctx is None:
+        return ""
+    if ctx.parent is not None:  # the command's own parser refused it
+        if any(name in p.opts + p.secondary_opts for p in main.params):
+            return (
+                f"it is an option of 'ingester' itself; give it before the command, "
+                f"as in 'ingester {name} ... {ctx.info_name}'"
+            )
+        return ""
+    found = main.get_command(ctx, command) if command is not None else None
+    if found is not None and any(name in p.opts + p.secondary_opts for p in found.params):
+        return (
+            f"it is an option of '{command}'; give it after the command, "
+            f"as in 'ingester {command} {name} ...'"
+        )
+    return ""
 
 
 def _setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
