@@ -312,3 +312,28 @@ def test_a_name_holding_a_c1_control_or_a_line_separator_stays_on_its_one_line(
         else:
             entries = [json.loads(line) for line in text.splitlines()]
             assert name in {e.get("drop") for e in entries}, text
+
+
+@pytest.mark.parametrize("journal", ["same", "other"])
+def test_json_lines_carry_the_journal_priority_only_when_stderr_is_the_journal(
+    root: Path, journal: str
+) -> None:
+    """With the service's JSON drop-in, stderr is still the journal: each JSON line
+    starts with the ``<N>`` prefix journald turns into the entry's priority (and removes,
+    so the entry's message is the JSON object), or ``journalctl -p warning`` would no
+    longer show the rejected drops and the errors. Written anywhere else, a line is the
+    JSON object alone."""
+    spool = root / "spool"
+    spool.mkdir()
+    (spool / "bad.json").write_bytes(INVALID.read_bytes())
+    args = [sys.executable, "-m", "ingester", "--root", str(root), "--log-format", "json"]
+    result = stderr_to_pipe([*args, "watch", "--once"], journal=journal)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    if journal == "same":
+        assert all(line[:1] == "<" and line[2:4] == ">{" for line in lines), lines
+        entries = {json.loads(line[3:])["msg"].split(" ")[0]: line[:3] for line in lines}
+        assert (entries["watching"], entries["rejected"]) == ("<6>", "<4>"), lines
+    else:
+        entries = {json.loads(line)["msg"].split(" ")[0]: line for line in lines}
+        assert {"watching", "rejected"} <= set(entries), lines

@@ -5,7 +5,7 @@
   the journal stamps every line itself, and a ``<N>`` syslog priority prefix that
   journald reads.
 * ``json``: one object per line (``ts``, ``level``, ``logger``, ``msg`` and the event's
-  fields), for log shippers.
+  fields), for log shippers; under systemd, after the same ``<N>`` prefix.
 
 Both are valid UTF-8 whatever a drop's name holds: a name's undecodable bytes (which
 Python carries as lone surrogates) are written as ``\\xNN``. Records of other libraries
@@ -179,12 +179,25 @@ class OneLineFormatter(logging.Formatter):
         return self._second_text
 
 
+def _journal_prefix(record: logging.LogRecord) -> str:
+    """``<N>``: the syslog priority of ``record``, which journald turns into the entry's
+    priority and removes from its message."""
+    return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>"
+
+
 class JournalFormatter(OneLineFormatter):
     """``<priority>level: message``: journald turns the prefix into the entry's priority."""
 
     def format(self, record: logging.LogRecord) -> str:
-        prio = _SYSLOG_PRIORITY.get(record.levelno, 6)
-        return f"<{prio}>{record.levelname.lower()}: {super().format(record)}"
+        return f"{_journal_prefix(record)}{record.levelname.lower()}: {super().format(record)}"
+
+
+class JournalJsonFormatter(JsonFormatter):
+    """``<priority>{...}``: the JSON object, its priority given to journald as a text line's
+    is; journald removes the prefix, so each entry's message is the object alone."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _journal_prefix(record) + super().format(record)
 
 
 def _thread_died(args: threading.ExceptHookArgs) -> None:
@@ -251,9 +264,11 @@ def setup_logging(verbose: int = 0, fmt: str = "text") -> None:
     dies by an exception is one ERROR line there too, not a traceback, and so is a log
     line that cannot be written (see :class:`_StderrHandler`)."""
     handler = _StderrHandler(sys.stderr)
+    journal = _stderr_is_the_journal()
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    elif _stderr_is_the_journal():
+        # Also in the journal: there the priority prefix is what `journalctl -p` filters on.
+        handler.setFormatter(JournalJsonFormatter() if journal else JsonFormatter())
+    elif journal:
         handler.setFormatter(JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(message)s"))
