@@ -337,3 +337,19 @@ def test_json_lines_carry_the_journal_priority_only_when_stderr_is_the_journal(
     else:
         entries = {json.loads(line)["msg"].split(" ")[0]: line for line in lines}
         assert {"watching", "rejected"} <= set(entries), lines
+
+
+@pytest.mark.parametrize("journal", ["same", "other"])
+def test_a_command_s_error_line_carries_the_journal_priority_when_stderr_is_the_journal(
+    root: Path, journal: str
+) -> None:
+    """The one line a command ends with (``error: ...``: here a ``--metrics`` address the
+    service cannot listen on, which ends its start) is an error to journald too, so that
+    ``journalctl -p warning`` shows why the unit keeps failing; elsewhere it is the
+    plain line."""
+    args = [sys.executable, "-m", "ingester", "--root", str(root)]
+    result = stderr_to_pipe([*args, "watch", "--metrics", "192.0.2.1:0"], journal=journal)
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.splitlines()
+    prefix = "<3>error: " if journal == "same" else "error: "
+    assert line.startswith(f"{prefix}cannot listen on 192.0.2.1:0 for --metrics: "), line

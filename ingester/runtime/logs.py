@@ -35,6 +35,7 @@ __all__ = [
     "escape_controls",
     "escape_text",
     "logs_as_json",
+    "logs_to_the_journal",
     "one_line",
     "setup_logging",
 ]
@@ -238,6 +239,16 @@ def logs_as_json() -> bool:
     format a log shipper reads."""
     return any(
         isinstance(handler.formatter, JsonFormatter)
+        for handler in logging.getLogger("ingester").handlers
+    )
+
+
+def logs_to_the_journal() -> bool:
+    """Whether :func:`setup_logging` made the ``ingester`` logger write journal lines
+    (stderr is the journal): an error line a command ends with is then logged, so that
+    it carries the priority ``journalctl -p`` filters on."""
+    return any(
+        isinstance(handler.formatter, JournalFormatter | JournalJsonFormatter)
         for handler in logging.getLogger("ingester").handlers
     )
 
