@@ -353,3 +353,20 @@ def test_a_command_s_error_line_carries_the_journal_priority_when_stderr_is_the_
     [line] = result.stderr.splitlines()
     prefix = "<3>error: " if journal == "same" else "error: "
     assert line.startswith(f"{prefix}cannot listen on 192.0.2.1:0 for --metrics: "), line
+
+
+@pytest.mark.parametrize("journal", ["same", "other"])
+def test_a_usage_error_s_line_carries_the_journal_priority_when_stderr_is_the_journal(
+    root: Path, journal: str
+) -> None:
+    """A bad setting in the unit (``Environment=INGESTER_MAX_VERSIONS=0``) ends every start
+    with click's usage text: its ``Error:`` line is an error to journald, so that
+    ``journalctl -p warning`` shows why the service keeps failing; elsewhere the text is
+    click's own."""
+    args = [sys.executable, "-m", "ingester", "--root", str(root), "watch"]
+    result = stderr_to_pipe(args, journal=journal, INGESTER_MAX_VERSIONS="0")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "Error: " in line]
+    prefix = "<3>Error: " if journal == "same" else "Error: "
+    assert len(errors) == 1 and errors[0].startswith(f"{prefix}INGESTER_MAX_VERSIONS: "), errors
+    assert list(root.iterdir()) == []

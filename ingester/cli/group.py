@@ -26,12 +26,18 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
 from ..errors import BadEndpoint, SettingError
-from ..runtime.logs import LOG_FORMATS, escape_text, one_line, setup_logging
+from ..runtime.logs import (
+    LOG_FORMATS,
+    escape_text,
+    one_line,
+    setup_logging,
+    stderr_is_the_journal,
+)
 from ..runtime.signals import hold_interrupt, release_held_stops
 from ..settings.sources import resolve_settings
 from ..settings.table import SPECS
@@ -296,14 +302,35 @@ def _one_line_message(command: str | None = None) -> Iterator[None]:
             exc.message = f"{exc.message.rstrip('.')} here: {where}"  # type: ignore[misc]
             exc.possibilities = None  # type: ignore[misc]
         exc.message = escape_text(one_line(exc.message))  # type: ignore[misc]
+        _shown_for_the_journal(exc)
         raise
     except click.ClickException as exc:
         # Rewritten in place, so a bad parameter keeps its option's name and its context.
         exc.message = escape_text(one_line(exc.message))  # type: ignore[misc]
+        _shown_for_the_journal(exc)
         raise
     except BadEndpoint as exc:
         # Found where the client is made (a command's body, or its service loop).
         raise click.UsageError(escape_text(one_line(str(exc)))) from None
+
+
+def _shown_for_the_journal(exc: click.ClickException) -> None:
+    """Where stderr is the journal, have click show ``exc`` with its ``Error:`` line at
+    the error priority (``<3>``, which journald takes off): a service that fails to start
+    on a bad setting is then found by ``journalctl -p warning``. Elsewhere, unchanged."""
+    if not stderr_is_the_journal():
+        return
+    show = exc.show
+
+    def show_for_the_journal(file: IO[Any] | None = None) -> None:
+        text = io.StringIO()
+        show(text)
+        out = file if file is not None else sys.stderr
+        for line in text.getvalue().splitlines():
+            out.write(f"<3>{line}\n" if line.startswith("Error: ") else f"{line}\n")
+        out.flush()
+
+    exc.show = show_for_the_journal  # type: ignore[method-assign]
 
 
 def _where_it_belongs(exc: click.NoSuchOption, command: str | None) -> str:

@@ -38,6 +38,7 @@ __all__ = [
     "logs_to_the_journal",
     "one_line",
     "setup_logging",
+    "stderr_is_the_journal",
 ]
 
 LOG_FORMATS = ("text", "json")
@@ -253,7 +254,7 @@ def logs_to_the_journal() -> bool:
     )
 
 
-def _stderr_is_the_journal() -> bool:
+def stderr_is_the_journal() -> bool:
     """Whether stderr is the journal's stream: ``JOURNAL_STREAM`` (``DEV:INODE``) names it.
 
     systemd sets the variable for a service whose output goes to the journal, and every
@@ -275,7 +276,7 @@ def setup_logging(verbose: int = 0, fmt: str = "text") -> None:
     dies by an exception is one ERROR line there too, not a traceback, and so is a log
     line that cannot be written (see :class:`_StderrHandler`)."""
     handler = _StderrHandler(sys.stderr)
-    journal = _stderr_is_the_journal()
+    journal = stderr_is_the_journal()
     if fmt == "json":
         # Also in the journal: there the priority prefix is what `journalctl -p` filters on.
         handler.setFormatter(JournalJsonFormatter() if journal else JsonFormatter())
