@@ -145,7 +145,9 @@ def resolve_settings(
                 # to be found): no folder to take it for.
                 head = os.fspath(value).split("/", 1)[0]
                 raise SettingError(
-                    label, f"{shown(os.fspath(value))}: {head} is no home folder of this system"
+                    label,
+                    f"{shown(os.fspath(value))}: {head} names no home folder here "
+                    "(no such user, or no HOME)",
                 ) from None
             if not path.is_absolute():
                 path = (base if base is not None else current(label)) / path
