@@ -127,6 +127,19 @@ def test_a_config_file_that_is_not_utf8_is_a_usage_error(root: Path) -> None:
     assert_usage_error(run_cli(root, "--config", str(config), "status"), "--config")
 
 
+@pytest.mark.parametrize(
+    "value", ["[" * 100_000 + "]" * 100_000, "{a=" * 450 + "1" + "}" * 450], ids=["array", "table"]
+)
+def test_a_config_file_nested_too_deeply_is_a_usage_error(root: Path, value: str) -> None:
+    """Valid TOML or not, a value nested thousands deep (a generated or damaged file) is
+    a bad config file like any other, not an internal error."""
+    config = root.parent / "ingester.toml"
+    config.write_text(f"[ingester]\nroot = {value}\n")
+    refused = run_cli(root, "--config", str(config), "status")
+    assert_usage_error(refused, "--config")
+    assert "nested too deeply" in refused.stderr, refused.stderr
+
+
 def test_a_path_with_a_nul_character_is_a_usage_error(root: Path) -> None:
     config = root.parent / "ingester.toml"
     config.write_text('[ingester]\nhistory_dir = "a\\u0000b"\n')

@@ -62,6 +62,12 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise SettingError("--config", f"{path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise SettingError("--config", f"{path} is not UTF-8 (byte {exc.start})") from None
+    except RecursionError:
+        # The parser descends once per level: a value thousands deep (a generated or
+        # damaged file) ends it before the end of the file is found.
+        raise SettingError(
+            "--config", f"cannot read {path}: a value is nested too deeply"
+        ) from None
     except ValueError as exc:  # not a regular file, or too large to be a config
         raise SettingError("--config", f"cannot read {path}: {exc}") from None
     others = sorted(set(document) - {"ingester"})
