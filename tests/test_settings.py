@@ -140,6 +140,16 @@ def test_a_config_file_nested_too_deeply_is_a_usage_error(root: Path, value: str
     assert "nested too deeply" in refused.stderr, refused.stderr
 
 
+def test_a_config_file_starting_with_a_byte_order_mark_is_refused_saying_so(root: Path) -> None:
+    """A config saved by an editor that starts UTF-8 with a BOM is refused naming the BOM,
+    not as an invalid statement at line 1, column 1, where nothing can be seen."""
+    config = root.parent / "ingester.toml"
+    config.write_bytes(b"\xef\xbb\xbf[ingester]\nmax_versions = 5\n")
+    refused = run_cli(root, "--config", str(config), "status")
+    assert_usage_error(refused, "--config")
+    assert "byte order mark (BOM)" in refused.stderr, refused.stderr
+
+
 def test_a_path_with_a_nul_character_is_a_usage_error(root: Path) -> None:
     config = root.parent / "ingester.toml"
     config.write_text('[ingester]\nhistory_dir = "a\\u0000b"\n')

@@ -55,9 +55,19 @@ CONFIG_MAX_BYTES = 1 << 20
 
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        document = tomllib.loads(read_setting_file(path, CONFIG_MAX_BYTES).decode())
+        data = read_setting_file(path, CONFIG_MAX_BYTES)
     except OSError as exc:
         raise SettingError("--config", f"cannot read {path}: {os_cause(exc)}") from None
+    except ValueError as exc:  # not a regular file, or too large to be a config
+        raise SettingError("--config", f"cannot read {path}: {exc}") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        # Some editors start a UTF-8 file with a byte order mark, which TOML does not
+        # allow; "invalid statement at line 1, column 1" would not say what is there.
+        raise SettingError(
+            "--config", f"{path} starts with a byte order mark (BOM): save it as UTF-8 without one"
+        )
+    try:
+        document = tomllib.loads(data.decode())
     except tomllib.TOMLDecodeError as exc:
         raise SettingError("--config", f"{path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -68,8 +78,6 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise SettingError(
             "--config", f"cannot read {path}: a value is nested too deeply"
         ) from None
-    except ValueError as exc:  # not a regular file, or too large to be a config
-        raise SettingError("--config", f"cannot read {path}: {exc}") from None
     others = sorted(set(document) - {"ingester"})
     if others:
         # A misspelt table would otherwise leave every setting at its default, silently.
