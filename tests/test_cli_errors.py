@@ -862,3 +862,45 @@ def test_an_address_in_use_is_said_with_its_errno_name(
     assert busy.stderr == (
         f"error: cannot listen on 127.0.0.1:{port}{what}: Address already in use [EADDRINUSE]\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "advice"),
+    [
+        (("watch", "--once", "--root", "{root}"), "'ingester --root ... watch'"),
+        (("status", "--max-versions=5"), "'ingester --max-versions ... status'"),
+        (("list", "-v"), "'ingester -v ... list'"),
+        (("--once", "watch"), "'ingester watch --once ...'"),
+        (("--dry-run", "cleanup"), "'ingester cleanup --dry-run ...'"),
+    ],
+)
+def test_an_option_given_on_the_wrong_side_of_the_command_says_where_it_belongs(
+    tmp_path: Path, args: tuple[str, ...], advice: str
+) -> None:
+    """A global option after the command (``ingester watch --root DIR``, the order most
+    tools take) or a command's option before it is refused as click refuses any unknown
+    option (exit 2, nothing touched), and its one ``Error:`` line says on which side of
+    the command it belongs: the option does exist, so "No such option" alone misleads."""
+    root = tmp_path / "root"
+    root.mkdir()
+    given = [a.format(root=root) for a in args]
+    result = subprocess.run(
+        [sys.executable, "-m", "ingester", *given],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=cli_env(),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and advice in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(root.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+
+
+def test_an_option_no_command_has_is_refused_without_advice(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "watch", "--no-such-option")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == "Error: No such option '--no-such-option'."

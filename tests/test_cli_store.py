@@ -969,3 +969,32 @@ def test_submit_from_a_non_blocking_stdin_waits_for_the_payload(root: Path) -> N
     assert (proc.returncode, err) == (0, ""), err
     assert out == f"{root / 'spool' / 'a.json'}\n"
     assert (root / "spool" / "a.json").read_bytes() == payload
+
+
+def test_ingest_and_watch_once_store_a_file_whose_mtime_is_ahead_of_the_clock_at_the_clock_s_time(
+    root: Path, tmp_path: Path
+) -> None:
+    """A file's mtime is its writer's clock (a scraper's host set a year ahead, a copy
+    that kept it): ``ingest`` and ``watch --once`` store it as any other, at once, said in
+    the usual one line, its version named by this machine's clock (never "future", so
+    the latest link names it), not waited on and not set aside."""
+    ahead = time.time() + 365 * 86400
+    given = tmp_path / "ahead.json"
+    given.write_bytes(VALID_SAMPLES[0].read_bytes())
+    os.utime(given, (ahead, ahead))
+    stored = run_cli(root, "ingest", str(given))
+    assert stored.returncode == 0, stored.stderr
+    assert stored.stdout.startswith(f"stored {given} -> "), stored.stdout
+    drop = root / "spool" / "ahead.json"
+    drop.parent.mkdir(exist_ok=True)
+    drop.write_bytes(VALID_SAMPLES[1].read_bytes())
+    os.utime(drop, (ahead, ahead))
+    drained = run_cli(root, "watch", "--once", timeout=60)
+    assert drained.returncode == 0, drained.stderr
+    assert "ingested ahead.json -> " in drained.stderr, drained.stderr
+    assert not drop.exists()
+    now = datetime.now(UTC)
+    for name in versions(root / "console-usage-history"):
+        assert abs(parse_timestamp_from_filename(name) - now) < timedelta(minutes=5), name
+    latest = root / "console-usage-synced.json"
+    assert latest.read_bytes() == VALID_SAMPLES[1].read_bytes()

@@ -289,3 +289,84 @@ def test_lines_are_journal_lines_only_when_stderr_is_the_journal(root: Path, jou
         assert line.startswith("<6>info: watching "), line
     else:
         assert line[:4].isdigit() and " INFO watching " in line, line
+
+
+def test_a_name_holding_a_c1_control_or_a_line_separator_stays_on_its_one_line(
+    root: Path,
+) -> None:
+    """NEL (U+0085) and the line and paragraph separators (U+2028, U+2029) end a line
+    for many readers of a log (Python's ``splitlines``, editors, log viewers), and the
+    C1 controls (CSI, U+009B) drive a terminal as ESC does: in a drop's name each is
+    escaped in the text lines, and the JSON lines write each as a ``\\u`` escape that
+    parses back to the name as it is."""
+    name = "a\x85b\x9b31mc\u2028d\u2029e.json"
+    for fmt, escaped in (("text", "a\\x85b\\x9b31mc\\u2028d\\u2029e.json"), ("json", None)):
+        spool = root / "spool"
+        spool.mkdir(parents=True, exist_ok=True)
+        (spool / name).write_bytes(INVALID.read_bytes())
+        text = watch_once(root, "--log-format", fmt).decode("utf-8")
+        assert text.splitlines() == text.split("\n")[:-1], text
+        assert not {"\x85", "\x9b", "\u2028", "\u2029"} & set(text), ascii(text)
+        if escaped is not None:
+            assert f"rejected {escaped}" in text, text
+        else:
+            entries = [json.loads(line) for line in text.splitlines()]
+            assert name in {e.get("drop") for e in entries}, text
+
+
+@pytest.mark.parametrize("journal", ["same", "other"])
+def test_json_lines_carry_the_journal_priority_only_when_stderr_is_the_journal(
+    root: Path, journal: str
+) -> None:
+    """With the service's JSON drop-in, stderr is still the journal: each JSON line
+    starts with the ``<N>`` prefix journald turns into the entry's priority (and removes,
+    so the entry's message is the JSON object), or ``journalctl -p warning`` would no
+    longer show the rejected drops and the errors. Written anywhere else, a line is the
+    JSON object alone."""
+    spool = root / "spool"
+    spool.mkdir()
+    (spool / "bad.json").write_bytes(INVALID.read_bytes())
+    args = [sys.executable, "-m", "ingester", "--root", str(root), "--log-format", "json"]
+    result = stderr_to_pipe([*args, "watch", "--once"], journal=journal)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    if journal == "same":
+        assert all(line[:1] == "<" and line[2:4] == ">{" for line in lines), lines
+        entries = {json.loads(line[3:])["msg"].split(" ")[0]: line[:3] for line in lines}
+        assert (entries["watching"], entries["rejected"]) == ("<6>", "<4>"), lines
+    else:
+        entries = {json.loads(line)["msg"].split(" ")[0]: line for line in lines}
+        assert {"watching", "rejected"} <= set(entries), lines
+
+
+@pytest.mark.parametrize("journal", ["same", "other"])
+def test_a_command_s_error_line_carries_the_journal_priority_when_stderr_is_the_journal(
+    root: Path, journal: str
+) -> None:
+    """The one line a command ends with (``error: ...``: here a ``--metrics`` address the
+    service cannot listen on, which ends its start) is an error to journald too, so that
+    ``journalctl -p warning`` shows why the unit keeps failing; elsewhere it is the
+    plain line."""
+    args = [sys.executable, "-m", "ingester", "--root", str(root)]
+    result = stderr_to_pipe([*args, "watch", "--metrics", "192.0.2.1:0"], journal=journal)
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.splitlines()
+    prefix = "<3>error: " if journal == "same" else "error: "
+    assert line.startswith(f"{prefix}cannot listen on 192.0.2.1:0 for --metrics: "), line
+
+
+@pytest.mark.parametrize("journal", ["same", "other"])
+def test_a_usage_error_s_line_carries_the_journal_priority_when_stderr_is_the_journal(
+    root: Path, journal: str
+) -> None:
+    """A bad setting in the unit (``Environment=INGESTER_MAX_VERSIONS=0``) ends every start
+    with click's usage text: its ``Error:`` line is an error to journald, so that
+    ``journalctl -p warning`` shows why the service keeps failing; elsewhere the text is
+    click's own."""
+    args = [sys.executable, "-m", "ingester", "--root", str(root), "watch"]
+    result = stderr_to_pipe(args, journal=journal, INGESTER_MAX_VERSIONS="0")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "Error: " in line]
+    prefix = "<3>Error: " if journal == "same" else "Error: "
+    assert len(errors) == 1 and errors[0].startswith(f"{prefix}INGESTER_MAX_VERSIONS: "), errors
+    assert list(root.iterdir()) == []

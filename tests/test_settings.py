@@ -127,6 +127,29 @@ def test_a_config_file_that_is_not_utf8_is_a_usage_error(root: Path) -> None:
     assert_usage_error(run_cli(root, "--config", str(config), "status"), "--config")
 
 
+@pytest.mark.parametrize(
+    "value", ["[" * 100_000 + "]" * 100_000, "{a=" * 450 + "1" + "}" * 450], ids=["array", "table"]
+)
+def test_a_config_file_nested_too_deeply_is_a_usage_error(root: Path, value: str) -> None:
+    """Valid TOML or not, a value nested thousands deep (a generated or damaged file) is
+    a bad config file like any other, not an internal error."""
+    config = root.parent / "ingester.toml"
+    config.write_text(f"[ingester]\nroot = {value}\n")
+    refused = run_cli(root, "--config", str(config), "status")
+    assert_usage_error(refused, "--config")
+    assert "nested too deeply" in refused.stderr, refused.stderr
+
+
+def test_a_config_file_starting_with_a_byte_order_mark_is_refused_saying_so(root: Path) -> None:
+    """A config saved by an editor that starts UTF-8 with a BOM is refused naming the BOM,
+    not as an invalid statement at line 1, column 1, where nothing can be seen."""
+    config = root.parent / "ingester.toml"
+    config.write_bytes(b"\xef\xbb\xbf[ingester]\nmax_versions = 5\n")
+    refused = run_cli(root, "--config", str(config), "status")
+    assert_usage_error(refused, "--config")
+    assert "byte order mark (BOM)" in refused.stderr, refused.stderr
+
+
 def test_a_path_with_a_nul_character_is_a_usage_error(root: Path) -> None:
     config = root.parent / "ingester.toml"
     config.write_text('[ingester]\nhistory_dir = "a\\u0000b"\n')
@@ -324,3 +347,20 @@ def test_a_removed_current_folder_matters_only_to_a_relative_path(
     assert "the current folder cannot be used" in relative.stderr
     default = _run_in_a_removed_folder(tmp_path, "status")
     assert_usage_error(default, "--root")
+
+
+def test_a_path_under_the_home_of_a_user_who_does_not_exist_is_a_usage_error(
+    root: Path,
+) -> None:
+    """``~name`` is expanded as a shell would; a ``name`` the system does not know (a
+    typo, a service user not made yet) is refused naming the setting, before anything is
+    touched, from the command line, the environment and a config file alike."""
+    missing = "~no-such-user-of-this-system/history"
+    assert_usage_error(run_cli(root, "--history-dir", missing, "init"), "--history-dir")
+    assert_usage_error(run_cli(root, "init", INGESTER_SPOOL_DIR=missing), "INGESTER_SPOOL_DIR")
+    config = root.parent / "ingester.toml"
+    config.write_text(f'[ingester]\nrejected_dir = "{missing}"\n')
+    refused = run_cli(root, "--config", str(config), "init")
+    assert_usage_error(refused, "--rejected-dir")
+    assert "no-such-user-of-this-system" in refused.stderr
+    assert list(root.iterdir()) == []

@@ -458,3 +458,28 @@ def test_a_watcher_run_under_strace_stops_with_the_test(root: Path) -> None:
     assert watcher.stop() == 0, watcher.log
     assert "stopped: " in watcher.log
     wait_for(lambda: not os.path.exists(f"/proc/{program}"), 10, "the watcher gone")
+
+
+_BLOCKING_STOPS = (
+    sys.executable,
+    "-c",
+    "import os, signal, sys; "
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+)
+
+
+def test_a_watcher_started_with_the_stop_signals_blocked_still_stops_on_sigterm(
+    root: Path,
+) -> None:
+    """A blocked signal mask is inherited through exec (a launcher that blocked them
+    around its fork and never gave them back): unlike an ignored signal, which the parent
+    asked for (nohup), a blocked one would only wait, pending, while ``systemctl stop``
+    waits for the kill. The watcher takes them as it takes them otherwise: SIGTERM stops
+    it, after the drop in hand, exit 0."""
+    with WatchProcess(root, wrapper=_BLOCKING_STOPS) as w:
+        drop(root / "spool", "a.json", payload(1))
+        wait_for(lambda: len(stored_contents(root)) == 1, 10, "the drop stored")
+        code = w.stop(timeout=15)
+    assert code == 0, w.log
+    assert "stopped: 1 ingested" in w.log, w.log

@@ -27,7 +27,13 @@ from ..clock import AHEAD_TOLERATED, JUST_NOW, parse_iso_time
 from ..errors import NotRegularFile, ReportError, StorageError, describe_os_error, os_cause
 from ..history.lock import HistoryLock, LockHeld, latest_link_lock, latest_link_refused
 from ..history.store import HistoryStore
-from ..runtime.logs import escape_controls, escape_text, logs_as_json, one_line
+from ..runtime.logs import (
+    escape_controls,
+    escape_text,
+    logs_as_json,
+    logs_to_the_journal,
+    one_line,
+)
 from ..settings.bounds import Bounds
 from ..settings.resolved import Settings
 
@@ -166,11 +172,13 @@ def fail(message: str, code: int = 1) -> click.exceptions.Exit:
     """Print ``error: message`` to stderr and return the exit to raise.
 
     Under ``--log-format json`` it is logged instead, as one JSON object at level ERROR:
-    a log shipper reading a service's stderr then gets every line in the one format.
+    a log shipper reading a service's stderr then gets every line in the one format. So
+    it is where stderr is the journal (``<3>error: message``), which then files it as
+    an error.
     """
     ctx = click.get_current_context(silent=True)
     app = ctx.find_object(App) if ctx is not None else None
-    if app is not None and app.log_format == "json":
+    if (app is not None and app.log_format == "json") or logs_to_the_journal():
         logging.getLogger("ingester").error("%s", message, extra={"event": "error"})
     else:
         say(f"error: {message}", err=True)
@@ -180,9 +188,10 @@ def fail(message: str, code: int = 1) -> click.exceptions.Exit:
 def last_words(message: str) -> None:
     """Say ``error: message`` on stderr for an error caught once the command has ended
     (no context left to ask for the log format): as a JSON object under ``--log-format
-    json``, as :func:`fail` does. Never raises."""
+    json``, and with the journal's priority where stderr is the journal, as :func:`fail`
+    does. Never raises."""
     try:
-        if logs_as_json():
+        if logs_as_json() or logs_to_the_journal():
             logging.getLogger("ingester").error("%s", message, extra={"event": "error"})
         else:
             say(f"error: {message}", err=True)

@@ -26,12 +26,18 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
 from ..errors import BadEndpoint, SettingError
-from ..runtime.logs import LOG_FORMATS, escape_text, one_line, setup_logging
+from ..runtime.logs import (
+    LOG_FORMATS,
+    escape_text,
+    one_line,
+    setup_logging,
+    stderr_is_the_journal,
+)
 from ..runtime.signals import hold_interrupt, release_held_stops
 from ..settings.sources import resolve_settings
 from ..settings.table import SPECS
@@ -177,7 +183,7 @@ class IngesterGroup(click.Group):
     ) -> click.Context:
         command_args = self._command_args(list(args))  # read first: parsing consumes it
         try:
-            with _one_line_message():
+            with _one_line_message(command_args[0] if command_args else None):
                 return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as exc:
             # A bad global option (an unknown one, a value click rejects) fails here,
@@ -282,18 +288,76 @@ class IngesterGroup(click.Group):
 
 
 @contextmanager
-def _one_line_message() -> Iterator[None]:
+def _one_line_message(command: str | None = None) -> Iterator[None]:
     """A usage error's message, which may quote a path or a value given, kept to its one
-    ``Error:`` line: a newline or an escape in it is written escaped, as ``say`` does."""
+    ``Error:`` line: a newline or an escape in it is written escaped, as ``say`` does.
+    An option refused on one side of the command that exists on the other (``command``:
+    the name given after the group's options, if any) is told where it belongs."""
     try:
         yield
+    except click.NoSuchOption as exc:
+        where = _where_it_belongs(exc, command)
+        if where:
+            # The option exists: a close match among the others would send the user astray.
+            exc.message = f"{exc.message.rstrip('.')} here: {where}"  # type: ignore[misc]
+            exc.possibilities = None  # type: ignore[misc]
+        exc.message = escape_text(one_line(exc.message))  # type: ignore[misc]
+        _shown_for_the_journal(exc)
+        raise
     except click.ClickException as exc:
         # Rewritten in place, so a bad parameter keeps its option's name and its context.
         exc.message = escape_text(one_line(exc.message))  # type: ignore[misc]
+        _shown_for_the_journal(exc)
         raise
     except BadEndpoint as exc:
         # Found where the client is made (a command's body, or its service loop).
         raise click.UsageError(escape_text(one_line(str(exc)))) from None
+
+
+def _shown_for_the_journal(exc: click.ClickException) -> None:
+    """Where stderr is the journal, have click show ``exc`` with its ``Error:`` line at
+    the error priority (``<3>``, which journald takes off): a service that fails to start
+    on a bad setting is then found by ``journalctl -p warning``. Elsewhere, unchanged."""
+    if not stderr_is_the_journal():
+        return
+    show = exc.show
+
+    def show_for_the_journal(file: IO[Any] | None = None) -> None:
+        text = io.StringIO()
+        show(text)
+        out = file if file is not None else sys.stderr
+        for line in text.getvalue().splitlines():
+            out.write(f"<3>{line}\n" if line.startswith("Error: ") else f"{line}\n")
+        out.flush()
+
+    exc.show = show_for_the_journal  # type: ignore[method-assign]
+
+
+def _where_it_belongs(exc: click.NoSuchOption, command: str | None) -> str:
+    """Where the option ``exc`` refuses belongs: before the command for an option of the
+    group given after it, after the command for one of ``command``'s given before it;
+    ``""`` for an option neither has.
+
+    Most tools take their options anywhere (``ingester watch --root DIR``): "No such
+    option" alone would say that an option ``ingester --help`` lists does not exist.
+    """
+    name, ctx = exc.option_name, exc.ctx
+    if ctx is None:
+        return ""
+    if ctx.parent is not None:  # the command's own parser refused it
+        if any(name in p.opts + p.secondary_opts for p in main.params):
+            return (
+                f"it is an option of 'ingester' itself; give it before the command, "
+                f"as in 'ingester {name} ... {ctx.info_name}'"
+            )
+        return ""
+    found = main.get_command(ctx, command) if command is not None else None
+    if found is not None and any(name in p.opts + p.secondary_opts for p in found.params):
+        return (
+            f"it is an option of '{command}'; give it after the command, "
+            f"as in 'ingester {command} {name} ...'"
+        )
+    return ""
 
 
 def _setting_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -300,7 +300,8 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
 
 def _control_character(text: str) -> str | None:
     """The first control character in ``text`` (Unicode category Cc: C0, DEL, C1; or a
-    bidirectional control, which the output escapes as well), or ``None``."""
+    bidirectional control or a line separator, which the output escapes as well), or
+    ``None``."""
     from ..runtime.logs import escape_controls
 
     return next(

@@ -5,7 +5,7 @@
   the journal stamps every line itself, and a ``<N>`` syslog priority prefix that
   journald reads.
 * ``json``: one object per line (``ts``, ``level``, ``logger``, ``msg`` and the event's
-  fields), for log shippers.
+  fields), for log shippers; under systemd, after the same ``<N>`` prefix.
 
 Both are valid UTF-8 whatever a drop's name holds: a name's undecodable bytes (which
 Python carries as lone surrogates) are written as ``\\xNN``. Records of other libraries
@@ -35,8 +35,10 @@ __all__ = [
     "escape_controls",
     "escape_text",
     "logs_as_json",
+    "logs_to_the_journal",
     "one_line",
     "setup_logging",
+    "stderr_is_the_journal",
 ]
 
 LOG_FORMATS = ("text", "json")
@@ -56,7 +58,16 @@ _BIDI_ESCAPES = {
     code: f"\\u{code:04x}"
     for code in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
 }
+# The C1 controls drive a terminal as the C0 ones do (U+009B is CSI, ESC [), and NEL
+# (U+0085) with the line and paragraph separators ends a line for many readers of a log
+# (Python's splitlines, editors, viewers): a name holding one must stay on its one line.
+_C1 = range(0x80, 0xA0)
+_SEPARATORS = (0x2028, 0x2029)
+_CONTROL_ESCAPES |= {code: f"\\x{code:02x}" for code in _C1}
+_CONTROL_ESCAPES |= {code: f"\\u{code:04x}" for code in _SEPARATORS}
 _CONTROL_ESCAPES |= _BIDI_ESCAPES
+# What JSON with ensure_ascii=False leaves raw of these, as JSON escapes them.
+_JSON_ESCAPES = _BIDI_ESCAPES | {code: f"\\u{code:04x}" for code in (*_C1, *_SEPARATORS)}
 # A tab keeps a log line one line: it stays a tab there.
 _ESCAPES = {code: text for code, text in _CONTROL_ESCAPES.items() if code != 9}
 
@@ -139,7 +150,7 @@ class JsonFormatter(logging.Formatter):
         line = json.dumps(_clean(entry), default=lambda v: escape_text(str(v)), ensure_ascii=False)
         # JSON leaves these raw (ensure_ascii=False keeps names readable), and a log viewer
         # shows them as the text log would without its escapes.
-        return line.translate(_BIDI_ESCAPES)
+        return line.translate(_JSON_ESCAPES)
 
 
 class OneLineFormatter(logging.Formatter):
@@ -170,12 +181,25 @@ class OneLineFormatter(logging.Formatter):
         return self._second_text
 
 
+def _journal_prefix(record: logging.LogRecord) -> str:
+    """``<N>``: the syslog priority of ``record``, which journald turns into the entry's
+    priority and removes from its message."""
+    return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>"
+
+
 class JournalFormatter(OneLineFormatter):
     """``<priority>level: message``: journald turns the prefix into the entry's priority."""
 
     def format(self, record: logging.LogRecord) -> str:
-        prio = _SYSLOG_PRIORITY.get(record.levelno, 6)
-        return f"<{prio}>{record.levelname.lower()}: {super().format(record)}"
+        return f"{_journal_prefix(record)}{record.levelname.lower()}: {super().format(record)}"
+
+
+class JournalJsonFormatter(JsonFormatter):
+    """``<priority>{...}``: the JSON object, its priority given to journald as a text line's
+    is; journald removes the prefix, so each entry's message is the object alone."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _journal_prefix(record) + super().format(record)
 
 
 def _thread_died(args: threading.ExceptHookArgs) -> None:
@@ -220,7 +244,17 @@ def logs_as_json() -> bool:
     )
 
 
-def _stderr_is_the_journal() -> bool:
+def logs_to_the_journal() -> bool:
+    """Whether :func:`setup_logging` made the ``ingester`` logger write journal lines
+    (stderr is the journal): an error line a command ends with is then logged, so that
+    it carries the priority ``journalctl -p`` filters on."""
+    return any(
+        isinstance(handler.formatter, JournalFormatter | JournalJsonFormatter)
+        for handler in logging.getLogger("ingester").handlers
+    )
+
+
+def stderr_is_the_journal() -> bool:
     """Whether stderr is the journal's stream: ``JOURNAL_STREAM`` (``DEV:INODE``) names it.
 
     systemd sets the variable for a service whose output goes to the journal, and every
@@ -242,9 +276,11 @@ def setup_logging(verbose: int = 0, fmt: str = "text") -> None:
     dies by an exception is one ERROR line there too, not a traceback, and so is a log
     line that cannot be written (see :class:`_StderrHandler`)."""
     handler = _StderrHandler(sys.stderr)
+    journal = stderr_is_the_journal()
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    elif _stderr_is_the_journal():
+        # Also in the journal: there the priority prefix is what `journalctl -p` filters on.
+        handler.setFormatter(JournalJsonFormatter() if journal else JsonFormatter())
+    elif journal:
         handler.setFormatter(JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(message)s"))

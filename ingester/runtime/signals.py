@@ -154,13 +154,20 @@ def on_stop_signals(ask: Callable[[], None]) -> None:
     """From now on each of :data:`STOP_SIGNALS` only calls ``ask`` (a no-op off the main
     thread, where no handler can be set): SIGHUP too, whose default would end the process
     at once, mid-step; one the process was started with ignored stays ignored
-    (:func:`handled_stop_signals`). One held while the command started
-    (:func:`hold_stop_signals`) calls ``ask`` now. ``ask`` runs between two bytecodes of
+    (:func:`handled_stop_signals`), one the process was started with blocked is let
+    through. One held while the command started (:func:`hold_stop_signals`) calls
+    ``ask`` now. ``ask`` runs between two bytecodes of
     the main thread, so it only sets plain attributes (:meth:`StopFlag.set`). Call
     :func:`ignore_stop_signals` on the way out."""
     if threading.current_thread() is threading.main_thread():
-        for stop in handled_stop_signals():
+        handled = handled_stop_signals()
+        for stop in handled:
             signal.signal(stop, lambda _signum, _frame: ask())
+        # A blocked signal mask is inherited through exec (a launcher that blocked them
+        # around its fork): unlike an ignored signal, no parent asks for that, and a
+        # blocked SIGTERM would wait, pending, until systemd's SIGKILL. One pending now
+        # is handled as the mask lets it through.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
         if take_held_stops():
             ask()
 

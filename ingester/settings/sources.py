@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SettingError, os_cause
+from .bounds import shown
 from .layout import check_layout
 from .resolved import Settings
 from .table import DEFAULTS, SETTING_NAMES, SPECS
@@ -54,15 +55,29 @@ CONFIG_MAX_BYTES = 1 << 20
 
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        document = tomllib.loads(read_setting_file(path, CONFIG_MAX_BYTES).decode())
+        data = read_setting_file(path, CONFIG_MAX_BYTES)
     except OSError as exc:
         raise SettingError("--config", f"cannot read {path}: {os_cause(exc)}") from None
+    except ValueError as exc:  # not a regular file, or too large to be a config
+        raise SettingError("--config", f"cannot read {path}: {exc}") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        # Some editors start a UTF-8 file with a byte order mark, which TOML does not
+        # allow; "invalid statement at line 1, column 1" would not say what is there.
+        raise SettingError(
+            "--config", f"{path} starts with a byte order mark (BOM): save it as UTF-8 without one"
+        )
+    try:
+        document = tomllib.loads(data.decode())
     except tomllib.TOMLDecodeError as exc:
         raise SettingError("--config", f"{path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise SettingError("--config", f"{path} is not UTF-8 (byte {exc.start})") from None
-    except ValueError as exc:  # not a regular file, or too large to be a config
-        raise SettingError("--config", f"cannot read {path}: {exc}") from None
+    except RecursionError:
+        # The parser descends once per level: a value thousands deep (a generated or
+        # damaged file) ends it before the end of the file is found.
+        raise SettingError(
+            "--config", f"cannot read {path}: a value is nested too deeply"
+        ) from None
     others = sorted(set(document) - {"ingester"})
     if others:
         # A misspelt table would otherwise leave every setting at its default, silently.
@@ -137,7 +152,17 @@ def resolve_settings(
         except ValueError as exc:
             raise SettingError(label, str(exc)) from None
         if spec.is_path:
-            path = Path(value).expanduser()
+            try:
+                path = Path(value).expanduser()
+            except RuntimeError:
+                # ``~name`` of a user this system does not know (or ``~`` with no home
+                # to be found): no folder to take it for.
+                head = os.fspath(value).split("/", 1)[0]
+                raise SettingError(
+                    label,
+                    f"{shown(os.fspath(value))}: {head} names no home folder here "
+                    "(no such user, or no HOME)",
+                ) from None
             if not path.is_absolute():
                 path = (base if base is not None else current(label)) / path
             value = Path(os.path.abspath(path))
