@@ -38,6 +38,7 @@ __all__ = [
     "is_permission_problem",
     "missing_root",
     "os_cause",
+    "shown",
     "unreadable",
 ]
 
@@ -320,3 +321,10 @@ def is_permission_problem(problem: str | None) -> TypeGuard[str]:
 def missing_root(root: Path) -> str:
     """The one wording, for every command, of a root folder that does not exist."""
     return f"root folder {root} does not exist"
+
+
+def shown(text: Any) -> str:
+    """``text`` as an error message shows it: its ``repr``, cut to 40 characters (a value
+    pasted by mistake may be a whole file; the line must stay one a reader takes in)."""
+    quoted = repr(text)
+    return quoted if len(quoted) <= 40 else quoted[:37] + "..."

@@ -150,6 +150,15 @@ def test_a_config_file_starting_with_a_byte_order_mark_is_refused_saying_so(root
     assert "byte order mark (BOM)" in refused.stderr, refused.stderr
 
 
+def test_a_long_wrong_time_zone_is_shown_cut_as_every_other_bad_value(root: Path) -> None:
+    """A value pasted by mistake (a whole file in INGESTER_CONSOLE_TIMEZONE) is named in
+    the error by its first characters, as every other setting's bad value is."""
+    pasted = "Europe/" + "x" * 5000
+    refused = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE=pasted)
+    assert_usage_error(refused, "INGESTER_CONSOLE_TIMEZONE")
+    assert "'Europe/xxx" in refused.stderr and len(refused.stderr) < 400, refused.stderr
+
+
 def test_a_path_with_a_nul_character_is_a_usage_error(root: Path) -> None:
     config = root.parent / "ingester.toml"
     config.write_text('[ingester]\nhistory_dir = "a\\u0000b"\n')

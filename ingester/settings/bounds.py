@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import shown
 from ..payload.gate import MAX_DROP_BYTES
 
 __all__ = [
@@ -24,12 +25,6 @@ __all__ = [
     "Bounds",
     "shown",
 ]
-
-
-def shown(text: Any) -> str:
-    """``text`` as an error message shows it: its ``repr``, cut to 40 characters."""
-    quoted = repr(text)
-    return quoted if len(quoted) <= 40 else quoted[:37] + "..."
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ..errors import shown
+
 __all__ = [
     "MAX_RESET_AHEAD",
     "ResetTime",
@@ -256,12 +258,13 @@ def parse_resets_in(text: object, observed_at: datetime, zone: tzinfo) -> ResetT
 def load_zone(name: str) -> ZoneInfo:
     """The IANA time zone ``name`` (``Europe/Berlin``, ``UTC``); ``ValueError`` naming it."""
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{name!r} is not a time zone name")
+        raise ValueError(f"{shown(name)} is not a time zone name")
     try:
         return ZoneInfo(name.strip())
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(
-            f"{name!r} is not a known IANA time zone (e.g. Europe/Berlin, America/New_York, UTC)"
+            f"{shown(name)} is not a known IANA time zone "
+            "(e.g. Europe/Berlin, America/New_York, UTC)"
         ) from None
 
 
