@@ -355,6 +355,32 @@ def test_a_command_s_error_line_carries_the_journal_priority_when_stderr_is_the_
     assert line.startswith(f"{prefix}cannot listen on 192.0.2.1:0 for --metrics: "), line
 
 
+@pytest.mark.parametrize(
+    ("journal", "fmt"), [("same", "text"), ("other", "text"), ("other", "json")]
+)
+def test_a_command_s_warning_line_is_a_warning_to_the_journal_and_in_json_logs(
+    root: Path, journal: str, fmt: str
+) -> None:
+    """A command that did its work but not all of it ends with a ``warning: ...`` line
+    (here ``submit``'s drop made, with no standard output to print its path to): a
+    warning to journald, so that ``journalctl -p warning`` shows it, and one JSON object
+    at level warning under ``--log-format json``, as its error line would be."""
+    drop = root.parent / "drop.json"
+    drop.write_bytes((SAMPLES / "valid" / "full.json").read_bytes())
+    closed = ["sh", "-c", 'exec "$@" >&-', "sh"]  # standard output closed at start
+    args = [sys.executable, "-m", "ingester", "--root", str(root), "--log-format", fmt]
+    result = stderr_to_pipe([*closed, *args, "submit", str(drop)], journal=journal)
+    assert result.returncode == 0, result.stderr
+    [line] = result.stderr.splitlines()
+    said = "but its path could not be printed: standard output is closed"
+    if fmt == "json":
+        entry = json.loads(line)
+        assert entry["level"] == "warning" and entry["msg"].endswith(said), entry
+    else:
+        prefix = "<4>warning: dropped " if journal == "same" else "warning: dropped "
+        assert line.startswith(prefix) and line.endswith(said), line
+
+
 @pytest.mark.parametrize("journal", ["same", "other"])
 def test_a_usage_error_s_line_carries_the_journal_priority_when_stderr_is_the_journal(
     root: Path, journal: str

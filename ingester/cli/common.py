@@ -67,6 +67,7 @@ __all__ = [
     "say_recorded",
     "silence_stdout",
     "time_option",
+    "warn",
     "writing_store",
 ]
 
@@ -114,7 +115,7 @@ def say_recorded(line: str, warning: str) -> bool:
         say(line)
     except OSError as exc:
         silence_stdout()
-        say(f"warning: {warning}: {os_cause(exc)}", err=True)
+        warn(f"{warning}: {os_cause(exc)}")
         return False
     return True
 
@@ -168,6 +169,26 @@ def refuse_closed_stdout(what: str, remedy: str = "redirect it or give a file") 
         raise fail(f"standard output is closed: {what} would go nowhere; {remedy}")
 
 
+def warn(message: str) -> None:
+    """Print ``warning: message`` to stderr: something done, but not all of it.
+
+    Where :func:`fail` logs its line (``--log-format json``, or stderr is the journal),
+    this logs it at level WARNING, so that ``journalctl -p warning`` and a log shipper see
+    it as what it is, not as information.
+    """
+    if _logs_lines():
+        logging.getLogger("ingester").warning("%s", message, extra={"event": "warning"})
+    else:
+        say(f"warning: {message}", err=True)
+
+
+def _logs_lines() -> bool:
+    """Whether a command's closing lines go through the log (see :func:`fail`)."""
+    ctx = click.get_current_context(silent=True)
+    app = ctx.find_object(App) if ctx is not None else None
+    return (app is not None and app.log_format == "json") or logs_to_the_journal()
+
+
 def fail(message: str, code: int = 1) -> click.exceptions.Exit:
     """Print ``error: message`` to stderr and return the exit to raise.
 
@@ -176,9 +197,7 @@ def fail(message: str, code: int = 1) -> click.exceptions.Exit:
     it is where stderr is the journal (``<3>error: message``), which then files it as
     an error.
     """
-    ctx = click.get_current_context(silent=True)
-    app = ctx.find_object(App) if ctx is not None else None
-    if (app is not None and app.log_format == "json") or logs_to_the_journal():
+    if _logs_lines():
         logging.getLogger("ingester").error("%s", message, extra={"event": "error"})
     else:
         say(f"error: {message}", err=True)
@@ -422,7 +441,7 @@ def writing_store(
                     # once the command is done, and not at all when its failure is the
                     # same fault (one folder refusing one way): one fault, one line.
                     if failure is None or not _same_fault(error, failure):
-                        say(f"warning: {error}", err=True)
+                        warn(str(error))
     except LockHeld as exc:
         hint = "; use 'ingester submit' to hand a watcher drops" if purpose == "ingest" else ""
         raise fail(f"{exc}{hint}") from None

@@ -34,6 +34,7 @@ from .common import (
     read_stream,
     say,
     say_recorded,
+    warn,
 )
 
 __all__ = [
@@ -293,7 +294,7 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     if 1 in CLOSED_AT_START:
         # Given /dev/null at start, stdout takes the path without an error: said here, as
         # a pipe closed by its reader has it said.
-        say(f"warning: {unprinted}: standard output is closed", err=True)
+        warn(f"{unprinted}: standard output is closed")
         return
     say_recorded(str(path), unprinted)
 

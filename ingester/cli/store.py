@@ -35,6 +35,7 @@ from .common import (
     refuse_closed_stdout,
     say,
     say_recorded,
+    warn,
     writing_store,
 )
 from .quiet import SkipEvent
@@ -236,7 +237,7 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
                 # and a retry would store the same payload twice.
                 _remember(seen, same, path, exc.version.name)
                 _say_stored(path, exc.version.name, len(data), stop)
-                say(f"warning: stored, cache not refreshed: {exc}", err=True)
+                warn(f"stored, cache not refreshed: {exc}")
                 stored += 1
                 continue
             except StorageError as exc:
@@ -256,7 +257,7 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
                 raise fail(f"cleanup failed: {exc}") from None
             # What was stored is stored: exit 1 would invite a retry that stores it twice.
             # Retention runs again with the next write (or 'ingester cleanup').
-            say(f"warning: stored, retention not applied: {exc}", err=True)
+            warn(f"stored, retention not applied: {exc}")
     if rejected:
         raise click.exceptions.Exit(1)
 
@@ -336,7 +337,7 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
         except StorageError as exc:
             # The plan for the versions stands; a reader outside the service's group (the
             # read-only group) may not open the quarantine: those are just not counted.
-            say(f"warning: rejected drops not counted: {exc}", err=True)
+            warn(f"rejected drops not counted: {exc}")
             pruned = PruneResult()
         if as_json:
             click.echo(
