@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli, wait_for
-from support.capabilities import run_tool
+from support.capabilities import STRACE, needs_strace, run_held_after, run_tool
 from test_durable_faults import tmpfs  # noqa: F401 - a fixture
 
 from ingester.history.names import generate_version_filename
@@ -499,6 +499,69 @@ def test_an_output_beside_the_latest_link_is_no_writer_leftover(
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert proc.returncode == 0 and target.is_file(), f"exit {proc.returncode}: {out}{err}"
     assert not list(root.glob(".tmp-*"))
+
+
+@needs_strace
+def test_a_killed_exports_temp_file_is_removed_by_the_next_export_into_its_folder(
+    root: Path, tmp_path: Path
+) -> None:
+    """``kill -9`` as the export fsyncs its temp file leaves a ``.tmp-out-*`` file beside
+    FILE; the next export into that folder removes it (and says so), and leaves a file
+    of the user's whose name only starts the same way."""
+    build_history(root, count=5)
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / ".tmp-out-notes.csv"
+    mine.write_text("the user's own\n")
+    kill = ("-f", "-qq", "-o", os.devnull, "-e", "inject=fsync:signal=SIGKILL:when=1")
+    killed = run_cli(
+        root,
+        "export",
+        "-o",
+        str(out / "usage.csv"),
+        wrapper=(STRACE, *kill),
+        INGESTER_CONSOLE_TIMEZONE=ZONE,
+    )
+    assert killed.returncode != 0, killed.stdout + killed.stderr
+    left = sorted(set(os.listdir(out)) - {mine.name})
+    assert [n[:9] for n in left] == [".tmp-out-"], left
+    again = ok(export_cli(root, "-o", str(out / "usage.csv")))
+    assert sorted(os.listdir(out)) == sorted([mine.name, "usage.csv"])
+    assert f"removed 1 temp file(s) left in {out} " in again.stdout
+    assert left[0] in again.stdout
+    assert mine.read_text() == "the user's own\n"
+    assert (out / "usage.csv").read_bytes().count(b"\r\n") == 6
+
+
+@needs_strace
+def test_an_export_never_removes_the_temp_file_another_export_is_writing(
+    root: Path, tmp_path: Path
+) -> None:
+    """A first export is held as it reads its third version, its temp file half
+    written; a second export into the same folder meanwhile leaves that file, and the
+    first one ends whole."""
+    versions = build_history(root, count=5)
+    out = tmp_path / "out"
+    out.mkdir()
+    seen: dict[str, list[str]] = {}
+
+    def second_export() -> None:
+        seen["before"] = sorted(n for n in os.listdir(out) if n.startswith(".tmp-out-"))
+        ok(export_cli(root, "-o", str(out / "second.csv")))
+        seen["after"] = sorted(n for n in os.listdir(out) if n.startswith(".tmp-out-"))
+
+    first = run_held_after(
+        root,
+        ("export", "-o", str(out / "first.csv")),
+        root / HISTORY / versions[2][0],
+        "openat",
+        second_export,
+        INGESTER_CONSOLE_TIMEZONE=ZONE,
+    )
+    ok(first)
+    assert len(seen["before"]) == 1 and seen["after"] == seen["before"], seen
+    assert sorted(os.listdir(out)) == ["first.csv", "second.csv"]
+    assert (out / "first.csv").read_bytes() == (out / "second.csv").read_bytes()
 
 
 def test_full_disk_leaves_the_previous_export_whole(root: Path, tmpfs: Path) -> None:  # noqa: F811

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import StorageError, describe_os_error, os_cause
-from ..history.durable import streamed_file
+from ..ops.outputs import locked_output, swept_lines
 from ..ops.snapshot import SnapshotError, refuse_live_destination
 from ..usage.export import (
     FORMATS,
@@ -80,7 +80,8 @@ def _warn(skipped: Skipped) -> None:
     show_default=True,
     help="Where to write; '-' is standard output. A FILE appears only once complete "
     "(written beside it under a temp name, fsynced, renamed over it); it must be a "
-    "regular file or new, and outside the history, the spool and the rejected folder.",
+    "regular file or new, and outside the history, the spool and the rejected folder. "
+    "A temp file that a killed export left beside it is removed.",
 )
 @history_source
 @click.pass_obj
@@ -141,11 +142,15 @@ def export(
         # The file is renamed over the path: a device, FIFO or symlink there would be
         # replaced, not written to.
         raise fail(f"{output} is {_kind(mode)}; give a file name, or '-' for standard output")
+    swept: list[str] = []
     try:
-        with streamed_file(target) as handle:
+        with locked_output(target, swept=swept) as handle:
             count = write_rows(rows, handle, fmt)
     except StorageError as exc:
         raise fail(str(exc)) from None
+    finally:
+        for line in swept_lines(target.parent, swept):
+            say(line)
     say(f"exported {count} version(s) to {target}")
 
 

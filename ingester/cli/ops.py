@@ -20,6 +20,7 @@ from ..errors import BadEndpoint, ObjectStoreUnavailable, StorageError, os_cause
 from ..history import durable
 from ..ops.check import CheckLimits, judge, parse_duration
 from ..ops.check_facts import Facts, gather_facts
+from ..ops.outputs import locked_output, swept_lines
 from ..ops.queries import history_problem
 from ..ops.snapshot import (
     SnapshotError,
@@ -141,17 +142,22 @@ def _snapshot_tar(history: Path, dest: str) -> None:
         # Written under a temp name beside FILE and renamed at the end (never over
         # anything): a run killed midway leaves no cut-off archive under FILE's name.
         made: list[Path] = []
+        swept: list[str] = []
         try:
             made = durable.make_folders(Path(os.path.abspath(path)).parent)  # as for a folder
-            with durable.streamed_file(path, replace=False) as handle:
+            with locked_output(path, replace=False, swept=swept) as handle:
                 write_snapshot_tar(history, handle)
         except BaseException as exc:
+            for line in swept_lines(path.parent, swept):
+                say(line)
             remove_made_folders(made)
             if isinstance(exc, FileExistsError):
                 raise fail(f"{path} appeared while the snapshot was taken; left alone") from None
             if isinstance(exc, SnapshotError | StorageError):
                 raise fail(str(exc)) from None
             raise
+        for line in swept_lines(path.parent, swept):
+            say(line)
         return
     refuse_closed_stdout("the tar stream")
     if os.isatty(1):
