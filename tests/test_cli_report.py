@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from support import IS_ROOT, VALID_SAMPLES, run_cli
-from support.capabilities import immutable
+from support.capabilities import STRACE, immutable, needs_strace_root
 
 from ingester.history.lock import HistoryLock
 
@@ -200,6 +200,39 @@ def test_status_spool_backlog_rejected_and_env_source(root: Path, ingested: list
     out = ok(run_cli(root, "status")).stdout
     assert "spool        3 waiting (1 in flight), oldest" in out
     assert "rejected     1 in" in out
+
+
+@needs_strace_root
+def test_a_drop_cut_off_between_rejected_and_its_claims_removal_is_counted_once(
+    root: Path,
+) -> None:
+    """Where no rename refuses to replace (NFS: strace answers ``renameat2`` with
+    ENOSYS), a drop set aside is linked from its claim into ``rejected/``, then the
+    claim is unlinked; a watcher killed between leaves both names. ``status`` and
+    ``check`` count that drop once, as set aside (it is in ``rejected/``), never also as
+    in flight; and neither finishes the claim (that is the next watcher's)."""
+    ok(run_cli(root, "init"))
+    spool = root / "spool"
+    claim = spool / ".claimed" / "rejecting.bad.json"
+    (spool / "bad.json").write_bytes(b"{not json")
+    inject = (
+        "-f", "-qq", "-o", os.devnull, "-P", str(claim),
+        "-e", "inject=renameat2:error=ENOSYS",
+        "-e", "inject=unlink,unlinkat:signal=SIGKILL",
+    )  # fmt: skip
+    killed = run_cli(root, "watch", "--once", wrapper=(STRACE, *inject))
+    assert killed.returncode != 0, killed.stderr
+    assert os.path.samefile(claim, spool / "rejected" / "bad.json"), killed.stderr
+
+    status = json.loads(ok(run_cli(root, "status", "--json")).stdout)
+    assert (status["spool"]["waiting"], status["spool"]["claimed"]) == (0, 0)
+    assert status["spool"]["backlog"] == 0
+    assert status["rejected"]["count"] == 1
+    out = ok(run_cli(root, "status")).stdout
+    assert "in flight" not in out, out
+    check = json.loads(run_cli(root, "check", "--json").stdout)
+    assert (check["backlog"], check["rejectedLastHour"]) == (0, 1), check
+    assert claim.exists()
 
 
 def test_status_says_a_file_in_the_spools_place_is_not_a_folder(root: Path) -> None:
