@@ -235,6 +235,27 @@ def test_a_drop_cut_off_between_rejected_and_its_claims_removal_is_counted_once(
     assert claim.exists()
 
 
+def test_a_drop_stored_before_its_claims_removal_was_cut_off_is_not_counted_in_flight(
+    root: Path, ingested: list[str]
+) -> None:
+    """A drop is stored by linking its claim into the history, then unlinking the
+    claim; a watcher killed between leaves the version's file under both names.
+    ``status`` and ``check`` count that drop once, as the version it is, never also as
+    in flight; a claim whose version holds other bytes is still in flight."""
+    claimed = root / "spool" / ".claimed"
+    claimed.mkdir(parents=True, exist_ok=True)
+    os.link(root / HISTORY / ingested[-1], claimed / ingested[-1])
+    status = json.loads(ok(run_cli(root, "status", "--json")).stdout)
+    assert (status["spool"]["claimed"], status["spool"]["backlog"]) == (0, 0)
+    assert status["metadata"]["versionCount"] == len(ingested)
+    assert "in flight" not in ok(run_cli(root, "status")).stdout
+    assert json.loads(run_cli(root, "check", "--json").stdout)["backlog"] == 0
+    (claimed / ingested[0]).write_bytes(payload("2026-01-01T00:00:00Z"))
+    status = json.loads(ok(run_cli(root, "status", "--json")).stdout)
+    assert (status["spool"]["claimed"], status["spool"]["backlog"]) == (1, 1)
+    assert sorted(os.listdir(claimed)) == sorted([ingested[0], ingested[-1]])
+
+
 def test_status_says_a_file_in_the_spools_place_is_not_a_folder(root: Path) -> None:
     """A file where the spool should be is there: not "missing", and its backlog is
     unknown rather than 0."""

@@ -102,7 +102,7 @@ def _spool_backlog(
         try:
             found = [c for c in spool.scan(folder) if stat.S_ISREG(c.mode)]
             if folder == settings.claimed_dir:
-                found = in_flight(found, folder, settings.rejected_dir)
+                found = in_flight(found, settings)
             waiting += found
         except StorageError as exc:
             if exc.errno == errno.ENOENT:

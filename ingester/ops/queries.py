@@ -300,14 +300,24 @@ def _same_bytes(one: Path, two: Path) -> bool:
             os.close(fd)
 
 
-def _set_aside_already(claim: Candidate, claimed_dir: Path, rejected_dir: Path) -> bool:
-    """Whether ``claim`` in ``claimed_dir``, a drop on its way to the quarantine, is
-    there already: ``rejected_dir`` holds it under the name the claim gives (the same
-    file; into another filesystem, a copy of the same bytes), and only the claim's
-    removal was cut off (a watcher killed, where no rename refuses to replace)."""
-    if not is_set_aside_claim(claim.name):
+def _there_already(claim: Candidate, settings: Settings) -> bool:
+    """Whether the drop ``claim`` in ``.claimed/`` is where it was going already, and
+    only the claim's removal was cut off (a watcher killed between the two steps).
+
+    A claim named as a version is stored when the history holds that version with its
+    bytes (its very file, as the link that stores it leaves it). A claim on its way to
+    the quarantine is set aside when ``rejected/`` holds it under the name the claim
+    gives: its very file, or into another filesystem a copy of the same bytes.
+    """
+    claimed = settings.claimed_dir / claim.name
+    if is_set_aside_claim(claim.name):
+        target = settings.rejected_dir / claim.name[len(CLAIM_PREFIX) :]
+        copied_only_across = True
+    elif is_version_name(claim.name):
+        target = settings.history_dir / claim.name
+        copied_only_across = False
+    else:
         return False
-    target = rejected_dir / claim.name[len(CLAIM_PREFIX) :]
     try:
         there = os.lstat(target)
     except OSError:
@@ -316,19 +326,17 @@ def _set_aside_already(claim: Candidate, claimed_dir: Path, rejected_dir: Path) 
         return False
     if (there.st_dev, there.st_ino) == (claim.dev, claim.ino):
         return True
-    return (
-        there.st_dev != claim.dev
-        and there.st_size == claim.size
-        and _same_bytes(claimed_dir / claim.name, target)
-    )
+    if copied_only_across and there.st_dev == claim.dev:
+        return False  # a move within a filesystem never copies: another drop's
+    return there.st_size == claim.size and _same_bytes(claimed, target)
 
 
-def in_flight(claims: list[Candidate], claimed_dir: Path, rejected_dir: Path) -> list[Candidate]:
-    """The ``claims`` (regular files listed in ``claimed_dir``) that are drops still in
-    flight: without those the quarantine ``rejected_dir`` holds already, which count
-    as set aside (once: not also as in flight). Reads only; the next watcher finishes
-    such a claim by removing it."""
-    return [c for c in claims if not _set_aside_already(c, claimed_dir, rejected_dir)]
+def in_flight(claims: list[Candidate], settings: Settings) -> list[Candidate]:
+    """The ``claims`` (regular files listed in ``settings.claimed_dir``) that are drops
+    still in flight: without those the history or the quarantine holds already (see
+    :func:`_there_already`), which count once, as stored or as set aside. Reads only;
+    the next watcher finishes such a claim by removing it."""
+    return [c for c in claims if not _there_already(c, settings)]
 
 
 def _rejected_state(settings: Settings, spool: Spool) -> RejectedState:
@@ -520,9 +528,7 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
 
     spool = Spool(settings.spool_dir, settings.rejected_dir)
     waiting = _drops_in(spool, settings.spool_dir)
-    claimed = in_flight(
-        _drops_in(spool, settings.claimed_dir), settings.claimed_dir, settings.rejected_dir
-    )
+    claimed = in_flight(_drops_in(spool, settings.claimed_dir), settings)
     oldest = min((c.mtime_ns for c in waiting + claimed), default=None)
     oldest_at = datetime.fromtimestamp(oldest / 1e9, UTC) if oldest is not None else None
     try:
