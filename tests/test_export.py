@@ -236,6 +236,36 @@ def test_damaged_versions_are_skipped_one_warning_each(root: Path) -> None:
         assert line.startswith(f"warning: skipped damaged version {name}: "), line
 
 
+def test_a_warning_that_stderr_cannot_take_never_fails_the_export(
+    root: Path, tmp_path: Path
+) -> None:
+    """Standard error on a full disk (``2>/dev/full``): the warning for a damaged
+    version is lost, but the export is written whole and exits 0, as its help says
+    (1 only when there is no history or the output cannot be written); never blamed
+    on the output's disk."""
+    versions = build_history(root, count=4)
+    damaged = root / HISTORY / versions[1][0]
+    damaged.chmod(0o644)
+    damaged.write_bytes(b"{not json")
+    out, piped = tmp_path / "usage.jsonl", tmp_path / "stdout"
+    for target in (str(out), "-"):
+        command = ["export", "--format", "jsonl", "-o", target]
+        with piped.open("wb") as stdout, open("/dev/full", "wb") as stderr:
+            done = subprocess.run(
+                [sys.executable, "-m", "ingester", "--root", str(root), *command],
+                stdout=stdout,
+                stderr=stderr,
+                timeout=60,
+                env=cli_env(INGESTER_CONSOLE_TIMEZONE=ZONE),
+                check=False,
+            )
+        assert done.returncode == 0, target
+        written = (out if target != "-" else piped).read_text().splitlines()
+        assert [json.loads(line)["version"] for line in written] == [
+            n for n, _ in versions if n != damaged.name
+        ]
+
+
 def test_text_that_a_spreadsheet_would_run_is_defused_in_csv_only(root: Path) -> None:
     assert run_cli(root, "init").returncode == 0
     body = {

@@ -47,7 +47,12 @@ __all__ = ["export"]
 
 
 def _warn(skipped: Skipped) -> None:
-    say(f"warning: skipped damaged version {skipped.name}: {skipped.reason}", err=True)
+    try:
+        say(f"warning: skipped damaged version {skipped.name}: {skipped.reason}", err=True)
+    except OSError:
+        # Standard error cannot take it (a full disk): the warning is lost, but the
+        # export goes on; failing here would fail it as a write of its output.
+        pass
 
 
 @click.command()
