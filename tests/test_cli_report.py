@@ -492,6 +492,20 @@ def test_list_marks_a_damaged_version(root: Path, dated: list[str]) -> None:
     assert marked["lastUpdated"] is None
 
 
+def test_a_warning_that_stderr_cannot_take_never_fails_the_list(
+    root: Path, dated: list[str]
+) -> None:
+    """Standard error on a full disk (``2>/dev/full``): the damaged-version warning is
+    lost, but the list is whole and exits 0, as when it could be said."""
+    put_version(root, "2026-01-01T12-00-00-cccccccc.json", b'{"lastUpdated": ')
+    full_stderr = ("sh", "-c", 'exec "$@" 2>/dev/full', "sh")
+    for args in (("list",), ("list", "--json")):
+        said = ok(run_cli(root, *args))
+        result = ok(run_cli(root, *args, wrapper=full_stderr))
+        assert len(result.stdout.splitlines()) == len(said.stdout.splitlines())
+        assert "cccccccc" in result.stdout
+
+
 def test_list_shows_future_versions(root: Path, dated: list[str]) -> None:
     put_version(root, "2099-01-01T00-00-00-ffffffff.json", payload("2099-01-01T00:00:00Z"))
     items = json.loads(ok(run_cli(root, "list", "--json")).stdout)
