@@ -37,6 +37,7 @@ from .common import (
     open_history,
     refuse_closed_stdout,
     say,
+    say_recorded,
     time_option,
 )
 
@@ -152,10 +153,11 @@ def export(
         with locked_output(target, swept=swept) as handle:
             count = write_rows(rows, handle, fmt)
     except StorageError as exc:
-        raise fail(str(exc)) from None
-    finally:
         for line in swept_lines(target.parent, swept):
-            say(line)
+            say_recorded(line, "leftovers removed, not said")
+        raise fail(str(exc)) from None
+    for line in swept_lines(target.parent, swept):
+        say(line)
     say(f"exported {count} version(s) to {target}")
 
 
