@@ -537,12 +537,19 @@ def test_a_killed_exports_temp_file_is_removed_by_the_next_export_into_its_folde
 ) -> None:
     """``kill -9`` as the export fsyncs its temp file leaves a ``.tmp-out-*`` file beside
     FILE; the next export into that folder removes it (and says so), and leaves a file
-    of the user's whose name only starts the same way."""
+    of the user's whose name only starts the same way, and (as root) one of that very
+    shape that another user owns: not this user's export's."""
     build_history(root, count=5)
     out = tmp_path / "out"
     out.mkdir()
     mine = out / ".tmp-out-notes.csv"
     mine.write_text("the user's own\n")
+    kept = [mine.name]
+    if IS_ROOT:
+        others = out / ".tmp-out-0123456789ab"
+        others.write_text("another user's\n")
+        os.chown(others, 65534, 65534)
+        kept.append(others.name)
     kill = ("-f", "-qq", "-o", os.devnull, "-e", "inject=fsync:signal=SIGKILL:when=1")
     killed = run_cli(
         root,
@@ -553,10 +560,10 @@ def test_a_killed_exports_temp_file_is_removed_by_the_next_export_into_its_folde
         INGESTER_CONSOLE_TIMEZONE=ZONE,
     )
     assert killed.returncode != 0, killed.stdout + killed.stderr
-    left = sorted(set(os.listdir(out)) - {mine.name})
+    left = sorted(set(os.listdir(out)) - set(kept))
     assert [n[:9] for n in left] == [".tmp-out-"], left
     again = ok(export_cli(root, "-o", str(out / "usage.csv")))
-    assert sorted(os.listdir(out)) == sorted([mine.name, "usage.csv"])
+    assert sorted(os.listdir(out)) == sorted([*kept, "usage.csv"])
     assert f"removed 1 temp file(s) left in {out} " in again.stdout
     assert left[0] in again.stdout
     assert mine.read_text() == "the user's own\n"
