@@ -432,6 +432,31 @@ def test_errors_are_one_line(root: Path, tmp_path: Path) -> None:
     assert "Traceback" not in missing_folder.stderr + backwards.stderr + bad_time.stderr
 
 
+def test_output_onto_the_latest_link_or_its_lock_is_refused_and_both_kept(
+    root: Path, tmp_path: Path
+) -> None:
+    """Where the latest link is a file (a copy, where no symlink can be made; the
+    original server's layout), ``-o`` naming it, or the lock file beside it that keeps
+    a second writer of the link away, is refused with one line: renamed over them,
+    the export would replace the served snapshot, or let two writers hold the link's
+    lock at once. Also by another path to the root (a symlink)."""
+    versions = build_history(root, count=2)
+    latest = root / "console-usage-synced.json"
+    latest.unlink(missing_ok=True)
+    latest.write_bytes((root / HISTORY / versions[-1][0]).read_bytes())
+    lock = root / ".console-usage-synced.json.lock"
+    lock.write_text("")
+    before = {p: p.read_bytes() for p in (latest, lock)}
+    (tmp_path / "way").symlink_to(root)
+    for path in (latest, lock, tmp_path / "way" / latest.name):
+        refused = export_cli(root, "-o", str(path))
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert refused.stderr.startswith(f"error: {path} is the latest link"), refused.stderr
+        assert len(refused.stderr.splitlines()) == 1
+    assert {p: p.read_bytes() for p in (latest, lock)} == before
+    assert not [n for n in os.listdir(root) if n.startswith(".tmp-")]
+
+
 def test_output_into_the_history_or_the_spool_is_refused_and_the_version_kept(
     root: Path,
 ) -> None:
