@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from support import IS_ROOT, VALID_SAMPLES, run_cli
-from support.capabilities import immutable
+from support.capabilities import STRACE, immutable, needs_strace_root
 
 from ingester.history.lock import HistoryLock
 
@@ -200,6 +200,60 @@ def test_status_spool_backlog_rejected_and_env_source(root: Path, ingested: list
     out = ok(run_cli(root, "status")).stdout
     assert "spool        3 waiting (1 in flight), oldest" in out
     assert "rejected     1 in" in out
+
+
+@needs_strace_root
+def test_a_drop_cut_off_between_rejected_and_its_claims_removal_is_counted_once(
+    root: Path,
+) -> None:
+    """Where no rename refuses to replace (NFS: strace answers ``renameat2`` with
+    ENOSYS), a drop set aside is linked from its claim into ``rejected/``, then the
+    claim is unlinked; a watcher killed between leaves both names. ``status`` and
+    ``check`` count that drop once, as set aside (it is in ``rejected/``), never also as
+    in flight; and neither finishes the claim (that is the next watcher's)."""
+    ok(run_cli(root, "init"))
+    spool = root / "spool"
+    claim = spool / ".claimed" / "rejecting.bad.json"
+    (spool / "bad.json").write_bytes(b"{not json")
+    inject = (
+        "-f", "-qq", "-o", os.devnull, "-P", str(claim),
+        "-e", "inject=renameat2:error=ENOSYS",
+        "-e", "inject=unlink,unlinkat:signal=SIGKILL",
+    )  # fmt: skip
+    killed = run_cli(root, "watch", "--once", wrapper=(STRACE, *inject))
+    assert killed.returncode != 0, killed.stderr
+    assert os.path.samefile(claim, spool / "rejected" / "bad.json"), killed.stderr
+
+    status = json.loads(ok(run_cli(root, "status", "--json")).stdout)
+    assert (status["spool"]["waiting"], status["spool"]["claimed"]) == (0, 0)
+    assert status["spool"]["backlog"] == 0
+    assert status["rejected"]["count"] == 1
+    out = ok(run_cli(root, "status")).stdout
+    assert "in flight" not in out, out
+    check = json.loads(run_cli(root, "check", "--json").stdout)
+    assert (check["backlog"], check["rejectedLastHour"]) == (0, 1), check
+    assert claim.exists()
+
+
+def test_a_drop_stored_before_its_claims_removal_was_cut_off_is_not_counted_in_flight(
+    root: Path, ingested: list[str]
+) -> None:
+    """A drop is stored by linking its claim into the history, then unlinking the
+    claim; a watcher killed between leaves the version's file under both names.
+    ``status`` and ``check`` count that drop once, as the version it is, never also as
+    in flight; a claim whose version holds other bytes is still in flight."""
+    claimed = root / "spool" / ".claimed"
+    claimed.mkdir(parents=True, exist_ok=True)
+    os.link(root / HISTORY / ingested[-1], claimed / ingested[-1])
+    status = json.loads(ok(run_cli(root, "status", "--json")).stdout)
+    assert (status["spool"]["claimed"], status["spool"]["backlog"]) == (0, 0)
+    assert status["metadata"]["versionCount"] == len(ingested)
+    assert "in flight" not in ok(run_cli(root, "status")).stdout
+    assert json.loads(run_cli(root, "check", "--json").stdout)["backlog"] == 0
+    (claimed / ingested[0]).write_bytes(payload("2026-01-01T00:00:00Z"))
+    status = json.loads(ok(run_cli(root, "status", "--json")).stdout)
+    assert (status["spool"]["claimed"], status["spool"]["backlog"]) == (1, 1)
+    assert sorted(os.listdir(claimed)) == sorted([ingested[0], ingested[-1]])
 
 
 def test_status_says_a_file_in_the_spools_place_is_not_a_folder(root: Path) -> None:
@@ -436,6 +490,20 @@ def test_list_marks_a_damaged_version(root: Path, dated: list[str]) -> None:
     marked = next(i for i in items if "cccccccc" in i["name"])
     assert marked["error"].startswith("not JSON")
     assert marked["lastUpdated"] is None
+
+
+def test_a_warning_that_stderr_cannot_take_never_fails_the_list(
+    root: Path, dated: list[str]
+) -> None:
+    """Standard error on a full disk (``2>/dev/full``): the damaged-version warning is
+    lost, but the list is whole and exits 0, as when it could be said."""
+    put_version(root, "2026-01-01T12-00-00-cccccccc.json", b'{"lastUpdated": ')
+    full_stderr = ("sh", "-c", 'exec "$@" 2>/dev/full', "sh")
+    for args in (("list",), ("list", "--json")):
+        said = ok(run_cli(root, *args))
+        result = ok(run_cli(root, *args, wrapper=full_stderr))
+        assert len(result.stdout.splitlines()) == len(said.stdout.splitlines())
+        assert "cccccccc" in result.stdout
 
 
 def test_list_shows_future_versions(root: Path, dated: list[str]) -> None:

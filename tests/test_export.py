@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli, wait_for
-from support.capabilities import run_tool
+from support.capabilities import STRACE, needs_strace, run_held_after, run_tool
 from test_durable_faults import tmpfs  # noqa: F401 - a fixture
 
 from ingester.history.names import generate_version_filename
@@ -236,6 +236,36 @@ def test_damaged_versions_are_skipped_one_warning_each(root: Path) -> None:
         assert line.startswith(f"warning: skipped damaged version {name}: "), line
 
 
+def test_a_warning_that_stderr_cannot_take_never_fails_the_export(
+    root: Path, tmp_path: Path
+) -> None:
+    """Standard error on a full disk (``2>/dev/full``): the warning for a damaged
+    version is lost, but the export is written whole and exits 0, as its help says
+    (1 only when there is no history or the output cannot be written); never blamed
+    on the output's disk."""
+    versions = build_history(root, count=4)
+    damaged = root / HISTORY / versions[1][0]
+    damaged.chmod(0o644)
+    damaged.write_bytes(b"{not json")
+    out, piped = tmp_path / "usage.jsonl", tmp_path / "stdout"
+    for target in (str(out), "-"):
+        command = ["export", "--format", "jsonl", "-o", target]
+        with piped.open("wb") as stdout, open("/dev/full", "wb") as stderr:
+            done = subprocess.run(
+                [sys.executable, "-m", "ingester", "--root", str(root), *command],
+                stdout=stdout,
+                stderr=stderr,
+                timeout=60,
+                env=cli_env(INGESTER_CONSOLE_TIMEZONE=ZONE),
+                check=False,
+            )
+        assert done.returncode == 0, target
+        written = (out if target != "-" else piped).read_text().splitlines()
+        assert [json.loads(line)["version"] for line in written] == [
+            n for n, _ in versions if n != damaged.name
+        ]
+
+
 def test_text_that_a_spreadsheet_would_run_is_defused_in_csv_only(root: Path) -> None:
     assert run_cli(root, "init").returncode == 0
     body = {
@@ -402,6 +432,31 @@ def test_errors_are_one_line(root: Path, tmp_path: Path) -> None:
     assert "Traceback" not in missing_folder.stderr + backwards.stderr + bad_time.stderr
 
 
+def test_output_onto_the_latest_link_or_its_lock_is_refused_and_both_kept(
+    root: Path, tmp_path: Path
+) -> None:
+    """Where the latest link is a file (a copy, where no symlink can be made; the
+    original server's layout), ``-o`` naming it, or the lock file beside it that keeps
+    a second writer of the link away, is refused with one line: renamed over them,
+    the export would replace the served snapshot, or let two writers hold the link's
+    lock at once. Also by another path to the root (a symlink)."""
+    versions = build_history(root, count=2)
+    latest = root / "console-usage-synced.json"
+    latest.unlink(missing_ok=True)
+    latest.write_bytes((root / HISTORY / versions[-1][0]).read_bytes())
+    lock = root / ".console-usage-synced.json.lock"
+    lock.write_text("")
+    before = {p: p.read_bytes() for p in (latest, lock)}
+    (tmp_path / "way").symlink_to(root)
+    for path in (latest, lock, tmp_path / "way" / latest.name):
+        refused = export_cli(root, "-o", str(path))
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert refused.stderr.startswith(f"error: {path} is the latest link"), refused.stderr
+        assert len(refused.stderr.splitlines()) == 1
+    assert {p: p.read_bytes() for p in (latest, lock)} == before
+    assert not [n for n in os.listdir(root) if n.startswith(".tmp-")]
+
+
 def test_output_into_the_history_or_the_spool_is_refused_and_the_version_kept(
     root: Path,
 ) -> None:
@@ -499,6 +554,76 @@ def test_an_output_beside_the_latest_link_is_no_writer_leftover(
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert proc.returncode == 0 and target.is_file(), f"exit {proc.returncode}: {out}{err}"
     assert not list(root.glob(".tmp-*"))
+
+
+@needs_strace
+def test_a_killed_exports_temp_file_is_removed_by_the_next_export_into_its_folder(
+    root: Path, tmp_path: Path
+) -> None:
+    """``kill -9`` as the export fsyncs its temp file leaves a ``.tmp-out-*`` file beside
+    FILE; the next export into that folder removes it (and says so), and leaves a file
+    of the user's whose name only starts the same way, and (as root) one of that very
+    shape that another user owns: not this user's export's."""
+    build_history(root, count=5)
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / ".tmp-out-notes.csv"
+    mine.write_text("the user's own\n")
+    kept = [mine.name]
+    if IS_ROOT:
+        others = out / ".tmp-out-0123456789ab"
+        others.write_text("another user's\n")
+        os.chown(others, 65534, 65534)
+        kept.append(others.name)
+    kill = ("-f", "-qq", "-o", os.devnull, "-e", "inject=fsync:signal=SIGKILL:when=1")
+    killed = run_cli(
+        root,
+        "export",
+        "-o",
+        str(out / "usage.csv"),
+        wrapper=(STRACE, *kill),
+        INGESTER_CONSOLE_TIMEZONE=ZONE,
+    )
+    assert killed.returncode != 0, killed.stdout + killed.stderr
+    left = sorted(set(os.listdir(out)) - set(kept))
+    assert [n[:9] for n in left] == [".tmp-out-"], left
+    again = ok(export_cli(root, "-o", str(out / "usage.csv")))
+    assert sorted(os.listdir(out)) == sorted([*kept, "usage.csv"])
+    assert f"removed 1 temp file(s) left in {out} " in again.stdout
+    assert left[0] in again.stdout
+    assert mine.read_text() == "the user's own\n"
+    assert (out / "usage.csv").read_bytes().count(b"\r\n") == 6
+
+
+@needs_strace
+def test_an_export_never_removes_the_temp_file_another_export_is_writing(
+    root: Path, tmp_path: Path
+) -> None:
+    """A first export is held as it reads its third version, its temp file half
+    written; a second export into the same folder meanwhile leaves that file, and the
+    first one ends whole."""
+    versions = build_history(root, count=5)
+    out = tmp_path / "out"
+    out.mkdir()
+    seen: dict[str, list[str]] = {}
+
+    def second_export() -> None:
+        seen["before"] = sorted(n for n in os.listdir(out) if n.startswith(".tmp-out-"))
+        ok(export_cli(root, "-o", str(out / "second.csv")))
+        seen["after"] = sorted(n for n in os.listdir(out) if n.startswith(".tmp-out-"))
+
+    first = run_held_after(
+        root,
+        ("export", "-o", str(out / "first.csv")),
+        root / HISTORY / versions[2][0],
+        "openat",
+        second_export,
+        INGESTER_CONSOLE_TIMEZONE=ZONE,
+    )
+    ok(first)
+    assert len(seen["before"]) == 1 and seen["after"] == seen["before"], seen
+    assert sorted(os.listdir(out)) == ["first.csv", "second.csv"]
+    assert (out / "first.csv").read_bytes() == (out / "second.csv").read_bytes()
 
 
 def test_full_disk_leaves_the_previous_export_whole(root: Path, tmpfs: Path) -> None:  # noqa: F811

@@ -4,6 +4,7 @@ normalise: every command reports it, none crashes (real CLI)."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -104,3 +105,19 @@ def test_a_year_one_version_name_is_listed_and_dated(root: Path) -> None:
     assert status["metadata"]["oldestTimestamp"] == "0001-01-01T00:00:00.000Z"
     text = run_cli(root, "status")
     assert text.returncode == 0 and "Traceback" not in text.stderr
+
+
+def test_verify_json_says_a_names_byte_that_is_not_utf8_as_the_log_does(root: Path) -> None:
+    """A file named like a version with a byte that is not UTF-8 is a ``not-a-version``
+    warning: ``verify --json`` names it with that byte as ``\\xNN``, as the log and the
+    reason files do, never as the ``\\udcff`` escape, which names no byte and which
+    strict JSON parsers refuse."""
+    assert run_cli(root, "ingest", str(SAMPLE)).returncode == 0
+    odd = os.fsencode(root / HISTORY) + b"/2026-01-01T00-00-00-ab\xffcd.json"
+    with open(odd, "wb") as handle:
+        handle.write(SAMPLE.read_bytes())
+    result = run_cli(root, "verify", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "\\udc" not in result.stdout, result.stdout
+    warnings = json.loads(result.stdout)["warnings"]
+    assert [w["subject"] for w in warnings] == ["2026-01-01T00-00-00-ab\\xffcd.json"]

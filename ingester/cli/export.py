@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import StorageError, describe_os_error, os_cause
-from ..history.durable import streamed_file
+from ..history.lock import latest_link_lock
+from ..ops.outputs import locked_output, swept_lines
 from ..ops.snapshot import SnapshotError, refuse_live_destination
 from ..usage.export import (
     FORMATS,
@@ -37,6 +38,7 @@ from .common import (
     open_history,
     refuse_closed_stdout,
     say,
+    say_recorded,
     time_option,
 )
 
@@ -47,7 +49,12 @@ __all__ = ["export"]
 
 
 def _warn(skipped: Skipped) -> None:
-    say(f"warning: skipped damaged version {skipped.name}: {skipped.reason}", err=True)
+    try:
+        say(f"warning: skipped damaged version {skipped.name}: {skipped.reason}", err=True)
+    except OSError:
+        # Standard error cannot take it (a full disk): the warning is lost, but the
+        # export goes on; failing here would fail it as a write of its output.
+        pass
 
 
 @click.command()
@@ -80,7 +87,9 @@ def _warn(skipped: Skipped) -> None:
     show_default=True,
     help="Where to write; '-' is standard output. A FILE appears only once complete "
     "(written beside it under a temp name, fsynced, renamed over it); it must be a "
-    "regular file or new, and outside the history, the spool and the rejected folder.",
+    "regular file or new, outside the history, the spool and the rejected folder, and "
+    "neither the latest link nor its lock. "
+    "A temp file that a killed export left beside it is removed.",
 )
 @history_source
 @click.pass_obj
@@ -131,6 +140,15 @@ def export(
         )
     except SnapshotError as exc:
         raise fail(str(exc)) from None
+    latest = settings.latest_path
+    for live, what in (
+        (latest, "the latest link"),
+        (latest_link_lock(latest, "export").path, "the latest link's lock"),
+    ):
+        if _same_entry(target, live):
+            # Renamed over it: the served snapshot (or the lock that keeps a second
+            # writer of the link away) would be replaced by the export.
+            raise fail(f"{output} is {what} {live}; give another file name")
     try:
         mode = os.lstat(target).st_mode
     except OSError:
@@ -141,12 +159,30 @@ def export(
         # The file is renamed over the path: a device, FIFO or symlink there would be
         # replaced, not written to.
         raise fail(f"{output} is {_kind(mode)}; give a file name, or '-' for standard output")
+    swept: list[str] = []
     try:
-        with streamed_file(target) as handle:
+        with locked_output(target, swept=swept) as handle:
             count = write_rows(rows, handle, fmt)
     except StorageError as exc:
+        for line in swept_lines(target.parent, swept):
+            say_recorded(line, "leftovers removed, not said")
         raise fail(str(exc)) from None
+    for line in swept_lines(target.parent, swept):
+        say(line)
     say(f"exported {count} version(s) to {target}")
+
+
+def _same_entry(one: Path, two: Path) -> bool:
+    """Whether the paths ``one`` and ``two`` name one entry: the same name in the same
+    folder, by any path to the folder (a symlink, a bind mount)."""
+    if one.name != two.name:
+        return False
+    if os.path.abspath(one.parent) == os.path.abspath(two.parent):
+        return True
+    try:
+        return os.path.samefile(one.parent, two.parent)
+    except OSError:
+        return False
 
 
 def _kind(mode: int) -> str:

@@ -20,6 +20,7 @@ from ..errors import BadEndpoint, ObjectStoreUnavailable, StorageError, os_cause
 from ..history import durable
 from ..ops.check import CheckLimits, judge, parse_duration
 from ..ops.check_facts import Facts, gather_facts
+from ..ops.outputs import locked_output, swept_lines
 from ..ops.queries import history_problem
 from ..ops.snapshot import (
     SnapshotError,
@@ -40,6 +41,7 @@ from .common import (
     refuse_closed_stdout,
     s3_history,
     say,
+    say_recorded,
 )
 from .service import refuse_unsafe_latest
 
@@ -141,17 +143,23 @@ def _snapshot_tar(history: Path, dest: str) -> None:
         # Written under a temp name beside FILE and renamed at the end (never over
         # anything): a run killed midway leaves no cut-off archive under FILE's name.
         made: list[Path] = []
+        swept: list[str] = []
+        folder = Path(os.path.abspath(path)).parent
         try:
-            made = durable.make_folders(Path(os.path.abspath(path)).parent)  # as for a folder
-            with durable.streamed_file(path, replace=False) as handle:
+            made = durable.make_folders(folder)  # as for a folder
+            with locked_output(path, replace=False, swept=swept) as handle:
                 write_snapshot_tar(history, handle)
         except BaseException as exc:
             remove_made_folders(made)
+            for line in swept_lines(folder, swept):
+                say_recorded(line, "leftovers removed, not said")
             if isinstance(exc, FileExistsError):
                 raise fail(f"{path} appeared while the snapshot was taken; left alone") from None
             if isinstance(exc, SnapshotError | StorageError):
                 raise fail(str(exc)) from None
             raise
+        for line in swept_lines(folder, swept):
+            say(line)
         return
     refuse_closed_stdout("the tar stream")
     if os.isatty(1):

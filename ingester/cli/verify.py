@@ -23,6 +23,7 @@ from ..history.metadata_file import METADATA_NAME
 from ..history.names import is_version_name
 from ..ops.adopt import ADOPT_ADVICE, unsafe_latest
 from ..ops.verify import Finding, VerifyReport, repair_modes, repaired_between, verify_history
+from ..runtime.logs import escape_text
 from ..settings.resolved import Settings
 from .common import App, align, echo_json, fail, reading_store, say, writing_store
 
@@ -168,10 +169,12 @@ def _verify_lines(r: VerifyReport) -> list[str]:
 
 
 def _finding_json(finding: Finding) -> dict[str, Any]:
+    # A name's byte that is not UTF-8 as \xNN, as the text form on stderr and the log
+    # say it: JSON's "\udcff" names no byte, and strict parsers refuse it.
     return {
         "kind": finding.kind,
-        "subject": finding.subject,
-        "message": finding.message,
+        "subject": escape_text(finding.subject),
+        "message": escape_text(finding.message),
         "repairable": finding.repairable,
     }
 

@@ -117,10 +117,15 @@ def list_versions(
             )
         for line in align(rows, right=(3,)):
             say(line)
-    if damaged:
-        say(f"warning: {damaged} damaged version(s) listed; {_verify_advice(source)}", err=True)
-    if denied:
-        say(f"warning: {denied} version(s) listed unreadable: {PERMISSION_ADVICE}", err=True)
+    try:
+        if damaged:
+            say(f"warning: {damaged} damaged version(s) listed; {_verify_advice(source)}", err=True)
+        if denied:
+            say(f"warning: {denied} version(s) listed unreadable: {PERMISSION_ADVICE}", err=True)
+    except OSError:
+        # Standard error cannot take it (a full disk): the list itself is whole, so it
+        # stands; the damage is marked in it as well.
+        pass
 
 
 def version_json(info: VersionInfo) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from ..mirror.state import held_back, mirror_status
 from ..settings.resolved import Settings
 from ..usage.forecast import Forecast
 from ..usage.usage_history import forecast_of
-from .queries import history_problem, read_latest
+from .queries import history_problem, in_flight, read_latest
 
 __all__ = ["Facts", "MirrorFacts", "gather_facts", "mirror_facts"]
 
@@ -100,7 +100,10 @@ def _spool_backlog(
     problem = None
     for folder in (settings.spool_dir, settings.claimed_dir):
         try:
-            waiting += [c for c in spool.scan(folder) if stat.S_ISREG(c.mode)]
+            found = [c for c in spool.scan(folder) if stat.S_ISREG(c.mode)]
+            if folder == settings.claimed_dir:
+                found = in_flight(found, settings)
+            waiting += found
         except StorageError as exc:
             if exc.errno == errno.ENOENT:
                 continue  # no spool here (a copied history): nothing waits
