@@ -234,6 +234,12 @@ def test_damaged_versions_are_skipped_one_warning_each(root: Path) -> None:
     assert len(warnings) == 2, result.stderr
     for line, name in zip(warnings, sorted(damaged), strict=True):
         assert line.startswith(f"warning: skipped damaged version {name}: "), line
+    # Under --log-format json each is one object at level warning, as every other line.
+    logged = run_cli(root, "--log-format", "json", "export", "--format", "jsonl")
+    entries = [json.loads(line) for line in ok(logged).stderr.splitlines()]
+    assert [e["level"] for e in entries] == ["warning", "warning"], logged.stderr
+    for entry, name in zip(entries, sorted(damaged), strict=True):
+        assert entry["msg"].startswith(f"skipped damaged version {name}: "), entry
 
 
 def test_a_warning_that_stderr_cannot_take_never_fails_the_export(

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import SAMPLES, cli_env
+from support import SAMPLES, cli_env, run_cli
 from support.capabilities import STRACE, needs_strace
 
 VALID = SAMPLES / "valid" / "full.json"
@@ -396,3 +396,29 @@ def test_a_usage_error_s_line_carries_the_journal_priority_when_stderr_is_the_jo
     prefix = "<3>Error: " if journal == "same" else "Error: "
     assert len(errors) == 1 and errors[0].startswith(f"{prefix}INGESTER_MAX_VERSIONS: "), errors
     assert list(root.iterdir()) == []
+
+
+def test_json_output_says_a_paths_byte_that_is_not_utf8_as_the_log_does(tmp_path: Path) -> None:
+    """A root whose path holds a byte that is not UTF-8: ``status --json`` says it as
+    ``\\xNN``, as the text output and the log do; ``"\\udcff"`` names no byte, and
+    strict JSON parsers refuse a lone surrogate."""
+    root = tmp_path / os.fsdecode(b"r\xffoot")
+    assert run_cli(root, "init", stdout=subprocess.DEVNULL).returncode == 0
+    status = run_cli(root, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert "\\udc" not in status.stdout, status.stdout
+    said = json.loads(status.stdout)["history"]
+    assert said == f"{tmp_path}/r\\xffoot/console-usage-history", said
+
+
+def test_a_listing_s_warning_is_one_json_object_under_log_format_json(tmp_path: Path) -> None:
+    """``list`` over a damaged version ends with a warning: under ``--log-format json`` it
+    is one object at level warning, as every other line of a command there."""
+    root = tmp_path / "root"
+    assert run_cli(root, "init").returncode == 0
+    damaged = root / "console-usage-history" / "2026-01-01T12-00-00-cccccccc.json"
+    damaged.write_bytes(b'{"lastUpdated": ')
+    listed = run_cli(root, "--log-format", "json", "list")
+    assert listed.returncode == 0, listed.stderr
+    [entry] = [json.loads(line) for line in listed.stderr.splitlines()]
+    assert entry["level"] == "warning" and "1 damaged version" in entry["msg"], entry

@@ -30,6 +30,7 @@ from ..history.store import HistoryStore
 from ..runtime.logs import (
     escape_controls,
     escape_text,
+    escape_values,
     logs_as_json,
     logs_to_the_journal,
     one_line,
@@ -542,8 +543,9 @@ def time_option(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 def echo_json(value: Any) -> None:
-    """``value`` as indented JSON on stdout (the ``--json`` output of every command)."""
-    click.echo(json.dumps(value, indent=2))
+    """``value`` as indented JSON on stdout (the ``--json`` output of every command); a
+    path's byte that is not UTF-8 as ``\\xNN``, as the log and the text output say it."""
+    click.echo(json.dumps(escape_values(value), indent=2))
 
 
 def relative_age(delta: timedelta) -> str:

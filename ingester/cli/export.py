@@ -40,6 +40,7 @@ from .common import (
     say,
     say_recorded,
     time_option,
+    warn,
 )
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ __all__ = ["export"]
 
 def _warn(skipped: Skipped) -> None:
     try:
-        say(f"warning: skipped damaged version {skipped.name}: {skipped.reason}", err=True)
+        warn(f"skipped damaged version {skipped.name}: {skipped.reason}")
     except OSError:
         # Standard error cannot take it (a full disk): the warning is lost, but the
         # export goes on; failing here would fail it as a write of its output.

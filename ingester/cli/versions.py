@@ -40,6 +40,7 @@ from .common import (
     relative_age,
     say,
     time_option,
+    warn,
 )
 
 __all__ = ["list_versions", "show", "version_json"]
@@ -119,9 +120,9 @@ def list_versions(
             say(line)
     try:
         if damaged:
-            say(f"warning: {damaged} damaged version(s) listed; {_verify_advice(source)}", err=True)
+            warn(f"{damaged} damaged version(s) listed; {_verify_advice(source)}")
         if denied:
-            say(f"warning: {denied} version(s) listed unreadable: {PERMISSION_ADVICE}", err=True)
+            warn(f"{denied} version(s) listed unreadable: {PERMISSION_ADVICE}")
     except OSError:
         # Standard error cannot take it (a full disk): the list itself is whole, so it
         # stands; the damage is marked in it as well.

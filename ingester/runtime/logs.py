@@ -34,6 +34,7 @@ __all__ = [
     "describe_exception",
     "escape_controls",
     "escape_text",
+    "escape_values",
     "logs_as_json",
     "logs_to_the_journal",
     "one_line",
@@ -122,13 +123,16 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {detail}{where}"
 
 
-def _clean(value: Any) -> Any:
+def escape_values(value: Any) -> Any:
+    """``value`` (JSON-shaped: dicts, lists, tuples, strings, numbers) with every string
+    and key as :func:`escape_text` writes it: JSON's ``"\\udcff"`` names no byte, and
+    strict parsers refuse it."""
     if isinstance(value, str):
         return escape_text(value)
     if isinstance(value, dict):
-        return {escape_text(str(k)): _clean(v) for k, v in value.items()}
+        return {escape_text(str(k)): escape_values(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [escape_values(v) for v in value]
     return value
 
 
@@ -147,7 +151,9 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        line = json.dumps(_clean(entry), default=lambda v: escape_text(str(v)), ensure_ascii=False)
+        line = json.dumps(
+            escape_values(entry), default=lambda v: escape_text(str(v)), ensure_ascii=False
+        )
         # JSON leaves these raw (ensure_ascii=False keeps names readable), and a log viewer
         # shows them as the text log would without its escapes.
         return line.translate(_JSON_ESCAPES)
