@@ -159,6 +159,22 @@ def test_a_long_wrong_time_zone_is_shown_cut_as_every_other_bad_value(root: Path
     assert "'Europe/xxx" in refused.stderr and len(refused.stderr) < 400, refused.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "setting"),
+    [(("show",), "VERSION"), (("list", "--limit"), "--limit"), (("export", "--since"), "--since")],
+)
+def test_a_value_with_a_byte_that_is_not_utf8_is_named_by_that_byte(
+    root: Path, args: tuple[str, ...], setting: str
+) -> None:
+    """A value holding a byte that is not UTF-8 (a name pasted from ``ls`` of another
+    machine) is quoted in the error with that byte as ``\\xff``, as the log says it;
+    never as ``\\udcff``, the stand-in Python carries it by, which names no byte."""
+    assert run_cli(root, "init").returncode == 0
+    refused = run_cli(root, *args, os.fsdecode(b"ab\xffc"))
+    assert_usage_error(refused, setting)
+    assert "'ab\\xffc'" in refused.stderr and "udc" not in refused.stderr, refused.stderr
+
+
 def test_a_path_with_a_nul_character_is_a_usage_error(root: Path) -> None:
     config = root.parent / "ingester.toml"
     config.write_text('[ingester]\nhistory_dir = "a\\u0000b"\n')

@@ -22,6 +22,7 @@ import errno
 import importlib
 import io
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -306,12 +307,22 @@ def _one_line_message(command: str | None = None) -> Iterator[None]:
         raise
     except click.ClickException as exc:
         # Rewritten in place, so a bad parameter keeps its option's name and its context.
-        exc.message = escape_text(one_line(exc.message))  # type: ignore[misc]
+        exc.message = _bytes_said(escape_text(one_line(exc.message)))  # type: ignore[misc]
         _shown_for_the_journal(exc)
         raise
     except BadEndpoint as exc:
         # Found where the client is made (a command's body, or its service loop).
         raise click.UsageError(escape_text(one_line(str(exc)))) from None
+
+
+# A value quoted by its repr (``'ab\\udcffc'``) says a byte that is not UTF-8 by the
+# surrogate Python carries it as, which names no byte: said as the log says it instead.
+_SURROGATE_REPR = re.compile(r"(?<!\\)\\udc([89a-f][0-9a-f])")
+
+
+def _bytes_said(message: str) -> str:
+    """``message`` with each surrogate a repr wrote (``\\udcff``) as ``\\xff``."""
+    return _SURROGATE_REPR.sub(r"\\x\1", message)
 
 
 def _shown_for_the_journal(exc: click.ClickException) -> None:
