@@ -121,3 +121,20 @@ def test_verify_json_says_a_names_byte_that_is_not_utf8_as_the_log_does(root: Pa
     assert "\\udc" not in result.stdout, result.stdout
     warnings = json.loads(result.stdout)["warnings"]
     assert [w["subject"] for w in warnings] == ["2026-01-01T00-00-00-ab\\xffcd.json"]
+
+
+@pytest.mark.parametrize(
+    "odd", ["2026-01-01T00-00-00-ab\ncd.json", "2026-01-01T00-00-00-abcd.json\n"]
+)
+def test_a_file_named_like_a_version_but_for_a_newline_is_a_warning_of_verify(
+    root: Path, odd: str
+) -> None:
+    """A newline in a name (inside it, or after its ``.json``) makes it no version, but
+    it was meant as one, as every other odd suffix was: ``verify`` warns of it, and
+    never lets it pass unseen."""
+    assert run_cli(root, "ingest", str(SAMPLE)).returncode == 0
+    (root / HISTORY / odd).write_bytes(SAMPLE.read_bytes())
+    result = run_cli(root, "verify", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    warnings = json.loads(result.stdout)["warnings"]
+    assert [(w["kind"], w["subject"]) for w in warnings] == [("not-a-version", odd)], warnings

@@ -32,8 +32,9 @@ VERSION_NAME_RE = re.compile(
     rf"^{_STAMP_RE}-(?P<suffix>[A-Za-z0-9]+)\.json\Z",
     re.ASCII,  # \d is 0-9 only, and \Z (unlike $) refuses a name ending in a newline
 )
-# Named like a version, suffix aside: an operator probably meant it as one.
-_VERSION_LIKE_RE = re.compile(rf"^{_STAMP_RE}-.*\.json$", re.ASCII)
+# Named like a version, suffix aside: an operator probably meant it as one, a newline
+# or a space in it or after its ".json" (invisible in a listing) included.
+_VERSION_LIKE_RE = re.compile(rf"^{_STAMP_RE}-.*\.json\s*\Z", re.ASCII | re.DOTALL)
 _OWN_SUFFIX_RE = re.compile(r"^[0-9a-f]{8}$")
 STAMP_FORMAT = "%Y-%m-%dT%H-%M-%S"
 
