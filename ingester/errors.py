@@ -35,6 +35,7 @@ __all__ = [
     "VersionTooLarge",
     "describe_os_error",
     "file_on_the_way",
+    "folder_not_entered",
     "is_permission_problem",
     "missing_root",
     "os_cause",
@@ -328,3 +329,14 @@ def shown(text: Any) -> str:
     pasted by mistake may be a whole file; the line must stay one a reader takes in)."""
     quoted = repr(text)
     return quoted if len(quoted) <= 40 else quoted[:37] + "..."
+
+
+def folder_not_entered(path: Path) -> Path | None:
+    """The first folder above ``path``, from the top down, that this process may not
+    enter (no search permission, by its effective ids), or None: which one to name when
+    reaching ``path`` fails with EACCES, rather than ``path`` itself."""
+    effective = os.access in os.supports_effective_ids
+    for folder in reversed(path.parents):
+        if not os.access(folder, os.X_OK, effective_ids=effective):
+            return folder
+    return None

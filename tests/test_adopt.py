@@ -485,6 +485,32 @@ def test_a_history_it_cannot_list_is_named_so_not_called_empty() -> None:
 
 
 @pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_a_history_copied_as_root_and_not_handed_over_says_to_chown_it() -> None:
+    """The migration's chown skipped: the root is the service's, the history copied into
+    it root's (readable, not writable by the service). adopt, run as the service's user,
+    is refused its lock first: that line says what to do, as the later steps' do."""
+    work = Path(tempfile.mkdtemp(prefix="adopt-", dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        root = work / "root"
+        root.mkdir()
+        o = original_history(root)
+        uid = int(AS_OTHER[1].split("=")[1])  # the service's user, as setpriv makes it
+        os.chown(root, uid, uid)
+        before = sorted(os.listdir(o.history))
+        done = run_cli(root, "adopt", wrapper=tuple(AS_OTHER))
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stderr == (
+            f"error: cannot open lock file {o.history}/.lock: Permission denied [EACCES] "
+            "(nothing was done; the files belong to another user: chown -R them to the user "
+            "that runs adopt (the service's), then run adopt again)\n"
+        )
+        assert sorted(os.listdir(o.history)) == before
+    finally:
+        shutil.rmtree(work)
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 def test_a_latest_file_it_cannot_read_is_never_replaced() -> None:
     """Run as the service's user on the original's history whose latest file is root's
     and unreadable: it may hold a snapshot no version holds, so nothing may replace it."""
@@ -507,7 +533,8 @@ def test_a_latest_file_it_cannot_read_is_never_replaced() -> None:
             assert (
                 f"cannot tell whether {latest} holds a snapshot that no version holds (cannot "
                 f"open {latest}: Permission denied [EACCES]), so nothing replaces it: a "
-                "permissions problem, not damage"
+                "permissions problem, not damage; give it to the service's user (chown), "
+                "then run 'ingester adopt' as that user"
             ) in refused.stderr, (command, refused.stderr)
             assert "Traceback" not in refused.stderr
             assert latest.read_bytes() == o.latest and not latest.is_symlink(), command

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import shutil
@@ -445,3 +446,29 @@ def test_metrics_leave_out_a_quarantine_they_cannot_count(service_root: Path) ->
     with ServeProcess(service_root, wrapper=tuple(AS_OTHER)) as owner:
         assert "ingester_rejected_drops 1.0" in owner.get("/metrics").text
         assert owner.stop() == 0
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_a_writer_not_in_the_services_group_is_told_the_folder_and_the_group() -> None:
+    """A scraper's user not (yet) in the service's group: the root (0750) keeps it out of
+    the spool that is there. It is told which folder it may not enter and which group to
+    join, not that the spool, which exists, cannot be created; nothing is dropped."""
+    group = grp.getgrgid(1)  # a group the other user is not in (Debian's "daemon")
+    with others_folder("ingester-group-") as state:
+        source = state.parent / "snapshot.json"  # beside, where every user may read it
+        source.write_bytes(payload(1))
+        source.chmod(0o644)
+        os.chown(state, 0, group.gr_gid)
+        state.chmod(0o750)
+        for folder in (state / "spool", state / "spool" / "tmp"):
+            folder.mkdir()
+            os.chown(folder, 0, group.gr_gid)
+            folder.chmod(0o3770)
+        refused = run_as_other(state, "submit", str(source))
+        assert refused.returncode == 1, refused.stderr
+        assert refused.stderr == (
+            f"error: cannot enter {state}: Permission denied; a writer of drops must be in "
+            f"its group, {group.gr_name} (a group joined counts from the next login) [EACCES]\n"
+        )
+        assert os.listdir(state / "spool" / "tmp") == []
+        assert os.listdir(state / "spool") == ["tmp"]

@@ -447,6 +447,12 @@ def writing_store(
         hint = "; use 'ingester submit' to hand a watcher drops" if purpose == "ingest" else ""
         raise fail(f"{exc}{hint}") from None
     except StorageError as exc:
+        if purpose == "adopt" and not in_body and exc.errno in (errno.EACCES, errno.EPERM):
+            # A history copied as root and not yet handed over (the chown before adopt
+            # skipped): the lock is the first thing it is refused.
+            from ..ops.adopt import refused_advice
+
+            raise fail(f"{exc} (nothing was done; {refused_advice(exc.path)})") from None
         raise fail(str(exc)) from None
     except OSError as exc:
         if in_body:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import grp
 import os
 import pwd
 import secrets
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..clock import utc_now
-from ..errors import StorageError
+from ..errors import StorageError, folder_not_entered
 from ..history import durable
 from ..history.names import STAMP_FORMAT
 from .quarantine import REASON_SUFFIX, Quarantine
@@ -322,6 +323,8 @@ class Spool:
                     errno.ENOENT, "its parent folder does not exist (is the root right?)"
                 )
                 raise StorageError("create folder", folder, hint) from exc
+            except PermissionError as exc:
+                raise _not_entered(folder, exc) from exc
             except OSError as exc:
                 raise StorageError("create folder", folder, exc) from exc
         final = self.dir / name
@@ -388,3 +391,22 @@ def _taken_back(final: Path, staged: os.stat_result) -> bool:
     except OSError:
         pass  # it stays, and may be stored: nothing better can be done now
     return True
+
+
+def _not_entered(folder: Path, exc: PermissionError) -> StorageError:
+    """What a writer refused ``folder`` is told: the folder on the way it may not enter
+    (the root or the spool of a service's layout, which only the service's group may
+    enter), with that group to join; else that ``folder`` cannot be made."""
+    blocked = folder_not_entered(folder / "x")
+    if blocked is None:
+        return StorageError("create folder", folder, exc)
+    try:
+        group = grp.getgrgid(os.stat(blocked).st_gid).gr_name
+    except (OSError, KeyError):
+        return StorageError("enter", blocked, exc)
+    hint = PermissionError(
+        errno.EACCES,
+        f"{exc.strerror or 'Permission denied'}; a writer of drops must be in its group, "
+        f"{group} (a group joined counts from the next login)",
+    )
+    return StorageError("enter", blocked, hint)

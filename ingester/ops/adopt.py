@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..clock import utc_now
-from ..errors import PERMISSION_ADVICE, PayloadRejected, StorageError, describe_os_error
+from ..errors import PayloadRejected, StorageError, describe_os_error
 from ..history import durable
 from ..history.names import STAMP_FORMAT, is_version_name, parse_timestamp_from_filename
 from ..history.store import VERSION_MODE, HistoryStore
@@ -96,8 +96,11 @@ def latest_is_a_file(store: HistoryStore) -> bool:
 def unknown_latest(store: HistoryStore, exc: StorageError) -> str:
     """Why a start must not replace a latest file
     :meth:`~ingester.history.store.HistoryStore.unkept_latest` could not judge."""
+    # Run as the service's user already, "run as the service's user" would be no advice:
+    # the file is another's (copied or restored as root), and only its owner can change.
     advice = (
-        PERMISSION_ADVICE
+        "a permissions problem, not damage; give it to the service's user (chown), then "
+        "run 'ingester adopt' as that user"
         if exc.errno in (errno.EACCES, errno.EPERM)
         else "fix that, then run 'ingester adopt' if it holds a snapshot no version holds"
     )

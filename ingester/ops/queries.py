@@ -26,6 +26,7 @@ from ..errors import (
     VersionTooLarge,
     describe_os_error,
     file_on_the_way,
+    folder_not_entered,
     missing_root,
     os_cause,
     unreadable,
@@ -76,10 +77,9 @@ STALE_AFTER = timedelta(minutes=10)
 
 def _not_entered(path: Path, exc: OSError) -> str:
     """The nearest folder above ``path`` this user may not enter, in one line."""
-    effective = os.access in os.supports_effective_ids
-    for folder in reversed(path.parents):
-        if not os.access(folder, os.X_OK, effective_ids=effective):
-            return str(StorageError("enter", folder, exc))
+    folder = folder_not_entered(path)
+    if folder is not None:
+        return str(StorageError("enter", folder, exc))
     return str(StorageError("reach", path, exc))
 
 
