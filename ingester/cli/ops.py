@@ -307,7 +307,9 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     "judge_forecast",
     is_flag=True,
     help="Judge each usage limit's projection: WARNING when it reaches 100 % before it "
-    "resets, CRITICAL when that is within --forecast-critical (see 'ingester forecast').",
+    "resets, or about when it does (within the hour or day a reset such as '2 hr' or "
+    "'3 days' leaves open), CRITICAL when that is within --forecast-critical (see "
+    "'ingester forecast').",
 )
 @click.option(
     "--forecast-critical",

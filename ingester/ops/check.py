@@ -29,7 +29,8 @@ mirrored?)                ``--mirror-hold``
 Usage limits are judged only when asked, one item per limit of the forecast:
 ``--usage-warning``/``--usage-critical`` (the percentage used, at or above; CRITICAL is
 not twice WARNING here) and ``--forecast`` (WARNING when the limit is projected to reach
-100 % before it resets, CRITICAL when that is within ``--forecast-critical``; see
+100 % before it resets, or within the span the reset's words leave open, where it may
+come first; CRITICAL when that is within ``--forecast-critical``; see
 :mod:`ingester.usage.forecast`). A limit the newest snapshot lacks (a partial scrape) is judged
 on its last reading, which the forecast holds while its window lasts, however old that
 reading is, and said so; once it has been missing for longer than ``--max-age`` its first
@@ -529,11 +530,16 @@ def _judge_forecast(
 ) -> Judgement:
     """WARNING: runs out before the reset; CRITICAL: and that within ``forecast_critical``.
 
+    A run-out within the span the reset's words leave open (``beforeReset`` null: ``2 hr``
+    is 2 to 3 hours away) may come first, so it is judged as one before the reset, up to
+    the latest instant the words allow.
+
     The perfdata thresholds say the same as the status, so a grapher that judges the
     value by them agrees with the plugin: the value is the time left until 100 %, the
-    WARNING bound the time left until the reset (running out sooner is running out first),
-    the CRITICAL bound ``forecast_critical`` capped at that same time (a run-out after
-    the reset is no alert, however soon).
+    WARNING bound the time left until the reset (running out sooner is running out first;
+    its latest instant where the run-out falls in its span), the CRITICAL bound
+    ``forecast_critical`` capped at that same time (a run-out after the reset is no alert,
+    however soon).
     """
     crit = limits.forecast_critical
     words = f"{limit.limit}: {in_words(limit, facts.usage_zone, as_of)}"
@@ -542,15 +548,23 @@ def _judge_forecast(
         # Unrounded, as the bounds are: a rounded value could fall below a bound the
         # status did not fall below (running out at the very instant of the reset).
         left = max(0.0, (limit.exhausts_at - facts.now).total_seconds())
+    # Neither before nor after a reset whose time is known: 100 % falls in the span
+    # its words leave open.
+    in_span = limit.before_reset is None and limit.resets_at is not None
     until_reset = None
     if limit.resets_at is not None:
-        until_reset = max(0.0, (limit.resets_at - facts.now).total_seconds())
+        reset = limit.resets_at
+        if in_span and limit.resets_within is not None and reset > facts.now:
+            # Measured to the latest instant the words allow; once the earliest has
+            # passed the reading is not held against the limit (as for any reset).
+            reset += limit.resets_within
+        until_reset = max(0.0, (reset - facts.now).total_seconds())
     warn = crit if until_reset is None else until_reset
     crit_bound = crit if until_reset is None else min(crit, until_reset)
     code = OK
     if left is not None and limit.resets_at is not None and limit.resets_at <= facts.now:
         words += RESET_PASSED
-    elif left is not None and limit.before_reset:
+    elif left is not None and (limit.before_reset or in_span):
         code = CRITICAL if left < crit else WARNING
     elif left is not None and limit.before_reset is None and left < crit:
         code = CRITICAL  # no reset time to set against it: running out this soon is news
