@@ -257,6 +257,31 @@ def test_mirror_lag_from_its_state_file(root: Path, tmp_path: Path) -> None:
     assert code == 0 and "mirror" not in line, line
 
 
+def test_a_request_refused_for_its_time_is_critical_and_said_as_the_clock(
+    root: Path, tmp_path: Path
+) -> None:
+    """The mirror records a store that refused its requests' time (this machine's clock
+    minutes off the store's) as ``denied``, the store's ``RequestTimeTooSkewed`` in its
+    detail: as CRITICAL as refused credentials (retrying fixes neither), but said as the
+    clock, not as credentials that are fine."""
+    ingest(root, tmp_path, timedelta(0))
+    history = root / HISTORY
+    newest = max(p.name for p in history.glob("2*.json"))
+    detail = (
+        "RequestTimeTooSkewed: The difference between the request time and the current time "
+        "is too large."
+    )
+    state = MirrorState(mirrored_through=newest, state="denied", detail=detail)
+    write_mirror_state(history, state)
+    code, line = check(root)
+    assert code == 2, line
+    assert line.startswith(
+        "INGESTER CRITICAL - mirror up to date, but the object store refuses the request "
+        f"time: this machine's clock is off from the store's ({detail})"
+    ), line
+    assert "credentials" not in line, line
+
+
 def test_a_bad_duration_is_a_usage_error(root: Path) -> None:
     result = run_cli(root, "check", "--max-age", "soon")
     assert result.returncode == 2

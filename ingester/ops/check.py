@@ -18,7 +18,8 @@ rejections                more than                   more than 2 x N
                           in the last hour (10)
 mirror lag (only with a   the oldest version not yet  older than 2 x ``--max-mirror-lag``;
 mirror: the object store  uploaded is older than      also: the object store refused the
-or the mirror is down?)   ``--max-mirror-lag`` (15m)  credentials
+or the mirror is down?)   ``--max-mirror-lag`` (15m)  credentials, or the request time
+                                                      (this machine's clock is off)
 mirror hold (only with a  expired versions kept for   the hold is full: from now on each
 mirror's state file:      the mirror fill             version that expires is deleted
 will retention soon       ``--mirror-hold-warning``   without ever being uploaded
@@ -575,6 +576,18 @@ def _judge_forecast(
     )
 
 
+def _clock_refused(detail: str | None) -> bool:
+    """Whether a ``denied`` the mirror recorded was for the request's time, not its
+    credentials: the mirror's own words for it tell
+    (:func:`~ingester.mirror.progress.failure_words`)."""
+    # Here, not at the top: the mirror's words bring its state model (pydantic), which
+    # check loads only where there is a mirror.
+    from ..mirror.objectstore import Failure
+    from ..mirror.progress import STATE_WORDS, failure_words
+
+    return failure_words(Failure("denied", detail or "")) != STATE_WORDS["denied"]
+
+
 def _judge_mirror(mirror: MirrorFacts, max_lag: float) -> Judgement:
     lag = mirror.lag or 0.0
     code = _over(lag, max_lag)
@@ -585,9 +598,16 @@ def _judge_mirror(mirror: MirrorFacts, max_lag: float) -> Judgement:
     if code:
         words += f" (more than {seconds_words(max_lag * (2 if code == CRITICAL else 1))})"
     if mirror.state == "denied":
-        # Retrying does not fix credentials: someone has to, so say so now, lag or not.
+        # Retrying does not fix credentials, nor a clock: someone has to, so say so now,
+        # lag or not, and which of the two.
         code = CRITICAL
-        words += ", but the object store refuses the credentials"
+        if _clock_refused(mirror.detail):
+            words += (
+                ", but the object store refuses the request time: this machine's clock is "
+                f"off from the store's ({mirror.detail})"
+            )
+        else:
+            words += ", but the object store refuses the credentials"
     elif mirror.state == STUCK:
         # Retrying does not move the watermark past it either: someone has to look.
         code = max(code, WARNING)
