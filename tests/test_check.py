@@ -317,6 +317,25 @@ def assert_usage_plugin_line(
         assert len(done.stdout.splitlines()) == 1 and words in done.stdout
 
 
+@pytest.mark.parametrize("as_json", [False, True], ids=["line", "json"])
+@pytest.mark.parametrize("given", [("--root", "{root}"), ("--root={root}",), ("-q",)])
+def test_a_global_option_after_check_is_told_to_go_before_it_on_stdout_too(
+    root: Path, given: tuple[str, ...], as_json: bool
+) -> None:
+    """``ingester check --root DIR``, the order most tools take: the plugin line (or JSON
+    object) a monitoring agent shows says what the ``Error:`` line on stderr says, that
+    the option goes before the command, not a close match among check's own options
+    (``Did you mean '--from'?``) that sends the reader astray."""
+    args = [a.format(root=root) for a in given] + (["--json"] if as_json else [])
+    done = run_cli(root, "check", *args)
+    advice = f"give it before the command, as in 'ingester {given[0].split('=')[0]} ... check'"
+    assert_usage_plugin_line(done, advice, as_json)
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    said = json.loads(done.stdout)["summary"] if as_json else done.stdout.split(" - ", 1)[1]
+    assert said.strip() == "usage error: " + error.removeprefix("Error: "), done.stdout
+    assert "Did you mean" not in done.stdout
+
+
 @pytest.mark.parametrize(
     "how",
     [
