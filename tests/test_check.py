@@ -257,6 +257,31 @@ def test_mirror_lag_from_its_state_file(root: Path, tmp_path: Path) -> None:
     assert code == 0 and "mirror" not in line, line
 
 
+def test_a_request_refused_for_its_time_is_critical_and_said_as_the_clock(
+    root: Path, tmp_path: Path
+) -> None:
+    """The mirror records a store that refused its requests' time (this machine's clock
+    minutes off the store's) as ``denied``, the store's ``RequestTimeTooSkewed`` in its
+    detail: as CRITICAL as refused credentials (retrying fixes neither), but said as the
+    clock, not as credentials that are fine."""
+    ingest(root, tmp_path, timedelta(0))
+    history = root / HISTORY
+    newest = max(p.name for p in history.glob("2*.json"))
+    detail = (
+        "RequestTimeTooSkewed: The difference between the request time and the current time "
+        "is too large."
+    )
+    state = MirrorState(mirrored_through=newest, state="denied", detail=detail)
+    write_mirror_state(history, state)
+    code, line = check(root)
+    assert code == 2, line
+    assert line.startswith(
+        "INGESTER CRITICAL - mirror up to date, but the object store refuses the request "
+        f"time: this machine's clock is off from the store's ({detail})"
+    ), line
+    assert "credentials" not in line, line
+
+
 def test_a_bad_duration_is_a_usage_error(root: Path) -> None:
     result = run_cli(root, "check", "--max-age", "soon")
     assert result.returncode == 2
@@ -290,6 +315,25 @@ def assert_usage_plugin_line(
     else:
         assert done.stdout.startswith("INGESTER CRITICAL - usage error: "), done.stdout
         assert len(done.stdout.splitlines()) == 1 and words in done.stdout
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["line", "json"])
+@pytest.mark.parametrize("given", [("--root", "{root}"), ("--root={root}",), ("-q",)])
+def test_a_global_option_after_check_is_told_to_go_before_it_on_stdout_too(
+    root: Path, given: tuple[str, ...], as_json: bool
+) -> None:
+    """``ingester check --root DIR``, the order most tools take: the plugin line (or JSON
+    object) a monitoring agent shows says what the ``Error:`` line on stderr says, that
+    the option goes before the command, not a close match among check's own options
+    (``Did you mean '--from'?``) that sends the reader astray."""
+    args = [a.format(root=root) for a in given] + (["--json"] if as_json else [])
+    done = run_cli(root, "check", *args)
+    advice = f"give it before the command, as in 'ingester {given[0].split('=')[0]} ... check'"
+    assert_usage_plugin_line(done, advice, as_json)
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    said = json.loads(done.stdout)["summary"] if as_json else done.stdout.split(" - ", 1)[1]
+    assert said.strip() == "usage error: " + error.removeprefix("Error: "), done.stdout
+    assert "Did you mean" not in done.stdout
 
 
 @pytest.mark.parametrize(

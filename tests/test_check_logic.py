@@ -409,23 +409,42 @@ def grapher_status(token: str) -> int:
 @settings(max_examples=300, deadline=None)
 @given(
     st.one_of(st.none(), micros_off),
-    st.one_of(st.none(), st.just("same"), micros_off),
+    st.one_of(st.none(), st.just("same"), st.just("in its span"), micros_off),
+    st.sampled_from([timedelta(0), timedelta(hours=1), timedelta(days=1)]),
     st.integers(min_value=0, max_value=200 * 60),
 )
 def test_the_forecast_status_is_what_its_perfdata_says(
-    exhausts: int | None, resets: int | str | None, critical_minutes: int
+    exhausts: int | None, resets: int | str | None, within: timedelta, critical_minutes: int
 ) -> None:
+    """Whatever the run-out and the reset, a reset worded to the hour or the day
+    (``within``: the span its words leave open) included."""
     exhausts_at = None if exhausts is None else NOW + timedelta(microseconds=exhausts)
     if resets == "same":  # runs out at the very instant of the reset: not before it
         resets_at = exhausts_at
+    elif resets == "in its span":  # 100 % after the earliest reset, before the latest
+        resets_at = None if exhausts_at is None else exhausts_at - within / 2
     else:
         resets_at = None if resets is None else NOW + timedelta(microseconds=int(resets))
     before = None
     if exhausts_at is not None and resets_at is not None:
-        before = exhausts_at < resets_at
+        # As the forecast judges it: null within the span the reset's words leave open.
+        if exhausts_at < resets_at:
+            before = True
+        elif exhausts_at >= resets_at + within:
+            before = False
     as_of = NOW - timedelta(minutes=2)
     limit = LimitForecast(
-        "currentSession", 50, "2 hr", resets_at, 1.0, exhausts_at, before, 5, as_of, as_of
+        "currentSession",
+        50,
+        "2 hr",
+        resets_at,
+        1.0,
+        exhausts_at,
+        before,
+        5,
+        as_of,
+        as_of,
+        resets_within=None if resets_at is None else within,
     )
     found = Facts(
         now=NOW,
@@ -441,3 +460,7 @@ def test_the_forecast_status_is_what_its_perfdata_says(
         return
     assert perfdata_problems(f"INGESTER OK - x | {token}") == []
     assert grapher_status(token) == item.code, (token, item.message)
+    if before is None and resets_at is not None and resets_at > NOW:
+        # It may run out first: as much a run-out as one before the reset.
+        soon = exhausts_at - NOW < timedelta(minutes=critical_minutes)
+        assert item.code == (CRITICAL if soon else WARNING), (token, item.message)

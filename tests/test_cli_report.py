@@ -15,6 +15,8 @@ from support import IS_ROOT, VALID_SAMPLES, run_cli
 from support.capabilities import STRACE, immutable, needs_strace_root
 
 from ingester.history.lock import HistoryLock
+from ingester.mirror.state import write_mirror_state
+from ingester.mirror.state_model import MirrorState
 
 HISTORY = "console-usage-history"
 LATEST = "console-usage-synced.json"
@@ -1026,3 +1028,27 @@ def test_status_with_a_corrupt_mirror_state_file_names_no_python_none(
     [line] = [x for x in out.splitlines() if x.startswith("mirror ")]
     assert line.startswith("mirror       target unknown: ") and "None" not in line, line
     assert "(state file corrupt)" in line
+
+
+def test_status_says_a_request_refused_for_its_time_is_the_clock_not_the_credentials(
+    root: Path, ingested: list[str]
+) -> None:
+    """The mirror records a store that refused its requests' time as ``denied`` (someone
+    has to act), with the store's ``RequestTimeTooSkewed`` in its detail: status says the
+    clock is off, as the mirror's own line does, not that the credentials were refused,
+    which would send the operator to rotate keys that are fine. A refusal of the
+    credentials is still said as that."""
+    history = root / HISTORY
+    skewed = (
+        "RequestTimeTooSkewed: The difference between the request time and the current time "
+        "is too large."
+    )
+    for detail, said, not_said in (
+        (skewed, "clock is off from the store's", "credentials"),
+        ("InvalidAccessKeyId: The key does not exist.", "refused the credentials", "clock"),
+    ):
+        state = MirrorState(target="s3://bucket/usage", state="denied", detail=detail)
+        write_mirror_state(history, state)
+        out = ok(run_cli(root, "status")).stdout
+        [line] = [x for x in out.splitlines() if x.startswith("mirror ")]
+        assert said in line and detail in line and not_said not in line, line

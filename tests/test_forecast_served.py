@@ -715,8 +715,10 @@ def test_a_reset_worded_to_the_hour_or_the_day_is_never_judged_to_the_minute(roo
     says no more than that. The session, 100 % in 2.5 hours, runs out within the hour its
     reset may come in: neither before nor after (``beforeReset`` null, "about when it
     resets"; the table shows the reset's hour as a span), never "resets before the
-    limit", and ``check`` still judges it a run-out. The weekly limit's reset, of which
-    only the day is known, is shown as the day-long span it allows."""
+    limit", and ``check`` still judges it a run-out, up to the reset's latest instant:
+    WARNING, CRITICAL within ``--forecast-critical``, its perfdata bounds saying the same.
+    The weekly limit's reset, of which only the day is known, is shown as the day-long
+    span it allows."""
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     newest = now - timedelta(minutes=1)
     for i in range(13):
@@ -754,6 +756,14 @@ def test_a_reset_worded_to_the_hour_or_the_day_is_never_judged_to_the_minute(roo
     session_check = checks["forecast_currentSession"]
     assert session_check["status"] == "CRITICAL", session_check
     assert "about when it resets" in json.dumps(session_check), session_check
+    for hours, status in (("3", "CRITICAL"), ("1", "WARNING")):
+        line = run_cli(root, "check", "--forecast-critical", hours).stdout.rstrip("\n")
+        assert perfdata_problems(line) == [], line
+        [token] = [t for t in line.split(" | ")[1].split() if t.startswith("forecast_currentS")]
+        value, warn, crit = (float(n.rstrip("s:")) for n in token.split("=")[1].split(";"))
+        # By the plugin range rules alone (N: alerts below N), as a grapher judges it.
+        assert status == ("CRITICAL" if value < crit else "WARNING" if value < warn else "OK")
+        assert f"{status} - currentSession: at this rate 100 % by" in line, line
 
 
 def test_a_version_swapped_in_the_middle_by_hand_gives_the_forecast_a_new_tag(root: Path) -> None:

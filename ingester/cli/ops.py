@@ -215,6 +215,9 @@ class _PluginCommand(click.Command):
         as_json = "--json" in args  # read first: the parser consumes the list
         try:
             return super().make_context(info_name, args, parent, **extra)
+        except click.NoSuchOption as exc:
+            plugin_usage_line(_told_where(exc, parent), as_json=as_json)
+            raise
         except click.UsageError as exc:
             plugin_usage_line(exc, as_json=as_json)
             raise
@@ -231,6 +234,22 @@ class _PluginCommand(click.Command):
             error = click.UsageError(escape_text(one_line(str(exc))), ctx)
             plugin_usage_line(error, as_json=bool(ctx.params.get("as_json")))
             raise error from None
+
+
+def _told_where(exc: click.NoSuchOption, parent: click.Context | None) -> click.UsageError:
+    """``exc`` for the plugin line: an option of ``ingester`` itself given after ``check``
+    (``check --root DIR``) is told to go before the command, in the words the ``Error:``
+    line on stderr has, instead of a close match among check's own options (``Did you
+    mean '--from'?``) that would send the reader astray. Any other is ``exc`` itself."""
+    name = exc.option_name
+    group = parent.command if parent is not None else None
+    if group is None or not any(name in p.opts + p.secondary_opts for p in group.params):
+        return exc
+    where = (
+        f"it is an option of 'ingester' itself; give it before the command, "
+        f"as in 'ingester {name} ... {exc.ctx.info_name if exc.ctx else 'check'}'"
+    )
+    return click.UsageError(f"{exc.message.rstrip('.')} here: {where}", exc.ctx)
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
@@ -275,7 +294,8 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     metavar="DURATION",
     callback=_duration,
     help="Only with a mirror: WARNING when the oldest version not yet uploaded is older; "
-    "CRITICAL at twice this, or when the object store refuses the credentials.",
+    "CRITICAL at twice this, or when the object store refuses the credentials (or the "
+    "request time: this machine's clock is off from the store's).",
 )
 @click.option(
     "--mirror-hold-warning",
@@ -307,7 +327,9 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     "judge_forecast",
     is_flag=True,
     help="Judge each usage limit's projection: WARNING when it reaches 100 % before it "
-    "resets, CRITICAL when that is within --forecast-critical (see 'ingester forecast').",
+    "resets, or about when it does (within the hour or day a reset such as '2 hr' or "
+    "'3 days' leaves open), CRITICAL when that is within --forecast-critical (see "
+    "'ingester forecast').",
 )
 @click.option(
     "--forecast-critical",

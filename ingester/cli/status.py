@@ -219,7 +219,7 @@ def _mirror_words(m: dict[str, Any], now: datetime) -> str:
     if oldest is not None:
         words += f" (oldest {relative_age(now - oldest)})"
     if m["state"] != "ok":
-        words += f"; {_MIRROR_STATES.get(m['state'], m['state'])}"
+        words += f"; {_state_words(m['state'], m['detail'])}"
         if m["detail"]:
             words += f" ({m['detail']})"
         if m["since"]:
@@ -237,6 +237,19 @@ _MIRROR_STATES = {
     "rejected": "object store refused a request",
     "never-run": "the mirror has not run yet",
 }
+
+
+def _state_words(state: str, detail: str | None) -> str:
+    """The mirror's recorded ``state`` in words; a refusal is said as the mirror said it
+    (a request refused for its time is the clock's fault, not the credentials')."""
+    if state == "denied":
+        # Here, not at the top: the mirror's words bring its state model (pydantic),
+        # which status loads only where there is a mirror to speak of.
+        from ..mirror.objectstore import Failure
+        from ..mirror.progress import failure_words
+
+        return failure_words(Failure(state, detail or ""))
+    return _MIRROR_STATES.get(state, state)
 
 
 def _rounded(seconds: float | None) -> float | None:

@@ -18,7 +18,8 @@ rejections                more than                   more than 2 x N
                           in the last hour (10)
 mirror lag (only with a   the oldest version not yet  older than 2 x ``--max-mirror-lag``;
 mirror: the object store  uploaded is older than      also: the object store refused the
-or the mirror is down?)   ``--max-mirror-lag`` (15m)  credentials
+or the mirror is down?)   ``--max-mirror-lag`` (15m)  credentials, or the request time
+                                                      (this machine's clock is off)
 mirror hold (only with a  expired versions kept for   the hold is full: from now on each
 mirror's state file:      the mirror fill             version that expires is deleted
 will retention soon       ``--mirror-hold-warning``   without ever being uploaded
@@ -29,7 +30,8 @@ mirrored?)                ``--mirror-hold``
 Usage limits are judged only when asked, one item per limit of the forecast:
 ``--usage-warning``/``--usage-critical`` (the percentage used, at or above; CRITICAL is
 not twice WARNING here) and ``--forecast`` (WARNING when the limit is projected to reach
-100 % before it resets, CRITICAL when that is within ``--forecast-critical``; see
+100 % before it resets, or within the span the reset's words leave open, where it may
+come first; CRITICAL when that is within ``--forecast-critical``; see
 :mod:`ingester.usage.forecast`). A limit the newest snapshot lacks (a partial scrape) is judged
 on its last reading, which the forecast holds while its window lasts, however old that
 reading is, and said so; once it has been missing for longer than ``--max-age`` its first
@@ -529,11 +531,16 @@ def _judge_forecast(
 ) -> Judgement:
     """WARNING: runs out before the reset; CRITICAL: and that within ``forecast_critical``.
 
+    A run-out within the span the reset's words leave open (``beforeReset`` null: ``2 hr``
+    is 2 to 3 hours away) may come first, so it is judged as one before the reset, up to
+    the latest instant the words allow.
+
     The perfdata thresholds say the same as the status, so a grapher that judges the
     value by them agrees with the plugin: the value is the time left until 100 %, the
-    WARNING bound the time left until the reset (running out sooner is running out first),
-    the CRITICAL bound ``forecast_critical`` capped at that same time (a run-out after
-    the reset is no alert, however soon).
+    WARNING bound the time left until the reset (running out sooner is running out first;
+    its latest instant where the run-out falls in its span), the CRITICAL bound
+    ``forecast_critical`` capped at that same time (a run-out after the reset is no alert,
+    however soon).
     """
     crit = limits.forecast_critical
     words = f"{limit.limit}: {in_words(limit, facts.usage_zone, as_of)}"
@@ -542,15 +549,23 @@ def _judge_forecast(
         # Unrounded, as the bounds are: a rounded value could fall below a bound the
         # status did not fall below (running out at the very instant of the reset).
         left = max(0.0, (limit.exhausts_at - facts.now).total_seconds())
+    # Neither before nor after a reset whose time is known: 100 % falls in the span
+    # its words leave open.
+    in_span = limit.before_reset is None and limit.resets_at is not None
     until_reset = None
     if limit.resets_at is not None:
-        until_reset = max(0.0, (limit.resets_at - facts.now).total_seconds())
+        reset = limit.resets_at
+        if in_span and limit.resets_within is not None and reset > facts.now:
+            # Measured to the latest instant the words allow; once the earliest has
+            # passed the reading is not held against the limit (as for any reset).
+            reset += limit.resets_within
+        until_reset = max(0.0, (reset - facts.now).total_seconds())
     warn = crit if until_reset is None else until_reset
     crit_bound = crit if until_reset is None else min(crit, until_reset)
     code = OK
     if left is not None and limit.resets_at is not None and limit.resets_at <= facts.now:
         words += RESET_PASSED
-    elif left is not None and limit.before_reset:
+    elif left is not None and (limit.before_reset or in_span):
         code = CRITICAL if left < crit else WARNING
     elif left is not None and limit.before_reset is None and left < crit:
         code = CRITICAL  # no reset time to set against it: running out this soon is news
@@ -559,6 +574,18 @@ def _judge_forecast(
     return Judgement(
         f"forecast_{limit.limit}", code, left, warn, crit_bound, words, "s", alert_below=True
     )
+
+
+def _clock_refused(detail: str | None) -> bool:
+    """Whether a ``denied`` the mirror recorded was for the request's time, not its
+    credentials: the mirror's own words for it tell
+    (:func:`~ingester.mirror.progress.failure_words`)."""
+    # Here, not at the top: the mirror's words bring its state model (pydantic), which
+    # check loads only where there is a mirror.
+    from ..mirror.objectstore import Failure
+    from ..mirror.progress import STATE_WORDS, failure_words
+
+    return failure_words(Failure("denied", detail or "")) != STATE_WORDS["denied"]
 
 
 def _judge_mirror(mirror: MirrorFacts, max_lag: float) -> Judgement:
@@ -571,9 +598,16 @@ def _judge_mirror(mirror: MirrorFacts, max_lag: float) -> Judgement:
     if code:
         words += f" (more than {seconds_words(max_lag * (2 if code == CRITICAL else 1))})"
     if mirror.state == "denied":
-        # Retrying does not fix credentials: someone has to, so say so now, lag or not.
+        # Retrying does not fix credentials, nor a clock: someone has to, so say so now,
+        # lag or not, and which of the two.
         code = CRITICAL
-        words += ", but the object store refuses the credentials"
+        if _clock_refused(mirror.detail):
+            words += (
+                ", but the object store refuses the request time: this machine's clock is "
+                f"off from the store's ({mirror.detail})"
+            )
+        else:
+            words += ", but the object store refuses the credentials"
     elif mirror.state == STUCK:
         # Retrying does not move the watermark past it either: someone has to look.
         code = max(code, WARNING)
