@@ -24,14 +24,12 @@ import bisect
 import errno
 import os
 import re
-import stat
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..clock import utc_now
-from ..errors import StorageError
 from ..history import durable
 from ..history.base import is_future
 from ..history.lock import lock_holder
@@ -141,25 +139,12 @@ def withdraw_watermark(history_dir: Path) -> None:
     Raises :class:`~ingester.history.durable.StorageError`: action ``cut`` when the file
     was left as it was, ``fsync`` when the cut is made but may not be on the disk.
     """
-    path = history_dir / MIRROR_STATE_NAME
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise StorageError("cut", path, exc) from exc
-    try:
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EINVAL, "not a regular file")
-            keep = _HOLD_ONLY.match(os.pread(fd, 64, 0))
-            os.ftruncate(fd, 0 if keep is None else keep.end())
-        except OSError as exc:
-            raise StorageError("cut", path, exc) from exc
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            raise StorageError("fsync", path, exc) from exc
-    finally:
-        os.close(fd)
+
+    def kept(head: bytes) -> int:
+        found = _HOLD_ONLY.match(head)
+        return 0 if found is None else found.end()
+
+    durable.cut_file(history_dir / MIRROR_STATE_NAME, kept)
 
 
 def unmirrored(

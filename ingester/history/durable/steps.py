@@ -16,6 +16,7 @@ import errno
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
 
@@ -173,22 +174,32 @@ def remove_file(path: StrPath) -> None:
         raise StorageError("remove", path, exc) from exc
 
 
-def empty_file(path: StrPath) -> None:
-    """Cut the regular file ``path`` to no bytes, in place, and fsync it.
+def cut_file(path: StrPath, keep: Callable[[bytes], int], *, head: int = 64) -> None:
+    """Cut the regular file ``path``, in place, to its first ``keep(HEAD)`` bytes, HEAD
+    being its first ``head`` bytes (``keep`` returns 0 to empty it), and fsync it.
 
     For a file whose replacement failed (a full disk) and whose old bytes must not stand:
     cutting needs no new block where writing a replacement does. Never creates ``path``
-    and never follows a symlink. Raises :class:`StorageError` if the file cannot be
-    opened, cut or fsynced (a failed fsync is a failed write).
+    and never follows a symlink. Raises :class:`StorageError`: action ``cut`` when the
+    file was left as it was (it cannot be opened, is no regular file, or the cut fails),
+    ``fsync`` when the cut is made but may not be on the disk (a failed fsync is a
+    failed write).
     """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
-        raise StorageError("open", path, exc) from exc
+        raise StorageError("cut", path, exc) from exc
     try:
-        os.fsync(fd)
-    except OSError as exc:
-        raise StorageError("fsync", path, exc) from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            os.ftruncate(fd, keep(os.pread(fd, head, 0)))
+        except OSError as exc:
+            raise StorageError("cut", path, exc) from exc
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise StorageError("fsync", path, exc) from exc
     finally:
         os.close(fd)
 
