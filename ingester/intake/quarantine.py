@@ -78,12 +78,7 @@ def _same_bytes(source: Path, copy: Path, ident: tuple[int, int]) -> bool:
         st = os.fstat(fds[0])
         if (st.st_dev, st.st_ino) != ident or not stat.S_ISREG(os.fstat(fds[1]).st_mode):
             return False
-        while True:
-            one, two = os.read(fds[0], 1 << 20), os.read(fds[1], 1 << 20)
-            if one != two:
-                return False
-            if not one:
-                return True
+        return durable.same_contents(fds[0], fds[1])
     except OSError:
         return False
     finally:

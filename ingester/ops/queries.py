@@ -287,12 +287,7 @@ def _same_bytes(one: Path, two: Path) -> bool:
     try:
         for path in (one, two):
             fds.append(os.open(path, durable.READ_NOFOLLOW))
-        while True:
-            a, b = os.read(fds[0], 1 << 20), os.read(fds[1], 1 << 20)
-            if a != b:
-                return False
-            if not a:
-                return True
+        return durable.same_contents(fds[0], fds[1])
     except OSError:
         return False
     finally:

@@ -18,7 +18,7 @@ other steps) at once, :mod:`.fsyncs`; moves across filesystems and files written
 :mod:`.copies`. Import from this package: every name is here.
 """
 
-from .copies import CopyAbandoned, CopyProgress, move_file, streamed_file
+from .copies import CopyAbandoned, CopyProgress, move_file, same_contents, streamed_file
 from .fsyncs import FSYNC_THREAD_PREFIX, each_at_once, fsync_dirs, fsync_each
 from .staged import SpareFile, StagedFile, link_file, replace_symlink, write_file
 from .steps import (
@@ -85,6 +85,7 @@ __all__ = [
     "rename_entry",
     "rename_new",
     "replace_symlink",
+    "same_contents",
     "set_fd_mode",
     "set_mode",
     "streamed_file",

@@ -30,7 +30,7 @@ from .steps import (
     write_all,
 )
 
-__all__ = ["CopyAbandoned", "CopyProgress", "move_file", "streamed_file"]
+__all__ = ["CopyAbandoned", "CopyProgress", "move_file", "same_contents", "streamed_file"]
 
 
 CopyProgress: TypeAlias = Callable[[int, int], None]
@@ -490,3 +490,14 @@ def streamed_file(final: Path, *, mode: int = 0o644, replace: bool = True) -> It
     finally:
         os.close(pin)
     fsync_dir(directory)
+
+
+def same_contents(one: int, two: int) -> bool:
+    """Whether the open files ``one`` and ``two`` hold the same bytes from their current
+    offsets to their ends, read a MiB at a time. Raises ``OSError`` from a read."""
+    while True:
+        a, b = os.read(one, 1 << 20), os.read(two, 1 << 20)
+        if a != b:
+            return False
+        if not a:
+            return True
