@@ -766,8 +766,10 @@ def test_object_store_killed_during_a_burst_then_back(
     assert len(local_versions(restored)) == 3 + 30 + 1
 
 
-# Its own uid: the limit on threads counts every thread of the uid (see limited_threads).
+# Its own uid: the limit on threads counts every thread of the uid (see limited_threads),
+# so no two tests (nor two cases of one, run at once by two workers) may share one.
 THREADS_UID = OTHER_UID + 102
+DOWNLOAD_UID = OTHER_UID + 104
 
 
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
@@ -783,14 +785,13 @@ def test_a_mirror_and_a_restore_where_few_threads_can_start_do_all_the_work(
     Every version is mirrored and restored, exit 0, no traceback."""
     target = f"s3://{bucket}/few-threads"
     env = s3_env(s3.endpoint, aws_files)
-    limited = limited_threads(threads, THREADS_UID)
+    uid = THREADS_UID + 10 * threads  # each case its own
+    limited = limited_threads(threads, uid)
     with others_folder("ingester-mirror-nproc-") as root:
         add_versions(make_store(root), 20)
         restored = root.parent / "restored"
         restored.mkdir()
-        subprocess.run(
-            ["chown", "-R", f"{THREADS_UID}:{THREADS_UID}", str(root.parent)], check=True
-        )
+        subprocess.run(["chown", "-R", f"{uid}:{uid}", str(root.parent)], check=True)
         done = run_cli(root, "mirror", target, "--once", wrapper=limited, **env)
         assert done.returncode == 0, done.stderr[-2000:]
         assert "Traceback" not in done.stderr
@@ -844,8 +845,8 @@ def test_a_failed_download_stops_the_restore_before_the_rest_are_fetched(
             )
         restored = root.parent / "restored"
         restored.mkdir()
-        os.chown(restored, THREADS_UID, THREADS_UID)
-        wrapper = () if threads is None else limited_threads(threads, THREADS_UID)
+        os.chown(restored, DOWNLOAD_UID, DOWNLOAD_UID)
+        wrapper = () if threads is None else limited_threads(threads, DOWNLOAD_UID)
         try:
             result = run_cli(
                 restored,
