@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import h11
@@ -123,6 +124,31 @@ _ANSWER_SENT = (h11.SEND_BODY, h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
 """Our states once an answer's head has gone out: no other answer can follow it."""
 
 
+def _modified_no_later_than_date(event: h11.Response) -> h11.Response:
+    """``event`` with its ``Last-Modified`` no later than its ``Date`` (RFC 9110 8.8.2.1).
+
+    The Date is the server's clock read at most about a second before (the server keeps
+    it, and renews it once a second), and a ``Last-Modified`` is the data's own time: a
+    snapshot taken within that second, or by a scraper whose clock runs ahead, would date
+    the answer in the future of every cache. Said here, where both are known."""
+    fields = dict(event.headers)
+    date, modified = fields.get(b"date"), fields.get(b"last-modified")
+    if date is None or modified is None:
+        return event
+    try:
+        later = parsedate_to_datetime(modified.decode()) > parsedate_to_datetime(date.decode())
+    except (TypeError, ValueError, UnicodeDecodeError):
+        return event
+    if not later:
+        return event
+    return h11.Response(
+        status_code=event.status_code,
+        headers=[(n, date if n == b"last-modified" else v) for n, v in event.headers],
+        reason=event.reason,
+        http_version=event.http_version,
+    )
+
+
 class _RecordingConnection(h11.Connection):
     """h11's connection, remembering why it last refused the client's bytes, and ending
     the connection after an answer given before the request's body was read whole."""
@@ -130,6 +156,8 @@ class _RecordingConnection(h11.Connection):
     last_error: str | None = None
 
     def send_with_data_passthrough(self, event: h11.Event) -> list[bytes] | None:
+        if isinstance(event, h11.Response):
+            event = _modified_no_later_than_date(event)
         if isinstance(event, h11.Response) and self.their_state is h11.SEND_BODY:
             # The rest of the body would be read as the connection's next bytes after
             # the answer, where nothing can be said about a fault in it any more (its

@@ -275,9 +275,8 @@ async def get_console_usage(request: Request) -> Response:
     etag = body_etag(body)
     headers = {"ETag": etag, "Cache-Control": cache_control(minutes)}
     if updated is not None:
-        # Never later than the answer's Date (RFC 9110 8.8.2.1): a scraper whose clock runs
-        # ahead of ours would otherwise date the answer in the future of every cache.
-        headers["Last-Modified"] = http_date(min(updated, now))
+        # Made no later than the answer's Date where that is set (see http_protocol).
+        headers["Last-Modified"] = http_date(updated)
     # The tag alone decides: the body moves on after lastUpdated (ageMinutes with the
     # clock, versionInfo as retention deletes), at moments no date sent back can show, so
     # a 304 judged by If-Modified-Since would confirm a count or an age that is gone.
