@@ -43,6 +43,7 @@ from ..runtime.signals import hold_interrupt, release_held_stops
 from ..settings.sources import resolve_settings
 from ..settings.table import SPECS
 from ..threads import THREAD_LIMIT, is_thread_limit
+from .advice import before_the_command
 from .common import (
     CLOSED_AT_START,
     App,
@@ -357,10 +358,7 @@ def _where_it_belongs(exc: click.NoSuchOption, command: str | None) -> str:
         return ""
     if ctx.parent is not None:  # the command's own parser refused it
         if any(name in p.opts + p.secondary_opts for p in main.params):
-            return (
-                f"it is an option of 'ingester' itself; give it before the command, "
-                f"as in 'ingester {name} ... {ctx.info_name}'"
-            )
+            return before_the_command(name, ctx.info_name or "")
         return ""
     found = main.get_command(ctx, command) if command is not None else None
     if found is not None and any(name in p.opts + p.secondary_opts for p in found.params):

@@ -30,6 +30,7 @@ from ..ops.snapshot import (
     write_snapshot_tar,
 )
 from ..runtime.logs import escape_text, one_line
+from .advice import before_the_command
 from .common import (
     App,
     FiniteRange,
@@ -245,10 +246,8 @@ def _told_where(exc: click.NoSuchOption, parent: click.Context | None) -> click.
     group = parent.command if parent is not None else None
     if group is None or not any(name in p.opts + p.secondary_opts for p in group.params):
         return exc
-    where = (
-        f"it is an option of 'ingester' itself; give it before the command, "
-        f"as in 'ingester {name} ... {exc.ctx.info_name if exc.ctx else 'check'}'"
-    )
+    command = exc.ctx.info_name if exc.ctx is not None and exc.ctx.info_name else "check"
+    where = before_the_command(name, command)
     return click.UsageError(f"{exc.message.rstrip('.')} here: {where}", exc.ctx)
 
 
