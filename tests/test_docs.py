@@ -24,6 +24,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -583,6 +584,10 @@ def test_the_migrating_guide_s_copy_to_the_server_cannot_land_inside_a_history(
     original = tmp_path / "server" / "claude-scraper"
     original.mkdir(parents=True)
     o = original_history(original, latest="unique")
+    # An original that ran with umask 077: files 0600, the folder 0700.
+    for path in [*o.history.iterdir(), original / "console-usage-synced.json"]:
+        path.chmod(0o600)
+    o.history.chmod(0o700)
     block = example("migrating-copy-to-server")
     root = tmp_path / "var-lib"
     root.mkdir()
@@ -598,9 +603,22 @@ def test_the_migrating_guide_s_copy_to_the_server_cannot_land_inside_a_history(
     assert again.returncode != 0 and "File exists" in again.stderr
     assert sorted(p.name for p in history.iterdir()) == before
     assert not (history / "console-usage-history").exists()
-    # And the next step of the guide adopts what was copied.
-    adopted = run_cli(root, "adopt")
-    assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+    # And the next step of the guide adopts what was copied (from a shell whose umask is
+    # 077 too), then gives the service's group read access to all of it.
+    adopted = sh(f"umask 077; ingester --root {shlex.quote(str(root))} adopt", tmp_path)
+    assert adopted.returncode == 0, adopted.stdout
+    group_read = 'sudo chmod -R g+rX "$ROOT/console-usage-history"'
+    assert group_read in (REPO / "docs" / "migrating.md").read_text()
+    assert (
+        sh(f"ROOT={shlex.quote(str(root))}\n{group_read.replace('sudo ', '')}", tmp_path).returncode
+        == 0
+    )
+    for path in [history, *history.iterdir()]:
+        mode = path.stat().st_mode
+        assert mode & stat.S_IRGRP and not mode & 0o022, f"{path.name}: {mode:o}"
+        assert not path.is_dir() or mode & stat.S_IXGRP, f"{path.name}: {mode:o}"
+    versions = [p for p in history.iterdir() if p.name[:1].isdigit()]
+    assert all(not p.stat().st_mode & 0o222 for p in versions)
 
 
 # -- the shell blocks, run as the user types them -------------------------------------------
