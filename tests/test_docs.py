@@ -24,6 +24,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -303,6 +304,10 @@ EXAMPLES_RUN_ELSEWHERE = {
         HERE,
         "test_the_backup_guide_s_snapshot_variables_and_restored_verify_run",
     ),
+    "backup-restore-into-the-service": (
+        HERE,
+        "test_the_backup_guide_s_restore_into_the_service_runs",
+    ),
     "scraper-schema": (HERE, "test_the_scraper_guide_s_blocks_run"),
     "scraper-ci": (HERE, "test_the_scraper_guide_s_blocks_run"),
     "service-read-commands": (HERE, "test_the_service_guide_s_read_commands_run"),
@@ -579,6 +584,10 @@ def test_the_migrating_guide_s_copy_to_the_server_cannot_land_inside_a_history(
     original = tmp_path / "server" / "claude-scraper"
     original.mkdir(parents=True)
     o = original_history(original, latest="unique")
+    # An original that ran with umask 077: files 0600, the folder 0700.
+    for path in [*o.history.iterdir(), original / "console-usage-synced.json"]:
+        path.chmod(0o600)
+    o.history.chmod(0o700)
     block = example("migrating-copy-to-server")
     root = tmp_path / "var-lib"
     root.mkdir()
@@ -594,9 +603,22 @@ def test_the_migrating_guide_s_copy_to_the_server_cannot_land_inside_a_history(
     assert again.returncode != 0 and "File exists" in again.stderr
     assert sorted(p.name for p in history.iterdir()) == before
     assert not (history / "console-usage-history").exists()
-    # And the next step of the guide adopts what was copied.
-    adopted = run_cli(root, "adopt")
-    assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+    # And the next step of the guide adopts what was copied (from a shell whose umask is
+    # 077 too), then gives the service's group read access to all of it.
+    adopted = sh(f"umask 077; ingester --root {shlex.quote(str(root))} adopt", tmp_path)
+    assert adopted.returncode == 0, adopted.stdout
+    group_read = 'sudo chmod -R g+rX "$ROOT/console-usage-history"'
+    assert group_read in (REPO / "docs" / "migrating.md").read_text()
+    assert (
+        sh(f"ROOT={shlex.quote(str(root))}\n{group_read.replace('sudo ', '')}", tmp_path).returncode
+        == 0
+    )
+    for path in [history, *history.iterdir()]:
+        mode = path.stat().st_mode
+        assert mode & stat.S_IRGRP and not mode & 0o022, f"{path.name}: {mode:o}"
+        assert not path.is_dir() or mode & stat.S_IXGRP, f"{path.name}: {mode:o}"
+    versions = [p for p in history.iterdir() if p.name[:1].isdigit()]
+    assert all(not p.stat().st_mode & 0o222 for p in versions)
 
 
 # -- the shell blocks, run as the user types them -------------------------------------------
@@ -771,6 +793,89 @@ def test_the_backup_guide_s_snapshot_variables_and_restored_verify_run(tmp_path:
     run_transcript(
         "backup-verify-restored", tmp_path, {"/restore": snapshot}, RESTORE=str(snapshot)
     )
+
+
+# The host's tools the restore block calls, standing in where a test machine has no booted
+# systemd and no service user: each call is written to $CALLS, and runuser runs the command
+# as this user.
+_HOST_TOOLS = """\
+systemctl() { echo "systemctl $*" >> "$CALLS"; }
+systemd-tmpfiles() { echo "systemd-tmpfiles $*" >> "$CALLS"; }
+setfacl() { echo "setfacl $*" >> "$CALLS"; }
+chown() { :; }
+runuser() { shift 3; "$@"; }
+"""
+
+
+def test_the_backup_guide_s_restore_into_the_service_runs(tmp_path: Path) -> None:
+    """Beside a watcher that the units it stops do not run, the restore block moves
+    nothing, names the watcher and starts nothing; with the watcher stopped it restores
+    and starts what it stopped; on a fresh root it restores without a word about what
+    is not there, and applies the read-only group's ACLs where that group is set up."""
+    backed_up = tmp_path / "backed-up"
+    backed_up.mkdir()
+    assert run_cli(backed_up, "init").returncode == 0
+    assert run_cli(backed_up, "ingest", *map(str, VALID_SAMPLES)).returncode == 0
+    restore = tmp_path / "restore"
+    assert run_cli(backed_up, "snapshot", str(restore)).returncode == 0
+    restored = [p.name for p in _versions(restore)]
+    readers = tmp_path / "etc" / "tmpfiles.d" / "console-usage-ingester-readers.conf"
+    calls = tmp_path / "calls"
+
+    def restore_into(root: Path) -> tuple[str, list[str]]:
+        calls.write_text("")
+        block = substituted(
+            example("backup-restore-into-the-service"),
+            {
+                "/var/lib/console-usage-ingester": root,
+                "/etc/tmpfiles.d/console-usage-ingester-readers.conf": readers,
+            },
+        )
+        done = sh(_HOST_TOOLS + block, tmp_path, RESTORE=str(restore), CALLS=str(calls))
+        return done.stdout, calls.read_text().splitlines()
+
+    live = tmp_path / "var" / "lib" / "console-usage-ingester"
+    live.mkdir(parents=True)
+    assert run_cli(live, "init").returncode == 0
+    (tmp_path / "live.json").write_text(_fresh_snapshot())
+    assert run_cli(live, "ingest", str(tmp_path / "live.json")).returncode == 0
+    before = [p.name for p in _versions(live)]
+    with WatchProcess(live):  # as in a unit that UNITS does not name
+        output, called = restore_into(live)
+        assert re.search(r"^watcher +running \(pid \d+, watch\)$", output, re.M), output
+        assert "error: the history is in use" in output, output
+        assert called == ["systemctl stop console-usage-ingester"], called
+        assert not list(live.glob("*.before-restore")), output
+        assert [p.name for p in _versions(live)] == before
+
+    output, called = restore_into(live)
+    assert "error" not in output, output
+    assert called == [
+        "systemctl stop console-usage-ingester",
+        "systemctl start console-usage-ingester",
+    ], called
+    assert [p.name for p in _versions(live)] == restored
+    assert (
+        sorted(p.name for p in (live / "console-usage-history.before-restore").glob("2*")) == before
+    )
+    assert (live / "console-usage-synced.json").resolve().name == restored[-1]
+    assert run_cli(live, "verify").returncode == 0
+
+    fresh = tmp_path / "fresh"
+    (fresh / "spool").mkdir(parents=True)  # what the install's tmpfiles snippet makes
+    readers.parent.mkdir(parents=True)
+    readers.write_text("")
+    output, called = restore_into(fresh)
+    assert "cannot stat" not in output and "error" not in output, output
+    assert called == [
+        "systemctl stop console-usage-ingester",
+        f"systemd-tmpfiles --create {readers}",
+        "setfacl -R -m g:console-usage-readers:rX console-usage-history",
+        "systemctl start console-usage-ingester",
+    ], called
+    assert [p.name for p in _versions(fresh)] == restored
+    assert not list(fresh.glob("*.before-restore"))
+    assert run_cli(fresh, "verify").returncode == 0
 
 
 def test_the_scraper_guide_s_blocks_run(tmp_path: Path) -> None:
