@@ -22,10 +22,16 @@ limit resets? In pseudo-code::
             before_reset = true
         else:
             exhausts_at  = newest time + (100 - newest %) / rate, when rate > 0
+                           and that is within HORIZON (a year) of the newest time
             before_reset = true when exhausts_at < resets_at (the earliest the reset's
                            words allow), false when at or after resets_at + within (the
                            latest they allow), none in between: which comes first,
                            words such as "2 hr" or "3 days" do not tell
+            without exhausts_at (not rising, or rising too slowly to reach 100 %
+            within HORIZON): before_reset = false when the rate is not rising or
+                           resets_at + within is within HORIZON (the reset surely
+                           comes first), none otherwise: a reset over a year ahead is
+                           set against no projected time
 
 A snapshot's readings are :mod:`ingester.usage.readings`'s; what counts as a reset, which
 readings are outliers and the rate are :mod:`ingester.usage.burn_rate`'s. The basis is
@@ -198,8 +204,13 @@ def _limit_forecast(
             if hours <= HORIZON / timedelta(hours=1):
                 exhausts_at = _at(newest.t + hours * 3600)
                 before = None if reset is None else _before_reset(exhausts_at, reset)
-            else:
-                before = None if reset is None else False
+            elif reset is not None and (
+                rate <= 0 or reset.at + reset.within <= _at(newest.t) + HORIZON
+            ):
+                # Not rising, 100 % never comes; rising too slowly to project, it comes
+                # after the horizon, so a reset sure to come by then comes first. A reset
+                # that may come later still is set against no projected time: unknown.
+                before = False
     return LimitForecast(
         limit=reading.limit,
         percentage=reading.percentage,
