@@ -1,4 +1,4 @@
-"""A request's query parameters, each read once, and whole numbers read from them.
+"""A request's query parameters, each read once, and whole numbers read from text.
 
 A parameter given more than once (``?version=1&version=2``) has no one meaning: Express,
 which the original server ran on, hands its handler an array, and a plain dictionary
@@ -11,8 +11,10 @@ the shape of that parameter's other refusals.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from starlette.requests import Request
+if TYPE_CHECKING:  # only its methods are used: the module stays light for the socket code
+    from starlette.requests import Request
 
 __all__ = ["RepeatedParameter", "query_value", "whole_number"]
 
@@ -64,8 +66,9 @@ _WHOLE = re.compile(rf"-?[0-9]{{1,{_DIGITS}}}", re.ASCII)
 
 def whole_number(text: str, *, signed: bool = False) -> int | None:
     """``text`` as an integer of at most 12 ASCII digits (a leading ``-`` when
-    ``signed``), else ``None``. Longer numbers are refused before parsing: no value a
-    query takes is that large, and Python refuses to parse one of over 4,300 digits."""
+    ``signed``), else ``None``: for a query's numbers, and a port or a count of passed
+    sockets (:mod:`.sockets`). Longer numbers are refused before parsing: no value read
+    so is that large, and Python refuses to parse one of over 4,300 digits."""
     if not _WHOLE.fullmatch(text) or (text.startswith("-") and not signed):
         return None
     return int(text)
