@@ -468,6 +468,16 @@ def test_a_rise_too_slow_to_project_is_set_against_the_reset_only_within_the_yea
     assert in_words(weekly, UTC, crawling.as_of) == words
 
 
+def test_a_rise_the_json_rounds_to_0_is_worded_as_the_json_carries_it() -> None:
+    # 0.00001 %/h is 0.0 in the JSON (4 decimals): the page, which has only that, says
+    # "not rising", so the words say it too, not "100 % not within a year".
+    flat = forecast([obs(120 * i, 10 + 0.00002 * i, "whenever") for i in range(13)])
+    weekly = limit_of(flat)
+    assert weekly.rate_per_hour is not None and weekly.rate_per_hour > 0
+    assert weekly.to_json()["ratePerHour"] == 0
+    assert in_words(weekly, UTC, flat.as_of) == "not rising"
+
+
 def test_a_limit_not_rising_resets_first_however_far_the_reset() -> None:
     still = forecast([obs(120 * i, 10, "390 days") for i in range(13)])
     weekly = limit_of(still)

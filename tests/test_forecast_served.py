@@ -590,6 +590,28 @@ def test_a_rise_too_slow_to_project_is_not_called_not_rising(root: Path) -> None
     assert "not rising" not in judged.stdout
 
 
+def test_a_rise_shown_as_0_is_not_rising_in_every_surface(root: Path) -> None:
+    """0.00001 %/h: ``+0.00 %/h`` in the table and ``0`` in the JSON, so the table and
+    ``check`` say ``not rising``, as the page does from the JSON, not ``100 % not within a
+    year`` beside a rate shown as none."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    for i in range(13):
+        observed = now - timedelta(hours=2 * (12 - i))
+        body = snapshot(0, observed)
+        body["weeklyLimits"]["allModels"] = {
+            "resetsIn": "when the week ends",
+            "percentageUsed": 10 + 0.00002 * i,
+        }
+        put_version(root, version_name(observed, i), json.dumps(body).encode())
+    assert cli_limits(root)["weeklyLimits.allModels"]["ratePerHour"] == 0
+    done = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if "allModels" in line)
+    assert row.endswith("+0.00 %/h  not rising"), row
+    judged = run_cli(root, "check", "--forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert "weeklyLimits.allModels: not rising" in judged.stdout, judged.stdout
+
+
 def test_a_reset_over_a_year_ahead_is_not_said_to_come_before_a_slow_rise(root: Path) -> None:
     """The same crawl (100 % past the year a projection reaches), its reset ``390 days``
     ahead: which comes first is not known, and no surface says the reset comes first.

@@ -74,6 +74,7 @@ __all__ = [
     "HORIZON",
     "LIMIT_ORDER",
     "NOTHING_TO_GO_BY",
+    "RATE_DECIMALS",
     "Forecast",
     "LastReadings",
     "LimitForecast",
@@ -83,6 +84,8 @@ __all__ = [
 
 BASIS = timedelta(hours=24)
 """How far back from the newest snapshot the rate looks (within the current window)."""
+RATE_DECIMALS = 4
+"""The decimals of a rate in %/hour as the JSON carries it."""
 HORIZON = timedelta(days=366)
 """A projection further ahead than this is no projection (usage as good as flat)."""
 NOTHING_TO_GO_BY = (
@@ -119,6 +122,15 @@ class LimitForecast:
     missing_reason: str | None = None
     resets_within: timedelta | None = None
 
+    @property
+    def rate_as_carried(self) -> float | None:
+        """The rate in %/hour as the JSON carries it, to :data:`RATE_DECIMALS` decimals
+        (``None``: no rate): what the page reads, so words that judge the rate (rising
+        or not) judge this one and say what the page says."""
+        if self.rate_per_hour is None:
+            return None
+        return round(self.rate_per_hour, RATE_DECIMALS) + 0.0  # + 0.0: never -0.0
+
     def to_json(self) -> dict[str, Any]:
         """The limit as the API spells it (times ISO-8601 UTC; the rate to 4 decimals)."""
         pct = self.percentage
@@ -127,7 +139,7 @@ class LimitForecast:
             "percentageUsed": int(pct) if float(pct).is_integer() else pct,
             "resetsIn": self.resets_in,
             "resetsAt": format_timestamp(self.resets_at),
-            "ratePerHour": None if self.rate_per_hour is None else round(self.rate_per_hour, 4),
+            "ratePerHour": self.rate_as_carried,
             "exhaustsAt": format_timestamp(self.exhausts_at),
             "beforeReset": self.before_reset,
             "basis": {"points": self.points, "since": format_timestamp(self.since)},

@@ -160,7 +160,8 @@ def in_words(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
     rising rate, the reset time unknown, 100 % beyond
     :data:`~ingester.usage.forecast.HORIZON`), ``100 % not within a year; whether before
     or after the reset (... at the earliest) is not known`` (the same, with a reset that
-    may come more than a year ahead too) or ``not rising`` (a rate of 0 or less, the
+    may come more than a year ahead too) or ``not rising`` (a rate of 0 or less as the
+    JSON carries it, :attr:`~ingester.usage.forecast.LimitForecast.rate_as_carried`, the
     reset time unknown); for a held
     limit (not in the newest snapshot) followed by ``; last read Fri 07:15, not in the
     newest snapshot``.
@@ -194,8 +195,10 @@ def _verdict(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
         if limit.resets_at is not None:
             return "resets before the limit"
         # A rise too slow to project (past HORIZON) is still a rise: "not rising" beside
-        # its own positive rate would contradict the row it stands in.
-        return "not rising" if limit.rate_per_hour <= 0 else NOT_WITHIN_HORIZON
+        # its own positive rate would contradict the row it stands in. The rate as the
+        # JSON carries it decides, as on the page: one too small to show there is none.
+        rate = limit.rate_as_carried
+        return "not rising" if rate is None or rate <= 0 else NOT_WITHIN_HORIZON
     by = f"at this rate 100 % by {format_when(limit.exhausts_at, zone, as_of)}"
     if limit.resets_at is None:
         return by + " (reset time unknown)"
