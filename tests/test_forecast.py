@@ -476,6 +476,10 @@ def test_a_rise_the_json_rounds_to_0_is_worded_as_the_json_carries_it() -> None:
     assert weekly.rate_per_hour is not None and weekly.rate_per_hour > 0
     assert weekly.to_json()["ratePerHour"] == 0
     assert in_words(weekly, UTC, flat.as_of) == "not rising"
+    # And not rising, it never reaches 100 %: a reset however far ahead comes first.
+    far = limit_of(forecast([obs(120 * i, 10 + 0.00002 * i, "390 days") for i in range(13)]))
+    assert (far.to_json()["ratePerHour"], far.before_reset) == (0, False)
+    assert in_words(far, UTC, flat.as_of) == "resets before the limit"
 
 
 def test_a_limit_not_rising_resets_first_however_far_the_reset() -> None:

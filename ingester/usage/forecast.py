@@ -28,7 +28,8 @@ limit resets? In pseudo-code::
                            latest they allow), none in between: which comes first,
                            words such as "2 hr" or "3 days" do not tell
             without exhausts_at (not rising, or rising too slowly to reach 100 %
-            within HORIZON): before_reset = false when the rate is not rising or
+            within HORIZON): before_reset = false when the rate is not rising (0 or
+                           less to RATE_DECIMALS, as the JSON carries it) or
                            resets_at + within is within HORIZON (the reset surely
                            comes first), none otherwise: a reset over a year ahead is
                            set against no projected time
@@ -217,11 +218,13 @@ def _limit_forecast(
                 exhausts_at = _at(newest.t + hours * 3600)
                 before = None if reset is None else _before_reset(exhausts_at, reset)
             elif reset is not None and (
-                rate <= 0 or reset.at + reset.within <= _at(newest.t) + HORIZON
+                round(rate, RATE_DECIMALS) <= 0
+                or reset.at + reset.within <= _at(newest.t) + HORIZON
             ):
-                # Not rising, 100 % never comes; rising too slowly to project, it comes
-                # after the horizon, so a reset sure to come by then comes first. A reset
-                # that may come later still is set against no projected time: unknown.
+                # Not rising (as the JSON carries the rate), 100 % never comes; rising too
+                # slowly to project, it comes after the horizon, so a reset sure to come by
+                # then comes first. A reset that may come later still is set against no
+                # projected time: unknown.
                 before = False
     return LimitForecast(
         limit=reading.limit,
