@@ -440,6 +440,55 @@ def test_words_for_each_case() -> None:
     assert in_words(limit_of(still), UTC, still.as_of) == "not rising"
 
 
+@pytest.mark.parametrize(
+    ("resets_in", "before", "words"),
+    [
+        # The reset more than a year ahead, 100 % beyond the year a projection reaches:
+        # either may come first, and nothing says which.
+        (
+            "390 days",
+            None,
+            "100 % not within a year; whether before or after the reset "
+            "(Thu 23 Dec 2027 08:00 at the earliest) is not known",
+        ),
+        # The reset within the year, 100 % beyond it: the reset comes first.
+        ("300 days", False, "resets before the limit"),
+    ],
+)
+def test_a_rise_too_slow_to_project_is_set_against_the_reset_only_within_the_year(
+    resets_in: str, before: bool | None, words: str
+) -> None:
+    # 10 % rising 0.009 %/h: 100 % in some 10,000 hours, past the 366 days projected.
+    crawling = forecast([obs(120 * i, 10 + 0.018 * i, resets_in) for i in range(13)])
+    weekly = limit_of(crawling)
+    assert weekly.rate_per_hour == pytest.approx(0.009)
+    assert weekly.exhausts_at is None
+    assert weekly.before_reset is before
+    assert weekly.to_json()["beforeReset"] is before
+    assert in_words(weekly, UTC, crawling.as_of) == words
+
+
+def test_a_rise_the_json_rounds_to_0_is_worded_as_the_json_carries_it() -> None:
+    # 0.00001 %/h is 0.0 in the JSON (4 decimals): the page, which has only that, says
+    # "not rising", so the words say it too, not "100 % not within a year".
+    flat = forecast([obs(120 * i, 10 + 0.00002 * i, "whenever") for i in range(13)])
+    weekly = limit_of(flat)
+    assert weekly.rate_per_hour is not None and weekly.rate_per_hour > 0
+    assert weekly.to_json()["ratePerHour"] == 0
+    assert in_words(weekly, UTC, flat.as_of) == "not rising"
+    # And not rising, it never reaches 100 %: a reset however far ahead comes first.
+    far = limit_of(forecast([obs(120 * i, 10 + 0.00002 * i, "390 days") for i in range(13)]))
+    assert (far.to_json()["ratePerHour"], far.before_reset) == (0, False)
+    assert in_words(far, UTC, flat.as_of) == "resets before the limit"
+
+
+def test_a_limit_not_rising_resets_first_however_far_the_reset() -> None:
+    still = forecast([obs(120 * i, 10, "390 days") for i in range(13)])
+    weekly = limit_of(still)
+    assert (weekly.rate_per_hour, weekly.exhausts_at, weekly.before_reset) == (0, None, False)
+    assert in_words(weekly, UTC, still.as_of) == "resets before the limit"
+
+
 def test_a_limit_held_at_100_is_rated_by_its_rise_to_it_not_by_the_cap() -> None:
     # 40 % rising 10 %/h to 100 % in 6 hours, then held there (the console shows no more)
     # for 12 hours: the pace is the rise, not diluted by the hours at the cap.

@@ -590,6 +590,69 @@ def test_a_rise_too_slow_to_project_is_not_called_not_rising(root: Path) -> None
     assert "not rising" not in judged.stdout
 
 
+def test_a_rise_shown_as_0_is_not_rising_in_every_surface(root: Path) -> None:
+    """0.00001 %/h: ``+0.00 %/h`` in the table and ``0`` in the JSON, so the table and
+    ``check`` say ``not rising``, as the page does from the JSON, not ``100 % not within a
+    year`` beside a rate shown as none."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    for i in range(13):
+        observed = now - timedelta(hours=2 * (12 - i))
+        body = snapshot(0, observed)
+        body["weeklyLimits"]["allModels"] = {
+            "resetsIn": "when the week ends",
+            "percentageUsed": 10 + 0.00002 * i,
+        }
+        put_version(root, version_name(observed, i), json.dumps(body).encode())
+    assert cli_limits(root)["weeklyLimits.allModels"]["ratePerHour"] == 0
+    done = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if "allModels" in line)
+    assert row.endswith("+0.00 %/h  not rising"), row
+    judged = run_cli(root, "check", "--forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert "weeklyLimits.allModels: not rising" in judged.stdout, judged.stdout
+
+
+def test_a_reset_over_a_year_ahead_is_not_said_to_come_before_a_slow_rise(root: Path) -> None:
+    """The same crawl (100 % past the year a projection reaches), its reset ``390 days``
+    ahead: which comes first is not known, and no surface says the reset comes first.
+    The JSON's ``beforeReset`` is null, the table and ``check`` say so in words, and
+    ``/metrics`` has the reset's series but no run-out, so no alert rule sets one against
+    the other."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    for i in range(13):
+        observed = now - timedelta(hours=2 * (12 - i))
+        body = snapshot(0, observed)
+        body["weeklyLimits"]["allModels"] = {
+            "resetsIn": "390 days",
+            "percentageUsed": 10 + 0.018 * i,
+        }
+        put_version(root, version_name(observed, i), json.dumps(body).encode())
+    weekly = cli_limits(root)["weeklyLimits.allModels"]
+    assert weekly["resetsAt"] == iso(now + timedelta(days=390))
+    assert (weekly["exhaustsAt"], weekly["beforeReset"]) == (None, None), weekly
+    words = "100 % not within a year; whether before or after the reset"
+    done = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if "allModels" in line)
+    assert words in row and row.endswith("at the earliest) is not known"), row
+    judged = run_cli(root, "check", "--forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
+    assert f"weeklyLimits.allModels: {words}" in judged.stdout, judged.stdout
+    assert "weeklyLimits.allModels: resets before the limit" not in judged.stdout
+    with ServeProcess(root, env={"INGESTER_CONSOLE_TIMEZONE": "UTC"}) as server:
+        served = limits_of(server.get(FORECAST).json())["weeklyLimits.allModels"]
+        assert served == weekly
+        samples = {
+            (s.name, s.labels.get("limit")): s.value
+            for family in text_string_to_metric_families(server.get("/metrics").text)
+            for s in family.samples
+        }
+    limit = "weeklyLimits.allModels"
+    assert ("ingester_usage_exhausts_timestamp_seconds", limit) not in samples
+    assert samples[("ingester_usage_resets_timestamp_seconds", limit)] == pytest.approx(
+        (now + timedelta(days=390)).timestamp()
+    )
+
+
 def place_partials(root: Path, after: datetime) -> None:
     """39 partial scrapes without the weekly limits, one every 45 minutes after ``after``."""
     for i in range(1, 40):

@@ -965,6 +965,37 @@ def test_a_run_out_within_the_hour_a_reset_is_worded_to_is_said_about_when_it_re
     assert card.locator(".forecast").get_attribute("data-verdict") == "exhausts"
 
 
+def test_a_slow_rise_and_a_reset_over_a_year_ahead_are_not_put_in_an_order(
+    root: Path, serve: Any, open_page: Any
+) -> None:
+    # The session rises 0.009 %/h (100 % past the year a projection reaches) and resets
+    # "390 days" ahead: which comes first is not known, so the card does not say "resets
+    # before the limit"; it says what `ingester forecast` says.
+    newest = (datetime.now(UTC) - timedelta(minutes=1)).replace(second=0, microsecond=0)
+    store(
+        root,
+        [
+            (
+                newest - timedelta(hours=2 * (12 - i)),
+                {"currentSession": {"resetsIn": "390 days", "percentageUsed": 10 + 0.018 * i}},
+            )
+            for i in range(13)
+        ],
+    )
+    server = serve()
+    page = open_page(server.url + "/").page
+    wait_points(page, 13)
+    words = page.locator("#gauge-session .forecast")
+    expect(words).to_have_text(
+        re.compile(
+            "^100\u00a0% not within a year; whether before or after the reset \\(.+ at the "
+            "earliest\\) is not known$"
+        ),
+        timeout=10_000,
+    )
+    assert words.get_attribute("data-verdict") == "unknown"
+
+
 def test_a_partial_snapshot_keeps_the_weekly_cards_and_their_projection(
     root: Path, serve: Any, open_page: Any, tmp_path: Path
 ) -> None:

@@ -169,7 +169,7 @@ def test_a_passed_descriptor_that_cannot_be_served_is_one_line(
     assert "serve: listening on" not in done.stderr
 
 
-@pytest.mark.parametrize("count", ["two", "\u00b9"])
+@pytest.mark.parametrize("count", ["two", "\u00b9", "0" * 5000 + "1"])
 def test_malformed_listen_fds_is_one_line(history: Path, count: str) -> None:
     good = listening(socket.AF_INET, ("127.0.0.1", 0))
     with good:
@@ -233,6 +233,8 @@ def test_the_activation_variables_are_not_handed_on() -> None:
         ("http://127.0.0.1:0", "without a scheme"),
         (" 127.0.0.1:0", "is not a host name or an IPv4 address"),
         ("127.0.0.1:65536", "a port from 0 to 65535"),
+        # More digits than Python parses: said in our words, not the interpreter's.
+        ("127.0.0.1:" + "0" * 5000 + "80", "a port from 0 to 65535"),
     ],
 )
 def test_a_malformed_listen_address_is_a_usage_error(

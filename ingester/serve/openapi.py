@@ -100,7 +100,8 @@ def openapi_document() -> dict[str, Any]:
                             "in": "query",
                             "required": False,
                             "description": "N >= 1 counts from the oldest, N <= -1 from the "
-                            "newest (-1 = newest); 0 or out of range: 400. Empty: not given.",
+                            "newest (-1 = newest); 0 or out of range: 400. Empty: not given; "
+                            "given twice with different values: 400.",
                             "schema": {"type": "integer"},
                         },
                         {
@@ -109,7 +110,8 @@ def openapi_document() -> dict[str, Any]:
                             "required": False,
                             "description": "ISO-8601 instant (UTC without an offset): the "
                             "version ingested nearest to it. Wins over version (as the "
-                            "original); empty: not given.",
+                            "original); empty: not given; given twice with different "
+                            "values: 400.",
                             "schema": {"type": "string"},
                         },
                         {

@@ -228,13 +228,14 @@ SCHEMAS: dict[str, Any] = {
             "exhaustsAt": {
                 "type": ["string", "null"],
                 "description": "when 100 % is reached at this rate (already reached: when it "
-                "was); null without a rising rate",
+                "was); null without a rising rate, or when that is more than a year ahead",
             },
             "beforeReset": {
                 "type": ["boolean", "null"],
                 "description": "true when exhaustsAt comes before resetsAt (the earliest "
                 "the reset's words allow), false at or after the latest they allow ('2 hr': "
-                "2 to 3 hours away); null in between, or when either is unknown",
+                "2 to 3 hours away); null in between, or when either is unknown (100 % more "
+                "than a year ahead, the reset possibly too)",
             },
             "basis": {
                 "type": "object",

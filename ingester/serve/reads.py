@@ -8,7 +8,6 @@ the watcher stays its single writer.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Hashable
 from datetime import datetime
 from typing import Any
@@ -41,6 +40,7 @@ from .conditional import (
     if_none_match,
 )
 from .context import ServeContext
+from .query import RepeatedParameter, query_value, whole_number
 from .read_faults import HISTORY, version_fault
 
 __all__ = [
@@ -56,7 +56,6 @@ log = logging.getLogger("ingester.serve")
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
-_INTEGER = re.compile(r"-?[0-9]{1,12}", re.ASCII)
 
 
 def read_payload(ctx: ServeContext, name: str) -> tuple[dict[str, Any] | None, datetime | None]:
@@ -130,6 +129,11 @@ def snapshot_or_error(ctx: ServeContext, request: Request) -> HistorySnapshot | 
     return snap
 
 
+def _valid_range(total: int) -> str:
+    """The ``validRange`` of an InvalidVersion answer over ``total`` versions."""
+    return f"1 to {total} (from the oldest) or -1 to -{total} (from the newest)"
+
+
 def _choose(request: Request, snap: HistorySnapshot, now: datetime) -> int | Response:
     """The position the query asks for, or the 400/404 answer."""
     total = len(snap)
@@ -142,10 +146,12 @@ def _choose(request: Request, snap: HistorySnapshot, now: datetime) -> int | Res
             },
             404,
         )
-    # Most requests ask for the latest: skip parsing an empty query string. An empty
-    # parameter counts as not given, and timestamp wins over version (as the original).
-    params = request.query_params if request.scope["query_string"] else {}
-    stamp_text = params.get("timestamp") or None
+    # An empty parameter counts as not given, and timestamp wins over version (as the
+    # original); a parameter given twice with different values has no one meaning.
+    try:
+        stamp_text = query_value(request, "timestamp") or None
+    except RepeatedParameter as exc:
+        return error_answer(400, "InvalidTimestamp", exc.message, example=TIMESTAMP_EXAMPLE)
     if stamp_text is not None:
         when = parse_instant(stamp_text)
         if when is None:
@@ -159,17 +165,18 @@ def _choose(request: Request, snap: HistorySnapshot, now: datetime) -> int | Res
         pos = snap.nearest_position(when)
         assert pos is not None
         return pos
-    version = params.get("version") or None
+    try:
+        version = query_value(request, "version") or None
+    except RepeatedParameter as exc:
+        return error_answer(400, "InvalidVersion", exc.message, validRange=_valid_range(total))
     if version is not None:
-        valid = f"1 to {total} (from the oldest) or -1 to -{total} (from the newest)"
-        text = version.strip()
-        n = int(text) if _INTEGER.fullmatch(text) else 0
-        if n == 0 or abs(n) > total:
+        n = whole_number(version.strip(), signed=True)
+        if n is None or n == 0 or abs(n) > total:
             return error_answer(
                 400,
                 "InvalidVersion",
                 f"version must be a non-zero integer within the range; got {version!r}",
-                validRange=valid,
+                validRange=_valid_range(total),
             )
         return n - 1 if n > 0 else total + n
     latest = snap.latest_position(now)
@@ -289,13 +296,19 @@ async def get_console_usage(request: Request) -> Response:
 async def list_versions(request: Request) -> Response:
     """Version names, ingest times and sizes, newest first, a page at a time."""
     ctx: ServeContext = request.app.state.ctx
-    params = request.query_params
-    limit_text = params.get("limit", str(DEFAULT_PAGE))
-    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_PAGE:
+    try:
+        limit_text = query_value(request, "limit")
+    except RepeatedParameter as exc:
+        return error_answer(400, "InvalidLimit", exc.message)
+    limit = DEFAULT_PAGE if limit_text is None else whole_number(limit_text)
+    if limit is None or not 1 <= limit <= MAX_PAGE:
         return error_answer(400, "InvalidLimit", f"limit must be an integer from 1 to {MAX_PAGE}")
     bounds: dict[str, str | None] = {}
     for key in ("before", "after"):
-        value = params.get(key)
+        try:
+            value = query_value(request, key)
+        except RepeatedParameter as exc:
+            return error_answer(400, "InvalidCursor", exc.message)
         if value is not None and not is_version_name(value):
             return error_answer(
                 400, "InvalidCursor", f"{key} must be a version name, e.g. from 'next'"
@@ -304,7 +317,6 @@ async def list_versions(request: Request) -> Response:
     snap = snapshot_or_error(ctx, request)
     if isinstance(snap, Response):
         return snap
-    limit = int(limit_text)
     rows = snap.page(limit=limit + 1, before=bounds["before"], after=bounds["after"])
     more = len(rows) > limit
     rows = rows[:limit]

@@ -32,6 +32,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 from ..errors import IngesterError
+from .query import whole_number
 
 __all__ = [
     "ActivationError",
@@ -166,12 +167,11 @@ def activated_sockets(
             pid,
         )
         return None
-    text = count_text.strip()
-    if not (text.isascii() and text.isdigit()) or int(text) > MAX_PASSED_FDS:
+    count = whole_number(count_text.strip())
+    if count is None or count > MAX_PASSED_FDS:
         raise ActivationError(
             f"LISTEN_FDS={count_text!r} is not a number of passed sockets (0 to {MAX_PASSED_FDS})"
         )
-    count = int(text)
     if count == 0:
         return None
     names: list[str | None] = [None] * count
@@ -290,8 +290,9 @@ def parse_listen(text: str) -> tuple[str, int]:
     """
     if "://" in text:
         raise ValueError(f"{text!r}: give HOST:PORT, without a scheme such as http://")
-    host, sep, port = text.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+    host, sep, port_text = text.rpartition(":")
+    port = whole_number(port_text) if sep else None
+    if port is None or not 0 <= port <= 65535:
         raise ValueError(f"{text!r} is not HOST:PORT (a port from 0 to 65535)")
     if host.startswith("[") or host.endswith("]"):
         inner = host[1:-1] if host.startswith("[") and host.endswith("]") else None
@@ -299,7 +300,7 @@ def parse_listen(text: str) -> tuple[str, int]:
             ipaddress.IPv6Address(inner or "")
         except ValueError:
             raise ValueError(f"{text!r}: brackets hold an IPv6 address, as in [::1]:8080") from None
-        return inner or "", int(port)
+        return inner or "", port
     if ":" in host:
         try:
             ipaddress.IPv6Address(host)
@@ -308,4 +309,4 @@ def parse_listen(text: str) -> tuple[str, int]:
         raise ValueError(f"{text!r}: write an IPv6 address in brackets, as in [::1]:8080")
     if host and not _HOST_NAME.match(host):
         raise ValueError(f"{text!r}: {host!r} is not a host name or an IPv4 address")
-    return host or "127.0.0.1", int(port)
+    return host or "127.0.0.1", port

@@ -22,10 +22,17 @@ limit resets? In pseudo-code::
             before_reset = true
         else:
             exhausts_at  = newest time + (100 - newest %) / rate, when rate > 0
+                           and that is within HORIZON (a year) of the newest time
             before_reset = true when exhausts_at < resets_at (the earliest the reset's
                            words allow), false when at or after resets_at + within (the
                            latest they allow), none in between: which comes first,
                            words such as "2 hr" or "3 days" do not tell
+            without exhausts_at (not rising, or rising too slowly to reach 100 %
+            within HORIZON): before_reset = false when the rate is not rising (0 or
+                           less to RATE_DECIMALS, as the JSON carries it) or
+                           resets_at + within is within HORIZON (the reset surely
+                           comes first), none otherwise: a reset over a year ahead is
+                           set against no projected time
 
 A snapshot's readings are :mod:`ingester.usage.readings`'s; what counts as a reset, which
 readings are outliers and the rate are :mod:`ingester.usage.burn_rate`'s. The basis is
@@ -68,6 +75,7 @@ __all__ = [
     "HORIZON",
     "LIMIT_ORDER",
     "NOTHING_TO_GO_BY",
+    "RATE_DECIMALS",
     "Forecast",
     "LastReadings",
     "LimitForecast",
@@ -77,6 +85,8 @@ __all__ = [
 
 BASIS = timedelta(hours=24)
 """How far back from the newest snapshot the rate looks (within the current window)."""
+RATE_DECIMALS = 4
+"""The decimals of a rate in %/hour as the JSON carries it."""
 HORIZON = timedelta(days=366)
 """A projection further ahead than this is no projection (usage as good as flat)."""
 NOTHING_TO_GO_BY = (
@@ -113,6 +123,15 @@ class LimitForecast:
     missing_reason: str | None = None
     resets_within: timedelta | None = None
 
+    @property
+    def rate_as_carried(self) -> float | None:
+        """The rate in %/hour as the JSON carries it, to :data:`RATE_DECIMALS` decimals
+        (``None``: no rate): what the page reads, so words that judge the rate (rising
+        or not) judge this one and say what the page says."""
+        if self.rate_per_hour is None:
+            return None
+        return round(self.rate_per_hour, RATE_DECIMALS) + 0.0  # + 0.0: never -0.0
+
     def to_json(self) -> dict[str, Any]:
         """The limit as the API spells it (times ISO-8601 UTC; the rate to 4 decimals)."""
         pct = self.percentage
@@ -121,7 +140,7 @@ class LimitForecast:
             "percentageUsed": int(pct) if float(pct).is_integer() else pct,
             "resetsIn": self.resets_in,
             "resetsAt": format_timestamp(self.resets_at),
-            "ratePerHour": None if self.rate_per_hour is None else round(self.rate_per_hour, 4),
+            "ratePerHour": self.rate_as_carried,
             "exhaustsAt": format_timestamp(self.exhausts_at),
             "beforeReset": self.before_reset,
             "basis": {"points": self.points, "since": format_timestamp(self.since)},
@@ -198,8 +217,15 @@ def _limit_forecast(
             if hours <= HORIZON / timedelta(hours=1):
                 exhausts_at = _at(newest.t + hours * 3600)
                 before = None if reset is None else _before_reset(exhausts_at, reset)
-            else:
-                before = None if reset is None else False
+            elif reset is not None and (
+                round(rate, RATE_DECIMALS) <= 0
+                or reset.at + reset.within <= _at(newest.t) + HORIZON
+            ):
+                # Not rising (as the JSON carries the rate), 100 % never comes; rising too
+                # slowly to project, it comes after the horizon, so a reset sure to come by
+                # then comes first. A reset that may come later still is set against no
+                # projected time: unknown.
+                before = False
     return LimitForecast(
         limit=reading.limit,
         percentage=reading.percentage,

@@ -158,7 +158,10 @@ def in_words(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
     at least ...`` when the first reading of the basis is at 100 % already),
     ``at this rate 100 % by ... (reset time unknown)``, ``100 % not within a year`` (a
     rising rate, the reset time unknown, 100 % beyond
-    :data:`~ingester.usage.forecast.HORIZON`) or ``not rising`` (a rate of 0 or less, the
+    :data:`~ingester.usage.forecast.HORIZON`), ``100 % not within a year; whether before
+    or after the reset (... at the earliest) is not known`` (the same, with a reset that
+    may come more than a year ahead too) or ``not rising`` (a rate of 0 or less as the
+    JSON carries it, :attr:`~ingester.usage.forecast.LimitForecast.rate_as_carried`, the
     reset time unknown); for a held
     limit (not in the newest snapshot) followed by ``; last read Fri 07:15, not in the
     newest snapshot``.
@@ -181,11 +184,21 @@ def _verdict(limit: LimitForecast, zone: tzinfo, as_of: datetime) -> str:
     if limit.rate_per_hour is None:
         return "not enough data"
     if limit.exhausts_at is None:
+        if limit.resets_at is not None and limit.before_reset is None:
+            # Rising too slowly to reach 100 % within a year, and the reset may come
+            # later than that too: no projected time to set it against.
+            resets = format_when(limit.resets_at, zone, as_of)
+            return (
+                f"{NOT_WITHIN_HORIZON}; whether before or after the reset ({resets} at the "
+                "earliest) is not known"
+            )
         if limit.resets_at is not None:
             return "resets before the limit"
         # A rise too slow to project (past HORIZON) is still a rise: "not rising" beside
-        # its own positive rate would contradict the row it stands in.
-        return "not rising" if limit.rate_per_hour <= 0 else NOT_WITHIN_HORIZON
+        # its own positive rate would contradict the row it stands in. The rate as the
+        # JSON carries it decides, as on the page: one too small to show there is none.
+        rate = limit.rate_as_carried
+        return "not rising" if rate is None or rate <= 0 else NOT_WITHIN_HORIZON
     by = f"at this rate 100 % by {format_when(limit.exhausts_at, zone, as_of)}"
     if limit.resets_at is None:
         return by + " (reset time unknown)"

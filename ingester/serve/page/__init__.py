@@ -50,6 +50,7 @@ from ...usage.export import COLUMNS, Row, inverted_bounds, row_from_bytes
 from ...usage.readings import CLOCK_AHEAD
 from ..conditional import etag_matches, if_none_match, not_modified_headers
 from ..context import ServeContext
+from ..query import RepeatedParameter, query_value
 from ..reads import snapshot_or_error
 from ..routes import SERIES_PATH
 
@@ -231,7 +232,12 @@ class _Series:
         return rows, skipped
 
     async def handle(self, request: Request) -> Response:
-        by = request.query_params.get("by") or "ingestedAt"
+        try:
+            by = query_value(request, "by") or "ingestedAt"
+        except RepeatedParameter as exc:
+            return _json(
+                {"error": "InvalidBy", "message": exc.message, "example": "lastUpdated"}, 400
+            )
         if by not in SELECT_BY:
             return _json(
                 {
@@ -243,7 +249,12 @@ class _Series:
             )
         bounds: dict[str, datetime | None] = {}
         for key in ("since", "until"):
-            text = request.query_params.get(key)
+            try:
+                text = query_value(request, key)
+            except RepeatedParameter as exc:
+                return _json(
+                    {"error": "InvalidTime", "message": exc.message, "example": TIME_EXAMPLE}, 400
+                )
             if text is None or text == "":
                 bounds[key] = None
                 continue

@@ -331,6 +331,16 @@
     }
     if (limit.ratePerHour == null) return ["unknown", "not enough data"];
     if (exhausts == null) {
+      // Too slow a rise to reach 100 % within a year, and the reset may come later than
+      // that too: neither order is known, as `ingester forecast` says.
+      if (resets != null && limit.beforeReset == null) {
+        return [
+          "unknown",
+          "100\u00a0% not within a year; whether before or after the reset (" +
+            when(resets) +
+            " at the earliest) is not known",
+        ];
+      }
       if (resets != null) return ["resets", "resets before the limit"];
       // Too slow a rise to project is still a rise, whatever the rate column shows.
       return ["unknown", limit.ratePerHour > 0 ? "100\u00a0% not within a year" : "not rising"];
