@@ -668,10 +668,10 @@ def test_the_reason_names_the_extraction_error_or_the_partial_flag() -> None:
         "extractionErrors.sonnetOnly: timeout"
     )
     assert limit_of(own).missing_reason == (
-        "the newest snapshot is partial (isPartial) and lacks it"
+        "a partial scrape (isPartial); no extractionErrors entry names it"
     )
     quiet = forecast([*full, partial(40, isPartial=False, extractionErrors={})])
-    assert limit_of(quiet).missing_reason == "the newest snapshot lacks it"
+    assert limit_of(quiet).missing_reason == "no extractionErrors entry names it"
 
 
 def test_the_reason_finds_the_extraction_error_of_a_key_holding_a_dot() -> None:

@@ -266,9 +266,10 @@ def _missing_reason(limit: str, newest: Observation) -> str:
     for key, message in newest.errors:
         if key == limit or key in sections or key in parts:
             return f"extractionErrors.{key}: {message}"
+    # Said after "not in the newest snapshot", so it adds what is known, not that again.
     if newest.partial:
-        return "the newest snapshot is partial (isPartial) and lacks it"
-    return "the newest snapshot lacks it"
+        return "a partial scrape (isPartial); no extractionErrors entry names it"
+    return "no extractionErrors entry names it"
 
 
 LastReadings = dict[str, tuple[Reading, datetime]]
