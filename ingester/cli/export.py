@@ -30,18 +30,8 @@ from ..usage.export import (
     select_versions,
     write_rows,
 )
-from .common import (
-    App,
-    PathParam,
-    fail,
-    history_source,
-    open_history,
-    refuse_closed_stdout,
-    say,
-    say_recorded,
-    time_option,
-    warn,
-)
+from .common import App, PathParam, fail, refuse_closed_stdout, say, say_recorded, time_option, warn
+from .stores import history_source, open_history
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

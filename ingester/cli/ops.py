@@ -37,14 +37,13 @@ from .common import (
     PathParam,
     announce_exit,
     fail,
-    history_source,
     plugin_usage_line,
     refuse_closed_stdout,
-    s3_history,
     say,
     say_recorded,
 )
 from .service import refuse_unsafe_latest
+from .stores import history_source, s3_history
 
 __all__ = ["check", "schema", "snapshot"]
 

@@ -30,16 +30,15 @@ from .common import (
     App,
     PathParam,
     fail,
-    make_folder,
     read_limited,
     refuse_closed_stdout,
     say,
     say_recorded,
     warn,
-    writing_store,
 )
 from .quiet import SkipEvent
 from .service import SpoolLinks, waiting_drop
+from .stores import make_folder, writing_store
 
 __all__ = ["adopt", "cleanup", "ingest", "init"]
 

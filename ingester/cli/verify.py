@@ -25,7 +25,8 @@ from ..ops.adopt import ADOPT_ADVICE, unsafe_latest
 from ..ops.verify import Finding, VerifyReport, repair_modes, repaired_between, verify_history
 from ..runtime.logs import escape_text
 from ..settings.resolved import Settings
-from .common import App, align, echo_json, fail, reading_store, say, writing_store
+from .common import App, align, echo_json, fail, say
+from .stores import reading_store, writing_store
 
 __all__ = ["SUMMED_FROM", "summed", "verify", "verify_json"]
 
