@@ -263,6 +263,68 @@ def test_ingest_with_a_closed_stdout_stores_nothing(root: Path) -> None:
     assert [p.name for p in (root / HISTORY).iterdir() if p.name[:1].isdigit()] == []
 
 
+def _tree(root: Path) -> dict[str, tuple[int, bytes | str | None]]:
+    """Every entry under ``root``: its mode, and its bytes (a file) or target (a link)."""
+    tree: dict[str, tuple[int, bytes | str | None]] = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            tree[str(path)] = (st.st_mode, os.readlink(path))
+        elif stat.S_ISREG(st.st_mode):
+            tree[str(path)] = (st.st_mode, path.read_bytes())
+        else:
+            tree[str(path)] = (st.st_mode, None)
+    return tree
+
+
+@pytest.mark.parametrize(
+    ("tail", "what"),
+    [
+        ("verify", "the report"),
+        ("verify --json", "the report"),
+        ("verify --repair", "the report"),
+        ("cleanup", "the lines saying what was deleted"),
+        ("cleanup --json", "the lines saying what was deleted"),
+        ("cleanup --dry-run", "the plan"),
+        ("snapshot DEST", "the line saying what the snapshot holds"),
+        ("export -o DEST", "the line saying what was exported"),
+        ("adopt", "the report of what was adopted"),
+        ("schema", "the schema"),
+        (f'submit --dry-run "{SAMPLE}"', "the verdict"),
+        ("restore s3://bucket/prefix --root DEST", "the lines saying what was restored"),
+    ],
+)
+def test_a_command_whose_output_is_its_record_refuses_a_closed_stdout_before_acting(
+    tmp_path: Path, tail: str, what: str
+) -> None:
+    """Started with stdout closed (given /dev/null, which takes every line without an
+    error), a command that reports, or whose lines are the one record of what it
+    changed, refuses in one line before it does anything: never a silent exit 0, and
+    never a deletion, repair or copy no output names. Where it would have written,
+    nothing was written: a repair it would have made is still to be made."""
+    root = tmp_path / "r"
+    make_history(root)
+    (root / "console-usage-synced.json").unlink()  # what verify --repair would put back
+    dest = tmp_path / "dest"
+    before = _tree(tmp_path)
+    result = _shell_cli(root, f"{tail.replace('DEST', str(dest))} >&-")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        f"error: standard output is closed: {what} would go nowhere; redirect it\n"
+    )
+    assert _tree(tmp_path) == before
+
+
+def test_init_with_a_closed_stdout_makes_nothing(tmp_path: Path) -> None:
+    result = _shell_cli(tmp_path / "new", "init >&-")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        "error: standard output is closed: the lines saying what was made would go "
+        "nowhere; redirect it\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_broken_pipe_on_stdout_is_quiet(root: Path) -> None:
     assert run_cli(root, "init").returncode == 0
     for _ in range(3):

@@ -90,6 +90,9 @@ def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
     the original server's, not adopted yet (run 'ingester adopt' first: the latest file
     may hold a snapshot no version holds).
     """
+    if not as_tar:
+        # Before anything is made: the line saying what the snapshot holds is its record.
+        refuse_closed_stdout("the line saying what the snapshot holds", "redirect it")
     settings = app.settings
     history = settings.history_dir
     # Stopped (systemctl stop, a closed terminal), it removes what it made, as on a
@@ -194,6 +197,7 @@ def schema() -> None:
     # would cost check and snapshot some 50 ms of their start.
     from ..payload.schema import payload_schema_text
 
+    refuse_closed_stdout("the schema", "redirect it")
     click.echo(payload_schema_text(), nl=False)
 
 

@@ -32,6 +32,7 @@ from .common import (
     fail,
     read_limited,
     read_stream,
+    refuse_closed_stdout,
     say,
     say_recorded,
     warn,
@@ -229,6 +230,8 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     from ..intake.spool import Spool, drop_name_for_now, is_drop_name
     from ..ops.queries import root_problem
 
+    if dry_run:
+        refuse_closed_stdout("the verdict", "redirect it")
     s = app.settings
     if name is not None and not is_drop_name(name):
         raise click.BadParameter(
