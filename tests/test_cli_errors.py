@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import socket
 import stat
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, SAMPLES, cli_env, run_cli
-from support.capabilities import other_user_problem, run_as_other, tmpfs
+from support.capabilities import OTHER_UID, other_user_problem, run_as_other, tmpfs
 from support.plugin_output import perfdata_problems
 
 HISTORY = "console-usage-history"
@@ -261,6 +262,68 @@ def test_ingest_with_a_closed_stdout_stores_nothing(root: Path) -> None:
         "nowhere; redirect it\n"
     )
     assert [p.name for p in (root / HISTORY).iterdir() if p.name[:1].isdigit()] == []
+
+
+def _tree(root: Path) -> dict[str, tuple[int, bytes | str | None]]:
+    """Every entry under ``root``: its mode, and its bytes (a file) or target (a link)."""
+    tree: dict[str, tuple[int, bytes | str | None]] = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            tree[str(path)] = (st.st_mode, os.readlink(path))
+        elif stat.S_ISREG(st.st_mode):
+            tree[str(path)] = (st.st_mode, path.read_bytes())
+        else:
+            tree[str(path)] = (st.st_mode, None)
+    return tree
+
+
+@pytest.mark.parametrize(
+    ("tail", "what"),
+    [
+        ("verify", "the report"),
+        ("verify --json", "the report"),
+        ("verify --repair", "the report"),
+        ("cleanup", "the lines saying what was deleted"),
+        ("cleanup --json", "the lines saying what was deleted"),
+        ("cleanup --dry-run", "the plan"),
+        ("snapshot DEST", "the line saying what the snapshot holds"),
+        ("export -o DEST", "the line saying what was exported"),
+        ("adopt", "the report of what was adopted"),
+        ("schema", "the schema"),
+        (f'submit --dry-run "{SAMPLE}"', "the verdict"),
+        ("restore s3://bucket/prefix --root DEST", "the lines saying what was restored"),
+    ],
+)
+def test_a_command_whose_output_is_its_record_refuses_a_closed_stdout_before_acting(
+    tmp_path: Path, tail: str, what: str
+) -> None:
+    """Started with stdout closed (given /dev/null, which takes every line without an
+    error), a command that reports, or whose lines are the one record of what it
+    changed, refuses in one line before it does anything: never a silent exit 0, and
+    never a deletion, repair or copy no output names. Where it would have written,
+    nothing was written: a repair it would have made is still to be made."""
+    root = tmp_path / "r"
+    make_history(root)
+    (root / "console-usage-synced.json").unlink()  # what verify --repair would put back
+    dest = tmp_path / "dest"
+    before = _tree(tmp_path)
+    result = _shell_cli(root, f"{tail.replace('DEST', str(dest))} >&-")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        f"error: standard output is closed: {what} would go nowhere; redirect it\n"
+    )
+    assert _tree(tmp_path) == before
+
+
+def test_init_with_a_closed_stdout_makes_nothing(tmp_path: Path) -> None:
+    result = _shell_cli(tmp_path / "new", "init >&-")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        "error: standard output is closed: the lines saying what was made would go "
+        "nowhere; redirect it\n"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_broken_pipe_on_stdout_is_quiet(root: Path) -> None:
@@ -600,6 +663,81 @@ CHECK_CANNOT_JUDGE = {
     "missing root": (layout_missing_root, "root folder {root} does not exist"),
     "missing history": (layout_missing_history, "no history at {root}/" + HISTORY),
 }
+
+
+def _other_user() -> str:
+    """How the CLI names the other user: by name where the system has one."""
+    try:
+        return f"user {pwd.getpwuid(OTHER_UID).pw_name}"
+    except KeyError:
+        return f"uid {OTHER_UID}"
+
+
+def _spool_layout(base: Path, case: str) -> Path:
+    """A root whose spool the other user may not drop into, for the reason ``case``."""
+    root = base / "root"
+    spool = root / "spool"
+    (spool / "tmp").mkdir(parents=True)
+    for folder in (root, spool, spool / "tmp"):
+        folder.chmod(0o755)
+    if case == "not in the group":
+        # The service's layout: its group alone enters the state folder.
+        os.chown(root, 0, 1)
+        root.chmod(0o750)
+    elif case == "scratch folder not writable":
+        (spool / "tmp").chmod(0o555)
+    elif case == "spool not writable":
+        (spool / "tmp").chmod(0o777)
+    elif case == "no spool, and none can be made":
+        shutil.rmtree(spool)
+    return root
+
+
+@needs_other_user
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not in the group",
+        "scratch folder not writable",
+        "spool not writable",
+        "no spool, and none can be made",
+    ],
+)
+def test_a_dry_run_says_what_a_submit_by_this_user_would_be_refused_with(
+    shared_base: Path, case: str
+) -> None:
+    """``submit --dry-run`` as a user who may not drop into the spool: the payload's
+    verdict stands (``valid``, exit 0: a scraper's CI checks its output with no spool at
+    all), and a warning says what a real submit by this user would be refused with, in
+    its words and with its advice; nothing is written. The submit is then refused so."""
+    root = _spool_layout(shared_base, case)
+    source = shared_base / "snapshot.json"
+    source.write_bytes(SAMPLE.read_bytes())
+    source.chmod(0o644)
+    before = _tree(shared_base)
+    args = ("submit", "--name", "one.json", str(source))
+    dry = run_as_other(root, *args[:3], "--dry-run", str(source))
+    assert (dry.returncode, dry.stdout) == (0, f"valid {source}\n"), dry.stderr
+    assert _tree(shared_base) == before
+    real = run_as_other(root, *args)
+    assert real.returncode == 1, real.stderr
+    assert real.stderr.startswith("error: ") and len(real.stderr.splitlines()) == 1
+    assert dry.stderr == (
+        f"warning: {source} is valid, but a submit by {_other_user()} would be refused: "
+        f"{real.stderr.removeprefix('error: ')}"
+    )
+    if case == "not in the group":
+        assert "a writer of drops must be in its group, " in dry.stderr
+    if case == "no spool, and none can be made":  # not "cannot enter" what is not there
+        assert f"cannot create folder {root / 'spool'}: Permission denied" in dry.stderr
+    assert _tree(shared_base) == before
+
+
+def test_a_dry_run_where_a_submit_would_go_through_says_only_valid(tmp_path: Path) -> None:
+    root = _spool_layout(tmp_path, "")
+    done = run_cli(root, "submit", "--dry-run", str(SAMPLE))
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"valid {SAMPLE}\n", "")
+    assert os.listdir(root / "spool" / "tmp") == []
 
 
 @needs_other_user

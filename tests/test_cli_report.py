@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from support import IS_ROOT, VALID_SAMPLES, run_cli
-from support.capabilities import STRACE, immutable, needs_strace_root
+from support.capabilities import STRACE, immutable, needs_strace_root, tmpfs
 
 from ingester.history.lock import HistoryLock
 from ingester.mirror.state import write_mirror_state
@@ -256,6 +256,51 @@ def test_a_drop_stored_before_its_claims_removal_was_cut_off_is_not_counted_in_f
     status = json.loads(ok(run_cli(root, "status", "--json")).stdout)
     assert (status["spool"]["claimed"], status["spool"]["backlog"]) == (1, 1)
     assert sorted(os.listdir(claimed)) == sorted([ingested[0], ingested[-1]])
+
+
+def test_a_claim_set_aside_is_counted_as_the_next_watcher_finishes_it(
+    root: Path, tmp_path: Path, can_mount: None
+) -> None:
+    """A claim on its way to a quarantine on another filesystem, whose copy is there:
+    ``status`` and ``check`` count it as the next watcher will finish it. Beside a
+    reason file naming it, the move had reached its last step: set aside, not in
+    flight, and the watcher only removes the claim. Without one, the copy is not its
+    drop's (the reason file comes first and goes last): in flight, and the watcher
+    puts it back in the spool and sets it aside anew."""
+    ok(run_cli(root, "init"))
+    claimed = root / "spool" / ".claimed"
+    claimed.mkdir(parents=True, exist_ok=True)
+    bad = b"{not json"
+    with tmpfs(tmp_path / "other-fs") as fs:
+        rejected = fs / "rejected"
+        rejected.mkdir()
+        where = ("--rejected-dir", str(rejected))
+
+        def counts(*, with_check: bool = True) -> tuple[int, int, int]:
+            spool = json.loads(ok(run_cli(root, *where, "status", "--json")).stdout)
+            if with_check:
+                check = json.loads(run_cli(root, *where, "check", "--json").stdout)
+                assert check["backlog"] == spool["spool"]["backlog"], check
+            return spool["spool"]["claimed"], spool["spool"]["backlog"], spool["rejected"]["count"]
+
+        (claimed / "rejecting.bad.json").write_bytes(bad)
+        (rejected / "bad.json").write_bytes(bad)
+        reason = {"file": "bad.json", "reason": "invalid JSON", "errors": []}
+        (rejected / "bad.json.reason.json").write_text(json.dumps(reason))
+        (claimed / "rejecting.odd.json").write_bytes(bad)
+        (rejected / "odd.json").write_bytes(bad)
+        assert counts() == (1, 1, 2)  # odd.json in flight, bad.json set aside
+        ok(run_cli(root, *where, "watch", "--once"))
+        assert os.listdir(claimed) == []
+        assert counts(with_check=False) == (0, 0, 3)
+        assert sorted(
+            p.name for p in rejected.iterdir() if not p.name.endswith(".reason.json")
+        ) == [
+            "bad.json",
+            "odd-1.json",
+            "odd.json",
+        ]
+        assert (rejected / "odd-1.json").read_bytes() == bad
 
 
 def test_status_says_a_file_in_the_spools_place_is_not_a_folder(root: Path) -> None:

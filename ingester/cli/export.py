@@ -30,18 +30,8 @@ from ..usage.export import (
     select_versions,
     write_rows,
 )
-from .common import (
-    App,
-    PathParam,
-    fail,
-    history_source,
-    open_history,
-    refuse_closed_stdout,
-    say,
-    say_recorded,
-    time_option,
-    warn,
-)
+from .common import App, PathParam, fail, refuse_closed_stdout, say, say_recorded, time_option, warn
+from .stores import history_source, open_history
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -121,6 +111,11 @@ def export(
     inverted = inverted_bounds(since, until, names=("--since", "--until"))
     if inverted is not None:
         raise click.UsageError(inverted)
+    if output == "-":
+        refuse_closed_stdout("the export")
+    else:
+        # Before the file is written: the line naming it is the record of what was.
+        refuse_closed_stdout("the line saying what was exported", "redirect it")
     reader = open_history(app.settings, source, endpoint_url)
     try:
         every = [entry.name for entry in reader.list_versions()]
@@ -198,7 +193,6 @@ def _kind(mode: int) -> str:
 
 
 def _to_stdout(rows: Iterator[Row], fmt: str) -> None:
-    refuse_closed_stdout("the export")
     try:
         write_rows(rows, sys.stdout.buffer, fmt)
         sys.stdout.flush()

@@ -14,7 +14,8 @@ from ..errors import describe_os_error
 from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
 from ..usage.usage_history import forecast_json, forecast_of
 from ..usage.words import RESET_PASSED, format_when, in_words, percent_words, reset_words
-from .common import App, align, echo_json, fail, open_history, refuse_closed_stdout, say
+from .common import App, align, echo_json, fail, refuse_closed_stdout, say
+from .stores import open_history
 
 __all__ = ["forecast"]
 

@@ -2,9 +2,9 @@
 
 The commands live in their own modules of this package (:mod:`.store`, ``service``,
 ``serve``, ``status``, ``versions``, ``verify``, ``ops``, ``export``, ``forecast``,
-``mirror``), each a
-``click.Command`` registered below in one list; what they share is in
-:mod:`ingester.cli.common`. A command's module is imported when that command runs (or
+``mirror``), each a ``click.Command`` registered below in one list; what they share is
+in :mod:`ingester.cli.common`, and how they open the history in
+:mod:`ingester.cli.stores`. A command's module is imported when that command runs (or
 ``--help`` lists them all), so ``watch`` loads neither the HTTP server nor the report
 and export code.
 

@@ -29,7 +29,7 @@ from ..mirror.objectstore import (
 )
 from ..runtime.signals import ignore_stop_signals
 from ..settings.sources import resolve_settings
-from .common import App, FiniteRange, PathParam, fail, say
+from .common import App, FiniteRange, PathParam, fail, refuse_closed_stdout, say
 
 if TYPE_CHECKING:
     from ..history.store import HistoryStore
@@ -236,6 +236,8 @@ def restore(
     from ..mirror.restore import NothingRestored, RestoreError, restore_history
     from ..ops.adopt import unsafe_latest
 
+    # Before anything is made: the lines saying what was restored are its record.
+    refuse_closed_stdout("the lines saying what was restored", "redirect it")
     app: App = ctx.obj
     settings = app.settings
     if restore_root is not None:

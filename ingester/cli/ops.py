@@ -37,14 +37,13 @@ from .common import (
     PathParam,
     announce_exit,
     fail,
-    history_source,
     plugin_usage_line,
     refuse_closed_stdout,
-    s3_history,
     say,
     say_recorded,
 )
 from .service import refuse_unsafe_latest
+from .stores import history_source, s3_history
 
 __all__ = ["check", "schema", "snapshot"]
 
@@ -91,6 +90,9 @@ def snapshot(app: App, dest: str | None, as_tar: bool, copy: bool) -> None:
     the original server's, not adopted yet (run 'ingester adopt' first: the latest file
     may hold a snapshot no version holds).
     """
+    if not as_tar:
+        # Before anything is made: the line saying what the snapshot holds is its record.
+        refuse_closed_stdout("the line saying what the snapshot holds", "redirect it")
     settings = app.settings
     history = settings.history_dir
     # Stopped (systemctl stop, a closed terminal), it removes what it made, as on a
@@ -195,6 +197,7 @@ def schema() -> None:
     # would cost check and snapshot some 50 ms of their start.
     from ..payload.schema import payload_schema_text
 
+    refuse_closed_stdout("the schema", "redirect it")
     click.echo(payload_schema_text(), nl=False)
 
 

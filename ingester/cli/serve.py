@@ -252,7 +252,7 @@ def serve(
         raise fail(str(exc)) from None
     reader = None
     if source is not None:
-        from .common import s3_reader
+        from .stores import s3_reader
 
         reader = s3_reader(source, endpoint_url)
     threaded = None

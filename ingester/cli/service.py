@@ -32,6 +32,7 @@ from .common import (
     fail,
     read_limited,
     read_stream,
+    refuse_closed_stdout,
     say,
     say_recorded,
     warn,
@@ -212,7 +213,8 @@ def _start_watch_metrics(listen: str) -> Metrics:
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Validate only: print 'valid FILE' (exit 0) or the reasons (exit 1); drop nothing.",
+    help="Validate only: print 'valid FILE' (exit 0) or the reasons (exit 1); drop nothing. "
+    "A warning says what a real submit by this user would be refused with here.",
 )
 @click.pass_obj
 def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
@@ -224,11 +226,14 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     still waiting is never replaced: that is refused (exit 1), and so is a FILE that is
     itself a drop still waiting in the spool (by any path, or on standard input). With
     --dry-run the payload is only judged (a scraper's CI can check its output): nothing
-    is dropped.
+    is dropped, and where a real submit by this user would be refused (a folder it may
+    not enter or write in, the name taken), a warning says so in the same words.
     """
     from ..intake.spool import Spool, drop_name_for_now, is_drop_name
     from ..ops.queries import root_problem
 
+    if dry_run:
+        refuse_closed_stdout("the verdict", "redirect it")
     s = app.settings
     if name is not None and not is_drop_name(name):
         raise click.BadParameter(
@@ -264,12 +269,20 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     except PayloadRejected as exc:
         say(f"refused {source}: {exc.reason}", err=True)
         raise click.exceptions.Exit(1) from None
-    if dry_run:
-        say(f"valid {source}")
-        return
     # A mistyped root must not become a spool no watcher reads: refused, in the words
     # every command uses for it.
     problem = root_problem(s, s.spool_dir)
+    spool = Spool(s.spool_dir, s.rejected_dir)
+    if dry_run:
+        say(f"valid {source}")
+        # The verdict stands (a scraper's CI, with no spool, checks its output so), but
+        # whoever tries it where it is to be dropped learns what the drop would meet.
+        if problem is None:
+            found = spool.submit_problem(name or drop_name_for_now())
+            problem = None if found is None else _refused(found, s.spool_dir)
+        if problem is not None:
+            warn(f"{source} is valid, but a submit by {_this_user()} would be refused: {problem}")
+        return
     if problem is not None:
         raise fail(problem)
     # From the publish on, the drop may be stored: a stop now would end the run as a
@@ -277,17 +290,9 @@ def submit(app: App, source: str, name: str | None, dry_run: bool) -> None:
     # milliseconds; the run then ends saying what happened.
     ignore_stop_signals()
     try:
-        path = Spool(s.spool_dir, s.rejected_dir).submit(data, name or drop_name_for_now())
-    except FileExistsError as exc:
-        raise fail(_name_taken(exc.filename)) from None
-    except StorageError as exc:
-        if exc.errno == errno.EXDEV:
-            # A mount on SPOOL/tmp (a tmpfs, say): no drop staged there can be renamed in.
-            raise fail(
-                f"{exc} ({s.spool_dir / 'tmp'}, where a drop is written before it is renamed "
-                "in, is another filesystem than the spool: make it a plain folder)"
-            ) from None
-        raise fail(str(exc)) from None
+        path = spool.submit(data, name or drop_name_for_now())
+    except (FileExistsError, StorageError) as exc:
+        raise fail(_refused(exc, s.spool_dir)) from None
     # The drop is published and will be stored: a failure said now would have the
     # writer submit it again.
     unprinted = f"dropped {path}, but its path could not be printed"
@@ -470,6 +475,31 @@ def _folder_id(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+def _refused(exc: OSError, spool_dir: Path) -> str:
+    """What a writer is told when a submit into ``spool_dir`` is refused with ``exc`` (the
+    name taken, or a :class:`StorageError`), the same whether it was tried or judged."""
+    if isinstance(exc, FileExistsError) and not isinstance(exc, StorageError):
+        return _name_taken(exc.filename)
+    if exc.errno == errno.EXDEV:
+        # A mount on SPOOL/tmp (a tmpfs, say): no drop staged there can be renamed in.
+        return (
+            f"{exc} ({spool_dir / 'tmp'}, where a drop is written before it is renamed "
+            "in, is another filesystem than the spool: make it a plain folder)"
+        )
+    return str(exc)
+
+
+def _this_user() -> str:
+    """This process's user, by name where it has one (``user scraper``, ``uid 4242``)."""
+    import pwd
+
+    uid = os.geteuid()
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name}"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _name_taken(path: str) -> str:

@@ -22,16 +22,8 @@ from ..history.names import format_timestamp, parse_timestamp_from_filename
 from ..ops.adopt import ADOPT_ADVICE
 from ..ops.queries import GONE_UNDER_READS, STALE_AFTER, Status
 from ..ops.queries import status as status_query
-from .common import (
-    App,
-    align,
-    echo_json,
-    fail,
-    reading_store,
-    refuse_closed_stdout,
-    relative_age,
-    say,
-)
+from .common import App, align, echo_json, fail, refuse_closed_stdout, relative_age, say
+from .stores import reading_store
 
 __all__ = ["status", "status_json"]
 

@@ -30,16 +30,15 @@ from .common import (
     App,
     PathParam,
     fail,
-    make_folder,
     read_limited,
     refuse_closed_stdout,
     say,
     say_recorded,
     warn,
-    writing_store,
 )
 from .quiet import SkipEvent
 from .service import SpoolLinks, waiting_drop
+from .stores import make_folder, writing_store
 
 __all__ = ["adopt", "cleanup", "ingest", "init"]
 
@@ -74,6 +73,7 @@ def init(app: App) -> None:
     lock file that of the history), so the service's own user can use them. The
     systemd service needs no init: it creates what it needs on start.
     """
+    refuse_closed_stdout("the lines saying what was made", "redirect it")
     s = app.settings
     _make_spool_folders(s)
     with writing_store(s, "init", creates="root", caches_required=True) as store:
@@ -105,6 +105,7 @@ def adopt(app: App) -> None:
     from ..ops.verify import verify_history
     from .verify import summed
 
+    refuse_closed_stdout("the report of what was adopted", "redirect it")
     s = app.settings
     # Before anything is created: the wrong folder is refused, not made a new history.
     wrong = nothing_to_adopt(s.root, s.history_dir, s.latest_path)
@@ -320,6 +321,10 @@ def cleanup(app: App, dry_run: bool, as_json: bool) -> None:
     """
     from ..intake.housekeeping import PruneIncomplete, PruneResult, prune_rejected
 
+    # Before anything is deleted: the result is the one record of what was.
+    refuse_closed_stdout(
+        "the plan" if dry_run else "the lines saying what was deleted", "redirect it"
+    )
     s = app.settings
 
     if dry_run:

@@ -25,7 +25,8 @@ from ..ops.adopt import ADOPT_ADVICE, unsafe_latest
 from ..ops.verify import Finding, VerifyReport, repair_modes, repaired_between, verify_history
 from ..runtime.logs import escape_text
 from ..settings.resolved import Settings
-from .common import App, align, echo_json, fail, reading_store, say, writing_store
+from .common import App, align, echo_json, fail, refuse_closed_stdout, say
+from .stores import reading_store, writing_store
 
 __all__ = ["SUMMED_FROM", "summed", "verify", "verify_json"]
 
@@ -47,6 +48,7 @@ def verify(app: App, repair: bool, as_json: bool) -> None:
     backup: 'ingester --root RESTORED verify'. Exits 0 when clean, 1 when problems
     are left. Future-dated versions are reported as warnings.
     """
+    refuse_closed_stdout("the report", "redirect it")
     store = reading_store(app.settings)
     try:
         report = verify_history(store, utc_now())

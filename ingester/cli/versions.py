@@ -32,16 +32,15 @@ from .common import (
     align,
     echo_json,
     fail,
-    history_source,
     human_size,
     human_time,
-    open_history,
     refuse_closed_stdout,
     relative_age,
     say,
     time_option,
     warn,
 )
+from .stores import history_source, open_history
 
 __all__ = ["list_versions", "show", "version_json"]
 

@@ -5,7 +5,8 @@ whether a drop is complete (:mod:`.readiness`), one drop's steps and its group's
 (:mod:`.intake`), the checks and moves of a claimed drop's file (:mod:`.claims`), a drop
 set aside in the quarantine (:mod:`.set_aside`), a drop that is a stored version under a
 second name (:mod:`.second_names`), what a crash left in ``.claimed/``
-(:mod:`.recovery`), retention of quarantined drops (:mod:`.housekeeping`), the drops
+(:mod:`.recovery`) and whether such a claim is done already (:mod:`.done_claims`, the
+rule the reports count it by too), retention of quarantined drops (:mod:`.housekeeping`), the drops
 waiting and the groups they are taken in (:mod:`.groups`), the service loop
 (:mod:`.watcher`) and its metrics (:mod:`.metrics`). ``docs/design.md`` numbers the
 steps.

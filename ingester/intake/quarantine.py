@@ -35,7 +35,14 @@ from .reasons import (
     take_back,
 )
 
-__all__ = ["CLAIM_PREFIX", "REASON_SUFFIX", "Quarantine", "entry_kind", "is_set_aside_claim"]
+__all__ = [
+    "CLAIM_PREFIX",
+    "REASON_SUFFIX",
+    "Quarantine",
+    "entry_kind",
+    "is_set_aside_claim",
+    "set_aside_already",
+]
 
 log = logging.getLogger("ingester.watcher")
 
@@ -51,6 +58,67 @@ _PUT_BACK_TRIES = 100
 def is_set_aside_claim(name: str) -> bool:
     """Whether ``name`` in ``.claimed/`` is a drop on its way to the quarantine."""
     return name.startswith(CLAIM_PREFIX) and len(name) > len(CLAIM_PREFIX)
+
+
+def set_aside_already(claim: Path, rejected_dir: Path) -> bool:
+    """Whether ``rejected_dir`` holds the drop of ``claim`` (``.claimed/rejecting.<name>``)
+    as ``<name>`` already, and only the claim's removal is left of its move.
+
+    It does when ``<name>`` is the claim's own inode (a rename or a link), or, in a
+    ``rejected_dir`` on another filesystem, a copy of the same bytes beside a reason file
+    that can name this drop and that no process holds locked. A move writes the reason
+    file before the drop and leaves it there once done, so a copy without one is no
+    finished move of this drop, and one beside a locked reason file is a move still
+    under way. False when the claim is gone or cannot be looked at.
+
+    The one rule by which the watcher's recovery finishes such a claim (see
+    :meth:`Quarantine.finish_claim`), and by which ``status`` and ``check`` count it.
+    """
+    target = claim.name[len(CLAIM_PREFIX) :]
+    there, reason = rejected_dir / target, rejected_dir / (target + REASON_SUFFIX)
+    said = (record_of(reason) or {}).get("file")
+    # The drop the reason file names, as it names it: where the drop's own name
+    # cannot be read back from it (\xNN), the target's is no stand-in for it.
+    shown = said if isinstance(said, str) and may_name(said, target) else escape_text(target)
+    try:
+        mine, copy = os.lstat(claim), os.lstat(there)
+    except OSError:
+        return False
+    if os.path.samestat(mine, copy):
+        return True
+    return (
+        mine.st_dev != copy.st_dev
+        and stat.S_ISREG(mine.st_mode)
+        and stat.S_ISREG(copy.st_mode)
+        and mine.st_size == copy.st_size
+        and left_reason(reason, shown)
+        and _same_bytes(claim, there, (mine.st_dev, mine.st_ino))
+    )
+
+
+def _reason_said(rejected_dir: Path, target: str) -> tuple[dict[str, Any], str]:
+    """What the reason file of ``target`` in ``rejected_dir`` says (``{}`` when it
+    cannot be read as one), and the name of the drop set aside as ``target``: the
+    reason file's ``file``, where that can be the drop's own name, else ``target``."""
+    record = record_of(rejected_dir / (target + REASON_SUFFIX)) or {}
+    said = record.get("file")
+    if (
+        isinstance(said, str)
+        and said != escape_text(target)
+        and said.endswith(".json")
+        and not said.startswith(".")
+        and "/" not in said
+        and "\\x" not in said
+        and "\0" not in said
+        and may_name(said, target)
+    ):
+        # A name shortened or given a suffix in rejected/: the drop's own is the one
+        # the reason file says, unless it had bytes that are not UTF-8, which the
+        # reason file says as \xNN (no name to give back: the target's is). A name
+        # that cannot be the target's drop (a reason file edited, or another's) is
+        # not taken: the drop would be put back under a name never judged.
+        return record, said
+    return record, target
 
 
 def entry_kind(mode: int) -> str:
@@ -486,36 +554,14 @@ class Quarantine:
         """
         claim = self.claimed_dir / name
         target = name[len(CLAIM_PREFIX) :]
-        reason = self.rejected_dir / (target + REASON_SUFFIX)
-        record = record_of(reason) or {}
-        said = record.get("file")
-        original = target
-        if (
-            isinstance(said, str)
-            and said != escape_text(target)
-            and said.endswith(".json")
-            and not said.startswith(".")
-            and "/" not in said
-            and "\\x" not in said
-            and "\0" not in said
-            and may_name(said, target)
-        ):
-            # A name shortened or given a suffix in rejected/: the drop's own is the one
-            # the reason file says, unless it had bytes that are not UTF-8, which the
-            # reason file says as \xNN (no name to give back: the target's is). A name
-            # that cannot be the target's drop (a reason file edited, or another's) is
-            # not taken: the drop would be put back under a name never judged.
-            original = said
+        record, original = _reason_said(self.rejected_dir, target)
         try:
             mine = os.lstat(claim)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StorageError("stat claim", claim, exc) from exc
-        # The drop the reason file names, as it names it: where the drop's own name
-        # cannot be read back from it (\xNN), the target's is no stand-in for it.
-        shown = said if isinstance(said, str) and may_name(said, target) else escape_text(original)
-        if self._holds(claim, mine, self.rejected_dir / target, shown):
+        if set_aside_already(claim, self.rejected_dir):
             durable.fsync_dir(self.rejected_dir)  # its last step may not be durable yet
             durable.remove_file(claim)
             durable.fsync_dir(spool_dir)
@@ -530,24 +576,6 @@ class Quarantine:
             durable.remove_file(claim)
             return original if original in there else there[0]
         return self.put_back(claim, back)
-
-    def _holds(self, claim: Path, mine: os.stat_result, target: Path, original: str) -> bool:
-        """Whether ``target`` in ``rejected/`` is the claim's drop: its own inode, or (into
-        another filesystem) a copy of the same bytes beside its unlocked reason file."""
-        try:
-            there = os.lstat(target)
-        except OSError:
-            return False
-        if os.path.samestat(mine, there):
-            return True
-        return (
-            mine.st_dev != there.st_dev
-            and stat.S_ISREG(mine.st_mode)
-            and stat.S_ISREG(there.st_mode)
-            and mine.st_size == there.st_size
-            and left_reason(target.parent / (target.name + REASON_SUFFIX), original)
-            and _same_bytes(claim, target, (mine.st_dev, mine.st_ino))
-        )
 
     def count(self) -> int:
         """How many quarantined drops there are (not reason notes, temp files or folders):

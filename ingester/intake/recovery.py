@@ -35,10 +35,11 @@ from ..errors import StorageError, os_cause
 from ..history import durable
 from ..history.batch import Batch
 from ..history.names import is_version_name
+from .done_claims import stored_already
 from .intake import Intake
 from .outcomes import Dropped, Ignored, Outcome, Recovered, Rejected, Stored
 from .quarantine import CLAIM_PREFIX, is_set_aside_claim
-from .spool import Opened, Spool, is_drop_name, open_entry
+from .spool import Opened, Spool, is_drop_name
 
 __all__ = ["ClaimRecovery", "ClaimsLeft", "take_back_claims"]
 
@@ -162,36 +163,6 @@ class ClaimRecovery:
                 log.info("%s was a second name of the claim %s; removed it", version, first)
         return kept
 
-    def _stored_as(self, claim: Path, version: str) -> bool:
-        """Whether the claim's bytes are stored as ``version`` (so the claim may go).
-
-        A claim and its version that are one directory entry (seen through a link) are
-        never "duplicates"; hard links to one inode are; two files are when their
-        bytes are equal. Raises :class:`StorageError` when a claim cannot be judged.
-        """
-        stored = self.store.version_path(version)
-        try:
-            a, b = os.lstat(claim), os.lstat(stored)
-        except OSError as exc:
-            raise StorageError("stat claim", claim, exc) from exc
-        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
-            if a.st_nlink < 2:
-                raise StorageError(
-                    "finish claim",
-                    claim,
-                    OSError(errno.EPERM, f"unsafe: it is the version {stored} itself"),
-                )
-            return True
-        if not (stat.S_ISREG(a.st_mode) and stat.S_ISREG(b.st_mode)) or a.st_size != b.st_size:
-            return False
-        opened = open_entry(claim, max(a.st_size, 1))
-        if not isinstance(opened, Opened):
-            return False
-        try:
-            return stored.read_bytes() == opened.data
-        except OSError as exc:
-            raise StorageError("read", stored, exc) from exc
-
     def _recover_claim(self, version: str, batch: Batch) -> Outcome | None:
         claim = self.spool.claimed_dir / version
         if not is_version_name(version):
@@ -200,7 +171,7 @@ class ClaimRecovery:
             )
         target = version
         if self.store.has_version(version):
-            if self._stored_as(claim, version):
+            if stored_already(claim, self.store.version_path(version)):
                 # The version's name durable before its claim goes; and it may be new to
                 # this process too (its claim could not be removed at once).
                 batch.adopt(version)

@@ -314,19 +314,7 @@ class Spool:
         that name is still waiting, :class:`StorageError` for any other failure.
         """
         for folder in (self.dir, self.tmp_dir):
-            try:
-                # Never the parents: a mistyped root must not become a spool that no
-                # watcher reads, with every submit reporting success.
-                folder.mkdir(exist_ok=True)
-            except FileNotFoundError as exc:
-                hint = FileNotFoundError(
-                    errno.ENOENT, "its parent folder does not exist (is the root right?)"
-                )
-                raise StorageError("create folder", folder, hint) from exc
-            except PermissionError as exc:
-                raise _not_entered(folder, exc) from exc
-            except OSError as exc:
-                raise StorageError("create folder", folder, exc) from exc
+            _make_submit_folder(folder)
         final = self.dir / name
         if os.path.lexists(final):
             raise FileExistsError(errno.EEXIST, "a drop of that name is waiting", str(final))
@@ -366,6 +354,92 @@ class Spool:
             raise StorageError("move into spool", final, exc) from exc
         return final
 
+    def submit_problem(self, name: str) -> StorageError | FileExistsError | None:
+        """Why :meth:`submit` of a drop named ``name`` would be refused to this process,
+        found without writing anything (``submit --dry-run``); None when nothing stands
+        in its way.
+
+        Its steps, judged instead of taken: each folder there, or one this process
+        could make; the name free; the writer's scratch folder, then the spool, written
+        in (by their permissions for its effective ids). The error is the one
+        :meth:`submit` would raise there, in its words and with its advice.
+        """
+        made = False
+        for folder in (self.dir, self.tmp_dir):
+            if made:
+                break  # in a spool it would make, it could make tmp/ too
+            made = not os.path.lexists(folder)
+            try:
+                _make_submit_folder(folder, judge_only=True)
+            except StorageError as exc:
+                return exc
+        final = self.dir / name
+        if os.path.lexists(final):
+            return FileExistsError(errno.EEXIST, "a drop of that name is waiting", str(final))
+        if made:
+            return None  # a folder it makes is one it may write in, in a spool it may
+        try:
+            _may_write_in(self.tmp_dir)
+        except OSError as exc:
+            return StorageError(f"stage {name} in", self.tmp_dir, OSError(exc.errno, exc.strerror))
+        try:
+            _may_write_in(self.dir)
+        except OSError as exc:
+            return StorageError("link", final, OSError(exc.errno, exc.strerror))
+        return None
+
+
+def _make_submit_folder(folder: Path, *, judge_only: bool = False) -> None:
+    """Make the spool or its ``tmp/`` where it is missing, never the parents: a mistyped
+    root must not become a spool that no watcher reads, with every submit reporting
+    success. With ``judge_only`` nothing is made: what making it would meet is raised.
+    Raises :class:`StorageError` in the words a writer is told."""
+    try:
+        if judge_only:
+            _could_make(folder)
+        else:
+            folder.mkdir(exist_ok=True)
+    except FileNotFoundError as exc:
+        hint = FileNotFoundError(
+            errno.ENOENT, "its parent folder does not exist (is the root right?)"
+        )
+        raise StorageError("create folder", folder, hint) from exc
+    except PermissionError as exc:
+        raise _not_entered(folder, exc) from exc
+    except OSError as exc:
+        raise StorageError("create folder", folder, exc) from exc
+
+
+def _could_make(folder: Path) -> None:
+    """What ``folder.mkdir(exist_ok=True)`` would raise, found without making anything:
+    the folder there (a symlink to one too), or a missing one whose parent is a folder
+    this process may write in (by its effective ids)."""
+    try:
+        if stat.S_ISDIR(os.stat(folder).st_mode):
+            return
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(folder))
+    except FileNotFoundError:
+        pass
+    parent = folder.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(folder))
+    _may_write_in(parent)
+
+
+def _may_write_in(folder: Path) -> None:
+    """Raise the ``OSError`` a new entry in ``folder`` would meet (``EROFS``, ``EACCES``),
+    judged by its permissions for this process's effective ids, without making one."""
+    effective = os.access in os.supports_effective_ids
+    if os.access(folder, os.W_OK | os.X_OK, effective_ids=effective):
+        return
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(folder))
+    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(folder))
+
 
 def _taken_back(final: Path, staged: os.stat_result) -> bool:
     """After a failure past publishing (a folder's fsync), withdraw the drop at ``final``
@@ -398,7 +472,8 @@ def _not_entered(folder: Path, exc: PermissionError) -> StorageError:
     (the root or the spool of a service's layout, which only the service's group may
     enter), with that group to join; else that ``folder`` cannot be made."""
     blocked = folder_not_entered(folder / "x")
-    if blocked is None:
+    if blocked is None or not os.path.lexists(blocked):
+        # Every folder there may be entered: the one missing cannot be made in its parent.
         return StorageError("create folder", folder, exc)
     try:
         group = grp.getgrgid(os.stat(blocked).st_gid).gr_name

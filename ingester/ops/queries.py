@@ -31,7 +31,6 @@ from ..errors import (
     os_cause,
     unreadable,
 )
-from ..history import durable
 from ..history.base import HistoryReader, derive_metadata, is_future, latest_name, stored_metadata
 from ..history.durable import StorageError
 from ..history.local import LocalHistory
@@ -39,7 +38,7 @@ from ..history.lock import history_holder, is_watcher
 from ..history.metadata import StorageMetadata
 from ..history.names import is_version_name, parse_timestamp_from_filename
 from ..history.store import HistoryStore
-from ..intake.quarantine import CLAIM_PREFIX, is_set_aside_claim
+from ..intake.done_claims import finished_already
 from ..intake.spool import Candidate, Spool
 from ..mirror.state import mirror_status
 from ..payload.gate import check_payload, read_payload
@@ -280,58 +279,19 @@ def _drops_in(spool: Spool, folder: Path) -> list[Candidate]:
         return []  # no spool (e.g. a copied history): nothing waits
 
 
-def _same_bytes(one: Path, two: Path) -> bool:
-    """Whether the regular files ``one`` and ``two`` hold the same bytes (False when
-    either cannot be read)."""
-    fds: list[int] = []
-    try:
-        for path in (one, two):
-            fds.append(os.open(path, durable.READ_NOFOLLOW))
-        return durable.same_contents(fds[0], fds[1])
-    except OSError:
-        return False
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-def _there_already(claim: Candidate, settings: Settings) -> bool:
-    """Whether the drop ``claim`` in ``.claimed/`` is where it was going already, and
-    only the claim's removal was cut off (a watcher killed between the two steps).
-
-    A claim named as a version is stored when the history holds that version with its
-    bytes (its very file, as the link that stores it leaves it). A claim on its way to
-    the quarantine is set aside when ``rejected/`` holds it under the name the claim
-    gives: its very file, or into another filesystem a copy of the same bytes.
-    """
-    claimed = settings.claimed_dir / claim.name
-    if is_set_aside_claim(claim.name):
-        target = settings.rejected_dir / claim.name[len(CLAIM_PREFIX) :]
-        copied_only_across = True
-    elif is_version_name(claim.name):
-        target = settings.history_dir / claim.name
-        copied_only_across = False
-    else:
-        return False
-    try:
-        there = os.lstat(target)
-    except OSError:
-        return False
-    if not stat.S_ISREG(there.st_mode):
-        return False
-    if (there.st_dev, there.st_ino) == (claim.dev, claim.ino):
-        return True
-    if copied_only_across and there.st_dev == claim.dev:
-        return False  # a move within a filesystem never copies: another drop's
-    return there.st_size == claim.size and _same_bytes(claimed, target)
-
-
 def in_flight(claims: list[Candidate], settings: Settings) -> list[Candidate]:
     """The ``claims`` (regular files listed in ``settings.claimed_dir``) that are drops
-    still in flight: without those the history or the quarantine holds already (see
-    :func:`_there_already`), which count once, as stored or as set aside. Reads only;
-    the next watcher finishes such a claim by removing it."""
-    return [c for c in claims if not _there_already(c, settings)]
+    still in flight: without those the history or the quarantine holds already, which
+    count once, as stored or as set aside. The rule is the watcher's own, by which its
+    next start finishes such a claim by removing it (see
+    :func:`ingester.intake.done_claims.finished_already`). Reads only."""
+    return [
+        c
+        for c in claims
+        if not finished_already(
+            settings.claimed_dir / c.name, settings.history_dir, settings.rejected_dir
+        )
+    ]
 
 
 def _rejected_state(settings: Settings, spool: Spool) -> RejectedState:
