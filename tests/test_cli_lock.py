@@ -97,6 +97,28 @@ def test_ingest_refuses_a_folder_and_a_device(root: Path, tmp_path: Path) -> Non
     assert "rejected /dev/zero: a character device, not a regular file" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("command", "advice"),
+    [
+        (("ingest", str(SAMPLE)), "; use 'ingester submit' to hand a watcher drops"),
+        (("cleanup",), "; nothing was done; a running watcher applies retention itself"),
+        (("verify", "--repair"), "; nothing was done; run verify --repair again once that"),
+        (("adopt",), "; nothing was done; run adopt again once that process has stopped"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, tuple) else "",
+)
+def test_a_writing_command_refused_by_the_lock_says_what_to_do(
+    root: Path, command: tuple[str, ...], advice: str
+) -> None:
+    assert run_cli(root, "ingest", str(SAMPLE)).returncode == 0  # adopt wants a version
+    with HistoryLock(root / HISTORY / ".lock", "serve --watch"):
+        done = run_cli(root, *command)
+    assert done.returncode == 1, done.stderr
+    line = f"error: the history is locked by pid {os.getpid()} serve --watch"
+    assert done.stderr.startswith(line) and advice in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+
+
 @pytest.mark.parametrize("command", ["ingest", "cleanup", "verify --repair"])
 def test_status_names_the_command_that_holds_the_lock(root: Path, command: str) -> None:
     assert run_cli(root, "init").returncode == 0

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import os_cause
+from ..errors import os_cause, shown
 from ..runtime.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_CLIENT, SEND_TIMEOUT_S
 from ..runtime.signals import ignore_stop_signals
 from ..settings.watch import DRAIN_S, WatchOptions
@@ -44,8 +44,10 @@ def resolve_listen(listen: str | None, environ: dict[str, str]) -> tuple[str, st
     port = environ.get("PORT", "").strip()
     if not port:
         return DEFAULT_LISTEN, None
-    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
-        raise ValueError(f"PORT={port!r} is not a port number (0 to 65535)")
+    # Five digits at most (leading zeros aside) before int(): Python refuses to parse
+    # thousands of them, and a value pasted by mistake may be a whole file: shown cut.
+    if not (port.isascii() and port.isdigit() and len(port.lstrip("0")) <= 5) or int(port) > 65535:
+        raise ValueError(f"PORT={shown(port)} is not a port number (0 to 65535)")
     return f"{DEFAULT_HOST}:{int(port)}", f"PORT={int(port)}; on the loopback addresses only"
 
 

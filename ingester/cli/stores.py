@@ -209,8 +209,7 @@ def writing_store(
                     if failure is None or not _same_fault(error, failure):
                         warn(str(error))
     except LockHeld as exc:
-        hint = "; use 'ingester submit' to hand a watcher drops" if purpose == "ingest" else ""
-        raise fail(f"{exc}{hint}") from None
+        raise fail(f"{exc}; {_lock_advice(purpose)}") from None
     except StorageError as exc:
         if purpose == "adopt" and not in_body and exc.errno in (errno.EACCES, errno.EPERM):
             # A history copied as root and not yet handed over (the chown before adopt
@@ -224,6 +223,22 @@ def writing_store(
             raise  # not a folder it could not make
         where = exc.filename or store.history_dir
         raise fail(str(StorageError("create folder", where, exc))) from None
+
+
+def _lock_advice(purpose: str) -> str:
+    """What to do when the history lock refuses the command ``purpose``: nothing was
+    done, and most often the lock's holder is the running service."""
+    if purpose == "ingest":
+        return "use 'ingester submit' to hand a watcher drops"
+    if purpose == "cleanup":
+        return (
+            "nothing was done; a running watcher applies retention itself after each "
+            "version, else run cleanup again once that process has stopped"
+        )
+    return (
+        f"nothing was done; run {purpose} again once that process has stopped "
+        "(for the service: systemctl stop its unit first)"
+    )
 
 
 def _same_fault(warning: StorageError, failure: StorageError) -> bool:
