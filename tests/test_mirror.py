@@ -2705,3 +2705,93 @@ def test_a_restore_that_finds_no_valid_version_leaves_no_history_behind(
     ), done.stderr
     assert "None" not in done.stdout + done.stderr, done.stdout + done.stderr
     assert not target.exists(), sorted(p.name for p in target.rglob("*"))
+
+
+def _program_running(*words: str) -> int:
+    """The pid of the one process (not strace) whose command line holds every word."""
+    found = []
+    strace = os.path.realpath(STRACE)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if all(w in argv for w in words) and os.readlink(entry / "exe") != strace:
+                found.append(int(entry.name))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _restore_held_at_link(
+    s3: SeaweedS3, bucket: str, aws_files: dict[str, str], tmp_path: Path, *, signum: int
+) -> tuple[list[str], Path, str, subprocess.CompletedProcess[str]]:
+    """Three versions mirrored; a restore of them into a fresh root, held (strace) as it
+    links the first into place, its temp file still named, and sent ``signum`` there."""
+    source = tmp_path / "source"
+    names = add_versions(make_store(source), 3)
+    target = f"s3://{bucket}/stopped"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(source, "mirror", target, "--once", **env).returncode == 0
+    restored = tmp_path / "restored"
+    done = run_held_after(
+        restored,
+        ("restore", target),
+        restored / HISTORY / names[0],
+        "linkat",
+        lambda: os.kill(_program_running(str(restored), "restore", target), signum),
+        **env,
+    )
+    return names, restored, target, done
+
+
+def _temps(root: Path) -> list[str]:
+    return sorted(
+        p.name for folder in (root, root / HISTORY) for p in folder.glob(".tmp-*") if p.exists()
+    )
+
+
+@needs_strace
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_restore_stopped_as_it_writes_a_version_leaves_no_temp_file(
+    tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], signum: int
+) -> None:
+    """A stop (systemctl stop, Ctrl-C, a closed terminal) as the first version is linked
+    into place, its temp name not yet removed: the version in hand is finished, none
+    after it begun, nothing named ``.tmp-`` is left for verify to flag, and the run says
+    in one line what is left to do. A rerun finishes the restore."""
+    names, restored, target, done = _restore_held_at_link(
+        s3, bucket, aws_files, tmp_path, signum=signum
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == (
+        f"error: stopped: {len(names) - 1} version(s) not restored, from {names[1]} on; "
+        "run it again to finish\n"
+    ), done.stderr
+    assert _temps(restored) == []
+    assert sorted(local_versions(restored)) == names[:1]
+    again = run_cli(restored, "restore", target, **s3_env(s3.endpoint, aws_files))
+    assert again.returncode == 0, again.stderr
+    assert "; 1 already present" in again.stdout and "temp" not in again.stdout, again.stdout
+    assert run_cli(restored, "verify").returncode == 0
+
+
+@needs_strace
+def test_a_rerun_of_a_restore_killed_outright_removes_its_temp_file_and_says_so(
+    tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """kill -9 as the first version is linked: its temp file stays (nothing runs after a
+    SIGKILL). The rerun, holding the history's lock, removes it and says so."""
+    names, restored, target, done = _restore_held_at_link(
+        s3, bucket, aws_files, tmp_path, signum=signal.SIGKILL
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    left = _temps(restored)
+    assert len(left) == 1 and left[0].startswith(".tmp-w-"), left
+    again = run_cli(restored, "restore", target, **s3_env(s3.endpoint, aws_files))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0].endswith(
+        "; 1 already present; removed 1 leftover temp file(s)"
+    ), again.stdout
+    assert _temps(restored) == []
+    assert sorted(local_versions(restored)) == names
+    assert run_cli(restored, "verify").returncode == 0
