@@ -1894,7 +1894,10 @@ def test_a_watermark_the_history_refuses_to_record_is_said_once_and_uploaded_onc
     """New versions are uploaded while the history's folder takes no new file, so the
     raised watermark cannot be recorded. That is one line, saying that retention goes by
     the older watermark the state file keeps; so it does (it holds the new versions, and
-    never deletes one the bucket lacks), and the next run uploads none of them again."""
+    never deletes one the bucket lacks), and the next run uploads none of them again.
+    ``--once`` so left exits 1 and ends on one line saying so: its exit 0 is what a cron
+    job takes for "the copy is whole and recorded", and retention still holds those
+    versions."""
     store = make_store(root, max_versions=1)
     old = add_old_versions(store, 2)
     target = f"s3://{bucket}/raise-refused"
@@ -1909,6 +1912,11 @@ def test_a_watermark_the_history_refuses_to_record_is_said_once_and_uploaded_onc
         said = [line for line in done.stderr.splitlines() if "mirror's progress" in line]
         assert len(said) == 1, done.stderr
         assert f"as it stands (mirrored through {old[-1]})" in said[0], said
+        assert done.returncode == 1, done.stderr
+        last = done.stderr.splitlines()[-1]
+        recorded = root / HISTORY / MIRROR_STATE_NAME
+        assert " ERROR every version is mirrored, but that could not be recorded in " in last
+        assert f" in {recorded} (said above)" in last, done.stderr
         assert state_of(root).mirrored_through == old[-1]
         cleaned = run_cli(root, "--max-versions", "1", "cleanup")
         assert cleaned.returncode == 0, cleaned.stderr

@@ -58,7 +58,7 @@ def _target(ctx: click.Context, param: click.Parameter, value: str | None) -> Mi
     "--once",
     is_flag=True,
     help="One pass (list, upload what is missing), then exit: 0 when every version is "
-    "mirrored, 1 otherwise.",
+    "mirrored and its state file records that, 1 otherwise.",
 )
 @click.option(
     "--reconcile-interval",
