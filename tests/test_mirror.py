@@ -51,7 +51,11 @@ from support.sdnotify import NotifyListener
 from support.signals import storm
 from support.watchproc import WatchProcess, drop, payload
 
-from ingester.history.names import generate_version_filename
+from ingester.history.names import (
+    format_timestamp,
+    generate_version_filename,
+    parse_timestamp_from_filename,
+)
 from ingester.history.retention import RetentionPolicy
 from ingester.history.store import HistoryStore
 from ingester.mirror.state import (
@@ -2803,3 +2807,67 @@ def test_a_rerun_of_a_restore_killed_outright_removes_its_temp_file_and_says_so(
     assert _temps(restored) == []
     assert sorted(local_versions(restored)) == names
     assert run_cli(restored, "verify").returncode == 0
+
+
+@pytest.mark.parametrize("retention", ["keep", "follow"])
+def test_objects_under_version_names_that_are_no_valid_payload_are_never_counted_as_versions(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], retention: str
+) -> None:
+    """Another writer put objects under version names in the mirror's prefix: not JSON,
+    empty, no payload (dated far ahead), a payload whose bytes are not the SHA-256
+    stored with it. Restore would bring none of them back, so the bucket's
+    ``_metadata.json`` counts none of them (count, oldest, newest, future, totals: as
+    the local history's would be), each is said once, and ``follow`` never deletes one:
+    local retention never deleted them. A valid payload the history lacks is counted (a
+    version retention deleted here looks no different)."""
+    store = make_store(root, max_versions=3)
+    ours = add_old_versions(store, 3, days_ago=2)
+    prefix = f"foreign-{retention}"
+    target = f"s3://{bucket}/{prefix}"
+    env = s3_env(s3.endpoint, aws_files)
+    flags = ("--max-versions", "3", "--mirror-retention", retention)
+    assert run_cli(root, *flags, "mirror", target, "--once", **env).returncode == 0
+    sample = store.version_path(ours[0]).read_bytes()
+    junk = {
+        "2020-01-01T00-00-00-deadbeef.json": (b"not json", None),
+        "2020-01-02T00-00-00-00000000.json": (b"", None),
+        "2020-01-04T00-00-00-0000da7a.json": (sample, hashlib.sha256(b"other").hexdigest()),
+        "2099-01-01T00-00-00-00000001.json": (b"{}", None),
+    }
+    client = client_for(s3.endpoint)
+    for name, (body, digest) in junk.items():
+        extra = {"Metadata": {"sha256": digest}} if digest else {}
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=body, **extra)
+    foreign = "2020-01-03T00-00-00-0000cafe.json"
+    client.put_object(Bucket=bucket, Key=f"{prefix}/{foreign}", Body=sample)
+    # A new version and a cleanup: the metadata is due again, and follow has work.
+    newest = add_versions(store, 1)[0]
+    assert run_cli(root, "--max-versions", "3", "cleanup").returncode == 0
+    done = run_cli(root, *flags, "mirror", target, "--once", **env)
+    assert done.returncode == 0, done.stderr
+    for name in junk:
+        said = [line for line in done.stderr.splitlines() if name in line]
+        assert len(said) == 1 and " WARNING " in said[0], done.stderr
+        assert "nor counted as a version in its _metadata.json" in said[0], said
+    # Follow deletes the payload the history lacks, as it would a version retention deleted.
+    assert set(junk) | ({foreign} if retention == "keep" else set()) <= remote_names(
+        client, bucket, prefix
+    )
+    meta = json.loads(
+        client.get_object(Bucket=bucket, Key=f"{prefix}/_metadata.json")["Body"].read()
+    )
+    local = json.loads((root / HISTORY / "_metadata.json").read_bytes())
+    kept = sorted(n for n in remote_names(client, bucket, prefix) if n[:1] == "2")
+    counted = [n for n in kept if n not in junk]
+    assert (foreign in counted) == (retention == "keep") and newest in counted, counted
+    assert {k: meta[k] for k in ("versionCount", "futureVersions", "latestVersion")} == {
+        "versionCount": len(counted),
+        "futureVersions": 0,
+        "latestVersion": newest,
+    }, meta
+    oldest = parse_timestamp_from_filename(counted[0])
+    assert oldest is not None and meta["oldestTimestamp"] == format_timestamp(oldest), meta
+    assert meta["newestTimestamp"] == local["newestTimestamp"], meta
+    # A payload counted is one more created than the history knows of (keep mode).
+    created = max(local["totalVersionsCreated"], len(counted))
+    assert meta["totalVersionsCreated"] == created, (meta, local)

@@ -25,6 +25,7 @@ from ..errors import (
     PayloadRejected,
     VersionExists,
     VersionNotFound,
+    VersionTooLarge,
 )
 from ..history.base import VersionEntry
 from ..history.local import LocalHistory
@@ -34,7 +35,7 @@ from ..history.retention import plan_retention
 from ..payload.model import judge_payload
 from ..runtime.signals import StopFlag
 from ..threads import THREAD_LIMIT, InlineExecutor, in_order, workers_or_inline
-from .objectstore import ClientNotMade, Failure, RemoteObject, S3Client
+from .objectstore import METADATA_KEY, ClientNotMade, Failure, RemoteObject, S3Client
 from .options import MirrorOptions
 from .progress import MirrorProgress
 from .s3_history import S3History
@@ -114,6 +115,9 @@ class MirrorSync:
         self._delete_refused: str | None = None  # why deletions were refused, once said
         self._last_ours: tuple[tuple[str, str], bytes] | None = None  # (name, ETag), bytes
         self._get_refused: str | None = None  # why reading objects back was refused, once said
+        # Objects under version names the history lacks, as judged (once per ETag): the
+        # ETag, and why it is no valid payload (None: it is one).
+        self._judged: dict[str, tuple[str, str | None]] = {}
 
     # -- the object store ---------------------------------------------------------------
 
@@ -213,12 +217,21 @@ class MirrorSync:
         # next start to leave them to: its exit 0 says the copy is whole.
         if not self._stop.is_set() or self.options.once:
             base = self._local_metadata()
-            unproven = set(progress.bad)
-            self._call(lambda r: r.publish(base, self._payload_or_said, self._ours, unproven))
+            junk = self._no_payloads(set(names))
+            unproven = set(progress.bad) | junk
+
+            def publish(remote: S3History) -> None:
+                remote.publish(base, self._payload_or_said, self._ours, unproven)
+
+            self._call(publish)
             if self.options.retention == "follow":
                 # The listing as taken: a version that vanished under its upload is
                 # never what lets a remote copy go.
-                result.deleted = self._follow(listed)
+                result.deleted = self._follow(listed, junk)
+                if result.deleted:
+                    # The metadata counted what is deleted now: it describes the bucket
+                    # as it is (a --once run has no next pass to put that right).
+                    self._call(publish)
         result.waiting = progress.waiting()
         return result
 
@@ -267,6 +280,85 @@ class MirrorSync:
             )
             return False
         return True
+
+    def _no_payloads(self, local: set[str]) -> set[str]:
+        """The objects under version names the history (``local``) lacks that hold no
+        valid payload: another writer's, or damaged. No restore brings them back, so
+        they are never the latest copy, never counted in the bucket's metadata, and
+        never deleted as versions retention deleted; each is said once.
+
+        The history lacking it, an object cannot be proven ours; what it must be is a
+        valid payload, as a version retention deleted here is. Each is read once per
+        process while its ETag stays the same (one ``GET`` of a few hundred bytes,
+        ``--concurrency`` at once), the watchdog pinged between them; a stop leaves the
+        rest counted, as they were before they were read. One the store refuses to let
+        be read is counted: nothing says it is not a version.
+        """
+        known = self.known()
+        # Forgotten with its object: what is remembered never outgrows the bucket.
+        self._judged = {n: v for n, v in self._judged.items() if n in known}
+        others = [
+            obj
+            for name, obj in sorted(known.items())
+            if name not in local and is_version_name(name)
+        ]
+        to_read = [obj for obj in others if self._judged.get(obj.name, (None,))[0] != obj.etag]
+        wanted = min(self.options.concurrency, len(to_read))
+        if wanted > 1:
+            pool, threads = self._workers(wanted, "read", self._read_threads)
+            self._read_threads = threads
+        else:
+            pool, threads = InlineExecutor(), 0
+        verdicts = in_order(pool, self._payload_problem, to_read, threads)
+        try:
+            for obj in to_read:
+                if self._stop.is_set():
+                    break
+                self._alive()
+                why = next(verdicts)
+                if why is not None:
+                    log.warning(
+                        "%s in %s is no valid payload (%s): never the latest copy, nor "
+                        "counted as a version in its %s; remove it",
+                        obj.name,
+                        self.target,
+                        why,
+                        METADATA_KEY,
+                    )
+                self._judged[obj.name] = (obj.etag, why)
+        finally:
+            verdicts.close()
+            pool.shutdown(wait=True, cancel_futures=True)
+        # Those a stop left unread are not in it: counted, as before they were read.
+        return {
+            obj.name
+            for obj in others
+            if (judged := self._judged.get(obj.name)) is not None
+            and judged[0] == obj.etag
+            and judged[1] is not None
+        }
+
+    def _payload_problem(self, obj: RemoteObject) -> str | None:
+        """Why object ``obj`` is no valid payload (read on a read thread); ``None`` when
+        it is one, or when that cannot be told (gone since the listing, or a read the
+        store refuses). Raises :class:`MirrorBlocked` when the store cannot be used."""
+        try:
+            data: bytes = self._call(lambda r: r.read_version(obj.name))
+        except VersionNotFound:
+            return None
+        except VersionTooLarge as exc:
+            return exc.reason
+        except MirrorBlocked as exc:
+            if exc.failure.kind == "damaged":
+                return exc.failure.detail.removeprefix(f"{obj.name}: ")
+            if exc.failure.kind == "denied":
+                return None
+            raise
+        try:
+            judge_payload(data)
+        except PayloadRejected as rejected:
+            return rejected.reason
+        return None
 
     def _local_metadata(self) -> StorageMetadata | None:
         """The history's metadata (its totals go with the copy); ``None`` if unusable."""
@@ -506,12 +598,14 @@ class MirrorSync:
         self.progress.bad.pop(name, None)
         return len(data)
 
-    def _follow(self, names: list[str]) -> int:
-        """Delete remote versions local retention deleted; see the module docstring."""
+    def _follow(self, names: list[str], junk: set[str]) -> int:
+        """Delete remote versions local retention deleted; see the module docstring.
+        Objects that are no valid payload (``junk``) were never versions here: retention
+        never deleted them, so neither is their deletion followed nor do they count."""
         if not names:
             return 0
         known = self.remote().known or {}
-        remote_versions = sorted(n for n in known if is_version_name(n))
+        remote_versions = sorted(n for n in known if is_version_name(n) and n not in junk)
         plan = plan_retention(remote_versions, utc_now(), self.policy)
         local = set(names)
         doomed = [n for n in plan.delete if n not in local and n < names[0]]
