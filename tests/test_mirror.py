@@ -2871,3 +2871,56 @@ def test_objects_under_version_names_that_are_no_valid_payload_are_never_counted
     # A payload counted is one more created than the history knows of (keep mode).
     created = max(local["totalVersionsCreated"], len(counted))
     assert meta["totalVersionsCreated"] == created, (meta, local)
+
+
+@pytest.mark.parametrize("refused", ["a read-back", "a deletion"])
+def test_a_clock_that_jumps_mid_pass_is_blamed_for_every_refusal_not_the_access_rules(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], refused: str
+) -> None:
+    """The machine's clock jumps after the pass's listing: from then on the store refuses
+    the requests as signed at the wrong time (``403 RequestTimeTooSkewed``), a read-back
+    under SSE-KMS ETags or a ``follow`` deletion among them. That is the clock, not a
+    policy without ``s3:GetObject`` or ``s3:DeleteObject``: the run says the clock in
+    one line, never sends the operator to the access rules, and counts nothing on it."""
+    store = make_store(root, max_versions=2)
+    old = add_old_versions(store, 3)
+    add_versions(store, 2)
+    prefix = f"skewed-{refused[2:6]}"
+    target = f"s3://{bucket}/{prefix}"
+    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert first.returncode == 0, first.stderr
+    through = state_of(root).mirrored_through
+    proxy = FaultProxy(s3.port)
+    proxy.deny_code = "RequestTimeTooSkewed"
+    flags: tuple[str, ...] = ()
+    if refused == "a read-back":
+        proxy.kms_etags = True  # every listed version is read back
+
+        def jump(method: str, path: str) -> None:
+            if method == "GET" and "list-type=2" in path:
+                proxy.fault = "deny"  # every request from now on
+
+        proxy.answered = jump
+    else:
+        # Local retention deletes the three old versions; follow deletes them remotely.
+        assert run_cli(root, "--max-versions", "2", "cleanup").returncode == 0
+        flags = ("--max-versions", "2", "--mirror-retention", "follow")
+        proxy.deny = {"DELETE"}
+    try:
+        env = s3_env(proxy.endpoint, aws_files)
+        done = run_cli(root, *flags, "mirror", target, "--once", **env)
+    finally:
+        proxy.close()
+    assert proxy.faulted, done.stderr
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, done.stderr
+    assert "clock" in errors[0] and "RequestTimeTooSkewed" in errors[0], errors
+    for blame in ("s3:GetObject", "s3:DeleteObject", "refused to", "credentials"):
+        assert blame not in done.stderr.replace("refused the request time", ""), done.stderr
+    state = state_of(root)
+    assert state.state == "denied" and (state.detail or "").startswith("RequestTimeTooSkewed")
+    # A comparison a failed request cut short counts none it did not prove this run.
+    assert state.mirrored_through == (None if refused == "a read-back" else through), state
+    remote = remote_names(client_for(s3.endpoint), bucket, prefix)
+    assert set(old) <= remote, remote

@@ -351,7 +351,7 @@ class MirrorSync:
         except MirrorBlocked as exc:
             if exc.failure.kind == "damaged":
                 return exc.failure.detail.removeprefix(f"{obj.name}: ")
-            if exc.failure.kind == "denied":
+            if exc.failure.refused_by_policy:
                 return None
             raise
         try:
@@ -437,7 +437,7 @@ class MirrorSync:
         try:
             return _Compared("proven" if self._proves(remote, data) else "other")
         except MirrorBlocked as exc:
-            if exc.failure.kind != "denied":
+            if not exc.failure.refused_by_policy:
                 raise
             return _Compared("refused", exc.failure.detail)
 
@@ -632,7 +632,7 @@ class MirrorSync:
         try:
             self._call(lambda r: r.remove(name))
         except MirrorBlocked as exc:
-            if exc.failure.kind != "denied":
+            if not exc.failure.refused_by_policy:
                 raise
             if self._delete_refused != exc.failure.detail:
                 log.error(
