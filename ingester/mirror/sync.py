@@ -110,8 +110,9 @@ class MirrorSync:
         self._remote: S3History | None = None
         self._gone: set[str] = set()  # of the names, the ones deleted before their upload
         self._compared: dict[str, str] = {}  # name -> the ETag whose bytes proved ours
-        self._upload_threads: int | None = None  # how many started, at the last pass
-        self._read_threads: int | None = None  # how many started for the last read-backs
+        # The limit on threads the pools for uploads, for read-backs have met (None: none).
+        self._upload_limit: int | None = None
+        self._read_limit: int | None = None
         self._delete_refused: str | None = None  # why deletions were refused, once said
         self._last_ours: tuple[tuple[str, str], bytes] | None = None  # (name, ETag), bytes
         self._get_refused: str | None = None  # why reading objects back was refused, once said
@@ -305,8 +306,7 @@ class MirrorSync:
         to_read = [obj for obj in others if self._judged.get(obj.name, (None,))[0] != obj.etag]
         wanted = min(self.options.concurrency, len(to_read))
         if wanted > 1:
-            pool, threads = self._workers(wanted, "read", self._read_threads)
-            self._read_threads = threads
+            pool, threads, self._read_limit = self._workers(wanted, "read", self._read_limit)
         else:
             pool, threads = InlineExecutor(), 0
         verdicts = in_order(pool, self._payload_problem, to_read, threads)
@@ -397,8 +397,7 @@ class MirrorSync:
         # the uploads' threads start, and count against a limit on threads.
         wanted = min(self.options.concurrency, len(to_read))
         if wanted > 1:
-            pool, threads = self._workers(wanted, "read", self._read_threads)
-            self._read_threads = threads
+            pool, threads, self._read_limit = self._workers(wanted, "read", self._read_limit)
         else:
             pool, threads = InlineExecutor(), 0
         verdicts = in_order(pool, self._compare_one, to_read, threads)
@@ -540,27 +539,38 @@ class MirrorSync:
         """The pass's upload threads, as many of ``--concurrency`` as can start (none: the
         uploads run one after the other on this thread); a change in how many is said."""
         wanted = max(1, self.options.concurrency)
-        pool, self._upload_threads = self._workers(wanted, "upload", self._upload_threads)
+        pool, _threads, self._upload_limit = self._workers(wanted, "upload", self._upload_limit)
         return pool
 
-    def _workers(self, wanted: int, work: str, before: int | None) -> tuple[Executor, int]:
+    def _workers(
+        self, wanted: int, work: str, before: int | None
+    ) -> tuple[Executor, int, int | None]:
         """Up to ``wanted`` threads for ``work`` (``upload`` or ``read``), as many as can
-        start (none: an :class:`InlineExecutor`), and how many; fewer than ``wanted`` is
-        said in one WARNING line unless ``before`` (how many the last pool for it had) is
-        the same, and all of them after fewer before in one INFO line."""
+        start (none: an :class:`InlineExecutor`); the pool, how many it has, and the
+        limit on threads known now (``None``: none is).
+
+        ``before`` is the limit known from the pools before (the most threads that could
+        start when fewer than wanted did). Hitting a new limit is said in one WARNING
+        line, and getting past the known one in one INFO line. How many are wanted
+        varies (a read-back wants no more than there are objects to read): a pool that
+        got all it wanted, no more than the known limit, says nothing of it.
+        """
         doing = {"upload": "uploading", "read": "reading objects back"}[work]
         pool, threads = workers_or_inline(wanted, f"ingester-{work}")
-        if threads < wanted and threads != before:
-            log.warning(
-                "%s: %s on %s instead of %d",
-                THREAD_LIMIT,
-                doing,
-                f"{threads} thread(s)" if threads else "the mirror's own thread",
-                wanted,
-            )
-        elif threads == wanted and before not in (None, wanted):
+        if threads < wanted:
+            if threads != before:
+                log.warning(
+                    "%s: %s on %s instead of %d",
+                    THREAD_LIMIT,
+                    doing,
+                    f"{threads} thread(s)" if threads else "the mirror's own thread",
+                    wanted,
+                )
+            return pool, threads, threads
+        if before is not None and threads > before:
             log.info("%s on %d threads again", doing, wanted)
-        return pool, threads
+            return pool, threads, None
+        return pool, threads, before
 
     def _wait_uploads(self, futures: set[Future[int | None]]) -> None:
         """Wait until every upload in ``futures`` is done, one has failed, or a stop is
