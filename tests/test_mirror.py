@@ -2928,3 +2928,29 @@ def test_a_clock_that_jumps_mid_pass_is_blamed_for_every_refusal_not_the_access_
     assert state.mirrored_through == (None if refused == "a read-back" else through), state
     remote = remote_names(client_for(s3.endpoint), bucket, prefix)
     assert set(old) <= remote, remote
+
+
+@needs_strace
+def test_a_mirror_killed_while_it_writes_its_state_file_leaves_no_temp_file_in_the_history(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """``kill -9`` as the mirror fsyncs the bytes of its state file, before they have a
+    name: the history (where the watcher, not the mirror, sweeps temp files, and only as
+    it starts) is left with no temp file for ``verify`` to flag, and the state file as
+    it was. The next run records its progress."""
+    store = make_store(root)
+    add_versions(store, 2)
+    target = f"s3://{bucket}/killed-state"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    before = (root / HISTORY / MIRROR_STATE_NAME).read_bytes()
+    # The first fsync of a run is that of its first state file.
+    kill = (STRACE, "-f", "-qq", "-o", os.devnull, "-e", "inject=fsync:signal=SIGKILL:when=1")
+    done = run_cli(root, "mirror", target, "--once", wrapper=kill, **env)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert _temps(root) == []
+    assert (root / HISTORY / MIRROR_STATE_NAME).read_bytes() == before
+    assert run_cli(root, "verify").returncode == 0
+    again = run_cli(root, "mirror", target, "--once", **env)
+    assert again.returncode == 0, again.stderr
+    assert state_of(root).mirrored_through == max(local_versions(root))
