@@ -51,7 +51,11 @@ from support.sdnotify import NotifyListener
 from support.signals import storm
 from support.watchproc import WatchProcess, drop, payload
 
-from ingester.history.names import generate_version_filename
+from ingester.history.names import (
+    format_timestamp,
+    generate_version_filename,
+    parse_timestamp_from_filename,
+)
 from ingester.history.retention import RetentionPolicy
 from ingester.history.store import HistoryStore
 from ingester.mirror.state import (
@@ -1894,7 +1898,10 @@ def test_a_watermark_the_history_refuses_to_record_is_said_once_and_uploaded_onc
     """New versions are uploaded while the history's folder takes no new file, so the
     raised watermark cannot be recorded. That is one line, saying that retention goes by
     the older watermark the state file keeps; so it does (it holds the new versions, and
-    never deletes one the bucket lacks), and the next run uploads none of them again."""
+    never deletes one the bucket lacks), and the next run uploads none of them again.
+    ``--once`` so left exits 1 and ends on one line saying so: its exit 0 is what a cron
+    job takes for "the copy is whole and recorded", and retention still holds those
+    versions."""
     store = make_store(root, max_versions=1)
     old = add_old_versions(store, 2)
     target = f"s3://{bucket}/raise-refused"
@@ -1909,6 +1916,11 @@ def test_a_watermark_the_history_refuses_to_record_is_said_once_and_uploaded_onc
         said = [line for line in done.stderr.splitlines() if "mirror's progress" in line]
         assert len(said) == 1, done.stderr
         assert f"as it stands (mirrored through {old[-1]})" in said[0], said
+        assert done.returncode == 1, done.stderr
+        last = done.stderr.splitlines()[-1]
+        recorded = root / HISTORY / MIRROR_STATE_NAME
+        assert " ERROR every version is mirrored, but that could not be recorded in " in last
+        assert f" in {recorded} (said above)" in last, done.stderr
         assert state_of(root).mirrored_through == old[-1]
         cleaned = run_cli(root, "--max-versions", "1", "cleanup")
         assert cleaned.returncode == 0, cleaned.stderr
@@ -2705,3 +2717,244 @@ def test_a_restore_that_finds_no_valid_version_leaves_no_history_behind(
     ), done.stderr
     assert "None" not in done.stdout + done.stderr, done.stdout + done.stderr
     assert not target.exists(), sorted(p.name for p in target.rglob("*"))
+
+
+def _program_running(*words: str) -> int:
+    """The pid of the one process (not strace) whose command line holds every word."""
+    found = []
+    strace = os.path.realpath(STRACE)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if all(w in argv for w in words) and os.readlink(entry / "exe") != strace:
+                found.append(int(entry.name))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _restore_held_at_link(
+    s3: SeaweedS3, bucket: str, aws_files: dict[str, str], tmp_path: Path, *, signum: int
+) -> tuple[list[str], Path, str, subprocess.CompletedProcess[str]]:
+    """Three versions mirrored; a restore of them into a fresh root, held (strace) as it
+    links the first into place, its temp file still named, and sent ``signum`` there."""
+    source = tmp_path / "source"
+    names = add_versions(make_store(source), 3)
+    target = f"s3://{bucket}/stopped"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(source, "mirror", target, "--once", **env).returncode == 0
+    restored = tmp_path / "restored"
+    done = run_held_after(
+        restored,
+        ("restore", target),
+        restored / HISTORY / names[0],
+        "linkat",
+        lambda: os.kill(_program_running(str(restored), "restore", target), signum),
+        **env,
+    )
+    return names, restored, target, done
+
+
+def _temps(root: Path) -> list[str]:
+    return sorted(
+        p.name for folder in (root, root / HISTORY) for p in folder.glob(".tmp-*") if p.exists()
+    )
+
+
+@needs_strace
+# SIGHUP takes SIGTERM's way (both end the process by default); Ctrl-C has its own.
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_restore_stopped_as_it_writes_a_version_leaves_no_temp_file(
+    tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], signum: int
+) -> None:
+    """A stop (systemctl stop, Ctrl-C, a closed terminal) as the first version is linked
+    into place, its temp name not yet removed: the version in hand is finished, none
+    after it begun, nothing named ``.tmp-`` is left for verify to flag, and the run says
+    in one line what is left to do. A rerun finishes the restore."""
+    names, restored, target, done = _restore_held_at_link(
+        s3, bucket, aws_files, tmp_path, signum=signum
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == (
+        f"error: stopped: {len(names) - 1} version(s) not restored, from {names[1]} on; "
+        "run it again to finish\n"
+    ), done.stderr
+    assert _temps(restored) == []
+    assert sorted(local_versions(restored)) == names[:1]
+    again = run_cli(restored, "restore", target, **s3_env(s3.endpoint, aws_files))
+    assert again.returncode == 0, again.stderr
+    assert "; 1 already present" in again.stdout and "temp" not in again.stdout, again.stdout
+    assert run_cli(restored, "verify").returncode == 0
+
+
+@needs_strace
+def test_a_rerun_of_a_restore_killed_outright_removes_its_temp_file_and_says_so(
+    tmp_path: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """kill -9 as the first version is linked: its temp file stays (nothing runs after a
+    SIGKILL). The rerun, holding the history's lock, removes it and says so."""
+    names, restored, target, done = _restore_held_at_link(
+        s3, bucket, aws_files, tmp_path, signum=signal.SIGKILL
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    left = _temps(restored)
+    assert len(left) == 1 and left[0].startswith(".tmp-w-"), left
+    again = run_cli(restored, "restore", target, **s3_env(s3.endpoint, aws_files))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0].endswith(
+        "; 1 already present; removed 1 leftover temp file(s)"
+    ), again.stdout
+    assert _temps(restored) == []
+    assert sorted(local_versions(restored)) == names
+    assert run_cli(restored, "verify").returncode == 0
+
+
+@pytest.mark.parametrize("retention", ["keep", "follow"])
+def test_objects_under_version_names_that_are_no_valid_payload_are_never_counted_as_versions(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], retention: str
+) -> None:
+    """Another writer put objects under version names in the mirror's prefix: not JSON,
+    empty, no payload (dated far ahead), a payload whose bytes are not the SHA-256
+    stored with it. Restore would bring none of them back, so the bucket's
+    ``_metadata.json`` counts none of them (count, oldest, newest, future, totals: as
+    the local history's would be), each is said once, and ``follow`` never deletes one:
+    local retention never deleted them. A valid payload the history lacks is counted (a
+    version retention deleted here looks no different)."""
+    store = make_store(root, max_versions=3)
+    ours = add_old_versions(store, 3, days_ago=2)
+    prefix = f"foreign-{retention}"
+    target = f"s3://{bucket}/{prefix}"
+    env = s3_env(s3.endpoint, aws_files)
+    flags = ("--max-versions", "3", "--mirror-retention", retention)
+    assert run_cli(root, *flags, "mirror", target, "--once", **env).returncode == 0
+    sample = store.version_path(ours[0]).read_bytes()
+    junk = {
+        "2020-01-01T00-00-00-deadbeef.json": (b"not json", None),
+        "2020-01-02T00-00-00-00000000.json": (b"", None),
+        "2020-01-04T00-00-00-0000da7a.json": (sample, hashlib.sha256(b"other").hexdigest()),
+        "2099-01-01T00-00-00-00000001.json": (b"{}", None),
+    }
+    client = client_for(s3.endpoint)
+    for name, (body, digest) in junk.items():
+        extra = {"Metadata": {"sha256": digest}} if digest else {}
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=body, **extra)
+    foreign = "2020-01-03T00-00-00-0000cafe.json"
+    client.put_object(Bucket=bucket, Key=f"{prefix}/{foreign}", Body=sample)
+    # A new version and a cleanup: the metadata is due again, and follow has work.
+    newest = add_versions(store, 1)[0]
+    assert run_cli(root, "--max-versions", "3", "cleanup").returncode == 0
+    done = run_cli(root, *flags, "mirror", target, "--once", **env)
+    assert done.returncode == 0, done.stderr
+    # Read back on as many threads as there were objects to read, never fewer than
+    # wanted: no line about threads is due.
+    assert "threads" not in done.stderr, done.stderr
+    for name in junk:
+        said = [line for line in done.stderr.splitlines() if name in line]
+        assert len(said) == 1 and " WARNING " in said[0], done.stderr
+        assert "nor counted as a version in its _metadata.json" in said[0], said
+    # Follow deletes the payload the history lacks, as it would a version retention deleted.
+    assert set(junk) | ({foreign} if retention == "keep" else set()) <= remote_names(
+        client, bucket, prefix
+    )
+    meta = json.loads(
+        client.get_object(Bucket=bucket, Key=f"{prefix}/_metadata.json")["Body"].read()
+    )
+    local = json.loads((root / HISTORY / "_metadata.json").read_bytes())
+    kept = sorted(n for n in remote_names(client, bucket, prefix) if n[:1] == "2")
+    counted = [n for n in kept if n not in junk]
+    assert (foreign in counted) == (retention == "keep") and newest in counted, counted
+    assert {k: meta[k] for k in ("versionCount", "futureVersions", "latestVersion")} == {
+        "versionCount": len(counted),
+        "futureVersions": 0,
+        "latestVersion": newest,
+    }, meta
+    oldest = parse_timestamp_from_filename(counted[0])
+    assert oldest is not None and meta["oldestTimestamp"] == format_timestamp(oldest), meta
+    assert meta["newestTimestamp"] == local["newestTimestamp"], meta
+    # A payload counted is one more created than the history knows of (keep mode).
+    created = max(local["totalVersionsCreated"], len(counted))
+    assert meta["totalVersionsCreated"] == created, (meta, local)
+
+
+@pytest.mark.parametrize("refused", ["a read-back", "a deletion"])
+def test_a_clock_that_jumps_mid_pass_is_blamed_for_every_refusal_not_the_access_rules(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str], refused: str
+) -> None:
+    """The machine's clock jumps after the pass's listing: from then on the store refuses
+    the requests as signed at the wrong time (``403 RequestTimeTooSkewed``), a read-back
+    under SSE-KMS ETags or a ``follow`` deletion among them. That is the clock, not a
+    policy without ``s3:GetObject`` or ``s3:DeleteObject``: the run says the clock in
+    one line, never sends the operator to the access rules, and counts nothing on it."""
+    store = make_store(root, max_versions=2)
+    old = add_old_versions(store, 3)
+    add_versions(store, 2)
+    prefix = f"skewed-{refused[2:6]}"
+    target = f"s3://{bucket}/{prefix}"
+    first = run_cli(root, "mirror", target, "--once", **s3_env(s3.endpoint, aws_files))
+    assert first.returncode == 0, first.stderr
+    through = state_of(root).mirrored_through
+    proxy = FaultProxy(s3.port)
+    proxy.deny_code = "RequestTimeTooSkewed"
+    flags: tuple[str, ...] = ()
+    if refused == "a read-back":
+        proxy.kms_etags = True  # every listed version is read back
+
+        def jump(method: str, path: str) -> None:
+            if method == "GET" and "list-type=2" in path:
+                proxy.fault = "deny"  # every request from now on
+
+        proxy.answered = jump
+    else:
+        # Local retention deletes the three old versions; follow deletes them remotely.
+        assert run_cli(root, "--max-versions", "2", "cleanup").returncode == 0
+        flags = ("--max-versions", "2", "--mirror-retention", "follow")
+        proxy.deny = {"DELETE"}
+    try:
+        env = s3_env(proxy.endpoint, aws_files)
+        done = run_cli(root, *flags, "mirror", target, "--once", **env)
+    finally:
+        proxy.close()
+    assert proxy.faulted, done.stderr
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, done.stderr
+    assert "clock" in errors[0] and "RequestTimeTooSkewed" in errors[0], errors
+    for blame in ("s3:GetObject", "s3:DeleteObject", "refused to", "credentials"):
+        assert blame not in done.stderr.replace("refused the request time", ""), done.stderr
+    state = state_of(root)
+    assert state.state == "denied" and (state.detail or "").startswith("RequestTimeTooSkewed")
+    # A comparison a failed request cut short counts none it did not prove this run.
+    assert state.mirrored_through == (None if refused == "a read-back" else through), state
+    remote = remote_names(client_for(s3.endpoint), bucket, prefix)
+    assert set(old) <= remote, remote
+
+
+@needs_strace
+def test_a_mirror_killed_while_it_writes_its_state_file_leaves_no_temp_file_in_the_history(
+    root: Path, s3: SeaweedS3, bucket: str, aws_files: dict[str, str]
+) -> None:
+    """``kill -9`` as the mirror fsyncs the bytes of its state file, before they have a
+    name: the history (where the watcher, not the mirror, sweeps temp files, and only as
+    it starts) is left with no temp file for ``verify`` to flag, and the state file as
+    it was. The next run records its progress."""
+    store = make_store(root)
+    try:
+        os.close(os.open(root / HISTORY, os.O_TMPFILE | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        pytest.skip(f"no O_TMPFILE on this filesystem ({exc}): a named temp file is the way")
+    add_versions(store, 2)
+    target = f"s3://{bucket}/killed-state"
+    env = s3_env(s3.endpoint, aws_files)
+    assert run_cli(root, "mirror", target, "--once", **env).returncode == 0
+    before = (root / HISTORY / MIRROR_STATE_NAME).read_bytes()
+    # The first fsync of a run is that of its first state file.
+    kill = (STRACE, "-f", "-qq", "-o", os.devnull, "-e", "inject=fsync:signal=SIGKILL:when=1")
+    done = run_cli(root, "mirror", target, "--once", wrapper=kill, **env)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert _temps(root) == []
+    assert (root / HISTORY / MIRROR_STATE_NAME).read_bytes() == before
+    assert run_cli(root, "verify").returncode == 0
+    again = run_cli(root, "mirror", target, "--once", **env)
+    assert again.returncode == 0, again.stderr
+    assert state_of(root).mirrored_through == max(local_versions(root))

@@ -27,7 +27,7 @@ from ..mirror.objectstore import (
     parse_target,
     require_boto3,
 )
-from ..runtime.signals import ignore_stop_signals
+from ..runtime.signals import StopFlag, ignore_stop_signals, on_stop_signals
 from ..settings.sources import resolve_settings
 from .common import App, FiniteRange, PathParam, fail, refuse_closed_stdout, say
 
@@ -58,7 +58,7 @@ def _target(ctx: click.Context, param: click.Parameter, value: str | None) -> Mi
     "--once",
     is_flag=True,
     help="One pass (list, upload what is missing), then exit: 0 when every version is "
-    "mirrored, 1 otherwise.",
+    "mirrored and its state file records that, 1 otherwise.",
 )
 @click.option(
     "--reconcile-interval",
@@ -232,7 +232,25 @@ def restore(
     is not restored (exit 1, each named). Refuses while a watcher holds the history.
     One that fails before it writes a version takes away what it made itself (the
     root and any parents it made, the history folder and its lock file), nothing else.
+    SIGTERM/SIGINT/SIGHUP stop it between two versions (exit 1, run it again to finish);
+    temp files a run killed outright left are removed (and said).
     """
+    # A stop ends it between two versions, never inside one: no temp file is left.
+    stop = StopFlag()
+    on_stop_signals(stop.set)
+    try:
+        _restore(ctx, source, restore_root, endpoint_url, stop)
+    finally:
+        ignore_stop_signals()
+
+
+def _restore(
+    ctx: click.Context,
+    source: MirrorTarget,
+    restore_root: str | None,
+    endpoint_url: str | None,
+    stop: StopFlag,
+) -> None:
     from ..mirror.restore import NothingRestored, RestoreError, restore_history
     from ..ops.adopt import unsafe_latest
 
@@ -275,7 +293,9 @@ def restore(
                     unsafe = unsafe_latest(store)
                     if unsafe is not None:
                         raise fail(unsafe)
-                    result = restore_history(client, source, store, max_bytes=settings.max_bytes)
+                    result = restore_history(
+                        client, source, store, max_bytes=settings.max_bytes, stop=stop
+                    )
                 except BaseException:
                     _unmake(store, made, locked=True)
                     raise
@@ -305,6 +325,7 @@ def restore(
             if result.gone
             else ""
         )
+        + (f"; removed {len(result.swept)} leftover temp file(s)" if result.swept else "")
     )
     say(f"latest:  {store.latest_path} -> {result.latest}")
     if result.unverified:

@@ -191,7 +191,9 @@ class Mirror:
     def run(self) -> int:
         """The service (or one pass with ``once``): exit status 0, or 1 on failure.
 
-        With ``once``: 0 when every local version is in the object store afterwards.
+        With ``once``: 0 when every local version is in the object store afterwards and
+        the state file says so; 1 also when the state file could not be written, since
+        retention then goes by an older record and still holds what was mirrored.
         """
         if not self.history_dir.is_dir():
             log.error("no history at %s; run 'ingester init' to create it", self.history_dir)
@@ -259,6 +261,18 @@ class Mirror:
                     )
                 elif left:
                     log.error("%d version(s) could not be mirrored", left)
+                elif self.progress.unrecorded:
+                    # The copy is whole, but the record retention goes by is not: a cron
+                    # job reading exit 0 would take both as done. The next run that can
+                    # write it lists and records them, uploading nothing again.
+                    log.error(
+                        "every version is mirrored, but that could not be recorded in %s "
+                        "(said above): retention holds what that file does not count as "
+                        "mirrored until a run records it; fix what refuses the write and "
+                        "run again",
+                        self.progress.path,
+                    )
+                    return 1
                 return 1 if left else 0
             until_listing = self.options.reconcile_interval - (
                 time.monotonic() - self.passes.last_listing

@@ -56,6 +56,7 @@ __all__ = [
     "make_client",
     "parse_target",
     "put_arguments",
+    "refused_by_policy",
     "require_boto3",
     "sha256_hex",
 ]
@@ -303,6 +304,11 @@ class Failure:
         """Whether waiting and trying again may help (everything but a taken name)."""
         return self.kind != "exists"
 
+    @property
+    def refused_by_policy(self) -> bool:
+        """:func:`refused_by_policy` of this failure."""
+        return refused_by_policy(self.kind, self.detail)
+
 
 _THROTTLE_CODES = {
     "SlowDown",
@@ -313,6 +319,7 @@ _THROTTLE_CODES = {
     "TooManyRequestsException",
     "RequestThrottled",
 }
+_POLICY_CODES = {"AccessDenied", "403"}
 _DENIED_CODES = {
     "AccessDenied",
     "InvalidAccessKeyId",
@@ -323,6 +330,16 @@ _DENIED_CODES = {
     "AllAccessDisabled",
     "AccountProblem",
 }
+
+
+def refused_by_policy(kind: str, detail: str) -> bool:
+    """Whether a failure (its ``kind`` and ``detail``) is the store refusing this one
+    action (``403 AccessDenied``, or a bare 403 where the answer has no body: a policy
+    without it), rather than the request itself: its credentials or its time
+    (``RequestTimeTooSkewed``: this machine's clock is off), which every request shares.
+    Only such a refusal may be said as a missing access rule and let the pass go on;
+    the others stop it like any refused request, and are said as what they are."""
+    return kind == "denied" and detail.split(":", 1)[0] in _POLICY_CODES
 
 
 def classify(exc: BaseException) -> Failure | None:

@@ -26,6 +26,7 @@ from ..runtime.notify import SystemdNotifier
 from .objectstore import Failure, RemoteObject
 from .options import MirrorOptions
 from .state import (
+    MIRROR_STATE_NAME,
     STUCK,
     read_mirror_state,
     unmirrored,
@@ -231,6 +232,17 @@ class MirrorProgress:
         self.saved_at = time.monotonic()
         self._notifier.status(self.describe())
 
+    @property
+    def unrecorded(self) -> bool:
+        """Whether the last write of the state file failed (and none has succeeded since):
+        retention goes by the file as it stands, not by what this run knows."""
+        return self._failed is not None
+
+    @property
+    def path(self) -> Path:
+        """The state file."""
+        return self.history_dir / MIRROR_STATE_NAME
+
     def _standing(self) -> str:
         """What retention goes by while the state file cannot be written: the file as it
         stands, in words to end the log line with."""
@@ -290,7 +302,7 @@ class MirrorProgress:
     def describe(self) -> str:
         """One line for ``STATUS=``: the state and the backlog."""
         state = self.state
-        unrecorded = "; progress not recorded (see the log)" if self._failed else ""
+        unrecorded = "; progress not recorded (see the log)" if self.unrecorded else ""
         if self.problem is None:
             stuck = len(self.stuck())
             cannot = f", {stuck} cannot be mirrored" if stuck else ""

@@ -14,7 +14,14 @@ payload: placed there by something else) is not restored, and is listed in
 
 A version already in the target history is left alone when its bytes are the same (a
 restore can be run again after an interruption and only fetches what is missing); one
-with other bytes is reported and never overwritten. Nothing is ever deleted.
+with other bytes is reported and never overwritten. No version is ever deleted; the
+temp files an earlier run killed outright left in the history (``.tmp-*``: no version
+yet) are removed first, under the history lock, and listed in
+:attr:`RestoreResult.swept`.
+
+A stop (``stop``, set by a signal handler) is honoured between two versions, never
+inside one: the version in hand is written whole (its temp file named, linked and
+removed), no further one is begun, and :class:`RestoreStopped` says what is left.
 
 How a download is checked is the backing's one checksum rule
 (:func:`ingester.mirror.s3_history.same_bytes`): the listing's size, then the SHA-256 the
@@ -44,6 +51,7 @@ from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import is_version_name
 from ..payload.gate import MAX_DROP_BYTES
 from ..payload.model import judge_payload
+from ..runtime.signals import StopFlag
 from ..threads import in_order, workers_or_inline
 from .objectstore import MirrorTarget, RemoteObject, S3Client
 from .s3_history import S3History
@@ -51,7 +59,13 @@ from .s3_history import S3History
 if TYPE_CHECKING:
     from ..history.store import HistoryStore
 
-__all__ = ["NothingRestored", "RestoreError", "RestoreResult", "restore_history"]
+__all__ = [
+    "NothingRestored",
+    "RestoreError",
+    "RestoreResult",
+    "RestoreStopped",
+    "restore_history",
+]
 
 
 class NothingRestored(RestoreError):
@@ -62,6 +76,18 @@ class NothingRestored(RestoreError):
     def __init__(self, message: str, invalid: list[tuple[str, str]]) -> None:
         super().__init__(message)
         self.invalid = invalid
+
+
+class RestoreStopped(RestoreError):
+    """A stop ended the restore between two versions: each version it wrote is whole,
+    no temp file is left, and ``left`` versions were not restored (run it again)."""
+
+    def __init__(self, left: list[str]) -> None:
+        super().__init__(
+            f"stopped: {len(left)} version(s) not restored, from {left[0]} on; "
+            "run it again to finish"
+        )
+        self.left = left
 
 
 @dataclass
@@ -83,6 +109,9 @@ class RestoreResult:
     """Versions listed, then deleted from the object store before their download (a
     mirror's ``follow`` retention running meanwhile, say): no longer in the mirror, so
     not restored, and no fault of the restore, while others were there to restore."""
+    swept: list[str] = field(default_factory=list)
+    """Temp files found in the history (or beside the latest link) and removed before
+    anything was written: what a run killed outright (``kill -9``, a crash) left."""
 
 
 def restore_history(
@@ -92,14 +121,18 @@ def restore_history(
     *,
     concurrency: int = 8,
     max_bytes: int | None = None,
+    stop: StopFlag | None = None,
 ) -> RestoreResult:
     """Restore every remote version into ``store`` (call with the history lock held).
 
     ``max_bytes``: the largest payload the history takes (``--max-bytes``); a larger
     object is not restored, as one that is no payload is not (``verify`` would refuse it).
+    ``stop``: checked between versions (set it from a signal handler); once set, no
+    further version is begun.
 
     Raises :class:`RestoreError` (one line) when the object store cannot be read or a
-    download is damaged, :class:`NothingRestored` when no version is in the history
+    download is damaged, :class:`RestoreStopped` when ``stop`` ended it with versions
+    left, :class:`NothingRestored` when no version is in the history
     after all (nothing written), and :class:`~ingester.history.durable.StorageError`
     when the history cannot be written. What was written before an error stays: run it
     again to finish.
@@ -120,6 +153,9 @@ def restore_history(
     had_metadata = store.metadata_path.exists()
     writer = LocalWriter(store)
     result = RestoreResult()
+    # With the history lock held no writer is under way: any temp file is a leftover of
+    # one killed outright (this restore's last run, say), which verify would flag.
+    result.swept = store.remove_stale_temps()
     have = {entry.name for entry in writer.reader.list_versions()}
     # An object larger than the history takes is refused from its listed size, never
     # downloaded: restored it could not be (the gate refuses it), and cut short it
@@ -166,10 +202,16 @@ def restore_history(
                 raise RestoreError(exc.detail) from None
             raise RestoreError(f"cannot download {target.key(obj.name)}: {exc.detail}") from None
 
+    def honour_stop(left: list[RemoteObject]) -> None:
+        """Raise :class:`RestoreStopped` when a stop was asked and ``left`` remain."""
+        if stop is not None and stop.is_set() and left:
+            raise RestoreStopped([obj.name for obj in left])
+
     # As many download threads as can start; none: one download after the other.
     pool, threads = workers_or_inline(max(1, concurrency), "ingester-restore")
     try:
         for obj, verdict in zip(present, in_order(pool, compare, present, threads), strict=True):
+            honour_stop(wanted)
             if verdict is False:
                 result.conflicts.append(obj.name)
                 continue
@@ -179,7 +221,9 @@ def restore_history(
         # Downloads run a little ahead in parallel; writes stay in name order, one at a
         # time. A failed download stops the restore before more than a few others begin.
         fetched = in_order(pool, fetch, wanted, threads)
-        for obj, got in zip(wanted, fetched, strict=True):
+        for at, (obj, got) in enumerate(zip(wanted, fetched, strict=True)):
+            # Between two versions: the one before is whole, this one not begun.
+            honour_stop(wanted[at:])
             if got is None:
                 result.gone.append(obj.name)
                 continue
@@ -201,6 +245,8 @@ def restore_history(
             except VersionExists:  # written by another since the listing: never replaced
                 result.conflicts.append(obj.name)
                 continue
+            finally:
+                staged.discard()  # once linked, a no-op; else no temp file is left
             result.restored.append(obj.name)
             result.bytes += len(data)
             if not checked:

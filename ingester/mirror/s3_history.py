@@ -79,6 +79,7 @@ from .objectstore import (
     head_remote,
     list_remote,
     put_arguments,
+    refused_by_policy,
     sha256_hex,
 )
 
@@ -460,7 +461,7 @@ class S3History:
                 self.known.pop(name, None)
                 return None
             failed = self._failed(exc)
-            if failed.kind != "denied":
+            if not refused_by_policy(failed.kind, failed.detail):
                 raise failed from None
             # Not to be read here (a policy without s3:GetObject or kms:Decrypt): not
             # proven current, so it is put again, as a damaged one is.

@@ -121,11 +121,17 @@ def read_mirror_state(history_dir: Path) -> MirrorState | None:
 def write_mirror_state(history_dir: Path, state: MirrorState) -> None:
     """Durably replace the state file.
 
+    Its bytes are written and fsynced in a file with no name (``O_TMPFILE``, where the
+    filesystem offers it), given a temp name only to be renamed over the state file: a
+    mirror killed outright (``kill -9``) meanwhile leaves no temp file in the history,
+    where only the watcher sweeps them, and only as it starts.
+
     Raises :class:`~ingester.history.durable.StorageError` on failure.
     """
-    durable.write_file(
-        history_dir, MIRROR_STATE_NAME, state.to_json_bytes(), mode=0o644, replace=True
-    )
+    data = state.to_json_bytes()
+    staged = durable.StagedFile(history_dir, data, 0o644, name=MIRROR_STATE_NAME, unnamed=True)
+    with staged:
+        staged.commit(MIRROR_STATE_NAME, replace=True)
 
 
 def withdraw_watermark(history_dir: Path) -> None:

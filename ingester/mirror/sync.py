@@ -25,6 +25,7 @@ from ..errors import (
     PayloadRejected,
     VersionExists,
     VersionNotFound,
+    VersionTooLarge,
 )
 from ..history.base import VersionEntry
 from ..history.local import LocalHistory
@@ -34,7 +35,7 @@ from ..history.retention import plan_retention
 from ..payload.model import judge_payload
 from ..runtime.signals import StopFlag
 from ..threads import THREAD_LIMIT, InlineExecutor, in_order, workers_or_inline
-from .objectstore import ClientNotMade, Failure, RemoteObject, S3Client
+from .objectstore import METADATA_KEY, ClientNotMade, Failure, RemoteObject, S3Client
 from .options import MirrorOptions
 from .progress import MirrorProgress
 from .s3_history import S3History
@@ -109,11 +110,15 @@ class MirrorSync:
         self._remote: S3History | None = None
         self._gone: set[str] = set()  # of the names, the ones deleted before their upload
         self._compared: dict[str, str] = {}  # name -> the ETag whose bytes proved ours
-        self._upload_threads: int | None = None  # how many started, at the last pass
-        self._read_threads: int | None = None  # how many started for the last read-backs
+        # The limit on threads the pools for uploads, for read-backs have met (None: none).
+        self._upload_limit: int | None = None
+        self._read_limit: int | None = None
         self._delete_refused: str | None = None  # why deletions were refused, once said
         self._last_ours: tuple[tuple[str, str], bytes] | None = None  # (name, ETag), bytes
         self._get_refused: str | None = None  # why reading objects back was refused, once said
+        # Objects under version names the history lacks, as judged (once per ETag): the
+        # ETag, and why it is no valid payload (None: it is one).
+        self._judged: dict[str, tuple[str, str | None]] = {}
 
     # -- the object store ---------------------------------------------------------------
 
@@ -213,12 +218,21 @@ class MirrorSync:
         # next start to leave them to: its exit 0 says the copy is whole.
         if not self._stop.is_set() or self.options.once:
             base = self._local_metadata()
-            unproven = set(progress.bad)
-            self._call(lambda r: r.publish(base, self._payload_or_said, self._ours, unproven))
+            junk = self._no_payloads(set(names))
+            unproven = set(progress.bad) | junk
+
+            def publish(remote: S3History) -> None:
+                remote.publish(base, self._payload_or_said, self._ours, unproven)
+
+            self._call(publish)
             if self.options.retention == "follow":
                 # The listing as taken: a version that vanished under its upload is
                 # never what lets a remote copy go.
-                result.deleted = self._follow(listed)
+                result.deleted = self._follow(listed, junk)
+                if result.deleted:
+                    # The metadata counted what is deleted now: it describes the bucket
+                    # as it is (a --once run has no next pass to put that right).
+                    self._call(publish)
         result.waiting = progress.waiting()
         return result
 
@@ -268,6 +282,84 @@ class MirrorSync:
             return False
         return True
 
+    def _no_payloads(self, local: set[str]) -> set[str]:
+        """The objects under version names the history (``local``) lacks that hold no
+        valid payload: another writer's, or damaged. No restore brings them back, so
+        they are never the latest copy, never counted in the bucket's metadata, and
+        never deleted as versions retention deleted; each is said once.
+
+        The history lacking it, an object cannot be proven ours; what it must be is a
+        valid payload, as a version retention deleted here is. Each is read once per
+        process while its ETag stays the same (one ``GET`` of a few hundred bytes,
+        ``--concurrency`` at once), the watchdog pinged between them; a stop leaves the
+        rest counted, as they were before they were read. One the store refuses to let
+        be read is counted: nothing says it is not a version.
+        """
+        known = self.known()
+        # Forgotten with its object: what is remembered never outgrows the bucket.
+        self._judged = {n: v for n, v in self._judged.items() if n in known}
+        others = [
+            obj
+            for name, obj in sorted(known.items())
+            if name not in local and is_version_name(name)
+        ]
+        to_read = [obj for obj in others if self._judged.get(obj.name, (None,))[0] != obj.etag]
+        wanted = min(self.options.concurrency, len(to_read))
+        if wanted > 1:
+            pool, threads, self._read_limit = self._workers(wanted, "read", self._read_limit)
+        else:
+            pool, threads = InlineExecutor(), 0
+        verdicts = in_order(pool, self._payload_problem, to_read, threads)
+        try:
+            for obj in to_read:
+                if self._stop.is_set():
+                    break
+                self._alive()
+                why = next(verdicts)
+                if why is not None:
+                    log.warning(
+                        "%s in %s is no valid payload (%s): never the latest copy, nor "
+                        "counted as a version in its %s; remove it",
+                        obj.name,
+                        self.target,
+                        why,
+                        METADATA_KEY,
+                    )
+                self._judged[obj.name] = (obj.etag, why)
+        finally:
+            verdicts.close()
+            pool.shutdown(wait=True, cancel_futures=True)
+        # Those a stop left unread are not in it: counted, as before they were read.
+        return {
+            obj.name
+            for obj in others
+            if (judged := self._judged.get(obj.name)) is not None
+            and judged[0] == obj.etag
+            and judged[1] is not None
+        }
+
+    def _payload_problem(self, obj: RemoteObject) -> str | None:
+        """Why object ``obj`` is no valid payload (read on a read thread); ``None`` when
+        it is one, or when that cannot be told (gone since the listing, or a read the
+        store refuses). Raises :class:`MirrorBlocked` when the store cannot be used."""
+        try:
+            data: bytes = self._call(lambda r: r.read_version(obj.name))
+        except VersionNotFound:
+            return None
+        except VersionTooLarge as exc:
+            return exc.reason
+        except MirrorBlocked as exc:
+            if exc.failure.kind == "damaged":
+                return exc.failure.detail.removeprefix(f"{obj.name}: ")
+            if exc.failure.refused_by_policy:
+                return None
+            raise
+        try:
+            judge_payload(data)
+        except PayloadRejected as rejected:
+            return rejected.reason
+        return None
+
     def _local_metadata(self) -> StorageMetadata | None:
         """The history's metadata (its totals go with the copy); ``None`` if unusable."""
         try:
@@ -305,8 +397,7 @@ class MirrorSync:
         # the uploads' threads start, and count against a limit on threads.
         wanted = min(self.options.concurrency, len(to_read))
         if wanted > 1:
-            pool, threads = self._workers(wanted, "read", self._read_threads)
-            self._read_threads = threads
+            pool, threads, self._read_limit = self._workers(wanted, "read", self._read_limit)
         else:
             pool, threads = InlineExecutor(), 0
         verdicts = in_order(pool, self._compare_one, to_read, threads)
@@ -345,7 +436,7 @@ class MirrorSync:
         try:
             return _Compared("proven" if self._proves(remote, data) else "other")
         except MirrorBlocked as exc:
-            if exc.failure.kind != "denied":
+            if not exc.failure.refused_by_policy:
                 raise
             return _Compared("refused", exc.failure.detail)
 
@@ -448,27 +539,38 @@ class MirrorSync:
         """The pass's upload threads, as many of ``--concurrency`` as can start (none: the
         uploads run one after the other on this thread); a change in how many is said."""
         wanted = max(1, self.options.concurrency)
-        pool, self._upload_threads = self._workers(wanted, "upload", self._upload_threads)
+        pool, _threads, self._upload_limit = self._workers(wanted, "upload", self._upload_limit)
         return pool
 
-    def _workers(self, wanted: int, work: str, before: int | None) -> tuple[Executor, int]:
+    def _workers(
+        self, wanted: int, work: str, before: int | None
+    ) -> tuple[Executor, int, int | None]:
         """Up to ``wanted`` threads for ``work`` (``upload`` or ``read``), as many as can
-        start (none: an :class:`InlineExecutor`), and how many; fewer than ``wanted`` is
-        said in one WARNING line unless ``before`` (how many the last pool for it had) is
-        the same, and all of them after fewer before in one INFO line."""
+        start (none: an :class:`InlineExecutor`); the pool, how many it has, and the
+        limit on threads known now (``None``: none is).
+
+        ``before`` is the limit known from the pools before (the most threads that could
+        start when fewer than wanted did). Hitting a new limit is said in one WARNING
+        line, and getting past the known one in one INFO line. How many are wanted
+        varies (a read-back wants no more than there are objects to read): a pool that
+        got all it wanted, no more than the known limit, says nothing of it.
+        """
         doing = {"upload": "uploading", "read": "reading objects back"}[work]
         pool, threads = workers_or_inline(wanted, f"ingester-{work}")
-        if threads < wanted and threads != before:
-            log.warning(
-                "%s: %s on %s instead of %d",
-                THREAD_LIMIT,
-                doing,
-                f"{threads} thread(s)" if threads else "the mirror's own thread",
-                wanted,
-            )
-        elif threads == wanted and before not in (None, wanted):
+        if threads < wanted:
+            if threads != before:
+                log.warning(
+                    "%s: %s on %s instead of %d",
+                    THREAD_LIMIT,
+                    doing,
+                    f"{threads} thread(s)" if threads else "the mirror's own thread",
+                    wanted,
+                )
+            return pool, threads, threads
+        if before is not None and threads > before:
             log.info("%s on %d threads again", doing, wanted)
-        return pool, threads
+            return pool, threads, None
+        return pool, threads, before
 
     def _wait_uploads(self, futures: set[Future[int | None]]) -> None:
         """Wait until every upload in ``futures`` is done, one has failed, or a stop is
@@ -506,12 +608,14 @@ class MirrorSync:
         self.progress.bad.pop(name, None)
         return len(data)
 
-    def _follow(self, names: list[str]) -> int:
-        """Delete remote versions local retention deleted; see the module docstring."""
+    def _follow(self, names: list[str], junk: set[str]) -> int:
+        """Delete remote versions local retention deleted; see the module docstring.
+        Objects that are no valid payload (``junk``) were never versions here: retention
+        never deleted them, so neither is their deletion followed nor do they count."""
         if not names:
             return 0
         known = self.remote().known or {}
-        remote_versions = sorted(n for n in known if is_version_name(n))
+        remote_versions = sorted(n for n in known if is_version_name(n) and n not in junk)
         plan = plan_retention(remote_versions, utc_now(), self.policy)
         local = set(names)
         doomed = [n for n in plan.delete if n not in local and n < names[0]]
@@ -538,7 +642,7 @@ class MirrorSync:
         try:
             self._call(lambda r: r.remove(name))
         except MirrorBlocked as exc:
-            if exc.failure.kind != "denied":
+            if not exc.failure.refused_by_policy:
                 raise
             if self._delete_refused != exc.failure.detail:
                 log.error(

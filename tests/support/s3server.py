@@ -249,7 +249,9 @@ class FaultProxy:
     answers 503 SlowDown; ``"error"`` answers 500 InternalError; ``"delay"`` waits
     ``delay`` seconds, then forwards. ``deny`` is a set of methods it answers with 403
     AccessDenied whatever ``fault`` says, as S3 does when a policy lacks their action
-    (``{"DELETE"}``: no ``s3:DeleteObject``). ``faulted`` counts the requests it answered
+    (``{"DELETE"}``: no ``s3:DeleteObject``); ``fault = "deny"`` answers every request so.
+    ``deny_code`` is the code of those 403s (``RequestTimeTooSkewed``: the request's
+    time is off from the store's clock). ``faulted`` counts the requests it answered
     itself.
     ``in_flight`` counts the requests taken for forwarding (their delay included) whose
     answer has not come back from upstream: the fault a request gets and its place in
@@ -270,6 +272,7 @@ class FaultProxy:
         self.fault: str | None = None
         self.delay = 0.0
         self.deny: set[str] = set()
+        self.deny_code = "AccessDenied"
         self.faulted = 0
         self.forwarded = 0
         self.in_flight = 0
@@ -303,7 +306,7 @@ class FaultProxy:
                     status, code = {
                         "slowdown": (503, "SlowDown"),
                         "error": (500, "InternalError"),
-                        "deny": (403, "AccessDenied"),
+                        "deny": (403, proxy.deny_code),
                     }[fault]
                     payload = (
                         '<?xml version="1.0" encoding="UTF-8"?>'
