@@ -37,9 +37,11 @@ from ..payload.gate import check_payload
 from ..runtime.signals import StopFlag
 from .arrivals import How
 from .claims import (
+    DEFAULT_ACL,
     WRITTEN,
     claim_changed,
     claim_holds,
+    has_acl,
     links_reach,
     release_copy,
     seal_claim,
@@ -152,6 +154,9 @@ class Intake:
     _group_copies: int = 0  # how many of _group are copies
     _spool: str = ""  # the spool and .claimed/ as strings: the drop path joins names to them
     _claimed: str = ""
+    # What a new file in the history gets, looked at once per group (see _new_file_gid).
+    _history_looked: bool = False
+    _history_gid: int | None = None
 
     def __post_init__(self) -> None:
         self._set_aside = SetAside(self.spool, self.alive, self.stop)
@@ -184,6 +189,19 @@ class Intake:
             self.spool.ensure_folders()
             self.spool.check_claimed(self.euid, self.history_id)
 
+    def _new_file_gid(self) -> int | None:
+        """The group of a new file made in the history, where that is all it inherits;
+        None where it inherits more (the history has a default ACL) or cannot be looked
+        at: then no drop's own inode is a version, each is copied.
+
+        Looked at once per group: a default ACL applied to a running service's history
+        counts from its next group, at the cost of one ``stat`` and one ``getxattr``.
+        """
+        if not self._history_looked:
+            self._history_looked = True
+            self._history_gid = new_file_gid(self.store.history_dir)
+        return self._history_gid
+
     # -- steps 1-6 ------------------------------------------------------------------
 
     def take(self, name: str, how: How, batch: Batch) -> Outcome:
@@ -212,8 +230,16 @@ class Intake:
         # 3. stage. Zero-copy when the drop is ours alone and on the history's
         # filesystem: its own inode becomes the version (as a rename would), made
         # read-only and fsynced. Otherwise (another user's file, other filesystem)
-        # the bytes are copied, so no one else can ever write to a version.
-        zero_copy = self.same_fs and opened.uid == self.euid and opened.nlink == 1
+        # the bytes are copied, so no one else can ever write to a version. Zero-copy
+        # too only where the inode is what a new file made in the history would be
+        # (its group, no ACL): one that missed the history's default ACL would stay
+        # closed to the readers that ACL lets in.
+        zero_copy = (
+            self.same_fs
+            and opened.uid == self.euid
+            and opened.nlink == 1
+            and opened.gid == self._new_file_gid()
+        )
         if not zero_copy:
             self.copied = True
         staged = None if zero_copy else batch.stage(opened.data)
@@ -379,6 +405,7 @@ class Intake:
         """
         group, self._group = self._group, []
         self._group_copies = 0
+        self._history_looked = False
         error: GroupFailure | None = None
         synced: list[_Claimed] = []
         if not group:
@@ -567,6 +594,19 @@ class Intake:
     def _done(self, outcome: Dropped) -> Dropped:
         self.readiness.forget(outcome.drop)
         return outcome
+
+
+def new_file_gid(folder: durable.StrPath) -> int | None:
+    """The group a new file made in ``folder`` gets (the folder's own where it is
+    setgid, else this process's), where the folder has no default ACL; None where it
+    has one, or cannot be looked at."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    if has_acl(folder, DEFAULT_ACL):
+        return None
+    return st.st_gid if st.st_mode & stat.S_ISGID else os.getegid()
 
 
 def _folder(name: str, spool_dir: Path) -> Ignored:

@@ -76,7 +76,8 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Opened:
-    """A regular file read through a safe descriptor."""
+    """A regular file read through a safe descriptor (its ``fstat`` then: ``mtime_ns`` in
+    nanoseconds since the epoch)."""
 
     data: bytes
     dev: int
@@ -85,6 +86,8 @@ class Opened:
     uid: int = -1
     nlink: int = 1
     mode: int = 0o644
+    gid: int = -1
+    mtime_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,17 @@ def open_entry(path: durable.StrPath, max_bytes: int) -> Opened | Unreadable | N
         if not stat.S_ISREG(st.st_mode):
             return Unreadable(_kind(st.st_mode), is_dir=stat.S_ISDIR(st.st_mode))
         if st.st_size > max_bytes:
-            return Opened(b"", st.st_dev, st.st_ino, st.st_size, st.st_uid, st.st_nlink, st.st_mode)
+            return Opened(
+                b"",
+                st.st_dev,
+                st.st_ino,
+                st.st_size,
+                st.st_uid,
+                st.st_nlink,
+                st.st_mode,
+                st.st_gid,
+                st.st_mtime_ns,
+            )
         chunks = []
         remaining = max_bytes + 1
         # The size fstat gave (and one byte more, to see a file still growing) is what
@@ -138,6 +151,8 @@ def open_entry(path: durable.StrPath, max_bytes: int) -> Opened | Unreadable | N
             st.st_uid,
             st.st_nlink,
             st.st_mode,
+            st.st_gid,
+            st.st_mtime_ns,
         )
     except OSError as exc:
         raise StorageError("read drop", path, exc) from exc
