@@ -42,6 +42,7 @@ __all__ = [
     "Unreadable",
     "drop_name_for_now",
     "is_drop_name",
+    "user_words",
 ]
 
 WRITER_TEMP_STALE_S = 3600.0
@@ -160,7 +161,8 @@ def open_entry(path: durable.StrPath, max_bytes: int) -> Opened | Unreadable | N
         os.close(fd)
 
 
-def _user(uid: int) -> str:
+def user_words(uid: int) -> str:
+    """A user as a line names it: ``uid 0 (root)``, or ``uid N`` where it has no name."""
     try:
         return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
     except KeyError:
@@ -219,8 +221,8 @@ class Spool:
             problem = "it is the history folder"
         elif euid is not None and st.st_uid != euid:
             problem = (
-                f"it is owned by {_user(st.st_uid)}, not by this service ({_user(euid)}); "
-                "remove it and restart"
+                f"it is owned by {user_words(st.st_uid)}, not by this service "
+                f"({user_words(euid)}); remove it and restart"
             )
         elif st.st_mode & 0o022:
             # Others who may write in it could remove a claim in flight or plant one,
