@@ -106,6 +106,8 @@ def start_refused(exc: OSError, folders: tuple[Path, ...]) -> str:
     words = describe_os_error(exc)
     if exc.errno not in (errno.EACCES, errno.EPERM) or exc.filename is None:
         return words
+    if exc.strerror != os.strerror(exc.errno):
+        return words  # words of our own, which say what to do already
     path = Path(os.path.abspath(os.fsdecode(exc.filename)))
     me = os.geteuid()
     for where in (path.parent, path):
