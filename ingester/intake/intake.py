@@ -49,6 +49,7 @@ from .claims import (
 )
 from .outcomes import (
     Abandoned,
+    Behind,
     Blocked,
     Deferred,
     Dropped,
@@ -64,13 +65,23 @@ from .second_names import remove_second_name
 from .set_aside import SetAside
 from .spool import Opened, Spool, open_entry
 
-__all__ = ["Intake"]
+__all__ = ["Intake", "WaitsBehind"]
 
 log = logging.getLogger("ingester.watcher")
 
 
 def _no_one_listens() -> None:
     """The default :attr:`Intake.alive`: no loop to keep informed."""
+
+
+WaitsBehind = Callable[[str, int], float | None]
+"""Asked of a complete, valid drop (its name, its mtime in ns) before its claim: when to
+look at it again if an older drop must be stored first, else None."""
+
+
+def _waits_for_none(_name: str, _mtime_ns: int) -> float | None:
+    """The default of :meth:`Intake.take`: no drop waits for another."""
+    return None
 
 
 @dataclass
@@ -204,12 +215,17 @@ class Intake:
 
     # -- steps 1-6 ------------------------------------------------------------------
 
-    def take(self, name: str, how: How, batch: Batch) -> Outcome:
+    def take(
+        self, name: str, how: How, batch: Batch, behind: WaitsBehind = _waits_for_none
+    ) -> Outcome:
         """Steps 1-4 for ``<spool>/name`` in the current group: what became of it.
 
         A valid drop is claimed and its bytes staged (a copy) or made read-only (its own
         inode), not yet durable: it is returned as a pending :class:`Stored`, and
         :meth:`commit_group` makes the whole group durable and links its versions.
+        ``behind(name, mtime_ns)`` is asked of a drop found complete and valid, before
+        its claim: the monotonic time to look at it again when an older drop must be
+        stored first (it is then left in the spool: :class:`Behind`), else None.
         """
         path = os.path.join(self._spool, name)
         ready = self.readiness.check(path, how)
@@ -223,6 +239,9 @@ class Intake:
         opened = self.open_and_judge(path, name, may_be_open=ready.may_be_open)
         if not isinstance(opened, Opened):
             return opened
+        until = behind(name, opened.mtime_ns)
+        if until is not None:
+            return Behind(name, until)
         if opened.nlink > 1:
             second = self._second_name(path, name, opened)
             if second is not None:

@@ -18,6 +18,7 @@ from ..errors import StorageError
 
 __all__ = [
     "Abandoned",
+    "Behind",
     "Blocked",
     "Deferred",
     "Dropped",
@@ -67,6 +68,16 @@ class Deferred:
     drop: str
     until: float | None
     claim_left: bool = False
+
+
+@dataclass(frozen=True)
+class Behind:
+    """Complete and valid, but an older drop still waits to settle: ``drop`` waits for
+    it, looked at again at ``until`` (monotonic), so that drops are stored in the order
+    they arrived."""
+
+    drop: str
+    until: float
 
 
 @dataclass(frozen=True)
@@ -146,5 +157,14 @@ class SecondName:
 
 
 Outcome = (
-    Stored | Rejected | Deferred | Dropped | Ignored | Blocked | Abandoned | Recovered | SecondName
+    Stored
+    | Rejected
+    | Deferred
+    | Behind
+    | Dropped
+    | Ignored
+    | Blocked
+    | Abandoned
+    | Recovered
+    | SecondName
 )
