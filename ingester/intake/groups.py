@@ -439,9 +439,7 @@ class Backlog:
     def _note_settling(self, name: str, outcome: Outcome) -> None:
         """After a look at drop ``name``: whether it now waits to settle (see
         :meth:`_waits_behind`)."""
-        mtime = None
-        if isinstance(outcome, Deferred):
-            mtime = self.intake.readiness.settling(name)
+        mtime = outcome.settling if isinstance(outcome, Deferred) else None
         if mtime is None:
             self._settled(name)
             return

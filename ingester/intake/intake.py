@@ -234,7 +234,7 @@ class Intake:
         if isinstance(ready, Folder):
             return _folder(name, self.spool.dir)
         if isinstance(ready, Wait):
-            return Deferred(name, ready.until)
+            return Deferred(name, ready.until, settling=self.readiness.settling(name))
         started = time.perf_counter()
         opened = self.open_and_judge(path, name, may_be_open=ready.may_be_open)
         if not isinstance(opened, Opened):

@@ -63,11 +63,14 @@ class Deferred:
     """Not taken now: look again at ``until`` (monotonic), or on its next event (None).
 
     ``claim_left``: a claim may have stayed behind, for the recovery to finish.
+    ``settling``: its mtime (ns since the epoch) where it waits only to settle, which
+    holds newer drops back (:class:`Behind`); None where it waits for anything else.
     """
 
     drop: str
     until: float | None
     claim_left: bool = False
+    settling: int | None = None
 
 
 @dataclass(frozen=True)
