@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, run_cli
-from support.watchproc import drop, payload, versions
+from support.watchproc import WatchProcess, drop, payload, versions
 
 SETFACL = shutil.which("setfacl")
 SETPRIV = shutil.which("setpriv")
@@ -45,19 +45,25 @@ def base() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _history_for_readers(root: Path) -> Path:
+def _history_for_readers(root: Path, *, acl: bool = True) -> Path:
     """The history as the readers snippet leaves it: closed to others, open to the group
-    by an ACL, with a default ACL for every file made in it."""
+    by an ACL, with a default ACL for every file made in it (``acl``: else closed to
+    the group too, as before the snippet is applied)."""
     history = root / "console-usage-history"
     history.mkdir(parents=True, mode=0o750)
     history.chmod(0o750)
+    if acl:
+        _readers_acl(history)
+    return history
+
+
+def _readers_acl(history: Path) -> None:
     acl = f"group:{READERS_GID}:r-x,default:group:{READERS_GID}:r-x"
     result = subprocess.run(
         [str(SETFACL), "-m", acl, str(history)], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         pytest.skip(f"this filesystem takes no POSIX ACL: {result.stderr.strip()}")
-    return history
 
 
 def _reader_reads(
@@ -140,4 +146,26 @@ def test_a_drop_of_another_group_is_stored_with_the_history_group(base: Path) ->
     [version] = versions(root)
     assert version.stat().st_gid == READERS_GID
     read = _reader_reads(version)
+    assert read.returncode == 0, read.stderr.decode()
+
+
+def test_a_default_acl_applied_while_the_watcher_runs_reaches_the_next_version(
+    base: Path,
+) -> None:
+    """The readers snippet applied to a running service: the next version is readable
+    by the group, though a temp file for it was made ahead, before the ACL."""
+    root = base / "root"
+    history = _history_for_readers(root, acl=False)
+    spool = root / "spool"
+    with WatchProcess(root, wrapper=SERVICE_UMASK) as watcher:
+        watcher.wait_log("watching ")
+        drop(spool, "a.json", payload(1), owner=(4242, 4242))  # copied: a temp made ahead
+        watcher.wait_log("ingested a.json")
+        _readers_acl(history)
+        drop(spool, "b.json", payload(2), owner=(4242, 4242))
+        watcher.wait_log("ingested b.json")
+        assert watcher.stop() == 0
+    newest = versions(root)[-1]
+    assert newest.read_bytes() == payload(2)
+    read = _reader_reads(newest)
     assert read.returncode == 0, read.stderr.decode()

@@ -168,6 +168,7 @@ class Intake:
     # What a new file in the history gets, looked at once per group (see _new_file_gid).
     _history_looked: bool = False
     _history_gid: int | None = None
+    _history_known: bool = False  # looked at once at least: a change can be seen
 
     def __post_init__(self) -> None:
         self._set_aside = SetAside(self.spool, self.alive, self.stop)
@@ -207,10 +208,15 @@ class Intake:
 
         Looked at once per group: a default ACL applied to a running service's history
         counts from its next group, at the cost of one ``stat`` and one ``getxattr``.
+        Where it changed, the spare temp file made ahead for the next copy is let go:
+        made before, it would not be what a new file is now.
         """
         if not self._history_looked:
             self._history_looked = True
-            self._history_gid = new_file_gid(self.store.history_dir)
+            gid = new_file_gid(self.store.history_dir)
+            if self._history_known and gid != self._history_gid:
+                self.store.close()
+            self._history_gid, self._history_known = gid, True
         return self._history_gid
 
     # -- steps 1-6 ------------------------------------------------------------------
@@ -253,11 +259,12 @@ class Intake:
         # too only where the inode is what a new file made in the history would be
         # (its group, no ACL): one that missed the history's default ACL would stay
         # closed to the readers that ACL lets in.
+        new_files_gid = self._new_file_gid()
         zero_copy = (
             self.same_fs
             and opened.uid == self.euid
             and opened.nlink == 1
-            and opened.gid == self._new_file_gid()
+            and opened.gid == new_files_gid
         )
         if not zero_copy:
             self.copied = True
