@@ -14,6 +14,7 @@ read as their order.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -30,9 +31,12 @@ from .readiness import writers_present
 from .spool import Opened
 
 __all__ = [
+    "ACCESS_ACL",
+    "DEFAULT_ACL",
     "WRITTEN",
     "claim_changed",
     "claim_holds",
+    "has_acl",
     "links_reach",
     "open_claim",
     "release_copy",
@@ -41,6 +45,23 @@ __all__ = [
 ]
 
 log = logging.getLogger("ingester.watcher")
+
+ACCESS_ACL = "system.posix_acl_access"
+"""The extended attribute that holds a file's POSIX ACL beyond its mode."""
+DEFAULT_ACL = "system.posix_acl_default"
+"""The extended attribute that holds the ACL a folder hands down to every file made in it."""
+
+
+def has_acl(target: int | durable.StrPath, kind: str) -> bool:
+    """Whether the file (path, or open descriptor) ``target`` has the ACL ``kind``
+    (:data:`ACCESS_ACL` or :data:`DEFAULT_ACL`). A filesystem without ACLs has none; a
+    file that cannot be asked is taken to have one (the caller then copies, which is
+    always right). Never raises."""
+    try:
+        os.getxattr(target, kind)
+    except OSError as exc:
+        return exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+    return True
 
 
 def open_claim(claim: str) -> int:
@@ -77,8 +98,9 @@ def seal_claim(claim: str, opened: Opened, umask: int) -> int | str:
     the group's commit to fsync (the caller closes it); or, with nothing sealed:
     ``"changed"`` (another file, another link to it, or bytes other than those judged),
     ``"copy"`` (the bytes judged, but someone may hold it open for writing: a read
-    lease is refused or not offered). Raises :class:`StorageError` when the claim cannot
-    be opened, looked at, made read-only or read.
+    lease is refused or not offered; or it has an ACL of its own). Raises
+    :class:`StorageError` when the claim cannot be opened, looked at, made read-only or
+    read.
     """
     fd = open_claim(claim)
     try:
@@ -90,6 +112,11 @@ def seal_claim(claim: str, opened: Opened, umask: int) -> int | str:
         ):
             os.close(fd)
             return "changed"
+        if has_acl(fd, ACCESS_ACL):
+            # Its own ACL (handed down by the spool's default ACL, say) is none that a
+            # new file in the history gets: the bytes judged are copied instead.
+            os.close(fd)
+            return "copy"
         durable.set_fd_mode(fd, VERSION_MODE & ~umask)
         if writers_present(fd) is not False:
             os.close(fd)

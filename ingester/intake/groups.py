@@ -10,6 +10,7 @@ the log lines, the per-drop waits and the whole pipeline's backoff. The service 
 from __future__ import annotations
 
 import errno
+import heapq
 import itertools
 import logging
 import resource
@@ -29,6 +30,7 @@ from .maintenance import Maintenance
 from .metrics import Metrics
 from .outcomes import (
     Abandoned,
+    Behind,
     Blocked,
     Deferred,
     Dropped,
@@ -48,6 +50,15 @@ log = logging.getLogger("ingester.watcher")
 
 _GROUP_MAX = 256  # most versions linked before one fsync of the history makes them durable
 _GROUP_SECONDS = 1.0  # and at most this long, so the loop keeps pinging systemd
+
+
+def hold_limit(settle: float) -> float:
+    """Seconds an older drop that waits to settle may hold newer drops back, counted from
+    when it was first found waiting: three looks at it (``settle`` seconds each), and
+    five seconds at the least, as long as a start waits for drops settling before it
+    says READY. One that has not settled by then (a writer's clock far ahead, a file
+    rewritten in place with its mtime kept) no longer holds the spool up."""
+    return max(5.0, 3 * settle)
 
 
 def group_limit() -> int:
@@ -141,6 +152,15 @@ class Backlog:
         # Drops of a --once run left to a writer that still has them open (looked at
         # again on an event, which such a run never hears): still in the spool.
         self._held_open: set[str] = set()
+        # Drops found waiting to settle: name -> (its mtime in ns, and the monotonic time
+        # it was first found so). A newer drop is never stored before one of them.
+        self._settling: dict[str, tuple[int, float]] = {}
+        self._oldest: list[tuple[int, str]] = []  # a heap of _settling's (mtime, name)
+        self._overdue: set[str] = set()  # settling past hold_limit: said once, held none
+        # Drops that wait behind an older settling one (in ``deferred`` until it is
+        # done), with how each was seen: a close-write is not lost by the wait.
+        self._behind: dict[str, How] = {}
+        self._hold_limit = hold_limit(intake.settle)
         self._left_claimed = 0
         self._counting = threading.RLock()
 
@@ -162,10 +182,13 @@ class Backlog:
         """A drop heard of by an event: waiting now (a close-write upgrades how it was seen)."""
         if how is How.COMPLETE:
             self.intake.readiness.completed(name)
+            self._settled(name)
         with self._counting:
             current = self.pending.get(name)
-            if current is None or how is How.COMPLETE:
-                self.pending[name] = how
+            behind = self._behind.pop(name, None)
+            if current is None:
+                current = behind
+            self.pending[name] = how if current is None or how is How.COMPLETE else current
             self.deferred.pop(name, None)
 
     def found(self, name: str) -> None:
@@ -179,15 +202,15 @@ class Backlog:
             if until <= now:
                 with self._counting:
                     del self.deferred[name]
-                    self.pending.setdefault(name, How.SETTLE)
+                    self.pending.setdefault(name, self._behind.pop(name, How.SETTLE))
 
     def ready(self, now: float) -> bool:
         """Whether a group is due: drops waiting, and the pipeline not backing off."""
         return bool(self.pending) and self.backoff.due(now)
 
     def settling(self) -> bool:
-        """Whether a deferred drop only waits to settle: not for its own retry after a
-        failure, nor for a writer that still has it open."""
+        """Whether a deferred drop only waits to settle (or for an older drop that does):
+        not for its own retry after a failure, nor for a writer that still has it open."""
         readiness = self.intake.readiness
         return any(
             n not in self._drop_waits
@@ -214,9 +237,17 @@ class Backlog:
                 aside,
             )
             taken = False
+        behind = [name for name in self._behind if name not in self.pending]
+        if behind:
+            log.error(
+                "%d drop(s) wait for older drops still settling: left in the spool for "
+                "the next start",
+                len(behind),
+            )
+            taken = False
         # Deferred for their writer (still open, still changing, or an invalid payload
         # its writer may yet finish): not failures, but left all the same.
-        writing = self._held_open.union(self.deferred).difference(self.pending)
+        writing = self._held_open.union(self.deferred).difference(self.pending, behind)
         writing = {name for name in writing if name not in self._drop_waits}
         if writing:
             log.error(
@@ -337,10 +368,11 @@ class Backlog:
             if self._stop.is_set():
                 break
             try:
-                outcome = self.intake.take(name, how, batch)
+                outcome = self.intake.take(name, how, batch, self._waits_behind)
             except StorageError as exc:
                 self.fail(name, exc)
                 break
+            self._note_settling(name, outcome)
             if isinstance(outcome, Abandoned):
                 # A stop gave its copy up: it is still in the spool, so it stays waiting
                 # (a --once run counts it as left), and the drops claimed before it are
@@ -351,12 +383,76 @@ class Backlog:
                 self.pending.pop(name, None)
                 if isinstance(outcome, Stored):
                     claimed[name] = how  # staged: stored once the group commits
+                elif isinstance(outcome, Behind):
+                    self._behind[name] = how  # a close-write is not lost by the wait
                 self.apply(outcome)  # a drop deferred is never out of every count
             if not (isinstance(outcome, Blocked) and outcome.step == "claim"):
                 progressed = True
             if len(claimed) >= self._group_max or time.monotonic() - began > _GROUP_SECONDS:
                 break  # publish this group; the rest waits one loop (watchdog pings)
         return progressed
+
+    # -- arrival order ----------------------------------------------------------------
+
+    def _waits_behind(self, name: str, mtime_ns: int) -> float | None:
+        """When to look again at drop ``name`` (found complete and valid, its mtime
+        ``mtime_ns``) if an older drop still settles, else None (SPEC: drops are stored
+        in the order they arrived, oldest mtime first, then name).
+
+        Only a drop that waits to settle holds others back, and for :func:`hold_limit`
+        at most: one that waits for its writer (open for writing, made in place, not
+        valid yet) has not arrived, and one that waits after a failure of its own (a
+        claim refused, the quarantine) must not stall the spool for its backoff. Costs
+        nothing while no drop settles, and a look at the oldest one while some do.
+        """
+        if not self._settling:
+            return None
+        now = time.monotonic()
+        oldest = self._oldest_settling(now)
+        if oldest is None or oldest[1] == name or oldest >= (mtime_ns, name):
+            return None
+        log.debug("%s waits for %s, older, to settle", name, oldest[1])
+        return max(now, self.deferred.get(oldest[1], now))
+
+    def _oldest_settling(self, now: float) -> tuple[int, str] | None:
+        """The oldest drop that waits to settle and still holds newer ones back, as
+        ``(mtime_ns, name)``; None when there is none. Entries of drops looked at since
+        (or settled, or gone) are dropped from the heap as they come to its top, and so
+        is a drop that no longer holds others (said once in the log)."""
+        heap = self._oldest
+        while heap:
+            mtime, name = heap[0]
+            entry = self._settling.get(name)
+            if entry is not None and entry[0] == mtime:
+                if now - entry[1] < self._hold_limit:
+                    return mtime, name
+                if name not in self._overdue:
+                    self._overdue.add(name)
+                    log.info(
+                        "%s has not settled within %.0f s; newer drops no longer wait for it",
+                        name,
+                        self._hold_limit,
+                    )
+            heapq.heappop(heap)
+        return None
+
+    def _note_settling(self, name: str, outcome: Outcome) -> None:
+        """After a look at drop ``name``: whether it now waits to settle (see
+        :meth:`_waits_behind`)."""
+        mtime = outcome.settling if isinstance(outcome, Deferred) else None
+        if mtime is None:
+            self._settled(name)
+            return
+        seen = self._settling.get(name)
+        if seen is not None and seen[0] == mtime:
+            return
+        self._settling[name] = (mtime, time.monotonic() if seen is None else seen[1])
+        heapq.heappush(self._oldest, (mtime, name))
+
+    def _settled(self, name: str) -> None:
+        if self._settling.pop(name, None) is not None and not self._settling:
+            self._oldest.clear()
+        self._overdue.discard(name)
 
     # -- what became of a drop -------------------------------------------------------
 
@@ -385,6 +481,8 @@ class Backlog:
                 self.deferred[outcome.drop] = outcome.until
             elif self.once and not outcome.claim_left:
                 self._held_open.add(outcome.drop)
+        elif isinstance(outcome, Behind):
+            self.deferred[outcome.drop] = outcome.until
         elif isinstance(outcome, Dropped):
             self._drop_waits.forget(outcome.drop)
         elif isinstance(outcome, Ignored):

@@ -37,9 +37,11 @@ from ..payload.gate import check_payload
 from ..runtime.signals import StopFlag
 from .arrivals import How
 from .claims import (
+    DEFAULT_ACL,
     WRITTEN,
     claim_changed,
     claim_holds,
+    has_acl,
     links_reach,
     release_copy,
     seal_claim,
@@ -47,6 +49,7 @@ from .claims import (
 )
 from .outcomes import (
     Abandoned,
+    Behind,
     Blocked,
     Deferred,
     Dropped,
@@ -62,13 +65,23 @@ from .second_names import remove_second_name
 from .set_aside import SetAside
 from .spool import Opened, Spool, open_entry
 
-__all__ = ["Intake"]
+__all__ = ["Intake", "WaitsBehind"]
 
 log = logging.getLogger("ingester.watcher")
 
 
 def _no_one_listens() -> None:
     """The default :attr:`Intake.alive`: no loop to keep informed."""
+
+
+WaitsBehind = Callable[[str, int], float | None]
+"""Asked of a complete, valid drop (its name, its mtime in ns) before its claim: when to
+look at it again if an older drop must be stored first, else None."""
+
+
+def _waits_for_none(_name: str, _mtime_ns: int) -> float | None:
+    """The default of :meth:`Intake.take`: no drop waits for another."""
+    return None
 
 
 @dataclass
@@ -152,6 +165,10 @@ class Intake:
     _group_copies: int = 0  # how many of _group are copies
     _spool: str = ""  # the spool and .claimed/ as strings: the drop path joins names to them
     _claimed: str = ""
+    # What a new file in the history gets, looked at once per group (see _new_file_gid).
+    _history_looked: bool = False
+    _history_gid: int | None = None
+    _history_known: bool = False  # looked at once at least: a change can be seen
 
     def __post_init__(self) -> None:
         self._set_aside = SetAside(self.spool, self.alive, self.stop)
@@ -184,14 +201,37 @@ class Intake:
             self.spool.ensure_folders()
             self.spool.check_claimed(self.euid, self.history_id)
 
+    def _new_file_gid(self) -> int | None:
+        """The group of a new file made in the history, where that is all it inherits;
+        None where it inherits more (the history has a default ACL) or cannot be looked
+        at: then no drop's own inode is a version, each is copied.
+
+        Looked at once per group: a default ACL applied to a running service's history
+        counts from its next group, at the cost of one ``stat`` and one ``getxattr``.
+        Where it changed, the spare temp file made ahead for the next copy is let go:
+        made before, it would not be what a new file is now.
+        """
+        if not self._history_looked:
+            self._history_looked = True
+            gid = new_file_gid(self.store.history_dir)
+            if self._history_known and gid != self._history_gid:
+                self.store.close()
+            self._history_gid, self._history_known = gid, True
+        return self._history_gid
+
     # -- steps 1-6 ------------------------------------------------------------------
 
-    def take(self, name: str, how: How, batch: Batch) -> Outcome:
+    def take(
+        self, name: str, how: How, batch: Batch, behind: WaitsBehind = _waits_for_none
+    ) -> Outcome:
         """Steps 1-4 for ``<spool>/name`` in the current group: what became of it.
 
         A valid drop is claimed and its bytes staged (a copy) or made read-only (its own
         inode), not yet durable: it is returned as a pending :class:`Stored`, and
         :meth:`commit_group` makes the whole group durable and links its versions.
+        ``behind(name, mtime_ns)`` is asked of a drop found complete and valid, before
+        its claim: the monotonic time to look at it again when an older drop must be
+        stored first (it is then left in the spool: :class:`Behind`), else None.
         """
         path = os.path.join(self._spool, name)
         ready = self.readiness.check(path, how)
@@ -200,11 +240,14 @@ class Intake:
         if isinstance(ready, Folder):
             return _folder(name, self.spool.dir)
         if isinstance(ready, Wait):
-            return Deferred(name, ready.until)
+            return Deferred(name, ready.until, settling=self.readiness.settling(name))
         started = time.perf_counter()
         opened = self.open_and_judge(path, name, may_be_open=ready.may_be_open)
         if not isinstance(opened, Opened):
             return opened
+        until = behind(name, opened.mtime_ns)
+        if until is not None:
+            return Behind(name, until)
         if opened.nlink > 1:
             second = self._second_name(path, name, opened)
             if second is not None:
@@ -212,8 +255,17 @@ class Intake:
         # 3. stage. Zero-copy when the drop is ours alone and on the history's
         # filesystem: its own inode becomes the version (as a rename would), made
         # read-only and fsynced. Otherwise (another user's file, other filesystem)
-        # the bytes are copied, so no one else can ever write to a version.
-        zero_copy = self.same_fs and opened.uid == self.euid and opened.nlink == 1
+        # the bytes are copied, so no one else can ever write to a version. Zero-copy
+        # too only where the inode is what a new file made in the history would be
+        # (its group, no ACL): one that missed the history's default ACL would stay
+        # closed to the readers that ACL lets in.
+        new_files_gid = self._new_file_gid()
+        zero_copy = (
+            self.same_fs
+            and opened.uid == self.euid
+            and opened.nlink == 1
+            and opened.gid == new_files_gid
+        )
         if not zero_copy:
             self.copied = True
         staged = None if zero_copy else batch.stage(opened.data)
@@ -379,6 +431,7 @@ class Intake:
         """
         group, self._group = self._group, []
         self._group_copies = 0
+        self._history_looked = False
         error: GroupFailure | None = None
         synced: list[_Claimed] = []
         if not group:
@@ -567,6 +620,19 @@ class Intake:
     def _done(self, outcome: Dropped) -> Dropped:
         self.readiness.forget(outcome.drop)
         return outcome
+
+
+def new_file_gid(folder: durable.StrPath) -> int | None:
+    """The group a new file made in ``folder`` gets (the folder's own where it is
+    setgid, else this process's), where the folder has no default ACL; None where it
+    has one, or cannot be looked at."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    if has_acl(folder, DEFAULT_ACL):
+        return None
+    return st.st_gid if st.st_mode & stat.S_ISGID else os.getegid()
 
 
 def _folder(name: str, spool_dir: Path) -> Ignored:

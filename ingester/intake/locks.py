@@ -21,6 +21,7 @@ another history's watcher or writing command, even before the link exists.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 from pathlib import Path
@@ -36,9 +37,16 @@ from ..history.lock import (
     same_file,
 )
 from ..history.store import HistoryStore
-from .spool import Spool
+from .spool import Spool, user_words
 
-__all__ = ["LatestLinkKept", "LocksLost", "Unchecked", "WatcherLocks", "refused_words"]
+__all__ = [
+    "LatestLinkKept",
+    "LocksLost",
+    "Unchecked",
+    "WatcherLocks",
+    "refused_words",
+    "start_refused",
+]
 
 log = logging.getLogger("ingester.watcher")
 
@@ -83,6 +91,42 @@ def refused_words(exc: LockHeld) -> str:
     if exc.what == "spool":
         return f"another watcher reads the spool: {exc}"
     return f"another writer holds the history: {exc}"
+
+
+def start_refused(exc: OSError, folders: tuple[Path, ...]) -> str:
+    """The words for a start that failed with ``exc``: what failed, where and why, and,
+    where this user was refused (EACCES, EPERM), what to do about it. Never raises.
+
+    A command run as root on the service's files (``adopt`` without the ``chown`` the
+    migration guide gives, a restore) leaves them root's: the line names the file or
+    folder that belongs to another user, for a ``chown -R`` to the service's user; only
+    one of the service's own ``folders`` (the root, the history, the spool...) or one
+    inside them, never a folder around them (``/var/lib`` is root's by right).
+    """
+    words = describe_os_error(exc)
+    if exc.errno not in (errno.EACCES, errno.EPERM) or exc.filename is None:
+        return words
+    if exc.strerror != os.strerror(exc.errno):
+        return words  # words of our own, which say what to do already
+    path = Path(os.path.abspath(os.fsdecode(exc.filename)))
+    me = os.geteuid()
+    for where in (path.parent, path):
+        if not any(where.is_relative_to(folder) for folder in folders):
+            continue
+        try:
+            owner = os.lstat(where).st_uid
+        except OSError:
+            continue
+        if owner != me and me != 0:
+            return (
+                f"{words}; {where} belongs to {user_words(owner)}, not to this service's "
+                f"user ({user_words(me)}): chown -R it to that user (a command run as "
+                "root, adopt or a restore, leaves it so), then start again"
+            )
+    return (
+        f"{words}; this user may not use it: check the owner, mode and attributes of it "
+        "and its folder (ls -ld, lsattr -d), then start again"
+    )
 
 
 class WatcherLocks:

@@ -18,6 +18,7 @@ from ..errors import StorageError
 
 __all__ = [
     "Abandoned",
+    "Behind",
     "Blocked",
     "Deferred",
     "Dropped",
@@ -62,11 +63,24 @@ class Deferred:
     """Not taken now: look again at ``until`` (monotonic), or on its next event (None).
 
     ``claim_left``: a claim may have stayed behind, for the recovery to finish.
+    ``settling``: its mtime (ns since the epoch) where it waits only to settle, which
+    holds newer drops back (:class:`Behind`); None where it waits for anything else.
     """
 
     drop: str
     until: float | None
     claim_left: bool = False
+    settling: int | None = None
+
+
+@dataclass(frozen=True)
+class Behind:
+    """Complete and valid, but an older drop still waits to settle: ``drop`` waits for
+    it, looked at again at ``until`` (monotonic), so that drops are stored in the order
+    they arrived."""
+
+    drop: str
+    until: float
 
 
 @dataclass(frozen=True)
@@ -146,5 +160,14 @@ class SecondName:
 
 
 Outcome = (
-    Stored | Rejected | Deferred | Dropped | Ignored | Blocked | Abandoned | Recovered | SecondName
+    Stored
+    | Rejected
+    | Deferred
+    | Behind
+    | Dropped
+    | Ignored
+    | Blocked
+    | Abandoned
+    | Recovered
+    | SecondName
 )

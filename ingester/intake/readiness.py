@@ -145,6 +145,18 @@ class Readiness:
         """Whether ``name`` is an invalid drop waiting to be finished by its writer."""
         return name in self._unfinished
 
+    def settling(self, name: str) -> int | None:
+        """The mtime (ns since the epoch) of ``name`` as last seen, when it waits only to
+        settle (to stay unchanged, or for its mtime to age, up to ``settle`` seconds);
+        None when it waits for anything else (a writer that has it open or created it
+        in place, an invalid drop's writer) or for nothing."""
+        watched = self._watched.get(name)
+        if watched is None or name in self._open or name in self._writing:
+            return None
+        if name in self._unfinished:
+            return None
+        return watched[0][2]
+
     def check(self, path: str | os.PathLike[str], how: How) -> Ready | Wait | Gone | Folder:
         """Whether the drop at ``path`` may be taken now.
 
@@ -214,8 +226,9 @@ class Readiness:
         if (not stable_only and window <= age) or (
             first is not None and first[0] == seen and now - first[1] >= window
         ):
-            if not stable_only:
-                self._watched.pop(name, None)
+            # What was seen is kept until the drop is taken (forget): one found settled
+            # but held behind an older drop is settled still at its next look, unless
+            # it changed meanwhile, and never made to wait the whole window again.
             return None
         if first is None or first[0] != seen:
             self._watched[name] = (seen, now)

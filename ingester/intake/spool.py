@@ -42,6 +42,7 @@ __all__ = [
     "Unreadable",
     "drop_name_for_now",
     "is_drop_name",
+    "user_words",
 ]
 
 WRITER_TEMP_STALE_S = 3600.0
@@ -76,7 +77,8 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Opened:
-    """A regular file read through a safe descriptor."""
+    """A regular file read through a safe descriptor (its ``fstat`` then: ``mtime_ns`` in
+    nanoseconds since the epoch)."""
 
     data: bytes
     dev: int
@@ -85,6 +87,8 @@ class Opened:
     uid: int = -1
     nlink: int = 1
     mode: int = 0o644
+    gid: int = -1
+    mtime_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,17 @@ def open_entry(path: durable.StrPath, max_bytes: int) -> Opened | Unreadable | N
         if not stat.S_ISREG(st.st_mode):
             return Unreadable(_kind(st.st_mode), is_dir=stat.S_ISDIR(st.st_mode))
         if st.st_size > max_bytes:
-            return Opened(b"", st.st_dev, st.st_ino, st.st_size, st.st_uid, st.st_nlink, st.st_mode)
+            return Opened(
+                b"",
+                st.st_dev,
+                st.st_ino,
+                st.st_size,
+                st.st_uid,
+                st.st_nlink,
+                st.st_mode,
+                st.st_gid,
+                st.st_mtime_ns,
+            )
         chunks = []
         remaining = max_bytes + 1
         # The size fstat gave (and one byte more, to see a file still growing) is what
@@ -138,6 +152,8 @@ def open_entry(path: durable.StrPath, max_bytes: int) -> Opened | Unreadable | N
             st.st_uid,
             st.st_nlink,
             st.st_mode,
+            st.st_gid,
+            st.st_mtime_ns,
         )
     except OSError as exc:
         raise StorageError("read drop", path, exc) from exc
@@ -145,7 +161,8 @@ def open_entry(path: durable.StrPath, max_bytes: int) -> Opened | Unreadable | N
         os.close(fd)
 
 
-def _user(uid: int) -> str:
+def user_words(uid: int) -> str:
+    """A user as a line names it: ``uid 0 (root)``, or ``uid N`` where it has no name."""
     try:
         return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
     except KeyError:
@@ -204,8 +221,8 @@ class Spool:
             problem = "it is the history folder"
         elif euid is not None and st.st_uid != euid:
             problem = (
-                f"it is owned by {_user(st.st_uid)}, not by this service ({_user(euid)}); "
-                "remove it and restart"
+                f"it is owned by {user_words(st.st_uid)}, not by this service "
+                f"({user_words(euid)}); remove it and restart"
             )
         elif st.st_mode & 0o022:
             # Others who may write in it could remove a claim in flight or plant one,

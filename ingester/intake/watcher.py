@@ -30,9 +30,10 @@ import signal
 import stat
 import threading
 import time
+from pathlib import Path
 
 from ..clock import ClockJump
-from ..errors import IngesterError, SettingError, StorageError, describe_os_error
+from ..errors import IngesterError, SettingError, StorageError
 from ..history.lock import WATCH, WATCH_ONCE, LockHeld, same_file
 from ..history.names import is_version_name
 from ..history.store import HistoryStore
@@ -53,7 +54,7 @@ from .arrivals import (
 )
 from .groups import Backlog
 from .intake import Intake
-from .locks import LatestLinkKept, LocksLost, WatcherLocks, refused_words
+from .locks import LatestLinkKept, LocksLost, WatcherLocks, refused_words, start_refused
 from .maintenance import Maintenance
 from .metrics import NO_METRICS, Metrics
 from .readiness import Readiness
@@ -165,19 +166,25 @@ class Watcher:
             log.error("cannot start: %s", exc)
             return 1
         except OSError as exc:
-            log.error("cannot start: %s", describe_os_error(exc))
+            log.error("cannot start: %s", start_refused(exc, self._own_folders()))
             return 1
         try:
             return self._run_locked()
         finally:
             self.locks.release()
 
+    def _own_folders(self) -> tuple[Path, ...]:
+        """The folders that are the service's own: what a refused start may say to
+        hand to its user."""
+        s = self.settings
+        return (s.root, s.spool_dir, s.rejected_dir, s.history_dir, s.latest_path)
+
     def _run_locked(self) -> int:
         try:
             report = self.store.initialize()
             self.intake.start()
         except OSError as exc:
-            log.error("cannot start: %s", describe_os_error(exc))
+            log.error("cannot start: %s", start_refused(exc, self._own_folders()))
             return 1
         try:
             report.removed_temps += self.spool.sweep_temps()
