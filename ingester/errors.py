@@ -62,6 +62,10 @@ class StorageError(IngesterError, OSError):
     """
 
     def __init__(self, action: str, path: os.PathLike[str] | str, cause: OSError) -> None:
+        # A cause that names its attribute already (another StorageError's) is kept.
+        refused_by: tuple[Path, str, str] | None = (
+            cause.refused_by if isinstance(cause, _Refusal) else None
+        )
         if action == "create folder" and cause.errno == errno.EEXIST:
             # mkdir's "File exists" for a name that is a file (or a link to nothing)
             # reads as if the folder were there: say what is wrong with it instead.
@@ -73,19 +77,19 @@ class StorageError(IngesterError, OSError):
             if blocker is not None:
                 words = f"{blocker} is not a folder"
                 cause = NotADirectoryError(errno.ENOTDIR, words, os.fspath(path))
-        elif cause.errno == errno.EPERM and not isinstance(cause, _RefusedByAttribute):
+        elif cause.errno == errno.EPERM and refused_by is None:
             # Root is refused too, whoever owns it: the kernel's words cannot tell an
             # attribute from a right this user lacks. Say which one holds it, and the
             # command that clears it.
-            refusal = attribute_refusal(Path(path))
-            if refusal is not None:
-                cause = _RefusedByAttribute(cause, Path(path), refusal)
+            refused_by = attribute_refusal(Path(path))
+            if refused_by is not None:
+                cause = _RefusedByAttribute(cause, Path(path), refused_by)
         code = cause.errno if cause.errno is not None else 0
         OSError.__init__(self, code, cause.strerror or str(cause), os.fspath(path))
         self.action = action
         self.path = Path(path)
         self.cause = cause
-        self.refused_by = cause.refused_by if isinstance(cause, _RefusedByAttribute) else None
+        self.refused_by: tuple[Path, str, str] | None = refused_by
         """Where EPERM came from an attribute: the file or folder that holds it, its
         word (``"immutable"``, ``"append-only"``) and the command that clears it."""
 
@@ -152,7 +156,11 @@ class _RefusedByAttribute(IngesterError, PermissionError):
             f"({clear} {shlex.quote(os.fspath(where))} clears that)"
         )
         super().__init__(errno.EPERM, words)
-        self.refused_by = refusal
+        self.refused_by: tuple[Path, str, str] | None = refusal
+
+
+# The errors whose words name the attribute that refused them, once they do.
+_Refusal = (StorageError, _RefusedByAttribute)
 
 
 def file_on_the_way(path: Path) -> Path | None:

@@ -265,3 +265,27 @@ def test_a_history_write_refused_by_an_attribute_names_it_and_the_chattr_that_cl
         f"cannot {action} {places[named]}: Operation not permitted: {subject} is "
         f"{WORDS[flag]} (chattr -{flag} {holder} clears that) [EPERM]"
     ), done.stderr
+
+
+def test_a_refusal_said_again_by_another_step_names_its_attribute_once(
+    tmp_path: Path, can_chattr: None
+) -> None:
+    """A storage error made from one that names the attribute already (a step that
+    wraps another's failure) keeps those words, and does not add them a second time."""
+    from ingester.errors import StorageError
+
+    stuck = tmp_path / "stuck.json"
+    stuck.write_bytes(b"{}")
+    with attribute("i", stuck), pytest.raises(OSError) as caught:
+        stuck.unlink()
+    with attribute("i", stuck):
+        first = StorageError("remove", stuck, caught.value)
+        again = StorageError("chmod", stuck, first)
+    words = f"Operation not permitted: it is immutable (chattr -i {stuck} clears that)"
+    assert str(first) == f"cannot remove {stuck}: {words} [EPERM]"
+    assert str(again) == f"cannot chmod {stuck}: {words} [EPERM]"
+    assert again.refused_by == (stuck, "immutable", "chattr -i")
+    # Without the attribute, the kernel's words are all there is to say.
+    assert str(StorageError("remove", stuck, caught.value)).endswith(
+        ": Operation not permitted [EPERM]"
+    )
