@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from support import run_cli, wait_for
+from support.capabilities import fill, tmpfs
 from support.watchproc import WatchProcess, drop, payload
 
 from ingester import CleanupIncomplete, HistoryStore, RetentionPolicy
@@ -289,3 +290,33 @@ def test_a_refusal_said_again_by_another_step_names_its_attribute_once(
     assert str(StorageError("remove", stuck, caught.value)).endswith(
         ": Operation not permitted [EPERM]"
     )
+
+
+def test_a_cleanup_whose_metadata_cannot_be_written_says_what_it_deleted(
+    tmp_path: Path, can_mount: None
+) -> None:
+    """A full disk where the deletions free nothing (each expired version has a second
+    name: a snapshot on the same filesystem): the versions are deleted, the metadata that
+    counts them cannot be written. The one line says both, not the failed write alone,
+    which would read as if nothing had been done."""
+    with tmpfs(tmp_path / "fs", size="1m") as fs:
+        root = fs / "root"
+        paths = old_history(root)
+        for path in paths:
+            path.chmod(0o444)  # as stored: a snapshot then links them, never copies
+        assert run_cli(root, *POLICY, "init").returncode == 0
+        assert run_cli(root, "snapshot", str(fs / "snap")).returncode == 0
+        filler = fill(fs)
+        done = run_cli(root, *POLICY, "cleanup")
+        filler.unlink()
+        assert sorted(left(root)) == sorted(p.name for p in paths[OLD:])
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    errors = done.stderr.splitlines()
+    assert len(errors) == 1, done.stderr
+    meta = root / "console-usage-history" / "_metadata.json"
+    assert errors[0].startswith(
+        f"error: {OLD} expired versions were deleted, but the metadata that counts them "
+        f"could not be written: cannot "
+    ), errors[0]
+    assert f" {meta}: No space left on device [ENOSPC]" in errors[0], errors[0]

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ..payload.model import ConsoleUsageDataSync
 from .batch import Batch
 from .cleanup import CleanupIncomplete as CleanupIncomplete
+from .cleanup import CleanupNotCounted as CleanupNotCounted
 from .cleanup import CleanupResult as CleanupResult
 from .cleanup import RetentionHold as RetentionHold
 from .cleanup import allowed_deletions, held_back, log_cleanup, remove_expired
@@ -65,6 +66,7 @@ from .retention import RetentionPlan, RetentionPolicy, expired_prefix, future_su
 __all__ = [
     "CacheNotRefreshed",
     "CleanupIncomplete",
+    "CleanupNotCounted",
     "CleanupResult",
     "HistoryStore",
     "InitReport",
@@ -486,9 +488,10 @@ class HistoryStore:
 
         Raises :class:`CleanupIncomplete` (a :class:`StorageError`) when some expired
         versions could not be deleted, after every other one is deleted and the metadata
-        is written; :class:`StorageError` when the metadata cannot be written, or when the
-        folder cannot be fsynced after the deletions (raised once they are counted in the
-        metadata).
+        is written; :class:`CleanupNotCounted` (one too) when versions were deleted but
+        the metadata that counts them cannot be written; :class:`StorageError` when the
+        metadata cannot be written after no deletion, or when the folder cannot be
+        fsynced after the deletions (raised once they are counted in the metadata).
         """
         self._ensure_loaded()
         now = now or self.clock()
@@ -513,15 +516,20 @@ class HistoryStore:
                 # are counted before the error is raised, or no later run would count
                 # them (a rebuild from the versions left cannot see what went).
                 unsynced = exc
-        self._write_metadata()
-        if unsynced is not None:
-            raise unsynced
         result = CleanupResult(
             deleted=deleted,
             retained=len(self._names),
             future=future_suffix(self._names, now),
             at=now,
         )
+        try:
+            self._write_metadata()
+        except StorageError as exc:
+            if not deleted:
+                raise
+            raise CleanupNotCounted(result, exc) from exc
+        if unsynced is not None:
+            raise unsynced
         if failures:
             raise CleanupIncomplete(result, failures)
         log_cleanup(result)
