@@ -43,6 +43,7 @@ __all__ = [
     "is_permission_problem",
     "missing_root",
     "os_cause",
+    "refusal_words",
     "refusing_attribute",
     "shown",
     "unreadable",
@@ -143,18 +144,21 @@ def attribute_refusal(path: Path) -> tuple[Path, str, str] | None:
     return None
 
 
+def refusal_words(path: Path, refusal: tuple[Path, str, str]) -> str:
+    """How :func:`attribute_refusal`'s answer for ``path`` is said: ``"it is immutable
+    (chattr -i PATH clears that)"``, or ``"its folder FOLDER is append-only (...)"``."""
+    where, word, clear = refusal
+    subject = "it" if where == path else f"its folder {where}"
+    return f"{subject} is {word} ({clear} {shlex.quote(os.fspath(where))} clears that)"
+
+
 class _RefusedByAttribute(IngesterError, PermissionError):
     """EPERM on a path, with the attribute that refused it in its words:
     ``"Operation not permitted: it is immutable (chattr -i PATH clears that)"``.
     ``refused_by`` is :func:`attribute_refusal`'s answer."""
 
     def __init__(self, cause: OSError, path: Path, refusal: tuple[Path, str, str]) -> None:
-        where, word, clear = refusal
-        subject = "it" if where == path else f"its folder {where}"
-        words = (
-            f"{cause.strerror or os.strerror(errno.EPERM)}: {subject} is {word} "
-            f"({clear} {shlex.quote(os.fspath(where))} clears that)"
-        )
+        words = f"{cause.strerror or os.strerror(errno.EPERM)}: {refusal_words(path, refusal)}"
         super().__init__(errno.EPERM, words)
         self.refused_by: tuple[Path, str, str] | None = refusal
 

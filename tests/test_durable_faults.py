@@ -483,3 +483,38 @@ def test_a_restore_onto_a_full_disk_names_the_version_it_could_not_write(
         server.stop()
     assert run_cli(restored, "verify").returncode == 0
     assert (history / name).read_bytes() == valid_payload
+
+
+def test_a_stale_temp_file_that_cannot_be_removed_stops_no_writer(
+    root: Path, can_chattr: None, valid_payload: bytes
+) -> None:
+    """A temp file a failed step left in the history, made immutable: each writer's start
+    sweeps the temp files, and one that will not go is debris, not a fault of the
+    history. Every writer says it in one warning and goes on (the watcher stores its
+    drop); ``verify`` does not offer ``--repair`` for it, which could not remove it."""
+    assert run_cli(root, "init").returncode == 0
+    history = root / "console-usage-history"
+    stuck = history / ".tmp-w-0123456789ab"
+    stuck.write_bytes(b"half")
+    drop = root / "drop.json"
+    drop.write_bytes(valid_payload)
+    words = (
+        f"a stale temp file is left as it is: cannot remove {stuck}: Operation not "
+        f"permitted: it is immutable (chattr -i {stuck} clears that) [EPERM]"
+    )
+    with immutable(stuck):
+        (root / "spool" / "a.json").write_bytes(valid_payload)
+        for args in (("init",), ("ingest", str(drop)), ("cleanup",), ("watch", "--once")):
+            done = run_cli(root, *args)
+            assert done.returncode == 0, (args, done.stdout + done.stderr)
+            warned = [ln for ln in done.stderr.splitlines() if "WARNING" in ln]
+            assert len(warned) == 1 and warned[0].endswith(f" WARNING {words}"), (args, warned)
+            assert "Traceback" not in done.stderr
+        assert not (root / "spool" / "a.json").exists()  # stored by the watcher
+        found = json.loads(run_cli(root, "verify", "--json").stdout)
+        [temp] = [p for p in found["problems"] if p["kind"] == "stale-temp"]
+        assert temp["repairable"] is False, temp
+        assert f"it is immutable (chattr -i {stuck} clears that)" in temp["message"], temp
+    assert stuck.exists()
+    assert run_cli(root, "verify", "--repair").returncode == 0
+    assert not stuck.exists()

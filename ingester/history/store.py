@@ -85,9 +85,11 @@ class InitReport:
 
     ``cache_errors`` lists every cache that could not be written; ``metadata_error`` and
     ``latest_error`` are the same errors by cache (``None`` where it was written).
+    ``temp_errors``: the stale temp files that would not go (left, and logged).
     """
 
     removed_temps: list[str] = field(default_factory=list)
+    temp_errors: list[StorageError] = field(default_factory=list)
     metadata_rebuilt: str | None = None
     metadata_created: bool = False
     latest_repaired: str | None = None
@@ -195,7 +197,8 @@ class HistoryStore:
     def initialize(self) -> InitReport:
         """Create the folders, sweep stale temp files, and repair metadata and latest link.
 
-        Idempotent. Call it with the history lock held. The metadata and the latest link
+        Idempotent. Call it with the history lock held. A stale temp file that cannot be
+        removed is logged and listed in ``temp_errors``. The metadata and the latest link
         are caches: a failure to write them is listed in ``cache_errors``, never raised
         (only a history that cannot be made or listed raises :class:`StorageError`, and
         a metadata file that cannot be read :class:`MetadataUnreadable`: its totals are
@@ -210,7 +213,18 @@ class HistoryStore:
             self.latest_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             report.latest_error = StorageError("create folder", self.latest_path.parent, exc)
-        report.removed_temps += durable.remove_stale_temps(self.history_dir)
+        # A temp file that will not go (immutable, another user's) is debris, not a
+        # fault of the history: it must not stop every writer's start.
+        report.removed_temps += durable.remove_stale_temps(
+            self.history_dir, errors=report.temp_errors
+        )
+        if report.temp_errors:
+            more = len(report.temp_errors) - 1
+            log.warning(
+                "a stale temp file is left as it is: %s%s",
+                report.temp_errors[0],
+                f" (and {more} more)" if more else "",
+            )
         for prefix in LATEST_TEMP_PREFIXES:
             with contextlib.suppress(StorageError):  # a cache's folder: never blocks a start
                 report.removed_temps += durable.remove_stale_temps(self.latest_path.parent, prefix)

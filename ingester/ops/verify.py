@@ -22,8 +22,10 @@ from ..errors import (
     PayloadRejected,
     VersionNotFound,
     VersionTooLarge,
+    attribute_refusal,
     file_on_the_way,
     is_permission_problem,
+    refusal_words,
     unreadable,
 )
 from ..history import durable
@@ -233,9 +235,7 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
     for temp in _temps(store.history_dir, (TEMP_PREFIX,)):
         if pid is not None and _is_spare(store.history_dir / temp):
             continue
-        caches.append(
-            Finding("stale-temp", temp, f"leftover temp file in {store.history_dir}", True)
-        )
+        caches.append(_stale_temp(store.history_dir, temp))
     link_dir = store.latest_path.parent
     if link_dir != store.history_dir:
         for temp in _temps(link_dir, LATEST_TEMP_PREFIXES):
@@ -273,6 +273,17 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
                 Finding("future-version", name, "dated more than a day ahead of the clock")
             )
     return report
+
+
+def _stale_temp(folder: Path, name: str) -> Finding:
+    """A leftover temp file ``name`` in ``folder``: repairable (a repair removes it),
+    unless an attribute (of it, or of the folder) refuses its removal, which is said."""
+    message = f"leftover temp file in {folder}"
+    refusal = attribute_refusal(folder / name)
+    if refusal is None:
+        return Finding("stale-temp", name, message, True)
+    words = refusal_words(folder / name, refusal)
+    return Finding("stale-temp", name, f"{message}; {words}, so no repair can remove it")
 
 
 def _latest_finding(store: HistoryStore, is_a_file: bool) -> Finding | None:
