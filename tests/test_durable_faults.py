@@ -496,13 +496,15 @@ def test_a_stale_temp_file_that_cannot_be_removed_stops_no_writer(
     history = root / "console-usage-history"
     stuck = history / ".tmp-w-0123456789ab"
     stuck.write_bytes(b"half")
+    beside = root / ".tmp-w-ba9876543210"  # one the latest link's folder holds
+    beside.write_bytes(b"half")
     drop = root / "drop.json"
     drop.write_bytes(valid_payload)
     words = (
         f"a stale temp file is left as it is: cannot remove {stuck}: Operation not "
-        f"permitted: it is immutable (chattr -i {stuck} clears that) [EPERM]"
+        f"permitted: it is immutable (chattr -i {stuck} clears that) [EPERM] (and 1 more)"
     )
-    with immutable(stuck):
+    with immutable(stuck), immutable(beside):
         (root / "spool" / "a.json").write_bytes(valid_payload)
         for args in (("init",), ("ingest", str(drop)), ("cleanup",), ("watch", "--once")):
             done = run_cli(root, *args)
@@ -512,9 +514,11 @@ def test_a_stale_temp_file_that_cannot_be_removed_stops_no_writer(
             assert "Traceback" not in done.stderr
         assert not (root / "spool" / "a.json").exists()  # stored by the watcher
         found = json.loads(run_cli(root, "verify", "--json").stdout)
-        [temp] = [p for p in found["problems"] if p["kind"] == "stale-temp"]
-        assert temp["repairable"] is False, temp
-        assert f"it is immutable (chattr -i {stuck} clears that)" in temp["message"], temp
-    assert stuck.exists()
+        temps = {p["subject"]: p for p in found["problems"] if p["kind"] == "stale-temp"}
+        assert temps.keys() == {stuck.name, str(beside)}, temps
+        for path, temp in ((stuck, temps[stuck.name]), (beside, temps[str(beside)])):
+            assert temp["repairable"] is False, temp
+            assert f"it is immutable (chattr -i {path} clears that)" in temp["message"], temp
+    assert stuck.exists() and beside.exists()
     assert run_cli(root, "verify", "--repair").returncode == 0
-    assert not stuck.exists()
+    assert not stuck.exists() and not beside.exists()

@@ -218,6 +218,11 @@ class HistoryStore:
         report.removed_temps += durable.remove_stale_temps(
             self.history_dir, errors=report.temp_errors
         )
+        for prefix in LATEST_TEMP_PREFIXES:
+            with contextlib.suppress(StorageError):  # a cache's folder: never blocks a start
+                report.removed_temps += durable.remove_stale_temps(
+                    self.latest_path.parent, prefix, errors=report.temp_errors
+                )
         if report.temp_errors:
             more = len(report.temp_errors) - 1
             log.warning(
@@ -225,9 +230,6 @@ class HistoryStore:
                 report.temp_errors[0],
                 f" (and {more} more)" if more else "",
             )
-        for prefix in LATEST_TEMP_PREFIXES:
-            with contextlib.suppress(StorageError):  # a cache's folder: never blocks a start
-                report.removed_temps += durable.remove_stale_temps(self.latest_path.parent, prefix)
         self.scan()
         stored, problem = self.metadata_to_carry()
         self._meta = self._derive(stored)

@@ -235,13 +235,16 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
     for temp in _temps(store.history_dir, (TEMP_PREFIX,)):
         if pid is not None and _is_spare(store.history_dir / temp):
             continue
-        caches.append(_stale_temp(store.history_dir, temp))
+        caches.append(
+            _stale_temp(
+                store.history_dir / temp, temp, f"leftover temp file in {store.history_dir}"
+            )
+        )
     link_dir = store.latest_path.parent
     if link_dir != store.history_dir:
         for temp in _temps(link_dir, LATEST_TEMP_PREFIXES):
-            caches.append(
-                Finding("stale-temp", os.fspath(link_dir / temp), "leftover temp file", True)
-            )
+            path = link_dir / temp
+            caches.append(_stale_temp(path, os.fspath(path), "leftover temp file"))
     metadata = _metadata_findings(reader, now_listed, now)
     for _ in range(_LOOKS):
         # The metadata is read after that listing: a writer that changed the history in
@@ -275,15 +278,14 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
     return report
 
 
-def _stale_temp(folder: Path, name: str) -> Finding:
-    """A leftover temp file ``name`` in ``folder``: repairable (a repair removes it),
-    unless an attribute (of it, or of the folder) refuses its removal, which is said."""
-    message = f"leftover temp file in {folder}"
-    refusal = attribute_refusal(folder / name)
+def _stale_temp(path: Path, subject: str, message: str) -> Finding:
+    """The leftover temp file ``path``: repairable (a repair removes it), unless an
+    attribute (of it, or of its folder) refuses its removal, which is then said."""
+    refusal = attribute_refusal(path)
     if refusal is None:
-        return Finding("stale-temp", name, message, True)
-    words = refusal_words(folder / name, refusal)
-    return Finding("stale-temp", name, f"{message}; {words}, so no repair can remove it")
+        return Finding("stale-temp", subject, message, True)
+    words = refusal_words(path, refusal)
+    return Finding("stale-temp", subject, f"{message}; {words}, so no repair can remove it")
 
 
 def _latest_finding(store: HistoryStore, is_a_file: bool) -> Finding | None:
