@@ -522,3 +522,20 @@ def test_a_stale_temp_file_that_cannot_be_removed_stops_no_writer(
     assert stuck.exists() and beside.exists()
     assert run_cli(root, "verify", "--repair").returncode == 0
     assert not stuck.exists() and not beside.exists()
+
+
+def test_a_sweep_between_writes_removes_every_temp_file_but_one_that_will_not_go(
+    tmp_path: Path, can_chattr: None
+) -> None:
+    """The watcher's sweep after a failed step: one stale temp file that will not go
+    (immutable) keeps none of the others, and is the error raised once they are gone."""
+    store = HistoryStore(tmp_path / "history", tmp_path / "latest.json", RetentionPolicy())
+    store.initialize()
+    stuck = store.history_dir / ".tmp-w-000000000000"
+    others = [store.history_dir / ".tmp-w-ffffffffffff", tmp_path / ".tmp-link-ffffffffffff"]
+    for path in (stuck, *others):
+        path.write_bytes(b"half")
+    with immutable(stuck), pytest.raises(StorageError) as caught:
+        store.remove_stale_temps()
+    assert caught.value.path == stuck
+    assert [p for p in others if p.exists()] == []

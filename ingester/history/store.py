@@ -398,11 +398,16 @@ class HistoryStore:
         """Remove temp files a failed step left in the history and the latest's folder.
 
         Call with the history lock held, between writes. Returns the names removed.
+        Raises :class:`StorageError` when a folder cannot be listed, or, once every other
+        one is removed, for the first temp file that would not go.
         """
         self.close()  # or the sweep would take the spare for a leftover
-        removed = durable.remove_stale_temps(self.history_dir)
+        errors: list[StorageError] = []
+        removed = durable.remove_stale_temps(self.history_dir, errors=errors)
         for prefix in LATEST_TEMP_PREFIXES:
-            removed += durable.remove_stale_temps(self.latest_path.parent, prefix)
+            removed += durable.remove_stale_temps(self.latest_path.parent, prefix, errors=errors)
+        if errors:
+            raise errors[0]
         return removed
 
     # -- one group of versions (see batch) -----------------------------------------
