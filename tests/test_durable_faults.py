@@ -217,6 +217,43 @@ def test_read_only_filesystem_erofs(tmpfs: Path, valid_payload: bytes) -> None:
     assert_recovers(tmpfs, valid_payload, expected_versions=2)
 
 
+def test_verify_offers_no_repair_on_a_read_only_filesystem(
+    tmpfs: Path, valid_payload: bytes
+) -> None:
+    """A history on a filesystem mounted read-only: what ``verify`` finds is said, but
+    ``--repair`` is not offered for it (every write there fails with EROFS); the reason
+    is named instead, and ``--repair`` offered again once it is read-write."""
+    root = tmpfs
+    assert run_cli(root, "init").returncode == 0
+    drop = tmpfs.parent / "drop.json"
+    drop.write_bytes(valid_payload)
+    assert run_cli(root, "ingest", str(drop)).returncode == 0
+    history = root / "console-usage-history"
+    [version] = [p for p in history.iterdir() if is_version_name(p.name)]
+    version.chmod(0o644)
+    (history / "_metadata.json").unlink()
+    (root / "console-usage-synced.json").unlink()
+    assert _run("mount", "-o", "remount,ro", str(tmpfs)).returncode == 0
+    try:
+        done = run_cli(root, "verify", "--json")
+        text = run_cli(root, "verify")
+    finally:
+        assert _run("mount", "-o", "remount,rw", str(tmpfs)).returncode == 0
+    assert done.returncode == 1, done.stdout + done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    assert {p["kind"] for p in problems} == {"writable-version", "metadata", "latest-link"}
+    for problem in problems:
+        assert problem["repairable"] is False, problem
+        assert problem["message"].endswith(
+            f"; {root} is on a read-only filesystem, so no repair can be made there"
+            if problem["kind"] == "latest-link"
+            else f"; {history} is on a read-only filesystem, so no repair can be made there"
+        ), problem
+    assert "verify --repair" not in text.stdout, text.stdout
+    again = json.loads(run_cli(root, "verify", "--json").stdout)["problems"]
+    assert all(p["repairable"] for p in again), again
+
+
 # -- EIO from fsync (monkeypatched: no real fault reaches it) ----------------------------
 
 
