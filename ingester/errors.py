@@ -8,8 +8,11 @@ Each one's ``str()`` is the one line shown to the user.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import shlex
 import stat
+import sys
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -33,12 +36,15 @@ __all__ = [
     "VersionExists",
     "VersionNotFound",
     "VersionTooLarge",
+    "attribute_refusal",
     "describe_os_error",
     "file_on_the_way",
     "folder_not_entered",
     "is_permission_problem",
     "missing_root",
     "os_cause",
+    "refusal_words",
+    "refusing_attribute",
     "shown",
     "unreadable",
 ]
@@ -52,9 +58,15 @@ class StorageError(IngesterError, OSError):
     """A storage step failed; ``str()`` names the action, the path and the cause.
 
     ``errno`` is the cause's, ``action`` the step (e.g. ``"write"``), ``path`` the file.
+    An EPERM that an attribute of the file or its folder caused (immutable, append-only)
+    names it, and the ``chattr`` that clears it, in ``strerror`` (see ``refused_by``).
     """
 
     def __init__(self, action: str, path: os.PathLike[str] | str, cause: OSError) -> None:
+        # A cause that names its attribute already (another StorageError's) is kept.
+        refused_by: tuple[Path, str, str] | None = (
+            cause.refused_by if isinstance(cause, _Refusal) else None
+        )
         if action == "create folder" and cause.errno == errno.EEXIST:
             # mkdir's "File exists" for a name that is a file (or a link to nothing)
             # reads as if the folder were there: say what is wrong with it instead.
@@ -66,11 +78,21 @@ class StorageError(IngesterError, OSError):
             if blocker is not None:
                 words = f"{blocker} is not a folder"
                 cause = NotADirectoryError(errno.ENOTDIR, words, os.fspath(path))
+        elif cause.errno == errno.EPERM and refused_by is None:
+            # Root is refused too, whoever owns it: the kernel's words cannot tell an
+            # attribute from a right this user lacks. Say which one holds it, and the
+            # command that clears it.
+            refused_by = attribute_refusal(Path(path))
+            if refused_by is not None:
+                cause = _RefusedByAttribute(cause, Path(path), refused_by)
         code = cause.errno if cause.errno is not None else 0
         OSError.__init__(self, code, cause.strerror or str(cause), os.fspath(path))
         self.action = action
         self.path = Path(path)
         self.cause = cause
+        self.refused_by: tuple[Path, str, str] | None = refused_by
+        """Where EPERM came from an attribute: the file or folder that holds it, its
+        word (``"immutable"``, ``"append-only"``) and the command that clears it."""
 
     @property
     def cause_name(self) -> str:
@@ -79,6 +101,70 @@ class StorageError(IngesterError, OSError):
 
     def __str__(self) -> str:
         return f"cannot {self.action} {self.path}: {self.strerror} [{self.cause_name}]"
+
+
+_FS_IOC_GETFLAGS = 0x80086601  # Linux's _IOR('f', 1, long): a file's attributes (lsattr)
+_ATTRIBUTES = ((0x10, "immutable", "chattr -i"), (0x20, "append-only", "chattr -a"))
+# FS_IMMUTABLE_FL and FS_APPEND_FL: either makes a chmod, an unlink, a create or a rename
+# fail with EPERM, for root too, whoever owns the file or folder.
+
+
+def refusing_attribute(path: Path) -> tuple[str, str] | None:
+    """The attribute of ``path`` that refuses changes: its word (``"immutable"``,
+    ``"append-only"``) and the command that clears it (``"chattr -i"``, ``"chattr -a"``);
+    ``None`` when it has neither, or that cannot be told (gone, a link, neither a
+    regular file nor a folder, a filesystem without attributes). Never raises."""
+    try:
+        # Only a file or a folder is opened: opening a device or a FIFO may act on it.
+        if not stat.S_ISREG(mode := os.lstat(path).st_mode) and not stat.S_ISDIR(mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        flags = int.from_bytes(fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8))[:4], sys.byteorder)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    for bit, word, clear in _ATTRIBUTES:
+        if flags & bit:
+            return word, clear
+    return None
+
+
+def attribute_refusal(path: Path) -> tuple[Path, str, str] | None:
+    """Which of ``path`` and its folder holds an attribute that refuses a change of
+    ``path`` (see :func:`refusing_attribute`): that one, the attribute's word and the
+    command that clears it; ``None`` when neither does. Never raises."""
+    for where in (path, path.parent):
+        found = refusing_attribute(where)
+        if found is not None:
+            return (where, *found)
+    return None
+
+
+def refusal_words(path: Path, refusal: tuple[Path, str, str]) -> str:
+    """How :func:`attribute_refusal`'s answer for ``path`` is said: ``"it is immutable
+    (chattr -i PATH clears that)"``, or ``"its folder FOLDER is append-only (...)"``."""
+    where, word, clear = refusal
+    subject = "it" if where == path else f"its folder {where}"
+    return f"{subject} is {word} ({clear} {shlex.quote(os.fspath(where))} clears that)"
+
+
+class _RefusedByAttribute(IngesterError, PermissionError):
+    """EPERM on a path, with the attribute that refused it in its words:
+    ``"Operation not permitted: it is immutable (chattr -i PATH clears that)"``.
+    ``refused_by`` is :func:`attribute_refusal`'s answer."""
+
+    def __init__(self, cause: OSError, path: Path, refusal: tuple[Path, str, str]) -> None:
+        words = f"{cause.strerror or os.strerror(errno.EPERM)}: {refusal_words(path, refusal)}"
+        super().__init__(errno.EPERM, words)
+        self.refused_by: tuple[Path, str, str] | None = refusal
+
+
+# The errors whose words name the attribute that refused them, once they do.
+_Refusal = (StorageError, _RefusedByAttribute)
 
 
 def file_on_the_way(path: Path) -> Path | None:

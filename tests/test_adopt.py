@@ -456,7 +456,11 @@ def test_an_immutable_history_stops_adopt_with_its_cause_not_the_chown_advice(
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "[EPERM]" in done.stderr
     assert "chown" not in done.stderr and "another user" not in done.stderr
-    assert f"{history} is immutable: chattr -i it, then run adopt again" in done.stderr
+    assert (
+        f"Operation not permitted: its folder {history} is immutable (chattr -i {history} "
+        "clears that) [EPERM] (what was done is kept; clear that attribute, then run adopt "
+        "again)"
+    ) in done.stderr
 
 
 @pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")

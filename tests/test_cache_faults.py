@@ -142,8 +142,8 @@ def test_an_immutable_root_is_one_line_a_try_naming_the_folder_to_check(
         assert w.stop() == 0
     line = (
         f"ERROR cannot refresh the latest link (drops are still stored): cannot create "
-        f"{latest}: Operation not permitted; this user may not make the link in {root}: "
-        "check its owner, mode and attributes (ls -ld, lsattr -d) [EPERM]"
+        f"{latest}: Operation not permitted: its folder {root} is immutable (chattr -i {root} "
+        "clears that) [EPERM]"
     )
     assert_tries_then_left(w.log, str(latest), line)
     assert [p.read_bytes() for p in versions(root)] == [payload(1)]

@@ -950,7 +950,10 @@ def test_verify_repair_makes_every_other_version_read_only_past_one_it_cannot(
     assert done.returncode == 1, done.stdout + done.stderr
     still_writable = [n for n in names[1:] if (history / n).stat().st_mode & 0o222]
     assert still_writable == [], f"left writable: {still_writable}; stderr: {done.stderr}"
-    assert done.stderr == f"error: cannot chmod {stuck}: Operation not permitted [EPERM]\n"
+    assert done.stderr == (
+        f"error: cannot chmod {stuck}: Operation not permitted: it is immutable (chattr -i "
+        f"{stuck} clears that) [EPERM]\n"
+    )
     if as_json:
         report = json.loads(done.stdout)
         assert [p["subject"] for p in report["problems"]] == [names[0]]
@@ -980,7 +983,8 @@ def test_verify_repair_that_cannot_write_the_metadata_does_not_offer_itself_agai
     for run in (done, as_json):
         assert run.returncode == 1, run.stdout + run.stderr
         assert run.stderr == (
-            f"error: cannot create {metadata}: Operation not permitted [EPERM]\n"
+            f"error: cannot create {metadata}: Operation not permitted: its folder {history} "
+            f"is immutable (chattr -i {history} clears that) [EPERM]\n"
         ), run.stderr
     assert done.stdout.splitlines()[-1] == "1 problem(s)", done.stdout
     [problem] = json.loads(as_json.stdout)["problems"]

@@ -534,7 +534,8 @@ def test_cleanup_that_cannot_prune_rejected_drops_still_says_what_it_deleted(
     gone = sorted(set(before) - set(versions(history)))
     assert len(gone) == 2
     assert done.stderr.splitlines()[-1].startswith(
-        f"error: rejected drops: cannot remove {drop}: Operation not permitted [EPERM]"
+        f"error: rejected drops: cannot remove {drop}: Operation not permitted: its folder "
+        f"{rejected} is immutable (chattr -i {rejected} clears that) [EPERM]"
     ), done.stderr
     if as_json:
         answer = json.loads(done.stdout)

@@ -142,7 +142,10 @@ def test_ingest_cli_on_immutable_history(
     # The folder is there: what could not be made is the version file inside it.
     made = re.search(rf"cannot create {re.escape(str(history))}/(\S+): ", errors[0])
     assert made is not None and is_version_name(made[1]), errors[0]
-    assert errors[0].endswith("Operation not permitted [EPERM]"), errors[0]
+    assert errors[0].endswith(
+        f"Operation not permitted: its folder {history} is immutable (chattr -i {history} "
+        "clears that) [EPERM]"
+    ), errors[0]
     assert drop.read_bytes() == valid_payload  # ingest copies, never moves
 
 
@@ -167,7 +170,12 @@ def test_a_file_without_a_name_yet_is_not_called_the_folder(
             # Where O_TMPFILE is not offered, the named temp file is named instead.
             shown = (f"cannot create a file in {folder}: ", f"cannot create {folder}/.tmp-")
             assert message.startswith(shown), message
-            assert message.endswith("Operation not permitted [EPERM]"), message
+            # The folder is the one named, or the named temp file's folder.
+            subject = "it" if message.startswith(shown[0]) else f"its folder {folder}"
+            assert message.endswith(
+                f"Operation not permitted: {subject} is immutable (chattr -i {folder} clears "
+                "that) [EPERM]"
+            ), message
 
 
 # -- ENOSPC: a full tmpfs ---------------------------------------------------------------
@@ -207,6 +215,43 @@ def test_read_only_filesystem_erofs(tmpfs: Path, valid_payload: bytes) -> None:
     finally:
         assert _run("mount", "-o", "remount,rw", str(tmpfs)).returncode == 0
     assert_recovers(tmpfs, valid_payload, expected_versions=2)
+
+
+def test_verify_offers_no_repair_on_a_read_only_filesystem(
+    tmpfs: Path, valid_payload: bytes
+) -> None:
+    """A history on a filesystem mounted read-only: what ``verify`` finds is said, but
+    ``--repair`` is not offered for it (every write there fails with EROFS); the reason
+    is named instead, and ``--repair`` offered again once it is read-write."""
+    root = tmpfs
+    assert run_cli(root, "init").returncode == 0
+    drop = tmpfs.parent / "drop.json"
+    drop.write_bytes(valid_payload)
+    assert run_cli(root, "ingest", str(drop)).returncode == 0
+    history = root / "console-usage-history"
+    [version] = [p for p in history.iterdir() if is_version_name(p.name)]
+    version.chmod(0o644)
+    (history / "_metadata.json").unlink()
+    (root / "console-usage-synced.json").unlink()
+    assert _run("mount", "-o", "remount,ro", str(tmpfs)).returncode == 0
+    try:
+        done = run_cli(root, "verify", "--json")
+        text = run_cli(root, "verify")
+    finally:
+        assert _run("mount", "-o", "remount,rw", str(tmpfs)).returncode == 0
+    assert done.returncode == 1, done.stdout + done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    assert {p["kind"] for p in problems} == {"writable-version", "metadata", "latest-link"}
+    for problem in problems:
+        assert problem["repairable"] is False, problem
+        assert problem["message"].endswith(
+            f"; {root} is on a read-only filesystem, so no repair can be made there"
+            if problem["kind"] == "latest-link"
+            else f"; {history} is on a read-only filesystem, so no repair can be made there"
+        ), problem
+    assert "verify --repair" not in text.stdout, text.stdout
+    again = json.loads(run_cli(root, "verify", "--json").stdout)["problems"]
+    assert all(p["repairable"] for p in again), again
 
 
 # -- EIO from fsync (monkeypatched: no real fault reaches it) ----------------------------
@@ -475,3 +520,59 @@ def test_a_restore_onto_a_full_disk_names_the_version_it_could_not_write(
         server.stop()
     assert run_cli(restored, "verify").returncode == 0
     assert (history / name).read_bytes() == valid_payload
+
+
+def test_a_stale_temp_file_that_cannot_be_removed_stops_no_writer(
+    root: Path, can_chattr: None, valid_payload: bytes
+) -> None:
+    """A temp file a failed step left in the history, made immutable: each writer's start
+    sweeps the temp files, and one that will not go is debris, not a fault of the
+    history. Every writer says it in one warning and goes on (the watcher stores its
+    drop); ``verify`` does not offer ``--repair`` for it, which could not remove it."""
+    assert run_cli(root, "init").returncode == 0
+    history = root / "console-usage-history"
+    stuck = history / ".tmp-w-0123456789ab"
+    stuck.write_bytes(b"half")
+    beside = root / ".tmp-w-ba9876543210"  # one the latest link's folder holds
+    beside.write_bytes(b"half")
+    drop = root / "drop.json"
+    drop.write_bytes(valid_payload)
+    words = (
+        f"a stale temp file is left as it is: cannot remove {stuck}: Operation not "
+        f"permitted: it is immutable (chattr -i {stuck} clears that) [EPERM] (and 1 more)"
+    )
+    with immutable(stuck), immutable(beside):
+        (root / "spool" / "a.json").write_bytes(valid_payload)
+        for args in (("init",), ("ingest", str(drop)), ("cleanup",), ("watch", "--once")):
+            done = run_cli(root, *args)
+            assert done.returncode == 0, (args, done.stdout + done.stderr)
+            warned = [ln for ln in done.stderr.splitlines() if "WARNING" in ln]
+            assert len(warned) == 1 and warned[0].endswith(f" WARNING {words}"), (args, warned)
+            assert "Traceback" not in done.stderr
+        assert not (root / "spool" / "a.json").exists()  # stored by the watcher
+        found = json.loads(run_cli(root, "verify", "--json").stdout)
+        temps = {p["subject"]: p for p in found["problems"] if p["kind"] == "stale-temp"}
+        assert temps.keys() == {stuck.name, str(beside)}, temps
+        for path, temp in ((stuck, temps[stuck.name]), (beside, temps[str(beside)])):
+            assert temp["repairable"] is False, temp
+            assert f"it is immutable (chattr -i {path} clears that)" in temp["message"], temp
+    assert stuck.exists() and beside.exists()
+    assert run_cli(root, "verify", "--repair").returncode == 0
+    assert not stuck.exists() and not beside.exists()
+
+
+def test_a_sweep_between_writes_removes_every_temp_file_but_one_that_will_not_go(
+    tmp_path: Path, can_chattr: None
+) -> None:
+    """The watcher's sweep after a failed step: one stale temp file that will not go
+    (immutable) keeps none of the others, and is the error raised once they are gone."""
+    store = HistoryStore(tmp_path / "history", tmp_path / "latest.json", RetentionPolicy())
+    store.initialize()
+    stuck = store.history_dir / ".tmp-w-000000000000"
+    others = [store.history_dir / ".tmp-w-ffffffffffff", tmp_path / ".tmp-link-ffffffffffff"]
+    for path in (stuck, *others):
+        path.write_bytes(b"half")
+    with immutable(stuck), pytest.raises(StorageError) as caught:
+        store.remove_stale_temps()
+    assert caught.value.path == stuck
+    assert [p for p in others if p.exists()] == []

@@ -182,7 +182,8 @@ def test_an_immutable_drop_is_set_aside_once_when_it_can_be_moved(
                 assert code == 1, log
                 [error] = errors_about(log, "bad.json")
                 assert error.endswith(
-                    f"cannot move {bad}: Operation not permitted [EPERM]; "
+                    f"cannot move {bad}: Operation not permitted: it is immutable (chattr -i "
+                    f"{bad} clears that) [EPERM]; "
                     "left in the spool for the next start"
                 ), error
             assert [p for p in os.listdir(quarantine) if not p.startswith(".")] == []

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from support import run_cli, wait_for
+from support.capabilities import fill, tmpfs
 from support.watchproc import WatchProcess, drop, payload
 
 from ingester import CleanupIncomplete, HistoryStore, RetentionPolicy
@@ -195,8 +196,9 @@ def test_watcher_applies_retention_past_a_stuck_version(root: Path, can_chattr: 
         assert len(lines) == 1, lines
         assert lines[0].split(" ERROR ", 1)[1] == (
             f"retention: could not delete 1 of {OLD} expired versions (the other {OLD - 1} "
-            f"are deleted): cannot remove {stuck}: Operation not permitted [EPERM]; tried "
-            "again with the next drops (said again when it changes, or in an hour)"
+            f"are deleted): cannot remove {stuck}: Operation not permitted: it is immutable "
+            f"(chattr -i {stuck} clears that) [EPERM]; tried again with the next drops (said "
+            "again when it changes, or in an hour)"
         )
         _chattr("-i", stuck)
         # Healed: the next drop's retention deletes it.
@@ -204,3 +206,117 @@ def test_watcher_applies_retention_past_a_stuck_version(root: Path, can_chattr: 
         wait_for(lambda: stuck.name not in left(root), 30, "the stuck version deleted once healed")
         assert watcher.stop() == 0, watcher.log
     assert stuck.name not in left(root)
+
+
+@contextlib.contextmanager
+def attribute(flag: str, path: Path) -> Iterator[None]:
+    """``chattr +FLAG path`` for the block (undone however it ends)."""
+    _chattr(f"+{flag}", path)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", f"-{flag}", str(path)], capture_output=True, check=False)
+
+
+# What is given the attribute, which one, the command run, and the write refused: its
+# action and the file it names. The holder is that file itself, or else its folder.
+REFUSALS = {
+    "version-immutable": ("old1", "i", "cleanup", "remove", "old1"),
+    "version-append-only": ("old1", "a", "cleanup", "remove", "old1"),
+    "history-immutable": ("history", "i", "cleanup", "create", "meta"),
+    "metadata-immutable": ("meta", "i", "cleanup", "replace", "meta"),
+    "root-immutable": ("root", "i", "ingest", "create", "latest"),
+}
+WORDS = {"i": "immutable", "a": "append-only"}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_history_write_refused_by_an_attribute_names_it_and_the_chattr_that_clears_it(
+    root: Path, tmp_path: Path, can_chattr: None, case: str
+) -> None:
+    """An immutable or append-only file or folder refuses every change, root's too
+    (EPERM): the one line names which one holds the attribute, and the command that
+    clears it, whichever write of the history it stops (retention's delete, the
+    metadata, the latest link)."""
+    paths = old_history(root)
+    assert run_cli(root, *POLICY, "init").returncode == 0
+    history = root / "console-usage-history"
+    meta = history / "_metadata.json"
+    places = {
+        "old1": paths[1],
+        "history": history,
+        "meta": meta,
+        "root": root,
+        "latest": root / "console-usage-synced.json",
+    }
+    target, flag, command, action, named = REFUSALS[case]
+    if target == "history":
+        meta.unlink()  # rebuilt by the next writer: a write into the folder
+    extra = tmp_path / "extra.json"
+    extra.write_bytes(payload(99))
+    args = ("ingest", str(extra)) if command == "ingest" else (command,)
+    with attribute(flag, places[target]):
+        done = run_cli(root, *POLICY, *args)
+    assert "Traceback" not in done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith(("error:", "warning:"))]
+    assert len(lines) == 1, done.stderr
+    holder = places[target]
+    subject = "it" if target == named else f"its folder {holder}"
+    assert lines[0].endswith(
+        f"cannot {action} {places[named]}: Operation not permitted: {subject} is "
+        f"{WORDS[flag]} (chattr -{flag} {holder} clears that) [EPERM]"
+    ), done.stderr
+
+
+def test_a_refusal_said_again_by_another_step_names_its_attribute_once(
+    tmp_path: Path, can_chattr: None
+) -> None:
+    """A storage error made from one that names the attribute already (a step that
+    wraps another's failure) keeps those words, and does not add them a second time."""
+    from ingester.errors import StorageError
+
+    stuck = tmp_path / "stuck.json"
+    stuck.write_bytes(b"{}")
+    with attribute("i", stuck), pytest.raises(OSError) as caught:
+        stuck.unlink()
+    with attribute("i", stuck):
+        first = StorageError("remove", stuck, caught.value)
+        again = StorageError("chmod", stuck, first)
+    words = f"Operation not permitted: it is immutable (chattr -i {stuck} clears that)"
+    assert str(first) == f"cannot remove {stuck}: {words} [EPERM]"
+    assert str(again) == f"cannot chmod {stuck}: {words} [EPERM]"
+    assert again.refused_by == (stuck, "immutable", "chattr -i")
+    # Without the attribute, the kernel's words are all there is to say.
+    assert str(StorageError("remove", stuck, caught.value)).endswith(
+        ": Operation not permitted [EPERM]"
+    )
+
+
+def test_a_cleanup_whose_metadata_cannot_be_written_says_what_it_deleted(
+    tmp_path: Path, can_mount: None
+) -> None:
+    """A full disk where the deletions free nothing (each expired version has a second
+    name: a snapshot on the same filesystem): the versions are deleted, the metadata that
+    counts them cannot be written. The one line says both, not the failed write alone,
+    which would read as if nothing had been done."""
+    with tmpfs(tmp_path / "fs", size="1m") as fs:
+        root = fs / "root"
+        paths = old_history(root)
+        for path in paths:
+            path.chmod(0o444)  # as stored: a snapshot then links them, never copies
+        assert run_cli(root, *POLICY, "init").returncode == 0
+        assert run_cli(root, "snapshot", str(fs / "snap")).returncode == 0
+        filler = fill(fs)
+        done = run_cli(root, *POLICY, "cleanup")
+        filler.unlink()
+        assert sorted(left(root)) == sorted(p.name for p in paths[OLD:])
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    errors = done.stderr.splitlines()
+    assert len(errors) == 1, done.stderr
+    meta = root / "console-usage-history" / "_metadata.json"
+    assert errors[0].startswith(
+        f"error: {OLD} expired versions were deleted, but the metadata that counts them "
+        f"could not be written: cannot "
+    ), errors[0]
+    assert f" {meta}: No space left on device [ENOSPC]" in errors[0], errors[0]

@@ -1111,7 +1111,10 @@ def test_post_when_the_spool_cannot_be_written_is_503(root: Path, server):
         assert " ERROR client 127.0.0.1:" in lines[0]
         assert f"POST {API}: the spool cannot be written: cannot stage " in lines[0]
         assert f" in {tmp}: " in lines[0]
-        assert lines[0].endswith("Operation not permitted [EPERM]; answered 503")
+        assert lines[0].endswith(
+            f"Operation not permitted: its folder {tmp} is immutable (chattr -i {tmp} clears "
+            "that) [EPERM]; answered 503"
+        )
         assert "Traceback" not in server.log
         # Health says so at once: the data's age alone would stay healthy for minutes
         # while every snapshot is refused.
@@ -1127,7 +1130,7 @@ def test_post_when_the_spool_cannot_be_written_is_503(root: Path, server):
     # The end of the fault is said too: the refusals stopping says nothing by itself.
     wait_for(lambda: "the spool is written again: POSTs are accepted" in server.log, 5)
     again = [line for line in server.log.splitlines() if "written again" in line]
-    assert len(again) == 1 and "Operation not permitted [EPERM])" in again[0], again
+    assert len(again) == 1 and f"(chattr -i {tmp} clears that) [EPERM])" in again[0], again
 
 
 # -- the command line ----------------------------------------------------------------------

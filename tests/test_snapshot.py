@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli, wait_for
-from support.capabilities import other_user_problem, others_folder, run_as_other
+from support.capabilities import (
+    needs_strace,
+    other_user_problem,
+    others_folder,
+    run_as_other,
+    run_held_after,
+)
 
 from ingester.ops.snapshot import build_snapshot_tree, list_versions_once
 
@@ -319,9 +325,9 @@ def test_a_snapshot_killed_midway_leaves_only_its_temp_names_and_the_next_one_is
     """What docs/backup.md says a ``kill -9`` leaves: nothing under DEST's name; the
     ``.tmp-snapshot-*`` folder beside DEST (folder form), or the ``.tmp-out-*`` file
     beside FILE and the scratch folder in $TMPDIR (``--tar FILE``). The next run never
-    takes them, removes the ``.tmp-out-*`` file (no process holds it) and nothing
-    else, and its snapshot is whole. The kill lands on the second version's hard link
-    (strace ``signal=SIGKILL``)."""
+    takes them for its own: it removes them (no process holds them), says so, and its
+    snapshot is whole. The kill lands on the second version's hard link (strace
+    ``signal=SIGKILL``)."""
     out = tmp_path / "out"
     out.mkdir()
     scratch = tmp_path / "scratch"
@@ -340,13 +346,17 @@ def test_a_snapshot_killed_midway_leaves_only_its_temp_names_and_the_next_one_is
         assert [p.name[:14] for p in scratch.iterdir()] == [".tmp-snapshot-"]
     else:
         assert [n[:14] for n in left] == [".tmp-snapshot-"], left
+    stale = [p.name for p in (scratch if form == "tar" else out).iterdir() if p.is_dir()]
     again = ok(run_cli(root, *args, TMPDIR=str(scratch)))
+    assert sorted(p.name for p in out.iterdir()) == [dest.name]
+    assert list(scratch.iterdir()) == []
     if form == "tar":
-        assert sorted(p.name for p in out.iterdir()) == [dest.name]
         assert f"removed 1 temp file(s) left in {out} " in again.stdout
-        assert [p.name[:14] for p in scratch.iterdir()] == [".tmp-snapshot-"]
-    else:
-        assert sorted(p.name for p in out.iterdir()) == sorted([*left, dest.name])
+    swept = scratch if form == "tar" else out
+    assert (
+        f"INFO removed 1 temp folder(s) left in {swept} by a snapshot stopped before its "
+        f"end: {stale[0]}"
+    ) in again.stderr, again.stderr
     if form == "tar":
         (tmp_path / "x").mkdir()
         subprocess.run(["tar", "-xf", str(dest), "-C", str(tmp_path / "x")], check=True)
@@ -643,3 +653,34 @@ def test_a_drop_box_parent_it_may_not_read_is_no_failure() -> None:
         done = run_as_other(root, "snapshot", str(dest))
         assert done.returncode == 0, done.stderr
         assert (dest / HISTORY).is_dir()
+
+
+@needs_strace
+def test_a_snapshot_under_way_is_never_taken_for_one_a_kill_left(
+    root: Path, history: list[str], tmp_path: Path
+) -> None:
+    """Two snapshots into one folder: the second removes what killed snapshots left
+    there, never the first one's temp folder while it is being built (it holds a lock
+    on it). The first, stopped (SIGSTOP, by strace) at its second version's link while
+    the second runs, then finishes whole."""
+    out = tmp_path / "out"
+    out.mkdir()
+    seen: dict[str, object] = {}
+
+    def meanwhile() -> None:
+        [temp] = [p for p in out.iterdir() if p.name.startswith(".tmp-snapshot-")]
+        seen["second"] = run_cli(root, "snapshot", str(out / "two"))
+        seen["kept"] = temp.is_dir()
+
+    first = run_held_after(
+        root, ("snapshot", str(out / "one")), root / HISTORY / history[1], "link", meanwhile
+    )
+    second = seen["second"]
+    assert isinstance(second, subprocess.CompletedProcess)
+    ok(second)
+    assert seen["kept"] is True, second.stderr
+    assert "removed" not in second.stderr, second.stderr
+    ok(first)
+    assert first.stdout.startswith(f"snapshot {out / 'one'}: {len(history)} version(s)")
+    assert sorted(p.name for p in out.iterdir()) == ["one", "two"]
+    ok(run_cli(out / "one", "verify"))

@@ -22,6 +22,7 @@ from .retention import Decision, RetentionPlan
 
 __all__ = [
     "CleanupIncomplete",
+    "CleanupNotCounted",
     "CleanupResult",
     "RetentionHold",
     "allowed_deletions",
@@ -75,6 +76,33 @@ class CleanupIncomplete(StorageError):
         return (
             f"could not delete {failed} of {failed + deleted} expired versions "
             f"({others} deleted): {super().__str__()}"
+        )
+
+
+class CleanupNotCounted(StorageError):
+    """Retention deleted expired versions, then the metadata that counts them could not
+    be written (a full disk where the deletions freed nothing: each version had a second
+    name, a snapshot's).
+
+    Raised by :meth:`HistoryStore.cleanup_old_versions` in place of the metadata's own
+    error (``failure``, which also gives this error's ``action``, ``path`` and ``errno``),
+    so that the line says the deletions too: said alone, a failed write reads as a
+    cleanup that did nothing. ``result`` is what the cleanup did. The store keeps the
+    count, and its next metadata write (a watcher's retry) has it; a process that ends
+    first leaves ``totalVersionsDeleted`` short by that many.
+    """
+
+    def __init__(self, result: CleanupResult, failure: StorageError) -> None:
+        super().__init__(failure.action, failure.path, failure.cause)
+        self.result = result
+        self.failure = failure
+
+    def __str__(self) -> str:
+        deleted = len(self.result.deleted)
+        what = "1 expired version was" if deleted == 1 else f"{deleted} expired versions were"
+        return (
+            f"{what} deleted, but the metadata that counts them could not be written: "
+            f"{self.failure}"
         )
 
 

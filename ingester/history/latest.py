@@ -179,6 +179,8 @@ class LatestLink:
             folder = self.path.parent
             if exc.errno not in (errno.EACCES, errno.EPERM) or exc.path.parent != folder:
                 raise
+            if exc.refused_by is not None:
+                raise  # it names the attribute that refused, and what clears it
             # Refused in the link's folder (its owner or mode, an immutable folder): the
             # kernel's words name no fix, and the file named may not even exist yet.
             words = (

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ..payload.model import ConsoleUsageDataSync
 from .batch import Batch
 from .cleanup import CleanupIncomplete as CleanupIncomplete
+from .cleanup import CleanupNotCounted as CleanupNotCounted
 from .cleanup import CleanupResult as CleanupResult
 from .cleanup import RetentionHold as RetentionHold
 from .cleanup import allowed_deletions, held_back, log_cleanup, remove_expired
@@ -65,6 +66,7 @@ from .retention import RetentionPlan, RetentionPolicy, expired_prefix, future_su
 __all__ = [
     "CacheNotRefreshed",
     "CleanupIncomplete",
+    "CleanupNotCounted",
     "CleanupResult",
     "HistoryStore",
     "InitReport",
@@ -83,9 +85,11 @@ class InitReport:
 
     ``cache_errors`` lists every cache that could not be written; ``metadata_error`` and
     ``latest_error`` are the same errors by cache (``None`` where it was written).
+    ``temp_errors``: the stale temp files that would not go (left, and logged).
     """
 
     removed_temps: list[str] = field(default_factory=list)
+    temp_errors: list[StorageError] = field(default_factory=list)
     metadata_rebuilt: str | None = None
     metadata_created: bool = False
     latest_repaired: str | None = None
@@ -193,7 +197,8 @@ class HistoryStore:
     def initialize(self) -> InitReport:
         """Create the folders, sweep stale temp files, and repair metadata and latest link.
 
-        Idempotent. Call it with the history lock held. The metadata and the latest link
+        Idempotent. Call it with the history lock held. A stale temp file that cannot be
+        removed is logged and listed in ``temp_errors``. The metadata and the latest link
         are caches: a failure to write them is listed in ``cache_errors``, never raised
         (only a history that cannot be made or listed raises :class:`StorageError`, and
         a metadata file that cannot be read :class:`MetadataUnreadable`: its totals are
@@ -208,10 +213,23 @@ class HistoryStore:
             self.latest_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             report.latest_error = StorageError("create folder", self.latest_path.parent, exc)
-        report.removed_temps += durable.remove_stale_temps(self.history_dir)
+        # A temp file that will not go (immutable, another user's) is debris, not a
+        # fault of the history: it must not stop every writer's start.
+        report.removed_temps += durable.remove_stale_temps(
+            self.history_dir, errors=report.temp_errors
+        )
         for prefix in LATEST_TEMP_PREFIXES:
             with contextlib.suppress(StorageError):  # a cache's folder: never blocks a start
-                report.removed_temps += durable.remove_stale_temps(self.latest_path.parent, prefix)
+                report.removed_temps += durable.remove_stale_temps(
+                    self.latest_path.parent, prefix, errors=report.temp_errors
+                )
+        if report.temp_errors:
+            more = len(report.temp_errors) - 1
+            log.warning(
+                "a stale temp file is left as it is: %s%s",
+                report.temp_errors[0],
+                f" (and {more} more)" if more else "",
+            )
         self.scan()
         stored, problem = self.metadata_to_carry()
         self._meta = self._derive(stored)
@@ -380,11 +398,16 @@ class HistoryStore:
         """Remove temp files a failed step left in the history and the latest's folder.
 
         Call with the history lock held, between writes. Returns the names removed.
+        Raises :class:`StorageError` when a folder cannot be listed, or, once every other
+        one is removed, for the first temp file that would not go.
         """
         self.close()  # or the sweep would take the spare for a leftover
-        removed = durable.remove_stale_temps(self.history_dir)
+        errors: list[StorageError] = []
+        removed = durable.remove_stale_temps(self.history_dir, errors=errors)
         for prefix in LATEST_TEMP_PREFIXES:
-            removed += durable.remove_stale_temps(self.latest_path.parent, prefix)
+            removed += durable.remove_stale_temps(self.latest_path.parent, prefix, errors=errors)
+        if errors:
+            raise errors[0]
         return removed
 
     # -- one group of versions (see batch) -----------------------------------------
@@ -486,9 +509,10 @@ class HistoryStore:
 
         Raises :class:`CleanupIncomplete` (a :class:`StorageError`) when some expired
         versions could not be deleted, after every other one is deleted and the metadata
-        is written; :class:`StorageError` when the metadata cannot be written, or when the
-        folder cannot be fsynced after the deletions (raised once they are counted in the
-        metadata).
+        is written; :class:`CleanupNotCounted` (one too) when versions were deleted but
+        the metadata that counts them cannot be written; :class:`StorageError` when the
+        metadata cannot be written after no deletion, or when the folder cannot be
+        fsynced after the deletions (raised once they are counted in the metadata).
         """
         self._ensure_loaded()
         now = now or self.clock()
@@ -513,15 +537,20 @@ class HistoryStore:
                 # are counted before the error is raised, or no later run would count
                 # them (a rebuild from the versions left cannot see what went).
                 unsynced = exc
-        self._write_metadata()
-        if unsynced is not None:
-            raise unsynced
         result = CleanupResult(
             deleted=deleted,
             retained=len(self._names),
             future=future_suffix(self._names, now),
             at=now,
         )
+        try:
+            self._write_metadata()
+        except StorageError as exc:
+            if not deleted:
+                raise
+            raise CleanupNotCounted(result, exc) from exc
+        if unsynced is not None:
+            raise unsynced
         if failures:
             raise CleanupIncomplete(result, failures)
         log_cleanup(result)

@@ -28,17 +28,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
 import stat
-import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..clock import utc_now
-from ..errors import PayloadRejected, StorageError, describe_os_error
+from ..errors import PayloadRejected, StorageError, attribute_refusal, describe_os_error
 from ..history import durable
 from ..history.names import STAMP_FORMAT, is_version_name, parse_timestamp_from_filename
 from ..history.store import VERSION_MODE, HistoryStore
@@ -144,41 +142,14 @@ def not_adopted(store: HistoryStore) -> str | None:
     return f"{store.latest_path} is a file, not a link: {ADOPT_ADVICE}"
 
 
-_FS_IOC_GETFLAGS = 0x80086601  # Linux's _IOR('f', 1, long): a file's attributes (lsattr)
-_ATTRIBUTES = ((0x10, "immutable", "chattr -i"), (0x20, "append-only", "chattr -a"))
-# FS_IMMUTABLE_FL and FS_APPEND_FL: either makes a chmod, a create or a rename fail with
-# EPERM, for root too, whoever owns the file.
-
-
-def _attribute(path: Path) -> tuple[str, str] | None:
-    """The attribute of ``path`` that refuses changes (its word, and the command that
-    clears it), or ``None`` (none, or it cannot be told). Never raises."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        flags = int.from_bytes(fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8))[:4], sys.byteorder)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    for bit, word, clear in _ATTRIBUTES:
-        if flags & bit:
-            return word, clear
-    return None
-
-
 def refused_advice(path: Path) -> str:
     """What to do when adopt was refused (EPERM, EACCES) a change of ``path``, by its
     cause: an attribute of ``path`` or of its folder (immutable, append-only: root is
-    refused too), files of another user (to ``chown``), or else the owner, mode and
-    attributes to look at. One clause, ending ``then run adopt again``. Never raises."""
-    for where in (path, path.parent):
-        attribute = _attribute(where)
-        if attribute is not None:
-            word, clear = attribute
-            return f"{where} is {word}: {clear} it, then run adopt again"
+    refused too; the refusal's own words name it and what clears it), files of another
+    user (to ``chown``), or else the owner, mode and attributes to look at. One clause,
+    ending ``then run adopt again``. Never raises."""
+    if attribute_refusal(path) is not None:
+        return "clear that attribute, then run adopt again"
     me = os.geteuid()
     owners = set()
     for where in (path, path.parent):

@@ -1,4 +1,5 @@
-"""A command's output file written beside the user's own files, and what a killed one left.
+"""A command's output file (or temp folder) written beside the user's own files, and
+what a killed one left.
 
 ``export -o FILE`` and ``snapshot --tar FILE`` write FILE under a temp name beside it
 (:data:`~ingester.history.durable.OUTPUT_TEMP_PREFIX` and twelve hex digits) and rename
@@ -13,6 +14,10 @@ file's creation and its lock is covered by a lock on the folder: writers hold it
 shared across that moment, and a sweep runs only when it gets it exclusively. A
 folder or filesystem where these locks cannot be taken is never swept: nothing there
 could be told apart.
+
+A snapshot's temp folder (``.tmp-snapshot-*``, beside its destination or in
+``$TMPDIR``) is kept the same way (:func:`locked_temp_folder`): its maker holds an
+``flock`` on the folder itself until it is renamed into place or removed.
 """
 
 from __future__ import annotations
@@ -21,14 +26,20 @@ import contextlib
 import fcntl
 import os
 import re
+import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from ..history import durable
 
-__all__ = ["is_output_temp_name", "locked_output", "swept_lines"]
+__all__ = [
+    "is_output_temp_name",
+    "locked_output",
+    "locked_temp_folder",
+    "swept_lines",
+]
 
 _TEMP_NAME = re.compile(re.escape(durable.OUTPUT_TEMP_PREFIX) + r"[0-9a-f]{12}")
 
@@ -142,3 +153,83 @@ def locked_output(
     finally:
         if dfd is not None:
             os.close(dfd)
+
+
+def _remove_left_folder(folder: Path, name: str) -> bool:
+    """Remove the temp folder ``name`` in ``folder`` when no maker holds it."""
+    path = folder / name
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False  # not a folder (a link, a file), gone, or not ours to read
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            return False  # another user's: never ours to remove
+        if not _try_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+            return False  # its maker runs
+        if not os.path.samestat(st, os.lstat(path)):
+            return False  # replaced since it was opened
+        # Hard links and copies only: removing them touches no live version.
+        shutil.rmtree(path)
+    except OSError:
+        return False  # what is left of it is swept by the next run
+    finally:
+        os.close(fd)
+    return True
+
+
+@contextlib.contextmanager
+def locked_temp_folder(
+    make: Callable[[], Path], folder: Path, is_temp: Callable[[str], bool], swept: list[str]
+) -> Iterator[tuple[Path, int]]:
+    """A new temp folder made by ``make()`` in ``folder``, held locked for the block, after
+    removing the temp folders (names ``is_temp`` says are) that killed makers left there
+    (each name removed is appended to ``swept``).
+
+    Yields the new folder and a descriptor on it, open and locked until the block ends:
+    a folder renamed or removed meanwhile stays locked (the lock is the inode's), so a
+    sweep never takes it. Raises what ``make()`` raises (nothing is swept then but what
+    was swept before); a leftover that cannot be removed is left, and never fails it.
+    """
+    dfd = _folder_fd(folder)
+    try:
+        if dfd is not None:
+            if _try_flock(dfd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                swept.extend(_sweep_folders(folder, is_temp))
+            # Shared from here until the new folder is locked: no sweep runs meanwhile.
+            if not _try_flock(dfd, fcntl.LOCK_SH):
+                os.close(dfd)
+                dfd = None
+        made = make()
+        try:
+            pin = os.open(made, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.rmdir(made)
+            raise
+        # Locked before the folder's lock goes. Where flock is not supported, a sweep's
+        # lock on the folder fails the same way, so this one is never taken for a
+        # leftover.
+        with contextlib.suppress(OSError):
+            fcntl.flock(pin, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        if dfd is not None:
+            os.close(dfd)
+    try:
+        yield made, pin
+    finally:
+        os.close(pin)
+
+
+def _sweep_folders(folder: Path, is_temp: Callable[[str], bool]) -> list[str]:
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if is_temp(e.name)]
+    except OSError:
+        return []
+    removed = [name for name in sorted(names) if _remove_left_folder(folder, name)]
+    if removed:
+        with contextlib.suppress(durable.StorageError):
+            durable.fsync_dir(folder)
+    return removed

@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import re
 import secrets
 import shutil
 import stat
 import tarfile
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -46,6 +49,7 @@ from ..history.metadata_file import METADATA_NAME, write_metadata_file
 from ..history.names import is_version_name
 from ..history.store import HistoryStore
 from ..runtime.signals import stop_signals_held
+from .outputs import locked_temp_folder
 
 __all__ = [
     "SNAPSHOT_HISTORY",
@@ -53,12 +57,15 @@ __all__ = [
     "SnapshotError",
     "SnapshotResult",
     "build_snapshot_tree",
+    "is_snapshot_temp_name",
     "list_versions_once",
     "refuse_live_destination",
     "remove_made_folders",
     "take_snapshot",
     "write_snapshot_tar",
 ]
+
+log = logging.getLogger("ingester.snapshot")
 
 SNAPSHOT_HISTORY = "console-usage-history"
 """The history folder's name inside a snapshot (the default layout)."""
@@ -351,44 +358,85 @@ def remove_made_folders(made: list[Path]) -> None:
                 durable.fsync_dir(folder.parent)
 
 
-def _take_snapshot(
-    history_dir: Path, dest: Path, names: list[str], *, link: bool
-) -> SnapshotResult:
-    temp = dest.parent / f"{SNAPSHOT_TEMP_PREFIX}{secrets.token_hex(6)}"
+_TEMP_NAME = re.compile(
+    # Ours (twelve hex digits, as durable names temp entries), or tempfile.mkdtemp's
+    # (eight of its letters) for the scratch folder of the tar form.
+    re.escape(SNAPSHOT_TEMP_PREFIX) + r"(?:[0-9a-f]{12}|[a-z0-9_]{8})"
+)
+
+
+def is_snapshot_temp_name(name: str) -> bool:
+    """Whether ``name`` is one a snapshot gives its temp (or scratch) folder."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+@contextlib.contextmanager
+def _temp_folder(folder: Path, make: Callable[[], Path]) -> Iterator[tuple[Path, int]]:
+    """:func:`~ingester.ops.outputs.locked_temp_folder` in ``folder`` for a snapshot: what
+    killed snapshots left there is removed first, and said in the log. ``make`` raises
+    :class:`SnapshotError` when it cannot make the folder; one that cannot then be
+    opened is one too."""
+    swept: list[str] = []
+    held = locked_temp_folder(make, folder, is_snapshot_temp_name, swept)
+    try:
+        made = held.__enter__()
+    except OSError as exc:
+        raise SnapshotError(
+            f"cannot open the snapshot's temp folder in {folder}: {os_cause(exc)}"
+        ) from None
+    finally:
+        if swept:
+            log.info(
+                "removed %d temp folder(s) left in %s by a snapshot stopped before its end: %s",
+                len(swept),
+                folder,
+                ", ".join(swept),
+                extra={"event": "snapshot-temps", "removed": len(swept)},
+            )
+    with contextlib.ExitStack() as stack:
+        stack.push(held)
+        yield made
+
+
+def _new_temp(folder: Path, dest: Path) -> Path:
+    temp = folder / f"{SNAPSHOT_TEMP_PREFIX}{secrets.token_hex(6)}"
     try:
         temp.mkdir(mode=0o750)
     except OSError as exc:
         raise SnapshotError(str(StorageError("create folder", dest, exc))) from None
-    try:
-        # Held open until the end: while it is, the folder's inode number cannot pass to
-        # another folder made at DEST, so DEST is only ever taken back if it is ours.
-        pin = durable.open_dir(temp)
-        st = os.fstat(pin)
-    except BaseException as exc:
-        _take_back(temp, dest, None)
-        if isinstance(exc, StorageError):
-            raise SnapshotError(_as_asked(exc, temp, dest)) from None
-        raise
-    ident = (st.st_dev, st.st_ino)
-    published = None  # the ident to take DEST back by, once its rename was tried
-    try:
-        result = build_snapshot_tree(history_dir, temp, names, link=link)
+    return temp
+
+
+def _take_snapshot(
+    history_dir: Path, dest: Path, names: list[str], *, link: bool
+) -> SnapshotResult:
+    # Held open (and locked) until the end: while it is, the folder's inode number
+    # cannot pass to another folder made at DEST, so DEST is only ever taken back if it
+    # is ours; and no other snapshot takes it for one a kill -9 left.
+    with _temp_folder(dest.parent, lambda: _new_temp(dest.parent, dest)) as (temp, pin):
         try:
-            # A plain rename would replace an empty folder made at DEST meanwhile.
-            published = ident
-            durable.publish_new(temp, dest)
-        except FileExistsError:
-            raise SnapshotError(
-                f"{dest} appeared while the snapshot was taken; left alone"
-            ) from None
-    except StorageError as exc:
-        _take_back(temp, dest, published)
-        raise SnapshotError(_as_asked(exc, temp, dest)) from None
-    except BaseException:
-        _take_back(temp, dest, published)
-        raise
-    finally:
-        os.close(pin)
+            st = os.fstat(pin)
+        except OSError as exc:
+            _take_back(temp, dest, None)
+            raise SnapshotError(str(StorageError("open folder", dest, exc))) from None
+        ident = (st.st_dev, st.st_ino)
+        published = None  # the ident to take DEST back by, once its rename was tried
+        try:
+            result = build_snapshot_tree(history_dir, temp, names, link=link)
+            try:
+                # A plain rename would replace an empty folder made at DEST meanwhile.
+                published = ident
+                durable.publish_new(temp, dest)
+            except FileExistsError:
+                raise SnapshotError(
+                    f"{dest} appeared while the snapshot was taken; left alone"
+                ) from None
+        except StorageError as exc:
+            _take_back(temp, dest, published)
+            raise SnapshotError(_as_asked(exc, temp, dest)) from None
+        except BaseException:
+            _take_back(temp, dest, published)
+            raise
     return SnapshotResult(
         dest, result.versions, result.linked, result.copied, result.vanished, result.latest
     )
@@ -448,10 +496,19 @@ def write_snapshot_tar(
     hard links when that is on the history's filesystem, copies otherwise): nothing is
     written to ``out`` unless the whole snapshot could be taken.
     """
-    try:
-        temp = Path(tempfile.mkdtemp(prefix=f"{SNAPSHOT_TEMP_PREFIX}", dir=tmp_dir))
-    except OSError as exc:
-        raise SnapshotError(f"cannot create a temp folder: {os_cause(exc)}") from None
+    folder = Path(tmp_dir) if tmp_dir is not None else Path(tempfile.gettempdir())
+
+    def make() -> Path:
+        try:
+            return Path(tempfile.mkdtemp(prefix=SNAPSHOT_TEMP_PREFIX, dir=folder))
+        except OSError as exc:
+            raise SnapshotError(f"cannot create a temp folder: {os_cause(exc)}") from None
+
+    with _temp_folder(folder, make) as (temp, _pin):
+        return _write_tar(history_dir, temp, out)
+
+
+def _write_tar(history_dir: Path, temp: Path, out: BinaryIO) -> SnapshotResult:
     try:
         try:
             result = build_snapshot_tree(history_dir, temp, scratch=True)

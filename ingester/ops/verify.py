@@ -22,8 +22,10 @@ from ..errors import (
     PayloadRejected,
     VersionNotFound,
     VersionTooLarge,
+    attribute_refusal,
     file_on_the_way,
     is_permission_problem,
+    refusal_words,
     unreadable,
 )
 from ..history import durable
@@ -234,14 +236,15 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
         if pid is not None and _is_spare(store.history_dir / temp):
             continue
         caches.append(
-            Finding("stale-temp", temp, f"leftover temp file in {store.history_dir}", True)
+            _stale_temp(
+                store.history_dir / temp, temp, f"leftover temp file in {store.history_dir}"
+            )
         )
     link_dir = store.latest_path.parent
     if link_dir != store.history_dir:
         for temp in _temps(link_dir, LATEST_TEMP_PREFIXES):
-            caches.append(
-                Finding("stale-temp", os.fspath(link_dir / temp), "leftover temp file", True)
-            )
+            path = link_dir / temp
+            caches.append(_stale_temp(path, os.fspath(path), "leftover temp file"))
     metadata = _metadata_findings(reader, now_listed, now)
     for _ in range(_LOOKS):
         # The metadata is read after that listing: a writer that changed the history in
@@ -266,6 +269,8 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
             for f in caches
         ]
 
+    report.problems = _unrepairable_where_read_only(store, report.problems)
+    report.warnings = _unrepairable_where_read_only(store, report.warnings)
     report.warnings += _odd_entries(store, set(names))
     for name in names:
         if is_future(name, now):
@@ -273,6 +278,46 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
                 Finding("future-version", name, "dated more than a day ahead of the clock")
             )
     return report
+
+
+def _read_only(folder: Path) -> bool:
+    """Whether ``folder`` is on a filesystem mounted read-only (``False`` when that
+    cannot be told)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _unrepairable_where_read_only(store: HistoryStore, findings: list[Finding]) -> list[Finding]:
+    """``findings`` with those a repair would write on a read-only filesystem (the
+    history's, or the latest link's folder's) no longer offered to ``--repair``, and
+    why said: each run would promise a repair that fails with EROFS."""
+    places = {store.history_dir, store.latest_path.parent}
+    read_only = {folder for folder in places if _read_only(folder)}
+    if not read_only:
+        return findings
+    out = []
+    for f in findings:
+        # The latest link and the temp files beside it (named by full path) are written
+        # in the link's folder; everything else in the history.
+        beside_link = f.kind == "latest-link" or os.path.isabs(f.subject)
+        folder = store.latest_path.parent if beside_link else store.history_dir
+        if f.repairable and folder in read_only:
+            why = f"{folder} is on a read-only filesystem, so no repair can be made there"
+            f = Finding(f.kind, f.subject, f"{f.message}; {why}")
+        out.append(f)
+    return out
+
+
+def _stale_temp(path: Path, subject: str, message: str) -> Finding:
+    """The leftover temp file ``path``: repairable (a repair removes it), unless an
+    attribute (of it, or of its folder) refuses its removal, which is then said."""
+    refusal = attribute_refusal(path)
+    if refusal is None:
+        return Finding("stale-temp", subject, message, True)
+    words = refusal_words(path, refusal)
+    return Finding("stale-temp", subject, f"{message}; {words}, so no repair can remove it")
 
 
 def _latest_finding(store: HistoryStore, is_a_file: bool) -> Finding | None:
