@@ -690,6 +690,13 @@ def _spool_layout(base: Path, case: str) -> Path:
         (spool / "tmp").chmod(0o777)
     elif case == "no spool, and none can be made":
         shutil.rmtree(spool)
+    elif case == "scratch folder of a group not joined":
+        os.chown(spool / "tmp", 0, 1)
+        (spool / "tmp").chmod(0o775)
+    elif case == "spool of a group not joined":
+        (spool / "tmp").chmod(0o777)
+        os.chown(spool, 0, 1)
+        spool.chmod(0o775)
     return root
 
 
@@ -701,6 +708,8 @@ def _spool_layout(base: Path, case: str) -> Path:
         "scratch folder not writable",
         "spool not writable",
         "no spool, and none can be made",
+        "scratch folder of a group not joined",
+        "spool of a group not joined",
     ],
 )
 def test_a_dry_run_says_what_a_submit_by_this_user_would_be_refused_with(
@@ -726,7 +735,11 @@ def test_a_dry_run_says_what_a_submit_by_this_user_would_be_refused_with(
         f"warning: {source} is valid, but a submit by {_other_user()} would be refused: "
         f"{real.stderr.removeprefix('error: ')}"
     )
-    if case == "not in the group":
+    if case in (
+        "not in the group",
+        "scratch folder of a group not joined",
+        "spool of a group not joined",
+    ):
         assert "a writer of drops must be in its group, " in dry.stderr
     if case == "no spool, and none can be made":  # not "cannot enter" what is not there
         assert f"cannot create folder {root / 'spool'}: Permission denied" in dry.stderr

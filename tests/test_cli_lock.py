@@ -212,3 +212,24 @@ def test_a_writing_command_as_root_leaves_the_lock_to_the_history_owner(
     result = run_cli(service_state, "ingest", str(SAMPLE))
     assert result.returncode == 0, result.stderr
     assert owner(history / ".lock") == (OTHER_UID, OTHER_UID)
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+@pytest.mark.parametrize("command", [("cleanup",), ("verify", "--repair")], ids=" ".join)
+def test_a_writing_command_run_by_another_user_is_told_whose_history_it_is(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """A reader (or a login user beside the service) runs a writing command: the lock
+    refuses it, and the fix is to run it as the history's owner, not to change modes."""
+    tmp_path.chmod(0o755)
+    root = tmp_path / "root"
+    assert run_cli(root, "init").returncode == 0
+    assert run_cli(root, "ingest", str(SAMPLE)).returncode == 0
+    done = run_as_other(root, *command)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.startswith("error: cannot open lock file"), done.stderr
+    assert (
+        "(nothing was done; the history belongs to root (uid 0): run this command as that "
+        "user (runuser -u root -- ingester ...))" in done.stderr
+    ), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr

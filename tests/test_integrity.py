@@ -438,6 +438,27 @@ def test_ingest_whose_retention_fails_after_storing_still_reports_it_stored(
     assert len(versions(root)) == 2
 
 
+def test_ingest_whose_retention_deletes_some_expired_versions_says_it_applied_in_part(
+    root: Path, tmp_path: Path, can_chattr: None
+) -> None:
+    """An expired version that will not go (immutable) must not make the warning say
+    that retention did nothing, when it deleted the others."""
+    history = root / "console-usage-history"
+    assert run_cli(root, "init").returncode == 0
+    old = [history / f"2020-01-0{day}T00-00-00-0000000{day}.json" for day in (1, 2, 3)]
+    for n, path in enumerate(old):
+        path.write_bytes(payload(n))
+    src = tmp_path / "in.json"
+    src.write_bytes(payload(9))
+    with immutable(old[0]):
+        done = run_cli(root, "--max-versions", "1", "ingest", str(src))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"stored {src} -> "), done.stdout
+    said = "warning: stored, retention applied in part: could not delete 1 of 3 expired"
+    assert said in done.stderr, done.stderr
+    assert [p.exists() for p in old] == [True, False, False]
+
+
 def test_a_broken_latest_link_folder_does_not_stop_ingest(
     root: Path, tmp_path: Path, can_chattr: None
 ) -> None:

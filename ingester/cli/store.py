@@ -18,7 +18,7 @@ import click
 
 from ..clock import utc_now
 from ..errors import NotRegularFile, PayloadRejected, StorageError, os_cause
-from ..history.cleanup import CleanupIncomplete
+from ..history.cleanup import CleanupIncomplete, CleanupNotCounted
 from ..history.names import format_timestamp
 from ..history.store import CacheNotRefreshed
 from ..intake.spool import Spool
@@ -258,9 +258,19 @@ def _ingest_files(s: Settings, files: tuple[Path, ...], stop: StopFlag) -> None:
                 raise fail(f"cleanup failed: {exc}") from None
             # What was stored is stored: exit 1 would invite a retry that stores it twice.
             # Retention runs again with the next write (or 'ingester cleanup').
-            warn(f"stored, retention not applied: {exc}")
+            warn(f"stored, {_retention_outcome(exc)}: {exc}")
     if rejected:
         raise click.exceptions.Exit(1)
+
+
+def _retention_outcome(exc: StorageError) -> str:
+    """How far retention got before ``exc``: said before the error's own words, so that
+    a retention that deleted versions is never reported as one that did nothing."""
+    if isinstance(exc, CleanupNotCounted):
+        return "retention applied"  # its words say the count could not be written
+    if isinstance(exc, CleanupIncomplete) and exc.result.deleted:
+        return "retention applied in part"
+    return "retention not applied"
 
 
 class _NotStored(StorageError):

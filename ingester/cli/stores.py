@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -217,12 +218,37 @@ def writing_store(
             from ..ops.adopt import refused_advice
 
             raise fail(f"{exc} (nothing was done; {refused_advice(exc.path)})") from None
+        if not in_body and exc.errno == errno.EACCES:
+            owner = _other_owner(store.history_dir)
+            if owner is not None:
+                raise fail(f"{exc} (nothing was done; {owner})") from None
         raise fail(str(exc)) from None
     except OSError as exc:
         if in_body:
             raise  # not a folder it could not make
         where = exc.filename or store.history_dir
         raise fail(str(StorageError("create folder", where, exc))) from None
+
+
+def _other_owner(history_dir: Path) -> str | None:
+    """Advice when this user was refused the history that belongs to another user: a
+    writing command run as the wrong user (a reader, a login user beside the service),
+    whose fix is to run it as the owner, not to change any mode. ``None`` when the
+    history is this user's own, or its owner cannot be told."""
+    try:
+        uid = os.stat(history_dir).st_uid
+    except OSError:
+        return None
+    if uid == os.geteuid():
+        return None
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"the history belongs to uid {uid}: run this command as that user"
+    return (
+        f"the history belongs to {name} (uid {uid}): run this command as that user "
+        f"(runuser -u {name} -- ingester ...)"
+    )
 
 
 def _lock_advice(purpose: str) -> str:

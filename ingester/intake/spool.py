@@ -346,7 +346,8 @@ class Spool:
             )
         except StorageError as exc:
             # The staged name is ours: the error names the drop asked for, and the folder.
-            raise StorageError(f"stage {name} in", self.tmp_dir, exc.cause) from exc
+            cause = _group_hint(self.tmp_dir, exc.cause)
+            raise StorageError(f"stage {name} in", self.tmp_dir, cause) from exc
         staged_stat: os.stat_result | None = None
         try:
             # Group-readable whatever the writer's umask: under systemd the watcher reads
@@ -367,7 +368,10 @@ class Spool:
                 if staged_stat is not None and not _taken_back(final, staged_stat):
                     return final  # the watcher has it already, and makes it durable
             if isinstance(exc, StorageError):
-                raise
+                hinted = _group_hint(self.dir, exc.cause)
+                if hinted is exc.cause:
+                    raise
+                raise StorageError(exc.action, exc.path, hinted) from exc
             raise StorageError("move into spool", final, exc) from exc
         return final
 
@@ -398,11 +402,14 @@ class Spool:
         try:
             _may_write_in(self.tmp_dir)
         except OSError as exc:
-            return StorageError(f"stage {name} in", self.tmp_dir, OSError(exc.errno, exc.strerror))
+            cause = _group_hint(self.tmp_dir, OSError(exc.errno, exc.strerror))
+            return StorageError(f"stage {name} in", self.tmp_dir, cause)
         try:
             _may_write_in(self.dir)
         except OSError as exc:
-            return StorageError("link", final, OSError(exc.errno, exc.strerror))
+            return StorageError(
+                "link", final, _group_hint(self.dir, OSError(exc.errno, exc.strerror))
+            )
         return None
 
 
@@ -482,6 +489,26 @@ def _taken_back(final: Path, staged: os.stat_result) -> bool:
     except OSError:
         pass  # it stays, and may be stored: nothing better can be done now
     return True
+
+
+def _group_hint(folder: Path, cause: OSError) -> OSError:
+    """``cause`` (a refused write in ``folder``) with the group to join where that is the
+    fix: the folder is writable by its group, and this process is not in it (a scraper's
+    user not yet in the service's group). Else ``cause`` itself."""
+    if cause.errno != errno.EACCES:
+        return cause
+    try:
+        st = os.stat(folder)
+        group = grp.getgrgid(st.st_gid).gr_name
+    except (OSError, KeyError):
+        return cause
+    if not st.st_mode & stat.S_IWGRP or st.st_gid in {os.getegid(), *os.getgroups()}:
+        return cause
+    return PermissionError(
+        errno.EACCES,
+        f"{cause.strerror or 'Permission denied'}; a writer of drops must be in its group, "
+        f"{group} (a group joined counts from the next login)",
+    )
 
 
 def _not_entered(folder: Path, exc: PermissionError) -> StorageError:
