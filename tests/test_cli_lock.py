@@ -217,12 +217,16 @@ def test_a_writing_command_as_root_leaves_the_lock_to_the_history_owner(
 @pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 @pytest.mark.parametrize("command", [("cleanup",), ("verify", "--repair")], ids=" ".join)
 def test_a_writing_command_run_by_another_user_is_told_whose_history_it_is(
-    tmp_path: Path, command: tuple[str, ...]
+    command: tuple[str, ...],
 ) -> None:
     """A reader (or a login user beside the service) runs a writing command: the lock
     refuses it, and the fix is to run it as the history's owner, not to change modes."""
-    tmp_path.chmod(0o755)
-    root = tmp_path / "root"
+    with others_folder("ingester-lock-") as theirs:
+        base = theirs.parent  # root's own, and every user may enter it
+        _refused_as_other(base / "mine", command)
+
+
+def _refused_as_other(root: Path, command: tuple[str, ...]) -> None:
     assert run_cli(root, "init").returncode == 0
     assert run_cli(root, "ingest", str(SAMPLE)).returncode == 0
     done = run_as_other(root, *command)
