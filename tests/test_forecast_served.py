@@ -567,20 +567,26 @@ def test_a_working_day_after_a_night_idle_runs_out_at_the_days_pace(root: Path) 
     assert "weeklyLimits.allModels: at this rate 100 % by " in judged.stdout
 
 
-def test_a_rise_too_slow_to_project_is_not_called_not_rising(root: Path) -> None:
-    """A limit rising 0.009 %/h from 10 % (100 % in some 10,000 h, beyond the year a
-    projection reaches), its reset wording one the tool does not read: the table's row
-    shows ``+0.01 %/h`` and, beside it, that 100 % is not within a year, not ``not
-    rising``; ``check --forecast`` words it alike."""
+def _weekly_rise(root: Path, step: float) -> None:
+    """Thirteen readings two hours apart of ``weeklyLimits.allModels`` rising by ``step``
+    percentage points each from 10 %, with a reset wording the tool does not read."""
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     for i in range(13):
         observed = now - timedelta(hours=2 * (12 - i))
         body = snapshot(0, observed)
         body["weeklyLimits"]["allModels"] = {
             "resetsIn": "when the week ends",
-            "percentageUsed": 10 + 0.018 * i,
+            "percentageUsed": 10 + step * i,
         }
         put_version(root, version_name(observed, i), json.dumps(body).encode())
+
+
+def test_a_rise_too_slow_to_project_is_not_called_not_rising(root: Path) -> None:
+    """A limit rising 0.009 %/h from 10 % (100 % in some 10,000 h, beyond the year a
+    projection reaches), its reset wording one the tool does not read: the table's row
+    shows ``+0.01 %/h`` and, beside it, that 100 % is not within a year, not ``not
+    rising``; ``check --forecast`` words it alike."""
+    _weekly_rise(root, 0.018)
     done = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
     assert done.returncode == 0, done.stderr
     row = next(line for line in done.stdout.splitlines() if "allModels" in line)
@@ -594,15 +600,7 @@ def test_a_rise_shown_as_0_is_not_rising_in_every_surface(root: Path) -> None:
     """0.00001 %/h: ``+0.00 %/h`` in the table and ``0`` in the JSON, so the table and
     ``check`` say ``not rising``, as the page does from the JSON, not ``100 % not within a
     year`` beside a rate shown as none."""
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
-    for i in range(13):
-        observed = now - timedelta(hours=2 * (12 - i))
-        body = snapshot(0, observed)
-        body["weeklyLimits"]["allModels"] = {
-            "resetsIn": "when the week ends",
-            "percentageUsed": 10 + 0.00002 * i,
-        }
-        put_version(root, version_name(observed, i), json.dumps(body).encode())
+    _weekly_rise(root, 0.00002)
     assert cli_limits(root)["weeklyLimits.allModels"]["ratePerHour"] == 0
     done = run_cli(root, "forecast", INGESTER_CONSOLE_TIMEZONE="UTC")
     assert done.returncode == 0, done.stderr
