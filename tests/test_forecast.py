@@ -203,6 +203,26 @@ def test_a_drop_in_the_newest_reading_starts_a_window() -> None:
     assert [[p.pct for p in w] for w in split_windows(pts(40, 60, 80, 2))] == [[40, 60, 80], [2]]
 
 
+def test_a_lower_reading_under_the_same_reset_stays_in_the_window() -> None:
+    # Both readings name the reset of Thursday 09:00: no reset lies between them, so a
+    # newest reading one point lower (a stale scrape), and then two more like it, are
+    # wrong readings or a correction, not a new window with no rate.
+    reset = ResetTime(T0 + timedelta(days=6), timedelta(minutes=1))
+    assert [[p.pct for p in w] for w in split_windows(pts(80, 84, 87, 87, 86, reset=reset))] == [
+        [80, 84, 87, 87, 86]
+    ]
+    windows = split_windows(pts(80, 84, 87, 87, 86, 86, 87, reset=reset))
+    assert [[p.pct for p in w] for w in windows] == [[80, 84, 87, 87, 86, 86, 87]]
+    assert burn_rate(windows[-1]) is not None and burn_rate(windows[-1]) > 0
+    # A lone dip is still left out, and a reset that moved still begins a window.
+    assert [[p.pct for p in w] for w in split_windows(pts(40, 41, 0, 42, 43, reset=reset))] == [
+        [40, 41, 42, 43]
+    ]
+    moved = ResetTime(T0 + timedelta(days=13), timedelta(minutes=1))
+    points = [*pts(80, 84, 87, reset=reset), Point(T0.timestamp() + 1800, 2, moved)]
+    assert [[p.pct for p in w] for w in split_windows(points)] == [[80, 84, 87], [2]]
+
+
 def test_a_lone_dip_is_left_out() -> None:
     # A scraper that read 0 once: the next reading carries on from before.
     assert [[p.pct for p in w] for w in split_windows(pts(40, 41, 0, 42, 43))] == [[40, 41, 42, 43]]

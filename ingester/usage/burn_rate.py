@@ -8,7 +8,12 @@ used, the reading's reset time), oldest first.
 * the reset time of the previous reading has passed (its ``resetsAt`` plus the precision
   of its wording: ``2 hr`` may mean up to 2 h 59 min), or
 * a drop in ``percentageUsed`` that the following reading confirms (it is below the old
-  level too), or that is the newest reading (nothing can confirm it yet).
+  level too), or that is the newest reading (nothing can confirm it yet), unless both
+  readings name the same reset (their reset times' spans overlap) and it has not passed:
+  usage cannot fall within a window, so that drop is a wrong reading or a correction,
+  and it stays in the window, where the median of slopes weighs it as one reading. A
+  one-point dip on a stale scrape would otherwise begin a new window with no rate,
+  and an alert on the forecast would flap.
 
 Within a window usage only rises, so a lone dip that the next reading does not confirm (a
 scraper that read 0 for a moment) and a lone spike that the next reading falls back from
@@ -53,6 +58,16 @@ class Point:
     reset: ResetTime | None = None
 
 
+def _same_reset(before: Point, after: Point) -> bool:
+    """Whether both readings name one reset: each has a reset time, and their spans
+    (``at`` to ``at + within``, the wording's precision) overlap. A reset brought forward
+    or moved on comes with another reset time, so it is never taken for the same."""
+    a, b = before.reset, after.reset
+    if a is None or b is None:
+        return False
+    return a.at <= b.at + b.within and b.at <= a.at + a.within
+
+
 def _reset_passed(before: Point, after: Point) -> bool:
     reset = before.reset
     return reset is not None and after.t >= (reset.at + reset.within).timestamp()
@@ -79,8 +94,11 @@ def split_windows(points: Sequence[Point]) -> list[list[Point]]:
                 continue
             following = points[i + 1] if i + 1 < len(points) else None
             if following is None or following.pct < level.pct:
-                windows.append(current)
-                current = [point]
+                if _same_reset(level, point):
+                    current.append(point)  # no reset between them: a lower reading
+                else:
+                    windows.append(current)
+                    current = [point]
             # else: a dip the next reading does not confirm; left out
         else:
             current.append(point)
