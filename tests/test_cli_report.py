@@ -1079,6 +1079,28 @@ def test_status_with_a_corrupt_mirror_state_file_names_no_python_none(
     assert "(state file corrupt)" in line
 
 
+def test_status_says_each_refusal_as_what_it_is_credentials_access_rules_or_account(
+    root: Path, ingested: list[str]
+) -> None:
+    """A ``denied`` the mirror recorded is said for what refused it: credentials that are
+    wrong or expired, an access rule (a bucket or IAM policy) without the action, or the
+    account. A policy refusal said as refused credentials sends the operator to rotate
+    keys that are fine."""
+    history = root / HISTORY
+    for detail, said, not_said in (
+        ("AccessDenied: Access Denied", "access rules", "credentials"),
+        ("403", "access rules", "credentials"),
+        ("ExpiredToken: The provided token has expired.", "refused the credentials", "rules"),
+        ("SignatureDoesNotMatch: The signature", "refused the credentials", "rules"),
+        ("AllAccessDisabled: All access disabled", "refused the account", "credentials"),
+    ):
+        state = MirrorState(target="s3://bucket/usage", state="denied", detail=detail)
+        write_mirror_state(history, state)
+        out = ok(run_cli(root, "status")).stdout
+        [line] = [x for x in out.splitlines() if x.startswith("mirror ")]
+        assert said in line and detail in line and not_said not in line, line
+
+
 def test_status_says_a_request_refused_for_its_time_is_the_clock_not_the_credentials(
     root: Path, ingested: list[str]
 ) -> None:
