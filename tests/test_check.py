@@ -282,6 +282,29 @@ def test_a_request_refused_for_its_time_is_critical_and_said_as_the_clock(
     assert "credentials" not in line, line
 
 
+def test_each_refusal_is_critical_and_said_as_what_it_is(root: Path, tmp_path: Path) -> None:
+    """A ``denied`` is CRITICAL whatever refused (retrying fixes none of them), and said
+    for what it is: an access rule without the action is not refused credentials, and
+    credentials that are wrong or expired are not an access rule."""
+    ingest(root, tmp_path, timedelta(0))
+    history = root / HISTORY
+    newest = max(p.name for p in history.glob("2*.json"))
+    for detail, said, not_said in (
+        ("AccessDenied: Access Denied", "refuses the action by its access rules", "credential"),
+        ("InvalidAccessKeyId: The key does not exist.", "refuses the credentials", "rules"),
+        ("ExpiredToken: The provided token has expired.", "refuses the credentials", "rules"),
+        ("AccountProblem: There is a problem", "refuses the account", "credentials"),
+    ):
+        state = MirrorState(mirrored_through=newest, state="denied", detail=detail)
+        write_mirror_state(history, state)
+        code, line = check(root)
+        assert code == 2, line
+        assert line.startswith(
+            f"INGESTER CRITICAL - mirror up to date, but the object store {said}"
+        )
+        assert f"({detail})" in line and not_said not in line.replace(detail, ""), line
+
+
 def test_a_bad_duration_is_a_usage_error(root: Path) -> None:
     result = run_cli(root, "check", "--max-age", "soon")
     assert result.returncode == 2

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from support import IS_ROOT, VALID_SAMPLES, run_cli
-from support.capabilities import STRACE, immutable, needs_strace_root, tmpfs
+from support.capabilities import STRACE, immutable, needs_strace_root, run_tool, tmpfs
 
 from ingester.history.lock import HistoryLock
 from ingester.mirror.state import write_mirror_state
@@ -1077,6 +1077,63 @@ def test_status_with_a_corrupt_mirror_state_file_names_no_python_none(
     [line] = [x for x in out.splitlines() if x.startswith("mirror ")]
     assert line.startswith("mirror       target unknown: ") and "None" not in line, line
     assert "(state file corrupt)" in line
+
+
+@pytest.mark.usefixtures("can_mount")
+def test_status_on_a_read_only_filesystem_says_so_instead_of_advising_a_repair(
+    tmp_path: Path,
+) -> None:
+    """A history on a filesystem mounted read-only, its metadata gone and its latest a
+    plain file (as the original server left it): ``verify --repair`` and ``adopt`` can
+    only fail there with EROFS, so status does not advise them but names the read-only
+    filesystem; once it is read-write again, both are advised again."""
+    with tmpfs(tmp_path / "ro") as root:
+        ok(run_cli(root, "init"))
+        history = root / HISTORY
+        put_version(root, "2026-01-02T03-04-05-000000Z.json", payload("2026-01-02T03:04:00Z"))
+        (history / "_metadata.json").unlink()
+        read_only = f"{history} is on a read-only filesystem, so no repair can be made there"
+        words: dict[str, str] = {}
+        for link in ("a link", "a file"):
+            if link == "a file":
+                latest = root / "console-usage-synced.json"
+                latest.unlink(missing_ok=True)
+                latest.write_bytes(payload("2026-01-02T03:04:00Z"))
+            assert run_tool("mount", "-o", "remount,ro", str(root)).returncode == 0
+            try:
+                words[link] = ok(run_cli(root, "status")).stdout
+            finally:
+                assert run_tool("mount", "-o", "remount,rw", str(root)).returncode == 0
+        writable = ok(run_cli(root, "status")).stdout
+    for out in words.values():
+        assert "verify --repair" not in out and "ingester adopt" not in out, out
+        [meta] = [x for x in out.splitlines() if x.startswith("metadata ")]
+        assert read_only in meta, out
+    [link_line] = [x for x in words["a file"].splitlines() if x.startswith("latest link ")]
+    assert f"{root} is on a read-only filesystem" in link_line, link_line
+    assert "ingester adopt" in writable, writable
+
+
+def test_status_says_each_refusal_as_what_it_is_credentials_access_rules_or_account(
+    root: Path, ingested: list[str]
+) -> None:
+    """A ``denied`` the mirror recorded is said for what refused it: credentials that are
+    wrong or expired, an access rule (a bucket or IAM policy) without the action, or the
+    account. A policy refusal said as refused credentials sends the operator to rotate
+    keys that are fine."""
+    history = root / HISTORY
+    for detail, said, not_said in (
+        ("AccessDenied: Access Denied", "access rules", "credentials"),
+        ("403", "access rules", "credentials"),
+        ("ExpiredToken: The provided token has expired.", "refused the credentials", "rules"),
+        ("SignatureDoesNotMatch: The signature", "refused the credentials", "rules"),
+        ("AllAccessDisabled: All access disabled", "refused the account", "credentials"),
+    ):
+        state = MirrorState(target="s3://bucket/usage", state="denied", detail=detail)
+        write_mirror_state(history, state)
+        out = ok(run_cli(root, "status")).stdout
+        [line] = [x for x in out.splitlines() if x.startswith("mirror ")]
+        assert said in line and detail in line and not_said not in line, line
 
 
 def test_status_says_a_request_refused_for_its_time_is_the_clock_not_the_credentials(

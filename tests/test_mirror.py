@@ -1178,6 +1178,49 @@ def test_follow_mode_whose_deletes_are_refused_says_so_not_refused_credentials(
     assert len(versions()) == 6
 
 
+@pytest.mark.parametrize(
+    ("code", "said", "checked"),
+    [
+        ("AccessDenied", "refused the action by its access rules", "refuses the action"),
+        ("InvalidAccessKeyId", "refused the credentials", "refuses the credentials"),
+        ("ExpiredToken", "refused the credentials", "refuses the credentials"),
+    ],
+)
+def test_a_refusal_is_said_as_what_refused_in_mirror_status_and_check(
+    root: Path,
+    s3: SeaweedS3,
+    bucket: str,
+    aws_files: dict[str, str],
+    code: str,
+    said: str,
+    checked: str,
+) -> None:
+    """The store answers every request ``403 <code>``. A policy that refuses the action
+    (``AccessDenied``) is said as the access rules, credentials that are wrong or expired
+    as the credentials: the same in the mirror's line, ``status`` and ``check``, so the
+    operator is sent to the bucket policy or to the keys, whichever is at fault."""
+    add_versions(make_store(root), 2)
+    proxy = FaultProxy(s3.port)
+    proxy.fault = "deny"
+    proxy.deny_code = code
+    try:
+        env = s3_env(proxy.endpoint, aws_files)
+        done = run_cli(root, "mirror", f"s3://{bucket}/refused", "--once", **env)
+    finally:
+        proxy.close()
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and said in errors[0] and code in errors[0], done.stderr
+    other = "credentials" if code == "AccessDenied" else "access rules"
+    assert other not in done.stderr, done.stderr
+    status = run_cli(root, "status")
+    [line] = [x for x in status.stdout.splitlines() if x.startswith("mirror ")]
+    assert said in line and code in line and other not in line, line
+    check = run_cli(root, "check")
+    assert check.returncode == 2, check.stdout
+    assert checked in check.stdout and other not in check.stdout, check.stdout
+
+
 def state_of(root: Path) -> MirrorState:
     """The mirror's state file (a blank state while there is none yet)."""
     return read_mirror_state(root / HISTORY) or MirrorState()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -64,12 +65,26 @@ def _age_words(stamp: datetime | None, now: datetime) -> str:
     return "-" if stamp is None else relative_age(now - stamp)
 
 
-def _advice(problem: str, adopt: bool = False) -> str:
+def _advice(problem: str, adopt: bool = False, read_only: Path | None = None) -> str:
     """What to do about a cache problem: a repair (``adopt`` for a history the original
-    server wrote), unless this user just may not read it."""
+    server wrote), unless this user just may not read it, or the folder the repair
+    would write (``read_only``) is on a filesystem mounted read-only, where any repair
+    can only fail."""
     if is_permission_problem(problem):
         return PERMISSION_ADVICE
+    if read_only is not None:
+        return _read_only_words(read_only)
     return "run 'ingester adopt'" if adopt else "run 'ingester verify --repair'"
+
+
+def _read_only_words(folder: Path) -> str:
+    # verify's words for the same finding, so the two commands say it alike.
+    return f"{folder} is on a read-only filesystem, so no repair can be made there"
+
+
+def _read_only_of(r: Status, *folders: Path) -> Path | None:
+    """The first of ``folders`` on a read-only filesystem, or ``None``."""
+    return next((folder for folder in folders if folder in r.read_only), None)
 
 
 def _status_lines(r: Status, now: datetime) -> list[str]:
@@ -96,7 +111,10 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
         # A file that exists but cannot be read holds totals no repair can rebuild.
         meta_words = f"{meta_problem} (its totals cannot be rebuilt; fix the cause)"
     else:
-        meta_words = f"{meta_problem} ({_advice(meta_problem, r.adopt_advised)})"
+        where = (r.history, r.latest_link.parent) if r.adopt_advised else (r.history,)
+        meta_words = (
+            f"{meta_problem} ({_advice(meta_problem, r.adopt_advised, _read_only_of(r, *where))})"
+        )
     rows.append(["metadata", meta_words])
     latest = r.latest
     if latest is None:
@@ -123,7 +141,10 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
     problem = r.latest_link_problem
     link = os.fspath(r.latest_link)
     if r.adopt_advised:
-        link += f": {problem or 'a file, not a link'} ({_advice(problem or '', adopt=True)})"
+        advice = _advice(
+            problem or "", adopt=True, read_only=_read_only_of(r, r.latest_link.parent, r.history)
+        )
+        link += f": {problem or 'a file, not a link'} ({advice})"
     elif problem is not None:
         link += f": {problem}"
     rows.append(["latest link", link])
@@ -193,7 +214,14 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
     if r.mirror is not None:
         rows.append(["mirror", _mirror_words(r.mirror, now)])
     if r.adopt_advised:
-        rows.append(["advice", f"a history written by the original server? {ADOPT_ADVICE}"])
+        blocked = _read_only_of(r, r.history, r.latest_link.parent)
+        # Adopting writes the history and the link: on a read-only mount it can only fail.
+        then = (
+            ADOPT_ADVICE
+            if blocked is None
+            else f"{blocked} is on a read-only filesystem, so it cannot be adopted there"
+        )
+        rows.append(["advice", f"a history written by the original server? {then}"])
     lines = align(rows)
     lines.append("")
     lines.append("settings:")

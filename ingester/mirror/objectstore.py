@@ -56,6 +56,7 @@ __all__ = [
     "make_client",
     "parse_target",
     "put_arguments",
+    "refusal",
     "refused_by_policy",
     "require_boto3",
     "sha256_hex",
@@ -291,9 +292,10 @@ class Failure:
 
     ``kind`` is one of ``unreachable`` (no connection, timeout), ``throttled``
     (503 SlowDown, 429), ``server-error`` (other 5xx), ``denied`` (bad or missing
-    credentials, access denied), ``no-bucket``, ``exists`` (a conditional PUT found
-    the name taken), ``rejected`` (another 4xx, e.g. BadDigest). ``detail`` is one line
-    with the service's code and message; it never holds a secret.
+    credentials, an access rule, the account, the request's time: :func:`refusal` tells
+    which), ``no-bucket``, ``exists`` (a conditional PUT found the name taken),
+    ``rejected`` (another 4xx, e.g. BadDigest). ``detail`` is one line with the
+    service's code and message; it never holds a secret.
     """
 
     kind: str
@@ -320,6 +322,8 @@ _THROTTLE_CODES = {
     "RequestThrottled",
 }
 _POLICY_CODES = {"AccessDenied", "403"}
+_CLOCK_CODES = {"RequestTimeTooSkewed"}
+_ACCOUNT_CODES = {"AllAccessDisabled", "AccountProblem"}
 _DENIED_CODES = {
     "AccessDenied",
     "InvalidAccessKeyId",
@@ -327,9 +331,35 @@ _DENIED_CODES = {
     "ExpiredToken",
     "InvalidToken",
     "TokenRefreshRequired",
-    "AllAccessDisabled",
-    "AccountProblem",
+    *_ACCOUNT_CODES,
 }
+
+CLOCK = "clock"
+"""A refusal of the request's time (``RequestTimeTooSkewed``): this machine's clock is off."""
+ACCESS_RULE = "access-rule"
+"""A refusal of the action (``AccessDenied``, a bare 403): a policy without it."""
+ACCOUNT = "account"
+"""A refusal of the whole account or resource (``AllAccessDisabled``, ``AccountProblem``)."""
+CREDENTIALS = "credentials"
+"""A refusal of the credentials: wrong, expired, missing or not to be fetched."""
+
+
+def refusal(detail: str | None) -> str:
+    """What refused a ``denied`` request, from its ``detail`` (``CODE: message``, or
+    botocore's words where no request was made): :data:`CLOCK`, :data:`ACCESS_RULE`,
+    :data:`ACCOUNT`, else :data:`CREDENTIALS` (an unknown or missing detail too: a
+    ``denied`` recorded before its detail was kept was said as the credentials).
+
+    The one reading of a refusal: the mirror's words, ``status`` and ``check`` all say
+    it through this, so none of them blames the keys for a policy or the clock."""
+    code = (detail or "").split(":", 1)[0].strip()
+    if code in _CLOCK_CODES:
+        return CLOCK
+    if code in _POLICY_CODES:
+        return ACCESS_RULE
+    if code in _ACCOUNT_CODES:
+        return ACCOUNT
+    return CREDENTIALS
 
 
 def refused_by_policy(kind: str, detail: str) -> bool:
@@ -339,7 +369,7 @@ def refused_by_policy(kind: str, detail: str) -> bool:
     (``RequestTimeTooSkewed``: this machine's clock is off), which every request shares.
     Only such a refusal may be said as a missing access rule and let the pass go on;
     the others stop it like any refused request, and are said as what they are."""
-    return kind == "denied" and detail.split(":", 1)[0] in _POLICY_CODES
+    return kind == "denied" and refusal(detail) == ACCESS_RULE
 
 
 def classify(exc: BaseException) -> Failure | None:

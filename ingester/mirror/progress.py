@@ -23,7 +23,7 @@ from ..errors import StorageError
 from ..history.base import is_future
 from ..history.names import format_timestamp
 from ..runtime.notify import SystemdNotifier
-from .objectstore import Failure, RemoteObject
+from .objectstore import ACCESS_RULE, ACCOUNT, CLOCK, CREDENTIALS, Failure, RemoteObject, refusal
 from .options import MirrorOptions
 from .state import (
     MIRROR_STATE_NAME,
@@ -35,7 +35,7 @@ from .state import (
 )
 from .state_model import MirrorState
 
-__all__ = ["STATE_WORDS", "MirrorProgress", "failure_words"]
+__all__ = ["REFUSAL_WORDS", "STATE_WORDS", "MirrorProgress", "failure_words"]
 
 log = logging.getLogger("ingester.mirror")
 
@@ -50,16 +50,24 @@ STATE_WORDS = {
 }
 """Each problem state (a :class:`~ingester.mirror.objectstore.Failure`'s ``kind``) in words."""
 
-_SKEWED = "RequestTimeTooSkewed"
-"""The store's code for a request signed at a time too far from its own clock."""
+REFUSAL_WORDS = {
+    CLOCK: "object store refused the request time: this machine's clock is off from the store's",
+    ACCESS_RULE: (
+        "object store refused the action by its access rules (a bucket or IAM policy without it)"
+    ),
+    ACCOUNT: "object store refused the account (all access disabled, or an account problem)",
+    CREDENTIALS: STATE_WORDS["denied"],
+}
+"""A ``denied`` in words, by what refused it (:func:`~.objectstore.refusal`)."""
 
 
 def failure_words(failure: Failure) -> str:
-    """``failure`` in words: its kind's (:data:`STATE_WORDS`), except a request refused
-    for its time. That is a ``denied`` to the state file and ``check`` (someone has to
-    act), but the credentials are fine: the clock is what needs setting right."""
-    if failure.detail.startswith(_SKEWED):
-        return "object store refused the request time: this machine's clock is off from the store's"
+    """``failure`` in words: its kind's (:data:`STATE_WORDS`), a ``denied`` by what
+    refused it (:data:`REFUSAL_WORDS`). Each is a ``denied`` to the state file and
+    ``check`` (someone has to act), but only bad credentials call for new keys: a
+    policy needs the rule, a clock setting right."""
+    if failure.kind == "denied":
+        return REFUSAL_WORDS[refusal(failure.detail)]
     return STATE_WORDS.get(failure.kind, failure.kind)
 
 

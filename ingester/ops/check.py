@@ -18,8 +18,9 @@ rejections                more than                   more than 2 x N
                           in the last hour (10)
 mirror lag (only with a   the oldest version not yet  older than 2 x ``--max-mirror-lag``;
 mirror: the object store  uploaded is older than      also: the object store refused the
-or the mirror is down?)   ``--max-mirror-lag`` (15m)  credentials, or the request time
-                                                      (this machine's clock is off)
+or the mirror is down?)   ``--max-mirror-lag`` (15m)  credentials, an action by its access
+                                                      rules, the account, or the request
+                                                      time (this machine's clock is off)
 mirror hold (only with a  expired versions kept for   the hold is full: from now on each
 mirror's state file:      the mirror fill             version that expires is deleted
 will retention soon       ``--mirror-hold-warning``   without ever being uploaded
@@ -61,6 +62,7 @@ from typing import Any
 
 from ..clock import iso_utc
 from ..errors import is_permission_problem
+from ..mirror.objectstore import ACCESS_RULE, ACCOUNT, CLOCK, CREDENTIALS, refusal
 from ..mirror.state import STUCK
 from ..runtime.logs import one_line
 from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
@@ -576,16 +578,19 @@ def _judge_forecast(
     )
 
 
-def _clock_refused(detail: str | None) -> bool:
-    """Whether a ``denied`` the mirror recorded was for the request's time, not its
-    credentials: the mirror's own words for it tell
-    (:func:`~ingester.mirror.progress.failure_words`)."""
-    # Here, not at the top: the mirror's words bring its state model (pydantic), which
-    # check loads only where there is a mirror.
-    from ..mirror.objectstore import Failure
-    from ..mirror.progress import STATE_WORDS, failure_words
+_REFUSES = {
+    CLOCK: "refuses the request time: this machine's clock is off from the store's",
+    ACCESS_RULE: "refuses the action by its access rules (a bucket or IAM policy without it)",
+    ACCOUNT: "refuses the account (all access disabled, or an account problem)",
+    CREDENTIALS: "refuses the credentials",
+}
+"""What the object store refuses, by :func:`~ingester.mirror.objectstore.refusal`'s kind."""
 
-    return failure_words(Failure("denied", detail or "")) != STATE_WORDS["denied"]
+
+def _refusal_words(detail: str | None) -> str:
+    """A ``denied`` the mirror recorded, said as what refused it, its detail after."""
+    words = f", but the object store {_REFUSES[refusal(detail)]}"
+    return f"{words} ({detail})" if detail else words
 
 
 def _judge_mirror(mirror: MirrorFacts, max_lag: float) -> Judgement:
@@ -598,16 +603,10 @@ def _judge_mirror(mirror: MirrorFacts, max_lag: float) -> Judgement:
     if code:
         words += f" (more than {seconds_words(max_lag * (2 if code == CRITICAL else 1))})"
     if mirror.state == "denied":
-        # Retrying does not fix credentials, nor a clock: someone has to, so say so now,
-        # lag or not, and which of the two.
+        # Retrying fixes neither credentials, nor an access rule, nor a clock: someone
+        # has to, so say so now, lag or not, and which it is.
         code = CRITICAL
-        if _clock_refused(mirror.detail):
-            words += (
-                ", but the object store refuses the request time: this machine's clock is "
-                f"off from the store's ({mirror.detail})"
-            )
-        else:
-            words += ", but the object store refuses the credentials"
+        words += _refusal_words(mirror.detail)
     elif mirror.state == STUCK:
         # Retrying does not move the watermark past it either: someone has to look.
         code = max(code, WARNING)

@@ -44,6 +44,7 @@ from ..mirror.state import mirror_status
 from ..payload.gate import check_payload, read_payload
 from ..settings.resolved import Settings
 from .adopt import latest_is_a_file
+from .verify import on_read_only_filesystem
 
 __all__ = [
     "GONE_UNDER_READS",
@@ -452,6 +453,7 @@ class Status:
     latest_link: Path
     latest_link_problem: str | None
     adopt_advised: bool  # the latest is a file, as the original server left it
+    read_only: frozenset[Path]  # of the history and the link's folder, those mounted read-only
     spool: SpoolState
     rejected: RejectedState
     lock: LockState
@@ -505,6 +507,11 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
         latest_link=store.latest_path,
         latest_link_problem=store.latest_problem(names),
         adopt_advised=latest_is_a_file(store),
+        read_only=frozenset(
+            folder
+            for folder in (store.history_dir, store.latest_path.parent)
+            if on_read_only_filesystem(folder)
+        ),
         spool=_spool_state(settings, len(waiting), len(claimed), oldest_at),
         rejected=_rejected_state(settings, spool),
         lock=lock,

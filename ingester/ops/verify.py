@@ -43,6 +43,7 @@ from .adopt import UNKEPT_LATEST, latest_is_a_file, unknown_latest
 __all__ = [
     "Finding",
     "VerifyReport",
+    "on_read_only_filesystem",
     "repair_modes",
     "repaired_between",
     "verify_history",
@@ -280,7 +281,7 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
     return report
 
 
-def _read_only(folder: Path) -> bool:
+def on_read_only_filesystem(folder: Path) -> bool:
     """Whether ``folder`` is on a filesystem mounted read-only (``False`` when that
     cannot be told)."""
     try:
@@ -294,7 +295,7 @@ def _unrepairable_where_read_only(store: HistoryStore, findings: list[Finding]) 
     history's, or the latest link's folder's) no longer offered to ``--repair``, and
     why said: each run would promise a repair that fails with EROFS."""
     places = {store.history_dir, store.latest_path.parent}
-    read_only = {folder for folder in places if _read_only(folder)}
+    read_only = {folder for folder in places if on_read_only_filesystem(folder)}
     if not read_only:
         return findings
     out = []
