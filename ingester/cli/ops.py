@@ -296,8 +296,9 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     metavar="DURATION",
     callback=_duration,
     help="Only with a mirror: WARNING when the oldest version not yet uploaded is older; "
-    "CRITICAL at twice this, or when the object store refuses the credentials (or the "
-    "request time: this machine's clock is off from the store's).",
+    "CRITICAL at twice this, or when the object store refuses the mirror's requests "
+    "(its credentials, an access rule, the account, or the request time: this machine's "
+    "clock is off from the store's).",
 )
 @click.option(
     "--mirror-hold-warning",
