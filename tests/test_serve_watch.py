@@ -737,3 +737,36 @@ def test_serve_watch_exits_0_on_sigint_and_sighup_too(root: Path, stop: signal.S
     assert proc.returncode == 0, b"".join(lines) + rest
     assert b"serve --watch: stopping: no new connections" in rest
     assert re.search(rb"INFO stopped: \d+ ingested, \d+ rejected, 0 waiting", rest)
+
+
+def test_health_says_at_once_that_the_watcher_in_process_cannot_store(
+    root: Path, can_chattr: None
+) -> None:
+    """A POST is answered 202 once its drop is durable in the spool; when the watcher of
+    the same process then cannot store it (an immutable history), health says so at once,
+    not ten minutes later by the data's age, and says it no more once a drop is stored."""
+    history = root / "console-usage-history"
+    with ServeProcess(root, "--watch") as server:
+        assert server.post(API, content=fresh_payload(seq=1), headers=HEADERS).status_code == 202
+        wait_for(lambda: server.get("/api/health").json()["status"] == "healthy", 20, "healthy")
+        subprocess.run(["chattr", "+i", str(history)], check=True)
+        try:
+            answer = server.post(API, content=fresh_payload(seq=2), headers=HEADERS)
+            assert answer.status_code == 202, answer.text
+            wait_for(
+                lambda: "storeFault" in server.get("/api/health").json()["watcher"],
+                20,
+                "health to name the failing stores",
+            )
+            health = server.get("/api/health").json()
+            assert health["status"] == "degraded", health
+            assert health["watcher"]["storeFault"]["failures"] >= 1
+            assert "the watcher in this process cannot store drops since " in health["reason"]
+        finally:
+            subprocess.run(["chattr", "-i", str(history)], check=True)
+        wait_for(
+            lambda: "storeFault" not in server.get("/api/health").json()["watcher"],
+            30,
+            "the fault to clear once the drop is stored",
+        )
+        assert server.get("/api/health").json()["status"] == "healthy"

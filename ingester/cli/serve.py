@@ -280,6 +280,7 @@ def serve(
         watcher_running=threaded.running if threaded is not None else None,
         trigger=trigger,
         watcher_metrics=threaded.metrics_registry if threaded is not None else None,
+        store_faults=threaded.store_faults if threaded is not None else None,
         read_only=source,
     )
     try:

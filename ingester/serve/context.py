@@ -6,7 +6,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -19,7 +19,14 @@ from .backlog import BacklogWarnings, WatcherProbe
 from .read_faults import ReadFaults
 from .trigger_command import TriggerCommand, TriggerRunner
 
-__all__ = ["ServeConfig", "ServeContext"]
+__all__ = ["ServeConfig", "ServeContext", "StoreFaultsView"]
+
+
+class StoreFaultsView(Protocol):
+    """What ``/api/health`` reads of the in-process watcher's failing stores."""
+
+    since: datetime | None
+    failures: int
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,9 @@ class ServeConfig:
     runs (otherwise the history lock tells whether one runs elsewhere).
     ``trigger``: the command the trigger endpoint runs (``None``: it answers 501).
     ``watcher_metrics``: the in-process watcher's own metrics, served in ``/metrics`` too.
+    ``store_faults``: whether the in-process watcher's stores are failing, and since when
+    (an object with ``since``, a UTC datetime or ``None``, and ``failures``), for
+    ``/api/health``.
     ``read_only``: where the history served comes from when it is not the local one
     (``serve --from``); POSTs are then refused (503), as no watcher here stores them there.
     """
@@ -48,6 +58,7 @@ class ServeConfig:
     watcher_running: Callable[[], bool] | None = None
     trigger: TriggerCommand | None = None
     watcher_metrics: CollectorRegistry | None = None
+    store_faults: StoreFaultsView | None = None
     read_only: str | None = None
 
 

@@ -11,7 +11,9 @@ nearest as the original server rounded):
 * the spool: drops waiting while no watcher runs are degraded, and unhealthy once the
   oldest has waited beyond 10 minutes; drops a running watcher has not taken for 10
   minutes are degraded; so is a spool the last POST could not be written to (until one
-  is written again).
+  is written again), and the watcher of ``serve --watch`` once a drop or the history
+  cannot be written (until a drop is stored or set aside again): its POSTs are answered
+  202, and the data's age would tell only ten minutes later.
 
 The body keeps every field the original sent, with its meaning: ``storage: {accessible,
 versionCount}`` and ``latestData: {ageMinutes, status, timestamp}``, where ``latestData``
@@ -116,6 +118,17 @@ def health_facts(ctx: ServeContext) -> tuple[str, int, dict[str, Any]]:
     spool = _spool_judgement(state)
     if spool is not None:
         found.append(spool)
+    faults = ctx.config.store_faults
+    failing = faults.since if faults is not None else None
+    if faults is not None and failing is not None:
+        body["watcher"]["storeFault"] = {"since": iso(failing), "failures": faults.failures}
+        found.append(
+            (
+                1,
+                f"the watcher in this process cannot store drops since {iso(failing)} "
+                f"({faults.failures} tries; its log says why)",
+            )
+        )
     if ctx.spool_fault is not None:
         cause, since = ctx.spool_fault
         body["spool"]["writeFault"] = {"cause": cause, "since": since}

@@ -314,6 +314,16 @@ SCHEMAS: dict[str, Any] = {
                     },
                     "pid": {"type": ["integer", "null"]},
                     "inProcess": {"type": "boolean", "description": "serve --watch"},
+                    "storeFault": {
+                        "type": "object",
+                        "description": "serve --watch only, while its watcher cannot store "
+                        "drops (degraded): since the first failure after the last drop "
+                        "stored or set aside, and the tries since",
+                        "properties": {
+                            "since": {"type": "string"},
+                            "failures": {"type": "integer", "minimum": 1},
+                        },
+                    },
                 },
             },
         },

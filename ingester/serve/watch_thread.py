@@ -47,8 +47,10 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..clock import utc_now
 from ..errors import StorageError
 from ..history.lock import SERVE_WATCH
 from ..intake.metrics import NO_METRICS, Metrics
@@ -63,12 +65,48 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 from .joint_notifier import JointNotifier
 
-__all__ = ["ThreadedWatcher", "drain", "run_beside", "supervise"]
+__all__ = ["StoreFaults", "ThreadedWatcher", "drain", "run_beside", "supervise"]
 
 log = logging.getLogger("ingester.serve")
 
 _EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug, the code every command exits with for one
 _TICK = 0.1  # seconds between the supervisor's looks (a stop, watchdog, the watcher)
+
+
+class StoreFaults:
+    """The watcher's metrics (``inner``), seen on the way: whether its stores are failing.
+
+    A drop or the history that cannot be written is retried after a backoff, with one
+    ERROR line each time; meanwhile the POSTs it was handed are answered 202 and only the
+    data's age would tell, ten minutes later. This keeps ``since`` (the UTC time of the
+    first failure since the last drop stored or set aside) and ``failures`` (how many
+    since then), for ``/api/health`` to say at once. Written on the watcher's thread, read
+    on the server's: each is one attribute set at a time.
+    """
+
+    def __init__(self, inner: Metrics, clock: Callable[[], datetime] = utc_now) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.since: datetime | None = None
+        self.failures = 0
+        self.registry: CollectorRegistry | None = getattr(inner, "registry", None)
+
+    def ingested(self, seconds: float) -> None:
+        self.since, self.failures = None, 0
+        self.inner.ingested(seconds)
+
+    def rejected(self, reason: str, kind: str | None = None) -> None:
+        self.since, self.failures = None, 0  # set aside: the quarantine was written
+        self.inner.rejected(reason, kind)
+
+    def failed(self) -> None:
+        if self.since is None:
+            self.since = self.clock()
+        self.failures += 1
+        self.inner.failed()
+
+    def watch(self, backlog: Callable[[], int], holding: Callable[[], bool]) -> None:
+        self.inner.watch(backlog, holding)
 
 
 class ThreadedWatcher:
@@ -82,10 +120,13 @@ class ThreadedWatcher:
         metrics: Metrics = NO_METRICS,
     ) -> None:
         self.joint = joint
-        self.watcher = Watcher(settings, options, notifier=joint.watcher_view(), metrics=metrics)
+        self.store_faults = StoreFaults(metrics)
+        self.watcher = Watcher(
+            settings, options, notifier=joint.watcher_view(), metrics=self.store_faults
+        )
         self.watcher.lock_purpose = SERVE_WATCH  # the holder's name in the lock file
         # Its own metrics, when they are kept (WatchMetrics), for the server to expose.
-        self.metrics_registry: CollectorRegistry | None = getattr(metrics, "registry", None)
+        self.metrics_registry: CollectorRegistry | None = self.store_faults.registry
         self.code: int | None = None
         self.stop_requested = False
         self.asked_to_stop_first = False  # the stop came from outside, not from the watcher
