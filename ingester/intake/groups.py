@@ -202,7 +202,10 @@ class Backlog:
             if until <= now:
                 with self._counting:
                     del self.deferred[name]
-                    self.pending.setdefault(name, self._behind.pop(name, How.SETTLE))
+                    held = self._behind.pop(name, None)
+                    if held is not None:
+                        log.debug("%s is looked at again after waiting for older drops", name)
+                    self.pending.setdefault(name, held or How.SETTLE)
 
     def ready(self, now: float) -> bool:
         """Whether a group is due: drops waiting, and the pipeline not backing off."""

@@ -247,6 +247,7 @@ class Intake:
             return opened
         until = behind(name, opened.mtime_ns)
         if until is not None:
+            self.readiness.held(name, (opened.ino, opened.size, opened.mtime_ns))
             return Behind(name, until)
         if opened.nlink > 1:
             second = self._second_name(path, name, opened)

@@ -1,0 +1,57 @@
+"""A complete drop that waits behind an older one still settling (SPEC §3: arrival order),
+looked at by a hostile writer: what was known of it when it was held must still be true
+when it is taken. Real watcher, real files."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from support import wait_for
+from support.watchproc import WatchProcess, drop, payload, versions
+
+
+def _settling_drop(spool: Path, name: str, data: bytes, ahead: float) -> Path:
+    """A drop found by the start's scan that must wait to settle: its mtime ``ahead``
+    seconds in the future (a writer's clock ahead), so it waits the settle time from its
+    first look, however slow the start."""
+    path = drop(spool, name, data)
+    when = time.time() + ahead
+    os.utime(path, (when, when))
+    return path
+
+
+def test_a_held_drop_rewritten_in_place_is_not_taken_as_complete(tmp_path: Path) -> None:
+    """A drop renamed in (complete) is held behind an older settling one; meanwhile its
+    writer opens it again, truncates it and writes half of a new payload. When the hold
+    ends it must be judged as it is now (open for writing: wait), never set aside half
+    written as if the rename still vouched for it."""
+    root = tmp_path / "root"
+    spool = root / "spool"
+    older = payload(1)
+    _settling_drop(spool, "older.json", older, ahead=2)
+    with WatchProcess(root, "--settle", "3", global_args=("-v",)) as watcher:
+        watcher.wait_log("rescanned the spool (start): 1 candidate(s)")
+        newer = drop(spool, "newer.json", payload(2))
+        when = time.time() + 10  # newer than the older drop's future mtime
+        os.utime(newer, (when, when))
+        watcher.wait_log("newer.json waits for older.json")
+        rewritten = payload(3, note="x" * 200)
+        fd = os.open(newer, os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, rewritten[:40])
+            # Its hold ends as the older drop is looked at: it is looked at again.
+            watcher.wait_log("newer.json is looked at again after waiting for older drops")
+            os.write(fd, rewritten[40:])
+        finally:
+            os.close(fd)
+        rejected = spool / "rejected"
+        wait_for(
+            lambda: len(versions(root)) == 2 or any(rejected.iterdir()),
+            30,
+            "the rewritten drop stored (or set aside)",
+        )
+        assert watcher.stop() == 0
+    assert not list((spool / "rejected").iterdir()), watcher.log
+    assert [v.read_bytes() for v in versions(root)] == [older, rewritten]
