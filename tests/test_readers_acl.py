@@ -169,3 +169,32 @@ def test_a_default_acl_applied_while_the_watcher_runs_reaches_the_next_version(
     assert newest.read_bytes() == payload(2)
     read = _reader_reads(newest)
     assert read.returncode == 0, read.stderr.decode()
+
+
+def test_a_default_acl_changed_while_the_watcher_runs_reaches_the_next_version(
+    base: Path,
+) -> None:
+    """A history with a default ACL already (another group's) gets the readers' entry
+    while the service runs: the temp file made ahead under the old default ACL must not
+    become the next version, which the readers could not read."""
+    root = base / "root"
+    history = _history_for_readers(root, acl=False)
+    acl = "group:54324:r-x,default:group:54324:r-x"
+    result = subprocess.run(
+        [str(SETFACL), "-m", acl, str(history)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        pytest.skip(f"this filesystem takes no POSIX ACL: {result.stderr.strip()}")
+    spool = root / "spool"
+    with WatchProcess(root, wrapper=SERVICE_UMASK) as watcher:
+        watcher.wait_log("watching ")
+        drop(spool, "a.json", payload(1), owner=(4242, 4242))  # copied: a temp made ahead
+        watcher.wait_log("ingested a.json")
+        _readers_acl(history)
+        drop(spool, "b.json", payload(2), owner=(4242, 4242))
+        watcher.wait_log("ingested b.json")
+        assert watcher.stop() == 0
+    newest = versions(root)[-1]
+    assert newest.read_bytes() == payload(2)
+    read = _reader_reads(newest)
+    assert read.returncode == 0, read.stderr.decode()
