@@ -55,3 +55,35 @@ def test_a_held_drop_rewritten_in_place_is_not_taken_as_complete(tmp_path: Path)
         assert watcher.stop() == 0
     assert not list((spool / "rejected").iterdir()), watcher.log
     assert [v.read_bytes() for v in versions(root)] == [older, rewritten]
+
+
+def test_a_held_drop_waits_no_longer_than_the_bound_under_a_stream_of_settling_drops(
+    tmp_path: Path,
+) -> None:
+    """A drop whose writer's clock is an hour ahead is newer than every drop that comes
+    after it for that hour. Polled, each of those settles first, and a steady stream of
+    them keeps one settling at every look: each holds it for less than the bound, but
+    it must not wait behind all of them, for as long as the stream lasts. (The stream's
+    drops are dated ahead too, less far, so that each waits the settle time from its
+    first look, longer than the polling's interval: one settles at every look.)"""
+    root = tmp_path / "root"
+    spool = root / "spool"
+    with WatchProcess(root, "--polling", "--settle", "1.5", global_args=("-v",)) as watcher:
+        watcher.wait_log("watching ")
+        ahead = payload(0)
+        held = drop(spool, "ahead.json", ahead)
+        when = time.time() + 3600
+        os.utime(held, (when, when))
+        stored_with_stream_running = False
+        deadline = time.monotonic() + 30
+        n = 0
+        while time.monotonic() < deadline:
+            if ahead in {v.read_bytes() for v in versions(root)}:
+                stored_with_stream_running = True
+                break
+            n += 1
+            path = drop(spool, f"stream-{n:04d}.json", payload(n))
+            os.utime(path, (when - 3000, when - 3000))
+            time.sleep(0.25)  # the stream's pace, not a wait for the watcher
+        assert watcher.stop() == 0
+    assert stored_with_stream_running, watcher.log
