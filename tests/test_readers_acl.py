@@ -198,3 +198,29 @@ def test_a_default_acl_changed_while_the_watcher_runs_reaches_the_next_version(
     assert newest.read_bytes() == payload(2)
     read = _reader_reads(newest)
     assert read.returncode == 0, read.stderr.decode()
+
+
+def test_a_claim_recovered_after_a_default_acl_was_applied_is_readable_by_the_readers(
+    base: Path,
+) -> None:
+    """The readers snippet applied to a running service, then a claim left in
+    ``.claimed/`` (as a stopped watcher leaves one) stored by the service's recovery,
+    in a round of its own (the metadata file removed by hand): its version is readable
+    by the group, though a temp file was made ahead before the ACL, as for a drop."""
+    root = base / "root"
+    history = _history_for_readers(root, acl=False)
+    spool = root / "spool"
+    with WatchProcess(root, "--rescan-interval", "1", wrapper=SERVICE_UMASK) as watcher:
+        watcher.wait_log("watching ")
+        drop(spool, "a.json", payload(1), owner=(4242, 4242))  # copied: a temp made ahead
+        watcher.wait_log("ingested a.json")
+        _readers_acl(history)
+        claim = spool / ".claimed" / "2026-01-01T00-00-00-0badc0de.json"
+        claim.write_bytes(payload(2))
+        (history / "_metadata.json").unlink()
+        watcher.wait_log("ingested 2026-01-01T00-00-00-0badc0de.json")
+        assert watcher.stop() == 0
+    recovered = history / "2026-01-01T00-00-00-0badc0de.json"
+    assert recovered.read_bytes() == payload(2)
+    read = _reader_reads(recovered)
+    assert read.returncode == 0, read.stderr.decode()

@@ -206,22 +206,30 @@ class Intake:
         None where it inherits more (the history has a default ACL) or cannot be looked
         at: then no drop's own inode is a version, each is copied.
 
-        Looked at once per group: a default ACL applied to a running service's history
-        counts from its next group, at the cost of one ``stat`` and one ``getxattr``.
-        Where it changed (the group, or the default ACL: added, removed, or an entry of
-        it changed), the spare temp file made ahead for the next copy is let go: made
-        before, it would not be what a new file is now.
+        Looked at once per group (:meth:`look_at_history`): a default ACL applied to a
+        running service's history counts from its next group, at the cost of one
+        ``stat`` and one ``getxattr``.
         """
         if not self._history_looked:
             self._history_looked = True
-            new_file = what_new_files_get(self.store.history_dir)
-            if self._history_known and new_file != self._history_new_file:
-                self.store.close()
-            self._history_new_file, self._history_known = new_file, True
+            return self.look_at_history()
         new_file = self._history_new_file
-        if new_file is None or new_file[1] != b"":
-            return None
-        return new_file[0]
+        return None if new_file is None or new_file[1] != b"" else new_file[0]
+
+    def look_at_history(self) -> int | None:
+        """Look now at what a new file made in the history gets (one ``stat``, one
+        ``getxattr``): its group where that is all (as :meth:`_new_file_gid`), else None.
+
+        Where it changed since the last look (the group, or the default ACL: added,
+        removed, or an entry of it changed), the spare temp file made ahead for the next
+        copy is let go: made before, it would not be what a new file is now. Called
+        before every version written outside a group's takes (the recovery's) too.
+        """
+        new_file = what_new_files_get(self.store.history_dir)
+        if self._history_known and new_file != self._history_new_file:
+            self.store.close()
+        self._history_new_file, self._history_known = new_file, True
+        return None if new_file is None or new_file[1] != b"" else new_file[0]
 
     # -- steps 1-6 ------------------------------------------------------------------
 
