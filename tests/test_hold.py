@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from support import wait_for
+from support.capabilities import immutable
 from support.watchproc import WatchProcess, drop, payload, versions
 
 
@@ -87,3 +88,39 @@ def test_a_held_drop_waits_no_longer_than_the_bound_under_a_stream_of_settling_d
             time.sleep(0.25)  # the stream's pace, not a wait for the watcher
         assert watcher.stop() == 0
     assert stored_with_stream_running, watcher.log
+
+
+def test_a_drop_put_back_after_a_failure_and_rewritten_is_not_taken_as_complete(
+    tmp_path: Path, can_chattr: None
+) -> None:
+    """A drop renamed in (complete) whose group fails (the history refuses new names) is
+    put back and waits out the backoff; meanwhile its writer truncates it and writes
+    half of a new payload. At its retry it must be judged as it is now, never set
+    aside half written."""
+    root = tmp_path / "root"
+    spool = root / "spool"
+    with WatchProcess(root, "--retry-max", "1", global_args=("-v",)) as watcher:
+        watcher.wait_log("watching ")
+        history = root / "console-usage-history"
+        rewritten = payload(3, note="x" * 200)
+        with immutable(history):
+            first = drop(spool, "a.json", payload(1))
+            watcher.wait_log("retrying in")
+            fd = os.open(first, os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, rewritten[:40])
+            # Behind it in arrival order: once this one is stored, a.json was retried.
+            drop(spool, "b.json", payload(2))
+            watcher.wait_log("ingested b.json")
+            os.write(fd, rewritten[40:])
+        finally:
+            os.close(fd)
+        rejected = spool / "rejected"
+        wait_for(
+            lambda: len(versions(root)) == 2 or any(rejected.iterdir()),
+            30,
+            "the rewritten drop stored (or set aside)",
+        )
+        assert watcher.stop() == 0
+    assert not list(rejected.iterdir()), watcher.log
+    assert sorted(v.read_bytes() for v in versions(root)) == sorted([payload(2), rewritten])

@@ -257,9 +257,12 @@ class Intake:
         opened = self.open_and_judge(path, name, may_be_open=ready.may_be_open)
         if not isinstance(opened, Opened):
             return opened
+        # Until it is taken (or set aside), a later look at it trusts the event that
+        # said it complete only for the file judged now: it may wait behind an older
+        # drop, or out a failure, while its writer makes something else of the name.
+        self.readiness.judged(name, (opened.ino, opened.size, opened.mtime_ns))
         until = behind(name, opened.mtime_ns)
         if until is not None:
-            self.readiness.held(name, (opened.ino, opened.size, opened.mtime_ns))
             return Behind(name, until)
         if opened.nlink > 1:
             second = self._second_name(path, name, opened)
@@ -537,6 +540,8 @@ class Intake:
             with contextlib.suppress(OSError):
                 durable.set_mode(item.claim, stat.S_IMODE(item.opened.mode))
         unclaim(item.claim, item.path)
+        opened = item.opened
+        self.readiness.judged(item.stored.drop, (opened.ino, opened.size, opened.mtime_ns))
 
     # -- step 8 ---------------------------------------------------------------------
 
