@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, run_cli
+from support.capabilities import STRACE, needs_strace
 from support.watchproc import WatchProcess, drop, payload, versions
 
 SETFACL = shutil.which("setfacl")
@@ -224,3 +225,28 @@ def test_a_claim_recovered_after_a_default_acl_was_applied_is_readable_by_the_re
     assert recovered.read_bytes() == payload(2)
     read = _reader_reads(recovered)
     assert read.returncode == 0, read.stderr.decode()
+
+
+@needs_strace
+def test_each_drop_costs_one_getxattr_at_most(base: Path) -> None:
+    """The ACL rule's cost: one ``getxattr`` per drop at most (its own ACL, on the inode
+    that becomes the version), and one stat and one ``getxattr`` of the history per
+    group; none per drop for the history."""
+    root = base / "root"
+    _history_for_readers(root, acl=False)
+    spool = root / "spool"
+    count = 20
+    for n in range(count):
+        drop(spool, f"d{n:02d}.json", payload(n))
+    trace = base / "trace"
+    strace = (STRACE, "-f", "-qq", "-o", str(trace), "-e", "trace=getxattr,lgetxattr,fgetxattr")
+    result = run_cli(root, "watch", "--once", wrapper=strace)
+    assert result.returncode == 0, result.stderr
+    assert len(versions(root)) == count
+    calls = [line for line in trace.read_text().splitlines() if "getxattr(" in line]
+    on_drops = [c for c in calls if "fgetxattr(" in c]
+    on_history = [c for c in calls if "fgetxattr(" not in c]
+    assert len(on_drops) <= count, "\n".join(on_drops)
+    # Once per group, never per drop (a group ends after a second, which the trace
+    # may stretch into a few groups).
+    assert len(on_history) < count / 2, "\n".join(on_history)
