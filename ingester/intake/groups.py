@@ -424,7 +424,7 @@ class Backlog:
         since = self._behind_since.get(name)
         if since is not None and now - since >= self._hold_limit:
             log.info(
-                "%s has waited %.0f s for older drops to settle; stored without waiting longer",
+                "%s has waited %.0f s for older drops to settle; it no longer waits for them",
                 name,
                 self._hold_limit,
             )
