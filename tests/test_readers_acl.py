@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, run_cli
+from support.capabilities import STRACE, needs_strace
 from support.watchproc import WatchProcess, drop, payload, versions
 
 SETFACL = shutil.which("setfacl")
@@ -169,3 +170,83 @@ def test_a_default_acl_applied_while_the_watcher_runs_reaches_the_next_version(
     assert newest.read_bytes() == payload(2)
     read = _reader_reads(newest)
     assert read.returncode == 0, read.stderr.decode()
+
+
+def test_a_default_acl_changed_while_the_watcher_runs_reaches_the_next_version(
+    base: Path,
+) -> None:
+    """A history with a default ACL already (another group's) gets the readers' entry
+    while the service runs: the temp file made ahead under the old default ACL must not
+    become the next version, which the readers could not read."""
+    root = base / "root"
+    history = _history_for_readers(root, acl=False)
+    acl = "group:54324:r-x,default:group:54324:r-x"
+    result = subprocess.run(
+        [str(SETFACL), "-m", acl, str(history)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        pytest.skip(f"this filesystem takes no POSIX ACL: {result.stderr.strip()}")
+    spool = root / "spool"
+    with WatchProcess(root, wrapper=SERVICE_UMASK) as watcher:
+        watcher.wait_log("watching ")
+        drop(spool, "a.json", payload(1), owner=(4242, 4242))  # copied: a temp made ahead
+        watcher.wait_log("ingested a.json")
+        _readers_acl(history)
+        drop(spool, "b.json", payload(2), owner=(4242, 4242))
+        watcher.wait_log("ingested b.json")
+        assert watcher.stop() == 0
+    newest = versions(root)[-1]
+    assert newest.read_bytes() == payload(2)
+    read = _reader_reads(newest)
+    assert read.returncode == 0, read.stderr.decode()
+
+
+def test_a_claim_recovered_after_a_default_acl_was_applied_is_readable_by_the_readers(
+    base: Path,
+) -> None:
+    """The readers snippet applied to a running service, then a claim left in
+    ``.claimed/`` (as a stopped watcher leaves one) stored by the service's recovery,
+    in a round of its own (the metadata file removed by hand): its version is readable
+    by the group, though a temp file was made ahead before the ACL, as for a drop."""
+    root = base / "root"
+    history = _history_for_readers(root, acl=False)
+    spool = root / "spool"
+    with WatchProcess(root, "--rescan-interval", "1", wrapper=SERVICE_UMASK) as watcher:
+        watcher.wait_log("watching ")
+        drop(spool, "a.json", payload(1), owner=(4242, 4242))  # copied: a temp made ahead
+        watcher.wait_log("ingested a.json")
+        _readers_acl(history)
+        claim = spool / ".claimed" / "2026-01-01T00-00-00-0badc0de.json"
+        claim.write_bytes(payload(2))
+        (history / "_metadata.json").unlink()
+        watcher.wait_log("ingested 2026-01-01T00-00-00-0badc0de.json")
+        assert watcher.stop() == 0
+    recovered = history / "2026-01-01T00-00-00-0badc0de.json"
+    assert recovered.read_bytes() == payload(2)
+    read = _reader_reads(recovered)
+    assert read.returncode == 0, read.stderr.decode()
+
+
+@needs_strace
+def test_each_drop_costs_one_getxattr_at_most(base: Path) -> None:
+    """The ACL rule's cost: one ``getxattr`` per drop at most (its own ACL, on the inode
+    that becomes the version), and one stat and one ``getxattr`` of the history per
+    group; none per drop for the history."""
+    root = base / "root"
+    _history_for_readers(root, acl=False)
+    spool = root / "spool"
+    count = 20
+    for n in range(count):
+        drop(spool, f"d{n:02d}.json", payload(n))
+    trace = base / "trace"
+    strace = (STRACE, "-f", "-qq", "-o", str(trace), "-e", "trace=getxattr,lgetxattr,fgetxattr")
+    result = run_cli(root, "watch", "--once", wrapper=strace)
+    assert result.returncode == 0, result.stderr
+    assert len(versions(root)) == count
+    calls = [line for line in trace.read_text().splitlines() if "getxattr(" in line]
+    on_drops = [c for c in calls if "fgetxattr(" in c]
+    on_history = [c for c in calls if "fgetxattr(" not in c]
+    assert len(on_drops) <= count, "\n".join(on_drops)
+    # Once per group, never per drop (a group ends after a second, which the trace
+    # may stretch into a few groups).
+    assert len(on_history) < count / 2, "\n".join(on_history)

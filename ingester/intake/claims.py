@@ -34,6 +34,7 @@ __all__ = [
     "ACCESS_ACL",
     "DEFAULT_ACL",
     "WRITTEN",
+    "acl_of",
     "claim_changed",
     "claim_holds",
     "has_acl",
@@ -52,16 +53,22 @@ DEFAULT_ACL = "system.posix_acl_default"
 """The extended attribute that holds the ACL a folder hands down to every file made in it."""
 
 
+def acl_of(target: int | durable.StrPath, kind: str) -> bytes | None:
+    """The ACL ``kind`` (:data:`ACCESS_ACL` or :data:`DEFAULT_ACL`) of the file (path, or
+    open descriptor) ``target``, as the kernel stores it: ``b""`` where it has none (a
+    filesystem without ACLs has none), None where it cannot be asked. Never raises."""
+    try:
+        return os.getxattr(target, kind)
+    except OSError as exc:
+        return b"" if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP) else None
+
+
 def has_acl(target: int | durable.StrPath, kind: str) -> bool:
     """Whether the file (path, or open descriptor) ``target`` has the ACL ``kind``
     (:data:`ACCESS_ACL` or :data:`DEFAULT_ACL`). A filesystem without ACLs has none; a
     file that cannot be asked is taken to have one (the caller then copies, which is
     always right). Never raises."""
-    try:
-        os.getxattr(target, kind)
-    except OSError as exc:
-        return exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
-    return True
+    return acl_of(target, kind) != b""
 
 
 def open_claim(claim: str) -> int:

@@ -160,6 +160,9 @@ class Backlog:
         # Drops that wait behind an older settling one (in ``deferred`` until it is
         # done), with how each was seen: a close-write is not lost by the wait.
         self._behind: dict[str, How] = {}
+        # When each drop first waited behind an older one: it waits no longer than
+        # hold_limit in all, however many older drops take their turn to settle.
+        self._behind_since: dict[str, float] = {}
         self._hold_limit = hold_limit(intake.settle)
         self._left_claimed = 0
         self._counting = threading.RLock()
@@ -202,7 +205,10 @@ class Backlog:
             if until <= now:
                 with self._counting:
                     del self.deferred[name]
-                    self.pending.setdefault(name, self._behind.pop(name, How.SETTLE))
+                    held = self._behind.pop(name, None)
+                    if held is not None:
+                        log.debug("%s is looked at again after waiting for older drops", name)
+                    self.pending.setdefault(name, held or How.SETTLE)
 
     def ready(self, now: float) -> bool:
         """Whether a group is due: drops waiting, and the pipeline not backing off."""
@@ -385,6 +391,10 @@ class Backlog:
                     claimed[name] = how  # staged: stored once the group commits
                 elif isinstance(outcome, Behind):
                     self._behind[name] = how  # a close-write is not lost by the wait
+                if isinstance(outcome, Behind):
+                    self._behind_since.setdefault(name, time.monotonic())
+                else:
+                    self._behind_since.pop(name, None)
                 self.apply(outcome)  # a drop deferred is never out of every count
             if not (isinstance(outcome, Blocked) and outcome.step == "claim"):
                 progressed = True
@@ -402,12 +412,23 @@ class Backlog:
         Only a drop that waits to settle holds others back, and for :func:`hold_limit`
         at most: one that waits for its writer (open for writing, made in place, not
         valid yet) has not arrived, and one that waits after a failure of its own (a
-        claim refused, the quarantine) must not stall the spool for its backoff. Costs
-        nothing while no drop settles, and a look at the oldest one while some do.
+        claim refused, the quarantine) must not stall the spool for its backoff. And a
+        drop waits :func:`hold_limit` at most in all: one dated ahead (its writer's
+        clock) is newer than every drop for as long, and a stream of them settling one
+        after another would hold it that long. Costs nothing while no drop settles,
+        and a look at the oldest one while some do.
         """
         if not self._settling:
             return None
         now = time.monotonic()
+        since = self._behind_since.get(name)
+        if since is not None and now - since >= self._hold_limit:
+            log.info(
+                "%s has waited %.0f s for older drops to settle; it no longer waits for them",
+                name,
+                self._hold_limit,
+            )
+            return None
         oldest = self._oldest_settling(now)
         if oldest is None or oldest[1] == name or oldest >= (mtime_ns, name):
             return None

@@ -39,9 +39,9 @@ from .arrivals import How
 from .claims import (
     DEFAULT_ACL,
     WRITTEN,
+    acl_of,
     claim_changed,
     claim_holds,
-    has_acl,
     links_reach,
     release_copy,
     seal_claim,
@@ -167,7 +167,7 @@ class Intake:
     _claimed: str = ""
     # What a new file in the history gets, looked at once per group (see _new_file_gid).
     _history_looked: bool = False
-    _history_gid: int | None = None
+    _history_new_file: _NewFile = None
     _history_known: bool = False  # looked at once at least: a change can be seen
 
     def __post_init__(self) -> None:
@@ -206,18 +206,30 @@ class Intake:
         None where it inherits more (the history has a default ACL) or cannot be looked
         at: then no drop's own inode is a version, each is copied.
 
-        Looked at once per group: a default ACL applied to a running service's history
-        counts from its next group, at the cost of one ``stat`` and one ``getxattr``.
-        Where it changed, the spare temp file made ahead for the next copy is let go:
-        made before, it would not be what a new file is now.
+        Looked at once per group (:meth:`look_at_history`): a default ACL applied to a
+        running service's history counts from its next group, at the cost of one
+        ``stat`` and one ``getxattr``.
         """
         if not self._history_looked:
             self._history_looked = True
-            gid = new_file_gid(self.store.history_dir)
-            if self._history_known and gid != self._history_gid:
-                self.store.close()
-            self._history_gid, self._history_known = gid, True
-        return self._history_gid
+            return self.look_at_history()
+        new_file = self._history_new_file
+        return None if new_file is None or new_file[1] != b"" else new_file[0]
+
+    def look_at_history(self) -> int | None:
+        """Look now at what a new file made in the history gets (one ``stat``, one
+        ``getxattr``): its group where that is all (as :meth:`_new_file_gid`), else None.
+
+        Where it changed since the last look (the group, or the default ACL: added,
+        removed, or an entry of it changed), the spare temp file made ahead for the next
+        copy is let go: made before, it would not be what a new file is now. Called
+        before every version written outside a group's takes (the recovery's) too.
+        """
+        new_file = what_new_files_get(self.store.history_dir)
+        if self._history_known and new_file != self._history_new_file:
+            self.store.close()
+        self._history_new_file, self._history_known = new_file, True
+        return None if new_file is None or new_file[1] != b"" else new_file[0]
 
     # -- steps 1-6 ------------------------------------------------------------------
 
@@ -245,6 +257,10 @@ class Intake:
         opened = self.open_and_judge(path, name, may_be_open=ready.may_be_open)
         if not isinstance(opened, Opened):
             return opened
+        # Until it is taken (or set aside), a later look at it trusts the event that
+        # said it complete only for the file judged now: it may wait behind an older
+        # drop, or out a failure, while its writer makes something else of the name.
+        self.readiness.judged(name, (opened.ino, opened.size, opened.mtime_ns))
         until = behind(name, opened.mtime_ns)
         if until is not None:
             return Behind(name, until)
@@ -524,6 +540,8 @@ class Intake:
             with contextlib.suppress(OSError):
                 durable.set_mode(item.claim, stat.S_IMODE(item.opened.mode))
         unclaim(item.claim, item.path)
+        opened = item.opened
+        self.readiness.judged(item.stored.drop, (opened.ino, opened.size, opened.mtime_ns))
 
     # -- step 8 ---------------------------------------------------------------------
 
@@ -622,17 +640,24 @@ class Intake:
         return outcome
 
 
-def new_file_gid(folder: durable.StrPath) -> int | None:
+_NewFile = tuple[int, bytes] | None
+"""What a new file made in a folder gets: its group and the folder's default ACL (b"":
+none); None where the folder cannot be looked at."""
+
+
+def what_new_files_get(folder: durable.StrPath) -> _NewFile:
     """The group a new file made in ``folder`` gets (the folder's own where it is
-    setgid, else this process's), where the folder has no default ACL; None where it
-    has one, or cannot be looked at."""
+    setgid, else this process's), and the default ACL it inherits (``b""``: none);
+    None where the folder, or its default ACL, cannot be looked at. One ``stat`` and
+    one ``getxattr``: a default ACL changed in content (an entry added) is seen too."""
     try:
         st = os.stat(folder)
     except OSError:
         return None
-    if has_acl(folder, DEFAULT_ACL):
+    acl = acl_of(folder, DEFAULT_ACL)
+    if acl is None:
         return None
-    return st.st_gid if st.st_mode & stat.S_ISGID else os.getegid()
+    return (st.st_gid if st.st_mode & stat.S_ISGID else os.getegid()), acl
 
 
 def _folder(name: str, spool_dir: Path) -> Ignored:

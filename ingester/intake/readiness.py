@@ -123,12 +123,23 @@ class Readiness:
         # Found open for writing at the last look: they wait for their writer, not to
         # settle, and hold neither READY nor a --once run's end back.
         self._open: set[str] = set()
+        # Drops known complete, read and judged but not taken yet (held behind an older
+        # drop, or put back after a failure): (ino, size, mtime_ns) as judged. The event
+        # that said complete vouches for that file only, not for what a writer may make
+        # of the name while it waits.
+        self._judged: dict[str, tuple[int, int, int]] = {}
+
+    def judged(self, name: str, seen: tuple[int, int, int]) -> None:
+        """``name`` was read and judged as ``seen`` (ino, size, mtime in ns): at a later
+        look, an event's word that it is complete holds only while it is still so."""
+        self._judged[name] = seen
 
     def completed(self, name: str) -> None:
         """An event said ``name`` is complete (renamed in, or closed after writing)."""
         self._writing.discard(name)
         self._watched.pop(name, None)
         self._open.discard(name)
+        self._judged.pop(name, None)
 
     def forget(self, name: str) -> None:
         """Drop what is remembered about a name that is gone or taken."""
@@ -136,6 +147,7 @@ class Readiness:
         self._watched.pop(name, None)
         self._writing.discard(name)
         self._open.discard(name)
+        self._judged.pop(name, None)
 
     def is_open(self, name: str) -> bool:
         """Whether ``name`` was open for writing when last looked at."""
@@ -162,9 +174,10 @@ class Readiness:
 
         Raises :class:`StorageError` when it cannot even be looked at.
         """
-        if how is How.COMPLETE:
-            return Ready()
         name = os.path.basename(path)
+        judged = self._judged.pop(name, None)
+        if how is How.COMPLETE and judged is None:
+            return Ready()
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -175,6 +188,10 @@ class Readiness:
             return Folder()
         if not stat.S_ISREG(st.st_mode):
             return Ready()  # judged (and rejected) as it is, never opened
+        if how is How.COMPLETE and judged == (st.st_ino, st.st_size, st.st_mtime_ns):
+            return Ready()
+        # Otherwise a drop known complete was written again (or replaced) while it
+        # waited, with no close-write since: judged as one found by a scan.
         # A hard link makes IN_CREATE and no close-write here (its writer's name is
         # elsewhere): its creation says nothing of a writer.
         linked = st.st_nlink > 1

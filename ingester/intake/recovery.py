@@ -209,6 +209,9 @@ class ClaimRecovery:
         # before its version: lost to a power cut, it would leave the drop back in the
         # spool with one link, like a new drop. Only a claim stored so needs it.
         durable.fsync_dir(self.spool.claimed_dir)
+        # Written from the spare temp file made ahead, if any: let go first where the
+        # history's default ACL (or group) changed since, as before a group's copies.
+        self.intake.look_at_history()
         self.store.write_version(target, opened.data)
         self._remove_stored(claim, target)
         return Stored(version, target, len(opened.data), started, pending=False)
