@@ -741,7 +741,8 @@ def forecast_history(root: Path) -> tuple[datetime, list[datetime]]:
 
     currentSession rises 10 %/h from 10 % (resets in 2 hr: before it runs out);
     allModels 4 %/h from 30 % (reaches 100 % 14 h after the newest, 34 h before its reset
-    2 days on); sonnetOnly flat, then reset in the newest (one point: not enough data);
+    2 days on); sonnetOnly flat, then reset in the newest, its reset time moved on (one point: not
+    enough data);
     monthly.credits flat with a reset time nobody can read (not rising).
     """
     assert run_cli(root, "init").returncode == 0
@@ -754,7 +755,11 @@ def forecast_history(root: Path) -> tuple[datetime, list[datetime]]:
             "currentSession": {"resetsIn": "2 hr", "percentageUsed": 10 + 5 * i},
             "weeklyLimits": {
                 "allModels": {"resetsIn": "2 days", "percentageUsed": 30 + 2 * i},
-                "sonnetOnly": {"resetsIn": "2 days", "percentageUsed": 1 if i == 7 else 20},
+                # Its reset in the newest moves the reset time on, as the console's does.
+                "sonnetOnly": {
+                    "resetsIn": "7 days" if i == 7 else "2 days",
+                    "percentageUsed": 1 if i == 7 else 20,
+                },
             },
             "monthly": {"credits": {"resetsIn": "at some point", "percentageUsed": 3}},
             "lastUpdated": updated.isoformat().replace("+00:00", "Z"),
@@ -808,9 +813,10 @@ def test_backfilled_versions_draw_at_their_own_times_with_the_forecast(
     expect(extra).to_be_visible()
     assert extra.locator("h3").inner_text() == "monthly.credits"
     assert extra.locator(".forecast").inner_text() == "not rising"
-    # Dashed projections for the two rising limits; the resets (two instants) marked.
+    # Dashed projections for the two rising limits; the resets (three instants: the
+    # session's, the weekly limits', and sonnetOnly's next one) marked.
     assert chart.get_attribute("data-projections") == "2"
-    assert chart.get_attribute("data-resets") == "2"
+    assert chart.get_attribute("data-resets") == "3"
     pick_range(page, "24 hours")
     wait_points(page, 8)
     page.screenshot(path=str(artefact_dir(tmp_path) / "page-forecast.png"), full_page=True)

@@ -379,7 +379,10 @@ def _temp_folder(folder: Path, make: Callable[[], Path]) -> Iterator[tuple[Path,
     swept: list[str] = []
     held = locked_temp_folder(make, folder, is_snapshot_temp_name, swept)
     try:
-        made = held.__enter__()
+        # Made and locked, or not made: a stop never falls between (it would leave the
+        # folder for the next run to sweep).
+        with stop_signals_held():
+            made = held.__enter__()
     except OSError as exc:
         raise SnapshotError(
             f"cannot open the snapshot's temp folder in {folder}: {os_cause(exc)}"
@@ -496,7 +499,10 @@ def write_snapshot_tar(
     hard links when that is on the history's filesystem, copies otherwise): nothing is
     written to ``out`` unless the whole snapshot could be taken.
     """
-    folder = Path(tmp_dir) if tmp_dir is not None else Path(tempfile.gettempdir())
+    with stop_signals_held():
+        # The first gettempdir() probes $TMPDIR with a file it removes at once: a stop
+        # between the two (SIGTERM unwinds the command) would leave that file there.
+        folder = Path(tmp_dir) if tmp_dir is not None else Path(tempfile.gettempdir())
 
     def make() -> Path:
         try:
