@@ -157,6 +157,13 @@ def test_a_default_acl_applied_while_the_watcher_runs_reaches_the_next_version(
     by the group, though a temp file for it was made ahead, before the ACL."""
     root = base / "root"
     history = _history_for_readers(root, acl=False)
+    _readers_acl_applied_midway(root, history)
+
+
+def _readers_acl_applied_midway(root: Path, history: Path) -> None:
+    """A watcher as the service stores a copied drop (a temp file made ahead for the
+    next), then the readers' ACL is applied to ``history``: the next version, stored from
+    that temp file or not, must be readable by the group."""
     spool = root / "spool"
     with WatchProcess(root, wrapper=SERVICE_UMASK) as watcher:
         watcher.wait_log("watching ")
@@ -186,19 +193,7 @@ def test_a_default_acl_changed_while_the_watcher_runs_reaches_the_next_version(
     )
     if result.returncode != 0:
         pytest.skip(f"this filesystem takes no POSIX ACL: {result.stderr.strip()}")
-    spool = root / "spool"
-    with WatchProcess(root, wrapper=SERVICE_UMASK) as watcher:
-        watcher.wait_log("watching ")
-        drop(spool, "a.json", payload(1), owner=(4242, 4242))  # copied: a temp made ahead
-        watcher.wait_log("ingested a.json")
-        _readers_acl(history)
-        drop(spool, "b.json", payload(2), owner=(4242, 4242))
-        watcher.wait_log("ingested b.json")
-        assert watcher.stop() == 0
-    newest = versions(root)[-1]
-    assert newest.read_bytes() == payload(2)
-    read = _reader_reads(newest)
-    assert read.returncode == 0, read.stderr.decode()
+    _readers_acl_applied_midway(root, history)
 
 
 def test_a_claim_recovered_after_a_default_acl_was_applied_is_readable_by_the_readers(
