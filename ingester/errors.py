@@ -42,6 +42,7 @@ __all__ = [
     "folder_not_entered",
     "is_permission_problem",
     "missing_root",
+    "on_read_only_filesystem",
     "os_cause",
     "refusal_words",
     "refusing_attribute",
@@ -415,6 +416,15 @@ def shown(text: Any) -> str:
     pasted by mistake may be a whole file; the line must stay one a reader takes in)."""
     quoted = repr(text)
     return quoted if len(quoted) <= 40 else quoted[:37] + "..."
+
+
+def on_read_only_filesystem(folder: Path) -> bool:
+    """Whether ``folder`` is on a filesystem mounted read-only (``False`` when that
+    cannot be told)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def folder_not_entered(path: Path) -> Path | None:

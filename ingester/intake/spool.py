@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..clock import utc_now
-from ..errors import StorageError, folder_not_entered
+from ..errors import StorageError, folder_not_entered, on_read_only_filesystem
 from ..history import durable
 from ..history.names import STAMP_FORMAT
 from .quarantine import REASON_SUFFIX, Quarantine
@@ -456,11 +456,7 @@ def _may_write_in(folder: Path) -> None:
     effective = os.access in os.supports_effective_ids
     if os.access(folder, os.W_OK | os.X_OK, effective_ids=effective):
         return
-    try:
-        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError:
-        read_only = False
-    if read_only:
+    if on_read_only_filesystem(folder):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(folder))
     raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(folder))
 

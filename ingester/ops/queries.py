@@ -28,6 +28,7 @@ from ..errors import (
     file_on_the_way,
     folder_not_entered,
     missing_root,
+    on_read_only_filesystem,
     os_cause,
     unreadable,
 )
@@ -44,7 +45,6 @@ from ..mirror.state import mirror_status
 from ..payload.gate import check_payload, read_payload
 from ..settings.resolved import Settings
 from .adopt import latest_is_a_file
-from .verify import on_read_only_filesystem
 
 __all__ = [
     "GONE_UNDER_READS",

@@ -25,6 +25,7 @@ from ..errors import (
     attribute_refusal,
     file_on_the_way,
     is_permission_problem,
+    on_read_only_filesystem,
     refusal_words,
     unreadable,
 )
@@ -43,7 +44,6 @@ from .adopt import UNKEPT_LATEST, latest_is_a_file, unknown_latest
 __all__ = [
     "Finding",
     "VerifyReport",
-    "on_read_only_filesystem",
     "repair_modes",
     "repaired_between",
     "verify_history",
@@ -279,15 +279,6 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
                 Finding("future-version", name, "dated more than a day ahead of the clock")
             )
     return report
-
-
-def on_read_only_filesystem(folder: Path) -> bool:
-    """Whether ``folder`` is on a filesystem mounted read-only (``False`` when that
-    cannot be told)."""
-    try:
-        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
 
 
 def _unrepairable_where_read_only(store: HistoryStore, findings: list[Finding]) -> list[Finding]:
