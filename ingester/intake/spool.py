@@ -487,6 +487,15 @@ def _taken_back(final: Path, staged: os.stat_result) -> bool:
     return True
 
 
+def _join_group(cause: OSError, group: str) -> PermissionError:
+    """``cause`` (a refusal) with the advice a writer of drops is given: join ``group``."""
+    return PermissionError(
+        errno.EACCES,
+        f"{cause.strerror or 'Permission denied'}; a writer of drops must be in its group, "
+        f"{group} (a group joined counts from the next login)",
+    )
+
+
 def _group_hint(folder: Path, cause: OSError) -> OSError:
     """``cause`` (a refused write in ``folder``) with the group to join where that is the
     fix: the folder is writable by its group, and this process is not in it (a scraper's
@@ -500,11 +509,7 @@ def _group_hint(folder: Path, cause: OSError) -> OSError:
         return cause
     if not st.st_mode & stat.S_IWGRP or st.st_gid in {os.getegid(), *os.getgroups()}:
         return cause
-    return PermissionError(
-        errno.EACCES,
-        f"{cause.strerror or 'Permission denied'}; a writer of drops must be in its group, "
-        f"{group} (a group joined counts from the next login)",
-    )
+    return _join_group(cause, group)
 
 
 def _not_entered(folder: Path, exc: PermissionError) -> StorageError:
@@ -519,9 +524,4 @@ def _not_entered(folder: Path, exc: PermissionError) -> StorageError:
         group = grp.getgrgid(os.stat(blocked).st_gid).gr_name
     except (OSError, KeyError):
         return StorageError("enter", blocked, exc)
-    hint = PermissionError(
-        errno.EACCES,
-        f"{exc.strerror or 'Permission denied'}; a writer of drops must be in its group, "
-        f"{group} (a group joined counts from the next login)",
-    )
-    return StorageError("enter", blocked, hint)
+    return StorageError("enter", blocked, _join_group(exc, group))
