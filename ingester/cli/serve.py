@@ -44,11 +44,13 @@ def resolve_listen(listen: str | None, environ: dict[str, str]) -> tuple[str, st
     port = environ.get("PORT", "").strip()
     if not port:
         return DEFAULT_LISTEN, None
-    # Five digits at most (leading zeros aside) before int(): Python refuses to parse
-    # thousands of them, and a value pasted by mistake may be a whole file: shown cut.
-    if not (port.isascii() and port.isdigit() and len(port.lstrip("0")) <= 5) or int(port) > 65535:
+    from ..serve.query import whole_number
+
+    # A value pasted by mistake may be a whole file: shown cut.
+    number = whole_number(port)
+    if number is None or number > 65535:
         raise ValueError(f"PORT={shown(port)} is not a port number (0 to 65535)")
-    return f"{DEFAULT_HOST}:{int(port)}", f"PORT={int(port)}; on the loopback addresses only"
+    return f"{DEFAULT_HOST}:{number}", f"PORT={number}; on the loopback addresses only"
 
 
 def _find_program(name: str) -> str | None:
