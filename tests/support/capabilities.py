@@ -84,8 +84,10 @@ def traced_program(tracer: int, timeout: float = 10.0) -> int:
     there; strace then exits with its code."""
 
     def program() -> int | None:
-        assert Path(f"/proc/{tracer}").exists(), f"strace {tracer} has exited"
-        return program_of_strace(tracer)
+        try:
+            return program_of_strace(tracer)
+        except FileNotFoundError:  # gone, or a zombie: its exe is no longer readable
+            raise AssertionError(f"strace {tracer} has exited") from None
 
     found = wait_for(program, timeout, f"the program strace {tracer} runs")
     assert isinstance(found, int)
@@ -117,29 +119,35 @@ def run_held_after(
         *("-e", f"inject={syscall}:signal=SIGSTOP:when={when}"),
         *(sys.executable, "-m", "ingester", "--root", str(root), *args),
     ]
-    tracer = subprocess.Popen(
+    # As a context manager, Popen closes the pipes however this ends: left to the
+    # garbage collector, they would warn in whichever test runs then.
+    with subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=cli_env(**env),
-    )
-    try:
+    ) as tracer:
+        try:
 
-        def stopped() -> bool:
-            return trace.exists() and "stopped by SIGSTOP" in trace.read_text()
+            def stopped() -> bool:
+                return trace.exists() and "stopped by SIGSTOP" in trace.read_text()
 
-        wait_for(lambda: stopped() or tracer.poll() is not None, 30, f"{syscall} {path}")
-        if tracer.poll() is not None:
-            _out, err = tracer.communicate()
-            raise AssertionError(f"{args} ended before its {syscall} of {path}: {err}")
-        meanwhile()
-        os.kill(traced_program(tracer.pid), signal.SIGCONT)
-        out, err = tracer.communicate(timeout=60)
-    finally:
-        if tracer.poll() is None:
-            tracer.kill()
-            tracer.communicate()
+            wait_for(lambda: stopped() or tracer.poll() is not None, 30, f"{syscall} {path}")
+            if tracer.poll() is not None:
+                _out, err = tracer.communicate()
+                raise AssertionError(f"{args} ended before its {syscall} of {path}: {err}")
+            # Found while it is held: what ``meanwhile`` does may end it (kill -9), and
+            # strace with it, and then there is no strace left to ask.
+            program = traced_program(tracer.pid)
+            meanwhile()
+            with contextlib.suppress(ProcessLookupError):  # ended by ``meanwhile``
+                os.kill(program, signal.SIGCONT)
+            out, err = tracer.communicate(timeout=60)
+        finally:
+            if tracer.poll() is None:
+                tracer.kill()
+                tracer.communicate()
     return subprocess.CompletedProcess(command, tracer.returncode, out, err)
 
 
