@@ -9,7 +9,9 @@ done while the caller was told it failed.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -31,6 +33,7 @@ A = TypeVar("A")
 P = ParamSpec("P")
 
 _START_S = 10.0  # how long the threads may take to start, all together
+_END_S = 1.0  # how long the threads of a pool that could not start may take to end
 
 THREAD_LIMIT = (
     "cannot start a thread: a limit on threads or memory is reached "
@@ -69,6 +72,7 @@ def started_pool(workers: int, name: str) -> StartedPool:
 def _all_started(workers: int, name: str) -> StartedPool:
     """:func:`started_pool` of exactly ``workers`` threads; ``RuntimeError`` if not all
     start (the pool shut down first, its queued tasks cancelled)."""
+    before = _kernel_threads()
     pool = StartedPool(workers, thread_name_prefix=name)
     pool.workers = workers
     # Each thread waits here until all have started: a busy one is not reused, so every
@@ -83,8 +87,34 @@ def _all_started(workers: int, name: str) -> StartedPool:
         # Joined, not left to end on their own: a thread still ending counts against
         # the same limit, and the smaller pool tried next would not start either.
         pool.shutdown(wait=True, cancel_futures=True)
+        _wait_for_kernel_threads(before)
         raise
     return pool
+
+
+def _kernel_threads() -> int | None:
+    """How many threads the kernel counts for this process; None without ``/proc``."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+def _wait_for_kernel_threads(count: int | None) -> None:
+    """Wait, up to ``_END_S`` seconds, until the kernel counts no more than ``count``
+    threads for this process.
+
+    ``join`` returns as a thread's Python side ends, a moment before the kernel lets the
+    thread go; on a busy machine that moment lasts. Until then the thread still counts
+    against the limit the next, smaller, pool must fit under, and without this wait that
+    pool fails too: measured on 2 busy cores, a limit that allows two threads gave none
+    in more than half the tries. Other threads of the process may come and go meanwhile,
+    so the wait is bounded rather than exact."""
+    if count is None:
+        return
+    deadline = time.monotonic() + _END_S
+    while (_kernel_threads() or 0) > count and time.monotonic() < deadline:
+        time.sleep(0.001)  # the kernel offers no wait for another thread's end
 
 
 class OffLoop:

@@ -370,10 +370,13 @@ def _as_limited(threads: int) -> tuple[str, ...]:
     return limited_threads(threads, LIMITED_UID)
 
 
-def _python_limited(threads: int, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """``python ARGS`` as :data:`LIMITED_UID`, allowed ``threads`` threads."""
+def _python_limited(
+    threads: int, *args: str, timeout: float, wrapper: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` as :data:`LIMITED_UID`, allowed ``threads`` threads, run under
+    ``wrapper`` (strace, say) if given."""
     return subprocess.run(
-        [*_as_limited(threads), sys.executable, *args],
+        [*wrapper, *_as_limited(threads), sys.executable, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -510,6 +513,20 @@ def test_a_started_pool_has_as_many_threads_as_can_start() -> None:
     none (the threads of the pool that failed have ended before a smaller one is tried)."""
     probe = "from ingester.threads import started_pool; print(started_pool(4, 'w').workers)"
     done = _python_limited(3, "-c", probe, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "2\n"), done.stderr
+
+
+@pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
+@pytest.mark.skipif(WHY_NOT_AS_ANOTHER_USER is not None, reason=WHY_NOT_AS_ANOTHER_USER or "")
+@needs_strace_root
+def test_a_started_pool_waits_for_the_failed_pools_threads_to_leave_the_kernel() -> None:
+    """A thread's ``join`` returns a moment before the kernel lets the thread go, and on
+    a busy machine that moment lasts: here strace makes it last (each thread's final
+    ``exit`` call is held 0.2 s). The smaller pool is tried once the failed pool's
+    threads are gone, so it still gets the two threads there is room for."""
+    probe = "from ingester.threads import started_pool; print(started_pool(4, 'w').workers)"
+    slow_exit = (STRACE, "-f", "-qq", "-o", os.devnull, "-e", "inject=exit:delay_enter=200000")
+    done = _python_limited(3, "-c", probe, timeout=60, wrapper=slow_exit)
     assert (done.returncode, done.stdout) == (0, "2\n"), done.stderr
 
 
