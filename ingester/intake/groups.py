@@ -4,13 +4,13 @@
 look; it takes them a group at a time (steps 1-4 for each, 5-8 once for the group, as
 ``docs/design.md`` numbers them) and applies what became of each drop once: the counts,
 the log lines, the per-drop waits and the whole pipeline's backoff. The service loop
-(:mod:`.watcher`) decides when a group is due; this module decides what one is.
+(:mod:`.watcher`) decides when a group is due; this module decides what one is. Which
+older drop a newer one must wait for is :mod:`.arrival_order`'s to say.
 """
 
 from __future__ import annotations
 
 import errno
-import heapq
 import itertools
 import logging
 import resource
@@ -24,6 +24,7 @@ from ..errors import StorageError
 from ..history.batch import Batch
 from ..history.store import HistoryStore
 from ..runtime.signals import StopFlag
+from .arrival_order import ArrivalOrder
 from .arrivals import How
 from .intake import Intake
 from .maintenance import Maintenance
@@ -50,15 +51,6 @@ log = logging.getLogger("ingester.watcher")
 
 _GROUP_MAX = 256  # most versions linked before one fsync of the history makes them durable
 _GROUP_SECONDS = 1.0  # and at most this long, so the loop keeps pinging systemd
-
-
-def hold_limit(settle: float) -> float:
-    """Seconds an older drop that waits to settle may hold newer drops back, counted from
-    when it was first found waiting: three looks at it (``settle`` seconds each), and
-    five seconds at the least, as long as a start waits for drops settling before it
-    says READY. One that has not settled by then (a writer's clock far ahead, a file
-    rewritten in place with its mtime kept) no longer holds the spool up."""
-    return max(5.0, 3 * settle)
 
 
 def group_limit() -> int:
@@ -152,18 +144,12 @@ class Backlog:
         # Drops of a --once run left to a writer that still has them open (looked at
         # again on an event, which such a run never hears): still in the spool.
         self._held_open: set[str] = set()
-        # Drops found waiting to settle: name -> (its mtime in ns, and the monotonic time
-        # it was first found so). A newer drop is never stored before one of them.
-        self._settling: dict[str, tuple[int, float]] = {}
-        self._oldest: list[tuple[int, str]] = []  # a heap of _settling's (mtime, name)
-        self._overdue: set[str] = set()  # settling past hold_limit: said once, held none
+        # Which drops settle, and which wait behind them: a newer drop is never stored
+        # before an older one that settles (for a while at most).
+        self._order = ArrivalOrder(intake.settle)
         # Drops that wait behind an older settling one (in ``deferred`` until it is
         # done), with how each was seen: a close-write is not lost by the wait.
         self._behind: dict[str, How] = {}
-        # When each drop first waited behind an older one: it waits no longer than
-        # hold_limit in all, however many older drops take their turn to settle.
-        self._behind_since: dict[str, float] = {}
-        self._hold_limit = hold_limit(intake.settle)
         self._left_claimed = 0
         self._counting = threading.RLock()
 
@@ -185,7 +171,7 @@ class Backlog:
         """A drop heard of by an event: waiting now (a close-write upgrades how it was seen)."""
         if how is How.COMPLETE:
             self.intake.readiness.completed(name)
-            self._settled(name)
+            self._order.settled(name)
         with self._counting:
             current = self.pending.get(name)
             behind = self._behind.pop(name, None)
@@ -378,7 +364,7 @@ class Backlog:
             except StorageError as exc:
                 self.fail(name, exc)
                 break
-            self._note_settling(name, outcome)
+            self._order.looked_at(name, outcome)
             if isinstance(outcome, Abandoned):
                 # A stop gave its copy up: it is still in the spool, so it stays waiting
                 # (a --once run counts it as left), and the drops claimed before it are
@@ -391,10 +377,6 @@ class Backlog:
                     claimed[name] = how  # staged: stored once the group commits
                 elif isinstance(outcome, Behind):
                     self._behind[name] = how  # a close-write is not lost by the wait
-                if isinstance(outcome, Behind):
-                    self._behind_since.setdefault(name, time.monotonic())
-                else:
-                    self._behind_since.pop(name, None)
                 self.apply(outcome)  # a drop deferred is never out of every count
             if not (isinstance(outcome, Blocked) and outcome.step == "claim"):
                 progressed = True
@@ -406,74 +388,14 @@ class Backlog:
 
     def _waits_behind(self, name: str, mtime_ns: int) -> float | None:
         """When to look again at drop ``name`` (found complete and valid, its mtime
-        ``mtime_ns``) if an older drop still settles, else None (SPEC: drops are stored
-        in the order they arrived, oldest mtime first, then name).
-
-        Only a drop that waits to settle holds others back, and for :func:`hold_limit`
-        at most: one that waits for its writer (open for writing, made in place, not
-        valid yet) has not arrived, and one that waits after a failure of its own (a
-        claim refused, the quarantine) must not stall the spool for its backoff. And a
-        drop waits :func:`hold_limit` at most in all: one dated ahead (its writer's
-        clock) is newer than every drop for as long, and a stream of them settling one
-        after another would hold it that long. Costs nothing while no drop settles,
-        and a look at the oldest one while some do.
-        """
-        if not self._settling:
-            return None
+        ``mtime_ns``) if an older drop still settles, else None (see
+        :meth:`ArrivalOrder.waits_for`): at that drop's own next look, and not before
+        now."""
         now = time.monotonic()
-        since = self._behind_since.get(name)
-        if since is not None and now - since >= self._hold_limit:
-            log.info(
-                "%s has waited %.0f s for older drops to settle; it no longer waits for them",
-                name,
-                self._hold_limit,
-            )
+        older = self._order.waits_for(name, mtime_ns, now)
+        if older is None:
             return None
-        oldest = self._oldest_settling(now)
-        if oldest is None or oldest[1] == name or oldest >= (mtime_ns, name):
-            return None
-        log.debug("%s waits for %s, older, to settle", name, oldest[1])
-        return max(now, self.deferred.get(oldest[1], now))
-
-    def _oldest_settling(self, now: float) -> tuple[int, str] | None:
-        """The oldest drop that waits to settle and still holds newer ones back, as
-        ``(mtime_ns, name)``; None when there is none. Entries of drops looked at since
-        (or settled, or gone) are dropped from the heap as they come to its top, and so
-        is a drop that no longer holds others (said once in the log)."""
-        heap = self._oldest
-        while heap:
-            mtime, name = heap[0]
-            entry = self._settling.get(name)
-            if entry is not None and entry[0] == mtime:
-                if now - entry[1] < self._hold_limit:
-                    return mtime, name
-                if name not in self._overdue:
-                    self._overdue.add(name)
-                    log.info(
-                        "%s has not settled within %.0f s; newer drops no longer wait for it",
-                        name,
-                        self._hold_limit,
-                    )
-            heapq.heappop(heap)
-        return None
-
-    def _note_settling(self, name: str, outcome: Outcome) -> None:
-        """After a look at drop ``name``: whether it now waits to settle (see
-        :meth:`_waits_behind`)."""
-        mtime = outcome.settling if isinstance(outcome, Deferred) else None
-        if mtime is None:
-            self._settled(name)
-            return
-        seen = self._settling.get(name)
-        if seen is not None and seen[0] == mtime:
-            return
-        self._settling[name] = (mtime, time.monotonic() if seen is None else seen[1])
-        heapq.heappush(self._oldest, (mtime, name))
-
-    def _settled(self, name: str) -> None:
-        if self._settling.pop(name, None) is not None and not self._settling:
-            self._oldest.clear()
-        self._overdue.discard(name)
+        return max(now, self.deferred.get(older, now))
 
     # -- what became of a drop -------------------------------------------------------
 

@@ -11,9 +11,10 @@ batch; then :meth:`Intake.release` runs step 8 for the drops it stored.
 pure function of their names.
 
 This module orders the steps and holds what they remember between them. What is done
-to a claimed drop's own file (:mod:`.claims`), a drop set aside in the quarantine
-(:mod:`.set_aside`) and a drop that is a stored version under a second name
-(:mod:`.second_names`) each live in a module of their own.
+to a claimed drop's own file (:mod:`.claims`), when a drop's own inode may become its
+version (:mod:`.zero_copy`), a drop set aside in the quarantine (:mod:`.set_aside`) and
+a drop that is a stored version under a second name (:mod:`.second_names`) each live in
+a module of their own.
 """
 
 from __future__ import annotations
@@ -37,9 +38,7 @@ from ..payload.gate import check_payload
 from ..runtime.signals import StopFlag
 from .arrivals import How
 from .claims import (
-    DEFAULT_ACL,
     WRITTEN,
-    acl_of,
     claim_changed,
     claim_holds,
     links_reach,
@@ -64,6 +63,7 @@ from .readiness import Folder, Gone, Readiness, Wait
 from .second_names import remove_second_name
 from .set_aside import SetAside
 from .spool import Opened, Spool, open_entry
+from .zero_copy import ZeroCopy
 
 __all__ = ["Intake", "WaitsBehind"]
 
@@ -165,13 +165,10 @@ class Intake:
     _group_copies: int = 0  # how many of _group are copies
     _spool: str = ""  # the spool and .claimed/ as strings: the drop path joins names to them
     _claimed: str = ""
-    # What a new file in the history gets, looked at once per group (see _new_file_gid).
-    _history_looked: bool = False
-    _history_new_file: _NewFile = None
-    _history_known: bool = False  # looked at once at least: a change can be seen
 
     def __post_init__(self) -> None:
         self._set_aside = SetAside(self.spool, self.alive, self.stop)
+        self._zero_copy = ZeroCopy(self.store)
         self._spool = os.fspath(self.spool.dir)
         self._claimed = os.fspath(self.spool.claimed_dir)
 
@@ -201,35 +198,14 @@ class Intake:
             self.spool.ensure_folders()
             self.spool.check_claimed(self.euid, self.history_id)
 
-    def _new_file_gid(self) -> int | None:
-        """The group of a new file made in the history, where that is all it inherits;
-        None where it inherits more (the history has a default ACL) or cannot be looked
-        at: then no drop's own inode is a version, each is copied.
-
-        Looked at once per group (:meth:`look_at_history`): a default ACL applied to a
-        running service's history counts from its next group, at the cost of one
-        ``stat`` and one ``getxattr``.
-        """
-        if not self._history_looked:
-            self._history_looked = True
-            return self.look_at_history()
-        new_file = self._history_new_file
-        return None if new_file is None or new_file[1] != b"" else new_file[0]
-
     def look_at_history(self) -> int | None:
-        """Look now at what a new file made in the history gets (one ``stat``, one
-        ``getxattr``): its group where that is all (as :meth:`_new_file_gid`), else None.
-
-        Where it changed since the last look (the group, or the default ACL: added,
-        removed, or an entry of it changed), the spare temp file made ahead for the next
-        copy is let go: made before, it would not be what a new file is now. Called
-        before every version written outside a group's takes (the recovery's) too.
+        """Look now at what a new file made in the history gets, letting go of the spare
+        temp file where that changed (:meth:`ZeroCopy.look_at_history
+        <ingester.intake.zero_copy.ZeroCopy.look_at_history>`): its group where that is
+        all, else None. Called before every version written outside a group's takes
+        (the recovery's) too.
         """
-        new_file = what_new_files_get(self.store.history_dir)
-        if self._history_known and new_file != self._history_new_file:
-            self.store.close()
-        self._history_new_file, self._history_known = new_file, True
-        return None if new_file is None or new_file[1] != b"" else new_file[0]
+        return self._zero_copy.look_at_history()
 
     # -- steps 1-6 ------------------------------------------------------------------
 
@@ -268,20 +244,11 @@ class Intake:
             second = self._second_name(path, name, opened)
             if second is not None:
                 return second
-        # 3. stage. Zero-copy when the drop is ours alone and on the history's
-        # filesystem: its own inode becomes the version (as a rename would), made
-        # read-only and fsynced. Otherwise (another user's file, other filesystem)
-        # the bytes are copied, so no one else can ever write to a version. Zero-copy
-        # too only where the inode is what a new file made in the history would be
-        # (its group, no ACL): one that missed the history's default ACL would stay
-        # closed to the readers that ACL lets in.
-        new_files_gid = self._new_file_gid()
-        zero_copy = (
-            self.same_fs
-            and opened.uid == self.euid
-            and opened.nlink == 1
-            and opened.gid == new_files_gid
-        )
+        # 3. stage. Zero-copy where the rule allows it (:mod:`.zero_copy`): its own
+        # inode becomes the version (as a rename would), made read-only and fsynced.
+        # Otherwise (another user's file, other filesystem, another group or ACL) the
+        # bytes are copied, so no one else can ever write to a version.
+        zero_copy = self._zero_copy.allows(opened, same_fs=self.same_fs, euid=self.euid)
         if not zero_copy:
             self.copied = True
         staged = None if zero_copy else batch.stage(opened.data)
@@ -447,7 +414,7 @@ class Intake:
         """
         group, self._group = self._group, []
         self._group_copies = 0
-        self._history_looked = False
+        self._zero_copy.next_group()
         error: GroupFailure | None = None
         synced: list[_Claimed] = []
         if not group:
@@ -638,26 +605,6 @@ class Intake:
     def _done(self, outcome: Dropped) -> Dropped:
         self.readiness.forget(outcome.drop)
         return outcome
-
-
-_NewFile = tuple[int, bytes] | None
-"""What a new file made in a folder gets: its group and the folder's default ACL (b"":
-none); None where the folder cannot be looked at."""
-
-
-def what_new_files_get(folder: durable.StrPath) -> _NewFile:
-    """The group a new file made in ``folder`` gets (the folder's own where it is
-    setgid, else this process's), and the default ACL it inherits (``b""``: none);
-    None where the folder, or its default ACL, cannot be looked at. One ``stat`` and
-    one ``getxattr``: a default ACL changed in content (an entry added) is seen too."""
-    try:
-        st = os.stat(folder)
-    except OSError:
-        return None
-    acl = acl_of(folder, DEFAULT_ACL)
-    if acl is None:
-        return None
-    return (st.st_gid if st.st_mode & stat.S_ISGID else os.getegid()), acl
 
 
 def _folder(name: str, spool_dir: Path) -> Ignored:

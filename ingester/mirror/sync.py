@@ -3,8 +3,9 @@ and the metadata, follow retention's deletions (``--mirror-retention follow``).
 
 Each version is uploaded once, whole and checked, by the object-store backing's writer
 (:class:`~ingester.mirror.s3_history.S3History`), several at a time. A remote version
-not proven to hold our bytes is reported and never counted as mirrored. What a pass
-did is its :class:`PassResult`; an object store that cannot be used ends it with
+not proven to hold our bytes is reported and never counted as mirrored; an object under
+a version name the history lacks is judged by :mod:`.junk`. What a pass did is its
+:class:`PassResult`; an object store that cannot be used ends it with
 :class:`MirrorBlocked`.
 """
 
@@ -22,20 +23,18 @@ from ..errors import (
     IngesterError,
     MetadataMissing,
     ObjectStoreError,
-    PayloadRejected,
     VersionExists,
     VersionNotFound,
-    VersionTooLarge,
 )
 from ..history.base import VersionEntry
 from ..history.local import LocalHistory
 from ..history.metadata import MetadataCorrupt, StorageMetadata
 from ..history.names import is_version_name
 from ..history.retention import plan_retention
-from ..payload.model import judge_payload
 from ..runtime.signals import StopFlag
 from ..threads import THREAD_LIMIT, InlineExecutor, in_order, workers_or_inline
-from .objectstore import METADATA_KEY, ClientNotMade, Failure, RemoteObject, S3Client
+from .junk import JunkObjects
+from .objectstore import ClientNotMade, Failure, RemoteObject, S3Client
 from .options import MirrorOptions
 from .progress import MirrorProgress
 from .s3_history import S3History
@@ -116,9 +115,8 @@ class MirrorSync:
         self._delete_refused: str | None = None  # why deletions were refused, once said
         self._last_ours: tuple[tuple[str, str], bytes] | None = None  # (name, ETag), bytes
         self._get_refused: str | None = None  # why reading objects back was refused, once said
-        # Objects under version names the history lacks, as judged (once per ETag): the
-        # ETag, and why it is no valid payload (None: it is one).
-        self._judged: dict[str, tuple[str, str | None]] = {}
+        # Objects under version names the history lacks: junk is never counted.
+        self._junk = JunkObjects(self.target, stop=stop, alive=alive)
 
     # -- the object store ---------------------------------------------------------------
 
@@ -218,11 +216,14 @@ class MirrorSync:
         # next start to leave them to: its exit 0 says the copy is whole.
         if not self._stop.is_set() or self.options.once:
             base = self._local_metadata()
-            junk = self._no_payloads(set(names))
+            # Its reads are the store's requests like any other: a failure ends the pass.
+            junk: set[str] = self._call(
+                lambda r: self._junk.no_payloads(r, set(names), self._readers)
+            )
             unproven = set(progress.bad) | junk
 
             def publish(remote: S3History) -> None:
-                remote.publish(base, self._payload_or_said, self._ours, unproven)
+                remote.publish(base, self._junk.payload_or_said, self._ours, unproven)
 
             self._call(publish)
             if self.options.retention == "follow":
@@ -267,99 +268,6 @@ class MirrorSync:
         self._last_ours = ((name, obj.etag), data)
         return data
 
-    def _payload_or_said(self, name: str, data: bytes) -> bool:
-        """Whether object ``name`` may be the latest copy: a valid payload. Another
-        writer's junk under a version's name is said once and never published."""
-        try:
-            judge_payload(data)
-        except PayloadRejected as exc:
-            log.warning(
-                "%s in %s is no valid payload (%s): never the latest copy; remove it",
-                name,
-                self.target,
-                exc.reason,
-            )
-            return False
-        return True
-
-    def _no_payloads(self, local: set[str]) -> set[str]:
-        """The objects under version names the history (``local``) lacks that hold no
-        valid payload: another writer's, or damaged. No restore brings them back, so
-        they are never the latest copy, never counted in the bucket's metadata, and
-        never deleted as versions retention deleted; each is said once.
-
-        The history lacking it, an object cannot be proven ours; what it must be is a
-        valid payload, as a version retention deleted here is. Each is read once per
-        process while its ETag stays the same (one ``GET`` of a few hundred bytes,
-        ``--concurrency`` at once), the watchdog pinged between them; a stop leaves the
-        rest counted, as they were before they were read. One the store refuses to let
-        be read is counted: nothing says it is not a version.
-        """
-        known = self.known()
-        # Forgotten with its object: what is remembered never outgrows the bucket.
-        self._judged = {n: v for n, v in self._judged.items() if n in known}
-        others = [
-            obj
-            for name, obj in sorted(known.items())
-            if name not in local and is_version_name(name)
-        ]
-        to_read = [obj for obj in others if self._judged.get(obj.name, (None,))[0] != obj.etag]
-        wanted = min(self.options.concurrency, len(to_read))
-        if wanted > 1:
-            pool, threads, self._read_limit = self._workers(wanted, "read", self._read_limit)
-        else:
-            pool, threads = InlineExecutor(), 0
-        verdicts = in_order(pool, self._payload_problem, to_read, threads)
-        try:
-            for obj in to_read:
-                if self._stop.is_set():
-                    break
-                self._alive()
-                why = next(verdicts)
-                if why is not None:
-                    log.warning(
-                        "%s in %s is no valid payload (%s): never the latest copy, nor "
-                        "counted as a version in its %s; remove it",
-                        obj.name,
-                        self.target,
-                        why,
-                        METADATA_KEY,
-                    )
-                self._judged[obj.name] = (obj.etag, why)
-        finally:
-            verdicts.close()
-            pool.shutdown(wait=True, cancel_futures=True)
-        # Those a stop left unread are not in it: counted, as before they were read.
-        return {
-            obj.name
-            for obj in others
-            if (judged := self._judged.get(obj.name)) is not None
-            and judged[0] == obj.etag
-            and judged[1] is not None
-        }
-
-    def _payload_problem(self, obj: RemoteObject) -> str | None:
-        """Why object ``obj`` is no valid payload (read on a read thread); ``None`` when
-        it is one, or when that cannot be told (gone since the listing, or a read the
-        store refuses). Raises :class:`MirrorBlocked` when the store cannot be used."""
-        try:
-            data: bytes = self._call(lambda r: r.read_version(obj.name))
-        except VersionNotFound:
-            return None
-        except VersionTooLarge as exc:
-            return exc.reason
-        except MirrorBlocked as exc:
-            if exc.failure.kind == "damaged":
-                return exc.failure.detail.removeprefix(f"{obj.name}: ")
-            if exc.failure.refused_by_policy:
-                return None
-            raise
-        try:
-            judge_payload(data)
-        except PayloadRejected as rejected:
-            return rejected.reason
-        return None
-
     def _local_metadata(self) -> StorageMetadata | None:
         """The history's metadata (its totals go with the copy); ``None`` if unusable."""
         try:
@@ -393,13 +301,7 @@ class MirrorSync:
         ]
         # Under SSE-KMS every object is read back: a few reads run ahead of the one
         # judged, so a history of thousands is not compared one round trip at a time.
-        # No threads where there is nothing to read: they would still be exiting when
-        # the uploads' threads start, and count against a limit on threads.
-        wanted = min(self.options.concurrency, len(to_read))
-        if wanted > 1:
-            pool, threads, self._read_limit = self._workers(wanted, "read", self._read_limit)
-        else:
-            pool, threads = InlineExecutor(), 0
+        pool, threads = self._readers(len(to_read))
         verdicts = in_order(pool, self._compare_one, to_read, threads)
         read = 0  # how many of to_read were judged
         try:
@@ -534,6 +436,17 @@ class MirrorSync:
                     time.monotonic() - started,
                     extra={"event": "mirrored", "versions": result.uploaded},
                 )
+
+    def _readers(self, count: int) -> tuple[Executor, int]:
+        """Threads to read ``count`` objects back, ``--concurrency`` at most, and how many
+        it has: none (an :class:`InlineExecutor`) where one would do. No threads where
+        there is nothing to read: they would still be exiting when the uploads' threads
+        start, and count against a limit on threads."""
+        wanted = min(self.options.concurrency, count)
+        if wanted > 1:
+            pool, threads, self._read_limit = self._workers(wanted, "read", self._read_limit)
+            return pool, threads
+        return InlineExecutor(), 0
 
     def _uploaders(self) -> Executor:
         """The pass's upload threads, as many of ``--concurrency`` as can start (none: the
