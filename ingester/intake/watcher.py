@@ -5,6 +5,7 @@ described once, in ``docs/design.md``. The modules, in the order a drop meets th
 
 * :mod:`ingester.intake.arrivals`: inotify or polling events from the spool folder;
 * :mod:`ingester.intake.readiness`: whether a drop is complete (close-write, lease, settle);
+* :mod:`ingester.intake.arrival_order`: a complete drop waits behind an older settling one;
 * :mod:`ingester.intake.intake`: steps 1-4 for each drop, 5-6 for its group, and 8; it
   returns an outcome (stored, rejected, deferred, gone...);
 * :mod:`ingester.intake.groups`: the drops waiting, taken a group at a time, and what
@@ -42,6 +43,7 @@ from ..runtime.signals import StopFlag, on_stop_signals
 from ..settings.layout import check_layout
 from ..settings.resolved import Settings
 from ..settings.watch import WatchOptions
+from .arrival_order import hold_limit
 from .arrivals import (
     Arrival,
     Arrivals,
@@ -211,7 +213,7 @@ class Watcher:
         self._rescan("start")
         try:
             # Drops that keep changing must not hold READY (or --once) back for ever.
-            settling_until = time.monotonic() + max(5.0, 3 * self.options.settle)
+            settling_until = time.monotonic() + hold_limit(self.options.settle)
             backlog = self.backlog
             while backlog.pending or (time.monotonic() < settling_until and backlog.settling()):
                 self._step()

@@ -4,7 +4,8 @@ Owns the object store client and what its failures mean (:mod:`.objectstore`), t
 object-store backing of the history (:mod:`.s3_history`: its reader, the mirror's writer
 and restore's fetch, with one checksum rule), the mirror that copies versions out: the
 service (:mod:`.mirror`), its options (:mod:`.options`), one pass of uploads, checks and
-deletions (:mod:`.sync`) and its progress, the watermark and the state file
+deletions (:mod:`.sync`), objects under version names that are not ours
+(:mod:`.junk`), its progress, the watermark and the state file
 (:mod:`.progress`), with the state file's format and the hold it puts on local
 retention (:mod:`.state`), and ``restore`` (:mod:`.restore`).
 
