@@ -506,10 +506,46 @@ def test_a_history_copied_as_root_and_not_handed_over_says_to_chown_it() -> None
         assert done.returncode == 1, done.stdout + done.stderr
         assert done.stderr == (
             f"error: cannot open lock file {o.history}/.lock: Permission denied [EACCES] "
-            "(nothing was done; the files belong to another user: chown -R them to the user "
-            "that runs adopt (the service's), then run adopt again)\n"
+            f"(nothing was done; {o.history} belongs to uid 0 (root), not to this user "
+            f"(uid {uid}): chown -R it to the user that runs adopt (the service's), then run "
+            "adopt again)\n"
         )
         assert sorted(os.listdir(o.history)) == before
+    finally:
+        shutil.rmtree(work)
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_a_root_this_user_cannot_write_is_named_with_its_owner_and_no_spool_is_made() -> None:
+    """The history and latest file handed over (the guide's chown), the root left root's:
+    adopt needs the root only for the latest link (the spool is the watcher's, which
+    makes it on start), so the one line names the root, its owner and the chown."""
+    work = Path(tempfile.mkdtemp(prefix="adopt-", dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        root = work / "root"
+        root.mkdir()
+        o = original_history(root)
+        uid = int(AS_OTHER[1].split("=")[1])  # the service's user, as setpriv makes it
+        for path in (o.history, *o.history.iterdir(), root / LATEST):
+            os.chown(path, uid, uid)
+        done = run_cli(root, "adopt", wrapper=tuple(AS_OTHER))
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert f"cannot create symlink {root / LATEST}: Permission denied" in done.stderr
+        assert done.stderr.rstrip().endswith(
+            f"{root} belongs to uid 0 (root), not to this user (uid {uid}): chown -R it to "
+            "the user that runs adopt (the service's), then run adopt again)"
+        )
+        assert "spool" not in done.stderr and "Traceback" not in done.stderr
+        assert sorted(os.listdir(root)) == [HISTORY, LATEST]
+
+        # Handed over as the line says, adopt finishes (and still makes no spool).
+        os.chown(root, uid, uid)
+        done = run_cli(root, "adopt", wrapper=tuple(AS_OTHER))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert adopted_problems(o) == []
+        assert not (root / "spool").exists()
     finally:
         shutil.rmtree(work)
 
