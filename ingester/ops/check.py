@@ -68,7 +68,7 @@ from ..runtime.logs import one_line
 from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
 from ..usage.words import RESET_PASSED, dated_ahead, in_words, percent_words, seconds_words
 from .check_facts import Facts, MirrorFacts
-from .queries import GONE_UNDER_READS
+from .queries import GONE_UNDER_READS, strays_words
 
 __all__ = [
     "CRITICAL",
@@ -284,6 +284,7 @@ class CheckResult:
             if f.last_updated
             else None,
             "backlog": f.backlog,
+            "strays": list(f.strays),
             "oldestDropAgeSeconds": f.oldest_drop_age,
             "rejectedLastHour": f.rejected_last_hour,
             "watcherPid": f.watcher_pid,
@@ -371,8 +372,18 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
 
 
 def _judge_intake(facts: Facts, limits: CheckLimits) -> list[Judgement]:
-    """The spool's backlog and the rejections of the last hour."""
-    return [_judge_backlog(facts, limits), _judge_rejected(facts, limits)]
+    """The spool's backlog and the rejections of the last hour; and, when there are any,
+    the files in ``.claimed/`` that no watcher takes."""
+    items = [_judge_backlog(facts, limits), _judge_rejected(facts, limits)]
+    if facts.strays and facts.claimed_dir is not None:
+        # No drop the watcher will store (it leaves them, with a warning, for good), so
+        # no backlog; but nothing ever clears them either: an operator must look.
+        # The count goes without thresholds: a grapher judging it by a bound would call
+        # one file CRITICAL or nothing at all, where the plugin says WARNING.
+        words = strays_words(facts.claimed_dir, facts.strays)
+        count = (("claimed_strays", len(facts.strays)),)
+        items.append(Judgement("claimed_strays", WARNING, None, 0, 0, words, counters=count))
+    return items
 
 
 def _judge_backlog(facts: Facts, limits: CheckLimits) -> Judgement:

@@ -1,9 +1,10 @@
 """What ``ingester check`` looks at: the facts of a history, gathered once, judged elsewhere.
 
 :func:`gather_facts` reads, and only reads: the newest version and its ``lastUpdated``,
-the spool's backlog (``.claimed/`` included), the rejections of the last hour, the
-mirror's state (:func:`mirror_facts`) and, when asked, the forecast of each limit. It
-takes no lock. Judging the facts against the thresholds is :func:`ingester.ops.check.judge`.
+the spool's backlog (``.claimed/`` included, but for the names there no watcher takes,
+which are kept apart), the rejections of the last hour, the mirror's state
+(:func:`mirror_facts`) and, when asked, the forecast of each limit. It takes no lock.
+Judging the facts against the thresholds is :func:`ingester.ops.check.judge`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..mirror.state import held_back, mirror_status
 from ..settings.resolved import Settings
 from ..usage.forecast import Forecast
 from ..usage.usage_history import forecast_of
-from .queries import history_problem, in_flight, read_latest
+from .queries import claimed_strays, history_problem, in_flight, read_latest
 
 __all__ = ["Facts", "MirrorFacts", "gather_facts", "mirror_facts"]
 
@@ -87,6 +88,10 @@ class Facts:
     held: int = 0
     """Versions in the history, those dated ahead of the clock included (``latest``
     ``None`` with some held: every one is dated more than a day ahead)."""
+    strays: tuple[str, ...] = ()
+    """Names in ``.claimed/`` no watcher takes (put there by hand): not in ``backlog``."""
+    claimed_dir: Path | None = None
+    """The spool's ``.claimed/`` (``None`` when the spool is not judged)."""
 
 
 def _spool_backlog(
@@ -218,6 +223,8 @@ def _intake(settings: Settings, now: datetime) -> dict[str, Any]:
         "rejected_last_hour": rejected,
         "backlog_problem": backlog_problem,
         "rejected_problem": rejected_problem,
+        "strays": tuple(claimed_strays(settings)),
+        "claimed_dir": settings.claimed_dir,
     }
 
 
