@@ -606,13 +606,48 @@ def test_verify_and_status_on_the_original_s_history_point_to_adopt(root: Path) 
     status = run_cli(root, "status")
     assert status.returncode == 0
     assert "verify --repair" not in status.stdout
-    assert "out of date (run 'ingester adopt')" in status.stdout
+    assert "incomplete: no latestVersion (run 'ingester adopt')" in status.stdout
     assert "a file, not a link (run 'ingester adopt')" in status.stdout
     assert json.loads(run_cli(root, "status", "--json").stdout)["adoptAdvised"] is True
 
     assert run_cli(root, "adopt").returncode == 0
     assert "adopt" not in run_cli(root, "status").stdout.split("settings:")[0]
     assert json.loads(run_cli(root, "verify", "--json").stdout)["adoptAdvised"] is False
+
+
+def test_metadata_times_off_only_by_the_milliseconds_of_a_save_are_no_disagreement(
+    root: Path,
+) -> None:
+    """The original wrote each save's milliseconds (``newestTimestamp`` ``…:00.412Z`` for
+    the version named ``…-00-…``): no reader calls that out of date. What its metadata
+    lacks (this project's ``latestVersion``) is said as that; a time a second off is
+    still out of date."""
+    o = original_history(root)
+    verify = run_cli(root, "verify").stdout
+    (line,) = [x for x in verify.splitlines() if x.startswith("PROBLEM  _metadata.json")]
+    assert "Timestamp" not in line and "latestVersion is missing" in line, line
+    status = run_cli(root, "status").stdout
+    assert "metadata     incomplete: no latestVersion (run 'ingester adopt')" in status
+    done = run_cli(root, "adopt")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "metadata: rewritten (it was incomplete: no latestVersion); totals kept" in done.stdout
+    assert "out of date" not in done.stdout
+
+    meta_path = o.history / "_metadata.json"
+    meta = json.loads(meta_path.read_bytes())
+    newest = meta["newestTimestamp"]
+    assert newest.endswith(".000Z")
+    for stamp in (newest[:-5] + ".999Z", newest[:-5] + "+00:00"):
+        meta_path.write_text(json.dumps({**meta, "newestTimestamp": stamp}))
+        assert "metadata     ok\n" in run_cli(root, "status").stdout, stamp
+        assert run_cli(root, "verify").returncode == 0, stamp
+    a_second_off = (datetime.fromisoformat(newest) + timedelta(seconds=1)).isoformat()
+    meta_path.write_text(json.dumps({**meta, "newestTimestamp": a_second_off}))
+    assert "metadata     out of date (run 'ingester verify --repair')" in (
+        run_cli(root, "status").stdout
+    )
+    verify = run_cli(root, "verify")
+    assert verify.returncode == 1 and f"newestTimestamp is '{a_second_off}'" in verify.stdout
 
 
 def test_a_snapshot_only_the_latest_file_holds_is_a_problem_only_adopt_fixes(root: Path) -> None:

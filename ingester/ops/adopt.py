@@ -12,9 +12,10 @@ project writes, and :func:`adopt_history` changes exactly those:
    snapshot that no version holds, that snapshot is first stored as a version of its
    own (named after the file's modification time and a hash of its bytes), so nothing
    the original served is lost.
-3. **The metadata's times have milliseconds of the save** and lack this project's two
-   extra keys: it is rewritten from a scan of the versions, keeping the original's
-   totals (created, deleted) and its ``lastCleanup``.
+3. **The metadata lacks this project's two extra keys** (its times have the milliseconds
+   of each save, which are no disagreement: a version's name says its time to the
+   second): it is rewritten from a scan of the versions, keeping the original's totals
+   (created, deleted) and its ``lastCleanup``.
 
 Every write goes through :mod:`ingester.history.durable`; each step is atomic on its own and the
 whole is idempotent, so a crash (``kill -9``) at any point leaves a history that the

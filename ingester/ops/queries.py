@@ -38,6 +38,7 @@ from ..history.durable import StorageError
 from ..history.local import LocalHistory
 from ..history.lock import history_holder, is_watcher
 from ..history.metadata import StorageMetadata
+from ..history.metadata_file import metadata_problem
 from ..history.names import is_version_name, parse_timestamp_from_filename
 from ..history.store import HistoryStore
 from ..intake.done_claims import finished_already, is_claim_name, stray_claims
@@ -505,8 +506,7 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
     names, info = read_latest(reader, now)
     stored, meta_problem = stored_metadata(reader)
     meta = derive_metadata(names, now, stored)
-    if meta_problem is None and stored.scan_facts() != meta.scan_facts():
-        meta_problem = "out of date"
+    meta_problem = metadata_problem(stored, meta_problem, meta)
 
     latest: LatestVersion | None = None
     if info is not None:
