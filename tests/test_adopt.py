@@ -506,10 +506,46 @@ def test_a_history_copied_as_root_and_not_handed_over_says_to_chown_it() -> None
         assert done.returncode == 1, done.stdout + done.stderr
         assert done.stderr == (
             f"error: cannot open lock file {o.history}/.lock: Permission denied [EACCES] "
-            "(nothing was done; the files belong to another user: chown -R them to the user "
-            "that runs adopt (the service's), then run adopt again)\n"
+            f"(nothing was done; {o.history} belongs to uid 0 (root), not to this user "
+            f"(uid {uid}): chown -R it to the user that runs adopt (the service's), then run "
+            "adopt again)\n"
         )
         assert sorted(os.listdir(o.history)) == before
+    finally:
+        shutil.rmtree(work)
+
+
+@pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def test_a_root_this_user_cannot_write_is_named_with_its_owner_and_no_spool_is_made() -> None:
+    """The history and latest file handed over (the guide's chown), the root left root's:
+    adopt needs the root only for the latest link (the spool is the watcher's, which
+    makes it on start), so the one line names the root, its owner and the chown."""
+    work = Path(tempfile.mkdtemp(prefix="adopt-", dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        root = work / "root"
+        root.mkdir()
+        o = original_history(root)
+        uid = int(AS_OTHER[1].split("=")[1])  # the service's user, as setpriv makes it
+        for path in (o.history, *o.history.iterdir(), root / LATEST):
+            os.chown(path, uid, uid)
+        done = run_cli(root, "adopt", wrapper=tuple(AS_OTHER))
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert f"cannot create symlink {root / LATEST}: Permission denied" in done.stderr
+        assert done.stderr.rstrip().endswith(
+            f"{root} belongs to uid 0 (root), not to this user (uid {uid}): chown -R it to "
+            "the user that runs adopt (the service's), then run adopt again)"
+        )
+        assert "spool" not in done.stderr and "Traceback" not in done.stderr
+        assert sorted(os.listdir(root)) == [HISTORY, LATEST]
+
+        # Handed over as the line says, adopt finishes (and still makes no spool).
+        os.chown(root, uid, uid)
+        done = run_cli(root, "adopt", wrapper=tuple(AS_OTHER))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert adopted_problems(o) == []
+        assert not (root / "spool").exists()
     finally:
         shutil.rmtree(work)
 
@@ -570,13 +606,48 @@ def test_verify_and_status_on_the_original_s_history_point_to_adopt(root: Path) 
     status = run_cli(root, "status")
     assert status.returncode == 0
     assert "verify --repair" not in status.stdout
-    assert "out of date (run 'ingester adopt')" in status.stdout
+    assert "incomplete: no latestVersion (run 'ingester adopt')" in status.stdout
     assert "a file, not a link (run 'ingester adopt')" in status.stdout
     assert json.loads(run_cli(root, "status", "--json").stdout)["adoptAdvised"] is True
 
     assert run_cli(root, "adopt").returncode == 0
     assert "adopt" not in run_cli(root, "status").stdout.split("settings:")[0]
     assert json.loads(run_cli(root, "verify", "--json").stdout)["adoptAdvised"] is False
+
+
+def test_metadata_times_off_only_by_the_milliseconds_of_a_save_are_no_disagreement(
+    root: Path,
+) -> None:
+    """The original wrote each save's milliseconds (``newestTimestamp`` ``…:00.412Z`` for
+    the version named ``…-00-…``): no reader calls that out of date. What its metadata
+    lacks (this project's ``latestVersion``) is said as that; a time a second off is
+    still out of date."""
+    o = original_history(root)
+    verify = run_cli(root, "verify").stdout
+    (line,) = [x for x in verify.splitlines() if x.startswith("PROBLEM  _metadata.json")]
+    assert "Timestamp" not in line and "latestVersion is missing" in line, line
+    status = run_cli(root, "status").stdout
+    assert "metadata     incomplete: no latestVersion (run 'ingester adopt')" in status
+    done = run_cli(root, "adopt")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "metadata: rewritten (it was incomplete: no latestVersion); totals kept" in done.stdout
+    assert "out of date" not in done.stdout
+
+    meta_path = o.history / "_metadata.json"
+    meta = json.loads(meta_path.read_bytes())
+    newest = meta["newestTimestamp"]
+    assert newest.endswith(".000Z")
+    for stamp in (newest[:-5] + ".999Z", newest[:-5] + "+00:00"):
+        meta_path.write_text(json.dumps({**meta, "newestTimestamp": stamp}))
+        assert "metadata     ok\n" in run_cli(root, "status").stdout, stamp
+        assert run_cli(root, "verify").returncode == 0, stamp
+    a_second_off = (datetime.fromisoformat(newest) + timedelta(seconds=1)).isoformat()
+    meta_path.write_text(json.dumps({**meta, "newestTimestamp": a_second_off}))
+    assert "metadata     out of date (run 'ingester verify --repair')" in (
+        run_cli(root, "status").stdout
+    )
+    verify = run_cli(root, "verify")
+    assert verify.returncode == 1 and f"newestTimestamp is '{a_second_off}'" in verify.stdout
 
 
 def test_a_snapshot_only_the_latest_file_holds_is_a_problem_only_adopt_fixes(root: Path) -> None:

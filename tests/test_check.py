@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from support import INVALID_SAMPLES, cli_env, run_cli
+from support.capabilities import fill, tmpfs
 from support.plugin_output import perfdata_problems
 
 from ingester.clock import iso_utc
@@ -710,3 +711,43 @@ def test_the_hold_item_judges_by_the_mirror_hold_check_is_given(root: Path, tmp_
     held = item("--mirror-hold", "3")
     assert (held["status"], held["value"], held["critical"]) == ("CRITICAL", 5, 3), held
     assert "mirror hold full (5 of 3 expired versions kept" in held["message"], held
+
+
+def test_a_full_spool_disk_is_critical_at_once_not_once_the_data_is_old(
+    tmp_path: Path, can_mount: None
+) -> None:
+    """Every POST gets a 503 and every submit fails on a full disk, while the newest data
+    is still fresh: check sees the room left where drops are written, so it alerts
+    now, not only once --max-age has passed."""
+    root = tmp_path / "root"
+    with tmpfs(root, size="4m"):
+        assert run_cli(root, "init").returncode == 0
+        ingest(root, tmp_path, timedelta(minutes=1))
+        code, line = check(root, before=("--max-bytes", "262144"))  # room for 10 and more
+        assert code == 0 and "free" not in line, line
+        report = json.loads(run_cli(root, "--max-bytes", "262144", "check", "--json").stdout)
+        (room,) = report["freeSpace"]
+        assert room["holds"] == ["spool", "history"] and room["readOnly"] is False
+        assert 0 < room["freeBytes"] <= 4 << 20
+
+        code, line = check(root, before=("--max-bytes", "524288"))  # 4 MiB: fewer than 10
+        assert code == 1, line
+        assert f"free on the filesystem of the spool and history ({root / 'spool'}), room " in line
+        assert "for fewer than 10 drops of the largest size (--max-bytes 524288)" in line
+
+        filler = fill(root / "spool" / "tmp")
+        refused = run_cli(root, "submit", "-", input=snapshot_at(timedelta(0)))
+        assert refused.returncode == 1 and "No space left on device" in refused.stderr
+        code, line = check(root)
+        assert code == 2, line
+        assert line.startswith(
+            "INGESTER CRITICAL - 0.0 MiB free on the filesystem of the spool and history "
+            f"({root / 'spool'}), less than one drop of the largest size (--max-bytes "
+            "1048576): POSTs are refused (503) and submit fails, and the watcher cannot "
+            "store drops; newest data "
+        ), line
+        assert " free_space=" in line and "B;10485760:;1048576:" in line
+
+        filler.unlink()
+        code, line = check(root, before=("--max-bytes", "262144"))
+        assert code == 0 and "free" not in line, line

@@ -27,7 +27,7 @@ from ingester.ops.check import (
     judge,
     parse_duration,
 )
-from ingester.ops.check_facts import Facts, MirrorFacts, mirror_facts
+from ingester.ops.check_facts import Facts, MirrorFacts, Room, mirror_facts
 from ingester.usage.forecast import Forecast, LimitForecast
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -464,3 +464,52 @@ def test_the_forecast_status_is_what_its_perfdata_says(
         # It may run out first: as much a run-out as one before the reset.
         soon = exhausts_at - NOW < timedelta(minutes=critical_minutes)
         assert item.code == (CRITICAL if soon else WARNING), (token, item.message)
+
+
+MIB = 1 << 20
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=64 * MIB),
+            st.one_of(st.none(), st.integers(min_value=0, max_value=10)),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=2,
+    ),
+    st.integers(min_value=1, max_value=2 * MIB),
+)
+def test_the_room_item_is_the_worst_filesystem_s_and_only_there_when_short(
+    rooms: list[tuple[int, int | None, bool]], max_bytes: int
+) -> None:
+    """WARNING with room for fewer than 10 drops of the largest size, CRITICAL below one,
+    with no inode left or read-only; no item at all while every filesystem has room."""
+    held = tuple(
+        Room((what,), Path(f"/{what}"), free, files, read_only)
+        for what, (free, files, read_only) in zip(("spool", "history"), rooms, strict=False)
+    )
+    base = replace(facts(60, 0, 0), rooms=held, max_bytes=max_bytes)
+    result = judge(base, CheckLimits())
+    expected = OK
+    for free, files, read_only in rooms:
+        if read_only or files == 0 or free < max_bytes:
+            expected = CRITICAL
+        elif free < 10 * max_bytes:
+            expected = max(expected, WARNING)
+    items = [i for i in result.items if i.name == "free_space"]
+    if expected == OK:
+        assert items == []
+        return
+    (item,) = items
+    assert item.code == expected and result.code >= expected
+    assert item.value == min(free for free, _files, _ro in rooms)
+    assert perfdata_problems(result.line()) == [], result.line()
+    if expected == WARNING:
+        assert "room for fewer than 10 drops of the largest size" in item.message
+    else:
+        assert any(
+            words in item.message
+            for words in ("mounted read-only", "no free inode", "less than one drop")
+        ), item.message

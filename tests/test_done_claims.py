@@ -58,3 +58,48 @@ def test_status_check_and_the_watcher_agree_on_which_claims_are_done(tmp_path: P
     aside = sorted(p.name for p in rejected.iterdir() if not p.name.endswith(".reason.json"))
     assert aside == ["bad.json", "worse.json"]
     assert _counts(root) == (0, 0, 0)
+
+
+def test_a_file_put_in_claimed_by_hand_is_named_apart_not_counted_as_backlog(
+    tmp_path: Path,
+) -> None:
+    """A name the watcher never gives a claim (``junk.json`` put there by hand): the
+    watcher leaves it for good, with a warning, so ``status`` and ``check`` do not count
+    it as a drop to come; they name it apart, and ``check`` warns (nothing clears it)."""
+    root = tmp_path / "root"
+    spool = root / "spool"
+    drop(spool, "d0.json", payload(0))
+    assert run_cli(root, "watch", "--once").returncode == 0
+    claimed = spool / ".claimed"
+    (claimed / "junk.json").write_bytes(payload(30))
+    (claimed / "notes.txt").write_bytes(b"by hand")
+    ran = run_cli(root, "watch", "--once")
+    assert ran.returncode == 0, ran.stderr
+    assert "ignoring" in ran.stderr and "junk.json" in ran.stderr
+    assert sorted(os.listdir(claimed)) == ["junk.json", "notes.txt"]  # left, for good
+
+    assert _counts(root) == (0, 0, 0)
+    state = json.loads(run_cli(root, "status", "--json").stdout)["spool"]
+    assert state["strays"] == ["junk.json", "notes.txt"]
+    words = (
+        f"2 file(s) in {claimed} the watcher will not take: junk.json, notes.txt "
+        "(not drops it gave a claim; remove or move them)"
+    )
+    status = run_cli(root, "status").stdout
+    assert "spool        0 waiting\n" in status
+    assert f"claimed      {words}\n" in status
+
+    check = run_cli(root, "check", "--max-age", "1000d")
+    assert check.returncode == 1, check.stdout
+    assert check.stdout.startswith(f"INGESTER WARNING - {words}; "), check.stdout
+    assert "backlog 0;" in check.stdout and " claimed_strays=2" in check.stdout
+    report = json.loads(run_cli(root, "check", "--json", "--max-age", "1000d").stdout)
+    assert report["backlog"] == 0 and report["strays"] == ["junk.json", "notes.txt"]
+    (item,) = [c for c in report["checks"] if c["name"] == "claimed_strays"]
+    assert (item["status"], item["message"]) == ("WARNING", words)
+
+    # Moved away, as the line says: nothing is named, and check is OK again.
+    for name in ("junk.json", "notes.txt"):
+        (claimed / name).rename(tmp_path / name)
+    assert json.loads(run_cli(root, "status", "--json").stdout)["spool"]["strays"] == []
+    assert run_cli(root, "check", "--max-age", "1000d").returncode == 0

@@ -368,7 +368,11 @@ def check(
     or its state file in the history), more items judge how far behind it is and how
     full the hold retention keeps for it (--mirror-hold) is. With --usage-warning,
     --usage-critical or --forecast (or --forecast-critical), one more item per usage
-    limit; a limit the newest snapshot lacks is judged on its last reading. The
+    limit; a limit the newest snapshot lacks is judged on its last reading. Where the
+    spool's or the history's filesystem has room for fewer than 10 drops of the largest
+    size (--max-bytes), a WARNING item says so; CRITICAL below one, with no inode left,
+    or mounted read-only (POSTs and submit fail there now). Files in spool/.claimed/
+    the watcher will not take are a WARNING item naming them. The
     line ends with performance data after '|'. Reads only; never takes the lock. With
     --from, judges the mirror in an object store: the age and usage items only. For
     cron, systemd timers with OnFailure= and monitoring agents: see docs/monitoring.md.

@@ -21,7 +21,7 @@ from ..clock import parse_iso_time, utc_now
 from ..errors import PERMISSION_ADVICE, describe_os_error, is_permission_problem
 from ..history.names import format_timestamp, parse_timestamp_from_filename
 from ..ops.adopt import ADOPT_ADVICE
-from ..ops.queries import GONE_UNDER_READS, STALE_AFTER, Status
+from ..ops.queries import GONE_UNDER_READS, STALE_AFTER, Status, strays_words
 from ..ops.queries import status as status_query
 from .common import App, align, echo_json, fail, refuse_closed_stdout, relative_age, say
 from .stores import reading_store
@@ -163,6 +163,8 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
         if spool.oldest_drop_at:
             backlog += f", oldest {_age_words(spool.oldest_drop_at, now)}"
         rows.append(["spool", backlog])
+    if spool.strays:
+        rows.append(["claimed", strays_words(spool.claimed_dir, spool.strays)])
     rejected = r.rejected
     if rejected.problem:
         rows.append(["rejected", f"{rejected.path} ({rejected.problem})"])
@@ -315,6 +317,7 @@ def status_json(s: Status) -> dict[str, Any]:
             "oldestDropAgeSeconds": _rounded(oldest_age),
             "problem": spool.problem,
             "claimedProblem": spool.claimed_problem,
+            "strays": list(spool.strays),
         },
         "rejected": {
             "path": os.fspath(s.rejected.path),

@@ -111,7 +111,6 @@ def adopt(app: App) -> None:
     wrong = nothing_to_adopt(s.root, s.history_dir, s.latest_path)
     if wrong is not None:
         raise fail(wrong)
-    _make_spool_folders(s)
     with writing_store(s, "adopt", initialize=False) as store:
         try:
             report = adopt_history(store, s.max_bytes)

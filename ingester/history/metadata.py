@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from ..errors import IngesterError
@@ -99,12 +100,48 @@ class StorageMetadata:
         """The file's bytes: camelCase keys, the six required ones first."""
         return (json.dumps(self.model_dump(by_alias=True), indent=2) + "\n").encode()
 
-    def scan_facts(self) -> tuple[int, str | None, str | None, str | None, int]:
-        """The keys that must agree with the version files on disk."""
-        return (
-            self.version_count,
-            self.oldest_timestamp,
-            self.newest_timestamp,
-            self.latest_version,
-            self.future_versions,
-        )
+    def scan_facts(self) -> tuple[object, ...]:
+        """The keys that must agree with the version files on disk, as compared: the
+        two times to the second (see :func:`_to_the_second`)."""
+        return tuple(_compared(key, getattr(self, name)) for key, name in _FACTS)
+
+    def facts_differing(self, derived: StorageMetadata) -> list[str]:
+        """The camelCase keys among :meth:`scan_facts` on which this metadata (as read)
+        and ``derived`` (the same recomputed from the version files) disagree, in the
+        file's order; empty when they agree."""
+        return [
+            key
+            for key, name in _FACTS
+            if _compared(key, getattr(self, name)) != _compared(key, getattr(derived, name))
+        ]
+
+
+_FACTS = (
+    ("versionCount", "version_count"),
+    ("oldestTimestamp", "oldest_timestamp"),
+    ("newestTimestamp", "newest_timestamp"),
+    ("latestVersion", "latest_version"),
+    ("futureVersions", "future_versions"),
+)
+"""The scan facts: (camelCase key, field name)."""
+
+
+def _compared(key: str, value: object) -> object:
+    return _to_the_second(value) if key.endswith("Timestamp") else value
+
+
+def _to_the_second(value: object) -> object:
+    """A time as the metadata holds it, compared to the second: a version's name says its
+    time to the second, and the original server wrote the milliseconds of each save
+    (``2026-11-21T10:30:00.412Z`` for the version named ``2026-11-21T10-30-00-…``), which
+    say nothing the files disagree with. Anything that is no such time is compared as
+    written."""
+    if not isinstance(value, str):
+        return value
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if stamp.tzinfo is None:
+        return value
+    return stamp.astimezone(UTC).replace(microsecond=0)

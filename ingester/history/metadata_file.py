@@ -91,11 +91,19 @@ def metadata_problem(
     stored: StorageMetadata, problem: str | None, derived: StorageMetadata
 ) -> str | None:
     """Why the stored metadata must be rewritten: ``problem`` as read (``"missing"``,
-    ``"corrupt"``, ...), else ``"out of date"`` when its scan facts differ from
-    ``derived`` (the same metadata with the facts recomputed), else ``None``."""
-    if problem is None and stored.scan_facts() != derived.scan_facts():
-        return "out of date"
-    return problem
+    ``"corrupt"``, ...), else ``"incomplete: no latestVersion"`` when it disagrees with
+    ``derived`` (the same metadata with the facts recomputed) only by lacking keys (this
+    project's, which the original server never wrote), else ``"out of date"`` when its
+    scan facts differ (times to the second: see
+    :meth:`~.metadata.StorageMetadata.facts_differing`), else ``None``."""
+    if problem is not None:
+        return problem
+    differing = stored.facts_differing(derived)
+    if not differing:
+        return None
+    if all(key in stored.absent for key in differing):
+        return f"incomplete: no {', '.join(differing)}"
+    return "out of date"
 
 
 def with_larger_totals(ours: StorageMetadata, on_disk: StorageMetadata) -> StorageMetadata:

@@ -3,7 +3,10 @@ its drop was going already: stored in the history, or set aside in the quarantin
 
 The watcher's recovery finishes such a claim by these rules (removing it), and
 ``status`` and ``check`` count it by the same ones, so that a drop counts once, as what
-the next watcher makes of it. Reads only; nothing here loads the watcher's machinery.
+the next watcher makes of it. A name the watcher never gives a claim (a file put there
+by hand) is no claim at all: the watcher leaves it with a warning, so it is named apart
+(:func:`stray_claims`), never counted as a drop to come. Reads only; nothing here loads
+the watcher's machinery.
 """
 
 from __future__ import annotations
@@ -18,7 +21,21 @@ from ..history.names import is_version_name
 from .quarantine import is_set_aside_claim, set_aside_already
 from .spool import Opened, open_entry
 
-__all__ = ["finished_already", "stored_already"]
+__all__ = ["finished_already", "is_claim_name", "stored_already", "stray_claims"]
+
+
+def is_claim_name(name: str) -> bool:
+    """Whether ``name`` in ``.claimed/`` is one the watcher gives a claim: a version name
+    (a drop on its way to the history) or a set-aside claim's (on its way to the
+    quarantine). The watcher's recovery takes exactly these and leaves any other name,
+    with a warning, for good."""
+    return is_set_aside_claim(name) or is_version_name(name)
+
+
+def stray_claims(names: list[str]) -> list[str]:
+    """Of ``names`` (as listed in ``.claimed/``), those no watcher takes (see
+    :func:`is_claim_name`), sorted: files only an operator can remove or move."""
+    return sorted(n for n in names if not is_claim_name(n))
 
 
 def stored_already(claim: Path, version_file: Path) -> bool:

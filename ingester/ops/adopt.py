@@ -12,9 +12,10 @@ project writes, and :func:`adopt_history` changes exactly those:
    snapshot that no version holds, that snapshot is first stored as a version of its
    own (named after the file's modification time and a hash of its bytes), so nothing
    the original served is lost.
-3. **The metadata's times have milliseconds of the save** and lack this project's two
-   extra keys: it is rewritten from a scan of the versions, keeping the original's
-   totals (created, deleted) and its ``lastCleanup``.
+3. **The metadata lacks this project's two extra keys** (its times have the milliseconds
+   of each save, which are no disagreement: a version's name says its time to the
+   second): it is rewritten from a scan of the versions, keeping the original's totals
+   (created, deleted) and its ``lastCleanup``.
 
 Every write goes through :mod:`ingester.history.durable`; each step is atomic on its own and the
 whole is idempotent, so a crash (``kill -9``) at any point leaves a history that the
@@ -40,6 +41,7 @@ from ..errors import PayloadRejected, StorageError, attribute_refusal, describe_
 from ..history import durable
 from ..history.names import STAMP_FORMAT, is_version_name, parse_timestamp_from_filename
 from ..history.store import VERSION_MODE, HistoryStore
+from ..intake.spool import user_words
 from ..payload.gate import check_payload
 
 __all__ = [
@@ -146,24 +148,41 @@ def refused_advice(path: Path) -> str:
     """What to do when adopt was refused (EPERM, EACCES) a change of ``path``, by its
     cause: an attribute of ``path`` or of its folder (immutable, append-only: root is
     refused too; the refusal's own words name it and what clears it), files of another
-    user (to ``chown``), or else the owner, mode and attributes to look at. One clause,
-    ending ``then run adopt again``. Never raises."""
+    user (to ``chown``), a folder of another user (named, with its owner: the root
+    holding the latest link, or a history copied in as root), or else the owner, mode
+    and attributes to look at. One clause, ending ``then run adopt again``. Never raises.
+    """
     if attribute_refusal(path) is not None:
         return "clear that attribute, then run adopt again"
     me = os.geteuid()
-    owners = set()
-    for where in (path, path.parent):
-        with contextlib.suppress(OSError):
-            owners.add(os.lstat(where).st_uid)
-    if me != 0 and owners - {me}:
-        return (
-            "the files belong to another user: chown -R them to the user that runs adopt "
-            "(the service's), then run adopt again"
-        )
+    if me != 0:
+        owner = _owner(path)
+        if owner is not None and owner != me:
+            return (
+                "the files belong to another user: chown -R them to the user that runs "
+                "adopt (the service's), then run adopt again"
+            )
+        owner = _owner(path.parent)
+        if owner is not None and owner != me:
+            # Running adopt as that owner (root, most often) would leave what it writes
+            # that owner's, and the service refused at its next start: chown is the fix.
+            return (
+                f"{path.parent} belongs to {user_words(owner)}, not to this user "
+                f"({user_words(me)}): chown -R it to the user that runs adopt (the "
+                "service's), then run adopt again"
+            )
     return (
         "this user may not change it: check the owner, mode and attributes of it and its "
         "folder (ls -ld, lsattr -d), then run adopt again"
     )
+
+
+def _owner(path: Path) -> int | None:
+    """The uid owning ``path`` (not followed), or ``None`` when it cannot be told."""
+    try:
+        return os.lstat(path).st_uid
+    except OSError:
+        return None
 
 
 def _holds_versions(folder: Path) -> bool:

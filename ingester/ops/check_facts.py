@@ -1,9 +1,11 @@
 """What ``ingester check`` looks at: the facts of a history, gathered once, judged elsewhere.
 
 :func:`gather_facts` reads, and only reads: the newest version and its ``lastUpdated``,
-the spool's backlog (``.claimed/`` included), the rejections of the last hour, the
-mirror's state (:func:`mirror_facts`) and, when asked, the forecast of each limit. It
-takes no lock. Judging the facts against the thresholds is :func:`ingester.ops.check.judge`.
+the spool's backlog (``.claimed/`` included, but for the names there no watcher takes,
+which are kept apart), the room left on the spool's and the history's filesystems,
+the rejections of the last hour, the mirror's state
+(:func:`mirror_facts`) and, when asked, the forecast of each limit. It takes no lock.
+Judging the facts against the thresholds is :func:`ingester.ops.check.judge`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,9 @@ from ..mirror.state import held_back, mirror_status
 from ..settings.resolved import Settings
 from ..usage.forecast import Forecast
 from ..usage.usage_history import forecast_of
-from .queries import history_problem, in_flight, read_latest
+from .queries import claimed_strays, history_problem, in_flight, read_latest
 
-__all__ = ["Facts", "MirrorFacts", "gather_facts", "mirror_facts"]
+__all__ = ["Facts", "MirrorFacts", "Room", "gather_facts", "mirror_facts"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,46 @@ class MirrorFacts:
     pid: int | None = None
     held: int = 0
     hold_max: int | None = None
+
+
+@dataclass(frozen=True)
+class Room:
+    """What is left on the filesystem of the spool, the history, or both (one filesystem).
+
+    ``holds``: ``("spool",)``, ``("history",)`` or both; ``path``: the first folder's;
+    ``free``: bytes a writer that is not root may still use (the blocks kept for root
+    left out: the service is no root); ``files``: inodes such a writer may still make,
+    ``None`` where the filesystem does not count them; ``read_only``: mounted so.
+    """
+
+    holds: tuple[str, ...]
+    path: Path
+    free: int
+    files: int | None
+    read_only: bool
+
+
+def _rooms(settings: Settings) -> tuple[Room, ...]:
+    """The room on the spool's and the history's filesystems (one entry when they share
+    one). A folder that cannot be reached is left out: the other items say why."""
+    found: dict[int, Room] = {}
+    for what, folder in (("spool", settings.spool_dir), ("history", settings.history_dir)):
+        try:
+            device = os.stat(folder).st_dev
+            st = os.statvfs(folder)
+        except OSError:
+            continue
+        if device in found:
+            found[device] = replace(found[device], holds=(*found[device].holds, what))
+            continue
+        found[device] = Room(
+            (what,),
+            folder,
+            st.f_bavail * st.f_frsize,
+            st.f_favail if st.f_files else None,
+            bool(st.f_flag & os.ST_RDONLY),
+        )
+    return tuple(found.values())
 
 
 @dataclass(frozen=True)
@@ -87,6 +129,14 @@ class Facts:
     held: int = 0
     """Versions in the history, those dated ahead of the clock included (``latest``
     ``None`` with some held: every one is dated more than a day ahead)."""
+    strays: tuple[str, ...] = ()
+    """Names in ``.claimed/`` no watcher takes (put there by hand): not in ``backlog``."""
+    claimed_dir: Path | None = None
+    """The spool's ``.claimed/`` (``None`` when the spool is not judged)."""
+    rooms: tuple[Room, ...] = ()
+    """The room left where drops and versions are written (see :class:`Room`)."""
+    max_bytes: int = 0
+    """The largest drop accepted (``--max-bytes``): what one more drop may need."""
 
 
 def _spool_backlog(
@@ -218,6 +268,10 @@ def _intake(settings: Settings, now: datetime) -> dict[str, Any]:
         "rejected_last_hour": rejected,
         "backlog_problem": backlog_problem,
         "rejected_problem": rejected_problem,
+        "strays": tuple(claimed_strays(settings)),
+        "claimed_dir": settings.claimed_dir,
+        "rooms": _rooms(settings),
+        "max_bytes": settings.max_bytes,
     }
 
 

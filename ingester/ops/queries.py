@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,9 +38,10 @@ from ..history.durable import StorageError
 from ..history.local import LocalHistory
 from ..history.lock import history_holder, is_watcher
 from ..history.metadata import StorageMetadata
+from ..history.metadata_file import metadata_problem
 from ..history.names import is_version_name, parse_timestamp_from_filename
 from ..history.store import HistoryStore
-from ..intake.done_claims import finished_already
+from ..intake.done_claims import finished_already, is_claim_name, stray_claims
 from ..intake.spool import Candidate, Spool
 from ..mirror.state import mirror_status
 from ..payload.gate import check_payload, read_payload
@@ -56,6 +58,7 @@ __all__ = [
     "SpoolState",
     "Status",
     "VersionInfo",
+    "claimed_strays",
     "history_problem",
     "in_flight",
     "list_report",
@@ -66,6 +69,7 @@ __all__ = [
     "resolve_version_name",
     "root_problem",
     "status",
+    "strays_words",
 ]
 
 STALE_AFTER = timedelta(minutes=10)
@@ -289,10 +293,32 @@ def in_flight(claims: list[Candidate], settings: Settings) -> list[Candidate]:
     return [
         c
         for c in claims
-        if not finished_already(
+        if is_claim_name(c.name)
+        and not finished_already(
             settings.claimed_dir / c.name, settings.history_dir, settings.rejected_dir
         )
     ]
+
+
+def strays_words(claimed_dir: Path, strays: Sequence[str]) -> str:
+    """The words ``status`` and ``check`` name :func:`claimed_strays` by (the first three,
+    then how many more), with what to do about them."""
+    shown = ", ".join(strays[:3]) + (f" and {len(strays) - 3} more" if len(strays) > 3 else "")
+    return (
+        f"{len(strays)} file(s) in {claimed_dir} the watcher will not take: {shown} "
+        "(not drops it gave a claim; remove or move them)"
+    )
+
+
+def claimed_strays(settings: Settings) -> list[str]:
+    """The names in ``settings.claimed_dir`` that no watcher takes (put there by hand):
+    it leaves them there for good, with a warning, so they are no backlog; only an
+    operator can remove or move them. Sorted; none when the folder cannot be listed
+    (that is said as the claims' problem). Reads only."""
+    try:
+        return stray_claims(Spool(settings.spool_dir).claimed())
+    except StorageError:
+        return []
 
 
 def _rejected_state(settings: Settings, spool: Spool) -> RejectedState:
@@ -358,6 +384,7 @@ def _spool_state(
         oldest_drop_at=oldest_at,
         problem=None,
         claimed_problem=_named_problem(settings.claimed_dir),
+        strays=tuple(claimed_strays(settings)),
     )
 
 
@@ -395,6 +422,13 @@ class SpoolState:
     oldest_drop_at: datetime | None
     problem: str | None
     claimed_problem: str | None = None
+    strays: tuple[str, ...] = ()
+    """Names in ``.claimed/`` no watcher takes (see :func:`claimed_strays`): not counted."""
+
+    @property
+    def claimed_dir(self) -> Path:
+        """The spool's ``.claimed/``, where the watcher keeps the drops it has taken."""
+        return Spool(self.path).claimed_dir
 
     @property
     def backlog(self) -> int | None:
@@ -472,8 +506,7 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
     names, info = read_latest(reader, now)
     stored, meta_problem = stored_metadata(reader)
     meta = derive_metadata(names, now, stored)
-    if meta_problem is None and stored.scan_facts() != meta.scan_facts():
-        meta_problem = "out of date"
+    meta_problem = metadata_problem(stored, meta_problem, meta)
 
     latest: LatestVersion | None = None
     if info is not None:

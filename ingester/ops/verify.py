@@ -124,12 +124,10 @@ def _metadata_findings(reader: HistoryReader, names: list[str], now: datetime) -
     scanned = derive_metadata(names, now, stored)
     stored_json = stored.model_dump(by_alias=True)
     scanned_json = scanned.model_dump(by_alias=True)
-    keys = ("versionCount", "oldestTimestamp", "newestTimestamp", "latestVersion", "futureVersions")
     wrong = [
         f"{key} is {'missing' if key in stored.absent else _said(stored_json[key])}, "
         f"the files say {_said(scanned_json[key])}"
-        for key in keys
-        if stored_json[key] != scanned_json[key]
+        for key in stored.facts_differing(scanned)
     ]
     if wrong:
         return [Finding("metadata", METADATA_NAME, "; ".join(wrong), True)]
