@@ -77,6 +77,8 @@ def test_a_file_put_in_claimed_by_hand_is_named_apart_not_counted_as_backlog(
     assert ran.returncode == 0, ran.stderr
     assert "ignoring" in ran.stderr and "junk.json" in ran.stderr
     assert sorted(os.listdir(claimed)) == ["junk.json", "notes.txt"]  # left, for good
+    # Nor does the watcher's own stop line count them as drops its next start will take.
+    assert " stopped: 0 ingested, 0 rejected, 0 waiting" in ran.stderr, ran.stderr
 
     assert _counts(root) == (0, 0, 0)
     state = json.loads(run_cli(root, "status", "--json").stdout)["spool"]

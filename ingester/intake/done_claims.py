@@ -19,17 +19,9 @@ from pathlib import Path
 from ..errors import StorageError
 from ..history.names import is_version_name
 from .quarantine import is_set_aside_claim, set_aside_already
-from .spool import Opened, open_entry
+from .spool import Opened, is_claim_name, open_entry
 
 __all__ = ["finished_already", "is_claim_name", "stored_already", "stray_claims"]
-
-
-def is_claim_name(name: str) -> bool:
-    """Whether ``name`` in ``.claimed/`` is one the watcher gives a claim: a version name
-    (a drop on its way to the history) or a set-aside claim's (on its way to the
-    quarantine). The watcher's recovery takes exactly these and leaves any other name,
-    with a warning, for good."""
-    return is_set_aside_claim(name) or is_version_name(name)
 
 
 def stray_claims(names: list[str]) -> list[str]:

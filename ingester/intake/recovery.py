@@ -35,7 +35,7 @@ from ..errors import StorageError, os_cause
 from ..history import durable
 from ..history.batch import Batch
 from ..history.names import is_version_name
-from .done_claims import stored_already
+from .done_claims import is_claim_name, stored_already
 from .intake import Intake
 from .outcomes import Dropped, Ignored, Outcome, Recovered, Rejected, Stored
 from .quarantine import CLAIM_PREFIX, is_set_aside_claim
@@ -462,9 +462,7 @@ def _take_back(old_spool: int, spool: Spool) -> ClaimsLeft:
     except OSError:
         return left  # removed, or nothing was ever taken there
     try:
-        claims = sorted(
-            name for name in os.listdir(old) if is_version_name(name) or is_set_aside_claim(name)
-        )
+        claims = sorted(name for name in os.listdir(old) if is_claim_name(name))
         if claims:
             _link_claims(claims, old, spool.claimed_dir, left)
     except (OSError, StorageError) as exc:

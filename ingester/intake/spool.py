@@ -30,8 +30,8 @@ from pathlib import Path
 from ..clock import utc_now
 from ..errors import StorageError, folder_not_entered, on_read_only_filesystem
 from ..history import durable
-from ..history.names import STAMP_FORMAT
-from .quarantine import REASON_SUFFIX, Quarantine
+from ..history.names import STAMP_FORMAT, is_version_name
+from .quarantine import REASON_SUFFIX, Quarantine, is_set_aside_claim
 from .quarantine import entry_kind as _kind
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "Spool",
     "Unreadable",
     "drop_name_for_now",
+    "is_claim_name",
     "is_drop_name",
     "user_words",
 ]
@@ -60,6 +61,14 @@ def drop_name_for_now() -> str:
     """A fresh drop name: the current UTC time and a random part."""
     now = utc_now()
     return f"{now.strftime(STAMP_FORMAT)}-{now.microsecond:06d}-{secrets.token_hex(4)}.json"
+
+
+def is_claim_name(name: str) -> bool:
+    """Whether ``name`` in ``.claimed/`` is one the watcher gives a claim: a version name
+    (a drop on its way to the history) or a set-aside claim's (on its way to the
+    quarantine). The watcher's recovery takes exactly these and leaves any other name,
+    with a warning, for good."""
+    return is_set_aside_claim(name) or is_version_name(name)
 
 
 @dataclass(frozen=True)
@@ -273,12 +282,17 @@ class Spool:
         return found
 
     def backlog(self) -> int:
-        """Drops not stored yet: regular files named like drops in the spool and in
-        ``.claimed/`` (taken but maybe not stored). Raises :class:`StorageError` when the
-        spool cannot be listed; a missing ``.claimed/`` holds none."""
+        """Drops not stored yet: regular files named like drops in the spool, and claims
+        in ``.claimed/`` (taken but maybe not stored; a name no watcher gives a claim is
+        no drop to come, see :func:`is_claim_name`). Raises :class:`StorageError` when
+        the spool cannot be listed; a missing ``.claimed/`` holds none."""
         waiting = sum(1 for c in self.scan() if stat.S_ISREG(c.mode))
         try:
-            claimed = sum(1 for c in self.scan(self.claimed_dir) if stat.S_ISREG(c.mode))
+            claimed = sum(
+                1
+                for c in self.scan(self.claimed_dir)
+                if stat.S_ISREG(c.mode) and is_claim_name(c.name)
+            )
         except StorageError as exc:
             if exc.errno != errno.ENOENT:
                 raise
