@@ -885,3 +885,40 @@ def test_a_forecast_that_left_out_an_unreadable_version_is_no_304_once_it_counts
             same = server.get(FORECAST, headers={"If-None-Match": again.headers["etag"]})
             assert same.status_code == 304
             assert server.stop() == 0
+
+
+def test_a_snapshot_dated_ahead_gives_way_to_the_one_stored_after_it_everywhere(
+    root: Path,
+) -> None:
+    """The data's own answer shows the version stored last (the latest link's); the
+    forecast is of that snapshot too, over HTTP, by ``ingester forecast`` and by
+    ``check``, not of one stored before it whose scraper's clock ran 40 minutes ahead
+    (which it would otherwise show until a snapshot observed later still came)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    for i in range(6):
+        stored = now - timedelta(minutes=55 - 10 * i)
+        updated = stored - timedelta(seconds=5)
+        used = 40 + i
+        if i == 2:
+            updated, used = stored + timedelta(minutes=40), 90  # dated ahead of the clock
+        body = snapshot(i, updated)
+        body["weeklyLimits"]["allModels"]["percentageUsed"] = used
+        put_version(root, version_name(stored, i), json.dumps(body).encode())
+    env = {"INGESTER_CONSOLE_TIMEZONE": ZONE}
+    with ServeProcess(root, env=env) as server:
+        card = server.get(API).json()
+        served = server.get(FORECAST).json()
+        assert "Traceback" not in server.log
+    assert card["weeklyLimits"]["allModels"]["percentageUsed"] == 45
+    assert served["asOf"] == iso(datetime.fromisoformat(card["lastUpdated"]))
+    weekly = limits_of(served)["weeklyLimits.allModels"]
+    assert (weekly["percentageUsed"], weekly["observedAt"]) == (45, served["asOf"])
+    # The rate is the five snapshots in line, the one dated ahead left out: 1 % in 10 min.
+    assert weekly["basis"]["points"] == 5 and weekly["ratePerHour"] == 6.0
+    cli = run_cli(root, "forecast", "--json", **env)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout) == served
+    checked = run_cli(root, "check", "--forecast", "--json", **env)
+    assert json.loads(checked.stdout)["usage"] == served, checked.stdout + checked.stderr
+    table = run_cli(root, "check", "--usage-warning", "80", **env)
+    assert "weeklyLimits.allModels 45 % used" in table.stdout, table.stdout

@@ -74,7 +74,7 @@ def forecast(app: App, as_json: bool) -> None:
         return
     as_of = result.as_of.astimezone(zone)
     say(
-        f"as of {as_of.strftime('%a %Y-%m-%d %H:%M')} (the newest lastUpdated), "
+        f"as of {as_of.strftime('%a %Y-%m-%d %H:%M')} (the newest snapshot's lastUpdated), "
         f"times in {zone_name}"
     )
     rows = [["limit", "used", "resets", "rate", "at this rate"]]

@@ -179,7 +179,8 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "asOf": {
                 "type": ["string", "null"],
-                "description": "The newest lastUpdated (ISO-8601 UTC); null when no version "
+                "description": "The newest snapshot's lastUpdated (ISO-8601 UTC; a lastUpdated "
+                "counts as no later than when its snapshot was stored); null when no version "
                 "holds a readable snapshot",
             },
             "consoleTimeZone": {

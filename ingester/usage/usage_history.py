@@ -16,7 +16,7 @@ the ingest time in its version name), so::
     start = newest ingest time - BASIS - CLOCK_AHEAD
     repeat:
         read the versions ingested since start (those not read before)
-        as_of = their newest lastUpdated
+        as_of = the lastUpdated of the newest of them (forecast.newest_of)
         if as_of - BASIS - CLOCK_AHEAD >= start: done
         start = as_of - BASIS - CLOCK_AHEAD     # a backfill: older data stored lately
 
@@ -56,7 +56,7 @@ from ..errors import (
 from ..history.base import HistoryReader, VersionEntry
 from ..history.index import HistoryIndex, HistorySnapshot
 from ..payload.gate import check_payload, load_json
-from .forecast import BASIS, Forecast, forecast
+from .forecast import BASIS, Forecast, forecast, newest_of
 from .readings import CLOCK_AHEAD, Observation, Reading, newer_readings, observe
 
 __all__ = [
@@ -297,13 +297,14 @@ class UsageHistory:
                         fresh.append(obs)
                 observations = fresh + observations
                 lo = first
-            usable = [o.observed_at for o in observations if not o.ran_ahead()]
+            usable = [o for o in observations if not o.ran_ahead()]
+            as_of = newest_of(usable).observed_at if usable else None
             if lo == 0:
                 break
-            if not usable:  # nothing readable this recent: look further back
+            if as_of is None:  # nothing readable this recent: look further back
                 start = times[lo - 1] - span.total_seconds()
                 continue
-            wanted = max(usable).timestamp() - span.total_seconds()
+            wanted = as_of.timestamp() - span.total_seconds()
             if wanted >= start:
                 break
             start = wanted
