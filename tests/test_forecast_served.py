@@ -959,4 +959,4 @@ def test_a_forecast_not_of_the_latest_version_says_why(root: Path, late: str) ->
     cli = run_cli(root, "forecast", "--json", **env)
     assert json.loads(cli.stdout) == served, cli.stderr
     table = run_cli(root, "forecast", **env)
-    assert table.stdout.splitlines()[1] == f"of {newest}, not the latest version: {why}"
+    assert table.stdout.splitlines()[-1] == f"of {newest}, not the latest version: {why}"

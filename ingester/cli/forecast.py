@@ -77,9 +77,6 @@ def forecast(app: App, as_json: bool) -> None:
         f"as of {as_of.strftime('%a %Y-%m-%d %H:%M')} (the newest snapshot's lastUpdated), "
         f"times in {zone_name}"
     )
-    if answer.not_latest is not None:
-        # The data's own answer (and `ingester show latest`) shows another snapshot.
-        say(f"of {answer.version}, not the latest version: {answer.not_latest}")
     rows = [["limit", "used", "resets", "rate", "at this rate"]]
     for limit in result.limits:
         # Times are dated when they lie 6 days or more from now, the reader's time: the
@@ -102,3 +99,6 @@ def forecast(app: App, as_json: bool) -> None:
             f"{limit.limit}: last read {observed}; not in the newest snapshot "
             f"({limit.missing_reason})"
         )
+    if answer.not_latest is not None:
+        # The data's own answer (and `ingester show latest`) shows another snapshot.
+        say(f"of {answer.version}, not the latest version: {answer.not_latest}")
