@@ -430,9 +430,24 @@
     setText("zone-note", words);
   }
 
+  // The cards go by the forecast's newest snapshot; where that is not the latest
+  // version (whose time and name the lines above show), the server says why.
+  function renderForecastOf() {
+    const answer = state.forecast;
+    const why = answer && answer.notLatest ? String(answer.notLatest) : "";
+    const el = $("forecast-of");
+    el.hidden = !why;
+    setText(
+      "forecast-of",
+      why ? "The cards and the forecast are of " + answer.version + ", not the latest " +
+        "version: " + why + "." : "",
+    );
+  }
+
   function renderForecasts() {
     renderCards();
     renderZone();
+    renderForecastOf();
     WINDOWS.forEach((w) => renderForecast($(w.gauge), forecastFor(w.key)));
     const known = new Set(WINDOWS.map((w) => w.key));
     const extras = state.forecast ? state.forecast.limits.filter((l) => !known.has(l.limit)) : [];
