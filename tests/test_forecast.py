@@ -617,6 +617,25 @@ def test_the_newest_snapshot_names_the_limits_and_the_time() -> None:
     assert limit_of(result).rate_per_hour == pytest.approx(5)
 
 
+def test_a_snapshot_observed_after_the_one_stored_last_is_left_out() -> None:
+    # Observed 50 minutes after it was stored (its scraper's clock ran ahead, within the
+    # hour allowed): it counts as observed when it was stored, so the snapshot stored
+    # after it is the newest, as the data's own answer (the latest link) shows, not
+    # this one until a snapshot observed later still comes.
+    ahead = Observation(
+        T0 + timedelta(minutes=100), obs(100, 90).readings, stored_at=T0 + timedelta(minutes=50)
+    )
+    stored_last = obs(60, 25)
+    result = forecast([obs(0, 20), ahead, stored_last])
+    assert result.as_of == stored_last.observed_at
+    weekly = limit_of(result)
+    assert (weekly.percentage, weekly.points) == (25, 2)
+    assert weekly.rate_per_hour == pytest.approx(5)
+    # Nor does a reading of it held from before the basis count.
+    held = {"weeklyLimits.allModels": (ahead.readings[0], ahead.observed_at)}
+    assert limit_of(forecast([obs(0, 20), stored_last], earlier=held)).percentage == 25
+
+
 def test_a_snapshot_from_a_clock_far_ahead_is_left_out() -> None:
     good = [obs(0, 10), obs(60, 12)]
     stamp = T0 + timedelta(days=700)

@@ -885,3 +885,78 @@ def test_a_forecast_that_left_out_an_unreadable_version_is_no_304_once_it_counts
             same = server.get(FORECAST, headers={"If-None-Match": again.headers["etag"]})
             assert same.status_code == 304
             assert server.stop() == 0
+
+
+def test_a_snapshot_dated_ahead_gives_way_to_the_one_stored_after_it_everywhere(
+    root: Path,
+) -> None:
+    """The data's own answer shows the version stored last (the latest link's); the
+    forecast is of that snapshot too, over HTTP, by ``ingester forecast`` and by
+    ``check``, not of one stored before it whose scraper's clock ran 40 minutes ahead
+    (which it would otherwise show until a snapshot observed later still came)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    for i in range(6):
+        stored = now - timedelta(minutes=55 - 10 * i)
+        updated = stored - timedelta(seconds=5)
+        used = 40 + i
+        if i == 2:
+            updated, used = stored + timedelta(minutes=40), 90  # dated ahead of the clock
+        body = snapshot(i, updated)
+        body["weeklyLimits"]["allModels"]["percentageUsed"] = used
+        put_version(root, version_name(stored, i), json.dumps(body).encode())
+    env = {"INGESTER_CONSOLE_TIMEZONE": ZONE}
+    with ServeProcess(root, env=env) as server:
+        card = server.get(API).json()
+        served = server.get(FORECAST).json()
+        assert "Traceback" not in server.log
+    assert card["weeklyLimits"]["allModels"]["percentageUsed"] == 45
+    assert served["asOf"] == iso(datetime.fromisoformat(card["lastUpdated"]))
+    assert (served["version"], served["notLatest"]) == (card["versionInfo"]["filename"], None)
+    weekly = limits_of(served)["weeklyLimits.allModels"]
+    assert (weekly["percentageUsed"], weekly["observedAt"]) == (45, served["asOf"])
+    # The rate is the five snapshots in line, the one dated ahead left out: 1 % in 10 min.
+    assert weekly["basis"]["points"] == 5 and weekly["ratePerHour"] == 6.0
+    cli = run_cli(root, "forecast", "--json", **env)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout) == served
+    checked = run_cli(root, "check", "--forecast", "--json", **env)
+    assert json.loads(checked.stdout)["usage"] == served, checked.stdout + checked.stderr
+    table = run_cli(root, "check", "--usage-warning", "80", **env)
+    assert "weeklyLimits.allModels 45 % used" in table.stdout, table.stdout
+
+
+@pytest.mark.parametrize("late", ["sent late", "clock far ahead"])
+def test_a_forecast_not_of_the_latest_version_says_why(root: Path, late: str) -> None:
+    """Where the forecast is not of the snapshot the data's own answer shows, it says so
+    and why, over HTTP and by ``ingester forecast``: a snapshot stored last but observed
+    before the others (a scraper sending what it queued: the forecast stays with the
+    console's present), or one dated more than an hour after it was stored (left out)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    for i in range(3):
+        stored = now - timedelta(minutes=30 - 10 * i)
+        put_version(root, version_name(stored, i), json.dumps(snapshot(i, stored)).encode())
+    observed = now - timedelta(hours=3) if late == "sent late" else now + timedelta(hours=2)
+    latest = version_name(now - timedelta(minutes=1), 9)
+    put_version(root, latest, json.dumps(snapshot(9, observed)).encode())
+    env = {"INGESTER_CONSOLE_TIMEZONE": ZONE}
+    with ServeProcess(root, env=env) as server:
+        assert server.get(API).json()["versionInfo"]["filename"] == latest
+        served = server.get(FORECAST).json()
+    newest = version_name(now - timedelta(minutes=10), 2)
+    assert served["version"] == newest
+    assert served["asOf"] == iso(now - timedelta(minutes=10))
+    if late == "sent late":
+        why = (
+            f"the latest version, {latest}, was observed at {iso(observed)}, before this "
+            "snapshot (a snapshot sent late)"
+        )
+    else:
+        why = (
+            f"the latest version, {latest}, is dated more than 1 h after it was stored (its "
+            "scraper's clock ran ahead), so it is left out"
+        )
+    assert served["notLatest"] == why
+    cli = run_cli(root, "forecast", "--json", **env)
+    assert json.loads(cli.stdout) == served, cli.stderr
+    table = run_cli(root, "forecast", **env)
+    assert table.stdout.splitlines()[-1] == f"of {newest}, not the latest version: {why}"

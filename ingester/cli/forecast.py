@@ -74,7 +74,7 @@ def forecast(app: App, as_json: bool) -> None:
         return
     as_of = result.as_of.astimezone(zone)
     say(
-        f"as of {as_of.strftime('%a %Y-%m-%d %H:%M')} (the newest lastUpdated), "
+        f"as of {as_of.strftime('%a %Y-%m-%d %H:%M')} (the newest snapshot's lastUpdated), "
         f"times in {zone_name}"
     )
     rows = [["limit", "used", "resets", "rate", "at this rate"]]
@@ -99,3 +99,6 @@ def forecast(app: App, as_json: bool) -> None:
             f"{limit.limit}: last read {observed}; not in the newest snapshot "
             f"({limit.missing_reason})"
         )
+    if answer.not_latest is not None:
+        # The data's own answer (and `ingester show latest`) shows another snapshot.
+        say(f"of {answer.version}, not the latest version: {answer.not_latest}")

@@ -4,11 +4,16 @@ Every JSON answer is rendered here: compact, UTF-8, ``application/json``, and va
 whatever a version holds (:func:`~ingester.json_text.json_bytes`). Errors of the
 read side are ``{"error", "message", ...}``; answers to the POST endpoints are
 ``{"success", "message", "timestamp", ...}``, as the original sync server's clients
-expect.
+expect. An answer whose body carries the time it was made (``timestamp``) has its
+``Date`` header from the same clock reading (:func:`http_date`), so the two never
+disagree: uvicorn's own ``Date`` is renewed once a second by its main loop, taken when
+the request came (a trigger's run may last minutes), and no longer renewed once the
+server is stopping.
 """
 
 from __future__ import annotations
 
+import email.utils
 import math
 from collections.abc import Mapping
 from datetime import datetime
@@ -35,6 +40,7 @@ __all__ = [
     "announces_body",
     "ending_connection",
     "error_answer",
+    "http_date",
     "iso",
     "json_answer",
     "parse_instant",
@@ -98,14 +104,26 @@ def error_answer(status: int, error: str, message: str, **extra: Any) -> Respons
     return json_answer({"error": error, "message": message, **extra}, status)
 
 
-def post_body(success: bool, message: str, **extra: Any) -> dict[str, Any]:
-    """A POST endpoint's answer body: ``{"success", "message", "timestamp", **extra}``."""
-    return {"success": success, "message": message, "timestamp": iso(utc_now()), **extra}
+def http_date(stamp: datetime) -> str:
+    """``stamp`` (aware) as an HTTP ``Date`` value: IMF-fixdate, in whole seconds (the
+    part of a second cut off, so a body's ``10:30:00.900Z`` is ``10:30:00 GMT``)."""
+    return email.utils.formatdate(stamp.timestamp(), usegmt=True)
+
+
+def post_body(
+    success: bool, message: str, *, at: datetime | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A POST endpoint's answer body: ``{"success", "message", "timestamp", **extra}``;
+    ``timestamp`` is ``at`` (default: now), the reading its ``Date`` should carry too."""
+    stamp = utc_now() if at is None else at
+    return {"success": success, "message": message, "timestamp": iso(stamp), **extra}
 
 
 def post_answer(status: int, success: bool, message: str, **extra: Any) -> Response:
-    """:func:`post_body` as a response with ``status``."""
-    return json_answer(post_body(success, message, **extra), status)
+    """:func:`post_body` as a response with ``status``, dated as its ``timestamp``."""
+    now = utc_now()
+    body = post_body(success, message, at=now, **extra)
+    return json_answer(body, status, headers={"Date": http_date(now)})
 
 
 parse_last_updated = parse_observed_at

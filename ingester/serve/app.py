@@ -19,7 +19,7 @@ from ..intake.spool import Spool
 from ..runtime.admission import format_peer
 from ..runtime.metrics import MetricsRegistry
 from ..threads import THREAD_LIMIT, OffLoop, is_thread_limit
-from .answers import JSON, announces_body, ending_connection, json_answer, post_body
+from .answers import JSON, announces_body, ending_connection, json_answer, post_answer
 from .backlog import BacklogWarnings, WatcherProbe
 from .context import ServeConfig, ServeContext
 from .forecast import install as install_forecast
@@ -110,10 +110,9 @@ async def _thread_limit(request: Request, exc: Exception) -> Response:
     )
     message = f"{THREAD_LIMIT}; retry"
     if request.method == "POST":
-        body: dict[str, object] = post_body(False, message, error="ThreadLimit")
+        answer = post_answer(503, False, message, error="ThreadLimit")
     else:
-        body = {"error": "ThreadLimit", "message": message}
-    answer = json_answer(body, 503)
+        answer = json_answer({"error": "ThreadLimit", "message": message}, 503)
     return ending_connection(answer) if announces_body(request.headers) else answer
 
 

@@ -31,7 +31,15 @@ from starlette.responses import Response
 
 from ..errors import VersionNotFound
 from ..usage.words import dated_ahead
-from .answers import STALE_AFTER_MINUTES, UNHEALTHY_AFTER_MINUTES, age_minutes, iso, json_answer
+from .answers import (
+    STALE_AFTER_MINUTES,
+    UNHEALTHY_AFTER_MINUTES,
+    age_minutes,
+    http_date,
+    iso,
+    json_answer,
+    parse_instant,
+)
 from .backlog import SpoolState
 from .context import ServeContext
 from .reads import latest_snapshot, read_payload
@@ -187,4 +195,9 @@ async def get_health(request: Request) -> Response:
     """Health verdict with the numbers behind it."""
     ctx: ServeContext = request.app.state.ctx
     _status, code, body = health_facts(ctx)
-    return json_answer(body, code, headers={"Cache-Control": "no-store"})
+    # Dated as the verdict's own timestamp: the same clock reading, to the second.
+    at = parse_instant(body["timestamp"])
+    headers = {"Cache-Control": "no-store"}
+    if at is not None:
+        headers["Date"] = http_date(at)
+    return json_answer(body, code, headers=headers)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from email.utils import parsedate_to_datetime
+from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
 
 import h11
@@ -36,9 +36,10 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
+from ..clock import utc_now
 from ..json_text import json_bytes
 from ..runtime.admission import client_key, format_peer
-from .answers import JSON, SERVED_VERSIONS, post_body
+from .answers import JSON, SERVED_VERSIONS, http_date, post_body
 from .connections import LINGER_S, ConnectionLayer, _answer
 
 __all__ = ["ServeProtocol", "protocol_class"]
@@ -127,10 +128,10 @@ _ANSWER_SENT = (h11.SEND_BODY, h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
 def _modified_no_later_than_date(event: h11.Response) -> h11.Response:
     """``event`` with its ``Last-Modified`` no later than its ``Date`` (RFC 9110 8.8.2.1).
 
-    The Date is the server's clock read at most about a second before (the server keeps
-    it, and renews it once a second), and a ``Last-Modified`` is the data's own time: a
-    snapshot taken within that second, or by a scraper whose clock runs ahead, would date
-    the answer in the future of every cache. Said here, where both are known."""
+    The Date is the server's clock as the head is sent (:func:`_dated_now`), in whole
+    seconds, and a ``Last-Modified`` is the data's own time: a snapshot taken within that
+    second, or by a scraper whose clock runs ahead, would date the answer in the future of
+    every cache. Said here, where both are known."""
     fields = dict(event.headers)
     date, modified = fields.get(b"date"), fields.get(b"last-modified")
     if date is None or modified is None:
@@ -149,6 +150,32 @@ def _modified_no_later_than_date(event: h11.Response) -> h11.Response:
     )
 
 
+def _dated_now(event: h11.Response) -> h11.Response:
+    """``event`` with one ``Date``: the app's where it gave one (an answer whose body
+    carries the time it was made, dated from the same clock reading), else the clock's
+    now.
+
+    uvicorn puts its own first, then the app's headers: its own is the server's clock as
+    its main loop last renewed it (once a second) when the request came, so it lags by
+    as long as the answer took (a trigger's run), and by however long the stop has
+    lasted once the server is stopping (the loop that renews it has ended)."""
+    dates = [i for i, (name, _) in enumerate(event.headers) if name == b"date"]
+    if not dates:
+        return event
+    headers = list(event.headers)
+    if len(dates) > 1:
+        for i in reversed(dates[:-1]):
+            del headers[i]
+    else:
+        headers[dates[0]] = (b"date", formatdate(usegmt=True).encode())
+    return h11.Response(
+        status_code=event.status_code,
+        headers=headers,
+        reason=event.reason,
+        http_version=event.http_version,
+    )
+
+
 class _RecordingConnection(h11.Connection):
     """h11's connection, remembering why it last refused the client's bytes, and ending
     the connection after an answer given before the request's body was read whole."""
@@ -157,7 +184,7 @@ class _RecordingConnection(h11.Connection):
 
     def send_with_data_passthrough(self, event: h11.Event) -> list[bytes] | None:
         if isinstance(event, h11.Response):
-            event = _modified_no_later_than_date(event)
+            event = _modified_no_later_than_date(_dated_now(event))
         if isinstance(event, h11.Response) and self.their_state is h11.SEND_BODY:
             # The rest of the body would be read as the connection's next bytes after
             # the answer, where nothing can be said about a fault in it any more (its
@@ -469,15 +496,16 @@ class ServeProtocol(H11Protocol):
         fault = self.fault()
         message = fault.removeprefix("sent a ").removeprefix("sent ").removeprefix("spoke ")
         cycle = self.cycle
+        now = utc_now()  # the Date, and the POST shape's timestamp: one reading
         if cycle is not None and not cycle.response_complete and self.scope["method"] == "POST":
-            answer: dict[str, object] = post_body(False, message, error="MalformedRequest")
+            answer: dict[str, object] = post_body(False, message, at=now, error="MalformedRequest")
         else:
             answer = {"error": "MalformedRequest", "message": message}
         body = json_bytes(answer)
         head = h11.Response(
             status_code=400,
             headers=[
-                *self.server_state.default_headers,  # the Date every other answer has
+                (b"date", http_date(now).encode()),  # as every other answer has one
                 (b"content-type", JSON.encode()),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),

@@ -175,12 +175,23 @@ SCHEMAS: dict[str, Any] = {
         "description": "Each usage limit read in the last 24 hours (one the newest snapshot "
         "lacks is held at its last reading until its reset time): its burn rate over the "
         "current window (since the last reset, its last 24 hours) and when it reaches 100 %.",
-        "required": ["asOf", "consoleTimeZone", "limits"],
+        "required": ["asOf", "version", "notLatest", "consoleTimeZone", "limits"],
         "properties": {
             "asOf": {
                 "type": ["string", "null"],
-                "description": "The newest lastUpdated (ISO-8601 UTC); null when no version "
+                "description": "The newest snapshot's lastUpdated (ISO-8601 UTC; a lastUpdated "
+                "counts as no later than when its snapshot was stored); null when no version "
                 "holds a readable snapshot",
+            },
+            "version": {
+                "type": ["string", "null"],
+                "description": "The name of the version whose snapshot asOf is; null with asOf",
+            },
+            "notLatest": {
+                "type": ["string", "null"],
+                "description": "Why that is not the latest version, the one the data's own "
+                "answer shows (a snapshot sent late, or the latest left out: damaged, "
+                "unreadable, dated over 1 h after it was stored); null when it is",
             },
             "consoleTimeZone": {
                 "type": "string",

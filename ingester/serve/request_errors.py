@@ -22,10 +22,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..clock import utc_now
 from ..json_text import json_bytes
 from ..runtime.admission import format_peer
 from ..runtime.logs import describe_exception
-from .answers import SERVED_VERSIONS, post_body
+from .answers import SERVED_VERSIONS, http_date, post_body
 
 __all__ = ["OneLineErrors"]
 
@@ -45,19 +46,25 @@ async def _answer(send: Send, status: int, error: str, message: str, *, post: bo
     ``post``: in the POST endpoints' shape, ``{"success": false, "message", "timestamp"}``
     (with ``error`` too), which the scraper reads; else ``{"error", "message"}``.
     """
+    headers = []
     if post:
-        answer = post_body(False, message, error=error)
+        # Dated as its timestamp: uvicorn's Date is no longer renewed while it stops.
+        now = utc_now()
+        answer = post_body(False, message, at=now, error=error)
+        headers.append((b"date", http_date(now).encode()))
     else:
         answer = {"error": error, "message": message}
     # Compact, as every other answer is written (json_answer).
     body = json_bytes(answer)
     try:
-        await _send_answer(send, status, body)
+        await _send_answer(send, status, body, headers)
     except Exception:
         pass
 
 
-async def _send_answer(send: Send, status: int, body: bytes) -> None:
+async def _send_answer(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -66,6 +73,7 @@ async def _send_answer(send: Send, status: int, body: bytes) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
+                *headers,
             ],
         }
     )

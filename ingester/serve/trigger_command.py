@@ -11,34 +11,52 @@ run without a shell, so nothing a request sends ever reaches a command line.
 * Bounded: after ``--trigger-timeout`` seconds the command's process group gets SIGTERM,
   then SIGKILL 5 s later; the answer is a 500 saying so.
 * 200 ``{success, message, timestamp, requestId}`` when it exits 0; 500 with the reason
-  otherwise (exit status, signal, timeout, cannot start); 501 with a how-to when no
-  command is configured.
-* Its output (stdout and stderr together) goes to the log as it comes, one line per
-  line (a line over ``LINE_CAP`` bytes in pieces), cut after ``OUTPUT_CAP`` bytes; the
-  rest is read and counted, never kept. What it printed is logged however the run
-  ends, the server stopping it included. A job it leaves running keeps the pipe: what
-  it writes after the run is read and let go, never logged, until it closes it.
+  otherwise (exit status, signal, timeout, cannot start), in one line that ends with the
+  command's last non-empty line on stderr where it wrote one (``; its last line on
+  stderr: ...``: what the dashboard card shows; at most ``LAST_LINE_CHARS`` characters,
+  terminal escapes left out and other control characters written as ``\x1b``, so a
+  traceback gives its last line, the error, never its many lines); 501 with a how-to
+  when no command is configured.
+* Its output (stdout and stderr, each a pipe of its own) goes to the log as it comes,
+  one line per line (a line over ``LINE_CAP`` bytes in pieces), cut after ``OUTPUT_CAP``
+  bytes of both together; the rest is read and counted, never kept (but for the last
+  line on stderr, which is followed to the end). What it printed is logged however the
+  run ends, the server stopping it included. A job it leaves running keeps the pipes:
+  what it writes after the run is read and let go, never logged, until it closes them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import re
 import secrets
 import shlex
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["LINE_CAP", "OUTPUT_CAP", "TriggerCommand", "TriggerResult", "TriggerRunner"]
+from ..runtime.logs import one_line
+
+__all__ = [
+    "LAST_LINE_CHARS",
+    "LINE_CAP",
+    "OUTPUT_CAP",
+    "TriggerCommand",
+    "TriggerResult",
+    "TriggerRunner",
+]
 
 log = logging.getLogger("ingester.serve")
 
 OUTPUT_CAP = 16 * 1024  # bytes of a run's output that reach the log
 LINE_CAP = 4096  # bytes of one log line of it; a longer line is logged in pieces
 KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a run past its timeout
+LAST_LINE_CHARS = 200  # of the command's last line on stderr, in a failed run's answer
 
 
 @dataclass(frozen=True)
@@ -101,36 +119,45 @@ class TriggerRunner:
             extra={"event": "trigger", "requestId": request_id},
         )
         started = time.monotonic()
-        # A pipe of our own, not asyncio's: asyncio's wait() also waits for its pipes to
+        # Pipes of our own, not asyncio's: asyncio's wait() also waits for its pipes to
         # close, which a child the command leaves running (a scraper started in the
-        # background) would delay until the timeout, and then kill.
-        read_end, write_end = os.pipe()
+        # background) would delay until the timeout, and then kill. One for each stream:
+        # the answer names the last line on stderr, which a program's buffered stdout
+        # (written out as it exits, after its traceback) must not push aside.
+        fds: list[int] = []
         try:
+            fds.extend(os.pipe())
+            fds.extend(os.pipe())
             proc = await asyncio.create_subprocess_exec(
                 *cmd.argv,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=write_end,
-                stderr=asyncio.subprocess.STDOUT,
+                stdout=fds[1],
+                stderr=fds[3],
                 start_new_session=True,  # its own process group: a timeout ends all of it
             )
         except OSError as exc:
-            os.close(read_end)
+            for fd in fds[::2]:
+                os.close(fd)
             message = f"cannot run {cmd.argv[0]}: {exc.strerror or exc}"
             log.error("%s: %s", request_id, message)
             return TriggerResult(False, message, request_id)
         finally:
-            os.close(write_end)
-        output = asyncio.StreamReader()
-        pipe, _ = await asyncio.get_running_loop().connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_end, "rb", 0)
-        )
-        said = _OutputLog(request_id)
-
-        async def drain() -> None:
-            while chunk := await output.read(65536):
-                said.feed(chunk)
-
-        reader = asyncio.create_task(drain())
+            for fd in fds[1::2]:
+                os.close(fd)
+        budget = _Budget(request_id)
+        said_out, said_err = _OutputLog(request_id, budget), _OutputLog(request_id, budget)
+        last = _LastLine()
+        loop = asyncio.get_running_loop()
+        pipes: list[asyncio.BaseTransport] = []
+        readers = []
+        for fd, sinks in ((fds[0], (said_out.feed,)), (fds[2], (said_err.feed, last.feed))):
+            stream = asyncio.StreamReader()
+            end, _ = await loop.connect_read_pipe(
+                functools.partial(asyncio.StreamReaderProtocol, stream), os.fdopen(fd, "rb", 0)
+            )
+            pipes.append(end)
+            readers.append(_drain(stream, sinks))
+        reader = asyncio.ensure_future(asyncio.gather(*readers))
         timed_out = False
         held_open = False
         try:
@@ -142,8 +169,8 @@ class TriggerRunner:
                 code = await _end(proc)
             # Timed here: the wait for its output below is no part of the run.
             took = time.monotonic() - started
-            # What it wrote before it ended is in the pipe; a child it left running may
-            # hold the pipe open, so the logging ends soon after the command does.
+            # What it wrote before it ended is in the pipes; a child it left running may
+            # hold them open, so the logging ends soon after the command does.
             done, _ = await asyncio.wait({reader}, timeout=1.0)
             held_open = not done
         finally:
@@ -153,17 +180,21 @@ class TriggerRunner:
             finally:
                 # What it printed is said however the run ends: a last line without its
                 # end, and what was cut, even when the server stops it mid-run.
-                said.close()
+                said_out.close()
+                said_err.close()
+                budget.close()
+                last.close()
                 if held_open and proc.returncode is not None:
-                    # A job it left running still writes there: its pipe closed, its next
+                    # A job it left running still writes there: its pipes closed, its next
                     # line would kill it (SIGPIPE). Read on, logging nothing, until it
-                    # closes its end (or the server stops).
-                    rest = asyncio.create_task(_read_on(reader, pipe))
+                    # closes its ends (or the server stops).
+                    rest = asyncio.create_task(_read_on(reader, pipes))
                     self._reading_on.add(rest)
                     rest.add_done_callback(self._reading_on.discard)
                 else:
                     reader.cancel()
-                    pipe.close()
+                    for pipe in pipes:
+                        pipe.close()
         if timed_out:
             message = f"the trigger command timed out after {cmd.timeout:g} s and was stopped"
         elif code == 0:
@@ -174,18 +205,29 @@ class TriggerRunner:
             message = f"the trigger command was killed by {_signal_name(-code)}"
         else:
             message = f"the trigger command failed with exit status {code}"
-        level = logging.INFO if code == 0 and not timed_out else logging.ERROR
+        failed = code != 0 or timed_out
+        if failed and last.line:
+            message += f"; its last line on stderr: {last.line}"
+        level = logging.ERROR if failed else logging.INFO
         log.log(level, "%s: %s", request_id, message)
-        return TriggerResult(code == 0 and not timed_out, message, request_id)
+        return TriggerResult(not failed, message, request_id)
 
 
-async def _read_on(reader: asyncio.Task[None], pipe: asyncio.BaseTransport) -> None:
-    """Wait for ``reader`` to reach the end of ``pipe`` (or be cancelled), then close it."""
+async def _drain(stream: asyncio.StreamReader, sinks: tuple[Callable[[bytes], None], ...]) -> None:
+    """Hand what ``stream`` brings to each of ``sinks`` until its end."""
+    while chunk := await stream.read(65536):
+        for sink in sinks:
+            sink(chunk)
+
+
+async def _read_on(reader: asyncio.Future[list[None]], pipes: list[asyncio.BaseTransport]) -> None:
+    """Wait for ``reader`` to reach the end of ``pipes`` (or be cancelled), then close them."""
     try:
         await reader
     finally:
         reader.cancel()
-        pipe.close()
+        for pipe in pipes:
+            pipe.close()
 
 
 async def _end(proc: asyncio.subprocess.Process) -> int:
@@ -239,16 +281,43 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-class _OutputLog:
-    """A run's output, logged a line at a time as it comes: one line at most
-    :data:`LINE_CAP` bytes (a longer one is logged in pieces of that size), and
-    :data:`OUTPUT_CAP` bytes in all per run; the rest is counted, never kept."""
+class _Budget:
+    """The :data:`OUTPUT_CAP` bytes a run's output may put in the log, both streams
+    together; what comes over it is counted, and said once when the run ends."""
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
-        self.pending = bytearray()  # the start of a line whose end has not come yet
         self.taken = 0  # bytes under the cap: logged, or pending
         self.dropped = 0
+
+    def take(self, chunk: bytes) -> bytes:
+        """The part of ``chunk`` that may be logged (the rest is counted)."""
+        room = OUTPUT_CAP - self.taken
+        self.taken += min(room, len(chunk))
+        self.dropped += max(0, len(chunk) - room)
+        return chunk[:room]
+
+    def close(self) -> None:
+        """Say how much was cut, if anything was."""
+        if self.dropped:
+            log.info(
+                "%s: output cut after %d bytes (%d more not logged)",
+                self.request_id,
+                OUTPUT_CAP,
+                self.dropped,
+            )
+            self.dropped = 0
+
+
+class _OutputLog:
+    """One stream of a run's output, logged a line at a time as it comes: one line at
+    most :data:`LINE_CAP` bytes (a longer one is logged in pieces of that size), within
+    the run's :class:`_Budget`."""
+
+    def __init__(self, request_id: str, budget: _Budget) -> None:
+        self.request_id = request_id
+        self.budget = budget
+        self.pending = bytearray()  # the start of a line whose end has not come yet
         self.closed = False
 
     def feed(self, chunk: bytes) -> None:
@@ -256,10 +325,7 @@ class _OutputLog:
         :meth:`close` was called: what a job left running writes after its run)."""
         if self.closed:
             return
-        room = OUTPUT_CAP - self.taken
-        self.pending += chunk[:room]
-        self.taken += min(room, len(chunk))
-        self.dropped += max(0, len(chunk) - room)
+        self.pending += self.budget.take(chunk)
         end = max(self.pending.rfind(b"\n"), self.pending.rfind(b"\r"))
         if end >= 0:
             self._say(bytes(self.pending[: end + 1]))
@@ -272,22 +338,57 @@ class _OutputLog:
             del self.pending[:cut]
 
     def close(self) -> None:
-        """Log what is left (a last line without its end) and how much was cut; what
-        comes after is not logged."""
+        """Log what is left (a last line without its end); what comes after is not
+        logged."""
         self.closed = True
         if self.pending:
             self._say(bytes(self.pending))
             self.pending.clear()
-        if self.dropped:
-            log.info(
-                "%s: output cut after %d bytes (%d more not logged)",
-                self.request_id,
-                OUTPUT_CAP,
-                self.dropped,
-            )
-            self.dropped = 0
 
     def _say(self, data: bytes) -> None:
         for line in data.decode("utf-8", "replace").splitlines():
             if line.strip():
                 log.info("%s: | %s", self.request_id, line)
+
+
+# A terminal's escape sequences (colours, cursor moves, titles): they say nothing in a
+# sentence, and are left out rather than shown as "\x1b[31m".
+_ESCAPE_SEQUENCE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]|\x9b[0-?]*[ -/]*[@-~]"
+)
+_KEPT = 4 * LAST_LINE_CHARS  # bytes kept of a line: enough for the characters shown
+
+
+class _LastLine:
+    """The last non-empty line a stream carried, followed to its end (not only within
+    the log's cap), as one line fit for an answer: terminal escapes left out, any other
+    control character written as Python writes it, at most :data:`LAST_LINE_CHARS`
+    characters (the rest cut, said by ``...``)."""
+
+    def __init__(self) -> None:
+        self._current = bytearray()  # the start of the line under way, bounded
+        self._last = b""
+        self.line = ""
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next bytes of the stream."""
+        lines = re.split(rb"[\r\n]", chunk)
+        for done in lines[:-1]:
+            if len(self._current) < _KEPT:
+                self._current += done[: _KEPT - len(self._current)]
+            if self._current.strip():
+                self._last = bytes(self._current)
+            self._current.clear()
+        if len(self._current) < _KEPT:
+            self._current += lines[-1][: _KEPT - len(self._current)]
+
+    def close(self) -> None:
+        """The stream ended: its last line (one without its end counts) is :attr:`line`."""
+        if self._current.strip():
+            self._last = bytes(self._current)
+        self._current.clear()
+        text = _ESCAPE_SEQUENCE.sub("", self._last.decode("utf-8", "replace"))
+        text = one_line(text.replace("\t", " ").strip())
+        if len(text) > LAST_LINE_CHARS:
+            text = text[: LAST_LINE_CHARS - 3] + "..."
+        self.line = text

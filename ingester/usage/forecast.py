@@ -3,7 +3,9 @@
 The question a user asks: at this rate, when do I reach 100 %, and is that before the
 limit resets? In pseudo-code::
 
-    as_of  = the newest lastUpdated among the snapshots
+    newest = the snapshot with the latest lastUpdated, each taken as no later than
+             when it was stored; of equals, the one stored last
+    as_of  = its lastUpdated; a snapshot observed after it is left out
     for each limit read in the BASIS before as_of:   # any object with resetsIn and a
                                                      # percentageUsed of 0-100, by its
                                                      # dotted path
@@ -39,7 +41,14 @@ readings are outliers and the rate are :mod:`ingester.usage.burn_rate`'s. The ba
 the window's last :data:`BASIS` (24 hours: a weekly limit's pace over a whole day and
 night, its idle hours included, and a session shorter than that counts whole).
 
-The newest reading anchors the projection: it is what the console shows now.
+The newest reading anchors the projection: it is what the console shows now. Which
+snapshot is newest is judged by ``lastUpdated``, so that snapshots a scraper sends late
+(what it queued) are not taken for the console's present; but a snapshot cannot have
+been observed after it was stored, so a ``lastUpdated`` past that counts as the time it
+was stored. Without that, a snapshot from a scraper whose clock ran ahead would stay
+newest until one observed later still came, while the data's own answer (the latest
+link) showed the snapshots stored after it; with it, the newest snapshot is the latest
+link's but where that one was observed before another stored earlier (a backfill).
 
 **A limit the newest snapshot lacks** (a partial scrape: ``isPartial``, an
 ``extractionErrors`` entry, or a window simply missing) is *held*: it keeps its last
@@ -81,6 +90,7 @@ __all__ = [
     "LimitForecast",
     "forecast",
     "last_readings",
+    "newest_of",
 ]
 
 BASIS = timedelta(hours=24)
@@ -301,6 +311,25 @@ def last_readings(
     return found
 
 
+def _newness(obs: Observation) -> datetime:
+    # A snapshot cannot have been observed after it was stored: a lastUpdated past that
+    # is its scraper's clock running ahead, and counts as the time it was stored.
+    if obs.stored_at is None:
+        return obs.observed_at
+    return min(obs.observed_at, obs.stored_at)
+
+
+def newest_of(observations: Sequence[Observation]) -> Observation:
+    """The newest of ``observations`` (given in storage order, at least one): the latest
+    ``lastUpdated``, each taken as no later than when its snapshot was stored; of
+    equals, the last given (the module docstring's rule)."""
+    found = observations[0]
+    for obs in observations[1:]:
+        if _newness(obs) >= _newness(found):
+            found = obs
+    return found
+
+
 def forecast(
     observations: Iterable[Observation],
     *,
@@ -310,22 +339,23 @@ def forecast(
 ) -> Forecast:
     """Every limit's forecast from ``observations`` (given in storage order).
 
-    The newest observation (by ``observed_at``; of equals, the last given) is ``as_of``.
-    The rate uses the observations within ``basis`` before it. The limits are those read
-    in any observation given or in ``earlier`` (the :func:`last_readings` of snapshots
-    not given, e.g. those stored before the basis), in :data:`LIMIT_ORDER`, then any
-    other by name; one the
-    newest observation lacks is held at its last reading while its reset time has not
-    come, and is in ``lapsed`` after (the module docstring's rules). Observations more
-    than ``clock_ahead`` ahead of their ``stored_at`` are left out (the scraper's clock
-    was wrong).
+    The newest observation is :func:`newest_of`'s; its ``observed_at`` is ``as_of``, and
+    one observed after it is left out, in ``earlier`` too (stored before the newest, its
+    scraper's clock ran ahead). The rate uses the observations within ``basis`` before
+    it. The limits are those read in any observation given or in ``earlier`` (the
+    :func:`last_readings` of snapshots not given, e.g. those stored before the basis), in
+    :data:`LIMIT_ORDER`, then any other by name; one the newest observation lacks is held
+    at its last reading while its reset time has not come, and is in ``lapsed`` after
+    (the module docstring's rules). Observations more than ``clock_ahead`` ahead of their
+    ``stored_at`` are left out (the scraper's clock was wrong).
     """
     usable = _usable(observations, clock_ahead)
     if not usable:
         return Forecast(None, ())
-    as_of = max(o.observed_at for o in usable)
+    newest = newest_of(usable)
+    as_of = newest.observed_at
     start = as_of - basis
-    ordered = sorted(usable, key=lambda o: o.observed_at)
+    ordered = sorted((o for o in usable if o.observed_at <= as_of), key=lambda o: o.observed_at)
     series: dict[str, list[Point]] = {}
     for obs in ordered:
         if obs.observed_at < start:
@@ -333,8 +363,8 @@ def forecast(
         t = obs.observed_at.timestamp()
         for reading in obs.readings:
             series.setdefault(reading.limit, []).append(Point(t, reading.percentage, reading.reset))
-    last_read = last_readings(ordered, dict(earlier or {}), clock_ahead=clock_ahead)
-    newest = ordered[-1]
+    held = {k: v for k, v in (earlier or {}).items() if v[1] <= as_of}
+    last_read = last_readings(ordered, held, clock_ahead=clock_ahead)
     in_newest = {reading.limit for reading in newest.readings}
     limits = []
     lapsed = []

@@ -16,7 +16,7 @@ the ingest time in its version name), so::
     start = newest ingest time - BASIS - CLOCK_AHEAD
     repeat:
         read the versions ingested since start (those not read before)
-        as_of = their newest lastUpdated
+        as_of = the lastUpdated of the newest of them (forecast.newest_of)
         if as_of - BASIS - CLOCK_AHEAD >= start: done
         start = as_of - BASIS - CLOCK_AHEAD     # a backfill: older data stored lately
 
@@ -55,8 +55,9 @@ from ..errors import (
 )
 from ..history.base import HistoryReader, VersionEntry
 from ..history.index import HistoryIndex, HistorySnapshot
+from ..history.names import format_timestamp
 from ..payload.gate import check_payload, load_json
-from .forecast import BASIS, Forecast, forecast
+from .forecast import BASIS, Forecast, forecast, newest_of
 from .readings import CLOCK_AHEAD, Observation, Reading, newer_readings, observe
 
 __all__ = [
@@ -100,11 +101,17 @@ it out)."""
 @dataclass(frozen=True)
 class ForecastAnswer:
     """A forecast and the tag that names the versions it came from, and those of them it
-    could not read (for ``ETag``)."""
+    could not read (for ``ETag``).
+
+    ``version`` names the version whose snapshot it is as of (``None`` without one);
+    ``not_latest`` says why that is not the latest version, the one the data's own
+    answer shows (``None`` when it is)."""
 
     forecast: Forecast
     tag: str
     versions: int
+    version: str | None = None
+    not_latest: str | None = None
 
 
 class UsageHistory:
@@ -157,6 +164,7 @@ class UsageHistory:
         self._unreadable: set[str] = set()
         self._unread: dict[str, OSError] = {}  # this answer's, said once it is made
         self._unfolded: set[str] = set()
+        self._newest_name: str | None = None  # the version of the last computed as_of
 
     def _read(self, name: str) -> bytes | None:
         """Version ``name``'s bytes; ``None`` when it is gone since the listing, larger
@@ -287,26 +295,36 @@ class UsageHistory:
         start = times[-1] - span.total_seconds()
         lo = len(entries)
         observations: list[Observation] = []
+        names: list[str] = []
+        self._newest_name = None
         while True:
             first = bisect.bisect_left(times, start)
             if first < lo:
-                fresh = []
+                fresh, fresh_names = [], []
                 for entry in entries[first:lo]:
                     obs = self._observation(entry.name, entry.ingested_at)
                     if obs is not None:
                         fresh.append(obs)
+                        fresh_names.append(entry.name)
                 observations = fresh + observations
+                names = fresh_names + names
                 lo = first
-            usable = [o.observed_at for o in observations if not o.ran_ahead()]
+            usable = [o for o in observations if not o.ran_ahead()]
+            newest_obs = newest_of(usable) if usable else None
+            as_of = newest_obs.observed_at if newest_obs is not None else None
             if lo == 0:
                 break
-            if not usable:  # nothing readable this recent: look further back
+            if as_of is None:  # nothing readable this recent: look further back
                 start = times[lo - 1] - span.total_seconds()
                 continue
-            wanted = max(usable).timestamp() - span.total_seconds()
+            wanted = as_of.timestamp() - span.total_seconds()
             if wanted >= start:
                 break
             start = wanted
+        if newest_obs is not None:
+            self._newest_name = next(
+                n for n, o in zip(names, observations, strict=True) if o is newest_obs
+            )
         self._fold(entries, lo)
         # Keep only what the next answer can need: versions in (or after) this basis.
         held = {e.name for e in entries[lo:]}
@@ -473,9 +491,35 @@ class UsageHistory:
             # Left out while damaged: the same names with one of them put right (its file
             # restored from a backup) are another body.
             digest.update(("\ndamaged\n" + "\n".join(damaged)).encode())
-        answer = ForecastAnswer(result, 'W/"f-' + digest.hexdigest()[:24] + '"', newest + 1)
+        tag = 'W/"f-' + digest.hexdigest()[:24] + '"'
+        version = self._newest_name if result.as_of is not None else None
+        not_latest = None if version in (None, newest_name) else self._why_not(newest_name)
+        answer = ForecastAnswer(result, tag, newest + 1, version, not_latest)
         self._answer = (snap, newest, answer)
         return answer
+
+    def _why_not(self, latest: str) -> str:
+        """Why the forecast is not as of the latest version ``latest`` (lock held)."""
+        said = f"the latest version, {latest},"
+        if latest in self._damaged:
+            return f"{said} is damaged; the forecast is of the newest snapshot that is not"
+        if latest in self._unread or latest in self._unreadable:
+            return f"{said} cannot be read; the forecast is of the newest snapshot that can"
+        if latest in self._gone:
+            return f"{said} was deleted while it was read"
+        obs = self._observations.get(latest)
+        if obs is None:
+            return f"{said} holds no readable lastUpdated"
+        if obs.ran_ahead():
+            hours = int(CLOCK_AHEAD.total_seconds() // 3600)
+            return (
+                f"{said} is dated more than {hours} h after it was stored (its scraper's "
+                "clock ran ahead), so it is left out"
+            )
+        return (
+            f"{said} was observed at {format_timestamp(obs.observed_at)}, before this "
+            "snapshot (a snapshot sent late)"
+        )
 
 
 def _entry(entries: Sequence[VersionEntry], name: str) -> VersionEntry | None:
@@ -498,4 +542,10 @@ def forecast_of(
 def forecast_json(answer: ForecastAnswer, zone_name: str) -> dict[str, object]:
     """The body of the answer (also what ``ingester forecast --json`` prints)."""
     body = answer.forecast.to_json()
-    return {"asOf": body["asOf"], "consoleTimeZone": zone_name, "limits": body["limits"]}
+    return {
+        "asOf": body["asOf"],
+        "version": answer.version,
+        "notLatest": answer.not_latest,
+        "consoleTimeZone": zone_name,
+        "limits": body["limits"],
+    }

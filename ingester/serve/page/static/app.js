@@ -231,8 +231,10 @@
 
   // What a card shows: the reading the forecast goes by, so that the percentage, the
   // reset and the verdict on a card are one reading's. That is the newest snapshot's (by
-  // lastUpdated: a version stored last may have been observed hours before the others,
-  // a scraper sending what it queued), or, when that snapshot lacks the limit (a partial
+  // lastUpdated, each no later than when it was stored: a version stored last may have
+  // been observed hours before the others, a scraper sending what it queued, and one
+  // from a clock that ran ahead is not newer than those stored after it), or, when that
+  // snapshot lacks the limit (a partial
   // scrape), the last reading the forecast holds, said to be held. The latest version's
   // own reading only where the forecast has none (not loaded yet).
   function reading(key) {
@@ -428,9 +430,24 @@
     setText("zone-note", words);
   }
 
+  // The cards go by the forecast's newest snapshot; where that is not the latest
+  // version (whose time and name the lines above show), the server says why.
+  function renderForecastOf() {
+    const answer = state.forecast;
+    const why = answer && answer.notLatest ? String(answer.notLatest) : "";
+    const el = $("forecast-of");
+    el.hidden = !why;
+    setText(
+      "forecast-of",
+      why ? "The cards and the forecast are of " + answer.version + ", not the latest " +
+        "version: " + why + "." : "",
+    );
+  }
+
   function renderForecasts() {
     renderCards();
     renderZone();
+    renderForecastOf();
     WINDOWS.forEach((w) => renderForecast($(w.gauge), forecastFor(w.key)));
     const known = new Set(WINDOWS.map((w) => w.key));
     const extras = state.forecast ? state.forecast.limits.filter((l) => !known.has(l.limit)) : [];
@@ -627,8 +644,13 @@
     const stored = col("ingestedAt");
     const start = windowStart();
     const latest = serverNow() + CLOCK_AHEAD_MS;
+    // Observed after the snapshot the forecast is of: stored before it, from a clock that
+    // ran ahead (the forecast leaves those out too).
+    const asOf = state.forecast && state.forecast.asOf ? Date.parse(state.forecast.asOf) : NaN;
     const ahead = (r) =>
-      Date.parse(r[at]) > latest || Date.parse(r[at]) > Date.parse(r[stored]) + CLOCK_AHEAD_MS;
+      Date.parse(r[at]) > latest ||
+      Date.parse(r[at]) > Date.parse(r[stored]) + CLOCK_AHEAD_MS ||
+      Date.parse(r[at]) > asOf;
     // Versions that slid out of the window since the rows were fetched are left out here,
     // and those the forecast leaves out as dated ahead (the cards would not match them).
     const inWindow = state.rows.filter((r) => start == null || Date.parse(r[at]) >= start);
