@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from . import IS_ROOT, cli_env, run_cli, wait_for
-from .process import program_of_strace
+from .process import kill_group, program_of_strace
 
 __all__ = [
     "AS_OTHER",
@@ -120,13 +120,15 @@ def run_held_after(
         *(sys.executable, "-m", "ingester", "--root", str(root), *args),
     ]
     # As a context manager, Popen closes the pipes however this ends: left to the
-    # garbage collector, they would warn in whichever test runs then.
+    # garbage collector, they would warn in whichever test runs then. In a group of
+    # their own, strace and the program it holds are ended together.
     with subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=cli_env(**env),
+        start_new_session=True,
     ) as tracer:
         try:
 
@@ -145,9 +147,8 @@ def run_held_after(
                 os.kill(program, signal.SIGCONT)
             out, err = tracer.communicate(timeout=60)
         finally:
-            if tracer.poll() is None:
-                tracer.kill()
-                tracer.communicate()
+            # strace killed alone would let the program go, stopped for ever.
+            kill_group(tracer)
     return subprocess.CompletedProcess(command, tracer.returncode, out, err)
 
 

@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from support import cli_env, wait_for
 
@@ -215,3 +215,15 @@ def program_of_strace(tracer: int) -> int | None:
                 return int(child)
     return None
 
+
+def kill_group(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL every process of the group ``proc`` leads (it was started with
+    ``start_new_session=True``), then reap ``proc``; nothing once ``proc`` is reaped.
+
+    For strace and the program it runs: strace killed alone detaches, and the program
+    runs on after the test, or stays stopped for ever if it was held."""
+    # Only while ``proc`` is unreaped is its pid, the group's id, sure to be its own.
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):  # the group has no process left
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
