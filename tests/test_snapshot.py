@@ -22,6 +22,7 @@ from support.capabilities import (
     run_as_other,
     run_held_after,
 )
+from support.process import kill_group
 
 from ingester.ops.snapshot import build_snapshot_tree, list_versions_once
 
@@ -298,19 +299,20 @@ def test_a_tar_snapshot_stopped_midway_leaves_nothing_under_its_name(
     out = tmp_path / "out"
     out.mkdir()
     target = out / "snap.tar"
-    proc = subprocess.Popen(
+    # As a context manager, Popen closes its pipe however the block ends.
+    with subprocess.Popen(
         [sys.executable, "-m", "ingester", "--root", str(root), "snapshot", "--tar", str(target)],
         env={**cli_env(), "TMPDIR": str(scratch)},
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
-        wait_for(lambda: any(out.iterdir()), 30, "the archive begun under a temp name")
-        assert not target.exists()  # never its own name while it is written
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
+    ) as proc:
+        try:
+            wait_for(lambda: any(out.iterdir()), 30, "the archive begun under a temp name")
+            assert not target.exists()  # never its own name while it is written
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err
     # Stopped, it removed what it made: no archive, no temp name, no scratch tree.
@@ -598,22 +600,28 @@ def test_a_folder_made_at_dest_while_the_snapshot_ran_is_left_alone(
         "-e", "inject=renameat2:delay_enter=3000000:when=1",
         sys.executable, "-m", "ingester", "--root", str(root), "snapshot", str(dest),
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        wait_for(
-            lambda: any(dest.parent.glob(f".tmp-snapshot-*/{LATEST}")),
-            30,
-            "the snapshot built under its temp name",
-        )
-        time.sleep(0.5)
-        dest.mkdir()
-        dest.chmod(0o700)
-        theirs = os.stat(dest)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    # Its own group: strace killed alone would let the snapshot run on after the test.
+    with subprocess.Popen(
+        command,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            wait_for(
+                lambda: any(dest.parent.glob(f".tmp-snapshot-*/{LATEST}")),
+                30,
+                "the snapshot built under its temp name",
+            )
+            time.sleep(0.5)
+            dest.mkdir()
+            dest.chmod(0o700)
+            theirs = os.stat(dest)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            kill_group(proc)
     now = os.stat(dest)
     assert (now.st_ino, stat.S_IMODE(now.st_mode)) == (theirs.st_ino, 0o700), out + err
     assert list(dest.iterdir()) == []
