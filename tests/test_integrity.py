@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 from support import IS_ROOT, cli_env, run_cli, wait_for
 from support.capabilities import STRACE, immutable, needs_strace, needs_strace_root
+from support.process import kill_group
 from support.watchproc import WatchProcess, drop, payload, stored_contents, versions
 
 from ingester.history.store import HistoryStore
@@ -106,7 +107,9 @@ def test_submit_takes_a_name_as_long_as_the_watcher_does(root: Path) -> None:
 def test_submit_never_replaces_a_waiting_drop_of_the_same_name(root: Path) -> None:
     """The first writer is held between its check and its publish; the second wins."""
     (root / "spool" / "tmp").mkdir(parents=True)
-    first = subprocess.Popen(
+    # As a context manager, Popen closes its pipes however the block ends; in a group of
+    # its own, strace and the submit it runs are ended together.
+    with subprocess.Popen(
         [
             STRACE,
             "-f",
@@ -120,18 +123,21 @@ def test_submit_never_replaces_a_waiting_drop_of_the_same_name(root: Path) -> No
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=cli_env(),
-    )
-    assert first.stdin is not None
-    first.stdin.write(payload(1))
-    first.stdin.close()
-    # Its staged copy exists: it has checked the name and is writing.
-    wait_for(lambda: os.listdir(root / "spool" / "tmp"), timeout=30, what="first staged")
-    second = run_cli(root, "submit", "--name", "same.json", "-", input=payload(2))
-    assert second.returncode == 0, second.stderr
-    first.wait(timeout=60)
-    assert first.stderr is not None
-    err = first.stderr.read()
-    first.stderr.close()
+        start_new_session=True,
+    ) as first:
+        try:
+            assert first.stdin is not None
+            first.stdin.write(payload(1))
+            first.stdin.close()
+            # Its staged copy exists: it has checked the name and is writing.
+            wait_for(lambda: os.listdir(root / "spool" / "tmp"), timeout=30, what="first staged")
+            second = run_cli(root, "submit", "--name", "same.json", "-", input=payload(2))
+            assert second.returncode == 0, second.stderr
+            first.wait(timeout=60)
+            assert first.stderr is not None
+            err = first.stderr.read()
+        finally:
+            kill_group(first)
     assert first.returncode == 1, err
     assert b"a drop of that name is still waiting" in err
     assert (root / "spool" / "same.json").read_bytes() == payload(2)
@@ -155,27 +161,29 @@ def test_a_submitted_drop_is_taken_at_once_not_after_the_settle_time(root: Path)
 def test_concurrent_submits_of_one_name_store_one_and_refuse_the_other(root: Path) -> None:
     pairs = 8
     (root / "spool").mkdir()
-    procs = []
-    for i in range(pairs):
-        for j in (0, 1):
-            p = subprocess.Popen(
-                ingester_cmd(root, "submit", "--name", f"p{i}.json", "-"),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=cli_env(),
-            )
-            procs.append((i, j, p))
-    for i, j, p in procs:
-        assert p.stdin is not None
-        p.stdin.write(payload(100 * i + j))
-        p.stdin.close()
     results: dict[int, list[tuple[int, int, bytes]]] = {}
-    for i, j, p in procs:
-        p.wait(timeout=60)
-        assert p.stderr is not None
-        results.setdefault(i, []).append((j, p.returncode, p.stderr.read()))
-        p.stderr.close()
+    # Each Popen a context manager: every pipe is closed, and every submit waited for,
+    # however the block ends.
+    with contextlib.ExitStack() as running:
+        procs = []
+        for i in range(pairs):
+            for j in (0, 1):
+                p = subprocess.Popen(
+                    ingester_cmd(root, "submit", "--name", f"p{i}.json", "-"),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    env=cli_env(),
+                )
+                procs.append((i, j, running.enter_context(p)))
+        for i, j, p in procs:
+            assert p.stdin is not None
+            p.stdin.write(payload(100 * i + j))
+            p.stdin.close()
+        for i, j, p in procs:
+            p.wait(timeout=60)
+            assert p.stderr is not None
+            results.setdefault(i, []).append((j, p.returncode, p.stderr.read()))
     for i, outcomes in results.items():
         winners = [j for j, code, _ in outcomes if code == 0]
         losers = [err for _, code, err in outcomes if code != 0]
@@ -298,17 +306,23 @@ def syscall_delayed(
         stderr=subprocess.DEVNULL,
     )
     try:
-        status = Path(f"/proc/{pid}/status")
         # Attaching to every thread of a busy server takes longer.
-        wait_for(
-            lambda: "TracerPid:\t0\n" not in status.read_text(),
-            20 if every_thread else 10,
-            "strace attached",
-        )
+        wait_for(lambda: attached(tracer, pid), 20 if every_thread else 10, "strace attached")
         yield
     finally:
         tracer.send_signal(signal.SIGINT)
         tracer.wait(timeout=10)
+
+
+def attached(tracer: subprocess.Popen[bytes], pid: int) -> bool:
+    """Whether strace (``tracer``) is attached to process ``pid``; fails at once, saying
+    which, when strace or the process has ended (it never will be, then)."""
+    if tracer.poll() is not None:
+        raise AssertionError(f"strace exited {tracer.returncode} before it attached to {pid}")
+    try:
+        return "TracerPid:\t0\n" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        raise AssertionError(f"process {pid} ended before strace attached to it") from None
 
 
 def in_syscall(pid: int, number: int) -> bool:
