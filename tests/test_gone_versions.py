@@ -25,7 +25,13 @@ from pathlib import Path
 import httpx
 import pytest
 from support import cli_env, run_cli, wait_for
-from support.capabilities import STRACE, needs_strace, needs_strace_root, run_held_after
+from support.capabilities import (
+    STRACE,
+    needs_strace,
+    needs_strace_root,
+    run_held_after,
+    strace_attached,
+)
 from support.serveproc import ServeProcess, fresh_payload
 from support.watchproc import payload
 
@@ -350,11 +356,12 @@ def serve_get_held(server: ServeProcess, url: str, path: Path) -> httpx.Response
 
     getter = threading.Thread(target=get)
     try:
-        status = Path(f"/proc/{pid}/status")
-        wait_for(lambda: "TracerPid:\t0\n" not in status.read_text(), 20, "strace attached")
+        wait_for(lambda: strace_attached(tracer, pid), 20, "strace attached")
         getter.start()
 
         def stopped() -> bool:
+            if tracer.poll() is not None:  # never held, then: say so now, not at the deadline
+                raise AssertionError(f"strace exited {tracer.returncode}:\n{server.log}")
             return trace.exists() and "stopped by SIGSTOP" in trace.read_text()
 
         wait_for(stopped, 30, f"serve held as it looks at {path.name}")

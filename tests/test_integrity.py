@@ -29,7 +29,13 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, cli_env, run_cli, wait_for
-from support.capabilities import STRACE, immutable, needs_strace, needs_strace_root
+from support.capabilities import (
+    STRACE,
+    immutable,
+    needs_strace,
+    needs_strace_root,
+    strace_attached,
+)
 from support.process import kill_group
 from support.watchproc import WatchProcess, drop, payload, stored_contents, versions
 
@@ -307,22 +313,13 @@ def syscall_delayed(
     )
     try:
         # Attaching to every thread of a busy server takes longer.
-        wait_for(lambda: attached(tracer, pid), 20 if every_thread else 10, "strace attached")
+        wait_for(
+            lambda: strace_attached(tracer, pid), 20 if every_thread else 10, "strace attached"
+        )
         yield
     finally:
         tracer.send_signal(signal.SIGINT)
         tracer.wait(timeout=10)
-
-
-def attached(tracer: subprocess.Popen[bytes], pid: int) -> bool:
-    """Whether strace (``tracer``) is attached to process ``pid``; fails at once, saying
-    which, when strace or the process has ended (it never will be, then)."""
-    if tracer.poll() is not None:
-        raise AssertionError(f"strace exited {tracer.returncode} before it attached to {pid}")
-    try:
-        return "TracerPid:\t0\n" not in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        raise AssertionError(f"process {pid} ended before strace attached to it") from None
 
 
 def in_syscall(pid: int, number: int) -> bool:

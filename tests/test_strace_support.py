@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 from support import run_cli, wait_for
-from support.capabilities import STRACE, needs_strace, run_held_after, traced_program
+from support.capabilities import (
+    STRACE,
+    needs_strace,
+    needs_strace_root,
+    run_held_after,
+    strace_attached,
+    traced_program,
+)
 
 
 @needs_strace
@@ -101,3 +108,19 @@ def test_a_held_command_ends_with_its_tracer_when_the_test_fails_meanwhile(tmp_p
         for pid in held:
             if state(pid) not in ("Z", "gone"):
                 os.kill(pid, signal.SIGKILL)
+
+
+@needs_strace_root
+def test_waiting_for_strace_to_attach_to_a_process_that_has_ended_fails_at_once() -> None:
+    """The wait says the process has ended, at once: not FileNotFoundError on its /proc
+    status, nor a timeout that names only what never came."""
+    with subprocess.Popen(["sleep", "30"]) as gone:
+        gone.kill()  # and reaped as the block ends
+    with subprocess.Popen(
+        [STRACE, "-qq", "-o", os.devnull, "-p", str(gone.pid)], stderr=subprocess.DEVNULL
+    ) as tracer:
+        try:
+            with pytest.raises(AssertionError, match=rf"strace exited|process {gone.pid} ended"):
+                wait_for(lambda: strace_attached(tracer, gone.pid), 10, "strace attached")
+        finally:
+            tracer.kill()

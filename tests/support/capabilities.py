@@ -23,6 +23,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,6 +52,7 @@ __all__ = [
     "run_as_other",
     "run_held_after",
     "run_tool",
+    "strace_attached",
     "strace_problem",
     "tmpfs",
     "traced_program",
@@ -92,6 +94,18 @@ def traced_program(tracer: int, timeout: float = 10.0) -> int:
     found = wait_for(program, timeout, f"the program strace {tracer} runs")
     assert isinstance(found, int)
     return found
+
+
+def strace_attached(tracer: subprocess.Popen[Any], pid: int) -> bool:
+    """Whether strace (``tracer``, started with ``-p PID``) is attached to process
+    ``pid`` yet: a condition for :func:`wait_for`. Fails at once, saying which, when
+    strace or the process has ended, since it never will be then."""
+    if tracer.poll() is not None:
+        raise AssertionError(f"strace exited {tracer.returncode} before it attached to {pid}")
+    try:
+        return "TracerPid:\t0\n" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        raise AssertionError(f"process {pid} ended before strace attached to it") from None
 
 
 def run_held_after(
