@@ -345,9 +345,11 @@ class MirrorProcess:
 
     def wait_log(self, text: str, timeout: float = 20.0) -> None:
         def seen() -> bool:
+            # Asked before the log is read: what it wrote on its way out is then seen.
+            ended = self.proc.poll() is not None
             if text in self.log:
                 return True
-            assert self.proc.poll() is None, f"mirror exited {self.proc.returncode}:\n{self.log}"
+            assert not ended, f"mirror exited {self.proc.returncode}:\n{self.log}"
             return False
 
         wait_for(seen, timeout, f"{text!r} in the mirror log")
@@ -355,7 +357,13 @@ class MirrorProcess:
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=20)
+        try:
+            code = self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()  # not left running after the test, its log open
+            raise AssertionError(
+                f"mirror did not stop within 20 s of SIGTERM (killed); its log:\n{self.log}"
+            ) from None
         self._log.close()
         return code
 
