@@ -1,7 +1,7 @@
-"""The helpers that run a watcher or a server for a test (support.process): a process
-that ends early, or is ended by the test, is never lost, and nothing it held (its log,
+"""The helpers that run a process for a test (support.process, support.signals): one
+that ends early, or is ended by the test, is never lost, nothing it held (its log,
 a client's connections) is left to the garbage collector, which would warn in another
-test."""
+test, and a failure says how it ended."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from support import wait_for
 from support.capabilities import STRACE, needs_strace
 from support.process import LoggedProcess
 from support.serveproc import ServeProcess
+from support.signals import STOPS, survives_a_storm
 from support.watchproc import WatchProcess
 
 
@@ -110,3 +111,10 @@ def test_a_traced_program_that_does_not_stop_is_ended_not_left_running(tmp_path:
         if program and not ended(program):
             os.kill(program, signal.SIGKILL)
         process.close()
+
+
+def test_a_storm_target_that_ends_before_it_is_ready_fails_saying_how() -> None:
+    with pytest.raises(
+        pytest.fail.Exception, match=r"the script printed '' where 'ready' .*exit 3"
+    ):
+        survives_a_storm("raise SystemExit(3)", STOPS, 10, 0, "the script")
