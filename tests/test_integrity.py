@@ -86,16 +86,8 @@ class NoLeaseWatch(WatchProcess):
     """A watcher that cannot take read leases on another user's files (as under systemd)."""
 
     def __init__(self, root: Path, *args: str) -> None:
-        self.root = root
-        self.log_path = root.parent / f"watch-{os.urandom(3).hex()}.log"
-        self._log = self.log_path.open("wb")
-        cmd = ["--bounding-set", "-lease", "--inh-caps", "-lease", "--"]
-        self.proc = subprocess.Popen(
-            [SETPRIV or "setpriv", *cmd, *ingester_cmd(root, "watch", *args)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=cli_env(),
-        )
+        no_lease = ("--bounding-set", "-lease", "--inh-caps", "-lease", "--")
+        super().__init__(root, *args, wrapper=(SETPRIV or "setpriv", *no_lease))
 
 
 # -- submit ---------------------------------------------------------------------------
@@ -597,8 +589,12 @@ def test_the_quarantine_may_not_be_the_history(root: Path, tmp_path: Path) -> No
 SLOW_WRITER = 'exec 3>"$DROP"; printf %s "$HEAD" >&3; sleep "$PAUSE"; printf %s "$TAIL" >&3'
 
 
-def slow_writer(path: Path, data: bytes, pause: float) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def slow_writer(path: Path, data: bytes, pause: float) -> Iterator[subprocess.Popen[bytes]]:
+    """The scraper writing ``data`` into ``path`` in place: 60 bytes, ``pause`` seconds,
+    the rest. Killed if still writing as the block ends, and waited for either way (a
+    Popen never waited for warns in whichever test runs as it is collected)."""
+    with subprocess.Popen(
         [
             SETPRIV or "setpriv",
             f"--reuid={SCRAPER_UID}",
@@ -612,7 +608,11 @@ def slow_writer(path: Path, data: bytes, pause: float) -> subprocess.Popen[bytes
         env=cli_env(
             DROP=str(path), HEAD=data[:60].decode(), TAIL=data[60:].decode(), PAUSE=str(pause)
         ),
-    )
+    ) as writer:
+        try:
+            yield writer
+        finally:
+            writer.kill()  # nothing if it has ended
 
 
 @needs_two_users
@@ -626,17 +626,13 @@ def test_an_in_place_write_under_way_at_start_is_never_quarantined(
         with NoLeaseWatch(root) as first:
             assert first.stop() == 0
     data = payload(1, pad="x" * 200)
-    writer = slow_writer(spool / "slow.json", data, 4)
-    try:
+    with slow_writer(spool / "slow.json", data, 4) as writer:
         head = spool / "slow.json"
         wait_for(lambda: head.exists() and head.stat().st_size == 60, what="first 60 bytes")
         with NoLeaseWatch(root) as w:
             assert writer.wait(timeout=30) == 0
             wait_for(lambda: stored_contents(root), timeout=20, what="the finished drop")
             assert w.stop() == 0
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            writer.kill()
     assert stored_contents(root) == {data: 1}, w.log
     rejected = spool / "rejected"
     assert not rejected.exists() or os.listdir(rejected) == [], w.log
@@ -649,8 +645,8 @@ def test_a_slow_in_place_writer_is_not_taken_for_a_bad_drop(open_root: Path) -> 
     spool = two_user_spool(root)
     data = payload(2, pad="y" * 200)
     with NoLeaseWatch(root, "--settle", "0.1", "--rescan-interval", "1") as w:
-        writer = slow_writer(spool / "slow.json", data, 4)
-        assert writer.wait(timeout=30) == 0
+        with slow_writer(spool / "slow.json", data, 4) as writer:
+            assert writer.wait(timeout=30) == 0
         wait_for(lambda: stored_contents(root), timeout=20, what="the finished drop")
         assert w.stop() == 0
     assert stored_contents(root) == {data: 1}, w.log
@@ -691,8 +687,7 @@ def test_a_paused_writer_whose_mtimes_lag_our_clock_is_not_set_aside(open_root: 
     root = open_root
     spool = two_user_spool(root)
     data = payload(1, pad="x" * 200)
-    writer = slow_writer(spool / "slow.json", data, 8)
-    try:
+    with slow_writer(spool / "slow.json", data, 8) as writer:
         head = spool / "slow.json"
         wait_for(lambda: head.exists() and head.stat().st_size == 60, what="first 60 bytes")
         behind = time.time() - 600  # as the filesystem's clock stamps it
@@ -705,9 +700,6 @@ def test_a_paused_writer_whose_mtimes_lag_our_clock_is_not_set_aside(open_root: 
                 what="the finished drop stored (or set aside)",
             )
             assert w.stop() == 0
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            writer.kill()
     assert "rejected slow.json" not in w.log, w.log
     assert stored_contents(root) == {data: 1}, w.log
 
