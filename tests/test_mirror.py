@@ -373,6 +373,14 @@ class MirrorProcess:
         self.proc.wait(timeout=10)
         self._log.close()
 
+    def __enter__(self) -> MirrorProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Killed if it still runs however the block ends: never left running after the
+        test, its log open."""
+        self.kill()
+
 
 # -- pure: what retention may delete while a mirror lags ------------------------------------
 
@@ -694,7 +702,6 @@ def test_a_stop_during_slow_uploads_begins_no_more_of_them(
     try:
         env = s3_env(proxy.endpoint, aws_files)
         extra = ("--concurrency", "2", *(("--once",) if once else ()))
-        mirror = MirrorProcess(root, target, env, command_args=extra)
 
         def uploads() -> list[str]:
             return [
@@ -703,10 +710,11 @@ def test_a_stop_during_slow_uploads_begins_no_more_of_them(
                 if method == "PUT" and path.rsplit("/", 1)[1] in names
             ]
 
-        wait_for(lambda: uploads(), 60, "a first upload")
-        asked = len(proxy.requests)
-        mirror.proc.send_signal(signal.SIGTERM)
-        assert mirror.stop() == (1 if once else 0), mirror.log
+        with MirrorProcess(root, target, env, command_args=extra) as mirror:
+            wait_for(lambda: uploads(), 60, "a first upload")
+            asked = len(proxy.requests)
+            mirror.proc.send_signal(signal.SIGTERM)
+            assert mirror.stop() == (1 if once else 0), mirror.log
         wait_for(lambda: proxy.in_flight == 0, 10, "in-flight requests to land")
         first = uploads()
         assert len(first) < len(names), mirror.log
@@ -990,9 +998,9 @@ def test_mirror_killed_during_uploads_reconciles_on_restart(
     env = s3_env(proxy.endpoint, aws_files)
     client = client_for(s3.endpoint)
     try:
-        mirror = MirrorProcess(root, target, env, command_args=("--concurrency", "2"))
-        wait_for(lambda: len(remote_names(client, bucket, "crash")) >= 20, 30, "some uploads")
-        mirror.kill()
+        with MirrorProcess(root, target, env, command_args=("--concurrency", "2")) as mirror:
+            wait_for(lambda: len(remote_names(client, bucket, "crash")) >= 20, 30, "some uploads")
+            mirror.kill()
         proxy.fault = "error"  # nothing new gets through; what is in flight lands
         wait_for(lambda: proxy.in_flight == 0, 10, "in-flight requests to land")
         # Whatever made it is whole: no partial object under a version's name.
