@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from support import wait_for
+from support import run_cli, wait_for
 from support.capabilities import STRACE, needs_strace
 from support.process import LoggedProcess
 from support.serveproc import ServeProcess
@@ -118,3 +119,31 @@ def test_a_storm_target_that_ends_before_it_is_ready_fails_saying_how() -> None:
         pytest.fail.Exception, match=r"the script printed '' where 'ready' .*exit 3"
     ):
         survives_a_storm("raise SystemExit(3)", STOPS, 10, 0, "the script")
+
+
+def running_on(root: Path) -> list[int]:
+    """The processes whose command line names ``root`` that have not ended."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):  # one that ended as it was looked at
+            if entry.name.isdigit() and str(root) in (entry / "cmdline").read_text():
+                found.append(int(entry.name))
+    return [pid for pid in found if not ended(pid)]
+
+
+@needs_strace
+def test_a_command_past_its_timeout_under_strace_is_killed_not_left_held(root: Path) -> None:
+    """run_cli's timeout kills the program under a strace wrapper: strace killed alone
+    let go of a program it held, which then stayed stopped for ever."""
+    assert run_cli(root, "init").returncode == 0
+    history = root / "console-usage-history"
+    hold = ("-P", str(history), "-e", "trace=getdents64", "-e", "inject=getdents64:signal=SIGSTOP")
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            run_cli(
+                root, "verify", wrapper=(STRACE, "-f", "-qq", "-o", os.devnull, *hold), timeout=3
+            )
+        wait_for(lambda: not running_on(root), 10, f"every process on {root} to end")
+    finally:
+        for pid in running_on(root):
+            os.kill(pid, signal.SIGKILL)

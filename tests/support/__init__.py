@@ -73,18 +73,29 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``[WRAPPER...] ingester --root ROOT ARGS...`` in a subprocess (``pass_fds`` kept
     open in it); return the completed process. Its output is captured, unless
-    ``stdout`` (a descriptor or a file) is where its standard output goes."""
-    return subprocess.run(
-        [*wrapper, sys.executable, "-m", "ingester", "--root", str(root), *args],
-        input=input.decode() if input is not None else None,
+    ``stdout`` (a descriptor or a file) is where its standard output goes.
+
+    Raises ``subprocess.TimeoutExpired`` once ``timeout`` seconds have passed, the command
+    killed: the program itself, under a strace wrapper too (strace killed alone lets it
+    go on, or stays stopped for ever if strace held it)."""
+    command = [*wrapper, sys.executable, "-m", "ingester", "--root", str(root), *args]
+    with subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE if input is not None else None,
         stdout=subprocess.PIPE if stdout is None else stdout,
         stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         env=cli_env(**env),
         pass_fds=pass_fds,
-        check=False,
-    )
+    ) as proc:
+        try:
+            out, err = proc.communicate(input.decode() if input is not None else None, timeout)
+        except BaseException:  # the timeout, or the test's own (an interrupt)
+            from .process import kill_program  # it imports this module
+
+            kill_program(proc)
+            raise
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 PROMTOOL = shutil.which("promtool")

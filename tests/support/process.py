@@ -148,11 +148,7 @@ class LoggedProcess:
     def kill(self) -> None:
         """SIGKILL: the crash."""
         self._release()
-        if self.proc.poll() is None:
-            _signal_program(self.proc.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()  # strace, had it not ended with its program
-        self.proc.wait(timeout=10)
+        kill_program(self.proc)
         self._log.close()
 
     def close(self) -> None:
@@ -226,4 +222,14 @@ def kill_group(proc: subprocess.Popen[Any]) -> None:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):  # the group has no process left
             os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def kill_program(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL the program ``proc`` runs (``proc`` itself, or the program of a strace it
+    is), then ``proc``, and reap it."""
+    if proc.poll() is None:
+        _signal_program(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()  # strace, had it not ended with its program
     proc.wait(timeout=10)
