@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import cli_env, run_cli, wait_for
+from support import run_cli, run_command, wait_for
 from support.capabilities import (
     STRACE,
     needs_strace,
@@ -164,15 +164,12 @@ def test_verify_judges_the_metadata_by_the_history_it_read_it_beside(root: Path)
     names = make_history(root)
     history = root / HISTORY
     trace = root.parent / "dry.trace"
-    dry = subprocess.run(
+    dry = run_command(
         [
             *(STRACE, "-f", "-qq", "-o", str(trace), "-P", str(history)),
             *("-P", str(history / "_metadata.json"), "-e", "trace=getdents64,openat"),
             *(sys.executable, "-m", "ingester", "--root", str(root), "verify"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+        ]
     )
     assert dry.returncode == 0, dry.stdout + dry.stderr
     calls = trace.read_text().splitlines()
@@ -281,16 +278,12 @@ def latest_gone_under_every_read(root: Path, args: tuple[str, ...]) -> str:
     traceback."""
     names = fresh_history(root, 4)
     filters = [arg for name in names[1:] for arg in ("-P", str(root / HISTORY / name))]
-    done = subprocess.run(
+    done = run_command(
         [
             *(STRACE, "-f", "-qq", "-o", "/dev/null", *filters),
             *("-e", "trace=openat", "-e", "inject=openat:error=ENOENT"),
             *(sys.executable, "-m", "ingester", "--root", str(root), *args),
-        ],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=60,
+        ]
     )
     assert "Traceback" not in done.stderr
     assert done.stderr == "", done.stderr

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from support import cli_env, run_cli, wait_for
+from support import cli_env, run_cli, run_command, wait_for
 from support.capabilities import STRACE, needs_strace_root, traced_program
 from support.process import kill_group
 from support.serveproc import ServeProcess
@@ -153,14 +153,7 @@ def _under_strace(
 ) -> subprocess.CompletedProcess[str]:
     """``COMMAND --root ROOT ARGS`` under ``strace -f -qq OPTIONS`` (a trace to a log, or
     a SIGINT injected), its output captured."""
-    return subprocess.run(
-        [STRACE, "-f", "-qq", *options, *command, "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=cli_env(),
-        check=False,
-    )
+    return run_command([STRACE, "-f", "-qq", *options, *command, "--root", str(root), *args])
 
 
 def _interrupted(root: Path, command: list[str], *inject: str) -> subprocess.CompletedProcess[str]:
