@@ -364,21 +364,23 @@ def test_a_reader_gone_mid_write_is_exit_1(root: Path, tmp_path: Path, unbuffere
     if not unbuffered:
         env.pop("PYTHONUNBUFFERED")
     read_end, write_end = os.pipe()
-    proc = subprocess.Popen(
+    # As a context manager, Popen closes its pipe and waits however the block ends.
+    with subprocess.Popen(
         [sys.executable, "-m", "ingester", "--root", str(root), "show"],
         stdout=write_end,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-    )
-    os.close(write_end)
-    try:
-        # The payload is printed in one write, which is under way once its first bytes
-        # arrive; the reader leaves while it waits for room, so the write ends short.
-        assert os.read(read_end, 100)
-    finally:
-        os.close(read_end)
-    _, stderr = proc.communicate(timeout=60)
+    ) as proc:
+        os.close(write_end)
+        try:
+            # The payload is printed in one write, which is under way once its first
+            # bytes arrive; the reader leaves while it waits for room, so the write
+            # ends short.
+            assert os.read(read_end, 100)
+        finally:
+            os.close(read_end)
+        _, stderr = proc.communicate(timeout=60)
     assert "Traceback" not in stderr, stderr
     assert "Exception ignored" not in stderr, stderr
     assert proc.returncode == 1, stderr

@@ -13,6 +13,7 @@ newest allowed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -119,28 +120,39 @@ def test_watchdog_facing_tests_and_types_pass_under(wanted: str, tmp_path: Path)
     path = [str(target), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
-    def start(*args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, *args],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
+    # Each run is a context manager: its pipe is closed, and it is killed and waited
+    # for, however the test ends (a timeout: the other run would go on after it).
+    running = contextlib.ExitStack()
 
-    loaded = start("-c", "import watchdog.version as v, sys; sys.stdout.write(v.VERSION_STRING)")
-    assert loaded.communicate(timeout=300)[0] == wanted
-    # Both at once: they are independent, and this test is among the suite's longest.
-    # mypy checks the modules that import watchdog (and what they import).
-    runs = [
-        start("-m", "pytest", "-q", "-p", "no:cacheprovider", *WATCHDOG_FACING_TESTS),
-        start(
-            *("-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "mypy")),
-            *(arg for module in WATCHDOG_IMPORTERS for arg in ("-m", module)),
-        ),
-    ]
-    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    def start(*args: str) -> subprocess.Popen[str]:
+        run = running.enter_context(
+            subprocess.Popen(
+                [sys.executable, *args],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+            )
+        )
+        running.callback(run.kill)  # before the wait: nothing if it has ended
+        return run
+
+    with running:
+        loaded = start(
+            "-c", "import watchdog.version as v, sys; sys.stdout.write(v.VERSION_STRING)"
+        )
+        assert loaded.communicate(timeout=300)[0] == wanted
+        # Both at once: they are independent, and this test is among the suite's longest.
+        # mypy checks the modules that import watchdog (and what they import).
+        runs = [
+            start("-m", "pytest", "-q", "-p", "no:cacheprovider", *WATCHDOG_FACING_TESTS),
+            start(
+                *("-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "mypy")),
+                *(arg for module in WATCHDOG_IMPORTERS for arg in ("-m", module)),
+            ),
+        ]
+        outputs = [run.communicate(timeout=300)[0] for run in runs]
     failed = [
         f"{' '.join(map(str, run.args[1:]))}\n{output}"
         for run, output in zip(runs, outputs, strict=True)

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli, wait_for
 from support.capabilities import STRACE, needs_strace, run_held_after, run_tool
+from support.process import kill_group
 from test_durable_faults import tmpfs  # noqa: F401 - a fixture
 
 from ingester.history.names import generate_version_filename
@@ -546,16 +547,22 @@ def test_an_output_beside_the_latest_link_is_no_writer_leftover(
         "-e", f"inject={rename}:delay_enter=3000000",
         sys.executable, "-m", "ingester", "--root", str(root), *command_args, str(target),
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        wait_for(lambda: any(root.glob(".tmp-*")), 30, "the output's temp file")
-        checked = run_cli(root, "verify")
-        stored = run_cli(root, "ingest", str(VALID_SAMPLES[0]))
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    # Its own group: strace killed alone would let the command run on after the test.
+    with subprocess.Popen(
+        command,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            wait_for(lambda: any(root.glob(".tmp-*")), 30, "the output's temp file")
+            checked = run_cli(root, "verify")
+            stored = run_cli(root, "ingest", str(VALID_SAMPLES[0]))
+            out, err = proc.communicate(timeout=60)
+        finally:
+            kill_group(proc)
     ok(stored)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert proc.returncode == 0 and target.is_file(), f"exit {proc.returncode}: {out}{err}"

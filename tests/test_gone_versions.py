@@ -24,8 +24,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import cli_env, run_cli, wait_for
-from support.capabilities import STRACE, needs_strace, needs_strace_root, run_held_after
+from support import run_cli, run_command, wait_for
+from support.capabilities import (
+    STRACE,
+    needs_strace,
+    needs_strace_root,
+    run_held_after,
+    strace_attached,
+)
 from support.serveproc import ServeProcess, fresh_payload
 from support.watchproc import payload
 
@@ -158,15 +164,12 @@ def test_verify_judges_the_metadata_by_the_history_it_read_it_beside(root: Path)
     names = make_history(root)
     history = root / HISTORY
     trace = root.parent / "dry.trace"
-    dry = subprocess.run(
+    dry = run_command(
         [
             *(STRACE, "-f", "-qq", "-o", str(trace), "-P", str(history)),
             *("-P", str(history / "_metadata.json"), "-e", "trace=getdents64,openat"),
             *(sys.executable, "-m", "ingester", "--root", str(root), "verify"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+        ]
     )
     assert dry.returncode == 0, dry.stdout + dry.stderr
     calls = trace.read_text().splitlines()
@@ -275,16 +278,12 @@ def latest_gone_under_every_read(root: Path, args: tuple[str, ...]) -> str:
     traceback."""
     names = fresh_history(root, 4)
     filters = [arg for name in names[1:] for arg in ("-P", str(root / HISTORY / name))]
-    done = subprocess.run(
+    done = run_command(
         [
             *(STRACE, "-f", "-qq", "-o", "/dev/null", *filters),
             *("-e", "trace=openat", "-e", "inject=openat:error=ENOENT"),
             *(sys.executable, "-m", "ingester", "--root", str(root), *args),
-        ],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=60,
+        ]
     )
     assert "Traceback" not in done.stderr
     assert done.stderr == "", done.stderr
@@ -350,11 +349,12 @@ def serve_get_held(server: ServeProcess, url: str, path: Path) -> httpx.Response
 
     getter = threading.Thread(target=get)
     try:
-        status = Path(f"/proc/{pid}/status")
-        wait_for(lambda: "TracerPid:\t0\n" not in status.read_text(), 20, "strace attached")
+        wait_for(lambda: strace_attached(tracer, pid), 20, "strace attached")
         getter.start()
 
         def stopped() -> bool:
+            if tracer.poll() is not None:  # never held, then: say so now, not at the deadline
+                raise AssertionError(f"strace exited {tracer.returncode}:\n{server.log}")
             return trace.exists() and "stopped by SIGSTOP" in trace.read_text()
 
         wait_for(stopped, 30, f"serve held as it looks at {path.name}")

@@ -29,7 +29,14 @@ from pathlib import Path
 
 import pytest
 from support import IS_ROOT, cli_env, run_cli, wait_for
-from support.capabilities import STRACE, immutable, needs_strace, needs_strace_root
+from support.capabilities import (
+    STRACE,
+    immutable,
+    needs_strace,
+    needs_strace_root,
+    strace_attached,
+)
+from support.process import kill_group
 from support.watchproc import WatchProcess, drop, payload, stored_contents, versions
 
 from ingester.history.store import HistoryStore
@@ -79,16 +86,8 @@ class NoLeaseWatch(WatchProcess):
     """A watcher that cannot take read leases on another user's files (as under systemd)."""
 
     def __init__(self, root: Path, *args: str) -> None:
-        self.root = root
-        self.log_path = root.parent / f"watch-{os.urandom(3).hex()}.log"
-        self._log = self.log_path.open("wb")
-        cmd = ["--bounding-set", "-lease", "--inh-caps", "-lease", "--"]
-        self.proc = subprocess.Popen(
-            [SETPRIV or "setpriv", *cmd, *ingester_cmd(root, "watch", *args)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=cli_env(),
-        )
+        no_lease = ("--bounding-set", "-lease", "--inh-caps", "-lease", "--")
+        super().__init__(root, *args, wrapper=(SETPRIV or "setpriv", *no_lease))
 
 
 # -- submit ---------------------------------------------------------------------------
@@ -106,7 +105,9 @@ def test_submit_takes_a_name_as_long_as_the_watcher_does(root: Path) -> None:
 def test_submit_never_replaces_a_waiting_drop_of_the_same_name(root: Path) -> None:
     """The first writer is held between its check and its publish; the second wins."""
     (root / "spool" / "tmp").mkdir(parents=True)
-    first = subprocess.Popen(
+    # As a context manager, Popen closes its pipes however the block ends; in a group of
+    # its own, strace and the submit it runs are ended together.
+    with subprocess.Popen(
         [
             STRACE,
             "-f",
@@ -120,18 +121,21 @@ def test_submit_never_replaces_a_waiting_drop_of_the_same_name(root: Path) -> No
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=cli_env(),
-    )
-    assert first.stdin is not None
-    first.stdin.write(payload(1))
-    first.stdin.close()
-    # Its staged copy exists: it has checked the name and is writing.
-    wait_for(lambda: os.listdir(root / "spool" / "tmp"), timeout=30, what="first staged")
-    second = run_cli(root, "submit", "--name", "same.json", "-", input=payload(2))
-    assert second.returncode == 0, second.stderr
-    first.wait(timeout=60)
-    assert first.stderr is not None
-    err = first.stderr.read()
-    first.stderr.close()
+        start_new_session=True,
+    ) as first:
+        try:
+            assert first.stdin is not None
+            first.stdin.write(payload(1))
+            first.stdin.close()
+            # Its staged copy exists: it has checked the name and is writing.
+            wait_for(lambda: os.listdir(root / "spool" / "tmp"), timeout=30, what="first staged")
+            second = run_cli(root, "submit", "--name", "same.json", "-", input=payload(2))
+            assert second.returncode == 0, second.stderr
+            first.wait(timeout=60)
+            assert first.stderr is not None
+            err = first.stderr.read()
+        finally:
+            kill_group(first)
     assert first.returncode == 1, err
     assert b"a drop of that name is still waiting" in err
     assert (root / "spool" / "same.json").read_bytes() == payload(2)
@@ -155,27 +159,29 @@ def test_a_submitted_drop_is_taken_at_once_not_after_the_settle_time(root: Path)
 def test_concurrent_submits_of_one_name_store_one_and_refuse_the_other(root: Path) -> None:
     pairs = 8
     (root / "spool").mkdir()
-    procs = []
-    for i in range(pairs):
-        for j in (0, 1):
-            p = subprocess.Popen(
-                ingester_cmd(root, "submit", "--name", f"p{i}.json", "-"),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=cli_env(),
-            )
-            procs.append((i, j, p))
-    for i, j, p in procs:
-        assert p.stdin is not None
-        p.stdin.write(payload(100 * i + j))
-        p.stdin.close()
     results: dict[int, list[tuple[int, int, bytes]]] = {}
-    for i, j, p in procs:
-        p.wait(timeout=60)
-        assert p.stderr is not None
-        results.setdefault(i, []).append((j, p.returncode, p.stderr.read()))
-        p.stderr.close()
+    # Each Popen a context manager: every pipe is closed, and every submit waited for,
+    # however the block ends.
+    with contextlib.ExitStack() as running:
+        procs = []
+        for i in range(pairs):
+            for j in (0, 1):
+                p = subprocess.Popen(
+                    ingester_cmd(root, "submit", "--name", f"p{i}.json", "-"),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    env=cli_env(),
+                )
+                procs.append((i, j, running.enter_context(p)))
+        for i, j, p in procs:
+            assert p.stdin is not None
+            p.stdin.write(payload(100 * i + j))
+            p.stdin.close()
+        for i, j, p in procs:
+            p.wait(timeout=60)
+            assert p.stderr is not None
+            results.setdefault(i, []).append((j, p.returncode, p.stderr.read()))
     for i, outcomes in results.items():
         winners = [j for j, code, _ in outcomes if code == 0]
         losers = [err for _, code, err in outcomes if code != 0]
@@ -298,12 +304,9 @@ def syscall_delayed(
         stderr=subprocess.DEVNULL,
     )
     try:
-        status = Path(f"/proc/{pid}/status")
         # Attaching to every thread of a busy server takes longer.
         wait_for(
-            lambda: "TracerPid:\t0\n" not in status.read_text(),
-            20 if every_thread else 10,
-            "strace attached",
+            lambda: strace_attached(tracer, pid), 20 if every_thread else 10, "strace attached"
         )
         yield
     finally:
@@ -586,8 +589,12 @@ def test_the_quarantine_may_not_be_the_history(root: Path, tmp_path: Path) -> No
 SLOW_WRITER = 'exec 3>"$DROP"; printf %s "$HEAD" >&3; sleep "$PAUSE"; printf %s "$TAIL" >&3'
 
 
-def slow_writer(path: Path, data: bytes, pause: float) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def slow_writer(path: Path, data: bytes, pause: float) -> Iterator[subprocess.Popen[bytes]]:
+    """The scraper writing ``data`` into ``path`` in place: 60 bytes, ``pause`` seconds,
+    the rest. Killed if still writing as the block ends, and waited for either way (a
+    Popen never waited for warns in whichever test runs as it is collected)."""
+    with subprocess.Popen(
         [
             SETPRIV or "setpriv",
             f"--reuid={SCRAPER_UID}",
@@ -601,7 +608,11 @@ def slow_writer(path: Path, data: bytes, pause: float) -> subprocess.Popen[bytes
         env=cli_env(
             DROP=str(path), HEAD=data[:60].decode(), TAIL=data[60:].decode(), PAUSE=str(pause)
         ),
-    )
+    ) as writer:
+        try:
+            yield writer
+        finally:
+            writer.kill()  # nothing if it has ended
 
 
 @needs_two_users
@@ -615,17 +626,13 @@ def test_an_in_place_write_under_way_at_start_is_never_quarantined(
         with NoLeaseWatch(root) as first:
             assert first.stop() == 0
     data = payload(1, pad="x" * 200)
-    writer = slow_writer(spool / "slow.json", data, 4)
-    try:
+    with slow_writer(spool / "slow.json", data, 4) as writer:
         head = spool / "slow.json"
         wait_for(lambda: head.exists() and head.stat().st_size == 60, what="first 60 bytes")
         with NoLeaseWatch(root) as w:
             assert writer.wait(timeout=30) == 0
             wait_for(lambda: stored_contents(root), timeout=20, what="the finished drop")
             assert w.stop() == 0
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            writer.kill()
     assert stored_contents(root) == {data: 1}, w.log
     rejected = spool / "rejected"
     assert not rejected.exists() or os.listdir(rejected) == [], w.log
@@ -638,8 +645,8 @@ def test_a_slow_in_place_writer_is_not_taken_for_a_bad_drop(open_root: Path) -> 
     spool = two_user_spool(root)
     data = payload(2, pad="y" * 200)
     with NoLeaseWatch(root, "--settle", "0.1", "--rescan-interval", "1") as w:
-        writer = slow_writer(spool / "slow.json", data, 4)
-        assert writer.wait(timeout=30) == 0
+        with slow_writer(spool / "slow.json", data, 4) as writer:
+            assert writer.wait(timeout=30) == 0
         wait_for(lambda: stored_contents(root), timeout=20, what="the finished drop")
         assert w.stop() == 0
     assert stored_contents(root) == {data: 1}, w.log
@@ -680,8 +687,7 @@ def test_a_paused_writer_whose_mtimes_lag_our_clock_is_not_set_aside(open_root: 
     root = open_root
     spool = two_user_spool(root)
     data = payload(1, pad="x" * 200)
-    writer = slow_writer(spool / "slow.json", data, 8)
-    try:
+    with slow_writer(spool / "slow.json", data, 8) as writer:
         head = spool / "slow.json"
         wait_for(lambda: head.exists() and head.stat().st_size == 60, what="first 60 bytes")
         behind = time.time() - 600  # as the filesystem's clock stamps it
@@ -694,9 +700,6 @@ def test_a_paused_writer_whose_mtimes_lag_our_clock_is_not_set_aside(open_root: 
                 what="the finished drop stored (or set aside)",
             )
             assert w.stop() == 0
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            writer.kill()
     assert "rejected slow.json" not in w.log, w.log
     assert stored_contents(root) == {data: 1}, w.log
 

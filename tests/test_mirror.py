@@ -345,9 +345,11 @@ class MirrorProcess:
 
     def wait_log(self, text: str, timeout: float = 20.0) -> None:
         def seen() -> bool:
+            # Asked before the log is read: what it wrote on its way out is then seen.
+            ended = self.proc.poll() is not None
             if text in self.log:
                 return True
-            assert self.proc.poll() is None, f"mirror exited {self.proc.returncode}:\n{self.log}"
+            assert not ended, f"mirror exited {self.proc.returncode}:\n{self.log}"
             return False
 
         wait_for(seen, timeout, f"{text!r} in the mirror log")
@@ -355,7 +357,13 @@ class MirrorProcess:
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=20)
+        try:
+            code = self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()  # not left running after the test, its log open
+            raise AssertionError(
+                f"mirror did not stop within 20 s of SIGTERM (killed); its log:\n{self.log}"
+            ) from None
         self._log.close()
         return code
 
@@ -364,6 +372,14 @@ class MirrorProcess:
             self.proc.kill()
         self.proc.wait(timeout=10)
         self._log.close()
+
+    def __enter__(self) -> MirrorProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Killed if it still runs however the block ends: never left running after the
+        test, its log open."""
+        self.kill()
 
 
 # -- pure: what retention may delete while a mirror lags ------------------------------------
@@ -686,7 +702,6 @@ def test_a_stop_during_slow_uploads_begins_no_more_of_them(
     try:
         env = s3_env(proxy.endpoint, aws_files)
         extra = ("--concurrency", "2", *(("--once",) if once else ()))
-        mirror = MirrorProcess(root, target, env, command_args=extra)
 
         def uploads() -> list[str]:
             return [
@@ -695,10 +710,11 @@ def test_a_stop_during_slow_uploads_begins_no_more_of_them(
                 if method == "PUT" and path.rsplit("/", 1)[1] in names
             ]
 
-        wait_for(lambda: uploads(), 60, "a first upload")
-        asked = len(proxy.requests)
-        mirror.proc.send_signal(signal.SIGTERM)
-        assert mirror.stop() == (1 if once else 0), mirror.log
+        with MirrorProcess(root, target, env, command_args=extra) as mirror:
+            wait_for(lambda: uploads(), 60, "a first upload")
+            asked = len(proxy.requests)
+            mirror.proc.send_signal(signal.SIGTERM)
+            assert mirror.stop() == (1 if once else 0), mirror.log
         wait_for(lambda: proxy.in_flight == 0, 10, "in-flight requests to land")
         first = uploads()
         assert len(first) < len(names), mirror.log
@@ -982,9 +998,9 @@ def test_mirror_killed_during_uploads_reconciles_on_restart(
     env = s3_env(proxy.endpoint, aws_files)
     client = client_for(s3.endpoint)
     try:
-        mirror = MirrorProcess(root, target, env, command_args=("--concurrency", "2"))
-        wait_for(lambda: len(remote_names(client, bucket, "crash")) >= 20, 30, "some uploads")
-        mirror.kill()
+        with MirrorProcess(root, target, env, command_args=("--concurrency", "2")) as mirror:
+            wait_for(lambda: len(remote_names(client, bucket, "crash")) >= 20, 30, "some uploads")
+            mirror.kill()
         proxy.fault = "error"  # nothing new gets through; what is in flight lands
         wait_for(lambda: proxy.in_flight == 0, 10, "in-flight requests to land")
         # Whatever made it is whole: no partial object under a version's name.

@@ -715,25 +715,24 @@ def test_serve_alone_under_systemd_is_quiet_about_readiness(root: Path) -> None:
 def test_serve_watch_exits_0_on_sigint_and_sighup_too(root: Path, stop: signal.Signals) -> None:
     # SIGHUP: the terminal it ran in was closed; its default would end it mid-answer.
     argv = ["serve", "--watch", "--listen", "127.0.0.1:0"]
-    proc = subprocess.Popen(
+    lines: list[bytes] = []
+    # As a context manager, Popen closes its pipe however the block ends.
+    with subprocess.Popen(
         [sys.executable, "-m", "ingester", "--root", str(root), *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=cli_env(),
-    )
-    assert proc.stdout is not None
-    lines: list[bytes] = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if b"serve --watch: ready" in line:
-                break
-        proc.send_signal(stop)
-        rest, _ = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if b"serve --watch: ready" in line:
+                    break
+            proc.send_signal(stop)
+            rest, _ = proc.communicate(timeout=20)
+        finally:
+            proc.kill()  # nothing if it has ended
     assert proc.returncode == 0, b"".join(lines) + rest
     assert b"serve --watch: stopping: no new connections" in rest
     assert re.search(rb"INFO stopped: \d+ ingested, \d+ rejected, 0 waiting", rest)

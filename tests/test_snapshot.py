@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli, wait_for
+from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli, run_command, wait_for
 from support.capabilities import (
     needs_strace,
     other_user_problem,
@@ -22,6 +22,7 @@ from support.capabilities import (
     run_as_other,
     run_held_after,
 )
+from support.process import kill_group
 
 from ingester.ops.snapshot import build_snapshot_tree, list_versions_once
 
@@ -298,19 +299,20 @@ def test_a_tar_snapshot_stopped_midway_leaves_nothing_under_its_name(
     out = tmp_path / "out"
     out.mkdir()
     target = out / "snap.tar"
-    proc = subprocess.Popen(
+    # As a context manager, Popen closes its pipe however the block ends.
+    with subprocess.Popen(
         [sys.executable, "-m", "ingester", "--root", str(root), "snapshot", "--tar", str(target)],
         env={**cli_env(), "TMPDIR": str(scratch)},
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
-        wait_for(lambda: any(out.iterdir()), 30, "the archive begun under a temp name")
-        assert not target.exists()  # never its own name while it is written
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
+    ) as proc:
+        try:
+            wait_for(lambda: any(out.iterdir()), 30, "the archive begun under a temp name")
+            assert not target.exists()  # never its own name while it is written
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err
     # Stopped, it removed what it made: no archive, no temp name, no scratch tree.
@@ -454,20 +456,19 @@ def test_a_snapshot_that_fails_or_is_stopped_at_its_last_fsync_takes_back_all_it
     if form == "tar":
         base.append("--tar")
     (tmp_path / "probe").mkdir()
-    subprocess.run(
+    probe = run_command(
         ["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=fsync", *base,
          str(tmp_path / "probe" / "x" / "y" / "snap")],
-        env=cli_env(), capture_output=True, check=True, timeout=60,
     )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
     fsyncs = sum(1 for line in trace.read_text().splitlines() if "fsync(" in line)
     assert fsyncs > 0
     out = tmp_path / "out"
     out.mkdir()
     dest = out / "a" / "b" / "snap"
-    done = subprocess.run(
+    done = run_command(
         ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync",
          "-e", f"inject=fsync:{fault}:when={fsyncs}", *base, str(dest)],
-        env=cli_env(), capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert "Traceback" not in done.stderr
     expected = 1 if fault == "error=EIO" else 128 + signal.SIGTERM
@@ -505,10 +506,9 @@ def test_a_snapshot_whose_latest_link_cannot_be_made_fails_and_leaves_nothing(
 def _traced(args: list[str], cwd: Path, syscalls: str, name: str) -> list[str]:
     """The lines of ``strace -e trace=SYSCALLS`` for a run of ``args`` naming ``name(``."""
     trace = cwd / "trace.txt"
-    subprocess.run(
-        ["strace", "-f", "-qq", "-o", str(trace), "-e", f"trace={syscalls}", *args],
-        cwd=cwd, env=cli_env(), capture_output=True, check=False, timeout=60,
-    )  # fmt: skip
+    run_command(
+        ["strace", "-f", "-qq", "-o", str(trace), "-e", f"trace={syscalls}", *args], cwd=cwd
+    )
     return [line for line in trace.read_text().splitlines() if f"{name}(" in line]
 
 
@@ -568,10 +568,9 @@ def test_a_tar_snapshot_that_failed_before_publishing_never_removes_a_file_made_
 
     job = threading.Thread(target=other_job)
     job.start()
-    done = subprocess.run(
+    done = run_command(
         ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync,unlink", *failing,
          "-e", f"inject=unlink:delay_exit=3000000:when={k}", *base, str(target)],
-        env=cli_env(), capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     job.join()
     assert done.returncode == 1 and "EIO" in done.stderr, done.stdout + done.stderr
@@ -598,22 +597,28 @@ def test_a_folder_made_at_dest_while_the_snapshot_ran_is_left_alone(
         "-e", "inject=renameat2:delay_enter=3000000:when=1",
         sys.executable, "-m", "ingester", "--root", str(root), "snapshot", str(dest),
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        wait_for(
-            lambda: any(dest.parent.glob(f".tmp-snapshot-*/{LATEST}")),
-            30,
-            "the snapshot built under its temp name",
-        )
-        time.sleep(0.5)
-        dest.mkdir()
-        dest.chmod(0o700)
-        theirs = os.stat(dest)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    # Its own group: strace killed alone would let the snapshot run on after the test.
+    with subprocess.Popen(
+        command,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            wait_for(
+                lambda: any(dest.parent.glob(f".tmp-snapshot-*/{LATEST}")),
+                30,
+                "the snapshot built under its temp name",
+            )
+            time.sleep(0.5)
+            dest.mkdir()
+            dest.chmod(0o700)
+            theirs = os.stat(dest)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            kill_group(proc)
     now = os.stat(dest)
     assert (now.st_ino, stat.S_IMODE(now.st_mode)) == (theirs.st_ino, 0o700), out + err
     assert list(dest.iterdir()) == []

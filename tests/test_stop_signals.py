@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from support import cli_env, run_cli, wait_for
+from support import cli_env, run_cli, run_command, wait_for
 from support.capabilities import STRACE, needs_strace_root, traced_program
+from support.process import kill_group
 from support.serveproc import ServeProcess
 from support.signals import STOPS, pause, storm, survives_a_storm
 from support.watchproc import WatchProcess, drop, payload, stored_contents
@@ -107,6 +108,7 @@ def test_a_stop_signal_before_the_server_loop_runs_still_stops_it(
             stdout=sink,
             stderr=subprocess.STDOUT,
             env=cli_env(PYTHONFAULTHANDLER="1"),
+            start_new_session=True,  # strace and serve, ended together (kill_group)
         )
     try:
         wait_for(lambda: "serve: listening on" in log.read_text(), 30, "the listening line")
@@ -119,9 +121,7 @@ def test_a_stop_signal_before_the_server_loop_runs_still_stops_it(
             tracer.wait(timeout=10)
             pytest.fail(f"serve went on after {stop.name}:\n{log.read_text()}")
     finally:
-        if tracer.poll() is None:
-            tracer.kill()
-            tracer.wait()
+        kill_group(tracer)
     text = log.read_text()
     assert code == 0, text
     assert "INFO serve: stopped: " in text
@@ -153,14 +153,7 @@ def _under_strace(
 ) -> subprocess.CompletedProcess[str]:
     """``COMMAND --root ROOT ARGS`` under ``strace -f -qq OPTIONS`` (a trace to a log, or
     a SIGINT injected), its output captured."""
-    return subprocess.run(
-        [STRACE, "-f", "-qq", *options, *command, "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=cli_env(),
-        check=False,
-    )
+    return run_command([STRACE, "-f", "-qq", *options, *command, "--root", str(root), *args])
 
 
 def _interrupted(root: Path, command: list[str], *inject: str) -> subprocess.CompletedProcess[str]:

@@ -200,7 +200,12 @@ def test_socket_activation_in_a_private_network(root: Path) -> None:
         assert "2 sockets from systemd (fd 3 'http4', fd 4 'http6'" in log
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # not left running after the test
+            proc.wait(10)
+            raise
     assert "serve: stopped:" in log_path.read_text()
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from support import cli_env
 from support.capabilities import STRACE, strace_problem, traced_program
+from support.process import kill_group
 from support.sdnotify import NotifyListener
 from support.watchproc import drop, payload, versions
 
@@ -486,6 +487,7 @@ def service_trace(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=env,
+            start_new_session=True,  # strace and the watcher, ended together (kill_group)
         )
         try:
             alive = lambda: proc.poll() is None  # noqa: E731
@@ -499,9 +501,7 @@ def service_trace(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
             os.kill(traced_program(proc.pid), signal.SIGTERM)
             assert proc.wait(20) == 0
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+            kill_group(proc)
     assert len(versions(root)) == 2
     return trace.read_text().splitlines()
 

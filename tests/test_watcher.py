@@ -29,6 +29,7 @@ from support import (
 )
 from support.capabilities import STRACE, needs_strace_root, traced_program
 from support.hostile import many_problems
+from support.process import kill_group
 from support.watchproc import WatchProcess, drop, latest_bytes, payload, stored_contents, versions
 
 from ingester.history.lock import HistoryLock
@@ -234,6 +235,7 @@ def test_a_second_stop_signal_on_the_way_out_is_ignored(root: Path) -> None:
             ],
             stderr=sink,
             env=cli_env(),
+            start_new_session=True,  # strace and the watcher, ended together (kill_group)
         )
     try:
         wait_for(lambda: "watching " in log.read_text(), 20, "the watcher to start")
@@ -242,7 +244,12 @@ def test_a_second_stop_signal_on_the_way_out_is_ignored(root: Path) -> None:
         wait_for(lambda: "stopped:" in log.read_text(), 10, "the stop line")
 
         def hup_ignored() -> bool:
-            status = Path(f"/proc/{pid}/status").read_text()
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:  # reaped by strace: it ended without the second HUP
+                raise AssertionError(
+                    f"the watcher (pid {pid}) ended before it ignored SIGHUP:\n{log.read_text()}"
+                ) from None
             found = re.search(r"SigIgn:\s*([0-9a-f]+)", status)
             assert found is not None, status
             return bool(int(found.group(1), 16) & (1 << (signal.SIGHUP - 1)))
@@ -251,9 +258,7 @@ def test_a_second_stop_signal_on_the_way_out_is_ignored(root: Path) -> None:
         os.kill(pid, signal.SIGHUP)
         assert tracer.wait(timeout=20) == 0, log.read_text()
     finally:
-        if tracer.poll() is None:
-            tracer.kill()
-            tracer.wait()
+        kill_group(tracer)
 
 
 def test_burst_does_not_clean_up_per_drop(root: Path) -> None:

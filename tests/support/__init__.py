@@ -73,18 +73,53 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``[WRAPPER...] ingester --root ROOT ARGS...`` in a subprocess (``pass_fds`` kept
     open in it); return the completed process. Its output is captured, unless
-    ``stdout`` (a descriptor or a file) is where its standard output goes."""
-    return subprocess.run(
+    ``stdout`` (a descriptor or a file) is where its standard output goes. A timeout
+    raises as :func:`run_command` says."""
+    return run_command(
         [*wrapper, sys.executable, "-m", "ingester", "--root", str(root), *args],
         input=input.decode() if input is not None else None,
+        timeout=timeout,
+        pass_fds=pass_fds,
+        stdout=stdout,
+        env=cli_env(**env),
+    )
+
+
+def run_command(
+    command: list[str],
+    *,
+    input: str | None = None,
+    timeout: float = 60,
+    pass_fds: tuple[int, ...] = (),
+    stdout: int | IO[str] | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` (in ``env``, by default :func:`cli_env`'s) with ``input`` on its
+    standard input; return it completed, its output captured as text unless ``stdout``
+    (a descriptor or a file) is where its standard output goes.
+
+    Raises ``subprocess.TimeoutExpired`` once ``timeout`` seconds have passed, the command
+    killed: the program itself, under strace too (strace killed alone lets it go on, or
+    leaves it stopped for ever where strace held it)."""
+    with subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE if input is not None else None,
         stdout=subprocess.PIPE if stdout is None else stdout,
         stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        env=cli_env(**env),
+        env=cli_env() if env is None else env,
         pass_fds=pass_fds,
-        check=False,
-    )
+        cwd=cwd,
+    ) as proc:
+        try:
+            out, err = proc.communicate(input, timeout)
+        except BaseException:  # the timeout, or the test's own (an interrupt)
+            from .process import kill_program  # it imports this module
+
+            kill_program(proc)
+            raise
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 PROMTOOL = shutil.which("promtool")

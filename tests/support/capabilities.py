@@ -23,11 +23,12 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from . import IS_ROOT, cli_env, run_cli, wait_for
-from .process import program_of_strace
+from .process import kill_group, program_of_strace
 
 __all__ = [
     "AS_OTHER",
@@ -51,6 +52,7 @@ __all__ = [
     "run_as_other",
     "run_held_after",
     "run_tool",
+    "strace_attached",
     "strace_problem",
     "tmpfs",
     "traced_program",
@@ -94,6 +96,18 @@ def traced_program(tracer: int, timeout: float = 10.0) -> int:
     return found
 
 
+def strace_attached(tracer: subprocess.Popen[Any], pid: int) -> bool:
+    """Whether strace (``tracer``, started with ``-p PID``) is attached to process
+    ``pid`` yet: a condition for :func:`wait_for`. Fails at once, saying which, when
+    strace or the process has ended, since it never will be then."""
+    if tracer.poll() is not None:
+        raise AssertionError(f"strace exited {tracer.returncode} before it attached to {pid}")
+    try:
+        return "TracerPid:\t0\n" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        raise AssertionError(f"process {pid} ended before strace attached to it") from None
+
+
 def run_held_after(
     root: Path,
     args: tuple[str, ...],
@@ -120,13 +134,15 @@ def run_held_after(
         *(sys.executable, "-m", "ingester", "--root", str(root), *args),
     ]
     # As a context manager, Popen closes the pipes however this ends: left to the
-    # garbage collector, they would warn in whichever test runs then.
+    # garbage collector, they would warn in whichever test runs then. In a group of
+    # their own, strace and the program it holds are ended together.
     with subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=cli_env(**env),
+        start_new_session=True,
     ) as tracer:
         try:
 
@@ -145,9 +161,8 @@ def run_held_after(
                 os.kill(program, signal.SIGCONT)
             out, err = tracer.communicate(timeout=60)
         finally:
-            if tracer.poll() is None:
-                tracer.kill()
-                tracer.communicate()
+            # strace killed alone would let the program go, stopped for ever.
+            kill_group(tracer)
     return subprocess.CompletedProcess(command, tracer.returncode, out, err)
 
 

@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any, Self
 
 from support import cli_env, wait_for
 
@@ -34,15 +35,19 @@ class LoggedProcess:
         self.tag = tag
         self.log_path = root.parent / f"{tag}-{os.urandom(3).hex()}.log"
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            command,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            # A process that does not stop is sent SIGABRT (see stop): faulthandler then
-            # writes every thread's stack into the log, which the failure shows.
-            env=cli_env(PYTHONFAULTHANDLER="1", **(env or {})),
-            pass_fds=pass_fds,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                command,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                # A process that does not stop is sent SIGABRT (see stop): faulthandler
+                # then writes every thread's stack into the log, which the failure shows.
+                env=cli_env(PYTHONFAULTHANDLER="1", **(env or {})),
+                pass_fds=pass_fds,
+            )
+        except BaseException:
+            self._log.close()  # left to the garbage collector, it warns in another test
+            raise
 
     @property
     def log(self) -> str:
@@ -53,9 +58,12 @@ class LoggedProcess:
         """Wait until ``text`` appears ``count`` times in the log (fails if it exits first)."""
 
         def seen() -> bool:
+            # Whether it has ended is asked before the log is read: what it wrote on
+            # its way out is then in the log read, never taken for missing.
+            ended = self.proc.poll() is not None
             if self.log.count(text) >= count:
                 return True
-            if self.proc.poll() is not None:
+            if ended:
                 raise AssertionError(f"{self.tag} exited {self.proc.returncode}:\n{self.log}")
             return False
 
@@ -71,14 +79,40 @@ class LoggedProcess:
         delivered asynchronously: a thread in the middle of a system call finishes
         that call first). The process must be the program itself, not a wrapper that
         forks it (strace); one that execs it (setpriv) is the program.
+
+        Fails at once, with its exit code and log, when the process has ended. A body
+        that ends it (a kill) is no failure of the hold: there is nothing to continue.
         """
         pid = self.proc.pid
-        os.kill(pid, signal.SIGSTOP)
+
+        def stopped() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"{self.tag} (pid {pid}) exited {self.proc.returncode} before it was "
+                    f"held; its log:\n{self.log}"
+                )
+            return _all_stopped(pid)
+
+        if self.proc.poll() is None:  # reaped, its pid could be another process's
+            os.kill(pid, signal.SIGSTOP)
         try:
-            wait_for(lambda: _all_stopped(pid), 15, f"the {self.tag} (pid {pid}) stopped")
+            wait_for(stopped, 15, f"the {self.tag} (pid {pid}) stopped")
             yield
         finally:
-            os.kill(pid, signal.SIGCONT)
+            # Only this object reaps it: not reaped here, the pid is still its own.
+            if self.proc.poll() is None:
+                os.kill(pid, signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def ended_on_failure(self) -> Iterator[None]:
+        """A failure in the block (it never started) ends the process and closes its
+        log before it goes on up: whoever started it holds nothing to stop then (a
+        ``with`` whose ``__enter__`` fails never calls ``__exit__``)."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
 
     def _release(self) -> None:
         """What a subclass holds besides the process (a client), let go before it ends."""
@@ -95,8 +129,10 @@ class LoggedProcess:
         try:
             code = self.proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
-            # Where it is stuck, for the failure: each thread's stack (faulthandler).
-            self.proc.send_signal(signal.SIGABRT)
+            # Where it is stuck, for the failure: each thread's stack (faulthandler). To
+            # the program, not to a strace around it: strace would die of it alone,
+            # leaving the program running with nothing left to find it by.
+            _signal_program(self.proc.pid, signal.SIGABRT)
             try:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -112,12 +148,21 @@ class LoggedProcess:
     def kill(self) -> None:
         """SIGKILL: the crash."""
         self._release()
-        if self.proc.poll() is None:
-            _signal_program(self.proc.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()  # strace, had it not ended with its program
-        self.proc.wait(timeout=10)
+        kill_program(self.proc)
         self._log.close()
+
+    def close(self) -> None:
+        """Kill it if it still runs; let go of all it holds (its log, a client) either way."""
+        if self.proc.poll() is None:
+            self.kill()
+        else:
+            # Ended on its own: what it held is let go all the same (a client's open
+            # connections, left to the garbage collector, warn in another test).
+            self._release()
+            self._log.close()
+
+    def __enter__(self) -> Self:
+        return self
 
     def __exit__(
         self,
@@ -125,10 +170,7 @@ class LoggedProcess:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.proc.poll() is None:
-            self.kill()
-        else:
-            self._log.close()
+        self.close()
 
 
 def _all_stopped(pid: int) -> bool:
@@ -168,3 +210,26 @@ def program_of_strace(tracer: int) -> int | None:
             if os.readlink(f"/proc/{child}/exe") != own:
                 return int(child)
     return None
+
+
+def kill_group(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL every process of the group ``proc`` leads (it was started with
+    ``start_new_session=True``), then reap ``proc``; nothing once ``proc`` is reaped.
+
+    For strace and the program it runs: strace killed alone detaches, and the program
+    runs on after the test, or stays stopped for ever if it was held."""
+    # Only while ``proc`` is unreaped is its pid, the group's id, sure to be its own.
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):  # the group has no process left
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def kill_program(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL the program ``proc`` runs (``proc`` itself, or the program of a strace it
+    is), then ``proc``, and reap it."""
+    if proc.poll() is None:
+        _signal_program(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()  # strace, had it not ended with its program
+    proc.wait(timeout=10)

@@ -101,14 +101,16 @@ class ServeProcess(LoggedProcess):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServeProcess:
-        """Wait until it listens; open a client."""
+        """Wait until it listens; open a client. If it does not listen, it is ended
+        (see :meth:`LoggedProcess.ended_on_failure`) and this fails."""
 
         def listening() -> re.Match[str] | None:
             if self.proc.poll() is not None:
                 raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.log}")
             return re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.log)
 
-        match = wait_for(listening, 15, "serve to listen")
+        with self.ended_on_failure():
+            match = wait_for(listening, 15, "serve to listen")
         assert isinstance(match, re.Match)
         self.port = int(match[1])
         self.client = httpx.Client(base_url=self.base, timeout=10)

@@ -53,7 +53,11 @@ def survives_a_storm(
     ) as child:
         assert child.stdout is not None
         try:
-            assert child.stdout.readline().strip() == "ready"
+            said = child.stdout.readline().strip()
+            if said != "ready":
+                # Nothing at all: it ended before it was ready; say how, not '' != 'ready'.
+                child.kill()
+                pytest.fail(f"{what} printed {said!r} where 'ready' was due (exit {child.wait()})")
             storm(child.pid, count, seed, kinds, alive=lambda: child.poll() is None)
             try:
                 child.wait(timeout=10)

@@ -79,8 +79,10 @@ class WatchProcess(LoggedProcess):
         super().__init__(root, "watch", [*command, *args], env)
 
     def wait_started(self) -> WatchProcess:
-        """Wait until the observer is running."""
-        self.wait_log("watching ")
+        """Wait until the observer is running; if it does not, it is ended (see
+        :meth:`LoggedProcess.ended_on_failure`) and this fails."""
+        with self.ended_on_failure():
+            self.wait_log("watching ")
         return self
 
     def __enter__(self) -> WatchProcess:
