@@ -34,6 +34,7 @@ from support.capabilities import (
     other_user_problem,
     traced_program,
 )
+from support.process import kill_group
 from support.serveproc import ServeProcess
 from support.watchproc import WatchProcess
 from test_crashpoints import DURABLE_OPS, Plan, SimulatedCrash, inject
@@ -784,6 +785,7 @@ def test_kill_9_during_adopt_then_adopt_again(root: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=cli_env(),
+        start_new_session=True,  # strace and adopt end together, however the test ends
     )
     try:
 
@@ -796,9 +798,7 @@ def test_kill_9_during_adopt_then_adopt_again(root: Path) -> None:
         os.kill(traced_program(proc.pid), signal.SIGKILL)
         proc.wait(20)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        kill_group(proc)
     assert 3 <= read_only() < len(o.versions), "the kill did not land mid-way"
     done = run_cli(root, "adopt")
     assert done.returncode == 0, done.stdout + done.stderr
