@@ -415,7 +415,11 @@ def test_serve_never_promises_a_post_to_a_watcher_stopped_amid_its_backlog(root:
         program = traced_program(w.proc.pid)
         wait_for(lambda: in_claim(program), 30, "the drop's claim, held up")
         os.kill(program, signal.SIGTERM)
-        wait_for(lambda: in_metadata_rename(program), 30, "its last upkeep")
+        try:
+            # Each rename takes 5 s here, and there are a few before the upkeep's.
+            wait_for(lambda: in_metadata_rename(program), 60, "its last upkeep")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{w.log}") from None
         body = fresh_payload(marker="posted while the watcher stops")
         answer = server.post(API, content=body, headers=HEADERS)
         assert in_metadata_rename(program), w.log  # answered amid that upkeep
