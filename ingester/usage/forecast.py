@@ -108,7 +108,7 @@ otherwise make thousands of metric series, API rows and ``check`` items, and kee
 for as long as the history holds it. The console shows three; the rest is room for
 windows it adds later. Which are kept: the console's own (:data:`LIMIT_ORDER`), then
 those the newest snapshot holds, then the others, each by name."""
-MAX_LIMIT_NAME = 200
+MAX_LIMIT_NAME = 100
 """A limit whose dotted path is longer than this many characters is left out: its path
 becomes a metric label value and a word of ``check``'s line."""
 NOTHING_TO_GO_BY = (
