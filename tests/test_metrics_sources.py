@@ -2,7 +2,8 @@
 
 A serve refused the history (run as another uid, the history's mode changed) still lists
 the spool: the spool's gauges stay, so an alert on drops waiting can still fire, and
-``ingester_history_readable`` says what is missing.
+``ingester_history_readable`` says what is missing. One it may enter but not list still
+gives the totals of its metadata file.
 """
 
 from __future__ import annotations
@@ -50,5 +51,18 @@ def test_the_spool_gauges_stay_while_the_history_cannot_be_read() -> None:
             assert found["ingester_spool_backlog"] == 1
             assert found["ingester_spool_oldest_drop_age_seconds"] >= 0
             assert found["ingester_rejected_drops"] == 0
+            assert "ingester_versions_stored_total" not in found  # its file is in there
+            # A history that may be entered but not listed: the versions are unknown,
+            # the metadata file, read by its name, is not.
+            history.chmod(0o111)
+            try:
+                # A new version: the listing serve holds is out of date, and a new one fails.
+                put_version(root, version_name(datetime.now(UTC), 1), fresh_payload())
+                found = _samples(server.get("/metrics").text)
+            finally:
+                history.chmod(0o755)
+            assert found["ingester_history_readable"] == 0
+            assert found["ingester_versions_stored_total"] >= 0
+            assert found["ingester_spool_backlog"] == 1
             assert server.stop() == 0
         assert "Traceback" not in server.log

@@ -103,11 +103,11 @@ class HistoryCollector(Collector):
         # the history (another uid, a mode changed) while it still lists the spool, and
         # the spool's gauges are what an alert on drops waiting needs then.
         yield from self._history()
+        yield from self._metadata()
         yield from self._spool()
 
     def _history(self) -> Iterable[Metric]:
-        """``ingester_history_readable`` and, when it is 1, what the history and its
-        metadata tell."""
+        """``ingester_history_readable`` and, when it is 1, what the versions tell."""
         ctx = self.ctx
         now = ctx.config.clock()
         readable = GaugeMetricFamily(
@@ -153,8 +153,12 @@ class HistoryCollector(Collector):
                     "1 when the newest lastUpdated is older than 10 minutes, or cannot be read",
                     stale,
                 )
+
+    def _metadata(self) -> Iterable[Metric]:
+        """What ``_metadata.json`` tells: read by its name, so a history that may not be
+        listed (mode 0111) still gives it."""
         try:
-            meta = ctx.index.read_metadata()
+            meta = self.ctx.index.read_metadata()
         except OSError:
             meta = None
         # Missing, corrupt or unreadable, the totals are unknown: left out, not 0, which
