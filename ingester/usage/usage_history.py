@@ -515,9 +515,9 @@ class UsageHistory:
             named = ", ".join(name[:80] for name in left_out[:_NAMED_LEFT_OUT])
             log.warning(
                 "%d usage window(s) left out of the forecast and the usage metrics: at "
-                "most %d limits are kept, and none whose path is over %d characters "
-                "(%s%s); the snapshots holding them came from no console as it is known "
-                "(see the scraper), and they count until retention deletes them",
+                "most %d limits are kept, none with a path over %d characters (%s%s); "
+                "a snapshot with that many windows is no console's: see what sent it "
+                "(they count until retention deletes its version)",
                 count,
                 MAX_LIMITS,
                 MAX_LIMIT_NAME,
