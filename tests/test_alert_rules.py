@@ -1,7 +1,8 @@
 """The documented Prometheus alert rules on usage limits, checked and unit-tested by promtool.
 
-The rules are taken from docs/monitoring.md as a user would copy them; ``promtool`` comes
-from Debian's ``prometheus`` package (``.ci/run`` installs it where missing).
+The rules are taken from docs/monitoring.md (the usage limits) and docs/serve.md (serve's
+and the watcher's) as a user would copy them; ``promtool`` comes from Debian's
+``prometheus`` package (``.ci/run`` installs it where missing).
 """
 
 from __future__ import annotations
@@ -120,11 +121,16 @@ tests:
 """
 
 
-def documented_rules() -> str:
-    text = (REPO / "docs" / "monitoring.md").read_text()
-    found = re.search(r"<!-- rules: usage-limits -->\n```yaml\n(.*?)```", text, re.S)
-    assert found, "docs/monitoring.md has no rules block marked <!-- rules: usage-limits -->"
+def marked_rules(doc: str, mark: str) -> str:
+    """The rules block of ``docs/DOC`` marked ``<!-- rules: MARK -->``, as it stands."""
+    text = (REPO / "docs" / doc).read_text()
+    found = re.search(rf"<!-- rules: {mark} -->\n```yaml\n(.*?)```", text, re.S)
+    assert found, f"docs/{doc} has no rules block marked <!-- rules: {mark} -->"
     return found.group(1)
+
+
+def documented_rules() -> str:
+    return marked_rules("monitoring.md", "usage-limits")
 
 
 @pytest.fixture
@@ -356,3 +362,179 @@ def test_a_limit_the_scraper_keeps_missing_stays_unread_after_its_reset(
     (rules / "unread.yml").write_text(json.dumps(unit, indent=1))
     done = promtool("test", "rules", "unread.yml", cwd=rules)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# -- serve's and the watcher's rules (docs/serve.md) --------------------------------------------
+
+BLOCKS = (("serve.md", "serve"), ("serve.md", "watch"), ("monitoring.md", "usage-limits"))
+
+
+def rules_of(block: str) -> list[tuple[str, str | None, str | None]]:
+    """``(alert, severity, summary)`` of each rule of ``block`` (the docs' one style:
+    ``labels: {severity: ...}`` and a double-quoted summary on one line)."""
+    found = []
+    for rule in re.split(r"\n\s*- alert: ", block)[1:]:
+        severity = re.search(r"^\s*labels: \{severity: (\w+)\}\s*$", rule, re.M)
+        summary = re.search(r'^\s*summary: "(.*)"\s*$', rule, re.M)
+        found.append(
+            (
+                rule.split("\n", 1)[0].strip(),
+                severity[1] if severity else None,
+                summary[1].replace('\\"', '"') if summary else None,
+            )
+        )
+    return found
+
+
+def summary_of(alert: str, severity: str) -> str:
+    for doc, mark in BLOCKS:
+        for name, level, summary in rules_of(marked_rules(doc, mark)):
+            if (name, level) == (alert, severity) and summary is not None:
+                return summary
+    raise AssertionError(f"no {severity} rule {alert} in the docs")
+
+
+def test_every_documented_rule_has_a_severity_and_a_summary() -> None:
+    for doc, mark in BLOCKS:
+        rules = rules_of(marked_rules(doc, mark))
+        assert rules, (doc, mark)
+        for name, severity, summary in rules:
+            assert severity in ("warning", "critical"), f"{doc} {name}: severity {severity}"
+            assert summary, f"{doc} {name}: no summary"
+        # One name has at most one rule per level.
+        assert len({(n, s) for n, s, _ in rules}) == len(rules), (doc, mark)
+
+
+@pytest.fixture
+def ops_rules(tmp_path: Path) -> Path:
+    if PROMTOOL is None:
+        pytest.skip("promtool is not installed (Debian's prometheus package; .ci/run installs it)")
+    (tmp_path / "serve.yml").write_text(marked_rules("serve.md", "serve"))
+    (tmp_path / "watch.yml").write_text(marked_rules("serve.md", "watch"))
+    return tmp_path
+
+
+def run_rule_tests(folder: Path, series: list[dict[str, str]], tests: list[Any]) -> None:
+    unit = {
+        "rule_files": ["serve.yml", "watch.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": tests}],
+    }
+    (folder / "unit.yml").write_text(json.dumps(unit, indent=1))
+    done = promtool("test", "rules", "unit.yml", cwd=folder)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def alert(severity: str, name: str, summary: str | None = None, **labels: str) -> dict[str, Any]:
+    return {
+        "exp_labels": {"severity": severity, **labels},
+        "exp_annotations": {"summary": summary or summary_of(name, severity)},
+    }
+
+
+def expect(minute: int, name: str, *alerts: dict[str, Any]) -> dict[str, Any]:
+    return {"eval_time": f"{minute}m", "alertname": name, "exp_alerts": list(alerts)}
+
+
+def test_no_new_data_fires_after_the_clock_stepped_back(ops_rules: Path) -> None:
+    """The clock stepped back an hour at 0 s: the newest version is named an hour ahead,
+    and the versions stored after it are named just above it, in the same second, so its
+    time stands. Versions stop coming at 10 minutes on job "s"; they keep coming on "ok"."""
+    series = [
+        {"series": 'ingester_newest_version_timestamp_seconds{job="s"}', "values": "4200x60"},
+        {"series": 'ingester_versions_stored_total{job="s"}', "values": "100+1x10 110x50"},
+        {"series": 'ingester_newest_version_timestamp_seconds{job="ok"}', "values": "4200x60"},
+        {"series": 'ingester_versions_stored_total{job="ok"}', "values": "100+1x60"},
+    ]
+    name = "ConsoleUsageNoNewData"
+    tests = [
+        expect(22, name),
+        expect(30, name, alert("warning", name, job="s")),
+        expect(38, name, alert("warning", name, job="s")),
+        expect(50, name, alert("warning", name, job="s"), alert("critical", name, job="s")),
+    ]
+    run_rule_tests(ops_rules, series, tests)
+
+
+def test_each_rule_fires_at_the_level_check_gives(ops_rules: Path) -> None:
+    series = [
+        # The newest lastUpdated one minute older each minute, from 0; on "d" none can
+        # be read (a damaged newest version).
+        {"series": 'ingester_payload_age_seconds{job="a"}', "values": "0+60x70"},
+        {"series": 'ingester_payload_stale{job="a"}', "values": "0x10 1x60"},
+        {"series": 'ingester_payload_stale{job="d"}', "values": "1x70"},
+        {"series": 'ingester_history_readable{job="h"}', "values": "1x5 0x65"},
+        # A drop waiting since 0 s, and ten more each minute.
+        {"series": 'ingester_spool_oldest_drop_age_seconds{job="a"}', "values": "0+60x70"},
+        {"series": 'ingester_spool_backlog{job="a"}', "values": "0+10x70"},
+        # One invalid POST a minute; one with a wrong key every 4 minutes; POSTs that
+        # could not be written from 6 minutes.
+        {"series": 'ingester_http_posts_total{outcome="invalid"}', "values": "0+1x70"},
+        {"series": 'ingester_http_posts_total{outcome="unauthorized"}', "values": "0+0.25x70"},
+        {"series": 'ingester_http_posts_total{outcome="spool_error"}', "values": "0x5 1x65"},
+        # One schema rejection a minute; none of the other kind.
+        {"series": 'ingester_watch_drops_rejected_total{reason="schema"}', "values": "0+1x70"},
+        {"series": 'ingester_watch_drops_rejected_total{reason="not_json"}', "values": "0x70"},
+    ]
+    stale, damaged = "ConsoleUsageStaleData", alert("critical", "ConsoleUsageStaleData", job="d")
+    stuck, backlog = "ConsoleUsageSpoolStuck", "ConsoleUsageSpoolBacklog"
+    refused, rejected = "ConsoleUsagePostsRefused", "ConsoleUsageDropsRejected"
+    backlog_words = "{} drops wait in the spool: the watcher falls behind, or stores nothing"
+    posts_words = (
+        "serve refused {} POSTs as {} in the last hour; its log's 'answered 400' / "
+        "'answered 401' lines name the client and why"
+    )
+    tests = [
+        # No version series at all: serve answers none (or is down).
+        expect(1, "ConsoleUsageNoNewData"),
+        expect(5, "ConsoleUsageNoNewData", alert("critical", "ConsoleUsageNoNewData")),
+        expect(14, stale, damaged),
+        expect(20, stale, alert("warning", stale, job="a"), damaged),
+        expect(
+            35, stale, alert("warning", stale, job="a"), alert("critical", stale, job="a"), damaged
+        ),
+        expect(8, "ConsoleUsageHistoryUnreadable"),
+        expect(
+            15,
+            "ConsoleUsageHistoryUnreadable",
+            alert("critical", "ConsoleUsageHistoryUnreadable", job="h"),
+        ),
+        expect(9, stuck),
+        expect(12, stuck, alert("warning", stuck, job="a")),
+        expect(20, stuck, alert("warning", stuck, job="a"), alert("critical", stuck, job="a")),
+        expect(9, backlog),
+        expect(13, backlog, alert("warning", backlog, backlog_words.format(130), job="a")),
+        expect(
+            18,
+            backlog,
+            alert("warning", backlog, backlog_words.format(180), job="a"),
+            alert("critical", backlog, backlog_words.format(180), job="a"),
+        ),
+        expect(5, refused),
+        expect(
+            70,
+            refused,
+            alert("warning", refused, posts_words.format(60, "invalid"), outcome="invalid"),
+            alert("critical", refused, posts_words.format(60, "invalid"), outcome="invalid"),
+            alert(
+                "warning", refused, posts_words.format(15, "unauthorized"), outcome="unauthorized"
+            ),
+        ),
+        expect(3, "ConsoleUsagePostsNotStored"),
+        expect(
+            8,
+            "ConsoleUsagePostsNotStored",
+            alert(
+                "critical",
+                "ConsoleUsagePostsNotStored",
+                summary_of("ConsoleUsagePostsNotStored", "critical").replace(
+                    "{{ $labels.outcome }}", "spool_error"
+                ),
+                outcome="spool_error",
+            ),
+        ),
+        expect(5, rejected),
+        expect(15, rejected, alert("warning", rejected)),
+        expect(30, rejected, alert("warning", rejected), alert("critical", rejected)),
+    ]
+    run_rule_tests(ops_rules, series, tests)

@@ -21,7 +21,8 @@
   than the newest snapshot for a limit held through a partial scrape, so the series
   stay put and alerts on them do not resolve and fire again; kept, alone, for a limit
   whose window reset since, as long as the history holds its last reading); and
-  ``ingester_usage_resets_unparsable_total``.
+  ``ingester_usage_resets_unparsable_total``; and ``ingester_usage_limits_left_out``, the
+  windows beyond the forecast's cap (:data:`~ingester.usage.forecast.MAX_LIMITS`).
 
 Both read the history through the app's :class:`~ingester.history.index.HistoryIndex`,
 so they work the same over a local folder and over an object store (``serve --from``).
@@ -44,6 +45,7 @@ from starlette.routing import Route
 from ..history.index import HistoryIndex
 from ..json_text import json_bytes
 from ..settings.resolved import Settings
+from ..usage.forecast import MAX_LIMITS
 from ..usage.usage_history import UsageHistory, forecast_json
 from .conditional import etag_matches, if_none_match
 from .read_faults import HISTORY, ReadFaults
@@ -123,6 +125,7 @@ class UsageCollector(Collector):
         """The families, without reading anything: the registry asks at registration."""
         yield self._unparsable()
         yield from self._families().values()
+        yield self._left_out()
 
     def _unparsable(self) -> Metric:
         return CounterMetricFamily(
@@ -159,6 +162,16 @@ class UsageCollector(Collector):
         for name, observed_at in answer.forecast.lapsed:
             families["observed"].add_metric([name], observed_at.timestamp())
         yield from families.values()
+        yield self._left_out(len(answer.forecast.left_out))
+
+    @staticmethod
+    def _left_out(count: int | None = None) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "ingester_usage_limits_left_out",
+            f"Usage windows read but left out of these series (at most {MAX_LIMITS} limits "
+            "are kept; a payload with more came from no console as it is known)",
+            count,
+        )
 
     @staticmethod
     def _families() -> dict[str, GaugeMetricFamily]:

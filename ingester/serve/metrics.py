@@ -99,6 +99,15 @@ class HistoryCollector(Collector):
         self.ctx = ctx
 
     def collect(self) -> Iterable[Metric]:
+        # Each gauge goes only when its own source cannot be read: serve may be refused
+        # the history (another uid, a mode changed) while it still lists the spool, and
+        # the spool's gauges are what an alert on drops waiting needs then.
+        yield from self._history()
+        yield from self._metadata()
+        yield from self._spool()
+
+    def _history(self) -> Iterable[Metric]:
+        """``ingester_history_readable`` and, when it is 1, what the versions tell."""
         ctx = self.ctx
         now = ctx.config.clock()
         readable = GaugeMetricFamily(
@@ -144,8 +153,12 @@ class HistoryCollector(Collector):
                     "1 when the newest lastUpdated is older than 10 minutes, or cannot be read",
                     stale,
                 )
+
+    def _metadata(self) -> Iterable[Metric]:
+        """What ``_metadata.json`` tells: read by its name, so a history that may not be
+        listed (mode 0111) still gives it."""
         try:
-            meta = ctx.index.read_metadata()
+            meta = self.ctx.index.read_metadata()
         except OSError:
             meta = None
         # Missing, corrupt or unreadable, the totals are unknown: left out, not 0, which
@@ -169,6 +182,10 @@ class HistoryCollector(Collector):
                 "Versions ever deleted by retention (totalVersionsDeleted in _metadata.json)",
                 meta.total_versions_deleted,
             )
+
+    def _spool(self) -> Iterable[Metric]:
+        """The spool's backlog and its quarantine, each left out while it cannot be listed."""
+        ctx = self.ctx
         try:
             # What the watcher takes: a folder named like a drop is never taken, and
             # counted it would age for ever (and an alert on the age never resolve).

@@ -83,6 +83,8 @@ __all__ = [
     "BASIS",
     "HORIZON",
     "LIMIT_ORDER",
+    "MAX_LIMITS",
+    "MAX_LIMIT_NAME",
     "NOTHING_TO_GO_BY",
     "RATE_DECIMALS",
     "Forecast",
@@ -99,6 +101,16 @@ RATE_DECIMALS = 4
 """The decimals of a rate in %/hour as the JSON carries it."""
 HORIZON = timedelta(days=366)
 """A projection further ahead than this is no projection (usage as good as flat)."""
+MAX_LIMITS = 32
+"""At most this many limits in a forecast, held and lapsed ones counted: every window of
+every snapshot still held counts, so a payload made of thousands of windows would
+otherwise make thousands of metric series, API rows and ``check`` items, and keep them
+for as long as the history holds it. The console shows three; the rest is room for
+windows it adds later. Which are kept: the console's own (:data:`LIMIT_ORDER`), then
+those the newest snapshot holds, then the others, each by name."""
+MAX_LIMIT_NAME = 100
+"""A limit whose dotted path is longer than this many characters is left out: its path
+becomes a metric label value and a word of ``check``'s line."""
 NOTHING_TO_GO_BY = (
     "no version has a lastUpdated that is readable and at most "
     f"{int(CLOCK_AHEAD.total_seconds() // 3600)} h ahead of when it was stored"
@@ -166,12 +178,15 @@ class Forecast:
 
     ``lapsed``: the limits the newest snapshot lacks whose window has ended since their
     last reading, as ``(limit, observed_at of that reading)``, oldest reading first; they
-    have no forecast (the module docstring's rule) but are still missing.
+    have no forecast (the module docstring's rule) but are still missing. ``left_out``:
+    the limits read that are in neither (over :data:`MAX_LIMITS`, or a path over
+    :data:`MAX_LIMIT_NAME` characters), by name.
     """
 
     as_of: datetime | None
     limits: tuple[LimitForecast, ...]
     lapsed: tuple[tuple[str, datetime], ...] = ()
+    left_out: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """``{"asOf", "limits": [...]}``."""
@@ -184,6 +199,20 @@ class Forecast:
 LIMIT_ORDER = ("currentSession", "weeklyLimits.allModels", "weeklyLimits.sonnetOnly")
 """The limits the payload model names, in the order the console shows them: every list
 of limits puts these first, in this order, then any other window by its path."""
+
+
+def _kept(names: Iterable[str], in_newest: set[str], most: int) -> tuple[set[str], tuple[str, ...]]:
+    """The limits of ``names`` a forecast shows (at most ``most``), and those it leaves
+    out, sorted: see :data:`MAX_LIMITS` for which come first."""
+
+    def rank(name: str) -> tuple[int, int, str]:
+        if name in LIMIT_ORDER:
+            return 0, LIMIT_ORDER.index(name), ""
+        return (1 if name in in_newest else 2), 0, name
+
+    fitting = sorted((n for n in names if len(n) <= MAX_LIMIT_NAME), key=rank)
+    kept = set(fitting[:most])
+    return kept, tuple(sorted(n for n in names if n not in kept))
 
 
 def _limit_order(limit: LimitForecast) -> tuple[int, str]:
@@ -336,6 +365,7 @@ def forecast(
     basis: timedelta = BASIS,
     clock_ahead: timedelta = CLOCK_AHEAD,
     earlier: Mapping[str, tuple[Reading, datetime]] | None = None,
+    max_limits: int = MAX_LIMITS,
 ) -> Forecast:
     """Every limit's forecast from ``observations`` (given in storage order).
 
@@ -347,7 +377,9 @@ def forecast(
     :data:`LIMIT_ORDER`, then any other by name; one the newest observation lacks is held
     at its last reading while its reset time has not come, and is in ``lapsed`` after
     (the module docstring's rules). Observations more than ``clock_ahead`` ahead of their
-    ``stored_at`` are left out (the scraper's clock was wrong).
+    ``stored_at`` are left out (the scraper's clock was wrong). At most ``max_limits``
+    limits are kept, in ``limits`` and ``lapsed`` together; the others are named in
+    ``left_out`` (:data:`MAX_LIMITS` says which are kept).
     """
     usable = _usable(observations, clock_ahead)
     if not usable:
@@ -366,9 +398,12 @@ def forecast(
     held = {k: v for k, v in (earlier or {}).items() if v[1] <= as_of}
     last_read = last_readings(ordered, held, clock_ahead=clock_ahead)
     in_newest = {reading.limit for reading in newest.readings}
+    kept, left_out = _kept(last_read, in_newest, max_limits)
     limits = []
     lapsed = []
     for name, (reading, observed_at) in last_read.items():
+        if name not in kept:
+            continue
         points = series.get(name) or [
             Point(observed_at.timestamp(), reading.percentage, reading.reset)
         ]
@@ -385,4 +420,4 @@ def forecast(
     # partial snapshot lacks it: the console's own limits as it shows them, then any
     # other by name.
     limits.sort(key=_limit_order)
-    return Forecast(as_of, tuple(limits), tuple(lapsed))
+    return Forecast(as_of, tuple(limits), tuple(lapsed), left_out)

@@ -57,11 +57,12 @@ from ..history.base import HistoryReader, VersionEntry
 from ..history.index import HistoryIndex, HistorySnapshot
 from ..history.names import format_timestamp
 from ..payload.gate import check_payload, load_json
-from .forecast import BASIS, Forecast, forecast, newest_of
+from .forecast import BASIS, MAX_LIMIT_NAME, MAX_LIMITS, Forecast, forecast, newest_of
 from .readings import CLOCK_AHEAD, Observation, Reading, newer_readings, observe
 
 __all__ = [
     "DAMAGED_EVENT",
+    "LIMITS_LEFT_OUT_EVENT",
     "RESETS_UNREAD_EVENT",
     "UNREADABLE_EVENT",
     "ForecastAnswer",
@@ -92,6 +93,11 @@ DAMAGED_EVENT = "damaged-version"
 UNREADABLE_EVENT = "unreadable-version"
 """The ``event`` of the warning on a version the forecast leaves out because it cannot be
 read (this user may not, an I/O error): said once per version, tried again each answer."""
+
+LIMITS_LEFT_OUT_EVENT = "limits-left-out"
+"""The ``event`` of the warning on usage windows the forecast leaves out (over its cap)."""
+
+_NAMED_LEFT_OUT = 3  # left-out limits named in that warning (each cut to 80 characters)
 
 RESETS_UNREAD_EVENT = "resets-unread"
 """The ``event`` of the warning on a ``resetsIn`` this version cannot read (``-q`` leaves
@@ -165,6 +171,7 @@ class UsageHistory:
         self._unread: dict[str, OSError] = {}  # this answer's, said once it is made
         self._unfolded: set[str] = set()
         self._newest_name: str | None = None  # the version of the last computed as_of
+        self._left_out_said = 0  # limits over the cap when that was last logged
 
     def _read(self, name: str) -> bytes | None:
         """Version ``name``'s bytes; ``None`` when it is gone since the listing, larger
@@ -496,7 +503,31 @@ class UsageHistory:
         not_latest = None if version in (None, newest_name) else self._why_not(newest_name)
         answer = ForecastAnswer(result, tag, newest + 1, version, not_latest)
         self._answer = (snap, newest, answer)
+        self._say_left_out(result.left_out)
         return answer
+
+    def _say_left_out(self, left_out: Sequence[str]) -> None:
+        """One line when usage windows are first left out of the forecast, again only when
+        more are, and one when none are any more (lock held): every new version makes a
+        new answer, and a line per answer would repeat itself."""
+        count = len(left_out)
+        if count > self._left_out_said:
+            named = ", ".join(name[:80] for name in left_out[:_NAMED_LEFT_OUT])
+            log.warning(
+                "%d usage window(s) left out of the forecast and the usage metrics: at "
+                "most %d limits are kept, none with a path over %d characters (%s%s); "
+                "a snapshot with that many windows is no console's: see what sent it "
+                "(they count until retention deletes its version)",
+                count,
+                MAX_LIMITS,
+                MAX_LIMIT_NAME,
+                named,
+                ", ..." if count > _NAMED_LEFT_OUT else "",
+                extra={"event": LIMITS_LEFT_OUT_EVENT},
+            )
+        elif count == 0 and self._left_out_said:
+            log.info("every usage window read is in the forecast again")
+        self._left_out_said = count
 
     def _why_not(self, latest: str) -> str:
         """Why the forecast is not as of the latest version ``latest`` (lock held)."""
