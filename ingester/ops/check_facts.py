@@ -371,11 +371,13 @@ def _gather(
 def _latest_link_problem(settings: Settings, names: list[str], now: datetime) -> str | None:
     """Why the latest link does not name the newest of ``names``, unless that may be an
     update in flight (verify's rule, :func:`~ingester.ops.verify.link_in_flight`) or is
-    only this user's lack of access (not the link's fault). A link that is not there at
-    all is left to ``verify``: a history copied or restored by hand has none until its
-    watcher starts, and its data is judged all the same. Never raises."""
+    only this user's lack of access (not the link's fault). Only a link that leads to a
+    file is judged: one that is not there, or leads nowhere, is left to ``verify`` (a
+    history copied or restored by hand has none until its watcher starts; a version
+    deleted by hand leaves it dangling), and the data is judged all the same. Never
+    raises."""
     store = settings.store()
-    if not os.path.lexists(store.latest_path):
+    if not os.path.exists(store.latest_path):
         return None
     try:
         problem = store.latest_problem(names)
