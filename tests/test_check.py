@@ -151,8 +151,10 @@ def test_backlog_warns_above_n_and_is_critical_above_2n(root: Path, tmp_path: Pa
     assert code == 1 and "backlog 3 (more than 2)" in line, line
     code, line = check(root, "--max-backlog", "1")
     assert code == 2 and "backlog 3 (more than 2)" in line, line
-    code, _ = check(root, "--max-backlog", "3")
-    assert code == 0
+    # Within the bound, the count says nothing; that no watcher runs still does.
+    code, line = check(root, "--max-backlog", "3")
+    assert code == 1 and "backlog 3, oldest waiting" in line, line
+    assert "3 drop(s) waiting and no watcher runs" in line
 
 
 def test_a_drop_waiting_longer_than_max_age_is_critical(root: Path, tmp_path: Path) -> None:
@@ -162,7 +164,7 @@ def test_a_drop_waiting_longer_than_max_age_is_critical(root: Path, tmp_path: Pa
     os.utime(waiting, (old, old))
     code, line = check(root)
     assert code == 2
-    assert "backlog 1, oldest waiting 20 min (nothing takes the drops?)" in line
+    assert "backlog 1, oldest waiting 20 min: 1 drop(s) waiting and no watcher runs" in line
 
 
 def reject(root: Path, count: int) -> None:

@@ -28,6 +28,7 @@ from ingester.ops.check import (
     parse_duration,
 )
 from ingester.ops.check_facts import Facts, MirrorFacts, Room, mirror_facts
+from ingester.ops.queries import UNSTORED_AFTER_S
 from ingester.usage.forecast import Forecast, LimitForecast
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -99,6 +100,29 @@ def test_a_drop_waiting_longer_than_max_age_is_critical(
     code = {i.name: i.code for i in judge(facts(0, backlog, 0, oldest), lim).items}["backlog"]
     if oldest > lim.max_age:
         assert code == CRITICAL
+
+
+@given(st.integers(min_value=1, max_value=1000), ages, ages, limits)
+def test_who_takes_the_drops_decides_how_their_wait_is_judged(
+    backlog: int, oldest: float, unstored: float, lim: CheckLimits
+) -> None:
+    assume(backlog <= lim.max_backlog)  # the count alone says nothing
+    unstored = min(unstored, oldest)  # never longer than the drop's own wait
+    base = facts(0, backlog, 0, oldest)
+
+    def backlog_code(f: Facts) -> int:
+        return {i.name: i.code for i in judge(f, lim).items}["backlog"]
+
+    # No watcher of this spool: WARNING at once, CRITICAL past --max-age.
+    absent = backlog_code(replace(base, watcher_absent="no watcher runs"))
+    assert absent == (CRITICAL if oldest > lim.max_age else WARNING)
+    # One runs: judged by how long it has left the oldest unstored, never by the drop's
+    # own age (a watcher started on an old backlog is given its time).
+    running = backlog_code(replace(base, watcher_pid=42, unstored_s=unstored))
+    if unstored <= UNSTORED_AFTER_S:
+        assert running == OK
+    else:
+        assert running == (CRITICAL if unstored > lim.max_age else WARNING)
 
 
 def with_mirror(lag: float | None, backlog: int, state: str) -> Facts:

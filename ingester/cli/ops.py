@@ -278,8 +278,10 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     show_default=True,
     type=click.IntRange(min=0),
     metavar="N",
-    help="WARNING when more than N drops wait in the spool; CRITICAL above 2N, or when a "
-    "waiting drop is older than --max-age (nothing takes them).",
+    help="WARNING when more than N drops wait in the spool, when any waits and no watcher "
+    "of this spool runs, or when a running watcher has left one unstored for 183 s; "
+    "CRITICAL above 2N, or when a waiting drop is older than --max-age (with a watcher "
+    "running, counted from its start).",
 )
 @click.option(
     "--max-rejected-per-hour",
@@ -372,7 +374,8 @@ def check(
     spool's or the history's filesystem has room for fewer than 10 drops of the largest
     size (--max-bytes), a WARNING item says so; CRITICAL below one, with no inode left,
     or mounted read-only (POSTs and submit fail there now). Files in spool/.claimed/
-    the watcher will not take are a WARNING item naming them. The
+    the watcher will not take are a WARNING item naming them, and so is a latest link
+    left behind the newest version for over a minute. The
     line ends with performance data after '|'. Reads only; never takes the lock. With
     --from, judges the mirror in an object store: the age and usage items only. For
     cron, systemd timers with OnFailure= and monitoring agents: see docs/monitoring.md.

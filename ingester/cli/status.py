@@ -21,7 +21,14 @@ from ..clock import parse_iso_time, utc_now
 from ..errors import PERMISSION_ADVICE, describe_os_error, is_permission_problem
 from ..history.names import format_timestamp, parse_timestamp_from_filename
 from ..ops.adopt import ADOPT_ADVICE
-from ..ops.queries import GONE_UNDER_READS, STALE_AFTER, Status, strays_words
+from ..ops.queries import (
+    GONE_UNDER_READS,
+    STALE_AFTER,
+    UNSTORED_AFTER_S,
+    Status,
+    strays_words,
+    unstored_words,
+)
 from ..ops.queries import status as status_query
 from .common import App, align, echo_json, fail, refuse_closed_stdout, relative_age, say
 from .stores import reading_store
@@ -190,7 +197,11 @@ def _status_lines(r: Status, now: datetime) -> list[str]:
         rows.append(["watcher", f"cannot be told ({lock.unknown})"])
     elif lock.watcher_running:
         how = f", {lock.command}" if lock.command else ""
-        rows.append(["watcher", f"running (pid {lock.pid}{how})"])
+        words = f"running (pid {lock.pid}{how})"
+        unstored = r.unstored_s
+        if unstored is not None and unstored > UNSTORED_AFTER_S:
+            words += f", but {unstored_words(unstored)}"
+        rows.append(["watcher", words])
     elif lock.other_spool and lock.command:
         rows.append(
             [

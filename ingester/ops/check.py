@@ -11,8 +11,11 @@ age of the newest data    ``lastUpdated`` older than  older than 2 x ``--max-age
                           dated more than 1 h ahead   version damaged or unreadable
                           of this clock
 spool backlog             more than ``--max-backlog`` more than 2 x N, or a waiting drop
-(the watcher stopped?)    drops waiting (50)          older than ``--max-age`` (nothing
-                                                      takes them)
+(the watcher stopped?)    drops waiting (50); any     older than ``--max-age`` (by its
+                          drop while no watcher of    mtime, or with a watcher running by
+                          this spool runs; one a      the later of its mtime and the
+                          running watcher has left    watcher's start)
+                          unstored for 183 s
 rejections                more than                   more than 2 x N
 (the scraper is broken?)  ``--max-rejected-per-hour``
                           in the last hour (10)
@@ -28,8 +31,10 @@ delete what was never     percent (80) of its
 mirrored?)                ``--mirror-hold``
 ========================  ==========================  =====================================
 
-Two more items appear only when there is something to say (the line is unchanged
-otherwise): the room left on the spool's and the history's filesystems (WARNING with
+Three more items appear only when there is something to say (the line is unchanged
+otherwise): a latest link that does not name the newest version though no update can be
+in flight (WARNING, by :func:`~ingester.ops.verify.link_in_flight`, verify's rule); the
+room left on the spool's and the history's filesystems (WARNING with
 room for fewer than :data:`ROOM_WARNING_DROPS` drops of the largest size,
 ``--max-bytes``; CRITICAL below one, with no inode left, or read-only: every POST and
 ``submit`` fails there now, long before the data is old enough for the age item), and
@@ -76,7 +81,8 @@ from ..runtime.logs import one_line
 from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
 from ..usage.words import RESET_PASSED, dated_ahead, in_words, percent_words, seconds_words
 from .check_facts import Facts, MirrorFacts
-from .queries import GONE_UNDER_READS, strays_words
+from .queries import GONE_UNDER_READS, UNSTORED_AFTER_S, strays_words, unstored_words
+from .verify import LINK_IN_FLIGHT_S
 
 __all__ = [
     "CRITICAL",
@@ -396,6 +402,15 @@ def _judge_intake(facts: Facts, limits: CheckLimits) -> list[Judgement]:
     room = _judge_room(facts)
     if room is not None:
         items.append(room)
+    if facts.latest_link_problem is not None:
+        # Every reader of the link (the page's server, a backup, a copy to the mirror)
+        # serves an old version meanwhile, though the data looks fresh to the age item.
+        words = (
+            f"the latest link {facts.latest_link_problem} (the newest was stored more than "
+            f"{LINK_IN_FLIGHT_S:.0f} s ago, so this is no update in flight: the watcher's "
+            "log says why; 'ingester verify' tells more)"
+        )
+        items.append(Judgement("latest_link", WARNING, None, 0, 0, words))
     if facts.strays and facts.claimed_dir is not None:
         # No drop the watcher will store (it leaves them, with a warning, for good), so
         # no backlog; but nothing ever clears them either: an operator must look.
@@ -421,15 +436,49 @@ def _judge_backlog(facts: Facts, limits: CheckLimits) -> Judgement:
         )
     code = _over(backlog, warn)
     words = f"backlog {backlog}"
-    oldest = facts.oldest_drop_age
-    if backlog and oldest is not None and oldest > limits.max_age:
-        code = CRITICAL
-        words += f", oldest waiting {seconds_words(oldest)} (nothing takes the drops?)"
-    elif code:
+    if code:
         words += f" (more than {crit if code == CRITICAL else warn})"
+    oldest = facts.oldest_drop_age
+    if backlog and oldest is not None:
+        wait_code, wait_words = _judge_wait(facts, backlog, oldest, limits.max_age)
+        code = max(code, wait_code)
+        words += wait_words
     if facts.backlog_problem is not None:
         words += f" ({facts.backlog_problem})"
     return Judgement("backlog", code, backlog, warn, crit, words)
+
+
+def _judge_wait(facts: Facts, backlog: int, oldest: float, max_age: float) -> tuple[int, str]:
+    """How long the oldest of ``backlog`` waiting drops (``oldest`` seconds by its mtime)
+    has waited, judged by who should take it; ``(code, words to add)``.
+
+    No watcher of this spool runs: WARNING at once (nothing will store them), CRITICAL
+    once the oldest is older than ``max_age``. One runs: WARNING once it has left the
+    oldest unstored for :data:`~ingester.ops.queries.UNSTORED_AFTER_S` (a store that
+    keeps failing: a full disk, an immutable history), CRITICAL past ``max_age``, both
+    counted from the later of the drop's mtime and the watcher's start, so a watcher
+    that starts on an old backlog is given its time. Whether one runs cannot be told:
+    CRITICAL past ``max_age`` only.
+    """
+    age = seconds_words(oldest)
+    if facts.watcher_absent is not None:
+        code = CRITICAL if oldest > max_age else WARNING
+        return code, (
+            f", oldest waiting {age}: {backlog} drop(s) waiting and {facts.watcher_absent}"
+        )
+    if facts.unstored_s is not None:
+        unstored = facts.unstored_s
+        if unstored <= UNSTORED_AFTER_S:
+            return OK, ""
+        who = (
+            "the watcher" if facts.watcher_pid is None else f"the watcher (pid {facts.watcher_pid})"
+        )
+        code = CRITICAL if unstored > max_age else WARNING
+        return code, f", oldest waiting {age}: {who} runs but {unstored_words(unstored)}"
+    if oldest > max_age:
+        why = f"; {facts.watcher_unknown}" if facts.watcher_unknown else ""
+        return CRITICAL, f", oldest waiting {age} (nothing takes the drops?{why})"
+    return OK, ""
 
 
 ROOM_WARNING_DROPS = 10

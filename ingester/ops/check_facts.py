@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import utc_now
-from ..errors import StorageError, describe_os_error
-from ..history.base import HistoryReader
+from ..errors import StorageError, describe_os_error, is_permission_problem
+from ..history.base import HistoryReader, latest_name
 from ..history.local import LocalHistory
-from ..history.lock import history_holder
+from ..history.lock import history_holder, lock_table_readable
 from ..history.names import parse_timestamp_from_filename
 from ..history.retention import RetentionPolicy, expired_prefix
 from ..intake.housekeeping import count_rejected_since
@@ -31,7 +31,15 @@ from ..mirror.state import held_back, mirror_status
 from ..settings.resolved import Settings
 from ..usage.forecast import Forecast
 from ..usage.usage_history import forecast_of
-from .queries import claimed_strays, history_problem, in_flight, read_latest
+from .queries import (
+    claimed_strays,
+    history_problem,
+    in_flight,
+    read_latest,
+    unstored_for,
+    watcher_started,
+)
+from .verify import link_in_flight
 
 __all__ = ["Facts", "MirrorFacts", "Room", "gather_facts", "mirror_facts"]
 
@@ -137,14 +145,26 @@ class Facts:
     """The room left where drops and versions are written (see :class:`Room`)."""
     max_bytes: int = 0
     """The largest drop accepted (``--max-bytes``): what one more drop may need."""
+    watcher_absent: str | None = None
+    """Why no watcher takes this spool's drops, when that is known (no one holds the
+    history, or its holder is no watcher of this spool); ``None`` when one does, or when
+    that cannot be told (``watcher_unknown`` then says why)."""
+    watcher_unknown: str | None = None
+    """Why whether a watcher of this spool runs cannot be told."""
+    unstored_s: float | None = None
+    """With a watcher of this spool running and drops waiting: seconds the oldest has
+    waited while it ran (:func:`~ingester.ops.queries.unstored_for`)."""
+    latest_link_problem: str | None = None
+    """Why the latest link does not name the newest version, when that is not an update
+    in flight (:func:`~ingester.ops.verify.link_in_flight`); ``None`` when it does."""
 
 
 def _spool_backlog(
     settings: Settings, now: datetime
 ) -> tuple[int | None, float | None, str | None]:
-    """``(waiting, oldest drop's age, problem)``: ``waiting`` ``None`` when the spool
+    """``(waiting, oldest drop's mtime, problem)``: ``waiting`` ``None`` when the spool
     exists and cannot be listed; ``problem`` also names an in-flight folder it may not list
-    (those drops are then not counted)."""
+    (those drops are then not counted). The mtime is in seconds since the epoch."""
     spool = Spool(settings.spool_dir, settings.rejected_dir)
     waiting = []
     problem = None
@@ -162,8 +182,7 @@ def _spool_backlog(
             problem = f"in flight not counted: {exc}"
     if not waiting:
         return 0, None, problem
-    oldest = min(c.mtime_ns for c in waiting) / 1e9
-    return len(waiting), max(0.0, now.timestamp() - oldest), problem
+    return len(waiting), min(c.mtime_ns for c in waiting) / 1e9, problem
 
 
 def _rejected(settings: Settings, now: datetime) -> tuple[int | None, str | None]:
@@ -262,9 +281,14 @@ def _intake(settings: Settings, now: datetime) -> dict[str, Any]:
     """The spool's facts for :class:`Facts`; never raises (what it cannot list is unknown)."""
     backlog, oldest, backlog_problem = _spool_backlog(settings, now)
     rejected, rejected_problem = _rejected(settings, now)
+    watcher = _watcher(settings)
+    started = watcher.pop("started", None)
+    if oldest is not None and "watcher_pid" in watcher:
+        watcher["unstored_s"] = unstored_for(oldest, started, now.timestamp())
     return {
+        **watcher,
         "backlog": backlog,
-        "oldest_drop_age": oldest,
+        "oldest_drop_age": None if oldest is None else max(0.0, now.timestamp() - oldest),
         "rejected_last_hour": rejected,
         "backlog_problem": backlog_problem,
         "rejected_problem": rejected_problem,
@@ -272,6 +296,37 @@ def _intake(settings: Settings, now: datetime) -> dict[str, Any]:
         "claimed_dir": settings.claimed_dir,
         "rooms": _rooms(settings),
         "max_bytes": settings.max_bytes,
+    }
+
+
+def _watcher(settings: Settings) -> dict[str, Any]:
+    """Whether a watcher takes this spool's drops, for :class:`Facts`: its pid
+    (``watcher_pid``, ``None`` when it is this process), why none does
+    (``watcher_absent``) or why that cannot be told (``watcher_unknown``), and when it
+    took the lock (``started``, seconds since the epoch). Never raises."""
+    lock_path = settings.store().lock_path
+    try:
+        # A watcher of this history counts only if it also reads this spool.
+        holder = history_holder(lock_path, Spool(settings.spool_dir).lock_path)
+    except OSError as exc:
+        return {"watcher_unknown": describe_os_error(exc)}
+    if holder is None:
+        if not lock_table_readable():
+            return {"watcher_unknown": "the kernel's lock table is not readable here"}
+        return {"watcher_absent": "no watcher runs"}
+    if holder.watches_spool is None:
+        return {"watcher_unknown": f"pid {holder.pid} holds the history ({holder.unknown})"}
+    if not holder.watches_spool:
+        if holder.watcher and holder.purpose is not None:
+            why = f"the watcher holding the history (pid {holder.pid}) reads another spool"
+        elif holder.watcher:
+            why = f"pid {holder.pid} holds the history but not this spool's lock"
+        else:
+            why = f"no watcher runs ('{holder.purpose}', pid {holder.pid}, holds the history)"
+        return {"watcher_absent": why}
+    return {
+        "watcher_pid": holder.pid if holder.pid != os.getpid() else None,
+        "started": watcher_started(lock_path),
     }
 
 
@@ -294,30 +349,45 @@ def _gather(
     # The latest first: the mirror's backlog and the count are then those of the listing
     # it was chosen from, the last one if it was chosen again.
     names, info = read_latest(history, now)
-    pid = None
     if reader is None:
-        # A watcher of this history counts only if it also reads this spool.
-        try:
-            holder = history_holder(settings.store().lock_path, Spool(settings.spool_dir).lock_path)
-        except OSError:
-            holder = None  # cannot be told: no pid is named
-        pid = holder.pid if holder is not None and holder.watches_spool else None
         given = settings.mirror_hold if "mirror_hold" in settings.sources else None
         common["mirror"] = mirror_facts(
             settings.history_dir, names, settings.mirror, now, settings.policy(), given
         )
+        common["latest_link_problem"] = _latest_link_problem(settings, names, now)
     common["held"] = len(names)
     if info is None:
-        return Facts(latest=None, watcher_pid=pid, **common)
+        return Facts(latest=None, **common)
     if usage:
         common.update(_usage_facts(settings, history, now))
     return Facts(
         latest=info.name,
         last_updated=info.last_updated,
         latest_error=info.error,
-        watcher_pid=pid if pid != os.getpid() else None,
         **common,
     )
+
+
+def _latest_link_problem(settings: Settings, names: list[str], now: datetime) -> str | None:
+    """Why the latest link does not name the newest of ``names``, unless that may be an
+    update in flight (verify's rule, :func:`~ingester.ops.verify.link_in_flight`) or is
+    only this user's lack of access (not the link's fault). Only a link that leads to a
+    file is judged: one that is not there, or leads nowhere, is left to ``verify`` (a
+    history copied or restored by hand has none until its watcher starts; a version
+    deleted by hand leaves it dangling), and the data is judged all the same. Never
+    raises."""
+    store = settings.store()
+    if not os.path.exists(store.latest_path):
+        return None
+    try:
+        problem = store.latest_problem(names)
+    except OSError:
+        return None  # the history moved under the read: the next check looks again
+    if problem is None or is_permission_problem(problem):
+        return None
+    if link_in_flight(store, latest_name(names, now), now):
+        return None
+    return problem
 
 
 def _usage_facts(settings: Settings, reader: HistoryReader, now: datetime) -> dict[str, Any]:

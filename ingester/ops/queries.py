@@ -46,11 +46,13 @@ from ..intake.spool import Candidate, Spool
 from ..mirror.state import mirror_status
 from ..payload.gate import check_payload, read_payload
 from ..settings.resolved import Settings
+from ..settings.watch import WatchOptions
 from .adopt import latest_is_a_file
 
 __all__ = [
     "GONE_UNDER_READS",
     "STALE_AFTER",
+    "UNSTORED_AFTER_S",
     "LatestVersion",
     "LockState",
     "RejectedState",
@@ -70,10 +72,50 @@ __all__ = [
     "root_problem",
     "status",
     "strays_words",
+    "unstored_for",
+    "unstored_words",
+    "watcher_started",
 ]
 
 STALE_AFTER = timedelta(minutes=10)
 """A payload whose ``lastUpdated`` is older than this is stale (as the original widget judged)."""
+
+
+_WATCH = WatchOptions()
+UNSTORED_AFTER_S = 3 * (_WATCH.rescan_interval + _WATCH.settle + _WATCH.retry_max)
+"""Seconds (183) a drop may wait while a watcher runs before ``status`` and ``check``
+say the watcher is not storing it. A running watcher takes a drop at once when inotify
+tells it of one, else at its next rescan (``--rescan-interval``, 30 s) once the drop has
+settled (``--settle``, 1 s); a store that fails is tried again within ``--retry-max``
+(30 s). Three such rounds at the watcher's defaults is past any healthy wait."""
+
+
+def watcher_started(lock_path: Path) -> float | None:
+    """When the holder of the history lock ``lock_path`` took it, in seconds since the
+    epoch: the lock file's mtime, which the holder's note sets as it takes the lock.
+    ``None`` when the file cannot be looked at. Reads only."""
+    try:
+        return os.stat(lock_path).st_mtime
+    except OSError:
+        return None
+
+
+def unstored_for(oldest_mtime: float, started: float | None, now: float) -> float:
+    """Seconds the oldest drop (its mtime ``oldest_mtime``, seconds since the epoch) has
+    waited while the watcher that took the lock at ``started`` ran: counted from the later
+    of the two, so a watcher that starts on an old backlog is given its own time to store
+    it. Never negative."""
+    since = oldest_mtime if started is None else max(oldest_mtime, started)
+    return max(0.0, now - since)
+
+
+def unstored_words(seconds: float) -> str:
+    """What a drop left unstored for ``seconds`` by a running watcher likely means, as
+    ``status`` and ``check`` say it after "the watcher runs but"."""
+    return (
+        f"has not stored the oldest drop for {seconds:.0f} s "
+        f"(more than {UNSTORED_AFTER_S:.0f} s); its log says why"
+    )
 
 
 # -- opening the history, read-only ------------------------------------------------------
@@ -465,6 +507,9 @@ class LockState:
     held: bool
     other_spool: bool = False
     unknown: str | None = None
+    started: datetime | None = None
+    """When the holder took the lock (see :func:`watcher_started`); ``None``: not held,
+    or not known."""
 
     @property
     def watcher_running(self) -> bool | None:
@@ -493,6 +538,16 @@ class Status:
     lock: LockState
     mirror: dict[str, Any] | None  # its JSON object (mirror.state.mirror_status); None: none
     settings: dict[str, dict[str, Any]]
+
+    @property
+    def unstored_s(self) -> float | None:
+        """Seconds the oldest waiting drop has waited while the running watcher ran
+        (:func:`unstored_for`); ``None`` when no watcher of this spool runs or none waits."""
+        oldest = self.spool.oldest_drop_at
+        if oldest is None or not self.lock.watcher_running:
+            return None
+        started = None if self.lock.started is None else self.lock.started.timestamp()
+        return unstored_for(oldest.timestamp(), started, self.now.timestamp())
 
 
 def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
@@ -530,7 +585,15 @@ def status(settings: Settings, store: HistoryStore, now: datetime) -> Status:
             lock = LockState(None, None, False)
         else:
             other = holder.watches_spool is False and holder.watcher
-            lock = LockState(holder.pid, holder.purpose, True, other, holder.unknown)
+            started = watcher_started(store.lock_path)
+            lock = LockState(
+                holder.pid,
+                holder.purpose,
+                True,
+                other,
+                holder.unknown,
+                None if started is None else datetime.fromtimestamp(started, UTC),
+            )
     return Status(
         now=now,
         history=store.history_dir,

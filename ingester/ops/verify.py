@@ -36,14 +36,20 @@ from ..history.latest import LATEST_TEMP_PREFIXES
 from ..history.local import LocalHistory
 from ..history.lock import lock_holder
 from ..history.metadata_file import METADATA_NAME
-from ..history.names import is_version_name, looks_like_version_name
+from ..history.names import (
+    is_version_name,
+    looks_like_version_name,
+    parse_timestamp_from_filename,
+)
 from ..history.store import HistoryStore
 from ..payload.gate import check_payload
 from .adopt import UNKEPT_LATEST, latest_is_a_file, unknown_latest
 
 __all__ = [
+    "LINK_IN_FLIGHT_S",
     "Finding",
     "VerifyReport",
+    "link_in_flight",
     "repair_modes",
     "repaired_between",
     "verify_history",
@@ -201,13 +207,42 @@ def _writer(store: HistoryStore) -> int | None:
     return None if pid == os.getpid() else pid
 
 
+LINK_IN_FLIGHT_S = 60.0
+"""Seconds after the newest version was stored during which a latest link that does not
+name it yet may be an update in flight. A watcher re-points the link right after it
+stores a batch, which takes milliseconds; a minute leaves room for a slow disk, and a
+link still behind after it is stuck (its writer's log says why)."""
+
+
+def link_in_flight(store: HistoryStore, newest: str | None, now: datetime) -> bool:
+    """Whether a latest link that does not name ``newest`` (the newest version's name,
+    ``None`` when there is none) may be mid-update, by ``verify``'s rule, which ``check``
+    shares: another process holds the history lock, and ``newest`` was stored less than
+    :data:`LINK_IN_FLIGHT_S` before ``now`` (by the later of the time in its name and
+    its file's mtime; one that cannot be looked at is moving, so in flight too)."""
+    if _writer(store) is None:
+        return False
+    if newest is None:
+        return True  # nothing to time it by: the writer may be removing the last one
+    try:
+        stored = os.lstat(store.version_path(newest)).st_mtime
+    except OSError:
+        return True
+    named = parse_timestamp_from_filename(newest)
+    if named is not None:
+        stored = max(stored, named.timestamp())
+    return now.timestamp() - stored < LINK_IN_FLIGHT_S
+
+
 def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
     """Check the local history: its versions (read through its reader), its metadata,
     its latest link, modes and temp files; never writes. Raises ``OSError`` when the
     history cannot be listed.
 
     While another process holds the lock, the caches (metadata, latest link) and temp
-    files may be mid-update, so what is found about them is a warning, not a problem;
+    files may be mid-update, so what is found about them is a warning, not a problem
+    (but for a latest link still behind a newest version stored more than
+    :data:`LINK_IN_FLIGHT_S` ago, which is stuck: see :func:`link_in_flight`);
     an empty ``.tmp-w-`` file is then the watcher's spare for its next copy, not even
     that. When this process holds the lock (``verify --repair``) nothing is in flight.
     A version deleted since the listing (retention) is no longer in the history: it is
@@ -258,7 +293,23 @@ def verify_history(store: HistoryStore, now: datetime) -> VerifyReport:
     caches += metadata
     report.adopt_advised = latest_is_a_file(store)
     link = _latest_finding(store, report.adopt_advised)
-    if link is not None:
+    if (
+        link is not None
+        and pid is not None
+        and not link_in_flight(store, store.latest_version_name(now), now)
+    ):
+        # A writer holds the lock, yet the newest version is older than any update in
+        # flight: the link is stuck behind it, whatever the lock says.
+        report.problems.append(
+            Finding(
+                link.kind,
+                link.subject,
+                f"{link.message} (still, {LINK_IN_FLIGHT_S:.0f} s after the newest version "
+                f"was stored, though pid {pid} holds the lock: its log says why)",
+                link.repairable,
+            )
+        )
+    elif link is not None:
         caches.append(link)
     if pid is None:
         report.problems += caches

@@ -1,7 +1,8 @@
 """``GET /api/health``: healthy, degraded or unhealthy (503), with the numbers behind it.
 
-The verdict is the worse of two judgements (ages in whole minutes, rounded to the
-nearest as the original server rounded):
+The verdict is the worse of two judgements (an age is unhealthy beyond 30 minutes to
+the second, as ``check``'s CRITICAL judges it; degraded beyond 10 minutes in whole minutes,
+rounded to the nearest as the original server rounded, as ``isStale`` is):
 
 * the data: the newest version's ``lastUpdated``; degraded beyond 10 minutes, unhealthy
   beyond 30, and unhealthy with no data or an unreadable history; degraded when dated
@@ -14,6 +15,10 @@ nearest as the original server rounded):
   is written again), and the watcher of ``serve --watch`` once a drop or the history
   cannot be written (until a drop is stored or set aside again): its POSTs are answered
   202, and the data's age would tell only ten minutes later.
+
+It is a liveness answer for the HTTP face (data to serve, its age, whether a POST will
+be stored); ``ingester check`` is the full judgement, which also weighs the rejections,
+the mirror, the room left, the latest link and the usage limits (docs/monitoring.md).
 
 The body keeps every field the original sent, with its meaning: ``storage: {accessible,
 versionCount}`` and ``latestData: {ageMinutes, status, timestamp}``, where ``latestData``
@@ -50,10 +55,15 @@ LEVELS = ("healthy", "degraded", "unhealthy")
 """The verdicts, best first; an index into this tuple is a verdict's level."""
 
 
-def _by_age(minutes: int) -> int:
-    if minutes > UNHEALTHY_AFTER_MINUTES:
+def _by_age(seconds: float) -> int:
+    """The level of data ``seconds`` old. Unhealthy judges the seconds, as ``check``
+    judges its CRITICAL (at twice its default ``--max-age``, the same 30 minutes), so the
+    two never disagree by the half minute that rounding adds; degraded judges the rounded
+    minutes, as ``isStale`` and the original server did, so a GET that says fresh data is
+    not stale is never answered by a health that calls it degraded."""
+    if seconds > UNHEALTHY_AFTER_MINUTES * 60:
         return 2
-    return 1 if minutes > STALE_AFTER_MINUTES else 0
+    return 1 if age_minutes(seconds) > STALE_AFTER_MINUTES else 0
 
 
 def _spool_judgement(state: SpoolState) -> tuple[int, str] | None:
@@ -107,8 +117,9 @@ def health_facts(ctx: ServeContext) -> tuple[str, int, dict[str, Any]]:
             entry = snap.entries[pos]
             body["latestVersion"] = entry.name
             body["latestIngestedAt"] = iso(entry.ingested_at)
-            stored_minutes = age_minutes((now - entry.ingested_at).total_seconds())
-            stored_level = _by_age(stored_minutes)
+            stored_age = (now - entry.ingested_at).total_seconds()
+            stored_minutes = age_minutes(stored_age)
+            stored_level = _by_age(stored_age)
             if all_ahead:
                 stored_level = max(stored_level, 1)  # its age, negative, says nothing
             latest_data = {
@@ -183,7 +194,7 @@ def _data_judgement(
     ahead = dated_ahead(updated, now)
     if ahead is not None:
         return [(1, ahead)]  # as check judges it
-    level = _by_age(minutes)
+    level = _by_age(age)
     if level == 2:
         return [(2, f"newest data is older than {UNHEALTHY_AFTER_MINUTES} minutes")]
     if level == 1:
