@@ -99,11 +99,14 @@ class StoreFaults:
         self.since, self.failures = None, 0  # set aside: the quarantine was written
         self.inner.rejected(reason, kind)
 
-    def failed(self) -> None:
+    def failed(self, cause: str) -> None:
         if self.since is None:
             self.since = self.clock()
         self.failures += 1
-        self.inner.failed()
+        self.inner.failed(cause)
+
+    def upkeep_failed(self, step: str) -> None:
+        self.inner.upkeep_failed(step)  # drops are still stored: no store fault
 
     def watch(self, backlog: Callable[[], int], holding: Callable[[], bool]) -> None:
         self.inner.watch(backlog, holding)
