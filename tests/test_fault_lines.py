@@ -1,11 +1,12 @@
-"""A store fault that lasts, as the log and the metrics tell it.
+"""A store fault that lasts, as the log, the metrics and health tell it.
 
-Real faults against a real ``ingester watch`` in a subprocess:
+Real faults against a real ``ingester watch`` (or ``serve --watch``) in a subprocess:
 ``chattr +i`` on the history or the root (EPERM even for root), the history on a small
 tmpfs filled up (ENOSPC). One fault is one ERROR line, not one per step it breaks (the
 drop's store, the round that writes the metadata); once its retries wait their longest
 it is said again only now and then, while every try is still counted in the metrics;
-and one INFO line says when it heals. The latest link's failures are counted too.
+and one INFO line says when it heals. The latest link's failures are counted too, and
+health under ``serve --watch`` says why the stores fail.
 
 Skipped, with the reason, when not root or when chattr/mount do not work here.
 """
@@ -13,6 +14,7 @@ Skipped, with the reason, when not root or when chattr/mount do not work here.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -22,10 +24,22 @@ from pathlib import Path
 import pytest
 from support import wait_for
 from support.capabilities import fill, immutable, tmpfs
+from support.serveproc import KEY, ServeProcess, fresh_payload
 from support.watchproc import WatchProcess, drop, payload, versions
 from test_watch_metrics import metrics_port, scrape, value
 
 from ingester.errors import StorageError
+
+API = "/api/claude/console-usage"
+HEADERS = {"Content-Type": "application/json", "X-API-Key": KEY}
+
+
+def metadata_count(history: Path) -> object:
+    """The version count ``_metadata.json`` holds (None: none readable)."""
+    try:
+        return json.loads((history / "_metadata.json").read_bytes()).get("versionCount")
+    except (OSError, ValueError):
+        return None
 
 
 def errors(log: str) -> list[str]:
@@ -52,6 +66,8 @@ def test_a_store_fault_is_one_line_while_every_try_is_counted_then_one_line_heal
         port = metrics_port(watcher)
         drop(root / "spool", "first.json", payload(0))
         watcher.wait_log("ingested first.json")
+        # Its round done too: a round that met the fault first would say it first.
+        wait_for(lambda: metadata_count(history) == 1, 10, "the metadata written")
         if fault == "full":
             filler = fs / "filler"
             with contextlib.suppress(OSError):  # its close may fail too: it is there
@@ -171,6 +187,36 @@ def test_a_stuck_latest_link_is_counted_said_once_and_its_repair_said(
     assert len(errors(watcher.log)) == 1, watcher.log
 
 
+def test_health_carries_the_cause_of_the_failing_stores(root: Path, can_chattr: None) -> None:
+    history = root / "console-usage-history"
+    with ServeProcess(root, "--watch", "--retry-max", "0.5") as server:
+        first = server.post(API, content=fresh_payload(seq=1), headers=HEADERS)
+        assert first.status_code == 202, first.text
+        wait_for(lambda: server.get("/api/health").json()["status"] == "healthy", 20, "healthy")
+        with immutable(history):
+            answer = server.post(API, content=fresh_payload(seq=2), headers=HEADERS)
+            assert answer.status_code == 202, answer.text
+            wait_for(
+                lambda: "storeFault" in server.get("/api/health").json()["watcher"],
+                20,
+                "health to name the failing stores",
+            )
+            health = server.get("/api/health").json()
+        fault = health["watcher"]["storeFault"]
+        assert re.fullmatch(
+            rf"cannot link {re.escape(str(history))}/\S+\.json: Operation not permitted: its "
+            rf"folder {re.escape(str(history))} is immutable \(chattr -i "
+            rf"{re.escape(str(history))} clears that\) \[EPERM\]",
+            fault["cause"],
+        ), fault
+        assert f"tries; the last: {fault['cause']})" in health["reason"], health
+        wait_for(
+            lambda: "storeFault" not in server.get("/api/health").json()["watcher"],
+            30,
+            "the fault to clear once the drop is stored",
+        )
+
+
 def test_a_fault_that_stands_is_said_again_only_now_and_then_with_its_count(
     caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
@@ -210,3 +256,15 @@ def test_a_fault_that_stands_is_said_again_only_now_and_then_with_its_count(
     assert said[6][1] == "cannot store drop a.json: eio; retrying in 30 s"
     assert said[7][1] == "storing drops again after 760 s (7 failed tries)"
     assert SAY_AGAIN_EVERY <= 700
+
+
+def test_the_cause_health_carries_is_one_bounded_line() -> None:
+    from ingester.intake.metrics import NO_METRICS
+    from ingester.serve.watch_thread import CAUSE_MAX, StoreFaults
+
+    faults = StoreFaults(NO_METRICS)
+    faults.failed("cannot link /srv/a\nb.json: No space left on device [ENOSPC] " * 100)
+    assert faults.failures == 1 and faults.since is not None
+    assert "\n" not in faults.cause and len(faults.cause) == CAUSE_MAX
+    assert faults.cause.startswith("cannot link /srv/a\\nb.json: No space left on device")
+    assert faults.cause.endswith("...")
