@@ -46,6 +46,7 @@ from test_crashpoints import Expect, final_problems, settings_for
 from ingester.threads import THREAD_LIMIT
 
 WATCH_ARGS = ("--retry-max", "0.5", "--rescan-interval", "1")
+VERBOSE = ("-v",)  # a fault that stands is an ERROR line once; each retry at DEBUG
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
@@ -91,7 +92,8 @@ def fault_then_heal(
         rf"cannot store drop {re.escape(first)}: .*{re.escape(str(history))}.*\[{cause}\]"
     )
     wait_for(lambda: pattern.search(watcher.log), 15, f"{cause} logged for {first}")
-    # Backing off and retrying: the failure repeats, the drops stay where they were.
+    # Backing off and retrying: the failure repeats (at DEBUG once its waits are the
+    # longest: the watcher runs with -v here), the drops stay where they were.
     count = len(pattern.findall(watcher.log))
     wait_for(lambda: len(pattern.findall(watcher.log)) > count, 15, "a retry")
     assert watcher.proc.poll() is None, watcher.log
@@ -127,7 +129,7 @@ def test_immutable_history_eperm_then_heals(root: Path, can_chattr: None) -> Non
     history = root / "console-usage-history"
     with contextlib.ExitStack() as stack:
         stack.callback(_run, "chattr", "-i", str(history))
-        watcher = stack.enter_context(WatchProcess(root, *WATCH_ARGS))
+        watcher = stack.enter_context(WatchProcess(root, *WATCH_ARGS, global_args=VERBOSE))
 
         def start() -> None:
             assert _run("chattr", "+i", str(history)).returncode == 0
@@ -144,7 +146,7 @@ def test_a_failing_link_backs_off_doubling_up_to_retry_max(root: Path, can_chatt
     history = root / "console-usage-history"
     with contextlib.ExitStack() as stack:
         stack.callback(_run, "chattr", "-i", str(history))
-        watcher = stack.enter_context(WatchProcess(root, "--retry-max", "2"))
+        watcher = stack.enter_context(WatchProcess(root, "--retry-max", "2", global_args=VERBOSE))
         assert _run("chattr", "+i", str(history)).returncode == 0
         settings = settings_for(root, history_dir=str(history))
         drop(settings.spool_dir, "linked-late.json", payload(0, fault="link"))
@@ -233,6 +235,7 @@ def test_full_tmpfs_history_enospc_then_heals(root: Path, tmp_path: Path, can_mo
                 root,
                 *WATCH_ARGS,
                 global_args=(
+                    *VERBOSE,
                     "--history-dir",
                     str(history),
                     "--latest-path",
@@ -266,6 +269,7 @@ def test_read_only_tmpfs_history_erofs_then_heals(
                 root,
                 *WATCH_ARGS,
                 global_args=(
+                    *VERBOSE,
                     "--history-dir",
                     str(history),
                     "--latest-path",

@@ -27,7 +27,7 @@ from ..runtime.signals import StopFlag
 from .arrival_order import ArrivalOrder
 from .arrivals import How
 from .intake import Intake
-from .maintenance import Maintenance
+from .maintenance import Maintenance, fault_cause
 from .metrics import Metrics
 from .outcomes import (
     Abandoned,
@@ -434,12 +434,13 @@ class Backlog:
             retry = self._drop_waits.wait(outcome)
             self.deferred[outcome.drop] = time.monotonic() + retry
             if outcome.step == "claim":
-                self.metrics.failed()
-                log.error(
-                    "cannot take drop %s: %s; %s",
-                    outcome.drop,
-                    outcome.error,
+                self.metrics.failed(str(outcome.error))
+                # A folder that refuses every claim is one fault, not a line a drop a try.
+                self._say_failure(
+                    f"cannot take drop {outcome.drop}: {outcome.error}",
                     self._then(retry, "it"),
+                    outcome.error,
+                    retry,
                 )
             else:
                 log.error(
@@ -473,6 +474,9 @@ class Backlog:
             )
 
     def _ingested(self, item: Stored) -> None:
+        # A version durable is what proves the store works again: not a group that
+        # only deferred its drops, nor one whose drops were set aside.
+        self.maintenance.store_lines.healed(time.monotonic())
         self.counts.ingested += 1
         self.metrics.ingested(time.perf_counter() - item.started)
         self.maintenance.latest_dirty = True
@@ -504,9 +508,9 @@ class Backlog:
                 self._group_max,
             )
         retry = self.backoff.failed()
-        self.metrics.failed()
+        self.metrics.failed(str(exc))
         what = f"cannot store drop {name}" if name else "cannot update the history"
-        log.error("%s: %s; %s", what, exc, self._then(retry))
+        self._say_failure(f"{what}: {exc}", self._then(retry), exc, retry)
         # Maintenance after the backoff also finishes any claim a failed commit left,
         # and sweeps the temp files a failed step could not remove.
         self.maintenance.after_failure(whole_group=name is None)
@@ -516,16 +520,25 @@ class Backlog:
         and the pipeline backs off; recovery removes the claims in a later round."""
         self._failures += 1
         retry = self.backoff.failed()
-        self.metrics.failed()
+        self.metrics.failed(str(exc))
         later = (
             "the next start removes them"
             if self.once
             else f"recovery removes them (retrying in {retry:.1f} s)"
         )
-        log.error(
-            "%d drop(s) stored, but their claims could not be removed: %s; %s", count, exc, later
-        )
+        what = f"{count} drop(s) stored, but their claims could not be removed: {exc}"
+        self._say_failure(what, later, exc, retry)
         self.maintenance.after_failure(whole_group=False)
+
+    def _say_failure(self, what: str, then: str, exc: StorageError, retry: float) -> None:
+        """The pipeline's failed try, said by the store's fault lines (a fault that
+        lasts is not an ERROR every retry); a ``--once`` run says each as it comes."""
+        if self.once:
+            log.error("%s; %s", what, then)
+        else:
+            self.maintenance.store_lines.failed(
+                what, then, fault_cause(exc), retry, time.monotonic()
+            )
 
     def _then(self, retry: float, it: str = "") -> str:
         """What follows a failed step, for its log line: a service retries after

@@ -13,6 +13,7 @@ holds automatic deletions back (``docs/design.md``, "Failures").
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -22,9 +23,10 @@ from ..history.cleanup import CleanupIncomplete
 from ..history.store import HistoryStore, InitReport
 from ..settings.resolved import Settings
 from .housekeeping import PRUNE_EVERY, RejectedRetention
+from .metrics import NO_METRICS, Metrics
 from .spool import Spool
 
-__all__ = ["MAINTENANCE_EVERY", "Maintenance"]
+__all__ = ["MAINTENANCE_EVERY", "FaultLines", "Maintenance", "fault_cause"]
 
 log = logging.getLogger("ingester.watcher")
 
@@ -38,12 +40,114 @@ round, and the metadata's write at a start is its first try)."""
 STUCK_SAY_EVERY = 3600.0
 """Seconds between two ERROR lines for the same expired versions retention cannot delete."""
 
+SAY_AGAIN_EVERY = 600.0
+"""Seconds between two ERROR lines for one fault that stands unchanged once its retries
+wait their longest (each try between is logged at DEBUG)."""
+
+Cause = tuple[int | None, str, int | str]
+"""What makes two failures one fault (see :func:`fault_cause`)."""
+
+
+def fault_cause(exc: StorageError) -> Cause:
+    """The cause of a failed step as a fault is told apart: the errno, the kernel's
+    words (which name the attribute and its folder when one refused it) and the
+    filesystem it struck on (its folder where that cannot be told); not the file, as
+    each try writes a temp file or version of a name of its own. A full or read-only
+    filesystem is one fault for the versions, the metadata and the latest link on it."""
+    folder = exc.path.parent
+    where: int | str
+    try:
+        where = os.stat(folder).st_dev
+    except OSError:
+        where = os.fspath(folder)
+    return (exc.errno, exc.strerror or "", where)
+
+
+class FaultLines:
+    """The log lines of one fault retried on a backoff, so that a fault that lasts for
+    hours does not bury the log: an ERROR line for each try while the waits grow; once
+    they wait their longest (``longest`` seconds), the same cause again only every
+    :data:`SAY_AGAIN_EVERY` seconds, counting the tries between (each logged at DEBUG);
+    an ERROR at once for another cause; and one INFO line once it heals, saying for how
+    long it failed and how often (``healed``: what works again, e.g. ``"storing drops"``).
+
+    Times are monotonic seconds. Every try is counted here, whether said or not; the
+    metrics count each one too (the caller's part).
+    """
+
+    def __init__(self, healed: str, longest: float) -> None:
+        self.healed_words = healed
+        self.longest = longest
+        self.since: float | None = None  # the first failure of the fault standing
+        self.tries = 0
+        self.cause: Cause | None = None  # the cause last said at ERROR
+        self._said_at = 0.0
+        self._last_wait = 0.0
+        self._unsaid = 0  # tries logged at DEBUG since the last ERROR line
+
+    @property
+    def failing(self) -> bool:
+        """Whether a fault stands (failed, and not healed since)."""
+        return self.since is not None
+
+    def failed(self, what: str, then: str, cause: Cause, wait: float, now: float) -> None:
+        """One failed try: ``what`` failed (its error's words included), ``then`` says
+        what follows (its retry in ``wait`` seconds); logged as :class:`FaultLines` says."""
+        self.tries += 1
+        if self.since is None:
+            self.since = now
+        settled = wait >= self.longest and self._last_wait >= self.longest
+        self._last_wait = wait
+        if cause == self.cause and settled and now - self._said_at < SAY_AGAIN_EVERY:
+            self._unsaid += 1
+            log.debug("%s; %s", what, then)
+            return
+        note = ""
+        if self._unsaid:
+            note = (
+                f" (failing for {now - self.since:.0f} s, {self.tries} tries; the "
+                f"{self._unsaid} since it was last said are logged at DEBUG)"
+            )
+        log.error("%s%s; %s", what, note, then)
+        self.cause, self._said_at, self._unsaid = cause, now, 0
+
+    def failed_unsaid(self, what: str, then: str, now: float) -> None:
+        """One failed try that another fault's line says already (the same cause): at
+        DEBUG, counted, and no line when it heals unless one was said."""
+        self.tries += 1
+        if self.since is None:
+            self.since = now
+        log.debug("%s; %s (the fault the drops' store fails for)", what, then)
+
+    def healed(self, now: float) -> None:
+        """A try went through: one INFO line if the fault was said, and the count ends."""
+        if self.since is None:
+            return
+        if self.cause is not None:
+            log.info(
+                "%s again after %.0f s (%d failed tr%s)",
+                self.healed_words,
+                now - self.since,
+                self.tries,
+                "y" if self.tries == 1 else "ies",
+                extra={"event": "healed", "seconds": round(now - self.since), "tries": self.tries},
+            )
+        self.since, self.tries, self.cause = None, 0, None
+        self._said_at = self._last_wait = 0.0
+        self._unsaid = 0
+
 
 class Maintenance:
     """The latest link, cleanup and metadata: once per group of drops, not once per drop.
 
     ``recover`` finishes the claims a crash or a failure left (the watcher applies each
     outcome); ``clock_jump`` is the watcher's detector, shared so a test can move it.
+    ``metrics`` counts each failed try of the latest link and of a round.
+
+    The lines of each fault (the drops' store, which :class:`~.groups.Backlog` reports
+    here, the latest link, and a round) are :class:`FaultLines`': the latest link or a
+    round that fails for the cause the drops' store fails for is that fault, not a
+    second one, and is said by the store's line alone.
     """
 
     def __init__(
@@ -56,8 +160,10 @@ class Maintenance:
         clock_jump: ClockJump,
         *,
         retries: bool = True,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         # False for a run that ends after one pass (watch --once): a failure is then
         # left for the next start, said once, not promised a retry that never comes.
         self.retries = retries
@@ -70,6 +176,11 @@ class Maintenance:
         )
         self.cache_backoff = Backoff(retry_max)  # the latest link
         self._backoff = Backoff(retry_max)  # recovery, cleanup and the metadata
+        self.store_lines = FaultLines("storing drops", retry_max)  # the Backlog's failures
+        self.latest_lines = FaultLines("refreshing the latest link", retry_max)
+        self.round_lines = FaultLines(
+            "finishing claims, cleaning up and writing the metadata", retry_max
+        )
         self.latest_dirty = False
         self.meta_dirty = True
         self.sweep_needed = False
@@ -97,7 +208,7 @@ class Maintenance:
             self.latest_failed(report.latest_error)
         if report.metadata_error is not None:
             self.meta_dirty = True
-            self._report(ROUND_FAILED, report.metadata_error, self._backoff.failed())
+            self._round_failed(report.metadata_error, time.monotonic())
 
     def run(self, now: float, *, force: bool, busy: bool) -> None:
         """One round if due at ``now`` (monotonic); ``busy``: drops are waiting.
@@ -145,11 +256,22 @@ class Maintenance:
         except StorageError as exc:
             # The metadata and retention are not on the ingest path: they back off on
             # their own, and drops go on being stored meanwhile.
-            self._report(ROUND_FAILED, exc, self._backoff.failed())
+            self._round_failed(exc, now)
             return
         self._backoff.succeeded()
+        self.round_lines.healed(now)
         self.meta_dirty = False
         self._last_round = now
+
+    def _round_failed(self, exc: StorageError, now: float) -> None:
+        """A round (claims, cleanup, metadata) failed at ``now`` (monotonic): counted,
+        backed off, and said unless the drops' store fails for the same cause."""
+        self.metrics.upkeep_failed("metadata")
+        retry = self._backoff.failed()
+        if not self.retries:
+            self._left(ROUND_FAILED, exc)
+            return
+        self._upkeep_said(self.round_lines, f"{ROUND_FAILED}: {exc}", exc, retry, now)
 
     def _metadata_written(self) -> None:
         problem = self._repairing.pop("metadata", None)
@@ -162,7 +284,7 @@ class Maintenance:
             return
         self._stuck, self._stuck_said = names, now
         if not self.retries:
-            self._report("retention", exc, 0.0)
+            self._left("retention", exc)
             return
         log.error(
             "retention: %s; tried again with the next drops (said again when it changes, "
@@ -208,23 +330,42 @@ class Maintenance:
         self.sweep_needed = True
 
     def latest_ok(self) -> None:
+        """The latest link points at the newest version: said when it had failed, or
+        had been found changed by hand."""
         self.latest_dirty = False
         self.cache_backoff.succeeded()
+        self.latest_lines.healed(time.monotonic())
         problem = self._repairing.pop("latest", None)
         if problem is not None:
             log.warning("latest link repaired (%s)", problem)
 
     def latest_failed(self, exc: StorageError) -> None:
-        """The latest link could not be written: log it, retry later; ingest goes on."""
+        """The latest link could not be written: counted, logged, retried later; ingest
+        goes on."""
         self.latest_dirty = True
+        self.metrics.upkeep_failed("latest_link")
         retry = self.cache_backoff.failed()
-        self._report("cannot refresh the latest link (drops are still stored)", exc, retry)
-
-    def _report(self, what: str, exc: StorageError, retry: float) -> None:
-        """One ERROR line for a failed round: when it is retried, or that it is not."""
-        if self.retries:
-            log.error("%s: %s; retrying in %.1f s", what, exc, retry)
+        what = "cannot refresh the latest link (drops are still stored)"
+        if not self.retries:
+            self._left(what, exc)
             return
+        self._upkeep_said(self.latest_lines, f"{what}: {exc}", exc, retry, time.monotonic())
+
+    def _upkeep_said(
+        self, lines: FaultLines, what: str, exc: StorageError, retry: float, now: float
+    ) -> None:
+        """A failed try of the upkeep, by its fault ``lines``: unsaid when the drops'
+        store fails for the same cause (one fault, said by the store's line)."""
+        then = f"retrying in {retry:.1f} s"
+        cause = fault_cause(exc)
+        if self.store_lines.failing and self.store_lines.cause == cause:
+            lines.failed_unsaid(what, then, now)
+        else:
+            lines.failed(what, then, cause, retry, now)
+
+    def _left(self, what: str, exc: StorageError) -> None:
+        """One ERROR line for a failure with no retry to come (``retries`` False): left
+        for the next start, said once."""
         line = f"{what}: {exc}; left for the next start"
         if line not in self._said:
             self._said.add(line)

@@ -21,6 +21,7 @@ __all__ = [
     "NO_METRICS",
     "REJECT_KINDS",
     "REJECT_LABELS",
+    "UPKEEP_STEPS",
     "Metrics",
     "NoMetrics",
     "WatchMetrics",
@@ -48,6 +49,10 @@ REJECT_KINDS: tuple[tuple[str, str], ...] = (
 REJECT_LABELS: tuple[str, ...] = (*dict.fromkeys(k for _, k in REJECT_KINDS), "schema", "other")
 """Every value the ``reason`` label takes."""
 
+UPKEEP_STEPS: tuple[str, ...] = ("latest_link", "metadata")
+"""Every value the upkeep failures' ``step`` label takes: the latest link's refresh, and
+the round that finishes claims left, applies retention and writes ``_metadata.json``."""
+
 
 def reject_kind(reason: str, kind: str | None = None) -> str:
     """The bounded label for a rejection: ``kind`` when it is one of :data:`REJECT_LABELS`,
@@ -65,7 +70,8 @@ class Metrics(Protocol):
 
     def ingested(self, seconds: float) -> None: ...
     def rejected(self, reason: str, kind: str | None = None) -> None: ...
-    def failed(self) -> None: ...
+    def failed(self, cause: str) -> None: ...
+    def upkeep_failed(self, step: str) -> None: ...
     def watch(self, backlog: Callable[[], int], holding: Callable[[], bool]) -> None: ...
 
 
@@ -78,7 +84,10 @@ class NoMetrics:
     def rejected(self, reason: str, kind: str | None = None) -> None:
         """Ignored."""
 
-    def failed(self) -> None:
+    def failed(self, cause: str) -> None:
+        """Ignored."""
+
+    def upkeep_failed(self, step: str) -> None:
         """Ignored."""
 
     def watch(self, backlog: Callable[[], int], holding: Callable[[], bool]) -> None:
@@ -118,6 +127,16 @@ class WatchMetrics:
             "Times a drop or the history could not be written (each is retried after a backoff)",
             registry=r,
         )
+        self._upkeep_failures = Counter(
+            "ingester_watch_upkeep_failures",
+            "Times the upkeep beside the drops failed (drops are still stored; each is "
+            "retried after a backoff), by step: latest_link (the latest link could not be "
+            "refreshed), metadata (claims left, retention or _metadata.json)",
+            ["step"],
+            registry=r,
+        )
+        for step in UPKEEP_STEPS:
+            self._upkeep_failures.labels(step)  # both show from the start, at 0
         self._latency = Histogram(
             "ingester_watch_ingest_duration_seconds",
             "From taking a drop in hand to its version being durable, seconds",
@@ -160,9 +179,15 @@ class WatchMetrics:
         """One drop went to the rejected folder for ``reason`` (free text) of ``kind``."""
         self._rejected.labels(reject_kind(reason, kind)).inc()
 
-    def failed(self) -> None:
-        """A drop or the history could not be written; the watcher backs off."""
+    def failed(self, cause: str) -> None:
+        """A drop or the history could not be written (``cause``: the error's one line);
+        the watcher backs off."""
         self._failures.inc()
+
+    def upkeep_failed(self, step: str) -> None:
+        """The upkeep's ``step`` (one of :data:`UPKEEP_STEPS`) failed; retried after a
+        backoff, while drops go on being stored."""
+        self._upkeep_failures.labels(step).inc()
 
     def watch(self, backlog: Callable[[], int], holding: Callable[[], bool]) -> None:
         """Read the backlog size and the retention hold from the loop at each scrape."""

@@ -105,6 +105,7 @@ class Watcher:
         )
         self._recovery = ClaimRecovery(self.intake)
         self.clock_jump = ClockJump()
+        self.metrics = metrics
         self.maintenance = Maintenance(
             self.store,
             self.spool,
@@ -113,9 +114,9 @@ class Watcher:
             recover=self._recover_claims,
             clock_jump=self.clock_jump,
             retries=not options.once,
+            metrics=metrics,
         )
         self._logged: set[str] = set()
-        self.metrics = metrics
         self.backlog = Backlog(
             self.store,
             self.intake,

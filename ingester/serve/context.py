@@ -27,6 +27,7 @@ class StoreFaultsView(Protocol):
 
     since: datetime | None
     failures: int
+    cause: str
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,9 @@ class ServeConfig:
     runs (otherwise the history lock tells whether one runs elsewhere).
     ``trigger``: the command the trigger endpoint runs (``None``: it answers 501).
     ``watcher_metrics``: the in-process watcher's own metrics, served in ``/metrics`` too.
-    ``store_faults``: whether the in-process watcher's stores are failing, and since when
-    (an object with ``since``, a UTC datetime or ``None``, and ``failures``), for
-    ``/api/health``.
+    ``store_faults``: whether the in-process watcher's stores are failing, since when and
+    why (an object with ``since``, a UTC datetime or ``None``, ``failures`` and ``cause``,
+    the last failure's error in one line), for ``/api/health``.
     ``read_only``: where the history served comes from when it is not the local one
     (``serve --from``); POSTs are then refused (503), as no watcher here stores them there.
     """

@@ -140,12 +140,17 @@ def health_facts(ctx: ServeContext) -> tuple[str, int, dict[str, Any]]:
     faults = ctx.config.store_faults
     failing = faults.since if faults is not None else None
     if faults is not None and failing is not None:
-        body["watcher"]["storeFault"] = {"since": iso(failing), "failures": faults.failures}
+        cause = faults.cause
+        body["watcher"]["storeFault"] = {
+            "since": iso(failing),
+            "failures": faults.failures,
+            "cause": cause,
+        }
         found.append(
             (
                 1,
                 f"the watcher in this process cannot store drops since {iso(failing)} "
-                f"({faults.failures} tries; its log says why)",
+                f"({faults.failures} tries; the last: {cause})",
             )
         )
     if ctx.spool_fault is not None:

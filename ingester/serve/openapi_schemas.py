@@ -329,10 +329,12 @@ SCHEMAS: dict[str, Any] = {
                         "type": "object",
                         "description": "serve --watch only, while its watcher cannot store "
                         "drops (degraded): since the first failure after the last drop "
-                        "stored or set aside, and the tries since",
+                        "stored or set aside, the tries since, and the last one's error "
+                        "(one line, at most 1000 characters)",
                         "properties": {
                             "since": {"type": "string"},
                             "failures": {"type": "integer", "minimum": 1},
+                            "cause": {"type": "string", "maxLength": 1000},
                         },
                     },
                 },

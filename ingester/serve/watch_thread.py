@@ -56,6 +56,7 @@ from ..history.lock import SERVE_WATCH
 from ..intake.metrics import NO_METRICS, Metrics
 from ..intake.spool import Spool
 from ..intake.watcher import Watcher
+from ..runtime.logs import escape_text, one_line
 from ..runtime.signals import StopFlag, handled_stop_signals
 from ..settings.resolved import Settings
 from ..settings.watch import DRAIN_S, WatchOptions
@@ -73,15 +74,29 @@ _EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug, the code every command exits
 _TICK = 0.1  # seconds between the supervisor's looks (a stop, watchdog, the watcher)
 
 
+CAUSE_MAX = 1000
+"""Most characters of a store failure's cause that ``/api/health`` carries (a path in it
+may be long; the log has it whole)."""
+
+
+def cause_line(text: str) -> str:
+    """``text`` as one line of at most :data:`CAUSE_MAX` characters (cut with ``...``)."""
+    line = one_line(escape_text(text))
+    return line if len(line) <= CAUSE_MAX else line[: CAUSE_MAX - 3] + "..."
+
+
 class StoreFaults:
     """The watcher's metrics (``inner``), seen on the way: whether its stores are failing.
 
-    A drop or the history that cannot be written is retried after a backoff, with one
-    ERROR line each time; meanwhile the POSTs it was handed are answered 202 and only the
-    data's age would tell, ten minutes later. This keeps ``since`` (the UTC time of the
-    first failure since the last drop stored or set aside) and ``failures`` (how many
-    since then), for ``/api/health`` to say at once. Written on the watcher's thread, read
-    on the server's: each is one attribute set at a time.
+    A drop or the history that cannot be written is retried after a backoff (its log
+    says the fault once, and again only now and then while it lasts); meanwhile the
+    POSTs it was handed are answered 202 and only the data's age would tell, ten minutes
+    later. This keeps ``since`` (the UTC time of the first failure since the last drop
+    stored or set aside), ``failures`` (how many since then) and ``cause`` (the last
+    one's error, one line of at most :data:`CAUSE_MAX` characters), for ``/api/health``
+    to say at once. Written on the watcher's thread, read on the server's: each is one
+    attribute set at a time (``cause`` before ``since``, so a reader that sees a fault
+    sees its cause).
     """
 
     def __init__(self, inner: Metrics, clock: Callable[[], datetime] = utc_now) -> None:
@@ -89,6 +104,7 @@ class StoreFaults:
         self.clock = clock
         self.since: datetime | None = None
         self.failures = 0
+        self.cause = ""
         self.registry: CollectorRegistry | None = getattr(inner, "registry", None)
 
     def ingested(self, seconds: float) -> None:
@@ -99,11 +115,15 @@ class StoreFaults:
         self.since, self.failures = None, 0  # set aside: the quarantine was written
         self.inner.rejected(reason, kind)
 
-    def failed(self) -> None:
+    def failed(self, cause: str) -> None:
+        self.cause = cause_line(cause)
         if self.since is None:
             self.since = self.clock()
         self.failures += 1
-        self.inner.failed()
+        self.inner.failed(cause)
+
+    def upkeep_failed(self, step: str) -> None:
+        self.inner.upkeep_failed(step)  # drops are still stored: no store fault
 
     def watch(self, backlog: Callable[[], int], holding: Callable[[], bool]) -> None:
         self.inner.watch(backlog, holding)
