@@ -177,3 +177,32 @@ def test_check_and_health_call_data_just_past_30_minutes_an_outage_alike(
     assert (health.status_code, health.json()["status"]) == (503, "unhealthy"), health.text
     assert "older than 30 minutes" in health.json()["reason"]
     assert health.json()["ageMinutes"] == 30  # the original's field keeps its rounding
+
+
+def _health(server: ServeProcess) -> dict[str, object]:
+    answer = server.get("/api/health")
+    body = answer.json()
+    assert isinstance(body, dict)
+    return body
+
+
+def test_health_sees_a_watcher_that_cannot_store_by_the_same_bound_as_check(
+    root: Path, tmp_path: Path, immutable: list[Path]
+) -> None:
+    """Beside a watcher of its own process, ``serve`` (the two-process layout) judges its
+    drops as ``check`` does: degraded once the oldest has waited past the bound while the
+    watcher ran, long before ten minutes, and not at all while a watcher that has just
+    started on an old backlog has had seconds."""
+    ingest(root, tmp_path, timedelta(0))
+    history = root / HISTORY
+    with ServeProcess(root) as server, WatchProcess(root, *WATCH_ARGS) as watcher:
+        _make_immutable(immutable, history)
+        _drop_from_the_past(root, tmp_path, 1200)  # older than ten minutes
+        watcher.wait_log("cannot store drop")
+        # Counted from the watcher's start, seconds ago: nothing to say yet.
+        body = _health(server)
+        assert "has not" not in str(body["reason"]), body
+        _backdate(history / ".lock", 600)
+        body = _health(server)
+        assert body["status"] == "degraded", body
+        assert "runs but has not stored the oldest drop for" in str(body["reason"]), body

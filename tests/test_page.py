@@ -32,6 +32,7 @@ from support.serveproc import ServeProcess
 
 from ingester.history.names import generate_version_filename
 from ingester.usage.export import COLUMNS
+from ingester.usage.forecast import MAX_LIMIT_NAME
 
 HISTORY = "console-usage-history"
 SERIES = "/api/claude/console-usage/series"
@@ -1127,12 +1128,13 @@ def test_limits_whose_names_differ_only_beyond_ascii_get_a_card_each(
 
 
 def test_a_very_long_limit_name_wraps_in_its_card(root: Path, serve: Any, open_page: Any) -> None:
-    # A window name the payload chose, 3,000 characters with no space: the page must not
-    # grow wider than the screen for it.
+    # A window name the payload chose, as long as a limit's name may be (a longer one is
+    # left out of the forecast) and with no space: the page must not grow wider than
+    # the screen for it.
     now = datetime.now(UTC).replace(microsecond=0)
     body = {
         "currentSession": {"resetsIn": "3 hr", "percentageUsed": 10},
-        "x" * 3000: {"resetsIn": "2 days", "percentageUsed": 5},
+        "x" * MAX_LIMIT_NAME: {"resetsIn": "2 days", "percentageUsed": 5},
     }
     store(root, [(now - timedelta(minutes=31), body), (now - timedelta(minutes=1), body)])
     server = serve()

@@ -20,14 +20,13 @@ import click
 from ..clock import parse_iso_time, utc_now
 from ..errors import PERMISSION_ADVICE, describe_os_error, is_permission_problem
 from ..history.names import format_timestamp, parse_timestamp_from_filename
+from ..intake.unstored import UNSTORED_AFTER_S, unstored_words
 from ..ops.adopt import ADOPT_ADVICE
 from ..ops.queries import (
     GONE_UNDER_READS,
     STALE_AFTER,
-    UNSTORED_AFTER_S,
     Status,
     strays_words,
-    unstored_words,
 )
 from ..ops.queries import status as status_query
 from .common import App, align, echo_json, fail, refuse_closed_stdout, relative_age, say

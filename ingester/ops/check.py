@@ -75,13 +75,14 @@ from typing import Any
 from ..clock import iso_utc
 from ..errors import is_permission_problem
 from ..intake.set_aside import size_words
+from ..intake.unstored import UNSTORED_AFTER_S, unstored_words
 from ..mirror.objectstore import ACCESS_RULE, ACCOUNT, CLOCK, CREDENTIALS, refusal
 from ..mirror.state import STUCK
 from ..runtime.logs import one_line
 from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
 from ..usage.words import RESET_PASSED, dated_ahead, in_words, percent_words, seconds_words
 from .check_facts import Facts, MirrorFacts
-from .queries import GONE_UNDER_READS, UNSTORED_AFTER_S, strays_words, unstored_words
+from .queries import GONE_UNDER_READS, strays_words
 from .verify import LINK_IN_FLIGHT_S
 
 __all__ = [
@@ -454,7 +455,7 @@ def _judge_wait(facts: Facts, backlog: int, oldest: float, max_age: float) -> tu
 
     No watcher of this spool runs: WARNING at once (nothing will store them), CRITICAL
     once the oldest is older than ``max_age``. One runs: WARNING once it has left the
-    oldest unstored for :data:`~ingester.ops.queries.UNSTORED_AFTER_S` (a store that
+    oldest unstored for :data:`~ingester.intake.unstored.UNSTORED_AFTER_S` (a store that
     keeps failing: a full disk, an immutable history), CRITICAL past ``max_age``, both
     counted from the later of the drop's mtime and the watcher's start, so a watcher
     that starts on an old backlog is given its time. Whether one runs cannot be told:

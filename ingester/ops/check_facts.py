@@ -27,6 +27,7 @@ from ..history.names import parse_timestamp_from_filename
 from ..history.retention import RetentionPolicy, expired_prefix
 from ..intake.housekeeping import count_rejected_since
 from ..intake.spool import Spool
+from ..intake.unstored import unstored_for, watcher_started
 from ..mirror.state import held_back, mirror_status
 from ..settings.resolved import Settings
 from ..usage.forecast import Forecast
@@ -36,8 +37,6 @@ from .queries import (
     history_problem,
     in_flight,
     read_latest,
-    unstored_for,
-    watcher_started,
 )
 from .verify import link_in_flight
 
@@ -153,7 +152,7 @@ class Facts:
     """Why whether a watcher of this spool runs cannot be told."""
     unstored_s: float | None = None
     """With a watcher of this spool running and drops waiting: seconds the oldest has
-    waited while it ran (:func:`~ingester.ops.queries.unstored_for`)."""
+    waited while it ran (:func:`~ingester.intake.unstored.unstored_for`)."""
     latest_link_problem: str | None = None
     """Why the latest link does not name the newest version, when that is not an update
     in flight (:func:`~ingester.ops.verify.link_in_flight`); ``None`` when it does."""

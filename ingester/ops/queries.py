@@ -43,16 +43,15 @@ from ..history.names import is_version_name, parse_timestamp_from_filename
 from ..history.store import HistoryStore
 from ..intake.done_claims import finished_already, is_claim_name, stray_claims
 from ..intake.spool import Candidate, Spool
+from ..intake.unstored import unstored_for, watcher_started
 from ..mirror.state import mirror_status
 from ..payload.gate import check_payload, read_payload
 from ..settings.resolved import Settings
-from ..settings.watch import WatchOptions
 from .adopt import latest_is_a_file
 
 __all__ = [
     "GONE_UNDER_READS",
     "STALE_AFTER",
-    "UNSTORED_AFTER_S",
     "LatestVersion",
     "LockState",
     "RejectedState",
@@ -72,50 +71,10 @@ __all__ = [
     "root_problem",
     "status",
     "strays_words",
-    "unstored_for",
-    "unstored_words",
-    "watcher_started",
 ]
 
 STALE_AFTER = timedelta(minutes=10)
 """A payload whose ``lastUpdated`` is older than this is stale (as the original widget judged)."""
-
-
-_WATCH = WatchOptions()
-UNSTORED_AFTER_S = 3 * (_WATCH.rescan_interval + _WATCH.settle + _WATCH.retry_max)
-"""Seconds (183) a drop may wait while a watcher runs before ``status`` and ``check``
-say the watcher is not storing it. A running watcher takes a drop at once when inotify
-tells it of one, else at its next rescan (``--rescan-interval``, 30 s) once the drop has
-settled (``--settle``, 1 s); a store that fails is tried again within ``--retry-max``
-(30 s). Three such rounds at the watcher's defaults is past any healthy wait."""
-
-
-def watcher_started(lock_path: Path) -> float | None:
-    """When the holder of the history lock ``lock_path`` took it, in seconds since the
-    epoch: the lock file's mtime, which the holder's note sets as it takes the lock.
-    ``None`` when the file cannot be looked at. Reads only."""
-    try:
-        return os.stat(lock_path).st_mtime
-    except OSError:
-        return None
-
-
-def unstored_for(oldest_mtime: float, started: float | None, now: float) -> float:
-    """Seconds the oldest drop (its mtime ``oldest_mtime``, seconds since the epoch) has
-    waited while the watcher that took the lock at ``started`` ran: counted from the later
-    of the two, so a watcher that starts on an old backlog is given its own time to store
-    it. Never negative."""
-    since = oldest_mtime if started is None else max(oldest_mtime, started)
-    return max(0.0, now - since)
-
-
-def unstored_words(seconds: float) -> str:
-    """What a drop left unstored for ``seconds`` by a running watcher likely means, as
-    ``status`` and ``check`` say it after "the watcher runs but"."""
-    return (
-        f"has not stored the oldest drop for {seconds:.0f} s "
-        f"(more than {UNSTORED_AFTER_S:.0f} s); its log says why"
-    )
 
 
 # -- opening the history, read-only ------------------------------------------------------

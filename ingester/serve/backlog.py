@@ -27,6 +27,7 @@ from pathlib import Path
 from ..errors import describe_os_error
 from ..history.lock import HistoryHolder, history_holder, lock_table_readable
 from ..intake.spool import Spool
+from ..intake.unstored import unstored_for, watcher_started
 
 __all__ = ["BacklogWarnings", "SpoolState", "WatcherProbe", "until_watched", "why_unwatched"]
 
@@ -45,7 +46,10 @@ class SpoolState:
     ``watcher``: a watcher runs (``None``: cannot tell); ``pid``: its process, if known;
     ``in_process``: it is this process's own (``serve --watch``); ``elsewhere``: the
     holder of the history that does not hold this spool's lock (a watcher of another
-    spool, or a holder that left no note), if that is why ``watcher`` is false.
+    spool, or a holder that left no note), if that is why ``watcher`` is false;
+    ``unstored_s``: seconds the oldest has waited while the running watcher ran
+    (:func:`~ingester.intake.unstored.unstored_for`; ``None`` when no watcher runs or
+    none wait).
     """
 
     waiting: int | None
@@ -54,6 +58,7 @@ class SpoolState:
     pid: int | None
     in_process: bool
     elsewhere: HistoryHolder | None = None
+    unstored_s: float | None = None
 
     @property
     def unattended(self) -> bool:
@@ -154,10 +159,14 @@ class WatcherProbe:
             drops = [c for c in self.spool.scan() if not stat.S_ISDIR(c.mode)]
         except OSError:
             return SpoolState(None, None, running, pid, mine, elsewhere)
-        oldest = None
+        oldest = unstored = None
         if drops:
-            oldest = max(0.0, time.time() - min(d.mtime_ns for d in drops) / 1e9)
-        return SpoolState(len(drops), oldest, running, pid, mine, elsewhere)
+            now = time.time()
+            first = min(d.mtime_ns for d in drops) / 1e9
+            oldest = max(0.0, now - first)
+            if running:
+                unstored = unstored_for(first, watcher_started(self.lock_path), now)
+        return SpoolState(len(drops), oldest, running, pid, mine, elsewhere, unstored)
 
 
 class BacklogWarnings:

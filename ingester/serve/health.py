@@ -10,8 +10,9 @@ rounded to the nearest as the original server rounded, as ``isStale`` is):
   is named more than a day ahead of it (none is the latest: the oldest of them, which
   ``GET`` serves in its place, is judged);
 * the spool: drops waiting while no watcher runs are degraded, and unhealthy once the
-  oldest has waited beyond 10 minutes; drops a running watcher has not taken for 10
-  minutes are degraded; so is a spool the last POST could not be written to (until one
+  oldest has waited beyond 10 minutes; drops a running watcher has not stored for
+  ``UNSTORED_AFTER_S`` (183 s, counted from its start, as ``check`` and ``status`` count)
+  are degraded; so is a spool the last POST could not be written to (until one
   is written again), and the watcher of ``serve --watch`` once a drop or the history
   cannot be written (until a drop is stored or set aside again): its POSTs are answered
   202, and the data's age would tell only ten minutes later.
@@ -35,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import VersionNotFound
+from ..intake.unstored import UNSTORED_AFTER_S, unstored_words
 from ..usage.words import dated_ahead
 from .answers import (
     STALE_AFTER_MINUTES,
@@ -73,17 +75,20 @@ def _spool_judgement(state: SpoolState) -> tuple[int, str] | None:
     late = state.oldest_s is not None and state.oldest_s > STALE_AFTER_MINUTES * 60
     if state.watcher is False:
         return (2 if late else 1), f"{state.drops_words()} and {state.why_unwatched()}"
-    if not late:
-        return None  # a running watcher takes them within moments
     if state.watcher is None:
+        if not late:
+            return None
         return 1, (
             f"{state.drops_words()}: over {STALE_AFTER_MINUTES} minutes "
             "(cannot tell whether a watcher runs)"
         )
-    return 1, (
-        f"{state.drops_words()}: the watcher has not taken them for over "
-        f"{STALE_AFTER_MINUTES} minutes (see its log)"
-    )
+    # A running watcher takes them within moments; its wait is counted from its start,
+    # so one that starts on an old backlog is given its own time, as check gives it.
+    unstored = state.unstored_s if state.unstored_s is not None else state.oldest_s
+    if unstored is None or unstored <= UNSTORED_AFTER_S:
+        return None
+    who = "the watcher" if state.pid is None else f"the watcher (pid {state.pid})"
+    return 1, f"{state.drops_words()}: {who} runs but {unstored_words(unstored)}"
 
 
 def health_facts(ctx: ServeContext) -> tuple[str, int, dict[str, Any]]:
