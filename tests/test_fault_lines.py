@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from support import wait_for
 from support.capabilities import fill, immutable, tmpfs
-from support.serveproc import KEY, ServeProcess, fresh_payload
+from support.serveproc import KEY
 from support.watchproc import WatchProcess, drop, payload, versions
 from test_watch_metrics import metrics_port, scrape, value
 
@@ -185,36 +185,6 @@ def test_a_stuck_latest_link_is_counted_said_once_and_its_repair_said(
         assert os.readlink(latest).endswith(versions(root)[-1].name)
         assert watcher.stop() == 0, watcher.log
     assert len(errors(watcher.log)) == 1, watcher.log
-
-
-def test_health_carries_the_cause_of_the_failing_stores(root: Path, can_chattr: None) -> None:
-    history = root / "console-usage-history"
-    with ServeProcess(root, "--watch", "--retry-max", "0.5") as server:
-        first = server.post(API, content=fresh_payload(seq=1), headers=HEADERS)
-        assert first.status_code == 202, first.text
-        wait_for(lambda: server.get("/api/health").json()["status"] == "healthy", 20, "healthy")
-        with immutable(history):
-            answer = server.post(API, content=fresh_payload(seq=2), headers=HEADERS)
-            assert answer.status_code == 202, answer.text
-            wait_for(
-                lambda: "storeFault" in server.get("/api/health").json()["watcher"],
-                20,
-                "health to name the failing stores",
-            )
-            health = server.get("/api/health").json()
-        fault = health["watcher"]["storeFault"]
-        assert re.fullmatch(
-            rf"cannot link {re.escape(str(history))}/\S+\.json: Operation not permitted: its "
-            rf"folder {re.escape(str(history))} is immutable \(chattr -i "
-            rf"{re.escape(str(history))} clears that\) \[EPERM\]",
-            fault["cause"],
-        ), fault
-        assert f"tries; the last: {fault['cause']})" in health["reason"], health
-        wait_for(
-            lambda: "storeFault" not in server.get("/api/health").json()["watcher"],
-            30,
-            "the fault to clear once the drop is stored",
-        )
 
 
 def test_a_fault_that_stands_is_said_again_only_now_and_then_with_its_count(

@@ -759,8 +759,17 @@ def test_health_says_at_once_that_the_watcher_in_process_cannot_store(
             )
             health = server.get("/api/health").json()
             assert health["status"] == "degraded", health
-            assert health["watcher"]["storeFault"]["failures"] >= 1
+            fault = health["watcher"]["storeFault"]
+            assert fault["failures"] >= 1
             assert "the watcher in this process cannot store drops since " in health["reason"]
+            # The last failure's cause, one line, as the reason ends with it too.
+            assert re.fullmatch(
+                rf"cannot link {re.escape(str(history))}/\S+\.json: Operation not permitted: "
+                rf"its folder {re.escape(str(history))} is immutable \(chattr -i "
+                rf"{re.escape(str(history))} clears that\) \[EPERM\]",
+                fault["cause"],
+            ), fault
+            assert f"tries; the last: {fault['cause']})" in health["reason"], health
         finally:
             subprocess.run(["chattr", "-i", str(history)], check=True)
         wait_for(
