@@ -16,6 +16,7 @@ from support.plugin_output import perfdata_problems
 
 from ingester.history.names import generate_version_filename
 from ingester.intake.housekeeping import prune_rejected
+from ingester.intake.unstored import UNSTORED_AFTER_S
 from ingester.mirror.state import write_mirror_state
 from ingester.mirror.state_model import MirrorState
 from ingester.ops.check import (
@@ -28,7 +29,6 @@ from ingester.ops.check import (
     parse_duration,
 )
 from ingester.ops.check_facts import Facts, MirrorFacts, Room, mirror_facts
-from ingester.ops.queries import UNSTORED_AFTER_S
 from ingester.usage.forecast import Forecast, LimitForecast
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
