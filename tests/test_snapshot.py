@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 from support import IS_ROOT, VALID_SAMPLES, cli_env, run_cli, run_command, wait_for
 from support.capabilities import (
+    STRACE,
     needs_strace,
     other_user_problem,
     others_folder,
     run_as_other,
     run_held_after,
+    traced_program,
 )
 from support.process import kill_group
 
@@ -689,3 +691,48 @@ def test_a_snapshot_under_way_is_never_taken_for_one_a_kill_left(
     assert first.stdout.startswith(f"snapshot {out / 'one'}: {len(history)} version(s)")
     assert sorted(p.name for p in out.iterdir()) == ["one", "two"]
     ok(run_cli(out / "one", "verify"))
+
+
+@needs_strace
+def test_a_stop_that_comes_as_the_tar_scratch_folder_is_made_leaves_nothing(
+    root: Path, tmp_path: Path
+) -> None:
+    """SIGTERM while the scratch folder is being made (held there by strace): the stop
+    waits until the folder is made and locked, and is delivered as the signals are let
+    go, before the archive's own clean-up has begun. The folder goes all the same."""
+    ok(run_cli(root, "init"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    trace = tmp_path / "held.trace"
+    command = [
+        *(STRACE, "-f", "-qq", "-o", str(trace), "-e", "trace=mkdir,mkdirat"),
+        # The command's first mkdir is its scratch folder's, in $TMPDIR.
+        *("-e", "inject=mkdir,mkdirat:signal=SIGSTOP:when=1"),
+        *(sys.executable, "-m", "ingester", "--root", str(root)),
+        *("snapshot", "--tar", str(tmp_path / "snap.tar")),
+    ]
+    with subprocess.Popen(
+        command,
+        env={**cli_env(), "TMPDIR": str(scratch)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # strace and the command end together (kill_group)
+    ) as proc:
+        try:
+            wait_for(
+                lambda: trace.exists() and "stopped by SIGSTOP" in trace.read_text(),
+                30,
+                "the scratch folder's mkdir, held",
+            )
+            assert ".tmp-snapshot-" in trace.read_text(), trace.read_text()
+            program = traced_program(proc.pid)
+            os.kill(program, signal.SIGTERM)
+            os.kill(program, signal.SIGCONT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            kill_group(proc)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    assert list(scratch.iterdir()) == []
+    assert not (tmp_path / "snap.tar").exists()

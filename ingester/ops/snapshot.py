@@ -378,27 +378,42 @@ def _temp_folder(folder: Path, make: Callable[[], Path]) -> Iterator[tuple[Path,
     opened is one too."""
     swept: list[str] = []
     held = locked_temp_folder(make, folder, is_snapshot_temp_name, swept)
-    try:
-        # Made and locked, or not made: a stop never falls between (it would leave the
-        # folder for the next run to sweep).
-        with stop_signals_held():
-            made = held.__enter__()
-    except OSError as exc:
-        raise SnapshotError(
-            f"cannot open the snapshot's temp folder in {folder}: {os_cause(exc)}"
-        ) from None
-    finally:
-        if swept:
-            log.info(
-                "removed %d temp folder(s) left in %s by a snapshot stopped before its end: %s",
-                len(swept),
-                folder,
-                ", ".join(swept),
-                extra={"event": "snapshot-temps", "removed": len(swept)},
-            )
     with contextlib.ExitStack() as stack:
-        stack.push(held)
+        try:
+            # Made, locked and given its clean-up, or not made: a stop never falls
+            # between. One that came meanwhile is delivered as the signals are let go,
+            # and must find the clean-up in place, not leave the folder behind.
+            with stop_signals_held():
+                made = held.__enter__()
+                stack.push(held)
+                stack.push(_removed_unless_done(made[0]))
+        except OSError as exc:
+            raise SnapshotError(
+                f"cannot open the snapshot's temp folder in {folder}: {os_cause(exc)}"
+            ) from None
+        finally:
+            if swept:
+                log.info(
+                    "removed %d temp folder(s) left in %s by a snapshot stopped before its end: %s",
+                    len(swept),
+                    folder,
+                    ", ".join(swept),
+                    extra={"event": "snapshot-temps", "removed": len(swept)},
+                )
         yield made
+
+
+def _removed_unless_done(temp: Path) -> Callable[..., bool]:
+    """An exit callback that removes the temp folder ``temp`` when its block ends by an
+    exception (a failure, or a stop that unwinds the command), whatever step it was at;
+    a snapshot that completed has renamed or removed it already."""
+
+    def remove(exc_type: type[BaseException] | None, *_: object) -> bool:
+        if exc_type is not None:
+            _remove_tree(temp)
+        return False
+
+    return remove
 
 
 def _new_temp(folder: Path, dest: Path) -> Path:
