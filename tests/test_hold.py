@@ -47,13 +47,7 @@ def test_a_held_drop_rewritten_in_place_is_not_taken_as_complete(tmp_path: Path)
             os.write(fd, rewritten[40:])
         finally:
             os.close(fd)
-        rejected = spool / "rejected"
-        wait_for(
-            lambda: len(versions(root)) == 2 or any(rejected.iterdir()),
-            30,
-            "the rewritten drop stored (or set aside)",
-        )
-        assert watcher.stop() == 0
+        _stored_or_set_aside(root, watcher)
     assert not list((spool / "rejected").iterdir()), watcher.log
     assert [v.read_bytes() for v in versions(root)] == [older, rewritten]
 
@@ -117,12 +111,18 @@ def test_a_drop_put_back_after_a_failure_and_rewritten_is_not_taken_as_complete(
             os.write(fd, rewritten[40:])
         finally:
             os.close(fd)
-        rejected = spool / "rejected"
-        wait_for(
-            lambda: len(versions(root)) == 2 or any(rejected.iterdir()),
-            30,
-            "the rewritten drop stored (or set aside)",
-        )
-        assert watcher.stop() == 0
-    assert not list(rejected.iterdir()), watcher.log
+        _stored_or_set_aside(root, watcher)
+    assert not list((spool / "rejected").iterdir()), watcher.log
     assert sorted(v.read_bytes() for v in versions(root)) == sorted([payload(2), rewritten])
+
+
+def _stored_or_set_aside(root: Path, watcher: WatchProcess) -> None:
+    """Wait until the rewritten drop is judged (a second version, or anything set aside),
+    then stop the watcher."""
+    rejected = root / "spool" / "rejected"
+    wait_for(
+        lambda: len(versions(root)) == 2 or any(rejected.iterdir()),
+        30,
+        "the rewritten drop stored (or set aside)",
+    )
+    assert watcher.stop() == 0
