@@ -57,7 +57,9 @@ file ``<history>/_mirror.json`` exists, the same rule as ``status`` and retentio
 exit code is the worst item's: 0 OK, 1 WARNING, 2 CRITICAL. Everything here reads;
 nothing takes the history lock or the mirror's lock.
 
-The versions are read through a :class:`~ingester.history.base.HistoryReader`. Given
+The items and their plugin format are :mod:`.check_items`'; the usage limits' items,
+:mod:`.check_usage`'s. The versions are read through a
+:class:`~ingester.history.base.HistoryReader`. Given
 another history than the local one (``check --from s3://BUCKET/PREFIX``: the mirror),
 only what its versions tell is judged (the age, and the usage items when asked): the
 spool, the rejections and the mirror's progress belong to the machine that ingests.
@@ -65,11 +67,8 @@ spool, the rejections and the mirror's progress belong to the machine that inges
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass, replace
-from datetime import datetime
-from decimal import Decimal
+from dataclasses import dataclass
 from typing import Any
 
 from ..clock import iso_utc
@@ -79,9 +78,20 @@ from ..intake.unstored import UNSTORED_AFTER_S, unstored_words
 from ..mirror.objectstore import ACCESS_RULE, ACCOUNT, CLOCK, CREDENTIALS, refusal
 from ..mirror.state import STUCK
 from ..runtime.logs import one_line
-from ..usage.forecast import NOTHING_TO_GO_BY, LimitForecast
-from ..usage.words import RESET_PASSED, dated_ahead, in_words, percent_words, seconds_words
+from ..usage.words import dated_ahead, seconds_words
 from .check_facts import Facts, MirrorFacts
+from .check_items import (
+    CRITICAL,
+    OK,
+    STATUS_NAMES,
+    WARNING,
+    CheckLimits,
+    Judgement,
+    format_perfdata,
+    parse_duration,
+    plain_number,
+)
+from .check_usage import judge_usage
 from .queries import GONE_UNDER_READS, strays_words
 from .verify import LINK_IN_FLIGHT_S
 
@@ -97,149 +107,6 @@ __all__ = [
     "judge",
     "parse_duration",
 ]
-
-OK, WARNING, CRITICAL = 0, 1, 2
-STATUS_NAMES = ("OK", "WARNING", "CRITICAL")
-"""The exit codes' names, by code."""
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$", re.ASCII)
-_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``900``, ``90s``, ``15m``, ``2h`` or ``1d``; ``ValueError`` otherwise."""
-    match = _DURATION_RE.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration (e.g. 900, 90s, 15m, 2h, 1d)")
-    seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
-    if seconds <= 0:
-        raise ValueError(f"{text!r}: must be longer than 0")
-    if not math.isfinite(seconds):
-        raise ValueError(f"{text!r}: too long to be a duration")
-    return seconds
-
-
-# The units the plugin guidelines define for performance data ("" is a plain number).
-PERFDATA_UNITS = frozenset({"", "s", "ms", "us", "%", "B", "KB", "MB", "GB", "TB", "c"})
-# A label may hold anything but "=" and "'"; "|" would end the data for a parser that
-# splits the line there, and a control character would break the one line. Each is
-# written %XX, and "%" itself too, so two limits never share a label.
-_LABEL_UNSAFE = re.compile(r"[%='|\x00-\x1f\x7f]")
-
-
-def _plain_number(value: float | None) -> str:
-    """``value`` as a plain decimal (never ``1e+06``); "" when absent or not finite."""
-    if value is None or not math.isfinite(value):
-        return ""
-    if isinstance(value, int):
-        return str(value)
-    text = format(Decimal(repr(float(value))).normalize(), "f")
-    return "0" if text == "-0" else text
-
-
-def format_perfdata(
-    label: str,
-    value: float | None,
-    unit: str = "",
-    warning: float | None = None,
-    critical: float | None = None,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    *,
-    alert_below: bool = False,
-) -> str:
-    """One performance-data token: ``label=value[unit];[warn];[crit];[min];[max]``.
-
-    The format is the Nagios plugin guidelines' (also read by Icinga, Naemon and most
-    agents): every number a plain decimal, never exponent notation; trailing empty
-    fields left out; the label quoted (``'a b'=1``) when it holds a space, with ``=``,
-    ``'``, ``|``, control characters and ``%`` written ``%XX`` (``q=x`` is ``q%3Dx``),
-    so distinct labels stay distinct. A value that is unknown
-    (``None``) or not finite gives ``""``: leave the token out, since an empty value
-    (``age=;900``) is refused by parsers such as Icinga 2's. A threshold that is not
-    finite is left empty. ``unit`` must be one the guidelines define (``ValueError``).
-    ``alert_below``: the thresholds are lower bounds, ``N:`` in the guidelines' range
-    syntax (alert when the value falls below N: time left, say).
-    """
-    if unit not in PERFDATA_UNITS:
-        raise ValueError(f"{unit!r} is not a performance-data unit")
-    number = _plain_number(value)
-    if not number:
-        return ""
-    name = _LABEL_UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", label)
-    if " " in name:
-        name = f"'{name}'"
-    limits = [_plain_number(t) for t in (warning, critical)]
-    if alert_below:
-        limits = [t + ":" if t else t for t in limits]
-    extremes = map(_plain_number, (minimum, maximum))
-    fields = [f"{name}={number}{unit}", *limits, *extremes]
-    while fields[-1] == "":
-        fields.pop()
-    return ";".join(fields)
-
-
-@dataclass(frozen=True)
-class CheckLimits:
-    """The WARNING thresholds (CRITICAL is twice each): seconds, drops, drops per hour, seconds.
-
-    ``mirror_hold_warning`` is a percentage of the mirror's ``--mirror-hold`` (its
-    CRITICAL is the whole hold).
-    """
-
-    max_age: float = 900.0
-    max_backlog: int = 50
-    max_rejected_per_hour: int = 10
-    max_mirror_lag: float = 900.0
-    mirror_hold_warning: float = 80.0
-    usage_warning: float | None = None
-    """Percent used (at or above) that makes a limit WARNING; ``None``: not judged."""
-    usage_critical: float | None = None
-    """Percent used (at or above) that makes a limit CRITICAL; ``None``: not judged."""
-    forecast: bool = False
-    """Judge each limit's projection against its reset."""
-    forecast_critical: float = 3600.0
-    """Seconds: a projected run-out before the reset this close is CRITICAL."""
-
-    @property
-    def judges_usage(self) -> bool:
-        """Whether any usage item is asked for (so the forecast must be read)."""
-        return self.forecast or self.usage_warning is not None or self.usage_critical is not None
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """One judged item: its status code, value, thresholds and the words for it."""
-
-    name: str
-    code: int
-    value: float | None
-    warning: float
-    critical: float
-    message: str
-    unit: str = ""
-    counters: tuple[tuple[str, float], ...] = ()
-    """More numbers for the performance data, without thresholds: (label, value)."""
-    alert_below: bool = False
-    """The thresholds are lower bounds (``N:`` in the plugin range syntax): time left."""
-
-    def perfdata(self) -> str:
-        """``name=value[unit];warn;crit``, then the counters (:func:`format_perfdata`).
-
-        An unknown value leaves its token out ("" when nothing is known at all).
-        """
-        tokens = [
-            format_perfdata(
-                self.name,
-                self.value,
-                self.unit,
-                self.warning,
-                self.critical,
-                alert_below=self.alert_below,
-            ),
-            *(format_perfdata(label, count) for label, count in self.counters),
-        ]
-        return " ".join(t for t in tokens if t)
 
 
 @dataclass(frozen=True)
@@ -392,7 +259,7 @@ def judge(facts: Facts, limits: CheckLimits) -> CheckResult:
         if facts.mirror.hold_max is not None:
             items.append(_judge_hold(facts.mirror, facts.mirror.hold_max, limits))
     if limits.judges_usage:
-        items += _judge_usage(facts, limits)
+        items += judge_usage(facts, limits)
     return CheckResult(max(i.code for i in items), items, facts)
 
 
@@ -572,147 +439,8 @@ def _judge_hold(mirror: MirrorFacts, hold_max: int, limits: CheckLimits) -> Judg
         code = WARNING if held >= warning and held > 0 else OK
         words = f"{held} of {hold_max} expired versions kept for the mirror"
         if code:
-            words += f" ({_plain_number(limits.mirror_hold_warning)}% of the hold or more)"
+            words += f" ({plain_number(limits.mirror_hold_warning)}% of the hold or more)"
     return Judgement("mirror_held", code, held, warning, hold_max, words)
-
-
-def _threshold(value: float) -> str:
-    # As given: a threshold is the user's own number, not a reading to round.
-    return f"{value:g} %"
-
-
-def _judge_usage(facts: Facts, limits: CheckLimits) -> list[Judgement]:
-    if facts.usage_problem is not None:
-        return [Judgement("usage", CRITICAL, None, 0, 0, facts.usage_problem)]
-    result = facts.usage
-    if result is None:
-        return []  # no version at all: the freshness item says so
-    if result.as_of is None:
-        # A check that cannot see must not say OK: versions exist, none to judge by.
-        words = f"no snapshot to judge usage by: {NOTHING_TO_GO_BY}"
-        return [Judgement("usage", WARNING, None, 0, 0, words)]
-    items = []
-    by_percent = limits.usage_warning is not None or limits.usage_critical is not None
-    if by_percent:
-        critical = limits.usage_critical if limits.usage_critical is not None else 100.0
-        warning = limits.usage_warning if limits.usage_warning is not None else critical
-        for limit in result.limits:
-            pct = limit.percentage
-            code = CRITICAL if pct >= critical else WARNING if pct >= warning else OK
-            words = f"{limit.limit} {percent_words(pct, (warning, critical, 100.0))} used"
-            if limit.resets_at is not None and limit.resets_at <= facts.now:
-                # The window has reset since that reading: it says nothing of now.
-                code = OK
-                words += RESET_PASSED
-            elif code:
-                words += f" (at or above {_threshold(critical if code == CRITICAL else warning)})"
-            missing, words = _held(limit, result.as_of, limits.max_age, words)
-            items.append(
-                Judgement(
-                    f"usage_{limit.limit}", max(code, missing), pct, warning, critical, words, "%"
-                )
-            )
-    if limits.forecast:
-        for limit in result.limits:
-            item = _judge_forecast(limit, facts, limits, result.as_of)
-            if not by_percent:  # the limit's first item says how long it has been missing
-                missing, words = _held(
-                    limit, result.as_of, limits.max_age, item.message, say_when=False
-                )
-                item = replace(item, code=max(item.code, missing), message=words)
-            items.append(item)
-    prefix = "usage_" if by_percent else "forecast_"
-    for name, observed_at in result.lapsed:
-        items.append(_lapsed(prefix + name, name, observed_at, result.as_of, limits.max_age))
-    return items
-
-
-def _lapsed(
-    item: str, limit: str, observed_at: datetime, as_of: datetime, max_age: float
-) -> Judgement:
-    """A limit missing from the newest snapshot whose window has reset since its last
-    reading: no percentage to judge (value unknown), WARNING once missing for longer than
-    ``max_age``, however long ago that reading was."""
-    missing = max(0.0, (as_of - observed_at).total_seconds())
-    words = (
-        f"{limit} not in the newest snapshot, last read {seconds_words(missing)} before it; "
-        "its window has reset since, so its usage is unknown"
-    )
-    if missing > max_age:
-        return Judgement(
-            item, WARNING, None, 0, 0, words + f" (not read for more than {seconds_words(max_age)})"
-        )
-    return Judgement(item, OK, None, 0, 0, words)
-
-
-def _held(
-    limit: LimitForecast, as_of: datetime, max_age: float, words: str, *, say_when: bool = True
-) -> tuple[int, str]:
-    """WARNING (and why) for a limit missing from the snapshots for longer than ``max_age``.
-
-    ``say_when``: add to ``words`` how long before the newest snapshot a held limit was
-    read (the forecast's words say it already). One partial scrape among full ones changes
-    no status; a scraper that keeps failing to read a section does, after ``--max-age``,
-    as a stopped scraper does in ``age``.
-    """
-    if limit.in_newest:
-        return OK, words
-    missing = max(0.0, (as_of - limit.observed_at).total_seconds())
-    if say_when:
-        words += f" (last read {seconds_words(missing)} before the newest snapshot, which lacks it)"
-    if missing > max_age:
-        return WARNING, words + f" (not read for more than {seconds_words(max_age)})"
-    return OK, words
-
-
-def _judge_forecast(
-    limit: LimitForecast, facts: Facts, limits: CheckLimits, as_of: datetime
-) -> Judgement:
-    """WARNING: runs out before the reset; CRITICAL: and that within ``forecast_critical``.
-
-    A run-out within the span the reset's words leave open (``beforeReset`` null: ``2 hr``
-    is 2 to 3 hours away) may come first, so it is judged as one before the reset, up to
-    the latest instant the words allow.
-
-    The perfdata thresholds say the same as the status, so a grapher that judges the
-    value by them agrees with the plugin: the value is the time left until 100 %, the
-    WARNING bound the time left until the reset (running out sooner is running out first;
-    its latest instant where the run-out falls in its span), the CRITICAL bound
-    ``forecast_critical`` capped at that same time (a run-out after the reset is no alert,
-    however soon).
-    """
-    crit = limits.forecast_critical
-    words = f"{limit.limit}: {in_words(limit, facts.usage_zone, as_of)}"
-    left = None
-    if limit.exhausts_at is not None:
-        # Unrounded, as the bounds are: a rounded value could fall below a bound the
-        # status did not fall below (running out at the very instant of the reset).
-        left = max(0.0, (limit.exhausts_at - facts.now).total_seconds())
-    # Neither before nor after a reset whose time is known: 100 % falls in the span
-    # its words leave open.
-    in_span = limit.before_reset is None and limit.resets_at is not None
-    until_reset = None
-    if limit.resets_at is not None:
-        reset = limit.resets_at
-        if in_span and limit.resets_within is not None and reset > facts.now:
-            # Measured to the latest instant the words allow; once the earliest has
-            # passed the reading is not held against the limit (as for any reset).
-            reset += limit.resets_within
-        until_reset = max(0.0, (reset - facts.now).total_seconds())
-    warn = crit if until_reset is None else until_reset
-    crit_bound = crit if until_reset is None else min(crit, until_reset)
-    code = OK
-    if left is not None and limit.resets_at is not None and limit.resets_at <= facts.now:
-        words += RESET_PASSED
-    elif left is not None and (limit.before_reset or in_span):
-        code = CRITICAL if left < crit else WARNING
-    elif left is not None and limit.before_reset is None and left < crit:
-        code = CRITICAL  # no reset time to set against it: running out this soon is news
-    if code == CRITICAL:
-        words += f" (within {seconds_words(crit)})"
-    return Judgement(
-        f"forecast_{limit.limit}", code, left, warn, crit_bound, words, "s", alert_below=True
-    )
 
 
 _REFUSES = {
