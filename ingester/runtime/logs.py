@@ -31,6 +31,7 @@ from ..errors import describe_os_error
 
 __all__ = [
     "LOG_FORMATS",
+    "cut",
     "describe_exception",
     "escape_controls",
     "escape_text",
@@ -92,6 +93,12 @@ def one_line(text: str) -> str:
     """``text`` as one line: each control character but the tab written as Python
     writes it (``\\n``, ``\\x1b``), as the log lines write a file name that holds one."""
     return text.translate(_ESCAPES)
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` if it has at most ``limit`` characters, else its start cut to ``limit``
+    with ``...`` at the end: for a line in an answer, whose whole is in the log."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def escape_text(text: str) -> str:

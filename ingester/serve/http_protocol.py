@@ -39,6 +39,7 @@ from uvicorn.server import ServerState
 from ..clock import utc_now
 from ..json_text import json_bytes
 from ..runtime.admission import client_key, format_peer
+from ..runtime.logs import cut
 from .answers import JSON, SERVED_VERSIONS, http_date, post_body
 from .connections import LINGER_S, ConnectionLayer, _answer
 
@@ -103,7 +104,7 @@ def _shorten(detail: str, limit: int = 120) -> str:
         detail = f"{line[1]}{line[2]}{line[3]}{broke}{value}{line[2]}"
     else:
         detail = _SECRET_HEADER.sub(r"\1: <left out>", detail)
-    return detail if len(detail) <= limit else detail[: limit - 3] + "..."
+    return cut(detail, limit)
 
 
 _ABSOLUTE_FORM = re.compile(rb"(?i)https?://[^/?#]*")

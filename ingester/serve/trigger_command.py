@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..runtime.logs import one_line
+from ..runtime.logs import cut, one_line
 
 __all__ = [
     "LAST_LINE_CHARS",
@@ -388,7 +388,4 @@ class _LastLine:
             self._last = bytes(self._current)
         self._current.clear()
         text = _ESCAPE_SEQUENCE.sub("", self._last.decode("utf-8", "replace"))
-        text = one_line(text.replace("\t", " ").strip())
-        if len(text) > LAST_LINE_CHARS:
-            text = text[: LAST_LINE_CHARS - 3] + "..."
-        self.line = text
+        self.line = cut(one_line(text.replace("\t", " ").strip()), LAST_LINE_CHARS)

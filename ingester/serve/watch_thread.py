@@ -56,7 +56,7 @@ from ..history.lock import SERVE_WATCH
 from ..intake.metrics import NO_METRICS, Metrics
 from ..intake.spool import Spool
 from ..intake.watcher import Watcher
-from ..runtime.logs import escape_text, one_line
+from ..runtime.logs import cut, escape_text, one_line
 from ..runtime.signals import StopFlag, handled_stop_signals
 from ..settings.resolved import Settings
 from ..settings.watch import DRAIN_S, WatchOptions
@@ -82,7 +82,7 @@ may be long; the log has it whole)."""
 def cause_line(text: str) -> str:
     """``text`` as one line of at most :data:`CAUSE_MAX` characters (cut with ``...``)."""
     line = one_line(escape_text(text))
-    return line if len(line) <= CAUSE_MAX else line[: CAUSE_MAX - 3] + "..."
+    return cut(line, CAUSE_MAX)
 
 
 class StoreFaults:
